@@ -1,0 +1,37 @@
+# Two commands set everything up on a fresh machine: `make serve` and `make test`.
+# Each creates .venv and installs what it needs; nothing relies on a previous session.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve test lint test-only clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Edge install only: no torch (as on a line-side box).
+$(VENV)/.edge: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[train,dev]'
+	touch $@ $(VENV)/.edge
+
+serve: $(VENV)/.edge
+	$(VENV)/bin/lineside serve --config configs/serve.yaml --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test-only: $(VENV)/.dev
+	$(PY) -m pytest
+
+test: lint test-only
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,79 @@
+"""The dataset toolkit: one canonical form, importers, exporters, validation, splits.
+
+Torch-free, so the edge side (review pull) and the training side share it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lineside_inspect.dataset.canonical import read_dataset, save_annotations, write_dataset
+from lineside_inspect.dataset.exporters import EXPORTERS
+from lineside_inspect.dataset.importers import IMPORTERS
+from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
+from lineside_inspect.dataset.split import split_dataset
+from lineside_inspect.dataset.stats import dataset_stats
+from lineside_inspect.dataset.validate import drop_invalid, validate_dataset, validate_dir
+from lineside_inspect.errors import DatasetError, Problem
+
+__all__ = [
+    "Box",
+    "Dataset",
+    "ImageRecord",
+    "dataset_stats",
+    "export_dataset",
+    "import_dataset",
+    "read_dataset",
+    "save_annotations",
+    "split_dataset",
+    "validate_dataset",
+    "validate_dir",
+    "write_dataset",
+]
+
+
+def import_dataset(
+    fmt: str,
+    src: str | Path,
+    dst: str | Path,
+    *,
+    skip_invalid: bool = False,
+    overwrite: bool = False,
+) -> tuple[Dataset, list[Problem]]:
+    """Import ``src`` in format ``fmt`` into a canonical folder ``dst``.
+
+    Refuses (raising :class:`DatasetError` with every problem) to write a broken
+    dataset unless ``skip_invalid``; then the images concerned are left out and the
+    problems returned. Nothing is written to ``dst`` unless the import succeeds.
+    """
+    if fmt not in IMPORTERS:
+        raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(IMPORTERS)}")
+    src = Path(src)
+    if not src.exists():
+        raise DatasetError(f"{src}: no such file or folder")
+    draft, problems = IMPORTERS[fmt](src)
+    problems = problems + validate_dataset(draft)
+    skipped: list[Problem] = []
+    if problems:
+        if not skip_invalid:
+            raise DatasetError(
+                f"{src}: {len(problems)} problem(s); nothing was written "
+                "(fix them, or pass --skip-invalid to leave those images out)",
+                problems,
+            )
+        draft, unskippable = drop_invalid(draft, problems)
+        if unskippable:
+            raise DatasetError(
+                f"{src}: {len(unskippable)} problem(s) concern no single image and cannot "
+                "be skipped; nothing was written",
+                unskippable,
+            )
+        skipped = problems
+    return write_dataset(draft, dst, overwrite=overwrite), skipped
+
+
+def export_dataset(fmt: str, src: str | Path, dst: str | Path) -> None:
+    """Export the canonical folder ``src`` as ``fmt`` (coco or yolo) into ``dst``."""
+    if fmt not in EXPORTERS:
+        raise DatasetError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORTERS)}")
+    EXPORTERS[fmt](read_dataset(src), Path(dst))

@@ -1,0 +1,239 @@
+"""The canonical on-disk form: ``images/`` plus a COCO detection ``annotations.json``.
+
+COCO is kept as is, with three additions inspection needs: images with no annotations
+are first-class good parts, each image may carry a ``group`` (board, serial, batch)
+for leakage-free splits, and a ``split`` (train/val/test).
+
+The field-level parsing here is hand-written because pycocotools asserts on the
+first bad field without saying where it is; every problem is collected with its JSON
+path so a user can fix them all in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lineside_inspect.dataset.model import SPLITS, Box, Dataset, ImageRecord
+from lineside_inspect.errors import DatasetError, Problem
+
+ANNOTATIONS = "annotations.json"
+FORMAT_VERSION = 1
+
+
+def to_coco(dataset: Dataset) -> dict[str, Any]:
+    """The COCO dict of ``dataset`` (ids renumbered from 1 in list order)."""
+    cat_ids = {name: i + 1 for i, name in enumerate(dataset.categories)}
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for image_id, rec in enumerate(dataset.images, start=1):
+        images.append(
+            {
+                "id": image_id,
+                "file_name": rec.file_name,
+                "width": rec.width,
+                "height": rec.height,
+                "group": rec.group,
+                "split": rec.split,
+            }
+        )
+        for box in rec.boxes:
+            w, h = box.x2 - box.x1, box.y2 - box.y1
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cat_ids[box.label],
+                    "bbox": [box.x1, box.y1, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "info": {**dataset.info, "lineside_format": FORMAT_VERSION},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i, "name": n, "supercategory": "defect"} for n, i in cat_ids.items()],
+    }
+
+
+def from_coco(doc: Any, file: str) -> tuple[Dataset, list[Problem]]:
+    """Parse a COCO dict; return what could be read and every problem found."""
+    problems: list[Problem] = []
+    if not isinstance(doc, dict):
+        return Dataset([], []), [Problem(file, "", "top level must be a JSON object")]
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(doc.get(key, []), list):
+            problems.append(Problem(file, key, "must be a list"))
+    if problems:
+        return Dataset([], []), problems
+
+    categories: dict[int, str] = {}
+    for i, cat in enumerate(doc.get("categories", [])):
+        where = f"categories[{i}]"
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or not cat.get("name"):
+            problems.append(Problem(file, where, "needs an integer 'id' and a 'name'"))
+            continue
+        if cat["id"] in categories:
+            problems.append(Problem(file, f"{where}.id", f"duplicate category id {cat['id']}"))
+        categories[cat["id"]] = str(cat["name"])
+
+    images: dict[int, ImageRecord] = {}
+    names: Counter[str] = Counter()
+    for i, img in enumerate(doc.get("images", [])):
+        where = f"images[{i}]"
+        if not isinstance(img, dict):
+            problems.append(Problem(file, where, "must be an object"))
+            continue
+        missing = [k for k in ("id", "file_name", "width", "height") if k not in img]
+        if missing:
+            problems.append(Problem(file, where, f"missing field(s) {', '.join(missing)}"))
+            continue
+        if not isinstance(img["width"], int) or not isinstance(img["height"], int):
+            problems.append(Problem(file, where, "width and height must be integers"))
+            continue
+        split = img.get("split")
+        if split is not None and split not in SPLITS:
+            problems.append(
+                Problem(file, f"{where}.split", f"split must be one of {SPLITS}, got {split!r}")
+            )
+            split = None
+        rec = ImageRecord(
+            file_name=str(img["file_name"]),
+            width=img["width"],
+            height=img["height"],
+            group=None if img.get("group") is None else str(img["group"]),
+            split=split,
+            id=img["id"],
+            origin=f"{file}:{where}",
+        )
+        names[rec.file_name] += 1
+        if img["id"] in images:
+            problems.append(
+                Problem(file, f"{where}.id", f"duplicate image id {img['id']}", rec.file_name)
+            )
+            continue
+        images[img["id"]] = rec
+    for name, n in names.items():
+        if n > 1:
+            problems.append(Problem(file, "images", f"file_name {name!r} listed {n} times", name))
+
+    for i, ann in enumerate(doc.get("annotations", [])):
+        where = f"annotations[{i}]"
+        if not isinstance(ann, dict):
+            problems.append(Problem(file, where, "must be an object"))
+            continue
+        rec_or_none = images.get(ann.get("image_id"))  # type: ignore[arg-type]
+        if rec_or_none is None:
+            problems.append(
+                Problem(file, f"{where}.image_id", f"annotation for missing image {ann.get('image_id')!r}")
+            )
+            continue
+        rec = rec_or_none
+        if ann.get("category_id") not in categories:
+            problems.append(
+                Problem(
+                    file,
+                    f"{where}.category_id",
+                    f"unknown class id {ann.get('category_id')!r}",
+                    rec.file_name,
+                )
+            )
+            continue
+        bbox = ann.get("bbox")
+        if (
+            not isinstance(bbox, list)
+            or len(bbox) != 4
+            or not all(isinstance(v, int | float) for v in bbox)
+        ):
+            problems.append(
+                Problem(file, f"{where}.bbox", "bbox must be 4 numbers [x, y, w, h]", rec.file_name)
+            )
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        label = categories[ann["category_id"]]
+        rec.boxes.append(Box(x, y, x + w, y + h, label, origin=f"{file}:{where}"))
+
+    cats = [categories[k] for k in sorted(categories)]
+    return Dataset(cats, list(images.values()), info=dict(doc.get("info") or {})), problems
+
+
+def parse_dir(root: str | Path) -> tuple[Dataset, list[Problem]]:
+    """Read a canonical folder; JSON problems are returned, not raised."""
+    root = Path(root)
+    path = root / ANNOTATIONS
+    if not path.is_file():
+        raise DatasetError(f"{root}: not a Lineside dataset (no {ANNOTATIONS})")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        problem = Problem(str(path), f"line {exc.lineno}", f"invalid JSON: {exc.msg}")
+        raise DatasetError(f"{path}: invalid JSON", [problem]) from exc
+    dataset, problems = from_coco(doc, str(path))
+    dataset.root = root
+    return dataset, problems
+
+
+def read_dataset(root: str | Path) -> Dataset:
+    """Read a canonical folder, raising :class:`DatasetError` listing all JSON problems."""
+    dataset, problems = parse_dir(root)
+    if problems:
+        raise DatasetError(f"{root}: {len(problems)} problem(s) in {ANNOTATIONS}", problems)
+    return dataset
+
+
+def write_dataset(dataset: Dataset, dst: str | Path, *, overwrite: bool = False) -> Dataset:
+    """Write ``dataset`` to ``dst`` atomically: a sibling temp folder renamed into place.
+
+    A failure at any point leaves ``dst`` as it was (absent, or the old dataset).
+    Returns the dataset as read back from ``dst``.
+    """
+    dst = Path(dst).resolve()
+    if dst.exists() and not overwrite:
+        raise DatasetError(f"{dst}: already exists (pass --overwrite to replace it)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        images_dir = tmp / "images"
+        images_dir.mkdir()
+        for rec in dataset.images:
+            target = images_dir / rec.file_name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = dataset.image_path(rec)
+            shutil.copyfile(src, target)
+        doc = to_coco(dataset)
+        with open(tmp / ANNOTATIONS, "w") as fh:
+            json.dump(doc, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        old = None
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            dst.rename(old)
+        tmp.rename(dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return read_dataset(dst)
+
+
+def save_annotations(dataset: Dataset) -> None:
+    """Rewrite only ``annotations.json`` of a dataset already on disk (e.g. after a split)."""
+    if dataset.root is None:
+        raise ValueError("dataset has no root folder")
+    path = dataset.root / ANNOTATIONS
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(to_coco(dataset), fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)

@@ -1,0 +1,63 @@
+"""In-memory form of a canonical dataset.
+
+Boxes are ``[x1, y1, x2, y2]`` floats in image pixels with a class *name*; COCO's
+``[x, y, w, h]`` with category ids exists only on disk (see :mod:`.canonical`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Box:
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    label: str
+    origin: str = ""  # "file:line" or JSON path it was read from, for error messages
+
+    def xyxy(self) -> tuple[float, float, float, float]:
+        return (self.x1, self.y1, self.x2, self.y2)
+
+
+@dataclass
+class ImageRecord:
+    file_name: str  # relative to the dataset's images/ folder, "/"-separated
+    width: int
+    height: int
+    boxes: list[Box] = field(default_factory=list)
+    group: str | None = None
+    split: str | None = None
+    id: int = 0
+    source: Path | None = None  # where the pixels are read from before the dataset is written
+    origin: str = ""
+
+    @property
+    def is_good(self) -> bool:
+        """A good part: an image with no defect boxes."""
+        return not self.boxes
+
+
+@dataclass
+class Dataset:
+    categories: list[str]
+    images: list[ImageRecord]
+    root: Path | None = None  # the canonical folder, once written or read
+    info: dict[str, object] = field(default_factory=dict)
+
+    def image_path(self, record: ImageRecord) -> Path:
+        if record.source is not None:
+            return record.source
+        if self.root is None:
+            raise ValueError(f"image {record.file_name!r} has neither a source nor a dataset root")
+        return self.root / "images" / record.file_name
+
+    def in_split(self, split: str | None) -> list[ImageRecord]:
+        if split is None:
+            return list(self.images)
+        return [r for r in self.images if r.split == split]

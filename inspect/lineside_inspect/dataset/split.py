@@ -1,0 +1,60 @@
+"""Deterministic, group-wise, class-stratified train/val/test splits."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+
+from lineside_inspect.dataset.model import Dataset, ImageRecord
+from lineside_inspect.errors import DatasetError
+
+
+def split_dataset(
+    dataset: Dataset, *, val: float, test: float = 0.0, by: str = "group", seed: int = 0
+) -> dict[str, int]:
+    """Assign ``split`` on every image in place; return image counts per split.
+
+    With ``by="group"`` all images of one group land in the same split, so near-duplicate
+    crops of a board never straddle train and validation. Groups are placed largest
+    first (ties broken by the seeded shuffle) into the split whose per-class and
+    per-image quota is furthest from filled: stratified where the groups allow it.
+    """
+    if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
+        raise DatasetError(f"--val {val} and --test {test} must be fractions summing below 1")
+    if by not in ("group", "image"):
+        raise DatasetError(f"--by must be 'group' or 'image', got {by!r}")
+    groups: dict[str, list[ImageRecord]] = defaultdict(list)
+    for rec in dataset.images:
+        key = rec.group if by == "group" and rec.group is not None else f"image:{rec.file_name}"
+        groups[key].append(rec)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    keys.sort(key=lambda k: -len(groups[k]))  # stable: shuffled order breaks ties
+
+    fractions = {"train": 1 - val - test, "val": val, "test": test}
+    totals = _counts(dataset.images)
+    filled: dict[str, Counter[str]] = {s: Counter() for s in fractions}
+    for key in keys:
+        counts = _counts(groups[key])
+
+        def need(split: str, counts: Counter[str] = counts) -> float:
+            # mean unfilled share over the keys this group contributes to
+            f = fractions[split]
+            return sum(
+                (f * totals[k] - filled[split][k]) / totals[k] for k in counts
+            ) / len(counts)
+
+        best = max((s for s in fractions if fractions[s] > 0), key=need)
+        filled[best].update(counts)
+        for rec in groups[key]:
+            rec.split = best
+    return {s: sum(1 for r in dataset.images if r.split == s) for s in fractions}
+
+
+def _counts(records: list[ImageRecord]) -> Counter[str]:
+    counts: Counter[str] = Counter({"__images__": len(records)})
+    for rec in records:
+        counts.update(b.label for b in rec.boxes)
+        if rec.is_good:
+            counts["__good__"] += 1
+    return counts

@@ -1,0 +1,69 @@
+"""Dataset statistics: what an engineer checks before training."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lineside_inspect.dataset.model import Dataset
+
+SIZE_BINS = (0, 16, 32, 64, 128, 256, 10**9)
+
+
+def _bin_name(lo: int, hi: int) -> str:
+    return f">={lo}px" if hi >= 10**9 else f"{lo}-{hi}px"
+
+
+def dataset_stats(dataset: Dataset) -> dict[str, Any]:
+    """Counts per class and split, good vs defective images, and a histogram of box
+    sizes (longer side, in pixels)."""
+    splits = sorted({r.split or "unsplit" for r in dataset.images})
+    boxes: dict[str, Counter[str]] = {s: Counter() for s in splits}
+    images: dict[str, Counter[str]] = {s: Counter() for s in splits}
+    sizes: Counter[str] = Counter()
+    for rec in dataset.images:
+        split = rec.split or "unsplit"
+        images[split]["good" if rec.is_good else "defective"] += 1
+        for b in rec.boxes:
+            boxes[split][b.label] += 1
+            side = max(b.x2 - b.x1, b.y2 - b.y1)
+            for lo, hi in zip(SIZE_BINS, SIZE_BINS[1:], strict=False):
+                if lo <= side < hi:
+                    sizes[_bin_name(lo, hi)] += 1
+    return {
+        "images": len(dataset.images),
+        "groups": len({r.group for r in dataset.images if r.group is not None}),
+        "classes": list(dataset.categories),
+        "boxes_per_class": {s: {c: boxes[s][c] for c in dataset.categories} for s in splits},
+        "images_per_split": {s: dict(images[s]) for s in splits},
+        "box_size_histogram": {
+            _bin_name(lo, hi): sizes[_bin_name(lo, hi)]
+            for lo, hi in zip(SIZE_BINS, SIZE_BINS[1:], strict=False)
+        },
+    }
+
+
+def plot_stats(stats: dict[str, Any], out: Path) -> None:
+    """Save a two-panel PNG: boxes per class by split, and the box-size histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    classes = stats["classes"]
+    splits = list(stats["boxes_per_class"])
+    width = 0.8 / max(len(splits), 1)
+    for i, split in enumerate(splits):
+        counts = [stats["boxes_per_class"][split][c] for c in classes]
+        ax1.bar([x + i * width for x in range(len(classes))], counts, width, label=split)
+    ax1.set_xticks([x + width * (len(splits) - 1) / 2 for x in range(len(classes))], classes)
+    ax1.set_title("boxes per class")
+    ax1.legend()
+    hist = stats["box_size_histogram"]
+    ax2.bar(list(hist), list(hist.values()))
+    ax2.set_title("box size (longer side)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,88 @@
+"""Checks that find every problem in a dataset, each with its file and line or field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lineside_inspect.dataset.canonical import parse_dir
+from lineside_inspect.dataset.model import Dataset, ImageRecord
+from lineside_inspect.errors import ImageError, Problem
+from lineside_inspect.imageio import decode_image
+
+
+def _check_pixels(dataset: Dataset, rec: ImageRecord) -> list[Problem]:
+    path = dataset.image_path(rec)
+    where = rec.origin or str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return [Problem(where, "", f"image file {path} is missing", rec.file_name)]
+    except OSError as exc:
+        return [Problem(where, "", f"image file {path} is unreadable: {exc}", rec.file_name)]
+    try:
+        image = decode_image(data)
+    except ImageError as exc:
+        return [Problem(str(path), "", exc.message, rec.file_name)]
+    height, width = image.shape[:2]
+    if (width, height) != (rec.width, rec.height):
+        return [
+            Problem(
+                where,
+                "width/height",
+                f"says {rec.width}x{rec.height} but {path.name} is {width}x{height}",
+                rec.file_name,
+            )
+        ]
+    return []
+
+
+def _check_boxes(categories: set[str], rec: ImageRecord) -> list[Problem]:
+    problems = []
+    for box in rec.boxes:
+        file, _, loc = (box.origin or rec.origin or rec.file_name).rpartition(":")
+        if not file:
+            file, loc = loc, ""
+        def add(msg: str, file: str = file, loc: str = loc) -> None:
+            problems.append(Problem(file, loc, msg, rec.file_name))
+
+        if box.label not in categories:
+            add(f"unknown class {box.label!r} (known: {', '.join(sorted(categories))})")
+        if box.x2 <= box.x1 or box.y2 <= box.y1:
+            add(f"empty box {box.xyxy()}: needs x2 > x1 and y2 > y1")
+        elif box.x1 < 0 or box.y1 < 0 or box.x2 > rec.width or box.y2 > rec.height:
+            add(f"box {box.xyxy()} lies outside the {rec.width}x{rec.height} image {rec.file_name}")
+    return problems
+
+
+def validate_dataset(dataset: Dataset, *, check_pixels: bool = True) -> list[Problem]:
+    """Every problem of an in-memory dataset: images (missing, corrupt, wrong size) and boxes."""
+    problems: list[Problem] = []
+    categories = set(dataset.categories)
+    if len(categories) != len(dataset.categories):
+        problems.append(Problem("categories", "", "duplicate class names"))
+    seen: set[str] = set()
+    for rec in dataset.images:
+        if rec.file_name in seen:
+            problems.append(
+                Problem(rec.origin or rec.file_name, "", "duplicate image file name", rec.file_name)
+            )
+        seen.add(rec.file_name)
+        if check_pixels:
+            problems.extend(_check_pixels(dataset, rec))
+        problems.extend(_check_boxes(categories, rec))
+    return problems
+
+
+def validate_dir(root: str | Path, *, check_pixels: bool = True) -> list[Problem]:
+    """Every problem of a canonical folder: its JSON fields, then images and boxes."""
+    dataset, problems = parse_dir(root)
+    return problems + validate_dataset(dataset, check_pixels=check_pixels)
+
+
+def drop_invalid(dataset: Dataset, problems: list[Problem]) -> tuple[Dataset, list[Problem]]:
+    """Remove every image a problem concerns; return the kept dataset and problems that
+    name no image (those cannot be skipped)."""
+    bad = {p.subject for p in problems if p.subject is not None}
+    unskippable = [p for p in problems if p.subject is None]
+    kept = [r for r in dataset.images if r.file_name not in bad]
+    return Dataset(dataset.categories, kept, dataset.root, dict(dataset.info)), unskippable

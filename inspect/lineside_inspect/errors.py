@@ -1,0 +1,88 @@
+"""One exception hierarchy for Lineside.
+
+Every error a user can cause is a :class:`LinesideError`; each subclass carries a
+stable ``code`` and the HTTP status the server answers with, so the CLI and the API
+report the same problem the same way and never show a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class LinesideError(Exception):
+    """Base class: a problem the caller can fix, described in one message."""
+
+    code = "lineside_error"
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class DatasetError(LinesideError):
+    """A dataset that cannot be read, imported or written; ``problems`` lists every finding."""
+
+    code = "invalid_dataset"
+    status = 422
+
+    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class ImageError(LinesideError):
+    """An image that is empty, corrupt, too large or of an unsupported type."""
+
+    code = "invalid_image"
+    status = 400
+
+
+class ImageTooLargeError(ImageError):
+    code = "image_too_large"
+    status = 413
+
+
+class UnsupportedMediaError(ImageError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class PackageError(LinesideError):
+    """A model package that is missing, tampered with, or disagrees with its card."""
+
+    code = "invalid_model_package"
+    status = 422
+
+
+class NotFoundError(LinesideError):
+    code = "not_found"
+    status = 404
+
+
+class ConfigError(LinesideError):
+    code = "invalid_config"
+    status = 422
+
+
+class MissingExtraError(LinesideError):
+    """A command needs an optional dependency group that is not installed."""
+
+    code = "missing_extra"
+    status = 500
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of validation: where (file, line or field), what is wrong, and which
+    image it concerns (``subject``, the image's file name) so ``--skip-invalid`` can drop it."""
+
+    file: str
+    location: str
+    message: str
+    subject: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.location}" if self.location else self.file
+        return f"{where}: {self.message}"

@@ -1,0 +1,111 @@
+"""Safe image decoding: type and size from the header first, pixels second.
+
+Hand-written header parsing (PNG IHDR, JPEG SOF, BMP info header) because OpenCV
+offers no way to read an image's size without decoding it, and a decompression bomb
+must be refused before any pixel buffer is allocated.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from lineside_inspect._cv import MAX_IMAGE_PIXELS, cv2
+from lineside_inspect.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def sniff_format(data: bytes) -> str:
+    """Return ``"png"``, ``"jpeg"`` or ``"bmp"`` from the magic bytes, else raise."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpeg"
+    if data.startswith(b"BM"):
+        return "bmp"
+    if not data:
+        raise ImageError("the image is empty (0 bytes)")
+    raise UnsupportedMediaError("not a JPEG, PNG or BMP image (unrecognised header bytes)")
+
+
+def header_size(data: bytes) -> tuple[int, int]:
+    """Width and height read from the header alone; raise :class:`ImageError` if unreadable."""
+    fmt = sniff_format(data)
+    try:
+        if fmt == "png":
+            if data[12:16] != b"IHDR":
+                raise ImageError("PNG header has no IHDR chunk")
+            width, height = struct.unpack(">II", data[16:24])
+            return int(width), int(height)
+        if fmt == "bmp":
+            width, height = struct.unpack("<ii", data[18:26])
+            return abs(int(width)), abs(int(height))
+        return _jpeg_size(data)
+    except struct.error as exc:
+        raise ImageError(f"truncated {fmt.upper()} header") from exc
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ImageError("corrupt JPEG: marker expected in header")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return int(width), int(height)
+        pos += 2 + length
+    raise ImageError("truncated JPEG: no frame header found")
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode an encoded image to a BGR ``uint8`` array of shape ``(H, W, 3)``.
+
+    The pixel count is checked from the header before decoding; corrupt or truncated
+    files raise :class:`ImageError` naming the problem.
+    """
+    width, height = header_size(data)
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image header claims an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
+    fmt = sniff_format(data)
+    if fmt == "jpeg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise ImageError("truncated JPEG: the end-of-image marker is missing")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError(f"corrupt or truncated {fmt.upper()} image: OpenCV could not decode it")
+    if image.shape[:2] != (height, width):
+        raise ImageError(
+            f"decoded size {image.shape[1]}x{image.shape[0]} differs from header {width}x{height}"
+        )
+    return image
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read and decode an image file (see :func:`decode_image`)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read file ({exc.strerror})") from exc
+    try:
+        return decode_image(data, max_pixels)
+    except ImageError as exc:
+        raise type(exc)(f"{path}: {exc.message}") from exc
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ImageError("could not encode image as JPEG")
+    return bytes(buf.tobytes())
