@@ -29,8 +29,8 @@ bench_app = typer.Typer(help="Benchmarks that print figures for docs/benchmarks.
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -42,7 +42,7 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LinesideError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
             problems = getattr(exc, "problems", [])
             for p in problems[:200]:
                 err.print(f"  {p}", highlight=False, soft_wrap=True)
@@ -169,6 +169,79 @@ def data_export(
 
     export_dataset(fmt, src, dst)
     out.print(f"exported {src} as {fmt} to {dst}")
+
+
+# ---------------------------------------------------------------- training (lazy)
+@app.command("train")
+@friendly
+def train_cmd(
+    config: Annotated[Path | None, typer.Option(help="training YAML")] = None,
+    data: Annotated[str | None, typer.Option(help="canonical dataset folder")] = None,
+    model: Annotated[str | None, typer.Option(help="registered model name")] = None,
+    weights: Annotated[str | None, typer.Option(help="local pretrained state dict")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option(help="run name (folder under out_dir)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto|cpu|cuda")] = None,
+    merge: Annotated[list[str] | None, typer.Option(help="extra dataset merged into train")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the run's last.pt")] = False,
+) -> None:
+    """Train a detector (needs lineside[train]; use torchrun for several GPUs/nodes)."""
+    t = training()
+    cfg = t.load_config(config, set_, data=data, model=model, weights=weights, epochs=epochs,
+                        name=name, device=device, extra_data=merge or None)
+    run = t.train(cfg, resume=resume)
+    out.print(f"run saved to {run}")
+
+
+@app.command("evaluate")
+@friendly
+def evaluate_cmd(
+    run: Annotated[Path, typer.Argument(help="run folder or checkpoint")],
+    data: Annotated[str | None, typer.Option(help="dataset (default: the run's)")] = None,
+    split: Annotated[str, typer.Option(help="val|test")] = "val",
+    target_escape: Annotated[float, typer.Option(help="escape-rate target for calibration")] = 0.005,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="report folder")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """COCO mAP plus escapes / false rejects; calibrates thresholds on val."""
+    r = training().evaluate(run, data=data, split=split, target_escape=target_escape,
+                            out=out_dir, device=device)
+    q = r["quality"]
+    out.print(f"mAP@[.5:.95] {r['coco']['map']:.4f}  mAP@.5 {r['coco']['map50']:.4f}  "
+              f"escape rate {q['escape_rate']:.4f}  false-reject rate {q['false_reject_rate']:.4f}"
+              f"  defect recall {q['defect_recall']:.4f}  precision {q['defect_precision']:.4f}")
+
+
+@app.command("export")
+@friendly
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="run folder or checkpoint")],
+    out_dir: Annotated[Path, typer.Option("--out", help="package folder models/NAME/VERSION")],
+    data: Annotated[str | None, typer.Option(help="dataset for parity/calibration")] = None,
+    int8: Annotated[bool, typer.Option(help="static int8 quantisation")] = False,
+    fp16: Annotated[bool, typer.Option(help="fp16 for GPU deployment")] = False,
+    overwrite: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Export an ONNX model package, checked through the edge runtime."""
+    s = training().export(run, out_dir, data=data, int8=int8, fp16=fp16, overwrite=overwrite)
+    out.print_json(json.dumps(s))
+
+
+@bench_app.command("train")
+@friendly
+def bench_train_cmd(
+    config: Annotated[Path, typer.Option(help="training YAML")] = Path("training/configs/deeppcb.yaml"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override")] = None,
+    steps: Annotated[int, typer.Option()] = 20,
+) -> None:
+    """Training throughput: full pipeline vs the bare forward+backward step."""
+    t = training()
+    r = t.bench_train(t.load_config(config, set_), steps=steps)
+    out.print(f"bare step      {r['bare_img_s']:.1f} img/s\n"
+              f"full pipeline  {r['pipeline_img_s']:.1f} img/s  ({r['ratio']:.2f}x of bare)\n"
+              f"batch {r['batch_size']} crop {r['crop']} threads {r['threads']} "
+              f"workers {r['workers']}")
 
 
 def main() -> None:

@@ -128,7 +128,8 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
                 continue
             if label not in seen:
                 seen.append(label)
-            boxes.append(Box(*coords, label=label, origin=f"{xml}:{where}"))
+            x1, y1, x2, y2 = coords
+            boxes.append(Box(x1, y1, x2, y2, label, origin=f"{xml}:{where}"))
         images.append(ImageRecord(rel, width, height, boxes, source=path, origin=str(xml)))
     cats = classes if classes else sorted(seen)
     return Dataset(list(cats), images, info={"source": "Pascal VOC"}), problems

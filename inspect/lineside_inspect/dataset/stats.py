@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
         for b in rec.boxes:
             boxes[split][b.label] += 1
             side = max(b.x2 - b.x1, b.y2 - b.y1)
-            for lo, hi in zip(SIZE_BINS, SIZE_BINS[1:], strict=False):
+            for lo, hi in itertools.pairwise(SIZE_BINS):
                 if lo <= side < hi:
                     sizes[_bin_name(lo, hi)] += 1
     return {
@@ -39,7 +40,7 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
         "images_per_split": {s: dict(images[s]) for s in splits},
         "box_size_histogram": {
             _bin_name(lo, hi): sizes[_bin_name(lo, hi)]
-            for lo, hi in zip(SIZE_BINS, SIZE_BINS[1:], strict=False)
+            for lo, hi in itertools.pairwise(SIZE_BINS)
         },
     }
 

@@ -1,0 +1,165 @@
+"""The model package contract: ``model.onnx`` + ``model.json`` (the model card).
+
+The runtime refuses any package whose card does not match its graph: a sha256
+mismatch, inputs/outputs or class count that disagree with the card, or external
+tensor data that points outside the package folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lineside_inspect.errors import PackageError
+
+CARD = "model.json"
+GRAPH = "model.onnx"
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("boxes", "scores", "labels")
+META_CLASSES = "lineside.class_names"
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = INPUT_NAME
+    size: int = Field(..., gt=0, description="square side the runtime letterboxes to")
+    layout: Literal["NCHW"] = "NCHW"
+    dtype: Literal["uint8"] = "uint8"
+    color: Literal["RGB"] = "RGB"
+    letterbox: dict[str, Any] = Field(default_factory=lambda: {"pad_value": 114, "center": True})
+
+
+class ModelCard(BaseModel):
+    """``model.json``: what the model is, how to feed it, how far to trust it."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    format_version: int = 1
+    name: str
+    version: str
+    class_names: list[str] = Field(..., min_length=1)
+    input: InputSpec
+    outputs: list[str] = Field(default_factory=lambda: list(OUTPUT_NAMES))
+    max_detections: int = 100
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    default_recipe: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
+    sha256: str
+    lineside_version: str = ""
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def threshold(self, label: str, default: float = 0.5) -> float:
+        return self.thresholds.get(label, default)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A verified package on disk."""
+
+    path: Path
+    card: ModelCard
+
+    @property
+    def graph_path(self) -> Path:
+        return self.path / GRAPH
+
+    @property
+    def ref(self) -> str:
+        return f"{self.card.name}:{self.card.version}"
+
+
+def read_card(path: Path) -> ModelCard:
+    card_path = path / CARD
+    try:
+        doc = json.loads(card_path.read_text())
+    except FileNotFoundError:
+        raise PackageError(f"{path}: not a model package (no {CARD})") from None
+    except json.JSONDecodeError as exc:
+        raise PackageError(f"{card_path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    try:
+        return ModelCard.model_validate(doc)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PackageError(f"{card_path}: {fields}") from None
+
+
+def _check_graph(path: Path, card: ModelCard) -> None:
+    graph_path = path / GRAPH
+    try:
+        model = onnx.load(str(graph_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for junk
+        raise PackageError(f"{graph_path}: unreadable ONNX graph ({type(exc).__name__})") from None
+    root = path.resolve()
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            target = (root / location).resolve()
+            if not target.is_relative_to(root):
+                raise PackageError(
+                    f"{graph_path}: tensor {tensor.name!r} points at external data "
+                    f"{location!r} outside the package folder"
+                )
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1 or inputs[0].name != card.input.name:
+        names = [i.name for i in inputs]
+        raise PackageError(f"{graph_path}: graph inputs {names} do not match card input "
+                           f"{card.input.name!r}")
+    tt = inputs[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tt.shape.dim]
+    if tt.elem_type != onnx.TensorProto.UINT8 or dims[1:] != [3, card.input.size, card.input.size]:
+        raise PackageError(
+            f"{graph_path}: input is {onnx.TensorProto.DataType.Name(tt.elem_type)} {dims}, "
+            f"card says uint8 [batch, 3, {card.input.size}, {card.input.size}]"
+        )
+    outputs = [o.name for o in model.graph.output]
+    if outputs != card.outputs:
+        raise PackageError(f"{graph_path}: outputs {outputs} do not match card {card.outputs}")
+    meta = {p.key: p.value for p in model.metadata_props}
+    graph_classes = json.loads(meta.get(META_CLASSES, "null"))
+    if graph_classes is None:
+        raise PackageError(f"{graph_path}: graph carries no {META_CLASSES} metadata")
+    if len(graph_classes) != len(card.class_names) or graph_classes != card.class_names:
+        raise PackageError(
+            f"{graph_path}: graph was exported for {len(graph_classes)} classes {graph_classes}, "
+            f"card lists {len(card.class_names)} {card.class_names}"
+        )
+
+
+def load_package(path: str | Path) -> ModelPackage:
+    """Read and verify a package: card schema, sha256 of the graph, graph vs card."""
+    path = Path(path)
+    if not path.is_dir():
+        raise PackageError(f"{path}: model package folder not found")
+    card = read_card(path)
+    graph = path / GRAPH
+    if not graph.is_file():
+        raise PackageError(f"{path}: model package has no {GRAPH}")
+    digest = sha256_file(graph)
+    if digest != card.sha256:
+        raise PackageError(
+            f"{graph}: sha256 {digest[:12]}… does not match the card's {card.sha256[:12]}…; "
+            "the graph was altered or the card belongs to another model"
+        )
+    _check_graph(path, card)
+    return ModelPackage(path, card)
+
+
+def write_card(path: Path, card: ModelCard) -> None:
+    (path / CARD).write_text(card.model_dump_json(indent=1) + "\n")

@@ -1,0 +1,59 @@
+"""The edge detector: a verified model package behind ``pre_process`` / ``forward`` /
+``post_process``, mapping boxes back to original image pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lineside_inspect._cv import cv2
+from lineside_inspect.package import ModelPackage, load_package
+from lineside_inspect.runtime.preprocess import Letterbox, letterbox
+from lineside_inspect.runtime.session import OnnxSession
+from lineside_inspect.runtime.types import Detections
+
+
+class Detector:
+    """Runs a model package with onnxruntime. Images are BGR ``uint8`` ``(H, W, 3)``
+    arrays as OpenCV decodes them, of any size."""
+
+    def __init__(self, package: ModelPackage | str | Path, *, device: str = "auto",
+                 threads: int | None = None, warmup: bool = True) -> None:
+        self.package = package if isinstance(package, ModelPackage) else load_package(package)
+        self.card = self.package.card
+        self.size = self.card.input.size
+        self.session = OnnxSession(self.package.graph_path, device=device, threads=threads)
+        if warmup:
+            self.forward(np.zeros((1, 3, self.size, self.size), dtype=np.uint8))
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.card.class_names
+
+    def pre_process(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
+        """Letterbox each image and stack to ``[B, 3, S, S]`` uint8 RGB."""
+        batch = np.empty((len(images), 3, self.size, self.size), dtype=np.uint8)
+        boxes = []
+        for i, image in enumerate(images):
+            fitted, lb = letterbox(image, self.size)
+            batch[i] = cv2.cvtColor(fitted, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)
+            boxes.append(lb)
+        return batch, boxes
+
+    def forward(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(batch)
+
+    def post_process(self, outputs: list[np.ndarray], letterboxes: list[Letterbox]) -> list[Detections]:
+        boxes, scores, labels = outputs
+        result = []
+        for i, lb in enumerate(letterboxes):
+            keep = scores[i] > 0  # padding rows carry score 0
+            result.append(Detections(lb.to_original(boxes[i][keep]), scores[i][keep],
+                                     labels[i][keep], self.class_names))
+        return result
+
+    def predict(self, images: list[np.ndarray]) -> list[Detections]:
+        """Detections for each image, boxes in its original pixels."""
+        batch, letterboxes = self.pre_process(images)
+        return self.post_process(self.forward(batch), letterboxes)

@@ -1,0 +1,69 @@
+"""Letterbox resizing: fit an image into a square without distorting its aspect ratio.
+
+Shared by training (validation images) and the edge runtime, so a model sees the same
+pixels in both places.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lineside_inspect._cv import cv2
+
+PAD_VALUE = 114
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an original image maps into the model input: ``input = original * scale + pad``."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    width: int  # original size
+    height: int
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """Map ``[N, 4]`` input-space boxes back to original pixels, clipped to the image."""
+        out = boxes.astype(np.float32, copy=True)
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, self.width)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, self.height)
+        return out
+
+    def to_input(self, boxes: np.ndarray) -> np.ndarray:
+        out = boxes.astype(np.float32, copy=True)
+        out[:, [0, 2]] = out[:, [0, 2]] * self.scale + self.pad_x
+        out[:, [1, 3]] = out[:, [1, 3]] * self.scale + self.pad_y
+        return out
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize ``image`` (``H, W, 3`` uint8) to fit ``size x size``, centred, padded grey.
+
+    Images already of that size are returned unchanged (no copy of pixels is resized).
+    """
+    h, w = image.shape[:2]
+    lb = fit(w, h, size)
+    nw, nh = round(w * lb.scale), round(h * lb.scale)
+    px, py = lb.pad_x, lb.pad_y
+    if (nw, nh) == (w, h) and (px, py) == (0, 0):
+        return image, lb
+    scale = lb.scale
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else image
+    out = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    out[py : py + nh, px : px + nw] = resized
+    return out, lb
+
+
+def fit(width: int, height: int, size: int) -> Letterbox:
+    """The letterbox mapping of a ``width x height`` image into ``size x size``."""
+    scale = min(size / width, size / height)
+    nw, nh = round(width * scale), round(height * scale)
+    if (nw, nh) == (width, height):
+        scale = 1.0
+    return Letterbox(scale, (size - nw) // 2, (size - nh) // 2, width, height)

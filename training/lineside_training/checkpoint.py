@@ -1,0 +1,58 @@
+"""Loading a trained model from a run folder or a checkpoint file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lineside_inspect.errors import ConfigError
+from lineside_training.config import TrainConfig
+from lineside_training.models import build_model
+
+THRESHOLDS = "thresholds.json"
+
+
+@dataclass
+class Trained:
+    model: nn.Module
+    config: TrainConfig
+    class_names: list[str]
+    run_dir: Path
+    checkpoint: dict[str, Any]
+
+    @property
+    def thresholds(self) -> dict[str, Any] | None:
+        path = self.run_dir / THRESHOLDS
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise ConfigError(f"{path}: run folder has no best.pt or last.pt")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such run folder or checkpoint")
+    return path
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Trained:
+    """The evaluation weights (EMA when trained with it) of a run or checkpoint, in eval mode."""
+    ck_path = resolve_checkpoint(path)
+    try:
+        ck = torch.load(ck_path, map_location=device, weights_only=False)
+        cfg = TrainConfig.model_validate(ck["config"])
+        names = list(ck["class_names"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"{ck_path}: not a Lineside checkpoint ({exc})") from None
+    model = build_model(cfg.model, num_classes=len(names), **cfg.model_kwargs)
+    model.load_state_dict(ck["model"])
+    model.to(device).eval()
+    return Trained(model, cfg, names, ck_path.parent, ck)

@@ -1,0 +1,84 @@
+"""Training configuration: a YAML file validated by pydantic, plus CLI overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lineside_inspect.errors import ConfigError
+
+
+class AugmentConfig(BaseModel):
+    """Box-aware augmentations (albumentations); each value is a probability."""
+
+    model_config = ConfigDict(extra="forbid")
+    hflip: float = Field(0.5, ge=0, le=1)
+    vflip: float = Field(0.5, ge=0, le=1)
+    rot90: float = Field(0.5, ge=0, le=1)
+    brightness_contrast: float = Field(0.3, ge=0, le=1)
+    blur: float = Field(0.1, ge=0, le=1)
+    noise: float = Field(0.1, ge=0, le=1)
+    scale_jitter: float = Field(0.2, ge=0, le=1, description="scale range +-, applied with p=0.3")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    name: str = "run"
+    data: str = Field(..., description="canonical dataset folder")
+    extra_data: list[str] = Field(default_factory=list, description="datasets merged into train")
+    model: str = "lsdet"
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = Field(None, description="local state dict (whole model or backbone)")
+    input_size: int = Field(640, ge=32, multiple_of=32)
+    crop_size: int | None = Field(320, ge=32, multiple_of=32, description="train on random crops")
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="0 disables EMA")
+    grad_clip: float = Field(10.0, ge=0, description="0 disables clipping")
+    seed: int = 0
+    patience: int = Field(10, ge=1, description="early stop after N evaluations without gain")
+    eval_every: int = Field(1, ge=1)
+    workers: int = Field(0, ge=0)
+    device: str = "auto"
+    amp: bool = True
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    time_limit_minutes: float | None = Field(None, gt=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    out_dir: str = "runs"
+
+
+def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        doc = doc.setdefault(p, {})
+    doc[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                **fields: Any) -> TrainConfig:
+    """Read ``path`` (YAML), apply ``key=value`` overrides (values parsed as YAML) and
+    keyword fields; errors name the file and field."""
+    doc: dict[str, Any] = {}
+    if path is not None:
+        try:
+            doc = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        _set_dotted(doc, key.strip(), yaml.safe_load(value))
+    doc.update({k: v for k, v in fields.items() if v is not None})
+    try:
+        return TrainConfig.model_validate(doc)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{path or 'config'}: " + "; ".join(lines)) from None

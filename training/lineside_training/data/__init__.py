@@ -1,0 +1,1 @@
+"""Torch datasets over the canonical form, and albumentations presets."""

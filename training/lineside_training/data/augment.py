@@ -1,0 +1,36 @@
+"""Albumentations pipelines: box-aware, built from the training config."""
+
+from __future__ import annotations
+
+import albumentations as A
+
+from lineside_training.config import AugmentConfig
+
+PAD = 114
+
+
+def train_transform(cfg: AugmentConfig, crop: int | None, size: int) -> A.Compose:
+    """Random crop (tiles of the full image, so tiny defects keep their pixels), flips,
+    90° rotations, photometric changes and scale jitter. Without ``crop`` the image is
+    letterboxed to ``size``."""
+    ops: list[A.BasicTransform] = []
+    if cfg.scale_jitter > 0:
+        j = cfg.scale_jitter
+        ops.append(A.Affine(scale=(1 - j, 1 + j), fill=PAD, p=0.3))
+    if crop:
+        ops += [A.PadIfNeeded(crop, crop, border_mode=0, fill=PAD), A.RandomCrop(crop, crop)]
+    else:
+        ops += [A.LongestMaxSize(size), A.PadIfNeeded(size, size, border_mode=0, fill=PAD)]
+    ops += [
+        A.HorizontalFlip(p=cfg.hflip),
+        A.VerticalFlip(p=cfg.vflip),
+        A.RandomRotate90(p=cfg.rot90),
+        A.RandomBrightnessContrast(p=cfg.brightness_contrast),
+        A.GaussianBlur(blur_limit=(3, 3), p=cfg.blur),
+        A.GaussNoise(p=cfg.noise),
+    ]
+    return A.Compose(
+        ops,
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"],
+                                 min_visibility=0.4, clip=True),
+    )

@@ -1,0 +1,167 @@
+"""``lineside evaluate``: COCO mAP, quality metrics, calibration and a report folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lineside_inspect.dataset import ImageRecord, read_dataset
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.imageio import read_image
+from lineside_training.checkpoint import THRESHOLDS, load_trained
+from lineside_training.engine import pick_device
+from lineside_training.metrics import coco_metrics
+from lineside_training.predict import Prediction, predict_records
+from lineside_training.quality import calibrate, quality_metrics
+
+
+def evaluate(
+    run: str | Path,
+    *,
+    data: str | Path | None = None,
+    split: str = "val",
+    target_escape: float = 0.005,
+    out: str | Path | None = None,
+    device: str = "auto",
+    examples: int = 6,
+) -> dict[str, Any]:
+    """Evaluate a run (or checkpoint) on a split and write a report folder.
+
+    On ``val`` the operating thresholds are calibrated and saved into the run
+    (``thresholds.json``) for export; on other splits the saved ones are used.
+    """
+    trained = load_trained(run, pick_device(device))
+    dataset = read_dataset(data or trained.config.data)
+    if list(dataset.categories) != trained.class_names:
+        raise ConfigError(f"dataset classes {dataset.categories} differ from the model's "
+                          f"{trained.class_names}")
+    records = dataset.in_split(split)
+    if not records:
+        raise ConfigError(f"{dataset.root}: split {split!r} has no images")
+    preds = predict_records(trained.model, dataset, records, trained.class_names,
+                            size=trained.config.input_size, device=pick_device(device))
+    coco = coco_metrics(records, preds, trained.class_names)
+    if split == "val":
+        calib = calibrate(records, preds, trained.class_names, target_escape=target_escape)
+        (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
+    else:
+        calib = trained.thresholds or calibrate(records, preds, trained.class_names,
+                                                target_escape=target_escape)
+    quality = quality_metrics(records, preds, trained.class_names, calib["thresholds"])
+    result = {"split": split, "images": len(records), "coco": coco, "quality": quality,
+              "calibration": calib, "checkpoint": str(trained.run_dir)}
+    report = Path(out) if out else trained.run_dir / f"report-{split}"
+    write_report(report, result, records, preds, trained.class_names, dataset, examples)
+    return result
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def write_report(out: Path, result: dict[str, Any], records: list[ImageRecord],
+                 preds: list[Prediction], class_names: list[str], dataset: Any,
+                 examples: int) -> None:
+    """metrics.json, summary.md, pr_curves.png, confusion.png and a few drawn examples."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    coco, q = result["coco"], result["quality"]
+    lines = [
+        f"# Evaluation on `{result['split']}` ({result['images']} images)", "",
+        f"- mAP@[.5:.95]: **{_fmt(coco['map'])}**, mAP@.5: **{_fmt(coco['map50'])}**",
+        f"- escape rate (defective images judged pass): **{_fmt(q['escape_rate'])}** "
+        f"({q['escapes']}/{q['defective_images']})",
+        f"- false-reject rate (good images judged fail): **{_fmt(q['false_reject_rate'])}** "
+        f"({q['false_rejects']}/{q['good_images']})",
+        f"- defect recall {_fmt(q['defect_recall'])}, precision {_fmt(q['defect_precision'])} "
+        "at the operating thresholds (IoU 0.5)", "",
+        "| class | AP | AP50 | threshold |", "|---|---|---|---|",
+    ]
+    for name in class_names:
+        pc = coco["per_class"].get(name)
+        lines.append(f"| {name} | {_fmt(pc['ap'] if pc else None)} | "
+                     f"{_fmt(pc['ap50'] if pc else None)} | {q['thresholds'][name]:.3f} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    _plots(out, result, records, preds, class_names, dataset, examples)
+
+
+def _plots(out: Path, result: dict[str, Any], records: list[ImageRecord],
+           preds: list[Prediction], class_names: list[str], dataset: Any, examples: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lineside_inspect._cv import cv2
+    from lineside_training.quality import box_iou
+
+    # PR curves at IoU 0.5: greedy matching per class over all images, by score
+    fig, ax = plt.subplots(figsize=(6, 5))
+    index = {n: i for i, n in enumerate(class_names)}
+    for c, name in enumerate(class_names):
+        scored: list[tuple[float, int]] = []
+        n_gt = 0
+        for rec, p in zip(records, preds, strict=True):
+            gt = np.array([b.xyxy() for b in rec.boxes if index[b.label] == c],
+                          dtype=np.float32).reshape(-1, 4)
+            n_gt += len(gt)
+            sel = p.labels == c
+            order = np.argsort(-p.scores[sel])
+            ious = box_iou(p.boxes[sel][order], gt)
+            taken = np.zeros(len(gt), bool)
+            for s, row in zip(p.scores[sel][order], ious, strict=True):
+                cand = (row >= 0.5) & ~taken
+                hit = bool(cand.any())
+                if hit:
+                    taken[int(np.argmax(np.where(cand, row, -1)))] = True
+                scored.append((float(s), int(hit)))
+        if not n_gt:
+            continue
+        scored.sort(key=lambda t: -t[0])
+        hits = np.cumsum([h for _, h in scored])
+        recall = hits / n_gt
+        precision = hits / np.arange(1, len(scored) + 1)
+        ax.plot(recall, precision, label=name)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.01)
+    ax.legend()
+    ax.set_title("PR curves (IoU 0.5)")
+    fig.tight_layout()
+    fig.savefig(out / "pr_curves.png", dpi=100)
+    plt.close(fig)
+
+    conf = np.array(result["quality"]["confusion"])
+    labels = result["quality"]["confusion_labels"]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(conf, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), v in np.ndenumerate(conf):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    ax.set_title("confusion at operating thresholds")
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=100)
+    plt.close(fig)
+
+    thr = result["quality"]["thresholds"]
+    ex_dir = out / "examples"
+    ex_dir.mkdir(exist_ok=True)
+    for rec, p in list(zip(records, preds, strict=True))[:examples]:
+        image = read_image(dataset.image_path(rec))
+        for b in rec.boxes:
+            cv2.rectangle(image, (int(b.x1), int(b.y1)), (int(b.x2), int(b.y2)), (0, 200, 0), 2)
+        for box, s, lab in zip(p.boxes, p.scores, p.labels, strict=True):
+            if s >= thr[class_names[lab]]:
+                x1, y1, x2, y2 = (int(v) for v in box)
+                cv2.rectangle(image, (x1, y1), (x2, y2), (0, 0, 255), 1)
+                cv2.putText(image, f"{class_names[lab]} {s:.2f}", (x1, max(y1 - 3, 10)),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 255), 1)
+        cv2.imwrite(str(ex_dir / Path(rec.file_name).name), image)

@@ -1,0 +1,265 @@
+"""``lineside export``: a self-contained ONNX model package, gated by parity through the
+edge runtime (the code the server runs)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+import lineside_inspect
+from lineside_inspect.dataset import ImageRecord, read_dataset
+from lineside_inspect.errors import ConfigError, PackageError
+from lineside_inspect.imageio import read_image
+from lineside_inspect.package import (
+    GRAPH,
+    INPUT_NAME,
+    META_CLASSES,
+    OUTPUT_NAMES,
+    InputSpec,
+    ModelCard,
+    load_package,
+    sha256_file,
+    write_card,
+)
+from lineside_inspect.runtime.detector import Detector
+from lineside_training.checkpoint import Trained, load_trained
+from lineside_training.metrics import coco_metrics
+from lineside_training.models.postprocess import MAX_DETECTIONS, select_detections
+from lineside_training.predict import Prediction, predict_records
+from lineside_training.quality import box_iou, calibrate
+
+OPSET = 17
+PARITY_IOU = 0.99
+PARITY_SCORE = 1e-3
+
+
+class ExportModule(nn.Module):
+    """uint8 ``[B, 3, S, S]`` RGB in; boxes ``[B, K, 4]``, scores ``[B, K]``, labels
+    ``[B, K]`` out, normalisation, decoding and NMS inside the graph."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not hasattr(model, "decode"):
+            raise ConfigError(f"{type(model).__name__} cannot be exported yet: only detectors "
+                              "with a dense decode() (the LSDet family) export to ONNX")
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return select_detections(*self.model.decode(images.float()))  # type: ignore[operator]
+
+
+def export_onnx(model: nn.Module, size: int, path: Path, class_names: list[str]) -> None:
+    module = ExportModule(model).eval()
+    dummy = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (dummy,), str(path), dynamo=False, opset_version=OPSET,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)},
+        )
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, {META_CLASSES: json.dumps(class_names)})
+    onnx.checker.check_model(graph, full_check=True)
+    onnx.save(graph, str(path))
+
+
+def parity_report(trained: Trained, detector: Detector, records: list[ImageRecord],
+                  dataset: Any, thresholds: dict[str, float]) -> list[str]:
+    """Every torch detection above its threshold must have an ONNX twin (IoU >= 0.99, score
+    within 1e-3, same class). Returns the mismatches (empty when the export is faithful)."""
+    device = next(trained.model.parameters()).device
+    torch_preds = predict_records(trained.model, dataset, records, trained.class_names,
+                                  size=trained.config.input_size, device=device)
+    problems = []
+    for rec, tp in zip(records, torch_preds, strict=True):
+        det = detector.predict([read_image(dataset.image_path(rec))])[0]
+        for box, score, label in zip(tp.boxes, tp.scores, tp.labels, strict=True):
+            if score < thresholds[trained.class_names[label]]:
+                continue
+            same = det.class_ids == label
+            ious = box_iou(box[None], det.xyxy[same])[0]
+            ok = (ious >= PARITY_IOU) & (np.abs(det.scores[same] - score) <= PARITY_SCORE)
+            if not ok.any():
+                best = f"best IoU {ious.max():.3f}" if len(ious) else "no detection of that class"
+                problems.append(f"{rec.file_name}: torch {trained.class_names[label]} "
+                                f"{score:.3f} at {np.round(box, 1).tolist()} unmatched ({best})")
+    return problems
+
+
+def _runtime_predictions(detector: Detector, records: list[ImageRecord],
+                         dataset: Any) -> list[Prediction]:
+    out = []
+    for rec in records:
+        d = detector.predict([read_image(dataset.image_path(rec))])[0]
+        out.append(Prediction(d.xyxy, d.scores, d.class_ids))
+    return out
+
+
+def _latency_ms(detector: Detector, size: int, runs: int = 20) -> float:
+    batch = np.random.default_rng(0).integers(0, 255, (1, 3, size, size), dtype=np.uint8)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        detector.forward(batch)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over letterboxed dataset images."""
+
+    def __init__(self, detector: Detector, records: list[ImageRecord], dataset: Any) -> None:
+        self.items = iter(
+            {INPUT_NAME: detector.pre_process([read_image(dataset.image_path(r))])[0]}
+            for r in records
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.items, None)
+
+
+def quantize_int8(fp32: Path, out: Path, detector: Detector, records: list[ImageRecord],
+                  dataset: Any) -> None:
+    """Static QDQ int8 of the convolutions (U8S8, reduce_range: the fast path on CPUs
+    without VNNI); decoding and NMS stay in float."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    reader = _Calibration(detector, records, dataset)
+    CalibrationDataReader.register(_Calibration)
+    quantize_static(
+        str(pre), str(out), reader,  # type: ignore[arg-type]
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+        op_types_to_quantize=["Conv"],
+    )
+    pre.unlink()
+    graph = onnx.load(str(out))
+    graph.metadata_props.extend(onnx.load(str(fp32)).metadata_props)
+    onnx.save(graph, str(out))
+
+
+def convert_fp16(fp32: Path, out: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    graph = onnx.load(str(fp32))
+    half = convert_float_to_float16(graph, keep_io_types=True,
+                                    op_block_list=["NonMaxSuppression", "TopK", "ScatterND"])
+    onnx.save(half, str(out))
+
+
+def export(
+    run: str | Path,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    data: str | Path | None = None,
+    parity_images: int = 16,
+    int8: bool = False,
+    fp16: bool = False,
+    calibration_images: int = 64,
+    max_map_drop: float = 0.01,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Export a trained run to the package folder ``out``; returns a summary. The package
+    is written to a temp folder and moved into place only if every gate passes."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out}: already exists (pass --overwrite to replace it)")
+    trained = load_trained(run, "cpu")
+    cfg = trained.config
+    dataset = read_dataset(data or cfg.data)
+    val = dataset.in_split("val") or dataset.images
+    thresholds = trained.thresholds
+    if thresholds is None:  # calibrate now so the card always carries operating points
+        preds = predict_records(trained.model, dataset, val, trained.class_names,
+                                size=cfg.input_size, device=torch.device("cpu"))
+        thresholds = calibrate(val, preds, trained.class_names)
+    thr = thresholds["thresholds"]
+    name = name or (out.parent.name if out.parent.name not in ("", ".") else cfg.name)
+    version = version or out.name
+    summary: dict[str, Any] = {"package": str(out)}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists()
+                                else None))
+    try:
+        fp32 = tmp / GRAPH
+        export_onnx(trained.model, cfg.input_size, fp32, trained.class_names)
+        metrics_path = trained.run_dir / "report-val" / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        card = ModelCard(
+            name=name, version=version, class_names=trained.class_names,
+            input=InputSpec(size=cfg.input_size), max_detections=MAX_DETECTIONS,
+            thresholds=thr,
+            default_recipe={"name": f"{name}-default", "version": "1", "min_score": thr},
+            metrics={k: metrics[k] for k in ("coco", "quality", "calibration") if k in metrics},
+            training={"data": trained.checkpoint.get("data", {}), "config": cfg.model_dump(),
+                      "epochs_trained": trained.checkpoint.get("epoch", 0) + 1,
+                      "model": cfg.model},
+            sha256=sha256_file(fp32), lineside_version=lineside_inspect.__version__,
+        )
+        write_card(tmp, card)
+        detector = Detector(load_package(tmp), device="cpu")
+        problems = parity_report(trained, detector, val[:parity_images], dataset, thr)
+        if problems:
+            raise PackageError("export parity gate failed: ONNX and torch disagree:\n  "
+                               + "\n  ".join(problems[:20]))
+        summary["parity_images"] = min(parity_images, len(val))
+        if int8 or fp16:
+            base_preds = _runtime_predictions(detector, val, dataset)
+            base_map = coco_metrics(val, base_preds, trained.class_names)["map50"]
+            base_ms = _latency_ms(detector, cfg.input_size)
+            shutil.copyfile(fp32, tmp / "model.fp32.onnx")
+            lowp = tmp / "model.lowp.onnx"
+            if int8:
+                quantize_int8(fp32, lowp, detector, val[:calibration_images], dataset)
+            else:
+                convert_fp16(fp32, lowp)
+            lowp.replace(fp32)
+            card.precision = "int8" if int8 else "fp16"
+            card.sha256 = sha256_file(fp32)
+            write_card(tmp, card)
+            low = Detector(load_package(tmp), device="auto" if fp16 else "cpu")
+            low_map = coco_metrics(val, _runtime_predictions(low, val, dataset),
+                                   trained.class_names)["map50"]
+            low_ms = _latency_ms(low, cfg.input_size)
+            card.quantization = {"precision": card.precision, "map50_fp32": base_map,
+                                 "map50": low_map, "map50_change": low_map - base_map,
+                                 "p50_ms_fp32": base_ms, "p50_ms": low_ms,
+                                 "speedup": base_ms / low_ms, "calibration_images":
+                                 min(calibration_images, len(val)) if int8 else 0}
+            write_card(tmp, card)
+            (tmp / "model.fp32.onnx").unlink()
+            summary["quantization"] = card.quantization
+            if int8 and base_map - low_map > max_map_drop:
+                raise PackageError(
+                    f"int8 graph refused: mAP@.5 fell from {base_map:.4f} to {low_map:.4f} "
+                    f"(more than {max_map_drop * 100:.1f} points)")
+        load_package(tmp)  # the final package must verify as the server will see it
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary["sha256"] = card.sha256
+    return summary

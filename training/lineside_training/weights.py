@@ -1,0 +1,53 @@
+"""Loading local pretrained weights (whole model or backbone) with a clear report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lineside_inspect.errors import ConfigError
+
+PREFIXES = ("", "model.", "backbone.", "model.backbone.", "module.")
+
+
+def load_weights(model: nn.Module, path: str | Path) -> str:
+    """Load a state dict (or a Lineside checkpoint's ``model``) into ``model`` non-strictly.
+
+    Keys are matched as they are or under common prefixes (``backbone.``, ``module.``), so
+    a backbone-only file fits a whole detector. Shape mismatches are skipped and
+    reported. Returns a one-paragraph report; raises when nothing matches.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: weights file not found (only local files are loaded)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files
+        raise ConfigError(f"{path}: not a torch state dict: {exc}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    own = model.state_dict()
+    best: dict[str, torch.Tensor] = {}
+    for prefix in PREFIXES:
+        candidate = {}
+        for k, v in state.items():
+            key = prefix + k if not k.startswith(prefix) else k
+            if key.startswith("module."):
+                key = key[len("module."):]
+            candidate[key] = v
+        matched = {k: v for k, v in candidate.items() if k in own}
+        if len(matched) > len(best):
+            best = matched
+    loadable = {k: v for k, v in best.items() if v.shape == own[k].shape}
+    mismatched = sorted(set(best) - set(loadable))
+    if not loadable:
+        raise ConfigError(f"{path}: no tensor matches the model's parameters")
+    missing = sorted(set(own) - set(loadable))
+    unexpected = len(state) - len(best)
+    model.load_state_dict(loadable, strict=False)
+    return (f"loaded {len(loadable)}/{len(own)} tensors from {path}; "
+            f"missing {len(missing)}" + (f" (e.g. {', '.join(missing[:3])})" if missing else "")
+            + f"; unexpected {unexpected}; shape mismatch {len(mismatched)}"
+            + (f" (e.g. {', '.join(mismatched[:3])})" if mismatched else ""))
