@@ -244,6 +244,55 @@ def bench_train_cmd(
               f"workers {r['workers']}")
 
 
+# ---------------------------------------------------------------- edge
+@app.command("serve")
+@friendly
+def serve_cmd(
+    config: Annotated[Path | None, typer.Option(help="server YAML config")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="model package folder (repeatable)")] = None,
+    recipe: Annotated[list[str] | None, typer.Option(help="recipe YAML (repeatable)")] = None,
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option(help="auto|cpu|cuda")] = None,
+    insecure: Annotated[bool, typer.Option(help="allow a non-loopback bind without keys")] = False,
+) -> None:
+    """Run the edge inspection server."""
+    import logging
+
+    from lineside_inspect.config import load_settings
+    from lineside_inspect.serve import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = load_settings(config, models=model or None, recipes=recipe or None, host=host,
+                             port=port, device=device, insecure=insecure or None)
+    run(settings)
+
+
+@app.command("hash-key")
+def hash_key_cmd(key: Annotated[str, typer.Argument(help="the API key to hash")]) -> None:
+    """Print the sha256 to put in api_keys (the server never stores plain keys)."""
+    from lineside_inspect.config import hash_key
+
+    out.print(hash_key(key))
+
+
+@bench_app.command("model")
+@friendly
+def bench_model_cmd(
+    package: Annotated[Path, typer.Argument(help="model package folder")],
+    int8: Annotated[Path | None, typer.Option(help="int8 package to compare")] = None,
+    runs: Annotated[int, typer.Option()] = 50,
+    batches: Annotated[str, typer.Option(help="batch sizes for throughput")] = "1,2,4,8",
+) -> None:
+    """p50/p95 latency at batch 1 and best-batch throughput, 1 and 2 threads."""
+    from lineside_inspect.bench import bench_model, format_rows
+
+    rows = bench_model(package, runs=runs, batches=[int(b) for b in batches.split(",")])
+    if int8 is not None:
+        rows += bench_model(int8, runs=runs, batches=[int(b) for b in batches.split(",")])
+    out.print(format_rows(rows))
+
+
 def main() -> None:
     try:
         app()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lineside_inspect._cv import MAX_IMAGE_PIXELS, cv2
-from lineside_inspect.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
+from lineside_inspect.errors import ImageError, ImageTooLargeError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -29,7 +29,7 @@ def sniff_format(data: bytes) -> str:
         return "bmp"
     if not data:
         raise ImageError("the image is empty (0 bytes)")
-    raise UnsupportedMediaError("not a JPEG, PNG or BMP image (unrecognised header bytes)")
+    raise ImageError("not a JPEG, PNG or BMP image (unrecognised header bytes)")
 
 
 def header_size(data: bytes) -> tuple[int, int]:

@@ -89,7 +89,9 @@ def parity_report(trained: Trained, detector: Detector, records: list[ImageRecor
                 continue
             same = det.class_ids == label
             ious = box_iou(box[None], det.xyxy[same])[0]
-            ok = (ious >= PARITY_IOU) & (np.abs(det.scores[same] - score) <= PARITY_SCORE)
+            # identical degenerate (zero-area) boxes have IoU 0: compare coordinates too
+            close = np.abs(det.xyxy[same] - box).max(axis=1, initial=0) <= 1e-2
+            ok = ((ious >= PARITY_IOU) | close) & (np.abs(det.scores[same] - score) <= PARITY_SCORE)
             if not ok.any():
                 best = f"best IoU {ious.max():.3f}" if len(ious) else "no detection of that class"
                 problems.append(f"{rec.file_name}: torch {trained.class_names[label]} "
@@ -257,6 +259,7 @@ def export(
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a package is meant to be shared
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,125 @@
+"""Server settings: pydantic-settings from ``LINESIDE_*`` environment variables, a YAML
+config file, and CLI flags (flags win, then environment, then the file)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lineside_inspect.errors import ConfigError
+
+Role = Literal["line", "reviewer", "admin"]
+
+
+class ApiKey(BaseModel):
+    """A key is kept only as its sha256; give ``key`` (hashed on load) or ``sha256``."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    role: Role
+    sha256: str
+
+    @classmethod
+    def from_plain(cls, name: str, role: Role, key: str) -> ApiKey:
+        return cls(name=name, role=role, sha256=hash_key(key))
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class CameraConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
+    source: str = Field(..., description="device index, URL, GStreamer pipeline, video file or folder")
+    recipe: str | None = None
+    mode: Literal["triggered", "continuous"] = "triggered"
+    rate_hz: float = Field(2.0, gt=0, description="continuous mode: inspections per second")
+    fps: float = Field(10.0, gt=0, description="folder/file sources: playback rate")
+    loop: bool = True
+    open_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(5.0, gt=0)
+    stale_after_s: float = Field(2.0, gt=0, description="no new frame for this long: offline")
+    max_frame_age_s: float = Field(0.5, gt=0, description="trigger may use a frame this fresh")
+
+
+class Settings(BaseSettings):
+    """All server settings; every field can be set as ``LINESIDE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LINESIDE_", extra="forbid",
+                                      protected_namespaces=())
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: list[str] = Field(default_factory=lambda: ["models/deeppcb/1"])
+    recipes: list[str] = Field(default_factory=list)
+    default_recipe: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads")
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(64 * 1024 * 1024, gt=0)
+    max_concurrency: int = Field(2, ge=1, description="inferences running at once")
+    max_queue: int = Field(16, ge=0, description="requests waiting beyond that; then 503")
+    request_timeout_s: float = Field(10.0, gt=0)
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    insecure: bool = False
+    cors_origins: list[str] = Field(default_factory=list)
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+    data_dir: str = "data/store"
+    store_pass_rate: float = Field(0.1, ge=0, le=1)
+    cameras: list[CameraConfig] = Field(default_factory=list)
+
+    def check_bind(self) -> None:
+        """With no API keys the server may only listen on loopback (unless insecure)."""
+        if self.api_keys or self.insecure:
+            return
+        try:
+            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError(
+                f"refusing to listen on {self.host} without API keys: configure api_keys "
+                "(or LINESIDE_API_KEYS), bind to 127.0.0.1, or pass --insecure"
+            )
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the YAML file (plain ``key`` entries in ``api_keys`` are hashed here),
+    then environment, then ``overrides`` (None values ignored)."""
+    doc: dict[str, Any] = {}
+    if config is not None:
+        path = Path(config)
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        base = path.parent
+        for key in ("models", "recipes"):
+            if key in doc:
+                doc[key] = [str((base / p).resolve()) if not Path(p).is_absolute() else p
+                            for p in doc[key]]
+    keys = []
+    for i, k in enumerate(doc.pop("api_keys", []) or []):
+        if isinstance(k, dict) and "key" in k:
+            k = {"name": k.get("name", f"key{i}"), "role": k.get("role"),
+                 "sha256": hash_key(str(k["key"]))}
+        keys.append(k)
+    if keys:
+        doc["api_keys"] = keys
+    doc.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        env_only = Settings()
+        merged = {**doc, **{k: getattr(env_only, k) for k in env_only.model_fields_set}}
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        return Settings(**merged)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{config or 'settings'}: {fields}") from None

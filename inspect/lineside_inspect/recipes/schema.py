@@ -1,0 +1,95 @@
+"""Recipes: the pass/fail rules for one product (SKU), versioned, validated by pydantic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lineside_inspect.errors import ConfigError
+
+Polygon = list[tuple[float, float]]
+
+
+class Recipe(BaseModel):
+    """Rules turning detections into a verdict.
+
+    A defect counts when its score reaches the class's ``min_score`` (default: the model
+    card's calibrated threshold), its longer side reaches the minimum size, and its centre
+    lies inside a region of interest (if any) and outside every ignore region. The part
+    fails when a ``critical`` class has any counted defect, or a class has more counted
+    defects than ``max_count`` allows (0 unless given).
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    version: str = "1"
+    model: str = Field(..., description="model package name (card name)")
+    model_version: str | None = Field(None, description="pin a version; default: the active one")
+    min_score: dict[str, float] = Field(default_factory=dict)
+    default_min_score: float | None = Field(None, ge=0, le=1)
+    min_size_px: float = Field(0, ge=0)
+    min_size_mm: float | None = Field(None, ge=0)
+    pixels_per_mm: float | None = Field(None, gt=0)
+    roi: list[Polygon] = Field(default_factory=list)
+    ignore: list[Polygon] = Field(default_factory=list)
+    max_count: dict[str, int] = Field(default_factory=dict)
+    critical: list[str] = Field(default_factory=list)
+
+    @field_validator("roi", "ignore")
+    @classmethod
+    def _polygons(cls, polygons: list[Polygon]) -> list[Polygon]:
+        for i, p in enumerate(polygons):
+            if len(p) < 3:
+                raise ValueError(f"polygon {i} needs at least 3 points, got {len(p)}")
+        return polygons
+
+    @field_validator("min_score")
+    @classmethod
+    def _scores(cls, scores: dict[str, float]) -> dict[str, float]:
+        for label, s in scores.items():
+            if not 0 <= s <= 1:
+                raise ValueError(f"min_score for {label!r} must lie in [0, 1], got {s}")
+        return scores
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def min_size(self) -> float:
+        """Minimum longer side in pixels (the mm rule converted with pixels_per_mm)."""
+        if self.min_size_mm is not None:
+            if self.pixels_per_mm is None:
+                raise ConfigError(f"recipe {self.name}: min_size_mm needs pixels_per_mm")
+            return max(self.min_size_px, self.min_size_mm * self.pixels_per_mm)
+        return self.min_size_px
+
+    def check_classes(self, class_names: list[str]) -> None:
+        """Refuse rules naming classes the model does not know (a typo would silently pass)."""
+        known = set(class_names)
+        for field_name in ("min_score", "max_count"):
+            for label in getattr(self, field_name):
+                if label not in known:
+                    raise ConfigError(f"recipe {self.name}: {field_name} names unknown class "
+                                      f"{label!r} (model classes: {', '.join(class_names)})")
+        for label in self.critical:
+            if label not in known:
+                raise ConfigError(f"recipe {self.name}: critical names unknown class {label!r}")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read recipe ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML") from None
+    try:
+        return Recipe.model_validate(doc)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {fields}") from None

@@ -1,0 +1,116 @@
+"""The FastAPI application: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lineside_inspect import __version__
+from lineside_inspect.config import Settings
+from lineside_inspect.errors import LinesideError
+from lineside_inspect.recipes import Recipe, load_recipe
+from lineside_inspect.server.limiter import Limiter
+from lineside_inspect.server.metrics import Metrics
+from lineside_inspect.server.registry import Registry
+from lineside_inspect.server.routes import admin, health, inspect, v2
+
+log = logging.getLogger("lineside")
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def load_everything(settings: Settings, registry: Registry) -> None:
+    """Load and warm up every configured model, then the recipes (each model's card
+    default recipe when none is configured)."""
+    for path in settings.models:
+        registry.load_model(path)
+    recipes = [load_recipe(p) for p in settings.recipes]
+    if not recipes:
+        for name, slot in registry.models().items():
+            assert slot.active is not None
+            card = slot.versions[slot.active].card
+            doc = {"name": f"{name}-default", "version": "1", "model": name,
+                   **card.default_recipe}
+            doc["model"] = doc.get("model") or name
+            recipes.append(Recipe.model_validate(doc))
+    for r in recipes:
+        registry.add_recipe(r)
+    if settings.default_recipe:
+        registry.recipe(settings.default_recipe)
+        registry.default_recipe = settings.default_recipe
+
+
+def create_app(settings: Settings | None = None, *, registry: Registry | None = None) -> FastAPI:
+    settings = settings or Settings()
+    registry = registry or Registry(device=settings.device, threads=settings.threads)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.ready = False
+        await anyio.to_thread.run_sync(load_everything, settings, registry)
+        admin._publish_state(app, registry)
+        for hook in app.state.on_startup:
+            await anyio.to_thread.run_sync(hook)
+        app.state.ready = True
+        log.info("lineside ready: %s", ", ".join(f"{n}:{s.active}" for n, s in
+                                                   registry.models().items()))
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            for hook in reversed(app.state.on_shutdown):
+                await anyio.to_thread.run_sync(hook)
+
+    app = FastAPI(title="Lineside", version=__version__, lifespan=lifespan,
+                  description="Automated visual inspection at the line: frames in, verdicts out.")
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.limiter = Limiter(settings.max_concurrency, settings.max_queue,
+                                settings.request_timeout_s)
+    app.state.metrics = Metrics()
+    app.state.ready = False
+    app.state.store = None
+    app.state.on_startup = []
+    app.state.on_shutdown = []
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["*"], allow_headers=["*"])
+
+    @app.exception_handler(LinesideError)
+    async def lineside_error(request: Request, exc: LinesideError) -> JSONResponse:
+        app.state.metrics.errors.labels(exc.code).inc()
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status,
+                            headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        app.state.metrics.errors.labels("invalid_request").inc()
+        return JSONResponse(error_body("invalid_request", "; ".join(parts)), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"),
+                            status_code=500)
+
+    for router in (health.router, inspect.router, v2.router, admin.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,57 @@
+"""Reading request bodies within the size limit, and images out of them."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from fastapi import Request
+from starlette.datastructures import UploadFile
+
+from lineside_inspect.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
+from lineside_inspect.imageio import decode_image
+
+IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/bmp", "image/x-ms-bmp",
+               "application/octet-stream"}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ImageTooLargeError(f"body of {declared} bytes is over the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ImageTooLargeError(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_image_upload(request: Request, limit: int, max_pixels: int) -> tuple[np.ndarray, float]:
+    """Decode the image sent as the raw body (image/jpeg|png|bmp) or as a multipart
+    ``image``/``file`` field; returns the BGR image and the decode time in ms."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ImageTooLargeError(f"body of {declared} bytes is over the limit of {limit} bytes")
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get("image") or form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ImageError("multipart body needs a file field named 'image'")
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise ImageTooLargeError(f"image is over the limit of {limit} bytes")
+    elif ctype in IMAGE_TYPES:
+        data = await read_body(request, limit)
+    else:
+        raise UnsupportedMediaError(
+            f"content type {ctype or '(none)'!r} is not accepted; send image/jpeg, image/png, "
+            "image/bmp or multipart/form-data")
+    if not data:
+        raise ImageError("the request body is empty: send an encoded image")
+    t = time.perf_counter()
+    image = decode_image(data, max_pixels)
+    return image, (time.perf_counter() - t) * 1000

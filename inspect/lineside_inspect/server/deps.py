@@ -1,0 +1,98 @@
+"""Request dependencies: the app's services and API-key auth by role."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from lineside_inspect.config import Role, Settings, hash_key
+from lineside_inspect.errors import LinesideError
+from lineside_inspect.server.limiter import Limiter
+from lineside_inspect.server.metrics import Metrics
+from lineside_inspect.server.registry import Registry
+
+# which roles may do what: admin may do everything
+ALLOWED: dict[Role, set[Role]] = {
+    "line": {"line", "admin"},
+    "reviewer": {"reviewer", "admin"},
+    "admin": {"admin"},
+}
+
+
+class Unauthorized(LinesideError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(LinesideError):
+    code = "forbidden"
+    status = 403
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: Role
+
+
+def _key_from(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key") or request.cookies.get("lineside_key")
+
+
+def authenticate(request: Request) -> Principal | None:
+    """The key's holder, ``None`` when auth is off (no keys configured: loopback only)."""
+    settings: Settings = request.app.state.settings
+    if not settings.api_keys:
+        return Principal("local", "admin")
+    key = _key_from(request)
+    if not key:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key'")
+    digest = hash_key(key)
+    for k in settings.api_keys:
+        if hmac.compare_digest(k.sha256, digest):
+            return Principal(k.name, k.role)
+    raise Unauthorized("unknown API key")
+
+
+def require(role: Role) -> object:
+    def dep(request: Request) -> Principal:
+        who = authenticate(request)
+        assert who is not None
+        if who.role not in ALLOWED[role]:
+            raise Forbidden(f"key {who.name!r} has role {who.role!r}; this needs {role!r}")
+        return who
+
+    return Depends(dep)
+
+
+LineUser = Annotated[Principal, require("line")]
+Reviewer = Annotated[Principal, require("reviewer")]
+Admin = Annotated[Principal, require("admin")]
+
+
+def get_registry(request: Request) -> Registry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def get_limiter(request: Request) -> Limiter:
+    return request.app.state.limiter  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+LimiterDep = Annotated[Limiter, Depends(get_limiter)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

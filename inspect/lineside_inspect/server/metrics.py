@@ -1,0 +1,30 @@
+"""Prometheus metrics, one registry per app (so tests and several apps don't collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+STAGES = ("decode", "preprocess", "infer", "postprocess", "total")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.inspections = Counter("lineside_inspections", "Inspections by verdict",
+                                   ["verdict", "recipe", "camera"], registry=r)
+        self.defects = Counter("lineside_defects", "Counted defects by class", ["label"],
+                               registry=r)
+        self.latency = Histogram(
+            "lineside_stage_seconds", "Latency per stage", ["stage"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 5.0))
+        self.queue = Gauge("lineside_queue_depth", "Requests in progress or queued", registry=r)
+        self.errors = Counter("lineside_request_errors", "Refused requests by code", ["code"],
+                              registry=r)
+        self.model_info = Info("lineside_model", "Active model versions", registry=r)
+        self.camera_state = Gauge("lineside_camera_online", "1 when the camera delivers frames",
+                                  ["camera"], registry=r)
+        self.camera_fps = Gauge("lineside_camera_fps", "Frames per second read", ["camera"],
+                                registry=r)
+        self.camera_reconnects = Gauge("lineside_camera_reconnects", "Reconnects so far",
+                                       ["camera"], registry=r)

@@ -1,0 +1,110 @@
+"""Loaded models and recipes, with atomic hot swap and rollback.
+
+A request takes a reference to the detector it will use once, at its start; swapping
+the active version replaces a dict entry under a lock, so in-flight requests finish on
+the version they started with and new ones get the new version. A failed load leaves
+the old version serving.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lineside_inspect.errors import ConfigError, NotFoundError
+from lineside_inspect.package import load_package
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.runtime.detector import Detector
+
+
+@dataclass
+class ModelSlot:
+    versions: dict[str, Detector] = field(default_factory=dict)
+    active: str | None = None
+    history: list[str] = field(default_factory=list)  # previously active versions
+
+
+class Registry:
+    def __init__(self, *, device: str = "auto", threads: int | None = None) -> None:
+        self.device = device
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._models: dict[str, ModelSlot] = {}
+        self._recipes: dict[str, Recipe] = {}
+        self.default_recipe: str | None = None
+
+    # -- models ---------------------------------------------------------------------
+    def load_model(self, path: str | Path, *, activate: bool = True) -> Detector:
+        """Load and warm up a package beside whatever serves now; then (optionally)
+        make it active. Raises (leaving everything as it was) if the package is bad."""
+        detector = Detector(load_package(path), device=self.device, threads=self.threads)
+        card = detector.card
+        with self._lock:
+            slot = self._models.setdefault(card.name, ModelSlot())
+            slot.versions[card.version] = detector
+            if activate or slot.active is None:
+                self._activate_locked(card.name, card.version)
+        return detector
+
+    def _activate_locked(self, name: str, version: str) -> None:
+        slot = self._models[name]
+        if version not in slot.versions:
+            raise NotFoundError(f"model {name} has no loaded version {version!r} "
+                                f"(loaded: {', '.join(slot.versions)})")
+        if slot.active is not None and slot.active != version:
+            slot.history.append(slot.active)
+        slot.active = version
+
+    def activate(self, name: str, version: str) -> None:
+        with self._lock:
+            self._slot(name)
+            self._activate_locked(name, version)
+
+    def rollback(self, name: str) -> str:
+        with self._lock:
+            slot = self._slot(name)
+            if not slot.history:
+                raise ConfigError(f"model {name}: no earlier version to roll back to")
+            previous = slot.history.pop()
+            slot.active = previous
+            return previous
+
+    def _slot(self, name: str) -> ModelSlot:
+        if name not in self._models:
+            raise NotFoundError(f"unknown model {name!r} (loaded: {', '.join(self._models) or 'none'})")
+        return self._models[name]
+
+    def detector(self, name: str, version: str | None = None) -> Detector:
+        with self._lock:
+            slot = self._slot(name)
+            key = version or slot.active
+            if key not in slot.versions:
+                raise NotFoundError(f"model {name} has no loaded version {key!r}")
+            return slot.versions[key]
+
+    def models(self) -> dict[str, ModelSlot]:
+        with self._lock:
+            return {k: ModelSlot(dict(v.versions), v.active, list(v.history))
+                    for k, v in self._models.items()}
+
+    # -- recipes --------------------------------------------------------------------
+    def add_recipe(self, recipe: Recipe) -> None:
+        detector = self.detector(recipe.model, recipe.model_version)
+        recipe.check_classes(detector.class_names)
+        with self._lock:
+            self._recipes[recipe.name] = recipe
+            if self.default_recipe is None:
+                self.default_recipe = recipe.name
+
+    def recipe(self, name: str | None) -> Recipe:
+        with self._lock:
+            key = name or self.default_recipe
+            if key is None or key not in self._recipes:
+                known = ", ".join(self._recipes) or "none"
+                raise NotFoundError(f"unknown recipe {key!r} (loaded: {known})")
+            return self._recipes[key]
+
+    def recipes(self) -> list[Recipe]:
+        with self._lock:
+            return list(self._recipes.values())

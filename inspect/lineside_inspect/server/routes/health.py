@@ -1,0 +1,29 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from lineside_inspect.server.deps import MetricsDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Live: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> Response:
+    """Ready only once models are loaded and warmed up, and not while shutting down."""
+    ready = bool(getattr(request.app.state, "ready", False))
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+def metrics(m: MetricsDep) -> Response:
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

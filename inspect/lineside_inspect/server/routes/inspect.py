@@ -1,0 +1,69 @@
+"""``POST /v1/inspect``: an encoded frame in, a verdict out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from lineside_inspect.draw import annotate
+from lineside_inspect.imageio import encode_jpeg
+from lineside_inspect.inspector import Inspection, inspect
+from lineside_inspect.server.body import read_image_upload
+from lineside_inspect.server.deps import LimiterDep, LineUser, MetricsDep, RegistryDep, SettingsDep
+
+router = APIRouter(prefix="/v1", tags=["inspect"])
+
+
+def record(request: Request, result: Inspection, metrics: Any) -> None:
+    """Count the inspection and hand it to the store (if one is configured)."""
+    metrics.inspections.labels(result.verdict, result.recipe.name, result.camera_id or "").inc()
+    for label in result.defects.labels:
+        metrics.defects.labels(label).inc()
+    for stage, ms in result.timings_ms.items():
+        metrics.latency.labels(stage).observe(ms / 1000)
+    store = getattr(request.app.state, "store", None)
+    if store is not None:
+        result.stored = store.save(result)
+
+
+@router.post(
+    "/inspect",
+    summary="Inspect one image",
+    openapi_extra={"requestBody": {"content": {
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/bmp": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "image": {"type": "string", "format": "binary"}}}},
+    }, "required": True}},
+)
+async def inspect_route(
+    request: Request,
+    who: LineUser,
+    registry: RegistryDep,
+    limiter: LimiterDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    recipe: Annotated[str | None, Query(description="recipe name; default recipe if omitted")] = None,
+    camera_id: Annotated[str | None, Query(max_length=128)] = None,
+    part_id: Annotated[str | None, Query(max_length=256)] = None,
+    annotated: Annotated[bool, Query(description="answer with the annotated JPEG")] = False,
+) -> Any:
+    """Body: the encoded image (image/jpeg, image/png, image/bmp) or multipart with a
+    file field ``image``. Answers the verdict JSON (or, with ``annotated=1``, a JPEG
+    with boxes drawn and the verdict in ``X-Lineside-*`` headers)."""
+    rule = registry.recipe(recipe)
+    detector = registry.detector(rule.model, rule.model_version)  # pinned for this request
+    image, decode_ms = await read_image_upload(request, settings.max_body_bytes,
+                                               settings.max_pixels)
+    metrics.queue.set(limiter.in_system)
+    result = await limiter.run(lambda: inspect(image, detector, rule, decode_ms=decode_ms,
+                                               camera_id=camera_id, part_id=part_id))
+    record(request, result, metrics)
+    if annotated:
+        jpeg = encode_jpeg(annotate(image, result.defects, result.verdict))
+        return Response(jpeg, media_type="image/jpeg", headers={
+            "X-Lineside-Inspection-Id": result.id, "X-Lineside-Verdict": result.verdict,
+            "X-Lineside-Model": f"{detector.card.name}:{detector.card.version}"})
+    return result.to_json()
