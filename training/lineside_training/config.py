@@ -33,6 +33,9 @@ class TrainConfig(BaseModel):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = Field(None, description="local state dict (whole model or backbone)")
     input_size: int = Field(640, ge=32, multiple_of=32)
+    good_weight: float = Field(1.0, gt=0, le=1, description=(
+        "sampling weight of good (defect-free) images relative to defective ones; below 1 "
+        "spends more steps on defects (single-process runs; DDP samples uniformly)"))
     crop_size: int | None = Field(320, ge=32, multiple_of=32, description="train on random crops")
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(16, ge=1)

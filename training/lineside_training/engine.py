@@ -144,11 +144,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     )
     val_ds = DetectionDataset(data.dataset, data.val, data.class_names, size=cfg.input_size)
     sampler: torch.utils.data.DistributedSampler[Any] | None = None
+    weighted: torch.utils.data.WeightedRandomSampler | None = None
+    generator = torch.Generator().manual_seed(cfg.seed)
     if world > 1:
         sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, seed=cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    elif cfg.good_weight < 1:
+        weights = [cfg.good_weight if r.is_good else 1.0 for r in data.train]
+        weighted = torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=generator)
     loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+        train_ds, batch_size=cfg.batch_size, shuffle=sampler is None and weighted is None,
+        sampler=sampler or weighted,
         collate_fn=collate, num_workers=cfg.workers, drop_last=len(train_ds) > cfg.batch_size,
         generator=generator, persistent_workers=cfg.workers > 0,
     )
@@ -191,6 +196,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
 
     t0 = time.time()
     epoch = start_epoch
+    seen_indices: list[int] = []  # first epoch's shard, recorded for DDP runs
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if sampler is not None:
@@ -202,6 +208,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
             for step, (images, targets) in enumerate(loader):
                 if step >= steps:
                     break
+                if world > 1 and epoch == start_epoch:
+                    seen_indices.extend(int(t["index"]) for t in targets)
                 images = images.to(device, non_blocking=True).float()
                 targets = [{k: v.to(device) for k, v in t.items() if k != "index"} for t in targets]
                 with torch.autocast(device.type, enabled=use_amp):
@@ -256,6 +264,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         raise
     finally:
         if world > 1 and dist.is_initialized():
+            # each rank records its shard and a weight checksum: replicas must agree
+            (run / "ranks").mkdir(parents=True, exist_ok=True)
+            checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+            (run / "ranks" / f"rank{rank}.json").write_text(
+                json.dumps({"indices": seen_indices, "checksum": checksum}))
             dist.barrier()
             dist.destroy_process_group()
     return run

@@ -29,17 +29,21 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     own = model.state_dict()
+    # try each way of lining the file's keys up with the model's: as they are, with a
+    # known prefix stripped (a backbone saved from a bigger model) or added
     best: dict[str, torch.Tensor] = {}
     for prefix in PREFIXES:
-        candidate = {}
-        for k, v in state.items():
-            key = prefix + k if not k.startswith(prefix) else k
-            if key.startswith("module."):
-                key = key[len("module."):]
-            candidate[key] = v
-        matched = {k: v for k, v in candidate.items() if k in own}
-        if len(matched) > len(best):
-            best = matched
+        for mode in ("strip", "add"):
+            candidate: dict[str, torch.Tensor] = {}
+            for k, v in state.items():
+                if mode == "strip":
+                    key = k[len(prefix):] if prefix and k.startswith(prefix) else k
+                else:
+                    key = prefix + k
+                candidate[key] = v
+            matched = {k: v for k, v in candidate.items() if k in own}
+            if len(matched) > len(best):
+                best = matched
     loadable = {k: v for k, v in best.items() if v.shape == own[k].shape}
     mismatched = sorted(set(best) - set(loadable))
     if not loadable:

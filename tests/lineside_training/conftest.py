@@ -1,0 +1,36 @@
+"""A tiny trained run on the repository sample, shared by the training-side tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lineside_training.config import TrainConfig, load_config
+from lineside_training.engine import train
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "datasets" / "deeppcb-sample"
+
+
+def tiny_config(out: Path, **overrides: object) -> TrainConfig:
+    fields: dict[str, object] = {
+        "name": "tiny", "data": str(SAMPLE), "out_dir": str(out), "epochs": 4,
+        "batch_size": 8, "crop_size": 256, "lr": 0.004, "max_steps_per_epoch": 6,
+        "eval_every": 2, "workers": 0, "device": "cpu", "ema_decay": 0.9,
+    }
+    fields.update(overrides)
+    return load_config(None, None, **fields)
+
+
+@pytest.fixture
+def make_config() -> object:
+    """``tiny_config`` itself, for tests that need variations."""
+    return tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(2)
+    return train(tiny_config(tmp_path_factory.mktemp("runs")), quiet=True)

@@ -1,0 +1,102 @@
+"""The training loop on the sample: logs, checkpoints, resume, evaluation, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from lineside_inspect.errors import ConfigError
+from lineside_training.checkpoint import load_trained
+from lineside_training.config import TrainConfig, load_config
+from lineside_training.engine import train
+from lineside_training.evaluate import evaluate
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "datasets" / "deeppcb-sample"
+Make = Callable[..., TrainConfig]
+
+
+def test_run_folder_has_config_checkpoints_and_metrics(tiny_run: Path) -> None:
+    assert {"config.yaml", "last.pt", "best.pt", "metrics.jsonl"} <= {p.name for p in tiny_run.iterdir()}
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert all("map50" in r for r in rows if r["epoch"] % 2 == 0)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    trained = load_trained(tiny_run)
+    assert trained.class_names[0] == "open" and not trained.model.training
+
+
+def test_resume_continues_where_it_stopped(tmp_path: Path, make_config: Make) -> None:
+    cfg = make_config(tmp_path, epochs=1, max_steps_per_epoch=2, eval_every=1)
+    run = train(cfg, quiet=True)
+    more = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, eval_every=1)
+    train(more, resume=True, quiet=True)
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 1
+
+
+def test_evaluate_writes_report_and_thresholds(tiny_run: Path, tmp_path: Path) -> None:
+    result = evaluate(tiny_run, split="val", out=tmp_path / "report", device="cpu")
+    for name in ("metrics.json", "summary.md", "pr_curves.png", "confusion.png"):
+        assert (tmp_path / "report" / name).is_file(), name
+    assert list((tmp_path / "report" / "examples").glob("*.jpg"))
+    assert 0 <= result["coco"]["map50"] <= 1
+    saved = json.loads((tiny_run / "thresholds.json").read_text())
+    assert set(saved["thresholds"]) == set(load_trained(tiny_run).class_names)
+    assert saved["escapes"] <= saved["allowed_escapes"]
+
+
+def test_config_errors_name_the_field(tmp_path: Path, make_config: Make) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: x\nepochs: -3\ncrop_size: 100\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert "epochs" in info.value.message and "crop_size" in info.value.message
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["epochs"], data="x")
+    with pytest.raises(ConfigError, match="no split"):
+        _unsplit(tmp_path, make_config)
+
+
+def _unsplit(tmp_path: Path, make_config: Make) -> None:
+    import shutil
+
+    dst = tmp_path / "unsplit"
+    shutil.copytree(SAMPLE, dst)
+    doc = json.loads((dst / "annotations.json").read_text())
+    for img in doc["images"]:
+        img["split"] = None
+    (dst / "annotations.json").write_text(json.dumps(doc))
+    train(make_config(tmp_path, data=str(dst)), quiet=True)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
+    """torchrun, 2 CPU processes: disjoint shards, identical weights at the end."""
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from conftest import tiny_config\n"
+        "from lineside_training.engine import train\n"
+        f"train(tiny_config(__import__('pathlib').Path({str(tmp_path)!r}), epochs=1, "
+        "max_steps_per_epoch=3, batch_size=4, eval_every=1), quiet=True)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(script)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "tiny" / "ranks" / f"rank{r}.json").read_text())
+             for r in (0, 1)]
+    a, b = (set(r["indices"]) for r in ranks)
+    assert a and b and not (a & b), "ranks must see disjoint shards"
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]

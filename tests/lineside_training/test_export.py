@@ -1,0 +1,135 @@
+"""Export a tiny trained model, pass the parity gate, and reload it through the runtime
+the server uses; tampered or inconsistent packages are refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from lineside_inspect.errors import PackageError
+from lineside_inspect.imageio import read_image
+from lineside_inspect.package import load_package
+from lineside_inspect.runtime.detector import Detector
+from lineside_training.export import export
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "datasets" / "deeppcb-sample"
+
+
+@pytest.fixture(scope="module")
+def package(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("models") / "tiny" / "1"
+    summary = export(tiny_run, out, parity_images=8)
+    assert summary["parity_images"] == 8
+    return out
+
+
+def test_package_contents_and_card(package: Path) -> None:
+    card = json.loads((package / "model.json").read_text())
+    assert card["name"] == "tiny" and card["version"] == "1"
+    assert card["class_names"][:2] == ["open", "short"]
+    assert card["input"]["size"] == 640 and card["precision"] == "fp32"
+    assert set(card["thresholds"]) == set(card["class_names"])
+    assert card["training"]["data"]["train_images"] > 0
+    graph = onnx.load(str(package / "model.onnx"))
+    onnx.checker.check_model(graph)
+    assert graph.opset_import[0].version >= 17
+    assert "NonMaxSuppression" in {n.op_type for n in graph.graph.node}
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, 640, 640]
+
+
+def test_runtime_reloads_package_and_batches(package: Path) -> None:
+    det = Detector(package, device="cpu", threads=1)
+    images = [read_image(p) for p in sorted((SAMPLE / "images").rglob("*_test.jpg"))[:2]]
+    images.append(images[0][:320, :480].copy())  # another size: letterboxed, mapped back
+    one = det.predict(images[:1])[0]
+    many = det.predict(images)
+    assert len(many) == 3
+    np.testing.assert_allclose(many[0].xyxy, one.xyxy, atol=1e-3)
+    small = many[2]
+    if len(small):
+        assert small.xyxy[:, 2].max() <= 480 and small.xyxy[:, 3].max() <= 320
+
+
+def test_tampered_graph_is_refused(package: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(package, bad)
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[-100] ^= 0xFF
+    (bad / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(PackageError, match="sha256"):
+        load_package(bad)
+
+
+def test_card_disagreeing_with_graph_is_refused(package: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(package, bad)
+    card = json.loads((bad / "model.json").read_text())
+    card["class_names"] = card["class_names"][:5]
+    (bad / "model.json").write_text(json.dumps(card))
+    with pytest.raises(PackageError, match="exported for 6 classes"):
+        load_package(bad)
+    card["class_names"] = json.loads((package / "model.json").read_text())["class_names"]
+    card["input"]["size"] = 320
+    (bad / "model.json").write_text(json.dumps(card))
+    with pytest.raises(PackageError, match="card says uint8"):
+        load_package(bad)
+
+
+def test_external_data_outside_package_is_refused(package: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "pkg"
+    shutil.copytree(package, bad)
+    graph = onnx.load(str(bad / "model.onnx"))
+    onnx.save(graph, str(bad / "model.onnx"), save_as_external_data=True,
+              location="weights.bin", size_threshold=0)
+    # onnx refuses to write '..' itself: edit the saved graph as an attacker would
+    graph = onnx.load(str(bad / "model.onnx"), load_external_data=False)
+    for tensor in graph.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../outside.bin"
+    (bad / "model.onnx").write_bytes(graph.SerializeToString())
+    card = json.loads((bad / "model.json").read_text())
+    from lineside_inspect.package import sha256_file
+
+    card["sha256"] = sha256_file(bad / "model.onnx")
+    (bad / "model.json").write_text(json.dumps(card))
+    with pytest.raises(PackageError, match="outside the package"):
+        load_package(bad)
+
+
+def test_garbage_graph_and_missing_card(package: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(package, bad)
+    (bad / "model.onnx").write_bytes(b"\x00garbage")
+    card = json.loads((bad / "model.json").read_text())
+    from lineside_inspect.package import sha256_file
+
+    card["sha256"] = sha256_file(bad / "model.onnx")
+    (bad / "model.json").write_text(json.dumps(card))
+    with pytest.raises(PackageError, match="unreadable ONNX"):
+        load_package(bad)
+    (bad / "model.json").unlink()
+    with pytest.raises(PackageError, match="no model.json"):
+        load_package(bad)
+
+
+@pytest.mark.slow
+def test_int8_export_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tiny-int8" / "1"
+    summary = export(tiny_run, out, int8=True, parity_images=4, calibration_images=8)
+    q = summary["quantization"]
+    assert q["precision"] == "int8" and q["speedup"] > 0
+    assert abs(q["map50_change"]) <= 0.01
+    card = load_package(out).card
+    assert card.precision == "int8" and card.quantization is not None
+    graph = onnx.load(str(out / "model.onnx"))
+    assert "QuantizeLinear" in {n.op_type for n in graph.graph.node}
+    det = Detector(out, device="cpu")
+    assert len(det.predict([read_image(next((SAMPLE / "images").rglob("*_test.jpg")))])) == 1
