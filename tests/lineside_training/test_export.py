@@ -116,7 +116,7 @@ def test_garbage_graph_and_missing_card(package: Path, tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="unreadable ONNX"):
         load_package(bad)
     (bad / "model.json").unlink()
-    with pytest.raises(PackageError, match="no model.json"):
+    with pytest.raises(PackageError, match=r"no model\.json"):
         load_package(bad)
 
 
