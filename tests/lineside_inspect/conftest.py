@@ -1,0 +1,95 @@
+"""A real uvicorn server on loopback, serving the bundled model package."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from lineside_inspect.config import ApiKey, Settings
+from lineside_inspect.server.app import create_app
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "deeppcb" / "1"
+SAMPLE = ROOT / "datasets" / "deeppcb-sample"
+KEYS = {"line": "line-secret", "reviewer": "reviewer-secret", "admin": "admin-secret"}
+
+
+@dataclass
+class Running:
+    url: str
+    app: FastAPI
+    server: uvicorn.Server
+
+    def client(self, role: str | None = None, **kw: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {KEYS[role]}"} if role else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kw)
+
+
+def start_server(settings: Settings) -> tuple[Running, Callable[[], None]]:
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not (server.started and app.state.ready):
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+    return Running(f"http://127.0.0.1:{port}", app, server), stop
+
+
+def settings(**kw: Any) -> Settings:
+    base: dict[str, Any] = {"models": [str(MODEL)], "device": "cpu", "threads": 1,
+                            "data_dir": str(kw.pop("data_dir", "/nonexistent"))}
+    base.update(kw)
+    return Settings(**base)
+
+
+def keyed(**kw: Any) -> Settings:
+    keys = [ApiKey.from_plain(role, role, key) for role, key in KEYS.items()]  # type: ignore[arg-type]
+    return settings(api_keys=keys, **kw)
+
+
+@pytest.fixture(scope="module")
+def srv() -> Iterator[Running]:
+    """A server with API keys for the three roles."""
+    running, stop = start_server(keyed())
+    yield running
+    stop()
+
+
+@pytest.fixture
+def launch() -> Iterator[Callable[..., Running]]:
+    """Start extra servers with custom settings (``keys=True`` adds the role keys)."""
+    stops: list[Callable[[], None]] = []
+
+    def start(keys: bool = True, **kw: Any) -> Running:
+        running, stop = start_server(keyed(**kw) if keys else settings(**kw))
+        stops.append(stop)
+        return running
+
+    yield start
+    for stop in stops:
+        stop()
+
+
+@pytest.fixture
+def image_bytes() -> bytes:
+    return next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()

@@ -1,0 +1,125 @@
+"""POST /v1/inspect on a real uvicorn server: content types, contract, bad input."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from lineside_inspect._cv import cv2
+from lineside_inspect.imageio import decode_image
+
+CONTRACT = {"id", "verdict", "reasons", "defects", "recipe", "model", "timings_ms", "stored"}
+
+
+def _encoded(image_bytes: bytes, ext: str) -> bytes:
+    ok, buf = cv2.imencode(ext, decode_image(image_bytes))
+    assert ok
+    return bytes(buf.tobytes())
+
+
+@pytest.mark.parametrize("ctype,ext", [("image/jpeg", None), ("image/png", ".png"),
+                                       ("image/bmp", ".bmp")])
+def test_inspect_each_content_type(srv, image_bytes: bytes, ctype: str, ext: str | None) -> None:
+    body = image_bytes if ext is None else _encoded(image_bytes, ext)
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", content=body, headers={"content-type": ctype},
+                   params={"camera_id": "cam1", "part_id": "SN-1"})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert set(doc) >= CONTRACT
+    assert doc["verdict"] in ("pass", "fail")
+    assert doc["model"]["name"] == "deeppcb" and len(doc["model"]["sha256"]) == 64
+    assert doc["recipe"] == {"name": "deeppcb-default", "version": "1"}
+    assert set(doc["timings_ms"]) == {"decode", "preprocess", "infer", "postprocess", "total"}
+    assert doc["part_id"] == "SN-1" and doc["camera_id"] == "cam1"
+    for d in doc["defects"]:
+        x1, y1, x2, y2 = d["box"]
+        assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 640 and 0 <= d["score"] <= 1
+    assert (doc["verdict"] == "fail") == bool(doc["reasons"])
+
+
+def test_inspect_multipart_and_annotated(srv, image_bytes: bytes) -> None:
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", files={"image": ("a.jpg", image_bytes, "image/jpeg")})
+        assert r.status_code == 200 and r.json()["verdict"] in ("pass", "fail")
+        a = c.post("/v1/inspect?annotated=1", content=image_bytes,
+                   headers={"content-type": "image/jpeg"})
+    assert a.status_code == 200 and a.headers["content-type"] == "image/jpeg"
+    assert a.headers["x-lineside-verdict"] in ("pass", "fail")
+    assert decode_image(a.content).shape == (640, 640, 3)
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header claiming a huge size (the body need not be complete: it must be
+    refused from the header alone)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    crc = struct.pack(">I", zlib.crc32(chunk))
+    idat = zlib.compress(b"\x00" * 100000)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + crc
+            + struct.pack(">I", len(idat)) + b"IDAT" + idat)
+
+
+def test_every_bad_input_is_a_4xx_json_error(srv, image_bytes: bytes) -> None:
+    cases = [
+        (b"", "image/jpeg", 400, "invalid_image"),
+        (b"hello", "text/plain", 415, "unsupported_media_type"),
+        (b"not an image at all", "image/jpeg", 400, "invalid_image"),
+        (image_bytes[: len(image_bytes) // 2], "image/jpeg", 400, "invalid_image"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 64, "image/jpeg", 400, "invalid_image"),
+        (_bomb_png(20000, 20000), "image/png", 413, "image_too_large"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 4, "image/png", 400, "invalid_image"),
+    ]
+    with srv.client("line") as c:
+        for body, ctype, status, code in cases:
+            r = c.post("/v1/inspect", content=body, headers={"content-type": ctype})
+            assert r.status_code == status, (code, r.text)
+            assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+            ok = c.post("/v1/inspect", content=image_bytes, headers={"content-type": "image/jpeg"})
+            assert ok.status_code == 200  # the next valid request is unaffected
+        r = c.post("/v1/inspect?recipe=nope", content=image_bytes,
+                   headers={"content-type": "image/jpeg"})
+        assert r.status_code == 404 and "unknown recipe 'nope'" in r.json()["error"]["message"]
+        r = c.post("/v1/inspect", files={"other": ("a.jpg", image_bytes, "image/jpeg")})
+        assert r.status_code == 400 and "field named 'image'" in r.json()["error"]["message"]
+        r = c.post("/v1/inspect?annotated=maybe", content=image_bytes,
+                   headers={"content-type": "image/jpeg"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+
+
+def test_body_over_the_limit_is_413(launch, image_bytes: bytes) -> None:
+    small = launch(max_body_bytes=len(image_bytes) - 1)
+    with small.client("line") as c:
+        r = c.post("/v1/inspect", content=image_bytes, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
+        r = c.post("/v1/inspect", files={"image": ("a.jpg", image_bytes, "image/jpeg")})
+        assert r.status_code == 413
+
+        def chunks():  # no Content-Length: the limit must hold while streaming
+            for _ in range(4):
+                yield image_bytes[: len(image_bytes) // 2]
+
+        r = c.post("/v1/inspect", content=chunks(), headers={"content-type": "image/jpeg"})
+        assert r.status_code == 413
+
+
+def test_wrong_method_and_path_are_json(srv) -> None:
+    with srv.client("line") as c:
+        assert c.get("/v1/inspect").json()["error"]["code"] == "method_not_allowed"
+        r = c.get("/nope")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_metrics_count_inspections(srv, image_bytes: bytes) -> None:
+    with srv.client("line") as c:
+        c.post("/v1/inspect", content=image_bytes, headers={"content-type": "image/jpeg"},
+               params={"camera_id": "metrics-cam"})
+        text = c.get("/metrics").text
+    assert 'lineside_inspections_total{camera="metrics-cam"' in text
+    assert 'lineside_stage_seconds_bucket{le="0.001",stage="infer"}' in text
+    assert "lineside_model_info" in text and "lineside_queue_depth" in text
+    depth = [ln for ln in text.splitlines() if ln.startswith("lineside_queue_depth ")]
+    assert len(depth) == 1 and np.isfinite(float(depth[0].split()[1]))

@@ -1,0 +1,107 @@
+"""Open Inference Protocol v2, called with tritonclient's HTTP client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from lineside_inspect.imageio import decode_image
+from lineside_inspect.runtime.detector import Detector
+
+MODEL = Path(__file__).resolve().parents[2] / "models" / "deeppcb" / "1"
+AUTH = {"Authorization": "Bearer line-secret"}
+
+
+# tritonclient's HTTP client (geventhttpclient) patches process state that later breaks
+# httpx in the same process, so it runs in a child process of its own.
+CLIENT = """
+import json, sys
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+url, mode, out = sys.argv[1], sys.argv[2], sys.argv[3]
+client = httpclient.InferenceServerClient(url=url)
+auth = {"Authorization": "Bearer line-secret"}
+if mode == "meta":
+    try:
+        client.get_model_metadata("nope")
+        missing = "found"
+    except InferenceServerException as exc:
+        missing = str(exc.status())
+    json.dump({"live": client.is_server_live(), "ready": client.is_server_ready(),
+               "model_ready": client.is_model_ready("deeppcb"),
+               "meta": client.get_model_metadata("deeppcb"), "missing": missing}, open(out, "w"))
+else:
+    batch = np.load(out + ".in.npy")
+    inp = httpclient.InferInput("images", list(batch.shape), "UINT8")
+    inp.set_data_from_numpy(batch, binary_data=mode == "binary")
+    outs = [httpclient.InferRequestedOutput(n, binary_data=False)
+            for n in ("boxes", "scores", "labels")]
+    result = client.infer("deeppcb", [inp], outputs=outs, headers=auth)
+    np.savez(out, **{n: result.as_numpy(n) for n in ("boxes", "scores", "labels")})
+"""
+
+
+def _triton(srv, mode: str, out: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", CLIENT, srv.url.removeprefix("http://"), mode,
+                           str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_health_and_metadata(srv, tmp_path: Path) -> None:
+    _triton(srv, "meta", tmp_path / "meta.json")
+    doc = json.loads((tmp_path / "meta.json").read_text())
+    assert doc["live"] and doc["ready"] and doc["model_ready"]
+    meta = doc["meta"]
+    assert meta["inputs"][0] == {"name": "images", "datatype": "UINT8", "shape": [-1, 3, 640, 640]}
+    assert [o["name"] for o in meta["outputs"]] == ["boxes", "scores", "labels"]
+    assert doc["missing"] == "404"
+
+
+@pytest.mark.parametrize("mode", ["binary", "json"])
+def test_infer_matches_the_runtime(srv, image_bytes: bytes, mode: str, tmp_path: Path) -> None:
+    det = Detector(MODEL, device="cpu", threads=1)
+    batch, _ = det.pre_process([decode_image(image_bytes)] * 2)
+    expected = det.forward(batch)
+    out = tmp_path / "result.npz"
+    np.save(str(out) + ".in.npy", batch)
+    _triton(srv, mode, out)
+    got = np.load(out)
+    for name, want in zip(("boxes", "scores", "labels"), expected, strict=True):
+        assert got[name].shape == want.shape
+        np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-3)
+
+
+def test_malformed_tensors_are_400(srv) -> None:
+    good = {"name": "images", "datatype": "UINT8", "shape": [1, 3, 640, 640]}
+    bad_bodies = [
+        b"not json",
+        b"{}",
+        b'{"inputs": []}',
+        b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 3, 640, 640], "data": [1]}]}',
+        b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 3, 32, 32], "data": [1]}]}',
+        b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 3, 640, 640], "data": [1, 2]}]}',
+        b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": "x", "data": [1]}]}',
+    ]
+    with httpx.Client(base_url=srv.url, headers=AUTH, timeout=30) as c:
+        for body in bad_bodies:
+            r = c.post("/v2/models/deeppcb/infer", content=body)
+            assert r.status_code == 400, body
+            assert r.json()["error"]["code"] == "invalid_tensor"
+        head = (b'{"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 3, 640, 640], '
+                b'"parameters": {"binary_data_size": 999}}]}')
+        r = c.post("/v2/models/deeppcb/infer", content=head + b"\x00" * 10,
+                   headers={"Inference-Header-Content-Length": str(len(head))})
+        assert r.status_code == 400
+        r = c.post("/v2/models/nope/infer", json={"inputs": [good]})
+        assert r.status_code == 404
+        values = [300] * (3 * 640 * 640)
+        r = c.post("/v2/models/deeppcb/infer", json={"inputs": [{**good, "data": values}]})
+        assert r.status_code == 400 and "0..255" in r.json()["error"]["message"]
