@@ -293,6 +293,26 @@ def bench_model_cmd(
     out.print(format_rows(rows))
 
 
+@bench_app.command("camera")
+@friendly
+def bench_camera_cmd(
+    package: Annotated[Path, typer.Argument(help="model package folder")] = Path("models/deeppcb/1"),
+    frames: Annotated[Path, typer.Option(help="images the simulated camera streams")] = Path(
+        "datasets/deeppcb-sample/images"),
+    triggers: Annotated[int, typer.Option()] = 40,
+    fps: Annotated[float, typer.Option(help="camera frame rate")] = 30.0,
+) -> None:
+    """Trigger-to-verdict latency and frame age through a simulated 30 fps camera."""
+    from lineside_inspect.bench import bench_camera
+
+    r = bench_camera(package, frames, triggers=triggers, fps=fps)
+    out.print(f"trigger -> verdict  p50 {r['latency_p50_ms']:.1f} ms  p95 {r['latency_p95_ms']:.1f} ms\n"
+              f"frame age at inspection  p50 {r['frame_age_p50_ms']:.1f} ms  "
+              f"p95 {r['frame_age_p95_ms']:.1f} ms\n"
+              f"trigger -> next frame  p50 {r['trigger_to_frame_p50_ms']:.1f} ms  "
+              f"({r['triggers']} triggers, {r['stream_fps']:.0f} fps stream, {r['cores']} cores)")
+
+
 def main() -> None:
     try:
         app()

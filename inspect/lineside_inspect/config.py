@@ -106,6 +106,13 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
             if key in doc:
                 doc[key] = [str((base / p).resolve()) if not Path(p).is_absolute() else p
                             for p in doc[key]]
+        for cam in doc.get("cameras") or []:
+            src = str(cam.get("source", "")) if isinstance(cam, dict) else ""
+            if src and not src.isdigit() and "://" not in src and "!" not in src \
+                    and not Path(src).is_absolute() and (base / src).exists():
+                cam["source"] = str((base / src).resolve())
+        if "data_dir" in doc and not Path(doc["data_dir"]).is_absolute():
+            doc["data_dir"] = str((base / doc["data_dir"]).resolve())
     keys = []
     for i, k in enumerate(doc.pop("api_keys", []) or []):
         if isinstance(k, dict) and "key" in k:

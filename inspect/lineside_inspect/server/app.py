@@ -21,7 +21,7 @@ from lineside_inspect.recipes import Recipe, load_recipe
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
-from lineside_inspect.server.routes import admin, health, inspect, v2
+from lineside_inspect.server.routes import admin, cameras, health, inspect, v2
 
 log = logging.getLogger("lineside")
 
@@ -49,6 +49,38 @@ def load_everything(settings: Settings, registry: Registry) -> None:
     if settings.default_recipe:
         registry.recipe(settings.default_recipe)
         registry.default_recipe = settings.default_recipe
+
+
+def setup_cameras(app: FastAPI, settings: Settings, registry: Registry) -> None:
+    """Start camera workers after the models load; stop them (within 2 s) on shutdown."""
+    from lineside_inspect.cameras import CameraManager
+    from lineside_inspect.inspector import inspect as run_inspection
+    from lineside_inspect.server.routes.inspect import count
+
+    manager = CameraManager(settings.cameras)
+    app.state.cameras = manager
+
+    def continuous(camera_id: str, frame: Any) -> Any:
+        rule = registry.recipe(manager.configs[camera_id].recipe)
+        detector = registry.detector(rule.model, rule.model_version)
+        result = run_inspection(frame.image, detector, rule, camera_id=camera_id)
+        count(app, result)
+        return result
+
+    def start() -> None:
+        manager.start()
+        manager.start_continuous(continuous)
+
+    def publish_health() -> None:
+        m = app.state.metrics
+        for h in manager.health():
+            m.camera_state.labels(h["id"]).set(1 if h["state"] == "online" else 0)
+            m.camera_fps.labels(h["id"]).set(h["fps"])
+            m.camera_reconnects.labels(h["id"]).set(h["reconnects"])
+
+    app.state.on_startup.append(start)
+    app.state.on_shutdown.append(lambda: manager.stop(2.0))
+    app.state.metrics_hooks.append(publish_health)
 
 
 def create_app(settings: Settings | None = None, *, registry: Registry | None = None) -> FastAPI:
@@ -81,8 +113,12 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.metrics = Metrics()
     app.state.ready = False
     app.state.store = None
+    app.state.cameras = None
     app.state.on_startup = []
     app.state.on_shutdown = []
+    app.state.metrics_hooks = []
+    if settings.cameras:
+        setup_cameras(app, settings, registry)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"])
@@ -111,6 +147,6 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"),
                             status_code=500)
 
-    for router in (health.router, inspect.router, v2.router, admin.router):
+    for router in (health.router, inspect.router, v2.router, admin.router, cameras.router):
         app.include_router(router)
     return app

@@ -25,5 +25,7 @@ def readyz(request: Request) -> Response:
 
 
 @router.get("/metrics")
-def metrics(m: MetricsDep) -> Response:
+def metrics(m: MetricsDep, request: Request) -> Response:
+    for hook in request.app.state.metrics_hooks:
+        hook()
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

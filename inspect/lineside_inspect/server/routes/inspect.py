@@ -15,16 +15,21 @@ from lineside_inspect.server.deps import LimiterDep, LineUser, MetricsDep, Regis
 router = APIRouter(prefix="/v1", tags=["inspect"])
 
 
-def record(request: Request, result: Inspection, metrics: Any) -> None:
-    """Count the inspection and hand it to the store (if one is configured)."""
+def count(app: Any, result: Inspection) -> None:
+    """Count the inspection in the metrics and hand it to the store (if configured)."""
+    metrics = app.state.metrics
     metrics.inspections.labels(result.verdict, result.recipe.name, result.camera_id or "").inc()
     for label in result.defects.labels:
         metrics.defects.labels(label).inc()
     for stage, ms in result.timings_ms.items():
         metrics.latency.labels(stage).observe(ms / 1000)
-    store = getattr(request.app.state, "store", None)
+    store = getattr(app.state, "store", None)
     if store is not None:
         result.stored = store.save(result)
+
+
+def record(request: Request, result: Inspection, metrics: Any) -> None:
+    count(request.app, result)
 
 
 @router.post(

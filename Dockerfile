@@ -1,0 +1,28 @@
+# Edge image: the inspection server on CPU (no torch). For NVIDIA GPUs build with
+#   --build-arg ORT_PACKAGE=onnxruntime-gpu --build-arg BASE=<a CUDA runtime image with Python 3.11>
+ARG BASE=python:3.11-slim
+FROM ${BASE}
+
+ARG ORT_PACKAGE=onnxruntime
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    LINESIDE_HOST=0.0.0.0 LINESIDE_PORT=8000 LINESIDE_DATA_DIR=/var/lib/lineside
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY inspect ./inspect
+COPY training ./training
+RUN pip install --upgrade pip && pip install . && \
+    if [ "$ORT_PACKAGE" != "onnxruntime" ]; then pip uninstall -y onnxruntime && pip install "$ORT_PACKAGE"; fi && \
+    python -c "import lineside_inspect.server.app, sys; assert 'torch' not in sys.modules"
+COPY models ./models
+COPY configs ./configs
+COPY datasets/deeppcb-sample ./datasets/deeppcb-sample
+
+RUN useradd --system --uid 10001 lineside && mkdir -p /var/lib/lineside && \
+    chown lineside /var/lib/lineside
+USER lineside
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"
+# Listening beyond loopback needs API keys: pass LINESIDE_API_KEYS (see README).
+CMD ["lineside", "serve", "--config", "configs/serve.yaml", "--host", "0.0.0.0"]

@@ -1,0 +1,120 @@
+"""Frame sources: the one seam to OpenCV's ``VideoCapture`` (device index, RTSP/HTTP
+URL, GStreamer pipeline, video file) and a folder of images as a simulated camera."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from lineside_inspect._cv import cv2
+from lineside_inspect.errors import ImageError
+from lineside_inspect.imageio import IMAGE_SUFFIXES, read_image
+
+
+class FrameSource(Protocol):
+    def open(self) -> None: ...
+
+    def read(self) -> np.ndarray | None:
+        """The next frame (BGR), or None when the source has failed or ended."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class OpenCVSource:
+    """``cv2.VideoCapture`` with open/read timeouts, so a dead address or a frozen
+    stream cannot block a worker for OpenCV's default 30 s. Files are paced at their
+    own frame rate and looped when asked."""
+
+    def __init__(self, source: str, *, open_timeout_s: float, read_timeout_s: float,
+                 loop: bool = True, fps: float | None = None) -> None:
+        self.source = source
+        self.open_timeout_ms = int(open_timeout_s * 1000)
+        self.read_timeout_ms = int(read_timeout_s * 1000)
+        self.loop = loop
+        self.is_file = Path(source).is_file()
+        self.fps = fps
+        self.cap: cv2.VideoCapture | None = None
+        self._next = 0.0
+
+    def open(self) -> None:
+        src: int | str = int(self.source) if self.source.isdigit() else self.source
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_ms,
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.read_timeout_ms]
+        backend = cv2.CAP_GSTREAMER if "!" in self.source else cv2.CAP_ANY
+        cap = cv2.VideoCapture(src, backend, params)
+        if not cap.isOpened():
+            cap.release()
+            raise ImageError(f"cannot open video source {self.source!r}")
+        self.cap = cap
+        if self.is_file and self.fps is None:
+            self.fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        self._next = time.monotonic()
+
+    def read(self) -> np.ndarray | None:
+        if self.cap is None:
+            return None
+        if self.is_file:  # pace a file like a live camera
+            self._next += 1.0 / (self.fps or 25.0)
+            delay = self._next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        ok, frame = self.cap.read()
+        if not ok and self.is_file and self.loop:
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self.cap.read()
+        return frame if ok and frame is not None else None
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class FolderSource:
+    """A simulated camera: the images of a folder in name order, at ``fps``, looped."""
+
+    def __init__(self, folder: str | Path, *, fps: float = 10.0, loop: bool = True) -> None:
+        self.folder = Path(folder)
+        self.fps = fps
+        self.loop = loop
+        self.files: list[Path] = []
+        self.index = 0
+        self._next = 0.0
+
+    def open(self) -> None:
+        self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise ImageError(f"{self.folder}: no images for the simulated camera")
+        self.index = 0
+        self._next = time.monotonic()
+
+    def read(self) -> np.ndarray | None:
+        if self.index >= len(self.files):
+            if not self.loop:
+                return None
+            self.index = 0
+        self._next += 1.0 / self.fps
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        path = self.files[self.index]
+        self.index += 1
+        try:
+            return read_image(path)
+        except ImageError:
+            return None
+
+    def close(self) -> None:
+        self.files = []
+
+
+def make_source(source: str, *, open_timeout_s: float, read_timeout_s: float, loop: bool,
+                fps: float) -> FrameSource:
+    if Path(source).is_dir():
+        return FolderSource(source, fps=fps, loop=loop)
+    return OpenCVSource(source, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
+                        loop=loop, fps=fps if Path(source).is_file() else None)

@@ -1,0 +1,160 @@
+"""One capture worker per camera: keeps only the newest frame, detects a frozen or lost
+source, and reconnects with exponential backoff and jitter."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lineside_inspect.cameras.sources import FrameSource
+
+FROZEN_REPEATS = 30  # identical or black frames in a row that mean a dead picture
+
+
+@dataclass
+class Frame:
+    image: np.ndarray
+    timestamp: float  # time.time() when captured
+    seq: int
+
+
+class CameraWorker:
+    def __init__(self, camera_id: str, make: Callable[[], FrameSource], *,
+                 stale_after_s: float = 2.0, backoff_base_s: float = 0.2,
+                 backoff_max_s: float = 5.0) -> None:
+        self.camera_id = camera_id
+        self.make = make
+        self.stale_after_s = stale_after_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.state = "starting"
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self.frames = 0
+        self._fps_window: list[float] = []
+        self._source: FrameSource | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"camera-{self.camera_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> bool:
+        """Ask the worker to stop; True if it ended within ``timeout_s``. A worker stuck
+        in a blocking read is a daemon thread: it cannot hold up shutdown, and it exits
+        when the read's own timeout returns."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        self.state = "stopped"
+        return not self._thread.is_alive()
+
+    # -- frames ---------------------------------------------------------------------
+    def latest(self) -> Frame | None:
+        with self._cond:
+            return self._frame
+
+    def wait_frame_after(self, t: float, timeout_s: float) -> Frame | None:
+        """The first frame captured after time ``t`` (``time.time()``), or None."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._frame is None or self._frame.timestamp <= t:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return None
+                self._cond.wait(remaining)
+            return self._frame
+
+    def health(self) -> dict[str, Any]:
+        frame = self.latest()
+        age = time.time() - frame.timestamp if frame else None
+        online = self.state == "online" and age is not None and age <= self.stale_after_s
+        return {
+            "id": self.camera_id,
+            "state": "online" if online else ("stale" if self.state == "online" else self.state),
+            "fps": round(self.fps(), 2),
+            "last_frame_age_s": None if age is None else round(age, 3),
+            "frames": self.frames,
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }
+
+    def online(self) -> bool:
+        return self.health()["state"] == "online"
+
+    def fps(self) -> float:
+        w = [t for t in self._fps_window if t > time.monotonic() - 5]
+        return (len(w) - 1) / (w[-1] - w[0]) if len(w) > 1 and w[-1] > w[0] else 0.0
+
+    # -- the loop -------------------------------------------------------------------
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                source = self.make()
+                self._source = source
+                source.open()
+            except Exception as exc:  # OpenCV and sources raise many types
+                self._failed(f"open failed: {exc}")
+                attempt += 1
+                self._backoff(attempt)
+                continue
+            self.state = "online"
+            if attempt:
+                self.reconnects += 1
+            attempt = 0
+            reason = self._read_loop(source)
+            source.close()
+            self._source = None
+            if self._stop.is_set():
+                break
+            self._failed(reason)
+            attempt += 1
+            self._backoff(attempt)
+        self.state = "stopped"
+
+    def _read_loop(self, source: FrameSource) -> str:
+        repeats = 0
+        previous: np.ndarray | None = None
+        last_new = time.monotonic()
+        while not self._stop.is_set():
+            image = source.read()
+            now = time.monotonic()
+            if image is None:
+                return "source failed or ended"
+            small = image[::16, ::16]
+            dead = (previous is not None and np.array_equal(small, previous)) or int(small.max()) == 0
+            previous = small
+            repeats = repeats + 1 if dead else 0
+            if repeats >= FROZEN_REPEATS or now - last_new > self.stale_after_s:
+                return "frozen: no new picture"
+            if not dead:
+                last_new = now
+            with self._cond:
+                self.frames += 1
+                self._frame = Frame(image, time.time(), self.frames)
+                self._cond.notify_all()
+            self._fps_window = [t for t in self._fps_window[-60:] if t > now - 5] + [now]
+        return "stopped"
+
+    def _failed(self, reason: str) -> None:
+        self.state = "offline"
+        self.last_error = reason
+
+    def _backoff(self, attempt: int) -> None:
+        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+        self._stop.wait(delay * random.uniform(0.5, 1.0))  # jitter spreads reconnect storms

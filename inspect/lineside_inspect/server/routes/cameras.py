@@ -1,0 +1,104 @@
+"""Cameras: health, triggered inspection, live MJPEG view and snapshots."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from lineside_inspect.cameras import CameraManager, CameraUnavailable
+from lineside_inspect.draw import annotate
+from lineside_inspect.errors import NotFoundError
+from lineside_inspect.imageio import encode_jpeg
+from lineside_inspect.inspector import inspect
+from lineside_inspect.runtime.types import Detections
+from lineside_inspect.server.deps import LimiterDep, LineUser, MetricsDep, RegistryDep, Reviewer
+from lineside_inspect.server.routes.inspect import record
+
+router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
+
+
+def _manager(request: Request) -> CameraManager:
+    manager: CameraManager | None = request.app.state.cameras
+    if manager is None:
+        raise NotFoundError("no cameras are configured on this server")
+    return manager
+
+
+@router.get("")
+def list_cameras(request: Request, who: Reviewer) -> list[dict[str, Any]]:
+    manager: CameraManager | None = request.app.state.cameras
+    return manager.health() if manager else []
+
+
+@router.post("/{camera_id}/trigger")
+async def trigger(
+    camera_id: str, request: Request, who: LineUser, registry: RegistryDep,
+    limiter: LimiterDep, metrics: MetricsDep,
+    part_id: Annotated[str | None, Query(max_length=256)] = None,
+    recipe: Annotated[str | None, Query()] = None,
+    timeout_s: Annotated[float, Query(gt=0, le=30)] = 2.0,
+) -> Any:
+    """Inspect the first frame captured after this trigger arrived (or the newest within
+    the camera's max frame age). 503 with the camera's state when none comes in time."""
+    arrived = time.time()
+    manager = _manager(request)
+    cfg = manager.configs.get(camera_id)
+    if cfg is None:
+        manager.worker(camera_id)  # raises not found
+    rule = registry.recipe(recipe or (cfg.recipe if cfg else None))
+    detector = registry.detector(rule.model, rule.model_version)
+    frame = await anyio.to_thread.run_sync(
+        lambda: manager.fresh_frame(camera_id, trigger_time=arrived, timeout_s=timeout_s))
+    result = await limiter.run(lambda: inspect(frame.image, detector, rule,
+                                               camera_id=camera_id, part_id=part_id))
+    result.extra = {"frame_timestamp": frame.timestamp,
+                    "frame_age_ms": round((time.time() - frame.timestamp) * 1000, 2),
+                    "trigger_to_frame_ms": round((frame.timestamp - arrived) * 1000, 2)}
+    record(request, result, metrics)
+    manager.last_results[camera_id] = result
+    return result.to_json()
+
+
+def _frame_jpeg(manager: CameraManager, camera_id: str) -> bytes:
+    worker = manager.worker(camera_id)
+    frame = worker.latest()
+    if frame is None or not worker.online():
+        h = worker.health()
+        raise CameraUnavailable(f"camera {camera_id} is {h['state']}", h)
+    last = manager.last_results.get(camera_id)
+    if last is not None:
+        image = annotate(frame.image, last.defects, last.verdict)
+    else:
+        image = annotate(frame.image, Detections.empty([]))
+    return encode_jpeg(image, quality=80)
+
+
+@router.get("/{camera_id}/snapshot")
+def snapshot(camera_id: str, request: Request, who: Reviewer) -> Response:
+    return Response(_frame_jpeg(_manager(request), camera_id), media_type="image/jpeg")
+
+
+@router.get("/{camera_id}/stream")
+async def stream(camera_id: str, request: Request, who: Reviewer,
+                 fps: Annotated[float, Query(gt=0, le=30)] = 5.0) -> StreamingResponse:
+    """MJPEG (multipart/x-mixed-replace) with the last verdict drawn."""
+    manager = _manager(request)
+    manager.worker(camera_id)
+
+    async def frames() -> AsyncIterator[bytes]:
+        while not await request.is_disconnected():
+            try:
+                jpeg = await anyio.to_thread.run_sync(lambda: _frame_jpeg(manager, camera_id))
+            except CameraUnavailable:
+                await anyio.sleep(0.5)
+                continue
+            yield (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                   + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+            await anyio.sleep(1.0 / fps)
+
+    return StreamingResponse(frames(), media_type="multipart/x-mixed-replace; boundary=frame")

@@ -1,0 +1,152 @@
+"""Camera workers against real video: generated files and an HTTP MJPEG stream on
+loopback that the tests kill, restart, freeze and hang."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lineside_inspect._cv import cv2
+from lineside_inspect.cameras import CameraManager, CameraUnavailable
+from lineside_inspect.cameras.simulator import MJPEGSimulator, counter_frame
+from lineside_inspect.cameras.sources import make_source
+from lineside_inspect.cameras.worker import CameraWorker
+from lineside_inspect.config import CameraConfig
+
+
+@pytest.fixture
+def video(tmp_path: Path) -> Path:
+    path = tmp_path / "line.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (160, 120))
+    for i in range(60):
+        writer.write(counter_frame(i))
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def stream() -> Iterator[MJPEGSimulator]:
+    s = MJPEGSimulator()
+    yield s
+    s.kill()
+
+
+def _worker(source: str, **kw: float) -> CameraWorker:
+    opts = {"open_timeout_s": 1.0, "read_timeout_s": 0.6, "loop": True, "fps": 30.0}
+    w = CameraWorker("cam", lambda: make_source(source, **opts), stale_after_s=kw.get("stale", 1.0),  # type: ignore[arg-type]
+                     backoff_base_s=0.05, backoff_max_s=0.4)
+    w.start()
+    return w
+
+
+def _wait(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_video_file_camera_keeps_only_the_newest_frame(video: Path) -> None:
+    w = _worker(str(video))
+    try:
+        assert _wait(w.online)
+        t = time.time()
+        frame = w.wait_frame_after(t, 2.0)
+        assert frame is not None and frame.timestamp > t and frame.image.shape == (120, 160, 3)
+        seq = frame.seq
+        time.sleep(0.3)
+        newest = w.latest()
+        assert newest is not None and newest.seq > seq  # older frames were replaced, not queued
+        assert w.health()["fps"] > 5
+    finally:
+        assert w.stop()
+
+
+def test_stream_killed_and_restarted(stream: MJPEGSimulator) -> None:
+    cfg = CameraConfig(id="net", source=stream.url, open_timeout_s=1, read_timeout_s=0.6,
+                       stale_after_s=1.0)
+    manager = CameraManager([cfg])
+    manager.start()
+    w = manager.workers["net"]
+    for worker in manager.workers.values():
+        worker.backoff_base_s, worker.backoff_max_s = 0.05, 0.4
+    try:
+        assert _wait(w.online)
+        frame = manager.fresh_frame("net", trigger_time=time.time(), timeout_s=2)
+        assert frame.image.shape == (120, 160, 3)
+        stream.kill()
+        assert _wait(lambda: not w.online())
+        with pytest.raises(CameraUnavailable) as info:
+            manager.fresh_frame("net", trigger_time=time.time(), timeout_s=0.5)
+        assert info.value.health["state"] in ("offline", "stale")
+        stream.start()  # same port
+        assert _wait(w.online, timeout=10)
+        assert w.health()["reconnects"] >= 1
+        assert manager.fresh_frame("net", trigger_time=time.time(), timeout_s=2) is not None
+    finally:
+        stopped = manager.stop(2.0)
+    assert all(stopped.values())
+
+
+@pytest.mark.slow
+def test_twenty_drop_reconnect_cycles_leak_nothing(stream: MJPEGSimulator) -> None:
+    w = _worker(stream.url)
+    assert _wait(w.online)
+    threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        stream.kill()
+        assert _wait(lambda: not w.online())
+        stream.start()
+        assert _wait(w.online)
+    assert w.reconnects >= 20
+    time.sleep(0.5)
+    assert threading.active_count() <= threads + 2  # the stream server's own handler threads
+    assert len(os.listdir("/proc/self/fd")) <= fds + 4
+    assert w.stop()
+
+
+def test_frozen_stream_is_detected(stream: MJPEGSimulator) -> None:
+    w = _worker(stream.url)
+    try:
+        assert _wait(w.online)
+        stream.mode = "frozen"
+        assert _wait(lambda: w.health()["last_error"] is not None and "frozen" in w.health()["last_error"])
+        stream.mode = "hang"  # connection open, no bytes: the read timeout fires
+        assert _wait(lambda: not w.online())
+    finally:
+        w.stop()
+
+
+def test_shutdown_returns_within_two_seconds_during_a_blocked_read(stream: MJPEGSimulator) -> None:
+    stream.mode = "hang"
+    opts = {"open_timeout_s": 5.0, "read_timeout_s": 5.0, "loop": True, "fps": 30.0}
+    w = CameraWorker("cam", lambda: make_source(stream.url, **opts), stale_after_s=10)  # type: ignore[arg-type]
+    w.start()
+    time.sleep(0.5)  # the worker is now blocked opening or reading
+    start = time.monotonic()
+    w.stop(2.0)
+    assert time.monotonic() - start < 2.5
+    assert w.health()["state"] == "stopped"
+
+
+def test_unknown_camera_and_missing_source(tmp_path: Path) -> None:
+    manager = CameraManager([CameraConfig(id="gone", source=str(tmp_path / "missing.avi"),
+                                          open_timeout_s=0.5)])
+    manager.start()
+    try:
+        assert _wait(lambda: manager.workers["gone"].health()["last_error"] is not None)
+        with pytest.raises(CameraUnavailable):
+            manager.fresh_frame("gone", trigger_time=time.time(), timeout_s=0.2)
+        from lineside_inspect.errors import NotFoundError
+
+        with pytest.raises(NotFoundError):
+            manager.worker("nope")
+    finally:
+        manager.stop()

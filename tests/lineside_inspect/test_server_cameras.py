@@ -1,0 +1,51 @@
+"""Camera routes on a real server: trigger semantics, health, snapshot, MJPEG stream."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from lineside_inspect.config import CameraConfig
+from lineside_inspect.imageio import decode_image
+
+SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "deeppcb-sample" / "images"
+
+
+def test_trigger_inspects_a_fresh_frame(launch) -> None:
+    cams = [CameraConfig(id="sim", source=str(SAMPLE), fps=10),
+            CameraConfig(id="dead", source="/nonexistent/video.avi", open_timeout_s=0.5)]
+    srv = launch(cameras=cams)
+    with srv.client("line") as c:
+        for _ in range(3):
+            before = time.time()
+            r = c.post("/v1/cameras/sim/trigger", params={"part_id": "P1"})
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            assert doc["camera_id"] == "sim" and doc["verdict"] in ("pass", "fail")
+            assert doc["frame_timestamp"] >= before  # captured after the trigger arrived
+            assert doc["frame_age_ms"] >= 0
+        r = c.post("/v1/cameras/dead/trigger")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "camera_unavailable"
+        assert r.headers["retry-after"] == "1"
+        assert c.post("/v1/cameras/nope/trigger").status_code == 404
+        assert c.get("/v1/cameras").status_code == 403  # health is for reviewers
+    with srv.client("reviewer") as c:
+        health = {h["id"]: h for h in c.get("/v1/cameras").json()}
+        assert health["sim"]["state"] == "online" and health["sim"]["fps"] > 0
+        assert health["dead"]["state"] == "offline" and "open failed" in health["dead"]["last_error"]
+        snap = c.get("/v1/cameras/sim/snapshot")
+        assert snap.status_code == 200 and decode_image(snap.content).shape == (640, 640, 3)
+        with c.stream("GET", "/v1/cameras/sim/stream", params={"fps": 10}) as s:
+            assert s.headers["content-type"].startswith("multipart/x-mixed-replace")
+            buf = b""
+            for chunk in s.iter_bytes():
+                buf += chunk
+                if buf.count(b"--frame") >= 2:
+                    break
+        start = buf.index(b"\r\n\r\n") + 4
+        assert decode_image(buf[start: buf.index(b"\r\n--frame", start)]).shape == (640, 640, 3)
+        metrics = httpx.get(srv.url + "/metrics").text
+    assert 'lineside_camera_online{camera="sim"} 1.0' in metrics
+    assert 'lineside_camera_online{camera="dead"} 0.0' in metrics
