@@ -171,6 +171,41 @@ def data_export(
     out.print(f"exported {src} as {fmt} to {dst}")
 
 
+@data_app.command("pull")
+@friendly
+def data_pull(
+    source: Annotated[str, typer.Argument(help="server URL, or the store's data folder")],
+    dst: Annotated[Path, typer.Argument(help="canonical dataset folder to create")],
+    reviewed: Annotated[bool, typer.Option(help="only reviewed inspections")] = True,
+    since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-01")] = None,
+    key: Annotated[str | None, typer.Option(envvar="LINESIDE_KEY", help="reviewer API key")] = None,
+    database_url: Annotated[str | None, typer.Option(help="store database URL")] = None,
+    overwrite: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Reviewed inspections as a training dataset (confirmed, false rejects, missed defects)."""
+    from datetime import datetime
+
+    from lineside_inspect.store import Store
+    from lineside_inspect.store.pull import pull_from_server, pull_from_store
+
+    try:
+        when = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise DatasetError(f"--since {since!r} is not an ISO date or time") from None
+    if source.startswith(("http://", "https://")):
+        ds = pull_from_server(source, dst, key=key, since=when, reviewed=reviewed,
+                              overwrite=overwrite)
+    else:
+        if not (Path(source) / "lineside.db").is_file() and database_url is None:
+            raise DatasetError(f"{source}: no lineside.db here; give a server URL, a store "
+                               "folder or --database-url")
+        ds = pull_from_store(Store(source, database_url), dst, since=when, reviewed=reviewed,
+                             overwrite=overwrite)
+    good = sum(1 for r in ds.images if r.is_good)
+    out.print(f"pulled {len(ds.images)} images ({good} good, {len(ds.images) - good} defective) "
+              f"into {dst}")
+
+
 # ---------------------------------------------------------------- training (lazy)
 @app.command("train")
 @friendly

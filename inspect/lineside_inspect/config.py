@@ -71,7 +71,10 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     data_dir: str = "data/store"
-    store_pass_rate: float = Field(0.1, ge=0, le=1)
+    store: bool = Field(True, description="record inspections (database + images)")
+    store_pass_rate: float = Field(0.1, ge=0, le=1, description="share of passes whose image is kept")
+    store_max_bytes: int | None = Field(None, gt=0, description="image disk quota")
+    store_max_age_days: float | None = Field(None, gt=0)
     cameras: list[CameraConfig] = Field(default_factory=list)
 
     def check_bind(self) -> None:

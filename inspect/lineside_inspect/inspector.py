@@ -34,6 +34,8 @@ class Inspection:
     part_id: str | None = None
     stored: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    raw: bytes | None = None  # the encoded image as received, kept unaltered by the store
+    raw_ext: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         card = self.detector.card

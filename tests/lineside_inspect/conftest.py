@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,8 +57,9 @@ def start_server(settings: Settings) -> tuple[Running, Callable[[], None]]:
 
 
 def settings(**kw: Any) -> Settings:
+    data_dir = kw.pop("data_dir", None) or tempfile.mkdtemp(prefix="lineside-store-")
     base: dict[str, Any] = {"models": [str(MODEL)], "device": "cpu", "threads": 1,
-                            "data_dir": str(kw.pop("data_dir", "/nonexistent"))}
+                            "data_dir": str(data_dir)}
     base.update(kw)
     return Settings(**base)
 

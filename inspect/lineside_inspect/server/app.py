@@ -14,14 +14,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lineside_inspect import __version__
+from lineside_inspect import __version__, ui
 from lineside_inspect.config import Settings
 from lineside_inspect.errors import LinesideError
 from lineside_inspect.recipes import Recipe, load_recipe
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
-from lineside_inspect.server.routes import admin, cameras, health, inspect, v2
+from lineside_inspect.server.routes import admin, cameras, health, inspect, inspections, v2
 
 log = logging.getLogger("lineside")
 
@@ -49,6 +49,24 @@ def load_everything(settings: Settings, registry: Registry) -> None:
     if settings.default_recipe:
         registry.recipe(settings.default_recipe)
         registry.default_recipe = settings.default_recipe
+
+
+def setup_store(app: FastAPI, settings: Settings) -> None:
+    from lineside_inspect.store import Store
+
+    def start() -> None:
+        store = Store(settings.data_dir, settings.database_url,
+                      pass_rate=settings.store_pass_rate, max_bytes=settings.store_max_bytes,
+                      max_age_days=settings.store_max_age_days)
+        log.info("store at %s: %s", store.url.split("@")[-1], store.cleanup())
+        app.state.store = store
+
+    def stop() -> None:
+        if app.state.store is not None:
+            app.state.store.engine.dispose()
+
+    app.state.on_startup.append(start)
+    app.state.on_shutdown.append(stop)
 
 
 def setup_cameras(app: FastAPI, settings: Settings, registry: Registry) -> None:
@@ -117,6 +135,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.on_startup = []
     app.state.on_shutdown = []
     app.state.metrics_hooks = []
+    if settings.store:
+        setup_store(app, settings)
     if settings.cameras:
         setup_cameras(app, settings, registry)
     if settings.cors_origins:
@@ -147,6 +167,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"),
                             status_code=500)
 
-    for router in (health.router, inspect.router, v2.router, admin.router, cameras.router):
+    for router in (health.router, inspect.router, v2.router, admin.router, cameras.router,
+                   inspections.router, ui.router):
         app.include_router(router)
+    app.mount("/static", ui.static, name="static")
     return app

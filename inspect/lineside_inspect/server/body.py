@@ -29,7 +29,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_image_upload(request: Request, limit: int, max_pixels: int) -> tuple[np.ndarray, float]:
+async def read_image_upload(request: Request, limit: int,
+                            max_pixels: int) -> tuple[np.ndarray, bytes, float]:
     """Decode the image sent as the raw body (image/jpeg|png|bmp) or as a multipart
     ``image``/``file`` field; returns the BGR image and the decode time in ms."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -54,4 +55,4 @@ async def read_image_upload(request: Request, limit: int, max_pixels: int) -> tu
         raise ImageError("the request body is empty: send an encoded image")
     t = time.perf_counter()
     image = decode_image(data, max_pixels)
-    return image, (time.perf_counter() - t) * 1000
+    return image, data, (time.perf_counter() - t) * 1000

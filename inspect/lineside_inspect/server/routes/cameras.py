@@ -59,7 +59,7 @@ async def trigger(
     result.extra = {"frame_timestamp": frame.timestamp,
                     "frame_age_ms": round((time.time() - frame.timestamp) * 1000, 2),
                     "trigger_to_frame_ms": round((frame.timestamp - arrived) * 1000, 2)}
-    record(request, result, metrics)
+    await anyio.to_thread.run_sync(record, request, result, metrics)
     manager.last_results[camera_id] = result
     return result.to_json()
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
 
 from lineside_inspect.draw import annotate
-from lineside_inspect.imageio import encode_jpeg
+from lineside_inspect.imageio import encode_jpeg, sniff_format
 from lineside_inspect.inspector import Inspection, inspect
 from lineside_inspect.server.body import read_image_upload
 from lineside_inspect.server.deps import LimiterDep, LineUser, MetricsDep, RegistryDep, SettingsDep
@@ -60,12 +61,13 @@ async def inspect_route(
     with boxes drawn and the verdict in ``X-Lineside-*`` headers)."""
     rule = registry.recipe(recipe)
     detector = registry.detector(rule.model, rule.model_version)  # pinned for this request
-    image, decode_ms = await read_image_upload(request, settings.max_body_bytes,
+    image, raw, decode_ms = await read_image_upload(request, settings.max_body_bytes,
                                                settings.max_pixels)
     metrics.queue.set(limiter.in_system)
     result = await limiter.run(lambda: inspect(image, detector, rule, decode_ms=decode_ms,
                                                camera_id=camera_id, part_id=part_id))
-    record(request, result, metrics)
+    result.raw, result.raw_ext = raw, sniff_format(raw).replace("jpeg", "jpg")
+    await anyio.to_thread.run_sync(record, request, result, metrics)
     if annotated:
         jpeg = encode_jpeg(annotate(image, result.defects, result.verdict))
         return Response(jpeg, media_type="image/jpeg", headers={

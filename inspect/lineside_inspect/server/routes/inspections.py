@@ -1,0 +1,117 @@
+"""Review API (reviewer role): browse inspections, images, record reviews, dashboard
+figures, and the reviewed set as a dataset export for training."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import anyio.to_thread
+import numpy as np
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from lineside_inspect.draw import annotate
+from lineside_inspect.errors import NotFoundError
+from lineside_inspect.imageio import encode_jpeg, read_image
+from lineside_inspect.runtime.types import Detections
+from lineside_inspect.server.deps import Reviewer
+from lineside_inspect.store import Store
+from lineside_inspect.store.models import InspectionRow
+
+router = APIRouter(prefix="/v1", tags=["review"])
+
+
+def _store(request: Request) -> Store:
+    store: Store | None = request.app.state.store
+    if store is None:
+        raise NotFoundError("this server keeps no inspection store")
+    return store
+
+
+def row_json(row: InspectionRow) -> dict[str, Any]:
+    return {
+        "id": row.id, "created_at": row.created_at.isoformat(), "camera_id": row.camera_id,
+        "part_id": row.part_id, "verdict": row.verdict, "reasons": row.reasons,
+        "defects": row.defects, "recipe": {"name": row.recipe_name, "version": row.recipe_version},
+        "model": {"name": row.model_name, "version": row.model_version, "sha256": row.model_sha256},
+        "class_names": row.class_names, "timings_ms": row.timings_ms,
+        "width": row.width, "height": row.height, "has_image": row.image_path is not None,
+        "review_state": row.review_state,
+        "reviews": [{"id": r.id, "created_at": r.created_at.isoformat(), "reviewer": r.reviewer,
+                     "action": r.action, "boxes": r.boxes, "note": r.note} for r in row.reviews],
+    }
+
+
+@router.get("/inspections")
+def list_inspections(
+    request: Request, who: Reviewer,
+    verdict: Literal["pass", "fail"] | None = None,
+    camera_id: str | None = None, recipe: str | None = None, label: str | None = None,
+    min_score: Annotated[float | None, Query(ge=0, le=1)] = None,
+    max_score: Annotated[float | None, Query(ge=0, le=1)] = None,
+    since: datetime | None = None, until: datetime | None = None,
+    review_state: Literal["unreviewed", "confirmed", "corrected", "reviewed"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    total, rows = _store(request).query(
+        verdict=verdict, camera_id=camera_id, recipe=recipe, label=label, min_score=min_score,
+        max_score=max_score, since=since, until=until, review_state=review_state, limit=limit,
+        offset=offset)
+    return {"total": total, "limit": limit, "offset": offset, "items": [row_json(r) for r in rows]}
+
+
+@router.get("/inspections/{inspection_id}")
+def get_inspection(inspection_id: str, request: Request, who: Reviewer) -> dict[str, Any]:
+    return row_json(_store(request).get(inspection_id))
+
+
+@router.get("/inspections/{inspection_id}/image")
+def original_image(inspection_id: str, request: Request, who: Reviewer) -> FileResponse:
+    store = _store(request)
+    return FileResponse(store.image_file(store.get(inspection_id)))
+
+
+@router.get("/inspections/{inspection_id}/annotated")
+async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -> Response:
+    store = _store(request)
+    row = store.get(inspection_id)
+    path = store.image_file(row)
+
+    def draw() -> bytes:
+        boxes = row.reviews[-1].boxes if row.reviews else row.defects
+        dets = Detections(np.array([b["box"] for b in boxes]),
+                          np.array([b.get("score", 1.0) for b in boxes]),
+                          np.array([row.class_names.index(b["label"]) for b in boxes]),
+                          row.class_names)
+        return encode_jpeg(annotate(read_image(path), dets, row.verdict))
+
+    return Response(await anyio.to_thread.run_sync(draw), media_type="image/jpeg")
+
+
+class ReviewIn(BaseModel):
+    action: Literal["confirm", "false_reject", "missed_defect", "relabel"]
+    boxes: list[dict[str, Any]] | None = Field(None, description="missed_defect: [{label, box}]")
+    index: int | None = Field(None, description="relabel: which box")
+    label: str | None = Field(None, description="relabel: the new class")
+    note: str = Field("", max_length=2000)
+
+
+@router.post("/inspections/{inspection_id}/reviews")
+def add_review(inspection_id: str, body: ReviewIn, request: Request,
+               who: Reviewer) -> dict[str, Any]:
+    row = _store(request).review(inspection_id, reviewer=who.name, action=body.action,
+                                 boxes=body.boxes, index=body.index, label=body.label,
+                                 note=body.note)
+    return row_json(row)
+
+
+@router.get("/stats")
+def stats(request: Request, who: Reviewer,
+          hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24) -> dict[str, Any]:
+    doc = _store(request).stats(hours)
+    cams = request.app.state.cameras
+    doc["cameras"] = cams.health() if cams is not None else []
+    return doc

@@ -1,0 +1,58 @@
+"""Database tables (SQLAlchemy 2): inspections and their review audit trail."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class InspectionRow(Base):
+    __tablename__ = "inspections"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    camera_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    part_id: Mapped[str | None] = mapped_column(String(256))
+    recipe_name: Mapped[str] = mapped_column(String(128), index=True)
+    recipe_version: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    class_names: Mapped[list[str]] = mapped_column(JSON)
+    verdict: Mapped[str] = mapped_column(String(8), index=True)
+    reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    defects: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    labels: Mapped[str] = mapped_column(Text, default="")  # ",open,short," for class filters
+    max_score: Mapped[float] = mapped_column(Float, default=0.0)
+    timings_ms: Mapped[dict[str, float]] = mapped_column(JSON)
+    image_path: Mapped[str | None] = mapped_column(String(512))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    image_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    review_state: Mapped[str] = mapped_column(String(16), default="unreviewed", index=True)
+    reviews: Mapped[list[ReviewRow]] = relationship(
+        back_populates="inspection", order_by="ReviewRow.id", cascade="all, delete-orphan",
+        passive_deletes=True)
+
+    __table_args__ = (Index("ix_retention", "verdict", "review_state", "created_at"),)
+
+
+class ReviewRow(Base):
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id", ondelete="CASCADE"),
+                                               index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reviewer: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    boxes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # the reviewed truth after this
+    note: Mapped[str] = mapped_column(Text, default="")
+    inspection: Mapped[InspectionRow] = relationship(back_populates="reviews")

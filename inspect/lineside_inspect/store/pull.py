@@ -1,0 +1,94 @@
+"""Reviewed inspections -> a canonical dataset that ``lineside train`` takes directly.
+
+Confirmed defects become boxes, false rejects good images, missed defects carry the
+reviewer's boxes: the truth after an inspection's latest review.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
+from lineside_inspect.errors import ConfigError, DatasetError
+from lineside_inspect.store.store import Store
+
+
+def _record(item: dict[str, Any], source: Path, ext: str) -> ImageRecord:
+    truth = item["reviews"][-1]["boxes"] if item["reviews"] else item["defects"]
+    group = item.get("camera_id") or "upload"
+    boxes = [Box(float(b["box"][0]), float(b["box"][1]), float(b["box"][2]), float(b["box"][3]),
+                 b["label"], origin=f"inspection {item['id']}") for b in truth]
+    return ImageRecord(f"{group}/{item['id']}.{ext}", item["width"], item["height"], boxes,
+                       group=item.get("part_id") or group, source=source,
+                       origin=f"inspection {item['id']}")
+
+
+def _dataset(records: list[ImageRecord], classes: list[str], origin: str) -> Dataset:
+    if not records:
+        raise DatasetError(f"{origin}: no reviewed inspections with a stored image match")
+    return Dataset(classes, records, info={"source": f"lineside reviews from {origin}",
+                                           "pulled_at": datetime.now().isoformat()})
+
+
+def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = None,
+                    reviewed: bool = True, overwrite: bool = False) -> Dataset:
+    records: list[ImageRecord] = []
+    classes: list[str] = []
+    offset = 0
+    while True:
+        _, rows = store.query(review_state="reviewed" if reviewed else None, since=since,
+                              limit=500, offset=offset)
+        if not rows:
+            break
+        offset += len(rows)
+        from lineside_inspect.server.routes.inspections import row_json
+
+        for row in rows:
+            if row.image_path is None:
+                continue
+            classes += [c for c in row.class_names if c not in classes]
+            path = store.image_file(row)
+            records.append(_record(row_json(row), path, path.suffix.lstrip(".")))
+    return write_dataset(_dataset(records, classes, str(store.data_dir)), dst, overwrite=overwrite)
+
+
+def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
+                     since: datetime | None = None, reviewed: bool = True,
+                     overwrite: bool = False) -> Dataset:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    records: list[ImageRecord] = []
+    classes: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp, httpx.Client(base_url=url, headers=headers,
+                                                            timeout=60) as c:
+        offset = 0
+        while True:
+            params: dict[str, Any] = {"limit": 500, "offset": offset}
+            if reviewed:
+                params["review_state"] = "reviewed"
+            if since:
+                params["since"] = since.isoformat()
+            r = c.get("/v1/inspections", params=params)
+            if r.status_code != 200:
+                msg = r.json().get("error", {}).get("message", r.text) if r.content else r.text
+                raise ConfigError(f"{url}: listing inspections failed ({r.status_code}): {msg}")
+            items = r.json()["items"]
+            if not items:
+                break
+            offset += len(items)
+            for item in items:
+                if not item["has_image"]:
+                    continue
+                img = c.get(f"/v1/inspections/{item['id']}/image")
+                img.raise_for_status()
+                ext = {"image/png": "png", "image/bmp": "bmp"}.get(
+                    img.headers.get("content-type", ""), "jpg")
+                path = Path(tmp) / f"{item['id']}.{ext}"
+                path.write_bytes(img.content)
+                classes += [n for n in item["class_names"] if n not in classes]
+                records.append(_record(item, path, ext))
+        return write_dataset(_dataset(records, classes, url), dst, overwrite=overwrite)

@@ -1,0 +1,170 @@
+"""The store on SQLite: sampling, retention order, orphans, crash safety, a full disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from lineside_inspect.imageio import decode_image
+from lineside_inspect.inspector import inspect
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "deeppcb" / "1"
+SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return Detector(MODEL, device="cpu", threads=1)
+
+
+def _inspection(detector: Detector, verdict: str, when: datetime | None = None):  # type: ignore[no-untyped-def]
+    path = next(SAMPLE.rglob("*_test.jpg"))
+    raw = path.read_bytes()
+    # a recipe that passes everything or fails on anything, so the verdict is chosen
+    recipe = Recipe(name="r", model="deeppcb", default_min_score=1.0 if verdict == "pass" else 0.0)
+    result = inspect(decode_image(raw), detector, recipe)
+    if verdict == "fail" and result.verdict != "fail":
+        result.verdict = "fail"
+    result.raw, result.raw_ext = raw, "jpg"
+    if when is not None:
+        result.created_at = when
+    return result
+
+
+def test_fails_always_kept_passes_sampled(tmp_path: Path, detector: Detector) -> None:
+    store = Store(tmp_path, pass_rate=0.0, seed=1)
+    f, p = _inspection(detector, "fail"), _inspection(detector, "pass")
+    assert store.save(f) and store.save(p)
+    assert store.get(f.id).image_path is not None
+    assert store.get(p.id).image_path is None  # pass, not sampled: row only
+    stored = store.image_file(store.get(f.id)).read_bytes()
+    assert stored == f.raw  # the original frame, unaltered
+    total, rows = store.query(verdict="fail")
+    assert total == 1 and rows[0].id == f.id
+    assert store.query(label="nope")[0] == 0
+
+
+def test_retention_order_passes_then_reviewed_then_unreviewed(tmp_path: Path,
+                                                             detector: Detector) -> None:
+    store = Store(tmp_path, pass_rate=1.0)
+    t0 = datetime.now(UTC) - timedelta(hours=5)
+    old_fail = _inspection(detector, "fail", t0)
+    reviewed_fail = _inspection(detector, "fail", t0 + timedelta(hours=1))
+    new_pass = _inspection(detector, "pass", t0 + timedelta(hours=2))
+    newest_fail = _inspection(detector, "fail", t0 + timedelta(hours=3))
+    for i in (old_fail, reviewed_fail, new_pass, newest_fail):
+        assert store.save(i)
+    store.review(reviewed_fail.id, reviewer="qa", action="confirm")
+    size = len(old_fail.raw or b"")
+    store.max_bytes = size * 3  # one must go: the pass, although it is the newest but one
+    assert store.enforce_retention() == 1
+    ids = {r.id for r in store.query(limit=10)[1]}
+    assert new_pass.id not in ids and old_fail.id in ids
+    store.max_bytes = size * 1  # two more: the reviewed fail, then the oldest unreviewed fail
+    assert store.enforce_retention() == 2
+    assert {r.id for r in store.query(limit=10)[1]} == {newest_fail.id}
+    store.max_bytes, store.max_age_days = None, 0.1  # 2.4 h: the newest (2 h old) stays
+    assert store.enforce_retention() == 0
+    store.max_age_days = 0.05  # 1.2 h: now it goes too
+    assert store.enforce_retention() == 1 and store.query()[0] == 0
+
+
+def test_age_retention(tmp_path: Path, detector: Detector) -> None:
+    store = Store(tmp_path, pass_rate=1.0, max_age_days=1)
+    old = _inspection(detector, "fail", datetime.now(UTC) - timedelta(days=3))
+    new = _inspection(detector, "fail")
+    store.save(old)
+    store.save(new)
+    assert {r.id for r in store.query()[1]} == {new.id}
+    assert not any(p.name.startswith(old.id) for p in (tmp_path / "images").rglob("*"))
+
+
+def test_startup_cleanup_removes_orphans(tmp_path: Path, detector: Detector) -> None:
+    store = Store(tmp_path)
+    kept = _inspection(detector, "fail")
+    store.save(kept)
+    orphan = tmp_path / "images" / "2026-01-01" / "orphan.jpg"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"x")
+    (tmp_path / "images" / "2026-01-01" / ".half.jpg.tmp").write_bytes(b"x")
+    assert store.cleanup() == {"orphans_removed": 2, "missing_cleared": 0}
+    assert store.image_file(store.get(kept.id)).is_file()
+
+
+WRITER = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.store import Store
+import test_store as t
+det = Detector(t.MODEL, device="cpu", threads=1)
+store = Store(sys.argv[1], pass_rate=0.5)
+store.cleanup()
+while True:
+    i = t._inspection(det, "fail")
+    if store.save(i):
+        print(i.id, flush=True)  # acknowledged
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_loses_no_acknowledged_inspection(tmp_path: Path) -> None:
+    acked: list[str] = []
+    script = WRITER.format(tests=str(Path(__file__).parent))
+    for round_ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        got = 0
+        while got < 3 + round_ and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line:
+                acked.append(line.strip())
+                got += 1
+        time.sleep(0.01 * round_)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        acked += [ln.strip() for ln in proc.stdout.read().splitlines() if ln.strip()]
+    store = Store(tmp_path)
+    store.cleanup()
+    total, rows = store.query(limit=500)
+    ids = {r.id for r in rows}
+    assert set(acked) <= ids, "an acknowledged inspection was lost"
+    for r in rows:
+        assert r.image_path is None or store.image_file(r).is_file()
+    files = {p.relative_to(tmp_path / "images").as_posix()
+             for p in (tmp_path / "images").rglob("*") if p.is_file()}
+    assert files == {r.image_path for r in rows if r.image_path}
+
+
+def test_full_disk_still_answers_not_stored(tmp_path: Path, detector: Detector) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                         capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.decode().strip()}")
+    try:
+        store = Store(mnt, pass_rate=1.0)
+        results = [store.save(_inspection(detector, "fail")) for _ in range(12)]
+        assert results[0] is True and results[-1] is False  # filled up, then refused
+        total, rows = store.query(limit=50)
+        assert total == sum(results)
+        for r in rows:
+            assert store.image_file(r).is_file()
+    finally:
+        store.engine.dispose()
+        subprocess.run(["umount", str(mnt)], check=False)
