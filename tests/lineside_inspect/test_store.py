@@ -140,7 +140,7 @@ def test_kill_9_loses_no_acknowledged_inspection(tmp_path: Path) -> None:
         acked += [ln.strip() for ln in proc.stdout.read().splitlines() if ln.strip()]
     store = Store(tmp_path)
     store.cleanup()
-    total, rows = store.query(limit=500)
+    _, rows = store.query(limit=500)
     ids = {r.id for r in rows}
     assert set(acked) <= ids, "an acknowledged inspection was lost"
     for r in rows:
