@@ -123,14 +123,18 @@ $("#b-confirm").onclick = () => review({ action: "confirm" });
 $("#b-false").onclick = () => review({ action: "false_reject" });
 $("#b-draw").onclick = startDraw;
 $("#b-relabel").onclick = () => review({ action: "relabel", index: state.box, label: $("#d-label").value });
-$("#filters").onsubmit = (e) => { e.preventDefault(); state.offset = 0; state.sel = 0; load(); };
+$("#filters").onsubmit = (e) => { e.preventDefault(); document.activeElement.blur(); state.offset = 0; state.sel = 0; load(); };
 $("#prev").onclick = () => { state.offset = Math.max(0, state.offset - state.limit); load(); };
 $("#next").onclick = () => { if (state.offset + state.limit < state.total) { state.offset += state.limit; load(); } };
 let scale = 1;
 $("#stage").addEventListener("wheel", (e) => { e.preventDefault(); scale = Math.max(0.5, Math.min(6, scale * (e.deltaY < 0 ? 1.2 : 1 / 1.2))); $("#zoom").style.transform = `scale(${scale})`; });
 
+const KEYS = new Set(["Escape", "Enter", "ArrowLeft", "ArrowRight", "+", "-", "c", "f", "d", "j", "k",
+                      "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
 document.addEventListener("keydown", (e) => {
-  if (e.target.matches("input, select")) return;
+  if (e.target.matches("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
+  // a shortcut must not also press the focused button (Enter would re-submit the filters)
+  if (KEYS.has(e.key)) e.preventDefault();
   if (state.open) {
     if (e.key === "Escape") back();
     else if (e.key === "c") review({ action: "confirm" });

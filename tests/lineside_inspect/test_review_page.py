@@ -1,0 +1,92 @@
+"""The reviewers' web page in headless Chromium (Debian's, driven by Playwright): sign
+in, filter the grid, review with the keyboard, draw a missed defect; then the database
+is checked."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "deeppcb-sample" / "images"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
+                                "(make test installs it)")
+
+
+def test_review_in_the_browser(launch, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    srv = launch(store_pass_rate=1.0)
+    with srv.client("admin") as admin:
+        admin.put("/v1/recipes/strict", json={"name": "strict", "model": "deeppcb",
+                                              "default_min_score": 0.05})
+    with srv.client("line") as c:
+        for i, f in enumerate(sorted(SAMPLE.rglob("*_test.jpg"))[:4]):
+            r = c.post("/v1/inspect", content=f.read_bytes(), headers={"content-type": "image/jpeg"},
+                       params={"recipe": "strict", "camera_id": f"cam{i % 2}"})
+            assert r.json()["verdict"] == "fail"
+    store = srv.app.state.store
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(srv.url + "/review")
+        page.fill("#key", "line-secret")  # a line key may not review
+        page.click("button[type=submit]")
+        expect(page.locator(".err")).to_contain_text("may not review")
+        page.goto(srv.url + "/review")
+        page.fill("#key", "reviewer-secret")
+        page.click("button[type=submit]")
+        expect(page.locator(".card")).to_have_count(4)
+
+        page.fill("input[name=camera_id]", "cam1")  # filter the grid
+        page.click("#filters button[type=submit]")
+        expect(page.locator(".card")).to_have_count(2)
+        page.fill("input[name=camera_id]", "")
+        page.click("#filters button[type=submit]")
+        expect(page.locator(".card")).to_have_count(4)
+
+        page.keyboard.press("j")  # second card
+        page.keyboard.press("Enter")
+        expect(page.locator("#detail")).to_be_visible()
+        first_id = page.locator("#d-title").inner_text().split()[-1]
+        page.keyboard.press("c")  # confirm
+        expect(page.locator("#d-status")).to_have_text("saved: confirm")
+        page.keyboard.press("j")  # next inspection
+        expect(page.locator("#d-title")).not_to_contain_text(first_id)
+        second_id = page.locator("#d-title").inner_text().split()[-1]
+        page.keyboard.press("f")  # false reject
+        expect(page.locator("#d-status")).to_have_text("saved: false_reject")
+
+        page.keyboard.press("k")
+        page.keyboard.press("3")  # class 3: mousebite
+        page.keyboard.press("d")
+        box = page.locator("#overlay").bounding_box()
+        assert box is not None
+        sx, sy = box["width"] / 640, box["height"] / 640
+        page.mouse.move(box["x"] + 100 * sx, box["y"] + 120 * sy)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 150 * sx, box["y"] + 170 * sy, steps=5)
+        page.mouse.up()
+        expect(page.locator("#d-status")).to_have_text("saved: missed_defect")
+        page.screenshot(path=str(tmp_path / "detail.png"))
+        page.keyboard.press("Escape")
+        page.click("#tab-dash")
+        expect(page.locator("#fr-rate")).to_have_text("50.0%")
+        browser.close()
+
+    rows = {r.id[:8]: r for r in store.query(limit=10)[1]}
+    confirmed, rejected = rows[first_id], rows[second_id]
+    assert confirmed.review_state == "corrected"  # confirmed, then a missed defect was added
+    assert [r.action for r in confirmed.reviews] == ["confirm", "missed_defect"]
+    drawn = confirmed.reviews[-1].boxes[-1]
+    assert drawn["label"] == "mousebite"
+    x1, y1, x2, y2 = drawn["box"]
+    assert abs(x1 - 100) < 4 and abs(y1 - 120) < 4 and abs(x2 - 150) < 4 and abs(y2 - 170) < 4
+    assert rejected.review_state == "corrected" and rejected.reviews[-1].boxes == []
+    assert rejected.reviews[-1].reviewer == "reviewer"

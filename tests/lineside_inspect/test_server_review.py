@@ -1,0 +1,81 @@
+"""The review API on a real server: filters, pagination, reviews with an audit trail,
+images, the dashboard figures, and pulling the reviewed set as a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lineside_inspect.dataset import read_dataset, validate_dir
+from lineside_inspect.imageio import decode_image
+from lineside_inspect.store.pull import pull_from_server
+
+SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "deeppcb-sample" / "images"
+JPEG = {"content-type": "image/jpeg"}
+
+
+def _inspect_some(srv, n: int = 6) -> list[dict]:
+    files = sorted(SAMPLE.rglob("*.jpg"))[:n]
+    docs = []
+    with srv.client("line") as c:
+        for i, f in enumerate(files):
+            r = c.post("/v1/inspect", content=f.read_bytes(), headers=JPEG,
+                       params={"recipe": "strict", "camera_id": f"cam{i % 2}", "part_id": f.stem})
+            assert r.status_code == 200 and r.json()["stored"] is True
+            docs.append(r.json())
+    return docs
+
+
+def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
+    srv = launch(store_pass_rate=1.0)
+    with srv.client("admin") as admin:  # every defect fails: plenty to review
+        admin.put("/v1/recipes/strict", json={"name": "strict", "model": "deeppcb",
+                                              "default_min_score": 0.05})
+    docs = _inspect_some(srv)
+    fails = [d for d in docs if d["verdict"] == "fail"]
+    assert len(fails) >= 2
+    with srv.client("reviewer") as c:
+        page = c.get("/v1/inspections", params={"verdict": "fail", "limit": 2}).json()
+        assert page["total"] == len(fails) and len(page["items"]) == 2
+        page2 = c.get("/v1/inspections", params={"verdict": "fail", "limit": 2, "offset": 2}).json()
+        assert not {i["id"] for i in page["items"]} & {i["id"] for i in page2["items"]}
+        assert c.get("/v1/inspections", params={"camera_id": "cam1"}).json()["total"] == \
+            sum(1 for d in docs if d["camera_id"] == "cam1")
+        label = fails[0]["defects"][0]["label"]
+        assert c.get("/v1/inspections", params={"label": label}).json()["total"] >= 1
+        assert c.get("/v1/inspections", params={"verdict": "maybe"}).status_code == 422
+
+        a, b = fails[0]["id"], fails[1]["id"]
+        r = c.post(f"/v1/inspections/{a}/reviews", json={"action": "false_reject", "note": "dust"})
+        assert r.status_code == 200 and r.json()["review_state"] == "corrected"
+        box = {"label": "short", "box": [10, 10, 40, 40]}
+        r = c.post(f"/v1/inspections/{b}/reviews", json={"action": "missed_defect", "boxes": [box]})
+        assert r.status_code == 200
+        r = c.post(f"/v1/inspections/{b}/reviews", json={"action": "relabel", "index": 0,
+                                                         "label": "spur"})
+        assert r.status_code == 200
+        trail = r.json()["reviews"]
+        assert [t["action"] for t in trail] == ["missed_defect", "relabel"]
+        assert all(t["reviewer"] == "reviewer" for t in trail)
+        assert trail[-1]["boxes"][0]["label"] == "spur"
+        bad = c.post(f"/v1/inspections/{b}/reviews", json={"action": "missed_defect",
+                                                          "boxes": [{"label": "short", "box": [5, 5, 900, 9]}]})
+        assert bad.status_code == 422 and "inside the 640x640" in bad.json()["error"]["message"]
+        assert c.post("/v1/inspections/nope/reviews", json={"action": "confirm"}).status_code == 404
+
+        original = c.get(f"/v1/inspections/{a}/image")
+        assert original.content == (next(p for p in SAMPLE.rglob("*.jpg")
+                                         if p.stem == fails[0]["part_id"])).read_bytes()
+        assert decode_image(c.get(f"/v1/inspections/{b}/annotated").content).shape == (640, 640, 3)
+        stats = c.get("/v1/stats").json()
+        assert stats["false_rejects_confirmed"] == 1 and stats["reviewed_fails"] == 2
+        assert sum(v["fail"] + v["pass"] for v in stats["verdicts_per_hour"].values()) == len(docs)
+    with srv.client("line") as c:  # line keys cannot read or review
+        assert c.get("/v1/inspections").status_code == 403
+        assert c.post(f"/v1/inspections/{a}/reviews", json={"action": "confirm"}).status_code == 403
+
+    ds = pull_from_server(srv.url, tmp_path / "pulled", key="reviewer-secret")
+    assert validate_dir(tmp_path / "pulled") == []
+    by_id = {Path(r.file_name).stem: r for r in read_dataset(tmp_path / "pulled").images}
+    assert set(by_id) == {a, b} and len(ds.images) == 2
+    assert by_id[a].is_good  # the false reject became a good image
+    assert [(x.label, x.xyxy()) for x in by_id[b].boxes][-1] == ("short", (10.0, 10.0, 40.0, 40.0))
