@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint test-only clean
+.PHONY: serve test lint test-only clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,18 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test-only: $(VENV)/.dev
+# System packages the tests use for real peers: Debian's chromium (review page) and
+# postgresql (the store on PostgreSQL). Installed when missing and we are root.
+system-deps:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing$$missing"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "not root: tests needing$$missing will be skipped"; fi; fi
+
+test-only: $(VENV)/.dev system-deps
 	$(PY) -m pytest
 
 test: lint test-only

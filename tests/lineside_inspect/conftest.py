@@ -95,3 +95,63 @@ def launch() -> Iterator[Callable[..., Running]]:
 @pytest.fixture
 def image_bytes() -> bytes:
     return next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()
+
+
+def _initdb() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1] if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server on loopback (Debian's postgresql; ``make test`` installs
+    it), run as the ``postgres`` user in a temporary folder. Yields a server URL."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+
+    initdb = _initdb()
+    if initdb is None or shutil.which("runuser") is None or os.geteuid() != 0:
+        pytest.skip("PostgreSQL server binaries not installed (make test installs them)")
+    # pytest's temp folders are private to root: the server gets its own under /tmp
+    root = Path(tempfile.mkdtemp(prefix="lineside-pg-"))
+    shutil.chown(root, "postgres")
+    data = root / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def as_pg(*cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True,
+                              text=True, timeout=120)
+
+    out = as_pg(str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres")
+    assert out.returncode == 0, out.stderr
+    pg_ctl = str(initdb.parent / "pg_ctl")
+    out = as_pg(pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=on", "start")
+    assert out.returncode == 0, out.stderr + (root / "log").read_text()
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        as_pg(pg_ctl, "-D", str(data), "-m", "fast", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """None (the SQLite default) or a fresh database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return None
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    server = request.getfixturevalue("postgres")
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{server}/{name}"

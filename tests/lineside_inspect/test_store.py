@@ -42,8 +42,9 @@ def _inspection(detector: Detector, verdict: str, when: datetime | None = None):
     return result
 
 
-def test_fails_always_kept_passes_sampled(tmp_path: Path, detector: Detector) -> None:
-    store = Store(tmp_path, pass_rate=0.0, seed=1)
+def test_fails_always_kept_passes_sampled(tmp_path: Path, detector: Detector,
+                                         database_url: str | None) -> None:
+    store = Store(tmp_path, database_url, pass_rate=0.0, seed=1)
     f, p = _inspection(detector, "fail"), _inspection(detector, "pass")
     assert store.save(f) and store.save(p)
     assert store.get(f.id).image_path is not None
@@ -55,9 +56,9 @@ def test_fails_always_kept_passes_sampled(tmp_path: Path, detector: Detector) ->
     assert store.query(label="nope")[0] == 0
 
 
-def test_retention_order_passes_then_reviewed_then_unreviewed(tmp_path: Path,
-                                                             detector: Detector) -> None:
-    store = Store(tmp_path, pass_rate=1.0)
+def test_retention_order_passes_then_reviewed_then_unreviewed(
+        tmp_path: Path, detector: Detector, database_url: str | None) -> None:
+    store = Store(tmp_path, database_url, pass_rate=1.0)
     t0 = datetime.now(UTC) - timedelta(hours=5)
     old_fail = _inspection(detector, "fail", t0)
     reviewed_fail = _inspection(detector, "fail", t0 + timedelta(hours=1))
@@ -66,6 +67,7 @@ def test_retention_order_passes_then_reviewed_then_unreviewed(tmp_path: Path,
     for i in (old_fail, reviewed_fail, new_pass, newest_fail):
         assert store.save(i)
     store.review(reviewed_fail.id, reviewer="qa", action="confirm")
+    assert [r.action for r in store.get(reviewed_fail.id).reviews] == ["confirm"]
     size = len(old_fail.raw or b"")
     store.max_bytes = size * 3  # one must go: the pass, although it is the newest but one
     assert store.enforce_retention() == 1
@@ -80,8 +82,8 @@ def test_retention_order_passes_then_reviewed_then_unreviewed(tmp_path: Path,
     assert store.enforce_retention() == 1 and store.query()[0] == 0
 
 
-def test_age_retention(tmp_path: Path, detector: Detector) -> None:
-    store = Store(tmp_path, pass_rate=1.0, max_age_days=1)
+def test_age_retention(tmp_path: Path, detector: Detector, database_url: str | None) -> None:
+    store = Store(tmp_path, database_url, pass_rate=1.0, max_age_days=1)
     old = _inspection(detector, "fail", datetime.now(UTC) - timedelta(days=3))
     new = _inspection(detector, "fail")
     store.save(old)
@@ -90,8 +92,9 @@ def test_age_retention(tmp_path: Path, detector: Detector) -> None:
     assert not any(p.name.startswith(old.id) for p in (tmp_path / "images").rglob("*"))
 
 
-def test_startup_cleanup_removes_orphans(tmp_path: Path, detector: Detector) -> None:
-    store = Store(tmp_path)
+def test_startup_cleanup_removes_orphans(tmp_path: Path, detector: Detector,
+                                        database_url: str | None) -> None:
+    store = Store(tmp_path, database_url)
     kept = _inspection(detector, "fail")
     store.save(kept)
     orphan = tmp_path / "images" / "2026-01-01" / "orphan.jpg"
