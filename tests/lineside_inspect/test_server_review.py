@@ -57,8 +57,9 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
         assert [t["action"] for t in trail] == ["missed_defect", "relabel"]
         assert all(t["reviewer"] == "reviewer" for t in trail)
         assert trail[-1]["boxes"][0]["label"] == "spur"
-        bad = c.post(f"/v1/inspections/{b}/reviews", json={"action": "missed_defect",
-                                                          "boxes": [{"label": "short", "box": [5, 5, 900, 9]}]})
+        outside = {"label": "short", "box": [5, 5, 900, 9]}
+        bad = c.post(f"/v1/inspections/{b}/reviews",
+                     json={"action": "missed_defect", "boxes": [outside]})
         assert bad.status_code == 422 and "inside the 640x640" in bad.json()["error"]["message"]
         assert c.post("/v1/inspections/nope/reviews", json={"action": "confirm"}).status_code == 404
 
