@@ -87,6 +87,32 @@ def write_report(out: Path, result: dict[str, Any], records: list[ImageRecord],
                      f"{_fmt(pc['ap50'] if pc else None)} | {q['thresholds'][name]:.3f} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     _plots(out, result, records, preds, class_names, dataset, examples)
+    log = Path(result["checkpoint"]) / "metrics.jsonl"
+    if log.is_file():
+        plot_curve(log, out / "time_to_accuracy.png")
+
+
+def plot_curve(metrics_jsonl: Path, out: Path) -> None:
+    """mAP@.5 and mAP@[.5:.95] on validation against training minutes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in metrics_jsonl.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if "map50" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["elapsed_min"] for r in rows], [r["map50"] for r in rows], "o-", label="mAP@.5")
+    ax.plot([r["elapsed_min"] for r in rows], [r["map"] for r in rows], "s-", label="mAP@[.5:.95]")
+    ax.axhline(0.95, color="grey", ls="--", lw=1)
+    ax.set_xlabel("training minutes (2-core CPU)")
+    ax.set_ylabel("validation mAP")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
 
 
 def _plots(out: Path, result: dict[str, Any], records: list[ImageRecord],
