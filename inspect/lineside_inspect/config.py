@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, describe_validation
 
 Role = Literal["line", "reviewer", "admin"]
 
@@ -131,5 +131,5 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         merged.update({k: v for k, v in overrides.items() if v is not None})
         return Settings(**merged)
     except ValidationError as exc:
-        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        fields = describe_validation(exc.errors())
         raise ConfigError(f"{config or 'settings'}: {fields}") from None

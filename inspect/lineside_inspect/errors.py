@@ -8,6 +8,7 @@ report the same problem the same way and never show a traceback for bad input.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class LinesideError(Exception):
@@ -86,3 +87,8 @@ class Problem:
     def __str__(self) -> str:
         where = f"{self.file}:{self.location}" if self.location else self.file
         return f"{where}: {self.message}"
+
+
+def describe_validation(errors: list[Any]) -> str:
+    """One line naming every invalid field of a pydantic ``ValidationError.errors()``."""
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lineside_inspect.errors import PackageError
+from lineside_inspect.errors import PackageError, describe_validation
 
 CARD = "model.json"
 GRAPH = "model.onnx"
@@ -96,7 +96,7 @@ def read_card(path: Path) -> ModelCard:
     try:
         return ModelCard.model_validate(doc)
     except ValidationError as exc:
-        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        fields = describe_validation(exc.errors())
         raise PackageError(f"{card_path}: {fields}") from None
 
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, describe_validation
 
 
 class AugmentConfig(BaseModel):
@@ -83,5 +83,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     try:
         return TrainConfig.model_validate(doc)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"{path or 'config'}: " + "; ".join(lines)) from None
+        raise ConfigError(f"{path or 'config'}: {describe_validation(exc.errors())}") from None

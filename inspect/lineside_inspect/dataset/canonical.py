@@ -169,14 +169,18 @@ def parse_dir(root: str | Path) -> tuple[Dataset, list[Problem]]:
     path = root / ANNOTATIONS
     if not path.is_file():
         raise DatasetError(f"{root}: not a Lineside dataset (no {ANNOTATIONS})")
+    dataset, problems = from_coco(load_json(path), str(path))
+    dataset.root = root
+    return dataset, problems
+
+
+def load_json(path: Path) -> Any:
+    """Parse a JSON file; a syntax error becomes a :class:`DatasetError` naming the line."""
     try:
-        doc = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         problem = Problem(str(path), f"line {exc.lineno}", f"invalid JSON: {exc.msg}")
         raise DatasetError(f"{path}: invalid JSON", [problem]) from exc
-    dataset, problems = from_coco(doc, str(path))
-    dataset.root = root
-    return dataset, problems
 
 
 def read_dataset(root: str | Path) -> Dataset:

@@ -7,14 +7,13 @@ source files, plus the problems found while parsing. Nothing is written here:
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from lineside_inspect.dataset.canonical import ANNOTATIONS, from_coco
+from lineside_inspect.dataset.canonical import ANNOTATIONS, from_coco, load_json
 from lineside_inspect.dataset.model import SPLITS, Box, Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, ImageError, Problem
 from lineside_inspect.imageio import IMAGE_SUFFIXES, header_size
@@ -196,12 +195,7 @@ def import_coco(src: Path) -> Draft:
     json_path = src if src.is_file() else src / ANNOTATIONS
     if not json_path.is_file():
         raise DatasetError(f"{src}: no COCO JSON found")
-    try:
-        doc = json.loads(json_path.read_text())
-    except json.JSONDecodeError as exc:
-        problem = Problem(str(json_path), f"line {exc.lineno}", f"invalid JSON: {exc.msg}")
-        raise DatasetError(f"{json_path}: invalid JSON", [problem]) from exc
-    dataset, problems = from_coco(doc, str(json_path))
+    dataset, problems = from_coco(load_json(json_path), str(json_path))
     base = json_path.parent
     for rec in dataset.images:
         rec.source = _find_image(rec.file_name, [base / "images", base])

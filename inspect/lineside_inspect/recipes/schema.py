@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, describe_validation
 
 Polygon = list[tuple[float, float]]
 
@@ -91,5 +91,5 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         return Recipe.model_validate(doc)
     except ValidationError as exc:
-        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        fields = describe_validation(exc.errors())
         raise ConfigError(f"{path}: {fields}") from None

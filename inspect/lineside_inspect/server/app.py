@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lineside_inspect import __version__, ui
 from lineside_inspect.config import Settings
-from lineside_inspect.errors import LinesideError
+from lineside_inspect.errors import LinesideError, describe_validation
 from lineside_inspect.recipes import Recipe, load_recipe
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
@@ -152,9 +152,9 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         app.state.metrics.errors.labels("invalid_request").inc()
-        return JSONResponse(error_body("invalid_request", "; ".join(parts)), status_code=422)
+        return JSONResponse(error_body("invalid_request", describe_validation(list(exc.errors()))),
+                            status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
