@@ -86,6 +86,8 @@ def test_bad_weights_file_is_a_clear_error(tmp_path: Path) -> None:
         load_weights(build_model("lsdet", num_classes=2), bad)
     with pytest.raises(ConfigError, match="not found"):
         load_weights(build_model("lsdet", num_classes=2), tmp_path / "missing.pt")
+    with pytest.raises(ConfigError, match="neither a local file nor a torchvision weights name"):
+        load_weights(build_model("lsdet", num_classes=2), "Nope_Weights.DEFAULT")
     unrelated = tmp_path / "unrelated.pt"
     torch.save({"foo.weight": torch.zeros(3)}, unrelated)
     with pytest.raises(ConfigError, match="no tensor matches"):

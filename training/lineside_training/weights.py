@@ -9,7 +9,24 @@ from torch import nn
 
 from lineside_inspect.errors import ConfigError
 
-PREFIXES = ("", "model.", "backbone.", "model.backbone.", "module.")
+PREFIXES = ("", "model.", "backbone.", "model.backbone.", "module.", "model.backbone.body.")
+
+
+def _torchvision_weights(name: str) -> dict[str, torch.Tensor]:
+    """A torchvision weights name such as ``ResNet50_Weights.IMAGENET1K_V2`` (downloaded
+    into torch's cache, so this needs the network the first time)."""
+    from torchvision.models import get_weight
+
+    try:
+        weights = get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        raise ConfigError(f"{name!r} is neither a local file nor a torchvision weights name "
+                          "(e.g. ResNet50_Weights.IMAGENET1K_V2)") from None
+    try:
+        return dict(weights.get_state_dict(progress=False))
+    except OSError as exc:
+        raise ConfigError(f"cannot fetch torchvision weights {name}: {exc}; download them on "
+                          "a connected machine and pass the file path") from None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> str:
@@ -19,13 +36,16 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
     a backbone-only file fits a whole detector. Shape mismatches are skipped and
     reported. Returns a one-paragraph report; raises when nothing matches.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: weights file not found (only local files are loaded)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad files
-        raise ConfigError(f"{path}: not a torch state dict: {exc}") from None
+    if not Path(path).is_file() and "." in str(path) and "/" not in str(path):
+        state = _torchvision_weights(str(path))
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: weights file not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for bad files
+            raise ConfigError(f"{path}: not a torch state dict: {exc}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     own = model.state_dict()
