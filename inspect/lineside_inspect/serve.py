@@ -3,8 +3,8 @@ in-flight requests finish, then the process exits."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 from types import FrameType
 
 import uvicorn
@@ -26,9 +26,13 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app = self.app
         if app.state.ready:
-            app.state.ready = False  # load balancers stop sending before we stop accepting
-            log.info("shutting down: readiness dropped, draining in-flight requests")
-            time.sleep(self.drain_s)
+            # readiness drops first and the server keeps serving for drain_s, so a load
+            # balancer stops sending before we stop accepting; then uvicorn's own graceful
+            # shutdown lets in-flight requests finish
+            app.state.ready = False
+            log.info("shutting down: readiness dropped, draining for %.1fs", self.drain_s)
+            asyncio.get_running_loop().call_later(self.drain_s, super().handle_exit, sig, frame)
+            return
         super().handle_exit(sig, frame)
 
 
