@@ -28,7 +28,6 @@ def main(src: Path, dst: Path) -> None:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(f, target)
         dataset, _ = import_dataset("deeppcb", tmp, dst, overwrite=True)
-    dataset.info["licence"] = "MIT (DeepPCB, see LICENSE); demonstration and research use"
     split_dataset(dataset, val=0.3, by="group", seed=0)
     save_annotations(dataset)
     shutil.copyfile(src / "LICENSE", dst / "LICENSE")

@@ -22,6 +22,8 @@ class AugmentConfig(BaseModel):
     blur: float = Field(0.1, ge=0, le=1)
     noise: float = Field(0.1, ge=0, le=1)
     scale_jitter: float = Field(0.2, ge=0, le=1, description="scale range +-, applied with p=0.3")
+    morphology: float = Field(0.0, ge=0, le=1, description=(
+        "erode or dilate by 2-3 px: varies trace and feature thickness between boards"))
 
 
 class TrainConfig(BaseModel):

@@ -19,6 +19,8 @@ from lineside_inspect.errors import DatasetError, ImageError, Problem
 from lineside_inspect.imageio import IMAGE_SUFFIXES, header_size
 
 DEEPPCB_CLASSES = ("open", "short", "mousebite", "spur", "copper", "pin-hole")
+DEEPPCB_LICENCE = ("MIT; the authors ask that DeepPCB be used for research: data and models "
+                   "trained on it are for demonstration and evaluation only")
 
 Draft = tuple[Dataset, list[Problem]]
 
@@ -83,7 +85,9 @@ def import_deeppcb(src: Path) -> Draft:
             trel = f"{group}/{template.name}"
             tw, th = _size(template, trel, problems)
             images.append(ImageRecord(trel, tw, th, [], group=group, source=template))
-    return Dataset(list(DEEPPCB_CLASSES), images, info={"source": "DeepPCB"}), problems
+    info = {"source": "DeepPCB (Tang et al. 2019, github.com/tangsanli5201/DeepPCB)",
+            "licence": DEEPPCB_LICENCE}
+    return Dataset(list(DEEPPCB_CLASSES), images, info=info), problems
 
 
 def _find_image(name: str, candidates: list[Path]) -> Path:

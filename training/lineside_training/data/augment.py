@@ -21,6 +21,10 @@ def train_transform(cfg: AugmentConfig, crop: int | None, size: int) -> A.Compos
         ops += [A.PadIfNeeded(crop, crop, border_mode=0, fill=PAD), A.RandomCrop(crop, crop)]
     else:
         ops += [A.LongestMaxSize(size), A.PadIfNeeded(size, size, border_mode=0, fill=PAD)]
+    if cfg.morphology > 0:
+        ops.append(A.OneOf([A.Morphological(scale=(2, 3), operation="erosion", p=1.0),
+                            A.Morphological(scale=(2, 3), operation="dilation", p=1.0)],
+                           p=cfg.morphology))
     ops += [
         A.HorizontalFlip(p=cfg.hflip),
         A.VerticalFlip(p=cfg.vflip),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,7 @@ class LSDet(nn.Module):
         fpn_channels: int = 48,
         strides: tuple[int, ...] = (8, 16),
         head_convs: int = 1,
+        head_norm: str = "bn",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -70,9 +72,16 @@ class LSDet(nn.Module):
         )
         # stage outputs have strides 4, 8, 16, 32; the pyramid uses 8, 16, 32
         self.fpn = FeaturePyramidNetwork(list(widths[2:]), fpn_channels)
-        self.cls_tower = nn.Sequential(*(Conv2dNormActivation(fpn_channels, fpn_channels, 3)
+        # the head is shared by all pyramid levels: GroupNorm (as in FCOS) keeps one level's
+        # statistics from skewing another's; BatchNorm is the faster choice
+        if head_norm not in ("bn", "gn"):
+            raise ValueError(f"head_norm must be 'bn' or 'gn', got {head_norm!r}")
+        norm = partial(nn.GroupNorm, 8) if head_norm == "gn" else nn.BatchNorm2d
+        self.cls_tower = nn.Sequential(*(Conv2dNormActivation(fpn_channels, fpn_channels, 3,
+                                                              norm_layer=norm)
                                          for _ in range(head_convs)))
-        self.reg_tower = nn.Sequential(*(Conv2dNormActivation(fpn_channels, fpn_channels, 3)
+        self.reg_tower = nn.Sequential(*(Conv2dNormActivation(fpn_channels, fpn_channels, 3,
+                                                              norm_layer=norm)
                                          for _ in range(head_convs)))
         self.cls_out = nn.Conv2d(fpn_channels, num_classes, 3, padding=1)
         self.reg_out = nn.Conv2d(fpn_channels, 4, 3, padding=1)
