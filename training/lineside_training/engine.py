@@ -3,6 +3,7 @@ early stopping, and a JSON-lines metrics log per evaluation."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -78,7 +79,9 @@ def load_data(cfg: TrainConfig) -> TrainData:
         raise ConfigError(f"{cfg.data}: needs both train and val images "
                           f"(has {len(train)} train, {len(val)} val)")
     fp = {"path": str(Path(cfg.data).resolve()),
-          "annotations_mtime": os.path.getmtime(Path(cfg.data) / "annotations.json"),
+          "annotations_sha256": hashlib.sha256(
+              (Path(cfg.data) / "annotations.json").read_bytes()).hexdigest(),
+          "extra_data": list(cfg.extra_data),
           "train_images": len(train), "val_images": len(val),
           "source": dataset.info.get("source"), "licence": dataset.info.get("licence")}
     return TrainData(dataset, class_names, train, val, fp)
