@@ -43,6 +43,8 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description=(
+        "adamw for LSDet; sgd (momentum 0.9) suits torchvision's detectors from scratch"))
     schedule: Literal["cosine", "onecycle"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)
     ema_decay: float = Field(0.999, ge=0, lt=1, description="0 disables EMA")

@@ -161,7 +161,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         generator=generator, persistent_workers=cfg.workers > 0,
     )
     steps = min(len(loader), cfg.max_steps_per_epoch or len(loader))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer: torch.optim.Optimizer
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
+                                    weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "onecycle":
         scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
@@ -170,7 +175,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps))
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    net: nn.Module = DistributedDataParallel(model) if world > 1 else model
+    # static_graph: the same parameters (e.g. an unused top pyramid output) go without
+    # gradient every step, which DDP accepts when told the graph is static
+    net: nn.Module = DistributedDataParallel(model, static_graph=True) if world > 1 else model
 
     start_epoch, best, stale, elapsed0 = 0, -1.0, 0, 0.0
     if resume and (run / "last.pt").is_file():

@@ -94,7 +94,7 @@ class CameraManager:
         ``max_frame_age_s`` old; else :class:`CameraUnavailable`."""
         worker = self.worker(camera_id)
         cfg = self.configs[camera_id]
-        if not worker.online():
+        if worker.state in ("offline", "stopped"):  # known down: answer at once
             h = worker.health()
             raise CameraUnavailable(f"camera {camera_id} is {h['state']}: {h['last_error']}", h)
         latest = worker.latest()
@@ -106,5 +106,6 @@ class CameraManager:
                 return latest
             h = worker.health()
             raise CameraUnavailable(
-                f"camera {camera_id}: no fresh frame within {timeout_s:.1f}s of the trigger", h)
+                f"camera {camera_id} ({h['state']}): no fresh frame within {timeout_s:.1f}s "
+                "of the trigger", h)
         return frame

@@ -85,7 +85,7 @@ def import_deeppcb(src: Path) -> Draft:
             trel = f"{group}/{template.name}"
             tw, th = _size(template, trel, problems)
             images.append(ImageRecord(trel, tw, th, [], group=group, source=template))
-    info = {"source": "DeepPCB (Tang et al. 2019, github.com/tangsanli5201/DeepPCB)",
+    info: dict[str, object] = {"source": "DeepPCB (Tang et al. 2019, github.com/tangsanli5201/DeepPCB)",
             "licence": DEEPPCB_LICENCE}
     return Dataset(list(DEEPPCB_CLASSES), images, info=info), problems
 
