@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-import albumentations as A
+from typing import Any
 
+import albumentations as A
+import numpy as np
+
+from lineside_inspect._cv import cv2
 from lineside_training.config import AugmentConfig
 
 PAD = 114
+
+
+def morph(image: np.ndarray, **_: Any) -> np.ndarray:
+    """Erode or dilate by a 2-3 px square: thicker or thinner traces, as between boards."""
+    size = int(np.random.randint(2, 4))
+    kernel = np.ones((size, size), np.uint8)
+    op = cv2.erode if np.random.rand() < 0.5 else cv2.dilate
+    return np.asarray(op(image, kernel))
 
 
 def train_transform(cfg: AugmentConfig, crop: int | None, size: int) -> A.Compose:
@@ -22,9 +34,8 @@ def train_transform(cfg: AugmentConfig, crop: int | None, size: int) -> A.Compos
     else:
         ops += [A.LongestMaxSize(size), A.PadIfNeeded(size, size, border_mode=0, fill=PAD)]
     if cfg.morphology > 0:
-        ops.append(A.OneOf([A.Morphological(scale=(2, 3), operation="erosion", p=1.0),
-                            A.Morphological(scale=(2, 3), operation="dilation", p=1.0)],
-                           p=cfg.morphology))
+        # image only: albumentations' Morphological also reshapes boxes and fails on several
+        ops.append(A.Lambda(image=morph, p=cfg.morphology))
     ops += [
         A.HorizontalFlip(p=cfg.hflip),
         A.VerticalFlip(p=cfg.vflip),

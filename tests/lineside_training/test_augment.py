@@ -1,0 +1,30 @@
+"""Every augmentation of the training config runs on images with several boxes, and
+boxes stay inside the crop."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lineside_training.config import AugmentConfig
+from lineside_training.data.augment import train_transform
+
+
+def test_all_augmentations_with_several_boxes() -> None:
+    cfg = AugmentConfig(hflip=1, vflip=1, rot90=1, brightness_contrast=1, blur=1, noise=1,
+                        scale_jitter=0.3, morphology=1)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (640, 640, 3), dtype=np.uint8)
+    boxes = np.array([[100, 100, 140, 140], [300, 310, 350, 330], [500, 20, 560, 90]], np.float32)
+    labels = np.array([0, 1, 2])
+    for crop, size in ((320, 640), (None, 512)):
+        t = train_transform(cfg, crop, size)
+        kept = 0
+        for _ in range(20):
+            out = t(image=image, bboxes=boxes, labels=labels)
+            side = crop or size
+            assert out["image"].shape == (side, side, 3)
+            b = np.asarray(out["bboxes"]).reshape(-1, 4)
+            assert len(b) == len(out["labels"])
+            assert (b >= 0).all() and (b <= side).all()
+            kept += len(b)
+        assert kept > 0
