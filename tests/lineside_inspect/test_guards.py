@@ -49,3 +49,8 @@ def test_lint_settings_keep_a005_and_importlib_mode() -> None:
     assert "A" in cfg["tool"]["ruff"]["lint"]["select"]
     assert "A005" not in cfg["tool"]["ruff"]["lint"].get("ignore", [])
     assert "--import-mode=importlib" in cfg["tool"]["pytest"]["ini_options"]["addopts"]
+
+
+def test_public_api_resolves() -> None:
+    for name in lineside_inspect.__all__:
+        assert getattr(lineside_inspect, name) is not None, name
