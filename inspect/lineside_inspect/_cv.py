@@ -11,6 +11,8 @@ import os
 
 MAX_IMAGE_PIXELS = int(os.environ.get("LINESIDE_MAX_IMAGE_PIXELS", str(64 * 1024 * 1024)))
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+# RTSP over TCP: UDP loses packets (and whole frames) on busy networks and many firewalls
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
 
 import cv2  # noqa: E402
 

@@ -4,6 +4,8 @@ loopback that the tests kill, restart, freeze and hang."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -150,3 +152,62 @@ def test_unknown_camera_and_missing_source(tmp_path: Path) -> None:
             manager.worker("nope")
     finally:
         manager.stop()
+
+
+RTSP_SERVER = Path(__file__).resolve().parents[1] / "tools" / "rtsp_server.py"
+
+
+def _rtsp_available() -> bool:
+    probe = "import gi; gi.require_version('GstRtspServer', '1.0')"
+    return subprocess.run(["/usr/bin/python3", "-c", probe], capture_output=True).returncode == 0
+
+
+class RtspServer:
+    """GStreamer's RTSP server in a child process (Debian's system Python has the bindings)."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc: subprocess.Popen[str] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["/usr/bin/python3", str(RTSP_SERVER), str(self.port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists() or not _rtsp_available(),
+                    reason="GStreamer's RTSP server is not installed (make test installs it)")
+def test_rtsp_stream_killed_and_restarted() -> None:
+    rtsp = RtspServer()
+    cfg = CameraConfig(id="rtsp", source=rtsp.url, open_timeout_s=3, read_timeout_s=1,
+                       stale_after_s=1.0)
+    manager = CameraManager([cfg])
+    manager.start()
+    w = manager.workers["rtsp"]
+    w.backoff_base_s, w.backoff_max_s = 0.1, 0.5
+    try:
+        assert _wait(w.online, timeout=20)
+        frame = manager.fresh_frame("rtsp", trigger_time=time.time(), timeout_s=3)
+        assert frame.image.shape == (240, 320, 3)
+        rtsp.kill()
+        assert _wait(lambda: not w.online(), timeout=20)
+        with pytest.raises(CameraUnavailable):
+            manager.fresh_frame("rtsp", trigger_time=time.time(), timeout_s=0.5)
+        rtsp.start()
+        assert _wait(w.online, timeout=20)
+        assert w.health()["reconnects"] >= 1
+        after = time.time()
+        assert manager.fresh_frame("rtsp", trigger_time=after, timeout_s=3).timestamp > after
+    finally:
+        manager.stop(2.0)
+        rtsp.kill()
