@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lineside_inspect.errors import DatasetError, LinesideError, MissingExtraError
@@ -29,7 +30,7 @@ bench_app = typer.Typer(help="Benchmarks that print figures for docs/benchmarks.
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, markup=False, highlight=False)
 err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,10 +43,10 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LinesideError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             problems = getattr(exc, "problems", [])
             for p in problems[:200]:
-                err.print(f"  {p}", highlight=False, soft_wrap=True)
+                err.print(f"  {p}", highlight=False, markup=False)
             if len(problems) > 200:
                 err.print(f"  ... and {len(problems) - 200} more", highlight=False)
             raise typer.Exit(2) from None
@@ -82,7 +83,7 @@ def data_import(
 
     dataset, skipped = import_dataset(fmt, src, dst, skip_invalid=skip_invalid, overwrite=overwrite)
     for p in skipped:
-        err.print(f"skipped: {p}", highlight=False, soft_wrap=True)
+        err.print(f"skipped: {p}", highlight=False, markup=False)
     s = dataset_stats(dataset)
     good = sum(v.get("good", 0) for v in s["images_per_split"].values())
     nboxes = sum(len(r.boxes) for r in dataset.images)

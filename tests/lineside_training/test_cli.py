@@ -1,0 +1,53 @@
+"""The training commands through the ``lineside`` CLI, and the one-line message an edge
+install (no torch) gives for them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from lineside_inspect.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "datasets" / "deeppcb-sample"
+runner = CliRunner()
+
+
+def test_train_evaluate_export_commands(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--epochs", "1", "--name", "cli",
+                            "--device", "cpu", "--set", "max_steps_per_epoch=2",
+                            "--set", "crop_size=128", "--set", "batch_size=4",
+                            "--set", f"out_dir={tmp_path}", "--set", "augment.morphology=0.5"])
+    assert r.exit_code == 0, r.output + r.stderr
+    run = tmp_path / "cli"
+    r = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.stderr
+    assert "escape rate" in r.stdout and (tmp_path / "rep" / "time_to_accuracy.png").is_file()
+    r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "models" / "cli" / "3")])
+    assert r.exit_code == 0, r.stderr
+    card = json.loads((tmp_path / "models" / "cli" / "3" / "model.json").read_text())
+    assert card["name"] == "cli" and card["version"] == "3"
+    assert "research" in card["training"]["data"]["licence"]
+    r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "models" / "cli" / "3")])
+    assert r.exit_code == 2 and "already exists" in r.stderr
+
+
+def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--set", "epochs=-1"])
+    assert r.exit_code == 2 and "epochs" in r.stderr and "Traceback" not in r.output + r.stderr
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "no such run folder" in r.stderr
+
+
+def test_edge_install_says_what_to_install() -> None:
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from lineside_inspect.cli import main\n"
+            "sys.argv = ['lineside', 'train', '--data', 'x']\n"
+            "main()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    assert "pip install 'lineside[train]'" in out.stderr and "Traceback" not in out.stderr
