@@ -9,6 +9,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from lineside_inspect.errors import ConfigError
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.server.deps import Admin, RegistryDep
 
@@ -76,8 +77,6 @@ def list_recipes(who: Admin, registry: RegistryDep) -> list[dict[str, Any]]:
 def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep) -> dict[str, Any]:
     """Add or replace a recipe; switching a line's product needs no model reload."""
     if recipe.name != name:
-        from lineside_inspect.errors import ConfigError
-
         raise ConfigError(f"recipe name {recipe.name!r} does not match the URL's {name!r}")
     registry.add_recipe(recipe)
     return recipe.model_dump()
