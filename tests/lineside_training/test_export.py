@@ -13,7 +13,7 @@ import pytest
 
 from lineside_inspect.errors import PackageError
 from lineside_inspect.imageio import read_image
-from lineside_inspect.package import load_package
+from lineside_inspect.package import load_package, sha256_file
 from lineside_inspect.runtime.detector import Detector
 from lineside_training.export import export
 
@@ -82,6 +82,13 @@ def test_card_disagreeing_with_graph_is_refused(package: Path, tmp_path: Path) -
         load_package(bad)
 
 
+def _rehash(pkg: Path) -> None:
+    """Make the card's sha256 match a doctored graph, so a later check must catch it."""
+    card = json.loads((pkg / "model.json").read_text())
+    card["sha256"] = sha256_file(pkg / "model.onnx")
+    (pkg / "model.json").write_text(json.dumps(card))
+
+
 def test_external_data_outside_package_is_refused(package: Path, tmp_path: Path) -> None:
     bad = tmp_path / "pkg"
     shutil.copytree(package, bad)
@@ -95,11 +102,7 @@ def test_external_data_outside_package_is_refused(package: Path, tmp_path: Path)
             if entry.key == "location":
                 entry.value = "../outside.bin"
     (bad / "model.onnx").write_bytes(graph.SerializeToString())
-    card = json.loads((bad / "model.json").read_text())
-    from lineside_inspect.package import sha256_file
-
-    card["sha256"] = sha256_file(bad / "model.onnx")
-    (bad / "model.json").write_text(json.dumps(card))
+    _rehash(bad)
     with pytest.raises(PackageError, match="outside the package"):
         load_package(bad)
 
@@ -108,11 +111,7 @@ def test_garbage_graph_and_missing_card(package: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(package, bad)
     (bad / "model.onnx").write_bytes(b"\x00garbage")
-    card = json.loads((bad / "model.json").read_text())
-    from lineside_inspect.package import sha256_file
-
-    card["sha256"] = sha256_file(bad / "model.onnx")
-    (bad / "model.json").write_text(json.dumps(card))
+    _rehash(bad)
     with pytest.raises(PackageError, match="unreadable ONNX"):
         load_package(bad)
     (bad / "model.json").unlink()

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
 from lineside_inspect.config import Role, Settings, hash_key
-from lineside_inspect.errors import LinesideError
+from lineside_inspect.errors import LinesideError, NotFoundError
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
+
+if TYPE_CHECKING:
+    from lineside_inspect.cameras import CameraManager
+    from lineside_inspect.store import Store
 
 # which roles may do what: admin may do everything
 ALLOWED: dict[Role, set[Role]] = {
@@ -96,3 +100,18 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 LimiterDep = Annotated[Limiter, Depends(get_limiter)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_store(request: Request) -> Store:
+    store: Store | None = request.app.state.store
+    if store is None:
+        raise NotFoundError("this server keeps no inspection store")
+    return store
+
+
+def get_cameras(request: Request) -> CameraManager:
+    manager: CameraManager | None = request.app.state.cameras
+    if manager is None:
+        raise NotFoundError("no cameras are configured on this server")
+    return manager
+

@@ -12,21 +12,13 @@ from fastapi.responses import StreamingResponse
 
 from lineside_inspect.cameras import CameraManager, CameraUnavailable
 from lineside_inspect.draw import annotate
-from lineside_inspect.errors import NotFoundError
 from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.inspector import inspect
 from lineside_inspect.runtime.types import Detections
-from lineside_inspect.server.deps import LimiterDep, LineUser, MetricsDep, RegistryDep, Reviewer
+from lineside_inspect.server.deps import LimiterDep, LineUser, MetricsDep, RegistryDep, Reviewer, get_cameras
 from lineside_inspect.server.routes.inspect import record
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
-
-
-def _manager(request: Request) -> CameraManager:
-    manager: CameraManager | None = request.app.state.cameras
-    if manager is None:
-        raise NotFoundError("no cameras are configured on this server")
-    return manager
 
 
 @router.get("")
@@ -46,7 +38,7 @@ async def trigger(
     """Inspect the first frame captured after this trigger arrived (or the newest within
     the camera's max frame age). 503 with the camera's state when none comes in time."""
     arrived = time.time()
-    manager = _manager(request)
+    manager = get_cameras(request)
     cfg = manager.configs.get(camera_id)
     if cfg is None:
         manager.worker(camera_id)  # raises not found
@@ -80,14 +72,14 @@ def _frame_jpeg(manager: CameraManager, camera_id: str) -> bytes:
 
 @router.get("/{camera_id}/snapshot")
 def snapshot(camera_id: str, request: Request, who: Reviewer) -> Response:
-    return Response(_frame_jpeg(_manager(request), camera_id), media_type="image/jpeg")
+    return Response(_frame_jpeg(get_cameras(request), camera_id), media_type="image/jpeg")
 
 
 @router.get("/{camera_id}/stream")
 async def stream(camera_id: str, request: Request, who: Reviewer,
                  fps: Annotated[float, Query(gt=0, le=30)] = 5.0) -> StreamingResponse:
     """MJPEG (multipart/x-mixed-replace) with the last verdict drawn."""
-    manager = _manager(request)
+    manager = get_cameras(request)
     manager.worker(camera_id)
 
     async def frames() -> AsyncIterator[bytes]:

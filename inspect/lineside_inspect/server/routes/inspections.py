@@ -13,21 +13,12 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from lineside_inspect.draw import annotate
-from lineside_inspect.errors import NotFoundError
 from lineside_inspect.imageio import encode_jpeg, read_image
 from lineside_inspect.runtime.types import Detections
-from lineside_inspect.server.deps import Reviewer
-from lineside_inspect.store import Store
+from lineside_inspect.server.deps import Reviewer, get_store
 from lineside_inspect.store.models import InspectionRow
 
 router = APIRouter(prefix="/v1", tags=["review"])
-
-
-def _store(request: Request) -> Store:
-    store: Store | None = request.app.state.store
-    if store is None:
-        raise NotFoundError("this server keeps no inspection store")
-    return store
 
 
 def row_json(row: InspectionRow) -> dict[str, Any]:
@@ -56,7 +47,7 @@ def list_inspections(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    total, rows = _store(request).query(
+    total, rows = get_store(request).query(
         verdict=verdict, camera_id=camera_id, recipe=recipe, label=label, min_score=min_score,
         max_score=max_score, since=since, until=until, review_state=review_state, limit=limit,
         offset=offset)
@@ -65,18 +56,18 @@ def list_inspections(
 
 @router.get("/inspections/{inspection_id}")
 def get_inspection(inspection_id: str, request: Request, who: Reviewer) -> dict[str, Any]:
-    return row_json(_store(request).get(inspection_id))
+    return row_json(get_store(request).get(inspection_id))
 
 
 @router.get("/inspections/{inspection_id}/image")
 def original_image(inspection_id: str, request: Request, who: Reviewer) -> FileResponse:
-    store = _store(request)
+    store = get_store(request)
     return FileResponse(store.image_file(store.get(inspection_id)))
 
 
 @router.get("/inspections/{inspection_id}/annotated")
 async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -> Response:
-    store = _store(request)
+    store = get_store(request)
     row = store.get(inspection_id)
     path = store.image_file(row)
 
@@ -102,7 +93,7 @@ class ReviewIn(BaseModel):
 @router.post("/inspections/{inspection_id}/reviews")
 def add_review(inspection_id: str, body: ReviewIn, request: Request,
                who: Reviewer) -> dict[str, Any]:
-    row = _store(request).review(inspection_id, reviewer=who.name, action=body.action,
+    row = get_store(request).review(inspection_id, reviewer=who.name, action=body.action,
                                  boxes=body.boxes, index=body.index, label=body.label,
                                  note=body.note)
     return row_json(row)
@@ -111,7 +102,7 @@ def add_review(inspection_id: str, body: ReviewIn, request: Request,
 @router.get("/stats")
 def stats(request: Request, who: Reviewer,
           hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24) -> dict[str, Any]:
-    doc = _store(request).stats(hours)
+    doc = get_store(request).stats(hours)
     cams = request.app.state.cameras
     doc["cameras"] = cams.health() if cams is not None else []
     return doc
