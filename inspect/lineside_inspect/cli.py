@@ -7,6 +7,7 @@ run, so the edge install (no torch) still has a working CLI and says what to ins
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -57,9 +58,8 @@ def friendly(fn: F) -> F:
 def training() -> Any:
     """Import :mod:`lineside_training`, or fail with one line naming the extra to install."""
     try:
-        import torch  # noqa: F401
-
-        import lineside_training.commands as commands
+        # lineside_training imports torch; on an edge install that import is what fails
+        commands = importlib.import_module("lineside_training.commands")
     except ImportError as exc:
         raise MissingExtraError(
             f"this command needs the training extra ({exc.name} is missing): "
