@@ -21,7 +21,8 @@ def morph(image: np.ndarray, **_: Any) -> np.ndarray:
     return np.asarray(op(image, kernel))
 
 
-def train_transform(cfg: AugmentConfig, crop: int | None, size: int) -> A.Compose:
+def train_transform(cfg: AugmentConfig, crop: int | None, size: int,
+                    seed: int | None = None) -> A.Compose:
     """Random crop (tiles of the full image, so tiny defects keep their pixels), flips,
     90° rotations, photometric changes and scale jitter. Without ``crop`` the image is
     letterboxed to ``size``."""
@@ -35,7 +36,7 @@ def train_transform(cfg: AugmentConfig, crop: int | None, size: int) -> A.Compos
         ops += [A.LongestMaxSize(size), A.PadIfNeeded(size, size, border_mode=0, fill=PAD)]
     if cfg.morphology > 0:
         # image only: albumentations' Morphological also reshapes boxes and fails on several
-        ops.append(A.Lambda(image=morph, p=cfg.morphology))
+        ops.append(A.Lambda(image=morph, p=cfg.morphology))  # np.random: seeded by the engine
     ops += [
         A.HorizontalFlip(p=cfg.hflip),
         A.VerticalFlip(p=cfg.vflip),
@@ -48,4 +49,5 @@ def train_transform(cfg: AugmentConfig, crop: int | None, size: int) -> A.Compos
         ops,
         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"],
                                  min_visibility=0.4, clip=True),
+        seed=seed,  # albumentations keeps its own random state: seed it for repeatable runs
     )
