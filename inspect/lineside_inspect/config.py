@@ -39,6 +39,9 @@ class CameraConfig(BaseModel):
     id: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
     source: str = Field(..., description="device index, URL, GStreamer pipeline, video file or folder")
     recipe: str | None = None
+    reference: str | None = Field(None, description=(
+        "the reference image a reference model compares this camera's frames with: a "
+        "name registered in references_dir, or an image file"))
     mode: Literal["triggered", "continuous"] = "triggered"
     rate_hz: float = Field(2.0, gt=0, description="continuous mode: inspections per second")
     fps: float = Field(10.0, gt=0, description="folder/file sources: playback rate")
@@ -71,11 +74,17 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     data_dir: str = "data/store"
+    references_dir: str | None = Field(None, description=(
+        "named reference images for reference models; default <data_dir>/references"))
     store: bool = Field(True, description="record inspections (database + images)")
     store_pass_rate: float = Field(0.1, ge=0, le=1, description="share of passes whose image is kept")
     store_max_bytes: int | None = Field(None, gt=0, description="image disk quota")
     store_max_age_days: float | None = Field(None, gt=0)
     cameras: list[CameraConfig] = Field(default_factory=list)
+
+    @property
+    def references_path(self) -> Path:
+        return Path(self.references_dir) if self.references_dir else Path(self.data_dir) / "references"
 
     def check_bind(self) -> None:
         """With no API keys the server may only listen on loopback (unless insecure)."""
@@ -114,8 +123,12 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
             if src and not src.isdigit() and "://" not in src and "!" not in src \
                     and not Path(src).is_absolute() and (base / src).exists():
                 cam["source"] = str((base / src).resolve())
-        if "data_dir" in doc and not Path(doc["data_dir"]).is_absolute():
-            doc["data_dir"] = str((base / doc["data_dir"]).resolve())
+            ref = str(cam.get("reference") or "") if isinstance(cam, dict) else ""
+            if ref and not Path(ref).is_absolute() and (base / ref).is_file():
+                cam["reference"] = str((base / ref).resolve())
+        for key in ("data_dir", "references_dir"):
+            if doc.get(key) and not Path(doc[key]).is_absolute():
+                doc[key] = str((base / doc[key]).resolve())
     keys = []
     for i, k in enumerate(doc.pop("api_keys", []) or []):
         if isinstance(k, dict) and "key" in k:

@@ -50,6 +50,13 @@ class UnsupportedMediaError(ImageError):
     status = 415
 
 
+class ReferenceImageError(ImageError):
+    """A reference model got no reference image, or one that does not match the frame."""
+
+    code = "invalid_reference"
+    status = 422
+
+
 class PackageError(LinesideError):
     """A model package that is missing, tampered with, or disagrees with its card."""
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.recipes import Recipe, judge
+from lineside_inspect.references import Reference
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.types import Detections
 
@@ -36,6 +37,7 @@ class Inspection:
     extra: dict[str, Any] = field(default_factory=dict)
     raw: bytes | None = None  # the encoded image as received, kept unaltered by the store
     raw_ext: str | None = None
+    reference: Reference | None = None  # what a reference model compared the image with
 
     def to_json(self) -> dict[str, Any]:
         card = self.detector.card
@@ -50,6 +52,7 @@ class Inspection:
             "camera_id": self.camera_id,
             "part_id": self.part_id,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "reference": None if self.reference is None else self.reference.to_json(),
             "stored": self.stored,
             **self.extra,
         }
@@ -57,10 +60,12 @@ class Inspection:
 
 def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
             decode_ms: float = 0.0, camera_id: str | None = None,
-            part_id: str | None = None) -> Inspection:
-    """Inspect one decoded BGR image with ``detector`` under ``recipe``."""
+            part_id: str | None = None, reference: Reference | None = None) -> Inspection:
+    """Inspect one decoded BGR image with ``detector`` under ``recipe``; ``reference`` is
+    the golden image a reference model compares it with."""
     t0 = time.perf_counter()
-    batch, letterboxes = detector.pre_process([image])
+    batch, letterboxes = detector.pre_process(
+        [image], None if reference is None else [reference.image])
     t1 = time.perf_counter()
     outputs = detector.forward(batch)
     t2 = time.perf_counter()
@@ -74,5 +79,5 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         id=uuid.uuid4().hex, created_at=datetime.now(UTC), verdict=verdict.verdict,
         reasons=verdict.reasons, defects=verdict.defects or Detections.empty(detector.class_names),
         recipe=recipe, detector=detector, timings_ms=timings, image=image,
-        camera_id=camera_id, part_id=part_id,
+        camera_id=camera_id, part_id=part_id, reference=reference,
     )

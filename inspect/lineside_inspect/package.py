@@ -32,7 +32,9 @@ class InputSpec(BaseModel):
     size: int = Field(..., gt=0, description="square side the runtime letterboxes to")
     layout: Literal["NCHW"] = "NCHW"
     dtype: Literal["uint8"] = "uint8"
-    color: Literal["RGB"] = "RGB"
+    color: Literal["RGB", "grey+reference+difference"] = Field("RGB", description=(
+        "RGB: one image; grey+reference+difference: a reference model, fed the frame and a "
+        "golden reference of the same view (lineside_inspect.runtime.reference)"))
     letterbox: dict[str, Any] = Field(default_factory=lambda: {"pad_value": 114, "center": True})
 
 
@@ -56,6 +58,11 @@ class ModelCard(BaseModel):
     sha256: str
     lineside_version: str = ""
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def needs_reference(self) -> bool:
+        """A reference model: each frame must come with a reference image."""
+        return self.input.color != "RGB"
 
     def threshold(self, label: str, default: float = 0.5) -> float:
         return self.thresholds.get(label, default)

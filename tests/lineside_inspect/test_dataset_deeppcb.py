@@ -34,10 +34,13 @@ def test_full_import_counts_and_group_split(deeppcb: Path, tmp_path: Path) -> No
     assert (len(defective), len(good)) == (n_test, n_temp) == (1000, 1000)
     got = Counter(b.label for r in dataset.images for b in r.boxes)
     assert got == boxes
-    # every template sits in the same group as its defective twin
+    # every template sits in the same group as its defective twin, and is its reference
     groups = {r.file_name: r.group for r in dataset.images}
     for r in defective:
-        assert groups[r.file_name.replace("_test.jpg", "_temp.jpg")] == r.group
+        assert r.reference == r.file_name.replace("_test.jpg", "_temp.jpg")
+        assert groups[r.reference] == r.group
+    assert all(r.reference is None for r in good)
+    assert read_dataset(tmp_path / "pcb").images[0].reference == dataset.images[0].reference
 
     counts = split_dataset(dataset, val=0.2, test=0.1, by="group", seed=0)
     assert sum(counts.values()) == 2000 and all(counts.values())

@@ -146,3 +146,32 @@ def test_failed_overwrite_keeps_existing_dataset(sample: Path, tmp_path: Path) -
     with pytest.raises(DatasetError):
         import_dataset("coco", tmp_path / "nowhere", sample, overwrite=True)
     assert (sample / "annotations.json").read_text() == before
+
+
+def test_reference_problems_are_named(sample: Path) -> None:
+    doc = _doc(sample)
+    test_imgs = [i for i in doc["images"] if i.get("reference")]
+    defective = {a["image_id"] for a in doc["annotations"]}
+    assert len(test_imgs) == 35 and all(i["id"] in defective for i in test_imgs)
+    test_imgs[0]["reference"] = "nowhere/x.jpg"
+    test_imgs[1]["reference"] = test_imgs[2]["file_name"]  # a defective image as reference
+    _save(sample, doc)
+    msgs = _messages(sample)
+    assert len(msgs) == 2
+    assert "images[" in msgs[0] and "reference" in msgs[0] and "'nowhere/x.jpg'" in msgs[0] \
+        and "not an image of the dataset" in msgs[0]
+    assert "has defect boxes: a reference must be a good part" in msgs[1]
+
+
+def test_reference_of_another_size(sample: Path) -> None:
+    doc = _doc(sample)
+    img = next(i for i in doc["images"] if i.get("reference"))
+    ref = next(i for i in doc["images"] if i["file_name"] == img["reference"])
+    from lineside_inspect._cv import cv2
+
+    path = sample / "images" / ref["file_name"]
+    cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (320, 320)))
+    ref["width"] = ref["height"] = 320
+    _save(sample, doc)
+    [msg] = _messages(sample)
+    assert "is 320x320 but the image is 640x640: a reference must match its image" in msg

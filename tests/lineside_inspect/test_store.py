@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import inspect
 from lineside_inspect.recipes import Recipe
+from lineside_inspect.references import Reference
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.store import Store
 
@@ -103,6 +105,46 @@ def test_startup_cleanup_removes_orphans(tmp_path: Path, detector: Detector,
     (tmp_path / "images" / "2026-01-01" / ".half.jpg.tmp").write_bytes(b"x")
     assert store.cleanup() == {"orphans_removed": 2, "missing_cleared": 0}
     assert store.image_file(store.get(kept.id)).is_file()
+
+
+def test_references_are_shared_and_leave_with_their_last_user(
+        tmp_path: Path, detector: Detector, database_url: str | None) -> None:
+    store = Store(tmp_path, database_url, pass_rate=1.0, max_age_days=1)
+    template = next(SAMPLE.rglob("*_temp.jpg")).read_bytes()
+    golden = Reference.from_bytes("golden", template)
+    old = _inspection(detector, "fail", datetime.now(UTC) - timedelta(days=3))
+    new = _inspection(detector, "fail")
+    old.reference = new.reference = golden
+    store.save(new)
+    store.save(old)  # saved after new, so retention runs now with both rows present
+    row = store.get(new.id)
+    assert row.reference_name == "golden" and row.reference_path == f"refs/{golden.sha256}.jpg"
+    assert store.reference_file(row).read_bytes() == template  # kept as sent
+    assert [p.name for p in (tmp_path / "images" / "refs").iterdir()] == [f"{golden.sha256}.jpg"]
+    assert {r.id for r in store.query()[1]} == {new.id}  # old one aged out, the file stays
+    assert store.cleanup() == {"orphans_removed": 0, "missing_cleared": 0}
+    assert store.reference_file(row).is_file()
+    store.max_age_days = 1e-9
+    store.enforce_retention()
+    assert store.query()[0] == 0
+    assert list((tmp_path / "images" / "refs").iterdir()) == []
+
+
+def test_database_of_an_earlier_release_is_upgraded(tmp_path: Path, detector: Detector) -> None:
+    store = Store(tmp_path)
+    kept = _inspection(detector, "fail")
+    store.save(kept)
+    store.engine.dispose()
+    db = sqlite3.connect(tmp_path / "lineside.db")  # as the first release made it
+    db.execute("ALTER TABLE inspections DROP COLUMN reference_name")
+    db.execute("ALTER TABLE inspections DROP COLUMN reference_path")
+    db.commit()
+    db.close()
+    again = Store(tmp_path)
+    row = again.get(kept.id)
+    assert row.verdict == "fail" and row.reference_path is None
+    assert again.image_file(row).read_bytes() == kept.raw
+    assert again.save(_inspection(detector, "pass"))
 
 
 WRITER = """

@@ -35,6 +35,9 @@ class TrainConfig(BaseModel):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = Field(None, description="local state dict (whole model or backbone)")
     input_size: int = Field(640, ge=32, multiple_of=32)
+    reference: bool = Field(False, description=(
+        "compare each image with its golden reference (the dataset's 'reference' field): "
+        "input channels are image grey, reference grey and their difference"))
     good_weight: float = Field(1.0, gt=0, le=1, description=(
         "sampling weight of good (defect-free) images relative to defective ones; below 1 "
         "spends more steps on defects (single-process runs; DDP samples uniformly)"))

@@ -72,6 +72,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
                 raise ConfigError(f"{extra}: class {name!r} is not in {cfg.data}'s classes")
         for rec in other.images:
             rec.source = other.image_path(rec)
+            rec.reference_source = other.reference_path(rec)
             if rec.split in (None, "train"):
                 train.append(rec)
     val = dataset.in_split("val")
@@ -144,8 +145,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     train_ds = DetectionDataset(
         data.dataset, data.train, data.class_names, size=cfg.input_size,
         transform=train_transform(cfg.augment, cfg.crop_size, cfg.input_size, seed=cfg.seed + rank),
+        reference=cfg.reference,
     )
-    val_ds = DetectionDataset(data.dataset, data.val, data.class_names, size=cfg.input_size)
+    val_ds = DetectionDataset(data.dataset, data.val, data.class_names, size=cfg.input_size,
+                              reference=cfg.reference)
     sampler: torch.utils.data.DistributedSampler[Any] | None = None
     weighted: torch.utils.data.WeightedRandomSampler | None = None
     generator = torch.Generator().manual_seed(cfg.seed)

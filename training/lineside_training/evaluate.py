@@ -43,7 +43,8 @@ def evaluate(
     if not records:
         raise ConfigError(f"{dataset.root}: split {split!r} has no images")
     preds = predict_records(trained.model, dataset, records, trained.class_names,
-                            size=trained.config.input_size, device=pick_device(device))
+                            size=trained.config.input_size, device=pick_device(device),
+                            reference=trained.config.reference)
     coco = coco_metrics(records, preds, trained.class_names)
     if split == "val":
         calib = calibrate(records, preds, trained.class_names, target_escape=target_escape)

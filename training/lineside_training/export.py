@@ -85,10 +85,11 @@ def parity_report(trained: Trained, detector: Detector, records: list[ImageRecor
     suppressed this one with (IoU > the NMS threshold) counts as its twin."""
     device = next(trained.model.parameters()).device
     torch_preds = predict_records(trained.model, dataset, records, trained.class_names,
-                                  size=trained.config.input_size, device=device)
+                                  size=trained.config.input_size, device=device,
+                                  reference=trained.config.reference)
     problems = []
     for rec, tp in zip(records, torch_preds, strict=True):
-        det = detector.predict([read_image(dataset.image_path(rec))])[0]
+        det = detector.predict(*_runtime_inputs(detector, dataset, rec))[0]
         for box, score, label in zip(tp.boxes, tp.scores, tp.labels, strict=True):
             if score < thresholds[trained.class_names[label]]:
                 continue
@@ -106,11 +107,22 @@ def parity_report(trained: Trained, detector: Detector, records: list[ImageRecor
     return problems
 
 
+def _runtime_inputs(detector: Detector, dataset: Any, rec: ImageRecord,
+                    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """What the server would get for ``rec``: the image, and its reference for a reference
+    model (a good image without one is its own)."""
+    image = read_image(dataset.image_path(rec))
+    if not detector.needs_reference:
+        return [image], None
+    ref = dataset.reference_path(rec)
+    return [image], [image if ref is None else read_image(ref)]
+
+
 def _runtime_predictions(detector: Detector, records: list[ImageRecord],
                          dataset: Any) -> list[Prediction]:
     out = []
     for rec in records:
-        d = detector.predict([read_image(dataset.image_path(rec))])[0]
+        d = detector.predict(*_runtime_inputs(detector, dataset, rec))[0]
         out.append(Prediction(d.xyxy, d.scores, d.class_ids))
     return out
 
@@ -130,7 +142,7 @@ class _Calibration:
 
     def __init__(self, detector: Detector, records: list[ImageRecord], dataset: Any) -> None:
         self.items = iter(
-            {INPUT_NAME: detector.pre_process([read_image(dataset.image_path(r))])[0]}
+            {INPUT_NAME: detector.pre_process(*_runtime_inputs(detector, dataset, r))[0]}
             for r in records
         )
 
@@ -201,7 +213,8 @@ def export(
     thresholds = trained.thresholds
     if thresholds is None:  # calibrate now so the card always carries operating points
         preds = predict_records(trained.model, dataset, val, trained.class_names,
-                                size=cfg.input_size, device=torch.device("cpu"))
+                                size=cfg.input_size, device=torch.device("cpu"),
+                                reference=cfg.reference)
         thresholds = calibrate(val, preds, trained.class_names)
     thr = thresholds["thresholds"]
     name = name or (out.parent.name if out.parent.name not in ("", ".") else cfg.name)
@@ -216,7 +229,9 @@ def export(
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         card = ModelCard(
             name=name, version=version, class_names=trained.class_names,
-            input=InputSpec(size=cfg.input_size), max_detections=MAX_DETECTIONS,
+            input=InputSpec(size=cfg.input_size,
+                            color="grey+reference+difference" if cfg.reference else "RGB"),
+            max_detections=MAX_DETECTIONS,
             thresholds=thr,
             default_recipe={"name": f"{name}-default", "version": "1", "min_score": thr},
             metrics={k: metrics[k] for k in ("coco", "quality", "calibration") if k in metrics},

@@ -31,9 +31,11 @@ def predict_records(
     device: torch.device,
     batch_size: int = 8,
     cache: DetectionDataset | None = None,
+    reference: bool = False,
 ) -> list[Prediction]:
-    """Predictions for each record, in order."""
-    ds = cache or DetectionDataset(dataset, records, class_names, size=size, cache=False)
+    """Predictions for each record, in order; ``reference`` for reference models."""
+    ds = cache or DetectionDataset(dataset, records, class_names, size=size, cache=False,
+                                   reference=reference)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     was_training = model.training
     model.eval()

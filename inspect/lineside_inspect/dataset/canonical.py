@@ -2,7 +2,8 @@
 
 COCO is kept as is, with three additions inspection needs: images with no annotations
 are first-class good parts, each image may carry a ``group`` (board, serial, batch)
-for leakage-free splits, and a ``split`` (train/val/test).
+for leakage-free splits, a ``split`` (train/val/test), and a ``reference``: the
+``file_name`` of a defect-free image of the same part (a golden template).
 
 The field-level parsing here is hand-written because pycocotools asserts on the
 first bad field without saying where it is; every problem is collected with its JSON
@@ -40,6 +41,7 @@ def to_coco(dataset: Dataset) -> dict[str, Any]:
                 "height": rec.height,
                 "group": rec.group,
                 "split": rec.split,
+                **({"reference": rec.reference} if rec.reference is not None else {}),
             }
         )
         for box in rec.boxes:
@@ -109,6 +111,7 @@ def from_coco(doc: Any, file: str) -> tuple[Dataset, list[Problem]]:
             height=img["height"],
             group=None if img.get("group") is None else str(img["group"]),
             split=split,
+            reference=None if img.get("reference") is None else str(img["reference"]),
             id=img["id"],
             origin=f"{file}:{where}",
         )

@@ -42,7 +42,8 @@ def _images_under(folder: Path) -> list[Path]:
 
 def import_deeppcb(src: Path) -> Draft:
     """DeepPCB: ``*_test.jpg`` (defective, boxes in ``<dir>_not/<id>.txt`` as
-    ``x1 y1 x2 y2 type``) and ``*_temp.jpg`` (its defect-free template, a good part).
+    ``x1 y1 x2 y2 type``) and ``*_temp.jpg`` (its defect-free template: a good part,
+    and the test image's ``reference``).
     The ``groupNNNNN`` folder (one board) is the group."""
     problems: list[Problem] = []
     images: list[ImageRecord] = []
@@ -77,14 +78,15 @@ def import_deeppcb(src: Path) -> Draft:
                     continue
                 label = DEEPPCB_CLASSES[kind - 1] if 1 <= kind <= 6 else f"type-{kind}"
                 boxes.append(Box(x1, y1, x2, y2, label, origin=f"{label_file}:line {n}"))
-        images.append(
-            ImageRecord(rel, width, height, boxes, group=group, source=test, origin=str(label_file))
-        )
+        record = ImageRecord(rel, width, height, boxes, group=group, source=test,
+                             origin=str(label_file))
+        images.append(record)
         template = test.with_name(f"{stem}_temp.jpg")
         if template.is_file():
             trel = f"{group}/{template.name}"
             tw, th = _size(template, trel, problems)
             images.append(ImageRecord(trel, tw, th, [], group=group, source=template))
+            record.reference = trel
     info: dict[str, object] = {"source": "DeepPCB (Tang et al. 2019, github.com/tangsanli5201/DeepPCB)",
             "licence": DEEPPCB_LICENCE}
     return Dataset(list(DEEPPCB_CLASSES), images, info=info), problems

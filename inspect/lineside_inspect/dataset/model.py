@@ -33,8 +33,12 @@ class ImageRecord:
     boxes: list[Box] = field(default_factory=list)
     group: str | None = None
     split: str | None = None
+    # file_name of a defect-free image of the same part and view (a golden template),
+    # for models that compare the frame with it
+    reference: str | None = None
     id: int = 0
     source: Path | None = None  # where the pixels are read from before the dataset is written
+    reference_source: Path | None = None  # likewise for the reference's pixels
     origin: str = ""
 
     @property
@@ -56,6 +60,19 @@ class Dataset:
         if self.root is None:
             raise ValueError(f"image {record.file_name!r} has neither a source nor a dataset root")
         return self.root / "images" / record.file_name
+
+    def reference_path(self, record: ImageRecord) -> Path | None:
+        """Where ``record``'s reference pixels are read from, or None if it has none."""
+        if record.reference is None:
+            return None
+        if record.reference_source is not None:
+            return record.reference_source
+        for other in self.images:
+            if other.file_name == record.reference:
+                return self.image_path(other)
+        if self.root is None:
+            raise ValueError(f"reference {record.reference!r} of {record.file_name!r} is not in the dataset")
+        return self.root / "images" / record.reference
 
     def in_split(self, split: str | None) -> list[ImageRecord]:
         if split is None:

@@ -61,6 +61,7 @@ def validate_dataset(dataset: Dataset, *, check_pixels: bool = True) -> list[Pro
     if len(categories) != len(dataset.categories):
         problems.append(Problem("categories", "", "duplicate class names"))
     seen: set[str] = set()
+    by_name = {r.file_name: r for r in dataset.images}
     for rec in dataset.images:
         if rec.file_name in seen:
             problems.append(
@@ -70,7 +71,26 @@ def validate_dataset(dataset: Dataset, *, check_pixels: bool = True) -> list[Pro
         if check_pixels:
             problems.extend(_check_pixels(dataset, rec))
         problems.extend(_check_boxes(categories, rec))
+        problems.extend(_check_reference(rec, by_name))
     return problems
+
+
+def _check_reference(rec: ImageRecord, by_name: dict[str, ImageRecord]) -> list[Problem]:
+    if rec.reference is None:
+        return []
+    where = f"{rec.origin or rec.file_name}"
+    ref = by_name.get(rec.reference)
+    if ref is None:
+        return [Problem(where, "reference", f"names {rec.reference!r}, which is not an image of the "
+                        "dataset", rec.file_name)]
+    if ref.boxes:
+        return [Problem(where, "reference", f"{rec.reference!r} has defect boxes: a reference must be "
+                        "a good part", rec.file_name)]
+    if (ref.width, ref.height) != (rec.width, rec.height):
+        msg = (f"{rec.reference!r} is {ref.width}x{ref.height} but the image is "
+               f"{rec.width}x{rec.height}: a reference must match its image")
+        return [Problem(where, "reference", msg, rec.file_name)]
+    return []
 
 
 def validate_dir(root: str | Path, *, check_pixels: bool = True) -> list[Problem]:
@@ -85,4 +105,8 @@ def drop_invalid(dataset: Dataset, problems: list[Problem]) -> tuple[Dataset, li
     bad = {p.subject for p in problems if p.subject is not None}
     unskippable = [p for p in problems if p.subject is None]
     kept = [r for r in dataset.images if r.file_name not in bad]
+    names = {r.file_name for r in kept}
+    for r in kept:
+        if r.reference is not None and r.reference not in names:
+            r.reference = None  # still a labelled image; only reference models lose it
     return Dataset(dataset.categories, kept, dataset.root, dict(dataset.info)), unskippable

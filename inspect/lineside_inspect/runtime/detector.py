@@ -8,15 +8,21 @@ from pathlib import Path
 import numpy as np
 
 from lineside_inspect._cv import cv2
+from lineside_inspect.errors import ReferenceImageError
 from lineside_inspect.package import ModelPackage, load_package
 from lineside_inspect.runtime.preprocess import Letterbox, letterbox
+from lineside_inspect.runtime.reference import pair_image
 from lineside_inspect.runtime.session import OnnxSession
 from lineside_inspect.runtime.types import Detections
 
 
 class Detector:
     """Runs a model package with onnxruntime. Images are BGR ``uint8`` ``(H, W, 3)``
-    arrays as OpenCV decodes them, of any size."""
+    arrays as OpenCV decodes them, of any size.
+
+    A reference model (``needs_reference``) also takes, for each image, a reference: a
+    defect-free image of the same view and size (a golden template).
+    """
 
     def __init__(self, package: ModelPackage | str | Path, *, device: str = "auto",
                  threads: int | None = None, warmup: bool = True) -> None:
@@ -31,13 +37,31 @@ class Detector:
     def class_names(self) -> list[str]:
         return self.card.class_names
 
-    def pre_process(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
-        """Letterbox each image and stack to ``[B, 3, S, S]`` uint8 RGB."""
+    @property
+    def needs_reference(self) -> bool:
+        return self.card.needs_reference
+
+    def pre_process(self, images: list[np.ndarray], references: list[np.ndarray] | None = None,
+                    ) -> tuple[np.ndarray, list[Letterbox]]:
+        """Letterbox each image and stack to ``[B, 3, S, S]`` uint8: RGB, or for a reference
+        model grey, reference grey and difference."""
+        if self.needs_reference:
+            if references is None or len(references) != len(images):
+                raise ReferenceImageError(
+                    f"model {self.card.name} {self.card.version} compares each image with a "
+                    "reference image of the same view: send one with the image")
+        elif references is not None:
+            raise ReferenceImageError(
+                f"model {self.card.name} {self.card.version} takes no reference image")
         batch = np.empty((len(images), 3, self.size, self.size), dtype=np.uint8)
         boxes = []
         for i, image in enumerate(images):
-            fitted, lb = letterbox(image, self.size)
-            batch[i] = cv2.cvtColor(fitted, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)
+            if references is not None:
+                fitted, lb = letterbox(pair_image(image, references[i]), self.size)
+            else:
+                fitted, lb = letterbox(image, self.size)
+                fitted = cv2.cvtColor(fitted, cv2.COLOR_BGR2RGB)
+            batch[i] = fitted.transpose(2, 0, 1)
             boxes.append(lb)
         return batch, boxes
 
@@ -53,7 +77,8 @@ class Detector:
                                      labels[i][keep], self.class_names))
         return result
 
-    def predict(self, images: list[np.ndarray]) -> list[Detections]:
+    def predict(self, images: list[np.ndarray], references: list[np.ndarray] | None = None,
+                ) -> list[Detections]:
         """Detections for each image, boxes in its original pixels."""
-        batch, letterboxes = self.pre_process(images)
+        batch, letterboxes = self.pre_process(images, references)
         return self.post_process(self.forward(batch), letterboxes)

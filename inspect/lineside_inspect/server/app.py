@@ -18,10 +18,19 @@ from lineside_inspect import __version__, ui
 from lineside_inspect.config import Settings
 from lineside_inspect.errors import LinesideError, describe_validation
 from lineside_inspect.recipes import Recipe, load_recipe
+from lineside_inspect.references import ReferenceLibrary, resolve_reference
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
-from lineside_inspect.server.routes import admin, cameras, health, inspect, inspections, v2
+from lineside_inspect.server.routes import (
+    admin,
+    cameras,
+    health,
+    inspect,
+    inspections,
+    references,
+    v2,
+)
 
 log = logging.getLogger("lineside")
 
@@ -81,7 +90,11 @@ def setup_cameras(app: FastAPI, settings: Settings, registry: Registry) -> None:
     def continuous(camera_id: str, frame: Any) -> Any:
         rule = registry.recipe(manager.configs[camera_id].recipe)
         detector = registry.detector(rule.model, rule.model_version)
-        result = run_inspection(frame.image, detector, rule, camera_id=camera_id)
+        reference = resolve_reference(detector.needs_reference, detector.card.name,
+                                      app.state.references, name=manager.configs[camera_id].reference,
+                                      trusted=True)
+        result = run_inspection(frame.image, detector, rule, camera_id=camera_id,
+                                reference=reference)
         count(app, result)
         return result
 
@@ -129,6 +142,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.limiter = Limiter(settings.max_concurrency, settings.max_queue,
                                 settings.request_timeout_s)
     app.state.metrics = Metrics()
+    app.state.references = ReferenceLibrary(settings.references_path, settings.max_pixels)
     app.state.ready = False
     app.state.store = None
     app.state.cameras = None
@@ -168,7 +182,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
                             status_code=500)
 
     for router in (health.router, inspect.router, v2.router, admin.router, cameras.router,
-                   inspections.router, ui.router):
+                   inspections.router, references.router, ui.router):
         app.include_router(router)
     app.mount("/static", ui.static, name="static")
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import Request
@@ -29,22 +30,41 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_image_upload(request: Request, limit: int,
-                            max_pixels: int) -> tuple[np.ndarray, bytes, float]:
+@dataclass
+class Upload:
+    image: np.ndarray  # BGR
+    raw: bytes  # as sent
+    decode_ms: float
+    reference: bytes | None = None  # multipart 'reference' field, still encoded
+
+
+async def _field(upload: object, name: str, limit: int) -> bytes:
+    if not isinstance(upload, UploadFile):
+        raise ImageError(f"multipart field {name!r} must be a file")
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ImageTooLargeError(f"{name} is over the limit of {limit} bytes")
+    if not data:
+        raise ImageError(f"multipart field {name!r} is empty: send an encoded image")
+    return data
+
+
+async def read_image_upload(request: Request, limit: int, max_pixels: int) -> Upload:
     """Decode the image sent as the raw body (image/jpeg|png|bmp) or as a multipart
-    ``image``/``file`` field; returns the BGR image and the decode time in ms."""
+    ``image``/``file`` field (with, for reference models, a ``reference`` file field)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    reference: bytes | None = None
     if ctype == "multipart/form-data":
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise ImageTooLargeError(f"body of {declared} bytes is over the limit of {limit} bytes")
-        form = await request.form(max_files=1, max_fields=8)
+        form = await request.form(max_files=2, max_fields=8)
         upload = form.get("image") or form.get("file")
-        if not isinstance(upload, UploadFile):
+        if upload is None:
             raise ImageError("multipart body needs a file field named 'image'")
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
-            raise ImageTooLargeError(f"image is over the limit of {limit} bytes")
+        data = await _field(upload, "image", limit)
+        if form.get("reference") is not None:
+            reference = await _field(form.get("reference"), "reference", limit)
     elif ctype in IMAGE_TYPES:
         data = await read_body(request, limit)
     else:
@@ -55,4 +75,4 @@ async def read_image_upload(request: Request, limit: int,
         raise ImageError("the request body is empty: send an encoded image")
     t = time.perf_counter()
     image = decode_image(data, max_pixels)
-    return image, data, (time.perf_counter() - t) * 1000
+    return Upload(image, data, (time.perf_counter() - t) * 1000, reference)

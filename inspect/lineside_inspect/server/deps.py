@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from lineside_inspect.config import Role, Settings, hash_key
 from lineside_inspect.errors import LinesideError, NotFoundError
+from lineside_inspect.references import ReferenceLibrary
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
@@ -100,6 +101,13 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 LimiterDep = Annotated[Limiter, Depends(get_limiter)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_references(request: Request) -> ReferenceLibrary:
+    return request.app.state.references  # type: ignore[no-any-return]
+
+
+ReferencesDep = Annotated[ReferenceLibrary, Depends(get_references)]
 
 
 def get_store(request: Request) -> Store:

@@ -36,12 +36,23 @@ class InspectionRow(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     image_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    # a reference model's golden image: content-addressed (refs/<sha256>.<ext>), shared
+    # by every inspection that used it
+    reference_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    reference_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     review_state: Mapped[str] = mapped_column(String(16), default="unreviewed", index=True)
     reviews: Mapped[list[ReviewRow]] = relationship(
         back_populates="inspection", order_by="ReviewRow.id", cascade="all, delete-orphan",
         passive_deletes=True)
 
     __table_args__ = (Index("ix_retention", "verdict", "review_state", "created_at"),)
+
+
+# columns added after the first release: (table, column, SQL type) for Store's migration
+ADDED_COLUMNS = (
+    ("inspections", "reference_name", "VARCHAR(128)"),
+    ("inspections", "reference_path", "VARCHAR(512)"),
+)
 
 
 class ReviewRow(Base):

@@ -6,6 +6,7 @@ reviewer's boxes: the truth after an inspection's latest review.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,23 @@ def _record(item: dict[str, Any], source: Path, ext: str) -> ImageRecord:
                        origin=f"inspection {item['id']}")
 
 
+def _with_reference(records: list[ImageRecord], refs: dict[str, ImageRecord], rec: ImageRecord,
+                    ref_source: Path) -> None:
+    """Add ``rec`` with its reference: the reference file (content-addressed, shared by
+    many inspections) becomes one good image of the dataset, in ``rec``'s group."""
+    name = f"references/{ref_source.name}"
+    if name not in refs:
+        refs[name] = ImageRecord(name, rec.width, rec.height, [], group=rec.group,
+                                 source=ref_source, origin=f"reference of {rec.origin}")
+        records.append(refs[name])
+    rec.reference = name
+    records.append(rec)
+
+
+def _ext(content_type: str) -> str:
+    return {"image/png": "png", "image/bmp": "bmp"}.get(content_type.split(";")[0], "jpg")
+
+
 def _dataset(records: list[ImageRecord], classes: list[str], origin: str) -> Dataset:
     if not records:
         raise DatasetError(f"{origin}: no reviewed inspections with a stored image match")
@@ -38,6 +56,7 @@ def _dataset(records: list[ImageRecord], classes: list[str], origin: str) -> Dat
 def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = None,
                     reviewed: bool = True, overwrite: bool = False) -> Dataset:
     records: list[ImageRecord] = []
+    refs: dict[str, ImageRecord] = {}
     classes: list[str] = []
     offset = 0
     while True:
@@ -53,7 +72,11 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                 continue
             classes += [c for c in row.class_names if c not in classes]
             path = store.image_file(row)
-            records.append(_record(row_json(row), path, path.suffix.lstrip(".")))
+            rec = _record(row_json(row), path, path.suffix.lstrip("."))
+            if row.reference_path:
+                _with_reference(records, refs, rec, store.reference_file(row))
+            else:
+                records.append(rec)
     return write_dataset(_dataset(records, classes, str(store.data_dir)), dst, overwrite=overwrite)
 
 
@@ -62,6 +85,7 @@ def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
                      overwrite: bool = False) -> Dataset:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     records: list[ImageRecord] = []
+    refs: dict[str, ImageRecord] = {}
     classes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp, httpx.Client(base_url=url, headers=headers,
                                                             timeout=60) as c:
@@ -85,10 +109,19 @@ def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
                     continue
                 img = c.get(f"/v1/inspections/{item['id']}/image")
                 img.raise_for_status()
-                ext = {"image/png": "png", "image/bmp": "bmp"}.get(
-                    img.headers.get("content-type", ""), "jpg")
+                ext = _ext(img.headers.get("content-type", ""))
                 path = Path(tmp) / f"{item['id']}.{ext}"
                 path.write_bytes(img.content)
                 classes += [n for n in item["class_names"] if n not in classes]
-                records.append(_record(item, path, ext))
+                rec = _record(item, path, ext)
+                if (item.get("reference") or {}).get("has_image"):
+                    got = c.get(f"/v1/inspections/{item['id']}/reference")
+                    got.raise_for_status()
+                    sha = hashlib.sha256(got.content).hexdigest()
+                    ref_path = Path(tmp) / "refs" / f"{sha}.{_ext(got.headers.get('content-type', ''))}"
+                    ref_path.parent.mkdir(exist_ok=True)
+                    ref_path.write_bytes(got.content)
+                    _with_reference(records, refs, rec, ref_path)
+                else:
+                    records.append(rec)
         return write_dataset(_dataset(records, classes, url), dst, overwrite=overwrite)

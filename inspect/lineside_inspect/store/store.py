@@ -16,14 +16,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, or_, select
+from sqlalchemy import Engine, create_engine, event, func, or_, select, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, selectinload
 
 from lineside_inspect._cv import cv2
+from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import ConfigError, NotFoundError
 from lineside_inspect.inspector import Inspection
-from lineside_inspect.store.files import write_atomic
-from lineside_inspect.store.models import Base, InspectionRow, ReviewRow
+from lineside_inspect.store.models import ADDED_COLUMNS, Base, InspectionRow, ReviewRow
 
 log = logging.getLogger("lineside.store")
 ACTIONS = ("confirm", "false_reject", "missed_defect", "relabel")
@@ -55,11 +56,22 @@ class Store:
         self.url = url or f"sqlite:///{(self.data_dir / 'lineside.db').resolve()}"
         self.engine = make_engine(self.url)
         Base.metadata.create_all(self.engine)
+        self._add_columns()
         self.pass_rate = pass_rate
         self.max_bytes = max_bytes
         self.max_age_days = max_age_days
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+
+    def _add_columns(self) -> None:
+        """Bring a database made by an earlier release up to date: only nullable columns
+        are ever added, so old rows stay valid and nothing stored is touched."""
+        present = {c["name"] for c in sa_inspect(self.engine).get_columns("inspections")}
+        with self.engine.begin() as conn:
+            for table, column, sql_type in ADDED_COLUMNS:
+                if column not in present:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+                    log.info("store: added column %s.%s", table, column)
 
     # -- writing --------------------------------------------------------------------
     def _encoded(self, inspection: Inspection) -> tuple[bytes, str]:
@@ -75,6 +87,7 @@ class Store:
         a database outage: the verdict is still answered, marked as not stored."""
         keep_image = inspection.verdict == "fail" or self._rng.random() < self.pass_rate
         rel: str | None = None
+        ref_rel: str | None = None
         size = 0
         try:
             if keep_image:
@@ -83,6 +96,11 @@ class Store:
                 rel = f"{day}/{inspection.id}.{ext}"
                 write_atomic(self.images_dir / rel, data)
                 size = len(data)
+                ref = inspection.reference
+                if ref is not None:
+                    ref_rel = f"refs/{ref.sha256}.{ref.ext}"
+                    if not (self.images_dir / ref_rel).is_file():
+                        write_atomic(self.images_dir / ref_rel, ref.raw)
         except OSError as exc:
             log.error("inspection %s not stored: image write failed: %s", inspection.id, exc)
             return False
@@ -100,6 +118,8 @@ class Store:
             timings_ms=inspection.timings_ms, image_path=rel,
             width=int(inspection.image.shape[1]), height=int(inspection.image.shape[0]),
             image_bytes=size, review_state="unreviewed",
+            reference_name=None if inspection.reference is None else inspection.reference.name,
+            reference_path=ref_rel,
         )
         try:
             with Session(self.engine) as s, s.begin():
@@ -118,6 +138,7 @@ class Store:
         """Remove orphan and temp files; clear image paths whose file is gone."""
         with Session(self.engine) as s:
             known = {p for (p,) in s.execute(select(InspectionRow.image_path)) if p}
+            known |= {p for (p,) in s.execute(select(InspectionRow.reference_path)) if p}
         removed = 0
         for path in self.images_dir.rglob("*"):
             if not path.is_file():
@@ -131,6 +152,9 @@ class Store:
             for row in s.scalars(select(InspectionRow).where(InspectionRow.image_path.is_not(None))):
                 if not (self.images_dir / str(row.image_path)).is_file():
                     row.image_path = None
+                    cleared += 1
+                if row.reference_path and not (self.images_dir / row.reference_path).is_file():
+                    row.reference_path = None
                     cleared += 1
         return {"orphans_removed": removed, "missing_cleared": cleared}
 
@@ -167,7 +191,10 @@ class Store:
     def _delete(self, s: Session, row: InspectionRow) -> int:
         if row.image_path:
             (self.images_dir / row.image_path).unlink(missing_ok=True)
+        ref = row.reference_path
         s.delete(row)
+        if ref and not s.scalar(select(func.count()).where(InspectionRow.reference_path == ref)):
+            (self.images_dir / ref).unlink(missing_ok=True)  # its last user is gone
         return 1
 
     # -- reading --------------------------------------------------------------------
@@ -213,6 +240,11 @@ class Store:
         if row is None:
             raise NotFoundError(f"no inspection {inspection_id!r}")
         return row
+
+    def reference_file(self, row: InspectionRow) -> Path:
+        if not row.reference_path:
+            raise NotFoundError(f"inspection {row.id} has no stored reference image")
+        return self.images_dir / row.reference_path
 
     def image_file(self, row: InspectionRow) -> Path:
         if not row.image_path:

@@ -11,8 +11,10 @@ from torch import Tensor
 
 from lineside_inspect._cv import cv2
 from lineside_inspect.dataset import Dataset, ImageRecord
+from lineside_inspect.errors import DatasetError, ReferenceImageError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.runtime.preprocess import letterbox
+from lineside_inspect.runtime.reference import pair_image, with_difference
 
 
 class DetectionDataset(torch.utils.data.Dataset[tuple[Tensor, dict[str, Tensor]]]):
@@ -21,6 +23,11 @@ class DetectionDataset(torch.utils.data.Dataset[tuple[Tensor, dict[str, Tensor]]
 
     Good images (no boxes) are kept: they are the negatives. Decoded images are cached
     in memory because decoding would otherwise cost more than the training step.
+
+    With ``reference`` the image is the pair input of
+    :func:`lineside_inspect.runtime.reference.pair_image` (grey, reference grey,
+    difference) instead of RGB; a good image without a reference of its own is its own
+    reference (nothing changed), a defective one without a reference is an error.
     """
 
     def __init__(
@@ -32,6 +39,7 @@ class DetectionDataset(torch.utils.data.Dataset[tuple[Tensor, dict[str, Tensor]]
         size: int,
         transform: A.Compose | None = None,
         cache: bool = True,
+        reference: bool = False,
     ) -> None:
         self.dataset = dataset
         self.records = records
@@ -39,6 +47,14 @@ class DetectionDataset(torch.utils.data.Dataset[tuple[Tensor, dict[str, Tensor]]
         self.size = size
         self.transform = transform
         self.cache: dict[int, np.ndarray] | None = {} if cache else None
+        self.reference = reference
+        if reference:
+            missing = [r.file_name for r in records if r.reference is None and not r.is_good]
+            if missing:
+                raise DatasetError(
+                    f"{len(missing)} defective image(s) have no reference, which a reference "
+                    f"model needs (first: {missing[0]}); set their 'reference' field or train "
+                    "without 'reference: true'")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -46,10 +62,20 @@ class DetectionDataset(torch.utils.data.Dataset[tuple[Tensor, dict[str, Tensor]]
     def image(self, i: int) -> np.ndarray:
         if self.cache is not None and i in self.cache:
             return self.cache[i]
-        rgb = cv2.cvtColor(read_image(self.dataset.image_path(self.records[i])), cv2.COLOR_BGR2RGB)
+        rec = self.records[i]
+        bgr = read_image(self.dataset.image_path(rec))
+        if self.reference:
+            ref_path = self.dataset.reference_path(rec)
+            ref = bgr if ref_path is None else read_image(ref_path)
+            try:
+                image = pair_image(bgr, ref)
+            except ReferenceImageError as exc:
+                raise DatasetError(f"{rec.file_name}: {exc.message}") from None
+        else:
+            image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if self.cache is not None:
-            self.cache[i] = rgb
-        return rgb
+            self.cache[i] = image
+        return image
 
     def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
         rec = self.records[i]
@@ -59,6 +85,8 @@ class DetectionDataset(torch.utils.data.Dataset[tuple[Tensor, dict[str, Tensor]]
         if self.transform is not None:
             out: dict[str, Any] = self.transform(image=image, bboxes=boxes, labels=labels)
             image = out["image"]
+            if self.reference:  # augmentation changed frame and reference: recompute
+                image = with_difference(np.array(image))
             boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], dtype=np.int64)
         else:

@@ -14,8 +14,17 @@ from lineside_inspect.cameras import CameraManager, CameraUnavailable
 from lineside_inspect.draw import annotate
 from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.inspector import inspect
+from lineside_inspect.references import resolve_reference
 from lineside_inspect.runtime.types import Detections
-from lineside_inspect.server.deps import LimiterDep, LineUser, MetricsDep, RegistryDep, Reviewer, get_cameras
+from lineside_inspect.server.deps import (
+    LimiterDep,
+    LineUser,
+    MetricsDep,
+    ReferencesDep,
+    RegistryDep,
+    Reviewer,
+    get_cameras,
+)
 from lineside_inspect.server.routes.inspect import record
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
@@ -30,7 +39,7 @@ def list_cameras(request: Request, who: Reviewer) -> list[dict[str, Any]]:
 @router.post("/{camera_id}/trigger")
 async def trigger(
     camera_id: str, request: Request, who: LineUser, registry: RegistryDep,
-    limiter: LimiterDep, metrics: MetricsDep,
+    limiter: LimiterDep, metrics: MetricsDep, references: ReferencesDep,
     part_id: Annotated[str | None, Query(max_length=256)] = None,
     recipe: Annotated[str | None, Query()] = None,
     timeout_s: Annotated[float, Query(gt=0, le=30)] = 2.0,
@@ -44,10 +53,13 @@ async def trigger(
         manager.worker(camera_id)  # raises not found
     rule = registry.recipe(recipe or (cfg.recipe if cfg else None))
     detector = registry.detector(rule.model, rule.model_version)
+    ref = resolve_reference(detector.needs_reference, detector.card.name, references,
+                            name=cfg.reference if cfg else None, trusted=True)
     frame = await anyio.to_thread.run_sync(
         lambda: manager.fresh_frame(camera_id, trigger_time=arrived, timeout_s=timeout_s))
     result = await limiter.run(lambda: inspect(frame.image, detector, rule,
-                                               camera_id=camera_id, part_id=part_id))
+                                               camera_id=camera_id, part_id=part_id,
+                                               reference=ref))
     result.extra = {"frame_timestamp": frame.timestamp,
                     "frame_age_ms": round((time.time() - frame.timestamp) * 1000, 2),
                     "trigger_to_frame_ms": round((frame.timestamp - arrived) * 1000, 2)}

@@ -30,6 +30,8 @@ def row_json(row: InspectionRow) -> dict[str, Any]:
         "class_names": row.class_names, "timings_ms": row.timings_ms,
         "width": row.width, "height": row.height, "has_image": row.image_path is not None,
         "review_state": row.review_state,
+        "reference": None if row.reference_path is None and row.reference_name is None else {
+            "name": row.reference_name, "has_image": row.reference_path is not None},
         "reviews": [{"id": r.id, "created_at": r.created_at.isoformat(), "reviewer": r.reviewer,
                      "action": r.action, "boxes": r.boxes, "note": r.note} for r in row.reviews],
     }
@@ -63,6 +65,13 @@ def get_inspection(inspection_id: str, request: Request, who: Reviewer) -> dict[
 def original_image(inspection_id: str, request: Request, who: Reviewer) -> FileResponse:
     store = get_store(request)
     return FileResponse(store.image_file(store.get(inspection_id)))
+
+
+@router.get("/inspections/{inspection_id}/reference")
+def reference_image(inspection_id: str, request: Request, who: Reviewer) -> FileResponse:
+    """The reference image a reference model compared this inspection's image with."""
+    store = get_store(request)
+    return FileResponse(store.reference_file(store.get(inspection_id)))
 
 
 @router.get("/inspections/{inspection_id}/annotated")

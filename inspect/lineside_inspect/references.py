@@ -1,0 +1,157 @@
+"""Named reference images (golden templates) for reference models.
+
+A line registers the defect-free image of each view once (``PUT /v1/references/NAME``
+or a file dropped in the folder) and then names it with every frame, instead of
+uploading it each time. Files are kept as sent (``NAME.png|jpg|bmp``), written
+atomically; decoded images are cached and re-read when the file changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lineside_inspect.atomic import write_atomic
+from lineside_inspect.errors import LinesideError, NotFoundError, ReferenceImageError
+from lineside_inspect.imageio import decode_image, sniff_format
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+EXTS = ("png", "jpg", "bmp")
+
+
+class InvalidReferenceName(LinesideError):
+    code = "invalid_reference_name"
+    status = 422
+
+
+@dataclass(frozen=True)
+class Reference:
+    name: str | None  # None: sent with the request rather than named
+    image: np.ndarray  # BGR uint8
+    raw: bytes  # the encoded file, kept so a stored inspection records exactly what was used
+    ext: str
+    sha256: str
+
+    @classmethod
+    def from_bytes(cls, name: str | None, data: bytes, max_pixels: int = 64 * 1024 * 1024,
+                   image: np.ndarray | None = None) -> Reference:
+        image = decode_image(data, max_pixels) if image is None else image
+        return cls(name, image, data, sniff_format(data).replace("jpeg", "jpg"),
+                   hashlib.sha256(data).hexdigest())
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"name": self.name, "sha256": self.sha256}
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name) or name.endswith((".png", ".jpg", ".bmp")):
+        raise InvalidReferenceName(
+            f"reference name {name!r} must be 1-128 letters, digits, '_', '-' or '.', "
+            "start with a letter or digit, and carry no file extension")
+    return name
+
+
+class ReferenceLibrary:
+    """The reference images in ``folder``, by name (the file stem)."""
+
+    def __init__(self, folder: str | Path, max_pixels: int = 64 * 1024 * 1024) -> None:
+        self.folder = Path(folder)
+        self.max_pixels = max_pixels
+        self._cache: dict[str, tuple[float, Reference]] = {}
+        self._lock = threading.Lock()
+
+    def _file(self, name: str) -> Path | None:
+        for ext in EXTS:
+            path = self.folder / f"{name}.{ext}"
+            if path.is_file():
+                return path
+        return None
+
+    def names(self) -> list[str]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p.stem for p in self.folder.iterdir()
+                      if p.suffix.lstrip(".") in EXTS and NAME.match(p.stem))
+
+    def get(self, name: str) -> Reference:
+        check_name(name)
+        path = self._file(name)
+        if path is None:
+            raise NotFoundError(f"no reference image named {name!r} (known: "
+                                f"{', '.join(self.names()) or 'none'})")
+        return self._load(name, path)
+
+    def lookup(self, value: str) -> Reference:
+        """A registered name, or the path of an image file (as camera configs may give)."""
+        if NAME.match(value) and not value.endswith((".png", ".jpg", ".jpeg", ".bmp")):
+            return self.get(value)
+        path = Path(value)
+        if not path.is_file():
+            raise NotFoundError(f"reference {value!r} is neither a registered name nor an image file")
+        return self._load(str(path.resolve()), path)
+
+    def _load(self, key: str, path: Path) -> Reference:
+        mtime = path.stat().st_mtime
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == mtime:
+                return hit[1]
+        name = key if NAME.match(key) else path.stem
+        ref = Reference.from_bytes(name, path.read_bytes(), self.max_pixels)
+        with self._lock:
+            self._cache[key] = (mtime, ref)
+        return ref
+
+    def put(self, name: str, data: bytes) -> Reference:
+        """Store ``data`` (an encoded image, checked by decoding it) as ``name``,
+        replacing any earlier image of that name."""
+        check_name(name)
+        ref = Reference.from_bytes(name, data, self.max_pixels)
+        write_atomic(self.folder / f"{name}.{ref.ext}", data)
+        for other in EXTS:  # one file per name
+            if other != ref.ext:
+                (self.folder / f"{name}.{other}").unlink(missing_ok=True)
+        with self._lock:
+            self._cache.pop(name, None)
+        return ref
+
+    def delete(self, name: str) -> None:
+        check_name(name)
+        path = self._file(name)
+        if path is None:
+            raise NotFoundError(f"no reference image named {name!r}")
+        path.unlink()
+        with self._lock:
+            self._cache.pop(name, None)
+
+
+def resolve_reference(needs_reference: bool, model: str, library: ReferenceLibrary, *,
+                      data: bytes | None = None, name: str | None = None,
+                      trusted: bool = False) -> Reference | None:
+    """The reference for one inspection: sent with it (``data``) or named (``name``; a
+    file path too when ``trusted``, i.e. it comes from the server's own config).
+
+    A reference model must get exactly one; any other model must get none, so a
+    caller that believes it talks to the other kind of model hears about it at once.
+    """
+    if not needs_reference:
+        if data is not None or name is not None:
+            raise ReferenceImageError(f"model {model} takes no reference image; send the image alone")
+        return None
+    if data is not None and name is not None:
+        raise ReferenceImageError("send a reference image or name one, not both")
+    if data is not None:
+        return Reference.from_bytes(None, data, library.max_pixels)
+    if name is not None:
+        # requests may only name registered references; file paths come from configs
+        return library.lookup(name) if trusted else library.get(name)
+    known = ", ".join(library.names()) or "none registered"
+    raise ReferenceImageError(
+        f"model {model} compares each image with a defect-free reference of the same view: "
+        f"send a 'reference' file field with the image, or name a registered one with "
+        f"reference=NAME (known: {known})")
