@@ -7,6 +7,9 @@ first use, so ``import lineside_inspect`` (and the CLI) stays quick::
     detector = Detector("models/deeppcb/1")
     verdict = judge(detector.predict([image])[0], load_recipe("recipe.yaml"),
                     detector.card.thresholds)
+
+A reference model (``detector.needs_reference``) compares each image with a defect-free
+image of the same view: ``detector.predict([image], [reference])``.
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ _LAZY = {
     "Inspection": "lineside_inspect.inspector",
     "create_app": "lineside_inspect.server.app",
     "Settings": "lineside_inspect.config",
+    "Reference": "lineside_inspect.references",
+    "ReferenceLibrary": "lineside_inspect.references",
+    "pair_image": "lineside_inspect.runtime.reference",
 }
 __all__ = [
     "Detections", "Detector", "Inspection", "LinesideError", "ModelCard", "ModelPackage",
-    "Recipe", "Settings", "Verdict", "__version__", "create_app", "inspect", "judge",
-    "load_package", "load_recipe",
+    "Recipe", "Reference", "ReferenceLibrary", "Settings", "Verdict", "__version__",
+    "create_app", "inspect", "judge", "load_package", "load_recipe", "pair_image",
 ]
 
 if TYPE_CHECKING:
@@ -45,7 +51,9 @@ if TYPE_CHECKING:
     from lineside_inspect.inspector import Inspection, inspect
     from lineside_inspect.package import ModelCard, ModelPackage, load_package
     from lineside_inspect.recipes import Recipe, Verdict, judge, load_recipe
+    from lineside_inspect.references import Reference, ReferenceLibrary
     from lineside_inspect.runtime.detector import Detector
+    from lineside_inspect.runtime.reference import pair_image
     from lineside_inspect.runtime.types import Detections
     from lineside_inspect.server.app import create_app
 

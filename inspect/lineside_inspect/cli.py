@@ -233,14 +233,15 @@ def train_cmd(
 @app.command("evaluate")
 @friendly
 def evaluate_cmd(
-    run: Annotated[Path, typer.Argument(help="run folder or checkpoint")],
+    run: Annotated[Path, typer.Argument(help="run folder, checkpoint or model package")],
     data: Annotated[str | None, typer.Option(help="dataset (default: the run's)")] = None,
-    split: Annotated[str, typer.Option(help="val|test")] = "val",
+    split: Annotated[str, typer.Option(help="val|test|all")] = "val",
     target_escape: Annotated[float, typer.Option(help="escape-rate target for calibration")] = 0.005,
     out_dir: Annotated[Path | None, typer.Option("--out", help="report folder")] = None,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
-    """COCO mAP plus escapes / false rejects; calibrates thresholds on val."""
+    """COCO mAP plus escapes / false rejects; calibrates a run's thresholds on val. A model
+    package is evaluated through the edge runtime at its card's thresholds."""
     r = training().evaluate(run, data=data, split=split, target_escape=target_escape,
                             out=out_dir, device=device)
     q = r["quality"]

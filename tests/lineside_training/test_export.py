@@ -132,3 +132,22 @@ def test_int8_export_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
     assert "QuantizeLinear" in {n.op_type for n in graph.graph.node}
     det = Detector(out, device="cpu")
     assert len(det.predict([read_image(next((SAMPLE / "images").rglob("*_test.jpg")))])) == 1
+
+
+def test_package_evaluation_through_the_runtime(tiny_run: Path, package: Path,
+                                                tmp_path: Path) -> None:
+    from lineside_inspect.errors import ConfigError
+    from lineside_training.evaluate import evaluate
+
+    by_run = evaluate(tiny_run, split="val", out=tmp_path / "run")
+    by_package = evaluate(package, data=str(SAMPLE), split="val", out=tmp_path / "pkg")
+    # the same weights through onnxruntime: the same mAP up to float rounding
+    assert abs(by_run["coco"]["map50"] - by_package["coco"]["map50"]) < 0.02
+    card = json.loads((package / "model.json").read_text())
+    assert by_package["quality"]["thresholds"] == card["thresholds"]
+    assert by_package["package"]["sha256"] == card["sha256"]
+    assert (tmp_path / "pkg" / "summary.md").is_file() and (tmp_path / "pkg" / "confusion.png").is_file()
+    every = evaluate(package, data=str(SAMPLE), split="all", out=tmp_path / "all")
+    assert every["images"] == 70
+    with pytest.raises(ConfigError, match="needs --data"):
+        evaluate(package)

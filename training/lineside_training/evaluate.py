@@ -9,13 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from lineside_inspect.dataset import ImageRecord, read_dataset
+from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.imageio import read_image
+from lineside_inspect.package import CARD
+from lineside_inspect.runtime.detector import Detector
 from lineside_training.checkpoint import THRESHOLDS, load_trained
 from lineside_training.engine import pick_device
 from lineside_training.metrics import coco_metrics
-from lineside_training.predict import Prediction, predict_records
+from lineside_training.predict import Prediction, predict_records, runtime_predictions
 from lineside_training.quality import calibrate, quality_metrics
 
 
@@ -32,16 +34,17 @@ def evaluate(
     """Evaluate a run (or checkpoint) on a split and write a report folder.
 
     On ``val`` the operating thresholds are calibrated and saved into the run
-    (``thresholds.json``) for export; on other splits the saved ones are used.
+    (``thresholds.json``) for export; on other splits the saved ones are used. ``split``
+    ``all`` takes every image (a test set imported on its own has no split).
+
+    ``run`` may also be an exported model package: see :func:`evaluate_package`.
     """
+    if (Path(run) / CARD).is_file():
+        return evaluate_package(run, data=data, split=split, out=out, device=device,
+                                examples=examples)
     trained = load_trained(run, pick_device(device))
     dataset = read_dataset(data or trained.config.data)
-    if list(dataset.categories) != trained.class_names:
-        raise ConfigError(f"dataset classes {dataset.categories} differ from the model's "
-                          f"{trained.class_names}")
-    records = dataset.in_split(split)
-    if not records:
-        raise ConfigError(f"{dataset.root}: split {split!r} has no images")
+    records = _records(dataset, split, trained.class_names)
     preds = predict_records(trained.model, dataset, records, trained.class_names,
                             size=trained.config.input_size, device=pick_device(device),
                             reference=trained.config.reference)
@@ -57,6 +60,49 @@ def evaluate(
               "calibration": calib, "checkpoint": str(trained.run_dir)}
     report = Path(out) if out else trained.run_dir / f"report-{split}"
     write_report(report, result, records, preds, trained.class_names, dataset, examples)
+    return result
+
+
+def _records(dataset: Dataset, split: str, class_names: list[str]) -> list[ImageRecord]:
+    if list(dataset.categories) != class_names:
+        raise ConfigError(f"dataset classes {dataset.categories} differ from the model's "
+                          f"{class_names}")
+    records = dataset.images if split == "all" else dataset.in_split(split)
+    if not records:
+        raise ConfigError(f"{dataset.root}: split {split!r} has no images (use --split all "
+                          "for a dataset without splits)")
+    return records
+
+
+def evaluate_package(
+    package: str | Path,
+    *,
+    data: str | Path | None,
+    split: str = "all",
+    out: str | Path | None = None,
+    device: str = "auto",
+    examples: int = 6,
+) -> dict[str, Any]:
+    """Evaluate an exported model package through the edge runtime (onnxruntime, the
+    server's pre- and post-processing) at the thresholds its card carries: what the
+    line would see. Nothing is calibrated or written into the package."""
+    if data is None:
+        raise ConfigError(f"{package}: evaluating a model package needs --data DATASET")
+    detector = Detector(package, device=device)
+    card = detector.card
+    dataset = read_dataset(data)
+    records = _records(dataset, split, card.class_names)
+    preds = runtime_predictions(detector, records, dataset)
+    coco = coco_metrics(records, preds, card.class_names)
+    thresholds = {n: card.threshold(n) for n in card.class_names}
+    quality = quality_metrics(records, preds, card.class_names, thresholds)
+    result = {"split": split, "images": len(records), "coco": coco, "quality": quality,
+              "calibration": {"thresholds": thresholds, "source": "model card"},
+              "checkpoint": str(package), "package": {"name": card.name, "version": card.version,
+                                                      "sha256": card.sha256,
+                                                      "precision": card.precision}}
+    report = Path(out) if out else Path("runs") / f"{card.name}-{card.version}-report-{split}"
+    write_report(report, result, records, preds, card.class_names, dataset, examples)
     return result
 
 

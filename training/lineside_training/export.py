@@ -19,7 +19,6 @@ from torch import Tensor, nn
 import lineside_inspect
 from lineside_inspect.dataset import ImageRecord, read_dataset
 from lineside_inspect.errors import ConfigError, PackageError
-from lineside_inspect.imageio import read_image
 from lineside_inspect.package import (
     GRAPH,
     INPUT_NAME,
@@ -35,7 +34,7 @@ from lineside_inspect.runtime.detector import Detector
 from lineside_training.checkpoint import Trained, load_trained
 from lineside_training.metrics import coco_metrics
 from lineside_training.models.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, select_detections
-from lineside_training.predict import Prediction, predict_records
+from lineside_training.predict import predict_records, runtime_inputs, runtime_predictions
 from lineside_training.quality import box_iou, calibrate
 
 OPSET = 17
@@ -89,7 +88,7 @@ def parity_report(trained: Trained, detector: Detector, records: list[ImageRecor
                                   reference=trained.config.reference)
     problems = []
     for rec, tp in zip(records, torch_preds, strict=True):
-        det = detector.predict(*_runtime_inputs(detector, dataset, rec))[0]
+        det = detector.predict(*runtime_inputs(detector, dataset, rec))[0]
         for box, score, label in zip(tp.boxes, tp.scores, tp.labels, strict=True):
             if score < thresholds[trained.class_names[label]]:
                 continue
@@ -107,26 +106,6 @@ def parity_report(trained: Trained, detector: Detector, records: list[ImageRecor
     return problems
 
 
-def _runtime_inputs(detector: Detector, dataset: Any, rec: ImageRecord,
-                    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    """What the server would get for ``rec``: the image, and its reference for a reference
-    model (a good image without one is its own)."""
-    image = read_image(dataset.image_path(rec))
-    if not detector.needs_reference:
-        return [image], None
-    ref = dataset.reference_path(rec)
-    return [image], [image if ref is None else read_image(ref)]
-
-
-def _runtime_predictions(detector: Detector, records: list[ImageRecord],
-                         dataset: Any) -> list[Prediction]:
-    out = []
-    for rec in records:
-        d = detector.predict(*_runtime_inputs(detector, dataset, rec))[0]
-        out.append(Prediction(d.xyxy, d.scores, d.class_ids))
-    return out
-
-
 def _latency_ms(detector: Detector, size: int, runs: int = 20) -> float:
     batch = np.random.default_rng(0).integers(0, 255, (1, 3, size, size), dtype=np.uint8)
     times = []
@@ -142,7 +121,7 @@ class _Calibration:
 
     def __init__(self, detector: Detector, records: list[ImageRecord], dataset: Any) -> None:
         self.items = iter(
-            {INPUT_NAME: detector.pre_process(*_runtime_inputs(detector, dataset, r))[0]}
+            {INPUT_NAME: detector.pre_process(*runtime_inputs(detector, dataset, r))[0]}
             for r in records
         )
 
@@ -251,7 +230,7 @@ def export(
                                + "\n  ".join(problems[:20]))
         summary["parity_images"] = min(parity_images, len(val))
         if int8 or fp16:
-            base_preds = _runtime_predictions(detector, val, dataset)
+            base_preds = runtime_predictions(detector, val, dataset)
             base_map = coco_metrics(val, base_preds, trained.class_names)["map50"]
             base_ms = _latency_ms(detector, cfg.input_size)
             shutil.copyfile(fp32, tmp / "model.fp32.onnx")
@@ -265,7 +244,7 @@ def export(
             card.sha256 = sha256_file(fp32)
             write_card(tmp, card)
             low = Detector(load_package(tmp), device="auto" if fp16 else "cpu")
-            low_map = coco_metrics(val, _runtime_predictions(low, val, dataset),
+            low_map = coco_metrics(val, runtime_predictions(low, val, dataset),
                                    trained.class_names)["map50"]
             low_ms = _latency_ms(low, cfg.input_size)
             card.quantization = {"precision": card.precision, "map50_fp32": base_map,

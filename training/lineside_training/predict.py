@@ -1,14 +1,19 @@
-"""Run a torch detector over dataset records, boxes mapped back to original pixels."""
+"""Run a detector over dataset records, boxes mapped back to original pixels: the torch
+model (training, evaluation) or an exported package through the edge runtime (export
+parity, package evaluation)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from lineside_inspect.dataset import Dataset, ImageRecord
+from lineside_inspect.imageio import read_image
+from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import fit
 from lineside_training.data.dataset import DetectionDataset, collate
 
@@ -49,4 +54,24 @@ def predict_records(
             out.append(Prediction(boxes, det["scores"].float().cpu().numpy(),
                                   det["labels"].cpu().numpy().astype(np.int64)))
     model.train(was_training)
+    return out
+
+
+def runtime_inputs(detector: Detector, dataset: Any, rec: ImageRecord,
+                   ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """What the server would get for ``rec``: the image, and its reference for a reference
+    model (a good image without one is its own)."""
+    image = read_image(dataset.image_path(rec))
+    if not detector.needs_reference:
+        return [image], None
+    ref = dataset.reference_path(rec)
+    return [image], [image if ref is None else read_image(ref)]
+
+
+def runtime_predictions(detector: Detector, records: list[ImageRecord],
+                        dataset: Any) -> list[Prediction]:
+    out = []
+    for rec in records:
+        d = detector.predict(*runtime_inputs(detector, dataset, rec))[0]
+        out.append(Prediction(d.xyxy, d.scores, d.class_ids))
     return out

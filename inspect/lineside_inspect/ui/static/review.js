@@ -57,6 +57,8 @@ async function open(i) {
   const it = state.items[i]; if (!it) return;
   state.open = await api(`/v1/inspections/${it.id}`); state.box = 0;
   $("#grid").hidden = true; $("#pager").hidden = true; $("#detail").hidden = false;
+  state.showRef = false;
+  $("#b-ref").hidden = !(state.open.reference && state.open.reference.has_image);
   const img = $("#big"); img.src = `/v1/inspections/${it.id}/image`;
   img.onload = () => { $("#overlay").setAttribute("viewBox", `0 0 ${state.open.width} ${state.open.height}`); draw(); };
   render();
@@ -70,7 +72,8 @@ function truth() {
 function render() {
   const o = state.open;
   $("#d-title").innerHTML = `<span class="${o.verdict}">${o.verdict}</span> ${o.id.slice(0, 8)}`;
-  $("#d-meta").textContent = `${o.camera_id || "upload"} · part ${o.part_id || "-"} · ${o.recipe.name} v${o.recipe.version} · model ${o.model.name}:${o.model.version} · ${o.review_state}`;
+  const ref = o.reference ? ` · reference ${o.reference.name || "(sent with the frame)"}` : "";
+  $("#d-meta").textContent = `${o.camera_id || "upload"} · part ${o.part_id || "-"} · ${o.recipe.name} v${o.recipe.version} · model ${o.model.name}:${o.model.version}${ref} · ${o.review_state}`;
   const list = $("#d-defects"); list.innerHTML = "";
   truth().forEach((d, i) => {
     const li = document.createElement("li");
@@ -116,12 +119,22 @@ overlay.addEventListener("mouseup", async (ev) => {
   await review({ action: "missed_defect", boxes: [{ label: $("#d-label").value, box }] });
 });
 
+// reference models: flip between the frame and the golden image it was compared with
+function toggleRef() {
+  const o = state.open; if (!o || !(o.reference && o.reference.has_image)) return;
+  state.showRef = !state.showRef;
+  $("#big").src = `/v1/inspections/${o.id}/${state.showRef ? "reference" : "image"}`;
+  $("#stage").classList.toggle("ref", state.showRef);
+  $("#d-status").textContent = state.showRef ? "showing the reference image (r: back to the frame)" : "showing the frame";
+}
+
 function back() { $("#detail").hidden = true; $("#grid").hidden = false; $("#pager").hidden = false; state.open = null; load(); }
 function startDraw() { state.drawing = true; $("#d-status").textContent = "drag on the image to draw the missed defect"; }
 
 $("#b-confirm").onclick = () => review({ action: "confirm" });
 $("#b-false").onclick = () => review({ action: "false_reject" });
 $("#b-draw").onclick = startDraw;
+$("#b-ref").onclick = toggleRef;
 $("#b-relabel").onclick = () => review({ action: "relabel", index: state.box, label: $("#d-label").value });
 $("#filters").onsubmit = (e) => { e.preventDefault(); document.activeElement.blur(); state.offset = 0; state.sel = 0; load(); };
 $("#prev").onclick = () => { state.offset = Math.max(0, state.offset - state.limit); load(); };
@@ -129,7 +142,7 @@ $("#next").onclick = () => { if (state.offset + state.limit < state.total) { sta
 let scale = 1;
 $("#stage").addEventListener("wheel", (e) => { e.preventDefault(); scale = Math.max(0.5, Math.min(6, scale * (e.deltaY < 0 ? 1.2 : 1 / 1.2))); $("#zoom").style.transform = `scale(${scale})`; });
 
-const KEYS = new Set(["Escape", "Enter", "ArrowLeft", "ArrowRight", "+", "-", "c", "f", "d", "j", "k",
+const KEYS = new Set(["Escape", "Enter", "ArrowLeft", "ArrowRight", "+", "-", "c", "f", "d", "j", "k", "r",
                       "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
 document.addEventListener("keydown", (e) => {
   if (e.target.matches("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
@@ -140,6 +153,7 @@ document.addEventListener("keydown", (e) => {
     else if (e.key === "c") review({ action: "confirm" });
     else if (e.key === "f") review({ action: "false_reject" });
     else if (e.key === "d") startDraw();
+    else if (e.key === "r") toggleRef();
     else if (e.key === "+" || e.key === "-") { scale = Math.max(0.5, Math.min(6, scale * (e.key === "+" ? 1.25 : 0.8))); $("#zoom").style.transform = `scale(${scale})`; }
     else if (/^[1-9]$/.test(e.key) && state.classes[+e.key - 1]) $("#d-label").value = state.classes[+e.key - 1];
     else if (e.key === "j" || e.key === "ArrowRight") { if (state.sel < state.items.length - 1) open(++state.sel); }
