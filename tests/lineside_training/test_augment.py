@@ -28,3 +28,25 @@ def test_all_augmentations_with_several_boxes() -> None:
             assert (b >= 0).all() and (b <= side).all()
             kept += len(b)
         assert kept > 0
+
+
+def test_reference_shift_moves_only_the_reference() -> None:
+    from lineside_training.data.augment import shift_reference
+
+    np.random.seed(3)
+    pair = np.zeros((32, 32, 3), np.uint8)
+    pair[10:20, 10:20, :2] = 255
+    moved = [shift_reference(pair) for _ in range(30)]
+    assert all((m[:, :, 0] == pair[:, :, 0]).all() and (m[:, :, 2] == 0).all() for m in moved)
+    offsets = set()
+    for m in moved:
+        ys, xs = np.nonzero(m[:, :, 1])
+        offsets.add((int(ys.min()) - 10, int(xs.min()) - 10))
+        assert m[:, :, 1].sum() == pair[:, :, 1].sum()  # moved, not cut
+    assert len(offsets) > 5 and all(abs(d) <= 2 for o in offsets for d in o)
+    # only reference pipelines get it: an RGB image's green channel is left alone
+    cfg = AugmentConfig(hflip=0, vflip=0, rot90=0, brightness_contrast=0, blur=0, noise=0,
+                        scale_jitter=0, reference_shift=1)
+    names = [type(t).__name__ for t in train_transform(cfg, 32, 32, reference=True).transforms]
+    assert names.count("Lambda") == 1
+    assert "Lambda" not in [type(t).__name__ for t in train_transform(cfg, 32, 32).transforms]

@@ -43,7 +43,8 @@ def bench_train(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3) -> dict[s
     bare = steps * cfg.batch_size / (time.perf_counter() - t)
 
     ds = DetectionDataset(data.dataset, data.train, data.class_names, size=cfg.input_size,
-                          transform=train_transform(cfg.augment, cfg.crop_size, cfg.input_size),
+                          transform=train_transform(cfg.augment, cfg.crop_size, cfg.input_size,
+                                                    reference=cfg.reference),
                           reference=cfg.reference)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True,
                                          collate_fn=collate, num_workers=cfg.workers,

@@ -24,6 +24,9 @@ class AugmentConfig(BaseModel):
     scale_jitter: float = Field(0.2, ge=0, le=1, description="scale range +-, applied with p=0.3")
     morphology: float = Field(0.0, ge=0, le=1, description=(
         "erode or dilate by 2-3 px: varies trace and feature thickness between boards"))
+    reference_shift: float = Field(0.0, ge=0, le=1, description=(
+        "reference models: shift the reference by up to 2 px against the frame, as an "
+        "imperfectly registered part would be"))
 
 
 class TrainConfig(BaseModel):

@@ -144,7 +144,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
 
     train_ds = DetectionDataset(
         data.dataset, data.train, data.class_names, size=cfg.input_size,
-        transform=train_transform(cfg.augment, cfg.crop_size, cfg.input_size, seed=cfg.seed + rank),
+        transform=train_transform(cfg.augment, cfg.crop_size, cfg.input_size, seed=cfg.seed + rank,
+                                  reference=cfg.reference),
         reference=cfg.reference,
     )
     val_ds = DetectionDataset(data.dataset, data.val, data.class_names, size=cfg.input_size,

@@ -21,11 +21,25 @@ def morph(image: np.ndarray, **_: Any) -> np.ndarray:
     return np.asarray(op(image, kernel))
 
 
+def shift_reference(image: np.ndarray, **_: Any) -> np.ndarray:
+    """Move channel 1 (a pair image's reference) by -2..2 px in x and y; the difference
+    channel is recomputed afterwards by the dataset."""
+    dx, dy = (int(v) for v in np.random.randint(-2, 3, size=2))
+    out = np.array(image)
+    h, w = image.shape[:2]
+    m = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
+    # replicate the border: wrapping around would invent a difference along the edges
+    out[:, :, 1] = cv2.warpAffine(np.ascontiguousarray(image[:, :, 1]), m, (w, h),
+                                  borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
 def train_transform(cfg: AugmentConfig, crop: int | None, size: int,
-                    seed: int | None = None) -> A.Compose:
+                    seed: int | None = None, reference: bool = False) -> A.Compose:
     """Random crop (tiles of the full image, so tiny defects keep their pixels), flips,
     90° rotations, photometric changes and scale jitter. Without ``crop`` the image is
-    letterboxed to ``size``."""
+    letterboxed to ``size``. ``reference``: the images are pair images (frame, reference,
+    difference), which may get registration jitter."""
     ops: list[A.BasicTransform] = []
     if cfg.scale_jitter > 0:
         j = cfg.scale_jitter
@@ -37,6 +51,8 @@ def train_transform(cfg: AugmentConfig, crop: int | None, size: int,
     if cfg.morphology > 0:
         # image only: albumentations' Morphological also reshapes boxes and fails on several
         ops.append(A.Lambda(image=morph, p=cfg.morphology))  # np.random: seeded by the engine
+    if reference and cfg.reference_shift > 0:
+        ops.append(A.Lambda(image=shift_reference, p=cfg.reference_shift))
     ops += [
         A.HorizontalFlip(p=cfg.hflip),
         A.VerticalFlip(p=cfg.vflip),
