@@ -4,6 +4,7 @@ is checked."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -90,3 +91,35 @@ def test_review_in_the_browser(launch, tmp_path: Path) -> None:
     assert abs(x1 - 100) < 4 and abs(y1 - 120) < 4 and abs(x2 - 150) < 4 and abs(y2 - 170) < 4
     assert rejected.review_state == "corrected" and rejected.reviews[-1].boxes == []
     assert rejected.reviews[-1].reviewer == "reviewer"
+
+
+def test_reference_image_in_the_browser(launch) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    ref_model = Path(__file__).resolve().parents[2] / "models" / "deeppcb-ref" / "1"
+    srv = launch(store_pass_rate=1.0, models=[str(ref_model)])
+    test = next(SAMPLE.rglob("*_test.jpg"))
+    template = test.with_name(test.name.replace("_test", "_temp"))
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", files={"image": ("t.jpg", test.read_bytes(), "image/jpeg"),
+                                         "reference": ("r.jpg", template.read_bytes(), "image/jpeg")})
+        assert r.json()["verdict"] == "fail"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(srv.url + "/review")
+        page.fill("#key", "reviewer-secret")
+        page.click("button[type=submit]")
+        expect(page.locator(".card")).to_have_count(1)
+        page.keyboard.press("Enter")
+        expect(page.locator("#d-meta")).to_contain_text("reference (sent with the frame)")
+        expect(page.locator("#b-ref")).to_be_visible()
+        expect(page.locator("#big")).to_have_attribute("src", re.compile(r"/image$"))
+        page.keyboard.press("r")
+        expect(page.locator("#big")).to_have_attribute("src", re.compile(r"/reference$"))
+        expect(page.locator("#d-status")).to_contain_text("showing the reference image")
+        page.wait_for_function("document.querySelector('#big').complete && "
+                               "document.querySelector('#big').naturalWidth === 640")
+        page.keyboard.press("r")
+        expect(page.locator("#big")).to_have_attribute("src", re.compile(r"/image$"))
+        browser.close()

@@ -103,3 +103,25 @@ def test_no_good_images_gives_nan_rate() -> None:
     q = quality_metrics([_rec("d", [(1, 1, 5, 5, "open")])], [_pred([])], CLASSES,
                         {"open": 0.5, "short": 0.5})
     assert math.isnan(q["false_reject_rate"]) and q["escape_rate"] == 1.0
+
+
+def test_threshold_lowered_when_it_costs_no_false_reject() -> None:
+    records = [
+        _rec("d1", [(10, 10, 20, 20, "open")]),
+        _rec("d2", [(10, 10, 20, 20, "open"), (50, 50, 60, 60, "open")]),
+        _rec("g1", []),
+    ]
+    preds = [
+        _pred([(10, 10, 20, 20, 0.9, 0)]),
+        # second defect found only at 0.4; a false box at 0.35 on the same (defective) part
+        _pred([(10, 10, 20, 20, 0.95, 0), (50, 50, 60, 60, 0.4, 0), (80, 80, 90, 90, 0.35, 0)]),
+        _pred([(70, 70, 80, 80, 0.3, 0)]),  # the good part's false alarm
+    ]
+    c = calibrate(records, preds, CLASSES, target_escape=0.0)
+    # escapes allow up to 0.9, where nothing is rejected; 0.4 rejects nothing either and
+    # finds d2's second defect (F1 1.0), 0.35 adds a false box (F1 0.86), 0.3 a false reject
+    assert c["global_threshold"] == pytest.approx(0.9)
+    assert c["thresholds"]["open"] == pytest.approx(0.4)
+    assert c["false_rejects"] == 0 and c["escapes"] == 0
+    q = quality_metrics(records, preds, CLASSES, c["thresholds"])
+    assert q["defect_recall"] == 1.0 and q["defect_precision"] == 1.0

@@ -119,6 +119,11 @@ def calibrate(
     ``floor(target * defective images)``. Then, per class with at least ``MIN_SUPPORT``
     ground-truth boxes, the class threshold is raised as far as the escape allowance
     still holds (escapes only grow and false rejects only fall as a threshold rises).
+
+    Raising a threshold past the last false reject it clears buys nothing and misses
+    defects, so last, each threshold is lowered to the score with the best defect-level
+    F1 among those that keep the same false rejects and the escape allowance (a model
+    whose good images raise no alarm would otherwise sit at the top of its range).
     """
     defective = [i for i, r in enumerate(records) if r.boxes]
     allowed = math.floor(target_escape * len(defective) + 1e-9)
@@ -154,6 +159,7 @@ def calibrate(
                 lo = mid + 1
         if lo > 0:
             thr[c] = candidates[lo - 1]
+    thr = _lower_to_best_f1(records, preds, class_names, thr, support, allowed)
     per_class = {n: float(thr[i]) for i, n in enumerate(class_names)}
     return {
         "target_escape_rate": target_escape,
@@ -163,3 +169,42 @@ def calibrate(
         "false_rejects": _rejects(records, preds, thr),
         "allowed_escapes": allowed,
     }
+
+
+def _f1(records: list[ImageRecord], preds: list[Prediction], class_names: list[str],
+        thr: np.ndarray) -> float:
+    q = quality_metrics(records, preds, class_names, dict(zip(class_names, thr.tolist(), strict=True)))
+    r, p = q["defect_recall"], q["defect_precision"]
+    return 0.0 if math.isnan(r) or math.isnan(p) or r + p == 0 else 2 * r * p / (r + p)
+
+
+def _lower_to_best_f1(records: list[ImageRecord], preds: list[Prediction],
+                      class_names: list[str], thr: np.ndarray, support: np.ndarray,
+                      allowed: int, max_candidates: int = 64) -> np.ndarray:
+    """Per class (most supported first; all classes together for those without their own
+    threshold), try the prediction scores below the current threshold and keep the one
+    with the best F1 that adds no false reject and stays within the escape allowance.
+    Ties keep the higher threshold."""
+    thr = thr.copy()
+    rejects = _rejects(records, preds, thr)
+    own = [c for c in np.argsort(-support) if support[c] >= MIN_SUPPORT]
+    shared = [c for c in range(len(class_names)) if c not in own]
+    for group in ([shared] if shared else []) + [[c] for c in own]:
+        scores = np.unique(np.concatenate(
+            [p.scores[np.isin(p.labels, group)] for p in preds] or [np.zeros(0)]))
+        current = float(thr[group[0]])
+        scores = scores[(scores >= FLOOR) & (scores < current)][::-1]  # highest first
+        if len(scores) > max_candidates:  # quantiles keep the search cheap
+            scores = scores[np.linspace(0, len(scores) - 1, max_candidates).astype(int)]
+        best, best_f1 = current, _f1(records, preds, class_names, thr)
+        for t in scores:
+            trial = thr.copy()
+            trial[group] = t
+            if _rejects(records, preds, trial) > rejects:
+                break  # lower still only adds alarms
+            if _escapes(records, preds, trial) <= allowed:
+                f1 = _f1(records, preds, class_names, trial)
+                if f1 > best_f1 + 1e-9:
+                    best, best_f1 = float(t), f1
+        thr[group] = best
+    return thr

@@ -1,0 +1,49 @@
+"""``make serve``'s own config (configs/serve.yaml): both bundled models, their recipes,
+the simulated cameras (one per model) and the reference station all come up and judge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lineside_inspect.config import load_settings
+
+from .conftest import start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_make_serve_config(tmp_path: Path) -> None:
+    settings = load_settings(ROOT / "configs" / "serve.yaml", data_dir=str(tmp_path),
+                             device="cpu")
+    running, stop = start_server(settings)
+    try:
+        with running.client() as c:  # no keys: loopback, everything allowed
+            cams = {h["id"]: h for h in c.get("/v1/cameras").json()}
+            assert set(cams) == {"sim1", "station1"}
+            seen = {}
+            for cam in ("sim1", "station1"):
+                r = c.post(f"/v1/cameras/{cam}/trigger", params={"timeout_s": 10})
+                assert r.status_code == 200, r.text
+                seen[cam] = r.json()
+            assert seen["sim1"]["model"]["name"] == "deeppcb" and seen["sim1"]["reference"] is None
+            ref = seen["station1"]
+            assert ref["model"]["name"] == "deeppcb-ref" and ref["recipe"]["name"] == "deeppcb-ref"
+            assert ref["reference"]["name"] == "station1-reference"
+            # the station's frames through HTTP, with the reference sent along: the good
+            # part passes, the defective one fails
+            station = ROOT / "configs" / "line"
+            verdicts = []
+            for part in ("part-0001.jpg", "part-0002.jpg"):
+                r = c.post("/v1/inspect", params={"recipe": "deeppcb-ref"}, files={
+                    "image": (part, (station / "station1" / part).read_bytes(), "image/jpeg"),
+                    "reference": ("ref.jpg", (station / "station1-reference.jpg").read_bytes(),
+                                  "image/jpeg")})
+                assert r.status_code == 200, r.text
+                verdicts.append(r.json()["verdict"])
+            assert verdicts == ["pass", "fail"]
+            # the single-image model needs nothing more than the frame
+            r = c.post("/v1/inspect", content=(station / "station1" / "part-0002.jpg").read_bytes(),
+                       headers={"content-type": "image/jpeg"})
+            assert r.status_code == 200 and r.json()["model"]["name"] == "deeppcb"
+    finally:
+        stop()
