@@ -24,12 +24,13 @@ def _report(monkeypatch: pytest.MonkeyPatch, onnx_box: list[float], onnx_score: 
     pred = Prediction(np.array([TORCH_BOX], np.float32), np.array([0.8], np.float32),
                       np.array([0]))
     monkeypatch.setattr(export, "predict_records", lambda *a, **k: [pred])
-    monkeypatch.setattr(export, "read_image", lambda path: np.zeros((64, 64, 3), np.uint8))
+    monkeypatch.setattr(export, "runtime_inputs",
+                        lambda det, ds, rec: ([np.zeros((64, 64, 3), np.uint8)], None))
     det = Detections(np.array([onnx_box]), np.array([onnx_score]), np.array([onnx_label]),
                      CLASSES)
-    detector: Any = SimpleNamespace(predict=lambda images: [det])
+    detector: Any = SimpleNamespace(predict=lambda images, references=None: [det])
     trained: Any = SimpleNamespace(model=nn.Linear(1, 1), class_names=CLASSES,
-                                   config=SimpleNamespace(input_size=64))
+                                   config=SimpleNamespace(input_size=64, reference=False))
     dataset: Any = SimpleNamespace(image_path=lambda rec: "unused")
     return export.parity_report(trained, detector, [ImageRecord("x.jpg", 64, 64)], dataset,
                                 {"a": 0.5, "b": 0.5})
