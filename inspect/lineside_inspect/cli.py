@@ -120,7 +120,8 @@ def data_stats(
         out.print_json(json.dumps(s))
     else:
         splits = list(s["boxes_per_class"])
-        table = Table(title=f"{root}: {s['images']} images, {s['groups']} groups")
+        table = Table(title=f"{root}: {s['images']} images, {s['groups']} groups, "
+                            f"{s['with_reference']} with a reference")
         table.add_column("")
         for split in splits:
             table.add_column(split, justify="right")

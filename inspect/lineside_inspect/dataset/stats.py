@@ -35,6 +35,7 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
     return {
         "images": len(dataset.images),
         "groups": len({r.group for r in dataset.images if r.group is not None}),
+        "with_reference": sum(r.reference is not None for r in dataset.images),
         "classes": list(dataset.categories),
         "boxes_per_class": {s: {c: boxes[s][c] for c in dataset.categories} for s in splits},
         "images_per_split": {s: dict(images[s]) for s in splits},
