@@ -5,7 +5,10 @@ template and nothing differs. This shifts each validation template (the frame) b
 pixels against itself (the reference) and counts the good parts the model would then
 reject, and does the same to the defective images against their templates and counts
 escapes. Usage:
-    python tools/reference_shift.py models/deeppcb-ref/1 data/deeppcb --split val
+    python tools/reference_shift.py models/deeppcb-ref/1 data/deeppcb --split val [--align]
+
+With ``--align`` each frame is first translated onto its reference, as a recipe with
+``align_reference: true`` does.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def main() -> None:
     ap.add_argument("data")
     ap.add_argument("--split", default="val")
     ap.add_argument("--shifts", default="0,1,2")
+    ap.add_argument("--align", action="store_true")
     args = ap.parse_args()
     det = Detector(args.package, device="cpu")
     ds = read_dataset(args.data)
@@ -40,20 +44,22 @@ def main() -> None:
     good = [r for r in recs if not r.boxes]
     bad = [r for r in recs if r.boxes and r.reference]
     recipe = Recipe(name="card", model=det.card.name)
-    print(f"{args.package}: {len(good)} good, {len(bad)} defective ({args.split})")
+    print(f"{args.package}: {len(good)} good, {len(bad)} defective ({args.split})"
+          f"{', frames aligned to their reference' if args.align else ''}")
     for s in (int(v) for v in args.shifts.split(",")):
         rejects = 0
         for r in good:
             t = read_image(ds.image_path(r))
-            if judge(det.predict([shifted(t, s, s)], [t])[0], recipe, det.card.thresholds).verdict == "fail":
+            dets = det.predict([shifted(t, s, s)], [t], align=args.align)[0]
+            if judge(dets, recipe, det.card.thresholds).verdict == "fail":
                 rejects += 1
         escapes = 0
         for r in bad:
             ref_path = ds.reference_path(r)
             assert ref_path is not None
             img = read_image(ds.image_path(r))
-            verdict = judge(det.predict([shifted(img, s, s)], [read_image(ref_path)])[0], recipe,
-                            det.card.thresholds).verdict
+            dets = det.predict([shifted(img, s, s)], [read_image(ref_path)], align=args.align)[0]
+            verdict = judge(dets, recipe, det.card.thresholds).verdict
             escapes += verdict == "pass"
         print(f"shift {s} px (x and y): false-reject rate {rejects / len(good):.3f} "
               f"({rejects}/{len(good)}), escape rate {escapes / len(bad):.3f} ({escapes}/{len(bad)})")

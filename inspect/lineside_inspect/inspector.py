@@ -38,6 +38,7 @@ class Inspection:
     raw: bytes | None = None  # the encoded image as received, kept unaltered by the store
     raw_ext: str | None = None
     reference: Reference | None = None  # what a reference model compared the image with
+    reference_shift: tuple[float, float] | None = None  # frame aligned to it by (dx, dy) px
 
     def to_json(self) -> dict[str, Any]:
         card = self.detector.card
@@ -52,7 +53,10 @@ class Inspection:
             "camera_id": self.camera_id,
             "part_id": self.part_id,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
-            "reference": None if self.reference is None else self.reference.to_json(),
+            "reference": None if self.reference is None else {
+                **self.reference.to_json(),
+                **({"shift": [round(v, 2) for v in self.reference_shift]}
+                   if self.reference_shift is not None else {})},
             "stored": self.stored,
             **self.extra,
         }
@@ -65,11 +69,13 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
     the golden image a reference model compares it with."""
     t0 = time.perf_counter()
     batch, letterboxes = detector.pre_process(
-        [image], None if reference is None else [reference.image])
+        [image], None if reference is None else [reference.image],
+        align=reference is not None and recipe.align_reference)
     t1 = time.perf_counter()
     outputs = detector.forward(batch)
     t2 = time.perf_counter()
     detections = detector.post_process(outputs, letterboxes)[0]
+    aligned = reference is not None and recipe.align_reference
     verdict = judge(detections, recipe, detector.card.thresholds)
     t3 = time.perf_counter()
     timings = {"decode": decode_ms, "preprocess": (t1 - t0) * 1000, "infer": (t2 - t1) * 1000,
@@ -80,4 +86,5 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         reasons=verdict.reasons, defects=verdict.defects or Detections.empty(detector.class_names),
         recipe=recipe, detector=detector, timings_ms=timings, image=image,
         camera_id=camera_id, part_id=part_id, reference=reference,
+        reference_shift=(letterboxes[0].shift_x, letterboxes[0].shift_y) if aligned else None,
     )

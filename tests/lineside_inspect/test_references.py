@@ -116,3 +116,70 @@ def test_paths_only_from_trusted_config(tmp_path: Path) -> None:
         resolve_reference(True, "m", lib, name=str(image))
     with pytest.raises(NotFoundError, match="neither a registered name nor an image file"):
         resolve_reference(True, "m", lib, name=str(tmp_path / "nope.png"), trusted=True)
+
+
+STATION = Path(__file__).resolve().parents[2] / "configs" / "line"
+REF_MODEL = Path(__file__).resolve().parents[2] / "models" / "deeppcb-ref" / "1"
+
+
+def _shift(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    m = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
+    return np.asarray(cv2.warpAffine(image, m, (image.shape[1], image.shape[0]),
+                                     borderMode=cv2.BORDER_REPLICATE))
+
+
+def test_alignment_recovers_the_shift_and_refuses_far_ones() -> None:
+    from lineside_inspect.imageio import read_image
+    from lineside_inspect.runtime.reference import align_to_reference
+
+    reference = read_image(STATION / "station1-reference.jpg")
+    good = read_image(STATION / "station1" / "part-0001.jpg")  # the same board, defect-free
+    for dx, dy in ((0, 0), (3, -2), (-6.5, 5)):
+        aligned, ex, ey = align_to_reference(_shift(good, dx, dy), reference)
+        assert abs(ex - dx) < 0.6 and abs(ey - dy) < 0.6
+        inner = (slice(20, -20), slice(20, -20))  # away from the replicated border
+        assert np.abs(aligned[inner].astype(int) - good[inner].astype(int)).mean() < 4
+    with pytest.raises(ReferenceImageError, match=r"more than the 16 px alignment allows"):
+        align_to_reference(_shift(good, 30, 0), reference)
+    with pytest.raises(ReferenceImageError, match="is 640x640 but the frame is 320x640"):
+        align_to_reference(good[:, :320], reference)
+
+
+def test_aligned_detections_map_back_to_the_frame_as_sent() -> None:
+    from lineside_inspect.imageio import read_image
+    from lineside_inspect.inspector import inspect
+    from lineside_inspect.recipes import Recipe
+    from lineside_inspect.runtime.detector import Detector
+    from lineside_inspect.runtime.types import Detections
+
+    det = Detector(REF_MODEL, device="cpu", threads=1)
+    reference = read_image(STATION / "station1-reference.jpg")
+    part = read_image(STATION / "station1" / "part-0002.jpg")
+    good = read_image(STATION / "station1" / "part-0001.jpg")
+    def confident(d: Detections, factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        thr = np.array([det.card.threshold(n) for n in det.class_names])[d.class_ids] * factor
+        keep = d.scores >= thr
+        return d.xyxy[keep], d.class_ids[keep]
+
+    base_boxes, base_labels = confident(det.predict([part], [reference])[0])
+    assert len(base_boxes) > 0
+    moved = _shift(part, 5, 3)
+    boxes, labels = confident(det.predict([moved], [reference], align=True)[0], 0.5)
+    # each defect found on the registered frame is found on the aligned one, 5 px right
+    # and 3 px down, in the coordinates of the frame as it was sent
+    for box, label in zip(base_boxes, base_labels, strict=True):
+        same = boxes[labels == label]
+        err = np.abs(same - (box + np.array([5, 3, 5, 3]))).max(axis=1) if len(same) else [99]
+        assert min(err) < 3, (box, same)
+    # a defect-free part 5 px off: alarms without alignment, none with it
+    recipe = Recipe(name="r", model=det.card.name)
+    assert inspect(_shift(good, 5, 3), det, recipe, reference=_ref(reference)).verdict == "fail"
+    aligned_recipe = Recipe(name="r", model=det.card.name, align_reference=True)
+    result = inspect(_shift(good, 5, 3), det, aligned_recipe, reference=_ref(reference))
+    assert result.verdict == "pass", result.defects.to_json()
+    shift = result.to_json()["reference"]["shift"]
+    assert abs(shift[0] - 5) < 0.6 and abs(shift[1] - 3) < 0.6
+
+
+def _ref(image: np.ndarray) -> Reference:
+    return Reference.from_bytes("station1", _png(image), image=image)

@@ -36,6 +36,9 @@ class Recipe(BaseModel):
     ignore: list[Polygon] = Field(default_factory=list)
     max_count: dict[str, int] = Field(default_factory=dict)
     critical: list[str] = Field(default_factory=list)
+    align_reference: bool = Field(False, description=(
+        "reference models: translate each frame onto its reference before comparing "
+        "(for parts that sit a few pixels off; frames off by more than 16 px are refused)"))
 
     @field_validator("roi", "ignore")
     @classmethod

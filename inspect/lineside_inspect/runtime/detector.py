@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from lineside_inspect._cv import cv2
 from lineside_inspect.errors import ReferenceImageError
 from lineside_inspect.package import ModelPackage, load_package
 from lineside_inspect.runtime.preprocess import Letterbox, letterbox
-from lineside_inspect.runtime.reference import pair_image
+from lineside_inspect.runtime.reference import align_to_reference, pair_image
 from lineside_inspect.runtime.session import OnnxSession
 from lineside_inspect.runtime.types import Detections
 
@@ -42,9 +43,11 @@ class Detector:
         return self.card.needs_reference
 
     def pre_process(self, images: list[np.ndarray], references: list[np.ndarray] | None = None,
-                    ) -> tuple[np.ndarray, list[Letterbox]]:
+                    *, align: bool = False) -> tuple[np.ndarray, list[Letterbox]]:
         """Letterbox each image and stack to ``[B, 3, S, S]`` uint8: RGB, or for a reference
-        model grey, reference grey and difference."""
+        model grey, reference grey and difference; ``align`` first translates each frame
+        onto its reference (the letterbox remembers the shift, so boxes map back to the
+        frame as it was sent)."""
         if self.needs_reference:
             if references is None or len(references) != len(images):
                 raise ReferenceImageError(
@@ -57,7 +60,11 @@ class Detector:
         boxes = []
         for i, image in enumerate(images):
             if references is not None:
+                dx = dy = 0.0
+                if align:
+                    image, dx, dy = align_to_reference(image, references[i])
                 fitted, lb = letterbox(pair_image(image, references[i]), self.size)
+                lb = replace(lb, shift_x=dx, shift_y=dy)
             else:
                 fitted, lb = letterbox(image, self.size)
                 fitted = cv2.cvtColor(fitted, cv2.COLOR_BGR2RGB)
@@ -78,7 +85,7 @@ class Detector:
         return result
 
     def predict(self, images: list[np.ndarray], references: list[np.ndarray] | None = None,
-                ) -> list[Detections]:
+                *, align: bool = False) -> list[Detections]:
         """Detections for each image, boxes in its original pixels."""
-        batch, letterboxes = self.pre_process(images, references)
+        batch, letterboxes = self.pre_process(images, references, align=align)
         return self.post_process(self.forward(batch), letterboxes)

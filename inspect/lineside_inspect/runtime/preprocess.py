@@ -24,20 +24,22 @@ class Letterbox:
     pad_y: int
     width: int  # original size
     height: int
+    shift_x: float = 0.0  # a frame aligned to its reference: where aligned pixels came from
+    shift_y: float = 0.0
 
     def to_original(self, boxes: np.ndarray) -> np.ndarray:
         """Map ``[N, 4]`` input-space boxes back to original pixels, clipped to the image."""
         out = boxes.astype(np.float32, copy=True)
-        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
-        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale + self.shift_x
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale + self.shift_y
         out[:, [0, 2]] = out[:, [0, 2]].clip(0, self.width)
         out[:, [1, 3]] = out[:, [1, 3]].clip(0, self.height)
         return out
 
     def to_input(self, boxes: np.ndarray) -> np.ndarray:
         out = boxes.astype(np.float32, copy=True)
-        out[:, [0, 2]] = out[:, [0, 2]] * self.scale + self.pad_x
-        out[:, [1, 3]] = out[:, [1, 3]] * self.scale + self.pad_y
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.shift_x) * self.scale + self.pad_x
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.shift_y) * self.scale + self.pad_y
         return out
 
 
