@@ -18,6 +18,9 @@ def test_make_serve_config(tmp_path: Path) -> None:
     running, stop = start_server(settings)
     try:
         with running.client() as c:  # no keys: loopback, everything allowed
+            models = {m["name"]: m["versions"][0] for m in c.get("/v1/models").json()}
+            assert models["deeppcb"]["needs_reference"] is False
+            assert models["deeppcb-ref"]["needs_reference"] is True
             cams = {h["id"]: h for h in c.get("/v1/cameras").json()}
             assert set(cams) == {"sim1", "station1"}
             seen = {}

@@ -30,7 +30,8 @@ def _models(registry: Any) -> list[dict[str, Any]]:
     for name, slot in registry.models().items():
         out.append({"name": name, "active": slot.active, "history": slot.history,
                     "versions": [{"version": v, "sha256": d.card.sha256, "precision":
-                                  d.card.precision, "providers": d.session.providers,
+                                  d.card.precision, "needs_reference": d.card.needs_reference,
+                                  "providers": d.session.providers,
                                   "path": str(d.package.path)} for v, d in slot.versions.items()]})
     return out
 
