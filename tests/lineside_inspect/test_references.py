@@ -183,3 +183,19 @@ def test_aligned_detections_map_back_to_the_frame_as_sent() -> None:
 
 def _ref(image: np.ndarray) -> Reference:
     return Reference.from_bytes("station1", _png(image), image=image)
+
+
+def test_letterbox_with_shift_round_trips() -> None:
+    from dataclasses import replace
+
+    from lineside_inspect.runtime.preprocess import fit
+
+    lb = replace(fit(1280, 960, 640), shift_x=5.0, shift_y=-3.0)
+    boxes = np.array([[100, 200, 300, 400], [0, 0, 10, 10]], np.float32)
+    np.testing.assert_allclose(lb.to_original(lb.to_input(boxes)),
+                               [[100, 200, 300, 400], [0, 0, 10, 10]], atol=1e-3)
+    # a box at the aligned frame's origin lies 5 px right and 3 px up in the frame as
+    # sent (clipped to that image)
+    pad = np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y], np.float32)
+    aligned_box = np.array([[0, 0, 10, 10]], np.float32) * lb.scale + pad
+    np.testing.assert_allclose(lb.to_original(aligned_box), [[5, 0, 15, 7]], atol=1e-3)
