@@ -38,7 +38,7 @@ class Recipe(BaseModel):
     critical: list[str] = Field(default_factory=list)
     align_reference: bool = Field(False, description=(
         "reference models: translate each frame onto its reference before comparing "
-        "(for parts that sit a few pixels off; frames off by more than 16 px are refused)"))
+        "(for parts that sit a few pixels off; searched within 16 px)"))
 
     @field_validator("roi", "ignore")
     @classmethod
