@@ -23,6 +23,6 @@ RUN useradd --system --uid 10001 lineside && mkdir -p /var/lib/lineside && \
 USER lineside
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"
+    CMD python -c "import os,sys,urllib.request; port = os.environ.get('LINESIDE_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=2).status == 200 else 1)"
 # Listening beyond loopback needs API keys: pass LINESIDE_API_KEYS (see README).
 CMD ["lineside", "serve", "--config", "configs/serve.yaml", "--host", "0.0.0.0"]
