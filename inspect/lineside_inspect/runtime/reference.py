@@ -33,6 +33,16 @@ def with_difference(pair: np.ndarray) -> np.ndarray:
     return pair
 
 
+def _same_size(frame: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
+    fh, fw = frame.shape[:2]
+    rh, rw = reference.shape[:2]
+    if (fh, fw) != (rh, rw):
+        raise ReferenceImageError(
+            f"the reference image is {rw}x{rh} but the frame is {fw}x{fh}: "
+            "a reference must show the same view at the same size")
+    return fh, fw
+
+
 def pair_image(frame: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """``(H, W, 3)`` uint8: frame grey, reference grey, absolute difference.
 
@@ -40,12 +50,7 @@ def pair_image(frame: np.ndarray, reference: np.ndarray) -> np.ndarray:
     decodes them; a reference of another size is refused, never resized, since a
     stretched reference would differ from the frame everywhere.
     """
-    fh, fw = frame.shape[:2]
-    rh, rw = reference.shape[:2]
-    if (fh, fw) != (rh, rw):
-        raise ReferenceImageError(
-            f"the reference image is {rw}x{rh} but the frame is {fw}x{fh}: "
-            "a reference must show the same view at the same size")
+    fh, fw = _same_size(frame, reference)
     pair = np.empty((fh, fw, 3), dtype=np.uint8)
     pair[:, :, 0] = _gray(frame)
     pair[:, :, 1] = _gray(reference)
@@ -70,12 +75,7 @@ def align_to_reference(frame: np.ndarray, reference: np.ndarray, *, max_shift: i
     from the reference) and the shift ``(dx, dy)``: a point at ``(x, y)`` in the aligned
     frame is at ``(x + dx, y + dy)`` in the frame as sent.
     """
-    fh, fw = frame.shape[:2]
-    rh, rw = reference.shape[:2]
-    if (fh, fw) != (rh, rw):
-        raise ReferenceImageError(
-            f"the reference image is {rw}x{rh} but the frame is {fw}x{fh}: "
-            "a reference must show the same view at the same size")
+    fh, fw = _same_size(frame, reference)
     m = int(max_shift)
     if min(fh, fw) <= 4 * m:
         raise ReferenceImageError(f"a {fw}x{fh} frame is too small to align within {m} px")
