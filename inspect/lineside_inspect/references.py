@@ -21,7 +21,8 @@ from lineside_inspect.errors import LinesideError, NotFoundError, ReferenceImage
 from lineside_inspect.imageio import decode_image, sniff_format
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-EXTS = ("png", "jpg", "bmp")
+EXTS = ("png", "jpg", "bmp")  # as stored
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # a value ending so is a file, never a name
 
 
 class InvalidReferenceName(LinesideError):
@@ -49,7 +50,7 @@ class Reference:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name) or name.endswith((".png", ".jpg", ".bmp")):
+    if not NAME.match(name) or name.lower().endswith(SUFFIXES):
         raise InvalidReferenceName(
             f"reference name {name!r} must be 1-128 letters, digits, '_', '-' or '.', "
             "start with a letter or digit, and carry no file extension")
@@ -88,7 +89,7 @@ class ReferenceLibrary:
 
     def lookup(self, value: str) -> Reference:
         """A registered name, or the path of an image file (as camera configs may give)."""
-        if NAME.match(value) and not value.endswith((".png", ".jpg", ".jpeg", ".bmp")):
+        if NAME.match(value) and not value.lower().endswith(SUFFIXES):
             return self.get(value)
         path = Path(value)
         if not path.is_file():

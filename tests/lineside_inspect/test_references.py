@@ -69,7 +69,7 @@ def test_library_put_get_replace_delete(tmp_path: Path) -> None:
 
 def test_library_rejects_bad_names_and_images(tmp_path: Path) -> None:
     lib = ReferenceLibrary(tmp_path)
-    for bad in ("../etc/passwd", ".hidden", "a/b", "x.png", "", "a" * 129):
+    for bad in ("../etc/passwd", ".hidden", "a/b", "x.png", "x.JPEG", "", "a" * 129):
         with pytest.raises(InvalidReferenceName):
             lib.put(bad, _png(np.zeros((2, 2, 3), np.uint8)))
     with pytest.raises(ImageError):
