@@ -67,15 +67,14 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
             part_id: str | None = None, reference: Reference | None = None) -> Inspection:
     """Inspect one decoded BGR image with ``detector`` under ``recipe``; ``reference`` is
     the golden image a reference model compares it with."""
+    aligned = reference is not None and recipe.align_reference
     t0 = time.perf_counter()
     batch, letterboxes = detector.pre_process(
-        [image], None if reference is None else [reference.image],
-        align=reference is not None and recipe.align_reference)
+        [image], None if reference is None else [reference.image], align=aligned)
     t1 = time.perf_counter()
     outputs = detector.forward(batch)
     t2 = time.perf_counter()
     detections = detector.post_process(outputs, letterboxes)[0]
-    aligned = reference is not None and recipe.align_reference
     verdict = judge(detections, recipe, detector.card.thresholds)
     t3 = time.perf_counter()
     timings = {"decode": decode_ms, "preprocess": (t1 - t0) * 1000, "infer": (t2 - t1) * 1000,

@@ -5,7 +5,6 @@ parity, package evaluation)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +14,7 @@ from lineside_inspect.dataset import Dataset, ImageRecord
 from lineside_inspect.imageio import read_image
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import fit
-from lineside_training.data.dataset import DetectionDataset, collate
+from lineside_training.data.dataset import DetectionDataset, collate, read_reference
 
 
 @dataclass
@@ -57,19 +56,18 @@ def predict_records(
     return out
 
 
-def runtime_inputs(detector: Detector, dataset: Any, rec: ImageRecord,
+def runtime_inputs(detector: Detector, dataset: Dataset, rec: ImageRecord,
                    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """What the server would get for ``rec``: the image, and its reference for a reference
     model (a good image without one is its own)."""
     image = read_image(dataset.image_path(rec))
     if not detector.needs_reference:
         return [image], None
-    ref = dataset.reference_path(rec)
-    return [image], [image if ref is None else read_image(ref)]
+    return [image], [read_reference(dataset, rec, image)]
 
 
 def runtime_predictions(detector: Detector, records: list[ImageRecord],
-                        dataset: Any) -> list[Prediction]:
+                        dataset: Dataset) -> list[Prediction]:
     out = []
     for rec in records:
         d = detector.predict(*runtime_inputs(detector, dataset, rec))[0]

@@ -17,6 +17,13 @@ from lineside_inspect.runtime.preprocess import letterbox
 from lineside_inspect.runtime.reference import pair_image, with_difference
 
 
+def read_reference(dataset: Dataset, rec: ImageRecord, image: np.ndarray) -> np.ndarray:
+    """``rec``'s reference pixels; a good image without a reference is its own (nothing
+    changed), so good parts stay usable as negatives for reference models."""
+    path = dataset.reference_path(rec)
+    return image if path is None else read_image(path)
+
+
 class DetectionDataset(torch.utils.data.Dataset[tuple[Tensor, dict[str, Tensor]]]):
     """Items are ``(image, target)``: image ``[3, S, S]`` uint8 RGB, target ``boxes``
     ``[N, 4]`` float32 (input pixels), ``labels`` ``[N]`` int64, ``index`` (record index).
@@ -65,10 +72,8 @@ class DetectionDataset(torch.utils.data.Dataset[tuple[Tensor, dict[str, Tensor]]
         rec = self.records[i]
         bgr = read_image(self.dataset.image_path(rec))
         if self.reference:
-            ref_path = self.dataset.reference_path(rec)
-            ref = bgr if ref_path is None else read_image(ref_path)
             try:
-                image = pair_image(bgr, ref)
+                image = pair_image(bgr, read_reference(self.dataset, rec, bgr))
             except ReferenceImageError as exc:
                 raise DatasetError(f"{rec.file_name}: {exc.message}") from None
         else:
