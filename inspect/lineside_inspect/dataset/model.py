@@ -53,6 +53,8 @@ class Dataset:
     images: list[ImageRecord]
     root: Path | None = None  # the canonical folder, once written or read
     info: dict[str, object] = field(default_factory=dict)
+    _index: tuple[tuple[int, int], dict[str, ImageRecord]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def image_path(self, record: ImageRecord) -> Path:
         if record.source is not None:
@@ -67,12 +69,25 @@ class Dataset:
             return None
         if record.reference_source is not None:
             return record.reference_source
-        for other in self.images:
-            if other.file_name == record.reference:
-                return self.image_path(other)
+        other = self._by_name().get(record.reference)
+        if other is None or other.file_name != record.reference:  # renamed since indexed
+            other = next((r for r in self.images if r.file_name == record.reference), None)
+        if other is not None:
+            return self.image_path(other)
         if self.root is None:
             raise ValueError(f"reference {record.reference!r} of {record.file_name!r} is not in the dataset")
         return self.root / "images" / record.reference
+
+    def _by_name(self) -> dict[str, ImageRecord]:
+        # looked up once per image by training and evaluation: index instead of scanning,
+        # rebuilt when the list is replaced or grows or shrinks
+        key = (id(self.images), len(self.images))
+        if self._index is None or self._index[0] != key:
+            index: dict[str, ImageRecord] = {}
+            for r in self.images:
+                index.setdefault(r.file_name, r)  # the first of duplicates, as a scan finds
+            self._index = (key, index)
+        return self._index[1]
 
     def in_split(self, split: str | None) -> list[ImageRecord]:
         if split is None:
