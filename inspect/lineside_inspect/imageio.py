@@ -3,6 +3,17 @@
 Hand-written header parsing (PNG IHDR, JPEG SOF, BMP info header) because OpenCV
 offers no way to read an image's size without decoding it, and a decompression bomb
 must be refused before any pixel buffer is allocated.
+
+JPEGs are decoded by libjpeg-turbo through simplejpeg in strict mode, because OpenCV
+only prints libjpeg's warnings: a JPEG cut short and closed with an end-of-image marker
+("premature end of data segment") decodes there to a partly grey image that would get
+a verdict. PNG and BMP go through OpenCV, whose libpng already refuses a truncated file
+or a bad chunk CRC.
+
+EXIF orientation is ignored: the pixels are taken in the order the sensor wrote them,
+as a line camera's frames are and as the model was trained, so the size is the one the
+header states and boxes are in that frame. (OpenCV would rotate a JPEG with an
+orientation tag, which turned a 640x400 frame into a 400x640 image.)
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 
 from lineside_inspect._cv import MAX_IMAGE_PIXELS, cv2
 from lineside_inspect.errors import ImageError, ImageTooLargeError
@@ -80,16 +92,38 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
         )
     fmt = sniff_format(data)
-    if fmt == "jpeg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        raise ImageError("truncated JPEG: the end-of-image marker is missing")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if fmt == "jpeg":
+        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise ImageError("truncated JPEG: the end-of-image marker is missing")
+        image = _decode_jpeg(data, width, height)
+    else:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8),
+                             cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
-        raise ImageError(f"corrupt or truncated {fmt.upper()} image: OpenCV could not decode it")
+        raise ImageError(f"corrupt or truncated {fmt.upper()} image: it could not be decoded")
     if image.shape[:2] != (height, width):
         raise ImageError(
             f"decoded size {image.shape[1]}x{image.shape[0]} differs from header {width}x{height}"
         )
     return image
+
+
+def _decode_jpeg(data: bytes, width: int, height: int) -> np.ndarray | None:
+    """BGR pixels, refusing data that ends or breaks before the last block of the image."""
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        # a sampling layout libjpeg-turbo's simple API cannot describe (rare, never seen
+        # from cameras): OpenCV decodes it, without the strict end-of-data check
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8),
+                            cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if (w, h) != (width, height):
+        raise ImageError(f"corrupt JPEG: frame headers disagree ({w}x{h} and {width}x{height})")
+    try:
+        return np.asarray(simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True))
+    except ValueError:
+        raise ImageError("corrupt or truncated JPEG: its compressed data ends or breaks before "
+                         "the last row of the image") from None
 
 
 def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:

@@ -1,0 +1,119 @@
+"""Decoding edge cases: truncated JPEGs and PNGs are refused, EXIF orientation is ignored,
+valid variants (progressive, trailing padding, CMYK) still decode."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lineside_inspect._cv import cv2
+from lineside_inspect.errors import ImageError
+from lineside_inspect.imageio import decode_image
+
+SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "deeppcb-sample"
+
+
+def _scene(width: int = 640, height: int = 640) -> np.ndarray:
+    """A textured colour image, so the entropy-coded data is long enough to cut."""
+    board = cv2.imread(str(next((SAMPLE / "images").rglob("*_test.jpg"))), cv2.IMREAD_COLOR)
+    board = cv2.resize(board, (width, height))
+    noise = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    return cv2.addWeighted(board, 0.6, cv2.GaussianBlur(noise, (7, 7), 2), 0.4, 0)
+
+
+def _jpeg(image: np.ndarray, *params: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90, *params])
+    assert ok
+    return buf.tobytes()
+
+
+def _png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    return buf.tobytes()
+
+
+def _with_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF APP1 segment (big-endian TIFF, one IFD0 entry: 0x0112)."""
+    entry = struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)  # SHORT, count 1, padded
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1) + entry + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return jpeg[:2] + app1 + jpeg[2:]
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9])
+def test_jpeg_cut_and_closed_with_eoi_is_refused(fraction: float) -> None:
+    data = _jpeg(_scene())
+    cut = data[: int(len(data) * fraction)] + b"\xff\xd9"
+    # OpenCV alone only warns on stderr and hands back a partly grey image
+    assert cv2.imdecode(np.frombuffer(cut, np.uint8), cv2.IMREAD_COLOR).shape == (640, 640, 3)
+    with pytest.raises(ImageError, match="truncated JPEG") as info:
+        decode_image(cut)
+    assert info.value.code == "invalid_image" and info.value.status == 400
+
+
+def test_progressive_jpeg_cut_and_closed_is_refused() -> None:
+    data = _jpeg(_scene(), cv2.IMWRITE_JPEG_PROGRESSIVE, 1)
+    with pytest.raises(ImageError, match="truncated JPEG"):
+        decode_image(data[: len(data) // 2] + b"\xff\xd9")
+
+
+@pytest.mark.parametrize("cut", ["half", "no IEND", "half + IEND", "bad CRC"])
+def test_truncated_or_damaged_png_is_refused(cut: str) -> None:
+    data = _png(_scene())
+    iend = data[-12:]
+    assert iend[4:8] == b"IEND"
+    damaged = {
+        "half": data[: len(data) // 2],
+        "no IEND": data[:-12],
+        "half + IEND": data[: len(data) // 2] + iend,
+        "bad CRC": data[:-20] + bytes([data[-20] ^ 0xFF]) + data[-19:],
+    }[cut]
+    with pytest.raises(ImageError, match="corrupt or truncated PNG") as info:
+        decode_image(damaged)
+    assert info.value.code == "invalid_image"
+
+
+def test_valid_variants_still_decode() -> None:
+    scene = _scene()
+    reference = decode_image(_jpeg(scene))
+    progressive = decode_image(_jpeg(scene, cv2.IMWRITE_JPEG_PROGRESSIVE, 1))
+    padded = decode_image(_jpeg(scene) + b"\x00" * 64)  # some cameras pad to a block size
+    assert progressive.shape == padded.shape == reference.shape == (640, 640, 3)
+    assert np.array_equal(padded, reference)
+    assert np.abs(progressive.astype(int) - reference).mean() < 2  # same picture
+    # the same pixels OpenCV decodes, BGR order
+    assert np.array_equal(reference, cv2.imdecode(np.frombuffer(_jpeg(scene), np.uint8),
+                                                  cv2.IMREAD_COLOR))
+    grey = decode_image(_jpeg(cv2.cvtColor(scene, cv2.COLOR_BGR2GRAY)))
+    assert grey.shape == (640, 640, 3)
+    assert np.array_equal(decode_image(_png(scene)), scene)
+
+
+def test_exif_orientation_is_ignored() -> None:
+    scene = _scene(640, 400)
+    plain = _jpeg(scene)
+    tagged = _with_orientation(plain, 6)  # "rotate 90° clockwise to display"
+    # OpenCV applies the tag: the frame would come out 400 wide and 640 high
+    rotated = cv2.imdecode(np.frombuffer(tagged, np.uint8), cv2.IMREAD_COLOR)
+    assert rotated.shape[:2] == (640, 400)
+    image = decode_image(tagged)
+    assert image.shape[:2] == (400, 640)  # the sensor's frame, as the header says
+    assert np.array_equal(image, decode_image(plain))
+
+
+def test_png_exif_orientation_is_ignored() -> None:
+    """PNG carries EXIF in an eXIf chunk; OpenCV's PNG path ignores it too."""
+    import zlib
+
+    scene = _scene(640, 400)
+    png = _png(scene)
+    entry = struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0)
+    exif = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1) + entry + struct.pack(">I", 0)
+    chunk = struct.pack(">I", len(exif)) + b"eXIf" + exif + struct.pack(">I", zlib.crc32(b"eXIf" + exif))
+    tagged = png[:33] + chunk + png[33:]  # after IHDR
+    assert np.array_equal(decode_image(tagged), scene)
