@@ -3,6 +3,7 @@ loopback that the tests kill, restart, freeze and hang."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -17,8 +18,13 @@ from lineside_inspect._cv import cv2
 from lineside_inspect.cameras import CameraManager, CameraUnavailable
 from lineside_inspect.cameras.simulator import MJPEGSimulator, counter_frame
 from lineside_inspect.cameras.sources import make_source
-from lineside_inspect.cameras.worker import CameraWorker
+from lineside_inspect.cameras.worker import CameraWorker, Frame
 from lineside_inspect.config import CameraConfig
+
+
+def fresh(manager: CameraManager, camera_id: str, *, trigger_time: float, timeout_s: float) -> Frame:
+    """The manager's async trigger wait, run to completion from a test thread."""
+    return asyncio.run(manager.fresh_frame(camera_id, trigger_time=trigger_time, timeout_s=timeout_s))
 
 
 @pytest.fixture
@@ -81,17 +87,17 @@ def test_stream_killed_and_restarted(stream: MJPEGSimulator) -> None:
         worker.backoff_base_s, worker.backoff_max_s = 0.05, 0.4
     try:
         assert _wait(w.online)
-        frame = manager.fresh_frame("net", trigger_time=time.time(), timeout_s=2)
+        frame = fresh(manager, "net", trigger_time=time.time(), timeout_s=2)
         assert frame.image.shape == (120, 160, 3)
         stream.kill()
         assert _wait(lambda: not w.online())
         with pytest.raises(CameraUnavailable) as info:
-            manager.fresh_frame("net", trigger_time=time.time(), timeout_s=0.5)
+            fresh(manager, "net", trigger_time=time.time(), timeout_s=0.5)
         assert info.value.health["state"] in ("offline", "stale")
         stream.start()  # same port
         assert _wait(w.online, timeout=10)
         assert w.health()["reconnects"] >= 1
-        assert manager.fresh_frame("net", trigger_time=time.time(), timeout_s=2) is not None
+        assert fresh(manager, "net", trigger_time=time.time(), timeout_s=2) is not None
     finally:
         stopped = manager.stop(2.0)
     assert all(stopped.values())
@@ -145,7 +151,7 @@ def test_unknown_camera_and_missing_source(tmp_path: Path) -> None:
     try:
         assert _wait(lambda: manager.workers["gone"].health()["last_error"] is not None)
         with pytest.raises(CameraUnavailable):
-            manager.fresh_frame("gone", trigger_time=time.time(), timeout_s=0.2)
+            fresh(manager, "gone", trigger_time=time.time(), timeout_s=0.2)
         from lineside_inspect.errors import NotFoundError
 
         with pytest.raises(NotFoundError):
@@ -197,17 +203,17 @@ def test_rtsp_stream_killed_and_restarted() -> None:
     w.backoff_base_s, w.backoff_max_s = 0.1, 0.5
     try:
         assert _wait(w.online, timeout=20)
-        frame = manager.fresh_frame("rtsp", trigger_time=time.time(), timeout_s=3)
+        frame = fresh(manager, "rtsp", trigger_time=time.time(), timeout_s=3)
         assert frame.image.shape == (240, 320, 3)
         rtsp.kill()
         assert _wait(lambda: not w.online(), timeout=20)
         with pytest.raises(CameraUnavailable):
-            manager.fresh_frame("rtsp", trigger_time=time.time(), timeout_s=0.5)
+            fresh(manager, "rtsp", trigger_time=time.time(), timeout_s=0.5)
         rtsp.start()
         assert _wait(w.online, timeout=20)
         assert w.health()["reconnects"] >= 1
         after = time.time()
-        assert manager.fresh_frame("rtsp", trigger_time=after, timeout_s=3).timestamp > after
+        assert fresh(manager, "rtsp", trigger_time=after, timeout_s=3).timestamp > after
     finally:
         manager.stop(2.0)
         rtsp.kill()

@@ -115,10 +115,15 @@ def test_wrong_method_and_path_are_json(srv) -> None:
 
 def test_metrics_count_inspections(srv, image_bytes: bytes) -> None:
     with srv.client("line") as c:
-        c.post("/v1/inspect", content=image_bytes, headers={"content-type": "image/jpeg"},
-               params={"camera_id": "metrics-cam"})
+        for i in range(30):  # camera ids a caller makes up must not each grow a series
+            r = c.post("/v1/inspect", content=image_bytes, headers={"content-type": "image/jpeg"},
+                       params={"camera_id": f"made-up-{i}"})
+            assert r.status_code == 200 and r.json()["camera_id"] == f"made-up-{i}"
         text = c.get("/metrics").text
-    assert 'lineside_inspections_total{camera="metrics-cam"' in text
+    assert "made-up" not in text
+    series = [ln for ln in text.splitlines() if ln.startswith("lineside_inspections_total{")]
+    assert series and all('camera="(api)"' in ln for ln in series)
+    assert sum(float(ln.split()[-1]) for ln in series) >= 30
     assert 'lineside_stage_seconds_bucket{le="0.001",stage="infer"}' in text
     assert "lineside_model_info" in text and "lineside_queue_depth" in text
     depth = [ln for ln in text.splitlines() if ln.startswith("lineside_queue_depth ")]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 from lineside_inspect.cameras.sources import make_source
@@ -28,9 +28,7 @@ class CameraManager:
     def __init__(self, cameras: list[CameraConfig]) -> None:
         self.configs = {c.id: c for c in cameras}
         self.workers: dict[str, CameraWorker] = {}
-        self._continuous: list[threading.Thread] = []
-        self._stop = threading.Event()
-        self.last_results: dict[str, Any] = {}
+        self.last_results: dict[str, Any] = {}  # camera id -> its last inspection (live view)
 
     def start(self) -> None:
         for cfg in self.configs.values():
@@ -42,38 +40,13 @@ class CameraManager:
             worker.start()
             self.workers[cfg.id] = worker
 
-    def start_continuous(self, inspect: Callable[[str, Frame], Any]) -> None:
-        """Inspect each continuous-mode camera's newest frame at its ``rate_hz``."""
-        for cfg in self.configs.values():
-            if cfg.mode != "continuous":
-                continue
-
-            def loop(cfg: CameraConfig = cfg) -> None:
-                worker, last_seq = self.workers[cfg.id], 0
-                while not self._stop.wait(1.0 / cfg.rate_hz):
-                    frame = worker.latest()
-                    if frame is None or frame.seq == last_seq or not worker.online():
-                        continue
-                    last_seq = frame.seq
-                    try:
-                        self.last_results[cfg.id] = inspect(cfg.id, frame)
-                    except LinesideError:
-                        continue
-
-            t = threading.Thread(target=loop, name=f"continuous-{cfg.id}", daemon=True)
-            t.start()
-            self._continuous.append(t)
-
     def stop(self, timeout_s: float = 2.0) -> dict[str, bool]:
         """Stop every worker; all are asked at once so the total stays within ``timeout_s``."""
-        self._stop.set()
         deadline = time.monotonic() + timeout_s
         for w in self.workers.values():
             w._stop.set()
         stopped = {cid: w.stop(max(0.0, deadline - time.monotonic()))
                    for cid, w in self.workers.items()}
-        for t in self._continuous:
-            t.join(max(0.0, deadline - time.monotonic()))
         return stopped
 
     def worker(self, camera_id: str) -> CameraWorker:
@@ -89,9 +62,12 @@ class CameraManager:
             out.append({**w.health(), "source": cfg.source, "mode": cfg.mode, "recipe": cfg.recipe})
         return out
 
-    def fresh_frame(self, camera_id: str, *, trigger_time: float, timeout_s: float) -> Frame:
+    async def fresh_frame(self, camera_id: str, *, trigger_time: float, timeout_s: float) -> Frame:
         """The first frame captured after the trigger, or the newest one if it is at most
-        ``max_frame_age_s`` old; else :class:`CameraUnavailable`."""
+        ``max_frame_age_s`` old; else :class:`CameraUnavailable`.
+
+        Waits on the event loop (the capture thread wakes it), never in a worker thread:
+        any number of pending triggers costs no thread, and ``timeout_s`` bounds the wait."""
         worker = self.worker(camera_id)
         cfg = self.configs[camera_id]
         if worker.state in ("offline", "stopped"):  # known down: answer at once
@@ -100,7 +76,7 @@ class CameraManager:
         latest = worker.latest()
         if latest is not None and trigger_time - latest.timestamp <= 0:
             return latest
-        frame = worker.wait_frame_after(trigger_time, timeout_s)
+        frame = await _frame_after(worker, trigger_time, timeout_s)
         if frame is None:
             if latest is not None and time.time() - latest.timestamp <= cfg.max_frame_age_s:
                 return latest
@@ -109,3 +85,25 @@ class CameraManager:
                 f"camera {camera_id} ({h['state']}): no fresh frame within {timeout_s:.1f}s "
                 "of the trigger", h)
         return frame
+
+
+async def _frame_after(worker: CameraWorker, t: float, timeout_s: float) -> Frame | None:
+    """The first frame of ``worker`` captured after ``t`` (``time.time()``), or None."""
+    loop = asyncio.get_running_loop()
+    arrived = asyncio.Event()
+
+    def on_frame(frame: Frame) -> None:
+        if frame.timestamp > t:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(arrived.set)
+
+    unsubscribe = worker.subscribe(on_frame)
+    try:
+        frame = worker.latest()
+        if frame is None or frame.timestamp <= t:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), timeout_s)
+            frame = worker.latest()
+        return frame if frame is not None and frame.timestamp > t else None
+    finally:
+        unsubscribe()

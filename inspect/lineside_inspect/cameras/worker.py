@@ -43,6 +43,9 @@ class CameraWorker:
         self.frames = 0
         self._fps_window: list[float] = []
         self._source: FrameSource | None = None
+        # called with each new frame on the capture thread; they must not block (the
+        # inspection service uses them to wake an async trigger without holding a thread)
+        self._listeners: list[Callable[[Frame], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -78,6 +81,18 @@ class CameraWorker:
                     return None
                 self._cond.wait(remaining)
             return self._frame
+
+    def subscribe(self, listener: Callable[[Frame], None]) -> Callable[[], None]:
+        """Call ``listener(frame)`` for each new frame until the returned function is called."""
+        with self._cond:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._cond:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
 
     def health(self) -> dict[str, Any]:
         frame = self.latest()
@@ -146,8 +161,11 @@ class CameraWorker:
                 last_new = now
             with self._cond:
                 self.frames += 1
-                self._frame = Frame(image, time.time(), self.frames)
+                frame = self._frame = Frame(image, time.time(), self.frames)
                 self._cond.notify_all()
+                listeners = list(self._listeners)
+            for listener in listeners:
+                listener(frame)
             self._fps_window = [t for t in self._fps_window[-60:] if t > now - 5] + [now]
         return "stopped"
 

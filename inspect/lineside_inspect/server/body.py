@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-import numpy as np
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
 from lineside_inspect.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
-from lineside_inspect.imageio import decode_image
 
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/bmp", "image/x-ms-bmp",
                "application/octet-stream"}
@@ -32,9 +29,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 @dataclass
 class Upload:
-    image: np.ndarray  # BGR
-    raw: bytes  # as sent
-    decode_ms: float
+    data: bytes  # the encoded image as sent
     reference: bytes | None = None  # multipart 'reference' field, still encoded
 
 
@@ -49,9 +44,10 @@ async def _field(upload: object, name: str, limit: int) -> bytes:
     return data
 
 
-async def read_image_upload(request: Request, limit: int, max_pixels: int) -> Upload:
-    """Decode the image sent as the raw body (image/jpeg|png|bmp) or as a multipart
-    ``image``/``file`` field (with, for reference models, a ``reference`` file field)."""
+async def read_upload(request: Request, limit: int) -> Upload:
+    """The encoded image sent as the raw body (image/jpeg|png|bmp) or as a multipart
+    ``image``/``file`` field (with, for reference models, a ``reference`` file field).
+    Nothing is decoded here: that happens in the limiter's slot, off the event loop."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     reference: bytes | None = None
     if ctype == "multipart/form-data":
@@ -59,12 +55,15 @@ async def read_image_upload(request: Request, limit: int, max_pixels: int) -> Up
         if declared and declared.isdigit() and int(declared) > limit:
             raise ImageTooLargeError(f"body of {declared} bytes is over the limit of {limit} bytes")
         form = await request.form(max_files=2, max_fields=8)
-        upload = form.get("image") or form.get("file")
-        if upload is None:
-            raise ImageError("multipart body needs a file field named 'image'")
-        data = await _field(upload, "image", limit)
-        if form.get("reference") is not None:
-            reference = await _field(form.get("reference"), "reference", limit)
+        try:
+            upload = form.get("image") or form.get("file")
+            if upload is None:
+                raise ImageError("multipart body needs a file field named 'image'")
+            data = await _field(upload, "image", limit)
+            if form.get("reference") is not None:
+                reference = await _field(form.get("reference"), "reference", limit)
+        finally:
+            await form.close()  # spooled parts go now, not when the GC gets to them
     elif ctype in IMAGE_TYPES:
         data = await read_body(request, limit)
     else:
@@ -73,6 +72,4 @@ async def read_image_upload(request: Request, limit: int, max_pixels: int) -> Up
             "image/bmp or multipart/form-data")
     if not data:
         raise ImageError("the request body is empty: send an encoded image")
-    t = time.perf_counter()
-    image = decode_image(data, max_pixels)
-    return Upload(image, data, (time.perf_counter() - t) * 1000, reference)
+    return Upload(data, reference)

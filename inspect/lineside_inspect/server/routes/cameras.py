@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -13,19 +12,8 @@ from fastapi.responses import StreamingResponse
 from lineside_inspect.cameras import CameraManager, CameraUnavailable
 from lineside_inspect.draw import annotate
 from lineside_inspect.imageio import encode_jpeg
-from lineside_inspect.inspector import inspect
-from lineside_inspect.references import resolve_reference
 from lineside_inspect.runtime.types import Detections
-from lineside_inspect.server.deps import (
-    LimiterDep,
-    LineUser,
-    MetricsDep,
-    ReferencesDep,
-    RegistryDep,
-    Reviewer,
-    get_cameras,
-)
-from lineside_inspect.server.routes.inspect import record
+from lineside_inspect.server.deps import LineUser, Reviewer, ServiceDep, get_cameras
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
 
@@ -38,33 +26,16 @@ def list_cameras(request: Request, who: Reviewer) -> list[dict[str, Any]]:
 
 @router.post("/{camera_id}/trigger")
 async def trigger(
-    camera_id: str, request: Request, who: LineUser, registry: RegistryDep,
-    limiter: LimiterDep, metrics: MetricsDep, references: ReferencesDep,
+    camera_id: str, who: LineUser, service: ServiceDep,
     part_id: Annotated[str | None, Query(max_length=256)] = None,
     recipe: Annotated[str | None, Query()] = None,
     timeout_s: Annotated[float, Query(gt=0, le=30)] = 2.0,
 ) -> Any:
     """Inspect the first frame captured after this trigger arrived (or the newest within
-    the camera's max frame age). 503 with the camera's state when none comes in time."""
-    arrived = time.time()
-    manager = get_cameras(request)
-    cfg = manager.configs.get(camera_id)
-    if cfg is None:
-        manager.worker(camera_id)  # raises not found
-    rule = registry.recipe(recipe or (cfg.recipe if cfg else None))
-    detector = registry.detector(rule.model, rule.model_version)
-    ref = resolve_reference(detector.needs_reference, detector.card.name, references,
-                            name=cfg.reference if cfg else None, trusted=True)
-    frame = await anyio.to_thread.run_sync(
-        lambda: manager.fresh_frame(camera_id, trigger_time=arrived, timeout_s=timeout_s))
-    result = await limiter.run(lambda: inspect(frame.image, detector, rule,
-                                               camera_id=camera_id, part_id=part_id,
-                                               reference=ref))
-    result.extra = {"frame_timestamp": frame.timestamp,
-                    "frame_age_ms": round((time.time() - frame.timestamp) * 1000, 2),
-                    "trigger_to_frame_ms": round((frame.timestamp - arrived) * 1000, 2)}
-    await anyio.to_thread.run_sync(record, request, result, metrics)
-    manager.last_results[camera_id] = result
+    the camera's max frame age). 503 with the camera's state when none comes within
+    ``timeout_s``, which bounds the wait for the frame and for an inference slot."""
+    result = await service.inspect_camera(camera_id, part_id=part_id, recipe=recipe,
+                                          timeout_s=timeout_s)
     return result.to_json()
 
 

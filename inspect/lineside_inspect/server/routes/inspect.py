@@ -8,37 +8,11 @@ import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
 
 from lineside_inspect.draw import annotate
-from lineside_inspect.imageio import encode_jpeg, sniff_format
-from lineside_inspect.inspector import Inspection, inspect
-from lineside_inspect.references import resolve_reference
-from lineside_inspect.server.body import read_image_upload
-from lineside_inspect.server.deps import (
-    LimiterDep,
-    LineUser,
-    MetricsDep,
-    ReferencesDep,
-    RegistryDep,
-    SettingsDep,
-)
+from lineside_inspect.imageio import encode_jpeg
+from lineside_inspect.server.body import read_upload
+from lineside_inspect.server.deps import LimiterDep, LineUser, ServiceDep, SettingsDep
 
 router = APIRouter(prefix="/v1", tags=["inspect"])
-
-
-def count(app: Any, result: Inspection) -> None:
-    """Count the inspection in the metrics and hand it to the store (if configured)."""
-    metrics = app.state.metrics
-    metrics.inspections.labels(result.verdict, result.recipe.name, result.camera_id or "").inc()
-    for label in result.defects.labels:
-        metrics.defects.labels(label).inc()
-    for stage, ms in result.timings_ms.items():
-        metrics.latency.labels(stage).observe(ms / 1000)
-    store = getattr(app.state, "store", None)
-    if store is not None:
-        result.stored = store.save(result)
-
-
-def record(request: Request, result: Inspection, metrics: Any) -> None:
-    count(request.app, result)
 
 
 @router.post(
@@ -56,11 +30,9 @@ def record(request: Request, result: Inspection, metrics: Any) -> None:
 async def inspect_route(
     request: Request,
     who: LineUser,
-    registry: RegistryDep,
+    service: ServiceDep,
     limiter: LimiterDep,
-    metrics: MetricsDep,
     settings: SettingsDep,
-    references: ReferencesDep,
     recipe: Annotated[str | None, Query(description="recipe name; default recipe if omitted")] = None,
     camera_id: Annotated[str | None, Query(max_length=128)] = None,
     part_id: Annotated[str | None, Query(max_length=256)] = None,
@@ -73,21 +45,16 @@ async def inspect_route(
     view: a multipart file field ``reference``, or ``reference=NAME`` of one registered
     with ``PUT /v1/references/NAME``. Answers the verdict JSON (or, with ``annotated=1``,
     a JPEG with boxes drawn and the verdict in ``X-Lineside-*`` headers)."""
-    rule = registry.recipe(recipe)
-    detector = registry.detector(rule.model, rule.model_version)  # pinned for this request
-    upload = await read_image_upload(request, settings.max_body_bytes, settings.max_pixels)
-    ref = resolve_reference(detector.needs_reference, detector.card.name, references,
-                            data=upload.reference, name=reference)
-    image, raw = upload.image, upload.raw
-    metrics.queue.set(limiter.in_system)
-    result = await limiter.run(lambda: inspect(image, detector, rule, decode_ms=upload.decode_ms,
-                                               camera_id=camera_id, part_id=part_id,
-                                               reference=ref))
-    result.raw, result.raw_ext = raw, sniff_format(raw).replace("jpeg", "jpg")
-    await anyio.to_thread.run_sync(record, request, result, metrics)
+    async with limiter.admission():  # before the body is read: a full server refuses at once
+        upload = await read_upload(request, settings.max_body_bytes)
+        result = await service.inspect_image(upload.data, recipe=recipe, camera_id=camera_id,
+                                             part_id=part_id, reference_name=reference,
+                                             reference_data=upload.reference)
     if annotated:
-        jpeg = encode_jpeg(annotate(image, result.defects, result.verdict))
+        jpeg = await anyio.to_thread.run_sync(
+            lambda: encode_jpeg(annotate(result.image, result.defects, result.verdict)))
+        card = result.detector.card
         return Response(jpeg, media_type="image/jpeg", headers={
             "X-Lineside-Inspection-Id": result.id, "X-Lineside-Verdict": result.verdict,
-            "X-Lineside-Model": f"{detector.card.name}:{detector.card.version}"})
+            "X-Lineside-Model": f"{card.name}:{card.version}"})
     return result.to_json()

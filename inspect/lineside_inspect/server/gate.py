@@ -1,0 +1,149 @@
+"""Authentication and body limits before any route reads a byte of the body.
+
+FastAPI reads and parses a JSON body before it runs a route's dependencies, so a role
+check written as a dependency comes too late: an unauthenticated caller could make the
+server buffer and parse any body. This pure-ASGI middleware runs first, and for every
+request that can carry a body (POST, PUT, PATCH, DELETE):
+
+- under ``/v1/`` and ``/v2/``, checks that the caller holds a valid key or session when
+  keys are configured (401 at once, the body unread); the route's own ``require(role)``
+  then checks the role, and for the large-body routes the gate checks it too, so a key
+  of the wrong role cannot make the server read a large body either;
+- bounds the body: image and tensor routes (``LARGE_BODY_ROUTES``) to ``max_body_bytes``,
+  every other route to ``max_json_bytes``; a declared ``Content-Length`` over it is
+  refused at once, a chunked body when it passes the limit (a small body is read here in
+  full, so its 413 comes from here and not from a parser deep inside a route).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lineside_inspect.config import Role, Settings
+from lineside_inspect.errors import BodyTooLargeError, ImageTooLargeError, LinesideError, error_body
+from lineside_inspect.server.deps import ALLOWED, Forbidden, authenticate
+
+_NAME = r"[^/]+"
+# (method, path, role) of the routes whose body is an image or a tensor; every other
+# route takes a small JSON or form body
+LARGE_BODY_ROUTES: tuple[tuple[str, re.Pattern[str], Role], ...] = (
+    ("POST", re.compile(r"/v1/inspect"), "line"),
+    ("PUT", re.compile(rf"/v1/references/{_NAME}"), "admin"),
+    ("POST", re.compile(rf"/v2/models/{_NAME}/infer"), "line"),
+    ("POST", re.compile(rf"/v2/models/{_NAME}/versions/{_NAME}/infer"), "line"),
+)
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+API_PREFIXES = ("/v1/", "/v2/")
+
+
+def large_body_role(method: str, path: str) -> Role | None:
+    """The role of the large-body route ``method path`` reaches, None for any other."""
+    for m, pattern, role in LARGE_BODY_ROUTES:
+        if m == method and pattern.fullmatch(path):
+            return role
+    return None
+
+
+class Gate:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            receive = await self._admit(scope, receive)
+        except LinesideError as exc:
+            await _answer(exc, scope, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _admit(self, scope: Scope, receive: Receive) -> Receive:
+        path: str = scope["path"]
+        role = large_body_role(scope["method"], path)
+        if self.settings.api_keys and path.startswith(API_PREFIXES):
+            who = authenticate(Request(scope))
+            if who is not None and role is not None and who.role not in ALLOWED[role]:
+                raise Forbidden(f"key {who.name!r} has role {who.role!r}; this needs {role!r}")
+        limit = self.settings.max_body_bytes if role else self.settings.max_json_bytes
+        # an image route keeps the code its callers know (image_too_large)
+        too_large = ImageTooLargeError if role else BodyTooLargeError
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large(f"body of {int(declared)} bytes is over the limit of "
+                            f"{limit} bytes for this route")
+        return _limited(receive, limit) if role else await _buffered(receive, limit)
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises :class:`ImageTooLargeError` once the body passes ``limit``:
+    the route reading it (a multipart parser too) stops there, nothing is spooled beyond."""
+    size = 0
+
+    async def limited() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise ImageTooLargeError(f"body is over the limit of {limit} bytes")
+        return message
+
+    return limited
+
+
+async def _buffered(receive: Receive, limit: int) -> Receive:
+    """Read the whole (small) body now, refusing it past ``limit``; replay it after."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return _replay(b"".join(chunks), message, receive)
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise BodyTooLargeError(f"body is over the limit of {limit} bytes for this route")
+        chunks.append(body)
+        if not message.get("more_body", False):
+            return _replay(b"".join(chunks), None, receive)
+
+
+def _replay(body: bytes, pending: Message | None, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return pending or {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # http.disconnect, when it comes
+
+    return replay
+
+
+async def _answer(exc: LinesideError, scope: Scope, send: Send) -> None:
+    metrics = getattr(scope["app"].state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(exc.code).inc()
+    payload = json.dumps(error_body(exc.code, exc.message)).encode()
+    headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json"),
+                                          (b"content-length", str(len(payload)).encode())]
+    if exc.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    if exc.status == 413:
+        # the unread body would be taken for the next request: end this connection
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def install(app: Any, settings: Settings) -> None:
+    app.add_middleware(Gate, settings=settings)

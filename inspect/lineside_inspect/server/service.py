@@ -1,0 +1,209 @@
+"""The one inspection path.
+
+Whatever starts an inspection (an uploaded image, a camera trigger, a continuous camera,
+later a PLC) calls :class:`InspectionService`, so a verdict means the same whichever way
+the frame arrived: the same recipe and pinned detector, the same reference rules, the
+same limiter slot, and the same outputs afterwards (metrics, the store, and whatever
+hangs off :meth:`InspectionService.add_output`: line outputs, shadow models).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio.to_thread
+import numpy as np
+
+from lineside_inspect.errors import ImageTooLargeError, LinesideError, NotFoundError
+from lineside_inspect.imageio import decode_image, header_size, sniff_format
+from lineside_inspect.inspector import Inspection, inspect
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.references import ReferenceLibrary, resolve_reference
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.server.limiter import Limiter
+from lineside_inspect.server.metrics import Metrics
+from lineside_inspect.server.registry import Registry
+
+if TYPE_CHECKING:
+    from lineside_inspect.cameras import CameraManager
+    from lineside_inspect.store import Store
+
+log = logging.getLogger("lineside.service")
+
+API_CAMERA = "(api)"  # metrics label for inspections not from a configured camera
+
+Output = Callable[[Inspection], None]
+
+
+class InspectionService:
+    """Runs every inspection of a server. Outputs added with :meth:`add_output` are
+    called after the verdict (and after the store) on a worker thread; they must hand
+    work off rather than block, and an output that raises is logged, never fatal."""
+
+    def __init__(self, *, registry: Registry, limiter: Limiter, metrics: Metrics,
+                 references: ReferenceLibrary, max_pixels: int,
+                 store: Store | None = None, cameras: CameraManager | None = None) -> None:
+        self.registry = registry
+        self.limiter = limiter
+        self.metrics = metrics
+        self.references = references
+        self.max_pixels = max_pixels
+        self.store = store
+        self.cameras = cameras
+        self._outputs: list[Output] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add_output(self, output: Output) -> None:
+        self._outputs.append(output)
+
+    # -- the entry points -------------------------------------------------------------
+    async def inspect_image(self, data: bytes, *, recipe: str | None = None,
+                            camera_id: str | None = None, part_id: str | None = None,
+                            reference_name: str | None = None,
+                            reference_data: bytes | None = None) -> Inspection:
+        """Inspect an encoded image (JPEG, PNG or BMP). Decoding runs in the limiter's
+        slot, off the event loop, so decoded pixels in memory are bounded by it."""
+        rule, detector = self._pin(recipe)
+        self._check_header(data, "image")
+        if reference_data is not None:
+            self._check_header(reference_data, "reference")
+
+        def work() -> Inspection:
+            t = time.perf_counter()
+            image = decode_image(data, self.max_pixels)
+            decode_ms = (time.perf_counter() - t) * 1000
+            ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
+                                    data=reference_data, name=reference_name)
+            result = inspect(image, detector, rule, decode_ms=decode_ms, camera_id=camera_id,
+                             part_id=part_id, reference=ref)
+            result.raw, result.raw_ext = data, sniff_format(data).replace("jpeg", "jpg")
+            return result
+
+        return await self._finish(await self.limiter.run(work))
+
+    async def inspect_camera(self, camera_id: str, *, part_id: str | None = None,
+                             recipe: str | None = None, timeout_s: float = 2.0) -> Inspection:
+        """Inspect the first frame ``camera_id`` captures after this call (or the newest
+        within the camera's ``max_frame_age_s``). ``timeout_s`` bounds the wait for the
+        frame and for the slot together; the wait holds no thread."""
+        arrived = time.time()
+        deadline = time.monotonic() + timeout_s
+        manager = self._manager()
+        cfg = manager.configs.get(camera_id)
+        if cfg is None:
+            manager.worker(camera_id)  # raises not found, naming the configured cameras
+            raise NotFoundError(f"unknown camera {camera_id!r}")
+        rule, detector = self._pin(recipe or cfg.recipe)
+        ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
+                                name=cfg.reference, trusted=True)
+        frame = await manager.fresh_frame(camera_id, trigger_time=arrived, timeout_s=timeout_s)
+        remaining = max(0.0, deadline - time.monotonic())
+        result = await self.limiter.run(
+            lambda: inspect(frame.image, detector, rule, camera_id=camera_id, part_id=part_id,
+                            reference=ref),
+            timeout_s=min(remaining, self.limiter.timeout_s))
+        result.extra = {"frame_timestamp": frame.timestamp,
+                        "frame_age_ms": round((time.time() - frame.timestamp) * 1000, 2),
+                        "trigger_to_frame_ms": round((frame.timestamp - arrived) * 1000, 2)}
+        return await self._finish(result)
+
+    async def inspect_frame(self, camera_id: str, image: np.ndarray) -> Inspection:
+        """Inspect a frame already captured by ``camera_id`` (continuous mode)."""
+        cfg = self._manager().configs[camera_id]
+        rule, detector = self._pin(cfg.recipe)
+        ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
+                                name=cfg.reference, trusted=True)
+        result = await self.limiter.run(
+            lambda: inspect(image, detector, rule, camera_id=camera_id, reference=ref))
+        return await self._finish(result)
+
+    # -- continuous cameras -------------------------------------------------------------
+    def start_continuous(self) -> None:
+        """One task per continuous-mode camera, on the event loop: each takes its camera's
+        newest frame at ``rate_hz`` through the same limiter as every other request, so a
+        busy server skips frames instead of queueing them."""
+        manager = self.cameras
+        if manager is None:
+            return
+        for cfg in manager.configs.values():
+            if cfg.mode == "continuous":
+                self._tasks.append(asyncio.create_task(self._continuous(cfg.id, cfg.rate_hz),
+                                                       name=f"continuous-{cfg.id}"))
+
+    async def stop_continuous(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _continuous(self, camera_id: str, rate_hz: float) -> None:
+        worker, last_seq = self._manager().worker(camera_id), 0
+        while True:
+            await asyncio.sleep(1.0 / rate_hz)
+            frame = worker.latest()
+            if frame is None or frame.seq == last_seq or not worker.online():
+                continue
+            last_seq = frame.seq
+            try:
+                await self.inspect_frame(camera_id, frame.image)
+            except LinesideError as exc:  # overloaded, model swapped out...: next frame
+                log.debug("continuous %s: %s", camera_id, exc.message)
+            except Exception:
+                log.exception("continuous inspection on %s failed", camera_id)
+
+    # -- shared steps ---------------------------------------------------------------------
+    def _pin(self, recipe: str | None) -> tuple[Recipe, Detector]:
+        """The recipe and the detector this inspection will use from start to end, even
+        if a new version is activated meanwhile."""
+        rule = self.registry.recipe(recipe)
+        return rule, self.registry.detector(rule.model, rule.model_version)
+
+    def _check_header(self, data: bytes, what: str) -> None:
+        """Refuse a bomb or a non-image from its header, before queueing for a slot."""
+        width, height = header_size(data)
+        if width * height > self.max_pixels:
+            raise ImageTooLargeError(f"{what} is {width}x{height} = {width * height} pixels, "
+                                     f"over the limit of {self.max_pixels}")
+
+    def _manager(self) -> CameraManager:
+        if self.cameras is None:
+            raise NotFoundError("no cameras are configured on this server")
+        return self.cameras
+
+    async def _finish(self, result: Inspection) -> Inspection:
+        """Metrics, the store and the outputs, in that order, off the event loop."""
+        self._count(result)
+        if self.store is not None or self._outputs:
+            await anyio.to_thread.run_sync(self._record, result)
+        if result.camera_id is not None and self.cameras is not None \
+                and result.camera_id in self.cameras.configs:
+            self.cameras.last_results[result.camera_id] = result
+        return result
+
+    def _count(self, result: Inspection) -> None:
+        m = self.metrics
+        # label by configured cameras only: a caller must not grow a series per value it sends
+        configured = self.cameras is not None and result.camera_id in self.cameras.configs
+        camera = result.camera_id if configured and result.camera_id else API_CAMERA
+        m.inspections.labels(result.verdict, result.recipe.name, camera).inc()
+        for label in result.defects.labels:
+            m.defects.labels(label).inc()
+        for stage, ms in result.timings_ms.items():
+            m.latency.labels(stage).observe(ms / 1000)
+        m.queue.set(self.limiter.in_system)
+
+    def _record(self, result: Inspection) -> None:
+        if self.store is not None:
+            result.stored = self.store.save(result)
+        for output in self._outputs:
+            try:
+                output(result)
+            except Exception:
+                log.exception("output %r failed on inspection %s", output, result.id)
