@@ -71,7 +71,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0)
     api_keys: list[ApiKey] = Field(default_factory=list)
     insecure: bool = False
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list, description=(
+        "other origins (scheme://host[:port]) whose pages may call the API, state changes included"))
+    allowed_hosts: list[str] = Field(default_factory=list, description=(
+        "without API keys: Host names answered besides loopback ones (e.g. the box's address "
+        "when serving keyless with --insecure)"))
+    session_ttl_s: float = Field(12 * 3600, gt=0, description="review sign-in lifetime")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     data_dir: str = "data/store"
     references_dir: str | None = Field(None, description=(

@@ -99,3 +99,24 @@ class Problem:
 def describe_validation(errors: list[Any]) -> str:
     """One line naming every invalid field of a pydantic ``ValidationError.errors()``."""
     return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors)
+
+
+class ForeignOriginError(LinesideError):
+    """A state-changing request sent by a page of another origin (or a cross-site one)."""
+
+    code = "foreign_origin"
+    status = 403
+
+
+class MisdirectedHostError(LinesideError):
+    """Without API keys only loopback ``Host`` names are answered (DNS rebinding)."""
+
+    code = "invalid_host"
+    status = 421
+
+
+class CsrfError(LinesideError):
+    """A state-changing call signed in by the review cookie without its CSRF token."""
+
+    code = "csrf_failed"
+    status = 403

@@ -19,6 +19,7 @@ from lineside_inspect.config import Settings
 from lineside_inspect.errors import LinesideError, describe_validation
 from lineside_inspect.recipes import Recipe, load_recipe
 from lineside_inspect.references import ReferenceLibrary, resolve_reference
+from lineside_inspect.server.guard import Guard
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
@@ -31,6 +32,7 @@ from lineside_inspect.server.routes import (
     references,
     v2,
 )
+from lineside_inspect.server.sessions import SessionStore
 
 log = logging.getLogger("lineside")
 
@@ -136,6 +138,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
                 await anyio.to_thread.run_sync(hook)
 
     app = FastAPI(title="Lineside", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # ui serves /docs from local files; no ReDoc
                   description="Automated visual inspection at the line: frames in, verdicts out.")
     app.state.settings = settings
     app.state.registry = registry
@@ -149,6 +152,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.on_startup = []
     app.state.on_shutdown = []
     app.state.metrics_hooks = []
+    app.state.sessions = SessionStore(settings.session_ttl_s)  # review sign-ins, in memory
     if settings.store:
         setup_store(app, settings)
     if settings.cameras:
@@ -156,6 +160,9 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"])
+    # outermost (added last): Host and Origin are checked before anything else runs
+    app.add_middleware(Guard, settings=settings)
+    app.add_middleware(ui.SecurityHeaders)
 
     @app.exception_handler(LinesideError)
     async def lineside_error(request: Request, exc: LinesideError) -> JSONResponse:

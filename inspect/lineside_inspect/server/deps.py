@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 from lineside_inspect.config import Role, Settings, hash_key
-from lineside_inspect.errors import LinesideError, NotFoundError
+from lineside_inspect.errors import CsrfError, LinesideError, NotFoundError
 from lineside_inspect.references import ReferenceLibrary
+from lineside_inspect.server.guard import UNSAFE_METHODS, is_same_origin
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
+from lineside_inspect.server.sessions import CSRF_HEADER, SESSION_COOKIE, SessionStore
 
 if TYPE_CHECKING:
     from lineside_inspect.cameras import CameraManager
@@ -47,22 +49,48 @@ def _key_from(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return request.headers.get("x-api-key") or request.cookies.get("lineside_key")
+    return request.headers.get("x-api-key")
 
 
-def authenticate(request: Request) -> Principal | None:
-    """The key's holder, ``None`` when auth is off (no keys configured: loopback only)."""
-    settings: Settings = request.app.state.settings
-    if not settings.api_keys:
-        return Principal("local", "admin")
-    key = _key_from(request)
-    if not key:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key'")
+def principal_for_key(settings: Settings, key: str) -> Principal:
     digest = hash_key(key)
     for k in settings.api_keys:
         if hmac.compare_digest(k.sha256, digest):
             return Principal(k.name, k.role)
     raise Unauthorized("unknown API key")
+
+
+def authenticate(request: Request) -> Principal | None:
+    """The key's holder (or the review session's), local admin when no keys are configured
+    (loopback only). A key header wins over the session cookie."""
+    settings: Settings = request.app.state.settings
+    if not settings.api_keys:
+        return Principal("local", "admin")
+    key = _key_from(request)
+    if key:
+        return principal_for_key(settings, key)
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        return _session_principal(request, token)
+    raise Unauthorized("missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key'")
+
+
+def _session_principal(request: Request, token: str) -> Principal:
+    """A review session's holder. Browsers send the cookie with any same-site request, so
+    a state-changing one must also prove it comes from the page: the session's CSRF token
+    in ``X-CSRF-Token`` (which the page reads from its own HTML), or an ``Origin`` naming
+    this server. Key headers need neither: a browser cannot add them across origins."""
+    sessions: SessionStore = request.app.state.sessions
+    session = sessions.get(token)
+    if session is None:
+        raise Unauthorized("review session expired or signed out: sign in again at /review")
+    if request.method in UNSAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not (hmac.compare_digest(sent.encode(), session.csrf.encode())
+                or is_same_origin(request.scope)):
+            raise CsrfError("a state-changing call signed in by the review cookie needs the "
+                            "page's X-CSRF-Token header (or an Origin naming this server)")
+    return Principal(session.name, session.role)
 
 
 def require(role: Role) -> object:

@@ -1,64 +1,177 @@
-"""The reviewers' web page: served by the same server, no build step.
+"""The server's own web pages, no build step: a status page (``/``), the reviewers'
+page (``/review``) and the API docs (``/docs``, Swagger UI served from this server).
 
-The page signs in with a reviewer (or admin) key, kept in an HttpOnly, SameSite=Strict
-cookie that the API accepts like a header; line keys are refused.
+Signing in with a reviewer (or admin) key creates a server-side session
+(:mod:`lineside_inspect.server.sessions`): the browser keeps only a random token in an
+HttpOnly, SameSite=Strict cookie, never the key; line keys are refused. Pages are
+rendered from templates in which every value is escaped; the review page builds its
+DOM from API values as text (see ``static/review.js``), under the CSP of
+:mod:`lineside_inspect.ui.headers`.
 """
 
 from __future__ import annotations
 
+import math
+from html import escape
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import quote
 
+import fastapi_offline
 from fastapi import APIRouter, Form, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from lineside_inspect import __version__
 from lineside_inspect.errors import LinesideError
-from lineside_inspect.server.deps import ALLOWED, authenticate
+from lineside_inspect.server.deps import ALLOWED, Principal, authenticate, principal_for_key
+from lineside_inspect.server.sessions import SESSION_COOKIE, Session, SessionStore
+from lineside_inspect.ui.headers import SecurityHeaders
+
+__all__ = ["SecurityHeaders", "router", "static"]
 
 HERE = Path(__file__).parent
-router = APIRouter(tags=["review page"], include_in_schema=False)
+# Swagger UI's files as the fastapi-offline package ships them (kept up to date there)
+SWAGGER = Path(fastapi_offline.__file__).parent / "static"
+LANDING_PAGES = ("/", "/review")  # where signing in may lead: never a caller-given URL
+LEGACY_COOKIE = "lineside_key"  # older versions kept the raw key in this cookie
+SIGN_OUT = ('<form class="signout" method="post" action="/review/logout">'
+            '<button type="submit">Sign out</button></form>')
+
+router = APIRouter(tags=["pages"], include_in_schema=False)
 
 
-def _page(name: str) -> str:
-    return (HERE / "templates" / name).read_text()
+def _page(name: str, text: dict[str, str] | None = None, markup: dict[str, str] | None = None) -> str:
+    """Template ``name`` with ``{{key}}`` replaced by escaped ``text`` and ``<!--key-->``
+    by ``markup``, which only this module builds (from constants and escaped values)."""
+    page = (HERE / "templates" / name).read_text()
+    for key, value in (text or {}).items():
+        page = page.replace("{{" + key + "}}", escape(value))
+    for key, value in (markup or {}).items():
+        page = page.replace(f"<!--{key}-->", value)
+    return page
+
+
+def _login(next_page: str, error: str | None = None, status: int = 200) -> HTMLResponse:
+    markup = {"error": f'<p class="err">{escape(error)}</p>'} if error else {}
+    return HTMLResponse(_page("login.html", {"next": next_page}, markup), status_code=status)
+
+
+def _viewer(request: Request, next_page: str) -> tuple[Principal, Session | None] | HTMLResponse:
+    """Who looks at a page (and their session), or the sign-in form to answer instead."""
+    try:
+        who = authenticate(request)
+    except LinesideError:
+        return _login(next_page)
+    assert who is not None
+    if who.role not in ALLOWED["reviewer"]:
+        return _login(next_page, "This key may not review.", 403)
+    token = request.cookies.get(SESSION_COOKIE)
+    sessions: SessionStore = request.app.state.sessions
+    session = sessions.get(token) if token and request.app.state.settings.api_keys else None
+    return who, session
+
+
+def _cells(*values: Any, tag: str = "td") -> str:
+    return "<tr>" + "".join(f"<{tag}>{escape(str(v))}</{tag}>" for v in values) + "</tr>"
+
+
+def _model_rows(request: Request) -> str:
+    rows = []
+    for name, slot in request.app.state.registry.models().items():
+        versions = ", ".join(
+            f"{v} ({d.card.precision}{', needs a reference' if d.card.needs_reference else ''})"
+            for v, d in slot.versions.items())
+        rows.append(_cells(name, slot.active or "-", versions))
+    return "\n".join(rows) or '<tr><td colspan="3">no model loaded</td></tr>'
+
+
+def _camera_rows(request: Request) -> str:
+    manager = request.app.state.cameras
+    rows = []
+    for h in manager.health() if manager is not None else []:
+        url = f"/v1/cameras/{quote(str(h['id']), safe='')}/stream"
+        state = "pass" if h["state"] == "online" else "fail"
+        rows.append(f'<tr><td>{escape(str(h["id"]))}</td><td class="{state}">'
+                    f'{escape(str(h["state"]))}</td><td>{escape(str(h["fps"]))}</td>'
+                    f'<td><a href="{escape(url)}">live view</a></td></tr>')
+    return "\n".join(rows) or '<tr><td colspan="4">no cameras configured</td></tr>'
+
+
+@router.get("/", response_class=HTMLResponse)
+def status_page(request: Request) -> Response:
+    """What this box serves: models and versions, cameras with their state and live view."""
+    seen = _viewer(request, "/")
+    if isinstance(seen, Response):
+        return seen
+    _, session = seen
+    ready = "ready" if request.app.state.ready else "starting"
+    return HTMLResponse(_page(
+        "index.html", {"version": __version__, "ready": ready},
+        {"models": _model_rows(request), "cameras": _camera_rows(request),
+         "signout": SIGN_OUT if session else ""}))
 
 
 @router.get("/review", response_class=HTMLResponse)
 def review_page(request: Request) -> Response:
-    try:
-        who = authenticate(request)
-    except LinesideError:
-        return HTMLResponse(_page("login.html"))
-    if who is None or who.role not in ALLOWED["reviewer"]:
-        return HTMLResponse(_page("login.html").replace("<!--error-->",
-                            "<p class=err>This key may not review.</p>"), status_code=403)
-    return HTMLResponse(_page("review.html"))
+    seen = _viewer(request, "/review")
+    if isinstance(seen, Response):
+        return seen
+    _, session = seen
+    return HTMLResponse(_page("review.html", {"csrf": session.csrf if session else ""},
+                              {"signout": SIGN_OUT if session else ""}))
 
 
 @router.post("/review/login")
-def login(request: Request, key: Annotated[str, Form()]) -> Response:
-    request.scope.setdefault("headers", [])
-    headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
-    request.scope["headers"] = [*headers, (b"authorization", f"Bearer {key}".encode())]
+def login(request: Request, key: Annotated[str, Form(max_length=4096)],
+          next_page: Annotated[str, Form(alias="next")] = "/review") -> Response:
+    """Trade a reviewer/admin key for a session cookie (a random token, never the key)."""
+    target = next_page if next_page in LANDING_PAGES else "/review"
+    settings = request.app.state.settings
+    if not settings.api_keys:  # nothing to sign in to
+        return RedirectResponse(target, status_code=303)
     try:
-        who = authenticate(Request(request.scope))
+        who = principal_for_key(settings, key)
     except LinesideError:
-        return HTMLResponse(_page("login.html").replace("<!--error-->",
-                            "<p class=err>Unknown key.</p>"), status_code=401)
-    if who is None or who.role not in ALLOWED["reviewer"]:
-        return HTMLResponse(_page("login.html").replace("<!--error-->",
-                            "<p class=err>This key may not review.</p>"), status_code=403)
-    resp = RedirectResponse("/review", status_code=303)
-    resp.set_cookie("lineside_key", key, httponly=True, samesite="strict")
+        return _login(target, "Unknown key.", 401)
+    if who.role not in ALLOWED["reviewer"]:
+        return _login(target, "This key may not review.", 403)
+    sessions: SessionStore = request.app.state.sessions
+    if old := request.cookies.get(SESSION_COOKIE):
+        sessions.revoke(old)
+    token, _ = sessions.create(who.name, who.role)
+    resp = RedirectResponse(target, status_code=303)
+    resp.set_cookie(SESSION_COOKIE, token, max_age=max(1, math.ceil(sessions.ttl_s)), path="/",
+                    httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    if LEGACY_COOKIE in request.cookies:
+        resp.delete_cookie(LEGACY_COOKIE)
     return resp
 
 
 @router.post("/review/logout")
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    """Revoke the session server-side (the token is then worthless) and drop the cookie."""
+    if token := request.cookies.get(SESSION_COOKIE):
+        request.app.state.sessions.revoke(token)
     resp = RedirectResponse("/review", status_code=303)
-    resp.delete_cookie("lineside_key")
+    resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                       secure=request.url.scheme == "https")
     return resp
+
+
+@router.get("/docs", response_class=HTMLResponse)
+def api_docs() -> HTMLResponse:
+    return HTMLResponse(_page("docs.html"))
+
+
+@router.get("/docs/swagger-ui-bundle.js")
+def swagger_js() -> FileResponse:
+    return FileResponse(SWAGGER / "swagger-ui-bundle.js", media_type="text/javascript")
+
+
+@router.get("/docs/swagger-ui.css")
+def swagger_css() -> FileResponse:
+    return FileResponse(SWAGGER / "swagger-ui.css", media_type="text/css")
 
 
 static = StaticFiles(directory=HERE / "static")

@@ -1,13 +1,34 @@
 // Lineside review page: plain JavaScript, no build step. Talks to /v1 with the
-// session cookie set at sign-in.
+// session cookie set at sign-in, and the session's CSRF token the server put in the page.
+// Every value from the API reaches the page as text: elements are built with
+// createElement/createElementNS, strings go in as text nodes, never parsed as markup.
 "use strict";
 const $ = (s) => document.querySelector(s);
+const CSRF = (document.querySelector("meta[name=csrf-token]") || { content: "" }).content;
+const SVG = "http://www.w3.org/2000/svg";
+
+// el("p", {class: "x"}, "text", child): an element; string children become text nodes
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  e.append(...children);
+  return e;
+}
+
+function svg(tag, attrs = {}, ...children) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  e.append(...children);
+  return e;
+}
+
+const verdictClass = (v) => (v === "pass" ? "pass" : "fail");
 const state = { items: [], total: 0, offset: 0, limit: 24, sel: 0, open: null, box: 0,
                 classes: [], drawing: false, start: null };
 
 async function api(path, opts = {}) {
   const r = await fetch(path, { credentials: "same-origin", ...opts,
-    headers: { "content-type": "application/json", ...(opts.headers || {}) } });
+    headers: { "content-type": "application/json", "x-csrf-token": CSRF, ...(opts.headers || {}) } });
   if (r.status === 401 || r.status === 403) { location.href = "/review"; throw new Error("auth"); }
   const doc = await r.json();
   if (!r.ok) throw new Error(doc.error ? doc.error.message : r.statusText);
@@ -27,13 +48,16 @@ async function load() {
   state.sel = Math.min(state.sel, Math.max(0, doc.items.length - 1));
   if (doc.items.length && !state.classes.length) setClasses(doc.items[0].class_names);
   $("#count").textContent = doc.total ? `${state.offset + 1}–${state.offset + doc.items.length} of ${doc.total}` : "nothing to review";
-  const grid = $("#grid"); grid.innerHTML = "";
+  const grid = $("#grid"); grid.replaceChildren();
   doc.items.forEach((it, i) => {
-    const c = document.createElement("div");
-    c.className = "card" + (i === state.sel ? " sel" : ""); c.dataset.id = it.id;
-    c.innerHTML = `${it.has_image ? `<img loading="lazy" src="/v1/inspections/${it.id}/annotated" alt="">` : "<p>(no image kept)</p>"}
-      <p><b class="${it.verdict}">${it.verdict}</b> · ${it.defects.length} defect(s) · ${it.review_state}</p>
-      <p>${it.camera_id || "upload"} · ${new Date(it.created_at).toLocaleString()}</p>`;
+    const c = el("div", { class: "card" + (i === state.sel ? " sel" : "") });
+    c.dataset.id = it.id;
+    c.append(
+      it.has_image ? el("img", { loading: "lazy", alt: "", src: `/v1/inspections/${encodeURIComponent(it.id)}/annotated` })
+                   : el("p", {}, "(no image kept)"),
+      el("p", {}, el("b", { class: verdictClass(it.verdict) }, it.verdict),
+         ` · ${it.defects.length} defect(s) · ${it.review_state}`),
+      el("p", { class: "where" }, `${it.camera_id || "upload"} · ${new Date(it.created_at).toLocaleString()}`));
     c.onclick = () => { state.sel = i; open(i); };
     grid.appendChild(c);
   });
@@ -55,11 +79,11 @@ function select(i) {
 
 async function open(i) {
   const it = state.items[i]; if (!it) return;
-  state.open = await api(`/v1/inspections/${it.id}`); state.box = 0;
+  state.open = await api(`/v1/inspections/${encodeURIComponent(it.id)}`); state.box = 0;
   $("#grid").hidden = true; $("#pager").hidden = true; $("#detail").hidden = false;
   state.showRef = false;
   $("#b-ref").hidden = !(state.open.reference && state.open.reference.has_image);
-  const img = $("#big"); img.src = `/v1/inspections/${it.id}/image`;
+  const img = $("#big"); img.src = `/v1/inspections/${encodeURIComponent(it.id)}/image`;
   img.onload = () => { $("#overlay").setAttribute("viewBox", `0 0 ${state.open.width} ${state.open.height}`); draw(); };
   render();
 }
@@ -71,32 +95,38 @@ function truth() {
 
 function render() {
   const o = state.open;
-  $("#d-title").innerHTML = `<span class="${o.verdict}">${o.verdict}</span> ${o.id.slice(0, 8)}`;
+  $("#d-title").replaceChildren(el("span", { class: verdictClass(o.verdict) }, o.verdict), ` ${o.id.slice(0, 8)}`);
   const ref = o.reference ? ` · reference ${o.reference.name || "(sent with the frame)"}` : "";
   $("#d-meta").textContent = `${o.camera_id || "upload"} · part ${o.part_id || "-"} · ${o.recipe.name} v${o.recipe.version} · model ${o.model.name}:${o.model.version}${ref} · ${o.review_state}`;
-  const list = $("#d-defects"); list.innerHTML = "";
+  const list = $("#d-defects"); list.replaceChildren();
   truth().forEach((d, i) => {
     const li = document.createElement("li");
     li.textContent = `${d.label}${d.score !== undefined ? " " + d.score.toFixed(2) : ""} [${d.box.map(Math.round).join(", ")}]`;
     li.className = i === state.box ? "sel" : ""; li.onclick = () => { state.box = i; render(); };
     list.appendChild(li);
   });
-  const rv = $("#d-reviews"); rv.innerHTML = "";
+  const rv = $("#d-reviews"); rv.replaceChildren();
   o.reviews.forEach((r) => { const li = document.createElement("li");
     li.textContent = `${new Date(r.created_at).toLocaleString()} ${r.reviewer}: ${r.action}`; rv.appendChild(li); });
   draw();
 }
 
+function rect(b, attrs) {
+  const [x1, y1, x2, y2] = b.map(Number);
+  return svg("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1, "stroke-width": 2, ...attrs });
+}
+
 function draw(extra) {
-  const svg = $("#overlay"); if (!state.open) return;
-  svg.innerHTML = truth().map((d, i) => `<rect x="${d.box[0]}" y="${d.box[1]}" width="${d.box[2] - d.box[0]}" height="${d.box[3] - d.box[1]}" fill="none" stroke="${i === state.box ? "#fc3" : "#f44"}" stroke-width="2"/>`).join("") +
-    (extra ? `<rect id="drawn" x="${extra[0]}" y="${extra[1]}" width="${extra[2] - extra[0]}" height="${extra[3] - extra[1]}" fill="rgba(80,200,255,.2)" stroke="#5cf" stroke-width="2"/>` : "");
+  if (!state.open) return;
+  const boxes = truth().map((d, i) => rect(d.box, { fill: "none", stroke: i === state.box ? "#fc3" : "#f44" }));
+  if (extra) boxes.push(rect(extra, { id: "drawn", fill: "rgba(80,200,255,.2)", stroke: "#5cf" }));
+  $("#overlay").replaceChildren(...boxes);
 }
 
 async function review(body) {
   const o = state.open;
   try {
-    state.open = await api(`/v1/inspections/${o.id}/reviews`, { method: "POST", body: JSON.stringify(body) });
+    state.open = await api(`/v1/inspections/${encodeURIComponent(o.id)}/reviews`, { method: "POST", body: JSON.stringify(body) });
     $("#d-status").textContent = `saved: ${body.action}`; render();
   } catch (e) { $("#d-status").textContent = "error: " + e.message; }
 }
@@ -123,7 +153,7 @@ overlay.addEventListener("mouseup", async (ev) => {
 function toggleRef() {
   const o = state.open; if (!o || !(o.reference && o.reference.has_image)) return;
   state.showRef = !state.showRef;
-  $("#big").src = `/v1/inspections/${o.id}/${state.showRef ? "reference" : "image"}`;
+  $("#big").src = `/v1/inspections/${encodeURIComponent(o.id)}/${state.showRef ? "reference" : "image"}`;
   $("#stage").classList.toggle("ref", state.showRef);
   $("#d-status").textContent = state.showRef ? "showing the reference image (r: back to the frame)" : "showing the frame";
 }
@@ -166,13 +196,16 @@ document.addEventListener("keydown", (e) => {
 });
 
 function bars(title, data, color) {
-  const keys = Object.keys(data), max = Math.max(1, ...keys.map((k) => data[k]));
+  const keys = Object.keys(data), max = Math.max(1, ...keys.map((k) => Number(data[k]) || 0));
   const w = 400, h = 160, bw = keys.length ? w / keys.length : w;
-  return `<figure><figcaption>${title}</figcaption><svg width="${w}" height="${h + 30}">` +
-    keys.map((k, i) => { const bh = data[k] / max * h;
-      return `<rect x="${i * bw + 2}" y="${h - bh}" width="${bw - 4}" height="${bh}" fill="${color}"><title>${k}: ${data[k]}</title></rect>` +
-        (keys.length <= 12 ? `<text x="${i * bw + 4}" y="${h + 14}" font-size="10" fill="#aaa">${k.slice(-5)}</text>` : ""); }).join("") +
-    `</svg></figure>`;
+  const chart = svg("svg", { width: w, height: h + 30 });
+  keys.forEach((k, i) => {
+    const bh = (Number(data[k]) || 0) / max * h;
+    chart.append(svg("rect", { x: i * bw + 2, y: h - bh, width: Math.max(0, bw - 4), height: bh, fill: color },
+                     svg("title", {}, `${k}: ${data[k]}`)));
+    if (keys.length <= 12) chart.append(svg("text", { x: i * bw + 4, y: h + 14, "font-size": 10, fill: "#aaa" }, k.slice(-5)));
+  });
+  return el("figure", {}, el("figcaption", {}, title), chart);
 }
 
 async function dashboard() {
@@ -180,10 +213,16 @@ async function dashboard() {
   const fails = {}, passes = {};
   for (const [k, v] of Object.entries(s.verdicts_per_hour)) { fails[k] = v.fail; passes[k] = v.pass; }
   const fr = s.false_reject_rate_reviewed;
-  $("#dash").innerHTML = bars("fails per hour (24 h)", fails, "#e55") + bars("passes per hour (24 h)", passes, "#4b4") +
-    bars("defects per class", s.defects_per_class, "#fb3") +
-    `<figure><figcaption>reviews</figcaption><p>false-reject rate among reviewed fails: <b id="fr-rate">${fr === null ? "n/a" : (fr * 100).toFixed(1) + "%"}</b> (${s.false_rejects_confirmed} of ${s.reviewed_fails})</p>` +
-    `<table>${s.cameras.map((c) => `<tr><td>${c.id}</td><td class="${c.state === "online" ? "pass" : "fail"}">${c.state}</td><td>${c.fps} fps</td><td>${c.reconnects} reconnects</td></tr>`).join("")}</table></figure>`;
+  const rate = el("b", { id: "fr-rate" }, fr === null ? "n/a" : (fr * 100).toFixed(1) + "%");
+  const cams = el("table", {}, ...s.cameras.map((c) => el("tr", {},
+    el("td", {}, c.id), el("td", { class: c.state === "online" ? "pass" : "fail" }, c.state),
+    el("td", {}, `${c.fps} fps`), el("td", {}, `${c.reconnects} reconnects`))));
+  $("#dash").replaceChildren(
+    bars("fails per hour (24 h)", fails, "#e55"), bars("passes per hour (24 h)", passes, "#4b4"),
+    bars("defects per class", s.defects_per_class, "#fb3"),
+    el("figure", {}, el("figcaption", {}, "reviews"),
+       el("p", {}, "false-reject rate among reviewed fails: ", rate, ` (${s.false_rejects_confirmed} of ${s.reviewed_fails})`),
+       cams));
 }
 $("#tab-grid").onclick = () => { $("#dash").hidden = true; $("#grid").hidden = false; $("#pager").hidden = false; $("#tab-grid").classList.add("on"); $("#tab-dash").classList.remove("on"); };
 $("#tab-dash").onclick = () => { $("#detail").hidden = true; $("#grid").hidden = true; $("#pager").hidden = true; $("#dash").hidden = false; $("#tab-dash").classList.add("on"); $("#tab-grid").classList.remove("on"); dashboard(); };

@@ -1,0 +1,75 @@
+"""Review sign-in sessions: a random token in the browser's cookie, everything else here.
+
+The cookie never holds an API key: signing in with a key creates a session (the key's
+name and role, a CSRF token, an expiry) kept in this process's memory, so signing out
+revokes it at once and a restart signs every reviewer out. Sessions are keyed by the
+token's sha256: a look-up never compares the secret itself character by character.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from lineside_inspect.config import Role
+
+SESSION_COOKIE = "lineside_session"
+CSRF_HEADER = "x-csrf-token"
+MAX_SESSIONS = 10_000  # only key holders can sign in; this bounds memory all the same
+
+
+@dataclass(frozen=True)
+class Session:
+    name: str
+    role: Role
+    csrf: str
+    expires: float  # time.monotonic(): immune to the wall clock being set
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class SessionStore:
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def create(self, name: str, role: Role) -> tuple[str, Session]:
+        """A new session for the key ``name``: (cookie token, session)."""
+        token = secrets.token_urlsafe(32)
+        session = Session(name, role, secrets.token_urlsafe(32), time.monotonic() + self.ttl_s)
+        with self._lock:
+            self._purge()
+            while len(self._sessions) >= MAX_SESSIONS:  # the oldest go first (dicts keep order)
+                del self._sessions[next(iter(self._sessions))]
+            self._sessions[_digest(token)] = session
+        return token, session
+
+    def get(self, token: str) -> Session | None:
+        """The live session of ``token``, None when unknown, signed out or expired."""
+        key = _digest(token)
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is not None and session.expires <= time.monotonic():
+                del self._sessions[key]
+                return None
+            return session
+
+    def revoke(self, token: str) -> None:
+        with self._lock:
+            self._sessions.pop(_digest(token), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._purge()
+            return len(self._sessions)
+
+    def _purge(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, s in self._sessions.items() if s.expires <= now]:
+            del self._sessions[key]

@@ -1,0 +1,327 @@
+"""The web pages under attack: stored XSS, security headers, review sessions and CSRF,
+the offline API docs and the status page. Real server, real Chromium (Debian's)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from lineside_inspect.config import CameraConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
+UI = ROOT / "inspect" / "lineside_inspect" / "ui"
+TWO_VERSIONS = [str(ROOT / "models" / "deeppcb" / "1"), str(ROOT / "models" / "deeppcb" / "1-int8")]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
+                                    "(make test installs it)")
+
+ROLLBACK = "fetch('/v1/models/deeppcb/rollback',{method:'POST'})"
+CAMERA_XSS = f'<img src=x onerror="{ROLLBACK}">'
+PART_XSS = f'"><svg onload="{ROLLBACK}"><script>{ROLLBACK}</script>'
+CSP_DIRECTIVES = ["default-src 'self'", "img-src 'self' data: blob:", "frame-ancestors 'none'",
+                  "object-src 'none'", "base-uri 'none'", "form-action 'self'"]
+
+
+def _active(srv) -> str:
+    return srv.app.state.registry.models()["deeppcb"].active
+
+
+def _inspect(srv, image_bytes: bytes, **params: str) -> str:
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", content=image_bytes, headers={"content-type": "image/jpeg"},
+                   params=params)
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+
+def _login(srv, key: str, **headers: str) -> httpx.Response:
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        return c.post("/review/login", data={"key": key}, headers=headers)
+
+
+def _session_client(srv, token: str, **headers: str) -> httpx.Client:
+    return httpx.Client(base_url=srv.url, timeout=30,
+                        headers={"cookie": f"lineside_session={token}", **headers})
+
+
+def _token(resp: httpx.Response) -> str:
+    assert resp.status_code == 303, resp.text
+    return resp.cookies["lineside_session"]
+
+
+# ---------------------------------------------------------------- item 1: stored XSS
+
+
+@needs_chromium
+def test_stored_xss_payload_shows_as_text_and_runs_nothing(launch, image_bytes: bytes) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    srv = launch(store_pass_rate=1.0, models=TWO_VERSIONS)
+    active = _active(srv)
+    assert srv.app.state.registry.models()["deeppcb"].history  # a rollback would change it
+    _inspect(srv, image_bytes, camera_id=CAMERA_XSS, part_id=PART_XSS)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        sent: list[tuple[str, str]] = []
+        page.on("request", lambda r: sent.append((r.method, r.url)))
+        violations: list[str] = []
+        page.on("console", lambda m: violations.append(m.text) if "Content Security" in m.text else None)
+        first = page.goto(srv.url + "/review")
+        assert first is not None
+        assert all(d in first.headers["content-security-policy"] for d in CSP_DIRECTIVES)
+        page.fill("#key", "admin-secret")
+        page.click("button[type=submit]")
+        expect(page.locator(".card")).to_have_count(1)
+        expect(page.locator(".card .where")).to_contain_text(CAMERA_XSS)  # as text, verbatim
+        page.keyboard.press("Enter")
+        expect(page.locator("#d-meta")).to_contain_text(f"part {PART_XSS}")
+        page.keyboard.press("Escape")
+        page.click("#tab-dash")
+        expect(page.locator("#fr-rate")).to_be_visible()
+        # no element was made from the payloads
+        assert page.locator("#grid img[src='x'], svg[onload], main script").count() == 0
+        # and the CSP would stop an inline handler even if markup got in some other way
+        page.evaluate("""() => { const i = document.createElement('img');
+            i.setAttribute('onerror', 'window.ran = 1'); i.src = '/y'; document.body.append(i); }""")
+        page.wait_for_timeout(300)
+        assert page.evaluate("window.ran") is None
+        assert any("inline event handler" in v for v in violations), violations
+        browser.close()
+
+    assert not [u for m, u in sent if "rollback" in u], sent
+    assert not [u for m, u in sent if urlsplit(u).path == "/x"], sent  # the <img src=x> never loaded
+    assert _active(srv) == active  # not rolled back
+
+
+def test_static_scripts_have_no_html_sinks_and_templates_no_inline_code() -> None:
+    for js in (UI / "static").glob("*.js"):
+        found = re.findall(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", js.read_text())
+        assert not found, (js.name, found)
+    for page in (UI / "templates").glob("*.html"):
+        text = page.read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)", text), page.name  # inline script
+        assert not re.search(r"\son[a-z]+\s*=", text, re.I), page.name  # inline handler
+        assert not re.search(r"\sstyle\s*=|<style", text, re.I), page.name  # inline style
+
+
+@pytest.mark.parametrize("path", ["/review", "/", "/static/review.js", "/static/review.css", "/docs",
+                                  "/docs/swagger-ui-bundle.js", "/healthz", "/v1/nope"])
+def test_security_headers(srv, path: str) -> None:
+    with srv.client() as c:
+        r = c.get(path)
+    assert r.status_code in (200, 404)
+    assert all(d in r.headers["content-security-policy"] for d in CSP_DIRECTIVES)
+    assert "unsafe-inline" not in r.headers["content-security-policy"]
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["referrer-policy"] == "no-referrer"
+
+
+# ---------------------------------------------------------------- item 19: sessions
+
+
+def test_login_gives_a_session_cookie_that_is_not_the_key(launch) -> None:
+    srv = launch()
+    r = _login(srv, "admin-secret")
+    cookie = r.headers["set-cookie"]
+    assert "admin-secret" not in str(r.headers.raw)
+    token = _token(r)
+    assert token != "admin-secret" and len(token) >= 40
+    assert re.search(r"(?i)httponly", cookie) and re.search(r"(?i)samesite=strict", cookie)
+    assert re.search(r"(?i)path=/(;|$)", cookie) and re.search(r"(?i)max-age=43200", cookie)
+    assert not re.search(r"(?i)secure", cookie)  # plain http here
+    assert r.headers["location"] == "/review"
+    with _session_client(srv, token) as c:
+        assert c.get("/v1/inspections").status_code == 200
+        assert c.get("/v1/models").status_code == 200  # an admin's session has the admin role
+
+    # over https (here: a trusted proxy on loopback says so) the cookie is Secure
+    r = _login(srv, "reviewer-secret", **{"x-forwarded-proto": "https"})
+    assert re.search(r"(?i);\s*secure", r.headers["set-cookie"])
+    with _session_client(srv, _token(r)) as c:
+        assert c.get("/v1/inspections").status_code == 200
+        assert c.get("/v1/models").status_code == 403  # a reviewer's is a reviewer's
+
+    assert _login(srv, "line-secret").status_code == 403  # line keys may not review
+    bad = _login(srv, "nope")
+    assert bad.status_code == 401 and "set-cookie" not in bad.headers
+    with httpx.Client(base_url=srv.url, headers={"cookie": "lineside_key=admin-secret"}) as c:
+        assert c.get("/v1/inspections").status_code == 401  # the raw key in a cookie: no more
+
+
+def test_logout_revokes_the_session(launch) -> None:
+    srv = launch()
+    token = _token(_login(srv, "reviewer-secret"))
+    with _session_client(srv, token) as c:
+        assert c.get("/v1/inspections").status_code == 200
+        out = c.post("/review/logout")
+        assert out.status_code == 303 and 'lineside_session=""' in out.headers["set-cookie"]
+        r = c.get("/v1/inspections")  # the old cookie, sent again
+        assert r.status_code == 401 and "signed out" in r.json()["error"]["message"]
+    assert len(srv.app.state.sessions) == 0
+
+
+def test_session_expires(launch) -> None:
+    srv = launch(session_ttl_s=0.6)
+    token = _token(_login(srv, "reviewer-secret"))
+    with _session_client(srv, token) as c:
+        assert c.get("/v1/inspections").status_code == 200
+        time.sleep(0.8)
+        assert c.get("/v1/inspections").status_code == 401
+        assert "sign in" in c.get("/review").text  # the page asks to sign in again
+
+
+def test_cookie_calls_that_change_state_need_the_csrf_token(launch, image_bytes: bytes) -> None:
+    srv = launch(store_pass_rate=1.0, models=TWO_VERSIONS)
+    active = _active(srv)
+    iid = _inspect(srv, image_bytes)
+    token = _token(_login(srv, "admin-secret"))
+    review = f"/v1/inspections/{iid}/reviews"
+    with _session_client(srv, token) as c:
+        page = c.get("/review").text
+        csrf = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
+        assert csrf and csrf.group(1) != token
+        r = c.post("/v1/models/deeppcb/rollback")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "csrf_failed"
+        assert _active(srv) == active
+        r = c.post(review, json={"action": "confirm"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "csrf_failed"
+        r = c.post(review, json={"action": "confirm"}, headers={"x-csrf-token": "guess"})
+        assert r.status_code == 403
+        r = c.post(review, json={"action": "confirm"}, headers={"x-csrf-token": csrf.group(1)})
+        assert r.status_code == 200, r.text
+        r = c.post(review, json={"action": "confirm"}, headers={"origin": srv.url})  # same origin
+        assert r.status_code == 200, r.text
+        assert c.get(f"/v1/inspections/{iid}").status_code == 200  # reads need no token
+    with srv.client("admin") as c:  # a key header needs no token: no browser can add one
+        assert c.post(review, json={"action": "confirm"}).status_code == 200
+    # another session's token is no good for this one
+    other = _token(_login(srv, "reviewer-secret"))
+    with _session_client(srv, other, **{"x-csrf-token": csrf.group(1)}) as c:
+        assert c.post(review, json={"action": "confirm"}).status_code == 403
+
+
+# ---------------------------------------------------------------- item 23: offline docs
+
+
+class _Refs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.refs += [v for k, v in attrs if k in ("src", "href") and v]
+
+
+def test_docs_are_served_from_the_server_itself(srv) -> None:
+    with srv.client() as c:
+        r = c.get("/docs")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert not re.search(r"https?://|//cdn", r.text)
+        parser = _Refs()
+        parser.feed(r.text)
+        types = {".js": "text/javascript", ".css": "text/css"}
+        assert {Path(u).suffix for u in parser.refs} == {".js", ".css"}
+        for url in parser.refs:
+            assert url.startswith("/") and not url.startswith("//")
+            asset = c.get(url)
+            assert asset.status_code == 200, url
+            assert asset.headers["content-type"].startswith(types[Path(url).suffix]), url
+            assert len(asset.content) > 100
+        assert c.get("/openapi.json").status_code == 200
+        assert c.get("/redoc").status_code == 404  # switched off: it would need a CDN and inline styles
+
+
+@needs_chromium
+def test_docs_render_offline_under_the_csp(srv) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    outside: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+
+        def only_loopback(route) -> None:  # the line PC is offline
+            if urlsplit(route.request.url).hostname == "127.0.0.1":
+                route.continue_()
+            else:
+                outside.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_loopback)
+        violations: list[str] = []
+        page.on("console", lambda m: violations.append(m.text) if "Content Security" in m.text else None)
+        page.goto(srv.url + "/docs")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text("Lineside")
+        expect(page.locator(".opblock").first).to_be_visible()
+        page.locator(".opblock-summary-path", has_text="/v1/inspect").first.click()  # expands
+        expect(page.locator(".opblock-body").first).to_be_visible()
+        browser.close()
+    assert outside == []
+    assert violations == []
+
+
+# ---------------------------------------------------------------- the status page at /
+
+
+@needs_chromium
+def test_status_page(launch) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    cams = [CameraConfig(id="sim", source=str(SAMPLE), fps=10),
+            CameraConfig(id="dead", source="/nonexistent/video.avi", open_timeout_s=0.5)]
+    srv = launch(cameras=cams, models=TWO_VERSIONS)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        first = page.goto(srv.url + "/")
+        assert first is not None and first.status == 200
+        assert all(d in first.headers["content-security-policy"] for d in CSP_DIRECTIVES)
+        page.fill("#key", "line-secret")
+        page.click("button[type=submit]")
+        expect(page.locator(".err")).to_contain_text("may not review")
+        page.goto(srv.url + "/")
+        page.fill("#key", "reviewer-secret")
+        page.click("button[type=submit]")
+        expect(page).to_have_url(srv.url + "/")  # back to the status page, signed in
+        expect(page.locator("#models")).to_contain_text("deeppcb")
+        expect(page.locator("#models")).to_contain_text("1-int8")
+        expect(page.locator("#cameras tr", has_text="sim")).to_contain_text("online")
+        expect(page.locator("#cameras tr", has_text="dead")).to_contain_text("offline")
+        live = page.locator("#cameras tr", has_text="sim").locator("a")
+        assert live.get_attribute("href") == "/v1/cameras/sim/stream"
+        for href in ("/docs", "/review"):
+            expect(page.locator(f"a[href='{href}']")).to_have_count(1)
+        # the live view answers to the session cookie
+        cookie = next(c for c in page.context.cookies() if c["name"] == "lineside_session")
+        with _session_client(srv, cookie["value"]) as c, \
+                c.stream("GET", "/v1/cameras/sim/stream", params={"fps": 10}) as s:
+            assert s.status_code == 200
+            assert s.headers["content-type"].startswith("multipart/x-mixed-replace")
+            assert b"\xff\xd8" in next(s.iter_bytes())
+        page.click("text=Sign out")
+        expect(page.locator("#key")).to_be_visible()
+        page.goto(srv.url + "/")
+        expect(page.locator("#key")).to_be_visible()  # signed out for good
+        browser.close()
+
+
+def test_status_page_without_keys(launch) -> None:
+    srv = launch(keys=False)
+    with srv.client() as c:
+        r = c.get("/")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert "deeppcb" in r.text and "no cameras configured" in r.text
+        assert 'action="/review/logout"' not in r.text  # no session to end
