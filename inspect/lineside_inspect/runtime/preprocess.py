@@ -50,7 +50,7 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     """
     h, w = image.shape[:2]
     lb = fit(w, h, size)
-    nw, nh = round(w * lb.scale), round(h * lb.scale)
+    nw, nh = _scaled(w, h, lb.scale)
     px, py = lb.pad_x, lb.pad_y
     if (nw, nh) == (w, h) and (px, py) == (0, 0):
         return image, lb
@@ -62,10 +62,16 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     return out, lb
 
 
+def _scaled(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The resized size, at least 1 px a side: a sliver such as 1281x1 would otherwise
+    round to 0 rows, which OpenCV's resize refuses."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def fit(width: int, height: int, size: int) -> Letterbox:
     """The letterbox mapping of a ``width x height`` image into ``size x size``."""
     scale = min(size / width, size / height)
-    nw, nh = round(width * scale), round(height * scale)
+    nw, nh = _scaled(width, height, scale)
     if (nw, nh) == (width, height):
         scale = 1.0
     return Letterbox(scale, (size - nw) // 2, (size - nh) // 2, width, height)

@@ -32,6 +32,7 @@ from lineside_inspect.server.routes import (
     references,
     v2,
 )
+from lineside_inspect.server.unexpected import CatchUnexpected, internal_error
 from lineside_inspect.server.sessions import SessionStore
 
 log = logging.getLogger("lineside")
@@ -179,17 +180,20 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "invalid_request", 404: "not_found",  # 400: a body that cannot be parsed
+                405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s", request.url.path)
-        return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"),
-                            status_code=500)
+        # a generic answer with an error id; the details go to the log under that id
+        return internal_error(exc, request.method, request.url.path)
 
     for router in (health.router, inspect.router, v2.router, admin.router, cameras.router,
                    inspections.router, references.router, ui.router):
         app.include_router(router)
     app.mount("/static", ui.static, name="static")
+    # added last, so outermost: answers what escapes every handler without closing the
+    # keep-alive connection (see server/unexpected.py)
+    app.add_middleware(CatchUnexpected)
     return app

@@ -7,14 +7,24 @@ answers the model's outputs (boxes, scores, labels) as JSON.
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import math
+import re
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
-from lineside_inspect.errors import LinesideError
+from lineside_inspect.errors import LinesideError, describe_validation
 from lineside_inspect.server.body import read_body
 from lineside_inspect.server.deps import LimiterDep, LineUser, RegistryDep, SettingsDep
 
@@ -25,9 +35,86 @@ DTYPES = {"UINT8": np.uint8, "FP32": np.float32, "INT64": np.int64, "FP16": np.f
 NAMES = {np.dtype(v).name: k for k, v in DTYPES.items()}
 
 
+MAX_BATCH = 64
+MAX_DIM = 1 << 20  # any real dimension is far below; keeps shape products small
+
+
 class BadTensor(LinesideError):
     code = "invalid_tensor"
     status = 400
+
+
+# The request schema of the protocol (kserve.github.io/website: "Open Inference Protocol"),
+# strict: no coercion of true to 1 or "3" to 3, every container of the type it must be.
+Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
+                   "INT64", "FP16", "FP32", "FP64", "BF16", "BYTES"]
+Parameters = dict[str, bool | int | float | str]
+
+
+def _flat_ints(value: Any) -> Any:
+    # one error for the whole list rather than one per element (a million of them would
+    # cost seconds and hundreds of MB to build and report)
+    if value is not None and not (type(value) is list and all(type(v) is int for v in value)):
+        raise ValueError("'data' must be a flat list of integers (row-major)")
+    return value
+
+
+class InferInput(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    name: str = Field(..., max_length=256)
+    datatype: Datatype
+    shape: list[Annotated[int, Field(ge=1, le=MAX_DIM)]] = Field(..., min_length=4, max_length=4)
+    parameters: Parameters = Field(default_factory=dict)
+    data: Annotated[list[int] | None, BeforeValidator(_flat_ints)] = None
+    _array: np.ndarray | None = PrivateAttr(None)
+
+    @property
+    def binary_data_size(self) -> int | None:
+        size = self.parameters.get("binary_data_size")
+        return None if size is None else int(size)
+
+    @property
+    def array(self) -> np.ndarray | None:
+        return self._array
+
+    @model_validator(mode="after")
+    def _check(self) -> InferInput:
+        if self.datatype != "UINT8":
+            raise ValueError(f"datatype must be UINT8 (the model's input), got {self.datatype}")
+        size = self.parameters.get("binary_data_size")
+        if size is not None and (type(size) is not int or size < 0):
+            raise ValueError("parameters.binary_data_size must be a non-negative integer")
+        if (size is None) == (self.data is None):
+            raise ValueError("give the tensor either as 'data' or as binary data "
+                             "(parameters.binary_data_size), exactly one of them")
+        if self.data is not None:
+            count = math.prod(self.shape)
+            if len(self.data) != count:
+                raise ValueError(f"{len(self.data)} values for shape {self.shape} "
+                                 f"({count} expected)")
+            try:
+                values = np.asarray(self.data, dtype=np.int64)
+            except OverflowError:
+                values = None
+            if values is None or (values.size and (values.min() < 0 or values.max() > 255)):
+                raise ValueError("UINT8 values must lie in 0..255")
+            self._array = values.astype(np.uint8)
+        return self
+
+
+class RequestedOutput(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    name: str = Field(..., max_length=256)
+    parameters: Parameters = Field(default_factory=dict)
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    id: str = Field("", max_length=256)
+    parameters: Parameters = Field(default_factory=dict)
+    inputs: list[InferInput] = Field(..., min_length=1, max_length=1,
+                                     description="the model's one input, 'images'")
+    outputs: list[RequestedOutput] = Field(default_factory=list, max_length=16)
 
 
 @router.get("/health/live")
@@ -85,54 +172,49 @@ def model_version_ready(name: str, version: str, registry: RegistryDep) -> dict[
     return {"name": name, "ready": True}
 
 
-def _parse(body: bytes, header_len: str | None) -> tuple[dict[str, Any], bytes]:
+def _parse(body: bytes, header_len: str | None) -> tuple[InferRequest, bytes]:
     if header_len is not None:
-        if not header_len.isdigit() or int(header_len) > len(body):
+        if not re.fullmatch(r"[0-9]{1,12}", header_len) or int(header_len) > len(body):
             raise BadTensor("Inference-Header-Content-Length does not fit the body")
         n = int(header_len)
         head, rest = body[:n], body[n:]
     else:
         head, rest = body, b""
     try:
-        doc = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadTensor("inference request header is not valid JSON") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
-        raise BadTensor("inference request needs a non-empty 'inputs' list")
-    return doc, rest
+        # pydantic's own JSON parser: bounded nesting depth (a deeply nested body is an
+        # error, not a RecursionError) and integers of any size (range-checked below)
+        return InferRequest.model_validate_json(head), rest
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if errors and errors[0]["type"] == "json_invalid":
+            raise BadTensor("inference request header is not valid JSON (or nests deeper "
+                            "than 200 levels)") from None
+        raise BadTensor(describe_validation(errors[:5])) from None
 
 
-def _tensor(spec: Any, binary: bytes, offset: int, expect_shape: list[int]) -> tuple[np.ndarray, int]:
-    if not isinstance(spec, dict):
-        raise BadTensor("each input must be an object")
-    name, dtype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-    if dtype != "UINT8":
-        raise BadTensor(f"input {name!r}: datatype must be UINT8, got {dtype!r}")
-    if not isinstance(shape, list) or len(shape) != 4 or not all(
-            isinstance(d, int) and d > 0 for d in shape):
-        raise BadTensor(f"input {name!r}: shape must be 4 positive integers, got {shape!r}")
-    if shape[1:] != expect_shape[1:]:
-        raise BadTensor(f"input {name!r}: shape {shape} does not match the model's {expect_shape}")
-    count = int(np.prod(shape))
-    if shape[0] > 64:
-        raise BadTensor(f"input {name!r}: batch {shape[0]} over the limit of 64")
-    size = (spec.get("parameters") or {}).get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or size != count or offset + size > len(binary):
-            raise BadTensor(f"input {name!r}: binary_data_size {size!r} does not match shape "
-                            f"{shape} or the body")
+def _tensor(spec: InferInput, binary: bytes, offset: int, card: Any) -> tuple[np.ndarray, int]:
+    """The model input as a ``[B, 3, S, S]`` array; ``offset``: where in the binary data
+    this input's bytes start (the binary tensor extension)."""
+    size = card.input.size
+    expect = [3, size, size]
+    if spec.name != card.input.name:
+        raise BadTensor(f"unknown input {spec.name!r}: the model's input is {card.input.name!r}")
+    if spec.shape[1:] != expect or not 1 <= spec.shape[0] <= MAX_BATCH:
+        raise BadTensor(f"input {spec.name!r}: shape {spec.shape} does not match the model's "
+                        f"[B, {', '.join(map(str, expect))}] with B in 1..{MAX_BATCH}")
+    count = math.prod(spec.shape)
+    size_param = spec.binary_data_size
+    if size_param is not None:
+        if size_param != count or offset + size_param > len(binary):
+            raise BadTensor(f"input {spec.name!r}: binary_data_size {size_param} does not match "
+                            f"shape {spec.shape} ({count} bytes) or the body")
         arr = np.frombuffer(binary, dtype=np.uint8, count=count, offset=offset)
-        return arr.reshape(shape), offset + size
-    data = spec.get("data")
-    try:
-        values = np.asarray(data, dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError):
-        raise BadTensor(f"input {name!r}: 'data' must be a flat list of integers") from None
-    if values.size != count:
-        raise BadTensor(f"input {name!r}: {values.size} values for shape {shape} ({count} expected)")
-    if values.size and (values.min() < 0 or values.max() > 255):
-        raise BadTensor(f"input {name!r}: UINT8 values must lie in 0..255")
-    return values.astype(np.uint8).reshape(shape), offset
+        return arr.reshape(spec.shape), offset + size_param
+    assert spec.array is not None  # InferInput: data or binary_data_size, never neither
+    if spec.array.size != count:
+        raise BadTensor(f"input {spec.name!r}: {spec.array.size} values for shape {spec.shape} "
+                        f"({count} expected)")
+    return spec.array.reshape(spec.shape), offset
 
 
 async def _infer(request: Request, name: str, version: str | None, registry: Any,
@@ -140,10 +222,15 @@ async def _infer(request: Request, name: str, version: str | None, registry: Any
     det = registry.detector(name, version)
     body = await read_body(request, settings.max_body_bytes)
     doc, binary = _parse(body, request.headers.get("inference-header-content-length"))
-    size = det.card.input.size
-    batch, _ = _tensor(doc["inputs"][0], binary, 0, [-1, 3, size, size])
+    wanted = [o.name for o in doc.outputs]
+    unknown = [n for n in wanted if n not in det.card.outputs]
+    if unknown:
+        raise BadTensor(f"unknown output {unknown[0]!r} (the model's outputs: "
+                        f"{', '.join(det.card.outputs)})")
+    batch, used = _tensor(doc.inputs[0], binary, 0, det.card)
+    if used != len(binary):
+        raise BadTensor(f"{len(binary) - used} bytes of binary data follow the tensors")
     outputs = await limiter.run(lambda: det.forward(np.ascontiguousarray(batch)))
-    wanted = [o.get("name") for o in doc.get("outputs") or [] if isinstance(o, dict)]
     result = []
     for out_name, arr in zip(det.card.outputs, outputs, strict=True):
         if wanted and out_name not in wanted:
@@ -151,7 +238,7 @@ async def _infer(request: Request, name: str, version: str | None, registry: Any
         result.append({"name": out_name, "datatype": NAMES[arr.dtype.name],
                        "shape": list(arr.shape), "data": arr.reshape(-1).tolist()})
     return JSONResponse({"model_name": name, "model_version": det.card.version,
-                         "id": doc.get("id", ""), "outputs": result})
+                         "id": doc.id, "outputs": result})
 
 
 @router.post("/models/{name}/infer")
