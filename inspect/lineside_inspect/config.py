@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lineside_inspect.errors import ConfigError, describe_validation
+from lineside_inspect.names import Name
 
 Role = Literal["line", "reviewer", "admin"]
 
@@ -36,7 +37,7 @@ def hash_key(key: str) -> str:
 
 class CameraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
+    id: Name
     source: str = Field(..., description="device index, URL, GStreamer pipeline, video file or folder")
     recipe: str | None = None
     reference: str | None = Field(None, description=(

@@ -18,6 +18,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lineside_inspect.errors import PackageError, describe_validation
+from lineside_inspect.names import Name
 
 CARD = "model.json"
 GRAPH = "model.onnx"
@@ -43,8 +44,8 @@ class ModelCard(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     format_version: int = 1
-    name: str
-    version: str
+    name: Name
+    version: Name
     class_names: list[str] = Field(..., min_length=1)
     input: InputSpec
     outputs: list[str] = Field(default_factory=lambda: list(OUTPUT_NAMES))

@@ -9,7 +9,6 @@ atomically; decoded images are cached and re-read when the file changes.
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ import numpy as np
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import LinesideError, NotFoundError, ReferenceImageError
 from lineside_inspect.imageio import decode_image, sniff_format
+from lineside_inspect.names import NAME_RULE, is_name
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 EXTS = ("png", "jpg", "bmp")  # as stored
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # a value ending so is a file, never a name
 
@@ -50,11 +49,15 @@ class Reference:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name) or name.lower().endswith(SUFFIXES):
-        raise InvalidReferenceName(
-            f"reference name {name!r} must be 1-128 letters, digits, '_', '-' or '.', "
-            "start with a letter or digit, and carry no file extension")
+    if not is_reference_name(name):
+        raise InvalidReferenceName(f"reference name {name!r} must be {NAME_RULE}, "
+                                   "with no file extension")
     return name
+
+
+def is_reference_name(value: str) -> bool:
+    """A name (full match, see :mod:`lineside_inspect.names`) that is not a file name."""
+    return is_name(value) and not value.lower().endswith(SUFFIXES)
 
 
 class ReferenceLibrary:
@@ -77,7 +80,7 @@ class ReferenceLibrary:
         if not self.folder.is_dir():
             return []
         return sorted(p.stem for p in self.folder.iterdir()
-                      if p.suffix.lstrip(".") in EXTS and NAME.match(p.stem))
+                      if p.suffix.lstrip(".") in EXTS and is_reference_name(p.stem))
 
     def get(self, name: str) -> Reference:
         check_name(name)
@@ -89,7 +92,7 @@ class ReferenceLibrary:
 
     def lookup(self, value: str) -> Reference:
         """A registered name, or the path of an image file (as camera configs may give)."""
-        if NAME.match(value) and not value.lower().endswith(SUFFIXES):
+        if is_reference_name(value):
             return self.get(value)
         path = Path(value)
         if not path.is_file():
@@ -102,7 +105,7 @@ class ReferenceLibrary:
             hit = self._cache.get(key)
             if hit is not None and hit[0] == mtime:
                 return hit[1]
-        name = key if NAME.match(key) else path.stem
+        name = key if is_reference_name(key) else path.stem
         ref = Reference.from_bytes(name, path.read_bytes(), self.max_pixels)
         with self._lock:
             self._cache[key] = (mtime, ref)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.recipes import Recipe, judge, load_recipe
@@ -43,8 +47,8 @@ def test_size_in_pixels_and_mm() -> None:
     assert judge(DETS, _recipe(min_size_px=10), thr).defects.labels == ["open", "spur"]  # type: ignore[union-attr]
     r = _recipe(min_size_mm=2.5, pixels_per_mm=10)  # 25 px
     assert judge(DETS, r, thr).defects.labels == ["spur"]  # type: ignore[union-attr]
-    with pytest.raises(ConfigError, match="pixels_per_mm"):
-        judge(DETS, _recipe(min_size_mm=1), thr)
+    with pytest.raises(ValidationError, match="pixels_per_mm"):  # refused when written
+        _recipe(min_size_mm=1)
 
 
 def test_regions_of_interest_and_ignore() -> None:
@@ -83,3 +87,70 @@ def test_detections_validate_their_shapes() -> None:
         Detections(np.zeros((2, 4)), np.zeros(3), np.zeros(2), CLASSES)
     with pytest.raises(ValueError, match=r"class ids must lie in 0\.\.2"):
         Detections(np.zeros((1, 4)), np.zeros(1), np.array([7]), CLASSES)
+
+
+NAN, INF = math.nan, math.inf
+SQUARE = [(0, 0), (150, 0), (150, 150), (0, 150)]
+
+# each recipe cannot work as meant; (its fields, the field the error must name)
+UNWORKABLE: dict[str, tuple[dict[str, Any], str]] = {
+    "mm without scale": ({"min_size_mm": 1}, "pixels_per_mm"),
+    "zero scale": ({"min_size_mm": 1, "pixels_per_mm": 0}, "pixels_per_mm"),
+    "NaN in roi": ({"roi": [[(0, 0), (NAN, 0), (150, 150)]]}, "roi"),
+    "inf in ignore": ({"ignore": [[(0, 0), (INF, 0), (150, 150)]]}, "ignore"),
+    "two-point roi": ({"roi": [[(0, 0), (150, 150)]]}, "roi"),
+    "flat roi": ({"roi": [[(0, 0), (50, 50), (150, 150)]]}, "roi"),
+    "point roi": ({"roi": [[(5, 5), (5, 5), (5, 5), (5, 5)]]}, "roi"),
+    "score over 1": ({"min_score": {"open": 1.5}}, "min_score"),
+    "NaN score": ({"min_score": {"open": NAN}}, "min_score"),
+    "negative default score": ({"default_min_score": -0.1}, "default_min_score"),
+    "NaN default score": ({"default_min_score": NAN}, "default_min_score"),
+    "inf size": ({"min_size_px": INF}, "min_size_px"),
+    "NaN size": ({"min_size_px": NAN}, "min_size_px"),
+    "negative count": ({"max_count": {"open": -1}}, "max_count"),
+    "fractional count": ({"max_count": {"open": 0.5}}, "max_count"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNWORKABLE))
+def test_recipes_that_cannot_work_are_refused(case: str) -> None:
+    fields, field = UNWORKABLE[case]
+    with pytest.raises(ValidationError) as info:
+        _recipe(**fields)
+    assert field in str(info.value)
+
+
+def test_a_nan_roi_would_pass_every_board() -> None:
+    """Why NaN is refused: no point is inside a NaN polygon, so nothing is counted."""
+    thr = dict.fromkeys(CLASSES, 0.1)
+    assert judge(DETS, _recipe(roi=[SQUARE], critical=["open"]), thr).verdict == "fail"
+    bad = Recipe.model_construct(**{**_recipe().__dict__, "roi": [[(0, 0), (NAN, 0), (150, 150)]],
+                                    "critical": ["open"]})
+    assert judge(DETS, bad, thr).verdict == "pass"
+
+
+def test_put_refuses_unworkable_recipes_and_keeps_the_one_in_force(srv, image_bytes: bytes) -> None:
+    jpeg = {"content-type": "image/jpeg"}
+    good = {"name": "guarded", "version": "1", "model": "deeppcb", "default_min_score": 0.0,
+            "critical": ["open", "short", "mousebite", "spur", "copper", "pin-hole"],
+            "roi": [[(0, 0), (640, 0), (640, 640), (0, 640)]]}
+    with srv.client("admin") as admin:
+        assert admin.put("/v1/recipes/guarded", json=good).status_code == 200
+        for case, (fields, field) in UNWORKABLE.items():
+            if "open" in str(fields):  # per-class settings name a real class of the card
+                fields = {k: ({"open": v["open"]} if isinstance(v, dict) else v)
+                          for k, v in fields.items()}
+            # the stdlib writes NaN and Infinity as JSON tokens, as Python's parser reads them
+            r = admin.put("/v1/recipes/guarded", content=json.dumps({**good, "version": "2", **fields}),
+                          headers={"content-type": "application/json"})
+            assert r.status_code == 422, (case, r.text)
+            assert field in r.json()["error"]["message"], (case, r.text)
+        for fields, what in [({"min_score": {"opne": 0.5}}, "opne"), ({"critical": ["bridge"]}, "bridge"),
+                             ({"max_count": {"Open": 1}}, "Open"), ({"model": "nope"}, "nope")]:
+            r = admin.put("/v1/recipes/guarded", json={**good, "version": "3", **fields})
+            assert r.status_code in (404, 422) and what in r.json()["error"]["message"], r.text
+        [kept] = [r for r in admin.get("/v1/recipes").json() if r["name"] == "guarded"]
+        assert kept["version"] == "1" and kept["critical"] == good["critical"]
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect?recipe=guarded", content=image_bytes, headers=jpeg).json()
+        assert r["recipe"] == {"name": "guarded", "version": "1"} and r["verdict"] == "fail"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lineside_inspect.errors import ConfigError, describe_validation
+from lineside_inspect.names import Name
 
 Polygon = list[tuple[float, float]]
+Score = Annotated[float, Field(ge=0, le=1)]
 
 
 class Recipe(BaseModel):
@@ -20,15 +23,21 @@ class Recipe(BaseModel):
     lies inside a region of interest (if any) and outside every ignore region. The part
     fails when a ``critical`` class has any counted defect, or a class has more counted
     defects than ``max_count`` allows (0 unless given).
+
+    Everything is checked on the way in, so a recipe that cannot work is refused when it
+    is put, not discovered on the line: numbers are finite (a NaN in a region would make
+    every point fall outside it, passing any board), regions are real polygons, a size in
+    mm comes with its scale; classes are checked against the model's card when the recipe
+    is added to a server (:meth:`check_classes`).
     """
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
-    version: str = "1"
-    model: str = Field(..., description="model package name (card name)")
-    model_version: str | None = Field(None, description="pin a version; default: the active one")
-    min_score: dict[str, float] = Field(default_factory=dict)
-    default_min_score: float | None = Field(None, ge=0, le=1)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+    name: Name
+    version: str = Field("1", min_length=1, max_length=64)
+    model: Name = Field(..., description="model package name (card name)")
+    model_version: Name | None = Field(None, description="pin a version; default: the active one")
+    min_score: dict[str, Score] = Field(default_factory=dict)
+    default_min_score: Score | None = None
     min_size_px: float = Field(0, ge=0)
     min_size_mm: float | None = Field(None, ge=0)
     pixels_per_mm: float | None = Field(None, gt=0)
@@ -46,15 +55,25 @@ class Recipe(BaseModel):
         for i, p in enumerate(polygons):
             if len(p) < 3:
                 raise ValueError(f"polygon {i} needs at least 3 points, got {len(p)}")
+            # shoelace: points on one line (or all the same) enclose nothing
+            area = sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(p, p[1:] + p[:1], strict=True))
+            if area == 0:
+                raise ValueError(f"polygon {i} encloses no area (its points are on one line)")
         return polygons
 
-    @field_validator("min_score")
+    @field_validator("max_count")
     @classmethod
-    def _scores(cls, scores: dict[str, float]) -> dict[str, float]:
-        for label, s in scores.items():
-            if not 0 <= s <= 1:
-                raise ValueError(f"min_score for {label!r} must lie in [0, 1], got {s}")
-        return scores
+    def _counts(cls, counts: dict[str, int]) -> dict[str, int]:
+        for label, n in counts.items():
+            if n < 0:
+                raise ValueError(f"max_count for {label!r} must be 0 or more, got {n}")
+        return counts
+
+    @model_validator(mode="after")
+    def _mm_needs_scale(self) -> Recipe:
+        if self.min_size_mm is not None and self.pixels_per_mm is None:
+            raise ValueError("min_size_mm needs pixels_per_mm (how many pixels make a millimetre)")
+        return self
 
     @property
     def ref(self) -> str:

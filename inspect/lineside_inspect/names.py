@@ -1,0 +1,35 @@
+"""One rule for the names that become file names, URL segments or registry keys: reference
+images, cameras, recipes, model names and versions.
+
+Always full-matched (``re.fullmatch``): ``re.match(r"^...$")`` accepts a trailing newline
+(``$`` matches before it), which turned ``PUT /v1/references/a%0A`` into a file ``a\\n.jpg``.
+pydantic's ``pattern=`` happens to use a Rust engine whose ``$`` does not, but it falls back
+to Python's ``re`` for some patterns and configurations, so names never depend on it.
+ASCII only, so no look-alike letters; a leading letter or digit, so never ``.`` or ``..``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, WithJsonSchema
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+NAME_RULE = "1-128 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit"
+
+
+def is_name(value: object) -> bool:
+    return isinstance(value, str) and NAME_RE.fullmatch(value) is not None
+
+
+def _check(value: str) -> str:
+    if not is_name(value):
+        raise ValueError(f"must be {NAME_RULE}")
+    return value
+
+
+# a pydantic field type; the schema's pattern is for documentation (ECMA ``$`` has no
+# newline exception), the check is the full match above
+Name = Annotated[str, AfterValidator(_check), WithJsonSchema(
+    {"type": "string", "pattern": f"^{NAME_RE.pattern}$", "maxLength": 128})]
