@@ -6,14 +6,75 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from lineside_inspect.config import Settings
 from lineside_inspect.server.app import create_app
 
 log = logging.getLogger("lineside")
+
+
+class SlowClientProtocol(H11Protocol):
+    """HTTP/1.1 that drops a connection whose request headers do not arrive complete
+    within ``header_timeout_s`` (of connecting, or of the first byte of a keep-alive
+    connection's next request). uvicorn times out idle keep-alive connections but not a
+    client that trickles its headers, so without this 300 half-open requests stay open
+    indefinitely. The body has its own per-read timeout (``server/gate.py``)."""
+
+    header_timeout_s = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._waiting_for_headers():
+            self._arm()  # armed once per request: trickling bytes does not extend it
+        else:
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _waiting_for_headers(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = asyncio.get_running_loop().call_later(
+                self.header_timeout_s, self._headers_overdue)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_overdue(self) -> None:
+        self._header_timer = None
+        if self._waiting_for_headers() and not self.transport.is_closing():
+            self.transport.close()
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's settings for the edge server: header and keep-alive timeouts, and a cap
+    on connections and requests (beyond it new requests get a 503 at once)."""
+
+    class Protocol(SlowClientProtocol):
+        header_timeout_s = settings.header_timeout_s
+
+    options: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "log_level": "info",
+        "timeout_graceful_shutdown": 30, "access_log": False, "http": Protocol,
+        "timeout_keep_alive": 5, "limit_concurrency": settings.max_connections,
+        **overrides}
+    return uvicorn.Config(app, **options)
 
 
 class _Server(uvicorn.Server):
@@ -41,6 +102,4 @@ def run(settings: Settings) -> None:
     if not settings.api_keys:
         log.warning("no API keys configured: auth is off, listening on loopback only")
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
-                            timeout_graceful_shutdown=30, access_log=False)
-    _Server(config, app).run()
+    _Server(uvicorn_config(app, settings), app).run()

@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from lineside_inspect.config import ApiKey, Settings
+from lineside_inspect.serve import uvicorn_config
 from lineside_inspect.server.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +38,8 @@ class Running:
 
 def start_server(settings: Settings) -> tuple[Running, Callable[[], None]]:
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                            access_log=False)
+    # the server's own uvicorn settings (header timeout, connection cap), on a free port
+    config = uvicorn_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

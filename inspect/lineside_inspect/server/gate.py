@@ -21,11 +21,18 @@ import json
 import re
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lineside_inspect.config import Role, Settings
-from lineside_inspect.errors import BodyTooLargeError, ImageTooLargeError, LinesideError, error_body
+from lineside_inspect.errors import (
+    BodyTimeoutError,
+    BodyTooLargeError,
+    ImageTooLargeError,
+    LinesideError,
+    error_body,
+)
 from lineside_inspect.server.deps import ALLOWED, Forbidden, authenticate
 
 _NAME = r"[^/]+"
@@ -79,32 +86,48 @@ class Gate:
         if declared.isdigit() and int(declared) > limit:
             raise too_large(f"body of {int(declared)} bytes is over the limit of "
                             f"{limit} bytes for this route")
-        return _limited(receive, limit) if role else await _buffered(receive, limit)
+        timeout_s = self.settings.body_timeout_s
+        if role:
+            return _limited(receive, limit, timeout_s)
+        return await _buffered(receive, limit, timeout_s)
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
-    """``receive`` that raises :class:`ImageTooLargeError` once the body passes ``limit``:
-    the route reading it (a multipart parser too) stops there, nothing is spooled beyond."""
+def _limited(receive: Receive, limit: int, timeout_s: float) -> Receive:
+    """``receive`` that raises :class:`ImageTooLargeError` once the body passes ``limit``
+    (the route reading it, a multipart parser too, stops there: nothing is spooled
+    beyond) and :class:`BodyTimeoutError` when the next part takes over ``timeout_s``."""
     size = 0
+    done = False
 
     async def limited() -> Message:
-        nonlocal size
-        message = await receive()
+        nonlocal size, done
+        if done:  # after the body only http.disconnect comes, whenever it comes
+            return await receive()
+        message = await _next(receive, timeout_s)
         if message["type"] == "http.request":
             size += len(message.get("body", b""))
             if size > limit:
                 raise ImageTooLargeError(f"body is over the limit of {limit} bytes")
+            done = not message.get("more_body", False)
         return message
 
     return limited
 
 
-async def _buffered(receive: Receive, limit: int) -> Receive:
+async def _next(receive: Receive, timeout_s: float) -> Message:
+    try:
+        with anyio.fail_after(timeout_s):
+            return await receive()
+    except TimeoutError:
+        raise BodyTimeoutError(f"no part of the request body arrived for {timeout_s:g}s") from None
+
+
+async def _buffered(receive: Receive, limit: int, timeout_s: float) -> Receive:
     """Read the whole (small) body now, refusing it past ``limit``; replay it after."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        message = await _next(receive, timeout_s)
         if message["type"] != "http.request":
             return _replay(b"".join(chunks), message, receive)
         body = message.get("body", b"")
@@ -138,7 +161,7 @@ async def _answer(exc: LinesideError, scope: Scope, send: Send) -> None:
                                           (b"content-length", str(len(payload)).encode())]
     if exc.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
-    if exc.status == 413:
+    if exc.status in (408, 413):
         # the unread body would be taken for the next request: end this connection
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})

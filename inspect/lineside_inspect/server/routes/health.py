@@ -11,14 +11,15 @@ from lineside_inspect.server.deps import MetricsDep
 router = APIRouter(tags=["health"])
 
 
+# async: answered on the event loop, so a busy thread pool can never stall a probe
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """Live: the process answers."""
     return {"status": "ok"}
 
 
 @router.get("/readyz")
-def readyz(request: Request) -> Response:
+async def readyz(request: Request) -> Response:
     """Ready only once models are loaded and warmed up, and not while shutting down."""
     ready = bool(getattr(request.app.state, "ready", False))
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)

@@ -1,0 +1,270 @@
+"""What a careless or hostile client cannot do to a real server: make it read a body
+before authenticating, spool an endless chunked upload, decode on the event loop or
+beyond the limiter, tie up threads with triggers, or hold connections open for ever.
+Every test is about structure (what was read, which thread, which order), never about
+how long something took."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+
+from lineside_inspect._cv import cv2
+from lineside_inspect.cameras.simulator import MJPEGSimulator
+from lineside_inspect.config import CameraConfig
+from lineside_inspect.server import service as service_module
+
+KEYS = {"line": "line-secret"}  # conftest's role keys
+SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "deeppcb-sample" / "images"
+
+
+def _connect(url: str, timeout: float = 20.0) -> socket.socket:
+    u = urlparse(url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
+    return sock
+
+
+def _response(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection or a full head with
+    a Content-Length body has arrived."""
+    buf = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return buf
+        buf += chunk
+        if b"\r\n\r\n" in buf:
+            head, _, body = buf.partition(b"\r\n\r\n")
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:") and \
+                        len(body) >= int(line.split(b":")[1]):
+                    return buf
+
+
+def test_unauthenticated_bodies_are_refused_before_they_are_read(launch) -> None:
+    srv = launch()
+    for path in ("/v1/models", "/v1/recipes/x", "/v1/inspect", "/v2/models/deeppcb/infer"):
+        method = "PUT" if "recipes" in path else "POST"
+        sock = _connect(srv.url)
+        # 100 MiB declared, none of it sent: the answer must come without the body
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: "
+                     f"application/json\r\ncontent-length: {100 * 1024 * 1024}\r\n\r\n".encode())
+        answer = _response(sock)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 401"), (path, answer[:200])
+        assert b'"unauthorized"' in answer
+    # chunked, no length declared: the same
+    sock = _connect(srv.url)
+    part = b'{"path": "' + b"a" * 100
+    sock.sendall(b"POST /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json"
+                 b"\r\ntransfer-encoding: chunked\r\n\r\n" + b"%x\r\n" % len(part) + part + b"\r\n")
+    assert _response(sock).startswith(b"HTTP/1.1 401")
+    sock.close()
+
+
+def test_json_bodies_are_capped_for_every_role(launch) -> None:
+    srv = launch(max_json_bytes=4096)
+    big = b'{"path": "' + b"a" * 10000 + b'"}'
+    with srv.client("admin") as c:
+        r = c.post("/v1/models", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: refused when it passes the cap
+            yield big[:3000]
+            yield big[3000:]
+
+        r = c.post("/v1/models", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+    with srv.client("line") as c:  # a line key may not make the server read a large body
+        r = c.put("/v1/references/golden", content=b"\xff\xd8" + b"\0" * 100_000,
+                  headers={"content-type": "image/jpeg"})
+        assert r.status_code == 403
+
+
+def test_a_chunked_multipart_upload_stops_at_the_limit(launch) -> None:
+    limit = 1024 * 1024
+    srv = launch(max_body_bytes=limit)
+    sent = 0
+
+    def body() -> Iterator[bytes]:
+        nonlocal sent
+        head = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
+                b"Content-Type: image/jpeg\r\n\r\n")
+        sent += len(head)
+        yield head
+        block = b"\0" * 65536
+        for _ in range(50 * 16):  # 50 MiB, if the server kept reading
+            sent += len(block)
+            yield block
+
+    status = None
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30,
+                          headers={"Authorization": f"Bearer {KEYS['line']}"}) as c:
+            r = c.post("/v1/inspect", content=body(),
+                       headers={"content-type": "multipart/form-data; boundary=b"})
+            status = r.status_code
+            assert r.json()["error"]["code"] == "image_too_large"
+    except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
+        pass  # the server answered 413 and closed while we were still sending
+    assert status in (None, 413)
+    # what the server read stopped near the limit: the rest sat in socket buffers at most
+    assert sent < 20 * 1024 * 1024
+
+
+def test_decoding_runs_in_the_limiters_slot_off_the_event_loop(launch, monkeypatch) -> None:
+    seen: list[tuple[bool, int]] = []
+    running = 0
+    lock = threading.Lock()
+    real = service_module.decode_image
+
+    def watched(data: bytes, max_pixels: int) -> np.ndarray:
+        nonlocal running
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        with lock:
+            running += 1
+            seen.append((on_loop, running))
+        try:
+            return real(data, max_pixels)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(service_module, "decode_image", watched)
+    srv = launch(max_concurrency=1, max_queue=2)
+    ok, png = cv2.imencode(".png", np.zeros((3000, 3000, 3), np.uint8))
+    assert ok
+
+    def post(_: int) -> int:
+        with srv.client("line") as c:
+            return c.post("/v1/inspect", content=png.tobytes(),
+                          headers={"content-type": "image/png"}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(post, range(8)))
+    assert set(statuses) <= {200, 503} and 200 in statuses
+    assert seen and not any(on_loop for on_loop, _ in seen)
+    assert max(n for _, n in seen) == 1  # never more decodes at once than slots
+
+
+def test_pending_triggers_hold_no_threads(launch) -> None:
+    sim = MJPEGSimulator(fps=20)
+    try:
+        _pending_triggers_hold_no_threads(launch, sim)
+    finally:
+        sim.kill()
+
+
+def _pending_triggers_hold_no_threads(launch, sim: MJPEGSimulator) -> None:
+    cam = CameraConfig(id="slow", source=sim.url, read_timeout_s=30, stale_after_s=30,
+                       max_frame_age_s=0.01)
+    srv = launch(cameras=[cam], max_queue=64)
+    deadline = time.time() + 30
+    with srv.client("reviewer") as c:
+        while c.get("/v1/cameras").json()[0]["state"] != "online":
+            assert time.time() < deadline, "camera never came online"
+            time.sleep(0.1)
+    sim.mode = "hang"  # the camera stays connected and sends nothing: triggers wait
+    time.sleep(1.0)
+    done: list[int] = []
+
+    def trigger(_: int) -> int:
+        with srv.client("line") as c:
+            status = c.post("/v1/cameras/slow/trigger", params={"timeout_s": 3}).status_code
+        done.append(status)
+        return status
+
+    with ThreadPoolExecutor(45) as pool:
+        futures = [pool.submit(trigger, i) for i in range(45)]
+        time.sleep(1.0)  # let them all arrive
+        # a route served from the thread pool (a plain def) still gets a thread: had each
+        # waiting trigger held one, the pool (40) would be exhausted until they timed out
+        with srv.client("reviewer") as c:
+            assert c.get("/v1/cameras").status_code == 200
+            answered_before = len(done)
+        statuses = [f.result() for f in futures]
+    # (before triggers waited on the event loop, 40 held a thread each until they timed
+    # out, and the probe came back only after them)
+    assert answered_before <= 5, done
+    assert statuses.count(503) >= 40
+
+
+def test_continuous_cameras_go_through_the_limiter(launch) -> None:
+    cam = CameraConfig(id="cont", source=str(SAMPLE), fps=10, mode="continuous", rate_hz=10)
+    srv = launch(cameras=[cam])
+    limiter = srv.app.state.limiter
+    calls: list[Any] = []
+    real_run = limiter.run
+
+    async def counted(fn: Any, **kw: Any) -> Any:
+        calls.append(fn)
+        return await real_run(fn, **kw)
+
+    limiter.run = counted
+    deadline = time.time() + 30
+    with srv.client("reviewer") as c:
+        while True:
+            r = c.get("/v1/inspections", params={"camera_id": "cont"})
+            if r.json()["total"] >= 2 and len(calls) >= 2:
+                break
+            assert time.time() < deadline, "no continuous inspection went through the limiter"
+            time.sleep(0.2)
+    text = httpx.get(srv.url + "/metrics").text
+    assert 'camera="cont"' in text
+
+
+def test_trickled_headers_are_dropped(launch) -> None:
+    srv = launch(header_timeout_s=0.5)
+    socks = [_connect(srv.url) for _ in range(20)]
+    for s in socks:
+        s.sendall(b"POST /v1/inspect HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+    for s in socks:
+        assert s.recv(1024) == b""  # closed by the server (a hang would time the test out)
+        s.close()
+    with srv.client("line") as c:  # and the server still serves
+        assert c.get("/healthz").status_code == 200
+
+
+def test_a_stalled_body_gets_408(launch) -> None:
+    srv = launch(body_timeout_s=0.5)
+    sock = _connect(srv.url)
+    sock.sendall(b"POST /v1/inspect HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                 + KEYS["line"].encode() + b"\r\ncontent-type: image/jpeg\r\n"
+                 b"content-length: 1000\r\n\r\n\xff\xd8")
+    answer = _response(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in answer
+
+
+def test_connections_are_capped(launch) -> None:
+    srv = launch(max_connections=4, header_timeout_s=30)
+    idle = [_connect(srv.url) for _ in range(4)]
+    for s in idle:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers unfinished
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            assert c.get("/healthz").status_code == 503
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.time() + 30
+    while True:  # once they are gone, the server answers again
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            if c.get("/healthz").status_code == 200:
+                break
+        assert time.time() < deadline
+        time.sleep(0.1)
