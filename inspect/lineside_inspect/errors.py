@@ -45,6 +45,20 @@ class ImageTooLargeError(ImageError):
     status = 413
 
 
+class BodyTooLargeError(LinesideError):
+    """A request body over the route's limit (``max_body_bytes`` or ``max_json_bytes``)."""
+
+    code = "body_too_large"
+    status = 413
+
+
+class BodyTimeoutError(LinesideError):
+    """A request body that stopped arriving (``body_timeout_s``)."""
+
+    code = "body_timeout"
+    status = 408
+
+
 class UnsupportedMediaError(ImageError):
     code = "unsupported_media_type"
     status = 415
@@ -96,9 +110,21 @@ class Problem:
         return f"{where}: {self.message}"
 
 
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The one error shape of the HTTP API: ``{"error": {"code", "message"}}``."""
+    return {"error": {"code": code, "message": message}}
+
+
 def describe_validation(errors: list[Any]) -> str:
     """One line naming every invalid field of a pydantic ``ValidationError.errors()``."""
     return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors)
+
+
+class DataDirLockedError(LinesideError):
+    """Another process (or another store in this one) holds the data folder's lock."""
+
+    code = "data_dir_locked"
+    status = 409
 
 
 class ForeignOriginError(LinesideError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
@@ -16,9 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lineside_inspect import __version__, ui
 from lineside_inspect.config import Settings
-from lineside_inspect.errors import LinesideError, describe_validation
+from lineside_inspect.errors import LinesideError, describe_validation, error_body
 from lineside_inspect.recipes import Recipe, load_recipe
-from lineside_inspect.references import ReferenceLibrary, resolve_reference
+from lineside_inspect.references import ReferenceLibrary
+from lineside_inspect.server import gate
 from lineside_inspect.server.guard import Guard
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
@@ -32,14 +32,11 @@ from lineside_inspect.server.routes import (
     references,
     v2,
 )
-from lineside_inspect.server.unexpected import CatchUnexpected, internal_error
+from lineside_inspect.server.service import InspectionService
 from lineside_inspect.server.sessions import SessionStore
+from lineside_inspect.server.unexpected import CatchUnexpected, internal_error
 
 log = logging.getLogger("lineside")
-
-
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
 
 
 def load_everything(settings: Settings, registry: Registry) -> None:
@@ -64,46 +61,37 @@ def load_everything(settings: Settings, registry: Registry) -> None:
 
 
 def setup_store(app: FastAPI, settings: Settings) -> None:
-    from lineside_inspect.store import Store
+    from lineside_inspect.store import DataDirLock, Store
+
+    # the data folder is locked now, before models load: a second server on the same
+    # folder stops here, before its start-up cleanup can take live files for orphans
+    lock = DataDirLock(settings.data_dir).acquire()
 
     def start() -> None:
         store = Store(settings.data_dir, settings.database_url,
                       pass_rate=settings.store_pass_rate, max_bytes=settings.store_max_bytes,
-                      max_age_days=settings.store_max_age_days)
-        log.info("store at %s: %s", store.url.split("@")[-1], store.cleanup())
+                      max_age_days=settings.store_max_age_days, box_id=settings.box_id, lock=lock)
+        log.info("store at %s, box %s: %s", store.url.split("@")[-1], store.box_id, store.cleanup())
         app.state.store = store
+        app.state.service.store = store
 
     def stop() -> None:
         if app.state.store is not None:
-            app.state.store.engine.dispose()
+            app.state.store.close()
+        lock.release()
 
     app.state.on_startup.append(start)
     app.state.on_shutdown.append(stop)
 
 
-def setup_cameras(app: FastAPI, settings: Settings, registry: Registry) -> None:
-    """Start camera workers after the models load; stop them (within 2 s) on shutdown."""
+def setup_cameras(app: FastAPI, settings: Settings) -> None:
+    """Start camera workers after the models load; stop them (within 2 s) on shutdown.
+    Continuous cameras are inspected by the service (see ``InspectionService``)."""
     from lineside_inspect.cameras import CameraManager
-    from lineside_inspect.inspector import inspect as run_inspection
-    from lineside_inspect.server.routes.inspect import count
 
     manager = CameraManager(settings.cameras)
     app.state.cameras = manager
-
-    def continuous(camera_id: str, frame: Any) -> Any:
-        rule = registry.recipe(manager.configs[camera_id].recipe)
-        detector = registry.detector(rule.model, rule.model_version)
-        reference = resolve_reference(detector.needs_reference, detector.card.name,
-                                      app.state.references, name=manager.configs[camera_id].reference,
-                                      trusted=True)
-        result = run_inspection(frame.image, detector, rule, camera_id=camera_id,
-                                reference=reference)
-        count(app, result)
-        return result
-
-    def start() -> None:
-        manager.start()
-        manager.start_continuous(continuous)
+    app.state.service.cameras = manager
 
     def publish_health() -> None:
         m = app.state.metrics
@@ -112,7 +100,7 @@ def setup_cameras(app: FastAPI, settings: Settings, registry: Registry) -> None:
             m.camera_fps.labels(h["id"]).set(h["fps"])
             m.camera_reconnects.labels(h["id"]).set(h["reconnects"])
 
-    app.state.on_startup.append(start)
+    app.state.on_startup.append(manager.start)
     app.state.on_shutdown.append(lambda: manager.stop(2.0))
     app.state.metrics_hooks.append(publish_health)
 
@@ -125,9 +113,10 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
         await anyio.to_thread.run_sync(load_everything, settings, registry)
-        admin._publish_state(app, registry)
+        admin.publish_state(app.state.metrics, registry)
         for hook in app.state.on_startup:
             await anyio.to_thread.run_sync(hook)
+        app.state.service.start_continuous()
         app.state.ready = True
         log.info("lineside ready: %s", ", ".join(f"{n}:{s.active}" for n, s in
                                                    registry.models().items()))
@@ -135,6 +124,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
             yield
         finally:
             app.state.ready = False
+            await app.state.service.stop_continuous()
             for hook in reversed(app.state.on_shutdown):
                 await anyio.to_thread.run_sync(hook)
 
@@ -147,6 +137,9 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
                                 settings.request_timeout_s)
     app.state.metrics = Metrics()
     app.state.references = ReferenceLibrary(settings.references_path, settings.max_pixels)
+    app.state.service = InspectionService(
+        registry=registry, limiter=app.state.limiter, metrics=app.state.metrics,
+        references=app.state.references, max_pixels=settings.max_pixels)
     app.state.ready = False
     app.state.store = None
     app.state.cameras = None
@@ -157,7 +150,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     if settings.store:
         setup_store(app, settings)
     if settings.cameras:
-        setup_cameras(app, settings, registry)
+        setup_cameras(app, settings)
+    gate.install(app, settings)  # auth and body limits before any body is read
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"])
@@ -168,7 +162,11 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     @app.exception_handler(LinesideError)
     async def lineside_error(request: Request, exc: LinesideError) -> JSONResponse:
         app.state.metrics.errors.labels(exc.code).inc()
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        headers = {"Retry-After": "1"} if exc.status == 503 else {}
+        if exc.status in (408, 413):
+            # the rest of the body is unread: close, or the client keeps sending into a
+            # connection the server must keep draining
+            headers["Connection"] = "close"
         return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status,
                             headers=headers)
 

@@ -15,6 +15,7 @@ from lineside_inspect.server.guard import UNSAFE_METHODS, is_same_origin
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
+from lineside_inspect.server.service import InspectionService
 from lineside_inspect.server.sessions import CSRF_HEADER, SESSION_COOKIE, SessionStore
 
 if TYPE_CHECKING:
@@ -136,6 +137,13 @@ def get_references(request: Request) -> ReferenceLibrary:
 
 
 ReferencesDep = Annotated[ReferenceLibrary, Depends(get_references)]
+
+
+def get_service(request: Request) -> InspectionService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+ServiceDep = Annotated[InspectionService, Depends(get_service)]
 
 
 def get_store(request: Request) -> Store:

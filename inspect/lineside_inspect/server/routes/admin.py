@@ -84,9 +84,9 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep) -> 
 
 
 def _publish(request: Request, registry: Any) -> None:
-    _publish_state(request.app, registry)
+    publish_state(request.app.state.metrics, registry)
 
 
-def _publish_state(app: Any, registry: Any) -> None:
-    app.state.metrics.model_info.info(
-        {name: slot.active or "" for name, slot in registry.models().items()})
+def publish_state(metrics: Any, registry: Any) -> None:
+    """The active version of each model, as the ``lineside_model`` info metric."""
+    metrics.model_info.info({name: slot.active or "" for name, slot in registry.models().items()})
