@@ -99,7 +99,12 @@ class _Server(uvicorn.Server):
 
 def run(settings: Settings) -> None:
     settings.check_bind()
-    if not settings.api_keys:
-        log.warning("no API keys configured: auth is off, listening on loopback only")
+    if not settings.api_keys and settings.loopback_only:
+        log.warning("no API keys configured: auth is off, listening on loopback only (%s)",
+                    settings.host)
+    elif not settings.api_keys:  # --insecure: say plainly what that means
+        log.warning("no API keys configured and --insecure: auth is OFF while listening on "
+                    "%s:%d, so anyone who can reach this address may inspect, review and "
+                    "change models", settings.host, settings.port)
     app = create_app(settings)
     _Server(uvicorn_config(app, settings), app).run()
