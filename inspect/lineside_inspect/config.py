@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lineside_inspect.errors import ConfigError, describe_validation
@@ -33,6 +34,17 @@ class ApiKey(BaseModel):
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+# a box's name in a shared database and in messages; kept in <data_dir>/box_id
+BOX_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
+def check_box_id(value: str | None) -> str | None:
+    if value is not None and not BOX_ID_RE.fullmatch(value):
+        raise ValueError("box_id must be 1-64 letters, digits, '_', '.' or '-', starting with "
+                         "a letter or digit")
+    return value
 
 
 class CameraConfig(BaseModel):
@@ -66,10 +78,18 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    max_json_bytes: int = Field(64 * 1024, gt=0, description=(
+        "body limit of every route that takes no image (admin, review, login)"))
     max_pixels: int = Field(64 * 1024 * 1024, gt=0)
     max_concurrency: int = Field(2, ge=1, description="inferences running at once")
     max_queue: int = Field(16, ge=0, description="requests waiting beyond that; then 503")
     request_timeout_s: float = Field(10.0, gt=0)
+    header_timeout_s: float = Field(10.0, gt=0, description=(
+        "a connection's request headers must arrive complete within this"))
+    body_timeout_s: float = Field(10.0, gt=0, description=(
+        "longest wait for the next part of a request body"))
+    max_connections: int = Field(256, ge=1, description=(
+        "open connections and requests at once; beyond it new requests get 503"))
     api_keys: list[ApiKey] = Field(default_factory=list)
     insecure: bool = False
     cors_origins: list[str] = Field(default_factory=list, description=(
@@ -80,11 +100,16 @@ class Settings(BaseSettings):
     session_ttl_s: float = Field(12 * 3600, gt=0, description="review sign-in lifetime")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     data_dir: str = "data/store"
+    box_id: Annotated[str | None, AfterValidator(check_box_id)] = Field(None, description=(
+        "this box's name in a shared database; default: generated once and kept in "
+        "<data_dir>/box_id"))
     references_dir: str | None = Field(None, description=(
         "named reference images for reference models; default <data_dir>/references"))
     store: bool = Field(True, description="record inspections (database + images)")
     store_pass_rate: float = Field(0.1, ge=0, le=1, description="share of passes whose image is kept")
-    store_max_bytes: int | None = Field(None, gt=0, description="image disk quota")
+    store_max_bytes: int | None = Field(None, gt=0, description=(
+        "disk quota of the store: images, reference copies and a SQLite database with its "
+        "-wal/-shm files (a PostgreSQL database lives elsewhere and is not counted)"))
     store_max_age_days: float | None = Field(None, gt=0)
     cameras: list[CameraConfig] = Field(default_factory=list)
 
