@@ -15,7 +15,7 @@ import torch
 from lineside_inspect.errors import ConfigError
 from lineside_training.checkpoint import load_trained
 from lineside_training.config import TrainConfig, load_config
-from lineside_training.engine import train
+from lineside_training.engine import Progress, TrainState, load_checkpoint, save_checkpoint, train
 from lineside_training.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,8 @@ def test_resume_continues_where_it_stopped(tmp_path: Path, make_config: Make) ->
     train(more, resume=True, quiet=True)
     epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
-    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 1
+    last = torch.load(run / "last.pt", weights_only=False)
+    assert last["epoch"] == 1 and last["scaler"] == {}  # CPU: AMP and its scaler are off
 
 
 def test_evaluate_writes_report_and_thresholds(tiny_run: Path, tmp_path: Path) -> None:
@@ -78,25 +79,81 @@ def _unsplit(tmp_path: Path, make_config: Make) -> None:
     train(make_config(tmp_path, data=str(dst)), quiet=True)
 
 
+def test_checkpoint_restores_the_amp_scaler(tmp_path: Path, make_config: Make) -> None:
+    """A GradScaler's state (the loss scale AMP backed off to, its growth tracker) is saved
+    and restored. CUDA is absent here, so a CPU GradScaler (the same class) stands in."""
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def state() -> TrainState:
+        return TrainState(model, None, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                          torch.amp.GradScaler("cpu", init_scale=1024.0))
+
+    saved = state()
+    for value in (float("inf"), 1.0, 1.0):  # an overflow halves the scale, then 2 good steps
+        saved.scaler.scale(model(torch.full((1, 2), value)).sum()).backward()
+        saved.scaler.step(optimizer)
+        saved.scaler.update()
+        optimizer.zero_grad()
+    assert saved.scaler.state_dict()["scale"] == 512.0
+    cfg = make_config(tmp_path)
+    save_checkpoint(tmp_path / "last.pt", saved, Progress(epoch=3, best=0.5, stale=1), cfg=cfg,
+                    class_names=["open"], data_fingerprint={})
+    restored = state()
+    progress = load_checkpoint(tmp_path / "last.pt", restored, torch.device("cpu"))
+    assert restored.scaler.state_dict() == saved.scaler.state_dict()
+    assert restored.scaler.state_dict()["_growth_tracker"] == 2
+    assert (progress.epoch, progress.best, progress.stale) == (3, 0.5, 1)
+    # a disabled scaler (CPU training) saves nothing and restores as it was
+    off = torch.amp.GradScaler("cuda", enabled=False)
+    saved.scaler = off
+    save_checkpoint(tmp_path / "cpu.pt", saved, Progress(), cfg=cfg, class_names=["open"],
+                    data_fingerprint={})
+    load_checkpoint(tmp_path / "cpu.pt", restored, torch.device("cpu"))
+    assert restored.scaler.state_dict()["scale"] == 512.0
+
+
+# Runs under torchrun: records, on the test side, which records this rank trained on (the
+# training loader's collate function sees every batch) and the final weights' checksum.
+DDP_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from lineside_training import engine
+from lineside_training.data.dataset import collate
+from lineside_training.models import build_model
+
+seen, models = [], []
+
+def recording_collate(batch):
+    seen.extend(int(target["index"]) for _, target in batch)
+    return collate(batch)
+
+def kept_model(*args, **kwargs):
+    models.append(build_model(*args, **kwargs))
+    return models[-1]
+
+engine.collate, engine.build_model = recording_collate, kept_model
+out = Path({out!r})
+engine.train(tiny_config(out, epochs=1, max_steps_per_epoch=3, batch_size=4, eval_every=1), quiet=True)
+checksum = float(sum(p.detach().double().sum() for p in models[0].parameters()))
+(out / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps({{"indices": seen, "checksum": checksum}}))
+"""
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     """torchrun, 2 CPU processes: disjoint shards, identical weights at the end."""
     script = tmp_path / "ddp.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from conftest import tiny_config\n"
-        "from lineside_training.engine import train\n"
-        f"train(tiny_config(__import__('pathlib').Path({str(tmp_path)!r}), epochs=1, "
-        "max_steps_per_epoch=3, batch_size=4, eval_every=1), quiet=True)\n"
-    )
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(script)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    ranks = [json.loads((tmp_path / "tiny" / "ranks" / f"rank{r}.json").read_text())
-             for r in (0, 1)]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     a, b = (set(r["indices"]) for r in ranks)
     assert a and b and not (a & b), "ranks must see disjoint shards"
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    assert not (tmp_path / "tiny" / "ranks").exists()

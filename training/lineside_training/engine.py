@@ -1,5 +1,7 @@
-"""The training loop: CPU or CUDA (AMP), DDP through torchrun, EMA, checkpoints, resume,
-early stopping, and a JSON-lines metrics log per evaluation."""
+"""The training loop, in named steps as torchvision's reference scripts have it:
+:func:`train` composes :func:`train_one_epoch`, :func:`evaluate` and
+:func:`save_checkpoint` / :func:`load_checkpoint`. CPU or CUDA (AMP), DDP through torchrun,
+EMA, resume, early stopping, and a JSON-lines metrics log per evaluation."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
@@ -119,9 +122,203 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+@dataclass
+class TrainState:
+    """What a checkpoint saves and a resume restores, besides the loop's :class:`Progress`."""
+
+    model: nn.Module  # the raw model (never the DDP wrapper): its state_dict has plain keys
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # an LRScheduler (LambdaLR or OneCycleLR)
+    scaler: torch.amp.GradScaler  # AMP loss scaling on CUDA; disabled (empty state) elsewhere
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and exported: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass
+class Progress:
+    """Where the fit loop stands; every checkpoint carries it so a resume continues."""
+
+    epoch: int = -1  # last finished epoch, 0-based (-1: none yet)
+    best: float = -1.0  # best validation mAP@.5 so far
+    stale: int = 0  # evaluations since ``best`` last improved (early stopping)
+    elapsed_s: float = 0.0  # training seconds, summed over resumed runs
+
+
+@dataclass
+class EpochStats:
+    loss: float  # mean training loss per image on this rank
+    images: int  # images this rank trained on
+    seconds: float
+
+
+def build_train_loader(
+    cfg: TrainConfig, train_ds: DetectionDataset, data: TrainData, rank: int, world: int,
+) -> tuple[torch.utils.data.DataLoader[Any], torch.utils.data.DistributedSampler[Any] | None]:
+    """The training loader, and its DistributedSampler under DDP (each rank a disjoint
+    shard, reshuffled by ``set_epoch``); single-process runs shuffle, or weight good
+    images down by ``good_weight``. Seeded by ``cfg.seed``."""
+    sampler: torch.utils.data.DistributedSampler[Any] | None = None
+    weighted: torch.utils.data.WeightedRandomSampler | None = None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if world > 1:
+        sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, seed=cfg.seed)
+    elif cfg.good_weight < 1:
+        weights = [cfg.good_weight if r.is_good else 1.0 for r in data.train]
+        weighted = torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=generator)
+    loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=cfg.batch_size, shuffle=sampler is None and weighted is None,
+        sampler=sampler or weighted,
+        collate_fn=collate, num_workers=cfg.workers, drop_last=len(train_ds) > cfg.batch_size,
+        generator=generator, persistent_workers=cfg.workers > 0,
+    )
+    return loader, sampler
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int) -> Any:
+    """Stepped once per training step (``steps`` per epoch)."""
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
+            pct_start=min(max(cfg.warmup_epochs / cfg.epochs, 0.01), 0.5))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps))
+
+
+def train_one_epoch(
+    net: nn.Module,
+    state: TrainState,
+    loader: Iterable[tuple[Tensor, list[dict[str, Tensor]]]],
+    *,
+    device: torch.device,
+    steps: int,
+    use_amp: bool,
+    grad_clip: float,
+    desc: str = "",
+    progress_bar: bool = False,
+) -> EpochStats:
+    """One epoch of at most ``steps`` optimiser steps.
+
+    ``loader`` yields ``(images, targets)``: images ``[B, 3, S, S]`` uint8 (RGB, or a
+    reference model's pair image), targets ``B`` dicts of ``boxes`` ``[N, 4]`` float32
+    (x1, y1, x2, y2 in input pixels), ``labels`` ``[N]`` int64 and ``index`` (the record
+    index, dropped here). ``net`` (the model, or its DDP wrapper) in train mode takes
+    images as float32 ``[B, 3, S, S]`` in 0..255 with the targets and returns a dict of
+    scalar losses; their sum is minimised (scaled by ``state.scaler`` under AMP, gradients
+    clipped to ``grad_clip`` when > 0). The scheduler and the EMA step with the optimiser.
+    """
+    net.train()
+    seen, loss_sum, t_epoch = 0, 0.0, time.time()
+    bar = tqdm(total=steps, desc=desc, disable=not progress_bar, file=sys.stderr, leave=False)
+    for step, (images, targets) in enumerate(loader):
+        if step >= steps:
+            break
+        images = images.to(device, non_blocking=True).float()
+        targets = [{k: v.to(device) for k, v in t.items() if k != "index"} for t in targets]
+        with torch.autocast(device.type, enabled=use_amp):
+            losses = net(images, targets)
+            loss = sum(losses.values())
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        if grad_clip > 0:
+            state.scaler.unscale_(state.optimizer)
+            nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update_parameters(state.model)
+        seen += len(images)
+        loss_sum += float(loss.detach()) * len(images)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}",
+                        img_s=f"{seen / (time.time() - t_epoch):.1f}")
+        bar.update()
+    bar.close()
+    return EpochStats(loss_sum / max(seen, 1), seen, time.time() - t_epoch)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    records: list[ImageRecord],
+    class_names: list[str],
+    *,
+    size: int,
+    device: torch.device,
+    cache: DetectionDataset | None = None,
+    reference: bool = False,
+) -> dict[str, Any]:
+    """COCO metrics of ``model`` on ``records`` (the in-loop validation; the report with
+    quality metrics and calibration is :func:`lineside_training.evaluate.evaluate`).
+
+    ``model`` in eval mode takes float32 ``[B, 3, size, size]`` (0..255, letterboxed) and
+    returns per image ``boxes`` ``[K, 4]`` (input pixels), ``scores`` ``[K]`` and
+    ``labels`` ``[K]``; boxes are mapped back to original pixels before scoring. Returns
+    :func:`lineside_training.metrics.coco_metrics` (``map``, ``map50``, ``per_class``).
+    """
+    preds = predict_records(model, dataset, records, class_names, size=size, device=device,
+                            cache=cache, reference=reference)
+    return coco_metrics(records, preds, class_names)
+
+
+def save_checkpoint(
+    path: Path,
+    state: TrainState,
+    progress: Progress,
+    *,
+    cfg: TrainConfig,
+    class_names: list[str],
+    data_fingerprint: dict[str, Any],
+) -> None:
+    """Write ``path`` atomically (a temporary file, then a rename): an interrupted save
+    leaves the previous checkpoint whole. ``model`` holds the evaluation weights (what
+    :func:`lineside_training.checkpoint.load_trained` and export read), ``raw_model``,
+    ``ema``, ``optimizer``, ``scheduler`` and ``scaler`` what a resume restores."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "model": state.eval_model.state_dict(), "raw_model": state.model.state_dict(),
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "epoch": progress.epoch, "best": progress.best, "stale": progress.stale,
+        "config": cfg.model_dump(), "class_names": class_names,
+        "elapsed_s": progress.elapsed_s, "data": data_fingerprint,
+    }, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, state: TrainState, device: torch.device) -> Progress:
+    """Restore ``state`` from a checkpoint written by :func:`save_checkpoint`; returns its
+    progress. A scaler saved disabled (a CPU run), or by a release that did not save it,
+    leaves ``state.scaler`` fresh; a disabled scaler ignores any saved state."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    state.model.load_state_dict(ck["raw_model"])
+    if state.ema is not None and ck.get("ema") is not None:
+        state.ema.load_state_dict(ck["ema"])
+    state.optimizer.load_state_dict(ck["optimizer"])
+    state.scheduler.load_state_dict(ck["scheduler"])
+    if ck.get("scaler"):
+        state.scaler.load_state_dict(ck["scaler"])
+    return Progress(ck["epoch"], ck["best"], ck["stale"], ck.get("elapsed_s", 0.0))
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Path:
     """Train per ``cfg``; returns the run folder (``config.yaml``, ``last.pt``, ``best.pt``,
-    ``metrics.jsonl``). Safe to interrupt: ``last.pt`` is written first."""
+    ``metrics.jsonl``). Safe to interrupt: ``last.pt`` is written first.
+
+    Each epoch is :func:`train_one_epoch`, then every ``eval_every`` epochs (and the last)
+    :func:`evaluate` on rank 0, which keeps ``best.pt`` at the best mAP@.5, then
+    :func:`save_checkpoint` of ``last.pt``. Stops after ``epochs``, ``time_limit_minutes``
+    or ``patience`` evaluations without gain."""
     rank, world = _distributed()
     device = pick_device(cfg.device)
     if device.type == "cuda" and world > 1:
@@ -150,139 +347,65 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     )
     val_ds = DetectionDataset(data.dataset, data.val, data.class_names, size=cfg.input_size,
                               reference=cfg.reference)
-    sampler: torch.utils.data.DistributedSampler[Any] | None = None
-    weighted: torch.utils.data.WeightedRandomSampler | None = None
-    generator = torch.Generator().manual_seed(cfg.seed)
-    if world > 1:
-        sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, seed=cfg.seed)
-    elif cfg.good_weight < 1:
-        weights = [cfg.good_weight if r.is_good else 1.0 for r in data.train]
-        weighted = torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=generator)
-    loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=cfg.batch_size, shuffle=sampler is None and weighted is None,
-        sampler=sampler or weighted,
-        collate_fn=collate, num_workers=cfg.workers, drop_last=len(train_ds) > cfg.batch_size,
-        generator=generator, persistent_workers=cfg.workers > 0,
-    )
+    loader, sampler = build_train_loader(cfg, train_ds, data, rank, world)
     steps = min(len(loader), cfg.max_steps_per_epoch or len(loader))
-    optimizer: torch.optim.Optimizer
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
-                                    weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "onecycle":
-        scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
-            pct_start=min(max(cfg.warmup_epochs / cfg.epochs, 0.01), 0.5))
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps))
+    optimizer = build_optimizer(cfg, model)
     use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    state = TrainState(model, ema, optimizer, build_scheduler(cfg, optimizer, steps),
+                       torch.amp.GradScaler("cuda", enabled=use_amp))
     # static_graph: the same parameters (e.g. an unused top pyramid output) go without
     # gradient every step, which DDP accepts when told the graph is static
     net: nn.Module = DistributedDataParallel(model, static_graph=True) if world > 1 else model
 
-    start_epoch, best, stale, elapsed0 = 0, -1.0, 0, 0.0
+    progress = Progress()
     if resume and (run / "last.pt").is_file():
-        ck = torch.load(run / "last.pt", map_location=device, weights_only=False)
-        model.load_state_dict(ck["raw_model"])
-        if ema is not None and ck.get("ema") is not None:
-            ema.load_state_dict(ck["ema"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        start_epoch, best, stale = ck["epoch"] + 1, ck["best"], ck["stale"]
-        elapsed0 = ck.get("elapsed_s", 0.0)
+        progress = load_checkpoint(run / "last.pt", state, device)
+    start_epoch, elapsed0, t0 = progress.epoch + 1, progress.elapsed_s, time.time()
 
-    def checkpoint(epoch: int, path: Path) -> None:
-        if rank != 0:
-            return
-        eval_model = ema.module if ema is not None else model
-        torch.save({
-            "model": eval_model.state_dict(), "raw_model": model.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch, "best": best, "stale": stale, "config": cfg.model_dump(),
-            "class_names": data.class_names, "elapsed_s": elapsed0 + time.time() - t0,
-            "data": data.fingerprint,
-        }, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
+    def save(epoch: int, path: Path) -> None:  # rank 0 writes, as torchvision's save_on_master
+        if rank == 0:
+            progress.epoch, progress.elapsed_s = epoch, elapsed0 + time.time() - t0
+            save_checkpoint(path, state, progress, cfg=cfg, class_names=data.class_names,
+                            data_fingerprint=data.fingerprint)
 
-    t0 = time.time()
     epoch = start_epoch
-    seen_indices: list[int] = []  # first epoch's shard, recorded for DDP runs
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if sampler is not None:
                 sampler.set_epoch(epoch)
-            net.train()
-            seen, loss_sum, t_epoch = 0, 0.0, time.time()
-            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=quiet or rank != 0, file=sys.stderr, leave=False)
-            for step, (images, targets) in enumerate(loader):
-                if step >= steps:
-                    break
-                if world > 1 and epoch == start_epoch:
-                    seen_indices.extend(int(t["index"]) for t in targets)
-                images = images.to(device, non_blocking=True).float()
-                targets = [{k: v.to(device) for k, v in t.items() if k != "index"} for t in targets]
-                with torch.autocast(device.type, enabled=use_amp):
-                    losses = net(images, targets)
-                    loss = sum(losses.values())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                seen += len(images)
-                loss_sum += float(loss.detach()) * len(images)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}",
-                                img_s=f"{seen / (time.time() - t_epoch):.1f}")
-                bar.update()
-            bar.close()
+            stats = train_one_epoch(net, state, loader, device=device, steps=steps, use_amp=use_amp,
+                                    grad_clip=cfg.grad_clip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                                    progress_bar=not quiet and rank == 0)
             row: dict[str, Any] = {
-                "epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
-                "lr": scheduler.get_last_lr()[0],
-                "train_img_s": seen * world / (time.time() - t_epoch),
+                "epoch": epoch + 1, "loss": stats.loss, "lr": state.scheduler.get_last_lr()[0],
+                "train_img_s": stats.images * world / stats.seconds,
             }
             last = epoch + 1 == cfg.epochs or (
                 cfg.time_limit_minutes is not None
                 and elapsed0 + time.time() - t0 > cfg.time_limit_minutes * 60)
             if rank == 0 and ((epoch + 1) % cfg.eval_every == 0 or last):
-                eval_model = ema.module if ema is not None else model
-                preds = predict_records(eval_model, data.dataset, data.val, data.class_names,
-                                        size=cfg.input_size, device=device, cache=val_ds)
-                m = coco_metrics(data.val, preds, data.class_names)
+                m = evaluate(state.eval_model, data.dataset, data.val, data.class_names,
+                             size=cfg.input_size, device=device, cache=val_ds)
                 row.update(map=m["map"], map50=m["map50"])
-                if m["map50"] > best:
-                    best, stale = m["map50"], 0
-                    checkpoint(epoch, run / "best.pt")
+                if m["map50"] > progress.best:
+                    progress.best, progress.stale = m["map50"], 0
+                    save(epoch, run / "best.pt")
                 else:
-                    stale += 1
+                    progress.stale += 1
             row["elapsed_min"] = (elapsed0 + time.time() - t0) / 60
             if rank == 0:
                 with open(run / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 if not quiet:
                     print(json.dumps(row), file=sys.stderr)
-            checkpoint(epoch, run / "last.pt")
-            if stale >= cfg.patience or last:
+            save(epoch, run / "last.pt")
+            if progress.stale >= cfg.patience or last:
                 break
     except KeyboardInterrupt:
-        checkpoint(max(epoch - 1, 0), run / "last.pt")
+        save(max(epoch - 1, 0), run / "last.pt")
         raise
     finally:
         if world > 1 and dist.is_initialized():
-            # each rank records its shard and a weight checksum: replicas must agree
-            (run / "ranks").mkdir(parents=True, exist_ok=True)
-            checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
-            (run / "ranks" / f"rank{rank}.json").write_text(
-                json.dumps({"indices": seen_indices, "checksum": checksum}))
             dist.barrier()
             dist.destroy_process_group()
     return run
