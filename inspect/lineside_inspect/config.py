@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     models: list[str] = Field(default_factory=lambda: ["models/deeppcb/1"])
+    model_roots: list[str] = Field(default_factory=list, description=(
+        "folders POST /v1/models may load packages from; default: the folder holding each "
+        "configured package's NAME/VERSION folders (models/ for models/deeppcb/1)"))
     recipes: list[str] = Field(default_factory=list)
     default_recipe: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -117,6 +120,12 @@ class Settings(BaseSettings):
     def references_path(self) -> Path:
         return Path(self.references_dir) if self.references_dir else Path(self.data_dir) / "references"
 
+    def model_root_paths(self) -> list[Path]:
+        """``model_roots`` resolved (symlinks too), or the default; never the filesystem root."""
+        roots = self.model_roots or [str(Path(m).resolve().parent.parent) for m in self.models]
+        resolved = [Path(r).resolve() for r in roots]
+        return list(dict.fromkeys(r for r in resolved if r != Path(r.anchor)))
+
     @property
     def loopback_only(self) -> bool:
         """Whether ``host`` is a loopback address (only this machine can connect)."""
@@ -149,7 +158,7 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
         base = path.parent
-        for key in ("models", "recipes"):
+        for key in ("models", "recipes", "model_roots"):
             if key in doc:
                 doc[key] = [str((base / p).resolve()) if not Path(p).is_absolute() else p
                             for p in doc[key]]

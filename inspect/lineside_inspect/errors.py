@@ -146,3 +146,10 @@ class CsrfError(LinesideError):
 
     code = "csrf_failed"
     status = 403
+
+
+class PathNotAllowedError(LinesideError):
+    """A path from a request that lies outside the folders configured for it."""
+
+    code = "path_not_allowed"
+    status = 403

@@ -22,7 +22,7 @@ def _version(src: Path, dst: Path, version: str) -> Path:
 
 
 def test_hot_swap_during_burst_loses_no_request(launch, image_bytes: bytes, tmp_path: Path) -> None:
-    srv = launch(max_concurrency=2, max_queue=64)
+    srv = launch(max_concurrency=2, max_queue=64, model_roots=[str(tmp_path)])
     v2 = _version(MODEL, tmp_path / "deeppcb" / "2", "2")
 
     def inspect(_: int) -> tuple[int, str]:
@@ -50,7 +50,8 @@ def test_hot_swap_during_burst_loses_no_request(launch, image_bytes: bytes, tmp_
         assert admin.post("/v1/models/deeppcb/activate", json={"version": "9"}).status_code == 404
 
 
-def test_failed_load_keeps_the_old_model_serving(srv, image_bytes: bytes, tmp_path: Path) -> None:
+def test_failed_load_keeps_the_old_model_serving(launch, image_bytes: bytes, tmp_path: Path) -> None:
+    srv = launch(model_roots=[str(tmp_path)])
     bad = _version(MODEL, tmp_path / "bad", "3")
     (bad / "model.onnx").write_bytes((bad / "model.onnx").read_bytes()[:-10])
     with srv.client("admin") as admin:

@@ -7,17 +7,20 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, PackageError, PathNotAllowedError
+from lineside_inspect.package import CARD, GRAPH
 from lineside_inspect.recipes import Recipe
-from lineside_inspect.server.deps import Admin, RegistryDep
+from lineside_inspect.server.deps import Admin, RegistryDep, SettingsDep
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
 
 class LoadModel(BaseModel):
-    path: str
+    path: str = Field(..., min_length=1, max_length=4096, description=(
+        "the package folder, inside one of the server's model_roots (relative paths: to the "
+        "server's working folder)"))
     activate: bool = True
 
 
@@ -42,12 +45,18 @@ def list_models(who: Admin, registry: RegistryDep) -> list[dict[str, Any]]:
 
 
 @router.post("/models")
-async def load_model(body: LoadModel, who: Admin, registry: RegistryDep,
+async def load_model(body: LoadModel, who: Admin, registry: RegistryDep, settings: SettingsDep,
                      request: Request) -> dict[str, Any]:
     """Load (and warm up) a package beside the serving one, then activate it atomically.
-    A failed load leaves the serving version untouched and says why."""
-    det = await anyio.to_thread.run_sync(
-        lambda: registry.load_model(Path(body.path), activate=body.activate))
+    A failed load leaves the serving version untouched and says why. Only packages inside
+    the configured ``model_roots`` load: an admin key must not turn into a way to read or
+    run any file the server can reach."""
+    path = confine(body.path, settings.model_root_paths())
+    try:
+        det = await anyio.to_thread.run_sync(
+            lambda: registry.load_model(path, activate=body.activate))
+    except PackageError as exc:  # name the package as the caller did, not the resolved path
+        raise PackageError(exc.message.replace(str(path), body.path)) from None
     _publish(request, registry)
     return {"name": det.card.name, "version": det.card.version, "sha256": det.card.sha256,
             "active": registry.models()[det.card.name].active}
@@ -81,6 +90,23 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep) -> 
         raise ConfigError(f"recipe name {recipe.name!r} does not match the URL's {name!r}")
     registry.add_recipe(recipe)
     return recipe.model_dump()
+
+
+def confine(value: str, roots: list[Path]) -> Path:
+    """``value`` resolved (symlinks followed), if it and the package files in it lie inside
+    one of ``roots``; else :class:`PathNotAllowedError` naming the rule and the caller's
+    own path, never the server's folders."""
+    if "\x00" in value:
+        raise PathNotAllowedError("model path contains a NUL byte: not a folder inside model_roots")
+    path = Path(value).resolve()
+    inside = [r for r in roots if path.is_relative_to(r)]
+    if inside:
+        root = inside[0]
+        if all((path / f).resolve().is_relative_to(root) for f in (CARD, GRAPH)):
+            return path
+    raise PathNotAllowedError(
+        f"model path {value!r} is outside the server's model_roots: packages load only from "
+        "the folders that setting names (by default the one holding the configured models)")
 
 
 def _publish(request: Request, registry: Any) -> None:
