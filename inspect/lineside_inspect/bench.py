@@ -103,3 +103,159 @@ def bench_camera(package: str | Path, frames_folder: str | Path, *, triggers: in
             "frame_age_p50_ms": float(np.percentile(age, 50)),
             "frame_age_p95_ms": float(np.percentile(age, 95)),
             "trigger_to_frame_p50_ms": float(np.percentile(wait, 50))}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve_process(package: Path, data_dir: Path, *, store: bool, threads: int | None,
+                   concurrency: int) -> tuple[Any, str]:
+    """``lineside serve`` in a child process (its own interpreter and GIL, as in
+    production), on a free loopback port; returns (process, URL) once it is ready."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "LINESIDE_MODELS": f'["{package}"]', "LINESIDE_DATA_DIR": str(data_dir),
+           "LINESIDE_STORE": "true" if store else "false", "LINESIDE_DEVICE": "cpu",
+           "LINESIDE_MAX_CONCURRENCY": str(concurrency), "LINESIDE_MAX_QUEUE": "64"}
+    if threads is not None:
+        env["LINESIDE_THREADS"] = str(threads)
+    proc = subprocess.Popen([sys.executable, "-m", "lineside_inspect.cli", "serve", "--port",
+                             str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"server exited: {err[-2000:]}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become ready within 120 s")
+
+
+def _load(url: str, image: bytes, clients: int, seconds: float) -> float:
+    """Inspections per second with ``clients`` keep-alive connections sending back to back."""
+    import threading
+
+    import httpx
+
+    stop = time.perf_counter() + seconds
+    counts = [0] * clients
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while time.perf_counter() < stop:
+                r = c.post("/v1/inspect", content=image, headers={"content-type": "image/jpeg"})
+                r.raise_for_status()
+                counts[i] += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def bench_server(package: str | Path, image_path: str | Path, *, requests: int = 40,
+                 seconds: float = 10.0, clients: tuple[int, ...] = (1, 4, 8),
+                 threads: int | None = None, concurrency: int = 2) -> list[dict[str, Any]]:
+    """What the server adds to the model, with the store on and off, side by side with
+    the same package run back to back in this process:
+
+    - overhead: per request, the round trip minus the ``infer`` time the server reports
+      for that request (decode, preprocessing, HTTP, judging, store), p50 of ``requests``
+      sequential requests on one keep-alive connection;
+    - throughput at each number of ``clients`` over ``seconds``, as a ratio of the
+      in-process rate (decode + inspect back to back, one thread)."""
+    import tempfile
+
+    import httpx
+
+    from lineside_inspect.imageio import decode_image
+    from lineside_inspect.inspector import inspect
+    from lineside_inspect.recipes import Recipe
+
+    package = Path(package).resolve()
+    image = Path(image_path).read_bytes()
+    det = Detector(package, device="cpu", threads=threads)
+    recipe = Recipe.model_validate({"name": "bench", "version": "1", "model": det.card.name,
+                                    **det.card.default_recipe})
+    for _ in range(5):
+        inspect(decode_image(image), det, recipe)
+    infer = []
+    t0 = time.perf_counter()
+    n = 0
+    while time.perf_counter() - t0 < seconds or n < requests:
+        result = inspect(decode_image(image), det, recipe)
+        infer.append(result.timings_ms["infer"])
+        n += 1
+    in_process = n / (time.perf_counter() - t0)
+    del det
+    rows = []
+    for store in (True, False):
+        with tempfile.TemporaryDirectory(prefix="lineside-bench-") as tmp:
+            proc, url = _serve_process(package, Path(tmp), store=store, threads=threads,
+                                       concurrency=concurrency)
+            try:
+                overhead, round_trip, server_infer = [], [], []
+                with httpx.Client(base_url=url, timeout=60) as c:
+                    for i in range(requests + 5):
+                        t = time.perf_counter()
+                        r = c.post("/v1/inspect", content=image,
+                                   headers={"content-type": "image/jpeg"})
+                        rt = (time.perf_counter() - t) * 1000
+                        r.raise_for_status()
+                        if i >= 5:  # warm-up
+                            doc = r.json()
+                            assert doc["stored"] is store or doc["verdict"] == "pass"
+                            round_trip.append(rt)
+                            server_infer.append(doc["timings_ms"]["infer"])
+                            overhead.append(rt - doc["timings_ms"]["infer"])
+                rates = {k: _load(url, image, k, seconds) for k in clients}
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        rows.append({"store": store, "round_trip_p50_ms": float(np.median(round_trip)),
+                     "infer_p50_ms": float(np.median(server_infer)),
+                     "overhead_p50_ms": float(np.median(overhead)),
+                     "in_process_infer_p50_ms": float(np.median(infer)),
+                     "in_process_img_s": in_process,
+                     **{f"clients_{k}_img_s": v for k, v in rates.items()},
+                     **{f"clients_{k}_ratio": v / in_process for k, v in rates.items()},
+                     "cores": os.cpu_count()})
+    return rows
+
+
+def format_server_rows(rows: list[dict[str, Any]], clients: tuple[int, ...] = (1, 4, 8)) -> str:
+    cols = ["", *(f"store {'on' if r['store'] else 'off'}" for r in rows)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+    def row(name: str, fmt: str, key: str) -> None:
+        lines.append(f"| {name} | " + " | ".join(fmt.format(r[key]) for r in rows) + " |")
+
+    row("round trip p50", "{:.1f} ms", "round_trip_p50_ms")
+    row("server `infer` p50", "{:.1f} ms", "infer_p50_ms")
+    row("**overhead p50** (round trip minus infer)", "**{:.1f} ms**", "overhead_p50_ms")
+    row("in-process infer p50", "{:.1f} ms", "in_process_infer_p50_ms")
+    row("in-process decode+inspect back to back", "{:.1f} img/s", "in_process_img_s")
+    for k in clients:
+        lines.append(f"| {k} client{'s' if k > 1 else ''} | " + " | ".join(
+            f"{r[f'clients_{k}_img_s']:.1f} img/s = {r[f'clients_{k}_ratio']:.2f}x" for r in rows)
+            + " |")
+    return "\n".join(lines) + f"\n\n({rows[0]['cores']} cores)"

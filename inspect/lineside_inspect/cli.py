@@ -351,6 +351,24 @@ def bench_camera_cmd(
               f"({r['triggers']} triggers, {r['stream_fps']:.0f} fps stream, {r['cores']} cores)")
 
 
+@bench_app.command("server")
+@friendly
+def bench_server_cmd(
+    package: Annotated[Path, typer.Argument(help="model package folder")] = Path("models/deeppcb/1"),
+    image: Annotated[Path, typer.Option(help="the JPEG every request sends")] = Path(
+        "datasets/deeppcb-sample/images/group00041/00041000_test.jpg"),
+    requests: Annotated[int, typer.Option(help="sequential requests for the overhead")] = 40,
+    seconds: Annotated[float, typer.Option(help="load duration per client count")] = 10.0,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all)")] = None,
+) -> None:
+    """Server overhead (round trip minus inference) and throughput at 1/4/8 clients versus
+    the model back to back in-process, store on and off, in one run."""
+    from lineside_inspect.bench import bench_server, format_server_rows
+
+    out.print(format_server_rows(bench_server(package, image, requests=requests, seconds=seconds,
+                                              threads=threads)), markup=False)
+
+
 def main() -> None:
     try:
         app()
