@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,15 +18,25 @@ from lineside_inspect.recipes import Recipe, judge
 from lineside_inspect.references import Reference
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.types import Detections
+from lineside_inspect.schemas import (
+    Defect,
+    InspectionResult,
+    ModelRef,
+    Outcome,
+    Reason,
+    RecipeRef,
+    ReferenceUsed,
+    Timings,
+)
 
 
 @dataclass
 class Inspection:
     id: str
-    created_at: datetime
-    verdict: str
-    reasons: list[dict[str, Any]]
-    defects: Detections
+    created_at: datetime  # UTC
+    verdict: Outcome
+    reasons: list[Reason]
+    defects: Detections  # the defects the recipe counted
     recipe: Recipe
     detector: Detector
     timings_ms: dict[str, float]
@@ -34,32 +44,44 @@ class Inspection:
     camera_id: str | None = None
     part_id: str | None = None
     stored: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    frame: FrameTiming | None = None  # camera triggers: when the judged frame was captured
     raw: bytes | None = None  # the encoded image as received, kept unaltered by the store
     raw_ext: str | None = None
     reference: Reference | None = None  # what a reference model compared the image with
     reference_shift: tuple[float, float] | None = None  # frame aligned to it by (dx, dy) px
 
-    def to_json(self) -> dict[str, Any]:
+    def result(self) -> InspectionResult:
+        """The contract the line and the API see (``schemas.InspectionResult``)."""
         card = self.detector.card
-        return {
-            "id": self.id,
-            "created_at": self.created_at.isoformat(timespec="milliseconds"),
-            "verdict": self.verdict,
-            "reasons": self.reasons,
-            "defects": self.defects.to_json(),
-            "recipe": {"name": self.recipe.name, "version": self.recipe.version},
-            "model": {"name": card.name, "version": card.version, "sha256": card.sha256},
-            "camera_id": self.camera_id,
-            "part_id": self.part_id,
-            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
-            "reference": None if self.reference is None else {
-                **self.reference.to_json(),
-                **({"shift": [round(v, 2) for v in self.reference_shift]}
-                   if self.reference_shift is not None else {})},
-            "stored": self.stored,
-            **self.extra,
-        }
+        return InspectionResult(
+            id=self.id, created_at=self.created_at, verdict=self.verdict, reasons=self.reasons,
+            defects=[Defect.model_validate(d) for d in self.defects.to_json()],
+            recipe=RecipeRef(name=self.recipe.name, version=self.recipe.version),
+            model=ModelRef(name=card.name, version=card.version, sha256=card.sha256),
+            camera_id=self.camera_id, part_id=self.part_id,
+            timings_ms=Timings(**{k: round(v, 3) for k, v in self.timings_ms.items()}),
+            reference=None if self.reference is None else ReferenceUsed(
+                name=self.reference.name, sha256=self.reference.sha256,
+                shift=None if self.reference_shift is None else
+                (round(self.reference_shift[0], 2), round(self.reference_shift[1], 2))),
+            stored=self.stored,
+            **({} if self.frame is None else self.frame.fields()))
+
+    def to_json(self) -> dict[str, Any]:
+        return self.result().model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class FrameTiming:
+    """When a triggered camera frame was captured, relative to its trigger."""
+
+    timestamp: float  # time.time() at capture
+    age_ms: float  # capture -> judged
+    trigger_to_frame_ms: float
+
+    def fields(self) -> dict[str, float]:
+        return {"frame_timestamp": self.timestamp, "frame_age_ms": round(self.age_ms, 2),
+                "trigger_to_frame_ms": round(self.trigger_to_frame_ms, 2)}
 
 
 def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
@@ -81,8 +103,8 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
                "postprocess": (t3 - t2) * 1000}
     timings["total"] = sum(timings.values())
     return Inspection(
-        id=uuid.uuid4().hex, created_at=datetime.now(UTC), verdict=verdict.verdict,
-        reasons=verdict.reasons, defects=verdict.defects or Detections.empty(detector.class_names),
+        id=uuid.uuid4().hex, created_at=datetime.now(UTC), verdict=verdict.outcome,
+        reasons=verdict.reasons, defects=verdict.defects,
         recipe=recipe, detector=detector, timings_ms=timings, image=image,
         camera_id=camera_id, part_id=part_id, reference=reference,
         reference_shift=(letterboxes[0].shift_x, letterboxes[0].shift_y) if aligned else None,

@@ -36,17 +36,17 @@ def _recipe(**kw: object) -> Recipe:
 
 def test_thresholds_default_to_the_card() -> None:
     v = judge(DETS, _recipe(), {"open": 0.5, "short": 0.5, "spur": 0.5})
-    assert v.verdict == "fail" and v.defects is not None and v.defects.labels == ["open", "short"]
-    assert {r["label"] for r in v.reasons} == {"open", "short"}
+    assert v.outcome == "fail" and v.defects.labels == ["open", "short"]
+    assert {r.label for r in v.reasons} == {"open", "short"}
     v = judge(DETS, _recipe(min_score={"spur": 0.2}), {"open": 0.95, "short": 0.95, "spur": 0.5})
     assert v.defects is not None and v.defects.labels == ["spur"]
 
 
 def test_size_in_pixels_and_mm() -> None:
     thr = dict.fromkeys(CLASSES, 0.1)
-    assert judge(DETS, _recipe(min_size_px=10), thr).defects.labels == ["open", "spur"]  # type: ignore[union-attr]
+    assert judge(DETS, _recipe(min_size_px=10), thr).defects.labels == ["open", "spur"]
     r = _recipe(min_size_mm=2.5, pixels_per_mm=10)  # 25 px
-    assert judge(DETS, r, thr).defects.labels == ["spur"]  # type: ignore[union-attr]
+    assert judge(DETS, r, thr).defects.labels == ["spur"]
     with pytest.raises(ValidationError, match="pixels_per_mm"):  # refused when written
         _recipe(min_size_mm=1)
 
@@ -54,7 +54,7 @@ def test_size_in_pixels_and_mm() -> None:
 def test_regions_of_interest_and_ignore() -> None:
     thr = dict.fromkeys(CLASSES, 0.1)
     roi = [[(0, 0), (150, 0), (150, 150), (0, 150)]]
-    assert judge(DETS, _recipe(roi=roi), thr).defects.labels == ["open", "short"]  # type: ignore[union-attr]
+    assert judge(DETS, _recipe(roi=roi), thr).defects.labels == ["open", "short"]
     ignore = [[(0, 0), (50, 0), (50, 50), (0, 50)]]
     v = judge(DETS, _recipe(roi=roi, ignore=ignore), thr)
     assert v.defects is not None and v.defects.labels == ["short"]
@@ -63,10 +63,10 @@ def test_regions_of_interest_and_ignore() -> None:
 def test_allowed_counts_and_critical_classes() -> None:
     thr = dict.fromkeys(CLASSES, 0.1)
     v = judge(DETS, _recipe(max_count={"open": 1, "short": 1, "spur": 1}), thr)
-    assert v.verdict == "pass" and v.reasons == []
+    assert v.outcome == "pass" and v.reasons == []
     v = judge(DETS, _recipe(max_count={"open": 5, "short": 1, "spur": 1}, critical=["open"]), thr)
-    assert v.verdict == "fail" and v.reasons[0]["rule"] == "critical"
-    assert judge(Detections.empty(CLASSES), _recipe(), thr).verdict == "pass"
+    assert v.outcome == "fail" and v.reasons[0].rule == "critical"
+    assert judge(Detections.empty(CLASSES), _recipe(), thr).outcome == "pass"
 
 
 def test_recipe_validation_errors(tmp_path: Path) -> None:
@@ -123,10 +123,10 @@ def test_recipes_that_cannot_work_are_refused(case: str) -> None:
 def test_a_nan_roi_would_pass_every_board() -> None:
     """Why NaN is refused: no point is inside a NaN polygon, so nothing is counted."""
     thr = dict.fromkeys(CLASSES, 0.1)
-    assert judge(DETS, _recipe(roi=[SQUARE], critical=["open"]), thr).verdict == "fail"
+    assert judge(DETS, _recipe(roi=[SQUARE], critical=["open"]), thr).outcome == "fail"
     bad = Recipe.model_construct(**{**_recipe().__dict__, "roi": [[(0, 0), (NAN, 0), (150, 150)]],
                                     "critical": ["open"]})
-    assert judge(DETS, bad, thr).verdict == "pass"
+    assert judge(DETS, bad, thr).outcome == "pass"
 
 
 def test_put_refuses_unworkable_recipes_and_keeps_the_one_in_force(srv, image_bytes: bytes) -> None:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import numpy as np
 
 from lineside_inspect.recipes.schema import Polygon, Recipe
 from lineside_inspect.runtime.types import Detections
+from lineside_inspect.schemas import Outcome, Reason
 
 
 @dataclass
 class Verdict:
-    verdict: Literal["pass", "fail"]
-    reasons: list[dict[str, Any]] = field(default_factory=list)
-    defects: Detections | None = None  # the counted defects
+    """A recipe's judgement of one image: ``outcome`` with the ``reasons`` for a fail and
+    the ``defects`` the recipe counted (never None: empty when there are none)."""
+
+    outcome: Outcome
+    defects: Detections
+    reasons: list[Reason] = field(default_factory=list)
 
 
 def _inside(points: np.ndarray, polygon: Polygon) -> np.ndarray:
@@ -56,14 +59,14 @@ def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float]) 
     calibrated scores, used where the recipe sets none)."""
     defects = counted(detections, recipe, thresholds)
     counts = Counter(defects.labels)
-    reasons: list[dict[str, Any]] = []
+    reasons: list[Reason] = []
     for label, n in sorted(counts.items()):
         if label in recipe.critical:
-            reasons.append({"rule": "critical", "label": label, "count": n, "allowed": 0,
-                            "message": f"{n} {label} defect(s): {label} is critical"})
+            reasons.append(Reason(rule="critical", label=label, count=n, allowed=0,
+                                  message=f"{n} {label} defect(s): {label} is critical"))
             continue
         allowed = recipe.max_count.get(label, 0)
         if n > allowed:
-            reasons.append({"rule": "max_count", "label": label, "count": n, "allowed": allowed,
-                            "message": f"{n} {label} defect(s), {allowed} allowed"})
-    return Verdict("fail" if reasons else "pass", reasons, defects)
+            reasons.append(Reason(rule="max_count", label=label, count=n, allowed=allowed,
+                                  message=f"{n} {label} defect(s), {allowed} allowed"))
+    return Verdict("fail" if reasons else "pass", defects, reasons)

@@ -21,7 +21,7 @@ import numpy as np
 
 from lineside_inspect.errors import ImageTooLargeError, LinesideError, NotFoundError
 from lineside_inspect.imageio import decode_image, header_size, sniff_format
-from lineside_inspect.inspector import Inspection, inspect
+from lineside_inspect.inspector import FrameTiming, Inspection, inspect
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.references import ReferenceLibrary, resolve_reference
 from lineside_inspect.runtime.detector import Detector
@@ -107,9 +107,8 @@ class InspectionService:
             lambda: inspect(frame.image, detector, rule, camera_id=camera_id, part_id=part_id,
                             reference=ref),
             timeout_s=min(remaining, self.limiter.timeout_s))
-        result.extra = {"frame_timestamp": frame.timestamp,
-                        "frame_age_ms": round((time.time() - frame.timestamp) * 1000, 2),
-                        "trigger_to_frame_ms": round((frame.timestamp - arrived) * 1000, 2)}
+        result.frame = FrameTiming(frame.timestamp, (time.time() - frame.timestamp) * 1000,
+                                   (frame.timestamp - arrived) * 1000)
         return await self._finish(result)
 
     async def inspect_frame(self, camera_id: str, image: np.ndarray) -> Inspection:

@@ -13,6 +13,7 @@ from lineside_inspect.cameras import CameraManager, CameraUnavailable
 from lineside_inspect.draw import annotate
 from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.runtime.types import Detections
+from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.deps import LineUser, Reviewer, ServiceDep, get_cameras
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
@@ -24,7 +25,7 @@ def list_cameras(request: Request, who: Reviewer) -> list[dict[str, Any]]:
     return manager.health() if manager else []
 
 
-@router.post("/{camera_id}/trigger")
+@router.post("/{camera_id}/trigger", response_model=InspectionResult)
 async def trigger(
     camera_id: str, who: LineUser, service: ServiceDep,
     part_id: Annotated[str | None, Query(max_length=256)] = None,
@@ -36,7 +37,7 @@ async def trigger(
     ``timeout_s``, which bounds the wait for the frame and for an inference slot."""
     result = await service.inspect_camera(camera_id, part_id=part_id, recipe=recipe,
                                           timeout_s=timeout_s)
-    return result.to_json()
+    return result.result()
 
 
 def _frame_jpeg(manager: CameraManager, camera_id: str) -> bytes:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from lineside_inspect.draw import annotate
 from lineside_inspect.imageio import encode_jpeg
+from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.body import read_upload
 from lineside_inspect.server.deps import LimiterDep, LineUser, ServiceDep, SettingsDep
 
@@ -18,6 +19,9 @@ router = APIRouter(prefix="/v1", tags=["inspect"])
 @router.post(
     "/inspect",
     summary="Inspect one image",
+    response_model=InspectionResult,
+    responses={200: {"content": {"image/jpeg": {}},
+                     "description": "the verdict (JSON), or with annotated=1 the JPEG"}},
     openapi_extra={"requestBody": {"content": {
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
         "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -57,4 +61,4 @@ async def inspect_route(
         return Response(jpeg, media_type="image/jpeg", headers={
             "X-Lineside-Inspection-Id": result.id, "X-Lineside-Verdict": result.verdict,
             "X-Lineside-Model": f"{card.name}:{card.version}"})
-    return result.to_json()
+    return result.result()

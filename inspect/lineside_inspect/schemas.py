@@ -1,0 +1,126 @@
+"""The HTTP contract of an inspection, as pydantic models.
+
+One shape for a verdict wherever it goes: the answer to ``POST /v1/inspect`` and to a
+camera trigger (:class:`InspectionResult`), the stored record the review API pages
+through (:class:`StoredInspection`, the same fields plus what the store and reviewers
+add), and later the events line outputs publish. Routes declare them as
+``response_model`` so ``/docs`` and ``openapi.json`` describe what is sent.
+
+Boxes are ``[x1, y1, x2, y2]`` in the pixels of the image as sent (its header's size,
+EXIF orientation ignored); scores are in [0, 1]; times are UTC with an offset.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Outcome = Literal["pass", "fail"]
+Box = tuple[float, float, float, float]
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Defect(_Shape):
+    label: str = Field(description="class name")
+    score: float = Field(ge=0, le=1)
+    box: Box = Field(description="[x1, y1, x2, y2] in the image's pixels")
+
+
+class Reason(_Shape):
+    """Why a part failed: one recipe rule broken by one class."""
+
+    rule: Literal["critical", "max_count"]
+    label: str
+    count: int = Field(ge=0, description="defects of this class counted")
+    allowed: int = Field(ge=0, description="defects of this class the recipe allows")
+    message: str
+
+
+class RecipeRef(_Shape):
+    name: str
+    version: str
+
+
+class ModelRef(_Shape):
+    name: str
+    version: str
+    sha256: str
+
+
+class ReferenceUsed(_Shape):
+    """The golden image a reference model compared the frame with."""
+
+    name: str | None = Field(None, description="registered name; None when sent with the frame")
+    sha256: str | None = None
+    shift: tuple[float, float] | None = Field(
+        None, description="align_reference: (dx, dy) px the frame was moved onto it")
+    has_image: bool | None = Field(None, description="stored records: the store kept a copy")
+
+
+class Timings(_Shape):
+    decode: float
+    preprocess: float
+    infer: float
+    postprocess: float
+    total: float
+
+
+class InspectionResult(_Shape):
+    """A verdict as the line hears it."""
+
+    id: str
+    created_at: datetime
+    verdict: Outcome
+    reasons: list[Reason]
+    defects: list[Defect] = Field(description="the defects the recipe counted")
+    recipe: RecipeRef
+    model: ModelRef
+    camera_id: str | None = None
+    part_id: str | None = None
+    timings_ms: Timings
+    reference: ReferenceUsed | None = None
+    stored: bool = Field(description=(
+        "the inspection is in the store's journal: it survives the server being killed, "
+        "and power loss once the journal is synced (see README, 'What stored means')"))
+    frame_timestamp: float | None = Field(None, description="camera triggers: capture time (epoch s)")
+    frame_age_ms: float | None = Field(None, description="camera triggers: frame age when judged")
+    trigger_to_frame_ms: float | None = Field(
+        None, description="camera triggers: from the trigger to the frame's capture")
+
+
+class TruthBox(_Shape):
+    label: str
+    box: Box
+
+
+class ReviewEntry(_Shape):
+    id: int
+    created_at: datetime
+    reviewer: str
+    action: Literal["confirm", "false_reject", "missed_defect", "relabel"]
+    boxes: list[TruthBox] = Field(description="the reviewed truth after this review")
+    note: str
+
+
+class StoredInspection(InspectionResult):
+    """An inspection as the store keeps it, with its reviews."""
+
+    box_id: str | None = Field(None, description="the edge box that made it")
+    class_names: list[str]
+    width: int
+    height: int
+    has_image: bool
+    review_state: Literal["unreviewed", "confirmed", "corrected"]
+    reviews: list[ReviewEntry]
+
+
+class InspectionPage(_Shape):
+    total: int
+    limit: int
+    offset: int
+    items: list[StoredInspection]

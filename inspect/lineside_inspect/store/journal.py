@@ -1,0 +1,119 @@
+"""The store's write-ahead journal: how an inspection is stored without an fsync on the
+request path.
+
+An inspection is *stored* once its record (the row's fields, the image and the reference
+image) is appended to the current journal segment with a single ``write`` system call.
+From then on it survives the server process dying in any way (kill -9, OOM, a crash):
+the bytes belong to the kernel. A background writer then, in a loop, closes the segment
+(rotation), fsyncs it (from here the record survives power loss too), applies its records
+to the database and image files (each durable on its own), and only then deletes it. At
+start-up every segment left over is applied again; applying is idempotent by inspection
+id, and a record torn by a power cut fails its CRC and ends its segment.
+
+Record layout (little-endian): ``LSJ1`` magic, u32 lengths of the JSON header, the image
+and the reference image, u32 CRC32 of the three, then the three.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MAGIC = b"LSJ1"
+_HEAD = struct.Struct("<4sIIII")
+SUFFIX = ".journal"
+
+
+@dataclass(frozen=True)
+class Record:
+    fields: dict[str, Any]
+    image: bytes | None
+    reference: bytes | None
+
+
+def encode(record: Record) -> bytes:
+    header = json.dumps(record.fields, separators=(",", ":")).encode()
+    image, ref = record.image or b"", record.reference or b""
+    crc = zlib.crc32(ref, zlib.crc32(image, zlib.crc32(header)))
+    return b"".join((_HEAD.pack(MAGIC, len(header), len(image), len(ref), crc), header, image, ref))
+
+
+def read_segment(path: Path) -> Iterator[Record]:
+    """The records of a segment, in order, up to the first torn or corrupt one."""
+    data = path.read_bytes()
+    pos = 0
+    while pos + _HEAD.size <= len(data):
+        magic, hl, il, rl, crc = _HEAD.unpack_from(data, pos)
+        end = pos + _HEAD.size + hl + il + rl
+        if magic != MAGIC or end > len(data):
+            return
+        body = memoryview(data)[pos + _HEAD.size:end]
+        header, image, ref = bytes(body[:hl]), bytes(body[hl:hl + il]), bytes(body[hl + il:])
+        if zlib.crc32(ref, zlib.crc32(image, zlib.crc32(header))) != crc:
+            return
+        yield Record(json.loads(header), image if il else None, ref if rl else None)
+        pos = end
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """Numbered segments ``<folder>/<n>.journal``; ``append`` writes to the newest."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        numbers = [int(p.stem) for p in folder.glob(f"*{SUFFIX}") if p.stem.isdigit()]
+        self._number = max(numbers, default=0) + 1
+        self._fd = self._open(self._number)
+        self.pending_bytes = 0  # appended to the open segment, not yet rotated out
+
+    def _open(self, number: int) -> int:
+        fd = os.open(self.folder / f"{number:012d}{SUFFIX}",
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fsync_path(self.folder)  # the new segment's name survives a power cut
+        return fd
+
+    def append(self, record: Record) -> None:
+        """One ``write``: a kill -9 leaves the whole record or none of it."""
+        data = encode(record)
+        with self._lock:
+            written = os.write(self._fd, data)
+            if written != len(data):  # a full disk: cut the partial record off again
+                os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_END) - written)
+                raise OSError(28, "journal write was short (disk full?)")
+            self.pending_bytes += written
+
+    def rotate(self) -> list[Path]:
+        """Start a new segment; return every closed one, oldest first (left-overs from an
+        earlier run included). An empty open segment is not rotated."""
+        with self._lock:
+            if self.pending_bytes:
+                os.close(self._fd)
+                self._number += 1
+                self._fd = self._open(self._number)
+                self.pending_bytes = 0
+            current = self._number
+        return sorted((p for p in self.folder.glob(f"*{SUFFIX}")
+                       if p.stem.isdigit() and int(p.stem) < current), key=lambda p: int(p.stem))
+
+    def close(self) -> None:
+        with self._lock:
+            os.close(self._fd)
+            path = self.folder / f"{self._number:012d}{SUFFIX}"
+            if not self.pending_bytes and path.stat().st_size == 0:
+                path.unlink(missing_ok=True)
