@@ -71,12 +71,14 @@ def test_retention_order_passes_then_reviewed_then_unreviewed(
     store.review(reviewed_fail.id, reviewer="qa", action="confirm")
     assert [r.action for r in store.get(reviewed_fail.id).reviews] == ["confirm"]
     size = len(old_fail.raw or b"")
-    store.max_bytes = size * 3  # one must go: the pass, although it is the newest but one
-    assert store.enforce_retention() == 1
+    store.checkpoint()  # the database's share of the quota (SQLite), measured with no WAL
+    store.max_bytes = store.overhead_bytes() + size * 3  # one must go: the pass, although
+    assert store.enforce_retention() == 1                # it is the newest but one
     ids = {r.id for r in store.query(limit=10)[1]}
     assert new_pass.id not in ids and old_fail.id in ids
-    store.max_bytes = size * 1  # two more: the reviewed fail, then the oldest unreviewed fail
-    assert store.enforce_retention() == 2
+    store.checkpoint()
+    store.max_bytes = store.overhead_bytes() + size  # two more: the reviewed fail, then
+    assert store.enforce_retention() == 2             # the oldest unreviewed fail
     assert {r.id for r in store.query(limit=10)[1]} == {newest_fail.id}
     store.max_bytes, store.max_age_days = None, 0.1  # 2.4 h: the newest (2 h old) stays
     assert store.enforce_retention() == 0
@@ -103,7 +105,7 @@ def test_startup_cleanup_removes_orphans(tmp_path: Path, detector: Detector,
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"x")
     (tmp_path / "images" / "2026-01-01" / ".half.jpg.tmp").write_bytes(b"x")
-    assert store.cleanup() == {"orphans_removed": 2, "missing_cleared": 0}
+    assert store.cleanup() == {"adopted": 0, "orphans_removed": 2, "missing_cleared": 0}
     assert store.image_file(store.get(kept.id)).is_file()
 
 
@@ -122,7 +124,7 @@ def test_references_are_shared_and_leave_with_their_last_user(
     assert store.reference_file(row).read_bytes() == template  # kept as sent
     assert [p.name for p in (tmp_path / "images" / "refs").iterdir()] == [f"{golden.sha256}.jpg"]
     assert {r.id for r in store.query()[1]} == {new.id}  # old one aged out, the file stays
-    assert store.cleanup() == {"orphans_removed": 0, "missing_cleared": 0}
+    assert store.cleanup() == {"adopted": 0, "orphans_removed": 0, "missing_cleared": 0}
     assert store.reference_file(row).is_file()
     store.max_age_days = 1e-9
     store.enforce_retention()
@@ -131,20 +133,26 @@ def test_references_are_shared_and_leave_with_their_last_user(
 
 
 def test_database_of_an_earlier_release_is_upgraded(tmp_path: Path, detector: Detector) -> None:
-    store = Store(tmp_path)
-    kept = _inspection(detector, "fail")
+    store = Store(tmp_path, pass_rate=0.0)
+    kept, row_only = _inspection(detector, "fail"), _inspection(detector, "pass")
     store.save(kept)
-    store.engine.dispose()
+    store.save(row_only)
+    store.close()
     db = sqlite3.connect(tmp_path / "lineside.db")  # as the first release made it
-    db.execute("ALTER TABLE inspections DROP COLUMN reference_name")
-    db.execute("ALTER TABLE inspections DROP COLUMN reference_path")
+    db.execute("DROP INDEX ix_inspections_box_id")
+    for column in ("reference_name", "reference_path", "box_id"):
+        db.execute(f"ALTER TABLE inspections DROP COLUMN {column}")
     db.commit()
     db.close()
-    again = Store(tmp_path)
-    row = again.get(kept.id)
-    assert row.verdict == "fail" and row.reference_path is None
-    assert again.image_file(row).read_bytes() == kept.raw
-    assert again.save(_inspection(detector, "pass"))
+    (tmp_path / "box_id").unlink()
+    with Store(tmp_path) as again:
+        row = again.get(kept.id)
+        assert row.verdict == "fail" and row.reference_path is None and row.box_id is None
+        # its own database: every row from before box ids is this box's
+        assert again.cleanup() == {"adopted": 2, "orphans_removed": 0, "missing_cleared": 0}
+        assert {r.box_id for r in again.query()[1]} == {again.box_id}
+        assert again.image_file(again.get(kept.id)).read_bytes() == kept.raw
+        assert again.save(_inspection(detector, "pass"))
 
 
 WRITER = """
@@ -183,7 +191,7 @@ def test_kill_9_loses_no_acknowledged_inspection(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         acked += [ln.strip() for ln in proc.stdout.read().splitlines() if ln.strip()]
-    store = Store(tmp_path)
+    store = Store(tmp_path)  # the killed writers' lock went with them
     store.cleanup()
     _, rows = store.query(limit=500)
     ids = {r.id for r in rows}
@@ -211,5 +219,5 @@ def test_full_disk_still_answers_not_stored(tmp_path: Path, detector: Detector) 
         for r in rows:
             assert store.image_file(r).is_file()
     finally:
-        store.engine.dispose()
+        store.close()
         subprocess.run(["umount", str(mnt)], check=False)

@@ -1,12 +1,23 @@
-"""Database tables (SQLAlchemy 2): inspections and their review audit trail."""
+"""Database tables (SQLAlchemy 2): inspections and their review audit trail.
+
+Each inspection row belongs to the box that made it (``box_id``): several boxes may
+share one database, and a box's start-up cleanup and retention touch only its own rows
+and files. Rows written before box ids (``box_id`` NULL) are adopted at start-up by the
+box whose ``data_dir`` holds their image file (``images/<day>/<id>.<ext>`` is unique to
+one inspection), and rows without an image by a box whose database is its own default
+SQLite file; any other NULL row is left alone by cleanup and retention (still listed and
+reviewable).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from lineside_inspect.store.utc import UTCDateTime
 
 
 class Base(DeclarativeBase):
@@ -17,7 +28,7 @@ class InspectionRow(Base):
     __tablename__ = "inspections"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     camera_id: Mapped[str | None] = mapped_column(String(128), index=True)
     part_id: Mapped[str | None] = mapped_column(String(256))
     recipe_name: Mapped[str] = mapped_column(String(128), index=True)
@@ -41,6 +52,7 @@ class InspectionRow(Base):
     reference_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     reference_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     review_state: Mapped[str] = mapped_column(String(16), default="unreviewed", index=True)
+    box_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     reviews: Mapped[list[ReviewRow]] = relationship(
         back_populates="inspection", order_by="ReviewRow.id", cascade="all, delete-orphan",
         passive_deletes=True)
@@ -52,7 +64,10 @@ class InspectionRow(Base):
 ADDED_COLUMNS = (
     ("inspections", "reference_name", "VARCHAR(128)"),
     ("inspections", "reference_path", "VARCHAR(512)"),
+    ("inspections", "box_id", "VARCHAR(64)"),
 )
+# indexes of added columns: (name, table, column), made if missing
+ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),)
 
 
 class ReviewRow(Base):
@@ -61,7 +76,7 @@ class ReviewRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id", ondelete="CASCADE"),
                                                index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     reviewer: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(32))
     boxes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # the reviewed truth after this

@@ -7,16 +7,19 @@ reviewer's boxes: the truth after an inspection's latest review.
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
-from lineside_inspect.errors import ConfigError, DatasetError
+from lineside_inspect.errors import ConfigError, DatasetError, NotFoundError
 from lineside_inspect.store.store import Store
+
+log = logging.getLogger("lineside.store")
 
 
 def _record(item: dict[str, Any], source: Path, ext: str) -> ImageRecord:
@@ -50,7 +53,7 @@ def _dataset(records: list[ImageRecord], classes: list[str], origin: str) -> Dat
     if not records:
         raise DatasetError(f"{origin}: no reviewed inspections with a stored image match")
     return Dataset(classes, records, info={"source": f"lineside reviews from {origin}",
-                                           "pulled_at": datetime.now().isoformat()})
+                                           "pulled_at": datetime.now(UTC).isoformat()})
 
 
 def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = None,
@@ -70,11 +73,16 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
         for row in rows:
             if row.image_path is None:
                 continue
+            try:  # a shared database lists other boxes' inspections: their images are there
+                path = store.image_file(row)
+                ref_path = store.reference_file(row) if row.reference_path else None
+            except NotFoundError as exc:
+                log.info("pull: skipped: %s", exc.message)
+                continue
             classes += [c for c in row.class_names if c not in classes]
-            path = store.image_file(row)
             rec = _record(row_json(row), path, path.suffix.lstrip("."))
-            if row.reference_path:
-                _with_reference(records, refs, rec, store.reference_file(row))
+            if ref_path is not None:
+                _with_reference(records, refs, rec, ref_path)
             else:
                 records.append(rec)
     return write_dataset(_dataset(records, classes, str(store.data_dir)), dst, overwrite=overwrite)
@@ -108,6 +116,9 @@ def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
                 if not item["has_image"]:
                     continue
                 img = c.get(f"/v1/inspections/{item['id']}/image")
+                if img.status_code == 404:  # stored on another box of a shared database
+                    log.info("pull: skipped inspection %s: %s", item["id"], img.text[:200])
+                    continue
                 img.raise_for_status()
                 ext = _ext(img.headers.get("content-type", ""))
                 path = Path(tmp) / f"{item['id']}.{ext}"
@@ -116,6 +127,9 @@ def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
                 rec = _record(item, path, ext)
                 if (item.get("reference") or {}).get("has_image"):
                     got = c.get(f"/v1/inspections/{item['id']}/reference")
+                    if got.status_code == 404:
+                        log.info("pull: skipped inspection %s: %s", item["id"], got.text[:200])
+                        continue
                     got.raise_for_status()
                     sha = hashlib.sha256(got.content).hexdigest()
                     ref_path = Path(tmp) / "refs" / f"{sha}.{_ext(got.headers.get('content-type', ''))}"

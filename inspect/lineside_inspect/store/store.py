@@ -5,18 +5,25 @@ Order of writes makes crashes safe: the image file is written atomically and syn
 before the row is committed, and an inspection is acknowledged as stored only after
 the commit. A crash can therefore leave an orphan file (removed at start-up) but never
 a row pointing at a missing file, nor lose an acknowledged inspection.
+
+One process owns a data folder (:class:`DataDirLock`, taken before anything else), and
+each row names the box that wrote it (``box_id``), so servers sharing one database never
+clean up, age out or count each other's rows and files. Reading sees every box's rows; a
+row's image is served only by the box that holds it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import random
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from sqlalchemy import Engine, create_engine, event, func, or_, select, text
+from sqlalchemy import ColumnElement, Engine, create_engine, event, func, or_, select, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, selectinload
 
@@ -24,7 +31,10 @@ from lineside_inspect._cv import cv2
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import ConfigError, NotFoundError
 from lineside_inspect.inspector import Inspection
-from lineside_inspect.store.models import ADDED_COLUMNS, Base, InspectionRow, ReviewRow
+from lineside_inspect.store.box import resolve_box_id
+from lineside_inspect.store.lock import DataDirLock
+from lineside_inspect.store.models import ADDED_COLUMNS, ADDED_INDEXES, Base, InspectionRow, ReviewRow
+from lineside_inspect.store.utc import as_utc
 
 log = logging.getLogger("lineside.store")
 ACTIONS = ("confirm", "false_reject", "missed_defect", "relabel")
@@ -47,21 +57,48 @@ def make_engine(url: str) -> Engine:
 
 
 class Store:
+    """``max_bytes`` bounds the store's disk use: kept images, reference copies and, on
+    SQLite, the database file with its -wal and -shm files (a PostgreSQL database lives
+    on its server and is not counted). ``box_id``: see :func:`resolve_box_id`. ``lock``:
+    a :class:`DataDirLock` on ``data_dir`` the caller took already (the server takes it
+    before loading models); the store releases it on :meth:`close`."""
+
     def __init__(self, data_dir: str | Path, url: str | None = None, *, pass_rate: float = 0.1,
                  max_bytes: int | None = None, max_age_days: float | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, box_id: str | None = None,
+                 lock: DataDirLock | None = None) -> None:
         self.data_dir = Path(data_dir)
-        self.images_dir = self.data_dir / "images"
-        self.images_dir.mkdir(parents=True, exist_ok=True)
-        self.url = url or f"sqlite:///{(self.data_dir / 'lineside.db').resolve()}"
-        self.engine = make_engine(self.url)
-        Base.metadata.create_all(self.engine)
-        self._add_columns()
+        # before any file or database work: a second process on this folder stops here
+        self.dir_lock = (lock or DataDirLock(self.data_dir)).acquire()
+        try:
+            self.box_id = resolve_box_id(self.data_dir, box_id)
+            self.images_dir = self.data_dir / "images"
+            self.images_dir.mkdir(parents=True, exist_ok=True)
+            # the default database is this box's own: nobody else's rows can be in it
+            self.own_database = url is None
+            self.url = url or f"sqlite:///{(self.data_dir / 'lineside.db').resolve()}"
+            self.engine = make_engine(self.url)
+            Base.metadata.create_all(self.engine)
+            self._add_columns()
+        except BaseException:
+            self.dir_lock.release()
+            raise
         self.pass_rate = pass_rate
         self.max_bytes = max_bytes
         self.max_age_days = max_age_days
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the database connections and release the data folder."""
+        self.engine.dispose()
+        self.dir_lock.release()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _add_columns(self) -> None:
         """Bring a database made by an earlier release up to date: only nullable columns
@@ -72,6 +109,14 @@ class Store:
                 if column not in present:
                     conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
                     log.info("store: added column %s.%s", table, column)
+            for name, table, column in ADDED_INDEXES:
+                conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})"))
+
+    def _mine(self) -> ColumnElement[bool]:
+        return InspectionRow.box_id == self.box_id
+
+    def _mine_or_unowned(self) -> ColumnElement[bool]:
+        return or_(InspectionRow.box_id == self.box_id, InspectionRow.box_id.is_(None))
 
     # -- writing --------------------------------------------------------------------
     def _encoded(self, inspection: Inspection) -> tuple[bytes, str]:
@@ -117,7 +162,7 @@ class Store:
             max_score=float(inspection.defects.scores.max()) if len(labels) else 0.0,
             timings_ms=inspection.timings_ms, image_path=rel,
             width=int(inspection.image.shape[1]), height=int(inspection.image.shape[0]),
-            image_bytes=size, review_state="unreviewed",
+            image_bytes=size, review_state="unreviewed", box_id=self.box_id,
             reference_name=None if inspection.reference is None else inspection.reference.name,
             reference_path=ref_rel,
         )
@@ -135,10 +180,14 @@ class Store:
 
     # -- start-up and retention -----------------------------------------------------
     def cleanup(self) -> dict[str, int]:
-        """Remove orphan and temp files; clear image paths whose file is gone."""
+        """Start-up: adopt this box's rows from before box ids, remove orphan and temp
+        files, clear this box's image paths whose file is gone. Another box's rows and
+        files are never touched, nor a pre-box-id row this box cannot prove is its own."""
+        adopted = self._adopt_unowned()
         with Session(self.engine) as s:
-            known = {p for (p,) in s.execute(select(InspectionRow.image_path)) if p}
-            known |= {p for (p,) in s.execute(select(InspectionRow.reference_path)) if p}
+            paths = s.execute(select(InspectionRow.image_path, InspectionRow.reference_path)
+                              .where(self._mine_or_unowned())).all()
+        known = {p for pair in paths for p in pair if p}
         removed = 0
         for path in self.images_dir.rglob("*"):
             if not path.is_file():
@@ -149,14 +198,32 @@ class Store:
                 removed += 1
         cleared = 0
         with Session(self.engine) as s, s.begin():
-            for row in s.scalars(select(InspectionRow).where(InspectionRow.image_path.is_not(None))):
+            for row in s.scalars(select(InspectionRow).where(
+                    self._mine(), InspectionRow.image_path.is_not(None))):
                 if not (self.images_dir / str(row.image_path)).is_file():
                     row.image_path = None
                     cleared += 1
                 if row.reference_path and not (self.images_dir / row.reference_path).is_file():
                     row.reference_path = None
                     cleared += 1
-        return {"orphans_removed": removed, "missing_cleared": cleared}
+        return {"adopted": adopted, "orphans_removed": removed, "missing_cleared": cleared}
+
+    def _adopt_unowned(self) -> int:
+        """Rows written before box ids (NULL ``box_id``) become this box's: all of them
+        when the database is this box's own default SQLite file, else those whose image
+        file is in this box's folder (an image path names one inspection)."""
+        unowned = InspectionRow.box_id.is_(None)
+        with Session(self.engine) as s, s.begin():
+            if self.own_database:
+                res = s.execute(update(InspectionRow).where(unowned).values(box_id=self.box_id))
+                return int(getattr(res, "rowcount", 0) or 0)
+            candidates = s.execute(select(InspectionRow.id, InspectionRow.image_path)
+                                   .where(unowned, InspectionRow.image_path.is_not(None))).all()
+            ids = [i for i, p in candidates if (self.images_dir / str(p)).is_file()]
+            for start in range(0, len(ids), 500):
+                s.execute(update(InspectionRow).where(unowned, InspectionRow.id.in_(ids[start:start + 500]))
+                          .values(box_id=self.box_id))
+        return len(ids)
 
     def _deletion_order(self) -> list[Any]:
         """Who goes first: passes, then reviewed fails, then unreviewed fails; oldest first."""
@@ -167,35 +234,95 @@ class Store:
         ]
 
     def enforce_retention(self, now: datetime | None = None) -> int:
-        """Apply the age limit, then the disk quota. Returns rows deleted."""
+        """Apply the age limit, then the disk quota, to this box's rows. Returns rows
+        deleted. Rows without an image (unsampled passes) leave by age only; their
+        database space counts against the quota, and images make way for it."""
         deleted = 0
-        with self._lock, Session(self.engine) as s, s.begin():
-            if self.max_age_days is not None:
-                cutoff = (now or datetime.now(UTC)) - timedelta(days=self.max_age_days)
-                for row in s.scalars(select(InspectionRow).where(InspectionRow.created_at < cutoff)):
-                    deleted += self._delete(s, row)
+        with self._lock:
             if self.max_bytes is not None:
-                used = s.scalar(select(func.coalesce(func.sum(InspectionRow.image_bytes), 0))) or 0
-                for tier in self._deletion_order():
-                    if used <= self.max_bytes:
-                        break
-                    q = (select(InspectionRow).where(tier, InspectionRow.image_bytes > 0)
-                         .order_by(InspectionRow.created_at))
-                    for row in s.scalars(q):
+                self.checkpoint(self.max_bytes // 16)
+            with Session(self.engine) as s, s.begin():
+                if self.max_age_days is not None:
+                    cutoff = as_utc(now or datetime.now(UTC)) - timedelta(days=self.max_age_days)
+                    for row in s.scalars(select(InspectionRow).where(
+                            self._mine(), InspectionRow.created_at < cutoff)):
+                        self._delete(s, row)
+                        deleted += 1
+                if self.max_bytes is not None:
+                    used = (s.scalar(select(func.coalesce(func.sum(InspectionRow.image_bytes), 0))
+                                     .where(self._mine())) or 0) + self.overhead_bytes()
+                    for tier in self._deletion_order():
                         if used <= self.max_bytes:
                             break
-                        used -= row.image_bytes
-                        deleted += self._delete(s, row)
+                        q = (select(InspectionRow).where(self._mine(), tier, InspectionRow.image_bytes > 0)
+                             .order_by(InspectionRow.created_at))
+                        for row in s.scalars(q):
+                            if used <= self.max_bytes:
+                                break
+                            used -= self._delete(s, row)
+                            deleted += 1
+                    if used > self.max_bytes:
+                        log.warning("store: %d bytes in use with no image left to remove; the "
+                                    "quota of %d bytes is too small for the database",
+                                    used, self.max_bytes)
+            if deleted and self.max_bytes is not None:
+                self.checkpoint(self.max_bytes // 16)  # the deletions' own log entries
         return deleted
 
+    def _sqlite_files(self) -> list[Path]:
+        """The SQLite database file and its -wal and -shm companions ([] on PostgreSQL)."""
+        db = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
+        if not db or db == ":memory:":
+            return []
+        return [Path(db + suffix) for suffix in ("", "-wal", "-shm")]
+
+    def overhead_bytes(self) -> int:
+        """Disk used besides the inspection images: reference copies (images/refs) and
+        the SQLite database files."""
+        files = list(self._sqlite_files())
+        refs = self.images_dir / "refs"
+        if refs.is_dir():
+            files += [p for p in refs.iterdir() if p.is_file()]
+        total = 0
+        for p in files:
+            with contextlib.suppress(FileNotFoundError):  # a -wal that was never made
+                total += p.stat().st_size
+        return total
+
+    def checkpoint(self, budget: int = 0) -> None:
+        """SQLite's write-ahead log grows to ~4 MB before it is checkpointed, and its file
+        never shrinks by itself: past ``budget`` bytes, checkpoint it and truncate it."""
+        files = self._sqlite_files()
+        if not files:
+            return
+        try:
+            size = files[1].stat().st_size
+        except FileNotFoundError:
+            return
+        if size <= budget:
+            return
+        with self.engine.connect() as conn:
+            busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
+        if busy:
+            log.info("store: write-ahead log (%d bytes) busy, not truncated this time", size)
+
     def _delete(self, s: Session, row: InspectionRow) -> int:
+        """Delete ``row`` and its files; the bytes this freed on disk."""
+        freed = 0
         if row.image_path:
             (self.images_dir / row.image_path).unlink(missing_ok=True)
+            freed += row.image_bytes
         ref = row.reference_path
         s.delete(row)
-        if ref and not s.scalar(select(func.count()).where(InspectionRow.reference_path == ref)):
-            (self.images_dir / ref).unlink(missing_ok=True)  # its last user is gone
-        return 1
+        if ref and not s.scalar(select(func.count()).where(
+                InspectionRow.reference_path == ref, self._mine_or_unowned())):
+            path = self.images_dir / ref  # its last user is gone
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        return freed
 
     # -- reading --------------------------------------------------------------------
     def query(self, *, verdict: str | None = None, camera_id: str | None = None,
@@ -212,16 +339,16 @@ class Store:
             conds.append(InspectionRow.camera_id == camera_id)
         if recipe:
             conds.append(InspectionRow.recipe_name == recipe)
-        if label:
-            conds.append(InspectionRow.labels.contains(f",{label},"))
+        if label:  # exactly this class: '%' and '_' in a label are not LIKE wildcards
+            conds.append(InspectionRow.labels.contains(f",{label},", autoescape=True))
         if min_score is not None:
             conds.append(InspectionRow.max_score >= min_score)
         if max_score is not None:
             conds.append(InspectionRow.max_score <= max_score)
-        if since:
-            conds.append(InspectionRow.created_at >= since)
+        if since:  # compared in UTC; a naive time means UTC
+            conds.append(InspectionRow.created_at >= as_utc(since))
         if until:
-            conds.append(InspectionRow.created_at < until)
+            conds.append(InspectionRow.created_at < as_utc(until))
         if review_state == "reviewed":
             conds.append(InspectionRow.review_state != "unreviewed")
         elif review_state:
@@ -244,12 +371,37 @@ class Store:
     def reference_file(self, row: InspectionRow) -> Path:
         if not row.reference_path:
             raise NotFoundError(f"inspection {row.id} has no stored reference image")
-        return self.images_dir / row.reference_path
+        return self._file_here(row, row.reference_path, "reference image")
 
     def image_file(self, row: InspectionRow) -> Path:
         if not row.image_path:
             raise NotFoundError(f"inspection {row.id} has no stored image (passes are sampled)")
-        return self.images_dir / row.image_path
+        return self._file_here(row, row.image_path, "image")
+
+    def _file_here(self, row: InspectionRow, rel: str, what: str) -> Path:
+        """The file of ``row`` in this box's folder; messages name boxes, never paths."""
+        if row.box_id is not None and row.box_id != self.box_id:
+            raise NotFoundError(f"inspection {row.id}: its {what} is stored on box {row.box_id}, "
+                                f"not on this one ({self.box_id})")
+        path = self.images_dir / rel
+        if not path.is_file():
+            raise NotFoundError(f"inspection {row.id}: its stored {what} is missing from this box")
+        return path
+
+    def open_image(self, row: InspectionRow) -> IO[bytes]:
+        """The stored image, opened: once open it survives retention removing the file."""
+        return self._open(row, self.image_file(row), "image")
+
+    def open_reference(self, row: InspectionRow) -> IO[bytes]:
+        return self._open(row, self.reference_file(row), "reference image")
+
+    @staticmethod
+    def _open(row: InspectionRow, path: Path, what: str) -> IO[bytes]:
+        try:
+            return path.open("rb")
+        except FileNotFoundError:  # removed since the check (retention)
+            raise NotFoundError(f"inspection {row.id}: its stored {what} is missing from this box") \
+                from None
 
     # -- reviews --------------------------------------------------------------------
     def review(self, inspection_id: str, *, reviewer: str, action: str,
@@ -289,8 +441,10 @@ class Store:
         box, label = b.get("box"), b.get("label")
         if label not in row.class_names:
             raise ConfigError(f"unknown class {label!r} (model classes: {', '.join(row.class_names)})")
-        if not isinstance(box, list) or len(box) != 4:
-            raise ConfigError("box must be [x1, y1, x2, y2]")
+        if not isinstance(box, list) or len(box) != 4 or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in box):
+            raise ConfigError("box must be [x1, y1, x2, y2], four finite numbers")
         x1, y1, x2, y2 = (float(v) for v in box)
         if not (0 <= x1 < x2 <= row.width and 0 <= y1 < y2 <= row.height):
             raise ConfigError(f"box {box} must lie inside the {row.width}x{row.height} image "

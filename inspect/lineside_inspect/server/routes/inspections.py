@@ -3,17 +3,21 @@ figures, and the reviewed set as a dataset export for training."""
 
 from __future__ import annotations
 
+import mimetypes
+import os
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
 import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field, FiniteFloat
+from starlette.background import BackgroundTask
 
 from lineside_inspect.draw import annotate
-from lineside_inspect.imageio import encode_jpeg, read_image
+from lineside_inspect.imageio import decode_image, encode_jpeg
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.server.deps import Reviewer, get_store
 from lineside_inspect.store.models import InspectionRow
@@ -29,7 +33,7 @@ def row_json(row: InspectionRow) -> dict[str, Any]:
         "model": {"name": row.model_name, "version": row.model_version, "sha256": row.model_sha256},
         "class_names": row.class_names, "timings_ms": row.timings_ms,
         "width": row.width, "height": row.height, "has_image": row.image_path is not None,
-        "review_state": row.review_state,
+        "review_state": row.review_state, "box_id": row.box_id,
         "reference": None if row.reference_path is None and row.reference_name is None else {
             "name": row.reference_name, "has_image": row.reference_path is not None},
         "reviews": [{"id": r.id, "created_at": r.created_at.isoformat(), "reviewer": r.reviewer,
@@ -44,10 +48,11 @@ def list_inspections(
     camera_id: str | None = None, recipe: str | None = None, label: str | None = None,
     min_score: Annotated[float | None, Query(ge=0, le=1)] = None,
     max_score: Annotated[float | None, Query(ge=0, le=1)] = None,
-    since: datetime | None = None, until: datetime | None = None,
+    since: Annotated[datetime | None, Query(description="ISO time; without an offset: UTC")] = None,
+    until: Annotated[datetime | None, Query(description="ISO time; without an offset: UTC")] = None,
     review_state: Literal["unreviewed", "confirmed", "corrected", "reviewed"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> dict[str, Any]:
     total, rows = get_store(request).query(
         verdict=verdict, camera_id=camera_id, recipe=recipe, label=label, min_score=min_score,
@@ -61,39 +66,62 @@ def get_inspection(inspection_id: str, request: Request, who: Reviewer) -> dict[
     return row_json(get_store(request).get(inspection_id))
 
 
+def _send(f: IO[bytes]) -> StreamingResponse:
+    """Stream a file the store opened: retention removing it meanwhile cannot turn the
+    answer into a 500 naming its path (an open file outlives its name)."""
+    size = os.fstat(f.fileno()).st_size
+
+    def chunks() -> Iterator[bytes]:
+        with f:
+            while block := f.read(256 * 1024):
+                yield block
+
+    return StreamingResponse(chunks(), media_type=mimetypes.guess_type(str(f.name))[0]
+                             or "application/octet-stream",
+                             headers={"Content-Length": str(size)}, background=BackgroundTask(f.close))
+
+
 @router.get("/inspections/{inspection_id}/image")
-def original_image(inspection_id: str, request: Request, who: Reviewer) -> FileResponse:
+def original_image(inspection_id: str, request: Request, who: Reviewer) -> StreamingResponse:
     store = get_store(request)
-    return FileResponse(store.image_file(store.get(inspection_id)))
+    return _send(store.open_image(store.get(inspection_id)))
 
 
 @router.get("/inspections/{inspection_id}/reference")
-def reference_image(inspection_id: str, request: Request, who: Reviewer) -> FileResponse:
+def reference_image(inspection_id: str, request: Request, who: Reviewer) -> StreamingResponse:
     """The reference image a reference model compared this inspection's image with."""
     store = get_store(request)
-    return FileResponse(store.reference_file(store.get(inspection_id)))
+    return _send(store.open_reference(store.get(inspection_id)))
 
 
 @router.get("/inspections/{inspection_id}/annotated")
 async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -> Response:
     store = get_store(request)
-    row = store.get(inspection_id)
-    path = store.image_file(row)
+    row = await anyio.to_thread.run_sync(store.get, inspection_id)
 
     def draw() -> bytes:
+        with store.open_image(row) as f:
+            raw = f.read()
         boxes = row.reviews[-1].boxes if row.reviews else row.defects
         dets = Detections(np.array([b["box"] for b in boxes]),
                           np.array([b.get("score", 1.0) for b in boxes]),
                           np.array([row.class_names.index(b["label"]) for b in boxes]),
                           row.class_names)
-        return encode_jpeg(annotate(read_image(path), dets, row.verdict))
+        return encode_jpeg(annotate(decode_image(raw), dets, row.verdict))
 
     return Response(await anyio.to_thread.run_sync(draw), media_type="image/jpeg")
 
 
+class ReviewBox(BaseModel):
+    label: str = Field(..., max_length=128, description="a class of the inspection's model")
+    box: Annotated[list[FiniteFloat], Field(min_length=4, max_length=4, description=(
+        "[x1, y1, x2, y2] in image pixels"))]
+
+
 class ReviewIn(BaseModel):
     action: Literal["confirm", "false_reject", "missed_defect", "relabel"]
-    boxes: list[dict[str, Any]] | None = Field(None, description="missed_defect: [{label, box}]")
+    boxes: list[ReviewBox] | None = Field(None, max_length=1000,
+                                          description="missed_defect: the boxes the model missed")
     index: int | None = Field(None, description="relabel: which box")
     label: str | None = Field(None, description="relabel: the new class")
     note: str = Field("", max_length=2000)
@@ -102,8 +130,9 @@ class ReviewIn(BaseModel):
 @router.post("/inspections/{inspection_id}/reviews")
 def add_review(inspection_id: str, body: ReviewIn, request: Request,
                who: Reviewer) -> dict[str, Any]:
+    boxes = None if body.boxes is None else [b.model_dump() for b in body.boxes]
     row = get_store(request).review(inspection_id, reviewer=who.name, action=body.action,
-                                 boxes=body.boxes, index=body.index, label=body.label,
+                                 boxes=boxes, index=body.index, label=body.label,
                                  note=body.note)
     return row_json(row)
 

@@ -1,0 +1,229 @@
+"""The store shared by several boxes, its data-folder lock, UTC times, exact label
+filters and the disk quota that counts the database (issue 11, items 2, 3, 10, 14, 22)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from lineside_inspect.errors import ConfigError, DataDirLockedError, NotFoundError
+from lineside_inspect.inspector import Inspection
+from lineside_inspect.references import Reference
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.server.routes.inspections import row_json
+from lineside_inspect.store import DataDirLock, Store
+from lineside_inspect.store.models import InspectionRow
+
+from .test_store import SAMPLE, _inspection
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    from .test_store import MODEL
+
+    return Detector(MODEL, device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def fail(detector: Detector) -> Inspection:
+    return _inspection(detector, "fail")
+
+
+def again(base: Inspection, **kw: object) -> Inspection:
+    """Another inspection like ``base`` (same frame and verdict, a new id)."""
+    return dataclasses.replace(base, id=uuid.uuid4().hex, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def shared_url(tmp_path: Path, database_url: str | None) -> str:
+    """One database two boxes share: a SQLite file outside both data folders, or PostgreSQL."""
+    return database_url or f"sqlite:///{tmp_path / 'shared.db'}"
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in (root / "images").rglob("*") if p.is_file()}
+
+
+# -- item 2: each row belongs to one box ------------------------------------------------
+def test_boxes_sharing_a_database_never_clean_up_each_other(
+        tmp_path: Path, shared_url: str, fail: Inspection) -> None:
+    golden = Reference.from_bytes("golden", next(SAMPLE.rglob("*_temp.jpg")).read_bytes())
+    ids: dict[str, list[str]] = {}
+    for name in ("a", "b"):
+        with Store(tmp_path / name, shared_url, pass_rate=1.0) as store:
+            saved = [again(fail), again(fail, reference=golden), again(fail)]
+            assert all(store.save(i) for i in saved)
+            ids[name] = [i.id for i in saved]
+    before = {name: files(tmp_path / name) for name in ("a", "b")}
+    assert len(before["a"]) == len(before["b"]) == 4  # three images and the reference
+
+    # each restarts in turn: nothing of the other's is touched
+    for name, other in (("b", "a"), ("a", "b"), ("b", "a")):
+        with Store(tmp_path / name, shared_url) as store:
+            assert store.cleanup() == {"adopted": 0, "orphans_removed": 0, "missing_cleared": 0}
+            assert files(tmp_path / other) == before[other]
+            rows = {r.id: r for r in store.query(limit=50)[1]}
+            assert set(rows) == set(ids["a"]) | set(ids["b"])  # reading sees every box
+            assert all(rows[i].image_path for i in ids[other])
+            # another box's image is a 404 naming that box, never a wrong file
+            with pytest.raises(NotFoundError, match="stored on box") as err:
+                store.image_file(rows[ids[other][0]])
+            assert str(rows[ids[other][0]].box_id) in err.value.message
+            with pytest.raises(NotFoundError, match="stored on box"):
+                store.reference_file(rows[ids[other][1]])
+    # b's retention (a quota of 1 byte, an age limit of ~0) empties b, and only b
+    with Store(tmp_path / "b", shared_url, max_bytes=1, max_age_days=1e-9) as b:
+        assert b.enforce_retention() == 3
+        assert files(tmp_path / "b") == {}
+        assert {r.id for r in b.query(limit=50)[1]} == set(ids["a"])
+    with Store(tmp_path / "a", shared_url) as a:
+        assert a.cleanup() == {"adopted": 0, "orphans_removed": 0, "missing_cleared": 0}
+        assert files(tmp_path / "a") == before["a"]
+        for i in ids["a"]:
+            assert a.image_file(a.get(i)).read_bytes() == fail.raw
+
+
+def test_rows_from_before_box_ids_go_to_the_box_holding_their_file(
+        tmp_path: Path, shared_url: str, fail: Inspection) -> None:
+    ids: dict[str, str] = {}
+    for name in ("a", "b"):
+        with Store(tmp_path / name, shared_url, pass_rate=1.0) as store:
+            inspection = again(fail)
+            assert store.save(inspection)
+            ids[name] = inspection.id
+            unsampled = again(fail, verdict="pass")
+            store.pass_rate = 0.0
+            assert store.save(unsampled)  # a row without an image: nothing proves its box
+            ids[name + "-row"] = unsampled.id
+            # as an earlier release wrote them: no box id
+            with store.engine.begin() as c:
+                c.execute(update(InspectionRow).values(box_id=None))
+    with Store(tmp_path / "b", shared_url, max_age_days=1e-9) as b:
+        assert b.cleanup() == {"adopted": 1, "orphans_removed": 0, "missing_cleared": 0}
+        assert b.get(ids["b"]).box_id == b.box_id
+        assert b.get(ids["a"]).box_id is None and b.get(ids["a-row"]).box_id is None
+        b.enforce_retention()  # ages out what b owns, and nothing it cannot prove is its own
+        with pytest.raises(NotFoundError):
+            b.get(ids["b"])
+        assert b.get(ids["a"]).image_path and b.get(ids["b-row"]).box_id is None
+    with Store(tmp_path / "a", shared_url) as a:
+        assert a.cleanup()["adopted"] == 1
+        assert a.image_file(a.get(ids["a"])).read_bytes() == fail.raw
+
+
+def test_box_id_is_kept_in_the_data_dir(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        generated = store.box_id
+    assert (tmp_path / "box_id").read_text().strip() == generated
+    with Store(tmp_path) as store:
+        assert store.box_id == generated  # the same box after a restart
+    # a configured id that disagrees with the folder's would orphan its own files: refused
+    with pytest.raises(ConfigError, match="differs"):
+        Store(tmp_path, box_id="line-2")
+    with Store(tmp_path / "fresh", box_id="line-2") as store:
+        assert store.box_id == "line-2"
+    with pytest.raises(ConfigError, match="box_id"):
+        Store(tmp_path / "bad", box_id="line\n")
+    (tmp_path / "box_id").write_text("../../etc\n")
+    with pytest.raises(ConfigError, match="not a valid box id"):
+        Store(tmp_path)
+
+
+# -- item 3: one process per data folder ------------------------------------------------
+def test_second_store_on_a_data_dir_refuses_before_touching_it(
+        tmp_path: Path, fail: Inspection) -> None:
+    live = Store(tmp_path, pass_rate=1.0)
+    inspection = again(fail)
+    assert live.save(inspection)
+    # an image the live store is writing: not yet in the database (an "orphan" to cleanup)
+    in_flight = tmp_path / "images" / "2026-01-01" / f"{uuid.uuid4().hex}.jpg"
+    in_flight.parent.mkdir(parents=True)
+    in_flight.write_bytes(b"x")
+    with pytest.raises(DataDirLockedError, match=f"in use by process {os.getpid()}"):
+        Store(tmp_path)  # flock is per open file: refused within one process too
+    assert in_flight.is_file() and live.image_file(live.get(inspection.id)).is_file()
+    assert live.save(again(fail))  # the live store is unaffected
+    live.close()
+    with Store(tmp_path) as after:  # released on close
+        assert after.cleanup()["orphans_removed"] == 1
+
+
+def test_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
+    with DataDirLock(tmp_path):
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(DataDirLockedError, match=f"process {os.getpid()}"):
+            DataDirLock(tmp_path).acquire()
+    with DataDirLock(tmp_path) as lock:
+        assert lock.held
+
+
+# -- item 10: UTC in, UTC out ----------------------------------------------------------
+def test_times_are_utc_whatever_the_offset(tmp_path: Path, database_url: str | None,
+                                          fail: Inspection) -> None:
+    noon = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    plus5, minus8 = timezone(timedelta(hours=5)), timezone(timedelta(hours=-8))
+    if database_url:  # a session time zone that is not UTC: answers still come back in UTC
+        database_url += "?options=-c%20TimeZone%3DAsia%2FKolkata"
+    with Store(tmp_path, database_url, pass_rate=1.0) as store:
+        # saved as 17:00+05:00: the same instant as 12:00 UTC
+        assert store.save(again(fail, created_at=noon.astimezone(plus5)))
+        row = store.query()[1][0]
+        assert row.created_at == noon and row.created_at.utcoffset() == timedelta(0)
+        assert row_json(row)["created_at"] == "2026-03-01T12:00:00+00:00"
+
+        def count(**kw: datetime) -> int:
+            return store.query(**kw)[0]  # type: ignore[arg-type]
+
+        assert count(since=datetime(2026, 3, 1, 17, 0, tzinfo=plus5)) == 1
+        assert count(since=datetime(2026, 3, 1, 17, 0, 1, tzinfo=plus5)) == 0
+        assert count(since=datetime(2026, 3, 1, 3, 59, tzinfo=minus8)) == 1
+        assert count(since=datetime(2026, 3, 1, 4, 1, tzinfo=minus8)) == 0
+        assert count(until=datetime(2026, 3, 1, 4, 0, 1, tzinfo=minus8)) == 1
+        assert count(until=datetime(2026, 3, 1, 4, 0, tzinfo=minus8)) == 0  # until is exclusive
+        assert count(until=datetime(2026, 3, 1, 17, 1, tzinfo=plus5)) == 1
+        assert count(since=datetime(2026, 3, 1, 12, 0)) == 1  # naive means UTC
+        assert count(since=datetime(2026, 3, 1, 12, 1)) == 0
+        reviewed = store.review(row.id, reviewer="qa", action="confirm")
+        assert reviewed.reviews[0].created_at.utcoffset() == timedelta(0)
+        assert row_json(reviewed)["reviews"][0]["created_at"].endswith("+00:00")
+
+
+# -- item 14: a label is matched exactly -----------------------------------------------
+def test_label_filter_matches_percent_and_underscore_literally(
+        tmp_path: Path, database_url: str | None, fail: Inspection) -> None:
+    with Store(tmp_path, database_url) as store:
+        labels = {",mouse_bite,": again(fail), ",mouseXbite,": again(fail),
+                  ",short,100%,": again(fail)}
+        for lb, inspection in labels.items():
+            assert store.save(inspection)
+            with store.engine.begin() as c:
+                c.execute(update(InspectionRow).where(InspectionRow.id == inspection.id)
+                          .values(labels=lb))
+        assert [r.labels for r in store.query(label="mouse_bite")[1]] == [",mouse_bite,"]
+        assert [r.labels for r in store.query(label="100%")[1]] == [",short,100%,"]
+        assert store.query(label="%")[0] == 0
+        assert store.query(label="_")[0] == 0
+        assert store.query(label="mouse%")[0] == 0
+        assert store.query(label="short")[0] == 1
+
+
+# -- item 22: the quota counts the database --------------------------------------------
+def test_quota_counts_the_database_and_its_wal(tmp_path: Path, fail: Inspection) -> None:
+    quota = 400_000
+    slack = len(fail.raw or b"")  # the image written before retention makes room for it
+    with Store(tmp_path, pass_rate=1.0, max_bytes=quota) as store:
+        stored = 0
+        for _ in range(60):
+            assert store.save(again(fail))
+            used = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+            assert used <= quota + slack, f"{used} bytes on disk for a quota of {quota}"
+            stored = store.query()[0]
+        assert stored >= 5  # still storing: the newest inspections are kept
+        assert (tmp_path / "lineside.db-wal").stat().st_size < quota // 8
