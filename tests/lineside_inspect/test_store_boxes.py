@@ -19,6 +19,7 @@ from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.server.routes.inspections import row_json
 from lineside_inspect.store import DataDirLock, Store
 from lineside_inspect.store.models import InspectionRow
+from lineside_inspect.store.pull import pull_from_store
 
 from .test_store import SAMPLE, _inspection
 
@@ -90,6 +91,19 @@ def test_boxes_sharing_a_database_never_clean_up_each_other(
             assert a.image_file(a.get(i)).read_bytes() == fail.raw
 
 
+def test_pull_from_a_shared_database_takes_this_boxs_images(
+        tmp_path: Path, shared_url: str, fail: Inspection) -> None:
+    ids = {}
+    for name in ("a", "b"):
+        with Store(tmp_path / name, shared_url, pass_rate=1.0) as store:
+            inspection = again(fail)
+            assert store.save(inspection)
+            ids[name] = inspection.id
+    with Store(tmp_path / "b", shared_url) as b:
+        pulled = pull_from_store(b, tmp_path / "pulled", reviewed=False)
+    assert [Path(r.file_name).stem for r in pulled.images] == [ids["b"]]
+
+
 def test_rows_from_before_box_ids_go_to_the_box_holding_their_file(
         tmp_path: Path, shared_url: str, fail: Inspection) -> None:
     ids: dict[str, str] = {}
@@ -156,6 +170,10 @@ def test_second_store_on_a_data_dir_refuses_before_touching_it(
 
 
 def test_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(ConfigError, match="cannot create its lock file"):
+        DataDirLock(blocked / "store").acquire()  # a data_dir that cannot be made: one line
     with DataDirLock(tmp_path):
         assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
         with pytest.raises(DataDirLockedError, match=f"process {os.getpid()}"):

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from lineside_inspect.errors import DataDirLockedError
+from lineside_inspect.errors import ConfigError, DataDirLockedError
 
 LOCK_NAME = ".lock"
 
@@ -38,9 +38,13 @@ class DataDirLock:
     def acquire(self) -> DataDirLock:
         if self._file is not None:
             return self
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        # "a+": create if missing, never truncate (the holder's pid must survive our open)
-        f = open(self.path, "a+", encoding="ascii")  # noqa: SIM115 - held for the lifetime
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # "a+": create if missing, never truncate (the holder's pid must survive our open)
+            f = open(self.path, "a+", encoding="ascii")  # noqa: SIM115 - held for the lifetime
+        except OSError as exc:
+            raise ConfigError(f"data_dir {self.data_dir}: cannot create its lock file "
+                              f"({exc.strerror})") from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -49,8 +53,8 @@ class DataDirLock:
             f.close()
             who = f"process {holder}" if holder.isdigit() else "another process"
             raise DataDirLockedError(
-                f"data_dir {self.data_dir} is in use by {who} (lock {LOCK_NAME}): stop it, "
-                "or give this server another data_dir") from None
+                f"data_dir {self.data_dir} is in use by {who} (lock {LOCK_NAME}): stop that "
+                "process first, or use another data_dir") from None
         except BaseException:
             f.close()
             raise
