@@ -17,10 +17,9 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from lineside_inspect import _cv  # noqa: F401  (sets OpenCV's pixel limit before any cv2 use)
+from lineside_inspect import opencv  # noqa: F401  (sets OpenCV's pixel limit before any cv2 use)
 from lineside_inspect.errors import LinesideError
-
-__version__ = "0.1.0"
+from lineside_inspect.version import __version__
 
 _LAZY = {
     "Detector": "lineside_inspect.runtime.detector",

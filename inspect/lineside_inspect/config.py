@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lineside_inspect.errors import ConfigError, describe_validation
 from lineside_inspect.names import Name
+from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 
 Role = Literal["line", "reviewer", "admin"]
 
@@ -83,7 +84,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     max_json_bytes: int = Field(64 * 1024, gt=0, description=(
         "body limit of every route that takes no image (admin, review, login)"))
-    max_pixels: int = Field(64 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(MAX_IMAGE_PIXELS, gt=0, description=(
+        "decoded pixels per image (default: LINESIDE_MAX_IMAGE_PIXELS, else 64 Mpx)"))
     max_concurrency: int = Field(2, ge=1, description="inferences running at once")
     max_queue: int = Field(16, ge=0, description="requests waiting beyond that; then 503")
     request_timeout_s: float = Field(10.0, gt=0)

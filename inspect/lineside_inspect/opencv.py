@@ -1,8 +1,11 @@
-"""The one place that imports OpenCV.
+"""The one place that imports OpenCV: ``from lineside_inspect.opencv import cv2``.
 
-OpenCV reads ``OPENCV_IO_MAX_IMAGE_PIXELS`` once, when ``cv2`` is first imported; a
-decompression bomb (a tiny PNG that claims 20000x20000 pixels) is only refused if the
-limit is in the environment by then, so every module gets ``cv2`` from here.
+Public, for the training side and any tool that reads images as the edge does. OpenCV
+reads ``OPENCV_IO_MAX_IMAGE_PIXELS`` once, when ``cv2`` is first imported; a decompression
+bomb (a tiny PNG that claims 20000x20000 pixels) is only refused if the limit is in the
+environment by then, so every module gets ``cv2`` from here. ``MAX_IMAGE_PIXELS`` is the
+one pixel limit (``LINESIDE_MAX_IMAGE_PIXELS``, default 64 Mpx); decoders and settings
+default to it.
 """
 
 from __future__ import annotations

@@ -27,6 +27,18 @@ OUTPUT_NAMES = ("boxes", "scores", "labels")
 META_CLASSES = "lineside.class_names"
 
 
+PAD_VALUE = 114  # the letterbox border's grey level, unless a card says otherwise
+
+
+class LetterboxSpec(BaseModel):
+    """How the image is fitted into the square input; training pads with the same value."""
+
+    model_config = ConfigDict(extra="forbid")
+    pad_value: int = Field(PAD_VALUE, ge=0, le=255, description="grey level of the border")
+    center: Literal[True] = Field(True, description="the image sits in the middle (the only "
+                                                    "placement the runtime makes)")
+
+
 class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = INPUT_NAME
@@ -36,7 +48,7 @@ class InputSpec(BaseModel):
     color: Literal["RGB", "grey+reference+difference"] = Field("RGB", description=(
         "RGB: one image; grey+reference+difference: a reference model, fed the frame and a "
         "golden reference of the same view (lineside_inspect.runtime.reference)"))
-    letterbox: dict[str, Any] = Field(default_factory=lambda: {"pad_value": 114, "center": True})
+    letterbox: LetterboxSpec = Field(default_factory=LetterboxSpec)
 
 
 class ModelCard(BaseModel):
@@ -67,6 +79,11 @@ class ModelCard(BaseModel):
 
     def threshold(self, label: str, default: float = 0.5) -> float:
         return self.thresholds.get(label, default)
+
+
+def default_recipe_name(model: str) -> str:
+    """The recipe a model's card brings, used when the server has no recipe configured."""
+    return f"{model}-default"
 
 
 def sha256_file(path: Path) -> str:

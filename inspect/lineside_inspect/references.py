@@ -19,6 +19,7 @@ from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import LinesideError, NotFoundError, ReferenceImageError
 from lineside_inspect.imageio import decode_image, sniff_format
 from lineside_inspect.names import NAME_RULE, is_name
+from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 
 EXTS = ("png", "jpg", "bmp")  # as stored
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # a value ending so is a file, never a name
@@ -38,7 +39,7 @@ class Reference:
     sha256: str
 
     @classmethod
-    def from_bytes(cls, name: str | None, data: bytes, max_pixels: int = 64 * 1024 * 1024,
+    def from_bytes(cls, name: str | None, data: bytes, max_pixels: int = MAX_IMAGE_PIXELS,
                    image: np.ndarray | None = None) -> Reference:
         image = decode_image(data, max_pixels) if image is None else image
         return cls(name, image, data, sniff_format(data).replace("jpeg", "jpg"),
@@ -63,7 +64,7 @@ def is_reference_name(value: str) -> bool:
 class ReferenceLibrary:
     """The reference images in ``folder``, by name (the file stem)."""
 
-    def __init__(self, folder: str | Path, max_pixels: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, folder: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.folder = Path(folder)
         self.max_pixels = max_pixels
         self._cache: dict[str, tuple[float, Reference]] = {}

@@ -50,3 +50,18 @@ def test_reference_shift_moves_only_the_reference() -> None:
     names = [type(t).__name__ for t in train_transform(cfg, 32, 32, reference=True).transforms]
     assert names.count("Lambda") == 1
     assert "Lambda" not in [type(t).__name__ for t in train_transform(cfg, 32, 32).transforms]
+
+
+def test_training_pads_as_an_exported_card_says() -> None:
+    """Crops of small images and letterboxed ones are padded with the value the exported
+    card declares (and the runtime then pads with), not a literal of their own."""
+    from lineside_inspect.package import InputSpec
+
+    pad = InputSpec(size=64).letterbox.pad_value
+    off = AugmentConfig(hflip=0, vflip=0, rot90=0, brightness_contrast=0, blur=0, noise=0,
+                        scale_jitter=0)
+    white = np.full((20, 40, 3), 255, np.uint8)
+    for crop, size in ((64, 64), (None, 64)):
+        out = train_transform(off, crop, size)(image=white, bboxes=np.zeros((0, 4), np.float32),
+                                               labels=np.zeros(0, np.int64))["image"]
+        assert set(np.unique(out)) == {pad, 255}, (crop, np.unique(out))

@@ -169,7 +169,7 @@ def _plots(out: Path, result: dict[str, Any], records: list[ImageRecord],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lineside_inspect._cv import cv2
+    from lineside_inspect.opencv import cv2
     from lineside_training.quality import box_iou
 
     # PR curves at IoU 0.5: greedy matching per class over all images, by score

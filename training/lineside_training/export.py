@@ -16,7 +16,6 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-import lineside_inspect
 from lineside_inspect.dataset import ImageRecord, read_dataset
 from lineside_inspect.errors import ConfigError, PackageError
 from lineside_inspect.package import (
@@ -24,13 +23,17 @@ from lineside_inspect.package import (
     INPUT_NAME,
     META_CLASSES,
     OUTPUT_NAMES,
+    PAD_VALUE,
     InputSpec,
+    LetterboxSpec,
     ModelCard,
+    default_recipe_name,
     load_package,
     sha256_file,
     write_card,
 )
 from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.version import __version__
 from lineside_training.checkpoint import Trained, load_trained
 from lineside_training.metrics import coco_metrics
 from lineside_training.models.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, select_detections
@@ -209,10 +212,11 @@ def export(
         card = ModelCard(
             name=name, version=version, class_names=trained.class_names,
             input=InputSpec(size=cfg.input_size,
-                            color="grey+reference+difference" if cfg.reference else "RGB"),
+                            color="grey+reference+difference" if cfg.reference else "RGB",
+                            letterbox=LetterboxSpec(pad_value=PAD_VALUE)),  # as trained
             max_detections=MAX_DETECTIONS,
             thresholds=thr,
-            default_recipe={"name": f"{name}-default", "version": "1", "min_score": thr},
+            default_recipe={"name": default_recipe_name(name), "version": "1", "min_score": thr},
             metrics={k: metrics[k] for k in ("coco", "quality", "calibration") if k in metrics},
             training={"data": {**trained.checkpoint.get("data", {}),
                                "source": dataset.info.get("source"),
@@ -220,7 +224,7 @@ def export(
                       "config": cfg.model_dump(),
                       "epochs_trained": trained.checkpoint.get("epoch", 0) + 1,
                       "model": cfg.model},
-            sha256=sha256_file(fp32), lineside_version=lineside_inspect.__version__,
+            sha256=sha256_file(fp32), lineside_version=__version__,
         )
         write_card(tmp, card)
         detector = Detector(load_package(tmp), device="cpu")

@@ -58,15 +58,16 @@ class Detector:
                 f"model {self.card.name} {self.card.version} takes no reference image")
         batch = np.empty((len(images), 3, self.size, self.size), dtype=np.uint8)
         boxes = []
+        pad = self.card.input.letterbox.pad_value  # as the model was trained
         for i, image in enumerate(images):
             if references is not None:
                 dx = dy = 0.0
                 if align:
                     image, dx, dy = align_to_reference(image, references[i])
-                fitted, lb = letterbox(pair_image(image, references[i]), self.size)
+                fitted, lb = letterbox(pair_image(image, references[i]), self.size, pad_value=pad)
                 lb = replace(lb, shift_x=dx, shift_y=dy)
             else:
-                fitted, lb = letterbox(image, self.size)
+                fitted, lb = letterbox(image, self.size, pad_value=pad)
                 fitted = cv2.cvtColor(fitted, cv2.COLOR_BGR2RGB)
             batch[i] = fitted.transpose(2, 0, 1)
             boxes.append(lb)

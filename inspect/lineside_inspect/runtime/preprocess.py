@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lineside_inspect._cv import cv2
-
-PAD_VALUE = 114
+from lineside_inspect.opencv import cv2
+from lineside_inspect.package import PAD_VALUE
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,10 @@ class Letterbox:
         return out
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Resize ``image`` (``H, W, 3`` uint8) to fit ``size x size``, centred, padded grey.
+def letterbox(image: np.ndarray, size: int, *, pad_value: int = PAD_VALUE,
+              ) -> tuple[np.ndarray, Letterbox]:
+    """Resize ``image`` (``H, W, 3`` uint8) to fit ``size x size``, centred, padded with
+    ``pad_value`` (a model card's ``input.letterbox.pad_value``).
 
     Images already of that size are returned unchanged (no copy of pixels is resized).
     """
@@ -57,7 +58,7 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     scale = lb.scale
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else image
-    out = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    out = np.full((size, size, 3), pad_value, dtype=np.uint8)
     out[py : py + nh, px : px + nw] = resized
     return out, lb
 

@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lineside_inspect import __version__, ui
+from lineside_inspect import ui
 from lineside_inspect.config import Settings
 from lineside_inspect.errors import LinesideError, describe_validation, error_body
 from lineside_inspect.recipes import Recipe, load_recipe
@@ -35,6 +35,7 @@ from lineside_inspect.server.routes import (
 from lineside_inspect.server.service import InspectionService
 from lineside_inspect.server.sessions import SessionStore
 from lineside_inspect.server.unexpected import CatchUnexpected, internal_error
+from lineside_inspect.version import __version__
 
 log = logging.getLogger("lineside")
 

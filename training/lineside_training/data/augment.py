@@ -7,10 +7,9 @@ from typing import Any
 import albumentations as A
 import numpy as np
 
-from lineside_inspect._cv import cv2
+from lineside_inspect.opencv import cv2
+from lineside_inspect.package import PAD_VALUE
 from lineside_training.config import AugmentConfig
-
-PAD = 114
 
 
 def morph(image: np.ndarray, **_: Any) -> np.ndarray:
@@ -43,11 +42,11 @@ def train_transform(cfg: AugmentConfig, crop: int | None, size: int,
     ops: list[A.BasicTransform] = []
     if cfg.scale_jitter > 0:
         j = cfg.scale_jitter
-        ops.append(A.Affine(scale=(1 - j, 1 + j), fill=PAD, p=0.3))
+        ops.append(A.Affine(scale=(1 - j, 1 + j), fill=PAD_VALUE, p=0.3))
     if crop:
-        ops += [A.PadIfNeeded(crop, crop, border_mode=0, fill=PAD), A.RandomCrop(crop, crop)]
+        ops += [A.PadIfNeeded(crop, crop, border_mode=0, fill=PAD_VALUE), A.RandomCrop(crop, crop)]
     else:
-        ops += [A.LongestMaxSize(size), A.PadIfNeeded(size, size, border_mode=0, fill=PAD)]
+        ops += [A.LongestMaxSize(size), A.PadIfNeeded(size, size, border_mode=0, fill=PAD_VALUE)]
     if cfg.morphology > 0:
         # image only: albumentations' Morphological also reshapes boxes and fails on several
         ops.append(A.Lambda(image=morph, p=cfg.morphology))  # np.random: seeded by the engine

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.dataset import Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, ReferenceImageError
 from lineside_inspect.imageio import read_image
+from lineside_inspect.opencv import cv2
 from lineside_inspect.runtime.preprocess import letterbox
 from lineside_inspect.runtime.reference import pair_image, with_difference
 

@@ -130,7 +130,7 @@ def ready(request: Request) -> JSONResponse:
 
 @router.get("")
 def server_metadata() -> dict[str, Any]:
-    from lineside_inspect import __version__
+    from lineside_inspect.version import __version__
 
     return {"name": "lineside", "version": __version__, "extensions": ["binary_tensor_data"]}
 

@@ -1,0 +1,58 @@
+"""The letterbox pad value comes from the model card (one default, PAD_VALUE, for cards
+that do not say and for training), not from a literal in the runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lineside_inspect.errors import PackageError
+from lineside_inspect.package import PAD_VALUE, load_package
+from lineside_inspect.runtime.detector import Detector
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLED = ROOT / "models" / "deeppcb" / "1"
+
+
+def _package(tmp_path: Path, **letterbox: object) -> Path:
+    pkg = tmp_path / "deeppcb" / "1"
+    shutil.copytree(BUNDLED, pkg)
+    card = json.loads((pkg / "model.json").read_text())
+    if letterbox:
+        card["input"]["letterbox"] = letterbox
+    else:
+        del card["input"]["letterbox"]
+    (pkg / "model.json").write_text(json.dumps(card))
+    return pkg
+
+
+def _border(package: Path) -> tuple[list[int], list[int]]:
+    """The top-left input pixel (letterbox border) and the centre one (image) of a wide
+    white image."""
+    batch, _ = Detector(package, device="cpu", warmup=False).pre_process(
+        [np.full((100, 200, 3), 255, np.uint8)])
+    size = batch.shape[-1]
+    return batch[0, :, 0, 0].tolist(), batch[0, :, size // 2, size // 2].tolist()
+
+
+def test_runtime_pads_with_the_cards_value(tmp_path: Path) -> None:
+    assert _border(BUNDLED) == ([114] * 3, [255] * 3)
+    assert _border(_package(tmp_path / "zero", pad_value=0, center=True)) == ([0] * 3, [255] * 3)
+
+
+def test_a_card_without_letterbox_gets_the_default(tmp_path: Path) -> None:
+    pkg = _package(tmp_path)
+    assert PAD_VALUE == 114 and load_package(pkg).card.input.letterbox.pad_value == PAD_VALUE
+    assert _border(pkg)[0] == [PAD_VALUE] * 3
+
+
+@pytest.mark.parametrize("letterbox", [{"pad_value": 256}, {"pad_value": 114, "center": False},
+                                       {"pad_value": 114, "colour": "red"}])
+def test_a_letterbox_the_runtime_cannot_make_is_refused(tmp_path: Path,
+                                                        letterbox: dict[str, object]) -> None:
+    with pytest.raises(PackageError, match=r"input\.letterbox"):
+        load_package(_package(tmp_path, **letterbox))
