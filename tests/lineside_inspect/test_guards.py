@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import pkgutil
 import subprocess
 import sys
@@ -132,3 +133,19 @@ def test_edge_modules_take_nothing_from_the_package_init() -> None:
                 found |= {f"{path.relative_to(pkg).as_posix()}:{a.name}" for a in node.names
                           if not ((pkg / f"{a.name}.py").is_file() or (pkg / a.name).is_dir())}
     assert found <= PENDING_PACKAGE_IMPORTS
+
+
+def test_one_pixel_limit() -> None:
+    """LINESIDE_MAX_IMAGE_PIXELS (OpenCV's own limit) is also the default of the server's
+    max_pixels, the reference library's and the decoders'."""
+    code = ("import inspect\n"
+            "from lineside_inspect.config import Settings\n"
+            "from lineside_inspect.imageio import decode_image\n"
+            "from lineside_inspect.references import ReferenceLibrary\n"
+            "print(Settings().max_pixels, ReferenceLibrary('.').max_pixels,\n"
+            "      inspect.signature(decode_image).parameters['max_pixels'].default)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LINESIDE_", "OPENCV_"))}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**env, "LINESIDE_MAX_IMAGE_PIXELS": "4096"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4096"] * 3
