@@ -13,6 +13,14 @@ from lineside_inspect.errors import ConfigError, PackageError, PathNotAllowedErr
 from lineside_inspect.package import CARD, GRAPH
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.server.deps import Admin, RegistryDep, SettingsDep
+from lineside_inspect.server.responses import (
+    ActiveVersion,
+    ListedRecipe,
+    LoadedModel,
+    LoadedVersion,
+    ModelLoaded,
+    errors,
+)
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -28,25 +36,21 @@ class Activate(BaseModel):
     version: str
 
 
-def _models(registry: Any) -> list[dict[str, Any]]:
-    out = []
-    for name, slot in registry.models().items():
-        out.append({"name": name, "active": slot.active, "history": slot.history,
-                    "versions": [{"version": v, "sha256": d.card.sha256, "precision":
-                                  d.card.precision, "needs_reference": d.card.needs_reference,
-                                  "providers": d.session.providers,
-                                  "path": str(d.package.path)} for v, d in slot.versions.items()]})
-    return out
+@router.get("/models", responses=errors(401, 403))
+def list_models(who: Admin, registry: RegistryDep) -> list[LoadedModel]:
+    """Every loaded model with its versions (admins only: it names the packages' folders)."""
+    return [LoadedModel(
+        name=name, active=slot.active, history=slot.history,
+        versions=[LoadedVersion(version=v, sha256=d.card.sha256, precision=d.card.precision,
+                                needs_reference=d.card.needs_reference,
+                                providers=d.session.providers, path=str(d.package.path))
+                  for v, d in slot.versions.items()])
+        for name, slot in registry.models().items()]
 
 
-@router.get("/models")
-def list_models(who: Admin, registry: RegistryDep) -> list[dict[str, Any]]:
-    return _models(registry)
-
-
-@router.post("/models")
+@router.post("/models", responses=errors(401, 403, 408, 413, 422))
 async def load_model(body: LoadModel, who: Admin, registry: RegistryDep, settings: SettingsDep,
-                     request: Request) -> dict[str, Any]:
+                     request: Request) -> ModelLoaded:
     """Load (and warm up) a package beside the serving one, then activate it atomically.
     A failed load leaves the serving version untouched and says why. Only packages inside
     the configured ``model_roots`` load: an admin key must not turn into a way to read or
@@ -58,38 +62,40 @@ async def load_model(body: LoadModel, who: Admin, registry: RegistryDep, setting
     except PackageError as exc:  # name the package as the caller did, not the resolved path
         raise PackageError(exc.message.replace(str(path), body.path)) from None
     _publish(request, registry)
-    return {"name": det.card.name, "version": det.card.version, "sha256": det.card.sha256,
-            "active": registry.models()[det.card.name].active}
+    return ModelLoaded(name=det.card.name, version=det.card.version, sha256=det.card.sha256,
+                       active=registry.models()[det.card.name].active)
 
 
-@router.post("/models/{name}/activate")
+@router.post("/models/{name}/activate", responses=errors(401, 403, 404, 408, 413, 422))
 def activate(name: str, body: Activate, who: Admin, registry: RegistryDep,
-             request: Request) -> dict[str, Any]:
+             request: Request) -> ActiveVersion:
     registry.activate(name, body.version)
     _publish(request, registry)
-    return {"name": name, "active": body.version}
+    return ActiveVersion(name=name, active=body.version)
 
 
-@router.post("/models/{name}/rollback")
-def rollback(name: str, who: Admin, registry: RegistryDep, request: Request) -> dict[str, Any]:
+@router.post("/models/{name}/rollback", responses=errors(401, 403, 404, 408, 413, 422))
+def rollback(name: str, who: Admin, registry: RegistryDep, request: Request) -> ActiveVersion:
+    """Make the previously active version active again (422 when there is none)."""
     version = registry.rollback(name)
     _publish(request, registry)
-    return {"name": name, "active": version}
+    return ActiveVersion(name=name, active=version)
 
 
-@router.get("/recipes")
-def list_recipes(who: Admin, registry: RegistryDep) -> list[dict[str, Any]]:
-    return [{**r.model_dump(), "default": r.name == registry.default_recipe}
+@router.get("/recipes", responses=errors(401, 403))
+def list_recipes(who: Admin, registry: RegistryDep) -> list[ListedRecipe]:
+    return [ListedRecipe(**r.model_dump(), default=r.name == registry.default_recipe)
             for r in registry.recipes()]
 
 
-@router.put("/recipes/{name}")
-def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep) -> dict[str, Any]:
-    """Add or replace a recipe; switching a line's product needs no model reload."""
+@router.put("/recipes/{name}", responses=errors(401, 403, 404, 408, 413, 422))
+def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep) -> Recipe:
+    """Add or replace a recipe; switching a line's product needs no model reload. 404 when
+    its model (or pinned version) is not loaded, 422 when it names classes the model lacks."""
     if recipe.name != name:
         raise ConfigError(f"recipe name {recipe.name!r} does not match the URL's {name!r}")
     registry.add_recipe(recipe)
-    return recipe.model_dump()
+    return recipe
 
 
 def confine(value: str, roots: list[Path]) -> Path:

@@ -15,14 +15,15 @@ from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.deps import LineUser, Reviewer, ServiceDep, get_cameras
+from lineside_inspect.server.responses import CameraHealth, errors, media
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
 
 
-@router.get("")
-def list_cameras(request: Request, who: Reviewer) -> list[dict[str, Any]]:
+@router.get("", responses=errors(401, 403))
+def list_cameras(request: Request, who: Reviewer) -> list[CameraHealth]:
     manager: CameraManager | None = request.app.state.cameras
-    return manager.health() if manager else []
+    return [CameraHealth.model_validate(h) for h in manager.health()] if manager else []
 
 
 @router.post("/{camera_id}/trigger", response_model=InspectionResult)
@@ -54,12 +55,17 @@ def _frame_jpeg(manager: CameraManager, camera_id: str) -> bytes:
     return encode_jpeg(image, quality=80)
 
 
-@router.get("/{camera_id}/snapshot")
+@router.get("/{camera_id}/snapshot", response_class=Response, responses={
+    **media("the newest frame with the last verdict drawn", "image/jpeg"),
+    **errors(401, 403, 404, 503)})
 def snapshot(camera_id: str, request: Request, who: Reviewer) -> Response:
     return Response(_frame_jpeg(get_cameras(request), camera_id), media_type="image/jpeg")
 
 
-@router.get("/{camera_id}/stream")
+@router.get("/{camera_id}/stream", response_class=StreamingResponse, responses={
+    **media("MJPEG: JPEG parts with the last verdict drawn, boundary 'frame', until the "
+            "client leaves", "multipart/x-mixed-replace"),
+    **errors(401, 403, 404, 422)})
 async def stream(camera_id: str, request: Request, who: Reviewer,
                  fps: Annotated[float, Query(gt=0, le=30)] = 5.0) -> StreamingResponse:
     """MJPEG (multipart/x-mixed-replace) with the last verdict drawn."""

@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lineside_inspect.server.deps import MetricsDep
+from lineside_inspect.server.responses import NOT_READY, Health, Readiness, errors
 
 router = APIRouter(tags=["health"])
 
 
 # async: answered on the event loop, so a busy thread pool can never stall a probe
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
+@router.get("/healthz", responses=errors())
+async def healthz() -> Health:
     """Live: the process answers."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz")
-async def readyz(request: Request) -> Response:
+@router.get("/readyz", responses={**errors(), **NOT_READY})
+async def readyz(request: Request, response: Response) -> Readiness:
     """Ready only once models are loaded and warmed up, and not while shutting down."""
     ready = bool(getattr(request.app.state, "ready", False))
-    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+    response.status_code = 200 if ready else 503
+    return Readiness(ready=ready)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={
+    **errors(), 200: {"description": "Prometheus text exposition format",
+                      "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
 def metrics(m: MetricsDep, request: Request) -> Response:
     for hook in request.app.state.metrics_hooks:
         hook()

@@ -20,6 +20,7 @@ from lineside_inspect.draw import annotate
 from lineside_inspect.imageio import decode_image, encode_jpeg
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.server.deps import Reviewer, get_store
+from lineside_inspect.server.responses import DashboardStats, errors
 from lineside_inspect.store.models import InspectionRow
 
 router = APIRouter(prefix="/v1", tags=["review"])
@@ -137,10 +138,11 @@ def add_review(inspection_id: str, body: ReviewIn, request: Request,
     return row_json(row)
 
 
-@router.get("/stats")
+@router.get("/stats", responses=errors(401, 403, 404, 422))
 def stats(request: Request, who: Reviewer,
-          hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24) -> dict[str, Any]:
+          hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24) -> DashboardStats:
+    """Dashboard figures over the last ``hours`` (404 when the server keeps no store)."""
     doc = get_store(request).stats(hours)
     cams = request.app.state.cameras
     doc["cameras"] = cams.health() if cams is not None else []
-    return doc
+    return DashboardStats.model_validate(doc)

@@ -6,43 +6,47 @@ delete one, since every verdict of a reference model depends on its reference.
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 
 from lineside_inspect.server.body import read_body
 from lineside_inspect.server.deps import Admin, LineUser, ReferencesDep, SettingsDep
+from lineside_inspect.server.responses import ReferenceList, StoredReference, errors, media
 
 router = APIRouter(prefix="/v1/references", tags=["references"])
 MEDIA = {"png": "image/png", "jpg": "image/jpeg", "bmp": "image/bmp"}
 
 
-@router.get("")
-def list_references(who: LineUser, references: ReferencesDep) -> dict[str, Any]:
-    return {"items": references.names()}
+@router.get("", responses=errors(401, 403))
+def list_references(who: LineUser, references: ReferencesDep) -> ReferenceList:
+    return ReferenceList(items=references.names())
 
 
-@router.get("/{name}")
+@router.get("/{name}", response_class=Response, responses={
+    **media("the image file as registered; its sha256 in X-Lineside-Reference-Sha256",
+            *MEDIA.values()),
+    **errors(401, 403, 404, 422)})
 def get_reference(name: str, who: LineUser, references: ReferencesDep) -> Response:
     ref = references.get(name)
     return Response(ref.raw, media_type=MEDIA[ref.ext],
                     headers={"X-Lineside-Reference-Sha256": ref.sha256})
 
 
-@router.put("/{name}", openapi_extra={"requestBody": {"content": {
-    t: {"schema": {"type": "string", "format": "binary"}} for t in MEDIA.values()},
-    "required": True}})
+@router.put("/{name}", responses=errors(400, 401, 403, 408, 413, 422), openapi_extra={
+    "requestBody": {"content": {
+        t: {"schema": {"type": "string", "format": "binary"}} for t in MEDIA.values()},
+        "required": True}})
 async def put_reference(name: str, request: Request, who: Admin, references: ReferencesDep,
-                        settings: SettingsDep) -> dict[str, Any]:
+                        settings: SettingsDep) -> StoredReference:
     """Body: the encoded defect-free image (PNG, JPEG or BMP) of the view ``name`` names."""
     data = await read_body(request, settings.max_body_bytes)
     ref = await anyio.to_thread.run_sync(references.put, name, data)
     height, width = ref.image.shape[:2]
-    return {**ref.to_json(), "width": width, "height": height}
+    return StoredReference(name=name, sha256=ref.sha256, width=width, height=height)
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, response_class=Response,
+               responses=errors(401, 403, 404, 408, 413, 422))
 def delete_reference(name: str, who: Admin, references: ReferencesDep) -> Response:
     references.delete(name)
     return Response(status_code=204)

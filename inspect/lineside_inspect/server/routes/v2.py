@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request, Response
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -27,6 +26,19 @@ from pydantic import (
 from lineside_inspect.errors import LinesideError, describe_validation
 from lineside_inspect.server.body import read_body
 from lineside_inspect.server.deps import LimiterDep, LineUser, RegistryDep, SettingsDep
+from lineside_inspect.server.responses import (
+    NOT_READY,
+    Datatype,
+    InferOutput,
+    InferResponse,
+    Liveness,
+    ModelMetadata,
+    ModelReadiness,
+    Readiness,
+    ServerMetadata,
+    TensorMetadata,
+    errors,
+)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
@@ -46,8 +58,6 @@ class BadTensor(LinesideError):
 
 # The request schema of the protocol (kserve.github.io/website: "Open Inference Protocol"),
 # strict: no coercion of true to 1 or "3" to 3, every container of the type it must be.
-Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
-                   "INT64", "FP16", "FP32", "FP64", "BF16", "BYTES"]
 Parameters = dict[str, bool | int | float | str]
 
 
@@ -117,59 +127,58 @@ class InferRequest(BaseModel):
     outputs: list[RequestedOutput] = Field(default_factory=list, max_length=16)
 
 
-@router.get("/health/live")
-def live() -> dict[str, bool]:
-    return {"live": True}
+@router.get("/health/live", responses=errors())
+def live() -> Liveness:
+    return Liveness(live=True)
 
 
-@router.get("/health/ready")
-def ready(request: Request) -> JSONResponse:
+@router.get("/health/ready", responses={**errors(), **NOT_READY})
+def ready(request: Request, response: Response) -> Readiness:
     ok = bool(getattr(request.app.state, "ready", False))
-    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+    response.status_code = 200 if ok else 503
+    return Readiness(ready=ok)
 
 
-@router.get("")
-def server_metadata() -> dict[str, Any]:
+@router.get("", responses=errors())
+def server_metadata() -> ServerMetadata:
     from lineside_inspect.version import __version__
 
-    return {"name": "lineside", "version": __version__, "extensions": ["binary_tensor_data"]}
+    return ServerMetadata(name="lineside", version=__version__, extensions=["binary_tensor_data"])
 
 
-def _metadata(registry: Any, name: str, version: str | None) -> dict[str, Any]:
+def _metadata(registry: Any, name: str, version: str | None) -> ModelMetadata:
     det = registry.detector(name, version)
     size = det.card.input.size
     slot = registry.models()[name]
-    return {
-        "name": name, "versions": list(slot.versions), "platform": "onnxruntime_onnx",
-        "inputs": [{"name": det.card.input.name, "datatype": "UINT8", "shape": [-1, 3, size, size]}],
-        "outputs": [
-            {"name": "boxes", "datatype": "FP32", "shape": [-1, det.card.max_detections, 4]},
-            {"name": "scores", "datatype": "FP32", "shape": [-1, det.card.max_detections]},
-            {"name": "labels", "datatype": "INT64", "shape": [-1, det.card.max_detections]},
-        ],
-    }
+    n = det.card.max_detections
+    return ModelMetadata(
+        name=name, versions=list(slot.versions), platform="onnxruntime_onnx",
+        inputs=[TensorMetadata(name=det.card.input.name, datatype="UINT8", shape=[-1, 3, size, size])],
+        outputs=[TensorMetadata(name="boxes", datatype="FP32", shape=[-1, n, 4]),
+                 TensorMetadata(name="scores", datatype="FP32", shape=[-1, n]),
+                 TensorMetadata(name="labels", datatype="INT64", shape=[-1, n])])
 
 
-@router.get("/models/{name}")
-def model_metadata(name: str, registry: RegistryDep) -> dict[str, Any]:
+@router.get("/models/{name}", responses=errors(404))
+def model_metadata(name: str, registry: RegistryDep) -> ModelMetadata:
     return _metadata(registry, name, None)
 
 
-@router.get("/models/{name}/versions/{version}")
-def model_version_metadata(name: str, version: str, registry: RegistryDep) -> dict[str, Any]:
+@router.get("/models/{name}/versions/{version}", responses=errors(404))
+def model_version_metadata(name: str, version: str, registry: RegistryDep) -> ModelMetadata:
     return _metadata(registry, name, version)
 
 
-@router.get("/models/{name}/ready")
-def model_ready(name: str, registry: RegistryDep) -> dict[str, Any]:
+@router.get("/models/{name}/ready", responses=errors(404))
+def model_ready(name: str, registry: RegistryDep) -> ModelReadiness:
     registry.detector(name)
-    return {"name": name, "ready": True}
+    return ModelReadiness(name=name, ready=True)
 
 
-@router.get("/models/{name}/versions/{version}/ready")
-def model_version_ready(name: str, version: str, registry: RegistryDep) -> dict[str, Any]:
+@router.get("/models/{name}/versions/{version}/ready", responses=errors(404))
+def model_version_ready(name: str, version: str, registry: RegistryDep) -> ModelReadiness:
     registry.detector(name, version)
-    return {"name": name, "ready": True}
+    return ModelReadiness(name=name, ready=True)
 
 
 def _parse(body: bytes, header_len: str | None) -> tuple[InferRequest, bytes]:
@@ -218,7 +227,7 @@ def _tensor(spec: InferInput, binary: bytes, offset: int, card: Any) -> tuple[np
 
 
 async def _infer(request: Request, name: str, version: str | None, registry: Any,
-                 limiter: Any, settings: Any) -> JSONResponse:
+                 limiter: Any, settings: Any) -> InferResponse:
     det = registry.detector(name, version)
     body = await read_body(request, settings.max_body_bytes)
     doc, binary = _parse(body, request.headers.get("inference-header-content-length"))
@@ -231,24 +240,25 @@ async def _infer(request: Request, name: str, version: str | None, registry: Any
     if used != len(binary):
         raise BadTensor(f"{len(binary) - used} bytes of binary data follow the tensors")
     outputs = await limiter.run(lambda: det.forward(np.ascontiguousarray(batch)))
-    result = []
-    for out_name, arr in zip(det.card.outputs, outputs, strict=True):
-        if wanted and out_name not in wanted:
-            continue
-        result.append({"name": out_name, "datatype": NAMES[arr.dtype.name],
-                       "shape": list(arr.shape), "data": arr.reshape(-1).tolist()})
-    return JSONResponse({"model_name": name, "model_version": det.card.version,
-                         "id": doc.id, "outputs": result})
+    result = [InferOutput(name=out_name, datatype=NAMES[arr.dtype.name], shape=list(arr.shape),
+                          data=arr.reshape(-1).tolist())
+              for out_name, arr in zip(det.card.outputs, outputs, strict=True)
+              if not wanted or out_name in wanted]
+    return InferResponse(model_name=name, model_version=det.card.version, id=doc.id,
+                         outputs=result)
 
 
-@router.post("/models/{name}/infer")
+INFER_ERRORS = errors(400, 401, 403, 404, 408, 413, 503)
+
+
+@router.post("/models/{name}/infer", responses=INFER_ERRORS)
 async def infer(name: str, request: Request, who: LineUser, registry: RegistryDep,
-                limiter: LimiterDep, settings: SettingsDep) -> JSONResponse:
+                limiter: LimiterDep, settings: SettingsDep) -> InferResponse:
     return await _infer(request, name, None, registry, limiter, settings)
 
 
-@router.post("/models/{name}/versions/{version}/infer")
+@router.post("/models/{name}/versions/{version}/infer", responses=INFER_ERRORS)
 async def infer_version(name: str, version: str, request: Request, who: LineUser,
                         registry: RegistryDep, limiter: LimiterDep,
-                        settings: SettingsDep) -> JSONResponse:
+                        settings: SettingsDep) -> InferResponse:
     return await _infer(request, name, version, registry, limiter, settings)

@@ -1,0 +1,240 @@
+"""What the server's routes answer besides an inspection, as pydantic models, and its one
+error shape.
+
+The inspection contract (a verdict, a stored record, a page of them) is
+:mod:`lineside_inspect.schemas`; this module holds the server's own shapes: models and
+recipes (admin), reference images, camera health, dashboard figures, liveness and
+readiness, and the Open Inference Protocol (KServe v2) answers. Routes declare them as
+``response_model``, so FastAPI checks what is sent against them and ``/docs`` and
+``openapi.json`` describe it, and declare ``responses=errors(...)``: the statuses a route
+can answer with :class:`ErrorBody` (which replaces FastAPI's own 422 schema, since the
+server answers a validation error in its own shape too).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.schemas import Outcome
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# -- errors -----------------------------------------------------------------------------
+class ErrorDetail(_Shape):
+    code: str = Field(description=(
+        "stable and machine-readable, e.g. unauthorized, forbidden, not_found, "
+        "invalid_request, image_too_large, overloaded, camera_unavailable, internal_error"))
+    message: str = Field(description="what is wrong and how to fix it, for a person")
+
+
+class ErrorBody(_Shape):
+    """Every error the server answers: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"model": ErrorBody, "description": description}
+    if headers:
+        doc["headers"] = headers
+    return doc
+
+
+# the statuses and codes the server's error paths produce (errors.py, deps.py, gate.py,
+# guard.py, limiter.py, the handlers in app.py)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("a body that cannot be used: invalid_image, invalid_tensor, invalid_request"),
+    401: _error("unauthorized: no API key or review session, or an unknown or expired one"),
+    403: _error("forbidden (the key's role may not do this), foreign_origin (a state-changing "
+                "call from another site's page), csrf_failed, path_not_allowed"),
+    404: _error("not_found: no such model, version, recipe, reference, camera or inspection"),
+    408: _error("body_timeout: the request body stopped arriving"),
+    413: _error("body_too_large, image_too_large: over the route's body or pixel limit"),
+    415: _error("unsupported_media_type: the body is not an image type the route takes"),
+    421: _error("invalid_host: without API keys the server answers only to loopback names"),
+    422: _error("invalid_request: a parameter or JSON body that fails validation (every "
+                "invalid field named); or a value the server refuses, e.g. invalid_config, "
+                "invalid_model_package, invalid_reference, invalid_reference_name"),
+    500: _error("internal_error: unexpected; the message carries an id the server's log has "
+                "the details under",
+                {"X-Lineside-Error-Id": {"schema": {"type": "string"},
+                                         "description": "the id in the message"}}),
+    503: _error("overloaded, deadline_exceeded (retry after Retry-After), camera_unavailable",
+                {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}),
+    # every other client error is in the same shape (e.g. 405 method_not_allowed); declaring
+    # it also keeps FastAPI from adding its own 422 schema, which the server never sends
+    "4XX": _error("any other client error"),
+}
+# any route: the Host check (keyless mode) and an unexpected error
+ALWAYS = (421, 500)
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route that can answer ``statuses`` (plus :data:`ALWAYS` and the
+    catch-all ``4XX``)."""
+    return {**{s: ERRORS[s] for s in sorted({*statuses, *ALWAYS})}, "4XX": ERRORS["4XX"]}
+
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def media(description: str, *types: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entry of a route whose 200 is not JSON but one of ``types``."""
+    return {200: {"description": description, "content": {t: BINARY for t in types}}}
+
+
+# -- admin: models and recipes ----------------------------------------------------------
+class LoadedVersion(_Shape):
+    version: str
+    sha256: str = Field(description="of the ONNX graph, as the model card states and load verified")
+    precision: Literal["fp32", "fp16", "int8"]
+    needs_reference: bool = Field(description="a reference model: frames need a reference image")
+    providers: list[str] = Field(description="the onnxruntime execution providers in use")
+    path: str = Field(description="the package folder on the server (to load it again)")
+
+
+class LoadedModel(_Shape):
+    name: str
+    active: str | None = Field(description="the version new requests get")
+    history: list[str] = Field(description="earlier active versions, oldest first (rollback pops)")
+    versions: list[LoadedVersion]
+
+
+class ModelLoaded(_Shape):
+    """A package loaded (and warmed up) by ``POST /v1/models``."""
+
+    name: str
+    version: str
+    sha256: str
+    active: str | None = Field(description="the model's active version after the load")
+
+
+class ActiveVersion(_Shape):
+    name: str
+    active: str = Field(description="the version new requests get now")
+
+
+class ListedRecipe(Recipe):
+    default: bool = Field(description="the recipe of requests that name none")
+
+
+# -- references -------------------------------------------------------------------------
+class ReferenceList(_Shape):
+    items: list[str] = Field(description="registered reference names, sorted")
+
+
+class StoredReference(_Shape):
+    name: str
+    sha256: str = Field(description="of the file as sent (and kept)")
+    width: int
+    height: int
+
+
+# -- cameras and the dashboard ----------------------------------------------------------
+# user:password@ of a URL anywhere in a source (a GStreamer pipeline holds one inside)
+_CREDENTIALS = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
+
+
+class CameraHealth(_Shape):
+    id: str
+    state: Literal["starting", "online", "stale", "offline", "stopped"] = Field(description=(
+        "online: frames arrive; stale: connected but no frame within stale_after_s; "
+        "offline: reconnecting after an error"))
+    fps: float = Field(description="frames per second over the last 5 s")
+    last_frame_age_s: float | None
+    frames: int
+    reconnects: int
+    last_error: str | None = Field(description="a URL's password in it shown as ***")
+    source: str = Field(description="as configured, a URL's password shown as ***")
+    mode: Literal["triggered", "continuous"]
+    recipe: str | None
+
+    @field_validator("source", "last_error")
+    @classmethod
+    def _hide_password(cls, value: str | None) -> str | None:
+        # reviewers may read camera health; the camera's password is not theirs to read
+        # (an open error quotes the source)
+        return None if value is None else _CREDENTIALS.sub(r"\1:***@", value)
+
+
+class DashboardStats(_Shape):
+    verdicts_per_hour: dict[str, dict[Outcome, int]] = Field(description=(
+        "'YYYY-MM-DD HH:00' (UTC) -> inspections per verdict, oldest first"))
+    defects_per_class: dict[str, int] = Field(description="counted defects per class")
+    inspections_per_camera: dict[str, int] = Field(description="'(upload)': sent to /v1/inspect")
+    reviewed_fails: int = Field(description="failed parts a reviewer confirmed or corrected (all time)")
+    false_rejects_confirmed: int = Field(description="false_reject reviews (all time)")
+    false_reject_rate_reviewed: float | None = Field(
+        description="false_rejects_confirmed / reviewed_fails; None before any reviewed fail")
+    cameras: list[CameraHealth]
+
+
+# -- health -----------------------------------------------------------------------------
+class Health(_Shape):
+    status: Literal["ok"]
+
+
+class Readiness(_Shape):
+    ready: bool = Field(description="models loaded and warmed up, not shutting down (else 503)")
+
+
+# the 503 of a readiness probe: the same shape, not an error
+NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"model": Readiness, "description": "not ready: loading models, or shutting down"}}
+
+
+# -- Open Inference Protocol (KServe v2) ------------------------------------------------
+Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
+                   "INT64", "FP16", "FP32", "FP64", "BF16", "BYTES"]
+
+
+class Liveness(_Shape):
+    live: bool
+
+
+class ServerMetadata(_Shape):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(_Shape):
+    name: str
+    datatype: Datatype
+    shape: list[int] = Field(description="-1: any size (the batch)")
+
+
+class ModelMetadata(_Shape):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ModelReadiness(_Shape):
+    name: str
+    ready: bool
+
+
+class InferOutput(_Shape):
+    name: str
+    datatype: Datatype
+    shape: list[int]
+    data: list[int] | list[float] = Field(description="the tensor's values, flat, row-major")
+
+
+class InferResponse(_Shape):
+    """KServe's InferenceResponse: the model's outputs as JSON."""
+
+    model_name: str
+    model_version: str
+    id: str = Field(description="the request's id ('' when it sent none)")
+    outputs: list[InferOutput]

@@ -1,0 +1,234 @@
+"""The typed contract: what ``/openapi.json`` declares, checked against a real server.
+
+Every operation under ``/v1`` and ``/v2`` (and the probes) declares what its success
+sends: a JSON schema naming a model, or the media types of an image or stream. Every
+error it declares is the server's one error shape, FastAPI's own validation schema
+(which the server never sends) nowhere. And for a set of real calls the answer validates
+against the very model the schema declares for its status.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any, get_args
+
+import pytest
+from pydantic import TypeAdapter
+
+from lineside_inspect.config import CameraConfig
+from lineside_inspect.schemas import InspectionResult
+from lineside_inspect.server.responses import (
+    CameraHealth,
+    DashboardStats,
+    ErrorBody,
+    Health,
+    InferResponse,
+    ListedRecipe,
+    Liveness,
+    LoadedModel,
+    ModelMetadata,
+    ModelReadiness,
+    Readiness,
+    ReferenceList,
+    ServerMetadata,
+    StoredReference,
+)
+
+from .conftest import MODEL, SAMPLE, Running, keyed, start_server
+
+PASSWORD = "s3cret-pw"
+RTSP = f"rtsp://viewer:{PASSWORD}@127.0.0.1:9/live"  # nothing listens: the camera goes offline
+READINESS = {"/readyz", "/v2/health/ready"}  # their 503 is the readiness shape, not an error
+METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[Running, dict[str, Any]]]:
+    cams = [CameraConfig(id="sim", source=str(SAMPLE / "images"), fps=10),
+            CameraConfig(id="door", source=RTSP, open_timeout_s=0.5)]
+    running, stop = start_server(keyed(cameras=cams))
+    with running.client() as c:
+        doc = c.get("/openapi.json").json()
+    yield running, doc
+    stop()
+
+
+def _operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in doc["paths"].items():
+        if path.startswith(("/v1/", "/v2/")) or path in ("/v2", "/healthz", "/readyz"):
+            for method, op in item.items():
+                if method in METHODS:
+                    yield method.upper(), path, op
+
+
+def _refs(schema: Any) -> set[str]:
+    """The component names a schema references directly (through arrays and unions)."""
+    if isinstance(schema, dict):
+        own = {schema["$ref"].rsplit("/", 1)[-1]} if "$ref" in schema else set()
+        return own.union(*(_refs(v) for k, v in schema.items() if k != "$ref"))
+    if isinstance(schema, list):
+        return set().union(*(_refs(v) for v in schema))
+    return set()
+
+
+def _reach(doc: dict[str, Any], names: set[str]) -> set[str]:
+    """``names`` and every component they reference, transitively."""
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_refs(doc["components"]["schemas"][name]))
+    return seen
+
+
+def test_every_operation_declares_what_it_sends(served: tuple[Running, dict[str, Any]]) -> None:
+    _, doc = served
+    problems = []
+    ops = list(_operations(doc))
+    assert len(ops) > 25  # the walk found the API
+    for method, path, op in ops:
+        where = f"{method} {path}"
+        responses = op["responses"]
+        if "204" in responses:
+            if responses["204"].get("content"):
+                problems.append(f"{where}: a 204 with a body")
+            continue
+        content = responses.get("200", {}).get("content", {})
+        if not content:
+            problems.append(f"{where}: no 200 content declared")
+        for media, spec in content.items():
+            schema = spec.get("schema", {})
+            if media == "application/json":
+                if not _refs(schema):  # {} or a free-form object says nothing
+                    problems.append(f"{where}: 200 JSON without a model: {schema}")
+            elif not media.startswith(("image/", "multipart/", "text/")):
+                problems.append(f"{where}: 200 of an unexpected media type {media}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_error_is_the_error_shape(served: tuple[Running, dict[str, Any]]) -> None:
+    _, doc = served
+    schemas = doc["components"]["schemas"]
+    assert set(schemas["ErrorBody"]["required"]) == {"error"}
+    assert set(schemas["ErrorDetail"]["required"]) == {"code", "message"}
+    problems = []
+    for method, path, op in _operations(doc):
+        where = f"{method} {path}"
+        errs = {s: r for s, r in op["responses"].items() if s[0] in "45" or s == "default"}
+        # the catch-all keeps FastAPI's own 422 out and says what any other 4xx looks like
+        if "4XX" not in errs or "500" not in errs:
+            problems.append(f"{where}: declares errors {sorted(errs)}, without 4XX or 500")
+        for status, response in errs.items():
+            want = "Readiness" if status == "503" and path in READINESS else "ErrorBody"
+            named = [_refs(spec.get("schema", {})) for spec in response.get("content", {}).values()]
+            if named != [{want}]:
+                problems.append(f"{where}: {status} is {named}, not {want}")
+    assert not problems, "\n".join(problems)
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+
+
+def _declared(doc: dict[str, Any], method: str, path: str, status: int) -> set[str]:
+    response = doc["paths"][path][method.lower()]["responses"][str(status)]
+    return _refs(response["content"]["application/json"]["schema"])
+
+
+def _binary_infer(size: int) -> tuple[bytes, dict[str, str]]:
+    count = 3 * size * size
+    head = json.dumps({"id": "c1", "inputs": [{
+        "name": "images", "datatype": "UINT8", "shape": [1, 3, size, size],
+        "parameters": {"binary_data_size": count}}]}).encode()
+    return head + bytes(count), {"Inference-Header-Content-Length": str(len(head)),
+                                 "Content-Type": "application/octet-stream"}
+
+
+def test_answers_validate_against_their_declared_models(
+        served: tuple[Running, dict[str, Any]], image_bytes: bytes) -> None:
+    srv, doc = served
+    infer_body, infer_headers = _binary_infer(640)
+    jpeg = {"content": image_bytes, "headers": {"Content-Type": "image/jpeg"}}
+    # (role, method, url, the path as the schema names it, kwargs, status, model)
+    calls: list[tuple[str | None, str, str, str, dict[str, Any], int, Any]] = [
+        ("line", "POST", "/v1/inspect", "/v1/inspect", jpeg, 200, InspectionResult),
+        ("admin", "GET", "/v1/models", "/v1/models", {}, 200, list[LoadedModel]),
+        ("admin", "GET", "/v1/recipes", "/v1/recipes", {}, 200, list[ListedRecipe]),
+        ("admin", "PUT", "/v1/references/board", "/v1/references/{name}", jpeg, 200, StoredReference),
+        ("line", "GET", "/v1/references", "/v1/references", {}, 200, ReferenceList),
+        ("reviewer", "GET", "/v1/cameras", "/v1/cameras", {}, 200, list[CameraHealth]),
+        ("reviewer", "GET", "/v1/stats", "/v1/stats", {}, 200, DashboardStats),
+        (None, "GET", "/healthz", "/healthz", {}, 200, Health),
+        (None, "GET", "/readyz", "/readyz", {}, 200, Readiness),
+        (None, "GET", "/v2", "/v2", {}, 200, ServerMetadata),
+        (None, "GET", "/v2/health/live", "/v2/health/live", {}, 200, Liveness),
+        (None, "GET", "/v2/health/ready", "/v2/health/ready", {}, 200, Readiness),
+        (None, "GET", "/v2/models/deeppcb", "/v2/models/{name}", {}, 200, ModelMetadata),
+        (None, "GET", "/v2/models/deeppcb/ready", "/v2/models/{name}/ready", {}, 200, ModelReadiness),
+        ("line", "POST", "/v2/models/deeppcb/infer", "/v2/models/{name}/infer",
+         {"content": infer_body, "headers": infer_headers}, 200, InferResponse),
+        # errors, as each route declares them
+        (None, "GET", "/v1/models", "/v1/models", {}, 401, ErrorBody),
+        ("line", "GET", "/v1/models", "/v1/models", {}, 403, ErrorBody),
+        ("admin", "POST", "/v1/models/deeppcb/rollback", "/v1/models/{name}/rollback", {}, 422,
+         ErrorBody),
+        ("admin", "POST", "/v1/models/deeppcb/activate", "/v1/models/{name}/activate",
+         {"json": {"version": 9}}, 422, ErrorBody),  # FastAPI's validation, in our shape
+        ("reviewer", "GET", "/v1/stats?hours=0", "/v1/stats", {}, 422, ErrorBody),
+        (None, "GET", "/v2/models/nope", "/v2/models/{name}", {}, 404, ErrorBody),
+        ("reviewer", "GET", "/v1/cameras/door/snapshot", "/v1/cameras/{camera_id}/snapshot", {},
+         503, ErrorBody),
+    ]
+    for role, method, url, path, kwargs, status, model in calls:
+        with srv.client(role) as c:
+            r = c.request(method, url, **kwargs)
+        assert r.status_code == status, (method, url, r.text)
+        name = (get_args(model) or (model,))[0].__name__  # list[X]: X
+        assert _declared(doc, method, path, status) == {name}, (method, url)
+        TypeAdapter(model).validate_json(r.content)
+        if url == "/v2/models/deeppcb/infer":
+            got = InferResponse.model_validate_json(r.content)
+            assert got.id == "c1" and [(o.name, o.datatype) for o in got.outputs] == [
+                ("boxes", "FP32"), ("scores", "FP32"), ("labels", "INT64")]
+            assert all(type(v) is int for v in got.outputs[2].data)
+        if url == "/v1/recipes":
+            assert sum(rec.default for rec in TypeAdapter(model).validate_json(r.content)) == 1
+
+
+def test_package_folders_are_for_admins_only(served: tuple[Running, dict[str, Any]]) -> None:
+    """The model list names each package's folder on the server: the only answer that
+    does, and only to admins."""
+    srv, doc = served
+    with_path = {n for n, s in doc["components"]["schemas"].items()
+                 if "path" in s.get("properties", {})}
+    assert with_path == {"LoadedVersion", "LoadModel"}  # an answer, and the load request
+    reaching = [f"{m} {p}" for m, p, op in _operations(doc)
+                if "LoadedVersion" in _reach(doc, _refs(op["responses"].get("200", {})))]
+    assert reaching == ["GET /v1/models"]
+    for role in ("line", "reviewer"):
+        with srv.client(role) as c:
+            assert c.get("/v1/models").status_code == 403
+    with srv.client("admin") as c:
+        versions = c.get("/v1/models").json()[0]["versions"]
+    assert versions[0]["path"] == str(MODEL)
+
+
+def test_camera_health_hides_url_passwords(served: tuple[Running, dict[str, Any]]) -> None:
+    """A reviewer reads camera health (and the dashboard, which carries it): an RTSP URL's
+    password in the source, or quoted by the open error, is not for them."""
+    srv, _ = served
+    with srv.client("reviewer") as c:
+        deadline = time.monotonic() + 20
+        while True:
+            health = {h["id"]: h for h in c.get("/v1/cameras").json()}
+            if health["door"]["last_error"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        door = health["door"]
+        assert door["state"] == "offline" and "viewer:***@127.0.0.1" in door["last_error"]
+        assert door["source"] == "rtsp://viewer:***@127.0.0.1:9/live"
+        stats = c.get("/v1/stats")
+    assert stats.status_code == 200 and stats.json()["cameras"]
+    for text in (json.dumps(health), stats.text):
+        assert PASSWORD not in text
