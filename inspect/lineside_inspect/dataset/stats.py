@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lineside_inspect.dataset.model import Dataset
+from lineside_inspect.errors import MissingExtraError
 
 SIZE_BINS = (0, 16, 32, 64, 128, 256, 10**9)
 
@@ -48,7 +49,11 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
 
 def plot_stats(stats: dict[str, Any], out: Path) -> None:
     """Save a two-panel PNG: boxes per class by split, and the box-size histogram."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # an edge install: plotting comes with the training extra
+        raise MissingExtraError("plotting needs matplotlib (the training extra): "
+                                "pip install 'lineside[train]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
