@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.dataset import read_dataset, save_annotations, split_dataset, validate_dir
 from lineside_inspect.errors import ReferenceImageError
 from lineside_inspect.imageio import read_image
+from lineside_inspect.opencv import cv2
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.store.pull import pull_from_server
 from lineside_training.engine import train

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.errors import ReferenceImageError
+from lineside_inspect.opencv import cv2
 from lineside_inspect.package import ModelPackage, load_package
 from lineside_inspect.runtime.preprocess import Letterbox, letterbox
 from lineside_inspect.runtime.reference import align_to_reference, pair_image
