@@ -91,6 +91,7 @@ def _free_port() -> int:
 def test_second_serve_on_a_live_data_dir_exits_before_touching_it(launch, tmp_path: Path) -> None:
     live = launch(keys=False, store_pass_rate=1.0, data_dir=str(tmp_path / "store"))
     docs = [_inspect(live) for _ in range(3)]
+    live.app.state.store.flush()  # their images out of the journal into the folder
     before = sorted(p for p in (tmp_path / "store" / "images").rglob("*") if p.is_file())
     assert len(before) == 3
     # an image being written right now, its row not committed yet: the second server's

@@ -1,10 +1,15 @@
 """The inspection store: every inspection in a database (SQLite by default, PostgreSQL
 by URL), images as files under a data folder.
 
-Order of writes makes crashes safe: the image file is written atomically and synced
-before the row is committed, and an inspection is acknowledged as stored only after
-the commit. A crash can therefore leave an orphan file (removed at start-up) but never
-a row pointing at a missing file, nor lose an acknowledged inspection.
+An inspection is acknowledged as stored once it is in the store's write-ahead journal
+(``store/journal.py``: one ``write`` on the request path, no fsync): from then on it
+survives the process being killed. A writer thread syncs the journal within
+``sync_interval_s`` (from then on the inspection survives power loss too) and applies it:
+each image file written atomically and synced before the rows are committed in one
+transaction, then the journal segment deleted. So a crash can leave an orphan file
+(removed at start-up) or a journal segment (applied again at start-up, idempotently), but
+never a row pointing at a missing file, nor lose an acknowledged inspection. Reads apply
+the journal first, so they see every acknowledged inspection.
 
 One process owns a data folder (:class:`DataDirLock`, taken before anything else), and
 each row names the box that wrote it (``box_id``), so servers sharing one database never
@@ -18,6 +23,7 @@ import contextlib
 import logging
 import math
 import random
+import shutil
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +38,7 @@ from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import ConfigError, NotFoundError
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.store.box import resolve_box_id
+from lineside_inspect.store.journal import Journal, Record, fsync_path, read_segment
 from lineside_inspect.store.lock import DataDirLock
 from lineside_inspect.store.models import ADDED_COLUMNS, ADDED_INDEXES, Base, InspectionRow, ReviewRow
 from lineside_inspect.store.utc import as_utc
@@ -66,7 +73,7 @@ class Store:
     def __init__(self, data_dir: str | Path, url: str | None = None, *, pass_rate: float = 0.1,
                  max_bytes: int | None = None, max_age_days: float | None = None,
                  seed: int | None = None, box_id: str | None = None,
-                 lock: DataDirLock | None = None) -> None:
+                 lock: DataDirLock | None = None, sync_interval_s: float = 0.05) -> None:
         self.data_dir = Path(data_dir)
         # before any file or database work: a second process on this folder stops here
         self.dir_lock = (lock or DataDirLock(self.data_dir)).acquire()
@@ -88,9 +95,25 @@ class Store:
         self.max_age_days = max_age_days
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self.sync_interval_s = sync_interval_s
+        self._apply_lock = threading.Lock()
+        self.journal = Journal(self.data_dir / "journal")
+        self.flush()  # what an earlier run acknowledged but had not applied yet
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._write_behind, name="store-writer",
+                                        daemon=True)
+        self._writer.start()
 
     def close(self) -> None:
-        """Close the database connections and release the data folder."""
+        """Apply what the journal holds, close the database connections and release the
+        data folder."""
+        self._stop.set()
+        self._wake.set()
+        self._writer.join(30)
+        with contextlib.suppress(Exception):  # whatever is left is applied at the next start
+            self.flush()
+        self.journal.close()
         self.engine.dispose()
         self.dir_lock.release()
 
@@ -128,61 +151,125 @@ class Store:
         return bytes(buf.tobytes()), "png"
 
     def save(self, inspection: Inspection) -> bool:
-        """Record ``inspection``; True once committed. Never raises for a full disk or
-        a database outage: the verdict is still answered, marked as not stored."""
+        """Record ``inspection``: True once it is in the journal (see the module docstring
+        for what survives what). Never raises for a full disk: the verdict is still
+        answered, marked as not stored."""
         keep_image = inspection.verdict == "fail" or self._rng.random() < self.pass_rate
-        rel: str | None = None
-        ref_rel: str | None = None
-        size = 0
         try:
-            if keep_image:
-                data, ext = self._encoded(inspection)
-                day = inspection.created_at.strftime("%Y-%m-%d")
-                rel = f"{day}/{inspection.id}.{ext}"
-                write_atomic(self.images_dir / rel, data)
-                size = len(data)
-                ref = inspection.reference
-                if ref is not None:
-                    ref_rel = f"refs/{ref.sha256}.{ref.ext}"
-                    if not (self.images_dir / ref_rel).is_file():
-                        write_atomic(self.images_dir / ref_rel, ref.raw)
+            record = self._record(inspection, keep_image)
+            size = sum(len(b) for b in (record.image or b"", record.reference or b"")) + 4096
+            # the journal holds the images until they are applied beside it: refuse now
+            # what the disk could not take twice, rather than acknowledge and fail later
+            if shutil.disk_usage(self.data_dir).free < 2 * size + 64 * 1024:
+                raise OSError(28, "not enough free disk space for the journal and its images")
+            self.journal.append(record)
         except OSError as exc:
-            log.error("inspection %s not stored: image write failed: %s", inspection.id, exc)
+            log.error("inspection %s not stored: %s", inspection.id, exc)
             return False
+        self._wake.set()
+        return True
+
+    def _record(self, inspection: Inspection, keep_image: bool) -> Record:
+        """The journal record of ``inspection``: the row's fields, its image if kept and
+        the reference image it was compared with."""
+        image: bytes | None = None
+        rel = ref_rel = None
+        if keep_image:
+            image, ext = self._encoded(inspection)
+            rel = f"{inspection.created_at.strftime('%Y-%m-%d')}/{inspection.id}.{ext}"
+        ref = inspection.reference
+        if ref is not None and keep_image:
+            ref_rel = f"refs/{ref.sha256}.{ref.ext}"
         card = inspection.detector.card
         labels = inspection.defects.labels
-        row = InspectionRow(
-            id=inspection.id, created_at=inspection.created_at, camera_id=inspection.camera_id,
-            part_id=inspection.part_id, recipe_name=inspection.recipe.name,
-            recipe_version=inspection.recipe.version, model_name=card.name,
-            model_version=card.version, model_sha256=card.sha256,
-            class_names=list(card.class_names), verdict=inspection.verdict,
-            reasons=inspection.reasons, defects=inspection.defects.to_json(),
-            labels="," + ",".join(sorted(set(labels))) + "," if labels else "",
-            max_score=float(inspection.defects.scores.max()) if len(labels) else 0.0,
-            timings_ms=inspection.timings_ms, image_path=rel,
-            width=int(inspection.image.shape[1]), height=int(inspection.image.shape[0]),
-            image_bytes=size, review_state="unreviewed", box_id=self.box_id,
-            reference_name=None if inspection.reference is None else inspection.reference.name,
-            reference_path=ref_rel,
-        )
-        try:
-            with Session(self.engine) as s, s.begin():
-                s.add(row)
-        except Exception as exc:  # SQLAlchemy wraps driver errors (disk full, I/O error...)
-            log.error("inspection %s not stored: database write failed: %s", inspection.id, exc)
-            if rel is not None:
-                (self.images_dir / rel).unlink(missing_ok=True)
-            return False
-        if self.max_bytes is not None or self.max_age_days is not None:
+        fields = {
+            "id": inspection.id, "created_at": inspection.created_at.isoformat(),
+            "camera_id": inspection.camera_id, "part_id": inspection.part_id,
+            "recipe_name": inspection.recipe.name, "recipe_version": inspection.recipe.version,
+            "model_name": card.name, "model_version": card.version, "model_sha256": card.sha256,
+            "class_names": list(card.class_names), "verdict": inspection.verdict,
+            "reasons": [r.model_dump() for r in inspection.reasons],
+            "defects": inspection.defects.to_json(),
+            "labels": "," + ",".join(sorted(set(labels))) + "," if labels else "",
+            "max_score": float(inspection.defects.scores.max()) if len(labels) else 0.0,
+            "timings_ms": inspection.timings_ms, "image_path": rel,
+            "width": int(inspection.image.shape[1]), "height": int(inspection.image.shape[0]),
+            "image_bytes": len(image) if image is not None else 0,
+            "review_state": "unreviewed", "box_id": self.box_id,
+            "reference_name": None if ref is None else ref.name, "reference_path": ref_rel,
+        }
+        return Record(fields, image, ref.raw if ref_rel is not None and ref is not None else None)
+
+    # -- the journal's writer ------------------------------------------------------------
+    def _write_behind(self) -> None:
+        """Group commit: wait for a save, let others join it for ``sync_interval_s``,
+        then sync and apply them all at once. A failure (a database outage) is retried;
+        the journal keeps everything meanwhile."""
+        failures = 0
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._stop.wait(self.sync_interval_s)
+            self._wake.clear()
+            try:
+                self.flush()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                log.error("store: applying the journal failed (%s); retrying", exc)
+                self._stop.wait(min(5.0, 0.1 * 2 ** failures))
+                self._wake.set()
+
+    def flush(self) -> int:
+        """Sync and apply every closed journal segment, oldest first; the number of
+        inspections applied. Called by the writer, and by reads so they see every
+        acknowledged inspection."""
+        applied = 0
+        with self._apply_lock:
+            for segment in self.journal.rotate():
+                fsync_path(segment)  # from here the records survive power loss
+                records = list(read_segment(segment))
+                self._apply(records)
+                segment.unlink()
+                applied += len(records)
+            if applied:
+                fsync_path(self.journal.folder)
+        if applied and (self.max_bytes is not None or self.max_age_days is not None):
             self.enforce_retention()
-        return True
+        return applied
+
+    def _apply(self, records: list[Record]) -> None:
+        """Image files first (atomic and synced), then the rows in one transaction;
+        records already in the database (a replay after a crash) are skipped."""
+        if not records:
+            return
+        ids = [r.fields["id"] for r in records]
+        with Session(self.engine) as s:
+            present = set(s.scalars(select(InspectionRow.id).where(InspectionRow.id.in_(ids))))
+        todo = [r for r in records if r.fields["id"] not in present]
+        for r in todo:
+            if r.image is not None and r.fields["image_path"]:
+                write_atomic(self.images_dir / r.fields["image_path"], r.image)
+            ref_rel = r.fields["reference_path"]
+            if r.reference is not None and ref_rel and not (self.images_dir / ref_rel).is_file():
+                write_atomic(self.images_dir / ref_rel, r.reference)
+        with Session(self.engine) as s, s.begin():
+            for r in todo:
+                s.add(InspectionRow(**{**r.fields, "created_at": datetime.fromisoformat(
+                    r.fields["created_at"])}))
+
+    def _applied(self) -> None:
+        """Before a read: apply the journal (an outage only delays it: the read goes on)."""
+        try:
+            self.flush()
+        except Exception as exc:
+            log.error("store: applying the journal before a read failed: %s", exc)
 
     # -- start-up and retention -----------------------------------------------------
     def cleanup(self) -> dict[str, int]:
         """Start-up: adopt this box's rows from before box ids, remove orphan and temp
         files, clear this box's image paths whose file is gone. Another box's rows and
         files are never touched, nor a pre-box-id row this box cannot prove is its own."""
+        self.flush()  # a journaled image is not an orphan
         adopted = self._adopt_unowned()
         with Session(self.engine) as s:
             paths = s.execute(select(InspectionRow.image_path, InspectionRow.reference_path)
@@ -277,9 +364,9 @@ class Store:
         return [Path(db + suffix) for suffix in ("", "-wal", "-shm")]
 
     def overhead_bytes(self) -> int:
-        """Disk used besides the inspection images: reference copies (images/refs) and
-        the SQLite database files."""
-        files = list(self._sqlite_files())
+        """Disk used besides the inspection images: reference copies (images/refs), the
+        SQLite database files and the journal."""
+        files = list(self._sqlite_files()) + list(self.journal.folder.glob("*.journal"))
         refs = self.images_dir / "refs"
         if refs.is_dir():
             files += [p for p in refs.iterdir() if p.is_file()]
@@ -331,6 +418,7 @@ class Store:
               since: datetime | None = None, until: datetime | None = None,
               review_state: str | None = None, limit: int = 50,
               offset: int = 0) -> tuple[int, list[InspectionRow]]:
+        self._applied()
         q = select(InspectionRow)
         conds: list[Any] = []
         if verdict:
@@ -361,6 +449,7 @@ class Store:
         return total, rows
 
     def get(self, inspection_id: str) -> InspectionRow:
+        self._applied()
         with Session(self.engine) as s:
             row = s.scalar(select(InspectionRow).where(InspectionRow.id == inspection_id)
                            .options(selectinload(InspectionRow.reviews)))
@@ -409,6 +498,7 @@ class Store:
                label: str | None = None, note: str = "") -> InspectionRow:
         """Record a review; the truth after it (``boxes`` of the review row) is what
         ``lineside data pull`` turns into training data."""
+        self._applied()
         if action not in ACTIONS:
             raise ConfigError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
         with Session(self.engine) as s, s.begin():
@@ -453,6 +543,7 @@ class Store:
 
     def stats(self, hours: int = 24) -> dict[str, Any]:
         """Dashboard figures: verdicts per hour, defects per class, review outcomes."""
+        self._applied()
         since = datetime.now(UTC) - timedelta(hours=hours)
         with Session(self.engine) as s:
             rows = s.execute(select(InspectionRow.created_at, InspectionRow.verdict,

@@ -1,0 +1,93 @@
+"""The store's journal: what ``stored: true`` promises. An acknowledged inspection that
+was never applied to the database (its process killed first) is applied at the next
+start; a record torn by a power cut ends its segment; applying twice changes nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from lineside_inspect.store import Store
+from lineside_inspect.store.journal import Journal, Record, read_segment
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# saves with a writer that never gets to apply anything, prints each acknowledged id
+UNAPPLIED_WRITER = """
+import sys
+sys.path.insert(0, {tests!r})
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.store import Store
+import test_store as t
+det = Detector(t.MODEL, device="cpu", threads=1)
+store = Store(sys.argv[1], pass_rate=1.0, sync_interval_s=3600)
+for verdict in ("fail", "pass", "fail", "pass", "fail"):
+    i = t._inspection(det, verdict)
+    assert store.save(i)
+    print(i.id, i.verdict, flush=True)
+print("done", flush=True)
+sys.stdin.read()  # wait to be killed
+"""
+
+
+def test_acknowledged_but_unapplied_inspections_survive_kill_9(tmp_path: Path) -> None:
+    script = UNAPPLIED_WRITER.format(tests=str(Path(__file__).parent))
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    acked: dict[str, str] = {}
+    for line in proc.stdout:
+        if line.strip() == "done":
+            break
+        iid, verdict = line.split()
+        acked[iid] = verdict
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    segments = list((tmp_path / "journal").glob("*.journal"))
+    assert segments and sum(len(list(read_segment(p))) for p in segments) == 5  # all unapplied
+    with Store(tmp_path) as store:  # replays the journal before anything else
+        total, rows = store.query(limit=50)
+        assert total == 5 and {r.id: r.verdict for r in rows} == acked
+        for r in rows:
+            assert store.image_file(r).is_file()  # pass_rate 1.0: every image kept
+        assert store.cleanup()["orphans_removed"] == 0
+    assert not list((tmp_path / "journal").glob("*.journal"))  # applied, then deleted
+
+
+def test_a_torn_record_ends_its_segment_and_replay_is_idempotent(tmp_path: Path) -> None:
+    folder = tmp_path / "journal"
+    journal = Journal(folder)
+    records = [Record({"n": i}, bytes([i]) * 100, None) for i in range(3)]
+    for r in records:
+        journal.append(r)
+    (segment,) = journal.rotate()
+    data = segment.read_bytes()
+    segment.write_bytes(data + data[:40])  # a power cut in the middle of a fourth record
+    assert [r.fields["n"] for r in read_segment(segment)] == [0, 1, 2]
+    flipped = bytearray(data)
+    flipped[-5] ^= 0xFF  # the last record's image damaged: its CRC fails, it is dropped
+    segment.write_bytes(bytes(flipped))
+    assert [r.fields["n"] for r in read_segment(segment)] == [0, 1]
+    journal.close()
+
+
+def test_replaying_an_applied_segment_changes_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import test_store as t  # type: ignore[import-not-found]
+
+    from lineside_inspect.runtime.detector import Detector
+
+    det = Detector(t.MODEL, device="cpu", threads=1)
+    with Store(tmp_path, pass_rate=1.0) as store:
+        inspection = t._inspection(det, "fail")
+        record = store._record(inspection, keep_image=True)
+        assert store.save(inspection)
+        assert store.flush() == 1
+        store.journal.append(record)  # as if the process died after commit, before unlink
+        assert store.flush() == 1
+        total, rows = store.query()
+        assert total == 1 and rows[0].id == inspection.id
+        assert store.image_file(rows[0]).read_bytes() == inspection.raw
