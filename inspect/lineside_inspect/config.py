@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lineside_inspect.errors import ConfigError, describe_validation
+from lineside_inspect.line.config import LineSettings
 from lineside_inspect.names import Name
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 
@@ -117,6 +118,8 @@ class Settings(BaseSettings):
         "-wal/-shm files (a PostgreSQL database lives elsewhere and is not counted)"))
     store_max_age_days: float | None = Field(None, gt=0)
     cameras: list[CameraConfig] = Field(default_factory=list)
+    line: LineSettings = Field(default_factory=LineSettings, description=(
+        "line outputs: PLC handshake over OPC UA / Modbus TCP, events over MQTT"))
 
     @property
     def references_path(self) -> Path:
