@@ -70,10 +70,14 @@ class Timings(_Shape):
     total: float
 
 
+# what Lineside makes an inspection id (uuid4 hex); also what it accepts from another box
+INSPECTION_ID = r"^[0-9a-f]{32}$"
+
+
 class InspectionResult(_Shape):
     """A verdict as the line hears it."""
 
-    id: str
+    id: str = Field(pattern=INSPECTION_ID)
     created_at: datetime
     verdict: Outcome
     reasons: list[Reason]

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
-from lineside_inspect.errors import ConfigError, DatasetError, NotFoundError
+from lineside_inspect.errors import ConfigError, DatasetError, NotFoundError, describe_validation
+from lineside_inspect.schemas import InspectionPage
 from lineside_inspect.store.store import Store
 
 log = logging.getLogger("lineside.store")
@@ -68,8 +70,6 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
         if not rows:
             break
         offset += len(rows)
-        from lineside_inspect.server.routes.inspections import row_json
-
         for row in rows:
             if row.image_path is None:
                 continue
@@ -80,12 +80,21 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                 log.info("pull: skipped: %s", exc.message)
                 continue
             classes += [c for c in row.class_names if c not in classes]
-            rec = _record(row_json(row), path, path.suffix.lstrip("."))
+            rec = _record(store.record(row).model_dump(mode="json"), path,
+                          path.suffix.lstrip("."))
             if ref_path is not None:
                 _with_reference(records, refs, rec, ref_path)
             else:
                 records.append(rec)
     return write_dataset(_dataset(records, classes, str(store.data_dir)), dst, overwrite=overwrite)
+
+
+def _page(url: str, content: bytes) -> InspectionPage:
+    try:
+        return InspectionPage.model_validate_json(content)
+    except ValidationError as exc:
+        raise ConfigError(f"{url}: the server's inspection list is not a Lineside one: "
+                          f"{describe_validation(exc.errors())}") from None
 
 
 def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
@@ -108,7 +117,9 @@ def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
             if r.status_code != 200:
                 msg = r.json().get("error", {}).get("message", r.text) if r.content else r.text
                 raise ConfigError(f"{url}: listing inspections failed ({r.status_code}): {msg}")
-            items = r.json()["items"]
+            # what another server sends is validated like any input: its ids become file
+            # names here, so they must be inspection ids (32 hex digits) and nothing else
+            items = [i.model_dump(mode="json") for i in _page(url, r.content).items]
             if not items:
                 break
             offset += len(items)

@@ -25,6 +25,7 @@ import math
 import random
 import shutil
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -37,10 +38,12 @@ from lineside_inspect._cv import cv2
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import ConfigError, NotFoundError
 from lineside_inspect.inspector import Inspection
+from lineside_inspect.schemas import StoredInspection
 from lineside_inspect.store.box import resolve_box_id
 from lineside_inspect.store.journal import Journal, Record, fsync_path, read_segment
 from lineside_inspect.store.lock import DataDirLock
 from lineside_inspect.store.models import ADDED_COLUMNS, ADDED_INDEXES, Base, InspectionRow, ReviewRow
+from lineside_inspect.store.outbox import EventMaker, add_events, events_for
 from lineside_inspect.store.utc import as_utc
 
 log = logging.getLogger("lineside.store")
@@ -97,6 +100,10 @@ class Store:
         self._lock = threading.Lock()
         self.sync_interval_s = sync_interval_s
         self._apply_lock = threading.Lock()
+        # line outputs (store/outbox.py): an inspection's events are made with its journal
+        # record and enter the outbox with its row; then the listeners are told (no blocking)
+        self.event_makers: list[EventMaker] = []
+        self.outbox_listeners: list[Callable[[], None]] = []
         self.journal = Journal(self.data_dir / "journal")
         self.flush()  # what an earlier run acknowledged but had not applied yet
         self._wake = threading.Event()
@@ -198,6 +205,8 @@ class Store:
             "review_state": "unreviewed", "box_id": self.box_id,
             "reference_name": None if ref is None else ref.name, "reference_path": ref_rel,
         }
+        if self.event_makers:
+            fields["events"] = events_for(self.event_makers, inspection)
         return Record(fields, image, ref.raw if ref_rel is not None and ref is not None else None)
 
     # -- the journal's writer ------------------------------------------------------------
@@ -252,10 +261,18 @@ class Store:
             ref_rel = r.fields["reference_path"]
             if r.reference is not None and ref_rel and not (self.images_dir / ref_rel).is_file():
                 write_atomic(self.images_dir / ref_rel, r.reference)
+        events = 0
         with Session(self.engine) as s, s.begin():
             for r in todo:
-                s.add(InspectionRow(**{**r.fields, "created_at": datetime.fromisoformat(
-                    r.fields["created_at"])}))
+                fields = {k: v for k, v in r.fields.items() if k != "events"}
+                s.add(InspectionRow(**{**fields, "created_at": datetime.fromisoformat(
+                    fields["created_at"])}))
+                events += add_events(s, self.box_id, r.fields.get("events") or ())
+        for listener in self.outbox_listeners if events else ():
+            try:
+                listener()
+            except Exception:
+                log.exception("outbox listener %r failed", listener)
 
     def _applied(self) -> None:
         """Before a read: apply the journal (an outage only delays it: the read goes on)."""
@@ -456,6 +473,28 @@ class Store:
         if row is None:
             raise NotFoundError(f"no inspection {inspection_id!r}")
         return row
+
+    def record(self, row: InspectionRow) -> StoredInspection:
+        """``row`` in the HTTP contract: what a verdict was, plus what the store and the
+        reviewers added. ``has_image`` says whether this box can serve its image."""
+        here = row.box_id is None or row.box_id == self.box_id
+        reference = None if row.reference_path is None and row.reference_name is None else {
+            "name": row.reference_name,
+            "sha256": Path(row.reference_path).stem if row.reference_path else None,
+            "has_image": here and row.reference_path is not None}
+        return StoredInspection.model_validate({
+            "id": row.id, "created_at": row.created_at, "verdict": row.verdict,
+            "reasons": row.reasons, "defects": row.defects,
+            "recipe": {"name": row.recipe_name, "version": row.recipe_version},
+            "model": {"name": row.model_name, "version": row.model_version,
+                      "sha256": row.model_sha256},
+            "camera_id": row.camera_id, "part_id": row.part_id, "timings_ms": row.timings_ms,
+            "reference": reference, "stored": True, "box_id": row.box_id,
+            "class_names": row.class_names, "width": row.width, "height": row.height,
+            "has_image": here and row.image_path is not None, "review_state": row.review_state,
+            "reviews": [{"id": r.id, "created_at": r.created_at, "reviewer": r.reviewer,
+                         "action": r.action, "boxes": r.boxes, "note": r.note}
+                        for r in row.reviews]})
 
     def reference_file(self, row: InspectionRow) -> Path:
         if not row.reference_path:

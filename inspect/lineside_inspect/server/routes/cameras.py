@@ -26,7 +26,8 @@ def list_cameras(request: Request, who: Reviewer) -> list[CameraHealth]:
     return [CameraHealth.model_validate(h) for h in manager.health()] if manager else []
 
 
-@router.post("/{camera_id}/trigger", response_model=InspectionResult)
+@router.post("/{camera_id}/trigger", response_model=InspectionResult,
+             responses=errors(401, 403, 404, 408, 413, 422, 503))
 async def trigger(
     camera_id: str, who: LineUser, service: ServiceDep,
     part_id: Annotated[str | None, Query(max_length=256)] = None,

@@ -12,6 +12,7 @@ from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.body import read_upload
 from lineside_inspect.server.deps import LimiterDep, LineUser, ServiceDep, SettingsDep
+from lineside_inspect.server.responses import errors
 
 router = APIRouter(prefix="/v1", tags=["inspect"])
 
@@ -21,7 +22,8 @@ router = APIRouter(prefix="/v1", tags=["inspect"])
     summary="Inspect one image",
     response_model=InspectionResult,
     responses={200: {"content": {"image/jpeg": {}},
-                     "description": "the verdict (JSON), or with annotated=1 the JPEG"}},
+                     "description": "the verdict (JSON), or with annotated=1 the JPEG"},
+               **errors(400, 401, 403, 404, 408, 413, 415, 422, 503)},
     openapi_extra={"requestBody": {"content": {
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
         "image/png": {"schema": {"type": "string", "format": "binary"}},

@@ -7,7 +7,7 @@ import mimetypes
 import os
 from collections.abc import Iterator
 from datetime import datetime
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Annotated, Literal
 
 import anyio.to_thread
 import numpy as np
@@ -19,30 +19,14 @@ from starlette.background import BackgroundTask
 from lineside_inspect.draw import annotate
 from lineside_inspect.imageio import decode_image, encode_jpeg
 from lineside_inspect.runtime.types import Detections
+from lineside_inspect.schemas import InspectionPage, StoredInspection
 from lineside_inspect.server.deps import Reviewer, get_store
-from lineside_inspect.server.responses import DashboardStats, errors
-from lineside_inspect.store.models import InspectionRow
+from lineside_inspect.server.responses import DashboardStats, errors, media
 
 router = APIRouter(prefix="/v1", tags=["review"])
 
 
-def row_json(row: InspectionRow) -> dict[str, Any]:
-    return {
-        "id": row.id, "created_at": row.created_at.isoformat(), "camera_id": row.camera_id,
-        "part_id": row.part_id, "verdict": row.verdict, "reasons": row.reasons,
-        "defects": row.defects, "recipe": {"name": row.recipe_name, "version": row.recipe_version},
-        "model": {"name": row.model_name, "version": row.model_version, "sha256": row.model_sha256},
-        "class_names": row.class_names, "timings_ms": row.timings_ms,
-        "width": row.width, "height": row.height, "has_image": row.image_path is not None,
-        "review_state": row.review_state, "box_id": row.box_id,
-        "reference": None if row.reference_path is None and row.reference_name is None else {
-            "name": row.reference_name, "has_image": row.reference_path is not None},
-        "reviews": [{"id": r.id, "created_at": r.created_at.isoformat(), "reviewer": r.reviewer,
-                     "action": r.action, "boxes": r.boxes, "note": r.note} for r in row.reviews],
-    }
-
-
-@router.get("/inspections")
+@router.get("/inspections", responses=errors(401, 403, 404, 422))
 def list_inspections(
     request: Request, who: Reviewer,
     verdict: Literal["pass", "fail"] | None = None,
@@ -54,17 +38,21 @@ def list_inspections(
     review_state: Literal["unreviewed", "confirmed", "corrected", "reviewed"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-) -> dict[str, Any]:
-    total, rows = get_store(request).query(
+) -> InspectionPage:
+    """Stored inspections, newest first (404 when the server keeps no store)."""
+    store = get_store(request)
+    total, rows = store.query(
         verdict=verdict, camera_id=camera_id, recipe=recipe, label=label, min_score=min_score,
         max_score=max_score, since=since, until=until, review_state=review_state, limit=limit,
         offset=offset)
-    return {"total": total, "limit": limit, "offset": offset, "items": [row_json(r) for r in rows]}
+    return InspectionPage(total=total, limit=limit, offset=offset,
+                          items=[store.record(r) for r in rows])
 
 
-@router.get("/inspections/{inspection_id}")
-def get_inspection(inspection_id: str, request: Request, who: Reviewer) -> dict[str, Any]:
-    return row_json(get_store(request).get(inspection_id))
+@router.get("/inspections/{inspection_id}", responses=errors(401, 403, 404))
+def get_inspection(inspection_id: str, request: Request, who: Reviewer) -> StoredInspection:
+    store = get_store(request)
+    return store.record(store.get(inspection_id))
 
 
 def _send(f: IO[bytes]) -> StreamingResponse:
@@ -82,20 +70,25 @@ def _send(f: IO[bytes]) -> StreamingResponse:
                              headers={"Content-Length": str(size)}, background=BackgroundTask(f.close))
 
 
-@router.get("/inspections/{inspection_id}/image")
+@router.get("/inspections/{inspection_id}/image", response_class=Response, responses={
+    **media("the image as it was sent", "image/jpeg", "image/png", "image/bmp"),
+    **errors(401, 403, 404)})
 def original_image(inspection_id: str, request: Request, who: Reviewer) -> StreamingResponse:
     store = get_store(request)
     return _send(store.open_image(store.get(inspection_id)))
 
 
-@router.get("/inspections/{inspection_id}/reference")
+@router.get("/inspections/{inspection_id}/reference", response_class=Response, responses={
+    **media("the reference image", "image/jpeg", "image/png", "image/bmp"),
+    **errors(401, 403, 404)})
 def reference_image(inspection_id: str, request: Request, who: Reviewer) -> StreamingResponse:
     """The reference image a reference model compared this inspection's image with."""
     store = get_store(request)
     return _send(store.open_reference(store.get(inspection_id)))
 
 
-@router.get("/inspections/{inspection_id}/annotated")
+@router.get("/inspections/{inspection_id}/annotated", response_class=Response, responses={
+    **media("the image with the (reviewed) boxes drawn", "image/jpeg"), **errors(401, 403, 404)})
 async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -> Response:
     store = get_store(request)
     row = await anyio.to_thread.run_sync(store.get, inspection_id)
@@ -128,14 +121,14 @@ class ReviewIn(BaseModel):
     note: str = Field("", max_length=2000)
 
 
-@router.post("/inspections/{inspection_id}/reviews")
+@router.post("/inspections/{inspection_id}/reviews", responses=errors(401, 403, 404, 413, 422))
 def add_review(inspection_id: str, body: ReviewIn, request: Request,
-               who: Reviewer) -> dict[str, Any]:
+               who: Reviewer) -> StoredInspection:
     boxes = None if body.boxes is None else [b.model_dump() for b in body.boxes]
     row = get_store(request).review(inspection_id, reviewer=who.name, action=body.action,
                                  boxes=boxes, index=body.index, label=body.label,
                                  note=body.note)
-    return row_json(row)
+    return get_store(request).record(row)
 
 
 @router.get("/stats", responses=errors(401, 403, 404, 422))
