@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from lineside_inspect._cv import cv2
+from lineside_inspect.opencv import cv2
 
 AUTH = {"Authorization": "Bearer line-secret"}
 ADMIN = {"Authorization": "Bearer admin-secret"}

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.cameras import CameraManager, CameraUnavailable
 from lineside_inspect.cameras.simulator import MJPEGSimulator, counter_frame
 from lineside_inspect.cameras.sources import make_source
 from lineside_inspect.cameras.worker import CameraWorker, Frame
 from lineside_inspect.config import CameraConfig
+from lineside_inspect.opencv import cv2
 
 
 def fresh(manager: CameraManager, camera_id: str, *, trigger_time: float, timeout_s: float) -> Frame:

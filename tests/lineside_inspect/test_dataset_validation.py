@@ -167,7 +167,7 @@ def test_reference_of_another_size(sample: Path) -> None:
     doc = _doc(sample)
     img = next(i for i in doc["images"] if i.get("reference"))
     ref = next(i for i in doc["images"] if i["file_name"] == img["reference"])
-    from lineside_inspect._cv import cv2
+    from lineside_inspect.opencv import cv2
 
     path = sample / "images" / ref["file_name"]
     cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (320, 320)))

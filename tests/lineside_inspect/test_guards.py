@@ -114,9 +114,8 @@ def test_private_edge_names_are_found(tmp_path: Path) -> None:
                      "lineside_inspect.runtime._private", "lineside_inspect._LAZY"}
 
 
-# ui/__init__.py still takes __version__ from the package; it belongs to the ui work under
-# way and moves to lineside_inspect.version with it (then this set is empty)
-PENDING_PACKAGE_IMPORTS = {"ui/__init__.py:__version__"}
+# edge modules that still take a name from the package's __init__ (none)
+PENDING_PACKAGE_IMPORTS: set[str] = set()
 
 
 def test_edge_modules_take_nothing_from_the_package_init() -> None:

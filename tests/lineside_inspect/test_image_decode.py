@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.errors import ImageError
 from lineside_inspect.imageio import decode_image
+from lineside_inspect.opencv import cv2
 
 SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "deeppcb-sample"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.errors import ImageError, NotFoundError, ReferenceImageError
+from lineside_inspect.opencv import cv2
 from lineside_inspect.references import (
     InvalidReferenceName,
     Reference,

@@ -8,8 +8,8 @@ import zlib
 import numpy as np
 import pytest
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.imageio import decode_image
+from lineside_inspect.opencv import cv2
 
 CONTRACT = {"id", "verdict", "reasons", "defects", "recipe", "model", "timings_ms", "stored"}
 

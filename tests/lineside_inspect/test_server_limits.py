@@ -19,9 +19,9 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.cameras.simulator import MJPEGSimulator
 from lineside_inspect.config import CameraConfig
+from lineside_inspect.opencv import cv2
 from lineside_inspect.server import service as service_module
 
 KEYS = {"line": "line-secret"}  # conftest's role keys

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.imageio import IMAGE_SUFFIXES, read_image
+from lineside_inspect.opencv import cv2
 
 
 def counter_frame(i: int) -> np.ndarray:

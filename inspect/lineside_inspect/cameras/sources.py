@@ -9,9 +9,9 @@ from typing import Protocol
 
 import numpy as np
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.errors import ImageError
 from lineside_inspect.imageio import IMAGE_SUFFIXES, read_image
+from lineside_inspect.opencv import cv2
 
 
 class FrameSource(Protocol):

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.errors import ReferenceImageError
+from lineside_inspect.opencv import cv2
 
 
 def _gray(image: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
 from lineside_inspect.errors import ConfigError, DatasetError, NotFoundError, describe_validation
 from lineside_inspect.schemas import InspectionPage
-from lineside_inspect.store.store import Store
+from lineside_inspect.store.store import REFS_DIR, Store
 
 log = logging.getLogger("lineside.store")
 
@@ -143,7 +143,7 @@ def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
                         continue
                     got.raise_for_status()
                     sha = hashlib.sha256(got.content).hexdigest()
-                    ref_path = Path(tmp) / "refs" / f"{sha}.{_ext(got.headers.get('content-type', ''))}"
+                    ref_path = Path(tmp) / REFS_DIR / f"{sha}.{_ext(got.headers.get('content-type', ''))}"
                     ref_path.parent.mkdir(exist_ok=True)
                     ref_path.write_bytes(got.content)
                     _with_reference(records, refs, rec, ref_path)

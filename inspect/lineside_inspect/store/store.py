@@ -34,10 +34,10 @@ from sqlalchemy import ColumnElement, Engine, create_engine, event, func, or_, s
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, selectinload
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import ConfigError, NotFoundError
 from lineside_inspect.inspector import Inspection
+from lineside_inspect.opencv import cv2
 from lineside_inspect.schemas import StoredInspection
 from lineside_inspect.store.box import resolve_box_id
 from lineside_inspect.store.journal import Journal, Record, fsync_path, read_segment
@@ -47,6 +47,11 @@ from lineside_inspect.store.outbox import EventMaker, add_events, events_for
 from lineside_inspect.store.utc import as_utc
 
 log = logging.getLogger("lineside.store")
+# the layout of a data folder: <data_dir>/DB_FILE, <data_dir>/IMAGES_DIR/<day>/<id>.<ext>,
+# shared reference copies in <data_dir>/IMAGES_DIR/REFS_DIR/<sha256>.<ext>
+DB_FILE = "lineside.db"
+IMAGES_DIR = "images"
+REFS_DIR = "refs"
 ACTIONS = ("confirm", "false_reject", "missed_defect", "relabel")
 
 
@@ -82,11 +87,11 @@ class Store:
         self.dir_lock = (lock or DataDirLock(self.data_dir)).acquire()
         try:
             self.box_id = resolve_box_id(self.data_dir, box_id)
-            self.images_dir = self.data_dir / "images"
+            self.images_dir = self.data_dir / IMAGES_DIR
             self.images_dir.mkdir(parents=True, exist_ok=True)
             # the default database is this box's own: nobody else's rows can be in it
             self.own_database = url is None
-            self.url = url or f"sqlite:///{(self.data_dir / 'lineside.db').resolve()}"
+            self.url = url or f"sqlite:///{(self.data_dir / DB_FILE).resolve()}"
             self.engine = make_engine(self.url)
             Base.metadata.create_all(self.engine)
             self._add_columns()
@@ -186,7 +191,7 @@ class Store:
             rel = f"{inspection.created_at.strftime('%Y-%m-%d')}/{inspection.id}.{ext}"
         ref = inspection.reference
         if ref is not None and keep_image:
-            ref_rel = f"refs/{ref.sha256}.{ref.ext}"
+            ref_rel = f"{REFS_DIR}/{ref.sha256}.{ref.ext}"
         card = inspection.detector.card
         labels = inspection.defects.labels
         fields = {
@@ -384,7 +389,7 @@ class Store:
         """Disk used besides the inspection images: reference copies (images/refs), the
         SQLite database files and the journal."""
         files = list(self._sqlite_files()) + list(self.journal.folder.glob("*.journal"))
-        refs = self.images_dir / "refs"
+        refs = self.images_dir / REFS_DIR
         if refs.is_dir():
             files += [p for p in refs.iterdir() if p.is_file()]
         total = 0
