@@ -117,6 +117,9 @@ class Settings(BaseSettings):
         "disk quota of the store: images, reference copies and a SQLite database with its "
         "-wal/-shm files (a PostgreSQL database lives elsewhere and is not counted)"))
     store_max_age_days: float | None = Field(None, gt=0)
+    store_sync_interval_s: float = Field(0.05, gt=0, le=10, description=(
+        "the journal is synced (power-loss safe) and applied this long after an inspection "
+        "is acknowledged, together with whatever arrived meanwhile"))
     cameras: list[CameraConfig] = Field(default_factory=list)
     line: LineSettings = Field(default_factory=LineSettings, description=(
         "line outputs: PLC handshake over OPC UA / Modbus TCP, events over MQTT"))
