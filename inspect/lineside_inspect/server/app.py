@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lineside_inspect import ui
 from lineside_inspect.config import Settings
 from lineside_inspect.errors import LinesideError, describe_validation, error_body
+from lineside_inspect.package import default_recipe_name
 from lineside_inspect.recipes import Recipe, load_recipe
 from lineside_inspect.references import ReferenceLibrary
 from lineside_inspect.server import gate
@@ -50,7 +51,7 @@ def load_everything(settings: Settings, registry: Registry) -> None:
         for name, slot in registry.models().items():
             assert slot.active is not None
             card = slot.versions[slot.active].card
-            doc = {"name": f"{name}-default", "version": "1", "model": name,
+            doc = {"name": default_recipe_name(name), "version": "1", "model": name,
                    **card.default_recipe}
             doc["model"] = doc.get("model") or name
             recipes.append(Recipe.model_validate(doc))
@@ -71,7 +72,8 @@ def setup_store(app: FastAPI, settings: Settings) -> None:
     def start() -> None:
         store = Store(settings.data_dir, settings.database_url,
                       pass_rate=settings.store_pass_rate, max_bytes=settings.store_max_bytes,
-                      max_age_days=settings.store_max_age_days, box_id=settings.box_id, lock=lock)
+                      max_age_days=settings.store_max_age_days, box_id=settings.box_id, lock=lock,
+                      sync_interval_s=settings.store_sync_interval_s)
         log.info("store at %s, box %s: %s", store.url.split("@")[-1], store.box_id, store.cleanup())
         app.state.store = store
         app.state.service.store = store
@@ -152,6 +154,17 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         setup_store(app, settings)
     if settings.cameras:
         setup_cameras(app, settings)
+    if settings.line.mqtt is not None:
+        # events over MQTT from the store's outbox: started after the store and cameras,
+        # stopped (saying offline) after the PLC handshake ended
+        from lineside_inspect.line.mqtt import setup_mqtt
+
+        setup_mqtt(app, settings)
+    if settings.line.opcua is not None or settings.line.modbus is not None:
+        # the PLC handshake (line room): started after the cameras, stopped before them
+        from lineside_inspect.line.plc import setup_line_plc
+
+        setup_line_plc(app, settings)
     gate.install(app, settings)  # auth and body limits before any body is read
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,

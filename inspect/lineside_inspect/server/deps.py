@@ -95,7 +95,7 @@ def _session_principal(request: Request, token: str) -> Principal:
 
 
 def require(role: Role) -> object:
-    def dep(request: Request) -> Principal:
+    async def dep(request: Request) -> Principal:  # async: no thread-pool hop per request
         who = authenticate(request)
         assert who is not None
         if who.role not in ALLOWED[role]:
@@ -110,19 +110,19 @@ Reviewer = Annotated[Principal, require("reviewer")]
 Admin = Annotated[Principal, require("admin")]
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def get_limiter(request: Request) -> Limiter:
+async def get_limiter(request: Request) -> Limiter:
     return request.app.state.limiter  # type: ignore[no-any-return]
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
@@ -132,14 +132,14 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_references(request: Request) -> ReferenceLibrary:
+async def get_references(request: Request) -> ReferenceLibrary:
     return request.app.state.references  # type: ignore[no-any-return]
 
 
 ReferencesDep = Annotated[ReferenceLibrary, Depends(get_references)]
 
 
-def get_service(request: Request) -> InspectionService:
+async def get_service(request: Request) -> InspectionService:
     return request.app.state.service  # type: ignore[no-any-return]
 
 

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import anyio.to_thread
 import numpy as np
 
 from lineside_inspect.errors import ImageTooLargeError, LinesideError, NotFoundError
@@ -42,8 +41,8 @@ Output = Callable[[Inspection], None]
 
 class InspectionService:
     """Runs every inspection of a server. Outputs added with :meth:`add_output` are
-    called after the verdict (and after the store) on a worker thread; they must hand
-    work off rather than block, and an output that raises is logged, never fatal."""
+    called after the verdict (and after the store) on the inspection's worker thread; they
+    must hand work off rather than block, and an output that raises is logged, never fatal."""
 
     def __init__(self, *, registry: Registry, limiter: Limiter, metrics: Metrics,
                  references: ReferenceLibrary, max_pixels: int,
@@ -84,7 +83,7 @@ class InspectionService:
             result.raw, result.raw_ext = data, sniff_format(data).replace("jpeg", "jpg")
             return result
 
-        return await self._finish(await self.limiter.run(work))
+        return await self._run(work)
 
     async def inspect_camera(self, camera_id: str, *, part_id: str | None = None,
                              recipe: str | None = None, timeout_s: float = 2.0) -> Inspection:
@@ -103,13 +102,15 @@ class InspectionService:
                                 name=cfg.reference, trusted=True)
         frame = await manager.fresh_frame(camera_id, trigger_time=arrived, timeout_s=timeout_s)
         remaining = max(0.0, deadline - time.monotonic())
-        result = await self.limiter.run(
-            lambda: inspect(frame.image, detector, rule, camera_id=camera_id, part_id=part_id,
-                            reference=ref),
-            timeout_s=min(remaining, self.limiter.timeout_s))
-        result.frame = FrameTiming(frame.timestamp, (time.time() - frame.timestamp) * 1000,
-                                   (frame.timestamp - arrived) * 1000)
-        return await self._finish(result)
+
+        def work() -> Inspection:
+            result = inspect(frame.image, detector, rule, camera_id=camera_id, part_id=part_id,
+                             reference=ref)
+            result.frame = FrameTiming(frame.timestamp, (time.time() - frame.timestamp) * 1000,
+                                       (frame.timestamp - arrived) * 1000)
+            return result
+
+        return await self._run(work, timeout_s=min(remaining, self.limiter.timeout_s))
 
     async def inspect_frame(self, camera_id: str, image: np.ndarray) -> Inspection:
         """Inspect a frame already captured by ``camera_id`` (continuous mode)."""
@@ -117,9 +118,8 @@ class InspectionService:
         rule, detector = self._pin(cfg.recipe)
         ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
                                 name=cfg.reference, trusted=True)
-        result = await self.limiter.run(
+        return await self._run(
             lambda: inspect(image, detector, rule, camera_id=camera_id, reference=ref))
-        return await self._finish(result)
 
     # -- continuous cameras -------------------------------------------------------------
     def start_continuous(self) -> None:
@@ -176,11 +176,18 @@ class InspectionService:
             raise NotFoundError("no cameras are configured on this server")
         return self.cameras
 
-    async def _finish(self, result: Inspection) -> Inspection:
-        """Metrics, the store and the outputs, in that order, off the event loop."""
-        self._count(result)
-        if self.store is not None or self._outputs:
-            await anyio.to_thread.run_sync(self._record, result)
+    async def _run(self, make: Callable[[], Inspection], *,
+                   timeout_s: float | None = None) -> Inspection:
+        """``make`` the inspection in a limiter slot, then, in the same worker thread (one
+        hop off the event loop, not two), metrics, the store and the outputs."""
+
+        def work() -> Inspection:
+            result = make()
+            self._count(result)
+            self._record(result)
+            return result
+
+        result = await self.limiter.run(work, timeout_s=timeout_s)
         if result.camera_id is not None and self.cameras is not None \
                 and result.camera_id in self.cameras.configs:
             self.cameras.last_results[result.camera_id] = result
