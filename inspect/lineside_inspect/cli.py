@@ -46,6 +46,13 @@ def friendly(fn: F) -> F:
         except LinesideError as exc:
             err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             problems = getattr(exc, "problems", [])
+            if len(problems) > 1:  # the causes first: thousands of lines are a few kinds
+                from lineside_inspect.dataset.problems import summarise
+
+                err.print("by kind:", highlight=False, markup=False)
+                for line in summarise(problems):
+                    err.print(f"  {line}", highlight=False, markup=False)
+                err.print("all:", highlight=False, markup=False)
             for p in problems[:200]:
                 err.print(f"  {p}", highlight=False, markup=False)
             if len(problems) > 200:
@@ -82,6 +89,8 @@ def data_import(
     from lineside_inspect.dataset import dataset_stats, import_dataset
 
     dataset, skipped = import_dataset(fmt, src, dst, skip_invalid=skip_invalid, overwrite=overwrite)
+    if dataset.info.get("layout"):
+        out.print(f"layout found: {dataset.info['layout']}")
     for p in skipped:
         err.print(f"skipped: {p}", highlight=False, markup=False)
     s = dataset_stats(dataset)
@@ -94,13 +103,25 @@ def data_import(
 
 @data_app.command("validate")
 @friendly
-def data_validate(root: Annotated[Path, typer.Argument(help="canonical dataset folder")]) -> None:
-    """Check a dataset and list every problem with its file and line or field."""
-    from lineside_inspect.dataset import validate_dir
+def data_validate(
+    root: Annotated[Path, typer.Argument(help="canonical dataset folder")],
+    dedupe: Annotated[bool, typer.Option(help="keep one image of each duplicate group")] = False,
+) -> None:
+    """Check a dataset: every problem with its file and line or field, and exact or near
+    duplicate images (a problem when copies sit on both sides of a split)."""
+    from lineside_inspect.dataset.validate import check_dir, dedupe_dir
 
-    problems = validate_dir(root)
-    if problems:
-        raise DatasetError(f"{root}: {len(problems)} problem(s)", problems)
+    if dedupe:
+        removed, groups = dedupe_dir(root)
+        out.print(f"--dedupe: kept one image of each of {len(groups)} duplicate group(s), "
+                  f"removed {len(removed)}" + "".join(f"\n  removed {r.file_name}" for r in removed))
+    report = check_dir(root)
+    for group in report.duplicates:
+        if not group.across_splits:
+            err.print(f"warning: {group.describe()} (--dedupe keeps one)", highlight=False,
+                      markup=False)
+    if report.problems:
+        raise DatasetError(f"{root}: {len(report.problems)} problem(s)", report.problems)
     out.print(f"{root}: valid")
 
 

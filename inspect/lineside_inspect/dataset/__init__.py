@@ -8,20 +8,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from lineside_inspect.dataset.canonical import read_dataset, save_annotations, write_dataset
+from lineside_inspect.dataset.duplicates import DuplicateGroup, find_duplicates
 from lineside_inspect.dataset.exporters import EXPORTERS
 from lineside_inspect.dataset.importers import IMPORTERS
 from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
 from lineside_inspect.dataset.split import split_dataset
 from lineside_inspect.dataset.stats import dataset_stats
-from lineside_inspect.dataset.validate import drop_invalid, validate_dataset, validate_dir
+from lineside_inspect.dataset.validate import (
+    check_dir,
+    dedupe_dir,
+    drop_invalid,
+    validate_dataset,
+    validate_dir,
+)
 from lineside_inspect.errors import DatasetError, Problem
 
 __all__ = [
     "Box",
     "Dataset",
+    "DuplicateGroup",
     "ImageRecord",
+    "check_dir",
     "dataset_stats",
+    "dedupe_dir",
     "export_dataset",
+    "find_duplicates",
     "import_dataset",
     "read_dataset",
     "save_annotations",
@@ -54,18 +65,20 @@ def import_dataset(
     draft, problems = IMPORTERS[fmt](src)
     problems = problems + validate_dataset(draft)
     skipped: list[Problem] = []
+    # the layout the importer recognised, so a user sees what was looked at and where
+    layout = f" (layout found: {draft.info['layout']})" if draft.info.get("layout") else ""
     if problems:
         if not skip_invalid:
             raise DatasetError(
                 f"{src}: {len(problems)} problem(s); nothing was written "
-                "(fix them, or pass --skip-invalid to leave those images out)",
+                f"(fix them, or pass --skip-invalid to leave those images out){layout}",
                 problems,
             )
         draft, unskippable = drop_invalid(draft, problems)
         if unskippable:
             raise DatasetError(
                 f"{src}: {len(unskippable)} problem(s) concern no single image and cannot "
-                "be skipped; nothing was written",
+                f"be skipped; nothing was written{layout}",
                 unskippable,
             )
         skipped = problems

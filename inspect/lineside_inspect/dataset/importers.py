@@ -8,13 +8,16 @@ source files, plus the problems found while parsing. Nothing is written here:
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections import Counter, defaultdict
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import yaml
 
 from lineside_inspect.dataset.canonical import ANNOTATIONS, from_coco, load_json
-from lineside_inspect.dataset.model import SPLITS, Box, Dataset, ImageRecord
+from lineside_inspect.dataset.layout import SPLIT_WORDS, folders_phrase, role_of, split_of, walk_files
+from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, ImageError, Problem
 from lineside_inspect.imageio import IMAGE_SUFFIXES, header_size
 
@@ -37,7 +40,7 @@ def _size(path: Path, subject: str, problems: list[Problem]) -> tuple[int, int]:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [p for p in walk_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
 
 
 def import_deeppcb(src: Path) -> Draft:
@@ -47,7 +50,7 @@ def import_deeppcb(src: Path) -> Draft:
     The ``groupNNNNN`` folder (one board) is the group."""
     problems: list[Problem] = []
     images: list[ImageRecord] = []
-    tests = sorted(src.rglob("*_test.jpg"))
+    tests = sorted(p for p in walk_files(src) if p.name.endswith("_test.jpg"))
     if not tests:
         raise DatasetError(f"{src}: no DeepPCB '*_test.jpg' images found")
     for test in tests:
@@ -92,33 +95,139 @@ def import_deeppcb(src: Path) -> Draft:
     return Dataset(list(DEEPPCB_CLASSES), images, info=info), problems
 
 
-def _find_image(name: str, candidates: list[Path]) -> Path:
-    for folder in candidates:
-        if (folder / name).is_file():
-            return folder / name
-    return candidates[0] / name
+def _rel(path: Path, src: Path) -> str:
+    return path.relative_to(src).as_posix()
+
+
+def _closest(hits: list[Path], near: Path) -> Path:
+    """Of several files of one name, the one sharing the longest folder prefix with ``near``."""
+    def shared(p: Path) -> int:
+        n = 0
+        for a, b in zip(p.parts, near.parts, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    return max(hits, key=shared)  # max keeps the first of equals: sorted order
+
+
+class _ImageIndex:
+    """The images of a source folder by split and by name or stem (any case), so that an
+    annotation finds its image wherever the layout put it, but never in another sub-set."""
+
+    def __init__(self, src: Path, pictures: list[Path]) -> None:
+        self.by_name: dict[tuple[str | None, str], list[Path]] = defaultdict(list)
+        self.by_stem: dict[tuple[str | None, str], list[Path]] = defaultdict(list)
+        self.rels: dict[str | None, list[str]] = defaultdict(list)
+        self.split: dict[Path, str | None] = {}
+        for p in pictures:
+            rel = _rel(p, src)
+            split = split_of(rel)
+            self.by_name[(split, p.name.lower())].append(p)
+            self.by_stem[(split, p.stem.lower())].append(p)
+            self.rels[split].append(rel)
+            self.split[p] = split
+
+    def find(self, name: str, near: Path, split: str | None) -> tuple[Path | None, str]:
+        """The image ``name`` (a ``<filename>``, perhaps with a folder, perhaps without an
+        extension) for an annotation file ``near`` in ``split``: by name, then by stem, then
+        by the annotation file's own stem. Returns the path and how it was found."""
+        base = name.replace("\\", "/").rsplit("/", 1)[-1].strip().lower()
+        stem = base[: -len(Path(base).suffix)] if Path(base).suffix in IMAGE_SUFFIXES else base
+        # a sub-set's annotations look in that sub-set, then in shared (split-less) folders;
+        # split-less annotations look everywhere
+        splits = [split, None] if split is not None else [None, *sorted(s for s in self.rels if s)]
+        for key, table, how in ((base, self.by_name, "name"), (stem, self.by_stem, "stem"),
+                                (near.stem.lower(), self.by_stem, "annotation name")):
+            for s in splits:
+                hits = table.get((s, key))
+                if hits:
+                    return _closest(hits, near), how
+        return None, ""
+
+    def folders(self, split: str | None) -> str:
+        rels = self.rels.get(split) or [r for v in self.rels.values() for r in v]
+        return folders_phrase(rels) if rels else "no image folder (no images found)"
+
+
+def _voc_imagesets(files: list[Path]) -> dict[str, str]:
+    """Stem -> split from ``ImageSets/Main/{train,val,test}.txt`` (VOC's own split lists)."""
+    out: dict[str, str] = {}
+    for f in files:
+        split = SPLIT_WORDS.get(f.stem.lower()) if f.suffix.lower() == ".txt" else None
+        if split and f.parent.name.lower() == "main" and f.parent.parent.name.lower() == "imagesets":
+            for line in f.read_text(errors="replace").splitlines():
+                if line.strip():
+                    out.setdefault(line.split()[0].lower(), split)
+    return out
+
+
+def _looked_for(src: Path, files: list[Path], what: str, hint: str) -> str:
+    others = Counter(f.suffix.lower() for f in files)
+    seen = ", ".join(f"{n} {ext or 'no-extension'}" for ext, n in others.most_common(4)) or "no files"
+    guess = ""
+    if others.get(".xml"):
+        guess = " It holds .xml files: Pascal VOC? (-f voc)"
+    elif others.get(".json"):
+        guess = " It holds .json files: COCO? (-f coco)"
+    elif others.get(".txt") and any(f.suffix.lower() in (".yaml", ".yml") for f in files):
+        guess = " It holds .txt labels and a YAML file: YOLO? (-f yolo)"
+    return (f"{src}: {what} (every folder searched, names in any case, symlinks followed; "
+            f"found {seen}). {hint}{guess}")
 
 
 def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
-    """Pascal VOC: one XML per image (``Annotations/`` or beside the images)."""
+    """Pascal VOC: one XML per image, in ``Annotations/`` beside ``JPEGImages/``, or any
+    of the common variants (``ANNOTATIONS/`` + ``IMAGES/``, ``annotations/`` + ``images/``,
+    XMLs beside their images, ``train/`` / ``valid/`` / ``Validation_*`` sub-sets, which
+    become splits). A ``<filename>`` is found by name, by stem when it has no extension,
+    or by the XML's own name; the layout found is described in ``info["layout"]``."""
+    if not src.is_dir():
+        raise DatasetError(f"{src}: a Pascal VOC set is a folder")
+    files = walk_files(src)
+    xmls = [p for p in files if p.suffix.lower() == ".xml"]
+    pictures = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not xmls:
+        raise DatasetError(_looked_for(
+            src, files, "no Pascal VOC .xml annotation files found",
+            "A VOC set has one XML per image, in Annotations/ (or ANNOTATIONS/, annotations/) "
+            "beside JPEGImages/ (or IMAGES/, images/), or beside the images."))
+    index = _ImageIndex(src, pictures)
+    listed = _voc_imagesets(files)
     problems: list[Problem] = []
     images: list[ImageRecord] = []
-    xmls = sorted(src.rglob("*.xml"))
-    if not xmls:
-        raise DatasetError(f"{src}: no Pascal VOC .xml files found")
     seen: list[str] = []
+    found_by: Counter[str] = Counter()
+    xml_rels: dict[str | None, list[str]] = defaultdict(list)
+    used: set[Path] = set()
+    not_voc = 0
     for xml in xmls:
+        xml_rel = _rel(xml, src)
         try:
             root = ET.parse(xml).getroot()
         except ET.ParseError as exc:
-            problems.append(Problem(str(xml), f"line {exc.position[0]}", f"invalid XML: {exc}"))
+            problems.append(Problem(str(xml), f"line {exc.position[0]}", f"invalid XML: {exc}",
+                                    xml_rel))
             continue
-        name = (root.findtext("filename") or "").strip()
-        if not name:
-            problems.append(Problem(str(xml), "filename", "missing <filename>"))
+        if root.tag.lower() != "annotation":
+            not_voc += 1  # another tool's XML (a project file, a class list): not an image's boxes
             continue
-        path = _find_image(name, [src / "JPEGImages", xml.parent, src / "images", src])
-        rel = path.relative_to(src).as_posix() if path.is_relative_to(src) else name
+        name = (root.findtext("filename") or "").strip() or xml.stem
+        split = split_of(xml_rel)
+        xml_rels[split].append(xml_rel)
+        path, how = index.find(name, xml, split)
+        if path is None:
+            where = f"sub-set {split!r}" if split else "the set"
+            problems.append(Problem(
+                str(xml), "filename",
+                f"image {name!r} not found in {where}: looked for that name, its stem with any "
+                f"image extension, and {xml.stem!r}, in {index.folders(split)}", xml_rel))
+            continue
+        found_by[how] += 1
+        used.add(path)
+        rel = _rel(path, src)
+        split = split or index.split[path]
         width, height = _size(path, rel, problems)
         boxes = []
         for i, obj in enumerate(root.findall("object")):
@@ -135,20 +244,58 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
                 seen.append(label)
             x1, y1, x2, y2 = coords
             boxes.append(Box(x1, y1, x2, y2, label, origin=f"{xml}:{where}"))
-        images.append(ImageRecord(rel, width, height, boxes, source=path, origin=str(xml)))
+        split = listed.get(path.stem.lower(), split)
+        images.append(ImageRecord(rel, width, height, boxes, split=split, source=path,
+                                  origin=str(xml)))
+    notes = _assign_rest_to_train(images)
+    if found_by["stem"]:
+        notes.append(f"{found_by['stem']} <filename>(s) without the image's extension found by stem")
+    if found_by["annotation name"]:
+        notes.append(f"{found_by['annotation name']} <filename>(s) naming no image; the image "
+                     "named as the XML was taken")
+    if listed:
+        notes.append("splits from ImageSets/Main/{train,val,test}.txt")
+    unlabeled = [p for p in pictures if p not in used]
+    if unlabeled:
+        notes.append(f"{len(unlabeled)} image(s) without an XML left out, e.g. "
+                     f"{_rel(unlabeled[0], src)} (defect-free images import with -f good)")
+    if not_voc:
+        notes.append(f"{not_voc} XML file(s) that are not VOC annotations ignored")
+    parts = [f"{_split_name(s)}: {len(v)} XML in {folders_phrase(v)}, images in "
+             f"{index.folders(s)}" for s, v in sorted(xml_rels.items(), key=_split_order)]
+    layout = "Pascal VOC; " + "; ".join(parts + notes)
     cats = classes if classes else sorted(seen)
-    return Dataset(list(cats), images, info={"source": "Pascal VOC"}), problems
+    return Dataset(list(cats), images, info={"source": "Pascal VOC", "layout": layout}), problems
 
 
-def _yolo_names(src: Path) -> list[str]:
-    cfg = src / "data.yaml"
-    if not cfg.is_file():
-        raise DatasetError(f"{src}: YOLO dataset needs a data.yaml with class names")
+def _split_name(split: str | None) -> str:
+    return f"sub-set {split!r}" if split else "main set"
+
+
+def _split_order(item: tuple[str | None, object]) -> int:
+    return (None, "train", "val", "test").index(item[0])
+
+
+def _assign_rest_to_train(images: list[ImageRecord]) -> list[str]:
+    """Beside separate val/test sub-sets, the images of the main folders are the training
+    set (not left out of training for want of a split)."""
+    splits = {r.split for r in images}
+    rest = [r for r in images if r.split is None]
+    if rest and splits - {None}:
+        for r in rest:
+            r.split = "train"
+        return [f"the {len(rest)} image(s) outside the sub-sets imported as split 'train'"]
+    return []
+
+
+def _names_from_yaml(cfg: Path) -> list[str] | None:
     try:
         doc = yaml.safe_load(cfg.read_text()) or {}
     except yaml.YAMLError as exc:
         raise DatasetError(f"{cfg}: invalid YAML: {exc}") from exc
-    names = doc.get("names")
+    names = doc.get("names") if isinstance(doc, dict) else None
+    if names is None:
+        return None
     if isinstance(names, dict):
         return [str(names[k]) for k in sorted(names)]
     if isinstance(names, list):
@@ -156,56 +303,177 @@ def _yolo_names(src: Path) -> list[str]:
     raise DatasetError(f"{cfg}: field 'names' must be a list or a mapping of id to name")
 
 
+def _yolo_names(src: Path, files: list[Path]) -> list[str]:
+    """Class names from ``data.yaml`` (or another YAML with ``names``), else from
+    ``classes.txt`` / ``obj.names`` (one name a line), the shallowest found."""
+    by_depth = sorted(files, key=lambda p: len(p.relative_to(src).parts))
+    for f in by_depth:
+        if f.suffix.lower() in (".yaml", ".yml"):
+            names = _names_from_yaml(f)
+            if names is not None:
+                return names
+    for f in by_depth:
+        if f.name.lower() in ("classes.txt", "obj.names", "classes.names"):
+            return [line.strip() for line in f.read_text().splitlines() if line.strip()]
+    raise DatasetError(f"{src}: a YOLO set needs its class names: a data.yaml with 'names' "
+                       "(or classes.txt / obj.names, one name a line); none found")
+
+
+def _label_key(rel: str) -> str:
+    """Image and label files meet on this key: ``images``/``labels`` folders (any case,
+    with split words) blanked, the extension dropped."""
+    path = PurePosixPath(rel.lower())
+    folders = ["*" if role_of(f) else f for f in path.parts[:-1]]
+    return "/".join([*folders, path.stem])
+
+
+def _yolo_boxes(label_file: Path, names: list[str], width: int, height: int, rel: str,
+                problems: list[Problem]) -> list[Box]:
+    boxes: list[Box] = []
+    for n, line in enumerate(label_file.read_text(errors="replace").splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        where = f"line {n}"
+        try:
+            cls = int(parts[0])
+            values = [float(p) for p in parts[1:]]
+            if len(values) == 4:
+                cx, cy, w, h = values
+                x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+            elif len(values) >= 6 and len(values) % 2 == 0:  # a polygon (segmentation export)
+                xs, ys = values[0::2], values[1::2]
+                x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+            else:
+                raise ValueError
+        except ValueError:
+            problems.append(Problem(str(label_file), where,
+                                    f"expected 'class cx cy w h' (or a polygon), got {line!r}", rel))
+            continue
+        label = names[cls] if 0 <= cls < len(names) else f"class-{cls}"
+        boxes.append(Box(x1 * width, y1 * height, x2 * width, y2 * height, label,
+                         f"{label_file}:{where}"))
+    return boxes
+
+
 def import_yolo(src: Path) -> Draft:
-    """YOLO txt: ``images/**`` and ``labels/**`` (``class cx cy w h``, normalised), names
-    from ``data.yaml``. A ``train``/``val``/``test`` folder under ``images/`` sets the split."""
-    names = _yolo_names(src)
+    """YOLO txt (``class cx cy w h`` normalised, or a polygon), names from ``data.yaml``.
+    Ultralytics' ``images/<split>/`` + ``labels/<split>/``, Roboflow's
+    ``<split>/images/`` + ``<split>/labels/``, or labels beside the images; folder names
+    in any case. An image without a label file is a good part."""
+    if not src.is_dir():
+        raise DatasetError(f"{src}: a YOLO set is a folder")
+    files = walk_files(src)
+    names = _yolo_names(src, files)
+    pictures = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not pictures:
+        raise DatasetError(_looked_for(src, files, "no images found",
+                                       "A YOLO set has images/ and labels/ (or train/images/ ...)."))
+    labels: dict[str, Path] = {}
+    for f in files:
+        if f.suffix.lower() == ".txt" and f.name.lower() != "classes.txt":
+            labels.setdefault(_label_key(_rel(f, src)), f)
+    tops = {PurePosixPath(_rel(p, src)).parts[0] for p in pictures}
+    # the classic layout keeps images/-relative names (images/train/x.jpg is train/x.jpg)
+    strip = next(iter(tops)) if len(tops) == 1 and role_of(next(iter(tops))) == "images" \
+        and all(len(PurePosixPath(_rel(p, src)).parts) > 1 for p in pictures) else None
     problems: list[Problem] = []
     images: list[ImageRecord] = []
-    image_root = src / "images"
-    for path in _images_under(image_root):
-        rel = path.relative_to(image_root).as_posix()
+    unlabeled = 0
+    for path in pictures:
+        src_rel = _rel(path, src)
+        rel = src_rel.split("/", 1)[1] if strip else src_rel
         width, height = _size(path, rel, problems)
-        label_file = (src / "labels" / rel).with_suffix(".txt")
+        label_file = labels.get(_label_key(src_rel))
         boxes: list[Box] = []
-        if label_file.is_file():
-            for n, line in enumerate(label_file.read_text().splitlines(), start=1):
-                parts = line.split()
-                if not parts:
-                    continue
-                where = f"line {n}"
-                try:
-                    if len(parts) != 5:
-                        raise ValueError
-                    cls, cx, cy, w, h = int(parts[0]), *(float(p) for p in parts[1:])
-                except ValueError:
-                    problems.append(
-                        Problem(str(label_file), where, f"expected 'class cx cy w h', got {line!r}", rel)
-                    )
-                    continue
-                label = names[cls] if 0 <= cls < len(names) else f"class-{cls}"
-                x1, y1 = (cx - w / 2) * width, (cy - h / 2) * height
-                box = Box(x1, y1, x1 + w * width, y1 + h * height, label, f"{label_file}:{where}")
-                boxes.append(box)
-        top = rel.split("/", 1)[0]
-        split = top if top in SPLITS else None
-        images.append(ImageRecord(rel, width, height, boxes, split=split, source=path))
-    if not images:
-        raise DatasetError(f"{image_root}: no images found")
-    return Dataset(names, images, info={"source": "YOLO"}), problems
+        if label_file is None:
+            unlabeled += 1
+        else:
+            boxes = _yolo_boxes(label_file, names, width, height, rel, problems)
+        images.append(ImageRecord(rel, width, height, boxes, split=split_of(src_rel), source=path))
+    notes = _assign_rest_to_train(images)
+    if unlabeled:
+        notes.append(f"{unlabeled} image(s) without a label file imported as good parts")
+    by_split: dict[str | None, list[str]] = defaultdict(list)
+    for r in images:
+        by_split[r.split].append(_rel(r.source, src) if r.source else r.file_name)
+    parts = [f"{_split_name(s)}: {len(v)} images in {folders_phrase(v)}"
+             for s, v in sorted(by_split.items(), key=_split_order)]
+    info: dict[str, object] = {"source": "YOLO", "layout": "YOLO; " + "; ".join(parts + notes)}
+    return Dataset(names, images, info=info), problems
+
+
+def _coco_docs(src: Path) -> list[tuple[Path, Any]]:
+    """The COCO JSON files of ``src``: the file itself, its ``annotations.json``, or every
+    JSON under it with ``images`` and ``annotations`` (Roboflow's
+    ``<split>/_annotations.coco.json``, COCO's ``instances_<split>.json``)."""
+    if src.is_file():
+        return [(src, load_json(src))]
+    if (src / ANNOTATIONS).is_file():
+        return [(src / ANNOTATIONS, load_json(src / ANNOTATIONS))]
+    docs = []
+    for f in walk_files(src):
+        if f.suffix.lower() == ".json":
+            doc = load_json(f)
+            if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
+                docs.append((f, doc))
+    return docs
 
 
 def import_coco(src: Path) -> Draft:
-    """COCO JSON (``SRC`` is the JSON file or a folder holding ``annotations.json``);
-    images are looked up under ``images/`` beside it, then beside the JSON."""
-    json_path = src if src.is_file() else src / ANNOTATIONS
-    if not json_path.is_file():
-        raise DatasetError(f"{src}: no COCO JSON found")
-    dataset, problems = from_coco(load_json(json_path), str(json_path))
-    base = json_path.parent
-    for rec in dataset.images:
-        rec.source = _find_image(rec.file_name, [base / "images", base])
-    return dataset, problems
+    """COCO JSON: ``SRC`` is the JSON file, or a folder holding ``annotations.json`` or
+    several COCO JSONs (one per sub-set, which become splits); images are looked up under
+    ``images/`` beside each JSON, then beside it, then by name below it. A category no
+    box uses that is another's supercategory (Roboflow's dataset-level parent) is dropped."""
+    docs = _coco_docs(src)
+    if not docs:
+        raise DatasetError(_looked_for(
+            src, walk_files(src) if src.is_dir() else [], "no COCO JSON found",
+            "A COCO set has an annotations.json (or _annotations.coco.json, instances_*.json) "
+            "with images, annotations and categories."))
+    root = src if src.is_dir() else src.parent
+    categories: list[str] = []
+    images: list[ImageRecord] = []
+    problems: list[Problem] = []
+    info: dict[str, object] = {}
+    parts = []
+    for json_path, doc in docs:
+        dataset, found = from_coco(doc, str(json_path))
+        problems += found
+        info = info or dict(dataset.info)
+        base = json_path.parent
+        rel_json = _rel(json_path, root)
+        split = split_of(f"{PurePosixPath(rel_json).parent}/{json_path.stem}/x")
+        prefix = "" if len(docs) == 1 or base == root else _rel(base, root) + "/"
+        index: _ImageIndex | None = None  # built only when a name is not where COCO puts it
+        for rec in dataset.images:
+            for candidate in (base / "images" / rec.file_name, base / rec.file_name):
+                if candidate.is_file():
+                    rec.source = candidate
+                    break
+            else:
+                if index is None:
+                    index = _ImageIndex(base, [p for p in walk_files(base)
+                                               if p.suffix.lower() in IMAGE_SUFFIXES])
+                found_path, _ = index.find(rec.file_name, base, None)
+                rec.source = found_path or base / "images" / rec.file_name
+            if prefix and not rec.file_name.startswith(prefix):
+                rec.file_name = prefix + rec.file_name
+                if rec.reference is not None:
+                    rec.reference = prefix + rec.reference
+            rec.split = rec.split or split
+        used = {b.label for r in dataset.images for b in r.boxes}
+        parents = {str(c.get("supercategory")) for c in doc.get("categories", [])
+                   if isinstance(c, dict)}
+        for name in dataset.categories:
+            if name not in categories and (name in used or name not in parents):
+                categories.append(name)
+        images += dataset.images
+        parts.append(f"{rel_json} ({len(dataset.images)} images"
+                     + (f", sub-set {split!r})" if split else ")"))
+    notes = _assign_rest_to_train(images) if len(docs) > 1 else []
+    info.update({"layout": "COCO; " + "; ".join(parts + notes)})
+    return Dataset(categories, images, info=info), problems
 
 
 def import_good(src: Path) -> Draft:

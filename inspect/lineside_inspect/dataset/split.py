@@ -5,12 +5,14 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 
+from lineside_inspect.dataset.duplicates import DuplicateGroup, find_duplicates
 from lineside_inspect.dataset.model import Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError
 
 
 def split_dataset(
-    dataset: Dataset, *, val: float, test: float = 0.0, by: str = "group", seed: int = 0
+    dataset: Dataset, *, val: float, test: float = 0.0, by: str = "group", seed: int = 0,
+    duplicates: list[DuplicateGroup] | None = None,
 ) -> dict[str, int]:
     """Assign ``split`` on every image in place; return image counts per split.
 
@@ -18,15 +20,32 @@ def split_dataset(
     crops of a board never straddle train and validation. Groups are placed largest
     first (ties broken by the seeded shuffle) into the split whose per-class and
     per-image quota is furthest from filled: stratified where the groups allow it.
+
+    Exact and near-duplicate images (``duplicates``, found from the pixels when not
+    given) always land in one split, whatever ``by`` says, with their groups.
     """
     if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
         raise DatasetError(f"--val {val} and --test {test} must be fractions summing below 1")
     if by not in ("group", "image"):
         raise DatasetError(f"--by must be 'group' or 'image', got {by!r}")
+    def own_key(rec: ImageRecord) -> str:
+        return rec.group if by == "group" and rec.group is not None else f"image:{rec.file_name}"
+
+    # duplicates join their keys (a union-find over keys), so copies share a side
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.get(key, key) != key:
+            key = parent[key]
+        return key
+
+    for group in find_duplicates(dataset) if duplicates is None else duplicates:
+        keys = sorted({root(own_key(r)) for r in group.members})
+        for k in keys[1:]:
+            parent[k] = keys[0]
     groups: dict[str, list[ImageRecord]] = defaultdict(list)
     for rec in dataset.images:
-        key = rec.group if by == "group" and rec.group is not None else f"image:{rec.file_name}"
-        groups[key].append(rec)
+        groups[root(own_key(rec))].append(rec)
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     keys.sort(key=lambda k: -len(groups[k]))  # stable: shuffled order breaks ties

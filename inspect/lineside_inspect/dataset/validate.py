@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from lineside_inspect.dataset.canonical import parse_dir
+from lineside_inspect.dataset.canonical import parse_dir, save_annotations
+from lineside_inspect.dataset.duplicates import (
+    DuplicateGroup,
+    Fingerprint,
+    dedupe,
+    duplicate_problems,
+    find_duplicates,
+    fingerprint,
+)
 from lineside_inspect.dataset.model import Dataset, ImageRecord
-from lineside_inspect.errors import ImageError, Problem
+from lineside_inspect.errors import DatasetError, ImageError, Problem
 from lineside_inspect.imageio import decode_image
 
 
-def _check_pixels(dataset: Dataset, rec: ImageRecord) -> list[Problem]:
+def _check_pixels(dataset: Dataset, rec: ImageRecord,
+                  prints: dict[str, Fingerprint] | None = None) -> list[Problem]:
     path = dataset.image_path(rec)
     where = rec.origin or str(path)
     try:
@@ -19,6 +29,8 @@ def _check_pixels(dataset: Dataset, rec: ImageRecord) -> list[Problem]:
         return [Problem(where, "", f"image file {path} is missing", rec.file_name)]
     except OSError as exc:
         return [Problem(where, "", f"image file {path} is unreadable: {exc}", rec.file_name)]
+    if prints is not None:  # the bytes are read once for both checks
+        prints[rec.file_name] = fingerprint(data)
     try:
         image = decode_image(data)
     except ImageError as exc:
@@ -54,8 +66,10 @@ def _check_boxes(categories: set[str], rec: ImageRecord) -> list[Problem]:
     return problems
 
 
-def validate_dataset(dataset: Dataset, *, check_pixels: bool = True) -> list[Problem]:
-    """Every problem of an in-memory dataset: images (missing, corrupt, wrong size) and boxes."""
+def validate_dataset(dataset: Dataset, *, check_pixels: bool = True,
+                     prints: dict[str, Fingerprint] | None = None) -> list[Problem]:
+    """Every problem of an in-memory dataset: images (missing, corrupt, wrong size) and boxes.
+    ``prints``, when given, is filled with each readable image's :class:`Fingerprint`."""
     problems: list[Problem] = []
     categories = set(dataset.categories)
     if len(categories) != len(dataset.categories):
@@ -69,7 +83,7 @@ def validate_dataset(dataset: Dataset, *, check_pixels: bool = True) -> list[Pro
             )
         seen.add(rec.file_name)
         if check_pixels:
-            problems.extend(_check_pixels(dataset, rec))
+            problems.extend(_check_pixels(dataset, rec, prints))
         problems.extend(_check_boxes(categories, rec))
         problems.extend(_check_reference(rec, by_name))
     return problems
@@ -93,10 +107,45 @@ def _check_reference(rec: ImageRecord, by_name: dict[str, ImageRecord]) -> list[
     return []
 
 
-def validate_dir(root: str | Path, *, check_pixels: bool = True) -> list[Problem]:
-    """Every problem of a canonical folder: its JSON fields, then images and boxes."""
+@dataclass
+class Validation:
+    dataset: Dataset
+    problems: list[Problem]
+    duplicates: list[DuplicateGroup]  # all groups; those across splits are also problems
+
+
+def check_dir(root: str | Path, *, check_pixels: bool = True) -> Validation:
+    """Every problem of a canonical folder (its JSON fields, then images, boxes, and
+    duplicates on both sides of a split boundary) and every group of duplicate images
+    (looked for only with ``check_pixels``)."""
     dataset, problems = parse_dir(root)
-    return problems + validate_dataset(dataset, check_pixels=check_pixels)
+    prints: dict[str, Fingerprint] | None = {} if check_pixels else None
+    problems = problems + validate_dataset(dataset, check_pixels=check_pixels, prints=prints)
+    groups = find_duplicates(dataset, prints) if prints is not None else []
+    return Validation(dataset, problems + duplicate_problems(groups), groups)
+
+
+def dedupe_dir(root: str | Path) -> tuple[list[ImageRecord], list[DuplicateGroup]]:
+    """Keep one image of each duplicate group of a canonical folder (see
+    :func:`lineside_inspect.dataset.duplicates.dedupe`): the others leave
+    ``annotations.json`` and ``images/``. Refused while other problems remain, because
+    rewriting the annotations would drop what could not be read."""
+    report = check_dir(root)
+    dup = set(duplicate_problems(report.duplicates))
+    other = [p for p in report.problems if p not in dup]
+    if other:
+        raise DatasetError(f"{root}: {len(other)} problem(s) to fix before --dedupe", other)
+    removed = dedupe(report.dataset, report.duplicates)
+    if removed:
+        save_annotations(report.dataset)
+        for rec in removed:
+            (Path(root) / "images" / rec.file_name).unlink(missing_ok=True)
+    return removed, report.duplicates
+
+
+def validate_dir(root: str | Path, *, check_pixels: bool = True) -> list[Problem]:
+    """Every problem of a canonical folder (see :func:`check_dir`)."""
+    return check_dir(root, check_pixels=check_pixels).problems
 
 
 def drop_invalid(dataset: Dataset, problems: list[Problem]) -> tuple[Dataset, list[Problem]]:

@@ -1,0 +1,171 @@
+"""Exact and near-duplicate images of a dataset.
+
+Public sets often hold the same picture twice (re-exported, re-encoded, copied into a
+validation folder). A copy on each side of the train/val boundary inflates every
+validation figure, so duplicates are found here, reported by ``data validate``, removed
+by ``--dedupe`` and kept on one side by ``data split``.
+
+Exact: byte-identical files (sha256). Near: a difference hash (dHash) of a small grey
+thumbnail, 256 bits, equal within a few bits: survives re-encoding, resizing and small
+brightness changes, costs a reduced-size decode per image, and needs nothing but
+numpy and OpenCV. Defect-free references of a reference dataset look like their
+defective twin by design and are not reported as its duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lineside_inspect.dataset.model import Dataset, ImageRecord
+from lineside_inspect.errors import ImageError, Problem
+from lineside_inspect.imageio import header_size
+from lineside_inspect.opencv import MAX_IMAGE_PIXELS, cv2
+
+HASH_ROWS = 16  # a 17x16 thumbnail gives 16x16 = 256 horizontal-gradient bits
+NEAR_BITS = 8  # at most this many of 256 bits differ: re-encoded copies differ in 0-2, unrelated
+# images in ~128, different boards of one PCB design in 18 or more
+_BLOCK = 128  # rows compared at once in the pairwise search (memory ~ _BLOCK * N * 32 bytes)
+# which copy --dedupe keeps when labels tie: evaluation sets stay as they were
+_KEEP_ORDER = {"test": 0, "val": 1, "train": 2, None: 3}
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    sha256: str
+    dhash: np.ndarray | None  # 32 packed bytes; None when the pixels cannot be decoded
+
+
+def fingerprint(data: bytes) -> Fingerprint:
+    """The sha256 of ``data`` and the dHash of its pixels (decoded grey at half size; the
+    header's pixel count is checked first, as everywhere else)."""
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        width, height = header_size(data)
+    except ImageError:
+        return Fingerprint(sha, None)
+    if width <= 0 or height <= 0 or width * height > MAX_IMAGE_PIXELS:
+        return Fingerprint(sha, None)
+    flags = cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_IGNORE_ORIENTATION
+    grey = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if grey is None or grey.size == 0:
+        return Fingerprint(sha, None)
+    small = cv2.resize(grey, (HASH_ROWS + 1, HASH_ROWS), interpolation=cv2.INTER_AREA)
+    small = small.astype(np.int16)
+    return Fingerprint(sha, np.packbits((small[:, 1:] > small[:, :-1]).ravel()))
+
+
+def fingerprints(dataset: Dataset) -> dict[str, Fingerprint]:
+    """Fingerprints of every readable image of ``dataset`` by file name."""
+    out = {}
+    for rec in dataset.images:
+        try:
+            out[rec.file_name] = fingerprint(Path(dataset.image_path(rec)).read_bytes())
+        except OSError:
+            continue  # a missing file is validation's problem to report
+    return out
+
+
+@dataclass
+class DuplicateGroup:
+    kind: str  # "exact" (every member byte-identical) or "near"
+    members: list[ImageRecord]
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted({r.split for r in self.members if r.split})
+
+    @property
+    def across_splits(self) -> bool:
+        """Copies on both sides of a split boundary: validation sees training images."""
+        return len(self.splits) > 1
+
+    def describe(self) -> str:
+        names = ", ".join(f"'{r.file_name}'" + (f" ({r.split})" if r.split else "")
+                          for r in self.members)
+        where = "in different splits" if self.across_splits else "in one split"
+        return f"{self.kind} duplicate images {where}: {names}"
+
+
+def _near_pairs(hashes: np.ndarray, max_bits: int) -> list[tuple[int, int]]:
+    """Index pairs ``i < j`` whose packed hashes differ in at most ``max_bits`` bits."""
+    pairs: list[tuple[int, int]] = []
+    for start in range(0, len(hashes), _BLOCK):
+        block = hashes[start:start + _BLOCK]
+        rest = hashes[start:]
+        bits = np.bitwise_count(block[:, None, :] ^ rest[None, :, :]).sum(axis=2, dtype=np.int32)
+        ii, jj = np.nonzero(bits <= max_bits)
+        pairs.extend((start + int(i), start + int(j)) for i, j in zip(ii, jj, strict=True) if j > i)
+    return pairs
+
+
+def find_duplicates(dataset: Dataset, prints: dict[str, Fingerprint] | None = None,
+                    *, max_bits: int = NEAR_BITS) -> list[DuplicateGroup]:
+    """Groups of two or more images that are byte-identical or look the same, in dataset
+    order. ``prints`` (from :func:`fingerprints`) is computed when not given."""
+    prints = fingerprints(dataset) if prints is None else prints
+    records = [r for r in dataset.images if r.file_name in prints]
+    parent = list(range(len(records)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        a, b = records[i], records[j]
+        if a.reference == b.file_name or b.reference == a.file_name:
+            return  # a reference looks like its defective twin by design
+        parent[root(j)] = root(i)
+
+    by_sha: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        first = by_sha.setdefault(prints[rec.file_name].sha256, i)
+        if first != i:
+            join(first, i)
+    hashed = [i for i, r in enumerate(records) if prints[r.file_name].dhash is not None]
+    if len(hashed) > 1:
+        matrix = np.stack([prints[records[i].file_name].dhash for i in hashed])  # type: ignore[misc]
+        for a, b in _near_pairs(matrix, max_bits):
+            join(hashed[a], hashed[b])
+    groups: dict[int, list[ImageRecord]] = {}
+    for i, rec in enumerate(records):
+        groups.setdefault(root(i), []).append(rec)
+    out = []
+    for members in groups.values():
+        if len(members) > 1:
+            exact = len({prints[r.file_name].sha256 for r in members}) == 1
+            out.append(DuplicateGroup("exact" if exact else "near", members))
+    return out
+
+
+def duplicate_problems(groups: list[DuplicateGroup]) -> list[Problem]:
+    """One problem per group straddling a split boundary (a leak from training into
+    evaluation); duplicates within one split are only worth a warning."""
+    return [Problem(g.members[0].origin or g.members[0].file_name, "",
+                    f"{g.describe()}: evaluation would score training images (run 'lineside data "
+                    "validate --dedupe', or 'lineside data split', which keeps them together)",
+                    g.members[0].file_name)
+            for g in groups if g.across_splits]
+
+
+def dedupe(dataset: Dataset, groups: list[DuplicateGroup]) -> list[ImageRecord]:
+    """Keep one image of each group (the one with the most boxes, then the one in test,
+    val, train, then the first), drop the others from ``dataset`` in place and point
+    references at the kept copy; returns the dropped records."""
+    dropped: dict[str, str] = {}
+    for g in groups:
+        keep = min(g.members, key=lambda r: (-len(r.boxes), _KEEP_ORDER.get(r.split, 3)))
+        for r in g.members:
+            if r is not keep:
+                dropped[r.file_name] = keep.file_name
+    removed = [r for r in dataset.images if r.file_name in dropped]
+    dataset.images = [r for r in dataset.images if r.file_name not in dropped]
+    for r in dataset.images:
+        if r.reference in dropped:
+            r.reference = dropped[r.reference]
+    return removed

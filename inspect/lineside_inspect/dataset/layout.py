@@ -1,0 +1,104 @@
+"""How users lay labeled sets out on disk: walking a source folder and reading roles and
+splits from folder names.
+
+Real sets come in many shapes: ``JPEGImages/`` + ``Annotations/`` (Pascal VOC),
+``IMAGES/`` + ``ANNOTATIONS/`` (Kaggle), ``images/`` + ``labels/`` (YOLO),
+``train/`` / ``valid/`` / ``test/`` sub-sets (Roboflow), ``Validation_Images/`` beside
+the training folders, or XMLs flat beside the images, often behind a symlink. Folder
+names are matched case-insensitively and split words are read from them, so that a
+separate sub-set becomes a split instead of being merged into training.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+# a folder word that names a split (Roboflow writes "valid", Kaggle "Validation_...")
+SPLIT_WORDS = {
+    "train": "train", "training": "train", "trainval": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test",
+}
+IMAGE_DIRS = ("jpegimages", "images", "image", "imgs", "img", "jpg", "jpeg", "pictures", "photos")
+ANNOTATION_DIRS = ("annotations", "annotation", "annots", "xml", "xmls", "labels", "label")
+SKIPPED_DIRS = ("__MACOSX",)  # resource forks of a zip made on a Mac
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every file under ``root`` (sorted, as paths *under* ``root``), symlinked folders
+    followed; a folder reached twice (a link cycle, or two links to one folder) is walked
+    once. Hidden files and folders, and macOS ``__MACOSX`` folders, are skipped."""
+    out: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return out
+
+
+def _words(name: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+
+
+def split_word(word: str) -> str | None:
+    """The split a folder or file word names (``valid``, ``val2017``, ``Training``)."""
+    return SPLIT_WORDS.get(re.sub(r"\d+$", "", word.lower()))
+
+
+def role_of(folder: str) -> str | None:
+    """``"images"`` or ``"annotations"`` when a folder's name (any case, split words such
+    as ``Validation_`` left out) says it holds them, else None."""
+    rest = "".join(w for w in _words(folder) if split_word(w) is None)
+    if rest in IMAGE_DIRS:
+        return "images"
+    if rest in ANNOTATION_DIRS:
+        return "annotations"
+    return None
+
+
+def split_of(rel: PurePosixPath | str) -> str | None:
+    """The split a file's folders name, or None: a split word in a folder name down to the
+    first images/annotations folder (``valid/images/x.jpg``, ``Validation_Images/x.jpg``),
+    or a folder right below that one named exactly as a split (``images/train/x.jpg``)."""
+    folders = PurePosixPath(rel).parts[:-1]
+    for i, folder in enumerate(folders):
+        for word in _words(folder):
+            if split_word(word) is not None:
+                return split_word(word)
+        if role_of(folder) is not None:
+            below = folders[i + 1].lower() if i + 1 < len(folders) else ""
+            return SPLIT_WORDS.get(below)
+    return None
+
+
+def role_folder(rel: PurePosixPath | str) -> str:
+    """The folder a file sits in, cut after its images/annotations folder (class
+    sub-folders below it are not part of the layout): ``train/images`` for
+    ``train/images/crazing/x.jpg``; ``.`` for a file at the top."""
+    folders = PurePosixPath(rel).parts[:-1]
+    for i, folder in enumerate(folders):
+        if role_of(folder) is not None:
+            return "/".join(folders[: i + 1])
+    return "/".join(folders) or "."
+
+
+def folders_phrase(rels: Iterable[PurePosixPath | str], limit: int = 3) -> str:
+    """``IMAGES/`` or ``train/images/, valid/images/ and 2 more``: where files sit."""
+    counts = Counter(role_folder(r) for r in rels)
+    names = [("the top folder" if f == "." else f"{f}/") for f, _ in counts.most_common()]
+    if len(names) > limit:
+        names = [*names[:limit], f"{len(names) - limit} more folder(s)"]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

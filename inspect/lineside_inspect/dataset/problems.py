@@ -1,0 +1,33 @@
+"""Problems summarised by kind: thousands of findings are usually a handful of causes
+(a folder not found, a field written another way), so a user sees the causes first,
+each with its count and one example, then the full list."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from lineside_inspect.errors import Problem
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_PATHLIKE = re.compile(r"\S*[/\\]\S*|\S+\.(?:jpe?g|png|bmp|xml|txt|json)\b", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
+def kind_of(problem: Problem) -> str:
+    """The message with its particulars (names, paths, numbers) blanked out: problems of
+    one kind share it."""
+    text = _QUOTED.sub("…", problem.message)
+    text = _PATHLIKE.sub("…", text)
+    return _NUMBER.sub("N", text)
+
+
+def summarise(problems: list[Problem]) -> list[str]:
+    """One line per kind, most frequent first: ``170 x <kind> (e.g. <first problem>)``."""
+    first: dict[str, Problem] = {}
+    counts: Counter[str] = Counter()
+    for p in problems:
+        kind = kind_of(p)
+        counts[kind] += 1
+        first.setdefault(kind, p)
+    return [f"{n} x {kind}  (e.g. {first[kind]})" for kind, n in counts.most_common()]

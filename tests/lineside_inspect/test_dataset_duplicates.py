@@ -1,0 +1,139 @@
+"""Exact and near-duplicate images: reported by ``data validate`` (a problem when copies
+sit on both sides of a split), removed by ``--dedupe``, kept on one side by ``split``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from lineside_inspect.cli import app
+from lineside_inspect.dataset import (
+    Box,
+    Dataset,
+    ImageRecord,
+    check_dir,
+    read_dataset,
+    split_dataset,
+    write_dataset,
+)
+from lineside_inspect.dataset.duplicates import NEAR_BITS, fingerprint, fingerprints
+from lineside_inspect.opencv import cv2
+
+runner = CliRunner()
+
+
+def pixels(seed: int, size: tuple[int, int] = (96, 72)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.resize(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8), size,
+                      interpolation=cv2.INTER_LINEAR)
+
+
+def jpeg(path: Path, image: np.ndarray, quality: int = 95) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def record(src: Path, name: str, split: str | None, *, boxes: int = 0) -> ImageRecord:
+    h, w = cv2.imread(str(src)).shape[:2]
+    return ImageRecord(name, w, h, [Box(2, 2, 20, 20, "dent")] * boxes, split=split, source=src)
+
+
+def leaky_set(tmp_path: Path) -> Path:
+    """``a`` in train and its byte-identical copy in val; ``b`` and a re-encoded, resized
+    ``b`` both in train; three distinct images."""
+    raw = tmp_path / "raw"
+    a = jpeg(raw / "a.jpg", pixels(1))
+    (raw / "a-copy.jpg").write_bytes(a.read_bytes())
+    b = jpeg(raw / "b.jpg", pixels(2))
+    jpeg(raw / "b-near.jpg", cv2.resize(pixels(2), (80, 60), interpolation=cv2.INTER_AREA), 60)
+    for n in (3, 4, 5):
+        jpeg(raw / f"c{n}.jpg", pixels(n))
+    recs = [record(a, "a.jpg", "train", boxes=1), record(raw / "a-copy.jpg", "a-copy.jpg", "val", boxes=1),
+            record(b, "b.jpg", "train"), record(raw / "b-near.jpg", "b-near.jpg", "train"),
+            record(raw / "c3.jpg", "c3.jpg", "train", boxes=2), record(raw / "c4.jpg", "c4.jpg", "val"),
+            record(raw / "c5.jpg", "c5.jpg", "val", boxes=1)]
+    write_dataset(Dataset(["dent"], recs), tmp_path / "ds")
+    return tmp_path / "ds"
+
+
+def test_validate_flags_copies_across_the_split(tmp_path: Path) -> None:
+    root = leaky_set(tmp_path)
+    report = check_dir(root)
+    groups = {(g.kind, tuple(r.file_name for r in g.members), g.across_splits) for g in report.duplicates}
+    assert groups == {("exact", ("a.jpg", "a-copy.jpg"), True), ("near", ("b.jpg", "b-near.jpg"), False)}
+    [problem] = report.problems  # only the leak is a problem; b and its twin are one split
+    assert "exact duplicate images in different splits" in problem.message
+    assert "'a.jpg' (train)" in problem.message and "'a-copy.jpg' (val)" in problem.message
+    r = runner.invoke(app, ["data", "validate", str(root)])
+    assert r.exit_code == 2
+    assert "warning: near duplicate images in one split: 'b.jpg' (train), 'b-near.jpg' (train)" in r.stderr
+    assert "1 problem(s)" in r.stderr and "in different splits" in r.stderr
+
+
+def test_dedupe_keeps_one_of_each_group(tmp_path: Path) -> None:
+    root = leaky_set(tmp_path)
+    r = runner.invoke(app, ["data", "validate", str(root), "--dedupe"])
+    assert r.exit_code == 0, r.stderr
+    assert "removed 2" in r.stdout and r.stdout.rstrip().endswith("valid")
+    names = [i["file_name"] for i in json.loads((root / "annotations.json").read_text())["images"]]
+    # labels tie: the evaluation copy stays, so val keeps its images; b keeps the first
+    assert names == ["a-copy.jpg", "b.jpg", "c3.jpg", "c4.jpg", "c5.jpg"]
+    assert sorted(p.name for p in (root / "images").iterdir()) == sorted(names)
+    assert check_dir(root).duplicates == []
+
+
+def test_split_never_puts_duplicates_on_both_sides(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    recs = []
+    for n in range(16):
+        recs.append(record(jpeg(raw / f"u{n}.jpg", pixels(100 + n)), f"u{n}.jpg", None, boxes=n % 2))
+    for n in range(4):  # exact copies
+        a = jpeg(raw / f"e{n}.jpg", pixels(200 + n))
+        (raw / f"e{n}-copy.jpg").write_bytes(a.read_bytes())
+        recs += [record(a, f"e{n}.jpg", None, boxes=1), record(raw / f"e{n}-copy.jpg", f"e{n}-copy.jpg", None)]
+    for n in range(4):  # near copies: re-encoded at another quality
+        recs.append(record(jpeg(raw / f"n{n}.jpg", pixels(300 + n)), f"n{n}.jpg", None))
+        recs.append(record(jpeg(raw / f"n{n}-q.jpg", pixels(300 + n), 50), f"n{n}-q.jpg", None, boxes=1))
+    dataset = Dataset(["dent"], recs)
+    for seed in range(4):
+        split_dataset(dataset, val=0.5, by="image", seed=seed)
+        by_name = {r.file_name: r.split for r in dataset.images}
+        for n in range(4):
+            assert by_name[f"e{n}.jpg"] == by_name[f"e{n}-copy.jpg"], (seed, n)
+            assert by_name[f"n{n}.jpg"] == by_name[f"n{n}-q.jpg"], (seed, n)
+        assert set(by_name.values()) == {"train", "val"}
+
+
+def test_near_hash_tolerates_reencoding_but_tells_images_apart() -> None:
+    base = pixels(7, (200, 200))
+    ok, buf = cv2.imencode(".png", base)
+    ref = fingerprint(buf.tobytes()).dhash
+
+    def distance(image: np.ndarray, ext: str = ".jpg") -> int:
+        ok, data = cv2.imencode(ext, image)
+        h = fingerprint(data.tobytes()).dhash
+        assert h is not None and ref is not None
+        return int(np.bitwise_count(h ^ ref).sum())
+
+    assert distance(base) <= NEAR_BITS  # JPEG re-encode
+    assert distance(cv2.resize(base, (150, 150), interpolation=cv2.INTER_AREA)) <= NEAR_BITS
+    assert distance(cv2.convertScaleAbs(base, alpha=1.1, beta=8)) <= NEAR_BITS
+    assert all(distance(pixels(s, (200, 200))) > 4 * NEAR_BITS for s in range(20, 30))
+    assert fingerprint(b"not an image").dhash is None
+
+
+def test_reference_twins_are_not_duplicates(sample: Path) -> None:
+    """A DeepPCB test image and its defect-free template look alike by design."""
+    ds = read_dataset(sample)
+    prints = fingerprints(ds)
+    twins = [(r.file_name, r.reference) for r in ds.images if r.reference]
+    close = [t for t in twins if int(np.bitwise_count(
+        prints[t[0]].dhash ^ prints[t[1]].dhash).sum()) <= NEAR_BITS]  # type: ignore[operator]
+    assert close, "the sample should hold twins within the near-duplicate distance"
+    assert check_dir(sample).duplicates == []

@@ -1,0 +1,229 @@
+"""Importing the layouts users bring: fixtures shaped like public VOC, YOLO and COCO sets
+(Kaggle-style VOC with uppercase folders, extension-less <filename>s and a Validation_
+sub-set; Roboflow exports; classic VOC with ImageSets; symlinked folders), built here from
+tiny generated images."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lineside_inspect.cli import app
+from lineside_inspect.dataset import import_dataset, read_dataset
+from lineside_inspect.errors import DatasetError
+from lineside_inspect.opencv import cv2
+
+runner = CliRunner()
+W, H = 64, 48
+
+
+def image(path: Path, seed: int, *, grey: bool = False) -> Path:
+    """A small JPEG with coarse structure of its own (distinct images look distinct)."""
+    rng = np.random.default_rng(seed)
+    pixels = cv2.resize(rng.integers(0, 255, (6, 8, 1 if grey else 3), dtype=np.uint8), (W, H),
+                        interpolation=cv2.INTER_LINEAR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(path.suffix or ".jpg", pixels)
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def voc_xml(path: Path, filename: str, boxes: list[tuple[str, int, int, int, int]]) -> None:
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "whatever"
+    ET.SubElement(root, "filename").text = filename
+    size = ET.SubElement(root, "size")
+    for k, v in (("width", W), ("height", H), ("depth", 1)):
+        ET.SubElement(size, k).text = str(v)
+    for label, *xyxy in boxes:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = label
+        bb = ET.SubElement(obj, "bndbox")
+        for k, v in zip(("xmin", "ymin", "xmax", "ymax"), xyxy, strict=True):
+            ET.SubElement(bb, k).text = str(v)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(root).write(path)
+
+
+def kaggle_neu(src: Path) -> Path:
+    """NEU-DET as Kaggle ships it: IMAGES/ + ANNOTATIONS/ in capitals, greyscale images,
+    <filename> often without the extension, and a separate Validation_ sub-set whose
+    file names repeat the training ones."""
+    for i in range(1, 5):
+        cls = ("crazing", "scratches")[i % 2]
+        image(src / "IMAGES" / f"{cls}_{i}.jpg", i, grey=True)
+        name = f"{cls}_{i}" if i % 2 else f"{cls}_{i}.jpg"  # half of them extension-less
+        voc_xml(src / "ANNOTATIONS" / f"{cls}_{i}.xml", name, [(cls, 5, 5, 30, 20)])
+    for i in (1, 2):
+        cls = ("crazing", "scratches")[i % 2]
+        image(src / "Validation_Images" / f"{cls}_{i}.jpg", 100 + i, grey=True)
+        voc_xml(src / "Validation_Annotations" / f"{cls}_{i}.xml", f"{cls}_{i}", [(cls, 1, 2, 40, 30)])
+    return src
+
+
+def test_kaggle_voc_uppercase_extensionless_and_validation_subset(tmp_path: Path) -> None:
+    src = kaggle_neu(tmp_path / "NEU-DET")
+    ds, skipped = import_dataset("voc", src, tmp_path / "neu")
+    assert not skipped
+    assert ds.categories == ["crazing", "scratches"]
+    splits = {r.file_name: r.split for r in ds.images}
+    assert splits == {**{f"IMAGES/{c}_{i}.jpg": "train" for i, c in
+                         ((1, "scratches"), (2, "crazing"), (3, "scratches"), (4, "crazing"))},
+                      "Validation_Images/scratches_1.jpg": "val", "Validation_Images/crazing_2.jpg": "val"}
+    # the validation XMLs found their own images, not the training files of the same name
+    val = next(r for r in ds.images if r.file_name == "Validation_Images/crazing_2.jpg")
+    assert [b.xyxy() for b in val.boxes] == [(1, 2, 40, 30)]
+    assert (tmp_path / "neu" / "images" / "Validation_Images" / "crazing_2.jpg").read_bytes() == \
+        (src / "Validation_Images" / "crazing_2.jpg").read_bytes()
+    layout = ds.info["layout"]
+    assert "ANNOTATIONS/" in layout and "IMAGES/" in layout and "Validation_Images/" in layout
+    assert "sub-set 'val'" in layout and "found by stem" in layout
+
+
+def test_cli_import_says_the_layout(tmp_path: Path) -> None:
+    src = kaggle_neu(tmp_path / "NEU-DET")
+    r = runner.invoke(app, ["data", "import", "-f", "voc", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "layout found: Pascal VOC" in r.stdout and "IMAGES/" in r.stdout
+    assert "imported 6 images" in r.stdout
+
+
+def test_symlinked_folders_are_followed(tmp_path: Path) -> None:
+    real = kaggle_neu(tmp_path / "elsewhere")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ANNOTATIONS").symlink_to(real / "ANNOTATIONS", target_is_directory=True)
+    (src / "IMAGES").symlink_to(real / "IMAGES", target_is_directory=True)
+    (src / "IMAGES" / "loop").symlink_to(src, target_is_directory=True)  # a cycle is walked once
+    ds, _ = import_dataset("voc", src, tmp_path / "out")
+    assert sorted(r.file_name for r in ds.images) == sorted(
+        f"IMAGES/{p.name}" for p in (real / "IMAGES").glob("*.jpg"))
+
+
+def test_roboflow_voc_export_subsets_become_splits(tmp_path: Path) -> None:
+    src = tmp_path / "roboflow-voc"
+    for n, sub in enumerate(("train", "train", "train", "valid", "test")):
+        stem = f"img{n}_jpg.rf.{n:04x}"
+        image(src / sub / f"{stem}.jpg", n)
+        voc_xml(src / sub / f"{stem}.xml", f"{stem}.jpg", [("dent", 3, 3, 20, 20)] if n % 2 else [])
+    (src / "README.roboflow.txt").write_text("exported from roboflow")
+    ds, _ = import_dataset("voc", src, tmp_path / "out")
+    assert sorted((r.split or "") for r in ds.images) == ["test", "train", "train", "train", "val"]
+    assert sum(r.is_good for r in ds.images) == 3 and ds.categories == ["dent"]
+    assert "XMLs beside" not in ds.info["layout"]  # says the folders: train/, valid/, test/
+    assert "train/" in ds.info["layout"] and "valid/" in ds.info["layout"]
+
+
+def test_classic_voc_with_imagesets(tmp_path: Path) -> None:
+    src = tmp_path / "VOC2007"
+    for n in range(4):
+        image(src / "JPEGImages" / f"{n:06d}.jpg", n)
+        voc_xml(src / "Annotations" / f"{n:06d}.xml", f"{n:06d}.jpg", [("hole", 2, 2, 9, 9)])
+    (src / "ImageSets" / "Main").mkdir(parents=True)
+    (src / "ImageSets" / "Main" / "train.txt").write_text("000000\n000001\n000002\n")
+    (src / "ImageSets" / "Main" / "val.txt").write_text("000003\n")
+    ds, _ = import_dataset("voc", src, tmp_path / "out")
+    assert {r.file_name: r.split for r in ds.images}["JPEGImages/000003.jpg"] == "val"
+    assert sorted(r.split or "" for r in ds.images) == ["train", "train", "train", "val"]
+
+
+def test_no_xml_names_what_was_looked_for(tmp_path: Path) -> None:
+    src = tmp_path / "yolo-ish"
+    image(src / "images" / "a.jpg", 1)
+    (src / "labels").mkdir()
+    (src / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (src / "data.yaml").write_text("names: [dent]\n")
+    with pytest.raises(DatasetError) as info:
+        import_dataset("voc", src, tmp_path / "out")
+    msg = info.value.message
+    assert "no Pascal VOC .xml" in msg and "Annotations/ (or ANNOTATIONS/, annotations/)" in msg
+    assert "JPEGImages/ (or IMAGES/, images/)" in msg and "symlinks followed" in msg
+    assert "-f yolo" in msg
+
+
+def test_missing_images_are_summarised_by_kind_first(tmp_path: Path) -> None:
+    src = tmp_path / "voc"
+    for n in range(5):
+        if n < 2:
+            image(src / "JPEGImages" / f"{n}.jpg", n)
+        voc_xml(src / "Annotations" / f"{n}.xml", f"{n}.jpg", [("dent", 2, 2, 9, 99)])
+    r = runner.invoke(app, ["data", "import", "-f", "voc", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 2
+    err = r.stderr
+    assert "layout found: Pascal VOC" in err
+    kinds, listing = err.split("all:")
+    assert "by kind:" in kinds
+    # three XMLs name a missing image, two boxes lie outside: two kinds, counted, one example each
+    assert "3 x image … not found in the set" in kinds and "e.g. " in kinds
+    assert "2 x box" in kinds and "outside" in kinds
+    assert listing.count("not found") == 3 and listing.count("outside") == 2
+
+
+def test_roboflow_yolo_export(tmp_path: Path) -> None:
+    src = tmp_path / "roboflow-yolo"
+    (src).mkdir()
+    (src / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnc: 2\n"
+                                   "names: ['crack', 'dent']\n")
+    for n, sub in enumerate(("train", "train", "valid", "test")):
+        image(src / sub / "images" / f"p{n}.jpg", n)
+        if n != 1:  # no label file: a good part
+            (src / sub / "labels").mkdir(parents=True, exist_ok=True)
+            (src / sub / "labels" / f"p{n}.txt").write_text(
+                "1 0.5 0.5 0.25 0.5\n" if n != 2 else "0 0.1 0.1 0.5 0.1 0.5 0.6 0.1 0.6\n")
+    ds, skipped = import_dataset("yolo", src, tmp_path / "out")
+    assert not skipped and ds.categories == ["crack", "dent"]
+    recs = {r.file_name: r for r in ds.images}
+    assert {n: r.split for n, r in recs.items()} == {
+        "train/images/p0.jpg": "train", "train/images/p1.jpg": "train",
+        "valid/images/p2.jpg": "val", "test/images/p3.jpg": "test"}
+    assert recs["train/images/p1.jpg"].is_good
+    [poly] = recs["valid/images/p2.jpg"].boxes  # a segmentation polygon becomes its box
+    assert (poly.label, poly.xyxy()) == ("crack", pytest.approx((6.4, 4.8, 32.0, 28.8)))
+    assert "good parts" in ds.info["layout"]
+
+
+def test_yolo_capitalised_folders_and_classes_txt(tmp_path: Path) -> None:
+    src = tmp_path / "labelimg"
+    image(src / "Images" / "a.png", 1)
+    image(src / "Images" / "b.png", 2)
+    (src / "Labels").mkdir()
+    (src / "Labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (src / "Labels" / "classes.txt").write_text("pit\n")
+    ds, _ = import_dataset("yolo", src, tmp_path / "out")
+    assert ds.categories == ["pit"]
+    assert {r.file_name: len(r.boxes) for r in ds.images} == {"a.png": 1, "b.png": 0}
+
+
+def _coco(images: list[tuple[int, str]], anns: list[tuple[int, int]]) -> dict[str, object]:
+    return {
+        "info": {"description": "roboflow"},
+        "categories": [{"id": 0, "name": "defects", "supercategory": "none"},
+                       {"id": 1, "name": "scratch", "supercategory": "defects"},
+                       {"id": 2, "name": "dent", "supercategory": "defects"}],
+        "images": [{"id": i, "file_name": f, "width": W, "height": H} for i, f in images],
+        "annotations": [{"id": k, "image_id": i, "category_id": c, "bbox": [2, 3, 10, 12],
+                         "area": 120, "iscrowd": 0} for k, (i, c) in enumerate(anns)],
+    }
+
+
+def test_roboflow_coco_export(tmp_path: Path) -> None:
+    src = tmp_path / "roboflow-coco"
+    for sub, seeds in (("train", (1, 2, 3)), ("valid", (4,))):
+        files = [(s, f"s{s}_jpg.rf.abc.jpg") for s in seeds]
+        for s, f in files:
+            image(src / sub / f, s)
+        anns = [(s, 1 + s % 2) for s, _ in files]
+        (src / sub / "_annotations.coco.json").write_text(json.dumps(_coco(files, anns)))
+    ds, skipped = import_dataset("coco", src, tmp_path / "out")
+    assert not skipped
+    assert ds.categories == ["scratch", "dent"]  # Roboflow's parent category is not a class
+    assert {r.file_name: r.split for r in ds.images} == {
+        "train/s1_jpg.rf.abc.jpg": "train", "train/s2_jpg.rf.abc.jpg": "train",
+        "train/s3_jpg.rf.abc.jpg": "train", "valid/s4_jpg.rf.abc.jpg": "val"}
+    assert read_dataset(tmp_path / "out").info["layout"].startswith("COCO; ")
