@@ -11,7 +11,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY inspect ./inspect
 COPY training ./training
-RUN pip install --upgrade pip && pip install . && \
+# [line]: the PLC handshake (OPC UA, Modbus TCP) and MQTT events
+RUN pip install --upgrade pip && pip install '.[line]' && \
     if [ "$ORT_PACKAGE" != "onnxruntime" ]; then pip uninstall -y onnxruntime && pip install "$ORT_PACKAGE"; fi && \
     python -c "import lineside_inspect.server.app, sys; assert 'torch' not in sys.modules"
 COPY models ./models

@@ -18,7 +18,7 @@ $(VENV)/.edge: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m pip install -q -e '.[train,dev,line]'
 	touch $@ $(VENV)/.edge
 
 serve: $(VENV)/.edge
@@ -29,11 +29,14 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/mypy
 
 # System packages the tests use for real peers: Debian's chromium (review page),
-# postgresql (the store on PostgreSQL) and GStreamer's RTSP server (camera streams).
+# postgresql (the store on PostgreSQL), GStreamer's RTSP server (camera streams) and
+# mosquitto (the MQTT broker line events go to; mosquitto-clients for mosquitto_sub).
 # Installed when missing and we are root.
 system-deps:
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
+	command -v mosquitto_sub >/dev/null || missing="$$missing mosquitto-clients"; \
 	/usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null || \
 	  missing="$$missing python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good"; \
 	if [ -n "$$missing" ]; then \

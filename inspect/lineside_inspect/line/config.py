@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -94,8 +95,93 @@ class ModbusConfig(_Section):
         return self
 
 
+# topic levels Lineside writes: no MQTT wildcards (+ #), no empty level, no leading '/'
+TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
+CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
 class MqttConfig(_Section):
-    """Inspection events to an MQTT broker; filled in by the MQTT work."""
+    """Inspection events to an MQTT broker (``line/mqtt.py``): one QoS 1 message per
+    inspection on ``<topic_prefix>/<box_id>/<camera_id or api>/inspection``, a retained
+    ``<topic_prefix>/<box_id>/status`` (``online``/``offline``, with a last will) and
+    retained camera states on ``<topic_prefix>/<box_id>/camera/<id>/state``. Events wait
+    in the store's outbox while the broker is away, so the store must be on."""
+
+    url: str = Field(..., description=(
+        "mqtt://HOST[:PORT] (default port 1883) or mqtts://HOST[:PORT] (TLS, default 8883); "
+        "credentials go in username/password, never in the URL"))
+    topic_prefix: str = Field("lineside", description="first topic level(s), e.g. plant1/lineside")
+    client_id: str | None = Field(None, description="default lineside-<box_id>")
+    username: str | None = None
+    password: SecretStr | None = Field(None, description="never logged nor shown")
+    ca_file: str | None = Field(None, description=(
+        "mqtts: CA bundle to verify the broker with (default: the system's)"))
+    cert_file: str | None = Field(None, description="mqtts: client certificate (mutual TLS)")
+    key_file: str | None = Field(None, description="mqtts: the client certificate's key")
+    keepalive_s: int = Field(15, ge=5, le=3600, description=(
+        "a silent broker is taken for gone after 1.5x this; so is this box by the broker, "
+        "which then publishes the last will"))
+    max_inflight: int = Field(8, ge=1, le=1000, description=(
+        "events sent and not yet acknowledged; after a lost connection these few are sent "
+        "again (QoS 1: at least once), so 1 means at most one duplicate per outage"))
+    keep_delivered_s: float = Field(600.0, ge=0, description=(
+        "delivered events stay in the outbox this long (for inspection), then are purged"))
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlparse(value)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold credentials: set username and password instead")
+        if not parts.hostname or parts.path not in ("", "/") or parts.params or parts.query \
+                or parts.fragment:
+            raise ValueError("must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        try:
+            parts.port  # noqa: B018 - parses the port (raises on a bad one)
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if len(value) > 256 or not TOPIC_PREFIX_RE.fullmatch(value):
+            raise ValueError("must be topic levels of letters, digits, '_', '.' or '-' "
+                             "separated by '/' (no wildcards, no empty level)")
+        return value
+
+    @field_validator("client_id")
+    @classmethod
+    def _check_client_id(cls, value: str | None) -> str | None:
+        if value is not None and not CLIENT_ID_RE.fullmatch(value):
+            raise ValueError("must be 1-128 letters, digits, '_', '.' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> MqttConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = getattr(self, name)
+            if value is not None and not self.tls:
+                raise ValueError(f"{name} needs an mqtts:// url")
+            if value is not None and not Path(value).is_file():
+                raise ValueError(f"{name}: {value} does not exist")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlparse(self.url).port or (8883 if self.tls else 1883)
 
 
 class LineSettings(_Section):

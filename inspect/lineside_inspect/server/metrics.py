@@ -28,3 +28,12 @@ class Metrics:
                                 registry=r)
         self.camera_reconnects = Gauge("lineside_camera_reconnects", "Reconnects so far",
                                        ["camera"], registry=r)
+        # line outputs: MQTT events and the store's outbox they wait in
+        self.mqtt_connected = Gauge("lineside_mqtt_connected", "1 while connected to the MQTT broker",
+                                    registry=r)
+        self.outbox_backlog = Gauge("lineside_outbox_backlog", "Events waiting for delivery",
+                                    registry=r)
+        self.outbox_lag = Gauge("lineside_outbox_lag_seconds",
+                                "Age of the oldest event waiting for delivery (0: none)", registry=r)
+        self.mqtt_delivered = Counter("lineside_mqtt_events_delivered",
+                                      "Events the MQTT broker acknowledged", registry=r)

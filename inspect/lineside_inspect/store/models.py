@@ -1,4 +1,5 @@
-"""Database tables (SQLAlchemy 2): inspections and their review audit trail.
+"""Database tables (SQLAlchemy 2): inspections, their review audit trail, and the outbox
+of events for line outputs.
 
 Each inspection row belongs to the box that made it (``box_id``): several boxes may
 share one database, and a box's start-up cleanup and retention touch only its own rows
@@ -82,3 +83,21 @@ class ReviewRow(Base):
     boxes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # the reviewed truth after this
     note: Mapped[str] = mapped_column(Text, default="")
     inspection: Mapped[InspectionRow] = relationship(back_populates="reviews")
+
+
+class OutboxRow(Base):
+    """An event for a line output (MQTT), written in the same transaction as the inspection
+    row it tells of (``store/outbox.py``), delivered in ``id`` order by the box that wrote
+    it. ``sqlite_autoincrement``: ids never go back, even once delivered rows are purged."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    box_id: Mapped[str] = mapped_column(String(64))
+    topic: Mapped[str] = mapped_column(String(1024))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    __table_args__ = (Index("ix_outbox_pending", "box_id", "delivered_at", "id"),
+                      {"sqlite_autoincrement": True})

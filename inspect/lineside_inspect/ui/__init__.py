@@ -22,11 +22,11 @@ from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from lineside_inspect import __version__
 from lineside_inspect.errors import LinesideError
 from lineside_inspect.server.deps import ALLOWED, Principal, authenticate, principal_for_key
 from lineside_inspect.server.sessions import SESSION_COOKIE, Session, SessionStore
 from lineside_inspect.ui.headers import SecurityHeaders
+from lineside_inspect.version import __version__
 
 __all__ = ["SecurityHeaders", "router", "static"]
 
@@ -98,6 +98,24 @@ def _camera_rows(request: Request) -> str:
     return "\n".join(rows) or '<tr><td colspan="4">no cameras configured</td></tr>'
 
 
+def _mqtt_section(request: Request) -> str:
+    """Line events over MQTT (when configured): the broker, and how far delivery is behind."""
+    publisher = getattr(request.app.state, "mqtt", None)
+    if publisher is None:
+        return ""
+    st = publisher.status()
+    state = "pass" if st["connected"] else "fail"
+    rows = [("broker", st["broker"], ""), ("topics", st["topic"], ""),
+            ("connection", "connected" if st["connected"] else "disconnected", state),
+            ("outbox backlog", st["backlog"], ""), ("delivery lag (s)", st["lag_s"], ""),
+            ("delivered", st["delivered"], "")]
+    if st["last_error"]:
+        rows.append(("last error", st["last_error"], ""))
+    cells = "".join(f'<tr><th>{escape(k)}</th><td id="mqtt-{escape(k.split()[0])}" class="{cls}">'
+                    f"{escape(str(v))}</td></tr>" for k, v, cls in rows)
+    return f'<h2>MQTT events</h2>\n<table class="status" id="mqtt">{cells}</table>'
+
+
 @router.get("/", response_class=HTMLResponse)
 def status_page(request: Request) -> Response:
     """What this box serves: models and versions, cameras with their state and live view."""
@@ -109,7 +127,7 @@ def status_page(request: Request) -> Response:
     return HTMLResponse(_page(
         "index.html", {"version": __version__, "ready": ready},
         {"models": _model_rows(request), "cameras": _camera_rows(request),
-         "signout": SIGN_OUT if session else ""}))
+         "mqtt": _mqtt_section(request), "signout": SIGN_OUT if session else ""}))
 
 
 @router.get("/review", response_class=HTMLResponse)

@@ -1,0 +1,357 @@
+"""Inspection events over MQTT (paho-mqtt 2.x), delivered from the store's outbox.
+
+Topics, under ``<topic_prefix>/<box_id>/``:
+
+- ``<camera_id>/inspection`` (``api`` for an image sent without a camera id): one QoS 1
+  message per inspection, the ``InspectionResult`` JSON (no image bytes) plus ``box_id``;
+- ``status``: ``online`` / ``offline``, retained; ``offline`` is also the last will, so
+  the broker says it when this box vanishes without a word;
+- ``camera/<id>/state``: each configured camera's state when it changes, retained.
+
+**Nothing lost.** An inspection's event is written with the inspection (the store's
+journal, then the ``outbox`` table in the row's transaction: ``store/outbox.py``), so it
+survives a broker outage, a database outage and the server being killed. The delivery
+thread sends the outbox in order, at most ``max_inflight`` unacknowledged at a time, and
+marks an event delivered only when the broker acknowledged it (PUBACK). While the
+connection is down, paho keeps what is in flight and sends it again first, in order,
+when it is back; the outbox waits behind it.
+
+**Once.** QoS 1 is at-least-once: an event the broker took just before the connection
+broke, whose acknowledgement was lost with it, is sent again (so are events in flight
+when the server itself is killed, at its next start). So a subscriber can see at most
+``max_inflight`` duplicates per broken connection, each with the same inspection ``id``:
+consumers that must count exactly drop an ``id`` they have already seen.
+
+**No blocking.** The verdict path only adds the event to the journal record it writes
+anyway; connecting, sending and waiting happen on this module's threads. An inspection
+the store could not keep (a full disk) has no journaled event: its event waits in memory
+and enters the outbox when the database takes it (lost only if the server stops first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.line.config import MqttConfig
+from lineside_inspect.names import is_name
+from lineside_inspect.server.responses import CameraHealth
+from lineside_inspect.store.outbox import Event, Outbox, event
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+    from fastapi import FastAPI
+
+    from lineside_inspect.cameras import CameraManager
+    from lineside_inspect.config import Settings
+    from lineside_inspect.inspector import Inspection
+    from lineside_inspect.server.metrics import Metrics
+    from lineside_inspect.store import Store
+
+log = logging.getLogger("lineside.mqtt")
+
+API_TOPIC = "api"  # the topic level of inspections not from a camera
+RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 8.0
+PURGE_EVERY_S = 60.0
+MAX_UNSTORED = 100_000  # events of inspections the store refused, held in memory at most
+
+
+def _paho() -> Any:
+    try:
+        import paho.mqtt.client as client
+    except ImportError:
+        raise ConfigError("line.mqtt needs paho-mqtt: pip install 'lineside[line]'") from None
+    return client
+
+
+class MqttPublisher:
+    """Publishes a box's events, status and camera states to one broker."""
+
+    def __init__(self, config: MqttConfig, store: Store, *, cameras: CameraManager | None = None,
+                 metrics: Metrics | None = None, poll_s: float = 0.5) -> None:
+        self.config = config
+        self.store = store
+        self.box_id = store.box_id
+        self.outbox = Outbox(store.engine, store.box_id)
+        self.cameras = cameras
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.base = f"{config.topic_prefix}/{self.box_id}"
+        self.status_topic = f"{self.base}/status"
+        self.broker = f"{config.host}:{config.port}"
+        # what the status page and /metrics show
+        self.connected = False
+        self.backlog = 0
+        self.lag_s = 0.0
+        self.delivered = 0  # events acknowledged since start
+        self.last_error: str | None = None
+
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._announce = threading.Event()  # (re)connected: say online, republish states
+        self._inflight: dict[int, int] = {}  # paho message id -> outbox id, sent, not acked
+        self._acked_mids: deque[int] = deque()  # filled by paho's thread (on_publish)
+        self._acked_ids: list[int] = []  # acknowledged, not yet marked in the outbox
+        self._cursor = 0  # the highest outbox id handed to paho
+        self._unstored: deque[Event] = deque()
+        self._dropped_unstored = 0
+        self._camera_states: dict[str, dict[str, Any]] = {}
+        self._client = self._make_client()
+        self._thread = threading.Thread(target=self._run, name="mqtt-outbox", daemon=True)
+
+    # -- the client -------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        paho = _paho()
+        cfg = self.config
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2,
+                             client_id=cfg.client_id or f"lineside-{self.box_id}",
+                             clean_session=True, protocol=paho.MQTTv311)
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, None if cfg.password is None
+                                   else cfg.password.get_secret_value())
+        if cfg.tls:
+            client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file)
+        client.will_set(self.status_topic, b"offline", qos=1, retain=True)
+        # room for the events' window plus the status and camera messages beside it
+        client.max_inflight_messages_set(cfg.max_inflight + 16)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)  # type: ignore[arg-type]
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    # paho's network thread: record and wake the delivery thread, nothing more
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self._failed(f"broker {self.broker} refused the connection: {reason}")
+            return
+        log.info("mqtt: connected to %s", self.broker)
+        self.connected = True
+        self.last_error = None
+        self._announce.set()
+        self._wake.set()
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        self._failed(f"cannot connect to broker {self.broker}")
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                       props: Any) -> None:
+        if self.connected:
+            log.warning("mqtt: lost the broker %s (%s); events wait in the outbox",
+                        self.broker, reason)
+        self.connected = False
+        self._wake.set()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        self._acked_mids.append(mid)
+        self._wake.set()
+
+    def _failed(self, message: str) -> None:
+        if message != self.last_error:  # once per outage, not once per retry
+            log.warning("mqtt: %s; retrying, events wait in the outbox", message)
+        self.last_error = message
+        self.connected = False
+
+    # -- events -----------------------------------------------------------------------
+    def inspection_topic(self, camera_id: str | None) -> str:
+        # a caller-given camera id becomes a topic level only if it is a plain name:
+        # never a '/', '+' or '#' that would move or widen the topic
+        level = camera_id if camera_id is not None and is_name(camera_id) else API_TOPIC
+        return f"{self.base}/{level}/inspection"
+
+    def _payload(self, inspection: Inspection, stored: bool) -> dict[str, Any]:
+        payload = inspection.result().model_dump(mode="json")
+        payload["stored"] = stored
+        payload["box_id"] = self.box_id
+        return payload
+
+    def events_for(self, inspection: Inspection) -> list[Event]:
+        """The store's event maker: called while the journal record is made, so the event
+        is stored if and only if the inspection is."""
+        return [event(self.inspection_topic(inspection.camera_id), self._payload(inspection, True),
+                      inspection.created_at)]
+
+    def on_inspection(self, inspection: Inspection) -> None:
+        """The service's output hook: an inspection the store refused still has its event,
+        held in memory until the outbox takes it."""
+        if inspection.stored:
+            return
+        if len(self._unstored) >= MAX_UNSTORED:
+            self._dropped_unstored += 1
+            return
+        self._unstored.append(event(self.inspection_topic(inspection.camera_id),
+                                    self._payload(inspection, False), inspection.created_at))
+        self._wake.set()
+
+    def wake(self) -> None:
+        """The store's outbox listener: new events were committed."""
+        self._wake.set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        self._client.loop_start()
+        self._thread.start()
+        log.info("mqtt: publishing to %s under %s/", self.broker, self.base)
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        """Stop delivering; give what is in flight up to ``timeout_s`` to be acknowledged
+        (else it is sent again at the next start), say ``offline`` and disconnect."""
+        deadline = time.monotonic() + timeout_s
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+        while self._inflight and self.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+            self._settle()
+        self._settle()
+        if self.connected:
+            info = self._client.publish(self.status_topic, b"offline", qos=1, retain=True)
+            # the connection may go meanwhile: then the will says it
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected = False
+        if self._unstored or self._dropped_unstored:
+            log.error("mqtt: %d events of inspections the store could not keep were lost",
+                      len(self._unstored) + self._dropped_unstored)
+
+    def status(self) -> dict[str, Any]:
+        return {"broker": self.broker, "topic": f"{self.base}/#", "connected": self.connected,
+                "backlog": self.backlog, "lag_s": round(self.lag_s, 3),
+                "delivered": self.delivered, "last_error": self.last_error}
+
+    # -- the delivery thread ------------------------------------------------------------
+    def _run(self) -> None:
+        last_gauges = last_purge = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                if self._announce.is_set():
+                    self._announce.clear()
+                    self._publish_state(self.status_topic, b"online")
+                    self._publish_cameras(everything=True)
+                self._take_unstored()
+                self._settle()
+                self._send()
+                self._publish_cameras()
+                now = time.monotonic()
+                if now - last_gauges >= self.poll_s:
+                    self._gauges()
+                    last_gauges = now
+                if now - last_purge >= PURGE_EVERY_S:
+                    self.outbox.purge_delivered(self.config.keep_delivered_s)
+                    last_purge = now
+            except Exception as exc:  # a database outage: everything waits, nothing is lost
+                log.error("mqtt: delivery paused: %s", exc)
+                self._stop.wait(1.0)
+
+    def _take_unstored(self) -> None:
+        while self._unstored:
+            e = self._unstored[0]
+            self.outbox.enqueue(e["topic"], e["payload"])
+            self._unstored.popleft()
+
+    def _settle(self) -> None:
+        """Mark what the broker acknowledged as delivered."""
+        while self._acked_mids:
+            outbox_id = self._inflight.pop(self._acked_mids.popleft(), None)
+            if outbox_id is not None:  # not a status or camera message
+                self._acked_ids.append(outbox_id)
+        if self._acked_ids:
+            self.outbox.mark_delivered(self._acked_ids)
+            self.delivered += len(self._acked_ids)
+            if self.metrics is not None:
+                self.metrics.mqtt_delivered.inc(len(self._acked_ids))
+            self._acked_ids = []
+
+    def _send(self) -> None:
+        """Hand the next events to paho, in order, keeping at most ``max_inflight``
+        unacknowledged. paho keeps them (and resends them first after a reconnect) until
+        the broker acknowledges each, so the cursor never goes back within a run."""
+        room = self.config.max_inflight - len(self._inflight)
+        if room <= 0 or not self.connected:
+            return
+        paho = _paho()
+        for e in self.outbox.pending(limit=room, after=self._cursor):
+            data = json.dumps(e.payload, separators=(",", ":")).encode()
+            info = self._client.publish(e.topic, data, qos=1)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                log.warning("mqtt: could not queue event %d: %s", e.id, paho.error_string(info.rc))
+                return  # tried again on the next round, still in order
+            self._inflight[info.mid] = e.id
+            self._cursor = e.id
+
+    def _publish_state(self, topic: str, payload: bytes) -> None:
+        self._client.publish(topic, payload, qos=1, retain=True)
+
+    def _publish_cameras(self, everything: bool = False) -> None:
+        """Each camera's state, retained, when it changed (``everything``: after a
+        (re)connect, since the broker may have lost its retained messages)."""
+        if self.cameras is None:
+            return
+        for h in self.cameras.health():
+            health = CameraHealth.model_validate(h)  # a URL's password shown as ***
+            old = self._camera_states.get(health.id)
+            if old is None or old["state"] != health.state:
+                self._camera_states[health.id] = old = {
+                    "box_id": self.box_id, "camera_id": health.id, "state": health.state,
+                    "last_error": health.last_error, "reconnects": health.reconnects,
+                    "changed_at": datetime.now(UTC).isoformat()}
+            elif not everything:
+                continue
+            if self.connected:
+                self._publish_state(f"{self.base}/camera/{health.id}/state",
+                                    json.dumps(old, separators=(",", ":")).encode())
+
+    def _gauges(self) -> None:
+        self.backlog = self.outbox.backlog() + len(self._unstored)
+        self.lag_s = self.outbox.oldest_pending_age() or 0.0
+        if self.metrics is not None:
+            self.metrics.mqtt_connected.set(1 if self.connected else 0)
+            self.metrics.outbox_backlog.set(self.backlog)
+            self.metrics.outbox_lag.set(self.lag_s)
+
+
+def setup_mqtt(app: FastAPI, settings: Settings) -> None:
+    """Wire a publisher into ``app``: started after the store (and the cameras), stopped
+    before them, saying ``offline``."""
+    config = settings.line.mqtt
+    if config is None:
+        return
+    if not settings.store:
+        raise ConfigError("line.mqtt needs the store (store: true): events wait for the broker "
+                          "in the store's outbox")
+    _paho()  # the [line] extra, checked before anything starts
+    app.state.mqtt = None
+
+    def start() -> None:
+        store = app.state.store
+        publisher = MqttPublisher(config, store, cameras=app.state.cameras,
+                                  metrics=app.state.metrics)
+        store.event_makers.append(publisher.events_for)
+        store.outbox_listeners.append(publisher.wake)
+        app.state.service.add_output(publisher.on_inspection)
+        publisher.start()
+        app.state.mqtt = publisher
+
+    def stop() -> None:
+        publisher: MqttPublisher | None = app.state.mqtt
+        if publisher is not None:
+            publisher.stop()
+
+    app.state.on_startup.append(start)
+    app.state.on_shutdown.append(stop)

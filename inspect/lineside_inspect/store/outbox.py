@@ -1,0 +1,134 @@
+"""The outbox: events for line outputs (MQTT), kept in the store until a broker has them.
+
+An inspection's events are as durable as the inspection itself: the functions in
+``Store.event_makers`` turn it into events when its journal record is made, so they are
+journaled with it (surviving kill -9 from the moment the verdict is answered) and enter
+the ``outbox`` table in the same transaction as its row (:func:`add_events`, called by
+``Store._apply``; a replay after a crash skips both together). A publisher then reads
+them in ``id`` order (:meth:`Outbox.pending`), and marks them delivered only once the
+broker acknowledged them (:meth:`Outbox.mark_delivered`). Delivered rows are purged after
+a while; undelivered ones are never dropped.
+
+Each row names the box that wrote it: boxes sharing one database deliver only their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from lineside_inspect.store.models import OutboxRow
+from lineside_inspect.store.utc import as_utc
+
+if TYPE_CHECKING:
+    from lineside_inspect.inspector import Inspection
+
+log = logging.getLogger("lineside.store")
+
+# an event as journaled: {"topic": str, "payload": JSON object, "created_at": ISO time}
+Event = dict[str, Any]
+EventMaker = Callable[["Inspection"], list[Event]]
+
+
+def event(topic: str, payload: dict[str, Any], created_at: datetime | None = None) -> Event:
+    return {"topic": topic, "payload": payload,
+            "created_at": (created_at or datetime.now(UTC)).isoformat()}
+
+
+def events_for(makers: Iterable[EventMaker], inspection: Inspection) -> list[Event]:
+    """The events of ``inspection``. A maker that fails is logged and skipped: an event
+    must never cost the inspection its place in the store."""
+    out: list[Event] = []
+    for make in makers:
+        try:
+            out.extend(make(inspection))
+        except Exception:
+            log.exception("making the events of inspection %s failed", inspection.id)
+    return out
+
+
+def add_events(session: Session, box_id: str, events: Iterable[Event]) -> int:
+    """Add ``events`` to the outbox within ``session``'s transaction (the inspection
+    row's own), in order."""
+    n = 0
+    for e in events:
+        session.add(OutboxRow(created_at=datetime.fromisoformat(e["created_at"]), box_id=box_id,
+                              topic=e["topic"], payload=e["payload"]))
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    id: int
+    created_at: datetime
+    topic: str
+    payload: dict[str, Any]
+
+
+class Outbox:
+    """The outbox rows of box ``box_id`` in the store's database."""
+
+    def __init__(self, engine: Engine, box_id: str) -> None:
+        self.engine = engine
+        self.box_id = box_id
+
+    def _waiting(self) -> Any:
+        return (OutboxRow.box_id == self.box_id) & OutboxRow.delivered_at.is_(None)
+
+    def enqueue(self, topic: str, payload: dict[str, Any]) -> int:
+        """Add one event outside an inspection's transaction (events about no inspection);
+        its id."""
+        with Session(self.engine) as s, s.begin():
+            row = OutboxRow(created_at=datetime.now(UTC), box_id=self.box_id, topic=topic,
+                            payload=payload)
+            s.add(row)
+            s.flush()
+            return int(row.id)
+
+    def pending(self, limit: int = 100, after: int = 0) -> list[PendingEvent]:
+        """Undelivered events with an id above ``after``, oldest first."""
+        with Session(self.engine) as s:
+            rows = s.scalars(select(OutboxRow).where(self._waiting(), OutboxRow.id > after)
+                             .order_by(OutboxRow.id).limit(limit)).all()
+            return [PendingEvent(r.id, r.created_at, r.topic, r.payload) for r in rows]
+
+    def mark_delivered(self, ids: Iterable[int], at: datetime | None = None) -> None:
+        ids = list(ids)
+        when = at or datetime.now(UTC)
+        with Session(self.engine) as s, s.begin():
+            for start in range(0, len(ids), 500):
+                s.execute(update(OutboxRow).where(OutboxRow.box_id == self.box_id,
+                                                  OutboxRow.id.in_(ids[start:start + 500]))
+                          .values(delivered_at=when))
+
+    def backlog(self) -> int:
+        """Events waiting for delivery."""
+        with Session(self.engine) as s:
+            return int(s.scalar(select(func.count()).select_from(OutboxRow)
+                                .where(self._waiting())) or 0)
+
+    def oldest_pending_age(self, now: datetime | None = None) -> float | None:
+        """Seconds the oldest undelivered event has waited (the delivery lag); None when
+        nothing waits."""
+        with Session(self.engine) as s:
+            oldest = s.scalar(select(OutboxRow.created_at).where(self._waiting())
+                              .order_by(OutboxRow.id).limit(1))
+        if oldest is None:
+            return None
+        return max(0.0, (as_utc(now or datetime.now(UTC)) - oldest).total_seconds())
+
+    def purge_delivered(self, older_than_s: float, now: datetime | None = None) -> int:
+        """Delete this box's events delivered more than ``older_than_s`` ago."""
+        cutoff = as_utc(now or datetime.now(UTC)) - timedelta(seconds=older_than_s)
+        with Session(self.engine) as s, s.begin():
+            res = s.execute(delete(OutboxRow).where(OutboxRow.box_id == self.box_id,
+                                                    OutboxRow.delivered_at.is_not(None),
+                                                    OutboxRow.delivered_at < cutoff))
+            return int(getattr(res, "rowcount", 0) or 0)

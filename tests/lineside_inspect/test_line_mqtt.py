@@ -1,0 +1,404 @@
+"""Inspection events over MQTT, against a real broker (Debian's ``mosquitto``, started
+here on a free loopback port; ``make test`` installs it).
+
+The broker is killed (SIGKILL) in the middle of a stream of inspections and comes back
+on the same port; every event must then arrive once per inspection id, in order. While
+it is back but still refusing the server (the password file reloaded on SIGHUP lets the
+test's subscriber in first, so it misses nothing the server sends), the verdicts keep
+coming and the outbox backlog shows in ``/metrics`` and on the status page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from lineside_inspect.cameras.simulator import MJPEGSimulator, folder_frames
+from lineside_inspect.config import CameraConfig
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.line.config import MqttConfig
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.server.app import create_app
+from lineside_inspect.store import Store
+from lineside_inspect.store.outbox import Outbox, event
+
+from .conftest import MODEL, ROOT, SAMPLE, settings, start_server
+
+paho = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt not installed (the [line] extra)")
+
+MOSQUITTO = Path("/usr/sbin/mosquitto")
+PASSWORDS = {"sub": "sub-secret", "lineside": "broker-secret-7"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Broker:
+    """A mosquitto process on a fixed loopback port, with password logins; ``allow``
+    reloads the password file (SIGHUP) to let users in or keep them out."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: dict[str, str] = {}
+        for user, password in PASSWORDS.items():
+            path = folder / f"{user}.pw"
+            subprocess.run(["mosquitto_passwd", "-c", "-b", str(path), user, password], check=True,
+                           capture_output=True, timeout=30)
+            self.lines[user] = path.read_text().strip()
+        conf = [f"listener {self.port} 127.0.0.1", "allow_anonymous false",
+                f"password_file {folder / 'passwords'}", "persistence false"]
+        if os.geteuid() == 0:
+            conf.append("user root")  # else it drops to 'mosquitto', who cannot read the folder
+        (folder / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+
+    def allow(self, *users: str) -> None:
+        (self.folder / "passwords").write_text("".join(self.lines[u] + "\n" for u in users))
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    def start(self, *users: str) -> None:
+        self.allow(*(users or tuple(PASSWORDS)))
+        log = (self.folder / "mosquitto.log").open("ab")
+        self.proc = subprocess.Popen([str(MOSQUITTO), "-c", str(self.folder / "mosquitto.conf")],
+                                     stdout=log, stderr=log)
+
+        def listening() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, "mosquitto exited"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(listening, "mosquitto to listen")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    if not MOSQUITTO.is_file() or shutil.which("mosquitto_passwd") is None:
+        pytest.skip("Debian's mosquitto is not installed (make test installs it)")
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    b = Broker(folder)
+    yield b
+    b.kill()
+
+
+class Subscriber:
+    """A paho client subscribed to ``lineside/#`` at QoS 1, keeping every message."""
+
+    def __init__(self, port: int, topic: str = "lineside/#") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.subscriptions = 0
+        self._lock = threading.Lock()
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}-{id(self)}")
+        client.username_pw_set("sub", PASSWORDS["sub"])
+        client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
+
+        def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+            if not reason.is_failure:
+                c.subscribe(topic, qos=1)
+
+        def on_subscribe(c: Any, u: Any, mid: int, reasons: Any, props: Any) -> None:
+            self.subscriptions += 1
+
+        def on_message(c: Any, u: Any, msg: Any) -> None:
+            with self._lock:
+                self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+        client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+        client.connect_async("127.0.0.1", port, keepalive=5)
+        client.loop_start()
+        self.client = client
+
+    def on(self, topic_end: str) -> list[tuple[str, bytes, bool]]:
+        with self._lock:
+            return [m for m in self.messages if m[0].endswith(topic_end)]
+
+    def inspections(self) -> list[dict[str, Any]]:
+        return [{"topic": t, **json.loads(p)} for t, p, _ in self.on("/inspection")]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def subscribers() -> Iterator[Callable[[int], Subscriber]]:
+    made: list[Subscriber] = []
+
+    def make(port: int) -> Subscriber:
+        made.append(Subscriber(port))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def gauge(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert found, f"{name} not in /metrics"
+    return float(found.group(1))
+
+
+def test_events_survive_a_broker_restart_exactly_once_in_order(
+        broker: Broker, subscribers: Callable[[int], Subscriber], image_bytes: bytes,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    broker.start()
+    sub = subscribers(broker.port)
+    wait_for(lambda: sub.subscriptions >= 1, "the subscriber")
+    camera = MJPEGSimulator(folder_frames(SAMPLE / "images"), fps=10)
+    source = camera.url.replace("http://", "http://cam:camera-secret@")
+    running, stop_server = start_server(settings(cameras=[CameraConfig(
+        id="cam1", source=source, open_timeout_s=1, read_timeout_s=1, stale_after_s=1)],
+        line={"mqtt": {"url": broker.url, "username": "lineside",
+                       "password": PASSWORDS["lineside"], "max_inflight": 4}}))
+    stopped = False
+    try:
+        box = running.app.state.store.box_id
+        status_topic = f"lineside/{box}/status"
+        wait_for(lambda: [m for m in sub.on(status_topic) if m[1] == b"online"], "status online")
+        wait_for(lambda: [m for m in sub.on("camera/cam1/state")
+                          if json.loads(m[1])["state"] == "online"], "camera online")
+
+        ids: list[str] = []
+        errors: list[str] = []
+        stop_posting = threading.Event()
+
+        def post() -> None:  # one line client, one part after another
+            with httpx.Client(base_url=running.url, timeout=60) as c:
+                while not stop_posting.is_set():
+                    r = c.post("/v1/inspect", content=image_bytes,
+                               headers={"content-type": "image/jpeg"})
+                    if r.status_code != 200 or not r.json()["stored"]:
+                        errors.append(r.text)
+                        return
+                    ids.append(r.json()["id"])
+
+        poster = threading.Thread(target=post)
+        poster.start()
+        try:
+            wait_for(lambda: len(sub.inspections()) >= 3, "the first events")
+            broker.kill()  # mid-stream: the server does not know yet
+            at_kill = len(ids)
+            wait_for(lambda: len(ids) >= at_kill + 4, "verdicts during the outage")
+            broker.start("sub")  # back, but only the subscriber may log in for now
+            wait_for(lambda: sub.subscriptions >= 2, "the subscriber to come back")
+            wait_for(lambda: len(ids) >= at_kill + 8, "more verdicts")
+            assert wait_for(lambda: gauge(running.url, "lineside_outbox_backlog") > 0,
+                            "the backlog gauge to rise")
+            assert gauge(running.url, "lineside_mqtt_connected") == 0
+            assert gauge(running.url, "lineside_outbox_lag_seconds") > 0
+            page = httpx.get(running.url + "/").text
+            assert 'id="mqtt"' in page and "disconnected" in page
+            broker.allow("sub", "lineside")  # the server may reconnect now
+            wait_for(lambda: gauge(running.url, "lineside_mqtt_connected") == 1, "reconnection")
+            posted = len(ids)
+            wait_for(lambda: len(ids) >= posted + 3, "verdicts after the outage")
+        finally:
+            stop_posting.set()
+            poster.join(60)
+        assert not errors, errors
+
+        wait_for(lambda: len(sub.inspections()) >= len(ids), "every event")
+        time.sleep(0.3)  # room for a duplicate to show up, if one were coming
+        events = sub.inspections()
+        assert [e["id"] for e in events] == ids  # each once, in order
+        for e in events:
+            assert e["topic"] == f"lineside/{box}/api/inspection"
+            assert e["box_id"] == box and e["stored"] is True
+            assert e["verdict"] in ("pass", "fail") and "image" not in e
+        wait_for(lambda: gauge(running.url, "lineside_outbox_backlog") == 0, "the backlog to drain")
+        assert gauge(running.url, "lineside_mqtt_events_delivered_total") == len(ids)
+        # the broker lost its retained messages: the server said online again
+        assert len([m for m in sub.on(status_topic) if m[1] == b"online"]) >= 2
+
+        # a camera id given with an upload is a topic level only if it is a plain name
+        with httpx.Client(base_url=running.url, timeout=60) as c:
+            named = c.post("/v1/inspect", params={"camera_id": "line4"}, content=image_bytes,
+                           headers={"content-type": "image/jpeg"}).json()["id"]
+            sneaky = c.post("/v1/inspect", params={"camera_id": "a/#"}, content=image_bytes,
+                            headers={"content-type": "image/jpeg"}).json()["id"]
+        wait_for(lambda: {e["id"] for e in sub.inspections()} >= {named, sneaky}, "two more events")
+        topics = {e["id"]: e["topic"] for e in sub.inspections()}
+        assert topics[named] == f"lineside/{box}/line4/inspection"
+        assert topics[sneaky] == f"lineside/{box}/api/inspection"
+
+        camera.kill()  # the camera goes away: its retained state says so
+        offline = wait_for(lambda: [json.loads(m[1]) for m in sub.on("camera/cam1/state")
+                                    if json.loads(m[1])["state"] == "offline"], "camera offline")
+        assert offline[-1]["box_id"] == box and offline[-1]["last_error"]
+        assert all(b"camera-secret" not in p for _, p, _ in sub.on("camera/cam1/state"))
+
+        stop_server()  # a clean stop says offline itself
+        stopped = True
+        wait_for(lambda: sub.on(status_topic)[-1][1] == b"offline", "status offline")
+        late = subscribers(broker.port)  # retained: a newcomer hears it too
+        wait_for(lambda: late.on(status_topic), "the retained status")
+        assert late.on(status_topic)[-1][1:] == (b"offline", True)
+        wait_for(lambda: late.on("camera/cam1/state"), "the retained camera state")
+        assert late.on("camera/cam1/state")[-1][2] is True
+    finally:
+        if not stopped:
+            stop_server()
+        camera.kill()
+    assert PASSWORDS["lineside"] not in caplog.text  # never logged
+
+
+def _serve(config: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "lineside_inspect.cli", "serve", "--config",
+                             str(config), "--port", str(port)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        assert proc.poll() is None, f"server exited: {proc.stdout.read() if proc.stdout else ''}"
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(ready, "the server", timeout_s=90)
+    return proc
+
+
+def test_events_of_a_killed_server_are_sent_at_its_next_start_and_the_will_says_offline(
+        broker: Broker, subscribers: Callable[[int], Subscriber], image_bytes: bytes,
+        tmp_path: Path) -> None:
+    port = _free_port()
+    config = tmp_path / "serve.yaml"
+    config.write_text(json.dumps({  # JSON is YAML
+        "models": [str(MODEL)], "device": "cpu", "threads": 1, "data_dir": str(tmp_path / "data"),
+        "box_id": "box7", "line": {"mqtt": {"url": broker.url, "username": "lineside",
+                                            "password": PASSWORDS["lineside"]}}}))
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(config, port)  # no broker yet: verdicts and events are stored all the same
+    try:
+        ids = [httpx.post(url + "/v1/inspect", content=image_bytes, timeout=60,
+                          headers={"content-type": "image/jpeg"}).json()["id"] for _ in range(3)]
+        proc.send_signal(signal.SIGKILL)  # nothing delivered, maybe not even out of the journal
+        proc.wait(30)
+
+        broker.start("sub")
+        sub = subscribers(broker.port)
+        wait_for(lambda: sub.subscriptions >= 1, "the subscriber")
+        broker.allow("sub", "lineside")
+        proc = _serve(config, port)
+        wait_for(lambda: len(sub.inspections()) >= 3, "the events of the killed run")
+        assert [e["id"] for e in sub.inspections()] == ids
+        assert {e["topic"] for e in sub.inspections()} == {"lineside/box7/api/inspection"}
+        wait_for(lambda: sub.on("lineside/box7/status"), "status")
+        assert sub.on("lineside/box7/status")[-1][1] == b"online"
+
+        proc.send_signal(signal.SIGKILL)  # gone without a word: the broker says the will
+        proc.wait(30)
+        wait_for(lambda: sub.on("lineside/box7/status")[-1][1] == b"offline", "the last will")
+        late = subscribers(broker.port)
+        wait_for(lambda: late.on("lineside/box7/status"), "the retained status")
+        assert late.on("lineside/box7/status")[-1][1:] == (b"offline", True)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def test_the_outbox_is_written_with_the_inspection(tmp_path: Path, monkeypatch) -> None:
+    """An event enters the outbox in its inspection's transaction: applying the same
+    journal records again (a replay after a crash) adds neither; a failing event maker
+    costs the inspection nothing; boxes sharing a database see only their own events."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import test_store as t  # type: ignore[import-not-found]
+
+    detector = Detector(MODEL, device="cpu", threads=1)
+    store = Store(tmp_path / "a", pass_rate=0.0, sync_interval_s=3600, box_id="a")
+    try:
+        def broken(_: object) -> list[dict[str, Any]]:
+            raise RuntimeError("boom")
+
+        store.event_makers += [lambda i: [event(f"t/{i.id}", {"id": i.id})], broken]
+        inspections = [t._inspection(detector, v) for v in ("fail", "pass", "fail")]
+        records = [store._record(i, keep_image=False) for i in inspections]
+        assert all(store.save(i) for i in inspections)
+        store.flush()
+        outbox = Outbox(store.engine, "a")
+        pending = outbox.pending()
+        assert [e.payload["id"] for e in pending] == [i.id for i in inspections]
+        assert [e.topic for e in pending] == [f"t/{i.id}" for i in inspections]
+        store._apply(records)  # already applied: nothing twice
+        assert outbox.backlog() == 3 and store.query()[0] == 3
+        assert (outbox.oldest_pending_age() or 0) > 0
+
+        other = Outbox(store.engine, "b")  # another box on the same database
+        other.enqueue("t/b", {"id": "b"})
+        assert outbox.backlog() == 3 and other.backlog() == 1
+
+        outbox.mark_delivered([pending[0].id])
+        assert [e.id for e in outbox.pending()] == [e.id for e in pending[1:]]
+        assert outbox.pending(after=pending[1].id)[0].id == pending[2].id
+        assert outbox.purge_delivered(60) == 0  # delivered just now: kept a while
+        assert outbox.purge_delivered(0, now=datetime.now(UTC).replace(year=2100)) == 1
+        outbox.mark_delivered(e.id for e in pending)
+        assert outbox.backlog() == 0 and outbox.oldest_pending_age() is None
+        assert other.backlog() == 1
+    finally:
+        store.close()
+
+
+def test_mqtt_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="credentials"):
+        MqttConfig(url="mqtt://user:pw@broker")
+    with pytest.raises(ValueError, match="mqtt:// or mqtts://"):
+        MqttConfig(url="http://broker")
+    with pytest.raises(ValueError, match="wildcards"):
+        MqttConfig(url="mqtt://broker", topic_prefix="plant/#")
+    with pytest.raises(ValueError, match="needs an mqtts"):
+        MqttConfig(url="mqtt://broker", ca_file=__file__)
+    cfg = MqttConfig(url="mqtts://broker", password="hunter2")
+    assert (cfg.host, cfg.port, cfg.tls) == ("broker", 8883, True)
+    assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.model_dump())
+    with pytest.raises(ConfigError, match="needs the store"):
+        create_app(settings(store=False, line={"mqtt": {"url": "mqtt://127.0.0.1:1"}}))
