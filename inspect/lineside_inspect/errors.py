@@ -78,6 +78,59 @@ class PackageError(LinesideError):
     status = 422
 
 
+class Overloaded(LinesideError):
+    """More requests in the system than ``max_concurrency + max_queue``: retry shortly."""
+
+    code = "overloaded"
+    status = 503
+
+
+class DeadlineExceeded(LinesideError):
+    """No inference slot came free within the request's deadline."""
+
+    code = "deadline_exceeded"
+    status = 503
+
+
+class Unauthorized(LinesideError):
+    """No API key or review session, or an unknown or expired one."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(LinesideError):
+    """The caller's role may not do this."""
+
+    code = "forbidden"
+    status = 403
+
+
+class BadTensor(LinesideError):
+    """An OIP v2 tensor that does not fit the model's input."""
+
+    code = "invalid_tensor"
+    status = 400
+
+
+class CameraUnavailable(LinesideError):
+    """Offline camera or no fresh frame in time: never a verdict on a stale frame."""
+
+    code = "camera_unavailable"
+    status = 503
+
+    def __init__(self, message: str, health: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.health = health
+
+
+class InvalidReferenceName(LinesideError):
+    """A reference name that breaks the name rule (``names.py``)."""
+
+    code = "invalid_reference_name"
+    status = 422
+
+
 class NotFoundError(LinesideError):
     code = "not_found"
     status = 404
@@ -96,6 +149,8 @@ class MissingExtraError(LinesideError):
 
 
 @dataclass(frozen=True)
+
+
 class Problem:
     """One finding of validation: where (file, line or field), what is wrong, and which
     image it concerns (``subject``, the image's file name) so ``--skip-invalid`` can drop it."""

@@ -16,18 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from lineside_inspect.atomic import write_atomic
-from lineside_inspect.errors import LinesideError, NotFoundError, ReferenceImageError
+from lineside_inspect.errors import InvalidReferenceName, NotFoundError, ReferenceImageError
 from lineside_inspect.imageio import decode_image, sniff_format
 from lineside_inspect.names import NAME_RULE, is_name
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 
 EXTS = ("png", "jpg", "bmp")  # as stored
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # a value ending so is a file, never a name
-
-
-class InvalidReferenceName(LinesideError):
-    code = "invalid_reference_name"
-    status = 422
 
 
 @dataclass(frozen=True)

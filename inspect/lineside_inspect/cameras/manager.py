@@ -10,18 +10,7 @@ from typing import Any
 from lineside_inspect.cameras.sources import make_source
 from lineside_inspect.cameras.worker import CameraWorker, Frame
 from lineside_inspect.config import CameraConfig
-from lineside_inspect.errors import LinesideError, NotFoundError
-
-
-class CameraUnavailable(LinesideError):
-    """Offline camera or no fresh frame in time: never a verdict on a stale frame."""
-
-    code = "camera_unavailable"
-    status = 503
-
-    def __init__(self, message: str, health: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.health = health
+from lineside_inspect.errors import CameraUnavailable, NotFoundError
 
 
 class CameraManager:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 from lineside_inspect.config import Role, Settings, hash_key
-from lineside_inspect.errors import CsrfError, LinesideError, NotFoundError
+from lineside_inspect.errors import CsrfError, Forbidden, NotFoundError, Unauthorized
 from lineside_inspect.references import ReferenceLibrary
 from lineside_inspect.server.guard import UNSAFE_METHODS, is_same_origin
 from lineside_inspect.server.limiter import Limiter
@@ -28,16 +28,6 @@ ALLOWED: dict[Role, set[Role]] = {
     "reviewer": {"reviewer", "admin"},
     "admin": {"admin"},
 }
-
-
-class Unauthorized(LinesideError):
-    code = "unauthorized"
-    status = 401
-
-
-class Forbidden(LinesideError):
-    code = "forbidden"
-    status = 403
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,12 @@ from lineside_inspect.config import Role, Settings
 from lineside_inspect.errors import (
     BodyTimeoutError,
     BodyTooLargeError,
+    Forbidden,
     ImageTooLargeError,
     LinesideError,
     error_body,
 )
-from lineside_inspect.server.deps import ALLOWED, Forbidden, authenticate
+from lineside_inspect.server.deps import ALLOWED, authenticate
 
 _NAME = r"[^/]+"
 # (method, path, role) of the routes whose body is an image or a tensor; every other

@@ -19,22 +19,12 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
-from lineside_inspect.errors import LinesideError
+from lineside_inspect.errors import DeadlineExceeded, Overloaded
 
 T = TypeVar("T")
 
 # set while the current task holds an admission, so run() inside it does not count twice
 _admitted: contextvars.ContextVar[bool] = contextvars.ContextVar("lineside_admitted", default=False)
-
-
-class Overloaded(LinesideError):
-    code = "overloaded"
-    status = 503
-
-
-class DeadlineExceeded(LinesideError):
-    code = "deadline_exceeded"
-    status = 503
 
 
 class Limiter:

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from lineside_inspect.errors import LinesideError, describe_validation
+from lineside_inspect.errors import BadTensor, describe_validation
 from lineside_inspect.server.body import read_body
 from lineside_inspect.server.deps import LimiterDep, LineUser, RegistryDep, SettingsDep
 from lineside_inspect.server.responses import (
@@ -49,11 +49,6 @@ NAMES = {np.dtype(v).name: k for k, v in DTYPES.items()}
 
 MAX_BATCH = 64
 MAX_DIM = 1 << 20  # any real dimension is far below; keeps shape products small
-
-
-class BadTensor(LinesideError):
-    code = "invalid_tensor"
-    status = 400
 
 
 # The request schema of the protocol (kserve.github.io/website: "Open Inference Protocol"),
