@@ -144,7 +144,7 @@ class MqttPublisher:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        props: Any) -> None:
-        if self.connected:
+        if self.connected and not self._stop.is_set():
             log.warning("mqtt: lost the broker %s (%s); events wait in the outbox",
                         self.broker, reason)
         self.connected = False
