@@ -1,0 +1,145 @@
+"""The PLC handshake over Modbus TCP (``pymodbus`` 3.x server), on the server's event loop.
+
+One unit (default 1). Station ``n`` (0-based, in the order of the configured cameras)
+owns coils and holding registers ``16*n`` to ``16*n + 15``:
+
+===========  ================  ==========================================================
+offset       coil              holding register
+===========  ================  ==========================================================
++0           Trigger (PLC)     DefectCount
++1           TriggerReady      ErrorCode
++2           Busy              Heartbeat (+1 each second, wraps at 65536)
++3           ResultReady       Recipe index (PLC writes; 0-based, into the loaded recipes)
++4           ResultAck (PLC)   (reserved, reads 0)
++5           Pass
++6           Fail
++7           Error (ErrorCode != 0)
++8..+15      (reserved, read False / 0)
+===========  ================  ==========================================================
+
+A write to anything but Trigger, ResultAck and the recipe index is refused with Modbus
+exception 02 (illegal data address). The recipe index counts the server's recipes in
+load order (``GET /v1/recipes``); an index with no recipe is refused with ErrorCode 6
+and the register reads back the index in force.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from lineside_inspect.line.config import ModbusConfig
+from lineside_inspect.line.station import Changes, PlcWrite, Station, TagValue
+
+log = logging.getLogger("lineside.line.modbus")
+
+BLOCK = 16  # coils and registers per station
+COILS = ("Trigger", "TriggerReady", "Busy", "ResultReady", "ResultAck", "Pass", "Fail", "Error")
+REGISTERS = ("DefectCount", "ErrorCode", "Heartbeat", "RecipeIndex")
+PLC_COILS = {COILS.index("Trigger"): "Trigger", COILS.index("ResultAck"): "ResultAck"}
+RECIPE_REGISTER = REGISTERS.index("RecipeIndex")
+NO_RECIPE = 0xFFFF  # the station's recipe is not (or no longer) among the loaded ones
+COIL_WRITES = (5, 15)  # write single / multiple coils
+REGISTER_WRITES = (6, 16, 23)  # write single / multiple registers, read-write multiple
+
+
+class ModbusAdapter:
+    name = "Modbus TCP"
+
+    def __init__(self, config: ModbusConfig, recipe_names: Callable[[], list[str]]) -> None:
+        self.config = config
+        self.recipe_names = recipe_names
+        self.server: ModbusTcpServer | None = None
+        self.port = config.port
+        self._index: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._on_write: PlcWrite | None = None
+        self._internal = False  # set while Lineside writes its own tags
+
+    async def start(self, stations: Sequence[Station], on_write: PlcWrite) -> None:
+        cfg = self.config
+        self._on_write = on_write
+        self._ids = [s.id for s in stations]
+        self._index = {sid: i for i, sid in enumerate(self._ids)}
+        n = max(1, len(stations))
+        device = SimDevice(
+            id=cfg.unit,
+            simdata=([SimData(0, values=[False] * BLOCK * n, datatype=DataType.BITS)],
+                     [SimData(0, values=[False] * 16, datatype=DataType.BITS)],  # unused (pymodbus needs one)
+                     [SimData(0, count=BLOCK * n, values=0, datatype=DataType.REGISTERS)],
+                     [SimData(0, datatype=DataType.INVALID)]),  # no input registers
+            action=self._action)
+        server = ModbusTcpServer(device, address=(cfg.host, cfg.port))
+        await server.serve_forever(background=True)
+        self.server = server
+        sockets = getattr(server.transport, "sockets", None)
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        for station in stations:
+            await self.write(station.id, station.snapshot())
+        log.info("Modbus TCP at %s:%d unit %d, %d station(s) (blocks of %d from 0)",
+                 cfg.host, self.port, cfg.unit, len(stations), BLOCK)
+
+    async def _action(self, function_code: int, start_address: int, address: int, count: int,
+                      registers: list[int], values: list[int] | list[bool] | None) -> ExcCodes | None:
+        """Called by pymodbus before each request touches the data: refuses client writes
+        to Lineside's tags and hands the PLC's writes to the handshake."""
+        if values is None or self._internal:
+            return None
+        n = len(values)
+        if function_code in COIL_WRITES:
+            targets = range(address, address + n)
+            if any(a % BLOCK not in PLC_COILS or a // BLOCK >= len(self._ids) for a in targets):
+                return ExcCodes.ILLEGAL_ADDRESS
+            for a, v in zip(targets, values, strict=True):
+                self._plc_write(a // BLOCK, PLC_COILS[a % BLOCK], bool(v))
+            return None
+        if function_code in REGISTER_WRITES:
+            targets = range(address, address + n)
+            if any(a % BLOCK != RECIPE_REGISTER or a // BLOCK >= len(self._ids) for a in targets):
+                return ExcCodes.ILLEGAL_ADDRESS
+            names = self.recipe_names()
+            for a, v in zip(targets, values, strict=True):
+                i = int(v)
+                # an index with no recipe becomes a name no recipe can have: refused
+                self._plc_write(a // BLOCK, "Recipe", names[i] if i < len(names) else f"#{i}")
+            return None
+        return ExcCodes.ILLEGAL_FUNCTION
+
+    def _plc_write(self, station_index: int, tag: str, value: TagValue) -> None:
+        if self._on_write is not None:
+            # the handshake publishes from a task, after pymodbus has stored this write
+            self._on_write(self._ids[station_index], tag, value)
+
+    async def write(self, station_id: str, changes: Changes) -> None:
+        server = self.server
+        if server is None or station_id not in self._index:
+            return
+        base = self._index[station_id] * BLOCK
+        unit = self.config.unit
+        self._internal = True
+        try:
+            for tag, value in changes:
+                if tag in COILS:
+                    await server.async_setValues(unit, 5, base + COILS.index(tag), [bool(value)])
+                if tag == "ErrorCode":
+                    await server.async_setValues(unit, 5, base + COILS.index("Error"),
+                                                 [int(value) != 0])
+                if tag in ("DefectCount", "ErrorCode", "Heartbeat"):
+                    reg = int(value) & 0xFFFF if tag == "Heartbeat" else min(int(value), 0xFFFF)
+                    await server.async_setValues(unit, 6, base + REGISTERS.index(tag), [reg])
+                if tag == "Recipe":
+                    names = self.recipe_names()
+                    index = names.index(str(value)) if value in names else NO_RECIPE
+                    await server.async_setValues(unit, 6, base + RECIPE_REGISTER, [index])
+        finally:
+            self._internal = False
+
+    async def stop(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            await server.shutdown()

@@ -1,0 +1,491 @@
+"""The PLC handshake (issue 13) with real peers: a real ``asyncua`` client and a real
+``pymodbus`` client against a real server (uvicorn on loopback, onnxruntime, SQLite
+store) reading simulated 30 fps MJPEG cameras. Every port is a free loopback one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Client, ua
+from pymodbus.client import AsyncModbusTcpClient
+
+from lineside_inspect.cameras.simulator import MJPEGSimulator, counter_frame, folder_frames
+from lineside_inspect.config import CameraConfig, load_settings
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.line.config import LineSettings, ModbusConfig, OpcUaConfig
+from lineside_inspect.line.modbus import BLOCK, COILS, REGISTERS
+from lineside_inspect.line.opcua import OpcUaAdapter
+from lineside_inspect.line.station import ErrorCode, Phase, Station
+
+from .conftest import Running, keyed, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
+NS = "urn:lineside"
+WAIT_S = 15.0  # upper bound of every poll below (never a timing assertion)
+
+
+# -- the state machine alone --------------------------------------------------------
+def _station(check: Callable[[str], ErrorCode] | None = None, ack_timeout_s: float = 5.0) -> Station:
+    known = {"deeppcb", "lenient"}
+    return Station("s1", "deeppcb", ack_timeout_s=ack_timeout_s, now=100.0,
+                   check_recipe=check or (lambda n: ErrorCode.NONE if n in known
+                                          else ErrorCode.UNKNOWN_RECIPE))
+
+
+def test_station_handshake_order_and_fail_safe() -> None:
+    st = _station()
+    step = st.plc_write("Trigger", True, 100.1)
+    assert step.inspect_recipe == "deeppcb" and st.phase is Phase.BUSY
+    names = [n for n, _ in step.changes]
+    assert names.index("TriggerReady") < names.index("Busy")
+    assert st.tags["TriggerReady"] is False and st.tags["Busy"] is True
+    # a second trigger while busy starts nothing
+    assert st.plc_write("Trigger", True, 100.2).inspect_recipe is None
+    changes = st.finished(True, 0, "abc", 100.3)
+    names = [n for n, _ in changes]
+    # the data is written before ResultReady announces it, and ResultReady before Busy drops
+    assert names.index("Pass") < names.index("ResultReady") < names.index("Busy")
+    assert st.tags["Pass"] is True and st.tags["Fail"] is False and st.tags["ResultReady"] is True
+    # an ack is the only way on; TriggerReady comes back last
+    changes = st.plc_write("ResultAck", True, 100.4).changes
+    assert changes[-1] == ("TriggerReady", True)
+    assert st.tags["Trigger"] is False and st.tags["ResultAck"] is False
+    assert st.tags["ResultReady"] is False and st.phase is Phase.READY
+    # an error never yields Pass
+    st.plc_write("Trigger", True, 101.0)
+    st.failed(ErrorCode.NONE, 101.1)  # even a "no error" failure is a Fail with a code
+    assert st.tags["Pass"] is False and st.tags["Fail"] is True
+    assert st.tags["ErrorCode"] == ErrorCode.INTERNAL
+    st.plc_write("ResultAck", True, 101.2)
+    st.plc_write("Trigger", True, 101.3)
+    st.failed(ErrorCode.CAMERA_OFFLINE, 101.4)
+    assert (st.tags["Pass"], st.tags["Fail"], st.tags["ErrorCode"]) == (False, True, 1)
+    # a trigger clears the last result
+    st.plc_write("ResultAck", True, 101.5)
+    st.plc_write("Trigger", True, 101.6)
+    assert (st.tags["Fail"], st.tags["ErrorCode"], st.tags["InspectionId"]) == (False, 0, "")
+
+
+def test_station_ack_timeout_stray_ack_and_heartbeat() -> None:
+    st = _station(ack_timeout_s=2.0)
+    assert st.plc_write("ResultAck", True, 100.0).changes == [("ResultAck", False)]  # stray: reset
+    assert st.tick(100.5) == [] and st.tick(101.0) == [("Heartbeat", 1)]
+    st.plc_write("Trigger", True, 101.0)
+    st.finished(True, 0, "id1", 101.0)
+    assert st.tick(102.9) == [("Heartbeat", 2)] and st.phase is Phase.RESULT
+    st.tick(103.0)  # 2 s without ResultAck: dropped, Fail + ErrorCode 5, ready again
+    assert st.phase is Phase.READY and st.tags["TriggerReady"] is True
+    assert (st.tags["Pass"], st.tags["Fail"], st.tags["ErrorCode"]) == (False, True, 5)
+    assert st.tags["ResultReady"] is False and st.tags["Trigger"] is False
+    # a late result of a part no longer in progress changes nothing
+    assert st.finished(True, 0, "late", 103.1) == []
+    assert st.tick(100.0 + 2**32 + 5)[0] == ("Heartbeat", 5)  # UInt32 wraps
+
+
+def test_station_recipe_switch() -> None:
+    st = _station()
+    assert st.plc_write("Recipe", "lenient", 100.0).changes == [("Recipe", "lenient")]
+    assert st.plc_write("Trigger", True, 100.1).inspect_recipe == "lenient"
+    # refused while a part is in progress: read back, the part's ErrorCode untouched
+    assert st.plc_write("Recipe", "nope", 100.2).changes == [("Recipe", "lenient")]
+    assert st.tags["ErrorCode"] == 0
+    st.finished(False, 2, "x", 100.3)
+    st.plc_write("ResultAck", True, 100.4)
+    changes = st.plc_write("Recipe", "nope", 100.5).changes
+    assert changes == [("Recipe", "lenient"), ("ErrorCode", ErrorCode.UNKNOWN_RECIPE)]
+    assert st.plc_write("Recipe", "deeppcb", 100.6).changes == [("Recipe", "deeppcb"), ("ErrorCode", 0)]
+
+
+def test_line_settings_refuse_unsecured_network_endpoints(tmp_path: Path) -> None:
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("line:\n  opcua:\n    endpoint: opc.tcp://0.0.0.0:4840/lineside/\n")
+    with pytest.raises(ConfigError, match="anonymous access is only allowed on loopback"):
+        load_settings(cfg)
+    cfg.write_text("line:\n  modbus:\n    host: 0.0.0.0\n")
+    with pytest.raises(ConfigError, match="Modbus has no authentication"):
+        load_settings(cfg)
+    cfg.write_text("line:\n  modbus:\n    host: 0.0.0.0\n    open_to_network: true\n")
+    assert load_settings(cfg).line.modbus == ModbusConfig(host="0.0.0.0", open_to_network=True)
+    cfg.write_text("line:\n  opcua:\n    endpoint: opc.tcp://127.0.0.1:4840/lineside/\n"
+                   "    certificate: /nonexistent.der\n    private_key: /nonexistent.pem\n")
+    with pytest.raises(ConfigError, match=r"certificate: /nonexistent\.der does not exist"):
+        load_settings(cfg)
+
+
+# -- a real server with both protocols ---------------------------------------------
+class Line:
+    """The running server, its cameras and the line endpoints."""
+
+    def __init__(self, srv: Running, sim: MJPEGSimulator, flaky: MJPEGSimulator) -> None:
+        self.srv, self.sim, self.flaky = srv, sim, flaky
+        plc = srv.app.state.line_plc
+        self.opcua_url = next(a for a in plc.adapters if a.name == "OPC UA").endpoint
+        self.modbus_port = next(a for a in plc.adapters if a.name == "Modbus TCP").port
+
+    def inspection(self, inspection_id: str) -> dict[str, Any]:
+        with self.srv.client("reviewer") as c:
+            r = c.get(f"/v1/inspections/{inspection_id}")
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
+    tmp = tmp_path_factory.mktemp("line")
+    # two recipes on the bundled model: the camera's own, and one a PLC switches to
+    (tmp / "deeppcb.yaml").write_text("name: deeppcb\nversion: '1'\nmodel: deeppcb\n")
+    (tmp / "lenient.yaml").write_text("name: lenient\nversion: '7'\nmodel: deeppcb\n"
+                                      "max_count: {open: 99, short: 99, mousebite: 99, spur: 99,"
+                                      " copper: 99, pin-hole: 99}\n")
+    sim = MJPEGSimulator(folder_frames(SAMPLE), fps=30)
+    flaky = MJPEGSimulator(counter_frame, fps=30)
+    cams = [CameraConfig(id="sim", source=sim.url, recipe="deeppcb", stale_after_s=2),
+            CameraConfig(id="flaky", source=flaky.url, recipe="deeppcb", stale_after_s=1,
+                         read_timeout_s=1, open_timeout_s=1, max_frame_age_s=0.1)]
+    settings = keyed(cameras=cams, recipes=[str(tmp / "deeppcb.yaml"), str(tmp / "lenient.yaml")],
+                     store_pass_rate=0.0, line=LineSettings(
+                         opcua=OpcUaConfig(endpoint="opc.tcp://127.0.0.1:0/lineside/"),
+                         modbus=ModbusConfig(port=0), trigger_timeout_s=2.0, ack_timeout_s=1.5))
+    srv, stop = start_server(settings)
+    running = Line(srv, sim, flaky)
+    with srv.client("reviewer") as c:
+        deadline = time.time() + WAIT_S
+        while {h["state"] for h in c.get("/v1/cameras").json()} != {"online"}:
+            assert time.time() < deadline, "cameras did not come online"
+            time.sleep(0.1)
+    yield running
+    stop()
+    sim.kill()
+    flaky.kill()
+
+
+async def _until(read: Callable[[], Awaitable[Any]], want: Any = True) -> Any:
+    deadline = time.monotonic() + WAIT_S
+    while (value := await read()) != want:
+        assert time.monotonic() < deadline, f"still {value!r}, waiting for {want!r}"
+        await asyncio.sleep(0.005)
+    return value
+
+
+class OpcStation:
+    """A PLC's view of one station over OPC UA."""
+
+    def __init__(self, client: Client, idx: int, station: str) -> None:
+        self.client, self.idx, self.station = client, idx, station
+
+    def node(self, tag: str) -> Any:
+        return self.client.get_node(f"ns={self.idx};s=Stations/{self.station}/{tag}")
+
+    async def read(self, tag: str) -> Any:
+        return await self.node(tag).read_value()
+
+    async def write(self, tag: str, value: Any, kind: ua.VariantType) -> None:
+        await self.node(tag).write_value(ua.DataValue(ua.Variant(value, kind)))
+
+    async def cycle(self, *, ack: bool = True) -> dict[str, Any]:
+        """One part: Trigger, wait for ResultReady, read the result, ResultAck."""
+        await _until(lambda: self.read("TriggerReady"))
+        await self.write("Trigger", True, ua.VariantType.Boolean)
+        await _until(lambda: self.read("ResultReady"))
+        result = {t: await self.read(t) for t in ("Pass", "Fail", "DefectCount", "InspectionId",
+                                                  "ErrorCode", "Busy", "Recipe")}
+        if ack:
+            await self.write("ResultAck", True, ua.VariantType.Boolean)
+            await _until(lambda: self.read("TriggerReady"))
+            assert await self.read("ResultReady") is False
+            assert await self.read("Trigger") is False and await self.read("ResultAck") is False
+        return result
+
+
+async def _opc(line: Line, station: str, fn: Callable[[OpcStation], Awaitable[None]]) -> None:
+    async with Client(line.opcua_url, timeout=10) as client:
+        idx = await client.get_namespace_index(NS)
+        await fn(OpcStation(client, idx, station))
+
+
+def test_opcua_contract_and_handshake(line: Line) -> None:
+    async def run(plc: OpcStation) -> None:
+        client, idx = plc.client, plc.idx
+        # browse names exactly as in the contract, under Objects/Stations/<camera id>
+        station = await client.nodes.objects.get_child([f"{idx}:Stations", f"{idx}:sim"])
+        names = {(await n.read_browse_name()).Name: n for n in await station.get_children()}
+        assert set(names) == {"Trigger", "TriggerReady", "Busy", "ResultReady", "ResultAck",
+                              "Pass", "Fail", "DefectCount", "InspectionId", "ErrorCode",
+                              "Heartbeat", "Recipe"}
+        types = {n: await names[n].read_data_type_as_variant_type() for n in names}
+        assert types["Trigger"] == ua.VariantType.Boolean and types["Pass"] == ua.VariantType.Boolean
+        assert types["DefectCount"] == types["ErrorCode"] == ua.VariantType.Int32
+        assert types["Heartbeat"] == ua.VariantType.UInt32
+        assert types["InspectionId"] == types["Recipe"] == ua.VariantType.String
+        # Lineside's tags are read-only to clients; the PLC's are writable
+        for tag in ("Pass", "ResultReady", "TriggerReady", "ErrorCode"):
+            with pytest.raises(ua.UaStatusCodeError):
+                await plc.write(tag, 0 if tag == "ErrorCode" else True,
+                                ua.VariantType.Int32 if tag == "ErrorCode" else ua.VariantType.Boolean)
+        beat = await plc.read("Heartbeat")
+        await _until(lambda: plc.read("Heartbeat"), beat + 1)
+        # the full handshake on fresh frames; each part gets its own stored inspection
+        ids = set()
+        for _ in range(3):
+            before = time.time()
+            r = await plc.cycle()
+            assert r["Pass"] != r["Fail"] and r["ErrorCode"] == 0 and r["Busy"] is False
+            doc = line.inspection(r["InspectionId"])
+            assert doc["camera_id"] == "sim" and doc["recipe"]["name"] == "deeppcb"
+            assert (doc["verdict"] == "pass") is r["Pass"]
+            assert len(doc["defects"]) == r["DefectCount"]
+            last = line.srv.app.state.cameras.last_results["sim"]
+            assert last.id == r["InspectionId"]
+            assert last.frame.timestamp > before  # judged a frame captured after the trigger
+            ids.add(r["InspectionId"])
+        assert len(ids) == 3
+
+    asyncio.run(_opc(line, "sim", run))
+
+
+def test_opcua_recipe_switch(line: Line) -> None:
+    async def run(plc: OpcStation) -> None:
+        assert await plc.read("Recipe") == "deeppcb"
+        await plc.write("Recipe", "lenient", ua.VariantType.String)
+        await _until(lambda: plc.read("Recipe"), "lenient")
+        r = await plc.cycle()
+        assert line.inspection(r["InspectionId"])["recipe"] == {"name": "lenient", "version": "7"}
+        # an unknown recipe is refused: ErrorCode 6, Recipe reads back the one in force
+        await plc.write("Recipe", "no-such-recipe", ua.VariantType.String)
+        await _until(lambda: plc.read("ErrorCode"), ErrorCode.UNKNOWN_RECIPE)
+        assert await plc.read("Recipe") == "lenient"
+        r = await plc.cycle()
+        assert r["ErrorCode"] == 0 and line.inspection(r["InspectionId"])["recipe"]["name"] == "lenient"
+        await plc.write("Recipe", "deeppcb", ua.VariantType.String)
+        r = await plc.cycle()
+        assert line.inspection(r["InspectionId"])["recipe"]["name"] == "deeppcb"
+
+    asyncio.run(_opc(line, "sim", run))
+
+
+def test_opcua_ack_timeout_recovers(line: Line) -> None:
+    async def run(plc: OpcStation) -> None:
+        r = await plc.cycle(ack=False)  # a PLC that never acknowledges
+        assert r["ErrorCode"] == 0
+        await _until(lambda: plc.read("TriggerReady"))  # ack_timeout_s later: ready again
+        assert await plc.read("ErrorCode") == ErrorCode.ACK_TIMEOUT
+        assert (await plc.read("Pass"), await plc.read("Fail")) == (False, True)
+        assert await plc.read("ResultReady") is False and await plc.read("Trigger") is False
+        r = await plc.cycle()
+        assert r["ErrorCode"] == 0 and r["Pass"] != r["Fail"]
+
+    asyncio.run(_opc(line, "sim", run))
+
+
+def test_200_handshakes_back_to_back(line: Line) -> None:
+    """Alternating OPC UA and Modbus on one station: both show one handshake."""
+    async def run(plc: OpcStation) -> None:
+        mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
+        await mb.connect()
+        base = 0  # station "sim" is the first camera
+        try:
+            ids = set()
+            for i in range(200):
+                if i % 2 == 0:
+                    r = await plc.cycle()
+                    ids.add(r["InspectionId"])
+                    assert r["ErrorCode"] == 0 and r["Pass"] != r["Fail"], r
+                else:
+                    coils = await _modbus_cycle(mb, base)
+                    assert coils["Error"] is False and coils["Pass"] != coils["Fail"], coils
+            assert len(ids) == 100
+            # nothing stuck, on either protocol
+            assert (await plc.read("TriggerReady"), await plc.read("Busy"),
+                    await plc.read("ResultReady")) == (True, False, False)
+            coils = await _coils(mb, base)
+            assert (coils["TriggerReady"], coils["Busy"], coils["ResultReady"],
+                    coils["Trigger"], coils["ResultAck"]) == (True, False, False, False, False)
+        finally:
+            mb.close()
+
+    asyncio.run(_opc(line, "sim", run))
+
+
+# -- Modbus TCP ---------------------------------------------------------------------
+async def _coils(mb: AsyncModbusTcpClient, base: int) -> dict[str, bool]:
+    rr = await mb.read_coils(base, count=len(COILS), device_id=1)
+    assert not rr.isError(), rr
+    return dict(zip(COILS, rr.bits[:len(COILS)], strict=True))
+
+
+async def _registers(mb: AsyncModbusTcpClient, base: int) -> dict[str, int]:
+    rr = await mb.read_holding_registers(base, count=len(REGISTERS), device_id=1)
+    assert not rr.isError(), rr
+    return dict(zip(REGISTERS, rr.registers, strict=True))
+
+
+async def _modbus_cycle(mb: AsyncModbusTcpClient, base: int, *, ack: bool = True) -> dict[str, Any]:
+    async def coil(name: str) -> bool:
+        return (await _coils(mb, base))[name]
+
+    await _until(lambda: coil("TriggerReady"))
+    assert not (await mb.write_coil(base + COILS.index("Trigger"), True, device_id=1)).isError()
+    await _until(lambda: coil("ResultReady"))
+    result: dict[str, Any] = {**await _coils(mb, base), **await _registers(mb, base)}
+    if ack:
+        assert not (await mb.write_coil(base + COILS.index("ResultAck"), True, device_id=1)).isError()
+        await _until(lambda: coil("TriggerReady"))
+    return result
+
+
+def test_modbus_handshake_recipe_and_refused_writes(line: Line) -> None:
+    async def run() -> None:
+        mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
+        assert await mb.connect()
+        try:
+            base = 0
+            regs = await _registers(mb, base)
+            assert regs["RecipeIndex"] == 0  # "deeppcb", first of the loaded recipes
+            beat = regs["Heartbeat"]
+            await _until(lambda: _registers(mb, base), {**await _registers(mb, base), "Heartbeat": beat + 1})
+            r = await _modbus_cycle(mb, base)
+            assert r["Pass"] != r["Fail"] and r["ErrorCode"] == 0 and r["Error"] is False
+            # the recipe index switches the next part to "lenient" (index 1)
+            assert not (await mb.write_register(base + REGISTERS.index("RecipeIndex"), 1,
+                                                device_id=1)).isError()
+            await _until(lambda: _reg(mb, base, "RecipeIndex"), 1)
+            plc = line.srv.app.state.line_plc
+            assert plc.stations["sim"].recipe == "lenient"
+            r = await _modbus_cycle(mb, base)
+            last = line.srv.app.state.cameras.last_results["sim"]
+            assert last.recipe.name == "lenient" and (last.verdict == "pass") is r["Pass"]
+            # an index with no recipe: ErrorCode 6, the register reads back the index in force
+            await mb.write_register(base + REGISTERS.index("RecipeIndex"), 9, device_id=1)
+            await _until(lambda: _reg(mb, base, "ErrorCode"), ErrorCode.UNKNOWN_RECIPE)
+            assert await _reg(mb, base, "RecipeIndex") == 1 and (await _coils(mb, base))["Error"]
+            await mb.write_register(base + REGISTERS.index("RecipeIndex"), 0, device_id=1)
+            await _until(lambda: _reg(mb, base, "ErrorCode"), 0)
+            # Lineside's coils and registers are not the PLC's to write
+            for addr in (COILS.index("Pass"), COILS.index("TriggerReady"), 8, BLOCK * 5):
+                assert (await mb.write_coil(base + addr, True, device_id=1)).isError()
+            assert (await mb.write_register(REGISTERS.index("ErrorCode"), 0, device_id=1)).isError()
+            assert (await mb.write_coils(0, [True, True], device_id=1)).isError()  # Trigger+TriggerReady
+            assert (await _coils(mb, base))["Pass"] is r["Pass"]
+        finally:
+            mb.close()
+
+    asyncio.run(run())
+
+
+async def _reg(mb: AsyncModbusTcpClient, base: int, name: str) -> int:
+    return (await _registers(mb, base))[name]
+
+
+def test_camera_loss_fails_with_error_code(line: Line) -> None:
+    """Last (it takes the flaky camera down): never a Pass, always a reason."""
+    async def run(plc: OpcStation) -> None:
+        mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
+        await mb.connect()
+        base = BLOCK  # "flaky" is the second camera
+        try:
+            r = await plc.cycle()
+            assert r["ErrorCode"] == 0
+            # the stream stalls: no fresh frame within the trigger timeout
+            line.flaky.mode = "hang"
+            r = await plc.cycle()
+            assert (r["Pass"], r["Fail"], r["ErrorCode"]) == (False, True, ErrorCode.NO_FRESH_FRAME)
+            assert r["InspectionId"] == ""
+            # the camera is gone: offline, answered at once
+            line.flaky.kill()
+            with line.srv.client("reviewer") as c:
+                deadline = time.time() + WAIT_S
+                while next(h for h in c.get("/v1/cameras").json() if h["id"] == "flaky")["state"] \
+                        != "offline":
+                    assert time.time() < deadline
+                    await asyncio.sleep(0.1)
+            r = await plc.cycle()
+            assert (r["Pass"], r["Fail"], r["ErrorCode"]) == (False, True, ErrorCode.CAMERA_OFFLINE)
+            c = await _modbus_cycle(mb, base)
+            assert (c["Pass"], c["Fail"], c["Error"], c["ErrorCode"]) == (False, True, True, 1)
+            # the other station is not affected
+            sim = await _modbus_cycle(mb, 0)
+            assert sim["ErrorCode"] == 0
+        finally:
+            mb.close()
+
+    asyncio.run(_opc(line, "flaky", run))
+
+
+# -- OPC UA security ------------------------------------------------------------------
+def _certificate(folder: Path, name: str, uri: str, *, server: bool) -> tuple[Path, Path]:
+    import socket
+
+    from asyncua.crypto.cert_gen import (
+        dump_private_key_as_pem,
+        generate_private_key,
+        generate_self_signed_app_certificate,
+    )
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    key = generate_private_key()
+    cert = generate_self_signed_app_certificate(
+        key, name, {}, [x509.UniformResourceIdentifier(uri), x509.DNSName(socket.gethostname())],
+        [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH])
+    cert_path, key_path = folder / f"{name}.der", folder / f"{name}.pem"
+    cert_path.write_bytes(cert.public_bytes(Encoding.DER))
+    key_path.write_bytes(dump_private_key_as_pem(key))
+    return cert_path, key_path
+
+
+def test_opcua_basic256sha256_with_trusted_clients_only(tmp_path: Path) -> None:
+    """With a certificate: only Basic256Sha256 (no unsecured endpoint), only the clients
+    whose certificate is in trusted_certificates, and "admin" gets no more rights."""
+    (tmp_path / "trusted").mkdir()
+    server_cert, server_key = _certificate(tmp_path, "lineside", "urn:lineside:server", server=True)
+    plc_cert, plc_key = _certificate(tmp_path, "plc", "urn:plc:client", server=False)
+    (tmp_path / "trusted" / "plc.der").write_bytes(plc_cert.read_bytes())
+    rogue_cert, rogue_key = _certificate(tmp_path, "rogue", "urn:rogue:client", server=False)
+    cfg = OpcUaConfig(endpoint="opc.tcp://127.0.0.1:0/lineside/", certificate=str(server_cert),
+                      private_key=str(server_key), trusted_certificates=str(tmp_path / "trusted"))
+    writes: list[tuple[str, str, Any]] = []
+    station = _station()
+
+    async def client(cert: Path | None, key: Path | None, uri: str) -> Client:
+        c = Client(adapter.endpoint, timeout=5)
+        c.application_uri = uri
+        if cert is not None and key is not None:
+            await c.set_security_string(f"Basic256Sha256,SignAndEncrypt,{cert},{key},{server_cert}")
+        return c
+
+    async def run() -> None:
+        await adapter.start([station], lambda *w: writes.append(w))
+        try:
+            c = await client(plc_cert, plc_key, "urn:plc:client")
+            async with c:
+                idx = await c.get_namespace_index(NS)
+                await c.get_node(f"ns={idx};s=Stations/s1/Trigger").write_value(True)
+                with pytest.raises(ua.UaStatusCodeError):
+                    await c.get_node(f"ns={idx};s=Stations/s1/Pass").write_value(True)
+            assert writes == [("s1", "Trigger", True)]
+            for cert, key, uri in ((None, None, "urn:anon"), (rogue_cert, rogue_key, "urn:rogue:client")):
+                with pytest.raises((ua.UaError, OSError, TimeoutError)):
+                    async with await client(cert, key, uri):
+                        pass
+            # the admin user name of asyncua does not unlock read-only nodes
+            c = await client(plc_cert, plc_key, "urn:plc:client")
+            c.set_user("admin")
+            c.set_password("anything")
+            with pytest.raises((ua.UaError, OSError, TimeoutError)):
+                async with c:
+                    idx = await c.get_namespace_index(NS)
+                    await c.get_node(f"ns={idx};s=Stations/s1/Pass").write_value(True)
+            assert len(writes) == 1
+        finally:
+            await adapter.stop()
+
+    adapter = OpcUaAdapter(cfg)
+    asyncio.run(run())
+
