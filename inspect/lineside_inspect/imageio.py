@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import simplejpeg
 
-from lineside_inspect._cv import MAX_IMAGE_PIXELS, cv2
 from lineside_inspect.errors import ImageError, ImageTooLargeError
+from lineside_inspect.opencv import MAX_IMAGE_PIXELS, cv2
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
