@@ -100,6 +100,9 @@ class MqttPublisher:
         self._acked_mids: deque[int] = deque()  # filled by paho's thread (on_publish)
         self._acked_ids: list[int] = []  # acknowledged, not yet marked in the outbox
         self._cursor = 0  # the highest outbox id handed to paho
+        # after a reconnect paho sends what was in flight again; nothing new goes out
+        # before all of it is acknowledged, or a new event could overtake an old one
+        self._resending = False
         self._unstored: deque[Event] = deque()
         self._dropped_unstored = 0
         self._camera_states: dict[str, dict[str, Any]] = {}
@@ -134,6 +137,7 @@ class MqttPublisher:
             self._failed(f"broker {self.broker} refused the connection: {reason}")
             return
         log.info("mqtt: connected to %s", self.broker)
+        self._resending = True
         self.connected = True
         self.last_error = None
         self._announce.set()
@@ -282,8 +286,11 @@ class MqttPublisher:
         """Hand the next events to paho, in order, keeping at most ``max_inflight``
         unacknowledged. paho keeps them (and resends them first after a reconnect) until
         the broker acknowledges each, so the cursor never goes back within a run."""
+        if not self.connected or (self._resending and self._inflight):
+            return
+        self._resending = False
         room = self.config.max_inflight - len(self._inflight)
-        if room <= 0 or not self.connected:
+        if room <= 0:
             return
         paho = _paho()
         for e in self.outbox.pending(limit=room, after=self._cursor):
