@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint test-only clean system-deps
+.PHONY: serve line-demo test lint test-only clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ $(VENV)/.dev: pyproject.toml | $(PY)
 
 serve: $(VENV)/.edge
 	$(VENV)/bin/lineside serve --config configs/serve.yaml --host $(HOST) --port $(PORT)
+
+# The edge install plus the line extra (OPC UA, Modbus TCP, MQTT): `make line-demo`.
+$(VENV)/.line: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[line]'
+	touch $@ $(VENV)/.edge
+
+# `make serve` plus the PLC handshake (OPC UA :4840, Modbus TCP :5020) and line events
+# (docs/line-integration.md)
+line-demo: $(VENV)/.line
+	$(VENV)/bin/lineside serve --config configs/line-demo.yaml --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -36,6 +36,10 @@ from lineside_inspect.line.config import ModbusConfig
 from lineside_inspect.line.station import Changes, PlcWrite, Station, TagValue
 
 log = logging.getLogger("lineside.line.modbus")
+# pymodbus logs every request at INFO: the server log stays about the line, unless a
+# deployment set a level for pymodbus itself
+if logging.getLogger("pymodbus").level == logging.NOTSET:
+    logging.getLogger("pymodbus").setLevel(logging.WARNING)
 
 BLOCK = 16  # coils and registers per station
 COILS = ("Trigger", "TriggerReady", "Busy", "ResultReady", "ResultAck", "Pass", "Fail", "Error")

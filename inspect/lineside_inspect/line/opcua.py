@@ -33,6 +33,10 @@ from lineside_inspect.line.config import OpcUaConfig
 from lineside_inspect.line.station import PLC_WRITES, TAGS, Changes, PlcWrite, Station, TagValue
 
 log = logging.getLogger("lineside.line.opcua")
+# asyncua logs every request at INFO: the server log stays about the line, unless a
+# deployment set a level for asyncua itself
+if logging.getLogger("asyncua").level == logging.NOTSET:
+    logging.getLogger("asyncua").setLevel(logging.WARNING)
 
 VARIANT = {name: getattr(ua.VariantType, kind) for name, kind in TAGS.items()}
 APPLICATION_URI = "urn:lineside:server"  # unless the certificate names another
