@@ -243,11 +243,13 @@ def train_cmd(
     merge: Annotated[list[str] | None, typer.Option(help="extra dataset merged into train")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run's last.pt")] = False,
+    time: Annotated[str | None, typer.Option(
+        "--time", help="train to this budget (30m, 90s, 1h): the schedule is fitted to it")] = None,
 ) -> None:
-    """Train a detector (needs lineside[train]; use torchrun for several GPUs/nodes)."""
+    """Train a detector (needs lineside\\[train]; use torchrun for several GPUs/nodes)."""
     t = training()
     cfg = t.load_config(config, set_, data=data, model=model, weights=weights, epochs=epochs,
-                        name=name, device=device, extra_data=merge or None)
+                        name=name, device=device, extra_data=merge or None, time_budget=time)
     run = t.train(cfg, resume=resume)
     out.print(f"run saved to {run}")
 
@@ -297,9 +299,10 @@ def bench_train_cmd(
     """Training throughput: full pipeline vs the bare forward+backward step."""
     t = training()
     r = t.bench_train(t.load_config(config, set_), steps=steps)
+    crop = f"crop {r['crop']}" if r.get("crop") else f"no crop (whole images at {r['input_size']})"
     out.print(f"bare step      {r['bare_img_s']:.1f} img/s\n"
               f"full pipeline  {r['pipeline_img_s']:.1f} img/s  ({r['ratio']:.2f}x of bare)\n"
-              f"batch {r['batch_size']} crop {r['crop']} threads {r['threads']} "
+              f"batch {r['batch_size']} {crop} threads {r['threads']} "
               f"workers {r['workers']}")
 
 

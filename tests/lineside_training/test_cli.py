@@ -51,3 +51,19 @@ def test_edge_install_says_what_to_install() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2
     assert "pip install 'lineside[train]'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_train_help_names_the_extra_and_the_budget() -> None:
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "120"})
+    assert r.exit_code == 0
+    assert "needs lineside[train]" in r.stdout  # not eaten as console markup
+    assert "--time" in r.stdout
+
+
+def test_bench_train_without_crop_says_so() -> None:
+    r = runner.invoke(app, ["bench", "train", "--config", str(ROOT / "training/configs/deeppcb-single.yaml"),
+                            "--set", f"data={SAMPLE}", "--set", "crop_size=null", "--set", "input_size=128",
+                            "--set", "batch_size=2", "--set", "device=cpu", "--steps", "1"])
+    assert r.exit_code == 0, r.stderr
+    assert "crop" in r.stdout and "no crop (whole images at 128)" in r.stdout
+    assert "crop 128" not in r.stdout

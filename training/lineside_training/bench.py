@@ -21,9 +21,10 @@ def _step(model: Any, opt: Any, images: torch.Tensor, targets: list[dict[str, to
     opt.step()
 
 
-def bench_train(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3) -> dict[str, float]:
+def bench_train(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3) -> dict[str, Any]:
     """Images/s of the bare forward+backward on synthetic tensors, and of the full pipeline
-    (decode, augmentation, batching, step) on the configured dataset."""
+    (decode, augmentation, batching, step) on the configured dataset. ``crop`` is the
+    training crop, None when training sees whole (letterboxed) ``input_size`` images."""
     device = pick_device(cfg.device)
     data = load_data(cfg)
     size = cfg.crop_size or cfg.input_size
@@ -65,5 +66,6 @@ def bench_train(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3) -> dict[s
         n += len(imgs)
     full = n / (time.perf_counter() - t)
     return {"bare_img_s": bare, "pipeline_img_s": full, "ratio": full / bare,
-            "batch_size": cfg.batch_size, "crop": size, "threads": torch.get_num_threads(),
+            "batch_size": cfg.batch_size, "crop": cfg.crop_size, "input_size": cfg.input_size,
+            "threads": torch.get_num_threads(),
             "workers": cfg.workers}

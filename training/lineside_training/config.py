@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lineside_inspect.errors import ConfigError, describe_validation
+from lineside_training.budget import parse_duration
 
 
 class AugmentConfig(BaseModel):
@@ -62,9 +63,24 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     amp: bool = True
     max_steps_per_epoch: int | None = Field(None, ge=1)
-    time_limit_minutes: float | None = Field(None, gt=0)
+    time_limit_minutes: float | None = Field(None, gt=0, description=(
+        "stop after the epoch that passes this (the schedule is not changed; see time_budget)"))
+    time_budget: str | None = Field(None, description=(
+        "train to this wall-clock budget (30m, 90s, 1h; a bare number is minutes): the "
+        "schedule (warm-up, cosine, EMA) is fitted to it from measured throughput and "
+        "'epochs' only seeds the first plan"))
+    log_every: int = Field(50, ge=1, description=(
+        "steps between progress lines when the log is not a terminal (nohup, CI)"))
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     out_dir: str = "runs"
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> str | None:
+        """Checked at load, kept as seconds (``1800s``) so config.yaml reads back the same."""
+        if value is None:
+            return None
+        return f"{parse_duration(value):g}s"
 
 
 def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:

@@ -1,7 +1,8 @@
 """The training loop, in named steps as torchvision's reference scripts have it:
 :func:`train` composes :func:`train_one_epoch`, :func:`evaluate` and
 :func:`save_checkpoint` / :func:`load_checkpoint`. CPU or CUDA (AMP), DDP through torchrun,
-EMA, resume, early stopping, and a JSON-lines metrics log per evaluation."""
+EMA, resume, early stopping, a time budget (:mod:`lineside_training.budget`), a JSON-lines
+metrics log per epoch and a plain-text ``train.log``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
 from lineside_inspect.errors import ConfigError
+from lineside_training.budget import Budget, SchedulePlan, fitted_ema, format_duration, parse_duration
 from lineside_training.config import TrainConfig
 from lineside_training.data.augment import train_transform
 from lineside_training.data.dataset import DetectionDataset, collate
@@ -91,22 +93,33 @@ def load_data(cfg: TrainConfig) -> TrainData:
     return TrainData(dataset, class_names, train, val, fp)
 
 
-def ema_avg(decay: float, ramp: float = 500.0) -> Any:
+def ema_avg(decay: float | SchedulePlan, ramp: float = 500.0) -> Any:
     """EMA whose decay ramps up from 0 over the first updates, so the average is useful
-    from the first evaluation instead of dragging the random initial weights along."""
+    from the first evaluation instead of dragging the random initial weights along.
+    ``decay`` may be a :class:`SchedulePlan`, read at every update (a time budget re-fits
+    its decay and ramp to the run's length)."""
 
     def avg(averaged: torch.Tensor, current: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
-        d = decay * (1 - math.exp(-float(num) / ramp))
+        dec, rmp = (decay.ema_decay, decay.ema_ramp) if isinstance(decay, SchedulePlan) \
+            else (decay, ramp)
+        d = dec * (1 - math.exp(-float(num) / rmp))
         return averaged * d + current * (1 - d)
 
     return avg
 
 
-def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Any:
-    total = cfg.epochs * steps_per_epoch
-    warm = int(cfg.warmup_epochs * steps_per_epoch)
+def plan_schedule(cfg: TrainConfig, steps_per_epoch: int) -> SchedulePlan:
+    """The schedule ``epochs`` and ``warmup_epochs`` describe, in steps."""
+    return SchedulePlan(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch),
+                        cfg.ema_decay)
+
+
+def _lr_lambda(plan: SchedulePlan) -> Any:
+    """Linear warm-up, then cosine to 2% of the peak at ``plan.total_steps``; the plan is
+    read at every step, so a re-fitted plan reshapes the rest of the curve."""
 
     def f(step: int) -> float:
+        warm, total = plan.warmup_steps, plan.total_steps
         if step < warm:
             return 0.01 + 0.99 * step / max(warm, 1)
         progress = (step - warm) / max(total - warm, 1)
@@ -146,6 +159,8 @@ class Progress:
     best: float = -1.0  # best validation mAP@.5 so far
     stale: int = 0  # evaluations since ``best`` last improved (early stopping)
     elapsed_s: float = 0.0  # training seconds, summed over resumed runs
+    step: int = 0  # optimiser steps done, summed over resumed runs
+    planned_steps: int = 0  # the schedule's length (a time budget re-fits it)
 
 
 @dataclass
@@ -153,6 +168,7 @@ class EpochStats:
     loss: float  # mean training loss per image on this rank
     images: int  # images this rank trained on
     seconds: float
+    steps: int = 0  # optimiser steps taken (fewer than asked when a time budget stops it)
 
 
 def build_train_loader(
@@ -185,13 +201,52 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int) -> Any:
-    """Stepped once per training step (``steps`` per epoch)."""
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int,
+                    plan: SchedulePlan | None = None) -> Any:
+    """Stepped once per training step (``steps`` per epoch); the cosine follows ``plan``
+    (default: the config's epochs)."""
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
             pct_start=min(max(cfg.warmup_epochs / cfg.epochs, 0.01), 0.5))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(plan or plan_schedule(cfg, steps)))
+
+
+class PlainProgress:
+    """Progress for a log that is not a terminal (``nohup``, CI, a pipe): one plain line
+    every ``every`` steps, where a progress bar would write a redraw per step."""
+
+    def __init__(self, total: int, desc: str, every: int, log: Callable[[str], None]) -> None:
+        self.total, self.desc, self.every, self.log = total, desc, max(every, 1), log
+        self.n = 0
+        self.postfix = ""
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfix = " ".join(f"{k} {v}" for k, v in values.items())
+
+    def update(self) -> None:
+        self.n += 1
+        if self.n % self.every == 0:
+            self.log(f"{self.desc} step {self.n}/{self.total} {self.postfix}".strip())
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(steps: int, desc: str, progress_bar: bool, log_every: int,
+              log: Callable[[str], None] | None) -> Any:
+    """A tqdm bar on a terminal; plain lines otherwise; nothing when not wanted."""
+    if progress_bar and sys.stderr.isatty():
+        return tqdm(total=steps, desc=desc, file=sys.stderr, leave=False)
+    if progress_bar or log is not None:
+        def write(line: str) -> None:
+            if log is not None:
+                log(line)
+            elif progress_bar:
+                print(line, file=sys.stderr, flush=True)
+
+        return PlainProgress(steps, desc, log_every, write)
+    return tqdm(total=steps, disable=True)
 
 
 def train_one_epoch(
@@ -205,6 +260,9 @@ def train_one_epoch(
     grad_clip: float,
     desc: str = "",
     progress_bar: bool = False,
+    log_every: int = 50,
+    log: Callable[[str], None] | None = None,
+    budget: Budget | None = None,
 ) -> EpochStats:
     """One epoch of at most ``steps`` optimiser steps.
 
@@ -215,12 +273,18 @@ def train_one_epoch(
     images as float32 ``[B, 3, S, S]`` in 0..255 with the targets and returns a dict of
     scalar losses; their sum is minimised (scaled by ``state.scaler`` under AMP, gradients
     clipped to ``grad_clip`` when > 0). The scheduler and the EMA step with the optimiser.
+
+    Progress is a bar when stderr is a terminal, else a plain line every ``log_every``
+    steps through ``log``. With a ``budget`` each step is timed, the plan re-fitted when
+    due, and the epoch ends early once the plan's steps are done or time is short.
     """
     net.train()
     seen, loss_sum, t_epoch = 0, 0.0, time.time()
-    bar = tqdm(total=steps, desc=desc, disable=not progress_bar, file=sys.stderr, leave=False)
+    bar = _progress(steps, desc, progress_bar, log_every, log)
+    taken = 0
+    t_step = time.perf_counter()
     for step, (images, targets) in enumerate(loader):
-        if step >= steps:
+        if step >= steps or (budget is not None and (budget.steps_left() == 0 or budget.out_of_time())):
             break
         images = images.to(device, non_blocking=True).float()
         targets = [{k: v.to(device) for k, v in t.items() if k != "index"} for t in targets]
@@ -238,12 +302,19 @@ def train_one_epoch(
         if state.ema is not None:
             state.ema.update_parameters(state.model)
         seen += len(images)
+        taken += 1
         loss_sum += float(loss.detach()) * len(images)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}",
                         img_s=f"{seen / (time.time() - t_epoch):.1f}")
         bar.update()
+        if budget is not None:
+            now = time.perf_counter()  # the step, with loading the batch that fed it
+            budget.record_step(now - t_step)
+            t_step = now
+            if budget.due() and (line := budget.refit()) is not None and log is not None:
+                log(line)
     bar.close()
-    return EpochStats(loss_sum / max(seen, 1), seen, time.time() - t_epoch)
+    return EpochStats(loss_sum / max(seen, 1), seen, time.time() - t_epoch, taken)
 
 
 def evaluate(
@@ -292,6 +363,7 @@ def save_checkpoint(
         "epoch": progress.epoch, "best": progress.best, "stale": progress.stale,
         "config": cfg.model_dump(), "class_names": class_names,
         "elapsed_s": progress.elapsed_s, "data": data_fingerprint,
+        "step": progress.step, "planned_steps": progress.planned_steps,
     }, tmp)
     tmp.replace(path)
 
@@ -308,17 +380,33 @@ def load_checkpoint(path: Path, state: TrainState, device: torch.device) -> Prog
     state.scheduler.load_state_dict(ck["scheduler"])
     if ck.get("scaler"):
         state.scaler.load_state_dict(ck["scaler"])
-    return Progress(ck["epoch"], ck["best"], ck["stale"], ck.get("elapsed_s", 0.0))
+    return Progress(ck["epoch"], ck["best"], ck["stale"], ck.get("elapsed_s", 0.0),
+                    ck.get("step", 0), ck.get("planned_steps", 0))
+
+
+def _agree(value: int, world: int) -> int:
+    """Rank 0's ``value`` on every rank (a time budget is planned on rank 0's clock, and
+    every rank must take the same number of steps)."""
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.broadcast(t, 0)
+    return int(t.item())
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Path:
     """Train per ``cfg``; returns the run folder (``config.yaml``, ``last.pt``, ``best.pt``,
-    ``metrics.jsonl``). Safe to interrupt: ``last.pt`` is written first.
+    ``metrics.jsonl``, ``train.log``). Safe to interrupt: ``last.pt`` is written first.
 
     Each epoch is :func:`train_one_epoch`, then every ``eval_every`` epochs (and the last)
     :func:`evaluate` on rank 0, which keeps ``best.pt`` at the best mAP@.5, then
     :func:`save_checkpoint` of ``last.pt``. Stops after ``epochs``, ``time_limit_minutes``
-    or ``patience`` evaluations without gain."""
+    or ``patience`` evaluations without gain.
+
+    With ``time_budget`` the epochs are not counted: the schedule (warm-up, cosine, EMA)
+    is planned in steps and re-fitted from measured throughput so that the last step and
+    the final evaluation end at the budget (:class:`lineside_training.budget.Budget`);
+    ``train.log`` says each re-fit and how the run ended."""
     rank, world = _distributed()
     device = pick_device(cfg.device)
     if device.type == "cuda" and world > 1:
@@ -326,9 +414,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     seed_everything(cfg.seed)
     run = Path(cfg.out_dir) / cfg.name
     data = load_data(cfg)
+    budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None
+    if budget_s is not None and cfg.schedule != "cosine":
+        raise ConfigError("time_budget fits a cosine schedule; set schedule: cosine (onecycle "
+                          "cannot change its length once started)")
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+    def log(line: str) -> None:  # rank 0: train.log always, stderr unless quiet
+        if rank != 0:
+            return
+        stamp = time.strftime("%H:%M:%S")
+        with open(run / "train.log", "a") as fh:
+            fh.write(f"{stamp} {line}\n")
+        if not quiet:
+            print(line, file=sys.stderr, flush=True)
 
     model = build_model(cfg.model, num_classes=len(data.class_names), **cfg.model_kwargs)
     if cfg.weights:
@@ -336,8 +437,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         if rank == 0 and not quiet:
             print(report, file=sys.stderr)
     model.to(device)
-    ema = AveragedModel(model, avg_fn=ema_avg(cfg.ema_decay), use_buffers=True) \
-        if cfg.ema_decay > 0 else None
 
     train_ds = DetectionDataset(
         data.dataset, data.train, data.class_names, size=cfg.input_size,
@@ -349,9 +448,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                               reference=cfg.reference)
     loader, sampler = build_train_loader(cfg, train_ds, data, rank, world)
     steps = min(len(loader), cfg.max_steps_per_epoch or len(loader))
+    plan = plan_schedule(cfg, steps)
+    ema = AveragedModel(model, avg_fn=ema_avg(plan), use_buffers=True) if cfg.ema_decay > 0 else None
     optimizer = build_optimizer(cfg, model)
     use_amp = cfg.amp and device.type == "cuda"
-    state = TrainState(model, ema, optimizer, build_scheduler(cfg, optimizer, steps),
+    state = TrainState(model, ema, optimizer, build_scheduler(cfg, optimizer, steps, plan),
                        torch.amp.GradScaler("cuda", enabled=use_amp))
     # static_graph: the same parameters (e.g. an unused top pyramid output) go without
     # gradient every step, which DDP accepts when told the graph is static
@@ -361,45 +462,82 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     if resume and (run / "last.pt").is_file():
         progress = load_checkpoint(run / "last.pt", state, device)
     start_epoch, elapsed0, t0 = progress.epoch + 1, progress.elapsed_s, time.time()
+    budget: Budget | None = None
+    if budget_s is not None:
+        if progress.planned_steps:  # a resumed budget run continues its plan
+            plan.total_steps = progress.planned_steps
+        plan.warmup_steps = min(plan.warmup_steps, plan.total_steps // 5)
+        plan.ema_decay, plan.ema_ramp = fitted_ema(cfg.ema_decay, plan.total_steps)
+        budget = Budget(budget_s, steps, cfg.eval_every, plan, warmup_wanted=int(cfg.warmup_epochs * steps),
+                        base_decay=cfg.ema_decay, eval_images=len(data.val),
+                        eval_pixel_ratio=(cfg.input_size / (cfg.crop_size or cfg.input_size)) ** 2,
+                        batch_size=cfg.batch_size, spent_before=elapsed0, step=progress.step)
+        log(f"time budget {format_duration(budget_s)}: the schedule (warm-up, cosine, EMA) is fitted "
+            f"to it from measured throughput; first plan {plan.total_steps} steps "
+            f"({steps} a full epoch), re-fitted as the run goes")
 
     def save(epoch: int, path: Path) -> None:  # rank 0 writes, as torchvision's save_on_master
         if rank == 0:
             progress.epoch, progress.elapsed_s = epoch, elapsed0 + time.time() - t0
+            progress.planned_steps = plan.total_steps
             save_checkpoint(path, state, progress, cfg=cfg, class_names=data.class_names,
                             data_fingerprint=data.fingerprint)
 
-    epoch = start_epoch
+    epoch, best_epoch, ended = start_epoch, 0, ""
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        while budget is not None or epoch < cfg.epochs:
             if sampler is not None:
                 sampler.set_epoch(epoch)
-            stats = train_one_epoch(net, state, loader, device=device, steps=steps, use_amp=use_amp,
-                                    grad_clip=cfg.grad_clip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                                    progress_bar=not quiet and rank == 0)
+            epoch_steps = steps if budget is None else min(steps, budget.steps_left())
+            desc = f"epoch {epoch + 1}" + ("" if budget is not None else f"/{cfg.epochs}")
+            stats = train_one_epoch(net, state, loader, device=device, steps=epoch_steps, use_amp=use_amp,
+                                    grad_clip=cfg.grad_clip, desc=desc,
+                                    progress_bar=not quiet and rank == 0, log_every=cfg.log_every,
+                                    log=log if rank == 0 else None,
+                                    budget=budget if world == 1 else None)
+            progress.step += stats.steps
+            if budget is not None:
+                if world > 1:  # every rank took the same steps; time them on rank 0's clock
+                    budget.step, budget.train_s = progress.step, budget.train_s + stats.seconds
+                    budget.steps_timed += stats.steps
+                if (line := budget.refit()) is not None:
+                    log(line)
+                plan.total_steps = _agree(plan.total_steps, world)
             row: dict[str, Any] = {
                 "epoch": epoch + 1, "loss": stats.loss, "lr": state.scheduler.get_last_lr()[0],
-                "train_img_s": stats.images * world / stats.seconds,
+                "train_img_s": stats.images * world / max(stats.seconds, 1e-9), "step": progress.step,
             }
-            last = epoch + 1 == cfg.epochs or (
-                cfg.time_limit_minutes is not None
-                and elapsed0 + time.time() - t0 > cfg.time_limit_minutes * 60)
+            if budget is not None:
+                row["planned_steps"] = plan.total_steps
+                done = budget.steps_left() == 0 or budget.out_of_time()
+                last = bool(_agree(int(done), world))
+            else:
+                last = epoch + 1 == cfg.epochs or (
+                    cfg.time_limit_minutes is not None
+                    and elapsed0 + time.time() - t0 > cfg.time_limit_minutes * 60)
             if rank == 0 and ((epoch + 1) % cfg.eval_every == 0 or last):
+                t_eval = time.perf_counter()
                 m = evaluate(state.eval_model, data.dataset, data.val, data.class_names,
                              size=cfg.input_size, device=device, cache=val_ds)
                 row.update(map=m["map"], map50=m["map50"])
                 if m["map50"] > progress.best:
-                    progress.best, progress.stale = m["map50"], 0
+                    progress.best, progress.stale, best_epoch = m["map50"], 0, epoch + 1
                     save(epoch, run / "best.pt")
                 else:
                     progress.stale += 1
+                if budget is not None:
+                    budget.record_eval(time.perf_counter() - t_eval)
             row["elapsed_min"] = (elapsed0 + time.time() - t0) / 60
             if rank == 0:
                 with open(run / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
-                if not quiet:
-                    print(json.dumps(row), file=sys.stderr)
+                log(json.dumps(row))
             save(epoch, run / "last.pt")
-            if progress.stale >= cfg.patience or last:
+            epoch += 1
+            if progress.stale >= cfg.patience:
+                ended = f"stopped early: {progress.stale} evaluations without gain (patience)"
+                break
+            if last:
                 break
     except KeyboardInterrupt:
         save(max(epoch - 1, 0), run / "last.pt")
@@ -408,4 +546,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         if world > 1 and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+    if budget is not None:
+        how = ended or (f"stopped itself at step {progress.step} of {plan.total_steps} planned"
+                        if budget.steps_left() == 0 else
+                        f"stopped itself at step {progress.step} of {plan.total_steps} planned: "
+                        "no time left for another step and the final evaluation")
+        log(f"time budget {format_duration(budget.seconds)}: {how}, after "
+            f"{format_duration(budget.elapsed())} ({epoch - start_epoch} epochs this session, "
+            f"{budget.refits} re-fits); best mAP@.5 {progress.best:.4f} at epoch {best_epoch} "
+            f"in {run / 'best.pt'}")
     return run

@@ -1,0 +1,67 @@
+"""Training to a time budget: the schedule is planned in steps, re-fitted from measured
+throughput, and the run stops itself; logs off a terminal are plain lines."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from lineside_inspect.errors import ConfigError
+from lineside_training.budget import SchedulePlan, parse_duration
+from lineside_training.config import TrainConfig, load_config
+from lineside_training.engine import _lr_lambda, train
+
+Make = Callable[..., TrainConfig]
+
+
+def test_durations() -> None:
+    assert [parse_duration(t) for t in ("30m", "90s", "1h", "1h30m", "2.5min", "45")] == \
+        [1800, 90, 3600, 5400, 150, 2700]
+    assert load_config(None, None, data="x", time_budget="30m").time_budget == "1800s"
+    assert load_config(None, ["time_budget=90s"], data="x").time_budget == "90s"
+    for bad in ("soon", "30x", "-5m", "0s", "m30"):
+        with pytest.raises(ConfigError, match="time_budget"):
+            load_config(None, None, data="x", time_budget=bad)
+
+
+def test_cosine_follows_a_refitted_plan() -> None:
+    plan = SchedulePlan(total_steps=100, warmup_steps=10, ema_decay=0.99)
+    lr = _lr_lambda(plan)
+    assert lr(0) == pytest.approx(0.01) and lr(10) == pytest.approx(1.0)
+    assert lr(100) == pytest.approx(0.02) and lr(30) > 0.85
+    plan.total_steps = 50  # less time than planned: the rest of the curve is compressed
+    assert lr(50) == pytest.approx(0.02) and lr(30) == pytest.approx(0.51)
+
+
+def test_time_budget_refits_and_stops_itself(tmp_path: Path, make_config: Make,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """40 epochs of 4 steps would take minutes here; a 20 s budget re-plans them from the
+    measured step and evaluation times and ends itself, best checkpoint kept."""
+    torch.set_num_threads(2)
+    cfg = make_config(tmp_path, time_budget="20s", epochs=40, max_steps_per_epoch=4, eval_every=1,
+                      log_every=2, input_size=320)
+    run = train(cfg)  # not quiet: the log goes to stderr, which is not a terminal here
+    log = (run / "train.log").read_text()
+    assert "time budget 20s: the schedule (warm-up, cosine, EMA) is fitted to it" in log
+    assert "first plan 160 steps" in log
+    refits = [(int(a), int(b)) for a, b in re.findall(r"plan (\d+) steps \(.*?was (\d+)\)", log)]
+    assert refits and refits[0][1] == 160 and refits[0][0] < 160  # the guess was re-fitted
+    planned = refits[-1][0]
+    [end] = [line for line in log.splitlines() if "stopped itself at step" in line]
+    steps = int(re.search(r"at step (\d+) of (\d+) planned", end).group(1))  # type: ignore[union-attr]
+    assert f"of {planned} planned" in end and "best mAP@.5" in end and "best.pt" in end
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == steps and rows[-1]["planned_steps"] == planned
+    assert "map50" in rows[-1]  # the run ended on an evaluation
+    assert len(rows) < 40 and (run / "best.pt").is_file()
+    last = torch.load(run / "last.pt", weights_only=False)
+    assert (last["step"], last["planned_steps"]) == (steps, planned)
+    err = capsys.readouterr().err
+    assert "\r" not in err  # no progress-bar redraws off a terminal
+    assert re.search(r"^epoch 1 step 2/4 loss \d", err, re.MULTILINE)
+    assert "stopped itself" in err

@@ -1,0 +1,170 @@
+"""Training to a time budget: the schedule (warm-up, cosine, EMA) is planned in steps and
+re-fitted to the budget from the throughput measured as the run goes.
+
+A guess made before training (epochs read off ``bench train``, on a machine that may be
+busy) is wrong in either direction; the run itself knows how long its steps and its
+evaluations take. :class:`Budget` re-plans the total number of steps after the first few
+steps and then regularly (each epoch, and a few times within long epochs) so that the
+last step and the final evaluation end at the budget; the learning-rate and EMA
+schedules read the plan (:class:`SchedulePlan`), so a re-fit stretches or shrinks the
+whole cosine, not only where it is cut.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(min|sec|h|m|s)?", re.IGNORECASE)
+_UNIT_S = {"h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "sec": 1.0}
+EMA_WINDOW = 0.2  # a budgeted run's EMA averages over at most this share of its steps
+EMA_RAMP = 0.1  # and ramps its decay up over this share (cf. the fixed 500 updates)
+WARMUP_MAX = 0.2  # warm-up takes at most this share of a budgeted run
+REFITS_PER_EPOCH = 4  # long epochs are re-planned within, not only at their end
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from ``30m``, ``90s``, ``1h``, ``1h30m`` or ``1.5h``; a bare number is
+    minutes (as ``time_limit_minutes``). Raises ``ValueError`` naming the forms."""
+    if isinstance(text, int | float):
+        seconds = float(text) * 60
+    else:
+        s = text.strip().replace(" ", "")
+        if re.fullmatch(r"\d+(?:\.\d+)?", s):
+            seconds = float(s) * 60
+        elif s and re.fullmatch(rf"(?:{_DURATION.pattern})+", s, re.IGNORECASE) and \
+                all(u for _, u in _DURATION.findall(s)):
+            seconds = sum(float(n) * _UNIT_S[u.lower()] for n, u in _DURATION.findall(s))
+        else:
+            raise ValueError(f"{text!r} is not a duration: write e.g. 30m, 90s, 1h or 1h30m")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{text!r}: a time budget must be positive")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+@dataclass
+class SchedulePlan:
+    """What the learning-rate and EMA schedules follow; mutable, so a re-fit moves them."""
+
+    total_steps: int
+    warmup_steps: int
+    ema_decay: float
+    ema_ramp: float = 500.0  # EMA updates over which the decay ramps up from 0
+
+
+def fitted_ema(decay: float, total_steps: int) -> tuple[float, float]:
+    """The EMA decay and ramp for a run of ``total_steps``: an average over at most
+    ``EMA_WINDOW`` of the run (a 0.999 decay averages ~1000 steps, longer than a short
+    budget's whole run), ramped over ``EMA_RAMP`` of it."""
+    window = max(EMA_WINDOW * total_steps, 5.0)
+    return min(decay, 1 - 1 / window), max(EMA_RAMP * total_steps, 5.0)
+
+
+@dataclass
+class Budget:
+    """A training time budget in seconds, measured on the wall clock from the start of
+    the run (a resumed run carries what it already spent).
+
+    Steps and evaluations are timed separately: training steps cost ``step_s`` each and
+    every evaluation ``eval_s``; the plan leaves time for the evaluations the remaining
+    epochs will do and for the final one."""
+
+    seconds: float
+    steps_per_epoch: int
+    eval_every: int
+    plan: SchedulePlan
+    warmup_wanted: int  # the config's warm-up in steps, before the WARMUP_MAX cap
+    base_decay: float  # the config's EMA decay, before fitting
+    # until an evaluation has been timed, its cost is guessed from the training step: a
+    # forward pass (~1/3 of forward + backward) per validation image, at the input size
+    # rather than the crop size
+    eval_images: int = 0
+    eval_pixel_ratio: float = 1.0  # (input size / crop size) ** 2
+    batch_size: int = 1
+    spent_before: float = 0.0  # seconds of earlier (resumed) sessions
+    started: float = field(default_factory=time.monotonic)
+    step: int = 0  # steps done (a resumed run starts at its saved step)
+    train_s: float = 0.0  # measured seconds in training steps, this session
+    steps_timed: int = 0
+    eval_s: float = 0.0  # the last evaluation's seconds
+    eval_timed: bool = False
+    refits: int = 0
+    first_seen: bool = False
+    stopped: str = ""  # why the run ended early, if it did
+
+    def elapsed(self) -> float:
+        return self.spent_before + time.monotonic() - self.started
+
+    def remaining(self) -> float:
+        return self.seconds - self.elapsed()
+
+    def record_step(self, seconds: float) -> None:
+        self.step += 1
+        if not self.first_seen:  # a session's first step pays for start-up, not for training
+            self.first_seen = True
+            return
+        self.train_s += seconds
+        self.steps_timed += 1
+
+    def record_eval(self, seconds: float) -> None:
+        self.eval_s, self.eval_timed = seconds, True
+
+    def eval_cost(self) -> float:
+        if self.eval_timed or not self.steps_timed:
+            return self.eval_s
+        per_image = self.train_s / self.steps_timed / self.batch_size
+        return per_image * self.eval_pixel_ratio * self.eval_images / 3
+
+    def due(self) -> bool:
+        """Re-plan now? After 3 and 10 measured steps, then every quarter epoch."""
+        every = max(1, self.steps_per_epoch // REFITS_PER_EPOCH)
+        return self.steps_timed in (3, 10) or (self.steps_timed > 10 and self.step % every == 0)
+
+    def refit(self) -> str | None:
+        """Re-plan the total steps so the run ends at the budget; returns a log line when
+        the plan changed (or None). Needs at least one measured step."""
+        if not self.steps_timed:
+            return None
+        step_s = self.train_s / self.steps_timed
+        eval_s = self.eval_cost()
+        # evaluations amortised per step: one every eval_every epochs, and the final one
+        per_step = step_s + eval_s / (self.steps_per_epoch * self.eval_every)
+        left = self.remaining() - eval_s
+        total = self.step + max(0, math.floor(left / per_step))
+        old = self.plan.total_steps
+        if self.refits and total > old and self.step > 0.9 * old:
+            total = old  # the cosine is nearly done: stretching it now would raise the LR again
+        self.plan.total_steps = max(total, self.step)
+        if self.step < self.plan.warmup_steps or self.refits == 0:  # warm-up not yet passed
+            self.plan.warmup_steps = max(min(self.warmup_wanted, int(WARMUP_MAX * self.plan.total_steps)),
+                                         min(self.step, self.plan.warmup_steps))
+        self.plan.ema_decay, self.plan.ema_ramp = fitted_ema(self.base_decay, self.plan.total_steps)
+        self.refits += 1
+        if old == self.plan.total_steps:
+            return None
+        how = "measured" if self.eval_timed else "guessed"
+        return (f"time budget: {step_s:.2f} s/step measured, {eval_s:.1f} s per evaluation {how}, "
+                f"{format_duration(self.remaining())} left: plan {self.plan.total_steps} steps "
+                f"({self.plan.total_steps / self.steps_per_epoch:.1f} epochs; was {old}), "
+                f"warm-up {self.plan.warmup_steps}, EMA decay {self.plan.ema_decay:.4f}")
+
+    def steps_left(self) -> int:
+        return max(0, self.plan.total_steps - self.step)
+
+    def out_of_time(self) -> bool:
+        """No room for another step and the final evaluation (a slowed machine)."""
+        step_s = self.train_s / self.steps_timed if self.steps_timed else 0.0
+        return self.remaining() < step_s + self.eval_cost()
