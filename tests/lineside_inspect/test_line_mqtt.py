@@ -352,7 +352,8 @@ def test_events_of_a_killed_server_are_sent_at_its_next_start_and_the_will_says_
         stop_server()
 
 
-def test_the_outbox_is_written_with_the_inspection(tmp_path: Path, monkeypatch) -> None:
+def test_the_outbox_is_written_with_the_inspection(tmp_path: Path, monkeypatch,
+                                                    database_url: str | None) -> None:
     """An event enters the outbox in its inspection's transaction: applying the same
     journal records again (a replay after a crash) adds neither; a failing event maker
     costs the inspection nothing; boxes sharing a database see only their own events."""
@@ -360,7 +361,7 @@ def test_the_outbox_is_written_with_the_inspection(tmp_path: Path, monkeypatch) 
     import test_store as t  # type: ignore[import-not-found]
 
     detector = Detector(MODEL, device="cpu", threads=1)
-    store = Store(tmp_path / "a", pass_rate=0.0, sync_interval_s=3600, box_id="a")
+    store = Store(tmp_path / "a", database_url, pass_rate=0.0, sync_interval_s=3600, box_id="a")
     try:
         def broken(_: object) -> list[dict[str, Any]]:
             raise RuntimeError("boom")
