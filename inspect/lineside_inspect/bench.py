@@ -259,3 +259,145 @@ def format_server_rows(rows: list[dict[str, Any]], clients: tuple[int, ...] = (1
             f"{r[f'clients_{k}_img_s']:.1f} img/s = {r[f'clients_{k}_ratio']:.2f}x" for r in rows)
             + " |")
     return "\n".join(lines) + f"\n\n({rows[0]['cores']} cores)"
+
+
+def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int = 40,
+               fps: float = 30.0) -> dict[str, Any]:
+    """PLC trigger -> ``ResultReady`` over OPC UA and Modbus TCP, beside HTTP trigger ->
+    verdict, in one run against one ``lineside serve`` process (its own interpreter, as
+    in production) reading a simulated ``fps`` MJPEG camera. The three are interleaved
+    round by round so they see the same load. The OPC UA client is told of ``ResultReady``
+    by a subscription (pushed at once); the Modbus client polls it every millisecond (a
+    fast PLC cycle; Modbus has no push), each poll one round trip."""
+    import asyncio
+    import json
+    import tempfile
+
+    try:
+        from asyncua import Client, ua
+        from pymodbus.client import AsyncModbusTcpClient
+    except ImportError as exc:
+        from lineside_inspect.errors import MissingExtraError
+
+        raise MissingExtraError(f"lineside bench line needs {exc.name}: install lineside[line]") \
+            from None
+    import httpx
+
+    from lineside_inspect.cameras.simulator import MJPEGSimulator, folder_frames
+    from lineside_inspect.line.modbus import COILS
+
+    opc_port, modbus_port = _free_port(), _free_port()
+    endpoint = f"opc.tcp://127.0.0.1:{opc_port}/lineside/"
+    sim = MJPEGSimulator(folder_frames(frames_folder), fps=fps)
+    line_env = {
+        "LINESIDE_CAMERAS": json.dumps([{"id": "bench", "source": sim.url, "stale_after_s": 2}]),
+        "LINESIDE_LINE": json.dumps({"opcua": {"endpoint": endpoint},
+                                     "modbus": {"port": modbus_port}, "ack_timeout_s": 30}),
+        "LINESIDE_STORE_PASS_RATE": "0"}
+    saved = {k: os.environ.get(k) for k in line_env}
+    http_ms: list[float] = []
+    opc_ms: list[float] = []
+    modbus_ms: list[float] = []
+
+    async def until(read: Any, want: bool = True) -> None:
+        deadline = time.monotonic() + 30
+        while await read() != want:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the PLC handshake did not answer within 30 s")
+            await asyncio.sleep(0.001)
+
+    async def run(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http, \
+                Client(endpoint, timeout=30) as opc:
+            while (await http.get("/v1/cameras")).json()[0]["state"] != "online":
+                await asyncio.sleep(0.1)
+            idx = await opc.get_namespace_index("urn:lineside")
+
+            def node(tag: str) -> Any:
+                return opc.get_node(f"ns={idx};s=Stations/bench/{tag}")
+
+            async def opc_read(tag: str) -> Any:
+                return await node(tag).read_value()
+
+            mb = AsyncModbusTcpClient("127.0.0.1", port=modbus_port)
+            await mb.connect()
+
+            async def coil(name: str) -> bool:
+                rr = await mb.read_coils(COILS.index(name), count=1, device_id=1)
+                return bool(rr.bits[0])
+
+            # OPC UA clients are told of ResultReady by a subscription (publishing interval
+            # 0: each change is pushed at once) rather than by polling
+            pushed = asyncio.Event()
+
+            class OnResultReady:
+                def datachange_notification(self, _node: Any, value: Any, _data: Any) -> None:
+                    if value:
+                        pushed.set()
+
+            sub = await opc.create_subscription(0, OnResultReady())
+            await sub.subscribe_data_change(node("ResultReady"))
+            true = ua.DataValue(ua.Variant(True, ua.VariantType.Boolean))
+            try:
+                for i in range(triggers + 3):
+                    warm = i < 3
+                    t = time.perf_counter()
+                    r = await http.post("/v1/cameras/bench/trigger")
+                    dt = (time.perf_counter() - t) * 1000
+                    r.raise_for_status()
+                    if not warm:
+                        http_ms.append(dt)
+                    await asyncio.sleep(0.05)
+
+                    await until(lambda: opc_read("TriggerReady"))
+                    pushed.clear()
+                    t = time.perf_counter()
+                    await node("Trigger").write_value(true)
+                    await asyncio.wait_for(pushed.wait(), 30)
+                    dt = (time.perf_counter() - t) * 1000
+                    if await opc_read("ErrorCode") != 0:
+                        raise RuntimeError(f"OPC UA trigger failed: ErrorCode {await opc_read('ErrorCode')}")
+                    if not warm:
+                        opc_ms.append(dt)
+                    await node("ResultAck").write_value(true)
+                    await asyncio.sleep(0.05)
+
+                    await until(lambda: coil("TriggerReady"))
+                    t = time.perf_counter()
+                    await mb.write_coil(COILS.index("Trigger"), True, device_id=1)
+                    await until(lambda: coil("ResultReady"))
+                    dt = (time.perf_counter() - t) * 1000
+                    if await coil("Error"):
+                        raise RuntimeError("Modbus trigger failed (Error coil set)")
+                    if not warm:
+                        modbus_ms.append(dt)
+                    await mb.write_coil(COILS.index("ResultAck"), True, device_id=1)
+                    await asyncio.sleep(0.05)
+            finally:
+                mb.close()
+                await sub.delete()
+
+    try:
+        os.environ.update(line_env)
+        with tempfile.TemporaryDirectory(prefix="lineside-bench-line-") as tmp:
+            proc, url = _serve_process(Path(package).resolve(), Path(tmp), store=True,
+                                       threads=None, concurrency=2)
+            try:
+                asyncio.run(run(url))
+            finally:
+                proc.terminate()
+                proc.wait(30)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        sim.kill()
+
+    def pct(xs: list[float], q: int) -> float:
+        return float(np.percentile(xs, q))
+
+    return {"triggers": triggers, "stream_fps": fps, "cores": os.cpu_count(),
+            **{f"{name}_p{q}_ms": pct(xs, q) for name, xs in
+               (("http", http_ms), ("opcua", opc_ms), ("modbus", modbus_ms)) for q in (50, 95)}}

@@ -375,6 +375,29 @@ def bench_camera_cmd(
               f"({r['triggers']} triggers, {r['stream_fps']:.0f} fps stream, {r['cores']} cores)")
 
 
+@bench_app.command("line")
+@friendly
+def bench_line_cmd(
+    package: Annotated[Path, typer.Argument(help="model package folder")] = Path("models/deeppcb/1"),
+    frames: Annotated[Path, typer.Option(help="images the simulated camera streams")] = Path(
+        "datasets/deeppcb-sample/images"),
+    triggers: Annotated[int, typer.Option()] = 40,
+    fps: Annotated[float, typer.Option(help="camera frame rate")] = 30.0,
+) -> None:
+    """PLC trigger -> ResultReady over OPC UA and Modbus TCP beside HTTP trigger -> verdict,
+    in one run through a simulated 30 fps camera (needs lineside[line])."""
+    from lineside_inspect.bench import bench_line
+
+    r = bench_line(package, frames, triggers=triggers, fps=fps)
+    out.print("| trigger | p50 | p95 | p50 minus HTTP |\n|---|---|---|---|")
+    for key, name in (("http", "HTTP trigger -> verdict"), ("opcua", "OPC UA Trigger -> ResultReady"),
+                      ("modbus", "Modbus TCP Trigger -> ResultReady")):
+        out.print(f"| {name} | {r[f'{key}_p50_ms']:.1f} ms | {r[f'{key}_p95_ms']:.1f} ms | "
+                  f"{r[f'{key}_p50_ms'] - r['http_p50_ms']:+.1f} ms |")
+    out.print(f"\n({r['triggers']} triggers each, interleaved, {r['stream_fps']:.0f} fps stream, "
+              f"{r['cores']} cores)")
+
+
 @bench_app.command("server")
 @friendly
 def bench_server_cmd(
