@@ -10,6 +10,7 @@ coming and the outbox backlog shows in ``/metrics`` and on the status page.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,9 @@ class Broker:
     """A mosquitto process on a fixed loopback port, with password logins; ``allow``
     reloads the password file (SIGHUP) to let users in or keep them out."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
         self.folder = folder
+        self.tls = tls
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.lines: dict[str, str] = {}
@@ -79,6 +81,8 @@ class Broker:
             self.lines[user] = path.read_text().strip()
         conf = [f"listener {self.port} 127.0.0.1", "allow_anonymous false",
                 f"password_file {folder / 'passwords'}", "persistence false"]
+        if tls is not None:
+            conf += [f"cafile {tls[0]}", f"certfile {tls[1]}", f"keyfile {tls[2]}"]
         if os.geteuid() == 0:
             conf.append("user root")  # else it drops to 'mosquitto', who cannot read the folder
         (folder / "mosquitto.conf").write_text("\n".join(conf) + "\n")
@@ -112,29 +116,42 @@ class Broker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
+def make_broker(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
     if not MOSQUITTO.is_file() or shutil.which("mosquitto_passwd") is None:
         pytest.skip("Debian's mosquitto is not installed (make test installs it)")
-    folder = tmp_path / "broker"
-    folder.mkdir()
-    b = Broker(folder)
-    yield b
-    b.kill()
+    made: list[Broker] = []
+
+    def make(tls: tuple[Path, Path, Path] | None = None) -> Broker:
+        folder = tmp_path / f"broker{len(made)}"
+        folder.mkdir()
+        made.append(Broker(folder, tls))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.kill()
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., Broker]) -> Broker:
+    return make_broker()
 
 
 class Subscriber:
     """A paho client subscribed to ``lineside/#`` at QoS 1, keeping every message."""
 
-    def __init__(self, port: int, topic: str = "lineside/#") -> None:
+    def __init__(self, port: int, topic: str = "lineside/#", ca_file: Path | None = None) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.subscriptions = 0
         self._lock = threading.Lock()
         client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}-{id(self)}")
         client.username_pw_set("sub", PASSWORDS["sub"])
+        if ca_file is not None:
+            client.tls_set(ca_certs=str(ca_file))
         client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
 
         def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -166,11 +183,11 @@ class Subscriber:
 
 
 @pytest.fixture
-def subscribers() -> Iterator[Callable[[int], Subscriber]]:
+def subscribers() -> Iterator[Callable[..., Subscriber]]:
     made: list[Subscriber] = []
 
-    def make(port: int) -> Subscriber:
-        made.append(Subscriber(port))
+    def make(port: int, ca_file: Path | None = None) -> Subscriber:
+        made.append(Subscriber(port, ca_file=ca_file))
         return made[-1]
 
     yield make
@@ -395,7 +412,70 @@ def test_the_outbox_is_written_with_the_inspection(tmp_path: Path, monkeypatch,
         store.close()
 
 
-def test_mqtt_settings_are_checked() -> None:
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate it signed for 127.0.0.1, and an unrelated CA."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+
+    def name(text: str) -> Any:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    def cert(subject: str, key: Any, issuer: Any, issuer_key: Any, ca: bool) -> Any:
+        b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(issuer)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            b = b.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    keys = {n: ec.generate_private_key(ec.SECP256R1()) for n in ("ca", "other", "server")}
+    certs = {"ca": cert("test CA", keys["ca"], name("test CA"), keys["ca"], True),
+             "other": cert("other CA", keys["other"], name("other CA"), keys["other"], True)}
+    certs["server"] = cert("broker", keys["server"], certs["ca"].subject, keys["ca"], False)
+    out: dict[str, Path] = {}
+    for n, c in certs.items():
+        out[n] = folder / f"{n}.pem"
+        out[n].write_bytes(c.public_bytes(serialization.Encoding.PEM))
+    out["server_key"] = folder / "server.key"
+    out["server_key"].write_bytes(keys["server"].private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()))
+    return out
+
+
+def test_mqtts_verifies_the_broker(make_broker: Callable[..., Broker],
+                                   subscribers: Callable[..., Subscriber], image_bytes: bytes,
+                                   tmp_path: Path) -> None:
+    pem = _certificates(tmp_path)
+    broker = make_broker((pem["ca"], pem["server"], pem["server_key"]))
+    broker.start()
+    sub = subscribers(broker.port, pem["ca"])
+    wait_for(lambda: sub.subscriptions >= 1, "the subscriber over TLS")
+    mqtt = {"url": broker.url, "username": "lineside", "password": PASSWORDS["lineside"]}
+    # a broker whose certificate this box cannot verify gets nothing, not even the password
+    impostor, stop = start_server(settings(line={"mqtt": {**mqtt, "ca_file": str(pem["other"])}}))
+    try:
+        wait_for(lambda: impostor.app.state.mqtt.last_error, "the refusal")
+        assert not impostor.app.state.mqtt.connected
+        assert "u'lineside'" not in (broker.folder / "mosquitto.log").read_text()
+    finally:
+        stop()
+    running, stop = start_server(settings(line={"mqtt": {**mqtt, "ca_file": str(pem["ca"])}}))
+    try:
+        iid = httpx.post(running.url + "/v1/inspect", content=image_bytes, timeout=60,
+                         headers={"content-type": "image/jpeg"}).json()["id"]
+        wait_for(lambda: [e for e in sub.inspections() if e["id"] == iid], "the event over TLS")
+    finally:
+        stop()
+
+
+def test_mqtt_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="credentials"):
         MqttConfig(url="mqtt://user:pw@broker")
     with pytest.raises(ValueError, match="mqtt:// or mqtts://"):
@@ -409,3 +489,7 @@ def test_mqtt_settings_are_checked() -> None:
     assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.model_dump())
     with pytest.raises(ConfigError, match="needs the store"):
         create_app(settings(store=False, line={"mqtt": {"url": "mqtt://127.0.0.1:1"}}))
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="cannot use the TLS files"):
+        create_app(settings(line={"mqtt": {"url": "mqtts://127.0.0.1:1", "ca_file": str(junk)}}))

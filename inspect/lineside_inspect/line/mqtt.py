@@ -33,13 +33,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import ssl
 import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, MissingExtraError
 from lineside_inspect.line.config import MqttConfig
 from lineside_inspect.names import is_name
 from lineside_inspect.server.responses import CameraHealth
@@ -67,8 +68,21 @@ def _paho() -> Any:
     try:
         import paho.mqtt.client as client
     except ImportError:
-        raise ConfigError("line.mqtt needs paho-mqtt: pip install 'lineside[line]'") from None
+        raise MissingExtraError("line.mqtt needs paho-mqtt: install lineside[line]") from None
     return client
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext:
+    """The broker's certificate is verified (against ``ca_file``, else the system's CAs)
+    and must name the host of the URL; ``cert_file``/``key_file`` are this box's, for
+    brokers that want client certificates."""
+    try:
+        context = ssl.create_default_context(cafile=config.ca_file)
+        if config.cert_file is not None:
+            context.load_cert_chain(config.cert_file, config.key_file)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"line.mqtt: cannot use the TLS files: {exc}") from None
+    return context
 
 
 class MqttPublisher:
@@ -120,7 +134,7 @@ class MqttPublisher:
             client.username_pw_set(cfg.username, None if cfg.password is None
                                    else cfg.password.get_secret_value())
         if cfg.tls:
-            client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file)
+            client.tls_set_context(tls_context(cfg))
         client.will_set(self.status_topic, b"offline", qos=1, retain=True)
         # room for the events' window plus the status and camera messages beside it
         client.max_inflight_messages_set(cfg.max_inflight + 16)
@@ -342,7 +356,9 @@ def setup_mqtt(app: FastAPI, settings: Settings) -> None:
     if not settings.store:
         raise ConfigError("line.mqtt needs the store (store: true): events wait for the broker "
                           "in the store's outbox")
-    _paho()  # the [line] extra, checked before anything starts
+    _paho()  # the [line] extra and the TLS files, checked before anything starts
+    if config.tls:
+        tls_context(config)
     app.state.mqtt = None
 
     def start() -> None:
