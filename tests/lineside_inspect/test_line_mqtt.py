@@ -355,6 +355,23 @@ def test_events_of_a_killed_server_are_sent_at_its_next_start_and_the_will_says_
         wait_for(lambda: sub.on(status), "status")
         assert sub.on(status)[-1][1] == b"online"
 
+        # a verdict the store refuses (a full disk) still has its event, marked not stored
+        store = running.app.state.store
+
+        def full(record: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        store.journal.append = full
+        try:
+            r = httpx.post(running.url + "/v1/inspect", content=image_bytes, timeout=60,
+                           headers={"content-type": "image/jpeg"}).json()
+        finally:
+            del store.journal.append
+        assert r["stored"] is False
+        unstored = wait_for(lambda: [e for e in sub.inspections() if e["id"] == r["id"]],
+                            "the event of an unstored inspection")
+        assert len(unstored) == 1 and unstored[0]["stored"] is False
+
         # the connection dies without a DISCONNECT (as when the box loses power): the
         # broker publishes the will; kept out for now, the server cannot say otherwise
         broker.allow("sub")
