@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve line-demo test lint test-only clean system-deps
+.PHONY: serve line-demo test lint test-only fuzz clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,14 @@ test-only: $(VENV)/.dev system-deps
 	$(PY) -m pytest
 
 test: lint test-only
+
+# Longer fuzzing than make test runs: schemathesis on every route as each role, and the
+# decoder and request-body property tests, with FUZZ_EXAMPLES examples per operation
+# (decoder: 40x that). Takes about an hour at 500 on 2 cores; no per-test timeout.
+FUZZ_EXAMPLES ?= 500
+fuzz: $(VENV)/.dev
+	LINESIDE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest --timeout=0 --hypothesis-show-statistics \
+	  tests/lineside_inspect/test_fuzz_api.py tests/lineside_inspect/test_fuzz_decode.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -42,7 +42,7 @@ from .conftest import SAMPLE, Running, keyed, start_server
 
 SCALE = int(os.environ.get("LINESIDE_FUZZ_EXAMPLES", "8"))
 DECODE_EXAMPLES = 40 * SCALE  # decodes of small images are cheap
-HTTP_EXAMPLES = 4 * SCALE  # each one a request (and often an inference) on the real server
+HTTP_EXAMPLES = 3 * SCALE  # each one a request (and often an inference) on the real server
 HANG_GUARD = timedelta(seconds=5)
 COMMON = {"deadline": HANG_GUARD, "database": None, "derandomize": False,
           "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}

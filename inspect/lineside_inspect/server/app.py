@@ -194,7 +194,9 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {400: "invalid_request", 404: "not_found",  # 400: a body that cannot be parsed
                 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+        # keep the exception's headers: a 405 must say which methods are allowed (Allow)
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
