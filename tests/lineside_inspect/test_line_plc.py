@@ -22,10 +22,12 @@ from lineside_inspect.line.modbus import BLOCK, COILS, REGISTERS
 from lineside_inspect.line.opcua import OpcUaAdapter
 from lineside_inspect.line.station import ErrorCode, Phase, Station
 
-from .conftest import Running, keyed, start_server
+from .conftest import MODEL, Running, keyed, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
+REF_MODEL = ROOT / "models" / "deeppcb-ref" / "1"
+STATION = ROOT / "configs" / "line"
 NS = "urn:lineside"
 WAIT_S = 15.0  # upper bound of every poll below (never a timing assertion)
 
@@ -146,9 +148,15 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
     sim = MJPEGSimulator(folder_frames(SAMPLE), fps=30)
     flaky = MJPEGSimulator(counter_frame, fps=30)
     cams = [CameraConfig(id="sim", source=sim.url, recipe="deeppcb", stale_after_s=2),
-            CameraConfig(id="flaky", source=flaky.url, recipe="deeppcb", stale_after_s=1,
-                         read_timeout_s=1, open_timeout_s=1, max_frame_age_s=0.1)]
-    settings = keyed(cameras=cams, recipes=[str(tmp / "deeppcb.yaml"), str(tmp / "lenient.yaml")],
+            # stalls for longer than the trigger timeout without going offline, then dies
+            CameraConfig(id="flaky", source=flaky.url, recipe="deeppcb", stale_after_s=4,
+                         read_timeout_s=5, open_timeout_s=1, max_frame_age_s=0.1),
+            # a station judged against its golden image by the reference model
+            CameraConfig(id="ref", source=str(STATION / "station1"), recipe="deeppcb-ref",
+                         reference=str(STATION / "station1-reference.jpg"), fps=5)]
+    settings = keyed(cameras=cams, models=[str(MODEL), str(REF_MODEL)],
+                     recipes=[str(tmp / "deeppcb.yaml"), str(tmp / "lenient.yaml"),
+                              str(ROOT / "configs" / "recipes" / "deeppcb-ref.yaml")],
                      store_pass_rate=0.0, line=LineSettings(
                          opcua=OpcUaConfig(endpoint="opc.tcp://127.0.0.1:0/lineside/"),
                          modbus=ModbusConfig(port=0), trigger_timeout_s=2.0, ack_timeout_s=1.5))
@@ -269,6 +277,25 @@ def test_opcua_recipe_switch(line: Line) -> None:
     asyncio.run(_opc(line, "sim", run))
 
 
+def test_recipe_must_suit_the_camera(line: Line) -> None:
+    """A reference model's recipe needs a camera with a golden image, and a single-image
+    recipe cannot run on one that names one: refused with ErrorCode 7, not a Fail later."""
+    async def on(station: str, recipe: str, keep: str) -> None:
+        async def run(plc: OpcStation) -> None:
+            await plc.write("Recipe", recipe, ua.VariantType.String)
+            await _until(lambda: plc.read("ErrorCode"), ErrorCode.RECIPE_NOT_USABLE)
+            assert await plc.read("Recipe") == keep
+            r = await plc.cycle()  # the next part runs with the recipe in force
+            assert r["ErrorCode"] == 0 and r["Pass"] != r["Fail"]
+            doc = line.inspection(r["InspectionId"])
+            assert doc["recipe"]["name"] == keep and doc["camera_id"] == station
+
+        await _opc(line, station, run)
+
+    asyncio.run(on("sim", "deeppcb-ref", "deeppcb"))
+    asyncio.run(on("ref", "deeppcb", "deeppcb-ref"))
+
+
 def test_opcua_ack_timeout_recovers(line: Line) -> None:
     async def run(plc: OpcStation) -> None:
         r = await plc.cycle(ack=False)  # a PLC that never acknowledges
@@ -284,32 +311,41 @@ def test_opcua_ack_timeout_recovers(line: Line) -> None:
 
 
 def test_200_handshakes_back_to_back(line: Line) -> None:
-    """Alternating OPC UA and Modbus on one station: both show one handshake."""
-    async def run(plc: OpcStation) -> None:
+    """200 parts on two stations at once (100 each), each station alternating OPC UA and
+    Modbus: both protocols show one handshake per station, nothing gets stuck."""
+    async def station(client: Client, idx: int, name: str, base: int, first: int) -> set[str]:
+        plc = OpcStation(client, idx, name)
         mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
-        await mb.connect()
-        base = 0  # station "sim" is the first camera
+        assert await mb.connect()
+        ids = set()
         try:
-            ids = set()
-            for i in range(200):
-                if i % 2 == 0:
+            for i in range(100):
+                if i % 2 == first:
                     r = await plc.cycle()
-                    ids.add(r["InspectionId"])
                     assert r["ErrorCode"] == 0 and r["Pass"] != r["Fail"], r
+                    ids.add(r["InspectionId"])
                 else:
                     coils = await _modbus_cycle(mb, base)
                     assert coils["Error"] is False and coils["Pass"] != coils["Fail"], coils
-            assert len(ids) == 100
             # nothing stuck, on either protocol
             assert (await plc.read("TriggerReady"), await plc.read("Busy"),
-                    await plc.read("ResultReady")) == (True, False, False)
+                    await plc.read("ResultReady"), await plc.read("Trigger"),
+                    await plc.read("ResultAck")) == (True, False, False, False, False)
             coils = await _coils(mb, base)
             assert (coils["TriggerReady"], coils["Busy"], coils["ResultReady"],
                     coils["Trigger"], coils["ResultAck"]) == (True, False, False, False, False)
         finally:
             mb.close()
+        return ids
 
-    asyncio.run(_opc(line, "sim", run))
+    async def run() -> None:
+        async with Client(line.opcua_url, timeout=10) as client:
+            idx = await client.get_namespace_index(NS)
+            sim, flaky = await asyncio.gather(station(client, idx, "sim", 0, 0),
+                                              station(client, idx, "flaky", BLOCK, 1))
+        assert len(sim) == len(flaky) == 50 and not sim & flaky
+
+    asyncio.run(run())
 
 
 # -- Modbus TCP ---------------------------------------------------------------------
