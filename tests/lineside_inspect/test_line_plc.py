@@ -408,6 +408,12 @@ def test_modbus_handshake_recipe_and_refused_writes(line: Line) -> None:
             assert (await mb.write_register(REGISTERS.index("ErrorCode"), 0, device_id=1)).isError()
             assert (await mb.write_coils(0, [True, True], device_id=1)).isError()  # Trigger+TriggerReady
             assert (await _coils(mb, base))["Pass"] is r["Pass"]
+            # another unit id is not this station: "gateway target failed to respond"
+            other = await mb.read_coils(0, count=8, device_id=5)
+            assert other.isError() and other.exception_code == 0x0B
+            assert (await mb.write_coil(0, True, device_id=5)).isError()
+            coils = await _coils(mb, base)
+            assert coils["Trigger"] is False and coils["TriggerReady"] is True
         finally:
             mb.close()
 

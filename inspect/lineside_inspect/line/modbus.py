@@ -51,6 +51,11 @@ COIL_WRITES = (5, 15)  # write single / multiple coils
 REGISTER_WRITES = (6, 16, 23)  # write single / multiple registers, read-write multiple
 
 
+async def _no_such_unit(function_code: int, start_address: int, address: int, count: int,
+                        registers: list[int], values: list[int] | list[bool] | None) -> ExcCodes:
+    return ExcCodes.GATEWAY_NO_RESPONSE
+
+
 class ModbusAdapter:
     name = "Modbus TCP"
 
@@ -77,7 +82,16 @@ class ModbusAdapter:
                      [SimData(0, count=BLOCK * n, values=0, datatype=DataType.REGISTERS)],
                      [SimData(0, datatype=DataType.INVALID)]),  # no input registers
             action=self._action)
-        server = ModbusTcpServer(device, address=(cfg.host, cfg.port))
+        # any other unit id gets "gateway target failed to respond" (0x0B) rather than
+        # pymodbus's device failure with a traceback in the log for each request
+        others = SimDevice(
+            id=0,
+            simdata=([SimData(0, values=[False] * BLOCK * n, datatype=DataType.BITS)],
+                     [SimData(0, values=[False] * 16, datatype=DataType.BITS)],
+                     [SimData(0, count=BLOCK * n, values=0, datatype=DataType.REGISTERS)],
+                     [SimData(0, datatype=DataType.INVALID)]),
+            action=_no_such_unit)
+        server = ModbusTcpServer([device, others], address=(cfg.host, cfg.port))
         await server.serve_forever(background=True)
         self.server = server
         sockets = getattr(server.transport, "sockets", None)
