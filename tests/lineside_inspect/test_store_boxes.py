@@ -16,7 +16,6 @@ from lineside_inspect.errors import ConfigError, DataDirLockedError, NotFoundErr
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.references import Reference
 from lineside_inspect.runtime.detector import Detector
-from lineside_inspect.server.routes.inspections import row_json
 from lineside_inspect.store import DataDirLock, Store
 from lineside_inspect.store.models import InspectionRow
 from lineside_inspect.store.pull import pull_from_store
@@ -195,7 +194,7 @@ def test_times_are_utc_whatever_the_offset(tmp_path: Path, database_url: str | N
         assert store.save(again(fail, created_at=noon.astimezone(plus5)))
         row = store.query()[1][0]
         assert row.created_at == noon and row.created_at.utcoffset() == timedelta(0)
-        assert row_json(row)["created_at"] == "2026-03-01T12:00:00+00:00"
+        assert store.record(row).model_dump(mode="json")["created_at"] == "2026-03-01T12:00:00Z"
 
         def count(**kw: datetime) -> int:
             return store.query(**kw)[0]  # type: ignore[arg-type]
@@ -211,7 +210,7 @@ def test_times_are_utc_whatever_the_offset(tmp_path: Path, database_url: str | N
         assert count(since=datetime(2026, 3, 1, 12, 1)) == 0
         reviewed = store.review(row.id, reviewer="qa", action="confirm")
         assert reviewed.reviews[0].created_at.utcoffset() == timedelta(0)
-        assert row_json(reviewed)["reviews"][0]["created_at"].endswith("+00:00")
+        assert store.record(reviewed).model_dump(mode="json")["reviews"][0]["created_at"].endswith("Z")
 
 
 # -- item 14: a label is matched exactly -----------------------------------------------
