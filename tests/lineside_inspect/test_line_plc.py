@@ -120,6 +120,21 @@ def test_line_settings_refuse_unsecured_network_endpoints(tmp_path: Path) -> Non
         load_settings(cfg)
 
 
+def test_a_port_in_use_is_a_config_error() -> None:
+    import socket
+
+    from lineside_inspect.server.app import create_app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for line in (LineSettings(modbus=ModbusConfig(port=port)),
+                     LineSettings(opcua=OpcUaConfig(endpoint=f"opc.tcp://127.0.0.1:{port}/lineside/"))):
+            with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: "):
+                create_app(keyed(line=line, store=False))
+
+
 # -- a real server with both protocols ---------------------------------------------
 class Line:
     """The running server, its cameras and the line endpoints."""

@@ -239,6 +239,11 @@ def setup_line_plc(app: FastAPI, settings: Settings) -> None:
                                 "lineside[line]") from None
     import anyio.from_thread
 
+    # a port in use is a one-line config error now, not a traceback from the lifespan
+    if line_settings.opcua is not None:
+        _check_port("line.opcua", line_settings.opcua.host, line_settings.opcua.port)
+    if line_settings.modbus is not None:
+        _check_port("line.modbus", line_settings.modbus.host, line_settings.modbus.port)
     line = PlcLine(app.state.service, line_settings, [])
     line.adapters = make_adapters(line_settings, line)
     app.state.line_plc = line
@@ -246,3 +251,24 @@ def setup_line_plc(app: FastAPI, settings: Settings) -> None:
     # the servers themselves run on the event loop, where from_thread puts them
     app.state.on_startup.append(lambda: anyio.from_thread.run(line.start))
     app.state.on_shutdown.append(lambda: anyio.from_thread.run(line.stop))
+
+
+def _check_port(what: str, host: str, port: int) -> None:
+    """Refuse at once an address this machine cannot listen on (in use, not its own)."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            # as asyncio's server does, so a port in TIME_WAIT is not taken for in use
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise ConfigError(f"{what}: cannot listen on {host}:{port}: "
+                                  f"{exc.strerror or exc}") from None
