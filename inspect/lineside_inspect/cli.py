@@ -269,9 +269,19 @@ def evaluate_cmd(
     r = training().evaluate(run, data=data, split=split, target_escape=target_escape,
                             out=out_dir, device=device)
     q = r["quality"]
-    out.print(f"mAP@[.5:.95] {r['coco']['map']:.4f}  mAP@.5 {r['coco']['map50']:.4f}  "
-              f"escape rate {q['escape_rate']:.4f}  false-reject rate {q['false_reject_rate']:.4f}"
-              f"  defect recall {q['defect_recall']:.4f}  precision {q['defect_precision']:.4f}")
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    rates = ("escape and false-reject rates not measurable (no good images)"
+             if "no good" in q.get("not_measurable", {}).get("false_reject_rate", "") else
+             f"escape rate {fmt(q['escape_rate'])}  false-reject rate {fmt(q['false_reject_rate'])}")
+    out.print(f"mAP@[.5:.95] {r['coco']['map']:.4f}  mAP@.5 {r['coco']['map50']:.4f}  {rates}"
+              f"  detection rate {fmt(q.get('detection_rate'))}"
+              f"  defect recall {fmt(q['defect_recall'])}  precision {fmt(q['defect_precision'])}")
+    for name, c in q.get("per_class", {}).items():
+        out.print(f"  {name}: recall {fmt(c['recall'])}  precision {fmt(c['precision'])}  "
+                  f"images detected {c['images_detected']}/{c['images']}")
 
 
 @app.command("export")

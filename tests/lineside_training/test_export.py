@@ -145,6 +145,10 @@ def test_package_evaluation_through_the_runtime(tiny_run: Path, package: Path,
     assert abs(by_run["coco"]["map50"] - by_package["coco"]["map50"]) < 0.02
     card = json.loads((package / "model.json").read_text())
     assert by_package["quality"]["thresholds"] == card["thresholds"]
+    # the same data at the same thresholds: the same quality figures, count for count
+    assert by_run["quality"]["thresholds"] == card["thresholds"]
+    for key in ("escapes", "false_rejects", "defective_images", "good_images", "confusion"):
+        assert by_run["quality"][key] == by_package["quality"][key], key
     assert by_package["package"]["sha256"] == card["sha256"]
     assert (tmp_path / "pkg" / "summary.md").is_file() and (tmp_path / "pkg" / "confusion.png").is_file()
     every = evaluate(package, data=str(SAMPLE), split="all", out=tmp_path / "all")

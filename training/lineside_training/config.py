@@ -73,6 +73,9 @@ class TrainConfig(BaseModel):
         "steps between progress lines when the log is not a terminal (nohup, CI)"))
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     out_dir: str = "runs"
+    goal_map50: float | None = Field(None, ge=0, le=1, description=(
+        "the validation mAP@.5 this recipe aims for: the goal line of the report's "
+        "time_to_accuracy.png (none drawn without it)"))
 
     @field_validator("time_budget", mode="before")
     @classmethod

@@ -6,6 +6,14 @@ numbers in the tests.
 * A **defective image** (one with ground-truth boxes) **escapes** when no prediction
   reaches its class threshold: the part would pass.
 * A **good image** is **falsely rejected** when any prediction reaches its class threshold.
+
+Both need good images: on a set of defective images only, any alarm of any class
+"catches" a part, so the escape rate says little, and false rejects cannot be counted.
+There the rates are reported as not measurable (``None`` with the reason in
+``not_measurable``), and what does fit the data is reported: per class, defect-level
+recall and precision and the share of images holding the class where a box of that class
+is found (class-aware detection), and over all defective images the share where at least
+one defect is found with its right class.
 """
 
 from __future__ import annotations
@@ -20,6 +28,13 @@ from lineside_training.predict import Prediction
 
 MIN_SUPPORT = 10  # ground-truth boxes a class needs before it gets its own threshold
 FLOOR = 0.05
+# calibrated thresholds keep at least this far (or half the gap) from every prediction's
+# score: a threshold *at* a score decides that image by the last float digit, which
+# onnxruntime and torch (or two CPUs) need not share
+MARGIN = 1e-3
+NO_GOOD = ("no good (defect-free) images: escapes would count any alarm of any class on a "
+           "defective part as caught, and false rejects cannot be counted; see "
+           "detection_rate and per_class")
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -38,6 +53,10 @@ def _keep(pred: Prediction, thresholds: np.ndarray) -> np.ndarray:
     return pred.scores >= thresholds[pred.labels] if len(pred.scores) else np.zeros(0, bool)
 
 
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
 def quality_metrics(
     records: list[ImageRecord],
     preds: list[Prediction],
@@ -46,20 +65,24 @@ def quality_metrics(
     *,
     iou: float = 0.5,
 ) -> dict[str, Any]:
-    """Defect-level recall/precision and image-level escape/false-reject rates at the
-    operating thresholds (a prediction counts when its score >= its class threshold)."""
+    """Defect-level recall/precision (overall and per class), class-aware detection rates
+    and image-level escape/false-reject rates at the operating thresholds (a prediction
+    counts when its score >= its class threshold). A rate without the images it needs is
+    ``None``, its reason in ``not_measurable``."""
     thr = np.array([thresholds[c] for c in class_names], dtype=np.float32)
     index = {n: i for i, n in enumerate(class_names)}
-    tp = n_gt = n_pred = 0
-    defective = escapes = good = rejects = 0
-    confusion = np.zeros((len(class_names) + 1, len(class_names) + 1), dtype=np.int64)
+    k = len(class_names)
+    gt_n, tp_n, pred_n = np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64)
+    img_n, img_found = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    defective = escapes = good = rejects = detected = 0
+    confusion = np.zeros((k + 1, k + 1), dtype=np.int64)
     for rec, pred in zip(records, preds, strict=True):
         keep = _keep(pred, thr)
         boxes, labels, scores = pred.boxes[keep], pred.labels[keep], pred.scores[keep]
         gt = np.array([b.xyxy() for b in rec.boxes], dtype=np.float32).reshape(-1, 4)
         gt_lab = np.array([index[b.label] for b in rec.boxes], dtype=np.int64)
-        n_gt += len(gt)
-        n_pred += len(boxes)
+        np.add.at(gt_n, gt_lab, 1)
+        np.add.at(pred_n, labels, 1)
         if rec.boxes:
             defective += 1
             escapes += int(len(boxes) == 0)
@@ -67,9 +90,11 @@ def quality_metrics(
             good += 1
             rejects += int(len(boxes) > 0)
         # greedy matching by score: same class for recall, any class for the confusion matrix
-        ious = box_iou(boxes[np.argsort(-scores)], gt)
-        order_labels = labels[np.argsort(-scores)]
+        order = np.argsort(-scores)
+        ious = box_iou(boxes[order], gt)
+        order_labels = labels[order]
         taken = np.zeros(len(gt), bool)
+        found = np.zeros(len(gt), bool)  # matched by a prediction of its own class
         for p, row in enumerate(ious):
             same = (gt_lab == order_labels[p]) & ~taken & (row >= iou)
             cand = same if same.any() else (~taken & (row >= iou))
@@ -77,21 +102,45 @@ def quality_metrics(
                 g = int(np.argmax(np.where(cand, row, -1)))
                 taken[g] = True
                 confusion[gt_lab[g], order_labels[p]] += 1
-                tp += int(gt_lab[g] == order_labels[p])
+                if gt_lab[g] == order_labels[p]:
+                    found[g] = True
+                    tp_n[gt_lab[g]] += 1
             else:
                 confusion[-1, order_labels[p]] += 1  # false positive on background
         for miss in np.flatnonzero(~taken):
             confusion[gt_lab[miss], -1] += 1  # missed defect
+        present = np.unique(gt_lab)
+        img_n[present] += 1
+        img_found[np.unique(gt_lab[found])] += 1
+        detected += int(found.any())
+    not_measurable: dict[str, str] = {}
+    if not good:
+        not_measurable.update(escape_rate=NO_GOOD, false_reject_rate=NO_GOOD)
+    if not defective:
+        not_measurable.update(escape_rate="no defective images", detection_rate="no defective images")
+    per_class = {
+        name: {"boxes": int(gt_n[c]), "found": int(tp_n[c]), "predicted": int(pred_n[c]),
+               "recall": _ratio(int(tp_n[c]), int(gt_n[c])),
+               "precision": _ratio(int(tp_n[c]), int(pred_n[c])),
+               "images": int(img_n[c]), "images_detected": int(img_found[c]),
+               "detection_rate": _ratio(int(img_found[c]), int(img_n[c]))}
+        for c, name in enumerate(class_names)
+    }
     return {
         "thresholds": dict(thresholds),
-        "defect_recall": tp / n_gt if n_gt else math.nan,
-        "defect_precision": tp / n_pred if n_pred else math.nan,
+        "defect_recall": _ratio(int(tp_n.sum()), int(gt_n.sum())),
+        "defect_precision": _ratio(int(tp_n.sum()), int(pred_n.sum())),
         "defective_images": defective,
         "good_images": good,
         "escapes": escapes,
         "false_rejects": rejects,
-        "escape_rate": escapes / defective if defective else math.nan,
-        "false_reject_rate": rejects / good if good else math.nan,
+        "escape_rate": None if "escape_rate" in not_measurable else _ratio(escapes, defective),
+        "false_reject_rate": None if "false_reject_rate" in not_measurable else _ratio(rejects, good),
+        # defective images where at least one defect is found with its right class
+        "detected_images": detected,
+        "detection_rate": _ratio(detected, defective),
+        "per_class": per_class,
+        "not_measurable": not_measurable,
         "confusion": confusion.tolist(),
         "confusion_labels": [*class_names, "background/missed"],
     }
@@ -124,7 +173,30 @@ def calibrate(
     defects, so last, each threshold is lowered to the score with the best defect-level
     F1 among those that keep the same false rejects and the escape allowance (a model
     whose good images raise no alarm would otherwise sit at the top of its range).
+
+    Without good images there are no false rejects to trade escapes against: each
+    threshold is then the one with the best defect-level F1 of its class (or of the
+    classes sharing a threshold).
+
+    Finally each threshold is moved off the prediction score it was chosen at, into the
+    gap below it (by ``MARGIN`` or half the gap, whichever is less): the decisions on
+    these predictions stay the same, and a score that another runtime computes a last
+    digit lower is still kept.
     """
+    support = _support(records, class_names)
+    if records and all(r.boxes for r in records):
+        thr = _best_f1_thresholds(records, preds, class_names, support)
+        thr = _clear_of_scores(preds, thr, _threshold_groups(support))
+        return {
+            "target_escape_rate": target_escape,
+            "method": "best defect F1 per class (no good images: escapes and false rejects "
+                      "cannot be traded)",
+            "global_threshold": None,
+            "thresholds": {n: float(thr[i]) for i, n in enumerate(class_names)},
+            "escapes": _escapes(records, preds, thr),
+            "false_rejects": 0,
+            "allowed_escapes": None,
+        }
     defective = [i for i, r in enumerate(records) if r.boxes]
     allowed = math.floor(target_escape * len(defective) + 1e-9)
     image_max = np.array([float(preds[i].scores.max()) if len(preds[i].scores) else 0.0
@@ -138,11 +210,6 @@ def calibrate(
         global_t = float(ordered[allowed])
     global_t = max(global_t, FLOOR)
     thr = np.full(len(class_names), global_t, dtype=np.float32)
-    support = np.zeros(len(class_names), dtype=np.int64)
-    index = {n: i for i, n in enumerate(class_names)}
-    for r in records:
-        for b in r.boxes:
-            support[index[b.label]] += 1
     for c in np.argsort(-support):
         if support[c] < MIN_SUPPORT:
             continue
@@ -160,9 +227,11 @@ def calibrate(
         if lo > 0:
             thr[c] = candidates[lo - 1]
     thr = _lower_to_best_f1(records, preds, class_names, thr, support, allowed)
+    thr = _clear_of_scores(preds, thr, _threshold_groups(support))
     per_class = {n: float(thr[i]) for i, n in enumerate(class_names)}
     return {
         "target_escape_rate": target_escape,
+        "method": "fewest false rejects within the escape target, then best defect F1",
         "global_threshold": global_t,
         "thresholds": per_class,
         "escapes": _escapes(records, preds, thr),
@@ -171,11 +240,81 @@ def calibrate(
     }
 
 
+def _support(records: list[ImageRecord], class_names: list[str]) -> np.ndarray:
+    """Ground-truth boxes per class."""
+    support = np.zeros(len(class_names), dtype=np.int64)
+    index = {n: i for i, n in enumerate(class_names)}
+    for r in records:
+        for b in r.boxes:
+            support[index[b.label]] += 1
+    return support
+
+
+def _threshold_groups(support: np.ndarray) -> list[list[int]]:
+    """Classes that share a threshold (those under ``MIN_SUPPORT`` boxes), then one group
+    per class with a threshold of its own, most supported first."""
+    own = [int(c) for c in np.argsort(-support) if support[c] >= MIN_SUPPORT]
+    shared = [c for c in range(len(support)) if c not in own]
+    return ([shared] if shared else []) + [[c] for c in own]
+
+
+def _clear_of_scores(preds: list[Prediction], thr: np.ndarray, groups: list[list[int]]) -> np.ndarray:
+    """Each group's threshold moved below the lowest score it keeps, by ``MARGIN`` or half
+    the gap to the highest score it drops, whichever is less: the same predictions are
+    kept, none sits on the edge."""
+    thr = thr.copy()
+    for group in groups:
+        scores = np.unique(np.concatenate(
+            [p.scores[np.isin(p.labels, group)] for p in preds] or [np.zeros(0)])).astype(np.float64)
+        t = float(thr[group[0]])
+        kept, dropped = scores[scores >= t], scores[scores < t]
+        if not len(kept):
+            continue  # nothing at or above it: no score to keep clear of
+        low_kept = float(kept.min())
+        high_dropped = float(dropped.max()) if len(dropped) else low_kept - 2 * MARGIN
+        new = np.float32(max((low_kept + high_dropped) / 2, low_kept - MARGIN))
+        if high_dropped < new < low_kept:  # not when the gap is a float32 step or less
+            thr[group] = new
+    return thr
+
+
+def _group_f1(q: dict[str, Any], class_names: list[str], group: list[int]) -> float:
+    rows = [q["per_class"][class_names[c]] for c in group]
+    found = sum(r["found"] for r in rows)
+    boxes, predicted = sum(r["boxes"] for r in rows), sum(r["predicted"] for r in rows)
+    return 0.0 if not found else 2 * found / (boxes + predicted)
+
+
+def _best_f1_thresholds(records: list[ImageRecord], preds: list[Prediction],
+                        class_names: list[str], support: np.ndarray,
+                        max_candidates: int = 64) -> np.ndarray:
+    """Per threshold group, the prediction score with the best F1 of the group's classes
+    (ties keep the higher threshold); for a set without good images."""
+    thr = np.full(len(class_names), FLOOR, dtype=np.float32)
+    for group in _threshold_groups(support):
+        scores = np.unique(np.concatenate(
+            [p.scores[np.isin(p.labels, group)] for p in preds] or [np.zeros(0)]))
+        scores = scores[scores >= FLOOR][::-1]  # highest first
+        if len(scores) > max_candidates:  # quantiles keep the search cheap
+            scores = scores[np.linspace(0, len(scores) - 1, max_candidates).astype(int)]
+        best, best_f1 = 1.0, -1.0
+        for t in scores:
+            trial = thr.copy()
+            trial[group] = t
+            q = quality_metrics(records, preds, class_names,
+                                dict(zip(class_names, trial.tolist(), strict=True)))
+            f1 = _group_f1(q, class_names, group)
+            if f1 > best_f1 + 1e-9:
+                best, best_f1 = float(t), f1
+        thr[group] = best
+    return thr
+
+
 def _f1(records: list[ImageRecord], preds: list[Prediction], class_names: list[str],
         thr: np.ndarray) -> float:
     q = quality_metrics(records, preds, class_names, dict(zip(class_names, thr.tolist(), strict=True)))
     r, p = q["defect_recall"], q["defect_precision"]
-    return 0.0 if math.isnan(r) or math.isnan(p) or r + p == 0 else 2 * r * p / (r + p)
+    return 0.0 if r is None or p is None or r + p == 0 else 2 * r * p / (r + p)
 
 
 def _lower_to_best_f1(records: list[ImageRecord], preds: list[Prediction],
@@ -187,9 +326,7 @@ def _lower_to_best_f1(records: list[ImageRecord], preds: list[Prediction],
     Ties keep the higher threshold."""
     thr = thr.copy()
     rejects = _rejects(records, preds, thr)
-    own = [c for c in np.argsort(-support) if support[c] >= MIN_SUPPORT]
-    shared = [c for c in range(len(class_names)) if c not in own]
-    for group in ([shared] if shared else []) + [[c] for c in own]:
+    for group in _threshold_groups(support):
         scores = np.unique(np.concatenate(
             [p.scores[np.isin(p.labels, group)] for p in preds] or [np.zeros(0)]))
         current = float(thr[group[0]])
