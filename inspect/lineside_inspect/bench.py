@@ -281,10 +281,14 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
 
         raise MissingExtraError(f"lineside bench line needs {exc.name}: install lineside[line]") \
             from None
+    import logging
+
     import httpx
 
     from lineside_inspect.cameras.simulator import MJPEGSimulator, folder_frames
     from lineside_inspect.line.modbus import COILS
+
+    logging.getLogger("asyncua").setLevel(logging.ERROR)  # the client's notes on revised timeouts
 
     opc_port, modbus_port = _free_port(), _free_port()
     endpoint = f"opc.tcp://127.0.0.1:{opc_port}/lineside/"
