@@ -337,6 +337,11 @@ def serve_cmd(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = load_settings(config, models=model or None, recipes=recipe or None, host=host,
                              port=port, device=device, insecure=insecure or None)
+    if settings.store:  # say where inspections go: not beside the user's files by surprise
+        chosen = "data_dir" in settings.model_fields_set
+        logging.getLogger("lineside_inspect.serve").info(
+            "store in %s (%s)", settings.data_dir,
+            "data_dir" if chosen else "the per-user default; set data_dir or LINESIDE_DATA_DIR to move it")
     run(settings)
 
 

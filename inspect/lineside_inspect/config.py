@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -47,6 +48,14 @@ def check_box_id(value: str | None) -> str | None:
         raise ValueError("box_id must be 1-64 letters, digits, '_', '.' or '-', starting with "
                          "a letter or digit")
     return value
+
+
+def default_data_dir() -> str:
+    """The per-user data folder of the XDG base directory spec (a relative
+    ``XDG_DATA_HOME`` is ignored, as the spec says), ``lineside/store`` under it."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share"
+    return str(root / "lineside" / "store")
 
 
 class CameraConfig(BaseModel):
@@ -105,7 +114,10 @@ class Settings(BaseSettings):
         "when serving keyless with --insecure)"))
     session_ttl_s: float = Field(12 * 3600, gt=0, description="review sign-in lifetime")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
-    data_dir: str = "data/store"
+    data_dir: str = Field(default_factory=default_data_dir, description=(
+        "the store's folder (images, SQLite database, references); default a per-user data "
+        "folder, $XDG_DATA_HOME/lineside/store or ~/.local/share/lineside/store, never the "
+        "folder the server was started in"))
     box_id: Annotated[str | None, AfterValidator(check_box_id)] = Field(None, description=(
         "this box's name in a shared database; default: generated once and kept in "
         "<data_dir>/box_id"))

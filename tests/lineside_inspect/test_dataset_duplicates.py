@@ -96,7 +96,8 @@ def test_split_never_puts_duplicates_on_both_sides(tmp_path: Path) -> None:
     for n in range(4):  # exact copies
         a = jpeg(raw / f"e{n}.jpg", pixels(200 + n))
         (raw / f"e{n}-copy.jpg").write_bytes(a.read_bytes())
-        recs += [record(a, f"e{n}.jpg", None, boxes=1), record(raw / f"e{n}-copy.jpg", f"e{n}-copy.jpg", None)]
+        recs += [record(a, f"e{n}.jpg", None, boxes=1),
+                 record(raw / f"e{n}-copy.jpg", f"e{n}-copy.jpg", None)]
     for n in range(4):  # near copies: re-encoded at another quality
         recs.append(record(jpeg(raw / f"n{n}.jpg", pixels(300 + n)), f"n{n}.jpg", None))
         recs.append(record(jpeg(raw / f"n{n}-q.jpg", pixels(300 + n), 50), f"n{n}-q.jpg", None, boxes=1))
@@ -112,11 +113,11 @@ def test_split_never_puts_duplicates_on_both_sides(tmp_path: Path) -> None:
 
 def test_near_hash_tolerates_reencoding_but_tells_images_apart() -> None:
     base = pixels(7, (200, 200))
-    ok, buf = cv2.imencode(".png", base)
+    _, buf = cv2.imencode(".png", base)
     ref = fingerprint(buf.tobytes()).dhash
 
     def distance(image: np.ndarray, ext: str = ".jpg") -> int:
-        ok, data = cv2.imencode(ext, image)
+        _, data = cv2.imencode(ext, image)
         h = fingerprint(data.tobytes()).dhash
         assert h is not None and ref is not None
         return int(np.bitwise_count(h ^ ref).sum())

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lineside_inspect.errors import ConfigError, describe_validation
 from lineside_training.budget import parse_duration
 
+STRIDE = 32  # the coarsest feature map's stride: input and crop sizes are multiples of it
+
 
 class AugmentConfig(BaseModel):
     """Box-aware augmentations (albumentations); each value is a probability."""
@@ -38,14 +40,14 @@ class TrainConfig(BaseModel):
     model: str = "lsdet"
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = Field(None, description="local state dict (whole model or backbone)")
-    input_size: int = Field(640, ge=32, multiple_of=32)
+    input_size: int = Field(640, ge=32, description="letterboxed square input, a multiple of 32")
     reference: bool = Field(False, description=(
         "compare each image with its golden reference (the dataset's 'reference' field): "
         "input channels are image grey, reference grey and their difference"))
     good_weight: float = Field(1.0, gt=0, le=1, description=(
         "sampling weight of good (defect-free) images relative to defective ones; below 1 "
         "spends more steps on defects (single-process runs; DDP samples uniformly)"))
-    crop_size: int | None = Field(320, ge=32, multiple_of=32, description="train on random crops")
+    crop_size: int | None = Field(320, ge=32, description="train on random crops (a multiple of 32)")
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -76,6 +78,18 @@ class TrainConfig(BaseModel):
     goal_map50: float | None = Field(None, ge=0, le=1, description=(
         "the validation mAP@.5 this recipe aims for: the goal line of the report's "
         "time_to_accuracy.png (none drawn without it)"))
+
+    @field_validator("input_size", "crop_size")
+    @classmethod
+    def _stride(cls, value: int | None) -> int | None:
+        """The detector halves its input five times: sizes are multiples of 32, and a user
+        with 200 px images is told which sizes are nearest."""
+        if value is not None and value % STRIDE:
+            lower = value - value % STRIDE
+            options = [s for s in (lower, lower + STRIDE) if s >= STRIDE]
+            raise ValueError(f"{value} is not a multiple of {STRIDE} (the detector's stride): "
+                             f"use {' or '.join(map(str, options))}")
+        return value
 
     @field_validator("time_budget", mode="before")
     @classmethod
