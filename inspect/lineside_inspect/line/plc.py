@@ -98,7 +98,8 @@ class PlcLine:
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         cameras = self.service.cameras
-        if cameras is None:
+        if cameras is None or not cameras.configs:
+            log.warning("line: no cameras configured, so no stations: OPC UA / Modbus not started")
             return
         now = time.monotonic()
         for cid, cfg in cameras.configs.items():
@@ -161,9 +162,7 @@ class PlcLine:
         try:
             result = await self.service.inspect_camera(
                 station_id, recipe=recipe or None, timeout_s=self.settings.trigger_timeout_s)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # fail-safe: whatever went wrong is a Fail with a code
+        except Exception as exc:  # fail-safe: whatever went wrong is a Fail with a code
             code = error_code(exc)
             if code is ErrorCode.INTERNAL:
                 log.exception("line: station %s: inspection failed", station_id)
