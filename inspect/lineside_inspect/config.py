@@ -50,6 +50,30 @@ def check_box_id(value: str | None) -> str | None:
     return value
 
 
+# a shift starts at a wall-clock time of the box's zone, "HH:MM" (24 h)
+SHIFT_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+def check_shifts(value: list[str]) -> list[str]:
+    bad = [v for v in value if not SHIFT_RE.fullmatch(v)]
+    if bad or not value:
+        raise ValueError(f"shifts must be start times \"HH:MM\" (24 h), at least one; got {bad or value}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"shifts must not repeat a start time: {value}")
+    return sorted(value)
+
+
+def check_timezone(value: str | None) -> str | None:
+    if value is not None:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except (ValueError, KeyError, OSError):  # not found is a KeyError; '../x' a ValueError
+            raise ValueError(f"unknown time zone {value!r} (an IANA name, e.g. Europe/Berlin)") from None
+    return value
+
+
 def default_data_dir() -> str:
     """The per-user data folder of the XDG base directory spec (a relative
     ``XDG_DATA_HOME`` is ignored, as the spec says), ``lineside/store`` under it."""
@@ -113,6 +137,12 @@ class Settings(BaseSettings):
         "without API keys: Host names answered besides loopback ones (e.g. the box's address "
         "when serving keyless with --insecure)"))
     session_ttl_s: float = Field(12 * 3600, gt=0, description="review sign-in lifetime")
+    shifts: Annotated[list[str], AfterValidator(check_shifts)] = Field(
+        default_factory=lambda: ["06:00", "14:00", "22:00"], description=(
+            "shift start times \"HH:MM\" in shift_timezone: the status page's and dashboard's "
+            "current shift and yield per shift"))
+    shift_timezone: Annotated[str | None, AfterValidator(check_timezone)] = Field(None, description=(
+        "IANA zone the shifts are in, e.g. Europe/Berlin; default: the server's local zone"))
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     data_dir: str = Field(default_factory=default_data_dir, description=(
         "the store's folder (images, SQLite database, references); default a per-user data "

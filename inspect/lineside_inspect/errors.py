@@ -208,3 +208,11 @@ class PathNotAllowedError(LinesideError):
 
     code = "path_not_allowed"
     status = 403
+
+
+class ReviewConflict(LinesideError):
+    """A review sent by someone who had not seen the inspection's latest review: another
+    reviewer saved one meanwhile. Nothing was saved; look at it again."""
+
+    code = "review_conflict"
+    status = 409

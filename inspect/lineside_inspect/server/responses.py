@@ -14,6 +14,7 @@ server answers a validation error in its own shape too).
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -55,6 +56,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: _error("forbidden (the key's role may not do this), foreign_origin (a state-changing "
                 "call from another site's page), csrf_failed, path_not_allowed"),
     404: _error("not_found: no such model, version, recipe, reference, camera or inspection"),
+    409: _error("review_conflict: the inspection was reviewed by someone else since you looked; "
+                "nothing was saved"),
     408: _error("body_timeout: the request body stopped arriving"),
     413: _error("body_too_large, image_too_large: over the route's body or pixel limit"),
     415: _error("unsupported_media_type: the body is not an image type the route takes"),
@@ -164,7 +167,72 @@ class CameraHealth(_Shape):
         return None if value is None else _CREDENTIALS.sub(r"\1:***@", value)
 
 
+class Figure(_Shape):
+    """Inspections in a period (an hour or a shift) and their yield."""
+
+    start: datetime
+    end: datetime
+    passes: int
+    fails: int
+    inspections: int
+    yield_pct: float | None = Field(description="passes / inspections in %; None when none")
+
+
+class ParetoClass(_Shape):
+    label: str = Field(description="the class name, in full")
+    parts: int = Field(description="inspections with a counted defect of this class")
+    cumulative_pct: float = Field(description="share of all class occurrences up to this one")
+
+
+class StationFigure(_Shape):
+    camera_id: str | None = Field(description="None: sent to /v1/inspect without a camera")
+    recipe: str
+    passes: int
+    fails: int
+    inspections: int
+    yield_pct: float | None
+
+
+class ModelChange(_Shape):
+    at: datetime = Field(description="the first inspection judged by this version")
+    model: str
+    recipe: str
+    version: str
+    previous: str | None = Field(description="the version before; None: in use as the window opens")
+
+
+class ReviewQuality(_Shape):
+    """Among the window's reviewed inspections."""
+
+    reviewed_fails: int
+    false_rejects: int = Field(description="reviewed fails whose reviewed truth has no defect")
+    false_reject_rate: float | None
+    reviewed_passes: int
+    escapes: int = Field(description="reviewed passes a reviewer drew a missed defect on")
+    escape_rate: float | None
+
+
+class ReviewerCount(_Shape):
+    reviewer: str
+    reviews: int
+    actions: dict[str, int] = Field(description="reviews per action")
+
+
 class DashboardStats(_Shape):
+    since: datetime
+    until: datetime
+    camera_id: str | None = Field(description="the camera every figure is narrowed to ('': uploads)")
+    recipe: str | None = Field(description="the recipe every figure is narrowed to")
+    shift_starts: list[str] = Field(description="'HH:MM' in shift_timezone (setting shifts)")
+    shift_timezone: str
+    hourly: list[Figure] = Field(description="every UTC hour of the window, oldest first")
+    shifts: list[Figure] = Field(description="whole shifts touching the window, the last one ongoing")
+    pareto: list[ParetoClass] = Field(description="defect classes, most frequent first")
+    stations: list[StationFigure] = Field(description="per camera and recipe over the window")
+    model_changes: list[ModelChange] = Field(description="version changes per model and recipe")
+    model_changes_cut: bool = Field(description="more changes than listed")
+    quality: ReviewQuality
+    reviewers: list[ReviewerCount] = Field(description="reviews made in the window, busiest first")
     verdicts_per_hour: dict[str, dict[Outcome, int]] = Field(description=(
         "'YYYY-MM-DD HH:00' (UTC) -> inspections per verdict, oldest first"))
     defects_per_class: dict[str, int] = Field(description="counted defects per class")
@@ -174,6 +242,32 @@ class DashboardStats(_Shape):
     false_reject_rate_reviewed: float | None = Field(
         description="false_rejects_confirmed / reviewed_fails; None before any reviewed fail")
     cameras: list[CameraHealth]
+
+
+class ReviewerCounts(_Shape):
+    since: datetime = Field(description="the current shift's start (UTC) unless asked otherwise")
+    reviewers: list[ReviewerCount] = Field(description="reviews made since then, busiest first")
+
+
+class ReviewLogEntry(_Shape):
+    id: int
+    created_at: datetime
+    reviewer: str
+    action: Literal["confirm", "false_reject", "missed_defect", "relabel"]
+    inspection_id: str
+    verdict: Outcome = Field(description="the inspection's verdict")
+    camera_id: str | None
+    defects_after: int = Field(description="defects in the reviewed truth after this review")
+    note: str
+
+
+class ReviewLog(_Shape):
+    """The reviews' audit trail, newest first."""
+
+    total: int
+    limit: int
+    offset: int
+    items: list[ReviewLogEntry]
 
 
 # -- health -----------------------------------------------------------------------------

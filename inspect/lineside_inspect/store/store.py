@@ -28,17 +28,18 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from sqlalchemy import ColumnElement, Engine, create_engine, event, func, or_, select, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, selectinload
 
 from lineside_inspect.atomic import write_atomic
-from lineside_inspect.errors import ConfigError, NotFoundError
+from lineside_inspect.errors import ConfigError, NotFoundError, ReviewConflict
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.opencv import cv2
 from lineside_inspect.schemas import StoredInspection
+from lineside_inspect.store import stats as figures
 from lineside_inspect.store.box import resolve_box_id
 from lineside_inspect.store.journal import Journal, Record, fsync_path, read_segment
 from lineside_inspect.store.lock import DataDirLock
@@ -47,6 +48,7 @@ from lineside_inspect.store.outbox import EventMaker, add_events, events_for
 from lineside_inspect.store.utc import as_utc
 
 log = logging.getLogger("lineside.store")
+T = TypeVar("T")
 # the layout of a data folder: <data_dir>/DB_FILE, <data_dir>/IMAGES_DIR/<day>/<id>.<ext>,
 # shared reference copies in <data_dir>/IMAGES_DIR/REFS_DIR/<sha256>.<ext>
 DB_FILE = "lineside.db"
@@ -103,6 +105,7 @@ class Store:
         self.max_age_days = max_age_days
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self._review_lock = threading.Lock()  # SQLite has no SELECT ... FOR UPDATE
         self.sync_interval_s = sync_interval_s
         self._apply_lock = threading.Lock()
         # line outputs (store/outbox.py): an inspection's events are made with its journal
@@ -539,17 +542,29 @@ class Store:
     # -- reviews --------------------------------------------------------------------
     def review(self, inspection_id: str, *, reviewer: str, action: str,
                boxes: list[dict[str, Any]] | None = None, index: int | None = None,
-               label: str | None = None, note: str = "") -> InspectionRow:
+               label: str | None = None, note: str = "",
+               seen_reviews: int | None = None) -> InspectionRow:
         """Record a review; the truth after it (``boxes`` of the review row) is what
-        ``lineside data pull`` turns into training data."""
+        ``lineside data pull`` turns into training data. ``seen_reviews``: how many reviews
+        the reviewer saw; if there are more now, :class:`ReviewConflict` and nothing is
+        saved (two reviewers on one inspection never overwrite each other unseen)."""
         self._applied()
         if action not in ACTIONS:
             raise ConfigError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
-        with Session(self.engine) as s, s.begin():
+        # the check and the write are one step: the row is locked (PostgreSQL, boxes sharing
+        # a database) and reviews in this process are taken one at a time (SQLite)
+        with self._review_lock, Session(self.engine) as s, s.begin():
             row = s.scalar(select(InspectionRow).where(InspectionRow.id == inspection_id)
-                           .options(selectinload(InspectionRow.reviews)))
+                           .with_for_update().options(selectinload(InspectionRow.reviews)))
             if row is None:
                 raise NotFoundError(f"no inspection {inspection_id!r}")
+            if seen_reviews is not None and seen_reviews != len(row.reviews):
+                last = row.reviews[-1] if row.reviews else None
+                latest = (f"; the latest: {last.action} by {last.reviewer} at "
+                          f"{as_utc(last.created_at).isoformat(timespec='seconds')}") if last else ""
+                raise ReviewConflict(
+                    f"inspection {row.id} has {len(row.reviews)} review(s), you saw {seen_reviews}"
+                    f"{latest}. Nothing was saved: look at it again, then review.")
             truth = [dict(b) for b in (row.reviews[-1].boxes if row.reviews else
                                        [{"label": d["label"], "box": d["box"]} for d in row.defects])]
             if action == "false_reject":
@@ -585,30 +600,22 @@ class Store:
                               "with x2 > x1 and y2 > y1")
         return {"label": label, "box": [x1, y1, x2, y2]}
 
-    def stats(self, hours: int = 24) -> dict[str, Any]:
-        """Dashboard figures: verdicts per hour, defects per class, review outcomes."""
+    def stats(self, hours: int = 24, *, shifts: figures.Shifts | None = None,
+              camera_id: str | None = None, recipe: str | None = None,
+              now: datetime | None = None) -> dict[str, Any]:
+        """Dashboard figures over the last ``hours`` (``store/stats.py``): yield per hour and
+        per shift (default: one shift a day from 00:00 UTC), the defect Pareto, model-version
+        changes, review outcomes and reviewers; ``camera_id`` ("" for uploads) and
+        ``recipe`` narrow every figure."""
         self._applied()
-        since = datetime.now(UTC) - timedelta(hours=hours)
         with Session(self.engine) as s:
-            rows = s.execute(select(InspectionRow.created_at, InspectionRow.verdict,
-                                    InspectionRow.labels, InspectionRow.review_state,
-                                    InspectionRow.camera_id)
-                             .where(InspectionRow.created_at >= since)).all()
-            fr = s.scalar(select(func.count()).select_from(ReviewRow)
-                          .where(ReviewRow.action == "false_reject")) or 0
-            reviewed_fails = s.scalar(select(func.count()).select_from(InspectionRow).where(
-                InspectionRow.verdict == "fail", or_(InspectionRow.review_state == "confirmed",
-                                                     InspectionRow.review_state == "corrected"))) or 0
-        per_hour: dict[str, dict[str, int]] = {}
-        per_class: dict[str, int] = {}
-        per_camera: dict[str, int] = {}
-        for created, verdict, labels, _, camera in rows:
-            key = created.strftime("%Y-%m-%d %H:00")
-            per_hour.setdefault(key, {"pass": 0, "fail": 0})[verdict] += 1
-            for lb in filter(None, (labels or "").split(",")):
-                per_class[lb] = per_class.get(lb, 0) + 1
-            per_camera[camera or "(upload)"] = per_camera.get(camera or "(upload)", 0) + 1
-        return {"verdicts_per_hour": dict(sorted(per_hour.items())), "defects_per_class": per_class,
-                "inspections_per_camera": per_camera, "reviewed_fails": reviewed_fails,
-                "false_rejects_confirmed": fr,
-                "false_reject_rate_reviewed": fr / reviewed_fails if reviewed_fails else None}
+            return figures.dashboard(s, hours=hours, now=now or datetime.now(UTC),
+                                     shifts=shifts or figures.Shifts(("00:00",), UTC),
+                                     camera_id=camera_id, recipe=recipe)
+
+    def read(self, query: Callable[[Session], T]) -> T:
+        """``query`` on a session of this store, after the journal is applied: for the
+        read-only figures of ``store/stats.py``."""
+        self._applied()
+        with Session(self.engine) as s:
+            return query(s)

@@ -1,12 +1,14 @@
-"""The server's own web pages, no build step: a status page (``/``), the reviewers'
-page (``/review``) and the API docs (``/docs``, Swagger UI served from this server).
+"""The server's own web pages, no build step: a status page (``/``: each station's live
+view, state, recipe, model, last verdict and yield), the dashboard (``/dashboard``), the
+reviewers' page (``/review``) and the API docs (``/docs``, Swagger UI served from this
+server); and the JSON they read besides the review API (:mod:`lineside_inspect.ui.api`).
 
 Signing in with a reviewer (or admin) key creates a server-side session
 (:mod:`lineside_inspect.server.sessions`): the browser keeps only a random token in an
 HttpOnly, SameSite=Strict cookie, never the key; line keys are refused. Pages are
-rendered from templates in which every value is escaped; the review page builds its
-DOM from API values as text (see ``static/review.js``), under the CSP of
-:mod:`lineside_inspect.ui.headers`.
+rendered from templates in which every value is escaped; the scripts build their DOM
+from API values as text (createElement, textContent, SVG by createElementNS; see
+``static/*.js``), under the CSP of :mod:`lineside_inspect.ui.headers`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from lineside_inspect.errors import LinesideError
 from lineside_inspect.server.deps import ALLOWED, Principal, authenticate, principal_for_key
 from lineside_inspect.server.sessions import SESSION_COOKIE, Session, SessionStore
+from lineside_inspect.ui import api
 from lineside_inspect.ui.headers import SecurityHeaders
 from lineside_inspect.version import __version__
 
@@ -33,12 +36,15 @@ __all__ = ["SecurityHeaders", "router", "static"]
 HERE = Path(__file__).parent
 # Swagger UI's files as the fastapi-offline package ships them (kept up to date there)
 SWAGGER = Path(fastapi_offline.__file__).parent / "static"
-LANDING_PAGES = ("/", "/review")  # where signing in may lead: never a caller-given URL
+LANDING_PAGES = ("/", "/review", "/dashboard")  # where signing in may lead: never a caller's URL
 LEGACY_COOKIE = "lineside_key"  # older versions kept the raw key in this cookie
+# a station card's fields, in order: (data-field, title); home.js fills them
+STATION_FIELDS = (("recipe", "Recipe · model"), ("last", "Last verdict"), ("shift", "Yield this shift"),
+                  ("day", "Yield last 24 h"), ("fps", "Frames"))
 SIGN_OUT = ('<form class="signout" method="post" action="/review/logout">'
             '<button type="submit">Sign out</button></form>')
 
-router = APIRouter(tags=["pages"], include_in_schema=False)
+pages = APIRouter(tags=["pages"], include_in_schema=False)
 
 
 def _page(name: str, text: dict[str, str] | None = None, markup: dict[str, str] | None = None) -> str:
@@ -92,10 +98,28 @@ def _camera_rows(request: Request) -> str:
     for h in manager.health() if manager is not None else []:
         url = f"/v1/cameras/{quote(str(h['id']), safe='')}/stream"
         state = "pass" if h["state"] == "online" else "fail"
-        rows.append(f'<tr><td>{escape(str(h["id"]))}</td><td class="{state}">'
+        mark = "● " if h["state"] == "online" else "✖ "  # not by colour alone
+        rows.append(f'<tr><td>{escape(str(h["id"]))}</td><td class="{state}">{mark}'
                     f'{escape(str(h["state"]))}</td><td>{escape(str(h["fps"]))}</td>'
                     f'<td><a href="{escape(url)}">live view</a></td></tr>')
     return "\n".join(rows) or '<tr><td colspan="4">no cameras configured</td></tr>'
+
+
+def _station_cards(request: Request) -> str:
+    """A card per camera: its live view (MJPEG, the last verdict's boxes drawn by the
+    server) and the fields ``static/home.js`` fills from ``GET /v1/overview``."""
+    manager = request.app.state.cameras
+    cards = []
+    for h in manager.health() if manager is not None else []:
+        cid = escape(str(h["id"]))
+        url = escape(f"/v1/cameras/{quote(str(h['id']), safe='')}/stream")
+        fields = "".join(f'<dt>{escape(title)}</dt><dd data-field="{key}">…</dd>'
+                         for key, title in STATION_FIELDS)
+        cards.append(f'<article class="station" data-camera="{cid}"><h3>{cid} '
+                     f'<span class="state" data-field="state">{escape(str(h["state"]))}</span></h3>'
+                     f'<div class="live"><img src="{url}" alt="live view of camera {cid}, the last '
+                     f'verdict\'s boxes drawn"></div><dl>{fields}</dl></article>')
+    return "\n".join(cards) or "<p>no cameras configured</p>"
 
 
 def _mqtt_section(request: Request) -> str:
@@ -116,9 +140,10 @@ def _mqtt_section(request: Request) -> str:
     return f'<h2>MQTT events</h2>\n<table class="status" id="mqtt">{cells}</table>'
 
 
-@router.get("/", response_class=HTMLResponse)
+@pages.get("/", response_class=HTMLResponse)
 def status_page(request: Request) -> Response:
-    """What this box serves: models and versions, cameras with their state and live view."""
+    """What this box serves: its stations (live view, state, recipe and model, last verdict,
+    yield), models and versions, camera health."""
     seen = _viewer(request, "/")
     if isinstance(seen, Response):
         return seen
@@ -127,10 +152,21 @@ def status_page(request: Request) -> Response:
     return HTMLResponse(_page(
         "index.html", {"version": __version__, "ready": ready},
         {"models": _model_rows(request), "cameras": _camera_rows(request),
-         "mqtt": _mqtt_section(request), "signout": SIGN_OUT if session else ""}))
+         "stations": _station_cards(request), "mqtt": _mqtt_section(request),
+         "signout": SIGN_OUT if session else ""}))
 
 
-@router.get("/review", response_class=HTMLResponse)
+@pages.get("/dashboard", response_class=HTMLResponse)
+def dashboard_page(request: Request) -> Response:
+    """Yield and fails per hour or shift, the defect Pareto, review outcomes, reviewers."""
+    seen = _viewer(request, "/dashboard")
+    if isinstance(seen, Response):
+        return seen
+    _, session = seen
+    return HTMLResponse(_page("dashboard.html", markup={"signout": SIGN_OUT if session else ""}))
+
+
+@pages.get("/review", response_class=HTMLResponse)
 def review_page(request: Request) -> Response:
     seen = _viewer(request, "/review")
     if isinstance(seen, Response):
@@ -140,7 +176,7 @@ def review_page(request: Request) -> Response:
                               {"signout": SIGN_OUT if session else ""}))
 
 
-@router.post("/review/login")
+@pages.post("/review/login")
 def login(request: Request, key: Annotated[str, Form(max_length=4096)],
           next_page: Annotated[str, Form(alias="next")] = "/review") -> Response:
     """Trade a reviewer/admin key for a session cookie (a random token, never the key)."""
@@ -166,7 +202,7 @@ def login(request: Request, key: Annotated[str, Form(max_length=4096)],
     return resp
 
 
-@router.post("/review/logout")
+@pages.post("/review/logout")
 def logout(request: Request) -> Response:
     """Revoke the session server-side (the token is then worthless) and drop the cookie."""
     if token := request.cookies.get(SESSION_COOKIE):
@@ -177,19 +213,22 @@ def logout(request: Request) -> Response:
     return resp
 
 
-@router.get("/docs", response_class=HTMLResponse)
+@pages.get("/docs", response_class=HTMLResponse)
 def api_docs() -> HTMLResponse:
     return HTMLResponse(_page("docs.html"))
 
 
-@router.get("/docs/swagger-ui-bundle.js")
+@pages.get("/docs/swagger-ui-bundle.js")
 def swagger_js() -> FileResponse:
     return FileResponse(SWAGGER / "swagger-ui-bundle.js", media_type="text/javascript")
 
 
-@router.get("/docs/swagger-ui.css")
+@pages.get("/docs/swagger-ui.css")
 def swagger_css() -> FileResponse:
     return FileResponse(SWAGGER / "swagger-ui.css", media_type="text/css")
 
 
 static = StaticFiles(directory=HERE / "static")
+router = APIRouter()  # the pages (not in the API schema) and the JSON they read (in it)
+router.include_router(pages)
+router.include_router(api.router)

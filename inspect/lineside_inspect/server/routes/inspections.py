@@ -22,6 +22,7 @@ from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionPage, StoredInspection
 from lineside_inspect.server.deps import Reviewer, get_store
 from lineside_inspect.server.responses import DashboardStats, errors, media
+from lineside_inspect.store.stats import Shifts
 
 router = APIRouter(prefix="/v1", tags=["review"])
 
@@ -119,23 +120,33 @@ class ReviewIn(BaseModel):
     index: int | None = Field(None, description="relabel: which box")
     label: str | None = Field(None, description="relabel: the new class")
     note: str = Field("", max_length=2000)
+    seen_reviews: int | None = Field(None, ge=0, le=10**6, description=(
+        "how many reviews the inspection had when you looked; if it has more now, 409 "
+        "review_conflict and nothing is saved (omit to add a review unconditionally)"))
 
 
-@router.post("/inspections/{inspection_id}/reviews", responses=errors(401, 403, 404, 413, 422))
+@router.post("/inspections/{inspection_id}/reviews",
+             responses=errors(401, 403, 404, 409, 413, 422))
 def add_review(inspection_id: str, body: ReviewIn, request: Request,
                who: Reviewer) -> StoredInspection:
     boxes = None if body.boxes is None else [b.model_dump() for b in body.boxes]
     row = get_store(request).review(inspection_id, reviewer=who.name, action=body.action,
                                  boxes=boxes, index=body.index, label=body.label,
-                                 note=body.note)
+                                 note=body.note, seen_reviews=body.seen_reviews)
     return get_store(request).record(row)
 
 
 @router.get("/stats", responses=errors(401, 403, 404, 422))
 def stats(request: Request, who: Reviewer,
-          hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24) -> DashboardStats:
-    """Dashboard figures over the last ``hours`` (404 when the server keeps no store)."""
-    doc = get_store(request).stats(hours)
+          hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24,
+          camera_id: Annotated[str | None, Query(max_length=128, description=(
+              "narrow every figure to this camera ('': inspections sent without one)"))] = None,
+          recipe: Annotated[str | None, Query(max_length=128)] = None) -> DashboardStats:
+    """Dashboard figures over the last ``hours`` (404 when the server keeps no store);
+    shifts as the ``shifts`` setting has them."""
+    settings = request.app.state.settings
+    doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe,
+                                   shifts=Shifts.configured(settings.shifts, settings.shift_timezone))
     cams = request.app.state.cameras
     doc["cameras"] = cams.health() if cams is not None else []
     return DashboardStats.model_validate(doc)

@@ -1,153 +1,234 @@
-// Lineside review page: plain JavaScript, no build step. Talks to /v1 with the
-// session cookie set at sign-in, and the session's CSRF token the server put in the page.
-// Every value from the API reaches the page as text: elements are built with
-// createElement/createElementNS, strings go in as text nodes, never parsed as markup.
-"use strict";
-const $ = (s) => document.querySelector(s);
-const CSRF = (document.querySelector("meta[name=csrf-token]") || { content: "" }).content;
-const SVG = "http://www.w3.org/2000/svg";
+// Lineside review page: queues (saved filters of GET /v1/inspections), the grid, one
+// inspection at a time with its boxes and audit trail, batch confirmation, the reviews'
+// audit trail. Talks to /v1 with the session cookie and the CSRF token the server put in
+// the page. Every value from the API reaches the page as text (see common.js).
+import { $, $$, api, dateTime, el, num, showZone, svg, time, verdict } from "/static/common.js";
 
-// el("p", {class: "x"}, "text", child): an element; string children become text nodes
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
-  e.append(...children);
-  return e;
-}
-
-function svg(tag, attrs = {}, ...children) {
-  const e = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
-  e.append(...children);
-  return e;
-}
-
-const verdictClass = (v) => (v === "pass" ? "pass" : "fail");
-const state = { items: [], total: 0, offset: 0, limit: 24, sel: 0, open: null, box: 0,
-                classes: [], drawing: false, start: null };
-
-async function api(path, opts = {}) {
-  const r = await fetch(path, { credentials: "same-origin", ...opts,
-    headers: { "content-type": "application/json", "x-csrf-token": CSRF, ...(opts.headers || {}) } });
-  if (r.status === 401 || r.status === 403) { location.href = "/review"; throw new Error("auth"); }
-  const doc = await r.json();
-  if (!r.ok) throw new Error(doc.error ? doc.error.message : r.statusText);
-  return doc;
-}
+const state = { items: [], total: 0, offset: 0, limit: 24, sel: 0, open: null, box: 0, classes: [],
+                drawing: false, start: null, scale: 1, showRef: false, queues: [], queue: null, audit: 0 };
+const form = $("#filters");
+const FIELDS = ["verdict", "review_state", "camera_id", "label", "min_score", "queue"];
 
 function query() {
   const p = new URLSearchParams();
-  for (const [k, v] of new FormData($("#filters"))) if (v !== "") p.set(k, v);
+  for (const [k, v] of new FormData(form)) if (v !== "") p.set(k, v);
   p.set("limit", state.limit); p.set("offset", state.offset);
   return p;
 }
 
+// -- queues -----------------------------------------------------------------------------
+function sameFilter(params) {
+  const f = new FormData(form);
+  return FIELDS.every((k) => (f.get(k) || "") === (params[k] || ""));
+}
+
+// the queue every store has; the lifecycle's (GET /v1/queues, where the server has it:
+// shadow disagreements, to label) are added as GET /v1/inspections?queue=NAME
+const UNREVIEWED_FAILS = { name: "unreviewed_fails", title: "Unreviewed fails", description: "fails no reviewer has looked at yet",
+                           params: { verdict: "fail", review_state: "unreviewed" } };
+
+async function loadQueues() {
+  const fails = await api("/v1/inspections?verdict=fail&review_state=unreviewed&limit=1");
+  const queues = [{ ...UNREVIEWED_FAILS, count: fails.total }];
+  try {
+    const doc = await api("/v1/queues");
+    for (const q of doc.items) queues.push({ name: q.name, title: q.title, description: q.description,
+                                             params: { queue: q.name, review_state: "unreviewed" }, count: q.unreviewed });
+  } catch (e) { if (e.status !== 404) throw e; }  // a server without the lifecycle's queues
+  state.queues = queues;
+  state.queue = (queues.find((q) => sameFilter(q.params)) || {}).name || null;
+  $("#queues").replaceChildren(...queues.map((q) => {
+    const b = el("button", { type: "button", class: q.name === state.queue ? "on" : "", "aria-pressed": q.name === state.queue,
+                             title: q.description, "data-queue": q.name }, `${q.title} (${num(q.count)})`);
+    b.onclick = () => useQueue(q);
+    return b;
+  }));
+  const who = await api("/v1/reviewers");
+  $("#reviewers").textContent = who.reviewers.length
+    ? `Reviews this shift: ${who.reviewers.map((r) => `${r.reviewer} ${num(r.reviews)}`).join(" · ")}`
+    : "No reviews yet this shift";
+}
+
+function useQueue(q) {
+  for (const k of FIELDS) form.elements[k].value = q.params[k] || "";
+  state.offset = 0; state.sel = 0;
+  showGrid(); load(); loadQueues();
+}
+
+// -- boxes with readable labels: HTML over the image, placed in % of its size ---------------
+function boxLayer(layer, boxes, w, h, selected = -1) {
+  layer.replaceChildren(...boxes.map((d, i) => {
+    const [x1, y1, x2, y2] = d.box.map(Number);
+    const score = d.score !== undefined ? ` ${Number(d.score).toFixed(2)}` : "";
+    const b = el("div", { class: "bx" + (i === selected ? " sel" : "") + (y1 / h < 0.06 ? " low" : "") },
+                 el("span", {}, `${i === selected ? "▶ " : ""}${d.label}${score}`));
+    Object.assign(b.style, { left: `${(100 * x1) / w}%`, top: `${(100 * y1) / h}%`,
+                             width: `${(100 * (x2 - x1)) / w}%`, height: `${(100 * (y2 - y1)) / h}%` });
+    return b;
+  }));
+  return layer;
+}
+
+const truthOf = (o) => (o.reviews.length ? o.reviews[o.reviews.length - 1].boxes : o.defects);
+
+// -- the grid ---------------------------------------------------------------------------
 async function load() {
   const doc = await api("/v1/inspections?" + query());
   state.items = doc.items; state.total = doc.total;
   state.sel = Math.min(state.sel, Math.max(0, doc.items.length - 1));
   if (doc.items.length && !state.classes.length) setClasses(doc.items[0].class_names);
-  $("#count").textContent = doc.total ? `${state.offset + 1}–${state.offset + doc.items.length} of ${doc.total}` : "nothing to review";
-  const grid = $("#grid"); grid.replaceChildren();
-  doc.items.forEach((it, i) => {
-    const c = el("div", { class: "card" + (i === state.sel ? " sel" : "") });
+  $("#count").textContent = doc.total ? `${num(state.offset + 1)}–${num(state.offset + doc.items.length)} of ${num(doc.total)}`
+                                      : "nothing to review here";
+  $("#grid").replaceChildren(...doc.items.map((it, i) => {
+    const c = el("div", { class: "card" + (i === state.sel ? " sel" : ""), tabindex: 0, role: "button",
+                          "aria-label": `${it.verdict} from ${it.camera_id || "upload"}, ${it.defects.length} defects, ${it.review_state}` });
     c.dataset.id = it.id;
-    c.append(
-      it.has_image ? el("img", { loading: "lazy", alt: "", src: `/v1/inspections/${encodeURIComponent(it.id)}/annotated` })
-                   : el("p", {}, "(no image kept)"),
-      el("p", {}, el("b", { class: verdictClass(it.verdict) }, it.verdict),
-         ` · ${it.defects.length} defect(s) · ${it.review_state}`),
-      el("p", { class: "where" }, `${it.camera_id || "upload"} · ${new Date(it.created_at).toLocaleString()}`));
+    const pic = it.has_image
+      ? el("div", { class: "pic" }, el("img", { loading: "lazy", alt: "", src: `/v1/inspections/${encodeURIComponent(it.id)}/image` }),
+           boxLayer(el("div", { class: "boxes" }), truthOf(it), it.width, it.height))
+      : el("p", {}, "(no image kept)");
+    c.append(pic,
+      el("p", {}, verdict(it.verdict), ` · ${it.defects.length} defect(s) · ${it.review_state.replace("unreviewed", "○ unreviewed")}`),
+      el("p", { class: "where" }, `${it.camera_id || "upload"} · ${time(it.created_at)}`));
     c.onclick = () => { state.sel = i; open(i); };
-    grid.appendChild(c);
-  });
+    c.onfocus = () => select(i, false);
+    return c;
+  }));
 }
 
 function setClasses(names) {
   state.classes = names;
-  const lab = $("#filters select[name=label]");
+  const lab = form.elements.label;
   names.forEach((n) => lab.add(new Option(n, n)));
   names.forEach((n, i) => $("#d-label").add(new Option(`${i + 1} ${n}`, n)));
 }
 
-function select(i) {
+function select(i, focus = true) {
   state.sel = Math.max(0, Math.min(state.items.length - 1, i));
-  document.querySelectorAll(".card").forEach((c, j) => c.classList.toggle("sel", j === state.sel));
-  const el = document.querySelectorAll(".card")[state.sel];
-  if (el) el.scrollIntoView({ block: "nearest" });
+  const cards = $$(".card");
+  cards.forEach((c, j) => c.classList.toggle("sel", j === state.sel));
+  if (focus && cards[state.sel]) cards[state.sel].focus();
 }
 
+function showGrid() {
+  $("#detail").hidden = true; $("#audit").hidden = true; $("#grid").hidden = false; $("#pager").hidden = false;
+  $("#tab-grid").classList.add("on"); $("#tab-audit").classList.remove("on");
+  $("#tab-grid").setAttribute("aria-pressed", "true"); $("#tab-audit").setAttribute("aria-pressed", "false");
+  state.open = null;
+}
+
+// -- one inspection ---------------------------------------------------------------------
 async function open(i) {
   const it = state.items[i]; if (!it) return;
-  state.open = await api(`/v1/inspections/${encodeURIComponent(it.id)}`); state.box = 0;
-  $("#grid").hidden = true; $("#pager").hidden = true; $("#detail").hidden = false;
-  state.showRef = false;
-  $("#b-ref").hidden = !(state.open.reference && state.open.reference.has_image);
-  const img = $("#big"); img.src = `/v1/inspections/${encodeURIComponent(it.id)}/image`;
-  img.onload = () => { $("#overlay").setAttribute("viewBox", `0 0 ${state.open.width} ${state.open.height}`); draw(); };
-  render();
+  await openId(it.id);
 }
 
-function truth() {
-  const o = state.open;
-  return o.reviews.length ? o.reviews[o.reviews.length - 1].boxes : o.defects;
+async function openId(id) {
+  state.open = await api(`/v1/inspections/${encodeURIComponent(id)}`); state.box = 0; state.scale = 1;
+  $("#grid").hidden = true; $("#pager").hidden = true; $("#audit").hidden = true; $("#detail").hidden = false;
+  state.showRef = false; $("#stage").classList.remove("ref"); hideDraw();
+  $("#b-ref").hidden = !(state.open.reference && state.open.reference.has_image);
+  $("#d-status").textContent = ""; $("#d-status").classList.remove("conflict");
+  const img = $("#big");
+  img.onload = fit;
+  img.src = `/v1/inspections/${encodeURIComponent(id)}/image`;
+  $("#overlay").setAttribute("viewBox", `0 0 ${state.open.width} ${state.open.height}`);
+  render(); fit();
 }
+
+// the image fills the panel at its own aspect; + and - zoom from there
+function fit() {
+  const o = state.open; if (!o) return;
+  const stage = $("#stage"), k = Math.min(stage.clientWidth / o.width, stage.clientHeight / o.height) * state.scale;
+  Object.assign($("#zoom").style, { width: `${Math.floor(o.width * k)}px`, height: `${Math.floor(o.height * k)}px` });
+}
+new ResizeObserver(fit).observe($("#stage"));
 
 function render() {
   const o = state.open;
-  $("#d-title").replaceChildren(el("span", { class: verdictClass(o.verdict) }, o.verdict), ` ${o.id.slice(0, 8)}`);
+  $("#d-title").replaceChildren(verdict(o.verdict), ` ${o.id.slice(0, 8)}`);
   const ref = o.reference ? ` · reference ${o.reference.name || "(sent with the frame)"}` : "";
-  $("#d-meta").textContent = `${o.camera_id || "upload"} · part ${o.part_id || "-"} · ${o.recipe.name} v${o.recipe.version} · model ${o.model.name}:${o.model.version}${ref} · ${o.review_state}`;
-  const list = $("#d-defects"); list.replaceChildren();
-  truth().forEach((d, i) => {
-    const li = document.createElement("li");
-    li.textContent = `${d.label}${d.score !== undefined ? " " + d.score.toFixed(2) : ""} [${d.box.map(Math.round).join(", ")}]`;
-    li.className = i === state.box ? "sel" : ""; li.onclick = () => { state.box = i; render(); };
-    list.appendChild(li);
-  });
-  const rv = $("#d-reviews"); rv.replaceChildren();
-  o.reviews.forEach((r) => { const li = document.createElement("li");
-    li.textContent = `${new Date(r.created_at).toLocaleString()} ${r.reviewer}: ${r.action}`; rv.appendChild(li); });
-  draw();
+  $("#d-meta").textContent = `${o.camera_id || "upload"} · part ${o.part_id || "-"} · ${o.recipe.name} v${o.recipe.version} · model ${o.model.name}:${o.model.version}${ref} · ${dateTime(o.created_at)} · ${o.review_state}`;
+  const truth = truthOf(o);
+  $("#d-defects").replaceChildren(...truth.map((d, i) => {
+    const li = el("li", { class: i === state.box ? "sel" : "", tabindex: 0 },
+                  `${i === state.box ? "▶ " : ""}${d.label}${d.score !== undefined ? " " + Number(d.score).toFixed(2) : ""} [${d.box.map(Math.round).join(", ")}]`);
+    li.onclick = () => { state.box = i; render(); };
+    li.onkeydown = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); state.box = i; render(); } };
+    return li;
+  }));
+  $("#d-reviews").replaceChildren(...o.reviews.map((r) =>
+    el("li", {}, `${dateTime(r.created_at)} · ${r.reviewer}: ${r.action.replace("_", " ")} (${r.boxes.length} defect(s) after)`)));
+  if (!o.reviews.length) $("#d-reviews").append(el("li", { class: "none" }, "not reviewed yet"));
+  boxLayer($("#boxes"), truth, o.width, o.height, state.box);
+  drawPreview();
 }
 
-function rect(b, attrs) {
-  const [x1, y1, x2, y2] = b.map(Number);
-  return svg("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1, "stroke-width": 2, ...attrs });
+function drawPreview(box) {
+  $("#overlay").replaceChildren(...(box ? [svg("rect", { id: "drawn", x: box[0], y: box[1], width: box[2] - box[0],
+    height: box[3] - box[1], fill: "rgba(80,200,255,.2)", stroke: "#5cf", "stroke-width": 2, "vector-effect": "non-scaling-stroke" })] : []));
 }
 
-function draw(extra) {
-  if (!state.open) return;
-  const boxes = truth().map((d, i) => rect(d.box, { fill: "none", stroke: i === state.box ? "#fc3" : "#f44" }));
-  if (extra) boxes.push(rect(extra, { id: "drawn", fill: "rgba(80,200,255,.2)", stroke: "#5cf" }));
-  $("#overlay").replaceChildren(...boxes);
+function say(text, conflict = false) {
+  $("#d-status").textContent = text;
+  $("#d-status").classList.toggle("conflict", conflict);
 }
 
+// a review carries how many reviews the page saw: if someone else saved one meanwhile the
+// server answers 409, nothing is saved, and the newer state is shown here
 async function review(body) {
   const o = state.open;
   try {
-    state.open = await api(`/v1/inspections/${encodeURIComponent(o.id)}/reviews`, { method: "POST", body: JSON.stringify(body) });
-    $("#d-status").textContent = `saved: ${body.action}`; render();
-  } catch (e) { $("#d-status").textContent = "error: " + e.message; }
+    state.open = await api(`/v1/inspections/${encodeURIComponent(o.id)}/reviews`,
+                           { method: "POST", body: JSON.stringify({ ...body, seen_reviews: o.reviews.length }) });
+    say(`saved: ${body.action}`); render();
+  } catch (e) {
+    if (e.status !== 409) { say("error: " + e.message); return; }
+    state.open = await api(`/v1/inspections/${encodeURIComponent(o.id)}`);
+    render();
+    say(`not saved: ${e.message} The audit trail below shows it; review again if you still disagree.`, true);
+  }
 }
 
+// -- drawing a missed defect: drag on the image, or type the box --------------------------
 function point(ev) {
   const r = $("#overlay").getBoundingClientRect();
   return [(ev.clientX - r.left) * state.open.width / r.width, (ev.clientY - r.top) * state.open.height / r.height];
 }
 
+const norm = (s, p) => [Math.min(s[0], p[0]), Math.min(s[1], p[1]), Math.max(s[0], p[0]), Math.max(s[1], p[1])];
+const drawForm = $("#draw-form");
+
+function startDraw() {
+  const o = state.open; if (!o) return;
+  state.drawing = true;
+  const w = o.width, h = o.height, box = [w * 0.45, h * 0.45, w * 0.55, h * 0.55].map(Math.round);
+  ["x1", "y1", "x2", "y2"].forEach((k, i) => { drawForm.elements[k].value = box[i]; drawForm.elements[k].max = i % 2 ? h : w; });
+  drawForm.hidden = false; drawPreview(box);
+  say("drag on the image, or type the box and press Enter");
+  drawForm.elements.x1.focus();
+}
+
+function hideDraw() { state.drawing = false; state.start = null; drawForm.hidden = true; drawPreview(); }
+const typedBox = () => ["x1", "y1", "x2", "y2"].map((k) => Number(drawForm.elements[k].value));
+
+async function saveBox(box) {
+  hideDraw(); document.activeElement.blur();
+  if (box[2] - box[0] < 2 || box[3] - box[1] < 2) { say("a box needs x2 > x1 and y2 > y1"); return; }
+  await review({ action: "missed_defect", boxes: [{ label: $("#d-label").value, box: box.map((v) => Math.round(v * 10) / 10) }] });
+}
+
 const overlay = $("#overlay");
-overlay.addEventListener("mousedown", (ev) => { if (!state.drawing) return; state.start = point(ev); });
-overlay.addEventListener("mousemove", (ev) => {
-  if (!state.start) return; const p = point(ev), s = state.start;
-  draw([Math.min(s[0], p[0]), Math.min(s[1], p[1]), Math.max(s[0], p[0]), Math.max(s[1], p[1])]);
-});
+overlay.addEventListener("mousedown", (ev) => { if (state.drawing) state.start = point(ev); });
+overlay.addEventListener("mousemove", (ev) => { if (state.start) drawPreview(norm(state.start, point(ev))); });
 overlay.addEventListener("mouseup", async (ev) => {
-  if (!state.start) return; const p = point(ev), s = state.start; state.start = null; state.drawing = false;
-  const box = [Math.min(s[0], p[0]), Math.min(s[1], p[1]), Math.max(s[0], p[0]), Math.max(s[1], p[1])].map((v) => Math.round(v * 10) / 10);
-  if (box[2] - box[0] < 2 || box[3] - box[1] < 2) { draw(); return; }
-  await review({ action: "missed_defect", boxes: [{ label: $("#d-label").value, box }] });
+  if (!state.start) return;
+  await saveBox(norm(state.start, point(ev)));
 });
+drawForm.addEventListener("input", () => drawPreview(typedBox()));
+drawForm.addEventListener("submit", (e) => { e.preventDefault(); saveBox(typedBox()); });
+drawForm.addEventListener("keydown", (e) => { if (e.key === "Escape") { hideDraw(); say("drawing cancelled"); $("#b-draw").focus(); } });
+$("#draw-cancel").onclick = () => { hideDraw(); say("drawing cancelled"); };
 
 // reference models: flip between the frame and the golden image it was compared with
 function toggleRef() {
@@ -155,76 +236,117 @@ function toggleRef() {
   state.showRef = !state.showRef;
   $("#big").src = `/v1/inspections/${encodeURIComponent(o.id)}/${state.showRef ? "reference" : "image"}`;
   $("#stage").classList.toggle("ref", state.showRef);
-  $("#d-status").textContent = state.showRef ? "showing the reference image (r: back to the frame)" : "showing the frame";
+  $("#boxes").hidden = state.showRef;
+  say(state.showRef ? "showing the reference image (r: back to the frame)" : "showing the frame");
 }
 
-function back() { $("#detail").hidden = true; $("#grid").hidden = false; $("#pager").hidden = false; state.open = null; load(); }
-function startDraw() { state.drawing = true; $("#d-status").textContent = "drag on the image to draw the missed defect"; }
+function back() {
+  const sel = state.sel;
+  showGrid();
+  load().then(() => select(sel)); loadQueues();
+}
 
+function zoom(k) { state.scale = k === 0 ? 1 : Math.max(0.5, Math.min(6, state.scale * k)); fit(); }
+function relabel() { review({ action: "relabel", index: state.box, label: $("#d-label").value }); }
+function nextBox() { const n = truthOf(state.open).length; if (n) { state.box = (state.box + 1) % n; render(); } }
+
+// -- batch: confirm every visible unreviewed inspection -------------------------------------
+function askConfirmAll() {
+  const todo = state.items.filter((it) => it.review_state === "unreviewed");
+  if (!todo.length) { $("#count").textContent = "nothing unreviewed on this page"; return; }
+  $("#ca-text").textContent = `Confirm the verdicts of the ${todo.length} unreviewed inspection(s) on this page ` +
+    `(${todo.filter((it) => it.verdict === "fail").length} fail, ${todo.filter((it) => it.verdict === "pass").length} pass)?`;
+  const dlg = $("#confirm-all");
+  dlg.returnValue = "";
+  dlg.showModal();
+  $("#ca-yes").focus();
+}
+
+$("#confirm-all").addEventListener("close", async () => {
+  if ($("#confirm-all").returnValue !== "yes") return;
+  const todo = state.items.filter((it) => it.review_state === "unreviewed");
+  let saved = 0, conflicts = 0, failed = 0;
+  for (const it of todo) {
+    try {
+      await api(`/v1/inspections/${encodeURIComponent(it.id)}/reviews`,
+                { method: "POST", body: JSON.stringify({ action: "confirm", seen_reviews: it.reviews.length }) });
+      saved++;
+    } catch (e) { if (e.status === 409) conflicts++; else failed++; }
+  }
+  await load(); await loadQueues();
+  $("#count").textContent += ` · confirmed ${saved}` + (conflicts ? `, ${conflicts} reviewed by someone else meanwhile (left as they were)` : "") +
+    (failed ? `, ${failed} failed` : "");
+  select(0);
+});
+
+// -- the audit trail of every review, paged -------------------------------------------------
+async function loadAudit() {
+  const doc = await api(`/v1/reviews?limit=25&offset=${state.audit}`);
+  $("#a-count").textContent = doc.total ? `${num(state.audit + 1)}–${num(state.audit + doc.items.length)} of ${num(doc.total)} reviews` : "no reviews yet";
+  const rows = doc.items.map((r) => {
+    const b = el("button", { type: "button" }, r.inspection_id.slice(0, 8));
+    b.onclick = () => openId(r.inspection_id);
+    return el("tr", {}, el("td", {}, dateTime(r.created_at)), el("td", {}, r.reviewer), el("td", {}, r.action.replace("_", " ")),
+              el("td", {}, b), el("td", {}, verdict(r.verdict)), el("td", {}, r.camera_id || "upload"),
+              el("td", { class: "n" }, num(r.defects_after)), el("td", {}, r.note));
+  });
+  $("#audit-table").replaceChildren(
+    el("thead", {}, el("tr", {}, ...["time", "reviewer", "action", "inspection", "verdict", "camera", "defects after", "note"]
+      .map((h) => el("th", {}, h)))), el("tbody", {}, ...rows));
+  $("#a-prev").disabled = state.audit === 0; $("#a-next").disabled = state.audit + 25 >= doc.total;
+}
+
+function showAudit() {
+  $("#grid").hidden = true; $("#pager").hidden = true; $("#detail").hidden = true; $("#audit").hidden = false;
+  $("#tab-audit").classList.add("on"); $("#tab-grid").classList.remove("on");
+  $("#tab-audit").setAttribute("aria-pressed", "true"); $("#tab-grid").setAttribute("aria-pressed", "false");
+  state.open = null; loadAudit();
+}
+
+// -- controls: every one by mouse and by key -------------------------------------------------
 $("#b-confirm").onclick = () => review({ action: "confirm" });
 $("#b-false").onclick = () => review({ action: "false_reject" });
 $("#b-draw").onclick = startDraw;
 $("#b-ref").onclick = toggleRef;
-$("#b-relabel").onclick = () => review({ action: "relabel", index: state.box, label: $("#d-label").value });
-$("#filters").onsubmit = (e) => { e.preventDefault(); document.activeElement.blur(); state.offset = 0; state.sel = 0; load(); };
-$("#prev").onclick = () => { state.offset = Math.max(0, state.offset - state.limit); load(); };
-$("#next").onclick = () => { if (state.offset + state.limit < state.total) { state.offset += state.limit; load(); } };
-let scale = 1;
-$("#stage").addEventListener("wheel", (e) => { e.preventDefault(); scale = Math.max(0.5, Math.min(6, scale * (e.deltaY < 0 ? 1.2 : 1 / 1.2))); $("#zoom").style.transform = `scale(${scale})`; });
+$("#b-relabel").onclick = relabel;
+$("#b-back").onclick = back;
+$("#b-all").onclick = askConfirmAll;
+$("#tab-grid").onclick = () => { showGrid(); load(); };
+$("#tab-audit").onclick = showAudit;
+$("#a-prev").onclick = () => { state.audit = Math.max(0, state.audit - 25); loadAudit(); };
+$("#a-next").onclick = () => { state.audit += 25; loadAudit(); };
+form.onsubmit = (e) => { e.preventDefault(); document.activeElement.blur(); state.offset = 0; state.sel = 0; form.elements.queue.value = "";
+                         showGrid(); load().then(() => select(0, false)); loadQueues(); };
+function page(d) {
+  const to = state.offset + d * state.limit;
+  if (to < 0 || to >= state.total) return;
+  state.offset = to; state.sel = 0; load().then(() => select(0));
+}
+$("#prev").onclick = () => page(-1);
+$("#next").onclick = () => page(1);
+$("#stage").addEventListener("wheel", (e) => { e.preventDefault(); zoom(e.deltaY < 0 ? 1.2 : 1 / 1.2); });
 
-const KEYS = new Set(["Escape", "Enter", "ArrowLeft", "ArrowRight", "+", "-", "c", "f", "d", "j", "k", "r",
-                      "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
 document.addEventListener("keydown", (e) => {
-  if (e.target.matches("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
-  // a shortcut must not also press the focused button (Enter would re-submit the filters)
-  if (KEYS.has(e.key)) e.preventDefault();
+  const t = e.target;
+  if (t.matches("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey || $("#confirm-all").open) return;
+  // Enter and Space belong to the focused button or link; a focused card opens
+  if ((e.key === "Enter" || e.key === " ") && t.matches("button, a, summary, li")) return;
+  const key = e.key;
   if (state.open) {
-    if (e.key === "Escape") back();
-    else if (e.key === "c") review({ action: "confirm" });
-    else if (e.key === "f") review({ action: "false_reject" });
-    else if (e.key === "d") startDraw();
-    else if (e.key === "r") toggleRef();
-    else if (e.key === "+" || e.key === "-") { scale = Math.max(0.5, Math.min(6, scale * (e.key === "+" ? 1.25 : 0.8))); $("#zoom").style.transform = `scale(${scale})`; }
-    else if (/^[1-9]$/.test(e.key) && state.classes[+e.key - 1]) $("#d-label").value = state.classes[+e.key - 1];
-    else if (e.key === "j" || e.key === "ArrowRight") { if (state.sel < state.items.length - 1) open(++state.sel); }
-    else if (e.key === "k" || e.key === "ArrowLeft") { if (state.sel > 0) open(--state.sel); }
+    const handled = { Escape: back, c: () => review({ action: "confirm" }), f: () => review({ action: "false_reject" }),
+                      d: startDraw, r: toggleRef, l: relabel, b: nextBox, "+": () => zoom(1.25), "-": () => zoom(0.8), 0: () => zoom(0),
+                      j: () => state.sel < state.items.length - 1 && open(++state.sel), ArrowRight: () => state.sel < state.items.length - 1 && open(++state.sel),
+                      k: () => state.sel > 0 && open(--state.sel), ArrowLeft: () => state.sel > 0 && open(--state.sel) }[key];
+    if (handled) { e.preventDefault(); handled(); }
+    else if (/^[1-9]$/.test(key) && state.classes[+key - 1]) { e.preventDefault(); $("#d-label").value = state.classes[+key - 1]; }
     return;
   }
-  if (e.key === "j" || e.key === "ArrowRight") select(state.sel + 1);
-  else if (e.key === "k" || e.key === "ArrowLeft") select(state.sel - 1);
-  else if (e.key === "Enter") open(state.sel);
+  if (!$("#audit").hidden) return;
+  const handled = { j: () => select(state.sel + 1), ArrowRight: () => select(state.sel + 1), k: () => select(state.sel - 1),
+                    ArrowLeft: () => select(state.sel - 1), Enter: () => open(state.sel), " ": () => open(state.sel),
+                    C: askConfirmAll, n: () => page(1), p: () => page(-1) }[key];
+  if (handled) { e.preventDefault(); handled(); }
 });
 
-function bars(title, data, color) {
-  const keys = Object.keys(data), max = Math.max(1, ...keys.map((k) => Number(data[k]) || 0));
-  const w = 400, h = 160, bw = keys.length ? w / keys.length : w;
-  const chart = svg("svg", { width: w, height: h + 30 });
-  keys.forEach((k, i) => {
-    const bh = (Number(data[k]) || 0) / max * h;
-    chart.append(svg("rect", { x: i * bw + 2, y: h - bh, width: Math.max(0, bw - 4), height: bh, fill: color },
-                     svg("title", {}, `${k}: ${data[k]}`)));
-    if (keys.length <= 12) chart.append(svg("text", { x: i * bw + 4, y: h + 14, "font-size": 10, fill: "#aaa" }, k.slice(-5)));
-  });
-  return el("figure", {}, el("figcaption", {}, title), chart);
-}
-
-async function dashboard() {
-  const s = await api("/v1/stats?hours=24");
-  const fails = {}, passes = {};
-  for (const [k, v] of Object.entries(s.verdicts_per_hour)) { fails[k] = v.fail; passes[k] = v.pass; }
-  const fr = s.false_reject_rate_reviewed;
-  const rate = el("b", { id: "fr-rate" }, fr === null ? "n/a" : (fr * 100).toFixed(1) + "%");
-  const cams = el("table", {}, ...s.cameras.map((c) => el("tr", {},
-    el("td", {}, c.id), el("td", { class: c.state === "online" ? "pass" : "fail" }, c.state),
-    el("td", {}, `${c.fps} fps`), el("td", {}, `${c.reconnects} reconnects`))));
-  $("#dash").replaceChildren(
-    bars("fails per hour (24 h)", fails, "#e55"), bars("passes per hour (24 h)", passes, "#4b4"),
-    bars("defects per class", s.defects_per_class, "#fb3"),
-    el("figure", {}, el("figcaption", {}, "reviews"),
-       el("p", {}, "false-reject rate among reviewed fails: ", rate, ` (${s.false_rejects_confirmed} of ${s.reviewed_fails})`),
-       cams));
-}
-$("#tab-grid").onclick = () => { $("#dash").hidden = true; $("#grid").hidden = false; $("#pager").hidden = false; $("#tab-grid").classList.add("on"); $("#tab-dash").classList.remove("on"); };
-$("#tab-dash").onclick = () => { $("#detail").hidden = true; $("#grid").hidden = true; $("#pager").hidden = true; $("#dash").hidden = false; $("#tab-dash").classList.add("on"); $("#tab-grid").classList.remove("on"); dashboard(); };
-
-load();
+showZone();
+load(); loadQueues();

@@ -1,0 +1,233 @@
+"""The JSON the pages read besides the review API (reviewer role): the status overview,
+reviews per reviewer, the reviews' audit trail, and the dashboard's figures as CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from lineside_inspect.server.deps import Reviewer, get_store
+from lineside_inspect.server.responses import (
+    CameraHealth,
+    ReviewerCounts,
+    ReviewLog,
+    errors,
+    media,
+)
+from lineside_inspect.store import Store
+from lineside_inspect.store import stats as figures
+from lineside_inspect.store.utc import as_utc
+
+router = APIRouter(prefix="/v1", tags=["review"])
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class YieldFigure(_Shape):
+    since: datetime
+    passes: int
+    fails: int
+    inspections: int
+    yield_pct: float | None = Field(description="passes / inspections in %; None when none")
+
+
+class LastVerdict(_Shape):
+    id: str
+    created_at: datetime
+    verdict: Literal["pass", "fail"]
+    defects: int
+    labels: list[str] = Field(description="classes of the counted defects")
+
+
+class Station(_Shape):
+    """A camera: what it sees, how it is judged, how its parts fare."""
+
+    camera: CameraHealth
+    recipe: str | None = Field(description="the recipe its inspections use")
+    model: str | None
+    model_version: str | None = Field(description="the version judging its parts now")
+    stream: str = Field(description="the live MJPEG view with the last verdict drawn")
+    last: LastVerdict | None = Field(description="its latest inspection since the server started")
+    shift: YieldFigure | None = Field(description="this shift (None without a store)")
+    day: YieldFigure | None = Field(description="the last 24 h (None without a store)")
+
+
+class ModelSummary(_Shape):
+    name: str
+    active: str | None
+    versions: list[str]
+
+
+class Overview(_Shape):
+    """What the status page shows: stations, models, yield."""
+
+    now: datetime
+    ready: bool
+    shift_start: datetime
+    shift_end: datetime
+    shift_starts: list[str]
+    shift_timezone: str
+    models: list[ModelSummary]
+    stations: list[Station]
+    shift: YieldFigure | None = Field(description="every inspection this shift, uploads too")
+    day: YieldFigure | None = Field(description="every inspection in the last 24 h")
+
+
+def shifts_of(request: Request) -> figures.Shifts:
+    settings = request.app.state.settings
+    return figures.Shifts.configured(settings.shifts, settings.shift_timezone)
+
+
+def _yield(since: datetime, counts: dict[str, int]) -> dict[str, Any]:
+    total = counts["pass"] + counts["fail"]
+    return {"since": since, "passes": counts["pass"], "fails": counts["fail"], "inspections": total,
+            "yield_pct": round(100 * counts["pass"] / total, 2) if total else None}
+
+
+def _station_recipe(request: Request, recipe: str | None) -> tuple[str | None, str | None, str | None]:
+    """(recipe, model, version now) a camera's inspections get; Nones when it names none."""
+    registry = request.app.state.registry
+    try:
+        rule = registry.recipe(recipe)
+    except Exception:  # an unknown recipe: the camera's inspections fail with a 404 themselves
+        return recipe, None, None
+    slot = registry.models().get(rule.model)
+    return rule.name, rule.model, rule.model_version or (slot.active if slot else None)
+
+
+def overview(request: Request, now: datetime | None = None) -> dict[str, Any]:
+    """The status page's figures (also its JSON, ``GET /v1/overview``)."""
+    now = now or datetime.now(UTC)
+    start, end = shifts_of(request).current(now)
+    day_start = now - timedelta(hours=24)
+    store: Store | None = request.app.state.store
+    zero = {"pass": 0, "fail": 0}
+    if store is not None:
+        in_shift = store.read(lambda s: figures.yields(s, start, now))
+        in_day = store.read(lambda s: figures.yields(s, day_start, now))
+    manager = request.app.state.cameras
+    stations = []
+    for health in manager.health() if manager is not None else []:
+        cid = health["id"]
+        recipe, model, version = _station_recipe(request, health.get("recipe"))
+        last = manager.last_results.get(cid)
+        stations.append({
+            "camera": CameraHealth.model_validate(health), "recipe": recipe, "model": model,
+            "model_version": version, "stream": f"/v1/cameras/{cid}/stream",
+            "last": None if last is None else {
+                "id": last.id, "created_at": last.created_at, "verdict": last.verdict,
+                "defects": len(last.defects.labels), "labels": sorted(set(last.defects.labels))},
+            "shift": _yield(start, in_shift.get(cid, zero)) if store is not None else None,
+            "day": _yield(day_start, in_day.get(cid, zero)) if store is not None else None})
+
+    def total(per: dict[str | None, dict[str, int]]) -> dict[str, int]:
+        return {k: sum(c[k] for c in per.values()) for k in ("pass", "fail")}
+
+    settings = request.app.state.settings
+    return {
+        "now": now, "ready": bool(request.app.state.ready), "shift_start": start, "shift_end": end,
+        "shift_starts": settings.shifts, "shift_timezone": str(shifts_of(request).zone),
+        "models": [{"name": n, "active": slot.active, "versions": list(slot.versions)}
+                   for n, slot in request.app.state.registry.models().items()],
+        "stations": stations,
+        "shift": _yield(start, total(in_shift)) if store is not None else None,
+        "day": _yield(day_start, total(in_day)) if store is not None else None,
+    }
+
+
+@router.get("/overview", responses=errors(401, 403))
+def get_overview(request: Request, who: Reviewer) -> Overview:
+    """The status page's figures: each camera's state, recipe, model, last verdict and
+    yield this shift and over 24 h; the models; the box's yield."""
+    return Overview.model_validate(overview(request))
+
+
+@router.get("/reviewers", responses=errors(401, 403, 404, 422))
+def reviewer_counts(request: Request, who: Reviewer,
+                    since: Annotated[datetime | None, Query(description=(
+                        "ISO time; without an offset: UTC; default: the current shift's start"))] = None,
+                    ) -> ReviewerCounts:
+    """Reviews per reviewer and action since the current shift started (or ``since``)."""
+    now = datetime.now(UTC)
+    start = as_utc(since) if since is not None else shifts_of(request).current(now)[0]
+    counts = get_store(request).read(lambda s: figures.reviewers(s, start, now, []))
+    return ReviewerCounts.model_validate({"since": start, "reviewers": counts})
+
+
+@router.get("/reviews", responses=errors(401, 403, 404, 422))
+def review_log(request: Request, who: Reviewer,
+               reviewer: Annotated[str | None, Query(max_length=128)] = None,
+               inspection_id: Annotated[str | None, Query(max_length=64)] = None,
+               limit: Annotated[int, Query(ge=1, le=500)] = 50,
+               offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> ReviewLog:
+    """Every review, newest first: who did what to which inspection, and when."""
+    total, items = get_store(request).read(lambda s: figures.review_log(
+        s, limit=limit, offset=offset, reviewer=reviewer, inspection_id=inspection_id))
+    return ReviewLog.model_validate({"total": total, "limit": limit, "offset": offset, "items": items})
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run: text starting like a formula is quoted
+    (camera ids and class names come from callers)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def csv_rows(doc: dict[str, Any], table: str) -> list[list[Any]]:
+    """One of the dashboard's tables, header first, as the dashboard shows it."""
+    scope = [doc["camera_id"] if doc["camera_id"] is not None else "(all)", doc["recipe"] or "(all)"]
+    figure = ["passes", "fails", "inspections", "yield_pct"]
+    if table in ("hourly", "shifts"):
+        return [["start_utc", "end_utc", "camera_id", "recipe", *figure]] + [
+            [r["start"], r["end"], *scope, *(r[k] for k in figure)] for r in doc[table]]
+    if table == "pareto":
+        return [["class", "parts", "cumulative_pct"]] + [
+            [r["label"], r["parts"], r["cumulative_pct"]] for r in doc["pareto"]]
+    if table == "stations":
+        return [["camera_id", "recipe", *figure]] + [
+            [r["camera_id"] if r["camera_id"] is not None else "(upload)", r["recipe"],
+             *(r[k] for k in figure)] for r in doc["stations"]]
+    if table == "quality":
+        q = doc["quality"]
+        return [["measure", "count", "of_reviewed", "rate_pct"],
+                ["false_rejects", q["false_rejects"], q["reviewed_fails"],
+                 None if q["false_reject_rate"] is None else round(100 * q["false_reject_rate"], 2)],
+                ["escapes", q["escapes"], q["reviewed_passes"],
+                 None if q["escape_rate"] is None else round(100 * q["escape_rate"], 2)]]
+    if table == "reviewers":
+        actions = sorted({a for r in doc["reviewers"] for a in r["actions"]})
+        return [["reviewer", "reviews", *actions]] + [
+            [r["reviewer"], r["reviews"], *(r["actions"].get(a, 0) for a in actions)]
+            for r in doc["reviewers"]]
+    return [["at_utc", "model", "recipe", "version", "previous"]] + [
+        [r["at"], r["model"], r["recipe"], r["version"], r["previous"]] for r in doc["model_changes"]]
+
+
+@router.get("/stats.csv", response_class=Response, responses={
+    **media("one table of the dashboard as CSV (UTC times)", "text/csv"),
+    **errors(401, 403, 404, 422)})
+def stats_csv(request: Request, who: Reviewer,
+              table: Literal["hourly", "shifts", "pareto", "stations", "quality", "reviewers",
+                             "model_changes"] = "hourly",
+              hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24,
+              camera_id: Annotated[str | None, Query(max_length=128)] = None,
+              recipe: Annotated[str | None, Query(max_length=128)] = None) -> Response:
+    """The numbers of one dashboard table, with the parameters of ``GET /v1/stats``."""
+    doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe,
+                                   shifts=shifts_of(request))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    for row in csv_rows(doc, table):
+        writer.writerow([_cell(v) for v in row])
+    name = f"lineside-{table}-{hours}h.csv"
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -1,0 +1,63 @@
+// Shared by Lineside's pages (ES modules, no build step). Every value from the API
+// reaches the page as text: elements are made with createElement / createElementNS and
+// strings go in as text nodes, never parsed as markup.
+export const $ = (s, root = document) => root.querySelector(s);
+export const $$ = (s, root = document) => Array.from(root.querySelectorAll(s));
+export const SVG = "http://www.w3.org/2000/svg";
+export const CSRF = ($("meta[name=csrf-token]") || { content: "" }).content;
+
+// el("p", {class: "x"}, "text", child): an element; string children become text nodes
+export function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) if (v !== undefined && v !== null) e.setAttribute(k, String(v));
+  e.append(...children);
+  return e;
+}
+
+export function svg(tag, attrs = {}, ...children) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) if (v !== undefined && v !== null) e.setAttribute(k, String(v));
+  e.append(...children);
+  return e;
+}
+
+export class ApiError extends Error {
+  constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+}
+
+// a call to the API with the session cookie (and its CSRF token for changes); a lost
+// session reloads the page, which then asks to sign in
+export async function api(path, opts = {}) {
+  const r = await fetch(path, { credentials: "same-origin", ...opts,
+    headers: { "content-type": "application/json", "x-csrf-token": CSRF, ...(opts.headers || {}) } });
+  if (r.status === 401) { location.reload(); throw new ApiError(401, "unauthorized", "signed out"); }
+  const doc = await r.json();
+  if (!r.ok) throw new ApiError(r.status, doc.error ? doc.error.code : "http_error",
+                                doc.error ? doc.error.message : r.statusText);
+  return doc;
+}
+
+// times in the browser's zone, which every page names once
+export const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+export function zoneName() {
+  const off = -new Date().getTimezoneOffset();
+  const hh = String(Math.floor(Math.abs(off) / 60)).padStart(2, "0"), mm = String(Math.abs(off) % 60).padStart(2, "0");
+  return `${ZONE} (UTC${off < 0 ? "-" : "+"}${hh}:${mm})`;
+}
+export function showZone() { for (const z of $$("[data-zone]")) z.textContent = `times in ${zoneName()}`; }
+export const time = (iso) => new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+export const dateTime = (iso) => new Date(iso).toLocaleString([], { weekday: "short", day: "numeric", month: "short",
+                                                                   hour: "2-digit", minute: "2-digit" });
+export const hourLabel = (d) => d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+export const dayLabel = (d) => d.toLocaleDateString([], { weekday: "short", day: "numeric" });
+
+export const num = (n) => Number(n).toLocaleString("en-US");
+export const pct = (x, digits = 1) => (x === null || x === undefined ? "n/a" : `${Number(x).toFixed(digits)}%`);
+export const rate = (r) => (r === null || r === undefined ? "n/a" : `${(r * 100).toFixed(1)}%`);
+
+// pass/fail never by colour alone: a mark and the word
+export function verdict(v) {
+  return el("span", { class: v === "pass" ? "pass" : "fail" }, v === "pass" ? "✔ PASS" : "✖ FAIL");
+}
+export const STATE_MARK = { online: "● online", starting: "◌ starting", stale: "▲ stale", offline: "✖ offline", stopped: "■ stopped" };
+export const stateClass = (s) => (s === "online" ? "pass" : s === "starting" ? "warn" : "fail");

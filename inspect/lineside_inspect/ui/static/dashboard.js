@@ -1,0 +1,217 @@
+// The dashboard: GET /v1/stats drawn as SVG (createElementNS, no charting library) and
+// tables, every number also in text; each figure links its numbers as CSV (/v1/stats.csv).
+import { $, $$, api, dateTime, dayLabel, el, hourLabel, num, pct, rate, showZone, svg, time } from "/static/common.js";
+
+const form = $("#scope");
+let shown = null; // the figures on screen, redrawn on resize
+
+function params() {
+  const f = new FormData(form), p = new URLSearchParams({ hours: f.get("hours") });
+  for (const k of ["camera_id", "recipe"]) if (f.get(k) !== "*") p.set(k, f.get(k));
+  return p;
+}
+
+// 1, 2 or 5 times a power of ten at or above max/steps: axis steps a person reads at once
+function niceStep(max, steps = 5) {
+  const raw = Math.max(1, max) / steps, mag = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 5, 10].map((k) => k * mag).find((s) => s >= raw);
+}
+
+const FONT = "12px system-ui, sans-serif";
+const measure = (() => { const c = document.createElement("canvas").getContext("2d"); c.font = FONT;
+  return (s) => c.measureText(s).width; })();
+
+function addOptions(select, values) {
+  const have = new Set(Array.from(select.options, (o) => o.value));
+  for (const [value, label] of values) if (!have.has(value)) { select.add(new Option(label, value)); have.add(value); }
+}
+
+function hatch() {
+  return svg("defs", {}, svg("pattern", { id: "hatch", width: 6, height: 6, patternUnits: "userSpaceOnUse",
+                                          patternTransform: "rotate(45)" },
+    svg("rect", { width: 6, height: 6, fill: "#c0392b" }), svg("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#ff9a8f", "stroke-width": 2 })));
+}
+
+// yield and fails per hour or shift: stacked bars (passes, fails hatched) on the left
+// axis, yield % on the right, model-version changes as dashed markers on the time axis
+function trendChart(box, rows, changes, per) {
+  const W = Math.max(320, box.clientWidth || 900), H = 320, m = { l: 56, r: 56, t: 44, b: 44 };
+  const iw = W - m.l - m.r, ih = H - m.t - m.b;
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
+    "aria-label": `passes and fails per ${per === "shifts" ? "shift" : "hour"} with yield; numbers in the table below` });
+  chart.append(hatch());
+  if (!rows.length) { box.replaceChildren(chart); return; }
+  const step = niceStep(Math.max(...rows.map((r) => r.inspections))), top = step * 5;
+  const yC = (v) => m.t + ih - (v / top) * ih;
+  const yields = rows.filter((r) => r.yield_pct !== null).map((r) => r.yield_pct);
+  const yMin = yields.length ? Math.min(90, Math.floor(Math.min(...yields) / 5) * 5) : 0;
+  const yY = (v) => m.t + ih - ((v - yMin) / (100 - yMin)) * ih;
+  const t0 = Date.parse(rows[0].start), t1 = Date.parse(rows[rows.length - 1].end);
+  const x = (t) => m.l + ((t - t0) / (t1 - t0)) * iw;
+  const grid = svg("g", { class: "grid" }), axis = svg("g", { class: "axis" });
+  for (let i = 0; i <= 5; i++) {
+    const v = step * i, y = yC(v);
+    grid.append(svg("line", { x1: m.l, x2: W - m.r, y1: y, y2: y }));
+    axis.append(svg("text", { x: m.l - 6, y: y + 4, "text-anchor": "end" }, num(v)));
+    const yv = yMin + ((100 - yMin) * i) / 5;
+    axis.append(svg("text", { x: W - m.r + 6, y: yY(yv) + 4 }, `${Math.round(yv)}%`));
+  }
+  axis.append(svg("line", { x1: m.l, x2: W - m.r, y1: m.t + ih, y2: m.t + ih }),
+              svg("text", { x: 4, y: m.t - 10, class: "dim" }, "inspections"),
+              svg("text", { x: W - 4, y: m.t - 10, "text-anchor": "end", class: "dim" }, "yield"));
+  chart.append(grid, axis);
+  const bars = svg("g", { class: "bars" }), labels = svg("g", { class: "values" });
+  let minGap = Infinity, lastLabel = -Infinity;
+  const points = [];
+  rows.forEach((r, i) => {
+    const a = Date.parse(r.start), b = Date.parse(r.end);
+    const x0 = x(a), bw = Math.max(1, x(b) - x0 - 2), cx = x0 + 1 + bw / 2;
+    minGap = Math.min(minGap, bw);
+    const tip = `${dateTime(r.start)} – ${hourLabel(new Date(r.end))}: ${num(r.inspections)} inspections, ${num(r.fails)} fails, yield ${pct(r.yield_pct)}`;
+    bars.append(svg("rect", { class: "bar-pass", x: x0 + 1, width: bw, y: yC(r.inspections), height: yC(r.fails) - yC(r.inspections) },
+                    svg("title", {}, tip)),
+                svg("rect", { class: "bar-fail", x: x0 + 1, width: bw, y: yC(r.fails), height: yC(0) - yC(r.fails) },
+                    svg("title", {}, tip)));
+    if (r.yield_pct !== null) points.push([cx, yY(r.yield_pct)]);
+    // x labels at least 64 px apart; midnight carries the day
+    if (x0 - lastLabel >= 64 || i === 0) {
+      const d = new Date(r.start);
+      const first = per === "shifts" ? dayLabel(d) : hourLabel(d);
+      const second = per === "shifts" ? hourLabel(d) : (d.getHours() === 0 || i === 0 ? dayLabel(d) : "");
+      axis.append(svg("text", { x: x0, y: m.t + ih + 16 }, first), svg("text", { x: x0, y: m.t + ih + 30, class: "dim" }, second));
+      lastLabel = x0;
+    }
+  });
+  // the fail count over each bar when there is room for it
+  if (minGap >= 18) rows.forEach((r) => {
+    const a = Date.parse(r.start), b = Date.parse(r.end), cx = (x(a) + x(b)) / 2;
+    labels.append(svg("text", { class: "fails-value", x: cx, y: yC(r.inspections) - 4, "text-anchor": "middle" }, num(r.fails)));
+  });
+  const line = points.length ? svg("path", { class: "yield-line", d: "M" + points.map((p) => p.join(",")).join("L") }) : "";
+  const dots = svg("g", {}, ...points.map(([cx, cy]) => svg("circle", { class: "yield-dot", cx, cy, r: 3 })));
+  chart.append(bars, line, dots, labels);
+  // model versions: where a model's version changed (the first inspection it judged)
+  // one marker per change, even when several recipes of the model changed within a bar
+  const marks = svg("g", { class: "markers" }), seen = [];
+  let lastX = -Infinity, row = 0;
+  for (const c of changes) {
+    const t = Date.parse(c.at), what = `${c.model} ${c.previous} → ${c.version}`;
+    if (c.previous === null || t < t0 || t > t1) continue;
+    const mx = x(t), same = seen.find((s) => s.what === what && Math.abs(s.x - mx) < 24);
+    if (same) { same.title.textContent += `, ${c.recipe}`; continue; }
+    row = mx - lastX < 150 ? (row + 1) % 2 : 0;
+    lastX = mx;
+    const title = svg("title", {}, `${dateTime(c.at)}: ${what}; recipes ${c.recipe}`);
+    seen.push({ what, x: mx, title });
+    marks.append(svg("g", { class: "marker" },
+      svg("line", { x1: mx, x2: mx, y1: m.t - 4 - row * 13, y2: m.t + ih }),
+      svg("text", { x: mx + 3, y: m.t - 8 - row * 13 }, `▼ ${what}`), title));
+  }
+  chart.append(marks);
+  const legend = svg("g", { class: "legend", transform: `translate(${m.l}, 12)` },
+    svg("rect", { class: "pass", x: 0, y: -9, width: 12, height: 12 }), svg("text", { x: 16, y: 1 }, "passes"),
+    svg("rect", { class: "fail", x: 76, y: -9, width: 12, height: 12 }), svg("text", { x: 92, y: 1 }, "fails (count on top)"),
+    svg("circle", { class: "yield-dot", cx: 230, cy: -3, r: 4 }), svg("text", { x: 238, y: 1 }, "yield % (right axis)"));
+  chart.append(legend);
+  box.replaceChildren(chart);
+}
+
+// defect Pareto: one bar per class, full names, most first, the count and cumulative share
+function paretoChart(box, rows) {
+  if (!rows.length) { box.replaceChildren(el("p", {}, "no defects in this window")); return; }
+  const W = Math.max(300, box.clientWidth || 500), rowH = 26, m = { t: 22, b: 26 };
+  const labelW = Math.min(W * 0.45, Math.max(...rows.map((r) => measure(r.label))) + 14);
+  const right = 150, x0 = labelW, iw = W - labelW - right, H = m.t + rows.length * rowH + m.b;
+  const step = niceStep(rows[0].parts, 4), top = step * 4;
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
+                              "aria-label": "defect Pareto: inspections per defect class, most first" });
+  chart.append(svg("text", { x: W - right + 8, y: 14, class: "dim" }, "parts"),
+               svg("text", { x: W - 4, y: 14, "text-anchor": "end", class: "dim" }, "cumulative"));
+  const axis = svg("g", { class: "axis" });
+  for (let i = 0; i <= 4; i++) {
+    const gx = x0 + (iw * i) / 4;
+    axis.append(svg("line", { x1: gx, x2: gx, y1: m.t, y2: H - m.b + 4 }),
+                svg("text", { x: gx, y: H - 8, "text-anchor": "middle" }, num(step * i)));
+  }
+  chart.append(axis);
+  rows.forEach((r, i) => {
+    const y = m.t + i * rowH, w = (r.parts / top) * iw;
+    chart.append(svg("g", { class: "pareto-row" },
+      svg("text", { class: "pareto-label", x: labelW - 8, y: y + rowH / 2 + 4, "text-anchor": "end" }, r.label),
+      svg("rect", { class: "pareto-bar", x: x0, y: y + 4, width: Math.max(1, w), height: rowH - 8 },
+          svg("title", {}, `${r.label}: ${num(r.parts)} parts, cumulative ${pct(r.cumulative_pct)}`)),
+      svg("text", { class: "pareto-count", x: W - right + 8, y: y + rowH / 2 + 4 }, num(r.parts)),
+      svg("text", { class: "pareto-cum", x: W - 4, y: y + rowH / 2 + 4, "text-anchor": "end" }, pct(r.cumulative_pct))));
+  });
+  box.replaceChildren(chart);
+}
+
+function table(target, head, rows, numeric = []) {
+  const th = head.map((h, i) => el("th", { class: numeric.includes(i) ? "n" : null }, h));
+  target.replaceChildren(el("thead", {}, el("tr", {}, ...th)),
+    el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((v, i) => el("td", { class: numeric.includes(i) ? "n" : null }, v))))));
+}
+
+const yieldCell = (r) => (r.yield_pct === null ? "n/a" : pct(r.yield_pct));
+
+function render(s) {
+  const f = new FormData(form), per = f.get("per"), rows = s[per];
+  const sum = (k) => s.hourly.reduce((a, r) => a + r[k], 0);
+  const n = sum("inspections"), passes = sum("passes"), fails = sum("fails");
+  $("#k-yield").textContent = n ? pct((100 * passes) / n, 2) : "n/a";
+  $("#k-yield-detail").textContent = `${num(passes)} of ${num(n)} passed · ${num(fails)} failed · last ${f.get("hours")} h`;
+  const shift = s.shifts[s.shifts.length - 1];
+  $("#k-shift").textContent = shift ? yieldCell(shift) : "n/a";
+  $("#k-shift-detail").textContent = shift ? `${num(shift.passes)} of ${num(shift.inspections)} passed since ${hourLabel(new Date(shift.start))}` : "";
+  const q = s.quality;
+  $("#fr-rate").textContent = rate(q.false_reject_rate);
+  $("#fr-detail").textContent = `${num(q.false_rejects)} of ${num(q.reviewed_fails)} reviewed fails had no defect`;
+  $("#escape-rate").textContent = rate(q.escape_rate);
+  $("#escape-detail").textContent = `${num(q.escapes)} of ${num(q.reviewed_passes)} reviewed passes had a missed defect`;
+
+  $("#trend-title").textContent = `Yield and fails per ${per === "shifts" ? "shift" : "hour"}`;
+  trendChart($("#trend"), rows, s.model_changes, per);
+  table($("#trend-table"), [per === "shifts" ? "shift" : "hour", "inspections", "passes", "fails", "yield"],
+        rows.map((r) => [`${dateTime(r.start)} – ${hourLabel(new Date(r.end))}`, num(r.inspections), num(r.passes), num(r.fails), yieldCell(r)]),
+        [1, 2, 3, 4]);
+  paretoChart($("#pareto"), s.pareto);
+  table($("#stations"), ["camera", "recipe", "inspections", "passes", "fails", "yield"],
+        s.stations.map((r) => [r.camera_id === null ? "(uploads)" : r.camera_id, r.recipe, num(r.inspections), num(r.passes), num(r.fails), yieldCell(r)]),
+        [2, 3, 4, 5]);
+  table($("#quality"), ["", "count", "of reviewed", "rate"], [
+    ["false rejects (fails with no defect)", num(q.false_rejects), `${num(q.reviewed_fails)} fails`, rate(q.false_reject_rate)],
+    ["escapes (passes with a missed defect)", num(q.escapes), `${num(q.reviewed_passes)} passes`, rate(q.escape_rate)]], [1, 3]);
+  const actions = [...new Set(s.reviewers.flatMap((r) => Object.keys(r.actions)))].sort();
+  table($("#reviewers"), ["reviewer", "reviews", ...actions.map((a) => a.replace("_", " "))],
+        s.reviewers.map((r) => [r.reviewer, num(r.reviews), ...actions.map((a) => num(r.actions[a] || 0))]),
+        [1, ...actions.map((_, i) => i + 2)]);
+  table($("#models"), ["since", "model", "recipe", "version"],
+        s.model_changes.map((c) => [dateTime(c.at), c.model, c.recipe, c.previous === null ? `${c.version} (in use as the window opens)` : `${c.previous} → ${c.version}`]));
+}
+
+async function load() {
+  $("#status").textContent = "loading…";
+  const p = params();
+  try {
+    const s = await api("/v1/stats?" + p);
+    addOptions(form.elements.camera_id, [...s.cameras.map((c) => [c.id, c.id]),
+      ...s.stations.map((r) => (r.camera_id === null ? ["", "(uploads)"] : [r.camera_id, r.camera_id]))]);
+    addOptions(form.elements.recipe, s.stations.map((r) => [r.recipe, r.recipe]));
+    shown = s;
+    render(s);
+    const per = new FormData(form).get("per");
+    for (const a of $$("a.csv")) {
+      const q = new URLSearchParams(p);
+      q.set("table", a.dataset.table === "hourly" ? per : a.dataset.table);
+      a.href = "/v1/stats.csv?" + q;
+    }
+    $("#status").textContent = `updated ${time(new Date().toISOString())}; shifts start ${s.shift_starts.join(", ")} (${s.shift_timezone})`;
+  } catch (e) { $("#status").textContent = "could not load the figures: " + e.message; }
+}
+
+form.addEventListener("change", load);
+form.addEventListener("submit", (e) => { e.preventDefault(); load(); });
+let pending = 0;
+new ResizeObserver(() => { clearTimeout(pending); pending = setTimeout(() => shown && render(shown), 150); }).observe($("#trend"));
+showZone();
+load();

@@ -1,0 +1,62 @@
+// The status page: the server draws the station cards and their live views; this fills
+// and refreshes their figures from GET /v1/overview every few seconds.
+import { $, $$, api, el, hourLabel, num, pct, showZone, STATE_MARK, stateClass, time, verdict } from "/static/common.js";
+
+const REFRESH_MS = 5000;
+
+function yieldText(fig) {
+  if (!fig) return ["no store", ""];
+  if (!fig.inspections) return ["n/a", "no inspections yet"];
+  return [pct(fig.yield_pct), `${num(fig.passes)} of ${num(fig.inspections)} passed · ${num(fig.fails)} failed`];
+}
+
+function setField(root, key, ...content) {
+  const f = $(`[data-field="${key}"]`, root);
+  if (f) f.replaceChildren(...content);
+  return f;
+}
+
+function fillKpi(id, fig, since) {
+  const box = $(id);
+  const [big, detail] = yieldText(fig);
+  setField(box, "pct", big);
+  setField(box, "detail", detail + (since ? ` · since ${since}` : ""));
+}
+
+function fillStation(card, st) {
+  const s = st.camera.state;
+  setField(card, "state", STATE_MARK[s] || s).className = "state " + stateClass(s);
+  card.classList.toggle("down", s !== "online");
+  const model = st.model ? `${st.model} v${st.model_version || "?"}` : "no model";
+  setField(card, "recipe", `${st.recipe || "default recipe"} · ${model}`);
+  if (st.last) {
+    const defects = st.last.defects ? ` · ${st.last.defects} defect(s): ${st.last.labels.join(", ")}` : " · no defect";
+    setField(card, "last", verdict(st.last.verdict), defects, " · ",
+             el("time", { datetime: st.last.created_at }, time(st.last.created_at)));
+  } else setField(card, "last", "none since the server started");
+  for (const key of ["shift", "day"]) {
+    const [big, detail] = yieldText(st[key]);
+    setField(card, key, el("b", {}, big), detail ? ` · ${detail}` : "");
+  }
+  setField(card, "fps", `${st.camera.fps} fps · ${st.camera.mode}`);
+}
+
+async function refresh() {
+  try {
+    const o = await api("/v1/overview");
+    $("#ready").textContent = o.ready ? "ready" : "starting";
+    fillKpi("#yield-shift", o.shift, hourLabel(new Date(o.shift_start)));
+    fillKpi("#yield-day", o.day, null);
+    const byId = new Map(o.stations.map((st) => [st.camera.id, st]));
+    for (const card of $$(".station")) {
+      const st = byId.get(card.dataset.camera);
+      if (st) fillStation(card, st);
+    }
+  } catch (e) {
+    if (e.status !== 401) for (const k of $$(".kpi [data-field=detail]")) k.textContent = "could not refresh: " + e.message;
+  }
+}
+
+showZone();
+refresh();
+setInterval(refresh, REFRESH_MS);
