@@ -28,8 +28,11 @@ data_app = typer.Typer(help="Import, validate, split and inspect labeled dataset
                        no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print figures for docs/benchmarks.md.",
                         no_args_is_help=True)
+golden_app = typer.Typer(help="Golden sets: a line's own images with the verdict each must get "
+                              "(docs/lifecycle.md).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+app.add_typer(golden_app, name="golden")
 
 out = Console(soft_wrap=True, markup=False, highlight=False)
 err = Console(stderr=True, soft_wrap=True)
@@ -429,6 +432,161 @@ def bench_server_cmd(
 
     out.print(format_server_rows(bench_server(package, image, requests=requests, seconds=seconds,
                                               threads=threads)), markup=False)
+
+
+# ---------------------------------------------------------------- lifecycle
+DataDir = Annotated[Path, typer.Option(
+    "--data-dir", envvar="LINESIDE_DATA_DIR",
+    help="the server's data folder; golden sets live in its golden/ folder")]
+
+
+def _golden_items(data: Path | None, split: str | None, good: Path | None, bad: Path | None,
+                  store: Path | None, database_url: str | None, limit: int | None,
+                  ) -> tuple[list[Any], list[str]]:
+    from lineside_inspect.errors import GoldenSetError
+    from lineside_inspect.lifecycle import golden
+
+    items: list[Any] = []
+    classes: list[str] = []
+    if data is not None:
+        found, classes = golden.from_dataset(data, split, limit=limit)
+        items += found
+    for folder, expected in ((good, "pass"), (bad, "fail")):
+        if folder is not None:
+            items += golden.from_folder(folder, expected=expected, limit=limit)  # type: ignore[arg-type]
+    if store is not None:
+        from lineside_inspect.store import Store
+
+        with Store(store, database_url) as st:
+            found, more = golden.from_store(st, limit=limit or 500)
+        items += found
+        classes += [c for c in more if c not in classes]
+    if not items:
+        raise GoldenSetError("say where the images come from: --data DATASET [--split SPLIT], "
+                             "--good FOLDER, --bad FOLDER or --store DATA_DIR")
+    return items, classes
+
+
+def _golden_line(m: Any) -> str:
+    s = m.summary()
+    return (f"golden set {s['name']}:{s['version']} ({s['items']} images: {s['expected_fail']} "
+            f"must fail, {s['expected_pass']} must pass; {s['with_boxes']} with boxes), digest "
+            f"{s['digest']}")
+
+
+GoldenSources = {
+    "data": typer.Option(help="canonical dataset: images with boxes must fail, without must pass"),
+    "split": typer.Option(help="the dataset's split (train|val|test; default: every image)"),
+    "good": typer.Option(help="a folder of good parts (must pass)"),
+    "bad": typer.Option(help="a folder of bad parts (must fail; boxes unknown)"),
+    "store": typer.Option(help="a store folder (server stopped): its reviewed inspections"),
+    "limit": typer.Option(help="at most this many images from each source (a seeded sample)"),
+}
+
+
+@golden_app.command("create")
+@friendly
+def golden_create(
+    name: Annotated[str, typer.Argument(help="the golden set's name")],
+    data_dir: DataDir = Path("data/store"),
+    data: Annotated[Path | None, GoldenSources["data"]] = None,
+    split: Annotated[str | None, GoldenSources["split"]] = None,
+    good: Annotated[Path | None, GoldenSources["good"]] = None,
+    bad: Annotated[Path | None, GoldenSources["bad"]] = None,
+    store: Annotated[Path | None, GoldenSources["store"]] = None,
+    database_url: Annotated[str | None, typer.Option(help="the store's database URL")] = None,
+    limit: Annotated[int | None, GoldenSources["limit"]] = None,
+    note: Annotated[str, typer.Option(help="a note kept in the manifest")] = "",
+) -> None:
+    """Make version 1 of a golden set (content-addressed, under DATA_DIR/golden/NAME/1)."""
+    from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
+
+    items, classes = _golden_items(data, split, good, bad, store, database_url, limit)
+    m = GoldenLibrary(data_dir / GOLDEN_DIR).create(name, items, classes, note=note)
+    out.print(_golden_line(m))
+
+
+@golden_app.command("add")
+@friendly
+def golden_add(
+    name: Annotated[str, typer.Argument(help="the golden set's name")],
+    data_dir: DataDir = Path("data/store"),
+    data: Annotated[Path | None, GoldenSources["data"]] = None,
+    split: Annotated[str | None, GoldenSources["split"]] = None,
+    good: Annotated[Path | None, GoldenSources["good"]] = None,
+    bad: Annotated[Path | None, GoldenSources["bad"]] = None,
+    store: Annotated[Path | None, GoldenSources["store"]] = None,
+    database_url: Annotated[str | None, typer.Option(help="the store's database URL")] = None,
+    limit: Annotated[int | None, GoldenSources["limit"]] = None,
+    note: Annotated[str, typer.Option(help="a note kept in the manifest")] = "",
+) -> None:
+    """Add images to a golden set: a new version, the latest plus these (a repeated image
+    takes its new expectation)."""
+    from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
+
+    items, classes = _golden_items(data, split, good, bad, store, database_url, limit)
+    m = GoldenLibrary(data_dir / GOLDEN_DIR).add(name, items, classes, note=note)
+    out.print(_golden_line(m))
+
+
+@golden_app.command("list")
+@friendly
+def golden_list(
+    data_dir: DataDir = Path("data/store"),
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """The golden sets and their versions."""
+    from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
+
+    sets = GoldenLibrary(data_dir / GOLDEN_DIR).summaries()
+    if as_json:
+        out.print_json(json.dumps(sets))
+        return
+    if not sets:
+        out.print(f"no golden sets in {data_dir / GOLDEN_DIR}")
+    for entry in sets:
+        for v in entry["versions"]:  # type: ignore[attr-defined]
+            out.print(f"{v['name']}:{v['version']}  {v['items']} images ({v['expected_fail']} fail, "
+                      f"{v['expected_pass']} pass, {v['with_boxes']} with boxes)  {v['digest'][:16]}  "
+                      f"{v['created_at']}  {v['note']}")
+
+
+@app.command("gate")
+@friendly
+def gate_cmd(
+    candidate: Annotated[Path, typer.Argument(help="the candidate model package")],
+    against: Annotated[Path, typer.Option(help="the package it would replace (the active one)")],
+    golden: Annotated[str, typer.Option(help="golden set name (in DATA_DIR/golden)")],
+    golden_version: Annotated[int | None, typer.Option(help="default: its latest")] = None,
+    recipe: Annotated[Path | None, typer.Option(
+        help="recipe YAML whose rules judge both (default: the active package's card recipe)")] = None,
+    data_dir: DataDir = Path("data/store"),
+    allowance: Annotated[int, typer.Option(
+        help="false rejects the candidate may have beyond the active model's")] = 0,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Replay a golden set through both packages via the edge runtime, each at its card's
+    thresholds under the recipe; exit 1 when the candidate has more escapes than the
+    active model or more false rejects than it plus the allowance."""
+    from lineside_inspect.lifecycle.gate import format_report, run_gate
+    from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
+    from lineside_inspect.lifecycle.manager import card_recipe
+    from lineside_inspect.recipes import load_recipe
+    from lineside_inspect.runtime.detector import Detector
+
+    library = GoldenLibrary(data_dir / GOLDEN_DIR)
+    manifest = library.get(golden, golden_version)
+    cand = Detector(candidate, device="cpu", threads=threads)
+    active = Detector(against, device="cpu", threads=threads)
+    rule = load_recipe(recipe) if recipe is not None else card_recipe(active.card)
+    report = run_gate(cand, active, library, manifest, rule, allowance=allowance)
+    if as_json:
+        out.print_json(report.model_dump_json())
+    else:
+        out.print(format_report(report))
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lineside_inspect.errors import ConfigError, describe_validation
+from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.line.config import LineSettings
 from lineside_inspect.names import Name
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
@@ -165,6 +166,9 @@ class Settings(BaseSettings):
     cameras: list[CameraConfig] = Field(default_factory=list)
     line: LineSettings = Field(default_factory=LineSettings, description=(
         "line outputs: PLC handshake over OPC UA / Modbus TCP, events over MQTT"))
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings, description=(
+        "model lifecycle: gate allowance, shadow sampling, rollout bounds, capture caps "
+        "(docs/lifecycle.md)"))
 
     @property
     def references_path(self) -> Path:

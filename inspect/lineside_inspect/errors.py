@@ -210,6 +210,28 @@ class PathNotAllowedError(LinesideError):
     status = 403
 
 
+class GoldenSetError(LinesideError):
+    """A golden set that cannot be made, read or used (lifecycle/golden.py)."""
+
+    code = "invalid_golden_set"
+    status = 422
+
+
+class GateRefused(LinesideError):
+    """A model version whose gate failed (or, with ``require_gate``, that was never gated)
+    asked to judge parts without an admin's explicit ``force`` and reason."""
+
+    code = "gate_failed"
+    status = 409
+
+
+class Busy(LinesideError):
+    """A one-at-a-time job (a gate run, a promotion) is already running."""
+
+    code = "busy"
+    status = 409
+
+
 class ReviewConflict(LinesideError):
     """A review sent by someone who had not seen the inspection's latest review: another
     reviewer saved one meanwhile. Nothing was saved; look at it again."""

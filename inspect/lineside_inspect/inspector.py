@@ -49,6 +49,9 @@ class Inspection:
     raw_ext: str | None = None
     reference: Reference | None = None  # what a reference model compared the image with
     reference_shift: tuple[float, float] | None = None  # frame aligned to it by (dx, dy) px
+    # every detection the model made, before the recipe counted them (active-learning
+    # capture looks at the ones just under a threshold)
+    detections: Detections | None = None
 
     def result(self) -> InspectionResult:
         """The contract the line and the API see (``schemas.InspectionResult``)."""
@@ -108,4 +111,5 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         recipe=recipe, detector=detector, timings_ms=timings, image=image,
         camera_id=camera_id, part_id=part_id, reference=reference,
         reference_shift=(letterboxes[0].shift_x, letterboxes[0].shift_y) if aligned else None,
+        detections=detections,
     )

@@ -51,6 +51,27 @@ class InputSpec(BaseModel):
     letterbox: LetterboxSpec = Field(default_factory=LetterboxSpec)
 
 
+class ParentModel(BaseModel):
+    """The package a model was trained from (fine-tuned, or retrained on its reviews)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    version: str
+    sha256: str = Field(..., description="of the parent's graph")
+
+
+class Lineage(BaseModel):
+    """Where a model came from: what it was trained on and from which model."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset_revision: str | None = Field(None, description=(
+        "sha256 over the training datasets' labels and image bytes "
+        "(lineside_inspect.lifecycle.lineage); None when they were not readable at export"))
+    datasets: list[str] = Field(default_factory=list, description="the training datasets, as named")
+    parent: ParentModel | None = Field(None, description="None: trained from scratch")
+    note: str = ""
+
+
 class ModelCard(BaseModel):
     """``model.json``: what the model is, how to feed it, how far to trust it."""
 
@@ -68,6 +89,7 @@ class ModelCard(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     quantization: dict[str, Any] | None = None
+    lineage: Lineage | None = Field(None, description="dataset revision and parent model")
     sha256: str
     lineside_version: str = ""
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))

@@ -165,6 +165,11 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         from lineside_inspect.line.plc import setup_line_plc
 
         setup_line_plc(app, settings)
+    # model lifecycle (golden sets, gate, shadow, rollout, capture): after the store, so it
+    # starts after it and stops before it
+    from lineside_inspect.lifecycle.install import install as install_lifecycle
+
+    install_lifecycle(app, settings)
     gate.install(app, settings)  # auth and body limits before any body is read
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,

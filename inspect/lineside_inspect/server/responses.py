@@ -57,7 +57,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                 "call from another site's page), csrf_failed, path_not_allowed"),
     404: _error("not_found: no such model, version, recipe, reference, camera or inspection"),
     409: _error("review_conflict: the inspection was reviewed by someone else since you looked; "
-                "nothing was saved"),
+                "nothing was saved. gate_failed: the model version failed its gate (force it "
+                "with a reason, recorded); busy: a gate is already running"),
     408: _error("body_timeout: the request body stopped arriving"),
     413: _error("body_too_large, image_too_large: over the route's body or pixel limit"),
     415: _error("unsupported_media_type: the body is not an image type the route takes"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from lineside_inspect.store.utc import UTCDateTime
@@ -54,6 +54,9 @@ class InspectionRow(Base):
     reference_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     review_state: Mapped[str] = mapped_column(String(16), default="unreviewed", index=True)
     box_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # active-learning capture (lifecycle/capture.py): why the image was kept for labelling
+    # ("near_threshold", "shadow_disagreement", ...); NULL when it was not
+    capture: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     reviews: Mapped[list[ReviewRow]] = relationship(
         back_populates="inspection", order_by="ReviewRow.id", cascade="all, delete-orphan",
         passive_deletes=True)
@@ -66,9 +69,11 @@ ADDED_COLUMNS = (
     ("inspections", "reference_name", "VARCHAR(128)"),
     ("inspections", "reference_path", "VARCHAR(512)"),
     ("inspections", "box_id", "VARCHAR(64)"),
+    ("inspections", "capture", "VARCHAR(64)"),
 )
 # indexes of added columns: (name, table, column), made if missing
-ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),)
+ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),
+                 ("ix_inspections_capture", "inspections", "capture"))
 
 
 class ReviewRow(Base):
@@ -101,3 +106,120 @@ class OutboxRow(Base):
 
     __table_args__ = (Index("ix_outbox_pending", "box_id", "delivered_at", "id"),
                       {"sqlite_autoincrement": True})
+
+
+# -- model lifecycle (lifecycle/) ---------------------------------------------------------
+# made by the lifecycle when it starts (create_all, so on old databases too), not by every
+# Store: a store that only records inspections (data pull, tests) keeps its small footprint
+LIFECYCLE_TABLES = ("audit_log", "gate_reports", "model_admissions", "shadow_runs",
+                    "shadow_disagreements")
+
+
+class AuditRow(Base):
+    """Who did what to which model, when and why: activations (forced ones flagged), gate
+    runs, shadow starts and stops, promotions and automatic rollbacks."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    box_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    model_name: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+
+class GateReportRow(Base):
+    """One gate run: a candidate replayed against a model on a golden set (the report in
+    full in ``report``). The latest report of a package (by its graph's sha256) decides
+    whether it may judge parts without ``force``."""
+
+    __tablename__ = "gate_reports"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    box_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    candidate_version: Mapped[str] = mapped_column(String(128))
+    candidate_sha256: Mapped[str] = mapped_column(String(64))
+    against_version: Mapped[str] = mapped_column(String(128))
+    against_sha256: Mapped[str] = mapped_column(String(64))
+    golden_name: Mapped[str] = mapped_column(String(128))
+    golden_version: Mapped[int] = mapped_column(Integer)
+    golden_digest: Mapped[str] = mapped_column(String(64))
+    passed: Mapped[bool] = mapped_column(Boolean)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class AdmissionRow(Base):
+    """Lineage on the box: how a model version came to judge parts (active or shadow) —
+    the gate report and golden set that admitted it, or an admin's forced admission."""
+
+    __tablename__ = "model_admissions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    box_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))  # active | shadow
+    gate_report_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    golden_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    golden_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    golden_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the card's
+
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+
+class ShadowRunRow(Base):
+    """A candidate run as the shadow of a model: its sample rate and running counts."""
+
+    __tablename__ = "shadow_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    box_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    shadow_version: Mapped[str] = mapped_column(String(128))
+    shadow_sha256: Mapped[str] = mapped_column(String(64))
+    sample_rate: Mapped[float] = mapped_column(Float)
+    offered: Mapped[int] = mapped_column(Integer, default=0)  # frames sampled for it
+    compared: Mapped[int] = mapped_column(Integer, default=0)
+    agreed: Mapped[int] = mapped_column(Integer, default=0)
+    dropped: Mapped[int] = mapped_column(Integer, default=0)  # sampled, but the worker was busy
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ShadowResultRow(Base):
+    """A frame on which the shadow's verdict differed from the served one: both results.
+    The inspection row holds the served result; ``inspection_id`` is not a foreign key
+    because the inspection may still be in the store's journal when this is written."""
+
+    __tablename__ = "shadow_disagreements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    run_id: Mapped[str] = mapped_column(String(32), index=True)
+    inspection_id: Mapped[str] = mapped_column(String(32), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    active_version: Mapped[str] = mapped_column(String(128))
+    active_verdict: Mapped[str] = mapped_column(String(8))
+    active_defects: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    shadow_version: Mapped[str] = mapped_column(String(128))
+    shadow_verdict: Mapped[str] = mapped_column(String(8))
+    shadow_defects: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    shadow_reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+    __table_args__ = ({"sqlite_autoincrement": True},)

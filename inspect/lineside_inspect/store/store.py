@@ -43,7 +43,15 @@ from lineside_inspect.store import stats as figures
 from lineside_inspect.store.box import resolve_box_id
 from lineside_inspect.store.journal import Journal, Record, fsync_path, read_segment
 from lineside_inspect.store.lock import DataDirLock
-from lineside_inspect.store.models import ADDED_COLUMNS, ADDED_INDEXES, Base, InspectionRow, ReviewRow
+from lineside_inspect.store.models import (
+    ADDED_COLUMNS,
+    ADDED_INDEXES,
+    LIFECYCLE_TABLES,
+    Base,
+    InspectionRow,
+    ReviewRow,
+    ShadowResultRow,
+)
 from lineside_inspect.store.outbox import EventMaker, add_events, events_for
 from lineside_inspect.store.utc import as_utc
 
@@ -95,7 +103,13 @@ class Store:
             self.own_database = url is None
             self.url = url or f"sqlite:///{(self.data_dir / DB_FILE).resolve()}"
             self.engine = make_engine(self.url)
-            Base.metadata.create_all(self.engine)
+            # table by table, folding SQLite's log into the database after each: every
+            # statement rewrites the schema page into the log, and all at once the log of
+            # creating the tables is twice their size (a small disk fills up at start)
+            for table in Base.metadata.sorted_tables:
+                if table.name not in LIFECYCLE_TABLES:  # the lifecycle makes its own
+                    Base.metadata.create_all(self.engine, tables=[table])
+                    self.checkpoint()
             self._add_columns()
         except BaseException:
             self.dir_lock.release()
@@ -112,6 +126,9 @@ class Store:
         # record and enter the outbox with its row; then the listeners are told (no blocking)
         self.event_makers: list[EventMaker] = []
         self.outbox_listeners: list[Callable[[], None]] = []
+        # active-learning capture (lifecycle/capture.py): asked of each inspection on the
+        # request path (so it must be quick); a reason keeps the image for labelling
+        self.capture_policy: Callable[[Inspection], str | None] | None = None
         self.journal = Journal(self.data_dir / "journal")
         self.flush()  # what an earlier run acknowledged but had not applied yet
         self._wake = threading.Event()
@@ -169,9 +186,18 @@ class Store:
         """Record ``inspection``: True once it is in the journal (see the module docstring
         for what survives what). Never raises for a full disk: the verdict is still
         answered, marked as not stored."""
-        keep_image = inspection.verdict == "fail" or self._rng.random() < self.pass_rate
+        capture = None
+        if self.capture_policy is not None:
+            try:
+                capture = self.capture_policy(inspection)
+            except Exception:  # a policy's bug must not cost the inspection its record
+                log.exception("capture policy failed on inspection %s", inspection.id)
+        keep_image = (inspection.verdict == "fail" or capture is not None
+                      or self._rng.random() < self.pass_rate)
         try:
             record = self._record(inspection, keep_image)
+            if capture is not None:
+                record.fields["capture"] = capture
             size = sum(len(b) for b in (record.image or b"", record.reference or b"")) + 4096
             # the journal holds the images until they are applied beside it: refuse now
             # what the disk could not take twice, rather than acknowledge and fail later
@@ -288,6 +314,39 @@ class Store:
             self.flush()
         except Exception as exc:
             log.error("store: applying the journal before a read failed: %s", exc)
+
+    def keep(self, inspection: Inspection, capture: str | None = None) -> bool:
+        """Keep a stored inspection's image if the pass sampling did not, and mark it as
+        captured for labelling (``capture``: why; None: keep the image only): for what is
+        learnt after the verdict (a shadow model's disagreement). False when the inspection
+        is not in the store."""
+        self._applied()
+        with Session(self.engine) as s:
+            row = s.get(InspectionRow, inspection.id)
+            if row is None:
+                return False
+            missing = row.image_path is None
+        image_path = image_bytes = ref_rel = None
+        if missing:
+            data, ext = self._encoded(inspection)
+            image_path = f"{inspection.created_at.strftime('%Y-%m-%d')}/{inspection.id}.{ext}"
+            write_atomic(self.images_dir / image_path, data)
+            image_bytes = len(data)
+            ref = inspection.reference
+            if ref is not None:
+                ref_rel = f"{REFS_DIR}/{ref.sha256}.{ref.ext}"
+                if not (self.images_dir / ref_rel).is_file():
+                    write_atomic(self.images_dir / ref_rel, ref.raw)
+        with Session(self.engine) as s, s.begin():
+            row = s.get(InspectionRow, inspection.id)
+            if row is None:  # removed by retention meanwhile
+                return False
+            row.capture = row.capture or capture
+            if missing and row.image_path is None:
+                row.image_path, row.image_bytes = image_path, image_bytes or 0
+                if ref_rel is not None:
+                    row.reference_path = ref_rel
+        return True
 
     # -- start-up and retention -----------------------------------------------------
     def cleanup(self) -> dict[str, int]:
@@ -442,7 +501,9 @@ class Store:
               min_score: float | None = None, max_score: float | None = None,
               since: datetime | None = None, until: datetime | None = None,
               review_state: str | None = None, limit: int = 50,
-              offset: int = 0) -> tuple[int, list[InspectionRow]]:
+              offset: int = 0, queue: str | None = None) -> tuple[int, list[InspectionRow]]:
+        """``queue``: "shadow" (a shadow model disagreed with the verdict) or "to_label"
+        (kept by active-learning capture)."""
         self._applied()
         q = select(InspectionRow)
         conds: list[Any] = []
@@ -466,6 +527,12 @@ class Store:
             conds.append(InspectionRow.review_state != "unreviewed")
         elif review_state:
             conds.append(InspectionRow.review_state == review_state)
+        if queue == "shadow":
+            conds.append(InspectionRow.id.in_(select(ShadowResultRow.inspection_id)))
+        elif queue == "to_label":
+            conds.append(InspectionRow.capture.is_not(None))
+        elif queue:
+            raise ConfigError(f"unknown queue {queue!r} (queues: shadow, to_label)")
         with Session(self.engine) as s:
             total = s.scalar(select(func.count()).select_from(InspectionRow).where(*conds)) or 0
             rows = list(s.scalars(q.where(*conds).options(selectinload(InspectionRow.reviews))

@@ -9,7 +9,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from lineside_inspect.errors import ConfigError, PackageError, PathNotAllowedError
+from lineside_inspect.errors import ConfigError, GateRefused, PackageError, PathNotAllowedError
 from lineside_inspect.package import CARD, GRAPH
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.server.deps import Admin, RegistryDep, SettingsDep
@@ -30,10 +30,17 @@ class LoadModel(BaseModel):
         "the package folder, inside one of the server's model_roots (relative paths: to the "
         "server's working folder)"))
     activate: bool = True
+    force: bool = Field(False, description=(
+        "activate even though the package failed its gate (needs a reason; recorded)"))
+    reason: str = Field("", max_length=2000, description="why (recorded in the audit log)")
 
 
 class Activate(BaseModel):
     version: str
+    force: bool = Field(False, description=(
+        "activate a version whose gate failed (POST /v1/models/{name}/gate): admins only, "
+        "with a reason; recorded in the audit log"))
+    reason: str = Field("", max_length=2000, description="why (recorded in the audit log)")
 
 
 @router.get("/models", responses=errors(401, 403))
@@ -48,7 +55,7 @@ def list_models(who: Admin, registry: RegistryDep) -> list[LoadedModel]:
         for name, slot in registry.models().items()]
 
 
-@router.post("/models", responses=errors(401, 403, 408, 413, 422))
+@router.post("/models", responses=errors(401, 403, 408, 409, 413, 422))
 async def load_model(body: LoadModel, who: Admin, registry: RegistryDep, settings: SettingsDep,
                      request: Request) -> ModelLoaded:
     """Load (and warm up) a package beside the serving one, then activate it atomically.
@@ -56,20 +63,36 @@ async def load_model(body: LoadModel, who: Admin, registry: RegistryDep, setting
     the configured ``model_roots`` load: an admin key must not turn into a way to read or
     run any file the server can reach."""
     path = confine(body.path, settings.model_root_paths())
-    try:
+    lifecycle = getattr(request.app.state, "lifecycle", None)
+    try:  # with the lifecycle, activation is its decision (the gate), made just below
         det = await anyio.to_thread.run_sync(
-            lambda: registry.load_model(path, activate=body.activate))
+            lambda: registry.load_model(path, activate=body.activate and lifecycle is None))
     except PackageError as exc:  # name the package as the caller did, not the resolved path
         raise PackageError(exc.message.replace(str(path), body.path)) from None
+    if body.activate and lifecycle is not None:
+        try:
+            await anyio.to_thread.run_sync(lambda: lifecycle.activate(
+                det.card.name, det.card.version, actor=who.name, force=body.force,
+                reason=body.reason))
+        except GateRefused as exc:
+            raise GateRefused(f"loaded {det.card.name} {det.card.version} but did not activate "
+                              f"it: {exc.message}") from None
     _publish(request, registry)
     return ModelLoaded(name=det.card.name, version=det.card.version, sha256=det.card.sha256,
                        active=registry.models()[det.card.name].active)
 
 
-@router.post("/models/{name}/activate", responses=errors(401, 403, 404, 408, 413, 422))
+@router.post("/models/{name}/activate", responses=errors(401, 403, 404, 408, 409, 413, 422))
 def activate(name: str, body: Activate, who: Admin, registry: RegistryDep,
              request: Request) -> ActiveVersion:
-    registry.activate(name, body.version)
+    """Make a loaded version active. Refused (409 gate_failed) for a version whose latest
+    gate failed, unless ``force`` with a ``reason``; every activation is in the audit log
+    (``GET /v1/audit``), a forced one as force_activate."""
+    lifecycle = getattr(request.app.state, "lifecycle", None)
+    if lifecycle is not None:
+        lifecycle.activate(name, body.version, actor=who.name, force=body.force, reason=body.reason)
+    else:
+        registry.activate(name, body.version)
     _publish(request, registry)
     return ActiveVersion(name=name, active=body.version)
 
@@ -77,7 +100,9 @@ def activate(name: str, body: Activate, who: Admin, registry: RegistryDep,
 @router.post("/models/{name}/rollback", responses=errors(401, 403, 404, 408, 413, 422))
 def rollback(name: str, who: Admin, registry: RegistryDep, request: Request) -> ActiveVersion:
     """Make the previously active version active again (422 when there is none)."""
-    version = registry.rollback(name)
+    lifecycle = getattr(request.app.state, "lifecycle", None)
+    version = (lifecycle.rollback(name, actor=who.name) if lifecycle is not None
+               else registry.rollback(name))
     _publish(request, registry)
     return ActiveVersion(name=name, active=version)
 

@@ -37,6 +37,9 @@ def list_inspections(
     since: Annotated[datetime | None, Query(description="ISO time; without an offset: UTC")] = None,
     until: Annotated[datetime | None, Query(description="ISO time; without an offset: UTC")] = None,
     review_state: Literal["unreviewed", "confirmed", "corrected", "reviewed"] | None = None,
+    queue: Annotated[Literal["shadow", "to_label"] | None, Query(description=(
+        "shadow: a shadow model disagreed with the verdict (its result: GET "
+        "/v1/inspections/{id}/shadow); to_label: kept by active-learning capture"))] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> InspectionPage:
@@ -45,7 +48,7 @@ def list_inspections(
     total, rows = store.query(
         verdict=verdict, camera_id=camera_id, recipe=recipe, label=label, min_score=min_score,
         max_score=max_score, since=since, until=until, review_state=review_state, limit=limit,
-        offset=offset)
+        offset=offset, queue=queue)
     return InspectionPage(total=total, limit=limit, offset=offset,
                           items=[store.record(r) for r in rows])
 

@@ -1,0 +1,63 @@
+"""Settings of the model lifecycle: the ``lifecycle:`` section of the server config."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GateSettings(_Section):
+    false_reject_allowance: int = Field(0, ge=0, description=(
+        "false rejects the candidate may have beyond the model it replaces on the golden set"))
+    require_gate: bool = Field(False, description=(
+        "refuse to activate (or shadow) a version with no gate report at all, not only one "
+        "whose gate failed (an admin may still force it, recorded)"))
+
+
+class ShadowSettings(_Section):
+    sample_rate: float = Field(0.25, gt=0, le=1, description=(
+        "share of live frames a shadow model sees (default of POST /v1/models/{name}/shadow)"))
+    queue: int = Field(2, ge=1, le=64, description=(
+        "frames waiting for the shadow worker; a sampled frame finding it full is dropped"))
+    threads: int = Field(1, ge=1, description="onnxruntime threads of the shadow's own session")
+    nice: int = Field(19, ge=0, le=19, description=(
+        "scheduling niceness of the shadow worker thread (Linux): it runs in spare capacity"))
+
+
+class RolloutSettings(_Section):
+    """The bounds a promotion is watched against (docs/lifecycle.md)."""
+
+    min_inspections: int = Field(50, ge=1, description=(
+        "inspections of the new version before its fail rate is judged"))
+    watch_inspections: int = Field(500, ge=1, description="the watch ends after this many")
+    max_fail_rate_ratio: float = Field(1.5, ge=1, description=(
+        "roll back when the new fail rate exceeds the previous model's times this ..."))
+    max_fail_rate_increase: float = Field(0.05, ge=0, le=1, description=(
+        "... and also exceeds it by this much (absolute), so a near-zero rate does not trip it"))
+    max_false_rejects: int = Field(2, ge=0, description=(
+        "roll back when reviewers mark more false rejects of the new version than this"))
+    baseline_inspections: int = Field(500, ge=1, description=(
+        "the previous model's fail rate is taken over its last this many inspections of the recipe"))
+    check_interval_s: float = Field(1.0, gt=0, le=60)
+
+
+class CaptureSettings(_Section):
+    """Active learning: which images to keep for labelling beyond the store's pass sample."""
+
+    enabled: bool = True
+    per_hour: int = Field(60, ge=0, description="images kept per reason per hour, at most")
+    near_threshold: float = Field(0.1, ge=0, le=1, description=(
+        "a detection within this of its class's operating threshold (either side)"))
+    rare_share: float = Field(0.05, ge=0, le=1, description=(
+        "a counted defect of a class under this share of the defects seen since start"))
+    random_rate: float = Field(0.005, ge=0, le=1, description="a random sample of everything")
+
+
+class LifecycleSettings(_Section):
+    gate: GateSettings = Field(default_factory=GateSettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)

@@ -1,0 +1,285 @@
+"""The gate: a candidate package replayed beside the model it would replace on a golden
+set, through the edge runtime (the code that judges parts), each judged under the recipe's
+rules at its own card's calibrated thresholds.
+
+The candidate passes when it has no more escapes (a defective part passed) than the
+model it replaces, and no more false rejects (a good part failed) than that model plus a
+configured allowance. The arithmetic (:func:`score`, :func:`decide`) is pure, so it is
+tested on its own; :func:`run_gate` feeds it the replay.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from lineside_inspect.errors import GoldenSetError
+from lineside_inspect.imageio import decode_image
+from lineside_inspect.inspector import inspect
+from lineside_inspect.lifecycle.golden import GoldenItem, GoldenLibrary, GoldenManifest
+from lineside_inspect.package import default_recipe_name
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.references import Reference
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.schemas import Outcome
+
+IOU_MATCH = 0.5  # a found box matches a true one of its class at this IoU or more
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def rules_of(recipe: Recipe) -> Recipe:
+    """How to judge any model under ``recipe``: a model card's default recipe (its score
+    floors are that card's calibrated thresholds) keeps its rules without the floors, so
+    each model is judged at its own card's thresholds, not at its predecessor's. A recipe
+    a line configured keeps its floors: they are the line's, whichever model serves."""
+    if recipe.name != default_recipe_name(recipe.model):
+        return recipe
+    return recipe.model_copy(update={"min_score": {}, "default_min_score": None})
+
+
+@dataclass(frozen=True)
+class Found:
+    """One model's result on one golden image."""
+
+    verdict: Outcome
+    boxes: list[tuple[str, float, tuple[float, float, float, float]]]  # label, score, xyxy
+    ms: float  # preprocess + infer + postprocess
+
+
+def matched_boxes(truth: list[tuple[str, tuple[float, float, float, float]]],
+                  found: list[tuple[str, float, tuple[float, float, float, float]]],
+                  iou: float = IOU_MATCH) -> int:
+    """True boxes matched by found boxes of the same class (IoU >= ``iou``), each used once,
+    the highest-scoring found box first (as COCO matches)."""
+    used = [False] * len(truth)
+    matched = 0
+    for label, _, box in sorted(found, key=lambda f: -f[1]):
+        best, best_iou = -1, iou
+        for j, (t_label, t_box) in enumerate(truth):
+            if used[j] or t_label != label:
+                continue
+            v = box_iou(box, t_box)
+            if v >= best_iou:
+                best, best_iou = j, v
+        if best >= 0:
+            used[best] = True
+            matched += 1
+    return matched
+
+
+def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+class ModelScore(_Shape):
+    """One model on the golden set."""
+
+    model: str
+    version: str
+    sha256: str
+    precision: str = Field(description="of the graph: fp32, fp16 or int8")
+    images: int
+    expected_fail: int
+    expected_pass: int
+    escapes: int = Field(description="images expected to fail that passed")
+    false_rejects: int = Field(description="images expected to pass that failed")
+    defect_recall: float | None = Field(description=(
+        "true boxes found (same class, IoU >= 0.5) over true boxes, on images whose boxes "
+        "are known; None without any"))
+    defect_precision: float | None = Field(description=(
+        "found boxes matching a true one over found boxes, on images whose boxes are known"))
+    boxes_true: int
+    boxes_found: int
+    boxes_matched: int
+    latency_p50_ms: float = Field(description="preprocess + infer + postprocess per image")
+    latency_p95_ms: float
+
+
+class Disagreement(_Shape):
+    sha256: str
+    source: str
+    expected: Outcome
+    against: Outcome
+    candidate: Outcome
+    against_labels: list[str]
+    candidate_labels: list[str]
+
+
+class GoldenRef(_Shape):
+    name: str
+    version: int
+    digest: str
+    items: int
+
+
+class GateReport(_Shape):
+    id: str
+    created_at: str
+    passed: bool
+    reasons: list[str] = Field(description="why it failed (empty when it passed)")
+    golden: GoldenRef
+    recipe: str = Field(description="the recipe whose rules judged both (at each card's thresholds)")
+    false_reject_allowance: int
+    candidate: ModelScore
+    against: ModelScore
+    disagreements: list[Disagreement] = Field(description="images the two verdicts differ on")
+
+
+def score(items: list[GoldenItem], results: list[Found], *, model: str, version: str, sha256: str,
+          precision: str) -> ModelScore:
+    escapes = false_rejects = truth_n = found_n = matched = 0
+    for item, r in zip(items, results, strict=True):
+        if item.expected == "fail" and r.verdict == "pass":
+            escapes += 1
+        elif item.expected == "pass" and r.verdict == "fail":
+            false_rejects += 1
+        if item.boxes is not None:
+            truth = [(b.label, b.box) for b in item.boxes]
+            truth_n += len(truth)
+            found_n += len(r.boxes)
+            matched += matched_boxes(truth, r.boxes)
+    fails = sum(1 for i in items if i.expected == "fail")
+    ms = [r.ms for r in results] or [0.0]
+    return ModelScore(
+        model=model, version=version, sha256=sha256, precision=precision, images=len(items),
+        expected_fail=fails, expected_pass=len(items) - fails, escapes=escapes,
+        false_rejects=false_rejects,
+        defect_recall=matched / truth_n if truth_n else None,
+        defect_precision=matched / found_n if found_n else None,
+        boxes_true=truth_n, boxes_found=found_n, boxes_matched=matched,
+        latency_p50_ms=round(float(np.percentile(ms, 50)), 2),
+        latency_p95_ms=round(float(np.percentile(ms, 95)), 2))
+
+
+def decide(candidate: ModelScore, against: ModelScore, allowance: int) -> list[str]:
+    """Why ``candidate`` may not replace ``against`` (empty: it may)."""
+    reasons = []
+    if candidate.escapes > against.escapes:
+        reasons.append(f"{candidate.escapes} escape(s) on the golden set, {against.escapes} "
+                       f"for {against.model} {against.version}: a candidate may not pass more "
+                       "defective parts")
+    if candidate.false_rejects > against.false_rejects + allowance:
+        reasons.append(f"{candidate.false_rejects} false reject(s), over the "
+                       f"{against.false_rejects} of {against.model} {against.version} plus the "
+                       f"allowance of {allowance}")
+    return reasons
+
+
+def disagreements(items: list[GoldenItem], cand: list[Found], against: list[Found]) -> list[Disagreement]:
+    return [Disagreement(sha256=i.sha256, source=i.source, expected=i.expected, against=a.verdict,
+                         candidate=c.verdict, against_labels=sorted(b[0] for b in a.boxes),
+                         candidate_labels=sorted(b[0] for b in c.boxes))
+            for i, c, a in zip(items, cand, against, strict=True) if c.verdict != a.verdict]
+
+
+def _found(detector: Detector, image: np.ndarray, recipe: Recipe, ref: Reference | None) -> Found:
+    result = inspect(image, detector, recipe, reference=ref)
+    t = result.timings_ms
+    return Found(result.verdict, [(label, float(s), (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
+                                  for label, s, b in zip(result.defects.labels, result.defects.scores,
+                                                         result.defects.xyxy, strict=True)],
+                 t["preprocess"] + t["infer"] + t["postprocess"])
+
+
+def replay(detectors: list[Detector], library: GoldenLibrary, manifest: GoldenManifest,
+           recipe: Recipe, *, max_pixels: int | None = None,
+           progress: Callable[[int, int], None] | None = None) -> list[list[Found]]:
+    """Each detector's results on each item, image by image (each image decoded once and
+    run through every detector in turn, so they see the same machine load)."""
+    rules = rules_of(recipe)
+    results: list[list[Found]] = [[] for _ in detectors]
+    for n, item in enumerate(manifest.items):
+        data = library.read(manifest, item)
+        image = decode_image(data) if max_pixels is None else decode_image(data, max_pixels)
+        ref = None
+        if any(d.needs_reference for d in detectors):
+            if item.reference is None:
+                raise GoldenSetError(
+                    f"golden set {manifest.ref}: {item.source} has no reference image, which a "
+                    "reference model needs")
+            ref = Reference.from_bytes(None, library.read(manifest, item, reference=True))
+        for det, out in zip(detectors, results, strict=True):
+            out.append(_found(det, image, rules, ref if det.needs_reference else None))
+        if progress is not None:
+            progress(n + 1, len(manifest.items))
+    return results
+
+
+def run_gate(candidate: Detector, against: Detector, library: GoldenLibrary,
+             manifest: GoldenManifest, recipe: Recipe, *, allowance: int = 0,
+             max_pixels: int | None = None) -> GateReport:
+    """Replay ``manifest`` through ``candidate`` and ``against`` and decide."""
+    if not manifest.items:
+        raise GoldenSetError(f"golden set {manifest.ref} is empty")
+    for det in (candidate, against):
+        det.forward(np.zeros((1, 3, det.size, det.size), dtype=np.uint8))  # warm: fair latency
+    cand, ag = replay([candidate, against], library, manifest, recipe, max_pixels=max_pixels)
+
+    def scored(det: Detector, found: list[Found]) -> ModelScore:
+        c = det.card
+        return score(manifest.items, found, model=c.name, version=c.version, sha256=c.sha256,
+                     precision=c.precision)
+
+    cs, as_ = scored(candidate, cand), scored(against, ag)
+    reasons = decide(cs, as_, allowance)
+    return GateReport(
+        id=uuid.uuid4().hex, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        passed=not reasons, reasons=reasons,
+        golden=GoldenRef(name=manifest.name, version=manifest.version, digest=manifest.digest,
+                         items=len(manifest.items)),
+        recipe=recipe.name, false_reject_allowance=allowance, candidate=cs, against=as_,
+        disagreements=disagreements(manifest.items, cand, ag))
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def format_report(report: GateReport, *, max_rows: int = 50) -> str:
+    """The report as Markdown: the figures side by side, the disagreements by image."""
+    a, c = report.against, report.candidate
+    g = report.golden
+    lines = [
+        f"gate: {c.model} {c.version} ({c.precision}) against {a.model} {a.version} "
+        f"({a.precision}) on golden set {g.name}:{g.version} ({g.items} images: "
+        f"{a.expected_fail} defective, {a.expected_pass} good; digest {g.digest[:12]}), "
+        f"recipe {report.recipe} at each card's thresholds",
+        "",
+        f"| | against {a.version} | candidate {c.version} |",
+        "|---|---|---|",
+        f"| escapes (of {a.expected_fail} defective) | {a.escapes} | {c.escapes} |",
+        f"| false rejects (of {a.expected_pass} good) | {a.false_rejects} | {c.false_rejects} |",
+        f"| defect recall (IoU >= {IOU_MATCH}) | {_fmt(a.defect_recall)} | {_fmt(c.defect_recall)} |",
+        f"| defect precision | {_fmt(a.defect_precision)} | {_fmt(c.defect_precision)} |",
+        f"| boxes found / matched (of {a.boxes_true} true) | {a.boxes_found} / {a.boxes_matched} | "
+        f"{c.boxes_found} / {c.boxes_matched} |",
+        f"| latency p50 / p95 | {a.latency_p50_ms:.1f} / {a.latency_p95_ms:.1f} ms | "
+        f"{c.latency_p50_ms:.1f} / {c.latency_p95_ms:.1f} ms |",
+        "",
+        f"disagreements: {len(report.disagreements)} image(s)",
+    ]
+    if report.disagreements:
+        lines += ["", f"| image | expected | against {a.version} | candidate {c.version} |",
+                  "|---|---|---|---|"]
+        for d in report.disagreements[:max_rows]:
+            lines.append(f"| {d.source or d.sha256[:12]} | {d.expected} | {d.against} "
+                         f"{','.join(d.against_labels)} | {d.candidate} {','.join(d.candidate_labels)} |")
+        if len(report.disagreements) > max_rows:
+            lines.append(f"| ... and {len(report.disagreements) - max_rows} more | | | |")
+    lines += ["", "PASSED" if report.passed else "FAILED: " + "; ".join(report.reasons),
+              f"(allowance {report.false_reject_allowance} extra false reject(s); report {report.id})"]
+    return "\n".join(lines)

@@ -1,0 +1,28 @@
+"""Wiring the lifecycle into a server: ``install(app, settings)`` from ``create_app``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lineside_inspect.config import Settings
+from lineside_inspect.lifecycle.manager import Lifecycle
+from lineside_inspect.lifecycle.routes import router
+
+
+def install(app: Any, settings: Settings) -> Lifecycle:
+    """The lifecycle on ``app.state.lifecycle`` (the admin routes activate and roll back
+    through it) and its routes; with the store (at start-up) its records, the shadow
+    worker, the rollout watch and active-learning capture. Call after the store is set up,
+    so its start-up hook runs after the store's and its shutdown hook before."""
+    lc = Lifecycle(settings.lifecycle, registry=app.state.registry, data_dir=settings.data_dir,
+                   device=settings.device, max_pixels=settings.max_pixels)
+    app.state.lifecycle = lc
+
+    def start() -> None:
+        if app.state.store is not None:
+            lc.attach(app.state.store, app.state.service)
+
+    app.state.on_startup.append(start)
+    app.state.on_shutdown.append(lc.close)
+    app.include_router(router)
+    return lc

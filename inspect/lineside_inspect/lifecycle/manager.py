@@ -1,0 +1,297 @@
+"""The lifecycle of a server's models: what may judge parts (active or shadow), decided
+by gate reports and recorded with who, when and why.
+
+Admission rule: a version whose latest gate report (for its graph's sha256) failed is
+refused (409 ``gate_failed``) unless an admin forces it with a reason; the forced
+admission is recorded in the audit log and the admissions table. With
+``lifecycle.gate.require_gate`` a never-gated version is refused the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lineside_inspect.errors import Busy, ConfigError, GateRefused, NotFoundError
+from lineside_inspect.lifecycle.capture import CapturePolicy
+from lineside_inspect.lifecycle.config import LifecycleSettings
+from lineside_inspect.lifecycle.gate import GateReport, run_gate
+from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
+from lineside_inspect.lifecycle.records import Records
+from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
+from lineside_inspect.lifecycle.shadow import ShadowRunner
+from lineside_inspect.package import ModelCard, default_recipe_name
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.server.registry import Registry
+from lineside_inspect.store.models import GateReportRow
+
+if TYPE_CHECKING:
+    from lineside_inspect.server.service import InspectionService
+    from lineside_inspect.store import Store
+
+log = logging.getLogger("lineside.lifecycle")
+SYSTEM = "lineside"  # the actor of what the server does by itself (an automatic rollback)
+
+
+def card_recipe(card: ModelCard) -> Recipe:
+    """The recipe a card brings (as the server makes it when none is configured)."""
+    doc = {"name": default_recipe_name(card.name), "version": "1", "model": card.name,
+           **card.default_recipe}
+    doc["model"] = doc.get("model") or card.name
+    return Recipe.model_validate(doc)
+
+
+class Lifecycle:
+    def __init__(self, settings: LifecycleSettings, *, registry: Registry, data_dir: str | Path,
+                 device: str = "auto", max_pixels: int | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.device = device
+        self.max_pixels = max_pixels
+        self.library = GoldenLibrary(Path(data_dir) / GOLDEN_DIR)
+        self.store: Store | None = None
+        self._records: Records | None = None
+        self.shadow: ShadowRunner | None = None
+        self.capture: CapturePolicy | None = None
+        self.rollout: RolloutWatcher | None = None
+        self._gate_lock = threading.Lock()
+        self._admit_lock = threading.Lock()  # one activation decision at a time
+
+    # -- wiring ---------------------------------------------------------------------------
+    def attach(self, store: Store, service: InspectionService) -> None:
+        """With the store (at start-up): records, the shadow worker and the rollout watch."""
+        self.store = store
+        self._records = Records(store)
+        self.capture = CapturePolicy(self.settings.capture)
+        store.capture_policy = self.capture
+        self.shadow = ShadowRunner(self.settings.shadow, self._records, store, self.capture)
+        self.rollout = RolloutWatcher(self.settings.rollout, self._records, self._auto_rollback,
+                                      self._watch_ended)
+        service.add_output(self.shadow.offer)
+        self.library.delete_partial()
+
+    def close(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()
+        if self.rollout is not None:
+            self.rollout.close()
+
+    @property
+    def records(self) -> Records:
+        if self._records is None:
+            raise NotFoundError("this server keeps no inspection store: gate reports, shadow "
+                                "results and the audit log live in it")
+        return self._records
+
+    # -- the gate -------------------------------------------------------------------------
+    def recipe_for(self, model: str, name: str | None) -> Recipe:
+        """The named recipe, else the server's default recipe if it judges ``model``, else
+        the first recipe of ``model``, else the active card's own."""
+        if name is not None:
+            return self.registry.recipe(name)
+        recipes = [r for r in self.registry.recipes() if r.model == model]
+        default = self.registry.default_recipe
+        for r in recipes:
+            if r.name == default:
+                return r
+        return recipes[0] if recipes else card_recipe(self.registry.detector(model).card)
+
+    def gate(self, model: str, version: str, *, golden: str, golden_version: int | None = None,
+             against: str | None = None, recipe: str | None = None, actor: str) -> GateReport:
+        """Replay a golden set through ``version`` and ``against`` (default: the active
+        version), both loaded; store the report and say so in the audit log."""
+        records = self.records
+        candidate = self.registry.detector(model, version)
+        active = self.registry.detector(model, against)
+        rule = self.recipe_for(model, recipe)
+        manifest = self.library.get(golden, golden_version)
+        if not self._gate_lock.acquire(blocking=False):
+            raise Busy("a gate is running on this server: retry when it is done")
+        try:
+            report = run_gate(candidate, active, self.library, manifest, rule,
+                              allowance=self.settings.gate.false_reject_allowance,
+                              max_pixels=self.max_pixels)
+        finally:
+            self._gate_lock.release()
+        records.save_gate(report, actor)
+        records.audit(actor=actor, action="gate", model=model, version=version,
+                      reason="; ".join(report.reasons),
+                      details={"report_id": report.id, "passed": report.passed,
+                               "against": active.card.version,
+                               "golden": f"{manifest.name}:{manifest.version}",
+                               "escapes": report.candidate.escapes,
+                               "false_rejects": report.candidate.false_rejects})
+        return report
+
+    def _admission(self, det: Detector, *, force: bool, reason: str,
+                   role: str) -> tuple[GateReportRow | None, bool]:
+        """The gate report that admits ``det`` and whether the admission is forced; raises
+        :class:`GateRefused` when it may not judge parts."""
+        card = det.card
+        gate = self.records.latest_gate(card.name, card.version, card.sha256)
+        refused = None
+        if gate is not None and not gate.passed:
+            why = "; ".join(gate.report.get("reasons", [])) or "it failed"
+            refused = (f"{card.name} {card.version} failed its gate (report {gate.id} on golden "
+                       f"set {gate.golden_name}:{gate.golden_version}: {why})")
+        elif gate is None and self.settings.gate.require_gate:
+            refused = (f"{card.name} {card.version} has not been gated (lifecycle.gate.require_gate): "
+                       f"run POST /v1/models/{card.name}/gate first")
+        if refused is None:
+            return gate, False
+        if not force:
+            raise GateRefused(f"{refused}; it may not become {role} unless an admin forces it "
+                              "with a reason (force: true, reason: ...), which is recorded")
+        if not reason.strip():
+            raise ConfigError("force needs a reason: it is recorded in the audit log")
+        return gate, True
+
+    # -- activation -----------------------------------------------------------------------
+    def activate(self, model: str, version: str, *, actor: str, force: bool = False,
+                 reason: str = "", action: str = "activate") -> dict[str, Any]:
+        """Make ``version`` active if its gate allows (or an admin forces it): recorded."""
+        det = self.registry.detector(model, version)
+        if self._records is None:  # no store: nothing to check against or record in
+            self.registry.activate(model, version)
+            return {"forced": False, "gate_report_id": None}
+        with self._admit_lock:
+            gate, forced = self._admission(det, force=force, reason=reason, role="active")
+            previous = self.registry.models()[model].active
+            self.registry.activate(model, version)
+            self._sync_card_recipe(model, previous, version)
+        self.records.audit(actor=actor, action=f"force_{action}" if forced else action,
+                           model=model, version=version, reason=reason,
+                           details={"from": previous, "gate_report_id": None if gate is None else gate.id,
+                                    "gate_passed": None if gate is None else gate.passed})
+        self.records.admit(model=model, version=version, sha256=det.card.sha256, role="active",
+                           actor=actor, gate=gate, forced=forced, reason=reason,
+                           lineage=self._lineage(det))
+        if self.rollout is not None and action == "activate":
+            self.rollout.stop(model, f"{actor} activated {version} by hand")
+        return {"forced": forced, "gate_report_id": None if gate is None else gate.id}
+
+    def rollback(self, model: str, *, actor: str, reason: str = "") -> str:
+        previous = self.registry.models().get(model)
+        version = self.registry.rollback(model)
+        self._sync_card_recipe(model, None if previous is None else previous.active, version)
+        if self._records is not None:
+            self.records.audit(actor=actor, action="rollback", model=model, version=version,
+                               reason=reason, details={"from": None if previous is None else previous.active})
+        if self.rollout is not None:
+            self.rollout.stop(model, f"{actor} rolled back to {version} by hand")
+        return version
+
+    def _sync_card_recipe(self, model: str, old: str | None, new: str) -> None:
+        """The recipe a card brought follows the active card: a new version is judged at its
+        own calibrated thresholds, as the gate judged it. A recipe the line configured under
+        that name (anything but the old card's own) is left as it is."""
+        if old is None or old == new:
+            return
+        name = default_recipe_name(model)
+        try:
+            current = self.registry.recipe(name)
+            old_card = self.registry.detector(model, old).card
+            new_card = self.registry.detector(model, new).card
+        except NotFoundError:
+            return
+        if current == card_recipe(old_card):
+            try:
+                self.registry.add_recipe(card_recipe(new_card))
+            except Exception as exc:  # a card whose own recipe does not fit it: keep the old
+                log.warning("recipe %s not updated for %s %s: %s", name, model, new, exc)
+
+    @staticmethod
+    def _lineage(det: Detector) -> dict[str, Any]:
+        return {} if det.card.lineage is None else det.card.lineage.model_dump(mode="json")
+
+    # -- shadow ---------------------------------------------------------------------------
+    def start_shadow(self, model: str, version: str, *, sample_rate: float | None, actor: str,
+                     force: bool = False, reason: str = "") -> dict[str, Any]:
+        loaded = self.registry.detector(model, version)
+        active = self.registry.models()[model].active
+        if version == active:
+            raise ConfigError(f"{model} {version} is the active version: shadow another one")
+        gate, forced = self._admission(loaded, force=force, reason=reason, role="shadow")
+        assert self.shadow is not None
+        # its own session: one thread, so its inference runs on the low-priority worker
+        det = Detector(loaded.package, device=self.device, threads=self.settings.shadow.threads)
+        rate = self.settings.shadow.sample_rate if sample_rate is None else sample_rate
+        session = self.shadow.start(model, det, rate, actor)
+        self.records.audit(actor=actor, action="force_shadow" if forced else "shadow_start",
+                           model=model, version=version, reason=reason,
+                           details={"run_id": session.run_id, "sample_rate": rate,
+                                    "active": active,
+                                    "gate_report_id": None if gate is None else gate.id})
+        self.records.admit(model=model, version=version, sha256=loaded.card.sha256, role="shadow",
+                           actor=actor, gate=gate, forced=forced, reason=reason,
+                           lineage=self._lineage(loaded))
+        return self.shadow_status(model)
+
+    def stop_shadow(self, model: str, *, actor: str, reason: str = "") -> dict[str, Any]:
+        self.registry.detector(model)  # 404 for an unknown model
+        runner = self._runner()
+        session = runner.stop(model)
+        if session is None:
+            raise NotFoundError(f"{model} has no shadow running")
+        self.records.audit(actor=actor, action="shadow_stop", model=model, version=session.version,
+                           reason=reason, details={"run_id": session.run_id, **session.counts()})
+        return self.shadow_status(model)
+
+    def shadow_status(self, model: str) -> dict[str, Any]:
+        active = self.registry.models()[model].active if model in self.registry.models() else None
+        if active is None:
+            self.registry.detector(model)  # 404 naming the loaded models
+        return self._runner().status(model, active)
+
+    def _runner(self) -> ShadowRunner:
+        self.records  # noqa: B018 - raises the no-store error
+        assert self.shadow is not None
+        return self.shadow
+
+    # -- promotion ------------------------------------------------------------------------
+    def promote(self, model: str, version: str, *, golden: str, golden_version: int | None = None,
+                recipe: str | None = None, actor: str, force: bool = False,
+                reason: str = "") -> dict[str, Any]:
+        """Gate ``version`` against the active one, activate it, and watch it."""
+        previous = self.registry.models()[model].active if model in self.registry.models() else None
+        self.registry.detector(model, version)
+        if previous is None or previous == version:
+            raise ConfigError(f"{model} {version} is already active: nothing to promote")
+        rule = self.recipe_for(model, recipe)
+        report = self.gate(model, version, golden=golden, golden_version=golden_version,
+                           recipe=rule.name if recipe is not None else None, actor=actor)
+        self.activate(model, version, actor=actor, force=force, reason=reason, action="promote")
+        assert self.rollout is not None
+        watch = self.rollout.start(model=model, version=version, previous=previous,
+                                   recipe=rule.name, actor=actor, gate_report_id=report.id)
+        return {"report": report, "rollout": watch.to_json()}
+
+    def rollout_status(self, model: str) -> dict[str, Any]:
+        self.registry.detector(model)
+        self.records  # noqa: B018
+        assert self.rollout is not None
+        watch = self.rollout.get(model)
+        if watch is None:
+            raise NotFoundError(f"{model} has not been promoted since the server started")
+        return watch.to_json()
+
+    def _auto_rollback(self, w: Watch, why: str) -> None:
+        """Called by the watch, under its lock: the previous version judges again."""
+        with self._admit_lock:
+            self.registry.activate(w.model, w.previous)
+            self._sync_card_recipe(w.model, w.version, w.previous)
+        log.warning("rollout of %s %s rolled back to %s: %s", w.model, w.version, w.previous, why)
+        self.records.audit(actor=SYSTEM, action="auto_rollback", model=w.model, version=w.previous,
+                           reason=why, details={"from": w.version, "promoted_by": w.actor,
+                                                "gate_report_id": w.gate_report_id})
+
+    def _watch_ended(self, w: Watch) -> None:
+        if w.state == "rolled_back":
+            return  # _auto_rollback said it
+        details = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in w.to_json().items()}
+        self.records.audit(actor=SYSTEM, action=f"rollout_{w.state}", model=w.model,
+                           version=w.version, reason=w.why, details=details)

@@ -1,0 +1,241 @@
+"""What the lifecycle keeps in the store's database: the audit log, gate reports, model
+admissions (lineage on the box), shadow runs and their disagreements."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from lineside_inspect.errors import NotFoundError
+from lineside_inspect.store.models import (
+    LIFECYCLE_TABLES,
+    AdmissionRow,
+    AuditRow,
+    Base,
+    GateReportRow,
+    InspectionRow,
+    ShadowResultRow,
+    ShadowRunRow,
+)
+
+if TYPE_CHECKING:
+    from lineside_inspect.lifecycle.gate import GateReport
+    from lineside_inspect.store import Store
+
+
+log = logging.getLogger("lineside.lifecycle")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Records:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.engine = store.engine
+        for name in LIFECYCLE_TABLES:  # on an old database too
+            Base.metadata.create_all(self.engine, tables=[Base.metadata.tables[name]])
+            store.checkpoint()
+
+    def _fresh(self) -> None:
+        """Apply the store's journal before reading inspections (an outage only delays it)."""
+        try:
+            self.store.flush()
+        except Exception as exc:
+            log.error("store: applying the journal before a lifecycle read failed: %s", exc)
+
+    # -- audit log ----------------------------------------------------------------------
+    def audit(self, *, actor: str, action: str, model: str | None = None,
+              version: str | None = None, reason: str = "",
+              details: dict[str, Any] | None = None) -> dict[str, Any]:
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            row = AuditRow(created_at=_now(), box_id=self.store.box_id, actor=actor, action=action,
+                           model_name=model, version=version, reason=reason, details=details or {})
+            s.add(row)
+        return self._audit_json(row)
+
+    @staticmethod
+    def _audit_json(r: AuditRow) -> dict[str, Any]:
+        return {"id": r.id, "created_at": r.created_at, "box_id": r.box_id, "actor": r.actor,
+                "action": r.action, "model": r.model_name, "version": r.version,
+                "reason": r.reason, "details": r.details}
+
+    def audit_log(self, *, model: str | None = None, action: str | None = None, limit: int = 50,
+                  offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        conds: list[Any] = []
+        if model:
+            conds.append(AuditRow.model_name == model)
+        if action:
+            conds.append(AuditRow.action == action)
+        with Session(self.engine) as s:
+            total = s.scalar(select(func.count()).select_from(AuditRow).where(*conds)) or 0
+            rows = s.scalars(select(AuditRow).where(*conds).order_by(AuditRow.id.desc())
+                             .limit(limit).offset(offset)).all()
+            return total, [self._audit_json(r) for r in rows]
+
+    # -- gate reports -------------------------------------------------------------------
+    def save_gate(self, report: GateReport, actor: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(GateReportRow(
+                id=report.id, created_at=_now(), box_id=self.store.box_id, actor=actor,
+                model_name=report.candidate.model, candidate_version=report.candidate.version,
+                candidate_sha256=report.candidate.sha256, against_version=report.against.version,
+                against_sha256=report.against.sha256, golden_name=report.golden.name,
+                golden_version=report.golden.version, golden_digest=report.golden.digest,
+                passed=report.passed, report=report.model_dump(mode="json")))
+
+    def latest_gate(self, model: str, version: str, sha256: str) -> GateReportRow | None:
+        """The newest gate report of ``model`` ``version`` with the graph ``sha256``: a
+        version name reloaded with another graph is another candidate, and so is one graph
+        under another card (other thresholds: other verdicts)."""
+        with Session(self.engine) as s:
+            return s.scalars(select(GateReportRow).where(
+                GateReportRow.model_name == model, GateReportRow.candidate_version == version,
+                GateReportRow.candidate_sha256 == sha256)
+                .order_by(GateReportRow.created_at.desc()).limit(1)).first()
+
+    def gate_reports(self, model: str, limit: int = 20) -> list[dict[str, Any]]:
+        with Session(self.engine) as s:
+            rows = s.scalars(select(GateReportRow).where(GateReportRow.model_name == model)
+                             .order_by(GateReportRow.created_at.desc()).limit(limit)).all()
+            return [dict(r.report, actor=r.actor) for r in rows]
+
+    def gate_report(self, report_id: str) -> dict[str, Any]:
+        with Session(self.engine) as s:
+            row = s.get(GateReportRow, report_id)
+            if row is None:
+                raise NotFoundError(f"no gate report {report_id!r}")
+            return dict(row.report, actor=row.actor)
+
+    # -- admissions (lineage on the box) -------------------------------------------------
+    def admit(self, *, model: str, version: str, sha256: str, role: str, actor: str,
+              gate: GateReportRow | None, forced: bool, reason: str,
+              lineage: dict[str, Any]) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(AdmissionRow(
+                created_at=_now(), box_id=self.store.box_id, model_name=model, version=version,
+                sha256=sha256, role=role, gate_report_id=None if gate is None else gate.id,
+                golden_name=None if gate is None else gate.golden_name,
+                golden_version=None if gate is None else gate.golden_version,
+                golden_digest=None if gate is None else gate.golden_digest,
+                forced=forced, actor=actor, reason=reason, lineage=lineage))
+
+    def admissions(self, model: str, limit: int = 50) -> list[dict[str, Any]]:
+        with Session(self.engine) as s:
+            rows = s.scalars(select(AdmissionRow).where(AdmissionRow.model_name == model)
+                             .order_by(AdmissionRow.id.desc()).limit(limit)).all()
+            return [{"created_at": r.created_at, "box_id": r.box_id, "model": r.model_name,
+                     "version": r.version, "sha256": r.sha256, "role": r.role,
+                     "gate_report_id": r.gate_report_id,
+                     "golden": None if r.golden_name is None else {
+                         "name": r.golden_name, "version": r.golden_version,
+                         "digest": r.golden_digest},
+                     "forced": r.forced, "actor": r.actor, "reason": r.reason,
+                     "lineage": r.lineage} for r in rows]
+
+    # -- shadow runs ----------------------------------------------------------------------
+    def start_shadow(self, run_id: str, *, model: str, version: str, sha256: str,
+                     sample_rate: float) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(ShadowRunRow(id=run_id, created_at=_now(), box_id=self.store.box_id,
+                               model_name=model, shadow_version=version, shadow_sha256=sha256,
+                               sample_rate=sample_rate))
+
+    def update_shadow(self, run_id: str, counts: dict[str, int], *, stopped: bool = False) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(ShadowRunRow, run_id)
+            if row is None:
+                return
+            for k, v in counts.items():
+                setattr(row, k, v)
+            if stopped:
+                row.stopped_at = _now()
+
+    def add_disagreement(self, run_id: str, *, inspection_id: str, model: str,
+                         active_version: str, active_verdict: str,
+                         active_defects: list[dict[str, Any]], shadow_version: str,
+                         shadow_verdict: str, shadow_defects: list[dict[str, Any]],
+                         shadow_reasons: list[dict[str, Any]]) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(ShadowResultRow(
+                created_at=_now(), run_id=run_id, inspection_id=inspection_id, model_name=model,
+                active_version=active_version, active_verdict=active_verdict,
+                active_defects=active_defects, shadow_version=shadow_version,
+                shadow_verdict=shadow_verdict, shadow_defects=shadow_defects,
+                shadow_reasons=shadow_reasons))
+
+    def shadow_run(self, model: str, run_id: str | None = None) -> ShadowRunRow | None:
+        """``run_id``'s row, or the model's latest run."""
+        with Session(self.engine) as s:
+            if run_id is not None:
+                return s.get(ShadowRunRow, run_id)
+            return s.scalars(select(ShadowRunRow).where(ShadowRunRow.model_name == model)
+                             .order_by(ShadowRunRow.created_at.desc()).limit(1)).first()
+
+    def disagreements(self, *, run_id: str | None = None, inspection_id: str | None = None,
+                      limit: int = 500) -> list[dict[str, Any]]:
+        conds: list[Any] = []
+        if run_id:
+            conds.append(ShadowResultRow.run_id == run_id)
+        if inspection_id:
+            conds.append(ShadowResultRow.inspection_id == inspection_id)
+        with Session(self.engine) as s:
+            rows = s.scalars(select(ShadowResultRow).where(*conds)
+                             .order_by(ShadowResultRow.id.desc()).limit(limit)).all()
+            return [{"run_id": r.run_id, "inspection_id": r.inspection_id, "created_at": r.created_at,
+                     "model": r.model_name,
+                     "active": {"version": r.active_version, "verdict": r.active_verdict,
+                                "defects": r.active_defects},
+                     "shadow": {"version": r.shadow_version, "verdict": r.shadow_verdict,
+                                "defects": r.shadow_defects, "reasons": r.shadow_reasons}}
+                    for r in rows]
+
+    def reviewed_truth(self, inspection_ids: list[str]) -> dict[str, str]:
+        """The reviewed verdict (fail: the truth after the latest review has a defect) of
+        each of ``inspection_ids`` a reviewer has seen."""
+        out: dict[str, str] = {}
+        self._fresh()
+        with Session(self.engine) as s:
+            for start in range(0, len(inspection_ids), 500):
+                rows = s.scalars(select(InspectionRow).where(
+                    InspectionRow.id.in_(inspection_ids[start:start + 500]),
+                    InspectionRow.review_state != "unreviewed")
+                    .options(selectinload(InspectionRow.reviews))).all()
+                for r in rows:
+                    out[r.id] = "fail" if r.reviews and r.reviews[-1].boxes else "pass"
+        return out
+
+    def verdict_counts(self, *, model: str, version: str, recipe: str | None,
+                       since: datetime | None = None, until: datetime | None = None,
+                       last: int | None = None) -> tuple[int, int]:
+        """(inspections, fails) of ``model`` ``version`` under ``recipe``: since/until, or
+        its ``last`` ones."""
+        conds: list[Any] = [InspectionRow.model_name == model, InspectionRow.model_version == version]
+        if recipe:
+            conds.append(InspectionRow.recipe_name == recipe)
+        if since is not None:
+            conds.append(InspectionRow.created_at >= since)
+        if until is not None:
+            conds.append(InspectionRow.created_at < until)
+        self._fresh()
+        with Session(self.engine) as s:
+            q = select(InspectionRow.verdict).where(*conds).order_by(InspectionRow.created_at.desc())
+            verdicts = s.scalars(q.limit(last) if last else q).all()
+        return len(verdicts), sum(1 for v in verdicts if v == "fail")
+
+    def false_rejects(self, *, model: str, version: str, since: datetime) -> int:
+        """Inspections of ``model`` ``version`` since ``since`` that failed and whose
+        latest review says the part was good."""
+        self._fresh()
+        with Session(self.engine) as s:
+            rows = s.scalars(select(InspectionRow).where(
+                InspectionRow.model_name == model, InspectionRow.model_version == version,
+                InspectionRow.created_at >= since, InspectionRow.verdict == "fail",
+                InspectionRow.review_state != "unreviewed")
+                .options(selectinload(InspectionRow.reviews))).all()
+            return sum(1 for r in rows if r.reviews and not r.reviews[-1].boxes)

@@ -1,0 +1,249 @@
+"""What the lifecycle routes take and answer, as pydantic models (``/docs`` shows them)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.lifecycle.gate import GateReport
+from lineside_inspect.names import Name
+from lineside_inspect.schemas import INSPECTION_ID, Outcome
+
+_ID = re.compile(INSPECTION_ID.removeprefix("^").removesuffix("$"))  # full-matched
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# -- requests ---------------------------------------------------------------------------
+class GoldenAdd(_Shape):
+    """Reviewed inspections of this server's store into a golden set (a new version; the
+    first when the set is new). Sets from datasets and folders: ``lineside golden``."""
+
+    inspections: list[str] | None = Field(None, max_length=5000, description=(
+        "these inspections (each reviewed); default: every reviewed one with a stored image"))
+    since: datetime | None = Field(None, description="reviewed inspections made since (ISO; UTC)")
+    limit: int = Field(500, ge=1, le=5000)
+    note: str = Field("", max_length=2000)
+
+    def ids(self) -> list[str] | None:
+        if self.inspections is None:
+            return None
+        bad = [i for i in self.inspections if not _ID.fullmatch(i)]
+        if bad:
+            raise ConfigError(f"not inspection ids (32 hex digits): {bad[:5]}")
+        return self.inspections
+
+
+class GateRun(_Shape):
+    version: Name = Field(description="the candidate: a loaded version (POST /v1/models, activate false)")
+    golden: Name = Field(description="the golden set")
+    golden_version: int | None = Field(None, ge=1, description="default: its latest version")
+    against: Name | None = Field(None, description="default: the active version")
+    recipe: Name | None = Field(None, description=(
+        "whose rules judge both; default: the server's default recipe for this model"))
+
+
+class Admit(_Shape):
+    force: bool = Field(False, description=(
+        "admit a version whose gate failed (admins only; needs a reason; recorded)"))
+    reason: str = Field("", max_length=2000, description="why (recorded in the audit log)")
+
+
+class ShadowStart(Admit):
+    version: Name = Field(description="a loaded version other than the active one")
+    sample_rate: float | None = Field(None, gt=0, le=1, description=(
+        "share of live frames it sees; default lifecycle.shadow.sample_rate"))
+
+
+class Promote(Admit):
+    version: Name
+    golden: Name
+    golden_version: int | None = Field(None, ge=1)
+    recipe: Name | None = Field(None, description="the recipe gated under and watched")
+
+
+# -- answers ------------------------------------------------------------------------------
+class GoldenVersion(_Shape):
+    name: str
+    version: int
+    digest: str = Field(description="sha256 of the items' content (images, verdicts, boxes)")
+    parent: int | None
+    created_at: str
+    items: int
+    expected_fail: int
+    expected_pass: int
+    with_boxes: int
+    note: str
+
+
+class GoldenSet(_Shape):
+    name: str
+    versions: list[GoldenVersion]
+
+
+class GoldenSets(_Shape):
+    items: list[GoldenSet]
+
+
+class StoredGateReport(GateReport):
+    actor: str = Field(description="who ran it")
+
+
+class GateReports(_Shape):
+    items: list[StoredGateReport]
+
+
+class ShadowModel(_Shape):
+    version: str
+    sha256: str
+
+
+class ShadowStatus(_Shape):
+    """A model's shadow (running, or the last one)."""
+
+    model: str
+    active_version: str | None
+    running: bool
+    shadow: ShadowModel | None = Field(description="None: never shadowed since the store began")
+    run_id: str | None = None
+    sample_rate: float | None = None
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    started_by: str | None = None
+    offered: int = Field(0, description="live frames sampled for the shadow")
+    compared: int = Field(0, description="frames the shadow judged")
+    agreed: int = 0
+    dropped: int = Field(0, description="sampled frames dropped because the shadow was busy")
+    errors: int = 0
+    agreement: float | None = Field(None, description="agreed / compared")
+    disagreements: int = Field(0, description="stored, each with both results")
+    reviewed_disagreements: int = Field(0, description="of those, reviewed: the truth is known")
+    shadow_escapes: int = Field(0, description=(
+        "reviewed disagreements: the part was bad, the shadow passed it"))
+    shadow_false_rejects: int = Field(0, description="the part was good, the shadow failed it")
+    active_escapes: int = 0
+    active_false_rejects: int = 0
+    shadow_right: int = 0
+    active_right: int = 0
+    shadow_ms_p50: float | None = Field(None, description="the shadow's own time per frame")
+
+
+class ShadowResult(_Shape):
+    version: str
+    verdict: Outcome
+    defects: list[dict[str, Any]]
+    reasons: list[dict[str, Any]] | None = None
+
+
+class ShadowDisagreement(_Shape):
+    run_id: str
+    inspection_id: str
+    created_at: datetime
+    model: str
+    active: ShadowResult
+    shadow: ShadowResult
+
+
+class ShadowDisagreements(_Shape):
+    items: list[ShadowDisagreement]
+
+
+class RolloutStatus(_Shape):
+    model: str
+    version: str
+    previous: str
+    recipe: str | None
+    started_at: datetime
+    actor: str
+    gate_report_id: str | None
+    state: Literal["watching", "rolled_back", "complete", "stopped"]
+    inspections: int
+    fails: int
+    fail_rate: float | None
+    baseline_inspections: int
+    baseline_fail_rate: float | None
+    false_rejects: int
+    ended_at: datetime | None
+    why: str
+
+
+class Promotion(_Shape):
+    report: GateReport
+    rollout: RolloutStatus
+
+
+class Activated(_Shape):
+    name: str
+    active: str
+    forced: bool = Field(description="a failed (or missing, with require_gate) gate was overridden")
+    gate_report_id: str | None
+
+
+class AuditEntry(_Shape):
+    id: int
+    created_at: datetime
+    box_id: str | None
+    actor: str
+    action: str = Field(description=(
+        "activate, force_activate, promote, force_promote, rollback, auto_rollback, "
+        "rollout_complete, rollout_stopped, gate, shadow_start, force_shadow, shadow_stop, "
+        "golden_add"))
+    model: str | None
+    version: str | None
+    reason: str
+    details: dict[str, Any]
+
+
+class AuditPage(_Shape):
+    total: int
+    limit: int
+    offset: int
+    items: list[AuditEntry]
+
+
+class GoldenUsed(_Shape):
+    name: str
+    version: int | None
+    digest: str | None
+
+
+class Admission(_Shape):
+    created_at: datetime
+    box_id: str | None
+    model: str
+    version: str
+    sha256: str
+    role: Literal["active", "shadow"]
+    gate_report_id: str | None
+    golden: GoldenUsed | None
+    forced: bool
+    actor: str
+    reason: str
+    lineage: dict[str, Any] = Field(description="the card's: dataset revision, parent model")
+
+
+class ModelLineage(_Shape):
+    model: str
+    active: str | None
+    versions: dict[str, dict[str, Any]] = Field(description="each loaded version's card lineage")
+    admissions: list[Admission] = Field(description="newest first")
+
+
+class Queue(_Shape):
+    name: Literal["shadow", "to_label"] = Field(description="GET /v1/inspections?queue=NAME")
+    title: str
+    description: str
+    total: int
+    unreviewed: int
+
+
+class Queues(_Shape):
+    items: list[Queue]
+    capture_used_this_hour: dict[str, int] = Field(description="captures per reason this hour")
+    capture_per_hour: int

@@ -1,0 +1,235 @@
+"""The lifecycle over HTTP on a real server: golden sets from reviewed inspections, the
+gate, activation refused on a failed gate unless forced (and the forced one recorded),
+shadow mode with its disagreements queue, a promotion rolled back by its watch.
+
+A worse candidate without training: the bundled package under another card whose
+thresholds are 0.999 ("blind": it passes defective boards) or 0.02 ("jumpy": it fails good
+ones). Same graph, other verdicts: the gate and admissions key on the version and graph.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import MODEL, ROOT, SAMPLE, Running
+
+DEFECTIVE = sorted((SAMPLE / "images").rglob("*_test.jpg"))
+GOOD = sorted((SAMPLE / "images").rglob("*_temp.jpg"))
+
+
+def variant(root: Path, version: str, threshold: float) -> Path:
+    """models/deeppcb/1 under another card: every threshold ``threshold``."""
+    dst = root / "deeppcb" / version
+    shutil.copytree(MODEL, dst)
+    card = json.loads((dst / "model.json").read_text())
+    card["version"] = version
+    card["thresholds"] = dict.fromkeys(card["thresholds"], threshold)
+    card["default_recipe"]["min_score"] = dict.fromkeys(card["thresholds"], threshold)
+    (dst / "model.json").write_text(json.dumps(card))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    variant(root, "blind", 0.999)
+    variant(root, "jumpy", 0.02)
+    return root
+
+
+def server(launch: Callable[..., Running], variants: Path, **kw: Any) -> Running:
+    return launch(model_roots=[str(ROOT / "models"), str(variants)], **kw)
+
+
+def inspect(c: httpx.Client, files: list[Path], **params: Any) -> list[dict[str, Any]]:
+    out = []
+    for f in files:
+        r = c.post("/v1/inspect", content=f.read_bytes(), params=params,
+                   headers={"content-type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+        out.append(r.json())
+    return out
+
+
+def load(c: httpx.Client, path: Path) -> None:
+    r = c.post("/v1/models", json={"path": str(path), "activate": False})
+    assert r.status_code == 200, r.text
+
+
+def test_golden_gate_and_forced_activation(launch: Callable[..., Running], variants: Path) -> None:
+    srv = server(launch, variants, store_pass_rate=1.0)
+    with srv.client("line") as line, srv.client("reviewer") as rev, srv.client("admin") as admin:
+        results = inspect(line, DEFECTIVE[:3] + GOOD[:3])
+        for r, f in zip(results, DEFECTIVE[:3] + GOOD[:3], strict=True):
+            action = "false_reject" if "_temp" in f.name and r["verdict"] == "fail" else "confirm"
+            assert rev.post(f"/v1/inspections/{r['id']}/reviews", json={"action": action}).status_code == 200
+        # golden sets from the store's reviewed inspections: admins make them
+        assert rev.post("/v1/golden/line1", json={}).status_code == 403
+        r = admin.post("/v1/golden/line1", json={"note": "shift 1"})
+        assert r.status_code == 200, r.text
+        golden = r.json()
+        assert golden["version"] == 1 and len(golden["items"]) == 6
+        assert sum(i["expected"] == "fail" for i in golden["items"]) == 3
+        assert rev.get("/v1/golden").json()["items"][0]["versions"][0]["digest"] == golden["digest"]
+        bad = admin.post("/v1/golden/line1", json={"inspections": ["../../etc/passwd"]})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_config"
+        unknown = admin.get("/v1/golden/nope")
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+        assert admin.get("/v1/golden/bad%0Aname").status_code == 422
+
+        # a blind candidate fails the gate: more escapes than the active model
+        load(admin, variants / "deeppcb" / "blind")
+        r = admin.post("/v1/models/deeppcb/gate", json={"version": "blind", "golden": "line1"})
+        assert r.status_code == 200, r.text
+        report = r.json()
+        assert not report["passed"] and report["candidate"]["escapes"] == 3
+        assert report["against"]["escapes"] == 0 and "escape" in report["reasons"][0]
+        assert {d["expected"] for d in report["disagreements"]} == {"fail"}
+        assert admin.get(f"/v1/gates/{report['id']}").json()["actor"] == "admin"
+
+        # ... so it is not activated, not even by loading it with activate
+        r = admin.post("/v1/models/deeppcb/activate", json={"version": "blind"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "gate_failed"
+        assert report["id"] in r.json()["error"]["message"]
+        r = admin.post("/v1/models", json={"path": str(variants / "deeppcb" / "blind")})
+        assert r.status_code == 409 and "did not activate" in r.json()["error"]["message"]
+        assert admin.get("/v1/models").json()[0]["active"] == "1"
+        assert inspect(line, DEFECTIVE[:1])[0]["model"]["version"] == "1"
+        # force needs a reason; then it is recorded, who, when and why
+        r = admin.post("/v1/models/deeppcb/activate", json={"version": "blind", "force": True})
+        assert r.status_code == 422 and "reason" in r.json()["error"]["message"]
+        r = admin.post("/v1/models/deeppcb/activate",
+                       json={"version": "blind", "force": True, "reason": "trial on line 2"})
+        assert r.status_code == 200, r.text
+        assert inspect(line, DEFECTIVE[:1])[0]["model"]["version"] == "blind"
+        assert admin.post("/v1/models/deeppcb/rollback").status_code == 200
+        log = rev.get("/v1/audit", params={"model": "deeppcb"}).json()
+        actions = [e["action"] for e in log["items"]]
+        assert actions[:3] == ["rollback", "force_activate", "gate"]
+        forced = log["items"][1]
+        assert (forced["actor"], forced["reason"], forced["version"]) == ("admin", "trial on line 2", "blind")
+        assert forced["details"]["gate_report_id"] == report["id"]
+        assert line.get("/v1/audit").status_code == 403
+
+        # the int8 twin passes its gate and is admitted by it (lineage on the box)
+        load(admin, ROOT / "models" / "deeppcb" / "1-int8")
+        r = admin.post("/v1/models/deeppcb/gate", json={"version": "1-int8", "golden": "line1"})
+        assert r.json()["passed"], r.json()
+        assert admin.post("/v1/models/deeppcb/activate", json={"version": "1-int8"}).status_code == 200
+        lineage = admin.get("/v1/models/deeppcb/lineage").json()
+        latest = lineage["admissions"][0]
+        assert latest["version"] == "1-int8" and not latest["forced"]
+        assert latest["gate_report_id"] == r.json()["id"]
+        assert latest["golden"] == {"name": "line1", "version": 1, "digest": golden["digest"]}
+        assert lineage["admissions"][1]["forced"] and lineage["admissions"][1]["version"] == "blind"
+
+
+def _until(fn: Callable[[], Any], what: str, timeout_s: float = 30) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_shadow_disagreements_reach_the_review_queue(launch: Callable[..., Running],
+                                                      variants: Path) -> None:
+    srv = server(launch, variants, store_pass_rate=0.0,
+                 lifecycle={"shadow": {"queue": 64}, "capture": {
+                     "random_rate": 0.0, "near_threshold": 0.0, "rare_share": 0.0}})
+    frames = DEFECTIVE[:4] + GOOD[:2]
+    with srv.client("line") as line, srv.client("reviewer") as rev, srv.client("admin") as admin:
+        before = [r["verdict"] for r in inspect(line, frames)]
+        load(admin, variants / "deeppcb" / "jumpy")
+        r = admin.post("/v1/golden/g", json={})
+        assert r.status_code == 422 and "no reviewed" in r.json()["error"]["message"]
+        # never gated: may shadow (require_gate is off); the active version may not
+        r = admin.post("/v1/models/deeppcb/shadow", json={"version": "1"})
+        assert r.status_code == 422
+        r = admin.post("/v1/models/deeppcb/shadow", json={"version": "jumpy", "sample_rate": 1.0})
+        assert r.status_code == 200, r.text
+        assert r.json()["running"] and r.json()["shadow"]["version"] == "jumpy"
+        after = inspect(line, frames)
+        # the shadow never changes a verdict
+        assert [r["verdict"] for r in after] == before
+        assert all(r["model"]["version"] == "1" for r in after)
+        status = _until(lambda: (s := rev.get("/v1/models/deeppcb/shadow").json())["compared"] == 6
+                        and s, "the shadow to judge six frames")
+        passes = [r for r in after if r["verdict"] == "pass"]
+        assert passes, "the bundled model passes some good boards"
+        assert status["disagreements"] == len(passes) and status["agreed"] == 6 - len(passes)
+        assert status["agreement"] == pytest.approx((6 - len(passes)) / 6)
+
+        queue = rev.get("/v1/inspections", params={"queue": "shadow"}).json()
+        assert sorted(i["id"] for i in queue["items"]) == sorted(r["id"] for r in passes)
+        # store_pass_rate 0 kept no pass: the disagreement's image is kept for the reviewer
+        assert all(i["has_image"] for i in queue["items"])
+        one = passes[0]["id"]
+        both = rev.get(f"/v1/inspections/{one}/shadow").json()["items"][0]
+        assert (both["active"]["verdict"], both["shadow"]["verdict"]) == ("pass", "fail")
+        assert both["shadow"]["version"] == "jumpy" and both["shadow"]["defects"]
+        # the reviewer says who was right: the board is good, the shadow was wrong
+        assert rev.post(f"/v1/inspections/{one}/reviews", json={"action": "confirm"}).status_code == 200
+        s = rev.get("/v1/models/deeppcb/shadow").json()
+        assert s["reviewed_disagreements"] == 1 and s["shadow_false_rejects"] == 1
+        assert s["active_right"] == 1 and s["shadow_escapes"] == s["active_escapes"] == 0
+
+        queues = {q["name"]: q for q in rev.get("/v1/queues").json()["items"]}
+        assert queues["shadow"]["total"] == len(passes)
+        assert queues["shadow"]["unreviewed"] == len(passes) - 1
+        to_label = rev.get("/v1/inspections", params={"queue": "to_label"}).json()
+        assert to_label["total"] == queues["to_label"]["total"] == len(passes)
+        bad = rev.get("/v1/inspections", params={"queue": "nope"})
+        assert bad.status_code == 422
+
+        r = admin.delete("/v1/models/deeppcb/shadow")
+        assert r.status_code == 200 and not r.json()["running"]
+        assert admin.delete("/v1/models/deeppcb/shadow").status_code == 404
+        inspect(line, frames[:1])
+        assert rev.get("/v1/models/deeppcb/shadow").json()["offered"] == 6  # no longer sampled
+        actions = [e["action"] for e in rev.get("/v1/audit").json()["items"]]
+        assert actions[:2] == ["shadow_stop", "shadow_start"]
+
+
+def test_a_promotion_past_its_bounds_rolls_back(launch: Callable[..., Running],
+                                                variants: Path) -> None:
+    srv = server(launch, variants, store_pass_rate=1.0, lifecycle={"rollout": {
+        "min_inspections": 4, "watch_inspections": 50, "check_interval_s": 0.1,
+        "max_false_rejects": 5}})
+    with srv.client("line") as line, srv.client("reviewer") as rev, srv.client("admin") as admin:
+        baseline = inspect(line, GOOD[:6])
+        for r in baseline:
+            rev.post(f"/v1/inspections/{r['id']}/reviews", json={"action": "false_reject"
+                     if r["verdict"] == "fail" else "confirm"})
+        assert admin.post("/v1/golden/good", json={}).status_code == 200
+        load(admin, variants / "deeppcb" / "jumpy")
+        r = admin.post("/v1/models/deeppcb/promote", json={"version": "jumpy", "golden": "good"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "gate_failed"
+        assert admin.get("/v1/models").json()[0]["active"] == "1"
+        r = admin.post("/v1/models/deeppcb/promote", json={
+            "version": "jumpy", "golden": "good", "force": True, "reason": "see if it holds"})
+        assert r.status_code == 200, r.text
+        promo = r.json()
+        assert not promo["report"]["passed"] and promo["rollout"]["state"] == "watching"
+        assert promo["rollout"]["baseline_inspections"] == 6
+        judged = inspect(line, GOOD[:6])
+        assert {r["model"]["version"] for r in judged[:4]} == {"jumpy"}
+        watch = _until(lambda: (w := rev.get("/v1/models/deeppcb/rollout").json())["state"]
+                       == "rolled_back" and w, "the automatic rollback")
+        assert "fail rate" in watch["why"] and watch["fail_rate"] > watch["baseline_fail_rate"]
+        assert admin.get("/v1/models").json()[0]["active"] == "1"
+        log = rev.get("/v1/audit", params={"model": "deeppcb"}).json()["items"]
+        assert [e["action"] for e in log[:3]] == ["auto_rollback", "force_promote", "gate"]
+        assert log[0]["actor"] == "lineside" and log[0]["reason"] == watch["why"]
+        assert inspect(line, GOOD[:1])[0]["model"]["version"] == "1"

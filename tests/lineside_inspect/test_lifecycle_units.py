@@ -1,0 +1,218 @@
+"""The lifecycle's arithmetic and files on their own: the gate's counts and decision, box
+matching, golden sets (content-addressed versions, tampering found), the rollout bounds
+and the capture caps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lineside_inspect.errors import GoldenSetError, NotFoundError
+from lineside_inspect.lifecycle.capture import CapturePolicy
+from lineside_inspect.lifecycle.config import CaptureSettings, RolloutSettings
+from lineside_inspect.lifecycle.gate import Found, decide, matched_boxes, rules_of, score
+from lineside_inspect.lifecycle.golden import (
+    GoldenBox,
+    GoldenItem,
+    GoldenLibrary,
+    candidate,
+    from_dataset,
+    from_folder,
+)
+from lineside_inspect.lifecycle.rollout import Watch, judge_watch
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.runtime.types import Detections
+
+from .conftest import SAMPLE
+
+SHA = "0" * 64
+
+
+def item(expected: str, boxes: list[tuple[str, tuple[float, float, float, float]]] | None,
+         n: int = 0) -> GoldenItem:
+    return GoldenItem(sha256=f"{n:064x}", ext="jpg", expected=expected,  # type: ignore[arg-type]
+                      boxes=None if boxes is None else [GoldenBox(label=lb, box=b) for lb, b in boxes],
+                      width=100, height=100)
+
+
+def found(verdict: str, boxes: list[tuple[str, float, tuple[float, float, float, float]]] = (),  # type: ignore[assignment]
+          ms: float = 10.0) -> Found:
+    return Found(verdict, list(boxes), ms)  # type: ignore[arg-type]
+
+
+def test_escapes_false_rejects_recall_precision_and_latency() -> None:
+    a = ("open", (10.0, 10.0, 20.0, 20.0))
+    b = ("short", (50.0, 50.0, 60.0, 60.0))
+    items = [item("fail", [a, b], 1), item("fail", [a], 2), item("pass", [], 3),
+             item("pass", [], 4), item("fail", None, 5)]
+    results = [
+        found("fail", [("open", 0.9, (11.0, 11.0, 20.0, 20.0)),     # matches a (IoU 0.81)
+                       ("short", 0.8, (10.0, 10.0, 20.0, 20.0))]),  # right place, wrong class
+        found("pass", [], 30.0),                                   # an escape
+        found("fail", [("spur", 0.7, (0.0, 0.0, 5.0, 5.0))]),     # a false reject
+        found("pass"),
+        found("pass", [("open", 0.99, (0.0, 0.0, 9.0, 9.0))]),    # escape; boxes unknown: not scored
+    ]
+    s = score(items, results, model="m", version="2", sha256=SHA, precision="fp32")
+    assert (s.images, s.expected_fail, s.expected_pass) == (5, 3, 2)
+    assert (s.escapes, s.false_rejects) == (2, 1)
+    # boxes only on the items whose boxes are known: 3 true, 3 found, 1 matched
+    assert (s.boxes_true, s.boxes_found, s.boxes_matched) == (3, 3, 1)
+    assert s.defect_recall == pytest.approx(1 / 3) and s.defect_precision == pytest.approx(1 / 3)
+    assert s.latency_p50_ms == 10.0 and s.latency_p95_ms == pytest.approx(26.0)
+
+
+def test_recall_and_precision_are_none_without_known_boxes() -> None:
+    s = score([item("fail", None, 1)], [found("fail")], model="m", version="1", sha256=SHA,
+              precision="int8")
+    assert s.defect_recall is None and s.defect_precision is None and s.escapes == 0
+
+
+def test_each_true_box_is_matched_once_best_score_first() -> None:
+    truth = [("open", (0.0, 0.0, 10.0, 10.0))]
+    two = [("open", 0.6, (0.0, 0.0, 10.0, 10.0)), ("open", 0.9, (0.0, 0.0, 10.0, 9.0))]
+    assert matched_boxes(truth, two) == 1
+    assert matched_boxes(truth, [("open", 0.9, (5.0, 5.0, 15.0, 15.0))]) == 0  # IoU 1/7
+    assert matched_boxes(truth, [("short", 0.9, (0.0, 0.0, 10.0, 10.0))]) == 0
+
+
+def _scored(escapes: int, false_rejects: int) -> Any:
+    items = [item("fail", [], i) for i in range(5)] + [item("pass", [], 10 + i) for i in range(5)]
+    res = ([found("pass")] * escapes + [found("fail")] * (5 - escapes)
+           + [found("fail")] * false_rejects + [found("pass")] * (5 - false_rejects))
+    return score(items, res, model="m", version="v", sha256=SHA, precision="fp32")
+
+
+def test_the_gate_decision() -> None:
+    active = _scored(escapes=1, false_rejects=1)
+    assert decide(_scored(1, 1), active, 0) == []
+    assert decide(_scored(0, 0), active, 0) == []
+    more_escapes = decide(_scored(2, 0), active, 5)  # no allowance buys an escape
+    assert len(more_escapes) == 1 and "2 escape(s)" in more_escapes[0]
+    assert decide(_scored(1, 2), active, 0) and decide(_scored(1, 2), active, 1) == []
+    assert len(decide(_scored(3, 4), active, 1)) == 2
+
+
+def test_card_recipes_are_judged_at_each_cards_thresholds() -> None:
+    card_recipe = Recipe(name="deeppcb-default", model="deeppcb", min_score={"open": 0.7},
+                         max_count={"open": 1})
+    rules = rules_of(card_recipe)
+    assert rules.min_score == {} and rules.max_count == {"open": 1}
+    line_recipe = Recipe(name="strict", model="deeppcb", default_min_score=0.3)
+    assert rules_of(line_recipe) is line_recipe  # a line's own floors stay
+
+
+# -- golden sets ------------------------------------------------------------------------
+def test_golden_versions_are_content_addressed_and_share_files(tmp_path: Path) -> None:
+    lib = GoldenLibrary(tmp_path / "golden")
+    items, classes = from_dataset(SAMPLE, "val", limit=6)
+    assert len(items) == 6 and {i.item.expected for i in items} == {"pass", "fail"}
+    v1 = lib.create("line1", items, classes)
+    with pytest.raises(GoldenSetError, match="exists"):
+        lib.create("line1", items, classes)
+    # the same content elsewhere has the same digest
+    assert GoldenLibrary(tmp_path / "other").create("x", items, classes).digest == v1.digest
+    goods = tmp_path / "goods"
+    goods.mkdir()
+    shutil.copy(SAMPLE / "images" / "group00041" / "00041000_temp.jpg", goods / "a.jpg")
+    (goods / "notes.txt").write_text("not an image")
+    good = from_folder(goods)
+    assert len(good) == 1 and good[0].item.expected == "pass" and good[0].item.boxes == []
+    new = good[0].item.sha256 not in {i.sha256 for i in v1.items}
+    v2 = lib.add("line1", good)
+    assert (v2.version, v2.parent, len(v2.items)) == (2, 1, 6 + new)
+    assert (v2.digest != v1.digest) == new
+    assert [m["version"] for m in lib.summaries()[0]["versions"]] == [1, 2]  # type: ignore[index]
+    same = v1.items[0]
+    f1 = tmp_path / "golden" / "line1" / "1" / same.file
+    f2 = tmp_path / "golden" / "line1" / "2" / same.file
+    assert f1.stat().st_ino == f2.stat().st_ino  # unchanged images are linked, not copied
+    assert lib.get("line1").version == 2 and lib.get("line1", 1).digest == v1.digest
+    with pytest.raises(NotFoundError):
+        lib.get("line1", 9)
+    with pytest.raises(GoldenSetError, match="must be"):
+        lib.get("../etc")
+
+
+def test_a_repeated_image_takes_its_new_expectation(tmp_path: Path) -> None:
+    lib = GoldenLibrary(tmp_path)
+    data = (SAMPLE / "images" / "group00041" / "00041000_temp.jpg").read_bytes()
+    lib.create("s", [candidate(data, expected="pass", boxes=[], source="a")], ["open"])
+    v2 = lib.add("s", [candidate(data, expected="fail",
+                                 boxes=[GoldenBox(label="open", box=(1, 1, 5, 5))], source="b")])
+    assert len(v2.items) == 1 and v2.items[0].expected == "fail" and v2.items[0].source == "b"
+
+
+def test_tampering_is_found(tmp_path: Path) -> None:
+    lib = GoldenLibrary(tmp_path)
+    items, classes = from_dataset(SAMPLE, "val", limit=2)
+    m = lib.create("s", items, classes)
+    path = tmp_path / "s" / "1" / m.items[0].file
+    path.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(GoldenSetError, match="altered"):
+        lib.read(m, m.items[0])
+    manifest = tmp_path / "s" / "1" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["items"][0]["expected"] = "pass" if doc["items"][0]["expected"] == "fail" else "fail"
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(GoldenSetError, match="digest"):
+        lib.get("s")
+
+
+def test_not_an_image_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(GoldenSetError, match="x.jpg"):
+        candidate(b"GIF89a....", expected="pass", boxes=[], source="folder x.jpg")
+
+
+# -- rollout bounds -----------------------------------------------------------------------
+def _watch(n: int, fails: int, base_n: int = 100, base_fails: int = 10, fr: int = 0) -> Watch:
+    w = Watch("m", "2", "1", "r", datetime.now(UTC), "admin", None, base_n, base_fails)
+    w.inspections, w.fails, w.false_rejects = n, fails, fr
+    return w
+
+
+def test_rollout_bounds() -> None:
+    b = RolloutSettings(min_inspections=20, watch_inspections=100, max_fail_rate_ratio=1.5,
+                        max_fail_rate_increase=0.05, max_false_rejects=2)
+    assert judge_watch(_watch(19, 19), b)[0] == "watching"  # too few to judge the rate
+    assert judge_watch(_watch(20, 3), b)[0] == "watching"  # 15% = the bound max(15%, 15%)
+    state, why = judge_watch(_watch(20, 4), b)  # 20% > 15%
+    assert state == "rolled_back" and "20.0%" in why and "15.0%" in why
+    assert judge_watch(_watch(5, 0, fr=3), b)[0] == "rolled_back"  # false rejects: at once
+    assert judge_watch(_watch(100, 10), b)[0] == "complete"
+    # a near-zero baseline is not multiplied into a hair trigger: +5 points allowed
+    assert judge_watch(_watch(20, 1, base_fails=0), b)[0] == "watching"
+    state, why = judge_watch(_watch(100, 90, base_n=0, base_fails=0), b)
+    assert state == "complete" and "not compared" in why  # no baseline: said so
+
+
+# -- capture --------------------------------------------------------------------------------
+def _inspection(scores: list[float], labels: list[int], counted: list[int]) -> Any:
+    names = ["open", "short", "spur"]
+    raw = Detections(np.array([[0, 0, 10, 10]] * len(scores)), np.array(scores), np.array(labels), names)
+    card = SimpleNamespace(threshold=lambda label, d=0.5: {"open": 0.7}.get(label, d))
+    return SimpleNamespace(detections=raw, defects=raw[np.array(counted, dtype=int)],
+                           recipe=Recipe(name="r", model="m"), detector=SimpleNamespace(card=card))
+
+
+def test_capture_reasons_and_hourly_caps() -> None:
+    policy = CapturePolicy(CaptureSettings(per_hour=2, near_threshold=0.05, random_rate=0.0,
+                                           rare_share=0.1), seed=0)
+    near = _inspection([0.68], [0], [])  # open at 0.68, its threshold 0.7: a pass that almost failed
+    far = _inspection([0.2], [0], [])
+    assert policy(near) == "near_threshold" and policy(far) is None
+    assert policy(near) == "near_threshold"
+    assert policy(near) is None  # this hour's two places are taken
+    for _ in range(30):  # 30 counted open defects, far from the threshold
+        policy(_inspection([0.95], [0], [0]))
+    assert policy(_inspection([0.99], [2], [0])) == "rare_class"  # one spur among 30 opens
+    assert policy.allow("shadow_disagreement") and policy.allow("shadow_disagreement")
+    assert not policy.allow("shadow_disagreement")
+    assert policy.used()["near_threshold"] == 2
