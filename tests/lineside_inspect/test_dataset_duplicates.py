@@ -138,3 +138,18 @@ def test_reference_twins_are_not_duplicates(sample: Path) -> None:
         prints[t[0]].dhash ^ prints[t[1]].dhash).sum()) <= NEAR_BITS]  # type: ignore[operator]
     assert close, "the sample should hold twins within the near-duplicate distance"
     assert check_dir(sample).duplicates == []
+
+
+def test_dedupe_deletes_nothing_outside_the_dataset(tmp_path: Path) -> None:
+    """A doctored annotations.json naming '../outside.jpg' (a copy of a dataset image) is a
+    problem of its own, and --dedupe, refused while problems remain, deletes nothing outside
+    images/ (its deletion is also confined to images/)."""
+    root = leaky_set(tmp_path)
+    outside = tmp_path / "ds" / "outside.jpg"
+    outside.write_bytes((root / "images" / "a.jpg").read_bytes())
+    doc = json.loads((root / "annotations.json").read_text())
+    doc["images"][0]["file_name"] = "../outside.jpg"  # 'a.jpg', the copy --dedupe drops
+    (root / "annotations.json").write_text(json.dumps(doc))
+    r = runner.invoke(app, ["data", "validate", str(root), "--dedupe"])
+    assert r.exit_code == 2 and "'../outside.jpg' must be a relative path inside images/" in r.stderr
+    assert outside.is_file()

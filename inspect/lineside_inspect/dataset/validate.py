@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from lineside_inspect.dataset.canonical import parse_dir, save_annotations
 from lineside_inspect.dataset.duplicates import (
@@ -82,6 +82,13 @@ def validate_dataset(dataset: Dataset, *, check_pixels: bool = True,
                 Problem(rec.origin or rec.file_name, "", "duplicate image file name", rec.file_name)
             )
         seen.add(rec.file_name)
+        parts = PurePosixPath(rec.file_name.replace("\\", "/")).parts
+        if not parts or parts[0] == "/" or ".." in parts or ":" in parts[0]:
+            # names become paths under images/ when written, exported or deduplicated
+            problems.append(Problem(rec.origin or rec.file_name, "file_name",
+                                    f"{rec.file_name!r} must be a relative path inside images/",
+                                    rec.file_name))
+            continue
         if check_pixels:
             problems.extend(_check_pixels(dataset, rec, prints))
         problems.extend(_check_boxes(categories, rec))
@@ -138,8 +145,11 @@ def dedupe_dir(root: str | Path) -> tuple[list[ImageRecord], list[DuplicateGroup
     removed = dedupe(report.dataset, report.duplicates)
     if removed:
         save_annotations(report.dataset)
+        images = (Path(root) / "images").resolve()
         for rec in removed:
-            (Path(root) / "images" / rec.file_name).unlink(missing_ok=True)
+            target = (images / rec.file_name).resolve()
+            if target.is_relative_to(images):  # a file_name of '../x' deletes nothing outside
+                target.unlink(missing_ok=True)
     return removed, report.duplicates
 
 
