@@ -94,6 +94,11 @@ def data_import(
     dataset, skipped = import_dataset(fmt, src, dst, skip_invalid=skip_invalid, overwrite=overwrite)
     if dataset.info.get("layout"):
         out.print(f"layout found: {dataset.info['layout']}")
+    if len(skipped) > 1:
+        from lineside_inspect.dataset.problems import summarise
+
+        for line in summarise(skipped):
+            err.print(f"skipped by kind: {line}", highlight=False, markup=False)
     for p in skipped:
         err.print(f"skipped: {p}", highlight=False, markup=False)
     s = dataset_stats(dataset)

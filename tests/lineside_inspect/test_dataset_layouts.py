@@ -227,3 +227,16 @@ def test_roboflow_coco_export(tmp_path: Path) -> None:
         "train/s1_jpg.rf.abc.jpg": "train", "train/s2_jpg.rf.abc.jpg": "train",
         "train/s3_jpg.rf.abc.jpg": "train", "valid/s4_jpg.rf.abc.jpg": "val"}
     assert read_dataset(tmp_path / "out").info["layout"].startswith("COCO; ")
+
+
+def test_skip_invalid_summarises_what_was_left_out(tmp_path: Path) -> None:
+    src = tmp_path / "voc"
+    for n in range(4):
+        if n != 3:
+            image(src / "JPEGImages" / f"{n}.jpg", n)
+        voc_xml(src / "Annotations" / f"{n}.xml", f"{n}.jpg", [("dent", 2, 2, 9, 99 if n < 2 else 9)])
+    r = runner.invoke(app, ["data", "import", "-f", "voc", str(src), str(tmp_path / "out"),
+                            "--skip-invalid"])
+    assert r.exit_code == 0, r.output
+    assert "skipped by kind: 2 x box" in r.stderr and "skipped by kind: 1 x image" in r.stderr
+    assert "imported 1 images" in r.stdout and "skipped 3 image(s)" in r.stdout
