@@ -62,8 +62,8 @@ def test_train_help_names_the_extra_and_the_budget() -> None:
 
 def test_bench_train_without_crop_says_so() -> None:
     r = runner.invoke(app, ["bench", "train", "--config", str(ROOT / "training/configs/deeppcb-single.yaml"),
-                            "--set", f"data={SAMPLE}", "--set", "crop_size=null", "--set", "input_size=128",
+                            "--set", f"data={SAMPLE}", "--set", "crop_size=null", "--set", "input_size=64",
                             "--set", "batch_size=2", "--set", "device=cpu", "--steps", "1"])
     assert r.exit_code == 0, r.stderr
-    assert "crop" in r.stdout and "no crop (whole images at 128)" in r.stdout
-    assert "crop 128" not in r.stdout
+    assert "no crop (whole images at 64)" in r.stdout
+    assert "crop 64" not in r.stdout
