@@ -64,8 +64,8 @@ def fingerprints(dataset: Dataset) -> dict[str, Fingerprint]:
     for rec in dataset.images:
         try:
             out[rec.file_name] = fingerprint(Path(dataset.image_path(rec)).read_bytes())
-        except OSError:
-            continue  # a missing file is validation's problem to report
+        except (OSError, ValueError):
+            continue  # a missing file (or no pixels at all) is validation's problem to report
     return out
 
 
