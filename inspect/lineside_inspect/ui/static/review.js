@@ -124,14 +124,17 @@ async function open(i) {
 }
 
 async function openId(id) {
+  // reset before the fetch: a key pressed while it runs (d, a class) applies to this one
+  hideDraw(); say("");
   state.open = await api(`/v1/inspections/${encodeURIComponent(id)}`); state.box = 0; state.scale = 1;
   $("#grid").hidden = true; $("#pager").hidden = true; $("#audit").hidden = true; $("#detail").hidden = false;
-  state.showRef = false; $("#stage").classList.remove("ref"); hideDraw();
+  state.showRef = false; $("#stage").classList.remove("ref");
   $("#b-ref").hidden = !(state.open.reference && state.open.reference.has_image);
-  $("#d-status").textContent = ""; $("#d-status").classList.remove("conflict");
   const img = $("#big");
   img.onload = fit;
-  img.src = `/v1/inspections/${encodeURIComponent(id)}/image`;
+  img.hidden = !state.open.has_image;  // passes are sampled: the boxes stay, on black
+  if (state.open.has_image) img.src = `/v1/inspections/${encodeURIComponent(id)}/image`;
+  else { img.removeAttribute("src"); say("no image was kept of this inspection (passes are sampled)"); }
   $("#overlay").setAttribute("viewBox", `0 0 ${state.open.width} ${state.open.height}`);
   render(); fit();
 }
