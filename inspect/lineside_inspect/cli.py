@@ -301,9 +301,14 @@ def export_cmd(
     int8: Annotated[bool, typer.Option(help="static int8 quantisation")] = False,
     fp16: Annotated[bool, typer.Option(help="fp16 for GPU deployment")] = False,
     overwrite: Annotated[bool, typer.Option()] = False,
+    parent: Annotated[Path | None, typer.Option(
+        help="the package this run started from (its lineage: fine-tuned or retrained on its "
+             "reviews)")] = None,
 ) -> None:
-    """Export an ONNX model package, checked through the edge runtime."""
-    s = training().export(run, out_dir, data=data, int8=int8, fp16=fp16, overwrite=overwrite)
+    """Export an ONNX model package, checked through the edge runtime; its card records
+    the training data's revision (a content hash) and the parent model."""
+    s = training().export(run, out_dir, data=data, int8=int8, fp16=fp16, overwrite=overwrite,
+                          parent=parent)
     out.print_json(json.dumps(s))
 
 

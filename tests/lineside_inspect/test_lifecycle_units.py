@@ -167,7 +167,7 @@ def test_tampering_is_found(tmp_path: Path) -> None:
 
 
 def test_not_an_image_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(GoldenSetError, match="x.jpg"):
+    with pytest.raises(GoldenSetError, match=r"x\.jpg"):
         candidate(b"GIF89a....", expected="pass", boxes=[], source="folder x.jpg")
 
 

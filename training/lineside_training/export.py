@@ -3,6 +3,7 @@ edge runtime (the code the server runs)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -17,7 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from lineside_inspect.dataset import ImageRecord, read_dataset
-from lineside_inspect.errors import ConfigError, PackageError
+from lineside_inspect.dataset.canonical import ANNOTATIONS
+from lineside_inspect.errors import ConfigError, DatasetError, PackageError
+from lineside_inspect.lifecycle.lineage import dataset_revision, parent_of
 from lineside_inspect.package import (
     GRAPH,
     INPUT_NAME,
@@ -26,9 +29,12 @@ from lineside_inspect.package import (
     PAD_VALUE,
     InputSpec,
     LetterboxSpec,
+    Lineage,
     ModelCard,
+    ParentModel,
     default_recipe_name,
     load_package,
+    read_card,
     sha256_file,
     write_card,
 )
@@ -169,6 +175,26 @@ def convert_fp16(fp32: Path, out: Path) -> None:
     onnx.save(half, str(out))
 
 
+def lineage_of(trained: Trained, parent: str | Path | None) -> Lineage:
+    """The card's lineage: the revision of the datasets the run trained on (content hash
+    of labels and pixels), if they are still as the run saw them, and the parent package."""
+    cfg = trained.config
+    roots = [cfg.data, *cfg.extra_data]
+    revision, note = None, ""
+    seen = trained.checkpoint.get("data", {}).get("annotations_sha256")
+    try:
+        now = hashlib.sha256((Path(cfg.data) / ANNOTATIONS).read_bytes()).hexdigest()
+        if seen and now != seen:
+            note = f"{cfg.data} changed since the run trained on it: its revision is not recorded"
+        else:
+            revision = dataset_revision(roots)
+    except (OSError, DatasetError) as exc:
+        note = f"training data not readable at export ({exc}): its revision is not recorded"
+    parent_card = None if parent is None else ParentModel(**parent_of(read_card(Path(parent))))
+    return Lineage(dataset_revision=revision, datasets=[str(r) for r in roots], parent=parent_card,
+                   note=note)
+
+
 def export(
     run: str | Path,
     out: str | Path,
@@ -182,9 +208,12 @@ def export(
     calibration_images: int = 64,
     max_map_drop: float = 0.01,
     overwrite: bool = False,
+    parent: str | Path | None = None,
 ) -> dict[str, Any]:
     """Export a trained run to the package folder ``out``; returns a summary. The package
-    is written to a temp folder and moved into place only if every gate passes."""
+    is written to a temp folder and moved into place only if every gate passes. The card's
+    lineage records the training data's revision and ``parent``, the package the run
+    started from (fine-tuned, or retrained on its reviewed inspections)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: already exists (pass --overwrite to replace it)")
@@ -224,6 +253,7 @@ def export(
                       "config": cfg.model_dump(),
                       "epochs_trained": trained.checkpoint.get("epoch", 0) + 1,
                       "model": cfg.model},
+            lineage=lineage_of(trained, parent),
             sha256=sha256_file(fp32), lineside_version=__version__,
         )
         write_card(tmp, card)

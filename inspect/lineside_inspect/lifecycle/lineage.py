@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from lineside_inspect.dataset import Dataset, read_dataset
@@ -28,7 +29,7 @@ def dataset_digest(dataset: Dataset) -> str:
     return h.hexdigest()
 
 
-def dataset_revision(roots: list[str | Path]) -> str:
+def dataset_revision(roots: Sequence[str | Path]) -> str:
     """The revision of the datasets at ``roots`` taken together, in order."""
     h = hashlib.sha256()
     for root in roots:
