@@ -456,6 +456,21 @@ def test_keyboard_only_review_pass(shift: Running, tmp_path: Path) -> None:
         expect(page.locator("#count")).to_contain_text("confirmed 24")
         expect(queue).to_have_text(f"Unreviewed fails ({_num(todo - 2 - 24)})")
 
+        # the lifecycle's queues, as the server reports them (GET /v1/queues), are filters too
+        expect(page.locator("#queues button")).to_have_text(
+            [re.compile(r"^Unreviewed fails"), re.compile(r"^Shadow disagreements \(\d+\)$"),
+             re.compile(r"^To label \(\d+\)$")])
+        for _ in range(30):
+            page.keyboard.press("Shift+Tab")
+            if page.evaluate("document.activeElement.dataset.queue") == "to_label":
+                break
+        page.keyboard.press("Enter")
+        with shift.client("reviewer") as c:
+            to_label = c.get("/v1/inspections", params={"queue": "to_label",
+                                                        "review_state": "unreviewed"}).json()["total"]
+        expect(page.locator("#queues button[data-queue=to_label]")).to_have_attribute("aria-pressed", "true")
+        expect(page.locator(".card")).to_have_count(min(24, to_label))
+        page.keyboard.press("Shift+Tab")
         for _ in range(30):  # the views are buttons in the tab order, before the grid
             page.keyboard.press("Shift+Tab")
             if page.evaluate("document.activeElement.id") == "tab-audit":
