@@ -527,3 +527,35 @@ def test_two_reviewers_on_one_inspection(shift: Running, tmp_path: Path) -> None
     row = store.get(row.id)
     assert [(r.action, r.reviewer) for r in row.reviews] == [("confirm", "reviewer"),
                                                              ("false_reject", "admin")]
+
+
+def test_figures_and_review_conflicts_on_both_databases(database_url: str | None, tmp_path: Path) -> None:
+    """The SQL of store/stats.py (an hour key per dialect, a window function, a CASE over
+    shift boundaries) and the review check, on SQLite and on a real PostgreSQL."""
+    from zoneinfo import ZoneInfo
+
+    from lineside_inspect.errors import ReviewConflict
+    from lineside_inspect.store import Store
+    from lineside_inspect.store.stats import Shifts
+
+    now = datetime(2026, 6, 1, 12, 30, tzinfo=UTC)
+    with Store(tmp_path / "store", database_url) as store:
+        seed_shift(store, now, n=400, with_images=3)
+        store.flush()
+        with Session(store.engine) as s:
+            rows = s.query(InspectionRow).all()
+        doc = store.stats(24, now=now, shifts=Shifts(("06:00", "14:00", "22:00"), ZoneInfo(ZONE)))
+        assert [h["start"].hour for h in doc["hourly"]][:2] == [12, 13] and len(doc["hourly"]) == 25
+        assert sum(h["inspections"] for h in doc["hourly"]) == len(rows) == 400
+        assert sum(sh["inspections"] for sh in doc["shifts"]) == 400
+        assert [sh["start"].hour for sh in doc["shifts"]][-1] == 12  # 14:00 in Berlin (CEST)
+        assert [(m["previous"], m["version"]) for m in doc["model_changes"] if m["previous"]] == \
+            [("1", "1-int8")] * len({r.recipe_name for r in rows if r.model_version == "1-int8"})
+        classes = sum(len({d["label"] for d in r.defects}) for r in rows)
+        assert sum(p["parts"] for p in doc["pareto"]) == classes
+        assert doc["quality"]["reviewed_fails"] > 0
+        fail = next(r for r in rows if r.verdict == "fail" and r.review_state == "unreviewed")
+        store.review(fail.id, reviewer="alice", action="confirm", seen_reviews=0)
+        with pytest.raises(ReviewConflict):
+            store.review(fail.id, reviewer="bob", action="false_reject", seen_reviews=0)
+        assert [r.reviewer for r in store.get(fail.id).reviews] == ["alice"]
