@@ -444,6 +444,30 @@ def bench_server_cmd(
                                               threads=threads)), markup=False)
 
 
+@bench_app.command("shadow")
+@friendly
+def bench_shadow_cmd(
+    package: Annotated[Path, typer.Argument(help="the active model package")] = Path("models/deeppcb/1"),
+    shadow: Annotated[Path, typer.Option(help="the shadow's package (same model name)")] = Path(
+        "models/deeppcb/1-int8"),
+    frames: Annotated[Path, typer.Option(help="images the clients send")] = Path(
+        "datasets/deeppcb-sample/images"),
+    seconds: Annotated[float, typer.Option(help="per round, load and shadow state")] = 10.0,
+    rounds: Annotated[int, typer.Option(help="rounds alternating shadow off and on")] = 2,
+    rate: Annotated[float, typer.Option(help="line-rate load: frames per second")] = 4.0,
+    clients: Annotated[int, typer.Option(help="saturated load: clients back to back")] = 2,
+    sample_rate: Annotated[float, typer.Option(help="share of frames the shadow sees")] = 1.0,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all)")] = None,
+) -> None:
+    """Verdict latency of the active model with and without a shadow model, at line rate
+    and saturated, against a lineside serve process (docs/lifecycle.md)."""
+    from lineside_inspect.lifecycle.bench import bench_shadow, format_shadow_rows
+
+    rows = bench_shadow(package, shadow, frames, seconds=seconds, rounds=rounds, rate_hz=rate,
+                        clients=clients, sample_rate=sample_rate, threads=threads)
+    out.print(format_shadow_rows(rows), markup=False)
+
+
 # ---------------------------------------------------------------- lifecycle
 DataDir = Annotated[Path, typer.Option(
     "--data-dir", envvar="LINESIDE_DATA_DIR",

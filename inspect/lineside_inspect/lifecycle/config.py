@@ -20,11 +20,12 @@ class GateSettings(_Section):
 class ShadowSettings(_Section):
     sample_rate: float = Field(0.25, gt=0, le=1, description=(
         "share of live frames a shadow model sees (default of POST /v1/models/{name}/shadow)"))
-    queue: int = Field(2, ge=1, le=64, description=(
-        "frames waiting for the shadow worker; a sampled frame finding it full is dropped"))
+    queue: int = Field(4, ge=1, le=64, description=(
+        "frames sent to the shadow's process and not judged yet; a sampled frame finding "
+        "this many is dropped (counted)"))
     threads: int = Field(1, ge=1, description="onnxruntime threads of the shadow's own session")
     nice: int = Field(19, ge=0, le=19, description=(
-        "scheduling niceness of the shadow worker thread (Linux): it runs in spare capacity"))
+        "niceness of the shadow's process where idle scheduling (Linux SCHED_IDLE) is missing"))
 
 
 class RolloutSettings(_Section):

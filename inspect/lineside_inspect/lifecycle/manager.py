@@ -68,7 +68,8 @@ class Lifecycle:
         self._records = Records(store)
         self.capture = CapturePolicy(self.settings.capture)
         store.capture_policy = self.capture
-        self.shadow = ShadowRunner(self.settings.shadow, self._records, store, self.capture)
+        self.shadow = ShadowRunner(self.settings.shadow, self._records, store, self.capture,
+                                   device=self.device)
         self.rollout = RolloutWatcher(self.settings.rollout, self._records, self._auto_rollback,
                                       self._watch_ended)
         service.add_output(self.shadow.offer)
@@ -217,10 +218,8 @@ class Lifecycle:
             raise ConfigError(f"{model} {version} is the active version: shadow another one")
         gate, forced = self._admission(loaded, force=force, reason=reason, role="shadow")
         assert self.shadow is not None
-        # its own session: one thread, so its inference runs on the low-priority worker
-        det = Detector(loaded.package, device=self.device, threads=self.settings.shadow.threads)
         rate = self.settings.shadow.sample_rate if sample_rate is None else sample_rate
-        session = self.shadow.start(model, det, rate, actor)
+        session = self.shadow.start(model, loaded.package, rate, actor)
         self.records.audit(actor=actor, action="force_shadow" if forced else "shadow_start",
                            model=model, version=version, reason=reason,
                            details={"run_id": session.run_id, "sample_rate": rate,

@@ -132,6 +132,9 @@ class ShadowStatus(_Shape):
     shadow_right: int = 0
     active_right: int = 0
     shadow_ms_p50: float | None = Field(None, description="the shadow's own time per frame")
+    priority: str | None = Field(None, description=(
+        "how the shadow's process is scheduled: SCHED_IDLE (only CPU time nothing else wants) "
+        "or a nice level"))
 
 
 class ShadowResult(_Shape):

@@ -2,20 +2,24 @@
 the verdict path, and every disagreement is kept with both results for a reviewer.
 
 Off the verdict path means: the service's output hook (:meth:`ShadowRunner.offer`) runs
-after the verdict was made and stored, and only draws a random number and puts the
-inspection into a bounded queue without waiting (a full queue drops the frame and counts
-it). One worker thread, at the lowest scheduling priority (``nice`` 19) and with its own
-single-threaded onnxruntime session (so the inference runs on that thread, not in a pool
-at normal priority), takes frames from the queue: the shadow gets the CPU the line leaves
-over and can neither delay nor change a verdict. ``lineside bench shadow`` measures it.
+after the verdict was made and stored, and only draws a random number and hands the frame
+(the bytes as received, or the camera's decoded frame) to the shadow's own process
+without waiting; when ``queue`` frames are already waiting there, the frame is dropped
+and counted. That process (:mod:`.shadow_worker`) runs at idle priority with a
+single-threaded session: the shadow gets the CPU the line leaves over and can neither
+delay nor change a verdict. ``lineside bench shadow`` measures it.
+
+A collector thread per shadow takes the results back, compares each with the verdict
+served, and stores every disagreement with both results (keeping the frame for the
+reviewer, and putting it in the "to label" queue within the capture cap).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
+import itertools
 import logging
-import os
+import multiprocessing
 import queue
 import random
 import threading
@@ -27,10 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lineside_inspect.inspector import Inspection, inspect
+from lineside_inspect.errors import PackageError
+from lineside_inspect.inspector import Inspection
+from lineside_inspect.lifecycle import shadow_worker
 from lineside_inspect.lifecycle.config import ShadowSettings
 from lineside_inspect.lifecycle.gate import rules_of
-from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.package import ModelPackage
 
 if TYPE_CHECKING:
     from lineside_inspect.lifecycle.capture import CapturePolicy
@@ -39,14 +45,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lineside.shadow")
 PERSIST_EVERY_S = 2.0  # the run's counters reach the database at least this often
+START_TIMEOUT_S = 120.0  # the shadow process loads its model within this
 SHADOW_CAPTURE = "shadow_disagreement"
+_spawn = multiprocessing.get_context("spawn")  # the server has threads: never fork it
 
 
 @dataclass
 class ShadowSession:
     run_id: str
     model: str
-    detector: Detector
+    package: ModelPackage
     sample_rate: float
     started_at: datetime
     started_by: str
@@ -56,15 +64,22 @@ class ShadowSession:
     dropped: int = 0
     errors: int = 0
     stopped_at: datetime | None = None
+    priority: str = ""
     ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=500))
+    pending: dict[int, Inspection] = field(default_factory=dict)  # sent, not answered yet
+    process: Any = None
+    jobs: Any = None
+    results: Any = None
+    collector: threading.Thread | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def version(self) -> str:
-        return self.detector.card.version
+        return self.package.card.version
 
     @property
     def sha256(self) -> str:
-        return self.detector.card.sha256
+        return self.package.card.sha256
 
     def counts(self) -> dict[str, int]:
         return {"offered": self.offered, "compared": self.compared, "agreed": self.agreed,
@@ -72,40 +87,56 @@ class ShadowSession:
 
 
 class ShadowRunner:
-    """The shadows of a server's models (at most one per model) and their worker."""
+    """The shadows of a server's models (at most one per model)."""
 
     def __init__(self, settings: ShadowSettings, records: Records, store: Store,
-                 capture: CapturePolicy | None = None) -> None:
+                 capture: CapturePolicy | None = None, *, device: str = "cpu") -> None:
         self.settings = settings
         self.records = records
         self.store = store
         self.capture = capture
+        self.device = device
         self._sessions: dict[str, ShadowSession] = {}
-        self._queue: queue.Queue[tuple[ShadowSession, Inspection]] = queue.Queue(settings.queue)
         self._rng = random.Random()
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._tokens = itertools.count()
         self._last_persist = 0.0
 
     # -- control ----------------------------------------------------------------------
-    def start(self, model: str, detector: Detector, sample_rate: float, actor: str) -> ShadowSession:
-        """Shadow ``model``'s active version with ``detector`` (replacing any shadow it had)."""
-        session = ShadowSession(uuid.uuid4().hex, model, detector, sample_rate,
-                                datetime.now(UTC), actor)
-        self.records.start_shadow(session.run_id, model=model, version=detector.card.version,
-                                  sha256=detector.card.sha256, sample_rate=sample_rate)
+    def start(self, model: str, package: ModelPackage, sample_rate: float, actor: str) -> ShadowSession:
+        """Shadow ``model``'s active version with ``package`` (replacing any shadow it had);
+        returns once the shadow's process has loaded it."""
+        session = ShadowSession(uuid.uuid4().hex, model, package, sample_rate, datetime.now(UTC), actor)
+        self._launch(session)
+        self.records.start_shadow(session.run_id, model=model, version=package.card.version,
+                                  sha256=package.card.sha256, sample_rate=sample_rate)
         with self._lock:
             old = self._sessions.get(model)
             self._sessions[model] = session
-            if self._thread is None:
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._work, name="shadow", daemon=True)
-                self._thread.start()
         if old is not None:
             self._finish(old)
         return session
+
+    def _launch(self, session: ShadowSession) -> None:
+        """Start the shadow's process and wait until its model is loaded."""
+        session.jobs, session.results = _spawn.Queue(), _spawn.Queue()
+        session.process = _spawn.Process(
+            target=shadow_worker.serve, name=f"lineside-shadow-{session.model}", daemon=True,
+            args=(str(session.package.path), self.device, self.settings.threads,
+                  self.settings.nice, session.jobs, session.results))
+        session.process.start()
+        try:
+            kind, info = session.results.get(timeout=START_TIMEOUT_S)
+        except queue.Empty:
+            kind, info = shadow_worker.FAILED, f"not ready within {START_TIMEOUT_S:.0f} s"
+        if kind != shadow_worker.READY:
+            self._end_process(session)
+            raise PackageError(f"shadow {session.model} {session.version} could not start: {info}")
+        session.priority = info.get("priority", "")
+        session.collector = threading.Thread(target=self._collect, args=(session,),
+                                             name=f"shadow-results-{session.model}", daemon=True)
+        session.collector.start()
 
     def stop(self, model: str) -> ShadowSession | None:
         with self._lock:
@@ -118,17 +149,36 @@ class ShadowRunner:
         with self._lock:
             sessions = list(self._sessions.values())
             self._sessions.clear()
-            thread, self._thread = self._thread, None
-        self._stop.set()
-        if thread is not None:
-            thread.join(10)
         for s in sessions:
-            with contextlib.suppress(Exception):  # the database may be gone at shutdown
+            try:
                 self._finish(s)
+            except Exception as exc:  # the database may be gone at shutdown
+                log.warning("shadow %s: final counts not saved: %s", s.model, exc)
 
     def _finish(self, session: ShadowSession) -> None:
+        session.stopping.set()
         session.stopped_at = datetime.now(UTC)
+        self._end_process(session)
+        if session.collector is not None:
+            session.collector.join(5)
         self.records.update_shadow(session.run_id, session.counts(), stopped=True)
+
+    @staticmethod
+    def _end_process(session: ShadowSession) -> None:
+        proc = session.process
+        if proc is None:
+            return
+        if proc.is_alive():
+            try:
+                session.jobs.put(None)
+                proc.join(5)
+            finally:
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(5)
+        for q in (session.jobs, session.results):
+            q.close()
+            q.cancel_join_thread()  # never wait at exit for what a dead process did not read
 
     def session(self, model: str) -> ShadowSession | None:
         with self._lock:
@@ -136,39 +186,70 @@ class ShadowRunner:
 
     # -- the output hook: on the inspection's worker thread, after the verdict ------------
     def offer(self, inspection: Inspection) -> None:
-        """Sample ``inspection`` for its model's shadow: never waits, never raises."""
+        """Sample ``inspection`` for its model's shadow: never waits for the shadow."""
         session = self._sessions.get(inspection.detector.card.name)
         if session is None or inspection.detector.card.version == session.version:
             return  # no shadow, or the shadow's version itself is serving (a pinned recipe)
-        if self._rng.random() >= session.sample_rate:
+        if session.stopping.is_set() or self._rng.random() >= session.sample_rate:
             return
+        reference = None
+        if session.package.card.needs_reference:
+            if inspection.reference is None:  # the active model takes none: nothing to compare
+                session.errors += 1
+                return
+            reference = inspection.reference.raw
         with self._count_lock:  # several inspection threads call this at once
             session.offered += 1
-            try:
-                self._queue.put_nowait((session, inspection))
-            except queue.Full:
+            if len(session.pending) >= self.settings.queue:
                 session.dropped += 1
+                return
+            token = next(self._tokens)
+            session.pending[token] = inspection
+        image = inspection.raw if inspection.raw is not None else inspection.image
+        # put() hands the job to the queue's feeder thread: it does not wait for the process
+        session.jobs.put((token, image, reference, rules_of(inspection.recipe).model_dump(mode="json")))
 
-    # -- the worker -----------------------------------------------------------------------
-    def _work(self) -> None:
-        with contextlib.suppress(AttributeError, OSError):  # Linux: a thread's own niceness
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.settings.nice)
-        while not self._stop.is_set():
+    # -- results ----------------------------------------------------------------------------
+    def _collect(self, session: ShadowSession) -> None:
+        while not session.stopping.is_set():
             try:
-                session, inspection = self._queue.get(timeout=0.2)
+                token, doc = session.results.get(timeout=0.5)
             except queue.Empty:
+                if not session.stopping.is_set() and not session.process.is_alive():
+                    self._died(session)
+                    return
                 self._persist()
                 continue
+            except (EOFError, OSError):  # the queue closed under us: the session ended
+                return
+            with self._count_lock:
+                inspection = session.pending.pop(token, None)
+            if inspection is None:
+                continue
             try:
-                if session.stopped_at is None:
-                    self.compare(session, inspection)
+                if "error" in doc:
+                    raise RuntimeError(doc["error"])
+                self.judged(session, inspection, doc)
             except Exception:
                 session.errors += 1
                 log.exception("shadow %s %s failed on inspection %s", session.model,
                               session.version, inspection.id)
-            finally:
-                self._queue.task_done()
             self._persist()
+
+    def _died(self, session: ShadowSession) -> None:
+        code = session.process.exitcode
+        with self._count_lock:
+            session.errors += len(session.pending)
+            session.pending.clear()
+        log.error("shadow %s %s: its process ended (exit code %s); the shadow is stopped",
+                  session.model, session.version, code)
+        with self._lock:
+            if self._sessions.get(session.model) is session:
+                del self._sessions[session.model]
+        session.stopping.set()
+        session.stopped_at = datetime.now(UTC)
+        self._end_process(session)
+        self.records.update_shadow(session.run_id, session.counts(), stopped=True)
 
     def _persist(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -183,18 +264,11 @@ class ShadowRunner:
             except Exception as exc:  # a database outage: the counts are kept in memory
                 log.warning("shadow %s: counts not saved: %s", s.model, exc)
 
-    def compare(self, session: ShadowSession, inspection: Inspection) -> bool:
-        """Judge ``inspection``'s frame with the shadow; store a disagreement. True if the
-        two verdicts agree."""
-        det = session.detector
-        ref = inspection.reference if det.needs_reference else None
-        if det.needs_reference and ref is None:
-            session.errors += 1  # the active model takes no reference: nothing to compare with
-            return False
-        t = time.perf_counter()
-        shadow = inspect(inspection.image, det, rules_of(inspection.recipe), reference=ref)
-        session.ms.append((time.perf_counter() - t) * 1000)
-        if shadow.verdict == inspection.verdict:
+    def judged(self, session: ShadowSession, inspection: Inspection, doc: dict[str, Any]) -> bool:
+        """The shadow's result ``doc`` on ``inspection``'s frame: a disagreement is stored.
+        True if the two verdicts agree."""
+        session.ms.append(float(doc["ms"]))
+        if doc["verdict"] == inspection.verdict:
             session.compared += 1
             session.agreed += 1
             return True
@@ -202,9 +276,9 @@ class ShadowRunner:
         self.records.add_disagreement(
             session.run_id, inspection_id=inspection.id, model=session.model,
             active_version=card.version, active_verdict=inspection.verdict,
-            active_defects=inspection.defects.to_json(), shadow_version=det.card.version,
-            shadow_verdict=shadow.verdict, shadow_defects=shadow.defects.to_json(),
-            shadow_reasons=[r.model_dump() for r in shadow.reasons])
+            active_defects=inspection.defects.to_json(), shadow_version=session.version,
+            shadow_verdict=doc["verdict"], shadow_defects=doc["defects"],
+            shadow_reasons=doc["reasons"])
         # a reviewer must see the frame to say who was right: keep it even if the pass
         # sampling did not; it joins the "to label" queue within the capture cap
         if inspection.stored:
@@ -214,9 +288,11 @@ class ShadowRunner:
         return False
 
     def drain(self, timeout_s: float = 30.0) -> None:
-        """Wait until the queue is empty and the last frame handled (tests, benchmarks)."""
+        """Wait until every frame sent has come back (tests, benchmarks)."""
         deadline = time.monotonic() + timeout_s
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        with self._lock:
+            sessions = list(self._sessions.values())
+        while any(s.pending for s in sessions) and time.monotonic() < deadline:
             time.sleep(0.02)
         self._persist(force=True)
 
@@ -230,7 +306,7 @@ class ShadowRunner:
             counts, run_id = session.counts(), session.run_id
             version, sha, rate = session.version, session.sha256, session.sample_rate
             started, stopped, by = session.started_at, None, session.started_by
-            ms = list(session.ms)
+            ms, priority = list(session.ms), session.priority
         else:
             row = self.records.shadow_run(model)
             if row is None:
@@ -238,7 +314,7 @@ class ShadowRunner:
                         "shadow": None}
             counts = {k: getattr(row, k) for k in ("offered", "compared", "agreed", "dropped", "errors")}
             run_id, version, sha, rate = row.id, row.shadow_version, row.shadow_sha256, row.sample_rate
-            started, stopped, by, ms = row.created_at, row.stopped_at, None, []
+            started, stopped, by, ms, priority = row.created_at, row.stopped_at, None, [], None
         rows = self.records.disagreements(run_id=run_id, limit=100_000)
         truth = self.records.reviewed_truth([r["inspection_id"] for r in rows])
         tally = dict.fromkeys(("shadow_escapes", "shadow_false_rejects", "active_escapes",
@@ -264,4 +340,5 @@ class ShadowRunner:
             "agreement": counts["agreed"] / compared if compared else None,
             "disagreements": len(rows), "reviewed_disagreements": len(truth), **tally,
             "shadow_ms_p50": float(np.percentile(ms, 50)) if ms else None,
+            "priority": priority,
         }

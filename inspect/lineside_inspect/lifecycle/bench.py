@@ -1,0 +1,143 @@
+"""``lineside bench shadow``: the verdict latency of the active model with and without a
+shadow model, under load, against a ``lineside serve`` process (its own interpreter, as in
+production).
+
+Two loads, each run in rounds alternating shadow off and on so both see the same machine:
+
+- *line rate*: one client sending a frame every ``1 / rate_hz`` s (a camera on a line,
+  leaving spare capacity the shadow may use);
+- *saturated*: ``clients`` clients sending back to back (no spare capacity: the shadow
+  should get little or nothing, and the verdicts should not notice it).
+
+Reported per load and state: requests, round-trip p50/p95, and what the shadow did in
+that time (frames offered, compared, dropped because it was busy). A figure, not an
+assertion: the machine's other work moves it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lineside_inspect.imageio import IMAGE_SUFFIXES
+
+
+@dataclass
+class _Phase:
+    load: str
+    on: bool
+    ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    shadow: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("offered", "compared", "dropped"), 0))
+
+
+def _send(url: str, images: list[bytes], *, seconds: float, clients: int,
+          interval_s: float | None) -> list[float]:
+    """Round trips (ms) of ``clients`` clients over ``seconds``; each waits ``interval_s``
+    between sends (None: back to back)."""
+    import httpx
+
+    stop = time.perf_counter() + seconds
+    times: list[list[float]] = [[] for _ in range(clients)]
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            n = i
+            next_at = time.perf_counter()
+            while time.perf_counter() < stop:
+                if interval_s is not None:
+                    time.sleep(max(0.0, next_at - time.perf_counter()))
+                    next_at += interval_s
+                t = time.perf_counter()
+                r = c.post("/v1/inspect", content=images[n % len(images)],
+                           headers={"content-type": "image/jpeg"})
+                r.raise_for_status()
+                times[i].append((time.perf_counter() - t) * 1000)
+                n += clients
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [x for ts in times for x in ts]
+
+
+def bench_shadow(package: str | Path, shadow: str | Path, frames: str | Path, *,
+                 seconds: float = 10.0, rounds: int = 2, rate_hz: float = 4.0, clients: int = 2,
+                 sample_rate: float = 1.0, threads: int | None = None) -> list[dict[str, Any]]:
+    import httpx
+
+    from lineside_inspect.bench import _serve_process
+    from lineside_inspect.package import read_card
+
+    images = [p.read_bytes() for p in sorted(Path(frames).rglob("*"))
+              if p.suffix.lower() in IMAGE_SUFFIXES][:40]
+    if not images:
+        raise FileNotFoundError(f"{frames}: no images")
+    shadow_card = read_card(Path(shadow))
+    loads = {"line rate": (1, 1.0 / rate_hz), "saturated": (clients, None)}
+    rows = {(load, on): _Phase(load, on) for load in loads for on in (False, True)}
+    with tempfile.TemporaryDirectory(prefix="lineside-bench-shadow-") as tmp:
+        proc, url = _serve_process(Path(package).resolve(), Path(tmp), store=True, threads=threads,
+                                   concurrency=2)
+        try:
+            with httpx.Client(base_url=url, timeout=60) as c:
+                c.post("/v1/models", json={"path": str(Path(shadow).resolve()), "activate": False}
+                       ).raise_for_status()
+                _send(url, images, seconds=2, clients=1, interval_s=None)  # warm-up
+                name = shadow_card.name
+
+                def counts() -> dict[str, int]:
+                    doc = c.get(f"/v1/models/{name}/shadow").json()
+                    return {k: int(doc.get(k) or 0) for k in ("offered", "compared", "dropped")}
+
+                for _ in range(rounds):
+                    for load, (n, interval) in loads.items():
+                        for on in (False, True):
+                            if on:
+                                c.post(f"/v1/models/{name}/shadow", json={
+                                    "version": shadow_card.version, "sample_rate": sample_rate,
+                                    "force": True, "reason": "lineside bench shadow"}
+                                ).raise_for_status()
+                            before = counts() if on else None
+                            row = rows[(load, on)]
+                            row.ms += _send(url, images, seconds=seconds, clients=n,
+                                            interval_s=interval)
+                            row.seconds += seconds
+                            if on:
+                                time.sleep(1.0)  # what was queued at the end finishes
+                                after = counts()
+                                assert before is not None
+                                for k in ("offered", "compared", "dropped"):
+                                    row.shadow[k] += after[k] - before[k]
+                                c.delete(f"/v1/models/{name}/shadow").raise_for_status()
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return [{"load": r.load, "shadow": r.on, **r.shadow, "requests": len(r.ms),
+             "img_s": len(r.ms) / r.seconds, "p50_ms": float(np.percentile(r.ms, 50)),
+             "p95_ms": float(np.percentile(r.ms, 95)), "cores": os.cpu_count(), "rate_hz": rate_hz,
+             "clients": clients, "sample_rate": sample_rate} for r in rows.values()]
+
+
+def format_shadow_rows(rows: list[dict[str, Any]]) -> str:
+    lines = ["| load | shadow | requests | img/s | round trip p50 | p95 | shadow compared / offered "
+             "(dropped) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        shadow = (f"{r['compared']} / {r['offered']} ({r['dropped']})" if r["shadow"] else "-")
+        load = (f"line rate ({r['rate_hz']:g} Hz, 1 client)" if r["load"] == "line rate"
+                else f"saturated ({r['clients']} clients)")
+        lines.append(f"| {load} | {'on' if r['shadow'] else 'off'} | {r['requests']} | "
+                     f"{r['img_s']:.1f} | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms | {shadow} |")
+    r0 = rows[0]
+    return "\n".join(lines) + (f"\n\n(shadow sample rate {r0['sample_rate']:g}, {r0['cores']} cores; "
+                               "rounds alternate off and on)")

@@ -1,0 +1,79 @@
+"""The shadow model's own process: it judges the frames it is sent and sends back its
+results, at the lowest CPU priority the system has.
+
+A process, not a thread of the server: a low-priority thread would still share the
+server's GIL, and while the scheduler keeps it waiting with the GIL held every verdict
+waits too (measured: the line-rate p50 doubled). Here the shadow has its own interpreter,
+runs under ``SCHED_IDLE`` (Linux; elsewhere ``nice``), so it only gets CPU time nothing
+else wants, and its onnxruntime session is single-threaded so no pool of normal-priority
+threads works for it.
+
+Messages: jobs ``(token, image, reference, recipe)`` in (``image``: the encoded bytes as
+received, or the decoded frame; ``None`` ends the process), results ``(token, doc)`` out,
+``("ready", info)`` once the model is loaded or ``("failed", message)`` if it cannot be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import time
+from multiprocessing import parent_process
+from typing import Any
+
+import numpy as np
+
+READY = "ready"
+FAILED = "failed"
+
+
+def lower_priority(nice: int) -> str:
+    """Idle scheduling if the system has it, else ``nice``; what was set."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+        return "SCHED_IDLE"
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+        return f"nice {nice}"
+
+
+def serve(package: str, device: str, threads: int, nice: int, jobs: Any, results: Any) -> None:
+    """The process's main: load the package, then judge jobs until told to stop or the
+    server is gone."""
+    priority = lower_priority(nice)
+    try:
+        from lineside_inspect.imageio import decode_image
+        from lineside_inspect.inspector import inspect
+        from lineside_inspect.recipes import Recipe
+        from lineside_inspect.references import Reference
+        from lineside_inspect.runtime.detector import Detector
+
+        det = Detector(package, device=device, threads=threads)
+    except Exception as exc:
+        results.put((FAILED, f"{type(exc).__name__}: {exc}"))
+        return
+    results.put((READY, {"pid": os.getpid(), "priority": priority}))
+    parent = parent_process()
+    while True:
+        try:
+            job = jobs.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return  # the server died: nobody is left to send results to
+            continue
+        if job is None:
+            return
+        token, image, reference, recipe = job
+        try:
+            t = time.perf_counter()
+            frame = decode_image(image) if isinstance(image, bytes) else np.asarray(image)
+            ref = (Reference.from_bytes(None, reference)
+                   if reference is not None and det.needs_reference else None)
+            result = inspect(frame, det, Recipe.model_validate(recipe), reference=ref)
+            results.put((token, {"verdict": result.verdict, "defects": result.defects.to_json(),
+                                 "reasons": [r.model_dump() for r in result.reasons],
+                                 "ms": (time.perf_counter() - t) * 1000}))
+        except Exception as exc:
+            results.put((token, {"error": f"{type(exc).__name__}: {exc}"}))
