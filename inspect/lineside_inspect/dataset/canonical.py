@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lineside_inspect.dataset.model import SPLITS, Box, Dataset, ImageRecord
+from lineside_inspect.dataset.model import SPLITS, Box, Dataset, ImageRecord, inside_images
 from lineside_inspect.errors import DatasetError, Problem
 
 ANNOTATIONS = "annotations.json"
@@ -209,7 +209,7 @@ def write_dataset(dataset: Dataset, dst: str | Path, *, overwrite: bool = False)
         images_dir = tmp / "images"
         images_dir.mkdir()
         for rec in dataset.images:
-            target = images_dir / rec.file_name
+            target = inside_images(images_dir, rec.file_name)
             target.parent.mkdir(parents=True, exist_ok=True)
             src = dataset.image_path(rec)
             shutil.copyfile(src, target)

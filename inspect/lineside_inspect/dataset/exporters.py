@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from lineside_inspect.dataset.canonical import ANNOTATIONS, to_coco
-from lineside_inspect.dataset.model import Dataset
+from lineside_inspect.dataset.model import Dataset, inside_images
 from lineside_inspect.errors import DatasetError
 
 
@@ -24,7 +24,7 @@ def export_coco(dataset: Dataset, dst: Path) -> None:
     ignored by COCO tools) and ``dst/images/``."""
     _fresh(dst)
     for rec in dataset.images:
-        target = dst / "images" / rec.file_name
+        target = inside_images(dst / "images", rec.file_name)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(dataset.image_path(rec), target)
     (dst / ANNOTATIONS).write_text(json.dumps(to_coco(dataset), indent=1))

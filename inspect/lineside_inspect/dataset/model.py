@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lineside_inspect.errors import DatasetError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -23,6 +25,15 @@ class Box:
 
     def xyxy(self) -> tuple[float, float, float, float]:
         return (self.x1, self.y1, self.x2, self.y2)
+
+
+def inside_images(images: Path, file_name: str) -> Path:
+    """``images / file_name``, refusing a name that leaves the folder (absolute, ``..``, a
+    symlink out): a dataset from elsewhere must not read or write outside its own tree."""
+    path = images / file_name
+    if Path(file_name).is_absolute() or not path.resolve().is_relative_to(images.resolve()):
+        raise DatasetError(f"image file_name {file_name!r} leaves the dataset's images/ folder")
+    return path
 
 
 @dataclass
@@ -61,7 +72,7 @@ class Dataset:
             return record.source
         if self.root is None:
             raise ValueError(f"image {record.file_name!r} has neither a source nor a dataset root")
-        return self.root / "images" / record.file_name
+        return inside_images(self.root / "images", record.file_name)
 
     def reference_path(self, record: ImageRecord) -> Path | None:
         """Where ``record``'s reference pixels are read from, or None if it has none."""
