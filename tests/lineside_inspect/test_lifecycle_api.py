@@ -233,3 +233,23 @@ def test_a_promotion_past_its_bounds_rolls_back(launch: Callable[..., Running],
         assert [e["action"] for e in log[:3]] == ["auto_rollback", "force_promote", "gate"]
         assert log[0]["actor"] == "lineside" and log[0]["reason"] == watch["why"]
         assert inspect(line, GOOD[:1])[0]["model"]["version"] == "1"
+
+
+def test_capture_keeps_near_threshold_passes_to_label_within_the_cap(
+        launch: Callable[..., Running], variants: Path) -> None:
+    # every sample board has detections scored 0.1-0.7 under thresholds of ~0.7: with a
+    # margin of 0.6 each is "near the threshold"; the cap keeps two an hour
+    srv = server(launch, variants, store_pass_rate=0.0, lifecycle={"capture": {
+        "per_hour": 2, "near_threshold": 0.6, "random_rate": 0.0, "rare_share": 0.0}})
+    with srv.client("line") as line, srv.client("reviewer") as rev:
+        results = inspect(line, GOOD[:4])
+        page = rev.get("/v1/inspections", params={"queue": "to_label"}).json()
+        assert page["total"] == 2 and all(i["has_image"] for i in page["items"])
+        assert {i["id"] for i in page["items"]} <= {r["id"] for r in results}
+        passes = rev.get("/v1/inspections", params={"verdict": "pass"}).json()["items"]
+        kept = {i["id"] for i in page["items"]}
+        # the store's own pass sampling is 0: a pass not captured has no image
+        assert all(not i["has_image"] for i in passes if i["id"] not in kept)
+        queues = rev.get("/v1/queues").json()
+        assert queues["capture_used_this_hour"]["near_threshold"] == 2
+        assert {q["name"]: q["total"] for q in queues["items"]}["to_label"] == 2
