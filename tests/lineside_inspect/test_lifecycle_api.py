@@ -109,7 +109,9 @@ def test_golden_gate_and_forced_activation(launch: Callable[..., Running], varia
         r = admin.post("/v1/models/deeppcb/activate",
                        json={"version": "blind", "force": True, "reason": "trial on line 2"})
         assert r.status_code == 200, r.text
-        assert inspect(line, DEFECTIVE[:1])[0]["model"]["version"] == "blind"
+        judged = inspect(line, DEFECTIVE[:1])[0]
+        # the card's recipe followed the card: judged at blind's own thresholds, it passes
+        assert (judged["model"]["version"], judged["verdict"]) == ("blind", "pass")
         assert admin.post("/v1/models/deeppcb/rollback").status_code == 200
         log = rev.get("/v1/audit", params={"model": "deeppcb"}).json()
         actions = [e["action"] for e in log["items"]]

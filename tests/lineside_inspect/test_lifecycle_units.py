@@ -166,6 +166,19 @@ def test_tampering_is_found(tmp_path: Path) -> None:
         lib.get("s")
 
 
+@pytest.mark.parametrize("sha", ["../../../etc/passwd", "a" * 64 + "\n", "A" * 64])
+def test_a_manifest_cannot_name_files_outside_its_folder(tmp_path: Path, sha: str) -> None:
+    lib = GoldenLibrary(tmp_path)
+    items, classes = from_dataset(SAMPLE, "val", limit=1)
+    lib.create("s", items, classes)
+    manifest = tmp_path / "s" / "1" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["items"][0]["sha256"] = sha
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(GoldenSetError, match="sha256"):
+        lib.get("s")
+
+
 def test_not_an_image_is_refused(tmp_path: Path) -> None:
     with pytest.raises(GoldenSetError, match=r"x\.jpg"):
         candidate(b"GIF89a....", expected="pass", boxes=[], source="folder x.jpg")

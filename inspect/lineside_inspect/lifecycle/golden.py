@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import threading
@@ -31,9 +32,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from lineside_inspect.errors import GoldenSetError, ImageError, NotFoundError, describe_validation
 from lineside_inspect.imageio import IMAGE_SUFFIXES, header_size, sniff_format
@@ -46,7 +47,17 @@ GOLDEN_DIR = "golden"
 MANIFEST = "manifest.json"
 IMAGES = "images"
 MAX_ITEMS = 5000  # a golden set is replayed in full by every gate: it stays small
-SHA256 = r"^[0-9a-f]{64}$"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _sha256(value: str) -> str:
+    # full-matched: a manifest's hashes become file names (names.py says why not "^...$")
+    if not _SHA256.fullmatch(value):
+        raise ValueError("must be a sha256: 64 lowercase hex digits")
+    return value
+
+
+Sha256 = Annotated[str, AfterValidator(_sha256)]
 
 
 class _Shape(BaseModel):
@@ -59,14 +70,14 @@ class GoldenBox(_Shape):
 
 
 class GoldenItem(_Shape):
-    sha256: str = Field(pattern=SHA256)
+    sha256: Sha256
     ext: Literal["jpg", "png", "bmp"]
     expected: Literal["pass", "fail"]
     boxes: list[GoldenBox] | None = Field(description=(
         "the defects, where known ([] for a good part); None: only the verdict is known"))
     width: int = Field(gt=0)
     height: int = Field(gt=0)
-    reference: str | None = Field(None, pattern=SHA256, description=(
+    reference: Sha256 | None = Field(None, description=(
         "sha256 of the reference (golden template) image in the set, for reference models"))
     reference_ext: Literal["jpg", "png", "bmp"] | None = None
     source: str = Field("", max_length=1024, description="where it came from (not content)")
@@ -87,7 +98,7 @@ class GoldenItem(_Shape):
 class GoldenManifest(_Shape):
     name: Name
     version: int = Field(ge=1)
-    digest: str = Field(pattern=SHA256, description="sha256 of the items' content")
+    digest: Sha256 = Field(description="sha256 of the items' content")
     parent: int | None = Field(None, description="the version this one was added to")
     created_at: str
     classes: list[str]

@@ -1,0 +1,94 @@
+"""The lifecycle's records in a real database, SQLite and PostgreSQL: the tables made on a
+store that has none (an old database), gate reports keyed by version and graph, the audit
+log, admissions, shadow runs and disagreements, and the counts a rollout watch reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect as sa_inspect
+
+from lineside_inspect.imageio import decode_image
+from lineside_inspect.inspector import inspect
+from lineside_inspect.lifecycle.gate import run_gate
+from lineside_inspect.lifecycle.golden import GoldenLibrary, from_dataset
+from lineside_inspect.lifecycle.manager import card_recipe
+from lineside_inspect.lifecycle.records import Records
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.store import Store
+from lineside_inspect.store.models import LIFECYCLE_TABLES
+
+from .conftest import MODEL, ROOT, SAMPLE
+
+
+@pytest.fixture(scope="module")
+def detectors() -> tuple[Detector, Detector]:
+    return (Detector(MODEL, device="cpu", threads=1),
+            Detector(ROOT / "models" / "deeppcb" / "1-int8", device="cpu", threads=1))
+
+
+def test_records(tmp_path: Path, database_url: str | None, detectors: tuple[Detector, Detector]) -> None:
+    fp32, int8 = detectors
+    store = Store(tmp_path / "store", database_url, pass_rate=1.0)
+    try:
+        assert not set(LIFECYCLE_TABLES) & set(sa_inspect(store.engine).get_table_names())
+        records = Records(store)  # on a database without them: made now
+        assert set(LIFECYCLE_TABLES) <= set(sa_inspect(store.engine).get_table_names())
+        Records(store)  # and again: nothing happens
+
+        lib = GoldenLibrary(tmp_path / "golden")
+        items, classes = from_dataset(SAMPLE, "val", limit=3)
+        report = run_gate(int8, fp32, lib, lib.create("g", items, classes), card_recipe(fp32.card))
+        records.save_gate(report, "admin")
+        row = records.latest_gate("deeppcb", "1-int8", int8.card.sha256)
+        assert row is not None and row.id == report.id and row.passed == report.passed
+        assert records.latest_gate("deeppcb", "1-int8", "0" * 64) is None  # another graph
+        assert records.latest_gate("deeppcb", "other", int8.card.sha256) is None  # another card
+        assert records.gate_report(report.id)["candidate"]["version"] == "1-int8"
+
+        records.audit(actor="admin", action="force_activate", model="deeppcb", version="1-int8",
+                      reason="trial", details={"gate_report_id": report.id})
+        total, log = records.audit_log(model="deeppcb")
+        assert total == 1 and log[0]["reason"] == "trial" and log[0]["details"]["gate_report_id"] == report.id
+        records.admit(model="deeppcb", version="1-int8", sha256=int8.card.sha256, role="active",
+                      actor="admin", gate=row, forced=True, reason="trial", lineage={"parent": None})
+        (admission,) = records.admissions("deeppcb")
+        assert admission["golden"] == {"name": "g", "version": 1, "digest": report.golden.digest}
+        assert admission["forced"] and admission["gate_report_id"] == report.id
+
+        # inspections of two versions, then what a watch and a shadow read back
+        started = datetime.now(UTC) - timedelta(seconds=1)
+        image = decode_image((SAMPLE / "images" / "group00041" / "00041000_test.jpg").read_bytes())
+        fails = Recipe(name="r", model="deeppcb", default_min_score=0.0)
+        passes = Recipe(name="r", model="deeppcb", default_min_score=1.0)
+        made = [inspect(image, det, rule) for det, rule in
+                ((fp32, passes), (fp32, fails), (int8, fails), (int8, fails), (int8, passes))]
+        for m in made:
+            assert store.save(m)
+        assert records.verdict_counts(model="deeppcb", version="1", recipe="r") == (2, 1)
+        assert records.verdict_counts(model="deeppcb", version="1-int8", recipe="r",
+                                      since=started) == (3, 2)
+        assert records.verdict_counts(model="deeppcb", version="1-int8", recipe="r", last=1)[0] == 1
+        store.review(made[2].id, reviewer="qa", action="false_reject")
+        store.review(made[3].id, reviewer="qa", action="confirm")
+        assert records.false_rejects(model="deeppcb", version="1-int8", since=started) == 1
+        assert records.reviewed_truth([m.id for m in made]) == {made[2].id: "pass", made[3].id: "fail"}
+
+        records.start_shadow("r1", model="deeppcb", version="1-int8", sha256=int8.card.sha256,
+                             sample_rate=0.5)
+        records.add_disagreement("r1", inspection_id=made[0].id, model="deeppcb", active_version="1",
+                                 active_verdict="pass", active_defects=[], shadow_version="1-int8",
+                                 shadow_verdict="fail", shadow_defects=[{"label": "open"}],
+                                 shadow_reasons=[])
+        records.update_shadow("r1", {"compared": 4, "agreed": 3}, stopped=True)
+        run = records.shadow_run("deeppcb")
+        assert run is not None and (run.compared, run.agreed) == (4, 3) and run.stopped_at is not None
+        (d,) = records.disagreements(inspection_id=made[0].id)
+        assert (d["active"]["verdict"], d["shadow"]["verdict"]) == ("pass", "fail")
+        total, rows = store.query(queue="shadow")
+        assert total == 1 and rows[0].id == made[0].id
+    finally:
+        store.close()
