@@ -17,9 +17,9 @@ import argparse
 
 import numpy as np
 
-from lineside_inspect._cv import cv2
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.imageio import read_image
+from lineside_inspect.opencv import cv2
 from lineside_inspect.recipes import Recipe, judge
 from lineside_inspect.runtime.detector import Detector
 

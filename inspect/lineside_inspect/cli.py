@@ -218,6 +218,7 @@ def data_pull(
 
     from lineside_inspect.store import Store
     from lineside_inspect.store.pull import pull_from_server, pull_from_store
+    from lineside_inspect.store.store import DB_FILE
 
     try:
         when = datetime.fromisoformat(since) if since else None
@@ -227,8 +228,8 @@ def data_pull(
         ds = pull_from_server(source, dst, key=key, since=when, reviewed=reviewed,
                               overwrite=overwrite)
     else:
-        if not (Path(source) / "lineside.db").is_file() and database_url is None:
-            raise DatasetError(f"{source}: no lineside.db here; give a server URL, a store "
+        if not (Path(source) / DB_FILE).is_file() and database_url is None:
+            raise DatasetError(f"{source}: no {DB_FILE} here; give a server URL, a store "
                                "folder or --database-url")
         ds = pull_from_store(Store(source, database_url), dst, since=when, reviewed=reviewed,
                              overwrite=overwrite)
