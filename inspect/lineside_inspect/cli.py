@@ -436,13 +436,15 @@ def bench_server_cmd(
     requests: Annotated[int, typer.Option(help="sequential requests for the overhead")] = 40,
     seconds: Annotated[float, typer.Option(help="load duration per client count")] = 10.0,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all)")] = None,
+    concurrency: Annotated[int, typer.Option(help="the server's max_concurrency")] = 2,
 ) -> None:
     """Server overhead (round trip minus inference) and throughput at 1/4/8 clients versus
     the model back to back in-process, store on and off, in one run."""
     from lineside_inspect.bench import bench_server, format_server_rows
 
     out.print(format_server_rows(bench_server(package, image, requests=requests, seconds=seconds,
-                                              threads=threads)), markup=False)
+                                              threads=threads, concurrency=concurrency)),
+              markup=False)
 
 
 @bench_app.command("shadow")

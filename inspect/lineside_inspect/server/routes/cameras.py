@@ -15,7 +15,7 @@ from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.deps import LineUser, Reviewer, ServiceDep, get_cameras
-from lineside_inspect.server.responses import CameraHealth, errors, media
+from lineside_inspect.server.responses import CameraHealth, errors, media, verdict_response
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
 
@@ -39,7 +39,7 @@ async def trigger(
     ``timeout_s``, which bounds the wait for the frame and for an inference slot."""
     result = await service.inspect_camera(camera_id, part_id=part_id, recipe=recipe,
                                           timeout_s=timeout_s)
-    return result.result()
+    return verdict_response(result)
 
 
 def _frame_jpeg(manager: CameraManager, camera_id: str) -> bytes:

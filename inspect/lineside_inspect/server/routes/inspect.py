@@ -12,7 +12,7 @@ from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.body import read_upload
 from lineside_inspect.server.deps import LimiterDep, LineUser, ServiceDep, SettingsDep
-from lineside_inspect.server.responses import errors
+from lineside_inspect.server.responses import errors, verdict_response
 
 router = APIRouter(prefix="/v1", tags=["inspect"])
 
@@ -63,4 +63,4 @@ async def inspect_route(
         return Response(jpeg, media_type="image/jpeg", headers={
             "X-Lineside-Inspection-Id": result.id, "X-Lineside-Verdict": result.verdict,
             "X-Lineside-Model": f"{card.name}:{card.version}"})
-    return result.result()
+    return verdict_response(result)
