@@ -472,9 +472,18 @@ def bench_shadow_cmd(
 
 
 # ---------------------------------------------------------------- lifecycle
-DataDir = Annotated[Path, typer.Option(
+DataDir = Annotated[Path | None, typer.Option(
     "--data-dir", envvar="LINESIDE_DATA_DIR",
-    help="the server's data folder; golden sets live in its golden/ folder")]
+    help="the server's data folder (default: the server's, the per-user data folder); "
+         "golden sets live in its golden/ folder")]
+
+
+def _golden_dir(data_dir: Path | None) -> Path:
+    """The golden/ folder of the data folder the server uses by default (one place)."""
+    from lineside_inspect.config import default_data_dir
+    from lineside_inspect.lifecycle.golden import GOLDEN_DIR
+
+    return (data_dir or Path(default_data_dir())) / GOLDEN_DIR
 
 
 def _golden_items(data: Path | None, split: str | None, good: Path | None, bad: Path | None,
@@ -525,7 +534,7 @@ GoldenSources = {
 @friendly
 def golden_create(
     name: Annotated[str, typer.Argument(help="the golden set's name")],
-    data_dir: DataDir = Path("data/store"),
+    data_dir: DataDir = None,
     data: Annotated[Path | None, GoldenSources["data"]] = None,
     split: Annotated[str | None, GoldenSources["split"]] = None,
     good: Annotated[Path | None, GoldenSources["good"]] = None,
@@ -536,10 +545,10 @@ def golden_create(
     note: Annotated[str, typer.Option(help="a note kept in the manifest")] = "",
 ) -> None:
     """Make version 1 of a golden set (content-addressed, under DATA_DIR/golden/NAME/1)."""
-    from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
+    from lineside_inspect.lifecycle.golden import GoldenLibrary
 
     items, classes = _golden_items(data, split, good, bad, store, database_url, limit)
-    m = GoldenLibrary(data_dir / GOLDEN_DIR).create(name, items, classes, note=note)
+    m = GoldenLibrary(_golden_dir(data_dir)).create(name, items, classes, note=note)
     out.print(_golden_line(m))
 
 
@@ -547,7 +556,7 @@ def golden_create(
 @friendly
 def golden_add(
     name: Annotated[str, typer.Argument(help="the golden set's name")],
-    data_dir: DataDir = Path("data/store"),
+    data_dir: DataDir = None,
     data: Annotated[Path | None, GoldenSources["data"]] = None,
     split: Annotated[str | None, GoldenSources["split"]] = None,
     good: Annotated[Path | None, GoldenSources["good"]] = None,
@@ -559,28 +568,28 @@ def golden_add(
 ) -> None:
     """Add images to a golden set: a new version, the latest plus these (a repeated image
     takes its new expectation)."""
-    from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
+    from lineside_inspect.lifecycle.golden import GoldenLibrary
 
     items, classes = _golden_items(data, split, good, bad, store, database_url, limit)
-    m = GoldenLibrary(data_dir / GOLDEN_DIR).add(name, items, classes, note=note)
+    m = GoldenLibrary(_golden_dir(data_dir)).add(name, items, classes, note=note)
     out.print(_golden_line(m))
 
 
 @golden_app.command("list")
 @friendly
 def golden_list(
-    data_dir: DataDir = Path("data/store"),
+    data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """The golden sets and their versions."""
-    from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
+    from lineside_inspect.lifecycle.golden import GoldenLibrary
 
-    sets = GoldenLibrary(data_dir / GOLDEN_DIR).summaries()
+    sets = GoldenLibrary(_golden_dir(data_dir)).summaries()
     if as_json:
         out.print_json(json.dumps(sets))
         return
     if not sets:
-        out.print(f"no golden sets in {data_dir / GOLDEN_DIR}")
+        out.print(f"no golden sets in {_golden_dir(data_dir)}")
     for entry in sets:
         for v in entry["versions"]:  # type: ignore[attr-defined]
             out.print(f"{v['name']}:{v['version']}  {v['items']} images ({v['expected_fail']} fail, "
@@ -597,7 +606,7 @@ def gate_cmd(
     golden_version: Annotated[int | None, typer.Option(help="default: its latest")] = None,
     recipe: Annotated[Path | None, typer.Option(
         help="recipe YAML whose rules judge both (default: the active package's card recipe)")] = None,
-    data_dir: DataDir = Path("data/store"),
+    data_dir: DataDir = None,
     allowance: Annotated[int, typer.Option(
         help="false rejects the candidate may have beyond the active model's")] = 0,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads")] = None,
@@ -607,12 +616,12 @@ def gate_cmd(
     thresholds under the recipe; exit 1 when the candidate has more escapes than the
     active model or more false rejects than it plus the allowance."""
     from lineside_inspect.lifecycle.gate import format_report, run_gate
-    from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
+    from lineside_inspect.lifecycle.golden import GoldenLibrary
     from lineside_inspect.lifecycle.manager import card_recipe
     from lineside_inspect.recipes import load_recipe
     from lineside_inspect.runtime.detector import Detector
 
-    library = GoldenLibrary(data_dir / GOLDEN_DIR)
+    library = GoldenLibrary(_golden_dir(data_dir))
     manifest = library.get(golden, golden_version)
     cand = Detector(candidate, device="cpu", threads=threads)
     active = Detector(against, device="cpu", threads=threads)

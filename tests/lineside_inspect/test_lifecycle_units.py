@@ -229,3 +229,16 @@ def test_capture_reasons_and_hourly_caps() -> None:
     assert policy.allow("shadow_disagreement") and policy.allow("shadow_disagreement")
     assert not policy.allow("shadow_disagreement")
     assert policy.used()["near_threshold"] == 2
+
+
+def test_golden_cli_defaults_to_the_servers_data_folder(tmp_path: Path, monkeypatch) -> None:
+    """Without --data-dir, golden sets go where the server keeps its store by default."""
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+
+    monkeypatch.delenv("LINESIDE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    result = CliRunner().invoke(app, ["golden", "list"])
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path / "lineside" / "store" / "golden") in result.output.replace("\n", "")
