@@ -62,6 +62,14 @@ T = TypeVar("T")
 DB_FILE = "lineside.db"
 IMAGES_DIR = "images"
 REFS_DIR = "refs"
+# room one inspection's row may take in the database (its pages and their write-ahead log
+# copies, the outbox row, indexes): measured ~50 KiB for a first row in a fresh SQLite file
+DB_ROOM = 64 * 1024
+
+
+def _footprint(record: Record) -> int:
+    """Bytes a journal record takes (its images and a header's worth)."""
+    return len(record.image or b"") + len(record.reference or b"") + 4096
 ACTIONS = ("confirm", "false_reject", "missed_defect", "relabel")
 
 
@@ -122,6 +130,9 @@ class Store:
         self._review_lock = threading.Lock()  # SQLite has no SELECT ... FOR UPDATE
         self.sync_interval_s = sync_interval_s
         self._apply_lock = threading.Lock()
+        self._space_lock = threading.Lock()
+        self._unapplied = 0  # acknowledged since start, not applied yet
+        self._unapplied_bytes = 0
         # line outputs (store/outbox.py): an inspection's events are made with its journal
         # record and enter the outbox with its row; then the listeners are told (no blocking)
         self.event_makers: list[EventMaker] = []
@@ -198,12 +209,18 @@ class Store:
             record = self._record(inspection, keep_image)
             if capture is not None:
                 record.fields["capture"] = capture
-            size = sum(len(b) for b in (record.image or b"", record.reference or b"")) + 4096
-            # the journal holds the images until they are applied beside it: refuse now
-            # what the disk could not take twice, rather than acknowledge and fail later
-            if shutil.disk_usage(self.data_dir).free < 2 * size + 64 * 1024:
-                raise OSError(28, "not enough free disk space for the journal and its images")
-            self.journal.append(record)
+            size = _footprint(record)
+            with self._space_lock:
+                # acknowledge only what can be applied: the journal holds the images until
+                # they are written beside it (twice their size), and each row needs room in
+                # the database; what is acknowledged but not applied yet counts too
+                need = 2 * (self._unapplied_bytes + size) + DB_ROOM * (self._unapplied + 1)
+                if shutil.disk_usage(self.data_dir).free < need:
+                    raise OSError(28, "not enough free disk space for the journal, its images "
+                                      "and the database")
+                self.journal.append(record)
+                self._unapplied_bytes += size
+                self._unapplied += 1
         except OSError as exc:
             log.error("inspection %s not stored: %s", inspection.id, exc)
             return False
@@ -274,6 +291,10 @@ class Store:
                 self._apply(records)
                 segment.unlink()
                 applied += len(records)
+                with self._space_lock:  # (records of an earlier run were never counted)
+                    self._unapplied = max(0, self._unapplied - len(records))
+                    self._unapplied_bytes = max(
+                        0, self._unapplied_bytes - sum(_footprint(r) for r in records))
             if applied:
                 fsync_path(self.journal.folder)
         if applied and (self.max_bytes is not None or self.max_age_days is not None):
