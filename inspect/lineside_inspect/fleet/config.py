@@ -1,0 +1,57 @@
+"""Settings of the fleet: the ``fleet:`` section of a box's server config (where its hub
+is, which site and line it serves, which keys may sign models) and the object store a hub
+keeps images and model packages in."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+
+# a site or line name: it appears in hub filters and object keys, so it is full-matched
+SITE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
+def check_site(value: str | None) -> str | None:
+    if value is not None and not SITE_RE.fullmatch(value):
+        raise ValueError("site and line names must be 1-64 letters, digits, '_', '.' or '-', "
+                         "starting with a letter or digit")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ObjectStoreSettings(_Section):
+    """An S3-compatible object store (AWS S3, MinIO, Ceph, SeaweedFS) reached with the
+    ``minio`` client."""
+
+    endpoint: str = Field(..., description="host:port of the S3 API, e.g. 127.0.0.1:8333")
+    bucket: str = Field("lineside", pattern=r"[a-z0-9][a-z0-9.\-]{2,62}")
+    access_key: SecretStr
+    secret_key: SecretStr
+    secure: bool = Field(False, description="HTTPS to the object store")
+    region: str | None = None
+    timeout_s: float = Field(5.0, gt=0, description="connect and read timeout per request")
+
+
+class FleetSettings(_Section):
+    """A box's link to its hub. Without ``hub_url`` the box is on its own (no forwarding,
+    no model pulls); it records and serves the same either way."""
+
+    hub_url: str | None = Field(None, description="the hub's base URL, e.g. https://hub.plant:8100")
+    token: SecretStr | None = Field(None, description="this box's key on the hub (role box)")
+    site: Annotated[str | None, AfterValidator(check_site)] = None
+    line: Annotated[str | None, AfterValidator(check_site)] = None
+    forward_interval_s: float = Field(1.0, gt=0, le=3600, description=(
+        "how often the forwarder looks for new records when it has caught up"))
+    forward_batch: int = Field(32, ge=1, le=1000, description="inspections per request to the hub")
+    timeout_s: float = Field(10.0, gt=0, description="per request to the hub")
+    trusted_keys: list[str] = Field(default_factory=list, description=(
+        "ed25519 public keys (PEM files or base64 raw keys) whose signatures make a model "
+        "package acceptable; none: the box pulls no models"))
+    pull_interval_s: float = Field(60.0, gt=0, description="how often assignments are checked")
+    models_dir: str | None = Field(None, description=(
+        "where pulled packages are unpacked; default <data_dir>/fleet-models"))

@@ -1,0 +1,142 @@
+"""The hub's object store: images and model packages in an S3-compatible bucket, through
+the ``minio`` client (a kept library; no home-made S3 signing).
+
+Keys are made by Lineside, never taken whole from a request: each part is full-matched
+before it becomes a key, so a key cannot climb out of its prefix.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from typing import IO, Any
+
+from lineside_inspect.errors import NotFoundError, ObjectStoreUnavailable
+from lineside_inspect.fleet.config import ObjectStoreSettings
+
+# a key: '/'-separated parts, each a plain name (no '.', '..' or empty parts)
+_PART = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}"
+KEY_RE = re.compile(rf"{_PART}(/{_PART}){{0,7}}")
+
+
+def check_key(key: str) -> str:
+    if not KEY_RE.fullmatch(key) or any(p in (".", "..") for p in key.split("/")):
+        raise ValueError(f"not an object key: {key!r}")
+    return key
+
+
+class ObjectStore:
+    """One bucket of an S3-compatible store. Every call raises
+    :class:`~lineside_inspect.errors.ObjectStoreUnavailable` when the store cannot be
+    reached or refuses, and :class:`~lineside_inspect.errors.NotFoundError` for a missing
+    key (on :meth:`get`/:meth:`open`)."""
+
+    def __init__(self, settings: ObjectStoreSettings) -> None:
+        import urllib3
+        from minio import Minio
+
+        self.settings = settings
+        self.bucket = settings.bucket
+        # bounded: a store that is down must fail a call in seconds, not hang a forwarder
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=settings.timeout_s, read=settings.timeout_s),
+            retries=urllib3.Retry(total=1, backoff_factor=0.1,
+                                  status_forcelist=[500, 502, 503, 504]),
+            maxsize=8)
+        self.client = Minio(settings.endpoint, access_key=settings.access_key.get_secret_value(),
+                            secret_key=settings.secret_key.get_secret_value(),
+                            secure=settings.secure, region=settings.region, http_client=http)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        from minio.error import S3Error
+
+        try:
+            return fn(*args, **kw)
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchObject"):
+                raise NotFoundError(f"no object {args[1] if len(args) > 1 else ''!s}") from None
+            raise ObjectStoreUnavailable(f"object store refused {what}: {e.code}") from None
+        except NotFoundError:
+            raise
+        except Exception as e:  # connection refused, timeouts, TLS: the store is unreachable
+            raise ObjectStoreUnavailable(
+                f"object store {self.settings.endpoint} unreachable during {what}: "
+                f"{type(e).__name__}") from None
+
+    def ensure_bucket(self) -> None:
+        if not self._call("bucket check", self.client.bucket_exists, self.bucket):
+            self._call("bucket creation", self.client.make_bucket, self.bucket)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        check_key(key)
+        self._call("put", self.client.put_object, self.bucket, key, io.BytesIO(data), len(data),
+                   content_type=content_type)
+
+    def put_file(self, key: str, path: str, content_type: str = "application/octet-stream") -> None:
+        check_key(key)
+        self._call("put", self.client.fput_object, self.bucket, key, path,
+                   content_type=content_type)
+
+    def get(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+    def open(self, key: str) -> IO[bytes]:
+        """The object as a readable stream (read it whole, then close it)."""
+        check_key(key)
+        resp = self._call("get", self.client.get_object, self.bucket, key)
+        return io.BufferedReader(_Body(resp))
+
+    def exists(self, key: str) -> bool:
+        check_key(key)
+        try:
+            self._call("stat", self.client.stat_object, self.bucket, key)
+        except NotFoundError:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        self._call("delete", self.client.remove_object, self.bucket, key)
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        if prefix:
+            check_key(prefix.rstrip("/"))
+        objs = self._call("list", self.client.list_objects, self.bucket, prefix=prefix,
+                          recursive=True)
+        try:
+            for o in objs:
+                yield o.object_name
+        except Exception as e:
+            raise ObjectStoreUnavailable(f"object store list failed: {type(e).__name__}") from None
+
+
+class _Body(io.RawIOBase):
+    """A minio response as a file: closing it releases the connection."""
+
+    def __init__(self, resp: Any) -> None:
+        self.resp = resp
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        try:
+            data = self.resp.read(len(b))
+        except Exception as e:
+            raise ObjectStoreUnavailable(f"object store read failed: {type(e).__name__}") from None
+        b[:len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        try:
+            return self.resp.read() if size is None or size < 0 else self.resp.read(size)
+        except Exception as e:
+            raise ObjectStoreUnavailable(f"object store read failed: {type(e).__name__}") from None
+
+    def close(self) -> None:
+        if not self.closed:
+            self.resp.close()
+            self.resp.release_conn()
+        super().close()

@@ -1,0 +1,127 @@
+"""The wire contract between an edge box and its hub (HTTP + JSON, version 1).
+
+A box authenticates with its own API key on the hub (role ``box``, key name = box id);
+the hub refuses a box speaking for another box id. Everything a box sends is idempotent,
+so a box retries whatever it is unsure of:
+
+- ``POST {FORWARD}`` — a batch of inspections, each with its box-local sequence number
+  ``seq`` (the box's outbox id: increasing, with gaps). The hub applies items in ``seq``
+  order, skips ids it already holds, and answers the highest ``seq`` it has durably taken
+  (``ForwardAck.through_seq``: images in the object store, then the row in PostgreSQL).
+  The box drops from its queue only what is at or below ``through_seq``. Ordering per box
+  holds because a box sends in ``seq`` order and the hub treats any item at or below its
+  cursor for that box as a duplicate (gaps in ``seq`` are normal: other outbox channels).
+- ``POST {REVIEWS_UP}`` — reviews made on the box, with their own ``seq``; same cursor rule.
+- ``GET {REVIEWS_DOWN}?after=N`` — reviews made on the hub for this box's inspections,
+  with the hub's review id above ``N``; the box keeps ``N`` as its cursor.
+- ``POST {STATUS}`` — what the box runs and how far behind it is.
+- ``GET {ASSIGNMENT}`` — which model versions this box's line should run.
+- ``GET {PACKAGE}`` — a published package (tar.gz), with its signature in ``{SIGNATURE}``.
+
+Concurrent reviews of one inspection (one on the box, one on the hub, before either saw
+the other) are resolved by **last writer wins on the review's own ``created_at``, ties to
+the hub**; every review is kept in both audit trails, so nothing said is lost.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PREFIX = "/fleet/v1"
+FORWARD = PREFIX + "/boxes/{box_id}/inspections"
+REVIEWS_UP = PREFIX + "/boxes/{box_id}/reviews"
+REVIEWS_DOWN = PREFIX + "/boxes/{box_id}/hub-reviews"
+STATUS = PREFIX + "/boxes/{box_id}/status"
+ASSIGNMENT = PREFIX + "/boxes/{box_id}/assignment"
+PACKAGE = PREFIX + "/packages/{model}/{version}/package.tar.gz"
+SIGNATURE = PREFIX + "/packages/{model}/{version}/package.sig"
+
+ID_PATTERN = r"[0-9a-f]{32}"
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ForwardedInspection(_Wire):
+    """One inspection as the box recorded it: the row's fields (``record``, the store's
+    ``StoredInspection`` shape less reviews) and its image, base64, when it kept one."""
+
+    seq: int = Field(..., ge=1)
+    id: str = Field(..., pattern=ID_PATTERN)
+    site: str | None = Field(None, pattern=NAME_PATTERN)
+    line: str | None = Field(None, pattern=NAME_PATTERN)
+    record: dict[str, Any]
+    image_b64: str | None = None
+    image_ext: Literal["jpg", "png"] | None = None
+    reference_b64: str | None = None
+    reference_ext: Literal["jpg", "png"] | None = None
+
+
+class ForwardBatch(_Wire):
+    items: list[ForwardedInspection] = Field(..., min_length=1, max_length=1000)
+
+
+class ForwardAck(_Wire):
+    through_seq: int = Field(..., description="every item at or below this seq is held")
+    stored: int = Field(..., description="items new to the hub in this batch")
+    duplicates: int = Field(..., description="items the hub already held (skipped)")
+
+
+class ReviewEvent(_Wire):
+    """A review as both sides record it (``reviews`` row less its local id)."""
+
+    seq: int = Field(..., ge=1, description="sender's sequence: box outbox id or hub review id")
+    inspection_id: str = Field(..., pattern=ID_PATTERN)
+    created_at: datetime
+    reviewer: str = Field(..., max_length=128)
+    action: str = Field(..., max_length=32)
+    boxes: list[dict[str, Any]]
+    note: str = Field("", max_length=4000)
+    origin: Literal["box", "hub"]
+
+
+class ReviewBatch(_Wire):
+    items: list[ReviewEvent] = Field(..., max_length=1000)
+
+
+class ReviewAck(_Wire):
+    through_seq: int
+
+
+class ModelRunning(_Wire):
+    name: str = Field(..., pattern=NAME_PATTERN)
+    version: str = Field(..., max_length=128)
+    sha256: str = Field(..., pattern=r"[0-9a-f]{64}")
+    role: Literal["active", "shadow", "standby"] = "active"
+
+
+class BoxStatus(_Wire):
+    site: str | None = Field(None, pattern=NAME_PATTERN)
+    line: str | None = Field(None, pattern=NAME_PATTERN)
+    version: str = Field(..., max_length=64, description="Lineside version on the box")
+    models: list[ModelRunning]
+    ready: bool
+    forward_backlog: int = Field(..., ge=0)
+    forward_lag_s: float | None = Field(None, ge=0)
+    model_errors: list[str] = Field(default_factory=list, max_length=32,
+                                    description="assignments the box could not apply, and why")
+
+
+class AssignedModel(_Wire):
+    name: str = Field(..., pattern=NAME_PATTERN)
+    version: str = Field(..., pattern=NAME_PATTERN)
+    sha256: str = Field(..., pattern=r"[0-9a-f]{64}", description="of package.tar.gz")
+
+
+class Assignment(_Wire):
+    """What a line runs: its models, each at one version. ``revision`` rises with every
+    change, so a box can tell it has seen this one."""
+
+    line: str | None = Field(None, pattern=NAME_PATTERN)
+    revision: int = Field(..., ge=0)
+    models: list[AssignedModel]
