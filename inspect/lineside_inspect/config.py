@@ -15,12 +15,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lineside_inspect.errors import ConfigError, describe_validation
+from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.line.config import LineSettings
 from lineside_inspect.names import Name
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 
-Role = Literal["line", "reviewer", "admin"]
+# box: an edge box speaking to its hub (fleet/protocol.py); its key's name is its box id
+Role = Literal["line", "reviewer", "admin", "box"]
 
 
 class ApiKey(BaseModel):
@@ -166,6 +168,8 @@ class Settings(BaseSettings):
     cameras: list[CameraConfig] = Field(default_factory=list)
     line: LineSettings = Field(default_factory=LineSettings, description=(
         "line outputs: PLC handshake over OPC UA / Modbus TCP, events over MQTT"))
+    fleet: FleetSettings = Field(default_factory=FleetSettings, description=(
+        "the box's hub: forwarding, review sync, model pulls (docs/fleet.md)"))
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings, description=(
         "model lifecycle: gate allowance, shadow sampling, rollout bounds, capture caps "
         "(docs/lifecycle.md)"))

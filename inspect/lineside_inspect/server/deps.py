@@ -27,6 +27,8 @@ ALLOWED: dict[Role, set[Role]] = {
     "line": {"line", "admin"},
     "reviewer": {"reviewer", "admin"},
     "admin": {"admin"},
+    # only a box speaks for a box: an admin key does not forward inspections for one
+    "box": {"box"},
 }
 
 

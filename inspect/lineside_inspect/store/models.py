@@ -54,6 +54,9 @@ class InspectionRow(Base):
     reference_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     review_state: Mapped[str] = mapped_column(String(16), default="unreviewed", index=True)
     box_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # the plant site and line the box serves (its fleet settings): hub filters
+    site: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    line: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     # active-learning capture (lifecycle/capture.py): why the image was kept for labelling
     # ("near_threshold", "shadow_disagreement", ...); NULL when it was not
     capture: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
@@ -70,10 +73,14 @@ ADDED_COLUMNS = (
     ("inspections", "reference_path", "VARCHAR(512)"),
     ("inspections", "box_id", "VARCHAR(64)"),
     ("inspections", "capture", "VARCHAR(64)"),
+    ("inspections", "site", "VARCHAR(64)"),
+    ("inspections", "line", "VARCHAR(64)"),
 )
 # indexes of added columns: (name, table, column), made if missing
 ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),
-                 ("ix_inspections_capture", "inspections", "capture"))
+                 ("ix_inspections_capture", "inspections", "capture"),
+                 ("ix_inspections_site", "inspections", "site"),
+                 ("ix_inspections_line", "inspections", "line"))
 
 
 class ReviewRow(Base):

@@ -169,10 +169,12 @@ class Store:
     def _add_columns(self) -> None:
         """Bring a database made by an earlier release up to date: only nullable columns
         are ever added, so old rows stay valid and nothing stored is touched."""
-        present = {c["name"] for c in sa_inspect(self.engine).get_columns("inspections")}
+        inspector = sa_inspect(self.engine)
+        present = {(t, c["name"]) for t in {t for t, _, _ in ADDED_COLUMNS}
+                   if inspector.has_table(t) for c in inspector.get_columns(t)}
         with self.engine.begin() as conn:
             for table, column, sql_type in ADDED_COLUMNS:
-                if column not in present:
+                if (table, column) not in present:
                     conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
                     log.info("store: added column %s.%s", table, column)
             for name, table, column in ADDED_INDEXES:
