@@ -359,6 +359,24 @@ def serve_cmd(
     run(settings)
 
 
+@app.command("hub")
+@friendly
+def hub_cmd(
+    config: Annotated[Path, typer.Option(help="hub YAML config (docs/fleet.md)")],
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    insecure: Annotated[bool, typer.Option(help="allow a non-loopback bind without keys")] = False,
+) -> None:
+    """Run the fleet hub: every box's inspections in one database and object store."""
+    import logging
+
+    from lineside_inspect.fleet.hub.app import run_hub
+    from lineside_inspect.fleet.hub.config import load_hub_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run_hub(load_hub_settings(config, host=host, port=port, insecure=insecure or None))
+
+
 @app.command("hash-key")
 def hash_key_cmd(key: Annotated[str, typer.Argument(help="the API key to hash")]) -> None:
     """Print the sha256 to put in api_keys (the server never stores plain keys)."""

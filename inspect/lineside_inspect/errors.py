@@ -254,8 +254,35 @@ class HubUnavailable(LinesideError):
     status = 503
 
 
+class HubRefused(LinesideError):
+    """The fleet hub answered a box's request with a client error (a wrong key, a box id
+    that is not the key's, a body it could not take): retrying the same request will not
+    help until the box's settings or the hub's are fixed."""
+
+    code = "hub_refused"
+    status = 502
+
+
 class SignatureError(LinesideError):
     """A model package whose sha256 or ed25519 signature does not verify."""
 
     code = "invalid_signature"
     status = 422
+
+
+class RemoteInferenceUnavailable(LinesideError):
+    """A recipe's remote inference endpoint (OIP v2: Triton, KServe, another Lineside)
+    did not answer in time, refused the connection or answered a server error: the
+    box keeps serving its other recipes; retry when the endpoint is back."""
+
+    code = "remote_inference_unavailable"
+    status = 503
+
+
+class RemoteInferenceRefused(LinesideError):
+    """A recipe's remote inference endpoint answered a client error (a wrong token or
+    model name) or outputs that do not fit the model card: retrying will not help until
+    the recipe or the endpoint is fixed."""
+
+    code = "remote_inference_refused"
+    status = 502

@@ -5,8 +5,9 @@ check written as a dependency comes too late: an unauthenticated caller could ma
 server buffer and parse any body. This pure-ASGI middleware runs first, and for every
 request that can carry a body (POST, PUT, PATCH, DELETE):
 
-- under ``/v1/`` and ``/v2/``, checks that the caller holds a valid key or session when
-  keys are configured (401 at once, the body unread); the route's own ``require(role)``
+- under ``/v1/``, ``/v2/`` and ``/fleet/`` (a hub), checks that the caller holds a valid
+  key or session when keys are configured (401 at once, the body unread); the route's
+  own ``require(role)``
   then checks the role, and for the large-body routes the gate checks it too, so a key
   of the wrong role cannot make the server read a large body either;
 - bounds the body: image and tensor routes (``LARGE_BODY_ROUTES``) to ``max_body_bytes``,
@@ -44,9 +45,11 @@ LARGE_BODY_ROUTES: tuple[tuple[str, re.Pattern[str], Role], ...] = (
     ("PUT", re.compile(rf"/v1/references/{_NAME}"), "admin"),
     ("POST", re.compile(rf"/v2/models/{_NAME}/infer"), "line"),
     ("POST", re.compile(rf"/v2/models/{_NAME}/versions/{_NAME}/infer"), "line"),
+    # a hub: a box's forwarded batch of inspections with their images (fleet/protocol.py)
+    ("POST", re.compile(rf"/fleet/v1/boxes/{_NAME}/inspections"), "box"),
 )
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-API_PREFIXES = ("/v1/", "/v2/")
+API_PREFIXES = ("/v1/", "/v2/", "/fleet/")
 
 
 def large_body_role(method: str, path: str) -> Role | None:

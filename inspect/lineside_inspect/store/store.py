@@ -25,7 +25,7 @@ import math
 import random
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -41,6 +41,7 @@ from lineside_inspect.opencv import cv2
 from lineside_inspect.schemas import StoredInspection
 from lineside_inspect.store import stats as figures
 from lineside_inspect.store.box import resolve_box_id
+from lineside_inspect.store.images import ImageBackend
 from lineside_inspect.store.journal import Journal, Record, fsync_path, read_segment
 from lineside_inspect.store.lock import DataDirLock
 from lineside_inspect.store.models import (
@@ -52,7 +53,7 @@ from lineside_inspect.store.models import (
     ReviewRow,
     ShadowResultRow,
 )
-from lineside_inspect.store.outbox import EventMaker, add_events, events_for
+from lineside_inspect.store.outbox import Event, EventMaker, add_events, events_for
 from lineside_inspect.store.utc import as_utc
 
 log = logging.getLogger("lineside.store")
@@ -99,8 +100,11 @@ class Store:
     def __init__(self, data_dir: str | Path, url: str | None = None, *, pass_rate: float = 0.1,
                  max_bytes: int | None = None, max_age_days: float | None = None,
                  seed: int | None = None, box_id: str | None = None,
-                 lock: DataDirLock | None = None, sync_interval_s: float = 0.05) -> None:
+                 lock: DataDirLock | None = None, sync_interval_s: float = 0.05,
+                 images: ImageBackend | None = None) -> None:
         self.data_dir = Path(data_dir)
+        # a hub's store: every row's image is in this backend (store/images.py)
+        self.central_images = images
         # before any file or database work: a second process on this folder stops here
         self.dir_lock = (lock or DataDirLock(self.data_dir)).acquire()
         try:
@@ -128,6 +132,11 @@ class Store:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._review_lock = threading.Lock()  # SQLite has no SELECT ... FOR UPDATE
+        # what reviews made here are marked as (a hub's store says "hub"): the fleet's
+        # merge rule breaks a tie of two reviews' times in favour of the hub's
+        self.review_origin: str = "box"
+        # fleet (fleet/box/reviews.py): events of a review made here, outboxed with it
+        self.review_event_makers: list[Callable[[ReviewRow], list[Event]]] = []
         self.sync_interval_s = sync_interval_s
         self._apply_lock = threading.Lock()
         self._space_lock = threading.Lock()
@@ -521,6 +530,7 @@ class Store:
     # -- reading --------------------------------------------------------------------
     def query(self, *, verdict: str | None = None, camera_id: str | None = None,
               recipe: str | None = None, label: str | None = None,
+              site: str | None = None, line: str | None = None, box_id: str | None = None,
               min_score: float | None = None, max_score: float | None = None,
               since: datetime | None = None, until: datetime | None = None,
               review_state: str | None = None, limit: int = 50,
@@ -536,6 +546,12 @@ class Store:
             conds.append(InspectionRow.camera_id == camera_id)
         if recipe:
             conds.append(InspectionRow.recipe_name == recipe)
+        if site:  # a hub's fleet filters
+            conds.append(InspectionRow.site == site)
+        if line:
+            conds.append(InspectionRow.line == line)
+        if box_id:
+            conds.append(InspectionRow.box_id == box_id)
         if label:  # exactly this class: '%' and '_' in a label are not LIKE wildcards
             conds.append(InspectionRow.labels.contains(f",{label},", autoescape=True))
         if min_score is not None:
@@ -575,7 +591,7 @@ class Store:
     def record(self, row: InspectionRow) -> StoredInspection:
         """``row`` in the HTTP contract: what a verdict was, plus what the store and the
         reviewers added. ``has_image`` says whether this box can serve its image."""
-        here = row.box_id is None or row.box_id == self.box_id
+        here = row.box_id is None or row.box_id == self.box_id or self.central_images is not None
         reference = None if row.reference_path is None and row.reference_name is None else {
             "name": row.reference_name,
             "sha256": Path(row.reference_path).stem if row.reference_path else None,
@@ -616,9 +632,17 @@ class Store:
 
     def open_image(self, row: InspectionRow) -> IO[bytes]:
         """The stored image, opened: once open it survives retention removing the file."""
+        if self.central_images is not None:
+            if not row.image_path:
+                raise NotFoundError(f"inspection {row.id} has no stored image (passes are sampled)")
+            return self.central_images.open(row.image_path)
         return self._open(row, self.image_file(row), "image")
 
     def open_reference(self, row: InspectionRow) -> IO[bytes]:
+        if self.central_images is not None:
+            if not row.reference_path:
+                raise NotFoundError(f"inspection {row.id} has no stored reference image")
+            return self.central_images.open(row.reference_path)
         return self._open(row, self.reference_file(row), "reference image")
 
     @staticmethod
@@ -641,13 +665,7 @@ class Store:
         self._applied()
         if action not in ACTIONS:
             raise ConfigError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
-        # the check and the write are one step: the row is locked (PostgreSQL, boxes sharing
-        # a database) and reviews in this process are taken one at a time (SQLite)
-        with self._review_lock, Session(self.engine) as s, s.begin():
-            row = s.scalar(select(InspectionRow).where(InspectionRow.id == inspection_id)
-                           .with_for_update().options(selectinload(InspectionRow.reviews)))
-            if row is None:
-                raise NotFoundError(f"no inspection {inspection_id!r}")
+        with self.locked_inspection(inspection_id) as (s, row):
             if seen_reviews is not None and seen_reviews != len(row.reviews):
                 last = row.reviews[-1] if row.reviews else None
                 latest = (f"; the latest: {last.action} by {last.reviewer} at "
@@ -670,10 +688,33 @@ class Store:
                     raise ConfigError(f"unknown class {label!r} (model classes: "
                                       f"{', '.join(row.class_names)})")
                 truth[index]["label"] = label
-            s.add(ReviewRow(inspection_id=row.id, created_at=datetime.now(UTC), reviewer=reviewer,
-                            action=action, boxes=truth, note=note))
+            # made after the reviews shown: it follows the latest whatever the clocks say
+            # (a review pulled from a hub whose clock is ahead must not outrank it)
+            now = datetime.now(UTC)
+            if row.reviews:
+                now = max(now, as_utc(row.reviews[-1].created_at) + timedelta(microseconds=1))
+            added = ReviewRow(inspection_id=row.id, created_at=now, reviewer=reviewer,
+                              action=action, boxes=truth, note=note, origin=self.review_origin)
+            s.add(added)
             row.review_state = "confirmed" if action == "confirm" else "corrected"
+            if self.review_event_makers:
+                s.flush()
+                add_events(s, self.box_id, [e for make in self.review_event_makers
+                                            for e in make(added)])
         return self.get(inspection_id)
+
+    @contextlib.contextmanager
+    def locked_inspection(self, inspection_id: str) -> Iterator[tuple[Session, InspectionRow]]:
+        """A transaction holding inspection ``inspection_id`` (with its reviews) for a
+        review: its row is locked (PostgreSQL, boxes sharing a database) and reviews in
+        this process are taken one at a time (SQLite), so a check and the write after it
+        are one step. Committed when the block ends without an exception."""
+        with self._review_lock, Session(self.engine) as s, s.begin():
+            row = s.scalar(select(InspectionRow).where(InspectionRow.id == inspection_id)
+                           .with_for_update().options(selectinload(InspectionRow.reviews)))
+            if row is None:
+                raise NotFoundError(f"no inspection {inspection_id!r}")
+            yield s, row
 
     @staticmethod
     def _check_box(b: dict[str, Any], row: InspectionRow) -> dict[str, Any]:
@@ -692,16 +733,18 @@ class Store:
 
     def stats(self, hours: int = 24, *, shifts: figures.Shifts | None = None,
               camera_id: str | None = None, recipe: str | None = None,
+              site: str | None = None, line: str | None = None, box_id: str | None = None,
               now: datetime | None = None) -> dict[str, Any]:
         """Dashboard figures over the last ``hours`` (``store/stats.py``): yield per hour and
         per shift (default: one shift a day from 00:00 UTC), the defect Pareto, model-version
-        changes, review outcomes and reviewers; ``camera_id`` ("" for uploads) and
-        ``recipe`` narrow every figure."""
+        changes, review outcomes and reviewers; ``camera_id`` ("" for uploads),
+        ``recipe`` and (on a hub) ``site``, ``line`` and ``box_id`` narrow every figure."""
         self._applied()
         with Session(self.engine) as s:
             return figures.dashboard(s, hours=hours, now=now or datetime.now(UTC),
                                      shifts=shifts or figures.Shifts(("00:00",), UTC),
-                                     camera_id=camera_id, recipe=recipe)
+                                     camera_id=camera_id, recipe=recipe, site=site,
+                                     line=line, box_id=box_id)
 
     def read(self, query: Callable[[Session], T]) -> T:
         """``query`` on a session of this store, after the journal is applied: for the

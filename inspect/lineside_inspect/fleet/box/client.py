@@ -1,0 +1,124 @@
+"""The box's one HTTP client to its hub (httpx): the box's bearer key, bounded timeouts,
+and two kinds of failure a caller can act on:
+
+- :class:`~lineside_inspect.errors.HubUnavailable`: the hub cannot be reached, timed out,
+  or answered 5xx / 429 — retry later with backoff; the box keeps recording meanwhile;
+- :class:`~lineside_inspect.errors.HubRefused`: the hub answered 4xx — the request (or the
+  box's key) is wrong; retrying the same request will not help.
+
+Every call is made under ``fleet.protocol`` paths with this box's id filled in (the id is
+the key's name on the hub), so callers never build URLs by hand.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from lineside_inspect.errors import HubRefused, HubUnavailable
+from lineside_inspect.fleet.config import FleetSettings
+from lineside_inspect.version import __version__
+
+M = TypeVar("M", bound=BaseModel)
+# an answer's body is read only up to this (a JSON answer; packages use download())
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+
+
+class HubClient:
+    """Talks to ``settings.hub_url`` as box ``box_id``. Thread-safe (httpx.Client is);
+    :meth:`close` ends its connections."""
+
+    def __init__(self, settings: FleetSettings, box_id: str,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        if not settings.hub_url:
+            raise ValueError("fleet.hub_url is not set")
+        self.box_id = box_id
+        self.base_url = settings.hub_url.rstrip("/")
+        headers = {"user-agent": f"lineside-box/{__version__}"}
+        if settings.token is not None:
+            headers["authorization"] = f"Bearer {settings.token.get_secret_value()}"
+        t = settings.timeout_s
+        self._http = httpx.Client(base_url=self.base_url, headers=headers,
+                                  timeout=httpx.Timeout(t, connect=min(t, 5.0)),
+                                  transport=transport, follow_redirects=False)
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._http.close()
+
+    def path(self, template: str, **parts: str) -> str:
+        """``template`` (a ``fleet.protocol`` path) with ``{box_id}`` and ``parts`` filled."""
+        return template.format(box_id=self.box_id, **parts)
+
+    # -- calls ---------------------------------------------------------------------
+    def request(self, method: str, path: str, *, body: BaseModel | None = None,
+                params: dict[str, Any] | None = None) -> httpx.Response:
+        """One request; the answer when it is 2xx, else HubUnavailable / HubRefused."""
+        content = body.model_dump_json().encode() if body is not None else None
+        headers = {"content-type": "application/json"} if content is not None else None
+        try:
+            resp = self._http.request(method, path, content=content, params=params,
+                                      headers=headers)
+        except httpx.HTTPError as exc:  # refused, reset, timed out, DNS, TLS
+            raise HubUnavailable(f"hub {self.base_url} unreachable: {type(exc).__name__}") from None
+        if resp.status_code >= 500 or resp.status_code in (408, 429):
+            raise HubUnavailable(f"hub {self.base_url} answered {resp.status_code}: "
+                                 f"{_error_text(resp)}")
+        if resp.status_code >= 400:
+            raise HubRefused(f"hub refused {method} {path}: {resp.status_code} {_error_text(resp)}")
+        if len(resp.content) > MAX_ANSWER_BYTES:
+            raise HubRefused(f"hub answer to {method} {path} is over {MAX_ANSWER_BYTES} bytes")
+        return resp
+
+    def post(self, path: str, body: BaseModel, answer: type[M]) -> M:
+        return _parse(self.request("POST", path, body=body), answer, path)
+
+    def get(self, path: str, answer: type[M], params: dict[str, Any] | None = None) -> M:
+        return _parse(self.request("GET", path, params=params), answer, path)
+
+    def download(self, path: str, dest: Path, max_bytes: int) -> int:
+        """Stream ``path`` into ``dest`` (a file the caller then checks); its size. Refused
+        past ``max_bytes`` (the partial file is removed)."""
+        size = 0
+        try:
+            with self._http.stream("GET", path) as resp:
+                if resp.status_code >= 500 or resp.status_code in (408, 429):
+                    raise HubUnavailable(f"hub answered {resp.status_code} for {path}")
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise HubRefused(f"hub refused GET {path}: {resp.status_code} "
+                                     f"{_error_text(resp)}")
+                with dest.open("wb") as f:
+                    for chunk in resp.iter_bytes():
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise HubRefused(f"{path} is over {max_bytes} bytes")
+                        f.write(chunk)
+        except httpx.HTTPError as exc:
+            dest.unlink(missing_ok=True)
+            raise HubUnavailable(f"hub {self.base_url} unreachable: {type(exc).__name__}") from None
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        return size
+
+
+def _parse(resp: httpx.Response, answer: type[M], path: str) -> M:
+    try:
+        return answer.model_validate_json(resp.content)
+    except ValidationError:
+        raise HubRefused(f"hub answer to {path} is not a {answer.__name__}") from None
+
+
+def _error_text(resp: httpx.Response) -> str:
+    """The hub's ``{"error": {...}}`` as ``code: message`` (short), else the status text."""
+    try:
+        err = resp.json()["error"]
+        return f"{err['code']}: {str(err['message'])[:300]}"
+    except Exception:
+        return resp.reason_phrase or "error"

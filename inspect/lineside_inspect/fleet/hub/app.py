@@ -1,0 +1,184 @@
+"""The hub's FastAPI application: ``create_hub_app(settings)``.
+
+The same HTTP front as the edge server: the gate (auth and body limits before a body is
+read), the guard (Host and Origin), review sessions, the error answers and the catch-all
+for the unexpected; around the hub's routers, one module per concern in this package:
+``ingest`` (forwarded inspections), ``reviews`` and ``boxes`` (the plant view), ``models``
+(model distribution). A module that is not there yet is left out; each one has a
+``router`` and may have ``install(app, settings)`` for its start and stop hooks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import ModuleType
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lineside_inspect import ui
+from lineside_inspect.errors import (
+    LinesideError,
+    ObjectStoreUnavailable,
+    describe_validation,
+    error_body,
+)
+from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.fleet.hub.images import ObjectImages
+from lineside_inspect.fleet.hub.tables import create_hub_tables
+from lineside_inspect.fleet.objects import ObjectStore
+from lineside_inspect.server import gate
+from lineside_inspect.server.guard import Guard
+from lineside_inspect.server.metrics import Metrics
+from lineside_inspect.server.routes import health
+from lineside_inspect.server.sessions import SessionStore
+from lineside_inspect.server.unexpected import CatchUnexpected, internal_error
+from lineside_inspect.version import __version__
+
+log = logging.getLogger("lineside.hub")
+# the hub's router modules (lineside_inspect.fleet.hub.<name>), included when present
+ROUTER_MODULES = ("ingest", "reviews", "boxes", "models")
+HUB_BOX_ID = "hub"  # the hub store's own name (it records no inspections of its own)
+
+
+def router_modules() -> list[ModuleType]:
+    """The router modules that exist; a module that fails to import for any other reason
+    than being absent is an error (not silently left out)."""
+    found = []
+    for name in ROUTER_MODULES:
+        full = f"{__package__}.{name}"
+        try:
+            found.append(importlib.import_module(full))
+        except ModuleNotFoundError as exc:
+            if exc.name != full:
+                raise
+    return found
+
+
+def setup_store(app: FastAPI, hub: HubSettings) -> None:
+    """The hub's Store (records in ``database_url``, images in the object store) and the
+    object store, made at start-up; an object store that is down does not stop the hub
+    (forwarding answers 503 until it is back)."""
+    from lineside_inspect.store import DataDirLock, Store
+
+    lock = DataDirLock(hub.data_dir).acquire()  # one hub per folder, checked before anything
+
+    def start() -> None:
+        objects = ObjectStore(hub.objects)
+        try:
+            objects.ensure_bucket()
+        except ObjectStoreUnavailable as exc:
+            log.warning("hub: %s; forwarding waits for it", exc.message)
+        store = Store(hub.data_dir, hub.database_url, box_id=HUB_BOX_ID, lock=lock,
+                      pass_rate=0.0, images=ObjectImages(objects))
+        create_hub_tables(store.engine)
+        log.info("hub store at %s, objects in %s/%s", store.url.split("@")[-1],
+                 hub.objects.endpoint, hub.objects.bucket)
+        app.state.objects = objects
+        app.state.store = store
+
+    def stop() -> None:
+        if app.state.store is not None:
+            app.state.store.close()  # releases the lock
+        else:
+            lock.release()
+
+    app.state.on_startup.append(start)
+    app.state.on_shutdown.append(stop)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """The edge server's error answers: ``{"error": {code, message}}`` with the error's
+    status, a 500 with an error id for the unexpected."""
+
+    @app.exception_handler(LinesideError)
+    async def lineside_error(request: Request, exc: LinesideError) -> JSONResponse:
+        app.state.metrics.errors.labels(exc.code).inc()
+        headers = {"Retry-After": "1"} if exc.status == 503 else {}
+        if exc.status in (408, 413):
+            headers["Connection"] = "close"  # the rest of the body is unread
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status,
+                            headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        app.state.metrics.errors.labels("invalid_request").inc()
+        return JSONResponse(error_body("invalid_request", describe_validation(list(exc.errors()))),
+                            status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {400: "invalid_request", 404: "not_found",
+                405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return internal_error(exc, request.method, request.url.path)
+
+
+def create_hub_app(hub: HubSettings) -> FastAPI:
+    settings = hub.server_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.ready = False
+        for hook in app.state.on_startup:
+            await anyio.to_thread.run_sync(hook)
+        app.state.ready = True
+        log.info("lineside hub ready on %s:%d", hub.host, hub.port)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            for hook in reversed(app.state.on_shutdown):
+                await anyio.to_thread.run_sync(hook)
+
+    app = FastAPI(title="Lineside hub", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
+                  description="The fleet hub: every box's inspections, one plant view.")
+    # the shared HTTP parts (gate, guard, key lookup, sessions) read app.state.settings
+    app.state.settings = settings
+    app.state.hub = hub
+    app.state.metrics = Metrics()
+    app.state.metrics_hooks = []
+    app.state.sessions = SessionStore(settings.session_ttl_s)
+    app.state.ready = False
+    app.state.store = None
+    app.state.objects = None
+    app.state.on_startup = []
+    app.state.on_shutdown = []
+    setup_store(app, hub)
+    app.include_router(health.router)
+    for module in router_modules():
+        install = getattr(module, "install", None)
+        if install is not None:
+            install(app, hub)
+        app.include_router(module.router)
+    gate.install(app, settings)  # auth and body limits before any body is read
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(Guard, settings=settings)  # Host and Origin first
+    app.add_middleware(ui.SecurityHeaders)
+    add_error_handlers(app)
+    app.add_middleware(CatchUnexpected)
+    return app
+
+
+def run_hub(hub: HubSettings) -> None:
+    """Serve the hub under uvicorn with the edge server's connection limits."""
+    from lineside_inspect.serve import _Server, uvicorn_config
+
+    settings = hub.server_settings()
+    settings.check_bind()
+    app = create_hub_app(hub)
+    _Server(uvicorn_config(app, settings), app).run()

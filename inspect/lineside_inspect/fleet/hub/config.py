@@ -1,0 +1,89 @@
+"""The hub's settings (``lineside hub --config hub.yaml``): where records go (PostgreSQL;
+SQLite for a dev hub), the object store images and packages go to, who may call it, and
+the limits its HTTP front shares with the edge server (the same gate and guard)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lineside_inspect.config import ApiKey, Settings, hash_key
+from lineside_inspect.errors import ConfigError, describe_validation
+from lineside_inspect.fleet.config import ObjectStoreSettings
+
+
+class HubSettings(BaseSettings):
+    """Every field can be set as ``LINESIDE_HUB_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LINESIDE_HUB_", env_nested_delimiter="__",
+                                      extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = 8100
+    database_url: str = Field(..., description=(
+        "SQLAlchemy URL of the hub's records: postgresql+psycopg://... (sqlite:///... for a "
+        "dev hub)"))
+    objects: ObjectStoreSettings = Field(..., description="images and model packages")
+    data_dir: str = Field(..., description=(
+        "the hub's own folder: its lock (one hub per folder) and the store's journal"))
+    api_keys: list[ApiKey] = Field(default_factory=list, description=(
+        "role box (name = the box id), reviewer and admin keys"))
+    insecure: bool = False
+    allowed_hosts: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description=(
+        "a forwarded batch (inspections with their images, base64)"))
+    max_json_bytes: int = Field(1024 * 1024, gt=0, description=(
+        "every other route's body (review batches, status reports, sign-ins)"))
+    body_timeout_s: float = Field(30.0, gt=0)
+    header_timeout_s: float = Field(10.0, gt=0)
+    max_connections: int = Field(256, ge=1)
+    session_ttl_s: float = Field(12 * 3600, gt=0)
+
+    def server_settings(self) -> Settings:
+        """The edge server's settings the shared HTTP parts read (gate, guard, sessions,
+        key lookup): this hub's keys, limits and names; no models, no store of its own."""
+        return Settings(
+            host=self.host, port=self.port, models=[], api_keys=self.api_keys,
+            insecure=self.insecure, allowed_hosts=self.allowed_hosts,
+            cors_origins=self.cors_origins, max_body_bytes=self.max_body_bytes,
+            max_json_bytes=self.max_json_bytes, body_timeout_s=self.body_timeout_s,
+            header_timeout_s=self.header_timeout_s, max_connections=self.max_connections,
+            session_ttl_s=self.session_ttl_s, data_dir=self.data_dir,
+            database_url=self.database_url, store=False, box_id="hub")
+
+
+def load_hub_settings(config: str | Path | None = None, **overrides: Any) -> HubSettings:
+    """Settings from the YAML file (plain ``key`` entries in ``api_keys`` are hashed here,
+    a relative ``data_dir`` is taken from the file's folder), then environment, then
+    ``overrides`` (None values ignored)."""
+    doc: dict[str, Any] = {}
+    if config is not None:
+        path = Path(config)
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: a hub config is a mapping of settings")
+        if doc.get("data_dir") and not Path(str(doc["data_dir"])).is_absolute():
+            doc["data_dir"] = str((path.parent / str(doc["data_dir"])).resolve())
+    keys = []
+    for i, k in enumerate(doc.pop("api_keys", []) or []):
+        if isinstance(k, dict) and "key" in k:
+            k = {"name": k.get("name", f"key{i}"), "role": k.get("role"),
+                 "sha256": hash_key(str(k["key"]))}
+        keys.append(k)
+    if keys:
+        doc["api_keys"] = keys
+    doc.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return HubSettings(**doc)
+    except ValidationError as exc:
+        raise ConfigError(f"{config or 'hub settings'}: {describe_validation(exc.errors())}") \
+            from None
