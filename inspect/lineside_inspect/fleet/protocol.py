@@ -15,7 +15,8 @@ so a box retries whatever it is unsure of:
 - ``GET {REVIEWS_DOWN}?after=N`` — reviews made on the hub for this box's inspections,
   with the hub's review id above ``N``; the box keeps ``N`` as its cursor.
 - ``POST {STATUS}`` — what the box runs and how far behind it is.
-- ``GET {ASSIGNMENT}`` — which model versions this box's line should run.
+- ``GET {ASSIGNMENT}?line=L`` — which model versions this box's line should run (the box
+  names its own ``fleet.line``; a box without a line is assigned nothing).
 - ``GET {PACKAGE}`` — a published package (tar.gz), with its signature in ``{SIGNATURE}``.
 
 Concurrent reviews of one inspection (one on the box, one on the hub, before either saw
@@ -25,10 +26,11 @@ the hub**; every review is kept in both audit trails, so nothing said is lost.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 PREFIX = "/fleet/v1"
 FORWARD = PREFIX + "/boxes/{box_id}/inspections"
@@ -41,6 +43,29 @@ SIGNATURE = PREFIX + "/packages/{model}/{version}/package.sig"
 
 ID_PATTERN = r"[0-9a-f]{32}"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
+SHA256_PATTERN = r"[0-9a-f]{64}"
+
+
+def _full(pattern: str) -> AfterValidator:
+    """Full-matches ``pattern``: pydantic's ``pattern=`` only searches, so ``../x`` would
+    pass a name rule (and names.py says why never ``^...$`` either)."""
+    rx = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not rx.fullmatch(value):
+            raise ValueError(f"must match {pattern}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _schema(pattern: str) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "pattern": f"^{pattern}$"})
+
+
+Id = Annotated[str, _full(ID_PATTERN), _schema(ID_PATTERN)]
+FleetName = Annotated[str, _full(NAME_PATTERN), _schema(NAME_PATTERN)]
+Sha256 = Annotated[str, _full(SHA256_PATTERN), _schema(SHA256_PATTERN)]
 
 
 class _Wire(BaseModel):
@@ -52,9 +77,9 @@ class ForwardedInspection(_Wire):
     ``StoredInspection`` shape less reviews) and its image, base64, when it kept one."""
 
     seq: int = Field(..., ge=1)
-    id: str = Field(..., pattern=ID_PATTERN)
-    site: str | None = Field(None, pattern=NAME_PATTERN)
-    line: str | None = Field(None, pattern=NAME_PATTERN)
+    id: Id
+    site: FleetName | None = None
+    line: FleetName | None = None
     record: dict[str, Any]
     image_b64: str | None = None
     image_ext: Literal["jpg", "png"] | None = None
@@ -76,7 +101,7 @@ class ReviewEvent(_Wire):
     """A review as both sides record it (``reviews`` row less its local id)."""
 
     seq: int = Field(..., ge=1, description="sender's sequence: box outbox id or hub review id")
-    inspection_id: str = Field(..., pattern=ID_PATTERN)
+    inspection_id: Id
     created_at: datetime
     reviewer: str = Field(..., max_length=128)
     action: str = Field(..., max_length=32)
@@ -94,15 +119,15 @@ class ReviewAck(_Wire):
 
 
 class ModelRunning(_Wire):
-    name: str = Field(..., pattern=NAME_PATTERN)
+    name: FleetName
     version: str = Field(..., max_length=128)
-    sha256: str = Field(..., pattern=r"[0-9a-f]{64}")
+    sha256: Sha256
     role: Literal["active", "shadow", "standby"] = "active"
 
 
 class BoxStatus(_Wire):
-    site: str | None = Field(None, pattern=NAME_PATTERN)
-    line: str | None = Field(None, pattern=NAME_PATTERN)
+    site: FleetName | None = None
+    line: FleetName | None = None
     version: str = Field(..., max_length=64, description="Lineside version on the box")
     models: list[ModelRunning]
     ready: bool
@@ -113,15 +138,15 @@ class BoxStatus(_Wire):
 
 
 class AssignedModel(_Wire):
-    name: str = Field(..., pattern=NAME_PATTERN)
-    version: str = Field(..., pattern=NAME_PATTERN)
-    sha256: str = Field(..., pattern=r"[0-9a-f]{64}", description="of package.tar.gz")
+    name: FleetName
+    version: FleetName
+    sha256: Sha256 = Field(..., description="of package.tar.gz")
 
 
 class Assignment(_Wire):
     """What a line runs: its models, each at one version. ``revision`` rises with every
     change, so a box can tell it has seen this one."""
 
-    line: str | None = Field(None, pattern=NAME_PATTERN)
+    line: FleetName | None = None
     revision: int = Field(..., ge=0)
     models: list[AssignedModel]
