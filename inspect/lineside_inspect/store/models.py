@@ -60,9 +60,11 @@ class InspectionRow(Base):
     # active-learning capture (lifecycle/capture.py): why the image was kept for labelling
     # ("near_threshold", "shadow_disagreement", ...); NULL when it was not
     capture: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # in the order the fleet's merge rule reads them (fleet/review_merge.py): the last one
+    # is the current truth, last by its own time, ties to the hub ("box" < "hub"), then id
     reviews: Mapped[list[ReviewRow]] = relationship(
-        back_populates="inspection", order_by="ReviewRow.id", cascade="all, delete-orphan",
-        passive_deletes=True)
+        back_populates="inspection", order_by=lambda: REVIEW_ORDER,
+        cascade="all, delete-orphan", passive_deletes=True)
 
     __table_args__ = (Index("ix_retention", "verdict", "review_state", "created_at"),)
 
@@ -75,6 +77,8 @@ ADDED_COLUMNS = (
     ("inspections", "capture", "VARCHAR(64)"),
     ("inspections", "site", "VARCHAR(64)"),
     ("inspections", "line", "VARCHAR(64)"),
+    ("outbox", "channel", "VARCHAR(16)"),
+    ("reviews", "origin", "VARCHAR(8)"),
 )
 # indexes of added columns: (name, table, column), made if missing
 ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),
@@ -94,7 +98,14 @@ class ReviewRow(Base):
     action: Mapped[str] = mapped_column(String(32))
     boxes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # the reviewed truth after this
     note: Mapped[str] = mapped_column(Text, default="")
+    # where the review was made: "box" or "hub" (fleet/review_merge.py); NULL before the fleet
+    origin: Mapped[str | None] = mapped_column(String(8), nullable=True)
     inspection: Mapped[InspectionRow] = relationship(back_populates="reviews")
+
+
+# oldest first; the last is the current one (NULL origins first on every backend)
+REVIEW_ORDER: tuple[Any, ...] = (ReviewRow.created_at, ReviewRow.origin.asc().nulls_first(),
+                                 ReviewRow.id)
 
 
 class OutboxRow(Base):
@@ -110,6 +121,8 @@ class OutboxRow(Base):
     topic: Mapped[str] = mapped_column(String(1024))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # who delivers it (store/outbox.py): "mqtt" (NULL too) or "fleet" (the hub forwarder)
+    channel: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     __table_args__ = (Index("ix_outbox_pending", "box_id", "delivered_at", "id"),
                       {"sqlite_autoincrement": True})

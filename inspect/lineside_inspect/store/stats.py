@@ -63,13 +63,18 @@ class Shifts:
         return b[0], b[1]
 
 
-def _filters(camera_id: str | None, recipe: str | None) -> list[ColumnElement[bool]]:
+def _filters(camera_id: str | None, recipe: str | None, site: str | None = None,
+             line: str | None = None, box_id: str | None = None) -> list[ColumnElement[bool]]:
     conds: list[ColumnElement[bool]] = []
     if camera_id is not None:  # "" means inspections sent to /v1/inspect without a camera
         conds.append(InspectionRow.camera_id == camera_id if camera_id
                      else InspectionRow.camera_id.is_(None))
     if recipe:
         conds.append(InspectionRow.recipe_name == recipe)
+    for column, value in ((InspectionRow.site, site), (InspectionRow.line, line),
+                          (InspectionRow.box_id, box_id)):  # a hub's fleet filters
+        if value:
+            conds.append(column == value)
     return conds
 
 
@@ -189,8 +194,12 @@ def review_quality(s: Session, since: datetime, until: datetime,
     """Among reviewed inspections of the window: false rejects (a fail whose reviewed truth
     has no defect) and escapes (a pass a reviewer drew a missed defect on, still defective
     after the last review)."""
-    last = (select(ReviewRow.inspection_id, func.max(ReviewRow.id).label("rid"))
-            .group_by(ReviewRow.inspection_id).subquery())
+    # each inspection's current review: the last in the merge rule's order (models.REVIEW_ORDER)
+    rank = func.row_number().over(partition_by=ReviewRow.inspection_id, order_by=(
+        ReviewRow.created_at.desc(), ReviewRow.origin.desc().nulls_last(), ReviewRow.id.desc())
+    ).label("rank")
+    ranked = select(ReviewRow.inspection_id, ReviewRow.id.label("rid"), rank).subquery()
+    last = select(ranked.c.inspection_id, ranked.c.rid).where(ranked.c.rank == 1).subquery()
     missed = exists().where(ReviewRow.inspection_id == InspectionRow.id,
                             ReviewRow.action == "missed_defect")
     final = ReviewRow.__table__.alias("final")
@@ -242,12 +251,13 @@ def legacy(s: Session) -> dict[str, Any]:
 
 
 def dashboard(s: Session, *, hours: int, now: datetime, shifts: Shifts,
-              camera_id: str | None = None, recipe: str | None = None) -> dict[str, Any]:
+              camera_id: str | None = None, recipe: str | None = None, site: str | None = None,
+              line: str | None = None, box_id: str | None = None) -> dict[str, Any]:
     """Every figure of the dashboard over the last ``hours`` (and the shifts they touch),
-    for one camera and/or recipe when given."""
+    for one camera and/or recipe (and on a hub site, line, box) when given."""
     until = as_utc(now)
     since = until - timedelta(hours=hours)
-    conds = _filters(camera_id, recipe)
+    conds = _filters(camera_id, recipe, site, line, box_id)
     hours_ = hourly(s, since, until, conds)
     shift_rows = per_shift(s, shifts.boundaries(since, until), conds)
     classes = pareto(s, since, until, conds)

@@ -1,0 +1,103 @@
+"""The fleet's review merge rule, applied by both sides to a review made on the other.
+
+An inspection may be reviewed on its box and on the hub before either has seen the
+other's review. The rule (``fleet.protocol``): **last writer wins on the review's own
+``created_at``, ties to the hub**, and every review is kept in both audit trails. In the
+store this is the order of ``InspectionRow.reviews`` (``store.models.REVIEW_ORDER``:
+time, then origin "box" before "hub", then id): the last review is the current truth, so
+applying a review is just adding it where the order puts it and setting the inspection's
+``review_state`` from whichever review is last now.
+
+A review is known by what it says, not by a sequence number: its inspection, time,
+reviewer, action and origin. Applying the same :class:`ReviewEvent` twice is a no-op, so
+either side may resend whatever it is unsure of.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
+from sqlalchemy import select
+
+from lineside_inspect.errors import ConfigError, NotFoundError
+from lineside_inspect.fleet.protocol import ReviewEvent
+from lineside_inspect.store import Store
+from lineside_inspect.store.models import REVIEW_ORDER, InspectionRow, ReviewRow
+from lineside_inspect.store.store import ACTIONS
+from lineside_inspect.store.utc import as_utc
+
+Outcome = Literal["current", "superseded", "duplicate", "unknown_inspection"]
+
+
+class _Box(BaseModel):
+    """A box of a review's truth as the other side sent it (a detection's score kept)."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field(..., max_length=128)
+    box: list[FiniteFloat] = Field(..., min_length=4, max_length=4)
+    score: FiniteFloat | None = Field(None, ge=0, le=1)
+
+
+def review_event(review: ReviewRow, seq: int) -> ReviewEvent:
+    """``review`` on the wire, with the sender's ``seq``."""
+    return ReviewEvent(seq=seq, inspection_id=review.inspection_id,
+                       created_at=as_utc(review.created_at), reviewer=review.reviewer,
+                       action=review.action, boxes=review.boxes, note=review.note or "",
+                       origin="hub" if review.origin == "hub" else "box")
+
+
+def _truth(event: ReviewEvent, row: InspectionRow) -> list[dict[str, Any]]:
+    """The event's boxes, checked against the inspection (they become training data and
+    are shown on pages): the model's classes, four finite numbers. Not bounds: a confirm
+    carries the detector's own boxes, which the local store takes as they are."""
+    if len(event.boxes) > 1000:
+        raise ConfigError(f"review of {row.id}: more than 1000 boxes")
+    out: list[dict[str, Any]] = []
+    for i, raw in enumerate(event.boxes):
+        try:
+            b = _Box.model_validate(raw)
+        except ValidationError:
+            raise ConfigError(f"review of {row.id}: box {i} is not "
+                              "{label, box: [x1, y1, x2, y2], score?}") from None
+        if b.label not in row.class_names:
+            raise ConfigError(f"review of {row.id}: unknown class {b.label!r} in box {i}")
+        out.append(b.model_dump(exclude_none=True))
+    return out
+
+
+def apply_review(store: Store, event: ReviewEvent) -> Outcome:
+    """Apply a review made on the other side to ``store``:
+
+    - ``"duplicate"``: the store holds it already (nothing changed);
+    - ``"current"``: added, and it is now the inspection's current review;
+    - ``"superseded"``: added to the audit trail, but a later review stays current;
+    - ``"unknown_inspection"``: the store has no such inspection (not forwarded yet on a
+      hub; removed by retention on a box): nothing changed.
+
+    Refuses (ConfigError, 422) a review whose action or boxes make no sense for the
+    inspection, before anything is written.
+    """
+    if event.action not in ACTIONS:
+        raise ConfigError(f"review of {event.inspection_id}: action must be one of "
+                          f"{', '.join(ACTIONS)}, got {event.action!r}")
+    at = as_utc(event.created_at)
+    try:
+        with store.locked_inspection(event.inspection_id) as (s, row):
+            for r in row.reviews:
+                if (as_utc(r.created_at) == at and r.reviewer == event.reviewer
+                        and r.action == event.action and (r.origin or "box") == event.origin):
+                    return "duplicate"
+            truth = _truth(event, row)
+            added = ReviewRow(inspection_id=row.id, created_at=at, reviewer=event.reviewer,
+                              action=event.action, boxes=truth, note=event.note,
+                              origin=event.origin)
+            s.add(added)
+            s.flush()
+            s.expire(row, ["reviews"])  # re-read in the merge order, the new one included
+            current = s.scalars(select(ReviewRow).where(ReviewRow.inspection_id == row.id)
+                                .order_by(*REVIEW_ORDER)).all()[-1]
+            row.review_state = "confirmed" if current.action == "confirm" else "corrected"
+            return "current" if current.id == added.id else "superseded"
+    except NotFoundError:
+        return "unknown_inspection"

@@ -1,0 +1,110 @@
+"""The review merge rule (fleet/review_merge.py) on SQLite and a real PostgreSQL: last
+writer wins on the review's own time, ties to the hub, every review kept, a resent review
+is a no-op."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.fleet.hub.bench_reviews import synthetic_rows
+from lineside_inspect.fleet.protocol import ReviewEvent
+from lineside_inspect.fleet.review_merge import apply_review, review_event
+from lineside_inspect.store import Store
+
+T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+
+
+def _store(tmp_path: Path, url: str | None, origin: str) -> tuple[Store, str]:
+    store = Store(tmp_path / origin, url, box_id="box-1" if origin == "box" else "hub")
+    store.review_origin = origin
+    row = synthetic_rows(1, box_id="box-1", site="plant-a", line="line-1", now=T0, fail_every=1)[0]
+    iid = row.id
+    with Session(store.engine) as s, s.begin():
+        s.add(row)
+    return store, iid
+
+
+def _event(iid: str, at: datetime, origin: str, action: str = "confirm",
+           boxes: list[dict[str, object]] | None = None, who: str = "qa") -> ReviewEvent:
+    if boxes is None:
+        boxes = [] if action == "false_reject" else [{"label": "open", "box": [10, 10, 30, 30]}]
+    return ReviewEvent(seq=1, inspection_id=iid, created_at=at, reviewer=who, action=action,
+                       boxes=boxes, origin=origin)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("side", ["box", "hub"])
+def test_last_writer_wins_ties_to_the_hub_all_kept(tmp_path: Path, database_url: str | None,
+                                                   side: str) -> None:
+    store, iid = _store(tmp_path, database_url, side)
+    try:
+        other = "hub" if side == "box" else "box"
+        # a review made here (Store.review), then the other side's, made later: it wins
+        store.review(iid, reviewer="here", action="confirm")
+        here_at = store.get(iid).reviews[0].created_at
+        later = _event(iid, here_at + timedelta(seconds=5), other, "false_reject", who="there")
+        assert apply_review(store, later) == "current"
+        row = store.get(iid)
+        assert [r.reviewer for r in row.reviews] == ["here", "there"]
+        assert row.review_state == "corrected" and row.reviews[-1].boxes == []
+        assert apply_review(store, later) == "duplicate"  # resent: nothing changes
+        assert len(store.get(iid).reviews) == 2
+        # one made before both, arriving late: kept in the audit trail, not current
+        early = _event(iid, here_at - timedelta(minutes=1), other, "confirm", who="early")
+        assert apply_review(store, early) == "superseded"
+        row = store.get(iid)
+        assert [r.reviewer for r in row.reviews] == ["early", "here", "there"]
+        assert row.review_state == "corrected"
+        assert [r["reviewer"] for r in store.record(row).model_dump()["reviews"]] == \
+            ["early", "here", "there"]
+        # a tie of times: the hub's wins, whichever side applies it and in which order
+        tie_at = here_at + timedelta(seconds=10)
+        hub_tie = _event(iid, tie_at, "hub", "confirm", who="hub-tie")
+        box_tie = _event(iid, tie_at, "box", "false_reject", who="box-tie")
+        first, second = (hub_tie, box_tie) if side == "box" else (box_tie, hub_tie)
+        apply_review(store, first)
+        apply_review(store, second)
+        row = store.get(iid)
+        assert row.reviews[-1].reviewer == "hub-tie" and row.review_state == "confirmed"
+        assert len(row.reviews) == 5
+        # the dashboard's review figures read the same current review
+        quality = store.stats(24 * 365, now=T0 + timedelta(hours=1))["quality"]
+        assert quality["reviewed_fails"] == 1 and quality["false_rejects"] == 0
+        # a review made here after seeing them all follows the latest, even when the
+        # other side's clock ran ahead of this one's
+        future = _event(iid, datetime.now(UTC) + timedelta(hours=1), other, "confirm", who="ahead")
+        assert apply_review(store, future) == "current"
+        store.review(iid, reviewer="after", action="false_reject", seen_reviews=6)
+        row = store.get(iid)
+        assert row.reviews[-1].reviewer == "after" and row.review_state == "corrected"
+        assert row.reviews[-1].created_at > row.reviews[-2].created_at
+        assert row.reviews[-1].origin == side
+    finally:
+        store.close()
+
+
+def test_unknown_inspection_and_bad_reviews_change_nothing(tmp_path: Path,
+                                                           database_url: str | None) -> None:
+    store, iid = _store(tmp_path, database_url, "hub")
+    try:
+        assert apply_review(store, _event("f" * 32, T0, "box")) == "unknown_inspection"
+        for bad, why in (([{"label": "alien", "box": [1, 1, 2, 2]}], "unknown class"),
+                         ([{"label": "open", "box": [1, 2]}], "box 0"),
+                         ([{"label": "open", "box": [1, 1, 2, 2], "html": "<b>"}], "box 0")):
+            with pytest.raises(ConfigError, match=why):
+                apply_review(store, _event(iid, T0, "box", "missed_defect", boxes=bad))
+        with pytest.raises(ConfigError, match="action"):
+            apply_review(store, _event(iid, T0, "box", "delete_everything"))
+        assert store.get(iid).reviews == [] and store.get(iid).review_state == "unreviewed"
+        # what a side sends is what the other applies: the wire form round-trips
+        store.review(iid, reviewer="hub-qa", action="false_reject", note="no defect")
+        wire = review_event(store.get(iid).reviews[0], seq=7)
+        assert wire.origin == "hub" and wire.note == "no defect" and wire.boxes == []
+        assert apply_review(store, ReviewEvent.model_validate_json(wire.model_dump_json())) \
+            == "duplicate"
+    finally:
+        store.close()
