@@ -170,6 +170,13 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     from lineside_inspect.lifecycle.install import install as install_lifecycle
 
     install_lifecycle(app, settings)
+    if settings.fleet.hub_url:
+        # store-and-forward to the hub, review sync, model pulls: after the store and the
+        # lifecycle (pulled models activate through it), so they start after them and stop
+        # before them
+        from lineside_inspect.fleet.box import install as install_fleet
+
+        install_fleet(app, settings)
     gate.install(app, settings)  # auth and body limits before any body is read
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,

@@ -1,4 +1,5 @@
-"""The outbox: events for line outputs (MQTT), kept in the store until a broker has them.
+"""The outbox: events for line outputs (MQTT) and for the fleet hub, kept in the store
+until their receiver has them.
 
 An inspection's events are as durable as the inspection itself: the functions in
 ``Store.event_makers`` turn it into events when its journal record is made, so they are
@@ -10,6 +11,9 @@ broker acknowledged them (:meth:`Outbox.mark_delivered`). Delivered rows are pur
 a while; undelivered ones are never dropped.
 
 Each row names the box that wrote it: boxes sharing one database deliver only their own.
+Each row has a ``channel``: ``mqtt`` (or NULL, rows from before channels) for the MQTT
+publisher, ``fleet`` for the hub forwarder (``fleet/box/forward.py``; its ``topic`` is the
+inspection id); an :class:`Outbox` reads and delivers one channel only.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from lineside_inspect.store.models import OutboxRow
@@ -31,14 +35,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lineside.store")
 
-# an event as journaled: {"topic": str, "payload": JSON object, "created_at": ISO time}
+# an event as journaled: {"topic": str, "payload": JSON object, "created_at": ISO time,
+# "channel": str (absent: mqtt)}
 Event = dict[str, Any]
 EventMaker = Callable[["Inspection"], list[Event]]
+MQTT = "mqtt"  # the default channel (NULL in rows written before channels)
 
 
-def event(topic: str, payload: dict[str, Any], created_at: datetime | None = None) -> Event:
-    return {"topic": topic, "payload": payload,
-            "created_at": (created_at or datetime.now(UTC)).isoformat()}
+def event(topic: str, payload: dict[str, Any], created_at: datetime | None = None,
+          channel: str = MQTT) -> Event:
+    e = {"topic": topic, "payload": payload,
+         "created_at": (created_at or datetime.now(UTC)).isoformat()}
+    if channel != MQTT:
+        e["channel"] = channel
+    return e
 
 
 def events_for(makers: Iterable[EventMaker], inspection: Inspection) -> list[Event]:
@@ -59,7 +69,7 @@ def add_events(session: Session, box_id: str, events: Iterable[Event]) -> int:
     n = 0
     for e in events:
         session.add(OutboxRow(created_at=datetime.fromisoformat(e["created_at"]), box_id=box_id,
-                              topic=e["topic"], payload=e["payload"]))
+                              topic=e["topic"], payload=e["payload"], channel=e.get("channel")))
         n += 1
     return n
 
@@ -72,22 +82,34 @@ class PendingEvent:
     payload: dict[str, Any]
 
 
-class Outbox:
-    """The outbox rows of box ``box_id`` in the store's database."""
+def on_channel(channel: str) -> Any:
+    """The SQL condition: an outbox row of ``channel``."""
+    if channel == MQTT:
+        return or_(OutboxRow.channel.is_(None), OutboxRow.channel == MQTT)
+    return OutboxRow.channel == channel
 
-    def __init__(self, engine: Engine, box_id: str) -> None:
+
+class Outbox:
+    """The outbox rows of box ``box_id`` on ``channel`` in the store's database."""
+
+    def __init__(self, engine: Engine, box_id: str, channel: str = MQTT) -> None:
         self.engine = engine
         self.box_id = box_id
+        self.channel = channel
+
+    def _mine(self) -> Any:
+        return (OutboxRow.box_id == self.box_id) & on_channel(self.channel)
 
     def _waiting(self) -> Any:
-        return (OutboxRow.box_id == self.box_id) & OutboxRow.delivered_at.is_(None)
+        return self._mine() & OutboxRow.delivered_at.is_(None)
 
     def enqueue(self, topic: str, payload: dict[str, Any]) -> int:
         """Add one event outside an inspection's transaction (events about no inspection);
         its id."""
         with Session(self.engine) as s, s.begin():
             row = OutboxRow(created_at=datetime.now(UTC), box_id=self.box_id, topic=topic,
-                            payload=payload)
+                            payload=payload,
+                            channel=None if self.channel == MQTT else self.channel)
             s.add(row)
             s.flush()
             return int(row.id)
@@ -104,7 +126,7 @@ class Outbox:
         when = at or datetime.now(UTC)
         with Session(self.engine) as s, s.begin():
             for start in range(0, len(ids), 500):
-                s.execute(update(OutboxRow).where(OutboxRow.box_id == self.box_id,
+                s.execute(update(OutboxRow).where(self._mine(),
                                                   OutboxRow.id.in_(ids[start:start + 500]))
                           .values(delivered_at=when))
 
@@ -128,7 +150,7 @@ class Outbox:
         """Delete this box's events delivered more than ``older_than_s`` ago."""
         cutoff = as_utc(now or datetime.now(UTC)) - timedelta(seconds=older_than_s)
         with Session(self.engine) as s, s.begin():
-            res = s.execute(delete(OutboxRow).where(OutboxRow.box_id == self.box_id,
+            res = s.execute(delete(OutboxRow).where(self._mine(),
                                                     OutboxRow.delivered_at.is_not(None),
                                                     OutboxRow.delivered_at < cutoff))
             return int(getattr(res, "rowcount", 0) or 0)

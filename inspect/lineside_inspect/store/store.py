@@ -50,6 +50,7 @@ from lineside_inspect.store.models import (
     LIFECYCLE_TABLES,
     Base,
     InspectionRow,
+    OutboxRow,
     ReviewRow,
     ShadowResultRow,
 )
@@ -146,6 +147,13 @@ class Store:
         # record and enter the outbox with its row; then the listeners are told (no blocking)
         self.event_makers: list[EventMaker] = []
         self.outbox_listeners: list[Callable[[], None]] = []
+        # the fleet (fleet/box/): the site and line written into each row, and the outbox
+        # channel whose undelivered events retention keeps (their rows are not forwarded
+        # yet: age never removes them, the quota removes only their images, and counts it)
+        self.site: str | None = None
+        self.line: str | None = None
+        self.guard_channel: str | None = None
+        self.dropped_unforwarded = 0
         # active-learning capture (lifecycle/capture.py): asked of each inspection on the
         # request path (so it must be quick); a reason keeps the image for labelling
         self.capture_policy: Callable[[Inspection], str | None] | None = None
@@ -265,6 +273,7 @@ class Store:
             "width": int(inspection.image.shape[1]), "height": int(inspection.image.shape[0]),
             "image_bytes": len(image) if image is not None else 0,
             "review_state": "unreviewed", "box_id": self.box_id,
+            "site": self.site, "line": self.line,
             "reference_name": None if ref is None else ref.name, "reference_path": ref_rel,
         }
         if self.event_makers:
@@ -436,10 +445,22 @@ class Store:
             (InspectionRow.verdict == "fail") & (InspectionRow.review_state == "unreviewed"),
         ]
 
+    def _forwarded(self) -> ColumnElement[bool]:
+        """Rows whose fleet event is delivered (all rows when nothing is forwarded)."""
+        if self.guard_channel is None:
+            return InspectionRow.id.is_not(None)
+        waiting = select(OutboxRow.topic).where(
+            OutboxRow.box_id == self.box_id, OutboxRow.channel == self.guard_channel,
+            OutboxRow.delivered_at.is_(None))
+        return InspectionRow.id.not_in(waiting)
+
     def enforce_retention(self, now: datetime | None = None) -> int:
         """Apply the age limit, then the disk quota, to this box's rows. Returns rows
         deleted. Rows without an image (unsampled passes) leave by age only; their
-        database space counts against the quota, and images make way for it."""
+        database space counts against the quota, and images make way for it. Rows not
+        forwarded to the hub yet (``guard_channel``) never leave by age; when the quota
+        still needs room after every forwarded image is gone, their images go (the rows
+        stay, and are forwarded without them), counted in ``dropped_unforwarded``."""
         deleted = 0
         with self._lock:
             if self.max_bytes is not None:
@@ -448,7 +469,7 @@ class Store:
                 if self.max_age_days is not None:
                     cutoff = as_utc(now or datetime.now(UTC)) - timedelta(days=self.max_age_days)
                     for row in s.scalars(select(InspectionRow).where(
-                            self._mine(), InspectionRow.created_at < cutoff)):
+                            self._mine(), self._forwarded(), InspectionRow.created_at < cutoff)):
                         self._delete(s, row)
                         deleted += 1
                 if self.max_bytes is not None:
@@ -457,13 +478,16 @@ class Store:
                     for tier in self._deletion_order():
                         if used <= self.max_bytes:
                             break
-                        q = (select(InspectionRow).where(self._mine(), tier, InspectionRow.image_bytes > 0)
+                        q = (select(InspectionRow).where(self._mine(), self._forwarded(), tier,
+                                                         InspectionRow.image_bytes > 0)
                              .order_by(InspectionRow.created_at))
                         for row in s.scalars(q):
                             if used <= self.max_bytes:
                                 break
                             used -= self._delete(s, row)
                             deleted += 1
+                    if used > self.max_bytes and self.guard_channel is not None:
+                        used = self._drop_unforwarded_images(s, used)
                     if used > self.max_bytes:
                         log.warning("store: %d bytes in use with no image left to remove; the "
                                     "quota of %d bytes is too small for the database",
@@ -471,6 +495,30 @@ class Store:
             if deleted and self.max_bytes is not None:
                 self.checkpoint(self.max_bytes // 16)  # the deletions' own log entries
         return deleted
+
+    def _drop_unforwarded_images(self, s: Session, used: int) -> int:
+        """The quota forces it: remove images of rows not forwarded yet (in the deletion
+        order), keeping the rows; the bytes still in use."""
+        assert self.max_bytes is not None
+        dropped = 0
+        for tier in self._deletion_order():
+            q = (select(InspectionRow).where(self._mine(), ~self._forwarded(), tier,
+                                             InspectionRow.image_bytes > 0)
+                 .order_by(InspectionRow.created_at))
+            for row in s.scalars(q):
+                if used <= self.max_bytes:
+                    break
+                if row.image_path:
+                    (self.images_dir / row.image_path).unlink(missing_ok=True)
+                used -= row.image_bytes
+                row.image_path, row.image_bytes = None, 0
+                dropped += 1
+        if dropped:
+            self.dropped_unforwarded += dropped
+            log.warning("store: the disk quota forced removing the images of %d inspection(s) "
+                        "not forwarded to the hub yet; their records are kept and forwarded "
+                        "without them", dropped)
+        return used
 
     def _sqlite_files(self) -> list[Path]:
         """The SQLite database file and its -wal and -shm companions ([] on PostgreSQL)."""

@@ -1,0 +1,61 @@
+"""The box side of the fleet, wired into the edge server by :func:`install` (called by
+``server/app.py`` when ``fleet.hub_url`` is set).
+
+One :class:`~lineside_inspect.fleet.box.client.HubClient` per box (``app.state.hub_client``),
+made once the store is open (its box id is the key's name on the hub); then each part
+starts: the forwarder (``forward.py``: store-and-forward of inspections), the review sync
+and status reports (``reviews.py``, ``status.py``) and model pulls (``models.py``). They
+stop in reverse order, before the store closes. Nothing here ever blocks a verdict: a hub
+that is down only grows the backlog.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from lineside_inspect.config import Settings
+
+log = logging.getLogger("lineside.fleet")
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    from lineside_inspect.fleet.box.client import HubClient
+    from lineside_inspect.fleet.box.forward import Forwarder, forward_events
+
+    fleet = settings.fleet
+    if not fleet.hub_url:
+        return
+    app.state.hub_client = None
+    app.state.forwarder = None
+
+    def start() -> None:
+        store = app.state.store
+        if store is None:
+            log.warning("fleet: hub_url is set but this server keeps no store: nothing to forward")
+            return
+        store.site, store.line = fleet.site, fleet.line
+        client = HubClient(fleet, store.box_id)
+        app.state.hub_client = client
+        forwarder = Forwarder(store, client, fleet, app.state.metrics)
+        # the fleet event is journaled with each inspection: forwarding survives kill -9
+        store.event_makers.append(forward_events)
+        store.outbox_listeners.append(forwarder.wake)
+        store.guard_channel = forwarder.channel
+        forwarder.start()
+        app.state.forwarder = forwarder
+        app.state.metrics_hooks.append(forwarder.refresh_gauges)
+        log.info("fleet: box %s forwards to %s (site %s, line %s)", store.box_id,
+                 fleet.hub_url, fleet.site, fleet.line)
+
+    def stop() -> None:
+        if app.state.forwarder is not None:
+            app.state.forwarder.stop()
+        if app.state.hub_client is not None:
+            app.state.hub_client.close()
+
+    app.state.on_startup.append(start)
+    app.state.on_shutdown.append(stop)

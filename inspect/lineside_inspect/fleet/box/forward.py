@@ -1,0 +1,282 @@
+"""Store-and-forward: the box's inspections to its hub, in order, exactly once on the hub.
+
+Each inspection gets a ``fleet`` event (:func:`forward_events`, one of the store's event
+makers): it is journaled with the inspection and enters the outbox in the row's own
+transaction, so from the moment a verdict is answered its forwarding survives kill -9.
+A thread (:class:`Forwarder`) reads the pending fleet events in outbox id order, sends
+their rows and images to the hub as one ``ForwardBatch`` (``seq`` = outbox id), and marks
+delivered only what the hub's ``ForwardAck.through_seq`` covers. Whatever is unsure is
+sent again: the hub skips what it holds (by its per-box cursor and by inspection id).
+
+While the hub is unreachable the backlog grows (bounded by local retention, which keeps
+unforwarded rows: ``Store.enforce_retention``) and the thread backs off; nothing on the
+verdict path waits for it. An image the disk quota removed before it was forwarded is
+left out of its record (the row still goes), and counted.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from lineside_inspect.errors import HubRefused, HubUnavailable, LinesideError, NotFoundError
+from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.config import FleetSettings
+from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch, ForwardedInspection
+from lineside_inspect.store.models import InspectionRow
+from lineside_inspect.store.outbox import Event, Outbox, PendingEvent, event
+
+if TYPE_CHECKING:
+    from lineside_inspect.inspector import Inspection
+    from lineside_inspect.server.metrics import Metrics
+    from lineside_inspect.store import Store
+
+log = logging.getLogger("lineside.fleet")
+CHANNEL = "fleet"  # the outbox channel; an event's topic is its inspection id
+MAX_BATCH_IMAGE_BYTES = 8 * 1024 * 1024  # images per request (base64 adds a third)
+PURGE_EVERY_S = 60.0
+KEEP_DELIVERED_S = 3600.0
+
+
+def forward_events(inspection: Inspection) -> list[Event]:
+    """The store's event maker: one fleet event per inspection."""
+    return [event(inspection.id, {}, channel=CHANNEL)]
+
+
+class FleetMetrics:
+    """The forwarder's figures in the server's registry (``/metrics``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        r = metrics.registry
+        self.backlog = Gauge("lineside_fleet_backlog", "Inspections waiting to be forwarded "
+                             "to the hub", registry=r)
+        self.lag = Gauge("lineside_fleet_lag_seconds", "Age of the oldest inspection waiting "
+                         "to be forwarded (0: none)", registry=r)
+        self.forwarded = Counter("lineside_fleet_forwarded", "Inspections the hub acknowledged",
+                                 registry=r)
+        self.errors = Counter("lineside_fleet_errors", "Forwarding failures by kind "
+                              "(hub_unavailable, hub_refused, image_missing, record_missing, "
+                              "internal)", ["kind"], registry=r)
+        self.dropped = Counter("lineside_fleet_dropped_unforwarded", "Images the disk quota "
+                               "removed before they were forwarded (their records still go)",
+                               registry=r)
+
+
+class Forwarder:
+    """One thread per box; :meth:`wake` when new fleet events are committed."""
+
+    channel = CHANNEL
+
+    def __init__(self, store: Store, client: HubClient, settings: FleetSettings,
+                 metrics: Metrics | None = None) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings
+        self.outbox = Outbox(store.engine, store.box_id, CHANNEL)
+        self.metrics = FleetMetrics(metrics) if metrics is not None else None
+        self._dropped_seen = store.dropped_unforwarded
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-forward", daemon=True)
+        self.forwarded = 0
+        self.failures = 0  # consecutive
+        self.last_error: str | None = None
+        # backoff: from half the poll interval up to ten of them (1-30 s)
+        self.retry_min_s = settings.forward_interval_s / 2
+        self.retry_max_s = min(30.0, max(1.0, 10 * settings.forward_interval_s))
+
+    # -- life ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s if timeout_s is not None else self.settings.timeout_s + 2)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- the loop ------------------------------------------------------------------
+    def _run(self) -> None:
+        last_purge = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                sent = self.forward_once()
+            except LinesideError as exc:
+                self._failed(_kind(exc), exc.message)
+                continue
+            except Exception as exc:  # a bug or a local database outage: logged, retried
+                log.exception("fleet: forwarding failed")
+                self._failed("internal", type(exc).__name__)
+                continue
+            if self.failures:
+                log.info("fleet: hub %s reachable again", self.client.base_url)
+            self.failures, self.last_error = 0, None
+            self.refresh_gauges()
+            if time.monotonic() - last_purge > PURGE_EVERY_S:
+                last_purge = time.monotonic()
+                self._purge()
+            if not sent:  # caught up: wait for new events, or poll
+                self._wake.wait(self.settings.forward_interval_s)
+                self._wake.clear()
+
+    def _failed(self, kind: str, message: str) -> None:
+        self.failures += 1
+        self.last_error = message
+        if self.metrics is not None:
+            self.metrics.errors.labels(kind).inc()
+        if self.failures == 1 or self.failures % 50 == 0:
+            log.warning("fleet: %s (attempt %d); inspections wait in the outbox", message,
+                        self.failures)
+        self._safe_gauges()
+        delay = min(self.retry_max_s, self.retry_min_s * 2 ** (self.failures - 1))
+        self._stop.wait(delay * random.uniform(0.8, 1.0))  # jitter: boxes do not retry in step
+
+    def _purge(self) -> None:
+        try:
+            self.outbox.purge_delivered(KEEP_DELIVERED_S)
+        except Exception as exc:
+            log.warning("fleet: purging delivered events failed: %s", exc)
+
+    def forward_once(self) -> int:
+        """Send one batch of what is pending; the number the hub acknowledged (0: nothing
+        was pending)."""
+        pending = self.outbox.pending(limit=self.settings.forward_batch)
+        if not pending:
+            return 0
+        items, missing = self._items(pending)
+        through = 0
+        if items:
+            ack = self.client.post(self.client.path(FORWARD), ForwardBatch(items=items), ForwardAck)
+            through = ack.through_seq
+        # events whose rows are gone have nothing to send: settled with the batch they
+        # came in, once the hub took all of it
+        full = not items or through >= items[-1].seq
+        done = [e.id for e in pending if e.id <= through or (full and e.id in missing)]
+        self.outbox.mark_delivered(done)
+        n = sum(1 for e in pending if e.id <= through and e.id not in missing)
+        self.forwarded += n
+        if self.metrics is not None:
+            self.metrics.forwarded.inc(n)
+        if items and through < items[-1].seq:
+            # the hub holds less than was sent: say so, and send the rest again
+            raise HubRefused(f"hub acknowledged through seq {through} of {items[-1].seq}")
+        return len(done)
+
+    def _items(self, pending: list[PendingEvent]) -> tuple[list[ForwardedInspection], set[int]]:
+        """The batch for ``pending`` (cut at MAX_BATCH_IMAGE_BYTES, at least one item) and
+        the events whose rows are gone."""
+        ids = [e.topic for e in pending]
+        with Session(self.store.engine) as s:
+            rows = {r.id: r for r in s.scalars(select(InspectionRow).where(InspectionRow.id.in_(ids))
+                                               .options(selectinload(InspectionRow.reviews)))}
+        items: list[ForwardedInspection] = []
+        missing: set[int] = set()
+        size = 0
+        for e in pending:
+            row = rows.get(e.topic)
+            if row is None:
+                missing.add(e.id)
+                self._count("record_missing")
+                log.warning("fleet: inspection %s is no longer in the store; not forwarded",
+                            e.topic)
+                continue
+            item, n = self._item(e.id, row)
+            if items and size + n > MAX_BATCH_IMAGE_BYTES:
+                break
+            items.append(item)
+            size += n
+        return items, missing
+
+    def _item(self, seq: int, row: InspectionRow) -> tuple[ForwardedInspection, int]:
+        record = self.store.record(row).model_dump(mode="json", exclude={"reviews"})
+        image = ref = None
+        if row.image_path:
+            image = self._read(row, "image")
+        if row.reference_path:
+            ref = self._read(row, "reference")
+        item = ForwardedInspection(
+            seq=seq, id=row.id, site=row.site, line=row.line, record=record,
+            image_b64=_b64(image), image_ext=image[1] if image else None,
+            reference_b64=_b64(ref), reference_ext=ref[1] if ref else None)
+        return item, len(image[0]) if image else 0
+
+    def _read(self, row: InspectionRow, what: str) -> tuple[bytes, str] | None:
+        """The image's bytes and ext ("jpg" or "png"); None when it is gone."""
+        try:
+            path = self.store.image_file(row) if what == "image" else self.store.reference_file(row)
+            data = path.read_bytes()
+        except (NotFoundError, FileNotFoundError):
+            self._count("image_missing")
+            log.warning("fleet: the %s of inspection %s was removed before it was forwarded; "
+                        "its record goes without it", what, row.id)
+            return None
+        return _as_jpg_or_png(data, Path(path).suffix.lstrip(".").lower())
+
+    def _count(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.errors.labels(kind).inc()
+
+    # -- figures -------------------------------------------------------------------
+    def refresh_gauges(self) -> None:
+        backlog = self.outbox.backlog()
+        lag = self.outbox.oldest_pending_age(datetime.now(UTC)) or 0.0
+        self.backlog, self.lag_s = backlog, lag
+        if self.metrics is not None:
+            self.metrics.backlog.set(backlog)
+            self.metrics.lag.set(lag)
+            dropped = self.store.dropped_unforwarded
+            if dropped > self._dropped_seen:
+                self.metrics.dropped.inc(dropped - self._dropped_seen)
+                self._dropped_seen = dropped
+
+    def _safe_gauges(self) -> None:
+        try:
+            self.refresh_gauges()
+        except Exception as exc:  # the local database: the next round tells
+            log.debug("fleet: gauges not refreshed: %s", exc)
+
+    backlog: int = 0
+    lag_s: float = 0.0
+
+    def status(self) -> dict[str, Any]:
+        return {"backlog": self.backlog, "lag_s": self.lag_s, "forwarded": self.forwarded,
+                "failures": self.failures, "last_error": self.last_error}
+
+
+def _kind(exc: LinesideError) -> str:
+    if isinstance(exc, HubUnavailable):
+        return "hub_unavailable"
+    if isinstance(exc, HubRefused):
+        return "hub_refused"
+    return "internal"
+
+
+def _b64(image: tuple[bytes, str] | None) -> str | None:
+    return base64.b64encode(image[0]).decode("ascii") if image is not None else None
+
+
+def _as_jpg_or_png(data: bytes, ext: str) -> tuple[bytes, str]:
+    """The wire carries JPEG or PNG: a BMP upload is re-encoded losslessly as PNG."""
+    if ext in ("jpg", "png"):
+        return data, ext
+    import numpy as np
+
+    from lineside_inspect.opencv import cv2
+
+    frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    ok, buf = cv2.imencode(".png", frame) if frame is not None else (False, None)
+    if not ok or buf is None:
+        raise NotFoundError(f"a stored .{ext} image could not be re-encoded for the hub")
+    return bytes(buf.tobytes()), "png"

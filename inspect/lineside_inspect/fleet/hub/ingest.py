@@ -1,0 +1,243 @@
+"""Forwarded inspections in (``fleet.protocol.FORWARD``): the hub's side of
+store-and-forward.
+
+A batch is applied in ``seq`` order, all or nothing:
+
+1. items at or below the box's cursor, and ids the hub already holds, are duplicates
+   (skipped: forwarding is idempotent by inspection id, and a retried batch changes
+   nothing);
+2. the new items' images go to the object store (``fleet/hub/images.py`` keys: an
+   inspection's image under its box and day, a reference image content-addressed by the
+   sha256 the hub computes itself);
+3. only then the rows, and the box's cursor moved to the batch's last ``seq``, in one
+   database transaction.
+
+So a row never points at an image that is not in the store: an object store that is down
+answers 503 before any row is written (the box keeps the batch and retries), and a hub
+killed between 2 and 3 leaves only objects the retry writes again under the same keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import re
+import threading
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from lineside_inspect.errors import (
+    Busy,
+    ConfigError,
+    DatabaseUnavailable,
+    Forbidden,
+    LinesideError,
+    NotFoundError,
+)
+from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.fleet.hub.images import CONTENT_TYPES, image_key, reference_key
+from lineside_inspect.fleet.hub.tables import CursorRow
+from lineside_inspect.fleet.objects import ObjectStore
+from lineside_inspect.fleet.protocol import (
+    FORWARD,
+    NAME_PATTERN,
+    ForwardAck,
+    ForwardBatch,
+    ForwardedInspection,
+)
+from lineside_inspect.schemas import StoredInspection
+from lineside_inspect.server.deps import Principal, require
+from lineside_inspect.server.responses import errors
+from lineside_inspect.store.models import InspectionRow
+from lineside_inspect.store.utc import as_utc
+
+log = logging.getLogger("lineside.hub")
+router = APIRouter(tags=["fleet"])
+STREAM = "inspections"  # this stream's name in fleet_cursors
+# column widths of InspectionRow: a longer value is refused (422), never a database error
+_WIDTHS = {"camera_id": 128, "part_id": 256, "recipe_name": 128, "recipe_version": 64,
+           "model_name": 128, "model_version": 64, "model_sha256": 64, "reference_name": 128}
+_MAGIC = {"jpg": (b"\xff\xd8",), "png": (b"\x89PNG\r\n\x1a\n",)}
+
+
+class Ingest:
+    """Applies forwarded batches to the hub's store and object store."""
+
+    def __init__(self, engine: Any, objects: ObjectStore) -> None:
+        self.engine = engine
+        self.objects = objects
+        # one batch at a time in this process; the cursor row is also locked (FOR UPDATE)
+        # for hubs sharing one database
+        self._lock = threading.Lock()
+        self._bucket_ready = False
+
+    def cursor(self, box_id: str) -> int:
+        with Session(self.engine) as s:
+            row = s.get(CursorRow, (box_id, STREAM))
+            return row.seq if row is not None else 0
+
+    def apply(self, box_id: str, batch: ForwardBatch) -> ForwardAck:
+        items = sorted(batch.items, key=lambda i: i.seq)
+        seqs = [i.seq for i in items]
+        if len(set(seqs)) != len(seqs):
+            raise ConfigError("a batch must not repeat a seq")
+        rows = {i.seq: _row(box_id, i) for i in items}  # every item checked before any write
+        with self._lock:
+            cursor = self.cursor(box_id)
+            fresh = [i for i in items if i.seq > cursor]
+            held = self._held([i.id for i in fresh])
+            new = [i for i in fresh if i.id not in held]
+            if new and not self._bucket_ready:
+                self.objects.ensure_bucket()
+                self._bucket_ready = True
+            for item in new:  # images first: a row never points at a missing image
+                self._put_images(item, rows[item.seq])
+            stored = self._commit(box_id, [rows[i.seq] for i in new], seqs[-1])
+        if stored:
+            log.info("hub: box %s: %d inspection(s) stored through seq %d", box_id, stored,
+                     seqs[-1])
+        return ForwardAck(through_seq=max(cursor, seqs[-1]), stored=stored,
+                          duplicates=len(items) - stored)
+
+    def _held(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        with Session(self.engine) as s:
+            return set(s.scalars(select(InspectionRow.id).where(InspectionRow.id.in_(ids))))
+
+    def _put_images(self, item: ForwardedInspection, row: InspectionRow) -> None:
+        if item.image_b64 is not None and row.image_path:
+            data = _decode(item.image_b64, item.image_ext, "image")
+            self.objects.put(row.image_path, data, CONTENT_TYPES[item.image_ext or "jpg"])
+        if item.reference_b64 is not None and row.reference_path \
+                and not self.objects.exists(row.reference_path):
+            data = _decode(item.reference_b64, item.reference_ext, "reference")
+            self.objects.put(row.reference_path, data, CONTENT_TYPES[item.reference_ext or "jpg"])
+
+    def _commit(self, box_id: str, rows: list[InspectionRow], through: int) -> int:
+        """The new rows and the cursor in one transaction; rows another request stored
+        meanwhile are skipped. The number of rows added."""
+        now = datetime.now(UTC)
+        try:
+            with Session(self.engine) as s, s.begin():
+                cur = s.scalar(select(CursorRow).where(CursorRow.box_id == box_id,
+                                                       CursorRow.stream == STREAM).with_for_update())
+                if cur is None:
+                    cur = CursorRow(box_id=box_id, stream=STREAM, seq=0, updated_at=now)
+                    s.add(cur)
+                ids = [r.id for r in rows]
+                present = set(s.scalars(select(InspectionRow.id).where(InspectionRow.id.in_(ids)))) \
+                    if ids else set()
+                added = [r for r in rows if r.id not in present]
+                s.add_all(added)
+                cur.seq = max(cur.seq, through)
+                cur.updated_at = now
+        except IntegrityError:  # another hub process took the same batch at the same time
+            raise Busy(f"a batch of box {box_id} is being applied by another request; "
+                       "retry") from None
+        return len(added)
+
+
+def _decode(b64: str, ext: str | None, what: str) -> bytes:
+    try:
+        data = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{what}_b64 is not base64") from None
+    if not data or ext is None or not data.startswith(_MAGIC[ext]):
+        raise ConfigError(f"{what}_b64 is not a {ext or '(no image_ext)'} image")
+    return data
+
+
+def _row(box_id: str, item: ForwardedInspection) -> InspectionRow:
+    """The hub's row of ``item``: the box's record, checked, under the keys its images
+    will have; the box id is the caller's (never taken from the record)."""
+    try:
+        rec = StoredInspection.model_validate({**item.record, "reviews": []})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"item seq {item.seq}: record.{where}: {first['msg']}") from None
+    if rec.id != item.id:
+        raise ConfigError(f"item seq {item.seq}: record id {rec.id} is not the item's id {item.id}")
+    if (item.image_b64 is None) != (item.image_ext is None) \
+            or (item.reference_b64 is None) != (item.reference_ext is None):
+        raise ConfigError(f"item seq {item.seq}: an image needs its ext, and an ext its image")
+    created = as_utc(rec.created_at)
+    ref = rec.reference
+    ref_key = None
+    if item.reference_b64 is not None and item.reference_ext is not None:
+        # content-addressed by what the hub computes, not by what the box says it is
+        digest = hashlib.sha256(_decode(item.reference_b64, item.reference_ext, "reference"))
+        ref_key = reference_key(digest.hexdigest(), item.reference_ext)
+    image_bytes = len(item.image_b64) * 3 // 4 if item.image_b64 else 0
+    labels = sorted({d.label for d in rec.defects})
+    values: dict[str, Any] = {
+        "id": rec.id, "created_at": created, "camera_id": rec.camera_id, "part_id": rec.part_id,
+        "recipe_name": rec.recipe.name, "recipe_version": rec.recipe.version,
+        "model_name": rec.model.name, "model_version": rec.model.version,
+        "model_sha256": rec.model.sha256, "class_names": list(rec.class_names),
+        "verdict": rec.verdict, "reasons": [r.model_dump() for r in rec.reasons],
+        "defects": [{"label": d.label, "score": d.score, "box": list(d.box)} for d in rec.defects],
+        "labels": "," + ",".join(labels) + "," if labels else "",
+        "max_score": max((d.score for d in rec.defects), default=0.0),
+        "timings_ms": rec.timings_ms.model_dump(),
+        "image_path": image_key(box_id, created, rec.id, item.image_ext)
+        if item.image_ext is not None else None,
+        "width": rec.width, "height": rec.height, "image_bytes": image_bytes,
+        "reference_name": ref.name if ref is not None else None, "reference_path": ref_key,
+        "review_state": rec.review_state, "box_id": box_id, "site": item.site,
+        "line": item.line}
+    for column, width in _WIDTHS.items():
+        v = values[column]
+        if v is not None and len(v) > width:
+            raise ConfigError(f"item seq {item.seq}: {column} is over {width} characters")
+    return InspectionRow(**values)
+
+
+def get_ingest(request: Request) -> Ingest:
+    ingest: Ingest | None = getattr(request.app.state, "ingest", None)
+    if ingest is None:
+        raise NotFoundError("this hub is not ready to take inspections")
+    return ingest
+
+
+BoxKey = Annotated[Principal, require("box")]
+BoxId = Annotated[str, Path(description="the sending box's id (its key's name)")]
+_NAME = re.compile(NAME_PATTERN)
+
+
+@router.post(FORWARD, responses=errors(), summary="Forwarded inspections from a box")
+def forward(box_id: BoxId, batch: ForwardBatch, who: BoxKey,
+            ingest: Annotated[Ingest, Depends(get_ingest)]) -> ForwardAck:
+    """Store a box's batch (idempotent: see the module docstring): 503 while the object
+    store or the database is unreachable, nothing half-stored."""
+    if not _NAME.fullmatch(box_id):
+        raise ConfigError(f"box id must match {NAME_PATTERN}")
+    if who.name != box_id:
+        raise Forbidden(f"key {who.name!r} may forward only for box {who.name!r}, not {box_id!r}")
+    try:
+        return ingest.apply(box_id, batch)
+    except LinesideError:
+        raise
+    except OperationalError:  # refused, reset, timed out: the box keeps the batch, retries
+        raise DatabaseUnavailable("the hub's database is unreachable; retry later") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def install(app: FastAPI, settings: HubSettings) -> None:
+    """Made once the hub's store and object store are (after ``app.setup_store``)."""
+
+    def start() -> None:
+        app.state.ingest = Ingest(app.state.store.engine, app.state.objects)
+
+    app.state.ingest = None
+    app.state.on_startup.append(start)
