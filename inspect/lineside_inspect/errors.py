@@ -247,6 +247,13 @@ class ObjectStoreUnavailable(LinesideError):
     status = 503
 
 
+class DatabaseUnavailable(LinesideError):
+    """The hub's database cannot be reached (the box keeps what it sent and retries)."""
+
+    code = "database_unavailable"
+    status = 503
+
+
 class HubUnavailable(LinesideError):
     """The fleet hub cannot be reached (a box keeps recording and serving meanwhile)."""
 
