@@ -653,6 +653,12 @@ def gate_cmd(
         raise typer.Exit(1)
 
 
+# lineside fleet keygen / publish / assign (model distribution; fleet/cli.py)
+from lineside_inspect.fleet.cli import register as _register_fleet  # noqa: E402
+
+_register_fleet(app, friendly, out)
+
+
 def main() -> None:
     try:
         app()
