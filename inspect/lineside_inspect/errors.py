@@ -277,6 +277,14 @@ class SignatureError(LinesideError):
     status = 422
 
 
+class VersionExists(LinesideError):
+    """A model version published on the hub with other bytes: a version names one package
+    for good (publish a new version instead)."""
+
+    code = "version_exists"
+    status = 409
+
+
 class RemoteInferenceUnavailable(LinesideError):
     """A recipe's remote inference endpoint (OIP v2: Triton, KServe, another Lineside)
     did not answer in time, refused the connection or answered a server error: the
