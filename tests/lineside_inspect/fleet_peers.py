@@ -74,7 +74,8 @@ class Weed:
              f"-volume.port={self.volume_port}", f"-filer.port={self.filer_port}", "-s3",
              f"-s3.port={self.s3_port}", f"-s3.config={config}", f"-master.port.grpc={mg}",
              f"-volume.port.grpc={vg}", f"-filer.port.grpc={fg}", f"-s3.port.grpc={sg}",
-             f"-s3.port.iceberg={ice}", "-master.volumeSizeLimitMB=64",
+             f"-s3.port.iceberg={ice}", "-s3.port.lance=0",  # Lance: off (fixed 9101)
+             "-master.volumeSizeLimitMB=64",
              "-volume.max=0"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (self.root / "data").mkdir(exist_ok=True)
