@@ -83,7 +83,7 @@ class PlcLine:
         if rule is None:
             return ErrorCode.UNKNOWN_RECIPE
         try:
-            detector = registry.detector(rule.model, rule.model_version)
+            detector = registry.detector_for(rule)
         except NotFoundError:
             return ErrorCode.RECIPE_NOT_USABLE
         cameras = self.service.cameras

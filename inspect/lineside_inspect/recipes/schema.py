@@ -14,6 +14,31 @@ from lineside_inspect.names import Name
 Polygon = list[tuple[float, float]]
 Score = Annotated[float, Field(ge=0, le=1)]
 
+# the remote endpoint's names become URL path segments: full-matched, no '/', '?' or '%'
+ENDPOINT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}"
+
+
+class RemoteModel(BaseModel):
+    """Where a recipe's inference runs when not on the box: an Open Inference Protocol
+    (KServe v2) endpoint such as Triton, KServe or another Lineside's ``/v2``. The box
+    keeps pre- and post-processing (letterbox, reference pair, boxes back to pixels) and
+    judges with the model card ``card`` names, so only the tensor goes out."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+    url: str = Field(..., pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$", max_length=512,
+                     description="the server's base URL; /v2/models/... is appended")
+    model: str = Field(..., pattern=f"^{ENDPOINT_NAME}$",
+                       description="the model's name on the endpoint")
+    version: str | None = Field(None, pattern=f"^{ENDPOINT_NAME}$",
+                                description="the model version on the endpoint; default its own")
+    card: str = Field(..., min_length=1, max_length=4096, description=(
+        "the model package folder (or its model.json) the endpoint serves: the card gives "
+        "the input size, classes and thresholds; the graph need not be on the box"))
+    token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", description=(
+        "environment variable holding a bearer token for the endpoint (never in the recipe)"))
+    timeout_s: float = Field(5.0, gt=0, le=60, description="per request, connect to last byte")
+
+
 
 class Recipe(BaseModel):
     """Rules turning detections into a verdict.
@@ -48,6 +73,8 @@ class Recipe(BaseModel):
     align_reference: bool = Field(False, description=(
         "reference models: translate each frame onto its reference before comparing "
         "(for parts that sit a few pixels off; searched within 16 px)"))
+    remote: RemoteModel | None = Field(None, description=(
+        "run inference on an OIP v2 endpoint instead of a package loaded on the box"))
 
     @field_validator("roi", "ignore")
     @classmethod
@@ -111,7 +138,12 @@ def load_recipe(path: str | Path) -> Recipe:
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} invalid YAML") from None
     try:
-        return Recipe.model_validate(doc)
+        recipe = Recipe.model_validate(doc)
     except ValidationError as exc:
         fields = describe_validation(exc.errors())
         raise ConfigError(f"{path}: {fields}") from None
+    if recipe.remote is not None and not Path(recipe.remote.card).is_absolute():
+        # a remote model's card is found beside the recipe file, wherever it is run from
+        card = str((path.parent / recipe.remote.card).resolve())
+        recipe = recipe.model_copy(update={"remote": recipe.remote.model_copy(update={"card": card})})
+    return recipe

@@ -32,6 +32,7 @@ class Registry:
         self._lock = threading.Lock()
         self._models: dict[str, ModelSlot] = {}
         self._recipes: dict[str, Recipe] = {}
+        self._remote: dict[str, Detector] = {}  # recipe name -> its OIP v2 endpoint's
         self.default_recipe: str | None = None
 
     # -- models ---------------------------------------------------------------------
@@ -90,12 +91,44 @@ class Registry:
 
     # -- recipes --------------------------------------------------------------------
     def add_recipe(self, recipe: Recipe) -> None:
-        detector = self.detector(recipe.model, recipe.model_version)
+        remote = self._remote_detector(recipe) if recipe.remote is not None else None
+        detector = remote or self.detector(recipe.model, recipe.model_version)
         recipe.check_classes(detector.class_names)
         with self._lock:
             self._recipes[recipe.name] = recipe
+            if remote is not None:
+                self._remote[recipe.name] = remote
+            else:
+                self._remote.pop(recipe.name, None)
             if self.default_recipe is None:
                 self.default_recipe = recipe.name
+
+    def _remote_detector(self, recipe: Recipe) -> Detector:
+        """The detector of a recipe that names an OIP v2 endpoint (its card must be the
+        recipe's model); the one already made for the same endpoint is kept."""
+        from lineside_inspect.runtime.remote import RemoteDetector
+
+        assert recipe.remote is not None
+        with self._lock:
+            known = self._remote.get(recipe.name)
+        if isinstance(known, RemoteDetector) and known.remote == recipe.remote:
+            return known
+        detector = RemoteDetector(recipe.remote)
+        card = detector.card
+        if card.name != recipe.model or recipe.model_version not in (None, card.version):
+            raise ConfigError(f"recipe {recipe.name}: its remote card is {card.name} "
+                              f"{card.version}, the recipe names {recipe.model} "
+                              f"{recipe.model_version or ''}".rstrip())
+        return detector
+
+    def detector_for(self, recipe: Recipe) -> Detector:
+        """The detector ``recipe`` judges with: its remote endpoint's, else the loaded
+        package's (the pinned version, or the active one)."""
+        with self._lock:
+            remote = self._remote.get(recipe.name)
+        if remote is not None and recipe.remote is not None:
+            return remote
+        return self.detector(recipe.model, recipe.model_version)
 
     def recipe(self, name: str | None) -> Recipe:
         with self._lock:

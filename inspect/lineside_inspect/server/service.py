@@ -162,7 +162,7 @@ class InspectionService:
         """The recipe and the detector this inspection will use from start to end, even
         if a new version is activated meanwhile."""
         rule = self.registry.recipe(recipe)
-        return rule, self.registry.detector(rule.model, rule.model_version)
+        return rule, self.registry.detector_for(rule)
 
     def _check_header(self, data: bytes, what: str) -> None:
         """Refuse a bomb or a non-image from its header, before queueing for a slot."""

@@ -119,6 +119,11 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep) -> 
     its model (or pinned version) is not loaded, 422 when it names classes the model lacks."""
     if recipe.name != name:
         raise ConfigError(f"recipe name {recipe.name!r} does not match the URL's {name!r}")
+    if recipe.remote is not None:
+        # an endpoint URL, its token's variable and a card path are the box's own
+        # settings: over the API they would let a key make the box call any address
+        raise ConfigError(f"recipe {recipe.name}: a remote inference endpoint is set in a "
+                          "recipe file of the server's config, not over the API")
     registry.add_recipe(recipe)
     return recipe
 

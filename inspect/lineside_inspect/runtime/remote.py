@@ -1,0 +1,245 @@
+"""Remote inference: a detector whose ``forward`` runs on an Open Inference Protocol
+(KServe v2) endpoint (Triton, KServe, another Lineside's ``/v2``).
+
+Everything but the forward pass stays on the box: the letterbox and reference pair
+before it, the mapping of boxes back to pixels and the recipe's verdict after it, all
+from the model card the recipe names. So a remote recipe judges exactly as the same
+recipe would with the package loaded locally, and the service's one inspection path
+does not know the difference.
+
+The tensor goes out with the protocol's binary tensor extension (a 640x640 frame is
+1.2 MB of bytes rather than ~4 MB of JSON numbers); the outputs come back as JSON (a
+hundred detections at most). Every request is bounded by the recipe's ``timeout_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lineside_inspect.errors import (
+    ConfigError,
+    PackageError,
+    RemoteInferenceRefused,
+    RemoteInferenceUnavailable,
+)
+from lineside_inspect.package import CARD, OUTPUT_NAMES, ModelCard, ModelPackage, read_card
+from lineside_inspect.recipes.schema import RemoteModel
+from lineside_inspect.runtime.detector import Detector
+
+# outputs of at most max_detections rows each come back; anything far larger is not a
+# detector's answer, and is not read into memory
+MAX_ANSWER_BYTES = 8 << 20
+DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,
+          "INT32": np.int32, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8}
+
+
+class _Tensor(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    datatype: str
+    shape: list[int] = Field(..., max_length=8)
+    data: list[float] | None = None
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    outputs: list[_Tensor] = Field(..., max_length=32)
+
+
+class _Metadata(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    inputs: list[_Tensor] = Field(..., max_length=32)
+    outputs: list[_Tensor] = Field(..., max_length=32)
+
+
+def remote_card(path: str | Path) -> ModelPackage:
+    """The card of a remote model: ``path`` is a package folder or its ``model.json``.
+    Only the card is read (the graph runs elsewhere and need not be on the box)."""
+    folder = Path(path)
+    if folder.name == CARD:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise PackageError(f"{path}: no model card there (a package folder or its {CARD})")
+    return ModelPackage(folder, read_card(folder))
+
+
+class OipClient:
+    """One model on one OIP v2 endpoint, over httpx (thread-safe; connections kept)."""
+
+    def __init__(self, remote: RemoteModel, card: ModelCard) -> None:
+        self.card = card
+        self.base = remote.url.rstrip("/")
+        path = f"/v2/models/{remote.model}"
+        if remote.version is not None:
+            path += f"/versions/{remote.version}"
+        self.model_url = self.base + path
+        self.where = f"{self.base} model {remote.model}" + (
+            f" version {remote.version}" if remote.version else "")
+        headers = {}
+        if remote.token_env is not None:
+            token = os.environ.get(remote.token_env)
+            if not token:
+                raise ConfigError(f"remote model {self.where}: environment variable "
+                                  f"{remote.token_env} (its bearer token) is not set")
+            headers["Authorization"] = f"Bearer {token}"
+        # one bound for every phase: a black-holed address, a server that accepts and
+        # never answers, and one that trickles its answer all end within timeout_s
+        self.http = httpx.Client(headers=headers, timeout=httpx.Timeout(remote.timeout_s),
+                                 follow_redirects=False, trust_env=False)
+        self.checked = False  # the endpoint's metadata agreed with the card
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, url: str, content: bytes | None = None,
+              headers: dict[str, str] | None = None) -> bytes:
+        try:
+            with self.http.stream(method, url, content=content, headers=headers) as answer:
+                body = bytearray()
+                for chunk in answer.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise RemoteInferenceRefused(
+                            f"remote inference at {self.where}: answer over "
+                            f"{MAX_ANSWER_BYTES} bytes")
+                status = answer.status_code
+        except httpx.TimeoutException:
+            raise RemoteInferenceUnavailable(
+                f"remote inference at {self.where}: no answer within "
+                f"{self.http.timeout.read} s") from None
+        except httpx.HTTPError as exc:
+            raise RemoteInferenceUnavailable(
+                f"remote inference at {self.where} unreachable ({type(exc).__name__})") from None
+        if status >= 500 or status == 429:
+            raise RemoteInferenceUnavailable(
+                f"remote inference at {self.where}: answered {status}{_detail(body)}")
+        if status != 200:
+            raise RemoteInferenceRefused(
+                f"remote inference at {self.where}: answered {status}{_detail(body)}")
+        return bytes(body)
+
+    def check(self) -> None:
+        """Refuse an endpoint whose model takes another input or gives other outputs
+        than the card says (a wrong model name would otherwise judge garbage)."""
+        try:
+            meta = _Metadata.model_validate_json(self._call("GET", self.model_url))
+        except ValidationError:
+            raise RemoteInferenceRefused(
+                f"remote inference at {self.where}: model metadata is not OIP v2") from None
+        size = self.card.input.size
+        want = (self.card.input.name, "UINT8", [3, size, size])
+        have = [(t.name, t.datatype, t.shape[1:]) for t in meta.inputs]
+        if have != [want]:
+            raise RemoteInferenceRefused(
+                f"remote inference at {self.where}: the model takes {have}, the card "
+                f"{self.card.name} {self.card.version} says {[want]}")
+        missing = set(self.card.outputs) - {t.name for t in meta.outputs}
+        if missing:
+            raise RemoteInferenceRefused(
+                f"remote inference at {self.where}: the model has no output "
+                f"{', '.join(sorted(missing))}")
+        self.checked = True
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The card's outputs, in its order, for a ``[B, 3, S, S]`` uint8 batch."""
+        if not self.checked:
+            self.check()
+        data = np.ascontiguousarray(batch, dtype=np.uint8).tobytes()
+        head = json.dumps({
+            "inputs": [{"name": self.card.input.name, "datatype": "UINT8",
+                        "shape": list(batch.shape), "parameters": {"binary_data_size": len(data)}}],
+            "outputs": [{"name": n} for n in self.card.outputs],
+        }).encode()
+        try:
+            body = self._call("POST", self.model_url + "/infer", content=head + data, headers={
+                "Content-Type": "application/octet-stream",
+                "Inference-Header-Content-Length": str(len(head))})
+        except RemoteInferenceRefused:
+            self.checked = False  # the model may have been replaced: look again next time
+            raise
+        return self._outputs(body, len(batch))
+
+    def _outputs(self, body: bytes, batch: int) -> list[np.ndarray]:
+        try:
+            answer = _Answer.model_validate_json(body)
+        except ValidationError:
+            raise RemoteInferenceRefused(
+                f"remote inference at {self.where}: the answer is not OIP v2 JSON outputs "
+                "(binary outputs are not requested)") from None
+        by_name = {t.name: t for t in answer.outputs}
+        n = self.card.max_detections
+        arrays = []
+        for name in self.card.outputs:
+            t = by_name.get(name)
+            if t is None or t.data is None or t.datatype not in DTYPES:
+                raise RemoteInferenceRefused(
+                    f"remote inference at {self.where}: output {name!r} missing or not JSON data")
+            if len(t.data) != math.prod(t.shape) or not t.shape or t.shape[0] != batch \
+                    or any(d < 0 for d in t.shape) or (len(t.shape) > 1 and t.shape[1] > 10 * n):
+                raise RemoteInferenceRefused(
+                    f"remote inference at {self.where}: output {name!r} has shape {t.shape} "
+                    f"and {len(t.data)} values for a batch of {batch}")
+            values = np.asarray(t.data, dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise RemoteInferenceRefused(
+                    f"remote inference at {self.where}: output {name!r} holds NaN or infinity")
+            arrays.append(values.astype(DTYPES[t.datatype]).reshape(t.shape))
+        return self._fit(arrays)
+
+    def _fit(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Boxes ``[B, K, 4]``, scores ``[B, K]``, labels ``[B, K]`` of known classes, as
+        the local graph gives them, or a refusal: never an index error on the line."""
+        boxes, scores, labels = arrays
+        k = scores.shape[1] if scores.ndim == 2 else -1
+        if boxes.shape != (scores.shape[0], k, 4) or labels.shape != scores.shape:
+            raise RemoteInferenceRefused(
+                f"remote inference at {self.where}: outputs of shapes {boxes.shape}, "
+                f"{scores.shape}, {labels.shape} are not boxes [B, K, 4], scores and labels [B, K]")
+        kept = scores > 0  # padding rows carry score 0 and any label
+        if kept.any() and (labels[kept].min() < 0 or labels[kept].max() >= len(self.card.class_names)
+                           or scores.max() > 1):
+            raise RemoteInferenceRefused(
+                f"remote inference at {self.where}: labels or scores out of range for the "
+                f"card's {len(self.card.class_names)} classes")
+        return [boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64)]
+
+
+def _detail(body: bytearray) -> str:
+    """The endpoint's own error message, if it gave one, shortened: it names the problem
+    (wrong token, unknown model) better than the status does."""
+    try:
+        doc = json.loads(bytes(body[:4096]))
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    message = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(message, dict):  # Lineside's {"error": {"code", "message"}}
+        message = message.get("message")
+    return f": {str(message)[:200]}" if isinstance(message, str) and message else ""
+
+
+class RemoteDetector(Detector):
+    """A :class:`Detector` whose forward pass runs on an OIP v2 endpoint. Nothing is
+    sent at construction: a box starts and serves its other recipes with the endpoint
+    down, and this recipe answers 503 until it is back."""
+
+    def __init__(self, remote: RemoteModel) -> None:  # no graph, no onnxruntime session
+        self.package = remote_card(remote.card)
+        self.card = self.package.card
+        if self.card.outputs != list(OUTPUT_NAMES):
+            # the answer is checked as detections before any index reaches the line
+            raise ConfigError(f"remote model {remote.model}: remote inference takes detectors "
+                              f"(outputs {', '.join(OUTPUT_NAMES)}); the card "
+                              f"{self.card.name} {self.card.version} has {self.card.outputs}")
+        self.size = self.card.input.size
+        self.remote = remote
+        self.client = OipClient(remote, self.card)
+
+    def forward(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.client.infer(batch)

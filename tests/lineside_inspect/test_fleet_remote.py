@@ -1,0 +1,208 @@
+"""Remote inference: a recipe that names an OIP v2 endpoint judges like the same recipe
+on the local package. The endpoint is a second real Lineside server on loopback (its
+``/v2`` speaks the protocol Triton and KServe speak); the box is a real app whose
+service calls the remote detector like any other."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from lineside_inspect.errors import ConfigError, RemoteInferenceRefused
+from lineside_inspect.recipes import Recipe, load_recipe
+from lineside_inspect.runtime.remote import RemoteDetector
+from lineside_inspect.server.app import create_app
+from lineside_inspect.server.registry import Registry
+
+from .conftest import KEYS, MODEL, ROOT, SAMPLE, keyed, start_server
+
+REF_MODEL = ROOT / "models" / "deeppcb-ref" / "1"
+TOKEN_ENV = "LINESIDE_TEST_REMOTE_TOKEN"
+WRONG_TOKEN_ENV = "LINESIDE_TEST_REMOTE_WRONG_TOKEN"
+
+
+def _samples() -> list[tuple[Path, Path]]:
+    """Frames with their golden references (three boards, every one with defects, and a
+    reference judged against itself: a good part)."""
+    doc = json.loads((SAMPLE / "annotations.json").read_text())
+    pairs = [(SAMPLE / "images" / i["file_name"], SAMPLE / "images" / i["reference"])
+             for i in doc["images"] if i.get("reference")]
+    chosen = pairs[::max(1, len(pairs) // 3)][:3]
+    return [*chosen, (chosen[0][1], chosen[0][1])]
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """The inference server: a real uvicorn on loopback with API keys, no store."""
+    running, stop = start_server(keyed(models=[str(MODEL), str(REF_MODEL)], store=False))
+    yield running.url
+    stop()
+
+
+@pytest.fixture(scope="module")
+def silent() -> Iterator[str]:
+    """An address that accepts connections (the kernel's backlog) and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def box(endpoint: str, silent: str, tmp_path_factory: pytest.TempPathFactory,
+        ) -> Iterator[TestClient]:
+    folder = tmp_path_factory.mktemp("recipes")
+    # the reference model's card alone, beside the recipes: the graph need not be on the box
+    (folder / "cards" / "deeppcb-ref").mkdir(parents=True)
+    (folder / "cards" / "deeppcb-ref" / "model.json").write_bytes((REF_MODEL / "model.json").read_bytes())
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(TOKEN_ENV, KEYS["line"])
+        env.setenv(WRONG_TOKEN_ENV, "not-the-key")
+        remote = {"url": endpoint, "model": "deeppcb", "card": str(MODEL), "token_env": TOKEN_ENV}
+        recipes: dict[str, dict[str, Any]] = {
+            "pcb-local": {"model": "deeppcb"},
+            "pcb-remote": {"model": "deeppcb", "remote": remote},
+            "ref-local": {"model": "deeppcb-ref"},
+            # the card by a path relative to the recipe file, the version on the endpoint named
+            "ref-remote": {"model": "deeppcb-ref", "remote": {
+                **remote, "model": "deeppcb-ref", "version": "1",
+                "card": "cards/deeppcb-ref"}},
+            "pcb-down": {"model": "deeppcb", "remote": {
+                **remote, "url": f"http://127.0.0.1:{_closed_port()}"}},
+            "pcb-silent": {"model": "deeppcb", "remote": {**remote, "url": silent, "timeout_s": 0.5}},
+            "pcb-wrong-token": {"model": "deeppcb", "remote": {**remote, "token_env": WRONG_TOKEN_ENV}},
+            "pcb-unknown-model": {"model": "deeppcb", "remote": {**remote, "model": "nosuch"}},
+        }
+        paths = []
+        for name, doc in recipes.items():
+            path = folder / f"{name}.yaml"
+            path.write_text(yaml.safe_dump({"name": name, **doc}))
+            paths.append(str(path))
+        settings = keyed(models=[str(MODEL), str(REF_MODEL)], recipes=paths, store=False,
+                         default_recipe="pcb-local")
+        with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+            yield client
+
+
+def _inspect(box: TestClient, recipe: str, frame: Path, reference: Path | None = None) -> Any:
+    files = {"image": frame.read_bytes()}
+    if reference is not None:
+        files["reference"] = reference.read_bytes()
+    return box.post("/v1/inspect", params={"recipe": recipe}, files=files,
+                    headers={"Authorization": f"Bearer {KEYS['line']}"})
+
+
+def _judged(answer: Any) -> dict[str, Any]:
+    assert answer.status_code == 200, answer.text
+    doc = answer.json()
+    return {k: doc[k] for k in ("verdict", "reasons", "defects", "model")}
+
+
+def test_remote_judges_like_local(box: TestClient) -> None:
+    samples = _samples()
+    verdicts = set()
+    for frame, reference in samples:
+        local = _judged(_inspect(box, "pcb-local", frame))
+        assert _judged(_inspect(box, "pcb-remote", frame)) == local
+        local_ref = _judged(_inspect(box, "ref-local", frame, reference))
+        assert _judged(_inspect(box, "ref-remote", frame, reference)) == local_ref
+        verdicts |= {local["verdict"], local_ref["verdict"]}
+    assert verdicts == {"pass", "fail"}  # the comparison saw defects and a good part
+
+
+def test_unreachable_endpoints_are_503_naming_them(box: TestClient, silent: str) -> None:
+    frame = _samples()[0][0]
+    down = _inspect(box, "pcb-down", frame)
+    assert down.status_code == 503
+    assert down.json()["error"]["code"] == "remote_inference_unavailable"
+    assert "unreachable" in down.json()["error"]["message"]
+    assert "model deeppcb" in down.json()["error"]["message"]
+    hung = _inspect(box, "pcb-silent", frame)  # bounded by the recipe's timeout_s
+    assert hung.status_code == 503
+    assert f"{silent} model deeppcb: no answer within 0.5 s" in hung.json()["error"]["message"]
+    # the box goes on serving its other recipes
+    assert _inspect(box, "pcb-local", frame).status_code == 200
+
+
+def test_endpoint_refusals_are_502_naming_the_cause(box: TestClient) -> None:
+    frame = _samples()[0][0]
+    token = _inspect(box, "pcb-wrong-token", frame)
+    assert token.status_code == 502
+    assert token.json()["error"]["code"] == "remote_inference_refused"
+    assert "answered 401" in token.json()["error"]["message"]
+    unknown = _inspect(box, "pcb-unknown-model", frame)
+    assert unknown.status_code == 502
+    # the endpoint's own message rides along: it names the problem better than the status
+    assert "model nosuch: answered 404: unknown model 'nosuch'" in unknown.json()["error"]["message"]
+
+
+def test_metadata_mismatch_is_refused(box: TestClient, endpoint: str, tmp_path: Path) -> None:
+    """A card of another input size than the endpoint's model: refused before judging."""
+    card = json.loads((MODEL / "model.json").read_text())
+    card["input"]["size"] = 320
+    (tmp_path / "model.json").write_text(json.dumps(card))
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump({"name": "small", "model": "deeppcb", "remote": {
+        "url": endpoint, "model": "deeppcb", "card": str(tmp_path), "token_env": TOKEN_ENV}}))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(TOKEN_ENV, KEYS["line"])
+        recipe = load_recipe(path)
+        assert recipe.remote is not None
+        detector = RemoteDetector(recipe.remote)
+    with pytest.raises(RemoteInferenceRefused, match=r"takes \[\('images', 'UINT8', \[3, 640, 640\]\)\]"):
+        detector.forward(np.zeros((1, 3, 320, 320), np.uint8))
+
+
+def test_remote_recipes_only_from_config(box: TestClient, endpoint: str) -> None:
+    doc = {"name": "sneaky", "model": "deeppcb",
+           "remote": {"url": endpoint, "model": "deeppcb", "card": str(MODEL)}}
+    answer = box.put("/v1/recipes/sneaky", json=doc,
+                     headers={"Authorization": f"Bearer {KEYS['admin']}"})
+    assert answer.status_code == 422
+    assert "not over the API" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("remote, problem", [
+    ({"url": "http://user@hub:8000"}, "url"),
+    ({"url": "file:///etc/passwd"}, "url"),
+    ({"model": "../v1/admin"}, "model"),
+    ({"version": "1/infer"}, "version"),
+    ({"token_env": "A-B"}, "token_env"),
+    ({"timeout_s": 0}, "timeout_s"),
+])
+def test_remote_fields_are_full_matched(remote: dict[str, Any], problem: str) -> None:
+    doc = {"name": "r", "model": "deeppcb", "remote": {
+        "url": "http://127.0.0.1:9", "model": "deeppcb", "card": str(MODEL), **remote}}
+    with pytest.raises(ValueError, match=problem):
+        Recipe.model_validate(doc)
+
+
+def test_missing_token_and_wrong_card_are_config_errors() -> None:
+    registry = Registry(device="cpu", threads=1)
+    remote = {"url": "http://127.0.0.1:9", "model": "deeppcb", "card": str(MODEL)}
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("LINESIDE_TEST_UNSET", raising=False)
+        with pytest.raises(ConfigError, match=r"LINESIDE_TEST_UNSET .* is not set"):
+            registry.add_recipe(Recipe.model_validate(
+                {"name": "r", "model": "deeppcb", "remote": {**remote, "token_env": "LINESIDE_TEST_UNSET"}}))
+    with pytest.raises(ConfigError, match="its remote card is deeppcb 1, the recipe names deeppcb-ref"):
+        registry.add_recipe(Recipe.model_validate(
+            {"name": "r", "model": "deeppcb-ref", "remote": remote}))
+    # no network at start: a recipe whose endpoint is down is added; it answers 503 when used
+    registry.add_recipe(Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": remote}))
+    assert registry.detector_for(registry.recipe("r")).card.name == "deeppcb"
