@@ -49,7 +49,7 @@ def pack(folder: Path) -> bytes:
     if len(files) > MAX_FILES:
         raise PackageError(f"{folder}: {len(files)} files, a package holds at most {MAX_FILES}")
     buf = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz, \
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=6) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for rel, p in files:
             info = tarfile.TarInfo(rel)

@@ -47,6 +47,8 @@ LARGE_BODY_ROUTES: tuple[tuple[str, re.Pattern[str], Role], ...] = (
     ("POST", re.compile(rf"/v2/models/{_NAME}/versions/{_NAME}/infer"), "line"),
     # a hub: a box's forwarded batch of inspections with their images (fleet/protocol.py)
     ("POST", re.compile(rf"/fleet/v1/boxes/{_NAME}/inspections"), "box"),
+    # a hub: a signed model package published by an admin (fleet/hub/models.py)
+    ("PUT", re.compile(rf"/fleet/v1/packages/{_NAME}/{_NAME}"), "admin"),
 )
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 API_PREFIXES = ("/v1/", "/v2/", "/fleet/")

@@ -1,0 +1,325 @@
+"""The box's model puller: every ``fleet.pull_interval_s`` it asks the hub which model
+versions its line runs (``protocol.ASSIGNMENT``) and brings the box there.
+
+A package is taken only when all of these hold, in this order, in a temporary folder:
+the archive's sha256 is the assignment's; its ed25519 signature (``fleet/signing.py``)
+verifies against one of ``fleet.trusted_keys``; it unpacks under ``fleet/archive.py``'s
+rules (no links, no '..', bounded); the unpacked folder is a valid package
+(``package.load_package``) whose card names the assigned model and version. Only then is
+it moved to ``<models_dir>/<model>/<version>`` and activated through the lifecycle:
+
+- a golden set named after the model exists on the box: ``Lifecycle.promote`` (the gate
+  against the active version; refused when it fails; then the watched rollout);
+- otherwise ``Lifecycle.activate``, the path ``POST /v1/models/{name}/activate`` takes
+  (a failed gate report refuses it; the audit log records actor ``fleet``).
+
+Anything refused is logged, kept in :meth:`ModelPuller.errors` (the box's status reports
+them as ``model_errors``) and never loaded; the same package is not fetched again until
+the assignment names another one. A hub that cannot be reached changes nothing: the box
+keeps serving what it has. Pulled packages are listed in ``<models_dir>/pulled.json`` and
+loaded again when the server starts, so a restarted box serves them without its hub. A
+version the box activated once and then left (an admin's hand activation, an automatic
+rollback) is not forced back: local decisions stand until the assignment changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lineside_inspect.atomic import write_atomic
+from lineside_inspect.config import Settings
+from lineside_inspect.errors import Busy, HubUnavailable, LinesideError, PackageError
+from lineside_inspect.fleet import archive, signing
+from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.protocol import (
+    ASSIGNMENT,
+    PACKAGE,
+    SIGNATURE,
+    AssignedModel,
+    Assignment,
+)
+from lineside_inspect.package import load_package, sha256_file
+
+log = logging.getLogger("lineside.fleet.models")
+
+ACTOR = "fleet"  # the audit log's actor of what the puller activates
+STATE_FILE = "pulled.json"
+INCOMING = ".incoming"
+MAX_ARCHIVE_BYTES = 2 << 30
+MAX_ERRORS = 32  # protocol.BoxStatus.model_errors holds at most this many
+
+
+class Pulled(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str
+    sha256: str = Field(description="of package.tar.gz")
+    graph_sha256: str
+    held: bool = Field(False, description=(
+        "activated once, then left on the box (by hand or an automatic rollback): not forced "
+        "back, not activated at start-up"))
+
+
+class PulledState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    revision: int | None = None
+    models: dict[str, Pulled] = Field(default_factory=dict)
+
+
+class ModelPuller:
+    """One per box server (``app.state.fleet_models``)."""
+
+    def __init__(self, app: Any, settings: Settings, client: HubClient | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.fleet = settings.fleet
+        self._client = client
+        self.root = Path(self.fleet.models_dir or Path(settings.data_dir) / "fleet-models")
+        self.keys: list[signing.TrustedKey] = []
+        self._key_error: str | None = None
+        self._failed: dict[tuple[str, str, str], str] = {}  # (name, version, sha256) -> why
+        self._notes: list[str] = []
+        self._lock = threading.Lock()  # one pull at a time (the loop, or a test's call)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._hub_down = False
+        self.state = PulledState()
+
+    # -- life -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """At start-up (before the server is ready): the trusted keys, the packages pulled
+        before, then the loop (with the box's hub client, made by ``fleet.box.install``)."""
+        if self._client is None:
+            self._client = getattr(self.app.state, "hub_client", None)
+        try:
+            self.keys = [signing.load_public_key(k) for k in self.fleet.trusted_keys]
+        except LinesideError as exc:  # a broken key must not stop the box from serving
+            self._key_error = f"trusted keys unusable, no model is pulled: {exc.message}"
+            log.error("fleet models: %s", self._key_error)
+        if not self.fleet.trusted_keys:
+            self._key_error = "no fleet.trusted_keys: no model is pulled"
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.root / INCOMING, ignore_errors=True)  # a pull cut short
+        self.state = self._read_state()
+        self._restore()
+        if self._client is None:
+            log.warning("fleet models: no hub client (this server keeps no store): no pulls")
+            return
+        self._thread = threading.Thread(target=self._loop, name="fleet-models", daemon=True)
+        self._thread.start()
+
+    @property
+    def client(self) -> HubClient:
+        if self._client is None:
+            raise HubUnavailable("no hub client on this box")
+        return self._client
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.fleet.timeout_s + 5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.pull()
+            except Exception:  # the loop must outlive any one bad pull
+                log.exception("fleet models: pull failed")
+            self._stop.wait(self.fleet.pull_interval_s)
+
+    # -- what the status report says --------------------------------------------------------
+    def errors(self) -> list[str]:
+        """Assignments this box could not apply, and why (newest state; at most 32)."""
+        with self._lock:
+            found = ([self._key_error] if self._key_error else []) + self._notes + [
+                f"{n} {v}: {why}" for (n, v, _), why in self._failed.items()]
+        return [e[:500] for e in found][:MAX_ERRORS]
+
+    # -- one pull ---------------------------------------------------------------------------
+    def pull(self) -> None:
+        """Ask the hub once and apply what changed. A hub that cannot be reached is logged
+        once per outage and changes nothing."""
+        if self._key_error is not None:
+            return
+        with self._lock:
+            try:
+                params = {"line": self.fleet.line} if self.fleet.line else None
+                assignment = self.client.get(self.client.path(ASSIGNMENT), Assignment, params)
+            except HubUnavailable as exc:
+                if not self._hub_down:
+                    log.warning("fleet models: %s; serving what the box has", exc.message)
+                self._hub_down = True
+                return
+            except LinesideError as exc:  # the hub refused: wrong key, unknown line
+                self._notes = [f"assignment: {exc.message}"]
+                return
+            if self._hub_down:
+                log.info("fleet models: hub reachable again")
+            self._hub_down = False
+            self._apply(assignment)
+
+    def _apply(self, assignment: Assignment) -> None:
+        notes: list[str] = []
+        wanted = {(m.name, m.version, m.sha256) for m in assignment.models}
+        # a failure is remembered only while the assignment still names that package
+        self._failed = {k: v for k, v in self._failed.items() if k in wanted}
+        for m in assignment.models:
+            done = self.state.models.get(m.name)
+            if done is not None and (done.version, done.sha256) == (m.version, m.sha256):
+                active = self._active(m.name)
+                if active != m.version:
+                    if not done.held:
+                        done.held = True
+                        self._save()
+                    notes.append(f"{m.name} {m.version} assigned, {active} active: left on the "
+                                 "box (by hand or a rollback), not forced back")
+                continue
+            key = (m.name, m.version, m.sha256)
+            if key in self._failed:
+                continue
+            try:
+                self._take(m)
+            except (HubUnavailable, Busy) as exc:  # passing: tried again next pull
+                log.warning("fleet models: %s %s not applied now, retried next pull: %s",
+                            m.name, m.version, exc.message)
+                break
+            except LinesideError as exc:
+                self._failed[key] = exc.message
+                log.error("fleet models: refused %s %s (%s…): %s", m.name, m.version,
+                          m.sha256[:12], exc.message)
+        self._notes = notes
+        if self.state.revision != assignment.revision:
+            self.state.revision = assignment.revision
+            self._save()
+
+    def _take(self, m: AssignedModel) -> None:
+        """Fetch, verify, unpack, check and activate one assigned package."""
+        incoming = self.root / INCOMING
+        incoming.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=incoming))
+        try:
+            tgz = tmp / "package.tar.gz"
+            self.client.download(self.client.path(PACKAGE, model=m.name, version=m.version),
+                                 tgz, MAX_ARCHIVE_BYTES)
+            digest = sha256_file(tgz)
+            if digest != m.sha256:
+                raise signing.SignatureError(
+                    f"package.tar.gz has sha256 {digest[:12]}…, the assignment says "
+                    f"{m.sha256[:12]}…: altered in the hub's store or on the way")
+            sig = tmp / "package.sig"
+            self.client.download(self.client.path(SIGNATURE, model=m.name, version=m.version),
+                                 sig, 1024)
+            signer = signing.verify(self.keys, m.name, m.version, digest, sig.read_bytes())
+            unpacked = tmp / "package"
+            unpacked.mkdir()
+            archive.unpack(tgz, unpacked)
+            card = load_package(unpacked).card
+            if (card.name, card.version) != (m.name, m.version):
+                raise PackageError(f"the archive holds {card.name} {card.version}, not the "
+                                   "assigned version")
+            self._check_clash(m, card.sha256)
+            dest = self.root / m.name / m.version
+            if dest.exists():  # an earlier pull of this version that was not kept
+                shutil.rmtree(dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            unpacked.rename(dest)
+            self._activate(dest, m)
+            self.state.models[m.name] = Pulled(version=m.version, sha256=m.sha256,
+                                               graph_sha256=card.sha256)
+            self._save()
+            log.info("fleet models: %s %s pulled (signed by key %s) and active", m.name,
+                     m.version, signer.id)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _check_clash(self, m: AssignedModel, graph_sha256: str) -> None:
+        slot = self.app.state.registry.models().get(m.name)
+        if slot is not None and m.version in slot.versions:
+            loaded = slot.versions[m.version].card.sha256
+            if loaded != graph_sha256:
+                raise PackageError(f"version {m.version} is already loaded on this box with "
+                                   f"another graph ({loaded[:12]}…): a version names one graph")
+
+    # -- activation ---------------------------------------------------------------------------
+    def _active(self, name: str) -> str | None:
+        slot = self.app.state.registry.models().get(name)
+        return None if slot is None else slot.active
+
+    def _activate(self, path: Path, m: AssignedModel) -> None:
+        """Through the lifecycle, as an admin's activation would go (see the module doc)."""
+        from lineside_inspect.lifecycle.manager import card_recipe
+        from lineside_inspect.server.routes.admin import publish_state
+
+        registry = self.app.state.registry
+        lifecycle = self.app.state.lifecycle
+        previous = self._active(m.name)
+        # beside what serves; a model new to the box becomes active at once (nothing to
+        # gate it against), as a package loaded by POST /v1/models does
+        registry.load_model(path, activate=False)
+        golden = lifecycle.library
+        if (previous not in (None, m.version) and lifecycle.store is not None
+                and m.name in golden.names()):
+            lifecycle.promote(m.name, m.version, golden=m.name, actor=ACTOR,
+                              reason=f"fleet assignment ({self.fleet.line or 'no line'})")
+        else:
+            lifecycle.activate(m.name, m.version, actor=ACTOR,
+                               reason=f"fleet assignment ({self.fleet.line or 'no line'})")
+        if not any(r.model == m.name for r in registry.recipes()):
+            registry.add_recipe(card_recipe(registry.detector(m.name, m.version).card))
+        publish_state(self.app.state.metrics, registry)
+
+    def _restore(self) -> None:
+        """At start-up: load what was pulled before (verified again as a package: the card's
+        sha256 of the graph, which must still be the one pulled) and activate, through the
+        lifecycle, what was not left on the box."""
+        from lineside_inspect.lifecycle.manager import card_recipe
+
+        registry = self.app.state.registry
+        for name, p in list(self.state.models.items()):
+            path = self.root / name / p.version
+            try:
+                if load_package(path).card.sha256 != p.graph_sha256:
+                    raise PackageError(f"{path}: the graph changed since it was pulled")
+                registry.load_model(path, activate=False)
+                if not any(r.model == name for r in registry.recipes()):
+                    registry.add_recipe(card_recipe(registry.detector(name, p.version).card))
+                if not p.held:
+                    self.app.state.lifecycle.activate(name, p.version, actor=ACTOR,
+                                                      reason="pulled before; box restarted")
+            except LinesideError as exc:
+                log.error("fleet models: pulled %s %s not restored: %s", name, p.version,
+                          exc.message)
+
+    # -- state ------------------------------------------------------------------------------
+    def _read_state(self) -> PulledState:
+        path = self.root / STATE_FILE
+        try:
+            return PulledState.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return PulledState()
+        except (OSError, ValidationError, ValueError) as exc:
+            log.error("fleet models: %s unreadable (%s): starting from the configured models",
+                      path, type(exc).__name__)
+            return PulledState()
+
+    def _save(self) -> None:
+        write_atomic(self.root / STATE_FILE,
+                     json.dumps(self.state.model_dump(mode="json"), indent=1).encode())
+
+
+def setup(app: Any, settings: Settings) -> ModelPuller:
+    """The puller on ``app.state.fleet_models``; call after the hub client's start-up hook
+    is added (this one runs after it, after the store's and the lifecycle's, and stops
+    before them)."""
+    puller = ModelPuller(app, settings)
+    app.state.fleet_models = puller
+    app.state.on_startup.append(puller.start)
+    app.state.on_shutdown.append(puller.stop)
+    return puller

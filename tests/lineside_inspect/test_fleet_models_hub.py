@@ -1,0 +1,237 @@
+"""The hub's model routes on a real hub (uvicorn on loopback, records in SQLite or a real
+PostgreSQL, packages in a real SeaweedFS): publishing, versions immutable, who may read
+and change assignments, and hostile input answered with a 4xx."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from lineside_inspect.config import ApiKey
+from lineside_inspect.fleet import archive, signing
+from lineside_inspect.fleet.hub.app import create_hub_app
+from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.fleet.hub.models import SIGNATURE_HEADER
+from lineside_inspect.fleet.objects import ObjectStore
+from lineside_inspect.fleet.protocol import Assignment
+from lineside_inspect.package import load_package, write_card
+from lineside_inspect.serve import uvicorn_config
+
+from .conftest import ROOT
+
+SMALL = ROOT / "models" / "deeppcb" / "1-int8"  # the smallest real package
+
+KEYS = {"admin": ("admin", "hub-admin"), "box-a": ("box", "box-a-key"),
+        "box-b": ("box", "box-b-key"), "reviewer": ("reviewer", "hub-reviewer")}
+
+
+@dataclass
+class Hub:
+    url: str
+    objects: ObjectStore
+
+    def client(self, who: str | None = "admin") -> httpx.Client:
+        headers = {"authorization": f"Bearer {KEYS[who][1]}"} if who else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+BUCKET = f"models-{uuid.uuid4().hex[:12]}"  # one per run: a new bucket's first write is slow
+
+
+def start_hub(weed: Any, tmp: Path, database_url: str | None) -> tuple[Hub, Any]:
+    hub = HubSettings(
+        database_url=database_url or f"sqlite:///{tmp / 'hub.db'}", data_dir=str(tmp / "hub"),
+        objects=weed.settings(BUCKET),
+        api_keys=[ApiKey.from_plain(name, role, key) for name, (role, key) in KEYS.items()])  # type: ignore[arg-type]
+    app = create_hub_app(hub)
+    server = uvicorn.Server(uvicorn_config(app, hub.server_settings(), host="127.0.0.1",
+                                           port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not (server.started and app.state.ready):
+        assert time.time() < deadline and thread.is_alive(), "hub did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+    return Hub(f"http://127.0.0.1:{port}", app.state.objects), stop
+
+
+@pytest.fixture(scope="module")
+def hub(weed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    running, stop = start_hub(weed, tmp_path_factory.mktemp("hub"), None)
+    yield running
+    stop()
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> signing.Ed25519PrivateKey:
+    folder = tmp_path_factory.mktemp("key")
+    signing.generate(folder / "k.pem", folder / "k.pub.pem")
+    return signing.load_private_key(folder / "k.pem")
+
+
+def versioned(tmp: Path, version: str) -> Path:
+    """A bundled package under another version (same graph)."""
+    dest = tmp / f"deeppcb-{version}"
+    shutil.copytree(SMALL, dest)
+    card = load_package(dest).card.model_copy(update={"version": version})
+    write_card(dest, card)
+    return dest
+
+
+def publish(hub: Hub, key: Any, folder: Path, *, who: str | None = "admin", name: str | None = None,
+            version: str | None = None, sig: bytes | None = None) -> httpx.Response:
+    card = load_package(folder).card
+    data = archive.pack(folder)
+    name, version = name or card.name, version or card.version
+    sig = sig if sig is not None else signing.sign(key, name, version, archive.sha256_bytes(data))
+    with hub.client(who) as c:
+        return c.put(f"/fleet/v1/packages/{name}/{version}", content=data,
+                     headers={SIGNATURE_HEADER: base64.b64encode(sig).decode()})
+
+
+def test_publish_is_immutable_and_served_to_boxes(hub: Hub, key: Any, tmp_path: Path) -> None:
+    folder = versioned(tmp_path, "p1")
+    first = publish(hub, key, folder)
+    assert first.status_code == 201, first.text
+    manifest = first.json()
+    data = archive.pack(folder)
+    assert manifest["sha256"] == archive.sha256_bytes(data)
+    assert manifest["published_by"] == "admin"
+    # the same bytes again: the same manifest; other bytes under the version: refused
+    again = publish(hub, key, folder)
+    assert again.status_code == 201 and again.json() == manifest
+    card = load_package(folder).card
+    write_card(folder, card.model_copy(update={"thresholds": {"open": 0.33}}))
+    other = publish(hub, key, folder)
+    assert other.status_code == 409 and other.json()["error"]["code"] == "version_exists"
+    # a box reads the package and its signature, byte for byte
+    with hub.client("box-a") as c:
+        got = c.get("/fleet/v1/packages/deeppcb/p1/package.tar.gz")
+        assert got.status_code == 200 and got.content == data
+        sig = c.get("/fleet/v1/packages/deeppcb/p1/package.sig").content
+        assert signing.verify([signing.TrustedKey.of(key.public_key())], "deeppcb", "p1",
+                              manifest["sha256"], sig)
+        assert c.get("/fleet/v1/packages/deeppcb/none/package.tar.gz").status_code == 404
+    with hub.client() as c:
+        listed = c.get("/fleet/v1/packages").json()
+    assert [m["version"] for m in listed if m["name"] == "deeppcb"] == ["p1"]
+
+
+def test_publish_refusals(hub: Hub, key: Any, tmp_path: Path) -> None:
+    folder = versioned(tmp_path, "p2")
+    # only an admin publishes, and the body is not read before the key is checked
+    assert publish(hub, key, folder, who="box-a").status_code == 403
+    assert publish(hub, key, folder, who="reviewer").status_code == 403
+    assert publish(hub, key, folder, who=None).status_code == 401
+    # the URL must name the card's model and version
+    wrong = publish(hub, key, folder, version="p3")
+    assert wrong.status_code == 422 and "not deeppcb p3" in wrong.json()["error"]["message"]
+    bad_sig = publish(hub, key, folder, sig=b"short")
+    assert bad_sig.status_code == 422
+    assert bad_sig.json()["error"]["code"] == "invalid_signature"
+    with hub.client() as c:
+        junk = c.put("/fleet/v1/packages/deeppcb/p4", content=b"not a tar.gz",
+                     headers={SIGNATURE_HEADER: base64.b64encode(b"s" * 64).decode()})
+        assert junk.status_code == 422 and junk.json()["error"]["code"] == "invalid_model_package"
+        for path in ("/fleet/v1/packages/..%2Fx/1", "/fleet/v1/packages/a%0A/1"):
+            r = c.put(path, content=b"x", headers={SIGNATURE_HEADER: "x"})
+            assert 400 <= r.status_code < 500 and "Traceback" not in r.text
+        # a foreign page may not publish with an admin's cookie-less key either
+        r = c.put("/fleet/v1/packages/deeppcb/p5", content=b"x",
+                  headers={SIGNATURE_HEADER: "x", "origin": "https://evil.example"})
+        assert r.status_code == 403
+    with hub.client("box-a") as c:
+        assert c.get("/fleet/v1/packages/deeppcb/p4/package.tar.gz").status_code == 404
+
+
+def test_assignments(hub: Hub, key: Any, tmp_path: Path) -> None:
+    assert publish(hub, key, versioned(tmp_path, "a1")).status_code == 201
+    assert publish(hub, key, versioned(tmp_path, "a2")).status_code == 201
+    with hub.client() as admin:
+        r = admin.put("/fleet/v1/lines/L7/models/deeppcb", json={"version": "a1"})
+        assert r.status_code == 200, r.text
+        first = Assignment.model_validate(r.json())
+        assert first.revision == 1 and [m.version for m in first.models] == ["a1"]
+        # unchanged: no new revision; changed: the revision rises
+        same = admin.put("/fleet/v1/lines/L7/models/deeppcb", json={"version": "a1"}).json()
+        assert same["revision"] == 1
+        second = admin.put("/fleet/v1/lines/L7/models/deeppcb", json={"version": "a2"}).json()
+        assert second["revision"] == 2 and second["models"][0]["version"] == "a2"
+        missing = admin.put("/fleet/v1/lines/L7/models/deeppcb", json={"version": "nope"})
+        assert missing.status_code == 404
+        bad = admin.put("/fleet/v1/lines/L7/models/deeppcb", json={"version": "../a1"})
+        assert bad.status_code == 422
+        assert admin.get("/fleet/v1/lines/L7/assignment").json() == second
+    with hub.client("box-a") as box:
+        mine = box.get("/fleet/v1/boxes/box-a/assignment", params={"line": "L7"})
+        assert mine.status_code == 200 and mine.json() == second
+        assert box.get("/fleet/v1/boxes/box-a/assignment").json()["models"] == []
+        # a box reads only as itself, and changes nothing
+        other = box.get("/fleet/v1/boxes/box-b/assignment", params={"line": "L7"})
+        assert other.status_code == 403
+        assert box.put("/fleet/v1/lines/L7/models/deeppcb",
+                       json={"version": "a1"}).status_code == 403
+        assert box.get("/fleet/v1/boxes/box-a/assignment",
+                       params={"line": "../L7"}).status_code == 422
+    with hub.client("reviewer") as c:
+        assert c.get("/fleet/v1/boxes/box-a/assignment").status_code == 403
+    with hub.client() as admin:
+        gone = admin.delete("/fleet/v1/lines/L7/models/deeppcb").json()
+        assert gone["revision"] == 3 and gone["models"] == []
+
+
+def test_concurrent_assignments_on_postgresql(weed: Any, key: Any, tmp_path: Path,
+                                              postgres: str) -> None:
+    """Two admins changing one line at once: both changes land, one after the other."""
+    from sqlalchemy import create_engine, text
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin_db = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
+    with admin_db.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin_db.dispose()
+    pg_hub, stop = start_hub(weed, tmp_path, f"{postgres}/{name}")
+    try:
+        models = []
+        for i in range(3):
+            folder = versioned(tmp_path, f"c{i}")
+            card = load_package(folder).card.model_copy(update={"name": f"m{i}"})
+            write_card(folder, card)
+            assert publish(pg_hub, key, folder).status_code == 201
+            models.append(f"m{i}")
+        results: list[int] = []
+
+        def assign(model: str) -> None:
+            with pg_hub.client() as c:
+                results.append(c.put(f"/fleet/v1/lines/L1/models/{model}",
+                                     json={"version": f"c{model[1:]}"}).status_code)
+
+        threads = [threading.Thread(target=assign, args=(m,)) for m in models]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [200] * 3
+        with pg_hub.client() as admin:
+            final = admin.get("/fleet/v1/lines/L1/assignment").json()
+        assert final["revision"] == 3
+        assert sorted(m["name"] for m in final["models"]) == models
+    finally:
+        stop()
