@@ -25,6 +25,7 @@ import hashlib
 import logging
 import re
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -99,8 +100,8 @@ class Ingest:
                 self.objects.ensure_bucket()
                 self._bucket_ready = True
             for item in new:  # images first: a row never points at a missing image
-                self._put_images(item, rows[item.seq])
-            stored = self._commit(box_id, [rows[i.seq] for i in new], seqs[-1])
+                self._put_images(rows[item.seq])
+            stored = self._commit(box_id, [rows[i.seq].row for i in new], seqs[-1])
         if stored:
             log.info("hub: box %s: %d inspection(s) stored through seq %d", box_id, stored,
                      seqs[-1])
@@ -113,14 +114,14 @@ class Ingest:
         with Session(self.engine) as s:
             return set(s.scalars(select(InspectionRow.id).where(InspectionRow.id.in_(ids))))
 
-    def _put_images(self, item: ForwardedInspection, row: InspectionRow) -> None:
-        if item.image_b64 is not None and row.image_path:
-            data = _decode(item.image_b64, item.image_ext, "image")
-            self.objects.put(row.image_path, data, CONTENT_TYPES[item.image_ext or "jpg"])
-        if item.reference_b64 is not None and row.reference_path \
-                and not self.objects.exists(row.reference_path):
-            data = _decode(item.reference_b64, item.reference_ext, "reference")
-            self.objects.put(row.reference_path, data, CONTENT_TYPES[item.reference_ext or "jpg"])
+    def _put_images(self, p: _Prepared) -> None:
+        row = p.row
+        if p.image is not None and row.image_path:
+            self.objects.put(row.image_path, p.image, CONTENT_TYPES[row.image_path[-3:]])
+        if p.reference is not None and row.reference_path \
+                and not self.objects.exists(row.reference_path):  # content-addressed: once
+            self.objects.put(row.reference_path, p.reference,
+                             CONTENT_TYPES[row.reference_path[-3:]])
 
     def _commit(self, box_id: str, rows: list[InspectionRow], through: int) -> int:
         """The new rows and the cursor in one transaction; rows another request stored
@@ -156,9 +157,16 @@ def _decode(b64: str, ext: str | None, what: str) -> bytes:
     return data
 
 
-def _row(box_id: str, item: ForwardedInspection) -> InspectionRow:
-    """The hub's row of ``item``: the box's record, checked, under the keys its images
-    will have; the box id is the caller's (never taken from the record)."""
+@dataclass(frozen=True)
+class _Prepared:
+    row: InspectionRow
+    image: bytes | None
+    reference: bytes | None
+
+
+def _row(box_id: str, item: ForwardedInspection) -> _Prepared:
+    """The hub's row of ``item`` and its decoded images: the box's record, checked, under
+    the keys its images will have; the box id is the caller's (never the record's)."""
     try:
         rec = StoredInspection.model_validate({**item.record, "reviews": []})
     except ValidationError as exc:
@@ -172,12 +180,13 @@ def _row(box_id: str, item: ForwardedInspection) -> InspectionRow:
         raise ConfigError(f"item seq {item.seq}: an image needs its ext, and an ext its image")
     created = as_utc(rec.created_at)
     ref = rec.reference
-    ref_key = None
+    ref_key = reference = image = None
     if item.reference_b64 is not None and item.reference_ext is not None:
+        reference = _decode(item.reference_b64, item.reference_ext, "reference")
         # content-addressed by what the hub computes, not by what the box says it is
-        digest = hashlib.sha256(_decode(item.reference_b64, item.reference_ext, "reference"))
-        ref_key = reference_key(digest.hexdigest(), item.reference_ext)
-    image_bytes = len(item.image_b64) * 3 // 4 if item.image_b64 else 0
+        ref_key = reference_key(hashlib.sha256(reference).hexdigest(), item.reference_ext)
+    if item.image_b64 is not None:
+        image = _decode(item.image_b64, item.image_ext, "image")
     labels = sorted({d.label for d in rec.defects})
     values: dict[str, Any] = {
         "id": rec.id, "created_at": created, "camera_id": rec.camera_id, "part_id": rec.part_id,
@@ -191,7 +200,7 @@ def _row(box_id: str, item: ForwardedInspection) -> InspectionRow:
         "timings_ms": rec.timings_ms.model_dump(),
         "image_path": image_key(box_id, created, rec.id, item.image_ext)
         if item.image_ext is not None else None,
-        "width": rec.width, "height": rec.height, "image_bytes": image_bytes,
+        "width": rec.width, "height": rec.height, "image_bytes": len(image or b""),
         "reference_name": ref.name if ref is not None else None, "reference_path": ref_key,
         "review_state": rec.review_state, "box_id": box_id, "site": item.site,
         "line": item.line}
@@ -199,7 +208,7 @@ def _row(box_id: str, item: ForwardedInspection) -> InspectionRow:
         v = values[column]
         if v is not None and len(v) > width:
             raise ConfigError(f"item seq {item.seq}: {column} is over {width} characters")
-    return InspectionRow(**values)
+    return _Prepared(InspectionRow(**values), image, reference)
 
 
 def get_ingest(request: Request) -> Ingest:

@@ -1,0 +1,303 @@
+"""Store-and-forward, in one process: the hub's ingest served by uvicorn on loopback (a
+dev hub on SQLite, images in a real SeaweedFS), a box's real Store and Forwarder.
+
+The kill -9 and multi-box cases run real ``lineside hub`` / ``lineside serve`` processes
+on PostgreSQL: ``test_fleet_sync_processes.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from prometheus_client import generate_latest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lineside_inspect.errors import HubRefused, HubUnavailable
+from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.box.forward import Forwarder, forward_events
+from lineside_inspect.fleet.config import FleetSettings
+from lineside_inspect.fleet.hub.app import create_hub_app
+from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.fleet.hub.tables import CursorRow
+from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch, ForwardedInspection
+from lineside_inspect.imageio import decode_image
+from lineside_inspect.inspector import inspect
+from lineside_inspect.opencv import cv2
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.server.metrics import Metrics
+from lineside_inspect.store import Store
+from lineside_inspect.store.models import InspectionRow
+
+from .fleet_peers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "deeppcb" / "1"
+SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
+KEYS = {"box1": "k-box1", "box2": "k-box2", "qa": "k-qa"}
+
+
+def _png(seed: int) -> bytes:
+    img = np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return bytes(buf.tobytes())
+
+
+def _record(inspection_id: str, when: datetime | None = None) -> dict[str, Any]:
+    """A record as a box's store gives it (``Store.record`` less reviews)."""
+    return {
+        "id": inspection_id, "created_at": (when or datetime.now(UTC)).isoformat(),
+        "verdict": "fail", "reasons": [{"rule": "critical", "label": "short", "count": 1,
+                                        "allowed": 0, "message": "1 short"}],
+        "defects": [{"label": "short", "score": 0.9, "box": [1.0, 2.0, 30.0, 40.0]}],
+        "recipe": {"name": "deeppcb", "version": "1"},
+        "model": {"name": "deeppcb", "version": "1", "sha256": "0" * 64},
+        "camera_id": "cam1", "part_id": "SN1",
+        "timings_ms": {"decode": 1, "preprocess": 1, "infer": 1, "postprocess": 1, "total": 4},
+        "reference": None, "stored": True, "box_id": "box1", "class_names": ["short", "open"],
+        "width": 64, "height": 48, "has_image": True, "review_state": "unreviewed"}
+
+
+def _item(seq: int, inspection_id: str | None = None, image: bytes | None = None,
+          reference: bytes | None = None) -> ForwardedInspection:
+    iid = inspection_id or uuid.uuid4().hex
+    return ForwardedInspection(
+        seq=seq, id=iid, site="plant1", line="line1", record=_record(iid),
+        image_b64=base64.b64encode(image).decode() if image else None,
+        image_ext="png" if image else None,
+        reference_b64=base64.b64encode(reference).decode() if reference else None,
+        reference_ext="png" if reference else None)
+
+
+class ServedHub:
+    """A hub app under uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.app = create_hub_app(settings)
+        self.url = f"http://127.0.0.1:{settings.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1",
+                                                    port=settings.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServedHub:
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the hub did not start")
+            self.thread.join(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    @property
+    def store(self) -> Store:
+        return self.app.state.store  # type: ignore[no-any-return]
+
+
+def hub_settings(tmp: Path, objects: dict[str, Any]) -> HubSettings:
+    keys = [{"name": "box1", "role": "box", "key": KEYS["box1"]},
+            {"name": "box2", "role": "box", "key": KEYS["box2"]},
+            {"name": "qa", "role": "reviewer", "key": KEYS["qa"]}]
+    from lineside_inspect.fleet.hub.config import load_hub_settings
+
+    cfg = tmp / "hub.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump({
+        "database_url": f"sqlite:///{tmp / 'hub.db'}", "data_dir": "hub-data",
+        "objects": objects, "api_keys": keys, "port": free_port()}))
+    return load_hub_settings(cfg)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory, weed: Any) -> Iterator[ServedHub]:
+    tmp = tmp_path_factory.mktemp("hub")
+    with ServedHub(hub_settings(tmp, weed.settings("fleet-sync-ingest"))) as served:
+        yield served
+
+
+def client(hub: ServedHub, box: str = "box1", key: str | None = None) -> HubClient:
+    fleet = FleetSettings(hub_url=hub.url, token=key or KEYS[box], timeout_s=5)  # type: ignore[arg-type]
+    return HubClient(fleet, box)
+
+
+def test_a_batch_is_stored_once_in_seq_order_with_its_images(hub: ServedHub) -> None:
+    box = client(hub)
+    image, ref = _png(1), _png(2)
+    first, second = _item(5, image=image, reference=ref), _item(7)
+    ack = box.post(box.path(FORWARD), ForwardBatch(items=[second, first]), ForwardAck)
+    assert ack == ForwardAck(through_seq=7, stored=2, duplicates=0)
+    row = hub.store.get(first.id)
+    assert (row.box_id, row.site, row.line, row.verdict) == ("box1", "plant1", "line1", "fail")
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert row.image_path == f"images/box1/{day}/{first.id}.png"
+    # the reference is content-addressed by the sha256 the hub computed
+    assert row.reference_path == f"refs/{hashlib.sha256(ref).hexdigest()}.png"
+    with hub.store.open_image(row) as f:  # the hub reads images from the object store
+        assert f.read() == image
+    with hub.store.open_reference(row) as f:
+        assert f.read() == ref
+    assert hub.store.record(row).has_image and row.labels == ",short,"
+    assert hub.store.get(second.id).image_path is None
+
+    # the same batch again (an answer the box never saw): nothing changes
+    again = box.post(box.path(FORWARD), ForwardBatch(items=[first, second]), ForwardAck)
+    assert again == ForwardAck(through_seq=7, stored=0, duplicates=2)
+    # below the cursor is a duplicate even with a new id: per-box order holds
+    late = _item(6)
+    ack = box.post(box.path(FORWARD), ForwardBatch(items=[late, _item(8, first.id)]), ForwardAck)
+    assert ack == ForwardAck(through_seq=8, stored=0, duplicates=2)
+    with pytest.raises(Exception, match="no inspection"):
+        hub.store.get(late.id)
+    with Session(hub.store.engine) as s:
+        assert s.get(CursorRow, ("box1", "inspections")).seq == 8  # type: ignore[union-attr]
+
+
+def test_refusals_name_the_problem_and_store_nothing(hub: ServedHub) -> None:
+    item = _item(1, image=_png(3))
+    body = ForwardBatch(items=[item]).model_dump_json()
+    url = hub.url + FORWARD.format(box_id="box1")
+    # no key: 401 before a byte of the body is read (a huge declared body is not 413)
+    with socket.create_connection(("127.0.0.1", int(hub.url.rsplit(":", 1)[1])), timeout=5) as c:
+        c.sendall(f"POST {FORWARD.format(box_id='box1')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: {10**9}\r\n\r\n{{".encode())
+        assert c.recv(4096).startswith(b"HTTP/1.1 401")
+    # a reviewer's key cannot make the hub read a forward body
+    r = httpx.post(url, content=body, headers={"authorization": f"Bearer {KEYS['qa']}"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    # box2 speaking for box1
+    with pytest.raises(HubRefused, match="403"):
+        box2 = client(hub, "box2")
+        box2.request("POST", FORWARD.format(box_id="box1"), body=ForwardBatch(items=[item]))
+    box = client(hub)
+    bad = [
+        item.model_copy(update={"image_b64": "not base64!"}),
+        item.model_copy(update={"image_b64": base64.b64encode(b"GIF89a").decode()}),
+        item.model_copy(update={"record": {**item.record, "id": uuid.uuid4().hex}}),
+        item.model_copy(update={"record": {**item.record, "camera_id": "c" * 200}}),
+        item.model_copy(update={"image_ext": None}),
+    ]
+    for b in bad:
+        with pytest.raises(HubRefused, match="422"):
+            box.post(box.path(FORWARD), ForwardBatch(items=[b]), ForwardAck)
+    r = httpx.post(hub.url + FORWARD.format(box_id="box1%0A"), content=body,
+                   headers={"authorization": f"Bearer {KEYS['box1']}"})
+    assert r.status_code in (403, 404, 422) and "Traceback" not in r.text
+    with pytest.raises(Exception, match="no inspection"):
+        hub.store.get(item.id)
+
+
+def test_object_store_down_is_503_and_nothing_is_half_stored(tmp_path: Path) -> None:
+    dead = {"endpoint": f"127.0.0.1:{free_port()}", "bucket": "fleet-sync-dead",
+            "access_key": "a", "secret_key": "b", "timeout_s": 1.0}
+    with ServedHub(hub_settings(tmp_path, dead)) as hub:
+        box = client(hub)
+        item = _item(1, image=_png(4))
+        r = box._http.post(FORWARD.format(box_id="box1"),
+                           content=ForwardBatch(items=[item]).model_dump_json(),
+                           headers={"content-type": "application/json"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "object_store_unavailable"
+        assert "127.0.0.1" not in r.json()["error"]["message"] or "Traceback" not in r.text
+        with Session(hub.store.engine) as s:
+            assert s.scalar(select(InspectionRow.id)) is None  # no row without its image
+            assert s.get(CursorRow, ("box1", "inspections")) is None
+        with pytest.raises(HubUnavailable):
+            box.post(box.path(FORWARD), ForwardBatch(items=[item]), ForwardAck)
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return Detector(MODEL, device="cpu", threads=1)
+
+
+def _inspection(detector: Detector, when: datetime | None = None) -> Any:
+    raw = next(SAMPLE.rglob("*_test.jpg")).read_bytes()
+    result = inspect(decode_image(raw), detector,
+                     Recipe(name="r", model="deeppcb", default_min_score=0.0))
+    result.verdict = "fail"
+    result.raw, result.raw_ext = raw, "jpg"
+    if when is not None:
+        result.created_at = when
+    return result
+
+
+def test_box_forwards_in_order_and_retention_keeps_what_is_not_forwarded(
+        tmp_path: Path, hub: ServedHub, detector: Detector) -> None:
+    store = Store(tmp_path / "box", pass_rate=1.0, box_id="box2")
+    store.site, store.line = "plant1", "line2"
+    store.event_makers.append(forward_events)
+    store.guard_channel = "fleet"
+    metrics = Metrics()
+    down = FleetSettings(hub_url=f"http://127.0.0.1:{free_port()}", token=KEYS["box2"],  # type: ignore[arg-type]
+                         forward_batch=2, timeout_s=2)
+    offline = Forwarder(store, HubClient(down, "box2"), down, metrics)
+    try:
+        old = _inspection(detector, datetime.now(UTC) - timedelta(days=3))
+        new = [_inspection(detector) for _ in range(4)]
+        for i in (old, *new):
+            assert store.save(i)
+        store.flush()
+        with pytest.raises(HubUnavailable):  # the hub is unreachable: all of it waits
+            offline.forward_once()
+        offline.refresh_gauges()
+        assert offline.backlog == 5
+        # age never removes what is not forwarded yet
+        store.max_age_days = 1
+        assert store.enforce_retention() == 0 and store.get(old.id).image_path
+        # the quota forces it: images go (oldest first), records stay, and it is counted
+        store.checkpoint()
+        store.max_bytes = store.overhead_bytes() + 3 * len(old.raw)
+        assert store.enforce_retention() == 0
+        assert store.get(old.id).image_path is None and store.dropped_unforwarded == 2
+        offline.refresh_gauges()
+        text = generate_latest(metrics.registry).decode()
+        assert "lineside_fleet_dropped_unforwarded_total 2.0" in text
+        assert "lineside_fleet_backlog 5.0" in text
+        # an image removed behind the store's back (between quota runs) goes without it too
+        gone = store.get(new[3].id)
+        store.image_file(gone).unlink()
+
+        # the hub is back
+        forwarder = offline
+        forwarder.client = HubClient(down.model_copy(update={"hub_url": hub.url}), "box2")
+        sent = 0
+        while (n := forwarder.forward_once()):
+            sent += n
+        assert sent == 5 and forwarder.forwarded == 5
+        forwarder.refresh_gauges()
+        assert forwarder.backlog == 0
+        text = generate_latest(metrics.registry).decode()
+        assert "lineside_fleet_forwarded_total 5.0" in text
+        assert 'lineside_fleet_errors_total{kind="image_missing"} 1.0' in text
+        for i in (old, *new):
+            row = hub.store.get(i.id)
+            assert (row.box_id, row.site, row.line) == ("box2", "plant1", "line2")
+            kept = store.get(i.id).image_path is not None and i is not new[3]
+            assert (row.image_path is not None) == kept
+            if kept:
+                with hub.store.open_image(row) as f:
+                    assert f.read() == i.raw
+        # forwarded: age retention may now remove the old one
+        assert store.enforce_retention() >= 1
+        with pytest.raises(Exception, match="no inspection"):
+            store.get(old.id)
+    finally:
+        offline.client.close()
+        store.close()
