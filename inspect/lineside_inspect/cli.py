@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lineside_inspect.errors import DatasetError, LinesideError, MissingExtraError
+from lineside_inspect.errors import ConfigError, DatasetError, LinesideError, MissingExtraError
 
 app = typer.Typer(help="Lineside: automated visual inspection, from labeled images to the line.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -296,8 +296,9 @@ def evaluate_cmd(
 @app.command("export")
 @friendly
 def export_cmd(
-    run: Annotated[Path, typer.Argument(help="run folder or checkpoint")],
-    out_dir: Annotated[Path, typer.Option("--out", help="package folder models/NAME/VERSION")],
+    run: Annotated[Path, typer.Argument(help="run folder or checkpoint (with --triton: a model "
+                                              "package)")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="package folder models/NAME/VERSION")] = None,
     data: Annotated[str | None, typer.Option(help="dataset for parity/calibration")] = None,
     int8: Annotated[bool, typer.Option(help="static int8 quantisation")] = False,
     fp16: Annotated[bool, typer.Option(help="fp16 for GPU deployment")] = False,
@@ -305,9 +306,27 @@ def export_cmd(
     parent: Annotated[Path | None, typer.Option(
         help="the package this run started from (its lineage: fine-tuned or retrained on its "
              "reviews)")] = None,
+    triton: Annotated[Path | None, typer.Option(
+        help="write the package RUN into this Triton model repository instead "
+             "(docs/fleet/scale-out.md); no torch needed")] = None,
+    triton_version: Annotated[int | None, typer.Option(
+        help="Triton version folder (default: the card's version, if a number)")] = None,
+    max_batch: Annotated[int, typer.Option(help="Triton max_batch_size")] = 16,
+    batch_delay_us: Annotated[int, typer.Option(
+        help="Triton dynamic batching: longest wait to fill a batch, microseconds")] = 500,
 ) -> None:
     """Export an ONNX model package, checked through the edge runtime; its card records
-    the training data's revision (a content hash) and the parent model."""
+    the training data's revision (a content hash) and the parent model. With --triton,
+    write an existing package as a Triton model repository."""
+    if triton is not None:
+        from lineside_inspect.triton import export_triton
+
+        folder = export_triton(run, triton, version=triton_version, max_batch_size=max_batch,
+                               queue_delay_us=batch_delay_us, overwrite=overwrite)
+        out.print(f"wrote Triton model {folder.name} to {folder}")
+        return
+    if out_dir is None:
+        raise ConfigError("give --out PACKAGE_FOLDER (or --triton REPO to write a package for Triton)")
     s = training().export(run, out_dir, data=data, int8=int8, fp16=fp16, overwrite=overwrite,
                           parent=parent)
     out.print_json(json.dumps(s))
