@@ -171,8 +171,14 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 
 def describe_validation(errors: list[Any]) -> str:
-    """One line naming every invalid field of a pydantic ``ValidationError.errors()``."""
-    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors)
+    """One line naming every invalid field of a pydantic ``ValidationError.errors()`` (a
+    check of the whole document has no field: its message alone, without pydantic's
+    "Value error, " prefix)."""
+    def one(e: Any) -> str:
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        return f"{'.'.join(str(x) for x in e['loc'])}: {msg}" if e["loc"] else msg
+
+    return "; ".join(one(e) for e in errors)
 
 
 class DataDirLockedError(LinesideError):

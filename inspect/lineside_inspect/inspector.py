@@ -16,7 +16,9 @@ import numpy as np
 
 from lineside_inspect.recipes import Recipe, judge
 from lineside_inspect.references import Reference
+from lineside_inspect.runtime.anomaly_map import AnomalyFinding, find_anomalies
 from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.runtime.preprocess import Letterbox
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import (
     Defect,
@@ -52,6 +54,14 @@ class Inspection:
     # every detection the model made, before the recipe counted them (active-learning
     # capture looks at the ones just under a threshold)
     detections: Detections | None = None
+    anomaly: AnomalyFinding | None = None  # a good-only model's finding (alone or fused)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes a reviewer can give a box: the model's, and ``anomaly`` when a
+        good-only model had a say."""
+        names = list(self.detector.card.class_names)
+        return names if self.anomaly is None or "anomaly" in names else [*names, "anomaly"]
 
     def result(self) -> InspectionResult:
         """The contract the line and the API see (``schemas.InspectionResult``)."""
@@ -89,21 +99,43 @@ class FrameTiming:
 
 def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
             decode_ms: float = 0.0, camera_id: str | None = None,
-            part_id: str | None = None, reference: Reference | None = None) -> Inspection:
+            part_id: str | None = None, reference: Reference | None = None,
+            anomaly_model: Detector | None = None) -> Inspection:
     """Inspect one decoded BGR image with ``detector`` under ``recipe``; ``reference`` is
-    the golden image a reference model compares it with."""
+    the golden image a reference model compares it with. ``detector`` may be a good-only
+    model (card kind ``anomaly``), judged by its image score; ``anomaly_model`` is one
+    fused with the detector (the recipe's ``anomaly.model``)."""
     aligned = reference is not None and recipe.align_reference
-    t0 = time.perf_counter()
+    clock = time.perf_counter
+    t0 = clock()
     batch, letterboxes = detector.pre_process(
         [image], None if reference is None else [reference.image], align=aligned)
-    t1 = time.perf_counter()
+    pre = clock() - t0
+    t0 = clock()
     outputs = detector.forward(batch)
-    t2 = time.perf_counter()
-    detections = detector.post_process(outputs, letterboxes)[0]
-    verdict = judge(detections, recipe, detector.card.thresholds)
-    t3 = time.perf_counter()
-    timings = {"decode": decode_ms, "preprocess": (t1 - t0) * 1000, "infer": (t2 - t1) * 1000,
-               "postprocess": (t3 - t2) * 1000}
+    infer = clock() - t0
+    fused: tuple[list[np.ndarray], list[Letterbox]] | None = None
+    if anomaly_model is not None and detector.card.kind != "anomaly":
+        t0 = clock()
+        a_batch, a_boxes = _anomaly_input(image, anomaly_model, detector, batch, letterboxes)
+        pre += clock() - t0
+        t0 = clock()
+        fused = anomaly_model.forward(a_batch), a_boxes
+        infer += clock() - t0
+    t0 = clock()
+    finding: AnomalyFinding | None = None
+    if detector.card.kind == "anomaly":  # alone: its regions are findings, not counted defects
+        finding = find_anomalies(outputs, letterboxes, detector.card)[0]
+        detections = finding.regions
+        verdict = judge(Detections.empty(detections.class_names), recipe, {}, finding)
+    else:
+        detections = detector.post_process(outputs, letterboxes)[0]
+        if fused is not None and anomaly_model is not None:
+            finding = find_anomalies(fused[0], fused[1], anomaly_model.card)[0]
+        verdict = judge(detections, recipe, detector.card.thresholds, finding)
+    post = clock() - t0
+    timings = {"decode": decode_ms, "preprocess": pre * 1000, "infer": infer * 1000,
+               "postprocess": post * 1000}
     timings["total"] = sum(timings.values())
     return Inspection(
         id=uuid.uuid4().hex, created_at=datetime.now(UTC), verdict=verdict.outcome,
@@ -111,5 +143,15 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         recipe=recipe, detector=detector, timings_ms=timings, image=image,
         camera_id=camera_id, part_id=part_id, reference=reference,
         reference_shift=(letterboxes[0].shift_x, letterboxes[0].shift_y) if aligned else None,
-        detections=detections,
+        detections=detections, anomaly=finding,
     )
+
+
+def _anomaly_input(image: np.ndarray, anomaly_model: Detector, detector: Detector,
+                   batch: np.ndarray, letterboxes: list[Letterbox],
+                   ) -> tuple[np.ndarray, list[Letterbox]]:
+    """The fused good-only model's input: the detector's own when it is the same RGB
+    letterbox (same size and border), else the image letterboxed for it."""
+    same = (not detector.needs_reference and anomaly_model.size == detector.size
+            and anomaly_model.card.input.letterbox == detector.card.input.letterbox)
+    return (batch, letterboxes) if same else anomaly_model.pre_process([image])

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import onnx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lineside_inspect.errors import PackageError, describe_validation
 from lineside_inspect.names import Name
@@ -24,6 +24,8 @@ CARD = "model.json"
 GRAPH = "model.onnx"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "scores", "labels")
+ANOMALY_OUTPUTS = ("anomaly_map", "score")  # a good-only model: per-pixel map, image score
+ANOMALY_LABEL = "anomaly"  # the one class of a good-only model, and its regions' label
 META_CLASSES = "lineside.class_names"
 
 
@@ -72,11 +74,27 @@ class Lineage(BaseModel):
     note: str = ""
 
 
+class AnomalySpec(BaseModel):
+    """How a good-only model's outputs become a verdict and boxes, calibrated on good images."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    threshold: float = Field(..., ge=0, le=1, description="image score at or above which a part fails")
+    map_threshold: float = Field(..., ge=0, le=1, description=(
+        "anomaly-map value above which pixels form regions (the reported boxes)"))
+    min_region_px: int = Field(1, ge=1, description="smallest region reported, in map pixels")
+    target_false_reject: float | None = Field(None, ge=0, le=1, description=(
+        "the false-reject rate the threshold was calibrated for"))
+    calibrated_on: int | None = Field(None, ge=0, description="good images the calibration saw")
+
+
 class ModelCard(BaseModel):
     """``model.json``: what the model is, how to feed it, how far to trust it."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     format_version: int = 1
+    kind: Literal["detector", "anomaly"] = Field("detector", description=(
+        "detector: boxes, scores, labels; anomaly: a good-only model's anomaly map and image "
+        "score (outputs anomaly_map, score; an anomaly section)"))
     name: Name
     version: Name
     class_names: list[str] = Field(..., min_length=1)
@@ -90,9 +108,37 @@ class ModelCard(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
     quantization: dict[str, Any] | None = None
     lineage: Lineage | None = Field(None, description="dataset revision and parent model")
+    anomaly: AnomalySpec | None = Field(None, description="kind anomaly: its calibrated thresholds")
     sha256: str
     lineside_version: str = ""
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _anomaly_outputs(cls, doc: Any) -> Any:
+        """An anomaly card that lists no outputs has the anomaly ones, not a detector's."""
+        if isinstance(doc, dict) and doc.get("kind") == "anomaly" and "outputs" not in doc:
+            return {**doc, "outputs": list(ANOMALY_OUTPUTS)}
+        return doc
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> ModelCard:
+        if self.kind == "detector":
+            if self.anomaly is not None:
+                raise ValueError("an anomaly section needs kind 'anomaly'")
+            return self
+        if self.anomaly is None:
+            raise ValueError("kind 'anomaly' needs an anomaly section (threshold, map_threshold, "
+                             "min_region_px)")
+        if self.outputs != list(ANOMALY_OUTPUTS):
+            raise ValueError(f"kind 'anomaly' has outputs {list(ANOMALY_OUTPUTS)}, card lists "
+                             f"{self.outputs}")
+        if self.class_names != [ANOMALY_LABEL]:
+            raise ValueError(f"kind 'anomaly' has class_names [{ANOMALY_LABEL!r}], card lists "
+                             f"{self.class_names}")
+        if self.input.color != "RGB":
+            raise ValueError("kind 'anomaly' takes one RGB image (input.color 'RGB')")
+        return self
 
     @property
     def needs_reference(self) -> bool:
@@ -179,6 +225,10 @@ def _check_graph(path: Path, card: ModelCard) -> None:
     if outputs != card.outputs:
         raise PackageError(f"{graph_path}: outputs {outputs} do not match card {card.outputs}")
     meta = {p.key: p.value for p in model.metadata_props}
+    if card.kind == "anomaly":
+        _check_anomaly_outputs(graph_path, model, card.input.size)
+        if META_CLASSES not in meta:  # its one class is fixed: the metadata adds nothing
+            return
     graph_classes = json.loads(meta.get(META_CLASSES, "null"))
     if graph_classes is None:
         raise PackageError(f"{graph_path}: graph carries no {META_CLASSES} metadata")
@@ -187,6 +237,23 @@ def _check_graph(path: Path, card: ModelCard) -> None:
             f"{graph_path}: graph was exported for {len(graph_classes)} classes {graph_classes}, "
             f"card lists {len(card.class_names)} {card.class_names}"
         )
+
+
+def _check_anomaly_outputs(graph_path: Path, model: onnx.ModelProto, size: int) -> None:
+    """float32 ``anomaly_map [N, 1, S, S]`` and ``score [N]`` (symbolic dims allowed)."""
+    want = {"anomaly_map": [1, size, size], "score": []}
+    for out in model.graph.output:
+        tt = out.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        expected = want[out.name]
+        fits = (tt.elem_type == onnx.TensorProto.FLOAT and len(dims) == len(expected) + 1
+                and all(d is None or d == e for d, e in zip(dims[1:], expected, strict=True)))
+        if not fits:
+            shape = ["N", *expected]
+            raise PackageError(
+                f"{graph_path}: output {out.name!r} is "
+                f"{onnx.TensorProto.DataType.Name(tt.elem_type)} {dims}, an anomaly model's is "
+                f"float32 {shape}")
 
 
 def load_package(path: str | Path) -> ModelPackage:

@@ -32,13 +32,17 @@ class Defect(_Shape):
 
 
 class Reason(_Shape):
-    """Why a part failed: one recipe rule broken by one class."""
+    """Why a part failed: one recipe rule broken by one class (``anomaly``: a good-only
+    model's image score reached its threshold; ``count`` is then its regions reported)."""
 
-    rule: Literal["critical", "max_count"]
+    rule: Literal["critical", "max_count", "anomaly"]
     label: str
     count: int = Field(ge=0, description="defects of this class counted")
     allowed: int = Field(ge=0, description="defects of this class the recipe allows")
     message: str
+    score: float | None = Field(None, ge=0, le=1, description="rule anomaly: the image score")
+    threshold: float | None = Field(None, ge=0, le=1,
+                                    description="rule anomaly: the score at which a part fails")
 
 
 class RecipeRef(_Shape):

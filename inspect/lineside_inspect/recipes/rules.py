@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lineside_inspect.package import ANOMALY_LABEL
 from lineside_inspect.recipes.schema import Polygon, Recipe
+from lineside_inspect.runtime.anomaly_map import AnomalyFinding
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import Outcome, Reason
 
@@ -42,7 +44,14 @@ def counted(detections: Detections, recipe: Recipe, thresholds: dict[str, float]
     floor = recipe.default_min_score
     mins = np.array([recipe.min_score.get(lb, thresholds.get(lb, 0.5) if floor is None else floor)
                      for lb in labels])
-    keep = detections.scores >= mins
+    return _placed(detections[detections.scores >= mins], recipe)
+
+
+def _placed(detections: Detections, recipe: Recipe) -> Detections:
+    """The boxes the recipe's size and regions keep (size, region of interest, ignore)."""
+    if len(detections) == 0:
+        return detections
+    keep = np.ones(len(detections), dtype=bool)
     sides = np.maximum(detections.xyxy[:, 2] - detections.xyxy[:, 0],
                        detections.xyxy[:, 3] - detections.xyxy[:, 1])
     keep &= sides >= recipe.min_size()
@@ -54,9 +63,61 @@ def counted(detections: Detections, recipe: Recipe, thresholds: dict[str, float]
     return detections[keep]
 
 
-def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float]) -> Verdict:
+def _covered(regions: Detections, defects: Detections, share: float = 0.5) -> np.ndarray:
+    """Which regions overlap a defect box by at least ``share`` of the smaller of the two:
+    the detector's box, with its class, already reports that place."""
+    if len(regions) == 0 or len(defects) == 0:
+        return np.zeros(len(regions), dtype=bool)
+    a, b = regions.xyxy[:, None, :], defects.xyxy[None, :, :]
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    smaller = np.maximum(np.minimum(area_a, area_b), 1e-6)
+    return np.asarray((w * h / smaller >= share).any(axis=1))
+
+
+def _joined(defects: Detections, regions: Detections) -> Detections:
+    """Defects and anomaly regions in one list, the class names extended by ``anomaly``."""
+    names = list(defects.class_names)
+    if ANOMALY_LABEL not in names:
+        names.append(ANOMALY_LABEL)
+    ids = np.full(len(regions), names.index(ANOMALY_LABEL), dtype=np.int64)
+    return Detections(np.concatenate([defects.xyxy, regions.xyxy]),
+                      np.concatenate([defects.scores, regions.scores]),
+                      np.concatenate([defects.class_ids, ids]), names)
+
+
+def anomaly_threshold(recipe: Recipe, finding: AnomalyFinding) -> float:
+    """The recipe's image-score threshold if it sets one, else the card's calibrated one."""
+    rule = recipe.anomaly
+    return finding.threshold if rule is None or rule.threshold is None else rule.threshold
+
+
+def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
+          anomaly: AnomalyFinding | None = None) -> Verdict:
     """Apply ``recipe`` to ``detections`` (``thresholds``: the model card's per-class
-    calibrated scores, used where the recipe sets none)."""
+    calibrated scores, used where the recipe sets none) and, if given, to a good-only
+    model's ``anomaly`` finding: at or above its threshold the part fails, and its regions
+    in the recipe's regions of interest that no counted defect covers are reported as
+    ``anomaly``."""
+    verdict = _judge_defects(detections, recipe, thresholds)
+    if anomaly is None:
+        return verdict
+    threshold = anomaly_threshold(recipe, anomaly)
+    if anomaly.score < threshold:
+        return verdict
+    regions = _placed(anomaly.regions, recipe)
+    regions = regions[~_covered(regions, verdict.defects)]
+    verdict.reasons.append(Reason(
+        rule="anomaly", label=ANOMALY_LABEL, count=len(regions), allowed=0,
+        score=round(anomaly.score, 4), threshold=round(threshold, 4),
+        message=f"anomaly score {anomaly.score:.3f} >= threshold {threshold:.3f} "
+                f"(model {anomaly.model}), {len(regions)} region(s)"))
+    return Verdict("fail", _joined(verdict.defects, regions), verdict.reasons)
+
+
+def _judge_defects(detections: Detections, recipe: Recipe, thresholds: dict[str, float]) -> Verdict:
     defects = counted(detections, recipe, thresholds)
     counts = Counter(defects.labels)
     reasons: list[Reason] = []

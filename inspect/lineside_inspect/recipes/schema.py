@@ -39,6 +39,20 @@ class RemoteModel(BaseModel):
     timeout_s: float = Field(5.0, gt=0, le=60, description="per request, connect to last byte")
 
 
+class AnomalyRule(BaseModel):
+    """A good-only (anomaly) model's say in the verdict: the part fails when its image
+    score reaches ``threshold``. Beside a detector (``model``: the anomaly package's name)
+    the part fails on a counted defect OR the score; its regions that no counted defect
+    covers are reported as ``anomaly``. On a recipe whose own model is the anomaly model,
+    leave ``model`` out: the section only sets the threshold."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+    model: Name | None = Field(None, description=(
+        "anomaly package name (card kind anomaly) fused with the recipe's detector"))
+    model_version: Name | None = Field(None, description="pin a version; default: the active one")
+    threshold: Score | None = Field(None, description=(
+        "image score at or above which the part fails; default: the card's calibrated one"))
+
 
 class Recipe(BaseModel):
     """Rules turning detections into a verdict.
@@ -73,6 +87,8 @@ class Recipe(BaseModel):
     align_reference: bool = Field(False, description=(
         "reference models: translate each frame onto its reference before comparing "
         "(for parts that sit a few pixels off; searched within 16 px)"))
+    anomaly: AnomalyRule | None = Field(None, description=(
+        "a good-only model's image score as a rule (alone, or fused with the detector)"))
     remote: RemoteModel | None = Field(None, description=(
         "run inference on an OIP v2 endpoint instead of a package loaded on the box"))
 
@@ -113,6 +129,30 @@ class Recipe(BaseModel):
                 raise ConfigError(f"recipe {self.name}: min_size_mm needs pixels_per_mm")
             return max(self.min_size_px, self.min_size_mm * self.pixels_per_mm)
         return self.min_size_px
+
+    def check_models(self, kind: str, class_names: list[str], anomaly_kind: str | None = None) -> None:
+        """Refuse a recipe its models cannot serve: ``kind`` and ``class_names`` are its
+        model's card's, ``anomaly_kind`` the kind of the model ``anomaly.model`` names."""
+        fused = self.anomaly.model if self.anomaly is not None else None
+        if kind == "anomaly":
+            if fused is not None:
+                raise ConfigError(f"recipe {self.name}: model {self.model} is itself an anomaly "
+                                  "model: leave out anomaly.model (the section then only sets "
+                                  "the threshold)")
+            used = [f for f in ("min_score", "max_count", "critical") if getattr(self, f)]
+            if used or self.default_min_score is not None:
+                raise ConfigError(
+                    f"recipe {self.name}: model {self.model} is an anomaly model, judged by its "
+                    f"image score (anomaly: {{threshold: ...}}); "
+                    f"{', '.join(used) or 'default_min_score'} apply to a detector's classes")
+            return self.check_classes(class_names)
+        if self.anomaly is not None and fused is None:
+            raise ConfigError(f"recipe {self.name}: model {self.model} is a detector: anomaly "
+                              "needs model: the anomaly package to fuse with it")
+        if fused is not None and anomaly_kind != "anomaly":
+            raise ConfigError(f"recipe {self.name}: anomaly.model {fused} is a {anomaly_kind}, "
+                              "not an anomaly (good-only) model")
+        self.check_classes(class_names)
 
     def check_classes(self, class_names: list[str]) -> None:
         """Refuse rules naming classes the model does not know (a typo would silently pass)."""

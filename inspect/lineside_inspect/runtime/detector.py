@@ -11,6 +11,7 @@ import numpy as np
 from lineside_inspect.errors import ReferenceImageError
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import ModelPackage, load_package
+from lineside_inspect.runtime.anomaly_map import find_anomalies
 from lineside_inspect.runtime.preprocess import Letterbox, letterbox
 from lineside_inspect.runtime.reference import align_to_reference, pair_image
 from lineside_inspect.runtime.session import OnnxSession
@@ -22,7 +23,9 @@ class Detector:
     arrays as OpenCV decodes them, of any size.
 
     A reference model (``needs_reference``) also takes, for each image, a reference: a
-    defect-free image of the same view and size (a golden template).
+    defect-free image of the same view and size (a golden template). A good-only model
+    (card kind ``anomaly``) runs the same way; its detections are its anomaly regions
+    (``runtime.anomaly`` has its image score).
     """
 
     def __init__(self, package: ModelPackage | str | Path, *, device: str = "auto",
@@ -77,6 +80,8 @@ class Detector:
         return self.session.run(batch)
 
     def post_process(self, outputs: list[np.ndarray], letterboxes: list[Letterbox]) -> list[Detections]:
+        if self.card.kind == "anomaly":  # a good-only model: its map's regions, labelled anomaly
+            return [f.regions for f in find_anomalies(outputs, letterboxes, self.card)]
         boxes, scores, labels = outputs
         result = []
         for i, lb in enumerate(letterboxes):

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lineside_inspect.errors import ConfigError, NotFoundError
+from lineside_inspect.errors import ConfigError, NotFoundError, PackageError
 from lineside_inspect.package import load_package
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.runtime.detector import Detector
@@ -43,6 +43,11 @@ class Registry:
         card = detector.card
         with self._lock:
             slot = self._models.setdefault(card.name, ModelSlot())
+            kinds = {v.card.kind for v in slot.versions.values()} - {card.kind}
+            if kinds:  # the recipes naming it were checked against its kind
+                raise PackageError(f"model {card.name} {card.version} is a {card.kind}, its "
+                                   f"loaded versions are a {kinds.pop()}: a model name keeps "
+                                   "its kind")
             slot.versions[card.version] = detector
             if activate or slot.active is None:
                 self._activate_locked(card.name, card.version)
@@ -93,7 +98,11 @@ class Registry:
     def add_recipe(self, recipe: Recipe) -> None:
         remote = self._remote_detector(recipe) if recipe.remote is not None else None
         detector = remote or self.detector(recipe.model, recipe.model_version)
-        recipe.check_classes(detector.class_names)
+        fused = recipe.anomaly
+        anomaly = (self.detector(fused.model, fused.model_version)
+                   if fused is not None and fused.model is not None else None)
+        recipe.check_models(detector.card.kind, detector.class_names,
+                            None if anomaly is None else anomaly.card.kind)
         with self._lock:
             self._recipes[recipe.name] = recipe
             if remote is not None:

@@ -67,7 +67,7 @@ class InspectionService:
                             reference_data: bytes | None = None) -> Inspection:
         """Inspect an encoded image (JPEG, PNG or BMP). Decoding runs in the limiter's
         slot, off the event loop, so decoded pixels in memory are bounded by it."""
-        rule, detector = self._pin(recipe)
+        rule, detector, anomaly = self._pin(recipe)
         self._check_header(data, "image")
         if reference_data is not None:
             self._check_header(reference_data, "reference")
@@ -79,7 +79,7 @@ class InspectionService:
             ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
                                     data=reference_data, name=reference_name)
             result = inspect(image, detector, rule, decode_ms=decode_ms, camera_id=camera_id,
-                             part_id=part_id, reference=ref)
+                             part_id=part_id, reference=ref, anomaly_model=anomaly)
             result.raw, result.raw_ext = data, sniff_format(data).replace("jpeg", "jpg")
             return result
 
@@ -97,7 +97,7 @@ class InspectionService:
         if cfg is None:
             manager.worker(camera_id)  # raises not found, naming the configured cameras
             raise NotFoundError(f"unknown camera {camera_id!r}")
-        rule, detector = self._pin(recipe or cfg.recipe)
+        rule, detector, anomaly = self._pin(recipe or cfg.recipe)
         ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
                                 name=cfg.reference, trusted=True)
         frame = await manager.fresh_frame(camera_id, trigger_time=arrived, timeout_s=timeout_s)
@@ -105,7 +105,7 @@ class InspectionService:
 
         def work() -> Inspection:
             result = inspect(frame.image, detector, rule, camera_id=camera_id, part_id=part_id,
-                             reference=ref)
+                             reference=ref, anomaly_model=anomaly)
             result.frame = FrameTiming(frame.timestamp, (time.time() - frame.timestamp) * 1000,
                                        (frame.timestamp - arrived) * 1000)
             return result
@@ -115,11 +115,12 @@ class InspectionService:
     async def inspect_frame(self, camera_id: str, image: np.ndarray) -> Inspection:
         """Inspect a frame already captured by ``camera_id`` (continuous mode)."""
         cfg = self._manager().configs[camera_id]
-        rule, detector = self._pin(cfg.recipe)
+        rule, detector, anomaly = self._pin(cfg.recipe)
         ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
                                 name=cfg.reference, trusted=True)
         return await self._run(
-            lambda: inspect(image, detector, rule, camera_id=camera_id, reference=ref))
+            lambda: inspect(image, detector, rule, camera_id=camera_id, reference=ref,
+                            anomaly_model=anomaly))
 
     # -- continuous cameras -------------------------------------------------------------
     def start_continuous(self) -> None:
@@ -158,11 +159,15 @@ class InspectionService:
                 log.exception("continuous inspection on %s failed", camera_id)
 
     # -- shared steps ---------------------------------------------------------------------
-    def _pin(self, recipe: str | None) -> tuple[Recipe, Detector]:
-        """The recipe and the detector this inspection will use from start to end, even
-        if a new version is activated meanwhile."""
+    def _pin(self, recipe: str | None) -> tuple[Recipe, Detector, Detector | None]:
+        """The recipe, its detector and the good-only model fused with it (if it names
+        one) this inspection will use from start to end, even if a new version is
+        activated meanwhile."""
         rule = self.registry.recipe(recipe)
-        return rule, self.registry.detector_for(rule)
+        fused = rule.anomaly
+        anomaly = (self.registry.detector(fused.model, fused.model_version)
+                   if fused is not None and fused.model is not None else None)
+        return rule, self.registry.detector_for(rule), anomaly
 
     def _check_header(self, data: bytes, what: str) -> None:
         """Refuse a bomb or a non-image from its header, before queueing for a slot."""

@@ -264,7 +264,7 @@ class Store:
             "camera_id": inspection.camera_id, "part_id": inspection.part_id,
             "recipe_name": inspection.recipe.name, "recipe_version": inspection.recipe.version,
             "model_name": card.name, "model_version": card.version, "model_sha256": card.sha256,
-            "class_names": list(card.class_names), "verdict": inspection.verdict,
+            "class_names": inspection.class_names, "verdict": inspection.verdict,
             "reasons": [r.model_dump() for r in inspection.reasons],
             "defects": inspection.defects.to_json(),
             "labels": "," + ",".join(sorted(set(labels))) + "," if labels else "",

@@ -1,0 +1,87 @@
+"""Good-only (anomaly) model outputs: anomaly map + image score -> finding.
+
+A package of kind ``anomaly`` (see ``package.AnomalySpec``) is fed exactly like an RGB
+detector (the same letterbox, so :class:`~lineside_inspect.runtime.detector.Detector`
+runs it), but its graph answers ``anomaly_map`` ``[N, 1, S, S]`` and ``score`` ``[N]``,
+both in [0, 1]. This module turns those into what the recipe judges: the image score
+(the verdict: at or above the threshold the part fails) and the regions of the map
+above ``map_threshold`` (the boxes a reviewer sees), mapped back through the letterbox
+to the image as sent and labelled ``anomaly``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lineside_inspect.errors import PackageError
+from lineside_inspect.opencv import cv2
+from lineside_inspect.package import ANOMALY_LABEL, AnomalySpec, ModelCard
+from lineside_inspect.runtime.preprocess import Letterbox
+from lineside_inspect.runtime.types import Detections
+
+
+@dataclass(frozen=True)
+class AnomalyFinding:
+    """A good-only model's judgement of one image, before a recipe applies its rules."""
+
+    score: float  # image score in [0, 1]
+    threshold: float  # the card's calibrated image threshold
+    regions: Detections  # label "anomaly", boxes in original pixels, score = region max
+    model: str  # "name version", for messages
+
+
+def anomaly_spec(card: ModelCard) -> AnomalySpec:
+    if card.kind != "anomaly" or card.anomaly is None:
+        raise PackageError(f"model {card.name} {card.version} is a {card.kind}, not an anomaly model")
+    return card.anomaly
+
+
+def _safe(values: np.ndarray) -> np.ndarray:
+    """Scores as float32 in [0, 1]; a NaN is read as 1 (fully anomalous), so a broken
+    graph fails parts rather than passing them."""
+    return np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32), nan=1.0), 0.0, 1.0)
+
+
+def regions(anomaly_map: np.ndarray, lb: Letterbox, spec: AnomalySpec, *,
+            max_regions: int = 100) -> Detections:
+    """Connected regions (8-connected) of ``anomaly_map`` (``S x S``, in the letterboxed
+    input) above ``spec.map_threshold`` and at least ``spec.min_region_px`` pixels, as
+    boxes in the original image; the ``max_regions`` strongest are kept."""
+    amap = _safe(anomaly_map)
+    # the letterbox border is not the part: nothing there is reported
+    nw, nh = max(1, round(lb.width * lb.scale)), max(1, round(lb.height * lb.scale))
+    content = np.zeros(amap.shape, dtype=bool)
+    content[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = True
+    mask = (amap > spec.map_threshold) & content
+    if not mask.any():
+        return Detections.empty([ANOMALY_LABEL])
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    peak = np.zeros(n, dtype=np.float32)
+    np.maximum.at(peak, np.asarray(labels, dtype=np.intp)[mask], amap[mask])
+    keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= spec.min_region_px]
+    keep = sorted(keep, key=lambda i: -peak[i])[:max_regions]
+    if not keep:
+        return Detections.empty([ANOMALY_LABEL])
+    x, y = stats[keep, cv2.CC_STAT_LEFT], stats[keep, cv2.CC_STAT_TOP]
+    w, h = stats[keep, cv2.CC_STAT_WIDTH], stats[keep, cv2.CC_STAT_HEIGHT]
+    boxes = np.stack([x, y, x + w, y + h], axis=1).astype(np.float32)
+    return Detections(lb.to_original(boxes), peak[keep], np.zeros(len(keep), np.int64),
+                      [ANOMALY_LABEL])
+
+
+def find_anomalies(outputs: list[np.ndarray], letterboxes: list[Letterbox],
+                   card: ModelCard) -> list[AnomalyFinding]:
+    """One finding per image from an anomaly graph's ``[anomaly_map, score]`` outputs."""
+    spec = anomaly_spec(card)
+    maps, scores = outputs
+    scores = _safe(scores).reshape(-1)
+    if maps.ndim != 4 or maps.shape[1] != 1 or len(maps) != len(letterboxes) \
+            or len(scores) != len(letterboxes):
+        raise PackageError(f"model {card.name} {card.version}: anomaly outputs of shapes "
+                           f"{list(maps.shape)} and {list(scores.shape)} for {len(letterboxes)} images")
+    model = f"{card.name} {card.version}"
+    return [AnomalyFinding(float(scores[i]), spec.threshold,
+                           regions(maps[i, 0], lb, spec, max_regions=card.max_detections), model)
+            for i, lb in enumerate(letterboxes)]

@@ -1,0 +1,197 @@
+"""Good-only (anomaly) packages on the edge without a server: the card contract (bad cards
+refused with a clear message), the map -> regions -> boxes mapping through the letterbox,
+and the rules (alone, fused with a detector, a recipe's threshold), all on a real ONNX
+graph run by onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lineside_inspect.errors import ConfigError, PackageError
+from lineside_inspect.inspector import inspect
+from lineside_inspect.package import AnomalySpec, load_package
+from lineside_inspect.recipes import Recipe, judge
+from lineside_inspect.runtime.anomaly import AnomalyFinding, AnomalyModel
+from lineside_inspect.runtime.anomaly_map import regions
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.runtime.preprocess import fit
+from lineside_inspect.runtime.types import Detections
+
+from .anomaly_package import (
+    anomaly_graph,
+    card_doc,
+    part,
+    write_package,
+    write_raw_card,
+)
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> AnomalyModel:
+    folder = write_package(tmp_path_factory.mktemp("good") / "good" / "1", anomaly_graph(SIZE),
+                           card_doc("good", SIZE))
+    return AnomalyModel(folder, device="cpu", threads=1)
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union
+
+
+# -- the card ------------------------------------------------------------------------------
+def _bad(tmp_path: Path, doc: dict[str, Any], **graph: Any) -> str:
+    folder = tmp_path / "bad"
+    write_package(folder, anomaly_graph(SIZE, **graph), card_doc("bad", SIZE))
+    write_raw_card(folder, doc)
+    with pytest.raises(PackageError) as err:
+        load_package(folder)
+    return err.value.message
+
+
+def test_bad_cards_are_refused_naming_the_problem(tmp_path: Path) -> None:
+    good = card_doc("bad", SIZE)
+    no_section = {k: v for k, v in good.items() if k != "anomaly"}
+    assert "needs an anomaly section" in _bad(tmp_path, no_section)
+    assert "class_names ['anomaly']" in _bad(tmp_path, {**good, "class_names": ["scratch"]})
+    assert "outputs ['anomaly_map', 'score']" in _bad(
+        tmp_path, {**good, "outputs": ["boxes", "scores", "labels"]})
+    assert "needs kind 'anomaly'" in _bad(tmp_path, {**good, "kind": "detector",
+                                                     "outputs": ["anomaly_map", "score"]})
+    assert "kind" in _bad(tmp_path, {**good, "kind": "segmenter"})
+    assert "anomaly.threshold" in _bad(tmp_path, {**good, "anomaly": {
+        **good["anomaly"], "threshold": 1.5}})
+    assert "anomaly.map_threshold" in _bad(tmp_path, {**good, "anomaly": {"threshold": 0.5}})
+    # the graph must answer what the card says
+    renamed = _bad(tmp_path, good, outputs=("heatmap", "score"))
+    assert "outputs ['heatmap', 'score'] do not match card ['anomaly_map', 'score']" in renamed
+
+
+def test_a_graph_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+    folder = write_package(tmp_path / "p", anomaly_graph(SIZE), card_doc("p", SIZE))
+    write_raw_card(folder, {**card_doc("p", SIZE), "input": {"name": "images", "size": 32}})
+    with pytest.raises(PackageError, match=r"uint8 \[batch, 3, 32, 32\]"):
+        load_package(folder)
+
+
+def test_the_class_metadata_is_optional_but_checked(tmp_path: Path) -> None:
+    plain = write_package(tmp_path / "plain", anomaly_graph(SIZE), card_doc("plain", SIZE))
+    assert load_package(plain).card.kind == "anomaly"
+    named = write_package(tmp_path / "named", anomaly_graph(SIZE, classes=["anomaly"]),
+                          card_doc("named", SIZE))
+    assert load_package(named).card.class_names == ["anomaly"]
+    assert "graph was exported for 2 classes" in _bad(tmp_path, card_doc("bad", SIZE),
+                                                      classes=["open", "short"])
+
+
+def test_a_detector_package_is_not_an_anomaly_model() -> None:
+    root = Path(__file__).resolve().parents[2]
+    with pytest.raises(PackageError, match="is a detector, not an anomaly model"):
+        AnomalyModel(root / "models" / "deeppcb" / "1", device="cpu", threads=1, warmup=False)
+
+
+# -- map -> regions -> boxes ---------------------------------------------------------------
+def test_regions_map_back_through_the_letterbox(model: AnomalyModel) -> None:
+    # 320x160: scale 0.2, the part in rows 16..48 of the 64x64 input
+    squares = ((40, 30, 50), (230, 90, 40))
+    finding = model.analyse([part(320, 160, squares)])[0]
+    assert finding.score > 0.9 and finding.threshold == 0.5
+    found = finding.regions.to_json()
+    assert [d["label"] for d in found] == ["anomaly", "anomaly"]
+    truth = [[x, y, x + s, y + s] for x, y, s in squares]
+    for t in truth:  # each square is found where it is in the image as sent
+        assert max(_iou(d["box"], t) for d in found) > 0.6, (found, t)
+    good = model.analyse([part(320, 160)])[0]
+    assert good.score < 0.1 and len(good.regions) == 0
+
+
+def test_small_regions_and_the_letterbox_border_are_not_reported() -> None:
+    spec = AnomalySpec(threshold=0.5, map_threshold=0.5, min_region_px=5)
+    lb = fit(64, 32, 64)  # rows 16..48 hold the part
+    amap = np.zeros((64, 64), np.float32)
+    amap[0:10, :] = 1.0  # in the border: not the part
+    amap[20:22, 5:7] = 0.9  # 4 px: under min_region_px
+    amap[30:35, 40:44] = np.nan  # a broken graph: read as anomalous, never as good
+    found = regions(amap, lb, spec)
+    assert found.to_json() == [{"label": "anomaly", "score": 1.0, "box": [40.0, 14.0, 44.0, 19.0]}]
+
+
+# -- rules -----------------------------------------------------------------------------------
+CLASSES = ["open", "short"]
+
+
+def _finding(score: float, boxes: list[list[float]]) -> AnomalyFinding:
+    regs = Detections(np.array(boxes, np.float32).reshape(-1, 4), np.full(len(boxes), 0.9),
+                      np.zeros(len(boxes), np.int64), ["anomaly"])
+    return AnomalyFinding(score, 0.5, regs, "good 1")
+
+
+def test_fused_fails_on_a_defect_or_the_score_and_names_uncovered_regions() -> None:
+    recipe = Recipe(name="fused", model="det", anomaly={"model": "good"})
+    defects = Detections([[10, 10, 30, 30]], [0.9], [1], CLASSES)
+    # one region on the detector's box (reported by its class), one where it saw nothing
+    verdict = judge(defects, recipe, {}, _finding(0.8, [[12, 12, 28, 28], [100, 100, 140, 130]]))
+    assert verdict.outcome == "fail"
+    assert [r.rule for r in verdict.reasons] == ["max_count", "anomaly"]
+    anomaly = verdict.reasons[1]
+    assert (anomaly.score, anomaly.threshold, anomaly.count) == (0.8, 0.5, 1)
+    assert "anomaly score 0.800 >= threshold 0.500" in anomaly.message
+    assert verdict.defects.labels == ["short", "anomaly"]
+    assert verdict.defects.class_names == ["open", "short", "anomaly"]
+    assert verdict.defects.xyxy[1].tolist() == [100, 100, 140, 130]
+    # under the threshold the regions are not defects; the detector alone decides
+    quiet = judge(Detections.empty(CLASSES), recipe, {}, _finding(0.3, [[100, 100, 140, 130]]))
+    assert (quiet.outcome, quiet.reasons, len(quiet.defects)) == ("pass", [], 0)
+
+
+def test_a_recipe_threshold_overrides_the_card_and_regions_follow_its_rules() -> None:
+    strict = Recipe(name="s", model="good", anomaly={"threshold": 0.2})
+    lenient = Recipe(name="l", model="good", anomaly={"threshold": 0.9})
+    finding = _finding(0.6, [[5, 5, 15, 15], [50, 50, 90, 90]])
+    empty = Detections.empty(["anomaly"])
+    assert judge(empty, lenient, {}, finding).outcome == "pass"
+    assert judge(empty, strict, {}, finding).reasons[0].threshold == 0.2
+    # a region in an ignore area or under the minimum size is not reported; the score still fails
+    ruled = Recipe(name="r", model="good", min_size_px=12,
+                   ignore=[[(40, 40), (100, 40), (100, 100), (40, 100)]])
+    verdict = judge(empty, ruled, {}, finding)
+    assert verdict.outcome == "fail" and len(verdict.defects) == 0
+    assert verdict.reasons[0].count == 0
+
+
+def test_recipes_that_cannot_work_with_their_models_are_refused() -> None:
+    with pytest.raises(ConfigError, match="is a detector: anomaly needs model"):
+        Recipe(name="a", model="det", anomaly={"threshold": 0.3}).check_models("detector", CLASSES)
+    with pytest.raises(ConfigError, match=r"anomaly\.model det2 is a detector, not an anomaly"):
+        Recipe(name="b", model="det", anomaly={"model": "det2"}).check_models(
+            "detector", CLASSES, "detector")
+    with pytest.raises(ConfigError, match="is itself an anomaly model"):
+        Recipe(name="c", model="good", anomaly={"model": "good"}).check_models(
+            "anomaly", ["anomaly"], "anomaly")
+    with pytest.raises(ConfigError, match="max_count apply to a detector's classes"):
+        Recipe(name="d", model="good", max_count={"anomaly": 2}).check_models("anomaly", ["anomaly"])
+    Recipe(name="e", model="good", anomaly={"threshold": 0.3}).check_models("anomaly", ["anomaly"])
+    Recipe(name="f", model="det", anomaly={"model": "good"}).check_models(
+        "detector", CLASSES, "anomaly")
+
+
+def test_inspect_alone_through_the_one_path(model: AnomalyModel) -> None:
+    """The function every server route and camera calls: timings, verdict, reasons, the
+    stored class names; a plain Detector on the package judges the same."""
+    recipe = Recipe(name="alone", model="good")
+    image = part(200, 120, ((20, 20, 30),))
+    result = inspect(image, model, recipe)
+    plain = inspect(image, Detector(model.package, device="cpu", threads=1), recipe)
+    for r in (result, plain):
+        assert r.verdict == "fail" and r.reasons[0].rule == "anomaly"
+        assert r.defects.labels == ["anomaly"] and r.class_names == ["anomaly"]
+        assert r.anomaly is not None and r.anomaly.score > 0.9
+    assert set(result.timings_ms) == {"decode", "preprocess", "infer", "postprocess", "total"}
+    assert inspect(part(200, 120), model, recipe).verdict == "pass"
