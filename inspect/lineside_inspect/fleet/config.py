@@ -53,5 +53,7 @@ class FleetSettings(_Section):
         "ed25519 public keys (PEM files or base64 raw keys) whose signatures make a model "
         "package acceptable; none: the box pulls no models"))
     pull_interval_s: float = Field(60.0, gt=0, description="how often assignments are checked")
+    status_interval_s: float = Field(5.0, gt=0, le=3600, description=(
+        "how often the box reports its models, readiness and backlog to the hub"))
     models_dir: str | None = Field(None, description=(
         "where pulled packages are unpacked; default <data_dir>/fleet-models"))

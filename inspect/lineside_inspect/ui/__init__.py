@@ -24,7 +24,7 @@ from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from lineside_inspect.errors import LinesideError
+from lineside_inspect.errors import LinesideError, NotFoundError
 from lineside_inspect.server.deps import ALLOWED, Principal, authenticate, principal_for_key
 from lineside_inspect.server.sessions import SESSION_COOKIE, Session, SessionStore
 from lineside_inspect.ui import api
@@ -36,7 +36,7 @@ __all__ = ["SecurityHeaders", "router", "static"]
 HERE = Path(__file__).parent
 # Swagger UI's files as the fastapi-offline package ships them (kept up to date there)
 SWAGGER = Path(fastapi_offline.__file__).parent / "static"
-LANDING_PAGES = ("/", "/review", "/dashboard")  # where signing in may lead: never a caller's URL
+LANDING_PAGES = ("/", "/review", "/dashboard", "/fleet")  # where signing in may lead: never a caller's URL
 LEGACY_COOKIE = "lineside_key"  # older versions kept the raw key in this cookie
 # a station card's fields, in order: (data-field, title); home.js fills them
 STATION_FIELDS = (("recipe", "Recipe · model"), ("last", "Last verdict"), ("shift", "Yield this shift"),
@@ -44,7 +44,28 @@ STATION_FIELDS = (("recipe", "Recipe · model"), ("last", "Last verdict"), ("shi
 SIGN_OUT = ('<form class="signout" method="post" action="/review/logout">'
             '<button type="submit">Sign out</button></form>')
 
+# on a hub (fleet/hub/): the review page and dashboard narrow by site, line and box too;
+# each select is filled by the page's script from GET /fleet/v1/boxes
+FLEET_FIELDS = (("site", "site"), ("line", "line"), ("box_id", "box"))
+FLEET_NAV = '<a href="/fleet">Fleet</a>'
+
 pages = APIRouter(tags=["pages"], include_in_schema=False)
+
+
+def _is_hub(request: Request) -> bool:
+    return getattr(request.app.state, "hub", None) is not None
+
+
+def _fleet_filters(request: Request, label: bool) -> str:
+    """The fleet's selects (constants only), on a hub; nothing on a box."""
+    if not _is_hub(request):
+        return ""
+    out = []
+    for name, title in FLEET_FIELDS:
+        select = (f'<select name="{name}" aria-label="{title}" data-fleet="{name}">'
+                  f'<option value="">any {title}</option></select>')
+        out.append(f"<label>{title.capitalize()} {select}</label>" if label else select)
+    return "".join(out)
 
 
 def _page(name: str, text: dict[str, str] | None = None, markup: dict[str, str] | None = None) -> str:
@@ -163,7 +184,9 @@ def dashboard_page(request: Request) -> Response:
     if isinstance(seen, Response):
         return seen
     _, session = seen
-    return HTMLResponse(_page("dashboard.html", markup={"signout": SIGN_OUT if session else ""}))
+    return HTMLResponse(_page("dashboard.html", markup={
+        "signout": SIGN_OUT if session else "", "fleet": _fleet_filters(request, True),
+        "fleet-nav": FLEET_NAV if _is_hub(request) else ""}))
 
 
 @pages.get("/review", response_class=HTMLResponse)
@@ -173,7 +196,21 @@ def review_page(request: Request) -> Response:
         return seen
     _, session = seen
     return HTMLResponse(_page("review.html", {"csrf": session.csrf if session else ""},
-                              {"signout": SIGN_OUT if session else ""}))
+                              {"signout": SIGN_OUT if session else "",
+                               "fleet": _fleet_filters(request, False),
+                               "fleet-nav": FLEET_NAV if _is_hub(request) else ""}))
+
+
+@pages.get("/fleet", response_class=HTMLResponse)
+def fleet_page(request: Request) -> Response:
+    """On a hub: every box, what it runs, when it last reported, its backlog."""
+    if not _is_hub(request):
+        raise NotFoundError("the fleet page is the hub's (lineside hub); this is a box")
+    seen = _viewer(request, "/fleet")
+    if isinstance(seen, Response):
+        return seen
+    _, session = seen
+    return HTMLResponse(_page("fleet.html", markup={"signout": SIGN_OUT if session else ""}))
 
 
 @pages.post("/review/login")

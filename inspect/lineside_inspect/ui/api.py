@@ -24,6 +24,9 @@ from lineside_inspect.store import stats as figures
 from lineside_inspect.store.utc import as_utc
 
 router = APIRouter(prefix="/v1", tags=["review"])
+# a site, line or box name (fleet filters on a hub): full-matched, like the names themselves
+FleetName = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description=(
+    "on a hub: only this site's, line's or box's inspections"))]
 
 class _Shape(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -220,10 +223,11 @@ def stats_csv(request: Request, who: Reviewer,
                              "model_changes"] = "hourly",
               hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24,
               camera_id: Annotated[str | None, Query(max_length=128)] = None,
-              recipe: Annotated[str | None, Query(max_length=128)] = None) -> Response:
+              recipe: Annotated[str | None, Query(max_length=128)] = None,
+              site: FleetName = None, line: FleetName = None, box_id: FleetName = None) -> Response:
     """The numbers of one dashboard table, with the parameters of ``GET /v1/stats``."""
-    doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe,
-                                   shifts=shifts_of(request))
+    doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe, site=site,
+                                   line=line, box_id=box_id, shifts=shifts_of(request))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     for row in csv_rows(doc, table):

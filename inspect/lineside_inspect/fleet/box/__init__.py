@@ -59,3 +59,10 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.state.on_startup.append(start)
     app.state.on_shutdown.append(stop)
+    # reviews both ways and status reports (reviews.py, status.py): start after the hub
+    # client is made, stop before it closes
+    from lineside_inspect.fleet.box.reviews import setup as setup_reviews
+    from lineside_inspect.fleet.box.status import setup as setup_status
+
+    setup_reviews(app, settings)
+    setup_status(app, settings)

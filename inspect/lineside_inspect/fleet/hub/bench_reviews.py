@@ -90,7 +90,7 @@ def review_list_latency(client: httpx.Client, *, rounds: int = 30, limit: int = 
     carries the hub's URL and a reviewer key."""
     times: dict[str, list[float]] = {name: [] for name, _ in queries}
     totals: dict[str, int] = {}
-    for name, params in queries:  # one warm-up each
+    for _name, params in queries:  # one warm-up each
         client.get("/v1/inspections", params={**params, "limit": limit}).raise_for_status()
     for _ in range(rounds):
         for name, params in queries:

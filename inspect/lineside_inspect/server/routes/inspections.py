@@ -23,6 +23,7 @@ from lineside_inspect.schemas import InspectionPage, StoredInspection
 from lineside_inspect.server.deps import Reviewer, get_store
 from lineside_inspect.server.responses import DashboardStats, errors, media
 from lineside_inspect.store.stats import Shifts
+from lineside_inspect.ui.api import FleetName
 
 router = APIRouter(prefix="/v1", tags=["review"])
 
@@ -32,6 +33,7 @@ def list_inspections(
     request: Request, who: Reviewer,
     verdict: Literal["pass", "fail"] | None = None,
     camera_id: str | None = None, recipe: str | None = None, label: str | None = None,
+    site: FleetName = None, line: FleetName = None, box_id: FleetName = None,
     min_score: Annotated[float | None, Query(ge=0, le=1)] = None,
     max_score: Annotated[float | None, Query(ge=0, le=1)] = None,
     since: Annotated[datetime | None, Query(description="ISO time; without an offset: UTC")] = None,
@@ -46,7 +48,8 @@ def list_inspections(
     """Stored inspections, newest first (404 when the server keeps no store)."""
     store = get_store(request)
     total, rows = store.query(
-        verdict=verdict, camera_id=camera_id, recipe=recipe, label=label, min_score=min_score,
+        verdict=verdict, camera_id=camera_id, recipe=recipe, label=label, site=site, line=line,
+        box_id=box_id, min_score=min_score,
         max_score=max_score, since=since, until=until, review_state=review_state, limit=limit,
         offset=offset, queue=queue)
     return InspectionPage(total=total, limit=limit, offset=offset,
@@ -144,11 +147,13 @@ def stats(request: Request, who: Reviewer,
           hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24,
           camera_id: Annotated[str | None, Query(max_length=128, description=(
               "narrow every figure to this camera ('': inspections sent without one)"))] = None,
-          recipe: Annotated[str | None, Query(max_length=128)] = None) -> DashboardStats:
+          recipe: Annotated[str | None, Query(max_length=128)] = None,
+          site: FleetName = None, line: FleetName = None, box_id: FleetName = None) -> DashboardStats:
     """Dashboard figures over the last ``hours`` (404 when the server keeps no store);
     shifts as the ``shifts`` setting has them."""
     settings = request.app.state.settings
-    doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe,
+    doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe, site=site, line=line,
+                                   box_id=box_id,
                                    shifts=Shifts.configured(settings.shifts, settings.shift_timezone))
     cams = request.app.state.cameras
     doc["cameras"] = cams.health() if cams is not None else []

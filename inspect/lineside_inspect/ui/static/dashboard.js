@@ -8,6 +8,7 @@ let shown = null; // the figures on screen, redrawn on resize
 function params() {
   const f = new FormData(form), p = new URLSearchParams({ hours: f.get("hours") });
   for (const k of ["camera_id", "recipe"]) if (f.get(k) !== "*") p.set(k, f.get(k));
+  for (const k of ["site", "line", "box_id"]) if (f.get(k)) p.set(k, f.get(k));  // a hub's
   return p;
 }
 
@@ -209,8 +210,18 @@ async function load() {
   } catch (e) { $("#status").textContent = "could not load the figures: " + e.message; }
 }
 
+// on a hub: the fleet's sites, lines and boxes as choices (GET /fleet/v1/boxes)
+async function loadFleet() {
+  if (!form.elements.box_id) return;
+  const doc = await api("/fleet/v1/boxes");
+  addOptions(form.elements.site, doc.boxes.filter((b) => b.status && b.status.site).map((b) => [b.status.site, b.status.site]));
+  addOptions(form.elements.line, doc.boxes.filter((b) => b.status && b.status.line).map((b) => [b.status.line, b.status.line]));
+  addOptions(form.elements.box_id, doc.boxes.map((b) => [b.box_id, b.box_id]));
+}
+
 form.addEventListener("change", load);
 form.addEventListener("submit", (e) => { e.preventDefault(); load(); });
+loadFleet();
 let pending = 0;
 new ResizeObserver(() => { clearTimeout(pending); pending = setTimeout(() => shown && render(shown), 150); }).observe($("#trend"));
 showZone();

@@ -7,7 +7,9 @@ import { $, $$, api, dateTime, el, num, showZone, svg, time, verdict } from "/st
 const state = { items: [], total: 0, offset: 0, limit: 24, sel: 0, open: null, box: 0, classes: [],
                 drawing: false, start: null, scale: 1, showRef: false, queues: [], queue: null, audit: 0 };
 const form = $("#filters");
-const FIELDS = ["verdict", "review_state", "camera_id", "label", "min_score", "queue"];
+// site, line and box_id are there on a hub only (its review page covers every box)
+const FIELDS = ["verdict", "review_state", "camera_id", "label", "min_score", "queue", "site", "line", "box_id"]
+  .filter((k) => form.elements[k]);
 
 function query() {
   const p = new URLSearchParams();
@@ -351,5 +353,17 @@ document.addEventListener("keydown", (e) => {
   if (handled) { e.preventDefault(); handled(); }
 });
 
+// on a hub: the fleet's sites, lines and boxes as choices (GET /fleet/v1/boxes)
+async function loadFleet() {
+  if (!form.elements.box_id) return;
+  const doc = await api("/fleet/v1/boxes");
+  const values = { site: doc.boxes.map((b) => b.status && b.status.site), line: doc.boxes.map((b) => b.status && b.status.line),
+                   box_id: doc.boxes.map((b) => b.box_id) };
+  for (const [k, vs] of Object.entries(values)) {
+    const have = new Set(Array.from(form.elements[k].options, (o) => o.value));
+    for (const v of vs) if (v && !have.has(v)) { form.elements[k].add(new Option(v, v)); have.add(v); }
+  }
+}
+
 showZone();
-load(); loadQueues();
+load(); loadQueues(); loadFleet();

@@ -1,0 +1,208 @@
+"""Reviews both ways between a box and its hub.
+
+Up: a review made on the box (``Store.review``) gets an event on the outbox channel
+``fleet-reviews`` in the review's own transaction (:func:`review_events`), so it is sent
+even if the box is killed right after. :class:`ReviewSync` posts the pending ones in
+outbox id order (``seq``) to ``REVIEWS_UP`` and marks delivered what the hub's
+``through_seq`` covers. The hub stops at a review whose inspection it does not hold yet
+(still in the forwarding backlog): the rest waits for the next round. A review whose
+inspection left this box (retention) before it went up is dropped with it.
+
+Down: reviews made on the hub of this box's inspections, fetched with a cursor (the hub's
+review id, kept in ``<data_dir>/fleet/hub-reviews.cursor``) and applied by the merge
+rule (``fleet/review_merge.py``). They are written by the merge, never by
+``Store.review``, so they make no outbox event: nothing is echoed back up.
+
+The hub being unreachable changes nothing on the box: its review page reads and writes
+the local store only, and the events wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lineside_inspect.atomic import write_atomic
+from lineside_inspect.errors import HubRefused, LinesideError
+from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.protocol import (
+    REVIEWS_DOWN,
+    REVIEWS_UP,
+    ReviewAck,
+    ReviewBatch,
+    ReviewEvent,
+)
+from lineside_inspect.fleet.review_merge import apply_review
+from lineside_inspect.store import Store
+from lineside_inspect.store.models import InspectionRow, ReviewRow
+from lineside_inspect.store.outbox import Event, Outbox, event
+from lineside_inspect.store.utc import as_utc
+
+log = logging.getLogger("lineside.fleet")
+CHANNEL = "fleet-reviews"  # the outbox channel of reviews going up; topic: inspection id
+CURSOR_FILE = Path("fleet") / "hub-reviews.cursor"
+BATCH = 200
+ROUNDS = 50  # batches per sync round (the next round goes on)
+
+
+def review_events(review: ReviewRow) -> list[Event]:
+    """The store's review event maker: the review as it goes up (its outbox id is added
+    as ``seq`` when it is sent)."""
+    return [event(review.inspection_id, {
+        "created_at": as_utc(review.created_at).isoformat(), "reviewer": review.reviewer,
+        "action": review.action, "boxes": review.boxes, "note": review.note or ""},
+        created_at=review.created_at, channel=CHANNEL)]
+
+
+class ReviewSync:
+    """One thread per box: reviews up, then hub reviews down, every ``interval_s``."""
+
+    def __init__(self, store: Store, client: HubClient, interval_s: float = 1.0) -> None:
+        self.store = store
+        self.client = client
+        self.interval_s = interval_s
+        self.outbox = Outbox(store.engine, store.box_id, CHANNEL)
+        self.cursor_path = store.data_dir / CURSOR_FILE
+        self.sent = 0  # reviews the hub took
+        self.applied = 0  # hub reviews applied here
+        self.failures = 0
+        self.last_error: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-reviews", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync_once()
+                self.failures, self.last_error = 0, None
+            except LinesideError as exc:
+                self._failed(exc.message)
+                continue
+            except Exception as exc:  # a local database outage or a bug: logged, retried
+                log.exception("fleet: review sync failed")
+                self._failed(type(exc).__name__)
+                continue
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+
+    def _failed(self, message: str) -> None:
+        self.failures += 1
+        self.last_error = message
+        if self.failures == 1 or self.failures % 50 == 0:
+            log.warning("fleet: review sync: %s (attempt %d); reviews wait", message, self.failures)
+        delay = min(30.0, self.interval_s * 2 ** min(self.failures, 6))
+        self._stop.wait(delay * random.uniform(0.5, 1.0))
+
+    def sync_once(self) -> tuple[int, int]:
+        """One round: (reviews the hub took, hub reviews applied here)."""
+        return self.send_up(), self.pull_down()
+
+    # -- up -------------------------------------------------------------------------
+    def send_up(self) -> int:
+        taken = 0
+        for _ in range(ROUNDS):  # bounded: a stop waits for one round at most
+            pending = self.outbox.pending(limit=BATCH)
+            if not pending:
+                return taken
+            with Session(self.store.engine) as s:
+                here = set(s.scalars(select(InspectionRow.id).where(
+                    InspectionRow.id.in_({e.topic for e in pending}))))
+            gone = [e.id for e in pending if e.topic not in here]
+            items = [ReviewEvent(seq=e.id, inspection_id=e.topic, origin="box", **e.payload)
+                     for e in pending if e.topic in here]
+            through = 0
+            if items:
+                ack = self.client.post(self.client.path(REVIEWS_UP), ReviewBatch(items=items),
+                                       ReviewAck)
+                through = ack.through_seq
+            last = items[-1].seq if items else 0
+            done = [e.id for e in pending if e.id <= through or (e.id in gone and through >= last)]
+            self.outbox.mark_delivered(done)
+            n = sum(1 for i in items if i.seq <= through)
+            taken += n
+            self.sent += n
+            if through < last:  # the hub waits for an inspection still being forwarded
+                return taken
+        return taken
+
+    # -- down -----------------------------------------------------------------------
+    def cursor(self) -> int:
+        try:
+            return int(self.cursor_path.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _save_cursor(self, seq: int) -> None:
+        write_atomic(self.cursor_path, str(seq).encode())
+
+    def pull_down(self) -> int:
+        applied = 0
+        for _ in range(ROUNDS):  # bounded: a stop waits for one round at most
+            after = self.cursor()
+            batch = self.client.get(self.client.path(REVIEWS_DOWN), ReviewBatch,
+                                    params={"after": after, "limit": BATCH})
+            for e in sorted(batch.items, key=lambda i: i.seq):
+                if e.seq <= after:
+                    continue
+                if e.origin != "hub":
+                    raise HubRefused(f"hub sent review seq {e.seq} as made on a box")
+                outcome: str
+                try:
+                    outcome = apply_review(self.store, e)
+                except LinesideError as exc:  # one bad review must not stop the rest
+                    log.warning("fleet: hub review %d of %s not applied: %s", e.seq,
+                                e.inspection_id, exc.message)
+                    outcome = "refused"
+                if outcome in ("current", "superseded"):
+                    applied += 1
+                    self.applied += 1
+                self._save_cursor(e.seq)
+                after = e.seq
+            if len(batch.items) < BATCH:
+                return applied
+        return applied
+
+    def status(self) -> dict[str, Any]:
+        return {"backlog": self.outbox.backlog(), "sent": self.sent, "applied": self.applied,
+                "failures": self.failures, "last_error": self.last_error}
+
+
+def setup(app: Any, settings: Any) -> None:
+    """Reviews both ways on ``app.state.fleet_reviews``; call after the hub client's
+    start-up hook is added (this one runs after it and stops before it closes)."""
+    app.state.fleet_reviews = None
+
+    def start() -> None:
+        store, client = app.state.store, getattr(app.state, "hub_client", None)
+        if store is None or client is None:
+            return
+        # a review made here is outboxed with it from now on
+        store.review_event_makers.append(review_events)
+        sync = ReviewSync(store, client, settings.fleet.forward_interval_s)
+        sync.start()
+        app.state.fleet_reviews = sync
+
+    def stop() -> None:
+        if app.state.fleet_reviews is not None:
+            app.state.fleet_reviews.stop()
+
+    app.state.on_startup.append(start)
+    app.state.on_shutdown.append(stop)

@@ -1,0 +1,118 @@
+"""The box's status report to its hub (``POST {STATUS}``) every few seconds: its site and
+line, Lineside version, the models it holds (active, shadow, standby versions, each with
+its sha256), whether it is ready, its forwarding backlog and lag, and the model
+assignments it could not apply. The hub's fleet page shows the latest one and how long
+ago it came; a box that cannot reach the hub just tries again next time."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+from pydantic import ValidationError
+
+from lineside_inspect.errors import LinesideError
+from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.protocol import STATUS, BoxStatus, ModelRunning
+from lineside_inspect.version import __version__
+
+log = logging.getLogger("lineside.fleet")
+INTERVAL_S = 5.0
+
+
+def models_running(app: Any) -> list[ModelRunning]:
+    """Every loaded model version with its role; the shadow (lifecycle) when one runs."""
+    out: list[ModelRunning] = []
+    lifecycle = getattr(app.state, "lifecycle", None)
+    shadow = getattr(lifecycle, "shadow", None)
+    for name, slot in app.state.registry.models().items():
+        for version, detector in slot.versions.items():
+            role = "active" if version == slot.active else "standby"
+            try:
+                out.append(ModelRunning(name=name, version=version, sha256=detector.card.sha256,
+                                        role=role))
+            except ValidationError:  # a name the hub would refuse: left out, not the report
+                log.debug("fleet: model %s %s not reported (name or version)", name, version)
+        session = shadow.session(name) if shadow is not None else None
+        if session is not None:
+            with contextlib.suppress(ValidationError):
+                out.append(ModelRunning(name=name, version=session.version,
+                                        sha256=session.sha256, role="shadow"))
+    return out
+
+
+def box_status(app: Any) -> BoxStatus:
+    """What this box reports now."""
+    fleet = app.state.settings.fleet
+    forwarder = getattr(app.state, "forwarder", None)
+    puller = getattr(app.state, "fleet_models", None)
+    return BoxStatus(
+        site=fleet.site, line=fleet.line, version=__version__[:64], models=models_running(app),
+        ready=bool(app.state.ready),
+        forward_backlog=int(getattr(forwarder, "backlog", 0) or 0),
+        forward_lag_s=float(getattr(forwarder, "lag_s", 0.0) or 0.0) if forwarder else None,
+        model_errors=[e[:500] for e in (puller.errors() if puller is not None else [])][:32])
+
+
+class StatusReporter:
+    """A thread posting :func:`box_status` every ``interval_s``."""
+
+    def __init__(self, app: Any, client: HubClient, interval_s: float = INTERVAL_S) -> None:
+        self.app = app
+        self.client = client
+        self.interval_s = interval_s
+        self.reported = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-status", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def report_once(self) -> None:
+        self.client.request("POST", self.client.path(STATUS), body=box_status(self.app))
+        self.reported += 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.report_once()
+                if self.last_error is not None:
+                    log.info("fleet: status reports reach the hub again")
+                self.last_error = None
+            except LinesideError as exc:
+                if self.last_error is None:
+                    log.warning("fleet: status report not sent: %s", exc.message)
+                self.last_error = exc.message
+            except Exception as exc:  # a bug must not end the reports
+                log.exception("fleet: status report failed")
+                self.last_error = type(exc).__name__
+            self._stop.wait(self.interval_s)
+
+
+def setup(app: Any, settings: Any) -> None:
+    """Status reports on ``app.state.fleet_status`` every ``fleet.status_interval_s``; call
+    after the hub client's start-up hook is added."""
+    app.state.fleet_status = None
+    interval_s = settings.fleet.status_interval_s
+
+    def start() -> None:
+        client = getattr(app.state, "hub_client", None)
+        if client is None:
+            return
+        reporter = StatusReporter(app, client, interval_s)
+        reporter.start()
+        app.state.fleet_status = reporter
+
+    def stop() -> None:
+        if app.state.fleet_status is not None:
+            app.state.fleet_status.stop()
+
+    app.state.on_startup.append(start)
+    app.state.on_shutdown.append(stop)

@@ -1,0 +1,167 @@
+"""Reviews on the hub: the plant's review page and dashboard, and reviews both ways.
+
+- The edge server's review API and pages (``/review``, ``/dashboard``, ``/v1/inspections``
+  with the fleet's filters ``site``, ``line``, ``box_id``) over every box's inspections;
+  a review made here is marked ``origin="hub"``.
+- ``POST {REVIEWS_UP}``: reviews made on a box, applied by the merge rule
+  (``fleet/review_merge.py``) in ``seq`` order. A review of an inspection the hub does
+  not hold yet (its box has not forwarded it) stops the batch there: ``through_seq`` says
+  how far the hub got, and the box sends the rest again later. The box's cursor
+  (``fleet_cursors``, stream ``reviews``) skips what was taken already.
+- ``GET {REVIEWS_DOWN}?after=N``: reviews made on the hub of this box's inspections with
+  a hub review id above ``N``, oldest first (``seq`` = the hub's review id).
+
+Review ids on the hub grow in commit order because every review here is written under
+the store's review lock (one hub process per database: ``docs/fleet.md``), so a box's
+cursor never passes a review that commits later.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from lineside_inspect import ui
+from lineside_inspect.errors import ConfigError, DatabaseUnavailable, Forbidden
+from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.fleet.hub.tables import CursorRow
+from lineside_inspect.fleet.protocol import (
+    NAME_PATTERN,
+    REVIEWS_DOWN,
+    REVIEWS_UP,
+    ReviewAck,
+    ReviewBatch,
+)
+from lineside_inspect.fleet.review_merge import apply_review, review_event
+from lineside_inspect.server.deps import Principal, get_store, require
+from lineside_inspect.server.responses import errors
+from lineside_inspect.server.routes import inspections
+from lineside_inspect.store import Store
+from lineside_inspect.store.models import InspectionRow, ReviewRow
+
+log = logging.getLogger("lineside.hub")
+STREAM = "reviews"  # this stream's name in fleet_cursors
+DOWN_LIMIT = 500
+_NAME = re.compile(NAME_PATTERN)
+
+router = APIRouter()
+fleet = APIRouter(tags=["fleet"])
+BoxKey = Annotated[Principal, require("box")]
+BoxId = Annotated[str, Path(description="the box's id (its key's name)")]
+
+
+def own_box(box_id: str, who: Principal) -> str:
+    """``box_id`` when the caller's key is that box's (403 otherwise)."""
+    if not _NAME.fullmatch(box_id):
+        raise ConfigError(f"box id must match {NAME_PATTERN}")
+    if who.name != box_id:
+        raise Forbidden(f"key {who.name!r} speaks only for box {who.name!r}, not {box_id!r}")
+    return box_id
+
+
+def _cursor(store: Store, box_id: str) -> int:
+    with Session(store.engine) as s:
+        row = s.get(CursorRow, (box_id, STREAM))
+        return row.seq if row is not None else 0
+
+
+def _advance(store: Store, box_id: str, seq: int) -> None:
+    with Session(store.engine) as s, s.begin():
+        row = s.scalar(select(CursorRow).where(CursorRow.box_id == box_id, CursorRow.stream == STREAM)
+                       .with_for_update())
+        if row is None:
+            s.add(CursorRow(box_id=box_id, stream=STREAM, seq=seq, updated_at=datetime.now(UTC)))
+        elif seq > row.seq:
+            row.seq, row.updated_at = seq, datetime.now(UTC)
+
+
+def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
+    """Apply box ``box_id``'s reviews in ``seq`` order; how far the hub got."""
+    items = sorted(batch.items, key=lambda e: e.seq)
+    cursor = through = _cursor(store, box_id)
+    for event in items:
+        if event.seq <= cursor:
+            continue  # taken before (a retried batch)
+        if event.origin != "box":
+            raise ConfigError(f"review seq {event.seq}: a box sends only its own reviews "
+                              "(origin 'box')")
+        with Session(store.engine) as s:
+            owner = s.scalar(select(InspectionRow.box_id).where(InspectionRow.id == event.inspection_id))
+        if owner is not None and owner != box_id:
+            raise Forbidden(f"review seq {event.seq}: inspection {event.inspection_id} is not "
+                            f"box {box_id}'s")
+        outcome = apply_review(store, event)
+        if outcome == "unknown_inspection":
+            break  # not forwarded yet: the box sends it again once it is
+        through = event.seq
+    if through > cursor:
+        _advance(store, box_id, through)
+    return ReviewAck(through_seq=through)
+
+
+def hub_reviews(store: Store, box_id: str, after: int, limit: int) -> ReviewBatch:
+    """Reviews made on the hub of ``box_id``'s inspections, hub review id above ``after``."""
+    with Session(store.engine) as s:
+        rows = s.scalars(select(ReviewRow).join(InspectionRow, InspectionRow.id == ReviewRow.inspection_id)
+                         .where(InspectionRow.box_id == box_id, ReviewRow.origin == "hub",
+                                ReviewRow.id > after)
+                         .order_by(ReviewRow.id).limit(limit)).all()
+        return ReviewBatch(items=[review_event(r, r.id) for r in rows])
+
+
+@fleet.post(REVIEWS_UP, responses=errors(), summary="Reviews made on a box")
+def reviews_up(box_id: BoxId, batch: ReviewBatch, who: BoxKey,
+               store: Annotated[Store, Depends(get_store)]) -> ReviewAck:
+    """Apply a box's reviews by the merge rule (idempotent; see the module docstring)."""
+    own_box(box_id, who)
+    try:
+        return take_reviews(store, box_id, batch)
+    except OperationalError:
+        raise DatabaseUnavailable("the hub's database is unreachable; retry later") from None
+
+
+@fleet.get(REVIEWS_DOWN, responses=errors(), summary="Reviews made on the hub, for a box")
+def reviews_down(box_id: BoxId, who: BoxKey, store: Annotated[Store, Depends(get_store)],
+                 after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=DOWN_LIMIT)] = DOWN_LIMIT) -> ReviewBatch:
+    own_box(box_id, who)
+    try:
+        return hub_reviews(store, box_id, after, limit)
+    except OperationalError:
+        raise DatabaseUnavailable("the hub's database is unreachable; retry later") from None
+
+
+@router.get("/", include_in_schema=False)
+def home(request: Request) -> object:
+    """The hub's home is the fleet page (the edge server's is its stations)."""
+    from fastapi.responses import RedirectResponse
+
+    return RedirectResponse("/fleet", status_code=303)
+
+
+router.include_router(fleet)
+router.include_router(inspections.router)  # the review API over every box's inspections
+router.include_router(ui.router)  # the review page, dashboard and their JSON
+
+
+def install(app: FastAPI, settings: HubSettings) -> None:
+    """The shared pages read a registry and cameras: the hub has neither (empty ones);
+    reviews made here are the hub's."""
+    from lineside_inspect.server.registry import Registry
+
+    app.state.registry = Registry(device="cpu", threads=1)
+    app.state.cameras = None
+
+    def start() -> None:
+        if app.state.store is not None:
+            app.state.store.review_origin = "hub"
+
+    app.state.on_startup.append(start)
+    app.mount("/static", ui.static, name="static")

@@ -1,0 +1,68 @@
+// The hub's fleet page: every box from GET /fleet/v1/boxes (what it runs, when it last
+// reported, its forwarding backlog and lag, what it holds on the hub), refreshed every
+// few seconds. Every value reaches the page as text (see common.js).
+import { $, api, dateTime, el, num, showZone, time } from "/static/common.js";
+
+const REFRESH_MS = 5000;
+const form = $("#fleet-filter");
+
+function age(s) {
+  if (s === null || s === undefined) return "never";
+  if (s < 90) return `${Math.round(s)} s ago`;
+  if (s < 5400) return `${Math.round(s / 60)} min ago`;
+  return `${(s / 3600).toFixed(1)} h ago`;
+}
+
+function addOptions(select, values) {
+  const have = new Set(Array.from(select.options, (o) => o.value));
+  for (const v of values) if (v && !have.has(v)) { select.add(new Option(v, v)); have.add(v); }
+}
+
+// a box's state, never by colour alone: a mark and the word
+function state(b) {
+  if (!b.status) return el("span", { class: "fail" }, "✖ never reported");
+  if (b.silent) return el("span", { class: "fail" }, `✖ silent (${age(b.silent_s)})`);
+  return b.status.ready ? el("span", { class: "pass" }, "● ready") : el("span", { class: "warn" }, "◌ starting");
+}
+
+function models(b) {
+  if (!b.status || !b.status.models.length) return "-";
+  return b.status.models.map((m) => `${m.name} ${m.version}${m.role === "active" ? "" : ` (${m.role})`} · ${m.sha256.slice(0, 12)}`).join("\n");
+}
+
+function render(doc) {
+  const f = new FormData(form), site = f.get("site"), line = f.get("line");
+  addOptions(form.elements.site, doc.boxes.map((b) => b.status && b.status.site));
+  addOptions(form.elements.line, doc.boxes.map((b) => b.status && b.status.line));
+  const shown = doc.boxes.filter((b) => (!site || (b.status && b.status.site === site)) && (!line || (b.status && b.status.line === line)));
+  const silent = shown.filter((b) => b.silent).length;
+  $("#summary").textContent = `${num(shown.length)} box(es)` + (silent ? ` · ${num(silent)} silent for ${doc.silent_after_s} s or more` : " · all reporting");
+  const head = ["box", "site", "line", "state", "last report", "models", "Lineside", "backlog", "lag", "on the hub", "newest on the hub", "problems"];
+  const rows = shown.map((b) => {
+    const st = b.status;
+    const tr = el("tr", { "data-box": b.box_id, class: b.silent ? "down" : "" },
+      el("td", {}, b.box_id), el("td", {}, (st && st.site) || "-"), el("td", {}, (st && st.line) || "-"),
+      el("td", {}, state(b)), el("td", { title: b.reported_at || "" }, b.reported_at ? `${time(b.reported_at)} (${age(b.silent_s)})` : "never"),
+      el("td", { class: "pre" }, models(b)), el("td", {}, st ? st.version : "-"),
+      el("td", { class: "n" }, st ? num(st.forward_backlog) : "-"),
+      el("td", { class: "n" }, st && st.forward_lag_s !== null ? `${st.forward_lag_s.toFixed(1)} s` : "-"),
+      el("td", { class: "n" }, num(b.inspections_held)),
+      el("td", {}, b.last_inspection_at ? dateTime(b.last_inspection_at) : "-"),
+      el("td", {}, st && st.model_errors.length ? st.model_errors.join("\n") : ""));
+    return tr;
+  });
+  $("#boxes").replaceChildren(el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {}, h)))),
+                              el("tbody", {}, ...rows));
+}
+
+async function load() {
+  try {
+    render(await api("/fleet/v1/boxes"));
+    $("#status").textContent = `updated ${time(new Date().toISOString())}`;
+  } catch (e) { $("#status").textContent = "could not load the fleet: " + e.message; }
+}
+
+form.addEventListener("change", load);
+showZone();
+load();
+setInterval(load, REFRESH_MS);

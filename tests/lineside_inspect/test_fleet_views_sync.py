@@ -1,0 +1,212 @@
+"""Reviews both ways, box status and the hub's plant view, with real parts: a hub on a real
+PostgreSQL with images in a real SeaweedFS, and an edge server (the bundled model, its
+SQLite store) forwarding to it, both served by uvicorn on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+
+from lineside_inspect.config import ApiKey
+from lineside_inspect.fleet.config import FleetSettings
+from lineside_inspect.fleet.hub.app import create_hub_app
+from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.store.outbox import Outbox
+
+from .conftest import Running, start_server
+from .conftest import keyed as box_settings
+from .fleet_peers import free_port
+
+BOX = "box-a"
+HUB_KEYS = {BOX: "k-box-a", "qa": "k-qa"}
+
+
+class Hub:
+    """The hub app under uvicorn in a thread; stopped and started again on its port."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        self.url = f"http://127.0.0.1:{settings.port}"
+        self.server: uvicorn.Server | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> Hub:
+        self.app = create_hub_app(self.settings)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1",
+                                                    port=self.settings.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            assert self.thread.is_alive(), "the hub did not start"
+            self.thread.join(0.02)
+        return self
+
+    def stop(self) -> None:
+        assert self.server is not None and self.thread is not None
+        self.server.should_exit = True
+        self.thread.join(15)
+
+    def client(self, key: str = "qa") -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30,
+                            headers={"Authorization": f"Bearer {HUB_KEYS[key]}"})
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory, postgres: str, weed: Any) -> Iterator[Hub]:
+    name = f"views_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    settings = HubSettings(
+        database_url=f"{postgres}/{name}", objects=weed.settings("fleet-views"),  # type: ignore[arg-type]
+        data_dir=str(tmp_path_factory.mktemp("hub")), port=free_port(),
+        api_keys=[ApiKey.from_plain(BOX, "box", HUB_KEYS[BOX]),
+                  ApiKey.from_plain("qa", "reviewer", HUB_KEYS["qa"])])
+    served = Hub(settings).start()
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="module")
+def box(hub: Hub) -> Iterator[Running]:
+    fleet = FleetSettings(hub_url=hub.url, token=HUB_KEYS[BOX], site="plant-a", line="line-1",  # type: ignore[arg-type]
+                          forward_interval_s=0.2, status_interval_s=0.3, timeout_s=3)
+    running, stop = start_server(box_settings(box_id=BOX, fleet=fleet, store_pass_rate=1.0))
+    yield running
+    stop()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = check()
+        except (httpx.HTTPError, AssertionError, KeyError):
+            got = None
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _inspect(box: Running, image_bytes: bytes) -> str:
+    with box.client("line") as c:
+        r = c.post("/v1/inspect?camera_id=cam1", content=image_bytes,
+                   headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
+def _reviews(c: httpx.Client, iid: str) -> list[tuple[str, str]]:
+    r = c.get(f"/v1/inspections/{iid}")
+    r.raise_for_status()
+    return [(x["reviewer"], x["action"]) for x in r.json()["reviews"]]
+
+
+def test_reviews_both_ways_status_and_the_plant_view(hub: Hub, box: Running,
+                                                      image_bytes: bytes) -> None:
+    iid = _inspect(box, image_bytes)
+    q = hub.client()
+    wait_for("the inspection on the hub", lambda: q.get(f"/v1/inspections/{iid}").status_code == 200)
+
+    # the fleet page's listing: the box, what it runs, its report, its backlog
+    doc = wait_for("a ready status report", lambda: next(
+        b for b in q.get("/fleet/v1/boxes").json()["boxes"]
+        if b["box_id"] == BOX and b["status"]["ready"]))
+    assert doc["status"]["site"] == "plant-a" and doc["status"]["line"] == "line-1"
+    assert ("deeppcb", "1", "active") in {(m["name"], m["version"], m["role"])
+                                          for m in doc["status"]["models"]}
+    assert doc["silent"] is False and doc["inspections_held"] == 1
+    assert doc["status"]["forward_backlog"] >= 0
+
+    # the hub's review list narrows by site, line, box (names full-matched)
+    for params, n in (({"site": "plant-a"}, 1), ({"line": "line-1", "box_id": BOX}, 1),
+                      ({"site": "plant-b"}, 0), ({"box_id": "box-z"}, 0)):
+        assert q.get("/v1/inspections", params=params).json()["total"] == n, params
+    for bad in ({"site": "../x"}, {"line": "a b"}, {"box_id": "x" * 65}):
+        r = q.get("/v1/inspections", params=bad)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    assert q.get("/v1/stats", params={"site": "plant-a"}).json()["stations"][0]["inspections"] == 1
+    assert q.get("/v1/stats", params={"site": "plant-b"}).json()["stations"] == []
+
+    # up: a review made on the box reaches the hub, marked as the box's
+    with box.client("reviewer") as b:
+        b.post(f"/v1/inspections/{iid}/reviews", json={"action": "confirm"}).raise_for_status()
+        wait_for("the box's review on the hub", lambda: _reviews(q, iid) == [("reviewer", "confirm")])
+        # down: one made on the hub reaches the box, and is not echoed back up
+        q.post(f"/v1/inspections/{iid}/reviews", json={"action": "false_reject"}).raise_for_status()
+        wait_for("the hub's review on the box", lambda: _reviews(b, iid) == [
+            ("reviewer", "confirm"), ("qa", "false_reject")])
+        assert b.get(f"/v1/inspections/{iid}").json()["review_state"] == "corrected"
+        outbox = Outbox(box.app.state.store.engine, BOX, "fleet-reviews")
+        assert outbox.backlog() == 0
+        box.app.state.fleet_reviews.sync_once()
+        assert len(_reviews(q, iid)) == 2
+
+        # concurrent edits: both sides review before either hears of the other; the later
+        # one wins on both, and both trails keep both
+        sync = box.app.state.fleet_reviews
+        sync.stop()
+        for c, action, note in ((b, "confirm", "box"), (q, "false_reject", "hub")):
+            c.post(f"/v1/inspections/{iid}/reviews", json={"action": action, "note": note}
+                   ).raise_for_status()
+        sync.sync_once()
+        for c in (b, q):
+            got = c.get(f"/v1/inspections/{iid}").json()
+            assert [r["note"] for r in got["reviews"]][-2:] == ["box", "hub"]
+            assert got["review_state"] == "corrected" and len(got["reviews"]) == 4
+
+        # the hub unreachable: the box's review page and review API carry on, the review waits
+        hub.stop()
+        try:
+            assert b.get("/review").status_code == 200
+            assert b.get("/v1/inspections", params={"verdict": "fail"}).json()["total"] >= 1
+            b.post(f"/v1/inspections/{iid}/reviews", json={"action": "confirm", "note": "offline"}
+                   ).raise_for_status()
+            assert b.get(f"/v1/inspections/{iid}").json()["review_state"] == "confirmed"
+            assert outbox.backlog() == 1
+            with pytest.raises(Exception, match="unreachable"):
+                sync.sync_once()
+        finally:
+            hub.start()
+        q = hub.client()
+        sync.sync_once()
+        assert outbox.backlog() == 0
+        got = q.get(f"/v1/inspections/{iid}").json()
+        assert got["reviews"][-1]["note"] == "offline" and got["review_state"] == "confirmed"
+
+
+def test_hub_pages_and_box_keys(hub: Hub, box: Running) -> None:
+    q = hub.client()
+    # the plant view: pages answer with the fleet's filters (the box's pages have none)
+    page = q.get("/review").text
+    assert 'name="site"' in page and 'name="box_id"' in page and 'href="/fleet"' in page
+    assert 'name="line"' in q.get("/dashboard").text
+    assert "fleet.js" in q.get("/fleet").text
+    assert q.get("/", follow_redirects=False).headers["location"] == "/fleet"
+    with box.client("reviewer") as b:
+        assert 'name="site"' not in b.get("/review").text
+        assert b.get("/fleet").status_code == 404
+    # a box's key speaks only for its own box, and a reviewer's not at all
+    with hub.client(BOX) as k:
+        r = k.post("/fleet/v1/boxes/box-b/reviews", json={"items": []})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        assert k.get("/fleet/v1/boxes/box-b/hub-reviews").status_code == 403
+        assert k.get("/fleet/v1/boxes").status_code == 403
+        r = k.post(f"/fleet/v1/boxes/{BOX}/reviews", json={"items": [{"seq": 1}]})
+        assert r.status_code == 422 and "Traceback" not in r.text
+    assert q.post(f"/fleet/v1/boxes/{BOX}/status", json={}).status_code == 403
+    assert q.get(f"/fleet/v1/boxes/{BOX}/hub-reviews").status_code == 403
+    # an unsigned caller is refused before its body is read
+    r = httpx.post(f"{hub.url}/fleet/v1/boxes/{BOX}/reviews", content=b"x" * 100)
+    assert r.status_code == 401
+
