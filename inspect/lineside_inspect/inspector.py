@@ -124,10 +124,10 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         infer += clock() - t0
     t0 = clock()
     finding: AnomalyFinding | None = None
-    if detector.card.kind == "anomaly":  # alone: its regions are findings, not counted defects
+    if detector.card.kind == "anomaly":  # alone: its regions are findings, not detections
         finding = find_anomalies(outputs, letterboxes, detector.card)[0]
-        detections = finding.regions
-        verdict = judge(Detections.empty(detections.class_names), recipe, {}, finding)
+        detections = Detections.empty(detector.class_names)
+        verdict = judge(detections, recipe, {}, finding)
     else:
         detections = detector.post_process(outputs, letterboxes)[0]
         if fused is not None and anomaly_model is not None:

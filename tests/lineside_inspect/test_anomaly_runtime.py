@@ -13,6 +13,8 @@ import pytest
 
 from lineside_inspect.errors import ConfigError, PackageError
 from lineside_inspect.inspector import inspect
+from lineside_inspect.lifecycle.capture import CapturePolicy
+from lineside_inspect.lifecycle.config import CaptureSettings
 from lineside_inspect.package import AnomalySpec, load_package
 from lineside_inspect.recipes import Recipe, judge
 from lineside_inspect.runtime.anomaly import AnomalyFinding, AnomalyModel
@@ -22,6 +24,7 @@ from lineside_inspect.runtime.preprocess import fit
 from lineside_inspect.runtime.types import Detections
 
 from .anomaly_package import (
+    FOREIGN_GREY,
     anomaly_graph,
     card_doc,
     part,
@@ -195,3 +198,18 @@ def test_inspect_alone_through_the_one_path(model: AnomalyModel) -> None:
         assert r.anomaly is not None and r.anomaly.score > 0.9
     assert set(result.timings_ms) == {"decode", "preprocess", "infer", "postprocess", "total"}
     assert inspect(part(200, 120), model, recipe).verdict == "pass"
+
+
+def test_a_score_near_the_threshold_is_kept_for_labelling(model: AnomalyModel) -> None:
+    """Active learning looks at what a good-only model is judged by: its image score (its
+    regions carry no per-class threshold)."""
+    policy = CapturePolicy(CaptureSettings(per_hour=10, near_threshold=0.1, random_rate=0.0))
+    recipe = Recipe(name="alone", model="good", anomaly={"threshold": 0.65})
+    near = part(200, 120)
+    near[40:70, 40:70] = FOREIGN_GREY + 12  # scores about 0.62: a pass that almost failed
+    result = inspect(near, model, recipe)
+    assert result.verdict == "pass" and result.anomaly is not None
+    assert 0.55 < result.anomaly.score < 0.65
+    assert policy(result) == "near_threshold"
+    assert policy(inspect(part(200, 120), model, recipe)) is None  # score 0: far from it
+    assert policy(inspect(part(200, 120, ((20, 20, 30),)), model, recipe)) is None  # 1.0: far

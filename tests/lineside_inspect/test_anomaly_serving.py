@@ -200,3 +200,23 @@ def test_bad_anomaly_packages_are_refused_over_the_api(served) -> None:
     with srv.client("line") as c:
         assert c.post("/v1/inspect?recipe=deeppcb", content=_board(GOOD_BOARD, False),
                       headers=JPEG).json()["model"]["version"] == "1"
+
+
+def test_models_and_the_v2_protocol_describe_an_anomaly_model(served) -> None:
+    """OIP v2 clients get the graph's own outputs; GET /v1/models says which kind."""
+    srv, _ = served
+    image = part(128, 128, ((10, 10, 20),))[:, :, ::-1]  # the model's RGB input at 128
+    body = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 3, 128, 128],
+                        "data": image.transpose(2, 0, 1).ravel().tolist()}]}
+    with srv.client("line") as c:
+        meta = c.get("/v2/models/good").json()
+        assert [(o["name"], o["shape"]) for o in meta["outputs"]] == \
+            [("anomaly_map", [-1, 1, 128, 128]), ("score", [-1])]
+        r = c.post("/v2/models/good/infer", json=body)
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o for o in r.json()["outputs"]}
+        assert out["anomaly_map"]["shape"] == [1, 1, 128, 128] and out["score"]["shape"] == [1]
+        assert out["score"]["data"][0] > 0.9
+    with srv.client("admin") as c:
+        kinds = {m["name"]: m["versions"][0]["kind"] for m in c.get("/v1/models").json()}
+    assert kinds == {"deeppcb": "detector", "good": "anomaly", "board-good": "anomaly"}

@@ -212,7 +212,8 @@ def _inspection(scores: list[float], labels: list[int], counted: list[int]) -> A
     raw = Detections(np.array([[0, 0, 10, 10]] * len(scores)), np.array(scores), np.array(labels), names)
     card = SimpleNamespace(threshold=lambda label, d=0.5: {"open": 0.7}.get(label, d))
     return SimpleNamespace(detections=raw, defects=raw[np.array(counted, dtype=int)],
-                           recipe=Recipe(name="r", model="m"), detector=SimpleNamespace(card=card))
+                           recipe=Recipe(name="r", model="m"), detector=SimpleNamespace(card=card),
+                           anomaly=None)
 
 
 def test_capture_reasons_and_hourly_caps() -> None:

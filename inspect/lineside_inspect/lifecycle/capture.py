@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lineside_inspect.lifecycle.config import CaptureSettings
+from lineside_inspect.recipes.rules import anomaly_threshold
 
 if TYPE_CHECKING:
     from lineside_inspect.inspector import Inspection
@@ -70,6 +71,11 @@ class CapturePolicy:
                             for lb in raw.labels])
             if np.any(np.abs(raw.scores - thr) <= self.settings.near_threshold):
                 out.append("near_threshold")
+        finding = inspection.anomaly  # a good-only model: its image score is what is judged
+        if finding is not None and "near_threshold" not in out and abs(
+                finding.score - anomaly_threshold(inspection.recipe, finding)) \
+                <= self.settings.near_threshold:
+            out.append("near_threshold")
         labels = inspection.defects.labels
         with self._lock:
             total = sum(self.seen.values())

@@ -102,6 +102,8 @@ class LoadedVersion(_Shape):
     sha256: str = Field(description="of the ONNX graph, as the model card states and load verified")
     precision: Literal["fp32", "fp16", "int8"]
     needs_reference: bool = Field(description="a reference model: frames need a reference image")
+    kind: Literal["detector", "anomaly"] = Field(
+        "detector", description="detector, or a good-only (anomaly) model: anomaly map and score")
     providers: list[str] = Field(description="the onnxruntime execution providers in use")
     path: str = Field(description="the package folder on the server (to load it again)")
 

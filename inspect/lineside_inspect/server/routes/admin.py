@@ -49,7 +49,7 @@ def list_models(who: Admin, registry: RegistryDep) -> list[LoadedModel]:
     return [LoadedModel(
         name=name, active=slot.active, history=slot.history,
         versions=[LoadedVersion(version=v, sha256=d.card.sha256, precision=d.card.precision,
-                                needs_reference=d.card.needs_reference,
+                                needs_reference=d.card.needs_reference, kind=d.card.kind,
                                 providers=d.session.providers, path=str(d.package.path))
                   for v, d in slot.versions.items()])
         for name, slot in registry.models().items()]

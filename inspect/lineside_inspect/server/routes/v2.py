@@ -146,12 +146,16 @@ def _metadata(registry: Any, name: str, version: str | None) -> ModelMetadata:
     size = det.card.input.size
     slot = registry.models()[name]
     n = det.card.max_detections
+    outputs = ([TensorMetadata(name="anomaly_map", datatype="FP32", shape=[-1, 1, size, size]),
+                TensorMetadata(name="score", datatype="FP32", shape=[-1])]
+               if det.card.kind == "anomaly" else  # a good-only model
+               [TensorMetadata(name="boxes", datatype="FP32", shape=[-1, n, 4]),
+                TensorMetadata(name="scores", datatype="FP32", shape=[-1, n]),
+                TensorMetadata(name="labels", datatype="INT64", shape=[-1, n])])
     return ModelMetadata(
         name=name, versions=list(slot.versions), platform="onnxruntime_onnx",
         inputs=[TensorMetadata(name=det.card.input.name, datatype="UINT8", shape=[-1, 3, size, size])],
-        outputs=[TensorMetadata(name="boxes", datatype="FP32", shape=[-1, n, 4]),
-                 TensorMetadata(name="scores", datatype="FP32", shape=[-1, n]),
-                 TensorMetadata(name="labels", datatype="INT64", shape=[-1, n])])
+        outputs=outputs)
 
 
 @router.get("/models/{name}", responses=errors(404))
