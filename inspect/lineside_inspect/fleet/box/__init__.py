@@ -59,6 +59,10 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.state.on_startup.append(start)
     app.state.on_shutdown.append(stop)
+    # model pulls (models.py): start after the hub client is made, stop before it closes
+    from lineside_inspect.fleet.box.models import setup as setup_models
+
+    setup_models(app, settings)
     # reviews both ways and status reports (reviews.py, status.py): start after the hub
     # client is made, stop before it closes
     from lineside_inspect.fleet.box.reviews import setup as setup_reviews
