@@ -484,6 +484,23 @@ def bench_server_cmd(
               markup=False)
 
 
+@bench_app.command("hub")
+@friendly
+def bench_hub_cmd(
+    config: Annotated[Path | None, typer.Option(help=(
+        "hub YAML whose database_url and objects to use (default: a dev hub on SQLite and a "
+        "local weed)"))] = None,
+    boxes: Annotated[int, typer.Option(help="box processes")] = 3,
+    rate: Annotated[float, typer.Option(help="steady inspections/s per box")] = 30.0,
+    seconds: Annotated[float, typer.Option(help="length of the steady phase")] = 20.0,
+    burst: Annotated[int, typer.Option(help="backlog per box for the throughput phase")] = 300,
+) -> None:
+    """Forwarded inspections/s to a hub, and the forwarding lag under a steady line rate."""
+    from lineside_inspect.fleet.bench import bench_hub, format_hub
+
+    out.print(format_hub(bench_hub(config, boxes=boxes, rate=rate, seconds=seconds, burst=burst)))
+
+
 @bench_app.command("shadow")
 @friendly
 def bench_shadow_cmd(

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -63,6 +64,7 @@ from lineside_inspect.store.utc import as_utc
 log = logging.getLogger("lineside.hub")
 router = APIRouter(tags=["fleet"])
 STREAM = "inspections"  # this stream's name in fleet_cursors
+PUT_THREADS = 4
 # column widths of InspectionRow: a longer value is refused (422), never a database error
 _WIDTHS = {"camera_id": 128, "part_id": 256, "recipe_name": 128, "recipe_version": 64,
            "model_name": 128, "model_version": 64, "model_sha256": 64, "reference_name": 128}
@@ -75,10 +77,20 @@ class Ingest:
     def __init__(self, engine: Any, objects: ObjectStore) -> None:
         self.engine = engine
         self.objects = objects
-        # one batch at a time in this process; the cursor row is also locked (FOR UPDATE)
-        # for hubs sharing one database
-        self._lock = threading.Lock()
+        # one batch per box at a time in this process (boxes go side by side); the cursor
+        # row is also locked (FOR UPDATE) for hubs sharing one database
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        # a batch's images go up side by side: each put is a round trip to the store
+        self._puts = ThreadPoolExecutor(max_workers=PUT_THREADS, thread_name_prefix="hub-put")
         self._bucket_ready = False
+
+    def close(self) -> None:
+        self._puts.shutdown(wait=True)
+
+    def _box_lock(self, box_id: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(box_id, threading.Lock())
 
     def cursor(self, box_id: str) -> int:
         with Session(self.engine) as s:
@@ -91,7 +103,7 @@ class Ingest:
         if len(set(seqs)) != len(seqs):
             raise ConfigError("a batch must not repeat a seq")
         rows = {i.seq: _row(box_id, i) for i in items}  # every item checked before any write
-        with self._lock:
+        with self._box_lock(box_id):
             cursor = self.cursor(box_id)
             fresh = [i for i in items if i.seq > cursor]
             held = self._held([i.id for i in fresh])
@@ -99,8 +111,9 @@ class Ingest:
             if new and not self._bucket_ready:
                 self.objects.ensure_bucket()
                 self._bucket_ready = True
-            for item in new:  # images first: a row never points at a missing image
-                self._put_images(rows[item.seq])
+            # images first: a row never points at a missing image (any failure: no rows)
+            for put in [self._puts.submit(self._put_images, rows[i.seq]) for i in new]:
+                put.result()
             stored = self._commit(box_id, [rows[i.seq].row for i in new], seqs[-1])
         if stored:
             log.info("hub: box %s: %d inspection(s) stored through seq %d", box_id, stored,
@@ -248,5 +261,10 @@ def install(app: FastAPI, settings: HubSettings) -> None:
     def start() -> None:
         app.state.ingest = Ingest(app.state.store.engine, app.state.objects)
 
+    def stop() -> None:
+        if app.state.ingest is not None:
+            app.state.ingest.close()
+
     app.state.ingest = None
     app.state.on_startup.append(start)
+    app.state.on_shutdown.append(stop)
