@@ -154,6 +154,8 @@ function render() {
   $("#d-title").replaceChildren(verdict(o.verdict), ` ${o.id.slice(0, 8)}`);
   const ref = o.reference ? ` · reference ${o.reference.name || "(sent with the frame)"}` : "";
   $("#d-meta").textContent = `${o.camera_id || "upload"} · part ${o.part_id || "-"} · ${o.recipe.name} v${o.recipe.version} · model ${o.model.name}:${o.model.version}${ref} · ${dateTime(o.created_at)} · ${o.review_state}`;
+  // why it failed, as judged (an anomaly model's reason carries its image score)
+  $("#d-reasons").textContent = o.reasons.map((r) => r.message).join(" · ");
   const truth = truthOf(o);
   $("#d-defects").replaceChildren(...truth.map((d, i) => {
     const li = el("li", { class: i === state.box ? "sel" : "", tabindex: 0 },
