@@ -2,7 +2,7 @@
 hub`` process, two ``lineside serve`` box processes with their own data folders, and the
 ``lineside fleet`` commands. A package published and signed is pulled and activated on
 both boxes (one through its golden-set gate, one by plain activation, both recorded as
-actor "fleet"); a package whose bytes were altered in the hub's store, and one signed by
+actor "fleet"); a version an admin left by hand is not forced back; a package whose bytes were altered in the hub's store, and one signed by
 a key the boxes do not trust, are refused and never loaded, the boxes serving on; a box
 restarted while its hub is down serves what it pulled."""
 
@@ -176,6 +176,14 @@ def test_publish_pull_activate_refuse_tampered(plant: dict[str, Any]) -> None:
                          headers={"content-type": "image/jpeg"}).json()
     assert verdict["model"]["version"] == "1-int8"
 
+    # an admin on box-a goes back to 1 by hand: later pulls leave it so (and say so)
+    back = httpx.post(boxes["box-a"].url + "/v1/models/deeppcb/activate", json={"version": "1"})
+    assert back.status_code == 200, back.text
+    wait_for(lambda: _reported(hub, "box-a", "deeppcb 1-int8 assigned, 1 active"),
+             "box-a reporting the version left on the box")
+    assert active(boxes["box-a"])[0] == "1"
+    serving = {"box-a": "1", "box-b": "1-int8"}
+
     # one byte flipped in the hub's store, the manifest (and so the assignment's sha256)
     # made to match: only the signature can tell, and it does
     objects: ObjectStore = plant["objects"]
@@ -193,7 +201,7 @@ def test_publish_pull_activate_refuse_tampered(plant: dict[str, Any]) -> None:
                  f"{name} refusing t1")
         log = (tmp / f"{name}.log").read_text()
         assert "signature does not verify" in log
-        assert active(b) == ("1-int8", ["1", "1-int8"])  # never loaded, still serving
+        assert active(b) == (serving[name], ["1", "1-int8"])  # never loaded, still serving
 
     # signed by a key the boxes do not trust: refused the same way
     foreign = versioned(tmp, "t2")
@@ -202,9 +210,10 @@ def test_publish_pull_activate_refuse_tampered(plant: dict[str, Any]) -> None:
     for name, b in boxes.items():
         wait_for(lambda name=name: "refused deeppcb t2" in (tmp / f"{name}.log").read_text(),  # type: ignore[misc]
                  f"{name} refusing t2")
-        assert active(b) == ("1-int8", ["1", "1-int8"])
+        assert active(b) == (serving[name], ["1", "1-int8"])
     # the refusal is what the box reports to its hub (its status' model_errors)
-    wait_for(lambda: _reported_error(hub, "box-a", "t2"), "box-a reporting the refusal")
+    wait_for(lambda: all(_reported(hub, b, "deeppcb t2: ") for b in BOXES),
+             "the boxes reporting the refusal")
 
     # the hub goes down: a box restarted meanwhile (in this process: its start-up is what
     # is tested) serves what it pulled
@@ -222,11 +231,11 @@ def test_publish_pull_activate_refuse_tampered(plant: dict[str, Any]) -> None:
         stop()
 
 
-def _reported_error(hub: Proc, box_id: str, version: str) -> bool:
+def _reported(hub: Proc, box_id: str, error: str) -> bool:
+    """Whether ``box_id``'s last status on the hub has ``error`` in its model_errors."""
     boxes = httpx.get(hub.url + "/fleet/v1/boxes", timeout=5,
                       headers={"authorization": f"Bearer {ADMIN}"})
     if boxes.status_code != 200:
         return False
-    found = [b for b in boxes.json()["boxes"] if b["box_id"] == box_id]
-    text = json.dumps(found)
-    return f"deeppcb {version}" in text
+    status = next((b["status"] for b in boxes.json()["boxes"] if b["box_id"] == box_id), None)
+    return status is not None and any(error in e for e in status["model_errors"])

@@ -27,6 +27,7 @@ import logging
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -65,13 +66,15 @@ from lineside_inspect.fleet.protocol import (
     FleetName,
 )
 from lineside_inspect.fleet.signing import SIGNATURE_BYTES
-from lineside_inspect.package import load_package
+from lineside_inspect.package import ModelCard, load_package
 from lineside_inspect.server.deps import Admin, Principal, authenticate
+from lineside_inspect.server.responses import errors, media
 from lineside_inspect.store.utc import UTCDateTime
 
 log = logging.getLogger("lineside.hub.models")
 router = APIRouter(tags=["fleet: models"])
 SIGNATURE_HEADER = "X-Lineside-Signature"
+_publishing = threading.Lock()
 _NAME = re.compile(NAME_PATTERN)
 
 
@@ -149,7 +152,8 @@ def _checked(*names: str) -> None:
 
 
 # -- publishing ----------------------------------------------------------------------------
-@router.put(PREFIX + "/packages/{model}/{version}", status_code=201)
+@router.put(PREFIX + "/packages/{model}/{version}", status_code=201,
+            responses=errors(401, 403, 408, 409, 413, 422, 503))
 async def publish(model: str, version: str, request: Request, who: Admin,
                   signature: Annotated[str, Header(alias=SIGNATURE_HEADER, max_length=200)]
                   ) -> Manifest:
@@ -191,6 +195,12 @@ def _publish(objects: ObjectStore, model: str, version: str, tgz: Path, sig: byt
     card = load_package(unpacked).card
     if (card.name, card.version) != (model, version):
         raise PackageError(f"the archive holds {card.name} {card.version}, not {model} {version}")
+    with _publishing:  # two publishes of one version at once: one wins, whole
+        return _store(objects, model, version, tgz, sig, actor, digest, card)
+
+
+def _store(objects: ObjectStore, model: str, version: str, tgz: Path, sig: bytes, actor: str,
+           digest: str, card: ModelCard) -> Manifest:
     existing = _manifest(objects, model, version)
     if existing is not None:
         if existing.sha256 == digest and objects.get(_key(model, version, "package.sig")) == sig:
@@ -216,7 +226,7 @@ def _manifest(objects: ObjectStore, model: str, version: str) -> Manifest | None
         return None
 
 
-@router.get(PREFIX + "/packages")
+@router.get(PREFIX + "/packages", responses=errors(401, 403, 503))
 def list_packages(request: Request, who: Admin) -> list[Manifest]:
     """Every published version (admin)."""
     objects = _objects(request)
@@ -237,7 +247,8 @@ def _stream(objects: ObjectStore, key: str, media_type: str) -> StreamingRespons
     return StreamingResponse(chunks(), media_type=media_type)
 
 
-@router.get(PACKAGE, response_class=StreamingResponse)
+@router.get(PACKAGE, response_class=StreamingResponse, responses={
+    **errors(401, 403, 404, 422, 503), **media("the package archive", "application/gzip")})
 def get_package(model: str, version: str, request: Request, who: BoxOrAdmin) -> StreamingResponse:
     _checked(model, version)
     objects = _objects(request)
@@ -246,7 +257,9 @@ def get_package(model: str, version: str, request: Request, who: BoxOrAdmin) -> 
     return _stream(objects, _key(model, version, "package.tar.gz"), "application/gzip")
 
 
-@router.get(SIGNATURE, response_class=StreamingResponse)
+@router.get(SIGNATURE, response_class=StreamingResponse, responses={
+    **errors(401, 403, 404, 422, 503), **media("the 64-byte ed25519 signature",
+                                               "application/octet-stream")})
 def get_signature(model: str, version: str, request: Request,
                   who: BoxOrAdmin) -> StreamingResponse:
     _checked(model, version)
@@ -313,7 +326,8 @@ def _write(engine: Engine, line: str, revision: int, doc: list[dict[str, Any]],
         return False
 
 
-@router.put(PREFIX + "/lines/{line}/models/{model}")
+@router.put(PREFIX + "/lines/{line}/models/{model}",
+            responses=errors(401, 403, 404, 408, 409, 413, 422, 503))
 async def assign(line: str, model: str, body: SetVersion, request: Request,
                  who: Admin) -> Assignment:
     """Make ``line`` run ``model`` at ``version`` (admin); the version must be published."""
@@ -328,20 +342,21 @@ async def assign(line: str, model: str, body: SetVersion, request: Request,
         lambda: _change(engine, line, model, assigned, who.name))
 
 
-@router.delete(PREFIX + "/lines/{line}/models/{model}")
+@router.delete(PREFIX + "/lines/{line}/models/{model}",
+               responses=errors(401, 403, 408, 409, 413, 422, 503))
 def unassign(line: str, model: str, request: Request, who: Admin) -> Assignment:
     """Stop assigning ``model`` to ``line`` (admin); boxes keep what they run."""
     _checked(line, model)
     return _change(_engine(request), line, model, None, who.name)
 
 
-@router.get(PREFIX + "/lines/{line}/assignment")
+@router.get(PREFIX + "/lines/{line}/assignment", responses=errors(401, 403, 422, 503))
 def line_assignment(line: str, request: Request, who: Admin) -> Assignment:
     _checked(line)
     return _read(_engine(request), line)
 
 
-@router.get(ASSIGNMENT)
+@router.get(ASSIGNMENT, responses=errors(401, 403, 422, 503))
 def box_assignment(box_id: str, request: Request, who: BoxOrAdmin,
                    line: Annotated[str | None, Query(max_length=64)] = None) -> Assignment:
     """What the box's line runs (the box names its ``fleet.line``; none: nothing)."""
