@@ -1,5 +1,5 @@
-"""The hub's model routes on a real hub (uvicorn on loopback, records in SQLite or a real
-PostgreSQL, packages in a real SeaweedFS): publishing, versions immutable, who may read
+"""The hub's model routes on a real hub (uvicorn on loopback, records in a real PostgreSQL,
+packages in a real SeaweedFS): publishing, versions immutable, who may read
 and change assignments, and hostile input answered with a 4xx."""
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ class Hub:
 BUCKET = f"models-{uuid.uuid4().hex[:12]}"  # one per run: a new bucket's first write is slow
 
 
-def start_hub(weed: Any, tmp: Path, database_url: str | None) -> tuple[Hub, Any]:
+def start_hub(weed: Any, tmp: Path, database_url: str) -> tuple[Hub, Any]:
     hub = HubSettings(
-        database_url=database_url or f"sqlite:///{tmp / 'hub.db'}", data_dir=str(tmp / "hub"),
+        database_url=database_url, data_dir=str(tmp / "hub"),
         objects=weed.settings(BUCKET),
         api_keys=[ApiKey.from_plain(name, role, key) for name, (role, key) in KEYS.items()])  # type: ignore[arg-type]
     app = create_hub_app(hub)
@@ -73,8 +73,16 @@ def start_hub(weed: Any, tmp: Path, database_url: str | None) -> tuple[Hub, Any]
 
 
 @pytest.fixture(scope="module")
-def hub(weed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    running, stop = start_hub(weed, tmp_path_factory.mktemp("hub"), None)
+def hub(weed: Any, postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A hub on a fresh database of the real PostgreSQL (the e2e test runs one on SQLite)."""
+    from sqlalchemy import create_engine, text
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    server = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
+    with server.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    server.dispose()
+    running, stop = start_hub(weed, tmp_path_factory.mktemp("hub"), f"{postgres}/{name}")
     yield running
     stop()
 
@@ -197,41 +205,28 @@ def test_assignments(hub: Hub, key: Any, tmp_path: Path) -> None:
         assert gone["revision"] == 3 and gone["models"] == []
 
 
-def test_concurrent_assignments_on_postgresql(weed: Any, key: Any, tmp_path: Path,
-                                              postgres: str) -> None:
-    """Two admins changing one line at once: both changes land, one after the other."""
-    from sqlalchemy import create_engine, text
+def test_concurrent_assignments(hub: Hub, key: Any, tmp_path: Path) -> None:
+    """Admins changing one line at once: every change lands, one after the other."""
+    models = []
+    for i in range(3):
+        folder = versioned(tmp_path, f"c{i}")
+        write_card(folder, load_package(folder).card.model_copy(update={"name": f"m{i}"}))
+        assert publish(hub, key, folder).status_code == 201
+        models.append(f"m{i}")
+    results: list[int] = []
 
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    admin_db = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
-    with admin_db.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin_db.dispose()
-    pg_hub, stop = start_hub(weed, tmp_path, f"{postgres}/{name}")
-    try:
-        models = []
-        for i in range(3):
-            folder = versioned(tmp_path, f"c{i}")
-            card = load_package(folder).card.model_copy(update={"name": f"m{i}"})
-            write_card(folder, card)
-            assert publish(pg_hub, key, folder).status_code == 201
-            models.append(f"m{i}")
-        results: list[int] = []
+    def assign(model: str) -> None:
+        with hub.client() as c:
+            results.append(c.put(f"/fleet/v1/lines/L1/models/{model}",
+                                 json={"version": f"c{model[1:]}"}).status_code)
 
-        def assign(model: str) -> None:
-            with pg_hub.client() as c:
-                results.append(c.put(f"/fleet/v1/lines/L1/models/{model}",
-                                     json={"version": f"c{model[1:]}"}).status_code)
-
-        threads = [threading.Thread(target=assign, args=(m,)) for m in models]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert results == [200] * 3
-        with pg_hub.client() as admin:
-            final = admin.get("/fleet/v1/lines/L1/assignment").json()
-        assert final["revision"] == 3
-        assert sorted(m["name"] for m in final["models"]) == models
-    finally:
-        stop()
+    threads = [threading.Thread(target=assign, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 3
+    with hub.client() as admin:
+        final = admin.get("/fleet/v1/lines/L1/assignment").json()
+    assert final["revision"] == 3
+    assert sorted(m["name"] for m in final["models"]) == models
