@@ -203,6 +203,11 @@ def test_missing_token_and_wrong_card_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="its remote card is deeppcb 1, the recipe names deeppcb-ref"):
         registry.add_recipe(Recipe.model_validate(
             {"name": "r", "model": "deeppcb-ref", "remote": remote}))
+    for url, problem in (("http://127.0.0.1:99999", "invalid port 99999"),
+                         ("http://127.0.0.1:x", "Invalid port")):
+        with pytest.raises(ConfigError, match=problem):
+            registry.add_recipe(Recipe.model_validate(
+                {"name": "r", "model": "deeppcb", "remote": {**remote, "url": url}}))
     # no network at start: a recipe whose endpoint is down is added; it answers 503 when used
     registry.add_recipe(Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": remote}))
     assert registry.detector_for(registry.recipe("r")).card.name == "deeppcb"

@@ -80,6 +80,12 @@ class OipClient:
         if remote.version is not None:
             path += f"/versions/{remote.version}"
         self.model_url = self.base + path
+        try:
+            port = httpx.URL(self.model_url).port  # the pattern lets 'host:99999' through
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"remote model {remote.model}: invalid url {remote.url!r} ({exc})") from None
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(f"remote model {remote.model}: invalid port {port} in {remote.url!r}")
         self.where = f"{self.base} model {remote.model}" + (
             f" version {remote.version}" if remote.version else "")
         headers = {}
