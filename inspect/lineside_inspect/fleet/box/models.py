@@ -84,9 +84,11 @@ class ModelPuller:
         self.root = Path(self.fleet.models_dir or Path(settings.data_dir) / "fleet-models")
         self.keys: list[signing.TrustedKey] = []
         self._key_error: str | None = None
+        # what errors() reports: replaced whole, never changed in place, so the status
+        # reporter reads them without waiting for a pull (a download, a gate) to end
         self._failed: dict[tuple[str, str, str], str] = {}  # (name, version, sha256) -> why
         self._notes: list[str] = []
-        self._lock = threading.Lock()  # one pull at a time (the loop, or a test's call)
+        self._lock = threading.Lock()  # one pull at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._hub_down = False
@@ -137,9 +139,9 @@ class ModelPuller:
     # -- what the status report says --------------------------------------------------------
     def errors(self) -> list[str]:
         """Assignments this box could not apply, and why (newest state; at most 32)."""
-        with self._lock:
-            found = ([self._key_error] if self._key_error else []) + self._notes + [
-                f"{n} {v}: {why}" for (n, v, _), why in self._failed.items()]
+        failed, notes = self._failed, self._notes
+        found = ([self._key_error] if self._key_error else []) + notes + [
+            f"{n} {v}: {why}" for (n, v, _), why in failed.items()]
         return [e[:500] for e in found][:MAX_ERRORS]
 
     # -- one pull ---------------------------------------------------------------------------
@@ -174,10 +176,10 @@ class ModelPuller:
             done = self.state.models.get(m.name)
             if done is not None and (done.version, done.sha256) == (m.version, m.sha256):
                 active = self._active(m.name)
-                if active != m.version:
-                    if not done.held:
-                        done.held = True
-                        self._save()
+                if done.held != (active != m.version):  # left, or taken up again, on the box
+                    done.held = active != m.version
+                    self._save()
+                if done.held:
                     notes.append(f"{m.name} {m.version} assigned, {active} active: left on the "
                                  "box (by hand or a rollback), not forced back")
                 continue
@@ -191,9 +193,12 @@ class ModelPuller:
                             m.name, m.version, exc.message)
                 break
             except LinesideError as exc:
-                self._failed[key] = exc.message
+                self._failed = {**self._failed, key: exc.message}
                 log.error("fleet models: refused %s %s (%s…): %s", m.name, m.version,
                           m.sha256[:12], exc.message)
+            except Exception as exc:  # e.g. a runtime that cannot load a signed graph
+                self._failed = {**self._failed, key: f"not applied: {type(exc).__name__}"}
+                log.exception("fleet models: %s %s not applied", m.name, m.version)
         self._notes = notes
         if self.state.revision != assignment.revision:
             self.state.revision = assignment.revision
