@@ -72,7 +72,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                 "the details under",
                 {"X-Lineside-Error-Id": {"schema": {"type": "string"},
                                          "description": "the id in the message"}}),
-    503: _error("overloaded, deadline_exceeded (retry after Retry-After), camera_unavailable",
+    502: _error("remote_inference_refused: the recipe's remote inference endpoint refused the "
+                "request (wrong token or model name) or answered what does not fit the card"),
+    503: _error("overloaded, deadline_exceeded (retry after Retry-After), camera_unavailable, "
+                "remote_inference_unavailable (the recipe's inference endpoint is unreachable)",
                 {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}),
     # every other client error is in the same shape (e.g. 405 method_not_allowed); declaring
     # it also keeps FastAPI from adding its own 422 schema, which the server never sends

@@ -27,7 +27,7 @@ def list_cameras(request: Request, who: Reviewer) -> list[CameraHealth]:
 
 
 @router.post("/{camera_id}/trigger", response_model=InspectionResult,
-             responses=errors(401, 403, 404, 408, 413, 422, 503))
+             responses=errors(401, 403, 404, 408, 413, 422, 502, 503))
 async def trigger(
     camera_id: str, who: LineUser, service: ServiceDep,
     part_id: Annotated[str | None, Query(max_length=256)] = None,

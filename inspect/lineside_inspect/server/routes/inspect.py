@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1", tags=["inspect"])
     response_model=InspectionResult,
     responses={200: {"content": {"image/jpeg": {}},
                      "description": "the verdict (JSON), or with annotated=1 the JPEG"},
-               **errors(400, 401, 403, 404, 408, 413, 415, 422, 503)},
+               **errors(400, 401, 403, 404, 408, 413, 415, 422, 502, 503)},
     openapi_extra={"requestBody": {"content": {
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
         "image/png": {"schema": {"type": "string", "format": "binary"}},
