@@ -488,8 +488,8 @@ def bench_server_cmd(
 @friendly
 def bench_hub_cmd(
     config: Annotated[Path | None, typer.Option(help=(
-        "hub YAML whose database_url and objects to use (default: a dev hub on SQLite and a "
-        "local weed)"))] = None,
+        "hub YAML whose database_url and objects to use (without them: SQLite, and a local "
+        "weed)"))] = None,
     boxes: Annotated[int, typer.Option(help="box processes")] = 3,
     rate: Annotated[float, typer.Option(help="steady inspections/s per box")] = 30.0,
     seconds: Annotated[float, typer.Option(help="length of the steady phase")] = 20.0,

@@ -1,8 +1,8 @@
 """``lineside bench hub``: how fast boxes forward to a hub, and how far behind they are
 under a steady line rate.
 
-A real ``lineside hub`` process (on the database and object store of ``--config``, or a
-dev hub: SQLite and a local ``weed`` when no config is given) and N box processes, each
+A real ``lineside hub`` process (on the database and object store of ``--config``; without
+them a dev hub: SQLite, and a local ``weed``) and N box processes, each
 with a real Store (journal, outbox) and Forwarder talking HTTP to the hub. The boxes are
 fed copies of one real inspection (the bundled model run once on a sample image, its
 image kept), not live inference: on a 2-core machine 3 boxes x 30 inferences/s would
@@ -80,9 +80,15 @@ def _local_weed(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
          f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-s3",
          f"-s3.port={s3}", f"-s3.config={folder / 's3.json'}", f"-master.port.grpc={mg}",
          f"-volume.port.grpc={vg}", f"-filer.port.grpc={fg}", f"-s3.port.grpc={sg}",
-         f"-s3.port.iceberg={ice}", "-master.volumeSizeLimitMB=256", "-volume.max=0"],
+         f"-s3.port.iceberg={ice}", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256",
+         "-volume.max=0"],
         stdout=(folder / "weed.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-    _wait_http(f"http://127.0.0.1:{s3}/", proc, 60, (200, 403))
+    try:
+        _wait_http(f"http://127.0.0.1:{s3}/", proc, 60, (200, 403))
+    except RuntimeError as exc:
+        proc.kill()
+        tail = (folder / "weed.log").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"{exc}; weed said: {tail}") from None
     return proc, {"endpoint": f"127.0.0.1:{s3}", "bucket": "lineside-bench", **keys}
 
 
@@ -166,11 +172,10 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
     weed = None
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        if config is not None:
-            doc = yaml.safe_load(config.read_text()) or {}
-        else:
-            weed, objects = _local_weed(tmp / "weed")
-            doc = {"database_url": f"sqlite:///{tmp / 'hub.db'}", "objects": objects}
+        doc = (yaml.safe_load(config.read_text()) or {}) if config is not None else {}
+        doc.setdefault("database_url", f"sqlite:///{tmp / 'hub.db'}")
+        if "objects" not in doc:
+            weed, doc["objects"] = _local_weed(tmp / "weed")
         port = _free_port()
         names = [f"bench-box{i + 1}" for i in range(boxes)]
         doc.update({"host": "127.0.0.1", "port": port, "data_dir": str(tmp / "hub"),
