@@ -25,29 +25,35 @@ QUERIES: tuple[tuple[str, dict[str, str]], ...] = (
     ("all, newest first", {}),
     ("site", {"site": "plant-b", "verdict": "fail", "review_state": "unreviewed"}),
     ("line", {"line": "line-2", "verdict": "fail", "review_state": "unreviewed"}),
-    ("box", {"box_id": "box-3", "verdict": "fail", "review_state": "unreviewed"}),
+    ("busy box", {"box_id": "box-1", "verdict": "fail", "review_state": "unreviewed"}),
+    ("quiet box", {"box_id": "box-3", "verdict": "fail", "review_state": "unreviewed"}),
+    ("quiet box, all", {"box_id": "box-3"}),
     ("camera", {"camera_id": "cam2", "verdict": "fail", "review_state": "unreviewed"}),
+    ("site, camera", {"site": "plant-a", "camera_id": "cam3"}),
 )
+# boxes' shares of the inspections: two busy lines and a quiet one (box-1, box-2, box-3)
+SHARES = (0.49, 0.49, 0.02)
 
 
-def synthetic_records(n: int, *, boxes: int = 3, sites: int = 2, box_id: str | None = None,
+def synthetic_records(n: int, *, shares: tuple[float, ...] = SHARES, box_id: str | None = None,
                       site: str | None = None, line: str | None = None,
                       now: datetime | None = None, fail_every: int = 10,
                       seed: int = 0) -> list[dict[str, Any]]:
     """``n`` inspection rows as the store keeps them, one every 10 s back from ``now``,
-    spread over ``boxes`` boxes (box-1..N, each its own line, over ``sites`` sites) unless
-    ``box_id``/``site``/``line`` pin them; every ``fail_every``-th one a fail."""
+    spread over boxes box-1..N by ``shares`` (each its own line; odd boxes at site
+    plant-a, even ones at plant-b) unless ``box_id``/``site``/``line`` pin them; four
+    cameras each; about one in ``fail_every`` a fail."""
     rng = random.Random(seed)
     now = now or datetime.now(UTC)
     out = []
     for i in range(n):
-        b = i % boxes + 1
-        fail = i % fail_every == 0
+        b = rng.choices(range(1, len(shares) + 1), shares)[0]
+        fail = rng.random() < 1 / fail_every
         labels = sorted({rng.choice(CLASSES) for _ in range(rng.choice((1, 1, 2)))}) if fail else []
         defects = [{"label": lb, "score": 0.8, "box": [100.0, 100.0, 140.0, 130.0]} for lb in labels]
         out.append({
             "id": uuid.UUID(int=rng.getrandbits(128)).hex, "created_at": now - timedelta(seconds=10 * i),
-            "camera_id": f"cam{i % 4 + 1}", "part_id": f"SN{i:07d}", "recipe_name": "deeppcb",
+            "camera_id": f"cam{rng.randrange(4) + 1}", "part_id": f"SN{i:07d}", "recipe_name": "deeppcb",
             "recipe_version": "1", "model_name": "deeppcb", "model_version": "1",
             "model_sha256": "0" * 64, "class_names": CLASSES, "verdict": "fail" if fail else "pass",
             "reasons": [{"rule": "critical", "label": labels[0], "count": 1, "allowed": 0,
@@ -58,7 +64,7 @@ def synthetic_records(n: int, *, boxes: int = 3, sites: int = 2, box_id: str | N
                            "total": 33.0},
             "image_path": None, "width": 640, "height": 640, "image_bytes": 0,
             "review_state": "unreviewed", "box_id": box_id or f"box-{b}",
-            "site": site or f"plant-{'ab'[b % sites]}", "line": line or f"line-{b}"})
+            "site": site or f"plant-{'ba'[b % 2]}", "line": line or f"line-{b}"})
     return out
 
 
@@ -108,3 +114,90 @@ def format_latency(rows: list[dict[str, Any]], n: int) -> str:
              f"{'query':<20} {'matching':>9} {'p50 ms':>8} {'p95 ms':>8}"]
     lines += [f"{r['query']:<20} {r['matching']:>9,} {r['p50_ms']:>8} {r['p95_ms']:>8}" for r in rows]
     return "\n".join(lines)
+
+
+def bench_review_list(database_url: str, *, n: int = 100_000, rounds: int = 30,
+                      objects: dict[str, Any] | None = None, seed_rows: bool = True,
+                      workdir: str | None = None) -> dict[str, Any]:
+    """The figure of ``lineside bench hub``'s review list: ``n`` inspections bulk-inserted
+    into ``database_url`` (an empty PostgreSQL database: the hub makes its tables), a real
+    ``lineside hub`` process on it, and :func:`review_list_latency` from this process.
+    ``objects``: the hub's object store settings (not touched by the list; by default a
+    loopback port nobody listens on)."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+    from sqlalchemy import create_engine, text
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    folder = Path(workdir or tempfile.mkdtemp(prefix="lineside-bench-hub-"))
+    key = uuid.uuid4().hex
+    (folder / "hub.yaml").write_text(yaml.safe_dump({
+        "database_url": database_url, "data_dir": str(folder / "hub-data"), "port": port,
+        "objects": objects or {"endpoint": "127.0.0.1:9", "access_key": "x", "secret_key": "x",
+                               "timeout_s": 1},
+        "api_keys": [{"name": "bench", "role": "reviewer", "key": key}]}))
+    log = (folder / "hub.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "lineside_inspect.cli", "hub", "--config",
+                             str(folder / "hub.yaml")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                          headers={"Authorization": f"Bearer {key}"}) as client:
+            deadline = time.monotonic() + 120
+            while True:  # the hub makes its tables as it starts
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the hub did not start; see {folder / 'hub.log'}")
+                time.sleep(0.2)
+            engine = create_engine(database_url)
+            seeded = seed_inspections(engine, n) if seed_rows else 0.0
+            # what autovacuum does to a table that filled up: statistics for the planner, the
+            # visibility map for index-only counts
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text("VACUUM ANALYZE inspections"))
+                held = int(conn.execute(text("SELECT count(*) FROM inspections")).scalar() or 0)
+            engine.dispose()
+            rows = review_list_latency(client, rounds=rounds)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return {"inspections": held, "seed_s": round(seeded, 1), "rounds": rounds, "queries": rows}
+
+
+def bench_review_list_on_server(database_url: str, *, n: int = 100_000, rounds: int = 30,
+                                objects: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`bench_review_list` in a database of its own, made on ``database_url``'s
+    PostgreSQL server (the role needs CREATEDB) and dropped afterwards: a hub's own
+    records are never touched."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        raise ValueError("the review-list benchmark needs a PostgreSQL database_url")
+    name = f"lineside_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            return bench_review_list(url.set(database=name).render_as_string(hide_password=False),
+                                     n=n, rounds=rounds, objects=objects)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
