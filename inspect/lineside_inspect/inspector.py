@@ -100,11 +100,14 @@ class FrameTiming:
 def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
             decode_ms: float = 0.0, camera_id: str | None = None,
             part_id: str | None = None, reference: Reference | None = None,
-            anomaly_model: Detector | None = None) -> Inspection:
+            anomaly_model: Detector | None = None,
+            anomaly_finding: AnomalyFinding | None = None) -> Inspection:
     """Inspect one decoded BGR image with ``detector`` under ``recipe``; ``reference`` is
     the golden image a reference model compares it with. ``detector`` may be a good-only
     model (card kind ``anomaly``), judged by its image score; ``anomaly_model`` is one
-    fused with the detector (the recipe's ``anomaly.model``)."""
+    fused with the detector (the recipe's ``anomaly.model``); ``anomaly_finding`` is its
+    finding on this frame made already (a shadow detector is judged beside the good-only
+    model that served, so both verdicts weigh the same anomaly)."""
     aligned = reference is not None and recipe.align_reference
     clock = time.perf_counter
     t0 = clock()
@@ -132,6 +135,8 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         detections = detector.post_process(outputs, letterboxes)[0]
         if fused is not None and anomaly_model is not None:
             finding = find_anomalies(fused[0], fused[1], anomaly_model.card)[0]
+        elif anomaly_finding is not None and recipe.anomaly is not None:
+            finding = anomaly_finding
         verdict = judge(detections, recipe, detector.card.thresholds, finding)
     post = clock() - t0
     timings = {"decode": decode_ms, "preprocess": pre * 1000, "infer": infer * 1000,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lineside_inspect.errors import ConfigError, PackageError
+from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import inspect
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import CaptureSettings
@@ -213,3 +214,21 @@ def test_a_score_near_the_threshold_is_kept_for_labelling(model: AnomalyModel) -
     assert policy(result) == "near_threshold"
     assert policy(inspect(part(200, 120), model, recipe)) is None  # score 0: far from it
     assert policy(inspect(part(200, 120, ((20, 20, 30),)), model, recipe)) is None  # 1.0: far
+
+
+def test_a_shadow_detector_is_judged_with_the_served_anomaly(model: AnomalyModel) -> None:
+    """A shadow process runs the candidate detector alone: given the finding of the
+    good-only model that served, a fused recipe judges it as it judged the served verdict
+    (without it, a part only the anomaly failed would be a disagreement)."""
+    root = Path(__file__).resolve().parents[2]
+    detector = Detector(root / "models" / "deeppcb" / "1", device="cpu", threads=1)
+    board = decode_image((root / "datasets" / "deeppcb-sample" / "images" / "group00041" /
+                          "00041000_temp.jpg").read_bytes())  # a good board: no defect found
+    board[40:100, 520:580] = FOREIGN_GREY
+    recipe = Recipe(name="fused", model="deeppcb", anomaly={"model": "good"})
+    served = inspect(board, detector, recipe, anomaly_model=model)
+    assert served.verdict == "fail" and [r.rule for r in served.reasons] == ["anomaly"]
+    shadow = inspect(board, detector, recipe, anomaly_finding=served.anomaly)
+    assert (shadow.verdict, shadow.reasons, shadow.defects.to_json()) == \
+        (served.verdict, served.reasons, served.defects.to_json())
+    assert inspect(board, detector, recipe).verdict == "pass"  # the detector alone

@@ -207,7 +207,8 @@ class ShadowRunner:
             session.pending[token] = inspection
         image = inspection.raw if inspection.raw is not None else inspection.image
         # put() hands the job to the queue's feeder thread: it does not wait for the process
-        session.jobs.put((token, image, reference, rules_of(inspection.recipe).model_dump(mode="json")))
+        session.jobs.put((token, image, reference, rules_of(inspection.recipe).model_dump(mode="json"),
+                          inspection.anomaly))  # a fused recipe: judged with the same anomaly
 
     # -- results ----------------------------------------------------------------------------
     def _collect(self, session: ShadowSession) -> None:

@@ -8,8 +8,9 @@ runs under ``SCHED_IDLE`` (Linux; elsewhere ``nice``), so it only gets CPU time 
 else wants, and its onnxruntime session is single-threaded so no pool of normal-priority
 threads works for it.
 
-Messages: jobs ``(token, image, reference, recipe)`` in (``image``: the encoded bytes as
-received, or the decoded frame; ``None`` ends the process), results ``(token, doc)`` out,
+Messages: jobs ``(token, image, reference, recipe, anomaly)`` in (``image``: the encoded
+bytes as received, or the decoded frame; ``anomaly``: the served good-only model's finding
+in a fused recipe, else None; ``None`` ends the process), results ``(token, doc)`` out,
 ``("ready", info)`` once the model is loaded or ``("failed", message)`` if it cannot be.
 """
 
@@ -65,13 +66,14 @@ def serve(package: str, device: str, threads: int, nice: int, jobs: Any, results
             continue
         if job is None:
             return
-        token, image, reference, recipe = job
+        token, image, reference, recipe, anomaly = job
         try:
             t = time.perf_counter()
             frame = decode_image(image) if isinstance(image, bytes) else np.asarray(image)
             ref = (Reference.from_bytes(None, reference)
                    if reference is not None and det.needs_reference else None)
-            result = inspect(frame, det, Recipe.model_validate(recipe), reference=ref)
+            result = inspect(frame, det, Recipe.model_validate(recipe), reference=ref,
+                             anomaly_finding=anomaly)
             results.put((token, {"verdict": result.verdict, "defects": result.defects.to_json(),
                                  "reasons": [r.model_dump() for r in result.reasons],
                                  "ms": (time.perf_counter() - t) * 1000}))
