@@ -2,9 +2,11 @@
 hub`` process, two ``lineside serve`` box processes with their own data folders, and the
 ``lineside fleet`` commands. A package published and signed is pulled and activated on
 both boxes (one through its golden-set gate, one by plain activation, both recorded as
-actor "fleet"); a version an admin left by hand is not forced back; a package whose bytes were altered in the hub's store, and one signed by
-a key the boxes do not trust, are refused and never loaded, the boxes serving on; a box
-restarted while its hub is down serves what it pulled."""
+actor "fleet"); a version an admin left by hand is not forced back; a package whose bytes
+were altered in the hub's store (caught by the sha256, then, with the manifest altered to
+match, by the signature) and one signed by a key the boxes do not trust are refused and
+never loaded, the boxes serving on; a box restarted while its hub is down serves what it
+pulled."""
 
 from __future__ import annotations
 
@@ -184,23 +186,32 @@ def test_publish_pull_activate_refuse_tampered(plant: dict[str, Any]) -> None:
     assert active(boxes["box-a"])[0] == "1"
     serving = {"box-a": "1", "box-b": "1-int8"}
 
-    # one byte flipped in the hub's store, the manifest (and so the assignment's sha256)
-    # made to match: only the signature can tell, and it does
+    def refused(box: str, version: str, why: str) -> bool:
+        return any(f"refused deeppcb {version}" in line and why in line
+                   for line in (tmp / f"{box}.log").read_text().splitlines())
+
+    # one byte flipped in the hub's store: the sha256 the assignment names tells
     objects: ObjectStore = plant["objects"]
     tampered = versioned(tmp, "t1")
     fleet("publish", str(tampered), "--hub", hub.url, "--key", key)
     data = bytearray(objects.get("packages/deeppcb/t1/package.tar.gz"))
     data[len(data) // 2] ^= 0x01
     objects.put("packages/deeppcb/t1/package.tar.gz", bytes(data))
+    fleet("assign", "--hub", hub.url, "--line", "L1", "--model", "deeppcb", "--version", "t1")
+    for name in boxes:
+        wait_for(lambda name=name: refused(name, "t1", "the assignment says"),  # type: ignore[misc]
+                 f"{name} refusing t1 by its sha256")
+    # the manifest made to match too (so the assignment's sha256 is the altered bytes'):
+    # only the signature can tell, and it does
     doc = json.loads(objects.get("packages/deeppcb/t1/manifest.json"))
     doc["sha256"] = hashlib.sha256(data).hexdigest()
     objects.put("packages/deeppcb/t1/manifest.json", json.dumps(doc).encode())
-    fleet("assign", "--hub", hub.url, "--line", "L1", "--model", "deeppcb", "--version", "t1")
+    again = fleet("assign", "--hub", hub.url, "--line", "L1", "--model", "deeppcb",
+                  "--version", "t1")
+    assert again["models"][0]["sha256"] == doc["sha256"]
     for name, b in boxes.items():
-        wait_for(lambda name=name: "refused deeppcb t1" in (tmp / f"{name}.log").read_text(),  # type: ignore[misc]
-                 f"{name} refusing t1")
-        log = (tmp / f"{name}.log").read_text()
-        assert "signature does not verify" in log
+        wait_for(lambda name=name: refused(name, "t1", "signature does not verify"),  # type: ignore[misc]
+                 f"{name} refusing t1 by its signature")
         assert active(b) == (serving[name], ["1", "1-int8"])  # never loaded, still serving
 
     # signed by a key the boxes do not trust: refused the same way
@@ -208,7 +219,7 @@ def test_publish_pull_activate_refuse_tampered(plant: dict[str, Any]) -> None:
     fleet("publish", str(foreign), "--hub", hub.url, "--key", stranger)
     fleet("assign", "--hub", hub.url, "--line", "L1", "--model", "deeppcb", "--version", "t2")
     for name, b in boxes.items():
-        wait_for(lambda name=name: "refused deeppcb t2" in (tmp / f"{name}.log").read_text(),  # type: ignore[misc]
+        wait_for(lambda name=name: refused(name, "t2", "does not verify"),  # type: ignore[misc]
                  f"{name} refusing t2")
         assert active(b) == (serving[name], ["1", "1-int8"])
     # the refusal is what the box reports to its hub (its status' model_errors)

@@ -368,9 +368,11 @@ def box_assignment(box_id: str, request: Request, who: BoxOrAdmin,
 
 
 def install(app: Any, hub: Any) -> None:
-    """The assignments table, made when the hub's store is open (after its start-up)."""
+    """The assignments table, made when the hub's store is open (after its start-up), and
+    uploads a killed hub left half-read cleared."""
 
     def start() -> None:
+        shutil.rmtree(Path(hub.data_dir) / "incoming", ignore_errors=True)  # cut-short uploads
         store = app.state.store
         if store is not None:
             HubBase.metadata.create_all(store.engine, tables=[AssignmentRow.__table__])  # type: ignore[list-item]
