@@ -14,6 +14,7 @@ import httpx
 import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
 
 from lineside_inspect.config import ApiKey
 from lineside_inspect.fleet.config import FleetSettings
@@ -25,6 +26,7 @@ from lineside_inspect.fleet.hub.bench_reviews import (
     synthetic_records,
 )
 from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.store.models import InspectionRow
 from lineside_inspect.store.outbox import Outbox
 
 from .conftest import Running, start_server
@@ -210,6 +212,25 @@ def test_hub_pages_and_box_keys(hub: Hub, box: Running) -> None:
         assert k.get("/fleet/v1/boxes").status_code == 403
         r = k.post(f"/fleet/v1/boxes/{BOX}/reviews", json={"items": [{"seq": 1}]})
         assert r.status_code == 422 and "Traceback" not in r.text
+        # a batch: a review the inspection cannot have is skipped (not holding the rest),
+        # one of an inspection the hub does not hold yet stops it, another box's is refused
+        mine, theirs = (synthetic_records(1, box_id=b, seed=i)[0] for i, b in ((1, BOX), (2, "box-b")))
+        with Session(hub.app.state.store.engine) as s, s.begin():
+            s.add_all([InspectionRow(**mine), InspectionRow(**theirs)])
+
+        def review(seq: int, iid: str, label: str = "open") -> dict[str, Any]:
+            return {"seq": seq, "inspection_id": iid, "created_at": "2026-12-01T10:00:00Z",
+                    "reviewer": "op", "action": "missed_defect", "origin": "box",
+                    "boxes": [{"label": label, "box": [1, 2, 3, 4]}]}
+
+        r = k.post(f"/fleet/v1/boxes/{BOX}/reviews", json={"items": [
+            review(10_001, mine["id"], "<b>alien</b>"), review(10_002, mine["id"]),
+            review(10_003, uuid.uuid4().hex), review(10_004, mine["id"])]})
+        assert r.status_code == 200 and r.json() == {"through_seq": 10_002}
+        assert [x["boxes"] for x in q.get(f"/v1/inspections/{mine['id']}").json()["reviews"]] == \
+            [[{"label": "open", "box": [1.0, 2.0, 3.0, 4.0]}]]
+        r = k.post(f"/fleet/v1/boxes/{BOX}/reviews", json={"items": [review(10_005, theirs["id"])]})
+        assert r.status_code == 403 and not q.get(f"/v1/inspections/{theirs['id']}").json()["reviews"]
     assert q.post(f"/fleet/v1/boxes/{BOX}/status", json={}).status_code == 403
     assert q.get(f"/fleet/v1/boxes/{BOX}/hub-reviews").status_code == 403
     # an unsigned caller is refused before its body is read

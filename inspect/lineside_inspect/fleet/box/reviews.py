@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ log = logging.getLogger("lineside.fleet")
 CHANNEL = "fleet-reviews"  # the outbox channel of reviews going up; topic: inspection id
 CURSOR_FILE = Path("fleet") / "hub-reviews.cursor"
 BATCH = 200
+PURGE_EVERY_S = 60.0
+KEEP_DELIVERED_S = 3600.0
 ROUNDS = 50  # batches per sync round (the next round goes on)
 
 
@@ -89,10 +92,14 @@ class ReviewSync:
         self._wake.set()
 
     def _run(self) -> None:
+        last_purge = time.monotonic()
         while not self._stop.is_set():
             try:
                 self.sync_once()
                 self.failures, self.last_error = 0, None
+                if time.monotonic() - last_purge > PURGE_EVERY_S:  # what the hub has
+                    last_purge = time.monotonic()
+                    self.outbox.purge_delivered(KEEP_DELIVERED_S)
             except LinesideError as exc:
                 self._failed(exc.message)
                 continue

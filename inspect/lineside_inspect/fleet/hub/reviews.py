@@ -6,7 +6,8 @@
 - ``POST {REVIEWS_UP}``: reviews made on a box, applied by the merge rule
   (``fleet/review_merge.py``) in ``seq`` order. A review of an inspection the hub does
   not hold yet (its box has not forwarded it) stops the batch there: ``through_seq`` says
-  how far the hub got, and the box sends the rest again later. The box's cursor
+  how far the hub got, and the box sends the rest again later. A review whose boxes the
+  inspection cannot have is skipped and logged (it would otherwise hold every later one). The box's cursor
   (``fleet_cursors``, stream ``reviews``) skips what was taken already.
 - ``GET {REVIEWS_DOWN}?after=N``: reviews made on the hub of this box's inspections with
   a hub review id above ``N``, oldest first (``seq`` = the hub's review id).
@@ -97,7 +98,15 @@ def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
         if owner is not None and owner != box_id:
             raise Forbidden(f"review seq {event.seq}: inspection {event.inspection_id} is not "
                             f"box {box_id}'s")
-        outcome = apply_review(store, event)
+        outcome: str
+        try:
+            outcome = apply_review(store, event)
+        except ConfigError as exc:
+            # a review this hub cannot take (a class its inspection's model does not have):
+            # refusing the batch would hold every later review of the box forever
+            log.warning("hub: box %s review seq %d of %s skipped: %s", box_id, event.seq,
+                        event.inspection_id, exc.message)
+            outcome = "skipped"
         if outcome == "unknown_inspection":
             break  # not forwarded yet: the box sends it again once it is
         through = event.seq
