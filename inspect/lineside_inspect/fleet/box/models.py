@@ -105,8 +105,6 @@ class ModelPuller:
         except LinesideError as exc:  # a broken key must not stop the box from serving
             self._key_error = f"trusted keys unusable, no model is pulled: {exc.message}"
             log.error("fleet models: %s", self._key_error)
-        if not self.fleet.trusted_keys:
-            self._key_error = "no fleet.trusted_keys: no model is pulled"
         self.root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.root / INCOMING, ignore_errors=True)  # a pull cut short
         self.state = self._read_state()
@@ -185,6 +183,9 @@ class ModelPuller:
                 continue
             key = (m.name, m.version, m.sha256)
             if key in self._failed:
+                continue
+            if not self.keys:  # the box was not set up to take models
+                notes.append(f"{m.name} {m.version} assigned, not pulled: no fleet.trusted_keys")
                 continue
             try:
                 self._take(m)
