@@ -494,11 +494,30 @@ def bench_hub_cmd(
     rate: Annotated[float, typer.Option(help="steady inspections/s per box")] = 30.0,
     seconds: Annotated[float, typer.Option(help="length of the steady phase")] = 20.0,
     burst: Annotated[int, typer.Option(help="backlog per box for the throughput phase")] = 300,
+    review_list: Annotated[int, typer.Option(help=(
+        "inspections for the hub's review-list latency, in a database of their own on the "
+        "--config PostgreSQL server (0: skip)"))] = 100_000,
 ) -> None:
-    """Forwarded inspections/s to a hub, and the forwarding lag under a steady line rate."""
+    """Forwarded inspections/s to a hub, the forwarding lag under a steady line rate, and
+    the hub's review-list latency with many inspections in PostgreSQL."""
     from lineside_inspect.fleet.bench import bench_hub, format_hub
 
     out.print(format_hub(bench_hub(config, boxes=boxes, rate=rate, seconds=seconds, burst=burst)))
+    if review_list:
+        import yaml
+
+        from lineside_inspect.fleet.hub.bench_reviews import (
+            bench_review_list_on_server,
+            format_latency,
+        )
+
+        doc = (yaml.safe_load(config.read_text()) or {}) if config is not None else {}
+        url = str(doc.get("database_url") or "")
+        if not url.startswith("postgresql"):
+            out.print("review-list latency: skipped (needs a PostgreSQL database_url in --config)")
+            return
+        r = bench_review_list_on_server(url, n=review_list, objects=doc.get("objects"))
+        out.print(format_latency(r["queries"], r["inspections"]), markup=False, highlight=False)
 
 
 @bench_app.command("shadow")
