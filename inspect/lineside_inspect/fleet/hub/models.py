@@ -158,7 +158,8 @@ async def publish(model: str, version: str, request: Request, who: Admin,
                   signature: Annotated[str, Header(alias=SIGNATURE_HEADER, max_length=200)]
                   ) -> Manifest:
     """Publish a signed package version (admin). The body is ``package.tar.gz``; the same
-    bytes again are a no-op (200), other bytes under a published version are refused
+    bytes and signature again change nothing (the same manifest is answered), other bytes
+    or another signature under a published version are refused
     (409 ``version_exists``): a version names one package for good."""
     _checked(model, version)
     try:
@@ -205,7 +206,7 @@ def _store(objects: ObjectStore, model: str, version: str, tgz: Path, sig: bytes
     if existing is not None:
         if existing.sha256 == digest and objects.get(_key(model, version, "package.sig")) == sig:
             return existing
-        raise VersionExists(f"{model} {version} is published with other bytes "
+        raise VersionExists(f"{model} {version} is published with other bytes or another signature "
                             f"({existing.sha256[:12]}…): publish a new version")
     manifest = Manifest(name=model, version=version, sha256=digest, size=tgz.stat().st_size,
                         graph_sha256=card.sha256, precision=card.precision,
