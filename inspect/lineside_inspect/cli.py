@@ -275,8 +275,13 @@ def evaluate_cmd(
 ) -> None:
     """COCO mAP plus escapes / false rejects; calibrates a run's thresholds on val. A model
     package is evaluated through the edge runtime at its card's thresholds."""
-    r = training().evaluate(run, data=data, split=split, target_escape=target_escape,
-                            out=out_dir, device=device)
+    t = training()
+    r = t.evaluate(run, data=data, split=split, target_escape=target_escape,
+                   out=out_dir, device=device)
+    if r.get("kind") == "anomaly":  # a good-only model: AUROC and escapes at false rejects
+        for line in t.anomaly_summary(r):
+            out.print(line, highlight=False, markup=False)
+        return
     q = r["quality"]
 
     def fmt(v: float | None) -> str:
@@ -288,9 +293,71 @@ def evaluate_cmd(
     out.print(f"mAP@[.5:.95] {r['coco']['map']:.4f}  mAP@.5 {r['coco']['map50']:.4f}  {rates}"
               f"  detection rate {fmt(q.get('detection_rate'))}"
               f"  defect recall {fmt(q['defect_recall'])}  precision {fmt(q['defect_precision'])}")
+    if (p := r.get("pairs")) is not None:
+        out.print(f"DeepPCB-protocol F {fmt(p['f'])}  precision {fmt(p['precision'])}  "
+                  f"recall {fmt(p['recall'])}  (IoU > 0.33, class must agree)")
     for name, c in q.get("per_class", {}).items():
         out.print(f"  {name}: recall {fmt(c['recall'])}  precision {fmt(c['precision'])}  "
                   f"images detected {c['images_detected']}/{c['images']}")
+
+
+@app.command("calibrate")
+@friendly
+def calibrate_cmd(
+    target: Annotated[Path, typer.Argument(help="training config (with --folds), run folder, "
+                                                "checkpoint or model package")],
+    data: Annotated[str | None, typer.Option(help="dataset (default: the run's or config's)")] = None,
+    split: Annotated[str, typer.Option(help="run or package: the split to calibrate on")] = "val",
+    folds: Annotated[int | None, typer.Option(help="config: K fold models, by group")] = None,
+    time: Annotated[str | None, typer.Option(
+        "--time", help="config: the folds' training budget in all (30m, 1h)")] = None,
+    target_escape: Annotated[float, typer.Option(help="escape-rate allowance")] = 0.005,
+    objective: Annotated[str, typer.Option(help="f (defect F) | rejects (fewest false rejects)")] = "f",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="folder for calibration.json")] = None,
+    run: Annotated[Path | None, typer.Option(
+        help="config: write the thresholds into this run (for lineside export)")] = None,
+    write: Annotated[bool, typer.Option(
+        help="run or package: write the thresholds into it (a package's card only)")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config: key=value override")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Operating thresholds: the best defect-level F (DeepPCB protocol) within the escape
+    allowance, a global threshold plus shrunk per-class offsets; from out-of-fold
+    predictions of K fold models for a config (docs/training/calibration.md)."""
+    c = training().calibrate(target, data=data, split=split, folds=folds, time_budget=time,
+                             target_escape=target_escape, out=out_dir, run=run, write=write,
+                             overrides=set_, device=device, objective=objective)
+    p = c["pairs"]
+    out.print(f"global threshold {c['global_threshold']:.4f}  DeepPCB-protocol F {p['f']:.4f}  "
+              f"precision {p['precision'] or 0:.4f}  recall {p['recall'] or 0:.4f}  escapes "
+              f"{c['escapes']} (allowed {c['allowed_escapes']})  false rejects {c['false_rejects']}")
+    for name, t in c["thresholds"].items():
+        out.print(f"  {name}: {t:.4f}")
+
+
+@app.command("calibrate-unchanged")
+@friendly
+def calibrate_unchanged_cmd(
+    reference: Annotated[Path, typer.Argument(help="the golden image of the view")],
+    frames: Annotated[list[Path], typer.Argument(help="good parts' frames (files or folders)")],
+    tolerance: Annotated[int, typer.Option(help="px an edge may move unnoticed")] = 3,
+    tile: Annotated[int, typer.Option()] = 32,
+    margin: Annotated[float, typer.Option(help="floor = margin x the highest good score")] = 1.5,
+) -> None:
+    """The floor of a recipe's unchanged_gate, from good parts of one view: prints the
+    recipe lines (runtime/unchanged.py)."""
+    from lineside_inspect.imageio import read_image
+    from lineside_inspect.runtime.unchanged import calibrate_floor
+
+    ref = read_image(reference)
+    files = [p for f in frames for p in (sorted(f.iterdir()) if f.is_dir() else [f])
+             if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")]
+    c = calibrate_floor(((read_image(f), ref) for f in files), tolerance_px=tolerance, tile=tile,
+                        margin=margin)
+    out.print(f"{c['good_pairs']} good frames: highest tile score {c['highest_good_score']}, "
+              f"p99 {c['p99_good_score']}")
+    out.print(f"unchanged_gate:\n  floor: {c['floor']}\n  tolerance_px: {tolerance}\n  tile: {tile}",
+              markup=False)
 
 
 @app.command("export")
@@ -411,10 +478,19 @@ def bench_model_cmd(
     int8: Annotated[Path | None, typer.Option(help="int8 package to compare")] = None,
     runs: Annotated[int, typer.Option()] = 50,
     batches: Annotated[str, typer.Option(help="batch sizes for throughput")] = "1,2,4,8",
+    pairs: Annotated[Path | None, typer.Option(help=(
+        "reference models: a dataset with references; judge good and defective parts side "
+        "by side, with and without the unchanged gate"))] = None,
+    parts: Annotated[int, typer.Option(help="--pairs: parts of each kind")] = 40,
+    align: Annotated[bool, typer.Option(help="--pairs: recipe align_reference")] = True,
 ) -> None:
-    """p50/p95 latency at batch 1 and best-batch throughput, 1 and 2 threads."""
-    from lineside_inspect.bench import bench_model, format_rows
+    """p50/p95 latency at batch 1 and best-batch throughput, 1 and 2 threads; with
+    --pairs, good and defective parts judged end to end (decode included)."""
+    from lineside_inspect.bench import bench_model, bench_pairs, format_pairs, format_rows
 
+    if pairs is not None:
+        out.print(format_pairs(bench_pairs(package, pairs, parts=parts, align=align)))
+        return
     rows = bench_model(package, runs=runs, batches=[int(b) for b in batches.split(",")])
     if int8 is not None:
         rows += bench_model(int8, runs=runs, batches=[int(b) for b in batches.split(",")])

@@ -2,11 +2,59 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.package import read_card
+from lineside_training import engine
+from lineside_training import evaluate as detector_evaluate
+from lineside_training import export as detector_export
+from lineside_training.anomaly import AnomalyConfig, is_anomaly_run, train_anomaly
+from lineside_training.anomaly.evaluate import evaluate_anomaly
+from lineside_training.anomaly.evaluate import summary_lines as anomaly_summary
+from lineside_training.anomaly.export import export_anomaly
 from lineside_training.bench import bench_train
-from lineside_training.config import load_config
-from lineside_training.engine import train
-from lineside_training.evaluate import evaluate
-from lineside_training.export import export
+from lineside_training.calibrate import calibrate
+from lineside_training.config import TrainConfig, read_config, validate_config
 from lineside_training.models import list_models
 
-__all__ = ["bench_train", "evaluate", "export", "list_models", "load_config", "train"]
+__all__ = ["anomaly_summary", "bench_train", "calibrate", "evaluate", "export", "list_models",
+           "load_config", "train"]
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                **fields: Any) -> TrainConfig | AnomalyConfig:
+    """A detector's config, or a good-only model's when the YAML says ``kind: anomaly``."""
+    doc = read_config(path, overrides, **fields)
+    if doc.get("kind") == "anomaly":
+        return validate_config(AnomalyConfig, path, doc)
+    return validate_config(TrainConfig, path, doc)
+
+
+def train(cfg: TrainConfig | AnomalyConfig, *, resume: bool = False) -> Path:
+    if isinstance(cfg, AnomalyConfig):
+        return train_anomaly(cfg, resume=resume)
+    return engine.train(cfg, resume=resume)
+
+
+def _is_anomaly_package(path: Path) -> bool:
+    return (path / "model.json").is_file() and read_card(path).kind == "anomaly"
+
+
+def export(run: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+    """A detector's package, or a good-only run's (kind anomaly: fp32 only)."""
+    if not is_anomaly_run(run):
+        return detector_export.export(run, out, **options)
+    if options.pop("int8", False) or options.pop("fp16", False):
+        raise ConfigError(f"{run}: a good-only model exports in fp32 only (no --int8/--fp16)")
+    return export_anomaly(run, out, **options)
+
+
+def evaluate(run: str | Path, *, data: str | None = None, split: str = "val",
+             out: str | Path | None = None, **options: Any) -> dict[str, Any]:
+    """A detector's evaluation, or a good-only run's or package's (AUROC, escapes at 1% and
+    2% false rejects)."""
+    if is_anomaly_run(run) or _is_anomaly_package(Path(run)):
+        return evaluate_anomaly(run, data=data, split=split, out=out)
+    return detector_evaluate.evaluate(run, data=data, split=split, out=out, **options)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lineside_inspect.errors import ConfigError, describe_validation
 from lineside_training.budget import parse_duration
 
+Config = TypeVar("Config", bound=BaseModel)
 STRIDE = 32  # the coarsest feature map's stride: input and crop sizes are multiples of it
 
 
@@ -111,6 +112,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 **fields: Any) -> TrainConfig:
     """Read ``path`` (YAML), apply ``key=value`` overrides (values parsed as YAML) and
     keyword fields; errors name the file and field."""
+    return validate_config(TrainConfig, path, read_config(path, overrides, **fields))
+
+
+def read_config(path: str | Path | None, overrides: list[str] | None = None,
+                **fields: Any) -> dict[str, Any]:
+    """The config document: ``path``'s YAML with the overrides and fields applied."""
     doc: dict[str, Any] = {}
     if path is not None:
         try:
@@ -123,7 +130,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
             raise ConfigError(f"override {item!r} must look like key=value")
         _set_dotted(doc, key.strip(), yaml.safe_load(value))
     doc.update({k: v for k, v in fields.items() if v is not None})
+    return doc
+
+
+def validate_config(schema: type[Config], path: str | Path | None, doc: dict[str, Any]) -> Config:
     try:
-        return TrainConfig.model_validate(doc)
+        return schema.model_validate(doc)
     except ValidationError as exc:
         raise ConfigError(f"{path or 'config'}: {describe_validation(exc.errors())}") from None

@@ -1,0 +1,128 @@
+"""Good-only models end to end through the ``lineside`` CLI: a folder of good images in
+(``data import -f good``), ``train`` on a ``kind: anomaly`` config, ``export`` (parity
+through the edge runtime), ``evaluate``; and the refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from lineside_inspect.cli import app
+from lineside_inspect.opencv import cv2
+from lineside_inspect.package import load_package
+from lineside_inspect.runtime.anomaly import AnomalyModel
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "datasets" / "deeppcb-sample"
+runner = CliRunner()
+
+
+def _part(rng: np.random.Generator, size: int = 96) -> np.ndarray:
+    """A good part: a light ground with dark stripes, a little sensor noise (BGR)."""
+    img = np.full((size, size, 3), 210.0)
+    img[:, (np.arange(size) // 8) % 3 == 0] = 40
+    img += rng.normal(0, 3, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _config(tmp: Path, data: Path, **extra: object) -> Path:
+    doc = {"kind": "anomaly", "name": "toy", "data": str(data), "out_dir": str(tmp / "runs"),
+           "input_size": 96, "crop_size": 64, "width": 8, "score_topk": 8, "batch_size": 8,
+           "steps": 2, "time_budget": None, "threads": 1, "device": "cpu", "log_every": 20,
+           **extra}
+    path = tmp / "goodonly.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_good_folder_to_package_that_finds_a_defect(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for g in ("line-a", "line-b", "line-c"):
+        (tmp_path / "good" / g).mkdir(parents=True)
+        for i in range(6):
+            cv2.imwrite(str(tmp_path / "good" / g / f"{i}.png"), _part(rng))
+    r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "good"),
+                            str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.stderr
+    cfg = _config(tmp_path, tmp_path / "ds", steps=90, lr=0.01, calib_groups=["line-c"],
+                  warmup_steps=5)
+    r = runner.invoke(app, ["train", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output + r.stderr
+    run = tmp_path / "runs" / "toy"
+    log = (run / "train.log").read_text()
+    assert "12 to train on, 6 held out for calibration (groups ['line-c'])" in log
+    r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "models" / "toy" / "1")])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["parity_images"] == 6
+    package = load_package(tmp_path / "models" / "toy" / "1")
+    card = package.card
+    assert card.kind == "anomaly" and card.class_names == ["anomaly"]
+    assert card.anomaly is not None and card.anomaly.calibrated_on == 6
+    assert card.anomaly.map_threshold <= card.anomaly.threshold
+    assert card.lineage is not None and card.lineage.dataset_revision
+
+    model = AnomalyModel(package, device="cpu")
+    clean = [_part(rng) for _ in range(8)]
+    flawed = _part(rng)
+    flawed[40:52, 60:72] = (30, 30, 200)  # a red stain on the light ground
+    found = model.analyse([*clean, flawed])
+    clean_scores = [f.score for f in found[:-1]]
+    assert found[-1].score > max(clean_scores)  # the defect ranks above every good part
+    boxes = found[-1].regions.xyxy
+    assert len(boxes), "a region where the stain is"
+    hit = (boxes[:, 0] < 72) & (boxes[:, 2] > 60) & (boxes[:, 1] < 52) & (boxes[:, 3] > 40)
+    assert hit.any() and found[-1].regions.class_names == ["anomaly"]
+
+    r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m2"), "--int8"])
+    assert r.exit_code == 2 and "fp32 only" in r.stderr
+
+
+def test_sample_split_evaluated_through_the_package(tmp_path: Path) -> None:
+    """The sample's train split's templates (good) train; its val split (10 defective, 10
+    good boards never seen) is evaluated through the exported package."""
+    cfg = _config(tmp_path, SAMPLE, split="train", input_size=128)
+    r = runner.invoke(app, ["train", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output + r.stderr
+    run = tmp_path / "runs" / "toy"
+    ckpt_groups = (run / "train.log").read_text()
+    assert "25 good images" not in ckpt_groups and "20 to train on, 5 held out" in ckpt_groups
+    r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "models" / "s" / "1")])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "models" / "s" / "1"), "--data",
+                            str(SAMPLE), "--split", "val", "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.stderr
+    assert "image AUROC" in r.stdout and "escapes at 1% false rejects" in r.stdout
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    at = m["good_rephotographed"]["at_card_threshold"]
+    assert (at["good"], at["defective"]) == (10, 10)
+    assert 0 <= m["good_as_stored"]["auroc"] <= 1
+    assert m["localisation"]["defective"] == 10
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"epochs": 3}, "epochs"),
+    ({"crop_size": 100}, "not a multiple of 32"),
+    ({"calib_groups": ["nope"]}, "calib_groups ['nope'] have no good images"),
+    ({"split": "test"}, "no good images"),
+])
+def test_bad_goodonly_config_is_one_clear_line(tmp_path: Path, extra: dict[str, object],
+                                               message: str) -> None:
+    r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, SAMPLE, **extra))])
+    assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.output + r.stderr
+
+
+def test_defective_only_set_is_refused(tmp_path: Path) -> None:
+    doc = json.loads((SAMPLE / "annotations.json").read_text())
+    doc["images"] = [i for i in doc["images"] if "reference" in i]  # the defective ones
+    kept = {i["id"] for i in doc["images"]}
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in kept]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "images").symlink_to(SAMPLE / "images")
+    (tmp_path / "bad" / "annotations.json").write_text(json.dumps(doc))
+    r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, tmp_path / "bad"))])
+    assert r.exit_code == 2 and "no good images (images without boxes)" in r.stderr

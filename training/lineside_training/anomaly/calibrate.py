@@ -1,0 +1,81 @@
+"""Operating points of a good-only model: thresholds from good images alone, and the
+quality figures on good and defective ones (image AUROC, escapes at a false-reject rate)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from lineside_inspect.errors import ConfigError
+
+REPORTED_FALSE_REJECTS = (0.01, 0.02)
+
+
+def image_threshold(good_scores: np.ndarray, target_false_reject: float) -> float:
+    """The image-score threshold (score >= threshold fails) that rejects at most
+    ``target_false_reject`` of these good images: just above the score of the highest one
+    that must pass (with 100 images and 1%, the second highest)."""
+    if len(good_scores) == 0:
+        raise ConfigError("calibration needs at least one good image")
+    return _pass_above(np.asarray(good_scores, np.float64), target_false_reject)
+
+
+def _pass_above(good: np.ndarray, false_reject: float) -> float:
+    allowed = int(np.floor(false_reject * len(good) + 1e-9))
+    ordered = np.sort(good)[::-1]
+    if allowed >= len(ordered):
+        return float(ordered[-1])
+    return float(min(1.0, np.nextafter(ordered[allowed], np.inf)))
+
+
+def map_threshold(good_top_pixels: list[np.ndarray], pixels_per_image: int,
+                  pixel_false_positive: float, threshold: float) -> float:
+    """The map value above which pixels form regions: good pixels exceed it at about
+    ``pixel_false_positive``; never above the image threshold, so a failed part always
+    shows where (its top pixels average at least the threshold, so one is above it).
+    ``good_top_pixels`` holds each good image's highest map values (enough of them: the
+    quantile only looks at the top)."""
+    top = np.sort(np.concatenate(good_top_pixels))[::-1]
+    k = int(pixel_false_positive * pixels_per_image * len(good_top_pixels))
+    value = float(top[min(k, len(top) - 1)])
+    return min(value, threshold)
+
+
+def auroc(good: np.ndarray, defective: np.ndarray) -> float | None:
+    """P(a defective image scores above a good one), ties counting half (Mann-Whitney)."""
+    if len(good) == 0 or len(defective) == 0:
+        return None
+    ranks = rankdata(np.concatenate([good, defective]))
+    u = ranks[len(good):].sum() - len(defective) * (len(defective) + 1) / 2
+    return float(u / (len(good) * len(defective)))
+
+
+def escapes_at(good: np.ndarray, defective: np.ndarray, false_reject: float) -> dict[str, Any]:
+    """Escapes when the threshold is set, on these good images, to reject at most
+    ``false_reject`` of them (the figure that compares models independent of calibration)."""
+    thr = _pass_above(good, false_reject)
+    rejected = int((good >= thr).sum())
+    escaped = int((defective < thr).sum())
+    return {"false_reject": false_reject, "threshold": thr, "false_rejects": rejected,
+            "good": len(good), "escapes": escaped, "defective": len(defective),
+            "escape_rate": escaped / len(defective) if len(defective) else None}
+
+
+def judge(good: np.ndarray, defective: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Escapes and false rejects at a given (calibrated) threshold."""
+    fr, esc = int((good >= threshold).sum()), int((defective < threshold).sum())
+    return {"threshold": threshold, "false_rejects": fr, "good": len(good),
+            "false_reject_rate": fr / len(good) if len(good) else None,
+            "escapes": esc, "defective": len(defective),
+            "escape_rate": esc / len(defective) if len(defective) else None}
+
+
+def quality(good: np.ndarray, defective: np.ndarray, threshold: float | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"auroc": auroc(good, defective),
+                           "at_false_reject": [escapes_at(good, defective, f)
+                                               for f in REPORTED_FALSE_REJECTS]}
+    if threshold is not None:
+        out["at_card_threshold"] = judge(good, defective, threshold)
+    return out

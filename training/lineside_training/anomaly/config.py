@@ -1,0 +1,84 @@
+"""The good-only training config (``kind: anomaly`` in the YAML)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lineside_training.budget import parse_duration
+
+STRIDE = 32  # the network halves its input five times
+
+
+class SynthConfig(BaseModel):
+    """Synthetic anomalies (lineside_training.anomaly.synth); sizes in input pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+    p_anomaly: float = Field(0.6, ge=0, le=1, description="share of crops given anomalies")
+    max_anomalies: int = Field(3, ge=1)
+    min_size: int = Field(4, ge=2)
+    max_size: int = Field(64, ge=4)
+    texture: float = Field(0.3, ge=0, description="relative weight: Perlin blob of foreign texture")
+    recolour: float = Field(0.25, ge=0, description="relative weight: Perlin blob inverted/tinted")
+    cutpaste: float = Field(0.25, ge=0, description="relative weight: CutPaste patch or scar")
+    stroke: float = Field(0.2, ge=0, description="relative weight: thin curve")
+    rephotograph: float = Field(1.0, ge=0, le=2, description=(
+        "strength of capture variation applied to every crop (gain, noise, blur, JPEG)"))
+
+
+class AnomalyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["anomaly"] = "anomaly"
+    name: str = "goodonly"
+    data: str = Field(..., description=(
+        "canonical dataset folder; only its good images (no boxes) are used, e.g. one made "
+        "by 'lineside data import -f good'"))
+    split: str | None = Field(None, description="use only good images of this split (None: all)")
+    calib_groups: list[str] = Field(default_factory=list, description=(
+        "groups held out for calibration; empty: about calib_fraction of the groups"))
+    calib_fraction: float = Field(0.15, gt=0, lt=1)
+    input_size: int = Field(640, ge=STRIDE)
+    crop_size: int = Field(192, ge=STRIDE)
+    width: int = Field(16, ge=4, description="channels of the first level (x2, x4, x6 deeper)")
+    score_topk: int = Field(32, ge=1, description="image score: mean of the top-k map pixels")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    steps: int = Field(4000, ge=1, description="upper bound; the time budget usually ends first")
+    budget_clock: Literal["wall", "cpu"] = Field("wall", description=(
+        "what time_budget counts: wall-clock time, or this process's CPU time (a fair "
+        "budget on a machine other jobs keep busy)"))
+    time_budget: str | None = Field("15m", description=(
+        "wall-clock training budget (the cosine schedule follows elapsed time)"))
+    focal_gamma: float = Field(2.0, ge=0)
+    dice_weight: float = Field(1.0, ge=0)
+    target_false_reject: float = Field(0.01, gt=0, lt=1)
+    pixel_false_positive: float = Field(1e-5, gt=0, lt=1, description=(
+        "share of good pixels allowed above map_threshold"))
+    min_region_px: int = Field(4, ge=1)
+    threads: int | None = Field(None, ge=1, description=(
+        "torch threads; 1 is much faster than 2 on a machine other jobs keep busy"))
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = Field(50, ge=1)
+    out_dir: str = "runs"
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+
+    @field_validator("input_size", "crop_size")
+    @classmethod
+    def _stride(cls, value: int) -> int:
+        if value % STRIDE:
+            lower = value - value % STRIDE
+            raise ValueError(f"{value} is not a multiple of {STRIDE}: use {lower or STRIDE} "
+                             f"or {lower + STRIDE}")
+        return value
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> str | None:
+        return None if value is None else f"{parse_duration(value):g}s"
+
+    def budget_seconds(self) -> float | None:
+        return None if self.time_budget is None else parse_duration(self.time_budget)

@@ -1,0 +1,109 @@
+"""Good images in, training crops with synthetic anomalies out; held-out good images by
+group for calibration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.imageio import read_image
+from lineside_inspect.opencv import cv2
+from lineside_inspect.package import PAD_VALUE
+from lineside_inspect.runtime.preprocess import letterbox
+from lineside_training.anomaly.config import AnomalyConfig
+from lineside_training.anomaly.synth import SynthSpec, add_anomalies, rephotograph
+
+MIN_CALIB = 1  # calibration needs at least one held-out good image
+
+
+def load_rgb(dataset: Dataset, rec: ImageRecord, size: int) -> np.ndarray:
+    """The record's pixels as the edge runtime feeds them: RGB, letterboxed to ``size``."""
+    image = cv2.cvtColor(read_image(dataset.image_path(rec)), cv2.COLOR_BGR2RGB)
+    return letterbox(image, size, pad_value=PAD_VALUE)[0]
+
+
+def _group(rec: ImageRecord) -> str:
+    return rec.group or rec.file_name  # an image without a group is its own
+
+
+@dataclass
+class GoodSplit:
+    dataset: Dataset
+    train: list[ImageRecord]
+    calib: list[ImageRecord]
+    calib_groups: list[str]
+
+
+def carve(cfg: AnomalyConfig) -> GoodSplit:
+    """The good images of ``cfg.data`` (optionally of one split), cut by group into
+    training and calibration sets: calibration must see boards the model never saw, as
+    the line will."""
+    dataset = read_dataset(cfg.data)
+    good = [r for r in dataset.in_split(cfg.split) if r.is_good]
+    if not good:
+        where = f"split {cfg.split!r} of {cfg.data}" if cfg.split else cfg.data
+        raise ConfigError(f"{where}: no good images (images without boxes) to train on")
+    groups = sorted({_group(r) for r in good})
+    if cfg.calib_groups:
+        unknown = sorted(set(cfg.calib_groups) - set(groups))
+        if unknown:
+            raise ConfigError(f"calib_groups {unknown} have no good images in {cfg.data}")
+        held = sorted(cfg.calib_groups)
+    else:
+        rng = np.random.default_rng(cfg.seed)
+        n = max(MIN_CALIB, round(len(groups) * cfg.calib_fraction))
+        held = sorted(rng.permutation(groups)[:n].tolist()) if len(groups) > 1 else []
+        if not held:  # one group only: hold out images instead
+            order = rng.permutation(len(good))
+            k = max(MIN_CALIB, round(len(good) * cfg.calib_fraction))
+            calib = [good[i] for i in sorted(order[:k])]
+            train = [good[i] for i in sorted(order[k:])]
+            if not train:
+                raise ConfigError(f"{cfg.data}: {len(good)} good image(s) cannot be split into "
+                                  "training and calibration")
+            return GoodSplit(dataset, train, calib, [])
+    calib = [r for r in good if _group(r) in held]
+    train = [r for r in good if _group(r) not in held]
+    if not train:
+        raise ConfigError(f"{cfg.data}: every group is held out for calibration")
+    return GoodSplit(dataset, train, calib, held)
+
+
+class CropSampler:
+    """Random crops of the cached letterboxed training images, each with synthetic
+    anomalies (label mask) and capture variation; flips and 90-degree turns too."""
+
+    def __init__(self, images: list[np.ndarray], cfg: AnomalyConfig, seed: int) -> None:
+        self.images, self.cfg = images, cfg
+        self.rng = np.random.default_rng(seed)
+        s = cfg.synth
+        self.spec = SynthSpec(p_anomaly=s.p_anomaly, max_anomalies=s.max_anomalies,
+                              min_size=s.min_size, max_size=max(s.min_size + 1, s.max_size),
+                              weights=(s.texture, s.recolour, s.cutpaste, s.stroke))
+
+    def _crop(self, image: np.ndarray) -> np.ndarray:
+        size = min(self.cfg.crop_size, *image.shape[:2])
+        y = int(self.rng.integers(0, image.shape[0] - size + 1))
+        x = int(self.rng.integers(0, image.shape[1] - size + 1))
+        crop = image[y:y + size, x:x + size]
+        crop = np.rot90(crop, int(self.rng.integers(4)))
+        return np.ascontiguousarray(crop[:, ::-1] if self.rng.random() < 0.5 else crop)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.images)
+        crop = self._crop(self.images[int(self.rng.integers(n))])
+        foreign = self._crop(self.images[int(self.rng.integers(n))])
+        crop, mask = add_anomalies(crop, foreign, self.rng, self.spec)
+        return rephotograph(crop, self.rng, self.cfg.synth.rephotograph), mask
+
+    def batch(self, size: int) -> tuple[Tensor, Tensor]:
+        """``[B, 3, C, C]`` float in [0, 1] and ``[B, 1, C, C]`` masks."""
+        items = [self.sample() for _ in range(size)]
+        images = np.stack([i for i, _ in items]).transpose(0, 3, 1, 2)
+        masks = np.stack([m for _, m in items])[:, None]
+        return torch.from_numpy(images).float().div_(255), torch.from_numpy(masks)

@@ -1,0 +1,158 @@
+"""``lineside train`` for ``kind: anomaly``: a good-only model from a folder of good images.
+
+Synthetic anomalies on random crops teach a small U-Net to output the anomaly mask; the
+run ends on its time budget (cosine schedule on elapsed time) and calibrates its image and
+map thresholds on good images of groups it never trained on."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor
+from torchvision.ops import sigmoid_focal_loss
+
+from lineside_inspect.errors import ConfigError
+from lineside_training.anomaly.calibrate import image_threshold, map_threshold
+from lineside_training.anomaly.config import AnomalyConfig
+from lineside_training.anomaly.data import CropSampler, carve, load_rgb
+from lineside_training.anomaly.infer import score_images, torch_forward
+from lineside_training.anomaly.net import AnomalyGraph, AnomalyNet
+from lineside_training.anomaly.synth import rephotograph
+from lineside_training.engine import pick_device, seed_everything
+
+CHECKPOINT = "anomaly.pt"
+STOP_FILE = "STOP"  # created in the run folder: training ends at the next step, then saves
+CALIB_SEED = 12345  # the calibration's capture variation, fixed so a run is repeatable
+
+
+def loss_fn(logits: Tensor, masks: Tensor, gamma: float, dice_weight: float) -> Tensor:
+    """Focal loss (most pixels are easy normal ones) plus soft Dice over the batch (the
+    anomalous few pixels decide; over the batch, so crops without anomalies are fine)."""
+    focal = sigmoid_focal_loss(logits, masks, alpha=-1, gamma=gamma, reduction="mean")
+    p = torch.sigmoid(logits)
+    dice = 1 - (2 * (p * masks).sum() + 1) / (p.sum() + masks.sum() + 1)
+    return focal * 10 + dice_weight * dice
+
+
+def lr_factor(step: int, progress: float, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def calibrate_run(graph: AnomalyGraph, images: list[np.ndarray], cfg: AnomalyConfig,
+                  device: torch.device) -> dict[str, Any]:
+    """Thresholds from held-out good images, each as stored and re-photographed once (a
+    good part at the line is never the same capture twice)."""
+    rng = np.random.default_rng(CALIB_SEED)
+    variants = images + [rephotograph(i, rng) for i in images]
+    scored = score_images(torch_forward(graph, device), variants)
+    scores = np.asarray(scored.scores)
+    thr = image_threshold(scores, cfg.target_false_reject)
+    mthr = map_threshold(scored.top_pixels, cfg.input_size ** 2, cfg.pixel_false_positive, thr)
+    return {"threshold": thr, "map_threshold": mthr, "min_region_px": cfg.min_region_px,
+            "target_false_reject": cfg.target_false_reject, "calibrated_on": len(images),
+            "calibration_captures": len(variants),
+            "good_score_quantiles": {q: float(np.quantile(scores, q))
+                                     for q in (0.5, 0.9, 0.99, 1.0)}}
+
+
+def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = False) -> Path:
+    if resume:
+        raise ConfigError("good-only runs do not resume: they are short; train again")
+    run_dir = Path(cfg.out_dir) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    log = (run_dir / "train.log").open("w")
+
+    def say(line: str) -> None:
+        log.write(line + "\n")
+        log.flush()
+        if not quiet:
+            print(line, flush=True)
+
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    split = carve(cfg)
+    t0 = time.perf_counter()
+    train_images = [load_rgb(split.dataset, r, cfg.input_size) for r in split.train]
+    calib_images = [load_rgb(split.dataset, r, cfg.input_size) for r in split.calib]
+    say(f"good images: {len(train_images)} to train on, {len(calib_images)} held out for "
+        f"calibration (groups {split.calib_groups or 'by image'}); loaded in "
+        f"{time.perf_counter() - t0:.0f}s")
+    sampler = CropSampler(train_images, cfg, cfg.seed)
+    net = AnomalyNet(cfg.width).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    budget = cfg.budget_seconds()
+    clock = time.process_time if cfg.budget_clock == "cpu" else time.perf_counter
+    start, cpu_start, clock_start = time.perf_counter(), time.process_time(), clock()
+    stop_file = run_dir / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+    step, losses = 0, []
+    net.train()
+    while step < cfg.steps:
+        elapsed = clock() - clock_start
+        progress = max(step / cfg.steps, elapsed / budget if budget else 0.0)
+        if progress >= 1 or stop_file.exists():  # STOP: end now, calibrate and save
+            break
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, progress, cfg.warmup_steps)
+        images, masks = sampler.batch(cfg.batch_size)
+        logits = net(images.to(device))
+        loss = loss_fn(logits, masks.to(device), cfg.focal_gamma, cfg.dice_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        step += 1
+        if step % cfg.log_every == 0 or step == 1:
+            say(f"step {step} loss {np.mean(losses[-cfg.log_every:]):.4f} "
+                f"lr {opt.param_groups[0]['lr']:.2e} elapsed {time.perf_counter() - start:.0f}s "
+                f"cpu {time.process_time() - cpu_start:.0f}s")
+    train_seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
+    net.eval()
+    graph = AnomalyGraph(net, cfg.score_topk).eval()
+    calibration = calibrate_run(graph, calib_images, cfg, device)
+    say(f"trained {step} steps in {train_seconds:.0f}s ({cpu_seconds:.0f}s CPU); "
+        f"threshold {calibration['threshold']:.4f} "
+        f"map_threshold {calibration['map_threshold']:.4f} on {len(calib_images)} held-out "
+        "good images")
+    torch.save({"kind": "anomaly", "config": cfg.model_dump(),
+                "model": {k: v.cpu() for k, v in net.state_dict().items()},
+                "calibration": calibration, "steps": step, "train_seconds": train_seconds,
+                "cpu_seconds": cpu_seconds,
+                "threads": torch.get_num_threads(),
+                "data": {"train_images": len(split.train), "calib_images": len(split.calib),
+                         "calib_groups": split.calib_groups,
+                         "calib_files": [r.file_name for r in split.calib]}},
+               run_dir / CHECKPOINT)
+    log.close()
+    return run_dir
+
+
+def is_anomaly_run(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CHECKPOINT).is_file() or (path.is_file() and path.name == CHECKPOINT)
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu",
+             ) -> tuple[AnomalyConfig, AnomalyGraph, dict[str, Any]]:
+    """A trained good-only run: its config, the graph (eval mode) and the checkpoint."""
+    path = Path(path)
+    ckpt_path = path if path.is_file() else path / CHECKPOINT
+    if not ckpt_path.is_file():
+        raise ConfigError(f"{path}: no {CHECKPOINT} (not a good-only run)")
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    cfg = AnomalyConfig.model_validate(ckpt["config"])
+    net = AnomalyNet(cfg.width)
+    net.load_state_dict(ckpt["model"])
+    return cfg, AnomalyGraph(net, cfg.score_topk).eval(), ckpt
