@@ -405,3 +405,99 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
     return {"triggers": triggers, "stream_fps": fps, "cores": os.cpu_count(),
             **{f"{name}_p{q}_ms": pct(xs, q) for name, xs in
                (("http", http_ms), ("opcua", opc_ms), ("modbus", modbus_ms)) for q in (50, 95)}}
+
+
+def rephotographed(image: np.ndarray, rng: np.random.Generator, max_shift: float = 2.0) -> np.ndarray:
+    """``image`` as a second photograph of the same part might show it: shifted by up to
+    ``max_shift`` px (sub-pixel), gain and offset changed, sensor noise, JPEG re-encoded."""
+    from lineside_inspect.opencv import cv2
+
+    h, w = image.shape[:2]
+    dx, dy = rng.uniform(-max_shift, max_shift, 2)
+    m = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
+    out = cv2.warpAffine(image, m, (w, h), borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    out = out * rng.uniform(0.85, 1.15) + rng.uniform(-12, 12)
+    out += rng.normal(0, rng.uniform(1.5, 5.0), out.shape)
+    encoded = cv2.imencode(".jpg", np.clip(out, 0, 255).astype(np.uint8),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(75, 96))])[1]
+    return np.asarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR))
+
+
+def bench_pairs(package: str | Path, data: str | Path, *, parts: int = 40, align: bool = True,
+                tolerance_px: int = 3, seed: int = 0, threads: int | None = None) -> dict[str, Any]:
+    """Good and defective parts judged side by side, with and without the unchanged gate
+    (runtime/unchanged.py), through ``inspector.inspect`` as the server runs it.
+
+    ``data`` is a dataset with references (defective images each with its template). Good
+    parts are templates re-photographed (:func:`rephotographed`), defective ones the
+    defective images re-photographed; each part is JPEG-encoded and its time counts the
+    decode too. The gate's floor is calibrated on the good parts of half the groups and
+    judged on the other half's. Returns per mode and kind: p50/p95 ms, and verdicts."""
+    from lineside_inspect.dataset import read_dataset
+    from lineside_inspect.imageio import decode_image, read_image
+    from lineside_inspect.inspector import inspect
+    from lineside_inspect.opencv import cv2
+    from lineside_inspect.recipes import Recipe
+    from lineside_inspect.references import Reference
+    from lineside_inspect.runtime.unchanged import UnchangedGate, calibrate_floor
+
+    det = Detector(package, device="cpu", threads=threads)
+    if not det.needs_reference:
+        raise ValueError(f"{package} is not a reference model: the gate needs a reference")
+    ds = read_dataset(data)
+    recs = [r for r in ds.images if r.boxes and r.reference]
+    groups = sorted({r.group or r.file_name for r in recs})
+    calib_groups = set(groups[::2])
+    rng = np.random.default_rng(seed)
+
+    def load(rec: Any) -> tuple[np.ndarray, np.ndarray]:
+        ref_path = ds.reference_path(rec)
+        assert ref_path is not None
+        return read_image(ds.image_path(rec)), read_image(ref_path)
+
+    calib_pairs = []
+    for r in [r for r in recs if (r.group or r.file_name) in calib_groups][:parts]:
+        _, ref = load(r)
+        calib_pairs.append((rephotographed(ref, rng), ref))
+    calib = calibrate_floor(calib_pairs, tolerance_px=tolerance_px)
+    gate = UnchangedGate(floor=calib["floor"], tolerance_px=tolerance_px)
+    held = [r for r in recs if (r.group or r.file_name) not in calib_groups][:parts] or recs[:parts]
+    parts_: list[tuple[str, bytes, Reference]] = []
+    for r in held:
+        test, ref = load(r)
+        reference = Reference.from_bytes("golden", cv2.imencode(".png", ref)[1].tobytes(), image=ref)
+        for kind, img in (("good", rephotographed(ref, rng)), ("defective", rephotographed(test, rng))):
+            parts_.append((kind, cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(),
+                           reference))
+    out: dict[str, Any] = {"package": str(package), "parts": len(held), "calibration": calib,
+                           "align": align}
+    for mode, g in (("detector always", None), ("unchanged gate", gate)):
+        recipe = Recipe(name="bench", model=det.card.name, align_reference=align, unchanged_gate=g)
+        for _ in range(3):  # warm up
+            inspect(decode_image(parts_[0][1]), det, recipe, reference=parts_[0][2])
+        times: dict[str, list[float]] = {"good": [], "defective": []}
+        fails = {"good": 0, "defective": 0}
+        skipped = {"good": 0, "defective": 0}
+        for kind, encoded, reference in parts_:
+            t = time.perf_counter()
+            result = inspect(decode_image(encoded), det, recipe, reference=reference)
+            times[kind].append(time.perf_counter() - t)
+            fails[kind] += result.verdict == "fail"
+            skipped[kind] += bool(result.gate is not None and result.gate.unchanged)
+        out[mode] = {kind: {"p50_ms": float(np.percentile(v, 50) * 1000),
+                            "p95_ms": float(np.percentile(v, 95) * 1000),
+                            "fail": fails[kind], "detector_skipped": skipped[kind], "n": len(v)}
+                     for kind, v in times.items()}
+    return out
+
+
+def format_pairs(r: dict[str, Any]) -> str:
+    lines = [f"{r['package']}: {r['parts']} good and {r['parts']} defective parts (held-out groups), "
+             f"align {r['align']}; gate floor {r['calibration']['floor']} from "
+             f"{r['calibration']['good_pairs']} good parts",
+             "| mode | part | p50 ms | p95 ms | failed | detector skipped |", "|---|---|---|---|---|---|"]
+    for mode in ("detector always", "unchanged gate"):
+        for kind, v in r[mode].items():
+            lines.append(f"| {mode} | {kind} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | "
+                         f"{v['fail']}/{v['n']} | {v['detector_skipped']}/{v['n']} |")
+    return "\n".join(lines)

@@ -20,6 +20,8 @@ from lineside_inspect.runtime.anomaly_map import AnomalyFinding, find_anomalies
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import Letterbox
 from lineside_inspect.runtime.types import Detections
+from lineside_inspect.runtime.unchanged import GateResult
+from lineside_inspect.runtime.unchanged import check as check_unchanged
 from lineside_inspect.schemas import (
     Defect,
     InspectionResult,
@@ -55,6 +57,7 @@ class Inspection:
     # capture looks at the ones just under a threshold)
     detections: Detections | None = None
     anomaly: AnomalyFinding | None = None  # a good-only model's finding (alone or fused)
+    gate: GateResult | None = None  # the recipe's unchanged gate, when it has one
 
     @property
     def class_names(self) -> list[str]:
@@ -76,7 +79,9 @@ class Inspection:
             reference=None if self.reference is None else ReferenceUsed(
                 name=self.reference.name, sha256=self.reference.sha256,
                 shift=None if self.reference_shift is None else
-                (round(self.reference_shift[0], 2), round(self.reference_shift[1], 2))),
+                (round(self.reference_shift[0], 2), round(self.reference_shift[1], 2)),
+                unchanged=None if self.gate is None else self.gate.unchanged,
+                difference=None if self.gate is None else round(self.gate.score, 2)),
             stored=self.stored,
             **({} if self.frame is None else self.frame.fields()))
 
@@ -108,8 +113,15 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
     fused with the detector (the recipe's ``anomaly.model``); ``anomaly_finding`` is its
     finding on this frame made already (a shadow detector is judged beside the good-only
     model that served, so both verdicts weigh the same anomaly)."""
-    aligned = reference is not None and recipe.align_reference
     clock = time.perf_counter
+    gate: GateResult | None = None
+    if reference is not None and recipe.unchanged_gate is not None:
+        t0 = clock()
+        gate = check_unchanged(image, reference.image, recipe.unchanged_gate)
+        if gate.unchanged:  # matches its reference everywhere: nothing for a model to find
+            return _unchanged(image, detector, recipe, gate, (clock() - t0) * 1000, decode_ms,
+                              camera_id, part_id, reference)
+    aligned = reference is not None and recipe.align_reference
     t0 = clock()
     batch, letterboxes = detector.pre_process(
         [image], None if reference is None else [reference.image], align=aligned)
@@ -148,8 +160,24 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         recipe=recipe, detector=detector, timings_ms=timings, image=image,
         camera_id=camera_id, part_id=part_id, reference=reference,
         reference_shift=(letterboxes[0].shift_x, letterboxes[0].shift_y) if aligned else None,
-        detections=detections, anomaly=finding,
+        detections=detections, anomaly=finding, gate=gate,
     )
+
+
+def _unchanged(image: np.ndarray, detector: Detector, recipe: Recipe, gate: GateResult,
+               gate_ms: float, decode_ms: float, camera_id: str | None, part_id: str | None,
+               reference: Reference) -> Inspection:
+    """A part the unchanged gate passed: judged on no detections (so the recipe's own
+    rules still decide, as for any part the detector found nothing on)."""
+    detections = Detections.empty(detector.class_names)
+    verdict = judge(detections, recipe, detector.card.thresholds)
+    timings = {"decode": decode_ms, "preprocess": gate_ms, "infer": 0.0, "postprocess": 0.0}
+    timings["total"] = sum(timings.values())
+    return Inspection(
+        id=uuid.uuid4().hex, created_at=datetime.now(UTC), verdict=verdict.outcome,
+        reasons=verdict.reasons, defects=verdict.defects, recipe=recipe, detector=detector,
+        timings_ms=timings, image=image, camera_id=camera_id, part_id=part_id,
+        reference=reference, detections=detections, gate=gate)
 
 
 def _anomaly_input(image: np.ndarray, anomaly_model: Detector, detector: Detector,

@@ -64,6 +64,11 @@ class ReferenceUsed(_Shape):
     shift: tuple[float, float] | None = Field(
         None, description="align_reference: (dx, dy) px the frame was moved onto it")
     has_image: bool | None = Field(None, description="stored records: the store kept a copy")
+    unchanged: bool | None = Field(None, description=(
+        "recipe unchanged_gate: true when the frame matched the reference everywhere and "
+        "the part passed without running the detector"))
+    difference: float | None = Field(None, description=(
+        "recipe unchanged_gate: the highest tile score (grey levels beyond the tolerance band)"))
 
 
 class Timings(_Shape):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lineside_inspect.errors import ConfigError, describe_validation
 from lineside_inspect.names import Name
+from lineside_inspect.runtime.unchanged import UnchangedGate
 
 Polygon = list[tuple[float, float]]
 Score = Annotated[float, Field(ge=0, le=1)]
@@ -87,6 +88,9 @@ class Recipe(BaseModel):
     align_reference: bool = Field(False, description=(
         "reference models: translate each frame onto its reference before comparing "
         "(for parts that sit a few pixels off; searched within 16 px)"))
+    unchanged_gate: UnchangedGate | None = Field(None, description=(
+        "reference models: pass a part that matches its reference everywhere without "
+        "running the detector (runtime/unchanged.py; floor from lineside calibrate-unchanged)"))
     anomaly: AnomalyRule | None = Field(None, description=(
         "a good-only model's image score as a rule (alone, or fused with the detector)"))
     remote: RemoteModel | None = Field(None, description=(

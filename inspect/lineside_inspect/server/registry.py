@@ -103,6 +103,9 @@ class Registry:
                    if fused is not None and fused.model is not None else None)
         recipe.check_models(detector.card.kind, detector.class_names,
                             None if anomaly is None else anomaly.card.kind)
+        if recipe.unchanged_gate is not None and not detector.needs_reference:
+            raise ConfigError(f"recipe {recipe.name}: unchanged_gate compares each frame with "
+                              f"its reference, and model {recipe.model} takes no reference")
         with self._lock:
             self._recipes[recipe.name] = recipe
             if remote is not None:

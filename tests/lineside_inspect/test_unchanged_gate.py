@@ -1,0 +1,123 @@
+"""The unchanged-part gate: a reference station passes a part that matches its golden
+image without running the detector, and never passes one that differs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lineside_inspect.bench import rephotographed
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.imageio import read_image
+from lineside_inspect.inspector import inspect
+from lineside_inspect.opencv import cv2
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.references import Reference
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.runtime.unchanged import UnchangedGate, calibrate_floor, check
+
+ROOT = Path(__file__).resolve().parents[2]
+STATION = ROOT / "configs" / "line"
+REF_MODEL = ROOT / "models" / "deeppcb-ref" / "1"
+SINGLE_MODEL = ROOT / "models" / "deeppcb" / "1"
+
+
+def _reference() -> Reference:
+    image = read_image(STATION / "station1-reference.jpg")
+    return Reference.from_bytes("station1", cv2.imencode(".png", image)[1].tobytes(), image=image)
+
+
+def _shift(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    m = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
+    return np.asarray(cv2.warpAffine(image, m, (image.shape[1], image.shape[0]),
+                                     borderMode=cv2.BORDER_REPLICATE))
+
+
+def _gate() -> UnchangedGate:
+    ref = _reference().image
+    rng = np.random.default_rng(1)
+    c = calibrate_floor([(rephotographed(ref, rng), ref) for _ in range(12)])
+    assert c["good_pairs"] == 12 and c["floor"] >= c["highest_good_score"]
+    return UnchangedGate(floor=c["floor"])
+
+
+def test_good_parts_pass_defects_never_do() -> None:
+    gate = _gate()
+    ref = _reference().image
+    rng = np.random.default_rng(2)
+    # re-photographed good parts (noise, gain, JPEG, up to 2 px off) and a brighter lamp
+    for _ in range(8):
+        assert check(rephotographed(ref, rng), ref, gate).unchanged
+    brighter = cv2.convertScaleAbs(ref, alpha=1.1, beta=8)
+    assert check(brighter, ref, gate).unchanged
+    # a 4x4 speck of the wrong colour on copper or on the substrate is a change
+    for y, x in ((100, 100), (300, 420), (500, 200)):
+        spoiled = ref.copy()
+        patch = spoiled[y:y + 4, x:x + 4]
+        spoiled[y:y + 4, x:x + 4] = 255 - patch.mean().astype(np.uint8)
+        result = check(rephotographed(spoiled, rng), ref, gate)
+        assert not result.unchanged and result.changed_tiles >= 1, (y, x, result)
+    # the station's defective part, and a part off by more than the tolerance
+    part = read_image(STATION / "station1" / "part-0002.jpg")
+    assert not check(part, ref, gate).unchanged
+    assert not check(_shift(ref, 8, 0), ref, gate).unchanged
+
+
+def test_inspect_skips_the_detector_only_for_unchanged_parts() -> None:
+    det = Detector(REF_MODEL, device="cpu", threads=1)
+    reference = _reference()
+    recipe = Recipe(name="gated", model=det.card.name, align_reference=True, unchanged_gate=_gate())
+    rng = np.random.default_rng(3)
+    good = inspect(rephotographed(reference.image, rng), det, recipe, reference=reference)
+    body = good.to_json()
+    assert good.verdict == "pass" and body["reference"]["unchanged"] is True
+    assert body["timings_ms"]["infer"] == 0 and body["defects"] == []
+    # a defective part goes through the detector as without the gate, with the same verdict
+    part = read_image(STATION / "station1" / "part-0002.jpg")
+    gated = inspect(part, det, recipe, reference=reference)
+    plain = inspect(part, det, Recipe(name="plain", model=det.card.name, align_reference=True),
+                    reference=reference)
+    assert gated.to_json()["reference"]["unchanged"] is False
+    assert gated.verdict == plain.verdict == "fail"
+    assert gated.timings_ms["infer"] > 0
+    assert gated.defects.to_json() == plain.defects.to_json()
+
+
+def test_a_gate_on_a_model_without_reference_is_refused() -> None:
+    from lineside_inspect.server.registry import Registry
+
+    reg = Registry(device="cpu", threads=1)
+    reg.load_model(SINGLE_MODEL)
+    with pytest.raises(ConfigError, match="unchanged_gate compares each frame with its reference"):
+        reg.add_recipe(Recipe(name="r", model="deeppcb", unchanged_gate=UnchangedGate(floor=20)))
+
+
+@pytest.mark.parametrize("doc", [{"floor": 0}, {"floor": 300}, {"floor": 10, "tolerance_px": 9},
+                                 {"floor": 10, "extra": 1}])
+def test_bad_gate_settings_are_refused(doc: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        UnchangedGate.model_validate(doc)
+
+
+def test_calibrate_unchanged_command(tmp_path: Path) -> None:
+    from lineside_inspect.cli import app
+
+    ref = _reference().image
+    rng = np.random.default_rng(4)
+    for i in range(5):
+        cv2.imwrite(str(tmp_path / f"good-{i}.jpg"), rephotographed(ref, rng))
+    res = CliRunner().invoke(app, ["calibrate-unchanged", str(STATION / "station1-reference.jpg"),
+                                   str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "5 good frames" in res.output and "unchanged_gate:" in res.output
+    floor = float(res.output.split("floor:")[1].split()[0])
+    assert floor >= 12
+    # a frame of another size is named, not a traceback
+    cv2.imwrite(str(tmp_path / "small.png"), ref[:100, :100])
+    res = CliRunner().invoke(app, ["calibrate-unchanged", str(STATION / "station1-reference.jpg"),
+                                   str(tmp_path / "small.png")])
+    assert res.exit_code != 0 and "reference image is" in res.output
+    assert "Traceback" not in res.output
