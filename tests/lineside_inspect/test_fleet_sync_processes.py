@@ -73,9 +73,13 @@ class Proc:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        if self.proc is not None:
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -193,6 +197,8 @@ def fleet(postgres: str) -> Iterator[Fleet]:
             p.wait_ready()
         yield f
     finally:
+        for p in (*boxes.values(), hub):  # side by side: each drains on its own
+            p.terminate()
         for p in (*boxes.values(), hub):
             p.stop()
         f.db.dispose()
