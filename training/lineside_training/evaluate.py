@@ -14,11 +14,13 @@ from lineside_inspect.errors import ConfigError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.package import CARD
 from lineside_inspect.runtime.detector import Detector
+from lineside_training.calibration import calibrate_f
 from lineside_training.checkpoint import THRESHOLDS, load_trained
 from lineside_training.engine import pick_device
 from lineside_training.metrics import coco_metrics
+from lineside_training.pairscore import pair_metrics
 from lineside_training.predict import Prediction, predict_records, runtime_predictions
-from lineside_training.quality import calibrate, quality_metrics
+from lineside_training.quality import quality_metrics
 
 
 def evaluate(
@@ -44,27 +46,28 @@ def evaluate(
                                 examples=examples)
     trained = load_trained(run, pick_device(device))
     dataset = read_dataset(data or trained.config.data)
-    records = _records(dataset, split, trained.class_names)
+    records = split_records(dataset, split, trained.class_names)
     preds = predict_records(trained.model, dataset, records, trained.class_names,
                             size=trained.config.input_size, device=pick_device(device),
                             reference=trained.config.reference)
     coco = coco_metrics(records, preds, trained.class_names)
     if split == "val":
-        calib = calibrate(records, preds, trained.class_names, target_escape=target_escape)
+        calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape)
         (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
     else:
-        calib = trained.thresholds or calibrate(records, preds, trained.class_names,
-                                                target_escape=target_escape)
+        calib = trained.thresholds or calibrate_f(records, preds, trained.class_names,
+                                                  target_escape=target_escape)
     quality = quality_metrics(records, preds, trained.class_names, calib["thresholds"])
+    pairs = pair_metrics(records, preds, trained.class_names, calib["thresholds"])
     result = {"split": split, "images": len(records), "coco": coco, "quality": quality,
-              "calibration": calib, "checkpoint": str(trained.run_dir)}
+              "pairs": pairs, "calibration": calib, "checkpoint": str(trained.run_dir)}
     report = Path(out) if out else trained.run_dir / f"report-{split}"
     write_report(report, result, records, preds, trained.class_names, dataset, examples,
                  goal=trained.config.goal_map50)
     return result
 
 
-def _records(dataset: Dataset, split: str, class_names: list[str]) -> list[ImageRecord]:
+def split_records(dataset: Dataset, split: str, class_names: list[str]) -> list[ImageRecord]:
     if list(dataset.categories) != class_names:
         raise ConfigError(f"dataset classes {dataset.categories} differ from the model's "
                           f"{class_names}")
@@ -92,13 +95,14 @@ def evaluate_package(
     detector = Detector(package, device=device)
     card = detector.card
     dataset = read_dataset(data)
-    records = _records(dataset, split, card.class_names)
+    records = split_records(dataset, split, card.class_names)
     preds = runtime_predictions(detector, records, dataset)
     coco = coco_metrics(records, preds, card.class_names)
     thresholds = {n: card.threshold(n) for n in card.class_names}
     quality = quality_metrics(records, preds, card.class_names, thresholds)
+    pairs = pair_metrics(records, preds, card.class_names, thresholds)
     result = {"split": split, "images": len(records), "coco": coco, "quality": quality,
-              "calibration": {"thresholds": thresholds, "source": "model card"},
+              "pairs": pairs, "calibration": {"thresholds": thresholds, "source": "model card"},
               "checkpoint": str(package), "package": {"name": card.name, "version": card.version,
                                                       "sha256": card.sha256,
                                                       "precision": card.precision}}
@@ -109,6 +113,16 @@ def evaluate_package(
 
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def pair_lines(pairs: dict[str, Any] | None) -> list[str]:
+    """The DeepPCB-protocol figures at the operating thresholds, in one line."""
+    if not pairs:
+        return []
+    return [f"- defect F by DeepPCB's protocol (IoU > 0.33, class must agree): "
+            f"**{_fmt(pairs['f'])}** (precision {_fmt(pairs['precision'])}, recall "
+            f"{_fmt(pairs['recall'])}: {pairs['matched']} matched of {pairs['detections']} "
+            f"detections and {pairs['truths']} defects)"]
 
 
 def quality_lines(q: dict[str, Any]) -> list[str]:
@@ -142,6 +156,7 @@ def write_report(out: Path, result: dict[str, Any], records: list[ImageRecord],
     lines = [
         f"# Evaluation on `{result['split']}` ({result['images']} images)", "",
         f"- mAP@[.5:.95]: **{_fmt(coco['map'])}**, mAP@.5: **{_fmt(coco['map50'])}**",
+        *pair_lines(result.get("pairs")),
         *quality_lines(q), "",
         "| class | AP | AP50 | threshold | recall | precision | images detected |",
         "|---|---|---|---|---|---|---|",

@@ -22,6 +22,7 @@ from lineside_inspect.dataset.canonical import ANNOTATIONS
 from lineside_inspect.errors import ConfigError, DatasetError, PackageError
 from lineside_inspect.lifecycle.lineage import dataset_revision, parent_of
 from lineside_inspect.package import (
+    CARD,
     GRAPH,
     INPUT_NAME,
     META_CLASSES,
@@ -40,11 +41,12 @@ from lineside_inspect.package import (
 )
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.version import __version__
+from lineside_training.calibration import calibrate_f
 from lineside_training.checkpoint import Trained, load_trained
 from lineside_training.metrics import coco_metrics
 from lineside_training.models.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, select_detections
 from lineside_training.predict import predict_records, runtime_inputs, runtime_predictions
-from lineside_training.quality import box_iou, calibrate
+from lineside_training.quality import box_iou
 
 OPSET = 17
 PARITY_IOU = 0.99
@@ -226,7 +228,7 @@ def export(
         preds = predict_records(trained.model, dataset, val, trained.class_names,
                                 size=cfg.input_size, device=torch.device("cpu"),
                                 reference=cfg.reference)
-        thresholds = calibrate(val, preds, trained.class_names)
+        thresholds = calibrate_f(val, preds, trained.class_names)
     thr = thresholds["thresholds"]
     name = name or (out.parent.name if out.parent.name not in ("", ".") else cfg.name)
     version = version or out.name
@@ -246,7 +248,8 @@ def export(
             max_detections=MAX_DETECTIONS,
             thresholds=thr,
             default_recipe={"name": default_recipe_name(name), "version": "1", "min_score": thr},
-            metrics={k: metrics[k] for k in ("coco", "quality", "calibration") if k in metrics},
+            metrics={k: metrics[k] for k in ("coco", "pairs", "quality", "calibration")
+                     if k in metrics},
             training={"data": {**trained.checkpoint.get("data", {}),
                                "source": dataset.info.get("source"),
                                "licence": dataset.info.get("licence")},
@@ -304,3 +307,30 @@ def export(
         raise
     summary["sha256"] = card.sha256
     return summary
+
+
+def write_thresholds(package: str | Path, calibration: dict[str, Any]) -> dict[str, float]:
+    """Put a calibration's thresholds into a package's card (``thresholds`` and the default
+    recipe's ``min_score``) and record it under ``metrics.calibration``; the graph is not
+    touched, so its sha256 (and the card's) still hold. The card is edited as JSON, keeping
+    every other field as it was, and checked by the package loader before it replaces the
+    old one."""
+    package = Path(package)
+    card = read_card(package)
+    thr = calibration["thresholds"]
+    if sorted(thr) != sorted(card.class_names):
+        raise ConfigError(f"{package}: calibration classes {sorted(thr)} differ from the "
+                          f"card's {card.class_names}")
+    doc = json.loads((package / CARD).read_text())
+    doc["thresholds"] = {n: float(thr[n]) for n in card.class_names}
+    doc.setdefault("default_recipe", {})["min_score"] = dict(doc["thresholds"])
+    doc.setdefault("metrics", {})["calibration"] = calibration
+    tmp = Path(tempfile.mkdtemp(prefix=f".{package.name}.", dir=package.parent))
+    try:
+        (tmp / CARD).write_text(json.dumps(doc, indent=1) + "\n")
+        (tmp / GRAPH).symlink_to((package / GRAPH).resolve())
+        load_package(tmp)  # the new card must verify against the untouched graph
+        (tmp / CARD).replace(package / CARD)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return doc["thresholds"]

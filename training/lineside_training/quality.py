@@ -183,10 +183,10 @@ def calibrate(
     these predictions stay the same, and a score that another runtime computes a last
     digit lower is still kept.
     """
-    support = _support(records, class_names)
+    support = support_of(records, class_names)
     if records and all(r.boxes for r in records):
         thr = _best_f1_thresholds(records, preds, class_names, support)
-        thr = _clear_of_scores(preds, thr, _threshold_groups(support))
+        thr = clear_of_scores(preds, thr, _threshold_groups(support))
         return {
             "target_escape_rate": target_escape,
             "method": "best defect F1 per class (no good images: escapes and false rejects "
@@ -227,7 +227,7 @@ def calibrate(
         if lo > 0:
             thr[c] = candidates[lo - 1]
     thr = _lower_to_best_f1(records, preds, class_names, thr, support, allowed)
-    thr = _clear_of_scores(preds, thr, _threshold_groups(support))
+    thr = clear_of_scores(preds, thr, _threshold_groups(support))
     per_class = {n: float(thr[i]) for i, n in enumerate(class_names)}
     return {
         "target_escape_rate": target_escape,
@@ -240,7 +240,7 @@ def calibrate(
     }
 
 
-def _support(records: list[ImageRecord], class_names: list[str]) -> np.ndarray:
+def support_of(records: list[ImageRecord], class_names: list[str]) -> np.ndarray:
     """Ground-truth boxes per class."""
     support = np.zeros(len(class_names), dtype=np.int64)
     index = {n: i for i, n in enumerate(class_names)}
@@ -258,7 +258,7 @@ def _threshold_groups(support: np.ndarray) -> list[list[int]]:
     return ([shared] if shared else []) + [[c] for c in own]
 
 
-def _clear_of_scores(preds: list[Prediction], thr: np.ndarray, groups: list[list[int]]) -> np.ndarray:
+def clear_of_scores(preds: list[Prediction], thr: np.ndarray, groups: list[list[int]]) -> np.ndarray:
     """Each group's threshold moved below the lowest score it keeps, by ``MARGIN`` or half
     the gap to the highest score it drops, whichever is less: the same predictions are
     kept, none sits on the edge."""

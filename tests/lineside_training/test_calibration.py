@@ -1,0 +1,143 @@
+"""DeepPCB-protocol F and the few-parameter calibration, against hand-computed numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lineside_inspect.dataset import Box, ImageRecord
+from lineside_training.calibration import (
+    OFFSET_SUPPORT,
+    PRIOR_BOXES,
+    best_global,
+    calibrate_f,
+    off_scores,
+)
+from lineside_training.pairscore import PairTable, pair_metrics
+from lineside_training.predict import Prediction
+from lineside_training.quality import FLOOR, MARGIN, quality_metrics
+
+CLASSES = ["open", "short", "spur"]
+
+
+def _rec(name: str, boxes: list[tuple[float, float, float, float, str]]) -> ImageRecord:
+    return ImageRecord(name, 100, 100, [Box(*b) for b in boxes])
+
+
+def _pred(rows: list[tuple[float, float, float, float, float, int]]) -> Prediction:
+    a = np.array(rows, dtype=np.float32).reshape(-1, 6)
+    return Prediction(a[:, :4], a[:, 4], a[:, 5].astype(np.int64))
+
+
+def test_a_wrong_class_detection_uses_up_the_defect() -> None:
+    # the defect at the top left is first overlapped (score order) by a 'short': the pair
+    # forms, does not count, and the right 'open' box behind it finds no defect left
+    records = [_rec("a", [(0, 0, 10, 10, "open"), (20, 20, 30, 30, "short")])]
+    preds = [_pred([(0, 0, 10, 10, 0.8, 0),      # open, right class, but second in order
+                    (0, 0, 10, 10, 0.9, 1),      # short over the open defect: highest score
+                    (20, 20, 30, 30, 0.7, 1)])]  # short over the short defect
+    p = pair_metrics(records, preds, CLASSES, {c: 0.5 for c in CLASSES})
+    assert (p["matched"], p["detections"], p["truths"]) == (1, 3, 2)
+    assert p["precision"] == pytest.approx(1 / 3) and p["recall"] == pytest.approx(1 / 2)
+    assert p["f"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    # above the short's score the open box is first and matches
+    p = pair_metrics(records, preds, CLASSES, {"open": 0.5, "short": 0.95, "spur": 0.5})
+    assert (p["matched"], p["detections"]) == (1, 1)
+
+
+def test_overlap_must_be_above_a_third_and_good_images_count_their_alarms() -> None:
+    records = [_rec("third", [(0, 0, 10, 10, "open")]),   # IoU 50/150 = 0.333 > 0.33: a match
+               _rec("quarter", [(0, 0, 10, 10, "open")]),  # IoU 40/160 = 0.25: none
+               _rec("good", [])]
+    preds = [_pred([(5, 0, 15, 10, 0.9, 0)]), _pred([(6, 0, 16, 10, 0.9, 0)]),
+             _pred([(40, 40, 50, 50, 0.9, 2)])]
+    p = pair_metrics(records, preds, CLASSES, {c: 0.5 for c in CLASSES})
+    assert (p["matched"], p["detections"], p["truths"]) == (1, 3, 2)
+    # the first box (IoU 0.33) is no defect at COCO's IoU 0.5
+    assert quality_metrics(records, preds, CLASSES, {c: 0.5 for c in CLASSES})["defect_recall"] == 0
+
+
+def test_a_sweep_scores_like_each_threshold_alone() -> None:
+    rng = np.random.default_rng(3)
+    records, preds = [], []
+    for i in range(40):
+        gt = rng.uniform(0, 80, (int(rng.integers(0, 4)), 2))
+        records.append(_rec(str(i), [(x, y, x + 12, y + 12, CLASSES[int(rng.integers(3))])
+                                     for x, y in gt]))
+        xy = np.concatenate([gt + rng.normal(0, 3, gt.shape), rng.uniform(0, 80, (3, 2))])
+        preds.append(_pred([(x, y, x + 12, y + 12, float(rng.uniform(0.05, 1)),
+                             int(rng.integers(3))) for x, y in xy]))
+    table = PairTable(records, preds, CLASSES)
+    trials = [np.array(t, np.float32) for t in rng.uniform(0.05, 1, (30, 3))]
+    trials += [np.full(3, t, np.float32) for t in np.linspace(0.05, 1, 30)]
+    swept = [c.as_dict() for c in table.sweep(trials)]
+    assert swept == [pair_metrics(records, preds, CLASSES, dict(zip(CLASSES, t.tolist(), strict=True)))
+                     for t in trials]
+
+
+def _open_short_set() -> tuple[list[ImageRecord], list[Prediction]]:
+    """60 open defects found at 0.9, each with a false open at 0.6 beside it; 40 short
+    defects found only at 0.35; 5 spur defects found at 0.8 (in this order).
+
+    One threshold for all: <= 0.35 keeps everything (F 2*105/(105+165) = 0.778); above
+    0.35 loses the shorts. Open's own threshold above 0.6 drops its 60 false alarms."""
+    records, preds = [], []
+    for i in range(60):
+        records.append(_rec(f"o{i}", [(10, 10, 20, 20, "open")]))
+        preds.append(_pred([(10, 10, 20, 20, 0.9, 0), (60, 60, 70, 70, 0.6, 0)]))
+    for i in range(40):
+        records.append(_rec(f"s{i}", [(10, 10, 20, 20, "short")]))
+        preds.append(_pred([(10, 10, 20, 20, 0.35, 1)]))
+    for i in range(5):
+        records.append(_rec(f"p{i}", [(10, 10, 20, 20, "spur")]))
+        preds.append(_pred([(10, 10, 20, 20, 0.8, 2)]))
+    return records, preds
+
+
+def test_global_threshold_then_shrunk_offsets_by_support() -> None:
+    records, preds = _open_short_set()
+    c = calibrate_f(records, preds, CLASSES, target_escape=0.0)
+    # escapes allowed: 0 of 105, so no threshold may pass the shorts' 0.35
+    assert c["allowed_escapes"] == 0 and c["escapes"] == 0
+    assert FLOOR <= c["global_threshold"] <= 0.35
+    off = c["offsets"]
+    # open: its best own threshold lies in (0.6, 0.9]; it keeps 60/(60+200) of that offset
+    assert 0.6 - c["global_threshold"] < off["open"]["raw"] <= 0.9 - c["global_threshold"]
+    assert off["open"]["applied"] == pytest.approx(off["open"]["raw"] * 60 / (60 + PRIOR_BOXES),
+                                                   abs=1e-6)
+    assert off["short"]["applied"] == pytest.approx(off["short"]["raw"] * 40 / (40 + PRIOR_BOXES),
+                                                    abs=1e-6)
+    # spur has 5 boxes (< OFFSET_SUPPORT): no offset of its own
+    assert off["spur"]["boxes"] < OFFSET_SUPPORT and off["spur"]["applied"] == 0.0
+    assert c["thresholds"]["spur"] == pytest.approx(c["global_threshold"], abs=MARGIN)
+    # the calibrated F is what the thresholds give, and no worse than the global alone
+    assert c["pairs"] == pair_metrics(records, preds, CLASSES, c["thresholds"])
+    glob = pair_metrics(records, preds, CLASSES, {n: c["global_threshold"] for n in CLASSES})
+    assert glob["f"] == pytest.approx(2 * 105 / (105 + 165))
+    assert c["pairs"]["f"] >= glob["f"]
+
+
+def test_escape_allowance_comes_before_f() -> None:
+    # 60 open defects at 0.9 with a false open at 0.6 each; 4 shorts found only at 0.35:
+    # F is best above 0.6 (2*60/(60+64) = 0.968), where the 4 shorts escape
+    records, preds = _open_short_set()
+    records, preds = records[:64], preds[:64]
+    best = best_global(records, preds, CLASSES)
+    assert 0.6 < best["threshold"] <= 0.9 and best["pairs"]["f"] == pytest.approx(120 / 124)
+    strict = calibrate_f(records, preds, CLASSES, target_escape=0.0)
+    assert strict["escapes"] == 0 and strict["global_threshold"] <= 0.35
+    assert max(strict["thresholds"].values()) < 0.35  # every short still raises an alarm
+    loose = calibrate_f(records, preds, CLASSES, target_escape=0.07)  # floor(0.07*64) = 4
+    assert loose["allowed_escapes"] == 4 and loose["escapes"] == 4
+    assert 0.6 < loose["global_threshold"] <= 0.9
+    assert loose["pairs"]["f"] == pytest.approx(120 / 124)
+
+
+def test_a_threshold_is_moved_off_a_nearby_score_and_no_further() -> None:
+    preds = [_pred([(0, 0, 1, 1, 0.4998, 0), (0, 0, 1, 1, 0.5, 0), (0, 0, 1, 1, 0.3, 1)])]
+    thr = off_scores(preds, np.array([0.5, 0.3001, 0.7], np.float32))
+    # open: scores 0.4998 and 0.5 in [0.499, 0.501]; the widest gap is 0.5..0.501
+    assert thr[0] == pytest.approx((0.5 + 0.501) / 2, abs=1e-6)
+    # short: the score 0.3 in [0.2991, 0.3011]; the wider gap is above it
+    assert thr[1] == pytest.approx((0.3 + 0.3011) / 2, abs=1e-6)
+    assert thr[2] == pytest.approx(0.7)  # no score near: untouched

@@ -1,0 +1,101 @@
+"""``lineside calibrate``: operating thresholds for a recipe, a run or a model package.
+
+* a training config with ``folds``: out-of-fold calibration (:mod:`lineside_training.oof`);
+* a model package: its predictions through the edge runtime on ``data`` (images it never
+  trained on), calibrated by :func:`lineside_training.calibration.calibrate_f`; ``write``
+  puts the thresholds into its card (the graph is not touched);
+* a run folder or checkpoint: its predictions on ``data``'s ``split``, calibrated, and
+  ``write`` saves them as the run's ``thresholds.json`` (what ``lineside export`` puts in
+  the card).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lineside_inspect.dataset import read_dataset
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.package import CARD
+from lineside_inspect.runtime.detector import Detector
+from lineside_training.calibration import best_global, calibrate_f
+from lineside_training.checkpoint import THRESHOLDS, load_trained
+from lineside_training.config import load_config
+from lineside_training.engine import pick_device
+from lineside_training.evaluate import split_records
+from lineside_training.export import write_thresholds
+from lineside_training.oof import CALIBRATION, oof_calibrate
+from lineside_training.pairscore import pair_metrics
+from lineside_training.predict import predict_records, runtime_predictions
+from lineside_training.quality import calibrate as calibrate_rejects
+
+OBJECTIVES = {"f": calibrate_f, "rejects": calibrate_rejects}
+
+
+def calibrate(
+    target: str | Path,
+    *,
+    data: str | Path | None = None,
+    split: str = "val",
+    folds: int | None = None,
+    time_budget: str | None = None,
+    target_escape: float = 0.005,
+    out: str | Path | None = None,
+    run: str | Path | None = None,
+    write: bool = False,
+    overrides: list[str] | None = None,
+    device: str = "auto",
+    objective: str = "f",
+) -> dict[str, Any]:
+    """Calibrate ``target`` (see the module); returns the calibration (thresholds, the
+    DeepPCB-protocol F and escapes they give, and each class's offset). ``objective``
+    ``f`` is the best defect-level F within the escape allowance; ``rejects`` the fewest
+    false rejects within it (:func:`lineside_training.quality.calibrate`, for lines where
+    a false reject costs more than a wrong box; runs and packages only)."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    target = Path(target)
+    if target.is_file() and target.suffix in (".yaml", ".yml"):
+        if objective != "f":
+            raise ConfigError("out-of-fold calibration optimises the defect-level F "
+                              "(--objective f)")
+        if folds is None:
+            raise ConfigError(f"{target}: a training config is calibrated out of fold: "
+                              "give --folds K (K fold models are trained)")
+        cfg = load_config(target, overrides, data=str(data) if data else None)
+        return oof_calibrate(cfg, folds=folds, out=out or Path(cfg.out_dir) / f"{cfg.name}-oof",
+                             time_budget=time_budget, target_escape=target_escape, run=run)
+    if folds is not None or time_budget is not None:
+        raise ConfigError(f"{target}: --folds and --time train fold models: give a training "
+                          "config (YAML), not a run or package")
+    if (target / CARD).is_file():
+        if data is None:
+            raise ConfigError(f"{target}: calibrating a model package needs --data DATASET "
+                              "(images it did not train on)")
+        detector = Detector(target, device=device)
+        names = detector.card.class_names
+        dataset = read_dataset(data)
+        records = split_records(dataset, split, names)
+        preds = runtime_predictions(detector, records, dataset)
+    else:
+        trained = load_trained(target, pick_device(device))
+        names = trained.class_names
+        dataset = read_dataset(data or trained.config.data)
+        records = split_records(dataset, split, names)
+        preds = predict_records(trained.model, dataset, records, names,
+                                size=trained.config.input_size, device=pick_device(device),
+                                reference=trained.config.reference)
+    calib = OBJECTIVES[objective](records, preds, names, target_escape=target_escape)
+    calib.update(source=f"{target} on {data or dataset.root} split {split}",
+                 pairs=pair_metrics(records, preds, names, calib["thresholds"]),
+                 best_global_in_hindsight=best_global(records, preds, names))
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / CALIBRATION).write_text(json.dumps(calib, indent=1))
+    if write:
+        if (target / CARD).is_file():
+            write_thresholds(target, calib)
+        else:
+            (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
+    return calib

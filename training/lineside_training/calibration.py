@@ -1,0 +1,186 @@
+"""Operating thresholds with few free parameters: the best defect-level F (DeepPCB
+protocol, :mod:`lineside_training.pairscore`) within the escape allowance.
+
+Per-class thresholds picked freely on a small calibration set fit its noise: the bundled
+reference model's six thresholds, chosen on two boards, ranged from 0.31 to 0.79 and did
+not carry over to other boards. So the rule here spends parameters only where data pays
+for them (docs/training/calibration.md):
+
+1. **Escape allowance first**: at most ``floor(target_escape * defective images)``
+   defective images may raise no alarm; this caps every threshold (escapes only grow as
+   a threshold rises).
+2. **One global threshold**: the score with the best F over all classes within the
+   allowance. F is flat near its top on a few hundred images, so among thresholds within
+   ``PLATEAU`` of the best F the middle one is taken, not the arg-max at one edge.
+3. **Per-class offsets, shrunk**: a class with at least ``OFFSET_SUPPORT`` ground-truth
+   boxes gets the offset from the global threshold that maximises the overall F with the
+   other classes at the global one (again the plateau's middle, again within the
+   allowance), multiplied by ``n / (n + PRIOR_BOXES)`` for its ``n`` boxes, so a class
+   moves away from the global threshold only as far as its evidence carries it. Classes
+   with fewer boxes keep the global threshold.
+4. If the shrunk offsets together break the allowance, the raising offsets are scaled
+   back until it holds (all of them at zero is the global threshold, which holds).
+5. A threshold with a prediction score of its class within ``MARGIN`` is moved to the
+   middle of the widest score-free gap in that window (:func:`off_scores`): a threshold
+   *at* a score decides by the last float digit, which torch and onnxruntime need not
+   share. (It never moves further: a threshold moved up to the next score of a sparse
+   calibration set would sit far from where F put it.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from lineside_inspect.dataset import ImageRecord
+from lineside_training.pairscore import PairTable
+from lineside_training.predict import Prediction
+from lineside_training.quality import FLOOR, MARGIN, quality_metrics, support_of
+
+OFFSET_SUPPORT = 30  # ground-truth boxes a class needs before it may leave the global threshold
+PRIOR_BOXES = 200  # shrinkage: a class with n boxes keeps n / (n + 200) of its best offset
+PLATEAU = 0.002  # thresholds within this much F of the best are equally good: take the middle
+STEP = 0.005  # threshold grid of the searches (F is flat far wider than this near its top)
+
+
+def grid(lo: float, hi: float, step: float = STEP) -> np.ndarray:
+    """Thresholds ``lo, lo + step, ...`` up to and including ``hi``, ascending."""
+    if hi < lo:
+        return np.array([hi])
+    return np.unique(np.append(np.arange(lo, hi, step), hi))
+
+
+def plateau_middle(values: np.ndarray, f: np.ndarray) -> float:
+    """The middle (by position) of the candidates whose F is within ``PLATEAU`` of the best."""
+    good = np.flatnonzero(f >= f.max() - PLATEAU)
+    return float(values[good[len(good) // 2]])
+
+
+class Escapes:
+    """Defective images that raise no alarm at given per-class thresholds."""
+
+    def __init__(self, records: list[ImageRecord], preds: list[Prediction], k: int) -> None:
+        # each defective image's highest score per class (-1: no detection of that class)
+        self.top = np.full((sum(1 for r in records if r.boxes), k), -1.0, dtype=np.float32)
+        row = 0
+        for r, p in zip(records, preds, strict=True):
+            if r.boxes:
+                np.maximum.at(self.top[row], p.labels, p.scores)
+                row += 1
+
+    def __call__(self, thr: np.ndarray) -> int:
+        return int((~(self.top >= thr[None, :]).any(axis=1)).sum())
+
+    @property
+    def defective(self) -> int:
+        return len(self.top)
+
+    def highest_global(self, allowed: int) -> float:
+        """The highest single threshold whose escapes stay within ``allowed``."""
+        image_max = np.sort(self.top.max(axis=1, initial=0.0))
+        if len(image_max) == 0 or allowed >= len(image_max):
+            return 1.0
+        return float(image_max[allowed])
+
+
+def calibrate_f(
+    records: list[ImageRecord],
+    preds: list[Prediction],
+    class_names: list[str],
+    *,
+    target_escape: float = 0.005,
+) -> dict[str, Any]:
+    """Thresholds per the module's rule; returns them with what they give on this set
+    (DeepPCB-protocol F, escapes, false rejects) and each class's raw and applied offset."""
+    table = PairTable(records, preds, class_names)
+    k = len(class_names)
+    escapes = Escapes(records, preds, k)
+    allowed = math.floor(target_escape * escapes.defective + 1e-9)
+    cap = max(escapes.highest_global(allowed), FLOOR)
+    values = grid(FLOOR, cap)
+    f = np.array([c.f for c in table.sweep([np.full(k, t) for t in values])])
+    global_t = plateau_middle(values, f)
+    base = np.full(k, global_t, dtype=np.float32)
+    support = support_of(records, class_names)
+    raw = np.zeros(k)
+    for c in range(k):
+        if support[c] < OFFSET_SUPPORT:
+            continue
+        trials = []
+        for t in np.union1d(grid(FLOOR, 1.0), [global_t]):
+            trial = base.copy()
+            trial[c] = t
+            if escapes(trial) <= allowed:
+                trials.append(trial)
+        fs = np.array([x.f for x in table.sweep(trials)])
+        raw[c] = plateau_middle(np.array([t[c] for t in trials]), fs) - global_t
+    weight = support / (support + PRIOR_BOXES)
+    offsets = np.where(support >= OFFSET_SUPPORT, raw * weight, 0.0)
+    chosen = _within_allowance(base, offsets, escapes, allowed)
+    thr = off_scores(preds, chosen)
+    q = quality_metrics(records, preds, class_names,
+                        dict(zip(class_names, thr.tolist(), strict=True)))
+    return {
+        "target_escape_rate": target_escape,
+        "method": "best DeepPCB-protocol F within the escape allowance: a global threshold, "
+                  f"per-class offsets for classes with >= {OFFSET_SUPPORT} boxes shrunk by "
+                  f"n/(n+{PRIOR_BOXES})",
+        "global_threshold": global_t,
+        "thresholds": {n: float(thr[i]) for i, n in enumerate(class_names)},
+        "offsets": {n: {"boxes": int(support[i]), "raw": float(raw[i]),
+                        "applied": float(chosen[i] - base[i])}
+                    for i, n in enumerate(class_names)},
+        "pairs": table.counts(thr).as_dict(),
+        "escapes": q["escapes"],
+        "false_rejects": q["false_rejects"],
+        "allowed_escapes": allowed,
+        "images": len(records),
+    }
+
+
+def off_scores(preds: list[Prediction], thr: np.ndarray) -> np.ndarray:
+    """Each class threshold with a score of its class closer than ``MARGIN`` moved to the
+    middle of the widest gap between the scores in ``[t - MARGIN, t + MARGIN]``."""
+    thr = thr.astype(np.float32).copy()
+    for c, t in enumerate(thr.tolist()):
+        s = np.concatenate([p.scores[p.labels == c] for p in preds] or [np.zeros(0)])
+        near = np.sort(s[np.abs(s - t) < MARGIN].astype(np.float64))
+        if not len(near):
+            continue
+        edges = np.concatenate([[t - MARGIN], near, [t + MARGIN]])
+        widest = int(np.argmax(np.diff(edges)))
+        thr[c] = np.float32((edges[widest] + edges[widest + 1]) / 2)
+    return thr
+
+
+def _within_allowance(base: np.ndarray, offsets: np.ndarray, escapes: Escapes,
+                      allowed: int, steps: int = 20) -> np.ndarray:
+    """``base + offsets``, with the raising offsets scaled back (bisection on one factor)
+    until the escapes are within ``allowed``; lowering offsets never add an escape."""
+    thr = (base + offsets).astype(np.float32)
+    if escapes(thr) <= allowed:
+        return thr
+    up, down = np.clip(offsets, 0, None), np.clip(offsets, None, 0)
+    lo, hi = 0.0, 1.0  # factor 0 (no raise) holds: the global threshold is within it
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if escapes((base + down + mid * up).astype(np.float32)) <= allowed:
+            lo = mid
+        else:
+            hi = mid
+    return (base + down + lo * up).astype(np.float32)
+
+
+def best_global(records: list[ImageRecord], preds: list[Prediction],
+                class_names: list[str], step: float = 0.001) -> dict[str, Any]:
+    """The single threshold with the best DeepPCB-protocol F on this very set, chosen in
+    hindsight (no escape constraint) on a ``step`` grid: the ceiling a calibration is
+    compared against."""
+    table = PairTable(records, preds, class_names)
+    k = len(class_names)
+    values = grid(FLOOR, 1.0, step)
+    counts = table.sweep([np.full(k, t) for t in values])
+    best = int(np.argmax([c.f for c in counts]))
+    return {"threshold": float(values[best]), "pairs": counts[best].as_dict()}
