@@ -126,3 +126,21 @@ def test_defective_only_set_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bad" / "annotations.json").write_text(json.dumps(doc))
     r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, tmp_path / "bad"))])
     assert r.exit_code == 2 and "no good images (images without boxes)" in r.stderr
+
+
+class _Payload:
+    """Stands for code a crafted checkpoint would make torch.load run."""
+
+
+def test_crafted_checkpoint_is_refused_not_run(tmp_path: Path) -> None:
+    import torch
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"kind": "anomaly", "config": _Payload()}, run / "anomaly.pt")
+    r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "m" / "1")])
+    assert r.exit_code == 2 and "unreadable good-only checkpoint" in r.stderr
+    torch.save({"model": {}}, run / "anomaly.pt")
+    r = runner.invoke(app, ["evaluate", str(run), "--data", str(SAMPLE)])
+    assert r.exit_code == 2 and "not a good-only checkpoint" in r.stderr
+    assert not (tmp_path / "m").exists()

@@ -119,8 +119,8 @@ def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, spli
     }
     if bad_regions:
         result["localisation"] = _located(bad_regions, defective)
-    out_dir = Path(out) if out else (target if not is_package else Path("runs") / target.name) / \
-        f"report-{split}"
+    default = Path("runs") / f"{target.parent.name}-{target.name}" if is_package else target
+    out_dir = Path(out) if out else default / f"report-{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     np.savez_compressed(out_dir / "scores.npz", good_stored=good_stored,

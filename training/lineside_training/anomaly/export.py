@@ -123,6 +123,7 @@ def export_anomaly(run: str | Path, out: str | Path, *, name: str | None = None,
             metrics={"calibration": cal},
             training={"kind": "anomaly", "config": cfg.model_dump(), "steps": ckpt["steps"],
                       "train_seconds": round(ckpt["train_seconds"], 1),
+                      "cpu_seconds": round(ckpt.get("cpu_seconds", 0.0), 1),
                       "threads": ckpt.get("threads"), "data": ckpt["data"] | {
                           "calib_files": len(ckpt["data"]["calib_files"])}},
             lineage=Lineage(dataset_revision=revision, datasets=[cfg.data], parent=parent_card,

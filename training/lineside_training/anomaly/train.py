@@ -151,7 +151,13 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
     ckpt_path = path if path.is_file() else path / CHECKPOINT
     if not ckpt_path.is_file():
         raise ConfigError(f"{path}: no {CHECKPOINT} (not a good-only run)")
-    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    try:  # tensors and plain values only: a run folder from elsewhere cannot run code
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises pickle and runtime errors of several kinds
+        raise ConfigError(f"{ckpt_path}: unreadable good-only checkpoint "
+                          f"({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "anomaly":
+        raise ConfigError(f"{ckpt_path}: not a good-only checkpoint")
     cfg = AnomalyConfig.model_validate(ckpt["config"])
     net = AnomalyNet(cfg.width)
     net.load_state_dict(ckpt["model"])
