@@ -121,3 +121,7 @@ def test_calibrate_unchanged_command(tmp_path: Path) -> None:
                                    str(tmp_path / "small.png")])
     assert res.exit_code != 0 and "reference image is" in res.output
     assert "Traceback" not in res.output
+    # a defective frame among the good ones is named, not averaged into a useless floor
+    res = CliRunner().invoke(app, ["calibrate-unchanged", str(STATION / "station1-reference.jpg"),
+                                   str(tmp_path / "good-0.jpg"), str(STATION / "station1" / "part-0002.jpg")])
+    assert res.exit_code != 0 and "good frame 2 differs from the reference" in res.output

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from lineside_inspect.errors import ConfigError
 from lineside_inspect.opencv import cv2
 from lineside_inspect.runtime.reference import _gray, _same_size
 
@@ -99,8 +100,12 @@ def calibrate_floor(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, tolerance
     for frame, reference in pairs:
         best.append(float(tile_scores(excess(frame, reference, tolerance_px), tile).max()))
     if not best:
-        raise ValueError("no good pairs to calibrate the unchanged gate from")
+        raise ConfigError("no good frames to calibrate the unchanged gate from")
     worst = max(best)
+    if worst * margin > 255:
+        raise ConfigError(
+            f"good frame {best.index(worst) + 1} differs from the reference by {worst:.0f} grey "
+            "levels, as a defect would: calibrate from good parts of this view only")
     return {"floor": round(max(minimum, worst * margin), 2), "good_pairs": len(best),
             "highest_good_score": round(worst, 2),
             "p99_good_score": round(float(np.percentile(best, 99)), 2),
