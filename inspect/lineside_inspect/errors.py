@@ -260,6 +260,16 @@ class DatabaseUnavailable(LinesideError):
     status = 503
 
 
+class SequenceBehind(LinesideError):
+    """A box forwarded an inspection the hub does not hold under a sequence number the hub
+    has already passed for that box: the box's outbox went back (its data folder was reset
+    or restored, or two boxes share one id). Nothing was stored: storing it would break the
+    box's order, skipping it would lose it."""
+
+    code = "sequence_behind"
+    status = 409
+
+
 class HubUnavailable(LinesideError):
     """The fleet hub cannot be reached (a box keeps recording and serving meanwhile)."""
 

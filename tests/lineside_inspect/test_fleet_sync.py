@@ -159,12 +159,16 @@ def test_a_batch_is_stored_once_in_seq_order_with_its_images(hub: ServedHub) -> 
     # the same batch again (an answer the box never saw): nothing changes
     again = box.post(box.path(FORWARD), ForwardBatch(items=[first, second]), ForwardAck)
     assert again == ForwardAck(through_seq=7, stored=0, duplicates=2)
-    # below the cursor is a duplicate even with a new id: per-box order holds
-    late = _item(6)
-    ack = box.post(box.path(FORWARD), ForwardBatch(items=[late, _item(8, first.id)]), ForwardAck)
-    assert ack == ForwardAck(through_seq=8, stored=0, duplicates=2)
-    with pytest.raises(Exception, match="no inspection"):
-        hub.store.get(late.id)
+    # a held id under a new seq is a duplicate too (idempotent by id)
+    ack = box.post(box.path(FORWARD), ForwardBatch(items=[_item(8, first.id)]), ForwardAck)
+    assert ack == ForwardAck(through_seq=8, stored=0, duplicates=1)
+    # a new id below the cursor: the box's outbox went back; refused, never half-applied
+    late, after = _item(6), _item(9)
+    with pytest.raises(HubRefused, match="409 sequence_behind"):
+        box.post(box.path(FORWARD), ForwardBatch(items=[late, after]), ForwardAck)
+    for skipped in (late, after):
+        with pytest.raises(Exception, match="no inspection"):
+            hub.store.get(skipped.id)
     with Session(hub.store.engine) as s:
         assert s.get(CursorRow, ("box1", "inspections")).seq == 8  # type: ignore[union-attr]
 

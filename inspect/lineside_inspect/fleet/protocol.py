@@ -11,6 +11,8 @@ so a box retries whatever it is unsure of:
   The box drops from its queue only what is at or below ``through_seq``. Ordering per box
   holds because a box sends in ``seq`` order and the hub treats any item at or below its
   cursor for that box as a duplicate (gaps in ``seq`` are normal: other outbox channels).
+  An id the hub does not hold at or below that cursor is refused (409 ``sequence_behind``:
+  the box's outbox went back, e.g. a reset data folder), never skipped silently.
 - ``POST {REVIEWS_UP}`` — reviews made on the box, with their own ``seq``; same cursor rule.
 - ``GET {REVIEWS_DOWN}?after=N`` — reviews made on the hub for this box's inspections,
   with the hub's review id above ``N``; the box keeps ``N`` as its cursor.

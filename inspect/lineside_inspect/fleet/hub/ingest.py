@@ -3,9 +3,10 @@ store-and-forward.
 
 A batch is applied in ``seq`` order, all or nothing:
 
-1. items at or below the box's cursor, and ids the hub already holds, are duplicates
-   (skipped: forwarding is idempotent by inspection id, and a retried batch changes
-   nothing);
+1. ids the hub already holds are duplicates (skipped: forwarding is idempotent by
+   inspection id, and a retried batch changes nothing); an id the hub does not hold at or
+   below the box's cursor is refused (409 ``sequence_behind``: the box's outbox went back,
+   and storing it would break the box's order while skipping it would lose it);
 2. the new items' images go to the object store (``fleet/hub/images.py`` keys: an
    inspection's image under its box and day, a reference image content-addressed by the
    sha256 the hub computes itself);
@@ -43,6 +44,7 @@ from lineside_inspect.errors import (
     Forbidden,
     LinesideError,
     NotFoundError,
+    SequenceBehind,
 )
 from lineside_inspect.fleet.hub.config import HubSettings
 from lineside_inspect.fleet.hub.images import CONTENT_TYPES, image_key, reference_key
@@ -105,9 +107,15 @@ class Ingest:
         rows = {i.seq: _row(box_id, i) for i in items}  # every item checked before any write
         with self._box_lock(box_id):
             cursor = self.cursor(box_id)
-            fresh = [i for i in items if i.seq > cursor]
-            held = self._held([i.id for i in fresh])
-            new = [i for i in fresh if i.id not in held]
+            held = self._held([i.id for i in items])
+            behind = [i for i in items if i.seq <= cursor and i.id not in held]
+            if behind:
+                raise SequenceBehind(
+                    f"box {box_id} sent inspection {behind[0].id} as seq {behind[0].seq}, but "
+                    f"the hub holds box {box_id} through seq {cursor} without it: the box's "
+                    "outbox went back (a reset or restored data folder, or two boxes with one "
+                    "id). Nothing was stored; give the box a box id of its own")
+            new = [i for i in items if i.seq > cursor and i.id not in held]
             if new and not self._bucket_ready:
                 self.objects.ensure_bucket()
                 self._bucket_ready = True
