@@ -4,6 +4,7 @@ SQLite store) forwarding to it, both served by uvicorn on loopback."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 import uuid
@@ -34,6 +35,9 @@ from .conftest import keyed as box_settings
 from .fleet_peers import free_port
 
 BOX = "box-a"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HUB_KEYS = {BOX: "k-box-a", "qa": "k-qa"}
 
 
@@ -238,6 +242,38 @@ def test_hub_pages_and_box_keys(hub: Hub, box: Running) -> None:
     assert r.status_code == 401
 
 
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_hub_pages_in_the_browser(hub: Hub, box: Running) -> None:
+    """The fleet page lists the box from its report; the review page and dashboard offer
+    the fleet's sites, lines and boxes and narrow by them (headless Chromium)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with hub.client() as q:
+        total = q.get("/v1/inspections", params={"box_id": BOX, "verdict": "fail"}).json()["total"]
+    assert total >= 1
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(hub.url + "/")  # the hub's home is the fleet page, behind the sign-in
+        page.fill("#key", HUB_KEYS["qa"])
+        page.click("button[type=submit]")
+        row = page.locator(f'tr[data-box="{BOX}"]')
+        expect(row).to_contain_text("plant-a")
+        expect(row).to_contain_text("deeppcb 1")
+        expect(row).to_contain_text("ready")
+        page.goto(hub.url + "/review")
+        expect(page.locator(f'select[name=box_id] option[value="{BOX}"]')).to_have_count(1)
+        page.select_option("select[name=box_id]", BOX)
+        page.select_option("select[name=review_state]", "")
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#count")).to_contain_text(f"of {total}")
+        page.goto(hub.url + "/dashboard")
+        expect(page.locator('select[name=site] option[value="plant-a"]')).to_have_count(1)
+        with page.expect_request(lambda r: "/v1/stats?" in r.url and "site=plant-a" in r.url):
+            page.select_option("select[name=site]", "plant-a")
+        expect(page.locator("#status")).to_contain_text("updated")
+        browser.close()
 
 def test_review_list_filters_at_volume(hub: Hub) -> None:
     """The benchmark's queries (``lineside bench hub``) on a few thousand rows: each
