@@ -305,3 +305,25 @@ def test_box_forwards_in_order_and_retention_keeps_what_is_not_forwarded(
     finally:
         offline.client.close()
         store.close()
+
+
+def test_hub_config_is_checked_and_keys_are_kept_hashed(tmp_path: Path) -> None:
+    from lineside_inspect.errors import ConfigError
+    from lineside_inspect.fleet.hub.config import load_hub_settings
+
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text("database_url: sqlite:///hub.db\n")
+    with pytest.raises(ConfigError, match="objects: Field required; data_dir: Field required"):
+        load_hub_settings(cfg)
+    cfg.write_text("objects: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_hub_settings(cfg)
+    cfg.write_text("database_url: sqlite:///hub.db\ndata_dir: hub\n"
+                   "objects: {endpoint: '127.0.0.1:9', access_key: a, secret_key: b}\n"
+                   "api_keys: [{name: box1, role: box, key: plain-secret}]\n")
+    hub = load_hub_settings(cfg)
+    assert hub.data_dir == str(tmp_path / "hub")  # relative to the file, not the cwd
+    assert hub.api_keys[0].sha256 == hashlib.sha256(b"plain-secret").hexdigest()
+    assert "plain-secret" not in repr(hub) and "plain-secret" not in hub.model_dump_json()
+    server = hub.server_settings()  # what the shared gate, guard and key lookup read
+    assert (server.store, server.models, server.api_keys) == (False, [], hub.api_keys)
