@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,41 @@ def silent() -> Iterator[str]:
     sock.close()
 
 
+@pytest.fixture(scope="module")
+def trickle() -> Iterator[str]:
+    """A server that answers 200 and then one byte every 0.1 s, for ever: each read is
+    quick, so only a bound on the whole answer ends the wait."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100000\r\n\r\n")
+            while not stop.wait(0.1):
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop.set()
+    sock.close()
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,7 +100,7 @@ def _closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def box(endpoint: str, silent: str, tmp_path_factory: pytest.TempPathFactory,
+def box(endpoint: str, silent: str, trickle: str, tmp_path_factory: pytest.TempPathFactory,
         ) -> Iterator[TestClient]:
     folder = tmp_path_factory.mktemp("recipes")
     # the reference model's card alone, beside the recipes: the graph need not be on the box
@@ -85,6 +121,7 @@ def box(endpoint: str, silent: str, tmp_path_factory: pytest.TempPathFactory,
             "pcb-down": {"model": "deeppcb", "remote": {
                 **remote, "url": f"http://127.0.0.1:{_closed_port()}"}},
             "pcb-silent": {"model": "deeppcb", "remote": {**remote, "url": silent, "timeout_s": 0.5}},
+            "pcb-trickle": {"model": "deeppcb", "remote": {**remote, "url": trickle, "timeout_s": 0.5}},
             "pcb-wrong-token": {"model": "deeppcb", "remote": {**remote, "token_env": WRONG_TOKEN_ENV}},
             "pcb-unknown-model": {"model": "deeppcb", "remote": {**remote, "model": "nosuch"}},
         }
@@ -125,7 +162,8 @@ def test_remote_judges_like_local(box: TestClient) -> None:
     assert verdicts == {"pass", "fail"}  # the comparison saw defects and a good part
 
 
-def test_unreachable_endpoints_are_503_naming_them(box: TestClient, silent: str) -> None:
+def test_unreachable_endpoints_are_503_naming_them(box: TestClient, silent: str,
+                                                   trickle: str) -> None:
     frame = _samples()[0][0]
     down = _inspect(box, "pcb-down", frame)
     assert down.status_code == 503
@@ -135,6 +173,10 @@ def test_unreachable_endpoints_are_503_naming_them(box: TestClient, silent: str)
     hung = _inspect(box, "pcb-silent", frame)  # bounded by the recipe's timeout_s
     assert hung.status_code == 503
     assert f"{silent} model deeppcb: no answer within 0.5 s" in hung.json()["error"]["message"]
+    # every read is quick but the answer never completes: cut at the recipe's bound
+    trickled = _inspect(box, "pcb-trickle", frame)
+    assert trickled.status_code == 503
+    assert f"{trickle} model deeppcb: no answer within 0.5 s" in trickled.json()["error"]["message"]
     # the box goes on serving its other recipes
     assert _inspect(box, "pcb-local", frame).status_code == 200
 

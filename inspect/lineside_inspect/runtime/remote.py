@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -95,8 +96,10 @@ class OipClient:
                 raise ConfigError(f"remote model {self.where}: environment variable "
                                   f"{remote.token_env} (its bearer token) is not set")
             headers["Authorization"] = f"Bearer {token}"
-        # one bound for every phase: a black-holed address, a server that accepts and
-        # never answers, and one that trickles its answer all end within timeout_s
+        # each phase (connect, send, every read) within timeout_s, and the whole answer
+        # too (checked as it arrives): a black-holed address, a server that never answers
+        # and one that trickles its answer all end within twice timeout_s at most
+        self.timeout_s = remote.timeout_s
         self.http = httpx.Client(headers=headers, timeout=httpx.Timeout(remote.timeout_s),
                                  follow_redirects=False, trust_env=False)
         self.checked = False  # the endpoint's metadata agreed with the card
@@ -106,6 +109,9 @@ class OipClient:
 
     def _call(self, method: str, url: str, content: bytes | None = None,
               headers: dict[str, str] | None = None) -> bytes:
+        late = RemoteInferenceUnavailable(
+            f"remote inference at {self.where}: no answer within {self.timeout_s} s")
+        deadline = time.monotonic() + self.timeout_s
         try:
             with self.http.stream(method, url, content=content, headers=headers) as answer:
                 body = bytearray()
@@ -115,11 +121,11 @@ class OipClient:
                         raise RemoteInferenceRefused(
                             f"remote inference at {self.where}: answer over "
                             f"{MAX_ANSWER_BYTES} bytes")
+                    if time.monotonic() > deadline:
+                        raise late
                 status = answer.status_code
         except httpx.TimeoutException:
-            raise RemoteInferenceUnavailable(
-                f"remote inference at {self.where}: no answer within "
-                f"{self.http.timeout.read} s") from None
+            raise late from None
         except httpx.HTTPError as exc:
             raise RemoteInferenceUnavailable(
                 f"remote inference at {self.where} unreachable ({type(exc).__name__})") from None
