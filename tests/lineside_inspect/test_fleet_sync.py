@@ -171,6 +171,9 @@ def test_a_batch_is_stored_once_in_seq_order_with_its_images(hub: ServedHub) -> 
             hub.store.get(skipped.id)
     with Session(hub.store.engine) as s:
         assert s.get(CursorRow, ("box1", "inspections")).seq == 8  # type: ignore[union-attr]
+    figures = httpx.get(hub.url + "/metrics").text
+    assert 'lineside_hub_inspections_received_total{box="box1",outcome="stored"} 2.0' in figures
+    assert 'lineside_hub_inspections_received_total{box="box1",outcome="duplicate"} 3.0' in figures
 
 
 def test_refusals_name_the_problem_and_store_nothing(hub: ServedHub) -> None:

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -245,7 +246,7 @@ _NAME = re.compile(NAME_PATTERN)
 
 
 @router.post(FORWARD, responses=errors(), summary="Forwarded inspections from a box")
-def forward(box_id: BoxId, batch: ForwardBatch, who: BoxKey,
+def forward(box_id: BoxId, batch: ForwardBatch, who: BoxKey, request: Request,
             ingest: Annotated[Ingest, Depends(get_ingest)]) -> ForwardAck:
     """Store a box's batch (idempotent: see the module docstring): 503 while the object
     store or the database is unreachable, nothing half-stored."""
@@ -254,7 +255,12 @@ def forward(box_id: BoxId, batch: ForwardBatch, who: BoxKey,
     if who.name != box_id:
         raise Forbidden(f"key {who.name!r} may forward only for box {who.name!r}, not {box_id!r}")
     try:
-        return ingest.apply(box_id, batch)
+        ack = ingest.apply(box_id, batch)
+        received = getattr(request.app.state, "hub_received", None)
+        if received is not None:
+            received.labels(box_id, "stored").inc(ack.stored)
+            received.labels(box_id, "duplicate").inc(ack.duplicates)
+        return ack
     except LinesideError:
         raise
     except OperationalError:  # refused, reset, timed out: the box keeps the batch, retries
@@ -274,5 +280,9 @@ def install(app: FastAPI, settings: HubSettings) -> None:
             app.state.ingest.close()
 
     app.state.ingest = None
+    # per box: a box's key is its id, so the label set is as small as the fleet
+    app.state.hub_received = Counter(
+        "lineside_hub_inspections_received", "Forwarded inspections, new (stored) or already "
+        "held (duplicate), by box", ["box", "outcome"], registry=app.state.metrics.registry)
     app.state.on_startup.append(start)
     app.state.on_shutdown.append(stop)
