@@ -5,10 +5,14 @@ SQLite store) forwarding to it, both served by uvicorn on loopback."""
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +22,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from lineside_inspect.config import ApiKey
+from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.box.reviews import ReviewSync
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.fleet.hub.app import create_hub_app
 from lineside_inspect.fleet.hub.bench_reviews import (
@@ -27,6 +33,7 @@ from lineside_inspect.fleet.hub.bench_reviews import (
     synthetic_records,
 )
 from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.store import Store
 from lineside_inspect.store.models import InspectionRow
 from lineside_inspect.store.outbox import Outbox
 
@@ -38,7 +45,8 @@ BOX = "box-a"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-HUB_KEYS = {BOX: "k-box-a", "qa": "k-qa"}
+HUB_KEYS = {BOX: "k-box-a", "qa": "k-qa", "box-p": "k-box-p"}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Hub:
@@ -82,6 +90,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory, postgres: str, weed: Any) -> I
         database_url=f"{postgres}/{name}", objects=weed.settings("fleet-views"),  # type: ignore[arg-type]
         data_dir=str(tmp_path_factory.mktemp("hub")), port=free_port(),
         api_keys=[ApiKey.from_plain(BOX, "box", HUB_KEYS[BOX]),
+                  ApiKey.from_plain("box-p", "box", HUB_KEYS["box-p"]),
                   ApiKey.from_plain("qa", "reviewer", HUB_KEYS["qa"])])
     served = Hub(settings).start()
     yield served
@@ -274,6 +283,51 @@ def test_hub_pages_in_the_browser(hub: Hub, box: Running) -> None:
             page.select_option("select[name=site]", "plant-a")
         expect(page.locator("#status")).to_contain_text("updated")
         browser.close()
+
+KILLED_REVIEWER = """
+import os, signal, sys
+from sqlalchemy.orm import Session
+from lineside_inspect.fleet.box.reviews import review_events
+from lineside_inspect.fleet.hub.bench_reviews import synthetic_rows
+from lineside_inspect.store import Store
+
+store = Store(sys.argv[1], box_id="box-p")
+store.review_event_makers.append(review_events)  # as fleet.box.install does
+row = synthetic_rows(1, box_id="box-p", seed=11, fail_every=1)[0]
+iid = row.id
+with Session(store.engine) as s, s.begin():
+    s.add(row)
+store.review(iid, reviewer="op", action="false_reject", note="before kill")
+os.kill(os.getpid(), signal.SIGKILL)  # the moment the review is answered
+"""
+
+
+def test_a_box_review_survives_kill_9_and_goes_up(hub: Hub, tmp_path: Path) -> None:
+    """A box process reviews and is killed with SIGKILL the moment the review is saved:
+    its outbox event was written with it, so the review reaches the hub afterwards; and a
+    hub review comes down to the same store."""
+    data = tmp_path / "box-p"
+    proc = subprocess.run([sys.executable, "-c", KILLED_REVIEWER, str(data)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    record = synthetic_records(1, box_id="box-p", seed=11, fail_every=1)[0]
+    with Session(hub.app.state.store.engine) as s, s.begin():  # as if forwarded already
+        s.add(InspectionRow(**record))
+    store = Store(data, box_id="box-p")
+    client = HubClient(FleetSettings(hub_url=hub.url, token=HUB_KEYS["box-p"]), "box-p")  # type: ignore[arg-type]
+    try:
+        sync = ReviewSync(store, client)
+        assert sync.sync_once() == (1, 0)
+        with hub.client() as q:
+            got = q.get(f"/v1/inspections/{record['id']}").json()
+            assert [(r["note"], r["action"]) for r in got["reviews"]] == [("before kill", "false_reject")]
+            q.post(f"/v1/inspections/{record['id']}/reviews", json={"action": "confirm"}).raise_for_status()
+        assert sync.sync_once() == (0, 1)
+        assert store.get(record["id"]).review_state == "confirmed"
+        assert sync.sync_once() == (0, 0)  # nothing echoed, nothing twice
+    finally:
+        client.close()
+        store.close()
 
 def test_review_list_filters_at_volume(hub: Hub) -> None:
     """The benchmark's queries (``lineside bench hub``) on a few thousand rows: each
