@@ -34,9 +34,9 @@ from lineside_inspect.package import CARD, OUTPUT_NAMES, ModelCard, ModelPackage
 from lineside_inspect.recipes.schema import RemoteModel
 from lineside_inspect.runtime.detector import Detector
 
-# outputs of at most max_detections rows each come back; anything far larger is not a
-# detector's answer, and is not read into memory
-MAX_ANSWER_BYTES = 8 << 20
+# a frame's answer is ~11 KB of JSON (100 detections of 6 numbers); the box sends one
+# frame per request, so anything far larger is not a detector's answer and is not read
+MAX_ANSWER_BYTES = 1 << 20
 DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,
           "INT32": np.int32, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8}
 
