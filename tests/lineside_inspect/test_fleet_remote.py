@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,91 @@ def test_missing_token_and_wrong_card_are_config_errors() -> None:
     # no network at start: a recipe whose endpoint is down is added; it answers 503 when used
     registry.add_recipe(Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": remote}))
     assert registry.detector_for(registry.recipe("r")).card.name == "deeppcb"
+
+
+class _Liar(BaseHTTPRequestHandler):
+    """An OIP v2 server whose metadata fits the card and whose answer is what the test
+    sets in ``answer`` (bytes)."""
+
+    answer = b""
+
+    def do_GET(self) -> None:
+        meta = {"name": "deeppcb", "platform": "x",
+                "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, 3, 640, 640]}],
+                "outputs": [{"name": n, "datatype": "FP32", "shape": [-1]}
+                            for n in ("boxes", "scores", "labels")]}
+        self._send(json.dumps(meta).encode())
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._send(type(self).answer)
+
+    def _send(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _outputs(boxes: list[float], scores: list[float], labels: list[float], k: int = 1,
+             box_shape: list[int] | None = None) -> bytes:
+    return json.dumps({"model_name": "deeppcb", "outputs": [
+        {"name": "boxes", "datatype": "FP32", "shape": box_shape or [1, k, 4], "data": boxes},
+        {"name": "scores", "datatype": "FP32", "shape": [1, k], "data": scores},
+        {"name": "labels", "datatype": "INT64", "shape": [1, k], "data": labels}]}).encode()
+
+
+@pytest.mark.parametrize("answer, problem", [
+    (_outputs([1, 2, 3, 4], [0.9], [6]), "labels or scores out of range"),  # 6 classes: 0..5
+    (_outputs([1, 2, 3, 4], [1.5], [0]), "labels or scores out of range"),
+    (_outputs([1, 2, 3, 4], [0.9], [-1]), "labels or scores out of range"),
+    (_outputs([1, 2, 3, 4, 5], [0.9], [0], box_shape=[1, 1, 5]), r"are not boxes \[B, K, 4\]"),
+    (_outputs([1, 2, 3], [0.9], [0]), "has shape .* and 3 values"),
+    (_outputs([1, 2, 3, 4], [0.9], [0]).replace(b"[1, 2, 3, 4]", b"[1, 2, 3, NaN]"),
+     "not OIP v2 JSON|NaN or infinity"),
+    (json.dumps({"outputs": [{"name": "boxes", "datatype": "FP32", "shape": [1],
+                              "data": [0.0] * 300_000}]}).encode(), "answer over 1048576 bytes"),
+    (b"<html>proxy error</html>", "not OIP v2 JSON"),
+    (json.dumps({"outputs": []}).encode(), "output 'boxes' missing"),
+])
+def test_answers_that_do_not_fit_the_card_are_refused(answer: bytes, problem: str) -> None:
+    """Whatever an endpoint answers, the line gets a verdict or a 502, never a 500 from an
+    index error or a NaN compared with a threshold."""
+    handler = type("Liar", (_Liar,), {"answer": answer})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": {
+            "url": f"http://127.0.0.1:{server.server_address[1]}", "model": "deeppcb",
+            "card": str(MODEL)}}).remote
+        assert remote is not None
+        with pytest.raises(RemoteInferenceRefused, match=problem):
+            RemoteDetector(remote).forward(np.zeros((1, 3, 640, 640), np.uint8))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_fitting_answer_becomes_detections() -> None:
+    """The same server with a well-formed answer: the padding row (score 0) is dropped,
+    the box is mapped back to the frame's pixels."""
+    answer = _outputs([10, 20, 50, 60, 0, 0, 0, 0], [0.8, 0.0], [1, 0], k=2)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Fair", (_Liar,), {"answer": answer}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": {
+            "url": f"http://127.0.0.1:{server.server_address[1]}", "model": "deeppcb",
+            "card": str(MODEL)}}).remote
+        assert remote is not None
+        detector = RemoteDetector(remote)
+        frame = np.zeros((320, 320, 3), np.uint8)  # letterboxed 2x into 640
+        found = detector.predict([frame])[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert found.labels == [detector.class_names[1]]
+    assert found.xyxy.tolist() == [[5.0, 10.0, 25.0, 30.0]]
