@@ -94,7 +94,8 @@ class Recipe(BaseModel):
     anomaly: AnomalyRule | None = Field(None, description=(
         "a good-only model's image score as a rule (alone, or fused with the detector)"))
     remote: RemoteModel | None = Field(None, description=(
-        "run inference on an OIP v2 endpoint instead of a package loaded on the box"))
+        "run inference on an OIP v2 endpoint instead of a package loaded on the box; "
+        "in recipe files of the server's config only (PUT /v1/recipes refuses it)"))
 
     @field_validator("roi", "ignore")
     @classmethod
