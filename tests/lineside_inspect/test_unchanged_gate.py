@@ -66,6 +66,16 @@ def test_good_parts_pass_defects_never_do() -> None:
     assert not check(_shift(ref, 8, 0), ref, gate).unchanged
 
 
+def test_a_flat_reference_does_not_flatten_the_frame() -> None:
+    # DeepPCB has boards whose template is plain white; a few dark specks on the frame made
+    # the brightness matching scale the frame's contrast to zero (3 escapes in 452)
+    ref = np.full((256, 256, 3), 255, np.uint8)
+    frame = ref.copy()
+    frame[100:104, 60:64] = 0
+    assert not check(frame, ref, UnchangedGate(floor=15)).unchanged
+    assert check(ref.copy(), ref, UnchangedGate(floor=15)).unchanged
+
+
 def test_inspect_skips_the_detector_only_for_unchanged_parts() -> None:
     det = Detector(REF_MODEL, device="cpu", threads=1)
     reference = _reference()

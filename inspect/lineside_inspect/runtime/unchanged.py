@@ -49,12 +49,17 @@ class GateResult:
     changed_tiles: int
 
 
+MAX_GAIN = 1.4
+
+
 def _matched(frame: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """``frame`` (grey uint8) with the reference's mean and contrast: a lamp a little
     brighter or another exposure is not a defect."""
     fm, fs = cv2.meanStdDev(frame)
     rm, rs = cv2.meanStdDev(reference)
-    alpha = float(rs[0, 0]) / max(float(fs[0, 0]), 1e-3)
+    # the gain is bounded: a flat reference (std 0) must not flatten the frame, defects and
+    # all, and no re-photograph changes contrast by more than this
+    alpha = min(MAX_GAIN, max(1 / MAX_GAIN, float(rs[0, 0]) / max(float(fs[0, 0]), 1e-3)))
     beta = float(rm[0, 0]) - alpha * float(fm[0, 0])
     # saturating uint8 arithmetic throughout: a few passes over the frame, ~1 ms at 640x640
     return np.asarray(cv2.addWeighted(frame, alpha, frame, 0.0, beta))  # saturates to 0..255
