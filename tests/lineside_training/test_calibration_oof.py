@@ -20,11 +20,18 @@ from lineside_inspect.errors import ConfigError
 from lineside_inspect.package import load_package
 from lineside_training.calibrate import calibrate
 from lineside_training.config import load_config
-from lineside_training.oof import CALIBRATION, OOF, group_folds, load_predictions, oof_calibrate
+from lineside_training.oof import (
+    CALIBRATION,
+    ENGINE_VAL,
+    OOF,
+    group_folds,
+    load_predictions,
+    oof_calibrate,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
-BUNDLED = ROOT / "models" / "deeppcb-ref" / "1"
+BUNDLED = ROOT / "models" / "deeppcb-ref" / "1-int8"  # the faster of the two bundled twins
 GROUPS = ("group13000", "group20085", "group50600")  # 10 images each, 5 with defects
 runner = CliRunner()
 
@@ -34,6 +41,16 @@ def three_boards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sample = read_dataset(SAMPLE)
     sample.images = [r for r in sample.images if r.group in GROUPS]
     dst = tmp_path_factory.mktemp("boards") / "data"
+    write_dataset(sample, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def one_board(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample's board group00041 alone (5 defective images, 5 good), split ``val``."""
+    sample = read_dataset(SAMPLE)
+    sample.images = [r for r in sample.images if r.group == "group00041"]
+    dst = tmp_path_factory.mktemp("board") / "data"
     write_dataset(sample, dst)
     return dst
 
@@ -75,7 +92,7 @@ def test_out_of_fold_calibration(three_boards: Path, tmp_path: Path) -> None:
         # ... and trained on the others only, with nothing steered by the held-out fold
         ck = torch.load(out / f"fold{k}" / "last.pt", weights_only=False)
         assert ck["data"]["train_images"] == len(records) - row["images"]
-        assert ck["data"]["val_images"] == row["images"]
+        assert ck["data"]["val_images"] == min(ENGINE_VAL, row["images"])
         assert ck["config"]["patience"] >= 10**9
         seen += preds
     assert sorted(seen) == sorted(r.file_name for r in records)
@@ -89,12 +106,12 @@ def test_out_of_fold_calibration(three_boards: Path, tmp_path: Path) -> None:
     assert (out / "fold0" / "last.pt").stat().st_mtime_ns == stamp
 
 
-def test_package_thresholds_rewritten_and_graph_untouched(tmp_path: Path) -> None:
-    package = tmp_path / "deeppcb-ref" / "1"
+def test_package_thresholds_rewritten_and_graph_untouched(tmp_path: Path, one_board: Path) -> None:
+    package = tmp_path / "deeppcb-ref" / "1-int8"
     shutil.copytree(BUNDLED, package)
     graph = hashlib.sha256((package / "model.onnx").read_bytes()).hexdigest()
     before = json.loads((package / "model.json").read_text())
-    calib = calibrate(package, data=SAMPLE, split="val", write=True, device="cpu")
+    calib = calibrate(package, data=one_board, split="val", write=True, device="cpu")
     card = json.loads((package / "model.json").read_text())
     assert hashlib.sha256((package / "model.onnx").read_bytes()).hexdigest() == graph
     assert card["thresholds"] == calib["thresholds"] != before["thresholds"]
@@ -105,7 +122,7 @@ def test_package_thresholds_rewritten_and_graph_untouched(tmp_path: Path) -> Non
         == {k: v for k, v in before.items() if k not in ("thresholds", "default_recipe", "metrics")}
     assert load_package(package).card.thresholds == calib["thresholds"]
     # and the package is now evaluated at them, F by DeepPCB's protocol beside mAP
-    r = runner.invoke(app, ["evaluate", str(package), "--data", str(SAMPLE), "--split", "val",
+    r = runner.invoke(app, ["evaluate", str(package), "--data", str(one_board), "--split", "val",
                             "--device", "cpu", "--out", str(tmp_path / "report")])
     assert r.exit_code == 0, r.stderr
     f = calib["pairs"]["f"]

@@ -75,19 +75,24 @@ def calibrate(
                               "(images it did not train on)")
         detector = Detector(target, device=device)
         names = detector.card.class_names
+        subject = f"{detector.card.name}:{detector.card.version}"
         dataset = read_dataset(data)
         records = split_records(dataset, split, names)
         preds = runtime_predictions(detector, records, dataset)
     else:
         trained = load_trained(target, pick_device(device))
         names = trained.class_names
+        subject = str(target)
         dataset = read_dataset(data or trained.config.data)
         records = split_records(dataset, split, names)
         preds = predict_records(trained.model, dataset, records, names,
                                 size=trained.config.input_size, device=pick_device(device),
                                 reference=trained.config.reference)
     calib = OBJECTIVES[objective](records, preds, names, target_escape=target_escape)
-    calib.update(source=f"{target} on {data or dataset.root} split {split}",
+    groups = sorted({r.group for r in records if r.group is not None})
+    calib.update(source=f"{subject}: its predictions on split {split} of "
+                        f"{Path(dataset.root or '').name}"
+                        + (f" ({', '.join(groups)})" if groups else ""),
                  pairs=pair_metrics(records, preds, names, calib["thresholds"]),
                  best_global_in_hindsight=best_global(records, preds, names))
     if out is not None:
