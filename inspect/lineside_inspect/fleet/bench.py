@@ -177,7 +177,9 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
         if "objects" not in doc:
             weed, doc["objects"] = _local_weed(tmp / "weed")
         port = _free_port()
-        names = [f"bench-box{i + 1}" for i in range(boxes)]
+        # new box ids each run: a database from an earlier run holds its boxes' cursors
+        run = uuid.uuid4().hex[:6]
+        names = [f"bench-{run}-box{i + 1}" for i in range(boxes)]
         doc.update({"host": "127.0.0.1", "port": port, "data_dir": str(tmp / "hub"),
                     "api_keys": [{"name": n, "role": "box", "key": f"key-{n}"} for n in names]})
         (tmp / "hub.yaml").write_text(yaml.safe_dump(doc))
