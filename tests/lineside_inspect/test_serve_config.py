@@ -1,4 +1,4 @@
-"""``make serve``'s own config (configs/serve.yaml): both bundled models, their recipes,
+"""``make serve``'s own config (configs/serve.yaml): the bundled models, their recipes,
 the simulated cameras (one per model) and the reference station all come up and judge."""
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ def test_make_serve_config(tmp_path: Path) -> None:
             models = {m["name"]: m["versions"][0] for m in c.get("/v1/models").json()}
             assert models["deeppcb"]["needs_reference"] is False
             assert models["deeppcb-ref"]["needs_reference"] is True
+            assert models["deeppcb-good"]["kind"] == "anomaly"
             cams = {h["id"]: h for h in c.get("/v1/cameras").json()}
-            assert set(cams) == {"sim1", "station1"}
+            assert set(cams) == {"sim1", "station1", "station1-good"}
             seen = {}
-            for cam in ("sim1", "station1"):
+            for cam in ("sim1", "station1", "station1-good"):
                 r = c.post(f"/v1/cameras/{cam}/trigger", params={"timeout_s": 10})
                 assert r.status_code == 200, r.text
                 seen[cam] = r.json()
@@ -32,6 +33,8 @@ def test_make_serve_config(tmp_path: Path) -> None:
             ref = seen["station1"]
             assert ref["model"]["name"] == "deeppcb-ref" and ref["recipe"]["name"] == "deeppcb-ref"
             assert ref["reference"]["name"] == "station1-reference"
+            good = seen["station1-good"]  # the same station, the good-only model, no reference
+            assert good["model"]["name"] == "deeppcb-good" and good["reference"] is None
             # the station's frames through HTTP, with the reference sent along: the good
             # part passes, the defective one fails
             station = ROOT / "configs" / "line"
@@ -48,5 +51,21 @@ def test_make_serve_config(tmp_path: Path) -> None:
             r = c.post("/v1/inspect", content=(station / "station1" / "part-0002.jpg").read_bytes(),
                        headers={"content-type": "image/jpeg"})
             assert r.status_code == 200 and r.json()["model"]["name"] == "deeppcb"
+            # the good-only model tells the good part from the defective one without a
+            # reference or a defect label; fused with the detector, either may fail a part
+            judged = []
+            for part in ("part-0001.jpg", "part-0002.jpg"):
+                r = c.post("/v1/inspect", params={"recipe": "deeppcb-good"},
+                           content=(station / "station1" / part).read_bytes(),
+                           headers={"content-type": "image/jpeg"})
+                assert r.status_code == 200, r.text
+                judged.append(r.json())
+            assert [j["verdict"] for j in judged] == ["pass", "fail"]
+            assert judged[1]["reasons"][0]["rule"] == "anomaly"
+            assert {d["label"] for d in judged[1]["defects"]} == {"anomaly"}
+            r = c.post("/v1/inspect", params={"recipe": "deeppcb-fused"},
+                       content=(station / "station1" / "part-0002.jpg").read_bytes(),
+                       headers={"content-type": "image/jpeg"})
+            assert r.status_code == 200 and r.json()["verdict"] == "fail"
     finally:
         stop()
