@@ -328,7 +328,8 @@ def calibrate_cmd(
                              target_escape=target_escape, out=out_dir, run=run, write=write,
                              overrides=set_, device=device, objective=objective)
     p = c["pairs"]
-    out.print(f"global threshold {c['global_threshold']:.4f}  DeepPCB-protocol F {p['f']:.4f}  "
+    g = c.get("global_threshold")
+    out.print(f"global threshold {'n/a' if g is None else f'{g:.4f}'}  DeepPCB-protocol F {p['f']:.4f}  "
               f"precision {p['precision'] or 0:.4f}  recall {p['recall'] or 0:.4f}  escapes "
               f"{c['escapes']} (allowed {c['allowed_escapes']})  false rejects {c['false_rejects']}")
     for name, t in c["thresholds"].items():

@@ -141,3 +141,17 @@ def test_a_threshold_is_moved_off_a_nearby_score_and_no_further() -> None:
     # short: the score 0.3 in [0.2991, 0.3011]; the wider gap is above it
     assert thr[1] == pytest.approx((0.3 + 0.3011) / 2, abs=1e-6)
     assert thr[2] == pytest.approx(0.7)  # no score near: untouched
+
+
+def test_a_model_that_finds_nothing_keeps_the_fewest_alarms() -> None:
+    # no detection overlaps a defect at any threshold (an untrained model): F is 0
+    # everywhere and cannot choose; the fewest false rejects within the allowance does
+    records = [_rec("d1", [(10, 10, 20, 20, "open")]), _rec("d2", [(10, 10, 20, 20, "short")]),
+               _rec("g1", [])]
+    preds = [_pred([(60, 60, 70, 70, 0.3, 0), (80, 80, 90, 90, 0.07, 1)]),
+             _pred([(60, 60, 70, 70, 0.4, 1)]), _pred([(60, 60, 70, 70, 0.2, 0)])]
+    c = calibrate_f(records, preds, CLASSES, target_escape=0.0)
+    assert "F cannot choose" in c["method"] and c["pairs"]["matched"] == 0
+    # both defective images still alarm (0.3 and 0.4 kept), the good one's 0.2 does not
+    assert c["escapes"] == 0 and c["false_rejects"] == 0
+    assert c["thresholds"]["open"] > 0.2

@@ -38,6 +38,7 @@ from lineside_inspect.dataset import ImageRecord
 from lineside_training.pairscore import PairTable
 from lineside_training.predict import Prediction
 from lineside_training.quality import FLOOR, MARGIN, quality_metrics, support_of
+from lineside_training.quality import calibrate as calibrate_rejects
 
 OFFSET_SUPPORT = 30  # ground-truth boxes a class needs before it may leave the global threshold
 PRIOR_BOXES = 200  # shrinkage: a class with n boxes keeps n / (n + 200) of its best offset
@@ -101,6 +102,8 @@ def calibrate_f(
     cap = max(escapes.highest_global(allowed), FLOOR)
     values = grid(FLOOR, cap)
     f = np.array([c.f for c in table.sweep([np.full(k, t) for t in values])])
+    if f.max() == 0:  # no defect found at any threshold: F cannot choose, so fewest alarms
+        return _without_matches(records, preds, class_names, target_escape, table)
     global_t = plateau_middle(values, f)
     base = np.full(k, global_t, dtype=np.float32)
     support = support_of(records, class_names)
@@ -138,6 +141,22 @@ def calibrate_f(
         "allowed_escapes": allowed,
         "images": len(records),
     }
+
+
+def _without_matches(records: list[ImageRecord], preds: list[Prediction], class_names: list[str],
+                     target_escape: float, table: PairTable) -> dict[str, Any]:
+    """The former rule (:func:`lineside_training.quality.calibrate`: fewest false rejects
+    within the allowance), for a model that finds no defect at any threshold (an
+    untrained one): a low threshold would keep nothing but noise."""
+    calib = calibrate_rejects(records, preds, class_names, target_escape=target_escape)
+    thr = np.array([calib["thresholds"][n] for n in class_names], dtype=np.float32)
+    calib.update(method="fewest false rejects within the escape allowance (no defect is found "
+                        "at any threshold: F cannot choose)",
+                 pairs=table.counts(thr).as_dict(), images=len(records),
+                 offsets={n: {"boxes": int(b), "raw": 0.0, "applied": 0.0}
+                          for n, b in zip(class_names, support_of(records, class_names),
+                                          strict=True)})
+    return calib
 
 
 def off_scores(preds: list[Prediction], thr: np.ndarray) -> np.ndarray:
