@@ -56,7 +56,8 @@ def run_scorer(path: Path) -> tuple[Scorer, dict[str, Any]]:
         fitted = [letterbox(cv2.cvtColor(i, cv2.COLOR_BGR2RGB), cfg.input_size,
                             pad_value=PAD_VALUE)[0] for i in images]
         return score_images(forward, fitted).scores, None
-    return run, {"threshold": ckpt["calibration"]["threshold"], "model": cfg.name}
+    return run, {"threshold": ckpt["calibration"]["threshold"], "model": cfg.name,
+                 "data": cfg.data}
 
 
 def _located(regions: list[np.ndarray], records: list[ImageRecord]) -> dict[str, Any]:
@@ -85,7 +86,8 @@ def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, spli
             raise DatasetError("evaluating a package needs --data")
     else:
         scorer, meta = run_scorer(target)
-        data = data or load_run(target)[0].data
+        run_data = meta.pop("data")
+        data = data or run_data
     dataset = read_dataset(data)
     records = _records(dataset, split)
     good = [r for r in records if r.is_good]
