@@ -32,12 +32,12 @@ from lineside_training.oof import (
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
 BUNDLED = ROOT / "models" / "deeppcb-ref" / "1-int8"  # the faster of the two bundled twins
-GROUPS = ("group13000", "group20085", "group50600")  # 10 images each, 5 with defects
+GROUPS = ("group13000", "group50600")  # 10 images each, 5 with defects
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def three_boards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def two_boards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sample = read_dataset(SAMPLE)
     sample.images = [r for r in sample.images if r.group in GROUPS]
     dst = tmp_path_factory.mktemp("boards") / "data"
@@ -47,9 +47,12 @@ def three_boards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_board(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample's board group00041 alone (5 defective images, 5 good), split ``val``."""
+    """Three defective images of the sample's board group00041 and their templates (good
+    images), split ``val``."""
     sample = read_dataset(SAMPLE)
-    sample.images = [r for r in sample.images if r.group == "group00041"]
+    defective = [r for r in sample.images if r.group == "group00041" and r.boxes][:3]
+    keep = {r.file_name for r in defective} | {r.reference for r in defective}
+    sample.images = [r for r in sample.images if r.file_name in keep]
     dst = tmp_path_factory.mktemp("board") / "data"
     write_dataset(sample, dst)
     return dst
@@ -74,14 +77,14 @@ def test_folds_keep_groups_whole_and_balanced() -> None:
         group_folds(records, 1)
 
 
-def test_out_of_fold_calibration(three_boards: Path, tmp_path: Path) -> None:
+def test_out_of_fold_calibration(two_boards: Path, tmp_path: Path) -> None:
     torch.set_num_threads(2)
-    cfg = load_config(None, None, **_tiny(three_boards, tmp_path / "unused"))
+    cfg = load_config(None, None, **_tiny(two_boards, tmp_path / "unused"))
     out = tmp_path / "oof"
     calib = oof_calibrate(cfg, folds=2, out=out, quiet=True)
     saved = json.loads((out / CALIBRATION).read_text())
     assert saved["thresholds"] == calib["thresholds"] and len(calib["folds"]) == 2
-    records = read_dataset(three_boards).images
+    records = read_dataset(two_boards).images
     seen: list[str] = []
     for row in calib["folds"]:
         k, held = row["fold"], set(row["groups"])
@@ -96,7 +99,7 @@ def test_out_of_fold_calibration(three_boards: Path, tmp_path: Path) -> None:
         assert ck["config"]["patience"] >= 10**9
         seen += preds
     assert sorted(seen) == sorted(r.file_name for r in records)
-    assert set(calib["thresholds"]) == set(read_dataset(three_boards).categories)
+    assert set(calib["thresholds"]) == set(read_dataset(two_boards).categories)
     assert calib["images"] == len(records) and calib["pairs"]["truths"] == sum(
         len(r.boxes) for r in records)
     # a second call reuses every fold's predictions: nothing is trained again
@@ -133,13 +136,13 @@ def test_package_thresholds_rewritten_and_graph_untouched(tmp_path: Path, one_bo
     assert np.isfinite(list(calib["thresholds"].values())).all()
 
 
-def test_calibrate_command_says_what_is_missing(tmp_path: Path, three_boards: Path) -> None:
+def test_calibrate_command_says_what_is_missing(tmp_path: Path, two_boards: Path) -> None:
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(_tiny(three_boards, tmp_path / "runs")))
+    config.write_text(yaml.safe_dump(_tiny(two_boards, tmp_path / "runs")))
     r = runner.invoke(app, ["calibrate", str(config)])
     assert r.exit_code == 2 and "--folds" in r.stderr and "Traceback" not in r.output + r.stderr
     r = runner.invoke(app, ["calibrate", str(config), "--folds", "5"])
-    assert r.exit_code == 2 and "only 3 group(s)" in r.stderr
+    assert r.exit_code == 2 and "only 2 group(s)" in r.stderr
     r = runner.invoke(app, ["calibrate", str(BUNDLED)])
     assert r.exit_code == 2 and "needs --data" in r.stderr
     r = runner.invoke(app, ["calibrate", str(BUNDLED), "--folds", "2"])
