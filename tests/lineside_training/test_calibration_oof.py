@@ -19,6 +19,7 @@ from lineside_inspect.dataset import read_dataset, write_dataset
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.package import load_package
 from lineside_training.calibrate import calibrate
+from lineside_training.checkpoint import load_trained
 from lineside_training.config import load_config
 from lineside_training.oof import (
     CALIBRATION,
@@ -69,7 +70,7 @@ def _tiny(data: Path, out: Path) -> dict[str, object]:
 def test_folds_keep_groups_whole_and_balanced() -> None:
     records = read_dataset(SAMPLE).images  # 7 boards of 10 images
     folds = group_folds(records, 3)
-    assert sorted(g for f in folds for g in f) == sorted({r.group for r in records})
+    assert sorted(g for f in folds for g in f) == sorted({str(r.group) for r in records})
     assert sorted(len(f) for f in folds) == [2, 2, 3]
     with pytest.raises(ConfigError, match="only 7 group"):
         group_folds(records, 8)
@@ -104,8 +105,11 @@ def test_out_of_fold_calibration(two_boards: Path, tmp_path: Path) -> None:
         len(r.boxes) for r in records)
     # a second call reuses every fold's predictions: nothing is trained again
     stamp = (out / "fold0" / "last.pt").stat().st_mtime_ns
-    again = oof_calibrate(cfg, folds=2, out=out, quiet=True)
+    again = oof_calibrate(cfg, folds=2, out=out, quiet=True, run=out / "fold1")
     assert again["thresholds"] == calib["thresholds"]
+    # --run: the thresholds go where lineside export reads a run's operating points
+    saved = load_trained(out / "fold1").thresholds
+    assert saved is not None and saved["thresholds"] == calib["thresholds"]
     assert (out / "fold0" / "last.pt").stat().st_mtime_ns == stamp
 
 
