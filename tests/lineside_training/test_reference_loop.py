@@ -120,7 +120,8 @@ def test_serve_review_pull_train(ref_package: Path, tmp_path: Path) -> None:
         with running.client("reviewer") as c:
             item = c.get(f"/v1/inspections/{ids[0]}").json()
             assert item["reference"] == {"name": "board41", "has_image": True, "shift": None,
-                                         "sha256": named["reference"]["sha256"]}
+                                         "sha256": named["reference"]["sha256"],
+                                         "unchanged": None, "difference": None}
             ref = c.get(f"/v1/inspections/{ids[0]}/reference")
             assert ref.status_code == 200 and ref.content == _pair("00041000")[1].read_bytes()
             for n, iid in enumerate(ids):
