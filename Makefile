@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve line-demo test lint test-only fuzz clean system-deps
+.PHONY: serve line-demo test test-long lint test-only fuzz clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ test-only: $(VENV)/.dev system-deps
 	$(PY) -m pytest
 
 test: lint test-only
+
+# what make test leaves out to stay near 10 minutes on 2 cores (pytest -m long)
+test-long: $(VENV)/.dev system-deps
+	$(PY) -m pytest -m long
 
 # Longer fuzzing than make test runs: schemathesis on every route as each role, and the
 # decoder and request-body property tests, with FUZZ_EXAMPLES examples per operation

@@ -36,8 +36,14 @@ def test_registry_lists_default_and_torchvision_models() -> None:
         build_model("lsdet", 2)  # type: ignore[misc]  # keyword-only
 
 
+# the two ResNet-50 zoo models take a minute each on 2 cores and share their torchvision
+# code path with fasterrcnn's: `make test-long` runs them
+LONG = {"fcos_resnet50_fpn", "retinanet_resnet50_fpn"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.long) if n in LONG else n
+                                  for n in list_models()])
 def test_loss_falls_and_checkpoint_round_trips(name: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     kwargs = {} if name.startswith("lsdet") else {"input_size": SIZE}
