@@ -7,20 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lineside_inspect import ui
 from lineside_inspect.config import Settings
-from lineside_inspect.errors import LinesideError, describe_validation, error_body
 from lineside_inspect.package import default_recipe_name
 from lineside_inspect.recipes import Recipe, load_recipe
 from lineside_inspect.references import ReferenceLibrary
 from lineside_inspect.server import gate
 from lineside_inspect.server.guard import Guard
+from lineside_inspect.server.handlers import add_error_handlers
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
@@ -35,7 +32,7 @@ from lineside_inspect.server.routes import (
 )
 from lineside_inspect.server.service import InspectionService
 from lineside_inspect.server.sessions import SessionStore
-from lineside_inspect.server.unexpected import CatchUnexpected, internal_error
+from lineside_inspect.server.unexpected import CatchUnexpected
 from lineside_inspect.version import __version__
 
 log = logging.getLogger("lineside")
@@ -185,35 +182,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.add_middleware(Guard, settings=settings)
     app.add_middleware(ui.SecurityHeaders)
 
-    @app.exception_handler(LinesideError)
-    async def lineside_error(request: Request, exc: LinesideError) -> JSONResponse:
-        app.state.metrics.errors.labels(exc.code).inc()
-        headers = {"Retry-After": "1"} if exc.status == 503 else {}
-        if exc.status in (408, 413):
-            # the rest of the body is unread: close, or the client keeps sending into a
-            # connection the server must keep draining
-            headers["Connection"] = "close"
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status,
-                            headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        app.state.metrics.errors.labels("invalid_request").inc()
-        return JSONResponse(error_body("invalid_request", describe_validation(list(exc.errors()))),
-                            status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {400: "invalid_request", 404: "not_found",  # 400: a body that cannot be parsed
-                405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        # keep the exception's headers: a 405 must say which methods are allowed (Allow)
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
-                            headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # a generic answer with an error id; the details go to the log under that id
-        return internal_error(exc, request.method, request.url.path)
+    add_error_handlers(app)
 
     for router in (health.router, inspect.router, v2.router, admin.router, cameras.router,
                    inspections.router, references.router, ui.router):

@@ -17,18 +17,12 @@ from contextlib import asynccontextmanager
 from types import ModuleType
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lineside_inspect import ui
 from lineside_inspect.errors import (
-    LinesideError,
     ObjectStoreUnavailable,
-    describe_validation,
-    error_body,
 )
 from lineside_inspect.fleet.hub.config import HubSettings
 from lineside_inspect.fleet.hub.images import ObjectImages
@@ -36,10 +30,11 @@ from lineside_inspect.fleet.hub.tables import create_hub_tables
 from lineside_inspect.fleet.objects import ObjectStore
 from lineside_inspect.server import gate
 from lineside_inspect.server.guard import Guard
+from lineside_inspect.server.handlers import add_error_handlers
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.routes import health
 from lineside_inspect.server.sessions import SessionStore
-from lineside_inspect.server.unexpected import CatchUnexpected, internal_error
+from lineside_inspect.server.unexpected import CatchUnexpected
 from lineside_inspect.version import __version__
 
 log = logging.getLogger("lineside.hub")
@@ -92,37 +87,6 @@ def setup_store(app: FastAPI, hub: HubSettings) -> None:
 
     app.state.on_startup.append(start)
     app.state.on_shutdown.append(stop)
-
-
-def add_error_handlers(app: FastAPI) -> None:
-    """The edge server's error answers: ``{"error": {code, message}}`` with the error's
-    status, a 500 with an error id for the unexpected."""
-
-    @app.exception_handler(LinesideError)
-    async def lineside_error(request: Request, exc: LinesideError) -> JSONResponse:
-        app.state.metrics.errors.labels(exc.code).inc()
-        headers = {"Retry-After": "1"} if exc.status == 503 else {}
-        if exc.status in (408, 413):
-            headers["Connection"] = "close"  # the rest of the body is unread
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status,
-                            headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        app.state.metrics.errors.labels("invalid_request").inc()
-        return JSONResponse(error_body("invalid_request", describe_validation(list(exc.errors()))),
-                            status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {400: "invalid_request", 404: "not_found",
-                405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
-                            headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return internal_error(exc, request.method, request.url.path)
 
 
 def create_hub_app(hub: HubSettings) -> FastAPI:

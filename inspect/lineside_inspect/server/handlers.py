@@ -1,0 +1,46 @@
+"""The error answers of every Lineside app (edge server and hub): ``{"error": {code,
+message}}`` with the error's status, a 500 with an error id for the unexpected."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lineside_inspect.errors import LinesideError, describe_validation, error_body
+from lineside_inspect.server.unexpected import internal_error
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Install the handlers; errors are counted in ``app.state.metrics.errors``."""
+
+    @app.exception_handler(LinesideError)
+    async def lineside_error(request: Request, exc: LinesideError) -> JSONResponse:
+        app.state.metrics.errors.labels(exc.code).inc()
+        headers = {"Retry-After": "1"} if exc.status == 503 else {}
+        if exc.status in (408, 413):
+            # the rest of the body is unread: close, or the client keeps sending into a
+            # connection the server must keep draining
+            headers["Connection"] = "close"
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status,
+                            headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        app.state.metrics.errors.labels("invalid_request").inc()
+        return JSONResponse(error_body("invalid_request", describe_validation(list(exc.errors()))),
+                            status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {400: "invalid_request", 404: "not_found",  # 400: a body that cannot be parsed
+                405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        # keep the exception's headers: a 405 must say which methods are allowed (Allow)
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # a generic answer with an error id; the details go to the log under that id
+        return internal_error(exc, request.method, request.url.path)
