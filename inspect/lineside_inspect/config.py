@@ -203,18 +203,39 @@ class Settings(BaseSettings):
             )
 
 
+def read_config_file(path: Path, what: str = "a config") -> dict[str, Any]:
+    """A YAML config file as a mapping; unreadable, invalid or not a mapping: ConfigError."""
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: {what} is a mapping of settings")
+    return doc
+
+
+def hash_plain_keys(doc: dict[str, Any]) -> None:
+    """Replace plain ``key`` entries of ``doc["api_keys"]`` by their sha256, in place: a
+    key is never kept as given."""
+    keys = []
+    for i, k in enumerate(doc.pop("api_keys", []) or []):
+        if isinstance(k, dict) and "key" in k:
+            k = {"name": k.get("name", f"key{i}"), "role": k.get("role"),
+                 "sha256": hash_key(str(k["key"]))}
+        keys.append(k)
+    if keys:
+        doc["api_keys"] = keys
+
+
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
     """Settings from the YAML file (plain ``key`` entries in ``api_keys`` are hashed here),
     then environment, then ``overrides`` (None values ignored)."""
     doc: dict[str, Any] = {}
     if config is not None:
         path = Path(config)
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        doc = read_config_file(path, "a server config")
         base = path.parent
         for key in ("models", "recipes", "model_roots"):
             if key in doc:
@@ -231,14 +252,7 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         for key in ("data_dir", "references_dir"):
             if doc.get(key) and not Path(doc[key]).is_absolute():
                 doc[key] = str((base / doc[key]).resolve())
-    keys = []
-    for i, k in enumerate(doc.pop("api_keys", []) or []):
-        if isinstance(k, dict) and "key" in k:
-            k = {"name": k.get("name", f"key{i}"), "role": k.get("role"),
-                 "sha256": hash_key(str(k["key"]))}
-        keys.append(k)
-    if keys:
-        doc["api_keys"] = keys
+    hash_plain_keys(doc)
     doc.update({k: v for k, v in overrides.items() if v is not None})
     try:
         env_only = Settings()

@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lineside_inspect.config import ApiKey, Settings, hash_key
+from lineside_inspect.config import ApiKey, Settings, hash_plain_keys, read_config_file
 from lineside_inspect.errors import ConfigError, describe_validation
 from lineside_inspect.fleet.config import ObjectStoreSettings
 
@@ -63,24 +62,10 @@ def load_hub_settings(config: str | Path | None = None, **overrides: Any) -> Hub
     doc: dict[str, Any] = {}
     if config is not None:
         path = Path(config)
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{path}: a hub config is a mapping of settings")
+        doc = read_config_file(path, "a hub config")
         if doc.get("data_dir") and not Path(str(doc["data_dir"])).is_absolute():
             doc["data_dir"] = str((path.parent / str(doc["data_dir"])).resolve())
-    keys = []
-    for i, k in enumerate(doc.pop("api_keys", []) or []):
-        if isinstance(k, dict) and "key" in k:
-            k = {"name": k.get("name", f"key{i}"), "role": k.get("role"),
-                 "sha256": hash_key(str(k["key"]))}
-        keys.append(k)
-    if keys:
-        doc["api_keys"] = keys
+    hash_plain_keys(doc)
     doc.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return HubSettings(**doc)
