@@ -155,6 +155,13 @@ def test_a_batch_is_stored_once_in_seq_order_with_its_images(hub: ServedHub) -> 
         assert f.read() == ref
     assert hub.store.record(row).has_image and row.labels == ",short,"
     assert hub.store.get(second.id).image_path is None
+    # and a reviewer gets them over HTTP, as the review page does (object-store streams
+    # have no file descriptor: this was a 500)
+    qa = {"Authorization": f"Bearer {KEYS['qa']}"}
+    for what, data in (("image", image), ("reference", ref)):
+        r = httpx.get(f"{hub.url}/v1/inspections/{first.id}/{what}", headers=qa)
+        assert r.status_code == 200 and r.content == data, (what, r.status_code, r.text[:200])
+        assert r.headers["content-type"] == "image/png"
 
     # the same batch again (an answer the box never saw): nothing changes
     again = box.post(box.path(FORWARD), ForwardBatch(items=[first, second]), ForwardAck)

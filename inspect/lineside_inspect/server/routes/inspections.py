@@ -62,19 +62,24 @@ def get_inspection(inspection_id: str, request: Request, who: Reviewer) -> Store
     return store.record(store.get(inspection_id))
 
 
-def _send(f: IO[bytes]) -> StreamingResponse:
+def _send(f: IO[bytes], name: str | None) -> StreamingResponse:
     """Stream a file the store opened: retention removing it meanwhile cannot turn the
-    answer into a 500 naming its path (an open file outlives its name)."""
-    size = os.fstat(f.fileno()).st_size
+    answer into a 500 naming its path (an open file outlives its name). ``name`` (the
+    row's stored path) gives the media type; a hub's images are object-store streams,
+    which have no file descriptor and so no Content-Length up front."""
+    try:
+        headers = {"Content-Length": str(os.fstat(f.fileno()).st_size)}
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        headers = {}
 
     def chunks() -> Iterator[bytes]:
         with f:
             while block := f.read(256 * 1024):
                 yield block
 
-    return StreamingResponse(chunks(), media_type=mimetypes.guess_type(str(f.name))[0]
+    return StreamingResponse(chunks(), media_type=mimetypes.guess_type(name or "")[0]
                              or "application/octet-stream",
-                             headers={"Content-Length": str(size)}, background=BackgroundTask(f.close))
+                             headers=headers, background=BackgroundTask(f.close))
 
 
 @router.get("/inspections/{inspection_id}/image", response_class=Response, responses={
@@ -82,7 +87,8 @@ def _send(f: IO[bytes]) -> StreamingResponse:
     **errors(401, 403, 404)})
 def original_image(inspection_id: str, request: Request, who: Reviewer) -> StreamingResponse:
     store = get_store(request)
-    return _send(store.open_image(store.get(inspection_id)))
+    row = store.get(inspection_id)
+    return _send(store.open_image(row), row.image_path)
 
 
 @router.get("/inspections/{inspection_id}/reference", response_class=Response, responses={
@@ -91,7 +97,8 @@ def original_image(inspection_id: str, request: Request, who: Reviewer) -> Strea
 def reference_image(inspection_id: str, request: Request, who: Reviewer) -> StreamingResponse:
     """The reference image a reference model compared this inspection's image with."""
     store = get_store(request)
-    return _send(store.open_reference(store.get(inspection_id)))
+    row = store.get(inspection_id)
+    return _send(store.open_reference(row), row.reference_path)
 
 
 @router.get("/inspections/{inspection_id}/annotated", response_class=Response, responses={
