@@ -337,3 +337,60 @@ def test_hub_config_is_checked_and_keys_are_kept_hashed(tmp_path: Path) -> None:
     assert "plain-secret" not in repr(hub) and "plain-secret" not in hub.model_dump_json()
     server = hub.server_settings()  # what the shared gate, guard and key lookup read
     assert (server.store, server.models, server.api_keys) == (False, [], hub.api_keys)
+
+
+def test_a_restored_box_never_marks_unsent_inspections_delivered(
+        tmp_path: Path, weed: Any, detector: Detector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A box whose data folder was restored from a backup: the hub's cursor for it is ahead
+    of its outbox. Its first batch holds only what the hub has; the hub answers its cursor,
+    and the box must settle only what it sent: the new inspection after it goes next (and
+    is refused with 409 sequence_behind), never silently marked delivered."""
+    import shutil
+    import sys
+
+    # a batch cut short by its image budget: one inspection per request, two pending
+    monkeypatch.setattr(sys.modules[Forwarder.__module__], "MAX_BATCH_IMAGE_BYTES", -1)
+    (tmp_path / "hub").mkdir()
+    with ServedHub(hub_settings(tmp_path / "hub", weed.settings("fleet-sync-restore"))) as hub:
+        fleet = FleetSettings(hub_url=hub.url, token=KEYS["box1"], forward_batch=2,  # type: ignore[arg-type]
+                              timeout_s=5)
+
+        def box(folder: Path) -> Store:
+            store = Store(folder, pass_rate=1.0, box_id="box1")
+            store.event_makers.append(forward_events)
+            store.guard_channel = "fleet"
+            return store
+
+        first = box(tmp_path / "box")
+        a = _inspection(detector)
+        assert first.save(a)
+        first.flush()
+        first.close()
+        shutil.copytree(tmp_path / "box", tmp_path / "backup")  # the backup: A unsent
+        live = box(tmp_path / "box")
+        for _ in range(2):
+            assert live.save(_inspection(detector))
+        live.flush()
+        sender = Forwarder(live, HubClient(fleet, "box1"), fleet, None)
+        while sender.forward_once():
+            pass
+        sender.client.close()
+        live.close()  # the hub's cursor for box1 is now 3
+
+        restored = box(tmp_path / "backup")
+        b = _inspection(detector)
+        assert restored.save(b)  # a new inspection under seq 2, below the hub's cursor
+        restored.flush()
+        forwarder = Forwarder(restored, HubClient(fleet, "box1"), fleet, None)
+        try:
+            assert forwarder.forward_once() == 1  # A: already held, settled
+            with pytest.raises(HubRefused, match="sequence_behind"):
+                forwarder.forward_once()
+            forwarder.refresh_gauges()
+            assert forwarder.backlog == 1  # B still waits: nothing marked delivered unsent
+            with pytest.raises(Exception, match="no inspection"):
+                hub.store.get(b.id)
+        finally:
+            forwarder.client.close()
+            restored.close()
+

@@ -159,7 +159,9 @@ class Forwarder:
         through = 0
         if items:
             ack = self.client.post(self.client.path(FORWARD), ForwardBatch(items=items), ForwardAck)
-            through = ack.through_seq
+            # the hub answers its cursor, which may be ahead of this batch (a restored
+            # box): settle only what was sent, never events the cut left for later
+            through = min(ack.through_seq, items[-1].seq)
         # events whose rows are gone have nothing to send: settled with the batch they
         # came in, once the hub took all of it
         full = not items or through >= items[-1].seq
