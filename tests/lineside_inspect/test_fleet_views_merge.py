@@ -108,3 +108,26 @@ def test_unknown_inspection_and_bad_reviews_change_nothing(tmp_path: Path,
             == "duplicate"
     finally:
         store.close()
+
+
+def test_a_restored_box_reviews_are_applied_not_skipped_by_the_cursor(tmp_path: Path) -> None:
+    """A box restored from a backup sends reviews under sequence numbers the hub has passed:
+    the hub applies them (a resent one is a duplicate by content), and never acknowledges
+    more than it was sent."""
+    from lineside_inspect.fleet.hub.reviews import _advance, take_reviews
+    from lineside_inspect.fleet.hub.tables import create_hub_tables
+    from lineside_inspect.fleet.protocol import ReviewBatch
+
+    store, iid = _store(tmp_path, None, "hub")
+    create_hub_tables(store.engine)
+    try:
+        _advance(store, "box-1", 5)  # the box's earlier life got the cursor to 5
+        event = _event(iid, T0 + timedelta(minutes=1), "box").model_copy(update={"seq": 2})
+        ack = take_reviews(store, "box-1", ReviewBatch(items=[event]))
+        assert ack.through_seq == 2
+        row = store.get(iid)
+        assert [r.reviewer for r in row.reviews] == ["qa"] and row.review_state == "confirmed"
+        again = take_reviews(store, "box-1", ReviewBatch(items=[event]))  # resent: no change
+        assert again.through_seq == 2 and len(store.get(iid).reviews) == 1
+    finally:
+        store.close()

@@ -139,7 +139,7 @@ class ReviewSync:
             if items:
                 ack = self.client.post(self.client.path(REVIEWS_UP), ReviewBatch(items=items),
                                        ReviewAck)
-                through = ack.through_seq
+                through = min(ack.through_seq, items[-1].seq)  # settle only what was sent
             last = items[-1].seq if items else 0
             done = [e.id for e in pending if e.id <= through or (e.id in gone and through >= last)]
             self.outbox.mark_delivered(done)

@@ -86,10 +86,13 @@ def _advance(store: Store, box_id: str, seq: int) -> None:
 def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
     """Apply box ``box_id``'s reviews in ``seq`` order; how far the hub got."""
     items = sorted(batch.items, key=lambda e: e.seq)
-    cursor = through = _cursor(store, box_id)
+    cursor = _cursor(store, box_id)
+    # every item is applied, even at or below the cursor: a review is recognised by its
+    # content (apply_review: a resent one is a duplicate), and a box restored from a
+    # backup sends new reviews under sequence numbers the hub has passed. The answer never
+    # goes beyond what was sent, so the box settles nothing it did not send.
+    through = 0
     for event in items:
-        if event.seq <= cursor:
-            continue  # taken before (a retried batch)
         if event.origin != "box":
             raise ConfigError(f"review seq {event.seq}: a box sends only its own reviews "
                               "(origin 'box')")
