@@ -131,3 +131,23 @@ def test_a_restored_box_reviews_are_applied_not_skipped_by_the_cursor(tmp_path: 
         assert again.through_seq == 2 and len(store.get(iid).reviews) == 1
     finally:
         store.close()
+
+
+def test_a_review_from_a_box_clock_far_ahead_is_skipped(tmp_path: Path) -> None:
+    """Last writer wins on the review's time: a review dated in the future would win every
+    later one (and at year 9999, the hub's next review time overflowed into a 500)."""
+    from lineside_inspect.fleet.hub.reviews import take_reviews
+    from lineside_inspect.fleet.hub.tables import create_hub_tables
+    from lineside_inspect.fleet.protocol import ReviewBatch
+
+    store, iid = _store(tmp_path, None, "hub")
+    create_hub_tables(store.engine)
+    try:
+        future = _event(iid, datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "box")
+        ack = take_reviews(store, "box-1", ReviewBatch(items=[future]))
+        assert ack.through_seq == 1  # settled (logged), so it cannot hold later reviews
+        assert store.get(iid).reviews == []
+        store.review(iid, reviewer="lead", action="confirm")  # the hub's own still works
+        assert [r.reviewer for r in store.get(iid).reviews] == ["lead"]
+    finally:
+        store.close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
@@ -46,6 +46,7 @@ from lineside_inspect.server.responses import errors
 from lineside_inspect.server.routes import inspections
 from lineside_inspect.store import Store
 from lineside_inspect.store.models import InspectionRow, ReviewRow
+from lineside_inspect.store.utc import as_utc
 
 log = logging.getLogger("lineside.hub")
 STREAM = "reviews"  # this stream's name in fleet_cursors
@@ -83,6 +84,9 @@ def _advance(store: Store, box_id: str, seq: int) -> None:
             row.seq, row.updated_at = seq, datetime.now(UTC)
 
 
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
+
+
 def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
     """Apply box ``box_id``'s reviews in ``seq`` order; how far the hub got."""
     items = sorted(batch.items, key=lambda e: e.seq)
@@ -103,6 +107,11 @@ def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
                             f"box {box_id}'s")
         outcome: str
         try:
+            if as_utc(event.created_at) > datetime.now(UTC) + MAX_CLOCK_AHEAD:
+                # last writer wins on the review's own time: a box clock far ahead (or a
+                # hostile box) would otherwise win every later review of the inspection
+                raise ConfigError(f"made at {event.created_at.isoformat()}, later than the hub's "
+                                  f"clock allows ({MAX_CLOCK_AHEAD} ahead)")
             outcome = apply_review(store, event)
         except ConfigError as exc:
             # a review this hub cannot take (a class its inspection's model does not have):
