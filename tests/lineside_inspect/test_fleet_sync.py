@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import socket
 import threading
 import uuid
@@ -206,10 +207,20 @@ def test_refusals_name_the_problem_and_store_nothing(hub: ServedHub) -> None:
         item.model_copy(update={"record": {**item.record, "id": uuid.uuid4().hex}}),
         item.model_copy(update={"record": {**item.record, "camera_id": "c" * 200}}),
         item.model_copy(update={"image_ext": None}),
+        item.model_copy(update={"record": {**item.record, "width": 2**40}}),  # past INTEGER
     ]
     for b in bad:
         with pytest.raises(HubRefused, match="422"):
             box.post(box.path(FORWARD), ForwardBatch(items=[b]), ForwardAck)
+    # NaN and Infinity are JSON tokens Python parses: refused, not stored (every listing
+    # with such a row would be a 500) and not a database error the box would retry forever
+    for token in ("NaN", "Infinity"):
+        doc = ForwardBatch(items=[item]).model_dump(mode="json")
+        text = json.dumps(doc).replace('"total": 4', f'"total": {token}', 1)
+        assert token in text
+        r = httpx.post(hub.url + box.path(FORWARD), content=text, headers={
+            "authorization": f"Bearer {KEYS['box1']}", "content-type": "application/json"})
+        assert r.status_code == 422 and "not a finite number" in r.text, r.text[:300]
     r = httpx.post(hub.url + FORWARD.format(box_id="box1%0A"), content=body,
                    headers={"authorization": f"Bearer {KEYS['box1']}"})
     assert r.status_code in (403, 404, 422) and "Traceback" not in r.text

@@ -24,8 +24,10 @@ import base64
 import binascii
 import hashlib
 import logging
+import math
 import re
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -186,9 +188,39 @@ class _Prepared:
     reference: bytes | None
 
 
+INT_RANGE = 2**31  # the database's INTEGER columns
+
+
+def _out_of_range(value: Any, where: str = "") -> str | None:
+    """Where in ``value`` (a JSON document) a number is NaN, infinite or an integer the
+    database cannot hold; None when every number is fine."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where or "value"
+    if isinstance(value, int):
+        return None if -INT_RANGE <= value < INT_RANGE else where or "value"
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = _out_of_range(v, f"{where}.{k}" if where else str(k))
+        if found is not None:
+            return found
+    return None
+
+
 def _row(box_id: str, item: ForwardedInspection) -> _Prepared:
     """The hub's row of ``item`` and its decoded images: the box's record, checked, under
     the keys its images will have; the box id is the caller's (never the record's)."""
+    bad = _out_of_range(item.record)
+    if bad is not None:
+        # NaN or infinity cannot be answered as JSON (every listing with the row would be a
+        # 500) and an integer past 32 bits is a database error: refused here, as a 422
+        raise ConfigError(f"item seq {item.seq}: record.{bad}: not a finite number in range")
     try:
         rec = StoredInspection.model_validate({**item.record, "reviews": []})
     except ValidationError as exc:
