@@ -285,17 +285,23 @@ class _Liar(BaseHTTPRequestHandler):
 
 
 def _outputs(boxes: list[float], scores: list[float], labels: list[float], k: int = 1,
-             box_shape: list[int] | None = None) -> bytes:
+             box_shape: list[int] | None = None, label_type: str = "INT64") -> bytes:
     return json.dumps({"model_name": "deeppcb", "outputs": [
         {"name": "boxes", "datatype": "FP32", "shape": box_shape or [1, k, 4], "data": boxes},
         {"name": "scores", "datatype": "FP32", "shape": [1, k], "data": scores},
-        {"name": "labels", "datatype": "INT64", "shape": [1, k], "data": labels}]}).encode()
+        {"name": "labels", "datatype": label_type, "shape": [1, k], "data": labels}]}).encode()
 
 
 @pytest.mark.parametrize("answer, problem", [
     (_outputs([1, 2, 3, 4], [0.9], [6]), "labels or scores out of range"),  # 6 classes: 0..5
     (_outputs([1, 2, 3, 4], [1.5], [0]), "labels or scores out of range"),
     (_outputs([1, 2, 3, 4], [0.9], [-1]), "labels or scores out of range"),
+    # checked before the cast to the declared type: 257 as UINT8 would wrap to 1 and 1.5 as
+    # INT64 truncate to 1, a class the card has; 1e6 as FP16 is infinity
+    (_outputs([1, 2, 3, 4], [0.9], [257], label_type="UINT8"), "'labels' holds 257, not a UINT8"),
+    (_outputs([1, 2, 3, 4], [0.9], [1.5]), "'labels' holds 1.5, not a INT64"),
+    (_outputs([1, 2, 3, 4], [0.9], [1.5], label_type="FP32"), "labels or scores out of range"),
+    (_outputs([1, 2, 3, 4], [0.9], [1e6], label_type="FP16"), "'labels' holds 1e\\+06, not a FP16"),
     (_outputs([1, 2, 3, 4, 5], [0.9], [0], box_shape=[1, 1, 5]), r"are not boxes \[B, K, 4\]"),
     (_outputs([1, 2, 3], [0.9], [0]), "has shape .* and 3 values"),
     (_outputs([1, 2, 3, 4], [0.9], [0]).replace(b"[1, 2, 3, 4]", b"[1, 2, 3, NaN]"),

@@ -202,8 +202,24 @@ class OipClient:
             if not np.isfinite(values).all():
                 raise RemoteInferenceRefused(
                     f"remote inference at {self.where}: output {name!r} holds NaN or infinity")
-            arrays.append(values.astype(DTYPES[t.datatype]).reshape(t.shape))
+            arrays.append(self._cast(name, t.datatype, values).reshape(t.shape))
         return self._fit(arrays)
+
+    def _cast(self, name: str, datatype: str, values: np.ndarray) -> np.ndarray:
+        """``values`` (as parsed) in the declared type, checked before the cast: a cast
+        wraps (300 as UINT8 is 44) or truncates (2.5 as INT64 is 2), so an out-of-range
+        value would otherwise pass every later check as another one."""
+        dtype = np.dtype(DTYPES[datatype])
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            bad = (values != np.round(values)) | (values < info.min) | (values > info.max)
+        else:
+            bad = ~np.isfinite(values.astype(dtype))  # FP16 overflows past 65504
+        if bad.any():
+            raise RemoteInferenceRefused(
+                f"remote inference at {self.where}: output {name!r} holds {values[bad][0]:g}, "
+                f"not a {datatype} value")
+        return values.astype(dtype)
 
     def _fit(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Boxes ``[B, K, 4]``, scores ``[B, K]``, labels ``[B, K]`` of known classes, as
@@ -216,6 +232,7 @@ class OipClient:
                 f"{scores.shape}, {labels.shape} are not boxes [B, K, 4], scores and labels [B, K]")
         kept = scores > 0  # padding rows carry score 0 and any label
         if kept.any() and (labels[kept].min() < 0 or labels[kept].max() >= len(self.card.class_names)
+                           or (labels[kept] != np.round(labels[kept])).any()
                            or scores.max() > 1):
             raise RemoteInferenceRefused(
                 f"remote inference at {self.where}: labels or scores out of range for the "
