@@ -16,7 +16,7 @@ from lineside_training.anomaly.evaluate import summary_lines as anomaly_summary
 from lineside_training.anomaly.export import export_anomaly
 from lineside_training.bench import bench_train
 from lineside_training.calibrate import calibrate
-from lineside_training.config import TrainConfig, read_config, validate_config
+from lineside_training.config import TrainConfig, read_config, sizes_from_data, validate_config
 from lineside_training.models import list_models
 
 __all__ = ["anomaly_summary", "bench_train", "calibrate", "evaluate", "export", "list_models",
@@ -29,7 +29,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     doc = read_config(path, overrides, **fields)
     if doc.get("kind") == "anomaly":
         return validate_config(AnomalyConfig, path, doc)
-    return validate_config(TrainConfig, path, doc)
+    return validate_config(TrainConfig, path, sizes_from_data(doc))
 
 
 def train(cfg: TrainConfig | AnomalyConfig, *, resume: bool = False) -> Path:

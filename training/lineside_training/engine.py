@@ -431,6 +431,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         if not quiet:
             print(line, file=sys.stderr, flush=True)
 
+    log(f"input size {cfg.input_size} px, training on "
+        f"{f'{cfg.crop_size} px crops' if cfg.crop_size else 'whole images'}; "
+        f"{len(data.train)} train and {len(data.val)} val images")
     model = build_model(cfg.model, num_classes=len(data.class_names), **cfg.model_kwargs)
     if cfg.weights:
         report = load_weights(model, cfg.weights)

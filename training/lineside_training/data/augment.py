@@ -35,18 +35,22 @@ def shift_reference(image: np.ndarray, **_: Any) -> np.ndarray:
 
 def train_transform(cfg: AugmentConfig, crop: int | None, size: int,
                     seed: int | None = None, reference: bool = False) -> A.Compose:
-    """Random crop (tiles of the full image, so tiny defects keep their pixels), flips,
-    90° rotations, photometric changes and scale jitter. Without ``crop`` the image is
-    letterboxed to ``size``. ``reference``: the images are pair images (frame, reference,
-    difference), which may get registration jitter."""
-    ops: list[A.BasicTransform] = []
+    """Random crop (tiles of the image at ``size``, so a small defect keeps the pixels it
+    has at inference), flips, 90° rotations, photometric changes and scale jitter.
+    Without ``crop`` the image is letterboxed to ``size``. Either way the image is first
+    scaled as inference scales it (longer side to ``size``): crops of a 2000 px image at
+    its own scale would teach defects several times larger than the model then sees.
+    ``reference``: the images are pair images (frame, reference, difference), which may
+    get registration jitter."""
+    # INTER_AREA when shrinking, as the edge letterbox does (linear when enlarging)
+    ops: list[A.BasicTransform] = [A.LongestMaxSize(size, area_for_downscale="image")]
     if cfg.scale_jitter > 0:
         j = cfg.scale_jitter
         ops.append(A.Affine(scale=(1 - j, 1 + j), fill=PAD_VALUE, p=0.3))
     if crop:
         ops += [A.PadIfNeeded(crop, crop, border_mode=0, fill=PAD_VALUE), A.RandomCrop(crop, crop)]
     else:
-        ops += [A.LongestMaxSize(size), A.PadIfNeeded(size, size, border_mode=0, fill=PAD_VALUE)]
+        ops.append(A.PadIfNeeded(size, size, border_mode=0, fill=PAD_VALUE))
     if cfg.morphology > 0:
         # image only: albumentations' Morphological also reshapes boxes and fails on several
         ops.append(A.Lambda(image=morph, p=cfg.morphology))  # np.random: seeded by the engine
