@@ -39,6 +39,9 @@ from lineside_inspect.runtime.detector import Detector
 MAX_ANSWER_BYTES = 1 << 20
 DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,
           "INT32": np.int32, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8}
+# the integer types' ranges, to check values against before they are cast
+INT_RANGES = {"INT64": (-(2**63), 2**63 - 1), "INT32": (-(2**31), 2**31 - 1),
+              "INT16": (-(2**15), 2**15 - 1), "INT8": (-128, 127), "UINT8": (0, 255)}
 
 
 class _Tensor(BaseModel):
@@ -210,9 +213,9 @@ class OipClient:
         wraps (300 as UINT8 is 44) or truncates (2.5 as INT64 is 2), so an out-of-range
         value would otherwise pass every later check as another one."""
         dtype = np.dtype(DTYPES[datatype])
-        if dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            bad = (values != np.round(values)) | (values < info.min) | (values > info.max)
+        if datatype in INT_RANGES:
+            low, high = INT_RANGES[datatype]
+            bad = (values != np.round(values)) | (values < low) | (values > high)
         else:
             bad = ~np.isfinite(values.astype(dtype))  # FP16 overflows past 65504
         if bad.any():
