@@ -270,6 +270,15 @@ class SequenceBehind(LinesideError):
     status = 409
 
 
+class InspectionIdTaken(LinesideError):
+    """A box forwarded an inspection whose id the hub already holds from another box:
+    ids are random, so this is a copied record or a hostile one. Nothing was stored, and
+    the other box's record is untouched."""
+
+    code = "inspection_id_taken"
+    status = 409
+
+
 class HubUnavailable(LinesideError):
     """The fleet hub cannot be reached (a box keeps recording and serving meanwhile)."""
 

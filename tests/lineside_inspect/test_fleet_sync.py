@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 import uvicorn
 from prometheus_client import generate_latest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from lineside_inspect.errors import HubRefused, HubUnavailable
@@ -48,7 +49,7 @@ from .fleet_peers import free_port
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "deeppcb" / "1"
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
-KEYS = {"box1": "k-box1", "box2": "k-box2", "qa": "k-qa"}
+KEYS = {"box1": "k-box1", "box2": "k-box2", "box3": "k-box3", "box4": "k-box4", "qa": "k-qa"}
 
 
 def _png(seed: int) -> bytes:
@@ -111,10 +112,9 @@ class ServedHub:
         return self.app.state.store  # type: ignore[no-any-return]
 
 
-def hub_settings(tmp: Path, objects: dict[str, Any]) -> HubSettings:
-    keys = [{"name": "box1", "role": "box", "key": KEYS["box1"]},
-            {"name": "box2", "role": "box", "key": KEYS["box2"]},
-            {"name": "qa", "role": "reviewer", "key": KEYS["qa"]}]
+def hub_settings(tmp: Path, objects: dict[str, Any], **more: Any) -> HubSettings:
+    keys = [{"name": name, "role": "reviewer" if name == "qa" else "box", "key": key}
+            for name, key in KEYS.items()]
     from lineside_inspect.fleet.hub.config import load_hub_settings
 
     cfg = tmp / "hub.yaml"
@@ -122,7 +122,7 @@ def hub_settings(tmp: Path, objects: dict[str, Any]) -> HubSettings:
 
     cfg.write_text(yaml.safe_dump({
         "database_url": f"sqlite:///{tmp / 'hub.db'}", "data_dir": "hub-data",
-        "objects": objects, "api_keys": keys, "port": free_port()}))
+        "objects": objects, "api_keys": keys, "port": free_port(), **more}))
     return load_hub_settings(cfg)
 
 
@@ -405,3 +405,153 @@ def test_a_restored_box_never_marks_unsent_inspections_delivered(
             forwarder.client.close()
             restored.close()
 
+
+
+def _send_head(port: int, path: str, key: str, declared: int = 10**6) -> socket.socket:
+    """A connection that sent a request's head and one byte of its body, and no more."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=5)
+    c.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+              f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n{{".encode())
+    return c
+
+
+def _answer_without_body(port: int, path: str, key: str) -> tuple[int, dict[str, str], Any]:
+    """The hub's answer to a request whose body never comes (a socket timeout, failing the
+    test, if the hub waits for the body)."""
+    with _send_head(port, path, key) as c:
+        raw = b""
+        while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
+            got = c.recv(65536)
+            if not got:
+                break
+            raw += got
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def test_box_routes_check_the_box_id_before_reading_a_body(hub: ServedHub) -> None:
+    """Another box's id, another role or a bad id: refused before a byte of the body is
+    read (the body never comes here; a hub that waited for it would time out)."""
+    port = int(hub.url.rsplit(":", 1)[1])
+    for leaf in ("inspections", "reviews", "status"):
+        status, headers, doc = _answer_without_body(port, f"/fleet/v1/boxes/box1/{leaf}",
+                                                    KEYS["box2"])
+        assert (status, doc["error"]["code"]) == (403, "forbidden"), leaf
+        assert "'box2' speaks only for box 'box2', not 'box1'" in doc["error"]["message"]
+        assert headers["connection"] == "close"  # the unread body is not a next request
+        status, _, doc = _answer_without_body(port, f"/fleet/v1/boxes/box1/{leaf}", KEYS["qa"])
+        assert (status, doc["error"]["code"]) == (403, "forbidden"), leaf
+    status, _, doc = _answer_without_body(port, "/fleet/v1/boxes/box%201/reviews", KEYS["box1"])
+    assert status == 422 and "box id must match" in doc["error"]["message"]
+
+
+def test_forwarded_bodies_are_admitted_before_they_are_read(tmp_path: Path, weed: Any) -> None:
+    """At most max_forward_bodies forwarded batches are read at once: one more is 503 +
+    Retry-After before its body is read; the place comes back when the first one ends."""
+    with ServedHub(hub_settings(tmp_path, weed.settings("fleet-sync-admission"),
+                                max_forward_bodies=1)) as hub:
+        port = int(hub.url.rsplit(":", 1)[1])
+
+        def reading() -> float:
+            text = httpx.get(hub.url + "/metrics").text
+            line = next(x for x in text.splitlines() if x.startswith("lineside_hub_forward_bodies "))
+            return float(line.split()[1])
+
+        slow = _send_head(port, FORWARD.format(box_id="box1"), KEYS["box1"])
+        try:
+            while reading() != 1.0:  # the slow body holds the one place
+                threading.Event().wait(0.05)
+            for box in ("box2", "box1"):
+                status, headers, doc = _answer_without_body(port, FORWARD.format(box_id=box),
+                                                            KEYS[box])
+                assert (status, doc["error"]["code"]) == (503, "overloaded")
+                assert headers["retry-after"] == "1" and "max_forward_bodies" in doc["error"]["message"]
+            # other routes are not held by it
+            status, _, doc = _answer_without_body(port, "/fleet/v1/boxes/box1/status", KEYS["box2"])
+            assert status == 403
+        finally:
+            slow.close()
+        while reading() != 0.0:  # the broken-off body gave its place back
+            threading.Event().wait(0.05)
+        box = client(hub, "box2")
+        ack = box.post(box.path(FORWARD), ForwardBatch(items=[_item(1, image=_png(9))]), ForwardAck)
+        assert ack.stored == 1
+
+
+def test_an_id_another_box_holds_is_a_conflict_not_a_duplicate(hub: ServedHub) -> None:
+    """Box 4 forwarding an inspection id box 3 forwarded: 409 naming the id, nothing stored,
+    box 3's record untouched; the fleet page counts what each box's batches stored."""
+    box3, box4 = client(hub, "box3"), client(hub, "box4")
+    first = _item(1, image=_png(21))
+    copied = _item(2, inspection_id=first.id, image=_png(22))
+    assert box3.post(box3.path(FORWARD), ForwardBatch(items=[first]), ForwardAck).stored == 1
+    assert box3.post(box3.path(FORWARD), ForwardBatch(items=[first]), ForwardAck).duplicates == 1
+    r = httpx.post(hub.url + box4.path(FORWARD), content=ForwardBatch(items=[
+        _item(1, image=_png(23)), copied]).model_dump_json(),
+        headers={"authorization": f"Bearer {KEYS['box4']}", "content-type": "application/json"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "inspection_id_taken"
+    message = r.json()["error"]["message"]
+    assert first.id in message and "another box" in message and "box3" not in message
+    row = hub.store.get(first.id)
+    assert row.box_id == "box3"
+    with hub.store.open_image(row) as f:
+        assert f.read() == _png(21)
+    with Session(hub.store.engine) as s:
+        assert s.get(CursorRow, ("box4", "inspections")) is None  # nothing of the batch
+        held = {b: n for b, n in s.execute(select(InspectionRow.box_id, func.count())
+                                           .group_by(InspectionRow.box_id))}
+    page = httpx.get(hub.url + "/fleet/v1/boxes",
+                     headers={"authorization": f"Bearer {KEYS['qa']}"}).json()
+    counted = {b["box_id"]: b["inspections_held"] for b in page["boxes"]}
+    assert counted["box3"] == 1 and "box4" not in counted
+    assert counted == {b: n for b, n in held.items() if b is not None}
+
+
+class _EndlessAnswer(BaseHTTPRequestHandler):
+    """A broken hub: answers 200 with a body that goes on (no length), counting what the
+    box took before it hung up."""
+
+    protocol_version = "HTTP/1.0"
+    sent = 0
+    done = threading.Event()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        chunk = b" " * 65536
+        try:
+            for _ in range(2048):  # 128 MiB
+                self.wfile.write(chunk)
+                type(self).sent += len(chunk)
+        except OSError:
+            pass
+        finally:
+            type(self).done.set()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_box_stops_reading_an_answer_at_its_limit() -> None:
+    """A hub answering without end: the box refuses the answer once it passes its limit,
+    having read about that much (not the whole answer first)."""
+    handler = type("Endless", (_EndlessAnswer,), {"sent": 0, "done": threading.Event()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    fleet = FleetSettings(hub_url=f"http://127.0.0.1:{server.server_address[1]}",  # type: ignore[arg-type]
+                          token="k", timeout_s=5)
+    box = HubClient(fleet, "box1", max_answer_bytes=1 << 20)
+    try:
+        with pytest.raises(HubRefused, match=r"over \d+ bytes"):
+            box.post(box.path(FORWARD), ForwardBatch(items=[_item(1)]), ForwardAck)
+        assert handler.done.wait(30)
+        # what left the hub before the box hung up: the limit plus the sockets' buffers
+        assert handler.sent < 32 << 20, handler.sent
+    finally:
+        box.close()
+        server.shutdown()
+        server.server_close()

@@ -12,6 +12,7 @@ the key's name on the hub), so callers never build URLs by hand.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from lineside_inspect.version import __version__
 M = TypeVar("M", bound=BaseModel)
 # an answer's body is read only up to this (a JSON answer; packages use download())
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
+ERROR_BYTES = 64 * 1024  # of an error answer, for its message
 
 
 class HubClient:
@@ -33,10 +35,12 @@ class HubClient:
     :meth:`close` ends its connections."""
 
     def __init__(self, settings: FleetSettings, box_id: str,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         if not settings.hub_url:
             raise ValueError("fleet.hub_url is not set")
         self.box_id = box_id
+        self.max_answer_bytes = max_answer_bytes
         self.base_url = settings.hub_url.rstrip("/")
         headers = {"user-agent": f"lineside-box/{__version__}"}
         if settings.token is not None:
@@ -57,23 +61,30 @@ class HubClient:
 
     # -- calls ---------------------------------------------------------------------
     def request(self, method: str, path: str, *, body: BaseModel | None = None,
-                params: dict[str, Any] | None = None) -> httpx.Response:
-        """One request; the answer when it is 2xx, else HubUnavailable / HubRefused."""
+                params: dict[str, Any] | None = None) -> bytes:
+        """One request; the answer's body when it is 2xx, else HubUnavailable / HubRefused.
+        The answer is streamed and refused once it passes ``max_answer_bytes`` (a declared
+        length over it: before reading any): a broken or hostile hub cannot make the box
+        hold more than that."""
         content = body.model_dump_json().encode() if body is not None else None
         headers = {"content-type": "application/json"} if content is not None else None
         try:
-            resp = self._http.request(method, path, content=content, params=params,
-                                      headers=headers)
-        except httpx.HTTPError as exc:  # refused, reset, timed out, DNS, TLS
+            with self._http.stream(method, path, content=content, params=params,
+                                   headers=headers) as resp:
+                if resp.status_code >= 400:
+                    detail = _error_text(resp.status_code, resp.reason_phrase,
+                                         _read_at_most(resp, ERROR_BYTES))
+                    if resp.status_code >= 500 or resp.status_code in (408, 429):
+                        raise HubUnavailable(f"hub {self.base_url} answered "
+                                             f"{resp.status_code}: {detail}")
+                    raise HubRefused(f"hub refused {method} {path}: {resp.status_code} {detail}")
+                data = _read_at_most(resp, self.max_answer_bytes)
+        except httpx.HTTPError as exc:  # refused, reset, timed out, DNS, TLS, bad encoding
             raise HubUnavailable(f"hub {self.base_url} unreachable: {type(exc).__name__}") from None
-        if resp.status_code >= 500 or resp.status_code in (408, 429):
-            raise HubUnavailable(f"hub {self.base_url} answered {resp.status_code}: "
-                                 f"{_error_text(resp)}")
-        if resp.status_code >= 400:
-            raise HubRefused(f"hub refused {method} {path}: {resp.status_code} {_error_text(resp)}")
-        if len(resp.content) > MAX_ANSWER_BYTES:
-            raise HubRefused(f"hub answer to {method} {path} is over {MAX_ANSWER_BYTES} bytes")
-        return resp
+        if data is None:
+            raise HubRefused(f"hub answer to {method} {path} is over {self.max_answer_bytes} "
+                             "bytes: not read")
+        return data
 
     def post(self, path: str, body: BaseModel, answer: type[M]) -> M:
         return _parse(self.request("POST", path, body=body), answer, path)
@@ -90,9 +101,9 @@ class HubClient:
                 if resp.status_code >= 500 or resp.status_code in (408, 429):
                     raise HubUnavailable(f"hub answered {resp.status_code} for {path}")
                 if resp.status_code >= 400:
-                    resp.read()
-                    raise HubRefused(f"hub refused GET {path}: {resp.status_code} "
-                                     f"{_error_text(resp)}")
+                    detail = _error_text(resp.status_code, resp.reason_phrase,
+                                         _read_at_most(resp, ERROR_BYTES))
+                    raise HubRefused(f"hub refused GET {path}: {resp.status_code} {detail}")
                 with dest.open("wb") as f:
                     for chunk in resp.iter_bytes():
                         size += len(chunk)
@@ -108,17 +119,33 @@ class HubClient:
         return size
 
 
-def _parse(resp: httpx.Response, answer: type[M], path: str) -> M:
+def _read_at_most(resp: httpx.Response, limit: int) -> bytes | None:
+    """The answer's body, or None once it is (or declares itself) over ``limit`` bytes:
+    reading stops there (the connection is dropped with the rest unread)."""
+    declared = resp.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in resp.iter_bytes():  # decoded: a compressed answer is bounded as it unpacks
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(content: bytes, answer: type[M], path: str) -> M:
     try:
-        return answer.model_validate_json(resp.content)
+        return answer.model_validate_json(content)
     except ValidationError:
         raise HubRefused(f"hub answer to {path} is not a {answer.__name__}") from None
 
 
-def _error_text(resp: httpx.Response) -> str:
+def _error_text(status: int, reason: str, content: bytes | None) -> str:
     """The hub's ``{"error": {...}}`` as ``code: message`` (short), else the status text."""
     try:
-        err = resp.json()["error"]
+        err = json.loads(content or b"")["error"]
         return f"{err['code']}: {str(err['message'])[:300]}"
     except Exception:
-        return resp.reason_phrase or "error"
+        return reason or f"status {status}"

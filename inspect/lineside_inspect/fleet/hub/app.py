@@ -25,6 +25,7 @@ from lineside_inspect.errors import (
     ObjectStoreUnavailable,
 )
 from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.fleet.hub.front import BoxFront
 from lineside_inspect.fleet.hub.images import ObjectImages
 from lineside_inspect.fleet.hub.tables import create_hub_tables
 from lineside_inspect.fleet.objects import ObjectStore
@@ -128,6 +129,9 @@ def create_hub_app(hub: HubSettings) -> FastAPI:
             install(app, hub)
         app.include_router(module.router)
     gate.install(app, settings)  # auth and body limits before any body is read
+    # before the gate: a box route's box id, and the forward route's admission
+    app.add_middleware(BoxFront, max_forward_bodies=hub.max_forward_bodies,
+                       metrics=app.state.metrics)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"])

@@ -10,19 +10,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import JSON, Boolean, String, func, select
+from sqlalchemy import JSON, Boolean, String, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from lineside_inspect.errors import DatabaseUnavailable
 from lineside_inspect.fleet.hub.config import HubSettings
 from lineside_inspect.fleet.hub.reviews import BoxId, BoxKey, own_box
-from lineside_inspect.fleet.hub.tables import HubBase
+from lineside_inspect.fleet.hub.tables import BoxCountRow, HubBase
 from lineside_inspect.fleet.protocol import PREFIX, STATUS, BoxStatus
 from lineside_inspect.server.deps import Reviewer, get_store
 from lineside_inspect.server.responses import errors
 from lineside_inspect.store import Store
-from lineside_inspect.store.models import InspectionRow
 from lineside_inspect.store.utc import UTCDateTime, as_utc
 
 BOXES = PREFIX + "/boxes"
@@ -84,9 +83,8 @@ def fleet(store: Store, now: datetime) -> Fleet:
     """Every box that reported or forwarded, by site, line and id."""
     with Session(store.engine) as s:
         reports = {r.box_id: r for r in s.scalars(select(BoxStatusRow))}
-        held = {b: (n, last) for b, n, last in s.execute(
-            select(InspectionRow.box_id, func.count(), func.max(InspectionRow.created_at))
-            .where(InspectionRow.box_id.is_not(None)).group_by(InspectionRow.box_id))}
+        # one row per box, kept by the forward route: never a count over the inspections
+        held = {c.box_id: (c.held, c.last_at) for c in s.scalars(select(BoxCountRow))}
     boxes = []
     for box_id in sorted(set(reports) | {b for b in held if b is not None}):
         r = reports.get(box_id)

@@ -37,6 +37,9 @@ class HubSettings(BaseSettings):
         "a forwarded batch (inspections with their images, base64)"))
     max_json_bytes: int = Field(1024 * 1024, gt=0, description=(
         "every other route's body (review batches, status reports, sign-ins)"))
+    max_forward_bodies: int = Field(4, ge=1, description=(
+        "forwarded batches read and applied at once (each up to max_body_bytes): beyond, "
+        "503 + Retry-After before the body is read, and the box retries"))
     body_timeout_s: float = Field(30.0, gt=0)
     header_timeout_s: float = Field(10.0, gt=0)
     max_connections: int = Field(256, ge=1)

@@ -3,15 +3,16 @@ store-and-forward.
 
 A batch is applied in ``seq`` order, all or nothing:
 
-1. ids the hub already holds are duplicates (skipped: forwarding is idempotent by
-   inspection id, and a retried batch changes nothing); an id the hub does not hold at or
+1. ids the hub already holds from this box are duplicates (skipped: forwarding is
+   idempotent by inspection id, and a retried batch changes nothing); an id it holds from
+   another box is refused (409 ``inspection_id_taken``); an id the hub does not hold at or
    below the box's cursor is refused (409 ``sequence_behind``: the box's outbox went back,
    and storing it would break the box's order while skipping it would lose it);
 2. the new items' images go to the object store (``fleet/hub/images.py`` keys: an
    inspection's image under its box and day, a reference image content-addressed by the
    sha256 the hub computes itself);
-3. only then the rows, and the box's cursor moved to the batch's last ``seq``, in one
-   database transaction.
+3. only then the rows, the box's count (``fleet_box_counts``, the fleet page's) and its
+   cursor moved to the batch's last ``seq``, in one database transaction.
 
 So a row never points at an image that is not in the store: an object store that is down
 answers 503 before any row is written (the box keeps the batch and retries), and a hub
@@ -45,13 +46,14 @@ from lineside_inspect.errors import (
     ConfigError,
     DatabaseUnavailable,
     Forbidden,
+    InspectionIdTaken,
     LinesideError,
     NotFoundError,
     SequenceBehind,
 )
 from lineside_inspect.fleet.hub.config import HubSettings
 from lineside_inspect.fleet.hub.images import CONTENT_TYPES, image_key, reference_key
-from lineside_inspect.fleet.hub.tables import CursorRow
+from lineside_inspect.fleet.hub.tables import BoxCountRow, CursorRow
 from lineside_inspect.fleet.objects import ObjectStore
 from lineside_inspect.fleet.protocol import (
     FORWARD,
@@ -110,7 +112,7 @@ class Ingest:
         rows = {i.seq: _row(box_id, i) for i in items}  # every item checked before any write
         with self._box_lock(box_id):
             cursor = self.cursor(box_id)
-            held = self._held([i.id for i in items])
+            held = self._held(box_id, [i.id for i in items])
             behind = [i for i in items if i.seq <= cursor and i.id not in held]
             if behind:
                 raise SequenceBehind(
@@ -132,11 +134,17 @@ class Ingest:
         return ForwardAck(through_seq=max(cursor, seqs[-1]), stored=stored,
                           duplicates=len(items) - stored)
 
-    def _held(self, ids: list[str]) -> set[str]:
+    def _held(self, box_id: str, ids: list[str]) -> set[str]:
+        """Which of ``ids`` the hub holds from ``box_id``; an id held from another box is
+        refused (409): it is not this box's to resend, and counting it as a duplicate
+        would settle this box's inspection as delivered while the hub never had it."""
         if not ids:
             return set()
         with Session(self.engine) as s:
-            return set(s.scalars(select(InspectionRow.id).where(InspectionRow.id.in_(ids))))
+            owners = {i: b for i, b in s.execute(
+                select(InspectionRow.id, InspectionRow.box_id).where(InspectionRow.id.in_(ids)))}
+        _refuse_foreign(box_id, owners)
+        return set(owners)
 
     def _put_images(self, p: _Prepared) -> None:
         row = p.row
@@ -159,16 +167,44 @@ class Ingest:
                     cur = CursorRow(box_id=box_id, stream=STREAM, seq=0, updated_at=now)
                     s.add(cur)
                 ids = [r.id for r in rows]
-                present = set(s.scalars(select(InspectionRow.id).where(InspectionRow.id.in_(ids)))) \
-                    if ids else set()
+                owners = {i: b for i, b in s.execute(
+                    select(InspectionRow.id, InspectionRow.box_id)
+                    .where(InspectionRow.id.in_(ids)))} if ids else {}
+                _refuse_foreign(box_id, owners)  # stored by another box meanwhile
+                present = set(owners)
                 added = [r for r in rows if r.id not in present]
                 s.add_all(added)
+                if added:  # the fleet page's count, kept with the rows it counts
+                    _count(s, box_id, added)
                 cur.seq = max(cur.seq, through)
                 cur.updated_at = now
         except IntegrityError:  # another hub process took the same batch at the same time
             raise Busy(f"a batch of box {box_id} is being applied by another request; "
                        "retry") from None
         return len(added)
+
+
+def _count(s: Session, box_id: str, added: list[InspectionRow]) -> None:
+    counts = s.get(BoxCountRow, box_id, with_for_update=True)
+    if counts is None:
+        counts = BoxCountRow(box_id=box_id, held=0, last_at=None)
+        s.add(counts)
+    newest = max(as_utc(r.created_at) for r in added)
+    counts.held += len(added)
+    if counts.last_at is None or as_utc(counts.last_at) < newest:
+        counts.last_at = newest
+
+
+def _refuse_foreign(box_id: str, owners: dict[str, str | None]) -> None:
+    foreign = sorted(i for i, owner in owners.items() if owner != box_id)
+    if foreign:
+        log.warning("hub: box %s forwarded inspection %s, held from box %s: refused", box_id,
+                    foreign[0], owners[foreign[0]])
+        # the other box is not named: a box key learns nothing of other boxes' records
+        raise InspectionIdTaken(
+            f"inspection {foreign[0]} is held by the hub from another box, not box {box_id}"
+            f"{f' (and {len(foreign) - 1} more in this batch)' if len(foreign) > 1 else ''}: "
+            "ids are random, so this record was copied. Nothing was stored")
 
 
 def _decode(b64: str, ext: str | None, what: str) -> bytes:

@@ -1,0 +1,116 @@
+"""The hub's front for box routes: who may send a body, and how many forwarded batches are
+read at once, decided before a byte of any body is read.
+
+The shared gate (``server/gate.py``) authenticates and bounds every body, but it knows
+roles, not box ids: the path's box id was checked by the route, after FastAPI had read
+and parsed the body (up to 64 MiB on the forward route, 1 MiB on the others). This
+pure-ASGI middleware runs before the gate, for every request with a body under
+``/fleet/v1/boxes/{box}/...`` (all of them are a box's own: forward, reviews, status):
+
+- the path's box id is full-matched (422) and the caller must hold a key of role ``box``
+  named that id (403), so a box speaks only for itself and no other key gets a body read;
+- the forward route (``protocol.FORWARD``) holds one of ``max_forward_bodies`` places for
+  the whole request (the server's :class:`~lineside_inspect.server.limiter.Limiter`
+  admission): beyond, 503 + Retry-After at once, the body unread. So the memory forwarded
+  batches can take is ``max_forward_bodies x max_body_bytes``, by configuration, however
+  many connections box keys open.
+
+An unauthenticated request is passed on: the gate answers it 401, as for every route.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from prometheus_client import Gauge
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from lineside_inspect.errors import (
+    ConfigError,
+    Forbidden,
+    LinesideError,
+    Overloaded,
+    error_body,
+)
+from lineside_inspect.fleet.protocol import NAME_PATTERN, PREFIX
+from lineside_inspect.server.deps import authenticate
+from lineside_inspect.server.gate import BODY_METHODS
+from lineside_inspect.server.limiter import Limiter
+from lineside_inspect.server.metrics import Metrics
+
+_BOX_ROUTE = re.compile(re.escape(PREFIX) + r"/boxes/([^/]*)/([^/]+)")
+_NAME = re.compile(NAME_PATTERN)
+FORWARD_LEAF = "inspections"  # protocol.FORWARD's last segment
+
+
+class BoxFront:
+    def __init__(self, app: ASGIApp, max_forward_bodies: int, metrics: Metrics) -> None:
+        self.app = app
+        # admission only (no slots): a place per forwarded body being read or applied
+        self.forwards = Limiter(max_forward_bodies, 0, 0.0)
+        self.max_forward_bodies = max_forward_bodies
+        Gauge("lineside_hub_forward_bodies", "Forwarded batches being read or applied now "
+              f"(at most max_forward_bodies = {max_forward_bodies})",
+              registry=metrics.registry).set_function(lambda: self.forwards.in_system)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = _BOX_ROUTE.fullmatch(scope["path"]) if scope["type"] == "http" else None
+        if match is None or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        box_id, leaf = match.groups()
+        try:
+            allowed = self._caller_may_send(scope, box_id)
+        except LinesideError as exc:
+            await answer(exc, scope, send)
+            return
+        if not allowed or leaf != FORWARD_LEAF:  # not allowed: no valid key, the gate's 401
+            await self.app(scope, receive, send)
+            return
+        admitted = False
+        try:
+            async with self.forwards.admission():
+                admitted = True
+                await self.app(scope, receive, send)
+        except Overloaded:
+            if admitted:
+                raise
+            await answer(Overloaded(
+                f"the hub is reading {self.max_forward_bodies} forwarded batches already "
+                "(max_forward_bodies); retry shortly"), scope, send)
+
+    @staticmethod
+    def _caller_may_send(scope: Scope, box_id: str) -> bool:
+        """True for the box's own key; False when the caller is not authenticated (the
+        gate answers); raises 422 / 403 for a bad box id or another caller."""
+        try:
+            who = authenticate(Request(scope))
+        except LinesideError:
+            return False
+        if not _NAME.fullmatch(box_id):
+            raise ConfigError(f"box id must match {NAME_PATTERN}")
+        if who is None or who.role != "box":
+            role = who.role if who is not None else "none"
+            name = who.name if who is not None else "?"
+            raise Forbidden(f"key {name!r} has role {role!r}; only box {box_id!r}'s own key "
+                            "may send this")
+        if who.name != box_id:
+            raise Forbidden(f"key {who.name!r} speaks only for box {who.name!r}, not {box_id!r}")
+        return True
+
+
+async def answer(exc: LinesideError, scope: Scope, send: Send) -> None:
+    """The error answer, sent before the body is read: the connection is closed after it
+    (the unread body would otherwise be taken for the next request)."""
+    metrics = getattr(scope["app"].state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(exc.code).inc()
+    payload = json.dumps(error_body(exc.code, exc.message)).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(payload)).encode()), (b"connection", b"close")]
+    if exc.status == 503:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
