@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lineside_inspect.errors import ConfigError
-from lineside_training.budget import SchedulePlan, parse_duration
+from lineside_training.budget import Budget, SchedulePlan, parse_duration
 from lineside_training.config import TrainConfig, load_config
 from lineside_training.engine import _lr_lambda, train
 
@@ -65,3 +65,24 @@ def test_time_budget_refits_and_stops_itself(tmp_path: Path, make_config: Make,
     assert "\r" not in err  # no progress-bar redraws off a terminal
     assert re.search(r"^epoch 1 step 2/4 loss \d", err, re.MULTILINE)
     assert "stopped itself" in err
+
+
+def test_a_slow_start_does_not_end_the_run() -> None:
+    """A niced run's first steps on a busy machine took 56 s each (the rest ~1 s): planned
+    from them alone a 25-minute run planned 2 steps and ended at its third. The plan is
+    provisional early on, re-measured, and stretched once the steps speed up."""
+    plan = SchedulePlan(total_steps=2940, warmup_steps=98, ema_decay=0.998)
+    budget = Budget(1500, steps_per_epoch=98, eval_every=2, plan=plan, warmup_wanted=98,
+                    base_decay=0.998, eval_images=422, eval_pixel_ratio=4.0, batch_size=16)
+    budget.record_step(5.0)  # start-up: not timed
+    for _ in range(3):
+        budget.record_step(56.0)
+    budget.refit()
+    assert budget.steps_left() > 0 and not budget.out_of_time()
+    assert budget.eval_cost() <= 150  # a guess from slow steps stays under 10% of the budget
+    while budget.step < 200:  # the machine frees up
+        budget.record_step(1.0)
+        if budget.due():
+            budget.refit()
+    assert budget.plan.total_steps > 600  # stretched to what ~1 s steps allow
+    assert budget.plan.warmup_steps == 98  # and warm-up re-planned with it

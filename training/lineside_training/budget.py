@@ -23,6 +23,13 @@ EMA_WINDOW = 0.2  # a budgeted run's EMA averages over at most this share of its
 EMA_RAMP = 0.1  # and ramps its decay up over this share (cf. the fixed 500 updates)
 WARMUP_MAX = 0.2  # warm-up takes at most this share of a budgeted run
 REFITS_PER_EPOCH = 4  # long epochs are re-planned within, not only at their end
+# Until this share of the budget is spent a plan is provisional: it may not end the run
+# before the next re-fit. The first steps on a busy machine (or a niced run while tests
+# run) can be 50x slower than the rest; planned from them alone, a 25-minute run planned
+# 2 steps and ended after its third.
+PROVISIONAL = 0.25
+EVAL_GUESS_MAX = 0.1  # an evaluation's cost, until timed, is guessed at most this share
+NO_STRETCH_AFTER = 0.5  # past this share of the budget a nearly done cosine is not stretched
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -126,7 +133,8 @@ class Budget:
         if self.eval_timed or not self.steps_timed:
             return self.eval_s
         per_image = self.train_s / self.steps_timed / self.batch_size
-        return per_image * self.eval_pixel_ratio * self.eval_images / 3
+        guess = per_image * self.eval_pixel_ratio * self.eval_images / 3
+        return min(guess, EVAL_GUESS_MAX * self.seconds)  # the first evaluation measures it
 
     def due(self) -> bool:
         """Re-plan now? After 3 and 10 measured steps, then every quarter epoch."""
@@ -144,11 +152,17 @@ class Budget:
         per_step = step_s + eval_s / (self.steps_per_epoch * self.eval_every)
         left = self.remaining() - eval_s
         total = self.step + max(0, math.floor(left / per_step))
+        provisional = self.elapsed() < PROVISIONAL * self.seconds and left > step_s
+        if provisional:  # keep going to the next re-fit: a slow start is measured again
+            total = max(total, self.step + max(1, self.steps_per_epoch // REFITS_PER_EPOCH))
         old = self.plan.total_steps
-        if self.refits and total > old and self.step > 0.9 * old:
+        if self.refits and total > old and self.step > 0.9 * old and \
+                self.elapsed() > NO_STRETCH_AFTER * self.seconds:
             total = old  # the cosine is nearly done: stretching it now would raise the LR again
         self.plan.total_steps = max(total, self.step)
-        if self.step < self.plan.warmup_steps or self.refits == 0:  # warm-up not yet passed
+        # warm-up is re-planned until passed, and while the plan is provisional (a plan cut
+        # short by a slow start would otherwise leave a stretched run a few steps of it)
+        if self.step < self.plan.warmup_steps or self.refits == 0 or provisional:
             self.plan.warmup_steps = max(min(self.warmup_wanted, int(WARMUP_MAX * self.plan.total_steps)),
                                          min(self.step, self.plan.warmup_steps))
         self.plan.ema_decay, self.plan.ema_ramp = fitted_ema(self.base_decay, self.plan.total_steps)
