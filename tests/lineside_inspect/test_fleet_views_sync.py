@@ -12,13 +12,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
 from lineside_inspect.config import ApiKey
@@ -32,7 +33,9 @@ from lineside_inspect.fleet.hub.bench_reviews import (
     seed_inspections,
     synthetic_records,
 )
+from lineside_inspect.fleet.hub.boxes import fleet
 from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.fleet.hub.tables import create_hub_tables
 from lineside_inspect.store import Store
 from lineside_inspect.store.models import InspectionRow
 from lineside_inspect.store.outbox import Outbox
@@ -341,3 +344,51 @@ def test_review_list_filters_at_volume(hub: Hub) -> None:
             continue  # these count the other tests' inspections too
         want = sum(1 for r in records if all(r[k] == v for k, v in params.items()))
         assert got[name] == want > 0, name
+
+
+def _rows_read(plan: dict[str, Any], table: str) -> float:
+    """Rows a PostgreSQL plan (EXPLAIN ANALYZE, JSON) read from ``table``, all loops."""
+    here = plan["Actual Rows"] * plan["Actual Loops"] if plan.get("Relation Name") == table else 0
+    return here + sum(_rows_read(p, table) for p in plan.get("Plans", []))
+
+
+def test_the_fleet_page_reads_a_row_per_box_not_every_inspection(hub: Hub) -> None:
+    """Each refresh of the fleet page reads the per-box counts the forward route keeps, not
+    the inspections: its statements, run again under EXPLAIN ANALYZE on PostgreSQL, read
+    (almost) no inspection rows with thousands in the table. A hub made before the counts
+    were kept fills them once, from the rows, when it starts."""
+    store = hub.app.state.store
+    engine = store.engine
+    seed_inspections(engine, 2000, seed=8)
+    with engine.begin() as c:  # as on a hub from before the counts
+        c.execute(text("DROP TABLE fleet_box_counts"))
+    create_hub_tables(engine)
+    with Session(engine) as s:
+        held = {b: n for b, n in s.execute(
+            select(InspectionRow.box_id, func.count()).where(InspectionRow.box_id.is_not(None))
+            .group_by(InspectionRow.box_id))}
+    assert sum(held.values()) >= 2000
+    statements: list[tuple[str, Any]] = []
+    me = threading.get_ident()
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
+        if threading.get_ident() == me:
+            statements.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        page = fleet(store, datetime.now(UTC))
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert {b.box_id: b.inspections_held for b in page.boxes if b.inspections_held} == held
+    read = 0.0
+    with engine.connect() as c:
+        raw = c.connection.driver_connection
+        assert raw is not None
+        for statement, parameters in statements:
+            with raw.cursor() as cur:
+                cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+                row = cur.fetchone()
+                assert row is not None
+                read += _rows_read(row[0][0]["Plan"], "inspections")
+    assert statements and read == 0, f"the fleet page read {read:.0f} inspection rows"
