@@ -165,6 +165,10 @@ class Settings(BaseSettings):
     store_sync_interval_s: float = Field(0.05, gt=0, le=10, description=(
         "the journal is synced (power-loss safe) and applied this long after an inspection "
         "is acknowledged, together with whatever arrived meanwhile"))
+    store_apply_interval_s: float = Field(1.0, gt=0, le=60, description=(
+        "the synced journal is applied to the database and image files this often (at once "
+        "when an inspection carries line-output or fleet events, or a read needs it): "
+        "batches keep the database's cost off the inspections' CPU"))
     cameras: list[CameraConfig] = Field(default_factory=list)
     line: LineSettings = Field(default_factory=LineSettings, description=(
         "line outputs: PLC handshake over OPC UA / Modbus TCP, events over MQTT"))

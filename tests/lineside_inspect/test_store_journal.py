@@ -91,3 +91,51 @@ def test_replaying_an_applied_segment_changes_nothing(tmp_path: Path, monkeypatc
         total, rows = store.query()
         assert total == 1 and rows[0].id == inspection.id
         assert store.image_file(rows[0]).read_bytes() == inspection.raw
+
+
+def _rows_in_database(folder: Path) -> int:
+    """Rows applied so far, read past the store (which would apply the journal first)."""
+    import sqlite3
+
+    with sqlite3.connect(folder / "lineside.db") as conn:
+        return int(conn.execute("SELECT count(*) FROM inspections").fetchone()[0])
+
+
+def _until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_the_writer_syncs_at_once_and_applies_in_batches(tmp_path: Path, monkeypatch) -> None:
+    """Issue #12: the journal is fsynced within ``sync_interval_s`` (power-loss safe) but
+    applied to the database only every ``apply_interval_s``, so a row's database cost is
+    shared by a batch; a read still sees every acknowledged inspection, and an inspection
+    with outbox events (line outputs, the fleet wait for them) is applied at once."""
+    from lineside_inspect.store.outbox import event
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import test_store as t
+
+    from lineside_inspect.runtime.detector import Detector
+
+    det = Detector(t.MODEL, device="cpu", threads=1)
+    with Store(tmp_path, pass_rate=1.0, sync_interval_s=0.01, apply_interval_s=3600) as store:
+        plain = [t._inspection(det, v) for v in ("fail", "pass", "fail")]
+        for inspection in plain:
+            assert store.save(inspection)
+        # synced by the writer (the open segment is fdatasync'ed), not applied
+        _until(lambda: not store.journal._unsynced, "the writer never synced the journal")
+        assert _rows_in_database(tmp_path) == 0
+        assert sum(len(list(read_segment(p))) for p in (tmp_path / "journal").glob("*.journal")) == 3
+        total, _ = store.query()  # a read applies first
+        assert total == 3 and _rows_in_database(tmp_path) == 3
+
+        store.event_makers.append(lambda i: [event(f"line/{i.id}", {"verdict": i.verdict})])
+        urgent = t._inspection(det, "fail")
+        assert store.save(urgent)
+        _until(lambda: _rows_in_database(tmp_path) == 4,
+               "an inspection with outbox events waited for the apply interval")

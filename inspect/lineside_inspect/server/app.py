@@ -70,7 +70,8 @@ def setup_store(app: FastAPI, settings: Settings) -> None:
         store = Store(settings.data_dir, settings.database_url,
                       pass_rate=settings.store_pass_rate, max_bytes=settings.store_max_bytes,
                       max_age_days=settings.store_max_age_days, box_id=settings.box_id, lock=lock,
-                      sync_interval_s=settings.store_sync_interval_s)
+                      sync_interval_s=settings.store_sync_interval_s,
+                      apply_interval_s=settings.store_apply_interval_s)
         log.info("store at %s, box %s: %s", store.url.split("@")[-1], store.box_id, store.cleanup())
         app.state.store = store
         app.state.service.store = store

@@ -5,8 +5,11 @@ An inspection is *stored* once its record (the row's fields, the image and the r
 image) is appended to the current journal segment with a single ``write`` system call.
 From then on it survives the server process dying in any way (kill -9, OOM, a crash):
 the bytes belong to the kernel. A background writer then, in a loop, closes the segment
-(rotation), fsyncs it (from here the record survives power loss too), applies its records
-to the database and image files (each durable on its own), and only then deletes it. At
+fsyncs the open segment every ``sync_interval_s`` (:meth:`Journal.sync`: from here the
+record survives power loss too) and, less often (``apply_interval_s``, or at once when a
+record carries outbox events or a read needs it), closes the segment (rotation), applies
+its records to the database and image files (each durable on its own), and only then
+deletes it. At
 start-up every segment left over is applied again; applying is idempotent by inspection
 id, and a record torn by a power cut fails its CRC and ends its segment.
 
@@ -81,6 +84,7 @@ class Journal:
         self._number = max(numbers, default=0) + 1
         self._fd = self._open(self._number)
         self.pending_bytes = 0  # appended to the open segment, not yet rotated out
+        self._unsynced = False  # appended since the last sync
 
     def _open(self, number: int) -> int:
         fd = os.open(self.folder / f"{number:012d}{SUFFIX}",
@@ -88,15 +92,35 @@ class Journal:
         fsync_path(self.folder)  # the new segment's name survives a power cut
         return fd
 
-    def append(self, record: Record) -> None:
-        """One ``write``: a kill -9 leaves the whole record or none of it."""
-        data = encode(record)
+    def append(self, record: Record | bytes) -> None:
+        """One ``write``: a kill -9 leaves the whole record or none of it. ``record`` may
+        come encoded already (:func:`encode`: the store sizes it for its quota first)."""
+        data = record if isinstance(record, bytes) else encode(record)
         with self._lock:
             written = os.write(self._fd, data)
             if written != len(data):  # a full disk: cut the partial record off again
                 os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_END) - written)
                 raise OSError(28, "journal write was short (disk full?)")
             self.pending_bytes += written
+            self._unsynced = True
+
+    def sync(self) -> None:
+        """Make every record appended so far survive power loss, without closing the
+        segment. The fsync runs on a duplicate of the descriptor outside the lock, so
+        appends on the request path never wait for the disk."""
+        with self._lock:
+            if not self._unsynced:
+                return
+            self._unsynced = False
+            fd = os.dup(self._fd)
+        try:
+            os.fdatasync(fd)  # the file's data and size: enough to read the records back
+        except OSError:
+            with self._lock:
+                self._unsynced = True
+            raise
+        finally:
+            os.close(fd)
 
     def rotate(self) -> list[Path]:
         """Start a new segment; return every closed one, oldest first (left-overs from an
@@ -107,6 +131,7 @@ class Journal:
                 self._number += 1
                 self._fd = self._open(self._number)
                 self.pending_bytes = 0
+                self._unsynced = False  # the closed segment is fsynced by its applier
             current = self._number
         return sorted((p for p in self.folder.glob(f"*{SUFFIX}")
                        if p.stem.isdigit() and int(p.stem) < current), key=lambda p: int(p.stem))

@@ -4,12 +4,15 @@ by URL), images as files under a data folder.
 An inspection is acknowledged as stored once it is in the store's write-ahead journal
 (``store/journal.py``: one ``write`` on the request path, no fsync): from then on it
 survives the process being killed. A writer thread syncs the journal within
-``sync_interval_s`` (from then on the inspection survives power loss too) and applies it:
-each image file written atomically and synced before the rows are committed in one
-transaction, then the journal segment deleted. So a crash can leave an orphan file
-(removed at start-up) or a journal segment (applied again at start-up, idempotently), but
-never a row pointing at a missing file, nor lose an acknowledged inspection. Reads apply
-the journal first, so they see every acknowledged inspection.
+``sync_interval_s`` (from then on the inspection survives power loss too) and applies it
+within ``apply_interval_s`` (at once when the inspection carries outbox events, which
+someone waits for): each image file written atomically and synced before the rows are
+committed in one transaction, then the journal segment deleted. Applying in batches is
+what keeps the database's cost off the inspections' CPU budget (issue #12). So a crash
+can leave an orphan file (removed at start-up) or a journal segment (applied again at
+start-up, idempotently), but never a row pointing at a missing file, nor lose an
+acknowledged inspection. Reads apply the journal first, so they see every acknowledged
+inspection.
 
 One process owns a data folder (:class:`DataDirLock`, taken before anything else), and
 each row names the box that wrote it (``box_id``), so servers sharing one database never
@@ -25,12 +28,24 @@ import math
 import random
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from sqlalchemy import ColumnElement, Engine, create_engine, event, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, selectinload
 
@@ -67,6 +82,9 @@ REFS_DIR = "refs"
 # room one inspection's row may take in the database (its pages and their write-ahead log
 # copies, the outbox row, indexes): measured ~50 KiB for a first row in a fresh SQLite file
 DB_ROOM = 64 * 1024
+# the writer applies the journal before ``apply_interval_s`` when this much waits
+APPLY_RECORDS = 256
+APPLY_BYTES = 16 * 1024 * 1024
 
 
 def _footprint(record: Record) -> int:
@@ -102,7 +120,7 @@ class Store:
                  max_bytes: int | None = None, max_age_days: float | None = None,
                  seed: int | None = None, box_id: str | None = None,
                  lock: DataDirLock | None = None, sync_interval_s: float = 0.05,
-                 images: ImageBackend | None = None) -> None:
+                 apply_interval_s: float = 1.0, images: ImageBackend | None = None) -> None:
         self.data_dir = Path(data_dir)
         # a hub's store: every row's image is in this backend (store/images.py)
         self.central_images = images
@@ -139,6 +157,8 @@ class Store:
         # fleet (fleet/box/reviews.py): events of a review made here, outboxed with it
         self.review_event_makers: list[Callable[[ReviewRow], list[Event]]] = []
         self.sync_interval_s = sync_interval_s
+        self.apply_interval_s = max(apply_interval_s, sync_interval_s)
+        self._urgent = False  # a record with outbox events waits to be applied
         self._apply_lock = threading.Lock()
         self._space_lock = threading.Lock()
         self._unapplied = 0  # acknowledged since start, not applied yet
@@ -240,6 +260,8 @@ class Store:
                 self.journal.append(record)
                 self._unapplied_bytes += size
                 self._unapplied += 1
+                if record.fields.get("events"):
+                    self._urgent = True
         except OSError as exc:
             log.error("inspection %s not stored: %s", inspection.id, exc)
             return False
@@ -283,15 +305,28 @@ class Store:
     # -- the journal's writer ------------------------------------------------------------
     def _write_behind(self) -> None:
         """Group commit: wait for a save, let others join it for ``sync_interval_s``,
-        then sync and apply them all at once. A failure (a database outage) is retried;
-        the journal keeps everything meanwhile."""
+        then sync the journal (one fsync for all of them); apply what it holds once
+        ``apply_interval_s`` has passed since the last apply, or at once when a record
+        carries outbox events (line outputs and the fleet wait for them), or when much is
+        waiting. A failure (a database outage) is retried; the journal keeps everything
+        meanwhile."""
         failures = 0
+        last_apply = time.monotonic()
         while not self._stop.is_set():
-            self._wake.wait()
+            waiting = self._unapplied > 0
+            self._wake.wait(max(0.0, last_apply + self.apply_interval_s - time.monotonic())
+                            if waiting else None)
             self._stop.wait(self.sync_interval_s)
             self._wake.clear()
             try:
-                self.flush()
+                self.journal.sync()
+                with self._space_lock:
+                    due = (self._urgent or self._unapplied >= APPLY_RECORDS
+                           or self._unapplied_bytes >= APPLY_BYTES
+                           or time.monotonic() - last_apply >= self.apply_interval_s)
+                if due:
+                    self.flush()
+                    last_apply = time.monotonic()
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -305,6 +340,8 @@ class Store:
         acknowledged inspection."""
         applied = 0
         with self._apply_lock:
+            with self._space_lock:
+                self._urgent = False  # (a save from here on sets it again)
             for segment in self.journal.rotate():
                 fsync_path(segment)  # from here the records survive power loss
                 records = list(read_segment(segment))
@@ -337,11 +374,12 @@ class Store:
             if r.reference is not None and ref_rel and not (self.images_dir / ref_rel).is_file():
                 write_atomic(self.images_dir / ref_rel, r.reference)
         events = 0
+        rows = [{**{k: v for k, v in r.fields.items() if k != "events"},
+                 "created_at": datetime.fromisoformat(r.fields["created_at"])} for r in todo]
         with Session(self.engine) as s, s.begin():
+            if rows:  # one multi-row statement: a batch costs about what one row does
+                s.execute(insert(InspectionRow), rows)
             for r in todo:
-                fields = {k: v for k, v in r.fields.items() if k != "events"}
-                s.add(InspectionRow(**{**fields, "created_at": datetime.fromisoformat(
-                    fields["created_at"])}))
                 events += add_events(s, self.box_id, r.fields.get("events") or ())
         for listener in self.outbox_listeners if events else ():
             try:
