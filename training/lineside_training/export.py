@@ -8,7 +8,6 @@ import json
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,17 @@ from torch import Tensor, nn
 from lineside_inspect.dataset import ImageRecord, read_dataset
 from lineside_inspect.dataset.canonical import ANNOTATIONS
 from lineside_inspect.errors import ConfigError, DatasetError, PackageError
-from lineside_inspect.lifecycle.lineage import dataset_revision, parent_of
+from lineside_inspect.lifecycle.lineage import dataset_revision
 from lineside_inspect.package import (
     CARD,
     GRAPH,
     INPUT_NAME,
-    META_CLASSES,
     OUTPUT_NAMES,
     PAD_VALUE,
     InputSpec,
     LetterboxSpec,
     Lineage,
     ModelCard,
-    ParentModel,
     default_recipe_name,
     load_package,
     read_card,
@@ -45,10 +42,16 @@ from lineside_training.calibration import calibrate_f
 from lineside_training.checkpoint import Trained, load_trained
 from lineside_training.metrics import coco_metrics
 from lineside_training.models.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, select_detections
+from lineside_training.package_writer import (
+    check_out,
+    export_graph,
+    package_name,
+    parent_model,
+    staged_package,
+)
 from lineside_training.predict import predict_records, runtime_inputs, runtime_predictions
 from lineside_training.quality import box_iou
 
-OPSET = 17
 PARITY_IOU = 0.99
 MIN_PARITY_AREA = 1.0  # px²
 PARITY_SCORE = 1e-3
@@ -70,19 +73,7 @@ class ExportModule(nn.Module):
 
 
 def export_onnx(model: nn.Module, size: int, path: Path, class_names: list[str]) -> None:
-    module = ExportModule(model).eval()
-    dummy = torch.zeros(1, 3, size, size, dtype=torch.uint8)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (dummy,), str(path), dynamo=False, opset_version=OPSET,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *OUTPUT_NAMES)},
-        )
-    graph = onnx.load(str(path))
-    onnx.helper.set_model_props(graph, {META_CLASSES: json.dumps(class_names)})
-    onnx.checker.check_model(graph, full_check=True)
-    onnx.save(graph, str(path))
+    export_graph(ExportModule(model).eval(), size, path, OUTPUT_NAMES, class_names)
 
 
 def parity_report(trained: Trained, detector: Detector, records: list[ImageRecord],
@@ -197,9 +188,8 @@ def lineage_of(trained: Trained, parent: str | Path | None) -> Lineage:
             revision = dataset_revision(roots)
     except (OSError, DatasetError) as exc:
         note = f"training data not readable at export ({exc}): its revision is not recorded"
-    parent_card = None if parent is None else ParentModel(**parent_of(read_card(Path(parent))))
-    return Lineage(dataset_revision=revision, datasets=[str(r) for r in roots], parent=parent_card,
-                   note=note)
+    return Lineage(dataset_revision=revision, datasets=[str(r) for r in roots],
+                   parent=parent_model(parent), note=note)
 
 
 def export(
@@ -221,9 +211,7 @@ def export(
     is written to a temp folder and moved into place only if every gate passes. The card's
     lineage records the training data's revision and ``parent``, the package the run
     started from (fine-tuned, or retrained on its reviewed inspections)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out}: already exists (pass --overwrite to replace it)")
+    out = check_out(out, overwrite)
     trained = load_trained(run, "cpu")
     cfg = trained.config
     dataset = read_dataset(data or cfg.data)
@@ -235,12 +223,9 @@ def export(
                                 reference=cfg.reference)
         thresholds = calibrate_f(val, preds, trained.class_names)
     thr = thresholds["thresholds"]
-    name = name or (out.parent.name if out.parent.name not in ("", ".") else cfg.name)
-    version = version or out.name
+    name, version = package_name(out, name, version, cfg.name)
     summary: dict[str, Any] = {"package": str(out)}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists()
-                                else None))
-    try:
+    with staged_package(out) as tmp:
         fp32 = tmp / GRAPH
         export_onnx(trained.model, cfg.input_size, fp32, trained.class_names)
         metrics_path = trained.run_dir / "report-val" / "metrics.json"
@@ -301,15 +286,6 @@ def export(
                 raise PackageError(
                     f"int8 graph refused: mAP@.5 fell from {base_map:.4f} to {low_map:.4f} "
                     f"(more than {max_map_drop * 100:.1f} points)")
-        load_package(tmp)  # the final package must verify as the server will see it
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a package is meant to be shared
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary["sha256"] = card.sha256
     return summary
 

@@ -4,35 +4,27 @@ thresholds), gated by parity through the edge runtime the server runs."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 
 from lineside_inspect.dataset import read_dataset
-from lineside_inspect.errors import ConfigError, DatasetError, PackageError
-from lineside_inspect.lifecycle.lineage import dataset_revision, parent_of
+from lineside_inspect.errors import DatasetError, PackageError
+from lineside_inspect.lifecycle.lineage import dataset_revision
 from lineside_inspect.package import (
     ANOMALY_LABEL,
     ANOMALY_OUTPUTS,
     GRAPH,
-    INPUT_NAME,
-    META_CLASSES,
     PAD_VALUE,
     AnomalySpec,
     InputSpec,
     LetterboxSpec,
     Lineage,
     ModelCard,
-    ParentModel,
     default_recipe_name,
     load_package,
-    read_card,
     sha256_file,
     write_card,
 )
@@ -41,23 +33,16 @@ from lineside_inspect.version import __version__
 from lineside_training.anomaly.data import load_rgb
 from lineside_training.anomaly.net import AnomalyGraph
 from lineside_training.anomaly.train import load_run
+from lineside_training.package_writer import (
+    check_out,
+    export_graph,
+    package_name,
+    parent_model,
+    staged_package,
+)
 
-OPSET = 17
 PARITY_MAP = 2e-3  # max |torch - onnx| of any map pixel
 PARITY_SCORE = 1e-3
-
-
-def export_graph(graph: AnomalyGraph, size: int, path: Path) -> None:
-    dummy = torch.zeros(1, 3, size, size, dtype=torch.uint8)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(graph, (dummy,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=list(ANOMALY_OUTPUTS),
-                          dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *ANOMALY_OUTPUTS)})
-    model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, {META_CLASSES: f'["{ANOMALY_LABEL}"]'})
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
 
 
 def parity_problems(graph: AnomalyGraph, runtime: AnomalyModel, images: list[np.ndarray],
@@ -87,9 +72,7 @@ def export_anomaly(run: str | Path, out: str | Path, *, name: str | None = None,
                    parent: str | Path | None = None) -> dict[str, Any]:
     """Export a good-only run to the package folder ``out`` (written to a temp folder,
     moved into place only if the parity gate passes)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out}: already exists (pass --overwrite to replace it)")
+    out = check_out(out, overwrite)
     cfg, graph, ckpt = load_run(run)
     cal = ckpt["calibration"]
     dataset = read_dataset(data or cfg.data)
@@ -99,17 +82,14 @@ def export_anomaly(run: str | Path, out: str | Path, *, name: str | None = None,
     if not records:
         raise DatasetError(f"{data or cfg.data}: no good images to check the export on")
     images = [load_rgb(dataset, r, cfg.input_size) for r in records[:parity_images]]
-    name = name or (out.parent.name if out.parent.name not in ("", ".") else cfg.name)
-    version = version or out.name
+    name, version = package_name(out, name, version, cfg.name)
     try:
         revision, note = dataset_revision([cfg.data]), ""
     except (OSError, DatasetError) as exc:
         revision, note = None, f"training data not readable at export ({exc})"
-    parent_card = None if parent is None else ParentModel(**parent_of(read_card(Path(parent))))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.",
-                                dir=out.parent if out.parent.exists() else None))
-    try:
-        export_graph(graph, cfg.input_size, tmp / GRAPH)
+    parent_card = parent_model(parent)
+    with staged_package(out) as tmp:
+        export_graph(graph, cfg.input_size, tmp / GRAPH, ANOMALY_OUTPUTS, [ANOMALY_LABEL])
         spec = AnomalySpec(threshold=cal["threshold"], map_threshold=cal["map_threshold"],
                            min_region_px=cal["min_region_px"],
                            target_false_reject=cal["target_false_reject"],
@@ -135,15 +115,6 @@ def export_anomaly(run: str | Path, out: str | Path, *, name: str | None = None,
         if problems:
             raise PackageError("export parity gate failed: ONNX and torch disagree:\n  "
                                + "\n  ".join(problems[:20]))
-        load_package(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.chmod(0o755)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"package": str(out), "kind": "anomaly", "parity_images": len(images),
             "sha256": card.sha256, "threshold": spec.threshold,
             "map_threshold": spec.map_threshold}
