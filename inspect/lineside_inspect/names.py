@@ -6,6 +6,10 @@ Always full-matched (``re.fullmatch``): ``re.match(r"^...$")`` accepts a trailin
 pydantic's ``pattern=`` happens to use a Rust engine whose ``$`` does not, but it falls back
 to Python's ``re`` for some patterns and configurations, so names never depend on it.
 ASCII only, so no look-alike letters; a leading letter or digit, so never ``.`` or ``..``.
+
+Paths made of such names (object store keys, a package archive's members) have their rule
+here too: ``/``-separated parts, none empty, ``.`` or ``..``, so none can climb out of the
+folder or prefix it is joined to.
 """
 
 from __future__ import annotations
@@ -33,3 +37,28 @@ def _check(value: str) -> str:
 # newline exception), the check is the full match above
 Name = Annotated[str, AfterValidator(_check), WithJsonSchema(
     {"type": "string", "pattern": f"^{NAME_RE.pattern}$", "maxLength": 128})]
+
+
+def _path_re(part: str, max_parts: int) -> re.Pattern[str]:
+    return re.compile(rf"{part}(/{part}){{0,{max_parts - 1}}}")
+
+
+# an object store key: up to 8 parts, each a name
+OBJECT_KEY_RE = _path_re(NAME_RE.pattern, 8)
+# a file in a model package archive: up to 4 parts; a part may also start with '_'
+PACKAGE_MEMBER_RE = _path_re(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}", 4)
+
+
+def _is_path(value: object, rule: re.Pattern[str]) -> bool:
+    # no part can be '.' or '..' under either rule (none starts with '.'); checked all the
+    # same, so that a looser part rule later cannot open a way out
+    return isinstance(value, str) and rule.fullmatch(value) is not None and \
+        not any(p in (".", "..") for p in value.split("/"))
+
+
+def is_object_key(value: object) -> bool:
+    return _is_path(value, OBJECT_KEY_RE)
+
+
+def is_package_member(value: object) -> bool:
+    return _is_path(value, PACKAGE_MEMBER_RE)

@@ -16,21 +16,19 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import re
 import tarfile
 import zlib
 from pathlib import Path
 
 from lineside_inspect.errors import PackageError
+from lineside_inspect.names import is_package_member
 
 MAX_FILES = 64
 MAX_UNPACKED_BYTES = 4 << 30  # a package is a graph and its card: 4 GiB is generous
-_PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}"
-MEMBER_RE = re.compile(rf"{_PART}(/{_PART}){{0,3}}")
 
 
 def _check_name(name: str) -> str:
-    if not MEMBER_RE.fullmatch(name) or any(p in (".", "..") for p in name.split("/")):
+    if not is_package_member(name):
         raise PackageError(f"archive entry {name[:80]!r} is not a plain relative name")
     return name
 

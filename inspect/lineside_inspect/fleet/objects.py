@@ -8,20 +8,16 @@ before it becomes a key, so a key cannot climb out of its prefix.
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterator
 from typing import IO, Any
 
 from lineside_inspect.errors import NotFoundError, ObjectStoreUnavailable
 from lineside_inspect.fleet.config import ObjectStoreSettings
-
-# a key: '/'-separated parts, each a plain name (no '.', '..' or empty parts)
-_PART = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}"
-KEY_RE = re.compile(rf"{_PART}(/{_PART}){{0,7}}")
+from lineside_inspect.names import is_object_key
 
 
 def check_key(key: str) -> str:
-    if not KEY_RE.fullmatch(key) or any(p in (".", "..") for p in key.split("/")):
+    if not is_object_key(key):
         raise ValueError(f"not an object key: {key!r}")
     return key
 
