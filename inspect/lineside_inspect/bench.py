@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -148,19 +150,24 @@ def _serve_process(package: Path, data_dir: Path, *, store: bool, threads: int |
 
 
 def _load(url: str, image: bytes, clients: int, seconds: float) -> float:
-    """Inspections per second with ``clients`` keep-alive connections sending back to back."""
+    """Inspections per second with ``clients`` keep-alive connections sending back to back.
+    A refused or failed request stops the measurement with the server's answer: a rate
+    from fewer clients than asked would be wrong."""
     import threading
 
     import httpx
 
     stop = time.perf_counter() + seconds
     counts = [0] * clients
+    failures: list[str] = []
 
     def client(i: int) -> None:
         with httpx.Client(base_url=url, timeout=60) as c:
-            while time.perf_counter() < stop:
+            while time.perf_counter() < stop and not failures:
                 r = c.post("/v1/inspect", content=image, headers={"content-type": "image/jpeg"})
-                r.raise_for_status()
+                if r.status_code != 200:
+                    failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                    return
                 counts[i] += 1
 
     t0 = time.perf_counter()
@@ -169,20 +176,28 @@ def _load(url: str, image: bytes, clients: int, seconds: float) -> float:
         t.start()
     for t in threads:
         t.join()
+    if failures:
+        raise RuntimeError(f"{url}: a request failed under {clients} clients: {failures[0]}")
     return sum(counts) / (time.perf_counter() - t0)
 
 
 def bench_server(package: str | Path, image_path: str | Path, *, requests: int = 40,
                  seconds: float = 10.0, clients: tuple[int, ...] = (1, 4, 8),
-                 threads: int | None = None, concurrency: int = 2) -> list[dict[str, Any]]:
+                 threads: int | None = None, concurrency: int = 2,
+                 rounds: int = 3) -> list[dict[str, Any]]:
     """What the server adds to the model, with the store on and off, side by side with
     the same package run back to back in this process:
 
     - overhead: per request, the round trip minus the ``infer`` time the server reports
       for that request (decode, preprocessing, HTTP, judging, store), p50 of ``requests``
       sequential requests on one keep-alive connection;
-    - throughput at each number of ``clients`` over ``seconds``, as a ratio of the
-      in-process rate (decode + inspect back to back, one thread)."""
+    - throughput at each number of ``clients``, as a ratio of the in-process rate (decode
+      + inspect back to back, one thread) measured just before it.
+
+    A shared host's load changes from minute to minute, so nothing is measured in one
+    block: both servers run from the start, and each of ``rounds`` rounds takes its share
+    of every measurement in turn (in-process, store on, store off), each load beside its
+    own in-process baseline. The figures are medians over the rounds."""
     import tempfile
 
     import httpx
@@ -196,50 +211,74 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
     det = Detector(package, device="cpu", threads=threads)
     recipe = Recipe.model_validate({"name": "bench", "version": "1", "model": det.card.name,
                                     **det.card.default_recipe})
-    for _ in range(5):
-        inspect(decode_image(image), det, recipe)
-    infer = []
-    t0 = time.perf_counter()
-    n = 0
-    while time.perf_counter() - t0 < seconds or n < requests:
-        result = inspect(decode_image(image), det, recipe)
-        infer.append(result.timings_ms["infer"])
-        n += 1
-    in_process = n / (time.perf_counter() - t0)
-    del det
-    rows = []
-    for store in (True, False):
-        with tempfile.TemporaryDirectory(prefix="lineside-bench-") as tmp:
-            proc, url = _serve_process(package, Path(tmp), store=store, threads=threads,
-                                       concurrency=concurrency)
-            try:
-                overhead, round_trip, server_infer = [], [], []
-                with httpx.Client(base_url=url, timeout=60) as c:
-                    for i in range(requests + 5):
-                        t = time.perf_counter()
-                        r = c.post("/v1/inspect", content=image,
-                                   headers={"content-type": "image/jpeg"})
-                        rt = (time.perf_counter() - t) * 1000
-                        r.raise_for_status()
-                        if i >= 5:  # warm-up
-                            doc = r.json()
+    infer: list[float] = []
+
+    def in_process(span: float) -> float:
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < span:
+            infer.append(inspect(decode_image(image), det, recipe).timings_ms["infer"])
+            n += 1
+        return n / (time.perf_counter() - t0)
+
+    in_process(1.0)  # warm-up
+    span = seconds / rounds
+    stores = (True, False)
+    with tempfile.TemporaryDirectory(prefix="lineside-bench-") as tmp:
+        servers: dict[bool, tuple[Any, str]] = {}
+        try:
+            with ThreadPoolExecutor(len(stores)) as pool:  # both start at once
+                starting = {store: pool.submit(_serve_process, package, Path(tmp) / str(store),
+                                               store=store, threads=threads,
+                                               concurrency=concurrency) for store in stores}
+                for store, future in starting.items():
+                    with contextlib.suppress(RuntimeError):  # raised again below
+                        servers[store] = future.result()
+                for future in starting.values():
+                    future.result()  # the first start that failed, once all are in servers
+            overhead: dict[bool, list[float]] = {s: [] for s in stores}
+            round_trip: dict[bool, list[float]] = {s: [] for s in stores}
+            server_infer: dict[bool, list[float]] = {s: [] for s in stores}
+            baseline: list[float] = []
+            ratios: dict[tuple[bool, int], list[float]] = {}
+            rates: dict[tuple[bool, int], list[float]] = {}
+            with httpx.Client(timeout=60) as c:
+                for r in range(rounds):
+                    for store in stores:
+                        url = servers[store][1]
+                        for i in range(-(-requests // rounds) + (5 if r == 0 else 0)):
+                            t = time.perf_counter()
+                            resp = c.post(url + "/v1/inspect", content=image,
+                                          headers={"content-type": "image/jpeg"})
+                            rt = (time.perf_counter() - t) * 1000
+                            resp.raise_for_status()
+                            if r == 0 and i < 5:  # warm-up
+                                continue
+                            doc = resp.json()
                             assert doc["stored"] is store or doc["verdict"] == "pass"
-                            round_trip.append(rt)
-                            server_infer.append(doc["timings_ms"]["infer"])
-                            overhead.append(rt - doc["timings_ms"]["infer"])
-                rates = {k: _load(url, image, k, seconds) for k in clients}
-            finally:
+                            round_trip[store].append(rt)
+                            server_infer[store].append(doc["timings_ms"]["infer"])
+                            overhead[store].append(rt - doc["timings_ms"]["infer"])
+                    for k in clients:
+                        for store in stores:
+                            base = in_process(span)
+                            rate = _load(servers[store][1], image, k, span)
+                            baseline.append(base)
+                            rates.setdefault((store, k), []).append(rate)
+                            ratios.setdefault((store, k), []).append(rate / base)
+        finally:
+            for proc, _ in servers.values():
                 proc.terminate()
                 proc.wait(30)
-        rows.append({"store": store, "round_trip_p50_ms": float(np.median(round_trip)),
-                     "infer_p50_ms": float(np.median(server_infer)),
-                     "overhead_p50_ms": float(np.median(overhead)),
-                     "in_process_infer_p50_ms": float(np.median(infer)),
-                     "in_process_img_s": in_process,
-                     **{f"clients_{k}_img_s": v for k, v in rates.items()},
-                     **{f"clients_{k}_ratio": v / in_process for k, v in rates.items()},
-                     "cores": os.cpu_count()})
-    return rows
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    return [{"store": store, "rounds": rounds,
+             "round_trip_p50_ms": med(round_trip[store]),
+             "infer_p50_ms": med(server_infer[store]),
+             "overhead_p50_ms": med(overhead[store]),
+             "in_process_infer_p50_ms": med(infer),
+             "in_process_img_s": med(baseline),
+             **{f"clients_{k}_img_s": med(rates[store, k]) for k in clients},
+             **{f"clients_{k}_ratio": med(ratios[store, k]) for k in clients},
+             "cores": os.cpu_count()} for store in stores]
 
 
 def format_server_rows(rows: list[dict[str, Any]], clients: tuple[int, ...] = (1, 4, 8)) -> str:
@@ -258,7 +297,8 @@ def format_server_rows(rows: list[dict[str, Any]], clients: tuple[int, ...] = (1
         lines.append(f"| {k} client{'s' if k > 1 else ''} | " + " | ".join(
             f"{r[f'clients_{k}_img_s']:.1f} img/s = {r[f'clients_{k}_ratio']:.2f}x" for r in rows)
             + " |")
-    return "\n".join(lines) + f"\n\n({rows[0]['cores']} cores)"
+    return "\n".join(lines) + (f"\n\n({rows[0]['cores']} cores; medians of {rows[0]['rounds']} "
+                               "interleaved rounds, each ratio against its own in-process run)")
 
 
 def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int = 40,

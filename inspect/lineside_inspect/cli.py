@@ -551,14 +551,25 @@ def bench_server_cmd(
     seconds: Annotated[float, typer.Option(help="load duration per client count")] = 10.0,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all)")] = None,
     concurrency: Annotated[int, typer.Option(help="the server's max_concurrency")] = 2,
+    rounds: Annotated[int, typer.Option(
+        min=1, help="interleaved rounds the measurements are split into")] = 3,
+    clients: Annotated[str, typer.Option(help="client counts to load the server with")] = "1,4,8",
 ) -> None:
     """Server overhead (round trip minus inference) and throughput at 1/4/8 clients versus
     the model back to back in-process, store on and off, in one run."""
     from lineside_inspect.bench import bench_server, format_server_rows
 
+    try:
+        counts = tuple(int(c) for c in clients.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--clients: comma-separated whole numbers, got {clients!r}") \
+            from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter(f"--clients: each count at least 1, got {clients!r}")
     out.print(format_server_rows(bench_server(package, image, requests=requests, seconds=seconds,
-                                              threads=threads, concurrency=concurrency)),
-              markup=False)
+                                              threads=threads, concurrency=concurrency,
+                                              rounds=rounds, clients=counts),
+                                 counts), markup=False)
 
 
 @bench_app.command("hub")

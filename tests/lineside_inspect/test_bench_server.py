@@ -1,0 +1,31 @@
+"""``lineside bench server``: two real ``lineside serve`` processes (store on and off)
+measured in interleaved rounds beside the model run in-process."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from lineside_inspect.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_server_prints_overhead_and_ratios_store_on_and_off() -> None:
+    image = next((ROOT / "datasets" / "deeppcb-sample" / "images").rglob("*_test.jpg"))
+    result = CliRunner().invoke(app, [
+        "bench", "server", str(ROOT / "models" / "deeppcb" / "1"), "--image", str(image),
+        "--requests", "4", "--seconds", "1", "--rounds", "2", "--threads", "1",
+        "--clients", "1,3"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split("|")[1].strip(): line for line in result.output.splitlines()
+             if line.startswith("|")}
+    assert "store on" in lines[""] and "store off" in lines[""]
+    overhead = lines["**overhead p50** (round trip minus infer)"].split("|")[2:4]
+    assert all(math.isfinite(float(cell.strip(" *ms"))) for cell in overhead)
+    for k in ("1 client", "3 clients"):
+        cells = lines[k].split("|")[2:4]
+        assert all(float(cell.split("=")[1].strip(" x")) > 0 for cell in cells), lines[k]
+    assert "medians of 2 interleaved rounds" in result.output
