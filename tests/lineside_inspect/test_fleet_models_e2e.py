@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from lineside_inspect.config import load_settings
 from lineside_inspect.fleet.config import ObjectStoreSettings
@@ -31,46 +30,12 @@ from lineside_inspect.fleet.objects import ObjectStore
 from lineside_inspect.fleet.signing import generate
 
 from .conftest import MODEL, ROOT, SAMPLE, start_server
-from .fleet_peers import free_port
+from .server_process import LINESIDE, ServerProcess, free_port
 from .test_fleet_models_hub import versioned
 
-LINESIDE = [sys.executable, "-m", "lineside_inspect.cli"]
 INT8 = ROOT / "models" / "deeppcb" / "1-int8"
 ADMIN = "e2e-admin-key"
 BOXES = ("box-a", "box-b")
-
-
-class Proc:
-    def __init__(self, args: list[str], log: Path, url: str) -> None:
-        self.args, self.log, self.url = args, log, url
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "not ready: " + self.log.read_text()[-3000:]
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
@@ -86,7 +51,7 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
         time.sleep(0.1)
 
 
-def active(box: Proc) -> tuple[str | None, list[str]]:
+def active(box: ServerProcess) -> tuple[str | None, list[str]]:
     model = next(m for m in httpx.get(box.url + "/v1/models", timeout=10).json()
                  if m["name"] == "deeppcb")
     return model["active"], [v["version"] for v in model["versions"]]
@@ -114,9 +79,9 @@ def plant(weed: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
         "objects": weed.settings(bucket),
         "api_keys": [{"name": "admin", "role": "admin", "key": ADMIN}] + [
             {"name": b, "role": "box", "key": f"{b}-key"} for b in BOXES]}))
-    hub = Proc([*LINESIDE, "hub", "--config", str(tmp_path / "hub.yaml"), "--port",
-                str(hub_port)], tmp_path / "hub.log", f"http://127.0.0.1:{hub_port}")
-    boxes: dict[str, Proc] = {}
+    hub = ServerProcess([*LINESIDE, "hub", "--config", str(tmp_path / "hub.yaml"), "--port",
+                         str(hub_port)], tmp_path / "hub.log", hub_port, new_session=True)
+    boxes: dict[str, ServerProcess] = {}
     for b in BOXES:
         port = free_port()
         data = tmp_path / b
@@ -127,8 +92,8 @@ def plant(weed: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
             "fleet": {"hub_url": hub.url, "token": f"{b}-key", "site": "plant1", "line": "L1",
                       "trusted_keys": [str(tmp_path / "publisher.pub.pem")],
                       "pull_interval_s": 0.3, "status_interval_s": 0.5, "timeout_s": 5}}))
-        boxes[b] = Proc([*LINESIDE, "serve", "--config", str(tmp_path / f"{b}.yaml")],
-                        tmp_path / f"{b}.log", f"http://127.0.0.1:{port}")
+        boxes[b] = ServerProcess([*LINESIDE, "serve", "--config", str(tmp_path / f"{b}.yaml")],
+                                 tmp_path / f"{b}.log", port, new_session=True)
     # box-a keeps a golden set of the model: its pulls go through the gate
     from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary, from_dataset
 
@@ -148,8 +113,8 @@ def plant(weed: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def test_publish_pull_activate_refuse_tampered(plant: dict[str, Any]) -> None:
-    hub: Proc = plant["hub"]
-    boxes: dict[str, Proc] = plant["boxes"]
+    hub: ServerProcess = plant["hub"]
+    boxes: dict[str, ServerProcess] = plant["boxes"]
     tmp: Path = plant["tmp"]
     key, stranger = str(tmp / "publisher.pem"), str(tmp / "stranger.pem")
     assert all(active(b)[0] == "1" for b in boxes.values())
@@ -225,6 +190,15 @@ def test_publish_pull_activate_refuse_tampered(plant: dict[str, Any]) -> None:
     # the refusal is what the box reports to its hub (its status' model_errors)
     wait_for(lambda: all(_reported(hub, b, "deeppcb t2: ") for b in BOXES),
              "the boxes reporting the refusal")
+    # and what its /metrics says: the version it pulled and keeps, the refused packages,
+    # when it last read its assignment
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(
+        httpx.get(boxes["box-b"].url + "/metrics", timeout=10).text) for s in f.samples}
+    assert got[("lineside_fleet_model_pulled", (("model", "deeppcb"), ("version", "1-int8")))] == 1
+    assert got[("lineside_fleet_model_pulls_total", ())] == 1
+    assert got[("lineside_fleet_task_errors_total",
+                (("kind", "package_refused"), ("task", "models")))] >= 3  # t1 twice, t2
+    assert got[("lineside_fleet_task_last_success_timestamp_seconds", (("task", "models"),))] > 0
 
     # the hub goes down: a box restarted meanwhile (in this process: its start-up is what
     # is tested) serves what it pulled
@@ -242,7 +216,7 @@ def test_publish_pull_activate_refuse_tampered(plant: dict[str, Any]) -> None:
         stop()
 
 
-def _reported(hub: Proc, box_id: str, error: str) -> bool:
+def _reported(hub: ServerProcess, box_id: str, error: str) -> bool:
     """Whether ``box_id``'s last status on the hub has ``error`` in its model_errors."""
     boxes = httpx.get(hub.url + "/fleet/v1/boxes", timeout=5,
                       headers={"authorization": f"Bearer {ADMIN}"})

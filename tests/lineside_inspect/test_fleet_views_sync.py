@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
@@ -207,6 +208,59 @@ def test_reviews_both_ways_status_and_the_plant_view(hub: Hub, box: Running,
         assert outbox.backlog() == 0
         got = q.get(f"/v1/inspections/{iid}").json()
         assert got["reviews"][-1]["note"] == "offline" and got["review_state"] == "confirmed"
+
+
+def _metrics(box: Running) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with box.client() as c:
+        text = c.get("/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def _task(name: str, task: str, kind: str | None = None) -> tuple[str, tuple[tuple[str, str], ...]]:
+    labels = (("kind", kind), ("task", task)) if kind else (("task", task),)
+    return (f"lineside_fleet_task_{name}", labels)
+
+
+def test_every_hub_task_of_a_box_is_in_its_metrics(hub: Hub, box: Running,
+                                                    image_bytes: bytes) -> None:
+    """Forwarding, the review sync and the status reports, each one loop (fleet/box/
+    periodic.py) with the same figures: its last success, its errors by kind, its failures
+    in a row while the hub is down; and the reviews' own counts and backlog."""
+    iid = _inspect(box, image_bytes)
+    q = hub.client()
+    wait_for("the inspection on the hub", lambda: q.get(f"/v1/inspections/{iid}").status_code == 200)
+    with box.client("reviewer") as b:
+        b.post(f"/v1/inspections/{iid}/reviews", json={"action": "confirm"}).raise_for_status()
+    sync = box.app.state.fleet_reviews
+    sync.sync_once()  # its loop may have been stopped by another test
+    q.post(f"/v1/inspections/{iid}/reviews", json={"action": "false_reject"}).raise_for_status()
+    sync.sync_once()
+    got = _metrics(box)
+    assert got[("lineside_fleet_reviews_sent_total", ())] >= 1
+    assert got[("lineside_fleet_reviews_applied_total", ())] >= 1
+    assert got[("lineside_fleet_reviews_backlog", ())] == 0
+    for task in ("forward", "reviews", "status"):
+        wait_for(f"{task}'s last success", lambda task=task: _metrics(box)[_task(  # type: ignore[misc]
+            "last_success_timestamp_seconds", task)] > 0)
+
+    hub.stop()
+    try:
+        _inspect(box, image_bytes)  # waits in the outbox
+        with box.client("reviewer") as b:
+            b.post(f"/v1/inspections/{iid}/reviews", json={"action": "confirm"}).raise_for_status()
+        for task in ("forward", "status"):
+            wait_for(f"{task} failing", lambda task=task: _metrics(box)[_task(  # type: ignore[misc]
+                "errors_total", task, "hub_unavailable")] >= 1 and _metrics(box)[_task(
+                "consecutive_failures", task)] >= 1)
+        assert _metrics(box)[("lineside_fleet_reviews_backlog", ())] == 1
+    finally:
+        hub.start()
+    sync.sync_once()
+    for task in ("forward", "status"):
+        wait_for(f"{task} back", lambda task=task: _metrics(box)[_task(  # type: ignore[misc]
+            "consecutive_failures", task)] == 0)
+    assert _metrics(box)[("lineside_fleet_reviews_backlog", ())] == 0
 
 
 def test_hub_pages_and_box_keys(hub: Hub, box: Running) -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import random
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,8 +27,9 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from lineside_inspect.errors import HubRefused, HubUnavailable, LinesideError, NotFoundError
+from lineside_inspect.errors import HubRefused, NotFoundError
 from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.box.periodic import PeriodicHubTask
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch, ForwardedInspection
 from lineside_inspect.store.models import InspectionRow
@@ -85,63 +84,49 @@ class Forwarder:
         self.outbox = Outbox(store.engine, store.box_id, CHANNEL)
         self.metrics = FleetMetrics(metrics) if metrics is not None else None
         self._dropped_seen = store.dropped_unforwarded
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fleet-forward", daemon=True)
         self.forwarded = 0
-        self.failures = 0  # consecutive
-        self.last_error: str | None = None
+        self._last_purge = time.monotonic()
         # backoff: from half the poll interval up to ten of them (1-30 s)
-        self.retry_min_s = settings.forward_interval_s / 2
-        self.retry_max_s = min(30.0, max(1.0, 10 * settings.forward_interval_s))
+        self.loop = PeriodicHubTask(
+            "forward", self._step, interval_s=settings.forward_interval_s,
+            retry_min_s=settings.forward_interval_s / 2,
+            retry_max_s=min(30.0, max(1.0, 10 * settings.forward_interval_s)),
+            waiting="inspections wait in the outbox", metrics=metrics,
+            on_failure=self._failed)
 
     # -- life ----------------------------------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        self.loop.start()
 
     def stop(self, timeout_s: float | None = None) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout_s if timeout_s is not None else self.settings.timeout_s + 2)
+        self.loop.stop(timeout_s if timeout_s is not None else self.settings.timeout_s + 2)
 
     def wake(self) -> None:
-        self._wake.set()
+        self.loop.wake()
+
+    @property
+    def failures(self) -> int:
+        """Failed rounds in a row."""
+        return self.loop.failures
+
+    @property
+    def last_error(self) -> str | None:
+        return self.loop.last_error
 
     # -- the loop ------------------------------------------------------------------
-    def _run(self) -> None:
-        last_purge = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                sent = self.forward_once()
-            except LinesideError as exc:
-                self._failed(_kind(exc), exc.message)
-                continue
-            except Exception as exc:  # a bug or a local database outage: logged, retried
-                log.exception("fleet: forwarding failed")
-                self._failed("internal", type(exc).__name__)
-                continue
-            if self.failures:
-                log.info("fleet: hub %s reachable again", self.client.base_url)
-            self.failures, self.last_error = 0, None
-            self.refresh_gauges()
-            if time.monotonic() - last_purge > PURGE_EVERY_S:
-                last_purge = time.monotonic()
-                self._purge()
-            if not sent:  # caught up: wait for new events, or poll
-                self._wake.wait(self.settings.forward_interval_s)
-                self._wake.clear()
+    def _step(self) -> bool:
+        """One round (``fleet/box/periodic.py`` runs it): True while more is pending."""
+        sent = self.forward_once()
+        self.refresh_gauges()
+        if time.monotonic() - self._last_purge > PURGE_EVERY_S:
+            self._last_purge = time.monotonic()
+            self._purge()
+        return sent > 0
 
     def _failed(self, kind: str, message: str) -> None:
-        self.failures += 1
-        self.last_error = message
         if self.metrics is not None:
             self.metrics.errors.labels(kind).inc()
-        if self.failures == 1 or self.failures % 50 == 0:
-            log.warning("fleet: %s (attempt %d); inspections wait in the outbox", message,
-                        self.failures)
         self._safe_gauges()
-        delay = min(self.retry_max_s, self.retry_min_s * 2 ** (self.failures - 1))
-        self._stop.wait(delay * random.uniform(0.8, 1.0))  # jitter: boxes do not retry in step
 
     def _purge(self) -> None:
         try:
@@ -255,14 +240,6 @@ class Forwarder:
     def status(self) -> dict[str, Any]:
         return {"backlog": self.backlog, "lag_s": self.lag_s, "forwarded": self.forwarded,
                 "failures": self.failures, "last_error": self.last_error}
-
-
-def _kind(exc: LinesideError) -> str:
-    if isinstance(exc, HubUnavailable):
-        return "hub_unavailable"
-    if isinstance(exc, HubRefused):
-        return "hub_refused"
-    return "internal"
 
 
 def _b64(image: tuple[bytes, str] | None) -> str | None:

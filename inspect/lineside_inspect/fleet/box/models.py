@@ -30,8 +30,9 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lineside_inspect.atomic import write_atomic
@@ -39,6 +40,7 @@ from lineside_inspect.config import Settings
 from lineside_inspect.errors import Busy, HubUnavailable, LinesideError, PackageError
 from lineside_inspect.fleet import archive, signing
 from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.box.periodic import error_kind, task_metrics
 from lineside_inspect.fleet.protocol import (
     ASSIGNMENT,
     PACKAGE,
@@ -48,6 +50,9 @@ from lineside_inspect.fleet.protocol import (
 )
 from lineside_inspect.package import load_package, sha256_file
 
+if TYPE_CHECKING:
+    from lineside_inspect.server.metrics import Metrics
+
 log = logging.getLogger("lineside.fleet.models")
 
 ACTOR = "fleet"  # the audit log's actor of what the puller activates
@@ -55,6 +60,7 @@ STATE_FILE = "pulled.json"
 INCOMING = ".incoming"
 MAX_ARCHIVE_BYTES = 2 << 30
 MAX_ERRORS = 32  # protocol.BoxStatus.model_errors holds at most this many
+TASK = "models"  # its name in the fleet tasks' metrics
 
 
 class Pulled(BaseModel):
@@ -71,6 +77,19 @@ class PulledState(BaseModel):
     model_config = ConfigDict(extra="forbid")
     revision: int | None = None
     models: dict[str, Pulled] = Field(default_factory=dict)
+
+
+class PullMetrics:
+    """The puller's figures in the box's ``/metrics``; its errors and last success are the
+    ``models`` task's (``fleet/box/periodic.py``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        r = metrics.registry
+        self.tasks = task_metrics(metrics)
+        self.pulled = Gauge("lineside_fleet_model_pulled", "Model versions pulled from the "
+                            "hub and kept on this box (1 each)", ["model", "version"], registry=r)
+        self.pulled_total = Counter("lineside_fleet_model_pulls", "Packages pulled, verified "
+                                    "and activated", registry=r)
 
 
 class ModelPuller:
@@ -92,7 +111,9 @@ class ModelPuller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._hub_down = False
+        self._failing = 0  # rounds in a row without an assignment from the hub
         self.state = PulledState()
+        self.metrics: PullMetrics | None = None
 
     # -- life -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -100,6 +121,9 @@ class ModelPuller:
         before, then the loop (with the box's hub client, made by ``fleet.box.install``)."""
         if self._client is None:
             self._client = getattr(self.app.state, "hub_client", None)
+        metrics = getattr(self.app.state, "metrics", None)
+        if metrics is not None and self.metrics is None:
+            self.metrics = PullMetrics(metrics)
         try:
             self.keys = [signing.load_public_key(k) for k in self.fleet.trusted_keys]
         except LinesideError as exc:  # a broken key must not stop the box from serving
@@ -109,6 +133,7 @@ class ModelPuller:
         shutil.rmtree(self.root / INCOMING, ignore_errors=True)  # a pull cut short
         self.state = self._read_state()
         self._restore()
+        self._publish_pulled()
         if self._client is None:
             log.warning("fleet models: no hub client (this server keeps no store): no pulls")
             return
@@ -156,13 +181,18 @@ class ModelPuller:
                 if not self._hub_down:
                     log.warning("fleet models: %s; serving what the box has", exc.message)
                 self._hub_down = True
+                self._count_failure(error_kind(exc))
                 return
             except LinesideError as exc:  # the hub refused: wrong key, unknown line
                 self._notes = [f"assignment: {exc.message}"]
+                self._count_failure(error_kind(exc))
                 return
             if self._hub_down:
                 log.info("fleet models: hub reachable again")
             self._hub_down = False
+            self._failing = 0
+            if self.metrics is not None:
+                self.metrics.tasks.succeeded(TASK)
             self._apply(assignment)
 
     def _apply(self, assignment: Assignment) -> None:
@@ -197,9 +227,11 @@ class ModelPuller:
                 self._failed = {**self._failed, key: exc.message}
                 log.error("fleet models: refused %s %s (%s…): %s", m.name, m.version,
                           m.sha256[:12], exc.message)
+                self._count_failure("package_refused", in_a_row=False)
             except Exception as exc:  # e.g. a runtime that cannot load a signed graph
                 self._failed = {**self._failed, key: f"not applied: {type(exc).__name__}"}
                 log.exception("fleet models: %s %s not applied", m.name, m.version)
+                self._count_failure("internal", in_a_row=False)
         self._notes = notes
         if self.state.revision != assignment.revision:
             self.state.revision = assignment.revision
@@ -240,6 +272,9 @@ class ModelPuller:
             self.state.models[m.name] = Pulled(version=m.version, sha256=m.sha256,
                                                graph_sha256=card.sha256)
             self._save()
+            self._publish_pulled()
+            if self.metrics is not None:
+                self.metrics.pulled_total.inc()
             log.info("fleet models: %s %s pulled (signed by key %s) and active", m.name,
                      m.version, signer.id)
         finally:
@@ -302,6 +337,22 @@ class ModelPuller:
             except LinesideError as exc:
                 log.error("fleet models: pulled %s %s not restored: %s", name, p.version,
                           exc.message)
+
+    # -- figures ----------------------------------------------------------------------------
+    def _count_failure(self, kind: str, *, in_a_row: bool = True) -> None:
+        if in_a_row:
+            self._failing += 1
+        if self.metrics is not None:
+            self.metrics.tasks.failed(TASK, kind, self._failing if in_a_row else None)
+
+    def _publish_pulled(self) -> None:
+        """``lineside_fleet_model_pulled{model, version}``: 1 for each version pulled and
+        kept (the box's record of them, ``pulled.json``)."""
+        if self.metrics is None:
+            return
+        self.metrics.pulled.clear()
+        for name, p in self.state.models.items():
+            self.metrics.pulled.labels(name, p.version).set(1)
 
     # -- state ------------------------------------------------------------------------------
     def _read_state(self) -> PulledState:

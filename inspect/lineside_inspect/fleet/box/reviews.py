@@ -20,18 +20,18 @@ the local store only, and the events wait.
 from __future__ import annotations
 
 import logging
-import random
-import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter, Gauge
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import HubRefused, LinesideError
 from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.box.periodic import PeriodicHubTask
 from lineside_inspect.fleet.protocol import (
     REVIEWS_DOWN,
     REVIEWS_UP,
@@ -44,6 +44,9 @@ from lineside_inspect.store import Store
 from lineside_inspect.store.models import InspectionRow, ReviewRow
 from lineside_inspect.store.outbox import Event, Outbox, event
 from lineside_inspect.store.utc import as_utc
+
+if TYPE_CHECKING:
+    from lineside_inspect.server.metrics import Metrics
 
 log = logging.getLogger("lineside.fleet")
 CHANNEL = "fleet-reviews"  # the outbox channel of reviews going up; topic: inspection id
@@ -63,60 +66,67 @@ def review_events(review: ReviewRow) -> list[Event]:
         created_at=review.created_at, channel=CHANNEL)]
 
 
-class ReviewSync:
-    """One thread per box: reviews up, then hub reviews down, every ``interval_s``."""
+class ReviewMetrics:
+    """The review sync's figures in the box's ``/metrics`` (beside its task's errors and
+    last success, ``fleet/box/periodic.py``)."""
 
-    def __init__(self, store: Store, client: HubClient, interval_s: float = 1.0) -> None:
+    def __init__(self, metrics: Metrics) -> None:
+        r = metrics.registry
+        self.sent = Counter("lineside_fleet_reviews_sent", "Reviews made on this box the "
+                            "hub took", registry=r)
+        self.applied = Counter("lineside_fleet_reviews_applied", "Reviews made on the hub "
+                               "applied on this box", registry=r)
+        self.backlog = Gauge("lineside_fleet_reviews_backlog", "Reviews made on this box "
+                             "waiting to go up", registry=r)
+
+
+class ReviewSync:
+    """One thread per box: reviews up, then hub reviews down, every ``interval_s`` (backing
+    off while the hub fails, up to 30 s)."""
+
+    def __init__(self, store: Store, client: HubClient, interval_s: float = 1.0,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
         self.client = client
         self.interval_s = interval_s
         self.outbox = Outbox(store.engine, store.box_id, CHANNEL)
         self.cursor_path = store.data_dir / CURSOR_FILE
+        self.metrics = ReviewMetrics(metrics) if metrics is not None else None
         self.sent = 0  # reviews the hub took
         self.applied = 0  # hub reviews applied here
-        self.failures = 0
-        self.last_error: str | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fleet-reviews", daemon=True)
+        self._last_purge = time.monotonic()
+        self.loop = PeriodicHubTask(
+            "reviews", self._step, interval_s=interval_s, retry_min_s=interval_s,
+            retry_max_s=30.0, waiting="reviews wait", metrics=metrics)
 
     def start(self) -> None:
-        self._thread.start()
+        self.loop.start()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout_s)
+        self.loop.stop(timeout_s)
 
     def wake(self) -> None:
-        self._wake.set()
+        self.loop.wake()
 
-    def _run(self) -> None:
-        last_purge = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                self.sync_once()
-                self.failures, self.last_error = 0, None
-                if time.monotonic() - last_purge > PURGE_EVERY_S:  # what the hub has
-                    last_purge = time.monotonic()
-                    self.outbox.purge_delivered(KEEP_DELIVERED_S)
-            except LinesideError as exc:
-                self._failed(exc.message)
-                continue
-            except Exception as exc:  # a local database outage or a bug: logged, retried
-                log.exception("fleet: review sync failed")
-                self._failed(type(exc).__name__)
-                continue
-            self._wake.wait(self.interval_s)
-            self._wake.clear()
+    @property
+    def failures(self) -> int:
+        return self.loop.failures
 
-    def _failed(self, message: str) -> None:
-        self.failures += 1
-        self.last_error = message
-        if self.failures == 1 or self.failures % 50 == 0:
-            log.warning("fleet: review sync: %s (attempt %d); reviews wait", message, self.failures)
-        delay = min(30.0, self.interval_s * 2 ** min(self.failures, 6))
-        self._stop.wait(delay * random.uniform(0.5, 1.0))
+    @property
+    def last_error(self) -> str | None:
+        return self.loop.last_error
+
+    def _step(self) -> bool:
+        self.sync_once()
+        if time.monotonic() - self._last_purge > PURGE_EVERY_S:  # what the hub has
+            self._last_purge = time.monotonic()
+            self.outbox.purge_delivered(KEEP_DELIVERED_S)
+        return False  # every interval_s
+
+    def refresh_gauges(self) -> None:
+        """The backlog, when ``/metrics`` is read."""
+        if self.metrics is not None:
+            self.metrics.backlog.set(self.outbox.backlog())
 
     def sync_once(self) -> tuple[int, int]:
         """One round: (reviews the hub took, hub reviews applied here)."""
@@ -146,6 +156,8 @@ class ReviewSync:
             n = sum(1 for i in items if i.seq <= through)
             taken += n
             self.sent += n
+            if self.metrics is not None:
+                self.metrics.sent.inc(n)
             if through < last:  # the hub waits for an inspection still being forwarded
                 return taken
         return taken
@@ -181,6 +193,8 @@ class ReviewSync:
                 if outcome in ("current", "superseded"):
                     applied += 1
                     self.applied += 1
+                    if self.metrics is not None:
+                        self.metrics.applied.inc()
                 self._save_cursor(e.seq)
                 after = e.seq
             if len(batch.items) < BATCH:
@@ -203,9 +217,10 @@ def setup(app: Any, settings: Any) -> None:
             return
         # a review made here is outboxed with it from now on
         store.review_event_makers.append(review_events)
-        sync = ReviewSync(store, client, settings.fleet.forward_interval_s)
+        sync = ReviewSync(store, client, settings.fleet.forward_interval_s, app.state.metrics)
         sync.start()
         app.state.fleet_reviews = sync
+        app.state.metrics_hooks.append(sync.refresh_gauges)
 
     def stop() -> None:
         if app.state.fleet_reviews is not None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from typing import Any
 
 from pydantic import ValidationError
 
-from lineside_inspect.errors import LinesideError
 from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.box.periodic import PeriodicHubTask
 from lineside_inspect.fleet.protocol import STATUS, BoxStatus, ModelRunning
 from lineside_inspect.version import __version__
 
@@ -57,43 +56,36 @@ def box_status(app: Any) -> BoxStatus:
 
 
 class StatusReporter:
-    """A thread posting :func:`box_status` every ``interval_s``."""
+    """A thread posting :func:`box_status` every ``interval_s`` (a report that fails is
+    not retried sooner or later: the next one is as fresh)."""
 
     def __init__(self, app: Any, client: HubClient, interval_s: float = INTERVAL_S) -> None:
         self.app = app
         self.client = client
         self.interval_s = interval_s
         self.reported = 0
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fleet-status", daemon=True)
+        self.loop = PeriodicHubTask(
+            "status", self._step, interval_s=interval_s, retry_min_s=interval_s,
+            retry_max_s=interval_s, waiting=f"the next report goes in {interval_s:g} s",
+            metrics=getattr(app.state, "metrics", None))
 
     def start(self) -> None:
-        self._thread.start()
+        self.loop.start()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)
+        self.loop.stop(timeout_s)
+
+    @property
+    def last_error(self) -> str | None:
+        return self.loop.last_error
 
     def report_once(self) -> None:
         self.client.request("POST", self.client.path(STATUS), body=box_status(self.app))
         self.reported += 1
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.report_once()
-                if self.last_error is not None:
-                    log.info("fleet: status reports reach the hub again")
-                self.last_error = None
-            except LinesideError as exc:
-                if self.last_error is None:
-                    log.warning("fleet: status report not sent: %s", exc.message)
-                self.last_error = exc.message
-            except Exception as exc:  # a bug must not end the reports
-                log.exception("fleet: status report failed")
-                self.last_error = type(exc).__name__
-            self._stop.wait(self.interval_s)
+    def _step(self) -> bool:
+        self.report_once()
+        return False
 
 
 def setup(app: Any, settings: Any) -> None:
