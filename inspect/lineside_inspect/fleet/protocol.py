@@ -12,7 +12,9 @@ so a box retries whatever it is unsure of:
   holds because a box sends in ``seq`` order and the hub treats any item at or below its
   cursor for that box as a duplicate (gaps in ``seq`` are normal: other outbox channels).
   An id the hub does not hold at or below that cursor is refused (409 ``sequence_behind``:
-  the box's outbox went back, e.g. a reset data folder), never skipped silently.
+  the box's outbox went back, e.g. a reset data folder), never skipped silently. An id the
+  hub holds from another box is refused too (409 ``inspection_id_taken``), not a duplicate.
+  Past ``max_forward_bodies`` batches being read at once the hub answers 503 (retry).
 - ``POST {REVIEWS_UP}`` — reviews made on the box, with their own ``seq``; same cursor rule.
 - ``GET {REVIEWS_DOWN}?after=N`` — reviews made on the hub for this box's inspections,
   with the hub's review id above ``N``; the box keeps ``N`` as its cursor.
