@@ -178,12 +178,15 @@ def data_split(
     test: Annotated[float, typer.Option(help="test fraction")] = 0.0,
     by: Annotated[str, typer.Option(help="group|image")] = "group",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    val_groups: Annotated[str | None, typer.Option(
+        help="comma-separated groups that make up validation (--val is then not used)")] = None,
 ) -> None:
     """Assign train/val/test deterministically, keeping each group on one side."""
     from lineside_inspect.dataset import read_dataset, save_annotations, split_dataset
 
     dataset = read_dataset(root)
-    counts = split_dataset(dataset, val=val, test=test, by=by, seed=seed)
+    chosen = [g.strip() for g in val_groups.split(",") if g.strip()] if val_groups else None
+    counts = split_dataset(dataset, val=val, test=test, by=by, seed=seed, val_groups=chosen)
     save_annotations(dataset)
     out.print("split: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from collections.abc import Collection
 
 from lineside_inspect.dataset.duplicates import DuplicateGroup, find_duplicates
 from lineside_inspect.dataset.model import Dataset, ImageRecord
@@ -12,7 +13,7 @@ from lineside_inspect.errors import DatasetError
 
 def split_dataset(
     dataset: Dataset, *, val: float, test: float = 0.0, by: str = "group", seed: int = 0,
-    duplicates: list[DuplicateGroup] | None = None,
+    duplicates: list[DuplicateGroup] | None = None, val_groups: Collection[str] | None = None,
 ) -> dict[str, int]:
     """Assign ``split`` on every image in place; return image counts per split.
 
@@ -23,11 +24,25 @@ def split_dataset(
 
     Exact and near-duplicate images (``duplicates``, found from the pixels when not
     given) always land in one split, whatever ``by`` says, with their groups.
+
+    ``val_groups`` names the groups that make up validation (``val`` is then not used):
+    held-out boards or product variants chosen by hand, so that a benchmark's split can be
+    made again from the command line. Every name must be a group of the dataset. The
+    other groups share train and ``test`` as above.
     """
     if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
         raise DatasetError(f"--val {val} and --test {test} must be fractions summing below 1")
     if by not in ("group", "image"):
         raise DatasetError(f"--by must be 'group' or 'image', got {by!r}")
+    chosen = set(val_groups or ())
+    if chosen:
+        known = {r.group for r in dataset.images if r.group is not None}
+        unknown = sorted(chosen - known)
+        if unknown:
+            raise DatasetError(
+                f"--val-groups: no group named {', '.join(map(repr, unknown))} in the dataset "
+                f"(it has {len(known)} groups, e.g. {', '.join(sorted(known)[:5]) or 'none'})")
+        val = 0.0
     def own_key(rec: ImageRecord) -> str:
         return rec.group if by == "group" and rec.group is not None else f"image:{rec.file_name}"
 
@@ -51,7 +66,13 @@ def split_dataset(
     keys.sort(key=lambda k: -len(groups[k]))  # stable: shuffled order breaks ties
 
     fractions = {"train": 1 - val - test, "val": val, "test": test}
-    totals = _counts(dataset.images)
+    if chosen:  # the named groups (and whatever duplicates tie to them) are validation
+        held = [k for k in keys if any(r.group in chosen for r in groups[k])]
+        for key in held:
+            for rec in groups[key]:
+                rec.split = "val"
+        keys = [k for k in keys if k not in set(held)]
+    totals = _counts([r for k in keys for r in groups[k]])
     filled: dict[str, Counter[str]] = {s: Counter() for s in fractions}
     for key in keys:
         counts = _counts(groups[key])
