@@ -23,6 +23,7 @@ row's image is served only by the box that holds it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import random
@@ -55,9 +56,9 @@ from lineside_inspect.inspector import Inspection
 from lineside_inspect.opencv import cv2
 from lineside_inspect.schemas import StoredInspection
 from lineside_inspect.store import stats as figures
-from lineside_inspect.store.box import resolve_box_id
+from lineside_inspect.store.box import BOX_ID_FILE, resolve_box_id
 from lineside_inspect.store.images import ImageBackend
-from lineside_inspect.store.journal import Journal, Record, fsync_path, read_segment
+from lineside_inspect.store.journal import Journal, Record, encode, fsync_path, read_segment
 from lineside_inspect.store.lock import DataDirLock
 from lineside_inspect.store.models import (
     ADDED_COLUMNS,
@@ -87,6 +88,21 @@ APPLY_RECORDS = 256
 APPLY_BYTES = 16 * 1024 * 1024
 
 
+# the disk quota (``max_bytes``, :meth:`Store.enforce_retention`). SQLite checkpoints its
+# write-ahead log once it holds WAL_CHECKPOINT_PAGES and cuts the file back to that size when
+# it starts over, so the log holds little more than the last transaction; the quota counts it
+# at no less than WAL_ROOM_PAGES: the frames of a transaction adding an inspection (a page of
+# each of its table's 12 B-trees, the outbox's, the database header: 18 measured for one row)
+WAL_CHECKPOINT_PAGES = 8
+WAL_ROOM_PAGES = 32
+WAL_FRAME_HEADER, WAL_HEADER = 24, 32
+# pages a row may take besides its own text: a leaf of the id index its random id lands in,
+# and one for its outbox rows
+ROW_EXTRA_PAGES = 2
+# the writer leaves this share of the quota free for what arrives before it runs again
+HEADROOM_SHARE, HEADROOM_MAX = 16, 64 * 1024 * 1024
+
+
 def _footprint(record: Record) -> int:
     """Bytes a journal record takes (its images and a header's worth)."""
     return len(record.image or b"") + len(record.reference or b"") + 4096
@@ -103,6 +119,11 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")  # an acknowledged row survives power loss
             cur.execute("PRAGMA foreign_keys=ON")
+            # the log stays small (the quota counts it: see WAL_ROOM_PAGES)
+            page = int(cur.execute("PRAGMA page_size").fetchone()[0])
+            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            cur.execute("PRAGMA journal_size_limit="
+                        f"{WAL_HEADER + WAL_CHECKPOINT_PAGES * (page + WAL_FRAME_HEADER)}")
             cur.close()
 
         return engine
@@ -110,9 +131,11 @@ def make_engine(url: str) -> Engine:
 
 
 class Store:
-    """``max_bytes`` bounds the store's disk use: kept images, reference copies and, on
-    SQLite, the database file with its -wal and -shm files (a PostgreSQL database lives
-    on its server and is not counted). ``box_id``: see :func:`resolve_box_id`. ``lock``:
+    """``max_bytes`` bounds the store's disk use: kept images, reference copies, the
+    journal and, on SQLite, the database file with its -wal and -shm files (a PostgreSQL
+    database lives on its server and is not counted). Room is made before anything is
+    written (:meth:`_quota_room`), so the bound holds at every moment, not only after
+    retention. ``box_id``: see :func:`resolve_box_id`. ``lock``:
     a :class:`DataDirLock` on ``data_dir`` the caller took already (the server takes it
     before loading models); the store releases it on :meth:`close`."""
 
@@ -142,6 +165,7 @@ class Store:
                     Base.metadata.create_all(self.engine, tables=[table])
                     self.checkpoint()
             self._add_columns()
+            self.db_page = self._page_size()
         except BaseException:
             self.dir_lock.release()
             raise
@@ -163,6 +187,12 @@ class Store:
         self._space_lock = threading.Lock()
         self._unapplied = 0  # acknowledged since start, not applied yet
         self._unapplied_bytes = 0
+        # the quota: the most the store's files may take once everything acknowledged is
+        # applied (measured by retention, plus what was claimed since), what saves have
+        # claimed in all, and the room each acknowledged inspection needs to be applied
+        self._projected: int | None = None
+        self._claimed = 0
+        self._apply_rooms: dict[str, int] = {}
         # line outputs (store/outbox.py): an inspection's events are made with its journal
         # record and enter the outbox with its row; then the listeners are told (no blocking)
         self.event_makers: list[EventMaker] = []
@@ -249,7 +279,9 @@ class Store:
             if capture is not None:
                 record.fields["capture"] = capture
             size = _footprint(record)
-            with self._space_lock:
+            data = encode(record)  # once: its size is what the quota counts
+            room = self._room_to_apply(record, len(data))
+            with self._quota_room(len(data) + room):  # made first if short, else OSError
                 # acknowledge only what can be applied: the journal holds the images until
                 # they are written beside it (twice their size), and each row needs room in
                 # the database; what is acknowledged but not applied yet counts too
@@ -257,9 +289,10 @@ class Store:
                 if shutil.disk_usage(self.data_dir).free < need:
                     raise OSError(28, "not enough free disk space for the journal, its images "
                                       "and the database")
-                self.journal.append(record)
+                self.journal.append(data)
                 self._unapplied_bytes += size
                 self._unapplied += 1
+                self._apply_rooms[record.fields["id"]] = room
                 if record.fields.get("events"):
                     self._urgent = True
         except OSError as exc:
@@ -349,13 +382,15 @@ class Store:
                 segment.unlink()
                 applied += len(records)
                 with self._space_lock:  # (records of an earlier run were never counted)
+                    for r in records:  # applied: the quota measures their files now
+                        self._apply_rooms.pop(r.fields["id"], None)
                     self._unapplied = max(0, self._unapplied - len(records))
                     self._unapplied_bytes = max(
                         0, self._unapplied_bytes - sum(_footprint(r) for r in records))
             if applied:
                 fsync_path(self.journal.folder)
         if applied and (self.max_bytes is not None or self.max_age_days is not None):
-            self.enforce_retention()
+            self.enforce_retention(room=self.headroom())
         return applied
 
     def _apply(self, records: list[Record]) -> None:
@@ -406,26 +441,34 @@ class Store:
                 return False
             missing = row.image_path is None
         image_path = image_bytes = ref_rel = None
-        if missing:
-            data, ext = self._encoded(inspection)
-            image_path = f"{inspection.created_at.strftime('%Y-%m-%d')}/{inspection.id}.{ext}"
-            write_atomic(self.images_dir / image_path, data)
-            image_bytes = len(data)
-            ref = inspection.reference
-            if ref is not None:
-                ref_rel = f"{REFS_DIR}/{ref.sha256}.{ref.ext}"
-                if not (self.images_dir / ref_rel).is_file():
-                    write_atomic(self.images_dir / ref_rel, ref.raw)
-        with Session(self.engine) as s, s.begin():
-            row = s.get(InspectionRow, inspection.id)
-            if row is None:  # removed by retention meanwhile
-                return False
-            row.capture = row.capture or capture
-            if missing and row.image_path is None:
-                row.image_path, row.image_bytes = image_path, image_bytes or 0
-                if ref_rel is not None:
-                    row.reference_path = ref_rel
-        return True
+        claim = f"keep:{inspection.id}"  # its files count in the quota until its row names them
+        try:
+            if missing:
+                data, ext = self._encoded(inspection)
+                ref = inspection.reference
+                room = len(data) + (0 if ref is None else len(ref.raw))
+                with self._quota_room(room):
+                    self._apply_rooms[claim] = room
+                image_path = f"{inspection.created_at.strftime('%Y-%m-%d')}/{inspection.id}.{ext}"
+                write_atomic(self.images_dir / image_path, data)
+                image_bytes = len(data)
+                if ref is not None:
+                    ref_rel = f"{REFS_DIR}/{ref.sha256}.{ref.ext}"
+                    if not (self.images_dir / ref_rel).is_file():
+                        write_atomic(self.images_dir / ref_rel, ref.raw)
+            with Session(self.engine) as s, s.begin():
+                row = s.get(InspectionRow, inspection.id)
+                if row is None:  # removed by retention meanwhile
+                    return False
+                row.capture = row.capture or capture
+                if missing and row.image_path is None:
+                    row.image_path, row.image_bytes = image_path, image_bytes or 0
+                    if ref_rel is not None:
+                        row.reference_path = ref_rel
+            return True
+        finally:
+            with self._space_lock:
+                self._apply_rooms.pop(claim, None)
 
     # -- start-up and retention -----------------------------------------------------
     def cleanup(self) -> dict[str, int]:
@@ -492,17 +535,22 @@ class Store:
             OutboxRow.delivered_at.is_(None))
         return InspectionRow.id.not_in(waiting)
 
-    def enforce_retention(self, now: datetime | None = None) -> int:
+    def enforce_retention(self, now: datetime | None = None, *, room: int = 0) -> int:
         """Apply the age limit, then the disk quota, to this box's rows. Returns rows
         deleted. Rows without an image (unsampled passes) leave by age only; their
         database space counts against the quota, and images make way for it. Rows not
         forwarded to the hub yet (``guard_channel``) never leave by age; when the quota
         still needs room after every forwarded image is gone, their images go (the rows
-        stay, and are forwarded without them), counted in ``dropped_unforwarded``."""
+        stay, and are forwarded without them), counted in ``dropped_unforwarded``.
+
+        The quota counts :meth:`used_bytes`, what is on disk and what applying the
+        journal will add, and leaves ``room`` bytes of ``max_bytes`` free besides (the
+        writer leaves :meth:`headroom` for what is acknowledged before it runs again)."""
         deleted = 0
+        quota = self.max_bytes
         with self._lock:
-            if self.max_bytes is not None:
-                self.checkpoint(self.max_bytes // 16)
+            if quota is not None:
+                self.checkpoint(self._wal_checkpoint_bytes())
             with Session(self.engine) as s, s.begin():
                 if self.max_age_days is not None:
                     cutoff = as_utc(now or datetime.now(UTC)) - timedelta(days=self.max_age_days)
@@ -510,41 +558,44 @@ class Store:
                             self._mine(), self._forwarded(), InspectionRow.created_at < cutoff)):
                         self._delete(s, row)
                         deleted += 1
-                if self.max_bytes is not None:
-                    used = (s.scalar(select(func.coalesce(func.sum(InspectionRow.image_bytes), 0))
-                                     .where(self._mine())) or 0) + self.overhead_bytes()
+                if quota is not None:
+                    limit = quota - room
+                    used, claimed = self._used(s)
                     for tier in self._deletion_order():
-                        if used <= self.max_bytes:
+                        if used <= limit:
                             break
                         q = (select(InspectionRow).where(self._mine(), self._forwarded(), tier,
                                                          InspectionRow.image_bytes > 0)
                              .order_by(InspectionRow.created_at))
                         for row in s.scalars(q):
-                            if used <= self.max_bytes:
+                            if used <= limit:
                                 break
                             used -= self._delete(s, row)
                             deleted += 1
-                    if used > self.max_bytes and self.guard_channel is not None:
-                        used = self._drop_unforwarded_images(s, used)
-                    if used > self.max_bytes:
-                        log.warning("store: %d bytes in use with no image left to remove; the "
-                                    "quota of %d bytes is too small for the database",
-                                    used, self.max_bytes)
-            if deleted and self.max_bytes is not None:
-                self.checkpoint(self.max_bytes // 16)  # the deletions' own log entries
+                    if used > limit and self.guard_channel is not None:
+                        used = self._drop_unforwarded_images(s, used, limit)
+                    if used > quota:
+                        log.warning("store: %d bytes in use or acknowledged with no image left "
+                                    "to remove; the quota of %d bytes is too small for the "
+                                    "database: inspections are not stored until there is room",
+                                    used, quota)
+            if quota is not None:
+                if deleted:
+                    self.checkpoint(self._wal_checkpoint_bytes())  # the deletions' log entries
+                with self._space_lock:  # what saves claimed meanwhile stays claimed
+                    self._projected = used + self._claimed - claimed
         return deleted
 
-    def _drop_unforwarded_images(self, s: Session, used: int) -> int:
+    def _drop_unforwarded_images(self, s: Session, used: int, limit: int) -> int:
         """The quota forces it: remove images of rows not forwarded yet (in the deletion
-        order), keeping the rows; the bytes still in use."""
-        assert self.max_bytes is not None
+        order), keeping the rows, until ``used`` is within ``limit``; the bytes still in use."""
         dropped = 0
         for tier in self._deletion_order():
             q = (select(InspectionRow).where(self._mine(), ~self._forwarded(), tier,
                                              InspectionRow.image_bytes > 0)
                  .order_by(InspectionRow.created_at))
             for row in s.scalars(q):
-                if used <= self.max_bytes:
+                if used <= limit:
                     break
                 if row.image_path:
                     (self.images_dir / row.image_path).unlink(missing_ok=True)
@@ -566,21 +617,120 @@ class Store:
         return [Path(db + suffix) for suffix in ("", "-wal", "-shm")]
 
     def overhead_bytes(self) -> int:
-        """Disk used besides the inspection images: reference copies (images/refs), the
-        SQLite database files and the journal."""
-        files = list(self._sqlite_files()) + list(self.journal.folder.glob("*.journal"))
+        """The store's files besides the inspection images: reference copies (images/refs),
+        the SQLite database files, the journal, the box id and lock files. The write-ahead
+        log counts at no less than the room one transaction takes in it (WAL_ROOM_PAGES)."""
+        sqlite = self._sqlite_files()
+        files = [*sqlite, *self.journal.folder.glob("*.journal"),
+                 self.data_dir / BOX_ID_FILE, self.dir_lock.path]
         refs = self.images_dir / REFS_DIR
         if refs.is_dir():
             files += [p for p in refs.iterdir() if p.is_file()]
         total = 0
         for p in files:
             with contextlib.suppress(FileNotFoundError):  # a -wal that was never made
-                total += p.stat().st_size
+                size = p.stat().st_size
+                total += max(size, self._wal_room_bytes()) if sqlite and p == sqlite[1] else size
         return total
 
+    def used_bytes(self) -> int:
+        """What the quota counts: the store's files (:meth:`overhead_bytes` and this box's
+        images) and the room applying what the journal holds will take."""
+        with Session(self.engine) as s:
+            return self._used(s)[0]
+
+    def _used(self, s: Session) -> tuple[int, int]:
+        """:meth:`used_bytes` in ``s``, and the bytes saves had claimed when it was taken
+        (measured under the lock that saves claim and append under, so none is missed)."""
+        images = s.scalar(select(func.coalesce(func.sum(InspectionRow.image_bytes), 0))
+                          .where(self._mine())) or 0
+        with self._space_lock:
+            return (images + self.overhead_bytes() + sum(self._apply_rooms.values()),
+                    self._claimed)
+
+    def headroom(self) -> int:
+        """What the writer's retention leaves free of the quota for inspections that arrive
+        before it runs again; a save that finds less makes room itself (:meth:`_quota_room`)."""
+        return min((self.max_bytes or 0) // HEADROOM_SHARE, HEADROOM_MAX)
+
+    def _room_to_apply(self, record: Record, journal_bytes: int) -> int:
+        """The most applying ``record`` (``journal_bytes`` in the journal) adds on disk: its
+        image and reference files and, on SQLite, its row's pages in the write-ahead log
+        and again in the database (the row's text is shorter than its journal record)."""
+        files = len(record.image or b"") + len(record.reference or b"")
+        if not self.db_page:  # PostgreSQL: the database is not on this disk
+            return files
+        pages = -(-(journal_bytes - files) // self.db_page) + ROW_EXTRA_PAGES
+        return files + 2 * pages * (self.db_page + WAL_FRAME_HEADER)
+
+    @contextlib.contextmanager
+    def _quota_room(self, nbytes: int) -> Iterator[None]:
+        """The space lock, held with ``nbytes`` of the quota claimed (given back if the
+        block fails). When the quota is short, room is made first: by retention, and when
+        it finds nothing to remove, by applying the journal (whose oldest inspections may
+        then go); when neither does anything, OSError and nothing is written: the store's
+        files never take more than ``max_bytes``."""
+        while True:
+            self._space_lock.acquire()
+            if self.max_bytes is None or (self._projected is not None
+                                          and self._projected + nbytes <= self.max_bytes):
+                break
+            self._space_lock.release()
+            if not self._make_room(nbytes):
+                raise OSError(errno.EDQUOT, f"the store's disk quota ({self.max_bytes} bytes) "
+                                            "is full and nothing in it can be removed")
+        try:
+            if self.max_bytes is not None:
+                assert self._projected is not None
+                self._projected += nbytes
+                self._claimed += nbytes
+            try:
+                yield
+            except BaseException:
+                if self.max_bytes is not None and self._projected is not None:
+                    self._projected -= nbytes
+                    self._claimed -= nbytes
+                raise
+        finally:
+            self._space_lock.release()
+
+    def _make_room(self, nbytes: int) -> bool:
+        """Steps towards ``nbytes`` of room and :meth:`headroom` in the quota: retention,
+        then applying the journal and retention again (the applied are measured now, and
+        the oldest of them may go). False when none of it did anything."""
+        def fits() -> bool:
+            with self._space_lock:
+                return self._projected is not None and \
+                    self._projected + nbytes <= (self.max_bytes or 0)
+
+        try:
+            removed = self.enforce_retention(room=nbytes + self.headroom())
+            if fits():
+                return True
+            applied = self.flush()
+            removed += self.enforce_retention(room=nbytes + self.headroom())
+            return fits() or bool(removed or applied)
+        except Exception as exc:  # a database outage: no room can be made
+            log.error("store: making room in the disk quota failed: %s", exc)
+            return False
+
+    def _page_size(self) -> int:
+        """SQLite's page size (0 on PostgreSQL)."""
+        if not self._sqlite_files():
+            return 0
+        with self.engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 4096)
+
+    def _wal_room_bytes(self) -> int:
+        return WAL_HEADER + WAL_ROOM_PAGES * (self.db_page + WAL_FRAME_HEADER)
+
+    def _wal_checkpoint_bytes(self) -> int:
+        return WAL_HEADER + WAL_CHECKPOINT_PAGES * (self.db_page + WAL_FRAME_HEADER)
+
     def checkpoint(self, budget: int = 0) -> None:
-        """SQLite's write-ahead log grows to ~4 MB before it is checkpointed, and its file
-        never shrinks by itself: past ``budget`` bytes, checkpoint it and truncate it."""
+        """SQLite checkpoints its write-ahead log by itself past WAL_CHECKPOINT_PAGES (see
+        make_engine), but cuts the file back only when the next transaction starts: past
+        ``budget`` bytes, checkpoint it and truncate it now."""
         files = self._sqlite_files()
         if not files:
             return
