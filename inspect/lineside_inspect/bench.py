@@ -107,46 +107,19 @@ def bench_camera(package: str | Path, frames_folder: str | Path, *, triggers: in
             "trigger_to_frame_p50_ms": float(np.percentile(wait, 50))}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve_process(package: Path, data_dir: Path, *, store: bool, threads: int | None,
                    concurrency: int) -> tuple[Any, str]:
     """``lineside serve`` in a child process (its own interpreter and GIL, as in
     production), on a free loopback port; returns (process, URL) once it is ready."""
-    import subprocess
-    import sys
+    from lineside_inspect.serve_process import free_port, start
 
-    import httpx
-
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LINESIDE_MODELS": f'["{package}"]', "LINESIDE_DATA_DIR": str(data_dir),
            "LINESIDE_STORE": "true" if store else "false", "LINESIDE_DEVICE": "cpu",
            "LINESIDE_MAX_CONCURRENCY": str(concurrency), "LINESIDE_MAX_QUEUE": "64"}
     if threads is not None:
         env["LINESIDE_THREADS"] = str(threads)
-    proc = subprocess.Popen([sys.executable, "-m", "lineside_inspect.cli", "serve", "--port",
-                             str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"server exited: {err[-2000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready within 120 s")
+    return start(["serve", "--port", str(port)], port, env=env)
 
 
 def _load(url: str, image: bytes, clients: int, seconds: float) -> float:
@@ -327,10 +300,11 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
 
     from lineside_inspect.cameras.simulator import MJPEGSimulator, folder_frames
     from lineside_inspect.line.modbus import COILS
+    from lineside_inspect.serve_process import free_port
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)  # the client's notes on revised timeouts
 
-    opc_port, modbus_port = _free_port(), _free_port()
+    opc_port, modbus_port = free_port(), free_port()
     endpoint = f"opc.tcp://127.0.0.1:{opc_port}/lineside/"
     sim = MJPEGSimulator(folder_frames(frames_folder), fps=fps)
     line_env = {

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,14 +19,11 @@ from pathlib import Path
 
 import httpx
 
+from lineside_inspect.serve_process import free_port
+
 ACCESS_KEY = "lineside-test"
 SECRET_KEY = "lineside-test-secret-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["ACCESS_KEY", "SECRET_KEY", "Weed", "free_port", "weed_binary"]
 
 
 def weed_binary() -> str | None:

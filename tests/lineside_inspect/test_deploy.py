@@ -203,14 +203,12 @@ def test_compose_hub_settings_serve(tmp_path: Path, postgres: str, weed: Any) ->
     Only what must differ on a test machine is changed: the object store's address and
     bucket, the data folder, the database, the port."""
     import os
-    import signal
-    import time
     import uuid
 
     import httpx
     from sqlalchemy import create_engine, text
 
-    from .fleet_peers import free_port
+    from .server_process import ServerProcess, free_port
 
     name = f"t_{uuid.uuid4().hex[:10]}"
     admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
@@ -228,33 +226,12 @@ def test_compose_hub_settings_serve(tmp_path: Path, postgres: str, weed: Any) ->
     env["LINESIDE_HUB_DATABASE_URL"] = f"{postgres}/{name}"
     port = free_port()
     lineside = shutil.which("lineside") or str(ROOT / ".venv" / "bin" / "lineside")
-    proc = subprocess.Popen([lineside, "hub", "--config", str(tmp_path / "hub.yaml"),
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                status = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
-            except httpx.HTTPError:
-                status = None
-            if status == 200:
-                break
-            time.sleep(0.2)
-        assert status == 200, (proc.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
-                               if proc.poll() is not None else "not ready within 60 s")
+    with ServerProcess([lineside, "hub", "--config", str(tmp_path / "hub.yaml"), "--host",
+                        "127.0.0.1", "--port", str(port)], tmp_path / "hub.log", port,
+                       env={**os.environ, **env}, new_session=True):
         # the API keys came from the environment: the box's key is known (a box may not
         # list the fleet: 403), no key is refused (401)
         boxes = f"http://127.0.0.1:{port}/fleet/v1/boxes"
         assert httpx.get(boxes, timeout=5).status_code == 401
         known = httpx.get(boxes, headers={"Authorization": f"Bearer {BOX_KEY}"}, timeout=5)
         assert known.status_code == 403, known.text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

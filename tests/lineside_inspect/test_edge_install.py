@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .server_process import ROOT, ServerProcess, free_port
+
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
 pytestmark = pytest.mark.slow
 
@@ -92,43 +91,15 @@ def test_edge_commands_and_what_needs_the_training_extra(edge: Path, tmp_path: P
     assert "open" in out.stdout  # the table itself needs no extra
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def served(edge: Path, tmp_path: Path) -> Iterator[str]:
     """``lineside serve`` from the edge venv on a free loopback port: its URL."""
-    port = _port()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [str(edge / "lineside"), "serve", "--model", str(ROOT / "models" / "deeppcb" / "1"),
-         "--port", str(port), "--device", "cpu"],
-        cwd=tmp_path, env=_env(LINESIDE_DATA_DIR=str(tmp_path / "store")), stdout=log,
-        stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "lineside serve did not get ready"
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    port = free_port()
+    with ServerProcess([str(edge / "lineside"), "serve", "--model",
+                        str(ROOT / "models" / "deeppcb" / "1"), "--port", str(port), "--device",
+                        "cpu"], tmp_path / "serve.log", port, cwd=tmp_path,
+                       env=_env(LINESIDE_DATA_DIR=str(tmp_path / "store"))) as server:
+        yield server.url
 
 
 def test_edge_install_inspects_and_pulls(edge: Path, served: str, tmp_path: Path) -> None:

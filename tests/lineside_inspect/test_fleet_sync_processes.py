@@ -9,11 +9,7 @@ goes back along the box's sequence).
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,60 +27,11 @@ from sqlalchemy import Engine, create_engine, text
 from lineside_inspect.fleet.config import ObjectStoreSettings
 from lineside_inspect.fleet.objects import ObjectStore
 
-from .fleet_peers import Weed, free_port, weed_binary
+from .fleet_peers import Weed, weed_binary
+from .server_process import LINESIDE, ROOT, ServerProcess, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-LINESIDE = [sys.executable, "-m", "lineside_inspect.cli"]
 IMAGE = next((ROOT / "datasets" / "deeppcb-sample" / "images").rglob("*_test.jpg")).read_bytes()
 BOXES = ("box1", "box2")
-
-
-@dataclass
-class Proc:
-    """A ``lineside`` process that can be killed and started again on the same port."""
-
-    args: list[str]
-    port: int
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "not ready in time"
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def stop(self) -> None:
-        self.terminate()
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @dataclass
@@ -92,8 +39,8 @@ class Fleet:
     weed: Weed
     db: Engine
     objects: ObjectStore
-    hub: Proc
-    boxes: dict[str, Proc]
+    hub: ServerProcess
+    boxes: dict[str, ServerProcess]
     acked: dict[str, list[str]] = field(default_factory=lambda: {b: [] for b in BOXES})
 
     def inspect(self, box: str) -> str | None:
@@ -178,7 +125,8 @@ def fleet(postgres: str) -> Iterator[Fleet]:
         "database_url": f"{postgres}/{name}", "data_dir": str(tmp / "hub"), "port": hub_port,
         "objects": objects_doc,
         "api_keys": [{"name": b, "role": "box", "key": f"key-{b}"} for b in BOXES]}))
-    hub = Proc([*LINESIDE, "hub", "--config", str(tmp / "hub.yaml")], hub_port, tmp / "hub.log")
+    hub = ServerProcess([*LINESIDE, "hub", "--config", str(tmp / "hub.yaml")], tmp / "hub.log",
+                        hub_port)
     boxes = {}
     for b in BOXES:
         port = free_port()
@@ -188,8 +136,8 @@ def fleet(postgres: str) -> Iterator[Fleet]:
             "fleet": {"hub_url": f"http://127.0.0.1:{hub_port}", "token": f"key-{b}",
                       "site": "plant1", "line": f"line-{b}", "forward_interval_s": 0.1,
                       "forward_batch": 3, "timeout_s": 3}}))
-        boxes[b] = Proc([*LINESIDE, "serve", "--config", str(tmp / f"{b}.yaml")], port,
-                        tmp / f"{b}.log")
+        boxes[b] = ServerProcess([*LINESIDE, "serve", "--config", str(tmp / f"{b}.yaml")],
+                                 tmp / f"{b}.log", port)
     for p in (hub, *boxes.values()):
         p.start()
     f = Fleet(weed, create_engine(f"{postgres}/{name}"),

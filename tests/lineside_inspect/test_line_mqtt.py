@@ -19,7 +19,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,18 +38,13 @@ from lineside_inspect.server.app import create_app
 from lineside_inspect.store import Store
 from lineside_inspect.store.outbox import Outbox, event
 
-from .conftest import MODEL, ROOT, SAMPLE, settings, start_server
+from .conftest import MODEL, SAMPLE, settings, start_server
+from .server_process import LINESIDE, ServerProcess, free_port
 
 paho = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt not installed (the [line] extra)")
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 PASSWORDS = {"sub": "sub-secret", "lineside": "broker-secret-7"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
@@ -71,7 +65,7 @@ class Broker:
     def __init__(self, folder: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
         self.folder = folder
         self.tls = tls
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.lines: dict[str, str] = {}
         for user, password in PASSWORDS.items():
@@ -307,40 +301,25 @@ def test_events_survive_a_broker_restart_exactly_once_in_order(
     assert PASSWORDS["lineside"] not in caplog.text  # never logged
 
 
-def _serve(config: Path, port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "lineside_inspect.cli", "serve", "--config",
-                             str(config), "--port", str(port)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-    def ready() -> bool:
-        assert proc.poll() is None, f"server exited: {proc.stdout.read() if proc.stdout else ''}"
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(ready, "the server", timeout_s=90)
-    return proc
-
-
 def test_events_of_a_killed_server_are_sent_at_its_next_start_and_the_will_says_offline(
         broker: Broker, subscribers: Callable[[int], Subscriber], image_bytes: bytes,
         tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path / "data"
     mqtt = {"url": broker.url, "username": "lineside", "password": PASSWORDS["lineside"]}
     config = tmp_path / "serve.yaml"
     config.write_text(json.dumps({  # JSON is YAML
         "models": [str(MODEL)], "device": "cpu", "threads": 1, "data_dir": str(data_dir),
         "box_id": "box7", "line": {"mqtt": mqtt}}))
-    url = f"http://127.0.0.1:{port}"
-    proc = _serve(config, port)  # no broker yet: verdicts and events are stored all the same
+    server = ServerProcess([*LINESIDE, "serve", "--config", str(config), "--port", str(port)],
+                           tmp_path / "serve.log", port)
+    server.start()  # no broker yet: verdicts and events are stored all the same
     try:
-        ids = [httpx.post(url + "/v1/inspect", content=image_bytes, timeout=60,
+        server.wait_ready()
+        ids = [httpx.post(server.url + "/v1/inspect", content=image_bytes, timeout=60,
                           headers={"content-type": "image/jpeg"}).json()["id"] for _ in range(3)]
     finally:
-        proc.send_signal(signal.SIGKILL)  # nothing delivered, maybe not even out of the journal
-        proc.wait(30)
+        server.kill9()  # nothing delivered, maybe not even out of the journal
 
     broker.start("sub")
     sub = subscribers(broker.port)

@@ -4,28 +4,22 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from lineside_inspect.serve_process import stop
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .server_process import LINESIDE, ROOT, free_port
 
 
 def _first_warning(tmp_path: Path, *args: str) -> str:
     """Start the real CLI, return its first WARNING line, then stop it."""
     env = {**os.environ, "LINESIDE_DATA_DIR": str(tmp_path), "LINESIDE_API_KEYS": "[]"}
-    proc = subprocess.Popen([sys.executable, "-m", "lineside_inspect.cli", "serve", "--device", "cpu",
-                             "--port", str(_port()), *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([*LINESIDE, "serve", "--device", "cpu", "--port", str(free_port()),
+                             *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
@@ -36,12 +30,7 @@ def _first_warning(tmp_path: Path, *args: str) -> str:
             assert time.monotonic() < deadline, "no warning logged"
         raise AssertionError(f"the server exited ({proc.wait()}) without a warning")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])

@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
-LINESIDE = [sys.executable, "-m", "lineside_inspect.cli"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .server_process import LINESIDE, ROOT, ServerProcess, free_port
 
 
 def test_open_bind_without_keys_is_refused() -> None:
-    out = subprocess.run([*LINESIDE, "serve", "--host", "0.0.0.0", "--port", str(_port())],
+    out = subprocess.run([*LINESIDE, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "refusing to listen on 0.0.0.0 without API keys" in out.stderr
@@ -33,22 +24,15 @@ def test_open_bind_without_keys_is_refused() -> None:
 
 
 def test_sigterm_drains(tmp_path: Path) -> None:
-    port = _port()
-    env = {**os.environ, "LINESIDE_DATA_DIR": str(tmp_path)}
-    proc = subprocess.Popen([*LINESIDE, "serve", "--port", str(port), "--device", "cpu"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
+    port = free_port()
+    server = ServerProcess([*LINESIDE, "serve", "--port", str(port), "--device", "cpu"],
+                           tmp_path / "serve.log", port,
+                           env={**os.environ, "LINESIDE_DATA_DIR": str(tmp_path / "store")})
+    server.start()
+    proc, url = server.proc, server.url
+    assert proc is not None
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        server.wait_ready(60)
         image = next((ROOT / "datasets" / "deeppcb-sample" / "images").rglob("*.jpg")).read_bytes()
         results: list[str] = []
         first = threading.Event()
@@ -88,7 +72,5 @@ def test_sigterm_drains(tmp_path: Path) -> None:
         assert all(r in ("200", "refused") for r in results), results
         assert results.count("200") > 4
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        output = proc.stdout.read() if proc.stdout else ""
-    assert "readiness dropped" in output
+        server.stop(signal.SIGKILL)  # a no-op once it has exited
+    assert "readiness dropped" in server.output()

@@ -18,6 +18,7 @@ import yaml
 from lineside_inspect.store.pull import pull_from_server
 
 from .conftest import KEYS, MODEL, Running
+from .server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
@@ -82,12 +83,6 @@ def test_boxes_sharing_a_database_serve_only_their_own_images(launch, tmp_path: 
     assert [Path(r.file_name).stem for r in pulled.images] == [on_b["id"]]  # a's image is on a
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_second_serve_on_a_live_data_dir_exits_before_touching_it(launch, tmp_path: Path) -> None:
     live = launch(keys=False, store_pass_rate=1.0, data_dir=str(tmp_path / "store"))
     docs = [_inspect(live) for _ in range(3)]
@@ -98,7 +93,7 @@ def test_second_serve_on_a_live_data_dir_exits_before_touching_it(launch, tmp_pa
     # start-up cleanup would have deleted it as an orphan
     in_flight = before[0].with_name("0123456789abcdef0123456789abcdef.jpg")
     in_flight.write_bytes(before[0].read_bytes())
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "serve.yaml"
     config.write_text(yaml.safe_dump({"models": [str(MODEL)], "device": "cpu", "port": port,
                                       "data_dir": str(tmp_path / "store")}))

@@ -124,18 +124,15 @@ def bench_review_list(database_url: str, *, n: int = 100_000, rounds: int = 30,
     ``lineside hub`` process on it, and :func:`review_list_latency` from this process.
     ``objects``: the hub's object store settings (not touched by the list; by default a
     loopback port nobody listens on)."""
-    import socket
-    import subprocess
-    import sys
     import tempfile
     from pathlib import Path
 
     import yaml
     from sqlalchemy import create_engine, text
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    from lineside_inspect.serve_process import free_port, start, stop
+
+    port = free_port()
     folder = Path(workdir or tempfile.mkdtemp(prefix="lineside-bench-hub-"))
     key = uuid.uuid4().hex
     (folder / "hub.yaml").write_text(yaml.safe_dump({
@@ -143,22 +140,11 @@ def bench_review_list(database_url: str, *, n: int = 100_000, rounds: int = 30,
         "objects": objects or {"endpoint": "127.0.0.1:9", "access_key": "x", "secret_key": "x",
                                "timeout_s": 1},
         "api_keys": [{"name": "bench", "role": "reviewer", "key": key}]}))
-    log = (folder / "hub.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "lineside_inspect.cli", "hub", "--config",
-                             str(folder / "hub.yaml")], stdout=log, stderr=subprocess.STDOUT)
+    # ready once the hub has made its tables
+    proc, url = start(["hub", "--config", str(folder / "hub.yaml")], port, log=folder / "hub.log")
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+        with httpx.Client(base_url=url, timeout=60,
                           headers={"Authorization": f"Bearer {key}"}) as client:
-            deadline = time.monotonic() + 120
-            while True:  # the hub makes its tables as it starts
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the hub did not start; see {folder / 'hub.log'}")
-                time.sleep(0.2)
             engine = create_engine(database_url)
             seeded = seed_inspections(engine, n) if seed_rows else 0.0
             # what autovacuum does to a table that filled up: statistics for the planner, the
@@ -169,11 +155,7 @@ def bench_review_list(database_url: str, *, n: int = 100_000, rounds: int = 30,
             engine.dispose()
             rows = review_list_latency(client, rounds=rounds)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     return {"inspections": held, "seed_s": round(seeded, 1), "rounds": rounds, "queries": rows}
 
 

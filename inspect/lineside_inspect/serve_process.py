@@ -1,0 +1,92 @@
+"""A ``lineside`` server (``serve`` or ``hub``) in a child process: a free loopback port to
+put it on, the wait until it answers ``/readyz``, and stopping it. What ``lineside bench``
+measures against (its own interpreter and GIL, as in production) and what the tests that
+start real server processes use."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+# the CLI of the installed package, run by this interpreter
+LINESIDE = [sys.executable, "-m", "lineside_inspect.cli"]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the OS's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _output(proc: subprocess.Popen[Any], log: Path | None) -> str:
+    if log is not None and log.is_file():
+        return log.read_text(errors="replace")[-3000:]
+    stream = proc.stderr or proc.stdout
+    if stream is None or proc.poll() is None:  # reading a live process's pipe would block
+        return ""
+    data = stream.read()
+    return (data.decode(errors="replace") if isinstance(data, bytes) else data)[-3000:]
+
+
+def wait_ready(proc: subprocess.Popen[Any], url: str, *, timeout_s: float = 120.0,
+               log: Path | None = None) -> None:
+    """Until ``url`` answers ``GET /readyz`` with 200. Raises ``RuntimeError`` with the tail
+    of the server's output (``log``, else its piped output) when the process exits first,
+    and when ``timeout_s`` passes (the process is then left running: the caller stops it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited ({proc.returncode}) before it was "
+                               f"ready:\n{_output(proc, log)}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url}: the server was not ready within {timeout_s:g} s:\n"
+                               f"{_output(proc, log)}")
+        time.sleep(0.1)
+
+
+def start(args: list[str], port: int, *, env: dict[str, str] | None = None,
+          log: Path | None = None, timeout_s: float = 120.0) -> tuple[subprocess.Popen[bytes], str]:
+    """``lineside ARGS`` (listening on ``port``) started by this interpreter, its output
+    appended to ``log`` (without one: stdout dropped, stderr kept for the error); returns
+    (process, URL) once it is ready. Killed again if it is not (``RuntimeError``)."""
+    url = f"http://127.0.0.1:{port}"
+    if log is None:
+        proc = subprocess.Popen([*LINESIDE, *args], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+    else:
+        with log.open("ab") as out:
+            proc = subprocess.Popen([*LINESIDE, *args], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)
+    try:
+        wait_ready(proc, url, timeout_s=timeout_s, log=log)
+    except RuntimeError:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[Any], *, sig: int = signal.SIGTERM,
+         timeout_s: float = 30.0) -> None:
+    """Send ``sig`` (a graceful stop: the server drains) and wait; killed if it has not
+    exited within ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
