@@ -209,6 +209,9 @@ class Store:
         self.capture_policy: Callable[[Inspection], str | None] | None = None
         self.journal = Journal(self.data_dir / "journal")
         self.flush()  # what an earlier run acknowledged but had not applied yet
+        if self.max_bytes is not None and self._projected is None:
+            with Session(self.engine) as s:  # counted now: a first save need not wait for it
+                self._projected = self._used(s)[0]
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_behind, name="store-writer",
