@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from lineside_inspect.server.app import create_app
 from lineside_inspect.server.registry import Registry
 
 from .conftest import KEYS, MODEL, ROOT, SAMPLE, keyed, start_server
+from .server_process import free_port
 
 REF_MODEL = ROOT / "models" / "deeppcb-ref" / "1"
 TOKEN_ENV = "LINESIDE_TEST_REMOTE_TOKEN"
@@ -94,12 +96,6 @@ def trickle() -> Iterator[str]:
     sock.close()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def box(endpoint: str, silent: str, trickle: str, tmp_path_factory: pytest.TempPathFactory,
         ) -> Iterator[TestClient]:
@@ -120,7 +116,7 @@ def box(endpoint: str, silent: str, trickle: str, tmp_path_factory: pytest.TempP
                 **remote, "model": "deeppcb-ref", "version": "1",
                 "card": "cards/deeppcb-ref"}},
             "pcb-down": {"model": "deeppcb", "remote": {
-                **remote, "url": f"http://127.0.0.1:{_closed_port()}"}},
+                **remote, "url": f"http://127.0.0.1:{free_port()}"}},
             "pcb-silent": {"model": "deeppcb", "remote": {**remote, "url": silent, "timeout_s": 0.5}},
             "pcb-trickle": {"model": "deeppcb", "remote": {**remote, "url": trickle, "timeout_s": 0.5}},
             "pcb-wrong-token": {"model": "deeppcb", "remote": {**remote, "token_env": WRONG_TOKEN_ENV}},
@@ -284,6 +280,23 @@ class _Liar(BaseHTTPRequestHandler):
         pass
 
 
+@contextmanager
+def _answering(answer: bytes) -> Iterator[RemoteDetector]:
+    """A remote detector whose endpoint is a real OIP v2 server (:class:`_Liar`) on
+    loopback answering ``answer``; the server is stopped after."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Liar", (_Liar,), {"answer": answer}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": {
+            "url": f"http://127.0.0.1:{server.server_address[1]}", "model": "deeppcb",
+            "card": str(MODEL)}}).remote
+        assert remote is not None
+        yield RemoteDetector(remote)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _outputs(boxes: list[float], scores: list[float], labels: list[float], k: int = 1,
              box_shape: list[int] | None = None, label_type: str = "INT64") -> bytes:
     return json.dumps({"model_name": "deeppcb", "outputs": [
@@ -314,37 +327,16 @@ def _outputs(boxes: list[float], scores: list[float], labels: list[float], k: in
 def test_answers_that_do_not_fit_the_card_are_refused(answer: bytes, problem: str) -> None:
     """Whatever an endpoint answers, the line gets a verdict or a 502, never a 500 from an
     index error or a NaN compared with a threshold."""
-    handler = type("Liar", (_Liar,), {"answer": answer})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        remote = Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": {
-            "url": f"http://127.0.0.1:{server.server_address[1]}", "model": "deeppcb",
-            "card": str(MODEL)}}).remote
-        assert remote is not None
-        with pytest.raises(RemoteInferenceRefused, match=problem):
-            RemoteDetector(remote).forward(np.zeros((1, 3, 640, 640), np.uint8))
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _answering(answer) as detector, pytest.raises(RemoteInferenceRefused, match=problem):
+        detector.forward(np.zeros((1, 3, 640, 640), np.uint8))
 
 
 def test_a_fitting_answer_becomes_detections() -> None:
     """The same server with a well-formed answer: the padding row (score 0) is dropped,
     the box is mapped back to the frame's pixels."""
     answer = _outputs([10, 20, 50, 60, 0, 0, 0, 0], [0.8, 0.0], [1, 0], k=2)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Fair", (_Liar,), {"answer": answer}))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        remote = Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": {
-            "url": f"http://127.0.0.1:{server.server_address[1]}", "model": "deeppcb",
-            "card": str(MODEL)}}).remote
-        assert remote is not None
-        detector = RemoteDetector(remote)
+    with _answering(answer) as detector:
         frame = np.zeros((320, 320, 3), np.uint8)  # letterboxed 2x into 640
         found = detector.predict([frame])[0]
-    finally:
-        server.shutdown()
-        server.server_close()
     assert found.labels == [detector.class_names[1]]
     assert found.xyxy.tolist() == [[5.0, 10.0, 25.0, 30.0]]
