@@ -101,8 +101,22 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def preflight(settings: Settings) -> None:
+    """Read every configured model package and recipe before the server starts, so a
+    wrong path or a broken card is one clear error (``LinesideError``: the CLI prints its
+    message) instead of a traceback from the application's start-up."""
+    from lineside_inspect.package import load_package
+    from lineside_inspect.recipes import load_recipe
+
+    for path in settings.models:
+        load_package(path)
+    for recipe in settings.recipes:
+        load_recipe(recipe)
+
+
 def run(settings: Settings) -> None:
     settings.check_bind()
+    preflight(settings)
     if not settings.api_keys and settings.loopback_only:
         log.warning("no API keys configured: auth is off, listening on loopback only (%s)",
                     settings.host)

@@ -69,3 +69,22 @@ def test_make_serve_config(tmp_path: Path) -> None:
             assert r.status_code == 200 and r.json()["verdict"] == "fail"
     finally:
         stop()
+
+
+def test_a_wrong_model_or_recipe_is_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
+    """Checked before the server starts: the application's start-up would log a traceback."""
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+
+    env = {"LINESIDE_DATA_DIR": str(tmp_path / "data")}
+    result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "missing"),
+                                      "--port", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "missing: model package folder not found" in result.output
+    assert "Traceback" not in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    result = CliRunner().invoke(app, ["serve", "--recipe", str(bad), "--port", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "bad.yaml" in result.output and "Traceback" not in result.output
