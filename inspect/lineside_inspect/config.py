@@ -132,6 +132,9 @@ class Settings(BaseSettings):
         "longest wait for the next part of a request body"))
     max_connections: int = Field(256, ge=1, description=(
         "open connections and requests at once; beyond it new requests get 503"))
+    drain_s: float = Field(0.5, ge=0, le=300, description=(
+        "on SIGTERM, /readyz answers 503 and requests are still served this long before "
+        "the server stops accepting: set it above your load balancer's probe period"))
     api_keys: list[ApiKey] = Field(default_factory=list)
     insecure: bool = False
     cors_origins: list[str] = Field(default_factory=list, description=(

@@ -82,11 +82,10 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
 
 
 class _Server(uvicorn.Server):
-    drain_s = 0.5
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI, *, drain_s: float = 0.5) -> None:
         super().__init__(config)
         self.app = app
+        self.drain_s = drain_s
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app = self.app
@@ -125,4 +124,4 @@ def run(settings: Settings) -> None:
                     "%s:%d, so anyone who can reach this address may inspect, review and "
                     "change models", settings.host, settings.port)
     app = create_app(settings)
-    _Server(uvicorn_config(app, settings), app).run()
+    _Server(uvicorn_config(app, settings), app, drain_s=settings.drain_s).run()

@@ -27,7 +27,9 @@ def test_sigterm_drains(tmp_path: Path) -> None:
     port = free_port()
     server = ServerProcess([*LINESIDE, "serve", "--port", str(port), "--device", "cpu"],
                            tmp_path / "serve.log", port,
-                           env={**os.environ, "LINESIDE_DATA_DIR": str(tmp_path / "store")})
+                           env={**os.environ, "LINESIDE_DATA_DIR": str(tmp_path / "store"),
+                                # long enough to be seen on a busy machine (0.5 s was not)
+                                "LINESIDE_DRAIN_S": "3"})
     server.start()
     proc, url = server.proc, server.url
     assert proc is not None

@@ -149,4 +149,4 @@ def run_hub(hub: HubSettings) -> None:
     settings = hub.server_settings()
     settings.check_bind()
     app = create_hub_app(hub)
-    _Server(uvicorn_config(app, settings), app).run()
+    _Server(uvicorn_config(app, settings), app, drain_s=settings.drain_s).run()

@@ -43,6 +43,8 @@ class HubSettings(BaseSettings):
     body_timeout_s: float = Field(30.0, gt=0)
     header_timeout_s: float = Field(10.0, gt=0)
     max_connections: int = Field(256, ge=1)
+    drain_s: float = Field(0.5, ge=0, le=300, description=(
+        "on SIGTERM, /readyz answers 503 this long before the hub stops accepting"))
     session_ttl_s: float = Field(12 * 3600, gt=0)
 
     def server_settings(self) -> Settings:
@@ -54,6 +56,7 @@ class HubSettings(BaseSettings):
             cors_origins=self.cors_origins, max_body_bytes=self.max_body_bytes,
             max_json_bytes=self.max_json_bytes, body_timeout_s=self.body_timeout_s,
             header_timeout_s=self.header_timeout_s, max_connections=self.max_connections,
+            drain_s=self.drain_s,
             session_ttl_s=self.session_ttl_s, data_dir=self.data_dir,
             database_url=self.database_url, store=False, box_id="hub")
 
