@@ -21,7 +21,6 @@ import dataclasses
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,13 +34,9 @@ import httpx
 import numpy as np
 import yaml
 
+from lineside_inspect.serve_process import free_port, start, stop
+
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float, ok: tuple[int, ...]) -> None:
@@ -73,7 +68,7 @@ def _local_weed(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         "name": "bench", "credentials": [{"accessKey": keys["access_key"],
                                           "secretKey": keys["secret_key"]}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
-    ports = [_free_port() for _ in range(9)]
+    ports = [free_port() for _ in range(9)]
     s3, master, volume, filer, mg, vg, fg, sg, ice = ports
     proc = subprocess.Popen(
         [binary, "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -176,19 +171,16 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
         doc.setdefault("database_url", f"sqlite:///{tmp / 'hub.db'}")
         if "objects" not in doc:
             weed, doc["objects"] = _local_weed(tmp / "weed")
-        port = _free_port()
+        port = free_port()
         # new box ids each run: a database from an earlier run holds its boxes' cursors
         run = uuid.uuid4().hex[:6]
         names = [f"bench-{run}-box{i + 1}" for i in range(boxes)]
         doc.update({"host": "127.0.0.1", "port": port, "data_dir": str(tmp / "hub"),
                     "api_keys": [{"name": n, "role": "box", "key": f"key-{n}"} for n in names]})
         (tmp / "hub.yaml").write_text(yaml.safe_dump(doc))
-        hub = subprocess.Popen([sys.executable, "-m", "lineside_inspect.cli", "hub", "--config",
-                                str(tmp / "hub.yaml")], cwd=ROOT,
-                               stdout=(tmp / "hub.log").open("ab"), stderr=subprocess.STDOUT)
+        hub, hub_url = start(["hub", "--config", str(tmp / "hub.yaml")], port,
+                             log=tmp / "hub.log")
         procs.append(hub)
-        hub_url = f"http://127.0.0.1:{port}"
-        _wait_http(hub_url + "/readyz", hub, 120, (200,))
         ctx = mp.get_context("spawn")
         barrier = ctx.Barrier(boxes + 1)
         results = ctx.Queue()
@@ -220,17 +212,9 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
             "database": str(doc["database_url"]).split("://")[0], "cores": os.cpu_count()}
     finally:
         for p in procs:
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop(p)
         if weed is not None:
-            weed.terminate()
-            try:
-                weed.wait(10)
-            except subprocess.TimeoutExpired:
-                weed.kill()
+            stop(weed, timeout_s=10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
