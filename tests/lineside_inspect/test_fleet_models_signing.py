@@ -154,6 +154,24 @@ def test_unpack_bounds(tmp_path: Path) -> None:
         archive.unpack(junk, dest)
 
 
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_a_huge_long_name_header_is_refused_before_tarfile_reads_it(tmp_path: Path,
+                                                                   fmt: int) -> None:
+    """tarfile reads a GNU long-name (or pax) header's whole declared size into memory
+    before any name is checked: 8 MB here, gigabytes in a hostile archive."""
+    path = tmp_path / "longname.tar.gz"
+    with tarfile.open(path, "w:gz", format=fmt) as tar:
+        info = tarfile.TarInfo("n" * (8 << 20))
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    assert path.stat().st_size < 100_000  # small on the wire
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(PackageError, match="long-name or pax header"):
+        archive.unpack(path, dest)
+    assert not any(dest.iterdir())
+
+
 def test_pack_refuses_links(tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
     pkg.mkdir()
