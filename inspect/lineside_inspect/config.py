@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     default_recipe: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads")
+    onnx_spinning: bool = Field(False, description=(
+        "let onnxruntime's threads spin-wait for work: a little quicker back to back on an "
+        "otherwise idle machine, but the spinning takes the cores from everything else the "
+        "server runs (HTTP, the store, cameras): off by default"))
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     max_json_bytes: int = Field(64 * 1024, gt=0, description=(
         "body limit of every route that takes no image (admin, review, login)"))

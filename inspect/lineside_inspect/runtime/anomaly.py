@@ -20,8 +20,9 @@ class AnomalyModel(Detector):
     :meth:`analyse` for the image score. Refuses a detector package."""
 
     def __init__(self, package: ModelPackage | str | Path, *, device: str = "auto",
-                 threads: int | None = None, warmup: bool = True) -> None:
-        super().__init__(package, device=device, threads=threads, warmup=False)
+                 threads: int | None = None, warmup: bool = True, spinning: bool = True) -> None:
+        super().__init__(package, device=device, threads=threads, warmup=False,
+                         spinning=spinning)
         anomaly_spec(self.card)
         if warmup:
             self.forward(np.zeros((1, 3, self.size, self.size), dtype=np.uint8))

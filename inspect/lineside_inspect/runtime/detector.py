@@ -29,11 +29,12 @@ class Detector:
     """
 
     def __init__(self, package: ModelPackage | str | Path, *, device: str = "auto",
-                 threads: int | None = None, warmup: bool = True) -> None:
+                 threads: int | None = None, warmup: bool = True, spinning: bool = True) -> None:
         self.package = package if isinstance(package, ModelPackage) else load_package(package)
         self.card = self.package.card
         self.size = self.card.input.size
-        self.session = OnnxSession(self.package.graph_path, device=device, threads=threads)
+        self.session = OnnxSession(self.package.graph_path, device=device, threads=threads,
+                                   spinning=spinning)
         if warmup:
             self.forward(np.zeros((1, 3, self.size, self.size), dtype=np.uint8))
 

@@ -31,11 +31,17 @@ class OnnxSession:
     """An inference session over one ONNX graph."""
 
     def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None,
-                 optimize: bool = True) -> None:
+                 optimize: bool = True, spinning: bool = True) -> None:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not spinning:
+            # onnxruntime's worker threads otherwise spin-wait between operators and after
+            # a run: quickest back to back on an idle machine, but the spinning takes the
+            # cores from everything else a server runs (measured: issue #12)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL

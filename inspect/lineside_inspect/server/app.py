@@ -108,7 +108,8 @@ def setup_cameras(app: FastAPI, settings: Settings) -> None:
 
 def create_app(settings: Settings | None = None, *, registry: Registry | None = None) -> FastAPI:
     settings = settings or Settings()
-    registry = registry or Registry(device=settings.device, threads=settings.threads)
+    registry = registry or Registry(device=settings.device, threads=settings.threads,
+                                    spinning=settings.onnx_spinning)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

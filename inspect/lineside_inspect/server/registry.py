@@ -26,9 +26,11 @@ class ModelSlot:
 
 
 class Registry:
-    def __init__(self, *, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, *, device: str = "auto", threads: int | None = None,
+                 spinning: bool = True) -> None:
         self.device = device
         self.threads = threads
+        self.spinning = spinning
         self._lock = threading.Lock()
         self._models: dict[str, ModelSlot] = {}
         self._recipes: dict[str, Recipe] = {}
@@ -39,7 +41,8 @@ class Registry:
     def load_model(self, path: str | Path, *, activate: bool = True) -> Detector:
         """Load and warm up a package beside whatever serves now; then (optionally)
         make it active. Raises (leaving everything as it was) if the package is bad."""
-        detector = Detector(load_package(path), device=self.device, threads=self.threads)
+        detector = Detector(load_package(path), device=self.device, threads=self.threads,
+                            spinning=self.spinning)
         card = detector.card
         with self._lock:
             slot = self._models.setdefault(card.name, ModelSlot())
