@@ -5,6 +5,7 @@ loaded 2-core machine); ``onnx_spinning: true`` brings it back."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lineside_inspect.config import Settings
 from lineside_inspect.runtime.detector import Detector
@@ -30,8 +31,10 @@ def test_detectors_spin_unless_told_not_to() -> None:
 
 def test_the_server_loads_models_without_spinning_unless_configured(tmp_path: Path) -> None:
     for configured, expected in ((None, "0"), (False, "0"), (True, "default (on)")):
-        extra = {} if configured is None else {"onnx_spinning": configured}
-        settings = Settings(models=[str(MODEL)], device="cpu", threads=1, store=False,
-                            data_dir=str(tmp_path / str(configured)), **extra)
+        doc: dict[str, Any] = {"models": [str(MODEL)], "device": "cpu", "threads": 1,
+                               "store": False, "data_dir": str(tmp_path / str(configured))}
+        if configured is not None:
+            doc["onnx_spinning"] = configured
+        settings = Settings.model_validate(doc)
         registry = create_app(settings).state.registry
         assert _spinning(registry.load_model(MODEL)) == expected, configured
