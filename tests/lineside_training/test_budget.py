@@ -86,3 +86,11 @@ def test_a_slow_start_does_not_end_the_run() -> None:
             budget.refit()
     assert budget.plan.total_steps > 600  # stretched to what ~1 s steps allow
     assert budget.plan.warmup_steps == 98  # and warm-up re-planned with it
+    # past the provisional quarter the guess is uncapped again: capped at 150 s, a 260 s
+    # evaluation on a loaded machine overran a 25-minute budget by 1.3 minutes
+    late = Budget(1500, steps_per_epoch=98, eval_every=2, plan=plan, warmup_wanted=98,
+                  base_decay=0.998, eval_images=422, eval_pixel_ratio=4.0, batch_size=16,
+                  spent_before=750)
+    late.record_step(5.0)
+    late.record_step(6.7)
+    assert late.eval_cost() == pytest.approx(6.7 / 16 * 4 * 422 / 3)  # 236 s

@@ -28,7 +28,7 @@ REFITS_PER_EPOCH = 4  # long epochs are re-planned within, not only at their end
 # run) can be 50x slower than the rest; planned from them alone, a 25-minute run planned
 # 2 steps and ended after its third.
 PROVISIONAL = 0.25
-EVAL_GUESS_MAX = 0.1  # an evaluation's cost, until timed, is guessed at most this share
+EVAL_GUESS_MAX = 0.1  # while provisional, an untimed evaluation is guessed at most this share
 NO_STRETCH_AFTER = 0.5  # past this share of the budget a nearly done cosine is not stretched
 
 
@@ -134,7 +134,9 @@ class Budget:
             return self.eval_s
         per_image = self.train_s / self.steps_timed / self.batch_size
         guess = per_image * self.eval_pixel_ratio * self.eval_images / 3
-        return min(guess, EVAL_GUESS_MAX * self.seconds)  # the first evaluation measures it
+        if self.elapsed() < PROVISIONAL * self.seconds:  # from a few (maybe starved) steps
+            guess = min(guess, EVAL_GUESS_MAX * self.seconds)
+        return guess
 
     def due(self) -> bool:
         """Re-plan now? After 3 and 10 measured steps, then every quarter epoch."""
