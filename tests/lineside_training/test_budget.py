@@ -58,6 +58,8 @@ def test_time_budget_refits_and_stops_itself(tmp_path: Path, make_config: Make,
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == steps and rows[-1]["planned_steps"] == planned
     assert "map50" in rows[-1]  # the run ended on an evaluation
+    evaluated = [r["step"] for r in rows if "map50" in r]
+    assert len(evaluated) == len(set(evaluated))  # never the same weights twice
     assert len(rows) < 40 and (run / "best.pt").is_file()
     last = torch.load(run / "last.pt", weights_only=False)
     assert (last["step"], last["planned_steps"]) == (steps, planned)

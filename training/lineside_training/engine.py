@@ -530,6 +530,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                     progress.stale += 1
                 if budget is not None:
                     budget.record_eval(time.perf_counter() - t_eval)
+            if budget is not None and not last:
+                # an evaluation that used up the time is the final one: the next epoch would
+                # take no step and evaluate the same weights again (a loaded machine's run
+                # spent 4 more minutes so)
+                last = bool(_agree(int(budget.out_of_time()), world))
             row["elapsed_min"] = (elapsed0 + time.time() - t0) / 60
             if rank == 0:
                 with open(run / "metrics.jsonl", "a") as fh:
