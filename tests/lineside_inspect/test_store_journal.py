@@ -139,3 +139,47 @@ def test_the_writer_syncs_at_once_and_applies_in_batches(tmp_path: Path, monkeyp
         assert store.save(urgent)
         _until(lambda: _rows_in_database(tmp_path) == 4,
                "an inspection with outbox events waited for the apply interval")
+
+
+def test_every_closed_segment_is_synced_even_while_applying_fails(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """A database outage makes every apply fail on the oldest segment: the newer ones
+    (inspections acknowledged during the outage) must still be fsynced, or a power cut
+    would lose them long after ``sync_interval_s`` (found by an adversarial read)."""
+    import pytest
+
+    import lineside_inspect.store.store as store_module
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import test_store as t
+
+    from lineside_inspect.runtime.detector import Detector
+
+    det = Detector(t.MODEL, device="cpu", threads=1)
+    synced: list[str] = []
+    real_fsync = store_module.fsync_path
+    def recording_fsync(path: Path) -> None:
+        synced.append(Path(path).name)
+        real_fsync(path)
+
+    monkeypatch.setattr(store_module, "fsync_path", recording_fsync)
+    with Store(tmp_path, pass_rate=1.0, sync_interval_s=3600, apply_interval_s=3600) as store:
+        def outage(records: list[Record]) -> None:
+            raise OSError("the database is down")
+
+        monkeypatch.setattr(store, "_apply", outage)
+        ids = []
+        for verdict in ("fail", "pass"):
+            inspection = t._inspection(det, verdict)
+            assert store.save(inspection)
+            ids.append(inspection.id)
+            with pytest.raises(OSError, match="down"):
+                store.flush()  # rotates the segment holding it, then fails applying
+        segments = sorted((tmp_path / "journal").glob("*.journal"))
+        holding = {r.fields["id"]: p.name for p in segments for r in read_segment(p)}
+        assert set(holding) == set(ids)
+        assert set(holding.values()) <= set(synced), (holding, synced)
+        monkeypatch.undo()  # the database is back: everything is applied
+        store.flush()
+        total, _ = store.query()
+        assert total == 2

@@ -126,12 +126,18 @@ class Journal:
         """Start a new segment; return every closed one, oldest first (left-overs from an
         earlier run included). An empty open segment is not rotated."""
         with self._lock:
-            if self.pending_bytes:
-                os.close(self._fd)
-                self._number += 1
-                self._fd = self._open(self._number)
+            rotating, number = self.pending_bytes > 0, self._number + 1
+        if rotating:
+            # the new segment is made (and its name synced) outside the lock: appends on
+            # the request path never wait for the disk. Only the applier rotates
+            # (``Store.flush``, under its lock), and it fsyncs every closed segment
+            fd = self._open(number)
+            with self._lock:
+                old, self._fd, self._number = self._fd, fd, number
                 self.pending_bytes = 0
-                self._unsynced = False  # the closed segment is fsynced by its applier
+                self._unsynced = False
+            os.close(old)
+        with self._lock:
             current = self._number
         return sorted((p for p in self.folder.glob(f"*{SUFFIX}")
                        if p.stem.isdigit() and int(p.stem) < current), key=lambda p: int(p.stem))

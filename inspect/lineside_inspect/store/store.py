@@ -367,7 +367,10 @@ class Store:
             except Exception as exc:
                 failures += 1
                 log.error("store: applying the journal failed (%s); retrying", exc)
-                self._stop.wait(min(5.0, 0.1 * 2 ** failures))
+                retry = time.monotonic() + min(5.0, 0.1 * 2 ** failures)
+                while not self._stop.wait(self.sync_interval_s) and time.monotonic() < retry:
+                    with contextlib.suppress(OSError):  # new records stay power-loss safe
+                        self.journal.sync()
                 self._wake.set()
 
     def flush(self) -> int:
@@ -378,8 +381,10 @@ class Store:
         with self._apply_lock:
             with self._space_lock:
                 self._urgent = False  # (a save from here on sets it again)
-            for segment in self.journal.rotate():
-                fsync_path(segment)  # from here the records survive power loss
+            segments = self.journal.rotate()
+            for segment in segments:  # every one before any is applied: an apply that
+                fsync_path(segment)   # fails must not leave later segments unsynced
+            for segment in segments:
                 records = list(read_segment(segment))
                 self._apply(records)
                 segment.unlink()
