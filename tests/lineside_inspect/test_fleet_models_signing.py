@@ -3,6 +3,7 @@ package archive (deterministic; unpacking refuses anything but plain files)."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import shutil
@@ -170,6 +171,41 @@ def test_a_huge_long_name_header_is_refused_before_tarfile_reads_it(tmp_path: Pa
     with pytest.raises(PackageError, match="long-name or pax header"):
         archive.unpack(path, dest)
     assert not any(dest.iterdir())
+
+
+def test_a_pax_size_cannot_hide_a_long_name_nor_a_sparse_map(tmp_path: Path) -> None:
+    """A pax ``size=0`` over a member whose own header says otherwise once misaligned a
+    raw header walk, hiding a 200 MB long name behind it; a GNU sparse 1.0 member makes
+    tarfile parse its map from the data. Both are refused inside tarfile's own reader."""
+    path = tmp_path / "sparse.tar.gz"
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("model.onnx")
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                            "GNU.sparse.name": "model.onnx", "GNU.sparse.realsize": "1"}
+        info.size = 1024
+        tar.addfile(info, io.BytesIO(b"9" * 1000 + b"\n" + b"0" * 23))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(PackageError, match="sparse member"):
+        archive.unpack(path, dest)
+
+    raw = io.BytesIO()
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type = tarfile.XHDTYPE
+    record = b"11 size=0\n"
+    pax.size = len(record)
+    raw.write(pax.tobuf(format=tarfile.USTAR_FORMAT) + record + bytes(512 - len(record)))
+    decoy = tarfile.TarInfo("decoy")
+    decoy.size = 1024  # tarfile takes the pax size (0); a raw walk took these 1024 bytes
+    raw.write(decoy.tobuf(format=tarfile.USTAR_FORMAT))
+    long = tarfile.TarInfo("././@LongLink")
+    long.type = tarfile.GNUTYPE_LONGNAME
+    long.size = 200 << 20
+    raw.write(long.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024))
+    hidden = tmp_path / "hidden.tar.gz"
+    hidden.write_bytes(gzip.compress(raw.getvalue()))
+    with pytest.raises(PackageError, match="long-name or pax header"):
+        archive.unpack(hidden, dest)
 
 
 def test_pack_refuses_links(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ Unpacking takes nothing on trust: only regular files and folders, every name rel
 and plain (full-matched: no absolute paths, no '..', no links, devices or FIFOs), at most
 ``MAX_FILES`` entries and ``max_bytes`` declared in all. Members are checked one by one as
 the stream is read, so a bomb is stopped at the first entry past a bound, not after it
-was inflated; ``tarfile``'s own ``data`` filter runs on top. Before that, the raw headers
-are walked once (:func:`_check_headers`): ``tarfile`` reads a GNU long-name or pax header's
-whole declared size into memory before any name can be checked, so those are bounded first.
+was inflated; ``tarfile``'s own ``data`` filter runs on top. ``tarfile`` reads a GNU
+long-name or pax header's whole declared size (and a sparse member's map) into memory
+before any name can be checked, so its header reader is bounded (:class:`_BoundedTarInfo`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ MAX_UNPACKED_BYTES = 4 << 30  # a package is a graph and its card: 4 GiB is gene
 # GNU long names/links and pax headers (read whole by tarfile): a name and a few pax
 # records fit in far less
 MAX_META_BYTES = 64 * 1024
-_META_TYPES = frozenset(b"LKxgX")
-_BLOCK = 512
+_META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+               tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 
 
 def _check_name(name: str) -> str:
@@ -70,41 +70,26 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _header_size(block: bytes) -> int:
-    """A tar header's size field: octal digits, or base-256 when its first byte has the
-    high bit (GNU), as tarfile reads it."""
-    field = block[124:136]
-    if field[0] & 0x80:
-        return int.from_bytes(field[1:], "big")
-    digits = field.split(b"\0", 1)[0].strip()
-    try:
-        return int(digits or b"0", 8)
-    except ValueError:
-        raise PackageError("archive has a corrupt header (its size is not a number)") from None
+class _BoundedTarInfo(tarfile.TarInfo):
+    """``tarfile``'s header reader with bounds: it reads a GNU long-name or pax header's
+    whole declared size into memory, and a sparse member's map, before any name can be
+    checked. Hooked where ``tarfile`` dispatches each header (``_proc_member``), so it sees
+    every header exactly as ``tarfile`` will, whatever a pax ``size`` claims."""
 
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise PackageError("archive has a sparse member: a package holds plain files")
+        if self.type in _META_TYPES and self.size > MAX_META_BYTES:
+            raise PackageError(f"archive has a {self.size}-byte long-name or pax header "
+                               f"(at most {MAX_META_BYTES})")
+        return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
 
-def _check_headers(archive: Path) -> None:
-    """Walk the raw headers of the decompressed stream (never holding more than a block)
-    and refuse a metadata header (long name or link, pax) over ``MAX_META_BYTES``."""
-    entries = 0
-    with gzip.open(archive, "rb") as raw:
-        while True:
-            block = raw.read(_BLOCK)
-            if len(block) < _BLOCK or block == bytes(_BLOCK):
-                return  # the end (tarfile itself judges a truncated archive)
-            entries += 1
-            if entries > 4 * MAX_FILES:  # each file has at most a few metadata headers
-                raise PackageError(f"archive has over {MAX_FILES} entries")
-            size = _header_size(block)
-            if block[156] in _META_TYPES and size > MAX_META_BYTES:
-                raise PackageError(f"archive has a {size}-byte long-name or pax header "
-                                   f"(at most {MAX_META_BYTES})")
-            skip = -(-size // _BLOCK) * _BLOCK
-            while skip > 0:  # the member's data, read and dropped in bounded pieces
-                chunk = raw.read(min(skip, 1 << 20))
-                if not chunk:
-                    return
-                skip -= len(chunk)
+    # the GNU sparse formats carried in pax headers (0.0, 0.1, 1.0): refused before their
+    # maps are parsed
+    def _proc_gnusparse_00(self, *_: object) -> None:
+        raise PackageError("archive has a sparse member: a package holds plain files")
+
+    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
 
 
 def unpack(archive: Path, dest: Path, *, max_bytes: int = MAX_UNPACKED_BYTES) -> None:
@@ -114,8 +99,7 @@ def unpack(archive: Path, dest: Path, *, max_bytes: int = MAX_UNPACKED_BYTES) ->
     total = 0
     count = 0
     try:
-        _check_headers(archive)
-        with tarfile.open(archive, mode="r:gz") as tar:
+        with tarfile.open(archive, mode="r:gz", tarinfo=_BoundedTarInfo) as tar:
             for member in tar:  # streamed: each entry is judged before its data is read
                 name = _check_name(member.name)
                 if not (member.isfile() or member.isdir()):
@@ -127,5 +111,5 @@ def unpack(archive: Path, dest: Path, *, max_bytes: int = MAX_UNPACKED_BYTES) ->
                 if total > max_bytes:
                     raise PackageError(f"archive unpacks to over {max_bytes} bytes")
                 tar.extract(member, dest, filter="data")
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as exc:
         raise PackageError(f"package archive could not be unpacked ({type(exc).__name__})") from None
