@@ -185,7 +185,11 @@ def data_split(
     from lineside_inspect.dataset import read_dataset, save_annotations, split_dataset
 
     dataset = read_dataset(root)
-    chosen = [g.strip() for g in val_groups.split(",") if g.strip()] if val_groups else None
+    chosen = None
+    if val_groups is not None:
+        chosen = [g.strip() for g in val_groups.split(",") if g.strip()]
+        if not chosen:
+            raise typer.BadParameter(f"--val-groups: no group named in {val_groups!r}")
     counts = split_dataset(dataset, val=val, test=test, by=by, seed=seed, val_groups=chosen)
     save_annotations(dataset)
     out.print("split: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

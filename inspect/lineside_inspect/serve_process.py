@@ -9,14 +9,27 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import weakref
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
 # the CLI of the installed package, run by this interpreter
 LINESIDE = [sys.executable, "-m", "lineside_inspect.cli"]
+
+
+# the last lines a server started without a log wrote to stderr (see start)
+_TAILS: weakref.WeakKeyDictionary[subprocess.Popen[Any], deque[bytes]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _drain(stream: IO[bytes] | None, tail: deque[bytes]) -> None:
+    for line in stream or ():
+        tail.append(line)
 
 
 def free_port() -> int:
@@ -29,6 +42,8 @@ def free_port() -> int:
 def _output(proc: subprocess.Popen[Any], log: Path | None) -> str:
     if log is not None and log.is_file():
         return log.read_text(errors="replace")[-3000:]
+    if proc in _TAILS:
+        return b"".join(_TAILS[proc]).decode(errors="replace")[-3000:]
     stream = proc.stderr or proc.stdout
     if stream is None or proc.poll() is None:  # reading a live process's pipe would block
         return ""
@@ -66,6 +81,11 @@ def start(args: list[str], port: int, *, env: dict[str, str] | None = None,
     if log is None:
         proc = subprocess.Popen([*LINESIDE, *args], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
+        # read as it comes (a full pipe would stop the server mid-benchmark), keeping the
+        # last lines for an error message
+        tail: deque[bytes] = deque(maxlen=100)
+        _TAILS[proc] = tail
+        threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True).start()
     else:
         with log.open("ab") as out:
             proc = subprocess.Popen([*LINESIDE, *args], env=env, stdout=out,

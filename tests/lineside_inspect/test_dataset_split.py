@@ -56,4 +56,6 @@ def test_an_unknown_group_is_refused_by_name(sample: Path) -> None:
     result = CliRunner().invoke(app, ["data", "split", str(sample), "--val-groups", "group99"])
     assert result.exit_code != 0 and "group99" in result.output
     assert "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["data", "split", str(sample), "--val-groups", " , "])
+    assert result.exit_code != 0 and "no group named" in result.output
     assert json.loads((sample / "annotations.json").read_text()) == before  # nothing written

@@ -88,3 +88,7 @@ def test_a_wrong_model_or_recipe_is_one_clear_line_not_a_traceback(tmp_path: Pat
     result = CliRunner().invoke(app, ["serve", "--recipe", str(bad), "--port", "1"], env=env)
     assert result.exit_code == 2, result.output
     assert "bad.yaml" in result.output and "Traceback" not in result.output
+    bad.write_bytes(b"\xff\xfename: r\n")  # not UTF-8
+    result = CliRunner().invoke(app, ["serve", "--recipe", str(bad), "--port", "1"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "is not" in result.output and "Traceback" not in result.output

@@ -71,7 +71,8 @@ def split_dataset(
         for key in held:
             for rec in groups[key]:
                 rec.split = "val"
-        keys = [k for k in keys if k not in set(held)]
+        held_keys = set(held)
+        keys = [k for k in keys if k not in held_keys]
     totals = _counts([r for k in keys for r in groups[k]])
     filled: dict[str, Counter[str]] = {s: Counter() for s in fractions}
     for key in keys:

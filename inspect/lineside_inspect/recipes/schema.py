@@ -178,6 +178,8 @@ def load_recipe(path: str | Path) -> Recipe:
         doc = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read recipe ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: a recipe is UTF-8 text; this file is not") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

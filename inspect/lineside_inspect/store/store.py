@@ -441,7 +441,7 @@ class Store:
         """Keep a stored inspection's image if the pass sampling did not, and mark it as
         captured for labelling (``capture``: why; None: keep the image only): for what is
         learnt after the verdict (a shadow model's disagreement). False when the inspection
-        is not in the store."""
+        is not in the store, or the quota or the disk has no room for its image."""
         self._applied()
         with Session(self.engine) as s:
             row = s.get(InspectionRow, inspection.id)
@@ -474,6 +474,9 @@ class Store:
                     if ref_rel is not None:
                         row.reference_path = ref_rel
             return True
+        except OSError as exc:  # the quota or the disk is full: the record stands without it
+            log.error("inspection %s: its image was not kept: %s", inspection.id, exc)
+            return False
         finally:
             with self._space_lock:
                 self._apply_rooms.pop(claim, None)
