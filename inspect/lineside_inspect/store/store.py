@@ -559,7 +559,9 @@ class Store:
         writer leaves :meth:`headroom` for what is acknowledged before it runs again)."""
         deleted = 0
         quota = self.max_bytes
-        with self._lock:
+        # no batch is applied while the quota is measured: its rows in the sum and its
+        # claims given back would otherwise be seen both missing (an adversarial read)
+        with self._lock, self._apply_lock:
             if quota is not None:
                 self.checkpoint(self._wal_checkpoint_bytes())
             with Session(self.engine) as s, s.begin():
@@ -647,7 +649,7 @@ class Store:
     def used_bytes(self) -> int:
         """What the quota counts: the store's files (:meth:`overhead_bytes` and this box's
         images) and the room applying what the journal holds will take."""
-        with Session(self.engine) as s:
+        with self._apply_lock, Session(self.engine) as s:  # (see enforce_retention)
             return self._used(s)[0]
 
     def _used(self, s: Session) -> tuple[int, int]:
