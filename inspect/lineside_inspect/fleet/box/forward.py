@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from lineside_inspect.errors import HubRefused, NotFoundError
 from lineside_inspect.fleet.box.client import HubClient
-from lineside_inspect.fleet.box.periodic import PeriodicHubTask
+from lineside_inspect.fleet.box.periodic import HubTask, PeriodicHubTask
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch, ForwardedInspection
 from lineside_inspect.store.models import InspectionRow
@@ -71,7 +71,7 @@ class FleetMetrics:
                                registry=r)
 
 
-class Forwarder:
+class Forwarder(HubTask):
     """One thread per box; :meth:`wake` when new fleet events are committed."""
 
     channel = CHANNEL
@@ -94,24 +94,9 @@ class Forwarder:
             waiting="inspections wait in the outbox", metrics=metrics,
             on_failure=self._failed)
 
-    # -- life ----------------------------------------------------------------------
-    def start(self) -> None:
-        self.loop.start()
-
-    def stop(self, timeout_s: float | None = None) -> None:
-        self.loop.stop(timeout_s if timeout_s is not None else self.settings.timeout_s + 2)
-
-    def wake(self) -> None:
-        self.loop.wake()
-
     @property
-    def failures(self) -> int:
-        """Failed rounds in a row."""
-        return self.loop.failures
-
-    @property
-    def last_error(self) -> str | None:
-        return self.loop.last_error
+    def stop_timeout_s(self) -> float:  # type: ignore[override]
+        return self.settings.timeout_s + 2  # a request in flight may finish
 
     # -- the loop ------------------------------------------------------------------
     def _step(self) -> bool:

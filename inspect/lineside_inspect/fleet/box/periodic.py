@@ -162,3 +162,30 @@ class PeriodicHubTask:
                 log.debug("fleet: %s: failure hook: %s", self.name, exc)
         delay = min(self.retry_max_s, self.retry_min_s * 2 ** min(self.failures - 1, 16))
         self._stop.wait(delay * random.uniform(0.8, 1.0))  # jitter: boxes do not retry in step
+
+
+class HubTask:
+    """What the forwarder, the review sync and the status reporter show of their
+    :class:`PeriodicHubTask` (``loop``): start, stop (after ``stop_timeout_s`` unless
+    told), wake, and the failures in a row with the last error."""
+
+    loop: PeriodicHubTask
+    stop_timeout_s = 15.0
+
+    def start(self) -> None:
+        self.loop.start()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        self.loop.stop(self.stop_timeout_s if timeout_s is None else timeout_s)
+
+    def wake(self) -> None:
+        self.loop.wake()
+
+    @property
+    def failures(self) -> int:
+        """Failed rounds in a row."""
+        return self.loop.failures
+
+    @property
+    def last_error(self) -> str | None:
+        return self.loop.last_error

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import HubRefused, LinesideError
 from lineside_inspect.fleet.box.client import HubClient
-from lineside_inspect.fleet.box.periodic import PeriodicHubTask
+from lineside_inspect.fleet.box.periodic import HubTask, PeriodicHubTask
 from lineside_inspect.fleet.protocol import (
     REVIEWS_DOWN,
     REVIEWS_UP,
@@ -80,7 +80,7 @@ class ReviewMetrics:
                              "waiting to go up", registry=r)
 
 
-class ReviewSync:
+class ReviewSync(HubTask):
     """One thread per box: reviews up, then hub reviews down, every ``interval_s`` (backing
     off while the hub fails, up to 30 s)."""
 
@@ -98,23 +98,6 @@ class ReviewSync:
         self.loop = PeriodicHubTask(
             "reviews", self._step, interval_s=interval_s, retry_min_s=interval_s,
             retry_max_s=30.0, waiting="reviews wait", metrics=metrics)
-
-    def start(self) -> None:
-        self.loop.start()
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        self.loop.stop(timeout_s)
-
-    def wake(self) -> None:
-        self.loop.wake()
-
-    @property
-    def failures(self) -> int:
-        return self.loop.failures
-
-    @property
-    def last_error(self) -> str | None:
-        return self.loop.last_error
 
     def _step(self) -> bool:
         self.sync_once()

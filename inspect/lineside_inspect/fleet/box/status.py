@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lineside_inspect.fleet.box.client import HubClient
-from lineside_inspect.fleet.box.periodic import PeriodicHubTask
+from lineside_inspect.fleet.box.periodic import HubTask, PeriodicHubTask
 from lineside_inspect.fleet.protocol import STATUS, BoxStatus, ModelRunning
 from lineside_inspect.version import __version__
 
@@ -55,7 +55,7 @@ def box_status(app: Any) -> BoxStatus:
         model_errors=[e[:500] for e in (puller.errors() if puller is not None else [])][:32])
 
 
-class StatusReporter:
+class StatusReporter(HubTask):
     """A thread posting :func:`box_status` every ``interval_s`` (a report that fails is
     not retried sooner or later: the next one is as fresh)."""
 
@@ -68,16 +68,6 @@ class StatusReporter:
             "status", self._step, interval_s=interval_s, retry_min_s=interval_s,
             retry_max_s=interval_s, waiting=f"the next report goes in {interval_s:g} s",
             metrics=getattr(app.state, "metrics", None))
-
-    def start(self) -> None:
-        self.loop.start()
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        self.loop.stop(timeout_s)
-
-    @property
-    def last_error(self) -> str | None:
-        return self.loop.last_error
 
     def report_once(self) -> None:
         self.client.request("POST", self.client.path(STATUS), body=box_status(self.app))
