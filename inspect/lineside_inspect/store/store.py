@@ -103,6 +103,11 @@ ROW_EXTRA_PAGES = 2
 HEADROOM_SHARE, HEADROOM_MAX = 16, 64 * 1024 * 1024
 
 
+def _wal_bytes(pages: int, page_size: int) -> int:
+    """The size of a SQLite write-ahead log holding ``pages`` frames."""
+    return WAL_HEADER + pages * (page_size + WAL_FRAME_HEADER)
+
+
 def _footprint(record: Record) -> int:
     """Bytes a journal record takes (its images and a header's worth)."""
     return len(record.image or b"") + len(record.reference or b"") + 4096
@@ -122,8 +127,7 @@ def make_engine(url: str) -> Engine:
             # the log stays small (the quota counts it: see WAL_ROOM_PAGES)
             page = int(cur.execute("PRAGMA page_size").fetchone()[0])
             cur.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-            cur.execute("PRAGMA journal_size_limit="
-                        f"{WAL_HEADER + WAL_CHECKPOINT_PAGES * (page + WAL_FRAME_HEADER)}")
+            cur.execute(f"PRAGMA journal_size_limit={_wal_bytes(WAL_CHECKPOINT_PAGES, page)}")
             cur.close()
 
         return engine
@@ -735,10 +739,10 @@ class Store:
             return int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 4096)
 
     def _wal_room_bytes(self) -> int:
-        return WAL_HEADER + WAL_ROOM_PAGES * (self.db_page + WAL_FRAME_HEADER)
+        return _wal_bytes(WAL_ROOM_PAGES, self.db_page)
 
     def _wal_checkpoint_bytes(self) -> int:
-        return WAL_HEADER + WAL_CHECKPOINT_PAGES * (self.db_page + WAL_FRAME_HEADER)
+        return _wal_bytes(WAL_CHECKPOINT_PAGES, self.db_page)
 
     def checkpoint(self, budget: int = 0) -> None:
         """SQLite checkpoints its write-ahead log by itself past WAL_CHECKPOINT_PAGES (see
