@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -122,26 +125,49 @@ def _serve_process(package: Path, data_dir: Path, *, store: bool, threads: int |
     return start(["serve", "--port", str(port)], port, env=env)
 
 
+class _Line:
+    """One keep-alive connection posting JPEGs, as a line PC would: the standard library's
+    HTTP client, whose CPU per request is a fraction of httpx's (the load runs on the
+    same two cores as the server, so a heavy client would be measured as server cost)."""
+
+    def __init__(self, url: str, timeout: float = 60.0) -> None:
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port,
+                                               timeout=timeout)
+
+    def inspect(self, image: bytes) -> tuple[int, bytes]:
+        self.conn.request("POST", "/v1/inspect", body=image,
+                          headers={"content-type": "image/jpeg"})
+        r = self.conn.getresponse()
+        return r.status, r.read()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def _load(url: str, image: bytes, clients: int, seconds: float) -> float:
     """Inspections per second with ``clients`` keep-alive connections sending back to back.
     A refused or failed request stops the measurement with the server's answer: a rate
     from fewer clients than asked would be wrong."""
     import threading
 
-    import httpx
-
     stop = time.perf_counter() + seconds
     counts = [0] * clients
     failures: list[str] = []
 
     def client(i: int) -> None:
-        with httpx.Client(base_url=url, timeout=60) as c:
+        line = _Line(url)
+        try:
             while time.perf_counter() < stop and not failures:
-                r = c.post("/v1/inspect", content=image, headers={"content-type": "image/jpeg"})
-                if r.status_code != 200:
-                    failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                status, body = line.inspect(image)
+                if status != 200:
+                    failures.append(f"HTTP {status}: {body[:200].decode(errors='replace')}")
                     return
                 counts[i] += 1
+        except OSError as exc:
+            failures.append(f"connection failed: {exc}")
+        finally:
+            line.close()
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -163,7 +189,8 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
 
     - overhead: per request, the round trip minus the ``infer`` time the server reports
       for that request (decode, preprocessing, HTTP, judging, store), p50 of ``requests``
-      sequential requests on one keep-alive connection;
+      sequential requests on one keep-alive connection (the standard library's HTTP
+      client, see :class:`_Line`);
     - throughput at each number of ``clients``, as a ratio of the in-process rate (decode
       + inspect back to back, one thread) measured just before it.
 
@@ -172,8 +199,6 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
     of every measurement in turn (in-process, store on, store off), each load beside its
     own in-process baseline. The figures are medians over the rounds."""
     import tempfile
-
-    import httpx
 
     from lineside_inspect.imageio import decode_image
     from lineside_inspect.inspector import inspect
@@ -214,19 +239,20 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
             baseline: list[float] = []
             ratios: dict[tuple[bool, int], list[float]] = {}
             rates: dict[tuple[bool, int], list[float]] = {}
-            with httpx.Client(timeout=60) as c:
+            lines = {store: _Line(servers[store][1]) for store in stores}
+            try:
                 for r in range(rounds):
                     for store in stores:
-                        url = servers[store][1]
                         for i in range(-(-requests // rounds) + (5 if r == 0 else 0)):
                             t = time.perf_counter()
-                            resp = c.post(url + "/v1/inspect", content=image,
-                                          headers={"content-type": "image/jpeg"})
+                            status, body = lines[store].inspect(image)
                             rt = (time.perf_counter() - t) * 1000
-                            resp.raise_for_status()
+                            if status != 200:
+                                raise RuntimeError(f"{servers[store][1]}: HTTP {status}: "
+                                                   f"{body[:200].decode(errors='replace')}")
                             if r == 0 and i < 5:  # warm-up
                                 continue
-                            doc = resp.json()
+                            doc = json.loads(body)
                             assert doc["stored"] is store or doc["verdict"] == "pass"
                             round_trip[store].append(rt)
                             server_infer[store].append(doc["timings_ms"]["infer"])
@@ -238,6 +264,9 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
                             baseline.append(base)
                             rates.setdefault((store, k), []).append(rate)
                             ratios.setdefault((store, k), []).append(rate / base)
+            finally:
+                for line in lines.values():
+                    line.close()
         finally:
             for proc, _ in servers.values():
                 proc.terminate()

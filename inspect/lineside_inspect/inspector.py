@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +58,7 @@ class Inspection:
     detections: Detections | None = None
     anomaly: AnomalyFinding | None = None  # a good-only model's finding (alone or fused)
     gate: GateResult | None = None  # the recipe's unchanged gate, when it has one
+    _result_json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def class_names(self) -> list[str]:
@@ -84,6 +85,14 @@ class Inspection:
                 difference=None if self.gate is None else round(self.gate.score, 2)),
             stored=self.stored,
             **({} if self.frame is None else self.frame.fields()))
+
+    def result_json(self) -> str:
+        """:meth:`result` as JSON, encoded once: the service encodes it on the inspection's
+        worker thread once the store has said whether it is ``stored``, so the event loop
+        only sends it. Call it only when the inspection is complete."""
+        if self._result_json is None:
+            self._result_json = self.result().model_dump_json()
+        return self._result_json
 
     def to_json(self) -> dict[str, Any]:
         return self.result().model_dump(mode="json")

@@ -56,3 +56,25 @@ def test_a_letterbox_the_runtime_cannot_make_is_refused(tmp_path: Path,
                                                         letterbox: dict[str, object]) -> None:
     with pytest.raises(PackageError, match=r"input\.letterbox"):
         load_package(_package(tmp_path, **letterbox))
+
+
+@pytest.mark.parametrize("shape", [(640, 640), (100, 200), (481, 333)])
+def test_batch_holds_the_letterboxed_planes(shape: tuple[int, int]) -> None:
+    """pre_process writes planes straight into the batch (OpenCV's split): RGB for a
+    single-image model, (frame grey, reference grey, difference) for a reference model,
+    the same pixels as a transposed copy of the letterboxed image."""
+    from lineside_inspect.runtime.preprocess import letterbox
+    from lineside_inspect.runtime.reference import pair_image
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    reference = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    single = Detector(BUNDLED, device="cpu", warmup=False)
+    batch, _ = single.pre_process([image, image[::-1].copy()])
+    for i, img in enumerate([image, image[::-1]]):
+        fitted, _ = letterbox(img, single.size, pad_value=114)
+        assert np.array_equal(batch[i], fitted[:, :, ::-1].transpose(2, 0, 1))
+    ref = Detector(BUNDLED.parent.parent / "deeppcb-ref" / "1", device="cpu", warmup=False)
+    batch, _ = ref.pre_process([image], [reference])
+    fitted, _ = letterbox(pair_image(image, reference), ref.size, pad_value=114)
+    assert np.array_equal(batch[0], fitted.transpose(2, 0, 1))

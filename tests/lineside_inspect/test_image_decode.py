@@ -117,3 +117,18 @@ def test_png_exif_orientation_is_ignored() -> None:
     chunk = struct.pack(">I", len(exif)) + b"eXIf" + exif + struct.pack(">I", zlib.crc32(b"eXIf" + exif))
     tagged = png[:33] + chunk + png[33:]  # after IHDR
     assert np.array_equal(decode_image(tagged), scene)
+
+
+def test_grey_jpeg_decodes_as_libjpeg_converts_it() -> None:
+    """A mono camera's JPEG takes the grey path (decoded grey, repeated to BGR): the
+    pixels must be exactly those of libjpeg's own grey-to-BGR decode."""
+    import simplejpeg
+
+    grey = cv2.cvtColor(_scene(), cv2.COLOR_BGR2GRAY)
+    data = _jpeg(grey)
+    assert simplejpeg.decode_jpeg_header(data)[2] == "Gray"
+    image = decode_image(data)
+    assert image.shape == (640, 640, 3)
+    assert np.array_equal(image, simplejpeg.decode_jpeg(data, colorspace="BGR"))
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(data[: len(data) // 2] + b"\xff\xd9")

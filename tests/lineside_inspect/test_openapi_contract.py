@@ -232,3 +232,15 @@ def test_camera_health_hides_url_passwords(served: tuple[Running, dict[str, Any]
     assert stats.status_code == 200 and stats.json()["cameras"]
     for text in (json.dumps(health), stats.text):
         assert PASSWORD not in text
+
+
+def test_inspect_documents_its_query_parameters(served: tuple[Running, dict[str, Any]]) -> None:
+    """``POST /v1/inspect`` parses its query by hand (the hot path); /docs still lists each
+    parameter with its limits, as FastAPI would for declared ones."""
+    _, doc = served
+    params = {p["name"]: p for p in doc["paths"]["/v1/inspect"]["post"]["parameters"]}
+    assert set(params) == {"recipe", "camera_id", "part_id", "annotated", "reference"}
+    assert all(p["in"] == "query" and not p["required"] for p in params.values())
+    assert {"maxLength": 128, "type": "string"} in params["camera_id"]["schema"]["anyOf"]
+    assert params["annotated"]["schema"]["type"] == "boolean"
+    assert "recipe name" in params["recipe"]["description"]

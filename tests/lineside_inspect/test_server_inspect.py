@@ -88,6 +88,12 @@ def test_every_bad_input_is_a_4xx_json_error(srv, image_bytes: bytes) -> None:
         r = c.post("/v1/inspect?annotated=maybe", content=image_bytes,
                    headers={"content-type": "image/jpeg"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+        assert "query.annotated" in r.json()["error"]["message"]
+        r = c.post("/v1/inspect?part_id=p&camera_id=" + "c" * 129, content=image_bytes,
+                   headers={"content-type": "image/jpeg"})
+        assert r.status_code == 422
+        assert r.json()["error"]["message"] == \
+            "query.camera_id: String should have at most 128 characters"
 
 
 def test_body_over_the_limit_is_413(launch, image_bytes: bytes) -> None:

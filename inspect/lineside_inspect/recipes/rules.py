@@ -40,11 +40,11 @@ def counted(detections: Detections, recipe: Recipe, thresholds: dict[str, float]
     """The detections the recipe counts as defects (score, size, regions)."""
     if len(detections) == 0:
         return detections
-    labels = detections.labels
     floor = recipe.default_min_score
-    mins = np.array([recipe.min_score.get(lb, thresholds.get(lb, 0.5) if floor is None else floor)
-                     for lb in labels])
-    return _placed(detections[detections.scores >= mins], recipe)
+    # one minimum per class, indexed by class id: per box this ran on every inspection
+    per_class = np.array([recipe.min_score.get(n, thresholds.get(n, 0.5) if floor is None else floor)
+                          for n in detections.class_names], dtype=np.float64)
+    return _placed(detections[detections.scores >= per_class[detections.class_ids]], recipe)
 
 
 def _placed(detections: Detections, recipe: Recipe) -> Detections:

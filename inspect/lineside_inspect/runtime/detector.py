@@ -18,6 +18,19 @@ from lineside_inspect.runtime.session import OnnxSession
 from lineside_inspect.runtime.types import Detections
 
 
+def to_planes(image: np.ndarray, out: np.ndarray, *, rgb: bool) -> None:
+    """Write an ``(H, W, 3)`` image into ``out`` (``(3, H, W)``), channels reversed when
+    ``rgb`` (BGR to RGB). OpenCV's split writes each plane straight into ``out``, ~3x
+    faster than a transposed copy (which walks the image with a stride of 3); should it
+    allocate its own planes instead (it never does for contiguous uint8 of one size),
+    they are copied in."""
+    planes = [out[2], out[1], out[0]] if rgb else [out[0], out[1], out[2]]
+    written = cv2.split(image, planes)
+    for dst, src in zip(planes, written, strict=True):
+        if not np.shares_memory(dst, src):
+            dst[...] = src
+
+
 class Detector:
     """Runs a model package with onnxruntime. Images are BGR ``uint8`` ``(H, W, 3)``
     arrays as OpenCV decodes them, of any size.
@@ -70,10 +83,10 @@ class Detector:
                     image, dx, dy = align_to_reference(image, references[i])
                 fitted, lb = letterbox(pair_image(image, references[i]), self.size, pad_value=pad)
                 lb = replace(lb, shift_x=dx, shift_y=dy)
+                to_planes(fitted, batch[i], rgb=False)
             else:
                 fitted, lb = letterbox(image, self.size, pad_value=pad)
-                fitted = cv2.cvtColor(fitted, cv2.COLOR_BGR2RGB)
-            batch[i] = fitted.transpose(2, 0, 1)
+                to_planes(fitted, batch[i], rgb=True)  # BGR as decoded, RGB as trained
             boxes.append(lb)
         return batch, boxes
 

@@ -28,12 +28,13 @@ class Letterbox:
 
     def to_original(self, boxes: np.ndarray) -> np.ndarray:
         """Map ``[N, 4]`` input-space boxes back to original pixels, clipped to the image."""
-        out = boxes.astype(np.float32, copy=True)
-        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale + self.shift_x
-        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale + self.shift_y
-        out[:, [0, 2]] = out[:, [0, 2]].clip(0, self.width)
-        out[:, [1, 3]] = out[:, [1, 3]].clip(0, self.height)
-        return out
+        # whole-array operations: this runs on every inspection, right after inference
+        # when caches are cold, where each numpy call costs ~10-20 us
+        pad = np.array([self.pad_x, self.pad_y] * 2, dtype=np.float32)
+        shift = np.array([self.shift_x, self.shift_y] * 2, dtype=np.float32)
+        out = (boxes.astype(np.float32) - pad) / np.float32(self.scale) + shift
+        return np.clip(out, 0, np.array([self.width, self.height] * 2, dtype=np.float32),
+                       out=out)
 
     def to_input(self, boxes: np.ndarray) -> np.ndarray:
         out = boxes.astype(np.float32, copy=True)

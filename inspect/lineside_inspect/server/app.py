@@ -186,7 +186,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
 
     add_error_handlers(app)
 
-    for router in (health.router, inspect.router, v2.router, admin.router, cameras.router,
+    # the inspection route first: routes are matched in order, on every request
+    for router in (inspect.router, health.router, v2.router, admin.router, cameras.router,
                    inspections.router, references.router, ui.router):
         app.include_router(router)
     app.mount("/static", ui.static, name="static")

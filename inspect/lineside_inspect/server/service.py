@@ -190,6 +190,7 @@ class InspectionService:
             result = make()
             self._count(result)
             self._record(result)
+            result.result_json()  # the answer, encoded here rather than on the event loop
             return result
 
         result = await self.limiter.run(work, timeout_s=timeout_s)

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
 
 from lineside_inspect.draw import annotate
 from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.body import read_upload
-from lineside_inspect.server.deps import LimiterDep, LineUser, ServiceDep, SettingsDep
+from lineside_inspect.server.deps import authorize, query_model, query_parameters
+from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.responses import errors, verdict_response
+from lineside_inspect.server.service import InspectionService
 
 router = APIRouter(prefix="/v1", tags=["inspect"])
+
+
+class InspectQuery(BaseModel):
+    """``POST /v1/inspect``'s query parameters (unknown ones are ignored, as elsewhere)."""
+
+    recipe: str | None = Field(None, description="recipe name; default recipe if omitted")
+    camera_id: str | None = Field(None, max_length=128)
+    part_id: str | None = Field(None, max_length=256)
+    annotated: bool = Field(False, description="answer with the annotated JPEG")
+    reference: str | None = Field(None, max_length=128, description=(
+        "reference models: name of a registered reference image"))
 
 
 @router.post(
@@ -24,7 +38,7 @@ router = APIRouter(prefix="/v1", tags=["inspect"])
     responses={200: {"content": {"image/jpeg": {}},
                      "description": "the verdict (JSON), or with annotated=1 the JPEG"},
                **errors(400, 401, 403, 404, 408, 413, 415, 422, 502, 503)},
-    openapi_extra={"requestBody": {"content": {
+    openapi_extra={"parameters": query_parameters(InspectQuery), "requestBody": {"content": {
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
         "image/png": {"schema": {"type": "string", "format": "binary"}},
         "image/bmp": {"schema": {"type": "string", "format": "binary"}},
@@ -33,30 +47,27 @@ router = APIRouter(prefix="/v1", tags=["inspect"])
             "reference": {"type": "string", "format": "binary"}}}},
     }, "required": True}},
 )
-async def inspect_route(
-    request: Request,
-    who: LineUser,
-    service: ServiceDep,
-    limiter: LimiterDep,
-    settings: SettingsDep,
-    recipe: Annotated[str | None, Query(description="recipe name; default recipe if omitted")] = None,
-    camera_id: Annotated[str | None, Query(max_length=128)] = None,
-    part_id: Annotated[str | None, Query(max_length=256)] = None,
-    annotated: Annotated[bool, Query(description="answer with the annotated JPEG")] = False,
-    reference: Annotated[str | None, Query(
-        max_length=128, description="reference models: name of a registered reference image")] = None,
-) -> Any:
+async def inspect_route(request: Request) -> Any:
     """Body: the encoded image (image/jpeg, image/png, image/bmp) or multipart with a
     file field ``image``. A reference model also needs the defect-free image of the same
     view: a multipart file field ``reference``, or ``reference=NAME`` of one registered
     with ``PUT /v1/references/NAME``. Answers the verdict JSON (or, with ``annotated=1``,
     a JPEG with boxes drawn and the verdict in ``X-Lineside-*`` headers)."""
+    # The hot path takes its caller, parameters and services by hand: FastAPI's dependency
+    # and per-parameter solving cost ~0.4 ms per inspection here (measured, a tenth of the
+    # server's budget); the same checks, the same 401/403/422 answers, and the same
+    # parameters in /docs (openapi_extra above).
+    authorize(request, "line")
+    query = query_model(InspectQuery, request)
+    state = request.app.state
+    service: InspectionService = state.service
+    limiter: Limiter = state.limiter
     async with limiter.admission():  # before the body is read: a full server refuses at once
-        upload = await read_upload(request, settings.max_body_bytes)
-        result = await service.inspect_image(upload.data, recipe=recipe, camera_id=camera_id,
-                                             part_id=part_id, reference_name=reference,
-                                             reference_data=upload.reference)
-    if annotated:
+        upload = await read_upload(request, state.settings.max_body_bytes)
+        result = await service.inspect_image(
+            upload.data, recipe=query.recipe, camera_id=query.camera_id, part_id=query.part_id,
+            reference_name=query.reference, reference_data=upload.reference)
+    if query.annotated:
         jpeg = await anyio.to_thread.run_sync(
             lambda: encode_jpeg(annotate(result.image, result.defects, result.verdict)))
         card = result.detector.card
