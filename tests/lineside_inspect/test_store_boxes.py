@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -18,7 +20,7 @@ from lineside_inspect.references import Reference
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.store import DataDirLock, Store
 from lineside_inspect.store.models import InspectionRow
-from lineside_inspect.store.outbox import event
+from lineside_inspect.store.outbox import Outbox, event
 from lineside_inspect.store.pull import pull_from_store
 
 from .test_store import SAMPLE, _inspection
@@ -315,4 +317,103 @@ def test_quota_keeps_unforwarded_rows_and_stops_storing_when_nothing_can_go(
         kept = sorted(r.id for r in rows if r.image_path)  # images went oldest first
         assert kept == acknowledged[len(acknowledged) - len(kept):]
         assert not store.save(dataclasses.replace(fail, id=f"{99:032x}"))
+        assert on_disk(tmp_path) <= quota
+
+
+# -- a full quota with nothing to remove is remembered (security.md item 6) -------------------
+def fill_while_the_hub_is_down(store: Store, base: Inspection) -> list[str]:
+    """Saves like ``base`` (each applied) until the quota refuses one: the ids acknowledged."""
+    store.event_makers.append(lambda i: [event(i.id, {}, channel="fleet")])
+    store.guard_channel = "fleet"
+    acknowledged: list[str] = []
+    for _ in range(80):
+        inspection = again(base)
+        if not store.save(inspection):
+            return acknowledged
+        acknowledged.append(inspection.id)
+        store.flush()
+    pytest.fail("the store took 80 inspections into a quota that holds fewer")
+
+
+def count_retention(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Calls of ``store.enforce_retention`` from here on (one entry each)."""
+    calls: list[int] = []
+    real = store.enforce_retention
+
+    def counting(*args: Any, **kwargs: Any) -> int:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "enforce_retention", counting)
+    return calls
+
+
+def quota_full_lines(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("is full and nothing in it can be removed" in r.getMessage() for r in caplog.records)
+
+
+def test_full_quota_refuses_at_once_until_the_hub_takes_rows(
+        tmp_path: Path, fail: Inspection, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing can go (the hub is down, every image is gone already, the rows past the age
+    limit wait for the hub): once a save found that out, later ones are refused without a
+    retention pass each, logged once, not per inspection. Storing resumes by itself once
+    the hub takes the rows (the forwarder marks their events delivered): they leave by age,
+    and the database pages they leave take new rows (the file does not shrink)."""
+    quota = 500_000
+    with Store(tmp_path, pass_rate=1.0, max_bytes=quota, max_age_days=1.0,
+               sync_interval_s=3600) as store:
+        store.quota_recheck_s = 3600.0  # only what happens in the store ends it here
+        old = again(fail, created_at=datetime.now(UTC) - timedelta(days=2))
+        acknowledged = fill_while_the_hub_is_down(store, old)
+        assert quota_full_lines(caplog) == 1
+        calls = count_retention(store, monkeypatch)
+        assert not any(store.save(again(fail)) for _ in range(50))
+        assert calls == []  # refused at once: no retention pass (nor journal apply) each
+        assert quota_full_lines(caplog) == 1  # one line for the whole period
+        assert on_disk(tmp_path) <= quota
+        assert sorted(r.id for r in store.query(limit=100)[1]) == sorted(acknowledged)
+
+        outbox = Outbox(store.engine, store.box_id, "fleet")  # as the forwarder, hub acked
+        outbox.mark_delivered(e.id for e in outbox.pending(limit=1000))
+        resumed = [again(fail) for _ in range(3)]
+        assert all(store.save(i) for i in resumed)  # looked again, on this save's thread
+        assert calls
+        assert "room in the disk quota again; 51 inspection(s)" in caplog.text  # (and the first)
+        assert store.query(limit=100)[0] == len(resumed)  # the forwarded aged out
+        assert on_disk(tmp_path) <= quota
+
+
+def test_full_quota_is_looked_at_again_when_the_oldest_row_passes_the_age_limit(
+        tmp_path: Path, fail: Inspection, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unsampled passes younger than the age limit fill the quota: refused at once (no
+    retention pass each) until the oldest of them passes the limit, then the next save
+    looks again by itself, and stores."""
+    age = 2.0  # seconds
+    quota = 420_000
+    with Store(tmp_path, pass_rate=0.0, max_bytes=quota, max_age_days=age / 86400,
+               sync_interval_s=3600) as store:
+        store.quota_recheck_s = 3600.0  # only the age limit ends it here
+        acknowledged: list[str] = []
+        while len(acknowledged) < 500:
+            inspection = again(fail, verdict="pass", created_at=datetime.now(UTC))
+            if not store.save(inspection):
+                break
+            acknowledged.append(inspection.id)
+        else:
+            pytest.fail("the store took 500 inspections into a quota that holds fewer")
+        calls = count_retention(store, monkeypatch)
+        assert not any(store.save(again(fail, verdict="pass")) for _ in range(20))
+        assert calls == []
+        oldest = min(r.created_at for r in store.query(limit=500)[1])
+        due = oldest + timedelta(seconds=age)
+        for _ in range(400):  # wait for the age limit (bounded: never hangs)
+            if datetime.now(UTC) > due:
+                break
+            time.sleep(0.02)
+        resumed = again(fail, verdict="pass", created_at=datetime.now(UTC))
+        assert store.save(resumed)
+        assert calls and quota_full_lines(caplog) == 1
+        assert store.get(resumed.id).id == resumed.id
         assert on_disk(tmp_path) <= quota

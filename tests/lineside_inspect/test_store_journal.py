@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from lineside_inspect.store import Store
-from lineside_inspect.store.journal import Journal, Record, read_segment
+from lineside_inspect.store.journal import Journal, Record, encode, read_segment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,6 +67,9 @@ def test_a_torn_record_ends_its_segment_and_replay_is_idempotent(tmp_path: Path)
     data = segment.read_bytes()
     segment.write_bytes(data + data[:40])  # a power cut in the middle of a fourth record
     assert [r.fields["n"] for r in read_segment(segment)] == [0, 1, 2]
+    # each record read back says what it took (the store counts it off its unapplied bytes)
+    assert [r.size for r in read_segment(segment)] == [len(encode(r)) for r in records]
+    assert sum(r.size for r in read_segment(segment)) == len(data)
     flipped = bytearray(data)
     flipped[-5] ^= 0xFF  # the last record's image damaged: its CRC fails, it is dropped
     segment.write_bytes(bytes(flipped))

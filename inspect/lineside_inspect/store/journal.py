@@ -34,15 +34,20 @@ _HEAD = struct.Struct("<4sIIII")
 SUFFIX = ".journal"
 
 
+# one encoder for every record: ``json.dumps`` with arguments builds a new one per call
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 @dataclass(frozen=True)
 class Record:
     fields: dict[str, Any]
     image: bytes | None
     reference: bytes | None
+    size: int = 0  # bytes it took in its segment (0 for a record not read from one)
 
 
 def encode(record: Record) -> bytes:
-    header = json.dumps(record.fields, separators=(",", ":")).encode()
+    header = _JSON.encode(record.fields).encode()
     image, ref = record.image or b"", record.reference or b""
     crc = zlib.crc32(ref, zlib.crc32(image, zlib.crc32(header)))
     return b"".join((_HEAD.pack(MAGIC, len(header), len(image), len(ref), crc), header, image, ref))
@@ -61,7 +66,7 @@ def read_segment(path: Path) -> Iterator[Record]:
         header, image, ref = bytes(body[:hl]), bytes(body[hl:hl + il]), bytes(body[hl + il:])
         if zlib.crc32(ref, zlib.crc32(image, zlib.crc32(header))) != crc:
             return
-        yield Record(json.loads(header), image if il else None, ref if rl else None)
+        yield Record(json.loads(header), image if il else None, ref if rl else None, end - pos)
         pos = end
 
 

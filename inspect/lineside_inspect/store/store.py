@@ -31,13 +31,16 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Delete,
     Engine,
+    Update,
     create_engine,
     event,
     func,
@@ -101,6 +104,15 @@ WAL_FRAME_HEADER, WAL_HEADER = 24, 32
 ROW_EXTRA_PAGES = 2
 # the writer leaves this share of the quota free for what arrives before it runs again
 HEADROOM_SHARE, HEADROOM_MAX = 16, 64 * 1024 * 1024
+# a full quota with nothing in it to remove (:meth:`Store._quota_room`) is remembered: saves
+# are refused at once, with no retention pass each, until something that may free room
+# happens in this store (its ``_generation`` moves: rows applied, deleted or forwarded, a
+# claim given back; or the quota settings change), and at least every QUOTA_RECHECK_S for
+# what the store does not see (the age limit passing, files removed by hand)
+QUOTA_RECHECK_S = 2.0
+# the free-disk floor of a save is measured (a statvfs) at most this often; what the store
+# appended to its journal since is taken off the measure
+DISK_CHECK_S = 0.5
 
 
 def _wal_bytes(pages: int, page_size: int) -> int:
@@ -108,9 +120,15 @@ def _wal_bytes(pages: int, page_size: int) -> int:
     return WAL_HEADER + pages * (page_size + WAL_FRAME_HEADER)
 
 
-def _footprint(record: Record) -> int:
-    """Bytes a journal record takes (its images and a header's worth)."""
-    return len(record.image or b"") + len(record.reference or b"") + 4096
+@dataclass(frozen=True)
+class _QuotaFull:
+    """The quota was found full with nothing to remove, as of ``generation`` and
+    ``settings``; checked again once either moves, or from ``until`` (monotonic) on."""
+    generation: int
+    settings: tuple[object, ...]
+    until: float
+
+
 ACTIONS = ("confirm", "false_reject", "missed_defect", "relabel")
 
 
@@ -197,6 +215,21 @@ class Store:
         self._projected: int | None = None
         self._claimed = 0
         self._apply_rooms: dict[str, int] = {}
+        # SQLite reuses the pages rows left (age retention) before its file grows: bytes of
+        # them no claim counted on yet (measured by retention), and what each acknowledged
+        # inspection's claim counted on
+        self._db_free = 0
+        self._credits: dict[str, int] = {}
+        # a full quota with nothing to remove (see QUOTA_RECHECK_S), and the saves refused
+        # while it lasts (logged once it ends)
+        self.quota_recheck_s = QUOTA_RECHECK_S
+        self._generation = 0
+        self._full: _QuotaFull | None = None
+        self._refused = 0
+        # the free-disk floor's last measure: (monotonic time, free bytes, journal bytes
+        # appended by then)
+        self._disk: tuple[float, int, int] = (-math.inf, 0, 0)
+        self._appended = 0
         # line outputs (store/outbox.py): an inspection's events are made with its journal
         # record and enter the outbox with its row; then the listeners are told (no blocking)
         self.event_makers: list[EventMaker] = []
@@ -212,6 +245,8 @@ class Store:
         # request path (so it must be quick); a reason keeps the image for labelling
         self.capture_policy: Callable[[Inspection], str | None] | None = None
         self.journal = Journal(self.data_dir / "journal")
+        # an outbox event delivered (a row forwarded to the hub) may make its row removable
+        event.listen(self.engine, "after_execute", self._outbox_written)
         self.flush()  # what an earlier run acknowledged but had not applied yet
         if self.max_bytes is not None and self._projected is None:
             with Session(self.engine) as s:  # counted now: a first save need not wait for it
@@ -285,28 +320,46 @@ class Store:
             record = self._record(inspection, keep_image)
             if capture is not None:
                 record.fields["capture"] = capture
-            size = _footprint(record)
             data = encode(record)  # once: its size is what the quota counts
-            room = self._room_to_apply(record, len(data))
-            with self._quota_room(len(data) + room):  # made first if short, else OSError
+            size = len(data)
+            room, reusable = self._room_to_apply(record, size)
+            # made first if short, else OSError; ``credit``: free database pages it takes
+            with self._quota_room(size + room, reusable) as credit:
                 # acknowledge only what can be applied: the journal holds the images until
                 # they are written beside it (twice their size), and each row needs room in
                 # the database; what is acknowledged but not applied yet counts too
                 need = 2 * (self._unapplied_bytes + size) + DB_ROOM * (self._unapplied + 1)
-                if shutil.disk_usage(self.data_dir).free < need:
+                if self._free_disk() < need:
                     raise OSError(28, "not enough free disk space for the journal, its images "
                                       "and the database")
                 self.journal.append(data)
+                self._appended += size
                 self._unapplied_bytes += size
                 self._unapplied += 1
-                self._apply_rooms[record.fields["id"]] = room
+                self._apply_rooms[record.fields["id"]] = room - credit
+                if credit:
+                    self._credits[record.fields["id"]] = credit
                 if record.fields.get("events"):
                     self._urgent = True
         except OSError as exc:
-            log.error("inspection %s not stored: %s", inspection.id, exc)
+            if exc.errno != errno.EDQUOT:  # (a full quota is logged once: _quota_room)
+                log.error("inspection %s not stored: %s", inspection.id, exc)
             return False
         self._wake.set()
         return True
+
+    def _free_disk(self) -> int:
+        """Free bytes on the data folder's disk (under the space lock): measured at most
+        every DISK_CHECK_S and after each apply, less what the journal took since (the
+        statvfs was the largest cost of a save). Between two measures only the journal
+        grows by this store's hand; other processes' writes are what the floor's margin
+        (twice the images, DB_ROOM a row) is for, as they were between a save and its apply."""
+        now = time.monotonic()
+        at, free, appended = self._disk
+        if now - at >= DISK_CHECK_S:
+            at, free, appended = self._disk = (now, shutil.disk_usage(self.data_dir).free,
+                                               self._appended)
+        return free - (self._appended - appended)
 
     def _record(self, inspection: Inspection, keep_image: bool) -> Record:
         """The journal record of ``inspection``: the row's fields, its image if kept and
@@ -396,11 +449,19 @@ class Store:
                 with self._space_lock:  # (records of an earlier run were never counted)
                     for r in records:  # applied: the quota measures their files now
                         self._apply_rooms.pop(r.fields["id"], None)
+                        self._credits.pop(r.fields["id"], None)
+                    # rows applied without a credit may have taken free pages too: none is
+                    # counted on until retention measures them again (it runs next)
+                    self._db_free = 0
                     self._unapplied = max(0, self._unapplied - len(records))
                     self._unapplied_bytes = max(
-                        0, self._unapplied_bytes - sum(_footprint(r) for r in records))
+                        0, self._unapplied_bytes - sum(r.size for r in records))
+                    # applied: the disk holds their files and rows, no longer counted as
+                    # unapplied, so the floor measures the disk again
+                    self._disk = (-math.inf, 0, 0)
             if applied:
                 fsync_path(self.journal.folder)
+                self.room_changed()
         if applied and (self.max_bytes is not None or self.max_age_days is not None):
             self.enforce_retention(room=self.headroom())
         return applied
@@ -483,7 +544,8 @@ class Store:
             return False
         finally:
             with self._space_lock:
-                self._apply_rooms.pop(claim, None)
+                if self._apply_rooms.pop(claim, None):  # (given back unused, if it failed)
+                    self._generation += 1
 
     # -- start-up and retention -----------------------------------------------------
     def cleanup(self) -> dict[str, int]:
@@ -561,7 +623,7 @@ class Store:
         The quota counts :meth:`used_bytes`, what is on disk and what applying the
         journal will add, and leaves ``room`` bytes of ``max_bytes`` free besides (the
         writer leaves :meth:`headroom` for what is acknowledged before it runs again)."""
-        deleted = 0
+        deleted, dropped = 0, self.dropped_unforwarded
         quota = self.max_bytes
         # no batch is applied while the quota is measured: its rows in the sum and its
         # claims given back would otherwise be seen both missing (an adversarial read)
@@ -591,6 +653,7 @@ class Store:
                             deleted += 1
                     if used > limit and self.guard_channel is not None:
                         used = self._drop_unforwarded_images(s, used, limit)
+                    slack = self._db_slack(s)
                     if used > quota:
                         log.warning("store: %d bytes in use or acknowledged with no image left "
                                     "to remove; the quota of %d bytes is too small for the "
@@ -601,6 +664,9 @@ class Store:
                     self.checkpoint(self._wal_checkpoint_bytes())  # the deletions' log entries
                 with self._space_lock:  # what saves claimed meanwhile stays claimed
                     self._projected = used + self._claimed - claimed
+                    self._db_free = max(0, slack - sum(self._credits.values()))
+        if deleted or self.dropped_unforwarded != dropped:
+            self.room_changed()
         return deleted
 
     def _drop_unforwarded_images(self, s: Session, used: int, limit: int) -> int:
@@ -670,66 +736,158 @@ class Store:
         before it runs again; a save that finds less makes room itself (:meth:`_quota_room`)."""
         return min((self.max_bytes or 0) // HEADROOM_SHARE, HEADROOM_MAX)
 
-    def _room_to_apply(self, record: Record, journal_bytes: int) -> int:
+    def _room_to_apply(self, record: Record, journal_bytes: int) -> tuple[int, int]:
         """The most applying ``record`` (``journal_bytes`` in the journal) adds on disk: its
         image and reference files and, on SQLite, its row's pages in the write-ahead log
-        and again in the database (the row's text is shorter than its journal record)."""
+        and again in the database (the row's text is shorter than its journal record); and
+        the part of it free pages of the database file can take instead."""
         files = len(record.image or b"") + len(record.reference or b"")
         if not self.db_page:  # PostgreSQL: the database is not on this disk
-            return files
+            return files, 0
         pages = -(-(journal_bytes - files) // self.db_page) + ROW_EXTRA_PAGES
-        return files + 2 * pages * (self.db_page + WAL_FRAME_HEADER)
+        return files + 2 * pages * (self.db_page + WAL_FRAME_HEADER), pages * self.db_page
+
+    def _db_slack(self, s: Session) -> int:
+        """Bytes of the SQLite database file that no live page takes (pages rows left, in
+        ``s``'s view): new rows take them before the file grows. 0 on PostgreSQL."""
+        files = self._sqlite_files()
+        if not files:
+            return 0
+        conn = s.connection()
+        pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar() or 0)
+        free = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0)
+        try:  # (pages past the file's end are in the write-ahead log only: not counted)
+            size = files[0].stat().st_size
+        except FileNotFoundError:
+            return 0
+        return max(0, min(free * self.db_page, size - (pages - free) * self.db_page))
+
+    def room_changed(self) -> None:
+        """Something may have freed room in the quota (rows applied, deleted or forwarded):
+        a save that finds it full looks for room again instead of refusing at once."""
+        with self._space_lock:
+            self._generation += 1
+
+    def _outbox_written(self, conn: Any, statement: Any, *_: Any) -> None:
+        """(The engine's ``after_execute``.) Outbox rows marked delivered or purged: an
+        inspection forwarded to the hub may go now."""
+        if (isinstance(statement, Update | Delete)  # (the ORM's is an annotated copy)
+                and getattr(statement.table, "name", None) == OutboxRow.__tablename__):
+            self.room_changed()
+
+    def _quota_settings(self) -> tuple[object, ...]:
+        return self.max_bytes, self.max_age_days, self.guard_channel
+
+    def _quota_full_error(self) -> OSError:
+        return OSError(errno.EDQUOT, f"the store's disk quota ({self.max_bytes} bytes) is full "
+                                     "and nothing in it can be removed")
+
+    def _claim_size(self, nbytes: int, reusable: int) -> tuple[int, int]:
+        """(Under the space lock.) What a claim of ``nbytes`` counts, ``reusable`` of which
+        free database pages can take, and the credit it takes of them."""
+        credit = min(self._db_free, reusable)
+        return nbytes - credit, credit
+
+    def _fits(self, nbytes: int, reusable: int) -> bool:
+        """(Under the space lock.)"""
+        return self.max_bytes is None or (
+            self._projected is not None
+            and self._projected + self._claim_size(nbytes, reusable)[0] <= self.max_bytes)
 
     @contextlib.contextmanager
-    def _quota_room(self, nbytes: int) -> Iterator[None]:
+    def _quota_room(self, nbytes: int, reusable: int = 0) -> Iterator[int]:
         """The space lock, held with ``nbytes`` of the quota claimed (given back if the
         block fails). When the quota is short, room is made first: by retention, and when
         it finds nothing to remove, by applying the journal (whose oldest inspections may
         then go); when neither does anything, OSError and nothing is written: the store's
-        files never take more than ``max_bytes``."""
+        files never take more than ``max_bytes``. That outcome is remembered (QUOTA_RECHECK_S):
+        until something may have freed room, a save that does not fit is refused at once.
+        ``reusable``: bytes of the claim free database pages can take (:meth:`_db_slack`);
+        the block gets the credit taken of them."""
         while True:
             self._space_lock.acquire()
-            if self.max_bytes is None or (self._projected is not None
-                                          and self._projected + nbytes <= self.max_bytes):
+            if self._fits(nbytes, reusable):
+                # (a record smaller than the one refused may fit what is left: the quota is
+                # not found to have room again until something freed some)
+                if self._full is not None and self._full.generation != self._generation:
+                    log.warning("store: room in the disk quota again; %d inspection(s) were "
+                                "answered but not stored meanwhile", self._refused)
+                    self._full, self._refused = None, 0
                 break
+            full, generation = self._full, self._generation
+            if (full is not None and full.generation == generation
+                    and full.settings == self._quota_settings()
+                    and time.monotonic() < full.until):
+                self._refused += 1
+                self._space_lock.release()
+                raise self._quota_full_error()
             self._space_lock.release()
-            if not self._make_room(nbytes):
-                raise OSError(errno.EDQUOT, f"the store's disk quota ({self.max_bytes} bytes) "
-                                            "is full and nothing in it can be removed")
+            if not self._make_room(nbytes, reusable):
+                ages = self._next_age_out()
+                with self._space_lock:
+                    if self._full is None:  # once per period, not per inspection
+                        log.error("store: %s: inspections are answered but not stored until "
+                                  "something can go (a row forwarded to the hub or past the "
+                                  "age limit)", self._quota_full_error().strerror)
+                    self._refused += 1
+                    # as of the generation before looking: what moved it meanwhile counts
+                    self._full = _QuotaFull(generation, self._quota_settings(),
+                                            min(time.monotonic() + self.quota_recheck_s, ages))
+                raise self._quota_full_error()
+        credit = 0
         try:
             if self.max_bytes is not None:
                 assert self._projected is not None
+                nbytes, credit = self._claim_size(nbytes, reusable)
                 self._projected += nbytes
                 self._claimed += nbytes
+                self._db_free -= credit
             try:
-                yield
+                yield credit
             except BaseException:
                 if self.max_bytes is not None and self._projected is not None:
                     self._projected -= nbytes
                     self._claimed -= nbytes
+                    self._db_free += credit
                 raise
         finally:
             self._space_lock.release()
 
-    def _make_room(self, nbytes: int) -> bool:
+    def _make_room(self, nbytes: int, reusable: int) -> bool:
         """Steps towards ``nbytes`` of room and :meth:`headroom` in the quota: retention,
         then applying the journal and retention again (the applied are measured now, and
         the oldest of them may go). False when none of it did anything."""
         def fits() -> bool:
             with self._space_lock:
-                return self._projected is not None and \
-                    self._projected + nbytes <= (self.max_bytes or 0)
+                return self._fits(nbytes, reusable)
 
+        dropped = self.dropped_unforwarded  # (images removed, their rows kept)
         try:
             removed = self.enforce_retention(room=nbytes + self.headroom())
             if fits():
                 return True
             applied = self.flush()
             removed += self.enforce_retention(room=nbytes + self.headroom())
-            return fits() or bool(removed or applied)
+            return fits() or bool(removed or applied or self.dropped_unforwarded != dropped)
         except Exception as exc:  # a database outage: no room can be made
             log.error("store: making room in the disk quota failed: %s", exc)
             return False
+
+    def _next_age_out(self) -> float:
+        """When (monotonic) the oldest row the age limit may remove passes it (inf: none)."""
+        if self.max_age_days is None:
+            return math.inf
+        try:
+            with Session(self.engine) as s:
+                oldest = s.scalar(select(func.min(InspectionRow.created_at))
+                                  .where(self._mine(), self._forwarded()))
+        except Exception as exc:  # a database outage: looked at again after a while
+            log.error("store: reading the oldest inspection failed: %s", exc)
+            return math.inf
+        if oldest is None:
+            return math.inf
+        due = as_utc(oldest) + timedelta(days=self.max_age_days) - datetime.now(UTC)
+        return time.monotonic() + max(0.0, due.total_seconds())
 
     def _page_size(self) -> int:
         """SQLite's page size (0 on PostgreSQL)."""
