@@ -546,6 +546,7 @@ class Store:
             with self._space_lock:
                 if self._apply_rooms.pop(claim, None):  # (given back unused, if it failed)
                     self._generation += 1
+                    self._disk = (-math.inf, 0, 0)  # files written beside the journal
 
     # -- start-up and retention -----------------------------------------------------
     def cleanup(self) -> dict[str, int]:
