@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
             await app.state.service.stop_continuous()
             for hook in reversed(app.state.on_shutdown):
                 await anyio.to_thread.run_sync(hook)
+            app.state.limiter.close()
 
     app = FastAPI(title="Lineside", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None,  # ui serves /docs from local files; no ReDoc

@@ -1,0 +1,62 @@
+"""The limiter's slots: a cancelled caller's thread keeps its slot until it returns, so
+cancelled requests can never put more inferences on the cores than ``max_concurrency``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+
+from lineside_inspect.server.limiter import Limiter
+
+_who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+def test_a_cancelled_run_holds_its_slot_until_its_thread_returns() -> None:
+    async def main() -> None:
+        limiter = Limiter(1, 4, 5.0)
+        release, started = threading.Event(), threading.Event()
+        running: list[int] = []
+
+        def slow() -> str:
+            running.append(1)
+            started.set()
+            release.wait(10)
+            running.pop()
+            return "slow"
+
+        def fast() -> int:
+            return len(running)  # inferences running beside this one
+
+        first = asyncio.create_task(limiter.run(slow))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        first.cancel()
+        second = asyncio.create_task(limiter.run(fast))
+        await asyncio.sleep(0.2)
+        assert not first.done() and not second.done()  # the slot is still the first's
+        assert limiter.capacity.borrowed_tokens == 1
+        release.set()
+        assert await second == 0  # ran only once the slow one had returned
+        try:
+            await first
+        except asyncio.CancelledError:
+            pass
+        else:
+            raise AssertionError("the cancelled run completed as if not cancelled")
+        assert limiter.capacity.borrowed_tokens == 0 and limiter.in_system == 0
+        limiter.close()
+
+    asyncio.run(main())
+
+
+def test_runs_see_the_callers_context_and_threads_restart_after_close() -> None:
+    async def main() -> None:
+        limiter = Limiter(2, 0, 5.0)
+        _who.set("line-3")
+        assert await limiter.run(_who.get) == "line-3"
+        limiter.close()
+        assert await limiter.run(lambda: threading.current_thread().name.startswith("inspect"))
+        limiter.close()
+
+    asyncio.run(main())
