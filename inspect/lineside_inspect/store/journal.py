@@ -34,8 +34,9 @@ _HEAD = struct.Struct("<4sIIII")
 SUFFIX = ".journal"
 
 
-# one encoder for every record: ``json.dumps`` with arguments builds a new one per call
-_JSON = json.JSONEncoder(separators=(",", ":"))
+# one encoder for every record (``json.dumps`` with arguments builds a new one per call);
+# a record's fields are made by the store, never circular
+_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
 @dataclass(frozen=True)

@@ -345,7 +345,8 @@ class Store:
             if exc.errno != errno.EDQUOT:  # (a full quota is logged once: _quota_room)
                 log.error("inspection %s not stored: %s", inspection.id, exc)
             return False
-        self._wake.set()
+        if not self._wake.is_set():  # (setting it takes a lock; the writer clears it)
+            self._wake.set()
         return True
 
     def _free_disk(self) -> int:
