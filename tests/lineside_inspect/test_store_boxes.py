@@ -417,3 +417,20 @@ def test_full_quota_is_looked_at_again_when_the_oldest_row_passes_the_age_limit(
         assert calls and quota_full_lines(caplog) == 1
         assert store.get(resumed.id).id == resumed.id
         assert on_disk(tmp_path) <= quota
+
+
+def test_full_quota_is_looked_at_again_when_its_settings_change(
+        tmp_path: Path, fail: Inspection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forwarding switched off (the guard channel unset) changes what may go: the next save
+    looks again at once, and the rows past the age limit make way."""
+    with Store(tmp_path, pass_rate=1.0, max_bytes=500_000, max_age_days=1.0,
+               sync_interval_s=3600) as store:
+        store.quota_recheck_s = 3600.0
+        fill_while_the_hub_is_down(store, again(fail, created_at=datetime.now(UTC) - timedelta(days=2)))
+        calls = count_retention(store, monkeypatch)
+        assert not store.save(again(fail)) and calls == []
+        store.guard_channel = None
+        resumed = again(fail)
+        assert store.save(resumed) and calls
+        assert [r.id for r in store.query(limit=100)[1]] == [resumed.id]
+        assert on_disk(tmp_path) <= 500_000
