@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from lineside_inspect.errors import BenchError
 from lineside_inspect.runtime.detector import Detector
 
 
@@ -136,10 +137,14 @@ class _Line:
                                                timeout=timeout)
 
     def inspect(self, image: bytes) -> tuple[int, bytes]:
-        self.conn.request("POST", "/v1/inspect", body=image,
-                          headers={"content-type": "image/jpeg"})
-        r = self.conn.getresponse()
-        return r.status, r.read()
+        try:
+            self.conn.request("POST", "/v1/inspect", body=image,
+                              headers={"content-type": "image/jpeg"})
+            r = self.conn.getresponse()
+            return r.status, r.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise BenchError(f"http://{self.conn.host}:{self.conn.port}: the connection "
+                             f"failed: {exc!r}") from None
 
     def close(self) -> None:
         self.conn.close()
@@ -164,8 +169,8 @@ def _load(url: str, image: bytes, clients: int, seconds: float) -> float:
                     failures.append(f"HTTP {status}: {body[:200].decode(errors='replace')}")
                     return
                 counts[i] += 1
-        except OSError as exc:
-            failures.append(f"connection failed: {exc}")
+        except BenchError as exc:
+            failures.append(exc.message)
         finally:
             line.close()
 
@@ -176,7 +181,7 @@ def _load(url: str, image: bytes, clients: int, seconds: float) -> float:
     for t in threads:
         t.join()
     if failures:
-        raise RuntimeError(f"{url}: a request failed under {clients} clients: {failures[0]}")
+        raise BenchError(f"{url}: a request failed under {clients} clients: {failures[0]}")
     return sum(counts) / (time.perf_counter() - t0)
 
 
@@ -232,23 +237,28 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
                     with contextlib.suppress(RuntimeError):  # raised again below
                         servers[store] = future.result()
                 for future in starting.values():
-                    future.result()  # the first start that failed, once all are in servers
+                    try:  # the first start that failed, once all are in servers
+                        future.result()
+                    except RuntimeError as exc:
+                        raise BenchError(str(exc)) from None
             overhead: dict[bool, list[float]] = {s: [] for s in stores}
             round_trip: dict[bool, list[float]] = {s: [] for s in stores}
             server_infer: dict[bool, list[float]] = {s: [] for s in stores}
             baseline: list[float] = []
             ratios: dict[tuple[bool, int], list[float]] = {}
             rates: dict[tuple[bool, int], list[float]] = {}
-            lines = {store: _Line(servers[store][1]) for store in stores}
-            try:
-                for r in range(rounds):
-                    for store in stores:
+            for r in range(rounds):
+                for store in stores:
+                    # a connection per round: one left idle through the loads would meet
+                    # the server's keep-alive timeout
+                    line = _Line(servers[store][1])
+                    try:
                         for i in range(-(-requests // rounds) + (5 if r == 0 else 0)):
                             t = time.perf_counter()
-                            status, body = lines[store].inspect(image)
+                            status, body = line.inspect(image)
                             rt = (time.perf_counter() - t) * 1000
                             if status != 200:
-                                raise RuntimeError(f"{servers[store][1]}: HTTP {status}: "
+                                raise BenchError(f"{servers[store][1]}: HTTP {status}: "
                                                    f"{body[:200].decode(errors='replace')}")
                             if r == 0 and i < 5:  # warm-up
                                 continue
@@ -257,16 +267,15 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
                             round_trip[store].append(rt)
                             server_infer[store].append(doc["timings_ms"]["infer"])
                             overhead[store].append(rt - doc["timings_ms"]["infer"])
-                    for k in clients:
-                        for store in stores:
-                            base = in_process(span)
-                            rate = _load(servers[store][1], image, k, span)
-                            baseline.append(base)
-                            rates.setdefault((store, k), []).append(rate)
-                            ratios.setdefault((store, k), []).append(rate / base)
-            finally:
-                for line in lines.values():
-                    line.close()
+                    finally:
+                        line.close()
+                for k in clients:
+                    for store in stores:
+                        base = in_process(span)
+                        rate = _load(servers[store][1], image, k, span)
+                        baseline.append(base)
+                        rates.setdefault((store, k), []).append(rate)
+                        ratios.setdefault((store, k), []).append(rate / base)
         finally:
             for proc, _ in servers.values():
                 proc.terminate()
@@ -350,7 +359,7 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
         deadline = time.monotonic() + 30
         while await read() != want:
             if time.monotonic() > deadline:
-                raise RuntimeError("the PLC handshake did not answer within 30 s")
+                raise BenchError("the PLC handshake did not answer within 30 s")
             await asyncio.sleep(0.001)
 
     async def run(url: str) -> None:
@@ -403,7 +412,7 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
                     await asyncio.wait_for(pushed.wait(), 30)
                     dt = (time.perf_counter() - t) * 1000
                     if await opc_read("ErrorCode") != 0:
-                        raise RuntimeError(f"OPC UA trigger failed: ErrorCode {await opc_read('ErrorCode')}")
+                        raise BenchError(f"OPC UA trigger failed: ErrorCode {await opc_read('ErrorCode')}")
                     if not warm:
                         opc_ms.append(dt)
                     await node("ResultAck").write_value(true)
@@ -415,7 +424,7 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
                     await until(lambda: coil("ResultReady"))
                     dt = (time.perf_counter() - t) * 1000
                     if await coil("Error"):
-                        raise RuntimeError("Modbus trigger failed (Error coil set)")
+                        raise BenchError("Modbus trigger failed (Error coil set)")
                     if not warm:
                         modbus_ms.append(dt)
                     await mb.write_coil(COILS.index("ResultAck"), True, device_id=1)

@@ -326,3 +326,11 @@ class RemoteInferenceRefused(LinesideError):
 
     code = "remote_inference_refused"
     status = 502
+
+
+class BenchError(LinesideError):
+    """A benchmark that could not finish: a server it started or measured failed, refused
+    a request or dropped the connection (the message says which and how)."""
+
+    code = "bench_failed"
+    status = 502

@@ -29,3 +29,38 @@ def test_bench_server_prints_overhead_and_ratios_store_on_and_off() -> None:
         cells = lines[k].split("|")[2:4]
         assert all(float(cell.split("=")[1].strip(" x")) > 0 for cell in cells), lines[k]
     assert "medians of 2 interleaved rounds" in result.output
+
+
+def test_a_dropped_connection_is_one_error_line_not_a_silent_exit() -> None:
+    """A server that closes the connection (here: a port nothing answers HTTP on, a socket
+    accepting and closing) makes the bench say so: before, a broken pipe left
+    ``lineside bench server`` with exit code 1 and nothing printed (click takes EPIPE for
+    its own stdout)."""
+    import socket
+    import threading
+
+    from lineside_inspect.bench import _Line
+    from lineside_inspect.errors import BenchError
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def close_each() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            conn.close()
+
+    closer = threading.Thread(target=close_each, daemon=True)
+    closer.start()
+    line = _Line(f"http://127.0.0.1:{port}")
+    try:
+        line.inspect(b"\xff\xd8" + b"x" * 100_000)
+    except BenchError as exc:
+        assert f"127.0.0.1:{port}: the connection failed" in exc.message
+    else:
+        raise AssertionError("a closed connection was not reported")
+    finally:
+        line.close()
+        listener.close()
