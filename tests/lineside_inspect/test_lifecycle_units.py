@@ -210,7 +210,7 @@ def test_rollout_bounds() -> None:
 def _inspection(scores: list[float], labels: list[int], counted: list[int]) -> Any:
     names = ["open", "short", "spur"]
     raw = Detections(np.array([[0, 0, 10, 10]] * len(scores)), np.array(scores), np.array(labels), names)
-    card = SimpleNamespace(threshold=lambda label, d=0.5: {"open": 0.7}.get(label, d))
+    card = SimpleNamespace(thresholds={"open": 0.7})
     return SimpleNamespace(detections=raw, defects=raw[np.array(counted, dtype=int)],
                            recipe=Recipe(name="r", model="m"), detector=SimpleNamespace(card=card),
                            anomaly=None)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lineside_inspect.lifecycle.config import CaptureSettings
-from lineside_inspect.recipes.rules import anomaly_threshold
+from lineside_inspect.recipes.rules import anomaly_threshold, class_minimums
 
 if TYPE_CHECKING:
     from lineside_inspect.inspector import Inspection
@@ -65,10 +65,8 @@ class CapturePolicy:
         out = []
         raw = inspection.detections
         if raw is not None and len(raw):
-            recipe, card = inspection.recipe, inspection.detector.card
-            floor = recipe.default_min_score
-            thr = np.array([recipe.min_score.get(lb, card.threshold(lb) if floor is None else floor)
-                            for lb in raw.labels])
+            thr = class_minimums(inspection.recipe, inspection.detector.card.thresholds,
+                                 raw.class_names)[raw.class_ids]
             if np.any(np.abs(raw.scores - thr) <= self.settings.near_threshold):
                 out.append("near_threshold")
         finding = inspection.anomaly  # a good-only model: its image score is what is judged

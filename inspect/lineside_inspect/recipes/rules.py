@@ -40,11 +40,18 @@ def counted(detections: Detections, recipe: Recipe, thresholds: dict[str, float]
     """The detections the recipe counts as defects (score, size, regions)."""
     if len(detections) == 0:
         return detections
+    mins = class_minimums(recipe, thresholds, detections.class_names)[detections.class_ids]
+    return _placed(detections[detections.scores >= mins], recipe)
+
+
+def class_minimums(recipe: Recipe, thresholds: dict[str, float],
+                   class_names: list[str]) -> np.ndarray:
+    """The score each class needs to count, indexed by class id: the recipe's own for the
+    class, else its ``default_min_score``, else the card's calibrated threshold (0.5 for a
+    class the card has none for). One per class, not per box: this runs on every inspection."""
     floor = recipe.default_min_score
-    # one minimum per class, indexed by class id: per box this ran on every inspection
-    per_class = np.array([recipe.min_score.get(n, thresholds.get(n, 0.5) if floor is None else floor)
-                          for n in detections.class_names], dtype=np.float64)
-    return _placed(detections[detections.scores >= per_class[detections.class_ids]], recipe)
+    return np.array([recipe.min_score.get(n, thresholds.get(n, 0.5) if floor is None else floor)
+                     for n in class_names], dtype=np.float64)
 
 
 def _placed(detections: Detections, recipe: Recipe) -> Detections:
