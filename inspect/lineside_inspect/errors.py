@@ -334,3 +334,9 @@ class BenchError(LinesideError):
 
     code = "bench_failed"
     status = 502
+
+
+class StoreQuotaFull(OSError):
+    """The store's own ``store_max_bytes`` is full and nothing in it can be removed: a
+    save answers not stored (logged once per period by the store, not per inspection).
+    Distinct from the filesystem's own EDQUOT, which is logged on every save."""

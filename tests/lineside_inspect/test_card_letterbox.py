@@ -78,3 +78,22 @@ def test_batch_holds_the_letterboxed_planes(shape: tuple[int, int]) -> None:
     batch, _ = ref.pre_process([image], [reference])
     fitted, _ = letterbox(pair_image(image, reference), ref.size, pad_value=114)
     assert np.array_equal(batch[0], fitted.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("shape", [(640, 640), (640, 640, 1), (640, 640, 4), (300, 500)])
+def test_grey_and_bgra_frames_are_taken_as_bgr(shape: tuple[int, ...]) -> None:
+    """Some cameras deliver grey (GStreamer GRAY8) or BGRA frames: the detector takes them
+    as the same BGR image (a 640x640 grey frame, already the input size, raised inside
+    pre_process: a 500; found by the adversarial review)."""
+    from lineside_inspect.opencv import cv2
+
+    rng = np.random.default_rng(2)
+    frame = rng.integers(0, 256, shape, dtype=np.uint8)
+    if len(shape) == 2 or shape[2] == 1:
+        bgr = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    else:
+        bgr = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    det = Detector(BUNDLED, device="cpu", warmup=False)
+    got, _ = det.pre_process([frame])
+    want, _ = det.pre_process([bgr])
+    assert np.array_equal(got, want)

@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+from typing import Any
+
+import anyio
+import pytest
 
 from lineside_inspect.server.limiter import Limiter
 
@@ -57,6 +61,36 @@ def test_runs_see_the_callers_context_and_threads_restart_after_close() -> None:
         assert await limiter.run(_who.get) == "line-3"
         limiter.close()
         assert await limiter.run(lambda: threading.current_thread().name.startswith("inspect"))
+        limiter.close()
+
+    asyncio.run(main())
+
+
+def test_an_anyio_cancelled_run_waits_for_its_thread_without_spinning(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """anyio cancels a task in a cancelled scope again on every pass of the loop: the wait
+    for the thread must not wake for each (it did: ~10,000 wake-ups, a whole core, for a
+    0.5 s inference). Found by the adversarial review."""
+    waits: list[int] = []
+    real_wait = asyncio.wait
+
+    async def counted(fs: Any, **kwargs: Any) -> Any:
+        waits.append(1)
+        return await real_wait(fs, **kwargs)
+
+    monkeypatch.setattr(asyncio, "wait", counted)
+
+    async def main() -> None:
+        limiter = Limiter(1, 4, 5.0)
+        release = threading.Event()
+        threading.Timer(0.4, release.set).start()
+        with anyio.move_on_after(0.05) as scope:
+            await limiter.run(lambda: release.wait(10))
+        assert scope.cancelled_caught
+        assert release.is_set()  # the scope ended only once the thread had returned
+        assert len(waits) <= 3, f"{len(waits)} wake-ups while the thread ran"
+        assert limiter.capacity.borrowed_tokens == 0 and limiter.in_system == 0
+        assert limiter.drain(1.0)
         limiter.close()
 
     asyncio.run(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,3 +135,27 @@ def test_metrics_count_inspections(srv, image_bytes: bytes) -> None:
     assert "lineside_model_info" in text and "lineside_queue_depth" in text
     depth = [ln for ln in text.splitlines() if ln.startswith("lineside_queue_depth ")]
     assert len(depth) == 1 and np.isfinite(float(depth[0].split()[1]))
+
+
+def test_the_annotated_answer_is_drawn_in_a_slot_of_its_admission(
+        launch: Any, image_bytes: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``annotated=1`` draws and encodes a copy of the frame: inside the request's admission
+    and a limiter slot, so the pixels in memory stay bounded by max_concurrency (it ran in
+    anyio's pool of 40 threads after the admission ended; found by the adversarial review)."""
+    from lineside_inspect.server.routes import inspect as route
+
+    running = launch()
+    limiter = running.app.state.limiter
+    seen: list[tuple[int, int]] = []
+    real = route.annotate
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        seen.append((limiter.in_system, limiter.capacity.borrowed_tokens))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(route, "annotate", watched)
+    with running.client("line") as c:
+        r = c.post("/v1/inspect?annotated=1", content=image_bytes,
+                   headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert seen == [(1, 1)]  # admitted, and holding a slot, while drawing

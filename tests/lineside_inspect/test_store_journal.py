@@ -186,3 +186,55 @@ def test_every_closed_segment_is_synced_even_while_applying_fails(tmp_path: Path
         store.flush()
         total, _ = store.query()
         assert total == 2
+
+
+def test_a_save_after_close_is_not_stored_and_writes_nowhere(tmp_path: Path, monkeypatch) -> None:
+    """An inspection whose request was cancelled can still finish after shutdown closed
+    the store: its save must answer not stored. It wrote into whatever file had reused
+    the journal's closed descriptor number, and answered stored (found by the adversarial
+    review)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import test_store as t
+
+    from lineside_inspect.runtime.detector import Detector
+
+    det = Detector(t.MODEL, device="cpu", threads=1)
+    store = Store(tmp_path / "store", pass_rate=1.0)
+    stored = t._inspection(det, "fail")
+    assert store.save(stored)
+    store.close()
+    bystander = tmp_path / "unrelated.txt"
+    fd = os.open(bystander, os.O_WRONLY | os.O_CREAT)  # likely the journal's old number
+    try:
+        assert not store.save(t._inspection(det, "fail"))
+    finally:
+        os.close(fd)
+    assert bystander.read_bytes() == b""
+    store.journal.close()  # a second close is harmless
+    with Store(tmp_path / "store") as again:  # what was acknowledged is there
+        total, rows = again.query()
+        assert total == 1 and rows[0].id == stored.id
+
+
+def test_the_filesystems_own_quota_error_is_logged(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Only the store's own full quota is logged once per period; a filesystem's EDQUOT
+    (a user quota on the data disk) is an error to log on every save, like a full disk
+    (it was muted with it; found by the adversarial review)."""
+    import errno
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import test_store as t
+
+    from lineside_inspect.runtime.detector import Detector
+
+    det = Detector(t.MODEL, device="cpu", threads=1)
+    with Store(tmp_path, pass_rate=1.0) as store:
+        def over_quota(record: object) -> None:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+        monkeypatch.setattr(store.journal, "append", over_quota)
+        inspection = t._inspection(det, "fail")
+        with caplog.at_level("ERROR", logger="lineside.store"):
+            assert not store.save(inspection)
+        assert any(inspection.id in r.getMessage() and "quota exceeded" in r.getMessage()
+                   for r in caplog.records)

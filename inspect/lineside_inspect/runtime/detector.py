@@ -18,6 +18,16 @@ from lineside_inspect.runtime.session import OnnxSession
 from lineside_inspect.runtime.types import Detections
 
 
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` BGR from a grey (``(H, W)`` or ``(H, W, 1)``) or BGRA frame, as some
+    cameras deliver them (a GStreamer GRAY8 sink); a BGR image unchanged."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
+    if image.shape[2] == 4:
+        return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGRA2BGR))
+    return image
+
+
 def to_planes(image: np.ndarray, out: np.ndarray, *, rgb: bool) -> None:
     """Write an ``(H, W, 3)`` image into ``out`` (``(3, H, W)``), channels reversed when
     ``rgb`` (BGR to RGB). OpenCV's split writes each plane straight into ``out``, ~3x
@@ -85,7 +95,7 @@ class Detector:
                 lb = replace(lb, shift_x=dx, shift_y=dy)
                 to_planes(fitted, batch[i], rgb=False)
             else:
-                fitted, lb = letterbox(image, self.size, pad_value=pad)
+                fitted, lb = letterbox(as_bgr(image), self.size, pad_value=pad)
                 to_planes(fitted, batch[i], rgb=True)  # BGR as decoded, RGB as trained
             boxes.append(lb)
         return batch, boxes

@@ -106,6 +106,9 @@ def setup_cameras(app: FastAPI, settings: Settings) -> None:
     app.state.metrics_hooks.append(publish_health)
 
 
+DRAIN_THREADS_S = 10.0  # shutdown waits this long for inspections in their threads
+
+
 def create_app(settings: Settings | None = None, *, registry: Registry | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = registry or Registry(device=settings.device, threads=settings.threads,
@@ -127,6 +130,11 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         finally:
             app.state.ready = False
             await app.state.service.stop_continuous()
+            # inspections still in their threads (their requests may be cancelled) save
+            # to the store: it closes after them
+            if not await anyio.to_thread.run_sync(app.state.limiter.drain, DRAIN_THREADS_S):
+                log.warning("shutdown: inspections still running after %.0f s; the store "
+                            "closes anyway and answers them not stored", DRAIN_THREADS_S)
             for hook in reversed(app.state.on_shutdown):
                 await anyio.to_thread.run_sync(hook)
             app.state.limiter.close()

@@ -15,9 +15,10 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -34,6 +35,7 @@ class Limiter:
         self.capacity = anyio.CapacityLimiter(concurrency)
         self.concurrency = concurrency
         self._pool: ThreadPoolExecutor | None = None
+        self._running: set[futures.Future[Any]] = set()  # inspections in threads now
         self.max_waiting = concurrency + queue
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
@@ -84,15 +86,27 @@ class Limiter:
         by side), and every inspection pays the hand-over."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="inspect")
-        future = asyncio.get_running_loop().run_in_executor(
-            self._pool, contextvars.copy_context().run, fn)
+        work = self._pool.submit(contextvars.copy_context().run, fn)
+        self._running.add(work)
+        work.add_done_callback(self._running.discard)
+        future = asyncio.wrap_future(work)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait({future})
+            # shielded: anyio re-cancels a task in a cancelled scope on every loop pass,
+            # which would wake this wait in a busy loop until the thread returns
+            with anyio.CancelScope(shield=True):
+                while not future.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({future})
             raise
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait (blocking, up to ``timeout_s``) for the inspections running in threads; True
+        if none is left. Shutdown calls it before the store closes: an inspection whose
+        request was cancelled still ends in a save."""
+        running = list(self._running)
+        return not futures.wait(running, timeout=timeout_s).not_done if running else True
 
     def close(self) -> None:
         """Let the threads go (a new run starts new ones)."""

@@ -19,6 +19,7 @@ and the reference image, u32 CRC32 of the three, then the three.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -103,6 +104,8 @@ class Journal:
         come encoded already (:func:`encode`: the store sizes it for its quota first)."""
         data = record if isinstance(record, bytes) else encode(record)
         with self._lock:
+            if self._fd < 0:
+                raise OSError(errno.EBADF, "the journal is closed (the store is shutting down)")
             written = os.write(self._fd, data)
             if written != len(data):  # a full disk: cut the partial record off again
                 os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_END) - written)
@@ -149,8 +152,13 @@ class Journal:
                        if p.stem.isdigit() and int(p.stem) < current), key=lambda p: int(p.stem))
 
     def close(self) -> None:
+        """Close the open segment. Appends after this raise ``OSError`` (a save answers not
+        stored): the closed descriptor's number may already name another open file."""
         with self._lock:
+            if self._fd < 0:
+                return
             os.close(self._fd)
+            self._fd = -1
             path = self.folder / f"{self._number:012d}{SUFFIX}"
             if not self.pending_bytes and path.stat().st_size == 0:
                 path.unlink(missing_ok=True)

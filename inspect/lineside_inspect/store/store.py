@@ -54,7 +54,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, selectinload
 
 from lineside_inspect.atomic import write_atomic
-from lineside_inspect.errors import ConfigError, NotFoundError, ReviewConflict
+from lineside_inspect.errors import ConfigError, NotFoundError, ReviewConflict, StoreQuotaFull
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.opencv import cv2
 from lineside_inspect.schemas import StoredInspection
@@ -342,7 +342,7 @@ class Store:
                 if record.fields.get("events"):
                     self._urgent = True
         except OSError as exc:
-            if exc.errno != errno.EDQUOT:  # (a full quota is logged once: _quota_room)
+            if not isinstance(exc, StoreQuotaFull):  # (logged once per period: _quota_room)
                 log.error("inspection %s not stored: %s", inspection.id, exc)
             return False
         if not self._wake.is_set():  # (setting it takes a lock; the writer clears it)
@@ -780,9 +780,9 @@ class Store:
     def _quota_settings(self) -> tuple[object, ...]:
         return self.max_bytes, self.max_age_days, self.guard_channel
 
-    def _quota_full_error(self) -> OSError:
-        return OSError(errno.EDQUOT, f"the store's disk quota ({self.max_bytes} bytes) is full "
-                                     "and nothing in it can be removed")
+    def _quota_full_error(self) -> StoreQuotaFull:
+        return StoreQuotaFull(errno.EDQUOT, f"the store's disk quota ({self.max_bytes} bytes) "
+                                            "is full and nothing in it can be removed")
 
     def _claim_size(self, nbytes: int, reusable: int) -> tuple[int, int]:
         """(Under the space lock.) What a claim of ``nbytes`` counts, ``reusable`` of which

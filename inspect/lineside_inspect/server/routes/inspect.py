@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
@@ -67,9 +66,11 @@ async def inspect_route(request: Request) -> Any:
         result = await service.inspect_image(
             upload.data, recipe=query.recipe, camera_id=query.camera_id, part_id=query.part_id,
             reference_name=query.reference, reference_data=upload.reference)
+        if query.annotated:  # drawn in a slot of the same admission: the frame and its
+            # drawn copy count against max_concurrency, as its decoding did
+            jpeg = await limiter.run(
+                lambda: encode_jpeg(annotate(result.image, result.defects, result.verdict)))
     if query.annotated:
-        jpeg = await anyio.to_thread.run_sync(
-            lambda: encode_jpeg(annotate(result.image, result.defects, result.verdict)))
         card = result.detector.card
         return Response(jpeg, media_type="image/jpeg", headers={
             "X-Lineside-Inspection-Id": result.id, "X-Lineside-Verdict": result.verdict,
