@@ -161,7 +161,8 @@ class PlcLine:
             return
         try:
             result = await self.service.inspect_camera(
-                station_id, recipe=recipe or None, timeout_s=self.settings.trigger_timeout_s)
+                station_id, recipe=recipe or None, timeout_s=self.settings.trigger_timeout_s,
+                answer=False)  # the PLC hears tags, not the JSON answer
         except Exception as exc:  # fail-safe: whatever went wrong is a Fail with a code
             code = error_code(exc)
             if code is ErrorCode.INTERNAL:

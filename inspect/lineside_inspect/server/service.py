@@ -83,13 +83,15 @@ class InspectionService:
             result.raw, result.raw_ext = data, sniff_format(data).replace("jpeg", "jpg")
             return result
 
-        return await self._run(work)
+        return await self._run(work, answer=True)
 
     async def inspect_camera(self, camera_id: str, *, part_id: str | None = None,
-                             recipe: str | None = None, timeout_s: float = 2.0) -> Inspection:
+                             recipe: str | None = None, timeout_s: float = 2.0,
+                             answer: bool = True) -> Inspection:
         """Inspect the first frame ``camera_id`` captures after this call (or the newest
         within the camera's ``max_frame_age_s``). ``timeout_s`` bounds the wait for the
-        frame and for the slot together; the wait holds no thread."""
+        frame and for the slot together; the wait holds no thread. ``answer``: encode the
+        JSON answer on the worker thread (an HTTP trigger sends it; a PLC does not)."""
         arrived = time.time()
         deadline = time.monotonic() + timeout_s
         manager = self._manager()
@@ -110,7 +112,8 @@ class InspectionService:
                                        (frame.timestamp - arrived) * 1000)
             return result
 
-        return await self._run(work, timeout_s=min(remaining, self.limiter.timeout_s))
+        return await self._run(work, timeout_s=min(remaining, self.limiter.timeout_s),
+                               answer=answer)
 
     async def inspect_frame(self, camera_id: str, image: np.ndarray) -> Inspection:
         """Inspect a frame already captured by ``camera_id`` (continuous mode)."""
@@ -182,15 +185,17 @@ class InspectionService:
         return self.cameras
 
     async def _run(self, make: Callable[[], Inspection], *,
-                   timeout_s: float | None = None) -> Inspection:
+                   timeout_s: float | None = None, answer: bool = False) -> Inspection:
         """``make`` the inspection in a limiter slot, then, in the same worker thread (one
-        hop off the event loop, not two), metrics, the store and the outputs."""
+        hop off the event loop, not two), metrics, the store, the outputs and, when
+        ``answer``, its JSON answer (encoded here rather than on the event loop)."""
 
         def work() -> Inspection:
             result = make()
             self._count(result)
             self._record(result)
-            result.result_json()  # the answer, encoded here rather than on the event loop
+            if answer:
+                result.result_json()
             return result
 
         result = await self.limiter.run(work, timeout_s=timeout_s)
