@@ -434,3 +434,26 @@ def test_full_quota_is_looked_at_again_when_its_settings_change(
         assert store.save(resumed) and calls
         assert [r.id for r in store.query(limit=100)[1]] == [resumed.id]
         assert on_disk(tmp_path) <= 500_000
+
+
+def test_a_delivery_committed_after_a_save_looked_for_room_still_ends_the_full_period(
+        tmp_path: Path, fail: Inspection) -> None:
+    """The outbox's UPDATE moves the store's generation when it runs, before it commits:
+    a save looking for room in between sees the rows still waiting and remembers "full" at
+    the new generation. The commit moves it again, so the next save looks again at once
+    (it waited for the 2 s re-check; found by the adversarial review)."""
+    from sqlalchemy import update
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.store.models import OutboxRow
+
+    with Store(tmp_path, pass_rate=1.0, max_bytes=500_000, max_age_days=1.0,
+               sync_interval_s=3600) as store:
+        store.quota_recheck_s = 3600.0  # only what happens in the store ends it here
+        old = again(fail, created_at=datetime.now(UTC) - timedelta(days=2))
+        fill_while_the_hub_is_down(store, old)
+        with Session(store.engine) as s, s.begin():  # as Outbox.mark_delivered does
+            s.execute(update(OutboxRow).where(OutboxRow.channel == "fleet")
+                      .values(delivered_at=datetime.now(UTC)))
+            assert not store.save(again(fail))  # executed, not committed: still full
+        assert store.save(again(fail))  # committed: looked again, and room was made

@@ -152,6 +152,9 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+ROOM_AFTER_COMMIT = "lineside_room_after_commit"  # key in a pooled connection's info
+
+
 class Store:
     """``max_bytes`` bounds the store's disk use: kept images, reference copies, the
     journal and, on SQLite, the database file with its -wal and -shm files (a PostgreSQL
@@ -247,6 +250,7 @@ class Store:
         self.journal = Journal(self.data_dir / "journal")
         # an outbox event delivered (a row forwarded to the hub) may make its row removable
         event.listen(self.engine, "after_execute", self._outbox_written)
+        event.listen(self.engine, "checkin", self._checked_in)
         self.flush()  # what an earlier run acknowledged but had not applied yet
         if self.max_bytes is not None and self._projected is None:
             with Session(self.engine) as s:  # counted now: a first save need not wait for it
@@ -775,6 +779,14 @@ class Store:
         inspection forwarded to the hub may go now."""
         if (isinstance(statement, Update | Delete)  # (the ORM's is an annotated copy)
                 and getattr(statement.table, "name", None) == OutboxRow.__tablename__):
+            self.room_changed()
+            # and again once committed: a save looking for room before the commit saw the
+            # rows still waiting and remembered "full" at this generation
+            conn.info[ROOM_AFTER_COMMIT] = True
+
+    def _checked_in(self, _dbapi_conn: Any, record: Any) -> None:
+        """(The pool's ``checkin``: the connection's transaction has ended.)"""
+        if record.info.pop(ROOM_AFTER_COMMIT, False):
             self.room_changed()
 
     def _quota_settings(self) -> tuple[object, ...]:
