@@ -487,6 +487,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                             data_fingerprint=data.fingerprint)
 
     epoch, best_epoch, ended = start_epoch, 0, ""
+    evaluated_at = -1  # the step the weights were last evaluated at
     try:
         while budget is not None or epoch < cfg.epochs:
             if sampler is not None:
@@ -499,6 +500,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                                     log=log if rank == 0 else None,
                                     budget=budget if world == 1 else None)
             progress.step += stats.steps
+            if budget is not None and world == 1 and stats.steps == 0 \
+                    and evaluated_at == progress.step:
+                # the time ran out between the last evaluation and this epoch's first step:
+                # nothing changed since, so nothing to evaluate, plan or save again
+                break
             if budget is not None:
                 if world > 1:  # every rank took the same steps; time them on rank 0's clock
                     budget.step, budget.train_s = progress.step, budget.train_s + stats.seconds
@@ -523,6 +529,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                 m = evaluate(state.eval_model, data.dataset, data.val, data.class_names,
                              size=cfg.input_size, device=device, cache=val_ds)
                 row.update(map=m["map"], map50=m["map50"])
+                evaluated_at = progress.step
                 if m["map50"] > progress.best:
                     progress.best, progress.stale, best_epoch = m["map50"], 0, epoch + 1
                     save(epoch, run / "best.pt")
