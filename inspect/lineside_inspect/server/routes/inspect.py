@@ -66,13 +66,13 @@ async def inspect_route(request: Request) -> Any:
         result = await service.inspect_image(
             upload.data, recipe=query.recipe, camera_id=query.camera_id, part_id=query.part_id,
             reference_name=query.reference, reference_data=upload.reference)
-        if query.annotated:  # drawn in a slot of the same admission: the frame and its
-            # drawn copy count against max_concurrency, as its decoding did
-            jpeg = await limiter.run(
-                lambda: encode_jpeg(annotate(result.image, result.defects, result.verdict)))
-    if query.annotated:
-        card = result.detector.card
-        return Response(jpeg, media_type="image/jpeg", headers={
-            "X-Lineside-Inspection-Id": result.id, "X-Lineside-Verdict": result.verdict,
-            "X-Lineside-Model": f"{card.name}:{card.version}"})
-    return verdict_response(result)
+        if not query.annotated:
+            return verdict_response(result)
+        # drawn in a slot of the same admission: the frame and its drawn copy count
+        # against max_concurrency, as its decoding did
+        jpeg = await limiter.run(
+            lambda: encode_jpeg(annotate(result.image, result.defects, result.verdict)))
+    card = result.detector.card
+    return Response(jpeg, media_type="image/jpeg", headers={
+        "X-Lineside-Inspection-Id": result.id, "X-Lineside-Verdict": result.verdict,
+        "X-Lineside-Model": f"{card.name}:{card.version}"})
