@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -46,13 +47,12 @@ def test_sigterm_drains(tmp_path: Path) -> None:
                                    headers={"content-type": "image/jpeg"})
                     results.append(str(r.status_code))
                     first.set()
-                except (httpx.ConnectError, httpx.RemoteProtocolError):
-                    # after shutdown began: refused, or the connection closed before the
-                    # request was read (nothing was processed; a client may retry)
-                    results.append("refused")
-                    return
                 except httpx.TransportError as exc:
-                    results.append(f"dropped: {exc!r}")  # accepted, then lost: a bug
+                    # after shutdown began: refused, or a connection the kernel had
+                    # accepted closed before its request was read (a reset reads as
+                    # ReadError). Nothing was processed, so a client may retry: the store
+                    # below shows no processed inspection went unanswered.
+                    results.append(f"unanswered: {type(exc).__name__}")
                     return
 
         clients = [threading.Thread(target=client) for _ in range(4)]
@@ -71,8 +71,14 @@ def test_sigterm_drains(tmp_path: Path) -> None:
             t.join(30)
         assert proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
         assert 503 in seen, f"readiness never dropped before exit: {seen}"
-        assert all(r in ("200", "refused") for r in results), results
+        answered = [r for r in results if not r.startswith("unanswered")]
+        assert all(r == "200" for r in answered), [r for r in results if r != "200"]
         assert results.count("200") > 4
+        # every inspection the server ran was answered: none was processed and then lost
+        # (the closed store has applied its journal)
+        with sqlite3.connect(tmp_path / "store" / "lineside.db") as conn:
+            rows = int(conn.execute("SELECT count(*) FROM inspections").fetchone()[0])
+        assert rows == results.count("200"), (rows, results)
     finally:
         server.stop(signal.SIGKILL)  # a no-op once it has exited
     assert "readiness dropped" in server.output()
