@@ -148,6 +148,38 @@ def test_alignment_recovers_the_shift_and_refuses_far_ones() -> None:
         align_to_reference(good[:, :320], reference)
 
 
+def test_alignment_takes_grey_bgra_and_bgr_alike() -> None:
+    """A camera may deliver grey, (H, W, 1) or BGRA frames while the reference was
+    saved as BGR (or the other way round): each aligns, as grey, to the same shift."""
+    from lineside_inspect.imageio import read_image
+    from lineside_inspect.runtime.reference import align_to_reference, gray
+
+    reference = read_image(STATION / "station1-reference.jpg")
+    moved = _shift(read_image(STATION / "station1" / "part-0001.jpg"), 3, -2)
+    layouts = {"bgr": lambda im: im, "grey": gray, "grey1": lambda im: gray(im)[:, :, None],
+               "bgra": lambda im: cv2.cvtColor(im, cv2.COLOR_BGR2BGRA)}
+    for fname, flay in layouts.items():
+        for rname, rlay in layouts.items():
+            aligned, dx, dy = align_to_reference(flay(moved), rlay(reference))
+            assert abs(dx - 3) < 0.6 and abs(dy + 2) < 0.6, (fname, rname, dx, dy)
+            assert aligned.shape[:2] == moved.shape[:2]
+            # the band that moved out of view is the reference's
+            assert np.array_equal(gray(aligned)[:, -3:], gray(rlay(reference))[:, -3:])
+
+
+def test_reference_model_inspects_a_bgra_frame() -> None:
+    from lineside_inspect.imageio import read_image
+    from lineside_inspect.runtime.detector import Detector
+
+    det = Detector(REF_MODEL, device="cpu", threads=1)
+    reference = read_image(STATION / "station1-reference.jpg")
+    part = _shift(read_image(STATION / "station1" / "part-0002.jpg"), 5, 3)
+    want = det.predict([part], [reference], align=True)[0]
+    got = det.predict([cv2.cvtColor(part, cv2.COLOR_BGR2BGRA)], [reference], align=True)[0]
+    assert len(want) > 0
+    np.testing.assert_allclose(got.xyxy, want.xyxy, atol=1.0)
+
+
 def test_aligned_detections_map_back_to_the_frame_as_sent() -> None:
     from lineside_inspect.imageio import read_image
     from lineside_inspect.inspector import inspect

@@ -13,7 +13,7 @@ from lineside_inspect.opencv import cv2
 from lineside_inspect.package import ModelPackage, load_package
 from lineside_inspect.runtime.anomaly_map import find_anomalies
 from lineside_inspect.runtime.preprocess import Letterbox, letterbox
-from lineside_inspect.runtime.reference import align_to_reference, pair_image
+from lineside_inspect.runtime.reference import align_to_reference, gray, pair_image
 from lineside_inspect.runtime.session import OnnxSession
 from lineside_inspect.runtime.types import Detections
 
@@ -89,8 +89,8 @@ class Detector:
         for i, image in enumerate(images):
             if references is not None:
                 dx = dy = 0.0
-                if align:
-                    image, dx, dy = align_to_reference(image, references[i])
+                if align:  # in grey, as the model compares them: a third of the pixels
+                    image, dx, dy = align_to_reference(gray(image), gray(references[i]))
                 fitted, lb = letterbox(pair_image(image, references[i]), self.size, pad_value=pad)
                 lb = replace(lb, shift_x=dx, shift_y=dy)
                 to_planes(fitted, batch[i], rgb=False)

@@ -18,12 +18,14 @@ from lineside_inspect.errors import ReferenceImageError
 from lineside_inspect.opencv import cv2
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
+def gray(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` grey from a grey (``(H, W)`` or ``(H, W, 1)``), BGR or BGRA image."""
     if image.ndim == 2:
         return image
     if image.ndim == 3 and image.shape[2] == 1:
         return np.asarray(image[:, :, 0])
-    return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+    return np.asarray(cv2.cvtColor(image, code))
 
 
 def with_difference(pair: np.ndarray) -> np.ndarray:
@@ -33,7 +35,8 @@ def with_difference(pair: np.ndarray) -> np.ndarray:
     return pair
 
 
-def _same_size(frame: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
+def same_size(frame: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
+    """``(height, width)`` of both; ReferenceImageError when they differ."""
     fh, fw = frame.shape[:2]
     rh, rw = reference.shape[:2]
     if (fh, fw) != (rh, rw):
@@ -50,10 +53,10 @@ def pair_image(frame: np.ndarray, reference: np.ndarray) -> np.ndarray:
     decodes them; a reference of another size is refused, never resized, since a
     stretched reference would differ from the frame everywhere.
     """
-    fh, fw = _same_size(frame, reference)
+    fh, fw = same_size(frame, reference)
     pair = np.empty((fh, fw, 3), dtype=np.uint8)
-    pair[:, :, 0] = _gray(frame)
-    pair[:, :, 1] = _gray(reference)
+    pair[:, :, 0] = gray(frame)
+    pair[:, :, 1] = gray(reference)
     return with_difference(pair)
 
 
@@ -75,14 +78,18 @@ def align_to_reference(frame: np.ndarray, reference: np.ndarray, *, max_shift: i
     from the reference) and the shift ``(dx, dy)``: a point at ``(x, y)`` in the aligned
     frame is at ``(x + dx, y + dy)`` in the frame as sent.
     """
-    fh, fw = _same_size(frame, reference)
+    fh, fw = same_size(frame, reference)
+    if frame.shape != reference.shape or frame.shape[2:] == (1,):
+        # grey, BGR or BGRA, not both alike (or (H, W, 1), which OpenCV's warp returns as
+        # (H, W)): align in grey, as a reference model compares them
+        frame, reference = gray(frame), gray(reference)
     m = int(max_shift)
     if min(fh, fw) <= 4 * m:
         raise ReferenceImageError(f"a {fw}x{fh} frame is too small to align within {m} px")
-    centre = _gray(reference)[m:fh - m, m:fw - m].astype(np.float32)
+    centre = gray(reference)[m:fh - m, m:fw - m].astype(np.float32)
     if float(centre.std()) < 1.0:
         return frame, 0.0, 0.0
-    res = cv2.matchTemplate(_gray(frame).astype(np.float32), centre, cv2.TM_CCOEFF_NORMED)
+    res = cv2.matchTemplate(gray(frame).astype(np.float32), centre, cv2.TM_CCOEFF_NORMED)
     if not np.isfinite(res).all():
         return frame, 0.0, 0.0
     _, _, _, (px, py) = cv2.minMaxLoc(res)
@@ -102,9 +109,6 @@ def align_to_reference(frame: np.ndarray, reference: np.ndarray, *, max_shift: i
     bx, by = int(np.ceil(abs(dx))), int(np.ceil(abs(dy)))
     cols = slice(fw - bx, fw) if dx > 0 else slice(0, bx)
     rows = slice(fh - by, fh) if dy > 0 else slice(0, by)
-    ref = reference if reference.ndim == aligned.ndim else _gray(reference)
-    if aligned.ndim == 3 and ref.ndim == 2:
-        ref = np.asarray(cv2.cvtColor(ref, cv2.COLOR_GRAY2BGR))
-    aligned[:, cols] = ref[:, cols]
-    aligned[rows, :] = ref[rows, :]
+    aligned[:, cols] = reference[:, cols]
+    aligned[rows, :] = reference[rows, :]
     return aligned, dx, dy

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.opencv import cv2
-from lineside_inspect.runtime.reference import _gray, _same_size
+from lineside_inspect.runtime.reference import gray, same_size
 
 
 class UnchangedGate(BaseModel):
@@ -68,9 +68,9 @@ def _matched(frame: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def excess(frame: np.ndarray, reference: np.ndarray, tolerance_px: int) -> np.ndarray:
     """Per-pixel grey levels by which ``frame`` leaves the reference's tolerance band,
     smoothed over 3x3 (uint8, same size as the frame)."""
-    _same_size(frame, reference)
-    ref = _gray(reference)
-    f = _matched(_gray(frame), ref)
+    same_size(frame, reference)
+    ref = gray(reference)
+    f = _matched(gray(frame), ref)
     if tolerance_px > 0:
         k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * tolerance_px + 1, 2 * tolerance_px + 1))
         hi, lo = cv2.dilate(ref, k), cv2.erode(ref, k)
