@@ -69,6 +69,43 @@ def test_time_budget_refits_and_stops_itself(tmp_path: Path, make_config: Make,
     assert "stopped itself" in err
 
 
+def test_time_out_between_an_evaluation_and_the_next_step_ends_the_run(
+        tmp_path: Path, make_config: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time runs out after an evaluation has been judged not the last (while its
+    checkpoint is written, say): the next epoch takes no step, and the run ends there
+    rather than evaluating the same weights again. On a loaded machine this happened by
+    chance; here the budget's clock jumps while the second epoch's last.pt is written."""
+    import lineside_training.engine as engine
+
+    torch.set_num_threads(2)
+    jump = [0.0]
+    real_elapsed, real_save = Budget.elapsed, engine.save_checkpoint
+    lasts = []
+
+    def elapsed(self: Budget) -> float:
+        return real_elapsed(self) + jump[0]
+
+    def save_checkpoint(path: Path, *args: object, **kwargs: object) -> None:
+        real_save(path, *args, **kwargs)  # type: ignore[arg-type]
+        if path.name == "last.pt":
+            lasts.append(path)
+            if len(lasts) == 2:
+                jump[0] = 3600.0  # the hour's budget is gone
+
+    monkeypatch.setattr(Budget, "elapsed", elapsed)
+    monkeypatch.setattr(engine, "save_checkpoint", save_checkpoint)
+    cfg = make_config(tmp_path, time_budget="1h", epochs=40, max_steps_per_epoch=2, eval_every=1,
+                      input_size=320)
+    run = train(cfg, quiet=True)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # no third row for a step-less epoch
+    evaluated = [r["step"] for r in rows if "map50" in r]
+    assert evaluated == [2, 4]  # each evaluation saw new weights
+    log = (run / "train.log").read_text()
+    assert "stopped itself at step 4" in log and "no time left" in log
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 4
+
+
 def test_a_slow_start_does_not_end_the_run() -> None:
     """A niced run's first steps on a busy machine took 56 s each (the rest ~1 s): planned
     from them alone a 25-minute run planned 2 steps and ended at its third. The plan is
