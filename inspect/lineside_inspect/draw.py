@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from lineside_inspect.opencv import cv2
+from lineside_inspect.runtime.preprocess import as_bgr
 from lineside_inspect.runtime.types import Detections
 
 RED, GREEN, WHITE = (40, 40, 230), (60, 180, 60), (255, 255, 255)
@@ -40,8 +41,11 @@ def _put(out: np.ndarray, text: str, x: int, y_top: int, height_px: float, color
 
 
 def annotate(image: np.ndarray, defects: Detections, verdict: str | None = None) -> np.ndarray:
-    """A copy of ``image`` (BGR) with defect boxes, labels and a verdict banner."""
-    out = image.copy()
+    """A BGR copy of ``image`` (BGR, grey or BGRA) with defect boxes, labels and a
+    verdict banner."""
+    out = as_bgr(image)
+    if out is image:
+        out = image.copy()
     rows, cols = out.shape[:2]
     side = min(rows, cols)
     thick = max(1, round(max(rows, cols) / 500))

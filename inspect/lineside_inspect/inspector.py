@@ -116,7 +116,7 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
             part_id: str | None = None, reference: Reference | None = None,
             anomaly_model: Detector | None = None,
             anomaly_finding: AnomalyFinding | None = None) -> Inspection:
-    """Inspect one decoded BGR image with ``detector`` under ``recipe``; ``reference`` is
+    """Inspect one decoded BGR (or grey) image with ``detector`` under ``recipe``; ``reference`` is
     the golden image a reference model compares it with. ``detector`` may be a good-only
     model (card kind ``anomaly``), judged by its image score; ``anomaly_model`` is one
     fused with the detector (the recipe's ``anomaly.model``); ``anomaly_finding`` is its

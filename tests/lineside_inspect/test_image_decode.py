@@ -132,3 +132,29 @@ def test_grey_jpeg_decodes_as_libjpeg_converts_it() -> None:
     assert np.array_equal(image, simplejpeg.decode_jpeg(data, colorspace="BGR"))
     with pytest.raises(ImageError, match="truncated"):
         decode_image(data[: len(data) // 2] + b"\xff\xd9")
+
+
+def test_keep_grey_keeps_a_grey_jpeg_grey_and_the_model_input_the_same() -> None:
+    """The inspection path keeps a grey JPEG ``(H, W)``: the same pixels as one plane
+    of its BGR decode, and the same model input batch; a colour JPEG stays BGR. The
+    annotated answer drawn on the grey frame is BGR, boxes in colour."""
+    from lineside_inspect.draw import annotate
+    from lineside_inspect.runtime.detector import Detector
+    from lineside_inspect.runtime.types import Detections
+
+    grey_jpeg = _jpeg(cv2.cvtColor(_scene(), cv2.COLOR_BGR2GRAY))
+    bgr = decode_image(grey_jpeg)
+    grey = decode_image(grey_jpeg, keep_grey=True)
+    assert grey.shape == (640, 640) and grey.flags["C_CONTIGUOUS"]
+    assert np.array_equal(grey, bgr[:, :, 0]) and np.array_equal(grey, bgr[:, :, 2])
+    assert decode_image(_jpeg(_scene()), keep_grey=True).shape == (640, 640, 3)
+    det = Detector(Path(__file__).parents[2] / "models" / "deeppcb" / "1", device="cpu",
+                   warmup=False)
+    for image in (grey, cv2.resize(grey, (500, 300))):  # the input size, and letterboxed
+        assert np.array_equal(det.pre_process([image])[0],
+                              det.pre_process([cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)])[0])
+    boxes = Detections(np.array([[10, 10, 90, 90]], np.float32), np.array([0.9], np.float32),
+                       np.array([0]), ["open"])
+    drawn = annotate(grey, boxes, "fail")
+    assert drawn.shape == (640, 640, 3)
+    assert np.array_equal(drawn, annotate(bgr, boxes, "fail"))

@@ -128,7 +128,7 @@ def test_decoding_runs_in_the_limiters_slot_off_the_event_loop(launch, monkeypat
     lock = threading.Lock()
     real = service_module.decode_image
 
-    def watched(data: bytes, max_pixels: int) -> np.ndarray:
+    def watched(data: bytes, max_pixels: int, **kw: bool) -> np.ndarray:
         nonlocal running
         try:
             asyncio.get_running_loop()
@@ -139,7 +139,7 @@ def test_decoding_runs_in_the_limiters_slot_off_the_event_loop(launch, monkeypat
             running += 1
             seen.append((on_loop, running))
         try:
-            return real(data, max_pixels)
+            return real(data, max_pixels, **kw)
         finally:
             with lock:
                 running -= 1

@@ -12,20 +12,10 @@ from lineside_inspect.errors import ReferenceImageError
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import ModelPackage, load_package
 from lineside_inspect.runtime.anomaly_map import find_anomalies
-from lineside_inspect.runtime.preprocess import Letterbox, letterbox
+from lineside_inspect.runtime.preprocess import Letterbox, as_bgr, letterbox
 from lineside_inspect.runtime.reference import align_to_reference, gray, pair_image
 from lineside_inspect.runtime.session import OnnxSession
 from lineside_inspect.runtime.types import Detections
-
-
-def as_bgr(image: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` BGR from a grey (``(H, W)`` or ``(H, W, 1)``) or BGRA frame, as some
-    cameras deliver them (a GStreamer GRAY8 sink); a BGR image unchanged."""
-    if image.ndim == 2 or image.shape[2] == 1:
-        return np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
-    if image.shape[2] == 4:
-        return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGRA2BGR))
-    return image
 
 
 def to_planes(image: np.ndarray, out: np.ndarray, *, rgb: bool) -> None:
@@ -43,7 +33,7 @@ def to_planes(image: np.ndarray, out: np.ndarray, *, rgb: bool) -> None:
 
 class Detector:
     """Runs a model package with onnxruntime. Images are BGR ``uint8`` ``(H, W, 3)``
-    arrays as OpenCV decodes them, of any size.
+    arrays as OpenCV decodes them (or grey ``(H, W)``, or BGRA), of any size.
 
     A reference model (``needs_reference``) also takes, for each image, a reference: a
     defect-free image of the same view and size (a golden template). A good-only model
@@ -94,6 +84,9 @@ class Detector:
                 fitted, lb = letterbox(pair_image(image, references[i]), self.size, pad_value=pad)
                 lb = replace(lb, shift_x=dx, shift_y=dy)
                 to_planes(fitted, batch[i], rgb=False)
+            elif image.ndim == 2:  # a grey frame: its one plane is R, G and B alike
+                fitted, lb = letterbox(image, self.size, pad_value=pad)
+                batch[i] = fitted  # repeated into the three planes (no BGR copy is made)
             else:
                 fitted, lb = letterbox(as_bgr(image), self.size, pad_value=pad)
                 to_planes(fitted, batch[i], rgb=True)  # BGR as decoded, RGB as trained

@@ -43,10 +43,20 @@ class Letterbox:
         return out
 
 
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` BGR from a grey (``(H, W)`` or ``(H, W, 1)``) or BGRA frame, as some
+    cameras deliver them (a GStreamer GRAY8 sink); a BGR image unchanged."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
+    if image.shape[2] == 4:
+        return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGRA2BGR))
+    return image
+
+
 def letterbox(image: np.ndarray, size: int, *, pad_value: int = PAD_VALUE,
               ) -> tuple[np.ndarray, Letterbox]:
-    """Resize ``image`` (``H, W, 3`` uint8) to fit ``size x size``, centred, padded with
-    ``pad_value`` (a model card's ``input.letterbox.pad_value``).
+    """Resize ``image`` (``H, W, 3`` or grey ``H, W`` uint8) to fit ``size x size``,
+    centred, padded with ``pad_value`` (a model card's ``input.letterbox.pad_value``).
 
     Images already of that size are returned unchanged (no copy of pixels is resized).
     """
@@ -59,7 +69,7 @@ def letterbox(image: np.ndarray, size: int, *, pad_value: int = PAD_VALUE,
     scale = lb.scale
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else image
-    out = np.full((size, size, 3), pad_value, dtype=np.uint8)
+    out = np.full((size, size, *image.shape[2:]), pad_value, dtype=np.uint8)
     out[py : py + nh, px : px + nw] = resized
     return out, lb
 

@@ -74,7 +74,7 @@ class InspectionService:
 
         def work() -> Inspection:
             t = time.perf_counter()
-            image = decode_image(data, self.max_pixels)
+            image = decode_image(data, self.max_pixels, keep_grey=True)
             decode_ms = (time.perf_counter() - t) * 1000
             ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
                                     data=reference_data, name=reference_name)
