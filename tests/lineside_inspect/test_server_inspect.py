@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,3 +160,20 @@ def test_the_annotated_answer_is_drawn_in_a_slot_of_its_admission(
                    headers={"content-type": "image/jpeg"})
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     assert seen == [(1, 1)]  # admitted, and holding a slot, while drawing
+
+
+def test_an_inspection_is_matched_before_any_other_route(tmp_path: Path) -> None:
+    """Routes are matched in order on every request: the inspection, the hot path, is
+    matched first, even with the store, lifecycle and fleet routers installed (they had
+    put 16 routes ahead of it)."""
+    from starlette.routing import Match
+
+    from lineside_inspect.config import Settings
+    from lineside_inspect.server.app import create_app
+
+    app = create_app(Settings(models=[], store=True, data_dir=str(tmp_path),
+                              fleet={"hub_url": "http://127.0.0.1:9", "token": "k"}))
+    scope = {"type": "http", "method": "POST", "path": "/v1/inspect", "root_path": "",
+             "headers": [], "query_string": b""}
+    matched = [route.matches(scope)[0] for route in app.router.routes]
+    assert matched.index(Match.FULL) == 1  # after only FastAPI's /openapi.json
