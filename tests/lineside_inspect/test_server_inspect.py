@@ -177,3 +177,24 @@ def test_an_inspection_is_matched_before_any_other_route(tmp_path: Path) -> None
              "headers": [], "query_string": b""}
     matched = [route.matches(scope)[0] for route in app.router.routes]
     assert matched.index(Match.FULL) == 1  # after only FastAPI's /openapi.json
+
+
+def test_count_inspection_adds_to_the_labelled_series() -> None:
+    """The hot path's metrics go through cached labelled children: the same series as
+    labels() would give, each inspection counted once."""
+    from lineside_inspect.server.metrics import Metrics
+
+    m = Metrics()
+    for _ in range(3):
+        m.count_inspection("fail", "r1", "cam", ["open", "short", "open"],
+                           {"infer": 40.0, "total": 45.0})
+    m.count_inspection("pass", "r1", "cam", [], {"infer": 2.0})
+    get = m.registry.get_sample_value
+    assert get("lineside_inspections_total", {"verdict": "fail", "recipe": "r1", "camera": "cam"}) == 3
+    assert get("lineside_inspections_total", {"verdict": "pass", "recipe": "r1", "camera": "cam"}) == 1
+    assert get("lineside_defects_total", {"label": "open"}) == 6
+    assert get("lineside_defects_total", {"label": "short"}) == 3
+    assert get("lineside_stage_seconds_count", {"stage": "infer"}) == 4
+    assert get("lineside_stage_seconds_sum", {"stage": "infer"}) == pytest.approx(0.122)
+    assert get("lineside_stage_seconds_bucket", {"stage": "total", "le": "0.04"}) == 0
+    assert get("lineside_stage_seconds_bucket", {"stage": "total", "le": "0.08"}) == 3

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "total")
@@ -37,3 +40,22 @@ class Metrics:
                                 "Age of the oldest event waiting for delivery (0: none)", registry=r)
         self.mqtt_delivered = Counter("lineside_mqtt_events_delivered",
                                       "Events the MQTT broker acknowledged", registry=r)
+        # labelled children by label values: prometheus_client's labels() validates and
+        # locks on every call, five or more times per inspection on the hot path
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (str(id(metric)), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, metric.labels(*values))
+        return child
+
+    def count_inspection(self, verdict: str, recipe: str, camera: str, labels: Iterable[str],
+                         timings_ms: Mapping[str, float]) -> None:
+        """One inspection: its verdict, its counted defects and its stage latencies."""
+        self._child(self.inspections, verdict, recipe, camera).inc()
+        for label in labels:
+            self._child(self.defects, label).inc()
+        for stage, ms in timings_ms.items():
+            self._child(self.latency, stage).observe(ms / 1000)

@@ -209,11 +209,8 @@ class InspectionService:
         # label by configured cameras only: a caller must not grow a series per value it sends
         configured = self.cameras is not None and result.camera_id in self.cameras.configs
         camera = result.camera_id if configured and result.camera_id else API_CAMERA
-        m.inspections.labels(result.verdict, result.recipe.name, camera).inc()
-        for label in result.defects.labels:
-            m.defects.labels(label).inc()
-        for stage, ms in result.timings_ms.items():
-            m.latency.labels(stage).observe(ms / 1000)
+        m.count_inspection(result.verdict, result.recipe.name, camera, result.defects.labels,
+                           result.timings_ms)
         m.queue.set(self.limiter.in_system)
 
     def _record(self, result: Inspection) -> None:
