@@ -14,12 +14,14 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.errors import BenchError
 from lineside_inspect.runtime.detector import Detector
 
 
 def bench_model(package: str | Path, *, runs: int = 50, batches: list[int] | None = None,
                 threads: tuple[int, ...] = (1, 2)) -> list[dict[str, Any]]:
+    use_one_arena()  # as lineside serve runs (see lineside_inspect.allocator)
     rows = []
     rng = np.random.default_rng(0)
     for th in threads:
@@ -73,6 +75,7 @@ def bench_camera(package: str | Path, frames_folder: str | Path, *, triggers: in
     from lineside_inspect.config import CameraConfig, Settings
     from lineside_inspect.server.app import create_app
 
+    use_one_arena()  # as lineside serve runs (see lineside_inspect.allocator)
     sim = MJPEGSimulator(folder_frames(frames_folder), fps=fps)
     settings = Settings(models=[str(package)], device="cpu", threads=2,
                         cameras=[CameraConfig(id="bench", source=sim.url, stale_after_s=2)])
@@ -209,6 +212,7 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
     from lineside_inspect.inspector import inspect
     from lineside_inspect.recipes import Recipe
 
+    use_one_arena()  # as lineside serve runs (see lineside_inspect.allocator)
     package = Path(package).resolve()
     image = Path(image_path).read_bytes()
     det = Detector(package, device="cpu", threads=threads)
@@ -219,7 +223,8 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
     def in_process(span: float) -> float:
         t0, n = time.perf_counter(), 0
         while time.perf_counter() - t0 < span:
-            infer.append(inspect(decode_image(image), det, recipe).timings_ms["infer"])
+            infer.append(inspect(decode_image(image, keep_grey=True), det, recipe)
+                         .timings_ms["infer"])
             n += 1
         return n / (time.perf_counter() - t0)
 
@@ -324,6 +329,7 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
     import json
     import tempfile
 
+    use_one_arena()  # as lineside serve runs (see lineside_inspect.allocator)
     try:
         from asyncua import Client, ua
         from pymodbus.client import AsyncModbusTcpClient

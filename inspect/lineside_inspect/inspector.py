@@ -23,7 +23,6 @@ from lineside_inspect.runtime.types import Detections
 from lineside_inspect.runtime.unchanged import GateResult
 from lineside_inspect.runtime.unchanged import check as check_unchanged
 from lineside_inspect.schemas import (
-    Defect,
     InspectionResult,
     ModelRef,
     Outcome,
@@ -72,7 +71,7 @@ class Inspection:
         card = self.detector.card
         return InspectionResult(
             id=self.id, created_at=self.created_at, verdict=self.verdict, reasons=self.reasons,
-            defects=[Defect.model_validate(d) for d in self.defects.to_json()],
+            defects=self.defects.to_json(),  # validated by pydantic in one call
             recipe=RecipeRef(name=self.recipe.name, version=self.recipe.version),
             model=ModelRef(name=card.name, version=card.version, sha256=card.sha256),
             camera_id=self.camera_id, part_id=self.part_id,

@@ -16,6 +16,7 @@ try:  # httptools (C) parses HTTP/1.1 several times faster than h11 (pure Python
 except ImportError:  # pragma: no cover - httptools is an edge dependency
     from uvicorn.protocols.http.h11_impl import H11Protocol as _HTTPProtocol  # type: ignore[assignment]
 
+from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.config import Settings
 from lineside_inspect.server.app import create_app
 
@@ -116,6 +117,7 @@ def preflight(settings: Settings) -> None:
 def run(settings: Settings) -> None:
     settings.check_bind()
     preflight(settings)
+    use_one_arena()  # before any thread starts (see lineside_inspect.allocator)
     if not settings.api_keys and settings.loopback_only:
         log.warning("no API keys configured: auth is off, listening on loopback only (%s)",
                     settings.host)
