@@ -64,3 +64,56 @@ def test_a_dropped_connection_is_one_error_line_not_a_silent_exit() -> None:
     finally:
         line.close()
         listener.close()
+
+
+def test_the_lean_client_reads_lengths_chunks_and_closes() -> None:
+    """The bench's client (a prepared request, httptools parsing the answer) reads what an
+    HTTP/1.1 server may send: a Content-Length body, a chunked one, an error status, and
+    ``Connection: close`` (after which it connects again)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from lineside_inspect.bench import _Line
+
+    seen: list[tuple[int, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            seen.append((self.client_address[1], body))
+            n = len(seen)
+            if n == 2:  # chunked, an error
+                self.send_response(415)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"5\r\nnot a\r\n6\r\n JPEG\n\r\n0\r\n\r\n")
+                return
+            answer = f'{{"n": {n}}}'.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            if n == 3:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    line = _Line(f"http://127.0.0.1:{server.server_address[1]}")
+    image = b"\xff\xd8" + bytes(range(256)) * 400 + b"\xff\xd9"
+    try:
+        answers = [line.inspect(image) for _ in range(4)]
+    finally:
+        line.close()
+        server.shutdown()
+        server.server_close()
+    assert answers == [(200, b'{"n": 1}'), (415, b"not a JPEG\n"), (200, b'{"n": 3}'),
+                       (200, b'{"n": 4}')]
+    assert all(body == image for _, body in seen)  # the whole image, every time
+    ports = [port for port, _ in seen]
+    assert ports[0] == ports[1] == ports[2] != ports[3]  # kept alive, then a new connection

@@ -94,3 +94,43 @@ def test_an_anyio_cancelled_run_waits_for_its_thread_without_spinning(
         limiter.close()
 
     asyncio.run(main())
+
+
+def test_free_slots_are_taken_at_once_and_never_past_concurrency_or_a_waiter() -> None:
+    """A free slot is taken without waiting; never more than ``concurrency`` run at once;
+    waiters are served in arrival order (a newcomer does not take a slot a waiter is
+    owed), and a waiter past its deadline gets DeadlineExceeded."""
+    from lineside_inspect.errors import DeadlineExceeded
+
+    async def main() -> None:
+        limiter = Limiter(2, 8, 5.0)
+        gate = threading.Event()
+        lock = threading.Lock()
+        now = peak = 0
+        order: list[int] = []
+
+        def work(i: int) -> int:
+            nonlocal now, peak
+            with lock:
+                now += 1
+                peak = max(peak, now)
+                order.append(i)
+            gate.wait(10)
+            with lock:
+                now -= 1
+            return i
+
+        tasks = []
+        for i in range(6):
+            tasks.append(asyncio.create_task(limiter.run(lambda i=i: work(i))))
+            await asyncio.sleep(0.02)  # arrive one after another
+        assert limiter.capacity.borrowed_tokens == 2 and sorted(order) == [0, 1]
+        with pytest.raises(DeadlineExceeded, match=r"waited over 0\.1s"):
+            await limiter.run(lambda: work(99), timeout_s=0.1)
+        gate.set()
+        assert await asyncio.gather(*tasks) == list(range(6))
+        assert peak == 2 and order == list(range(6))  # first come, first served
+        assert limiter.capacity.borrowed_tokens == 0 and limiter.in_system == 0
+        limiter.close()
+
+    asyncio.run(main())
