@@ -141,7 +141,10 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
 
     app = FastAPI(title="Lineside", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None,  # ui serves /docs from local files; no ReDoc
-                  description="Automated visual inspection at the line: frames in, verdicts out.")
+                  description="Automated visual inspection at the line: frames in, verdicts out.",
+                  # the server's figures are Prometheus' (/metrics); FastAPI's OpenTelemetry
+                  # hooks, with no provider configured, looked for one on every request
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.settings = settings
     app.state.registry = registry
     app.state.limiter = Limiter(settings.max_concurrency, settings.max_queue,
