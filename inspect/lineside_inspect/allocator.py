@@ -10,7 +10,8 @@ cores from waiting on one arena's lock).
 
 Called by ``lineside serve`` and the edge benchmarks (so a benchmark's in-process baseline
 runs as the server does), before they start threads: a thread that has allocated keeps
-its arena. Elsewhere (macOS, musl, Windows) it does nothing.
+its arena (and glibc may hand a new thread an arena that already exists, so call it early).
+Elsewhere (macOS, musl, Windows) it does nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ M_ARENA_MAX = -8  # glibc's <malloc.h>
 
 
 def use_one_arena() -> bool:
-    """Put threads created from now on onto glibc's main malloc arena; True if done."""
+    """Put threads created from now on onto glibc's main malloc arena; True if done. An
+    operator's own choice (``MALLOC_ARENA_MAX``, or ``arena_max`` in ``GLIBC_TUNABLES``)
+    is left as it is."""
+    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+        log.info("malloc arenas as the environment sets them (MALLOC_ARENA_MAX/GLIBC_TUNABLES)")
+        return False
     try:
         libc_name = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"
     except (AttributeError, ValueError, OSError):  # not a GNU system

@@ -138,10 +138,24 @@ class _Answer:
         self.body: list[bytes] = []
         self.done = False
         self.keep_alive = False
+        self.headers_done = False
+        self.delimited = False  # a Content-Length or chunks say where the body ends
         self.parser = httptools.HttpResponseParser(self)
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.delimited = True
+
     def on_headers_complete(self) -> None:
+        self.headers_done = True
         self.keep_alive = self.parser.should_keep_alive()
+
+    def closed(self) -> None:
+        """The server closed the connection: the end of a body it did not delimit (HTTP/1.0
+        style), else an answer cut short."""
+        if not (self.headers_done and not self.delimited):
+            raise ConnectionError("the server closed the connection mid-answer")
+        self.done, self.keep_alive = True, False
 
     def on_body(self, data: bytes) -> None:
         self.body.append(data)
@@ -180,9 +194,10 @@ class _Line:
             answer = _Answer()
             while not answer.done:
                 data = self.sock.recv(1 << 16)
-                if not data:
-                    raise ConnectionError("the server closed the connection mid-answer")
-                answer.parser.feed_data(data)
+                if data:
+                    answer.parser.feed_data(data)
+                else:
+                    answer.closed()
             if not answer.keep_alive:
                 self.close()
             return answer.parser.get_status_code(), b"".join(answer.body)

@@ -17,6 +17,8 @@ import ctypes, sys, threading
 from lineside_inspect.allocator import use_one_arena
 if sys.argv[1] == "one":
     assert use_one_arena()
+if sys.argv[1] == "kept":
+    assert not use_one_arena()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 def work():
@@ -29,8 +31,9 @@ libc.malloc_stats()  # one "Arena N:" block per arena, on stderr
 """
 
 
-def _arenas(mode: str) -> int:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "inspect")}
+def _arenas(mode: str, **extra: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    env.update(PYTHONPATH=str(ROOT / "inspect"), **extra)
     out = subprocess.run([sys.executable, "-c", PROBE, mode], env=env, capture_output=True,
                          text=True, timeout=60, check=True)
     return sum(line.startswith("Arena ") for line in out.stderr.splitlines())
@@ -42,6 +45,8 @@ def _arenas(mode: str) -> int:
 def test_threads_share_the_main_arena_once_asked() -> None:
     assert _arenas("default") == 2  # the thread got an arena of its own
     assert _arenas("one") == 1
+    # an operator's own setting is left alone
+    assert _arenas("kept", MALLOC_ARENA_MAX="4") == 2
 
 
 def test_serve_sets_it_before_threads_start() -> None:

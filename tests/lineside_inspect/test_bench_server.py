@@ -68,8 +68,8 @@ def test_a_dropped_connection_is_one_error_line_not_a_silent_exit() -> None:
 
 def test_the_lean_client_reads_lengths_chunks_and_closes() -> None:
     """The bench's client (a prepared request, httptools parsing the answer) reads what an
-    HTTP/1.1 server may send: a Content-Length body, a chunked one, an error status, and
-    ``Connection: close`` (after which it connects again)."""
+    HTTP/1.1 server may send: a Content-Length body, a chunked one, an error status,
+    ``Connection: close`` (after which it connects again) and a body ended by the close."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -92,6 +92,12 @@ def test_the_lean_client_reads_lengths_chunks_and_closes() -> None:
                 return
             answer = f'{{"n": {n}}}'.encode()
             self.send_response(200)
+            if n == 4:  # no length: the body ends when the connection closes
+                self.send_header("Connection", "close")
+                self.close_connection = True
+                self.end_headers()
+                self.wfile.write(answer)
+                return
             self.send_header("Content-Length", str(len(answer)))
             if n == 3:
                 self.send_header("Connection", "close")
@@ -107,13 +113,14 @@ def test_the_lean_client_reads_lengths_chunks_and_closes() -> None:
     line = _Line(f"http://127.0.0.1:{server.server_address[1]}")
     image = b"\xff\xd8" + bytes(range(256)) * 400 + b"\xff\xd9"
     try:
-        answers = [line.inspect(image) for _ in range(4)]
+        answers = [line.inspect(image) for _ in range(5)]
     finally:
         line.close()
         server.shutdown()
         server.server_close()
     assert answers == [(200, b'{"n": 1}'), (415, b"not a JPEG\n"), (200, b'{"n": 3}'),
-                       (200, b'{"n": 4}')]
+                       (200, b'{"n": 4}'), (200, b'{"n": 5}')]
     assert all(body == image for _, body in seen)  # the whole image, every time
     ports = [port for port, _ in seen]
-    assert ports[0] == ports[1] == ports[2] != ports[3]  # kept alive, then a new connection
+    # kept alive, then a new connection after each close
+    assert ports[0] == ports[1] == ports[2] != ports[3] != ports[4]

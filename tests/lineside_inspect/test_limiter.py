@@ -134,3 +134,25 @@ def test_free_slots_are_taken_at_once_and_never_past_concurrency_or_a_waiter() -
         limiter.close()
 
     asyncio.run(main())
+
+
+def test_a_caller_cancelled_or_out_of_time_before_run_starts_no_inspection() -> None:
+    """A free slot is taken without waiting, but not by a caller whose scope is cancelled
+    already or whose deadline has passed: its inspection never runs (no decode, inference,
+    save or line output for an answer nobody will read)."""
+    from lineside_inspect.errors import DeadlineExceeded
+
+    async def main() -> None:
+        limiter = Limiter(2, 4, 5.0)
+        ran: list[str] = []
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await limiter.run(lambda: ran.append("cancelled scope"))
+        for timeout in (0.0, -1.0):
+            with pytest.raises(DeadlineExceeded):
+                await limiter.run(lambda: ran.append("past deadline"), timeout_s=timeout)
+        assert ran == [] and limiter.in_system == 0 and limiter.capacity.borrowed_tokens == 0
+        assert await limiter.run(lambda: "runs") == "runs"
+        limiter.close()
+
+    asyncio.run(main())

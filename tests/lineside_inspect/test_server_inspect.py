@@ -164,8 +164,8 @@ def test_the_annotated_answer_is_drawn_in_a_slot_of_its_admission(
 
 def test_an_inspection_is_matched_before_any_other_route(tmp_path: Path) -> None:
     """Routes are matched in order on every request: the inspection, the hot path, is
-    matched first, even with the store, lifecycle and fleet routers installed (they had
-    put 16 routes ahead of it)."""
+    matched first, with the store, the lifecycle and a fleet link configured (the
+    lifecycle's router had put 15 routes ahead of it)."""
     from starlette.routing import Match
 
     from lineside_inspect.config import Settings

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from lineside_inspect.errors import DeadlineExceeded, Overloaded
 
@@ -64,10 +65,15 @@ class Limiter:
         if the caller has not). ``timeout_s`` (default: the limiter's) bounds the wait."""
         wait_s = self.timeout_s if timeout_s is None else timeout_s
         async with self.admission():
+            # a caller cancelled already (its scope, or a deadline) starts no inspection
+            await anyio.lowlevel.checkpoint_if_cancelled()
             try:
                 # a free slot is taken at once (none is free while others wait for one):
                 # the deadline's cancel scope and anyio's checkpoint after acquiring cost a
-                # pass of the event loop per inspection otherwise
+                # pass of the event loop per inspection otherwise. A deadline already
+                # passed waits for nothing.
+                if wait_s <= 0:
+                    raise anyio.WouldBlock
                 self.capacity.acquire_nowait()
             except anyio.WouldBlock:
                 try:
