@@ -238,3 +238,48 @@ def test_the_filesystems_own_quota_error_is_logged(tmp_path: Path, monkeypatch, 
             assert not store.save(inspection)
         assert any(inspection.id in r.getMessage() and "quota exceeded" in r.getMessage()
                    for r in caplog.records)
+
+
+def test_a_batch_syncs_each_image_and_each_folder_once(tmp_path: Path, monkeypatch) -> None:
+    """Applying a batch: every image file is fsynced before its rename, and each folder
+    the batch wrote into (and the images folder above it) once, before the rows commit and
+    the journal segment goes, not once per file (two fsyncs per image cost the writer
+    ~0.4 ms of CPU per inspection)."""
+    import lineside_inspect.atomic as atomic
+    import lineside_inspect.store.store as store_module
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import test_store as t
+
+    from lineside_inspect.runtime.detector import Detector
+
+    det = Detector(t.MODEL, device="cpu", threads=1)
+    synced_files: list[str] = []
+    synced_folders: list[Path] = []
+    real_fsync, real_folder = os.fsync, atomic.fsync_folder
+
+    def fsync(fd: int) -> None:
+        synced_files.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def fsync_folder(folder: Path) -> None:
+        assert _rows_in_database(tmp_path) == 0  # before the rows
+        synced_folders.append(folder)
+        real_folder(folder)
+
+    with Store(tmp_path, pass_rate=1.0, sync_interval_s=3600, apply_interval_s=3600) as store:
+        inspections = [t._inspection(det, v) for v in ("fail", "pass", "fail", "fail", "pass")]
+        for inspection in inspections:
+            assert store.save(inspection)
+        monkeypatch.setattr(atomic.os, "fsync", fsync)
+        monkeypatch.setattr(store_module, "fsync_folder", fsync_folder)
+        assert store.flush() == 5
+        monkeypatch.undo()
+        rows = [store.get(i.id) for i in inspections]
+        assert all(store.image_file(r).read_bytes() == i.raw for r, i in zip(rows, inspections,
+                                                                            strict=True))
+    day = store.image_file(rows[0]).parent
+    assert sorted(synced_folders) == [tmp_path / "images", day]  # each once
+    images = [f for f in synced_files if f.startswith(str(day) + "/")]
+    assert len(images) == 5 and all(Path(f).name.endswith(".tmp") for f in images)
+    assert synced_files.count(str(day)) == 1  # the folder itself: once, by fsync_folder

@@ -53,7 +53,7 @@ from sqlalchemy import (
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, selectinload
 
-from lineside_inspect.atomic import write_atomic
+from lineside_inspect.atomic import fsync_folder, write_atomic
 from lineside_inspect.errors import ConfigError, NotFoundError, ReviewConflict, StoreQuotaFull
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.opencv import cv2
@@ -480,12 +480,24 @@ class Store:
         with Session(self.engine) as s:
             present = set(s.scalars(select(InspectionRow.id).where(InspectionRow.id.in_(ids))))
         todo = [r for r in records if r.fields["id"] not in present]
+        folders: set[Path] = set()
         for r in todo:
+            files = []
             if r.image is not None and r.fields["image_path"]:
-                write_atomic(self.images_dir / r.fields["image_path"], r.image)
+                files.append((r.fields["image_path"], r.image))
             ref_rel = r.fields["reference_path"]
             if r.reference is not None and ref_rel and not (self.images_dir / ref_rel).is_file():
-                write_atomic(self.images_dir / ref_rel, r.reference)
+                files.append((ref_rel, r.reference))  # one file per reference content
+            for rel, data in files:
+                path = self.images_dir / rel
+                write_atomic(path, data, sync_folder=False)
+                folders.add(path.parent)
+        # the files' names survive a power cut before their rows commit and the journal
+        # segment goes: one fsync per folder a batch wrote into (a day's folder, and the
+        # images folder that may have gained it), not one per file (each cost ~0.4 ms of
+        # the writer's CPU per inspection)
+        for folder in sorted(folders | {f.parent for f in folders}):
+            fsync_folder(folder)
         events = 0
         rows = [{**{k: v for k, v in r.fields.items() if k != "events"},
                  "created_at": datetime.fromisoformat(r.fields["created_at"])} for r in todo]
