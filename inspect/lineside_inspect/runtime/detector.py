@@ -78,10 +78,11 @@ class Detector:
         pad = self.card.input.letterbox.pad_value  # as the model was trained
         for i, image in enumerate(images):
             if references is not None:
-                dx = dy = 0.0
+                dx, dy, reference = 0.0, 0.0, references[i]
                 if align:  # in grey, as the model compares them: a third of the pixels
-                    image, dx, dy = align_to_reference(gray(image), gray(references[i]))
-                fitted, lb = letterbox(pair_image(image, references[i]), self.size, pad_value=pad)
+                    reference = gray(reference)  # once: the pair below takes it grey too
+                    image, dx, dy = align_to_reference(gray(image), reference)
+                fitted, lb = letterbox(pair_image(image, reference), self.size, pad_value=pad)
                 lb = replace(lb, shift_x=dx, shift_y=dy)
                 to_planes(fitted, batch[i], rgb=False)
             elif image.ndim == 2:  # a grey frame: its one plane is R, G and B alike
