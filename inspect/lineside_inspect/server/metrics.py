@@ -42,10 +42,10 @@ class Metrics:
                                       "Events the MQTT broker acknowledged", registry=r)
         # labelled children by label values: prometheus_client's labels() validates and
         # locks on every call, five or more times per inspection on the hot path
-        self._children: dict[tuple[str, ...], Any] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *values: str) -> Any:
-        key = (str(id(metric)), *values)
+        key = (metric, *values)
         child = self._children.get(key)
         if child is None:
             child = self._children.setdefault(key, metric.labels(*values))
