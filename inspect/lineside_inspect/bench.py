@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import time
@@ -349,11 +350,24 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
              "round_trip_p50_ms": med(round_trip[store]),
              "infer_p50_ms": med(server_infer[store]),
              "overhead_p50_ms": med(overhead[store]),
+             # each round's own p50: how far one round (a shorter run) can land from another
+             "overhead_p50_range_ms": _spread([med(xs) for xs in _rounds(overhead[store], rounds)]),
              "in_process_infer_p50_ms": med(infer),
              "in_process_img_s": med(baseline),
              **{f"clients_{k}_img_s": med(rates[store, k]) for k in clients},
              **{f"clients_{k}_ratio": med(ratios[store, k]) for k in clients},
+             **{f"clients_{k}_ratio_range": _spread(ratios[store, k]) for k in clients},
              "cores": os.cpu_count()} for store in stores]
+
+
+def _rounds(xs: list[float], rounds: int) -> list[list[float]]:
+    """``xs`` (measured round after round, the same number in each) cut into its rounds."""
+    n = max(1, len(xs) // rounds)
+    return [xs[i:i + n] for i in range(0, n * rounds, n) if xs[i:i + n]]
+
+
+def _spread(xs: list[float]) -> tuple[float, float]:
+    return (float(min(xs)), float(max(xs))) if xs else (math.nan, math.nan)
 
 
 def format_server_rows(rows: list[dict[str, Any]], clients: tuple[int, ...] = (1, 4, 8)) -> str:
@@ -365,15 +379,20 @@ def format_server_rows(rows: list[dict[str, Any]], clients: tuple[int, ...] = (1
 
     row("round trip p50", "{:.1f} ms", "round_trip_p50_ms")
     row("server `infer` p50", "{:.1f} ms", "infer_p50_ms")
-    row("**overhead p50** (round trip minus infer)", "**{:.1f} ms**", "overhead_p50_ms")
+    lines.append("| **overhead p50** (round trip minus infer) | " + " | ".join(
+        "**{:.1f} ms** (rounds {:.1f}-{:.1f})".format(r["overhead_p50_ms"],
+                                                       *r["overhead_p50_range_ms"])
+        for r in rows) + " |")
     row("in-process infer p50", "{:.1f} ms", "in_process_infer_p50_ms")
     row("in-process decode+inspect back to back", "{:.1f} img/s", "in_process_img_s")
     for k in clients:
         lines.append(f"| {k} client{'s' if k > 1 else ''} | " + " | ".join(
-            f"{r[f'clients_{k}_img_s']:.1f} img/s = {r[f'clients_{k}_ratio']:.2f}x" for r in rows)
-            + " |")
+            f"{r[f'clients_{k}_img_s']:.1f} img/s = {r[f'clients_{k}_ratio']:.2f}x "
+            "({:.2f}-{:.2f})".format(*r[f"clients_{k}_ratio_range"]) for r in rows) + " |")
     return "\n".join(lines) + (f"\n\n({rows[0]['cores']} cores; medians of {rows[0]['rounds']} "
-                               "interleaved rounds, each ratio against its own in-process run)")
+                               "interleaved rounds, each ratio against its own in-process run; "
+                               "in brackets the lowest and highest round: on a shared host one "
+                               "round's figure can land anywhere in that range)")
 
 
 def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int = 40,

@@ -4,6 +4,7 @@ measured in interleaved rounds beside the model run in-process."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -23,12 +24,21 @@ def test_bench_server_prints_overhead_and_ratios_store_on_and_off() -> None:
     lines = {line.split("|")[1].strip(): line for line in result.output.splitlines()
              if line.startswith("|")}
     assert "store on" in lines[""] and "store off" in lines[""]
-    overhead = lines["**overhead p50** (round trip minus infer)"].split("|")[2:4]
-    assert all(math.isfinite(float(cell.strip(" *ms"))) for cell in overhead)
+    for cell in lines["**overhead p50** (round trip minus infer)"].split("|")[2:4]:
+        # "**4.5 ms** (rounds 4.1-5.0)": the median and each round's own p50 around it
+        found = re.fullmatch(r" \*\*([\d.]+) ms\*\* \(rounds ([\d.]+)-([\d.]+)\) ", cell)
+        assert found, cell
+        median, low, high = map(float, found.groups())
+        assert math.isfinite(median) and low <= median <= high
     for k in ("1 client", "3 clients"):
-        cells = lines[k].split("|")[2:4]
-        assert all(float(cell.split("=")[1].strip(" x")) > 0 for cell in cells), lines[k]
+        for cell in lines[k].split("|")[2:4]:
+            # "23.4 img/s = 0.91x (0.85-0.98)": the median ratio within its rounds' range
+            found = re.fullmatch(r" [\d.]+ img/s = ([\d.]+)x \(([\d.]+)-([\d.]+)\) ", cell)
+            assert found, cell
+            ratio, low, high = map(float, found.groups())
+            assert 0 < low <= ratio <= high, cell
     assert "medians of 2 interleaved rounds" in result.output
+    assert "the lowest and highest round" in result.output
 
 
 def test_a_dropped_connection_is_one_error_line_not_a_silent_exit() -> None:
