@@ -141,6 +141,14 @@ class ConfigError(LinesideError):
     status = 422
 
 
+class ReviewError(ConfigError):
+    """A review the inspection cannot take (a box outside the image, an unknown class,
+    a relabel without a box to relabel). A ConfigError still, for whoever catches those."""
+
+    code = "invalid_review"
+    status = 422
+
+
 class MissingExtraError(LinesideError):
     """A command needs an optional dependency group that is not installed."""
 
@@ -186,6 +194,14 @@ class DataDirLockedError(LinesideError):
 
     code = "data_dir_locked"
     status = 409
+
+
+class InvalidUrlError(LinesideError):
+    """A request URL whose path or query holds a control character (NUL, CR, LF, ...):
+    no name, id or filter of this API has one, and some databases cannot store them."""
+
+    code = "invalid_url"
+    status = 400
 
 
 class ForeignOriginError(LinesideError):
@@ -293,6 +309,15 @@ class HubRefused(LinesideError):
 
     code = "hub_refused"
     status = 502
+
+
+class ServerUnreachable(LinesideError):
+    """A Lineside server a command reads from (``lineside data pull URL``) cannot be
+    reached: a malformed URL, a refused connection, a TLS handshake that fails, a
+    timeout. The message names the URL and the reason."""
+
+    code = "server_unreachable"
+    status = 503
 
 
 class SignatureError(LinesideError):

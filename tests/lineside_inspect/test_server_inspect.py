@@ -85,6 +85,11 @@ def test_every_bad_input_is_a_4xx_json_error(srv, image_bytes: bytes) -> None:
         r = c.post("/v1/inspect?recipe=nope", content=image_bytes,
                    headers={"content-type": "image/jpeg"})
         assert r.status_code == 404 and "unknown recipe 'nope'" in r.json()["error"]["message"]
+        # a name no recipe can have is refused as such, not echoed back in a 5 KB 404
+        r = c.post("/v1/inspect?recipe=" + "r" * 5000, content=image_bytes,
+                   headers={"content-type": "image/jpeg"})
+        assert r.status_code == 422 and "query.recipe" in r.json()["error"]["message"]
+        assert len(r.content) < 1000
         r = c.post("/v1/inspect", files={"other": ("a.jpg", image_bytes, "image/jpeg")})
         assert r.status_code == 400 and "field named 'image'" in r.json()["error"]["message"]
         r = c.post("/v1/inspect?annotated=maybe", content=image_bytes,

@@ -13,6 +13,10 @@ SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "deeppcb-sample" / "
 JPEG = {"content-type": "image/jpeg"}
 
 
+def _code(r) -> str:
+    return r.json()["error"]["code"]
+
+
 def _inspect_some(srv, n: int = 6) -> list[dict]:
     files = sorted(SAMPLE.rglob("*.jpg"))[:n]
     docs = []
@@ -61,7 +65,24 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
         bad = c.post(f"/v1/inspections/{b}/reviews",
                      json={"action": "missed_defect", "boxes": [outside]})
         assert bad.status_code == 422 and "inside the 640x640" in bad.json()["error"]["message"]
+        assert bad.json()["error"]["code"] == "invalid_review"
         assert c.post("/v1/inspections/nope/reviews", json={"action": "confirm"}).status_code == 404
+        # a misspelt field is refused, not taken as absent: seen_review would skip the
+        # conflict check; a NUL in a note is refused before the database sees it
+        typo = c.post(f"/v1/inspections/{b}/reviews", json={"action": "confirm", "seen_review": 0})
+        assert typo.status_code == 422 and "seen_review" in typo.text
+        assert c.post(f"/v1/inspections/{b}/reviews",
+                      json={"action": "confirm", "note": "x\u0000y"}).status_code == 422
+        empty = c.post(f"/v1/inspections/{a}/reviews", json={"action": "relabel", "index": 0,
+                                                             "label": "spur"})
+        assert empty.status_code == 422 and "no boxes to relabel" in empty.json()["error"]["message"]
+        assert len(c.get(f"/v1/inspections/{b}").json()["reviews"]) == 2  # none of these saved
+        # control characters in a URL (a NUL was a 500 on PostgreSQL) are refused up front
+        for path, params in ((f"/v1/inspections/{a}%00", None),
+                             ("/v1/inspections", {"camera_id": "cam\x00"}),
+                             ("/v1/stats", {"recipe": "r\r\nX-Injected: 1"})):
+            r = c.get(path, params=params)
+            assert r.status_code == 400 and _code(r) == "invalid_url", (path, r.text)
 
         original = c.get(f"/v1/inspections/{a}/image")
         assert original.content == (next(p for p in SAMPLE.rglob("*.jpg")
@@ -71,6 +92,9 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
         assert stats["false_rejects_confirmed"] == 1 and stats["reviewed_fails"] == 2
         assert sum(v["fail"] + v["pass"] for v in stats["verdicts_per_hour"].values()) == len(docs)
     with srv.client("line") as c:  # line keys cannot read or review
+        frame = next(SAMPLE.rglob("*.jpg")).read_bytes()
+        nul = c.post("/v1/inspect", content=frame, headers=JPEG, params={"part_id": "a\x00b"})
+        assert nul.status_code == 400 and _code(nul) == "invalid_url"
         assert c.get("/v1/inspections").status_code == 403
         assert c.post(f"/v1/inspections/{a}/reviews", json={"action": "confirm"}).status_code == 403
 

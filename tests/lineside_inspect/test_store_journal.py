@@ -283,3 +283,35 @@ def test_a_batch_syncs_each_image_and_each_folder_once(tmp_path: Path, monkeypat
     images = [f for f in synced_files if f.startswith(str(day) + "/")]
     assert len(images) == 5 and all(Path(f).name.endswith(".tmp") for f in images)
     assert synced_files.count(str(day)) == 1  # the folder itself: once, by fsync_folder
+
+
+def test_a_record_the_database_refuses_is_set_aside_and_holds_up_nothing(
+        tmp_path: Path, database_url: str | None) -> None:
+    """PostgreSQL's text cannot hold a NUL. An inspection whose part id had one was
+    journalled (``stored: true``), then refused at every apply: every later inspection
+    waited behind it, unread, and the next start-up failed replaying it. Now it goes into
+    ``journal/refused/`` (readable as a journal) and the rest is applied. SQLite stores
+    the NUL as it is."""
+    from lineside_inspect.runtime.detector import Detector
+
+    from .test_store import MODEL, _inspection
+
+    det = Detector(MODEL, device="cpu", threads=1)
+    bad, after = _inspection(det, "fail"), _inspection(det, "fail")
+    bad.part_id = "a\x00b"
+    with Store(tmp_path, database_url, pass_rate=1.0) as store:
+        assert store.save(bad) and store.save(after)
+        assert store.get(after.id).id == after.id  # a read applies the journal first
+        total, _ = store.query(limit=10)
+        refused = list((tmp_path / "journal" / "refused").glob("*.journal"))
+        if database_url is None:
+            assert total == 2 and not refused and store.get(bad.id).part_id == "a\x00b"
+        else:
+            assert total == 1
+            assert [p.name for p in refused] == [f"{bad.id}.journal"]
+            (kept,) = read_segment(refused[0])
+            assert kept.fields["part_id"] == "a\x00b" and kept.image == bad.raw
+    assert not list((tmp_path / "journal").glob("*.journal"))  # nothing left to replay
+    with Store(tmp_path, database_url) as store:  # and the next start-up goes through
+        assert store.get(after.id).verdict == "fail"
+        assert store.query(limit=10)[0] == (2 if database_url is None else 1)

@@ -7,6 +7,10 @@ that first resolves to their server, then to 127.0.0.1) it can even read them. S
 
 * without API keys only loopback ``Host`` names are answered (421 otherwise): a rebound
   name arrives with the attacker's ``Host``;
+* a URL whose path or query holds a control character (NUL, CR, LF, ...) is refused
+  (400): no name, id or filter of this API has one; a NUL in a filter was a 500 on
+  PostgreSQL (its text cannot hold one), and a ``part_id`` with one was journalled but
+  could not be applied;
 * in every mode a state-changing request (POST, PUT, PATCH, DELETE) whose ``Origin`` is
   present and is neither the server's own nor listed in ``cors_origins`` is refused (403),
   and so is one a browser marks ``Sec-Fetch-Site: cross-site``/``same-site`` without an
@@ -18,14 +22,20 @@ Pure ASGI, so it answers before any route runs or any body is read.
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
+import re
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lineside_inspect.config import Settings
-from lineside_inspect.errors import ForeignOriginError, LinesideError, MisdirectedHostError
+from lineside_inspect.errors import (
+    ForeignOriginError,
+    InvalidUrlError,
+    LinesideError,
+    MisdirectedHostError,
+)
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -117,6 +127,7 @@ class Guard:
         await self.app(scope, receive, send)
 
     def check(self, scope: Scope) -> None:
+        _check_url(scope)
         headers = Headers(scope=scope)
         if self.keyless:
             host = split_host(headers.get("host", ""))
@@ -143,6 +154,20 @@ class Guard:
         elif (site or "same-origin") not in ("same-origin", "none"):
             raise ForeignOriginError("refused a state-changing request a browser sent from "
                                      "another site")
+
+
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+def _check_url(scope: Scope) -> None:
+    """Refuse a path or query (as decoded: ``%00`` is a NUL) holding a control character."""
+    path = scope.get("path", "")
+    query = unquote_to_bytes(scope.get("query_string", b""))
+    where = ("path" if _CONTROL.search(path.encode("utf-8", "surrogateescape"))
+             else "query" if _CONTROL.search(query) else None)
+    if where is not None:
+        raise InvalidUrlError(f"the URL's {where} holds a control character (NUL, CR, LF, ...): "
+                              "names, ids and filters are plain text")
 
 
 def _quote(value: str) -> str:

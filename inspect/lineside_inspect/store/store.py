@@ -51,10 +51,17 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, selectinload
 
 from lineside_inspect.atomic import fsync_folder, write_atomic
-from lineside_inspect.errors import ConfigError, NotFoundError, ReviewConflict, StoreQuotaFull
+from lineside_inspect.errors import (
+    ConfigError,
+    NotFoundError,
+    ReviewConflict,
+    ReviewError,
+    StoreQuotaFull,
+)
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.opencv import cv2
 from lineside_inspect.schemas import StoredInspection
@@ -113,6 +120,16 @@ QUOTA_RECHECK_S = 2.0
 # the free-disk floor of a save is measured (a statvfs) at most this often; what the store
 # appended to its journal since is taken off the measure
 DISK_CHECK_S = 0.5
+
+
+# records the database refused (see Store._set_aside), under the journal's folder
+REFUSED_DIR = "refused"
+
+
+def _refused(exc: StatementError) -> bool:
+    """The database refused these values (it will again: a NUL in PostgreSQL text, a
+    constraint), as against being unreachable or busy (worth retrying)."""
+    return isinstance(exc, DataError | IntegrityError) or not isinstance(exc, DBAPIError)
 
 
 def _wal_bytes(pages: int, page_size: int) -> int:
@@ -498,19 +515,50 @@ class Store:
         # the writer's CPU per inspection)
         for folder in sorted(folders | {f.parent for f in folders}):
             fsync_folder(folder)
-        events = 0
-        rows = [{**{k: v for k, v in r.fields.items() if k != "events"},
-                 "created_at": datetime.fromisoformat(r.fields["created_at"])} for r in todo]
-        with Session(self.engine) as s, s.begin():
-            if rows:  # one multi-row statement: a batch costs about what one row does
-                s.execute(insert(InspectionRow), rows)
+        try:
+            events = self._insert(todo)
+        except StatementError as exc:
+            if not _refused(exc):
+                raise  # the database is down or busy: the writer retries, the journal waits
+            # one record the database refuses (a value it cannot hold) must not hold up
+            # every record after it, now and at each start-up: each goes in alone, and
+            # what is refused is set aside, never dropped
+            events = 0
             for r in todo:
-                events += add_events(s, self.box_id, r.fields.get("events") or ())
+                try:
+                    events += self._insert([r])
+                except StatementError as one:
+                    if not _refused(one):
+                        raise
+                    self._set_aside(r, one)
         for listener in self.outbox_listeners if events else ():
             try:
                 listener()
             except Exception:
                 log.exception("outbox listener %r failed", listener)
+
+    def _insert(self, records: list[Record]) -> int:
+        """The rows of ``records`` and their outbox events in one transaction; the number
+        of events."""
+        events = 0
+        rows = [{**{k: v for k, v in r.fields.items() if k != "events"},
+                 "created_at": datetime.fromisoformat(r.fields["created_at"])} for r in records]
+        with Session(self.engine) as s, s.begin():
+            if rows:  # one multi-row statement: a batch costs about what one row does
+                s.execute(insert(InspectionRow), rows)
+            for r in records:
+                events += add_events(s, self.box_id, r.fields.get("events") or ())
+        return events
+
+    def _set_aside(self, record: Record, exc: Exception) -> None:
+        """Keep a record the database refused in ``journal/refused/`` (the journal's own
+        format: ``read_segment`` reads it) and say so; its image file, already written,
+        goes at the next start-up's orphan cleanup."""
+        folder = self.journal.folder / REFUSED_DIR
+        folder.mkdir(exist_ok=True)
+        write_atomic(folder / f"{record.fields['id']}.journal", encode(record))
+        log.error("store: inspection %s was refused by the database and set aside in %s: %s",
+                  record.fields["id"], folder, str(getattr(exc, "orig", exc)).splitlines()[0])
 
     def _applied(self) -> None:
         """Before a read: apply the journal (an outage only delays it: the read goes on)."""
@@ -1101,7 +1149,7 @@ class Store:
         saved (two reviewers on one inspection never overwrite each other unseen)."""
         self._applied()
         if action not in ACTIONS:
-            raise ConfigError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+            raise ReviewError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
         with self.locked_inspection(inspection_id) as (s, row):
             if seen_reviews is not None and seen_reviews != len(row.reviews):
                 last = row.reviews[-1] if row.reviews else None
@@ -1116,13 +1164,16 @@ class Store:
                 truth = []
             elif action == "missed_defect":
                 if not boxes:
-                    raise ConfigError("missed_defect needs the reviewer's boxes")
+                    raise ReviewError("missed_defect needs the reviewer's boxes")
                 truth += [self._check_box(b, row) for b in boxes]
             elif action == "relabel":
+                if not truth:
+                    raise ReviewError(f"inspection {row.id} has no boxes to relabel (add one "
+                                      "with missed_defect)")
                 if index is None or not 0 <= index < len(truth) or not label:
-                    raise ConfigError(f"relabel needs an index in 0..{len(truth) - 1} and a label")
+                    raise ReviewError(f"relabel needs an index in 0..{len(truth) - 1} and a label")
                 if label not in row.class_names:
-                    raise ConfigError(f"unknown class {label!r} (model classes: "
+                    raise ReviewError(f"unknown class {label!r} (model classes: "
                                       f"{', '.join(row.class_names)})")
                 truth[index]["label"] = label
             # made after the reviews shown: it follows the latest whatever the clocks say
@@ -1157,14 +1208,14 @@ class Store:
     def _check_box(b: dict[str, Any], row: InspectionRow) -> dict[str, Any]:
         box, label = b.get("box"), b.get("label")
         if label not in row.class_names:
-            raise ConfigError(f"unknown class {label!r} (model classes: {', '.join(row.class_names)})")
+            raise ReviewError(f"unknown class {label!r} (model classes: {', '.join(row.class_names)})")
         if not isinstance(box, list) or len(box) != 4 or not all(
                 isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
                 for v in box):
-            raise ConfigError("box must be [x1, y1, x2, y2], four finite numbers")
+            raise ReviewError("box must be [x1, y1, x2, y2], four finite numbers")
         x1, y1, x2, y2 = (float(v) for v in box)
         if not (0 <= x1 < x2 <= row.width and 0 <= y1 < y2 <= row.height):
-            raise ConfigError(f"box {box} must lie inside the {row.width}x{row.height} image "
+            raise ReviewError(f"box {box} must lie inside the {row.width}x{row.height} image "
                               "with x2 > x1 and y2 > y1")
         return {"label": label, "box": [x1, y1, x2, y2]}
 

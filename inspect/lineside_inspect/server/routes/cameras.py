@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from lineside_inspect.cameras import CameraManager, CameraUnavailable
 from lineside_inspect.draw import annotate
 from lineside_inspect.imageio import encode_jpeg
+from lineside_inspect.names import Name
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.deps import LineUser, Reviewer, ServiceDep, get_cameras
@@ -31,7 +32,7 @@ def list_cameras(request: Request, who: Reviewer) -> list[CameraHealth]:
 async def trigger(
     camera_id: str, who: LineUser, service: ServiceDep,
     part_id: Annotated[str | None, Query(max_length=256)] = None,
-    recipe: Annotated[str | None, Query()] = None,
+    recipe: Annotated[Name | None, Query()] = None,
     timeout_s: Annotated[float, Query(gt=0, le=30)] = 2.0,
 ) -> Any:
     """Inspect the first frame captured after this trigger arrived (or the newest within

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from lineside_inspect.draw import annotate
 from lineside_inspect.imageio import encode_jpeg
+from lineside_inspect.names import Name
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.body import read_upload
 from lineside_inspect.server.deps import authorize, query_model, query_parameters
@@ -22,7 +23,7 @@ router = APIRouter(prefix="/v1", tags=["inspect"])
 class InspectQuery(BaseModel):
     """``POST /v1/inspect``'s query parameters (unknown ones are ignored, as elsewhere)."""
 
-    recipe: str | None = Field(None, description="recipe name; default recipe if omitted")
+    recipe: Name | None = Field(None, description="recipe name; default recipe if omitted")
     camera_id: str | None = Field(None, max_length=128)
     part_id: str | None = Field(None, max_length=256)
     annotated: bool = Field(False, description="answer with the annotated JPEG")

@@ -120,19 +120,23 @@ async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -
     return Response(await anyio.to_thread.run_sync(draw), media_type="image/jpeg")
 
 
-class ReviewBox(BaseModel):
-    label: str = Field(..., max_length=128, description="a class of the inspection's model")
+# a field misspelt (``seen_review``) must not pass as absent: it would skip the conflict check
+class ReviewBox(BaseModel, extra="forbid"):
+    label: str = Field(..., max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$",
+                       description="a class of the inspection's model")
     box: Annotated[list[FiniteFloat], Field(min_length=4, max_length=4, description=(
         "[x1, y1, x2, y2] in image pixels"))]
 
 
-class ReviewIn(BaseModel):
+class ReviewIn(BaseModel, extra="forbid"):
     action: Literal["confirm", "false_reject", "missed_defect", "relabel"]
     boxes: list[ReviewBox] | None = Field(None, max_length=1000,
                                           description="missed_defect: the boxes the model missed")
     index: int | None = Field(None, description="relabel: which box")
-    label: str | None = Field(None, description="relabel: the new class")
-    note: str = Field("", max_length=2000)
+    label: str | None = Field(None, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$",
+                              description="relabel: the new class")
+    # lines are fine in a note; a NUL is not (PostgreSQL's text cannot hold one)
+    note: str = Field("", max_length=2000, pattern=r"^[^\x00]*$")
     seen_reviews: int | None = Field(None, ge=0, le=10**6, description=(
         "how many reviews the inspection had when you looked; if it has more now, 409 "
         "review_conflict and nothing is saved (omit to add a review unconditionally)"))
