@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from lineside_inspect.atomic import write_atomic
-from lineside_inspect.errors import InvalidReferenceName, NotFoundError, ReferenceImageError
+from lineside_inspect.errors import (
+    ImageError,
+    InvalidReferenceName,
+    NotFoundError,
+    ReferenceImageError,
+)
 from lineside_inspect.imageio import decode_image, sniff_format
 from lineside_inspect.names import NAME_RULE, is_name
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
@@ -42,6 +47,15 @@ class Reference:
 
     def to_json(self) -> dict[str, str | None]:
         return {"name": self.name, "sha256": self.sha256}
+
+
+def _decoded(name: str | None, data: bytes, max_pixels: int) -> Reference:
+    """A reference to inspect with, its decode errors saying it is the reference that is
+    at fault (the frame's read the same without the prefix)."""
+    try:
+        return Reference.from_bytes(name, data, max_pixels)
+    except ImageError as exc:
+        raise type(exc)(f"reference image: {exc.message}") from None
 
 
 def check_name(name: str) -> str:
@@ -102,7 +116,7 @@ class ReferenceLibrary:
             if hit is not None and hit[0] == mtime:
                 return hit[1]
         name = key if is_reference_name(key) else path.stem
-        ref = Reference.from_bytes(name, path.read_bytes(), self.max_pixels)
+        ref = _decoded(name, path.read_bytes(), self.max_pixels)
         with self._lock:
             self._cache[key] = (mtime, ref)
         return ref
@@ -132,13 +146,18 @@ class ReferenceLibrary:
 
 def resolve_reference(needs_reference: bool, model: str, library: ReferenceLibrary, *,
                       data: bytes | None = None, name: str | None = None,
-                      trusted: bool = False) -> Reference | None:
+                      trusted: bool = False, camera: str | None = None,
+                      recipe: str | None = None) -> Reference | None:
     """The reference for one inspection: sent with it (``data``) or named (``name``; a
     file path too when ``trusted``, i.e. it comes from the server's own config).
 
     A reference model must get exactly one; any other model must get none, so a
     caller that believes it talks to the other kind of model hears about it at once.
+    ``camera`` (and its ``recipe``): the reference is the one that camera's config names,
+    so a mismatch is told as a config matter, not as advice to send a different request.
     """
+    if camera is not None:
+        return _camera_reference(needs_reference, model, library, camera, recipe, name)
     if not needs_reference:
         if data is not None or name is not None:
             raise ReferenceImageError(f"model {model} takes no reference image; send the image alone")
@@ -146,7 +165,7 @@ def resolve_reference(needs_reference: bool, model: str, library: ReferenceLibra
     if data is not None and name is not None:
         raise ReferenceImageError("send a reference image or name one, not both")
     if data is not None:
-        return Reference.from_bytes(None, data, library.max_pixels)
+        return _decoded(None, data, library.max_pixels)
     if name is not None:
         # requests may only name registered references; file paths come from configs
         return library.lookup(name) if trusted else library.get(name)
@@ -155,3 +174,20 @@ def resolve_reference(needs_reference: bool, model: str, library: ReferenceLibra
         f"model {model} compares each image with a defect-free reference of the same view: "
         f"send a 'reference' file field with the image, or name a registered one with "
         f"reference=NAME (known: {known})")
+
+
+def _camera_reference(needs_reference: bool, model: str, library: ReferenceLibrary,
+                      camera: str, recipe: str | None, configured: str | None) -> Reference | None:
+    """The reference camera ``camera`` has configured (``configured``: a name or a file)."""
+    whose = f"recipe {recipe}'s model {model}" if recipe else f"model {model}"
+    if not needs_reference:
+        if configured is not None:
+            # a file path stays in the config: the answer names only the file
+            shown = configured if is_reference_name(configured) else Path(configured).name
+            raise ReferenceImageError(f"camera {camera} has a reference configured ({shown}); "
+                                      f"{whose} takes none")
+        return None
+    if configured is None:
+        raise ReferenceImageError(f"camera {camera} has no reference configured; {whose} needs "
+                                  "one (cameras[].reference in the server config)")
+    return library.lookup(configured)

@@ -142,7 +142,7 @@ async def inspection_shadow(inspection_id: str, request: Request, who: Reviewer)
     """What a shadow model said about this inspection where it disagreed (both results):
     the reviewer's review then says who was right."""
     lc = lifecycle(request)
-    get_store(request)
+    await _off_loop(get_store(request).get, inspection_id)  # 404 for an id the store lacks
     items = await _off_loop(lc.records.disagreements, inspection_id=inspection_id, limit=50)
     return ShadowDisagreements.model_validate({"items": items})
 

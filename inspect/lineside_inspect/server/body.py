@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from lineside_inspect.errors import ImageError, ImageTooLargeError, UnsupportedMediaError
 
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/bmp", "image/x-ms-bmp",
                "application/octet-stream"}
+IDENTITY = ("", "identity")
+
+
+def content_type(request: Request) -> str:
+    """The media type alone, lower-cased, without its parameters."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def check_encoding(request: Request) -> None:
+    """Refuse a compressed body: the server reads bodies as sent, so a gzipped image would
+    otherwise fail later as an unrecognised image with no word about the encoding."""
+    encoding = request.headers.get("content-encoding", "").strip()
+    if encoding.lower() not in IDENTITY:
+        raise UnsupportedMediaError(
+            f"content encoding {encoding!r} is not accepted; send the body uncompressed "
+            "(JPEG and PNG are compressed already)")
+
+
+async def read_image_body(request: Request, limit: int) -> bytes:
+    """An encoded image sent as the raw body (image/jpeg|png|bmp), its content type and
+    encoding checked before a byte of it is read."""
+    check_encoding(request)
+    ctype = content_type(request)
+    if ctype not in IMAGE_TYPES:
+        raise UnsupportedMediaError(
+            f"content type {ctype or '(none)'!r} is not accepted here; send the image as the "
+            "raw body with content-type image/jpeg, image/png or image/bmp")
+    return await read_body(request, limit)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -48,13 +78,14 @@ async def read_upload(request: Request, limit: int) -> Upload:
     """The encoded image sent as the raw body (image/jpeg|png|bmp) or as a multipart
     ``image``/``file`` field (with, for reference models, a ``reference`` file field).
     Nothing is decoded here: that happens in the limiter's slot, off the event loop."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    check_encoding(request)
+    ctype = content_type(request)
     reference: bytes | None = None
     if ctype == "multipart/form-data":
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise ImageTooLargeError(f"body of {declared} bytes is over the limit of {limit} bytes")
-        form = await request.form(max_files=2, max_fields=8)
+        form = await _read_form(request)
         try:
             upload = form.get("image") or form.get("file")
             if upload is None:
@@ -73,3 +104,27 @@ async def read_upload(request: Request, limit: int) -> Upload:
     if not data:
         raise ImageError("the request body is empty: send an encoded image")
     return Upload(data, reference)
+
+
+class _Parser(MultiPartParser):
+    """Starlette's multipart parser, noting whether the closing boundary came:
+    python-multipart accepts a body cut short and silently drops its unfinished part."""
+
+    complete = False
+
+    def on_end(self) -> None:
+        self.complete = True
+
+
+async def _read_form(request: Request) -> FormData:
+    try:
+        async with aclosing(request.stream()) as stream:
+            parser = _Parser(request.headers, stream, max_files=2, max_fields=8)
+            form = await parser.parse()
+    except MultiPartException as exc:
+        raise ImageError(f"malformed multipart body: {exc.message}") from None
+    if not parser.complete:
+        await form.close()
+        raise ImageError("malformed multipart body: it ends before its closing boundary "
+                         "('--' + boundary + '--'); the last part may be cut short")
+    return form

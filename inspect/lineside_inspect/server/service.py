@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lineside_inspect.errors import ImageTooLargeError, LinesideError, NotFoundError
+from lineside_inspect.errors import ImageError, ImageTooLargeError, LinesideError, NotFoundError
 from lineside_inspect.imageio import decode_image, header_size, sniff_format
 from lineside_inspect.inspector import FrameTiming, Inspection, inspect
 from lineside_inspect.recipes import Recipe
@@ -101,7 +101,7 @@ class InspectionService:
             raise NotFoundError(f"unknown camera {camera_id!r}")
         rule, detector, anomaly = self._pin(recipe or cfg.recipe)
         ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
-                                name=cfg.reference, trusted=True)
+                                name=cfg.reference, camera=camera_id, recipe=rule.name)
         frame = await manager.fresh_frame(camera_id, trigger_time=arrived, timeout_s=timeout_s)
         remaining = max(0.0, deadline - time.monotonic())
 
@@ -120,7 +120,7 @@ class InspectionService:
         cfg = self._manager().configs[camera_id]
         rule, detector, anomaly = self._pin(cfg.recipe)
         ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
-                                name=cfg.reference, trusted=True)
+                                name=cfg.reference, camera=camera_id, recipe=rule.name)
         return await self._run(
             lambda: inspect(image, detector, rule, camera_id=camera_id, reference=ref,
                             anomaly_model=anomaly))
@@ -174,7 +174,12 @@ class InspectionService:
 
     def _check_header(self, data: bytes, what: str) -> None:
         """Refuse a bomb or a non-image from its header, before queueing for a slot."""
-        width, height = header_size(data)
+        try:
+            width, height = header_size(data)
+        except ImageError as exc:
+            if what == "image":  # the frame's errors read as they always have
+                raise
+            raise type(exc)(f"{what} image: {exc.message}") from None
         if width * height > self.max_pixels:
             raise ImageTooLargeError(f"{what} is {width}x{height} = {width * height} pixels, "
                                      f"over the limit of {self.max_pixels}")

@@ -162,6 +162,7 @@ def _mqtt_section(request: Request) -> str:
 
 
 @pages.get("/", response_class=HTMLResponse)
+@pages.head("/", response_class=HTMLResponse)  # uptime checkers: GET's headers, no body
 def status_page(request: Request) -> Response:
     """What this box serves: its stations (live view, state, recipe and model, last verdict,
     yield), models and versions, camera health."""

@@ -11,14 +11,19 @@ from lineside_inspect.server.responses import NOT_READY, Health, Readiness, erro
 router = APIRouter(tags=["health"])
 
 
-# async: answered on the event loop, so a busy thread pool can never stall a probe
+# async: answered on the event loop, so a busy thread pool can never stall a probe.
+# HEAD (as health checkers send it) runs the same handler: the server sends GET's status
+# and headers, Content-Length included, and no body (uvicorn drops a HEAD body). Kept out
+# of the schema, which lists each operation once.
 @router.get("/healthz", responses=errors())
+@router.head("/healthz", include_in_schema=False)
 async def healthz() -> Health:
     """Live: the process answers."""
     return Health(status="ok")
 
 
 @router.get("/readyz", responses={**errors(), **NOT_READY})
+@router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request, response: Response) -> Readiness:
     """Ready only once models are loaded and warmed up, and not while shutting down."""
     ready = bool(getattr(request.app.state, "ready", False))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 
-from lineside_inspect.server.body import read_body
+from lineside_inspect.server.body import read_image_body
 from lineside_inspect.server.deps import Admin, LineUser, ReferencesDep, SettingsDep
 from lineside_inspect.server.responses import ReferenceList, StoredReference, errors, media
 
@@ -32,14 +32,14 @@ def get_reference(name: str, who: LineUser, references: ReferencesDep) -> Respon
                     headers={"X-Lineside-Reference-Sha256": ref.sha256})
 
 
-@router.put("/{name}", responses=errors(400, 401, 403, 408, 413, 422), openapi_extra={
+@router.put("/{name}", responses=errors(400, 401, 403, 408, 413, 415, 422), openapi_extra={
     "requestBody": {"content": {
         t: {"schema": {"type": "string", "format": "binary"}} for t in MEDIA.values()},
         "required": True}})
 async def put_reference(name: str, request: Request, who: Admin, references: ReferencesDep,
                         settings: SettingsDep) -> StoredReference:
     """Body: the encoded defect-free image (PNG, JPEG or BMP) of the view ``name`` names."""
-    data = await read_body(request, settings.max_body_bytes)
+    data = await read_image_body(request, settings.max_body_bytes)
     ref = await anyio.to_thread.run_sync(references.put, name, data)
     height, width = ref.image.shape[:2]
     return StoredReference(name=name, sha256=ref.sha256, width=width, height=height)

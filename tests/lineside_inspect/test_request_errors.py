@@ -1,0 +1,150 @@
+"""Errors a new user met on a real server, each answered as a 4xx that names the problem
+the caller can act on: camera/recipe reference mismatches told as config matters, image
+bodies refused by content type and encoding, a broken reference or multipart body named
+as such, an unknown inspection's shadow a 404, and HEAD on the probes and the landing page."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from lineside_inspect.config import CameraConfig
+
+from .conftest import MODEL, ROOT, SAMPLE, Running, keyed, start_server
+
+REF_MODEL = ROOT / "models" / "deeppcb-ref" / "1"
+STATION = ROOT / "configs" / "line"
+RECIPES = ROOT / "configs" / "recipes"
+JPEG = {"content-type": "image/jpeg"}
+
+
+@pytest.fixture(scope="module")
+def srv() -> Iterator[Running]:
+    """Both kinds of model; a camera with a golden image configured and one without."""
+    cams = [CameraConfig(id="station1", source=str(STATION / "station1"), recipe="deeppcb-ref",
+                         reference=str(STATION / "station1-reference.jpg"), fps=5),
+            CameraConfig(id="sim1", source=str(SAMPLE / "images"), recipe="deeppcb", fps=5)]
+    running, stop = start_server(keyed(
+        cameras=cams, models=[str(MODEL), str(REF_MODEL)], store_pass_rate=1.0,
+        recipes=[str(RECIPES / "deeppcb.yaml"), str(RECIPES / "deeppcb-ref.yaml")]))
+    yield running
+    stop()
+
+
+@pytest.fixture(scope="module")
+def board() -> bytes:
+    return (STATION / "station1" / "part-0001.jpg").read_bytes()
+
+
+def _error(r: httpx.Response, status: int) -> str:
+    assert r.status_code == status, (r.status_code, r.text)
+    return str(r.json()["error"]["message"])
+
+
+def test_trigger_reference_mismatch_is_told_as_the_camera_config(srv: Running, board: bytes) -> None:
+    with srv.client("line") as c:
+        msg = _error(c.post("/v1/cameras/station1/trigger", params={"recipe": "deeppcb"}), 422)
+        assert msg == ("camera station1 has a reference configured (station1-reference.jpg); "
+                       "recipe deeppcb's model deeppcb takes none"), msg
+        msg = _error(c.post("/v1/cameras/sim1/trigger", params={"recipe": "deeppcb-ref"}), 422)
+        assert msg == ("camera sim1 has no reference configured; recipe deeppcb-ref's model "
+                       "deeppcb-ref needs one (cameras[].reference in the server config)"), msg
+        # an upload still hears what to send
+        msg = _error(c.post("/v1/inspect", content=board, headers=JPEG,
+                            params={"recipe": "deeppcb", "reference": "x"}), 422)
+        assert msg == "model deeppcb takes no reference image; send the image alone"
+        msg = _error(c.post("/v1/inspect", content=board, headers=JPEG,
+                            params={"recipe": "deeppcb-ref"}), 422)
+        assert "send a 'reference' file field" in msg
+
+
+def test_put_reference_refuses_other_types_and_encodings(srv: Running, board: bytes) -> None:
+    with srv.client("admin") as c:
+        r = c.put("/v1/references/golden", files={"image": ("golden.jpg", board, "image/jpeg")})
+        assert "'multipart/form-data' is not accepted" in _error(r, 415)
+        assert "'application/json' is not accepted" in _error(
+            c.put("/v1/references/golden", json={"image": "x"}), 415)
+        r = c.put("/v1/references/golden", content=gzip.compress(board),
+                  headers={**JPEG, "content-encoding": "gzip"})
+        assert "content encoding 'gzip' is not accepted" in _error(r, 415)
+        assert c.get("/v1/references").json()["items"] == []  # nothing registered
+        r = c.put("/v1/references/golden", content=board,
+                  headers={**JPEG, "content-encoding": "identity"})
+        assert r.status_code == 200, r.text
+        assert c.delete("/v1/references/golden").status_code == 204
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", content=gzip.compress(board), params={"recipe": "deeppcb"},
+                   headers={**JPEG, "content-encoding": "gzip"})
+        assert "content encoding 'gzip' is not accepted" in _error(r, 415)
+        r = c.post("/v1/inspect", params={"recipe": "deeppcb"}, headers={"content-encoding": "br"},
+                   files={"image": ("b.jpg", board, "image/jpeg")})
+        assert "content encoding 'br' is not accepted" in _error(r, 415)
+
+
+def test_a_broken_reference_part_is_named(srv: Running, board: bytes) -> None:
+    with srv.client("line") as c:
+        for broken, problem in ((board[: len(board) // 2], "truncated JPEG"),  # fails to decode
+                                (b"hello", "not a JPEG, PNG or BMP image")):  # fails its header
+            r = c.post("/v1/inspect", params={"recipe": "deeppcb-ref"},
+                       files={"image": ("b.jpg", board, "image/jpeg"),
+                              "reference": ("r.jpg", broken, "image/jpeg")})
+            msg = _error(r, 400)
+            assert msg.startswith(f"reference image: {problem}"), msg
+        # the frame's own errors read as before
+        r = c.post("/v1/inspect", params={"recipe": "deeppcb-ref"},
+                   files={"image": ("b.jpg", b"hello", "image/jpeg"),
+                          "reference": ("r.jpg", board, "image/jpeg")})
+        assert _error(r, 400).startswith("not a JPEG, PNG or BMP image")
+
+
+def _multipart(parts: list[tuple[str, bytes]], *, close: bool) -> tuple[bytes, dict[str, str]]:
+    body = b"".join(b"--B0UND\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"f.jpg\"\r\n"
+                    b"Content-Type: image/jpeg\r\n\r\n%s\r\n" % (name.encode(), data)
+                    for name, data in parts)
+    return body + (b"--B0UND--\r\n" if close else b""), {
+        "content-type": "multipart/form-data; boundary=B0UND"}
+
+
+def test_a_multipart_body_without_its_closing_boundary_is_malformed(srv: Running, board: bytes) -> None:
+    with srv.client("line") as c:
+        body, headers = _multipart([("image", board)], close=True)
+        r = c.post("/v1/inspect", content=body, headers=headers, params={"recipe": "deeppcb"})
+        assert r.status_code == 200, r.text
+        for parts in ([("image", board)], [("image", board), ("reference", board)]):
+            body, headers = _multipart(parts, close=False)
+            r = c.post("/v1/inspect", content=body, headers=headers, params={"recipe": "deeppcb-ref"})
+            msg = _error(r, 400)
+            assert msg.startswith("malformed multipart body: it ends before its closing boundary"), msg
+        r = c.post("/v1/inspect", content=b"--B0UND\r\nno headers\r\n\r\n\r\n--B0UND--\r\n",
+                   headers=headers, params={"recipe": "deeppcb"})
+        assert _error(r, 400).startswith("malformed multipart body: ")
+
+
+def test_shadow_of_an_unknown_inspection_is_404(srv: Running, board: bytes) -> None:
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", content=board, headers=JPEG, params={"recipe": "deeppcb"})
+        assert r.status_code == 200, r.text
+        known = r.json()["id"]
+    with srv.client("reviewer") as c:
+        assert _error(c.get("/v1/inspections/nope/shadow"), 404) == "no inspection 'nope'"
+        r = c.get(f"/v1/inspections/{known}/shadow")
+        assert r.status_code == 200 and r.json() == {"items": []}, r.text
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/"])
+def test_head_answers_as_get_without_a_body(srv: Running, path: str) -> None:
+    with srv.client() as c:
+        got = c.get(path)
+        head = c.head(path)
+        again = c.get(path)  # the same connection still parses: no stray body was sent
+    assert head.status_code == got.status_code and got.status_code in (200, 303, 307), head
+    assert head.content == b""
+    same: dict[str, Any] = {k: head.headers.get(k) for k in ("content-type", "location")}
+    assert same == {k: got.headers.get(k) for k in same}
+    if got.content:
+        assert head.headers["content-length"] == str(len(got.content))
+    assert again.status_code == got.status_code
