@@ -196,6 +196,14 @@ class DataDirLockedError(LinesideError):
     status = 409
 
 
+class UnstorableValueError(LinesideError):
+    """A value the database refused to store (a NUL in PostgreSQL text, a number out of
+    its range) that no check before it caught."""
+
+    code = "unstorable_value"
+    status = 422
+
+
 class InvalidUrlError(LinesideError):
     """A request URL whose path or query holds a control character (NUL, CR, LF, ...):
     no name, id or filter of this API has one, and some databases cannot store them."""

@@ -231,3 +231,24 @@ def test_unexpected_error_is_generic_logged_and_keeps_the_connection(
         again = c.get("/v2/models/deeppcb")
         assert again.status_code == 200
         assert _port(again) == _port(r) == _port(first)
+
+
+def test_a_value_the_database_refuses_is_422_not_500(launch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value no check caught that the database refuses (PostgreSQL: a NUL in text) is the
+    request's fault: 422 naming the kind of problem, no statement or driver text."""
+    from sqlalchemy.exc import DataError
+
+    srv = launch()
+    registry = srv.app.state.registry
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise DataError("INSERT INTO inspections (part_id) VALUES (%(p)s)", {"p": "a\x00b"},
+                        ValueError("PostgreSQL text fields cannot contain NUL (0x00) bytes"))
+
+    with httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as c:
+        monkeypatch.setattr(registry, "detector", refused)
+        r = c.get("/v2/models/deeppcb")
+        monkeypatch.undo()
+        err = _assert_clean_4xx(r, "unstorable_value")
+        assert r.status_code == 422 and "NUL" in err["message"]
+        assert "INSERT" not in r.text and "inspections" not in r.text

@@ -3,13 +3,23 @@ message}}`` with the error's status, a 500 with an error id for the unexpected."
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lineside_inspect.errors import LinesideError, describe_validation, error_body
+from lineside_inspect.errors import (
+    LinesideError,
+    UnstorableValueError,
+    describe_validation,
+    error_body,
+)
 from lineside_inspect.server.unexpected import internal_error
+
+log = logging.getLogger("lineside")
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -39,6 +49,16 @@ def add_error_handlers(app: FastAPI) -> None:
         # keep the exception's headers: a 405 must say which methods are allowed (Allow)
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=exc.headers)
+
+    @app.exception_handler(DataError)
+    async def unstorable(request: Request, exc: DataError) -> JSONResponse:
+        # the request's fault, not the server's: a 422, not a 500 (the database's own
+        # words stay in the log: they may quote the statement)
+        log.warning("%s %r: the database refused a value: %s", request.method, request.url.path,
+                    str(exc.orig).splitlines()[0] if exc.orig else exc)
+        return await lineside_error(request, UnstorableValueError(
+            "a value in this request cannot be stored (the database refused it: a NUL "
+            "character in text, or a number out of range)"))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -27,7 +27,8 @@ log = logging.getLogger("lineside")
 def internal_error(exc: BaseException, method: str, path: str) -> JSONResponse:
     """Log ``exc`` with its traceback under a fresh error id; answer the id alone."""
     error_id = uuid.uuid4().hex[:12]
-    log.error("internal error %s on %s %s", error_id, method, path, exc_info=exc)
+    # the path quoted: a control character in it cannot forge a line of the log
+    log.error("internal error %s on %s %r", error_id, method, path, exc_info=exc)
     return JSONResponse(error_body("internal_error", f"internal error {error_id}: the server "
                                    "could not complete the request; its log has the details "
                                    "under this id"),
