@@ -4,6 +4,7 @@ in-flight requests finish, then the process exits."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from types import FrameType
 from typing import Any
@@ -18,6 +19,7 @@ except ImportError:  # pragma: no cover - httptools is an edge dependency
 
 from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.config import Settings
+from lineside_inspect.errors import error_body
 from lineside_inspect.server.app import create_app
 
 log = logging.getLogger("lineside")
@@ -32,6 +34,18 @@ class SlowClientProtocol(_HTTPProtocol):
 
     header_timeout_s = 10.0
     _header_timer: asyncio.TimerHandle | None = None
+
+    def send_400_response(self, msg: str) -> None:
+        """A request llhttp cannot parse (a bad request line, an unknown method, a negative
+        Content-Length, a URL past its limit): the same JSON error shape as every other
+        answer, not uvicorn's plain text. The connection closes, as uvicorn's does: where
+        the next request would start is unknown."""
+        body = json.dumps(error_body("invalid_request", "malformed HTTP request: the request "
+                                     "line, a header or the framing could not be parsed")).encode()
+        self.transport.write(b"".join((
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n",
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body)))
+        self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

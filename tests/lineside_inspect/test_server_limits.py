@@ -7,6 +7,7 @@ how long something took."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -268,3 +269,20 @@ def test_connections_are_capped(launch) -> None:
                 break
         assert time.time() < deadline
         time.sleep(0.1)
+
+
+def test_a_request_http_cannot_parse_is_a_json_400(launch) -> None:
+    """uvicorn answered these in plain text; every error of the API is JSON."""
+    srv = launch()
+    for request in (b"FOO /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",  # unknown method
+                    b"POST /v1/inspect HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: -1\r\n\r\n",
+                    b"GET /\x01 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"):
+        sock = _connect(srv.url)
+        sock.sendall(request)
+        answer = _response(sock)
+        sock.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head
+        assert json.loads(body)["error"]["code"] == "invalid_request", answer
+    with srv.client("line") as c:  # and the server still serves
+        assert c.get("/healthz").status_code == 200
