@@ -84,7 +84,10 @@ def training() -> Any:
 def data_import(
     src: Annotated[Path, typer.Argument(help="source folder (or COCO JSON file)")],
     dst: Annotated[Path, typer.Argument(help="canonical dataset folder to create")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="deeppcb|voc|yolo|coco|good")],
+    # words with spaces: a help table at 80 columns wraps them, where it cut one long word
+    fmt: Annotated[str, typer.Option("--format", "-f", help=(
+        "the source's format, one of: deeppcb, voc, yolo, coco, good (a folder of good "
+        "images, no labels)"))],
     skip_invalid: Annotated[bool, typer.Option(help="leave out broken images, list them")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace DST if it exists")] = False,
 ) -> None:
@@ -358,10 +361,20 @@ def calibrate_unchanged_cmd(
     from lineside_inspect.runtime.unchanged import calibrate_floor
 
     ref = read_image(reference)
-    files = [p for f in frames for p in (sorted(f.iterdir()) if f.is_dir() else [f])
-             if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")]
+    suffixes = (".jpg", ".jpeg", ".png", ".bmp")
+    files: list[Path] = []
+    for f in frames:
+        if f.is_dir():
+            files += [p for p in sorted(f.iterdir()) if p.suffix.lower() in suffixes]
+        elif f.exists():  # a file named on purpose is a frame: decoding says if it is not
+            files.append(f)
+        else:
+            raise ConfigError(f"{f}: no such file or folder")
+    if not files:
+        raise ConfigError(f"no good frames ({', '.join(suffixes)}) to calibrate the unchanged "
+                          f"gate from in {', '.join(str(f) for f in frames)}")
     c = calibrate_floor(((read_image(f), ref) for f in files), tolerance_px=tolerance, tile=tile,
-                        margin=margin)
+                        margin=margin, names=[str(f) for f in files])
     out.print(f"{c['good_pairs']} good frames: highest tile score {c['highest_good_score']}, "
               f"p99 {c['p99_good_score']}")
     out.print(f"unchanged_gate:\n  floor: {c['floor']}\n  tolerance_px: {tolerance}\n  tile: {tile}",

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from lineside_inspect.errors import ConfigError, describe_validation
+from lineside_inspect.errors import ConfigError
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.line.config import LineSettings
@@ -40,6 +40,21 @@ class ApiKey(BaseModel):
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def hash_plain_key_list(value: Any) -> Any:
+    """``api_keys`` with each plain ``key`` entry replaced by its sha256 (a missing name
+    becomes ``key<i>``): a key is never kept as given. Runs on every source of the list
+    (YAML file, ``LINESIDE_API_KEYS`` JSON, keyword arguments) so each takes the same form."""
+    if not isinstance(value, list):
+        return value  # pydantic names the type problem
+    return [{"name": k.get("name", f"key{i}"), "role": k.get("role"),
+             "sha256": hash_key(str(k["key"]))} if isinstance(k, dict) and "key" in k else k
+            for i, k in enumerate(value)]
+
+
+# the api_keys setting of the server and the hub: plain keys hashed whatever their source
+ApiKeys = Annotated[list[ApiKey], BeforeValidator(hash_plain_key_list)]
 
 
 # a box's name in a shared database and in messages; kept in <data_dir>/box_id
@@ -139,7 +154,7 @@ class Settings(BaseSettings):
     drain_s: float = Field(0.5, ge=0, le=300, description=(
         "on SIGTERM, /readyz answers 503 and requests are still served this long before "
         "the server stops accepting: set it above your load balancer's probe period"))
-    api_keys: list[ApiKey] = Field(default_factory=list)
+    api_keys: ApiKeys = Field(default_factory=list)
     insecure: bool = False
     cors_origins: list[str] = Field(default_factory=list, description=(
         "other origins (scheme://host[:port]) whose pages may call the API, state changes included"))
@@ -230,14 +245,63 @@ def read_config_file(path: Path, what: str = "a config") -> dict[str, Any]:
 def hash_plain_keys(doc: dict[str, Any]) -> None:
     """Replace plain ``key`` entries of ``doc["api_keys"]`` by their sha256, in place: a
     key is never kept as given."""
-    keys = []
-    for i, k in enumerate(doc.pop("api_keys", []) or []):
-        if isinstance(k, dict) and "key" in k:
-            k = {"name": k.get("name", f"key{i}"), "role": k.get("role"),
-                 "sha256": hash_key(str(k["key"]))}
-        keys.append(k)
+    keys = doc.pop("api_keys", None)
     if keys:
-        doc["api_keys"] = keys
+        doc["api_keys"] = hash_plain_key_list(keys)
+
+
+def _env_name(prefix: str, loc: tuple[Any, ...], nested: str | None) -> str | None:
+    """The environment variable set for the setting at ``loc`` (the deepest one, when
+    nested settings may be given one by one), or None when the value is not from there."""
+    names = {k.upper() for k in os.environ}
+    fields = [str(x) for x in loc if not isinstance(x, int)]
+    depth = len(fields) if nested else min(len(fields), 1)
+    for n in range(depth, 0, -1):
+        name = prefix + (nested or "__").join(fields[:n]).upper()
+        if name in names:
+            return name
+    return None
+
+
+def _given(doc: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    """Whether the mapping ``doc`` holds a value at ``loc``."""
+    node: Any = doc
+    for part in loc:
+        if isinstance(part, int) or not isinstance(node, dict) or part not in node:
+            return isinstance(part, int)  # inside a list: the list itself was given
+        node = node[part]
+    return True
+
+
+def describe_settings_error(exc: ValidationError | SettingsError, config: str | Path | None,
+                            prefix: str, flags: dict[str, Any], nested: str | None = None,
+                            file_wins: dict[str, Any] | None = None) -> str:
+    """One line naming every invalid setting and where its value came from: a command-line
+    flag, the environment variable, or the config file. The environment wins over the
+    file unless ``file_wins`` (the file's settings) is given: then the file's own do."""
+    if isinstance(exc, SettingsError):  # a list or mapping in the environment that is not JSON
+        m = re.search(r'field "([^"]+)"', str(exc))
+        field = m.group(1) if m else ""
+        return f"{prefix}{field.upper()}: not valid JSON (a list or mapping setting is given as JSON)"
+    by_source: dict[str, list[str]] = {}
+    for e in exc.errors():
+        loc = tuple(e["loc"])
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        env = _env_name(prefix, loc, nested) if loc else None
+        if file_wins is not None and _given(file_wins, loc):
+            env = None
+        if loc and flags.get(str(loc[0])) is not None:
+            source, where = "the command line", ".".join(str(x) for x in loc)
+        elif env is not None:  # the rest of the path inside the variable's value
+            source = env
+            inner = [str(x) for x in loc[1:]]
+            if nested:
+                inner = inner[len(env.removeprefix(prefix).split(nested)) - 1:]
+            where = ".".join(inner)
+        else:
+            source, where = str(config or "settings"), ".".join(str(x) for x in loc)
+        by_source.setdefault(source, []).append(f"{where}: {msg}" if where else msg)
+    return "; ".join(f"{src}: {'; '.join(found)}" for src, found in by_source.items())
 
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
@@ -270,6 +334,5 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         merged = {**doc, **{k: getattr(env_only, k) for k in env_only.model_fields_set}}
         merged.update({k: v for k, v in overrides.items() if v is not None})
         return Settings(**merged)
-    except ValidationError as exc:
-        fields = describe_validation(exc.errors())
-        raise ConfigError(f"{config or 'settings'}: {fields}") from None
+    except (ValidationError, SettingsError) as exc:
+        raise ConfigError(describe_settings_error(exc, config, "LINESIDE_", overrides)) from None

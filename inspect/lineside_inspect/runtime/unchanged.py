@@ -19,13 +19,13 @@ it must never do is pass a defective one, which ``tools/unchanged_gate.py`` meas
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, LinesideError
 from lineside_inspect.opencv import cv2
 from lineside_inspect.runtime.reference import gray, same_size
 
@@ -97,19 +97,28 @@ def check(frame: np.ndarray, reference: np.ndarray, gate: UnchangedGate) -> Gate
 
 
 def calibrate_floor(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, tolerance_px: int = 3,
-                    tile: int = 32, margin: float = 1.5, minimum: float = 12.0) -> dict[str, float]:
+                    tile: int = 32, margin: float = 1.5, minimum: float = 12.0,
+                    names: Sequence[str] = ()) -> dict[str, float]:
     """A floor from good ``(frame, reference)`` pairs: ``margin`` times the highest tile
     score any of them reached, and at least ``minimum`` grey levels. Returns the floor
-    with the figures it came from."""
+    with the figures it came from. ``names`` (the frames' files, in order) name a frame
+    the calibration refuses, so the user knows which file to take out."""
     best = []
-    for frame, reference in pairs:
-        best.append(float(tile_scores(excess(frame, reference, tolerance_px), tile).max()))
+    for i, (frame, reference) in enumerate(pairs):
+        try:
+            best.append(float(tile_scores(excess(frame, reference, tolerance_px), tile).max()))
+        except LinesideError as exc:  # e.g. a frame of another size than the reference
+            if i < len(names):
+                raise type(exc)(f"{names[i]}: {exc.message}") from None
+            raise
     if not best:
         raise ConfigError("no good frames to calibrate the unchanged gate from")
     worst = max(best)
     if worst * margin > 255:
+        k = best.index(worst)
+        which = f"{names[k]}: " if k < len(names) else ""
         raise ConfigError(
-            f"good frame {best.index(worst) + 1} differs from the reference by {worst:.0f} grey "
+            f"{which}good frame {k + 1} differs from the reference by {worst:.0f} grey "
             "levels, as a defect would: calibrate from good parts of this view only")
     return {"floor": round(max(minimum, worst * margin), 2), "good_pairs": len(best),
             "highest_good_score": round(worst, 2),

@@ -17,7 +17,13 @@ import httpx
 from pydantic import ValidationError
 
 from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
-from lineside_inspect.errors import ConfigError, DatasetError, NotFoundError, describe_validation
+from lineside_inspect.errors import (
+    ConfigError,
+    DatasetError,
+    NotFoundError,
+    ServerUnreachable,
+    describe_validation,
+)
 from lineside_inspect.schemas import InspectionPage
 from lineside_inspect.store.store import REFS_DIR, Store
 
@@ -97,9 +103,32 @@ def _page(url: str, content: bytes) -> InspectionPage:
                           f"{describe_validation(exc.errors())}") from None
 
 
+def _failed(url: str, r: httpx.Response, what: str) -> ConfigError:
+    """A refusal from the server, with its own message when it sent a Lineside error."""
+    try:
+        msg = str(r.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        msg = r.reason_phrase or r.text[:200]
+    return ConfigError(f"{url}: {what} failed ({r.status_code}): {msg}")
+
+
 def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
                      since: datetime | None = None, reviewed: bool = True,
                      overwrite: bool = False) -> Dataset:
+    """The server's reviewed inspections as a dataset at ``dst``; a server that cannot be
+    reached (bad URL, refused, TLS, timeout) is one :class:`ServerUnreachable` line."""
+    try:
+        return _pull(url, dst, key=key, since=since, reviewed=reviewed, overwrite=overwrite)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"{url}: not a valid URL ({exc})") from None
+    except httpx.TransportError as exc:  # refused, DNS, TLS, timeouts, a scheme httpx lacks
+        reason = " ".join(str(exc).split()) or "no detail"
+        raise ServerUnreachable(f"server unreachable at {url}: {type(exc).__name__}: {reason}") \
+            from None
+
+
+def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
+          reviewed: bool, overwrite: bool) -> Dataset:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     records: list[ImageRecord] = []
     refs: dict[str, ImageRecord] = {}
@@ -115,8 +144,7 @@ def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
                 params["since"] = since.isoformat()
             r = c.get("/v1/inspections", params=params)
             if r.status_code != 200:
-                msg = r.json().get("error", {}).get("message", r.text) if r.content else r.text
-                raise ConfigError(f"{url}: listing inspections failed ({r.status_code}): {msg}")
+                raise _failed(url, r, "listing inspections")
             # what another server sends is validated like any input: its ids become file
             # names here, so they must be inspection ids (32 hex digits) and nothing else
             items = [i.model_dump(mode="json") for i in _page(url, r.content).items]
@@ -130,7 +158,8 @@ def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
                 if img.status_code == 404:  # stored on another box of a shared database
                     log.info("pull: skipped inspection %s: %s", item["id"], img.text[:200])
                     continue
-                img.raise_for_status()
+                if img.status_code != 200:
+                    raise _failed(url, img, f"fetching inspection {item['id']}'s image")
                 ext = _ext(img.headers.get("content-type", ""))
                 path = Path(tmp) / f"{item['id']}.{ext}"
                 path.write_bytes(img.content)
@@ -141,7 +170,8 @@ def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
                     if got.status_code == 404:
                         log.info("pull: skipped inspection %s: %s", item["id"], got.text[:200])
                         continue
-                    got.raise_for_status()
+                    if got.status_code != 200:
+                        raise _failed(url, got, f"fetching inspection {item['id']}'s reference")
                     sha = hashlib.sha256(got.content).hexdigest()
                     ref_path = Path(tmp) / REFS_DIR / f"{sha}.{_ext(got.headers.get('content-type', ''))}"
                     ref_path.parent.mkdir(exist_ok=True)

@@ -8,10 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from lineside_inspect.config import ApiKey, Settings, hash_plain_keys, read_config_file
-from lineside_inspect.errors import ConfigError, describe_validation
+from lineside_inspect.config import (
+    ApiKeys,
+    Settings,
+    describe_settings_error,
+    hash_plain_keys,
+    read_config_file,
+)
+from lineside_inspect.errors import ConfigError
 from lineside_inspect.fleet.config import ObjectStoreSettings
 
 
@@ -28,7 +34,7 @@ class HubSettings(BaseSettings):
     objects: ObjectStoreSettings = Field(..., description="images and model packages")
     data_dir: str = Field(..., description=(
         "the hub's own folder: its lock (one hub per folder) and the store's journal"))
-    api_keys: list[ApiKey] = Field(default_factory=list, description=(
+    api_keys: ApiKeys = Field(default_factory=list, description=(
         "role box (name = the box id), reviewer and admin keys"))
     insecure: bool = False
     allowed_hosts: list[str] = Field(default_factory=list)
@@ -75,6 +81,7 @@ def load_hub_settings(config: str | Path | None = None, **overrides: Any) -> Hub
     doc.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return HubSettings(**doc)
-    except ValidationError as exc:
-        raise ConfigError(f"{config or 'hub settings'}: {describe_validation(exc.errors())}") \
+    except (ValidationError, SettingsError) as exc:
+        raise ConfigError(describe_settings_error(exc, config or "hub settings", "LINESIDE_HUB_",
+                                                  overrides, nested="__", file_wins=doc)) \
             from None

@@ -1,0 +1,151 @@
+"""What a new user meets first: settings from the environment taken as the README says
+and errors naming where a bad value came from, ``data pull`` against a server it cannot
+reach, ``data import --help`` at 80 columns, ``calibrate-unchanged`` naming its files."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lineside_inspect.cli import app
+from lineside_inspect.config import hash_key, load_settings
+from lineside_inspect.dataset.importers import IMPORTERS
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.fleet.hub.config import load_hub_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+STATION = ROOT / "configs" / "line"
+KEYS_JSON = '[{"name": "l", "role": "line", "key": "k"}]'
+
+
+def _serve_yaml(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "serve.yaml"
+    path.write_text(f"models: []\ndata_dir: {tmp_path / 'data'}\n{extra}")
+    return path
+
+
+# ---------------------------------------------------------------- settings
+def test_plain_api_keys_from_the_environment_are_hashed_as_from_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from_file = load_settings(_serve_yaml(
+        tmp_path, "api_keys:\n  - {name: l, role: line, key: k}\n")).api_keys
+    monkeypatch.setenv("LINESIDE_API_KEYS", KEYS_JSON)
+    from_env = load_settings(_serve_yaml(tmp_path)).api_keys
+    assert from_env == from_file
+    assert [(k.name, k.role, k.sha256) for k in from_env] == [("l", "line", hash_key("k"))]
+    assert "k" not in {getattr(k, "key", None) for k in from_env}  # never kept as given
+
+
+def test_hub_plain_api_keys_from_the_environment(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = tmp_path / "hub.yaml"
+    hub.write_text(f"database_url: sqlite:///{tmp_path / 'hub.db'}\ndata_dir: {tmp_path}\n"
+                   "objects: {endpoint: '127.0.0.1:9', access_key: a, secret_key: s}\n")
+    monkeypatch.setenv("LINESIDE_HUB_API_KEYS", '[{"name": "box1", "role": "box", "key": "k"}]')
+    keys = load_hub_settings(hub).api_keys
+    assert [(k.name, k.role, k.sha256) for k in keys] == [("box1", "box", hash_key("k"))]
+
+
+def test_a_bad_setting_names_where_it_came_from(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _serve_yaml(tmp_path, "max_concurrency: 2\nmax_queue: -1\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(config))}: max_queue: Input should be"):
+        load_settings(config)  # the file's own bad value names the file
+    monkeypatch.setenv("LINESIDE_MAX_CONCURRENCY", "abc")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(_serve_yaml(tmp_path, "max_concurrency: 2\n"))
+    assert exc.value.message.startswith(
+        "LINESIDE_MAX_CONCURRENCY: Input should be a valid integer"), exc.value.message
+    monkeypatch.delenv("LINESIDE_MAX_CONCURRENCY")
+    monkeypatch.setenv("LINESIDE_API_KEYS", "not json")  # was a SettingsError traceback
+    with pytest.raises(ConfigError, match=r"^LINESIDE_API_KEYS: not valid JSON"):
+        load_settings(_serve_yaml(tmp_path))
+    monkeypatch.setenv("LINESIDE_API_KEYS", '[{"name": "l", "role": "boss", "key": "k"}]')
+    with pytest.raises(ConfigError, match=r"^LINESIDE_API_KEYS: 0\.role: Input should be"):
+        load_settings(_serve_yaml(tmp_path))
+
+
+def test_hub_errors_name_the_file_when_the_file_wins(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's file wins over its environment: a bad value in both is the file's."""
+    hub = tmp_path / "hub.yaml"
+    hub.write_text(f"database_url: sqlite:///{tmp_path / 'hub.db'}\ndata_dir: {tmp_path}\n"
+                   "objects: {endpoint: '127.0.0.1:9', access_key: a, secret_key: s}\n"
+                   "max_body_bytes: -1\n")
+    monkeypatch.setenv("LINESIDE_HUB_MAX_BODY_BYTES", "-2")
+    monkeypatch.setenv("LINESIDE_HUB_PORT", "x")
+    with pytest.raises(ConfigError) as exc:
+        load_hub_settings(hub)
+    assert "LINESIDE_HUB_PORT: Input should be a valid integer" in exc.value.message
+    assert f"{hub}: max_body_bytes:" in exc.value.message
+
+
+def test_serve_command_names_the_environment_variable(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["serve", "--config", str(_serve_yaml(tmp_path))],
+                             env={"LINESIDE_MAX_CONCURRENCY": "abc"})
+    assert res.exit_code == 2, res.output
+    assert "error: LINESIDE_MAX_CONCURRENCY: Input should be a valid integer" in res.output
+
+
+# ---------------------------------------------------------------- data pull
+@pytest.fixture
+def plain_http() -> Iterator[int]:
+    """A plain-HTTP server (a TLS client's handshake gets an HTTP error page back)."""
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # bound then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("case", ["refused", "invalid", "tls"])
+def test_data_pull_from_an_unreachable_server_is_one_line(case: str, plain_http: int,
+                                                          tmp_path: Path) -> None:
+    url, reason = {"refused": (f"http://127.0.0.1:{_closed_port()}", "ConnectError"),
+                   "invalid": ("http://[::1", "not a valid URL"),
+                   "tls": (f"https://127.0.0.1:{plain_http}", "SSL")}[case]
+    res = CliRunner().invoke(app, ["data", "pull", url, str(tmp_path / "out"), "--key", "k"])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and url in lines[0], res.output
+    assert reason in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- help and calibration
+def test_data_import_help_lists_every_format_at_80_columns() -> None:
+    res = CliRunner().invoke(app, ["data", "import", "--help"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0
+    assert max(len(line) for line in res.output.splitlines()) <= 80  # really 80 wide
+    for fmt in IMPORTERS:
+        assert f" {fmt}," in res.output or f" {fmt} " in res.output, (fmt, res.output)
+
+
+def test_calibrate_unchanged_names_the_missing_path_and_the_bad_frame(tmp_path: Path) -> None:
+    ref = str(STATION / "station1-reference.jpg")
+    missing = tmp_path / "nonexistent"
+    res = CliRunner().invoke(app, ["calibrate-unchanged", ref, str(missing)])
+    assert res.exit_code == 2 and f"{missing}: no such file or folder" in res.output, res.output
+    res = CliRunner().invoke(app, ["calibrate-unchanged", ref, str(tmp_path)])  # no images there
+    assert res.exit_code == 2 and str(tmp_path) in res.output, res.output
+    bad = STATION / "station1" / "part-0002.jpg"  # a defective part among good frames
+    res = CliRunner().invoke(app, ["calibrate-unchanged", ref, ref, str(bad)])
+    assert res.exit_code == 2 and f"{bad}: good frame 2 differs" in res.output, res.output
