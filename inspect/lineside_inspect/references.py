@@ -153,8 +153,9 @@ def resolve_reference(needs_reference: bool, model: str, library: ReferenceLibra
 
     A reference model must get exactly one; any other model must get none, so a
     caller that believes it talks to the other kind of model hears about it at once.
-    ``camera`` (and its ``recipe``): the reference is the one that camera's config names,
-    so a mismatch is told as a config matter, not as advice to send a different request.
+    With ``camera`` (inspecting under ``recipe``), ``name`` is what that camera's config
+    names (trusted, then), and a mismatch is told as a config matter: a trigger carries
+    no reference to add or leave out.
     """
     if camera is not None:
         return _camera_reference(needs_reference, model, library, camera, recipe, name)
