@@ -15,7 +15,7 @@ folder or prefix it is joined to.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, WithJsonSchema
 
@@ -37,6 +37,30 @@ def _check(value: str) -> str:
 # newline exception), the check is the full match above
 Name = Annotated[str, AfterValidator(_check), WithJsonSchema(
     {"type": "string", "pattern": f"^{NAME_RE.pattern}$", "maxLength": 128})]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+# free text a request brings to be kept (notes, reasons): lines and any letter are fine,
+# a NUL is not (PostgreSQL's text cannot hold one), and it is refused before anything
+# changes: an action applied whose audit row the database then refused left no trace
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
+def scrub_nul(value: Any) -> Any:
+    """``value`` with every NUL in its strings (keys too, at any depth) made U+FFFD: for
+    records a hub takes from boxes, where refusing one would stop the box's stream."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {scrub_nul(k): scrub_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_nul(v) for v in value]
+    return value
 
 
 def _path_re(part: str, max_parts: int) -> re.Pattern[str]:

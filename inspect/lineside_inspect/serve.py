@@ -42,9 +42,12 @@ class SlowClientProtocol(_HTTPProtocol):
         the next request would start is unknown."""
         body = json.dumps(error_body("invalid_request", "malformed HTTP request: the request "
                                      "line, a header or the framing could not be parsed")).encode()
-        self.transport.write(b"".join((
-            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n",
-            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body)))
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:  # Date (and Server, if on)
+            head.append(b"%s: %s\r\n" % (name, value))
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n"
+                    b"connection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join((*head, body)))
         self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

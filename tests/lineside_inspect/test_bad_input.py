@@ -252,3 +252,16 @@ def test_a_value_the_database_refuses_is_422_not_500(launch, monkeypatch: pytest
         err = _assert_clean_4xx(r, "unstorable_value")
         assert r.status_code == 422 and "NUL" in err["message"]
         assert "INSERT" not in r.text and "inspections" not in r.text
+
+        # any other DataError (a value too long for its column) is the server's fault: a 500
+        class TooLong(ValueError):
+            sqlstate = "22001"
+
+        def too_long(*args: Any, **kwargs: Any) -> Any:
+            raise DataError("INSERT ...", {}, TooLong("value too long for type character(64)"))
+
+        monkeypatch.setattr(registry, "detector", too_long)
+        r = c.get("/v2/models/deeppcb")
+        monkeypatch.undo()
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        assert "character(64)" not in r.text

@@ -151,3 +151,34 @@ def test_a_review_from_a_box_clock_far_ahead_is_skipped(tmp_path: Path) -> None:
         assert [r.reviewer for r in store.get(iid).reviews] == ["lead"]
     finally:
         store.close()
+
+
+def test_a_box_review_with_a_nul_is_taken_not_a_stuck_stream(tmp_path: Path,
+                                                             database_url: str | None) -> None:
+    """A box on SQLite may hold text with a NUL (stored before URLs were checked):
+    PostgreSQL cannot, and a refused batch would be sent again forever, holding every
+    later review. The hub takes it with U+FFFD in place of the NUL."""
+    from lineside_inspect.fleet.hub.reviews import take_reviews
+    from lineside_inspect.fleet.hub.tables import create_hub_tables
+    from lineside_inspect.fleet.protocol import ReviewBatch
+
+    store, iid = _store(tmp_path, database_url, "hub")
+    create_hub_tables(store.engine)
+    try:
+        event = _event(iid, T0 + timedelta(minutes=1), "box", who="q\x00a").model_copy(
+            update={"note": "dust\x00", "boxes": [{"label": "open", "box": [1, 1, 9, 9]}]})
+        assert take_reviews(store, "box-1", ReviewBatch(items=[event])).through_seq == 1
+        (review,) = store.get(iid).reviews
+        assert (review.reviewer, review.note) == ("q\ufffda", "dust\ufffd")
+    finally:
+        store.close()
+
+
+def test_a_forwarded_record_with_a_nul_is_taken_with_u_fffd() -> None:
+    from lineside_inspect.fleet.hub.ingest import _row
+
+    from .test_fleet_sync import _item
+
+    item = _item(1)
+    item = item.model_copy(update={"record": {**item.record, "part_id": "a\x00b"}})
+    assert _row("box1", item).row.part_id == "a\ufffdb"

@@ -283,6 +283,7 @@ def test_a_request_http_cannot_parse_is_a_json_400(launch) -> None:
         sock.close()
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head
+        assert b"\r\ndate: " in head.lower()  # as every other answer
         assert json.loads(body)["error"]["code"] == "invalid_request", answer
     with srv.client("line") as c:  # and the server still serves
         assert c.get("/healthz").status_code == 200

@@ -48,6 +48,11 @@ def test_hot_swap_during_burst_loses_no_request(launch, image_bytes: bytes, tmp_
         assert models[0]["active"] == "1" and {v["version"] for v in models[0]["versions"]} == {"1", "2"}
         assert admin.post("/v1/models/deeppcb/activate", json={"version": "2"}).json()["active"] == "2"
         assert admin.post("/v1/models/deeppcb/activate", json={"version": "9"}).status_code == 404
+        # a reason with a NUL is refused before anything changes: on PostgreSQL the model
+        # was activated and then its audit row refused, leaving no trace
+        nul = admin.post("/v1/models/deeppcb/activate", json={"version": "1", "reason": "a\u0000"})
+        assert nul.status_code == 422 and "NUL" in nul.text
+        assert admin.get("/v1/models").json()[0]["active"] == "2"
 
 
 def test_failed_load_keeps_the_old_model_serving(launch, image_bytes: bytes, tmp_path: Path) -> None:

@@ -47,11 +47,15 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
         label = fails[0]["defects"][0]["label"]
         assert c.get("/v1/inspections", params={"label": label}).json()["total"] >= 1
         assert c.get("/v1/inspections", params={"verdict": "maybe"}).status_code == 422
+        # a time that cannot be taken to UTC (before year 1 there) was an OverflowError: 500
+        for key, when in (("since", "0001-01-01T00:00:00+14:00"), ("until", "9999-12-31T23:59:59-14:00")):
+            r = c.get("/v1/inspections", params={key: when})
+            assert r.status_code == 422 and f"query.{key}" in r.text, r.text
 
         a, b = fails[0]["id"], fails[1]["id"]
         r = c.post(f"/v1/inspections/{a}/reviews", json={"action": "false_reject", "note": "dust"})
         assert r.status_code == 200 and r.json()["review_state"] == "corrected"
-        box = {"label": "short", "box": [10, 10, 40, 40]}
+        box = {"label": "short", "box": [10, 10, 40, 40], "score": 0.5}  # as a defect's, copied
         r = c.post(f"/v1/inspections/{b}/reviews", json={"action": "missed_defect", "boxes": [box]})
         assert r.status_code == 200
         r = c.post(f"/v1/inspections/{b}/reviews", json={"action": "relabel", "index": 0,
@@ -61,6 +65,7 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
         assert [t["action"] for t in trail] == ["missed_defect", "relabel"]
         assert all(t["reviewer"] == "reviewer" for t in trail)
         assert trail[-1]["boxes"][0]["label"] == "spur"
+        assert "score" not in trail[0]["boxes"][0]  # a reviewer's box keeps no score
         outside = {"label": "short", "box": [5, 5, 900, 9]}
         bad = c.post(f"/v1/inspections/{b}/reviews",
                      json={"action": "missed_defect", "boxes": [outside]})

@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.lifecycle.gate import GateReport
-from lineside_inspect.names import Name
+from lineside_inspect.names import Name, Text
 from lineside_inspect.schemas import INSPECTION_ID, Outcome
+from lineside_inspect.store.utc import UTCTime
 
 _ID = re.compile(INSPECTION_ID.removeprefix("^").removesuffix("$"))  # full-matched
 
@@ -27,9 +28,9 @@ class GoldenAdd(_Shape):
 
     inspections: list[str] | None = Field(None, max_length=5000, description=(
         "these inspections (each reviewed); default: every reviewed one with a stored image"))
-    since: datetime | None = Field(None, description="reviewed inspections made since (ISO; UTC)")
+    since: UTCTime | None = Field(None, description="reviewed inspections made since (ISO; UTC)")
     limit: int = Field(500, ge=1, le=5000)
-    note: str = Field("", max_length=2000)
+    note: Text = Field("", max_length=2000)
 
     def ids(self) -> list[str] | None:
         if self.inspections is None:
@@ -52,7 +53,7 @@ class GateRun(_Shape):
 class Admit(_Shape):
     force: bool = Field(False, description=(
         "admit a version whose gate failed (admins only; needs a reason; recorded)"))
-    reason: str = Field("", max_length=2000, description="why (recorded in the audit log)")
+    reason: Text = Field("", max_length=2000, description="why (recorded in the audit log)")
 
 
 class ShadowStart(Admit):

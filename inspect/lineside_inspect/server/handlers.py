@@ -3,8 +3,6 @@ message}}`` with the error's status, a 500 with an error id for the unexpected."
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,7 +17,14 @@ from lineside_inspect.errors import (
 )
 from lineside_inspect.server.unexpected import internal_error
 
-log = logging.getLogger("lineside")
+# PostgreSQL's codes for values it cannot hold: out of range, a character (NUL) it cannot
+# represent; psycopg refuses a NUL in text itself, before the server sees it (no code)
+_VALUE_CODES = {"22003", "22021", "22P05"}
+
+
+def _unstorable(exc: DataError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None)
+    return code in _VALUE_CODES or (code is None and "NUL" in str(exc.orig))
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -52,13 +57,15 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DataError)
     async def unstorable(request: Request, exc: DataError) -> JSONResponse:
-        # the request's fault, not the server's: a 422, not a 500 (the database's own
-        # words stay in the log: they may quote the statement)
-        log.warning("%s %r: the database refused a value: %s", request.method, request.url.path,
-                    str(exc.orig).splitlines()[0] if exc.orig else exc)
+        if not _unstorable(exc):  # a value too long, a bad cast...: the server's own fault
+            return internal_error(exc, request.method, request.url.path)
+        # a value the request brought that no check caught: the request's fault, a 422 (the
+        # database's own words stay in the log: they may quote the statement). What ran
+        # before the refused statement may have taken effect: the message does not say
+        # that nothing did
         return await lineside_error(request, UnstorableValueError(
-            "a value in this request cannot be stored (the database refused it: a NUL "
-            "character in text, or a number out of range)"))
+            "the database refused a value of this request (a NUL character in text, or a "
+            "number out of range); look at the state before sending it again without it"))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

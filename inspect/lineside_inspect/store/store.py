@@ -558,7 +558,8 @@ class Store:
         folder.mkdir(exist_ok=True)
         write_atomic(folder / f"{record.fields['id']}.journal", encode(record))
         log.error("store: inspection %s was refused by the database and set aside in %s: %s",
-                  record.fields["id"], folder, str(getattr(exc, "orig", exc)).splitlines()[0])
+                  record.fields["id"], folder,
+                  (str(getattr(exc, "orig", exc)).splitlines() or [type(exc).__name__])[0])
 
     def _applied(self) -> None:
         """Before a read: apply the journal (an outage only delays it: the read goes on)."""

@@ -11,8 +11,9 @@ means UTC).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import AfterValidator
 from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -21,6 +22,19 @@ from sqlalchemy.types import TypeDecorator
 def as_utc(value: datetime) -> datetime:
     """``value`` as an aware UTC datetime; naive means UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_in_range(value: datetime) -> datetime:
+    try:
+        as_utc(value)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+        raise ValueError("out of range once taken to UTC") from None
+    return value
+
+
+# a time a request brings (a query's since/until): one that cannot be taken to UTC is a
+# 422, not an OverflowError deep in the database layer
+UTCTime = Annotated[datetime, AfterValidator(_utc_in_range)]
 
 
 class UTCDateTime(TypeDecorator[datetime]):

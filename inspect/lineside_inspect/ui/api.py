@@ -21,7 +21,7 @@ from lineside_inspect.server.responses import (
 )
 from lineside_inspect.store import Store
 from lineside_inspect.store import stats as figures
-from lineside_inspect.store.utc import as_utc
+from lineside_inspect.store.utc import UTCTime, as_utc
 
 router = APIRouter(prefix="/v1", tags=["review"])
 # a site, line or box name (fleet filters on a hub): full-matched, like the names themselves
@@ -153,7 +153,7 @@ def get_overview(request: Request, who: Reviewer) -> Overview:
 
 @router.get("/reviewers", responses=errors(401, 403, 404, 422))
 def reviewer_counts(request: Request, who: Reviewer,
-                    since: Annotated[datetime | None, Query(description=(
+                    since: Annotated[UTCTime | None, Query(description=(
                         "ISO time; without an offset: UTC; default: the current shift's start"))] = None,
                     ) -> ReviewerCounts:
     """Reviews per reviewer and action since the current shift started (or ``since``)."""

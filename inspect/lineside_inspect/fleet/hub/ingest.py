@@ -62,6 +62,7 @@ from lineside_inspect.fleet.protocol import (
     ForwardBatch,
     ForwardedInspection,
 )
+from lineside_inspect.names import scrub_nul
 from lineside_inspect.schemas import StoredInspection
 from lineside_inspect.server.deps import Principal, require
 from lineside_inspect.server.responses import errors
@@ -252,13 +253,16 @@ def _out_of_range(value: Any, where: str = "") -> str | None:
 def _row(box_id: str, item: ForwardedInspection) -> _Prepared:
     """The hub's row of ``item`` and its decoded images: the box's record, checked, under
     the keys its images will have; the box id is the caller's (never the record's)."""
-    bad = _out_of_range(item.record)
+    # a NUL in the box's text (a box on SQLite stored one before URLs were checked) becomes
+    # U+FFFD: PostgreSQL cannot hold it, and refusing the item would stop the box's stream
+    record = scrub_nul(item.record)
+    bad = _out_of_range(record)
     if bad is not None:
         # NaN or infinity cannot be answered as JSON (every listing with the row would be a
         # 500) and an integer past 32 bits is a database error: refused here, as a 422
         raise ConfigError(f"item seq {item.seq}: record.{bad}: not a finite number in range")
     try:
-        rec = StoredInspection.model_validate({**item.record, "reviews": []})
+        rec = StoredInspection.model_validate({**record, "reviews": []})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

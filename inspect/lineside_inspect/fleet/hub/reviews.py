@@ -41,6 +41,7 @@ from lineside_inspect.fleet.protocol import (
     ReviewBatch,
 )
 from lineside_inspect.fleet.review_merge import apply_review, review_event
+from lineside_inspect.names import scrub_nul
 from lineside_inspect.server.deps import Principal, get_store, require
 from lineside_inspect.server.responses import errors
 from lineside_inspect.server.routes import inspections
@@ -89,7 +90,10 @@ MAX_CLOCK_AHEAD = timedelta(minutes=5)
 
 def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
     """Apply box ``box_id``'s reviews in ``seq`` order; how far the hub got."""
-    items = sorted(batch.items, key=lambda e: e.seq)
+    # a NUL in a box's review text becomes U+FFFD (as in forwarded records: ingest.py)
+    items = sorted((e.model_copy(update={"reviewer": scrub_nul(e.reviewer),
+                                         "note": scrub_nul(e.note), "boxes": scrub_nul(e.boxes)})
+                    for e in batch.items), key=lambda e: e.seq)
     cursor = _cursor(store, box_id)
     # every item is applied, even at or below the cursor: a review is recognised by its
     # content (apply_review: a resent one is a duplicate), and a box restored from a

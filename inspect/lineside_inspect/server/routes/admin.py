@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from lineside_inspect.errors import ConfigError, GateRefused, PackageError, PathNotAllowedError
+from lineside_inspect.names import Text
 from lineside_inspect.package import CARD, GRAPH
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.server.deps import Admin, RegistryDep, SettingsDep
@@ -32,7 +33,7 @@ class LoadModel(BaseModel):
     activate: bool = True
     force: bool = Field(False, description=(
         "activate even though the package failed its gate (needs a reason; recorded)"))
-    reason: str = Field("", max_length=2000, description="why (recorded in the audit log)")
+    reason: Text = Field("", max_length=2000, description="why (recorded in the audit log)")
 
 
 class Activate(BaseModel):
@@ -40,7 +41,7 @@ class Activate(BaseModel):
     force: bool = Field(False, description=(
         "activate a version whose gate failed (POST /v1/models/{name}/gate): admins only, "
         "with a reason; recorded in the audit log"))
-    reason: str = Field("", max_length=2000, description="why (recorded in the audit log)")
+    reason: Text = Field("", max_length=2000, description="why (recorded in the audit log)")
 
 
 @router.get("/models", responses=errors(401, 403))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import mimetypes
 import os
 from collections.abc import Iterator
-from datetime import datetime
 from typing import IO, Annotated, Literal
 
 import anyio.to_thread
@@ -18,11 +17,13 @@ from starlette.background import BackgroundTask
 
 from lineside_inspect.draw import annotate
 from lineside_inspect.imageio import decode_image, encode_jpeg
+from lineside_inspect.names import Text
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionPage, StoredInspection
 from lineside_inspect.server.deps import Reviewer, get_store
 from lineside_inspect.server.responses import DashboardStats, errors, media
 from lineside_inspect.store.stats import Shifts
+from lineside_inspect.store.utc import UTCTime
 from lineside_inspect.ui.api import FleetName
 
 router = APIRouter(prefix="/v1", tags=["review"])
@@ -36,8 +37,8 @@ def list_inspections(
     site: FleetName = None, line: FleetName = None, box_id: FleetName = None,
     min_score: Annotated[float | None, Query(ge=0, le=1)] = None,
     max_score: Annotated[float | None, Query(ge=0, le=1)] = None,
-    since: Annotated[datetime | None, Query(description="ISO time; without an offset: UTC")] = None,
-    until: Annotated[datetime | None, Query(description="ISO time; without an offset: UTC")] = None,
+    since: Annotated[UTCTime | None, Query(description="ISO time; without an offset: UTC")] = None,
+    until: Annotated[UTCTime | None, Query(description="ISO time; without an offset: UTC")] = None,
     review_state: Literal["unreviewed", "confirmed", "corrected", "reviewed"] | None = None,
     queue: Annotated[Literal["shadow", "to_label"] | None, Query(description=(
         "shadow: a shadow model disagreed with the verdict (its result: GET "
@@ -126,6 +127,9 @@ class ReviewBox(BaseModel, extra="forbid"):
                        description="a class of the inspection's model")
     box: Annotated[list[FiniteFloat], Field(min_length=4, max_length=4, description=(
         "[x1, y1, x2, y2] in image pixels"))]
+    # a defect copied from the inspection (GET .../inspections/{id}) carries its score:
+    # accepted, not kept (a reviewer's box has none)
+    score: FiniteFloat | None = Field(None, description="ignored")
 
 
 class ReviewIn(BaseModel, extra="forbid"):
@@ -135,8 +139,7 @@ class ReviewIn(BaseModel, extra="forbid"):
     index: int | None = Field(None, description="relabel: which box")
     label: str | None = Field(None, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$",
                               description="relabel: the new class")
-    # lines are fine in a note; a NUL is not (PostgreSQL's text cannot hold one)
-    note: str = Field("", max_length=2000, pattern=r"^[^\x00]*$")
+    note: Text = Field("", max_length=2000)  # lines are fine, a NUL is not
     seen_reviews: int | None = Field(None, ge=0, le=10**6, description=(
         "how many reviews the inspection had when you looked; if it has more now, 409 "
         "review_conflict and nothing is saved (omit to add a review unconditionally)"))
@@ -146,7 +149,7 @@ class ReviewIn(BaseModel, extra="forbid"):
              responses=errors(401, 403, 404, 409, 413, 422))
 def add_review(inspection_id: str, body: ReviewIn, request: Request,
                who: Reviewer) -> StoredInspection:
-    boxes = None if body.boxes is None else [b.model_dump() for b in body.boxes]
+    boxes = None if body.boxes is None else [b.model_dump(exclude={"score"}) for b in body.boxes]
     row = get_store(request).review(inspection_id, reviewer=who.name, action=body.action,
                                  boxes=boxes, index=body.index, label=body.label,
                                  note=body.note, seen_reviews=body.seen_reviews)
