@@ -53,7 +53,8 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
 # the statuses and codes the server's error paths produce (errors.py, deps.py, gate.py,
 # guard.py, limiter.py, the handlers in app.py)
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _error("a body that cannot be used: invalid_image, invalid_tensor, invalid_request"),
+    400: _error("a body that cannot be used: invalid_image, invalid_tensor, invalid_request; "
+                "(any route) invalid_url: a control character in the URL's path or query"),
     401: _error("unauthorized: no API key or review session, or an unknown or expired one"),
     403: _error("forbidden (the key's role may not do this), foreign_origin (a state-changing "
                 "call from another site's page), csrf_failed, path_not_allowed"),
@@ -67,7 +68,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     421: _error("invalid_host: without API keys the server answers only to loopback names"),
     422: _error("invalid_request: a parameter or JSON body that fails validation (every "
                 "invalid field named); or a value the server refuses, e.g. invalid_config, "
-                "invalid_model_package, invalid_reference, invalid_reference_name"),
+                "invalid_model_package, invalid_reference, invalid_reference_name, "
+                "invalid_review, unstorable_value (the database refused a value)"),
     500: _error("internal_error: unexpected; the message carries an id the server's log has "
                 "the details under",
                 {"X-Lineside-Error-Id": {"schema": {"type": "string"},
