@@ -83,7 +83,8 @@ def test_golden_gate_and_forced_activation(launch: Callable[..., Running], varia
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_config"
         unknown = admin.get("/v1/golden/nope")
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
-        assert admin.get("/v1/golden/bad%0Aname").status_code == 422
+        assert admin.get("/v1/golden/bad%20name").status_code == 422
+        assert admin.get("/v1/golden/bad%0Aname").status_code == 400  # invalid_url, before routes
 
         # a blind candidate fails the gate: more escapes than the active model
         load(admin, variants / "deeppcb" / "blind")
