@@ -113,6 +113,7 @@ class _Parser(MultiPartParser):
     complete = False
 
     def on_end(self) -> None:
+        super().on_end()
         self.complete = True
 
 
