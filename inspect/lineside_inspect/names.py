@@ -39,10 +39,25 @@ Name = Annotated[str, AfterValidator(_check), WithJsonSchema(
     {"type": "string", "pattern": f"^{NAME_RE.pattern}$", "maxLength": 128})]
 
 
+# the control characters (C0 and DEL): no name, id, label or filter has one; the Guard
+# refuses them in URLs (server/guard.py), OneLine in a body's single-line values
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain a NUL character")
     return value
+
+
+def _one_line(value: str) -> str:
+    if CONTROL_RE.search(value):
+        raise ValueError("must not contain a control character (NUL, CR, LF, ...)")
+    return value
+
+
+# a single-line value a request brings (a class label): no control character at all
+OneLine = Annotated[str, AfterValidator(_one_line)]
 
 
 # free text a request brings to be kept (notes, reasons): lines and any letter are fine,

@@ -81,6 +81,10 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
         empty = c.post(f"/v1/inspections/{a}/reviews", json={"action": "relabel", "index": 0,
                                                              "label": "spur"})
         assert empty.status_code == 422 and "no boxes to relabel" in empty.json()["error"]["message"]
+        for label in ("spur\n", "sp\x00ur"):  # a class label is one line of plain text
+            r = c.post(f"/v1/inspections/{b}/reviews",
+                       json={"action": "relabel", "index": 0, "label": label})
+            assert r.status_code == 422 and "control character" in r.text, r.text
         assert len(c.get(f"/v1/inspections/{b}").json()["reviews"]) == 2  # none of these saved
         # control characters in a URL (a NUL was a 500 on PostgreSQL) are refused up front
         for path, params in ((f"/v1/inspections/{a}%00", None),

@@ -36,6 +36,7 @@ from lineside_inspect.errors import (
     LinesideError,
     MisdirectedHostError,
 )
+from lineside_inspect.names import CONTROL_RE
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -156,7 +157,7 @@ class Guard:
                                      "another site")
 
 
-_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(CONTROL_RE.pattern.encode())  # the path and query are bytes here
 
 
 def _check_url(scope: Scope) -> None:

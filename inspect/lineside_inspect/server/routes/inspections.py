@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 
 from lineside_inspect.draw import annotate
 from lineside_inspect.imageio import decode_image, encode_jpeg
-from lineside_inspect.names import Text
+from lineside_inspect.names import OneLine, Text
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionPage, StoredInspection
 from lineside_inspect.server.deps import Reviewer, get_store
@@ -123,8 +123,7 @@ async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -
 
 # a field misspelt (``seen_review``) must not pass as absent: it would skip the conflict check
 class ReviewBox(BaseModel, extra="forbid"):
-    label: str = Field(..., max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$",
-                       description="a class of the inspection's model")
+    label: OneLine = Field(..., max_length=128, description="a class of the inspection's model")
     box: Annotated[list[FiniteFloat], Field(min_length=4, max_length=4, description=(
         "[x1, y1, x2, y2] in image pixels"))]
     # a defect copied from the inspection (GET .../inspections/{id}) carries its score:
@@ -137,8 +136,7 @@ class ReviewIn(BaseModel, extra="forbid"):
     boxes: list[ReviewBox] | None = Field(None, max_length=1000,
                                           description="missed_defect: the boxes the model missed")
     index: int | None = Field(None, description="relabel: which box")
-    label: str | None = Field(None, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$",
-                              description="relabel: the new class")
+    label: OneLine | None = Field(None, max_length=128, description="relabel: the new class")
     note: Text = Field("", max_length=2000)  # lines are fine, a NUL is not
     seen_reviews: int | None = Field(None, ge=0, le=10**6, description=(
         "how many reviews the inspection had when you looked; if it has more now, 409 "
