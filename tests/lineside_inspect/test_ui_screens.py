@@ -17,6 +17,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,11 @@ def _shot(page: Any, name: str, tmp_path: Path, full: bool = False) -> None:
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}%"
+    # As the page's Number.toFixed: a tie in the float's exact value rounds up (88.25 -> 88.3),
+    # where Python's format rounds it to even (88.2); which shift figure ties depends on the hour.
+    if x is None:
+        return "n/a"
+    return f"{Decimal(x).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)}%"
 
 
 def _num(n: int) -> str:
