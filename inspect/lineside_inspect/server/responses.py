@@ -20,9 +20,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
+from lineside_inspect.draw import annotate
+from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.schemas import Outcome
+from lineside_inspect.server.limiter import Limiter
 
 
 class _Shape(BaseModel):
@@ -350,3 +353,16 @@ def verdict_response(result: Inspection) -> Response:
     re-encoding a model just built (about half a millisecond per inspection). The service
     has encoded it already, on the inspection's worker thread."""
     return Response(result.result_json(), media_type="application/json")
+
+
+async def annotated_response(result: Inspection, limiter: Limiter) -> Response:
+    """An inspection's frame as a JPEG with its boxes and verdict drawn, the verdict in
+    ``X-Lineside-*`` headers. Drawn in a limiter slot (inside the caller's admission when
+    it holds one): the frame and its drawn copy count against ``max_concurrency``, as its
+    decoding did."""
+    jpeg = await limiter.run(
+        lambda: encode_jpeg(annotate(result.image, result.defects, result.verdict)))
+    card = result.detector.card
+    return Response(jpeg, media_type="image/jpeg", headers={
+        "X-Lineside-Inspection-Id": result.id, "X-Lineside-Verdict": result.verdict,
+        "X-Lineside-Model": f"{card.name}:{card.version}"})

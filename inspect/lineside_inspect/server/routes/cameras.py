@@ -16,7 +16,13 @@ from lineside_inspect.names import Name
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.deps import LineUser, Reviewer, ServiceDep, get_cameras
-from lineside_inspect.server.responses import CameraHealth, errors, media, verdict_response
+from lineside_inspect.server.responses import (
+    CameraHealth,
+    annotated_response,
+    errors,
+    media,
+    verdict_response,
+)
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
 
@@ -28,18 +34,24 @@ def list_cameras(request: Request, who: Reviewer) -> list[CameraHealth]:
 
 
 @router.post("/{camera_id}/trigger", response_model=InspectionResult,
-             responses=errors(401, 403, 404, 408, 413, 422, 502, 503))
+             responses={200: {"content": {"image/jpeg": {}},
+                              "description": "the verdict (JSON), or with annotated=1 the JPEG"},
+                        **errors(401, 403, 404, 408, 413, 422, 502, 503)})
 async def trigger(
     camera_id: str, who: LineUser, service: ServiceDep,
     part_id: Annotated[str | None, Query(max_length=256)] = None,
     recipe: Annotated[Name | None, Query()] = None,
     timeout_s: Annotated[float, Query(gt=0, le=30)] = 2.0,
+    annotated: Annotated[bool, Query(description="answer with the annotated JPEG")] = False,
 ) -> Any:
     """Inspect the first frame captured after this trigger arrived (or the newest within
     the camera's max frame age). 503 with the camera's state when none comes within
-    ``timeout_s``, which bounds the wait for the frame and for an inference slot."""
+    ``timeout_s``, which bounds the wait for the frame and for an inference slot. Answers
+    the verdict JSON or, with ``annotated=1``, the frame as ``POST /v1/inspect`` draws it."""
     result = await service.inspect_camera(camera_id, part_id=part_id, recipe=recipe,
-                                          timeout_s=timeout_s)
+                                          timeout_s=timeout_s, answer=not annotated)
+    if annotated:
+        return await annotated_response(result, service.limiter)
     return verdict_response(result)
 
 

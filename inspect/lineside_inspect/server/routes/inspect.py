@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from lineside_inspect.draw import annotate
-from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.names import Name
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.body import read_upload
 from lineside_inspect.server.deps import authorize, query_model, query_parameters
 from lineside_inspect.server.limiter import Limiter
-from lineside_inspect.server.responses import errors, verdict_response
+from lineside_inspect.server.responses import annotated_response, errors, verdict_response
 from lineside_inspect.server.service import InspectionService
 
 router = APIRouter(prefix="/v1", tags=["inspect"])
@@ -69,11 +67,4 @@ async def inspect_route(request: Request) -> Any:
             reference_name=query.reference, reference_data=upload.reference)
         if not query.annotated:
             return verdict_response(result)
-        # drawn in a slot of the same admission: the frame and its drawn copy count
-        # against max_concurrency, as its decoding did
-        jpeg = await limiter.run(
-            lambda: encode_jpeg(annotate(result.image, result.defects, result.verdict)))
-    card = result.detector.card
-    return Response(jpeg, media_type="image/jpeg", headers={
-        "X-Lineside-Inspection-Id": result.id, "X-Lineside-Verdict": result.verdict,
-        "X-Lineside-Model": f"{card.name}:{card.version}"})
+        return await annotated_response(result, limiter)
