@@ -135,7 +135,7 @@ def test_shadow_of_an_unknown_inspection_is_404(srv: Running, board: bytes) -> N
         assert r.status_code == 200 and r.json() == {"items": []}, r.text
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/"])
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/", "/dashboard", "/review"])
 def test_head_answers_as_get_without_a_body(srv: Running, path: str) -> None:
     with srv.client() as c:
         got = c.get(path)

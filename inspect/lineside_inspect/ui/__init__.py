@@ -179,6 +179,7 @@ def status_page(request: Request) -> Response:
 
 
 @pages.get("/dashboard", response_class=HTMLResponse)
+@pages.head("/dashboard", response_class=HTMLResponse)
 def dashboard_page(request: Request) -> Response:
     """Yield and fails per hour or shift, the defect Pareto, review outcomes, reviewers."""
     seen = _viewer(request, "/dashboard")
@@ -191,6 +192,7 @@ def dashboard_page(request: Request) -> Response:
 
 
 @pages.get("/review", response_class=HTMLResponse)
+@pages.head("/review", response_class=HTMLResponse)
 def review_page(request: Request) -> Response:
     seen = _viewer(request, "/review")
     if isinstance(seen, Response):
@@ -203,6 +205,7 @@ def review_page(request: Request) -> Response:
 
 
 @pages.get("/fleet", response_class=HTMLResponse)
+@pages.head("/fleet", response_class=HTMLResponse)
 def fleet_page(request: Request) -> Response:
     """On a hub: every box, what it runs, when it last reported, its backlog."""
     if not _is_hub(request):
