@@ -148,7 +148,7 @@ def test_the_annotated_answer_is_drawn_in_a_slot_of_its_admission(
     """``annotated=1`` draws and encodes a copy of the frame: inside the request's admission
     and a limiter slot, so the pixels in memory stay bounded by max_concurrency (it ran in
     anyio's pool of 40 threads after the admission ended; found by the adversarial review)."""
-    from lineside_inspect.server.routes import inspect as route
+    from lineside_inspect.server import responses as route  # where the answer is drawn
 
     running = launch()
     limiter = running.app.state.limiter
