@@ -132,7 +132,9 @@ class Settings(BaseSettings):
     recipes: list[str] = Field(default_factory=list)
     default_recipe: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads")
+    threads: int | None = Field(None, ge=1, description=(
+        "onnxruntime intra-op threads of every inference; default: an inference alone uses "
+        "every core, and one that overlaps another cores / max_concurrency (on the CPU)"))
     onnx_spinning: bool = Field(False, description=(
         "let onnxruntime's threads spin-wait for work: a little quicker back to back on an "
         "otherwise idle machine, but the spinning takes the cores from everything else the "

@@ -42,14 +42,16 @@ class Detector:
     """
 
     def __init__(self, package: ModelPackage | str | Path, *, device: str = "auto",
-                 threads: int | None = None, warmup: bool = True, spinning: bool = True) -> None:
+                 threads: int | None = None, warmup: bool = True, spinning: bool = True,
+                 overlap: int = 1) -> None:
+        """``overlap``: how many callers may run it at once (see :class:`OnnxSession`)."""
         self.package = package if isinstance(package, ModelPackage) else load_package(package)
         self.card = self.package.card
         self.size = self.card.input.size
         self.session = OnnxSession(self.package.graph_path, device=device, threads=threads,
-                                   spinning=spinning)
+                                   spinning=spinning, overlap=overlap)
         if warmup:
-            self.forward(np.zeros((1, 3, self.size, self.size), dtype=np.uint8))
+            self.session.warm_up(np.zeros((1, 3, self.size, self.size), dtype=np.uint8))
 
     @property
     def class_names(self) -> list[str]:

@@ -112,7 +112,8 @@ DRAIN_THREADS_S = 10.0  # shutdown waits this long for inspections in their thre
 def create_app(settings: Settings | None = None, *, registry: Registry | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = registry or Registry(device=settings.device, threads=settings.threads,
-                                    spinning=settings.onnx_spinning)
+                                    spinning=settings.onnx_spinning,
+                                    concurrency=settings.max_concurrency)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

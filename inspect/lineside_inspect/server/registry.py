@@ -27,10 +27,12 @@ class ModelSlot:
 
 class Registry:
     def __init__(self, *, device: str = "auto", threads: int | None = None,
-                 spinning: bool = True) -> None:
+                 spinning: bool = True, concurrency: int = 1) -> None:
+        """``concurrency``: inferences that may run at once (``max_concurrency``)."""
         self.device = device
         self.threads = threads
         self.spinning = spinning
+        self.concurrency = concurrency
         self._lock = threading.Lock()
         self._models: dict[str, ModelSlot] = {}
         self._recipes: dict[str, Recipe] = {}
@@ -42,7 +44,7 @@ class Registry:
         """Load and warm up a package beside whatever serves now; then (optionally)
         make it active. Raises (leaving everything as it was) if the package is bad."""
         detector = Detector(load_package(path), device=self.device, threads=self.threads,
-                            spinning=self.spinning)
+                            spinning=self.spinning, overlap=self.concurrency)
         card = detector.card
         with self._lock:
             slot = self._models.setdefault(card.name, ModelSlot())
