@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lineside_inspect.store import Store
 from lineside_inspect.store.journal import Journal, Record, encode, read_segment
+from lineside_inspect.store.outbox import Outbox, event
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -300,17 +301,32 @@ def test_a_record_the_database_refuses_is_set_aside_and_holds_up_nothing(
     bad, after = _inspection(det, "fail"), _inspection(det, "fail")
     bad.part_id = "a\x00b"
     with Store(tmp_path, database_url, pass_rate=1.0) as store:
+        # as a line output does: an event per inspection, sent from the store's outbox
+        store.event_makers.append(lambda i: [event(f"t/{i.id}", {"part": i.part_id})])
+        outbox = Outbox(store.engine, store.box_id)
         assert store.save(bad) and store.save(after)
         assert store.get(after.id).id == after.id  # a read applies the journal first
         total, _ = store.query(limit=10)
         refused = list((tmp_path / "journal" / "refused").glob("*.journal"))
+        # the line hears both verdicts, the refused one too
+        assert [e.topic for e in outbox.pending()] == [f"t/{bad.id}", f"t/{after.id}"]
         if database_url is None:
             assert total == 2 and not refused and store.get(bad.id).part_id == "a\x00b"
+            assert store.refused_count() == 0
         else:
-            assert total == 1
+            assert total == 1 and store.refused_count() == 1
             assert [p.name for p in refused] == [f"{bad.id}.journal"]
             (kept,) = read_segment(refused[0])
             assert kept.fields["part_id"] == "a\x00b" and kept.image == bad.raw
+            # replayed after a crash (its segment not yet gone): neither its row nor its
+            # event again
+            store._apply([kept])
+            assert len(outbox.pending()) == 2 and store.query(limit=10)[0] == 1
+            # the quota counts what is kept aside
+            with_it = store.overhead_bytes()
+            moved = refused[0].rename(tmp_path / "away")
+            assert with_it - store.overhead_bytes() == moved.stat().st_size
+            moved.rename(refused[0])
     assert not list((tmp_path / "journal").glob("*.journal"))  # nothing left to replay
     with Store(tmp_path, database_url) as store:  # and the next start-up goes through
         assert store.get(after.id).verdict == "fail"

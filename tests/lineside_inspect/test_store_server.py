@@ -167,3 +167,18 @@ def test_times_are_answered_and_filtered_in_utc(srv: Running) -> None:
             assert total(until=just_before.astimezone(tz)) == 0
         naive = just_after.astimezone(UTC).replace(tzinfo=None)  # naive means UTC
         assert total(since=naive) == 0 and total(until=naive) == 1
+
+
+def test_records_the_database_refused_show_in_the_metrics(launch) -> None:
+    """A record the database refused is kept in ``journal/refused/`` (test_store_journal);
+    ``lineside_store_refused`` says how many are there, so an alert can ask someone to look."""
+    import httpx
+
+    srv = launch()
+    _inspect(srv)
+    assert "\nlineside_store_refused 0.0\n" in httpx.get(srv.url + "/metrics").text
+    refused = _store_dir(srv) / "journal" / "refused"
+    refused.mkdir(exist_ok=True)
+    for name in ("a", "b"):  # (as the store writes them: one journal file per record)
+        (refused / f"{name}.journal").write_bytes(b"")
+    assert "\nlineside_store_refused 2.0\n" in httpx.get(srv.url + "/metrics").text

@@ -81,8 +81,13 @@ def setup_store(app: FastAPI, settings: Settings) -> None:
             app.state.store.close()
         lock.release()
 
+    def publish_refused() -> None:
+        if app.state.store is not None:
+            app.state.metrics.store_refused.set(app.state.store.refused_count())
+
     app.state.on_startup.append(start)
     app.state.on_shutdown.append(stop)
+    app.state.metrics_hooks.append(publish_refused)
 
 
 def setup_cameras(app: FastAPI, settings: Settings) -> None:

@@ -38,6 +38,10 @@ class Metrics:
                                     registry=r)
         self.outbox_lag = Gauge("lineside_outbox_lag_seconds",
                                 "Age of the oldest event waiting for delivery (0: none)", registry=r)
+        self.store_refused = Gauge(
+            "lineside_store_refused",
+            "Inspections the database refused, kept aside in the journal's refused/ folder",
+            registry=r)
         self.mqtt_delivered = Counter("lineside_mqtt_events_delivered",
                                       "Events the MQTT broker acknowledged", registry=r)
         # labelled children by label values: prometheus_client's labels() validates and

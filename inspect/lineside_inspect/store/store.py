@@ -496,6 +496,7 @@ class Store:
         ids = [r.fields["id"] for r in records]
         with Session(self.engine) as s:
             present = set(s.scalars(select(InspectionRow.id).where(InspectionRow.id.in_(ids))))
+        present |= self._refused_ids()  # set aside before a crash: their events went then
         todo = [r for r in records if r.fields["id"] not in present]
         folders: set[Path] = set()
         for r in todo:
@@ -530,6 +531,10 @@ class Store:
                 except StatementError as one:
                     if not _refused(one):
                         raise
+                    # the line still hears the verdict it was answered (events first: a
+                    # crash before the record is set aside sends them again on replay,
+                    # rather than never)
+                    events += self._insert_events(r)
                     self._set_aside(r, one)
         for listener in self.outbox_listeners if events else ():
             try:
@@ -550,11 +555,37 @@ class Store:
                 events += add_events(s, self.box_id, r.fields.get("events") or ())
         return events
 
+    def _insert_events(self, record: Record) -> int:
+        """``record``'s outbox events without its row (the database refused the row)."""
+        try:
+            with Session(self.engine) as s, s.begin():
+                return add_events(s, self.box_id, record.fields.get("events") or ())
+        except StatementError as exc:
+            if not _refused(exc):
+                raise
+            log.error("store: the events of inspection %s were refused too: %s",
+                      record.fields["id"], type(exc).__name__)
+            return 0
+
+    @property
+    def refused_dir(self) -> Path:
+        """Where records the database refused are kept (:meth:`_set_aside`)."""
+        return self.journal.folder / REFUSED_DIR
+
+    def _refused_ids(self) -> set[str]:
+        folder = self.refused_dir
+        return {p.stem for p in folder.glob("*.journal")} if folder.is_dir() else set()
+
+    def refused_count(self) -> int:
+        """How many records the database refused are kept aside (a metric: someone should
+        look at them)."""
+        return len(self._refused_ids())
+
     def _set_aside(self, record: Record, exc: Exception) -> None:
         """Keep a record the database refused in ``journal/refused/`` (the journal's own
         format: ``read_segment`` reads it) and say so; its image file, already written,
         goes at the next start-up's orphan cleanup."""
-        folder = self.journal.folder / REFUSED_DIR
+        folder = self.refused_dir
         folder.mkdir(exist_ok=True)
         write_atomic(folder / f"{record.fields['id']}.journal", encode(record))
         log.error("store: inspection %s was refused by the database and set aside in %s: %s",
@@ -772,7 +803,8 @@ class Store:
         log counts at no less than the room one transaction takes in it (WAL_ROOM_PAGES)."""
         sqlite = self._sqlite_files()
         files = [*sqlite, *self.journal.folder.glob("*.journal"),
-                 self.data_dir / BOX_ID_FILE, self.dir_lock.path]
+                 *self.refused_dir.glob("*.journal"), self.data_dir / BOX_ID_FILE,
+                 self.dir_lock.path]
         refs = self.images_dir / REFS_DIR
         if refs.is_dir():
             files += [p for p in refs.iterdir() if p.is_file()]
