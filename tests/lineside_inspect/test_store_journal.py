@@ -302,7 +302,8 @@ def test_a_record_the_database_refuses_is_set_aside_and_holds_up_nothing(
     bad.part_id = "a\x00b"
     with Store(tmp_path, database_url, pass_rate=1.0) as store:
         # as a line output does: an event per inspection, sent from the store's outbox
-        store.event_makers.append(lambda i: [event(f"t/{i.id}", {"part": i.part_id})])
+        store.event_makers.append(lambda i: [event(f"t/{i.id}", {"part": i.part_id}),
+                                             event(i.id, {}, channel="fleet")])
         outbox = Outbox(store.engine, store.box_id)
         assert store.save(bad) and store.save(after)
         assert store.get(after.id).id == after.id  # a read applies the journal first
@@ -315,6 +316,9 @@ def test_a_record_the_database_refuses_is_set_aside_and_holds_up_nothing(
             assert store.refused_count() == 0
         else:
             assert total == 1 and store.refused_count() == 1
+            # the fleet's event stands for a row there is not: only the kept one's goes
+            assert [e.topic for e in Outbox(store.engine, store.box_id, "fleet").pending()] \
+                == [after.id]
             assert [p.name for p in refused] == [f"{bad.id}.journal"]
             (kept,) = read_segment(refused[0])
             assert kept.fields["part_id"] == "a\x00b" and kept.image == bad.raw

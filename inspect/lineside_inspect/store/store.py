@@ -80,7 +80,7 @@ from lineside_inspect.store.models import (
     ReviewRow,
     ShadowResultRow,
 )
-from lineside_inspect.store.outbox import Event, EventMaker, add_events, events_for
+from lineside_inspect.store.outbox import MQTT, Event, EventMaker, add_events, events_for
 from lineside_inspect.store.utc import as_utc
 
 log = logging.getLogger("lineside.store")
@@ -556,10 +556,12 @@ class Store:
         return events
 
     def _insert_events(self, record: Record) -> int:
-        """``record``'s outbox events without its row (the database refused the row)."""
+        """``record``'s line-output events without its row (the database refused the row).
+        Other channels' events (the fleet's) stand for the row itself: there is none to send."""
+        line = [e for e in record.fields.get("events") or () if e.get("channel") in (None, MQTT)]
         try:
             with Session(self.engine) as s, s.begin():
-                return add_events(s, self.box_id, record.fields.get("events") or ())
+                return add_events(s, self.box_id, line)
         except StatementError as exc:
             if not _refused(exc):
                 raise
