@@ -6,6 +6,8 @@ progress runs on a lean session of ``cores // overlap`` threads; ``threads`` set
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from lineside_inspect.config import Settings
+from lineside_inspect.runtime import cores
 from lineside_inspect.runtime import session as session_module
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.session import OnnxSession
@@ -52,18 +55,110 @@ def test_a_run_that_overlaps_another_goes_lean(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(s, "_run", held)
     batch = np.random.default_rng(0).integers(0, 255, (1, 3, 640, 640), dtype=np.uint8)
     out: dict[int, list[np.ndarray]] = {}
-    first = threading.Thread(target=lambda: out.__setitem__(0, s.run(batch)))
+    first = threading.Thread(target=lambda: out.__setitem__(0, s.run(batch)), daemon=True)
     first.start()
-    while not served:  # the first run holds the wide session before the second starts
-        threading.Event().wait(0.01)
+    _until(lambda: bool(served), first)  # the first run holds the wide session
     out[1] = s.run(batch)
-    first.join()
+    first.join(timeout=30)
     assert served == [s.session, _leans(s)[0]]
     for a, b in zip(out[0], out[1], strict=True):  # the same graph: the same answer
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
     monkeypatch.undo()
-    assert s.run(batch) and s._running == 0  # alone again: wide, and nothing left counted
+    assert s.run(batch) and session_module._RUNNING.count == 0  # alone again, none counted
     assert s._lean is not None and s._lean.qsize() == 2  # every lean slot given back
+
+
+def _until(done: Callable[[], bool], thread: threading.Thread) -> None:
+    deadline = time.monotonic() + 30
+    while not done():
+        assert thread.is_alive() and time.monotonic() < deadline, "the first run never started"
+        time.sleep(0.01)
+
+
+def test_another_models_run_counts_as_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cores are the process's: a run of one model while another model's is in
+    progress goes lean (two recipes, a fused good-only model, versions during a swap)."""
+    monkeypatch.setattr(session_module, "available_cores", lambda: 2)
+    a = OnnxSession(GRAPH, device="cpu", overlap=2, spinning=False)
+    b = OnnxSession(GRAPH, device="cpu", overlap=2, spinning=False)
+    served: list[ort.InferenceSession] = []
+    release = threading.Event()
+    run_a = a._run
+
+    def held(session: ort.InferenceSession, batch: np.ndarray) -> list[np.ndarray]:
+        served.append(session)
+        assert release.wait(30)
+        return run_a(session, batch)
+
+    monkeypatch.setattr(a, "_run", held)
+    batch = np.zeros((1, 3, 640, 640), dtype=np.uint8)
+    first = threading.Thread(target=a.run, args=(batch,), daemon=True)
+    first.start()
+    _until(lambda: bool(served), first)
+    seen_b: list[ort.InferenceSession] = []
+    run_b = b._run
+    monkeypatch.setattr(b, "_run", lambda session, x: seen_b.append(session) or run_b(session, x))
+    b.run(batch)
+    release.set()
+    first.join(timeout=30)
+    assert served == [a.session] and seen_b == _leans(b)[:1]
+    assert session_module._RUNNING.count == 0
+
+
+def test_a_run_that_raises_gives_back_its_lean_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session_module, "available_cores", lambda: 2)
+    s = OnnxSession(GRAPH, device="cpu", overlap=2, spinning=False)
+    batch = np.zeros((1, 3, 640, 640), dtype=np.uint8)
+    with session_module._RUNNING.lock:
+        session_module._RUNNING.count += 1  # another inference in progress: this one goes lean
+    try:
+        with pytest.raises(Exception, match="(?i)invalid|shape|rank|dimension"):
+            s.run(batch[0])  # rank 3: onnxruntime refuses it mid-run
+        assert s.run(batch)  # lean again, and the session was given back
+    finally:
+        with session_module._RUNNING.lock:
+            session_module._RUNNING.count -= 1
+    assert session_module._RUNNING.count == 0 and s._lean is not None and s._lean.qsize() == 2
+
+
+def test_fewer_cores_than_the_machine_has_caps_every_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's default asks for the machine's cores; in a container limited to fewer
+    (a cpuset, a quota) a run alone asks for those it has."""
+    monkeypatch.setattr(session_module, "available_cores", lambda: 3)
+    monkeypatch.setattr(session_module, "machine_cores", lambda: 16)
+    s = OnnxSession(GRAPH, device="cpu", overlap=3)
+    assert _threads(s.session) == 3 and s.lean_threads == 1
+    monkeypatch.setattr(session_module, "available_cores", lambda: 16)
+    assert _threads(OnnxSession(GRAPH, device="cpu").session) == 0  # onnxruntime's default
+
+
+def test_cores_from_sysfs_and_cgroup_quota(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    sys_cpu, cgroup = tmp_path / "cpu", tmp_path / "cgroup"
+    for n, (package, core) in enumerate([(0, 0), (0, 0), (0, 1), (0, 1), (1, 0), (1, 0)]):
+        topology = sys_cpu / f"cpu{n}" / "topology"  # two hyper-threads per core
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    monkeypatch.setattr(cores, "SYS_CPU", sys_cpu)
+    monkeypatch.setattr(cores, "CGROUP", cgroup)
+    assert cores.physical_cores(range(6)) == 3 and cores.physical_cores([0, 1]) == 1
+    assert cores.physical_cores([0, 7]) == 2  # sysfs silent on cpu7: the logical count
+    assert cores.cpu_quota() is None
+    (cgroup / "cpu").mkdir(parents=True)
+    (cgroup / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (cgroup / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cores.cpu_quota() is None
+    (cgroup / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")
+    assert cores.cpu_quota() == 2  # v1: 1.5 CPUs, rounded up
+    (cgroup / "cpu.max").write_text("max 100000\n")
+    assert cores.cpu_quota() is None  # v2 says: no quota
+    (cgroup / "cpu.max").write_text("100000 100000\n")
+    assert cores.cpu_quota() == 1
+    monkeypatch.setattr(cores, "_allowed_cpus", lambda: [0, 1, 2, 3, 4, 5])
+    assert cores.available_cores() == 1  # three cores, a quota of one
+    (cgroup / "cpu.max").unlink()
+    (cgroup / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cores.available_cores() == 3
 
 
 def test_wider_lean_runs_each_get_a_thread_pool(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from lineside_inspect.errors import ConfigError, PackageError
+from lineside_inspect.runtime.cores import available_cores, machine_cores
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -30,36 +30,46 @@ def choose_providers(device: str = "auto") -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its affinity, as a container's cpuset sets it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+class _Running:
+    """Inferences in progress in this process on sessions that may overlap. The cores are
+    the process's, not one model's: a run of one model goes lean while another model's
+    run is in progress (two recipes, a fused good-only model, versions during a swap)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+
+
+_RUNNING = _Running()
 
 
 class OnnxSession:
     """An inference session over one ONNX graph.
 
-    ``overlap``: how many runs a caller may make at once (a server's ``max_concurrency``).
-    When it is over 1, the session runs on the CPU and ``threads`` is left to onnxruntime,
-    a run that starts while another is in progress goes to a *lean* session of the same
-    graph with ``cores // overlap`` threads. A run alone keeps every core (its latency is
-    what one part on the line waits); runs that overlap no longer each ask for every core,
-    which on 2 cores put four threads on two and cost ~9% of throughput (measured: issue
-    #12). ``threads`` set: every run uses exactly that many.
+    ``threads`` left unset, on the CPU: onnxruntime's default (the machine's physical
+    cores), or the cores this process may use when fewer (:mod:`.cores`: a container's
+    cpuset or CPU quota). ``overlap``: how many runs a caller may make at once (a server's
+    ``max_concurrency``); over 1, a run that starts while another inference of this
+    process is in progress goes to a *lean* session of the same graph with
+    ``cores // overlap`` threads. A run alone keeps every core (its latency is what one
+    part on the line waits); runs that overlap no longer each ask for every core, which
+    on 2 cores put four threads on two and cost ~9% of throughput (measured: issue #12).
+    ``threads`` set: every run uses exactly that many.
     """
 
     def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None,
                  optimize: bool = True, spinning: bool = True, overlap: int = 1) -> None:
         providers = choose_providers(device)
-        self.session = self._open(path, providers, threads, optimize, spinning)
+        cores = available_cores()
+        cpu = providers == [CPU]
+        wide = threads or (cores if cpu and cores < machine_cores() else None)
+        self.session = self._open(path, providers, wide, optimize, spinning)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
-        lean = max(1, available_cores() // overlap)
+        lean = max(1, cores // overlap)
         self._lean: queue.SimpleQueue[ort.InferenceSession] | None = None
-        if overlap > 1 and threads is None and self.providers == [CPU] and lean < available_cores():
+        if overlap > 1 and threads is None and self.providers == [CPU] and lean < cores:
             self._lean = queue.SimpleQueue()
             # one-thread runs run on their callers' threads, so one session serves them all;
             # wider ones each need a thread pool of their own, or they share one again
@@ -67,8 +77,6 @@ class OnnxSession:
             for _ in range(overlap):
                 self._lean.put(shared or self._open(path, providers, lean, optimize, spinning))
         self.lean_threads = lean if self._lean is not None else None
-        self._running = 0
-        self._lock = threading.Lock()
 
     @staticmethod
     def _open(path: Path, providers: list[str], threads: int | None, optimize: bool,
@@ -96,9 +104,9 @@ class OnnxSession:
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         if self._lean is None:
             return self._run(self.session, batch)
-        with self._lock:
-            alone = self._running == 0
-            self._running += 1
+        with _RUNNING.lock:
+            alone = _RUNNING.count == 0
+            _RUNNING.count += 1
         try:
             if alone:
                 return self._run(self.session, batch)
@@ -111,8 +119,8 @@ class OnnxSession:
             finally:
                 self._lean.put(lean)
         finally:
-            with self._lock:
-                self._running -= 1
+            with _RUNNING.lock:
+                _RUNNING.count -= 1
 
     def warm_up(self, batch: np.ndarray) -> None:
         """Run ``batch`` once on every session (the first run of each allocates)."""
