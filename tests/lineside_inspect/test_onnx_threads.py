@@ -112,7 +112,7 @@ def test_a_run_that_raises_gives_back_its_lean_session(monkeypatch: pytest.Monke
     with session_module._RUNNING.lock:
         session_module._RUNNING.count += 1  # another inference in progress: this one goes lean
     try:
-        with pytest.raises(Exception, match="(?i)invalid|shape|rank|dimension"):
+        with pytest.raises(Exception, match=r"(?i)invalid|shape|rank|dimension"):
             s.run(batch[0])  # rank 3: onnxruntime refuses it mid-run
         assert s.run(batch)  # lean again, and the session was given back
     finally:
