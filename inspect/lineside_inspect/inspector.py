@@ -57,6 +57,7 @@ class Inspection:
     detections: Detections | None = None
     anomaly: AnomalyFinding | None = None  # a good-only model's finding (alone or fused)
     gate: GateResult | None = None  # the recipe's unchanged gate, when it has one
+    drawn: bytes | None = None  # the frame as a JPEG with boxes and verdict, when asked for
     _result_json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

@@ -26,21 +26,27 @@ def test_trigger_inspects_a_fresh_frame(launch) -> None:
             assert doc["camera_id"] == "sim" and doc["verdict"] in ("pass", "fail")
             assert doc["frame_timestamp"] >= before  # captured after the trigger arrived
             assert doc["frame_age_ms"] >= 0
+        # the drawn frame is an image of the line: a line key does not see images
+        r = c.post("/v1/cameras/sim/trigger", params={"part_id": "P3", "annotated": 1})
+        assert r.status_code == 403 and "'reviewer'" in r.json()["error"]["message"]
+        r = c.post("/v1/cameras/dead/trigger")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "camera_unavailable"
+        assert r.headers["retry-after"] == "1"
+        assert c.post("/v1/cameras/nope/trigger").status_code == 404
+        assert c.get("/v1/cameras").status_code == 403  # health is for reviewers
+    with srv.client("admin") as c:  # may trigger and see images
         r = c.post("/v1/cameras/sim/trigger", params={"part_id": "P2", "annotated": 1})
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         assert decode_image(r.content).shape == (640, 640, 3)  # the frame, boxes drawn
         assert r.headers["x-lineside-verdict"] in ("pass", "fail")
         assert r.headers["x-lineside-model"].startswith("deeppcb:")
         annotated_id = r.headers["x-lineside-inspection-id"]
-        r = c.post("/v1/cameras/dead/trigger")
-        assert r.status_code == 503 and r.json()["error"]["code"] == "camera_unavailable"
-        assert r.headers["retry-after"] == "1"
-        assert c.post("/v1/cameras/nope/trigger").status_code == 404
-        assert c.get("/v1/cameras").status_code == 403  # health is for reviewers
     with srv.client("reviewer") as c:
-        # the annotated answer's inspection is stored like any other
+        # the annotated answer's inspection is stored like any other; the refused one never ran
         stored = c.get(f"/v1/inspections/{annotated_id}")
         assert stored.status_code == 200 and stored.json()["part_id"] == "P2"
+        items = c.get("/v1/inspections", params={"limit": 100}).json()["items"]
+        assert [i["part_id"] for i in items if i["part_id"] != "P1"] == ["P2"]
         health = {h["id"]: h for h in c.get("/v1/cameras").json()}
         assert health["sim"]["state"] == "online" and health["sim"]["fps"] > 0
         assert health["dead"]["state"] == "offline" and "open failed" in health["dead"]["last_error"]

@@ -146,9 +146,10 @@ def test_metrics_count_inspections(srv, image_bytes: bytes) -> None:
 def test_the_annotated_answer_is_drawn_in_a_slot_of_its_admission(
         launch: Any, image_bytes: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """``annotated=1`` draws and encodes a copy of the frame: inside the request's admission
-    and a limiter slot, so the pixels in memory stay bounded by max_concurrency (it ran in
-    anyio's pool of 40 threads after the admission ended; found by the adversarial review)."""
-    from lineside_inspect.server import responses as route  # where the answer is drawn
+    and in the inspection's own limiter slot, so the pixels in memory stay bounded by
+    max_concurrency (it ran in anyio's pool of 40 threads after the admission ended; then
+    in a second slot, waited for after the inspection was stored; found by reviews)."""
+    from lineside_inspect.server import service as route  # where the frame is drawn
 
     running = launch()
     limiter = running.app.state.limiter

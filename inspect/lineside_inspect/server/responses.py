@@ -20,12 +20,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
-from lineside_inspect.draw import annotate
-from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.schemas import Outcome
-from lineside_inspect.server.limiter import Limiter
 
 
 class _Shape(BaseModel):
@@ -355,14 +352,12 @@ def verdict_response(result: Inspection) -> Response:
     return Response(result.result_json(), media_type="application/json")
 
 
-async def annotated_response(result: Inspection, limiter: Limiter) -> Response:
-    """An inspection's frame as a JPEG with its boxes and verdict drawn, the verdict in
-    ``X-Lineside-*`` headers. Drawn in a limiter slot (inside the caller's admission when
-    it holds one): the frame and its drawn copy count against ``max_concurrency``, as its
-    decoding did."""
-    jpeg = await limiter.run(
-        lambda: encode_jpeg(annotate(result.image, result.defects, result.verdict)))
+def annotated_response(result: Inspection) -> Response:
+    """An inspection's frame as the service drew it (``draw=True``): a JPEG with its boxes
+    and verdict, the verdict in ``X-Lineside-*`` headers."""
+    if result.drawn is None:
+        raise RuntimeError(f"inspection {result.id} was not drawn")
     card = result.detector.card
-    return Response(jpeg, media_type="image/jpeg", headers={
+    return Response(result.drawn, media_type="image/jpeg", headers={
         "X-Lineside-Inspection-Id": result.id, "X-Lineside-Verdict": result.verdict,
         "X-Lineside-Model": f"{card.name}:{card.version}"})

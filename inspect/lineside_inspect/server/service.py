@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lineside_inspect.draw import annotate
 from lineside_inspect.errors import ImageError, ImageTooLargeError, LinesideError, NotFoundError
-from lineside_inspect.imageio import decode_image, header_size, sniff_format
+from lineside_inspect.imageio import decode_image, encode_jpeg, header_size, sniff_format
 from lineside_inspect.inspector import FrameTiming, Inspection, inspect
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.references import ReferenceLibrary, resolve_reference
@@ -64,9 +65,11 @@ class InspectionService:
     async def inspect_image(self, data: bytes, *, recipe: str | None = None,
                             camera_id: str | None = None, part_id: str | None = None,
                             reference_name: str | None = None,
-                            reference_data: bytes | None = None) -> Inspection:
+                            reference_data: bytes | None = None,
+                            draw: bool = False) -> Inspection:
         """Inspect an encoded image (JPEG, PNG or BMP). Decoding runs in the limiter's
-        slot, off the event loop, so decoded pixels in memory are bounded by it."""
+        slot, off the event loop, so decoded pixels in memory are bounded by it. ``draw``:
+        answer with the frame drawn (``Inspection.drawn``) instead of the JSON."""
         rule, detector, anomaly = self._pin(recipe)
         self._check_header(data, "image")
         if reference_data is not None:
@@ -83,15 +86,16 @@ class InspectionService:
             result.raw, result.raw_ext = data, sniff_format(data).replace("jpeg", "jpg")
             return result
 
-        return await self._run(work, answer=True)
+        return await self._run(work, answer=not draw, draw=draw)
 
     async def inspect_camera(self, camera_id: str, *, part_id: str | None = None,
                              recipe: str | None = None, timeout_s: float = 2.0,
-                             answer: bool = True) -> Inspection:
+                             answer: bool = True, draw: bool = False) -> Inspection:
         """Inspect the first frame ``camera_id`` captures after this call (or the newest
         within the camera's ``max_frame_age_s``). ``timeout_s`` bounds the wait for the
         frame and for the slot together; the wait holds no thread. ``answer``: encode the
-        JSON answer on the worker thread (an HTTP trigger sends it; a PLC does not)."""
+        JSON answer on the worker thread (an HTTP trigger sends it; a PLC does not);
+        ``draw``: draw the frame instead (``Inspection.drawn``)."""
         arrived = time.time()
         deadline = time.monotonic() + timeout_s
         manager = self._manager()
@@ -113,7 +117,7 @@ class InspectionService:
             return result
 
         return await self._run(work, timeout_s=min(remaining, self.limiter.timeout_s),
-                               answer=answer)
+                               answer=answer and not draw, draw=draw)
 
     async def inspect_frame(self, camera_id: str, image: np.ndarray) -> Inspection:
         """Inspect a frame already captured by ``camera_id`` (continuous mode)."""
@@ -189,11 +193,14 @@ class InspectionService:
             raise NotFoundError("no cameras are configured on this server")
         return self.cameras
 
-    async def _run(self, make: Callable[[], Inspection], *,
-                   timeout_s: float | None = None, answer: bool = False) -> Inspection:
+    async def _run(self, make: Callable[[], Inspection], *, timeout_s: float | None = None,
+                   answer: bool = False, draw: bool = False) -> Inspection:
         """``make`` the inspection in a limiter slot, then, in the same worker thread (one
         hop off the event loop, not two), metrics, the store, the outputs and, when
-        ``answer``, its JSON answer (encoded here rather than on the event loop)."""
+        ``answer``, its JSON answer (encoded here rather than on the event loop), or when
+        ``draw`` the frame drawn: in the same slot, so the frame and its drawn copy count
+        against ``max_concurrency`` as its decoding did, and no second wait for a slot
+        comes after the inspection is stored."""
 
         def work() -> Inspection:
             result = make()
@@ -201,6 +208,8 @@ class InspectionService:
             self._record(result)
             if answer:
                 result.result_json()
+            if draw:
+                result.drawn = encode_jpeg(annotate(result.image, result.defects, result.verdict))
             return result
 
         result = await self.limiter.run(work, timeout_s=timeout_s)

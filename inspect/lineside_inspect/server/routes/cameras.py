@@ -11,11 +11,12 @@ from fastapi.responses import StreamingResponse
 
 from lineside_inspect.cameras import CameraManager, CameraUnavailable
 from lineside_inspect.draw import annotate
+from lineside_inspect.errors import Forbidden
 from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.names import Name
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionResult
-from lineside_inspect.server.deps import LineUser, Reviewer, ServiceDep, get_cameras
+from lineside_inspect.server.deps import ALLOWED, LineUser, Reviewer, ServiceDep, get_cameras
 from lineside_inspect.server.responses import (
     CameraHealth,
     annotated_response,
@@ -47,12 +48,18 @@ async def trigger(
     """Inspect the first frame captured after this trigger arrived (or the newest within
     the camera's max frame age). 503 with the camera's state when none comes within
     ``timeout_s``, which bounds the wait for the frame and for an inference slot. Answers
-    the verdict JSON or, with ``annotated=1``, the frame as ``POST /v1/inspect`` draws it."""
+    the verdict JSON or, with ``annotated=1``, the frame as ``POST /v1/inspect`` draws it:
+    an image of the line, which is the reviewer role's (as snapshots and live views are),
+    so it needs a key that may both trigger and see images (admin); a line key asking for
+    it is refused before anything is inspected."""
+    if annotated and who.role not in ALLOWED["reviewer"]:
+        raise Forbidden(f"key {who.name!r} has role {who.role!r}; annotated=1 answers with "
+                        "the camera's frame, an image, which needs 'reviewer' as well "
+                        "(an admin key; or read GET /v1/inspections/ID/annotated with a "
+                        "reviewer key)")
     result = await service.inspect_camera(camera_id, part_id=part_id, recipe=recipe,
-                                          timeout_s=timeout_s, answer=not annotated)
-    if annotated:
-        return await annotated_response(result, service.limiter)
-    return verdict_response(result)
+                                          timeout_s=timeout_s, draw=annotated)
+    return annotated_response(result) if annotated else verdict_response(result)
 
 
 def _frame_jpeg(manager: CameraManager, camera_id: str) -> bytes:

@@ -64,7 +64,6 @@ async def inspect_route(request: Request) -> Any:
         upload = await read_upload(request, state.settings.max_body_bytes)
         result = await service.inspect_image(
             upload.data, recipe=query.recipe, camera_id=query.camera_id, part_id=query.part_id,
-            reference_name=query.reference, reference_data=upload.reference)
-        if not query.annotated:
-            return verdict_response(result)
-        return await annotated_response(result, limiter)
+            reference_name=query.reference, reference_data=upload.reference,
+            draw=query.annotated)
+    return annotated_response(result) if query.annotated else verdict_response(result)
