@@ -288,7 +288,10 @@ def _assign_rest_to_train(images: list[ImageRecord]) -> list[str]:
     return []
 
 
-def _names_from_yaml(cfg: Path) -> list[str] | None:
+def _names_from_yaml(cfg: Path) -> dict[int, str] | None:
+    """Class id -> name from a YAML's ``names`` (a list, or a mapping of id to name).
+    A mapping is read by integer key, never by its order: quoted keys ('10' sorts before
+    '2' as text) and sparse ids ({0, 2, 3}) keep each id on its own name."""
     try:
         doc = yaml.safe_load(cfg.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -297,24 +300,32 @@ def _names_from_yaml(cfg: Path) -> list[str] | None:
     if names is None:
         return None
     if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names)]
+        out: dict[int, str] = {}
+        for key, name in names.items():
+            try:
+                out[int(str(key).strip())] = str(name)
+            except ValueError:
+                raise DatasetError(f"{cfg}: 'names' key {key!r} is not a class id (an integer); "
+                                   "write names as a list, or as a mapping of id to name") from None
+        return dict(sorted(out.items()))
     if isinstance(names, list):
-        return [str(n) for n in names]
+        return {i: str(n) for i, n in enumerate(names)}
     raise DatasetError(f"{cfg}: field 'names' must be a list or a mapping of id to name")
 
 
-def _yolo_names(src: Path, files: list[Path]) -> list[str]:
-    """Class names from ``data.yaml`` (or another YAML with ``names``), else from
-    ``classes.txt`` / ``obj.names`` (one name a line), the shallowest found."""
+def _yolo_names(src: Path, files: list[Path]) -> tuple[dict[int, str], Path]:
+    """Class id -> name from ``data.yaml`` (or another YAML with ``names``), else from
+    ``classes.txt`` / ``obj.names`` (one name a line), the shallowest found; and that file."""
     by_depth = sorted(files, key=lambda p: len(p.relative_to(src).parts))
     for f in by_depth:
         if f.suffix.lower() in (".yaml", ".yml"):
             names = _names_from_yaml(f)
             if names is not None:
-                return names
+                return names, f
     for f in by_depth:
         if f.name.lower() in ("classes.txt", "obj.names", "classes.names"):
-            return [line.strip() for line in f.read_text().splitlines() if line.strip()]
+            lines = [line.strip() for line in f.read_text().splitlines() if line.strip()]
+            return dict(enumerate(lines)), f
     raise DatasetError(f"{src}: a YOLO set needs its class names: a data.yaml with 'names' "
                        "(or classes.txt / obj.names, one name a line); none found")
 
@@ -327,8 +338,8 @@ def _label_key(rel: str) -> str:
     return "/".join([*folders, path.stem])
 
 
-def _yolo_boxes(label_file: Path, names: list[str], width: int, height: int, rel: str,
-                problems: list[Problem]) -> list[Box]:
+def _yolo_boxes(label_file: Path, names: dict[int, str], names_file: str, width: int,
+                height: int, rel: str, problems: list[Problem]) -> list[Box]:
     boxes: list[Box] = []
     for n, line in enumerate(label_file.read_text(errors="replace").splitlines(), start=1):
         parts = line.split()
@@ -350,7 +361,13 @@ def _yolo_boxes(label_file: Path, names: list[str], width: int, height: int, rel
             problems.append(Problem(str(label_file), where,
                                     f"expected 'class cx cy w h' (or a polygon), got {line!r}", rel))
             continue
-        label = names[cls] if 0 <= cls < len(names) else f"class-{cls}"
+        if cls not in names:
+            known = ", ".join(str(k) for k in names)
+            problems.append(Problem(str(label_file), where,
+                                    f"class id {cls} is not in the names of {names_file} "
+                                    f"(ids there: {known})", rel))
+            continue
+        label = names[cls]
         boxes.append(Box(x1 * width, y1 * height, x2 * width, y2 * height, label,
                          f"{label_file}:{where}"))
     return boxes
@@ -364,7 +381,7 @@ def import_yolo(src: Path) -> Draft:
     if not src.is_dir():
         raise DatasetError(f"{src}: a YOLO set is a folder")
     files = walk_files(src)
-    names = _yolo_names(src, files)
+    names, names_path = _yolo_names(src, files)
     pictures = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not pictures:
         raise DatasetError(_looked_for(src, files, "no images found",
@@ -389,7 +406,8 @@ def import_yolo(src: Path) -> Draft:
         if label_file is None:
             unlabeled += 1
         else:
-            boxes = _yolo_boxes(label_file, names, width, height, rel, problems)
+            boxes = _yolo_boxes(label_file, names, str(names_path), width, height, rel,
+                                problems)
         images.append(ImageRecord(rel, width, height, boxes, split=split_of(src_rel), source=path))
     notes = _assign_rest_to_train(images)
     if unlabeled:
@@ -400,7 +418,7 @@ def import_yolo(src: Path) -> Draft:
     parts = [f"{_split_name(s)}: {len(v)} images in {folders_phrase(v)}"
              for s, v in sorted(by_split.items(), key=_split_order)]
     info: dict[str, object] = {"source": "YOLO", "layout": "YOLO; " + "; ".join(parts + notes)}
-    return Dataset(names, images, info=info), problems
+    return Dataset(list(names.values()), images, info=info), problems
 
 
 def _coco_docs(src: Path) -> list[tuple[Path, Any]]:

@@ -1,0 +1,61 @@
+"""Findings of a new-user pass over dataset import: each test builds the user's layout in
+tmp_path and checks what the import says and keeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lineside_inspect.dataset import import_dataset
+from lineside_inspect.errors import DatasetError
+
+
+def _jpg(path: Path, width: int = 128, height: int = 96) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.full((height, width, 3), 128, np.uint8)
+    cv2.rectangle(image, (10, 10), (40, 30), (0, 0, 255), -1)
+    assert cv2.imwrite(str(path), image)
+
+
+def _messages(exc: pytest.ExceptionInfo[DatasetError]) -> str:
+    return str(exc.value) + "\n" + "\n".join(str(p) for p in exc.value.problems)
+
+
+def _yolo(src: Path, yaml_text: str, labels: dict[str, str]) -> None:
+    (src / "data.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (src / "data.yaml").write_text(yaml_text)
+    for stem, text in labels.items():
+        _jpg(src / "images" / f"{stem}.jpg")
+        (src / "labels").mkdir(parents=True, exist_ok=True)
+        (src / "labels" / f"{stem}.txt").write_text(text)
+
+
+# --- finding 2: YOLO class ids by integer key --------------------------------------------
+
+def test_yolo_quoted_name_keys_keep_each_id_on_its_name(tmp_path: Path) -> None:
+    names = "".join(f"  '{i}': c{i}\n" for i in range(12))
+    _yolo(tmp_path / "src", "names:\n" + names,
+          {"a": "2 0.5 0.5 0.2 0.2\n", "b": "10 0.5 0.5 0.2 0.2\n"})
+    ds, skipped = import_dataset("yolo", tmp_path / "src", tmp_path / "out")
+    assert not skipped
+    labels = {r.file_name: [b.label for b in r.boxes] for r in ds.images}
+    assert labels == {"a.jpg": ["c2"], "b.jpg": ["c10"]}
+    assert ds.categories == [f"c{i}" for i in range(12)]
+
+
+def test_yolo_sparse_names_keep_their_ids_and_refuse_a_missing_id(tmp_path: Path) -> None:
+    yaml_text = "names:\n  0: scratch\n  2: dent\n  3: crack\n"
+    _yolo(tmp_path / "src", yaml_text,
+          {"a": "2 0.5 0.5 0.2 0.2\n", "b": "3 0.5 0.5 0.2 0.2\n"})
+    ds, _ = import_dataset("yolo", tmp_path / "src", tmp_path / "out")
+    labels = {r.file_name: [b.label for b in r.boxes] for r in ds.images}
+    assert labels == {"a.jpg": ["dent"], "b.jpg": ["crack"]}
+
+    _yolo(tmp_path / "bad", yaml_text, {"c": "1 0.5 0.5 0.2 0.2\n"})
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("yolo", tmp_path / "bad", tmp_path / "out2")
+    text = _messages(exc)
+    assert "class id 1 is not in the names" in text and "c.txt:line 1" in text
