@@ -59,3 +59,29 @@ def test_yolo_sparse_names_keep_their_ids_and_refuse_a_missing_id(tmp_path: Path
         import_dataset("yolo", tmp_path / "bad", tmp_path / "out2")
     text = _messages(exc)
     assert "class id 1 is not in the names" in text and "c.txt:line 1" in text
+
+
+# --- finding 3: -f good refuses a labelled folder ----------------------------------------
+
+@pytest.mark.parametrize(("name", "text", "fmt"), [
+    ("p0.xml", "<annotation><filename>p0.jpg</filename></annotation>", "-f voc"),
+    ("p0.txt", "0 0.5 0.5 0.2 0.2\n", "-f yolo"),
+    ("_annotations.coco.json", '{"images": [], "annotations": []}', "-f coco"),
+])
+def test_good_refuses_a_folder_with_label_files(tmp_path: Path, name: str, text: str,
+                                                 fmt: str) -> None:
+    src = tmp_path / "src"
+    _jpg(src / "p0.jpg")
+    (src / name).write_text(text)
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("good", src, tmp_path / "out")
+    assert fmt in str(exc.value) and name in str(exc.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_good_accepts_notes_beside_the_images(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _jpg(src / "p0.jpg")
+    (src / "README.txt").write_text("good parts from line 3, week 12\n")
+    ds, _ = import_dataset("good", src, tmp_path / "out")
+    assert [r.file_name for r in ds.images] == ["p0.jpg"]

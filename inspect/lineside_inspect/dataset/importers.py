@@ -494,8 +494,53 @@ def import_coco(src: Path) -> Draft:
     return Dataset(categories, images, info=info), problems
 
 
+def _looks_like_yolo_label(path: Path) -> bool:
+    """A .txt whose first line is ``class cx cy w h`` (or a polygon): a YOLO label, not notes."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in head.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            int(parts[0])
+            [float(p) for p in parts[1:]]
+        except ValueError:
+            return False
+        return len(parts) >= 5 and len(parts) % 2 == 1
+    return False
+
+
+def _label_files(files: list[Path]) -> tuple[str, list[Path]] | None:
+    """The likely labelled format of a folder and its label files, or None: defect
+    labels beside "good" images mean the user picked the wrong format."""
+    by_format = (
+        ("-f voc (Pascal VOC .xml)", [f for f in files if f.suffix.lower() == ".xml"]),
+        ("-f coco (COCO .json)", [f for f in files if f.suffix.lower() == ".json"]),
+        ("-f yolo (YOLO .txt labels)", [f for f in files if f.suffix.lower() == ".txt"
+                                        and _looks_like_yolo_label(f)]),
+    )
+    for fmt, found in by_format:
+        if found:
+            return fmt, found
+    return None
+
+
 def import_good(src: Path) -> Draft:
-    """A plain folder of defect-free images; the sub-folder (if any) is the group."""
+    """A plain folder of defect-free images; the sub-folder (if any) is the group.
+    Refused when the folder holds label files: those images are labelled, probably
+    defective, and importing them as good parts would teach a model that defects are good."""
+    if src.is_dir():
+        labelled = _label_files(walk_files(src))
+        if labelled is not None:
+            fmt, found = labelled
+            raise DatasetError(
+                f"{src}: holds {len(found)} label file(s) (e.g. {_rel(found[0], src)}), so its "
+                f"images are labelled, not known-good parts; import it with {fmt}, or move the "
+                "label files out if the images really are all good")
     problems: list[Problem] = []
     images = []
     for path in _images_under(src):
