@@ -85,3 +85,54 @@ def test_good_accepts_notes_beside_the_images(tmp_path: Path) -> None:
     (src / "README.txt").write_text("good parts from line 3, week 12\n")
     ds, _ = import_dataset("good", src, tmp_path / "out")
     assert [r.file_name for r in ds.images] == ["p0.jpg"]
+
+
+# --- finding 7: non-UTF-8 data.yaml and XML ----------------------------------------------
+
+def test_latin1_data_yaml_is_a_clear_refusal_naming_the_file(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _yolo(src, "", {"a": "0 0.5 0.5 0.2 0.2\n"})
+    (src / "data.yaml").write_bytes("names: [rayure, fissuré]\n".encode("latin-1"))
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("yolo", src, tmp_path / "out")
+    assert "data.yaml: not UTF-8" in str(exc.value) and "save it as UTF-8" in str(exc.value)
+
+
+def test_data_yaml_with_a_bom_is_read(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _yolo(src, "", {"a": "0 0.5 0.5 0.2 0.2\n"})
+    (src / "data.yaml").write_bytes("\ufeffnames: [fissuré]\n".encode())
+    ds, _ = import_dataset("yolo", src, tmp_path / "out")
+    assert ds.categories == ["fissuré"]
+
+
+def _voc_xml(filename: str, objects: list[tuple[str, tuple[float, ...]]],
+             size: tuple[int, int] = (128, 96)) -> str:
+    objs = "".join(
+        f"<object><name>{n}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b in objects)
+    return (f"<annotation><filename>{filename}</filename><size><width>{size[0]}</width>"
+            f"<height>{size[1]}</height></size>{objs}</annotation>")
+
+
+def test_latin1_xml_without_declaration_hints_at_the_encoding(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _jpg(src / "JPEGImages" / "a.jpg")
+    (src / "Annotations").mkdir()
+    (src / "Annotations" / "a.xml").write_bytes(
+        _voc_xml("a.jpg", [("rayé", (10, 10, 40, 30))]).encode("latin-1"))
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("voc", src, tmp_path / "out")
+    text = _messages(exc)
+    assert "a.xml" in text and "not UTF-8 and declares no encoding" in text
+
+
+def test_latin1_xml_with_its_declaration_imports(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _jpg(src / "JPEGImages" / "a.jpg")
+    (src / "Annotations").mkdir()
+    decl = '<?xml version="1.0" encoding="ISO-8859-1"?>'
+    (src / "Annotations" / "a.xml").write_bytes(
+        (decl + _voc_xml("a.jpg", [("rayé", (10, 10, 40, 30))])).encode("latin-1"))
+    ds, _ = import_dataset("voc", src, tmp_path / "out")
+    assert ds.categories == ["rayé"]

@@ -39,6 +39,38 @@ def _size(path: Path, subject: str, problems: list[Problem]) -> tuple[int, int]:
     return 0, 0
 
 
+def _read_text(path: Path) -> str:
+    """A text file the import depends on (data.yaml, classes.txt), read as UTF-8 (a BOM
+    accepted); another encoding is a clear refusal naming the file, not a traceback."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}; "
+            "saved as latin-1 / Windows-1252?); save it as UTF-8 and import again") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+
+
+def _xml_problem(xml: Path, exc: ET.ParseError) -> str:
+    """The parse error, with the likely cause when the bytes are not UTF-8 and the file
+    declares no encoding (XML's default is UTF-8, so a latin-1 'é' reads as an invalid token)."""
+    msg = f"invalid XML: {exc}"
+    try:
+        data = xml.read_bytes()
+    except OSError:
+        return msg
+    declared = data.lstrip()[:100].startswith(b"<?xml") and b"encoding" in data.split(b"?>", 1)[0]
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        if not declared:
+            msg += ("; the file is not UTF-8 and declares no encoding (saved as latin-1?): "
+                    "save it as UTF-8, or start it with <?xml version=\"1.0\" "
+                    "encoding=\"ISO-8859-1\"?>")
+    return msg
+
+
 def _images_under(folder: Path) -> list[Path]:
     return [p for p in walk_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
 
@@ -64,7 +96,7 @@ def import_deeppcb(src: Path) -> Draft:
         if not label_file.is_file():
             problems.append(Problem(str(label_file), "", "annotation file is missing", rel))
         else:
-            for n, line in enumerate(label_file.read_text().splitlines(), start=1):
+            for n, line in enumerate(label_file.read_text(errors="replace").splitlines(), start=1):
                 if not line.strip():
                     continue
                 parts = line.replace(",", " ").split()
@@ -207,7 +239,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
         try:
             root = ET.parse(xml).getroot()
         except ET.ParseError as exc:
-            problems.append(Problem(str(xml), f"line {exc.position[0]}", f"invalid XML: {exc}",
+            problems.append(Problem(str(xml), f"line {exc.position[0]}", _xml_problem(xml, exc),
                                     xml_rel))
             continue
         if root.tag.lower() != "annotation":
@@ -293,7 +325,7 @@ def _names_from_yaml(cfg: Path) -> dict[int, str] | None:
     A mapping is read by integer key, never by its order: quoted keys ('10' sorts before
     '2' as text) and sparse ids ({0, 2, 3}) keep each id on its own name."""
     try:
-        doc = yaml.safe_load(cfg.read_text()) or {}
+        doc = yaml.safe_load(_read_text(cfg)) or {}
     except yaml.YAMLError as exc:
         raise DatasetError(f"{cfg}: invalid YAML: {exc}") from exc
     names = doc.get("names") if isinstance(doc, dict) else None
@@ -324,7 +356,7 @@ def _yolo_names(src: Path, files: list[Path]) -> tuple[dict[int, str], Path]:
                 return names, f
     for f in by_depth:
         if f.name.lower() in ("classes.txt", "obj.names", "classes.names"):
-            lines = [line.strip() for line in f.read_text().splitlines() if line.strip()]
+            lines = [line.strip() for line in _read_text(f).splitlines() if line.strip()]
             return dict(enumerate(lines)), f
     raise DatasetError(f"{src}: a YOLO set needs its class names: a data.yaml with 'names' "
                        "(or classes.txt / obj.names, one name a line); none found")
