@@ -3,6 +3,7 @@ tmp_path and checks what the import says and keeps."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -136,3 +137,49 @@ def test_latin1_xml_with_its_declaration_imports(tmp_path: Path) -> None:
         (decl + _voc_xml("a.jpg", [("rayé", (10, 10, 40, 30))])).encode("latin-1"))
     ds, _ = import_dataset("voc", src, tmp_path / "out")
     assert ds.categories == ["rayé"]
+
+
+# --- finding 6: the standard COCO layout -------------------------------------------------
+
+def _coco_doc(names: list[str]) -> str:
+    images = [{"id": i + 1, "file_name": n, "width": 128, "height": 96}
+              for i, n in enumerate(names)]
+    anns = [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [10, 10, 20, 20]}
+            for i in range(len(names))]
+    return json.dumps({"images": images, "annotations": anns,
+                       "categories": [{"id": 1, "name": "scratch"}]})
+
+
+def test_coco_standard_layout_finds_images_in_the_split_folder(tmp_path: Path) -> None:
+    src = tmp_path / "coco"
+    (src / "annotations").mkdir(parents=True)
+    for split, names in (("train2017", ["a.jpg", "b.jpg"]), ("val2017", ["c.jpg"])):
+        (src / "annotations" / f"instances_{split}.json").write_text(_coco_doc(names))
+        for n in names:
+            _jpg(src / split / n)
+    ds, skipped = import_dataset("coco", src, tmp_path / "out")
+    assert not skipped
+    assert {(r.file_name, r.split) for r in ds.images} == {
+        ("train2017/a.jpg", "train"), ("train2017/b.jpg", "train"), ("val2017/c.jpg", "val")}
+    # given the JSON itself, its images beside annotations/ are found too
+    ds, _ = import_dataset("coco", src / "annotations" / "instances_val2017.json",
+                           tmp_path / "out2")
+    assert [r.file_name for r in ds.images] == ["c.jpg"]
+
+
+def test_coco_image_in_the_dataset_root_and_a_missing_one_names_every_place(
+        tmp_path: Path) -> None:
+    src = tmp_path / "coco"
+    (src / "annotations").mkdir(parents=True)
+    (src / "annotations" / "instances_train.json").write_text(_coco_doc(["a.jpg", "gone.jpg"]))
+    _jpg(src / "a.jpg")
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("coco", src, tmp_path / "out")
+    (problem,) = exc.value.problems
+    assert "'gone.jpg' not found" in problem.message
+    for place in ("annotations/images/", "annotations/train/", "train/", "images/train/",
+                  "coco/ (the top folder)"):
+        assert place in problem.message
+    assert str(tmp_path) not in problem.message
+    ds, skipped = import_dataset("coco", src, tmp_path / "out", skip_invalid=True)
+    assert [r.file_name for r in ds.images] == ["a.jpg"] and len(skipped) == 1

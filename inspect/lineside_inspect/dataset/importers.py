@@ -16,7 +16,14 @@ from typing import Any
 import yaml
 
 from lineside_inspect.dataset.canonical import ANNOTATIONS, from_coco, load_json
-from lineside_inspect.dataset.layout import SPLIT_WORDS, folders_phrase, role_of, split_of, walk_files
+from lineside_inspect.dataset.layout import (
+    SPLIT_WORDS,
+    folders_phrase,
+    role_of,
+    split_of,
+    split_word,
+    walk_files,
+)
 from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, ImageError, Problem
 from lineside_inspect.imageio import IMAGE_SUFFIXES, header_size
@@ -470,10 +477,47 @@ def _coco_docs(src: Path) -> list[tuple[Path, Any]]:
     return docs
 
 
+def _coco_split_folder(json_path: Path) -> str | None:
+    """``train2017`` for COCO's ``instances_train2017.json`` (any ``<kind>_<X>.json``),
+    the folder COCO keeps that split's images in."""
+    stem = json_path.stem
+    if "_" not in stem.strip("_"):
+        return None
+    return stem.rsplit("_", 1)[1] or None
+
+
+def _coco_image_folders(json_path: Path, root: Path, limit: Path) -> list[Path]:
+    """Where a COCO JSON's images may sit, in order: ``images/`` beside it, beside it, the
+    folder named after its split (``instances_<X>.json`` -> ``<X>/``, beside the JSON, beside
+    its ``annotations/`` folder or in the dataset root, also under ``images/``), the dataset
+    root and its ``images/``; only folders inside ``limit`` (what the user gave)."""
+    base = json_path.parent
+    out = [base / "images", base]
+    named = _coco_split_folder(json_path)
+    if named:
+        for top in (base, base.parent, root):
+            out += [top / named, top / "images" / named]
+    out += [root, root / "images"]
+    unique: list[Path] = []
+    for folder in out:
+        if folder not in unique and folder.is_relative_to(limit):
+            unique.append(folder)
+    return unique
+
+
+def _shown(folder: Path, root: Path) -> str:
+    """A searched folder as the user knows it: relative to the dataset root."""
+    if not folder.is_relative_to(root):
+        return f"{folder}/"  # beside the JSON the user gave, so under a path they typed
+    rel = folder.relative_to(root).as_posix()
+    return f"{folder.name}/ (the top folder)" if rel == "." else f"{rel}/"
+
+
 def import_coco(src: Path) -> Draft:
     """COCO JSON: ``SRC`` is the JSON file, or a folder holding ``annotations.json`` or
-    several COCO JSONs (one per sub-set, which become splits); images are looked up under
-    ``images/`` beside each JSON, then beside it, then by name below it. A category no
+    several COCO JSONs (one per sub-set, which become splits); images are looked up in the
+    folders of :func:`_coco_image_folders` (COCO's own ``annotations/instances_<X>.json``
+    beside ``<X>/`` among them), then by name below the JSON. A category no
     box uses that is another's supercategory (Roboflow's dataset-level parent) is dropped."""
     docs = _coco_docs(src)
     if not docs:
@@ -494,10 +538,22 @@ def import_coco(src: Path) -> Draft:
         base = json_path.parent
         rel_json = _rel(json_path, root)
         split = split_of(f"{PurePosixPath(rel_json).parent}/{json_path.stem}/x")
-        prefix = "" if len(docs) == 1 or base == root else _rel(base, root) + "/"
+        # given the JSON itself, its images may sit beside its annotations/ folder
+        folders = _coco_image_folders(json_path, root, root if src.is_dir() else root.parent)
+        named = _coco_split_folder(json_path)
+        split = split or (split_word(named) if named else None)  # instances_val2017.json
+        if len(docs) == 1 or base == root:
+            prefix = ""
+        elif named and base.name.lower() == "annotations":
+            prefix = named + "/"  # COCO's annotations/instances_train2017.json: train2017/x.jpg
+        else:
+            prefix = _rel(base, root) + "/"
         index: _ImageIndex | None = None  # built only when a name is not where COCO puts it
+        kept: list[ImageRecord] = []
+        listed = len(dataset.images)
         for rec in dataset.images:
-            for candidate in (base / "images" / rec.file_name, base / rec.file_name):
+            for folder in folders:
+                candidate = folder / rec.file_name
                 if candidate.is_file():
                     rec.source = candidate
                     break
@@ -506,7 +562,17 @@ def import_coco(src: Path) -> Draft:
                     index = _ImageIndex(base, [p for p in walk_files(base)
                                                if p.suffix.lower() in IMAGE_SUFFIXES])
                 found_path, _ = index.find(rec.file_name, base, None)
-                rec.source = found_path or base / "images" / rec.file_name
+                if found_path is None:
+                    tried = ", ".join(_shown(f, root) for f in folders)
+                    problems.append(Problem(
+                        rec.origin or str(json_path), "file_name",
+                        f"image {rec.file_name!r} not found: looked in {tried}, and by name "
+                        f"below {_shown(base, root)}", rec.file_name))
+                    continue
+                rec.source = found_path
+            kept.append(rec)
+        dataset.images = kept
+        for rec in dataset.images:
             if prefix and not rec.file_name.startswith(prefix):
                 rec.file_name = prefix + rec.file_name
                 if rec.reference is not None:
@@ -519,7 +585,8 @@ def import_coco(src: Path) -> Draft:
             if name not in categories and (name in used or name not in parents):
                 categories.append(name)
         images += dataset.images
-        parts.append(f"{rel_json} ({len(dataset.images)} images"
+        missing = f", {listed - len(dataset.images)} not found" if listed > len(dataset.images) else ""
+        parts.append(f"{rel_json} ({len(dataset.images)} images{missing}"
                      + (f", sub-set {split!r})" if split else ")"))
     notes = _assign_rest_to_train(images) if len(docs) > 1 else []
     info.update({"layout": "COCO; " + "; ".join(parts + notes)})
