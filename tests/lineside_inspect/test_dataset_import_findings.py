@@ -183,3 +183,26 @@ def test_coco_image_in_the_dataset_root_and_a_missing_one_names_every_place(
     assert str(tmp_path) not in problem.message
     ds, skipped = import_dataset("coco", src, tmp_path / "out", skip_invalid=True)
     assert [r.file_name for r in ds.images] == ["a.jpg"] and len(skipped) == 1
+
+
+# --- finding 11: a box a hair outside the image ------------------------------------------
+
+def test_box_within_one_pixel_outside_is_clipped_and_noted(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    # x2 = (0.9 + 0.2000004 / 2) * 128 = 128.0000256: float rounding of an export
+    _yolo(src, "names: [scratch]\n", {"a": "0 0.9 0.5 0.2000004 0.2\n"})
+    ds, skipped = import_dataset("yolo", src, tmp_path / "out")
+    assert not skipped
+    (box,) = ds.images[0].boxes
+    assert box.x2 == 128.0 and box.x1 == pytest.approx(102.4, abs=1e-3)
+    assert "1 box edge(s) up to 1 px outside the image clipped" in str(ds.info["layout"])
+
+
+def test_box_further_outside_is_still_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _jpg(src / "JPEGImages" / "a.jpg")
+    (src / "Annotations").mkdir()
+    (src / "Annotations" / "a.xml").write_text(_voc_xml("a.jpg", [("scratch", (-3, 10, 40, 30))]))
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("voc", src, tmp_path / "out")
+    assert "lies outside the 128x96 image" in _messages(exc)

@@ -78,6 +78,35 @@ def _xml_problem(xml: Path, exc: ET.ParseError) -> str:
     return msg
 
 
+EDGE_TOLERANCE = 1.0  # px: float rounding in Roboflow/CVAT exports, not a wrong box
+
+
+def _clip_to_images(images: list[ImageRecord]) -> list[str]:
+    """Clip box edges lying at most :data:`EDGE_TOLERANCE` px outside their image (a
+    normalised 1.0000002 times the width) onto the edge; a box further out is left for
+    validation to refuse. Returns a note when any was clipped."""
+    clipped: list[Box] = []
+    for rec in images:
+        if rec.width <= 0 or rec.height <= 0:
+            continue  # size unknown: the unreadable image is the problem
+        for box in rec.boxes:
+            before = box.xyxy()
+            if -EDGE_TOLERANCE <= box.x1 < 0:
+                box.x1 = 0.0
+            if -EDGE_TOLERANCE <= box.y1 < 0:
+                box.y1 = 0.0
+            if rec.width < box.x2 <= rec.width + EDGE_TOLERANCE:
+                box.x2 = float(rec.width)
+            if rec.height < box.y2 <= rec.height + EDGE_TOLERANCE:
+                box.y2 = float(rec.height)
+            if box.xyxy() != before:
+                clipped.append(box)
+    if not clipped:
+        return []
+    return [f"{len(clipped)} box edge(s) up to {EDGE_TOLERANCE:g} px outside the image clipped "
+            f"onto it, e.g. {clipped[0].origin}"]
+
+
 def _images_under(folder: Path) -> list[Path]:
     return [p for p in walk_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
 
@@ -286,7 +315,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
         split = listed.get(path.stem.lower(), split)
         images.append(ImageRecord(rel, width, height, boxes, split=split, source=path,
                                   origin=str(xml)))
-    notes = _assign_rest_to_train(images)
+    notes = _assign_rest_to_train(images) + _clip_to_images(images)
     if found_by["stem"]:
         notes.append(f"{found_by['stem']} <filename>(s) without the image's extension found by stem")
     if found_by["annotation name"]:
@@ -448,7 +477,7 @@ def import_yolo(src: Path) -> Draft:
             boxes = _yolo_boxes(label_file, names, str(names_path), width, height, rel,
                                 problems)
         images.append(ImageRecord(rel, width, height, boxes, split=split_of(src_rel), source=path))
-    notes = _assign_rest_to_train(images)
+    notes = _assign_rest_to_train(images) + _clip_to_images(images)
     if unlabeled:
         notes.append(f"{unlabeled} image(s) without a label file imported as good parts")
     by_split: dict[str | None, list[str]] = defaultdict(list)
@@ -588,7 +617,7 @@ def import_coco(src: Path) -> Draft:
         missing = f", {listed - len(dataset.images)} not found" if listed > len(dataset.images) else ""
         parts.append(f"{rel_json} ({len(dataset.images)} images{missing}"
                      + (f", sub-set {split!r})" if split else ")"))
-    notes = _assign_rest_to_train(images) if len(docs) > 1 else []
+    notes = (_assign_rest_to_train(images) if len(docs) > 1 else []) + _clip_to_images(images)
     info.update({"layout": "COCO; " + "; ".join(parts + notes)})
     return Dataset(categories, images, info=info), problems
 
