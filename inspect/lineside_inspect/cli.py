@@ -300,7 +300,10 @@ def evaluate_cmd(
     rates = ("escape and false-reject rates not measurable (no good images)"
              if "no good" in q.get("not_measurable", {}).get("false_reject_rate", "") else
              f"escape rate {fmt(q['escape_rate'])}  false-reject rate {fmt(q['false_reject_rate'])}")
-    out.print(f"mAP@[.5:.95] {r['coco']['map']:.4f}  mAP@.5 {r['coco']['map50']:.4f}  {rates}"
+    coco = r["coco"]
+    maps = ("mAP n/a (no defects in the data)" if coco.get("boxes") == 0 else
+            f"mAP@[.5:.95] {coco['map']:.4f}  mAP@.5 {coco['map50']:.4f}")
+    out.print(f"{maps}  {rates}"
               f"  detection rate {fmt(q.get('detection_rate'))}"
               f"  defect recall {fmt(q['defect_recall'])}  precision {fmt(q['defect_precision'])}")
     if (p := r.get("pairs")) is not None:
@@ -339,7 +342,8 @@ def calibrate_cmd(
                              overrides=set_, device=device, objective=objective)
     p = c["pairs"]
     g = c.get("global_threshold")
-    out.print(f"global threshold {'n/a' if g is None else f'{g:.4f}'}  DeepPCB-protocol F {p['f']:.4f}  "
+    f = "n/a" if p["f"] is None else f"{p['f']:.4f}"
+    out.print(f"global threshold {'n/a' if g is None else f'{g:.4f}'}  DeepPCB-protocol F {f}  "
               f"precision {p['precision'] or 0:.4f}  recall {p['recall'] or 0:.4f}  escapes "
               f"{c['escapes']} (allowed {c['allowed_escapes']})  false rejects {c['false_rejects']}")
     for name, t in c["thresholds"].items():

@@ -68,9 +68,13 @@ def evaluate(
 
 
 def split_records(dataset: Dataset, split: str, class_names: list[str]) -> list[ImageRecord]:
-    if list(dataset.categories) != class_names:
-        raise ConfigError(f"dataset classes {dataset.categories} differ from the model's "
-                          f"{class_names}")
+    """The records of ``split``. Boxes carry class names, so the dataset's classes may come
+    in another order than the model's (VOC import sorts them, YOLO keeps data.yaml's) or be
+    fewer (a folder of good parts has none); a class the model does not know is refused."""
+    unknown = [c for c in dataset.categories if c not in class_names]
+    if unknown:
+        raise ConfigError(f"{dataset.root}: dataset classes {unknown} are not among the "
+                          f"model's {class_names}: evaluate a model trained on them")
     records = dataset.images if split == "all" else dataset.in_split(split)
     if not records:
         raise ConfigError(f"{dataset.root}: split {split!r} has no images (use --split all "
@@ -155,7 +159,8 @@ def write_report(out: Path, result: dict[str, Any], records: list[ImageRecord],
     coco, q = result["coco"], result["quality"]
     lines = [
         f"# Evaluation on `{result['split']}` ({result['images']} images)", "",
-        f"- mAP@[.5:.95]: **{_fmt(coco['map'])}**, mAP@.5: **{_fmt(coco['map50'])}**",
+        ("- mAP: n/a (no defects in the data)" if coco.get("boxes") == 0 else
+         f"- mAP@[.5:.95]: **{_fmt(coco['map'])}**, mAP@.5: **{_fmt(coco['map50'])}**"),
         *pair_lines(result.get("pairs")),
         *quality_lines(q), "",
         "| class | AP | AP50 | threshold | recall | precision | images detected |",
@@ -201,7 +206,8 @@ def curve_figure(rows: list[dict[str, Any]], goal: float | None) -> Any:
     ax.set_xlabel("training minutes")
     ax.set_ylabel("validation mAP")
     ax.set_ylim(0, 1)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # nothing drawn: no empty legend (and no warning)
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -248,7 +254,8 @@ def _plots(out: Path, result: dict[str, Any], records: list[ImageRecord],
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.01)
     ax.set_ylim(0, 1.01)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # nothing drawn: no empty legend (and no warning)
+        ax.legend()
     ax.set_title("PR curves (IoU 0.5)")
     fig.tight_layout()
     fig.savefig(out / "pr_curves.png", dpi=100)

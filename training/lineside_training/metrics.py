@@ -38,8 +38,10 @@ def coco_metrics(
     records: list[ImageRecord], preds: list[Prediction], class_names: list[str]
 ) -> dict[str, Any]:
     """``map`` (mAP@[.5:.95]), ``map50``, and per-class ``ap``/``ap50`` (``None`` for classes
-    without ground truth)."""
+    without ground truth); ``boxes``: the ground-truth boxes (0: the mAPs mean nothing, and
+    reports say n/a)."""
     gt = _coco_gt(records, class_names)
+    boxes = len(gt.dataset["annotations"])
     results = [
         {"image_id": i, "category_id": int(lab) + 1,
          "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
@@ -48,7 +50,8 @@ def coco_metrics(
         for b, s, lab in zip(p.boxes, p.scores, p.labels, strict=True)
     ]
     if not results or not gt.dataset["annotations"]:
-        return {"map": 0.0, "map50": 0.0, "per_class": {n: None for n in class_names}}
+        return {"map": 0.0, "map50": 0.0, "per_class": {n: None for n in class_names},
+                "boxes": boxes}
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "bbox")
@@ -65,4 +68,5 @@ def coco_metrics(
             continue
         per_class[name] = {"ap": float(np.mean(p[p > -1])),
                            "ap50": float(np.mean(p[0][p[0] > -1])) if (p[0] > -1).any() else 0.0}
-    return {"map": float(ev.stats[0]), "map50": float(ev.stats[1]), "per_class": per_class}
+    return {"map": float(ev.stats[0]), "map50": float(ev.stats[1]), "per_class": per_class,
+            "boxes": boxes}

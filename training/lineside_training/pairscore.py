@@ -59,7 +59,9 @@ class PairCounts:
                           self.truths + other.truths)
 
     def as_dict(self) -> dict[str, float | int | None]:
-        return {"precision": self.precision, "recall": self.recall, "f": self.f,
+        """The counts and rates for a report; F is undefined (None) without defects to find."""
+        return {"precision": self.precision, "recall": self.recall,
+                "f": self.f if self.truths else None,
                 "matched": self.matched, "detections": self.detections,
                 "truths": self.truths, "iou_above": IOU}
 
