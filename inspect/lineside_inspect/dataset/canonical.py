@@ -178,9 +178,19 @@ def parse_dir(root: str | Path) -> tuple[Dataset, list[Problem]]:
 
 
 def load_json(path: Path) -> Any:
-    """Parse a JSON file; a syntax error becomes a :class:`DatasetError` naming the line."""
+    """Parse a JSON file; a syntax error or a non-UTF-8 file becomes a :class:`DatasetError`
+    naming the file and the line. A UTF-8 byte-order mark (Notepad, some exporters) is
+    accepted, as are UTF-16/32 with their mark, as the JSON standard allows."""
+    raw = path.read_bytes()
     try:
-        return json.loads(path.read_text())
+        # bytes, not text: json detects a BOM and UTF-16/32 itself, where read_text()
+        # would use the locale's encoding and keep a BOM as a stray character
+        return json.loads(raw)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        message = (f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}; perhaps "
+                   "Latin-1 or Windows-1252): re-save the file as UTF-8")
+        raise DatasetError(f"{path}: {message}", [Problem(str(path), f"line {line}", message)]) from None
     except json.JSONDecodeError as exc:
         problem = Problem(str(path), f"line {exc.lineno}", f"invalid JSON: {exc.msg}")
         raise DatasetError(f"{path}: invalid JSON", [problem]) from exc
@@ -194,43 +204,150 @@ def read_dataset(root: str | Path) -> Dataset:
     return dataset
 
 
-def write_dataset(dataset: Dataset, dst: str | Path, *, overwrite: bool = False) -> Dataset:
-    """Write ``dataset`` to ``dst`` atomically: a sibling temp folder renamed into place.
+def source_folders(dataset: Dataset) -> set[Path]:
+    """The folders ``dataset``'s pixels are read from (its root, and each image's and
+    reference's folder), symlinks resolved: the places a write must not replace."""
+    folders = {p.parent for r in dataset.images for p in (r.source, r.reference_source) if p}
+    if dataset.root is not None:
+        folders.add(dataset.root)
+    return {f.resolve() for f in folders}
 
-    A failure at any point leaves ``dst`` as it was (absent, or the old dataset).
-    Returns the dataset as read back from ``dst``.
+
+def check_destination(
+    dst: Path, *, sources: set[Path], overwrite: bool, what: str = "DST"
+) -> Path:
+    """Refuse (before anything is written) a destination that is, holds or lies inside a
+    source folder, and one ``--overwrite`` would replace though it is not a Lineside
+    dataset; return ``dst`` with symlinks resolved. ``sources`` must be resolved already.
+
+    Why: replacing ``DST`` deletes it, so ``import SRC SRC/..`` used to delete the very
+    files being imported and whatever else lived beside them."""
+    real = check_apart(dst, sources=sources, what=what)
+    if real.exists():
+        if not real.is_dir():
+            raise DatasetError(f"{dst}: exists and is not a folder; choose another {what}")
+        if not overwrite:
+            raise DatasetError(f"{dst}: already exists (pass --overwrite to replace it)")
+        if any(real.iterdir()) and not (real / ANNOTATIONS).is_file():
+            raise DatasetError(
+                f"{dst}: not a Lineside dataset (no {ANNOTATIONS}) and not empty; "
+                "--overwrite only replaces a dataset folder. Choose a new or empty folder")
+    return real
+
+
+def check_apart(dst: Path, *, sources: set[Path], what: str = "DST") -> Path:
+    """Refuse a destination that is, holds or lies inside one of ``sources`` (resolved);
+    return ``dst`` resolved."""
+    real = dst.resolve()
+    for src in sorted(sources):
+        if real == src or src.is_relative_to(real):
+            raise DatasetError(
+                f"{dst}: {what} is or holds the source being read; writing there would "
+                "replace the source. Choose a new folder outside it; nothing was written")
+        if real.is_relative_to(src):
+            raise DatasetError(
+                f"{dst}: {what} lies inside the source folder being read; choose a folder "
+                "outside it; nothing was written")
+    return real
+
+
+def _label_problems(dataset: Dataset) -> list[Problem]:
+    """Empty, duplicate or unknown class names: checked before writing, because COCO
+    cannot hold them (a category needs a name) and the folder would not read back."""
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for i, name in enumerate(dataset.categories):
+        if not name.strip():
+            problems.append(Problem("classes", f"[{i}]", "empty class name"))
+        elif name in seen:
+            problems.append(Problem("classes", f"[{i}]", f"class {name!r} listed twice"))
+        seen.add(name)
+    for rec in dataset.images:
+        for box in rec.boxes:
+            where = box.origin or rec.origin or rec.file_name
+            if not box.label.strip():
+                problems.append(Problem(where, "", f"box with an empty class name in image "
+                                        f"{rec.file_name!r}: name the class", rec.file_name))
+            elif box.label not in seen:
+                problems.append(Problem(where, "", f"class {box.label!r} is not in the "
+                                        "dataset's class list", rec.file_name))
+    return problems
+
+
+def write_dataset(
+    dataset: Dataset, dst: str | Path, *, overwrite: bool = False, source: str | Path | None = None
+) -> Dataset:
+    """Write ``dataset`` to ``dst`` atomically: a sibling temp folder, read back and
+    checked, then renamed into place.
+
+    ``source`` is the folder or file imported from, if any; with the folders the
+    dataset's pixels come from, ``dst`` may not be, hold, or lie inside it. A failure at
+    any point leaves ``dst`` as it was (absent, or the old dataset). Returns the dataset
+    as read back from ``dst``.
     """
-    dst = Path(dst).resolve()
-    if dst.exists() and not overwrite:
-        raise DatasetError(f"{dst}: already exists (pass --overwrite to replace it)")
+    given = Path(dst)
+    sources = source_folders(dataset)
+    if source is not None:
+        src = Path(source).resolve()
+        if src.is_dir():
+            sources.add(src)
+        elif given.resolve() == src or src.is_relative_to(given.resolve()):
+            # a COCO JSON file: its own path is protected (its images' folders are above)
+            raise DatasetError(f"{given}: DST is or holds the source {source}; nothing was written")
+    dst = check_destination(given, sources=sources, overwrite=overwrite)
+    label_problems = _label_problems(dataset)
+    if label_problems:
+        raise DatasetError(
+            f"{given}: {len(label_problems)} problem(s) with class names; nothing was written",
+            label_problems)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    holder: Path | None = None
+    moved_old = False
     try:
         images_dir = tmp / "images"
         images_dir.mkdir()
         for rec in dataset.images:
             target = inside_images(images_dir, rec.file_name)
             target.parent.mkdir(parents=True, exist_ok=True)
-            src = dataset.image_path(rec)
-            shutil.copyfile(src, target)
+            src_file = dataset.image_path(rec)
+            shutil.copyfile(src_file, target)
         doc = to_coco(dataset)
         with open(tmp / ANNOTATIONS, "w") as fh:
             json.dump(doc, fh, indent=1)
             fh.flush()
             os.fsync(fh.fileno())
-        old = None
+        # read back before anything is put in place: a folder that does not read back
+        # must never replace DST (or appear where there was none)
+        written, problems = parse_dir(tmp)
+        if problems:
+            tmp_prefix = str(tmp)
+            raise DatasetError(
+                f"{given}: the written dataset does not read back ({len(problems)} "
+                "problem(s)); nothing was put in place",
+                [Problem(p.file.replace(tmp_prefix, str(given), 1), p.location, p.message,
+                         p.subject) for p in problems])
         if dst.exists():
-            old = dst.with_name(f".{dst.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            dst.rename(old)
+            # a fresh, uniquely named holder: never delete a folder we did not create
+            holder = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+            dst.rename(holder / "old")
+            moved_old = True
         tmp.rename(dst)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        moved_old = False
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if holder is not None and moved_old:
+            try:
+                (holder / "old").rename(dst)  # put the old dataset back
+            except OSError:
+                holder = None  # could not: leave it where it is rather than delete it
+        if holder is not None:
+            shutil.rmtree(holder, ignore_errors=True)
         raise
-    return read_dataset(dst)
+    if holder is not None:
+        shutil.rmtree(holder, ignore_errors=True)
+    written.root = dst
+    return written
 
 
 def save_annotations(dataset: Dataset) -> None:

@@ -1,0 +1,204 @@
+"""Writing a dataset folder never destroys what it reads or what it does not own, and
+nothing is put in place that does not read back (new-user findings 1, 4 and 7)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lineside_inspect.cli import app
+from lineside_inspect.dataset import (
+    Box,
+    Dataset,
+    ImageRecord,
+    canonical,
+    export_dataset,
+    import_dataset,
+    read_dataset,
+    write_dataset,
+)
+from lineside_inspect.errors import DatasetError
+
+
+def _jpg(path: Path, width: int = 64, height: int = 48) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.full((height, width, 3), 128, np.uint8))
+    return path
+
+
+def _xml(path: Path, image: str, names: list[str]) -> None:
+    objects = "".join(
+        f"<object><name>{n}</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>20</xmax>"
+        "<ymax>20</ymax></bndbox></object>" for n in names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<annotation><filename>{image}</filename><size><width>64</width>"
+                    f"<height>48</height></size>{objects}</annotation>")
+
+
+def _voc(src: Path, n: int = 2) -> Path:
+    for i in range(n):
+        _jpg(src / "JPEGImages" / f"p{i}.jpg")
+        _xml(src / "Annotations" / f"p{i}.xml", f"p{i}.jpg", ["scratch"])
+    return src
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+# --- finding 1: --overwrite must not delete the source or other data ---------------------
+
+def test_overwrite_refuses_a_dst_that_holds_the_source(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _voc(data / "raw" / "voc")
+    (data / "NOTES.txt").write_text("notes")
+    _jpg(data / "other_set" / "x.jpg")
+    before = _tree(tmp_path)
+    with pytest.raises(DatasetError, match="holds the source"):
+        import_dataset("voc", data / "raw" / "voc", data, overwrite=True)
+    assert _tree(tmp_path) == before
+
+
+def test_overwrite_refuses_dst_same_as_source_also_through_a_symlink(tmp_path: Path) -> None:
+    src = _voc(tmp_path / "ow2")
+    (tmp_path / "link").symlink_to(src)
+    before = _tree(tmp_path)
+    for dst in (src, tmp_path / "link"):
+        with pytest.raises(DatasetError, match="is or holds the source"):
+            import_dataset("voc", src, dst, overwrite=True)
+    assert _tree(tmp_path) == before
+
+
+def test_dst_inside_the_source_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "flat"  # images beside their XMLs
+    _jpg(src / "a.jpg")
+    _xml(src / "a.xml", "a.jpg", ["dent"])
+    with pytest.raises(DatasetError, match="lies inside the source"):
+        import_dataset("voc", src, src / "out")
+    assert not (src / "out").exists()
+    # the folder imported from, when the caller names it, is protected as a whole
+    voc = _voc(tmp_path / "voc")
+    import_dataset("voc", voc, tmp_path / "ok")
+    draft = read_dataset(tmp_path / "ok")
+    with pytest.raises(DatasetError, match="lies inside the source"):
+        write_dataset(draft, voc / "out", source=voc)
+    assert not (voc / "out").exists()
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path) -> None:
+    src = _voc(tmp_path / "voc")
+    other = tmp_path / "photos"
+    _jpg(other / "holiday.jpg")
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("voc", src, other, overwrite=True)
+    assert str(other) in str(exc.value) and "not a Lineside dataset" in str(exc.value)
+    assert _tree(other) == {"holiday.jpg"}
+    # an empty folder and an earlier dataset may be replaced
+    (tmp_path / "empty").mkdir()
+    assert len(import_dataset("voc", src, tmp_path / "empty", overwrite=True)[0].images) == 2
+    ds, _ = import_dataset("voc", _voc(tmp_path / "voc3", 3), tmp_path / "empty", overwrite=True)
+    assert len(read_dataset(tmp_path / "empty").images) == 3 == len(ds.images)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_cli_overwrite_into_the_source_parent_is_a_clear_error(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _voc(data / "raw" / "voc")
+    result = CliRunner().invoke(
+        app, ["data", "import", "-f", "voc", str(data / "raw" / "voc"), str(data), "--overwrite"])
+    assert result.exit_code != 0
+    assert "holds the source" in result.output and "Traceback" not in result.output
+    assert len(list((data / "raw" / "voc" / "Annotations").iterdir())) == 2
+
+
+def test_export_into_the_dataset_being_read_is_refused(tmp_path: Path) -> None:
+    ds_dir = tmp_path / "ds"
+    import_dataset("voc", _voc(tmp_path / "voc"), ds_dir)
+    before = _tree(ds_dir)
+    for fmt in ("yolo", "coco"):
+        with pytest.raises(DatasetError, match="source"):
+            export_dataset(fmt, ds_dir, ds_dir / "export")
+    with pytest.raises(DatasetError, match="holds the source"):
+        export_dataset("yolo", ds_dir, tmp_path)
+    assert _tree(ds_dir) == before
+
+
+# --- finding 4: an empty class name; nothing in place unless it reads back ---------------
+
+@pytest.mark.parametrize("label", ["", "   "])
+def test_empty_class_name_is_refused_before_writing(tmp_path: Path, label: str) -> None:
+    image = _jpg(tmp_path / "src" / "a.jpg")
+    rec = ImageRecord("a.jpg", 64, 48, [Box(1, 1, 9, 9, label, origin="src/a.xml:object[0]")],
+                      source=image)
+    with pytest.raises(DatasetError, match="class names") as exc:
+        write_dataset(Dataset([label], [rec]), tmp_path / "out")
+    assert any("src/a.xml" in str(p) and "empty class name" in str(p) for p in exc.value.problems)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_voc_empty_name_never_leaves_a_broken_folder(tmp_path: Path) -> None:
+    src = _voc(tmp_path / "voc")
+    _jpg(src / "JPEGImages" / "e.jpg")
+    _xml(src / "Annotations" / "e.xml", "e.jpg", [""])
+    try:
+        ds, _ = import_dataset("voc", src, tmp_path / "out", skip_invalid=True)
+    except DatasetError:
+        assert not (tmp_path / "out").exists()
+    else:  # the importer reports the empty name as e.xml's problem and leaves it out
+        assert "" not in ds.categories and read_dataset(tmp_path / "out").images
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["out", "voc"], ["voc"])
+
+
+def test_a_dataset_that_does_not_read_back_replaces_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _voc(tmp_path / "voc")
+    import_dataset("voc", src, tmp_path / "out")
+    before = (tmp_path / "out" / "annotations.json").read_text()
+    good = canonical.to_coco
+
+    def broken(dataset: Dataset) -> dict[str, object]:
+        doc = good(dataset)
+        doc["categories"][0]["name"] = ""  # type: ignore[index]
+        return doc
+
+    monkeypatch.setattr(canonical, "to_coco", broken)
+    with pytest.raises(DatasetError, match="does not read back") as exc:
+        import_dataset("voc", src, tmp_path / "out", overwrite=True)
+    assert all(".out." not in str(p) for p in exc.value.problems)  # no temp path shown
+    assert (tmp_path / "out" / "annotations.json").read_text() == before
+    with pytest.raises(DatasetError, match="does not read back"):
+        import_dataset("voc", src, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "voc"]
+
+
+# --- finding 7 (JSON): non-UTF-8 is a clear error; a BOM is accepted ---------------------
+
+def _coco(folder: Path) -> dict[str, object]:
+    _jpg(folder / "images" / "a.jpg")
+    return {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8]}],
+            "categories": [{"id": 1, "name": "fissure"}]}
+
+
+def test_latin1_json_names_the_file(tmp_path: Path) -> None:
+    doc = _coco(tmp_path / "src")
+    doc["categories"] = [{"id": 1, "name": "fissuré"}]
+    path = tmp_path / "src" / "annotations.json"
+    path.write_bytes(json.dumps(doc, ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(DatasetError, match="not UTF-8") as exc:
+        import_dataset("coco", tmp_path / "src", tmp_path / "out")
+    assert str(path) in str(exc.value) and "UTF-8" in str(exc.value.problems[0])
+
+
+def test_json_with_a_utf8_bom_is_read(tmp_path: Path) -> None:
+    doc = _coco(tmp_path / "src")
+    (tmp_path / "src" / "annotations.json").write_bytes(
+        b"\xef\xbb\xbf" + json.dumps(doc).encode())
+    ds, skipped = import_dataset("coco", tmp_path / "src", tmp_path / "out")
+    assert not skipped and ds.categories == ["fissure"] and len(ds.images[0].boxes) == 1
