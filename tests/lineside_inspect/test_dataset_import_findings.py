@@ -206,3 +206,23 @@ def test_box_further_outside_is_still_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as exc:
         import_dataset("voc", src, tmp_path / "out")
     assert "lies outside the 128x96 image" in _messages(exc)
+
+
+# --- finding 10: two XMLs name one image -------------------------------------------------
+
+def test_duplicate_filename_blames_the_xml_not_named_after_the_image(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _jpg(src / "JPEGImages" / "ok0.jpg")
+    (src / "Annotations").mkdir()
+    (src / "Annotations" / "ok0.xml").write_text(_voc_xml("ok0.jpg", [("dent", (10, 10, 40, 30))]))
+    # sorts first, so the old code kept it and blamed ok0.xml
+    (src / "Annotations" / "dup_ref.xml").write_text(
+        _voc_xml("ok0.jpg", [("scratch", (50, 50, 60, 60))]))
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("voc", src, tmp_path / "out")
+    (problem,) = exc.value.problems
+    assert problem.file.endswith("dup_ref.xml") and "Annotations/ok0.xml" in problem.message
+    ds, skipped = import_dataset("voc", src, tmp_path / "out", skip_invalid=True)
+    assert [(r.file_name, [b.label for b in r.boxes]) for r in ds.images] == [
+        ("JPEGImages/ok0.jpg", ["dent"])]
+    assert ds.categories == ["dent"] and len(skipped) == 1

@@ -265,10 +265,10 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     listed = _voc_imagesets(files)
     problems: list[Problem] = []
     images: list[ImageRecord] = []
-    seen: list[str] = []
     found_by: Counter[str] = Counter()
     xml_rels: dict[str | None, list[str]] = defaultdict(list)
     used: set[Path] = set()
+    owner: dict[Path, int] = {}  # image -> index in images of the record annotating it
     not_voc = 0
     for xml in xmls:
         xml_rel = _rel(xml, src)
@@ -308,13 +308,33 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
             except (AssertionError, ValueError):
                 problems.append(Problem(str(xml), where, "bndbox needs numeric xmin ymin xmax ymax", rel))
                 continue
-            if label not in seen:
-                seen.append(label)
             x1, y1, x2, y2 = coords
             boxes.append(Box(x1, y1, x2, y2, label, origin=f"{xml}:{where}"))
         split = listed.get(path.stem.lower(), split)
-        images.append(ImageRecord(rel, width, height, boxes, split=split, source=path,
-                                  origin=str(xml)))
+        record = ImageRecord(rel, width, height, boxes, split=split, source=path, origin=str(xml))
+        if path not in owner:
+            owner[path] = len(images)
+            images.append(record)
+            continue
+        # two XMLs name one image: the one named after the image is its annotation
+        first = images[owner[path]]
+        first_xml = Path(first.origin or "")
+        first_rel = _rel(first_xml, src) if first_xml.is_relative_to(src) else str(first_xml)
+        first_owns = first_xml.stem.lower() == path.stem.lower()
+        new_owns = xml.stem.lower() == path.stem.lower()
+        if new_owns and not first_owns:
+            images[owner[path]] = record
+            wrong, wrong_rel, right_rel = first_xml, first_rel, xml_rel
+        elif first_owns and not new_owns:
+            wrong, wrong_rel, right_rel = xml, xml_rel, first_rel
+        else:  # neither is named after the image: which one is right cannot be told
+            problems.append(Problem(str(xml), "filename", f"{rel!r} is also the image of "
+                                    f"{first_rel}: one of the two XMLs names the wrong image",
+                                    rel))
+            continue
+        problems.append(Problem(str(wrong), "filename",
+                                f"names image {rel!r}, which {right_rel} (named after it) "
+                                "annotates: fix this XML's <filename>", wrong_rel))
     notes = _assign_rest_to_train(images) + _clip_to_images(images)
     if found_by["stem"]:
         notes.append(f"{found_by['stem']} <filename>(s) without the image's extension found by stem")
@@ -332,7 +352,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     parts = [f"{_split_name(s)}: {len(v)} XML in {folders_phrase(v)}, images in "
              f"{index.folders(s)}" for s, v in sorted(xml_rels.items(), key=_split_order)]
     layout = "Pascal VOC; " + "; ".join(parts + notes)
-    cats = classes if classes else sorted(seen)
+    cats = classes if classes else sorted({b.label for r in images for b in r.boxes})
     return Dataset(list(cats), images, info={"source": "Pascal VOC", "layout": layout}), problems
 
 
