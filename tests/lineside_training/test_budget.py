@@ -133,3 +133,32 @@ def test_a_slow_start_does_not_end_the_run() -> None:
     late.record_step(5.0)
     late.record_step(6.7)
     assert late.eval_cost() == pytest.approx(6.7 / 16 * 4 * 422 / 3)  # 236 s
+
+
+def test_a_refit_is_logged_when_it_moves_the_plan() -> None:
+    """A short run re-fits every few steps: a 1-minute run logged 67 plan lines. A re-fit
+    is said when it moves the plan by 5% or more since it was last said."""
+    plan = SchedulePlan(total_steps=1000, warmup_steps=50, ema_decay=0.998)
+    budget = Budget(600, steps_per_epoch=100, eval_every=1, plan=plan, warmup_wanted=50,
+                    base_decay=0.998, eval_images=10, batch_size=4)
+    budget.record_step(1.0)  # start-up: not timed
+    lines = []
+    for _ in range(300):
+        budget.record_step(0.5 + 0.001 * (budget.step % 7))  # small jitter: small moves
+        if budget.due():
+            lines.append(budget.refit())
+    said = [x for x in lines if x is not None]
+    assert budget.refits == len(lines) > 2 * len(said) >= 2
+    pairs = re.findall(r"plan (\d+) steps \(.*?was (\d+)\)", "\n".join(said))
+    plans, was = [int(p) for p, _ in pairs], [int(w) for _, w in pairs]
+    assert was[1:] == plans[:-1]  # "was" is the plan last said
+
+
+def test_a_tie_on_map50_with_better_boxes_is_a_gain() -> None:
+    from lineside_training.engine import Progress, gained
+
+    progress = Progress(best=0.5, best_map=0.20)
+    assert gained(progress, {"map50": 0.5, "map": 0.27})  # tied, boxes fit better
+    assert not gained(progress, {"map50": 0.5, "map": 0.20})
+    assert not gained(progress, {"map50": 0.49, "map": 0.40})
+    assert gained(Progress(), {"map50": 0.0, "map": 0.0})  # the first evaluation

@@ -28,6 +28,7 @@ REFITS_PER_EPOCH = 4  # long epochs are re-planned within, not only at their end
 # run) can be 50x slower than the rest; planned from them alone, a 25-minute run planned
 # 2 steps and ended after its third.
 PROVISIONAL = 0.25
+LOG_CHANGE = 0.05  # a re-fit is logged when it moves the plan by this share
 EVAL_GUESS_MAX = 0.1  # while provisional, an untimed evaluation is guessed at most this share
 NO_STRETCH_AFTER = 0.5  # past this share of the budget a nearly done cosine is not stretched
 
@@ -109,6 +110,7 @@ class Budget:
     eval_s: float = 0.0  # the last evaluation's seconds
     eval_timed: bool = False
     refits: int = 0
+    logged_steps: int = 0  # the plan's length when a re-fit was last logged
     first_seen: bool = False
     stopped: str = ""  # why the run ended early, if it did
 
@@ -169,12 +171,16 @@ class Budget:
                                          min(self.step, self.plan.warmup_steps))
         self.plan.ema_decay, self.plan.ema_ramp = fitted_ema(self.base_decay, self.plan.total_steps)
         self.refits += 1
-        if old == self.plan.total_steps:
+        was = self.logged_steps or old
+        # said in the log when it moves the plan by 5% or more since last said: a short
+        # run re-fits every few steps (a 1-minute run logged 67 such lines)
+        if abs(self.plan.total_steps - was) < max(1, LOG_CHANGE * was):
             return None
+        self.logged_steps = self.plan.total_steps
         how = "measured" if self.eval_timed else "guessed"
         return (f"time budget: {step_s:.2f} s/step measured, {eval_s:.1f} s per evaluation {how}, "
                 f"{format_duration(self.remaining())} left: plan {self.plan.total_steps} steps "
-                f"({self.plan.total_steps / self.steps_per_epoch:.1f} epochs; was {old}), "
+                f"({self.plan.total_steps / self.steps_per_epoch:.1f} epochs; was {was}), "
                 f"warm-up {self.plan.warmup_steps}, EMA decay {self.plan.ema_decay:.4f}")
 
     def steps_left(self) -> int:
