@@ -226,3 +226,21 @@ def test_duplicate_filename_blames_the_xml_not_named_after_the_image(tmp_path: P
     assert [(r.file_name, [b.label for b in r.boxes]) for r in ds.images] == [
         ("JPEGImages/ok0.jpg", ["dent"])]
     assert ds.categories == ["dent"] and len(skipped) == 1
+
+
+# --- finding 13: YOLO label files with no image ------------------------------------------
+
+def test_yolo_label_file_without_an_image_is_reported(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _yolo(src, "names: [scratch]\n", {"a": "0 0.5 0.5 0.2 0.2\n"})
+    (src / "labels" / "orphan.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (src / "labels" / "tiff.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (src / "images" / "tiff.tif").write_bytes(b"II*\\x00")
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("yolo", src, tmp_path / "out")
+    by_file = {Path(p.file).name: p.message for p in exc.value.problems}
+    assert set(by_file) == {"orphan.txt", "tiff.txt"}
+    assert "label file has no image" in by_file["orphan.txt"]
+    assert "TIF, which is not supported (jpg, png or bmp only)" in by_file["tiff.txt"]
+    ds, skipped = import_dataset("yolo", src, tmp_path / "out", skip_invalid=True)
+    assert [r.file_name for r in ds.images] == ["a.jpg"] and len(skipped) == 2

@@ -107,6 +107,30 @@ def _clip_to_images(images: list[ImageRecord]) -> list[str]:
             f"onto it, e.g. {clipped[0].origin}"]
 
 
+UNSUPPORTED_IMAGES = (".tif", ".tiff", ".webp", ".gif", ".jp2", ".heic")
+
+
+def _unsupported_beside(stem: str, folders: list[Path]) -> Path | None:
+    """An image of ``stem`` in a format Lineside does not read (TIFF, WebP ...), if any."""
+    for folder in folders:
+        for suffix in UNSUPPORTED_IMAGES:
+            for name in (stem + suffix, stem + suffix.upper()):
+                if (folder / name).is_file():
+                    return folder / name
+    return None
+
+
+def _no_image_message(label_file: Path, what: str) -> str:
+    """Why a label file has no image: an unsupported format beside it, or none at all."""
+    near = [label_file.parent, label_file.parent.parent / "images", label_file.parent.parent]
+    other = _unsupported_beside(label_file.stem, near)
+    if other is not None:
+        return (f"{what} has no image: {other.name} is {other.suffix.lstrip('.').upper()}, "
+                f"which is not supported (jpg, png or bmp only); convert it")
+    return (f"{what} has no image (no {label_file.stem}.jpg/.png/.bmp where its images are): "
+            "its boxes would be lost; add the image or remove the file")
+
+
 def _images_under(folder: Path) -> list[Path]:
     return [p for p in walk_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
 
@@ -497,6 +521,12 @@ def import_yolo(src: Path) -> Draft:
             boxes = _yolo_boxes(label_file, names, str(names_path), width, height, rel,
                                 problems)
         images.append(ImageRecord(rel, width, height, boxes, split=split_of(src_rel), source=path))
+    matched = {_label_key(_rel(p, src)) for p in pictures}
+    for key, f in sorted(labels.items(), key=lambda kv: kv[1]):
+        # an empty one loses nothing; a notes .txt is no label file
+        if key not in matched and _looks_like_yolo_label(f):
+            label_rel = _rel(f, src)
+            problems.append(Problem(str(f), "", _no_image_message(f, "label file"), label_rel))
     notes = _assign_rest_to_train(images) + _clip_to_images(images)
     if unlabeled:
         notes.append(f"{unlabeled} image(s) without a label file imported as good parts")
