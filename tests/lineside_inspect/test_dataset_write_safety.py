@@ -88,6 +88,10 @@ def test_dst_inside_the_source_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="lies inside the source"):
         write_dataset(draft, voc / "out", source=voc)
     assert not (voc / "out").exists()
+    # and import names it: a VOC folder's images sit in JPEGImages/, yet its root is read
+    with pytest.raises(DatasetError, match="lies inside the source"):
+        import_dataset("voc", voc, voc / "out")
+    assert not (voc / "out").exists()
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path) -> None:

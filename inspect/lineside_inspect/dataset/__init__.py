@@ -82,7 +82,7 @@ def import_dataset(
                 unskippable,
             )
         skipped = problems
-    return write_dataset(draft, dst, overwrite=overwrite), skipped
+    return write_dataset(draft, dst, overwrite=overwrite, source=src), skipped
 
 
 def export_dataset(fmt: str, src: str | Path, dst: str | Path) -> None:
