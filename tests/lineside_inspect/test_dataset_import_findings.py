@@ -244,3 +244,46 @@ def test_yolo_label_file_without_an_image_is_reported(tmp_path: Path) -> None:
     assert "TIF, which is not supported (jpg, png or bmp only)" in by_file["tiff.txt"]
     ds, skipped = import_dataset("yolo", src, tmp_path / "out", skip_invalid=True)
     assert [r.file_name for r in ds.images] == ["a.jpg"] and len(skipped) == 2
+
+
+# --- finding 14: an unreadable image is one problem; counts say images; TIFF -------------
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image\n"])
+def test_unreadable_image_is_one_problem(tmp_path: Path, content: bytes) -> None:
+    src = tmp_path / "src"
+    _jpg(src / "JPEGImages" / "ok.jpg")
+    (src / "JPEGImages" / "bad.jpg").write_bytes(content)
+    (src / "Annotations").mkdir()
+    for stem in ("ok", "bad"):
+        (src / "Annotations" / f"{stem}.xml").write_text(
+            _voc_xml(f"{stem}.jpg", [("dent", (1, 1, 5, 5))]))
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("voc", src, tmp_path / "out")
+    (problem,) = exc.value.problems
+    assert "unreadable image" in problem.message and problem.subject == "JPEGImages/bad.jpg"
+    ds, skipped = import_dataset("voc", src, tmp_path / "out", skip_invalid=True)
+    assert [r.file_name for r in ds.images] == ["JPEGImages/ok.jpg"] and len(skipped) == 1
+
+
+def test_skipped_count_says_images_not_label_files(tmp_path: Path) -> None:
+    from lineside_inspect.dataset.problems import images_concerned
+    from lineside_inspect.errors import Problem
+
+    problems = [Problem("a.xml", "line 1", "invalid XML", "Annotations/a.xml"),
+                Problem("b.jpg", "", "unreadable image", "JPEGImages/b.jpg"),
+                Problem("b.xml", "object[0]", "empty box", "JPEGImages/b.jpg"),
+                Problem("orphan.txt", "", "label file has no image", "labels/orphan.txt"),
+                Problem("categories", "", "duplicate class names")]
+    assert images_concerned(problems) == 1
+
+
+def test_voc_tiff_image_says_tiff_is_not_supported(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "t0.tif").write_bytes(b"II*\x00" + bytes(64))
+    (src / "t0.xml").write_text(_voc_xml("t0.tif", [("dent", (1, 1, 5, 5))]))
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("voc", src, tmp_path / "out")
+    (problem,) = exc.value.problems
+    assert problem.file.endswith("t0.xml")
+    assert "'t0.tif' is TIF, which is not supported (jpg, png or bmp only)" in problem.message

@@ -120,6 +120,15 @@ def _unsupported_beside(stem: str, folders: list[Path]) -> Path | None:
     return None
 
 
+def _unsupported_named(name: str, xml_stem: str, unsupported: dict[str, Path]) -> Path | None:
+    """The TIFF (WebP ...) file a ``<filename>`` or the XML's own name points at, if any."""
+    base = PurePosixPath(name.replace("\\", "/")).name.lower()
+    for stem in (PurePosixPath(base).stem, base, xml_stem.lower()):
+        if stem in unsupported:
+            return unsupported[stem]
+    return None
+
+
 def _no_image_message(label_file: Path, what: str) -> str:
     """Why a label file has no image: an unsupported format beside it, or none at all."""
     near = [label_file.parent, label_file.parent.parent / "images", label_file.parent.parent]
@@ -151,6 +160,8 @@ def import_deeppcb(src: Path) -> Draft:
         group = group_dir.name if group_dir != src.parent else test.parent.name
         rel = f"{group}/{test.name}"
         width, height = _size(test, rel, problems)
+        if not width:
+            continue  # unreadable: one problem, not a decode and a box problem as well
         label_file = test.parent.parent / f"{test.parent.name}_not" / f"{stem}.txt"
         boxes: list[Box] = []
         if not label_file.is_file():
@@ -180,8 +191,9 @@ def import_deeppcb(src: Path) -> Draft:
         if template.is_file():
             trel = f"{group}/{template.name}"
             tw, th = _size(template, trel, problems)
-            images.append(ImageRecord(trel, tw, th, [], group=group, source=template))
-            record.reference = trel
+            if tw:
+                images.append(ImageRecord(trel, tw, th, [], group=group, source=template))
+                record.reference = trel
     info: dict[str, object] = {"source": "DeepPCB (Tang et al. 2019, github.com/tangsanli5201/DeepPCB)",
             "licence": DEEPPCB_LICENCE}
     return Dataset(list(DEEPPCB_CLASSES), images, info=info), problems
@@ -280,6 +292,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     files = walk_files(src)
     xmls = [p for p in files if p.suffix.lower() == ".xml"]
     pictures = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    unsupported = {p.stem.lower(): p for p in files if p.suffix.lower() in UNSUPPORTED_IMAGES}
     if not xmls:
         raise DatasetError(_looked_for(
             src, files, "no Pascal VOC .xml annotation files found",
@@ -309,6 +322,12 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
         split = split_of(xml_rel)
         xml_rels[split].append(xml_rel)
         path, how = index.find(name, xml, split)
+        if path is None and (other := _unsupported_named(name, xml.stem, unsupported)):
+            problems.append(Problem(
+                str(xml), "filename", f"image {other.name!r} is "
+                f"{other.suffix.lstrip('.').upper()}, which is not supported (jpg, png or bmp "
+                "only): convert it", xml_rel))
+            continue
         if path is None:
             where = f"sub-set {split!r}" if split else "the set"
             problems.append(Problem(
@@ -321,6 +340,8 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
         rel = _rel(path, src)
         split = split or index.split[path]
         width, height = _size(path, rel, problems)
+        if not width:
+            continue  # unreadable: one problem, not a decode and a box problem as well
         boxes = []
         for i, obj in enumerate(root.findall("object")):
             label = (obj.findtext("name") or "").strip()
@@ -513,6 +534,8 @@ def import_yolo(src: Path) -> Draft:
         src_rel = _rel(path, src)
         rel = src_rel.split("/", 1)[1] if strip else src_rel
         width, height = _size(path, rel, problems)
+        if not width:
+            continue  # unreadable: one problem, not a decode and a box problem as well
         label_file = labels.get(_label_key(src_rel))
         boxes: list[Box] = []
         if label_file is None:
@@ -724,6 +747,8 @@ def import_good(src: Path) -> Draft:
     for path in _images_under(src):
         rel = path.relative_to(src).as_posix()
         width, height = _size(path, rel, problems)
+        if not width:
+            continue  # unreadable: one problem, not a decode problem as well
         group = rel.rsplit("/", 1)[0] if "/" in rel else None
         images.append(ImageRecord(rel, width, height, [], group=group, source=path))
     if not images:

@@ -8,6 +8,7 @@ import re
 from collections import Counter
 
 from lineside_inspect.errors import Problem
+from lineside_inspect.imageio import IMAGE_SUFFIXES
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 _PATHLIKE = re.compile(r"\S*[/\\]\S*|\S+\.(?:jpe?g|png|bmp|xml|txt|json)\b", re.IGNORECASE)
@@ -31,3 +32,11 @@ def summarise(problems: list[Problem]) -> list[str]:
         counts[kind] += 1
         first.setdefault(kind, p)
     return [f"{n} x {kind}  (e.g. {first[kind]})" for kind, n in counts.most_common()]
+
+
+def images_concerned(problems: list[Problem]) -> int:
+    """How many images the problems concern: a problem of a label file with no image
+    (an XML, a YOLO .txt) has that file as its subject so that skipping it drops no image,
+    and is not counted as a skipped image."""
+    return len({p.subject for p in problems
+                if p.subject is not None and p.subject.lower().endswith(IMAGE_SUFFIXES)})
