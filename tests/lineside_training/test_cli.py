@@ -27,6 +27,8 @@ def test_train_evaluate_export_commands(tmp_path: Path) -> None:
     r = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.stderr
     assert "escape rate" in r.stdout and (tmp_path / "rep" / "time_to_accuracy.png").is_file()
+    # val is where the thresholds are calibrated: the report says its rates are in-sample
+    assert "in-sample" in (tmp_path / "rep" / "summary.md").read_text()
     r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "models" / "cli" / "3")])
     assert r.exit_code == 0, r.stderr
     card = json.loads((tmp_path / "models" / "cli" / "3" / "model.json").read_text())
