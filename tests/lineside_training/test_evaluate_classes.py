@@ -50,3 +50,8 @@ def test_class_order_and_good_only_data(tmp_path: Path) -> None:
         tmp_path / "foreign")
     with pytest.raises(ConfigError, match=r"\['scratch'\] are not among the model's"):
         evaluate(PACKAGE, data=str(foreign.root), split="all", out=tmp_path / "f")
+
+
+def test_an_unknown_split_names_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'banana' is not one of train, val, test, all"):
+        evaluate(PACKAGE, data=str(SAMPLE), split="banana", out=tmp_path / "b")

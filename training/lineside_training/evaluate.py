@@ -70,10 +70,15 @@ def evaluate(
     return result
 
 
+SPLITS = ("train", "val", "test", "all")
+
+
 def split_records(dataset: Dataset, split: str, class_names: list[str]) -> list[ImageRecord]:
     """The records of ``split``. Boxes carry class names, so the dataset's classes may come
     in another order than the model's (VOC import sorts them, YOLO keeps data.yaml's) or be
     fewer (a folder of good parts has none); a class the model does not know is refused."""
+    if split not in SPLITS:
+        raise ConfigError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     unknown = [c for c in dataset.categories if c not in class_names]
     if unknown:
         raise ConfigError(f"{dataset.root}: dataset classes {unknown} are not among the "
