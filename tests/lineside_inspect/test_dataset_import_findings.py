@@ -287,3 +287,57 @@ def test_voc_tiff_image_says_tiff_is_not_supported(tmp_path: Path) -> None:
     (problem,) = exc.value.problems
     assert problem.file.endswith("t0.xml")
     assert "'t0.tif' is TIF, which is not supported (jpg, png or bmp only)" in problem.message
+
+
+# --- finding 4 (per file): an empty class name is a problem of its file ------------------
+
+def test_voc_empty_name_is_a_problem_of_that_xml(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "Annotations").mkdir(parents=True)
+    for stem, name in (("ok", "dent"), ("blank", "  ")):
+        _jpg(src / "JPEGImages" / f"{stem}.jpg")
+        (src / "Annotations" / f"{stem}.xml").write_text(
+            _voc_xml(f"{stem}.jpg", [(name, (1, 1, 5, 5))]))
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("voc", src, tmp_path / "out")
+    (problem,) = exc.value.problems
+    assert problem.file.endswith("blank.xml") and problem.location == "object[0].name"
+    ds, _ = import_dataset("voc", src, tmp_path / "out", skip_invalid=True)
+    assert ds.categories == ["dent"] and [r.file_name for r in ds.images] == ["JPEGImages/ok.jpg"]
+
+
+def test_yolo_and_coco_blank_class_names_are_problems(tmp_path: Path) -> None:
+    _yolo(tmp_path / "y", "names: [dent, ' ']\n",
+          {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.5 0.5 0.2 0.2\n"})
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("yolo", tmp_path / "y", tmp_path / "out")
+    (problem,) = exc.value.problems
+    assert "class id 1 has an empty name in" in problem.message and problem.subject == "b.jpg"
+    ds, _ = import_dataset("yolo", tmp_path / "y", tmp_path / "out", skip_invalid=True)
+    assert ds.categories == ["dent"]
+
+    src = tmp_path / "c"
+    src.mkdir()
+    doc = json.loads(_coco_doc(["a.jpg"]))
+    doc["categories"] = [{"id": 1, "name": " "}]
+    (src / "annotations.json").write_text(json.dumps(doc))
+    _jpg(src / "images" / "a.jpg")
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("coco", src, tmp_path / "out2")
+    (problem,) = exc.value.problems
+    assert "class name ' ' is empty" in problem.message and problem.location == "annotations[0]"
+
+
+# --- finding 16: class names differing only in case --------------------------------------
+
+def test_class_names_differing_in_case_are_warned(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "Annotations").mkdir(parents=True)
+    for i, name in enumerate(("scratch", "Scratch", "SCRATCH", "dent")):
+        _jpg(src / "JPEGImages" / f"p{i}.jpg")
+        (src / "Annotations" / f"p{i}.xml").write_text(
+            _voc_xml(f"p{i}.jpg", [(name, (1, 1, 5, 5))]))
+    ds, _ = import_dataset("voc", src, tmp_path / "out")
+    assert len(ds.categories) == 4
+    assert ("warning: class names differing only in case are separate classes: "
+            "'SCRATCH' / 'Scratch' / 'scratch'") in str(ds.info["layout"])

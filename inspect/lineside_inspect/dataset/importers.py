@@ -140,6 +140,36 @@ def _no_image_message(label_file: Path, what: str) -> str:
             "its boxes would be lost; add the image or remove the file")
 
 
+def _drop_blank_labels(images: list[ImageRecord], problems: list[Problem]) -> None:
+    """A box whose class name is empty or blank is a problem of the file it came from
+    (and of its image), and leaves the draft: no dataset gets a nameless class."""
+    for rec in images:
+        kept = []
+        for box in rec.boxes:
+            if box.label.strip():
+                kept.append(box)
+                continue
+            file, _, loc = (box.origin or rec.origin or rec.file_name).rpartition(":")
+            problems.append(Problem(file or loc, loc if file else "",
+                                    f"class name {box.label!r} is empty: name the class",
+                                    rec.file_name))
+        rec.boxes = kept
+
+
+def _case_variants(categories: list[str]) -> list[str]:
+    """A warning when class names differ only in case (scratch/Scratch/SCRATCH): almost
+    always one class typed several ways, which would train as separate classes."""
+    by_fold: dict[str, list[str]] = defaultdict(list)
+    for name in categories:
+        by_fold[name.strip().casefold()].append(name)
+    groups = [v for v in by_fold.values() if len(v) > 1]
+    if not groups:
+        return []
+    shown = "; ".join(" / ".join(repr(n) for n in g) for g in groups)
+    return [f"warning: class names differing only in case are separate classes: {shown} "
+            "(rename them to one spelling if they are one defect)"]
+
+
 def _images_under(folder: Path) -> list[Path]:
     return [p for p in walk_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
 
@@ -353,6 +383,10 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
             except (AssertionError, ValueError):
                 problems.append(Problem(str(xml), where, "bndbox needs numeric xmin ymin xmax ymax", rel))
                 continue
+            if not label:
+                problems.append(Problem(str(xml), f"{where}.name",
+                                        "<name> is empty: name the object's class", rel))
+                continue
             x1, y1, x2, y2 = coords
             boxes.append(Box(x1, y1, x2, y2, label, origin=f"{xml}:{where}"))
         split = listed.get(path.stem.lower(), split)
@@ -394,10 +428,11 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
                      f"{_rel(unlabeled[0], src)} (defect-free images import with -f good)")
     if not_voc:
         notes.append(f"{not_voc} XML file(s) that are not VOC annotations ignored")
+    cats = classes if classes else sorted({b.label for r in images for b in r.boxes})
+    notes += _case_variants(cats)
     parts = [f"{_split_name(s)}: {len(v)} XML in {folders_phrase(v)}, images in "
              f"{index.folders(s)}" for s, v in sorted(xml_rels.items(), key=_split_order)]
     layout = "Pascal VOC; " + "; ".join(parts + notes)
-    cats = classes if classes else sorted({b.label for r in images for b in r.boxes})
     return Dataset(list(cats), images, info={"source": "Pascal VOC", "layout": layout}), problems
 
 
@@ -501,6 +536,10 @@ def _yolo_boxes(label_file: Path, names: dict[int, str], names_file: str, width:
                                     f"(ids there: {known})", rel))
             continue
         label = names[cls]
+        if not label.strip():
+            problems.append(Problem(str(label_file), where, f"class id {cls} has an empty name "
+                                    f"in {names_file}: name the class there", rel))
+            continue
         boxes.append(Box(x1 * width, y1 * height, x2 * width, y2 * height, label,
                          f"{label_file}:{where}"))
     return boxes
@@ -550,7 +589,9 @@ def import_yolo(src: Path) -> Draft:
         if key not in matched and _looks_like_yolo_label(f):
             label_rel = _rel(f, src)
             problems.append(Problem(str(f), "", _no_image_message(f, "label file"), label_rel))
-    notes = _assign_rest_to_train(images) + _clip_to_images(images)
+    _drop_blank_labels(images, problems)
+    categories = [n for n in names.values() if n.strip()]
+    notes = _assign_rest_to_train(images) + _clip_to_images(images) + _case_variants(categories)
     if unlabeled:
         notes.append(f"{unlabeled} image(s) without a label file imported as good parts")
     by_split: dict[str | None, list[str]] = defaultdict(list)
@@ -559,7 +600,7 @@ def import_yolo(src: Path) -> Draft:
     parts = [f"{_split_name(s)}: {len(v)} images in {folders_phrase(v)}"
              for s, v in sorted(by_split.items(), key=_split_order)]
     info: dict[str, object] = {"source": "YOLO", "layout": "YOLO; " + "; ".join(parts + notes)}
-    return Dataset(list(names.values()), images, info=info), problems
+    return Dataset(categories, images, info=info), problems
 
 
 def _coco_docs(src: Path) -> list[tuple[Path, Any]]:
@@ -690,7 +731,10 @@ def import_coco(src: Path) -> Draft:
         missing = f", {listed - len(dataset.images)} not found" if listed > len(dataset.images) else ""
         parts.append(f"{rel_json} ({len(dataset.images)} images{missing}"
                      + (f", sub-set {split!r})" if split else ")"))
+    _drop_blank_labels(images, problems)
+    categories = [c for c in categories if c.strip()]
     notes = (_assign_rest_to_train(images) if len(docs) > 1 else []) + _clip_to_images(images)
+    notes += _case_variants(categories)
     info.update({"layout": "COCO; " + "; ".join(parts + notes)})
     return Dataset(categories, images, info=info), problems
 
