@@ -97,8 +97,9 @@ def data_import(
     dataset, skipped = import_dataset(fmt, src, dst, skip_invalid=skip_invalid, overwrite=overwrite)
     if dataset.info.get("layout"):
         out.print(f"layout found: {dataset.info['layout']}")
+    from lineside_inspect.dataset.problems import images_concerned, summarise
+
     if len(skipped) > 1:
-        from lineside_inspect.dataset.problems import summarise
 
         for line in summarise(skipped):
             err.print(f"skipped by kind: {line}", highlight=False, markup=False)
@@ -109,7 +110,7 @@ def data_import(
     nboxes = sum(len(r.boxes) for r in dataset.images)
     out.print(f"imported {s['images']} images ({good} good, {s['images'] - good} defective), "
               f"{nboxes} boxes, {len(s['classes'])} classes into {dst}"
-              + (f"; skipped {len({p.subject for p in skipped})} image(s)" if skipped else ""))
+              + (f"; skipped {images_concerned(skipped)} image(s)" if skipped else ""))
 
 
 @data_app.command("validate")
