@@ -40,7 +40,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def friendly(fn: F) -> F:
-    """Turn :class:`LinesideError` into a clear message and exit code 2, never a traceback."""
+    """Turn :class:`LinesideError` (and an OSError: a file the system refused) into a clear
+    message and exit code 2, never a traceback."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -60,6 +61,13 @@ def friendly(fn: F) -> F:
                 err.print(f"  {p}", highlight=False, markup=False)
             if len(problems) > 200:
                 err.print(f"  ... and {len(problems) - 200} more", highlight=False)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            # the file system said no (a broken link, no permission, the disk full, a busy
+            # mount point): what and where, in one line, not a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            err.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}",
+                      highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -110,7 +118,13 @@ def data_import(
     nboxes = sum(len(r.boxes) for r in dataset.images)
     out.print(f"imported {s['images']} images ({good} good, {s['images'] - good} defective), "
               f"{nboxes} boxes, {len(s['classes'])} classes into {dst}"
-              + (f"; skipped {images_concerned(skipped)} image(s)" if skipped else ""))
+              + (f"; skipped {_skipped(skipped, images_concerned(skipped))}" if skipped else ""))
+
+
+def _skipped(problems: list[Any], images: int) -> str:
+    """'2 image(s)', and the label files with no image left out beside them."""
+    labels = len({p.subject for p in problems if p.subject is not None}) - images
+    return f"{images} image(s)" + (f" and {labels} label file(s) with no image" if labels else "")
 
 
 @data_app.command("validate")

@@ -29,6 +29,23 @@ def test_train_evaluate_export_commands(tmp_path: Path) -> None:
     assert "escape rate" in r.stdout and (tmp_path / "rep" / "time_to_accuracy.png").is_file()
     # val is where the thresholds are calibrated: the report says its rates are in-sample
     assert "in-sample" in (tmp_path / "rep" / "summary.md").read_text()
+    # another dataset's val (here a copy of the good images) neither re-calibrates the run
+    # nor overwrites the thresholds its export ships
+    saved = (run / "thresholds.json").read_text()
+    from lineside_inspect.dataset import import_dataset
+    good = tmp_path / "good-src"
+    good.mkdir()
+    for f in sorted((SAMPLE / "images").rglob("*_temp.jpg"))[:6]:
+        (good / f.name).write_bytes(f.read_bytes())
+    import_dataset("good", good, tmp_path / "good")
+    r = runner.invoke(app, ["data", "split", str(tmp_path / "good"), "--val", "0.5", "--by", "image"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(run), "--data", str(tmp_path / "good"),
+                            "--device", "cpu", "--out", str(tmp_path / "rep-good")])
+    assert r.exit_code == 0, r.stderr
+    assert (run / "thresholds.json").read_text() == saved
+    assert "mAP n/a (no defects in the data)" in r.stdout
+    assert "in-sample" not in (tmp_path / "rep-good" / "summary.md").read_text()
     r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "models" / "cli" / "3")])
     assert r.exit_code == 0, r.stderr
     card = json.loads((tmp_path / "models" / "cli" / "3" / "model.json").read_text())

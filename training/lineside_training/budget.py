@@ -170,11 +170,13 @@ class Budget:
             self.plan.warmup_steps = max(min(self.warmup_wanted, int(WARMUP_MAX * self.plan.total_steps)),
                                          min(self.step, self.plan.warmup_steps))
         self.plan.ema_decay, self.plan.ema_ramp = fitted_ema(self.base_decay, self.plan.total_steps)
-        self.refits += 1
+        first, self.refits = self.refits == 0, self.refits + 1
         was = self.logged_steps or old
-        # said in the log when it moves the plan by 5% or more since last said: a short
-        # run re-fits every few steps (a 1-minute run logged 67 such lines)
-        if abs(self.plan.total_steps - was) < max(1, LOG_CHANGE * was):
+        # said in the log the first time (a measurement replaces the guess) and then when it
+        # moves the plan by 5% or more since last said: a short run re-fits every few steps
+        # (a 1-minute run logged 67 such lines); the run's last line says the final plan
+        if old == self.plan.total_steps or (
+                not first and abs(self.plan.total_steps - was) < max(1, LOG_CHANGE * was)):
             return None
         self.logged_steps = self.plan.total_steps
         how = "measured" if self.eval_timed else "guessed"

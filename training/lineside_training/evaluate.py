@@ -51,13 +51,18 @@ def evaluate(
                             size=trained.config.input_size, device=pick_device(device),
                             reference=trained.config.reference)
     coco = coco_metrics(records, preds, trained.class_names)
-    in_sample = split == "val" or not trained.thresholds
-    if split == "val":
+    # the run's thresholds are calibrated on its own val split only: evaluating other data
+    # (a folder of good parts, another line's set) must not overwrite what export ships
+    own = data is None or Path(data).resolve() == Path(trained.config.data).resolve()
+    if split == "val" and own:
         calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape)
         (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
-    else:
-        calib = trained.thresholds or calibrate_f(records, preds, trained.class_names,
-                                                  target_escape=target_escape)
+        in_sample = True
+    elif trained.thresholds:
+        calib, in_sample = trained.thresholds, own and split in ("val", "all")
+    else:  # never calibrated: on these images, for this report only
+        calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape)
+        in_sample = True
     # thresholds chosen on these very images flatter the rates at them: the report says so
     calib = {**calib, "in_sample": in_sample}
     quality = quality_metrics(records, preds, trained.class_names, calib["thresholds"])

@@ -207,10 +207,13 @@ def read_dataset(root: str | Path) -> Dataset:
 def source_folders(dataset: Dataset) -> set[Path]:
     """The folders ``dataset``'s pixels are read from (its root, and each image's and
     reference's folder), symlinks resolved: the places a write must not replace."""
-    folders = {p.parent for r in dataset.images for p in (r.source, r.reference_source) if p}
+    # the file resolved before its folder is taken: a folder of links to another dataset's
+    # images protects that dataset, not the folder of links
+    folders = {p.resolve().parent for r in dataset.images
+               for p in (r.source, r.reference_source) if p}
     if dataset.root is not None:
-        folders.add(dataset.root)
-    return {f.resolve() for f in folders}
+        folders.add(dataset.root.resolve())
+    return folders
 
 
 def check_destination(

@@ -471,14 +471,31 @@ def _names_from_yaml(cfg: Path) -> dict[int, str] | None:
         out: dict[int, str] = {}
         for key, name in names.items():
             try:
-                out[int(str(key).strip())] = str(name)
+                cid = int(str(key).strip())
             except ValueError:
                 raise DatasetError(f"{cfg}: 'names' key {key!r} is not a class id (an integer); "
                                    "write names as a list, or as a mapping of id to name") from None
+            text = _class_name(cfg, cid, name)
+            if cid in out:  # 2 and '2': one of the two names would silently go
+                raise DatasetError(f"{cfg}: 'names' gives class id {cid} twice "
+                                   f"({out[cid]!r} and {text!r})")
+            out[cid] = text
         return dict(sorted(out.items()))
     if isinstance(names, list):
-        return {i: str(n) for i, n in enumerate(names)}
+        return {i: _class_name(cfg, i, n) for i, n in enumerate(names)}
     raise DatasetError(f"{cfg}: field 'names' must be a list or a mapping of id to name")
+
+
+def _class_name(cfg: Path, cid: int, name: object) -> str:
+    """A class name as YAML gave it: a string (or a number, as written). YAML reads an
+    empty entry as null and ``no``/``off`` as false: ``str`` of them made classes called
+    'None' and 'False'; a list or mapping (an alias bomb, say) made one huge name."""
+    if isinstance(name, bool) or not isinstance(name, str | int | float):
+        raise DatasetError(f"{cfg}: class id {cid}: name {name!r} is not text; quote it "
+                           "(YAML reads an empty entry as null and no/yes/on/off as true/false)"
+                           if isinstance(name, bool) or name is None else
+                           f"{cfg}: class id {cid}: name is a {type(name).__name__}, not text")
+    return str(name)
 
 
 def _yolo_names(src: Path, files: list[Path]) -> tuple[dict[int, str], Path]:

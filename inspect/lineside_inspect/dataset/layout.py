@@ -45,7 +45,10 @@ def walk_files(root: Path) -> list[Path]:
             continue
         seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+        # regular files only (links to them followed): reading a FIFO or a device named
+        # like an image would hang or never end
+        out.extend(p for p in (Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+                   if p.is_file())
     return out
 
 
