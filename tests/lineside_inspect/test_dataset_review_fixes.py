@@ -75,3 +75,20 @@ def test_a_broken_link_is_one_line_not_a_traceback(tmp_path: Path) -> None:
         r = runner.invoke(app, args)
         assert r.exit_code in (0, 2) and "Traceback" not in r.output, r.output
         assert not isinstance(r.exception, OSError)
+
+
+def test_a_class_name_blown_up_by_xml_entities_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "voc"
+    _jpg(src / "JPEGImages" / "a.jpg")
+    (src / "Annotations").mkdir(parents=True)
+    entities = ('<!DOCTYPE a [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;&x;&x;&x;&x;&x;'
+                '&x;&x;"><!ENTITY z "&y;&y;&y;&y;&y;&y;&y;&y;&y;&y;">]>')
+    (src / "Annotations" / "a.xml").write_text(
+        f'<?xml version="1.0"?>{entities}<annotation><filename>a.jpg</filename><object>'
+        "<name>&z;</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax>"
+        "</bndbox></object></annotation>")
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("voc", src, tmp_path / "out")
+    text = str(exc.value) + "".join(str(p) for p in exc.value.problems)
+    assert "class name of 1000 characters (at most 200)" in text and len(text) < 2000
+    assert not (tmp_path / "out").exists()

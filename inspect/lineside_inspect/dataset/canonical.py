@@ -254,6 +254,9 @@ def check_apart(dst: Path, *, sources: set[Path], what: str = "DST") -> Path:
     return real
 
 
+MAX_CLASS_NAME = 200  # characters: a class name goes into model cards, metrics and pages
+
+
 def _label_problems(dataset: Dataset) -> list[Problem]:
     """Empty, duplicate or unknown class names: checked before writing, because COCO
     cannot hold them (a category needs a name) and the folder would not read back."""
@@ -262,6 +265,9 @@ def _label_problems(dataset: Dataset) -> list[Problem]:
     for i, name in enumerate(dataset.categories):
         if not name.strip():
             problems.append(Problem("classes", f"[{i}]", "empty class name"))
+        elif len(name) > MAX_CLASS_NAME:  # an XML entity expansion made one of 1.4 MB
+            problems.append(Problem("classes", f"[{i}]", f"class name of {len(name)} "
+                                    f"characters (at most {MAX_CLASS_NAME}): {name[:40]!r}..."))
         elif name in seen:
             problems.append(Problem("classes", f"[{i}]", f"class {name!r} listed twice"))
         seen.add(name)
