@@ -267,11 +267,16 @@ def data_pull(
 @app.command("train")
 @friendly
 def train_cmd(
-    config: Annotated[Path | None, typer.Option(help="training YAML")] = None,
-    data: Annotated[str | None, typer.Option(help="canonical dataset folder")] = None,
+    config: Annotated[Path | None, typer.Option(help=(
+        "training YAML; for your own single-image data start from single-default.yaml "
+        "in training/configs/ (docs/training/recipes.md says which recipe when)"))] = None,
+    data: Annotated[str | None, typer.Option(help=(
+        "canonical dataset folder (from lineside data import) with a val split "
+        "(lineside data split)"))] = None,
     model: Annotated[str | None, typer.Option(help="registered model name")] = None,
     weights: Annotated[str | None, typer.Option(help="local pretrained state dict")] = None,
-    epochs: Annotated[int | None, typer.Option()] = None,
+    epochs: Annotated[int | None, typer.Option(help=(
+        "epochs to train (ignored with --time, which fits the schedule to the budget)"))] = None,
     name: Annotated[str | None, typer.Option(help="run name (folder under out_dir)")] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda")] = None,
     merge: Annotated[list[str] | None, typer.Option(help="extra dataset merged into train")] = None,

@@ -86,3 +86,15 @@ def test_bench_train_without_crop_says_so() -> None:
     assert r.exit_code == 0, r.stderr
     assert "no crop (whole images at 64)" in r.stdout
     assert "crop 64" not in r.stdout
+
+
+def test_train_messages_name_the_flag_and_the_way_in(tmp_path: Path) -> None:
+    """A bad --time names the flag, not a config file; a folder of images that is not a
+    dataset says how to make one."""
+    r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--time", "5x"])
+    assert r.exit_code == 2 and "--time: '5x' is not a duration" in r.stderr
+    (tmp_path / "a.jpg").write_bytes((SAMPLE / "images" / "group00041" / "00041000_temp.jpg").read_bytes())
+    r = runner.invoke(app, ["train", "--data", str(tmp_path), "--time", "1m"])
+    assert r.exit_code == 2 and "lineside data import -f voc|yolo|coco|good" in r.stderr
+    r = runner.invoke(app, ["train", "--help"])
+    assert "single-default.yaml" in r.stdout

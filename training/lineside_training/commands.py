@@ -15,6 +15,7 @@ from lineside_training.anomaly.evaluate import evaluate_anomaly
 from lineside_training.anomaly.evaluate import summary_lines as anomaly_summary
 from lineside_training.anomaly.export import export_anomaly
 from lineside_training.bench import bench_train
+from lineside_training.budget import parse_duration
 from lineside_training.calibrate import calibrate
 from lineside_training.config import TrainConfig, read_config, sizes_from_data, validate_config
 from lineside_training.models import list_models
@@ -25,7 +26,14 @@ __all__ = ["anomaly_summary", "bench_train", "calibrate", "evaluate", "export", 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 **fields: Any) -> TrainConfig | AnomalyConfig:
-    """A detector's config, or a good-only model's when the YAML says ``kind: anomaly``."""
+    """A detector's config, or a good-only model's when the YAML says ``kind: anomaly``.
+    A ``time_budget`` given as a field (``--time``) is checked here, so its error names the
+    flag rather than the config file."""
+    if fields.get("time_budget") is not None:
+        try:
+            parse_duration(fields["time_budget"])
+        except ValueError as exc:
+            raise ConfigError(f"--time: {exc}") from None
     doc = read_config(path, overrides, **fields)
     if doc.get("kind") == "anomaly":
         return validate_config(AnomalyConfig, path, doc)

@@ -171,7 +171,9 @@ def parse_dir(root: str | Path) -> tuple[Dataset, list[Problem]]:
     root = Path(root)
     path = root / ANNOTATIONS
     if not path.is_file():
-        raise DatasetError(f"{root}: not a Lineside dataset (no {ANNOTATIONS})")
+        raise DatasetError(f"{root}: not a Lineside dataset (no {ANNOTATIONS}); make one "
+                           "from your labels with lineside data import -f voc|yolo|coco|good "
+                           f"{root} DST")
     dataset, problems = from_coco(load_json(path), str(path))
     dataset.root = root
     return dataset, problems
