@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -208,8 +209,12 @@ def data_split(
         chosen = [g.strip() for g in val_groups.split(",") if g.strip()]
         if not chosen:
             raise typer.BadParameter(f"--val-groups: no group named in {val_groups!r}")
+    before = Counter(r.split for r in dataset.images if r.split is not None)
     counts = split_dataset(dataset, val=val, test=test, by=by, seed=seed, val_groups=chosen)
     save_annotations(dataset)
+    if before:  # a split read at import (train/valid folders, ImageSets) is replaced: say so
+        err.print("replaced the split the dataset had: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(before.items())), highlight=False)
     out.print("split: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 

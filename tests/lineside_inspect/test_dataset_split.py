@@ -59,3 +59,31 @@ def test_an_unknown_group_is_refused_by_name(sample: Path) -> None:
     result = CliRunner().invoke(app, ["data", "split", str(sample), "--val-groups", " , "])
     assert result.exit_code != 0 and "no group named" in result.output
     assert json.loads((sample / "annotations.json").read_text()) == before  # nothing written
+
+
+def test_roboflow_copies_of_one_photo_share_a_side() -> None:
+    """A Roboflow export names each augmented copy ``<photo>_jpg.rf.<hash>.jpg`` and carries
+    no group: split per image, 9 of 12 photos had copies on both sides of train/val."""
+    from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
+    from lineside_inspect.dataset.split import roboflow_origin
+
+    assert roboflow_origin("train/images/x_jpg.rf.0123456789abcdef0123456789abcdef.jpg") == \
+        "train/images/x"
+    assert roboflow_origin("plain.jpg") is None
+    images = [ImageRecord(file_name=f"p{p}_jpg.rf.{c:032x}.jpg", width=64, height=48,
+                          boxes=[Box(1, 1, 9, 9, "scratch")])
+              for p in range(12) for c in range(3)]
+    dataset = Dataset(categories=["scratch"], images=images)
+    split_dataset(dataset, val=0.25, duplicates=[])
+    sides: dict[str, set[str | None]] = {}
+    for r in dataset.images:
+        sides.setdefault(r.file_name.split("_jpg")[0], set()).add(r.split)
+    assert all(len(s) == 1 for s in sides.values())
+    assert sum(1 for s in sides.values() if s == {"val"}) == 3  # 3 of 12 photos, all copies
+
+
+def test_split_says_it_replaces_the_split_the_dataset_had(sample: Path) -> None:
+    first = CliRunner().invoke(app, ["data", "split", str(sample), "--val", "0.3"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, ["data", "split", str(sample), "--val", "0.5"])
+    assert again.exit_code == 0 and "replaced the split the dataset had: train" in again.stderr

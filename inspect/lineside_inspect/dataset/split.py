@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Collection
+from pathlib import PurePosixPath
 
 from lineside_inspect.dataset.duplicates import DuplicateGroup, find_duplicates
 from lineside_inspect.dataset.model import Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError
+
+# Roboflow names each exported (and each augmented) copy <stem>_<ext>.rf.<hash>.<ext>:
+# copies of one photo must share a side, as a group's images do
+ROBOFLOW_NAME = re.compile(r"(?P<origin>.+)_(?:jpe?g|png|bmp)\.rf\.[0-9a-f]{16,}", re.IGNORECASE)
+
+
+def roboflow_origin(file_name: str) -> str | None:
+    """The photo a Roboflow export's image was made from (``x_jpg.rf.HASH.jpg`` -> ``x``,
+    its folder kept), or None for any other name."""
+    path = PurePosixPath(file_name)
+    match = ROBOFLOW_NAME.fullmatch(path.stem)
+    return str(path.parent / match["origin"]) if match else None
 
 
 def split_dataset(
@@ -44,7 +58,12 @@ def split_dataset(
                 f"(it has {len(known)} groups, e.g. {', '.join(sorted(known)[:5]) or 'none'})")
         val = 0.0
     def own_key(rec: ImageRecord) -> str:
-        return rec.group if by == "group" and rec.group is not None else f"image:{rec.file_name}"
+        if by == "group":
+            if rec.group is not None:
+                return rec.group
+            if (origin := roboflow_origin(rec.file_name)) is not None:
+                return f"roboflow:{origin}"
+        return f"image:{rec.file_name}"
 
     # duplicates join their keys (a union-find over keys), so copies share a side
     parent: dict[str, str] = {}
