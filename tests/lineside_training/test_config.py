@@ -20,3 +20,20 @@ def test_input_size_off_the_stride_suggests_the_nearest() -> None:
     assert "use 192 or 224" in r.stderr
     r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--set", "crop_size=40"])
     assert r.exit_code == 2 and "crop_size" in r.stderr and "use 32 or 64" in r.stderr
+
+
+def test_a_merged_sets_held_out_images_are_said_not_dropped_silently(tmp_path: Path) -> None:
+    """``--merge`` trains on the extra set's train (and unsplit) images only; its val/test
+    images stay held out, and the run says how many (a user saw 30 train where 36 were
+    expected and no word why)."""
+    from lineside_inspect.dataset import read_dataset
+    from lineside_training.engine import load_data
+
+    from .conftest import SAMPLE, tiny_config
+
+    cfg = tiny_config(tmp_path, extra_data=[str(SAMPLE)])
+    data = load_data(cfg)
+    sample = read_dataset(SAMPLE)
+    held = sum(1 for r in sample.images if r.split not in (None, "train"))
+    assert held > 0 and data.fingerprint["extra_held_out"] == {str(SAMPLE): held}
+    assert len(data.train) == 2 * len(sample.in_split("train"))

@@ -70,6 +70,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
     if not any(r.split for r in dataset.images):
         raise ConfigError(f"{cfg.data}: no split assigned; run 'lineside data split {cfg.data}'")
     train = dataset.in_split("train")
+    held: dict[str, int] = {}  # per merged set: its val/test images, which stay held out
     for extra in cfg.extra_data:
         other = read_dataset(extra)
         for name in other.categories:
@@ -80,6 +81,8 @@ def load_data(cfg: TrainConfig) -> TrainData:
             rec.reference_source = other.reference_path(rec)
             if rec.split in (None, "train"):
                 train.append(rec)
+            else:
+                held[str(extra)] = held.get(str(extra), 0) + 1
     val = dataset.in_split("val")
     if not train or not val:
         raise ConfigError(f"{cfg.data}: needs both train and val images "
@@ -88,7 +91,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
           "annotations_sha256": hashlib.sha256(
               (Path(cfg.data) / "annotations.json").read_bytes()).hexdigest(),
           "extra_data": list(cfg.extra_data),
-          "train_images": len(train), "val_images": len(val),
+          "train_images": len(train), "val_images": len(val), "extra_held_out": held,
           "source": dataset.info.get("source"), "licence": dataset.info.get("licence")}
     return TrainData(dataset, class_names, train, val, fp)
 
@@ -445,6 +448,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     log(f"input size {cfg.input_size} px, training on "
         f"{f'{cfg.crop_size} px crops' if cfg.crop_size else 'whole images'}; "
         f"{len(data.train)} train and {len(data.val)} val images")
+    for extra, n in data.fingerprint.get("extra_held_out", {}).items():
+        log(f"merged {extra}: its train (and unsplit) images only; its {n} val/test image(s) "
+            "are not trained on")
     model = build_model(cfg.model, num_classes=len(data.class_names), **cfg.model_kwargs)
     if cfg.weights:
         report = load_weights(model, cfg.weights)
