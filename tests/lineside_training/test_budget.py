@@ -4,6 +4,7 @@ throughput, and the run stops itself; logs off a terminal are plain lines."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -173,3 +174,11 @@ def test_a_tie_on_map50_with_better_boxes_is_a_gain() -> None:
     assert not gained(progress, {"map50": 0.5, "map": 0.20})
     assert not gained(progress, {"map50": 0.49, "map": 0.40})
     assert gained(Progress(), {"map50": 0.0, "map": 0.0})  # the first evaluation
+
+
+def test_a_checkpoint_from_before_the_tie_break_keeps_ties_no_gain() -> None:
+    from lineside_training.engine import Progress, gained
+
+    old = Progress(best=0.5, best_map=math.inf)  # what load_checkpoint gives it
+    assert not gained(old, {"map50": 0.5, "map": 0.9})
+    assert gained(old, {"map50": 0.51, "map": 0.1})

@@ -395,7 +395,8 @@ def load_checkpoint(path: Path, state: TrainState, device: torch.device) -> Prog
     if ck.get("scaler"):
         state.scaler.load_state_dict(ck["scaler"])
     return Progress(ck["epoch"], ck["best"], ck["stale"], ck.get("elapsed_s", 0.0),
-                    ck.get("step", 0), ck.get("planned_steps", 0), ck.get("best_map", -1.0))
+                    # a checkpoint from before the tie-break: ties stay no gain, as they were
+                    ck.get("step", 0), ck.get("planned_steps", 0), ck.get("best_map", math.inf))
 
 
 def _agree(value: int, world: int) -> int:
