@@ -106,9 +106,8 @@ def data_import(
     dataset, skipped = import_dataset(fmt, src, dst, skip_invalid=skip_invalid, overwrite=overwrite)
     if dataset.info.get("layout"):
         out.print(f"layout found: {dataset.info['layout']}")
-    from lineside_inspect.dataset.problems import images_concerned, summarise
-
     if len(skipped) > 1:
+        from lineside_inspect.dataset.problems import summarise
 
         for line in summarise(skipped):
             err.print(f"skipped by kind: {line}", highlight=False, markup=False)
@@ -119,11 +118,14 @@ def data_import(
     nboxes = sum(len(r.boxes) for r in dataset.images)
     out.print(f"imported {s['images']} images ({good} good, {s['images'] - good} defective), "
               f"{nboxes} boxes, {len(s['classes'])} classes into {dst}"
-              + (f"; skipped {_skipped(skipped, images_concerned(skipped))}" if skipped else ""))
+              + (f"; skipped {_skipped(skipped)}" if skipped else ""))
 
 
-def _skipped(problems: list[Any], images: int) -> str:
+def _skipped(problems: list[Any]) -> str:
     """'2 image(s)', and the label files with no image left out beside them."""
+    from lineside_inspect.dataset.problems import images_concerned
+
+    images = images_concerned(problems)
     labels = len({p.subject for p in problems if p.subject is not None}) - images
     return f"{images} image(s)" + (f" and {labels} label file(s) with no image" if labels else "")
 

@@ -171,7 +171,7 @@ def _case_variants(categories: list[str]) -> list[str]:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return [p for p in walk_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return [p for p in walk_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def import_deeppcb(src: Path) -> Draft:
@@ -606,8 +606,7 @@ def import_yolo(src: Path) -> Draft:
         if key not in matched and _looks_like_yolo_label(f):
             label_rel = _rel(f, src)
             problems.append(Problem(str(f), "", _no_image_message(f, "label file"), label_rel))
-    _drop_blank_labels(images, problems)
-    categories = [n for n in names.values() if n.strip()]
+    categories = [n for n in names.values() if n.strip()]  # (_yolo_boxes refused blank ones)
     notes = _assign_rest_to_train(images) + _clip_to_images(images) + _case_variants(categories)
     if unlabeled:
         notes.append(f"{unlabeled} image(s) without a label file imported as good parts")
