@@ -244,12 +244,12 @@ def read_config_file(path: Path, what: str = "a config") -> dict[str, Any]:
     return doc
 
 
-def hash_plain_keys(doc: dict[str, Any]) -> None:
-    """Replace plain ``key`` entries of ``doc["api_keys"]`` by their sha256, in place: a
-    key is never kept as given."""
-    keys = doc.pop("api_keys", None)
-    if keys:
-        doc["api_keys"] = hash_plain_key_list(keys)
+def drop_empty_api_keys(doc: dict[str, Any]) -> None:
+    """An empty ``api_keys`` in a config file (``api_keys:`` with nothing under it reads
+    as null) leaves the setting to its default, in place; the keys themselves are hashed
+    by the setting's own validator (:data:`ApiKeys`), whatever their source."""
+    if not doc.get("api_keys", True):
+        doc.pop("api_keys")
 
 
 def _env_name(prefix: str, loc: tuple[Any, ...], nested: str | None) -> str | None:
@@ -329,7 +329,7 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         for key in ("data_dir", "references_dir"):
             if doc.get(key) and not Path(doc[key]).is_absolute():
                 doc[key] = str((base / doc[key]).resolve())
-    hash_plain_keys(doc)
+    drop_empty_api_keys(doc)
     doc.update({k: v for k, v in overrides.items() if v is not None})
     try:
         env_only = Settings()

@@ -14,7 +14,7 @@ from lineside_inspect.config import (
     ApiKeys,
     Settings,
     describe_settings_error,
-    hash_plain_keys,
+    drop_empty_api_keys,
     read_config_file,
 )
 from lineside_inspect.errors import ConfigError
@@ -68,16 +68,16 @@ class HubSettings(BaseSettings):
 
 
 def load_hub_settings(config: str | Path | None = None, **overrides: Any) -> HubSettings:
-    """Settings from the YAML file (plain ``key`` entries in ``api_keys`` are hashed here,
-    a relative ``data_dir`` is taken from the file's folder), then environment, then
-    ``overrides`` (None values ignored)."""
+    """Settings from the YAML file (plain ``key`` entries in ``api_keys`` are hashed by the
+    setting's validator, a relative ``data_dir`` is taken from the file's folder), then
+    environment, then ``overrides`` (None values ignored)."""
     doc: dict[str, Any] = {}
     if config is not None:
         path = Path(config)
         doc = read_config_file(path, "a hub config")
         if doc.get("data_dir") and not Path(str(doc["data_dir"])).is_absolute():
             doc["data_dir"] = str((path.parent / str(doc["data_dir"])).resolve())
-    hash_plain_keys(doc)
+    drop_empty_api_keys(doc)
     doc.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return HubSettings(**doc)
