@@ -8,7 +8,7 @@ report the same problem the same way and never show a traceback for bad input.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 
 class LinesideError(Exception):
@@ -21,6 +21,11 @@ class LinesideError(Exception):
         super().__init__(message)
         self.message = message
 
+    def prefixed(self, prefix: str) -> Self:
+        """The same error with ``prefix: `` before its message (what was at fault: the
+        reference image, a file), to raise in its place."""
+        return type(self)(f"{prefix}: {self.message}")
+
 
 class DatasetError(LinesideError):
     """A dataset that cannot be read, imported or written; ``problems`` lists every finding."""
@@ -31,6 +36,9 @@ class DatasetError(LinesideError):
     def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
+
+    def prefixed(self, prefix: str) -> Self:
+        return type(self)(f"{prefix}: {self.message}", self.problems)
 
 
 class ImageError(LinesideError):
@@ -122,6 +130,9 @@ class CameraUnavailable(LinesideError):
     def __init__(self, message: str, health: dict[str, Any]) -> None:
         super().__init__(message)
         self.health = health
+
+    def prefixed(self, prefix: str) -> Self:
+        return type(self)(f"{prefix}: {self.message}", self.health)
 
 
 class InvalidReferenceName(LinesideError):

@@ -173,7 +173,7 @@ def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
     try:
         return decode_image(data, max_pixels)
     except ImageError as exc:
-        raise type(exc)(f"{path}: {exc.message}") from exc
+        raise exc.prefixed(str(path)) from exc
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:

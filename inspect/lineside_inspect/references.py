@@ -55,7 +55,7 @@ def _decoded(name: str | None, data: bytes, max_pixels: int) -> Reference:
     try:
         return Reference.from_bytes(name, data, max_pixels)
     except ImageError as exc:
-        raise type(exc)(f"reference image: {exc.message}") from None
+        raise exc.prefixed("reference image") from None
 
 
 def check_name(name: str) -> str:

@@ -109,7 +109,7 @@ def calibrate_floor(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, tolerance
             best.append(float(tile_scores(excess(frame, reference, tolerance_px), tile).max()))
         except LinesideError as exc:  # e.g. a frame of another size than the reference
             if i < len(names):
-                raise type(exc)(f"{names[i]}: {exc.message}") from None
+                raise exc.prefixed(names[i]) from None
             raise
     if not best:
         raise ConfigError("no good frames to calibrate the unchanged gate from")

@@ -183,7 +183,7 @@ class InspectionService:
         except ImageError as exc:
             if what == "image":  # the frame's errors read as they always have
                 raise
-            raise type(exc)(f"{what} image: {exc.message}") from None
+            raise exc.prefixed(f"{what} image") from None
         if width * height > self.max_pixels:
             raise ImageTooLargeError(f"{what} is {width}x{height} = {width * height} pixels, "
                                      f"over the limit of {self.max_pixels}")
