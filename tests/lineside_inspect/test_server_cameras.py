@@ -47,8 +47,15 @@ def test_trigger_inspects_a_fresh_frame(launch) -> None:
         assert stored.status_code == 200 and stored.json()["part_id"] == "P2"
         items = c.get("/v1/inspections", params={"limit": 100}).json()["items"]
         assert [i["part_id"] for i in items if i["part_id"] != "P1"] == ["P2"]
-        health = {h["id"]: h for h in c.get("/v1/cameras").json()}
-        assert health["sim"]["state"] == "online" and health["sim"]["fps"] > 0
+        # a capture thread starved for 2 s on a loaded host reports the picture frozen and
+        # reconnects (it did once in CI): the camera must be online again within seconds
+        deadline = time.monotonic() + 15
+        while True:
+            health = {h["id"]: h for h in c.get("/v1/cameras").json()}
+            if health["sim"]["state"] == "online" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert health["sim"]["state"] == "online" and health["sim"]["fps"] > 0, health["sim"]
         assert health["dead"]["state"] == "offline" and "open failed" in health["dead"]["last_error"]
         snap = c.get("/v1/cameras/sim/snapshot")
         assert snap.status_code == 200 and decode_image(snap.content).shape == (640, 640, 3)
