@@ -203,7 +203,13 @@ def data_split(
         help="comma-separated groups that make up validation (--val is then not used)")] = None,
 ) -> None:
     """Assign train/val/test deterministically, keeping each group on one side."""
-    from lineside_inspect.dataset import read_dataset, save_annotations, split_dataset
+    from lineside_inspect.dataset import (
+        find_duplicates,
+        read_dataset,
+        save_annotations,
+        split_dataset,
+        tied_groups,
+    )
 
     dataset = read_dataset(root)
     chosen = None
@@ -212,8 +218,13 @@ def data_split(
         if not chosen:
             raise typer.BadParameter(f"--val-groups: no group named in {val_groups!r}")
     before = Counter(r.split for r in dataset.images if r.split is not None)
-    counts = split_dataset(dataset, val=val, test=test, by=by, seed=seed, val_groups=chosen)
+    duplicates = find_duplicates(dataset)
+    counts = split_dataset(dataset, val=val, test=test, by=by, seed=seed, val_groups=chosen,
+                           duplicates=duplicates)
     save_annotations(dataset)
+    if by == "group":
+        for line in tied_groups(duplicates):
+            err.print(line, highlight=False, markup=False)
     if before:  # a split read at import (train/valid folders, ImageSets) is replaced: say so
         err.print("replaced the split the dataset had: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(before.items())), highlight=False)

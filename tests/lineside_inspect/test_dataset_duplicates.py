@@ -19,7 +19,7 @@ from lineside_inspect.dataset import (
     split_dataset,
     write_dataset,
 )
-from lineside_inspect.dataset.duplicates import NEAR_BITS, fingerprint, fingerprints
+from lineside_inspect.dataset.duplicates import NEAR_BITS, find_duplicates, fingerprint, fingerprints
 from lineside_inspect.opencv import cv2
 
 runner = CliRunner()
@@ -153,3 +153,29 @@ def test_dedupe_deletes_nothing_outside_the_dataset(tmp_path: Path) -> None:
     r = runner.invoke(app, ["data", "validate", str(root), "--dedupe"])
     assert r.exit_code == 2 and "'../outside.jpg' must be a relative path inside images/" in r.stderr
     assert outside.is_file()
+
+
+def test_flat_pictures_whose_hashes_say_little_are_told_apart(tmp_path: Path) -> None:
+    """Mostly flat pictures (blank boards, copper pours) have few dHash bits set, so
+    unrelated ones sit within NEAR_BITS of each other: on DeepPCB a chain of them tied
+    three boards together. The thumbnails' correlation tells them apart; two blank
+    pictures, or a re-encoded flat one, are still duplicates."""
+    white = np.full((240, 320), 255, np.uint8)
+    left, top, corner = white.copy(), white.copy(), white.copy()
+    left[:, 200:] = 0  # white then black: falling edges set no bit
+    top[120:, :] = 0
+    corner[:60, 250:] = 40
+    raw = tmp_path / "raw"
+    names = {"left": left, "top": top, "corner": corner, "blank": white}
+    recs = [record(jpeg(raw / f"{n}.jpg", im), f"{n}.jpg", None) for n, im in names.items()]
+    recs.append(record(jpeg(raw / "blank-q.jpg", white, 60), "blank-q.jpg", None))
+    recs.append(record(jpeg(raw / "left-q.jpg", left, 60), "left-q.jpg", None))
+    dataset = Dataset(["dent"], recs)
+    prints = fingerprints(dataset)
+    hashes = [prints[f"{n}.jpg"].dhash for n in names]
+    # what made the fault: every pair is "near" by the hash alone
+    assert all(int(np.bitwise_count(a ^ b).sum()) <= NEAR_BITS  # type: ignore[operator]
+               for a in hashes for b in hashes)
+    groups = find_duplicates(dataset, prints)
+    assert sorted(tuple(sorted(r.file_name for r in g.members)) for g in groups) == [
+        ("blank-q.jpg", "blank.jpg"), ("left-q.jpg", "left.jpg")]

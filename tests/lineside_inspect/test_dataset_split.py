@@ -87,3 +87,20 @@ def test_split_says_it_replaces_the_split_the_dataset_had(sample: Path) -> None:
     assert first.exit_code == 0, first.output
     again = CliRunner().invoke(app, ["data", "split", str(sample), "--val", "0.5"])
     assert again.exit_code == 0 and "replaced the split the dataset had: train" in again.stderr
+
+
+
+def test_split_names_the_groups_a_duplicate_ties_to_a_held_out_one(
+        sample: Path, tmp_path: Path) -> None:
+    untouched = shutil.copytree(SAMPLE, tmp_path / "untouched")
+    quiet = CliRunner().invoke(app, ["data", "split", str(untouched), "--val", "0.3"])
+    assert quiet.exit_code == 0 and "kept on one side" not in quiet.output
+    dataset = read_dataset(sample)
+    held = next(r for r in dataset.images if r.group == "group13000")
+    other = next(r for r in dataset.images if r.group == "group20085")
+    shutil.copyfile(sample / "images" / held.file_name, sample / "images" / other.file_name)
+    result = CliRunner().invoke(app, ["data", "split", str(sample), "--val-groups", "group13000"])
+    assert result.exit_code == 0, result.output
+    # the copy also looks like the held image's template (not its own twin): "near"
+    assert (f"groups group13000, group20085 kept on one side: near duplicates "
+            f"'{held.file_name}' ~ '{other.file_name}' and 1 more") in " ".join(result.stderr.split())

@@ -12,7 +12,7 @@ from lineside_inspect.dataset.duplicates import DuplicateGroup, find_duplicates
 from lineside_inspect.dataset.exporters import EXPORTERS
 from lineside_inspect.dataset.importers import IMPORTERS
 from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
-from lineside_inspect.dataset.split import split_dataset
+from lineside_inspect.dataset.split import split_dataset, tied_groups
 from lineside_inspect.dataset.stats import dataset_stats
 from lineside_inspect.dataset.validate import (
     check_dir,
@@ -37,6 +37,7 @@ __all__ = [
     "read_dataset",
     "save_annotations",
     "split_dataset",
+    "tied_groups",
     "validate_dataset",
     "validate_dir",
     "write_dataset",

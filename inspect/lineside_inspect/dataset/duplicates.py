@@ -8,8 +8,12 @@ by ``--dedupe`` and kept on one side by ``data split``.
 Exact: byte-identical files (sha256). Near: a difference hash (dHash) of a small grey
 thumbnail, 256 bits, equal within a few bits: survives re-encoding, resizing and small
 brightness changes, costs a reduced-size decode per image, and needs nothing but
-numpy and OpenCV. Defect-free references of a reference dataset look like their
-defective twin by design and are not reported as its duplicate.
+numpy and OpenCV. A hash of mostly flat pictures holds few set bits, so unrelated
+pictures with large flat areas (blank boards, copper pours) sit within a few bits of
+each other, and a chain of them joined three DeepPCB boards into one group: a near pair
+is therefore confirmed by the correlation of 32x32 thumbnails. Defect-free references of
+a reference dataset look like their defective twin by design and are not reported as its
+duplicate.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from lineside_inspect.opencv import MAX_IMAGE_PIXELS, cv2
 HASH_ROWS = 16  # a 17x16 thumbnail gives 16x16 = 256 horizontal-gradient bits
 NEAR_BITS = 8  # at most this many of 256 bits differ: re-encoded copies differ in 0-2, unrelated
 # images in ~128, different boards of one PCB design in 18 or more
+THUMB = 32  # side of the grey thumbnail that confirms a near pair
+ALIKE = 0.9  # their correlation: copies 0.99+, unrelated DeepPCB pairs within 8 bits <= 0.5
+FLAT_STD = 2.0  # grey levels: a thumbnail this flat is compared by its mean instead
 _BLOCK = 128  # rows compared at once in the pairwise search (memory ~ _BLOCK * N * 32 bytes)
 # which copy --dedupe keeps when labels tie: evaluation sets stay as they were
 _KEEP_ORDER = {"test": 0, "val": 1, "train": 2, None: 3}
@@ -37,6 +44,7 @@ _KEEP_ORDER = {"test": 0, "val": 1, "train": 2, None: 3}
 class Fingerprint:
     sha256: str
     dhash: np.ndarray | None  # 32 packed bytes; None when the pixels cannot be decoded
+    thumb: np.ndarray | None = None  # THUMB x THUMB grey, uint8; None with ``dhash``
 
 
 def fingerprint(data: bytes) -> Fingerprint:
@@ -55,7 +63,18 @@ def fingerprint(data: bytes) -> Fingerprint:
         return Fingerprint(sha, None)
     small = cv2.resize(grey, (HASH_ROWS + 1, HASH_ROWS), interpolation=cv2.INTER_AREA)
     small = small.astype(np.int16)
-    return Fingerprint(sha, np.packbits((small[:, 1:] > small[:, :-1]).ravel()))
+    thumb = cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    return Fingerprint(sha, np.packbits((small[:, 1:] > small[:, :-1]).ravel()), thumb)
+
+
+def look_alike(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two thumbnails show one picture: correlated at ``ALIKE`` or more (which
+    a change of brightness or contrast keeps), or both flat with means within 8 levels."""
+    x, y = a.astype(np.float32).ravel(), b.astype(np.float32).ravel()
+    sx, sy = float(x.std()), float(y.std())
+    if sx < FLAT_STD or sy < FLAT_STD:
+        return sx < FLAT_STD and sy < FLAT_STD and abs(float(x.mean() - y.mean())) <= 8
+    return float(((x - x.mean()) * (y - y.mean())).mean()) >= ALIKE * sx * sy
 
 
 def fingerprints(dataset: Dataset) -> dict[str, Fingerprint]:
@@ -131,7 +150,10 @@ def find_duplicates(dataset: Dataset, prints: dict[str, Fingerprint] | None = No
     if len(hashed) > 1:
         matrix = np.stack([prints[records[i].file_name].dhash for i in hashed])  # type: ignore[misc]
         for a, b in _near_pairs(matrix, max_bits):
-            join(hashed[a], hashed[b])
+            ta = prints[records[hashed[a]].file_name].thumb
+            tb = prints[records[hashed[b]].file_name].thumb
+            if ta is None or tb is None or look_alike(ta, tb):
+                join(hashed[a], hashed[b])
     groups: dict[int, list[ImageRecord]] = {}
     for i, rec in enumerate(records):
         groups.setdefault(root(i), []).append(rec)

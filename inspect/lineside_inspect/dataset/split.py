@@ -25,6 +25,22 @@ def roboflow_origin(file_name: str) -> str | None:
     return str(path.parent / match["origin"]) if match else None
 
 
+def tied_groups(duplicates: list[DuplicateGroup]) -> list[str]:
+    """A line for each set of duplicates whose copies sit in different groups, which
+    :func:`split_dataset` keeps on one side together (``data split`` says so, because it
+    moves whole groups: a named validation group takes the others with it)."""
+    lines = []
+    for g in duplicates:
+        names = sorted({r.group for r in g.members if r.group is not None})
+        if len(names) > 1:
+            first = g.members[0]  # and a copy of it in another group
+            other = next(r for r in g.members if r.group not in (None, first.group))
+            lines.append(f"groups {', '.join(names)} kept on one side: {g.kind} duplicates "
+                         f"'{first.file_name}' ~ '{other.file_name}'"
+                         + (f" and {len(g.members) - 2} more" if len(g.members) > 2 else ""))
+    return lines
+
+
 def split_dataset(
     dataset: Dataset, *, val: float, test: float = 0.0, by: str = "group", seed: int = 0,
     duplicates: list[DuplicateGroup] | None = None, val_groups: Collection[str] | None = None,
