@@ -4,6 +4,10 @@ nothing is put in place that does not read back (new-user findings 1, 4 and 7)."
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -206,3 +210,65 @@ def test_json_with_a_utf8_bom_is_read(tmp_path: Path) -> None:
         b"\xef\xbb\xbf" + json.dumps(doc).encode())
     ds, skipped = import_dataset("coco", tmp_path / "src", tmp_path / "out")
     assert not skipped and ds.categories == ["fissure"] and len(ds.images[0].boxes) == 1
+
+
+# --- second names and an interrupted overwrite (left open by the first pass) -------------
+
+def _as_subprocess(code: str, *, prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*(prefix or []), sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_bind_mount_of_the_source_is_still_the_source(tmp_path: Path) -> None:
+    """Paths resolve differently through a bind mount, device and inode do not: writing
+    to the folder the source is read through must be refused, not replace the source."""
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode:
+        pytest.skip("needs a private mount namespace (unshare -m, as root)")
+    data = tmp_path / "data"
+    _voc(data / "raw" / "voc")
+    (tmp_path / "alias").mkdir()
+    before = _tree(data)
+    code = ("import sys\nfrom lineside_inspect.dataset import import_dataset\n"
+            "from lineside_inspect.errors import DatasetError\n"
+            "try:\n"
+            f"    import_dataset('voc', {str(tmp_path / 'alias' / 'raw' / 'voc')!r}, "
+            f"{str(data)!r}, overwrite=True)\n"
+            "except DatasetError as exc:\n    print(exc.message); sys.exit(3)\n")
+    script = tmp_path / "run.py"
+    script.write_text(code)
+    out = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f'mount --bind "{data}" "{tmp_path / "alias"}" && exec "{sys.executable}" "{script}"'],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "is or holds the source" in out.stdout
+    assert _tree(data) == before
+
+
+def test_an_overwrite_killed_between_its_renames_is_put_back(tmp_path: Path) -> None:
+    """kill -9 after the old dataset went to its hidden holder and before the new one took
+    its place: the next write puts the old one back where it was."""
+    src, dst = _voc(tmp_path / "voc", 3), tmp_path / "out"
+    import_dataset("voc", _voc(tmp_path / "voc1", 1), dst)
+    code = (
+        "import os, signal, pathlib\n"
+        "real = pathlib.Path.rename\n"
+        "def rename(self, target):\n"
+        "    out = real(self, target)\n"
+        "    if pathlib.Path(target).name == 'old':\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return out\n"
+        "pathlib.Path.rename = rename\n"
+        "from lineside_inspect.dataset import import_dataset\n"
+        f"import_dataset('voc', {str(src)!r}, {str(dst)!r}, overwrite=True)\n")
+    out = _as_subprocess(code)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    assert not dst.exists()
+    assert [p.name for p in tmp_path.glob(".out.old.*/old")] == ["old"]
+    with pytest.raises(DatasetError, match="already exists"):
+        import_dataset("voc", src, dst)
+    assert len(read_dataset(dst).images) == 1  # the old dataset, back in place
+    assert not list(tmp_path.glob(".out.old.*"))
+    import_dataset("voc", src, dst, overwrite=True)
+    assert len(read_dataset(dst).images) == 3

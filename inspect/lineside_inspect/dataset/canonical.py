@@ -12,6 +12,8 @@ path so a user can fix them all in one pass.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import shutil
@@ -240,16 +242,34 @@ def check_destination(
     return real
 
 
+def _identities(path: Path) -> list[tuple[int, int]]:
+    """(device, inode) of ``path`` and of each of its ancestors that exists, nearest first."""
+    out = []
+    for p in (path, *path.parents):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        out.append((st.st_dev, st.st_ino))
+    return out
+
+
 def check_apart(dst: Path, *, sources: set[Path], what: str = "DST") -> Path:
     """Refuse a destination that is, holds or lies inside one of ``sources`` (resolved);
-    return ``dst`` resolved."""
+    return ``dst`` resolved. Folders are compared by path and by device and inode, which
+    also catches a second name that resolving does not see (a bind mount, another case of
+    a name on a case-insensitive file system)."""
     real = dst.resolve()
+    dst_ids = _identities(real)
+    dst_own = dst_ids[0] if dst_ids and real.exists() else None
     for src in sorted(sources):
-        if real == src or src.is_relative_to(real):
+        src_ids = _identities(src)
+        if real == src or src.is_relative_to(real) or (dst_own is not None
+                                                        and dst_own in src_ids):
             raise DatasetError(
                 f"{dst}: {what} is or holds the source being read; writing there would "
                 "replace the source. Choose a new folder outside it; nothing was written")
-        if real.is_relative_to(src):
+        if real.is_relative_to(src) or (src.exists() and src_ids[:1] and src_ids[0] in dst_ids):
             raise DatasetError(
                 f"{dst}: {what} lies inside the source folder being read; choose a folder "
                 "outside it; nothing was written")
@@ -285,6 +305,22 @@ def _label_problems(dataset: Dataset) -> list[Problem]:
     return problems
 
 
+def restore_interrupted(dst: Path) -> bool:
+    """Put back a dataset that an overwrite killed between its two renames (below) left in
+    its hidden holder ``.DST.old.*/old`` with no ``DST``: the next write finds it where it
+    was (and refuses to replace it without ``--overwrite``). Returns whether it did."""
+    if dst.exists() or dst.is_symlink():
+        return False
+    held = [p for p in dst.parent.glob(f".{glob.escape(dst.name)}.old.*/old")
+            if (p / ANNOTATIONS).is_file()]
+    if len(held) != 1:  # none, or more than one to choose from: leave them as they are
+        return False
+    held[0].rename(dst)
+    with contextlib.suppress(OSError):  # an emptied holder; harmless if it stays
+        held[0].parent.rmdir()
+    return True
+
+
 def write_dataset(
     dataset: Dataset, dst: str | Path, *, overwrite: bool = False, source: str | Path | None = None
 ) -> Dataset:
@@ -305,6 +341,7 @@ def write_dataset(
         elif given.resolve() == src or src.is_relative_to(given.resolve()):
             # a COCO JSON file: its own path is protected (its images' folders are above)
             raise DatasetError(f"{given}: DST is or holds the source {source}; nothing was written")
+    restore_interrupted(given.resolve())
     dst = check_destination(given, sources=sources, overwrite=overwrite)
     label_problems = _label_problems(dataset)
     if label_problems:
