@@ -204,6 +204,7 @@ def data_split(
 ) -> None:
     """Assign train/val/test deterministically, keeping each group on one side."""
     from lineside_inspect.dataset import (
+        check_split_args,
         find_duplicates,
         read_dataset,
         save_annotations,
@@ -218,6 +219,7 @@ def data_split(
         if not chosen:
             raise typer.BadParameter(f"--val-groups: no group named in {val_groups!r}")
     before = Counter(r.split for r in dataset.images if r.split is not None)
+    check_split_args(dataset, val=val, test=test, by=by, val_groups=chosen)
     duplicates = find_duplicates(dataset)
     counts = split_dataset(dataset, val=val, test=test, by=by, seed=seed, val_groups=chosen,
                            duplicates=duplicates)

@@ -73,8 +73,7 @@ class Weed:
              f"-s3.port={self.s3_port}", f"-s3.config={config}", f"-master.port.grpc={mg}",
              f"-volume.port.grpc={vg}", f"-filer.port.grpc={fg}", f"-s3.port.grpc={sg}",
              f"-s3.port.iceberg={ice}", "-s3.port.lance=0",  # Lance: off (fixed 9101)
-             "-master.volumeSizeLimitMB=64", "-volume.max=0",
-             f"-s3.localSocket={self.root / 's3.sock'}"],
+             "-master.volumeSizeLimitMB=64", "-volume.max=0"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         (self.root / "data").mkdir(exist_ok=True)
         deadline = time.time() + timeout
@@ -100,7 +99,8 @@ class Weed:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         if self.proc is not None:
-            mg, vg, _, sg, _ = self.extra_ports
-            for sock in weed_sockets(mg, vg, sg):
+            mg, vg, fg, sg, _ = self.extra_ports
+            for sock in weed_sockets(s3=self.s3_port, filer=self.filer_port, master_grpc=mg,
+                                     volume_grpc=vg, filer_grpc=fg, s3_grpc=sg):
                 sock.unlink(missing_ok=True)
         self.proc = None

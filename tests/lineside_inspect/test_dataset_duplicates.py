@@ -158,8 +158,9 @@ def test_dedupe_deletes_nothing_outside_the_dataset(tmp_path: Path) -> None:
 def test_flat_pictures_whose_hashes_say_little_are_told_apart(tmp_path: Path) -> None:
     """Mostly flat pictures (blank boards, copper pours) have few dHash bits set, so
     unrelated ones sit within NEAR_BITS of each other: on DeepPCB a chain of them tied
-    three boards together. The thumbnails' correlation tells them apart; two blank
-    pictures, or a re-encoded flat one, are still duplicates."""
+    three boards together. The thumbnails' correlation tells them apart; a re-encoded copy
+    is still a duplicate. A blank frame is one only when byte-identical: a ladder of blank
+    frames at slowly changing brightness must not tie their groups together."""
     white = np.full((240, 320), 255, np.uint8)
     left, top, corner = white.copy(), white.copy(), white.copy()
     left[:, 200:] = 0  # white then black: falling edges set no bit
@@ -168,8 +169,12 @@ def test_flat_pictures_whose_hashes_say_little_are_told_apart(tmp_path: Path) ->
     raw = tmp_path / "raw"
     names = {"left": left, "top": top, "corner": corner, "blank": white}
     recs = [record(jpeg(raw / f"{n}.jpg", im), f"{n}.jpg", None) for n, im in names.items()]
-    recs.append(record(jpeg(raw / "blank-q.jpg", white, 60), "blank-q.jpg", None))
     recs.append(record(jpeg(raw / "left-q.jpg", left, 60), "left-q.jpg", None))
+    (raw / "blank-copy.jpg").write_bytes((raw / "blank.jpg").read_bytes())
+    recs.append(record(raw / "blank-copy.jpg", "blank-copy.jpg", None))
+    for level in range(100, 256, 6):  # blank frames, each 6 grey levels from the next
+        grey = np.full((240, 320), level, np.uint8)
+        recs.append(record(jpeg(raw / f"grey{level}.jpg", grey), f"grey{level}.jpg", None))
     dataset = Dataset(["dent"], recs)
     prints = fingerprints(dataset)
     hashes = [prints[f"{n}.jpg"].dhash for n in names]
@@ -178,4 +183,13 @@ def test_flat_pictures_whose_hashes_say_little_are_told_apart(tmp_path: Path) ->
                for a in hashes for b in hashes)
     groups = find_duplicates(dataset, prints)
     assert sorted(tuple(sorted(r.file_name for r in g.members)) for g in groups) == [
-        ("blank-q.jpg", "blank.jpg"), ("left-q.jpg", "left.jpg")]
+        ("blank-copy.jpg", "blank.jpg"), ("left-q.jpg", "left.jpg")]
+
+
+def test_images_one_pixel_wide_are_fingerprinted(tmp_path: Path) -> None:
+    """A 1-px side has no half-size decode (OpenCV raised, and data split ended in a
+    traceback): such an image is read whole."""
+    for shape in ((1, 1), (1, 40), (40, 1)):
+        ok, buf = cv2.imencode(".png", np.full(shape, 200, np.uint8))
+        assert ok
+        assert fingerprint(buf.tobytes()).dhash is not None, shape

@@ -102,5 +102,34 @@ def test_split_names_the_groups_a_duplicate_ties_to_a_held_out_one(
     result = CliRunner().invoke(app, ["data", "split", str(sample), "--val-groups", "group13000"])
     assert result.exit_code == 0, result.output
     # the copy also looks like the held image's template (not its own twin): "near"
-    assert (f"groups group13000, group20085 kept on one side: near duplicates "
+    assert (f"groups 'group13000', 'group20085' kept on one side: near duplicates "
             f"'{held.file_name}' ~ '{other.file_name}' and 1 more") in " ".join(result.stderr.split())
+
+
+def test_the_notice_quotes_names_from_the_files() -> None:
+    """Group and file names come from the user's files: an escape sequence in one must
+    reach the terminal as text; a member without a group is not the one shown."""
+    from lineside_inspect.dataset import DuplicateGroup, tied_groups
+    from lineside_inspect.dataset.model import ImageRecord
+
+    members = [ImageRecord("loose.jpg", 8, 8, []),
+               ImageRecord("a.jpg", 8, 8, [], group="grp\x1b[31mRED"),
+               ImageRecord("b\x1b[2J.jpg", 8, 8, [], group="grpA")]
+    (line,) = tied_groups([DuplicateGroup("exact", members)])
+    assert "\x1b" not in line
+    assert line == ("groups 'grp\\x1b[31mRED', 'grpA' kept on one side: exact duplicates "
+                    "'a.jpg' ~ 'b\\x1b[2J.jpg' and 1 more")
+
+
+def test_bad_arguments_are_refused_before_the_pixels_are_read(
+        sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lineside_inspect.dataset as dataset_pkg
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("pixels read before the arguments were checked")
+
+    monkeypatch.setattr(dataset_pkg, "find_duplicates", never)
+    for args in (["--val-groups", "group99"], ["--by", "board"], ["--val", "1.5"]):
+        result = CliRunner().invoke(app, ["data", "split", str(sample), *args])
+        assert result.exit_code != 0 and "Traceback" not in result.output, args
+        assert result.exception is None or isinstance(result.exception, SystemExit), args

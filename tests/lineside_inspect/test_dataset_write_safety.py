@@ -266,9 +266,38 @@ def test_an_overwrite_killed_between_its_renames_is_put_back(tmp_path: Path) -> 
     assert out.returncode == -signal.SIGKILL, out.stderr
     assert not dst.exists()
     assert [p.name for p in tmp_path.glob(".out.old.*/old")] == ["old"]
-    with pytest.raises(DatasetError, match="already exists"):
+    with pytest.raises(DatasetError, match=r"interrupted; the dataset it had set aside in "
+                                          r"\.out\.old\.\w{8} is back in place"):
         import_dataset("voc", src, dst)
     assert len(read_dataset(dst).images) == 1  # the old dataset, back in place
     assert not list(tmp_path.glob(".out.old.*"))
     import_dataset("voc", src, dst, overwrite=True)
     assert len(read_dataset(dst).images) == 3
+
+
+def test_only_this_dsts_own_holder_is_put_back(tmp_path: Path) -> None:
+    """What restore_interrupted must not move: another DST's holder whose name starts the
+    same, a holder whose ``old`` is a link, and a folder being read that is named like a
+    holder."""
+    import_dataset("voc", _voc(tmp_path / "v1"), tmp_path / "pcb.old.v1")
+    other = tmp_path / ".pcb.old.v1.old.abcd1234"  # pcb.old.v1's holder, not pcb's
+    other.mkdir()
+    (tmp_path / "pcb.old.v1").rename(other / "old")
+    import_dataset("voc", _voc(tmp_path / "v2", 3), tmp_path / "precious")
+    linked = tmp_path / ".out.old.abcd1234"
+    linked.mkdir()
+    (linked / "old").symlink_to(tmp_path / "precious")
+    before = _tree(tmp_path)
+    import_dataset("voc", _voc(tmp_path / "v3", 2), tmp_path / "pcb")
+    import_dataset("voc", tmp_path / "v3", tmp_path / "out")
+    assert len(read_dataset(tmp_path / "pcb").images) == 2
+    assert not (tmp_path / "out").is_symlink() and len(read_dataset(tmp_path / "out").images) == 2
+    assert len(read_dataset(tmp_path / "precious").images) == 3
+    assert before <= _tree(tmp_path)  # both holders left as they were
+    # a source named like a holder of DST is read, never moved into DST's place
+    src = _voc(tmp_path / ".ds.old.abcd1234" / "old")
+    import_dataset("voc", src, tmp_path / "ok")
+    (src / "annotations.json").write_text((tmp_path / "ok" / "annotations.json").read_text())
+    import_dataset("voc", src, tmp_path / "ds")
+    assert (src / "annotations.json").is_file() and len(list((src / "Annotations").iterdir())) == 2
+    assert len(read_dataset(tmp_path / "ds").images) == 2

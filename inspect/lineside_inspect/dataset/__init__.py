@@ -12,7 +12,7 @@ from lineside_inspect.dataset.duplicates import DuplicateGroup, find_duplicates
 from lineside_inspect.dataset.exporters import EXPORTERS
 from lineside_inspect.dataset.importers import IMPORTERS
 from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
-from lineside_inspect.dataset.split import split_dataset, tied_groups
+from lineside_inspect.dataset.split import check_split_args, split_dataset, tied_groups
 from lineside_inspect.dataset.stats import dataset_stats
 from lineside_inspect.dataset.validate import (
     check_dir,
@@ -29,6 +29,7 @@ __all__ = [
     "DuplicateGroup",
     "ImageRecord",
     "check_dir",
+    "check_split_args",
     "dataset_stats",
     "dedupe_dir",
     "export_dataset",

@@ -13,9 +13,9 @@ path so a user can fix them all in one pass.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -305,20 +305,31 @@ def _label_problems(dataset: Dataset) -> list[Problem]:
     return problems
 
 
-def restore_interrupted(dst: Path) -> bool:
+def restore_interrupted(dst: Path, *, sources: set[Path]) -> Path | None:
     """Put back a dataset that an overwrite killed between its two renames (below) left in
-    its hidden holder ``.DST.old.*/old`` with no ``DST``: the next write finds it where it
-    was (and refuses to replace it without ``--overwrite``). Returns whether it did."""
-    if dst.exists() or dst.is_symlink():
-        return False
-    held = [p for p in dst.parent.glob(f".{glob.escape(dst.name)}.old.*/old")
-            if (p / ANNOTATIONS).is_file()]
+    its hidden holder ``.DST.old.XXXXXXXX/old`` with no ``DST``; return the holder, or None
+    when there was nothing to do. Only a holder named exactly as :func:`write_dataset`
+    names one for this DST, neither it nor ``old`` a link, ``old`` a dataset and apart
+    from every folder being read, and only when there is exactly one such."""
+    if dst.exists() or dst.is_symlink() or not dst.parent.is_dir():
+        return None
+    name = re.compile(rf"\.{re.escape(dst.name)}\.old\.[a-z0-9_]{{8}}")  # mkdtemp's suffix
+    held = []
+    for holder in dst.parent.iterdir():
+        old = holder / "old"
+        if (not name.fullmatch(holder.name) or holder.is_symlink() or old.is_symlink()
+                or not old.is_dir() or not (old / ANNOTATIONS).is_file()):
+            continue
+        real = old.resolve()
+        if not any(real == s or s.is_relative_to(real) or real.is_relative_to(s)
+                   for s in sources):
+            held.append(old)
     if len(held) != 1:  # none, or more than one to choose from: leave them as they are
-        return False
+        return None
     held[0].rename(dst)
     with contextlib.suppress(OSError):  # an emptied holder; harmless if it stays
         held[0].parent.rmdir()
-    return True
+    return held[0].parent
 
 
 def write_dataset(
@@ -341,7 +352,11 @@ def write_dataset(
         elif given.resolve() == src or src.is_relative_to(given.resolve()):
             # a COCO JSON file: its own path is protected (its images' folders are above)
             raise DatasetError(f"{given}: DST is or holds the source {source}; nothing was written")
-    restore_interrupted(given.resolve())
+    restored = restore_interrupted(check_apart(given, sources=sources), sources=sources)
+    if restored is not None and not overwrite:
+        raise DatasetError(
+            f"{given}: an earlier overwrite of it was interrupted; the dataset it had set "
+            f"aside in {restored.name} is back in place. Pass --overwrite to replace it")
     dst = check_destination(given, sources=sources, overwrite=overwrite)
     label_problems = _label_problems(dataset)
     if label_problems:

@@ -34,7 +34,7 @@ NEAR_BITS = 8  # at most this many of 256 bits differ: re-encoded copies differ 
 # images in ~128, different boards of one PCB design in 18 or more
 THUMB = 32  # side of the grey thumbnail that confirms a near pair
 ALIKE = 0.9  # their correlation: copies 0.99+, unrelated DeepPCB pairs within 8 bits <= 0.5
-FLAT_STD = 2.0  # grey levels: a thumbnail this flat is compared by its mean instead
+FLAT_STD = 2.0  # grey levels: a thumbnail this flat has nothing to correlate
 _BLOCK = 128  # rows compared at once in the pairwise search (memory ~ _BLOCK * N * 32 bytes)
 # which copy --dedupe keeps when labels tie: evaluation sets stay as they were
 _KEEP_ORDER = {"test": 0, "val": 1, "train": 2, None: 3}
@@ -57,23 +57,30 @@ def fingerprint(data: bytes) -> Fingerprint:
         return Fingerprint(sha, None)
     if width <= 0 or height <= 0 or width * height > MAX_IMAGE_PIXELS:
         return Fingerprint(sha, None)
-    flags = cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_IGNORE_ORIENTATION
-    grey = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if grey is None or grey.size == 0:
+    # a side of 1 px has no half size (OpenCV raises): such an image is read whole
+    reduced = cv2.IMREAD_REDUCED_GRAYSCALE_2 if min(width, height) >= 2 else cv2.IMREAD_GRAYSCALE
+    try:
+        grey = cv2.imdecode(np.frombuffer(data, np.uint8), reduced | cv2.IMREAD_IGNORE_ORIENTATION)
+        if grey is None or grey.size == 0:
+            return Fingerprint(sha, None)
+        small = cv2.resize(grey, (HASH_ROWS + 1, HASH_ROWS), interpolation=cv2.INTER_AREA)
+        thumb = cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    except cv2.error:
         return Fingerprint(sha, None)
-    small = cv2.resize(grey, (HASH_ROWS + 1, HASH_ROWS), interpolation=cv2.INTER_AREA)
     small = small.astype(np.int16)
-    thumb = cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
     return Fingerprint(sha, np.packbits((small[:, 1:] > small[:, :-1]).ravel()), thumb)
 
 
 def look_alike(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two thumbnails show one picture: correlated at ``ALIKE`` or more (which
-    a change of brightness or contrast keeps), or both flat with means within 8 levels."""
+    """Whether two thumbnails show one picture: correlated at ``ALIKE`` or more, which a
+    change of brightness or contrast keeps. A flat one (a blank frame) looks like no other:
+    blank frames of different boards are alike without being copies, and a ladder of them
+    at slowly changing brightness would tie every group it touches (byte-identical ones
+    are still found by their sha256)."""
     x, y = a.astype(np.float32).ravel(), b.astype(np.float32).ravel()
     sx, sy = float(x.std()), float(y.std())
     if sx < FLAT_STD or sy < FLAT_STD:
-        return sx < FLAT_STD and sy < FLAT_STD and abs(float(x.mean() - y.mean())) <= 8
+        return False
     return float(((x - x.mean()) * (y - y.mean())).mean()) >= ALIKE * sx * sy
 
 

