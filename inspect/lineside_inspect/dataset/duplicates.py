@@ -35,7 +35,8 @@ NEAR_BITS = 8  # at most this many of 256 bits differ: re-encoded copies differ 
 THUMB = 32  # side of the grey thumbnail that confirms a near pair
 ALIKE = 0.9  # their correlation: copies 0.99+, unrelated DeepPCB pairs within 8 bits <= 0.5
 FLAT_STD = 2.0  # grey levels: a thumbnail this flat has nothing to correlate
-_BLOCK = 128  # rows compared at once in the pairwise search (memory ~ _BLOCK * N * 32 bytes)
+_BLOCK = 32  # rows compared at once in the pairwise search (memory ~ 2 * _BLOCK * N * 32 bytes:
+# 200 MB at 100k images; 128 rows held 0.8 GB and were no faster)
 # which copy --dedupe keeps when labels tie: evaluation sets stay as they were
 _KEEP_ORDER = {"test": 0, "val": 1, "train": 2, None: 3}
 
