@@ -193,3 +193,25 @@ def test_images_one_pixel_wide_are_fingerprinted(tmp_path: Path) -> None:
         ok, buf = cv2.imencode(".png", np.full(shape, 200, np.uint8))
         assert ok
         assert fingerprint(buf.tobytes()).dhash is not None, shape
+
+
+def test_the_indexed_search_finds_what_comparing_every_pair_finds() -> None:
+    """Multi-index hashing (only hashes sharing a byte range are compared) against the
+    every-pair search: planted pairs at 0-12 bits, a block of low-information hashes,
+    a run of identical copies longer than a comparison block."""
+    from lineside_inspect.dataset.duplicates import _compare_all, _near_pairs
+
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 256, (1500, 32), dtype=np.uint8)
+    for _ in range(200):
+        i, j = rng.integers(0, 1500, 2)
+        hashes[j] = hashes[i]
+        for bit in rng.choice(256, int(rng.integers(0, 13)), replace=False):
+            hashes[j, bit // 8] ^= np.uint8(1 << (bit % 8))
+    hashes[:100] = 0
+    hashes[np.arange(100), rng.integers(0, 32, 100)] = 1
+    hashes[200:260] = hashes[200]
+    for max_bits in (0, 3, NEAR_BITS, 12, 40):
+        expected = sorted(_compare_all(hashes, max_bits))
+        assert len(expected) > 1700
+        assert sorted(_near_pairs(hashes, max_bits)) == expected, max_bits
