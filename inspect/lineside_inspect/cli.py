@@ -227,6 +227,11 @@ def data_split(
     if by == "group":
         for line in tied_groups(duplicates):
             err.print(line, highlight=False, markup=False)
+        if not any(r.group for r in dataset.images):
+            err.print("no image has a group (the board, batch or day it shows: images[].group "
+                      "in annotations.json; VOC, YOLO and COCO files carry none), so images were "
+                      "split one by one and photos of one part may sit on both sides",
+                      highlight=False, markup=False)
     if before:  # a split read at import (train/valid folders, ImageSets) is replaced: say so
         err.print("replaced the split the dataset had: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(before.items())), highlight=False)

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -133,3 +134,27 @@ def test_bad_arguments_are_refused_before_the_pixels_are_read(
         result = CliRunner().invoke(app, ["data", "split", str(sample), *args])
         assert result.exit_code != 0 and "Traceback" not in result.output, args
         assert result.exception is None or isinstance(result.exception, SystemExit), args
+
+
+def test_split_by_group_without_groups_says_so(tmp_path: Path, sample: Path) -> None:
+    """VOC, YOLO and COCO carry no groups: --by group then splits image by image, which
+    the user must hear (photos of one part may sit on both sides)."""
+    from lineside_inspect.dataset import import_dataset
+    from lineside_inspect.opencv import cv2
+
+    src = tmp_path / "flat"
+    src.mkdir()
+    for i in range(6):
+        img = np.full((48, 64, 3), 40 * i, np.uint8)
+        img[5 + i:20 + i, 5:20] = 255 - 40 * i
+        assert cv2.imwrite(str(src / f"p{i}.jpg"), img)
+        (src / f"p{i}.xml").write_text(
+            f"<annotation><filename>p{i}.jpg</filename><size><width>64</width><height>48</height>"
+            "</size><object><name>dent</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>20</xmax>"
+            "<ymax>20</ymax></bndbox></object></annotation>")
+    import_dataset("voc", src, tmp_path / "ds")
+    result = CliRunner().invoke(app, ["data", "split", str(tmp_path / "ds"), "--val", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "no image has a group" in " ".join(result.stderr.split())
+    grouped = CliRunner().invoke(app, ["data", "split", str(sample), "--val", "0.3"])
+    assert grouped.exit_code == 0 and "no image has a group" not in grouped.output

@@ -52,7 +52,8 @@ def carve(cfg: AnomalyConfig) -> GoodSplit:
     if cfg.calib_groups:
         unknown = sorted(set(cfg.calib_groups) - set(groups))
         if unknown:
-            raise ConfigError(f"calib_groups {unknown} have no good images in {cfg.data}")
+            raise ConfigError(f"calib_groups {unknown} have no good images in {cfg.data} "
+                              "(--set calib_groups=[] holds out about 15% of its groups)")
         held = sorted(cfg.calib_groups)
     else:
         rng = np.random.default_rng(cfg.seed)
