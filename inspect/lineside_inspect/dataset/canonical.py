@@ -226,10 +226,17 @@ def check_destination(
     """Refuse (before anything is written) a destination that is, holds or lies inside a
     source folder, and one ``--overwrite`` would replace though it is not a Lineside
     dataset; return ``dst`` with symlinks resolved. ``sources`` must be resolved already.
+    A dataset an interrupted overwrite set aside is put back first
+    (:func:`restore_interrupted`), and without ``overwrite`` that is refused too.
 
     Why: replacing ``DST`` deletes it, so ``import SRC SRC/..`` used to delete the very
     files being imported and whatever else lived beside them."""
     real = check_apart(dst, sources=sources, what=what)
+    restored = restore_interrupted(real, sources=sources)
+    if restored is not None and not overwrite:
+        raise DatasetError(
+            f"{dst}: an earlier overwrite of it was interrupted; the dataset it had set "
+            f"aside in {restored.name} is back in place. Pass --overwrite to replace it")
     if real.exists():
         if not real.is_dir():
             raise DatasetError(f"{dst}: exists and is not a folder; choose another {what}")
@@ -320,10 +327,11 @@ def restore_interrupted(dst: Path, *, sources: set[Path]) -> Path | None:
         if (not name.fullmatch(holder.name) or holder.is_symlink() or old.is_symlink()
                 or not old.is_dir() or not (old / ANNOTATIONS).is_file()):
             continue
-        real = old.resolve()
-        if not any(real == s or s.is_relative_to(real) or real.is_relative_to(s)
-                   for s in sources):
-            held.append(old)
+        try:  # the same rule as for DST itself: never move a folder being read
+            check_apart(old, sources=sources)
+        except DatasetError:
+            continue
+        held.append(old)
     if len(held) != 1:  # none, or more than one to choose from: leave them as they are
         return None
     held[0].rename(dst)
@@ -352,11 +360,6 @@ def write_dataset(
         elif given.resolve() == src or src.is_relative_to(given.resolve()):
             # a COCO JSON file: its own path is protected (its images' folders are above)
             raise DatasetError(f"{given}: DST is or holds the source {source}; nothing was written")
-    restored = restore_interrupted(check_apart(given, sources=sources), sources=sources)
-    if restored is not None and not overwrite:
-        raise DatasetError(
-            f"{given}: an earlier overwrite of it was interrupted; the dataset it had set "
-            f"aside in {restored.name} is back in place. Pass --overwrite to replace it")
     dst = check_destination(given, sources=sources, overwrite=overwrite)
     label_problems = _label_problems(dataset)
     if label_problems:
