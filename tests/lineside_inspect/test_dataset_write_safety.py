@@ -4,6 +4,7 @@ nothing is put in place that does not read back (new-user findings 1, 4 and 7)."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -267,7 +268,7 @@ def test_an_overwrite_killed_between_its_renames_is_put_back(tmp_path: Path) -> 
     assert not dst.exists()
     assert [p.name for p in tmp_path.glob(".out.old.*/old")] == ["old"]
     with pytest.raises(DatasetError, match=r"interrupted; the dataset it had set aside in "
-                                          r"\.out\.old\.\w{8} is back in place"):
+                                          r"\.out\.old\.w\d+\.\w{8} is back in place"):
         import_dataset("voc", src, dst)
     assert len(read_dataset(dst).images) == 1  # the old dataset, back in place
     assert not list(tmp_path.glob(".out.old.*"))
@@ -301,3 +302,47 @@ def test_only_this_dsts_own_holder_is_put_back(tmp_path: Path) -> None:
     import_dataset("voc", src, tmp_path / "ds")
     assert (src / "annotations.json").is_file() and len(list((src / "Annotations").iterdir())) == 2
     assert len(read_dataset(tmp_path / "ds").images) == 2
+
+
+def _killed_at(call: str, marker: str, src: Path, dst: Path) -> None:
+    """Run an overwrite import of ``src`` to ``dst`` in a child killed with SIGKILL when
+    ``call`` (``shutil.copyfile`` or ``shutil.rmtree``) is first reached with a path
+    holding ``marker``."""
+    module, name = call.split(".")
+    code = (
+        f"import os, signal, {module}\n"
+        f"real = {module}.{name}\n"
+        "def hook(path, *a, **k):\n"
+        f"    if {marker!r} in str(path):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(path, *a, **k)\n"
+        f"{module}.{name} = hook\n"
+        "from lineside_inspect.dataset import import_dataset\n"
+        f"import_dataset('voc', {str(src)!r}, {str(dst)!r}, overwrite=True)\n")
+    out = _as_subprocess(code)
+    assert out.returncode == -signal.SIGKILL, (marker, out.stderr)
+
+
+def test_what_killed_writes_leave_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    """kill -9 while copying leaves a hidden staging folder with a copy of the images; kill
+    -9 after the swap and before the old dataset is deleted leaves its holder. The next
+    write to the same DST removes both; a live writer's folder and other names stay."""
+    src, dst = _voc(tmp_path / "voc", 3), tmp_path / "out"
+    import_dataset("voc", _voc(tmp_path / "voc1", 1), dst)
+    _killed_at("shutil.copyfile", "", src, dst)  # while copying
+    staging = list(tmp_path.glob(".out.w*"))
+    assert len(staging) == 1 and (staging[0] / "images").is_dir()
+    assert len(read_dataset(dst).images) == 1  # DST untouched
+    _killed_at("shutil.rmtree", ".out.old.", src, dst)  # after the swap
+    holders = list(tmp_path.glob(".out.old.w*"))
+    assert len(holders) == 1 and (holders[0] / "old" / "annotations.json").is_file()
+    assert len(read_dataset(dst).images) == 3  # the swap had happened
+    live = tmp_path / f".out.w{os.getpid()}.abcd1234"  # this process: a writer still running
+    live.mkdir()
+    others = [tmp_path / ".outer.w1.abcd1234", tmp_path / ".out.w1.abcd1234.x"]
+    for other in others:
+        other.mkdir()
+    import_dataset("voc", _voc(tmp_path / "voc2", 2), dst, overwrite=True)
+    assert len(read_dataset(dst).images) == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(
+        p.name for p in [live, *others])

@@ -227,12 +227,14 @@ def check_destination(
     source folder, and one ``--overwrite`` would replace though it is not a Lineside
     dataset; return ``dst`` with symlinks resolved. ``sources`` must be resolved already.
     A dataset an interrupted overwrite set aside is put back first
-    (:func:`restore_interrupted`), and without ``overwrite`` that is refused too.
+    (:func:`restore_interrupted`), and without ``overwrite`` that is refused too; what
+    other interrupted writes of ``dst`` left beside it is deleted (:func:`remove_leftovers`).
 
     Why: replacing ``DST`` deletes it, so ``import SRC SRC/..`` used to delete the very
     files being imported and whatever else lived beside them."""
     real = check_apart(dst, sources=sources, what=what)
     restored = restore_interrupted(real, sources=sources)
+    remove_leftovers(real, sources=sources)
     if restored is not None and not overwrite:
         raise DatasetError(
             f"{dst}: an earlier overwrite of it was interrupted; the dataset it had set "
@@ -312,32 +314,78 @@ def _label_problems(dataset: Dataset) -> list[Problem]:
     return problems
 
 
-def restore_interrupted(dst: Path, *, sources: set[Path]) -> Path | None:
-    """Put back a dataset that an overwrite killed between its two renames (below) left in
-    its hidden holder ``.DST.old.XXXXXXXX/old`` with no ``DST``; return the holder, or None
-    when there was nothing to do. Only a holder named exactly as :func:`write_dataset`
-    names one for this DST, neither it nor ``old`` a link, ``old`` a dataset and apart
-    from every folder being read, and only when there is exactly one such."""
-    if dst.exists() or dst.is_symlink() or not dst.parent.is_dir():
-        return None
-    name = re.compile(rf"\.{re.escape(dst.name)}\.old\.[a-z0-9_]{{8}}")  # mkdtemp's suffix
-    held = []
-    for holder in dst.parent.iterdir():
-        old = holder / "old"
-        if (not name.fullmatch(holder.name) or holder.is_symlink() or old.is_symlink()
-                or not old.is_dir() or not (old / ANNOTATIONS).is_file()):
+def _writer_gone(name: str) -> bool:
+    """Whether the process that named a staging folder or holder ``...w<pid>.XXXXXXXX``
+    has ended (on this host: a dataset folder shared between hosts is not covered). A name
+    without a pid (an older version's) counts as ended."""
+    found = re.search(r"\.w(\d+)\.[a-z0-9_]{8}$", name)
+    if found is None:
+        return True
+    try:
+        os.kill(int(found.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False  # alive under another user (or no such pid on this platform)
+    return False
+
+
+def _leftovers(dst: Path, *, sources: set[Path], kind: str) -> list[Path]:
+    """Hidden folders beside ``dst`` that an interrupted :func:`write_dataset` for this
+    very DST left: ``kind`` "old" for holders ``.DST.old.w<pid>.XXXXXXXX``, "staging" for
+    ``.DST.w<pid>.XXXXXXXX``. Only exact names, never links, never a folder being read,
+    and only when the process that made it has ended."""
+    label = r"\.old" if kind == "old" else ""
+    pid = r"(?:\.w\d+)?" if kind == "old" else r"\.w\d+"  # older holders had no pid
+    name = re.compile(rf"\.{re.escape(dst.name)}{label}{pid}\.[a-z0-9_]{{8}}")  # mkdtemp's suffix
+    found: list[Path] = []
+    if not dst.parent.is_dir():
+        return found
+    for folder in dst.parent.iterdir():
+        if (not name.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir()
+                or not _writer_gone(folder.name)):
             continue
-        try:  # the same rule as for DST itself: never move a folder being read
-            check_apart(old, sources=sources)
+        try:  # the same rule as for DST itself: never touch a folder being read
+            check_apart(folder, sources=sources)
         except DatasetError:
             continue
-        held.append(old)
+        found.append(folder)
+    return found
+
+
+def restore_interrupted(dst: Path, *, sources: set[Path]) -> Path | None:
+    """Put back a dataset that an overwrite killed between its two renames (below) left in
+    its hidden holder ``.DST.old.w<pid>.XXXXXXXX/old`` with no ``DST``; return the holder,
+    or None when there was nothing to do. Only a holder named exactly as
+    :func:`write_dataset` names one for this DST, whose writer has ended, neither it nor
+    ``old`` a link, ``old`` a dataset and apart from every folder being read, and only
+    when there is exactly one such."""
+    if dst.exists() or dst.is_symlink() or not dst.parent.is_dir():
+        return None
+    held = [holder / "old" for holder in _leftovers(dst, sources=sources, kind="old")
+            if not (holder / "old").is_symlink() and (holder / "old" / ANNOTATIONS).is_file()]
     if len(held) != 1:  # none, or more than one to choose from: leave them as they are
         return None
     held[0].rename(dst)
     with contextlib.suppress(OSError):  # an emptied holder; harmless if it stays
         held[0].parent.rmdir()
     return held[0].parent
+
+
+def remove_leftovers(dst: Path, *, sources: set[Path]) -> list[str]:
+    """Delete what interrupted writes of ``dst`` left beside it once ``dst`` is in place:
+    half-written staging folders (a kill while copying leaves a copy of every image) and
+    holders of a replaced dataset that was not yet deleted. Returns the names removed.
+    A holder is removed only while ``dst`` exists (otherwise it is the dataset to put back)."""
+    removed = []
+    for folder in _leftovers(dst, sources=sources, kind="staging"):
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    if dst.is_dir() and (dst / ANNOTATIONS).is_file():
+        for folder in _leftovers(dst, sources=sources, kind="old"):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
 
 
 def write_dataset(
@@ -367,7 +415,8 @@ def write_dataset(
             f"{given}: {len(label_problems)} problem(s) with class names; nothing was written",
             label_problems)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    # the writer's pid in the name: a later write removes what a killed one left
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.w{os.getpid()}.", dir=dst.parent))
     holder: Path | None = None
     moved_old = False
     try:
@@ -395,7 +444,8 @@ def write_dataset(
                          p.subject) for p in problems])
         if dst.exists():
             # a fresh, uniquely named holder: never delete a folder we did not create
-            holder = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+            holder = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.w{os.getpid()}.",
+                                           dir=dst.parent))
             dst.rename(holder / "old")
             moved_old = True
         tmp.rename(dst)
