@@ -844,8 +844,10 @@ def gate_cmd(
 ) -> None:
     """Replay a golden set through both packages via the edge runtime, each at its card's
     thresholds under the recipe; exit 1 when the candidate has more escapes than the
-    active model or more false rejects than it plus the allowance."""
-    from lineside_inspect.lifecycle.gate import format_report, run_gate
+    active model, passes a defective part it fails, or has more false rejects than it plus
+    the allowance (or when the set has no defective part). The report is printed, not
+    kept: a server's require_gate needs its own gate (POST /v1/models/NAME/gate)."""
+    from lineside_inspect.lifecycle.gate import card_digest, format_report, run_gate
     from lineside_inspect.lifecycle.golden import GoldenLibrary
     from lineside_inspect.lifecycle.manager import card_recipe
     from lineside_inspect.recipes import load_recipe
@@ -855,6 +857,9 @@ def gate_cmd(
     manifest = library.get(golden, golden_version)
     cand = Detector(candidate, device="cpu", threads=threads)
     active = Detector(against, device="cpu", threads=threads)
+    if card_digest(cand.card) == card_digest(active.card):
+        raise ConfigError("the candidate and --against are the same package (graph and card): "
+                          "a package is not gated against itself")
     rule = load_recipe(recipe) if recipe is not None else card_recipe(active.card)
     report = run_gate(cand, active, library, manifest, rule, allowance=allowance)
     if as_json:

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from lineside_inspect.errors import ConfigError
@@ -205,6 +213,13 @@ class Settings(BaseSettings):
     @property
     def references_path(self) -> Path:
         return Path(self.references_dir) if self.references_dir else Path(self.data_dir) / "references"
+
+    @model_validator(mode="after")
+    def _gate_needs_store(self) -> Settings:
+        if self.lifecycle.gate.require_gate and not self.store:
+            raise ValueError("lifecycle.gate.require_gate needs store: true (gate reports are "
+                             "kept in the store; without it nothing could be admitted)")
+        return self
 
     def model_root_paths(self) -> list[Path]:
         """``model_roots`` resolved (symlinks too), or the default; never the filesystem root."""

@@ -236,6 +236,12 @@ def test_a_promotion_past_its_bounds_rolls_back(launch: Callable[..., Running],
         assert [e["action"] for e in log[:3]] == ["auto_rollback", "force_promote", "gate"]
         assert log[0]["actor"] == "lineside" and log[0]["reason"] == watch["why"]
         assert inspect(line, GOOD[:1])[0]["model"]["version"] == "1"
+        # a golden set of good parts alone compares no escapes: it passes no one
+        assert any("no defective part" in why for why in promo["report"]["reasons"])
+        # the automatic rollback was a rollback: a manual one cannot bring jumpy back
+        r = admin.post("/v1/models/deeppcb/rollback")
+        assert r.status_code == 422 and "no earlier version" in r.json()["error"]["message"]
+        assert admin.get("/v1/models").json()[0]["history"] == []
 
 
 def test_capture_keeps_near_threshold_passes_to_label_within_the_cap(
@@ -256,3 +262,80 @@ def test_capture_keeps_near_threshold_passes_to_label_within_the_cap(
         queues = rev.get("/v1/queues").json()
         assert queues["capture_used_this_hour"]["near_threshold"] == 2
         assert {q["name"]: q["total"] for q in queues["items"]}["to_label"] == 2
+
+
+def _golden_from_reviews(line: httpx.Client, rev: httpx.Client, admin: httpx.Client,
+                         name: str) -> None:
+    for r, f in zip(inspect(line, DEFECTIVE[:3] + GOOD[:3]), DEFECTIVE[:3] + GOOD[:3], strict=True):
+        action = "false_reject" if "_temp" in f.name and r["verdict"] == "fail" else "confirm"
+        assert rev.post(f"/v1/inspections/{r['id']}/reviews", json={"action": action}).status_code == 200
+    assert admin.post(f"/v1/golden/{name}", json={}).status_code == 200
+
+
+def test_a_gate_admits_only_against_the_active_version_and_only_its_card(
+        launch: Callable[..., Running], variants: Path, tmp_path: Path) -> None:
+    """A report compared with another version than the active one, or made for another
+    card of the same graph (re-calibrated thresholds), admits nothing; a version is never
+    gated against itself; the first version of a new model is recorded, not refused."""
+    srv = server(launch, variants, store_pass_rate=1.0,
+                 lifecycle={"gate": {"require_gate": True}})
+    int8 = ROOT / "models" / "deeppcb" / "1-int8"
+    with srv.client("line") as line, srv.client("reviewer") as rev, srv.client("admin") as admin:
+        _golden_from_reviews(line, rev, admin, "g")
+        load(admin, int8)
+        load(admin, variants / "deeppcb" / "blind")
+        r = admin.post("/v1/models/deeppcb/gate", json={"version": "1", "golden": "g"})
+        assert r.status_code == 422 and "against itself" in r.json()["error"]["message"]
+        r = admin.post("/v1/models/deeppcb/gate", json={"version": "1-int8", "golden": "g"})
+        assert r.status_code == 200 and r.json()["passed"], r.json()
+        report = r.json()["id"]
+        # another version judges now: the pass against version 1 no longer admits
+        r = admin.post("/v1/models/deeppcb/activate",
+                       json={"version": "blind", "force": True, "reason": "trial"})
+        assert r.status_code == 200, r.text
+        r = admin.post("/v1/models/deeppcb/activate", json={"version": "1-int8"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "gate_failed"
+        assert report in r.json()["error"]["message"]
+        assert "not the active one" in r.json()["error"]["message"]
+        assert admin.post("/v1/models/deeppcb/rollback").json()["active"] == "1"
+        # the same graph re-calibrated (lineside calibrate --write) is another candidate
+        recal = tmp_path / "deeppcb" / "1-int8"
+        shutil.copytree(int8, recal)
+        card = json.loads((recal / "model.json").read_text())
+        card["thresholds"] = dict.fromkeys(card["thresholds"], 0.999)
+        (recal / "model.json").write_text(json.dumps(card))
+        shutil.rmtree(variants / "deeppcb" / "1-int8", ignore_errors=True)
+        shutil.copytree(recal, variants / "deeppcb" / "1-int8")
+        load(admin, variants / "deeppcb" / "1-int8")
+        r = admin.post("/v1/models/deeppcb/activate", json={"version": "1-int8"})
+        assert r.status_code == 409 and "has not been gated" in r.json()["error"]["message"]
+        load(admin, int8)  # the card the report was made for: admitted by it
+        r = admin.post("/v1/models/deeppcb/activate", json={"version": "1-int8"})
+        assert r.status_code == 200, r.text
+        assert admin.get("/v1/models/deeppcb/lineage").json()["admissions"][0][
+            "gate_report_id"] == report
+        # a new model name: its first version judges at once, recorded (not a false 409)
+        r = admin.post("/v1/models", json={"path": str(ROOT / "models" / "deeppcb-good" / "1")})
+        assert r.status_code == 200 and r.json()["active"] == "1", r.text
+        first = rev.get("/v1/audit", params={"model": "deeppcb-good"}).json()["items"]
+        assert [e["action"] for e in first] == ["activate"] and "first version" in first[0]["reason"]
+
+
+def test_without_a_store_the_card_recipe_still_follows_the_active_card(
+        launch: Callable[..., Running], variants: Path) -> None:
+    srv = server(launch, variants, store=False)
+    with srv.client("line") as line, srv.client("admin") as admin:
+        assert inspect(line, DEFECTIVE[:1])[0]["verdict"] == "fail"
+        load(admin, variants / "deeppcb" / "blind")
+        assert admin.post("/v1/models/deeppcb/activate", json={"version": "blind"}).status_code == 200
+        judged = inspect(line, DEFECTIVE[:1])[0]
+        assert (judged["model"]["version"], judged["verdict"]) == ("blind", "pass")
+
+
+def test_require_gate_needs_a_store() -> None:
+    from pydantic import ValidationError
+
+    from lineside_inspect.config import Settings
+
+    with pytest.raises(ValidationError, match="require_gate needs store: true"):
+        Settings(store=False, lifecycle={"gate": {"require_gate": True}})

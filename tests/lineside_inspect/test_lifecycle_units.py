@@ -100,6 +100,25 @@ def test_the_gate_decision() -> None:
     assert len(decide(_scored(3, 4), active, 1)) == 2
 
 
+def test_new_escapes_and_a_set_without_defects_fail_the_gate() -> None:
+    """As many escapes as the active model, but on parts it catches, is a regression; a
+    golden set of good parts alone compares no escapes and admits no one."""
+    items = [item("fail", [], i) for i in range(3)] + [item("pass", [], 10)]
+    active_found = [found("pass"), found("fail"), found("fail"), found("pass")]
+    cand_found = [found("fail"), found("pass"), found("fail"), found("pass")]
+    active = score(items, active_found, model="m", version="1", sha256=SHA, precision="fp32",
+                   other=cand_found)
+    cand = score(items, cand_found, model="m", version="2", sha256=SHA, precision="fp32",
+                 other=active_found)
+    assert (cand.escapes, cand.new_escapes, active.new_escapes) == (1, 1, 1)
+    why = decide(cand, active, 0)
+    assert len(why) == 1 and "1 defective part(s) that m 1 fails would pass" in why[0]
+    good_only = [item("pass", [], i) for i in range(3)]
+    none = score(good_only, [found("pass")] * 3, model="m", version="2", sha256=SHA,
+                 precision="fp32")
+    assert any("no defective part" in w for w in decide(none, none, 0))
+
+
 def test_card_recipes_are_judged_at_each_cards_thresholds() -> None:
     card_recipe = Recipe(name="deeppcb-default", model="deeppcb", min_score={"open": 0.7},
                          max_count={"open": 1})

@@ -3,13 +3,16 @@ set, through the edge runtime (the code that judges parts), each judged under th
 rules at its own card's calibrated thresholds.
 
 The candidate passes when it has no more escapes (a defective part passed) than the
-model it replaces, and no more false rejects (a good part failed) than that model plus a
-configured allowance. The arithmetic (:func:`score`, :func:`decide`) is pure, so it is
-tested on its own; :func:`run_gate` feeds it the replay.
+model it replaces, passes no defective part that model fails (a new escape), and has no
+more false rejects (a good part failed) than that model plus a configured allowance; a
+golden set without a defective part cannot pass anyone (nothing would be compared).
+The arithmetic (:func:`score`, :func:`decide`) is pure, so it is tested on its own;
+:func:`run_gate` feeds it the replay.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from lineside_inspect.errors import GoldenSetError
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import inspect
 from lineside_inspect.lifecycle.golden import GoldenItem, GoldenLibrary, GoldenManifest
-from lineside_inspect.package import default_recipe_name
+from lineside_inspect.package import ModelCard, default_recipe_name
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.references import Reference
 from lineside_inspect.runtime.detector import Detector
@@ -85,17 +88,27 @@ def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, 
     return float(inter / union) if union > 0 else 0.0
 
 
+def card_digest(card: ModelCard) -> str:
+    """sha256 of the whole card (thresholds, default recipe, ...): a report admits this
+    card, not the same graph re-calibrated (``lineside calibrate --write``)."""
+    return hashlib.sha256(card.model_dump_json().encode()).hexdigest()
+
+
 class ModelScore(_Shape):
     """One model on the golden set."""
 
     model: str
     version: str
     sha256: str
+    card_sha256: str | None = Field(None, description=(
+        "of the whole card (thresholds included); None in reports made before it was kept"))
     precision: str = Field(description="of the graph: fp32, fp16 or int8")
     images: int
     expected_fail: int
     expected_pass: int
     escapes: int = Field(description="images expected to fail that passed")
+    new_escapes: int = Field(0, description=(
+        "images expected to fail that this model passed and the other model failed"))
     false_rejects: int = Field(description="images expected to pass that failed")
     defect_recall: float | None = Field(description=(
         "true boxes found (same class, IoU >= 0.5) over true boxes, on images whose boxes "
@@ -140,11 +153,14 @@ class GateReport(_Shape):
 
 
 def score(items: list[GoldenItem], results: list[Found], *, model: str, version: str, sha256: str,
-          precision: str) -> ModelScore:
-    escapes = false_rejects = truth_n = found_n = matched = 0
-    for item, r in zip(items, results, strict=True):
+          precision: str, other: list[Found] | None = None,
+          card_sha256: str | None = None) -> ModelScore:
+    """``other``: the other model's results on the same items (for new escapes)."""
+    escapes = new_escapes = false_rejects = truth_n = found_n = matched = 0
+    for n, (item, r) in enumerate(zip(items, results, strict=True)):
         if item.expected == "fail" and r.verdict == "pass":
             escapes += 1
+            new_escapes += other is not None and other[n].verdict == "fail"
         elif item.expected == "pass" and r.verdict == "fail":
             false_rejects += 1
         if item.boxes is not None:
@@ -155,8 +171,10 @@ def score(items: list[GoldenItem], results: list[Found], *, model: str, version:
     fails = sum(1 for i in items if i.expected == "fail")
     ms = [r.ms for r in results] or [0.0]
     return ModelScore(
-        model=model, version=version, sha256=sha256, precision=precision, images=len(items),
+        model=model, version=version, sha256=sha256, card_sha256=card_sha256,
+        precision=precision, images=len(items),
         expected_fail=fails, expected_pass=len(items) - fails, escapes=escapes,
+        new_escapes=new_escapes,
         false_rejects=false_rejects,
         defect_recall=matched / truth_n if truth_n else None,
         defect_precision=matched / found_n if found_n else None,
@@ -168,10 +186,18 @@ def score(items: list[GoldenItem], results: list[Found], *, model: str, version:
 def decide(candidate: ModelScore, against: ModelScore, allowance: int) -> list[str]:
     """Why ``candidate`` may not replace ``against`` (empty: it may)."""
     reasons = []
+    if candidate.expected_fail == 0:
+        reasons.append("the golden set has no defective part: escapes cannot be compared "
+                       "(add defective parts: golden add --bad FOLDER, a --data split with defects, or "
+                       "reviewed fails)")
     if candidate.escapes > against.escapes:
         reasons.append(f"{candidate.escapes} escape(s) on the golden set, {against.escapes} "
                        f"for {against.model} {against.version}: a candidate may not pass more "
                        "defective parts")
+    elif candidate.new_escapes:
+        reasons.append(f"{candidate.new_escapes} defective part(s) that {against.model} "
+                       f"{against.version} fails would pass (new escapes; the disagreements "
+                       "list them)")
     if candidate.false_rejects > against.false_rejects + allowance:
         reasons.append(f"{candidate.false_rejects} false reject(s), over the "
                        f"{against.false_rejects} of {against.model} {against.version} plus the "
@@ -229,12 +255,12 @@ def run_gate(candidate: Detector, against: Detector, library: GoldenLibrary,
         det.forward(np.zeros((1, 3, det.size, det.size), dtype=np.uint8))  # warm: fair latency
     cand, ag = replay([candidate, against], library, manifest, recipe, max_pixels=max_pixels)
 
-    def scored(det: Detector, found: list[Found]) -> ModelScore:
+    def scored(det: Detector, found: list[Found], other: list[Found]) -> ModelScore:
         c = det.card
         return score(manifest.items, found, model=c.name, version=c.version, sha256=c.sha256,
-                     precision=c.precision)
+                     precision=c.precision, other=other, card_sha256=card_digest(c))
 
-    cs, as_ = scored(candidate, cand), scored(against, ag)
+    cs, as_ = scored(candidate, cand, ag), scored(against, ag, cand)
     reasons = decide(cs, as_, allowance)
     return GateReport(
         id=uuid.uuid4().hex, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -262,6 +288,7 @@ def format_report(report: GateReport, *, max_rows: int = 50) -> str:
         f"| | against {a.version} | candidate {c.version} |",
         "|---|---|---|",
         f"| escapes (of {a.expected_fail} defective) | {a.escapes} | {c.escapes} |",
+        f"| of them new (the other fails them) | {a.new_escapes} | {c.new_escapes} |",
         f"| false rejects (of {a.expected_pass} good) | {a.false_rejects} | {c.false_rejects} |",
         f"| defect recall (IoU >= {IOU_MATCH}) | {_fmt(a.defect_recall)} | {_fmt(c.defect_recall)} |",
         f"| defect precision | {_fmt(a.defect_precision)} | {_fmt(c.defect_precision)} |",

@@ -1,10 +1,12 @@
 """The lifecycle of a server's models: what may judge parts (active or shadow), decided
 by gate reports and recorded with who, when and why.
 
-Admission rule: a version whose latest gate report (for its graph's sha256) failed is
-refused (409 ``gate_failed``) unless an admin forces it with a reason; the forced
-admission is recorded in the audit log and the admissions table. With
-``lifecycle.gate.require_gate`` a never-gated version is refused the same way.
+Admission rule: a version whose latest gate report (for its graph's sha256 and its
+card) failed is refused (409 ``gate_failed``) unless an admin forces it with a reason; the
+forced admission is recorded in the audit log and the admissions table. A passing report
+admits only while the version it was compared with is the active one (a report against
+another version says nothing about replacing this one). With
+``lifecycle.gate.require_gate`` a version without such a report is refused the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from lineside_inspect.errors import Busy, ConfigError, GateRefused, NotFoundError
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
-from lineside_inspect.lifecycle.gate import GateReport, run_gate
+from lineside_inspect.lifecycle.gate import GateReport, card_digest, run_gate
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
@@ -108,6 +110,9 @@ class Lifecycle:
         records = self.records
         candidate = self.registry.detector(model, version)
         active = self.registry.detector(model, against)
+        if active is candidate:
+            raise ConfigError(f"{model} {version} cannot be gated against itself: name another "
+                              "loaded version in against (default: the active one)")
         rule = self.recipe_for(model, recipe)
         manifest = self.library.get(golden, golden_version)
         if not self._gate_lock.acquire(blocking=False):
@@ -134,14 +139,25 @@ class Lifecycle:
         :class:`GateRefused` when it may not judge parts."""
         card = det.card
         gate = self.records.latest_gate(card.name, card.version, card.sha256)
+        if gate is not None and gate.report.get("candidate", {}).get("card_sha256") != card_digest(card):
+            gate = None  # made for another card of the graph (re-calibrated): another candidate
         refused = None
+        stale = ""
         if gate is not None and not gate.passed:
             why = "; ".join(gate.report.get("reasons", [])) or "it failed"
             refused = (f"{card.name} {card.version} failed its gate (report {gate.id} on golden "
                        f"set {gate.golden_name}:{gate.golden_version}: {why})")
-        elif gate is None and self.settings.gate.require_gate:
-            refused = (f"{card.name} {card.version} has not been gated (lifecycle.gate.require_gate): "
-                       f"run POST /v1/models/{card.name}/gate first")
+        elif gate is not None and (gate.report.get("against", {}).get("card_sha256")
+                                   != self._active_card(card.name)):
+            # a pass against a version that is not active now (or against itself) says
+            # nothing about replacing the active one
+            stale = (f"; its passing gate report {gate.id} compared it with version "
+                     f"{gate.against_version}, which is not the active one now")
+            gate = None
+        if refused is None and gate is None and self.settings.gate.require_gate:
+            refused = (f"{card.name} {card.version} has not been gated against the active "
+                       f"version (lifecycle.gate.require_gate){stale}: run "
+                       f"POST /v1/models/{card.name}/gate first")
         if refused is None:
             return gate, False
         if not force:
@@ -151,13 +167,24 @@ class Lifecycle:
             raise ConfigError("force needs a reason: it is recorded in the audit log")
         return gate, True
 
+    def _active_card(self, model: str) -> str | None:
+        """The active version's :func:`card_digest` (graph and thresholds: the same graph
+        under another card judges otherwise)."""
+        slot = self.registry.models().get(model)
+        if slot is None or slot.active is None:
+            return None
+        return card_digest(slot.versions[slot.active].card)
+
     # -- activation -----------------------------------------------------------------------
     def activate(self, model: str, version: str, *, actor: str, force: bool = False,
                  reason: str = "", action: str = "activate") -> dict[str, Any]:
         """Make ``version`` active if its gate allows (or an admin forces it): recorded."""
         det = self.registry.detector(model, version)
         if self._records is None:  # no store: nothing to check against or record in
-            self.registry.activate(model, version)
+            with self._admit_lock:
+                previous = self.registry.models()[model].active
+                self.registry.activate(model, version)
+                self._sync_card_recipe(model, previous, version)
             return {"forced": False, "gate_report_id": None}
         with self._admit_lock:
             gate, forced = self._admission(det, force=force, reason=reason, role="active")
@@ -174,6 +201,20 @@ class Lifecycle:
         if self.rollout is not None and action == "activate":
             self.rollout.stop(model, f"{actor} activated {version} by hand")
         return {"forced": forced, "gate_report_id": None if gate is None else gate.id}
+
+    def first_version(self, det: Detector, *, actor: str) -> None:
+        """Record that the first loaded version of a new model name became active (the
+        registry makes it so: nothing else could judge for that name)."""
+        if self._records is None:
+            return
+        card = det.card
+        why = "the first version of a model: there is nothing to gate it against"
+        self.records.audit(actor=actor, action="activate", model=card.name, version=card.version,
+                           reason=why, details={"from": None, "gate_report_id": None,
+                                                "gate_passed": None})
+        self.records.admit(model=card.name, version=card.version, sha256=card.sha256,
+                           role="active", actor=actor, gate=None, forced=False, reason=why,
+                           lineage=self._lineage(det))
 
     def rollback(self, model: str, *, actor: str, reason: str = "") -> str:
         previous = self.registry.models().get(model)
@@ -279,9 +320,15 @@ class Lifecycle:
         return watch.to_json()
 
     def _auto_rollback(self, w: Watch, why: str) -> None:
-        """Called by the watch, under its lock: the previous version judges again."""
+        """Called by the watch, under its lock: the previous version judges again, as a
+        rollback (the rejected version is not left in the history for a later rollback to
+        bring back), and only if the watched version is still the active one (an admin may
+        have chosen another meanwhile)."""
         with self._admit_lock:
-            self.registry.activate(w.model, w.previous)
+            if not self.registry.revert(w.model, w.version, w.previous):
+                log.warning("rollout of %s %s not rolled back (%s): %s is no longer active",
+                            w.model, w.version, why, w.version)
+                return
             self._sync_card_recipe(w.model, w.version, w.previous)
         log.warning("rollout of %s %s rolled back to %s: %s", w.model, w.version, w.previous, why)
         self.records.audit(actor=SYSTEM, action="auto_rollback", model=w.model, version=w.previous,

@@ -81,6 +81,19 @@ class Registry:
             slot.active = previous
             return previous
 
+    def revert(self, name: str, from_version: str, to_version: str) -> bool:
+        """Make ``to_version`` active again in place of ``from_version``, as a rollback
+        (``from_version`` is not put in the history, ``to_version`` is taken out of its
+        end); False, changing nothing, when ``from_version`` is no longer the active one."""
+        with self._lock:
+            slot = self._slot(name)
+            if slot.active != from_version or to_version not in slot.versions:
+                return False
+            if slot.history and slot.history[-1] == to_version:
+                slot.history.pop()
+            slot.active = to_version
+            return True
+
     def _slot(self, name: str) -> ModelSlot:
         if name not in self._models:
             raise NotFoundError(f"unknown model {name!r} (loaded: {', '.join(self._models) or 'none'})")
