@@ -756,7 +756,9 @@ GoldenSources = {
     "good": typer.Option(help="a folder of good parts (must pass)"),
     "bad": typer.Option(help="a folder of bad parts (must fail; boxes unknown)"),
     "store": typer.Option(help="a store folder (server stopped): its reviewed inspections"),
-    "limit": typer.Option(help="at most this many images from each source (a seeded sample)"),
+    "limit": typer.Option(help="at most this many images from each source (from a dataset a "
+                          "seeded sample, defective and good in proportion; from a folder the "
+                          "first in name order; from a store the newest reviewed)"),
 }
 
 
@@ -798,10 +800,15 @@ def golden_add(
 ) -> None:
     """Add images to a golden set: a new version, the latest plus these (a repeated image
     takes its new expectation)."""
+    from lineside_inspect.errors import GoldenSetError
     from lineside_inspect.lifecycle.golden import GoldenLibrary
 
+    library = GoldenLibrary(_golden_dir(data_dir))
+    if not library.versions(name):  # a typo or another data folder: not a new set's version 1
+        raise GoldenSetError(f"no golden set {name!r} in {library.root}: create it with "
+                             "golden create, or give the server's --data-dir")
     items, classes = _golden_items(data, split, good, bad, store, database_url, limit)
-    m = GoldenLibrary(_golden_dir(data_dir)).add(name, items, classes, note=note)
+    m = library.add(name, items, classes, note=note)
     out.print(_golden_line(m))
 
 

@@ -79,6 +79,9 @@ def test_golden_gate_and_forced_activation(launch: Callable[..., Running], varia
         assert golden["version"] == 1 and len(golden["items"]) == 6
         assert sum(i["expected"] == "fail" for i in golden["items"]) == 3
         assert rev.get("/v1/golden").json()["items"][0]["versions"][0]["digest"] == golden["digest"]
+        many = admin.post("/v1/golden/line1", json={"inspections": [r["id"] for r in results],
+                                                    "limit": 2})
+        assert many.status_code == 422 and "over the limit of 2" in many.json()["error"]["message"]
         bad = admin.post("/v1/golden/line1", json={"inspections": ["../../etc/passwd"]})
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_config"
         unknown = admin.get("/v1/golden/nope")

@@ -185,6 +185,29 @@ def test_tampering_is_found(tmp_path: Path) -> None:
         lib.get("s")
 
 
+def test_a_manifest_moved_under_another_name_is_refused(tmp_path: Path) -> None:
+    """Images are found by the manifest's own name and version: one copied under another
+    set's folder would read that set's files."""
+    lib = GoldenLibrary(tmp_path)
+    items, classes = from_dataset(SAMPLE, "val", limit=2)
+    lib.create("s", items, classes)
+    shutil.copytree(tmp_path / "s", tmp_path / "t")
+    with pytest.raises(GoldenSetError, match=r"golden set t:1: its manifest names s:1"):
+        lib.get("t")
+
+
+def test_golden_add_needs_an_existing_set(tmp_path: Path) -> None:
+    """A typo or a missing --data-dir must not start a new set at version 1."""
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+
+    result = CliRunner().invoke(app, ["golden", "add", "line1", "--good", str(SAMPLE / "images"),
+                                      "--data-dir", str(tmp_path)])
+    assert result.exit_code != 0 and "no golden set 'line1'" in result.output
+    assert "golden create" in result.output and not (tmp_path / "golden" / "line1").exists()
+
+
 @pytest.mark.parametrize("sha", ["../../../etc/passwd", "a" * 64 + "\n", "A" * 64])
 def test_a_manifest_cannot_name_files_outside_its_folder(tmp_path: Path, sha: str) -> None:
     lib = GoldenLibrary(tmp_path)

@@ -203,7 +203,10 @@ def from_store(store: Store, *, ids: list[str] | None = None, since: datetime | 
     get the verdict its latest review's truth implies, with those boxes."""
     rows = []
     if ids is not None:
-        rows = [store.get(i) for i in ids[:limit]]
+        if len(ids) > limit:
+            raise GoldenSetError(f"{len(ids)} inspections named, over the limit of {limit}: raise "
+                                 "limit or add them in several versions")
+        rows = [store.get(i) for i in ids]
         unreviewed = [r.id for r in rows if r.review_state == "unreviewed"]
         if unreviewed:  # its verdict is the model's word, not the truth
             raise GoldenSetError(f"inspection(s) {', '.join(unreviewed)} not reviewed yet: a golden "
@@ -285,6 +288,9 @@ class GoldenLibrary:
         if digest(manifest.items) != manifest.digest:
             raise GoldenSetError(f"golden set {name}:{v}: items do not match the manifest's digest "
                                  "(the manifest was edited)")
+        if (manifest.name, manifest.version) != (name, v):  # read() finds images by these
+            raise GoldenSetError(f"golden set {name}:{v}: its manifest names "
+                                 f"{manifest.name}:{manifest.version} (the manifest was edited)")
         return manifest
 
     def summaries(self) -> list[dict[str, object]]:
