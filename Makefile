@@ -56,8 +56,11 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "not root: tests needing$$missing will be skipped"; fi; fi
 
+# two workers (pytest-xdist), a test file per worker at a time: about half the suite waits
+# on servers, subprocesses and sockets, so two files at once fill the 2 cores (13 -> ~10
+# minutes). Run a single file without them: pytest -p no:xdist FILE (or -n 0)
 test-only: $(VENV)/.dev system-deps
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 test: lint test-only
 

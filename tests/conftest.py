@@ -11,6 +11,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
 DEEPPCB = ROOT.parent / "shared" / "datasets" / "deeppcb"
 
+# The files that take longest (a full run's --durations, 2 cores), run first: with make
+# test's pytest-xdist --dist loadfile, a long file started last is a tail one worker runs
+# while the other idles. Only the order changes; the rest keep theirs.
+SLOW_FIRST = ("test_fuzz_api.py", "test_engine.py", "test_edge_install.py",
+              "test_fleet_sync_processes.py", "test_line_plc.py", "test_reference_loop.py",
+              "test_ui_screens.py", "test_ui_security.py", "test_budget.py", "test_export.py",
+              "test_bench_server.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture
 def sample(tmp_path: Path) -> Path:
