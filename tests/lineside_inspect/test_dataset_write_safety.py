@@ -323,26 +323,57 @@ def _killed_at(call: str, marker: str, src: Path, dst: Path) -> None:
     assert out.returncode == -signal.SIGKILL, (marker, out.stderr)
 
 
+def _dead_pid() -> int:
+    """The pid of a child that has ended and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
 def test_what_killed_writes_leave_is_removed_by_the_next_write(tmp_path: Path) -> None:
     """kill -9 while copying leaves a hidden staging folder with a copy of the images; kill
-    -9 after the swap and before the old dataset is deleted leaves its holder. The next
-    write to the same DST removes both; a live writer's folder and other names stay."""
+    -9 after the swap and before the old dataset is deleted leaves its holder. A later
+    successful write to the same DST removes them; a live writer's folder, folders of
+    other names or other contents, and a refused write leave everything."""
     src, dst = _voc(tmp_path / "voc", 3), tmp_path / "out"
     import_dataset("voc", _voc(tmp_path / "voc1", 1), dst)
     _killed_at("shutil.copyfile", "", src, dst)  # while copying
     staging = list(tmp_path.glob(".out.w*"))
     assert len(staging) == 1 and (staging[0] / "images").is_dir()
     assert len(read_dataset(dst).images) == 1  # DST untouched
+    # a refused write (no --overwrite) deletes nothing
+    with pytest.raises(DatasetError, match="already exists"):
+        import_dataset("voc", src, dst)
+    assert staging[0].is_dir()
     _killed_at("shutil.rmtree", ".out.old.", src, dst)  # after the swap
     holders = list(tmp_path.glob(".out.old.w*"))
     assert len(holders) == 1 and (holders[0] / "old" / "annotations.json").is_file()
     assert len(read_dataset(dst).images) == 3  # the swap had happened
-    live = tmp_path / f".out.w{os.getpid()}.abcd1234"  # this process: a writer still running
-    live.mkdir()
-    others = [tmp_path / ".outer.w1.abcd1234", tmp_path / ".out.w1.abcd1234.x"]
-    for other in others:
-        other.mkdir()
+    dead = _dead_pid()
+    kept = [tmp_path / f".out.w{os.getpid()}.abcd1234",  # this process: a writer still running
+            tmp_path / f".outer.w{dead}.abcd1234", tmp_path / f".out.w{dead}.abcd1234.x",
+            tmp_path / f".out.old.w{dead}.abcd1234",  # a holder with more than ``old``
+            tmp_path / ".out.old.20240115"]  # a user's backup, named like an old holder
+    for folder in kept:
+        (folder / "old").mkdir(parents=True)
+    (kept[3] / "notes.txt").write_text("mine")
     import_dataset("voc", _voc(tmp_path / "voc2", 2), dst, overwrite=True)
     assert len(read_dataset(dst).images) == 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(
-        p.name for p in [live, *others])
+        p.name for p in kept)
+
+
+def test_a_dataset_named_like_a_holder_never_deletes_the_held_dataset(tmp_path: Path) -> None:
+    """``parts``' holder ``.parts.old.w<pid>.X`` is named exactly like the staging folder
+    of a dataset ``parts.old``: writing ``parts.old`` must leave it, and the next write of
+    ``parts`` puts it back."""
+    import_dataset("voc", _voc(tmp_path / "v1", 1), tmp_path / "parts.old")
+    import_dataset("voc", _voc(tmp_path / "v3", 3), tmp_path / "parts")
+    holder = tmp_path / f".parts.old.w{_dead_pid()}.abcd1234"
+    holder.mkdir()
+    (tmp_path / "parts").rename(holder / "old")  # an overwrite killed between its renames
+    import_dataset("voc", _voc(tmp_path / "v2", 2), tmp_path / "parts.old", overwrite=True)
+    assert (holder / "old" / "annotations.json").is_file()
+    with pytest.raises(DatasetError, match="is back in place"):
+        import_dataset("voc", tmp_path / "v2", tmp_path / "parts")
+    assert len(read_dataset(tmp_path / "parts").images) == 3

@@ -227,14 +227,12 @@ def check_destination(
     source folder, and one ``--overwrite`` would replace though it is not a Lineside
     dataset; return ``dst`` with symlinks resolved. ``sources`` must be resolved already.
     A dataset an interrupted overwrite set aside is put back first
-    (:func:`restore_interrupted`), and without ``overwrite`` that is refused too; what
-    other interrupted writes of ``dst`` left beside it is deleted (:func:`remove_leftovers`).
+    (:func:`restore_interrupted`), and without ``overwrite`` that is refused too.
 
     Why: replacing ``DST`` deletes it, so ``import SRC SRC/..`` used to delete the very
     files being imported and whatever else lived beside them."""
     real = check_apart(dst, sources=sources, what=what)
     restored = restore_interrupted(real, sources=sources)
-    remove_leftovers(real, sources=sources)
     if restored is not None and not overwrite:
         raise DatasetError(
             f"{dst}: an earlier overwrite of it was interrupted; the dataset it had set "
@@ -316,8 +314,9 @@ def _label_problems(dataset: Dataset) -> list[Problem]:
 
 def _writer_gone(name: str) -> bool:
     """Whether the process that named a staging folder or holder ``...w<pid>.XXXXXXXX``
-    has ended (on this host: a dataset folder shared between hosts is not covered). A name
-    without a pid (an older version's) counts as ended."""
+    has ended, as this process sees it: a writer on another host or in another pid
+    namespace (a container sharing the folder) looks ended. A name without a pid counts as
+    ended."""
     found = re.search(r"\.w(\d+)\.[a-z0-9_]{8}$", name)
     if found is None:
         return True
@@ -332,12 +331,15 @@ def _writer_gone(name: str) -> bool:
 
 def _leftovers(dst: Path, *, sources: set[Path], kind: str) -> list[Path]:
     """Hidden folders beside ``dst`` that an interrupted :func:`write_dataset` for this
-    very DST left: ``kind`` "old" for holders ``.DST.old.w<pid>.XXXXXXXX``, "staging" for
-    ``.DST.w<pid>.XXXXXXXX``. Only exact names, never links, never a folder being read,
-    and only when the process that made it has ended."""
+    very DST left, whose writer has ended: ``kind`` "old" for holders
+    ``.DST.old.w<pid>.XXXXXXXX`` (their only entry ``old``), "staging" for
+    ``.DST.w<pid>.XXXXXXXX`` (nothing but ``images`` and ``annotations.json``).
+
+    The contents matter as much as the name: ``X``'s holder is named exactly like the
+    staging folder of a dataset called ``X.old``. Never links, never a folder being read."""
     label = r"\.old" if kind == "old" else ""
-    pid = r"(?:\.w\d+)?" if kind == "old" else r"\.w\d+"  # older holders had no pid
-    name = re.compile(rf"\.{re.escape(dst.name)}{label}{pid}\.[a-z0-9_]{{8}}")  # mkdtemp's suffix
+    name = re.compile(rf"\.{re.escape(dst.name)}{label}\.w\d+\.[a-z0-9_]{{8}}")  # mkdtemp's suffix
+    allowed = {"old"} if kind == "old" else {"images", ANNOTATIONS}
     found: list[Path] = []
     if not dst.parent.is_dir():
         return found
@@ -345,11 +347,13 @@ def _leftovers(dst: Path, *, sources: set[Path], kind: str) -> list[Path]:
         if (not name.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir()
                 or not _writer_gone(folder.name)):
             continue
-        try:  # the same rule as for DST itself: never touch a folder being read
-            check_apart(folder, sources=sources)
-        except DatasetError:
+        try:
+            entries = {e.name for e in folder.iterdir()}
+            check_apart(folder, sources=sources)  # never touch a folder being read
+        except (OSError, DatasetError):
             continue
-        found.append(folder)
+        if entries <= allowed and (kind != "old" or entries):
+            found.append(folder)
     return found
 
 
@@ -357,13 +361,27 @@ def restore_interrupted(dst: Path, *, sources: set[Path]) -> Path | None:
     """Put back a dataset that an overwrite killed between its two renames (below) left in
     its hidden holder ``.DST.old.w<pid>.XXXXXXXX/old`` with no ``DST``; return the holder,
     or None when there was nothing to do. Only a holder named exactly as
-    :func:`write_dataset` names one for this DST, whose writer has ended, neither it nor
-    ``old`` a link, ``old`` a dataset and apart from every folder being read, and only
+    :func:`write_dataset` names one for this DST (or as versions before the pid did,
+    ``.DST.old.XXXXXXXX``), whose writer has ended, holding nothing but ``old``, neither it
+    nor ``old`` a link, ``old`` a dataset apart from every folder being read, and only
     when there is exactly one such."""
     if dst.exists() or dst.is_symlink() or not dst.parent.is_dir():
         return None
-    held = [holder / "old" for holder in _leftovers(dst, sources=sources, kind="old")
-            if not (holder / "old").is_symlink() and (holder / "old" / ANNOTATIONS).is_file()]
+    legacy = re.compile(rf"\.{re.escape(dst.name)}\.old\.[a-z0-9_]{{8}}")
+    holders = _leftovers(dst, sources=sources, kind="old") + [
+        h for h in dst.parent.iterdir()
+        if legacy.fullmatch(h.name) and not h.is_symlink() and h.is_dir()
+        and {e.name for e in h.iterdir()} == {"old"}]
+    held = []
+    for holder in holders:
+        old = holder / "old"
+        if old.is_symlink() or not (old / ANNOTATIONS).is_file():
+            continue
+        try:
+            check_apart(old, sources=sources)
+        except DatasetError:
+            continue
+        held.append(old)
     if len(held) != 1:  # none, or more than one to choose from: leave them as they are
         return None
     held[0].rename(dst)
@@ -373,16 +391,16 @@ def restore_interrupted(dst: Path, *, sources: set[Path]) -> Path | None:
 
 
 def remove_leftovers(dst: Path, *, sources: set[Path]) -> list[str]:
-    """Delete what interrupted writes of ``dst`` left beside it once ``dst`` is in place:
-    half-written staging folders (a kill while copying leaves a copy of every image) and
-    holders of a replaced dataset that was not yet deleted. Returns the names removed.
-    A holder is removed only while ``dst`` exists (otherwise it is the dataset to put back)."""
-    removed = []
-    for folder in _leftovers(dst, sources=sources, kind="staging"):
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder.name)
-    if dst.is_dir() and (dst / ANNOTATIONS).is_file():
-        for folder in _leftovers(dst, sources=sources, kind="old"):
+    """Once a write put ``dst`` in place, delete what earlier, killed writes of it left
+    beside it: half-written staging folders (a kill while copying leaves a copy of every
+    image) and holders of a replaced dataset not yet deleted (:func:`_leftovers` says
+    which). Returns the names removed. Folders named as versions before the pid did are
+    never deleted (a user's ``.DST.old.20240115`` backup has such a name)."""
+    removed: list[str] = []
+    if not (dst / ANNOTATIONS).is_file():
+        return removed
+    for kind in ("staging", "old"):
+        for folder in _leftovers(dst, sources=sources, kind=kind):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder.name)
     return removed
@@ -462,6 +480,7 @@ def write_dataset(
         raise
     if holder is not None:
         shutil.rmtree(holder, ignore_errors=True)
+    remove_leftovers(dst, sources=sources)  # only now: a refused write deletes nothing
     written.root = dst
     return written
 
