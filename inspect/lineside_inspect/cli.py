@@ -854,9 +854,10 @@ def gate_cmd(
     active model, passes a defective part it fails, or has more false rejects than it plus
     the allowance (or when the set has no defective part). The report is printed, not
     kept: a server's require_gate needs its own gate (POST /v1/models/NAME/gate)."""
-    from lineside_inspect.lifecycle.gate import card_digest, format_report, run_gate
+    from lineside_inspect.lifecycle.gate import format_report, run_gate
     from lineside_inspect.lifecycle.golden import GoldenLibrary
     from lineside_inspect.lifecycle.manager import card_recipe
+    from lineside_inspect.package import card_digest
     from lineside_inspect.recipes import load_recipe
     from lineside_inspect.runtime.detector import Detector
 

@@ -87,6 +87,13 @@ class AnomalySpec(BaseModel):
     calibrated_on: int | None = Field(None, ge=0, description="good images the calibration saw")
 
 
+def card_digest(card: ModelCard) -> str:
+    """sha256 of the whole card but its ``created_at`` (a card without one gets the load
+    time): graph sha256, thresholds, default recipe, ... A gate report admits this card,
+    not the same graph re-calibrated (``lineside calibrate --write``)."""
+    return hashlib.sha256(card.model_dump_json(exclude={"created_at"}).encode()).hexdigest()
+
+
 class ModelCard(BaseModel):
     """``model.json``: what the model is, how to feed it, how far to trust it."""
 

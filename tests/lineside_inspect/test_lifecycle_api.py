@@ -277,9 +277,10 @@ def _golden_from_reviews(line: httpx.Client, rev: httpx.Client, admin: httpx.Cli
 
 def test_a_gate_admits_only_against_the_active_version_and_only_its_card(
         launch: Callable[..., Running], variants: Path, tmp_path: Path) -> None:
-    """A report compared with another version than the active one, or made for another
-    card of the same graph (re-calibrated thresholds), admits nothing; a version is never
-    gated against itself; the first version of a new model is recorded, not refused."""
+    """A report compared with another version than the active one admits nothing; a version
+    is never gated against itself; a loaded version cannot change its package; a recipe
+    cannot pin an unadmitted version; the first version of a new model is recorded, not
+    refused."""
     srv = server(launch, variants, store_pass_rate=1.0,
                  lifecycle={"gate": {"require_gate": True}})
     int8 = ROOT / "models" / "deeppcb" / "1-int8"
@@ -301,18 +302,23 @@ def test_a_gate_admits_only_against_the_active_version_and_only_its_card(
         assert report in r.json()["error"]["message"]
         assert "not the active one" in r.json()["error"]["message"]
         assert admin.post("/v1/models/deeppcb/rollback").json()["active"] == "1"
-        # the same graph re-calibrated (lineside calibrate --write) is another candidate
-        recal = tmp_path / "deeppcb" / "1-int8"
+        # a loaded version name keeps its graph and card: a changed package is a new version
+        recal = variants / "deeppcb" / "1-int8"
+        shutil.rmtree(recal, ignore_errors=True)
         shutil.copytree(int8, recal)
         card = json.loads((recal / "model.json").read_text())
         card["thresholds"] = dict.fromkeys(card["thresholds"], 0.999)
         (recal / "model.json").write_text(json.dumps(card))
-        shutil.rmtree(variants / "deeppcb" / "1-int8", ignore_errors=True)
-        shutil.copytree(recal, variants / "deeppcb" / "1-int8")
-        load(admin, variants / "deeppcb" / "1-int8")
-        r = admin.post("/v1/models/deeppcb/activate", json={"version": "1-int8"})
-        assert r.status_code == 409 and "has not been gated" in r.json()["error"]["message"]
-        load(admin, int8)  # the card the report was made for: admitted by it
+        r = admin.post("/v1/models", json={"path": str(recal), "activate": False})
+        assert r.status_code == 422 and "another graph or card" in r.json()["error"]["message"]
+        shutil.rmtree(recal)
+        # a recipe pinning a version makes it judge: admitted like an activation
+        pin = {"name": "pinned", "version": "1", "model": "deeppcb", "model_version": "blind"}
+        r = admin.put("/v1/recipes/pinned", json=pin)
+        assert r.status_code == 409 and "pins deeppcb blind" in r.json()["error"]["message"]
+        r = admin.put("/v1/recipes/pinned", json={**pin, "model_version": "1-int8"})
+        assert r.status_code == 200, r.text
+        assert rev.get("/v1/audit").json()["items"][0]["action"] == "recipe_pin"
         r = admin.post("/v1/models/deeppcb/activate", json={"version": "1-int8"})
         assert r.status_code == 200, r.text
         assert admin.get("/v1/models/deeppcb/lineage").json()["admissions"][0][
@@ -342,3 +348,36 @@ def test_require_gate_needs_a_store() -> None:
 
     with pytest.raises(ValidationError, match="require_gate needs store: true"):
         Settings(store=False, lifecycle={"gate": {"require_gate": True}})
+
+
+def test_a_recalibrated_card_is_another_candidate_across_a_restart(tmp_path: Path) -> None:
+    """``lineside calibrate PKG --write`` keeps name, version and graph: after a restart the
+    report made for the old card does not admit the new thresholds."""
+    from .conftest import keyed, start_server
+
+    roots = tmp_path / "models"
+    pkg = roots / "deeppcb" / "1-int8"
+    shutil.copytree(ROOT / "models" / "deeppcb" / "1-int8", pkg)
+    kw: dict[str, Any] = {"model_roots": [str(ROOT / "models"), str(roots)],
+                          "data_dir": str(tmp_path / "data"), "store_pass_rate": 1.0,
+                          "lifecycle": {"gate": {"require_gate": True}}}
+    srv, stop = start_server(keyed(**kw))
+    try:
+        with srv.client("line") as line, srv.client("reviewer") as rev, srv.client("admin") as admin:
+            _golden_from_reviews(line, rev, admin, "g")
+            load(admin, pkg)
+            r = admin.post("/v1/models/deeppcb/gate", json={"version": "1-int8", "golden": "g"})
+            assert r.json()["passed"], r.json()
+    finally:
+        stop()
+    card = json.loads((pkg / "model.json").read_text())
+    card["thresholds"] = {k: round(v * 0.9, 4) for k, v in card["thresholds"].items()}
+    (pkg / "model.json").write_text(json.dumps(card))
+    srv, stop = start_server(keyed(**kw))
+    try:
+        with srv.client("admin") as admin:
+            load(admin, pkg)
+            r = admin.post("/v1/models/deeppcb/activate", json={"version": "1-int8"})
+            assert r.status_code == 409 and "has not been gated" in r.json()["error"]["message"]
+    finally:
+        stop()

@@ -92,3 +92,47 @@ def test_records(tmp_path: Path, database_url: str | None, detectors: tuple[Dete
         assert total == 1 and rows[0].id == made[0].id
     finally:
         store.close()
+
+
+def test_an_activation_that_cannot_be_recorded_does_not_stand(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry switches first; if the audit log or the admission cannot be written
+    (a database outage), the previous version judges again and the error reaches the
+    caller. An automatic rollback of a version that is no longer active changes nothing."""
+    from sqlalchemy.exc import OperationalError
+
+    from lineside_inspect.lifecycle.config import LifecycleSettings
+    from lineside_inspect.lifecycle.manager import Lifecycle
+    from lineside_inspect.lifecycle.rollout import Watch
+    from lineside_inspect.server.registry import Registry
+
+    registry = Registry(device="cpu", threads=1)
+    registry.load_model(MODEL)
+    registry.load_model(ROOT / "models" / "deeppcb" / "1-int8", activate=False)
+    store = Store(tmp_path / "store", pass_rate=1.0)
+    try:
+        lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path)
+        lc.store, lc._records = store, Records(store)  # attach() without a service to hook
+
+        def outage(**_: object) -> None:
+            raise OperationalError("INSERT", {}, Exception("database is down"))
+        monkeypatch.setattr(lc.records, "audit", outage)
+        with pytest.raises(OperationalError):
+            lc.activate("deeppcb", "1-int8", actor="admin")
+        slot = registry.models()["deeppcb"]
+        assert (slot.active, slot.history) == ("1", [])
+        monkeypatch.undo()
+
+        lc.activate("deeppcb", "1-int8", actor="admin")
+        watch = Watch("deeppcb", "1-int8", "1", None, datetime.now(UTC), "admin", None, 0, 0)
+        assert lc._auto_rollback(watch, "fail rate") is True
+        slot = registry.models()["deeppcb"]
+        assert (slot.active, slot.history) == ("1", [])  # nothing left to roll back to
+        registry.activate("deeppcb", "1-int8")
+        registry.activate("deeppcb", "1")  # an admin's choice, before the watch was stopped
+        assert lc._auto_rollback(watch, "fail rate") is False
+        slot = registry.models()["deeppcb"]
+        assert (slot.active, slot.history) == ("1", ["1", "1-int8"])
+        assert lc.records.audit_log(action="auto_rollback")[0] == 1
+    finally:
+        store.close()

@@ -172,7 +172,7 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
         for p in procs:
             stop(p)
         if weed is not None:
-            weed.stop()
+            weed.stop(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -95,6 +95,7 @@ class LocalWeed:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()  # its sockets
                 raise RuntimeError("weed exited: " + log.read_text(errors="replace")[-2000:])
             try:
                 # unauthenticated: 403 once the S3 gateway answers at all
@@ -107,13 +108,14 @@ class LocalWeed:
         raise RuntimeError("weed S3 API did not answer in time; weed said: "
                            + log.read_text(errors="replace")[-1500:])
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 3 s (weed can take 15 s to wind down); its sockets
-        in /tmp are removed."""
+    def stop(self, timeout: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds (weed can take 15 s to wind
+        down, and a kill may lose what it had not flushed); its sockets in /tmp are
+        removed."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=3)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)

@@ -12,7 +12,6 @@ The arithmetic (:func:`score`, :func:`decide`) is pure, so it is tested on its o
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from lineside_inspect.errors import GoldenSetError
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import inspect
 from lineside_inspect.lifecycle.golden import GoldenItem, GoldenLibrary, GoldenManifest
-from lineside_inspect.package import ModelCard, default_recipe_name
+from lineside_inspect.package import card_digest, default_recipe_name
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.references import Reference
 from lineside_inspect.runtime.detector import Detector
@@ -86,12 +85,6 @@ def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, 
     inter = w * h
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return float(inter / union) if union > 0 else 0.0
-
-
-def card_digest(card: ModelCard) -> str:
-    """sha256 of the whole card (thresholds, default recipe, ...): a report admits this
-    card, not the same graph re-calibrated (``lineside calibrate --write``)."""
-    return hashlib.sha256(card.model_dump_json().encode()).hexdigest()
 
 
 class ModelScore(_Shape):

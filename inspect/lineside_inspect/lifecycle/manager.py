@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 from lineside_inspect.errors import Busy, ConfigError, GateRefused, NotFoundError
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
-from lineside_inspect.lifecycle.gate import GateReport, card_digest, run_gate
+from lineside_inspect.lifecycle.gate import GateReport, run_gate
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
 from lineside_inspect.lifecycle.shadow import ShadowRunner
-from lineside_inspect.package import ModelCard, default_recipe_name
+from lineside_inspect.package import ModelCard, card_digest, default_recipe_name
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.server.registry import Registry
@@ -138,9 +138,7 @@ class Lifecycle:
         """The gate report that admits ``det`` and whether the admission is forced; raises
         :class:`GateRefused` when it may not judge parts."""
         card = det.card
-        gate = self.records.latest_gate(card.name, card.version, card.sha256)
-        if gate is not None and gate.report.get("candidate", {}).get("card_sha256") != card_digest(card):
-            gate = None  # made for another card of the graph (re-calibrated): another candidate
+        gate = self.records.latest_gate(card.name, card.version, card.sha256, card_digest(card))
         refused = None
         stale = ""
         if gate is not None and not gate.passed:
@@ -178,8 +176,16 @@ class Lifecycle:
     # -- activation -----------------------------------------------------------------------
     def activate(self, model: str, version: str, *, actor: str, force: bool = False,
                  reason: str = "", action: str = "activate") -> dict[str, Any]:
-        """Make ``version`` active if its gate allows (or an admin forces it): recorded."""
+        """Make ``version`` active if its gate allows (or an admin forces it): recorded. The
+        version already active is left as it is (the first version of a new model is made
+        active by loading it: recorded here if nothing admitted it before)."""
         det = self.registry.detector(model, version)
+        if self.registry.models()[model].active == version:
+            if self._records is not None and not any(
+                    a["version"] == version and a["sha256"] == det.card.sha256
+                    for a in self.records.admissions(model)):
+                self.first_version(det, actor=actor)
+            return {"forced": False, "gate_report_id": None}
         if self._records is None:  # no store: nothing to check against or record in
             with self._admit_lock:
                 previous = self.registry.models()[model].active
@@ -191,13 +197,19 @@ class Lifecycle:
             previous = self.registry.models()[model].active
             self.registry.activate(model, version)
             self._sync_card_recipe(model, previous, version)
-        self.records.audit(actor=actor, action=f"force_{action}" if forced else action,
-                           model=model, version=version, reason=reason,
-                           details={"from": previous, "gate_report_id": None if gate is None else gate.id,
-                                    "gate_passed": None if gate is None else gate.passed})
-        self.records.admit(model=model, version=version, sha256=det.card.sha256, role="active",
-                           actor=actor, gate=gate, forced=forced, reason=reason,
-                           lineage=self._lineage(det))
+            try:  # an activation that cannot be recorded does not stand
+                self.records.audit(
+                    actor=actor, action=f"force_{action}" if forced else action, model=model,
+                    version=version, reason=reason,
+                    details={"from": previous, "gate_report_id": None if gate is None else gate.id,
+                             "gate_passed": None if gate is None else gate.passed})
+                self.records.admit(model=model, version=version, sha256=det.card.sha256,
+                                   role="active", actor=actor, gate=gate, forced=forced,
+                                   reason=reason, lineage=self._lineage(det))
+            except Exception:
+                if previous is not None and self.registry.revert(model, version, previous):
+                    self._sync_card_recipe(model, version, previous)
+                raise
         if self.rollout is not None and action == "activate":
             self.rollout.stop(model, f"{actor} activated {version} by hand")
         return {"forced": forced, "gate_report_id": None if gate is None else gate.id}
@@ -215,6 +227,33 @@ class Lifecycle:
         self.records.admit(model=card.name, version=card.version, sha256=card.sha256,
                            role="active", actor=actor, gate=None, forced=False, reason=why,
                            lineage=self._lineage(det))
+
+    def check_recipe(self, recipe: Recipe, *, actor: str) -> None:
+        """A recipe that pins a version other than the active one makes that version judge
+        parts: it must be admitted as an activation would be (no force here: activate or
+        force it first). Recorded in the audit log when it changes what judges."""
+        if self._records is None:
+            return
+        pins = [(recipe.model, recipe.model_version)]
+        if recipe.anomaly is not None and recipe.anomaly.model is not None:
+            pins.append((recipe.anomaly.model, recipe.anomaly.model_version))
+        pinned = []
+        for model, version in pins:
+            if version is None or self.registry.models()[model].active == version:
+                continue  # a version already judging
+            try:
+                self._admission(self.registry.detector(model, version), force=False, reason="",
+                                role="pinned")
+            except GateRefused as exc:
+                raise GateRefused(f"recipe {recipe.name} pins {model} {version}, which may not "
+                                  f"judge parts: {exc.message.split('; it may not')[0]}. Pin an "
+                                  "admitted version, or activate this one first (forced with a "
+                                  "reason if need be)") from None
+            pinned.append(f"{model} {version}")
+        if pinned:
+            self.records.audit(actor=actor, action="recipe_pin", model=recipe.model,
+                               version=recipe.model_version,
+                               details={"recipe": recipe.name, "pinned": pinned})
 
     def rollback(self, model: str, *, actor: str, reason: str = "") -> str:
         previous = self.registry.models().get(model)
@@ -319,7 +358,7 @@ class Lifecycle:
             raise NotFoundError(f"{model} has not been promoted since the server started")
         return watch.to_json()
 
-    def _auto_rollback(self, w: Watch, why: str) -> None:
+    def _auto_rollback(self, w: Watch, why: str) -> bool:
         """Called by the watch, under its lock: the previous version judges again, as a
         rollback (the rejected version is not left in the history for a later rollback to
         bring back), and only if the watched version is still the active one (an admin may
@@ -328,12 +367,13 @@ class Lifecycle:
             if not self.registry.revert(w.model, w.version, w.previous):
                 log.warning("rollout of %s %s not rolled back (%s): %s is no longer active",
                             w.model, w.version, why, w.version)
-                return
+                return False
             self._sync_card_recipe(w.model, w.version, w.previous)
         log.warning("rollout of %s %s rolled back to %s: %s", w.model, w.version, w.previous, why)
         self.records.audit(actor=SYSTEM, action="auto_rollback", model=w.model, version=w.previous,
                            reason=why, details={"from": w.version, "promoted_by": w.actor,
                                                 "gate_report_id": w.gate_report_id})
+        return True
 
     def _watch_ended(self, w: Watch) -> None:
         if w.state == "rolled_back":

@@ -89,15 +89,24 @@ class Records:
                 golden_version=report.golden.version, golden_digest=report.golden.digest,
                 passed=report.passed, report=report.model_dump(mode="json")))
 
-    def latest_gate(self, model: str, version: str, sha256: str) -> GateReportRow | None:
-        """The newest gate report of ``model`` ``version`` with the graph ``sha256``: a
-        version name reloaded with another graph is another candidate, and so is one graph
-        under another card (other thresholds: other verdicts)."""
+    def latest_gate(self, model: str, version: str, sha256: str,
+                    card: str | None = None) -> GateReportRow | None:
+        """The newest gate report of ``model`` ``version`` with the graph ``sha256`` (a
+        version name reloaded with another graph is another candidate), and with ``card``:
+        the newest for that card (:func:`~lineside_inspect.package.card_digest`: one graph
+        under another card has other thresholds, other verdicts), else the newest failed
+        one kept before reports recorded their card (it still refuses)."""
         with Session(self.engine) as s:
-            return s.scalars(select(GateReportRow).where(
+            rows = s.scalars(select(GateReportRow).where(
                 GateReportRow.model_name == model, GateReportRow.candidate_version == version,
                 GateReportRow.candidate_sha256 == sha256)
-                .order_by(GateReportRow.created_at.desc()).limit(1)).first()
+                .order_by(GateReportRow.created_at.desc()).limit(200)).all()
+        if card is None:
+            return rows[0] if rows else None
+        def card_of(row: GateReportRow) -> str | None:
+            return (row.report.get("candidate") or {}).get("card_sha256")
+        return (next((r for r in rows if card_of(r) == card), None)
+                or next((r for r in rows if card_of(r) is None and not r.passed), None))
 
     def gate_reports(self, model: str, limit: int = 20) -> list[dict[str, Any]]:
         with Session(self.engine) as s:

@@ -86,10 +86,11 @@ def judge_watch(w: Watch, bounds: RolloutSettings) -> tuple[State, str]:
 
 class RolloutWatcher:
     """Watches at most one rollout per model. ``on_rollback(watch, why)`` restores the
-    previous version; ``on_end(watch)`` records how a watch ended."""
+    previous version (False when it did not: another version was made active meanwhile);
+    ``on_end(watch)`` records how a watch ended."""
 
     def __init__(self, bounds: RolloutSettings, records: Records,
-                 on_rollback: Callable[[Watch, str], None],
+                 on_rollback: Callable[[Watch, str], bool],
                  on_end: Callable[[Watch], None]) -> None:
         self.bounds = bounds
         self.records = records
@@ -158,8 +159,9 @@ class RolloutWatcher:
             with self._lock:
                 if w.state != "watching" or self._watches.get(w.model) is not w:
                     continue
-                if state == "rolled_back":
-                    self.on_rollback(w, why)
+                if state == "rolled_back" and not self.on_rollback(w, why):
+                    # another version was made active meanwhile: nothing was rolled back
+                    state, why = "stopped", f"{why}; not rolled back: {w.version} was no longer active"
                 self._end(w, state, why)
 
     def _end(self, w: Watch, state: State, why: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lineside_inspect.errors import ConfigError, NotFoundError, PackageError
-from lineside_inspect.package import load_package
+from lineside_inspect.package import card_digest, load_package
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.runtime.detector import Detector
 
@@ -53,6 +53,13 @@ class Registry:
                 raise PackageError(f"model {card.name} {card.version} is a {card.kind}, its "
                                    f"loaded versions are a {kinds.pop()}: a model name keeps "
                                    "its kind")
+            loaded = slot.versions.get(card.version)
+            if loaded is not None and card_digest(loaded.card) != card_digest(card):
+                # what judges under a version name (and what its gate report and the
+                # history mean) would change unseen: a changed package is a new version
+                raise PackageError(f"model {card.name} {card.version} is loaded already with "
+                                   "another graph or card: give the changed package a new "
+                                   "version")
             slot.versions[card.version] = detector
             if activate or slot.active is None:
                 self._activate_locked(card.name, card.version)

@@ -71,11 +71,9 @@ async def load_model(body: LoadModel, who: Admin, registry: RegistryDep, setting
             lambda: registry.load_model(path, activate=body.activate and lifecycle is None))
     except PackageError as exc:  # name the package as the caller did, not the resolved path
         raise PackageError(exc.message.replace(str(path), body.path)) from None
-    if det.card.name not in known and lifecycle is not None:
-        # the first version of a new model judges at once (there is nothing to gate it
-        # against, and its recipes need it): recorded like any activation
-        await anyio.to_thread.run_sync(lambda: lifecycle.first_version(det, actor=who.name))
-    elif body.activate and lifecycle is not None:
+    # the first version of a new model judges at once (there is nothing to gate it against,
+    # and its recipes need it): the lifecycle records it like any activation
+    if lifecycle is not None and (body.activate or det.card.name not in known):
         try:
             await anyio.to_thread.run_sync(lambda: lifecycle.activate(
                 det.card.name, det.card.version, actor=who.name, force=body.force,
@@ -119,10 +117,12 @@ def list_recipes(who: Admin, registry: RegistryDep) -> list[ListedRecipe]:
             for r in registry.recipes()]
 
 
-@router.put("/recipes/{name}", responses=errors(401, 403, 404, 408, 413, 422))
-def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep) -> Recipe:
+@router.put("/recipes/{name}", responses=errors(401, 403, 404, 408, 409, 413, 422))
+def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
+               request: Request) -> Recipe:
     """Add or replace a recipe; switching a line's product needs no model reload. 404 when
-    its model (or pinned version) is not loaded, 422 when it names classes the model lacks."""
+    its model (or pinned version) is not loaded, 422 when it names classes the model lacks,
+    409 gate_failed when it pins a version the lifecycle would not activate."""
     if recipe.name != name:
         raise ConfigError(f"recipe name {recipe.name!r} does not match the URL's {name!r}")
     if recipe.remote is not None:
@@ -130,6 +130,10 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep) -> 
         # settings: over the API they would let a key make the box call any address
         raise ConfigError(f"recipe {recipe.name}: a remote inference endpoint is set in a "
                           "recipe file of the server's config, not over the API")
+    registry.detector(recipe.model, recipe.model_version)  # 404 before any gate question
+    lifecycle = getattr(request.app.state, "lifecycle", None)
+    if lifecycle is not None:
+        lifecycle.check_recipe(recipe, actor=who.name)
     registry.add_recipe(recipe)
     return recipe
 
