@@ -132,7 +132,9 @@ class ShadowRunner:
             kind, info = shadow_worker.FAILED, f"not ready within {START_TIMEOUT_S:.0f} s"
         if kind != shadow_worker.READY:
             self._end_process(session)
-            raise PackageError(f"shadow {session.model} {session.version} could not start: {info}")
+            # the worker's error may name the package's folder: the caller named a version
+            said = str(info).replace(str(session.package.path), f"package {session.version}")
+            raise PackageError(f"shadow {session.model} {session.version} could not start: {said}")
         session.priority = info.get("priority", "")
         session.collector = threading.Thread(target=self._collect, args=(session,),
                                              name=f"shadow-results-{session.model}", daemon=True)
