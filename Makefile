@@ -58,7 +58,7 @@ system-deps:
 
 # two workers (pytest-xdist), a test file per worker at a time: about half the suite waits
 # on servers, subprocesses and sockets, so two files at once fill the 2 cores (13 -> ~10
-# minutes). Run a single file without them: pytest -p no:xdist FILE (or -n 0)
+# minutes). pytest FILE alone runs in one process
 test-only: $(VENV)/.dev system-deps
 	$(PY) -m pytest -n 2 --dist loadfile
 
