@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -241,10 +241,13 @@ def test_rollout_bounds() -> None:
     state, why = judge_watch(_watch(20, 4), b)  # 20% > 15%
     assert state == "rolled_back" and "20.0%" in why and "15.0%" in why
     assert judge_watch(_watch(5, 0, fr=3), b)[0] == "rolled_back"  # false rejects: at once
-    assert judge_watch(_watch(100, 10), b)[0] == "complete"
+    assert judge_watch(_watch(100, 10), b)[0] == "watching"  # enough parts, not enough time
+    later = datetime.now(UTC) + timedelta(seconds=b.min_watch_s + 60)
+    assert judge_watch(_watch(100, 10), b, later)[0] == "complete"
+    assert judge_watch(_watch(99, 9), b, later)[0] == "watching"
     # a near-zero baseline is not multiplied into a hair trigger: +5 points allowed
     assert judge_watch(_watch(20, 1, base_fails=0), b)[0] == "watching"
-    state, why = judge_watch(_watch(100, 90, base_n=0, base_fails=0), b)
+    state, why = judge_watch(_watch(100, 90, base_n=0, base_fails=0), b, later)
     assert state == "complete" and "not compared" in why  # no baseline: said so
 
 

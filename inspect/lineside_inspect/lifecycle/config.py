@@ -33,7 +33,10 @@ class RolloutSettings(_Section):
 
     min_inspections: int = Field(50, ge=1, description=(
         "inspections of the new version before its fail rate is judged"))
-    watch_inspections: int = Field(500, ge=1, description="the watch ends after this many")
+    watch_inspections: int = Field(500, ge=1, description="the watch ends after this many ...")
+    min_watch_s: float = Field(1800, ge=0, description=(
+        "... and at least this many seconds: reviewers need time to confirm false rejects, "
+        "which can still roll it back"))
     max_fail_rate_ratio: float = Field(1.5, ge=1, description=(
         "roll back when the new fail rate exceeds the previous model's times this ..."))
     max_fail_rate_increase: float = Field(0.05, ge=0, le=1, description=(

@@ -63,8 +63,8 @@ class Watch:
                 "ended_at": self.ended_at, "why": self.why}
 
 
-def judge_watch(w: Watch, bounds: RolloutSettings) -> tuple[State, str]:
-    """What the counts of ``w`` call for now, and why."""
+def judge_watch(w: Watch, bounds: RolloutSettings, now: datetime | None = None) -> tuple[State, str]:
+    """What the counts of ``w`` call for at ``now`` (default: the present), and why."""
     if w.false_rejects > bounds.max_false_rejects:
         return "rolled_back", (f"{w.false_rejects} reviewer-confirmed false rejects of {w.model} "
                                f"{w.version}, over the bound of {bounds.max_false_rejects}")
@@ -77,9 +77,11 @@ def judge_watch(w: Watch, bounds: RolloutSettings) -> tuple[State, str]:
                 f"fail rate {rate:.1%} over {w.inspections} inspections of {w.model} {w.version}, "
                 f"above the bound {bound:.1%} (version {w.previous}: {base:.1%} over its last "
                 f"{w.baseline_inspections} inspections of recipe {w.recipe or 'any'})")
-    if w.inspections >= bounds.watch_inspections:
+    elapsed = ((now or datetime.now(UTC)) - w.started_at).total_seconds()
+    if w.inspections >= bounds.watch_inspections and elapsed >= bounds.min_watch_s:
         note = "" if w.baseline_inspections else " (no earlier inspections: fail rate not compared)"
-        return "complete", (f"{w.inspections} inspections within the bounds: fail rate "
+        return "complete", (f"{w.inspections} inspections in {elapsed / 60:.0f} min within the "
+                            "bounds: fail rate "
                             f"{w.fails / w.inspections:.1%}, {w.false_rejects} false rejects{note}")
     return "watching", ""
 
