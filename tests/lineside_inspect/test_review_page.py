@@ -123,3 +123,54 @@ def test_reference_image_in_the_browser(launch) -> None:
         page.keyboard.press("r")
         expect(page.locator("#big")).to_have_attribute("src", re.compile(r"/image$"))
         browser.close()
+
+
+def test_a_shadow_disagreement_shows_both_answers(launch, tmp_path: Path) -> None:
+    """In the shadow queue the reviewer sees what the shadow said (text and dashed boxes)
+    beside the active model's verdict, before saying who was right."""
+    import json
+    import time
+
+    from playwright.sync_api import expect, sync_playwright
+
+    model = Path(__file__).resolve().parents[2] / "models" / "deeppcb" / "1"
+    jumpy = tmp_path / "models" / "deeppcb" / "jumpy"  # fails good boards: disagrees
+    shutil.copytree(model, jumpy)
+    card = json.loads((jumpy / "model.json").read_text())
+    card["version"] = "jumpy"
+    card["thresholds"] = dict.fromkeys(card["thresholds"], 0.02)
+    card["default_recipe"]["min_score"] = dict.fromkeys(card["thresholds"], 0.02)
+    (jumpy / "model.json").write_text(json.dumps(card))
+    srv = launch(store_pass_rate=0.0, model_roots=[str(model.parents[1]), str(tmp_path / "models")])
+    with srv.client("admin") as admin, srv.client("line") as line:
+        assert admin.post("/v1/models", json={"path": str(jumpy), "activate": False}).status_code == 200
+        r = admin.post("/v1/models/deeppcb/shadow", json={"version": "jumpy", "sample_rate": 1.0})
+        assert r.status_code == 200, r.text
+        good = sorted(SAMPLE.rglob("*_temp.jpg"))[:3]
+        verdicts = [line.post("/v1/inspect", content=f.read_bytes(),
+                              headers={"content-type": "image/jpeg"}).json()["verdict"] for f in good]
+        passes = verdicts.count("pass")
+        assert passes, "the bundled model passes some good boards"
+        deadline = time.monotonic() + 30
+        while admin.get("/v1/models/deeppcb/shadow").json()["disagreements"] < passes:
+            assert time.monotonic() < deadline, "the shadow did not judge the frames"
+            time.sleep(0.1)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(srv.url + "/review")
+        page.fill("#key", "reviewer-secret")
+        page.click("button[type=submit]")
+        expect(page.locator("[data-queue=shadow]")).to_be_visible()
+        with page.expect_response(lambda r: "queue=shadow" in r.url):
+            page.click("[data-queue=shadow]")
+        expect(page.locator("[data-queue=shadow]")).to_have_attribute("aria-pressed", "true")
+        expect(page.locator(".card")).to_have_count(passes)
+        page.locator(".card").first.click()
+        expect(page.locator("#d-shadow")).to_be_visible()
+        expect(page.locator("#d-shadow")).to_contain_text("Shadow deeppcb:jumpy said fail")
+        expect(page.locator("#d-shadow")).to_contain_text("active 1 said pass")
+        assert page.locator("#shadow-boxes .bx").count() > 0
+        page.keyboard.press("c")  # the reviewer says the board is good: the active was right
+        expect(page.locator("#d-status")).to_have_text("saved: confirm")
+        browser.close()

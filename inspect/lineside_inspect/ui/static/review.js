@@ -5,7 +5,8 @@
 import { $, $$, api, dateTime, el, num, showZone, svg, time, verdict } from "/static/common.js";
 
 const state = { items: [], total: 0, offset: 0, limit: 24, sel: 0, open: null, box: 0, classes: [],
-                drawing: false, start: null, scale: 1, showRef: false, queues: [], queue: null, audit: 0 };
+                drawing: false, start: null, scale: 1, showRef: false, queues: [], queue: null, audit: 0,
+                shadow: null };
 const form = $("#filters");
 // site, line and box_id are there on a hub only (its review page covers every box)
 const FIELDS = ["verdict", "review_state", "camera_id", "label", "min_score", "queue", "site", "line", "box_id"]
@@ -138,7 +139,20 @@ async function openId(id) {
   if (state.open.has_image) img.src = `/v1/inspections/${encodeURIComponent(id)}/image`;
   else { img.removeAttribute("src"); say("no image was kept of this inspection (passes are sampled)"); }
   $("#overlay").setAttribute("viewBox", `0 0 ${state.open.width} ${state.open.height}`);
+  state.shadow = null;
   render(); fit();
+  loadShadow(id);
+}
+
+// where a shadow model disagreed on this inspection, what it said (dashed boxes): the
+// reviewer sees both answers before saying who was right
+async function loadShadow(id) {
+  let doc;
+  try { doc = await api(`/v1/inspections/${encodeURIComponent(id)}/shadow`); }
+  catch (e) { return; }  // no lifecycle here (a hub), or nothing to show
+  if (!state.open || state.open.id !== id || !doc.items.length) return;
+  state.shadow = doc.items[0];
+  render();
 }
 
 // the image fills the panel at its own aspect; + and - zoom from there
@@ -168,6 +182,12 @@ function render() {
     el("li", {}, `${dateTime(r.created_at)} · ${r.reviewer}: ${r.action.replace("_", " ")} (${r.boxes.length} defect(s) after)`)));
   if (!o.reviews.length) $("#d-reviews").append(el("li", { class: "none" }, "not reviewed yet"));
   boxLayer($("#boxes"), truth, o.width, o.height, state.box);
+  const s = state.shadow;
+  $("#d-shadow").hidden = !s;
+  $("#d-shadow").textContent = s ? `Shadow ${s.model}:${s.shadow.version} said ${s.shadow.verdict}` +
+    (s.shadow.defects.length ? `: ${s.shadow.defects.map((d) => d.label).join(", ")} (dashed boxes)` : ": no defect") +
+    ` · active ${s.active.version} said ${s.active.verdict}` : "";
+  boxLayer($("#shadow-boxes"), s ? s.shadow.defects : [], o.width, o.height);
   drawPreview();
 }
 
@@ -243,7 +263,7 @@ function toggleRef() {
   state.showRef = !state.showRef;
   $("#big").src = `/v1/inspections/${encodeURIComponent(o.id)}/${state.showRef ? "reference" : "image"}`;
   $("#stage").classList.toggle("ref", state.showRef);
-  $("#boxes").hidden = state.showRef;
+  $("#boxes").hidden = state.showRef; $("#shadow-boxes").hidden = state.showRef;
   say(state.showRef ? "showing the reference image (r: back to the frame)" : "showing the frame");
 }
 
