@@ -57,7 +57,7 @@ def flow(ax: Axes) -> None:
         BLUE)
     box(ax, 0.40, 0.74, 0.52, 0.10,
         "gate: replay both packages (edge runtime, each card's thresholds)\n"
-        "pass: escapes <= active's and false rejects <= active's + allowance", GREY)
+        "pass: escapes <= active's (none new), false rejects <= active's + allowance", GREY)
     box(ax, 0.13, 0.53, 0.22, 0.10, "refused (409 gate_failed)\nunless force + reason", RED)
     box(ax, 0.13, 0.34, 0.22, 0.08, "audit log: who, when, why\nforce_activate / force_shadow", AMBER)
     box(ax, 0.55, 0.53, 0.36, 0.10,
@@ -70,7 +70,7 @@ def flow(ax: Axes) -> None:
         "then watch: fail rate vs previous version, confirmed false rejects", GREEN)
     box(ax, 0.17, 0.04, 0.30, 0.08,
         "past a bound: previous version back\n(auto_rollback, actor lineside)", RED)
-    box(ax, 0.63, 0.04, 0.30, 0.07, "within bounds for N inspections: complete", GREEN)
+    box(ax, 0.63, 0.04, 0.30, 0.08, "within bounds for N inspections\nand 30 min: complete", GREEN)
     arrow(ax, (0.17, 0.885), (0.30, 0.795))
     arrow(ax, (0.62, 0.885), (0.50, 0.795))
     arrow(ax, (0.24, 0.69), (0.15, 0.58), "failed", DARK_RED)

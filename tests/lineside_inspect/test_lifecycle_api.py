@@ -318,7 +318,11 @@ def test_a_gate_admits_only_against_the_active_version_and_only_its_card(
         assert r.status_code == 409 and "pins deeppcb blind" in r.json()["error"]["message"]
         r = admin.put("/v1/recipes/pinned", json={**pin, "model_version": "1-int8"})
         assert r.status_code == 200, r.text
-        assert rev.get("/v1/audit").json()["items"][0]["action"] == "recipe_pin"
+        put = rev.get("/v1/audit").json()["items"][0]
+        assert put["action"] == "recipe_put" and put["details"]["pinned"] == ["deeppcb 1-int8"]
+        r = admin.put("/v1/recipes/fused", json={"name": "fused", "model": "deeppcb",
+                                                 "anomaly": {"model": "nope", "model_version": "1"}})
+        assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
         r = admin.post("/v1/models/deeppcb/activate", json={"version": "1-int8"})
         assert r.status_code == 200, r.text
         assert admin.get("/v1/models/deeppcb/lineage").json()["admissions"][0][
@@ -371,6 +375,7 @@ def test_a_recalibrated_card_is_another_candidate_across_a_restart(tmp_path: Pat
     finally:
         stop()
     card = json.loads((pkg / "model.json").read_text())
+    original = card["thresholds"]
     card["thresholds"] = {k: round(v * 0.9, 4) for k, v in card["thresholds"].items()}
     (pkg / "model.json").write_text(json.dumps(card))
     srv, stop = start_server(keyed(**kw))
@@ -379,5 +384,46 @@ def test_a_recalibrated_card_is_another_candidate_across_a_restart(tmp_path: Pat
             load(admin, pkg)
             r = admin.post("/v1/models/deeppcb/activate", json={"version": "1-int8"})
             assert r.status_code == 409 and "has not been gated" in r.json()["error"]["message"]
+            assert "its passing gate report" not in r.json()["error"]["message"]  # not stale: another card
     finally:
         stop()
+    (pkg / "model.json").write_text(json.dumps({**card, "thresholds": original}))
+    srv, stop = start_server(keyed(**kw))  # control: the card the report was made for
+    try:
+        with srv.client("admin") as admin:
+            load(admin, pkg)
+            r = admin.post("/v1/models/deeppcb/activate", json={"version": "1-int8"})
+            assert r.status_code == 200, r.text
+    finally:
+        stop()
+
+
+def test_a_failed_gate_is_not_cleared_by_an_easier_comparison(
+        launch: Callable[..., Running], variants: Path) -> None:
+    """A failure against the active version stands: a later pass against another version
+    (stale) or on another, hand-picked golden set does not admit the version."""
+    srv = server(launch, variants, store_pass_rate=1.0)
+    with srv.client("line") as line, srv.client("reviewer") as rev, srv.client("admin") as admin:
+        _golden_from_reviews(line, rev, admin, "line1")
+        load(admin, variants / "deeppcb" / "blind")
+        r = admin.post("/v1/models/deeppcb/gate", json={"version": "blind", "golden": "line1"})
+        assert not r.json()["passed"]
+        failed = r.json()["id"]
+        blind2 = variant(variants / "more", "blind2", 0.999)  # as blind as the candidate
+        load(admin, blind2)
+        r = admin.post("/v1/models/deeppcb/gate",
+                       json={"version": "blind", "golden": "line1", "against": "blind2"})
+        assert r.json()["passed"], r.json()  # identical verdicts
+        r = admin.post("/v1/models/deeppcb/activate", json={"version": "blind"})
+        assert r.status_code == 409 and failed in r.json()["error"]["message"]
+        # a set of good boards alone admits no one; a set with one defect both catch would
+        # pass, and still does not clear the failure on line1
+        good = [i["id"] for i in rev.get("/v1/inspections", params={"limit": 50}).json()["items"]
+                if i["verdict"] == "pass"]
+        if good:
+            assert admin.post("/v1/golden/easy", json={"inspections": good}).status_code == 200
+            r = admin.post("/v1/models/deeppcb/gate", json={"version": "blind", "golden": "easy"})
+            assert not r.json()["passed"]
+        r = admin.post("/v1/models/deeppcb/activate", json={"version": "blind"})
+        assert r.status_code == 409 and "failed its gate" in r.json()["error"]["message"]
+        assert admin.get("/v1/models").json()[0]["active"] == "1"

@@ -97,8 +97,9 @@ def test_records(tmp_path: Path, database_url: str | None, detectors: tuple[Dete
 def test_an_activation_that_cannot_be_recorded_does_not_stand(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry switches first; if the audit log or the admission cannot be written
-    (a database outage), the previous version judges again and the error reaches the
-    caller. An automatic rollback of a version that is no longer active changes nothing."""
+    (a database outage), the previous version judges again, the error reaches the caller
+    and no half of the record is left. An automatic rollback of a version that is no
+    longer active changes nothing."""
     from sqlalchemy.exc import OperationalError
 
     from lineside_inspect.lifecycle.config import LifecycleSettings
@@ -116,12 +117,14 @@ def test_an_activation_that_cannot_be_recorded_does_not_stand(tmp_path: Path,
 
         def outage(**_: object) -> None:
             raise OperationalError("INSERT", {}, Exception("database is down"))
-        monkeypatch.setattr(lc.records, "audit", outage)
+        monkeypatch.setattr(lc.records, "admit", outage)
         with pytest.raises(OperationalError):
             lc.activate("deeppcb", "1-int8", actor="admin")
         slot = registry.models()["deeppcb"]
         assert (slot.active, slot.history) == ("1", [])
         monkeypatch.undo()
+        # the audit entry and the admission are one transaction: neither was written
+        assert lc.records.audit_log()[0] == 0 and lc.records.admissions("deeppcb") == []
 
         lc.activate("deeppcb", "1-int8", actor="admin")
         watch = Watch("deeppcb", "1-int8", "1", None, datetime.now(UTC), "admin", None, 0, 0)

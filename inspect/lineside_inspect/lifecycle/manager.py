@@ -138,20 +138,12 @@ class Lifecycle:
         """The gate report that admits ``det`` and whether the admission is forced; raises
         :class:`GateRefused` when it may not judge parts."""
         card = det.card
-        gate = self.records.latest_gate(card.name, card.version, card.sha256, card_digest(card))
+        gate, failed, stale = self._reports(det)
         refused = None
-        stale = ""
-        if gate is not None and not gate.passed:
-            why = "; ".join(gate.report.get("reasons", [])) or "it failed"
-            refused = (f"{card.name} {card.version} failed its gate (report {gate.id} on golden "
-                       f"set {gate.golden_name}:{gate.golden_version}: {why})")
-        elif gate is not None and (gate.report.get("against", {}).get("card_sha256")
-                                   != self._active_card(card.name)):
-            # a pass against a version that is not active now (or against itself) says
-            # nothing about replacing the active one
-            stale = (f"; its passing gate report {gate.id} compared it with version "
-                     f"{gate.against_version}, which is not the active one now")
-            gate = None
+        if failed is not None:
+            why = "; ".join(failed.report.get("reasons", [])) or "it failed"
+            refused = (f"{card.name} {card.version} failed its gate (report {failed.id} on golden "
+                       f"set {failed.golden_name}:{failed.golden_version}: {why})")
         if refused is None and gate is None and self.settings.gate.require_gate:
             refused = (f"{card.name} {card.version} has not been gated against the active "
                        f"version (lifecycle.gate.require_gate){stale}: run "
@@ -163,7 +155,46 @@ class Lifecycle:
                               "with a reason (force: true, reason: ...), which is recorded")
         if not reason.strip():
             raise ConfigError("force needs a reason: it is recorded in the audit log")
-        return gate, True
+        return failed or gate, True  # the report that was overridden, recorded with it
+
+    def _reports(self, det: Detector) -> tuple[GateReportRow | None, GateReportRow | None, str]:
+        """(the passing report that admits ``det``, a failed one that refuses it, a note on
+        a pass that no longer counts). Only reports made for this card count (the same graph
+        re-calibrated is another candidate); reports from before cards were kept count only
+        when they failed.
+
+        A pass admits only if it compared ``det`` with the active version (graph and card):
+        a pass against another version says nothing about replacing this one. A failure
+        against the active version stands until a later pass on the same golden set (that
+        version or a newer one): a pass on a set chosen to be easy does not clear it. With
+        no report against the active version, any failure of this card still refuses."""
+        card = det.card
+        mine = card_digest(card)
+        active = self._active_card(card.name)
+
+        def card_of(row: GateReportRow, side: str) -> str | None:
+            return (row.report.get(side) or {}).get("card_sha256")
+        rows = [r for r in self.records.gates_of(card.name, card.version, card.sha256)
+                if card_of(r, "candidate") == mine
+                or (card_of(r, "candidate") is None and not r.passed)]
+        now = [r for r in rows if card_of(r, "against") == active]
+        for failed in (r for r in now if not r.passed):
+            cleared = any(p.passed and p.created_at > failed.created_at
+                          and p.golden_name == failed.golden_name
+                          and p.golden_version >= failed.golden_version for p in now)
+            if not cleared:
+                return None, failed, ""
+        passed = next((r for r in now if r.passed), None)
+        if passed is not None:
+            return passed, None, ""
+        failed_before = next((r for r in rows if not r.passed), None)
+        if failed_before is not None:
+            return None, failed_before, ""
+        old = next((r for r in rows if r.passed), None)
+        stale = "" if old is None else (
+            f"; its passing gate report {old.id} compared it with version "
+            f"{old.against_version}, which is not the active one now")
+        return None, None, stale
 
     def _active_card(self, model: str) -> str | None:
         """The active version's :func:`card_digest` (graph and thresholds: the same graph
@@ -176,36 +207,33 @@ class Lifecycle:
     # -- activation -----------------------------------------------------------------------
     def activate(self, model: str, version: str, *, actor: str, force: bool = False,
                  reason: str = "", action: str = "activate") -> dict[str, Any]:
-        """Make ``version`` active if its gate allows (or an admin forces it): recorded. The
-        version already active is left as it is (the first version of a new model is made
-        active by loading it: recorded here if nothing admitted it before)."""
+        """Make ``version`` active if its gate allows (or an admin forces it): recorded.
+        The version already active is left as it is, with nothing to record."""
         det = self.registry.detector(model, version)
-        if self.registry.models()[model].active == version:
-            if self._records is not None and not any(
-                    a["version"] == version and a["sha256"] == det.card.sha256
-                    for a in self.records.admissions(model)):
-                self.first_version(det, actor=actor)
-            return {"forced": False, "gate_report_id": None}
         if self._records is None:  # no store: nothing to check against or record in
             with self._admit_lock:
                 previous = self.registry.models()[model].active
-                self.registry.activate(model, version)
-                self._sync_card_recipe(model, previous, version)
+                if previous != version:
+                    self.registry.activate(model, version)
+                    self._sync_card_recipe(model, previous, version)
             return {"forced": False, "gate_report_id": None}
         with self._admit_lock:
-            gate, forced = self._admission(det, force=force, reason=reason, role="active")
             previous = self.registry.models()[model].active
+            if previous == version:
+                return {"forced": False, "gate_report_id": None}
+            gate, forced = self._admission(det, force=force, reason=reason, role="active")
             self.registry.activate(model, version)
             self._sync_card_recipe(model, previous, version)
             try:  # an activation that cannot be recorded does not stand
-                self.records.audit(
-                    actor=actor, action=f"force_{action}" if forced else action, model=model,
-                    version=version, reason=reason,
-                    details={"from": previous, "gate_report_id": None if gate is None else gate.id,
-                             "gate_passed": None if gate is None else gate.passed})
-                self.records.admit(model=model, version=version, sha256=det.card.sha256,
-                                   role="active", actor=actor, gate=gate, forced=forced,
-                                   reason=reason, lineage=self._lineage(det))
+                self.records.admit(
+                    model=model, version=version, sha256=det.card.sha256, role="active",
+                    actor=actor, gate=gate, forced=forced, reason=reason, lineage=self._lineage(det),
+                    audit={"actor": actor, "action": f"force_{action}" if forced else action,
+                           "model": model, "version": version, "reason": reason,
+                           "details": {"from": previous,
+                                       "gate_report_id": None if gate is None else gate.id,
+                                       "gate_passed": None if gate is None else gate.passed,
+                                       **self._pins_of(model, previous)}})
             except Exception:
                 if previous is not None and self.registry.revert(model, version, previous):
                     self._sync_card_recipe(model, version, previous)
@@ -216,52 +244,80 @@ class Lifecycle:
 
     def first_version(self, det: Detector, *, actor: str) -> None:
         """Record that the first loaded version of a new model name became active (the
-        registry makes it so: nothing else could judge for that name)."""
+        registry makes it so when it loads it: nothing else could judge for that name)."""
         if self._records is None:
             return
         card = det.card
         why = "the first version of a model: there is nothing to gate it against"
-        self.records.audit(actor=actor, action="activate", model=card.name, version=card.version,
-                           reason=why, details={"from": None, "gate_report_id": None,
-                                                "gate_passed": None})
         self.records.admit(model=card.name, version=card.version, sha256=card.sha256,
                            role="active", actor=actor, gate=None, forced=False, reason=why,
-                           lineage=self._lineage(det))
+                           lineage=self._lineage(det),
+                           audit={"actor": actor, "action": "activate", "model": card.name,
+                                  "version": card.version, "reason": why,
+                                  "details": {"from": None, "gate_report_id": None,
+                                              "gate_passed": None}})
 
-    def check_recipe(self, recipe: Recipe, *, actor: str) -> None:
-        """A recipe that pins a version other than the active one makes that version judge
-        parts: it must be admitted as an activation would be (no force here: activate or
-        force it first). Recorded in the audit log when it changes what judges."""
-        if self._records is None:
-            return
+    def put_recipe(self, recipe: Recipe, *, actor: str) -> None:
+        """Add or replace a recipe (over the API), recorded as ``recipe_put``. A recipe
+        that pins a version other than the active one makes that version judge parts: it
+        must be admitted as an activation would be (no force here: activate or force that
+        version first)."""
         pins = [(recipe.model, recipe.model_version)]
         if recipe.anomaly is not None and recipe.anomaly.model is not None:
             pins.append((recipe.anomaly.model, recipe.anomaly.model_version))
-        pinned = []
         for model, version in pins:
-            if version is None or self.registry.models()[model].active == version:
-                continue  # a version already judging
+            self.registry.detector(model, version)  # 404 for a model or version not loaded
+        with self._admit_lock:
+            pinned = []
+            for model, version in pins:
+                if version is None or self.registry.models()[model].active == version:
+                    continue  # a version already judging
+                if self._records is not None:
+                    try:
+                        self._admission(self.registry.detector(model, version), force=False,
+                                        reason="", role="pinned")
+                    except GateRefused as exc:
+                        raise GateRefused(
+                            f"recipe {recipe.name} pins {model} {version}, which may not judge "
+                            f"parts: {exc.message.split('; it may not')[0]}. Pin an admitted "
+                            "version, or activate this one first (forced with a reason if need "
+                            "be)") from None
+                pinned.append(f"{model} {version}")
             try:
-                self._admission(self.registry.detector(model, version), force=False, reason="",
-                                role="pinned")
-            except GateRefused as exc:
-                raise GateRefused(f"recipe {recipe.name} pins {model} {version}, which may not "
-                                  f"judge parts: {exc.message.split('; it may not')[0]}. Pin an "
-                                  "admitted version, or activate this one first (forced with a "
-                                  "reason if need be)") from None
-            pinned.append(f"{model} {version}")
-        if pinned:
-            self.records.audit(actor=actor, action="recipe_pin", model=recipe.model,
+                before = self.registry.recipe(recipe.name)
+            except NotFoundError:
+                before = None
+            self.registry.add_recipe(recipe)
+        if self._records is not None:
+            self.records.audit(actor=actor, action="recipe_put", model=recipe.model,
                                version=recipe.model_version,
-                               details={"recipe": recipe.name, "pinned": pinned})
+                               details={"recipe": recipe.name, "pinned": pinned,
+                                        "anomaly_model": None if recipe.anomaly is None
+                                        else recipe.anomaly.model,
+                                        "before": None if before is None else {
+                                            "model": before.model,
+                                            "model_version": before.model_version}})
+
+    def _pins_of(self, model: str, version: str | None) -> dict[str, Any]:
+        """Recipes that pin ``version`` of ``model`` (they keep judging with it whatever is
+        active): named in the audit entry of what replaced it."""
+        if version is None:
+            return {}
+        names = [r.name for r in self.registry.recipes()
+                 if (r.model, r.model_version) == (model, version)
+                 or (r.anomaly is not None and (r.anomaly.model, r.anomaly.model_version)
+                     == (model, version))]
+        return {"still_pinned_by": names} if names else {}
 
     def rollback(self, model: str, *, actor: str, reason: str = "") -> str:
-        previous = self.registry.models().get(model)
-        version = self.registry.rollback(model)
-        self._sync_card_recipe(model, None if previous is None else previous.active, version)
+        with self._admit_lock:
+            previous = self.registry.models().get(model)
+            version = self.registry.rollback(model)
+            self._sync_card_recipe(model, None if previous is None else previous.active, version)
         if self._records is not None:
+            old = None if previous is None else previous.active
             self.records.audit(actor=actor, action="rollback", model=model, version=version,
-                               reason=reason, details={"from": None if previous is None else previous.active})
+                               reason=reason, details={"from": old, **self._pins_of(model, old)})
         if self.rollout is not None:
             self.rollout.stop(model, f"{actor} rolled back to {version} by hand")
         return version
@@ -372,7 +428,8 @@ class Lifecycle:
         log.warning("rollout of %s %s rolled back to %s: %s", w.model, w.version, w.previous, why)
         self.records.audit(actor=SYSTEM, action="auto_rollback", model=w.model, version=w.previous,
                            reason=why, details={"from": w.version, "promoted_by": w.actor,
-                                                "gate_report_id": w.gate_report_id})
+                                                "gate_report_id": w.gate_report_id,
+                                                **self._pins_of(w.model, w.version)})
         return True
 
     def _watch_ended(self, w: Watch) -> None:

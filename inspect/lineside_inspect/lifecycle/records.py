@@ -89,6 +89,14 @@ class Records:
                 golden_version=report.golden.version, golden_digest=report.golden.digest,
                 passed=report.passed, report=report.model_dump(mode="json")))
 
+    def gates_of(self, model: str, version: str, sha256: str, limit: int = 200) -> list[GateReportRow]:
+        """Gate reports of ``model`` ``version`` with the graph ``sha256``, newest first."""
+        with Session(self.engine) as s:
+            return list(s.scalars(select(GateReportRow).where(
+                GateReportRow.model_name == model, GateReportRow.candidate_version == version,
+                GateReportRow.candidate_sha256 == sha256)
+                .order_by(GateReportRow.created_at.desc()).limit(limit)).all())
+
     def latest_gate(self, model: str, version: str, sha256: str,
                     card: str | None = None) -> GateReportRow | None:
         """The newest gate report of ``model`` ``version`` with the graph ``sha256`` (a
@@ -124,8 +132,15 @@ class Records:
     # -- admissions (lineage on the box) -------------------------------------------------
     def admit(self, *, model: str, version: str, sha256: str, role: str, actor: str,
               gate: GateReportRow | None, forced: bool, reason: str,
-              lineage: dict[str, Any]) -> None:
+              lineage: dict[str, Any], audit: dict[str, Any] | None = None) -> None:
+        """An admissions row, and with ``audit`` (:meth:`audit`'s arguments) its audit
+        entry in the same transaction: both are written, or neither."""
         with Session(self.engine) as s, s.begin():
+            if audit is not None:
+                s.add(AuditRow(created_at=_now(), box_id=self.store.box_id, actor=audit["actor"],
+                               action=audit["action"], model_name=audit.get("model"),
+                               version=audit.get("version"), reason=audit.get("reason", ""),
+                               details=audit.get("details") or {}))
             s.add(AdmissionRow(
                 created_at=_now(), box_id=self.store.box_id, model_name=model, version=version,
                 sha256=sha256, role=role, gate_report_id=None if gate is None else gate.id,
@@ -233,9 +248,14 @@ class Records:
             conds.append(InspectionRow.created_at < until)
         self._fresh()
         with Session(self.engine) as s:
-            q = select(InspectionRow.verdict).where(*conds).order_by(InspectionRow.created_at.desc())
-            verdicts = s.scalars(q.limit(last) if last else q).all()
-        return len(verdicts), sum(1 for v in verdicts if v == "fail")
+            if last:  # the newest ``last``: counted over that subquery
+                sub = (select(InspectionRow.verdict).where(*conds)
+                       .order_by(InspectionRow.created_at.desc()).limit(last).subquery())
+                q = select(func.count(), func.count().filter(sub.c.verdict == "fail")).select_from(sub)
+            else:  # a watch asks every second for a half hour: counted by the database
+                q = select(func.count(), func.count().filter(InspectionRow.verdict == "fail")).where(*conds)
+            n, fails = s.execute(q).one()
+        return int(n), int(fails or 0)
 
     def false_rejects(self, *, model: str, version: str, since: datetime) -> int:
         """Inspections of ``model`` ``version`` since ``since`` that failed and whose

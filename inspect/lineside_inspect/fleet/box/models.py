@@ -212,8 +212,8 @@ class ModelPuller:
                                  "box (by hand or a rollback), not forced back")
                 continue
             key = (m.name, m.version, m.sha256)
-            if key in self._failed:
-                continue
+            if key in self._failed and self._active(m.name) != m.version:
+                continue  # (an admin may have gated and activated it since: then it is taken)
             if not self.keys:  # the box was not set up to take models
                 notes.append(f"{m.name} {m.version} assigned, not pulled: no fleet.trusted_keys")
                 continue
@@ -303,9 +303,11 @@ class ModelPuller:
         previous = self._active(m.name)
         # beside what serves; a model new to the box becomes active at once (nothing to
         # gate it against), as a package loaded by POST /v1/models does
-        registry.load_model(path, activate=False)
+        det = registry.load_model(path, activate=False)
         golden = lifecycle.library
-        if (previous not in (None, m.version) and lifecycle.store is not None
+        if previous is None and self._active(m.name) == m.version:
+            lifecycle.first_version(det, actor=ACTOR)  # recorded like any activation
+        elif (previous not in (None, m.version) and lifecycle.store is not None
                 and m.name in golden.names()):
             lifecycle.promote(m.name, m.version, golden=m.name, actor=ACTOR,
                               reason=f"fleet assignment ({self.fleet.line or 'no line'})")

@@ -71,9 +71,12 @@ async def load_model(body: LoadModel, who: Admin, registry: RegistryDep, setting
             lambda: registry.load_model(path, activate=body.activate and lifecycle is None))
     except PackageError as exc:  # name the package as the caller did, not the resolved path
         raise PackageError(exc.message.replace(str(path), body.path)) from None
-    # the first version of a new model judges at once (there is nothing to gate it against,
-    # and its recipes need it): the lifecycle records it like any activation
-    if lifecycle is not None and (body.activate or det.card.name not in known):
+    if (lifecycle is not None and det.card.name not in known
+            and registry.models()[det.card.name].active == det.card.version):
+        # the first version of a new model judges at once (there is nothing to gate it
+        # against, and its recipes need it): recorded like any activation
+        await anyio.to_thread.run_sync(lambda: lifecycle.first_version(det, actor=who.name))
+    elif lifecycle is not None and body.activate:
         try:
             await anyio.to_thread.run_sync(lambda: lifecycle.activate(
                 det.card.name, det.card.version, actor=who.name, force=body.force,
@@ -130,11 +133,11 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
         # settings: over the API they would let a key make the box call any address
         raise ConfigError(f"recipe {recipe.name}: a remote inference endpoint is set in a "
                           "recipe file of the server's config, not over the API")
-    registry.detector(recipe.model, recipe.model_version)  # 404 before any gate question
     lifecycle = getattr(request.app.state, "lifecycle", None)
-    if lifecycle is not None:
-        lifecycle.check_recipe(recipe, actor=who.name)
-    registry.add_recipe(recipe)
+    if lifecycle is not None:  # admission of a pinned version, and the audit log
+        lifecycle.put_recipe(recipe, actor=who.name)
+    else:
+        registry.add_recipe(recipe)
     return recipe
 
 

@@ -132,6 +132,7 @@ async function openId(id) {
   state.open = await api(`/v1/inspections/${encodeURIComponent(id)}`); state.box = 0; state.scale = 1;
   $("#grid").hidden = true; $("#pager").hidden = true; $("#audit").hidden = true; $("#detail").hidden = false;
   state.showRef = false; $("#stage").classList.remove("ref");
+  $("#boxes").hidden = false; $("#shadow-boxes").hidden = false;  // shown again after r
   $("#b-ref").hidden = !(state.open.reference && state.open.reference.has_image);
   const img = $("#big");
   img.onload = fit;
