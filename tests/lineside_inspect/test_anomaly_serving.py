@@ -16,7 +16,7 @@ from lineside_inspect.opencv import cv2
 
 from .anomaly_package import FOREIGN_GREY, anomaly_graph, card_doc, part, write_package, write_raw_card
 from .conftest import MODEL, SAMPLE, Running, keyed, start_server
-from .test_review_page import ARGS, CHROMIUM
+from .test_review_page import CHROMIUM, signed_in
 
 JPEG = {"content-type": "image/jpeg"}
 GOOD_BOARD = SAMPLE / "images" / "group00041" / "00041000_temp.jpg"  # the detector finds nothing
@@ -233,11 +233,7 @@ def test_the_review_page_shows_the_anomaly_score_and_boxes(served) -> None:
                    content=_jpeg(part(400, 250, ((300, 60, 50),))), headers=JPEG)
         assert r.json()["verdict"] == "fail"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(srv.url + "/review")
-        page.fill("#key", "reviewer-secret")
-        page.click("button[type=submit]")
+        browser, page = signed_in(p, srv.url)
         page.locator(".card").first.wait_for()
         page.keyboard.press("Enter")  # the newest unreviewed fail: this one
         expect(page.locator("#d-meta")).to_contain_text("part SN-ANOMALY")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,17 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
                                 "(make test installs it)")
+
+
+def signed_in(p: Any, url: str) -> tuple[Any, Any]:
+    """Headless Chromium on the review page, signed in with the reviewer key: (browser,
+    page)."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url + "/review")
+    page.fill("#key", "reviewer-secret")
+    page.click("button[type=submit]")
+    return browser, page
 
 
 def test_review_in_the_browser(launch, tmp_path: Path) -> None:
@@ -105,11 +117,7 @@ def test_reference_image_in_the_browser(launch) -> None:
                                          "reference": ("r.jpg", template.read_bytes(), "image/jpeg")})
         assert r.json()["verdict"] == "fail"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(srv.url + "/review")
-        page.fill("#key", "reviewer-secret")
-        page.click("button[type=submit]")
+        browser, page = signed_in(p, srv.url)
         expect(page.locator(".card")).to_have_count(1)
         page.keyboard.press("Enter")
         expect(page.locator("#d-meta")).to_contain_text("reference (sent with the frame)")
@@ -156,11 +164,7 @@ def test_a_shadow_disagreement_shows_both_answers(launch, tmp_path: Path) -> Non
             assert time.monotonic() < deadline, "the shadow did not judge the frames"
             time.sleep(0.1)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(srv.url + "/review")
-        page.fill("#key", "reviewer-secret")
-        page.click("button[type=submit]")
+        browser, page = signed_in(p, srv.url)
         expect(page.locator("[data-queue=shadow]")).to_be_visible()
         with page.expect_response(lambda r: "queue=shadow" in r.url):
             page.click("[data-queue=shadow]")
