@@ -396,6 +396,15 @@ def test_a_recalibrated_card_is_another_candidate_across_a_restart(tmp_path: Pat
             assert r.status_code == 200, r.text
     finally:
         stop()
+    # a restart serves the config's version again: the audit log says so
+    srv, stop = start_server(keyed(**kw))
+    try:
+        with srv.client("reviewer") as rev:
+            last = rev.get("/v1/audit", params={"model": "deeppcb"}).json()["items"][0]
+            assert (last["action"], last["actor"], last["version"]) == ("startup", "lineside", "1")
+            assert "the last activation recorded was 1-int8" in last["reason"]
+    finally:
+        stop()
 
 
 def test_a_failed_gate_is_not_cleared_by_an_easier_comparison(

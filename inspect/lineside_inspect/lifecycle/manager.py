@@ -76,6 +76,21 @@ class Lifecycle:
                                       self._watch_ended)
         service.add_output(self.shadow.offer)
         self.library.delete_partial()
+        self._record_startup()
+
+    def _record_startup(self) -> None:
+        """The server starts with the versions its config names, not the ones activated
+        over the API before a restart: where that differs from the last activation the
+        audit log holds (or there is none), it says so, so the log stays true."""
+        for model, slot in self.registry.models().items():
+            if slot.active is None:
+                continue
+            last = self.records.last_activation(model)
+            if last is not None and last["version"] == slot.active:
+                continue
+            before = "" if last is None else f"; the last activation recorded was {last['version']}"
+            self.records.audit(actor=SYSTEM, action="startup", model=model, version=slot.active,
+                               reason=f"the server started with {model} {slot.active}{before}")
 
     def close(self) -> None:
         if self.shadow is not None:

@@ -34,6 +34,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# audit actions after which another version judges (the startup check reads the last one)
+ACTIVATIONS = ("activate", "force_activate", "rollback", "promote", "force_promote",
+               "auto_rollback", "startup")
+
 class Records:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -58,6 +62,14 @@ class Records:
                            model_name=model, version=version, reason=reason, details=details or {})
             s.add(row)
         return self._audit_json(row)
+
+    def last_activation(self, model: str) -> dict[str, Any] | None:
+        """The newest audit entry that changed which version of ``model`` judges."""
+        with Session(self.engine) as s:
+            row = s.scalars(select(AuditRow).where(
+                AuditRow.model_name == model, AuditRow.action.in_(ACTIVATIONS))
+                .order_by(AuditRow.id.desc()).limit(1)).first()
+            return None if row is None else self._audit_json(row)
 
     @staticmethod
     def _audit_json(r: AuditRow) -> dict[str, Any]:
