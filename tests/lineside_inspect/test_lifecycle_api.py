@@ -320,6 +320,8 @@ def test_a_gate_admits_only_against_the_active_version_and_only_its_card(
         assert r.status_code == 200, r.text
         put = rev.get("/v1/audit").json()["items"][0]
         assert put["action"] == "recipe_put" and put["details"]["pinned"] == ["deeppcb 1-int8"]
+        pinned = admin.get("/v1/models/deeppcb/lineage").json()["admissions"][0]
+        assert (pinned["role"], pinned["version"], pinned["gate_report_id"]) == ("pinned", "1-int8", report)
         r = admin.put("/v1/recipes/fused", json={"name": "fused", "model": "deeppcb",
                                                  "anomaly": {"model": "nope", "model_version": "1"}})
         assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
@@ -436,3 +438,11 @@ def test_a_failed_gate_is_not_cleared_by_an_easier_comparison(
         r = admin.post("/v1/models/deeppcb/activate", json={"version": "blind"})
         assert r.status_code == 409 and "failed its gate" in r.json()["error"]["message"]
         assert admin.get("/v1/models").json()[0]["active"] == "1"
+        # nor does a pass on the same set under a recipe that judges nothing
+        lenient = {"name": "lenient", "model": "deeppcb", "default_min_score": 0.999}
+        assert admin.put("/v1/recipes/lenient", json=lenient).status_code == 200
+        r = admin.post("/v1/models/deeppcb/gate",
+                       json={"version": "blind", "golden": "line1", "recipe": "lenient"})
+        assert r.json()["passed"], r.json()
+        r = admin.post("/v1/models/deeppcb/activate", json={"version": "blind"})
+        assert r.status_code == 409 and "failed its gate" in r.json()["error"]["message"]

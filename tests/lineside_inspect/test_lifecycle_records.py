@@ -43,10 +43,10 @@ def test_records(tmp_path: Path, database_url: str | None, detectors: tuple[Dete
         items, classes = from_dataset(SAMPLE, "val", limit=3)
         report = run_gate(int8, fp32, lib, lib.create("g", items, classes), card_recipe(fp32.card))
         records.save_gate(report, "admin")
-        row = records.latest_gate("deeppcb", "1-int8", int8.card.sha256)
-        assert row is not None and row.id == report.id and row.passed == report.passed
-        assert records.latest_gate("deeppcb", "1-int8", "0" * 64) is None  # another graph
-        assert records.latest_gate("deeppcb", "other", int8.card.sha256) is None  # another card
+        (row,) = records.gates_of("deeppcb", "1-int8", int8.card.sha256)
+        assert row.id == report.id and row.passed == report.passed
+        assert records.gates_of("deeppcb", "1-int8", "0" * 64) == []  # another graph
+        assert records.gates_of("deeppcb", "other", int8.card.sha256) == []  # another version
         assert records.gate_report(report.id)["candidate"]["version"] == "1-int8"
 
         records.audit(actor="admin", action="force_activate", model="deeppcb", version="1-int8",

@@ -22,7 +22,12 @@ def install(app: Any, settings: Settings) -> Lifecycle:
         if app.state.store is not None:
             lc.attach(app.state.store, app.state.service)
 
+    def ready() -> None:  # what judges once every start-up hook ran (a fleet box restores)
+        if app.state.store is not None:
+            lc.record_startup()
+
     app.state.on_startup.append(start)
+    app.state.on_ready.append(ready)
     app.state.on_shutdown.append(lc.close)
     app.include_router(router)
     return lc

@@ -1,11 +1,11 @@
 """The lifecycle of a server's models: what may judge parts (active or shadow), decided
 by gate reports and recorded with who, when and why.
 
-Admission rule: a version whose latest gate report (for its graph's sha256 and its
-card) failed is refused (409 ``gate_failed``) unless an admin forces it with a reason; the
-forced admission is recorded in the audit log and the admissions table. A passing report
-admits only while the version it was compared with is the active one (a report against
-another version says nothing about replacing this one). With
+Admission rule (:meth:`Lifecycle._reports`): a version with a failed gate report (for its
+graph and card) not cleared by a later pass against the active version on the same golden
+set and recipe is refused (409 ``gate_failed``) unless an admin forces it with a reason;
+the forced admission is recorded in the audit log and the admissions table. A passing
+report admits only while the version it was compared with is the active one. With
 ``lifecycle.gate.require_gate`` a version without such a report is refused the same way.
 """
 
@@ -76,9 +76,8 @@ class Lifecycle:
                                       self._watch_ended)
         service.add_output(self.shadow.offer)
         self.library.delete_partial()
-        self._record_startup()
 
-    def _record_startup(self) -> None:
+    def record_startup(self) -> None:
         """The server starts with the versions its config names, not the ones activated
         over the API before a restart: where that differs from the last activation the
         audit log holds (or there is none), it says so, so the log stays true."""
@@ -179,10 +178,11 @@ class Lifecycle:
         when they failed.
 
         A pass admits only if it compared ``det`` with the active version (graph and card):
-        a pass against another version says nothing about replacing this one. A failure
-        against the active version stands until a later pass on the same golden set (that
-        version or a newer one): a pass on a set chosen to be easy does not clear it. With
-        no report against the active version, any failure of this card still refuses."""
+        a pass against another version says nothing about replacing this one. Every
+        failure (against whichever version) stands until a later pass against the active
+        version on the same golden set (that version or a newer one) under the same
+        recipe: a pass on a set or under a recipe chosen to be easy does not clear it, nor
+        does making another version active."""
         card = det.card
         mine = card_digest(card)
         active = self._active_card(card.name)
@@ -193,18 +193,16 @@ class Lifecycle:
                 if card_of(r, "candidate") == mine
                 or (card_of(r, "candidate") is None and not r.passed)]
         now = [r for r in rows if card_of(r, "against") == active]
-        for failed in (r for r in now if not r.passed):
+        for failed in (r for r in rows if not r.passed):
             cleared = any(p.passed and p.created_at > failed.created_at
                           and p.golden_name == failed.golden_name
-                          and p.golden_version >= failed.golden_version for p in now)
+                          and p.golden_version >= failed.golden_version
+                          and p.report.get("recipe") == failed.report.get("recipe") for p in now)
             if not cleared:
                 return None, failed, ""
         passed = next((r for r in now if r.passed), None)
         if passed is not None:
             return passed, None, ""
-        failed_before = next((r for r in rows if not r.passed), None)
-        if failed_before is not None:
-            return None, failed_before, ""
         old = next((r for r in rows if r.passed), None)
         stale = "" if old is None else (
             f"; its passing gate report {old.id} compared it with version "
@@ -254,7 +252,7 @@ class Lifecycle:
                     self._sync_card_recipe(model, version, previous)
                 raise
         if self.rollout is not None and action == "activate":
-            self.rollout.stop(model, f"{actor} activated {version} by hand")
+            self.rollout.stop(model, f"{actor} activated {version}")
         return {"forced": forced, "gate_report_id": None if gate is None else gate.id}
 
     def first_version(self, det: Detector, *, actor: str) -> None:
@@ -283,35 +281,59 @@ class Lifecycle:
         for model, version in pins:
             self.registry.detector(model, version)  # 404 for a model or version not loaded
         with self._admit_lock:
-            pinned = []
+            pinned: list[str] = []
+            admitted: list[tuple[Detector, GateReportRow | None]] = []
             for model, version in pins:
                 if version is None or self.registry.models()[model].active == version:
                     continue  # a version already judging
                 if self._records is not None:
+                    det = self.registry.detector(model, version)
                     try:
-                        self._admission(self.registry.detector(model, version), force=False,
-                                        reason="", role="pinned")
+                        gate, _ = self._admission(det, force=False, reason="", role="pinned")
                     except GateRefused as exc:
                         raise GateRefused(
                             f"recipe {recipe.name} pins {model} {version}, which may not judge "
                             f"parts: {exc.message.split('; it may not')[0]}. Pin an admitted "
                             "version, or activate this one first (forced with a reason if need "
                             "be)") from None
+                    admitted.append((det, gate))
                 pinned.append(f"{model} {version}")
             try:
                 before = self.registry.recipe(recipe.name)
             except NotFoundError:
                 before = None
             self.registry.add_recipe(recipe)
-        if self._records is not None:
-            self.records.audit(actor=actor, action="recipe_put", model=recipe.model,
-                               version=recipe.model_version,
-                               details={"recipe": recipe.name, "pinned": pinned,
-                                        "anomaly_model": None if recipe.anomaly is None
-                                        else recipe.anomaly.model,
-                                        "before": None if before is None else {
-                                            "model": before.model,
-                                            "model_version": before.model_version}})
+            if self._records is None:
+                return
+            try:  # a change that cannot be recorded does not stand
+                self._record_recipe(recipe, before, pinned, admitted, actor)
+            except Exception:
+                if before is None:
+                    self.registry.remove_recipe(recipe.name)
+                else:
+                    self.registry.add_recipe(before)
+                raise
+
+    def _record_recipe(self, recipe: Recipe, before: Recipe | None, pinned: list[str],
+                       admitted: list[tuple[Detector, GateReportRow | None]], actor: str) -> None:
+        """``recipe_put`` in the audit log, and an admission (role ``pinned``, with the gate
+        report that admitted it) for each version it pins beside the active one: one
+        transaction."""
+        audit: dict[str, Any] = {"actor": actor, "action": "recipe_put", "model": recipe.model,
+                 "version": recipe.model_version,
+                 "details": {"recipe": recipe.name, "pinned": pinned,
+                             "anomaly_model": None if recipe.anomaly is None else recipe.anomaly.model,
+                             "before": None if before is None else {
+                                 "model": before.model, "model_version": before.model_version}}}
+        if not admitted:
+            self.records.audit(**audit)
+            return
+        for n, (det, gate) in enumerate(admitted):
+            card = det.card
+            self.records.admit(model=card.name, version=card.version, sha256=card.sha256,
+                               role="pinned", actor=actor, gate=gate, forced=False,
+                               reason=f"pinned by recipe {recipe.name}",
+                               lineage=self._lineage(det), audit=audit if n == 0 else None)
 
     def _pins_of(self, model: str, version: str | None) -> dict[str, Any]:
         """Recipes that pin ``version`` of ``model`` (they keep judging with it whatever is
@@ -371,14 +393,15 @@ class Lifecycle:
         assert self.shadow is not None
         rate = self.settings.shadow.sample_rate if sample_rate is None else sample_rate
         session = self.shadow.start(model, loaded.package, rate, actor)
-        self.records.audit(actor=actor, action="force_shadow" if forced else "shadow_start",
-                           model=model, version=version, reason=reason,
-                           details={"run_id": session.run_id, "sample_rate": rate,
-                                    "active": active,
-                                    "gate_report_id": None if gate is None else gate.id})
         self.records.admit(model=model, version=version, sha256=loaded.card.sha256, role="shadow",
                            actor=actor, gate=gate, forced=forced, reason=reason,
-                           lineage=self._lineage(loaded))
+                           lineage=self._lineage(loaded),
+                           audit={"actor": actor,
+                                  "action": "force_shadow" if forced else "shadow_start",
+                                  "model": model, "version": version, "reason": reason,
+                                  "details": {"run_id": session.run_id, "sample_rate": rate,
+                                              "active": active,
+                                              "gate_report_id": None if gate is None else gate.id}})
         return self.shadow_status(model)
 
     def stop_shadow(self, model: str, *, actor: str, reason: str = "") -> dict[str, Any]:

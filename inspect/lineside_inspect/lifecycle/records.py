@@ -64,10 +64,11 @@ class Records:
         return self._audit_json(row)
 
     def last_activation(self, model: str) -> dict[str, Any] | None:
-        """The newest audit entry that changed which version of ``model`` judges."""
+        """This box's newest audit entry that changed which version of ``model`` judges."""
         with Session(self.engine) as s:
             row = s.scalars(select(AuditRow).where(
-                AuditRow.model_name == model, AuditRow.action.in_(ACTIVATIONS))
+                AuditRow.model_name == model, AuditRow.action.in_(ACTIVATIONS),
+                AuditRow.box_id == self.store.box_id)
                 .order_by(AuditRow.id.desc()).limit(1)).first()
             return None if row is None else self._audit_json(row)
 
@@ -102,31 +103,14 @@ class Records:
                 passed=report.passed, report=report.model_dump(mode="json")))
 
     def gates_of(self, model: str, version: str, sha256: str, limit: int = 200) -> list[GateReportRow]:
-        """Gate reports of ``model`` ``version`` with the graph ``sha256``, newest first."""
+        """This box's gate reports of ``model`` ``version`` with the graph ``sha256``, newest
+        first (boxes sharing a database keep their own golden sets and decisions)."""
         with Session(self.engine) as s:
             return list(s.scalars(select(GateReportRow).where(
                 GateReportRow.model_name == model, GateReportRow.candidate_version == version,
-                GateReportRow.candidate_sha256 == sha256)
+                GateReportRow.candidate_sha256 == sha256,
+                GateReportRow.box_id == self.store.box_id)
                 .order_by(GateReportRow.created_at.desc()).limit(limit)).all())
-
-    def latest_gate(self, model: str, version: str, sha256: str,
-                    card: str | None = None) -> GateReportRow | None:
-        """The newest gate report of ``model`` ``version`` with the graph ``sha256`` (a
-        version name reloaded with another graph is another candidate), and with ``card``:
-        the newest for that card (:func:`~lineside_inspect.package.card_digest`: one graph
-        under another card has other thresholds, other verdicts), else the newest failed
-        one kept before reports recorded their card (it still refuses)."""
-        with Session(self.engine) as s:
-            rows = s.scalars(select(GateReportRow).where(
-                GateReportRow.model_name == model, GateReportRow.candidate_version == version,
-                GateReportRow.candidate_sha256 == sha256)
-                .order_by(GateReportRow.created_at.desc()).limit(200)).all()
-        if card is None:
-            return rows[0] if rows else None
-        def card_of(row: GateReportRow) -> str | None:
-            return (row.report.get("candidate") or {}).get("card_sha256")
-        return (next((r for r in rows if card_of(r) == card), None)
-                or next((r for r in rows if card_of(r) is None and not r.passed), None))
 
     def gate_reports(self, model: str, limit: int = 20) -> list[dict[str, Any]]:
         with Session(self.engine) as s:

@@ -10,7 +10,8 @@ The bounds (``lifecycle.rollout`` settings, docs/lifecycle.md):
   promotion (no previous inspections: this bound is not applied, and said so);
 - reviewers may mark at most ``max_false_rejects`` of its fails as false rejects.
 
-The watch ends (complete) after ``watch_inspections`` inspections of the new version.
+The watch ends (complete) after ``watch_inspections`` inspections of the new version and
+at least ``min_watch_s`` seconds.
 Each decision is a pure function of the counts (:func:`judge_watch`), checked by a
 thread every ``check_interval_s``.
 """

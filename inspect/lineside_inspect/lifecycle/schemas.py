@@ -223,7 +223,8 @@ class Admission(_Shape):
     model: str
     version: str
     sha256: str
-    role: Literal["active", "shadow"]
+    role: Literal["active", "shadow", "pinned"] = Field(description=(
+        "what it was admitted to: judge as the active version, as a shadow, or pinned by a recipe"))
     gate_report_id: str | None
     golden: GoldenUsed | None
     forced: bool

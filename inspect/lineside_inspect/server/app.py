@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         app.state.ready = False
         await anyio.to_thread.run_sync(load_everything, settings, registry)
         admin.publish_state(app.state.metrics, registry)
-        for hook in app.state.on_startup:
+        for hook in app.state.on_startup + app.state.on_ready:
             await anyio.to_thread.run_sync(hook)
         app.state.service.start_continuous()
         app.state.ready = True
@@ -164,6 +164,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.store = None
     app.state.cameras = None
     app.state.on_startup = []
+    app.state.on_ready = []  # after every start-up hook (e.g. once a fleet box restored its models)
     app.state.on_shutdown = []
     app.state.metrics_hooks = []
     app.state.sessions = SessionStore(settings.session_ttl_s)  # review sign-ins, in memory

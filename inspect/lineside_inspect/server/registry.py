@@ -140,6 +140,14 @@ class Registry:
             if self.default_recipe is None:
                 self.default_recipe = recipe.name
 
+    def remove_recipe(self, name: str) -> None:
+        """Take a recipe out (one just added whose change could not be recorded)."""
+        with self._lock:
+            self._recipes.pop(name, None)
+            self._remote.pop(name, None)
+            if self.default_recipe == name:
+                self.default_recipe = next(iter(self._recipes), None)
+
     def _remote_detector(self, recipe: Recipe) -> Detector:
         """The detector of a recipe that names an OIP v2 endpoint (its card must be the
         recipe's model); the one already made for the same endpoint is kept."""

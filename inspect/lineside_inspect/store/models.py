@@ -156,8 +156,8 @@ class AuditRow(Base):
 
 class GateReportRow(Base):
     """One gate run: a candidate replayed against a model on a golden set (the report in
-    full in ``report``). The latest report of a package (by its graph's sha256) decides
-    whether it may judge parts without ``force``."""
+    full in ``report``). A package's reports (by its graph's sha256 and card) decide
+    whether it may judge parts without ``force`` (``Lifecycle._reports``)."""
 
     __tablename__ = "gate_reports"
 
@@ -189,7 +189,7 @@ class AdmissionRow(Base):
     model_name: Mapped[str] = mapped_column(String(128), index=True)
     version: Mapped[str] = mapped_column(String(128))
     sha256: Mapped[str] = mapped_column(String(64))
-    role: Mapped[str] = mapped_column(String(16))  # active | shadow
+    role: Mapped[str] = mapped_column(String(16))  # active | shadow | pinned
     gate_report_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     golden_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     golden_version: Mapped[int | None] = mapped_column(Integer, nullable=True)

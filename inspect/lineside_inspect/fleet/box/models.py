@@ -15,11 +15,15 @@ it moved to ``<models_dir>/<model>/<version>`` and activated through the lifecyc
 
 Anything refused is logged, kept in :meth:`ModelPuller.errors` (the box's status reports
 them as ``model_errors``) and never loaded; the same package is not fetched again until
-the assignment names another one. A hub that cannot be reached changes nothing: the box
-keeps serving what it has. Pulled packages are listed in ``<models_dir>/pulled.json`` and
-loaded again when the server starts, so a restarted box serves them without its hub. A
-version the box activated once and then left (an admin's hand activation, an automatic
-rollback) is not forced back: local decisions stand until the assignment changes.
+the assignment names another one, except one the gate refused that an admin has since
+activated on the box (taken once more, then no longer an error). A hub that cannot be
+reached changes nothing: the box keeps serving what it has. Pulled packages are listed in
+``<models_dir>/pulled.json`` and loaded again when the server starts, so a restarted box
+serves them without its hub (one that was active is activated again, recorded, forced only
+where the gate refuses it now: it was admitted before). A version the box activated once
+and then left (an admin's hand activation, an automatic rollback) is not forced back, nor
+loaded at start-up when it is the model's only version (loading would make it active):
+local decisions stand until the assignment changes.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.config import Settings
-from lineside_inspect.errors import Busy, HubUnavailable, LinesideError, PackageError
+from lineside_inspect.errors import Busy, GateRefused, HubUnavailable, LinesideError, PackageError
 from lineside_inspect.fleet import archive, signing
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.box.periodic import error_kind, task_metrics
@@ -106,6 +110,7 @@ class ModelPuller:
         # what errors() reports: replaced whole, never changed in place, so the status
         # reporter reads them without waiting for a pull (a download, a gate) to end
         self._failed: dict[tuple[str, str, str], str] = {}  # (name, version, sha256) -> why
+        self._gate_refused: set[tuple[str, str, str]] = set()  # of those, refused by the gate
         self._notes: list[str] = []
         self._lock = threading.Lock()  # one pull at a time
         self._stop = threading.Event()
@@ -212,19 +217,25 @@ class ModelPuller:
                                  "box (by hand or a rollback), not forced back")
                 continue
             key = (m.name, m.version, m.sha256)
-            if key in self._failed and self._active(m.name) != m.version:
-                continue  # (an admin may have gated and activated it since: then it is taken)
+            if key in self._failed and not (key in self._gate_refused
+                                            and self._active(m.name) == m.version):
+                continue  # (a gate refusal an admin has overridden since: taken once more)
             if not self.keys:  # the box was not set up to take models
                 notes.append(f"{m.name} {m.version} assigned, not pulled: no fleet.trusted_keys")
                 continue
             try:
                 self._take(m)
+                if key in self._failed:
+                    self._failed = {k: v for k, v in self._failed.items() if k != key}
+                    self._gate_refused.discard(key)
             except (HubUnavailable, Busy) as exc:  # passing: tried again next pull
                 log.warning("fleet models: %s %s not applied now, retried next pull: %s",
                             m.name, m.version, exc.message)
                 break
             except LinesideError as exc:
                 self._failed = {**self._failed, key: exc.message}
+                if isinstance(exc, GateRefused):
+                    self._gate_refused.add(key)
                 log.error("fleet models: refused %s %s (%s…): %s", m.name, m.version,
                           m.sha256[:12], exc.message)
                 self._count_failure("package_refused", in_a_row=False)
@@ -330,12 +341,19 @@ class ModelPuller:
             try:
                 if load_package(path).card.sha256 != p.graph_sha256:
                     raise PackageError(f"{path}: the graph changed since it was pulled")
+                if p.held and name not in registry.models():
+                    # the first version of a model name would be made active by loading it:
+                    # a version left on the box (a rollback, by hand) stays unloaded
+                    continue
                 registry.load_model(path, activate=False)
                 if not any(r.model == name for r in registry.recipes()):
                     registry.add_recipe(card_recipe(registry.detector(name, p.version).card))
                 if not p.held:
-                    self.app.state.lifecycle.activate(name, p.version, actor=ACTOR,
-                                                      reason="pulled before; box restarted")
+                    # it was admitted before the restart (forced, perhaps): recorded again as
+                    # such, a force only where the gate refuses it now
+                    self.app.state.lifecycle.activate(
+                        name, p.version, actor=ACTOR, force=True,
+                        reason="pulled before and active when the box stopped")
             except LinesideError as exc:
                 log.error("fleet models: pulled %s %s not restored: %s", name, p.version,
                           exc.message)

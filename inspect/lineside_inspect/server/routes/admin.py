@@ -92,9 +92,10 @@ async def load_model(body: LoadModel, who: Admin, registry: RegistryDep, setting
 @router.post("/models/{name}/activate", responses=errors(401, 403, 404, 408, 409, 413, 422))
 def activate(name: str, body: Activate, who: Admin, registry: RegistryDep,
              request: Request) -> ActiveVersion:
-    """Make a loaded version active. Refused (409 gate_failed) for a version whose latest
-    gate failed, unless ``force`` with a ``reason``; every activation is in the audit log
-    (``GET /v1/audit``), a forced one as force_activate."""
+    """Make a loaded version active. Refused (409 gate_failed) for a version the admission
+    rule refuses (docs/lifecycle.md: a failed gate report not cleared since; with
+    require_gate, no pass against the active version), unless ``force`` with a ``reason``;
+    every activation is in the audit log (``GET /v1/audit``), a forced one as force_activate."""
     lifecycle = getattr(request.app.state, "lifecycle", None)
     if lifecycle is not None:
         lifecycle.activate(name, body.version, actor=who.name, force=body.force, reason=body.reason)
