@@ -212,6 +212,15 @@ def test_publish_pull_activate_refuse_tampered(plant: dict[str, Any]) -> None:
             verdict = c.post("/v1/inspect", content=image,
                              headers={"content-type": "image/jpeg"}).json()
         assert verdict["model"]["version"] == "1-int8"
+        # an admin goes back to 1 on the box, which stops before a pull marks 1-int8 held
+        running.app.state.lifecycle.activate("deeppcb", "1", actor="admin", reason="by hand")
+    finally:
+        stop()
+    running, stop = start_server(load_settings(tmp / "box-b.yaml"))
+    try:  # the admin's choice stands: the pulled version is not forced back at start-up
+        assert running.app.state.registry.models()["deeppcb"].active == "1"
+        audit = running.app.state.lifecycle.records.audit_log(model="deeppcb")[1]
+        assert not any(a["action"] == "force_activate" for a in audit)
     finally:
         stop()
 

@@ -438,6 +438,14 @@ def test_a_failed_gate_is_not_cleared_by_an_easier_comparison(
         r = admin.post("/v1/models/deeppcb/activate", json={"version": "blind"})
         assert r.status_code == 409 and "failed its gate" in r.json()["error"]["message"]
         assert admin.get("/v1/models").json()[0]["active"] == "1"
+        # nor a pass on the same set under the same recipe name whose rules were replaced
+        default = next(r for r in admin.get("/v1/recipes").json() if r["default"])
+        blunt = {k: v for k, v in default.items() if k != "default"} | {"min_size_px": 1e6}
+        assert admin.put(f"/v1/recipes/{default['name']}", json=blunt).status_code == 200
+        r = admin.post("/v1/models/deeppcb/gate", json={"version": "blind", "golden": "line1"})
+        assert r.json()["passed"] and r.json()["recipe"] == default["name"], r.json()
+        r = admin.post("/v1/models/deeppcb/activate", json={"version": "blind"})
+        assert r.status_code == 409 and "failed its gate" in r.json()["error"]["message"]
         # nor does a pass on the same set under a recipe that judges nothing
         lenient = {"name": "lenient", "model": "deeppcb", "default_min_score": 0.999}
         assert admin.put("/v1/recipes/lenient", json=lenient).status_code == 200

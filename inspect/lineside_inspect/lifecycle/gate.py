@@ -12,6 +12,7 @@ The arithmetic (:func:`score`, :func:`decide`) is pure, so it is tested on its o
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,11 @@ def rules_of(recipe: Recipe) -> Recipe:
     if recipe.name != default_recipe_name(recipe.model):
         return recipe
     return recipe.model_copy(update={"min_score": {}, "default_min_score": None})
+
+
+def rules_digest(recipe: Recipe) -> str:
+    """sha256 of the rules a gate judges by under ``recipe`` (:func:`rules_of`)."""
+    return hashlib.sha256(rules_of(recipe).model_dump_json().encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,9 @@ class GateReport(_Shape):
     reasons: list[str] = Field(description="why it failed (empty when it passed)")
     golden: GoldenRef
     recipe: str = Field(description="the recipe whose rules judged both (at each card's thresholds)")
+    recipe_sha256: str | None = Field(None, description=(
+        "of those rules as applied (a recipe replaced under the same name has another); None "
+        "in reports made before it was kept"))
     false_reject_allowance: int
     candidate: ModelScore
     against: ModelScore
@@ -260,7 +269,8 @@ def run_gate(candidate: Detector, against: Detector, library: GoldenLibrary,
         passed=not reasons, reasons=reasons,
         golden=GoldenRef(name=manifest.name, version=manifest.version, digest=manifest.digest,
                          items=len(manifest.items)),
-        recipe=recipe.name, false_reject_allowance=allowance, candidate=cs, against=as_,
+        recipe=recipe.name, recipe_sha256=rules_digest(recipe),
+        false_reject_allowance=allowance, candidate=cs, against=as_,
         disagreements=disagreements(manifest.items, cand, ag))
 
 

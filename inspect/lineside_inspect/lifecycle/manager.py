@@ -80,7 +80,12 @@ class Lifecycle:
     def record_startup(self) -> None:
         """The server starts with the versions its config names, not the ones activated
         over the API before a restart: where that differs from the last activation the
-        audit log holds (or there is none), it says so, so the log stays true."""
+        audit log holds (or there is none), it says so, so the log stays true. Under the
+        admission lock: a fleet pull may be activating a version meanwhile."""
+        with self._admit_lock:
+            self._record_startup()
+
+    def _record_startup(self) -> None:
         for model, slot in self.registry.models().items():
             if slot.active is None:
                 continue
@@ -197,7 +202,10 @@ class Lifecycle:
             cleared = any(p.passed and p.created_at > failed.created_at
                           and p.golden_name == failed.golden_name
                           and p.golden_version >= failed.golden_version
-                          and p.report.get("recipe") == failed.report.get("recipe") for p in now)
+                          # the same rules, not only the same name: a recipe can be replaced
+                          and p.report.get("recipe_sha256") is not None
+                          and p.report.get("recipe_sha256") == failed.report.get("recipe_sha256")
+                          for p in now)
             if not cleared:
                 return None, failed, ""
         passed = next((r for r in now if r.passed), None)
@@ -308,10 +316,7 @@ class Lifecycle:
             try:  # a change that cannot be recorded does not stand
                 self._record_recipe(recipe, before, pinned, admitted, actor)
             except Exception:
-                if before is None:
-                    self.registry.remove_recipe(recipe.name)
-                else:
-                    self.registry.add_recipe(before)
+                self.registry.restore_recipe(recipe.name, before)
                 raise
 
     def _record_recipe(self, recipe: Recipe, before: Recipe | None, pinned: list[str],
@@ -328,12 +333,11 @@ class Lifecycle:
         if not admitted:
             self.records.audit(**audit)
             return
-        for n, (det, gate) in enumerate(admitted):
-            card = det.card
-            self.records.admit(model=card.name, version=card.version, sha256=card.sha256,
-                               role="pinned", actor=actor, gate=gate, forced=False,
-                               reason=f"pinned by recipe {recipe.name}",
-                               lineage=self._lineage(det), audit=audit if n == 0 else None)
+        self.records.admit_all([
+            {"model": det.card.name, "version": det.card.version, "sha256": det.card.sha256,
+             "role": "pinned", "actor": actor, "gate": gate, "forced": False,
+             "reason": f"pinned by recipe {recipe.name}", "lineage": self._lineage(det)}
+            for det, gate in admitted], audit=audit)
 
     def _pins_of(self, model: str, version: str | None) -> dict[str, Any]:
         """Recipes that pin ``version`` of ``model`` (they keep judging with it whatever is

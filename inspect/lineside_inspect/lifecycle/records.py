@@ -131,19 +131,31 @@ class Records:
               lineage: dict[str, Any], audit: dict[str, Any] | None = None) -> None:
         """An admissions row, and with ``audit`` (:meth:`audit`'s arguments) its audit
         entry in the same transaction: both are written, or neither."""
+        self.admit_all([{"model": model, "version": version, "sha256": sha256, "role": role,
+                         "actor": actor, "gate": gate, "forced": forced, "reason": reason,
+                         "lineage": lineage}], audit=audit)
+
+    def admit_all(self, admissions: list[dict[str, Any]], *,
+                  audit: dict[str, Any] | None = None) -> None:
+        """Admissions rows (:meth:`admit`'s arguments each) and an audit entry, in one
+        transaction."""
         with Session(self.engine) as s, s.begin():
             if audit is not None:
                 s.add(AuditRow(created_at=_now(), box_id=self.store.box_id, actor=audit["actor"],
                                action=audit["action"], model_name=audit.get("model"),
                                version=audit.get("version"), reason=audit.get("reason", ""),
                                details=audit.get("details") or {}))
-            s.add(AdmissionRow(
-                created_at=_now(), box_id=self.store.box_id, model_name=model, version=version,
-                sha256=sha256, role=role, gate_report_id=None if gate is None else gate.id,
-                golden_name=None if gate is None else gate.golden_name,
-                golden_version=None if gate is None else gate.golden_version,
-                golden_digest=None if gate is None else gate.golden_digest,
-                forced=forced, actor=actor, reason=reason, lineage=lineage))
+            for a in admissions:
+                gate = a["gate"]
+                s.add(AdmissionRow(
+                    created_at=_now(), box_id=self.store.box_id, model_name=a["model"],
+                    version=a["version"], sha256=a["sha256"], role=a["role"],
+                    gate_report_id=None if gate is None else gate.id,
+                    golden_name=None if gate is None else gate.golden_name,
+                    golden_version=None if gate is None else gate.golden_version,
+                    golden_digest=None if gate is None else gate.golden_digest,
+                    forced=a["forced"], actor=a["actor"], reason=a["reason"],
+                    lineage=a["lineage"]))
 
     def admissions(self, model: str, limit: int = 50) -> list[dict[str, Any]]:
         with Session(self.engine) as s:

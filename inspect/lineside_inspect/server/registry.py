@@ -140,9 +140,13 @@ class Registry:
             if self.default_recipe is None:
                 self.default_recipe = recipe.name
 
-    def remove_recipe(self, name: str) -> None:
-        """Take a recipe out (one just added whose change could not be recorded)."""
+    def restore_recipe(self, name: str, before: Recipe | None) -> None:
+        """Put back what ``name`` was before a change that could not be recorded: the
+        recipe as it was (already checked when it was added), or none."""
         with self._lock:
+            if before is not None:
+                self._recipes[name] = before
+                return
             self._recipes.pop(name, None)
             self._remote.pop(name, None)
             if self.default_recipe == name:

@@ -205,6 +205,7 @@ class ModelPuller:
         wanted = {(m.name, m.version, m.sha256) for m in assignment.models}
         # a failure is remembered only while the assignment still names that package
         self._failed = {k: v for k, v in self._failed.items() if k in wanted}
+        self._gate_refused &= set(self._failed)
         for m in assignment.models:
             done = self.state.models.get(m.name)
             if done is not None and (done.version, done.sha256) == (m.version, m.sha256):
@@ -236,11 +237,14 @@ class ModelPuller:
                 self._failed = {**self._failed, key: exc.message}
                 if isinstance(exc, GateRefused):
                     self._gate_refused.add(key)
+                else:  # refused for what it is: never fetched again for this assignment
+                    self._gate_refused.discard(key)
                 log.error("fleet models: refused %s %s (%s…): %s", m.name, m.version,
                           m.sha256[:12], exc.message)
                 self._count_failure("package_refused", in_a_row=False)
             except Exception as exc:  # e.g. a runtime that cannot load a signed graph
                 self._failed = {**self._failed, key: f"not applied: {type(exc).__name__}"}
+                self._gate_refused.discard(key)
                 log.exception("fleet models: %s %s not applied", m.name, m.version)
                 self._count_failure("internal", in_a_row=False)
         self._notes = notes
@@ -336,24 +340,37 @@ class ModelPuller:
         from lineside_inspect.lifecycle.manager import card_recipe
 
         registry = self.app.state.registry
+        lifecycle = self.app.state.lifecycle
         for name, p in list(self.state.models.items()):
             path = self.root / name / p.version
             try:
                 if load_package(path).card.sha256 != p.graph_sha256:
                     raise PackageError(f"{path}: the graph changed since it was pulled")
+                last = (lifecycle.records.last_activation(name)
+                        if lifecycle.store is not None else None)
+                if not p.held and last is not None and last["version"] != p.version:
+                    # another version was made to judge after it (by hand, a rollback) and
+                    # before the box stopped, in the time before a pull could mark it held
+                    p.held = True
+                    self._save()
                 if p.held and name not in registry.models():
                     # the first version of a model name would be made active by loading it:
-                    # a version left on the box (a rollback, by hand) stays unloaded
+                    # a version left on the box stays unloaded (and the model with it, if
+                    # the config does not name it)
+                    log.error("fleet models: %s %s was left on the box and %s has no other "
+                              "version loaded: it serves nothing until assigned again or "
+                              "loaded by hand", name, p.version, name)
                     continue
                 registry.load_model(path, activate=False)
                 if not any(r.model == name for r in registry.recipes()):
                     registry.add_recipe(card_recipe(registry.detector(name, p.version).card))
                 if not p.held:
-                    # it was admitted before the restart (forced, perhaps): recorded again as
-                    # such, a force only where the gate refuses it now
-                    self.app.state.lifecycle.activate(
-                        name, p.version, actor=ACTOR, force=True,
-                        reason="pulled before and active when the box stopped")
+                    # the last activation this box recorded was this version (admitted then,
+                    # forced perhaps): a force only where the gate refuses it now, recorded
+                    lifecycle.activate(name, p.version, actor=ACTOR,
+                                       force=last is not None and last["version"] == p.version,
+                                       reason="pulled, and the last version activated before "
+                                              "the box stopped")
             except LinesideError as exc:
                 log.error("fleet models: pulled %s %s not restored: %s", name, p.version,
                           exc.message)
