@@ -21,7 +21,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lineside_inspect.errors import ConfigError, DatasetError, LinesideError, MissingExtraError
+from lineside_inspect.errors import (
+    ConfigError,
+    DatasetError,
+    GoldenSetError,
+    LinesideError,
+    MissingExtraError,
+)
 
 app = typer.Typer(help="Lineside: automated visual inspection, from labeled images to the line.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -719,7 +725,6 @@ def _golden_dir(data_dir: Path | None) -> Path:
 def _golden_items(data: Path | None, split: str | None, good: Path | None, bad: Path | None,
                   store: Path | None, database_url: str | None, limit: int | None,
                   ) -> tuple[list[Any], list[str]]:
-    from lineside_inspect.errors import GoldenSetError
     from lineside_inspect.lifecycle import golden
 
     items: list[Any] = []
@@ -800,7 +805,6 @@ def golden_add(
 ) -> None:
     """Add images to a golden set: a new version, the latest plus these (a repeated image
     takes its new expectation)."""
-    from lineside_inspect.errors import GoldenSetError
     from lineside_inspect.lifecycle.golden import GoldenLibrary
 
     library = GoldenLibrary(_golden_dir(data_dir))

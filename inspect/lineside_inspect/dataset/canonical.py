@@ -329,16 +329,19 @@ def _writer_gone(name: str) -> bool:
     return False
 
 
-def _leftovers(dst: Path, *, sources: set[Path], kind: str) -> list[Path]:
+def _leftovers(dst: Path, *, sources: set[Path], kind: str, legacy: bool = False) -> list[Path]:
     """Hidden folders beside ``dst`` that an interrupted :func:`write_dataset` for this
     very DST left, whose writer has ended: ``kind`` "old" for holders
     ``.DST.old.w<pid>.XXXXXXXX`` (their only entry ``old``), "staging" for
-    ``.DST.w<pid>.XXXXXXXX`` (nothing but ``images`` and ``annotations.json``).
+    ``.DST.w<pid>.XXXXXXXX`` (nothing but ``images`` and ``annotations.json``). With
+    ``legacy``, also holders named as versions before the pid did (``.DST.old.XXXXXXXX``:
+    to put back, never to delete).
 
     The contents matter as much as the name: ``X``'s holder is named exactly like the
     staging folder of a dataset called ``X.old``. Never links, never a folder being read."""
     label = r"\.old" if kind == "old" else ""
-    name = re.compile(rf"\.{re.escape(dst.name)}{label}\.w\d+\.[a-z0-9_]{{8}}")  # mkdtemp's suffix
+    pid = r"(?:\.w\d+)?" if legacy else r"\.w\d+"
+    name = re.compile(rf"\.{re.escape(dst.name)}{label}{pid}\.[a-z0-9_]{{8}}")  # mkdtemp's suffix
     allowed = {"old"} if kind == "old" else {"images", ANNOTATIONS}
     found: list[Path] = []
     if not dst.parent.is_dir():
@@ -367,13 +370,8 @@ def restore_interrupted(dst: Path, *, sources: set[Path]) -> Path | None:
     when there is exactly one such."""
     if dst.exists() or dst.is_symlink() or not dst.parent.is_dir():
         return None
-    legacy = re.compile(rf"\.{re.escape(dst.name)}\.old\.[a-z0-9_]{{8}}")
-    holders = _leftovers(dst, sources=sources, kind="old") + [
-        h for h in dst.parent.iterdir()
-        if legacy.fullmatch(h.name) and not h.is_symlink() and h.is_dir()
-        and {e.name for e in h.iterdir()} == {"old"}]
     held = []
-    for holder in holders:
+    for holder in _leftovers(dst, sources=sources, kind="old", legacy=True):
         old = holder / "old"
         if old.is_symlink() or not (old / ANNOTATIONS).is_file():
             continue

@@ -246,15 +246,12 @@ class Lifecycle:
             self.registry.activate(model, version)
             self._sync_card_recipe(model, previous, version)
             try:  # an activation that cannot be recorded does not stand
-                self.records.admit(
-                    model=model, version=version, sha256=det.card.sha256, role="active",
-                    actor=actor, gate=gate, forced=forced, reason=reason, lineage=self._lineage(det),
-                    audit={"actor": actor, "action": f"force_{action}" if forced else action,
-                           "model": model, "version": version, "reason": reason,
-                           "details": {"from": previous,
-                                       "gate_report_id": None if gate is None else gate.id,
-                                       "gate_passed": None if gate is None else gate.passed,
-                                       **self._pins_of(model, previous)}})
+                self._admit(det, role="active", actor=actor, gate=gate, forced=forced,
+                            reason=reason, action=f"force_{action}" if forced else action,
+                            details={"from": previous,
+                                     "gate_report_id": None if gate is None else gate.id,
+                                     "gate_passed": None if gate is None else gate.passed,
+                                     **self._pins_of(model, previous)})
             except Exception:
                 if previous is not None and self.registry.revert(model, version, previous):
                     self._sync_card_recipe(model, version, previous)
@@ -268,15 +265,20 @@ class Lifecycle:
         registry makes it so when it loads it: nothing else could judge for that name)."""
         if self._records is None:
             return
+        self._admit(det, role="active", actor=actor, gate=None, forced=False,
+                    reason="the first version of a model: there is nothing to gate it against",
+                    action="activate",
+                    details={"from": None, "gate_report_id": None, "gate_passed": None})
+
+    def _admit(self, det: Detector, *, role: str, actor: str, gate: GateReportRow | None,
+               forced: bool, reason: str, action: str, details: dict[str, Any]) -> None:
+        """An admission of ``det`` and its audit entry (``action``), in one transaction."""
         card = det.card
-        why = "the first version of a model: there is nothing to gate it against"
-        self.records.admit(model=card.name, version=card.version, sha256=card.sha256,
-                           role="active", actor=actor, gate=None, forced=False, reason=why,
+        self.records.admit(model=card.name, version=card.version, sha256=card.sha256, role=role,
+                           actor=actor, gate=gate, forced=forced, reason=reason,
                            lineage=self._lineage(det),
-                           audit={"actor": actor, "action": "activate", "model": card.name,
-                                  "version": card.version, "reason": why,
-                                  "details": {"from": None, "gate_report_id": None,
-                                              "gate_passed": None}})
+                           audit={"actor": actor, "action": action, "model": card.name,
+                                  "version": card.version, "reason": reason, "details": details})
 
     def put_recipe(self, recipe: Recipe, *, actor: str) -> None:
         """Add or replace a recipe (over the API), recorded as ``recipe_put``. A recipe
@@ -397,15 +399,10 @@ class Lifecycle:
         assert self.shadow is not None
         rate = self.settings.shadow.sample_rate if sample_rate is None else sample_rate
         session = self.shadow.start(model, loaded.package, rate, actor)
-        self.records.admit(model=model, version=version, sha256=loaded.card.sha256, role="shadow",
-                           actor=actor, gate=gate, forced=forced, reason=reason,
-                           lineage=self._lineage(loaded),
-                           audit={"actor": actor,
-                                  "action": "force_shadow" if forced else "shadow_start",
-                                  "model": model, "version": version, "reason": reason,
-                                  "details": {"run_id": session.run_id, "sample_rate": rate,
-                                              "active": active,
-                                              "gate_report_id": None if gate is None else gate.id}})
+        self._admit(loaded, role="shadow", actor=actor, gate=gate, forced=forced, reason=reason,
+                    action="force_shadow" if forced else "shadow_start",
+                    details={"run_id": session.run_id, "sample_rate": rate, "active": active,
+                             "gate_report_id": None if gate is None else gate.id})
         return self.shadow_status(model)
 
     def stop_shadow(self, model: str, *, actor: str, reason: str = "") -> dict[str, Any]:
