@@ -139,3 +139,39 @@ def test_an_activation_that_cannot_be_recorded_does_not_stand(tmp_path: Path,
         assert lc.records.audit_log(action="auto_rollback")[0] == 1
     finally:
         store.close()
+
+
+def test_the_registry_says_which_load_made_a_first_version_active() -> None:
+    """Whether a load made its model's first version active is decided under the
+    registry's lock (the admin route and a fleet box record it as an activation): a
+    second version, a re-load, or a first version whose load another request beat is
+    not a first."""
+    import threading
+
+    from lineside_inspect.server.registry import Registry
+
+    registry = Registry(device="cpu", threads=1)
+    first = registry.load(MODEL, activate=False)
+    assert first.first and registry.models()["deeppcb"].active == "1"
+    again = registry.load(MODEL, activate=False)  # the same package again: nothing new
+    assert not again.first and again.detector.card.version == "1"
+    other = registry.load(ROOT / "models" / "deeppcb" / "1-int8", activate=False)
+    assert not other.first and registry.models()["deeppcb"].active == "1"
+
+    racing = Registry(device="cpu", threads=1)
+    results: list[bool] = []
+    barrier = threading.Barrier(2)
+
+    def load(path: Path) -> None:
+        barrier.wait()
+        results.append(racing.load(path, activate=False).first)
+
+    threads = [threading.Thread(target=load, args=(p,))
+               for p in (MODEL, ROOT / "models" / "deeppcb" / "1-int8")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # exactly one of two concurrent first loads is the first, and it is the active one
+    assert sorted(results) == [False, True]
+    assert racing.models()["deeppcb"].active in ("1", "1-int8")

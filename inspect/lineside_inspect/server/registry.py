@@ -18,6 +18,16 @@ from lineside_inspect.recipes import Recipe
 from lineside_inspect.runtime.detector import Detector
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """What :meth:`Registry.load` did: the detector, and whether it became active for
+    being its model's first version (nothing else could judge for that name; the
+    lifecycle records such an activation, which no gate decided)."""
+
+    detector: Detector
+    first: bool
+
+
 @dataclass
 class ModelSlot:
     versions: dict[str, Detector] = field(default_factory=dict)
@@ -43,6 +53,12 @@ class Registry:
     def load_model(self, path: str | Path, *, activate: bool = True) -> Detector:
         """Load and warm up a package beside whatever serves now; then (optionally)
         make it active. Raises (leaving everything as it was) if the package is bad."""
+        return self.load(path, activate=activate).detector
+
+    def load(self, path: str | Path, *, activate: bool = True) -> Loaded:
+        """:meth:`load_model`, saying whether the version became active as the first of
+        its model: decided here under the lock, where a caller comparing snapshots before
+        and after could be misled by a concurrent load or activation."""
         detector = Detector(load_package(path), device=self.device, threads=self.threads,
                             spinning=self.spinning, overlap=self.concurrency)
         card = detector.card
@@ -60,10 +76,11 @@ class Registry:
                 raise PackageError(f"model {card.name} {card.version} is loaded already with "
                                    "another graph or card: give the changed package a new "
                                    "version")
+            first = slot.active is None
             slot.versions[card.version] = detector
-            if activate or slot.active is None:
+            if activate or first:
                 self._activate_locked(card.name, card.version)
-        return detector
+        return Loaded(detector, first)
 
     def _activate_locked(self, name: str, version: str) -> None:
         slot = self._models[name]

@@ -318,9 +318,10 @@ class ModelPuller:
         previous = self._active(m.name)
         # beside what serves; a model new to the box becomes active at once (nothing to
         # gate it against), as a package loaded by POST /v1/models does
-        det = registry.load_model(path, activate=False)
+        loaded = registry.load(path, activate=False)
+        det = loaded.detector
         golden = lifecycle.library
-        if previous is None and self._active(m.name) == m.version:
+        if loaded.first:
             lifecycle.first_version(det, actor=ACTOR)  # recorded like any activation
         elif (previous not in (None, m.version) and lifecycle.store is not None
                 and m.name in golden.names()):

@@ -65,14 +65,13 @@ async def load_model(body: LoadModel, who: Admin, registry: RegistryDep, setting
     run any file the server can reach."""
     path = confine(body.path, settings.model_root_paths())
     lifecycle = getattr(request.app.state, "lifecycle", None)
-    known = set(registry.models())
     try:  # with the lifecycle, activation is its decision (the gate), made just below
-        det = await anyio.to_thread.run_sync(
-            lambda: registry.load_model(path, activate=body.activate and lifecycle is None))
+        loaded = await anyio.to_thread.run_sync(
+            lambda: registry.load(path, activate=body.activate and lifecycle is None))
     except PackageError as exc:  # name the package as the caller did, not the resolved path
         raise PackageError(exc.message.replace(str(path), body.path)) from None
-    if (lifecycle is not None and det.card.name not in known
-            and registry.models()[det.card.name].active == det.card.version):
+    det = loaded.detector
+    if lifecycle is not None and loaded.first:
         # the first version of a new model judges at once (there is nothing to gate it
         # against, and its recipes need it): recorded like any activation
         await anyio.to_thread.run_sync(lambda: lifecycle.first_version(det, actor=who.name))
