@@ -148,13 +148,18 @@ def data_validate(
 
     if dedupe:
         removed, groups = dedupe_dir(root)
-        out.print(f"--dedupe: kept one image of each of {len(groups)} duplicate group(s), "
-                  f"removed {len(removed)}" + "".join(f"\n  removed {r.file_name}" for r in removed))
+        whole = [g for g in groups if g.labels_differ]
+        out.print(f"--dedupe: kept one image of each of {len(groups) - len(whole)} duplicate "
+                  f"group(s), removed {len(removed)}"
+                  + "".join(f"\n  removed {r.file_name}" for r in removed))
+        for g in whole:
+            err.print(f"left whole: {g.describe()} (no copy's labels stand for the others')",
+                      highlight=False, markup=False)
     report = check_dir(root)
     for group in report.duplicates:
         if not group.across_splits:
-            err.print(f"warning: {group.describe()} (--dedupe keeps one)", highlight=False,
-                      markup=False)
+            keeps = "--dedupe leaves it whole" if group.labels_differ else "--dedupe keeps one"
+            err.print(f"warning: {group.describe()} ({keeps})", highlight=False, markup=False)
     if report.problems:
         raise DatasetError(f"{root}: {len(report.problems)} problem(s)", report.problems)
     out.print(f"{root}: valid")

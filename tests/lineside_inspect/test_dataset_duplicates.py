@@ -215,3 +215,81 @@ def test_the_indexed_search_finds_what_comparing_every_pair_finds() -> None:
         expected = sorted(_compare_all(hashes, max_bits))
         assert len(expected) > 1700
         assert sorted(_near_pairs(hashes, max_bits)) == expected, max_bits
+
+
+def texture(seed: int) -> np.ndarray:
+    """A rolled-metal-like surface, 200 px grey: streaks along the rows and grain."""
+    rng = np.random.default_rng(seed)
+    streaks = cv2.GaussianBlur(rng.standard_normal((200, 200)).astype(np.float32), (0, 0),
+                               sigmaX=30, sigmaY=1.2)
+    grain = rng.standard_normal((200, 200)).astype(np.float32)
+    img = 130 + 8 * streaks / streaks.std() + 6 * grain
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_reencoded_textures_are_near_duplicates(tmp_path: Path) -> None:
+    """A texture's dHash rests on gradients near zero: a re-save at JPEG quality 70-80,
+    a little brighter, flipped more bits than NEAR_BITS and went unreported (steel
+    surfaces, fabric, wood). The correlation search finds such copies, in val or train,
+    and still tells different pictures of one surface apart."""
+    raw = tmp_path / "raw"
+    recs = []
+    for s in range(8):
+        recs.append(record(jpeg(raw / f"t{s}.jpg", texture(s)), f"t{s}.jpg", "train"))
+    brighter = cv2.convertScaleAbs(texture(0), alpha=1.05, beta=0)
+    recs.append(record(jpeg(raw / "t0-val.jpg", brighter, 70), "t0-val.jpg", "val"))
+    recs.append(record(jpeg(raw / "t3-q80.jpg", texture(3), 80), "t3-q80.jpg", "train"))
+    dataset = Dataset(["dent"], recs)
+    prints = fingerprints(dataset)
+
+    def bits(a: str, b: str) -> int:
+        return int(np.bitwise_count(prints[a].dhash ^ prints[b].dhash).sum())  # type: ignore[operator]
+
+    assert bits("t0.jpg", "t0-val.jpg") > NEAR_BITS  # what made the fault
+    groups = find_duplicates(dataset, prints)
+    assert sorted(tuple(sorted(r.file_name for r in g.members)) for g in groups) == [
+        ("t0-val.jpg", "t0.jpg"), ("t3-q80.jpg", "t3.jpg")]
+    assert [g.across_splits for g in groups if g.members[0].file_name == "t0.jpg"] == [True]
+
+
+def test_copies_labelled_differently(tmp_path: Path) -> None:
+    """Byte-identical copies with other labels: one is mislabelled, a problem, and
+    --dedupe refuses rather than keep one label silently. Near copies labelled
+    differently may be photos of one part region with different defects (DeepPCB holds
+    such): reported, and --dedupe leaves them whole."""
+    raw = tmp_path / "raw"
+    a = jpeg(raw / "a.jpg", pixels(1))
+    (raw / "a-copy.jpg").write_bytes(a.read_bytes())
+    jpeg(raw / "b.jpg", pixels(2))
+    jpeg(raw / "b-near.jpg", pixels(2), 60)
+    jpeg(raw / "c.jpg", pixels(3))
+    recs = [ImageRecord("a.jpg", 96, 72, [Box(2, 2, 20, 20, "dent")], split="train", source=a),
+            ImageRecord("a-copy.jpg", 96, 72, [Box(2, 2, 20, 20, "scratch")], split="val",
+                        source=raw / "a-copy.jpg"),
+            ImageRecord("b.jpg", 96, 72, [Box(2, 2, 20, 20, "dent")], split="train",
+                        source=raw / "b.jpg"),
+            ImageRecord("b-near.jpg", 96, 72, [], split="train", source=raw / "b-near.jpg"),
+            ImageRecord("c.jpg", 96, 72, [], split="val", source=raw / "c.jpg")]
+    write_dataset(Dataset(["dent", "scratch"], recs), tmp_path / "ds")
+    root = tmp_path / "ds"
+    report = check_dir(root)
+    messages = [p.message for p in report.problems]
+    assert len(messages) == 2, messages  # the leak, and the mislabelled copy
+    conflict = next(m for m in messages if "mislabelled" in m)
+    assert "'a.jpg' (train) [dent]" in conflict and "'a-copy.jpg' (val) [scratch]" in conflict
+    r = runner.invoke(app, ["data", "validate", str(root), "--dedupe"])
+    assert r.exit_code == 2 and "problem(s) to fix before --dedupe" in r.stderr
+    assert "mislabelled" in r.stderr
+    assert len(json.loads((root / "annotations.json").read_text())["images"]) == 5
+
+    # the label of a-copy mended: --dedupe removes a copy of a, leaves b's pair whole
+    doc = json.loads((root / "annotations.json").read_text())
+    for ann in doc["annotations"]:
+        ann["category_id"] = next(c["id"] for c in doc["categories"] if c["name"] == "dent")
+    (root / "annotations.json").write_text(json.dumps(doc))
+    r = runner.invoke(app, ["data", "validate", str(root), "--dedupe"])
+    assert r.exit_code == 0, r.stderr
+    assert "removed 1" in r.stdout and "left whole: near duplicate images in one split, " \
+        "labelled differently: 'b.jpg' (train) [dent], 'b-near.jpg' (train) [good]" in r.stderr
+    names = sorted(i["file_name"] for i in json.loads((root / "annotations.json").read_text())["images"])
+    assert names == ["a-copy.jpg", "b-near.jpg", "b.jpg", "c.jpg"]

@@ -241,3 +241,51 @@ def test_skip_invalid_summarises_what_was_left_out(tmp_path: Path) -> None:
     assert "skipped by kind: 2 x box" in r.stderr and "skipped by kind: 1 x image" in r.stderr
     assert "imported 1 images" in r.stdout
     assert "skipped 2 image(s) and 1 label file(s) with no image" in r.stdout  # 3.xml
+
+
+def test_a_voc_size_that_disagrees_with_its_image_is_a_problem(tmp_path: Path) -> None:
+    """Boxes are in the pixels the XML was drawn on: an image resized since (or turned by
+    its EXIF orientation) would take every box to the wrong place, silently."""
+    src = tmp_path / "voc"
+    image(src / "JPEGImages" / "ok.jpg", 1)
+    voc_xml(src / "Annotations" / "ok.xml", "ok.jpg", [("dent", 2, 2, 9, 9)])
+    image(src / "JPEGImages" / "resized.jpg", 2)
+    voc_xml(src / "Annotations" / "resized.xml", "resized.jpg", [("dent", 40, 40, 120, 90)])
+    tree = ET.parse(src / "Annotations" / "resized.xml")
+    tree.find("size/width").text, tree.find("size/height").text = "128", "96"  # type: ignore[union-attr]
+    tree.write(src / "Annotations" / "resized.xml")
+    turned = src / "JPEGImages" / "turned.jpg"
+    ok, buf = cv2.imencode(".jpg", np.zeros((W, H, 3), np.uint8))  # H x W, the XML says W x H
+    assert ok
+    turned.write_bytes(buf.tobytes())
+    voc_xml(src / "Annotations" / "turned.xml", "turned.jpg", [("dent", 2, 2, 9, 9)])
+    image(src / "JPEGImages" / "zero.jpg", 3)  # <size> 0 x 0 (some tools write it): no check
+    voc_xml(src / "Annotations" / "zero.xml", "zero.jpg", [("dent", 2, 2, 9, 9)])
+    tree = ET.parse(src / "Annotations" / "zero.xml")
+    tree.find("size/width").text = tree.find("size/height").text = "0"  # type: ignore[union-attr]
+    tree.write(src / "Annotations" / "zero.xml")
+
+    r = runner.invoke(app, ["data", "import", "-f", "voc", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 2
+    assert f"<size> says 128x96 but image 'JPEGImages/resized.jpg' is {W}x{H}" in r.stderr
+    assert f"<size> says {W}x{H} but image 'JPEGImages/turned.jpg' is {H}x{W} (turned" in r.stderr
+    assert "2 problem(s); nothing was written" in r.stderr
+    r = runner.invoke(app, ["data", "import", "-f", "voc", str(src), str(tmp_path / "out"),
+                            "--skip-invalid"])
+    assert r.exit_code == 0, r.stderr
+    kept = sorted(i.file_name for i in read_dataset(tmp_path / "out").images)
+    assert kept == ["JPEGImages/ok.jpg", "JPEGImages/zero.jpg"]
+
+
+def test_problem_kinds_keep_the_names_in_a_message() -> None:
+    """Kinds blank numbers, not the digits of names: 'x2 > x1' stays readable."""
+    from lineside_inspect.dataset.problems import kind_of
+    from lineside_inspect.errors import Problem
+
+    def kind(message: str) -> str:
+        return kind_of(Problem("f.xml", "", message))
+
+    assert kind("empty box (3, 4, 3, 9.5): needs x2 > x1 and y2 > y1") == \
+        "empty box (N, N, N, N): needs x2 > x1 and y2 > y1"
+    assert kind("box -1.5 lies outside the 200x200 image") == "box N lies outside the N image"
+    assert kind("class 12 unknown (ids 0-5)") == "class N unknown (ids N-N)"

@@ -5,14 +5,22 @@ validation folder). A copy on each side of the train/val boundary inflates every
 validation figure, so duplicates are found here, reported by ``data validate``, removed
 by ``--dedupe`` and kept on one side by ``data split``.
 
-Exact: byte-identical files (sha256). Near: a difference hash (dHash) of a small grey
-thumbnail, 256 bits, equal within a few bits: survives re-encoding, resizing and small
-brightness changes, costs a reduced-size decode per image, and needs nothing but
-numpy and OpenCV. A hash of mostly flat pictures holds few set bits, so unrelated
-pictures with large flat areas (blank boards, copper pours) sit within a few bits of
-each other, and a chain of them joined three DeepPCB boards into one group: a near pair
-is therefore confirmed by the correlation of 32x32 thumbnails. Defect-free references of
-a reference dataset look like their defective twin by design and are not reported as its
+Exact: byte-identical files (sha256). Near: two pictures whose 32x32 grey thumbnails
+correlate at ``ALIKE`` or more (a copy re-encoded, resized, brighter). Candidates come
+from two searches, costing a reduced-size decode per image and nothing but numpy and
+OpenCV:
+
+- a difference hash (dHash) of a small thumbnail, 256 bits, equal within a few bits:
+  survives re-encoding of line art and parts, and an index makes it cheap at any size;
+- the correlation itself, every pair (a matrix product by blocks): a texture's dHash
+  (steel, fabric, wood) rests on gradients near zero, and a re-save at JPEG quality 80
+  flipped 12-17 of its bits.
+
+A dHash pair is confirmed by the correlation too. A hash of mostly flat
+pictures holds few set bits, so unrelated pictures with large flat areas (blank boards,
+copper pours) sit within a few bits of each other, and a chain of them joined three
+DeepPCB boards into one group before the confirmation. Defect-free references of a
+reference dataset look like their defective twin by design and are not reported as its
 duplicate.
 """
 
@@ -36,6 +44,9 @@ NEAR_BITS = 8  # at most this many of 256 bits differ: re-encoded copies differ 
 THUMB = 32  # side of the grey thumbnail that confirms a near pair
 ALIKE = 0.9  # their correlation: copies 0.99+, unrelated DeepPCB pairs within 8 bits <= 0.5
 FLAT_STD = 2.0  # grey levels: a thumbnail this flat has nothing to correlate
+COARSE = 16  # side of the thumbnails whose correlation proposes near pairs
+COARSE_ALIKE = 0.85  # below ALIKE: a copy's 16x16 thumbnail loses its noise, not likeness
+_ALIKE_BLOCK = 512  # thumbnails correlated at once (memory ~ 4 * _ALIKE_BLOCK * N bytes)
 _BLOCK = 32  # rows compared at once in the pairwise search (memory ~ 2 * _BLOCK * N * 32 bytes:
 # 200 MB at 100k images; 128 rows held 0.8 GB and were no faster)
 # which copy --dedupe keeps when labels tie: evaluation sets stay as they were
@@ -111,11 +122,24 @@ class DuplicateGroup:
         """Copies on both sides of a split boundary: validation sees training images."""
         return len(self.splits) > 1
 
+    @property
+    def labels_differ(self) -> bool:
+        """Members labelled differently (other classes, or defective beside good). For a
+        byte-identical group one label is wrong; a near group may also be photos of one
+        part region with different defects (DeepPCB holds such), so no copy is removed."""
+        return len({tuple(sorted(b.label for b in r.boxes)) for r in self.members}) > 1
+
     def describe(self) -> str:
         names = ", ".join(f"'{r.file_name}'" + (f" ({r.split})" if r.split else "")
+                          + (f" [{_labels(r)}]" if self.labels_differ else "")
                           for r in self.members)
         where = "in different splits" if self.across_splits else "in one split"
-        return f"{self.kind} duplicate images {where}: {names}"
+        differ = ", labelled differently" if self.labels_differ else ""
+        return f"{self.kind} duplicate images {where}{differ}: {names}"
+
+
+def _labels(rec: ImageRecord) -> str:
+    return ", ".join(sorted(b.label for b in rec.boxes)) or "good"
 
 
 def _compare_all(hashes: np.ndarray, max_bits: int) -> list[tuple[int, int]]:
@@ -172,6 +196,46 @@ def _near_pairs(hashes: np.ndarray, max_bits: int) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
+def _unit_rows(thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``thumbs`` ``[N, K]`` centred and scaled so that a dot product of two is
+    their correlation, and the indices of the rows kept (flat ones look like no other)."""
+    flat = thumbs.astype(np.float32)
+    flat -= flat.mean(axis=1, keepdims=True)
+    std = np.sqrt((flat * flat).mean(axis=1))
+    keep = np.flatnonzero(std >= FLAT_STD)
+    return flat[keep] / (std[keep, None] * np.sqrt(flat.shape[1])), keep
+
+
+def _alike_pairs(thumbs: list[np.ndarray]) -> list[tuple[int, int]]:
+    """Index pairs ``i < j`` of thumbnails that :func:`look_alike`, every pair compared.
+    Candidates come from 16x16 thumbnails as one matrix product by blocks (20,000 images:
+    2e8 dot products of 256 numbers), each confirmed at 32x32. At 8x8 a steel texture's
+    streaks proposed 16,000 candidates of 1,800 images, none a copy; 32x32 throughout
+    took four times as long."""
+    if len(thumbs) < 2:
+        return []
+    full = np.stack(thumbs).reshape(len(thumbs), -1)
+    small = np.stack([cv2.resize(t, (COARSE, COARSE), interpolation=cv2.INTER_AREA)
+                      for t in thumbs]).reshape(len(thumbs), -1)
+    unit, keep = _unit_rows(small)
+    cand: list[np.ndarray] = []
+    for start in range(0, len(unit), _ALIKE_BLOCK):
+        corr = unit[start:start + _ALIKE_BLOCK] @ unit[start:].T
+        ii, jj = np.nonzero(corr >= COARSE_ALIKE)
+        upper = jj > ii
+        cand.append(np.stack([keep[start + ii[upper]], keep[start + jj[upper]]], axis=1))
+    pairs = np.concatenate(cand) if cand else np.zeros((0, 2), np.int64)
+    if not len(pairs):
+        return []
+    unit_full, kept = _unit_rows(full)
+    row = np.full(len(thumbs), -1)
+    row[kept] = np.arange(len(kept))
+    a, b = row[pairs[:, 0]], row[pairs[:, 1]]
+    both = (a >= 0) & (b >= 0)
+    corr = np.einsum("ij,ij->i", unit_full[a[both]], unit_full[b[both]])
+    return [(int(i), int(j)) for i, j in pairs[both][corr >= ALIKE].tolist()]
+
+
 def find_duplicates(dataset: Dataset, prints: dict[str, Fingerprint] | None = None,
                     *, max_bits: int = NEAR_BITS) -> list[DuplicateGroup]:
     """Groups of two or more images that are byte-identical or look the same, in dataset
@@ -205,6 +269,10 @@ def find_duplicates(dataset: Dataset, prints: dict[str, Fingerprint] | None = No
             tb = prints[records[hashed[b]].file_name].thumb
             if ta is None or tb is None or look_alike(ta, tb):
                 join(hashed[a], hashed[b])
+        thumbed = [i for i, h in enumerate(hashed) if prints[records[h].file_name].thumb is not None]
+        thumbs = [prints[records[hashed[i]].file_name].thumb for i in thumbed]
+        for a, b in _alike_pairs(thumbs):  # type: ignore[arg-type]
+            join(hashed[thumbed[a]], hashed[thumbed[b]])
     groups: dict[int, list[ImageRecord]] = {}
     for i, rec in enumerate(records):
         groups.setdefault(root(i), []).append(rec)
@@ -218,20 +286,35 @@ def find_duplicates(dataset: Dataset, prints: dict[str, Fingerprint] | None = No
 
 def duplicate_problems(groups: list[DuplicateGroup]) -> list[Problem]:
     """One problem per group straddling a split boundary (a leak from training into
-    evaluation); duplicates within one split are only worth a warning."""
+    evaluation), and per group of byte-identical copies labelled differently (one of
+    them is mislabelled); other duplicates within one split are only worth a warning."""
+    leaks = [Problem(g.members[0].origin or g.members[0].file_name, "",
+                     f"{g.describe()}: evaluation would score training images (run 'lineside "
+                     "data validate --dedupe', or 'lineside data split', which keeps them "
+                     "together)", g.members[0].file_name)
+             for g in groups if g.across_splits]
+    return leaks + label_conflicts(groups)
+
+
+def label_conflicts(groups: list[DuplicateGroup]) -> list[Problem]:
+    """A problem per byte-identical group whose copies are labelled differently: one
+    picture cannot be both, and ``--dedupe`` must not pick a label for the user."""
     return [Problem(g.members[0].origin or g.members[0].file_name, "",
-                    f"{g.describe()}: evaluation would score training images (run 'lineside data "
-                    "validate --dedupe', or 'lineside data split', which keeps them together)",
-                    g.members[0].file_name)
-            for g in groups if g.across_splits]
+                    f"{g.describe().replace('duplicate images', 'copies of one picture', 1)}: "
+                    "one of them is mislabelled; fix the labels (or remove the wrong copy) "
+                    "before --dedupe", g.members[0].file_name)
+            for g in groups if g.kind == "exact" and g.labels_differ]
 
 
 def dedupe(dataset: Dataset, groups: list[DuplicateGroup]) -> list[ImageRecord]:
-    """Keep one image of each group (the one with the most boxes, then the one in test,
-    val, train, then the first), drop the others from ``dataset`` in place and point
-    references at the kept copy; returns the dropped records."""
+    """Keep one image of each group whose members are labelled alike (the one with the
+    most boxes, then the one in test, val, train, then the first), drop the others from
+    ``dataset`` in place and point references at the kept copy; returns the dropped
+    records. A group labelled differently is left whole."""
     dropped: dict[str, str] = {}
     for g in groups:
+        if g.labels_differ:
+            continue  # no copy's labels stand for the others' (see labels_differ)
         keep = min(g.members, key=lambda r: (-len(r.boxes), _KEEP_ORDER.get(r.split, 3)))
         for r in g.members:
             if r is not keep:

@@ -372,6 +372,15 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
         width, height = _size(path, rel, problems)
         if not width:
             continue  # unreadable: one problem, not a decode and a box problem as well
+        if (said := _voc_size(root)) is not None and said != (width, height):
+            # boxes are in the pixels the XML was drawn on: on an image resized, turned or
+            # swapped since, every box would land in the wrong place
+            turned = " (turned: EXIF rotation, or a rotated copy)" if said == (height, width) else ""
+            problems.append(Problem(
+                str(xml), "size", f"<size> says {said[0]}x{said[1]} but image {rel!r} is "
+                f"{width}x{height}{turned}: the boxes were drawn on another picture; fix the "
+                "image or the XML", rel))
+            continue
         boxes = []
         for i, obj in enumerate(root.findall("object")):
             label = (obj.findtext("name") or "").strip()
@@ -434,6 +443,17 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
              f"{index.folders(s)}" for s, v in sorted(xml_rels.items(), key=_split_order)]
     layout = "Pascal VOC; " + "; ".join(parts + notes)
     return Dataset(list(cats), images, info={"source": "Pascal VOC", "layout": layout}), problems
+
+
+def _voc_size(root: ET.Element) -> tuple[int, int] | None:
+    """The ``<size>`` an XML says its image has; None when absent, zero or not a number
+    (several tools write 0 x 0, which says nothing)."""
+    try:
+        w = int(float(root.findtext("size/width") or ""))
+        h = int(float(root.findtext("size/height") or ""))
+    except ValueError:
+        return None
+    return (w, h) if w > 0 and h > 0 else None
 
 
 def _split_name(split: str | None) -> str:

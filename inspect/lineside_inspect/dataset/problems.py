@@ -12,7 +12,8 @@ from lineside_inspect.imageio import IMAGE_SUFFIXES
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 _PATHLIKE = re.compile(r"\S*[/\\]\S*|\S+\.(?:jpe?g|png|bmp|xml|txt|json)\b", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
+# a number standing alone (or a size, 200x200), not the digit of a name (x2, y1 keep theirs)
+_NUMBER = re.compile(r"(?<![A-Za-z_\d.])-?\d+(?:\.\d+)?(?:e-?\d+)?(?:x\d+)?(?![A-Za-z_\d])")
 
 
 def kind_of(problem: Problem) -> str:

@@ -13,6 +13,7 @@ from lineside_inspect.dataset.duplicates import (
     duplicate_problems,
     find_duplicates,
     fingerprint,
+    label_conflicts,
 )
 from lineside_inspect.dataset.model import Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, ImageError, Problem
@@ -138,7 +139,8 @@ def dedupe_dir(root: str | Path) -> tuple[list[ImageRecord], list[DuplicateGroup
     ``annotations.json`` and ``images/``. Refused while other problems remain, because
     rewriting the annotations would drop what could not be read."""
     report = check_dir(root)
-    dup = set(duplicate_problems(report.duplicates))
+    # copies across the split are what --dedupe mends; a mislabelled copy it cannot
+    dup = set(duplicate_problems(report.duplicates)) - set(label_conflicts(report.duplicates))
     other = [p for p in report.problems if p not in dup]
     if other:
         raise DatasetError(f"{root}: {len(other)} problem(s) to fix before --dedupe", other)
