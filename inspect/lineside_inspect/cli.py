@@ -125,6 +125,16 @@ def data_import(
     out.print(f"imported {s['images']} images ({good} good, {s['images'] - good} defective), "
               f"{nboxes} boxes, {len(s['classes'])} classes into {dst}"
               + (f"; skipped {_skipped(skipped)}" if skipped else ""))
+    if any(r.split for r in dataset.images):
+        # the split came with the source (train/valid folders, Validation_*): public sets
+        # often ship a copy on both sides, and split/validate may never be run before train
+        from lineside_inspect.dataset import find_duplicates, read_dataset
+
+        for g in find_duplicates(read_dataset(dst)):
+            if g.across_splits:
+                err.print(f"warning: {g.describe()}: the split this set came with would score "
+                          "training images; run 'lineside data validate --dedupe' or 'lineside "
+                          "data split'", highlight=False, markup=False)
 
 
 def _skipped(problems: list[Any]) -> str:
@@ -140,7 +150,8 @@ def _skipped(problems: list[Any]) -> str:
 @friendly
 def data_validate(
     root: Annotated[Path, typer.Argument(help="canonical dataset folder")],
-    dedupe: Annotated[bool, typer.Option(help="keep one image of each duplicate group")] = False,
+    dedupe: Annotated[bool, typer.Option(
+        help="keep one image of each duplicate group labelled alike")] = False,
 ) -> None:
     """Check a dataset: every problem with its file and line or field, and exact or near
     duplicate images (a problem when copies sit on both sides of a split)."""

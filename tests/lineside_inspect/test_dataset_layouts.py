@@ -289,3 +289,68 @@ def test_problem_kinds_keep_the_names_in_a_message() -> None:
         "empty box (N, N, N, N): needs x2 > x1 and y2 > y1"
     assert kind("box -1.5 lies outside the 200x200 image") == "box N lies outside the N image"
     assert kind("class 12 unknown (ids 0-5)") == "class N unknown (ids N-N)"
+
+
+def test_import_warns_of_copies_across_the_split_it_came_with(tmp_path: Path) -> None:
+    """A public set's own Validation_ folder often holds a copy of a training image; the
+    split comes with the import, and a user may train before ever running validate."""
+    src = kaggle_neu(tmp_path / "NEU-DET")
+    (src / "Validation_Images" / "scratches_1.jpg").write_bytes(
+        (src / "IMAGES" / "scratches_1.jpg").read_bytes())
+    r = runner.invoke(app, ["data", "import", "-f", "voc", str(src), str(tmp_path / "neu")])
+    assert r.exit_code == 0, r.stderr
+    assert "warning: exact duplicate images in different splits: 'IMAGES/scratches_1.jpg' " \
+        "(train), 'Validation_Images/scratches_1.jpg' (val)" in r.stderr
+    assert "lineside data validate --dedupe" in r.stderr
+    r = runner.invoke(app, ["data", "import", "-f", "voc", str(kaggle_neu(tmp_path / "clean")),
+                            str(tmp_path / "clean-out")])
+    assert r.exit_code == 0 and "warning" not in r.stderr
+
+
+def test_coco_shapes_crowds_and_classes_a_user_should_hear_of(tmp_path: Path) -> None:
+    """A segmentation-only annotation is boxed from its polygons (refused before, and
+    --skip-invalid dropped the whole image); an RLE one is refused saying why; crowd
+    regions and classes with no or almost no boxes are named in the layout note."""
+    src = tmp_path / "coco"
+    for n in range(3):
+        image(src / f"p{n}.jpg", n)
+    doc = {
+        "images": [{"id": n + 1, "file_name": f"p{n}.jpg", "width": W, "height": H}
+                   for n in range(3)],
+        "categories": [{"id": 7, "name": "dent"}, {"id": 9, "name": "scratch"},
+                       {"id": 11, "name": "unused"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 10, 10]},
+            {"id": 2, "image_id": 1, "category_id": 7,
+             "segmentation": [[20, 5, 30, 5, 30, 15, 25, 18]]},
+            {"id": 3, "image_id": 2, "category_id": 7, "bbox": [2, 2, 8, 8], "iscrowd": 1},
+            {"id": 4, "image_id": 2, "category_id": 9, "bbox": [20, 2, 8, 8]},
+            {"id": 5, "image_id": 3, "category_id": 7, "bbox": [3, 3, 9, 9]},
+        ],
+    }
+    (src / "annotations.json").write_text(json.dumps(doc))
+    r = runner.invoke(app, ["data", "import", "-f", "coco", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 0, r.stderr
+    ds = read_dataset(tmp_path / "out")
+    first = next(rec for rec in ds.images if rec.file_name == "p0.jpg")
+    assert sorted(b.xyxy() for b in first.boxes) == [(1, 1, 11, 11), (20, 5, 30, 18)]
+    out = " ".join(r.stdout.split())
+    assert "1 annotation(s) without a bbox boxed from their segmentation polygons" in out
+    assert "1 iscrowd annotation(s)" in out
+    assert "class(es) no box uses: 'unused'" in out
+    assert "fewer than 3 boxes: 'scratch' (1)" in out
+
+    doc["annotations"].append({"id": 6, "image_id": 3, "category_id": 7,
+                               "segmentation": {"counts": "abc", "size": [H, W]}})
+    (src / "annotations.json").write_text(json.dumps(doc))
+    r = runner.invoke(app, ["data", "import", "-f", "coco", str(src), str(tmp_path / "out2")])
+    assert r.exit_code == 2
+    assert "annotations[5].bbox: bbox must be 4 numbers [x, y, w, h]; its segmentation is " \
+        "RLE, which is not read: give it a bbox" in " ".join(r.stderr.split())
+
+
+def test_yolo_on_a_voc_folder_suggests_voc(tmp_path: Path) -> None:
+    src = kaggle_neu(tmp_path / "NEU-DET")
+    r = runner.invoke(app, ["data", "import", "-f", "yolo", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 2
+    assert "It holds .xml files: Pascal VOC? (-f voc)" in " ".join(r.stderr.split())

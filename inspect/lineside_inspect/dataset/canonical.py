@@ -151,13 +151,18 @@ def from_coco(doc: Any, file: str) -> tuple[Dataset, list[Problem]]:
             )
             continue
         bbox = ann.get("bbox")
+        if bbox is None and (from_polygon := polygon_bbox(ann.get("segmentation"))) is not None:
+            bbox = from_polygon  # a segmentation-only annotation: its polygons' extent
         if (
             not isinstance(bbox, list)
             or len(bbox) != 4
             or not all(isinstance(v, int | float) for v in bbox)
         ):
+            hint = ("; its segmentation is RLE, which is not read: give it a bbox"
+                    if bbox is None and isinstance(ann.get("segmentation"), dict) else "")
             problems.append(
-                Problem(file, f"{where}.bbox", "bbox must be 4 numbers [x, y, w, h]", rec.file_name)
+                Problem(file, f"{where}.bbox", f"bbox must be 4 numbers [x, y, w, h]{hint}",
+                        rec.file_name)
             )
             continue
         x, y, w, h = (float(v) for v in bbox)
@@ -166,6 +171,22 @@ def from_coco(doc: Any, file: str) -> tuple[Dataset, list[Problem]]:
 
     cats = [categories[k] for k in sorted(categories)]
     return Dataset(cats, list(images.values()), info=dict(doc.get("info") or {})), problems
+
+
+def polygon_bbox(segmentation: object) -> list[float] | None:
+    """``[x, y, w, h]`` around COCO polygons (``[[x1, y1, x2, y2, ...], ...]``); None for
+    anything else (RLE, empty, not numbers)."""
+    if not isinstance(segmentation, list) or not segmentation:
+        return None
+    xs: list[float] = []
+    ys: list[float] = []
+    for poly in segmentation:
+        if (not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in poly)):
+            return None
+        xs += [float(v) for v in poly[0::2]]
+        ys += [float(v) for v in poly[1::2]]
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
 
 
 def parse_dir(root: str | Path) -> tuple[Dataset, list[Problem]]:

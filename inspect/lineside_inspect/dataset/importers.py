@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from lineside_inspect.dataset.canonical import ANNOTATIONS, from_coco, load_json
+from lineside_inspect.dataset.canonical import ANNOTATIONS, from_coco, load_json, polygon_bbox
 from lineside_inspect.dataset.layout import (
     SPLIT_WORDS,
     folders_phrase,
@@ -170,6 +170,27 @@ def _case_variants(categories: list[str]) -> list[str]:
             "(rename them to one spelling if they are one defect)"]
 
 
+THIN = 3  # a class with fewer boxes than this is worth a word: a typo, or a class to merge
+
+
+def _thin_classes(images: list[ImageRecord], categories: list[str]) -> list[str]:
+    """Warnings for classes no box uses (a model would learn a class it never sees:
+    Roboflow's YOLO exports list a dataset-level class 0) and for classes with almost no
+    boxes (a name typed another way in one file becomes a class of its own)."""
+    counts = Counter(b.label for r in images for b in r.boxes)
+    unused = [c for c in categories if not counts[c]]
+    thin = [f"{c!r} ({counts[c]})" for c in categories if 0 < counts[c] < THIN]
+    notes = []
+    if unused and counts:
+        notes.append("warning: class(es) no box uses: " + ", ".join(map(repr, unused))
+                     + " (the model will have a class it never sees: remove it from the "
+                     "class list if it is not a defect of this set)")
+    if thin and len(categories) > 1:
+        notes.append(f"warning: class(es) with fewer than {THIN} boxes: " + ", ".join(thin)
+                     + " (another class's name typed another way?)")
+    return notes
+
+
 def _images_under(folder: Path) -> list[Path]:
     return [p for p in walk_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
 
@@ -308,7 +329,7 @@ def _looked_for(src: Path, files: list[Path], what: str, hint: str) -> str:
     elif others.get(".txt") and any(f.suffix.lower() in (".yaml", ".yml") for f in files):
         guess = " It holds .txt labels and a YAML file: YOLO? (-f yolo)"
     return (f"{src}: {what} (every folder searched, names in any case, symlinks followed; "
-            f"found {seen}). {hint}{guess}")
+            f"found {seen})." + (f" {hint}" if hint else "") + guess)
 
 
 def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
@@ -438,7 +459,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     if not_voc:
         notes.append(f"{not_voc} XML file(s) that are not VOC annotations ignored")
     cats = classes if classes else sorted({b.label for r in images for b in r.boxes})
-    notes += _case_variants(cats)
+    notes += _case_variants(cats) + _thin_classes(images, cats)
     parts = [f"{_split_name(s)}: {len(v)} XML in {folders_phrase(v)}, images in "
              f"{index.folders(s)}" for s, v in sorted(xml_rels.items(), key=_split_order)]
     layout = "Pascal VOC; " + "; ".join(parts + notes)
@@ -531,8 +552,9 @@ def _yolo_names(src: Path, files: list[Path]) -> tuple[dict[int, str], Path]:
         if f.name.lower() in ("classes.txt", "obj.names", "classes.names"):
             lines = [line.strip() for line in _read_text(f).splitlines() if line.strip()]
             return dict(enumerate(lines)), f
-    raise DatasetError(f"{src}: a YOLO set needs its class names: a data.yaml with 'names' "
-                       "(or classes.txt / obj.names, one name a line); none found")
+    raise DatasetError(_looked_for(
+        src, files, "a YOLO set needs its class names: a data.yaml with 'names' (or "
+        "classes.txt / obj.names, one name a line); none found", ""))
 
 
 def _label_key(rel: str) -> str:
@@ -628,6 +650,7 @@ def import_yolo(src: Path) -> Draft:
             problems.append(Problem(str(f), "", _no_image_message(f, "label file"), label_rel))
     categories = [n for n in names.values() if n.strip()]  # (_yolo_boxes refused blank ones)
     notes = _assign_rest_to_train(images) + _clip_to_images(images) + _case_variants(categories)
+    notes += _thin_classes(images, categories)
     if unlabeled:
         notes.append(f"{unlabeled} image(s) without a label file imported as good parts")
     by_split: dict[str | None, list[str]] = defaultdict(list)
@@ -770,7 +793,15 @@ def import_coco(src: Path) -> Draft:
     _drop_blank_labels(images, problems)
     categories = [c for c in categories if c.strip()]
     notes = (_assign_rest_to_train(images) if len(docs) > 1 else []) + _clip_to_images(images)
-    notes += _case_variants(categories)
+    notes += _case_variants(categories) + _thin_classes(images, categories)
+    anns = [a for _, d in docs for a in d.get("annotations", []) if isinstance(a, dict)]
+    if crowd := sum(1 for a in anns if a.get("iscrowd") == 1):
+        # COCO's crowd regions (many objects in one box) are ignored by its evaluation;
+        # here each is a defect box like any other, which a user should know
+        notes.append(f"{crowd} iscrowd annotation(s) (a region of many objects) imported as "
+                     "ordinary defect boxes")
+    if shaped := sum(1 for a in anns if a.get("bbox") is None and polygon_bbox(a.get("segmentation"))):
+        notes.append(f"{shaped} annotation(s) without a bbox boxed from their segmentation polygons")
     info.update({"layout": "COCO; " + "; ".join(parts + notes)})
     return Dataset(categories, images, info=info), problems
 
