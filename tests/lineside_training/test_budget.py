@@ -182,3 +182,35 @@ def test_a_checkpoint_from_before_the_tie_break_keeps_ties_no_gain() -> None:
     old = Progress(best=0.5, best_map=math.inf)  # what load_checkpoint gives it
     assert not gained(old, {"map50": 0.5, "map": 0.9})
     assert gained(old, {"map50": 0.51, "map": 0.1})
+
+
+def test_patience_ends_a_budgeted_run_only_in_its_last_quarter(
+        tmp_path: Path, make_config: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a time budget the schedule spans the budget: patience stopping at step 78 of
+    136 (a 1-minute run) ended with the learning rate at 40% of its peak and the EMA
+    unsettled. No evaluation gains here, patience is 1, and the run still goes on into the
+    plan's last quarter."""
+    import lineside_training.engine as engine
+
+    torch.set_num_threads(2)
+    monkeypatch.setattr(engine, "gained", lambda progress, metrics: False)
+    cfg = make_config(tmp_path, time_budget="12s", epochs=40, max_steps_per_epoch=2,
+                      eval_every=1, patience=1, input_size=320)
+    run = train(cfg, quiet=True)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if "map50" in r]) >= 3  # patience 1 alone would stop at 2
+    last = rows[-1]
+    assert last["step"] >= engine.PATIENCE_FROM * last["planned_steps"], last
+    assert "stopped early" in (run / "train.log").read_text() or \
+        last["step"] == last["planned_steps"]
+
+
+def test_the_plan_takes_the_median_evaluation() -> None:
+    """One evaluation slowed by a burst of load must not swing the plan (and the
+    learning rate with it): the plan reads the median of the evaluations' times."""
+    plan = SchedulePlan(total_steps=1000, warmup_steps=50, ema_decay=0.999)
+    budget = Budget(600, steps_per_epoch=10, eval_every=1, plan=plan, warmup_wanted=50,
+                    base_decay=0.999)
+    for seconds in (1.0, 9.0, 1.2):
+        budget.record_eval(seconds)
+    assert budget.eval_cost() == pytest.approx(1.2)

@@ -157,3 +157,24 @@ def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     assert a and b and not (a & b), "ranks must see disjoint shards"
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
     assert not (tmp_path / "tiny" / "ranks").exists()
+
+
+def test_a_run_finds_its_dataset_from_another_folder(
+        tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run trained with ``--data data/my-set`` keeps that name in its config; evaluate
+    or export run from another folder found no ``data/my-set`` and said the dataset was
+    not a Lineside dataset. The checkpoint records where it was: that is used, and the
+    error, when neither is there, says what to pass."""
+    from lineside_training.checkpoint import load_trained
+
+    trained = load_trained(tiny_run, "cpu")
+    trained.config = trained.config.model_copy(update={"data": "datasets/deeppcb-sample"})
+    monkeypatch.chdir(tmp_path)  # no datasets/ here
+    assert trained.data.resolve() == SAMPLE.resolve()
+    assert trained.is_own_data(None) and trained.is_own_data(SAMPLE)
+    assert not trained.is_own_data(tmp_path)
+    trained.checkpoint = {**trained.checkpoint, "data": {"path": str(tmp_path / "gone")}}
+    with pytest.raises(ConfigError, match=r"the run's dataset datasets/deeppcb-sample was not "
+                       r"found .*pass --data DATASET"):
+        _ = trained.data
+    assert not trained.is_own_data(SAMPLE)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -107,7 +108,8 @@ class Budget:
     step: int = 0  # steps done (a resumed run starts at its saved step)
     train_s: float = 0.0  # measured seconds in training steps, this session
     steps_timed: int = 0
-    eval_s: float = 0.0  # the last evaluation's seconds
+    eval_s: float = 0.0  # the median of the evaluations' seconds
+    eval_times: list[float] = field(default_factory=list)
     eval_timed: bool = False
     refits: int = 0
     logged_steps: int = 0  # the plan's length when a re-fit was last logged
@@ -129,7 +131,10 @@ class Budget:
         self.steps_timed += 1
 
     def record_eval(self, seconds: float) -> None:
-        self.eval_s, self.eval_timed = seconds, True
+        # the median of the evaluations so far: one slowed by a burst of load (or one
+        # quick on a cache) would swing the plan, and the learning rate with it
+        self.eval_times.append(seconds)
+        self.eval_s, self.eval_timed = statistics.median(self.eval_times), True
 
     def eval_cost(self) -> float:
         if self.eval_timed or not self.steps_timed:

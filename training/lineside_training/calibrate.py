@@ -83,7 +83,7 @@ def calibrate(
         trained = load_trained(target, pick_device(device))
         names = trained.class_names
         subject = str(target)
-        dataset = read_dataset(data or trained.config.data)
+        dataset = read_dataset(data or trained.data)
         records = split_records(dataset, split, names)
         preds = predict_records(trained.model, dataset, records, names,
                                 size=trained.config.input_size, device=pick_device(device),

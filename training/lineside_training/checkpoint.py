@@ -26,6 +26,28 @@ class Trained:
     checkpoint: dict[str, Any]
 
     @property
+    def data(self) -> Path:
+        """The dataset the run trained on. Its config names it as given to ``train``
+        (often relative, ``data/my-set``); the checkpoint also records where that was, so
+        ``evaluate`` or ``export`` run from another folder still find it."""
+        given = Path(self.config.data)
+        recorded = self.checkpoint.get("data", {}).get("path")
+        for path in ([Path(recorded)] if recorded else []) + [given]:
+            if (path / "annotations.json").is_file():
+                return path
+        raise ConfigError(f"the run's dataset {self.config.data} was not found (it trained on "
+                          f"{recorded or given}); pass --data DATASET")
+
+    def is_own_data(self, data: str | Path | None) -> bool:
+        """Whether ``data`` (None: the run's own) is the dataset the run trained on."""
+        if data is None:
+            return True
+        try:
+            return Path(data).resolve() == self.data.resolve()
+        except ConfigError:
+            return False
+
+    @property
     def thresholds(self) -> dict[str, Any] | None:
         path = self.run_dir / THRESHOLDS
         return json.loads(path.read_text()) if path.is_file() else None

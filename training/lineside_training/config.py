@@ -70,7 +70,8 @@ class TrainConfig(BaseModel):
     ema_decay: float = Field(0.999, ge=0, lt=1, description="0 disables EMA")
     grad_clip: float = Field(10.0, ge=0, description="0 disables clipping")
     seed: int = 0
-    patience: int = Field(10, ge=1, description="early stop after N evaluations without gain")
+    patience: int = Field(10, ge=1, description="early stop after N evaluations without gain "
+                          "(with a time budget, only in the last quarter of the plan)")
     eval_every: int = Field(1, ge=1)
     workers: int = Field(0, ge=0)
     device: str = "auto"

@@ -38,6 +38,8 @@ from lineside_training.models import build_model
 from lineside_training.predict import predict_records
 from lineside_training.weights import load_weights
 
+PATIENCE_FROM = 0.75  # under a time budget, patience may end a run only in the plan's last quarter
+
 
 def pick_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
@@ -568,7 +570,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                 log(json.dumps(row))
             save(epoch, run / "last.pt")
             epoch += 1
-            if progress.stale >= cfg.patience:
+            # under a time budget the schedule is fitted to the whole budget: stopping on
+            # patience before its last quarter would end with the learning rate still high
+            # and the EMA not settled (a 1-minute run stopped at step 78 of 136 so)
+            if progress.stale >= cfg.patience and (
+                    budget is None or progress.step >= PATIENCE_FROM * plan.total_steps):
                 ended = f"stopped early: {progress.stale} evaluations without gain (patience)"
                 break
             if last:

@@ -45,7 +45,7 @@ def evaluate(
         return evaluate_package(run, data=data, split=split, out=out, device=device,
                                 examples=examples)
     trained = load_trained(run, pick_device(device))
-    dataset = read_dataset(data or trained.config.data)
+    dataset = read_dataset(data or trained.data)
     records = split_records(dataset, split, trained.class_names)
     preds = predict_records(trained.model, dataset, records, trained.class_names,
                             size=trained.config.input_size, device=pick_device(device),
@@ -53,7 +53,7 @@ def evaluate(
     coco = coco_metrics(records, preds, trained.class_names)
     # the run's thresholds are calibrated on its own val split only: evaluating other data
     # (a folder of good parts, another line's set) must not overwrite what export ships
-    own = data is None or Path(data).resolve() == Path(trained.config.data).resolve()
+    own = trained.is_own_data(data)
     if split == "val" and own:
         calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape)
         (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))

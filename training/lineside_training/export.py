@@ -181,12 +181,13 @@ def lineage_of(trained: Trained, parent: str | Path | None) -> Lineage:
     revision, note = None, ""
     seen = trained.checkpoint.get("data", {}).get("annotations_sha256")
     try:
-        now = hashlib.sha256((Path(cfg.data) / ANNOTATIONS).read_bytes()).hexdigest()
+        where = trained.data  # the dataset where it is, named in the card as it was given
+        now = hashlib.sha256((where / ANNOTATIONS).read_bytes()).hexdigest()
         if seen and now != seen:
             note = f"{cfg.data} changed since the run trained on it: its revision is not recorded"
         else:
-            revision = dataset_revision(roots)
-    except (OSError, DatasetError) as exc:
+            revision = dataset_revision([where, *cfg.extra_data])
+    except (OSError, DatasetError, ConfigError) as exc:
         note = f"training data not readable at export ({exc}): its revision is not recorded"
     return Lineage(dataset_revision=revision, datasets=[str(r) for r in roots],
                    parent=parent_model(parent), note=note)
@@ -214,7 +215,7 @@ def export(
     out = check_out(out, overwrite)
     trained = load_trained(run, "cpu")
     cfg = trained.config
-    dataset = read_dataset(data or cfg.data)
+    dataset = read_dataset(data or trained.data)
     val = dataset.in_split("val") or dataset.images
     thresholds = trained.thresholds
     if thresholds is None:  # calibrate now so the card always carries operating points
