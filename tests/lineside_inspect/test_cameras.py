@@ -7,11 +7,14 @@ import asyncio
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from lineside_inspect.cameras import CameraManager, CameraUnavailable
@@ -22,9 +25,9 @@ from lineside_inspect.config import CameraConfig
 from lineside_inspect.opencv import cv2
 
 
-def fresh(manager: CameraManager, camera_id: str, *, trigger_time: float, timeout_s: float) -> Frame:
-    """The manager's async trigger wait, run to completion from a test thread."""
-    return asyncio.run(manager.fresh_frame(camera_id, trigger_time=trigger_time, timeout_s=timeout_s))
+def fresh(manager: CameraManager, camera_id: str, *, timeout_s: float) -> Frame:
+    """The manager's async trigger wait (triggered now), run to completion from a test thread."""
+    return asyncio.run(manager.fresh_frame(camera_id, after=time.monotonic(), timeout_s=timeout_s))
 
 
 @pytest.fixture
@@ -44,10 +47,10 @@ def stream() -> Iterator[MJPEGSimulator]:
     s.kill()
 
 
-def _worker(source: str, **kw: float) -> CameraWorker:
+def _worker(source: str, *, stale: float = 1.0, detect_frozen: bool = False) -> CameraWorker:
     opts = {"open_timeout_s": 1.0, "read_timeout_s": 0.6, "loop": True, "fps": 30.0}
-    w = CameraWorker("cam", lambda: make_source(source, **opts), stale_after_s=kw.get("stale", 1.0),  # type: ignore[arg-type]
-                     backoff_base_s=0.05, backoff_max_s=0.4)
+    w = CameraWorker("cam", lambda: make_source(source, **opts), stale_after_s=stale,  # type: ignore[arg-type]
+                     backoff_base_s=0.05, backoff_max_s=0.4, detect_frozen=detect_frozen)
     w.start()
     return w
 
@@ -65,9 +68,9 @@ def test_video_file_camera_keeps_only_the_newest_frame(video: Path) -> None:
     w = _worker(str(video))
     try:
         assert _wait(w.online)
-        t = time.time()
+        t = time.monotonic()
         frame = w.wait_frame_after(t, 2.0)
-        assert frame is not None and frame.timestamp > t and frame.image.shape == (120, 160, 3)
+        assert frame is not None and frame.monotonic > t and frame.image.shape == (120, 160, 3)
         seq = frame.seq
         time.sleep(0.3)
         newest = w.latest()
@@ -87,17 +90,17 @@ def test_stream_killed_and_restarted(stream: MJPEGSimulator) -> None:
         worker.backoff_base_s, worker.backoff_max_s = 0.05, 0.4
     try:
         assert _wait(w.online)
-        frame = fresh(manager, "net", trigger_time=time.time(), timeout_s=2)
+        frame = fresh(manager, "net", timeout_s=2)
         assert frame.image.shape == (120, 160, 3)
         stream.kill()
         assert _wait(lambda: not w.online())
         with pytest.raises(CameraUnavailable) as info:
-            fresh(manager, "net", trigger_time=time.time(), timeout_s=0.5)
+            fresh(manager, "net", timeout_s=0.5)
         assert info.value.health["state"] in ("offline", "stale")
         stream.start()  # same port
         assert _wait(w.online, timeout=10)
         assert w.health()["reconnects"] >= 1
-        assert fresh(manager, "net", trigger_time=time.time(), timeout_s=2) is not None
+        assert fresh(manager, "net", timeout_s=2) is not None
     finally:
         stopped = manager.stop(2.0)
     assert all(stopped.values())
@@ -121,7 +124,7 @@ def test_twenty_drop_reconnect_cycles_leak_nothing(stream: MJPEGSimulator) -> No
 
 
 def test_frozen_stream_is_detected(stream: MJPEGSimulator) -> None:
-    w = _worker(stream.url)
+    w = _worker(stream.url, detect_frozen=True)  # as a continuous camera's
     try:
         assert _wait(w.online)
         stream.mode = "frozen"
@@ -151,7 +154,7 @@ def test_unknown_camera_and_missing_source(tmp_path: Path) -> None:
     try:
         assert _wait(lambda: manager.workers["gone"].health()["last_error"] is not None)
         with pytest.raises(CameraUnavailable):
-            fresh(manager, "gone", trigger_time=time.time(), timeout_s=0.2)
+            fresh(manager, "gone", timeout_s=0.2)
         from lineside_inspect.errors import NotFoundError
 
         with pytest.raises(NotFoundError):
@@ -203,17 +206,229 @@ def test_rtsp_stream_killed_and_restarted() -> None:
     w.backoff_base_s, w.backoff_max_s = 0.1, 0.5
     try:
         assert _wait(w.online, timeout=20)
-        frame = fresh(manager, "rtsp", trigger_time=time.time(), timeout_s=3)
+        frame = fresh(manager, "rtsp", timeout_s=3)
         assert frame.image.shape == (240, 320, 3)
         rtsp.kill()
         assert _wait(lambda: not w.online(), timeout=20)
         with pytest.raises(CameraUnavailable):
-            fresh(manager, "rtsp", trigger_time=time.time(), timeout_s=0.5)
+            fresh(manager, "rtsp", timeout_s=0.5)
         rtsp.start()
         assert _wait(w.online, timeout=20)
         assert w.health()["reconnects"] >= 1
-        after = time.time()
-        assert fresh(manager, "rtsp", trigger_time=after, timeout_s=3).timestamp > after
+        after = time.monotonic()
+        assert asyncio.run(manager.fresh_frame("rtsp", after=after, timeout_s=3)).monotonic > after
     finally:
         manager.stop(2.0)
         rtsp.kill()
+
+
+# -- freshness, first frame, still scenes (the PLC's "never a stale verdict") -------------
+def _online_manager(*cams: CameraConfig) -> CameraManager:
+    manager = CameraManager(list(cams))
+    manager.start()
+    for w in manager.workers.values():
+        w.backoff_base_s, w.backoff_max_s = 0.05, 0.4
+    assert _wait(lambda: all(w.online() for w in manager.workers.values()))
+    return manager
+
+
+def test_a_wall_clock_step_back_never_hands_out_an_older_frame(
+        stream: MJPEGSimulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freshness is monotonic: with the system clock stepped back (NTP, PTP) after the
+    camera stalled, a trigger does not take the frame from before the stall for fresh."""
+    manager = _online_manager(CameraConfig(id="net", source=stream.url, read_timeout_s=5,
+                                           stale_after_s=5))
+    try:
+        w = manager.workers["net"]
+        stream.mode = "hang"  # connected, no frames
+        before = w.latest()
+        assert before is not None
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() - 3.0)
+        trigger = time.monotonic()
+        try:
+            frame = fresh(manager, "net", timeout_s=0.5)
+        except CameraUnavailable:
+            pass  # no frame after the trigger: the right answer
+        else:  # only a frame still in flight when the stream hung may come
+            assert frame.seq > before.seq and frame.monotonic > trigger
+        age = w.health()["last_frame_age_s"]
+        assert age is not None and age >= 0  # not 3 s in the future
+        stream.mode = "live"
+        trigger = time.monotonic()
+        assert asyncio.run(manager.fresh_frame("net", after=trigger, timeout_s=5)).monotonic > trigger
+    finally:
+        manager.stop()
+
+
+def test_a_trigger_gets_the_first_frame_after_it_even_when_the_loop_is_late(
+        stream: MJPEGSimulator) -> None:
+    manager = _online_manager(CameraConfig(id="net", source=stream.url))
+    w = manager.workers["net"]
+    seen: list[Frame] = []
+    unsubscribe = w.subscribe(seen.append)
+
+    async def run() -> tuple[Frame, float]:
+        t = time.monotonic()
+        task = asyncio.create_task(manager.fresh_frame("net", after=t, timeout_s=WAIT_S))
+        await asyncio.sleep(0)  # the wait is set up
+        # the event loop is held up (inference, a busy core) while frames keep coming
+        deadline = time.monotonic() + WAIT_S
+        while len([f for f in seen if f.monotonic > t]) < 3:
+            assert time.monotonic() < deadline, "no frames"
+            time.sleep(0.01)
+        return await task, t
+
+    try:
+        frame, t = asyncio.run(run())
+        first = next(f for f in seen if f.monotonic > t)
+        assert frame.seq == first.seq
+        latest = w.latest()
+        assert latest is not None and latest.seq > frame.seq  # not merely the newest one
+    finally:
+        unsubscribe()
+        manager.stop()
+
+
+WAIT_S = 15.0
+
+
+def test_a_still_or_dark_scene_keeps_a_triggered_camera_online(stream: MJPEGSimulator) -> None:
+    """An idle station shows the same picture (or a dark one between strobes) for minutes:
+    a triggered camera stays online. A continuous one takes a picture unchanged for
+    stale_after_s for a frozen source and reconnects (it would judge one frame again and again)."""
+    dark = MJPEGSimulator(lambda i: np.zeros((120, 160, 3), np.uint8))
+    stream.mode = "frozen"
+    cams = [CameraConfig(id="still", source=stream.url, stale_after_s=0.5),
+            CameraConfig(id="dark", source=dark.url, stale_after_s=0.5),
+            CameraConfig(id="cont", source=stream.url, stale_after_s=0.5, mode="continuous")]
+    manager = CameraManager(cams)
+    manager.start()
+    try:
+        workers = manager.workers
+        # 90 identical frames: 3x the old limit of 30, and 3 s at 30 fps, 6x stale_after_s
+        assert _wait(lambda: all(workers[c].frames >= 90 for c in ("still", "dark")), timeout=30)
+        for cid in ("still", "dark"):
+            h = workers[cid].health()
+            assert (h["state"], h["reconnects"], h["last_error"]) == ("online", 0, None), h
+        assert _wait(lambda: "frozen" in (workers["cont"].health()["last_error"] or ""))
+    finally:
+        manager.stop()
+        dark.kill()
+
+
+# -- the inspection service's cameras ---------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "datasets" / "deeppcb-sample" / "images"
+STATION = ROOT / "configs" / "line"
+
+
+def test_startup_refuses_a_camera_whose_recipe_or_reference_cannot_run() -> None:
+    """A typo'd recipe on a continuous camera would run zero inspections in silence: the
+    server stops at start-up naming each camera and the recipes it has."""
+    from lineside_inspect.errors import ConfigError
+    from lineside_inspect.server.app import create_app
+
+    from .conftest import keyed
+
+    cams = [CameraConfig(id="cont", source=str(IMAGES), mode="continuous", recipe="deepcb"),
+            CameraConfig(id="gold", source=str(IMAGES), reference=str(STATION / "station1-reference.jpg"))]
+    app = create_app(keyed(cameras=cams, store=False))
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    try:
+        with pytest.raises(ConfigError) as info:
+            asyncio.run(start())
+    finally:
+        app.state.cameras.stop()
+    message = info.value.message
+    assert "camera cont: unknown recipe 'deepcb' (loaded: deeppcb-default)" in message
+    assert "camera gold has a reference configured (station1-reference.jpg)" in message
+
+
+def _service(cams: list[CameraConfig], recipes: list[Path], models: list[Path]) -> Any:
+    from lineside_inspect.recipes import load_recipe
+    from lineside_inspect.references import ReferenceLibrary
+    from lineside_inspect.server.limiter import Limiter
+    from lineside_inspect.server.metrics import Metrics
+    from lineside_inspect.server.registry import Registry
+    from lineside_inspect.server.service import InspectionService
+
+    registry = Registry(device="cpu", threads=1)
+    for m in models:
+        registry.load_model(str(m))
+    for r in recipes:
+        registry.add_recipe(load_recipe(r))
+    manager = CameraManager(cams)
+    manager.start()
+    library = ReferenceLibrary(Path(tempfile.mkdtemp()), 64_000_000)
+    return InspectionService(registry=registry, limiter=Limiter(1, 4, 10.0), metrics=Metrics(),
+                             references=library, max_pixels=64_000_000, cameras=manager)
+
+
+def test_a_failing_continuous_camera_is_warned_about_once_a_minute(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Its recipe gone after start-up: every frame fails; the log says so at WARNING, once
+    (not once a frame), and says when it inspects again."""
+    cam = CameraConfig(id="cont", source=str(IMAGES), fps=20, mode="continuous", rate_hz=20,
+                       recipe="deeppcb")
+    service = _service([cam], [], [ROOT / "models" / "deeppcb" / "1"])
+    attempts: list[int] = []
+    real = service.inspect_frame
+
+    async def counted(camera_id: str, image: Any) -> Any:
+        attempts.append(1)
+        return await real(camera_id, image)
+
+    service.inspect_frame = counted
+
+    async def run() -> None:
+        service.start_continuous()
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while len(attempts) < 6:
+                assert time.monotonic() < deadline, "continuous camera never tried"
+                await asyncio.sleep(0.05)
+            from lineside_inspect.recipes import load_recipe
+
+            service.registry.add_recipe(load_recipe(ROOT / "configs" / "recipes" / "deeppcb.yaml"))
+            while not any("inspecting again" in r.message for r in caplog.records):
+                assert time.monotonic() < deadline, "never inspected again"
+                await asyncio.sleep(0.05)
+        finally:
+            await service.stop_continuous()
+
+    try:
+        with caplog.at_level("INFO", logger="lineside.service"):
+            asyncio.run(run())
+    finally:
+        service.cameras.stop()
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "continuous cont" in warned[0].message
+    assert "unknown recipe 'deeppcb'" in warned[0].message
+
+
+def test_the_golden_image_is_read_off_the_event_loop() -> None:
+    cam = CameraConfig(id="ref", source=str(STATION / "station1"), fps=10, recipe="deeppcb-ref",
+                       reference=str(STATION / "station1-reference.jpg"))
+    service = _service([cam], [ROOT / "configs" / "recipes" / "deeppcb-ref.yaml"],
+                       [ROOT / "models" / "deeppcb-ref" / "1"])
+    threads: list[str] = []
+    real = service.references.lookup
+
+    def lookup(value: str) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(value)
+
+    service.references.lookup = lookup
+    try:
+        assert _wait(service.cameras.workers["ref"].online)
+        result = asyncio.run(service.inspect_camera("ref", timeout_s=WAIT_S))
+        assert result.verdict in ("pass", "fail") and result.frame.trigger_to_frame_ms > 0
+    finally:
+        service.cameras.stop()
+        service.limiter.close()
+    assert threads and all(name.startswith("inspect") for name in threads), threads

@@ -20,7 +20,7 @@ from lineside_inspect.errors import ConfigError
 from lineside_inspect.line.config import LineSettings, ModbusConfig, OpcUaConfig
 from lineside_inspect.line.modbus import BLOCK, COILS, REGISTERS
 from lineside_inspect.line.opcua import OpcUaAdapter
-from lineside_inspect.line.station import ErrorCode, Phase, Station
+from lineside_inspect.line.station import Changes, ErrorCode, Phase, Station, TagValue
 
 from .conftest import MODEL, Running, keyed, start_server
 
@@ -47,9 +47,7 @@ def test_station_handshake_order_and_fail_safe() -> None:
     names = [n for n, _ in step.changes]
     assert names.index("TriggerReady") < names.index("Busy")
     assert st.tags["TriggerReady"] is False and st.tags["Busy"] is True
-    # a second trigger while busy starts nothing
-    assert st.plc_write("Trigger", True, 100.2).inspect_recipe is None
-    changes = st.finished(True, 0, "abc", 100.3)
+    changes = st.finished(True, 0, "abc", 100.3, part=step.part)
     names = [n for n, _ in changes]
     # the data is written before ResultReady announces it, and ResultReady before Busy drops
     assert names.index("Pass") < names.index("ResultReady") < names.index("Busy")
@@ -94,14 +92,85 @@ def test_station_recipe_switch() -> None:
     st = _station()
     assert st.plc_write("Recipe", "lenient", 100.0).changes == [("Recipe", "lenient")]
     assert st.plc_write("Trigger", True, 100.1).inspect_recipe == "lenient"
-    # refused while a part is in progress: read back, the part's ErrorCode untouched
+    # refused while a part is in progress: read back, the part's result untouched...
     assert st.plc_write("Recipe", "nope", 100.2).changes == [("Recipe", "lenient")]
     assert st.tags["ErrorCode"] == 0
     st.finished(False, 2, "x", 100.3)
-    st.plc_write("ResultAck", True, 100.4)
-    changes = st.plc_write("Recipe", "nope", 100.5).changes
-    assert changes == [("Recipe", "lenient"), ("ErrorCode", ErrorCode.UNKNOWN_RECIPE)]
+    assert (st.tags["Fail"], st.tags["ErrorCode"], st.tags["DefectCount"]) == (True, 0, 2)
+    # ...and shown once it is acknowledged, before TriggerReady
+    changes = st.plc_write("ResultAck", True, 100.4).changes
+    assert changes.index(("ErrorCode", ErrorCode.UNKNOWN_RECIPE)) < changes.index(("TriggerReady", True))
     assert st.plc_write("Recipe", "deeppcb", 100.6).changes == [("Recipe", "deeppcb"), ("ErrorCode", 0)]
+    assert st.plc_write("Trigger", True, 100.7).inspect_recipe == "deeppcb"
+
+
+def test_a_refused_recipe_is_a_fault_until_a_usable_one_is_written() -> None:
+    """A failed product change is never judged with the old product's recipe: each trigger
+    ends at once with Fail and the code, until the PLC writes a recipe the station takes."""
+    st = _station()
+    changes = st.plc_write("Recipe", "productB", 100.0).changes
+    assert changes[0] == ("Recipe", "deeppcb")  # reads back the recipe in force
+    # no Pass next to an error code (the last part's Pass is cleared with it)
+    assert (st.tags["Pass"], st.tags["Fail"], st.tags["ErrorCode"]) == (False, True, 6)
+    for t in (100.1, 100.3):
+        step = st.plc_write("Trigger", True, t)
+        assert step.inspect_recipe is None  # nothing is inspected
+        names = [n for n, _ in step.changes]
+        assert names.index("Busy") < names.index("ErrorCode") < names.index("ResultReady")
+        assert (st.tags["Pass"], st.tags["Fail"], st.tags["ErrorCode"], st.tags["ResultReady"],
+                st.tags["InspectionId"]) == (False, True, ErrorCode.UNKNOWN_RECIPE, True, "")
+        st.plc_write("ResultAck", True, t + 0.1)
+        assert st.tags["TriggerReady"] is True and st.tags["ErrorCode"] == 6
+    # a recipe the camera cannot run is a fault of its own code; the same rules
+    st.check_recipe = lambda n: ErrorCode.RECIPE_NOT_USABLE if n == "ref" else ErrorCode.NONE
+    st.plc_write("Recipe", "ref", 100.5)
+    assert st.plc_write("Trigger", True, 100.6).inspect_recipe is None
+    assert st.tags["ErrorCode"] == ErrorCode.RECIPE_NOT_USABLE
+    st.plc_write("ResultAck", True, 100.7)
+    # writing a usable recipe (even the one in force) ends the fault
+    assert st.plc_write("Recipe", "deeppcb", 100.8).changes == [("Recipe", "deeppcb"), ("ErrorCode", 0)]
+    step = st.plc_write("Trigger", True, 100.9)
+    assert step.inspect_recipe == "deeppcb" and st.tags["ErrorCode"] == 0
+
+
+def test_a_trigger_while_not_ready_is_refused_and_drops_the_open_part() -> None:
+    """A Trigger at the wrong time reads back 0 at once, and the part the PLC gave up on
+    can never be read as the answer to it."""
+    st = _station()
+    # part N's result waits for ResultAck; the PLC triggers part N+1 instead
+    n = st.plc_write("Trigger", True, 100.0)
+    st.finished(True, 0, "part-n", 100.1, part=n.part)
+    changes = st.plc_write("Trigger", True, 100.2).changes
+    assert ("Trigger", False) in changes and st.tags["Trigger"] is False
+    assert changes[-1] == ("TriggerReady", True)
+    assert (st.tags["ResultReady"], st.tags["Pass"], st.tags["Fail"], st.tags["InspectionId"],
+            st.tags["ErrorCode"]) == (False, False, True, "", ErrorCode.ACK_TIMEOUT)
+    # a Trigger while busy: refused at once, and the part's result, when it comes, is dropped
+    m = st.plc_write("Trigger", True, 101.0)
+    assert m.inspect_recipe == "deeppcb" and m.part == n.part + 1
+    assert st.plc_write("Trigger", True, 101.1).changes == [("Trigger", False)]
+    st.finished(True, 0, "part-m", 101.2, part=m.part)
+    assert (st.tags["ResultReady"], st.tags["Pass"], st.tags["InspectionId"], st.tags["ErrorCode"],
+            st.tags["Busy"], st.tags["TriggerReady"]) == (False, False, "", 5, False, True)
+    # a result of an older part never answers the part in progress
+    k = st.plc_write("Trigger", True, 102.0)
+    assert st.finished(True, 0, "part-m", 102.1, part=m.part) == []
+    assert st.tags["Busy"] is True and st.tags["ResultReady"] is False
+    st.finished(False, 1, "part-k", 102.2, part=k.part)
+    assert (st.tags["ResultReady"], st.tags["InspectionId"]) == (True, "part-k")
+
+
+def test_a_closing_station_takes_no_trigger_and_answers_the_open_part() -> None:
+    st = _station()
+    step = st.plc_write("Trigger", True, 100.0)
+    changes = st.close(100.1)
+    assert changes[0] == ("TriggerReady", False)
+    assert (st.tags["ResultReady"], st.tags["Fail"], st.tags["ErrorCode"]) == (True, True, 8)
+    assert st.finished(True, 0, "late", 100.2, part=step.part) == []  # too late: ignored
+    st.plc_write("ResultAck", True, 100.3)
+    assert st.tags["ResultReady"] is False and st.tags["TriggerReady"] is False
+    assert st.plc_write("Trigger", True, 100.4).changes == [("Trigger", False)]
+    assert st.phase is Phase.READY and st.tags["Busy"] is False
 
 
 def test_line_settings_refuse_unsecured_network_endpoints(tmp_path: Path) -> None:
@@ -283,11 +352,18 @@ def test_opcua_recipe_switch(line: Line) -> None:
         await plc.write("Recipe", "no-such-recipe", ua.VariantType.String)
         await _until(lambda: plc.read("ErrorCode"), ErrorCode.UNKNOWN_RECIPE)
         assert await plc.read("Recipe") == "lenient"
-        r = await plc.cycle()
-        assert r["ErrorCode"] == 0 and line.inspection(r["InspectionId"])["recipe"]["name"] == "lenient"
+        assert (await plc.read("Pass"), await plc.read("Fail")) == (False, True)
+        # the product change failed: parts fail with the code, none judged as "lenient"
+        stored = line.srv.app.state.cameras.last_results["sim"].id
+        for _ in range(2):
+            r = await plc.cycle()
+            assert (r["Pass"], r["Fail"], r["ErrorCode"], r["InspectionId"]) == \
+                (False, True, ErrorCode.UNKNOWN_RECIPE, "")
+        assert line.srv.app.state.cameras.last_results["sim"].id == stored  # nothing inspected
         await plc.write("Recipe", "deeppcb", ua.VariantType.String)
+        await _until(lambda: plc.read("ErrorCode"), 0)
         r = await plc.cycle()
-        assert line.inspection(r["InspectionId"])["recipe"]["name"] == "deeppcb"
+        assert r["ErrorCode"] == 0 and line.inspection(r["InspectionId"])["recipe"]["name"] == "deeppcb"
 
     asyncio.run(_opc(line, "sim", run))
 
@@ -300,7 +376,11 @@ def test_recipe_must_suit_the_camera(line: Line) -> None:
             await plc.write("Recipe", recipe, ua.VariantType.String)
             await _until(lambda: plc.read("ErrorCode"), ErrorCode.RECIPE_NOT_USABLE)
             assert await plc.read("Recipe") == keep
-            r = await plc.cycle()  # the next part runs with the recipe in force
+            r = await plc.cycle()  # a fault until a usable recipe is written: no verdict
+            assert (r["Pass"], r["Fail"], r["ErrorCode"]) == (False, True, ErrorCode.RECIPE_NOT_USABLE)
+            await plc.write("Recipe", keep, ua.VariantType.String)
+            await _until(lambda: plc.read("ErrorCode"), 0)
+            r = await plc.cycle()
             assert r["ErrorCode"] == 0 and r["Pass"] != r["Fail"]
             doc = line.inspection(r["InspectionId"])
             assert doc["recipe"]["name"] == keep and doc["camera_id"] == station
@@ -418,11 +498,12 @@ def test_modbus_handshake_recipe_and_refused_writes(line: Line) -> None:
             await mb.write_register(base + REGISTERS.index("RecipeIndex"), 0, device_id=1)
             await _until(lambda: _reg(mb, base, "ErrorCode"), 0)
             # Lineside's coils and registers are not the PLC's to write
+            before = await _coils(mb, base)
             for addr in (COILS.index("Pass"), COILS.index("TriggerReady"), 8, BLOCK * 5):
                 assert (await mb.write_coil(base + addr, True, device_id=1)).isError()
             assert (await mb.write_register(REGISTERS.index("ErrorCode"), 0, device_id=1)).isError()
             assert (await mb.write_coils(0, [True, True], device_id=1)).isError()  # Trigger+TriggerReady
-            assert (await _coils(mb, base))["Pass"] is r["Pass"]
+            assert (await _coils(mb, base))["Pass"] is before["Pass"]
             # another unit id is not this station: "gateway target failed to respond"
             other = await mb.read_coils(0, count=8, device_id=5)
             assert other.isError() and other.exception_code == 0x0B
@@ -546,3 +627,73 @@ def test_opcua_basic256sha256_with_trusted_clients_only(tmp_path: Path) -> None:
     adapter = OpcUaAdapter(cfg)
     asyncio.run(run())
 
+
+
+def test_modbus_trigger_while_a_result_waits_drops_it(line: Line) -> None:
+    """A PLC that triggers the next part without acknowledging the last one never reads
+    the last one's result as the new part's: the Trigger reads back 0, the result is gone."""
+    async def run() -> None:
+        mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
+        assert await mb.connect()
+        try:
+            r = await _modbus_cycle(mb, 0, ack=False)
+            assert r["ResultReady"] and r["ErrorCode"] == 0
+            assert not (await mb.write_coil(COILS.index("Trigger"), True, device_id=1)).isError()
+            coils = await _until(lambda: _coils(mb, 0), {
+                "Trigger": False, "TriggerReady": True, "Busy": False, "ResultReady": False,
+                "ResultAck": False, "Pass": False, "Fail": True, "Error": True})
+            assert coils["ResultReady"] is False
+            assert await _reg(mb, 0, "ErrorCode") == ErrorCode.ACK_TIMEOUT
+            r = await _modbus_cycle(mb, 0)  # the next part is judged as usual
+            assert r["ErrorCode"] == 0 and r["Pass"] != r["Fail"]
+        finally:
+            mb.close()
+
+    asyncio.run(run())
+
+
+def test_shutdown_answers_the_part_in_progress_and_takes_no_trigger() -> None:
+    """On shutdown a station stops offering TriggerReady and a part waiting for its frame
+    ends with Fail and ErrorCode 8 (a PLC never waits for a result that cannot come)."""
+    sim = MJPEGSimulator(counter_frame, fps=30)
+    cam = CameraConfig(id="sim", source=sim.url, stale_after_s=30, read_timeout_s=30)
+    srv, stop = start_server(keyed(cameras=[cam], store=False, line=LineSettings(
+        modbus=ModbusConfig(port=0), trigger_timeout_s=30.0)))
+    written: list[tuple[str, TagValue]] = []
+    try:
+        plc = srv.app.state.line_plc
+        adapter = plc.adapters[0]
+        real_write = adapter.write
+
+        async def recording(station_id: str, changes: Changes) -> None:
+            written.extend(changes)
+            await real_write(station_id, changes)
+
+        adapter.write = recording
+        deadline = time.monotonic() + WAIT_S
+        while srv.app.state.cameras.workers["sim"].latest() is None:
+            assert time.monotonic() < deadline, "camera did not come online"
+            time.sleep(0.05)
+        sim.mode = "hang"  # connected, no frames: the trigger waits (trigger_timeout_s 30)
+
+        async def trigger() -> None:
+            mb = AsyncModbusTcpClient("127.0.0.1", port=adapter.port)
+            assert await mb.connect()
+            try:
+                assert not (await mb.write_coil(COILS.index("Trigger"), True, device_id=1)).isError()
+                await _until(lambda: _coils(mb, 0), {**await _coils(mb, 0), "Busy": True})
+            finally:
+                mb.close()
+
+        asyncio.run(trigger())
+        written.clear()
+    finally:
+        stop()
+        sim.kill()
+    station = srv.app.state.line_plc.stations["sim"]
+    written = [c for c in written if c[0] != "Heartbeat"]  # the ticker ran until stop()
+    assert written[0] == ("TriggerReady", False)  # first: no new part is taken
+    assert ("ErrorCode", ErrorCode.SHUTDOWN) in written
+    assert written.index(("ErrorCode", ErrorCode.SHUTDOWN)) < written.index(("ResultReady", True))
+    assert (station.tags["Pass"], station.tags["Fail"], station.tags["Busy"],
+            station.tags["TriggerReady"]) == (False, True, False, False)

@@ -25,7 +25,11 @@ class CameraManager:
                 return make_source(cfg.source, open_timeout_s=cfg.open_timeout_s,
                                    read_timeout_s=cfg.read_timeout_s, loop=cfg.loop, fps=cfg.fps)
 
-            worker = CameraWorker(cfg.id, make, stale_after_s=cfg.stale_after_s)
+            # a continuous camera re-judging one frozen picture would report parts that are
+            # not there: it reconnects. A triggered one sees a still scene between parts,
+            # which must not take it offline (docs/line-integration.md, "Cameras")
+            worker = CameraWorker(cfg.id, make, stale_after_s=cfg.stale_after_s,
+                                  detect_frozen=cfg.mode == "continuous")
             worker.start()
             self.workers[cfg.id] = worker
 
@@ -51,48 +55,50 @@ class CameraManager:
             out.append({**w.health(), "source": cfg.source, "mode": cfg.mode, "recipe": cfg.recipe})
         return out
 
-    async def fresh_frame(self, camera_id: str, *, trigger_time: float, timeout_s: float) -> Frame:
-        """The first frame captured after the trigger, or the newest one if it is at most
-        ``max_frame_age_s`` old; else :class:`CameraUnavailable`.
+    async def fresh_frame(self, camera_id: str, *, after: float, timeout_s: float) -> Frame:
+        """The first frame captured after ``after`` (``time.monotonic()`` of the trigger),
+        waiting up to ``timeout_s``; else :class:`CameraUnavailable`. Never a frame from
+        before the trigger, however fresh (there is no fallback to the newest one).
 
         Waits on the event loop (the capture thread wakes it), never in a worker thread:
         any number of pending triggers costs no thread, and ``timeout_s`` bounds the wait."""
         worker = self.worker(camera_id)
-        cfg = self.configs[camera_id]
         if worker.state in ("offline", "stopped"):  # known down: answer at once
             h = worker.health()
             raise CameraUnavailable(f"camera {camera_id} is {h['state']}: {h['last_error']}", h)
-        latest = worker.latest()
-        if latest is not None and trigger_time - latest.timestamp <= 0:
-            return latest
-        frame = await _frame_after(worker, trigger_time, timeout_s)
+        frame = await _frame_after(worker, after, timeout_s)
         if frame is None:
-            if latest is not None and time.time() - latest.timestamp <= cfg.max_frame_age_s:
-                return latest
             h = worker.health()
             raise CameraUnavailable(
-                f"camera {camera_id} ({h['state']}): no fresh frame within {timeout_s:.1f}s "
+                f"camera {camera_id} ({h['state']}): no frame captured within {timeout_s:.1f}s "
                 "of the trigger", h)
         return frame
 
 
 async def _frame_after(worker: CameraWorker, t: float, timeout_s: float) -> Frame | None:
-    """The first frame of ``worker`` captured after ``t`` (``time.time()``), or None."""
+    """The first frame of ``worker`` captured after ``t`` (``time.monotonic()``), or None.
+    Only when that frame was already replaced before this looked (a loop late to run the
+    trigger) is it the newest one, still captured after ``t``."""
     loop = asyncio.get_running_loop()
     arrived = asyncio.Event()
+    first: list[Frame] = []  # written on the capture thread, read after ``arrived``
 
     def on_frame(frame: Frame) -> None:
-        if frame.timestamp > t:
+        if not first and frame.monotonic > t:
+            # kept here: the worker keeps only its newest frame, and a busy loop may wake
+            # after later ones replaced this one
+            first.append(frame)
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(arrived.set)
 
     unsubscribe = worker.subscribe(on_frame)
     try:
-        frame = worker.latest()
-        if frame is None or frame.timestamp <= t:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrived.wait(), timeout_s)
-            frame = worker.latest()
-        return frame if frame is not None and frame.timestamp > t else None
+        latest = worker.latest()
+        if latest is not None and latest.monotonic > t:
+            # already captured (the earliest known of it and any frame seen since)
+            return min([latest, *first], key=lambda f: f.seq)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), timeout_s)
+        return first[0] if first else None
     finally:
         unsubscribe()

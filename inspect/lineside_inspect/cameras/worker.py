@@ -1,5 +1,9 @@
-"""One capture worker per camera: keeps only the newest frame, detects a frozen or lost
-source, and reconnects with exponential backoff and jitter."""
+"""One capture worker per camera: keeps only the newest frame, detects a lost source (and,
+when asked, a frozen picture), and reconnects with exponential backoff and jitter.
+
+Freshness is measured on the monotonic clock (``Frame.monotonic``): a step of the wall
+clock (NTP, PTP, an operator) must never make a frame from before a trigger look newer
+than it. The wall time (``Frame.timestamp``) is for display and storage only."""
 
 from __future__ import annotations
 
@@ -14,23 +18,26 @@ import numpy as np
 
 from lineside_inspect.cameras.sources import FrameSource
 
-FROZEN_REPEATS = 30  # identical or black frames in a row that mean a dead picture
-
 
 @dataclass
 class Frame:
     image: np.ndarray
-    timestamp: float  # time.time() when captured
+    timestamp: float  # time.time() when captured: shown and stored, never compared
     seq: int
+    monotonic: float  # time.monotonic() when captured: every freshness and age check
 
 
 class CameraWorker:
     def __init__(self, camera_id: str, make: Callable[[], FrameSource], *,
                  stale_after_s: float = 2.0, backoff_base_s: float = 0.2,
-                 backoff_max_s: float = 5.0) -> None:
+                 backoff_max_s: float = 5.0, detect_frozen: bool = False) -> None:
         self.camera_id = camera_id
         self.make = make
         self.stale_after_s = stale_after_s
+        # an unchanged picture for stale_after_s means a frozen source (reconnect). Off
+        # unless asked: a still or dark scene (an idle station, H.264 skip frames, a
+        # strobe-lit enclosure) repeats its picture too, and must not flap offline
+        self.detect_frozen = detect_frozen
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._cond = threading.Condition()
@@ -72,10 +79,11 @@ class CameraWorker:
             return self._frame
 
     def wait_frame_after(self, t: float, timeout_s: float) -> Frame | None:
-        """The first frame captured after time ``t`` (``time.time()``), or None."""
+        """The newest frame once one captured after ``t`` (``time.monotonic()``) is there,
+        or None."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while self._frame is None or self._frame.timestamp <= t:
+            while self._frame is None or self._frame.monotonic <= t:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stop.is_set():
                     return None
@@ -96,7 +104,7 @@ class CameraWorker:
 
     def health(self) -> dict[str, Any]:
         frame = self.latest()
-        age = time.time() - frame.timestamp if frame else None
+        age = time.monotonic() - frame.monotonic if frame else None
         online = self.state == "online" and age is not None and age <= self.stale_after_s
         return {
             "id": self.camera_id,
@@ -143,25 +151,23 @@ class CameraWorker:
         self.state = "stopped"
 
     def _read_loop(self, source: FrameSource) -> str:
-        repeats = 0
         previous: np.ndarray | None = None
-        last_new = time.monotonic()
+        changed = time.monotonic()  # when the picture last changed (detect_frozen only)
         while not self._stop.is_set():
             image = source.read()
             now = time.monotonic()
             if image is None:
                 return "source failed or ended"
-            small = image[::16, ::16]
-            dead = (previous is not None and np.array_equal(small, previous)) or int(small.max()) == 0
-            previous = small
-            repeats = repeats + 1 if dead else 0
-            if repeats >= FROZEN_REPEATS or now - last_new > self.stale_after_s:
-                return "frozen: no new picture"
-            if not dead:
-                last_new = now
+            if self.detect_frozen:
+                small = image[::16, ::16]
+                if previous is None or not np.array_equal(small, previous):
+                    changed = now
+                elif now - changed > self.stale_after_s:
+                    return f"frozen: the same picture for over {self.stale_after_s:g}s"
+                previous = small
             with self._cond:
                 self.frames += 1
-                frame = self._frame = Frame(image, time.time(), self.frames)
+                frame = self._frame = Frame(image, time.time(), self.frames, now)
                 self._cond.notify_all()
                 listeners = list(self._listeners)
             for listener in listeners:

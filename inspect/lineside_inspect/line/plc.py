@@ -125,7 +125,23 @@ class PlcLine:
         self._ticker = asyncio.create_task(self._tick(), name="line-plc-tick")
 
     async def stop(self) -> None:
-        tasks = [t for t in [self._ticker, *self._tasks] if t is not None]
+        """Close the stations first (TriggerReady off, a part in progress ends with Fail and
+        ErrorCode 8, so no PLC waits for a result that never comes), then stop the
+        inspections and the adapters. The heartbeat stops with them."""
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        await asyncio.sleep(0)  # publications already spawned queue on the locks first
+        now = time.monotonic()
+        for sid, station in self.stations.items():
+            changes = station.close(now)
+            if ("ErrorCode", int(ErrorCode.SHUTDOWN)) in changes:
+                log.warning("line: station %s: server stopping: part in progress ends with "
+                            "Fail, ErrorCode 8", sid)
+            await self._publish(sid, changes)
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -146,22 +162,32 @@ class PlcLine:
         station = self.stations.get(station_id)
         if station is None:
             return
-        step = station.plc_write(tag, value, time.monotonic())
+        now = time.monotonic()
+        step = station.plc_write(tag, value, now)
         self._spawn(self._publish(station_id, step.changes))
+        if tag == "Recipe" and station.recipe_fault is not ErrorCode.NONE:
+            log.warning("line: station %s: Recipe %r refused (ErrorCode %d): its triggers "
+                        "fail until a usable recipe is written", station_id, value,
+                        station.recipe_fault)
+        elif step.inspect_recipe is None and ("ResultReady", True) in step.changes:
+            log.warning("line: station %s: trigger failed with ErrorCode %d: the last Recipe "
+                        "write was refused", station_id, station.recipe_fault)
         if step.inspect_recipe is not None:
-            self._spawn(self._inspect(station_id, step.inspect_recipe))
+            # the trigger's own time: the frame judged is one captured after the PLC's write
+            self._spawn(self._inspect(station_id, step.inspect_recipe, step.part, now))
 
-    async def _inspect(self, station_id: str, recipe: str) -> None:
+    async def _inspect(self, station_id: str, recipe: str, part: int, triggered_at: float) -> None:
         station = self.stations[station_id]
         code = self.check_recipe(station_id, recipe)  # a recipe may have gone since
         if code is not ErrorCode.NONE:
             log.warning("line: station %s: recipe %r cannot be used (ErrorCode %d)",
                         station_id, recipe, code)
-            await self._publish(station_id, station.failed(code, time.monotonic()))
+            await self._publish(station_id, station.failed(code, time.monotonic(), part=part))
             return
         try:
             result = await self.service.inspect_camera(
                 station_id, recipe=recipe or None, timeout_s=self.settings.trigger_timeout_s,
+                triggered_at=triggered_at,
                 answer=False)  # the PLC hears tags, not the JSON answer
         except Exception as exc:  # fail-safe: whatever went wrong is a Fail with a code
             code = error_code(exc)
@@ -170,10 +196,10 @@ class PlcLine:
             else:
                 log.warning("line: station %s: Fail, ErrorCode %d (%s): %s", station_id, code,
                             code.name.lower(), getattr(exc, "message", exc))
-            changes = station.failed(code, time.monotonic())
+            changes = station.failed(code, time.monotonic(), part=part)
         else:
             changes = station.finished(result.verdict == "pass", len(result.defects), result.id,
-                                       time.monotonic())
+                                       time.monotonic(), part=part)
         await self._publish(station_id, changes)
 
     async def _tick(self) -> None:
@@ -183,8 +209,7 @@ class PlcLine:
             for sid, station in self.stations.items():
                 changes = station.tick(now)
                 if changes:
-                    if station.tags["ErrorCode"] == ErrorCode.ACK_TIMEOUT and \
-                            ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in changes:
+                    if ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in changes:
                         log.warning("line: station %s: no ResultAck within %.1fs: result "
                                     "dropped (ErrorCode 5)", sid, station.ack_timeout_s)
                     await self._publish(sid, changes)

@@ -7,7 +7,8 @@ one station has one handshake whichever protocol (or both) the PLC uses.
 
 The handshake (docs/line-integration.md has the timing diagram):
 
-1. The PLC sets ``Trigger`` (only while ``TriggerReady``; otherwise it is ignored).
+1. The PLC sets ``Trigger`` (only while ``TriggerReady``; otherwise it is refused and
+   cleared at once, and an open part's result is dropped: see :meth:`Station._trigger`).
 2. Lineside clears ``TriggerReady``, sets ``Busy``, clears the last result, and judges
    the first frame captured after the trigger.
 3. It writes ``Pass``/``Fail``/``DefectCount``/``InspectionId``/``ErrorCode``, then sets
@@ -18,6 +19,8 @@ The handshake (docs/line-integration.md has the timing diagram):
 Fail-safe: an error never yields ``Pass``. It ends step 3 with ``Fail`` and the reason in
 ``ErrorCode``. A PLC that never acknowledges cannot hold the station: after
 ``ack_timeout_s`` the result is dropped with ``ErrorCode`` 5 and the station is ready again.
+A refused ``Recipe`` write is a standing fault: until a usable recipe is written, every
+trigger ends with ``Fail`` and its code, never a verdict judged with the old recipe.
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ class ErrorCode(enum.IntEnum):
     NO_FRESH_FRAME = 2  # no frame captured after the trigger within trigger_timeout_s
     MODEL_ERROR = 3  # inference failed (model, reference image)
     OVERLOAD = 4  # no inference slot in time (server busy)
-    ACK_TIMEOUT = 5  # the PLC did not set ResultAck within ack_timeout_s: result dropped
+    ACK_TIMEOUT = 5  # result dropped: no ResultAck within ack_timeout_s, or a new Trigger first
     UNKNOWN_RECIPE = 6  # Recipe written names no loaded recipe (Modbus: index out of range)
     RECIPE_NOT_USABLE = 7  # a loaded recipe this camera cannot run (e.g. needs a reference)
+    SHUTDOWN = 8  # the server is stopping: the part in progress was not judged
     INTERNAL = 9  # anything else; the server log has the details
 
 
@@ -76,6 +80,7 @@ class Step:
 
     changes: Changes = field(default_factory=list)
     inspect_recipe: str | None = None
+    part: int = 0  # the accepted trigger's number: its result must name it (see finished)
 
 
 PlcWrite = Callable[[str, str, TagValue], None]  # (station id, tag, value) as the PLC wrote it
@@ -118,6 +123,10 @@ class Station:
         }
         self._started = now
         self._result_at = 0.0
+        self._part = 0  # accepted triggers so far: a result of an older part is ignored
+        self._drop = False  # the part in progress was given up by the PLC (a new Trigger)
+        self.recipe_fault = ErrorCode.NONE  # the last Recipe write was refused: no verdicts
+        self.closed = False  # the server is stopping: no more triggers
 
     @property
     def recipe(self) -> str:
@@ -134,27 +143,46 @@ class Station:
     # -- what the PLC writes ----------------------------------------------------------
     def plc_write(self, tag: str, value: TagValue, now: float) -> Step:
         if tag == "Trigger":
-            return self._trigger(bool(value))
+            return self._trigger(bool(value), now)
         if tag == "ResultAck":
             return Step(self._ack(bool(value)))
         if tag == "Recipe":
             return Step(self._recipe(str(value)))
         raise KeyError(f"{tag} is not written by the PLC")
 
-    def _trigger(self, value: bool) -> Step:
+    def _trigger(self, value: bool, now: float) -> Step:
         step = Step()
-        self._set(step.changes, "Trigger", value)
-        if not value or self.phase is not Phase.READY:
-            # a trigger while busy or holding a result is not queued: the PLC waits for
-            # TriggerReady (step 5 clears Trigger, so a stray one cannot start a part later)
+        if not value:
+            self._set(step.changes, "Trigger", False)
             return step
+        if self.phase is not Phase.READY or self.closed:
+            # refused and cleared at once (as a stray ResultAck is): Trigger reading 1 always
+            # means a part in progress. Nothing is queued, and a PLC that triggers while a
+            # part is open has given up on that part: its result is dropped, so it can never
+            # be read as the answer to this trigger
+            self._set(step.changes, "Trigger", False)
+            if not self.closed:
+                if self.phase is Phase.RESULT:
+                    self._dropped(step.changes)
+                elif self.phase is Phase.BUSY:
+                    self._drop = True  # dropped when its inspection ends (see _result)
+            return step
+        self._set(step.changes, "Trigger", True)
+        self._part += 1
+        self._drop = False
         self.phase = Phase.BUSY
         self._set(step.changes, "TriggerReady", False)
         self._set(step.changes, "Busy", True)
         for name, cleared in (("Pass", False), ("Fail", False), ("DefectCount", 0),
                               ("InspectionId", ""), ("ErrorCode", int(ErrorCode.NONE))):
             self._set(step.changes, name, cleared)
+        if self.recipe_fault is not ErrorCode.NONE:
+            # the PLC asked for a product this station cannot judge: judging the part with
+            # the recipe of the previous product would be a verdict for the wrong product
+            step.changes += self._result(False, 0, "", self.recipe_fault, now)
+            return step
         step.inspect_recipe = self.recipe
+        step.part = self._part
         return step
 
     def _ack(self, value: bool) -> Changes:
@@ -172,30 +200,59 @@ class Station:
         code = self.check_recipe(name)
         if code is ErrorCode.NONE:
             self._set(changes, "Recipe", name)  # the next trigger inspects with it
+            self.recipe_fault = ErrorCode.NONE
             if self.phase is Phase.READY and self.tags["ErrorCode"] in (
                     ErrorCode.UNKNOWN_RECIPE, ErrorCode.RECIPE_NOT_USABLE):
                 self._set(changes, "ErrorCode", int(ErrorCode.NONE))
             return changes
-        # refused: Recipe reads back the recipe in force; ErrorCode says why, unless a
-        # part is in progress (its result owns ErrorCode until it is acknowledged)
+        # refused: Recipe reads back the recipe in force, and the station stays in fault
+        # (each trigger a Fail with this code) until a usable recipe is written. ErrorCode
+        # shows it now unless a part is open (its result owns ErrorCode until the ack)
+        self.recipe_fault = code
         self._set(changes, "Recipe", self.recipe)
         if self.phase is Phase.READY:
-            self._set(changes, "ErrorCode", int(code))
+            self._show_fault(changes)
         return changes
 
-    # -- what the inspection gave -------------------------------------------------------
-    def finished(self, passed: bool, defect_count: int, inspection_id: str, now: float) -> Changes:
-        """The verdict of the part triggered last (ignored unless the station is busy)."""
-        return self._result(passed, defect_count, inspection_id, ErrorCode.NONE, now)
+    def _show_fault(self, changes: Changes) -> None:
+        # no Pass beside an error code, as after a part
+        self._set(changes, "Pass", False)
+        self._set(changes, "Fail", True)
+        self._set(changes, "ErrorCode", int(self.recipe_fault))
 
-    def failed(self, code: ErrorCode, now: float, inspection_id: str = "") -> Changes:
+    # -- what the inspection gave -------------------------------------------------------
+    def finished(self, passed: bool, defect_count: int, inspection_id: str, now: float,
+                 part: int | None = None) -> Changes:
+        """The verdict of part ``part`` (default: the one triggered last); ignored unless
+        that part is the one in progress."""
+        return self._result(passed, defect_count, inspection_id, ErrorCode.NONE, now, part)
+
+    def failed(self, code: ErrorCode, now: float, inspection_id: str = "",
+               part: int | None = None) -> Changes:
         """No verdict: Fail with ``code`` (never NONE)."""
-        return self._result(False, 0, inspection_id, ErrorCode(code) or ErrorCode.INTERNAL, now)
+        return self._result(False, 0, inspection_id, ErrorCode(code) or ErrorCode.INTERNAL, now,
+                            part)
+
+    def close(self, now: float) -> Changes:
+        """The server is stopping: no trigger is taken any more, and a part in progress
+        ends now with Fail and ErrorCode 8 (its inspection's result is ignored)."""
+        changes: Changes = []
+        self.closed = True
+        self._set(changes, "TriggerReady", False)
+        if self.phase is Phase.BUSY:
+            self._drop = False
+            changes += self._result(False, 0, "", ErrorCode.SHUTDOWN, now)
+        return changes
 
     def _result(self, passed: bool, defects: int, inspection_id: str, code: ErrorCode,
-                now: float) -> Changes:
+                now: float, part: int | None = None) -> Changes:
         changes: Changes = []
-        if self.phase is not Phase.BUSY:
+        if self.phase is not Phase.BUSY or (part is not None and part != self._part):
+            return changes
+        if self._drop:  # the PLC triggered again meanwhile: this result answers no one
+            self._drop = False
+            self._set(changes, "Busy", False)
+            self._dropped(changes)
             return changes
         passed = passed and code is ErrorCode.NONE
         self._set(changes, "Pass", passed)
@@ -210,6 +267,16 @@ class Station:
         self._result_at = now
         return changes
 
+    def _dropped(self, changes: Changes) -> None:
+        """The open part's result is not to be taken for a verdict: Fail, ErrorCode 5,
+        no ResultReady, ready again."""
+        self._set(changes, "Pass", False)
+        self._set(changes, "Fail", True)
+        self._set(changes, "DefectCount", 0)
+        self._set(changes, "InspectionId", "")
+        self._set(changes, "ErrorCode", int(ErrorCode.ACK_TIMEOUT))
+        self._to_ready(changes)
+
     # -- time -------------------------------------------------------------------------
     def tick(self, now: float) -> Changes:
         """The heartbeat (+1 each second since start, wrapping at 2^32) and the ack timeout."""
@@ -219,16 +286,16 @@ class Station:
             self._set(changes, "Heartbeat", beat)
         if self.phase is Phase.RESULT and now - self._result_at >= self.ack_timeout_s:
             # the PLC missed this result: it must not be taken for a verdict later
-            self._set(changes, "Pass", False)
-            self._set(changes, "Fail", True)
-            self._set(changes, "ErrorCode", int(ErrorCode.ACK_TIMEOUT))
-            self._to_ready(changes)
+            self._dropped(changes)
         return changes
 
     def _to_ready(self, changes: Changes) -> None:
         self._set(changes, "ResultReady", False)
         self._set(changes, "Trigger", False)
         self._set(changes, "ResultAck", False)
-        self._set(changes, "TriggerReady", True)  # last: announces everything above
+        if self.recipe_fault is not ErrorCode.NONE:
+            self._show_fault(changes)  # a refused switch during the part still stands
+        # last: announces everything above (never again once the server is stopping)
+        self._set(changes, "TriggerReady", not self.closed)
         self.phase = Phase.READY
 

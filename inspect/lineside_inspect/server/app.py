@@ -127,6 +127,9 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         admin.publish_state(app.state.metrics, registry)
         for hook in app.state.on_startup + app.state.on_ready:
             await anyio.to_thread.run_sync(hook)
+        # a camera's recipe and reference are checked once every hook ran (a fleet box adds
+        # its restored models' recipes in one): a typo stops the server here, not every frame
+        await anyio.to_thread.run_sync(app.state.service.check_cameras)
         app.state.service.start_continuous()
         app.state.ready = True
         log.info("lineside ready: %s", ", ".join(f"{n}:{s.active}" for n, s in

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lineside_inspect.draw import annotate
-from lineside_inspect.errors import ImageError, ImageTooLargeError, LinesideError, NotFoundError
+from lineside_inspect.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    ImageError,
+    ImageTooLargeError,
+    LinesideError,
+    NotFoundError,
+    Overloaded,
+)
 from lineside_inspect.imageio import decode_image, encode_jpeg, header_size, sniff_format
 from lineside_inspect.inspector import FrameTiming, Inspection, inspect
 from lineside_inspect.recipes import Recipe
@@ -36,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lineside.service")
 
 API_CAMERA = "(api)"  # metrics label for inspections not from a configured camera
+FAILURE_LOG_S = 60.0  # a continuous camera that keeps failing is logged once a minute
 
 Output = Callable[[Inspection], None]
 
@@ -90,30 +99,37 @@ class InspectionService:
 
     async def inspect_camera(self, camera_id: str, *, part_id: str | None = None,
                              recipe: str | None = None, timeout_s: float = 2.0,
-                             answer: bool = True, draw: bool = False) -> Inspection:
-        """Inspect the first frame ``camera_id`` captures after this call (or the newest
-        within the camera's ``max_frame_age_s``). ``timeout_s`` bounds the wait for the
-        frame and for the slot together; the wait holds no thread. ``answer``: encode the
-        JSON answer on the worker thread (an HTTP trigger sends it; a PLC does not);
-        ``draw``: draw the frame instead (``Inspection.drawn``)."""
-        arrived = time.time()
-        deadline = time.monotonic() + timeout_s
+                             answer: bool = True, draw: bool = False,
+                             triggered_at: float | None = None) -> Inspection:
+        """Inspect the first frame ``camera_id`` captures after the trigger
+        (``triggered_at``, ``time.monotonic()``; default: this call), never one from
+        before it. ``timeout_s`` bounds the wait for the frame and for the slot together;
+        the wait holds no thread. ``answer``: encode the JSON answer on the worker thread
+        (an HTTP trigger sends it; a PLC does not); ``draw``: draw the frame instead
+        (``Inspection.drawn``)."""
+        # monotonic: a wall-clock step must not make an older frame pass for a fresh one
+        arrived = time.monotonic() if triggered_at is None else triggered_at
+        deadline = arrived + timeout_s
         manager = self._manager()
         cfg = manager.configs.get(camera_id)
         if cfg is None:
             manager.worker(camera_id)  # raises not found, naming the configured cameras
             raise NotFoundError(f"unknown camera {camera_id!r}")
         rule, detector, anomaly = self._pin(recipe or cfg.recipe)
-        ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
-                                name=cfg.reference, camera=camera_id, recipe=rule.name)
-        frame = await manager.fresh_frame(camera_id, trigger_time=arrived, timeout_s=timeout_s)
+        frame = await manager.fresh_frame(camera_id, after=arrived,
+                                          timeout_s=max(0.0, deadline - time.monotonic()))
         remaining = max(0.0, deadline - time.monotonic())
 
         def work() -> Inspection:
+            # the golden image is resolved here, off the event loop (its first use decodes it)
+            ref = resolve_reference(detector.needs_reference, detector.card.name,
+                                    self.references, name=cfg.reference, camera=camera_id,
+                                    recipe=rule.name)
             result = inspect(frame.image, detector, rule, camera_id=camera_id, part_id=part_id,
                              reference=ref, anomaly_model=anomaly)
-            result.frame = FrameTiming(frame.timestamp, (time.time() - frame.timestamp) * 1000,
-                                       (frame.timestamp - arrived) * 1000)
+            result.frame = FrameTiming(frame.timestamp,
+                                       (time.monotonic() - frame.monotonic) * 1000,
+                                       (frame.monotonic - arrived) * 1000)
             return result
 
         return await self._run(work, timeout_s=min(remaining, self.limiter.timeout_s),
@@ -123,11 +139,33 @@ class InspectionService:
         """Inspect a frame already captured by ``camera_id`` (continuous mode)."""
         cfg = self._manager().configs[camera_id]
         rule, detector, anomaly = self._pin(cfg.recipe)
-        ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
-                                name=cfg.reference, camera=camera_id, recipe=rule.name)
-        return await self._run(
-            lambda: inspect(image, detector, rule, camera_id=camera_id, reference=ref,
-                            anomaly_model=anomaly))
+
+        def work() -> Inspection:
+            ref = resolve_reference(detector.needs_reference, detector.card.name,
+                                    self.references, name=cfg.reference, camera=camera_id,
+                                    recipe=rule.name)
+            return inspect(image, detector, rule, camera_id=camera_id, reference=ref,
+                           anomaly_model=anomaly)
+
+        return await self._run(work)
+
+    def check_cameras(self) -> None:
+        """Refuse at start-up (:class:`ConfigError`) a camera whose recipe is not loaded,
+        or whose model and reference do not go together: every trigger, or every frame of
+        a continuous camera, would fail. Runs after every start-up hook (a fleet box adds
+        the recipes of the models it restored in one)."""
+        if self.cameras is None:
+            return
+        problems = []
+        for cfg in self.cameras.configs.values():
+            try:
+                rule, detector, _ = self._pin(cfg.recipe)
+                resolve_reference(detector.needs_reference, detector.card.name, self.references,
+                                  name=cfg.reference, camera=cfg.id, recipe=rule.name)
+            except LinesideError as exc:
+                problems.append(f"camera {cfg.id}: {exc.message}")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     # -- continuous cameras -------------------------------------------------------------
     def start_continuous(self) -> None:
@@ -152,6 +190,7 @@ class InspectionService:
 
     async def _continuous(self, camera_id: str, rate_hz: float) -> None:
         worker, last_seq = self._manager().worker(camera_id), 0
+        failing = _Failures(camera_id)
         while True:
             await asyncio.sleep(1.0 / rate_hz)
             frame = worker.latest()
@@ -160,10 +199,14 @@ class InspectionService:
             last_seq = frame.seq
             try:
                 await self.inspect_frame(camera_id, frame.image)
-            except LinesideError as exc:  # overloaded, model swapped out...: next frame
+            except (Overloaded, DeadlineExceeded) as exc:  # a busy server skips frames
                 log.debug("continuous %s: %s", camera_id, exc.message)
+            except LinesideError as exc:  # recipe or model gone, reference refused...
+                failing.failed(exc.message)
             except Exception:
                 log.exception("continuous inspection on %s failed", camera_id)
+            else:
+                failing.passed()
 
     # -- shared steps ---------------------------------------------------------------------
     def _pin(self, recipe: str | None) -> tuple[Recipe, Detector, Detector | None]:
@@ -235,3 +278,29 @@ class InspectionService:
                 output(result)
             except Exception:
                 log.exception("output %r failed on inspection %s", output, result.id)
+
+
+class _Failures:
+    """A continuous camera's failed inspections, told at WARNING: the first at once, then
+    at most once per :data:`FAILURE_LOG_S` with the count since (a camera failing every
+    frame would flood the log, one failing silently runs zero inspections unnoticed)."""
+
+    def __init__(self, camera_id: str) -> None:
+        self.camera_id = camera_id
+        self.count = 0  # failures not yet told
+        self.told_at: float | None = None  # rate-limits across passes too (a flapping cause)
+        self.failing = False
+
+    def failed(self, message: str) -> None:
+        self.count += 1
+        self.failing = True
+        now = time.monotonic()
+        if self.told_at is None or now - self.told_at >= FAILURE_LOG_S:
+            log.warning("continuous %s: inspection failed (%d since last told): %s",
+                        self.camera_id, self.count, message)
+            self.count, self.told_at = 0, now
+
+    def passed(self) -> None:
+        if self.failing:
+            log.info("continuous %s: inspecting again", self.camera_id)
+            self.failing = False

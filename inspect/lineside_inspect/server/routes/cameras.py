@@ -45,9 +45,10 @@ async def trigger(
     timeout_s: Annotated[float, Query(gt=0, le=30)] = 2.0,
     annotated: Annotated[bool, Query(description="answer with the annotated JPEG")] = False,
 ) -> Any:
-    """Inspect the first frame captured after this trigger arrived (or the newest within
-    the camera's max frame age). 503 with the camera's state when none comes within
-    ``timeout_s``, which bounds the wait for the frame and for an inference slot. Answers
+    """Inspect the first frame captured after this trigger arrived, never an older one.
+    503 with the camera's state when none comes within ``timeout_s``, which bounds the
+    wait for the frame and for an inference slot. The recipe is ``recipe`` or the
+    camera's configured one (a PLC's ``Recipe`` switch applies to PLC triggers only). Answers
     the verdict JSON or, with ``annotated=1``, the frame as ``POST /v1/inspect`` draws it:
     an image of the line, which is the reviewer role's (as snapshots and live views are),
     so it needs a key that may both trigger and see images (admin); a line key asking for
