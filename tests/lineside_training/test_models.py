@@ -103,3 +103,37 @@ def test_bad_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     torch.save({"foo.weight": torch.zeros(3)}, unrelated)
     with pytest.raises(ConfigError, match="no tensor matches"):
         load_weights(build_model("lsdet", num_classes=2), unrelated)
+
+
+def test_a_box_between_grid_columns_still_gets_a_location() -> None:
+    """A scratch 3 px wide lying between two columns of the stride-8 grid contained no
+    location, so no location was ever trained to find it. It takes its nearest one now,
+    whose targets reach the box edges; boxes that had locations keep exactly theirs."""
+    from lineside_training.models.lsdet import LSDet, assign
+
+    model = LSDet(num_classes=2)
+    images = torch.zeros(1, 3, 64, 64)
+    sizes = model._level_sizes(images)
+    _cls, _reg, _ctr, pts = model.dense(images)
+    stride = torch.cat([torch.full((n,), float(s)) for n, s in zip(sizes, model.strides, strict=True)])
+    ranges = model._ranges()
+    lo = torch.cat([torch.full((n,), r[0]) for n, r in zip(sizes, ranges, strict=True)])
+    hi = torch.cat([torch.full((n,), r[1]) for n, r in zip(sizes, ranges, strict=True)])
+    # grid columns sit at x = 4, 12, 20, ...: [13, 16] holds none of them
+    thin = torch.tensor([[13.0, 10.0, 16.0, 50.0]])
+    wide = torch.tensor([[8.0, 8.0, 40.0, 40.0]])
+    is_pos, _best, targets = assign(pts, stride, lo, hi, thin)
+    assert int(is_pos.sum()) == 1
+    (where,) = torch.nonzero(is_pos).flatten().tolist()
+    x, y = pts[where].tolist()
+    assert (x, y) in ((12.0, 28.0), (12.0, 36.0), (20.0, 28.0), (20.0, 36.0))  # nearest to (14.5, 30)
+    box = [x - targets[where, 0], y - targets[where, 1], x + targets[where, 2], y + targets[where, 3]]
+    assert box[1] == 10.0 and box[3] == 50.0  # the box's own top and bottom
+    assert min(box[0], 13.0) >= 13.0 - 4 and max(box[2], 16.0) <= 16.0 + 4  # within half a stride
+
+    both = torch.cat([wide, thin])
+    is_pos2, best2, _ = assign(pts, stride, lo, hi, both)
+    only_wide, _, _ = assign(pts, stride, lo, hi, wide)
+    assert bool((is_pos2 & (best2 == 0)).eq(only_wide).all())  # the wide box keeps its locations
+    losses = model(images, [{"boxes": thin, "labels": torch.tensor([1])}])
+    assert all(torch.isfinite(v) for v in losses.values())  # type: ignore[union-attr]

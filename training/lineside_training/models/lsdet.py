@@ -160,21 +160,9 @@ class LSDet(nn.Module):
             gt, labels = t["boxes"], t["labels"]
             if gt.numel() == 0:
                 continue
-            px, py = pts[:, 0:1], pts[:, 1:2]
-            ltrb = torch.stack([px - gt[:, 0], py - gt[:, 1], gt[:, 2] - px, gt[:, 3] - py], -1)
-            inside = ltrb.min(-1).values > 0
-            gcx, gcy = (gt[:, 0] + gt[:, 2]) / 2, (gt[:, 1] + gt[:, 3]) / 2
-            radius = 1.5 * level_stride[:, None]
-            central = ((px - gcx).abs() < radius) & ((py - gcy).abs() < radius)
-            side = ltrb.max(-1).values
-            fits = (side >= lo[:, None]) & (side <= hi[:, None])
-            area = ((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])).expand(len(pts), -1)
-            ok = inside & central & fits
-            area = torch.where(ok, area, torch.full_like(area, float("inf")))
-            best_area, best = area.min(1)
-            is_pos = torch.isfinite(best_area)
+            is_pos, best, ltrb = assign(pts, level_stride, lo, hi, gt)
             pos[i] = is_pos
-            reg_t[i] = ltrb[torch.arange(len(pts)), best]
+            reg_t[i] = ltrb
             cls_t[i, is_pos, labels[best[is_pos]]] = 1.0
         num_pos = max(float(pos.sum()), 1.0)
         loss_cls = sigmoid_focal_loss(cls, cls_t, reduction="sum") / num_pos
@@ -200,6 +188,43 @@ class LSDet(nn.Module):
     def _level_sizes(self, images: Tensor) -> list[int]:
         h, w = images.shape[-2:]
         return [(h // s) * (w // s) for s in self.strides]
+
+
+def assign(pts: Tensor, stride: Tensor, lo: Tensor, hi: Tensor,
+           gt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """FCOS assignment of locations to ground-truth boxes, with a fallback.
+
+    ``pts`` ``[P, 2]`` location centres, ``stride`` ``[P]`` their level's stride, ``lo``
+    and ``hi`` ``[P]`` the level's size range, ``gt`` ``[G, 4]`` boxes (x1, y1, x2, y2).
+    Returns ``is_pos`` ``[P]`` bool, ``best`` ``[P]`` the box index of each location (the
+    smallest box among those it may take), and the regression targets ``[P, 4]``
+    (l, t, r, b; meaningful where ``is_pos``).
+
+    A location is a candidate for a box when it lies inside it, within 1.5 strides of its
+    centre, and the box's size fits the level. A box narrower than a stride can fall
+    between the grid's columns and get no location at all, so it was never learned (a
+    scratch or crack a few pixels wide); such a box takes its nearest fitting location,
+    whose targets are clamped to the box edges it lies beyond, by at most half a stride.
+    """
+    px, py = pts[:, 0:1], pts[:, 1:2]
+    ltrb = torch.stack([px - gt[:, 0], py - gt[:, 1], gt[:, 2] - px, gt[:, 3] - py], -1)
+    inside = ltrb.min(-1).values > 0
+    gcx, gcy = (gt[:, 0] + gt[:, 2]) / 2, (gt[:, 1] + gt[:, 3]) / 2
+    radius = 1.5 * stride[:, None]
+    central = ((px - gcx).abs() < radius) & ((py - gcy).abs() < radius)
+    side = ltrb.max(-1).values
+    fits = (side >= lo[:, None]) & (side <= hi[:, None])
+    ok = inside & central & fits
+    lonely = torch.nonzero(~ok.any(0)).flatten()
+    if len(lonely):
+        dist = (px - gcx) ** 2 + (py - gcy) ** 2
+        dist = torch.where(fits, dist, torch.full_like(dist, float("inf")))
+        ok[dist[:, lonely].argmin(0), lonely] = True
+    area = ((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])).expand(len(pts), -1)
+    area = torch.where(ok, area, torch.full_like(area, float("inf")))
+    best_area, best = area.min(1)
+    targets = ltrb[torch.arange(len(pts)), best].clamp(min=0.5)
+    return torch.isfinite(best_area), best, targets
 
 
 @register("lsdet")
