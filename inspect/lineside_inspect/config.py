@@ -123,7 +123,10 @@ class CameraConfig(BaseModel):
     open_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(5.0, gt=0)
     stale_after_s: float = Field(2.0, gt=0, description="no new frame for this long: offline")
-    max_frame_age_s: float = Field(0.5, gt=0, description="trigger may use a frame this fresh")
+    # kept so that configs written for it still load: a trigger never takes a frame from
+    # before it (docs/line-integration.md), so there is no fallback to a recent one
+    max_frame_age_s: float = Field(0.5, gt=0, description="no longer used: a trigger waits for "
+                                   "a frame captured after it")
 
 
 class Settings(BaseSettings):
