@@ -173,6 +173,34 @@ def test_a_huge_long_name_header_is_refused_before_tarfile_reads_it(tmp_path: Pa
     assert not any(dest.iterdir())
 
 
+def test_a_chain_of_long_name_headers_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
+    """tarfile reads a run of GNU long-name headers by recursion: 3000 in a row (12 kB
+    gzipped) overflowed the stack, a RecursionError the hub answered with a 500."""
+    raw = io.BytesIO()
+    name = b"x" * 10 + b"\0"
+    for _ in range(3000):
+        head = tarfile.TarInfo("././@LongLink")
+        head.type, head.size = tarfile.GNUTYPE_LONGNAME, len(name)
+        raw.write(head.tobuf(format=tarfile.GNU_FORMAT) + name.ljust(512, b"\0"))
+    raw.write(tarfile.TarInfo("model.json").tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 1024)
+    path = tmp_path / "chain.tar.gz"
+    path.write_bytes(gzip.compress(raw.getvalue()))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(PackageError, match="over 8 long-name or pax headers in a row"):
+        archive.unpack(path, dest)
+    # a pax header and a long name on one member, as real archives have, still unpack
+    both = tmp_path / "both.tar.gz"
+    with tarfile.open(both, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("n" * 300 + "é")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    with pytest.raises(PackageError, match="not a plain relative name"):  # judged by name
+        archive.unpack(both, ok)
+
+
 def test_a_pax_size_cannot_hide_a_long_name_nor_a_sparse_map(tmp_path: Path) -> None:
     """A pax ``size=0`` over a member whose own header says otherwise once misaligned a
     raw header walk, hiding a 200 MB long name behind it; a GNU sparse 1.0 member makes

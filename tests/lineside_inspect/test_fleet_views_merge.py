@@ -126,16 +126,20 @@ def test_a_restored_box_reviews_are_applied_not_skipped_by_the_cursor(tmp_path: 
         ack = take_reviews(store, "box-1", ReviewBatch(items=[event]))
         assert ack.through_seq == 2
         row = store.get(iid)
-        assert [r.reviewer for r in row.reviews] == ["qa"] and row.review_state == "confirmed"
+        # recorded under the box whose key sent it
+        assert [r.reviewer for r in row.reviews] == ["qa (box-1)"]
+        assert row.review_state == "confirmed"
         again = take_reviews(store, "box-1", ReviewBatch(items=[event]))  # resent: no change
         assert again.through_seq == 2 and len(store.get(iid).reviews) == 1
     finally:
         store.close()
 
 
-def test_a_review_from_a_box_clock_far_ahead_is_skipped(tmp_path: Path) -> None:
+def test_a_review_from_a_box_clock_far_ahead_waits(tmp_path: Path) -> None:
     """Last writer wins on the review's time: a review dated in the future would win every
-    later one (and at year 9999, the hub's next review time overflowed into a 500)."""
+    later one (and at year 9999, the hub's next review time overflowed into a 500). It is
+    not acknowledged either (it once was, and was lost): the batch stops there, the box
+    sends it again, and the hub takes it once its clock has come that far."""
     from lineside_inspect.fleet.hub.reviews import take_reviews
     from lineside_inspect.fleet.hub.tables import create_hub_tables
     from lineside_inspect.fleet.protocol import ReviewBatch
@@ -144,8 +148,9 @@ def test_a_review_from_a_box_clock_far_ahead_is_skipped(tmp_path: Path) -> None:
     create_hub_tables(store.engine)
     try:
         future = _event(iid, datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "box")
-        ack = take_reviews(store, "box-1", ReviewBatch(items=[future]))
-        assert ack.through_seq == 1  # settled (logged), so it cannot hold later reviews
+        later = _event(iid, T0 + timedelta(minutes=1), "box").model_copy(update={"seq": 2})
+        ack = take_reviews(store, "box-1", ReviewBatch(items=[future, later]))
+        assert (ack.through_seq, ack.waiting) == (0, "clock")
         assert store.get(iid).reviews == []
         store.review(iid, reviewer="lead", action="confirm")  # the hub's own still works
         assert [r.reviewer for r in store.get(iid).reviews] == ["lead"]
@@ -169,7 +174,7 @@ def test_a_box_review_with_a_nul_is_taken_not_a_stuck_stream(tmp_path: Path,
             update={"note": "dust\x00", "boxes": [{"label": "open", "box": [1, 1, 9, 9]}]})
         assert take_reviews(store, "box-1", ReviewBatch(items=[event])).through_seq == 1
         (review,) = store.get(iid).reviews
-        assert (review.reviewer, review.note) == ("q\ufffda", "dust\ufffd")
+        assert (review.reviewer, review.note) == ("q\ufffda (box-1)", "dust\ufffd")
     finally:
         store.close()
 

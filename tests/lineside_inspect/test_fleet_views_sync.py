@@ -166,7 +166,9 @@ def test_reviews_both_ways_status_and_the_plant_view(hub: Hub, box: Running,
     # up: a review made on the box reaches the hub, marked as the box's
     with box.client("reviewer") as b:
         b.post(f"/v1/inspections/{iid}/reviews", json={"action": "confirm"}).raise_for_status()
-        wait_for("the box's review on the hub", lambda: _reviews(q, iid) == [("reviewer", "confirm")])
+        # recorded under the box whose key sent it
+        wait_for("the box's review on the hub",
+                 lambda: _reviews(q, iid) == [(f"reviewer ({BOX})", "confirm")])
         # down: one made on the hub reaches the box, and is not echoed back up
         q.post(f"/v1/inspections/{iid}/reviews", json={"action": "false_reject"}).raise_for_status()
         wait_for("the hub's review on the box", lambda: _reviews(b, iid) == [
@@ -283,7 +285,8 @@ def test_hub_pages_and_box_keys(hub: Hub, box: Running) -> None:
         r = k.post(f"/fleet/v1/boxes/{BOX}/reviews", json={"items": [{"seq": 1}]})
         assert r.status_code == 422 and "Traceback" not in r.text
         # a batch: a review the inspection cannot have is skipped (not holding the rest),
-        # one of an inspection the hub does not hold yet stops it, another box's is refused
+        # one of an inspection the hub does not hold yet stops it (saying why), another
+        # box's is skipped, never applied
         mine, theirs = (synthetic_records(1, box_id=b, seed=i)[0] for i, b in ((1, BOX), (2, "box-b")))
         with Session(hub.app.state.store.engine) as s, s.begin():
             s.add_all([InspectionRow(**mine), InspectionRow(**theirs)])
@@ -296,11 +299,13 @@ def test_hub_pages_and_box_keys(hub: Hub, box: Running) -> None:
         r = k.post(f"/fleet/v1/boxes/{BOX}/reviews", json={"items": [
             review(10_001, mine["id"], "<b>alien</b>"), review(10_002, mine["id"]),
             review(10_003, uuid.uuid4().hex), review(10_004, mine["id"])]})
-        assert r.status_code == 200 and r.json() == {"through_seq": 10_002}
+        assert r.status_code == 200
+        assert r.json() == {"through_seq": 10_002, "waiting": "inspection"}
         assert [x["boxes"] for x in q.get(f"/v1/inspections/{mine['id']}").json()["reviews"]] == \
             [[{"label": "open", "box": [1.0, 2.0, 3.0, 4.0]}]]
         r = k.post(f"/fleet/v1/boxes/{BOX}/reviews", json={"items": [review(10_005, theirs["id"])]})
-        assert r.status_code == 403 and not q.get(f"/v1/inspections/{theirs['id']}").json()["reviews"]
+        assert r.json() == {"through_seq": 10_005}  # the box's stream goes on past it
+        assert not q.get(f"/v1/inspections/{theirs['id']}").json()["reviews"]
     assert q.post(f"/fleet/v1/boxes/{BOX}/status", json={}).status_code == 403
     assert q.get(f"/fleet/v1/boxes/{BOX}/hub-reviews").status_code == 403
     # an unsigned caller is refused before its body is read

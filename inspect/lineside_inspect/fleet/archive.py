@@ -10,7 +10,8 @@ and plain (full-matched: no absolute paths, no '..', no links, devices or FIFOs)
 the stream is read, so a bomb is stopped at the first entry past a bound, not after it
 was inflated; ``tarfile``'s own ``data`` filter runs on top. ``tarfile`` reads a GNU
 long-name or pax header's whole declared size (and a sparse member's map) into memory
-before any name can be checked, so its header reader is bounded (:class:`_BoundedTarInfo`).
+before any name can be checked, and reads a run of them by recursion, so its header
+reader is bounded (:class:`_BoundedTarInfo`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import gzip
 import hashlib
 import io
 import tarfile
+import weakref
 import zlib
 from pathlib import Path
 
@@ -30,6 +32,9 @@ MAX_UNPACKED_BYTES = 4 << 30  # a package is a graph and its card: 4 GiB is gene
 # GNU long names/links and pax headers (read whole by tarfile): a name and a few pax
 # records fit in far less
 MAX_META_BYTES = 64 * 1024
+# a member has a pax header and a long name and link at most; tarfile reads each one in a
+# row by recursion, so a long chain would overflow the stack (RecursionError)
+MAX_META_RUN = 8
 _META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
                tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 
@@ -70,6 +75,9 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_meta_run: weakref.WeakKeyDictionary[tarfile.TarFile, int] = weakref.WeakKeyDictionary()
+
+
 class _BoundedTarInfo(tarfile.TarInfo):
     """``tarfile``'s header reader with bounds: it reads a GNU long-name or pax header's
     whole declared size into memory, and a sparse member's map, before any name can be
@@ -82,6 +90,12 @@ class _BoundedTarInfo(tarfile.TarInfo):
         if self.type in _META_TYPES and self.size > MAX_META_BYTES:
             raise PackageError(f"archive has a {self.size}-byte long-name or pax header "
                                f"(at most {MAX_META_BYTES})")
+        # the run of meta headers before this one (the one that ends a run resets it)
+        run = _meta_run.get(tarfile_, 0) + 1 if self.type in _META_TYPES else 0
+        if run > MAX_META_RUN:
+            raise PackageError(f"archive has over {MAX_META_RUN} long-name or pax headers in "
+                               "a row")
+        _meta_run[tarfile_] = run
         return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
 
     # the GNU sparse formats carried in pax headers (0.0, 0.1, 1.0): refused before their
@@ -111,5 +125,6 @@ def unpack(archive: Path, dest: Path, *, max_bytes: int = MAX_UNPACKED_BYTES) ->
                 if total > max_bytes:
                     raise PackageError(f"archive unpacks to over {max_bytes} bytes")
                 tar.extract(member, dest, filter="data")
-    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as exc:
+    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError,
+            RecursionError) as exc:  # RecursionError: a backstop, MAX_META_RUN comes first
         raise PackageError(f"package archive could not be unpacked ({type(exc).__name__})") from None

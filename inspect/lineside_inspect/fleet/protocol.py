@@ -16,6 +16,10 @@ so a box retries whatever it is unsure of:
   hub holds from another box is refused too (409 ``inspection_id_taken``), not a duplicate.
   Past ``max_forward_bodies`` batches being read at once the hub answers 503 (retry).
 - ``POST {REVIEWS_UP}`` — reviews made on the box, with their own ``seq``; same cursor rule.
+  The hub stops at a review it cannot take yet and says why (``ReviewAck.waiting``): its
+  inspection is not held (``inspection``: not forwarded yet, or never will be) or it is
+  dated over five minutes ahead of the hub's clock (``clock``); the box sends it again
+  later (or, for an inspection it never forwarded, drops it: ``fleet/box/reviews.py``).
 - ``GET {REVIEWS_DOWN}?after=N`` — reviews made on the hub for this box's inspections,
   with the hub's review id above ``N``; the box keeps ``N`` as its cursor.
 - ``POST {STATUS}`` — what the box runs and how far behind it is.
@@ -31,10 +35,11 @@ the hub**; every review is kept in both audit trails, so nothing said is lost.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+
+from lineside_inspect.store.utc import UTCTime
 
 PREFIX = "/fleet/v1"
 FORWARD = PREFIX + "/boxes/{box_id}/inspections"
@@ -67,6 +72,27 @@ def _schema(pattern: str) -> WithJsonSchema:
     return WithJsonSchema({"type": "string", "pattern": f"^{pattern}$"})
 
 
+MAX_DEPTH = 16  # a record is 4 deep (record.defects.0.box.0); a review's boxes 3
+
+
+def _shallow(value: Any) -> Any:
+    """``value`` when no list or object in it is nested over ``MAX_DEPTH`` deep; walked
+    without recursion, so the recursive walks after it (``scrub_nul``, the range check)
+    cannot overflow Python's stack on a hostile document."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if children is None:
+            continue
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"nested over {MAX_DEPTH} deep")
+        stack.extend((c, depth + 1) for c in children)
+    return value
+
+
+# the database's INTEGER: a box's outbox id and the hub's review id are both one
+Seq = Annotated[int, Field(ge=1, le=2**31 - 1)]
 Id = Annotated[str, _full(ID_PATTERN), _schema(ID_PATTERN)]
 FleetName = Annotated[str, _full(NAME_PATTERN), _schema(NAME_PATTERN)]
 Sha256 = Annotated[str, _full(SHA256_PATTERN), _schema(SHA256_PATTERN)]
@@ -80,11 +106,11 @@ class ForwardedInspection(_Wire):
     """One inspection as the box recorded it: the row's fields (``record``, the store's
     ``StoredInspection`` shape less reviews) and its image, base64, when it kept one."""
 
-    seq: int = Field(..., ge=1)
+    seq: Seq
     id: Id
     site: FleetName | None = None
     line: FleetName | None = None
-    record: dict[str, Any]
+    record: Annotated[dict[str, Any], AfterValidator(_shallow)]
     image_b64: str | None = None
     image_ext: Literal["jpg", "png"] | None = None
     reference_b64: str | None = None
@@ -104,12 +130,12 @@ class ForwardAck(_Wire):
 class ReviewEvent(_Wire):
     """A review as both sides record it (``reviews`` row less its local id)."""
 
-    seq: int = Field(..., ge=1, description="sender's sequence: box outbox id or hub review id")
+    seq: Seq = Field(..., description="sender's sequence: box outbox id or hub review id")
     inspection_id: Id
-    created_at: datetime
+    created_at: UTCTime
     reviewer: str = Field(..., max_length=128)
     action: str = Field(..., max_length=32)
-    boxes: list[dict[str, Any]]
+    boxes: Annotated[list[dict[str, Any]], AfterValidator(_shallow)]
     note: str = Field("", max_length=4000)
     origin: Literal["box", "hub"]
 
@@ -120,6 +146,10 @@ class ReviewBatch(_Wire):
 
 class ReviewAck(_Wire):
     through_seq: int
+    # absent when the hub took the whole batch (an answer an older box can read too)
+    waiting: Literal["inspection", "clock"] | None = Field(None, description=(
+        "why the hub stopped before the batch's end: the next review's inspection is not "
+        "held (inspection), or it is dated over 5 minutes ahead of the hub's clock (clock)"))
 
 
 class ModelRunning(_Wire):

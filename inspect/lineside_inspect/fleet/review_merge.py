@@ -49,8 +49,10 @@ def review_event(review: ReviewRow, seq: int) -> ReviewEvent:
 
 def _truth(event: ReviewEvent, row: InspectionRow) -> list[dict[str, Any]]:
     """The event's boxes, checked against the inspection (they become training data and
-    are shown on pages): the model's classes, four finite numbers. Not bounds: a confirm
-    carries the detector's own boxes, which the local store takes as they are."""
+    are drawn on pages): the model's classes, four finite numbers inside the image. With
+    a pixel of slack: a confirm carries the detector's own boxes (clipped to the image,
+    then rounded), which the local store takes as they are; a box far outside would make
+    every drawing of the inspection fail."""
     if len(event.boxes) > 1000:
         raise ConfigError(f"review of {row.id}: more than 1000 boxes")
     out: list[dict[str, Any]] = []
@@ -62,6 +64,11 @@ def _truth(event: ReviewEvent, row: InspectionRow) -> list[dict[str, Any]]:
                               "{label, box: [x1, y1, x2, y2], score?}") from None
         if b.label not in row.class_names:
             raise ConfigError(f"review of {row.id}: unknown class {b.label!r} in box {i}")
+        x1, y1, x2, y2 = b.box
+        if not (all(-1 <= x <= row.width + 1 for x in (x1, x2))
+                and all(-1 <= y <= row.height + 1 for y in (y1, y2))):
+            raise ConfigError(f"review of {row.id}: box {i} is not inside the "
+                              f"{row.width}x{row.height} image")
         out.append(b.model_dump(exclude_none=True))
     return out
 

@@ -13,7 +13,11 @@ request that can carry a body (POST, PUT, PATCH, DELETE):
 - bounds the body: image and tensor routes (``LARGE_BODY_ROUTES``) to ``max_body_bytes``,
   every other route to ``max_json_bytes``; a declared ``Content-Length`` over it is
   refused at once, a chunked body when it passes the limit (a small body is read here in
-  full, so its 413 comes from here and not from a parser deep inside a route).
+  full, so its 413 comes from here and not from a parser deep inside a route);
+- bounds the body's time: each part within ``body_timeout_s`` of the one before, and the
+  whole at ``MIN_BODY_RATE`` on average once its first ``body_timeout_s`` passed (a
+  trickle of a byte per part would otherwise reset the per-part timeout for hours, and
+  hold whatever the request holds: a hub's forward place).
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ LARGE_BODY_ROUTES: tuple[tuple[str, re.Pattern[str], Role], ...] = (
 )
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 API_PREFIXES = ("/v1/", "/v2/", "/fleet/")
+# bytes/s a body must average after its first body_timeout_s: far under any camera link
+# or box uplink, far over a trickle (a 64 MiB body may then take at most ~17 min)
+MIN_BODY_RATE = 64 * 1024
 
 
 def large_body_role(method: str, path: str) -> Role | None:
@@ -76,7 +83,18 @@ class Gate:
         except LinesideError as exc:
             await _answer(exc, scope, send)
             return
-        await self.app(scope, receive, send)
+        if not isinstance(receive, _Limited):
+            await self.app(scope, receive, send)
+            return
+        body = receive
+
+        async def answer_body_error(message: Message) -> None:
+            if body.error is None:
+                await send(message)
+            elif message["type"] == "http.response.start":  # the app's answer to it: ours
+                await _answer(body.error, scope, send, counted=True)
+
+        await self.app(scope, receive, answer_body_error)
 
     async def _admit(self, scope: Scope, receive: Receive) -> Receive:
         path: str = scope["path"]
@@ -94,53 +112,77 @@ class Gate:
                             f"{limit} bytes for this route")
         timeout_s = self.settings.body_timeout_s
         if role:
-            return _limited(receive, limit, timeout_s)
+            return _Limited(receive, limit, timeout_s)
         return await _buffered(receive, limit, timeout_s)
 
 
-def _limited(receive: Receive, limit: int, timeout_s: float) -> Receive:
+class _Limited:
     """``receive`` that raises :class:`ImageTooLargeError` once the body passes ``limit``
     (the route reading it, a multipart parser too, stops there: nothing is spooled
-    beyond) and :class:`BodyTimeoutError` when the next part takes over ``timeout_s``."""
-    size = 0
-    done = False
+    beyond) and :class:`BodyTimeoutError` when the body is late (:class:`_Pace`). The
+    error is kept: FastAPI turns any failure reading a JSON body into its own 400, which
+    :meth:`Gate.__call__` replaces by this answer."""
 
-    async def limited() -> Message:
-        nonlocal size, done
-        if done:  # after the body only http.disconnect comes, whenever it comes
-            return await receive()
-        message = await _next(receive, timeout_s)
+    def __init__(self, receive: Receive, limit: int, timeout_s: float) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.pace = _Pace(timeout_s)
+        self.done = False
+        self.error: LinesideError | None = None
+
+    async def __call__(self) -> Message:
+        if self.done:  # after the body only http.disconnect comes, whenever it comes
+            return await self.receive()
+        try:
+            message = await self.pace.next(self.receive)
+            if message["type"] == "http.request" and self.pace.size > self.limit:
+                raise ImageTooLargeError(f"body is over the limit of {self.limit} bytes")
+        except LinesideError as exc:
+            self.error = exc
+            raise
         if message["type"] == "http.request":
-            size += len(message.get("body", b""))
-            if size > limit:
-                raise ImageTooLargeError(f"body is over the limit of {limit} bytes")
-            done = not message.get("more_body", False)
+            self.done = not message.get("more_body", False)
         return message
 
-    return limited
 
+class _Pace:
+    """A body's time budget: each part within ``timeout_s`` of the one before, and no part
+    later than ``timeout_s`` + (bytes so far) / ``MIN_BODY_RATE`` after the first read."""
 
-async def _next(receive: Receive, timeout_s: float) -> Message:
-    try:
-        with anyio.fail_after(timeout_s):
-            return await receive()
-    except TimeoutError:
-        raise BodyTimeoutError(f"no part of the request body arrived for {timeout_s:g}s") from None
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.start = anyio.current_time()
+        self.size = 0
+
+    async def next(self, receive: Receive) -> Message:
+        by_rate = self.start + self.timeout_s + self.size / MIN_BODY_RATE - anyio.current_time()
+        wait_s = min(self.timeout_s, by_rate)
+        try:
+            with anyio.fail_after(max(wait_s, 0.0)):
+                message = await receive()
+        except TimeoutError:
+            if by_rate < self.timeout_s:
+                raise BodyTimeoutError(
+                    f"the request body came at under {MIN_BODY_RATE} bytes/s on average "
+                    f"(after its first {self.timeout_s:g}s)") from None
+            raise BodyTimeoutError(
+                f"no part of the request body arrived for {self.timeout_s:g}s") from None
+        if message["type"] == "http.request":
+            self.size += len(message.get("body", b""))
+        return message
 
 
 async def _buffered(receive: Receive, limit: int, timeout_s: float) -> Receive:
     """Read the whole (small) body now, refusing it past ``limit``; replay it after."""
     chunks: list[bytes] = []
-    size = 0
+    pace = _Pace(timeout_s)
     while True:
-        message = await _next(receive, timeout_s)
+        message = await pace.next(receive)
         if message["type"] != "http.request":
             return _replay(b"".join(chunks), message, receive)
-        body = message.get("body", b"")
-        size += len(body)
-        if size > limit:
+        if pace.size > limit:
             raise BodyTooLargeError(f"body is over the limit of {limit} bytes for this route")
-        chunks.append(body)
+        chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return _replay(b"".join(chunks), None, receive)
 
@@ -158,9 +200,10 @@ def _replay(body: bytes, pending: Message | None, receive: Receive) -> Receive:
     return replay
 
 
-async def _answer(exc: LinesideError, scope: Scope, send: Send) -> None:
+async def _answer(exc: LinesideError, scope: Scope, send: Send, counted: bool = False) -> None:
+    """The error answer; ``counted``: the app's error handler counted it already."""
     metrics = getattr(scope["app"].state, "metrics", None)
-    if metrics is not None:
+    if metrics is not None and not counted:
         metrics.errors.labels(exc.code).inc()
     payload = json.dumps(error_body(exc.code, exc.message)).encode()
     headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json"),

@@ -5,8 +5,11 @@ A package is taken only when all of these hold, in this order, in a temporary fo
 the archive's sha256 is the assignment's; its ed25519 signature (``fleet/signing.py``)
 verifies against one of ``fleet.trusted_keys``; it unpacks under ``fleet/archive.py``'s
 rules (no links, no '..', bounded); the unpacked folder is a valid package
-(``package.load_package``) whose card names the assigned model and version. Only then is
-it moved to ``<models_dir>/<model>/<version>`` and activated through the lifecycle:
+(``package.load_package``) whose card names the assigned model and version; a version
+loaded on the box already must have the same whole card (``package.card_digest``, the
+registry's rule). Only then is it moved to ``<models_dir>/<model>/<version>`` (never
+over a folder a loaded version serves from: the same package there is kept as it is)
+and activated through the lifecycle:
 
 - a golden set named after the model exists on the box: ``Lifecycle.promote`` (the gate
   against the active version; refused when it fails; then the watched rollout);
@@ -52,7 +55,7 @@ from lineside_inspect.fleet.protocol import (
     AssignedModel,
     Assignment,
 )
-from lineside_inspect.package import load_package, sha256_file
+from lineside_inspect.package import ModelCard, card_digest, load_package, sha256_file
 
 if TYPE_CHECKING:
     from lineside_inspect.server.metrics import Metrics
@@ -72,6 +75,8 @@ class Pulled(BaseModel):
     version: str
     sha256: str = Field(description="of package.tar.gz")
     graph_sha256: str
+    card_digest: str | None = Field(None, description=(
+        "package.card_digest of its card (absent in a state from before it was kept)"))
     held: bool = Field(False, description=(
         "activated once, then left on the box (by hand or an automatic rollback): not forced "
         "back, not activated at start-up"))
@@ -277,15 +282,16 @@ class ModelPuller:
             if (card.name, card.version) != (m.name, m.version):
                 raise PackageError(f"the archive holds {card.name} {card.version}, not the "
                                    "assigned version")
-            self._check_clash(m, card.sha256)
             dest = self.root / m.name / m.version
-            if dest.exists():  # an earlier pull of this version that was not kept
-                shutil.rmtree(dest)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            unpacked.rename(dest)
+            if not self._check_clash(m, card, dest):
+                if dest.exists():  # an earlier pull of this version that was not kept
+                    shutil.rmtree(dest)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                unpacked.rename(dest)
             self._activate(dest, m)
             self.state.models[m.name] = Pulled(version=m.version, sha256=m.sha256,
-                                               graph_sha256=card.sha256)
+                                               graph_sha256=card.sha256,
+                                               card_digest=card_digest(card))
             self._save()
             self._publish_pulled()
             if self.metrics is not None:
@@ -295,13 +301,26 @@ class ModelPuller:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _check_clash(self, m: AssignedModel, graph_sha256: str) -> None:
-        slot = self.app.state.registry.models().get(m.name)
-        if slot is not None and m.version in slot.versions:
-            loaded = slot.versions[m.version].card.sha256
-            if loaded != graph_sha256:
-                raise PackageError(f"version {m.version} is already loaded on this box with "
-                                   f"another graph ({loaded[:12]}…): a version names one graph")
+    def _check_clash(self, m: AssignedModel, card: ModelCard, dest: Path) -> bool:
+        """Refuses a package whose version is loaded on this box with another card (graph,
+        thresholds, recipe: ``package.card_digest``, the registry's own rule), and a
+        ``dest`` that a loaded version serves from unless it is this very package. True
+        when the package serves from ``dest`` already: the folder is kept as it is (a
+        loaded version's folder is never removed: a restart loads from it)."""
+        here = dest.resolve()
+        for name, slot in self.app.state.registry.models().items():
+            for version, det in slot.versions.items():
+                if (name, version) == (m.name, m.version) \
+                        and card_digest(det.card) != card_digest(card):
+                    raise PackageError(f"version {m.version} is already loaded on this box with "
+                                       "another graph or card: a version names one package")
+                folder = Path(det.package.path).resolve()
+                if folder == here and (name, version) == (m.name, m.version):
+                    return True
+                if folder == here or here in folder.parents:
+                    raise PackageError(f"{dest} holds loaded model {name} {version}: not "
+                                       "replaced")
+        return False
 
     # -- activation ---------------------------------------------------------------------------
     def _active(self, name: str) -> str | None:
@@ -336,7 +355,8 @@ class ModelPuller:
 
     def _restore(self) -> None:
         """At start-up: load what was pulled before (verified again as a package: the card's
-        sha256 of the graph, which must still be the one pulled) and activate, through the
+        sha256 of the graph and its whole card, which must still be the ones pulled) and
+        activate, through the
         lifecycle, what was not left on the box."""
         from lineside_inspect.lifecycle.manager import card_recipe
 
@@ -345,8 +365,11 @@ class ModelPuller:
         for name, p in list(self.state.models.items()):
             path = self.root / name / p.version
             try:
-                if load_package(path).card.sha256 != p.graph_sha256:
+                card = load_package(path).card
+                if card.sha256 != p.graph_sha256:
                     raise PackageError(f"{path}: the graph changed since it was pulled")
+                if p.card_digest is not None and card_digest(card) != p.card_digest:
+                    raise PackageError(f"{path}: the card changed since it was pulled")
                 last = (lifecycle.records.last_activation(name)
                         if lifecycle.store is not None else None)
                 if not p.held and last is not None and last["version"] != p.version:

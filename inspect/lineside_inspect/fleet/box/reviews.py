@@ -4,9 +4,18 @@ Up: a review made on the box (``Store.review``) gets an event on the outbox chan
 ``fleet-reviews`` in the review's own transaction (:func:`review_events`), so it is sent
 even if the box is killed right after. :class:`ReviewSync` posts the pending ones in
 outbox id order (``seq``) to ``REVIEWS_UP`` and marks delivered what the hub's
-``through_seq`` covers. The hub stops at a review whose inspection it does not hold yet
-(still in the forwarding backlog): the rest waits for the next round. A review whose
-inspection left this box (retention) before it went up is dropped with it.
+``through_seq`` covers. The hub stops at a review it cannot take yet (``ReviewAck.waiting``):
+its inspection is still in the forwarding backlog, or the review is dated ahead of the
+hub's clock; the rest waits for the next round. Some reviews never go up, each dropped
+with a log line and counted (``lineside_fleet_reviews_dropped{reason}``), since one would
+otherwise hold every later review of the box for good:
+
+- ``gone``: its inspection left this box (retention) before the review went up;
+- ``other_box``: its inspection was recorded under another box id (the box's id changed:
+  the hub never lets a box review another box's inspection);
+- ``not_forwarded``: the hub does not hold its inspection and this box owes it no
+  forwarding (recorded before ``hub_url`` was set). Judged from the forwarding owed
+  *before* the batch was sent: an inspection delivered since was held by then.
 
 Down: reviews made on the hub of this box's inspections, fetched with a cursor (the hub's
 review id, kept in ``<data_dir>/fleet/hub-reviews.cursor``) and applied by the merge
@@ -30,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import HubRefused, LinesideError
+from lineside_inspect.fleet.box import forward
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.box.periodic import HubTask, PeriodicHubTask
 from lineside_inspect.fleet.protocol import (
@@ -41,8 +51,8 @@ from lineside_inspect.fleet.protocol import (
 )
 from lineside_inspect.fleet.review_merge import apply_review
 from lineside_inspect.store import Store
-from lineside_inspect.store.models import InspectionRow, ReviewRow
-from lineside_inspect.store.outbox import Event, Outbox, event
+from lineside_inspect.store.models import InspectionRow, OutboxRow, ReviewRow
+from lineside_inspect.store.outbox import Event, Outbox, PendingEvent, event, on_channel
 from lineside_inspect.store.utc import as_utc
 
 if TYPE_CHECKING:
@@ -78,6 +88,9 @@ class ReviewMetrics:
                                "applied on this box", registry=r)
         self.backlog = Gauge("lineside_fleet_reviews_backlog", "Reviews made on this box "
                              "waiting to go up", registry=r)
+        self.dropped = Counter("lineside_fleet_reviews_dropped", "Reviews made on this box "
+                               "that never go up, by reason (gone, other_box, not_forwarded)",
+                               ["reason"], registry=r)
 
 
 class ReviewSync(HubTask):
@@ -94,6 +107,8 @@ class ReviewSync(HubTask):
         self.metrics = ReviewMetrics(metrics) if metrics is not None else None
         self.sent = 0  # reviews the hub took
         self.applied = 0  # hub reviews applied here
+        self.dropped = 0  # reviews that never go up (see the module docstring)
+        self._clock_logged = False  # the hub waits for this box's clock: said once
         self._last_purge = time.monotonic()
         self.loop = PeriodicHubTask(
             "reviews", self._step, interval_s=interval_s, retry_min_s=interval_s,
@@ -122,28 +137,73 @@ class ReviewSync(HubTask):
             pending = self.outbox.pending(limit=BATCH)
             if not pending:
                 return taken
-            with Session(self.store.engine) as s:
-                here = set(s.scalars(select(InspectionRow.id).where(
-                    InspectionRow.id.in_({e.topic for e in pending}))))
-            gone = [e.id for e in pending if e.topic not in here]
+            owners, owed = self._inspections({e.topic for e in pending})
+            # never to go up, whatever the hub says: settled now
+            never = {e.id: "gone" if e.topic not in owners else "other_box" for e in pending
+                     if owners.get(e.topic, "") not in (self.store.box_id, None)}
+            self._drop([e for e in pending if e.id in never], never)
             items = [ReviewEvent(seq=e.id, inspection_id=e.topic, origin="box", **e.payload)
-                     for e in pending if e.topic in here]
-            through = 0
-            if items:
-                ack = self.client.post(self.client.path(REVIEWS_UP), ReviewBatch(items=items),
-                                       ReviewAck)
-                through = min(ack.through_seq, items[-1].seq)  # settle only what was sent
-            last = items[-1].seq if items else 0
-            done = [e.id for e in pending if e.id <= through or (e.id in gone and through >= last)]
-            self.outbox.mark_delivered(done)
+                     for e in pending if e.id not in never]
+            if not items:
+                continue
+            ack = self.client.post(self.client.path(REVIEWS_UP), ReviewBatch(items=items),
+                                   ReviewAck)
+            through = min(ack.through_seq, items[-1].seq)  # settle only what was sent
+            self.outbox.mark_delivered([i.seq for i in items if i.seq <= through])
             n = sum(1 for i in items if i.seq <= through)
             taken += n
             self.sent += n
             if self.metrics is not None:
                 self.metrics.sent.inc(n)
-            if through < last:  # the hub waits for an inspection still being forwarded
+            stuck = next((i for i in items if i.seq > through), None)
+            if stuck is None:
+                self._clock_logged = False
+                continue
+            if ack.waiting == "clock":
+                self._log_clock(stuck)
                 return taken
+            if stuck.inspection_id in owed:  # the hub gets it from the forwarder, then this
+                return taken
+            # the hub does not hold it, and this box will never forward it: dropped, and
+            # the reviews after it go on in the next round (an older hub says no why:
+            # it stopped for an inspection it does not hold)
+            self._drop([e for e in pending if e.id == stuck.seq], {stuck.seq: "not_forwarded"})
         return taken
+
+    def _inspections(self, ids: set[str]) -> tuple[dict[str, str | None], set[str]]:
+        """Of ``ids``: the box id each inspection here was recorded under, and those whose
+        forwarding this box still owes the hub (read before the batch goes up)."""
+        with Session(self.store.engine) as s:
+            owners = {i: b for i, b in s.execute(
+                select(InspectionRow.id, InspectionRow.box_id).where(InspectionRow.id.in_(ids)))}
+            owed = set(s.scalars(select(OutboxRow.topic).where(
+                OutboxRow.box_id == self.store.box_id, on_channel(forward.CHANNEL),
+                OutboxRow.delivered_at.is_(None), OutboxRow.topic.in_(ids))))
+        return owners, owed
+
+    def _drop(self, events: list[PendingEvent], why: dict[int, str]) -> None:
+        """Settle ``events``, which never go up: logged and counted by reason."""
+        if not events:
+            return
+        self.outbox.mark_delivered([e.id for e in events])
+        for e in events:
+            reason = why[e.id]
+            log.warning("fleet: review %d of inspection %s does not go up: %s", e.id, e.topic, {
+                "gone": "the inspection left this box before it went up",
+                "other_box": "the inspection was recorded under another box id",
+                "not_forwarded": "the hub does not hold the inspection and this box never "
+                                 "forwarded it (recorded before hub_url was set)"}[reason])
+            self.dropped += 1
+            if self.metrics is not None:
+                self.metrics.dropped.labels(reason).inc()
+
+    def _log_clock(self, stuck: ReviewEvent) -> None:
+        """Once while the hub waits for this box's clock (it retries every round)."""
+        if not self._clock_logged:
+            self._clock_logged = True
+            log.warning("fleet: the hub waits for review %d, made at %s: over 5 minutes ahead "
+                        "of the hub's clock (is this box's clock right?)", stuck.seq,
+                        stuck.created_at.isoformat())
 
     # -- down -----------------------------------------------------------------------
     def cursor(self) -> int:
@@ -186,7 +246,8 @@ class ReviewSync(HubTask):
 
     def status(self) -> dict[str, Any]:
         return {"backlog": self.outbox.backlog(), "sent": self.sent, "applied": self.applied,
-                "failures": self.failures, "last_error": self.last_error}
+                "dropped": self.dropped, "failures": self.failures,
+                "last_error": self.last_error}
 
 
 def setup(app: Any, settings: Any) -> None:

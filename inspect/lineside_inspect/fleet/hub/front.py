@@ -13,7 +13,12 @@ pure-ASGI middleware runs before the gate, for every request with a body under
   the whole request (the server's :class:`~lineside_inspect.server.limiter.Limiter`
   admission): beyond, 503 + Retry-After at once, the body unread. So the memory forwarded
   batches can take is ``max_forward_bodies x max_body_bytes``, by configuration, however
-  many connections box keys open.
+  many connections box keys open;
+- a box has one forwarded body in the hub at a time (its forwarder sends one batch after
+  another): a second one while the first is read or applied is 429
+  ``forward_in_progress`` + Retry-After, the body unread. So one box key cannot take every
+  place and starve the other boxes; and the gate's minimum body rate
+  (``server/gate.py``) bounds how long a slow body holds its place.
 
 An unauthenticated request is passed on: the gate answers it 401, as for every route.
 """
@@ -40,6 +45,14 @@ from lineside_inspect.server.gate import BODY_METHODS
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 
+
+class ForwardInProgress(LinesideError):
+    """A box's second forwarded batch while its first is still being read or applied."""
+
+    code = "forward_in_progress"
+    status = 429
+
+
 _BOX_ROUTE = re.compile(re.escape(PREFIX) + r"/boxes/([^/]*)/([^/]+)")
 _NAME = re.compile(NAME_PATTERN)
 FORWARD_LEAF = "inspections"  # protocol.FORWARD's last segment
@@ -51,6 +64,8 @@ class BoxFront:
         # admission only (no slots): a place per forwarded body being read or applied
         self.forwards = Limiter(max_forward_bodies, 0, 0.0)
         self.max_forward_bodies = max_forward_bodies
+        # boxes with a forwarded body in this process now (the event loop's: no lock needed)
+        self.forwarding: set[str] = set()
         Gauge("lineside_hub_forward_bodies", "Forwarded batches being read or applied now "
               f"(at most max_forward_bodies = {max_forward_bodies})",
               registry=metrics.registry).set_function(lambda: self.forwards.in_system)
@@ -69,6 +84,12 @@ class BoxFront:
         if not allowed or leaf != FORWARD_LEAF:  # not allowed: no valid key, the gate's 401
             await self.app(scope, receive, send)
             return
+        if box_id in self.forwarding:
+            await answer(ForwardInProgress(
+                f"box {box_id} has a forwarded batch in the hub already (a box sends one at "
+                "a time); retry once it is answered"), scope, send)
+            return
+        self.forwarding.add(box_id)
         admitted = False
         try:
             async with self.forwards.admission():
@@ -80,6 +101,8 @@ class BoxFront:
             await answer(Overloaded(
                 f"the hub is reading {self.max_forward_bodies} forwarded batches already "
                 "(max_forward_bodies); retry shortly"), scope, send)
+        finally:
+            self.forwarding.discard(box_id)
 
     @staticmethod
     def _caller_may_send(scope: Scope, box_id: str) -> bool:
@@ -110,7 +133,7 @@ async def answer(exc: LinesideError, scope: Scope, send: Send) -> None:
     payload = json.dumps(error_body(exc.code, exc.message)).encode()
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(payload)).encode()), (b"connection", b"close")]
-    if exc.status == 503:
+    if exc.status in (429, 503):
         headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -272,7 +272,12 @@ def _row(box_id: str, item: ForwardedInspection) -> _Prepared:
     if (item.image_b64 is None) != (item.image_ext is None) \
             or (item.reference_b64 is None) != (item.reference_ext is None):
         raise ConfigError(f"item seq {item.seq}: an image needs its ext, and an ext its image")
-    created = as_utc(rec.created_at)
+    try:
+        created = as_utc(rec.created_at)
+    except OverflowError:  # 0001-01-01T00:00+05:00 is before year 1 in UTC
+        raise ConfigError(f"item seq {item.seq}: record.created_at: out of range once taken "
+                          "to UTC") from None
+    _check_defects(item.seq, rec)
     ref = rec.reference
     ref_key = reference = image = None
     if item.reference_b64 is not None and item.reference_ext is not None:
@@ -303,6 +308,21 @@ def _row(box_id: str, item: ForwardedInspection) -> _Prepared:
         if v is not None and len(v) > width:
             raise ConfigError(f"item seq {item.seq}: {column} is over {width} characters")
     return _Prepared(InspectionRow(**values), image, reference)
+
+
+def _check_defects(seq: int, rec: StoredInspection) -> None:
+    """Each defect a class of the record's model, its box inside the image (a detector's
+    boxes are clipped to it; a pixel of slack for rounding): the hub's pages draw them,
+    and an unknown class or an endless box would make every drawing of the record fail."""
+    for n, d in enumerate(rec.defects):
+        if d.label not in rec.class_names:
+            raise ConfigError(f"item seq {seq}: record.defects.{n}.label {d.label[:64]!r} is "
+                              "not one of the record's class_names")
+        x1, y1, x2, y2 = d.box
+        if not (all(-1 <= x <= rec.width + 1 for x in (x1, x2))
+                and all(-1 <= y <= rec.height + 1 for y in (y1, y2))):
+            raise ConfigError(f"item seq {seq}: record.defects.{n}.box is not inside the "
+                              f"{rec.width}x{rec.height} image")
 
 
 def get_ingest(request: Request) -> Ingest:

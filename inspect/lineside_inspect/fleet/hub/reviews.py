@@ -4,11 +4,16 @@
   with the fleet's filters ``site``, ``line``, ``box_id``) over every box's inspections;
   a review made here is marked ``origin="hub"``.
 - ``POST {REVIEWS_UP}``: reviews made on a box, applied by the merge rule
-  (``fleet/review_merge.py``) in ``seq`` order. A review of an inspection the hub does
-  not hold yet (its box has not forwarded it) stops the batch there: ``through_seq`` says
-  how far the hub got, and the box sends the rest again later. A review whose boxes the
-  inspection cannot have is skipped and logged (it would otherwise hold every later one). The box's cursor
-  (``fleet_cursors``, stream ``reviews``) skips what was taken already.
+  (``fleet/review_merge.py``) in ``seq`` order. A review the hub cannot take yet stops
+  the batch there: ``through_seq`` says how far the hub got, ``waiting`` why, and the box
+  sends the rest again later. That is a review of an inspection the hub does not hold
+  (``inspection``: its box has not forwarded it; a box drops one it never forwarded) or
+  one dated over ``MAX_CLOCK_AHEAD`` ahead of the hub's clock (``clock``: taken once the
+  hub's clock is there; last writer wins, so a clock far ahead must not win). A review
+  whose boxes the inspection cannot have is skipped and logged, and so is a review of
+  another box's inspection (never applied): either would otherwise hold every later one.
+  A box's review is recorded under ``reviewer (box id)``, the box id its key's. The box's
+  cursor (``fleet_cursors``, stream ``reviews``) skips what was taken already.
 - ``GET {REVIEWS_DOWN}?after=N``: reviews made on the hub of this box's inspections with
   a hub review id above ``N``, oldest first (``seq`` = the hub's review id).
 
@@ -21,8 +26,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from sqlalchemy import select
@@ -86,12 +92,23 @@ def _advance(store: Store, box_id: str, seq: int) -> None:
 
 
 MAX_CLOCK_AHEAD = timedelta(minutes=5)
+CLOCK_WARN_EVERY_S = 60.0
+_clock_warned: dict[str, float] = {}  # box id -> when its clock was last logged
+
+
+def box_reviewer(reviewer: str, box_id: str) -> str:
+    """A box's reviewer as the hub records it (origin "box"): ``alice (box1)``. A box
+    names its reviewers as it likes; the last parenthesis is the box whose key sent it."""
+    suffix = f" ({box_id})"
+    room = 128 - len(suffix)  # ReviewRow.reviewer's width
+    return (reviewer if len(reviewer) <= room else reviewer[:room - 1] + "…") + suffix
 
 
 def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
-    """Apply box ``box_id``'s reviews in ``seq`` order; how far the hub got."""
+    """Apply box ``box_id``'s reviews in ``seq`` order; how far the hub got, and why it
+    stopped there if it stopped before the end."""
     # a NUL in a box's review text becomes U+FFFD (as in forwarded records: ingest.py)
-    items = sorted((e.model_copy(update={"reviewer": scrub_nul(e.reviewer),
+    items = sorted((e.model_copy(update={"reviewer": box_reviewer(scrub_nul(e.reviewer), box_id),
                                          "note": scrub_nul(e.note), "boxes": scrub_nul(e.boxes)})
                     for e in batch.items), key=lambda e: e.seq)
     cursor = _cursor(store, box_id)
@@ -100,6 +117,7 @@ def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
     # backup sends new reviews under sequence numbers the hub has passed. The answer never
     # goes beyond what was sent, so the box settles nothing it did not send.
     through = 0
+    waiting: Literal["inspection", "clock"] | None = None
     for event in items:
         if event.origin != "box":
             raise ConfigError(f"review seq {event.seq}: a box sends only its own reviews "
@@ -107,15 +125,25 @@ def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
         with Session(store.engine) as s:
             owner = s.scalar(select(InspectionRow.box_id).where(InspectionRow.id == event.inspection_id))
         if owner is not None and owner != box_id:
-            raise Forbidden(f"review seq {event.seq}: inspection {event.inspection_id} is not "
-                            f"box {box_id}'s")
+            # never applied: a box reviews only its own inspections. Skipped, not refused:
+            # a box whose id changed still holds reviews of what it forwarded under the
+            # old id, and refusing the batch would hold every later review for good
+            log.warning("hub: box %s review seq %d of %s skipped: the inspection is another "
+                        "box's", box_id, event.seq, event.inspection_id)
+            through = event.seq
+            continue
+        if owner is None:
+            waiting = "inspection"  # not forwarded yet: the box sends it again once it is
+            break
+        if as_utc(event.created_at) > datetime.now(UTC) + MAX_CLOCK_AHEAD:
+            # last writer wins on the review's own time: a box clock far ahead (or a
+            # hostile box) would win every later review of the inspection. Not dropped
+            # either: taken once the hub's clock has come that far
+            _warn_clock(box_id, event.seq, event.created_at)
+            waiting = "clock"
+            break
         outcome: str
         try:
-            if as_utc(event.created_at) > datetime.now(UTC) + MAX_CLOCK_AHEAD:
-                # last writer wins on the review's own time: a box clock far ahead (or a
-                # hostile box) would otherwise win every later review of the inspection
-                raise ConfigError(f"made at {event.created_at.isoformat()}, later than the hub's "
-                                  f"clock allows ({MAX_CLOCK_AHEAD} ahead)")
             outcome = apply_review(store, event)
         except ConfigError as exc:
             # a review this hub cannot take (a class its inspection's model does not have):
@@ -123,12 +151,23 @@ def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
             log.warning("hub: box %s review seq %d of %s skipped: %s", box_id, event.seq,
                         event.inspection_id, exc.message)
             outcome = "skipped"
-        if outcome == "unknown_inspection":
-            break  # not forwarded yet: the box sends it again once it is
+        if outcome == "unknown_inspection":  # gone since the owner was read
+            waiting = "inspection"
+            break
         through = event.seq
     if through > cursor:
         _advance(store, box_id, through)
-    return ReviewAck(through_seq=through)
+    return ReviewAck(through_seq=through, waiting=waiting)
+
+
+def _warn_clock(box_id: str, seq: int, at: datetime) -> None:
+    """Logged once a minute per box: the box resends the review every round."""
+    now = time.monotonic()
+    if now - _clock_warned.get(box_id, -CLOCK_WARN_EVERY_S) >= CLOCK_WARN_EVERY_S:
+        _clock_warned[box_id] = now
+        log.warning("hub: box %s review seq %d made at %s, later than the hub's clock allows "
+                    "(%s ahead): waiting for it (is the box's clock right?)", box_id, seq,
+                    at.isoformat(), MAX_CLOCK_AHEAD)
 
 
 def hub_reviews(store: Store, box_id: str, after: int, limit: int) -> ReviewBatch:
@@ -141,7 +180,9 @@ def hub_reviews(store: Store, box_id: str, after: int, limit: int) -> ReviewBatc
         return ReviewBatch(items=[review_event(r, r.id) for r in rows])
 
 
-@fleet.post(REVIEWS_UP, responses=errors(), summary="Reviews made on a box")
+# waiting is left out when None: the answer an older box knows (its ReviewAck forbids extras)
+@fleet.post(REVIEWS_UP, responses=errors(), summary="Reviews made on a box",
+            response_model_exclude_none=True)
 def reviews_up(box_id: BoxId, batch: ReviewBatch, who: BoxKey,
                store: Annotated[Store, Depends(get_store)]) -> ReviewAck:
     """Apply a box's reviews by the merge rule (idempotent; see the module docstring)."""

@@ -1,0 +1,72 @@
+"""A box's puller against a package whose version it serves already: the whole card
+counts (not the graph alone), and a loaded version's folder is never replaced. A real
+hub (uvicorn, SQLite, packages in a real SeaweedFS) and the box's real registry."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from lineside_inspect.config import Settings
+from lineside_inspect.errors import PackageError
+from lineside_inspect.fleet import archive, signing
+from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.box.models import ModelPuller
+from lineside_inspect.fleet.config import FleetSettings
+from lineside_inspect.fleet.protocol import AssignedModel
+from lineside_inspect.package import card_digest, load_package, write_card
+from lineside_inspect.server.registry import Registry
+
+from .test_fleet_models_hub import KEYS, publish, start_hub, versioned
+
+
+def test_a_served_version_is_never_replaced_by_another_card(weed: Any, tmp_path: Path) -> None:
+    pub = tmp_path / "k.pub.pem"
+    signing.generate(tmp_path / "k.pem", pub)
+    key = signing.load_private_key(tmp_path / "k.pem")
+    hub, stop = start_hub(weed, tmp_path, f"sqlite:///{tmp_path / 'hub.db'}")
+    fleet = FleetSettings(hub_url=hub.url, token=KEYS["box-a"][1], line="L1",  # type: ignore[arg-type]
+                          trusted_keys=[str(pub)], timeout_s=10)
+    settings = Settings(data_dir=str(tmp_path / "box"), fleet=fleet)
+    registry = Registry(device="cpu", threads=1)
+    client = HubClient(fleet, "box-a")
+    puller = ModelPuller(SimpleNamespace(state=SimpleNamespace(registry=registry)), settings,
+                         client)
+    puller.keys = [signing.load_public_key(str(pub))]
+    try:
+        # the box serves v1 from its pulled folder (an earlier hub's, or its pulled.json lost)
+        served = puller.root / "deeppcb" / "v1"
+        shutil.copytree(versioned(tmp_path, "v1"), served)
+        registry.load(served)
+        before = (served / "model.json").read_bytes()
+        # the hub's v1: the same graph, another card (a threshold changed)
+        (tmp_path / "published").mkdir()
+        other = versioned(tmp_path / "published", "v1")
+        card = load_package(other).card
+        write_card(other, card.model_copy(update={"thresholds": {"short": 0.99}}))
+        assert publish(hub, key, other).status_code == 201
+        with hub.client() as admin:
+            r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": "v1"})
+            assert r.status_code == 200, r.text
+        puller.pull()
+        assert any("v1: version v1 is already loaded on this box with another graph or card"
+                   in e for e in puller.errors()), puller.errors()
+        assert (served / "model.json").read_bytes() == before  # never replaced
+        assert card_digest(registry.detector("deeppcb", "v1").card) == card_digest(
+            load_package(served).card)
+        # the same package as the one served: its folder is kept as it is, not replaced
+        m = AssignedModel(name="deeppcb", version="v1",
+                          sha256=archive.sha256_bytes(archive.pack(served)))
+        assert puller._check_clash(m, load_package(served).card, served) is True
+        # a folder a loaded version serves from is never removed for another version
+        with pytest.raises(PackageError, match="holds loaded model deeppcb v1"):
+            puller._check_clash(m.model_copy(update={"version": "v2"}),
+                                load_package(served).card.model_copy(update={"version": "v2"}),
+                                served)
+    finally:
+        client.close()
+        stop()
