@@ -54,6 +54,11 @@ def score(preds_file: Path, data: Path, split: str) -> dict[str, Any]:
     dataset = read_dataset(data)
     records = dataset.images if split == "all" else dataset.in_split(split)
     preds = json.loads(preds_file.read_text())
+    # the YOLO export may drop a common top folder (IMAGES/x.jpg is images/val/x.jpg there)
+    for rec in records:
+        base = Path(rec.file_name).name
+        if rec.file_name not in preds and base in preds:
+            preds[rec.file_name] = preds[base]
     missing = [r.file_name for r in records if r.file_name not in preds]
     if missing:
         raise SystemExit(f"{len(missing)} {split} images have no prediction (first: {missing[0]})")

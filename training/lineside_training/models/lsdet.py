@@ -234,7 +234,9 @@ def lsdet(*, num_classes: int, **kwargs: object) -> LSDet:
 
 
 @register("lsdet-m")
-def lsdet_m(*, num_classes: int) -> LSDet:
-    """A wider LSDet for when latency allows."""
-    return LSDet(num_classes=num_classes, widths=(24, 48, 64, 128, 160), fpn_channels=64,
-                 head_convs=2)
+def lsdet_m(*, num_classes: int, **kwargs: object) -> LSDet:
+    """A wider LSDet for when latency allows (``kwargs`` as :class:`LSDet`'s, e.g.
+    ``head_norm``, over the wider defaults)."""
+    wide: dict[str, object] = {"widths": (24, 48, 64, 128, 160), "fpn_channels": 64,
+                               "head_convs": 2}
+    return LSDet(num_classes=num_classes, **{**wide, **kwargs})  # type: ignore[arg-type]
