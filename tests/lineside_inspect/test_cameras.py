@@ -323,30 +323,43 @@ IMAGES = ROOT / "datasets" / "deeppcb-sample" / "images"
 STATION = ROOT / "configs" / "line"
 
 
-def test_startup_refuses_a_camera_whose_recipe_or_reference_cannot_run() -> None:
-    """A typo'd recipe on a continuous camera would run zero inspections in silence: the
-    server stops at start-up naming each camera and the recipes it has."""
+def test_startup_refuses_only_what_the_config_contradicts(caplog: pytest.LogCaptureFixture) -> None:
+    """A camera whose recipe's model takes no golden image but which names one can never
+    inspect: the server stops at start-up naming it, before any camera or PLC station is
+    started. A recipe that is not loaded may still come (a fleet box's first pull, the
+    admin API): a WARNING names the camera and the loaded recipes, and the server runs."""
     from lineside_inspect.errors import ConfigError
     from lineside_inspect.server.app import create_app
 
     from .conftest import keyed
 
-    cams = [CameraConfig(id="cont", source=str(IMAGES), mode="continuous", recipe="deepcb"),
-            CameraConfig(id="gold", source=str(IMAGES), reference=str(STATION / "station1-reference.jpg"))]
-    app = create_app(keyed(cameras=cams, store=False))
+    gold = CameraConfig(id="gold", source=str(IMAGES),
+                        reference=str(STATION / "station1-reference.jpg"))
+    cont = CameraConfig(id="cont", source=str(IMAGES), mode="continuous", recipe="deepcb")
 
-    async def start() -> None:
+    async def start(app: Any) -> None:
         async with app.router.lifespan_context(app):
-            pass
+            assert app.state.ready
 
+    app = create_app(keyed(cameras=[cont, gold], store=False))
     try:
         with pytest.raises(ConfigError) as info:
-            asyncio.run(start())
+            asyncio.run(start(app))
     finally:
         app.state.cameras.stop()
     message = info.value.message
-    assert "camera cont: unknown recipe 'deepcb' (loaded: deeppcb-default)" in message
     assert "camera gold has a reference configured (station1-reference.jpg)" in message
+    assert "cont" not in message
+    assert app.state.cameras.workers == {}  # refused before the cameras started
+
+    app = create_app(keyed(cameras=[cont], store=False))
+    try:
+        with caplog.at_level("WARNING", logger="lineside.service"):
+            asyncio.run(start(app))
+    finally:
+        app.state.cameras.stop()
+    assert any("camera cont: unknown recipe 'deepcb' (loaded: deeppcb-default)" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING"), caplog.records
 
 
 def _service(cams: list[CameraConfig], recipes: list[Path], models: list[Path]) -> Any:

@@ -5,6 +5,7 @@ store) reading simulated 30 fps MJPEG cameras. Every port is a free loopback one
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -100,8 +101,29 @@ def test_station_recipe_switch() -> None:
     # ...and shown once it is acknowledged, before TriggerReady
     changes = st.plc_write("ResultAck", True, 100.4).changes
     assert changes.index(("ErrorCode", ErrorCode.UNKNOWN_RECIPE)) < changes.index(("TriggerReady", True))
-    assert st.plc_write("Recipe", "deeppcb", 100.6).changes == [("Recipe", "deeppcb"), ("ErrorCode", 0)]
+    # the fault shown leaves nothing of the acknowledged part ("x" was never judged faulty)
+    assert (st.tags["Pass"], st.tags["Fail"], st.tags["DefectCount"], st.tags["InspectionId"]) \
+        == (False, True, 0, "")
+    # a usable recipe ends the fault, Fail with it: no Fail left to read as a defective part
+    assert st.plc_write("Recipe", "deeppcb", 100.6).changes == [
+        ("Recipe", "deeppcb"), ("Fail", False), ("ErrorCode", 0)]
+    assert (st.tags["Pass"], st.tags["Fail"], st.tags["InspectionId"]) == (False, False, "")
     assert st.plc_write("Trigger", True, 100.7).inspect_recipe == "deeppcb"
+
+
+def test_a_fault_after_a_good_part_leaves_nothing_of_it() -> None:
+    """A good part acknowledged, then a refused Recipe: Fail, code 6 and no InspectionId
+    (not 'good-part' beside Fail); a usable recipe then: neither Pass nor Fail, code 0."""
+    st = _station()
+    part = st.plc_write("Trigger", True, 100.0)
+    st.finished(True, 0, "good-part", 100.1, part=part.part)
+    st.plc_write("ResultAck", True, 100.2)
+    st.plc_write("Recipe", "typo", 100.3)
+    assert (st.tags["Pass"], st.tags["Fail"], st.tags["ErrorCode"], st.tags["InspectionId"],
+            st.tags["DefectCount"]) == (False, True, ErrorCode.UNKNOWN_RECIPE, "", 0)
+    st.plc_write("Recipe", "lenient", 100.4)
+    assert (st.tags["Pass"], st.tags["Fail"], st.tags["ErrorCode"], st.tags["InspectionId"]) \
+        == (False, False, 0, "")
 
 
 def test_a_refused_recipe_is_a_fault_until_a_usable_one_is_written() -> None:
@@ -128,18 +150,20 @@ def test_a_refused_recipe_is_a_fault_until_a_usable_one_is_written() -> None:
     assert st.tags["ErrorCode"] == ErrorCode.RECIPE_NOT_USABLE
     st.plc_write("ResultAck", True, 100.7)
     # writing a usable recipe (even the one in force) ends the fault
-    assert st.plc_write("Recipe", "deeppcb", 100.8).changes == [("Recipe", "deeppcb"), ("ErrorCode", 0)]
+    assert st.plc_write("Recipe", "deeppcb", 100.8).changes == [
+        ("Recipe", "deeppcb"), ("Fail", False), ("ErrorCode", 0)]
     step = st.plc_write("Trigger", True, 100.9)
     assert step.inspect_recipe == "deeppcb" and st.tags["ErrorCode"] == 0
 
 
 def test_a_trigger_while_not_ready_is_refused_and_drops_the_open_part() -> None:
-    """A Trigger at the wrong time reads back 0 at once, and the part the PLC gave up on
-    can never be read as the answer to it."""
+    """A new Trigger (0 then 1) at the wrong time reads back 0 at once, and the part the
+    PLC gave up on can never be read as the answer to it."""
     st = _station()
     # part N's result waits for ResultAck; the PLC triggers part N+1 instead
     n = st.plc_write("Trigger", True, 100.0)
     st.finished(True, 0, "part-n", 100.1, part=n.part)
+    st.plc_write("Trigger", False, 100.15)
     changes = st.plc_write("Trigger", True, 100.2).changes
     assert ("Trigger", False) in changes and st.tags["Trigger"] is False
     assert changes[-1] == ("TriggerReady", True)
@@ -148,16 +172,47 @@ def test_a_trigger_while_not_ready_is_refused_and_drops_the_open_part() -> None:
     # a Trigger while busy: refused at once, and the part's result, when it comes, is dropped
     m = st.plc_write("Trigger", True, 101.0)
     assert m.inspect_recipe == "deeppcb" and m.part == n.part + 1
+    st.plc_write("Trigger", False, 101.05)
     assert st.plc_write("Trigger", True, 101.1).changes == [("Trigger", False)]
+    # the same 1 again (a cyclic writer) changes nothing more: Trigger still reads 0
+    assert st.plc_write("Trigger", True, 101.15).changes == [("Trigger", False)]
     st.finished(True, 0, "part-m", 101.2, part=m.part)
     assert (st.tags["ResultReady"], st.tags["Pass"], st.tags["InspectionId"], st.tags["ErrorCode"],
             st.tags["Busy"], st.tags["TriggerReady"]) == (False, False, "", 5, False, True)
     # a result of an older part never answers the part in progress
-    k = st.plc_write("Trigger", True, 102.0)
+    k = st.plc_write("Trigger", True, 102.0)  # ready: a 1 over the PLC's last 1 is a new part
     assert st.finished(True, 0, "part-m", 102.1, part=m.part) == []
     assert st.tags["Busy"] is True and st.tags["ResultReady"] is False
     st.finished(False, 1, "part-k", 102.2, part=k.part)
     assert (st.tags["ResultReady"], st.tags["InspectionId"]) == (True, "part-k")
+
+
+def test_a_repeated_trigger_write_is_the_same_part() -> None:
+    """A Modbus retry or a cyclic writer writes Trigger = 1 again over its own 1: the part
+    in progress goes on and is answered; only a 0 between makes a new trigger."""
+    st = _station()
+    part = st.plc_write("Trigger", True, 100.0)
+    retry = st.plc_write("Trigger", True, 100.02)  # while Busy
+    assert retry.inspect_recipe is None and retry.changes == [("Trigger", True)]
+    assert st.phase is Phase.BUSY and st.tags["Trigger"] is True
+    st.finished(True, 2, "part-1", 100.1, part=part.part)
+    assert st.plc_write("Trigger", True, 100.15).changes == [("Trigger", True)]  # ResultReady
+    assert (st.tags["ResultReady"], st.tags["InspectionId"], st.tags["ErrorCode"]) == \
+        (True, "part-1", 0)
+    st.plc_write("ResultAck", True, 100.2)
+    assert st.phase is Phase.READY and st.tags["Trigger"] is False
+    # ready again: the next 1 is the next part, whatever the PLC wrote last
+    assert st.plc_write("Trigger", True, 100.3).part == part.part + 1
+
+
+def test_a_station_without_a_recipe_follows_the_default() -> None:
+    st = Station("s1", "", follows_default=True, ack_timeout_s=5.0, now=100.0,
+                 check_recipe=lambda n: ErrorCode.NONE)
+    assert st.use_default("deeppcb-default") == [("Recipe", "deeppcb-default")]
+    assert st.use_default("deeppcb-default") == []
+    assert st.plc_write("Trigger", True, 100.1).inspect_recipe == "deeppcb-default"
+    st.plc_write("Recipe", "lenient", 100.2)  # the PLC chose: the default no longer applies
+    assert st.use_default("other") == [] and st.recipe == "lenient"
 
 
 def test_a_closing_station_takes_no_trigger_and_answers_the_open_part() -> None:
@@ -630,14 +685,16 @@ def test_opcua_basic256sha256_with_trusted_clients_only(tmp_path: Path) -> None:
 
 
 def test_modbus_trigger_while_a_result_waits_drops_it(line: Line) -> None:
-    """A PLC that triggers the next part without acknowledging the last one never reads
-    the last one's result as the new part's: the Trigger reads back 0, the result is gone."""
+    """A PLC that triggers the next part (0, then 1) without acknowledging the last one
+    never reads the last one's result as the new part's: the Trigger reads back 0, the
+    result is gone."""
     async def run() -> None:
         mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
         assert await mb.connect()
         try:
             r = await _modbus_cycle(mb, 0, ack=False)
             assert r["ResultReady"] and r["ErrorCode"] == 0
+            assert not (await mb.write_coil(COILS.index("Trigger"), False, device_id=1)).isError()
             assert not (await mb.write_coil(COILS.index("Trigger"), True, device_id=1)).isError()
             coils = await _until(lambda: _coils(mb, 0), {
                 "Trigger": False, "TriggerReady": True, "Busy": False, "ResultReady": False,
@@ -650,6 +707,60 @@ def test_modbus_trigger_while_a_result_waits_drops_it(line: Line) -> None:
             mb.close()
 
     asyncio.run(run())
+
+
+def test_modbus_trigger_written_again_is_the_same_part(line: Line) -> None:
+    """A Modbus client that repeats its Trigger write (a retry after a late response, a
+    cyclic write of its output) gets the part's result, not a dropped part (code 5)."""
+    async def run() -> None:
+        mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
+        assert await mb.connect()
+        trigger = COILS.index("Trigger")
+        try:
+            await _until(lambda: _coil(mb, 0, "TriggerReady"))
+            for _ in range(3):  # the write, then the same write twice more at once
+                assert not (await mb.write_coil(trigger, True, device_id=1)).isError()
+            await _until(lambda: _coil(mb, 0, "ResultReady"))
+            assert not (await mb.write_coil(trigger, True, device_id=1)).isError()  # and again
+            coils = await _coils(mb, 0)
+            assert (coils["ResultReady"], coils["Error"], coils["Trigger"]) == (True, False, True)
+            assert coils["Pass"] != coils["Fail"] and await _reg(mb, 0, "ErrorCode") == 0
+            judged = line.srv.app.state.line_plc.stations["sim"].tags["InspectionId"]
+            assert judged == line.srv.app.state.cameras.last_results["sim"].id != ""
+            assert not (await mb.write_coil(COILS.index("ResultAck"), True, device_id=1)).isError()
+            await _until(lambda: _coil(mb, 0, "TriggerReady"))
+            assert (await _coils(mb, 0))["Trigger"] is False
+        finally:
+            mb.close()
+
+    asyncio.run(run())
+
+
+async def _coil(mb: AsyncModbusTcpClient, base: int, name: str) -> bool:
+    return (await _coils(mb, base))[name]
+
+
+def test_a_refused_recipe_rewritten_every_scan_is_logged_once(
+        line: Line, caplog: pytest.LogCaptureFixture) -> None:
+    """A PLC writing an index the box lacks on every scan: one WARNING when the fault
+    starts, one when it changes, not one per write."""
+    async def run() -> None:
+        mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
+        assert await mb.connect()
+        recipe = REGISTERS.index("RecipeIndex")
+        try:
+            for index in [9] * 100 + [8] * 100:
+                assert not (await mb.write_register(recipe, index, device_id=1)).isError()
+            await mb.write_register(recipe, 0, device_id=1)
+            await _until(lambda: _reg(mb, 0, "ErrorCode"), 0)
+        finally:
+            mb.close()
+
+    with caplog.at_level("WARNING", logger="lineside.line"):
+        asyncio.run(run())
+    told = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(told) == 2, told
+    assert "'#9' refused" in told[0] and "'#8' refused" in told[1]
 
 
 def test_shutdown_answers_the_part_in_progress_and_takes_no_trigger() -> None:
@@ -687,9 +798,27 @@ def test_shutdown_answers_the_part_in_progress_and_takes_no_trigger() -> None:
 
         asyncio.run(trigger())
         written.clear()
+        real_drain = srv.app.state.limiter.drain
+
+        def drain(timeout_s: float) -> bool:
+            # the server waits here for its inspections (up to 10 s): the stations are
+            # closed already, and the PLC can still read why its part ended
+            from pymodbus.client import ModbusTcpClient
+
+            with ModbusTcpClient("127.0.0.1", port=adapter.port) as mb:
+                coils = mb.read_coils(0, count=len(COILS), device_id=1).bits
+                regs = mb.read_holding_registers(0, count=len(REGISTERS), device_id=1).registers
+                in_drain.append((coils[COILS.index("TriggerReady")],
+                                 coils[COILS.index("ResultReady")],
+                                 regs[REGISTERS.index("ErrorCode")]))
+            return bool(real_drain(timeout_s))
+
+        in_drain: list[tuple[bool, bool, int]] = []
+        srv.app.state.limiter.drain = drain
     finally:
         stop()
         sim.kill()
+    assert in_drain == [(False, True, ErrorCode.SHUTDOWN)]
     station = srv.app.state.line_plc.stations["sim"]
     written = [c for c in written if c[0] != "Heartbeat"]  # the ticker ran until stop()
     assert written[0] == ("TriggerReady", False)  # first: no new part is taken
@@ -697,3 +826,137 @@ def test_shutdown_answers_the_part_in_progress_and_takes_no_trigger() -> None:
     assert written.index(("ErrorCode", ErrorCode.SHUTDOWN)) < written.index(("ResultReady", True))
     assert (station.tags["Pass"], station.tags["Fail"], station.tags["Busy"],
             station.tags["TriggerReady"]) == (False, True, False, False)
+
+
+def test_stop_completes_a_publication_in_flight() -> None:
+    """An adapter whose writes await (as OPC UA's do) is halfway through a station's new
+    state when the server stops: the rest is still written, so the PLC never reads half of
+    it (ResultReady 1 beside the dropped part's Fail and code 5)."""
+    sim = MJPEGSimulator(counter_frame, fps=30)
+    cam = CameraConfig(id="sim", source=sim.url)
+    srv, stop = start_server(keyed(cameras=[cam], store=False, line=LineSettings(
+        modbus=ModbusConfig(port=0), ack_timeout_s=0.5)))
+    plc = srv.app.state.line_plc
+    adapter = plc.adapters[0]
+    real_write = adapter.write
+    shown: dict[str, TagValue] = {}
+    halfway = threading.Event()
+
+    async def slow(station_id: str, changes: Changes) -> None:
+        if ("ErrorCode", ErrorCode.ACK_TIMEOUT) in changes:  # the ack timeout's drop
+            await real_write(station_id, changes[:1])
+            shown.update(changes[:1])
+            halfway.set()
+            deadline = time.monotonic() + WAIT_S
+            while plc._ticker is not None and time.monotonic() < deadline:  # stop() began
+                await asyncio.sleep(0.01)
+            changes = changes[1:]
+        await real_write(station_id, changes)
+        shown.update(changes)
+
+    adapter.write = slow
+    try:
+        async def trigger() -> None:  # a part the PLC never acknowledges
+            mb = AsyncModbusTcpClient("127.0.0.1", port=adapter.port)
+            assert await mb.connect()
+            try:
+                await _modbus_cycle(mb, 0, ack=False)
+            finally:
+                mb.close()
+
+        asyncio.run(trigger())
+        assert halfway.wait(WAIT_S)
+    finally:
+        stop()
+        sim.kill()
+    station = plc.stations["sim"]
+    keys = ("ResultReady", "Pass", "Fail", "ErrorCode", "TriggerReady", "Busy")
+    assert {k: shown[k] for k in keys} == {k: station.tags[k] for k in keys} == {
+        "ResultReady": False, "Pass": False, "Fail": True, "ErrorCode": ErrorCode.ACK_TIMEOUT,
+        "TriggerReady": False, "Busy": False}
+
+
+# -- configs that become valid once the server runs -----------------------------------
+def test_a_reference_registered_after_start_up(caplog: pytest.LogCaptureFixture) -> None:
+    """A camera naming a golden image to be registered with PUT /v1/references: the server
+    starts (a WARNING names the camera and the reference), triggers fail with ErrorCode 7
+    until it is registered, then are judged."""
+    cam = CameraConfig(id="station1", source=str(STATION / "station1"), fps=5,
+                       recipe="deeppcb-ref", reference="station1")
+    with caplog.at_level("WARNING", logger="lineside.service"):
+        srv, stop = start_server(keyed(
+            cameras=[cam], models=[str(REF_MODEL)], store=False,
+            recipes=[str(ROOT / "configs" / "recipes" / "deeppcb-ref.yaml")],
+            line=LineSettings(modbus=ModbusConfig(port=0))))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("camera station1" in m and "'station1'" in m and "PUT /v1/references/station1"
+               in m for m in warned), warned
+    port = srv.app.state.line_plc.adapters[0].port
+
+    async def cycle() -> dict[str, Any]:
+        mb = AsyncModbusTcpClient("127.0.0.1", port=port)
+        assert await mb.connect()
+        try:
+            return await _modbus_cycle(mb, 0)
+        finally:
+            mb.close()
+
+    try:
+        r = asyncio.run(cycle())
+        assert (r["Pass"], r["Fail"], r["ErrorCode"]) == (False, True, ErrorCode.RECIPE_NOT_USABLE)
+        with srv.client("line") as c:  # an HTTP trigger hears the same reason
+            r2 = c.post("/v1/cameras/station1/trigger")
+            assert r2.status_code == 422 and r2.json()["error"]["code"] == "invalid_reference"
+            assert "PUT /v1/references/station1" in r2.json()["error"]["message"]
+        with srv.client("admin") as c:
+            put = c.put("/v1/references/station1", headers={"content-type": "image/jpeg"},
+                        content=(STATION / "station1-reference.jpg").read_bytes())
+            assert put.status_code in (200, 201), put.text
+        r = asyncio.run(cycle())
+        assert r["ErrorCode"] == 0 and r["Pass"] != r["Fail"]
+    finally:
+        stop()
+
+
+def test_a_box_without_models_starts_and_takes_its_recipes_when_they_come() -> None:
+    """A fleet box with ``models: []``: its cameras' recipes come with the first pull. It
+    starts; until then triggers fail with ErrorCode 6; then the station that names the
+    recipe and the one that follows the default recipe (shown in its Recipe) both judge."""
+    from lineside_inspect.lifecycle.manager import card_recipe
+
+    cams = [CameraConfig(id="named", source=str(SAMPLE), fps=5, recipe="deeppcb-default"),
+            CameraConfig(id="plain", source=str(SAMPLE), fps=5)]
+    srv, stop = start_server(keyed(cameras=cams, models=[], store=False,
+                                   line=LineSettings(modbus=ModbusConfig(port=0))))
+    port = srv.app.state.line_plc.adapters[0].port
+
+    async def cycles() -> list[dict[str, Any]]:
+        mb = AsyncModbusTcpClient("127.0.0.1", port=port)
+        assert await mb.connect()
+        try:
+            return [await _modbus_cycle(mb, base) for base in (0, BLOCK)]
+        finally:
+            mb.close()
+
+    async def recipe_of_plain() -> int:
+        mb = AsyncModbusTcpClient("127.0.0.1", port=port)
+        assert await mb.connect()
+        try:
+            return await _until(lambda: _reg(mb, BLOCK, "RecipeIndex"), 0)
+        finally:
+            mb.close()
+
+    try:
+        for r in asyncio.run(cycles()):
+            assert (r["Pass"], r["Fail"], r["ErrorCode"]) == (False, True, ErrorCode.UNKNOWN_RECIPE)
+        # what the box's first pull does: the model, and the recipe its card brings
+        registry = srv.app.state.registry
+        registry.load_model(str(MODEL))
+        registry.add_recipe(card_recipe(registry.detector("deeppcb").card))
+        asyncio.run(recipe_of_plain())  # "plain" shows the default it now uses: index 0
+        assert srv.app.state.line_plc.stations["plain"].recipe == "deeppcb-default"
+        for r in asyncio.run(cycles()):
+            assert r["ErrorCode"] == 0 and r["Pass"] != r["Fail"]
+        assert srv.app.state.cameras.last_results["plain"].recipe.name == "deeppcb-default"
+    finally:
+        stop()

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("lineside.line")
 
 TICK_S = 0.05  # heartbeat and ack-timeout resolution
+LOG_EVERY_S = 60.0  # the same warning of a station again (a PLC rewriting a refused Recipe)
+STOP_WRITES_S = 2.0  # stop() waits this long for tag publications in flight to complete
 
 
 def error_code(exc: BaseException) -> ErrorCode:
@@ -66,8 +68,10 @@ class PlcLine:
         self.adapters = adapters
         self.stations: dict[str, Station] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # inspections
+        self._writes: set[asyncio.Task[None]] = set()  # tag publications (see _publish)
         self._ticker: asyncio.Task[None] | None = None
+        self._told = _Told()
 
     # -- recipes ----------------------------------------------------------------------
     def recipe_names(self) -> list[str]:
@@ -103,9 +107,11 @@ class PlcLine:
             return
         now = time.monotonic()
         for cid, cfg in cameras.configs.items():
-            recipe = cfg.recipe or self.service.registry.default_recipe or ""
+            # a camera without a recipe follows the server's default, which may come later
+            # (a fleet box adds its recipes after the stations start): see use_default
             self.stations[cid] = Station(
-                cid, recipe, ack_timeout_s=self.settings.ack_timeout_s, now=now,
+                cid, cfg.recipe or self._default_recipe(), follows_default=cfg.recipe is None,
+                ack_timeout_s=self.settings.ack_timeout_s, now=now,
                 check_recipe=functools.partial(self.check_recipe, cid))
             self._locks[cid] = asyncio.Lock()
         started: list[TagAdapter] = []
@@ -124,23 +130,30 @@ class PlcLine:
             raise
         self._ticker = asyncio.create_task(self._tick(), name="line-plc-tick")
 
-    async def stop(self) -> None:
-        """Close the stations first (TriggerReady off, a part in progress ends with Fail and
-        ErrorCode 8, so no PLC waits for a result that never comes), then stop the
-        inspections and the adapters. The heartbeat stops with them."""
-        ticker, self._ticker = self._ticker, None
-        if ticker is not None:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
-        await asyncio.sleep(0)  # publications already spawned queue on the locks first
+    async def close(self) -> None:
+        """The server is stopping: no station takes a trigger any more (TriggerReady off),
+        and a part in progress ends with Fail and ErrorCode 8, so no PLC waits for a result
+        that never comes. Called first on shutdown, while the adapters still serve (the
+        PLC can read the code and acknowledge); again by :meth:`stop` (then a no-op)."""
         now = time.monotonic()
+        # every station closed before anything is awaited: a trigger meanwhile is refused
         for sid, station in self.stations.items():
             changes = station.close(now)
             if ("ErrorCode", int(ErrorCode.SHUTDOWN)) in changes:
                 log.warning("line: station %s: server stopping: part in progress ends with "
                             "Fail, ErrorCode 8", sid)
-            await self._publish(sid, changes)
+            self._publish(sid, changes)
+
+    async def stop(self) -> None:
+        """Close the stations (if :meth:`close` did not yet), stop the heartbeat and the
+        inspections, let the tag publications in flight complete (a publication cut
+        halfway would leave a PLC reading half of a state), then stop the adapters."""
+        await self.close()
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -148,6 +161,14 @@ class PlcLine:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self._writes:
+            _done, pending = await asyncio.wait(set(self._writes), timeout=STOP_WRITES_S)
+            if pending:
+                log.warning("line: %d tag publication(s) still running after %.0f s: "
+                            "cancelled", len(pending), STOP_WRITES_S)
+                for write in pending:
+                    write.cancel()
+                await asyncio.wait(pending)
         for adapter in reversed(self.adapters):
             try:
                 await adapter.stop()
@@ -163,15 +184,29 @@ class PlcLine:
         if station is None:
             return
         now = time.monotonic()
+        # a station without a recipe of its own judges with the default of now
+        changes = station.use_default(self._default_recipe()) if tag == "Trigger" and value \
+            else []
         step = station.plc_write(tag, value, now)
-        self._spawn(self._publish(station_id, step.changes))
-        if tag == "Recipe" and station.recipe_fault is not ErrorCode.NONE:
-            log.warning("line: station %s: Recipe %r refused (ErrorCode %d): its triggers "
-                        "fail until a usable recipe is written", station_id, value,
-                        station.recipe_fault)
+        self._publish(station_id, changes + step.changes)
+        if tag == "Recipe":
+            fault = station.recipe_fault
+            if fault is ErrorCode.NONE:
+                self._told.forget(station_id)  # a new fault later is told at once
+            else:
+                # a PLC that rewrites its product every scan would write a line each time:
+                # told when the fault starts or changes, then once a minute with a count
+                n = self._told((station_id, "recipe"), (str(value), fault), now)
+                if n is not None:
+                    log.warning("line: station %s: Recipe %r refused (ErrorCode %d): its "
+                                "triggers fail until a usable recipe is written%s", station_id,
+                                value, fault, _since(n))
         elif step.inspect_recipe is None and ("ResultReady", True) in step.changes:
-            log.warning("line: station %s: trigger failed with ErrorCode %d: the last Recipe "
-                        "write was refused", station_id, station.recipe_fault)
+            n = self._told((station_id, "trigger"), station.recipe_fault, now)
+            if n is not None:
+                log.warning("line: station %s: trigger failed with ErrorCode %d: the last "
+                            "Recipe write was refused%s", station_id, station.recipe_fault,
+                            _since(n, "trigger"))
         if step.inspect_recipe is not None:
             # the trigger's own time: the frame judged is one captured after the PLC's write
             self._spawn(self._inspect(station_id, step.inspect_recipe, step.part, now))
@@ -180,10 +215,15 @@ class PlcLine:
         station = self.stations[station_id]
         code = self.check_recipe(station_id, recipe)  # a recipe may have gone since
         if code is not ErrorCode.NONE:
-            log.warning("line: station %s: recipe %r cannot be used (ErrorCode %d)",
-                        station_id, recipe, code)
-            await self._publish(station_id, station.failed(code, time.monotonic(), part=part))
+            # e.g. a box whose recipe comes with its first model pull: one line per trigger
+            # until then would bury the log
+            n = self._told((station_id, "inspect"), (recipe, code), time.monotonic())
+            if n is not None:
+                log.warning("line: station %s: recipe %r cannot be used (ErrorCode %d)%s",
+                            station_id, recipe, code, _since(n, "trigger"))
+            self._publish(station_id, station.failed(code, time.monotonic(), part=part))
             return
+        self._told.forget(station_id, "inspect")
         try:
             result = await self.service.inspect_camera(
                 station_id, recipe=recipe or None, timeout_s=self.settings.trigger_timeout_s,
@@ -200,25 +240,38 @@ class PlcLine:
         else:
             changes = station.finished(result.verdict == "pass", len(result.defects), result.id,
                                        time.monotonic(), part=part)
-        await self._publish(station_id, changes)
+        self._publish(station_id, changes)
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
+            default = self._default_recipe()
             for sid, station in self.stations.items():
-                changes = station.tick(now)
+                # Recipe shows what the next trigger uses, also once a default arrives
+                changes = station.use_default(default) + station.tick(now)
                 if changes:
                     if ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in changes:
                         log.warning("line: station %s: no ResultAck within %.1fs: result "
                                     "dropped (ErrorCode 5)", sid, station.ack_timeout_s)
-                    await self._publish(sid, changes)
+                    self._publish(sid, changes)
 
-    async def _publish(self, station_id: str, changes: Changes) -> None:
-        """Write ``changes`` to every adapter. One station's publications never interleave
-        (the lock is first come, first served), so no adapter shows an older state last."""
+    def _default_recipe(self) -> str:
+        return self.service.registry.default_recipe or ""
+
+    def _publish(self, station_id: str, changes: Changes) -> None:
+        """Write ``changes`` to every adapter, from a task of its own made now, at the
+        transition: the tasks take the station's lock in the order they were made (first
+        come, first served), so one station's publications never interleave and no adapter
+        shows an older state last. Whoever made it may be cancelled (the ticker, an
+        inspection at stop) without cutting it halfway; :meth:`stop` waits for them."""
         if not changes:
             return
+        task = asyncio.create_task(self._write(station_id, changes))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, station_id: str, changes: Changes) -> None:
         async with self._locks[station_id]:
             for adapter in self.adapters:
                 try:
@@ -230,6 +283,34 @@ class PlcLine:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _Told:
+    """When to tell a station's recurring warning: at once when what it says changes (a
+    fault starts or becomes another), else at most once per :data:`LOG_EVERY_S`."""
+
+    def __init__(self) -> None:
+        # (station, kind): (what was told, when, how many times untold since)
+        self._last: dict[tuple[str, str], tuple[object, float, int]] = {}
+
+    def __call__(self, key: tuple[str, str], what: object, now: float) -> int | None:
+        """The number of times it happened untold since last told, or None: not now."""
+        last = self._last.get(key)
+        if last is None or last[0] != what or now - last[1] >= LOG_EVERY_S:
+            untold = last[2] if last is not None and last[0] == what else 0
+            self._last[key] = (what, now, 0)
+            return untold
+        self._last[key] = (what, last[1], last[2] + 1)
+        return None
+
+    def forget(self, station_id: str, kind: str | None = None) -> None:
+        """The cause is gone: the next time it is told at once."""
+        for key in [k for k in self._last if k[0] == station_id and kind in (None, k[1])]:
+            del self._last[key]
+
+
+def _since(untold: int, what: str = "write") -> str:
+    return f" ({untold} more such {what}(s) since last told)" if untold else ""
 
 
 def make_adapters(settings: LineSettings, line: PlcLine) -> list[TagAdapter]:
@@ -275,6 +356,9 @@ def setup_line_plc(app: FastAPI, settings: Settings) -> None:
     # start-up hooks run in worker threads (after the models, the store and the cameras);
     # the servers themselves run on the event loop, where from_thread puts them
     app.state.on_startup.append(lambda: anyio.from_thread.run(line.start))
+    # shutdown closes the stations first of all (before the server drains its inspections),
+    # while the adapters still serve the code-8 results; they stop with the other hooks
+    app.state.on_stopping.append(lambda: anyio.from_thread.run(line.close))
     app.state.on_shutdown.append(lambda: anyio.from_thread.run(line.stop))
 
 

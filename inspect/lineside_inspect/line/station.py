@@ -7,8 +7,9 @@ one station has one handshake whichever protocol (or both) the PLC uses.
 
 The handshake (docs/line-integration.md has the timing diagram):
 
-1. The PLC sets ``Trigger`` (only while ``TriggerReady``; otherwise it is refused and
-   cleared at once, and an open part's result is dropped: see :meth:`Station._trigger`).
+1. The PLC sets ``Trigger`` (only while ``TriggerReady``; a new trigger at any other
+   time is refused and cleared at once, and the open part's result is dropped, while a
+   repeated 1 over 1 is ignored: see :meth:`Station._trigger`).
 2. Lineside clears ``TriggerReady``, sets ``Busy``, clears the last result, and judges
    the first frame captured after the trigger.
 3. It writes ``Pass``/``Fail``/``DefectCount``/``InspectionId``/``ErrorCode``, then sets
@@ -107,11 +108,15 @@ RecipeCheck = Callable[[str], ErrorCode]  # NONE when the station can switch to 
 
 class Station:
     """One station's handshake. ``recipe`` is the recipe in force (the camera's own at
-    start); ``check_recipe`` validates a ``Recipe`` write against the loaded recipes."""
+    start); ``check_recipe`` validates a ``Recipe`` write against the loaded recipes.
+    ``follows_default``: neither the config nor the PLC chose a recipe, so the station
+    uses the server's default recipe, whichever it is when a trigger comes (a fleet box
+    gets its recipes after the stations start): see :meth:`use_default`."""
 
     def __init__(self, station_id: str, recipe: str, *, ack_timeout_s: float,
-                 check_recipe: RecipeCheck, now: float) -> None:
+                 check_recipe: RecipeCheck, now: float, follows_default: bool = False) -> None:
         self.id = station_id
+        self.follows_default = follows_default
         self.ack_timeout_s = ack_timeout_s
         self.check_recipe = check_recipe
         self.phase = Phase.READY
@@ -125,6 +130,9 @@ class Station:
         self._result_at = 0.0
         self._part = 0  # accepted triggers so far: a result of an older part is ignored
         self._drop = False  # the part in progress was given up by the PLC (a new Trigger)
+        # what the PLC itself last wrote to Trigger (not the tag, which Lineside clears):
+        # a 1 over a 1 is a retry or a cyclic rewrite of the same trigger, not a new one
+        self._plc_trigger = False
         self.recipe_fault = ErrorCode.NONE  # the last Recipe write was refused: no verdicts
         self.closed = False  # the server is stopping: no more triggers
 
@@ -150,16 +158,32 @@ class Station:
             return Step(self._recipe(str(value)))
         raise KeyError(f"{tag} is not written by the PLC")
 
+    def use_default(self, default: str) -> Changes:
+        """The server's default recipe is now ``default``: a station that follows it shows
+        it in ``Recipe`` (what its next trigger uses)."""
+        changes: Changes = []
+        if self.follows_default and default != self.recipe:
+            self._set(changes, "Recipe", default)
+        return changes
+
     def _trigger(self, value: bool, now: float) -> Step:
         step = Step()
+        rising = value and not self._plc_trigger
+        self._plc_trigger = value
         if not value:
             self._set(step.changes, "Trigger", False)
             return step
+        if self.phase is not Phase.READY and not rising:
+            # the PLC's 1 again without a 0 between (a Modbus retry after a late response, a
+            # cyclic writer): the trigger of the part in progress, not a new one. The tag
+            # is written back as the station has it, over what the adapter stored
+            self._set(step.changes, "Trigger", self.tags["Trigger"])
+            return step
         if self.phase is not Phase.READY or self.closed:
             # refused and cleared at once (as a stray ResultAck is): Trigger reading 1 always
-            # means a part in progress. Nothing is queued, and a PLC that triggers while a
-            # part is open has given up on that part: its result is dropped, so it can never
-            # be read as the answer to this trigger
+            # means a part in progress. Nothing is queued, and a PLC that wrote 0 then 1
+            # while a part is open has given up on that part: its result is dropped, so it
+            # can never be read as the answer to this trigger
             self._set(step.changes, "Trigger", False)
             if not self.closed:
                 if self.phase is Phase.RESULT:
@@ -200,9 +224,12 @@ class Station:
         code = self.check_recipe(name)
         if code is ErrorCode.NONE:
             self._set(changes, "Recipe", name)  # the next trigger inspects with it
+            self.follows_default = False  # the PLC chose: a new default changes nothing
             self.recipe_fault = ErrorCode.NONE
             if self.phase is Phase.READY and self.tags["ErrorCode"] in (
                     ErrorCode.UNKNOWN_RECIPE, ErrorCode.RECIPE_NOT_USABLE):
+                # the fault shown ends: no Fail left over to read as a defective part
+                self._set(changes, "Fail", False)
                 self._set(changes, "ErrorCode", int(ErrorCode.NONE))
             return changes
         # refused: Recipe reads back the recipe in force, and the station stays in fault
@@ -215,9 +242,12 @@ class Station:
         return changes
 
     def _show_fault(self, changes: Changes) -> None:
-        # no Pass beside an error code, as after a part
+        # no Pass beside an error code, as after a part; and nothing left of the last part
+        # (its InspectionId beside Fail would read as that part being defective)
         self._set(changes, "Pass", False)
         self._set(changes, "Fail", True)
+        self._set(changes, "DefectCount", 0)
+        self._set(changes, "InspectionId", "")
         self._set(changes, "ErrorCode", int(self.recipe_fault))
 
     # -- what the inspection gave -------------------------------------------------------
@@ -237,6 +267,8 @@ class Station:
         """The server is stopping: no trigger is taken any more, and a part in progress
         ends now with Fail and ErrorCode 8 (its inspection's result is ignored)."""
         changes: Changes = []
+        if self.closed:
+            return changes
         self.closed = True
         self._set(changes, "TriggerReady", False)
         if self.phase is Phase.BUSY:

@@ -125,11 +125,15 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         app.state.ready = False
         await anyio.to_thread.run_sync(load_everything, settings, registry)
         admin.publish_state(app.state.metrics, registry)
+        # a camera whose config contradicts itself (a reference model's recipe and no
+        # golden image, or the reverse) stops the server here, before anything started
+        await anyio.to_thread.run_sync(app.state.service.check_cameras)
         for hook in app.state.on_startup + app.state.on_ready:
             await anyio.to_thread.run_sync(hook)
-        # a camera's recipe and reference are checked once every hook ran (a fleet box adds
-        # its restored models' recipes in one): a typo stops the server here, not every frame
-        await anyio.to_thread.run_sync(app.state.service.check_cameras)
+        # what a camera still lacks once every hook ran (a recipe a fleet box gets with its
+        # first pull, a reference to be registered over the API) is warned about, not
+        # refused: the server must run for it to come
+        await anyio.to_thread.run_sync(app.state.service.warn_cameras)
         app.state.service.start_continuous()
         app.state.ready = True
         log.info("lineside ready: %s", ", ".join(f"{n}:{s.active}" for n, s in
@@ -138,6 +142,10 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
             yield
         finally:
             app.state.ready = False
+            # first of all, before the drain below (up to DRAIN_THREADS_S) and the other
+            # hooks: the PLC stations stop taking triggers and answer their open parts
+            for hook in app.state.on_stopping:
+                await anyio.to_thread.run_sync(hook)
             await app.state.service.stop_continuous()
             # inspections still in their threads (their requests may be cancelled) save
             # to the store: it closes after them
@@ -168,6 +176,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.cameras = None
     app.state.on_startup = []
     app.state.on_ready = []  # after every start-up hook (e.g. once a fleet box restored its models)
+    app.state.on_stopping = []  # first on shutdown, before inspections drain (PLC stations)
     app.state.on_shutdown = []
     app.state.metrics_hooks = []
     app.state.sessions = SessionStore(settings.session_ttl_s)  # review sign-ins, in memory

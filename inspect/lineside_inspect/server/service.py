@@ -27,11 +27,17 @@ from lineside_inspect.errors import (
     LinesideError,
     NotFoundError,
     Overloaded,
+    ReferenceImageError,
 )
 from lineside_inspect.imageio import decode_image, encode_jpeg, header_size, sniff_format
 from lineside_inspect.inspector import FrameTiming, Inspection, inspect
 from lineside_inspect.recipes import Recipe
-from lineside_inspect.references import ReferenceLibrary, resolve_reference
+from lineside_inspect.references import (
+    Reference,
+    ReferenceLibrary,
+    is_reference_name,
+    resolve_reference,
+)
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
@@ -39,6 +45,7 @@ from lineside_inspect.server.registry import Registry
 
 if TYPE_CHECKING:
     from lineside_inspect.cameras import CameraManager
+    from lineside_inspect.config import CameraConfig
     from lineside_inspect.store import Store
 
 log = logging.getLogger("lineside.service")
@@ -122,9 +129,7 @@ class InspectionService:
 
         def work() -> Inspection:
             # the golden image is resolved here, off the event loop (its first use decodes it)
-            ref = resolve_reference(detector.needs_reference, detector.card.name,
-                                    self.references, name=cfg.reference, camera=camera_id,
-                                    recipe=rule.name)
+            ref = self._camera_reference(cfg, detector, rule)
             result = inspect(frame.image, detector, rule, camera_id=camera_id, part_id=part_id,
                              reference=ref, anomaly_model=anomaly)
             result.frame = FrameTiming(frame.timestamp,
@@ -141,31 +146,57 @@ class InspectionService:
         rule, detector, anomaly = self._pin(cfg.recipe)
 
         def work() -> Inspection:
-            ref = resolve_reference(detector.needs_reference, detector.card.name,
-                                    self.references, name=cfg.reference, camera=camera_id,
-                                    recipe=rule.name)
+            ref = self._camera_reference(cfg, detector, rule)
             return inspect(image, detector, rule, camera_id=camera_id, reference=ref,
                            anomaly_model=anomaly)
 
         return await self._run(work)
 
     def check_cameras(self) -> None:
-        """Refuse at start-up (:class:`ConfigError`) a camera whose recipe is not loaded,
-        or whose model and reference do not go together: every trigger, or every frame of
-        a continuous camera, would fail. Runs after every start-up hook (a fleet box adds
-        the recipes of the models it restored in one)."""
+        """Refuse at start-up (:class:`ConfigError`, naming each camera) what the config
+        itself contradicts: a camera whose recipe's model (loaded from the config) needs a
+        golden image and the camera names none, or the reverse. Runs before anything starts.
+        What may still arrive is no reason to refuse: see :meth:`warn_cameras`."""
+        contradictions, _missing = self._camera_problems()
+        if contradictions:
+            raise ConfigError("; ".join(contradictions))
+
+    def warn_cameras(self) -> None:
+        """Once every start-up hook ran: a WARNING for each camera that cannot inspect yet,
+        naming what is missing (its recipe, e.g. one a fleet box gets with its first model
+        pull; its reference, e.g. one to be registered with PUT /v1/references). Its
+        triggers fail meanwhile as at run time (for a PLC: ErrorCode 6 or 7)."""
+        contradictions, missing = self._camera_problems()
+        for problem in contradictions + missing:
+            log.warning("%s", problem)
+
+    def _camera_problems(self) -> tuple[list[str], list[str]]:
+        """(what the config contradicts, what is not there yet), one line per camera."""
+        contradictions: list[str] = []
+        missing: list[str] = []
         if self.cameras is None:
-            return
-        problems = []
+            return contradictions, missing
         for cfg in self.cameras.configs.values():
             try:
                 rule, detector, _ = self._pin(cfg.recipe)
-                resolve_reference(detector.needs_reference, detector.card.name, self.references,
-                                  name=cfg.reference, camera=cfg.id, recipe=rule.name)
-            except LinesideError as exc:
-                problems.append(f"camera {cfg.id}: {exc.message}")
-        if problems:
-            raise ConfigError("; ".join(problems))
+            except LinesideError as exc:  # a recipe (or a model it names) not loaded (yet)
+                missing.append(f"camera {cfg.id}: {exc.message}. Its triggers fail until it "
+                               "is loaded (a fleet box's model pull, PUT /v1/recipes/NAME)")
+                continue
+            if detector.needs_reference != (cfg.reference is not None):
+                try:
+                    resolve_reference(detector.needs_reference, detector.card.name,
+                                      self.references, name=cfg.reference, camera=cfg.id,
+                                      recipe=rule.name)
+                except LinesideError as exc:
+                    contradictions.append(exc.message)  # it names the camera
+                continue
+            if cfg.reference is not None:
+                try:
+                    self._camera_reference(cfg, detector, rule)
+                except LinesideError as exc:
+                    missing.append(f"{exc.message}. Its triggers fail until then")
+        return contradictions, missing
 
     # -- continuous cameras -------------------------------------------------------------
     def start_continuous(self) -> None:
@@ -230,6 +261,23 @@ class InspectionService:
         if width * height > self.max_pixels:
             raise ImageTooLargeError(f"{what} is {width}x{height} = {width * height} pixels, "
                                      f"over the limit of {self.max_pixels}")
+
+    def _camera_reference(self, cfg: CameraConfig, detector: Detector,
+                          rule: Recipe) -> Reference | None:
+        """The golden image camera ``cfg`` names for ``detector``. One it names that is not
+        there (not registered yet, a file gone or unreadable) is a reference error, like a
+        reference the model cannot take: the recipe cannot run on this camera now (a PLC
+        reads ErrorCode 7), not a missing camera or a model failure."""
+        try:
+            return resolve_reference(detector.needs_reference, detector.card.name,
+                                     self.references, name=cfg.reference, camera=cfg.id,
+                                     recipe=rule.name)
+        except ReferenceImageError:
+            raise
+        except (NotFoundError, ImageError) as exc:
+            hint = f" (register it with PUT /v1/references/{cfg.reference})" \
+                if cfg.reference is not None and is_reference_name(cfg.reference) else ""
+            raise ReferenceImageError(f"camera {cfg.id}: {exc.message}{hint}") from None
 
     def _manager(self) -> CameraManager:
         if self.cameras is None:
