@@ -129,6 +129,12 @@ class CameraConfig(BaseModel):
                                    "a frame captured after it")
 
 
+# bytes/s a body must average after its first body_timeout_s (min_body_rate, edge server
+# and hub): 64 kbit/s, under any camera link or box uplink that carries images at all,
+# far over a trickle
+MIN_BODY_RATE = 8 * 1024
+
+
 class Settings(BaseSettings):
     """All server settings; every field can be set as ``LINESIDE_<FIELD>``."""
 
@@ -161,7 +167,13 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0, description=(
         "a connection's request headers must arrive complete within this"))
     body_timeout_s: float = Field(10.0, gt=0, description=(
-        "longest wait for the next part of a request body"))
+        "longest wait for the next part of a request body; see also min_body_rate"))
+    min_body_rate: float = Field(MIN_BODY_RATE, ge=0, description=(
+        "bytes/s a request body must average once its first body_timeout_s has passed "
+        "(else 408 body_timeout): a trickle of a byte per part would otherwise hold a "
+        "request for hours. A body may take body_timeout_s + its size / this: at the "
+        "default 8 KiB/s a 400 KB image gets 59 s, a 32 MiB one 68 min. Lower it for "
+        "slower links; 0: no rate, only body_timeout_s between parts"))
     max_connections: int = Field(256, ge=1, description=(
         "open connections and requests at once; beyond it new requests get 503"))
     drain_s: float = Field(0.5, ge=0, le=300, description=(

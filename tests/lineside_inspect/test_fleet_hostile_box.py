@@ -16,19 +16,27 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import generate_latest
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 
 from lineside_inspect.errors import NotFoundError
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.box.forward import Forwarder, forward_events
-from lineside_inspect.fleet.box.reviews import ReviewSync, review_events
+from lineside_inspect.fleet.box.reviews import CHANNEL, ReviewSync, review_events
 from lineside_inspect.fleet.config import FleetSettings
-from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch
+from lineside_inspect.fleet.protocol import (
+    FEATURES_HEADER,
+    FORWARD,
+    REVIEW_WAITING,
+    ForwardAck,
+    ForwardBatch,
+)
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.store import Store
 from lineside_inspect.store.box import BOX_ID_FILE
 from lineside_inspect.store.models import OutboxRow
+from lineside_inspect.store.outbox import Outbox
 
 from .test_fleet_sync import (
     KEYS,
@@ -119,8 +127,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory, weed: Any) -> Iterator[ServedH
 
 
 def _post(hub: ServedHub, box: str, leaf: str, doc: Any) -> httpx.Response:
-    return httpx.post(f"{hub.url}/fleet/v1/boxes/{box}/{leaf}", json=doc,
-                      headers={"authorization": f"Bearer {KEYS[box]}"}, timeout=30)
+    """As a box of this release does: it reads ReviewAck.waiting."""
+    return httpx.post(f"{hub.url}/fleet/v1/boxes/{box}/{leaf}", json=doc, timeout=30,
+                      headers={"authorization": f"Bearer {KEYS[box]}",
+                               FEATURES_HEADER: REVIEW_WAITING})
 
 
 def _review(seq: int, inspection_id: str, when: datetime | None = None, **more: Any) -> dict[str, Any]:
@@ -180,10 +190,10 @@ def test_hostile_values_are_422s_naming_the_field(hub: ServedHub) -> None:
 
 
 def test_box_reviews_wait_skip_and_name_their_box(hub: ServedHub) -> None:
-    """A review dated ahead of the hub's clock waits (not acknowledged and dropped); one
-    of another box's inspection is skipped, never applied, and the stream goes on; one
-    of an inspection the hub does not hold stops the batch; every box review is recorded
-    under its reviewer and the box whose key sent it."""
+    """A review dated ahead of the hub's clock is taken at the hub's time (not waited for,
+    not acknowledged and dropped); one of another box's inspection is skipped, never
+    applied, and the stream goes on; one of an inspection the hub does not hold stops the
+    batch; every box review is recorded under its reviewer and the box whose key sent it."""
     mine, theirs = _forwarded(1), _forwarded(1)
     assert _post(hub, "box3", "inspections", {"items": [mine]}).status_code == 200
     assert _post(hub, "box4", "inspections", {"items": [theirs]}).status_code == 200
@@ -194,26 +204,53 @@ def test_box_reviews_wait_skip_and_name_their_box(hub: ServedHub) -> None:
         return [r["reviewer"] for r in got["reviews"]]
 
     ahead = datetime.now(UTC) + timedelta(minutes=10)
-    r = _post(hub, "box3", "reviews", {"items": [_review(1, mine["id"], ahead),
-                                                 _review(2, mine["id"])]})
-    assert r.json() == {"through_seq": 0, "waiting": "clock"} and reviews(mine) == []
+    r = _post(hub, "box3", "reviews", {"items": [_review(1, mine["id"], ahead, action="confirm")]})
+    assert r.json() == {"through_seq": 1} and reviews(mine) == ["alice (box3)"]
     r = _post(hub, "box3", "reviews", {"items": [_review(3, theirs["id"]),
                                                  _review(4, mine["id"], reviewer="bob (box4)")]})
-    assert r.json() == {"through_seq": 4}  # an answer an older box reads: no "waiting"
+    assert r.json() == {"through_seq": 4}
     assert reviews(theirs) == []  # another box's inspection: never reviewed by box3
-    assert reviews(mine) == ["bob (box4) (box3)"]  # the box is the key's, not its word
+    # the box is the key's, not its word; the review from the clock ahead did not outrank it
+    assert reviews(mine) == ["alice (box3)", "bob (box4) (box3)"]
+    got = httpx.get(f"{hub.url}/v1/inspections/{mine['id']}", headers=qa).json()
+    assert got["review_state"] == "corrected" and ahead.isoformat() in got["reviews"][0]["note"]
     r = _post(hub, "box3", "reviews", {"items": [_review(5, uuid.uuid4().hex),
                                                  _review(6, mine["id"], reviewer="carol")]})
     assert r.json() == {"through_seq": 0, "waiting": "inspection"}
-    assert len(reviews(mine)) == 1
+    assert len(reviews(mine)) == 2
+
+
+def test_a_box_of_version_1_reads_every_review_answer(hub: ServedHub) -> None:
+    """A box of the release before ReviewAck.waiting (its ReviewAck forbids fields it does
+    not know) reads the hub's answer to a batch the hub stopped part-way: without the
+    features header the answer is version 1's."""
+    mine = _forwarded(1000)  # above box3's forward cursor, whichever test ran before
+    assert _post(hub, "box3", "inspections", {"items": [mine]}).status_code == 200
+    items = [_review(7, mine["id"]), _review(8, uuid.uuid4().hex), _review(9, mine["id"])]
+    r = httpx.post(f"{hub.url}/fleet/v1/boxes/box3/reviews", json={"items": items},
+                   headers={"authorization": f"Bearer {KEYS['box3']}"}, timeout=30)
+    assert r.status_code == 200 and _ReviewAckV1.model_validate_json(r.content).through_seq == 7
+    assert r.json() == {"through_seq": 7}
+    # a box that names the feature is told why (the same batch again: its first is a duplicate)
+    assert _post(hub, "box3", "reviews", {"items": items}).json() == \
+        {"through_seq": 7, "waiting": "inspection"}
+
+
+class _ReviewAckV1(BaseModel):
+    """``ReviewAck`` as the release before ``waiting`` has it (4b5c458^, verbatim): the
+    model an older box parses the hub's answer with."""
+
+    model_config = ConfigDict(extra="forbid")
+    through_seq: int
 
 
 def test_a_box_drops_only_reviews_its_hub_will_never_hold(
         tmp_path: Path, hub: ServedHub, detector: Detector) -> None:
-    """A review of an inspection recorded before the box had a hub, or under another box
-    id, never goes up: dropped, logged and counted, and the reviews after it go on. One
-    whose inspection is still being forwarded waits for it; one dated ahead of the hub's
-    clock waits for the clock."""
+    """A review of an inspection recorded before the box had a hub never goes up: dropped,
+    logged and counted, and the reviews after it go on. One of an inspection recorded
+    under the box's old id is filed under that id (the hub would skip it from this one),
+    holding nothing. One whose inspection is still being forwarded waits for it; one dated
+    ahead of the hub's clock is taken at the hub's time, the box's kept in its note."""
     folder = tmp_path / "box"
     before = Store(folder, pass_rate=1.0, box_id="box-old")  # the box's id until today
     renamed = _inspection(detector)
@@ -245,14 +282,15 @@ def test_a_box_drops_only_reviews_its_hub_will_never_hold(
         assert [e.topic for e in sync.outbox.pending()] == [pending.id]
         assert [r.reviewer for r in hub.store.get(sent.id).reviews] == ["alice (box2)"]
         text = generate_latest(metrics.registry).decode()
-        for reason in ("not_forwarded", "other_box"):
-            assert f'lineside_fleet_reviews_dropped_total{{reason="{reason}"}} 1.0' in text
+        assert 'lineside_fleet_reviews_dropped_total{reason="not_forwarded"} 1.0' in text
+        assert [e.topic for e in Outbox(store.engine, "box-old", CHANNEL).pending()] == [renamed.id]
         while forwarder.forward_once():  # the inspection goes; its review follows
             pass
         assert sync.send_up() == 1 and not sync.outbox.pending()
         assert [r.reviewer for r in hub.store.get(pending.id).reviews] == ["alice (box2)"]
 
-        # this box's clock is 10 minutes ahead of the hub's: the review waits, not dropped
+        # this box's clock is 10 minutes ahead of the hub's: the review is taken, at the
+        # hub's time (it must not outrank the hub's later reviews), the box's in its note
         store.review(sent.id, reviewer="alice", action="confirm")
         [ahead] = sync.outbox.pending()
         when = datetime.now(UTC) + timedelta(minutes=10)
@@ -260,13 +298,56 @@ def test_a_box_drops_only_reviews_its_hub_will_never_hold(
             row = s.get(OutboxRow, ahead.id)
             assert row is not None
             row.payload = {**row.payload, "created_at": when.isoformat()}
-        assert sync.send_up() == 0 and [e.id for e in sync.outbox.pending()] == [ahead.id]
-        assert sync.dropped == 2 and len(hub.store.get(sent.id).reviews) == 1
-        with Session(store.engine) as s, s.begin():  # the hub's clock got there
-            row = s.get(OutboxRow, ahead.id)
-            assert row is not None
-            row.payload = {**row.payload, "created_at": datetime.now(UTC).isoformat()}
-        assert sync.send_up() == 1 and len(hub.store.get(sent.id).reviews) == 2
+        assert sync.send_up() == 1 and not sync.outbox.pending() and sync.dropped == 1
+        taken = hub.store.get(sent.id).reviews[-1]
+        assert taken.action == "confirm" and taken.created_at < when
+        assert when.isoformat() in taken.note
     finally:
         hub_client.close()
         store.close()
+
+
+def test_a_review_on_a_shared_database_goes_up_from_the_inspections_box(
+        tmp_path: Path, weed: Any, detector: Detector) -> None:
+    """Boxes sharing one database list each other's inspections on their review pages. A
+    review made on box1's page of box2's inspection is box2's to send (the hub takes a
+    box's review only of its own inspections): it reaches the hub, and nothing is dropped.
+    One a release before filed under box1 is handed over to box2 and goes up too."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    with ServedHub(hub_settings(tmp_path, weed.settings("fleet-shared-db"))) as served:
+        boxes: dict[str, tuple[Store, HubClient, Forwarder, ReviewSync, Metrics]] = {}
+        try:
+            for name in ("box1", "box2"):
+                store = Store(tmp_path / name, url, pass_rate=1.0, box_id=name)
+                store.event_makers.append(forward_events)
+                store.review_event_makers.append(review_events)
+                fleet = FleetSettings(hub_url=served.url, token=KEYS[name], timeout_s=5)  # type: ignore[arg-type]
+                hub_client = HubClient(fleet, name)
+                metrics = Metrics()
+                boxes[name] = (store, hub_client, Forwarder(store, hub_client, fleet),
+                               ReviewSync(store, hub_client, metrics=metrics), metrics)
+            store1, store2, forwarder2 = boxes["box1"][0], boxes["box2"][0], boxes["box2"][2]
+            first, second = _inspection(detector), _inspection(detector)
+            assert store2.save(first) and store2.save(second)
+            store2.flush()
+            while forwarder2.forward_once():
+                pass
+            store1.review(first.id, reviewer="alice", action="false_reject")  # box1's page
+            store1.review(second.id, reviewer="alice", action="false_reject")
+            with Session(store1.engine) as s, s.begin():  # as a release before filed it
+                row = s.query(OutboxRow).filter(OutboxRow.channel == CHANNEL,
+                                                OutboxRow.topic == second.id).one()
+                row.box_id = "box1"
+            sync1, sync2 = boxes["box1"][3], boxes["box2"][3]
+            assert sync1.send_up() == 0 and not sync1.outbox.pending()  # handed over
+            assert sync2.send_up() == 2 and not sync2.outbox.pending()
+            for done in (first, second):
+                assert [r.reviewer for r in served.store.get(done.id).reviews] == ["alice (box2)"]
+            for _, _, _, sync, metrics in boxes.values():
+                assert sync.dropped == 0
+                assert "lineside_fleet_reviews_dropped_total{" not in \
+                    generate_latest(metrics.registry).decode()
+        finally:
+            for store, hub_client, *_ in boxes.values():
+                hub_client.close()
+                store.close()

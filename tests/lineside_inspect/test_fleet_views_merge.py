@@ -135,11 +135,15 @@ def test_a_restored_box_reviews_are_applied_not_skipped_by_the_cursor(tmp_path: 
         store.close()
 
 
-def test_a_review_from_a_box_clock_far_ahead_waits(tmp_path: Path) -> None:
+def test_a_review_from_a_box_clock_far_ahead_is_taken_at_the_hubs_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Last writer wins on the review's time: a review dated in the future would win every
-    later one (and at year 9999, the hub's next review time overflowed into a 500). It is
-    not acknowledged either (it once was, and was lost): the batch stops there, the box
-    sends it again, and the hub takes it once its clock has come that far."""
+    later one (and at year 9999, the hub's next review time overflowed into a 500). Waiting
+    for the hub's clock to get there held every later review of the box (a year, for a
+    box whose clock was a year ahead before NTP). It is taken at once, at the hub's time,
+    the box's kept in its note; sent again it is a duplicate, even once the hub would take
+    its own time (the clock came that far)."""
+    from lineside_inspect.fleet.hub import reviews as hub_reviews
     from lineside_inspect.fleet.hub.reviews import take_reviews
     from lineside_inspect.fleet.hub.tables import create_hub_tables
     from lineside_inspect.fleet.protocol import ReviewBatch
@@ -147,13 +151,46 @@ def test_a_review_from_a_box_clock_far_ahead_waits(tmp_path: Path) -> None:
     store, iid = _store(tmp_path, None, "hub")
     create_hub_tables(store.engine)
     try:
-        future = _event(iid, datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "box")
-        later = _event(iid, T0 + timedelta(minutes=1), "box").model_copy(update={"seq": 2})
+        far = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+        future = _event(iid, far, "box")
+        later = _event(iid, T0 + timedelta(minutes=1), "box", action="false_reject"
+                       ).model_copy(update={"seq": 2})
         ack = take_reviews(store, "box-1", ReviewBatch(items=[future, later]))
-        assert (ack.through_seq, ack.waiting) == (0, "clock")
-        assert store.get(iid).reviews == []
-        store.review(iid, reviewer="lead", action="confirm")  # the hub's own still works
-        assert [r.reviewer for r in store.get(iid).reviews] == ["lead"]
+        assert (ack.through_seq, ack.waiting) == (2, None)
+        got = store.get(iid).reviews
+        assert len(got) == 2
+        [taken] = [r for r in got if r.action == "confirm"]
+        assert taken.created_at < far and far.isoformat() in taken.note
+        # sent again (its answer lost): known, whichever way the hub would take it now
+        assert take_reviews(store, "box-1", ReviewBatch(items=[future, later])).through_seq == 2
+        soon = _event(iid, datetime.now(UTC) + timedelta(minutes=6), "box", action="relabel"
+                      ).model_copy(update={"seq": 3})
+        assert take_reviews(store, "box-1", ReviewBatch(items=[soon])).through_seq == 3
+        monkeypatch.setattr(hub_reviews, "MAX_CLOCK_AHEAD", timedelta(minutes=10))
+        assert take_reviews(store, "box-1", ReviewBatch(items=[soon])).through_seq == 3
+        assert len(store.get(iid).reviews) == 3
+        store.review(iid, reviewer="lead", action="confirm")  # the hub's own follows them
+        assert store.get(iid).reviews[-1].reviewer == "lead"
+    finally:
+        store.close()
+
+
+def test_a_review_an_older_hub_took_is_known_under_its_plain_name(tmp_path: Path) -> None:
+    """A hub before reviewers were named with their box recorded a box's review as
+    ``qa``; resent after a lost answer (the hub upgraded meanwhile), it is a duplicate,
+    not a second review ``qa (box-1)``."""
+    from lineside_inspect.fleet.hub.reviews import take_reviews
+    from lineside_inspect.fleet.hub.tables import create_hub_tables
+    from lineside_inspect.fleet.protocol import ReviewBatch
+    from lineside_inspect.fleet.review_merge import apply_review
+
+    store, iid = _store(tmp_path, None, "hub")
+    create_hub_tables(store.engine)
+    try:
+        event = _event(iid, T0 + timedelta(minutes=1), "box")
+        assert apply_review(store, event) == "current"  # what the older hub did
+        assert take_reviews(store, "box-1", ReviewBatch(items=[event])).through_seq == 1
+        assert [r.reviewer for r in store.get(iid).reviews] == ["qa"]
     finally:
         store.close()
 

@@ -263,6 +263,60 @@ def test_a_stalled_body_gets_408(launch) -> None:
     assert answer.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in answer
 
 
+def _paced_upload(url: str, size: int, rate: int) -> bytes:
+    """POST ``size`` bytes (a JPEG's start, then zeros) to /v1/inspect at ``rate`` bytes/s,
+    in 1 KiB parts (each far within body_timeout_s); the server's answer. Sending stops
+    once the server answered (it may cut the body off)."""
+    sock = _connect(url, timeout=60)
+    body = b"\xff\xd8" + b"\0" * (size - 2)
+    sock.sendall(b"POST /v1/inspect HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                 + KEYS["line"].encode() + b"\r\ncontent-type: image/jpeg\r\n"
+                 + f"content-length: {len(body)}\r\n\r\n".encode())
+    try:
+        for at in range(0, len(body), 1024):
+            sock.sendall(body[at:at + 1024])
+            time.sleep(1024 / rate)
+            sock.setblocking(False)
+            try:
+                if sock.recv(1, socket.MSG_PEEK):
+                    break  # answered
+            except BlockingIOError:
+                pass
+            finally:
+                sock.setblocking(True)
+                sock.settimeout(60)
+    except OSError:  # the server answered and closed
+        pass
+    try:
+        return _response(sock)
+    finally:
+        sock.close()
+
+
+def _body_timeouts(srv: Any) -> float:
+    text = srv.client().get("/metrics").text
+    return sum(float(x.split()[1]) for x in text.splitlines()
+               if x.startswith('lineside_request_errors_total{code="body_timeout"}'))
+
+
+def test_a_body_slower_than_min_body_rate_gets_408_counted_once(launch) -> None:
+    """min_body_rate is the server's setting: an upload at 40 KiB/s goes through when the
+    server wants 16 KiB/s (a fixed 64 KiB/s cut such links off); one at 4 KiB/s is cut
+    off with a 408 naming the rate, counted once in the request errors; with 0 only the
+    per-part timeout holds."""
+    srv = launch(body_timeout_s=1, min_body_rate=16 * 1024)
+    answer = _paced_upload(srv.url, 100_000, 40 * 1024)
+    assert answer.startswith(b"HTTP/1.1 4") and b'"body_timeout"' not in answer  # not a JPEG
+    assert _body_timeouts(srv) == 0
+    answer = _paced_upload(srv.url, 100_000, 4 * 1024)
+    assert answer.startswith(b"HTTP/1.1 408") and b"16384 bytes/s on average" in answer
+    assert _body_timeouts(srv) == 1
+    off = launch(body_timeout_s=1, min_body_rate=0)
+    answer = _paced_upload(off.url, 12_000, 4 * 1024)
+    assert answer.startswith(b"HTTP/1.1 4") and b'"body_timeout"' not in answer
+    assert _body_timeouts(off) == 0
+
+
 def test_connections_are_capped(launch) -> None:
     srv = launch(max_connections=4, header_timeout_s=30)
     idle = [_connect(srv.url) for _ in range(4)]

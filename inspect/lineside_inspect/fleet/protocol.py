@@ -16,10 +16,12 @@ so a box retries whatever it is unsure of:
   hub holds from another box is refused too (409 ``inspection_id_taken``), not a duplicate.
   Past ``max_forward_bodies`` batches being read at once the hub answers 503 (retry).
 - ``POST {REVIEWS_UP}`` — reviews made on the box, with their own ``seq``; same cursor rule.
-  The hub stops at a review it cannot take yet and says why (``ReviewAck.waiting``): its
-  inspection is not held (``inspection``: not forwarded yet, or never will be) or it is
-  dated over five minutes ahead of the hub's clock (``clock``); the box sends it again
-  later (or, for an inspection it never forwarded, drops it: ``fleet/box/reviews.py``).
+  The hub stops at a review whose inspection it does not hold (not forwarded yet, or
+  never will be); the box sends it again later (or, for an inspection it never
+  forwarded, drops it: ``fleet/box/reviews.py``). A box that sends
+  ``{FEATURES_HEADER}: {REVIEW_WAITING}`` is also told why (``ReviewAck.waiting``); any
+  other box gets the answer of version 1 unchanged (``through_seq`` only: its
+  ``ReviewAck`` forbids fields it does not know).
 - ``GET {REVIEWS_DOWN}?after=N`` — reviews made on the hub for this box's inspections,
   with the hub's review id above ``N``; the box keeps ``N`` as its cursor.
 - ``POST {STATUS}`` — what the box runs and how far behind it is.
@@ -49,6 +51,11 @@ STATUS = PREFIX + "/boxes/{box_id}/status"
 ASSIGNMENT = PREFIX + "/boxes/{box_id}/assignment"
 PACKAGE = PREFIX + "/packages/{model}/{version}/package.tar.gz"
 SIGNATURE = PREFIX + "/packages/{model}/{version}/package.sig"
+# a request header: what a box understands beyond version 1 (comma-separated). A hub adds
+# to an answer only what the box named here, so an older box (whose models forbid unknown
+# fields) always reads the answer it knows
+FEATURES_HEADER = "Lineside-Fleet-Features"
+REVIEW_WAITING = "review-waiting"  # ReviewAck.waiting
 
 ID_PATTERN = r"[0-9a-f]{32}"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
@@ -146,10 +153,13 @@ class ReviewBatch(_Wire):
 
 class ReviewAck(_Wire):
     through_seq: int
-    # absent when the hub took the whole batch (an answer an older box can read too)
+    # only to a box that named REVIEW_WAITING in FEATURES_HEADER, and only when the hub
+    # stopped before the batch's end
     waiting: Literal["inspection", "clock"] | None = Field(None, description=(
-        "why the hub stopped before the batch's end: the next review's inspection is not "
-        "held (inspection), or it is dated over 5 minutes ahead of the hub's clock (clock)"))
+        "why the hub stopped before the batch's end (sent only to a box whose request "
+        f"named {REVIEW_WAITING!r} in {FEATURES_HEADER}): the next review's inspection is "
+        "not held (inspection); clock: a hub of 4b5c458 waited for a review dated over 5 "
+        "minutes ahead of its clock (a hub now takes it at its own time)"))
 
 
 class ModelRunning(_Wire):

@@ -15,6 +15,7 @@ either side may resend whatever it is unsure of.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
@@ -73,7 +74,8 @@ def _truth(event: ReviewEvent, row: InspectionRow) -> list[dict[str, Any]]:
     return out
 
 
-def apply_review(store: Store, event: ReviewEvent) -> Outcome:
+def apply_review(store: Store, event: ReviewEvent,
+                 also: Callable[[ReviewRow], bool] | None = None) -> Outcome:
     """Apply a review made on the other side to ``store``:
 
     - ``"duplicate"``: the store holds it already (nothing changed);
@@ -81,6 +83,9 @@ def apply_review(store: Store, event: ReviewEvent) -> Outcome:
     - ``"superseded"``: added to the audit trail, but a later review stays current;
     - ``"unknown_inspection"``: the store has no such inspection (not forwarded yet on a
       hub; removed by retention on a box): nothing changed.
+
+    ``also``: other stored reviews that are this one (a form an earlier hub recorded it
+    in: ``fleet/hub/reviews.py``), a duplicate too.
 
     Refuses (ConfigError, 422) a review whose action or boxes make no sense for the
     inspection, before anything is written.
@@ -94,6 +99,8 @@ def apply_review(store: Store, event: ReviewEvent) -> Outcome:
             for r in row.reviews:
                 if (as_utc(r.created_at) == at and r.reviewer == event.reviewer
                         and r.action == event.action and (r.origin or "box") == event.origin):
+                    return "duplicate"
+                if also is not None and also(r):
                     return "duplicate"
             truth = _truth(event, row)
             added = ReviewRow(inspection_id=row.id, created_at=at, reviewer=event.reviewer,

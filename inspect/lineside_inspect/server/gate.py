@@ -15,9 +15,14 @@ request that can carry a body (POST, PUT, PATCH, DELETE):
   refused at once, a chunked body when it passes the limit (a small body is read here in
   full, so its 413 comes from here and not from a parser deep inside a route);
 - bounds the body's time: each part within ``body_timeout_s`` of the one before, and the
-  whole at ``MIN_BODY_RATE`` on average once its first ``body_timeout_s`` passed (a
-  trickle of a byte per part would otherwise reset the per-part timeout for hours, and
-  hold whatever the request holds: a hub's forward place).
+  whole at ``min_body_rate`` bytes/s on average once its first ``body_timeout_s`` passed
+  (a trickle of a byte per part would otherwise reset the per-part timeout for hours,
+  and hold whatever the request holds: a hub's forward place). 0 turns the rate off.
+
+A body failure is answered by the gate and counted once in
+``lineside_request_errors_total``: a route that reads the body itself raises it to the
+error handler (which leaves it uncounted: :func:`answers`), and FastAPI turns a JSON
+route's into its own 400, which the gate replaces.
 """
 
 from __future__ import annotations
@@ -55,10 +60,8 @@ LARGE_BODY_ROUTES: tuple[tuple[str, re.Pattern[str], Role], ...] = (
     ("PUT", re.compile(rf"/fleet/v1/packages/{_NAME}/{_NAME}"), "admin"),
 )
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_SCOPE_KEY = "lineside.gate.body"  # the request's _Limited body, in its ASGI scope
 API_PREFIXES = ("/v1/", "/v2/", "/fleet/")
-# bytes/s a body must average after its first body_timeout_s: far under any camera link
-# or box uplink, far over a trickle (a 64 MiB body may then take at most ~17 min)
-MIN_BODY_RATE = 64 * 1024
 
 
 def large_body_role(method: str, path: str) -> Role | None:
@@ -87,12 +90,13 @@ class Gate:
             await self.app(scope, receive, send)
             return
         body = receive
+        scope[_SCOPE_KEY] = body  # for the error handler: answers()
 
         async def answer_body_error(message: Message) -> None:
             if body.error is None:
                 await send(message)
             elif message["type"] == "http.response.start":  # the app's answer to it: ours
-                await _answer(body.error, scope, send, counted=True)
+                await _answer(body.error, scope, send)
 
         await self.app(scope, receive, answer_body_error)
 
@@ -110,10 +114,10 @@ class Gate:
         if declared.isdigit() and int(declared) > limit:
             raise too_large(f"body of {int(declared)} bytes is over the limit of "
                             f"{limit} bytes for this route")
-        timeout_s = self.settings.body_timeout_s
+        pace = _Pace(self.settings.body_timeout_s, self.settings.min_body_rate)
         if role:
-            return _Limited(receive, limit, timeout_s)
-        return await _buffered(receive, limit, timeout_s)
+            return _Limited(receive, limit, pace)
+        return await _buffered(receive, limit, pace)
 
 
 class _Limited:
@@ -123,10 +127,10 @@ class _Limited:
     error is kept: FastAPI turns any failure reading a JSON body into its own 400, which
     :meth:`Gate.__call__` replaces by this answer."""
 
-    def __init__(self, receive: Receive, limit: int, timeout_s: float) -> None:
+    def __init__(self, receive: Receive, limit: int, pace: _Pace) -> None:
         self.receive = receive
         self.limit = limit
-        self.pace = _Pace(timeout_s)
+        self.pace = pace
         self.done = False
         self.error: LinesideError | None = None
 
@@ -147,15 +151,18 @@ class _Limited:
 
 class _Pace:
     """A body's time budget: each part within ``timeout_s`` of the one before, and no part
-    later than ``timeout_s`` + (bytes so far) / ``MIN_BODY_RATE`` after the first read."""
+    later than ``timeout_s`` + (bytes so far) / ``min_rate`` after the first read (no
+    such bound when ``min_rate`` is 0)."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, min_rate: float) -> None:
         self.timeout_s = timeout_s
+        self.min_rate = min_rate
         self.start = anyio.current_time()
         self.size = 0
 
     async def next(self, receive: Receive) -> Message:
-        by_rate = self.start + self.timeout_s + self.size / MIN_BODY_RATE - anyio.current_time()
+        by_rate = (self.start + self.timeout_s + self.size / self.min_rate - anyio.current_time()
+                   if self.min_rate > 0 else self.timeout_s)
         wait_s = min(self.timeout_s, by_rate)
         try:
             with anyio.fail_after(max(wait_s, 0.0)):
@@ -163,7 +170,7 @@ class _Pace:
         except TimeoutError:
             if by_rate < self.timeout_s:
                 raise BodyTimeoutError(
-                    f"the request body came at under {MIN_BODY_RATE} bytes/s on average "
+                    f"the request body came at under {self.min_rate:g} bytes/s on average "
                     f"(after its first {self.timeout_s:g}s)") from None
             raise BodyTimeoutError(
                 f"no part of the request body arrived for {self.timeout_s:g}s") from None
@@ -172,10 +179,9 @@ class _Pace:
         return message
 
 
-async def _buffered(receive: Receive, limit: int, timeout_s: float) -> Receive:
+async def _buffered(receive: Receive, limit: int, pace: _Pace) -> Receive:
     """Read the whole (small) body now, refusing it past ``limit``; replay it after."""
     chunks: list[bytes] = []
-    pace = _Pace(timeout_s)
     while True:
         message = await pace.next(receive)
         if message["type"] != "http.request":
@@ -200,10 +206,17 @@ def _replay(body: bytes, pending: Message | None, receive: Receive) -> Receive:
     return replay
 
 
-async def _answer(exc: LinesideError, scope: Scope, send: Send, counted: bool = False) -> None:
-    """The error answer; ``counted``: the app's error handler counted it already."""
+def answers(scope: Scope, exc: Exception) -> bool:
+    """Whether ``exc`` is the body failure the gate answers (and counts) for this request:
+    the error handler then leaves it uncounted, so it is counted once."""
+    body = scope.get(_SCOPE_KEY)
+    return isinstance(body, _Limited) and body.error is exc
+
+
+async def _answer(exc: LinesideError, scope: Scope, send: Send) -> None:
+    """The error answer, counted in the app's request errors."""
     metrics = getattr(scope["app"].state, "metrics", None)
-    if metrics is not None and not counted:
+    if metrics is not None:
         metrics.errors.labels(exc.code).inc()
     payload = json.dumps(error_body(exc.code, exc.message)).encode()
     headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json"),

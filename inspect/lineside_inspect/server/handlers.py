@@ -15,6 +15,7 @@ from lineside_inspect.errors import (
     describe_validation,
     error_body,
 )
+from lineside_inspect.server import gate
 from lineside_inspect.server.unexpected import internal_error
 
 # PostgreSQL's codes for values it cannot hold: out of range, a character (NUL) it cannot
@@ -32,7 +33,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LinesideError)
     async def lineside_error(request: Request, exc: LinesideError) -> JSONResponse:
-        app.state.metrics.errors.labels(exc.code).inc()
+        if not gate.answers(request.scope, exc):  # else the gate answers it, and counts it
+            app.state.metrics.errors.labels(exc.code).inc()
         headers = {"Retry-After": "1"} if exc.status == 503 else {}
         if exc.status in (408, 413):
             # the rest of the body is unread: close, or the client keeps sending into a

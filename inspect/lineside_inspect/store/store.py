@@ -1222,8 +1222,10 @@ class Store:
             row.review_state = "confirmed" if action == "confirm" else "corrected"
             if self.review_event_makers:
                 s.flush()
-                add_events(s, self.box_id, [e for make in self.review_event_makers
-                                            for e in make(added)])
+                # filed under the box the inspection is recorded under: with boxes sharing
+                # one database, a review made on another box's page is its owner's to send
+                add_events(s, row.box_id or self.box_id, [e for make in self.review_event_makers
+                                                          for e in make(added)])
         return self.get(inspection_id)
 
     @contextlib.contextmanager

@@ -2,7 +2,10 @@
 and two kinds of failure a caller can act on:
 
 - :class:`~lineside_inspect.errors.HubUnavailable`: the hub cannot be reached, timed out,
-  or answered 5xx / 429 — retry later with backoff; the box keeps recording meanwhile;
+  or answered 5xx / 408 / 429 — retry later with backoff; the box keeps recording
+  meanwhile. :class:`HubCutBody`, one of them: the hub cut the request's body (408: it
+  came slower than the hub's ``min_body_rate``) or the connection broke while it was
+  being sent — a smaller body may get through;
 - :class:`~lineside_inspect.errors.HubRefused`: the hub answered 4xx — the request (or the
   box's key) is wrong; retrying the same request will not help.
 
@@ -22,12 +25,18 @@ from pydantic import BaseModel, ValidationError
 
 from lineside_inspect.errors import HubRefused, HubUnavailable
 from lineside_inspect.fleet.config import FleetSettings
+from lineside_inspect.fleet.protocol import FEATURES_HEADER, REVIEW_WAITING
 from lineside_inspect.version import __version__
 
 M = TypeVar("M", bound=BaseModel)
 # an answer's body is read only up to this (a JSON answer; packages use download())
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 ERROR_BYTES = 64 * 1024  # of an error answer, for its message
+
+
+class HubCutBody(HubUnavailable):
+    """The hub answered 408 to the request's body (it came slower than the hub's
+    ``min_body_rate``), or the connection broke while the body was being sent."""
 
 
 class HubClient:
@@ -42,7 +51,8 @@ class HubClient:
         self.box_id = box_id
         self.max_answer_bytes = max_answer_bytes
         self.base_url = settings.hub_url.rstrip("/")
-        headers = {"user-agent": f"lineside-box/{__version__}"}
+        # the answers this box reads beyond version 1 (a hub leaves them out otherwise)
+        headers = {"user-agent": f"lineside-box/{__version__}", FEATURES_HEADER: REVIEW_WAITING}
         if settings.token is not None:
             headers["authorization"] = f"Bearer {settings.token.get_secret_value()}"
         t = settings.timeout_s
@@ -74,11 +84,16 @@ class HubClient:
                 if resp.status_code >= 400:
                     detail = _error_text(resp.status_code, resp.reason_phrase,
                                          _read_at_most(resp, ERROR_BYTES))
-                    if resp.status_code >= 500 or resp.status_code in (408, 429):
+                    if resp.status_code == 408:
+                        raise HubCutBody(f"hub {self.base_url} answered 408: {detail}")
+                    if resp.status_code >= 500 or resp.status_code == 429:
                         raise HubUnavailable(f"hub {self.base_url} answered "
                                              f"{resp.status_code}: {detail}")
                     raise HubRefused(f"hub refused {method} {path}: {resp.status_code} {detail}")
                 data = _read_at_most(resp, self.max_answer_bytes)
+        except httpx.WriteError:  # the hub closed while the body went: cut, or gone
+            raise HubCutBody(f"hub {self.base_url} closed the connection while the request "
+                             "body was being sent") from None
         except httpx.HTTPError as exc:  # refused, reset, timed out, DNS, TLS, bad encoding
             raise HubUnavailable(f"hub {self.base_url} unreachable: {type(exc).__name__}") from None
         if data is None:

@@ -8,6 +8,11 @@ their rows and images to the hub as one ``ForwardBatch`` (``seq`` = outbox id), 
 delivered only what the hub's ``ForwardAck.through_seq`` covers. Whatever is unsure is
 sent again: the hub skips what it holds (by its per-box cursor and by inspection id).
 
+A batch the hub cuts off (408: the box's uplink is slower than the hub's
+``min_body_rate``; ``HubCutBody``) is sent again at half its size, down to one
+inspection; the size grows back, doubling after ``GROW_AFTER`` batches in a row went
+through, up to ``forward_batch``.
+
 While the hub is unreachable the backlog grows (bounded by local retention, which keeps
 unforwarded rows: ``Store.enforce_retention``) and the thread backs off; nothing on the
 verdict path waits for it. An image the disk quota removed before it was forwarded is
@@ -28,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from lineside_inspect.errors import HubRefused, NotFoundError
-from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.box.client import HubClient, HubCutBody
 from lineside_inspect.fleet.box.periodic import HubTask, PeriodicHubTask
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch, ForwardedInspection
@@ -45,6 +50,7 @@ CHANNEL = "fleet"  # the outbox channel; an event's topic is its inspection id
 MAX_BATCH_IMAGE_BYTES = 8 * 1024 * 1024  # images per request (base64 adds a third)
 PURGE_EVERY_S = 60.0
 KEEP_DELIVERED_S = 3600.0
+GROW_AFTER = 8  # batches through in a row before the batch size doubles again
 
 
 def forward_events(inspection: Inspection) -> list[Event]:
@@ -85,6 +91,8 @@ class Forwarder(HubTask):
         self.metrics = FleetMetrics(metrics) if metrics is not None else None
         self._dropped_seen = store.dropped_unforwarded
         self.forwarded = 0
+        self.batch = settings.forward_batch  # halved when the hub cuts a body off
+        self._through_in_a_row = 0
         self._last_purge = time.monotonic()
         # backoff: from half the poll interval up to ten of them (1-30 s)
         self.loop = PeriodicHubTask(
@@ -122,13 +130,19 @@ class Forwarder(HubTask):
     def forward_once(self) -> int:
         """Send one batch of what is pending; the number the hub acknowledged (0: nothing
         was pending)."""
-        pending = self.outbox.pending(limit=self.settings.forward_batch)
+        pending = self.outbox.pending(limit=self.batch)
         if not pending:
             return 0
         items, missing = self._items(pending)
         through = 0
         if items:
-            ack = self.client.post(self.client.path(FORWARD), ForwardBatch(items=items), ForwardAck)
+            try:
+                ack = self.client.post(self.client.path(FORWARD), ForwardBatch(items=items),
+                                       ForwardAck)
+            except HubCutBody:
+                self._shrink(len(items))
+                raise
+            self._grow()
             # the hub answers its cursor, which may be ahead of this batch (a restored
             # box): settle only what was sent, never events the cut left for later
             through = min(ack.through_seq, items[-1].seq)
@@ -145,6 +159,25 @@ class Forwarder(HubTask):
             # the hub holds less than was sent: say so, and send the rest again
             raise HubRefused(f"hub acknowledged through seq {through} of {items[-1].seq}")
         return len(done)
+
+    def _shrink(self, sent: int) -> None:
+        """The hub cut a body of ``sent`` inspections off: half as many next time. The
+        same size again would be cut again, for good, on a link slower than the hub's
+        ``min_body_rate``."""
+        self._through_in_a_row = 0
+        if sent <= 1:
+            log.warning("fleet: the hub cut off a batch of one inspection: this box's uplink "
+                        "is slower than the hub's min_body_rate allows for it (lower it)")
+            return
+        self.batch = max(1, sent // 2)
+        log.warning("fleet: the hub cut off a batch of %d inspections (a slow uplink?): "
+                    "sending %d at a time", sent, self.batch)
+
+    def _grow(self) -> None:
+        self._through_in_a_row += 1
+        if self._through_in_a_row >= GROW_AFTER and self.batch < self.settings.forward_batch:
+            self.batch = min(self.settings.forward_batch, self.batch * 2)
+            self._through_in_a_row = 0
 
     def _items(self, pending: list[PendingEvent]) -> tuple[list[ForwardedInspection], set[int]]:
         """The batch for ``pending`` (cut at MAX_BATCH_IMAGE_BYTES, at least one item) and
@@ -224,6 +257,7 @@ class Forwarder(HubTask):
 
     def status(self) -> dict[str, Any]:
         return {"backlog": self.backlog, "lag_s": self.lag_s, "forwarded": self.forwarded,
+                "batch": self.batch,
                 "failures": self.failures, "last_error": self.last_error}
 
 

@@ -2,20 +2,27 @@
 
 Up: a review made on the box (``Store.review``) gets an event on the outbox channel
 ``fleet-reviews`` in the review's own transaction (:func:`review_events`), so it is sent
-even if the box is killed right after. :class:`ReviewSync` posts the pending ones in
-outbox id order (``seq``) to ``REVIEWS_UP`` and marks delivered what the hub's
-``through_seq`` covers. The hub stops at a review it cannot take yet (``ReviewAck.waiting``):
-its inspection is still in the forwarding backlog, or the review is dated ahead of the
-hub's clock; the rest waits for the next round. Some reviews never go up, each dropped
-with a log line and counted (``lineside_fleet_reviews_dropped{reason}``), since one would
-otherwise hold every later review of the box for good:
+even if the box is killed right after. The event is filed under the box id its
+inspection is recorded under: with boxes sharing one database, a review made on one box's
+page of another box's inspection is sent by that other box (the hub takes a box's review
+only of its own inspections). :class:`ReviewSync` posts the pending ones in outbox id
+order (``seq``) to ``REVIEWS_UP`` and marks delivered what the hub's ``through_seq``
+covers. The hub stops at a review whose inspection it does not hold yet (``ReviewAck.
+waiting``: still in the forwarding backlog); the rest waits for the next round. A review
+dated ahead of the hub's clock is taken at the hub's time (``fleet/hub/reviews.py``; a
+hub of 4b5c458 waited instead, ``waiting: clock``). Some reviews never go up, each
+dropped with a log line and counted (``lineside_fleet_reviews_dropped{reason}``), since
+one would otherwise hold every later review of the box for good:
 
-- ``gone``: its inspection left this box (retention) before the review went up;
-- ``other_box``: its inspection was recorded under another box id (the box's id changed:
-  the hub never lets a box review another box's inspection);
+- ``gone``: its inspection left the store (retention) before the review went up;
 - ``not_forwarded``: the hub does not hold its inspection and this box owes it no
   forwarding (recorded before ``hub_url`` was set). Judged from the forwarding owed
   *before* the batch was sent: an inspection delivered since was held by then.
+
+An event a release before this one filed here for another box's inspection is handed to
+that box's outbox (logged), not dropped. One of an inspection recorded under a box id no
+running box has any more (a box whose id changed) waits in that id's outbox: the hub
+skips it from any other box.
 
 Down: reviews made on the hub of this box's inspections, fetched with a cursor (the hub's
 review id, kept in ``<data_dir>/fleet/hub-reviews.cursor``) and applied by the merge
@@ -34,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lineside_inspect.atomic import write_atomic
@@ -89,7 +96,7 @@ class ReviewMetrics:
         self.backlog = Gauge("lineside_fleet_reviews_backlog", "Reviews made on this box "
                              "waiting to go up", registry=r)
         self.dropped = Counter("lineside_fleet_reviews_dropped", "Reviews made on this box "
-                               "that never go up, by reason (gone, other_box, not_forwarded)",
+                               "that never go up, by reason (gone, not_forwarded)",
                                ["reason"], registry=r)
 
 
@@ -138,12 +145,14 @@ class ReviewSync(HubTask):
             if not pending:
                 return taken
             owners, owed = self._inspections({e.topic for e in pending})
-            # never to go up, whatever the hub says: settled now
-            never = {e.id: "gone" if e.topic not in owners else "other_box" for e in pending
-                     if owners.get(e.topic, "") not in (self.store.box_id, None)}
-            self._drop([e for e in pending if e.id in never], never)
+            # never to go up from here, whatever the hub says: settled now
+            gone = {e.id: "gone" for e in pending if e.topic not in owners}
+            self._drop([e for e in pending if e.id in gone], gone)
+            theirs = [e for e in pending if e.topic in owners
+                      and owners[e.topic] not in (self.store.box_id, None)]
+            self._hand_over(theirs, owners)
             items = [ReviewEvent(seq=e.id, inspection_id=e.topic, origin="box", **e.payload)
-                     for e in pending if e.id not in never]
+                     for e in pending if e.id not in gone and e not in theirs]
             if not items:
                 continue
             ack = self.client.post(self.client.path(REVIEWS_UP), ReviewBatch(items=items),
@@ -181,6 +190,20 @@ class ReviewSync(HubTask):
                 OutboxRow.delivered_at.is_(None), OutboxRow.topic.in_(ids))))
         return owners, owed
 
+    def _hand_over(self, events: list[PendingEvent], owners: dict[str, str | None]) -> None:
+        """Give ``events`` to the outbox of the box their inspection is recorded under (a
+        database shared by boxes: that box's sync sends them; the hub takes a box's review
+        only of its own inspections). ``Store.review`` files them there itself; these were
+        filed here by a release before that."""
+        for e in events:
+            owner = owners[e.topic]
+            with Session(self.store.engine) as s, s.begin():
+                s.execute(update(OutboxRow).where(OutboxRow.id == e.id, OutboxRow.box_id ==
+                                                  self.store.box_id).values(box_id=owner))
+            log.warning("fleet: review %d of inspection %s handed to box %s: the inspection "
+                        "is recorded under that box id, whose review sync sends it", e.id,
+                        e.topic, owner)
+
     def _drop(self, events: list[PendingEvent], why: dict[int, str]) -> None:
         """Settle ``events``, which never go up: logged and counted by reason."""
         if not events:
@@ -190,7 +213,6 @@ class ReviewSync(HubTask):
             reason = why[e.id]
             log.warning("fleet: review %d of inspection %s does not go up: %s", e.id, e.topic, {
                 "gone": "the inspection left this box before it went up",
-                "other_box": "the inspection was recorded under another box id",
                 "not_forwarded": "the hub does not hold the inspection and this box never "
                                  "forwarded it (recorded before hub_url was set)"}[reason])
             self.dropped += 1

@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from lineside_inspect.config import (
+    MIN_BODY_RATE,
     ApiKeys,
     Settings,
     describe_settings_error,
@@ -46,7 +47,14 @@ class HubSettings(BaseSettings):
     max_forward_bodies: int = Field(4, ge=1, description=(
         "forwarded batches read and applied at once (each up to max_body_bytes): beyond, "
         "503 + Retry-After before the body is read, and the box retries"))
-    body_timeout_s: float = Field(30.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0, description=(
+        "longest wait for the next part of a request body; see also min_body_rate"))
+    min_body_rate: float = Field(MIN_BODY_RATE, ge=0, description=(
+        "bytes/s a body must average once its first body_timeout_s has passed (else 408 "
+        "body_timeout, and the box halves its next batch). A forwarded batch may take "
+        "body_timeout_s + its size / this: at the default 8 KiB/s a batch of 8 MiB of "
+        "images (11 MB in base64) gets 23 min, and holds a forward place that long. Lower "
+        "it for boxes on slower uplinks; 0: no rate, only body_timeout_s between parts"))
     header_timeout_s: float = Field(10.0, gt=0)
     max_connections: int = Field(256, ge=1)
     drain_s: float = Field(0.5, ge=0, le=300, description=(
@@ -61,6 +69,7 @@ class HubSettings(BaseSettings):
             insecure=self.insecure, allowed_hosts=self.allowed_hosts,
             cors_origins=self.cors_origins, max_body_bytes=self.max_body_bytes,
             max_json_bytes=self.max_json_bytes, body_timeout_s=self.body_timeout_s,
+            min_body_rate=self.min_body_rate,
             header_timeout_s=self.header_timeout_s, max_connections=self.max_connections,
             drain_s=self.drain_s,
             session_ttl_s=self.session_ttl_s, data_dir=self.data_dir,

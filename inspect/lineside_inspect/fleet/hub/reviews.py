@@ -4,15 +4,18 @@
   with the fleet's filters ``site``, ``line``, ``box_id``) over every box's inspections;
   a review made here is marked ``origin="hub"``.
 - ``POST {REVIEWS_UP}``: reviews made on a box, applied by the merge rule
-  (``fleet/review_merge.py``) in ``seq`` order. A review the hub cannot take yet stops
-  the batch there: ``through_seq`` says how far the hub got, ``waiting`` why, and the box
-  sends the rest again later. That is a review of an inspection the hub does not hold
-  (``inspection``: its box has not forwarded it; a box drops one it never forwarded) or
-  one dated over ``MAX_CLOCK_AHEAD`` ahead of the hub's clock (``clock``: taken once the
-  hub's clock is there; last writer wins, so a clock far ahead must not win). A review
-  whose boxes the inspection cannot have is skipped and logged, and so is a review of
-  another box's inspection (never applied): either would otherwise hold every later one.
-  A box's review is recorded under ``reviewer (box id)``, the box id its key's. The box's
+  (``fleet/review_merge.py``) in ``seq`` order. A review of an inspection the hub does
+  not hold (its box has not forwarded it; a box drops one it never forwarded) stops the
+  batch there: ``through_seq`` says how far the hub got, ``waiting`` why (to a box that
+  reads it: ``fleet/protocol.py``), and the box sends the rest again later. A review
+  dated over ``MAX_CLOCK_AHEAD`` ahead of the hub's clock (a box's clock wrong before NTP,
+  or a hostile box) is taken at the hub's time, with the box's time kept in its note and
+  the log: last writer wins, so a clock far ahead must not win every later review, and
+  waiting for the hub's clock to get there could hold the box's reviews for years. A
+  review whose boxes the inspection cannot have is skipped and logged, and so is a review
+  of another box's inspection (never applied): either would otherwise hold every later
+  one. A box's review is recorded under ``reviewer (box id)``, the box id its key's (one
+  a hub before that took as ``reviewer`` is still known when it is sent again). The box's
   cursor (``fleet_cursors``, stream ``reviews``) skips what was taken already.
 - ``GET {REVIEWS_DOWN}?after=N``: reviews made on the hub of this box's inspections with
   a hub review id above ``N``, oldest first (``seq`` = the hub's review id).
@@ -27,10 +30,11 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -40,11 +44,14 @@ from lineside_inspect.errors import ConfigError, DatabaseUnavailable, Forbidden
 from lineside_inspect.fleet.hub.config import HubSettings
 from lineside_inspect.fleet.hub.tables import CursorRow
 from lineside_inspect.fleet.protocol import (
+    FEATURES_HEADER,
     NAME_PATTERN,
+    REVIEW_WAITING,
     REVIEWS_DOWN,
     REVIEWS_UP,
     ReviewAck,
     ReviewBatch,
+    ReviewEvent,
 )
 from lineside_inspect.fleet.review_merge import apply_review, review_event
 from lineside_inspect.names import scrub_nul
@@ -92,6 +99,7 @@ def _advance(store: Store, box_id: str, seq: int) -> None:
 
 
 MAX_CLOCK_AHEAD = timedelta(minutes=5)
+_AHEAD = f"{MAX_CLOCK_AHEAD.total_seconds() / 60:g} minutes"
 CLOCK_WARN_EVERY_S = 60.0
 _clock_warned: dict[str, float] = {}  # box id -> when its clock was last logged
 
@@ -108,7 +116,7 @@ def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
     """Apply box ``box_id``'s reviews in ``seq`` order; how far the hub got, and why it
     stopped there if it stopped before the end."""
     # a NUL in a box's review text becomes U+FFFD (as in forwarded records: ingest.py)
-    items = sorted((e.model_copy(update={"reviewer": box_reviewer(scrub_nul(e.reviewer), box_id),
+    items = sorted((e.model_copy(update={"reviewer": scrub_nul(e.reviewer),
                                          "note": scrub_nul(e.note), "boxes": scrub_nul(e.boxes)})
                     for e in batch.items), key=lambda e: e.seq)
     cursor = _cursor(store, box_id)
@@ -118,56 +126,89 @@ def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
     # goes beyond what was sent, so the box settles nothing it did not send.
     through = 0
     waiting: Literal["inspection", "clock"] | None = None
-    for event in items:
-        if event.origin != "box":
-            raise ConfigError(f"review seq {event.seq}: a box sends only its own reviews "
+    for sent in items:
+        if sent.origin != "box":
+            raise ConfigError(f"review seq {sent.seq}: a box sends only its own reviews "
                               "(origin 'box')")
         with Session(store.engine) as s:
-            owner = s.scalar(select(InspectionRow.box_id).where(InspectionRow.id == event.inspection_id))
+            owner = s.scalar(select(InspectionRow.box_id).where(InspectionRow.id == sent.inspection_id))
         if owner is not None and owner != box_id:
             # never applied: a box reviews only its own inspections. Skipped, not refused:
             # a box whose id changed still holds reviews of what it forwarded under the
             # old id, and refusing the batch would hold every later review for good
             log.warning("hub: box %s review seq %d of %s skipped: the inspection is another "
-                        "box's", box_id, event.seq, event.inspection_id)
-            through = event.seq
+                        "box's", box_id, sent.seq, sent.inspection_id)
+            through = sent.seq
             continue
         if owner is None:
             waiting = "inspection"  # not forwarded yet: the box sends it again once it is
             break
-        if as_utc(event.created_at) > datetime.now(UTC) + MAX_CLOCK_AHEAD:
-            # last writer wins on the review's own time: a box clock far ahead (or a
-            # hostile box) would win every later review of the inspection. Not dropped
-            # either: taken once the hub's clock has come that far
-            _warn_clock(box_id, event.seq, event.created_at)
-            waiting = "clock"
-            break
+        event, made = _as_recorded(sent, box_id)
+        if event.created_at != made:
+            _warn_clock(box_id, sent.seq, made)
         outcome: str
         try:
-            outcome = apply_review(store, event)
+            outcome = apply_review(store, event, also=_stored_before(sent, event, made))
         except ConfigError as exc:
             # a review this hub cannot take (a class its inspection's model does not have):
             # refusing the batch would hold every later review of the box forever
-            log.warning("hub: box %s review seq %d of %s skipped: %s", box_id, event.seq,
-                        event.inspection_id, exc.message)
+            log.warning("hub: box %s review seq %d of %s skipped: %s", box_id, sent.seq,
+                        sent.inspection_id, exc.message)
             outcome = "skipped"
         if outcome == "unknown_inspection":  # gone since the owner was read
             waiting = "inspection"
             break
-        through = event.seq
+        through = sent.seq
     if through > cursor:
         _advance(store, box_id, through)
     return ReviewAck(through_seq=through, waiting=waiting)
 
 
+def _as_recorded(sent: ReviewEvent, box_id: str) -> tuple[ReviewEvent, datetime]:
+    """The review as the hub records it, and the time the box gave it. Last writer wins
+    on the review's own time: one dated over ``MAX_CLOCK_AHEAD`` ahead of the hub (a box
+    whose clock was wrong before NTP, or a hostile box) would win every later review of
+    its inspection, so it is recorded at the hub's time, the box's kept in its note."""
+    made = as_utc(sent.created_at)
+    update: dict[str, object] = {"reviewer": box_reviewer(sent.reviewer, box_id)}
+    now = datetime.now(UTC)
+    if made > now + MAX_CLOCK_AHEAD:
+        update |= {"created_at": now, "note": clock_note(sent.note, made)}
+    return sent.model_copy(update=update), made
+
+
+def clock_note(note: str, made: datetime) -> str:
+    """The note of a review recorded at the hub's time: the box's own time follows it (it
+    is also how a resent copy is known: its hub time differs, this does not)."""
+    mark = (f"[made at {made.isoformat()} by the box's clock, over {_AHEAD} ahead of the "
+            "hub's: recorded at the hub's time]")
+    return f"{note}\n{mark}" if note else mark
+
+
+def _stored_before(sent: ReviewEvent, event: ReviewEvent, made: datetime
+                   ) -> Callable[[ReviewRow], bool]:
+    """Besides ``event`` itself (apply_review), the forms this review may be stored in
+    already, resent after a lost answer: under the box's plain reviewer name (a hub before
+    reviewers were named with their box took it so), and at the hub's time of an earlier
+    arrival when it was dated too far ahead then (known by its note)."""
+    names = {event.reviewer, sent.reviewer}
+    clamped = clock_note(sent.note, made)
+
+    def same(r: ReviewRow) -> bool:
+        return (r.reviewer in names and r.action == event.action and r.origin == "box"
+                and (as_utc(r.created_at) == made or r.note == clamped))
+
+    return same
+
+
 def _warn_clock(box_id: str, seq: int, at: datetime) -> None:
-    """Logged once a minute per box: the box resends the review every round."""
+    """Logged once a minute per box: a box whose clock is still ahead sends many."""
     now = time.monotonic()
     if now - _clock_warned.get(box_id, -CLOCK_WARN_EVERY_S) >= CLOCK_WARN_EVERY_S:
         _clock_warned[box_id] = now
-        log.warning("hub: box %s review seq %d made at %s, later than the hub's clock allows "
-                    "(%s ahead): waiting for it (is the box's clock right?)", box_id, seq,
-                    at.isoformat(), MAX_CLOCK_AHEAD)
+        log.warning("hub: box %s review seq %d made at %s, over %s ahead of the hub's clock: "
+                    "recorded at the hub's time, the box's kept in its note (is the box's "
+                    "clock right?)", box_id, seq, at.isoformat(), _AHEAD)
 
 
 def hub_reviews(store: Store, box_id: str, after: int, limit: int) -> ReviewBatch:
@@ -184,13 +225,19 @@ def hub_reviews(store: Store, box_id: str, after: int, limit: int) -> ReviewBatc
 @fleet.post(REVIEWS_UP, responses=errors(), summary="Reviews made on a box",
             response_model_exclude_none=True)
 def reviews_up(box_id: BoxId, batch: ReviewBatch, who: BoxKey,
-               store: Annotated[Store, Depends(get_store)]) -> ReviewAck:
+               store: Annotated[Store, Depends(get_store)],
+               features: Annotated[str, Header(alias=FEATURES_HEADER, description=(
+                   f"what the box reads beyond version 1: {REVIEW_WAITING!r} for "
+                   "ReviewAck.waiting"))] = "") -> ReviewAck:
     """Apply a box's reviews by the merge rule (idempotent; see the module docstring)."""
     own_box(box_id, who)
     try:
-        return take_reviews(store, box_id, batch)
+        ack = take_reviews(store, box_id, batch)
     except OperationalError:
         raise DatabaseUnavailable("the hub's database is unreachable; retry later") from None
+    if REVIEW_WAITING not in {f.strip() for f in features.split(",")}:
+        ack.waiting = None  # a box of version 1: its ReviewAck has no such field
+    return ack
 
 
 @fleet.get(REVIEWS_DOWN, responses=errors(), summary="Reviews made on the hub, for a box")

@@ -1,0 +1,66 @@
+"""A box on an uplink slower than its hub's ``min_body_rate``: the hub cuts a large batch
+off (408, counted once in the hub's request errors), the box sends half as many, and
+everything arrives. A dev hub (SQLite, images in a real SeaweedFS) under uvicorn on
+loopback, as in test_fleet_sync; the uplink is a real TCP proxy that paces what it
+carries (``fleet_peers.SlowLink``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lineside_inspect.errors import HubUnavailable
+from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.box.forward import Forwarder, forward_events
+from lineside_inspect.fleet.config import FleetSettings
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.store import Store
+
+from .fleet_peers import SlowLink
+from .test_fleet_sync import KEYS, MODEL, ServedHub, _inspection, hub_settings
+
+UPLINK = 32 * 1024  # bytes/s the box's uplink carries
+
+
+def test_a_box_on_a_slow_uplink_halves_its_batch_until_it_goes_through(
+        tmp_path: Path, weed: Any) -> None:
+    """The hub wants 256 KiB/s after its first second: over this uplink a body of about
+    36 KB gets through, a batch of 8 inspections (about 15 KB each) never would. The box
+    halves its batch after each cut and every inspection reaches the hub."""
+    settings = hub_settings(tmp_path, weed.settings("fleet-slow-link"), body_timeout_s=1.0,
+                            min_body_rate=256 * 1024)
+    detector = Detector(MODEL, device="cpu", threads=1)
+    store = Store(tmp_path / "box", pass_rate=1.0, box_id="box1")
+    store.event_makers.append(forward_events)
+    with ServedHub(settings) as hub, SlowLink(int(hub.url.rsplit(":", 1)[1]), UPLINK) as link:
+        fleet = FleetSettings(hub_url=link.url, token=KEYS["box1"], timeout_s=30,  # type: ignore[arg-type]
+                              forward_batch=8)
+        hub_client = HubClient(fleet, "box1")
+        try:
+            made = [_inspection(detector) for _ in range(8)]
+            for inspection in made:
+                assert store.save(inspection)
+            store.flush()
+            forwarder = Forwarder(store, hub_client, fleet)
+            cuts = 0
+            for _ in range(30):  # rounds, as the forwarder's thread runs them
+                if not forwarder.outbox.pending():
+                    break
+                try:
+                    forwarder.forward_once()
+                except HubUnavailable as exc:
+                    assert "408" in str(exc) or "closed the connection" in str(exc), exc
+                    cuts += 1
+            assert not forwarder.outbox.pending()
+            assert cuts >= 1 and forwarder.batch < 8
+            for inspection in made:
+                assert hub.store.get(inspection.id).box_id == "box1"
+            text = httpx.get(hub.url + "/metrics").text
+            [line] = [x for x in text.splitlines()
+                      if x.startswith('lineside_request_errors_total{code="body_timeout"}')]
+            assert float(line.split()[1]) == cuts  # each cut counted once
+        finally:
+            hub_client.close()
+            store.close()
