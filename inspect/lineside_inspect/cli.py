@@ -133,8 +133,10 @@ def data_import(
         for g in find_duplicates(read_dataset(dst)):
             if g.across_splits:
                 err.print(f"warning: {g.describe()}: the split this set came with would score "
-                          "training images; run 'lineside data validate --dedupe' or 'lineside "
-                          "data split'", highlight=False, markup=False)
+                          "training images; run " + ("'lineside data split' (copies labelled "
+                          "differently: --dedupe leaves them whole)" if g.labels_differ else
+                          "'lineside data validate --dedupe' or 'lineside data split'"),
+                          highlight=False, markup=False)
 
 
 def _skipped(problems: list[Any]) -> str:
@@ -245,6 +247,14 @@ def data_split(
     duplicates = find_duplicates(dataset)
     counts = split_dataset(dataset, val=val, test=test, by=by, seed=seed, val_groups=chosen,
                            duplicates=duplicates)
+    wanted = {"train": 1 - val - test, "val": val, "test": test}
+    empty = [name for name, share in wanted.items() if share > 0 and not counts.get(name)]
+    if empty:  # nothing saved: a split with no validation images trains blind
+        raise DatasetError(
+            f"the {' and '.join(empty)} split came out empty: the {len(dataset.images)} images "
+            f"are tied into too few {'groups' if by == 'group' else 'units'} (a group, or "
+            "duplicates kept together); add images, give --by image, or check 'lineside data "
+            "validate' for duplicate groups")
     save_annotations(dataset)
     if by == "group":
         for line in tied_groups(duplicates):

@@ -297,11 +297,21 @@ def test_import_warns_of_copies_across_the_split_it_came_with(tmp_path: Path) ->
     src = kaggle_neu(tmp_path / "NEU-DET")
     (src / "Validation_Images" / "scratches_1.jpg").write_bytes(
         (src / "IMAGES" / "scratches_1.jpg").read_bytes())
+    voc_xml(src / "Validation_Annotations" / "scratches_1.xml", "scratches_1",
+            [("scratches", 5, 5, 30, 20)])  # the copy's labels too
     r = runner.invoke(app, ["data", "import", "-f", "voc", str(src), str(tmp_path / "neu")])
     assert r.exit_code == 0, r.stderr
     assert "warning: exact duplicate images in different splits: 'IMAGES/scratches_1.jpg' " \
         "(train), 'Validation_Images/scratches_1.jpg' (val)" in r.stderr
     assert "lineside data validate --dedupe" in r.stderr
+    # the same picture with its box elsewhere is two labellings: --dedupe cannot choose
+    voc_xml(src / "Validation_Annotations" / "scratches_1.xml", "scratches_1",
+            [("scratches", 1, 2, 40, 30)])
+    r = runner.invoke(app, ["data", "import", "-f", "voc", str(src), str(tmp_path / "neu2")])
+    assert r.exit_code == 0, r.stderr
+    assert "in different splits, labelled differently" in r.stderr
+    assert "'lineside data split' (copies labelled differently: --dedupe leaves them whole)" \
+        in r.stderr
     r = runner.invoke(app, ["data", "import", "-f", "voc", str(kaggle_neu(tmp_path / "clean")),
                             str(tmp_path / "clean-out")])
     assert r.exit_code == 0 and "warning" not in r.stderr
@@ -345,7 +355,7 @@ def test_coco_shapes_crowds_and_classes_a_user_should_hear_of(tmp_path: Path) ->
     (src / "annotations.json").write_text(json.dumps(doc))
     r = runner.invoke(app, ["data", "import", "-f", "coco", str(src), str(tmp_path / "out2")])
     assert r.exit_code == 2
-    assert "annotations[5].bbox: bbox must be 4 numbers [x, y, w, h]; its segmentation is " \
+    assert "annotations[5].bbox: bbox must be 4 finite numbers [x, y, w, h]; its segmentation is " \
         "RLE, which is not read: give it a bbox" in " ".join(r.stderr.split())
 
 

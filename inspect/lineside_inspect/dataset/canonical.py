@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -156,12 +157,15 @@ def from_coco(doc: Any, file: str) -> tuple[Dataset, list[Problem]]:
         if (
             not isinstance(bbox, list)
             or len(bbox) != 4
-            or not all(isinstance(v, int | float) for v in bbox)
+            or not all(isinstance(v, int | float) and math.isfinite(v) for v in bbox)
         ):
+            seg = ann.get("segmentation")
             hint = ("; its segmentation is RLE, which is not read: give it a bbox"
-                    if bbox is None and isinstance(ann.get("segmentation"), dict) else "")
+                    if bbox is None and isinstance(seg, dict) else
+                    "; its segmentation is not polygons of finite numbers"
+                    if bbox is None and isinstance(seg, list) and seg else "")
             problems.append(
-                Problem(file, f"{where}.bbox", f"bbox must be 4 numbers [x, y, w, h]{hint}",
+                Problem(file, f"{where}.bbox", f"bbox must be 4 finite numbers [x, y, w, h]{hint}",
                         rec.file_name)
             )
             continue
@@ -182,7 +186,8 @@ def polygon_bbox(segmentation: object) -> list[float] | None:
     ys: list[float] = []
     for poly in segmentation:
         if (not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2
-                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in poly)):
+                or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                           and math.isfinite(v) for v in poly)):
             return None
         xs += [float(v) for v in poly[0::2]]
         ys += [float(v) for v in poly[1::2]]

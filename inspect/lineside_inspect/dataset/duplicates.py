@@ -14,7 +14,9 @@ OpenCV:
   survives re-encoding of line art and parts, and an index makes it cheap at any size;
 - the correlation itself, every pair (a matrix product by blocks): a texture's dHash
   (steel, fabric, wood) rests on gradients near zero, and a re-save at JPEG quality 80
-  flipped 12-17 of its bits.
+  flipped 12-17 of its bits. Found this way alone, a pair must correlate at
+  ``COPY_ALIKE`` and neither image may look like more than ``MAX_ALIKE`` others: the
+  units of a part under a fixed camera all look alike (0.85-0.99) without being copies.
 
 A dHash pair is confirmed by the correlation too. A hash of mostly flat
 pictures holds few set bits, so unrelated pictures with large flat areas (blank boards,
@@ -33,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lineside_inspect.dataset.model import Dataset, ImageRecord
-from lineside_inspect.errors import ImageError, Problem
+from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
+from lineside_inspect.errors import DatasetError, ImageError, Problem
 from lineside_inspect.imageio import header_size
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS, cv2
 
@@ -45,7 +47,14 @@ THUMB = 32  # side of the grey thumbnail that confirms a near pair
 ALIKE = 0.9  # their correlation: copies 0.99+, unrelated DeepPCB pairs within 8 bits <= 0.5
 FLAT_STD = 2.0  # grey levels: a thumbnail this flat has nothing to correlate
 COARSE = 16  # side of the thumbnails whose correlation proposes near pairs
-COARSE_ALIKE = 0.85  # below ALIKE: a copy's 16x16 thumbnail loses its noise, not likeness
+COARSE_ALIKE = 0.85  # below COPY_ALIKE: a copy's 16x16 thumbnail loses its noise, not likeness
+COPY_ALIKE = 0.98  # a pair found by correlation alone is a copy only this close at 32x32:
+# re-encoded, resized or re-lit copies of DeepPCB frames 0.99+; overlapping tiles of one board
+# 0.90-0.96, and units of one part under a fixed camera (placement jitter, light, sensor
+# noise) 0.85-0.99, so closeness alone cannot be the test (see MAX_ALIKE)
+MAX_ALIKE = 8  # an image with more 16x16 look-alikes than this looks like its product, not
+# like a copy of one picture: on a line every unit does, and chaining them grouped 30 units
+_NAMED = 10  # members a group's message names
 _ALIKE_BLOCK = 512  # thumbnails correlated at once (memory ~ 4 * _ALIKE_BLOCK * N bytes)
 _BLOCK = 32  # rows compared at once in the pairwise search (memory ~ 2 * _BLOCK * N * 32 bytes:
 # 200 MB at 100k images; 128 rows held 0.8 GB and were no faster)
@@ -127,15 +136,44 @@ class DuplicateGroup:
         """Members labelled differently (other classes, or defective beside good). For a
         byte-identical group one label is wrong; a near group may also be photos of one
         part region with different defects (DeepPCB holds such), so no copy is removed."""
-        return len({tuple(sorted(b.label for b in r.boxes)) for r in self.members}) > 1
+        if len({tuple(sorted(b.label for b in r.boxes)) for r in self.members}) > 1:
+            return True
+        # a byte-identical copy's boxes are in the same pixels: one class in two places
+        # is two labellings, and dropping a copy would drop a box
+        first = self.members[0]
+        return self.kind == "exact" and any(not _same_boxes(first, r) for r in self.members[1:])
 
     def describe(self) -> str:
         names = ", ".join(f"'{r.file_name}'" + (f" ({r.split})" if r.split else "")
                           + (f" [{_labels(r)}]" if self.labels_differ else "")
-                          for r in self.members)
+                          for r in self.members[:_NAMED])
+        if len(self.members) > _NAMED:  # a message that lists 1,500 names is not read
+            names += f" and {len(self.members) - _NAMED} more"
         where = "in different splits" if self.across_splits else "in one split"
         differ = ", labelled differently" if self.labels_differ else ""
         return f"{self.kind} duplicate images {where}{differ}: {names}"
+
+
+def _same_boxes(a: ImageRecord, b: ImageRecord) -> bool:
+    """Whether every box of ``a`` has one of ``b``'s boxes of its class over it (IoU 0.5 or
+    more, each used once): two tools' rounding of one box is the same labelling."""
+    rest = list(b.boxes)
+    for box in a.boxes:
+        match = next((o for o in rest if o.label == box.label and _iou(box, o) >= 0.5), None)
+        if match is None:
+            return False
+        rest.remove(match)
+    return not rest
+
+
+def _iou(a: Box, b: Box) -> float:
+    w = min(a.x2, b.x2) - max(a.x1, b.x1)
+    h = min(a.y2, b.y2) - max(a.y1, b.y1)
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _labels(rec: ImageRecord) -> str:
@@ -207,33 +245,44 @@ def _unit_rows(thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _alike_pairs(thumbs: list[np.ndarray]) -> list[tuple[int, int]]:
-    """Index pairs ``i < j`` of thumbnails that :func:`look_alike`, every pair compared.
-    Candidates come from 16x16 thumbnails as one matrix product by blocks (20,000 images:
-    2e8 dot products of 256 numbers), each confirmed at 32x32. At 8x8 a steel texture's
-    streaks proposed 16,000 candidates of 1,800 images, none a copy; 32x32 throughout
-    took four times as long."""
+    """Index pairs ``i < j`` of thumbnails that are copies of one picture by correlation:
+    every pair compared at 16x16 (20,000 images: 2e8 dot products of 256 numbers, by
+    blocks), a candidate kept only when neither image has more than ``MAX_ALIKE``
+    look-alikes, then confirmed at 32x32 at ``COPY_ALIKE``. This finds copies whose
+    gradient hash moved (textures, flat synthetic frames) without calling the units of a
+    fixed-camera line copies of each other; block by block, so memory stays
+    ``_ALIKE_BLOCK`` rows by N whatever the images look like."""
     if len(thumbs) < 2:
         return []
     full = np.stack(thumbs).reshape(len(thumbs), -1)
     small = np.stack([cv2.resize(t, (COARSE, COARSE), interpolation=cv2.INTER_AREA)
                       for t in thumbs]).reshape(len(thumbs), -1)
     unit, keep = _unit_rows(small)
-    cand: list[np.ndarray] = []
+    # pass 1: how many look-alikes each image has (itself excluded)
+    alike = np.zeros(len(unit), np.int64)
+    for start in range(0, len(unit), _ALIKE_BLOCK):
+        alike[start:start + _ALIKE_BLOCK] = (unit[start:start + _ALIKE_BLOCK] @ unit.T
+                                             >= COARSE_ALIKE).sum(axis=1) - 1
+    few = alike <= MAX_ALIKE
+    if few.sum() < 2:
+        return []
+    # pass 2: candidates among images with few look-alikes, confirmed at 32x32 as they come
+    unit, keep = unit[few], keep[few]
+    unit_full, kept = _unit_rows(full)
+    row = np.full(len(thumbs), -1)
+    row[kept] = np.arange(len(kept))
+    out: list[tuple[int, int]] = []
     for start in range(0, len(unit), _ALIKE_BLOCK):
         corr = unit[start:start + _ALIKE_BLOCK] @ unit[start:].T
         ii, jj = np.nonzero(corr >= COARSE_ALIKE)
         upper = jj > ii
-        cand.append(np.stack([keep[start + ii[upper]], keep[start + jj[upper]]], axis=1))
-    pairs = np.concatenate(cand) if cand else np.zeros((0, 2), np.int64)
-    if not len(pairs):
-        return []
-    unit_full, kept = _unit_rows(full)
-    row = np.full(len(thumbs), -1)
-    row[kept] = np.arange(len(kept))
-    a, b = row[pairs[:, 0]], row[pairs[:, 1]]
-    both = (a >= 0) & (b >= 0)
-    corr = np.einsum("ij,ij->i", unit_full[a[both]], unit_full[b[both]])
-    return [(int(i), int(j)) for i, j in pairs[both][corr >= ALIKE].tolist()]
+        i, j = keep[start + ii[upper]], keep[start + jj[upper]]
+        a, b = row[i], row[j]
+        both = (a >= 0) & (b >= 0)
+        fine = np.einsum("ij,ij->i", unit_full[a[both]], unit_full[b[both]])
+        close = fine >= COPY_ALIKE
+        out.extend(zip(i[both][close].tolist(), j[both][close].tolist(), strict=True))
+    return out
 
 
 def find_duplicates(dataset: Dataset, prints: dict[str, Fingerprint] | None = None,
@@ -262,17 +311,29 @@ def find_duplicates(dataset: Dataset, prints: dict[str, Fingerprint] | None = No
         if first != i:
             join(first, i)
     hashed = [i for i, r in enumerate(records) if prints[r.file_name].dhash is not None]
+    near: set[tuple[int, int]] = set()
     if len(hashed) > 1:
         matrix = np.stack([prints[records[i].file_name].dhash for i in hashed])  # type: ignore[misc]
         for a, b in _near_pairs(matrix, max_bits):
             ta = prints[records[hashed[a]].file_name].thumb
             tb = prints[records[hashed[b]].file_name].thumb
             if ta is None or tb is None or look_alike(ta, tb):
-                join(hashed[a], hashed[b])
+                near.add((hashed[a], hashed[b]))
         thumbed = [i for i, h in enumerate(hashed) if prints[records[h].file_name].thumb is not None]
         thumbs = [prints[records[hashed[i]].file_name].thumb for i in thumbed]
-        for a, b in _alike_pairs(thumbs):  # type: ignore[arg-type]
-            join(hashed[thumbed[a]], hashed[thumbed[b]])
+        near.update((hashed[thumbed[a]], hashed[thumbed[b]])
+                    for a, b in _alike_pairs(thumbs))  # type: ignore[arg-type]
+    # an image near more than MAX_ALIKE others looks like its product, not like a copy of
+    # one picture: its near pairs would chain every unit of a line into one group
+    partners = np.zeros(len(records), np.int64)
+    for a, b in near:
+        if records[a].reference != records[b].file_name and \
+                records[b].reference != records[a].file_name:
+            partners[a] += 1
+            partners[b] += 1
+    for a, b in sorted(near):
+        if partners[a] <= MAX_ALIKE and partners[b] <= MAX_ALIKE:
+            join(a, b)
     groups: dict[int, list[ImageRecord]] = {}
     for i, rec in enumerate(records):
         groups.setdefault(root(i), []).append(rec)
@@ -289,9 +350,11 @@ def duplicate_problems(groups: list[DuplicateGroup]) -> list[Problem]:
     evaluation), and per group of byte-identical copies labelled differently (one of
     them is mislabelled); other duplicates within one split are only worth a warning."""
     leaks = [Problem(g.members[0].origin or g.members[0].file_name, "",
-                     f"{g.describe()}: evaluation would score training images (run 'lineside "
-                     "data validate --dedupe', or 'lineside data split', which keeps them "
-                     "together)", g.members[0].file_name)
+                     f"{g.describe()}: evaluation would score training images ("
+                     + ("run 'lineside data split', which keeps them together; --dedupe "
+                        "leaves copies labelled differently whole" if g.labels_differ else
+                        "run 'lineside data validate --dedupe', or 'lineside data split', "
+                        "which keeps them together") + ")", g.members[0].file_name)
              for g in groups if g.across_splits]
     return leaks + label_conflicts(groups)
 
@@ -320,6 +383,12 @@ def dedupe(dataset: Dataset, groups: list[DuplicateGroup]) -> list[ImageRecord]:
             if r is not keep:
                 dropped[r.file_name] = keep.file_name
     removed = [r for r in dataset.images if r.file_name in dropped]
+    left = {r.split for r in dataset.images if r.file_name not in dropped}
+    emptied = sorted({r.split for r in removed if r.split} - left)
+    if emptied:  # refused before anything changes: a split of copies is a split, not noise
+        raise DatasetError(f"--dedupe would remove every image of the {', '.join(emptied)} "
+                           "split (each is a copy of an image kept in another split); run "
+                           "'lineside data split' to re-split with copies kept together")
     dataset.images = [r for r in dataset.images if r.file_name not in dropped]
     for r in dataset.images:
         if r.reference in dropped:

@@ -466,13 +466,21 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     return Dataset(list(cats), images, info={"source": "Pascal VOC", "layout": layout}), problems
 
 
+def _listed(doc: object, key: str) -> list[Any]:
+    """``doc[key]`` when ``doc`` is an object holding a list there, else ``[]``: a COCO file
+    with ``"annotations": null`` (or a list at top level) is reported by ``from_coco``, and
+    must not fail again here."""
+    value = doc.get(key) if isinstance(doc, dict) else None
+    return value if isinstance(value, list) else []
+
+
 def _voc_size(root: ET.Element) -> tuple[int, int] | None:
     """The ``<size>`` an XML says its image has; None when absent, zero or not a number
     (several tools write 0 x 0, which says nothing)."""
     try:
         w = int(float(root.findtext("size/width") or ""))
         h = int(float(root.findtext("size/height") or ""))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: 'inf' or '1e400'
         return None
     return (w, h) if w > 0 and h > 0 else None
 
@@ -651,6 +659,10 @@ def import_yolo(src: Path) -> Draft:
     categories = [n for n in names.values() if n.strip()]  # (_yolo_boxes refused blank ones)
     notes = _assign_rest_to_train(images) + _clip_to_images(images) + _case_variants(categories)
     notes += _thin_classes(images, categories)
+    if images and unlabeled == len(images) and any(f.suffix.lower() == ".xml" for f in files):
+        # a VOC folder with a labelImg classes.txt: every defect would import as a good part
+        raise DatasetError(_looked_for(src, files, "no image has a YOLO label file, so all "
+                                       "would import as good parts", ""))
     if unlabeled:
         notes.append(f"{unlabeled} image(s) without a label file imported as good parts")
     by_split: dict[str | None, list[str]] = defaultdict(list)
@@ -781,7 +793,7 @@ def import_coco(src: Path) -> Draft:
                     rec.reference = prefix + rec.reference
             rec.split = rec.split or split
         used = {b.label for r in dataset.images for b in r.boxes}
-        parents = {str(c.get("supercategory")) for c in doc.get("categories", [])
+        parents = {str(c.get("supercategory")) for c in _listed(doc, "categories")
                    if isinstance(c, dict)}
         for name in dataset.categories:
             if name not in categories and (name in used or name not in parents):
@@ -794,7 +806,7 @@ def import_coco(src: Path) -> Draft:
     categories = [c for c in categories if c.strip()]
     notes = (_assign_rest_to_train(images) if len(docs) > 1 else []) + _clip_to_images(images)
     notes += _case_variants(categories) + _thin_classes(images, categories)
-    anns = [a for _, d in docs for a in d.get("annotations", []) if isinstance(a, dict)]
+    anns = [a for _, d in docs for a in _listed(d, "annotations") if isinstance(a, dict)]
     if crowd := sum(1 for a in anns if a.get("iscrowd") == 1):
         # COCO's crowd regions (many objects in one box) are ignored by its evaluation;
         # here each is a defect box like any other, which a user should know

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -60,7 +61,9 @@ def _check_boxes(categories: set[str], rec: ImageRecord) -> list[Problem]:
 
         if box.label not in categories:
             add(f"unknown class {box.label!r} (known: {', '.join(sorted(categories))})")
-        if box.x2 <= box.x1 or box.y2 <= box.y1:
+        if not all(math.isfinite(v) for v in box.xyxy()):
+            add(f"box {box.xyxy()} is not four finite numbers")
+        elif box.x2 <= box.x1 or box.y2 <= box.y1:
             add(f"empty box {box.xyxy()}: needs x2 > x1 and y2 > y1")
         elif box.x1 < 0 or box.y1 < 0 or box.x2 > rec.width or box.y2 > rec.height:
             add(f"box {box.xyxy()} lies outside the {rec.width}x{rec.height} image {rec.file_name}")
