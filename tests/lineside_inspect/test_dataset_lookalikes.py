@@ -205,3 +205,18 @@ def test_hostile_numbers_and_the_wrong_format_are_named(tmp_path: Path) -> None:
     r = runner.invoke(app, ["data", "import", "-f", "yolo", str(voc), str(tmp_path / "out-y")])
     assert r.exit_code == 2 and "would import as good parts" in r.stderr
     assert "Pascal VOC? (-f voc)" in r.stderr and not (tmp_path / "out-y").exists()
+
+
+def test_deep_json_and_a_long_word_in_a_problem(tmp_path: Path) -> None:
+    """A JSON nested 100,000 deep was a RecursionError traceback; a 50,000-character word
+    in a problem message took 24 s to sort by kind (a backtracking pattern)."""
+    from lineside_inspect.dataset.problems import kind_of
+    from lineside_inspect.errors import Problem
+
+    src = tmp_path / "deep"
+    src.mkdir()
+    (src / "annotations.json").write_text("[" * 100_000)
+    r = runner.invoke(app, ["data", "import", "-f", "coco", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 2 and "nested too deeply" in r.stderr, (r.stderr, r.exception)
+    word = "a" * 50_000 + ".jpg"
+    assert kind_of(Problem("f", "", f"image {word} not found in x/y")) == "image … not found in …"

@@ -221,6 +221,9 @@ def load_json(path: Path) -> Any:
         message = (f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}; perhaps "
                    "Latin-1 or Windows-1252): re-save the file as UTF-8")
         raise DatasetError(f"{path}: {message}", [Problem(str(path), f"line {line}", message)]) from None
+    except RecursionError:  # json's parser recurses once per level of nesting
+        message = "JSON nested too deeply to read (thousands of levels): not an annotation file"
+        raise DatasetError(f"{path}: {message}", [Problem(str(path), "", message)]) from None
     except json.JSONDecodeError as exc:
         problem = Problem(str(path), f"line {exc.lineno}", f"invalid JSON: {exc.msg}")
         raise DatasetError(f"{path}: invalid JSON", [problem]) from exc
