@@ -88,6 +88,7 @@ def test_a_set_where_everything_looks_alike_stays_in_memory() -> None:
     copies = thumbs[:3] + [rng.integers(0, 255, (32, 32)).astype(np.uint8) for _ in range(20)]
     copies.append(copies[5].copy())  # few look-alikes: a copy is found as before
     assert MAX_ALIKE >= 2 and (5, 23) in _alike_pairs(copies)
+    assert _alike_pairs([np.full((32, 32), 7, np.uint8)] * 3) == []  # blank frames: no copies
 
 
 def test_a_group_message_names_ten_members(tmp_path: Path) -> None:
