@@ -126,8 +126,10 @@ def test_reference_image_in_the_browser(launch) -> None:
         page.keyboard.press("r")
         expect(page.locator("#big")).to_have_attribute("src", re.compile(r"/reference$"))
         expect(page.locator("#d-status")).to_contain_text("showing the reference image")
-        page.wait_for_function("document.querySelector('#big').complete && "
-                               "document.querySelector('#big').naturalWidth === 640")
+        # properties, not a string predicate: polling one is an eval, which the page's CSP
+        # refuses (a CI run failed whenever the image was not loaded at the first look)
+        expect(page.locator("#big")).to_have_js_property("complete", True)
+        expect(page.locator("#big")).to_have_js_property("naturalWidth", 640)
         page.keyboard.press("r")
         expect(page.locator("#big")).to_have_attribute("src", re.compile(r"/image$"))
         browser.close()
