@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
+from lineside_inspect.boxes import box_iou
+from lineside_inspect.dataset.model import Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, ImageError, Problem
 from lineside_inspect.imageio import header_size
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS, cv2
@@ -144,13 +145,14 @@ class DuplicateGroup:
         return self.kind == "exact" and any(not _same_boxes(first, r) for r in self.members[1:])
 
     def describe(self) -> str:
+        labelled = self.labels_differ  # once: it compares every member's boxes
         names = ", ".join(f"'{r.file_name}'" + (f" ({r.split})" if r.split else "")
-                          + (f" [{_labels(r)}]" if self.labels_differ else "")
+                          + (f" [{_labels(r)}]" if labelled else "")
                           for r in self.members[:_NAMED])
         if len(self.members) > _NAMED:  # a message that lists 1,500 names is not read
             names += f" and {len(self.members) - _NAMED} more"
         where = "in different splits" if self.across_splits else "in one split"
-        differ = ", labelled differently" if self.labels_differ else ""
+        differ = ", labelled differently" if labelled else ""
         return f"{self.kind} duplicate images {where}{differ}: {names}"
 
 
@@ -159,21 +161,11 @@ def _same_boxes(a: ImageRecord, b: ImageRecord) -> bool:
     more, each used once): two tools' rounding of one box is the same labelling."""
     rest = list(b.boxes)
     for box in a.boxes:
-        match = next((o for o in rest if o.label == box.label and _iou(box, o) >= 0.5), None)
+        match = next((o for o in rest if o.label == box.label and box_iou(box.xyxy(), o.xyxy()) >= 0.5), None)
         if match is None:
             return False
         rest.remove(match)
     return not rest
-
-
-def _iou(a: Box, b: Box) -> float:
-    w = min(a.x2, b.x2) - max(a.x1, b.x1)
-    h = min(a.y2, b.y2) - max(a.y1, b.y1)
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _labels(rec: ImageRecord) -> str:
@@ -282,12 +274,11 @@ def _alike_pairs(thumbs: list[np.ndarray]) -> list[tuple[int, int]]:
     both = (a >= 0) & (b >= 0)
     i, j, a, b = i[both], j[both], a[both], b[both]
     out: list[tuple[int, int]] = []
-    for s in range(0, len(a), _ALIKE_BLOCK * 16):
-        fine = np.einsum("ij,ij->i", unit_full[a[s:s + _ALIKE_BLOCK * 16]],
-                         unit_full[b[s:s + _ALIKE_BLOCK * 16]])
-        close_pairs = fine >= COPY_ALIKE
-        out.extend(zip(i[s:s + _ALIKE_BLOCK * 16][close_pairs].tolist(),
-                       j[s:s + _ALIKE_BLOCK * 16][close_pairs].tolist(), strict=True))
+    chunk = _ALIKE_BLOCK * 16  # pairs confirmed at once (two 4 KB rows each: ~64 MB)
+    for s in range(0, len(a), chunk):
+        part = slice(s, s + chunk)
+        copy = np.einsum("ij,ij->i", unit_full[a[part]], unit_full[b[part]]) >= COPY_ALIKE
+        out.extend(zip(i[part][copy].tolist(), j[part][copy].tolist(), strict=True))
     return out
 
 
@@ -305,11 +296,14 @@ def find_duplicates(dataset: Dataset, prints: dict[str, Fingerprint] | None = No
             i = parent[i]
         return i
 
-    def join(i: int, j: int) -> None:
+    def twins(i: int, j: int) -> bool:
+        """A reference and its defective image: alike by design, never duplicates."""
         a, b = records[i], records[j]
-        if a.reference == b.file_name or b.reference == a.file_name:
-            return  # a reference looks like its defective twin by design
-        parent[root(j)] = root(i)
+        return a.reference == b.file_name or b.reference == a.file_name
+
+    def join(i: int, j: int) -> None:
+        if not twins(i, j):
+            parent[root(j)] = root(i)
 
     by_sha: dict[str, int] = {}
     for i, rec in enumerate(records):
@@ -333,8 +327,7 @@ def find_duplicates(dataset: Dataset, prints: dict[str, Fingerprint] | None = No
     # one picture: its near pairs would chain every unit of a line into one group
     partners = np.zeros(len(records), np.int64)
     for a, b in near:
-        if records[a].reference != records[b].file_name and \
-                records[b].reference != records[a].file_name:
+        if not twins(a, b):
             partners[a] += 1
             partners[b] += 1
     for a, b in sorted(near):

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from lineside_inspect.boxes import box_iou
 from lineside_inspect.errors import GoldenSetError
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import inspect
@@ -81,16 +82,6 @@ def matched_boxes(truth: list[tuple[str, tuple[float, float, float, float]]],
             used[best] = True
             matched += 1
     return matched
-
-
-def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 class ModelScore(_Shape):
