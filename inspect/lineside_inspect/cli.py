@@ -341,11 +341,14 @@ def train_cmd(
     resume: Annotated[bool, typer.Option(help="continue from the run's last.pt")] = False,
     time: Annotated[str | None, typer.Option(
         "--time", help="train to this budget (30m, 90s, 1h): the schedule is fitted to it")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help=(
+        "torch threads (default: the cores the load average leaves free)"))] = None,
 ) -> None:
     """Train a detector (needs lineside\\[train]; use torchrun for several GPUs/nodes)."""
     t = training()
     cfg = t.load_config(config, set_, data=data, model=model, weights=weights, epochs=epochs,
-                        name=name, device=device, extra_data=merge or None, time_budget=time)
+                        name=name, device=device, extra_data=merge or None, time_budget=time,
+                        threads=threads)
     run = t.train(cfg, resume=resume)
     out.print(f"run saved to {run}")
 

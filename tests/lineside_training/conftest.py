@@ -19,6 +19,7 @@ def tiny_config(out: Path, **overrides: object) -> TrainConfig:
         "name": "tiny", "data": str(SAMPLE), "out_dir": str(out), "epochs": 4,
         "batch_size": 8, "crop_size": 256, "lr": 0.004, "max_steps_per_epoch": 6,
         "eval_every": 2, "workers": 0, "device": "cpu", "ema_decay": 0.9,
+        "threads": 2,  # as before runs chose their own: results repeat whatever the load
     }
     fields.update(overrides)
     return load_config(None, None, **fields)

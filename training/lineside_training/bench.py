@@ -12,6 +12,7 @@ from lineside_training.data.augment import train_transform
 from lineside_training.data.dataset import DetectionDataset, collate
 from lineside_training.engine import load_data, pick_device
 from lineside_training.models import build_model
+from lineside_training.threads import choose_threads
 
 
 def _step(model: Any, opt: Any, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> None:
@@ -26,6 +27,7 @@ def bench_train(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3) -> dict[s
     (decode, augmentation, batching, step) on the configured dataset. ``crop`` is the
     training crop, None when training sees whole (letterboxed) ``input_size`` images."""
     device = pick_device(cfg.device)
+    choose_threads(cfg.threads)  # as the run itself would
     data = load_data(cfg)
     size = cfg.crop_size or cfg.input_size
     torch.manual_seed(0)

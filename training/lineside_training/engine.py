@@ -36,6 +36,7 @@ from lineside_training.data.dataset import DetectionDataset, collate
 from lineside_training.metrics import coco_metrics
 from lineside_training.models import build_model
 from lineside_training.predict import predict_records
+from lineside_training.threads import choose_threads
 from lineside_training.weights import load_weights
 
 PATIENCE_FROM = 0.75  # under a time budget, patience may end a run only in the plan's last quarter
@@ -448,6 +449,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         if not quiet:
             print(line, file=sys.stderr, flush=True)
 
+    threads, why = choose_threads(cfg.threads)
+    log(f"torch threads: {threads} ({why})")
     log(f"input size {cfg.input_size} px, training on "
         f"{f'{cfg.crop_size} px crops' if cfg.crop_size else 'whole images'}; "
         f"{len(data.train)} train and {len(data.val)} val images")

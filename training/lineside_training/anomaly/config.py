@@ -59,7 +59,8 @@ class AnomalyConfig(BaseModel):
         "share of good pixels allowed above map_threshold"))
     min_region_px: int = Field(4, ge=1)
     threads: int | None = Field(None, ge=1, description=(
-        "torch threads; 1 is much faster than 2 on a machine other jobs keep busy"))
+        "torch threads; left out, the cores the load average leaves free (1 is much "
+        "faster than 2 on a 2-core machine other jobs keep busy)"))
     seed: int = 0
     device: str = "auto"
     log_every: int = Field(50, ge=1)

@@ -25,6 +25,7 @@ from lineside_training.anomaly.infer import score_images, torch_forward
 from lineside_training.anomaly.net import AnomalyGraph, AnomalyNet
 from lineside_training.anomaly.synth import rephotograph
 from lineside_training.engine import pick_device, seed_everything
+from lineside_training.threads import choose_threads
 
 CHECKPOINT = "anomaly.pt"
 STOP_FILE = "STOP"  # created in the run folder: training ends at the next step, then saves
@@ -78,8 +79,8 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
             print(line, flush=True)
 
     seed_everything(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads, why = choose_threads(cfg.threads)
+    say(f"torch threads: {threads} ({why})")
     device = pick_device(cfg.device)
     split = carve(cfg)
     t0 = time.perf_counter()

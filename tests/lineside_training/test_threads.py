@@ -1,0 +1,48 @@
+"""A training run's torch threads: set, inherited from OMP_NUM_THREADS, or the cores the
+load average leaves free."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from lineside_training import threads as threads_mod
+from lineside_training.threads import choose_threads
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_busy_host_leaves_the_run_the_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside a one-thread job on 2 cores the run takes one thread (two thrashed: 5-17
+    img/s against 30); on an idle host both; never fewer than one."""
+    monkeypatch.setattr(threads_mod, "_TORCH_DEFAULT", 2)
+    assert choose_threads(None, load=1.0, cores=2)[0] == 1
+    assert torch.get_num_threads() == 1
+    n, why = choose_threads(None, load=0.1, cores=2)
+    assert (n, torch.get_num_threads()) == (2, 2)
+    assert "2 cores, 1-minute load 0.1" in why
+    assert choose_threads(None, load=7.5, cores=2)[0] == 1
+    # no more than torch itself would take (it counts physical cores, not hyper-threads)
+    assert choose_threads(None, load=0.0, cores=16)[0] == 2
+
+
+def test_a_set_number_or_omp_num_threads_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert choose_threads(3, load=9.0, cores=2) == (3, "set by threads")
+    assert torch.get_num_threads() == 3
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's per-process setting
+    assert choose_threads(None, load=0.0, cores=2) == (1, "from OMP_NUM_THREADS")
+
+
+def test_the_run_log_says_its_threads(tiny_run: Path) -> None:
+    log = (tiny_run / "train.log").read_text()
+    assert "torch threads: 2 (set by threads)" in log
