@@ -133,10 +133,7 @@ def data_import(
         for g in find_duplicates(read_dataset(dst)):
             if g.across_splits:
                 err.print(f"warning: {g.describe()}: the split this set came with would score "
-                          "training images; run " + ("'lineside data split' (copies labelled "
-                          "differently: --dedupe leaves them whole)" if g.labels_differ else
-                          "'lineside data validate --dedupe' or 'lineside data split'"),
-                          highlight=False, markup=False)
+                          f"training images; {g.remedy}", highlight=False, markup=False)
 
 
 def _skipped(problems: list[Any]) -> str:

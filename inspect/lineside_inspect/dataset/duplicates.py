@@ -144,6 +144,15 @@ class DuplicateGroup:
         first = self.members[0]
         return self.kind == "exact" and any(not _same_boxes(first, r) for r in self.members[1:])
 
+    @property
+    def remedy(self) -> str:
+        """What to run about copies on both sides of a split (validate and import say it)."""
+        if self.labels_differ:
+            return ("run 'lineside data split', which keeps them together; --dedupe leaves "
+                    "copies labelled differently whole")
+        return ("run 'lineside data validate --dedupe', or 'lineside data split', which "
+                "keeps them together")
+
     def describe(self) -> str:
         labelled = self.labels_differ  # once: it compares every member's boxes
         names = ", ".join(f"'{r.file_name}'" + (f" ({r.split})" if r.split else "")
@@ -349,11 +358,8 @@ def duplicate_problems(groups: list[DuplicateGroup]) -> list[Problem]:
     evaluation), and per group of byte-identical copies labelled differently (one of
     them is mislabelled); other duplicates within one split are only worth a warning."""
     leaks = [Problem(g.members[0].origin or g.members[0].file_name, "",
-                     f"{g.describe()}: evaluation would score training images ("
-                     + ("run 'lineside data split', which keeps them together; --dedupe "
-                        "leaves copies labelled differently whole" if g.labels_differ else
-                        "run 'lineside data validate --dedupe', or 'lineside data split', "
-                        "which keeps them together") + ")", g.members[0].file_name)
+                     f"{g.describe()}: evaluation would score training images ({g.remedy})",
+                     g.members[0].file_name)
              for g in groups if g.across_splits]
     return leaks + label_conflicts(groups)
 
