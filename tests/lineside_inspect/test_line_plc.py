@@ -403,6 +403,13 @@ def test_opcua_recipe_switch(line: Line) -> None:
         await _until(lambda: plc.read("Recipe"), "lenient")
         r = await plc.cycle()
         assert line.inspection(r["InspectionId"])["recipe"] == {"name": "lenient", "version": "7"}
+        # the camera list and the status page show the PLC's recipe beside the configured
+        # one (which HTTP triggers still use)
+        with line.srv.client("reviewer") as c:
+            sim = {h["id"]: h for h in c.get("/v1/cameras").json()}["sim"]
+            assert (sim["recipe"], sim["plc_recipe"]) == ("deeppcb", "lenient")
+            stations = c.get("/v1/overview").json()["stations"]
+            assert {s["camera"]["id"]: s["camera"]["plc_recipe"] for s in stations}["sim"] == "lenient"
         # an unknown recipe is refused: ErrorCode 6, Recipe reads back the one in force
         await plc.write("Recipe", "no-such-recipe", ua.VariantType.String)
         await _until(lambda: plc.read("ErrorCode"), ErrorCode.UNKNOWN_RECIPE)

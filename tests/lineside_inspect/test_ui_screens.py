@@ -321,6 +321,17 @@ def test_status_home(shift: Running, tmp_path: Path) -> None:
             assert live.get_attribute("src") == f"/v1/cameras/{st['camera']['id']}/stream"
             page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=live.element_handle())
         _shot(page, "home.png", tmp_path)
+        # a PLC's switch of its station's recipe shows beside the configured one (the line
+        # sets this hook: tests/lineside_inspect/test_line_plc.py drives it over OPC UA)
+        shift.app.state.cameras.plc_recipe = {"line1-top": "lenient"}.get
+        try:
+            page.reload()
+            expect(top.locator("[data-field=recipe]")).to_contain_text(
+                "deeppcb-default · deeppcb v1-int8 (PLC: lenient)")
+            bottom = page.locator(".station[data-camera='line1-bottom'] [data-field=recipe]")
+            expect(bottom).not_to_contain_text("PLC")
+        finally:
+            shift.app.state.cameras.plc_recipe = None
         browser.close()
 
 

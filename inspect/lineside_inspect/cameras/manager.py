@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lineside_inspect.cameras.sources import make_source
@@ -18,6 +19,9 @@ class CameraManager:
         self.configs = {c.id: c for c in cameras}
         self.workers: dict[str, CameraWorker] = {}
         self.last_results: dict[str, Any] = {}  # camera id -> its last inspection (live view)
+        # the recipe a camera's PLC station triggers with (the line sets this): a PLC may
+        # switch it, while HTTP triggers and continuous cameras keep the configured one
+        self.plc_recipe: Callable[[str], str | None] | None = None
 
     def start(self) -> None:
         for cfg in self.configs.values():
@@ -52,7 +56,8 @@ class CameraManager:
         out = []
         for cid, w in self.workers.items():
             cfg = self.configs[cid]
-            out.append({**w.health(), "source": cfg.source, "mode": cfg.mode, "recipe": cfg.recipe})
+            out.append({**w.health(), "source": cfg.source, "mode": cfg.mode, "recipe": cfg.recipe,
+                        "plc_recipe": self.plc_recipe(cid) if self.plc_recipe else None})
         return out
 
     async def fresh_frame(self, camera_id: str, *, after: float, timeout_s: float) -> Frame:

@@ -114,6 +114,7 @@ class PlcLine:
                 ack_timeout_s=self.settings.ack_timeout_s, now=now,
                 check_recipe=functools.partial(self.check_recipe, cid))
             self._locks[cid] = asyncio.Lock()
+        cameras.plc_recipe = self._plc_recipe
         started: list[TagAdapter] = []
         try:
             for adapter in self.adapters:
@@ -129,6 +130,12 @@ class PlcLine:
                 await adapter.stop()
             raise
         self._ticker = asyncio.create_task(self._tick(), name="line-plc-tick")
+
+    def _plc_recipe(self, camera_id: str) -> str | None:
+        """The recipe a station's next PLC trigger uses: the PLC's last accepted ``Recipe``
+        write, else the camera's own or the server's default."""
+        station = self.stations.get(camera_id)
+        return station.recipe if station else None
 
     async def close(self) -> None:
         """The server is stopping: no station takes a trigger any more (TriggerReady off),

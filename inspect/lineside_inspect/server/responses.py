@@ -167,7 +167,12 @@ class CameraHealth(_Shape):
     last_error: str | None = Field(description="a URL's password in it shown as ***")
     source: str = Field(description="as configured, a URL's password shown as ***")
     mode: Literal["triggered", "continuous"]
-    recipe: str | None
+    recipe: str | None = Field(description=(
+        "the configured recipe, which HTTP triggers and continuous inspection use (None: "
+        "the server's default)"))
+    plc_recipe: str | None = Field(None, description=(
+        "the recipe its PLC station's triggers use now (the PLC's last accepted Recipe "
+        "write, else the configured or default one); None without a PLC line"))
 
     @field_validator("source", "last_error")
     @classmethod

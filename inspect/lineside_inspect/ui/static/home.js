@@ -28,7 +28,10 @@ function fillStation(card, st) {
   setField(card, "state", STATE_MARK[s] || s).className = "state " + stateClass(s);
   card.classList.toggle("down", s !== "online");
   const model = st.model ? `${st.model} v${st.model_version || "?"}` : "no model";
-  setField(card, "recipe", `${st.recipe || "default recipe"} · ${model}`);
+  // a PLC may have switched its station's recipe; HTTP triggers keep the configured one
+  const plc = st.camera.plc_recipe && st.camera.plc_recipe !== st.recipe
+    ? ` (PLC: ${st.camera.plc_recipe})` : "";
+  setField(card, "recipe", `${st.recipe || "default recipe"} · ${model}${plc}`);
   if (st.last) {
     const defects = st.last.defects ? ` · ${st.last.defects} defect(s): ${st.last.labels.join(", ")}` : " · no defect";
     setField(card, "last", verdict(st.last.verdict), defects, " · ",
