@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lineside_training import threads as threads_mod
-from lineside_training.threads import choose_threads
+from lineside_training.threads import choose_threads, own_load
 
 
 @pytest.fixture(autouse=True)
@@ -25,14 +25,26 @@ def test_a_busy_host_leaves_the_run_the_free_cores(monkeypatch: pytest.MonkeyPat
     """Beside a one-thread job on 2 cores the run takes one thread (two thrashed: 5-17
     img/s against 30); on an idle host both; never fewer than one."""
     monkeypatch.setattr(threads_mod, "_TORCH_DEFAULT", 2)
-    assert choose_threads(None, load=1.0, cores=2)[0] == 1
+    assert choose_threads(None, load=1.0, cores=2, own=0.0)[0] == 1
     assert torch.get_num_threads() == 1
-    n, why = choose_threads(None, load=0.1, cores=2)
+    n, why = choose_threads(None, load=0.1, cores=2, own=0.0)
     assert (n, torch.get_num_threads()) == (2, 2)
-    assert "2 cores, 1-minute load 0.1" in why
-    assert choose_threads(None, load=7.5, cores=2)[0] == 1
+    assert "2 cores, 1-minute load 0.1 from other work" in why
+    assert choose_threads(None, load=7.5, cores=2, own=0.0)[0] == 1
     # no more than torch itself would take (it counts physical cores, not hyper-threads)
-    assert choose_threads(None, load=0.0, cores=16)[0] == 2
+    assert choose_threads(None, load=0.0, cores=16, own=0.0)[0] == 2
+
+
+def test_its_own_last_run_is_not_other_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out-of-fold calibration trains its folds one after another in one process: the load
+    of the fold before (2 threads for 30 minutes) must not leave the next fold one."""
+    monkeypatch.setattr(threads_mod, "_TORCH_DEFAULT", 2)
+    assert own_load(cpu_s=2 * 1800, wall_s=1800) == pytest.approx(2.0)
+    assert own_load(cpu_s=5, wall_s=5) == pytest.approx(0.080, abs=0.001)  # loading a set
+    assert own_load(cpu_s=1, wall_s=0) == 0.0
+    assert choose_threads(None, load=2.1, cores=2, own=own_load(3600, 1800))[0] == 2
+    # beside it, another job's core still counts
+    assert choose_threads(None, load=3.0, cores=2, own=2.0)[0] == 1
 
 
 def test_a_set_number_or_omp_num_threads_wins(monkeypatch: pytest.MonkeyPatch) -> None:
