@@ -6,7 +6,7 @@ first use, so ``import lineside_inspect`` (and the CLI) stays quick::
     from lineside_inspect import Detector, load_recipe, judge
     detector = Detector("models/deeppcb/1")
     verdict = judge(detector.predict([image])[0], load_recipe("recipe.yaml"),
-                    detector.card.thresholds)
+                    detector.card.thresholds, agnostic_iou=detector.card.agnostic_iou)
 
 A reference model (``detector.needs_reference``) compares each image with a defect-free
 image of the same view: ``detector.predict([image], [reference])``.

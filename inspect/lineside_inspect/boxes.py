@@ -1,8 +1,12 @@
-"""Box geometry on plain ``(x1, y1, x2, y2)`` tuples, shared by the dataset toolkit and the
-promotion gate without either importing the other: the gate is on the server's start-up
-path, and ``lineside_inspect.dataset`` would bring every importer with it."""
+"""Box geometry shared by the edge and the training side: IoU of plain ``(x1, y1, x2, y2)``
+tuples (the dataset toolkit and the promotion gate, without either importing the other:
+the gate is on the server's start-up path, and ``lineside_inspect.dataset`` would bring
+every importer with it), and the one-defect-per-place rule the recipes and the training
+side's metrics and calibration apply alike."""
 
 from __future__ import annotations
+
+import numpy as np
 
 
 def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -14,3 +18,35 @@ def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, 
     inter = w * h
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return float(inter / union) if union > 0 else 0.0
+
+
+def one_per_place(xyxy: np.ndarray, scores: np.ndarray, iou: float,
+                  hides: np.ndarray | None = None) -> np.ndarray:
+    """Which of the boxes ``xyxy`` ``[N, 4]`` stay when a place reports one defect: in
+    score order, a box overlapping a higher-scored kept box by IoU above ``iou`` is
+    dropped, whatever the two classes (class-agnostic suppression). Returns a bool mask.
+
+    ``hides`` ``[N]`` bool, if given, says which boxes may drop others (a recipe lets only
+    a box that fails the part on its own hide one, so the verdict never changes). Why: a
+    model unsure between two look-alike classes (an open and a mouse bite) puts two boxes
+    on one defect, and the lower one is a false alarm that costs as much as a miss in the
+    defect list.
+    """
+    n = len(scores)
+    keep = np.ones(n, dtype=bool)
+    if n < 2:
+        return keep
+    boxes = np.asarray(xyxy, dtype=np.float64)
+    lt = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    rb = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
+    overlap = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9) > iou
+    if hides is not None:
+        overlap &= np.asarray(hides, dtype=bool)[None, :]  # [i, j]: j may drop i
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    for rank, i in enumerate(order):
+        earlier = order[:rank]
+        if overlap[i, earlier[keep[earlier]]].any():
+            keep[i] = False
+    return keep

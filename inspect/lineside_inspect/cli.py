@@ -410,13 +410,17 @@ def calibrate_cmd(
         help="run or package: write the thresholds into it (a package's card only)")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="config: key=value override")] = None,
     device: Annotated[str, typer.Option()] = "auto",
+    agnostic_iou: Annotated[float | None, typer.Option(
+        help="package: count one defect per place, boxes overlapping above this IoU "
+             "(0: off; default: the card's)")] = None,
 ) -> None:
     """Operating thresholds: the best defect-level F (DeepPCB protocol) within the escape
     allowance, a global threshold plus shrunk per-class offsets; from out-of-fold
     predictions of K fold models for a config (docs/training/calibration.md)."""
     c = training().calibrate(target, data=data, split=split, folds=folds, time_budget=time,
                              target_escape=target_escape, out=out_dir, run=run, write=write,
-                             overrides=set_, device=device, objective=objective)
+                             overrides=set_, device=device, objective=objective,
+                             agnostic_iou=agnostic_iou)
     p = c["pairs"]
     g = c.get("global_threshold")
     f = "n/a" if p["f"] is None else f"{p['f']:.4f}"

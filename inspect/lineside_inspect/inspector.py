@@ -158,7 +158,8 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
             finding = find_anomalies(fused[0], fused[1], anomaly_model.card)[0]
         elif anomaly_finding is not None and recipe.anomaly is not None:
             finding = anomaly_finding
-        verdict = judge(detections, recipe, detector.card.thresholds, finding)
+        verdict = judge(detections, recipe, detector.card.thresholds, finding,
+                        agnostic_iou=detector.card.agnostic_iou)
     post = clock() - t0
     timings = {"decode": decode_ms, "preprocess": pre * 1000, "infer": infer * 1000,
                "postprocess": post * 1000}
@@ -179,7 +180,8 @@ def _unchanged(image: np.ndarray, detector: Detector, recipe: Recipe, gate: Gate
     """A part the unchanged gate passed: judged on no detections (so the recipe's own
     rules still decide, as for any part the detector found nothing on)."""
     detections = Detections.empty(detector.class_names)
-    verdict = judge(detections, recipe, detector.card.thresholds)
+    verdict = judge(detections, recipe, detector.card.thresholds,
+                    agnostic_iou=detector.card.agnostic_iou)
     timings = {"decode": decode_ms, "preprocess": gate_ms, "infer": 0.0, "postprocess": 0.0}
     timings["total"] = sum(timings.values())
     return Inspection(

@@ -154,3 +154,88 @@ def test_put_refuses_unworkable_recipes_and_keeps_the_one_in_force(srv, image_by
     with srv.client("line") as c:
         r = c.post("/v1/inspect?recipe=guarded", content=image_bytes, headers=jpeg).json()
         assert r["recipe"] == {"name": "guarded", "version": "1"} and r["verdict"] == "fail"
+
+
+def test_one_defect_per_place_when_the_card_says_so() -> None:
+    # a model unsure between two classes puts two boxes on one defect
+    two = _dets([(10, 10, 30, 30, 0.7, 0),   # open
+                 (11, 10, 31, 30, 0.6, 2),   # spur over the same place
+                 (60, 60, 80, 80, 0.6, 1)])  # short elsewhere
+    thr = dict.fromkeys(CLASSES, 0.5)
+    assert judge(two, _recipe(), thr).defects.labels == ["open", "spur", "short"]
+    v = judge(two, _recipe(), thr, agnostic_iou=0.3)
+    assert v.outcome == "fail" and v.defects.labels == ["open", "short"]
+    assert {r.label for r in v.reasons} == {"open", "short"}
+    # only a box that fails the part on its own hides another, so no verdict changes:
+    # allowing one open, the spur under it still fails the part ...
+    v = judge(two, _recipe(max_count={"open": 1, "short": 1}), thr, agnostic_iou=0.3)
+    assert v.outcome == "fail" and v.defects.labels == ["open", "spur", "short"]
+    assert [r.label for r in v.reasons] == ["spur"]
+    v = judge(two, _recipe(critical=["spur"], max_count={"open": 5, "short": 5}), thr,
+              agnostic_iou=0.3)
+    assert [r.rule for r in v.reasons] == ["critical"]
+    # ... and with one of each allowed, the second spur elsewhere still fails it
+    three = _dets([(10, 10, 30, 30, 0.7, 0), (11, 10, 31, 30, 0.6, 2), (60, 60, 80, 80, 0.6, 2)])
+    for rule in (None, 0.3):
+        v = judge(three, _recipe(max_count={"open": 1, "spur": 1}), thr, agnostic_iou=rule)
+        assert v.outcome == "fail" and [r.label for r in v.reasons] == ["spur"]
+    # an open that fails alone hides the spur even where spurs are allowed: still a fail
+    v = judge(two, _recipe(max_count={"spur": 3}), thr, agnostic_iou=0.3)
+    assert v.outcome == "fail" and v.defects.labels == ["open", "short"]
+    # below its threshold the higher box hides nothing; an ignored one neither
+    v = judge(two, _recipe(min_score={"open": 0.8}), thr, agnostic_iou=0.3)
+    assert v.defects.labels == ["spur", "short"]
+    ignore = [[(0, 0), (20.5, 0), (20.5, 50), (0, 50)]]  # the open's centre, not the spur's
+    assert judge(two, _recipe(ignore=ignore), thr, agnostic_iou=0.3).defects.labels == [
+        "spur", "short"]
+
+
+def test_one_per_place_is_greedy_in_score_order() -> None:
+    from lineside_inspect.boxes import one_per_place
+
+    # b overlaps a, c overlaps b but not a: b goes, so nothing kept hides c (as NMS does)
+    xyxy = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [10, 0, 20, 10]], dtype=np.float32)
+    scores = np.array([0.9, 0.8, 0.7])
+    assert one_per_place(xyxy, scores, 0.3).tolist() == [True, False, True]
+    assert one_per_place(xyxy, scores, 0.4).tolist() == [True, True, True]  # IoU 1/3
+    assert one_per_place(xyxy[::-1], scores[::-1], 0.3).tolist() == [True, False, True]
+    # only the boxes marked may hide others: the first may not, so the second stays and
+    # hides the third
+    hides = np.array([False, True, True])
+    assert one_per_place(xyxy, scores, 0.3, hides).tolist() == [True, True, False]
+    assert one_per_place(xyxy[:1], scores[:1], 0.3).tolist() == [True]
+
+
+def test_an_inspection_counts_one_defect_per_place_as_its_card_says(tmp_path: Path) -> None:
+    # a sample board on which the bundled reference model puts a second box, of another
+    # class, on one defect; its card (agnostic_iou 0.3, calibrated with it) counts one
+    import shutil
+
+    from lineside_inspect.boxes import one_per_place
+    from lineside_inspect.imageio import read_image
+    from lineside_inspect.inspector import inspect
+    from lineside_inspect.references import Reference
+    from lineside_inspect.runtime.detector import Detector
+
+    root = Path(__file__).resolve().parents[2]
+    sample = root / "datasets" / "deeppcb-sample" / "images" / "group44000"
+    frame = read_image(sample / "44000062_test.jpg")
+    raw = (sample / "44000062_temp.jpg").read_bytes()
+    reference = Reference.from_bytes(None, raw)
+    det = Detector(root / "models" / "deeppcb-ref" / "1-int8", device="cpu", threads=1)
+    assert det.card.agnostic_iou == 0.3
+    recipe = Recipe.model_validate(det.card.default_recipe | {"model": det.card.name})
+    ruled = inspect(frame, det, recipe, reference=reference)
+    d = ruled.detections
+    thr = np.array([det.card.threshold(n) for n in det.class_names])[d.class_ids]
+    kept = d[d.scores >= thr]
+    assert len(ruled.defects) == len(kept) - 1 >= 1  # one box of a place was not counted
+    assert one_per_place(ruled.defects.xyxy, ruled.defects.scores, 0.3).all()
+    # the same graph under a card without the rule counts every class's box
+    plain = tmp_path / "plain"
+    shutil.copytree(root / "models" / "deeppcb-ref" / "1-int8", plain)
+    doc = json.loads((plain / "model.json").read_text())
+    doc["agnostic_iou"] = None
+    (plain / "model.json").write_text(json.dumps(doc))
+    every = inspect(frame, Detector(plain, device="cpu", threads=1), recipe, reference=reference)
+    assert len(every.defects) == len(kept)

@@ -155,3 +155,29 @@ def test_a_model_that_finds_nothing_keeps_the_fewest_alarms() -> None:
     # both defective images still alarm (0.3 and 0.4 kept), the good one's 0.2 does not
     assert c["escapes"] == 0 and c["false_rejects"] == 0
     assert c["thresholds"]["open"] > 0.2
+
+
+def test_calibration_and_scores_follow_the_one_per_place_rule() -> None:
+    # every defect carries a second box of a look-alike class just below the right one
+    records, preds = [], []
+    for i in range(20):
+        records.append(_rec(f"d{i}", [(10, 10, 40, 40, "open")]))
+        wrong = 0.55 if i % 2 else 0.45
+        preds.append(_pred([(10, 10, 40, 40, 0.6 + i / 100, 0), (11, 10, 41, 40, wrong, 1)]))
+    thr = dict.fromkeys(CLASSES, 0.5)
+    plain = pair_metrics(records, preds, CLASSES, thr)
+    rule = pair_metrics(records, preds, CLASSES, thr, 0.3)
+    assert (plain["matched"], plain["detections"]) == (20, 30)
+    assert (rule["matched"], rule["detections"]) == (20, 20) and rule["f"] == 1.0
+    q = quality_metrics(records, preds, CLASSES, thr, agnostic_iou=0.3)
+    assert q["defect_precision"] == 1.0 and q["escapes"] == 0
+    assert quality_metrics(records, preds, CLASSES, thr)["defect_precision"] == pytest.approx(2 / 3)
+    # the calibration sees the rule: with it, F is 1 at the chosen thresholds
+    calib = calibrate_f(records, preds, CLASSES, agnostic_iou=0.3)
+    assert calib["agnostic_iou"] == 0.3 and calib["pairs"]["f"] == 1.0
+    again = pair_metrics(records, preds, CLASSES, calib["thresholds"], 0.3)
+    assert again == calib["pairs"]
+    table = PairTable(records, preds, CLASSES, 0.3)
+    trials = [np.full(3, t, dtype=np.float32) for t in (0.4, 0.5, 0.58, 0.7)]
+    assert table.sweep(trials) == [table.counts(t) for t in trials]
+    assert best_global(records, preds, CLASSES, agnostic_iou=0.3)["pairs"]["f"] == 1.0

@@ -138,6 +138,16 @@ def test_package_thresholds_rewritten_and_graph_untouched(tmp_path: Path, one_bo
     assert metrics["pairs"]["f"] == pytest.approx(f) and "mAP@.5" in r.stdout
     assert "DeepPCB's protocol" in (tmp_path / "report" / "summary.md").read_text()
     assert np.isfinite(list(calib["thresholds"].values())).all()
+    # the card's one-per-place rule is kept, or switched off with 0, and the evaluation
+    # counts the boxes as the edge does, under whichever the card says
+    assert before["agnostic_iou"] == card["agnostic_iou"] == calib["agnostic_iou"] == 0.3
+    off = calibrate(package, data=one_board, split="val", write=True, device="cpu",
+                    agnostic_iou=0)
+    assert off["agnostic_iou"] is None and load_package(package).card.agnostic_iou is None
+    r = runner.invoke(app, ["evaluate", str(package), "--data", str(one_board), "--split", "val",
+                            "--device", "cpu", "--out", str(tmp_path / "report-off")])
+    assert r.exit_code == 0, r.stderr
+    assert f"DeepPCB-protocol F {off['pairs']['f']:.4f}" in r.stdout
 
 
 def test_calibrate_command_says_what_is_missing(tmp_path: Path, two_boards: Path) -> None:
@@ -153,4 +163,13 @@ def test_calibrate_command_says_what_is_missing(tmp_path: Path, two_boards: Path
     assert r.exit_code == 2 and "training config" in r.stderr
     r = runner.invoke(app, ["calibrate", str(BUNDLED), "--data", str(SAMPLE), "--objective", "x"])
     assert r.exit_code == 2 and "use one of f, rejects" in r.stderr
+    r = runner.invoke(app, ["calibrate", str(BUNDLED), "--data", str(SAMPLE),
+                            "--agnostic-iou", "1.5"])
+    assert r.exit_code == 2 and "IoU in [0, 1)" in r.stderr
+    for target in (tmp_path, config):
+        r = runner.invoke(app, ["calibrate", str(target), "--agnostic-iou", "0.3"])
+        assert r.exit_code == 2 and "model package's rule" in r.stderr
+    r = runner.invoke(app, ["calibrate", str(BUNDLED), "--data", str(SAMPLE),
+                            "--agnostic-iou", "0.3", "--objective", "rejects"])
+    assert r.exit_code == 2 and "--objective f" in r.stderr
     assert not (tmp_path / "runs").exists()  # nothing trained on a refused command

@@ -47,15 +47,24 @@ def calibrate(
     overrides: list[str] | None = None,
     device: str = "auto",
     objective: str = "f",
+    agnostic_iou: float | None = None,
 ) -> dict[str, Any]:
     """Calibrate ``target`` (see the module); returns the calibration (thresholds, the
     DeepPCB-protocol F and escapes they give, and each class's offset). ``objective``
     ``f`` is the best defect-level F within the escape allowance; ``rejects`` the fewest
     false rejects within it (:func:`lineside_training.quality.calibrate`, for lines where
-    a false reject costs more than a wrong box; runs and packages only)."""
+    a false reject costs more than a wrong box; runs and packages only). ``agnostic_iou``
+    (packages only): the one-per-place rule to calibrate with and write into the card,
+    0 for none; left out, the card's own."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     target = Path(target)
+    if agnostic_iou is not None and not (target / CARD).is_file():
+        raise ConfigError(f"{target}: --agnostic-iou is a model package's rule: calibrate "
+                          "the exported package")
+    if agnostic_iou is not None and objective != "f":
+        raise ConfigError("--agnostic-iou is calibrated with --objective f (the defect-level "
+                          "F it changes)")
     if target.is_file() and target.suffix in (".yaml", ".yml"):
         if objective != "f":
             raise ConfigError("out-of-fold calibration optimises the defect-level F "
@@ -69,12 +78,16 @@ def calibrate(
     if folds is not None or time_budget is not None:
         raise ConfigError(f"{target}: --folds and --time train fold models: give a training "
                           "config (YAML), not a run or package")
+    if agnostic_iou is not None and not 0 <= agnostic_iou < 1:
+        raise ConfigError(f"--agnostic-iou {agnostic_iou}: give an IoU in [0, 1) (0: none)")
+    rule: float | None = None
     if (target / CARD).is_file():
         if data is None:
             raise ConfigError(f"{target}: calibrating a model package needs --data DATASET "
                               "(images it did not train on)")
         detector = Detector(target, device=device)
         names = detector.card.class_names
+        rule = detector.card.agnostic_iou if agnostic_iou is None else (agnostic_iou or None)
         subject = f"{detector.card.name}:{detector.card.version}"
         dataset = read_dataset(data)
         records = split_records(dataset, split, names)
@@ -88,13 +101,18 @@ def calibrate(
         preds = predict_records(trained.model, dataset, records, names,
                                 size=trained.config.input_size, device=pick_device(device),
                                 reference=trained.config.reference)
-    calib = OBJECTIVES[objective](records, preds, names, target_escape=target_escape)
+    if objective == "f":
+        calib = calibrate_f(records, preds, names, target_escape=target_escape,
+                            agnostic_iou=rule)
+    else:  # chosen without the rule: the card keeps whatever rule it has (none is added)
+        calib = calibrate_rejects(records, preds, names, target_escape=target_escape)
     groups = sorted({r.group for r in records if r.group is not None})
     calib.update(source=f"{subject}: its predictions on split {split} of "
                         f"{Path(dataset.root or '').name}"
                         + (f" ({', '.join(groups)})" if groups else ""),
-                 pairs=pair_metrics(records, preds, names, calib["thresholds"]),
-                 best_global_in_hindsight=best_global(records, preds, names))
+                 pairs=pair_metrics(records, preds, names, calib["thresholds"], rule),
+                 best_global_in_hindsight=best_global(records, preds, names,
+                                                      agnostic_iou=rule))
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / CALIBRATION).write_text(json.dumps(calib, indent=1))

@@ -92,10 +92,13 @@ def calibrate_f(
     class_names: list[str],
     *,
     target_escape: float = 0.005,
+    agnostic_iou: float | None = None,
 ) -> dict[str, Any]:
     """Thresholds per the module's rule; returns them with what they give on this set
-    (DeepPCB-protocol F, escapes, false rejects) and each class's raw and applied offset."""
-    table = PairTable(records, preds, class_names)
+    (DeepPCB-protocol F, escapes, false rejects) and each class's raw and applied offset.
+    ``agnostic_iou``: the one-per-place rule the thresholds will be applied with (it
+    changes the F, never the escapes: a place it clears keeps its higher box)."""
+    table = PairTable(records, preds, class_names, agnostic_iou)
     k = len(class_names)
     escapes = Escapes(records, preds, k)
     allowed = math.floor(target_escape * escapes.defective + 1e-9)
@@ -103,7 +106,8 @@ def calibrate_f(
     values = grid(FLOOR, cap)
     f = np.array([c.f for c in table.sweep([np.full(k, t) for t in values])])
     if f.max() == 0:  # no defect found at any threshold: F cannot choose, so fewest alarms
-        return _without_matches(records, preds, class_names, target_escape, table)
+        calib = _without_matches(records, preds, class_names, target_escape, table)
+        return {**calib, "agnostic_iou": agnostic_iou}
     global_t = plateau_middle(values, f)
     base = np.full(k, global_t, dtype=np.float32)
     support = support_of(records, class_names)
@@ -124,13 +128,15 @@ def calibrate_f(
     chosen = _within_allowance(base, offsets, escapes, allowed)
     thr = off_scores(preds, chosen)
     q = quality_metrics(records, preds, class_names,
-                        dict(zip(class_names, thr.tolist(), strict=True)))
+                        dict(zip(class_names, thr.tolist(), strict=True)),
+                        agnostic_iou=agnostic_iou)
     return {
         "target_escape_rate": target_escape,
         "method": "best DeepPCB-protocol F within the escape allowance: a global threshold, "
                   f"per-class offsets for classes with >= {OFFSET_SUPPORT} boxes shrunk by "
                   f"n/(n+{PRIOR_BOXES})",
         "global_threshold": global_t,
+        "agnostic_iou": agnostic_iou,
         "thresholds": {n: float(thr[i]) for i, n in enumerate(class_names)},
         "offsets": {n: {"boxes": int(support[i]), "raw": float(raw[i]),
                         "applied": float(chosen[i] - base[i])}
@@ -193,11 +199,12 @@ def _within_allowance(base: np.ndarray, offsets: np.ndarray, escapes: Escapes,
 
 
 def best_global(records: list[ImageRecord], preds: list[Prediction],
-                class_names: list[str], step: float = 0.001) -> dict[str, Any]:
+                class_names: list[str], step: float = 0.001,
+                agnostic_iou: float | None = None) -> dict[str, Any]:
     """The single threshold with the best DeepPCB-protocol F on this very set, chosen in
     hindsight (no escape constraint) on a ``step`` grid: the ceiling a calibration is
     compared against."""
-    table = PairTable(records, preds, class_names)
+    table = PairTable(records, preds, class_names, agnostic_iou)
     k = len(class_names)
     values = grid(FLOOR, 1.0, step)
     counts = table.sweep([np.full(k, t) for t in values])

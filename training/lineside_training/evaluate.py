@@ -116,10 +116,12 @@ def evaluate_package(
     preds = runtime_predictions(detector, records, dataset)
     coco = coco_metrics(records, preds, card.class_names)
     thresholds = {n: card.threshold(n) for n in card.class_names}
-    quality = quality_metrics(records, preds, card.class_names, thresholds)
-    pairs = pair_metrics(records, preds, card.class_names, thresholds)
+    quality = quality_metrics(records, preds, card.class_names, thresholds,
+                              agnostic_iou=card.agnostic_iou)
+    pairs = pair_metrics(records, preds, card.class_names, thresholds, card.agnostic_iou)
     result = {"split": split, "images": len(records), "coco": coco, "quality": quality,
-              "pairs": pairs, "calibration": {"thresholds": thresholds, "source": "model card"},
+              "pairs": pairs, "calibration": {"thresholds": thresholds, "source": "model card",
+                                              "agnostic_iou": card.agnostic_iou},
               "checkpoint": str(package), "package": {"name": card.name, "version": card.version,
                                                       "sha256": card.sha256,
                                                       "precision": card.precision}}

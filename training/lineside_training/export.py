@@ -306,6 +306,8 @@ def write_thresholds(package: str | Path, calibration: dict[str, Any]) -> dict[s
     doc = json.loads((package / CARD).read_text())
     doc["thresholds"] = {n: float(thr[n]) for n in card.class_names}
     doc.setdefault("default_recipe", {})["min_score"] = dict(doc["thresholds"])
+    if "agnostic_iou" in calibration:  # the rule the thresholds were chosen with
+        doc["agnostic_iou"] = calibration["agnostic_iou"]
     doc.setdefault("metrics", {})["calibration"] = calibration
     tmp = Path(tempfile.mkdtemp(prefix=f".{package.name}.", dir=package.parent))
     try:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lineside_inspect.boxes import one_per_place
 from lineside_inspect.dataset import ImageRecord
 from lineside_training.predict import Prediction
 from lineside_training.quality import box_iou
@@ -83,10 +84,13 @@ def match_pairs(overlap: np.ndarray, agree: np.ndarray) -> int:
 class _Image:
     """One image's detections (score order), overlap and agreement with its ground truth."""
 
-    def __init__(self, record: ImageRecord, pred: Prediction, index: dict[str, int]) -> None:
+    def __init__(self, record: ImageRecord, pred: Prediction, index: dict[str, int],
+                 agnostic_iou: float | None) -> None:
         order = np.argsort(-pred.scores, kind="stable")
         self.scores = pred.scores[order].astype(np.float32)
         self.labels = pred.labels[order].astype(np.int64)
+        self.boxes = pred.boxes[order].astype(np.float32)
+        self.agnostic_iou = agnostic_iou
         gt = np.array([b.xyxy() for b in record.boxes], dtype=np.float32).reshape(-1, 4)
         gt_labels = np.array([index[b.label] for b in record.boxes], dtype=np.int64)
         self.overlap = box_iou(gt, pred.boxes[order].astype(np.float32)) > IOU
@@ -96,6 +100,10 @@ class _Image:
 
     def counts(self, thresholds: np.ndarray) -> PairCounts:
         keep = self.scores >= thresholds[self.labels]
+        if self.agnostic_iou is not None and keep.sum() > 1:
+            kept_at = np.flatnonzero(keep)
+            keep[kept_at] = one_per_place(self.boxes[kept_at], self.scores[kept_at],
+                                          self.agnostic_iou)
         kept = int(keep.sum())
         if not self.truths or not kept:
             return PairCounts(0, kept, self.truths)
@@ -108,13 +116,15 @@ class _Image:
 
 
 class PairTable:
-    """Predictions on a labelled set, scored by the DeepPCB protocol at any thresholds."""
+    """Predictions on a labelled set, scored by the DeepPCB protocol at any thresholds
+    (with ``agnostic_iou``, after the card's one-per-place rule, as the edge counts them)."""
 
     def __init__(self, records: list[ImageRecord], preds: list[Prediction],
-                 class_names: list[str]) -> None:
+                 class_names: list[str], agnostic_iou: float | None = None) -> None:
         index = {n: i for i, n in enumerate(class_names)}
         self.class_names = class_names
-        self.images = [_Image(r, p, index) for r, p in zip(records, preds, strict=True)]
+        self.images = [_Image(r, p, index, agnostic_iou)
+                       for r, p in zip(records, preds, strict=True)]
         # every detection flat, for finding the images a threshold change touches
         self.owner = np.concatenate([np.full(len(im.scores), i) for i, im in enumerate(self.images)]
                                     or [np.zeros(0, np.int64)]).astype(np.int64)
@@ -159,7 +169,8 @@ class PairTable:
 
 
 def pair_metrics(records: list[ImageRecord], preds: list[Prediction], class_names: list[str],
-                 thresholds: dict[str, float]) -> dict[str, float | int | None]:
+                 thresholds: dict[str, float], agnostic_iou: float | None = None,
+                 ) -> dict[str, float | int | None]:
     """Precision, recall and F by the DeepPCB protocol at ``thresholds`` (per class)."""
     thr = np.array([thresholds[c] for c in class_names], dtype=np.float32)
-    return PairTable(records, preds, class_names).counts(thr).as_dict()
+    return PairTable(records, preds, class_names, agnostic_iou).counts(thr).as_dict()

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lineside_inspect.boxes import one_per_place
 from lineside_inspect.dataset import ImageRecord
 from lineside_training.predict import Prediction
 
@@ -49,8 +50,16 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def _keep(pred: Prediction, thresholds: np.ndarray) -> np.ndarray:
-    return pred.scores >= thresholds[pred.labels] if len(pred.scores) else np.zeros(0, bool)
+def _keep(pred: Prediction, thresholds: np.ndarray, agnostic_iou: float | None = None,
+          ) -> np.ndarray:
+    """Which predictions count at ``thresholds`` (and the card's one-per-place rule)."""
+    if not len(pred.scores):
+        return np.zeros(0, bool)
+    keep = pred.scores >= thresholds[pred.labels]
+    if agnostic_iou is not None and keep.sum() > 1:
+        at = np.flatnonzero(keep)
+        keep[at] = one_per_place(pred.boxes[at], pred.scores[at], agnostic_iou)
+    return keep
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -64,6 +73,7 @@ def quality_metrics(
     thresholds: dict[str, float],
     *,
     iou: float = 0.5,
+    agnostic_iou: float | None = None,
 ) -> dict[str, Any]:
     """Defect-level recall/precision (overall and per class), class-aware detection rates
     and image-level escape/false-reject rates at the operating thresholds (a prediction
@@ -77,7 +87,7 @@ def quality_metrics(
     defective = escapes = good = rejects = detected = 0
     confusion = np.zeros((k + 1, k + 1), dtype=np.int64)
     for rec, pred in zip(records, preds, strict=True):
-        keep = _keep(pred, thr)
+        keep = _keep(pred, thr, agnostic_iou)
         boxes, labels, scores = pred.boxes[keep], pred.labels[keep], pred.scores[keep]
         gt = np.array([b.xyxy() for b in rec.boxes], dtype=np.float32).reshape(-1, 4)
         gt_lab = np.array([index[b.label] for b in rec.boxes], dtype=np.int64)

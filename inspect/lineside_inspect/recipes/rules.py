@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lineside_inspect.boxes import one_per_place
 from lineside_inspect.package import ANOMALY_LABEL
 from lineside_inspect.recipes.schema import Polygon, Recipe
 from lineside_inspect.runtime.anomaly_map import AnomalyFinding
@@ -36,12 +37,26 @@ def _inside(points: np.ndarray, polygon: Polygon) -> np.ndarray:
     return np.asarray(crosses.sum(axis=1) % 2 == 1)
 
 
-def counted(detections: Detections, recipe: Recipe, thresholds: dict[str, float]) -> Detections:
-    """The detections the recipe counts as defects (score, size, regions)."""
+def counted(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
+            agnostic_iou: float | None = None) -> Detections:
+    """The detections the recipe counts as defects (score, size, regions; with the card's
+    ``agnostic_iou``, one per place: see :func:`lineside_inspect.boxes.one_per_place`)."""
     if len(detections) == 0:
         return detections
     mins = class_minimums(recipe, thresholds, detections.class_names)[detections.class_ids]
-    return _placed(detections[detections.scores >= mins], recipe)
+    placed = _placed(detections[detections.scores >= mins], recipe)
+    if agnostic_iou is None or len(placed) < 2:
+        return placed
+    return placed[one_per_place(placed.xyxy, placed.scores, agnostic_iou,
+                                fails_alone(recipe, placed.class_names)[placed.class_ids])]
+
+
+def fails_alone(recipe: Recipe, class_names: list[str]) -> np.ndarray:
+    """Which classes fail a part with one box (critical, or none allowed), by class id. Only
+    such a box may hide another at its place: the part fails either way, so the
+    one-per-place rule clears the defect list but never turns a fail into a pass."""
+    return np.array([n in recipe.critical or recipe.max_count.get(n, 0) == 0
+                     for n in class_names], dtype=bool)
 
 
 def class_minimums(recipe: Recipe, thresholds: dict[str, float],
@@ -102,13 +117,15 @@ def anomaly_threshold(recipe: Recipe, finding: AnomalyFinding) -> float:
 
 
 def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
-          anomaly: AnomalyFinding | None = None) -> Verdict:
+          anomaly: AnomalyFinding | None = None, *, agnostic_iou: float | None = None,
+          ) -> Verdict:
     """Apply ``recipe`` to ``detections`` (``thresholds``: the model card's per-class
-    calibrated scores, used where the recipe sets none) and, if given, to a good-only
+    calibrated scores, used where the recipe sets none; ``agnostic_iou``: the card's
+    one-per-place overlap, if it sets one) and, if given, to a good-only
     model's ``anomaly`` finding: at or above its threshold the part fails, and its regions
     in the recipe's regions of interest that no counted defect covers are reported as
     ``anomaly``."""
-    verdict = _judge_defects(detections, recipe, thresholds)
+    verdict = _judge_defects(detections, recipe, thresholds, agnostic_iou)
     if anomaly is None:
         return verdict
     threshold = anomaly_threshold(recipe, anomaly)
@@ -124,8 +141,9 @@ def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
     return Verdict("fail", _joined(verdict.defects, regions), verdict.reasons)
 
 
-def _judge_defects(detections: Detections, recipe: Recipe, thresholds: dict[str, float]) -> Verdict:
-    defects = counted(detections, recipe, thresholds)
+def _judge_defects(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
+                   agnostic_iou: float | None) -> Verdict:
+    defects = counted(detections, recipe, thresholds, agnostic_iou)
     counts = Counter(defects.labels)
     reasons: list[Reason] = []
     for label, n in sorted(counts.items()):
