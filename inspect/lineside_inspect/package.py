@@ -112,9 +112,9 @@ class ModelCard(BaseModel):
     thresholds: dict[str, float] = Field(default_factory=dict)
     agnostic_iou: float | None = Field(None, gt=0, lt=1, description=(
         "one defect per place: of counted boxes overlapping by IoU above this, only the "
-        "highest-scored is counted, whatever the classes (unless the recipe judges the "
-        "lower one's class more strictly); calibrated with the thresholds. None: every "
-        "class's boxes count"))
+        "highest-scored is counted, whatever the classes (in a recipe, only a box that "
+        "fails the part on its own hides another); calibrated with the thresholds. None: "
+        "every class's boxes count"))
     default_recipe: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)

@@ -155,3 +155,32 @@ def test_package_evaluation_through_the_runtime(tiny_run: Path, package: Path,
     assert every["images"] == 70
     with pytest.raises(ConfigError, match="needs --data"):
         evaluate(package)
+
+
+def test_a_run_with_one_defect_per_place_exports_it_and_scores_alike(
+        tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from lineside_training.evaluate import evaluate
+
+    # the tiny run, as if its config had set agnostic_iou
+    run = tmp_path / "run"
+    run.mkdir()
+    ck = torch.load(tiny_run / "best.pt", weights_only=False)
+    ck["config"] = {**ck["config"], "agnostic_iou": 0.3}
+    torch.save(ck, run / "best.pt")
+    shutil.copy(tiny_run / "metrics.jsonl", run / "metrics.jsonl")
+    by_run = evaluate(run, split="val", out=tmp_path / "report-run")
+    assert json.loads((run / "thresholds.json").read_text())["agnostic_iou"] == 0.3
+    assert by_run["calibration"]["agnostic_iou"] == 0.3
+    out = tmp_path / "models" / "tiny-one" / "1"
+    export(run, out, parity_images=4)
+    card = json.loads((out / "model.json").read_text())
+    assert card["agnostic_iou"] == 0.3 and card["thresholds"] == by_run["quality"]["thresholds"]
+    by_package = evaluate(out, data=str(SAMPLE), split="val", out=tmp_path / "report-pkg")
+    # the run and its package count the same boxes under the same rule
+    assert by_package["pairs"] == by_run["pairs"]
+    for key in ("escapes", "false_rejects", "confusion", "defect_recall", "defect_precision"):
+        assert by_run["quality"][key] == by_package["quality"][key], key

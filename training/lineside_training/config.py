@@ -90,6 +90,10 @@ class TrainConfig(BaseModel):
         "steps between progress lines when the log is not a terminal (nohup, CI)"))
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     out_dir: str = "runs"
+    agnostic_iou: float | None = Field(None, gt=0, lt=1, description=(
+        "count one defect per place: the run's calibration, evaluation and exported card "
+        "keep, of boxes overlapping by IoU above this, only the highest-scored, whatever "
+        "the class (docs/training/calibration.md); none: every class's boxes count"))
     goal_map50: float | None = Field(None, ge=0, le=1, description=(
         "the validation mAP@.5 this recipe aims for: the goal line of the report's "
         "time_to_accuracy.png (none drawn without it)"))

@@ -54,19 +54,26 @@ def evaluate(
     # the run's thresholds are calibrated on its own val split only: evaluating other data
     # (a folder of good parts, another line's set) must not overwrite what export ships
     own = trained.is_own_data(data)
+    rule = trained.config.agnostic_iou
     if split == "val" and own:
-        calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape)
+        calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape,
+                            agnostic_iou=rule)
         (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
         in_sample = True
     elif trained.thresholds:
         calib, in_sample = trained.thresholds, own and split in ("val", "all")
     else:  # never calibrated: on these images, for this report only
-        calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape)
+        calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape,
+                            agnostic_iou=rule)
         in_sample = True
     # thresholds chosen on these very images flatter the rates at them: the report says so
     calib = {**calib, "in_sample": in_sample}
-    quality = quality_metrics(records, preds, trained.class_names, calib["thresholds"])
-    pairs = pair_metrics(records, preds, trained.class_names, calib["thresholds"])
+    # the rule the thresholds were chosen with is the one they are applied with (export
+    # writes it into the card)
+    rule = calib.get("agnostic_iou")
+    quality = quality_metrics(records, preds, trained.class_names, calib["thresholds"],
+                              agnostic_iou=rule)
+    pairs = pair_metrics(records, preds, trained.class_names, calib["thresholds"], rule)
     result = {"split": split, "images": len(records), "coco": coco, "quality": quality,
               "pairs": pairs, "calibration": calib, "checkpoint": str(trained.run_dir)}
     report = Path(out) if out else trained.run_dir / f"report-{split}"

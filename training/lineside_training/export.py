@@ -222,7 +222,7 @@ def export(
         preds = predict_records(trained.model, dataset, val, trained.class_names,
                                 size=cfg.input_size, device=torch.device("cpu"),
                                 reference=cfg.reference)
-        thresholds = calibrate_f(val, preds, trained.class_names)
+        thresholds = calibrate_f(val, preds, trained.class_names, agnostic_iou=cfg.agnostic_iou)
     thr = thresholds["thresholds"]
     name, version = package_name(out, name, version, cfg.name)
     summary: dict[str, Any] = {"package": str(out)}
@@ -238,6 +238,7 @@ def export(
                             letterbox=LetterboxSpec(pad_value=PAD_VALUE)),  # as trained
             max_detections=MAX_DETECTIONS,
             thresholds=thr,
+            agnostic_iou=thresholds.get("agnostic_iou"),
             default_recipe={"name": default_recipe_name(name), "version": "1", "min_score": thr},
             metrics={k: metrics[k] for k in ("coco", "pairs", "quality", "calibration")
                      if k in metrics},

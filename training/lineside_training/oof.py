@@ -176,13 +176,16 @@ def oof_calibrate(
                           "defective": sum(1 for r in held if r.boxes),
                           "seconds": round(time.time() - t_fold, 1)})
     oof = [pooled[r.file_name] for r in records]
-    calib = calibrate_f(records, oof, list(dataset.categories), target_escape=target_escape)
+    rule = cfg.agnostic_iou
+    calib = calibrate_f(records, oof, list(dataset.categories), target_escape=target_escape,
+                        agnostic_iou=rule)
     for row, groups in zip(fold_rows, plan, strict=True):
         sel = [i for i, r in enumerate(records) if group_of(r) in set(groups)]
         recs, preds_k = [records[i] for i in sel], [oof[i] for i in sel]
         row["pairs_at_pooled_thresholds"] = pair_metrics(recs, preds_k, list(dataset.categories),
-                                                         calib["thresholds"])
-        row["best_global_in_hindsight"] = best_global(recs, preds_k, list(dataset.categories))
+                                                         calib["thresholds"], rule)
+        row["best_global_in_hindsight"] = best_global(recs, preds_k, list(dataset.categories),
+                                                      agnostic_iou=rule)
     calib.update(source=f"out-of-fold predictions of {folds} fold models (by group)",
                  folds=fold_rows, config=cfg.name, data=str(cfg.data),
                  time_budget=None if budget_s is None else format_duration(budget_s * folds),
