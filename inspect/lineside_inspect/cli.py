@@ -427,6 +427,9 @@ def calibrate_cmd(
     out.print(f"global threshold {'n/a' if g is None else f'{g:.4f}'}  DeepPCB-protocol F {f}  "
               f"precision {p['precision'] or 0:.4f}  recall {p['recall'] or 0:.4f}  escapes "
               f"{c['escapes']} (allowed {c['allowed_escapes']})  false rejects {c['false_rejects']}")
+    if c.get("agnostic_iou") is not None:
+        out.print(f"one defect per place: boxes overlapping above IoU {c['agnostic_iou']} "
+                  "count once")
     for name, t in c["thresholds"].items():
         out.print(f"  {name}: {t:.4f}")
 

@@ -144,6 +144,10 @@ def test_package_thresholds_rewritten_and_graph_untouched(tmp_path: Path, one_bo
     off = calibrate(package, data=one_board, split="val", write=True, device="cpu",
                     agnostic_iou=0)
     assert off["agnostic_iou"] is None and load_package(package).card.agnostic_iou is None
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(one_board), "--device",
+                            "cpu", "--agnostic-iou", "0.4"])  # not written: the card keeps none
+    assert r.exit_code == 0 and "above IoU 0.4 count once" in r.stdout
+    assert load_package(package).card.agnostic_iou is None
     r = runner.invoke(app, ["evaluate", str(package), "--data", str(one_board), "--split", "val",
                             "--device", "cpu", "--out", str(tmp_path / "report-off")])
     assert r.exit_code == 0, r.stderr

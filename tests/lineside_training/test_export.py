@@ -182,5 +182,7 @@ def test_a_run_with_one_defect_per_place_exports_it_and_scores_alike(
     by_package = evaluate(out, data=str(SAMPLE), split="val", out=tmp_path / "report-pkg")
     # the run and its package count the same boxes under the same rule
     assert by_package["pairs"] == by_run["pairs"]
+    for report in ("report-run", "report-pkg"):
+        assert "above IoU 0.3 count once" in (tmp_path / report / "summary.md").read_text()
     for key in ("escapes", "false_rejects", "confusion", "defect_recall", "defect_precision"):
         assert by_run["quality"][key] == by_package["quality"][key], key

@@ -188,7 +188,11 @@ def write_report(out: Path, result: dict[str, Any], records: list[ImageRecord],
         *(["- the thresholds were calibrated on these same images, so the figures at them "
            "are in-sample: for out-of-sample ones evaluate a split the calibration did not "
            "see (`--split test`, or another dataset)"]
-          if result.get("calibration", {}).get("in_sample") else []), "",
+          if result.get("calibration", {}).get("in_sample") else []),
+        *([f"- one defect per place: counted boxes overlapping above IoU "
+           f"{result['calibration']['agnostic_iou']} count once, the highest-scored "
+           "(mAP is over every box)"]
+          if result.get("calibration", {}).get("agnostic_iou") is not None else []), "",
         "| class | AP | AP50 | threshold | recall | precision | images detected |",
         "|---|---|---|---|---|---|---|",
     ]
