@@ -58,3 +58,32 @@ def test_a_set_number_or_omp_num_threads_wins(monkeypatch: pytest.MonkeyPatch) -
 def test_the_run_log_says_its_threads(tiny_run: Path) -> None:
     log = (tiny_run / "train.log").read_text()
     assert "torch threads: 2 (set by threads)" in log
+
+
+def test_work_that_has_ended_does_not_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load average lags a minute: right after a bench or a test run it still says a
+    core is busy. What other processes use now bounds it; a job running now counts in both."""
+    monkeypatch.setattr(threads_mod, "_TORCH_DEFAULT", 2)
+    n, why = choose_threads(None, load=1.5, cores=2, own=0.0, busy=0.1)
+    assert n == 2 and "1-minute load 1.5 from other work, 0.1 cores busy now" in why
+    assert choose_threads(None, load=1.0, cores=2, own=0.0, busy=1.0)[0] == 1
+    # a job that started a moment ago has not reached the average yet: it is not counted
+    assert choose_threads(None, load=0.2, cores=2, own=0.0, busy=1.0)[0] == 2
+
+
+def test_busy_cores_sees_a_spinning_process() -> None:
+    import subprocess
+    import sys
+
+    idle = threads_mod.busy_cores(0.3)
+    assert idle is not None and idle >= 0.0
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        seen = threads_mod.busy_cores(0.5)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert seen is not None and seen >= 0.5

@@ -7,7 +7,10 @@ beside another training job, the extra threads thrash: the single-image recipe t
 the cores the 1-minute load average says other work keeps busy and takes the rest, at
 least one. This process's own recent work is not other work: out-of-fold calibration
 trains its folds one after another in one process, and the load a fold left behind must
-not halve the next fold's threads.
+not halve the next fold's threads. Nor is work that has already ended: the load average
+lags a minute, so a run started right after `lineside bench train` or a test run would
+take one thread for its whole budget; the CPU other processes use right now (half a
+second of ``/proc/stat``) bounds it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 # torch's own choice (physical cores), read before any run lowers it in this process
 _TORCH_DEFAULT = torch.get_num_threads()
 LOAD_WINDOW_S = 60.0  # the 1-minute load average's time constant
+SAMPLE_S = 0.5  # how long busy_cores() watches the CPU
 # (wall, CPU seconds of this process) when its last run chose, or when this module loaded
 _since = (time.monotonic(), time.process_time())
 
@@ -34,6 +38,33 @@ def own_load(cpu_s: float, wall_s: float) -> float:
     return cpu_s / wall_s * (1 - math.exp(-wall_s / LOAD_WINDOW_S))
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from ``/proc/stat``; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(window_s: float = SAMPLE_S) -> float | None:
+    """Cores other processes keep busy now: the host's CPU use over ``window_s`` seconds,
+    less this process's own. None where ``/proc/stat`` cannot be read."""
+    start, cpu0, t0 = _cpu_times(), time.process_time(), time.monotonic()
+    if start is None:
+        return None
+    time.sleep(window_s)
+    end, cpu1, t1 = _cpu_times(), time.process_time(), time.monotonic()
+    if end is None or end[1] <= start[1]:
+        return None
+    host = (end[0] - start[0]) / (end[1] - start[1]) * (os.cpu_count() or 1)
+    return max(0.0, host - (cpu1 - cpu0) / max(t1 - t0, 1e-9))
+
+
 def _cores() -> int:
     """Cores this process may run on (a container's or taskset's limit, not the host's)."""
     if hasattr(os, "sched_getaffinity"):
@@ -42,14 +73,17 @@ def _cores() -> int:
 
 
 def choose_threads(requested: int | None, *, load: float | None = None,
-                   cores: int | None = None, own: float | None = None) -> tuple[int, str]:
+                   cores: int | None = None, own: float | None = None,
+                   busy: float | None = None) -> tuple[int, str]:
     """Set torch's intra-op threads for a training run; returns the number and why.
 
     ``requested`` (the config's ``threads``) wins; then ``OMP_NUM_THREADS`` (torchrun sets
     it to 1 per process) is left as torch read it. Otherwise the run takes the cores the
     1-minute load average leaves free once this process's own part (:func:`own_load`) is
-    taken out, rounded, at least 1 and at most torch's own choice (which counts physical
-    cores). ``load``, ``cores`` and ``own`` stand in for the host's in tests.
+    taken out, or the cores other processes keep busy now (:func:`busy_cores`) if fewer,
+    rounded, at least 1 and at most torch's own choice (which counts physical cores).
+    ``load``, ``cores``, ``own`` and ``busy`` stand in for the host's in tests (a given
+    ``load`` without ``busy`` leaves the present out).
     """
     global _since
     now = (time.monotonic(), time.process_time())
@@ -63,12 +97,16 @@ def choose_threads(requested: int | None, *, load: float | None = None,
         return torch.get_num_threads(), "from OMP_NUM_THREADS"
     cores = _cores() if cores is None else cores
     if load is None:
+        busy = busy_cores() if busy is None else busy
         try:
             load = os.getloadavg()[0]
         except OSError:  # pragma: no cover - no load average on this platform
             load = 0.0
     other = max(0.0, load - own)
+    why = f"1-minute load {other:.1f} from other work"
+    if busy is not None and busy < other:  # the rest of that load has ended
+        other = busy
+        why += f", {busy:.1f} cores busy now"
     n = max(1, min(_TORCH_DEFAULT, cores, round(cores - other)))
     torch.set_num_threads(n)
-    return n, (f"chosen: {cores} cores, 1-minute load {other:.1f} from other work; "
-               "set threads to choose")
+    return n, f"chosen: {cores} cores, {why}; set threads to choose"
