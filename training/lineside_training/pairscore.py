@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lineside_inspect.boxes import one_per_place
 from lineside_inspect.dataset import ImageRecord
 from lineside_training.predict import Prediction
-from lineside_training.quality import box_iou
+from lineside_training.quality import box_iou, keep_mask
 
 IOU = 0.33  # DeepPCB evaluation/script.py's IOU_CONSTRAINT: a pair needs IoU strictly above it
 
@@ -99,11 +98,7 @@ class _Image:
         self.memo: dict[bytes, int] = {}
 
     def counts(self, thresholds: np.ndarray) -> PairCounts:
-        keep = self.scores >= thresholds[self.labels]
-        if self.agnostic_iou is not None and keep.sum() > 1:
-            kept_at = np.flatnonzero(keep)
-            keep[kept_at] = one_per_place(self.boxes[kept_at], self.scores[kept_at],
-                                          self.agnostic_iou)
+        keep = keep_mask(self.boxes, self.scores, self.labels, thresholds, self.agnostic_iou)
         kept = int(keep.sum())
         if not self.truths or not kept:
             return PairCounts(0, kept, self.truths)

@@ -50,16 +50,22 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def _keep(pred: Prediction, thresholds: np.ndarray, agnostic_iou: float | None = None,
-          ) -> np.ndarray:
-    """Which predictions count at ``thresholds`` (and the card's one-per-place rule)."""
-    if not len(pred.scores):
+def keep_mask(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+              thresholds: np.ndarray, agnostic_iou: float | None = None) -> np.ndarray:
+    """Which detections count at per-class ``thresholds`` and, if set, the card's
+    one-per-place rule: what the edge's default recipe counts."""
+    if not len(scores):
         return np.zeros(0, bool)
-    keep = pred.scores >= thresholds[pred.labels]
+    keep = scores >= thresholds[labels]
     if agnostic_iou is not None and keep.sum() > 1:
         at = np.flatnonzero(keep)
-        keep[at] = one_per_place(pred.boxes[at], pred.scores[at], agnostic_iou)
+        keep[at] = one_per_place(boxes[at], scores[at], agnostic_iou)
     return keep
+
+
+def _keep(pred: Prediction, thresholds: np.ndarray, agnostic_iou: float | None = None,
+          ) -> np.ndarray:
+    return keep_mask(pred.boxes, pred.scores, pred.labels, thresholds, agnostic_iou)
 
 
 def _ratio(num: int, den: int) -> float | None:
