@@ -9,7 +9,7 @@ import pytest
 
 from lineside_inspect.dataset import Box, ImageRecord
 from lineside_training.predict import Prediction
-from lineside_training.quality import MARGIN, box_iou, calibrate, quality_metrics
+from lineside_training.quality import MARGIN, calibrate, quality_metrics
 
 CLASSES = ["open", "short"]
 
@@ -44,10 +44,17 @@ def fixture() -> tuple[list[ImageRecord], list[Prediction]]:
     return records, preds
 
 
-def test_box_iou_by_hand() -> None:
+def test_iou_matrix_by_hand() -> None:
+    from lineside_inspect.boxes import box_iou, iou_matrix
+
     a = np.array([[0, 0, 10, 10]], dtype=np.float32)
-    b = np.array([[5, 0, 15, 10], [20, 20, 30, 30]], dtype=np.float32)
-    assert box_iou(a, b).tolist() == [[pytest.approx(50 / 150), 0.0]]
+    b = np.array([[5, 0, 15, 10], [20, 20, 30, 30], [10, 10, 0, 0]], dtype=np.float32)
+    m = iou_matrix(a, b)
+    # an inverted box has no area: it overlaps nothing and does not shrink the union
+    assert m.tolist() == [[pytest.approx(50 / 150), 0.0, 0.0]]
+    assert m.dtype == np.float32  # the matching compares in the data's own precision
+    assert m[0, 0] == pytest.approx(box_iou((0, 0, 10, 10), (5, 0, 15, 10)))
+    assert iou_matrix(a, np.zeros((0, 4), np.float32)).shape == (1, 0)
 
 
 def test_quality_metrics_at_threshold_half(fixture: tuple) -> None:

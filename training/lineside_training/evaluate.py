@@ -255,8 +255,8 @@ def _plots(out: Path, result: dict[str, Any], records: list[ImageRecord],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from lineside_inspect.boxes import iou_matrix
     from lineside_inspect.opencv import cv2
-    from lineside_training.quality import box_iou
 
     # PR curves at IoU 0.5: greedy matching per class over all images, by score
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -270,7 +270,7 @@ def _plots(out: Path, result: dict[str, Any], records: list[ImageRecord],
             n_gt += len(gt)
             sel = p.labels == c
             order = np.argsort(-p.scores[sel])
-            ious = box_iou(p.boxes[sel][order], gt)
+            ious = iou_matrix(p.boxes[sel][order], gt)
             taken = np.zeros(len(gt), bool)
             for s, row in zip(p.scores[sel][order], ious, strict=True):
                 cand = (row >= 0.5) & ~taken

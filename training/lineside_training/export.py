@@ -16,6 +16,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from lineside_inspect.boxes import iou_matrix
 from lineside_inspect.dataset import ImageRecord, read_dataset
 from lineside_inspect.dataset.canonical import ANNOTATIONS
 from lineside_inspect.errors import ConfigError, DatasetError, PackageError
@@ -50,7 +51,6 @@ from lineside_training.package_writer import (
     staged_package,
 )
 from lineside_training.predict import predict_records, runtime_inputs, runtime_predictions
-from lineside_training.quality import box_iou
 
 PARITY_IOU = 0.99
 MIN_PARITY_AREA = 1.0  # px²
@@ -100,7 +100,7 @@ def parity_report(trained: Trained, detector: Detector, records: list[ImageRecor
                 # edge) is no defect; which of its equal-score twins NMS keeps is float luck
                 continue
             same = det.class_ids == label
-            ious = box_iou(box[None], det.xyxy[same])[0]
+            ious = iou_matrix(box[None], det.xyxy[same])[0]
             # identical degenerate (zero-area) boxes have IoU 0: compare coordinates too
             close = np.abs(det.xyxy[same] - box).max(axis=1, initial=0) <= 1e-2
             same_score = np.abs(det.scores[same] - score) <= PARITY_SCORE

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lineside_inspect.boxes import iou_matrix
 from lineside_inspect.dataset import ImageRecord
 from lineside_training.predict import Prediction
-from lineside_training.quality import box_iou, keep_mask
+from lineside_training.quality import keep_mask
 
 IOU = 0.33  # DeepPCB evaluation/script.py's IOU_CONSTRAINT: a pair needs IoU strictly above it
 
@@ -92,7 +93,7 @@ class _Image:
         self.agnostic_iou = agnostic_iou
         gt = np.array([b.xyxy() for b in record.boxes], dtype=np.float32).reshape(-1, 4)
         gt_labels = np.array([index[b.label] for b in record.boxes], dtype=np.int64)
-        self.overlap = box_iou(gt, pred.boxes[order].astype(np.float32)) > IOU
+        self.overlap = iou_matrix(gt, pred.boxes[order].astype(np.float32)) > IOU
         self.agree = gt_labels[:, None] == self.labels[None, :]
         self.truths = len(gt)
         self.memo: dict[bytes, int] = {}

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lineside_inspect.boxes import one_per_place
+from lineside_inspect.boxes import iou_matrix, one_per_place
 from lineside_inspect.dataset import ImageRecord
 from lineside_training.predict import Prediction
 
@@ -36,18 +36,6 @@ MARGIN = 1e-3
 NO_GOOD = ("no good (defect-free) images: escapes would count any alarm of any class on a "
            "defective part as caught, and false rejects cannot be counted; see "
            "detection_rate and per_class")
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix ``[len(a), len(b)]`` of ``x1, y1, x2, y2`` boxes."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), dtype=np.float32)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def keep_mask(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
@@ -107,7 +95,7 @@ def quality_metrics(
             rejects += int(len(boxes) > 0)
         # greedy matching by score: same class for recall, any class for the confusion matrix
         order = np.argsort(-scores)
-        ious = box_iou(boxes[order], gt)
+        ious = iou_matrix(boxes[order], gt)
         order_labels = labels[order]
         taken = np.zeros(len(gt), bool)
         found = np.zeros(len(gt), bool)  # matched by a prediction of its own class
