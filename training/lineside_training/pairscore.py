@@ -93,7 +93,7 @@ class _Image:
         self.agnostic_iou = agnostic_iou
         gt = np.array([b.xyxy() for b in record.boxes], dtype=np.float32).reshape(-1, 4)
         gt_labels = np.array([index[b.label] for b in record.boxes], dtype=np.int64)
-        self.overlap = iou_matrix(gt, pred.boxes[order].astype(np.float32)) > IOU
+        self.overlap = iou_matrix(gt, self.boxes) > IOU
         self.agree = gt_labels[:, None] == self.labels[None, :]
         self.truths = len(gt)
         self.memo: dict[bytes, int] = {}
