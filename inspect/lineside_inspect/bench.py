@@ -422,11 +422,11 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
 
     from lineside_inspect.cameras.simulator import MJPEGSimulator, folder_frames
     from lineside_inspect.line.modbus import COILS
-    from lineside_inspect.serve_process import free_port
+    from lineside_inspect.serve_process import free_ports
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)  # the client's notes on revised timeouts
 
-    opc_port, modbus_port = free_port(), free_port()
+    opc_port, modbus_port = free_ports(2)
     endpoint = f"opc.tcp://127.0.0.1:{opc_port}/lineside/"
     sim = MJPEGSimulator(folder_frames(frames_folder), fps=fps)
     line_env = {

@@ -34,9 +34,21 @@ def _drain(stream: IO[bytes] | None, tail: deque[bytes]) -> None:
 
 def free_port() -> int:
     """A loopback port nobody listens on right now (the OS's pick)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different loopback ports nobody listens on right now. All are held open until
+    all are picked: one at a time, the OS may hand out a port it has just released again
+    (two of a server's ports the same, and the server dies on its second bind)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _output(proc: subprocess.Popen[Any], log: Path | None) -> str:

