@@ -33,21 +33,40 @@ def _drain(stream: IO[bytes] | None, tail: deque[bytes]) -> None:
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on right now (the OS's pick)."""
+    """A loopback port nobody listens on right now (the OS's pick), and not one this
+    process was handed lately."""
     return free_ports(1)[0]
 
 
+# ports free_ports handed out lately: one bound only later (a server starting) is free
+# again in the OS's eyes, and the OS does hand a just-released port out again (CI saw a
+# weed master and its S3 grpc port get the same one)
+_REMEMBERED = 512
+_HANDED: deque[int] = deque(maxlen=_REMEMBERED)
+_HANDED_LOCK = threading.Lock()
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` different loopback ports nobody listens on right now. All are held open until
-    all are picked: one at a time, the OS may hand out a port it has just released again
-    (two of a server's ports the same, and the server dies on its second bind)."""
-    sockets = [socket.socket() for _ in range(n)]
+    """``n`` different loopback ports nobody listens on right now, none handed out by this
+    process lately. Every socket is held open until all are picked, so the OS cannot give
+    the same port twice in one call."""
+    held: list[socket.socket] = []
+    picked: list[int] = []
     try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
+        with _HANDED_LOCK:
+            while len(picked) < n:
+                if len(held) > n + _REMEMBERED:
+                    raise RuntimeError("no free loopback port")
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+                if port not in _HANDED:
+                    picked.append(port)
+            _HANDED.extend(picked)
+        return picked
     finally:
-        for s in sockets:
+        for s in held:
             s.close()
 
 

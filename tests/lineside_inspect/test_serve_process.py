@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -86,3 +87,17 @@ def test_sigterm_drains(tmp_path: Path) -> None:
     finally:
         server.stop(signal.SIGKILL)  # a no-op once it has exited
     assert "readiness dropped" in server.output()
+
+
+def test_free_ports_are_never_handed_out_twice_lately() -> None:
+    """A port picked but not yet bound is free again in the OS's eyes and can come back
+    from the next pick: once in CI it did, a weed master and its S3 grpc port got the
+    same port. free_port and free_ports remember what they handed out."""
+    from lineside_inspect.serve_process import free_ports
+
+    one_at_a_time = [free_port() for _ in range(150)]
+    together = free_ports(9)
+    assert len(set(one_at_a_time + together)) == 159
+    for port in together:  # free when handed out
+        with socket.create_server(("127.0.0.1", port)):
+            pass

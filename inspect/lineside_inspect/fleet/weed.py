@@ -108,9 +108,7 @@ class LocalWeed:
                 self._pick_again(taken.port)
 
     def _pick_again(self, port: int) -> None:
-        ours = {self.s3_port, self.master_port, self.volume_port, self.filer_port,
-                *self.extra_ports}
-        fresh = next(p for p in free_ports(len(ours) + 1) if p not in ours)
+        fresh = free_ports(1)[0]  # never one of ours: free_ports remembers them
         for name in ("s3_port", "master_port", "volume_port", "filer_port"):
             if getattr(self, name) == port:
                 setattr(self, name, fresh)
