@@ -53,7 +53,7 @@ class LocalWeed:
     access_key: str = "lineside-dev"
     secret_key: str = "lineside-dev-secret-key"
     volume_size_mb: int = 64
-    # 0: picked with the others when the server first starts
+    # 0: picked, together with the others, when the object is made
     s3_port: int = 0
     master_port: int = 0
     volume_port: int = 0
