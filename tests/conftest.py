@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+from lineside_inspect.serve_process import share_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
@@ -18,6 +21,15 @@ SLOW_FIRST = ("test_fuzz_api.py", "test_engine.py", "test_edge_install.py",
               "test_fleet_sync_processes.py", "test_line_plc.py", "test_reference_loop.py",
               "test_ui_screens.py", "test_ui_security.py", "test_budget.py", "test_export.py",
               "test_bench_server.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under make test's xdist workers, each picks loopback ports from its own share (half the
+    port, mod the worker count): a port one picked for a server not yet bound is never another's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and count.isdigit():
+        share_ports(int(worker[2:]), int(count))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -44,24 +44,39 @@ def free_port() -> int:
 _REMEMBERED = 512
 _HANDED: deque[int] = deque(maxlen=_REMEMBERED)
 _HANDED_LOCK = threading.Lock()
+_SHARE = (0, 1)  # this process takes ports p with p // 2 % count == index: see share_ports
+
+
+def share_ports(index: int, count: int) -> tuple[int, int]:
+    """From now on take only ports ``p`` with ``p // 2 % count == index`` (Linux hands
+    ``bind`` odd ports only, leaving ``connect`` the even ones), and return the share
+    this process had. ``count`` processes picking ports side by side (pytest-xdist's
+    workers) each remember only their own picks, so without a share of their own two of
+    them can pick the same port before either's server binds it."""
+    global _SHARE
+    if not 0 <= index < count:
+        raise ValueError(f"port share {index} of {count}: index must be in 0..count-1")
+    before, _SHARE = _SHARE, (index, count)
+    return before
 
 
 def free_ports(n: int) -> list[int]:
     """``n`` different loopback ports nobody listens on right now, none handed out by this
-    process lately. Every socket is held open until all are picked, so the OS cannot give
-    the same port twice in one call."""
+    process lately, all in this process's share (:func:`share_ports`). Every socket is held
+    open until all are picked, so the OS cannot give the same port twice in one call."""
     held: list[socket.socket] = []
     picked: list[int] = []
     try:
         with _HANDED_LOCK:
+            index, count = _SHARE
             while len(picked) < n:
-                if len(held) > n + _REMEMBERED:
+                if len(held) > (n + _REMEMBERED) * count + 64:
                     raise RuntimeError("no free loopback port")
                 s = socket.socket()
                 held.append(s)
                 s.bind(("127.0.0.1", 0))
                 port = int(s.getsockname()[1])
-                if port not in _HANDED:
+                if port // 2 % count == index and port not in _HANDED:
                     picked.append(port)
             _HANDED.extend(picked)
         return picked

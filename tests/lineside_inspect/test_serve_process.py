@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from .server_process import LINESIDE, ROOT, ServerProcess, free_port
 
@@ -101,3 +102,18 @@ def test_free_ports_are_never_handed_out_twice_lately() -> None:
     for port in together:  # free when handed out
         with socket.create_server(("127.0.0.1", port)):
             pass
+
+
+def test_a_port_share_keeps_side_by_side_processes_apart() -> None:
+    """share_ports(i, n): only ports p // 2 % n == i, as each xdist worker takes
+    (conftest)."""
+    from lineside_inspect.serve_process import free_ports, share_ports
+
+    before = share_ports(1, 3)
+    try:
+        assert all(p // 2 % 3 == 1 for p in free_ports(20))
+        assert free_port() // 2 % 3 == 1
+    finally:
+        share_ports(*before)
+    with pytest.raises(ValueError, match="index must be"):
+        share_ports(2, 2)
