@@ -139,8 +139,9 @@ class LocalWeed:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.stop()  # its sockets
-                said = log.read_text(errors="replace")[-2000:]
-                taken = _TAKEN.search(log.read_bytes()[before:])
+                written = log.read_bytes()
+                said = written.decode(errors="replace")[-2000:]
+                taken = _TAKEN.search(written[before:])  # this start's lines only
                 if taken:
                     raise _PortTaken(int(taken[1]), "weed exited: " + said)
                 raise RuntimeError("weed exited: " + said)
