@@ -98,8 +98,10 @@ def test_time_out_between_an_evaluation_and_the_next_step_ends_the_run(
 
     monkeypatch.setattr(Budget, "elapsed", elapsed)
     monkeypatch.setattr(engine, "save_checkpoint", save_checkpoint)
+    # eval_share 1: an evaluation every epoch, as eval_every says (an hour's 10% would
+    # space the 2-step epochs' evaluations out)
     cfg = make_config(tmp_path, time_budget="1h", epochs=40, max_steps_per_epoch=2, eval_every=1,
-                      input_size=320)
+                      eval_share=1, input_size=320)
     run = train(cfg, quiet=True)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]  # no third row for a step-less epoch
@@ -217,3 +219,42 @@ def test_the_plan_takes_the_median_evaluation() -> None:
     for seconds in (1.0, 9.0, 1.2):
         budget.record_eval(seconds)
     assert budget.eval_cost() == pytest.approx(1.2)
+
+
+def test_evaluations_are_spaced_to_keep_within_their_share() -> None:
+    """A 47 s evaluation every 2 epochs took a fifth of a 15-minute run. With a share
+    of 10% the spacing is widened from the plan so that the evaluations, the final one
+    included, fit in 90 s; the steps they no longer take go to training."""
+    def made(share: float) -> Budget:  # 5 minutes in, steps and an evaluation measured
+        plan = SchedulePlan(total_steps=4508, warmup_steps=98, ema_decay=0.998)
+        budget = Budget(900, steps_per_epoch=98, eval_every=2, plan=plan, warmup_wanted=98,
+                        base_decay=0.998, eval_share=share, spent_before=300)
+        budget.record_step(5.0)  # start-up: not timed
+        for _ in range(20):
+            budget.record_step(0.83)
+        budget.record_eval(45.0)
+        return budget
+
+    def run(share: float) -> Budget:
+        budget = made(share)
+        budget.refit()
+        return budget
+
+    kept, spaced = run(1.0), run(0.1)
+    assert kept.eval_every == 2 and kept.eval_every_wanted == 2
+    epochs = spaced.plan.total_steps / 98
+    assert spaced.eval_every == math.ceil(epochs / 2)  # 90 s pays for two evaluations
+    assert math.ceil(epochs / spaced.eval_every) * 45.0 <= 0.1 * 900
+    assert spaced.plan.total_steps > kept.plan.total_steps  # the time went to steps
+    # due after eval_every epochs since the last evaluation, however the spacing moved
+    assert not spaced.evaluate_now(spaced.eval_every - 1, 0)
+    assert spaced.evaluate_now(spaced.eval_every, 0)
+    assert spaced.evaluate_now(7 + spaced.eval_every, 7)
+    # never narrower than the config asks, whatever the share allows
+    roomy = run(1.0)
+    roomy.eval_share = 0.9
+    assert roomy.spacing(roomy.plan.total_steps, 1.0) == 2
+    line = made(0.1).refit() or ""
+    assert re.search(r"an evaluation every \d+ epochs \(widened from 2 to keep evaluations "
+                     r"within 10% of the budget\)", line), line
+    assert "widened" not in (made(1.0).refit() or "")

@@ -93,7 +93,7 @@ class Budget:
 
     seconds: float
     steps_per_epoch: int
-    eval_every: int
+    eval_every: int  # epochs between evaluations now: the config's, widened by eval_share
     plan: SchedulePlan
     warmup_wanted: int  # the config's warm-up in steps, before the WARMUP_MAX cap
     base_decay: float  # the config's EMA decay, before fitting
@@ -103,6 +103,9 @@ class Budget:
     eval_images: int = 0
     eval_pixel_ratio: float = 1.0  # (input size / crop size) ** 2
     batch_size: int = 1
+    # the most of the budget evaluations may take: a 45 s evaluation every 2 epochs took a
+    # fifth of a 15-minute run (and its steps); 1 keeps eval_every as the config sets it
+    eval_share: float = 1.0
     spent_before: float = 0.0  # seconds of earlier (resumed) sessions
     started: float = field(default_factory=time.monotonic)
     step: int = 0  # steps done (a resumed run starts at its saved step)
@@ -115,6 +118,12 @@ class Budget:
     logged_steps: int = 0  # the plan's length when a re-fit was last logged
     first_seen: bool = False
     stopped: str = ""  # why the run ended early, if it did
+    eval_every_wanted: int = 0  # the config's eval_every (set from eval_every when made)
+    logged_every: int = 0  # the spacing last said in the log
+
+    def __post_init__(self) -> None:
+        self.eval_every_wanted = self.eval_every_wanted or self.eval_every
+        self.logged_every = self.eval_every
 
     def elapsed(self) -> float:
         return self.spent_before + time.monotonic() - self.started
@@ -157,10 +166,12 @@ class Budget:
             return None
         step_s = self.train_s / self.steps_timed
         eval_s = self.eval_cost()
-        # evaluations amortised per step: one every eval_every epochs, and the final one
-        per_step = step_s + eval_s / (self.steps_per_epoch * self.eval_every)
+        total = self._fit(step_s, eval_s)
+        every = self.spacing(total, eval_s)
+        if every != self.eval_every:  # fewer evaluations leave time for more steps
+            self.eval_every = every
+            total = self._fit(step_s, eval_s)
         left = self.remaining() - eval_s
-        total = self.step + max(0, math.floor(left / per_step))
         provisional = self.elapsed() < PROVISIONAL * self.seconds and left > step_s
         if provisional:  # keep going to the next re-fit: a slow start is measured again
             total = max(total, self.step + max(1, self.steps_per_epoch // REFITS_PER_EPOCH))
@@ -180,15 +191,41 @@ class Budget:
         # said in the log the first time (a measurement replaces the guess) and then when it
         # moves the plan by 5% or more since last said: a short run re-fits every few steps
         # (a 1-minute run logged 67 such lines); the run's last line says the final plan
-        if old == self.plan.total_steps or (
-                not first and abs(self.plan.total_steps - was) < max(1, LOG_CHANGE * was)):
+        if self.eval_every == self.logged_every and (old == self.plan.total_steps or (
+                not first and abs(self.plan.total_steps - was) < max(1, LOG_CHANGE * was))):
             return None
-        self.logged_steps = self.plan.total_steps
+        self.logged_steps, self.logged_every = self.plan.total_steps, self.eval_every
         how = "measured" if self.eval_timed else "guessed"
+        spaced = "" if self.eval_every == self.eval_every_wanted else (
+            f" (widened from {self.eval_every_wanted} to keep evaluations within "
+            f"{self.eval_share:.0%} of the budget)")
         return (f"time budget: {step_s:.2f} s/step measured, {eval_s:.1f} s per evaluation {how}, "
                 f"{format_duration(self.remaining())} left: plan {self.plan.total_steps} steps "
                 f"({self.plan.total_steps / self.steps_per_epoch:.1f} epochs; was {was}), "
-                f"warm-up {self.plan.warmup_steps}, EMA decay {self.plan.ema_decay:.4f}")
+                f"warm-up {self.plan.warmup_steps}, EMA decay {self.plan.ema_decay:.4f}, "
+                f"an evaluation every {self.eval_every} epochs{spaced}")
+
+    def _fit(self, step_s: float, eval_s: float) -> int:
+        """The steps that fit the time left: each step pays for its share of the
+        evaluations (one every ``eval_every`` epochs), and the final one is kept aside."""
+        per_step = step_s + eval_s / (self.steps_per_epoch * self.eval_every)
+        left = self.remaining() - eval_s
+        return self.step + max(0, math.floor(left / per_step))
+
+    def spacing(self, total_steps: int, eval_s: float) -> int:
+        """Epochs between evaluations for a plan of ``total_steps``: the config's
+        ``eval_every``, widened (never narrowed) so that the run's evaluations, the final
+        one included, take at most ``eval_share`` of the budget."""
+        if self.eval_share >= 1 or eval_s <= 0:
+            return self.eval_every_wanted
+        allowed = max(1, math.floor(self.eval_share * self.seconds / eval_s))
+        epochs = total_steps / self.steps_per_epoch
+        return max(self.eval_every_wanted, math.ceil(epochs / allowed))
+
+    def evaluate_now(self, epochs_done: int, last_evaluated: int) -> bool:
+        """Whether the epoch just done is due an evaluation (the final one aside):
+        ``eval_every`` epochs since the last, which a widened spacing moves on."""
+        return epochs_done - last_evaluated >= self.eval_every
 
     def steps_left(self) -> int:
         return max(0, self.plan.total_steps - self.step)

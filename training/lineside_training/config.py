@@ -73,6 +73,10 @@ class TrainConfig(BaseModel):
     patience: int = Field(10, ge=1, description="early stop after N evaluations without gain "
                           "(with a time budget, only in the last quarter of the plan)")
     eval_every: int = Field(1, ge=1)
+    eval_share: float = Field(0.1, gt=0, le=1, description=(
+        "with a time budget, the most of it evaluations may take: eval_every is widened "
+        "(never narrowed) to keep within it, leaving the time to training; 1 keeps "
+        "eval_every as set"))
     workers: int = Field(0, ge=0)
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description=(
