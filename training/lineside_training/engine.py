@@ -345,7 +345,7 @@ def evaluate(
     ``labels`` ``[K]``; boxes are mapped back to original pixels before scoring. Returns
     :func:`lineside_training.metrics.coco_metrics` (``map``, ``map50``, ``per_class``).
     """
-    # on a CPU the dense part runs in onnxruntime: ~3x quicker than torch's convolutions
+    # on a CPU the dense part runs in onnxruntime: ~1.5x quicker than torch (predict.py)
     preds = predict_records(model, dataset, records, class_names, size=size, device=device,
                             cache=cache, reference=reference, onnx=True)
     return coco_metrics(records, preds, class_names)

@@ -94,9 +94,10 @@ def onnx_runner(model: nn.Module, size: int, folder: Path) -> Runner | None:
     edge's onnxruntime session with torch's thread count, then :func:`select_detections`
     in torch: the runner returns what ``model(images)`` does in eval mode.
 
-    Why: torch's eager convolutions on a CPU are ~3x slower than onnxruntime's for LSDet
-    (a 422-image validation pass took 45-60 s on 2 cores), and a budgeted run's
-    evaluations are time its steps do not get. None when ``model`` has no ``decode`` or
+    Why: a budgeted run's evaluations are time its steps do not get, and torch's eager
+    convolutions are the slow part on a CPU. DeepPCB's 422 validation images at 640 px, 2
+    threads: 36-38 s of predictions in torch, 23-27 s this way (export included), the
+    same mAP to the fifth digit. None when ``model`` has no ``decode`` or
     does not export (the caller then runs torch)."""
     if not callable(getattr(model, "decode", None)):
         return None
