@@ -55,9 +55,12 @@ def predict_records(
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     was_training = model.training
     model.eval()
-    with tempfile.TemporaryDirectory(prefix="lineside-eval-") as tmp:
-        runner = onnx_runner(model, size, Path(tmp)) if onnx and device.type == "cpu" else None
-        out = _predict(runner or model, loader, records, size, device)
+    if onnx and device.type == "cpu":  # a folder for the graph only when one is exported
+        with tempfile.TemporaryDirectory(prefix="lineside-eval-") as tmp:
+            runner = onnx_runner(model, size, Path(tmp))
+            out = _predict(runner or model, loader, records, size, device)
+    else:
+        out = _predict(model, loader, records, size, device)
     model.train(was_training)
     return out
 
