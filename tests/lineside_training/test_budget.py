@@ -217,7 +217,7 @@ def test_the_plan_takes_the_median_evaluation() -> None:
     budget = Budget(600, steps_per_epoch=10, eval_every=1, plan=plan, warmup_wanted=50,
                     base_decay=0.999)
     for seconds in (1.0, 9.0, 1.2):
-        budget.record_eval(seconds)
+        budget.record_eval(seconds, 0)
     assert budget.eval_cost() == pytest.approx(1.2)
 
 
@@ -232,7 +232,7 @@ def test_evaluations_are_spaced_to_keep_within_their_share() -> None:
         budget.record_step(5.0)  # start-up: not timed
         for _ in range(20):
             budget.record_step(0.83)
-        budget.record_eval(45.0)
+        budget.record_eval(45.0, 0)
         return budget
 
     def run(share: float) -> Budget:
@@ -247,9 +247,11 @@ def test_evaluations_are_spaced_to_keep_within_their_share() -> None:
     assert math.ceil(epochs / spaced.eval_every) * 45.0 <= 0.1 * 900
     assert spaced.plan.total_steps > kept.plan.total_steps  # the time went to steps
     # due after eval_every epochs since the last evaluation, however the spacing moved
-    assert not spaced.evaluate_now(spaced.eval_every - 1, 0)
-    assert spaced.evaluate_now(spaced.eval_every, 0)
-    assert spaced.evaluate_now(7 + spaced.eval_every, 7)
+    assert not spaced.evaluate_now(spaced.eval_every - 1)
+    assert spaced.evaluate_now(spaced.eval_every)
+    spaced.evaluated_epoch = 7
+    assert not spaced.evaluate_now(6 + spaced.eval_every)
+    assert spaced.evaluate_now(7 + spaced.eval_every)
     # never narrower than the config asks, whatever the share allows
     roomy = run(1.0)
     roomy.eval_share = 0.9
@@ -258,3 +260,38 @@ def test_evaluations_are_spaced_to_keep_within_their_share() -> None:
     assert re.search(r"an evaluation every \d+ epochs \(widened from 2 to keep evaluations "
                      r"within 10% of the budget\)", line), line
     assert "widened" not in (made(1.0).refit() or "")
+
+
+def test_an_evaluation_just_before_the_final_one_is_skipped() -> None:
+    """A 15-minute run evaluated at epoch 10 (14.0 minutes) and again at its end, 34
+    steps later (14.9): the first cost 28 s, ~35 steps. A mid-run evaluation less than
+    half a spacing before the end is skipped, and the plan gives its time to steps."""
+    def at(step: int, spent: float, evaluated_epoch: int) -> Budget:
+        plan = SchedulePlan(total_steps=1000, warmup_steps=98, ema_decay=0.998)
+        budget = Budget(900, steps_per_epoch=98, eval_every=4, plan=plan, warmup_wanted=98,
+                        base_decay=0.998, spent_before=spent, step=step - 10)
+        budget.record_step(5.0)  # start-up: not timed
+        for _ in range(9):
+            budget.record_step(0.8)
+        budget.record_eval(28.0, evaluated_epoch)
+        budget.refit()
+        return budget
+
+    end = at(980, 840.0, 6)  # epoch 10 done, 60 s left, last evaluated at epoch 6
+    assert end.evaluations_before(end.plan.total_steps) == 0
+    # all of the time left but the final evaluation goes to steps
+    assert abs(end.plan.total_steps - (980 + (60 - 28) / 0.8)) <= 1
+    assert not end.evaluate_now(10)  # due by the spacing, but the end is 40 steps away
+    # earlier in the run the evaluations to come are paid for, and the plan stops short
+    # of keeping one it cannot pay for
+    mid = at(392, 360.0, 0)  # epoch 4 done: evaluations due at epochs 4 and 8
+    total = mid.plan.total_steps
+    assert mid.evaluations_before(total) == 1 and total < 8 * 98 + 2 * 98
+    assert (total - 392) * 0.8 + 28.0 <= 540 - 28.0
+    assert mid.evaluate_now(4)
+    mid.step = 8 * 98
+    assert not mid.evaluate_now(8)  # the plan left it too close to the end
+    # a run far from its end evaluates on the spacing, the final evaluation aside
+    far = Budget(3600, steps_per_epoch=98, eval_every=2, plan=SchedulePlan(4000, 98, 0.998),
+                 warmup_wanted=98, base_decay=0.998)
+    assert far.evaluations_before(4000) == (4000 - 98) // 98 // 2

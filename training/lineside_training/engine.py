@@ -499,7 +499,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                         base_decay=cfg.ema_decay, eval_images=len(data.val),
                         eval_pixel_ratio=(cfg.input_size / (cfg.crop_size or cfg.input_size)) ** 2,
                         batch_size=cfg.batch_size, eval_share=cfg.eval_share,
-                        spent_before=elapsed0, step=progress.step)
+                        spent_before=elapsed0, step=progress.step, evaluated_epoch=start_epoch)
         log(f"time budget {format_duration(budget_s)}: the schedule (warm-up, cosine, EMA) is fitted "
             f"to it from measured throughput; first plan {plan.total_steps} steps "
             f"({steps} a full epoch), re-fitted as the run goes")
@@ -513,7 +513,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
 
     epoch, best_epoch, ended = start_epoch, 0, ""
     evaluated_at = -1  # the step the weights were last evaluated at
-    evaluated_epoch = start_epoch  # epochs done at the last evaluation (or at the start)
     try:
         while budget is not None or epoch < cfg.epochs:
             if sampler is not None:
@@ -551,13 +550,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                     cfg.time_limit_minutes is not None
                     and elapsed0 + time.time() - t0 > cfg.time_limit_minutes * 60)
             due = (epoch + 1) % cfg.eval_every == 0 if budget is None else \
-                budget.evaluate_now(epoch + 1, evaluated_epoch)
+                budget.evaluate_now(epoch + 1)
             if rank == 0 and (due or last):
                 t_eval = time.perf_counter()
                 m = evaluate(state.eval_model, data.dataset, data.val, data.class_names,
                              size=cfg.input_size, device=device, cache=val_ds)
                 row.update(map=m["map"], map50=m["map50"])
-                evaluated_at, evaluated_epoch = progress.step, epoch + 1
+                evaluated_at = progress.step
                 if gained(progress, m):
                     progress.best, progress.best_map = m["map50"], m["map"]
                     progress.stale, best_epoch = 0, epoch + 1
@@ -565,7 +564,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                 else:
                     progress.stale += 1
                 if budget is not None:
-                    budget.record_eval(time.perf_counter() - t_eval)
+                    budget.record_eval(time.perf_counter() - t_eval, epoch + 1)
             if budget is not None and not last:
                 # an evaluation that used up the time is the final one: the next epoch would
                 # take no step and evaluate the same weights again (a loaded machine's run
