@@ -20,12 +20,12 @@ def test_the_onnx_runner_gives_torchs_detections(tmp_path: Path) -> None:
     model = build_model("lsdet", num_classes=3, head_norm="gn").eval()
     with torch.no_grad():
         model.cls_out.bias.fill_(2.0)  # type: ignore[union-attr]
-    images = torch.randint(0, 256, (3, 3, 160, 160)).float()
+    images = torch.randint(0, 256, (3, 3, 160, 160), dtype=torch.uint8)  # as loaded
     run = onnx_runner(model, 160, tmp_path)
     assert run is not None and (tmp_path / "dense.onnx").is_file()
     assert not model.training  # the export leaves the model's mode as it was
     with torch.no_grad():
-        want = model(images)
+        want = model(images.float())
     got = run(images)
     assert len(got) == len(want) == 3
     for g, w in zip(got, want, strict=True):

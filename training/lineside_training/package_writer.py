@@ -46,10 +46,12 @@ def parent_model(parent: str | Path | None) -> ParentModel | None:
 
 
 def export_graph(module: nn.Module, size: int, path: Path, outputs: Sequence[str],
-                 class_names: list[str]) -> None:
-    """``module`` (uint8 ``[B, 3, size, size]`` in) as a checked ONNX graph at ``path``:
-    the classic exporter (torch's dynamo exporter fails on torchvision's batched NMS), the
-    batch axis dynamic, the class names in the graph's metadata."""
+                 class_names: list[str] | None = None, *, check: bool = True) -> None:
+    """``module`` (uint8 ``[B, 3, size, size]`` in) as an ONNX graph at ``path``: the
+    classic exporter (torch's dynamo exporter fails on torchvision's batched NMS), the
+    batch axis dynamic, the class names (when given) in the graph's metadata, and with
+    ``check`` the graph checked in full (what a package ships; an in-run evaluation's
+    throw-away graph skips it)."""
     dummy = torch.zeros(1, 3, size, size, dtype=torch.uint8)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -58,9 +60,13 @@ def export_graph(module: nn.Module, size: int, path: Path, outputs: Sequence[str
             input_names=[INPUT_NAME], output_names=list(outputs),
             dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *outputs)},
         )
+    if class_names is None and not check:
+        return
     graph = onnx.load(str(path))
-    onnx.helper.set_model_props(graph, {META_CLASSES: json.dumps(class_names)})
-    onnx.checker.check_model(graph, full_check=True)
+    if class_names is not None:
+        onnx.helper.set_model_props(graph, {META_CLASSES: json.dumps(class_names)})
+    if check:
+        onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, str(path))
 
 

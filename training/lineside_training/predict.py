@@ -5,7 +5,6 @@ parity, package evaluation)."""
 from __future__ import annotations
 
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,9 @@ from lineside_inspect.runtime.preprocess import fit
 from lineside_inspect.runtime.session import OnnxSession
 from lineside_training.data.dataset import DetectionDataset, collate, read_reference
 from lineside_training.models.postprocess import select_detections
+from lineside_training.package_writer import export_graph
 
+# uint8 images [B, 3, S, S] in, what the model returns in eval mode out
 Runner = Callable[[Tensor], list[dict[str, Tensor]]]
 
 
@@ -55,22 +56,24 @@ def predict_records(
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     was_training = model.training
     model.eval()
+
+    def torch_run(images: Tensor) -> list[dict[str, Tensor]]:
+        return model(images.to(device).float())  # type: ignore[no-any-return]
+
     if onnx and device.type == "cpu":  # a folder for the graph only when one is exported
         with tempfile.TemporaryDirectory(prefix="lineside-eval-") as tmp:
-            runner = onnx_runner(model, size, Path(tmp))
-            out = _predict(runner or model, loader, records, size, device)
+            out = _predict(onnx_runner(model, size, Path(tmp)) or torch_run, loader, records, size)
     else:
-        out = _predict(model, loader, records, size, device)
+        out = _predict(torch_run, loader, records, size)
     model.train(was_training)
     return out
 
 
-def _predict(run: Runner | nn.Module, loader: torch.utils.data.DataLoader[Any],
-             records: list[ImageRecord], size: int, device: torch.device) -> list[Prediction]:
+def _predict(run: Runner, loader: torch.utils.data.DataLoader[Any],
+             records: list[ImageRecord], size: int) -> list[Prediction]:
     out: list[Prediction] = []
     for images, targets in loader:
-        dets = run(images.to(device).float())
-        for det, t in zip(dets, targets, strict=True):
+        for det, t in zip(run(images), targets, strict=True):
             rec = records[int(t["index"])]
             lb = fit(rec.width, rec.height, size)
             boxes = lb.to_original(det["boxes"].float().cpu().numpy().reshape(-1, 4))
@@ -87,15 +90,17 @@ class _Dense(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.decode(images)  # type: ignore[no-any-return,operator]
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:  # uint8, as the edge sends
+        return self.model.decode(images.float())  # type: ignore[no-any-return,operator]
 
 
 def onnx_runner(model: nn.Module, size: int, folder: Path) -> Runner | None:
-    """``model``'s dense predictions (``decode``: float ``[B, 3, size, size]`` in, boxes
-    ``[B, P, 4]`` and scores ``[B, P, C]`` out) exported to ``folder`` and run in the
-    edge's onnxruntime session with torch's thread count, then :func:`select_detections`
-    in torch: the runner returns what ``model(images)`` does in eval mode.
+    """``model``'s dense predictions (``decode``: uint8 ``[B, 3, size, size]`` in, boxes
+    ``[B, P, 4]`` and scores ``[B, P, C]`` out) exported to ``folder`` by the package's
+    :func:`~lineside_training.package_writer.export_graph` (without its full check) and
+    run in the edge's onnxruntime session with torch's thread count, then
+    :func:`select_detections` in torch: the runner returns what ``model(images)`` does in
+    eval mode.
 
     Why: a budgeted run's evaluations are time its steps do not get, and torch's eager
     convolutions are the slow part on a CPU. DeepPCB's 422 validation images at 640 px, 2
@@ -107,16 +112,10 @@ def onnx_runner(model: nn.Module, size: int, folder: Path) -> Runner | None:
     path = folder / "dense.onnx"
     was_training = model.training
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the classic exporter's deprecation notice
-            # exported in eval mode; the exporter then restores the wrapper's mode, which a
-            # wrapper made in training mode would pass down to ``model`` (BatchNorm on
-            # batch statistics for whoever runs it next)
-            torch.onnx.export(_Dense(model).eval(), (torch.zeros(1, 3, size, size),), str(path),
-                              dynamo=False, opset_version=17, input_names=["images"],
-                              output_names=["boxes", "scores"],
-                              dynamic_axes={"images": {0: "batch"}, "boxes": {0: "batch"},
-                                            "scores": {0: "batch"}})
+        # exported in eval mode; the exporter then restores the wrapper's mode, which a
+        # wrapper made in training mode would pass down to ``model`` (BatchNorm on
+        # batch statistics for whoever runs it next)
+        export_graph(_Dense(model).eval(), size, path, ["boxes", "scores"], check=False)
         session = OnnxSession(path, device="cpu", threads=torch.get_num_threads())
     except Exception:  # any exporter or runtime failure: torch evaluates, as before
         return None
