@@ -289,9 +289,20 @@ def test_an_evaluation_just_before_the_final_one_is_skipped() -> None:
     assert mid.evaluations_before(total) == 1 and total < 8 * 98 + 2 * 98
     assert (total - 392) * 0.8 + 28.0 <= 540 - 28.0
     assert mid.evaluate_now(4)
+    mid.record_eval(28.0, 4)
     mid.step = 8 * 98
     assert not mid.evaluate_now(8)  # the plan left it too close to the end
-    # a run far from its end evaluates on the spacing, the final evaluation aside
+    # a run far from its end evaluates on the spacing, the final evaluation aside: epochs
+    # 2, 4, ..., 38 (epoch 40 would end 80 steps before the end, less than half a spacing)
     far = Budget(3600, steps_per_epoch=98, eval_every=2, plan=SchedulePlan(4000, 98, 0.998),
                  warmup_wanted=98, base_decay=0.998)
-    assert far.evaluations_before(4000) == (4000 - 98) // 98 // 2
+    assert far.evaluations_before(4000) == 19
+    # resumed at step 930 after 10 epochs (a short one among them): epochs end at 930 + 98k,
+    # not at multiples of 98. Evaluated at 10, due every 4: at 14 (step 1322) and 18 (1714)
+    far.step, far.epoch, far.epoch_start, far.evaluated_epoch, far.eval_every = 930, 10, 930, 10, 4
+    assert far.evaluations_before(1714 + 196) == 2
+    assert far.evaluations_before(1714 + 195) == 1  # 18 would come too close to the end
+    far.plan.total_steps, far.step = 1714 + 195, 1714
+    assert not far.evaluate_now(18)  # as the plan counted
+    far.plan.total_steps = 1714 + 196
+    assert far.evaluate_now(18)

@@ -136,17 +136,22 @@ def kept_model(*args, **kwargs):
 
 engine.collate, engine.build_model = recording_collate, kept_model
 out = Path({out!r})
-engine.train(tiny_config(out, epochs=1, max_steps_per_epoch=3, batch_size=4, eval_every=1), quiet=True)
+engine.train(tiny_config(out, epochs=1, max_steps_per_epoch=3, batch_size=4, eval_every=1{extra}),
+             quiet=True)
 checksum = float(sum(p.detach().double().sum() for p in models[0].parameters()))
 (out / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps({{"indices": seen, "checksum": checksum}}))
 """
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
-    """torchrun, 2 CPU processes: disjoint shards, identical weights at the end."""
+@pytest.mark.parametrize("extra", ["", ", time_budget='12s'"], ids=["epochs", "budget"])
+def test_ddp_two_processes_gloo(tmp_path: Path, extra: str) -> None:
+    """torchrun, 2 CPU processes: disjoint shards, identical weights at the end; also
+    under a time budget, where only rank 0 evaluates and times its evaluations and its
+    plan is every rank's (the same steps, and the same warm-up, so the same weights)."""
     script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path),
+                                        extra=extra))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -124,6 +124,10 @@ class Budget:
     stopped: str = ""  # why the run ended early, if it did
     eval_every_wanted: int = 0  # the config's eval_every (set from eval_every when made)
     evaluated_epoch: int = 0  # epochs done at the last evaluation (or at the start)
+    # the epoch running (epochs done before it) and the step it started at: epochs end
+    # every steps_per_epoch steps from there (a resumed or shortened epoch moves the grid)
+    epoch: int = 0
+    epoch_start: int = 0
     logged_every: int = 0  # the spacing last said in the log
 
     def __post_init__(self) -> None:
@@ -218,10 +222,12 @@ class Budget:
         """The most steps that fit the time left with the mid-run evaluations they bring
         (:meth:`evaluations_before`), the final evaluation kept aside."""
         left = self.remaining() - eval_s
-        lo = hi = self.step
-        if step_s > 0:
-            hi += max(0, math.floor(left / step_s))
-        while lo < hi:  # the cost only grows with the plan's length: bisect for the longest
+        lo = self.step
+        hi = self.step + max(0, math.floor(left / max(step_s, 1e-6)))
+        # the cost only grows with the plan's length: bisect for the longest. A plan that
+        # stops just short of keeping one more evaluation leaves up to that evaluation's
+        # time over; the next re-fit, no longer counting it, gives the time to steps
+        while lo < hi:
             mid = (lo + hi + 1) // 2
             if (mid - self.step) * step_s + self.evaluations_before(mid) * eval_s <= left:
                 lo = mid
@@ -233,9 +239,11 @@ class Budget:
         """The mid-run evaluations still to come in a plan of ``total_steps`` (the final
         one aside): one every ``eval_every`` epochs since the last, except one that would
         come less than ``NEAR_FINAL`` of a spacing before the end (see :meth:`evaluate_now`)."""
-        # the next is due at the end of the epoch now running (or just ended) if overdue
-        first = max(self.evaluated_epoch + self.eval_every, -(-self.step // self.steps_per_epoch))
-        last = math.floor((total_steps - self._near_final()) / self.steps_per_epoch)
+        # epoch e (counted as epochs done) ends at epoch_start + (e - epoch) * steps_per_epoch;
+        # the next evaluation is due at the end of the epoch running if it is overdue
+        first = max(self.evaluated_epoch + self.eval_every, self.epoch + 1)
+        last = self.epoch + math.floor(
+            (total_steps - self._near_final() - self.epoch_start) / self.steps_per_epoch)
         return 0 if last < first else (last - first) // self.eval_every + 1
 
     def _near_final(self) -> float:
@@ -243,7 +251,7 @@ class Budget:
 
     def spacing(self, total_steps: int, eval_s: float) -> int:
         """Epochs between evaluations for a plan of ``total_steps``: the config's
-        ``eval_every``, widened (never narrowed) so that the run's evaluations, the final
+        ``eval_every``, widened (never below it) so that the run's evaluations, the final
         one included, take at most ``eval_share`` of the budget."""
         if self.eval_share >= 1 or eval_s <= 0:
             return self.eval_every_wanted

@@ -75,7 +75,7 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(1, ge=1)
     eval_share: float = Field(0.1, gt=0, le=1, description=(
         "with a time budget, the most of it evaluations may take: eval_every is widened "
-        "(never narrowed) to keep within it, leaving the time to training; 1 keeps "
+        "(never below the value set) to keep within it, leaving the time to training; 1 keeps "
         "eval_every as set"))
     workers: int = Field(0, ge=0)
     device: str = "auto"

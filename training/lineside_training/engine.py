@@ -518,6 +518,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
             if sampler is not None:
                 sampler.set_epoch(epoch)
             epoch_steps = steps if budget is None else min(steps, budget.steps_left())
+            if budget is not None:
+                budget.epoch, budget.epoch_start = epoch, progress.step
             desc = f"epoch {epoch + 1}" + ("" if budget is not None else f"/{cfg.epochs}")
             stats = train_one_epoch(net, state, loader, device=device, steps=epoch_steps, use_amp=use_amp,
                                     grad_clip=cfg.grad_clip, desc=desc,
@@ -536,7 +538,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                     budget.steps_timed += stats.steps
                 if (line := budget.refit()) is not None:
                     log(line)
-                plan.total_steps = _agree(plan.total_steps, world)
+                if world > 1:  # rank 0's plan on every rank: the same learning rate and EMA
+                    plan.total_steps = _agree(plan.total_steps, world)
+                    plan.warmup_steps = _agree(plan.warmup_steps, world)
+                    plan.ema_decay, plan.ema_ramp = fitted_ema(cfg.ema_decay, plan.total_steps)
             row: dict[str, Any] = {
                 "epoch": epoch + 1, "loss": stats.loss, "lr": state.scheduler.get_last_lr()[0],
                 "train_img_s": stats.images * world / max(stats.seconds, 1e-9), "step": progress.step,

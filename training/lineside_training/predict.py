@@ -104,7 +104,7 @@ def onnx_runner(model: nn.Module, size: int, folder: Path) -> Runner | None:
 
     Why: a budgeted run's evaluations are time its steps do not get, and torch's eager
     convolutions are the slow part on a CPU. DeepPCB's 422 validation images at 640 px, 2
-    threads: 36-38 s of predictions in torch, 23-27 s this way (export included), the
+    threads: 29-37 s of predictions in torch, 18-22 s this way (export included), the
     same mAP to the fifth digit. None when ``model`` has no ``decode`` or
     does not export (the caller then runs torch)."""
     if not callable(getattr(model, "decode", None)):
