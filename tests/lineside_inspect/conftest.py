@@ -112,8 +112,9 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     it), run as the ``postgres`` user in a temporary folder. Yields a server URL."""
     import os
     import shutil
-    import socket
     import subprocess
+
+    from lineside_inspect.serve_process import free_port
 
     initdb = _initdb()
     if initdb is None or shutil.which("runuser") is None or os.geteuid() != 0:
@@ -122,9 +123,6 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="lineside-pg-"))
     shutil.chown(root, "postgres")
     data = root / "data"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
 
     def as_pg(*cmd: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["runuser", "-u", "postgres", "--", *cmd], capture_output=True,
@@ -133,8 +131,14 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     out = as_pg(str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres")
     assert out.returncode == 0, out.stderr
     pg_ctl = str(initdb.parent / "pg_ctl")
-    out = as_pg(pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=on", "start")
+    # a port free when picked can be taken before the server binds it (by another test
+    # worker or an outside process): a clash is retried on a fresh port
+    for _attempt in range(3):
+        port = free_port()
+        out = as_pg(pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=on", "start")
+        if out.returncode == 0 or "already in use" not in (root / "log").read_text():
+            break
     assert out.returncode == 0, out.stderr + (root / "log").read_text()
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"

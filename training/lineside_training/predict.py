@@ -20,7 +20,7 @@ from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import fit
 from lineside_inspect.runtime.session import OnnxSession
 from lineside_training.data.dataset import DetectionDataset, collate, read_reference
-from lineside_training.models.postprocess import select_detections
+from lineside_training.models.postprocess import detections_per_image
 from lineside_training.package_writer import export_graph
 
 # uint8 images [B, 3, S, S] in, what the model returns in eval mode out
@@ -99,7 +99,7 @@ def onnx_runner(model: nn.Module, size: int, folder: Path) -> Runner | None:
     ``[B, P, 4]`` and scores ``[B, P, C]`` out) exported to ``folder`` by the package's
     :func:`~lineside_training.package_writer.export_graph` (without its full check) and
     run in the edge's onnxruntime session with torch's thread count, then
-    :func:`select_detections` in torch: the runner returns what ``model(images)`` does in
+    :func:`detections_per_image` in torch: the runner returns what ``model(images)`` does in
     eval mode.
 
     Why: a budgeted run's evaluations are time its steps do not get, and torch's eager
@@ -124,9 +124,7 @@ def onnx_runner(model: nn.Module, size: int, folder: Path) -> Runner | None:
 
     def run(images: Tensor) -> list[dict[str, Tensor]]:
         boxes, scores = (torch.from_numpy(a) for a in session.run(images.numpy()))
-        kept_boxes, kept_scores, labels = select_detections(boxes, scores)
-        return [{"boxes": b[s > 0], "scores": s[s > 0], "labels": lab[s > 0]}
-                for b, s, lab in zip(kept_boxes, kept_scores, labels, strict=True)]
+        return detections_per_image(boxes, scores)
 
     return run
 

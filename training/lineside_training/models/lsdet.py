@@ -22,7 +22,7 @@ from torchvision.ops import (
     sigmoid_focal_loss,
 )
 
-from lineside_training.models.postprocess import select_detections
+from lineside_training.models.postprocess import detections_per_image
 from lineside_training.models.registry import register
 
 MEAN, STD = 127.5, 64.0
@@ -131,11 +131,7 @@ class LSDet(nn.Module):
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         if targets is not None:
             return self.loss(images, targets)
-        boxes, scores, labels = select_detections(*self.decode(images))
-        return [
-            {"boxes": b[s > 0], "scores": s[s > 0], "labels": lab[s > 0]}
-            for b, s, lab in zip(boxes, scores, labels, strict=True)
-        ]
+        return detections_per_image(*self.decode(images))
 
     # -- training ----------------------------------------------------------------------
     def _ranges(self) -> list[tuple[float, float]]:

@@ -79,3 +79,12 @@ def select_detections(boxes: Tensor, scores: Tensor) -> tuple[Tensor, Tensor, Te
     box_idx = flat_idx - labels * k
     out_boxes = cand_boxes.gather(1, box_idx.unsqueeze(-1).expand(-1, -1, 4))
     return out_boxes, out_scores, labels
+
+
+def detections_per_image(boxes: Tensor, scores: Tensor) -> list[dict[str, Tensor]]:
+    """Dense ``decode`` output (boxes ``[B, N, 4]``, scores ``[B, N, C]``) to what a detector
+    returns in eval mode: per image a dict of ``boxes`` ``[K, 4]``, ``scores`` ``[K]`` and
+    ``labels`` ``[K]``, :func:`select_detections`' padding dropped."""
+    kept_boxes, kept_scores, labels = select_detections(boxes, scores)
+    return [{"boxes": b[s > 0], "scores": s[s > 0], "labels": lab[s > 0]}
+            for b, s, lab in zip(kept_boxes, kept_scores, labels, strict=True)]
