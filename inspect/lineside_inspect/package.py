@@ -94,11 +94,17 @@ def card_digest(card: ModelCard) -> str:
     return hashlib.sha256(card.model_dump_json(exclude={"created_at"}).encode()).hexdigest()
 
 
+# the newest model.json format this version reads. A field that changes verdicts (as
+# agnostic_iou did) bumps it, so an older server refuses a newer card by its format, with
+# "upgrade", rather than by an unknown field's name
+CARD_FORMAT = 1
+
+
 class ModelCard(BaseModel):
     """``model.json``: what the model is, how to feed it, how far to trust it."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    format_version: int = 1
+    format_version: int = Field(CARD_FORMAT, ge=1, le=CARD_FORMAT, strict=True)
     kind: Literal["detector", "anomaly"] = Field("detector", description=(
         "detector: boxes, scores, labels; anomaly: a good-only model's anomaly map and image "
         "score (outputs anomaly_map, score; an anomaly section)"))
@@ -124,6 +130,17 @@ class ModelCard(BaseModel):
     sha256: str
     lineside_version: str = ""
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_format(cls, doc: Any) -> Any:
+        """A newer card is refused by its format alone: its other errors would only be the
+        fields this version does not know."""
+        version = doc.get("format_version") if isinstance(doc, dict) else None
+        if isinstance(version, int) and not isinstance(version, bool) and version > CARD_FORMAT:
+            raise ValueError(f"format_version {version} is newer than this Lineside reads "
+                             f"({CARD_FORMAT}): upgrade lineside to use this package")
+        return doc
 
     @model_validator(mode="before")
     @classmethod

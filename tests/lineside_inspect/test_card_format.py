@@ -1,0 +1,47 @@
+"""A card from a newer Lineside is refused by its format, saying to upgrade, rather than
+by the names of the fields this version does not know."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lineside_inspect.errors import PackageError
+from lineside_inspect.package import CARD_FORMAT, load_package
+
+BUNDLED = Path(__file__).resolve().parents[2] / "models" / "deeppcb" / "1"
+
+
+def _package(tmp_path: Path, **fields: object) -> Path:
+    pkg = tmp_path / "deeppcb" / "1"
+    shutil.copytree(BUNDLED, pkg)
+    card = json.loads((pkg / "model.json").read_text())
+    (pkg / "model.json").write_text(json.dumps({**card, **fields}))
+    return pkg
+
+
+def test_the_bundled_card_is_this_versions_format() -> None:
+    assert load_package(BUNDLED).card.format_version == CARD_FORMAT
+
+
+def test_a_newer_card_is_refused_by_its_format(tmp_path: Path) -> None:
+    pkg = _package(tmp_path, format_version=CARD_FORMAT + 1, verdict_rule="some new field")
+    with pytest.raises(PackageError) as err:
+        load_package(pkg)
+    message = err.value.message
+    assert f"format_version {CARD_FORMAT + 1} is newer than this Lineside reads" in message
+    assert "upgrade lineside" in message and "verdict_rule" not in message
+
+
+@pytest.mark.parametrize("version", [0, -1, "2", True])
+def test_a_format_that_is_not_a_version_is_refused(tmp_path: Path, version: object) -> None:
+    with pytest.raises(PackageError, match="format_version"):
+        load_package(_package(tmp_path, format_version=version))
+
+
+def test_an_unknown_field_in_this_format_is_still_named(tmp_path: Path) -> None:
+    with pytest.raises(PackageError, match="verdict_rule"):
+        load_package(_package(tmp_path, verdict_rule="typo"))
