@@ -330,7 +330,8 @@ def train_cmd(
     model: Annotated[str | None, typer.Option(help="registered model name")] = None,
     weights: Annotated[str | None, typer.Option(help="local pretrained state dict")] = None,
     epochs: Annotated[int | None, typer.Option(help=(
-        "epochs to train (ignored with --time, which fits the schedule to the budget)"))] = None,
+        "epochs to train (with --time, only the first plan: the schedule is then fitted to "
+        "the budget)"))] = None,
     name: Annotated[str | None, typer.Option(help="run name (folder under out_dir)")] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda")] = None,
     merge: Annotated[list[str] | None, typer.Option(help="extra dataset merged into train")] = None,

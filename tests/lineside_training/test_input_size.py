@@ -44,6 +44,11 @@ def test_small_images_train_at_a_small_size(small_images: Path) -> None:
     # a size the config sets wins, and keeps its crop
     fixed = load_config(None, ["input_size=320", "crop_size=256"], data=str(small_images))
     assert (fixed.input_size, fixed.crop_size) == (320, 256)
+    # a set size with the recipe's 320 px crop: whole images, not 224 px ones padded to 320
+    for crop in (224, 320):
+        wide = commands.load_config(RECIPE, ["input_size=224", f"crop_size={crop}"],
+                                    data=str(small_images))
+        assert (wide.input_size, wide.crop_size) == (224, None)
 
 
 def test_input_size_rule() -> None:

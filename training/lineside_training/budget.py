@@ -88,8 +88,9 @@ def fitted_ema(decay: float, total_steps: int) -> tuple[float, float]:
 
 @dataclass
 class Budget:
-    """A training time budget in seconds, measured on the wall clock from the start of
-    the run (a resumed run carries what it already spent).
+    """A training time budget in seconds, measured from the start of the run on the
+    monotonic clock, which a clock change cannot move (a resumed run carries what it
+    already spent); the run's ``elapsed_min`` counts on the same clock.
 
     Steps and evaluations are timed separately: training steps cost ``step_s`` each and
     every evaluation ``eval_s``; the plan leaves time for the evaluations the remaining

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError, LinesideError, describe_validation
@@ -23,7 +23,8 @@ DEFAULT_CROP = 320
 
 
 class AugmentConfig(BaseModel):
-    """Box-aware augmentations (albumentations); each value is a probability."""
+    """Box-aware augmentations (albumentations); each value is a probability, except
+    ``scale_jitter``: a ± range, applied to 30% of images."""
 
     model_config = ConfigDict(extra="forbid")
     hflip: float = Field(0.5, ge=0, le=1)
@@ -58,7 +59,8 @@ class TrainConfig(BaseModel):
         "sampling weight of good (defect-free) images relative to defective ones; below 1 "
         "spends more steps on defects (single-process runs; DDP samples uniformly)"))
     crop_size: int | None = Field(DEFAULT_CROP, ge=32, description=(
-        "train on random crops (a multiple of 32) of images scaled as inference scales them"))
+        "train on random crops (a multiple of 32) of images scaled as inference scales them; "
+        "none, or a crop at least as large as input_size: whole images"))
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -81,13 +83,15 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     threads: int | None = Field(None, ge=1, description=(
         "torch threads; left out, the cores the load average leaves free (two threads "
-        "beside another job on 2 cores trained 2-6x slower than one)"))
+        "beside another job on 2 cores trained up to 6x slower than one)"))
     amp: bool = True
     max_steps_per_epoch: int | None = Field(None, ge=1)
     time_limit_minutes: float | None = Field(None, gt=0, description=(
-        "stop after the epoch that passes this (the schedule is not changed; see time_budget)"))
+        "stop after the epoch that passes this (the schedule is not changed; see "
+        "time_budget, which replaces it when set)"))
     time_budget: str | None = Field(None, description=(
-        "train to this wall-clock budget (30m, 90s, 1h; a bare number is minutes): the "
+        "train to this budget of elapsed time (30m, 90s, 1h; a bare number is minutes; "
+        "counted on the monotonic clock, which a clock change does not move): the "
         "schedule (warm-up, cosine, EMA) is fitted to it from measured throughput and "
         "'epochs' only seeds the first plan"))
     log_every: int = Field(50, ge=1, description=(
@@ -114,6 +118,14 @@ class TrainConfig(BaseModel):
                              f"use {' or '.join(map(str, options))}")
         return value
 
+    @model_validator(mode="after")
+    def _whole_images(self) -> TrainConfig:
+        """A crop at least as large as the input is a whole (padded) image: cut at the
+        crop's size it would train mostly on padding (a 224 px input in 320 px crops)."""
+        if self.crop_size is not None and self.crop_size >= self.input_size:
+            self.crop_size = None
+        return self
+
     @field_validator("time_budget", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> str | None:
@@ -133,17 +145,17 @@ def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
 def input_size_for(sides: list[int]) -> int:
     """The input size for images whose longer sides are ``sides``: the nearest multiple of
     the stride at or above their median, within ``AUTO_SIZE_MIN..AUTO_SIZE_MAX``. 200 px
-    images get 224, not 640: upscaling them 3x costs ~8x the compute per step and adds no
-    detail."""
+    images get 224, not 640: upscaling them 3x costs ~8x the compute per whole image and
+    adds no detail."""
     median = statistics.median(sides)
     return min(AUTO_SIZE_MAX, max(AUTO_SIZE_MIN, math.ceil(median / STRIDE) * STRIDE))
 
 
 def sizes_from_data(doc: dict[str, Any]) -> dict[str, Any]:
     """A detector config document with ``input_size`` chosen from its dataset's images when
-    the document leaves it out or says ``auto``; a size the config sets wins. A crop as
-    large as the chosen size becomes ``None`` (whole images). A dataset that cannot be read
-    leaves the default (training then fails on it with its own message)."""
+    the document leaves it out or says ``auto``; a size the config sets wins (a crop as
+    large as the size then means whole images: :class:`TrainConfig`). A dataset that
+    cannot be read leaves the default (training then fails on it with its own message)."""
     if doc.get("input_size", "auto") != "auto":
         return doc
     doc = {k: v for k, v in doc.items() if k != "input_size"}
@@ -155,9 +167,6 @@ def sizes_from_data(doc: dict[str, Any]) -> dict[str, Any]:
         return doc
     size = input_size_for([max(r.width, r.height) for r in images])
     doc["input_size"] = size
-    crop = doc.get("crop_size", DEFAULT_CROP)
-    if isinstance(crop, int) and crop >= size:
-        doc["crop_size"] = None
     return doc
 
 

@@ -288,7 +288,7 @@ def train_one_epoch(
     due, and the epoch ends early once the plan's steps are done or time is short.
     """
     net.train()
-    seen, loss_sum, t_epoch = 0, 0.0, time.time()
+    seen, loss_sum, t_epoch = 0, 0.0, time.monotonic()
     bar = _progress(steps, desc, progress_bar, log_every, log)
     taken = 0
     t_step = time.perf_counter()
@@ -314,7 +314,7 @@ def train_one_epoch(
         taken += 1
         loss_sum += float(loss.detach()) * len(images)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}",
-                        img_s=f"{seen / (time.time() - t_epoch):.1f}")
+                        img_s=f"{seen / (time.monotonic() - t_epoch):.1f}")
         bar.update()
         if budget is not None:
             now = time.perf_counter()  # the step, with loading the batch that fed it
@@ -323,7 +323,7 @@ def train_one_epoch(
             if budget.due() and (line := budget.refit()) is not None and log is not None:
                 log(line)
     bar.close()
-    return EpochStats(loss_sum / max(seen, 1), seen, time.time() - t_epoch, taken)
+    return EpochStats(loss_sum / max(seen, 1), seen, time.monotonic() - t_epoch, taken)
 
 
 def evaluate(
@@ -488,7 +488,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     progress = Progress()
     if resume and (run / "last.pt").is_file():
         progress = load_checkpoint(run / "last.pt", state, device)
-    start_epoch, elapsed0, t0 = progress.epoch + 1, progress.elapsed_s, time.time()
+    start_epoch, elapsed0, t0 = progress.epoch + 1, progress.elapsed_s, time.monotonic()
     budget: Budget | None = None
     if budget_s is not None:
         if progress.planned_steps:  # a resumed budget run continues its plan
@@ -506,7 +506,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
 
     def save(epoch: int, path: Path) -> None:  # rank 0 writes, as torchvision's save_on_master
         if rank == 0:
-            progress.epoch, progress.elapsed_s = epoch, elapsed0 + time.time() - t0
+            progress.epoch, progress.elapsed_s = epoch, elapsed0 + time.monotonic() - t0
             progress.planned_steps = plan.total_steps
             save_checkpoint(path, state, progress, cfg=cfg, class_names=data.class_names,
                             data_fingerprint=data.fingerprint)
@@ -553,7 +553,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
             else:
                 last = epoch + 1 == cfg.epochs or (
                     cfg.time_limit_minutes is not None
-                    and elapsed0 + time.time() - t0 > cfg.time_limit_minutes * 60)
+                    and elapsed0 + time.monotonic() - t0 > cfg.time_limit_minutes * 60)
             due = (epoch + 1) % cfg.eval_every == 0 if budget is None else \
                 budget.evaluate_now(epoch + 1)
             if rank == 0 and (due or last):
@@ -575,7 +575,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                 # take no step and evaluate the same weights again (a loaded machine's run
                 # spent 4 more minutes so)
                 last = bool(_agree(int(budget.out_of_time()), world))
-            row["elapsed_min"] = (elapsed0 + time.time() - t0) / 60
+            row["elapsed_min"] = (elapsed0 + time.monotonic() - t0) / 60
             if rank == 0:
                 with open(run / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
