@@ -114,9 +114,10 @@ def test_checkpoint_restores_the_amp_scaler(tmp_path: Path, make_config: Make) -
 
 
 # Runs under torchrun: records, on the test side, which records this rank trained on (the
-# training loader's collate function sees every batch) and the final weights' checksum.
+# training loader's collate function sees every batch), the final weights' and EMA's
+# checksums, and the schedule plan the rank followed.
 DDP_SCRIPT = """
-import json, os, sys
+import dataclasses, json, os, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
@@ -124,7 +125,8 @@ from lineside_training import engine
 from lineside_training.data.dataset import collate
 from lineside_training.models import build_model
 
-seen, models = [], []
+seen, models, plans, emas = [], [], [], []
+plan_schedule, averaged = engine.plan_schedule, engine.AveragedModel
 
 def recording_collate(batch):
     seen.extend(int(target["index"]) for _, target in batch)
@@ -134,12 +136,24 @@ def kept_model(*args, **kwargs):
     models.append(build_model(*args, **kwargs))
     return models[-1]
 
+def kept_plan(*args, **kwargs):  # the plan object a budget re-fits in place
+    plans.append(plan_schedule(*args, **kwargs))
+    return plans[-1]
+
+def kept_ema(*args, **kwargs):
+    emas.append(averaged(*args, **kwargs))
+    return emas[-1]
+
 engine.collate, engine.build_model = recording_collate, kept_model
+engine.plan_schedule, engine.AveragedModel = kept_plan, kept_ema
 out = Path({out!r})
 engine.train(tiny_config(out, epochs=1, max_steps_per_epoch=3, batch_size=4, eval_every=1{extra}),
              quiet=True)
-checksum = float(sum(p.detach().double().sum() for p in models[0].parameters()))
-(out / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps({{"indices": seen, "checksum": checksum}}))
+def checksum(module):
+    return float(sum(p.detach().double().sum() for p in module.parameters()))
+(out / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps({{
+    "indices": seen, "checksum": checksum(models[0]), "ema": checksum(emas[0].module),
+    "plan": dataclasses.asdict(plans[0])}}))
 """
 
 
@@ -161,6 +175,9 @@ def test_ddp_two_processes_gloo(tmp_path: Path, extra: str) -> None:
     a, b = (set(r["indices"]) for r in ranks)
     assert a and b and not (a & b), "ranks must see disjoint shards"
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    # the EMA, which only the plan's decay and ramp shape, agrees too, and so does the plan
+    assert ranks[0]["ema"] == ranks[1]["ema"] and ranks[0]["ema"] != ranks[0]["checksum"]
+    assert ranks[0]["plan"] == ranks[1]["plan"]
     assert not (tmp_path / "tiny" / "ranks").exists()
 
 
