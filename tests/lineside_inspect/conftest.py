@@ -131,15 +131,20 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     out = as_pg(str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres")
     assert out.returncode == 0, out.stderr
     pg_ctl = str(initdb.parent / "pg_ctl")
+    log = root / "log"
+
+    def logged() -> str:  # pg_ctl appends to the log, and may fail before writing it
+        return log.read_text() if log.is_file() else ""
+
     # a port free when picked can be taken before the server binds it (by another test
     # worker or an outside process): a clash is retried on a fresh port
     for _attempt in range(3):
-        port = free_port()
-        out = as_pg(pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+        port, before = free_port(), len(logged())
+        out = as_pg(pg_ctl, "-D", str(data), "-w", "-l", str(log), "-o",
                     f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=on", "start")
-        if out.returncode == 0 or "already in use" not in (root / "log").read_text():
+        if out.returncode == 0 or "already in use" not in logged()[before:]:
             break
-    assert out.returncode == 0, out.stderr + (root / "log").read_text()
+    assert out.returncode == 0, out.stderr + logged()
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:

@@ -147,8 +147,8 @@ def kept_ema(*args, **kwargs):
 engine.collate, engine.build_model = recording_collate, kept_model
 engine.plan_schedule, engine.AveragedModel = kept_plan, kept_ema
 out = Path({out!r})
-engine.train(tiny_config(out, epochs=1, max_steps_per_epoch=3, batch_size=4, eval_every=1{extra}),
-             quiet=True)
+settings = {{"epochs": 1, "max_steps_per_epoch": 3, "batch_size": 4, "eval_every": 1, **{extra}}}
+engine.train(tiny_config(out, **settings), quiet=True)
 def checksum(module):
     return float(sum(p.detach().double().sum() for p in module.parameters()))
 (out / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps({{
@@ -158,11 +158,16 @@ def checksum(module):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", ["", ", time_budget='12s'"], ids=["epochs", "budget"])
+@pytest.mark.parametrize("extra", ["{}", "{'time_budget': '12s'}", "{'epochs': 4, 'patience': 1}",
+                                   "{'epochs': 4, 'time_limit_minutes': 0.001}"],
+                         ids=["epochs", "budget", "patience", "time-limit"])
 def test_ddp_two_processes_gloo(tmp_path: Path, extra: str) -> None:
     """torchrun, 2 CPU processes: disjoint shards, identical weights at the end; also
     under a time budget, where only rank 0 evaluates and times its evaluations and its
-    plan is every rank's (the same steps, and the same warm-up, so the same weights)."""
+    plan is every rank's (the same steps, and the same warm-up, so the same weights).
+    Rank 0 alone counts evaluations without gain and reads the time limit on its own
+    clock: every rank stops where it does (before, rank 0 stopped alone on patience and
+    the other rank waited for ever)."""
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path),
                                         extra=extra))
@@ -172,13 +177,18 @@ def test_ddp_two_processes_gloo(tmp_path: Path, extra: str) -> None:
          str(script)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    a, b = (set(r["indices"]) for r in ranks)
+    # an epoch's shards are disjoint (each epoch deals them anew): the first epoch's 3
+    # batches of 4
+    a, b = (set(r["indices"][:12]) for r in ranks)
     assert a and b and not (a & b), "ranks must see disjoint shards"
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
     # the EMA, which only the plan's decay and ramp shape, agrees too, and so does the plan
     assert ranks[0]["ema"] == ranks[1]["ema"] and ranks[0]["ema"] != ranks[0]["checksum"]
     assert ranks[0]["plan"] == ranks[1]["plan"]
     assert not (tmp_path / "tiny" / "ranks").exists()
+    epochs = len((tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines())
+    if "patience" in extra or "time_limit" in extra:
+        assert epochs < 4  # stopped early, both ranks
 
 
 def test_a_run_finds_its_dataset_from_another_folder(

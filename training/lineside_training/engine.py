@@ -550,10 +550,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                 row["planned_steps"] = plan.total_steps
                 done = budget.steps_left() == 0 or budget.out_of_time()
                 last = bool(_agree(int(done), world))
-            else:
-                last = epoch + 1 == cfg.epochs or (
+            else:  # rank 0's clock for every rank: one rank stopping alone would hang the rest
+                last = epoch + 1 == cfg.epochs or bool(_agree(int(
                     cfg.time_limit_minutes is not None
-                    and elapsed0 + time.monotonic() - t0 > cfg.time_limit_minutes * 60)
+                    and elapsed0 + time.monotonic() - t0 > cfg.time_limit_minutes * 60), world))
             due = (epoch + 1) % cfg.eval_every == 0 if budget is None else \
                 budget.evaluate_now(epoch + 1)
             if rank == 0 and (due or last):
@@ -584,8 +584,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
             epoch += 1
             # under a time budget the schedule is fitted to the whole budget: stopping on
             # patience before its last quarter would end with the learning rate still high
-            # and the EMA not settled (a 1-minute run stopped at step 78 of 136 so)
-            if progress.stale >= cfg.patience and (
+            # and the EMA not settled (a 1-minute run stopped at step 78 of 136 so). Only
+            # rank 0 evaluates, so its count of stale evaluations is every rank's
+            if _agree(progress.stale, world) >= cfg.patience and (
                     budget is None or progress.step >= PATIENCE_FROM * plan.total_steps):
                 ended = f"stopped early: {progress.stale} evaluations without gain (patience)"
                 break
