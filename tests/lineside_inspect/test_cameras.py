@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from lineside_inspect.cameras.sources import make_source
 from lineside_inspect.cameras.worker import CameraWorker, Frame
 from lineside_inspect.config import CameraConfig
 from lineside_inspect.opencv import cv2
+from lineside_inspect.serve_process import free_port
 
 
 def fresh(manager: CameraManager, camera_id: str, *, timeout_s: float) -> Frame:
@@ -175,17 +175,23 @@ class RtspServer:
     """GStreamer's RTSP server in a child process (Debian's system Python has the bindings)."""
 
     def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
         self.proc: subprocess.Popen[str] | None = None
-        self.start()
+        # a port free when picked can be taken before the server binds it: a fresh one
+        for _attempt in range(3):
+            self.port = free_port()
+            if self.start():
+                return
+        raise AssertionError("the RTSP server could not bind a port in 3 attempts")
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start on ``self.port``; False when the port was taken (the server said nothing)."""
         self.proc = subprocess.Popen(["/usr/bin/python3", str(RTSP_SERVER), str(self.port)],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
+        if not self.url:
+            self.kill()
+        return bool(self.url)
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -212,7 +218,7 @@ def test_rtsp_stream_killed_and_restarted() -> None:
         assert _wait(lambda: not w.online(), timeout=20)
         with pytest.raises(CameraUnavailable):
             fresh(manager, "rtsp", timeout_s=0.5)
-        rtsp.start()
+        assert rtsp.start(), "the RTSP server's port was taken while it was down"
         assert _wait(w.online, timeout=20)
         assert w.health()["reconnects"] >= 1
         after = time.monotonic()

@@ -25,6 +25,7 @@ factory.set_launch(
 )
 factory.set_shared(True)
 server.get_mount_points().add_factory("/line", factory)
-server.attach(None)
+if not server.attach(None):  # the port is taken: say nothing, so the caller picks another
+    sys.exit(3)
 print(f"rtsp://127.0.0.1:{port}/line", flush=True)
 GLib.MainLoop().run()
