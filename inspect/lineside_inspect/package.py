@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -115,7 +115,9 @@ class ModelCard(BaseModel):
     outputs: list[str] = Field(default_factory=lambda: list(OUTPUT_NAMES))
     max_detections: int = 100
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    thresholds: dict[str, float] = Field(default_factory=dict)
+    # scores are 0..1; a NaN threshold never counted its class, silently (attacker review)
+    thresholds: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = Field(
+        default_factory=dict)
     agnostic_iou: float | None = Field(None, gt=0, lt=1, description=(
         "one defect per place: of counted boxes overlapping by IoU above this, only the "
         "highest-scored is counted, whatever the classes (in a recipe, only a box that "

@@ -42,6 +42,14 @@ def test_a_format_that_is_not_a_version_is_refused(tmp_path: Path, version: obje
         load_package(_package(tmp_path, format_version=version))
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1.5, -0.1])
+def test_a_threshold_that_is_not_a_score_is_refused(tmp_path: Path, value: float) -> None:
+    """A NaN threshold never counted its class's defects, silently (attacker review)."""
+    card = json.loads((BUNDLED / "model.json").read_text())
+    with pytest.raises(PackageError, match=r"thresholds\.open"):
+        load_package(_package(tmp_path, thresholds={**card["thresholds"], "open": value}))
+
+
 def test_an_unknown_field_in_this_format_is_still_named(tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="verdict_rule"):
         load_package(_package(tmp_path, verdict_rule="typo"))

@@ -109,6 +109,10 @@ UNWORKABLE: dict[str, tuple[dict[str, Any], str]] = {
     "NaN size": ({"min_size_px": NAN}, "min_size_px"),
     "negative count": ({"max_count": {"open": -1}}, "max_count"),
     "fractional count": ({"max_count": {"open": 0.5}}, "max_count"),
+    # finite, but the polygon's sums overflowed to inf and every board passed (review)
+    "huge roi": ({"roi": [[(-1e308, -1e308), (1e308, -1e308), (0, 1e308)]]}, "roi"),
+    "size overflow": ({"min_size_mm": 1e308, "pixels_per_mm": 1e308}, "min_size_mm"),
+    "control characters in version": ({"version": "1\x00\r\n<b>"}, "version"),
 }
 
 

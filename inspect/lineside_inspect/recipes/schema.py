@@ -9,10 +9,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lineside_inspect.errors import ConfigError, describe_validation
-from lineside_inspect.names import Name
+from lineside_inspect.names import Name, OneLine
 from lineside_inspect.runtime.unchanged import UnchangedGate
 
-Polygon = list[tuple[float, float]]
+# pixels; bounded so that no sum over a polygon overflows to inf (a region of +-1e308
+# made every centre fall outside it, passing any board)
+COORD_LIMIT = 1e6
+Coord = Annotated[float, Field(ge=-COORD_LIMIT, le=COORD_LIMIT)]
+Polygon = list[tuple[Coord, Coord]]
+Size = Annotated[float, Field(ge=0, le=COORD_LIMIT)]
 Score = Annotated[float, Field(ge=0, le=1)]
 
 # the remote endpoint's names become URL path segments: full-matched, no '/', '?' or '%'
@@ -73,14 +78,14 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
     name: Name
-    version: str = Field("1", min_length=1, max_length=64)
+    version: OneLine = Field("1", min_length=1, max_length=64)
     model: Name = Field(..., description="model package name (card name)")
     model_version: Name | None = Field(None, description="pin a version; default: the active one")
     min_score: dict[str, Score] = Field(default_factory=dict)
     default_min_score: Score | None = None
-    min_size_px: float = Field(0, ge=0)
-    min_size_mm: float | None = Field(None, ge=0)
-    pixels_per_mm: float | None = Field(None, gt=0)
+    min_size_px: Size = 0
+    min_size_mm: Size | None = None
+    pixels_per_mm: float | None = Field(None, gt=0, le=COORD_LIMIT)
     roi: list[Polygon] = Field(default_factory=list)
     ignore: list[Polygon] = Field(default_factory=list)
     max_count: dict[str, int] = Field(default_factory=dict)
