@@ -6,6 +6,7 @@ as such, an unknown inspection's shadow a 404, and HEAD on the probes and the la
 from __future__ import annotations
 
 import gzip
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -150,3 +151,35 @@ def test_head_answers_as_get_without_a_body(srv: Running, path: str, role: str |
     if got.content:
         assert head.headers["content-length"] == str(len(got.content))
     assert again.status_code == got.status_code
+
+
+@pytest.mark.parametrize("path", ["/v1/inspect", "/v1/references/dropped"])
+def test_a_client_gone_mid_body_is_no_internal_error(srv: Running, path: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A client that closes its connection part-way through the body is logged as such at
+    info: before, each was an "internal error" with a 50-line traceback (attacker review),
+    a false alarm for an operator alerting on internal errors."""
+    import logging
+    import socket
+    from urllib.parse import urlsplit
+
+    from .conftest import KEYS
+
+    host = urlsplit(srv.url)
+    method = "POST" if path == "/v1/inspect" else "PUT"
+    caplog.set_level(logging.INFO, logger="lineside")
+    with socket.create_connection((host.hostname, host.port)) as s:
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  f"{KEYS['admin' if method == 'PUT' else 'line']}\r\nContent-Type: image/jpeg"
+                  f"\r\nContent-Length: 50000\r\n\r\n".encode() + b"\xff" * 1000)
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+            "client disconnected" in r.getMessage() for r in caplog.records):
+        time.sleep(0.05)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"client disconnected during the request body on {method} '{path}'" in m
+               for m in messages), messages
+    assert not any("internal error" in m for m in messages), messages
+    with srv.client() as c:
+        assert c.get("/healthz").status_code == 200

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,7 +26,15 @@ log = logging.getLogger("lineside")
 
 
 def internal_error(exc: BaseException, method: str, path: str) -> JSONResponse:
-    """Log ``exc`` with its traceback under a fresh error id; answer the id alone."""
+    """Log ``exc`` with its traceback under a fresh error id; answer the id alone.
+
+    A client that went away before its body ended is not the server's error: one line at
+    info, no traceback (an operator alerting on "internal error" saw one per dropped
+    upload), and an answer nobody will read."""
+    if isinstance(exc, ClientDisconnect):
+        log.info("client disconnected during the request body on %s %r", method, path)
+        return JSONResponse(error_body("client_disconnected", "the client went away before "
+                                       "its request body ended"), status_code=400)
     error_id = uuid.uuid4().hex[:12]
     # the path quoted: a control character in it cannot forge a line of the log
     log.error("internal error %s on %s %r", error_id, method, path, exc_info=exc)
