@@ -13,6 +13,8 @@ from lineside_inspect.errors import ImageError
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.opencv import cv2
 
+from .conftest import KEYS, Running
+
 SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "deeppcb-sample"
 
 
@@ -158,3 +160,25 @@ def test_keep_grey_keeps_a_grey_jpeg_grey_and_the_model_input_the_same() -> None
     drawn = annotate(grey, boxes, "fail")
     assert drawn.shape == (640, 640, 3)
     assert np.array_equal(drawn, annotate(bgr, boxes, "fail"))
+
+
+def test_a_jpeg_of_many_scans_is_refused_before_decoding(srv: Running) -> None:
+    """Each scan of a progressive JPEG is decoded again: a 228 KB 8000x8000 one of 883
+    scans held an inference slot for 14.7 s of CPU (attacker review). Over
+    MAX_JPEG_SCANS it is refused from its markers; libjpeg's own progressive JPEGs (10
+    scans) and ones with EXIF still decode."""
+    from lineside_inspect.imageio import MAX_JPEG_SCANS, _jpeg_scans
+
+    from .jpeg_bomb import progressive_bomb
+
+    bomb, scans = progressive_bomb(256, 256)
+    assert scans == 883 and _jpeg_scans(bomb) == scans
+    with pytest.raises(ImageError, match=f"883 scans, over the limit of {MAX_JPEG_SCANS}"):
+        decode_image(bomb)
+    progressive = _jpeg(_scene(), cv2.IMWRITE_JPEG_PROGRESSIVE, 1)
+    assert _jpeg_scans(progressive) == 10 and decode_image(progressive).shape == (640, 640, 3)
+    assert _jpeg_scans(_with_orientation(progressive, 6)) == 10
+    with srv.client() as c:
+        r = c.post("/v1/inspect", content=bomb, headers={
+            "content-type": "image/jpeg", "authorization": f"Bearer {KEYS['line']}"})
+    assert r.status_code == 400 and "883 scans" in r.json()["error"]["message"], r.text
