@@ -353,3 +353,51 @@ def test_a_request_http_cannot_parse_is_a_json_400(launch) -> None:
         assert json.loads(body)["error"]["code"] == "invalid_request", answer
     with srv.client("line") as c:  # and the server still serves
         assert c.get("/healthz").status_code == 200
+
+
+def test_v2_infer_is_admitted_before_its_body_and_parsed_off_the_loop(launch, monkeypatch) -> None:
+    """OIP v2 infer read its body before taking a place in the limiter and parsed the JSON
+    on the event loop: 25 held 30 MB bodies were all read, and one 30 MB parse stalled
+    /healthz for 2.3 s (attacker review). Now it is admitted first, as /v1/inspect is,
+    and parsed in a worker thread."""
+    from lineside_inspect.server.routes import v2
+
+    on_loop: list[bool] = []
+    real = v2._parse
+
+    def watched(body: bytes, header: str | None) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(body, header)
+
+    monkeypatch.setattr(v2, "_parse", watched)
+    srv = launch(max_concurrency=1, max_queue=0)
+    limiter = srv.app.state.limiter
+    held = _connect(srv.url)
+    try:  # a slow client: its headers and the first byte of its body, then nothing
+        held.sendall(b"POST /v2/models/deeppcb/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer line-secret\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000000\r\n\r\n{")
+        deadline = time.monotonic() + 20
+        while limiter.in_system < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert limiter.in_system == 1  # it holds the only place while its body is unread
+        with srv.client("line") as c:
+            r = c.post("/v2/models/deeppcb/infer", content=b"{" + b" " * 100_000,
+                       headers={"content-type": "application/json"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded", r.text
+        assert on_loop == []  # refused before its body was parsed
+    finally:
+        held.close()
+    body = {"inputs": [{"name": "images", "shape": [1, 3, 640, 640], "datatype": "UINT8",
+                        "data": [0] * (3 * 640 * 640)}]}
+    deadline = time.monotonic() + 20
+    while limiter.in_system and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with srv.client("line") as c:
+        r = c.post("/v2/models/deeppcb/infer", json=body)
+    assert r.status_code == 200, r.text[:300]
+    assert on_loop and not any(on_loop)

@@ -11,6 +11,7 @@ import math
 import re
 from typing import Annotated, Any
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import (
@@ -228,17 +229,23 @@ def _tensor(spec: InferInput, binary: bytes, offset: int, card: Any) -> tuple[np
 async def _infer(request: Request, name: str, version: str | None, registry: Any,
                  limiter: Any, settings: Any) -> InferResponse:
     det = registry.detector(name, version)
-    body = await read_body(request, settings.max_body_bytes)
-    doc, binary = _parse(body, request.headers.get("inference-header-content-length"))
-    wanted = [o.name for o in doc.outputs]
-    unknown = [n for n in wanted if n not in det.card.outputs]
-    if unknown:
-        raise BadTensor(f"unknown output {unknown[0]!r} (the model's outputs: "
-                        f"{', '.join(det.card.outputs)})")
-    batch, used = _tensor(doc.inputs[0], binary, 0, det.card)
-    if used != len(binary):
-        raise BadTensor(f"{len(binary) - used} bytes of binary data follow the tensors")
-    outputs = await limiter.run(lambda: det.forward(np.ascontiguousarray(batch)))
+    # admitted before the body is read, as /v1/inspect is: bodies in memory stay bounded
+    # by (max_concurrency + max_queue) x max_body_bytes, and a full server refuses at once
+    async with limiter.admission():
+        body = await read_body(request, settings.max_body_bytes)
+        # off the event loop: 30 MB of JSON numbers took 2.4 s to parse, and /healthz and
+        # every other request waited that long (attacker review)
+        doc, binary = await anyio.to_thread.run_sync(
+            _parse, body, request.headers.get("inference-header-content-length"))
+        wanted = [o.name for o in doc.outputs]
+        unknown = [n for n in wanted if n not in det.card.outputs]
+        if unknown:
+            raise BadTensor(f"unknown output {unknown[0]!r} (the model's outputs: "
+                            f"{', '.join(det.card.outputs)})")
+        batch, used = _tensor(doc.inputs[0], binary, 0, det.card)
+        if used != len(binary):
+            raise BadTensor(f"{len(binary) - used} bytes of binary data follow the tensors")
+        outputs = await limiter.run(lambda: det.forward(np.ascontiguousarray(batch)))
     result = [InferOutput(name=out_name, datatype=NAMES[arr.dtype.name], shape=list(arr.shape),
                           data=arr.reshape(-1).tolist())
               for out_name, arr in zip(det.card.outputs, outputs, strict=True)
