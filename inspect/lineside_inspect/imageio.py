@@ -19,6 +19,7 @@ orientation tag, which turned a 640x400 frame into a 400x640 image.)
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -65,20 +66,30 @@ def header_size(data: bytes) -> tuple[int, int]:
         raise ImageError(f"truncated {fmt.upper()} header") from exc
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
+    """``(marker, position)`` of each marker segment after SOI, in order, skipping fill
+    bytes; a byte where a marker belongs that is not one is yielded as marker -1 and ends
+    the walk, as does the end of the data."""
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
-            raise ImageError("corrupt JPEG: marker expected in header")
+            yield -1, pos
+            return
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        yield marker, pos
+        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    for marker, pos in _jpeg_segments(data):
+        if marker < 0:
+            raise ImageError("corrupt JPEG: marker expected in header")
         if marker in _JPEG_SOF:
             height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
             return int(width), int(height)
-        pos += 2 + length
     raise ImageError("truncated JPEG: no frame header found")
 
 
@@ -87,15 +98,9 @@ def _jpeg_scans(data: bytes) -> int:
     metadata (EXIF, ICC) cannot add to the count; after it, entropy-coded data never
     holds 0xFF followed by a marker code (0xFF is stuffed as FF 00), so a count of
     ``FF DA`` is the number of scans."""
-    pos = 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
+    for marker, pos in _jpeg_segments(data):
         if marker == 0xDA:
             return 1 + data.count(b"\xff\xda", pos + 2)
-        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
     return 0
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from lineside_inspect.config import CameraConfig
 
-from .conftest import MODEL, ROOT, SAMPLE, Running, keyed, start_server
+from .conftest import KEYS, MODEL, ROOT, SAMPLE, Running, keyed, start_server
 
 REF_MODEL = ROOT / "models" / "deeppcb-ref" / "1"
 STATION = ROOT / "configs" / "line"
@@ -162,8 +162,6 @@ def test_a_client_gone_mid_body_is_no_internal_error(srv: Running, path: str,
     import logging
     import socket
     from urllib.parse import urlsplit
-
-    from .conftest import KEYS
 
     host = urlsplit(srv.url)
     method = "POST" if path == "/v1/inspect" else "PUT"
