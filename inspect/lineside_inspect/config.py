@@ -163,6 +163,12 @@ class Settings(BaseSettings):
         "decoded pixels per image (default: LINESIDE_MAX_IMAGE_PIXELS, else 64 Mpx)"))
     max_concurrency: int = Field(2, ge=1, description="inferences running at once")
     max_queue: int = Field(16, ge=0, description="requests waiting beyond that; then 503")
+    max_places_per_key: int | None = Field(None, ge=1, description=(
+        "of those max_concurrency + max_queue places, the most one API key may hold at once "
+        "(inspections and OIP v2 infers, from admission to answer); beyond it that key gets "
+        "503. Default: max(max_concurrency, max_queue), so with the defaults every other key "
+        "and the cameras keep max_concurrency places while one key's slow uploads hold the "
+        "rest. Without API keys there is no share"))
     request_timeout_s: float = Field(10.0, gt=0)
     header_timeout_s: float = Field(10.0, gt=0, description=(
         "a connection's request headers must arrive complete within this"))
@@ -228,6 +234,12 @@ class Settings(BaseSettings):
     @property
     def references_path(self) -> Path:
         return Path(self.references_dir) if self.references_dir else Path(self.data_dir) / "references"
+
+    @property
+    def places_per_key(self) -> int:
+        """The most places (``max_concurrency + max_queue``) one API key may hold."""
+        share = self.max_places_per_key or max(self.max_concurrency, self.max_queue)
+        return min(share, self.max_concurrency + self.max_queue)
 
     @model_validator(mode="after")
     def _gate_needs_store(self) -> Settings:

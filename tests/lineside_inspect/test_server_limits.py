@@ -7,6 +7,7 @@ how long something took."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -401,3 +402,73 @@ def test_v2_infer_is_admitted_before_its_body_and_parsed_off_the_loop(launch, mo
         r = c.post("/v2/models/deeppcb/infer", json=body)
     assert r.status_code == 200, r.text[:300]
     assert on_loop and not any(on_loop)
+
+
+@contextlib.contextmanager
+def _held_uploads(srv: Any, n: int, auth: bytes = b"Authorization: Bearer line-secret\r\n"
+                  ) -> Iterator[None]:
+    """``n`` uploads whose headers and first bytes came, then nothing more: each holds a
+    place in the limiter until the block ends (their sockets close)."""
+    limiter = srv.app.state.limiter
+    held = [_connect(srv.url) for _ in range(n)]
+    try:
+        for sock in held:
+            sock.sendall(b"POST /v1/inspect HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth +
+                         b"Content-Type: image/jpeg\r\nContent-Length: 1000000\r\n\r\n\xff\xd8")
+        deadline = time.monotonic() + 20
+        while limiter.in_system < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert limiter.in_system == n
+        yield
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 20  # the held places are given back with their sockets
+    while limiter.in_system and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert limiter.in_system == 0 and limiter._held == {}
+
+
+def test_one_keys_slow_uploads_leave_the_other_keys_their_places(launch, image_bytes) -> None:
+    """A line key's uploads trickled at the minimum rate held every place for up to ~68
+    minutes, and every other key got 503 meanwhile (attacker review). A key now holds at
+    most ``max_places_per_key`` places (default max(max_concurrency, max_queue))."""
+    srv = launch(max_concurrency=1, max_queue=2)  # 3 places, a key's share: 2
+    assert srv.app.state.limiter.per_holder == 2
+    with _held_uploads(srv, 2):
+        with srv.client("line") as c:  # the same key's third: refused at once, unread
+            r = c.post("/v1/inspect", content=image_bytes,
+                       headers={"content-type": "image/jpeg"})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "overloaded"
+            assert "max_places_per_key" in r.json()["error"]["message"]
+            assert "retry-after" in r.headers
+            v2 = c.post("/v2/models/deeppcb/infer", content=b"{}",
+                        headers={"content-type": "application/json"})
+            assert v2.status_code == 503 and "'line'" in v2.json()["error"]["message"]
+        with srv.client("admin") as c:  # another key still has the place left
+            r = c.post("/v1/inspect", content=image_bytes,
+                       headers={"content-type": "image/jpeg"})
+            assert r.status_code == 200, r.text
+            assert r.json()["verdict"] in ("pass", "fail")
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", content=image_bytes, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+
+
+def test_without_keys_there_is_no_share(launch, image_bytes) -> None:
+    """Keyless, the server listens on loopback only and its callers share no identity:
+    one caller may take every place."""
+    srv = launch(keys=False, max_concurrency=1, max_queue=2)
+    with _held_uploads(srv, 2, auth=b""):
+        r = httpx.post(srv.url + "/v1/inspect", content=image_bytes,
+                       headers={"content-type": "image/jpeg"}, timeout=30)
+        assert r.status_code == 200, r.text
+
+
+def test_the_share_setting_is_capped_by_the_places() -> None:
+    from lineside_inspect.config import Settings
+    assert Settings(max_concurrency=2, max_queue=16).places_per_key == 16
+    assert Settings(max_concurrency=2, max_queue=16, max_places_per_key=40).places_per_key == 18
+    assert Settings(max_concurrency=4, max_queue=0).places_per_key == 4
+    assert Settings(max_places_per_key=3).places_per_key == 3

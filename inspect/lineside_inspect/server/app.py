@@ -165,7 +165,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.settings = settings
     app.state.registry = registry
     app.state.limiter = Limiter(settings.max_concurrency, settings.max_queue,
-                                settings.request_timeout_s)
+                                settings.request_timeout_s, per_holder=settings.places_per_key)
     app.state.metrics = Metrics()
     app.state.references = ReferenceLibrary(settings.references_path, settings.max_pixels)
     app.state.service = InspectionService(

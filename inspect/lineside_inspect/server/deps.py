@@ -97,6 +97,13 @@ def authorize(request: Request, role: Role) -> Principal:
     return who
 
 
+def key_holder(request: Request, who: Principal) -> str | None:
+    """Whose share of the limiter's places a request takes: its key's (a review session
+    counts as its user's key), None without API keys (loopback callers share no identity)."""
+    settings: Settings = request.app.state.settings
+    return who.name if settings.api_keys else None
+
+
 def require(role: Role) -> object:
     async def dep(request: Request) -> Principal:  # async: no thread-pool hop per request
         return authorize(request, role)

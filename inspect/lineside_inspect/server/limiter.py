@@ -6,6 +6,10 @@ letting latency and memory grow without bound. An admitted request then waits (u
 ``timeout_s``) for one of ``concurrency`` slots, in which decoding, inference and judging
 run in a worker thread. So memory for bodies is bounded by ``(concurrency + queue) x
 max_body_bytes`` and for decoded pixels by ``concurrency x max_pixels``: by configuration.
+
+A *holder* (an API key) may hold at most ``per_holder`` of those places: one key's slow
+uploads, each allowed ``body_timeout_s`` + size / ``min_body_rate``, would otherwise hold
+every place for over an hour while every other key and the cameras got 503.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ _admitted: contextvars.ContextVar[bool] = contextvars.ContextVar("lineside_admit
 
 
 class Limiter:
-    def __init__(self, concurrency: int, queue: int, timeout_s: float) -> None:
+    def __init__(self, concurrency: int, queue: int, timeout_s: float,
+                 per_holder: int | None = None) -> None:
         self.capacity = anyio.CapacityLimiter(concurrency)
         self._pool: ThreadPoolExecutor | None = None
         self._running: set[futures.Future[Any]] = set()  # inspections in threads now
@@ -40,10 +45,13 @@ class Limiter:
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self.in_system = 0
+        self.per_holder = self.max_waiting if per_holder is None else per_holder
+        self._held: dict[str, int] = {}  # places each holder has now
 
     @asynccontextmanager
-    async def admission(self) -> AsyncIterator[None]:
-        """A place in the system for the whole request, or :class:`Overloaded` at once."""
+    async def admission(self, holder: str | None = None) -> AsyncIterator[None]:
+        """A place in the system for the whole request, or :class:`Overloaded` at once.
+        ``holder`` (a key's name) may have at most ``per_holder`` places; None: no share."""
         if _admitted.get():
             yield
             return
@@ -51,7 +59,14 @@ class Limiter:
             if self.in_system >= self.max_waiting:
                 raise Overloaded(f"server busy: {self.in_system} requests in progress or "
                                  "queued; retry shortly")
+            held = self._held.get(holder, 0) if holder is not None else 0
+            if holder is not None and held >= self.per_holder:
+                raise Overloaded(f"key {holder!r} has {held} requests in progress or queued, "
+                                 f"its share of the server (max_places_per_key); retry once "
+                                 "one is answered")
             self.in_system += 1
+            if holder is not None:
+                self._held[holder] = held + 1
         token = _admitted.set(True)
         try:
             yield
@@ -59,6 +74,12 @@ class Limiter:
             _admitted.reset(token)
             with self._lock:
                 self.in_system -= 1
+                if holder is not None:
+                    left = self._held[holder] - 1
+                    if left:
+                        self._held[holder] = left
+                    else:
+                        del self._held[holder]
 
     async def run(self, fn: Callable[[], T], *, timeout_s: float | None = None) -> T:
         """Run ``fn`` in a worker thread once a slot is free (admitting the request first

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from lineside_inspect.names import Name
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.body import read_upload
-from lineside_inspect.server.deps import authorize, query_model, query_parameters
+from lineside_inspect.server.deps import authorize, key_holder, query_model, query_parameters
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.responses import annotated_response, errors, verdict_response
 from lineside_inspect.server.service import InspectionService
@@ -55,12 +55,13 @@ async def inspect_route(request: Request) -> Any:
     # and per-parameter solving cost ~0.4 ms per inspection here (measured, a tenth of the
     # server's budget); the same checks, the same 401/403/422 answers, and the same
     # parameters in /docs (openapi_extra above).
-    authorize(request, "line")
+    who = authorize(request, "line")
     query = query_model(InspectQuery, request)
     state = request.app.state
     service: InspectionService = state.service
     limiter: Limiter = state.limiter
-    async with limiter.admission():  # before the body is read: a full server refuses at once
+    # before the body is read: a full server refuses at once, and so does a key's full share
+    async with limiter.admission(key_holder(request, who)):
         upload = await read_upload(request, state.settings.max_body_bytes)
         result = await service.inspect_image(
             upload.data, recipe=query.recipe, camera_id=query.camera_id, part_id=query.part_id,

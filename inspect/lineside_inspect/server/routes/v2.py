@@ -26,7 +26,14 @@ from pydantic import (
 
 from lineside_inspect.errors import BadTensor, describe_validation
 from lineside_inspect.server.body import read_body
-from lineside_inspect.server.deps import LimiterDep, LineUser, RegistryDep, SettingsDep
+from lineside_inspect.server.deps import (
+    LimiterDep,
+    LineUser,
+    Principal,
+    RegistryDep,
+    SettingsDep,
+    key_holder,
+)
 from lineside_inspect.server.responses import (
     NOT_READY,
     Datatype,
@@ -226,12 +233,12 @@ def _tensor(spec: InferInput, binary: bytes, offset: int, card: Any) -> tuple[np
     return spec.array.reshape(spec.shape), offset
 
 
-async def _infer(request: Request, name: str, version: str | None, registry: Any,
-                 limiter: Any, settings: Any) -> InferResponse:
+async def _infer(request: Request, who: Principal, name: str, version: str | None,
+                 registry: Any, limiter: Any, settings: Any) -> InferResponse:
     det = registry.detector(name, version)
     # admitted before the body is read, as /v1/inspect is: bodies in memory stay bounded
     # by (max_concurrency + max_queue) x max_body_bytes, and a full server refuses at once
-    async with limiter.admission():
+    async with limiter.admission(key_holder(request, who)):
         body = await read_body(request, settings.max_body_bytes)
         # off the event loop: 30 MB of JSON numbers took 2.4 s to parse, and /healthz and
         # every other request waited that long (attacker review)
@@ -260,11 +267,11 @@ INFER_ERRORS = errors(400, 401, 403, 404, 408, 413, 503)
 @router.post("/models/{name}/infer", responses=INFER_ERRORS)
 async def infer(name: str, request: Request, who: LineUser, registry: RegistryDep,
                 limiter: LimiterDep, settings: SettingsDep) -> InferResponse:
-    return await _infer(request, name, None, registry, limiter, settings)
+    return await _infer(request, who, name, None, registry, limiter, settings)
 
 
 @router.post("/models/{name}/versions/{version}/infer", responses=INFER_ERRORS)
 async def infer_version(name: str, version: str, request: Request, who: LineUser,
                         registry: RegistryDep, limiter: LimiterDep,
                         settings: SettingsDep) -> InferResponse:
-    return await _infer(request, name, version, registry, limiter, settings)
+    return await _infer(request, who, name, version, registry, limiter, settings)
