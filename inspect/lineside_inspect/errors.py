@@ -266,6 +266,15 @@ class GateRefused(LinesideError):
     status = 409
 
 
+class RecipeBreaksCamera(LinesideError):
+    """A recipe put over the API that a configured camera triggers with, whose model needs
+    a golden image the camera does not name (or the reverse): every trigger of that camera
+    would fail. Nothing was changed."""
+
+    code = "recipe_breaks_camera"
+    status = 409
+
+
 class Busy(LinesideError):
     """A one-at-a-time job (a gate run, a promotion) is already running."""
 

@@ -181,3 +181,31 @@ def test_a_client_gone_mid_body_is_no_internal_error(srv: Running, path: str,
     assert not any("internal error" in m for m in messages), messages
     with srv.client() as c:
         assert c.get("/healthz").status_code == 200
+
+
+def test_a_put_recipe_that_would_break_a_configured_camera_is_refused(srv: Running) -> None:
+    """A recipe put over the API whose model needs a golden image, under the name a camera
+    without one triggers with, was accepted, and that camera's every trigger got 422 until
+    a restart (attacker review). It is refused now, and the recipe stays as it was."""
+    body = {"name": "deeppcb", "version": "9", "model": "deeppcb-ref", "critical": ["open"]}
+    with srv.client("admin") as c:
+        msg = _error(c.put("/v1/recipes/deeppcb", json=body), 409)
+        assert msg.startswith("recipe deeppcb: model deeppcb-ref compares each frame with a "
+                              "golden image, and camera(s) sim1 name none"), msg
+        assert c.put("/v1/recipes/deeppcb", json=body).json()["error"]["code"] == \
+            "recipe_breaks_camera"
+        # the reverse: a camera with a golden image and a model that takes none
+        other = {"name": "deeppcb-ref", "version": "9", "model": "deeppcb"}
+        msg = _error(c.put("/v1/recipes/deeppcb-ref", json=other), 409)
+        assert "takes no golden image, and camera(s) station1 name one" in msg, msg
+        recipes = {r["name"]: r for r in c.get("/v1/recipes").json()}
+        assert (recipes["deeppcb"]["model"], recipes["deeppcb"]["version"]) == ("deeppcb", "1")
+        assert recipes["deeppcb-ref"]["model"] == "deeppcb-ref"
+        # under another name, or of the same kind, a recipe is put as before
+        assert c.put("/v1/recipes/spare", json={**body, "name": "spare"}).status_code == 200
+        same = {"name": "deeppcb", "version": "1", "model": "deeppcb", "min_size_px": 8,
+                "critical": ["open", "short"]}
+        assert c.put("/v1/recipes/deeppcb", json=same).status_code == 200
+    with srv.client("line") as c:
+        r = c.post("/v1/cameras/sim1/trigger")
+        assert r.status_code == 200 and r.json()["recipe"]["name"] == "deeppcb", r.text

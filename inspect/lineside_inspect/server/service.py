@@ -27,6 +27,7 @@ from lineside_inspect.errors import (
     LinesideError,
     NotFoundError,
     Overloaded,
+    RecipeBreaksCamera,
     ReferenceImageError,
 )
 from lineside_inspect.imageio import decode_image, encode_jpeg, header_size, sniff_format
@@ -160,6 +161,30 @@ class InspectionService:
         contradictions, _missing = self._camera_problems()
         if contradictions:
             raise ConfigError("; ".join(contradictions))
+
+    def check_recipe_for_cameras(self, recipe: Recipe) -> None:
+        """Refuse (:class:`RecipeBreaksCamera`) a new ``recipe`` that a configured camera
+        triggers with when its model's need for a golden image contradicts that camera's
+        config: the camera's every trigger would fail until a restart. A recipe naming a
+        model not loaded passes here (its own 404 follows)."""
+        if self.cameras is None:
+            return
+        try:
+            detector = self.registry.detector(recipe.model, recipe.model_version)
+        except LinesideError:
+            return
+        default = self.registry.default_recipe or recipe.name  # the first becomes default
+        broken = [cfg.id for cfg in self.cameras.configs.values()
+                  if (cfg.recipe or default) == recipe.name
+                  and detector.needs_reference != (cfg.reference is not None)]
+        if broken:
+            need = ("compares each frame with a golden image, and camera(s) {} name none"
+                    if detector.needs_reference else
+                    "takes no golden image, and camera(s) {} name one")
+            raise RecipeBreaksCamera(
+                f"recipe {recipe.name}: model {recipe.model} " + need.format(", ".join(broken))
+                + " in the server's config; their triggers would all fail. Put the recipe "
+                "under another name, or change the cameras' config")
 
     def warn_cameras(self) -> None:
         """Once every start-up hook ran: a WARNING for each camera that cannot inspect yet,

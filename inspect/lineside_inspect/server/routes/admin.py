@@ -125,7 +125,9 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
                request: Request) -> Recipe:
     """Add or replace a recipe; switching a line's product needs no model reload. 404 when
     its model (or pinned version) is not loaded, 422 when it names classes the model lacks,
-    409 gate_failed when it pins a version the lifecycle would not activate."""
+    409 gate_failed when it pins a version the lifecycle would not activate, 409
+    recipe_breaks_camera when a configured camera triggers with it and the model's need for
+    a golden image contradicts that camera's config."""
     if recipe.name != name:
         raise ConfigError(f"recipe name {recipe.name!r} does not match the URL's {name!r}")
     if recipe.remote is not None:
@@ -133,6 +135,7 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
         # settings: over the API they would let a key make the box call any address
         raise ConfigError(f"recipe {recipe.name}: a remote inference endpoint is set in a "
                           "recipe file of the server's config, not over the API")
+    request.app.state.service.check_recipe_for_cameras(recipe)
     lifecycle = getattr(request.app.state, "lifecycle", None)
     if lifecycle is not None:  # admission of a pinned version, and the audit log
         lifecycle.put_recipe(recipe, actor=who.name)
