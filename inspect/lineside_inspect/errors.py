@@ -10,6 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Self
 
+ECHO_CHARS = 140  # a full name (128 characters, names.NAME_RE) and its quotes
+
+
+def echo(value: object) -> str:
+    """``value`` as an error message repeats a caller's name or id: ``repr``, cut to
+    ``ECHO_CHARS`` characters (a URL may carry kilobytes, which no message should repeat)."""
+    text = repr(value)
+    if len(text) <= ECHO_CHARS:
+        return text
+    return f"{text[:ECHO_CHARS - 1]}\u2026 ({len(str(value))} characters)"
+
 
 class LinesideError(Exception):
     """Base class: a problem the caller can fix, described in one message."""

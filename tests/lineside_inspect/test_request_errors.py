@@ -1,7 +1,8 @@
 """Errors a new user met on a real server, each answered as a 4xx that names the problem
 the caller can act on: camera/recipe reference mismatches told as config matters, image
 bodies refused by content type and encoding, a broken reference or multipart body named
-as such, an unknown inspection's shadow a 404, and HEAD on the probes and the landing page."""
+as such, an unknown inspection's shadow a 404 (a long id not echoed in full), and HEAD on the
+probes, /metrics and the landing page."""
 
 from __future__ import annotations
 
@@ -132,11 +133,18 @@ def test_shadow_of_an_unknown_inspection_is_404(srv: Running, board: bytes) -> N
         known = r.json()["id"]
     with srv.client("reviewer") as c:
         assert _error(c.get("/v1/inspections/nope/shadow"), 404) == "no inspection 'nope'"
+        # a long id is not echoed in full (the URL limit is ~64 KB)
+        msg = _error(c.get("/v1/inspections/" + "a" * 5000), 404)
+        assert msg == "no inspection '" + "a" * 138 + "\u2026 (5000 characters)", msg
         r = c.get(f"/v1/inspections/{known}/shadow")
         assert r.status_code == 200 and r.json() == {"items": []}, r.text
+    with srv.client("admin") as c:
+        msg = _error(c.get("/v1/gates/" + "b" * 5000), 404)
+        assert len(msg) < 200 and "(5000 characters)" in msg, msg
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/", "/dashboard", "/review", "/fleet"])
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/", "/dashboard", "/review", "/fleet",
+                                  "/metrics", "/v2/health/live", "/v2/health/ready"])
 @pytest.mark.parametrize("role", [None, "reviewer"])  # the sign-in page, the page itself
 def test_head_answers_as_get_without_a_body(srv: Running, path: str, role: str | None) -> None:
     with srv.client(role) as c:
@@ -209,3 +217,15 @@ def test_a_put_recipe_that_would_break_a_configured_camera_is_refused(srv: Runni
     with srv.client("line") as c:
         r = c.post("/v1/cameras/sim1/trigger")
         assert r.status_code == 200 and r.json()["recipe"]["name"] == "deeppcb", r.text
+
+
+def test_a_json_body_nested_thousands_deep_is_named_as_such(srv: Running) -> None:
+    """FastAPI's parser hit Python's recursion limit and the answer said only "There was an
+    error parsing the body"."""
+    nested = b'{"a":' * 5000 + b"1" + b"}" * 5000  # within max_json_bytes
+    with srv.client("admin") as c:
+        for method, path in (("PUT", "/v1/recipes/x"), ("POST", "/v1/models")):
+            r = c.request(method, path, content=nested, headers={"content-type": "application/json"})
+            assert r.json()["error"]["code"] == "invalid_request"
+            assert _error(r, 400).startswith("the JSON body is nested too deeply to parse")
+        assert c.get("/healthz").status_code == 200

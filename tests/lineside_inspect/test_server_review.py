@@ -85,6 +85,13 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
             r = c.post(f"/v1/inspections/{b}/reviews",
                        json={"action": "relabel", "index": 0, "label": label})
             assert r.status_code == 422 and "control character" in r.text, r.text
+        # a box number is a JSON integer: true, 1.0 and "1" were taken as box 1
+        for index in (True, 1.0, "1", -1):
+            r = c.post(f"/v1/inspections/{b}/reviews",
+                       json={"action": "relabel", "index": index, "label": "spur"})
+            assert r.status_code == 422 and "index" in r.text, (index, r.text)
+        r = c.post(f"/v1/inspections/{b}/reviews", json={"action": "confirm", "seen_reviews": True})
+        assert r.status_code == 422 and "seen_reviews" in r.text, r.text
         assert len(c.get(f"/v1/inspections/{b}").json()["reviews"]) == 2  # none of these saved
         # control characters in a URL (a NUL was a 500 on PostgreSQL) are refused up front
         for path, params in ((f"/v1/inspections/{a}%00", None),

@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from lineside_inspect.errors import GoldenSetError, ImageError, NotFoundError, describe_validation
+from lineside_inspect.errors import (
+    GoldenSetError,
+    ImageError,
+    NotFoundError,
+    describe_validation,
+    echo,
+)
 from lineside_inspect.imageio import IMAGE_SUFFIXES, header_size, sniff_format
 from lineside_inspect.names import NAME_RULE, Name, is_name
 
@@ -274,7 +280,7 @@ class GoldenLibrary:
     def get(self, name: str, version: int | None = None) -> GoldenManifest:
         versions = self.versions(name)
         if not versions:
-            raise NotFoundError(f"no golden set {name!r} (sets: {', '.join(self.names()) or 'none'})")
+            raise NotFoundError(f"no golden set {echo(name)} (sets: {', '.join(self.names()) or 'none'})")
         v = versions[-1] if version is None else version
         if v not in versions:
             raise NotFoundError(f"golden set {name!r} has no version {v} "

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from lineside_inspect.errors import NotFoundError
+from lineside_inspect.errors import NotFoundError, echo
 from lineside_inspect.store.models import (
     LIFECYCLE_TABLES,
     AdmissionRow,
@@ -122,7 +122,7 @@ class Records:
         with Session(self.engine) as s:
             row = s.get(GateReportRow, report_id)
             if row is None:
-                raise NotFoundError(f"no gate report {report_id!r}")
+                raise NotFoundError(f"no gate report {echo(report_id)}")
             return dict(row.report, actor=row.actor)
 
     # -- admissions (lineage on the box) -------------------------------------------------

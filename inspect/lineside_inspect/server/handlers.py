@@ -53,8 +53,12 @@ def add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {400: "invalid_request", 404: "not_found",  # 400: a body that cannot be parsed
                 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if isinstance(exc.__cause__, RecursionError):  # FastAPI's parse of a JSON body
+            message = ("the JSON body is nested too deeply to parse (thousands of levels); "
+                       "no request of this API nests more than a few")
         # keep the exception's headers: a 405 must say which methods are allowed (Allow)
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+        return JSONResponse(error_body(code, message), status_code=exc.status_code,
                             headers=exc.headers)
 
     @app.exception_handler(DataError)

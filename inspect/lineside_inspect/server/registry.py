@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lineside_inspect.errors import ConfigError, NotFoundError, PackageError
+from lineside_inspect.errors import ConfigError, NotFoundError, PackageError, echo
 from lineside_inspect.package import card_digest, load_package
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.runtime.detector import Detector
@@ -85,7 +85,7 @@ class Registry:
     def _activate_locked(self, name: str, version: str) -> None:
         slot = self._models[name]
         if version not in slot.versions:
-            raise NotFoundError(f"model {name} has no loaded version {version!r} "
+            raise NotFoundError(f"model {name} has no loaded version {echo(version)} "
                                 f"(loaded: {', '.join(slot.versions)})")
         if slot.active is not None and slot.active != version:
             slot.history.append(slot.active)
@@ -120,7 +120,7 @@ class Registry:
 
     def _slot(self, name: str) -> ModelSlot:
         if name not in self._models:
-            raise NotFoundError(f"unknown model {name!r} (loaded: {', '.join(self._models) or 'none'})")
+            raise NotFoundError(f"unknown model {echo(name)} (loaded: {', '.join(self._models) or 'none'})")
         return self._models[name]
 
     def detector(self, name: str, version: str | None = None) -> Detector:
@@ -128,7 +128,7 @@ class Registry:
             slot = self._slot(name)
             key = version or slot.active
             if key not in slot.versions:
-                raise NotFoundError(f"model {name} has no loaded version {key!r}")
+                raise NotFoundError(f"model {name} has no loaded version {echo(key)}")
             return slot.versions[key]
 
     def models(self) -> dict[str, ModelSlot]:
@@ -201,7 +201,7 @@ class Registry:
             key = name or self.default_recipe
             if key is None or key not in self._recipes:
                 known = ", ".join(self._recipes) or "none"
-                raise NotFoundError(f"unknown recipe {key!r} (loaded: {known})")
+                raise NotFoundError(f"unknown recipe {echo(key)} (loaded: {known})")
             return self._recipes[key]
 
     def recipes(self) -> list[Recipe]:

@@ -29,6 +29,7 @@ from lineside_inspect.errors import (
     Overloaded,
     RecipeBreaksCamera,
     ReferenceImageError,
+    echo,
 )
 from lineside_inspect.imageio import decode_image, encode_jpeg, header_size, sniff_format
 from lineside_inspect.inspector import FrameTiming, Inspection, inspect
@@ -122,7 +123,7 @@ class InspectionService:
         cfg = manager.configs.get(camera_id)
         if cfg is None:
             manager.worker(camera_id)  # raises not found, naming the configured cameras
-            raise NotFoundError(f"unknown camera {camera_id!r}")
+            raise NotFoundError(f"unknown camera {echo(camera_id)}")
         rule, detector, anomaly = self._pin(recipe or cfg.recipe)
         frame = await manager.fresh_frame(camera_id, after=arrived,
                                           timeout_s=max(0.0, deadline - time.monotonic()))

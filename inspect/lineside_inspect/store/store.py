@@ -61,6 +61,7 @@ from lineside_inspect.errors import (
     ReviewConflict,
     ReviewError,
     StoreQuotaFull,
+    echo,
 )
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.opencv import cv2
@@ -1105,7 +1106,7 @@ class Store:
             row = s.scalar(select(InspectionRow).where(InspectionRow.id == inspection_id)
                            .options(selectinload(InspectionRow.reviews)))
         if row is None:
-            raise NotFoundError(f"no inspection {inspection_id!r}")
+            raise NotFoundError(f"no inspection {echo(inspection_id)}")
         return row
 
     def record(self, row: InspectionRow) -> StoredInspection:
@@ -1238,7 +1239,7 @@ class Store:
             row = s.scalar(select(InspectionRow).where(InspectionRow.id == inspection_id)
                            .with_for_update().options(selectinload(InspectionRow.reviews)))
             if row is None:
-                raise NotFoundError(f"no inspection {inspection_id!r}")
+                raise NotFoundError(f"no inspection {echo(inspection_id)}")
             yield s, row
 
     @staticmethod

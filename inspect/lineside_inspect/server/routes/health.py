@@ -34,6 +34,7 @@ async def readyz(request: Request, response: Response) -> Readiness:
 @router.get("/metrics", response_class=Response, responses={
     **errors(), 200: {"description": "Prometheus text exposition format",
                       "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
+@router.head("/metrics", include_in_schema=False)
 def metrics(m: MetricsDep, request: Request) -> Response:
     for hook in request.app.state.metrics_hooks:
         hook()

@@ -12,7 +12,7 @@ import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, FiniteFloat
+from pydantic import BaseModel, Field, FiniteFloat, StrictInt
 from starlette.background import BackgroundTask
 
 from lineside_inspect.draw import annotate
@@ -135,10 +135,11 @@ class ReviewIn(BaseModel, extra="forbid"):
     action: Literal["confirm", "false_reject", "missed_defect", "relabel"]
     boxes: list[ReviewBox] | None = Field(None, max_length=1000,
                                           description="missed_defect: the boxes the model missed")
-    index: int | None = Field(None, description="relabel: which box")
+    # strict: JSON's true, 1.0 or "1" is no box number (lax pydantic took true as box 1)
+    index: StrictInt | None = Field(None, ge=0, description="relabel: which box")
     label: OneLine | None = Field(None, max_length=128, description="relabel: the new class")
     note: Text = Field("", max_length=2000)  # lines are fine, a NUL is not
-    seen_reviews: int | None = Field(None, ge=0, le=10**6, description=(
+    seen_reviews: StrictInt | None = Field(None, ge=0, le=10**6, description=(
         "how many reviews the inspection had when you looked; if it has more now, 409 "
         "review_conflict and nothing is saved (omit to add a review unconditionally)"))
 

@@ -130,13 +130,16 @@ class InferRequest(BaseModel):
     outputs: list[RequestedOutput] = Field(default_factory=list, max_length=16)
 
 
+# async, and HEAD as GET without a body, as /healthz and /readyz (routes/health.py)
 @router.get("/health/live", responses=errors())
-def live() -> Liveness:
+@router.head("/health/live", include_in_schema=False)
+async def live() -> Liveness:
     return Liveness(live=True)
 
 
 @router.get("/health/ready", responses={**errors(), **NOT_READY})
-def ready(request: Request, response: Response) -> Readiness:
+@router.head("/health/ready", include_in_schema=False)
+async def ready(request: Request, response: Response) -> Readiness:
     ok = bool(getattr(request.app.state, "ready", False))
     response.status_code = 200 if ok else 503
     return Readiness(ready=ok)
