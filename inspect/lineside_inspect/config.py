@@ -236,6 +236,11 @@ class Settings(BaseSettings):
         return Path(self.references_dir) if self.references_dir else Path(self.data_dir) / "references"
 
     @property
+    def saved_recipes_path(self) -> Path:
+        """Where recipes put over the API are kept (recipes/saved.py)."""
+        return Path(self.data_dir) / "recipes"
+
+    @property
     def places_per_key(self) -> int:
         """The most places (``max_concurrency + max_queue``) one API key may hold."""
         share = self.max_places_per_key or max(self.max_concurrency, self.max_queue)

@@ -321,6 +321,13 @@ class Lifecycle:
                 self.registry.restore_recipe(recipe.name, before)
                 raise
 
+    def recipe_dropped(self, name: str, *, configured: bool, actor: str) -> None:
+        """``recipe_delete`` in the audit log: a recipe put over the API was dropped, and
+        the configuration's judges again (``configured``) or the name is gone."""
+        if self._records is not None:
+            self._records.audit(actor=actor, action="recipe_delete",
+                                details={"recipe": name, "configured": configured})
+
     def _record_recipe(self, recipe: Recipe, before: Recipe | None, pinned: list[str],
                        admitted: list[tuple[Detector, GateReportRow | None]], actor: str) -> None:
         """``recipe_put`` in the audit log, and an admission (role ``pinned``, with the gate

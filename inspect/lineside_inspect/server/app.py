@@ -12,8 +12,10 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from lineside_inspect import ui
 from lineside_inspect.config import Settings
+from lineside_inspect.errors import LinesideError
 from lineside_inspect.package import default_recipe_name
 from lineside_inspect.recipes import Recipe, load_recipe
+from lineside_inspect.recipes.saved import SavedRecipes
 from lineside_inspect.references import ReferenceLibrary
 from lineside_inspect.server import gate
 from lineside_inspect.server.guard import Guard
@@ -57,6 +59,28 @@ def load_everything(settings: Settings, registry: Registry) -> None:
     if settings.default_recipe:
         registry.recipe(settings.default_recipe)
         registry.default_recipe = settings.default_recipe
+
+
+def load_saved_recipes(app: FastAPI) -> None:
+    """The recipes put over the API (recipes/saved.py), over the configuration's of the
+    same name. One that no longer fits (its model gone, a camera's config changed) is
+    logged and left out, not a reason to refuse to start; the configuration's stays."""
+    registry: Registry = app.state.registry
+    app.state.configured_recipes = {r.name: r for r in registry.recipes()}
+    for saved in app.state.saved_recipes.load():
+        recipe, name = saved.recipe, saved.recipe.name
+        try:
+            app.state.service.check_recipe_for_cameras(recipe)
+            registry.add_recipe(recipe)
+        except LinesideError as exc:
+            log.warning("recipe %s put over the API (by %s, %s) is not loaded: %s. PUT it "
+                        "again, or DELETE /v1/recipes/%s to drop it", name, saved.put_by,
+                        saved.put_at, exc.message, name)
+            continue
+        replaces = (" in place of the configuration's" if name in app.state.configured_recipes
+                    else "")
+        log.info("recipe %s version %s: the one put over the API (by %s, %s)%s",
+                 name, recipe.version, saved.put_by, saved.put_at, replaces)
 
 
 def setup_store(app: FastAPI, settings: Settings) -> None:
@@ -124,6 +148,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
         await anyio.to_thread.run_sync(load_everything, settings, registry)
+        await anyio.to_thread.run_sync(load_saved_recipes, app)
         admin.publish_state(app.state.metrics, registry)
         # a camera whose config contradicts itself (a reference model's recipe and no
         # golden image, or the reverse) stops the server here, before anything started
@@ -168,6 +193,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
                                 settings.request_timeout_s, per_holder=settings.places_per_key)
     app.state.metrics = Metrics()
     app.state.references = ReferenceLibrary(settings.references_path, settings.max_pixels)
+    app.state.saved_recipes = SavedRecipes(settings.saved_recipes_path)
+    app.state.configured_recipes = {}
     app.state.service = InspectionService(
         registry=registry, limiter=app.state.limiter, metrics=app.state.metrics,
         references=app.state.references, max_pixels=settings.max_pixels)

@@ -136,6 +136,16 @@ class ActiveVersion(_Shape):
 
 class ListedRecipe(Recipe):
     default: bool = Field(description="the recipe of requests that name none")
+    put_over_api: bool = Field(description=(
+        "put over the API and kept in the data folder over restarts (DELETE drops it), "
+        "rather than the configuration's"))
+
+
+class RecipeDropped(_Shape):
+    name: str
+    recipe: Recipe | None = Field(description=(
+        "the configuration's recipe of this name, which judges again; null: none, the "
+        "recipe is gone"))
 
 
 # -- references -------------------------------------------------------------------------

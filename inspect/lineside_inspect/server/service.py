@@ -163,21 +163,25 @@ class InspectionService:
         if contradictions:
             raise ConfigError("; ".join(contradictions))
 
+    def cameras_with_recipe(self, name: str) -> list[CameraConfig]:
+        """The configured cameras that trigger with recipe ``name`` (by name, or as the
+        default recipe; the first recipe put becomes the default)."""
+        if self.cameras is None:
+            return []
+        default = self.registry.default_recipe or name
+        return [cfg for cfg in self.cameras.configs.values() if (cfg.recipe or default) == name]
+
     def check_recipe_for_cameras(self, recipe: Recipe) -> None:
         """Refuse (:class:`RecipeBreaksCamera`) a new ``recipe`` that a configured camera
         triggers with when its model's need for a golden image contradicts that camera's
         config: the camera's every trigger would fail until a restart. A recipe naming a
         model not loaded passes here (its own 404 follows)."""
-        if self.cameras is None:
-            return
         try:
             detector = self.registry.detector(recipe.model, recipe.model_version)
         except LinesideError:
             return
-        default = self.registry.default_recipe or recipe.name  # the first becomes default
-        broken = [cfg.id for cfg in self.cameras.configs.values()
-                  if (cfg.recipe or default) == recipe.name
-                  and detector.needs_reference != (cfg.reference is not None)]
+        broken = [cfg.id for cfg in self.cameras_with_recipe(recipe.name)
+                  if detector.needs_reference != (cfg.reference is not None)]
         if broken:
             need = ("compares each frame with a golden image, and camera(s) {} name none"
                     if detector.needs_reference else

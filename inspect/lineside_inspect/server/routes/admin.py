@@ -9,10 +9,19 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from lineside_inspect.errors import ConfigError, GateRefused, PackageError, PathNotAllowedError
+from lineside_inspect.errors import (
+    ConfigError,
+    GateRefused,
+    NotFoundError,
+    PackageError,
+    PathNotAllowedError,
+    RecipeBreaksCamera,
+    echo,
+)
 from lineside_inspect.names import Text
 from lineside_inspect.package import CARD, GRAPH
 from lineside_inspect.recipes import Recipe
+from lineside_inspect.recipes.saved import SavedRecipes
 from lineside_inspect.server.deps import Admin, RegistryDep, SettingsDep
 from lineside_inspect.server.responses import (
     ActiveVersion,
@@ -20,6 +29,7 @@ from lineside_inspect.server.responses import (
     LoadedModel,
     LoadedVersion,
     ModelLoaded,
+    RecipeDropped,
     errors,
 )
 
@@ -115,15 +125,19 @@ def rollback(name: str, who: Admin, registry: RegistryDep, request: Request) -> 
 
 
 @router.get("/recipes", responses=errors(401, 403))
-def list_recipes(who: Admin, registry: RegistryDep) -> list[ListedRecipe]:
-    return [ListedRecipe(**r.model_dump(), default=r.name == registry.default_recipe)
+def list_recipes(who: Admin, registry: RegistryDep, request: Request) -> list[ListedRecipe]:
+    saved: SavedRecipes = request.app.state.saved_recipes
+    return [ListedRecipe(**r.model_dump(), default=r.name == registry.default_recipe,
+                         put_over_api=saved.has(r.name))
             for r in registry.recipes()]
 
 
 @router.put("/recipes/{name}", responses=errors(401, 403, 404, 408, 409, 413, 422))
 def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
                request: Request) -> Recipe:
-    """Add or replace a recipe; switching a line's product needs no model reload. 404 when
+    """Add or replace a recipe; switching a line's product needs no model reload. It is
+    kept in the data folder and replaces the configuration's recipe of its name over
+    restarts, until ``DELETE /v1/recipes/NAME``. 404 when
     its model (or pinned version) is not loaded, 422 when it names classes the model lacks,
     409 gate_failed when it pins a version the lifecycle would not activate, 409
     recipe_breaks_camera when a configured camera triggers with it and the model's need for
@@ -135,13 +149,54 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
         # settings: over the API they would let a key make the box call any address
         raise ConfigError(f"recipe {recipe.name}: a remote inference endpoint is set in a "
                           "recipe file of the server's config, not over the API")
-    request.app.state.service.check_recipe_for_cameras(recipe)
-    lifecycle = getattr(request.app.state, "lifecycle", None)
-    if lifecycle is not None:  # admission of a pinned version, and the audit log
-        lifecycle.put_recipe(recipe, actor=who.name)
-    else:
-        registry.add_recipe(recipe)
+    state = request.app.state
+    saved: SavedRecipes = state.saved_recipes
+    with saved.lock:  # the registry and the file change together (a DELETE waits)
+        state.service.check_recipe_for_cameras(recipe)
+        try:
+            before: Recipe | None = registry.recipe(name)
+        except NotFoundError:
+            before = None
+        lifecycle = getattr(state, "lifecycle", None)
+        if lifecycle is not None:  # admission of a pinned version, and the audit log
+            lifecycle.put_recipe(recipe, actor=who.name)
+        else:
+            registry.add_recipe(recipe)
+        try:
+            saved.save(recipe, actor=who.name)
+        except BaseException:  # not kept over a restart: not put at all (the 500 says so)
+            registry.restore_recipe(name, before)
+            raise
     return recipe
+
+
+@router.delete("/recipes/{name}", responses=errors(401, 403, 404, 408, 409, 413))
+def delete_recipe(name: str, who: Admin, registry: RegistryDep,
+                  request: Request) -> RecipeDropped:
+    """Drop a recipe put over the API: the configuration's recipe of its name judges
+    again, or, when the configuration has none, the recipe is gone. 404 for a recipe not
+    put over the API (the configuration's are changed in its files); 409
+    recipe_breaks_camera when a configured camera triggers with it and the configuration
+    has none to take its place."""
+    state = request.app.state
+    saved: SavedRecipes = state.saved_recipes
+    with saved.lock:
+        if not saved.has(name):
+            raise NotFoundError(f"no recipe {echo(name)} was put over the API (the "
+                                "configuration's recipes are changed in its files)")
+        configured: Recipe | None = state.configured_recipes.get(name)
+        cameras = state.service.cameras_with_recipe(name)
+        if configured is None and cameras:
+            raise RecipeBreaksCamera(
+                f"recipe {name} is what camera(s) {', '.join(c.id for c in cameras)} trigger "
+                "with, and the configuration has no recipe of that name to take its place; "
+                "put another recipe under this name instead")
+        saved.delete(name)
+        registry.restore_recipe(name, configured)
+        lifecycle = getattr(state, "lifecycle", None)
+        if lifecycle is not None:
+            lifecycle.recipe_dropped(name, configured=configured is not None, actor=who.name)
+    return RecipeDropped(name=name, recipe=configured)
 
 
 def confine(value: str, roots: list[Path]) -> Path:

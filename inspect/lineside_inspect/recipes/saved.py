@@ -1,0 +1,105 @@
+"""Recipes put over the API, kept in the data folder so that a restart keeps them.
+
+``PUT /v1/recipes/NAME`` answered 200 and the recipe was gone at the next restart: the
+line went back to the configuration's thresholds without anyone asking. Each put recipe
+is now written (atomically) to ``<data_dir>/recipes/NAME.json`` with who put it and when;
+the server loads these after the configuration's recipes, so a put recipe replaces the
+configured one of its name until ``DELETE /v1/recipes/NAME`` drops it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from lineside_inspect.atomic import write_atomic
+from lineside_inspect.errors import describe_validation
+from lineside_inspect.names import is_name
+from lineside_inspect.recipes.schema import Recipe
+
+log = logging.getLogger("lineside")
+
+SAVED_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SavedRecipe:
+    recipe: Recipe
+    put_by: str
+    put_at: str
+
+
+class SavedRecipes:
+    """The folder of recipes put over the API: ``NAME.json`` each. ``NAME`` is a recipe
+    name (full-matched by :data:`~lineside_inspect.names.NAME_RE` before it is a path)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        # held by the routes while the registry and the file change together
+        self.lock = threading.Lock()
+
+    def _file(self, name: str) -> Path:
+        if not is_name(name):  # a Recipe's name is one already; a URL's may not be
+            raise ValueError(f"not a recipe name: {name!r}")
+        return self.folder / f"{name}.json"
+
+    def save(self, recipe: Recipe, *, actor: str) -> None:
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        doc = {"format_version": SAVED_FORMAT, "put_by": actor, "put_at": now,
+               # when the name was first put: the load order after a restart is the order
+               # the names came in, as it was while the server ran (a Modbus PLC picks a
+               # recipe by its index in that order; a put over a name keeps its place)
+               "added_at": self._added_at(recipe.name) or now,
+               "recipe": recipe.model_dump(mode="json", exclude_none=True)}
+        write_atomic(self._file(recipe.name), json.dumps(doc, indent=1).encode())
+
+    def _added_at(self, name: str) -> str | None:
+        try:
+            added = json.loads(self._file(name).read_text()).get("added_at")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return added if isinstance(added, str) else None
+
+    def has(self, name: str) -> bool:
+        return is_name(name) and self._file(name).is_file()
+
+    def delete(self, name: str) -> bool:
+        """Drop ``name``'s saved recipe; False when there was none."""
+        if not self.has(name):
+            return False
+        self._file(name).unlink()
+        return True
+
+    def load(self) -> list[SavedRecipe]:
+        """Every saved recipe that reads and validates, in the order their names were
+        first put. One that does not (edited by hand, written by a newer Lineside) is
+        logged and left in place, not loaded."""
+        if not self.folder.is_dir():
+            return []
+        found: list[tuple[str, SavedRecipe]] = []
+        for path in sorted(self.folder.glob("*.json")):
+            if not is_name(path.stem):
+                continue
+            try:
+                doc = json.loads(path.read_text())
+                if not isinstance(doc, dict) or doc.get("format_version") != SAVED_FORMAT:
+                    raise ValueError(f"format_version must be {SAVED_FORMAT} (a newer Lineside "
+                                     "wrote it, or it is not a saved recipe)")
+                recipe = Recipe.model_validate(doc.get("recipe"))
+                if recipe.name != path.stem or recipe.remote is not None:
+                    raise ValueError("its recipe's name is not its file's, or it sets remote")
+                found.append((str(doc.get("added_at", "")), SavedRecipe(
+                    recipe, str(doc.get("put_by", "?")), str(doc.get("put_at", "?")))))
+            except ValidationError as exc:
+                log.warning("recipe %s put over the API is not loaded: %s (file %s)",
+                            path.stem, describe_validation(exc.errors()), path)
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                log.warning("recipe %s put over the API is not loaded: %s (file %s)",
+                            path.stem, exc, path)
+        return [saved for _, saved in sorted(found, key=lambda f: (f[0], f[1].recipe.name))]

@@ -1,0 +1,160 @@
+"""Recipes put over the API are kept over restarts: ``PUT /v1/recipes/NAME`` answered 200
+and a restart went back to the configuration's recipe without anyone asking. Each put
+recipe now lives in ``<data_dir>/recipes/NAME.json`` and replaces the configuration's of
+its name until ``DELETE /v1/recipes/NAME``. Real servers, restarted on one data folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lineside_inspect.config import CameraConfig
+
+from .conftest import MODEL, ROOT, SAMPLE, Running, keyed, start_server
+
+RECIPES = ROOT / "configs" / "recipes"
+REF_MODEL = ROOT / "models" / "deeppcb-ref" / "1"
+JPEG = {"content-type": "image/jpeg"}
+
+
+def _serve(data_dir: Path, **kw: Any) -> tuple[Running, Any]:
+    kw.setdefault("recipes", [str(RECIPES / "deeppcb.yaml")])
+    return start_server(keyed(data_dir=str(data_dir), **kw))
+
+
+def _recipes(srv: Running) -> dict[str, dict[str, Any]]:
+    with srv.client("admin") as c:
+        r = c.get("/v1/recipes")
+        assert r.status_code == 200, r.text
+        return {x["name"]: x for x in r.json()}
+
+
+def _image() -> bytes:
+    return next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()
+
+
+def test_a_put_recipe_outlives_a_restart_until_it_is_deleted(tmp_path: Path) -> None:
+    changed = {"name": "deeppcb", "version": "7", "model": "deeppcb", "min_size_px": 20,
+               "critical": ["open"]}
+    srv, stop = _serve(tmp_path)
+    try:
+        assert _recipes(srv)["deeppcb"]["put_over_api"] is False
+        with srv.client("admin") as c:
+            assert c.put("/v1/recipes/deeppcb", json=changed).status_code == 200
+            assert c.put("/v1/recipes/spare", json={**changed, "name": "spare"}).status_code == 200
+        listed = _recipes(srv)
+        assert listed["deeppcb"]["version"] == "7" and listed["deeppcb"]["put_over_api"] is True
+        kept = json.loads((tmp_path / "recipes" / "deeppcb.json").read_text())
+        assert kept["put_by"] == "admin" and kept["recipe"]["min_size_px"] == 20
+    finally:
+        stop()
+
+    srv, stop = _serve(tmp_path)  # the same data folder: both put recipes are back
+    try:
+        listed = _recipes(srv)
+        assert (listed["deeppcb"]["version"], listed["deeppcb"]["min_size_px"]) == ("7", 20)
+        assert listed["deeppcb"]["put_over_api"] and listed["spare"]["put_over_api"]
+        assert listed["deeppcb"]["default"]  # still the configuration's default name
+        with srv.client("line") as c:
+            r = c.post("/v1/inspect", content=_image(), headers=JPEG)
+            assert r.status_code == 200 and r.json()["recipe"] == {"name": "deeppcb", "version": "7"}
+        with srv.client("admin") as c:
+            dropped = c.delete("/v1/recipes/deeppcb")
+            assert dropped.status_code == 200, dropped.text
+            assert dropped.json()["recipe"]["version"] == "1"  # the configuration's again
+            gone = c.delete("/v1/recipes/spare")
+            assert gone.status_code == 200 and gone.json()["recipe"] is None
+            again = c.delete("/v1/recipes/deeppcb")
+            assert again.status_code == 404 and "was put over the API" in again.text
+            assert c.delete("/v1/recipes/..").status_code == 404
+            audit = c.get("/v1/audit", params={"action": "recipe_delete"}).json()["items"]
+            assert [(a["actor"], a["details"]) for a in audit] == [
+                ("admin", {"recipe": "spare", "configured": False}),
+                ("admin", {"recipe": "deeppcb", "configured": True})]
+        with srv.client("reviewer") as c:
+            assert c.delete("/v1/recipes/deeppcb").status_code == 403
+        listed = _recipes(srv)
+        assert listed["deeppcb"]["version"] == "1" and "spare" not in listed
+        assert not listed["deeppcb"]["put_over_api"]
+    finally:
+        stop()
+
+    srv, stop = _serve(tmp_path)  # dropped for good
+    try:
+        listed = _recipes(srv)
+        assert listed["deeppcb"]["version"] == "1" and "spare" not in listed
+    finally:
+        stop()
+
+
+def test_a_saved_recipe_that_no_longer_fits_is_logged_and_left_out(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    srv, stop = _serve(tmp_path, models=[str(MODEL), str(REF_MODEL)])
+    try:
+        with srv.client("admin") as c:
+            body = {"name": "golden", "version": "1", "model": "deeppcb-ref"}
+            assert c.put("/v1/recipes/golden", json=body).status_code == 200
+    finally:
+        stop()
+    folder = tmp_path / "recipes"
+    (folder / "broken.json").write_text("{not json")
+    (folder / "newer.json").write_text(json.dumps({"format_version": 99, "recipe": {}}))
+    (folder / "renamed.json").write_text(json.dumps(
+        {"format_version": 1, "recipe": {"name": "other", "version": "1", "model": "deeppcb"}}))
+    caplog.set_level(logging.WARNING, logger="lineside")
+    srv, stop = _serve(tmp_path)  # deeppcb-ref is no longer loaded: the server starts
+    try:
+        assert set(_recipes(srv)) == {"deeppcb"}
+        said = caplog.text
+        assert "recipe golden put over the API (by admin" in said and "is not loaded" in said
+        assert "unknown model 'deeppcb-ref'" in said
+        for name in ("broken", "newer", "renamed"):
+            assert f"recipe {name} put over the API is not loaded" in said, said
+        with srv.client("admin") as c:  # a saved recipe left out can still be dropped
+            assert c.delete("/v1/recipes/golden").status_code == 200
+        assert not (folder / "golden.json").exists() and (folder / "broken.json").exists()
+    finally:
+        stop()
+
+
+def test_a_recipe_a_camera_needs_is_not_dropped_without_one_to_take_its_place(
+        tmp_path: Path) -> None:
+    cams = [CameraConfig(id="sim1", source=str(SAMPLE / "images"), recipe="put-only", fps=5)]
+    srv, stop = _serve(tmp_path, cameras=cams)
+    try:
+        with srv.client("admin") as c:
+            body = {"name": "put-only", "version": "1", "model": "deeppcb"}
+            assert c.put("/v1/recipes/put-only", json=body).status_code == 200
+            r = c.delete("/v1/recipes/put-only")
+            assert r.status_code == 409 and r.json()["error"]["code"] == "recipe_breaks_camera"
+            assert "camera(s) sim1 trigger with" in r.json()["error"]["message"]
+        with srv.client("line") as c:
+            r = c.post("/v1/cameras/sim1/trigger")
+            assert r.status_code == 200 and r.json()["recipe"]["name"] == "put-only", r.text
+    finally:
+        stop()
+
+
+def test_put_recipes_come_back_in_the_order_their_names_came_in(tmp_path: Path) -> None:
+    """A Modbus PLC picks a recipe by its index in load order: a restart must not
+    reorder them (a put over a name keeps the name's place, as while the server ran)."""
+    srv, stop = _serve(tmp_path)
+    try:
+        with srv.client("admin") as c:
+            for name, version in (("zeta", "1"), ("alpha", "1"), ("zeta", "2")):
+                body = {"name": name, "version": version, "model": "deeppcb"}
+                assert c.put(f"/v1/recipes/{name}", json=body).status_code == 200
+        before = list(_recipes(srv))
+        assert before == ["deeppcb", "zeta", "alpha"]
+    finally:
+        stop()
+    srv, stop = _serve(tmp_path)
+    try:
+        listed = _recipes(srv)
+        assert list(listed) == before and listed["zeta"]["version"] == "2"
+    finally:
+        stop()
