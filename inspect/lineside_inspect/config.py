@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from lineside_inspect.errors import ConfigError
-from lineside_inspect.fleet.config import FleetSettings
+from lineside_inspect.fleet.config import FleetSettings, check_site
 from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.line.config import LineSettings
 from lineside_inspect.names import Name
@@ -40,6 +40,19 @@ class ApiKey(BaseModel):
     name: str
     role: Role
     sha256: str
+    # a hub's box key held to its site and line: otherwise a box may file its inspections
+    # and status under any site and line, and read any line's assignment
+    site: Annotated[str | None, AfterValidator(check_site)] = Field(None, description=(
+        "a hub's box key: the only site this box may name"))
+    line: Annotated[str | None, AfterValidator(check_site)] = Field(None, description=(
+        "a hub's box key: the only line this box may name"))
+
+    @model_validator(mode="after")
+    def _pins_are_a_boxs(self) -> ApiKey:
+        if (self.site or self.line) and self.role != "box":
+            raise ValueError(f"key {self.name!r}: site and line pin a box key (role box) on "
+                             "a hub; this key has role " + repr(self.role))
+        return self
 
     @classmethod
     def from_plain(cls, name: str, role: Role, key: str) -> ApiKey:
@@ -56,8 +69,9 @@ def hash_plain_key_list(value: Any) -> Any:
     (YAML file, ``LINESIDE_API_KEYS`` JSON, keyword arguments) so each takes the same form."""
     if not isinstance(value, list):
         return value  # pydantic names the type problem
-    return [{"name": k.get("name", f"key{i}"), "role": k.get("role"),
-             "sha256": hash_key(str(k["key"]))} if isinstance(k, dict) and "key" in k else k
+    return [{**{f: v for f, v in k.items() if f != "key"}, "name": k.get("name", f"key{i}"),
+             "role": k.get("role"), "sha256": hash_key(str(k["key"]))}
+            if isinstance(k, dict) and "key" in k else k
             for i, k in enumerate(value)]
 
 

@@ -196,8 +196,11 @@ class Problem:
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
-    """The one error shape of the HTTP API: ``{"error": {"code", "message"}}``."""
-    return {"error": {"code": code, "message": message}}
+    """The one error shape of the HTTP API: ``{"error": {"code", "message"}}``. A lone
+    surrogate the message repeats from a request (JSON's ``"\\ud800"``) is escaped: it
+    cannot be encoded as UTF-8, and the answer itself would fail (a 500)."""
+    text = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return {"error": {"code": code, "message": text}}
 
 
 def describe_validation(errors: list[Any]) -> str:

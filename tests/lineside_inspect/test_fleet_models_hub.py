@@ -5,6 +5,7 @@ and change assignments, and hostile input answered with a 4xx."""
 from __future__ import annotations
 
 import base64
+import gzip
 import shutil
 import threading
 import time
@@ -158,6 +159,13 @@ def test_publish_refusals(hub: Hub, key: Any, tmp_path: Path) -> None:
         junk = c.put("/fleet/v1/packages/deeppcb/p4", content=b"not a tar.gz",
                      headers={SIGNATURE_HEADER: base64.b64encode(b"s" * 64).decode()})
         assert junk.status_code == 422 and junk.json()["error"]["code"] == "invalid_model_package"
+        # an archive that unpacks to no package: named as the archive, never the hub's
+        # folder it was unpacked in (attacker review, session 21)
+        empty = c.put("/fleet/v1/packages/deeppcb/p4", content=gzip.compress(b"\0" * 10240),
+                      headers={SIGNATURE_HEADER: base64.b64encode(b"s" * 64).decode()})
+        assert empty.status_code == 422, empty.text
+        assert empty.json()["error"]["message"].startswith("the archive: "), empty.text
+        assert "incoming" not in empty.text and "/tmp" not in empty.text
         for path in ("/fleet/v1/packages/..%2Fx/1", "/fleet/v1/packages/a%0A/1"):
             r = c.put(path, content=b"x", headers={SIGNATURE_HEADER: "x"})
             assert 400 <= r.status_code < 500 and "Traceback" not in r.text

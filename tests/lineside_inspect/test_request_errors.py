@@ -229,3 +229,61 @@ def test_a_json_body_nested_thousands_deep_is_named_as_such(srv: Running) -> Non
             assert r.json()["error"]["code"] == "invalid_request"
             assert _error(r, 400).startswith("the JSON body is nested too deeply to parse")
         assert c.get("/healthz").status_code == 200
+
+
+def test_a_body_that_is_not_utf8_json_or_carries_a_huge_number_is_named(srv: Running) -> None:
+    """Both were "There was an error parsing the body" (attacker review of the hub, whose
+    error answers are the edge's)."""
+    json_type = {"content-type": "application/json"}
+    with srv.client("admin") as c:
+        r = c.put("/v1/recipes/x", content=gzip.compress(b'{"name": "x"}'),
+                  headers={**json_type, "content-encoding": "gzip"})
+        assert _error(r, 400).startswith("the body is not UTF-8 JSON (a compressed body"), r.text
+        r = c.put("/v1/recipes/x", content=b'{"name": "x", "version": ' + b"9" * 5000 + b"}",
+                  headers=json_type)
+        assert _error(r, 400) == ("a number in the JSON body has more digits than any value "
+                                  "of this API"), r.text
+
+
+def test_annotated_images_are_drawn_a_few_at_a_time(srv: Running, board: bytes,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each drawing decodes a whole image; anyio's pool ran up to 40 at once (on a hub, of
+    images boxes sent: 360 MB each for a 64 Mpx one)."""
+    import threading
+
+    from lineside_inspect.server.routes import inspections
+
+    now = [0]
+    most = [0]
+    lock = threading.Lock()
+    real = inspections.decode_image
+
+    def slow_decode(data: bytes, *args: Any, **kw: Any) -> Any:
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        try:
+            time.sleep(0.2)  # long enough for the others to arrive meanwhile
+            return real(data, *args, **kw)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(inspections, "decode_image", slow_decode)
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", content=board, headers=JPEG, params={"recipe": "deeppcb"})
+        assert r.status_code == 200 and r.json()["stored"], r.text
+        iid = r.json()["id"]
+    results: list[int] = []
+
+    def fetch() -> None:
+        with srv.client("reviewer") as c:
+            results.append(c.get(f"/v1/inspections/{iid}/annotated").status_code)
+
+    threads = [threading.Thread(target=fetch) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [200] * 6
+    assert most[0] == inspections.DRAWINGS_AT_ONCE  # never more, and the limit is reached

@@ -8,12 +8,15 @@ before it becomes a key, so a key cannot climb out of its prefix.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from typing import IO, Any
 
 from lineside_inspect.errors import NotFoundError, ObjectStoreUnavailable
 from lineside_inspect.fleet.config import ObjectStoreSettings
 from lineside_inspect.names import is_object_key
+
+log = logging.getLogger("lineside.hub")
 
 
 def check_key(key: str) -> str:
@@ -56,9 +59,11 @@ class ObjectStore:
         except NotFoundError:
             raise
         except Exception as e:  # connection refused, timeouts, TLS: the store is unreachable
+            # the store's address is the hub's business, not a box key's: logged only
+            log.warning("object store %s unreachable during %s: %s", self.settings.endpoint,
+                        what, type(e).__name__)
             raise ObjectStoreUnavailable(
-                f"object store {self.settings.endpoint} unreachable during {what}: "
-                f"{type(e).__name__}") from None
+                f"the object store is unreachable (during {what}); retry later") from None
 
     def ensure_bucket(self) -> None:
         if not self._call("bucket check", self.client.bucket_exists, self.bucket):

@@ -37,6 +37,7 @@ the hub**; every review is kept in both audit trails, so nothing said is lost.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
@@ -54,6 +55,9 @@ SIGNATURE = PREFIX + "/packages/{model}/{version}/package.sig"
 # a request header: what a box understands beyond version 1 (comma-separated). A hub adds
 # to an answer only what the box named here, so an older box (whose models forbid unknown
 # fields) always reads the answer it knows
+# a time a box sends (a review's, an inspection's) over this far ahead of the hub's clock
+# is taken at the hub's time: a box whose clock ran ahead before NTP, or a hostile one
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
 FEATURES_HEADER = "Lineside-Fleet-Features"
 REVIEW_WAITING = "review-waiting"  # ReviewAck.waiting
 

@@ -25,7 +25,7 @@ from lineside_inspect.errors import ConfigError, NotFoundError
 from lineside_inspect.fleet.protocol import ReviewEvent
 from lineside_inspect.store import Store
 from lineside_inspect.store.models import REVIEW_ORDER, InspectionRow, ReviewRow
-from lineside_inspect.store.store import ACTIONS
+from lineside_inspect.store.store import ACTIONS, MAX_REVIEWS
 from lineside_inspect.store.utc import as_utc
 
 Outcome = Literal["current", "superseded", "duplicate", "unknown_inspection"]
@@ -102,6 +102,9 @@ def apply_review(store: Store, event: ReviewEvent,
                     return "duplicate"
                 if also is not None and also(r):
                     return "duplicate"
+            if len(row.reviews) >= MAX_REVIEWS:  # the receiving side logs it and goes on
+                raise ConfigError(f"review of {row.id}: the inspection holds {MAX_REVIEWS} "
+                                  "reviews, the most one inspection keeps")
             truth = _truth(event, row)
             added = ReviewRow(inspection_id=row.id, created_at=at, reviewer=event.reviewer,
                               action=event.action, boxes=truth, note=event.note,

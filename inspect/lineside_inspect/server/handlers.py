@@ -3,13 +3,16 @@ message}}`` with the error's status, a 500 with an error id for the unexpected."
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lineside_inspect.errors import (
+    DatabaseUnavailable,
     LinesideError,
     UnstorableValueError,
     describe_validation,
@@ -21,11 +24,26 @@ from lineside_inspect.server.unexpected import internal_error
 # PostgreSQL's codes for values it cannot hold: out of range, a character (NUL) it cannot
 # represent; psycopg refuses a NUL in text itself, before the server sees it (no code)
 _VALUE_CODES = {"22003", "22021", "22P05"}
+log = logging.getLogger("lineside")
 
 
 def _unstorable(exc: DataError) -> bool:
     code = getattr(exc.orig, "sqlstate", None)
     return code in _VALUE_CODES or (code is None and "NUL" in str(exc.orig))
+
+
+def _unparsed(cause: BaseException | None) -> str | None:
+    """What was wrong with a JSON body FastAPI could not parse, from the parser's error
+    (FastAPI's own answer, "There was an error parsing the body", names nothing)."""
+    if isinstance(cause, RecursionError):
+        return ("the JSON body is nested too deeply to parse (thousands of levels); no "
+                "request of this API nests more than a few")
+    if isinstance(cause, UnicodeDecodeError):
+        return ("the body is not UTF-8 JSON (a compressed body, Content-Encoding, is not "
+                "accepted)")
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "a number in the JSON body has more digits than any value of this API"
+    return None
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -53,10 +71,7 @@ def add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {400: "invalid_request", 404: "not_found",  # 400: a body that cannot be parsed
                 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        message = str(exc.detail)
-        if isinstance(exc.__cause__, RecursionError):  # FastAPI's parse of a JSON body
-            message = ("the JSON body is nested too deeply to parse (thousands of levels); "
-                       "no request of this API nests more than a few")
+        message = _unparsed(exc.__cause__) or str(exc.detail)
         # keep the exception's headers: a 405 must say which methods are allowed (Allow)
         return JSONResponse(error_body(code, message), status_code=exc.status_code,
                             headers=exc.headers)
@@ -72,6 +87,15 @@ def add_error_handlers(app: FastAPI) -> None:
         return await lineside_error(request, UnstorableValueError(
             "the database refused a value of this request (a NUL character in text, or a "
             "number out of range); look at the state before sending it again without it"))
+
+    @app.exception_handler(OperationalError)
+    async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        # refused, reset, timed out: every route that reads the database says so, as the
+        # box routes always did, not a 500 with a traceback per request
+        log.warning("%s %s: the database is unreachable (%s)", request.method,
+                    request.url.path, type(exc.orig).__name__)
+        return await lineside_error(request, DatabaseUnavailable(
+            "the database is unreachable; retry later"))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

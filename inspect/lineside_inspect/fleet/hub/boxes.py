@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import JSON, Boolean, String, select
 from sqlalchemy.exc import OperationalError
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from lineside_inspect.errors import DatabaseUnavailable
 from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.fleet.hub.pins import check_pinned
 from lineside_inspect.fleet.hub.reviews import BoxId, BoxKey, own_box
 from lineside_inspect.fleet.hub.tables import BoxCountRow, HubBase
 from lineside_inspect.fleet.protocol import PREFIX, STATUS, BoxStatus
@@ -101,9 +102,10 @@ def fleet(store: Store, now: datetime) -> Fleet:
 
 
 @router.post(STATUS, responses=errors(), summary="A box's status report")
-def report_status(box_id: BoxId, status: BoxStatus, who: BoxKey,
+def report_status(box_id: BoxId, status: BoxStatus, who: BoxKey, request: Request,
                   store: Annotated[Store, Depends(get_store)]) -> StatusAck:
     own_box(box_id, who)
+    check_pinned(request, box_id, status.site, status.line, "the status report")
     now = datetime.now(UTC)
     try:
         record_status(store, box_id, status, now)

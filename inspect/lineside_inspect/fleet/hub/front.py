@@ -16,7 +16,8 @@ pure-ASGI middleware runs before the gate, for every request with a body under
   many connections box keys open;
 - a box has one forwarded body in the hub at a time (its forwarder sends one batch after
   another): a second one while the first is read or applied is 429
-  ``forward_in_progress`` + Retry-After, the body unread. So one box key cannot take every
+  ``forward_in_progress`` + Retry-After, the body unread; and one review batch
+  (``protocol.REVIEWS_UP``; 429 ``reviews_in_progress``). So one box key cannot take every
   place and starve the other boxes; and the gate's minimum body rate
   (``server/gate.py``) bounds how long a slow body holds its place.
 
@@ -53,9 +54,17 @@ class ForwardInProgress(LinesideError):
     status = 429
 
 
+class ReviewsInProgress(LinesideError):
+    """A box's second review batch while its first is still being applied."""
+
+    code = "reviews_in_progress"
+    status = 429
+
+
 _BOX_ROUTE = re.compile(re.escape(PREFIX) + r"/boxes/([^/]*)/([^/]+)")
 _NAME = re.compile(NAME_PATTERN)
 FORWARD_LEAF = "inspections"  # protocol.FORWARD's last segment
+REVIEWS_LEAF = "reviews"  # protocol.REVIEWS_UP's
 
 
 class BoxFront:
@@ -64,8 +73,10 @@ class BoxFront:
         # admission only (no slots): a place per forwarded body being read or applied
         self.forwards = Limiter(max_forward_bodies, 0, 0.0)
         self.max_forward_bodies = max_forward_bodies
-        # boxes with a forwarded body in this process now (the event loop's: no lock needed)
+        # boxes with a forwarded body / a review batch in this process now (the event
+        # loop's: no lock needed)
         self.forwarding: set[str] = set()
+        self.reviewing: set[str] = set()
         Gauge("lineside_hub_forward_bodies", "Forwarded batches being read or applied now "
               f"(at most max_forward_bodies = {max_forward_bodies})",
               registry=metrics.registry).set_function(lambda: self.forwards.in_system)
@@ -81,8 +92,11 @@ class BoxFront:
         except LinesideError as exc:
             await answer(exc, scope, send)
             return
-        if not allowed or leaf != FORWARD_LEAF:  # not allowed: no valid key, the gate's 401
-            await self.app(scope, receive, send)
+        if not allowed or leaf not in (FORWARD_LEAF, REVIEWS_LEAF):
+            await self.app(scope, receive, send)  # not allowed: no valid key, the gate's 401
+            return
+        if leaf == REVIEWS_LEAF:
+            await self._reviews(box_id, scope, receive, send)
             return
         if box_id in self.forwarding:
             await answer(ForwardInProgress(
@@ -103,6 +117,21 @@ class BoxFront:
                 "(max_forward_bodies); retry shortly"), scope, send)
         finally:
             self.forwarding.discard(box_id)
+
+    async def _reviews(self, box_id: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """A box's review batch, one at a time: a batch of 1,000 reviews took 30-40 s to
+        apply, and went on after its box hung up; four at once from one key kept a core
+        busy for minutes. (Its box sends one after another and retries a 429.)"""
+        if box_id in self.reviewing:
+            await answer(ReviewsInProgress(
+                f"box {box_id} has a review batch in the hub already (a box sends one at a "
+                "time); retry once it is answered"), scope, send)
+            return
+        self.reviewing.add(box_id)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.reviewing.discard(box_id)
 
     @staticmethod
     def _caller_may_send(scope: Scope, box_id: str) -> bool:

@@ -46,6 +46,7 @@ from lineside_inspect.errors import (
     ConfigError,
     DatabaseUnavailable,
     Forbidden,
+    ImageError,
     InspectionIdTaken,
     LinesideError,
     NotFoundError,
@@ -53,16 +54,20 @@ from lineside_inspect.errors import (
 )
 from lineside_inspect.fleet.hub.config import HubSettings
 from lineside_inspect.fleet.hub.images import CONTENT_TYPES, image_key, reference_key
+from lineside_inspect.fleet.hub.pins import check_pinned
 from lineside_inspect.fleet.hub.tables import BoxCountRow, CursorRow
 from lineside_inspect.fleet.objects import ObjectStore
 from lineside_inspect.fleet.protocol import (
     FORWARD,
+    MAX_CLOCK_AHEAD,
     NAME_PATTERN,
     ForwardAck,
     ForwardBatch,
     ForwardedInspection,
 )
+from lineside_inspect.imageio import header_size
 from lineside_inspect.names import scrub_nul
+from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.schemas import StoredInspection
 from lineside_inspect.server.deps import Principal, require
 from lineside_inspect.server.responses import errors
@@ -110,7 +115,13 @@ class Ingest:
         seqs = [i.seq for i in items]
         if len(set(seqs)) != len(seqs):
             raise ConfigError("a batch must not repeat a seq")
-        rows = {i.seq: _row(box_id, i) for i in items}  # every item checked before any write
+        ids = [i.id for i in items]
+        if len(set(ids)) != len(ids):  # else the database's unique key refused it as "busy"
+            twice = next(i for i in items if ids.count(i.id) > 1)
+            raise ConfigError(f"a batch must not repeat an inspection id: {twice.id} is sent "
+                              f"under seq {', '.join(str(i.seq) for i in items if i.id == twice.id)}")
+        now = datetime.now(UTC)
+        rows = {i.seq: _row(box_id, i, now) for i in items}  # each checked before any write
         with self._box_lock(box_id):
             cursor = self.cursor(box_id)
             held = self._held(box_id, [i.id for i in items])
@@ -208,14 +219,24 @@ def _refuse_foreign(box_id: str, owners: dict[str, str | None]) -> None:
             "ids are random, so this record was copied. Nothing was stored")
 
 
-def _decode(b64: str, ext: str | None, what: str) -> bytes:
+def _decode(b64: str, ext: str | None, what: str, seq: int) -> tuple[bytes, int, int]:
+    """The image's bytes and its size from its header: refused when it is not the ``ext``
+    it says, or its header is unreadable or over ``MAX_IMAGE_PIXELS`` (a reviewer's page
+    decodes it: a 196 KB PNG of 8192x8192 took 360 MB per drawing)."""
     try:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigError(f"{what}_b64 is not base64") from None
+        raise ConfigError(f"item seq {seq}: {what}_b64 is not base64") from None
     if not data or ext is None or not data.startswith(_MAGIC[ext]):
-        raise ConfigError(f"{what}_b64 is not a {ext or '(no image_ext)'} image")
-    return data
+        raise ConfigError(f"item seq {seq}: {what}_b64 is not a {ext or '(no image_ext)'} image")
+    try:
+        width, height = header_size(data)
+    except ImageError as exc:
+        raise ConfigError(f"item seq {seq}: {what}_b64: {exc.message}") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ConfigError(f"item seq {seq}: {what}_b64 is {width}x{height}, over the "
+                          f"{MAX_IMAGE_PIXELS} pixels an image may have")
+    return data, width, height
 
 
 @dataclass(frozen=True)
@@ -228,39 +249,55 @@ class _Prepared:
 INT_RANGE = 2**31  # the database's INTEGER columns
 
 
-def _out_of_range(value: Any, where: str = "") -> str | None:
-    """Where in ``value`` (a JSON document) a number is NaN, infinite or an integer the
-    database cannot hold; None when every number is fine."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else where or "value"
-    if isinstance(value, int):
-        return None if -INT_RANGE <= value < INT_RANGE else where or "value"
+def _leaves(value: Any, where: str = "") -> Iterable[tuple[str, Any]]:
+    """``(path, value)`` of each number and string in ``value`` (a JSON document)."""
     if isinstance(value, dict):
         items: Iterable[tuple[Any, Any]] = value.items()
     elif isinstance(value, list):
         items = enumerate(value)
     else:
-        return None
+        yield where or "value", value
+        return
     for k, v in items:
-        found = _out_of_range(v, f"{where}.{k}" if where else str(k))
-        if found is not None:
-            return found
+        if isinstance(k, str):
+            yield (f"{where}.{k}" if where else k) + " (a key)", k
+        yield from _leaves(v, f"{where}.{k}" if where else str(k))
+
+
+def _unstorable(value: Any) -> tuple[str, str] | None:
+    """Where in ``value`` (a JSON document) and why a number or text cannot be stored:
+    NaN, infinite, an integer the database cannot hold, or text that is not UTF-8 (a lone
+    surrogate: JSON's ``"\\ud800"``); None when all of it can."""
+    for where, leaf in _leaves(value):
+        if isinstance(leaf, bool) or leaf is None:
+            continue
+        if isinstance(leaf, float) and not math.isfinite(leaf):
+            return where, "not a finite number in range"
+        if isinstance(leaf, int) and not -INT_RANGE <= leaf < INT_RANGE:
+            return where, "not a finite number in range"
+        if isinstance(leaf, str):
+            try:
+                leaf.encode("utf-8")
+            except UnicodeEncodeError:
+                return where, "text with a lone surrogate (not UTF-8)"
     return None
 
 
-def _row(box_id: str, item: ForwardedInspection) -> _Prepared:
+def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) -> _Prepared:
     """The hub's row of ``item`` and its decoded images: the box's record, checked, under
-    the keys its images will have; the box id is the caller's (never the record's)."""
+    the keys its images will have; the box id is the caller's (never the record's). A
+    record dated over ``MAX_CLOCK_AHEAD`` after ``now`` is dated ``now``: newest first, it
+    would head every reviewer's queue for good (a box whose clock ran ahead before NTP, or
+    a hostile one)."""
     # a NUL in the box's text (a box on SQLite stored one before URLs were checked) becomes
     # U+FFFD: PostgreSQL cannot hold it, and refusing the item would stop the box's stream
     record = scrub_nul(item.record)
-    bad = _out_of_range(record)
+    bad = _unstorable(record)
     if bad is not None:
         # NaN or infinity cannot be answered as JSON (every listing with the row would be a
-        # 500) and an integer past 32 bits is a database error: refused here, as a 422
-        raise ConfigError(f"item seq {item.seq}: record.{bad}: not a finite number in range")
+        # 500), an integer past 32 bits or a lone surrogate is a database error: refused
+        # here, as a 422 naming the field, before any image goes up
+        raise ConfigError(f"item seq {item.seq}: record.{bad[0]}: {bad[1]}")
     try:
         rec = StoredInspection.model_validate({**record, "reviews": []})
     except ValidationError as exc:
@@ -277,15 +314,26 @@ def _row(box_id: str, item: ForwardedInspection) -> _Prepared:
     except OverflowError:  # 0001-01-01T00:00+05:00 is before year 1 in UTC
         raise ConfigError(f"item seq {item.seq}: record.created_at: out of range once taken "
                           "to UTC") from None
+    now = now or datetime.now(UTC)
+    if created > now + MAX_CLOCK_AHEAD:
+        log.warning("hub: box %s inspection %s is dated %s, ahead of the hub's clock: "
+                    "stored at the hub's time", box_id, rec.id, created.isoformat())
+        created = now
+    if rec.width * rec.height > MAX_IMAGE_PIXELS or min(rec.width, rec.height) < 1:
+        raise ConfigError(f"item seq {item.seq}: record size {rec.width}x{rec.height} is not "
+                          f"an image of 1 to {MAX_IMAGE_PIXELS} pixels")
     _check_defects(item.seq, rec)
     ref = rec.reference
     ref_key = reference = image = None
     if item.reference_b64 is not None and item.reference_ext is not None:
-        reference = _decode(item.reference_b64, item.reference_ext, "reference")
+        reference, *_ = _decode(item.reference_b64, item.reference_ext, "reference", item.seq)
         # content-addressed by what the hub computes, not by what the box says it is
         ref_key = reference_key(hashlib.sha256(reference).hexdigest(), item.reference_ext)
     if item.image_b64 is not None:
-        image = _decode(item.image_b64, item.image_ext, "image")
+        image, width, height = _decode(item.image_b64, item.image_ext, "image", item.seq)
+        if (width, height) != (rec.width, rec.height):
+            raise ConfigError(f"item seq {item.seq}: image_b64 is {width}x{height}, the record "
+                              f"says {rec.width}x{rec.height}")
     labels = sorted({d.label for d in rec.defects})
     values: dict[str, Any] = {
         "id": rec.id, "created_at": created, "camera_id": rec.camera_id, "part_id": rec.part_id,
@@ -314,6 +362,9 @@ def _check_defects(seq: int, rec: StoredInspection) -> None:
     """Each defect a class of the record's model, its box inside the image (a detector's
     boxes are clipped to it; a pixel of slack for rounding): the hub's pages draw them,
     and an unknown class or an endless box would make every drawing of the record fail."""
+    comma = next((c for c in rec.class_names if "," in c), None)
+    if comma is not None:  # labels are kept as ",a,b,": a comma would match other classes
+        raise ConfigError(f"item seq {seq}: record.class_names: {comma[:64]!r} has a comma")
     for n, d in enumerate(rec.defects):
         if d.label not in rec.class_names:
             raise ConfigError(f"item seq {seq}: record.defects.{n}.label {d.label[:64]!r} is "
@@ -346,6 +397,8 @@ def forward(box_id: BoxId, batch: ForwardBatch, who: BoxKey, request: Request,
         raise ConfigError(f"box id must match {NAME_PATTERN}")
     if who.name != box_id:
         raise Forbidden(f"key {who.name!r} may forward only for box {who.name!r}, not {box_id!r}")
+    for item in batch.items:
+        check_pinned(request, box_id, item.site, item.line, f"item seq {item.seq}")
     try:
         ack = ingest.apply(box_id, batch)
         received = getattr(request.app.state, "hub_received", None)

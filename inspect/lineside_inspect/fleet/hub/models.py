@@ -47,12 +47,14 @@ from lineside_inspect.errors import (
     ConfigError,
     DatabaseUnavailable,
     Forbidden,
+    LinesideError,
     NotFoundError,
     PackageError,
     SignatureError,
     VersionExists,
 )
 from lineside_inspect.fleet import archive
+from lineside_inspect.fleet.hub.pins import box_key, check_pinned
 from lineside_inspect.fleet.hub.tables import HubBase
 from lineside_inspect.fleet.objects import ObjectStore
 from lineside_inspect.fleet.protocol import (
@@ -193,7 +195,10 @@ def _publish(objects: ObjectStore, model: str, version: str, tgz: Path, sig: byt
     unpacked = tgz.parent / "package"
     unpacked.mkdir()
     archive.unpack(tgz, unpacked)
-    card = load_package(unpacked).card
+    try:
+        card = load_package(unpacked).card
+    except LinesideError as exc:  # its message names the hub's folder: the caller's words
+        raise type(exc)(exc.message.replace(str(unpacked), "the archive")) from None
     if (card.name, card.version) != (model, version):
         raise PackageError(f"the archive holds {card.name} {card.version}, not {model} {version}")
     with _publishing:  # two publishes of one version at once: one wins, whole
@@ -360,8 +365,12 @@ def line_assignment(line: str, request: Request, who: Admin) -> Assignment:
 @router.get(ASSIGNMENT, responses=errors(401, 403, 422, 503))
 def box_assignment(box_id: str, request: Request, who: BoxOrAdmin,
                    line: Annotated[str | None, Query(max_length=64)] = None) -> Assignment:
-    """What the box's line runs (the box names its ``fleet.line``; none: nothing)."""
+    """What the box's line runs (the box names its ``fleet.line``; none: nothing; a box
+    key pinned to a line may read only that line's)."""
     _checked(box_id)
+    if who.role == "box":
+        key = box_key(request, box_id)
+        check_pinned(request, box_id, key.site if key else None, line, "the assignment asked")
     if line is None:
         return Assignment(line=None, revision=0, models=[])
     _checked(line)

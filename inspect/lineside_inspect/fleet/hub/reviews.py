@@ -31,7 +31,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
@@ -45,6 +45,7 @@ from lineside_inspect.fleet.hub.config import HubSettings
 from lineside_inspect.fleet.hub.tables import CursorRow
 from lineside_inspect.fleet.protocol import (
     FEATURES_HEADER,
+    MAX_CLOCK_AHEAD,
     NAME_PATTERN,
     REVIEW_WAITING,
     REVIEWS_DOWN,
@@ -98,7 +99,6 @@ def _advance(store: Store, box_id: str, seq: int) -> None:
             row.seq, row.updated_at = seq, datetime.now(UTC)
 
 
-MAX_CLOCK_AHEAD = timedelta(minutes=5)
 _AHEAD = f"{MAX_CLOCK_AHEAD.total_seconds() / 60:g} minutes"
 CLOCK_WARN_EVERY_S = 60.0
 _clock_warned: dict[str, float] = {}  # box id -> when its clock was last logged
@@ -242,7 +242,7 @@ def reviews_up(box_id: BoxId, batch: ReviewBatch, who: BoxKey,
 
 @fleet.get(REVIEWS_DOWN, responses=errors(), summary="Reviews made on the hub, for a box")
 def reviews_down(box_id: BoxId, who: BoxKey, store: Annotated[Store, Depends(get_store)],
-                 after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                 after: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
                  limit: Annotated[int, Query(ge=1, le=DOWN_LIMIT)] = DOWN_LIMIT) -> ReviewBatch:
     own_box(box_id, who)
     try:

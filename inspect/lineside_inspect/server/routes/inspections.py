@@ -118,7 +118,22 @@ async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -
                           row.class_names)
         return encode_jpeg(annotate(decode_image(raw), dets, row.verdict))
 
-    return Response(await anyio.to_thread.run_sync(draw), media_type="image/jpeg")
+    return Response(await anyio.to_thread.run_sync(draw, limiter=_drawing(request)),
+                    media_type="image/jpeg")
+
+
+DRAWINGS_AT_ONCE = 2
+
+
+def _drawing(request: Request) -> anyio.CapacityLimiter:
+    """The app's limit on annotated images drawn at once: each decodes a whole image (up
+    to max_pixels, 192 MB at 64 Mpx), and reviewers' pages ask for many side by side;
+    anyio's shared pool would run 40 (on a hub, images come from boxes)."""
+    state = request.app.state
+    limiter: anyio.CapacityLimiter | None = getattr(state, "drawing_limiter", None)
+    if limiter is None:  # made on the event loop, on first use (no race: no await between)
+        limiter = state.drawing_limiter = anyio.CapacityLimiter(DRAWINGS_AT_ONCE)
+    return limiter
 
 
 # a field misspelt (``seen_review``) must not pass as absent: it would skip the conflict check
