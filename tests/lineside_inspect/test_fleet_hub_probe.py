@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -209,10 +210,22 @@ def test_an_unreachable_object_store_is_not_named_to_the_caller(hub: ServedHub) 
                                     "later"), caught.value.message
 
 
+def _readyz_until(hub: ServedHub, status: int) -> int:
+    """``/readyz``'s status once it is ``status``, or its last after ~10 s (the hub keeps
+    its database's answer for a second)."""
+    got = 0
+    for _ in range(100):
+        got = httpx.get(hub.url + "/readyz").status_code
+        if got == status:
+            break
+        time.sleep(0.1)
+    return got
+
+
 def test_an_unreachable_database_is_503_on_every_route(
         tmp_path: Path, weed: Any, postgres: str) -> None:
-    """With PostgreSQL down, reviewer routes answered 500 with a traceback in the log;
-    the box routes already said 503 database_unavailable."""
+    """With PostgreSQL down, reviewer routes answered 500 with a traceback in the log and
+    /readyz said ready; the box routes already said 503 database_unavailable."""
     from sqlalchemy import create_engine, text
 
     name = f"t_{uuid.uuid4().hex[:10]}"
@@ -236,8 +249,10 @@ def test_an_unreachable_database_is_503_on_every_route(
                 assert r.status_code == 503, (path, r.text)
                 assert r.json()["error"]["code"] == "database_unavailable", r.text
                 assert r.headers["retry-after"]
+            assert _readyz_until(served, 503) == 503  # it said ready while routes said 503
             with admin.connect() as c:
                 c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            assert _readyz_until(served, 200) == 200
             r = httpx.get(served.url + "/v1/inspections", headers=QA)
             assert r.status_code == 200 and r.json()["items"][0]["id"] == held["id"], r.text
     finally:

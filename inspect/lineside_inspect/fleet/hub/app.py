@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
 
+import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from lineside_inspect import ui
 from lineside_inspect.errors import (
@@ -90,6 +94,45 @@ def setup_store(app: FastAPI, hub: HubSettings) -> None:
     app.state.on_shutdown.append(stop)
 
 
+class DatabaseProbe:
+    """Whether the hub's database answers, for ``/readyz``: it said ready while PostgreSQL
+    was down and every route answered 503. One ``SELECT 1`` at a time, its answer kept
+    for ``every_s`` (probes come often); one that takes over ``timeout_s`` counts as down
+    (its thread ends on its own; no second one starts meanwhile)."""
+
+    def __init__(self, app: FastAPI, every_s: float = 1.0, timeout_s: float = 2.0) -> None:
+        self.app = app
+        self.every_s = every_s
+        self.timeout_s = timeout_s
+        self.answer = True
+        self.at = -math.inf
+        self.running = False
+
+    async def __call__(self) -> bool:
+        if self.running or anyio.current_time() - self.at < self.every_s:
+            return self.answer
+        self.running = True
+        try:
+            with anyio.move_on_after(self.timeout_s):
+                self.answer = False
+                self.answer = await anyio.to_thread.run_sync(self._ping, abandon_on_cancel=True)
+        finally:
+            self.at = anyio.current_time()
+            self.running = False
+        return self.answer
+
+    def _ping(self) -> bool:
+        store = self.app.state.store
+        if store is None:
+            return False
+        try:
+            with store.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except OperationalError:
+            return False
+        return True
+
+
 def create_hub_app(hub: HubSettings) -> FastAPI:
     settings = hub.server_settings()
 
@@ -117,6 +160,7 @@ def create_hub_app(hub: HubSettings) -> FastAPI:
     app.state.metrics_hooks = []
     app.state.sessions = SessionStore(settings.session_ttl_s)
     app.state.ready = False
+    app.state.ready_probe = DatabaseProbe(app)
     app.state.store = None
     app.state.objects = None
     app.state.on_startup = []

@@ -25,8 +25,12 @@ async def healthz() -> Health:
 @router.get("/readyz", responses={**errors(), **NOT_READY})
 @router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request, response: Response) -> Readiness:
-    """Ready only once models are loaded and warmed up, and not while shutting down."""
+    """Ready only once models are loaded and warmed up, and not while shutting down (a
+    hub: and while its database answers)."""
     ready = bool(getattr(request.app.state, "ready", False))
+    probe = getattr(request.app.state, "ready_probe", None)
+    if ready and probe is not None:
+        ready = await probe()
     response.status_code = 200 if ready else 503
     return Readiness(ready=ready)
 
