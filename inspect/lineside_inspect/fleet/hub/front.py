@@ -65,6 +65,9 @@ _BOX_ROUTE = re.compile(re.escape(PREFIX) + r"/boxes/([^/]*)/([^/]+)")
 _NAME = re.compile(NAME_PATTERN)
 FORWARD_LEAF = "inspections"  # protocol.FORWARD's last segment
 REVIEWS_LEAF = "reviews"  # protocol.REVIEWS_UP's
+_IN_PROGRESS: dict[str, tuple[type[LinesideError], str]] = {
+    FORWARD_LEAF: (ForwardInProgress, "a forwarded batch"),
+    REVIEWS_LEAF: (ReviewsInProgress, "a review batch")}
 
 
 class BoxFront:
@@ -95,15 +98,26 @@ class BoxFront:
         if not allowed or leaf not in (FORWARD_LEAF, REVIEWS_LEAF):
             await self.app(scope, receive, send)  # not allowed: no valid key, the gate's 401
             return
-        if leaf == REVIEWS_LEAF:
-            await self._reviews(box_id, scope, receive, send)
+        # one batch of each kind per box at a time (its box sends one after another, and
+        # retries a 429): a batch of 1,000 reviews took 30-40 s to apply and went on after
+        # its box hung up; four at once from one key kept a core busy for minutes
+        busy = self.forwarding if leaf == FORWARD_LEAF else self.reviewing
+        if box_id in busy:
+            refusal, what = _IN_PROGRESS[leaf]
+            await answer(refusal(f"box {box_id} has {what} in the hub already (a box sends "
+                                 "one at a time); retry once it is answered"), scope, send)
             return
-        if box_id in self.forwarding:
-            await answer(ForwardInProgress(
-                f"box {box_id} has a forwarded batch in the hub already (a box sends one at "
-                "a time); retry once it is answered"), scope, send)
-            return
-        self.forwarding.add(box_id)
+        busy.add(box_id)
+        try:
+            if leaf == FORWARD_LEAF:
+                await self._forward(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            busy.discard(box_id)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A forwarded batch in one of ``max_forward_bodies`` places, or 503 at once."""
         admitted = False
         try:
             async with self.forwards.admission():
@@ -115,23 +129,6 @@ class BoxFront:
             await answer(Overloaded(
                 f"the hub is reading {self.max_forward_bodies} forwarded batches already "
                 "(max_forward_bodies); retry shortly"), scope, send)
-        finally:
-            self.forwarding.discard(box_id)
-
-    async def _reviews(self, box_id: str, scope: Scope, receive: Receive, send: Send) -> None:
-        """A box's review batch, one at a time: a batch of 1,000 reviews took 30-40 s to
-        apply, and went on after its box hung up; four at once from one key kept a core
-        busy for minutes. (Its box sends one after another and retries a 429.)"""
-        if box_id in self.reviewing:
-            await answer(ReviewsInProgress(
-                f"box {box_id} has a review batch in the hub already (a box sends one at a "
-                "time); retry once it is answered"), scope, send)
-            return
-        self.reviewing.add(box_id)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.reviewing.discard(box_id)
 
     @staticmethod
     def _caller_may_send(scope: Scope, box_id: str) -> bool:
