@@ -66,15 +66,20 @@ OneLine = Annotated[str, AfterValidator(_one_line)]
 Text = Annotated[str, AfterValidator(_no_nul)]
 
 
-def scrub_nul(value: Any) -> Any:
-    """``value`` with every NUL in its strings (keys too, at any depth) made U+FFFD: for
-    records a hub takes from boxes, where refusing one would stop the box's stream."""
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def scrub_text(value: Any) -> Any:
+    """``value`` with every NUL and lone surrogate (JSON's ``"\\ud800"``) in its strings
+    (keys too, at any depth) made U+FFFD: neither can be stored (PostgreSQL refuses a NUL,
+    UTF-8 has no surrogates). For records and reviews a hub takes from boxes, where
+    refusing one would stop the box's stream for good."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        return _UNSTORABLE.sub("\ufffd", value)
     if isinstance(value, dict):
-        return {scrub_nul(k): scrub_nul(v) for k, v in value.items()}
+        return {scrub_text(k): scrub_text(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [scrub_nul(v) for v in value]
+        return [scrub_text(v) for v in value]
     return value
 
 

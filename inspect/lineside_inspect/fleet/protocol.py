@@ -88,7 +88,7 @@ MAX_DEPTH = 16  # a record is 4 deep (record.defects.0.box.0); a review's boxes 
 
 def _shallow(value: Any) -> Any:
     """``value`` when no list or object in it is nested over ``MAX_DEPTH`` deep; walked
-    without recursion, so the recursive walks after it (``scrub_nul``, the range check)
+    without recursion, so the recursive walks after it (``scrub_text``, the range check)
     cannot overflow Python's stack on a hostile document."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:

@@ -12,6 +12,7 @@ reviewable).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -243,3 +244,18 @@ class ShadowResultRow(Base):
     shadow_reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
 
     __table_args__ = ({"sqlite_autoincrement": True},)
+
+
+def labels_column(labels: Iterable[str]) -> str:
+    """The ``labels`` column of a row with these defect labels: ``",open,short,"``, each
+    class once, so a class filter matches ``",label,"`` (:func:`label_pattern`). A comma in
+    a class name (a card allows one) is kept as ';' here only: it would otherwise split the
+    class in two, matching filters for either half."""
+    names = sorted({label.replace(",", ";") for label in labels})
+    return "," + ",".join(names) + "," if names else ""
+
+
+def label_pattern(label: str) -> str:
+    """What ``labels`` contains for a row with a defect of class ``label``."""
+    return "," + label.replace(",", ";") + ","
+

@@ -80,6 +80,8 @@ from lineside_inspect.store.models import (
     OutboxRow,
     ReviewRow,
     ShadowResultRow,
+    label_pattern,
+    labels_column,
 )
 from lineside_inspect.store.outbox import MQTT, Event, EventMaker, add_events, events_for
 from lineside_inspect.store.utc import as_utc
@@ -408,7 +410,7 @@ class Store:
             "class_names": inspection.class_names, "verdict": inspection.verdict,
             "reasons": [r.model_dump() for r in inspection.reasons],
             "defects": inspection.defects.to_json(),
-            "labels": "," + ",".join(sorted(set(labels))) + "," if labels else "",
+            "labels": labels_column(labels),
             "max_score": float(inspection.defects.scores.max()) if len(labels) else 0.0,
             "timings_ms": inspection.timings_ms, "image_path": rel,
             "width": int(inspection.image.shape[1]), "height": int(inspection.image.shape[0]),
@@ -1077,7 +1079,7 @@ class Store:
         if box_id:
             conds.append(InspectionRow.box_id == box_id)
         if label:  # exactly this class: '%' and '_' in a label are not LIKE wildcards
-            conds.append(InspectionRow.labels.contains(f",{label},", autoescape=True))
+            conds.append(InspectionRow.labels.contains(label_pattern(label), autoescape=True))
         if min_score is not None:
             conds.append(InspectionRow.max_score >= min_score)
         if max_score is not None:

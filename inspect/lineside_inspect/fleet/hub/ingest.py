@@ -66,12 +66,12 @@ from lineside_inspect.fleet.protocol import (
     ForwardedInspection,
 )
 from lineside_inspect.imageio import header_size
-from lineside_inspect.names import scrub_nul
+from lineside_inspect.names import scrub_text
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.schemas import StoredInspection
 from lineside_inspect.server.deps import Principal, require
 from lineside_inspect.server.responses import errors
-from lineside_inspect.store.models import InspectionRow
+from lineside_inspect.store.models import InspectionRow, labels_column
 from lineside_inspect.store.utc import as_utc
 
 log = logging.getLogger("lineside.hub")
@@ -249,37 +249,25 @@ class _Prepared:
 INT_RANGE = 2**31  # the database's INTEGER columns
 
 
-def _leaves(value: Any, where: str = "") -> Iterable[tuple[str, Any]]:
-    """``(path, value)`` of each number and string in ``value`` (a JSON document)."""
+def _out_of_range(value: Any, where: str = "") -> str | None:
+    """Where in ``value`` (a JSON document) a number is NaN, infinite or an integer the
+    database cannot hold; None when every number is fine."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where or "value"
+    if isinstance(value, int):
+        return None if -INT_RANGE <= value < INT_RANGE else where or "value"
     if isinstance(value, dict):
         items: Iterable[tuple[Any, Any]] = value.items()
     elif isinstance(value, list):
         items = enumerate(value)
     else:
-        yield where or "value", value
-        return
+        return None
     for k, v in items:
-        if isinstance(k, str):
-            yield (f"{where}.{k}" if where else k) + " (a key)", k
-        yield from _leaves(v, f"{where}.{k}" if where else str(k))
-
-
-def _unstorable(value: Any) -> tuple[str, str] | None:
-    """Where in ``value`` (a JSON document) and why a number or text cannot be stored:
-    NaN, infinite, an integer the database cannot hold, or text that is not UTF-8 (a lone
-    surrogate: JSON's ``"\\ud800"``); None when all of it can."""
-    for where, leaf in _leaves(value):
-        if isinstance(leaf, bool) or leaf is None:
-            continue
-        if isinstance(leaf, float) and not math.isfinite(leaf):
-            return where, "not a finite number in range"
-        if isinstance(leaf, int) and not -INT_RANGE <= leaf < INT_RANGE:
-            return where, "not a finite number in range"
-        if isinstance(leaf, str):
-            try:
-                leaf.encode("utf-8")
-            except UnicodeEncodeError:
-                return where, "text with a lone surrogate (not UTF-8)"
+        found = _out_of_range(v, f"{where}.{k}" if where else str(k))
+        if found is not None:
+            return found
     return None
 
 
@@ -289,15 +277,15 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
     record dated over ``MAX_CLOCK_AHEAD`` after ``now`` is dated ``now``: newest first, it
     would head every reviewer's queue for good (a box whose clock ran ahead before NTP, or
     a hostile one)."""
-    # a NUL in the box's text (a box on SQLite stored one before URLs were checked) becomes
-    # U+FFFD: PostgreSQL cannot hold it, and refusing the item would stop the box's stream
-    record = scrub_nul(item.record)
-    bad = _unstorable(record)
+    # a NUL in the box's text (a box on SQLite stored one before URLs were checked) or a
+    # lone surrogate becomes U+FFFD: the database cannot hold either, and refusing the item
+    # would stop the box's stream
+    record = scrub_text(item.record)
+    bad = _out_of_range(record)
     if bad is not None:
         # NaN or infinity cannot be answered as JSON (every listing with the row would be a
-        # 500), an integer past 32 bits or a lone surrogate is a database error: refused
-        # here, as a 422 naming the field, before any image goes up
-        raise ConfigError(f"item seq {item.seq}: record.{bad[0]}: {bad[1]}")
+        # 500) and an integer past 32 bits is a database error: refused here, as a 422
+        raise ConfigError(f"item seq {item.seq}: record.{bad}: not a finite number in range")
     try:
         rec = StoredInspection.model_validate({**record, "reviews": []})
     except ValidationError as exc:
@@ -342,7 +330,7 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
         "model_sha256": rec.model.sha256, "class_names": list(rec.class_names),
         "verdict": rec.verdict, "reasons": [r.model_dump() for r in rec.reasons],
         "defects": [{"label": d.label, "score": d.score, "box": list(d.box)} for d in rec.defects],
-        "labels": "," + ",".join(labels) + "," if labels else "",
+        "labels": labels_column(labels),
         "max_score": max((d.score for d in rec.defects), default=0.0),
         "timings_ms": rec.timings_ms.model_dump(),
         "image_path": image_key(box_id, created, rec.id, item.image_ext)
@@ -362,9 +350,6 @@ def _check_defects(seq: int, rec: StoredInspection) -> None:
     """Each defect a class of the record's model, its box inside the image (a detector's
     boxes are clipped to it; a pixel of slack for rounding): the hub's pages draw them,
     and an unknown class or an endless box would make every drawing of the record fail."""
-    comma = next((c for c in rec.class_names if "," in c), None)
-    if comma is not None:  # labels are kept as ",a,b,": a comma would match other classes
-        raise ConfigError(f"item seq {seq}: record.class_names: {comma[:64]!r} has a comma")
     for n, d in enumerate(rec.defects):
         if d.label not in rec.class_names:
             raise ConfigError(f"item seq {seq}: record.defects.{n}.label {d.label[:64]!r} is "

@@ -55,7 +55,7 @@ from lineside_inspect.fleet.protocol import (
     ReviewEvent,
 )
 from lineside_inspect.fleet.review_merge import apply_review, review_event
-from lineside_inspect.names import scrub_nul
+from lineside_inspect.names import scrub_text
 from lineside_inspect.server.deps import Principal, get_store, require
 from lineside_inspect.server.responses import errors
 from lineside_inspect.server.routes import inspections
@@ -116,8 +116,8 @@ def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
     """Apply box ``box_id``'s reviews in ``seq`` order; how far the hub got, and why it
     stopped there if it stopped before the end."""
     # a NUL in a box's review text becomes U+FFFD (as in forwarded records: ingest.py)
-    items = sorted((e.model_copy(update={"reviewer": scrub_nul(e.reviewer),
-                                         "note": scrub_nul(e.note), "boxes": scrub_nul(e.boxes)})
+    items = sorted((e.model_copy(update={"reviewer": scrub_text(e.reviewer),
+                                         "note": scrub_text(e.note), "boxes": scrub_text(e.boxes)})
                     for e in batch.items), key=lambda e: e.seq)
     cursor = _cursor(store, box_id)
     # every item is applied, even at or below the cursor: a review is recognised by its
