@@ -69,7 +69,9 @@ def hash_plain_key_list(value: Any) -> Any:
     (YAML file, ``LINESIDE_API_KEYS`` JSON, keyword arguments) so each takes the same form."""
     if not isinstance(value, list):
         return value  # pydantic names the type problem
-    return [{**{f: v for f, v in k.items() if f != "key"}, "name": k.get("name", f"key{i}"),
+    # a plain key's entry keeps its pins (a hub's box key); any other field was always
+    # dropped with the plain key, and a config that has one must keep starting
+    return [{**{f: k[f] for f in ("site", "line") if f in k}, "name": k.get("name", f"key{i}"),
              "role": k.get("role"), "sha256": hash_key(str(k["key"]))}
             if isinstance(k, dict) and "key" in k else k
             for i, k in enumerate(value)]

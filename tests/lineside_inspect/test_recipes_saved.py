@@ -158,3 +158,69 @@ def test_put_recipes_come_back_in_the_order_their_names_came_in(tmp_path: Path) 
         assert list(listed) == before and listed["zeta"]["version"] == "2"
     finally:
         stop()
+
+
+def test_a_left_out_recipe_put_again_keeps_the_place_it_has_while_running(tmp_path: Path) -> None:
+    """A saved recipe left out at start (its model gone) and put again runs last; it came
+    back at its old place after the next restart, swapping Modbus indexes (review)."""
+    srv, stop = _serve(tmp_path, models=[str(MODEL), str(REF_MODEL)])
+    try:
+        with srv.client("admin") as c:
+            for body in ({"name": "golden", "version": "1", "model": "deeppcb-ref"},
+                         {"name": "later", "version": "1", "model": "deeppcb"}):
+                assert c.put(f"/v1/recipes/{body['name']}", json=body).status_code == 200
+    finally:
+        stop()
+    srv, stop = _serve(tmp_path)  # deeppcb-ref not loaded: golden is left out
+    try:
+        assert list(_recipes(srv)) == ["deeppcb", "later"]
+        with srv.client("admin") as c:
+            body = {"name": "golden", "version": "2", "model": "deeppcb"}
+            assert c.put("/v1/recipes/golden", json=body).status_code == 200
+        running = list(_recipes(srv))
+        assert running == ["deeppcb", "later", "golden"]
+    finally:
+        stop()
+    srv, stop = _serve(tmp_path)
+    try:
+        assert list(_recipes(srv)) == running
+    finally:
+        stop()
+
+
+def test_a_recipe_put_for_a_model_a_fleet_box_pulled_outlives_a_restart(tmp_path: Path) -> None:
+    """Saved recipes loaded before the fleet puller restored its models: a recipe for a
+    pulled model was left out at every restart, and one over the card's recipe listed as
+    put while the card's judged (review)."""
+    import shutil
+
+    from lineside_inspect.package import load_package
+
+    pulled = tmp_path / "fleet-models"  # what a box's earlier pulls left in its data folder
+    shutil.copytree(REF_MODEL, pulled / "deeppcb-ref" / "1")
+    card = load_package(pulled / "deeppcb-ref" / "1").card
+    (pulled / "pulled.json").write_text(json.dumps({"revision": 1, "models": {
+        "deeppcb-ref": {"version": "1", "sha256": "0" * 64, "graph_sha256": card.sha256}}}))
+    fleet = {"hub_url": "http://127.0.0.1:9", "token": "x", "site": "s1", "line": "l1",
+             "pull_interval_s": 3600, "timeout_s": 0.5}
+    srv, stop = start_server(keyed(data_dir=str(tmp_path), fleet=fleet))
+    try:
+        assert "deeppcb-ref-default" in _recipes(srv)
+        with srv.client("admin") as c:
+            for body in ({"name": "golden-line", "version": "3", "model": "deeppcb-ref"},
+                         {"name": "deeppcb-ref-default", "version": "7", "model": "deeppcb-ref"}):
+                assert c.put(f"/v1/recipes/{body['name']}", json=body).status_code == 200
+    finally:
+        stop()
+    srv, stop = start_server(keyed(data_dir=str(tmp_path), fleet=fleet))
+    try:
+        listed = _recipes(srv)
+        assert (listed["golden-line"]["version"], listed["golden-line"]["put_over_api"]) == ("3", True)
+        card_recipe = listed["deeppcb-ref-default"]
+        assert (card_recipe["version"], card_recipe["put_over_api"]) == ("7", True)
+        with srv.client("admin") as c:  # dropped: the card's recipe judges again
+            r = c.delete("/v1/recipes/deeppcb-ref-default")
+            assert r.status_code == 200 and r.json()["recipe"]["version"] == "1", r.text
+        assert _recipes(srv)["deeppcb-ref-default"]["put_over_api"] is False
+    finally:
+        stop()

@@ -141,6 +141,10 @@ def test_shadow_of_an_unknown_inspection_is_404(srv: Running, board: bytes) -> N
     with srv.client("admin") as c:
         msg = _error(c.get("/v1/gates/" + "b" * 5000), 404)
         assert len(msg) < 200 and "(5000 characters)" in msg, msg
+    with srv.client("line") as c:
+        msg = _error(c.post("/v1/cameras/" + "c" * 5000 + "/trigger"), 404)
+        assert msg.startswith("unknown camera 'ccc") and "(5000 characters)" in msg, msg
+        assert len(msg) < 250, msg
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/", "/dashboard", "/review", "/fleet",

@@ -472,3 +472,17 @@ def test_the_share_setting_is_capped_by_the_places() -> None:
     assert Settings(max_concurrency=2, max_queue=16, max_places_per_key=40).places_per_key == 18
     assert Settings(max_concurrency=4, max_queue=0).places_per_key == 4
     assert Settings(max_places_per_key=3).places_per_key == 3
+
+
+def test_a_plain_key_entry_keeps_loading_with_fields_it_never_used() -> None:
+    """A plain ``key`` entry's other fields were dropped with the key; pins (site, line)
+    are now kept, and anything else must still not stop a config from loading."""
+    from lineside_inspect.config import Settings
+
+    [key] = Settings(api_keys=[{"name": "line1", "role": "line", "key": "s3cret",
+                                "comment": "press 3"}]).api_keys
+    assert (key.name, key.role, key.site) == ("line1", "line", None)
+    [box] = Settings(api_keys=[{"name": "b1", "role": "box", "key": "k", "site": "p1",
+                                "line": "l1"}]).api_keys
+    assert (box.site, box.line) == ("p1", "l1")
+

@@ -11,7 +11,7 @@ from typing import Any
 from lineside_inspect.cameras.sources import make_source
 from lineside_inspect.cameras.worker import CameraWorker, Frame
 from lineside_inspect.config import CameraConfig
-from lineside_inspect.errors import CameraUnavailable, NotFoundError
+from lineside_inspect.errors import CameraUnavailable, NotFoundError, echo
 
 
 class CameraManager:
@@ -48,7 +48,7 @@ class CameraManager:
 
     def worker(self, camera_id: str) -> CameraWorker:
         if camera_id not in self.workers:
-            raise NotFoundError(f"unknown camera {camera_id!r} (configured: "
+            raise NotFoundError(f"unknown camera {echo(camera_id)} (configured: "
                                 f"{', '.join(self.workers) or 'none'})")
         return self.workers[camera_id]
 

@@ -31,7 +31,10 @@ so a box retries whatever it is unsure of:
 
 Concurrent reviews of one inspection (one on the box, one on the hub, before either saw
 the other) are resolved by **last writer wins on the review's own ``created_at``, ties to
-the hub**; every review is kept in both audit trails, so nothing said is lost.
+the hub**; every review is kept in both audit trails, so nothing said is lost, up to
+``store.MAX_REVIEWS`` (100) reviews of one inspection: past it each side refuses more
+(a reviewer gets 422) and skips the other side's, logged, so two sides that each took a
+100th review at the same moment keep different current reviews of that inspection.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 An inspection may be reviewed on its box and on the hub before either has seen the
 other's review. The rule (``fleet.protocol``): **last writer wins on the review's own
-``created_at``, ties to the hub**, and every review is kept in both audit trails. In the
+``created_at``, ties to the hub**, and every review is kept in both audit trails (up to
+``MAX_REVIEWS`` an inspection: ``fleet.protocol``). In the
 store this is the order of ``InspectionRow.reviews`` (``store.models.REVIEW_ORDER``:
 time, then origin "box" before "hub", then id): the last review is the current truth, so
 applying a review is just adding it where the order puts it and setting the inspection's

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from lineside_inspect.atomic import write_atomic
+from lineside_inspect.atomic import fsync_folder, write_atomic
 from lineside_inspect.errors import describe_validation
 from lineside_inspect.names import is_name
 from lineside_inspect.recipes.schema import Recipe
@@ -49,43 +49,70 @@ class SavedRecipes:
             raise ValueError(f"not a recipe name: {name!r}")
         return self.folder / f"{name}.json"
 
-    def save(self, recipe: Recipe, *, actor: str) -> None:
-        now = datetime.now(UTC).isoformat(timespec="microseconds")
-        doc = {"format_version": SAVED_FORMAT, "put_by": actor, "put_at": now,
-               # when the name was first put: the load order after a restart is the order
-               # the names came in, as it was while the server ran (a Modbus PLC picks a
-               # recipe by its index in that order; a put over a name keeps its place)
-               "added_at": self._added_at(recipe.name) or now,
+    def save(self, recipe: Recipe, *, actor: str, keep_place: bool) -> None:
+        """Write ``recipe`` (atomically). ``keep_place``: the name keeps its place in the
+        load order (a put over a recipe the server holds, as the registry keeps it); else
+        it goes last, as a new name does while the server runs. A Modbus PLC picks a
+        recipe by its index in that order, so a restart must give the same order: a
+        counter, not a clock (a box's clock may step back before NTP)."""
+        places = self._places()
+        place = places.get(recipe.name) if keep_place else None
+        if place is None:
+            place = max(places.values(), default=0) + 1
+        doc = {"format_version": SAVED_FORMAT, "put_by": actor,
+               "put_at": datetime.now(UTC).isoformat(timespec="seconds"), "place": place,
                "recipe": recipe.model_dump(mode="json", exclude_none=True)}
         write_atomic(self._file(recipe.name), json.dumps(doc, indent=1).encode())
 
-    def _added_at(self, name: str) -> str | None:
+    def _places(self) -> dict[str, int]:
+        """Each saved name's place in the load order (files that do not read: none)."""
+        places: dict[str, int] = {}
+        for path in self._files():
+            try:
+                place = json.loads(path.read_text()).get("place")
+            except (OSError, ValueError, AttributeError, RecursionError):
+                continue
+            if isinstance(place, int) and not isinstance(place, bool):
+                places[path.stem] = place
+        return places
+
+    def _files(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return [p for p in sorted(self.folder.glob("*.json")) if is_name(p.stem)]
+
+    def raw(self, name: str) -> bytes | None:
+        """The saved file's bytes (to put back if a change does not stand), None if none."""
         try:
-            added = json.loads(self._file(name).read_text()).get("added_at")
-        except (OSError, ValueError, AttributeError):
+            return self._file(name).read_bytes()
+        except FileNotFoundError:
             return None
-        return added if isinstance(added, str) else None
+
+    def put_back(self, name: str, raw: bytes | None) -> None:
+        """Undo a :meth:`save`: the file as :meth:`raw` read it, or none."""
+        if raw is None:
+            self.delete(name)
+        else:
+            write_atomic(self._file(name), raw)
 
     def has(self, name: str) -> bool:
         return is_name(name) and self._file(name).is_file()
 
     def delete(self, name: str) -> bool:
-        """Drop ``name``'s saved recipe; False when there was none."""
+        """Drop ``name``'s saved recipe (for good: the folder is synced, or a power cut
+        could bring it back); False when there was none."""
         if not self.has(name):
             return False
         self._file(name).unlink()
+        fsync_folder(self.folder)
         return True
 
     def load(self) -> list[SavedRecipe]:
-        """Every saved recipe that reads and validates, in the order their names were
-        first put. One that does not (edited by hand, written by a newer Lineside) is
-        logged and left in place, not loaded."""
-        if not self.folder.is_dir():
-            return []
-        found: list[tuple[str, SavedRecipe]] = []
-        for path in sorted(self.folder.glob("*.json")):
-            if not is_name(path.stem):
-                continue
+        """Every saved recipe that reads and validates, in load order. One that does not
+        (edited by hand, written by a newer Lineside) is logged and left in place, not
+        loaded."""
+        found: list[tuple[int, SavedRecipe]] = []
+        for path in self._files():
             try:
                 doc = json.loads(path.read_text())
                 if not isinstance(doc, dict) or doc.get("format_version") != SAVED_FORMAT:
@@ -94,12 +121,14 @@ class SavedRecipes:
                 recipe = Recipe.model_validate(doc.get("recipe"))
                 if recipe.name != path.stem or recipe.remote is not None:
                     raise ValueError("its recipe's name is not its file's, or it sets remote")
-                found.append((str(doc.get("added_at", "")), SavedRecipe(
+                place = doc.get("place")
+                found.append((place if isinstance(place, int) else 0, SavedRecipe(
                     recipe, str(doc.get("put_by", "?")), str(doc.get("put_at", "?")))))
             except ValidationError as exc:
                 log.warning("recipe %s put over the API is not loaded: %s (file %s)",
                             path.stem, describe_validation(exc.errors()), path)
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
                 log.warning("recipe %s put over the API is not loaded: %s (file %s)",
-                            path.stem, exc, path)
+                            path.stem, exc if not isinstance(exc, RecursionError)
+                            else "nested too deeply", path)
         return [saved for _, saved in sorted(found, key=lambda f: (f[0], f[1].recipe.name))]

@@ -62,9 +62,11 @@ def load_everything(settings: Settings, registry: Registry) -> None:
 
 
 def load_saved_recipes(app: FastAPI) -> None:
-    """The recipes put over the API (recipes/saved.py), over the configuration's of the
-    same name. One that no longer fits (its model gone, a camera's config changed) is
-    logged and left out, not a reason to refuse to start; the configuration's stays."""
+    """The recipes put over the API (recipes/saved.py), over the ones the server holds of
+    the same name: the configuration's, a model card's, and a fleet box's pulled models'
+    (so this runs after the start-up hooks, once a box restored its models). One that no
+    longer fits (its model gone, a camera's config changed) is logged and left out, not a
+    reason to refuse to start; the recipe it replaced stays."""
     registry: Registry = app.state.registry
     app.state.configured_recipes = {r.name: r for r in registry.recipes()}
     for saved in app.state.saved_recipes.load():
@@ -73,11 +75,14 @@ def load_saved_recipes(app: FastAPI) -> None:
             app.state.service.check_recipe_for_cameras(recipe)
             registry.add_recipe(recipe)
         except LinesideError as exc:
-            log.warning("recipe %s put over the API (by %s, %s) is not loaded: %s. PUT it "
-                        "again, or DELETE /v1/recipes/%s to drop it", name, saved.put_by,
-                        saved.put_at, exc.message, name)
+            log.warning("recipe %s put over the API (by %s, %s) is not loaded: %s. The "
+                        "recipes put after it come one place earlier in the load order (a "
+                        "Modbus PLC's recipe index). PUT it again, or DELETE "
+                        "/v1/recipes/%s to drop it", name, saved.put_by, saved.put_at,
+                        exc.message, name)
             continue
-        replaces = (" in place of the configuration's" if name in app.state.configured_recipes
+        app.state.api_recipes.add(name)
+        replaces = (" in place of the server's own" if name in app.state.configured_recipes
                     else "")
         log.info("recipe %s version %s: the one put over the API (by %s, %s)%s",
                  name, recipe.version, saved.put_by, saved.put_at, replaces)
@@ -148,13 +153,13 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
         await anyio.to_thread.run_sync(load_everything, settings, registry)
-        await anyio.to_thread.run_sync(load_saved_recipes, app)
         admin.publish_state(app.state.metrics, registry)
         # a camera whose config contradicts itself (a reference model's recipe and no
         # golden image, or the reverse) stops the server here, before anything started
         await anyio.to_thread.run_sync(app.state.service.check_cameras)
         for hook in app.state.on_startup + app.state.on_ready:
             await anyio.to_thread.run_sync(hook)
+        await anyio.to_thread.run_sync(load_saved_recipes, app)
         # what a camera still lacks once every hook ran (a recipe a fleet box gets with its
         # first pull, a reference to be registered over the API) is warned about, not
         # refused: the server must run for it to come
@@ -194,7 +199,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.metrics = Metrics()
     app.state.references = ReferenceLibrary(settings.references_path, settings.max_pixels)
     app.state.saved_recipes = SavedRecipes(settings.saved_recipes_path)
-    app.state.configured_recipes = {}
+    app.state.configured_recipes = {}  # the server's own recipes, once it started
+    app.state.api_recipes = set()  # names whose recipe now is one put over the API
     app.state.service = InspectionService(
         registry=registry, limiter=app.state.limiter, metrics=app.state.metrics,
         references=app.state.references, max_pixels=settings.max_pixels)

@@ -38,6 +38,9 @@ ALLOWED: dict[Role, set[Role]] = {
 class Principal:
     name: str
     role: Role
+    # a hub's box key pinned to a site and line (config.ApiKey): the key that matched
+    site: str | None = None
+    line: str | None = None
 
 
 def _key_from(request: Request) -> str | None:
@@ -51,7 +54,7 @@ def principal_for_key(settings: Settings, key: str) -> Principal:
     digest = hash_key(key)
     for k in settings.api_keys:
         if hmac.compare_digest(k.sha256, digest):
-            return Principal(k.name, k.role)
+            return Principal(k.name, k.role, k.site, k.line)
     raise Unauthorized("unknown API key")
 
 

@@ -4,6 +4,7 @@ message}}`` with the error's status, a 500 with an error id for the unexpected."
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -90,10 +91,14 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
-        # refused, reset, timed out: every route that reads the database says so, as the
-        # box routes always did, not a 500 with a traceback per request
-        log.warning("%s %s: the database is unreachable (%s)", request.method,
-                    request.url.path, type(exc.orig).__name__)
+        if isinstance(exc.orig, sqlite3.OperationalError) and "locked" not in str(exc.orig):
+            # SQLite's other operational errors (no such table, disk full) are the
+            # server's own: a 500 with the details logged under its id
+            return internal_error(exc, request.method, request.url.path)
+        # refused, reset, timed out (PostgreSQL), or locked (SQLite): every route says so,
+        # as the box routes always did, not a 500 with a traceback per request
+        log.warning("%s %s: the database is unreachable: %s", request.method,
+                    request.url.path, str(exc.orig).strip()[:300])
         return await lineside_error(request, DatabaseUnavailable(
             "the database is unreachable; retry later"))
 

@@ -164,12 +164,15 @@ class InspectionService:
             raise ConfigError("; ".join(contradictions))
 
     def cameras_with_recipe(self, name: str) -> list[CameraConfig]:
-        """The configured cameras that trigger with recipe ``name`` (by name, or as the
-        default recipe; the first recipe put becomes the default)."""
+        """The configured cameras that trigger with recipe ``name``: by name, as the
+        default recipe (the first recipe put becomes the default), or as the recipe their
+        PLC station picked."""
         if self.cameras is None:
             return []
         default = self.registry.default_recipe or name
-        return [cfg for cfg in self.cameras.configs.values() if (cfg.recipe or default) == name]
+        picked = self.cameras.plc_recipe  # a PLC station's choice, when the line sets one
+        return [cfg for cfg in self.cameras.configs.values()
+                if name in ((cfg.recipe or default), picked(cfg.id) if picked else None)]
 
     def check_recipe_for_cameras(self, recipe: Recipe) -> None:
         """Refuse (:class:`RecipeBreaksCamera`) a new ``recipe`` that a configured camera

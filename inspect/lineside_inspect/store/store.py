@@ -155,6 +155,9 @@ ACTIONS = ("confirm", "false_reject", "missed_defect", "relabel")
 MAX_REVIEWS = 100
 
 
+CONNECT_TIMEOUT_S = 10  # PostgreSQL (libpq's connect_timeout, seconds)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -172,7 +175,11 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # a database host that drops packets would hold each connection attempt (a request's
+    # thread, a hub's readiness probe) for the kernel's ~2 minutes; a URL's own
+    # connect_timeout wins
+    args = {} if "connect_timeout" in url else {"connect_timeout": CONNECT_TIMEOUT_S}
+    return create_engine(url, pool_pre_ping=True, connect_args=args)
 
 
 ROOM_AFTER_COMMIT = "lineside_room_after_commit"  # key in a pooled connection's info

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
@@ -96,9 +97,10 @@ def setup_store(app: FastAPI, hub: HubSettings) -> None:
 
 class DatabaseProbe:
     """Whether the hub's database answers, for ``/readyz``: it said ready while PostgreSQL
-    was down and every route answered 503. One ``SELECT 1`` at a time, its answer kept
-    for ``every_s`` (probes come often); one that takes over ``timeout_s`` counts as down
-    (its thread ends on its own; no second one starts meanwhile)."""
+    was down and every route answered 503. One ``SELECT 1`` at a time, started at most
+    once per ``every_s`` (probes come often); until it ends the last answer stands, and
+    one still running after ``timeout_s`` makes the answer "down" (its thread ends when
+    the connection attempt does, ``CONNECT_TIMEOUT_S`` at most; none starts meanwhile)."""
 
     def __init__(self, app: FastAPI, every_s: float = 1.0, timeout_s: float = 2.0) -> None:
         self.app = app
@@ -106,31 +108,31 @@ class DatabaseProbe:
         self.timeout_s = timeout_s
         self.answer = True
         self.at = -math.inf
-        self.running = False
+        self.running = threading.Event()  # a ping's thread is alive
 
     async def __call__(self) -> bool:
-        if self.running or anyio.current_time() - self.at < self.every_s:
+        if self.running.is_set() or anyio.current_time() - self.at < self.every_s:
             return self.answer
-        self.running = True
-        try:
-            with anyio.move_on_after(self.timeout_s):
-                self.answer = False
-                self.answer = await anyio.to_thread.run_sync(self._ping, abandon_on_cancel=True)
-        finally:
-            self.at = anyio.current_time()
-            self.running = False
+        self.running.set()
+        self.at = anyio.current_time()
+        with anyio.move_on_after(self.timeout_s) as waited:
+            self.answer = await anyio.to_thread.run_sync(self._ping, abandon_on_cancel=True)
+        if waited.cancelled_caught:
+            self.answer = False
         return self.answer
 
     def _ping(self) -> bool:
-        store = self.app.state.store
-        if store is None:
-            return False
         try:
+            store = self.app.state.store
+            if store is None:
+                return False
             with store.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+            return True
         except OperationalError:
             return False
-        return True
+        finally:  # the thread's end, not the wait's: no second ping while one hangs
+            self.running.clear()
 
 
 def create_hub_app(hub: HubSettings) -> FastAPI:

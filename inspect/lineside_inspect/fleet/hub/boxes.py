@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import JSON, Boolean, String, select
 from sqlalchemy.exc import OperationalError
@@ -102,10 +102,10 @@ def fleet(store: Store, now: datetime) -> Fleet:
 
 
 @router.post(STATUS, responses=errors(), summary="A box's status report")
-def report_status(box_id: BoxId, status: BoxStatus, who: BoxKey, request: Request,
+def report_status(box_id: BoxId, status: BoxStatus, who: BoxKey,
                   store: Annotated[Store, Depends(get_store)]) -> StatusAck:
     own_box(box_id, who)
-    check_pinned(request, box_id, status.site, status.line, "the status report")
+    check_pinned(who, status.site, status.line, "the status report")
     now = datetime.now(UTC)
     try:
         record_status(store, box_id, status, now)

@@ -383,7 +383,7 @@ def forward(box_id: BoxId, batch: ForwardBatch, who: BoxKey, request: Request,
     if who.name != box_id:
         raise Forbidden(f"key {who.name!r} may forward only for box {who.name!r}, not {box_id!r}")
     for item in batch.items:
-        check_pinned(request, box_id, item.site, item.line, f"item seq {item.seq}")
+        check_pinned(who, item.site, item.line, f"item seq {item.seq}")
     try:
         ack = ingest.apply(box_id, batch)
         received = getattr(request.app.state, "hub_received", None)

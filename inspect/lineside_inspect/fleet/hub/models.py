@@ -54,7 +54,7 @@ from lineside_inspect.errors import (
     VersionExists,
 )
 from lineside_inspect.fleet import archive
-from lineside_inspect.fleet.hub.pins import box_key, check_pinned
+from lineside_inspect.fleet.hub.pins import check_pinned
 from lineside_inspect.fleet.hub.tables import HubBase
 from lineside_inspect.fleet.objects import ObjectStore
 from lineside_inspect.fleet.protocol import (
@@ -368,9 +368,7 @@ def box_assignment(box_id: str, request: Request, who: BoxOrAdmin,
     """What the box's line runs (the box names its ``fleet.line``; none: nothing; a box
     key pinned to a line may read only that line's)."""
     _checked(box_id)
-    if who.role == "box":
-        key = box_key(request, box_id)
-        check_pinned(request, box_id, key.site if key else None, line, "the assignment asked")
+    check_pinned(who, who.site, line, "the assignment asked")
     if line is None:
         return Assignment(line=None, revision=0, models=[])
     _checked(line)

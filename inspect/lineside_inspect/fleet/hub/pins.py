@@ -3,31 +3,21 @@
 
 Unpinned, a box names its own site and line (its ``fleet.site`` and ``fleet.line``), and
 the hub takes them as sent: a box key could file inspections under another line, move
-that line's dashboard figures, and read any line's assignment (docs/security.md).
+that line's dashboard figures, and read any line's assignment (docs/security.md). The
+pins are the key's that matched (``Principal``), so two keys of one box (a rotation)
+each keep their own.
 """
 
 from __future__ import annotations
 
-from starlette.requests import Request
-
-from lineside_inspect.config import ApiKey, Settings
 from lineside_inspect.errors import Forbidden
+from lineside_inspect.server.deps import Principal
 
 
-def box_key(request: Request, box_id: str) -> ApiKey | None:
-    """The hub's ``box`` key named ``box_id`` (the caller's: routes check that first)."""
-    settings: Settings = request.app.state.settings
-    return next((k for k in settings.api_keys if k.name == box_id and k.role == "box"), None)
-
-
-def check_pinned(request: Request, box_id: str, site: str | None, line: str | None,
-                 what: str) -> None:
-    """Refuse (403) ``what`` naming a site or line other than the one ``box_id``'s key is
-    pinned to; nothing when its key pins none."""
-    key = box_key(request, box_id)
-    if key is None:
-        return
-    for field, pinned, named in (("site", key.site, site), ("line", key.line, line)):
+def check_pinned(who: Principal, site: str | None, line: str | None, what: str) -> None:
+    """Refuse (403) ``what`` naming a site or line other than the one ``who``'s key is
+    pinned to; nothing when its key pins none (or it is not a box key)."""
+    for field, pinned, named in (("site", who.site, site), ("line", who.line, line)):
         if pinned is not None and named != pinned:
-            raise Forbidden(f"box {box_id}'s key is pinned to {field} {pinned!r} in the hub's "
-                            f"config; {what} names {field} {named!r}")
+            raise Forbidden(f"box {who.name}'s key is pinned to {field} {pinned!r} in the "
+                            f"hub's config; {what} names {field} {named!r}")

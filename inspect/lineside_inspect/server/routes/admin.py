@@ -126,9 +126,9 @@ def rollback(name: str, who: Admin, registry: RegistryDep, request: Request) -> 
 
 @router.get("/recipes", responses=errors(401, 403))
 def list_recipes(who: Admin, registry: RegistryDep, request: Request) -> list[ListedRecipe]:
-    saved: SavedRecipes = request.app.state.saved_recipes
+    put: set[str] = request.app.state.api_recipes
     return [ListedRecipe(**r.model_dump(), default=r.name == registry.default_recipe,
-                         put_over_api=saved.has(r.name))
+                         put_over_api=r.name in put)
             for r in registry.recipes()]
 
 
@@ -157,16 +157,19 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
             before: Recipe | None = registry.recipe(name)
         except NotFoundError:
             before = None
-        lifecycle = getattr(state, "lifecycle", None)
-        if lifecycle is not None:  # admission of a pinned version, and the audit log
-            lifecycle.put_recipe(recipe, actor=who.name)
-        else:
-            registry.add_recipe(recipe)
+        # on disk first: what the audit log then records is what a restart brings back
+        old = saved.raw(name)
+        saved.save(recipe, actor=who.name, keep_place=before is not None)
         try:
-            saved.save(recipe, actor=who.name)
-        except BaseException:  # not kept over a restart: not put at all (the 500 says so)
-            registry.restore_recipe(name, before)
+            lifecycle = getattr(state, "lifecycle", None)
+            if lifecycle is not None:  # admission of a pinned version, and the audit log
+                lifecycle.put_recipe(recipe, actor=who.name)
+            else:
+                registry.add_recipe(recipe)
+        except BaseException:  # refused (404, 409, 422) or not recorded: the file as it was
+            saved.put_back(name, old)
             raise
+        state.api_recipes.add(name)
     return recipe
 
 
@@ -185,17 +188,19 @@ def delete_recipe(name: str, who: Admin, registry: RegistryDep,
             raise NotFoundError(f"no recipe {echo(name)} was put over the API (the "
                                 "configuration's recipes are changed in its files)")
         configured: Recipe | None = state.configured_recipes.get(name)
-        cameras = state.service.cameras_with_recipe(name)
-        if configured is None and cameras:
+        if configured is not None:  # it must still fit the cameras that trigger with it
+            state.service.check_recipe_for_cameras(configured)
+        elif cameras := state.service.cameras_with_recipe(name):
             raise RecipeBreaksCamera(
                 f"recipe {name} is what camera(s) {', '.join(c.id for c in cameras)} trigger "
-                "with, and the configuration has no recipe of that name to take its place; "
-                "put another recipe under this name instead")
+                "with, and the server has no recipe of its own of that name to take its "
+                "place; put another recipe under this name instead")
+        lifecycle = getattr(state, "lifecycle", None)
+        if lifecycle is not None:  # recorded first: a drop that cannot be recorded is not made
+            lifecycle.recipe_dropped(name, configured=configured is not None, actor=who.name)
         saved.delete(name)
         registry.restore_recipe(name, configured)
-        lifecycle = getattr(state, "lifecycle", None)
-        if lifecycle is not None:
-            lifecycle.recipe_dropped(name, configured=configured is not None, actor=who.name)
+        state.api_recipes.discard(name)
     return RecipeDropped(name=name, recipe=configured)
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, FiniteFloat, StrictInt
 from starlette.background import BackgroundTask
 
 from lineside_inspect.draw import annotate
+from lineside_inspect.errors import Overloaded
 from lineside_inspect.imageio import decode_image, encode_jpeg
 from lineside_inspect.names import OneLine, Text
 from lineside_inspect.runtime.types import Detections
@@ -103,14 +104,19 @@ def reference_image(inspection_id: str, request: Request, who: Reviewer) -> Stre
 
 
 @router.get("/inspections/{inspection_id}/annotated", response_class=Response, responses={
-    **media("the image with the (reviewed) boxes drawn", "image/jpeg"), **errors(401, 403, 404)})
+    **media("the image with the (reviewed) boxes drawn", "image/jpeg"),
+    **errors(401, 403, 404, 503)})
 async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -> Response:
     store = get_store(request)
     row = await anyio.to_thread.run_sync(store.get, inspection_id)
 
-    def draw() -> bytes:
+    def read() -> bytes:  # outside the drawing slots: a slow object store holds none
         with store.open_image(row) as f:
-            raw = f.read()
+            return f.read()
+
+    raw = await anyio.to_thread.run_sync(read)
+
+    def draw() -> bytes:
         boxes = row.reviews[-1].boxes if row.reviews else row.defects
         dets = Detections(np.array([b["box"] for b in boxes]),
                           np.array([b.get("score", 1.0) for b in boxes]),
@@ -118,17 +124,27 @@ async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -
                           row.class_names)
         return encode_jpeg(annotate(decode_image(raw), dets, row.verdict))
 
-    return Response(await anyio.to_thread.run_sync(draw, limiter=_drawing(request)),
-                    media_type="image/jpeg")
+    slots = _drawing(request)
+    try:
+        with anyio.fail_after(DRAW_WAIT_S):
+            await slots.acquire()
+    except TimeoutError:
+        raise Overloaded(f"{DRAWINGS_AT_ONCE} annotated images are being drawn and more "
+                         f"waited over {DRAW_WAIT_S:g}s; retry shortly") from None
+    try:
+        return Response(await anyio.to_thread.run_sync(draw), media_type="image/jpeg")
+    finally:
+        slots.release()
 
 
 DRAWINGS_AT_ONCE = 2
+DRAW_WAIT_S = 10.0
 
 
 def _drawing(request: Request) -> anyio.CapacityLimiter:
     """The app's limit on annotated images drawn at once: each decodes a whole image (up
-    to max_pixels, 192 MB at 64 Mpx), and reviewers' pages ask for many side by side;
-    anyio's shared pool would run 40 (on a hub, images come from boxes)."""
+    to max_pixels, 192 MB at 64 Mpx), and any reviewer key can ask for many side by side;
+    anyio's shared pool would run 40 (on a hub, of images boxes sent)."""
     state = request.app.state
     limiter: anyio.CapacityLimiter | None = getattr(state, "drawing_limiter", None)
     if limiter is None:  # made on the event loop, on first use (no race: no await between)
