@@ -967,3 +967,58 @@ def test_a_box_without_models_starts_and_takes_its_recipes_when_they_come() -> N
         assert srv.app.state.cameras.last_results["plain"].recipe.name == "deeppcb-default"
     finally:
         stop()
+
+
+def test_a_modbus_recipe_table_in_the_config_holds_whatever_the_api_puts(tmp_path: Path) -> None:
+    """The recipe index counted the server's recipes in load order, which moves with
+    recipes put or dropped over the API (and a saved one left out at start): a PLC's index
+    could come to name another recipe. ``modbus.recipes`` fixes the table."""
+    (tmp_path / "deeppcb.yaml").write_text("name: deeppcb\nversion: '1'\nmodel: deeppcb\n")
+    (tmp_path / "lenient.yaml").write_text("name: lenient\nversion: '7'\nmodel: deeppcb\n")
+    sim = MJPEGSimulator(folder_frames(SAMPLE), fps=10)
+    settings = keyed(
+        cameras=[CameraConfig(id="sim", source=sim.url, recipe="deeppcb")],
+        recipes=[str(tmp_path / "deeppcb.yaml"), str(tmp_path / "lenient.yaml")],
+        store=False, line=LineSettings(modbus=ModbusConfig(
+            port=0, recipes=["lenient", "spare", "deeppcb"])))
+    srv, stop = start_server(settings)
+    try:
+        plc = srv.app.state.line_plc
+        port = next(a for a in plc.adapters if a.name == "Modbus TCP").port
+        station = plc.stations["sim"]
+
+        async def in_force() -> str | None:
+            return station.recipe
+
+        async def run() -> None:
+            mb = AsyncModbusTcpClient("127.0.0.1", port=port)
+            assert await mb.connect()
+            try:
+                index = REGISTERS.index("RecipeIndex")
+                assert await _reg(mb, 0, "RecipeIndex") == 2  # deeppcb: third in the table
+                with srv.client("admin") as c:  # a recipe put first in load order changes nothing
+                    body = {"name": "aaa", "version": "1", "model": "deeppcb"}
+                    assert c.put("/v1/recipes/aaa", json=body).status_code == 200
+                await mb.write_register(index, 0, device_id=1)
+                await _until(in_force, "lenient")
+                # an entry not loaded yet, and an index beyond the table: ErrorCode 6
+                for bad in (1, 3):
+                    await mb.write_register(index, bad, device_id=1)
+                    await _until(lambda: _reg(mb, 0, "ErrorCode"), ErrorCode.UNKNOWN_RECIPE)
+                    assert station.recipe == "lenient"  # the one in force stays
+                    await mb.write_register(index, 0, device_id=1)
+                    await _until(lambda: _reg(mb, 0, "ErrorCode"), 0)
+                with srv.client("admin") as c:  # once "spare" is put, its index is good
+                    body = {"name": "spare", "version": "1", "model": "deeppcb"}
+                    assert c.put("/v1/recipes/spare", json=body).status_code == 200
+                await mb.write_register(index, 1, device_id=1)
+                await _until(in_force, "spare")
+                assert await _reg(mb, 0, "RecipeIndex") == 1
+                assert await _reg(mb, 0, "ErrorCode") == 0
+            finally:
+                mb.close()
+
+        asyncio.run(run())
+    finally:
+        stop()
+        sim.kill()

@@ -9,6 +9,8 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from lineside_inspect.names import Name
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -82,6 +84,11 @@ class ModbusConfig(_Section):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(502, ge=0, le=65535, description="TCP port (0: any free port)")
     unit: int = Field(1, ge=1, le=247, description="the unit (device) id the PLC addresses")
+    recipes: list[Name] | None = Field(None, max_length=0xFFFF, description=(
+        "the recipe index table: index i is this list's i-th recipe name (one not loaded "
+        "is refused with ErrorCode 6, as an index beyond the list). Default: the server's "
+        "recipes in load order, which moves when recipes are put or dropped over the API, "
+        "or a saved one is left out at start; a PLC program wants this table fixed"))
     open_to_network: bool = Field(False, description=(
         "allow a non-loopback host: only on a segregated line network, Modbus has no authentication"))
 

@@ -330,7 +330,10 @@ def make_adapters(settings: LineSettings, line: PlcLine) -> list[TagAdapter]:
     if settings.modbus is not None:
         from lineside_inspect.line.modbus import ModbusAdapter
 
-        adapters.append(ModbusAdapter(settings.modbus, line.recipe_names))
+        table = settings.modbus.recipes
+        # a fixed table when the config gives one, else the server's load order
+        names = (lambda: list(table)) if table is not None else line.recipe_names
+        adapters.append(ModbusAdapter(settings.modbus, names))
     return adapters
 
 
