@@ -5,8 +5,10 @@ its name until ``DELETE /v1/recipes/NAME``. Real servers, restarted on one data 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,16 @@ REF_MODEL = ROOT / "models" / "deeppcb-ref" / "1"
 JPEG = {"content-type": "image/jpeg"}
 
 
-def _serve(data_dir: Path, **kw: Any) -> tuple[Running, Any]:
+@contextlib.contextmanager
+def _served(data_dir: Path, **kw: Any) -> Iterator[Running]:
+    """A server on ``data_dir`` for the block (a restart is the next block); the
+    configuration's recipe is deeppcb.yaml unless ``recipes`` says otherwise."""
     kw.setdefault("recipes", [str(RECIPES / "deeppcb.yaml")])
-    return start_server(keyed(data_dir=str(data_dir), **kw))
+    srv, stop = start_server(keyed(data_dir=str(data_dir), **kw))
+    try:
+        yield srv
+    finally:
+        stop()
 
 
 def _recipes(srv: Running) -> dict[str, dict[str, Any]]:
@@ -40,8 +49,7 @@ def _image() -> bytes:
 def test_a_put_recipe_outlives_a_restart_until_it_is_deleted(tmp_path: Path) -> None:
     changed = {"name": "deeppcb", "version": "7", "model": "deeppcb", "min_size_px": 20,
                "critical": ["open"]}
-    srv, stop = _serve(tmp_path)
-    try:
+    with _served(tmp_path) as srv:
         assert _recipes(srv)["deeppcb"]["put_over_api"] is False
         with srv.client("admin") as c:
             assert c.put("/v1/recipes/deeppcb", json=changed).status_code == 200
@@ -50,11 +58,8 @@ def test_a_put_recipe_outlives_a_restart_until_it_is_deleted(tmp_path: Path) -> 
         assert listed["deeppcb"]["version"] == "7" and listed["deeppcb"]["put_over_api"] is True
         kept = json.loads((tmp_path / "recipes" / "deeppcb.json").read_text())
         assert kept["put_by"] == "admin" and kept["recipe"]["min_size_px"] == 20
-    finally:
-        stop()
 
-    srv, stop = _serve(tmp_path)  # the same data folder: both put recipes are back
-    try:
+    with _served(tmp_path) as srv:  # the same data folder: both put recipes are back
         listed = _recipes(srv)
         assert (listed["deeppcb"]["version"], listed["deeppcb"]["min_size_px"]) == ("7", 20)
         assert listed["deeppcb"]["put_over_api"] and listed["spare"]["put_over_api"]
@@ -80,34 +85,24 @@ def test_a_put_recipe_outlives_a_restart_until_it_is_deleted(tmp_path: Path) -> 
         listed = _recipes(srv)
         assert listed["deeppcb"]["version"] == "1" and "spare" not in listed
         assert not listed["deeppcb"]["put_over_api"]
-    finally:
-        stop()
 
-    srv, stop = _serve(tmp_path)  # dropped for good
-    try:
+    with _served(tmp_path) as srv:  # dropped for good
         listed = _recipes(srv)
         assert listed["deeppcb"]["version"] == "1" and "spare" not in listed
-    finally:
-        stop()
 
 
 def test_a_saved_recipe_that_no_longer_fits_is_logged_and_left_out(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    srv, stop = _serve(tmp_path, models=[str(MODEL), str(REF_MODEL)])
-    try:
-        with srv.client("admin") as c:
-            body = {"name": "golden", "version": "1", "model": "deeppcb-ref"}
-            assert c.put("/v1/recipes/golden", json=body).status_code == 200
-    finally:
-        stop()
+    with _served(tmp_path, models=[str(MODEL), str(REF_MODEL)]) as srv, srv.client("admin") as c:
+        body = {"name": "golden", "version": "1", "model": "deeppcb-ref"}
+        assert c.put("/v1/recipes/golden", json=body).status_code == 200
     folder = tmp_path / "recipes"
     (folder / "broken.json").write_text("{not json")
     (folder / "newer.json").write_text(json.dumps({"format_version": 99, "recipe": {}}))
     (folder / "renamed.json").write_text(json.dumps(
         {"format_version": 1, "recipe": {"name": "other", "version": "1", "model": "deeppcb"}}))
     caplog.set_level(logging.WARNING, logger="lineside")
-    srv, stop = _serve(tmp_path)  # deeppcb-ref is no longer loaded: the server starts
-    try:
+    with _served(tmp_path) as srv:  # deeppcb-ref is no longer loaded: the server starts
         assert set(_recipes(srv)) == {"deeppcb"}
         said = caplog.text
         assert "recipe golden put over the API (by admin" in said and "is not loaded" in said
@@ -117,15 +112,12 @@ def test_a_saved_recipe_that_no_longer_fits_is_logged_and_left_out(
         with srv.client("admin") as c:  # a saved recipe left out can still be dropped
             assert c.delete("/v1/recipes/golden").status_code == 200
         assert not (folder / "golden.json").exists() and (folder / "broken.json").exists()
-    finally:
-        stop()
 
 
 def test_a_recipe_a_camera_needs_is_not_dropped_without_one_to_take_its_place(
         tmp_path: Path) -> None:
     cams = [CameraConfig(id="sim1", source=str(SAMPLE / "images"), recipe="put-only", fps=5)]
-    srv, stop = _serve(tmp_path, cameras=cams)
-    try:
+    with _served(tmp_path, cameras=cams) as srv:
         with srv.client("admin") as c:
             body = {"name": "put-only", "version": "1", "model": "deeppcb"}
             assert c.put("/v1/recipes/put-only", json=body).status_code == 200
@@ -135,57 +127,39 @@ def test_a_recipe_a_camera_needs_is_not_dropped_without_one_to_take_its_place(
         with srv.client("line") as c:
             r = c.post("/v1/cameras/sim1/trigger")
             assert r.status_code == 200 and r.json()["recipe"]["name"] == "put-only", r.text
-    finally:
-        stop()
 
 
 def test_put_recipes_come_back_in_the_order_their_names_came_in(tmp_path: Path) -> None:
     """A Modbus PLC picks a recipe by its index in load order: a restart must not
     reorder them (a put over a name keeps the name's place, as while the server ran)."""
-    srv, stop = _serve(tmp_path)
-    try:
+    with _served(tmp_path) as srv:
         with srv.client("admin") as c:
             for name, version in (("zeta", "1"), ("alpha", "1"), ("zeta", "2")):
                 body = {"name": name, "version": version, "model": "deeppcb"}
                 assert c.put(f"/v1/recipes/{name}", json=body).status_code == 200
         before = list(_recipes(srv))
         assert before == ["deeppcb", "zeta", "alpha"]
-    finally:
-        stop()
-    srv, stop = _serve(tmp_path)
-    try:
+    with _served(tmp_path) as srv:
         listed = _recipes(srv)
         assert list(listed) == before and listed["zeta"]["version"] == "2"
-    finally:
-        stop()
 
 
 def test_a_left_out_recipe_put_again_keeps_the_place_it_has_while_running(tmp_path: Path) -> None:
     """A saved recipe left out at start (its model gone) and put again runs last; it came
     back at its old place after the next restart, swapping Modbus indexes (review)."""
-    srv, stop = _serve(tmp_path, models=[str(MODEL), str(REF_MODEL)])
-    try:
-        with srv.client("admin") as c:
-            for body in ({"name": "golden", "version": "1", "model": "deeppcb-ref"},
-                         {"name": "later", "version": "1", "model": "deeppcb"}):
-                assert c.put(f"/v1/recipes/{body['name']}", json=body).status_code == 200
-    finally:
-        stop()
-    srv, stop = _serve(tmp_path)  # deeppcb-ref not loaded: golden is left out
-    try:
+    with _served(tmp_path, models=[str(MODEL), str(REF_MODEL)]) as srv, srv.client("admin") as c:
+        for body in ({"name": "golden", "version": "1", "model": "deeppcb-ref"},
+                     {"name": "later", "version": "1", "model": "deeppcb"}):
+            assert c.put(f"/v1/recipes/{body['name']}", json=body).status_code == 200
+    with _served(tmp_path) as srv:  # deeppcb-ref not loaded: golden is left out
         assert list(_recipes(srv)) == ["deeppcb", "later"]
         with srv.client("admin") as c:
             body = {"name": "golden", "version": "2", "model": "deeppcb"}
             assert c.put("/v1/recipes/golden", json=body).status_code == 200
         running = list(_recipes(srv))
         assert running == ["deeppcb", "later", "golden"]
-    finally:
-        stop()
-    srv, stop = _serve(tmp_path)
-    try:
+    with _served(tmp_path) as srv:
         assert list(_recipes(srv)) == running
-    finally:
-        stop()
 
 
 def test_a_recipe_put_for_a_model_a_fleet_box_pulled_outlives_a_restart(tmp_path: Path) -> None:
@@ -203,17 +177,13 @@ def test_a_recipe_put_for_a_model_a_fleet_box_pulled_outlives_a_restart(tmp_path
         "deeppcb-ref": {"version": "1", "sha256": "0" * 64, "graph_sha256": card.sha256}}}))
     fleet = {"hub_url": "http://127.0.0.1:9", "token": "x", "site": "s1", "line": "l1",
              "pull_interval_s": 3600, "timeout_s": 0.5}
-    srv, stop = start_server(keyed(data_dir=str(tmp_path), fleet=fleet))
-    try:
+    with _served(tmp_path, recipes=[], fleet=fleet) as srv:  # no recipes: the cards'
         assert "deeppcb-ref-default" in _recipes(srv)
         with srv.client("admin") as c:
             for body in ({"name": "golden-line", "version": "3", "model": "deeppcb-ref"},
                          {"name": "deeppcb-ref-default", "version": "7", "model": "deeppcb-ref"}):
                 assert c.put(f"/v1/recipes/{body['name']}", json=body).status_code == 200
-    finally:
-        stop()
-    srv, stop = start_server(keyed(data_dir=str(tmp_path), fleet=fleet))
-    try:
+    with _served(tmp_path, recipes=[], fleet=fleet) as srv:
         listed = _recipes(srv)
         assert (listed["golden-line"]["version"], listed["golden-line"]["put_over_api"]) == ("3", True)
         card_recipe = listed["deeppcb-ref-default"]
@@ -222,5 +192,3 @@ def test_a_recipe_put_for_a_model_a_fleet_box_pulled_outlives_a_restart(tmp_path
             r = c.delete("/v1/recipes/deeppcb-ref-default")
             assert r.status_code == 200 and r.json()["recipe"]["version"] == "1", r.text
         assert _recipes(srv)["deeppcb-ref-default"]["put_over_api"] is False
-    finally:
-        stop()
