@@ -2,9 +2,10 @@
 
 ``PUT /v1/recipes/NAME`` answered 200 and the recipe was gone at the next restart: the
 line went back to the configuration's thresholds without anyone asking. Each put recipe
-is now written (atomically) to ``<data_dir>/recipes/NAME.json`` with who put it and when;
-the server loads these after the configuration's recipes, so a put recipe replaces the
-configured one of its name until ``DELETE /v1/recipes/NAME`` drops it.
+is now written (atomically) to ``<data_dir>/recipes/NAME.json`` with who put it, when, and
+its place in the load order; the server loads these after its own recipes (the
+configuration's, the cards', a fleet box's pulled models'), so a put recipe replaces the
+server's own of its name until ``DELETE /v1/recipes/NAME`` drops it.
 """
 
 from __future__ import annotations
