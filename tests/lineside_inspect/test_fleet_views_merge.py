@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, ReviewError
 from lineside_inspect.fleet.hub.bench_reviews import synthetic_rows
 from lineside_inspect.fleet.protocol import ReviewEvent
 from lineside_inspect.fleet.review_merge import apply_review, review_event
@@ -224,3 +224,27 @@ def test_a_forwarded_record_with_a_nul_is_taken_with_u_fffd() -> None:
     item = _item(1)
     item = item.model_copy(update={"record": {**item.record, "part_id": "a\x00b"}})
     assert _row("box1", item).row.part_id == "a\ufffdb"
+
+
+def test_a_hostile_hubs_reviews_cannot_break_the_boxs_store(tmp_path: Path) -> None:
+    """From a hostile-hub probe: a truth box with a score was stored, and every read of
+    the inspection (its forwarding too) failed on it; an inverted box was stored as truth;
+    a review at the end of time made every later local review a 500 (OverflowError)."""
+    store, iid = _store(tmp_path, None, "box")
+    try:
+        scored = _event(iid, T0 + timedelta(minutes=1), "hub", "missed_defect",
+                        boxes=[{"label": "open", "box": [10, 10, 30, 30], "score": 0.9}])
+        assert apply_review(store, scored) == "current"
+        row = store.get(iid)
+        assert row.reviews[-1].boxes == [{"label": "open", "box": [10, 10, 30, 30]}]
+        assert store.record(row).reviews[-1].boxes[0].box == (10, 10, 30, 30)  # reads back
+        for bad in ([50, 50, 10, 10], [-1, -1, -1, -1]):
+            with pytest.raises(ConfigError, match="is not a box"):
+                apply_review(store, _event(iid, T0 + timedelta(minutes=2), "hub",
+                                           "missed_defect", boxes=[{"label": "open", "box": bad}]))
+        end = datetime.max.replace(tzinfo=UTC)
+        assert apply_review(store, _event(iid, end, "hub", "confirm")) == "current"
+        with pytest.raises(ReviewError, match="no review can follow it"):
+            store.review(iid, reviewer="here", action="confirm")
+    finally:
+        store.close()

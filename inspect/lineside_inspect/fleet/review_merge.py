@@ -33,7 +33,8 @@ Outcome = Literal["current", "superseded", "duplicate", "unknown_inspection"]
 
 
 class _Box(BaseModel):
-    """A box of a review's truth as the other side sent it (a detection's score kept)."""
+    """A box of a review's truth as the other side sent it (a detection's score is
+    accepted, not kept: :func:`_truth`)."""
 
     model_config = ConfigDict(extra="forbid")
     label: str = Field(..., max_length=128)
@@ -68,10 +69,13 @@ def _truth(event: ReviewEvent, row: InspectionRow) -> list[dict[str, Any]]:
             raise ConfigError(f"review of {row.id}: unknown class {b.label!r} in box {i}")
         x1, y1, x2, y2 = b.box
         if not (all(-1 <= x <= row.width + 1 for x in (x1, x2))
-                and all(-1 <= y <= row.height + 1 for y in (y1, y2))):
-            raise ConfigError(f"review of {row.id}: box {i} is not inside the "
-                              f"{row.width}x{row.height} image")
-        out.append(b.model_dump(exclude_none=True))
+                and all(-1 <= y <= row.height + 1 for y in (y1, y2)) and x1 < x2 and y1 < y2):
+            raise ConfigError(f"review of {row.id}: box {i} is not a box (x1 < x2, y1 < y2) "
+                              f"inside the {row.width}x{row.height} image")
+        # the score is not kept: a stored truth box is {label, box} (schemas.TruthBox), and
+        # a row holding one with a score could not be read back (every read of it a 500,
+        # its forwarding stopped: a hostile hub's review)
+        out.append(b.model_dump(exclude={"score"}))
     return out
 
 

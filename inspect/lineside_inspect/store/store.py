@@ -1231,7 +1231,12 @@ class Store:
             # (a review pulled from a hub whose clock is ahead must not outrank it)
             now = datetime.now(UTC)
             if row.reviews:
-                now = max(now, as_utc(row.reviews[-1].created_at) + timedelta(microseconds=1))
+                newest = as_utc(row.reviews[-1].created_at)
+                if newest >= datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=1):
+                    # nothing can follow it (a hostile hub's review at the end of time)
+                    raise ReviewError(f"inspection {row.id}'s newest review is dated "
+                                      f"{newest.isoformat()}: no review can follow it")
+                now = max(now, newest + timedelta(microseconds=1))
             added = ReviewRow(inspection_id=row.id, created_at=now, reviewer=reviewer,
                               action=action, boxes=truth, note=note, origin=self.review_origin)
             s.add(added)

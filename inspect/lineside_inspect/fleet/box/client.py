@@ -119,8 +119,14 @@ class HubClient:
                     detail = _error_text(resp.status_code, resp.reason_phrase,
                                          _read_at_most(resp, ERROR_BYTES))
                     raise HubRefused(f"hub refused GET {path}: {resp.status_code} {detail}")
+                encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+                if encoding != "identity":
+                    # a package is already compressed: decoded, 4 MiB of gzip on the wire
+                    # wrote 2 GiB to the box's disk before the sha256 check (hostile hub)
+                    raise HubRefused(f"hub sent {path} with Content-Encoding {encoding[:32]!r}; "
+                                     "a package is taken only as it is")
                 with dest.open("wb") as f:
-                    for chunk in resp.iter_bytes():
+                    for chunk in resp.iter_raw():
                         size += len(chunk)
                         if size > max_bytes:
                             raise HubRefused(f"{path} is over {max_bytes} bytes")
@@ -161,6 +167,8 @@ def _error_text(status: int, reason: str, content: bytes | None) -> str:
     """The hub's ``{"error": {...}}`` as ``code: message`` (short), else the status text."""
     try:
         err = json.loads(content or b"")["error"]
-        return f"{err['code']}: {str(err['message'])[:300]}"
+        text = f"{err['code']}: {str(err['message'])[:300]}"
     except Exception:
-        return reason or f"status {status}"
+        text = reason or f"status {status}"
+    # the hub's words go into the box's log: a line break in them forged a log line
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

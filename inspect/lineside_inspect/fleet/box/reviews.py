@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lineside_inspect.atomic import write_atomic
-from lineside_inspect.errors import HubRefused, LinesideError
+from lineside_inspect.errors import ConfigError, HubRefused, LinesideError
 from lineside_inspect.fleet.box import forward
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.box.periodic import HubTask, PeriodicHubTask
@@ -69,6 +70,9 @@ log = logging.getLogger("lineside.fleet")
 CHANNEL = "fleet-reviews"  # the outbox channel of reviews going up; topic: inspection id
 CURSOR_FILE = Path("fleet") / "hub-reviews.cursor"
 BATCH = 200
+# a hub review dated this far ahead of the box's clock is not applied (logged, skipped): a
+# clock that far off is broken, and such a review would outrank every later one for good
+HUB_FAR_AHEAD = timedelta(days=1)
 PURGE_EVERY_S = 60.0
 KEEP_DELIVERED_S = 3600.0
 ROUNDS = 50  # batches per sync round (the next round goes on)
@@ -250,6 +254,11 @@ class ReviewSync(HubTask):
                     raise HubRefused(f"hub sent review seq {e.seq} as made on a box")
                 outcome: str
                 try:
+                    if as_utc(e.created_at) > datetime.now(UTC) + HUB_FAR_AHEAD:
+                        # it would outrank every review made on the box for good (one at
+                        # the end of time made every later one a 500): a broken or hostile hub
+                        raise ConfigError(f"it is dated {e.created_at.isoformat()}, over "
+                                          f"{HUB_FAR_AHEAD.days} day ahead of the box's clock")
                     outcome = apply_review(self.store, e)
                 except LinesideError as exc:  # one bad review must not stop the rest
                     log.warning("fleet: hub review %d of %s not applied: %s", e.seq,

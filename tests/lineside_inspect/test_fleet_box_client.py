@@ -1,0 +1,70 @@
+"""The box's hub client against a hostile hub (a real HTTP server on loopback): what the
+hub sends is bounded as it comes off the wire, and its words reach the box's log as one
+line."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from lineside_inspect.errors import HubRefused
+from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.config import FleetSettings
+from lineside_inspect.fleet.protocol import Assignment
+
+# 64 KiB of gzip that decodes to 64 MiB: what the box would have written
+BOMB = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+
+
+class _HostileHub(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path.endswith("/package.tar.gz"):
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(BOMB)))
+            self.end_headers()
+            self.wfile.write(BOMB)
+            return
+        body = b'{"error": {"code": "x", "message": "bad\\n2026-12-04 CRITICAL lineside: FORGED"}}'
+        self.send_response(418)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hub() -> Iterator[HubClient]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HostileHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = FleetSettings(hub_url=f"http://127.0.0.1:{server.server_address[1]}",
+                             token="t", timeout_s=5)  # type: ignore[arg-type]
+    client = HubClient(settings, "box1")
+    yield client
+    client.close()
+    server.shutdown()
+
+
+def test_a_package_sent_with_a_content_encoding_is_refused_unwritten(hub: HubClient,
+                                                                   tmp_path: Path) -> None:
+    """Decoded, 4 MiB of gzip on the wire wrote 2 GiB to the box's disk before the sha256
+    check, at every pull (hostile-hub probe)."""
+    dest = tmp_path / "package.tar.gz"
+    with pytest.raises(HubRefused, match="Content-Encoding 'gzip'"):
+        hub.download("/fleet/v1/packages/m/1/package.tar.gz", dest, max_bytes=1 << 30)
+    assert not dest.exists()
+
+
+def test_the_hubs_error_words_are_one_log_line(hub: HubClient) -> None:
+    with pytest.raises(HubRefused) as refused:
+        hub.get("/fleet/v1/boxes/box1/assignment", Assignment)
+    text = str(refused.value)
+    assert "\n" not in text and "bad\\n2026-12-04 CRITICAL" in text, text
