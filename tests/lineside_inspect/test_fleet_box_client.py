@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from lineside_inspect.errors import HubRefused
+from lineside_inspect.errors import HubRefused, HubUnavailable
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.config import FleetSettings
-from lineside_inspect.fleet.protocol import Assignment
+from lineside_inspect.fleet.protocol import Assignment, ReviewBatch
 
 # 64 KiB of gzip that decodes to 64 MiB: what the box would have written
 BOMB = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
@@ -23,6 +24,22 @@ BOMB = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
 
 class _HostileHub(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        if "/hub-reviews" in self.path:
+            review = ('{"seq": 1, "inspection_id": "' + "a" * 32 + '", "created_at": '
+                      '"2026-12-01T00:00:00Z", "reviewer": "qa\\ud800", "action": "confirm", '
+                      '"boxes": [], "note": "", "origin": "hub"}')
+            body = ('{"items": [' + review + ']}').encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            drip = "drip" in self.path  # a byte at a time, each well within timeout_s
+            for i in range(0, len(body), 4 if drip else len(body)):
+                self.wfile.write(body[i:i + (4 if drip else len(body))])
+                self.wfile.flush()
+                if drip:
+                    time.sleep(0.1)
+            return
         if self.path.endswith("/package.tar.gz"):
             self.send_response(200)
             self.send_header("Content-Encoding", "gzip")
@@ -45,8 +62,9 @@ class _HostileHub(BaseHTTPRequestHandler):
 def hub() -> Iterator[HubClient]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _HostileHub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    # an answer must come whole within ANSWER_TIMEOUTS x 0.5 s = 3 s
     settings = FleetSettings(hub_url=f"http://127.0.0.1:{server.server_address[1]}",
-                             token="t", timeout_s=5)  # type: ignore[arg-type]
+                             token="t", timeout_s=0.5)  # type: ignore[arg-type]
     client = HubClient(settings, "box1")
     yield client
     client.close()
@@ -68,3 +86,18 @@ def test_the_hubs_error_words_are_one_log_line(hub: HubClient) -> None:
         hub.get("/fleet/v1/boxes/box1/assignment", Assignment)
     text = str(refused.value)
     assert "\n" not in text and "bad\\n2026-12-04 CRITICAL" in text, text
+
+
+def test_an_answer_dripped_past_its_deadline_is_cut(hub: HubClient) -> None:
+    """A byte every few seconds, each within the read timeout, held the box's review sync
+    as long as the hub liked (httpx's timeout is per read). The whole answer (~230 bytes
+    at 4 every 100 ms: ~6 s) must come within ANSWER_TIMEOUTS x timeout_s (3 s)."""
+    with pytest.raises(HubUnavailable, match="did not come whole in time"):
+        hub.get("/fleet/v1/boxes/box1/hub-reviews?drip=1", ReviewBatch)
+
+
+def test_a_lone_surrogate_in_an_answer_is_taken_as_u_fffd(hub: HubClient) -> None:
+    """One review's lone surrogate made the whole batch "not a ReviewBatch", and the box
+    asked for the same batch for good."""
+    batch = hub.get("/fleet/v1/boxes/box1/hub-reviews", ReviewBatch)
+    assert [r.reviewer for r in batch.items] == ["qa\ufffd"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,12 +27,16 @@ from pydantic import BaseModel, ValidationError
 from lineside_inspect.errors import HubRefused, HubUnavailable
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.fleet.protocol import FEATURES_HEADER, REVIEW_WAITING
+from lineside_inspect.names import scrub_text
 from lineside_inspect.version import __version__
 
 M = TypeVar("M", bound=BaseModel)
 # an answer's body is read only up to this (a JSON answer; packages use download())
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 ERROR_BYTES = 64 * 1024  # of an error answer, for its message
+# an answer (not a package download) must come whole within this many timeout_s of its
+# start: 60 s with the default 10 s
+ANSWER_TIMEOUTS = 6
 
 
 class HubCutBody(HubUnavailable):
@@ -55,7 +60,7 @@ class HubClient:
         headers = {"user-agent": f"lineside-box/{__version__}", FEATURES_HEADER: REVIEW_WAITING}
         if settings.token is not None:
             headers["authorization"] = f"Bearer {settings.token.get_secret_value()}"
-        t = settings.timeout_s
+        t = self.timeout_s = settings.timeout_s
         self._http = httpx.Client(base_url=self.base_url, headers=headers,
                                   timeout=httpx.Timeout(t, connect=min(t, 5.0)),
                                   transport=transport, follow_redirects=False)
@@ -90,7 +95,8 @@ class HubClient:
                         raise HubUnavailable(f"hub {self.base_url} answered "
                                              f"{resp.status_code}: {detail}")
                     raise HubRefused(f"hub refused {method} {path}: {resp.status_code} {detail}")
-                data = _read_at_most(resp, self.max_answer_bytes)
+                data = _read_at_most(resp, self.max_answer_bytes,
+                                     time.monotonic() + ANSWER_TIMEOUTS * self.timeout_s)
         except httpx.WriteError:  # the hub closed while the body went: cut, or gone
             raise HubCutBody(f"hub {self.base_url} closed the connection while the request "
                              "body was being sent") from None
@@ -140,9 +146,11 @@ class HubClient:
         return size
 
 
-def _read_at_most(resp: httpx.Response, limit: int) -> bytes | None:
+def _read_at_most(resp: httpx.Response, limit: int, deadline: float | None = None) -> bytes | None:
     """The answer's body, or None once it is (or declares itself) over ``limit`` bytes:
-    reading stops there (the connection is dropped with the rest unread)."""
+    reading stops there (the connection is dropped with the rest unread). Past
+    ``deadline`` (``time.monotonic``), :class:`HubUnavailable`: httpx's timeout is per
+    read, and a byte every few seconds held a task for as long as the hub liked."""
     declared = resp.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
@@ -152,6 +160,8 @@ def _read_at_most(resp: httpx.Response, limit: int) -> bytes | None:
         size += len(chunk)
         if size > limit:
             return None
+        if deadline is not None and time.monotonic() > deadline:
+            raise HubUnavailable("the hub's answer did not come whole in time")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -160,7 +170,18 @@ def _parse(content: bytes, answer: type[M], path: str) -> M:
     try:
         return answer.model_validate_json(content)
     except ValidationError:
+        pass
+    # a lone surrogate in one text field ("\ud800") made a whole batch of reviews unreadable,
+    # and the box asked for it again for good: taken as U+FFFD, as the hub takes the box's
+    try:
+        doc = json.loads(content, parse_constant=_no_constant)
+        return answer.model_validate(scrub_text(doc))
+    except (ValueError, RecursionError):  # ValidationError is a ValueError
         raise HubRefused(f"hub answer to {path} is not a {answer.__name__}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number an answer may hold")
 
 
 def _error_text(status: int, reason: str, content: bytes | None) -> str:
