@@ -5,6 +5,7 @@ line."""
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -101,3 +102,60 @@ def test_a_lone_surrogate_in_an_answer_is_taken_as_u_fffd(hub: HubClient) -> Non
     asked for the same batch for good."""
     batch = hub.get("/fleet/v1/boxes/box1/hub-reviews", ReviewBatch)
     assert [r.reviewer for r in batch.items] == ["qa\ufffd"]
+
+
+def test_a_hub_review_dated_far_ahead_is_skipped_and_the_stream_goes_on(tmp_path: Path) -> None:
+    """A hub review dated years ahead outranked every later review made on the box (one
+    at the end of time made them 500s); it is skipped, logged, and the next is applied."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.fleet.box.reviews import ReviewSync
+    from lineside_inspect.fleet.hub.bench_reviews import synthetic_rows
+    from lineside_inspect.store import Store
+
+    store = Store(tmp_path / "box", box_id="box1")
+    row = synthetic_rows(1, box_id="box1", site="s", line="l", now=datetime.now(UTC),
+                         fail_every=1)[0]
+    iid = row.id
+    with Session(store.engine) as s, s.begin():
+        s.add(row)
+
+    def review(seq: int, at: datetime) -> dict[str, object]:
+        return {"seq": seq, "inspection_id": iid, "created_at": at.isoformat(),
+                "reviewer": "lead", "action": "false_reject", "boxes": [], "note": "",
+                "origin": "hub"}
+
+    now = datetime.now(UTC)
+    answer = json.dumps({"items": [review(1, now + timedelta(days=3650)),
+                                   review(2, now - timedelta(minutes=1))]}).encode()
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = answer if "after=0" in self.path else b'{"items": []}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = HubClient(FleetSettings(hub_url=f"http://127.0.0.1:{server.server_address[1]}",
+                                     token="t", timeout_s=5), "box1")  # type: ignore[arg-type]
+    try:
+        sync = ReviewSync(store, client)
+        assert sync.pull_down() == 1
+        assert sync.cursor() == 2
+        [kept] = store.get(iid).reviews
+        assert kept.created_at.replace(tzinfo=UTC) < datetime.now(UTC)
+        store.review(iid, reviewer="here", action="confirm")  # a later one follows it
+        assert store.get(iid).reviews[-1].reviewer == "here"
+    finally:
+        client.close()
+        server.shutdown()
+        store.close()

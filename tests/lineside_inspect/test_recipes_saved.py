@@ -192,3 +192,22 @@ def test_a_recipe_put_for_a_model_a_fleet_box_pulled_outlives_a_restart(tmp_path
             r = c.delete("/v1/recipes/deeppcb-ref-default")
             assert r.status_code == 200 and r.json()["recipe"]["version"] == "1", r.text
         assert _recipes(srv)["deeppcb-ref-default"]["put_over_api"] is False
+
+
+def test_a_refused_put_leaves_the_saved_file_as_it_was(tmp_path: Path) -> None:
+    """A PUT writes its file first (what the audit then records is what a restart brings
+    back) and puts it back when the recipe is refused."""
+    folder = tmp_path / "recipes"
+    with _served(tmp_path) as srv, srv.client("admin") as c:
+        body = {"name": "spare", "version": "1", "model": "deeppcb"}
+        assert c.put("/v1/recipes/spare", json=body).status_code == 200
+        kept = (folder / "spare.json").read_bytes()
+        r = c.put("/v1/recipes/spare", json={**body, "version": "2", "critical": ["nope"]})
+        assert r.status_code == 422, r.text  # a class the model lacks
+        assert (folder / "spare.json").read_bytes() == kept
+        r = c.put("/v1/recipes/fresh", json={**body, "name": "fresh", "model": "gone"})
+        assert r.status_code == 404, r.text
+        assert not (folder / "fresh.json").exists()
+    with _served(tmp_path) as srv:
+        listed = _recipes(srv)
+        assert listed["spare"]["version"] == "1" and "fresh" not in listed
