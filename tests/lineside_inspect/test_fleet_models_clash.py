@@ -70,3 +70,32 @@ def test_a_served_version_is_never_replaced_by_another_card(weed: Any, tmp_path:
     finally:
         client.close()
         stop()
+
+
+def test_a_package_over_the_boxs_limit_is_not_downloaded_whole(weed: Any, tmp_path: Path) -> None:
+    """``fleet.max_package_bytes`` bounds what a pull writes (a fixed 2 GiB before: a
+    hostile hub could make the box write that at every pull)."""
+    pub = tmp_path / "k.pub.pem"
+    signing.generate(tmp_path / "k.pem", pub)
+    key = signing.load_private_key(tmp_path / "k.pem")
+    hub, stop = start_hub(weed, tmp_path, f"sqlite:///{tmp_path / 'hub.db'}")
+    fleet = FleetSettings(hub_url=hub.url, token=KEYS["box-a"][1], line="L1",  # type: ignore[arg-type]
+                          trusted_keys=[str(pub)], timeout_s=10, max_package_bytes=100_000)
+    settings = Settings(data_dir=str(tmp_path / "box"), fleet=fleet)
+    registry = Registry(device="cpu", threads=1)
+    client = HubClient(fleet, "box-a")
+    puller = ModelPuller(SimpleNamespace(state=SimpleNamespace(registry=registry)), settings,
+                         client)
+    puller.keys = [signing.load_public_key(str(pub))]
+    try:
+        assert publish(hub, key, versioned(tmp_path, "v9")).status_code == 201
+        with hub.client() as admin:
+            r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": "v9"})
+            assert r.status_code == 200, r.text
+        puller.pull()
+        assert any("is over 100000 bytes" in e for e in puller.errors()), puller.errors()
+        assert registry.models() == {}
+        assert not any((puller.root / ".incoming").rglob("package.tar.gz"))  # removed
+    finally:
+        client.close()
+        stop()

@@ -53,6 +53,10 @@ class FleetSettings(_Section):
         "ed25519 public keys (PEM files or base64 raw keys) whose signatures make a model "
         "package acceptable; none: the box pulls no models"))
     pull_interval_s: float = Field(60.0, gt=0, description="how often assignments are checked")
+    max_package_bytes: int = Field(256 * 1024 * 1024, gt=0, description=(
+        "the largest package.tar.gz the box downloads (as it comes off the wire); a hub "
+        "publishes up to its max_body_bytes, 64 MiB by default. It bounds what a broken "
+        "or hostile hub can make the box write at each pull"))
     status_interval_s: float = Field(5.0, gt=0, le=3600, description=(
         "how often the box reports its models, readiness and backlog to the hub"))
     models_dir: str | None = Field(None, description=(

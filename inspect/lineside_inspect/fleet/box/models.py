@@ -65,7 +65,6 @@ log = logging.getLogger("lineside.fleet.models")
 ACTOR = "fleet"  # the audit log's actor of what the puller activates
 STATE_FILE = "pulled.json"
 INCOMING = ".incoming"
-MAX_ARCHIVE_BYTES = 2 << 30
 MAX_ERRORS = 32  # protocol.BoxStatus.model_errors holds at most this many
 TASK = "models"  # its name in the fleet tasks' metrics
 
@@ -265,7 +264,7 @@ class ModelPuller:
         try:
             tgz = tmp / "package.tar.gz"
             self.client.download(self.client.path(PACKAGE, model=m.name, version=m.version),
-                                 tgz, MAX_ARCHIVE_BYTES)
+                                 tgz, self.fleet.max_package_bytes)
             digest = sha256_file(tgz)
             if digest != m.sha256:
                 raise signing.SignatureError(
