@@ -23,23 +23,36 @@ from lineside_inspect.fleet.protocol import Assignment, ReviewBatch
 BOMB = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
 
 
-class _HostileHub(BaseHTTPRequestHandler):
+def _send_json(handler: BaseHTTPRequestHandler, status: int, body: bytes, part: int = 0,
+               pause_s: float = 0.0) -> None:
+    """``body`` as a JSON answer, in parts of ``part`` bytes ``pause_s`` apart (0: whole)."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    step = part or len(body)
+    for i in range(0, len(body), step):
+        handler.wfile.write(body[i:i + step])
+        handler.wfile.flush()
+        time.sleep(pause_s)
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _HostileHub(_Quiet):
     def do_GET(self) -> None:
         if "/hub-reviews" in self.path:
             review = ('{"seq": 1, "inspection_id": "' + "a" * 32 + '", "created_at": '
                       '"2026-12-01T00:00:00Z", "reviewer": "qa\\ud800", "action": "confirm", '
                       '"boxes": [], "note": "", "origin": "hub"}')
             body = ('{"items": [' + review + ']}').encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            drip = "drip" in self.path  # a byte at a time, each well within timeout_s
-            for i in range(0, len(body), 4 if drip else len(body)):
-                self.wfile.write(body[i:i + (4 if drip else len(body))])
-                self.wfile.flush()
-                if drip:
-                    time.sleep(0.1)
+            if "drip" in self.path:  # 4 bytes at a time, each well within timeout_s
+                _send_json(self, 200, body, part=4, pause_s=0.1)
+            else:
+                _send_json(self, 200, body)
             return
         if self.path.endswith("/package.tar.gz"):
             self.send_response(200)
@@ -48,15 +61,8 @@ class _HostileHub(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(BOMB)
             return
-        body = b'{"error": {"code": "x", "message": "bad\\n2026-12-04 CRITICAL lineside: FORGED"}}'
-        self.send_response(418)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        _send_json(self, 418, b'{"error": {"code": "x", "message": '
+                   b'"bad\\n2026-12-04 CRITICAL lineside: FORGED"}}')
 
 
 @pytest.fixture
@@ -131,17 +137,9 @@ def test_a_hub_review_dated_far_ahead_is_skipped_and_the_stream_goes_on(tmp_path
     answer = json.dumps({"items": [review(1, now + timedelta(days=3650)),
                                    review(2, now - timedelta(minutes=1))]}).encode()
 
-    class Hub(BaseHTTPRequestHandler):
+    class Hub(_Quiet):
         def do_GET(self) -> None:
-            body = answer if "after=0" in self.path else b'{"items": []}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
+            _send_json(self, 200, answer if "after=0" in self.path else b'{"items": []}')
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -4,7 +4,10 @@ hub (uvicorn, SQLite, packages in a real SeaweedFS) and the box's real registry.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,20 +27,38 @@ from lineside_inspect.server.registry import Registry
 from .test_fleet_models_hub import KEYS, publish, start_hub, versioned
 
 
-def test_a_served_version_is_never_replaced_by_another_card(weed: Any, tmp_path: Path) -> None:
+@dataclass
+class _Box:
+    hub: Any
+    key: Any  # the publisher's private key
+    registry: Registry
+    puller: ModelPuller
+
+
+@contextlib.contextmanager
+def _box_and_hub(weed: Any, tmp_path: Path, **fleet_kw: Any) -> Iterator[_Box]:
+    """A real hub (SQLite, SeaweedFS) and a box's model puller on line L1 trusting one
+    publisher key, without the rest of a box server."""
     pub = tmp_path / "k.pub.pem"
     signing.generate(tmp_path / "k.pem", pub)
-    key = signing.load_private_key(tmp_path / "k.pem")
     hub, stop = start_hub(weed, tmp_path, f"sqlite:///{tmp_path / 'hub.db'}")
     fleet = FleetSettings(hub_url=hub.url, token=KEYS["box-a"][1], line="L1",  # type: ignore[arg-type]
-                          trusted_keys=[str(pub)], timeout_s=10)
-    settings = Settings(data_dir=str(tmp_path / "box"), fleet=fleet)
+                          trusted_keys=[str(pub)], timeout_s=10, **fleet_kw)
     registry = Registry(device="cpu", threads=1)
     client = HubClient(fleet, "box-a")
-    puller = ModelPuller(SimpleNamespace(state=SimpleNamespace(registry=registry)), settings,
-                         client)
+    puller = ModelPuller(SimpleNamespace(state=SimpleNamespace(registry=registry)),
+                         Settings(data_dir=str(tmp_path / "box"), fleet=fleet), client)
     puller.keys = [signing.load_public_key(str(pub))]
     try:
+        yield _Box(hub, signing.load_private_key(tmp_path / "k.pem"), registry, puller)
+    finally:
+        client.close()
+        stop()
+
+
+def test_a_served_version_is_never_replaced_by_another_card(weed: Any, tmp_path: Path) -> None:
+    with _box_and_hub(weed, tmp_path) as box:
+        hub, key, registry, puller = box.hub, box.key, box.registry, box.puller
         # the box serves v1 from its pulled folder (an earlier hub's, or its pulled.json lost)
         served = puller.root / "deeppcb" / "v1"
         shutil.copytree(versioned(tmp_path, "v1"), served)
@@ -67,35 +88,18 @@ def test_a_served_version_is_never_replaced_by_another_card(weed: Any, tmp_path:
             puller._check_clash(m.model_copy(update={"version": "v2"}),
                                 load_package(served).card.model_copy(update={"version": "v2"}),
                                 served)
-    finally:
-        client.close()
-        stop()
 
 
 def test_a_package_over_the_boxs_limit_is_not_downloaded_whole(weed: Any, tmp_path: Path) -> None:
     """``fleet.max_package_bytes`` bounds what a pull writes (a fixed 2 GiB before: a
     hostile hub could make the box write that at every pull)."""
-    pub = tmp_path / "k.pub.pem"
-    signing.generate(tmp_path / "k.pem", pub)
-    key = signing.load_private_key(tmp_path / "k.pem")
-    hub, stop = start_hub(weed, tmp_path, f"sqlite:///{tmp_path / 'hub.db'}")
-    fleet = FleetSettings(hub_url=hub.url, token=KEYS["box-a"][1], line="L1",  # type: ignore[arg-type]
-                          trusted_keys=[str(pub)], timeout_s=10, max_package_bytes=100_000)
-    settings = Settings(data_dir=str(tmp_path / "box"), fleet=fleet)
-    registry = Registry(device="cpu", threads=1)
-    client = HubClient(fleet, "box-a")
-    puller = ModelPuller(SimpleNamespace(state=SimpleNamespace(registry=registry)), settings,
-                         client)
-    puller.keys = [signing.load_public_key(str(pub))]
-    try:
-        assert publish(hub, key, versioned(tmp_path, "v9")).status_code == 201
-        with hub.client() as admin:
+    with _box_and_hub(weed, tmp_path, max_package_bytes=100_000) as box:
+        assert publish(box.hub, box.key, versioned(tmp_path, "v9")).status_code == 201
+        with box.hub.client() as admin:
             r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": "v9"})
             assert r.status_code == 200, r.text
-        puller.pull()
-        assert any("is over 100000 bytes" in e for e in puller.errors()), puller.errors()
-        assert registry.models() == {}
-        assert not any((puller.root / ".incoming").rglob("package.tar.gz"))  # removed
-    finally:
-        client.close()
-        stop()
+        box.puller.pull()
+        errors = box.puller.errors()
+        assert any("is over 100000 bytes" in e for e in errors), errors
+        assert box.registry.models() == {}
+        assert not any((box.puller.root / ".incoming").rglob("package.tar.gz"))  # removed
