@@ -58,11 +58,11 @@ SIGNATURE = PREFIX + "/packages/{model}/{version}/package.sig"
 # a request header: what a box understands beyond version 1 (comma-separated). A hub adds
 # to an answer only what the box named here, so an older box (whose models forbid unknown
 # fields) always reads the answer it knows
+FEATURES_HEADER = "Lineside-Fleet-Features"
+REVIEW_WAITING = "review-waiting"  # ReviewAck.waiting
 # a time a box sends (a review's, an inspection's) over this far ahead of the hub's clock
 # is taken at the hub's time: a box whose clock ran ahead before NTP, or a hostile one
 MAX_CLOCK_AHEAD = timedelta(minutes=5)
-FEATURES_HEADER = "Lineside-Fleet-Features"
-REVIEW_WAITING = "review-waiting"  # ReviewAck.waiting
 
 ID_PATTERN = r"[0-9a-f]{32}"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"

@@ -258,4 +258,3 @@ def labels_column(labels: Iterable[str]) -> str:
 def label_pattern(label: str) -> str:
     """What ``labels`` contains for a row with a defect of class ``label``."""
     return "," + label.replace(",", ";") + ","
-

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import hashlib
 import logging
 import math
@@ -116,15 +117,15 @@ class Ingest:
         if len(set(seqs)) != len(seqs):
             raise ConfigError("a batch must not repeat a seq")
         ids = [i.id for i in items]
-        if len(set(ids)) != len(ids):  # else the database's unique key refused it as "busy"
-            twice = next(i for i in items if ids.count(i.id) > 1)
-            raise ConfigError(f"a batch must not repeat an inspection id: {twice.id} is sent "
-                              f"under seq {', '.join(str(i.seq) for i in items if i.id == twice.id)}")
+        twice = next((iid for iid, n in collections.Counter(ids).items() if n > 1), None)
+        if twice is not None:  # else the database's unique key refused it as "busy"
+            raise ConfigError(f"a batch must not repeat an inspection id: {twice} is sent "
+                              f"under seq {', '.join(str(i.seq) for i in items if i.id == twice)}")
         now = datetime.now(UTC)
         rows = {i.seq: _row(box_id, i, now) for i in items}  # each checked before any write
         with self._box_lock(box_id):
             cursor = self.cursor(box_id)
-            held = self._held(box_id, [i.id for i in items])
+            held = self._held(box_id, ids)
             behind = [i for i in items if i.seq <= cursor and i.id not in held]
             if behind:
                 raise SequenceBehind(
@@ -322,7 +323,6 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
         if (width, height) != (rec.width, rec.height):
             raise ConfigError(f"item seq {item.seq}: image_b64 is {width}x{height}, the record "
                               f"says {rec.width}x{rec.height}")
-    labels = sorted({d.label for d in rec.defects})
     values: dict[str, Any] = {
         "id": rec.id, "created_at": created, "camera_id": rec.camera_id, "part_id": rec.part_id,
         "recipe_name": rec.recipe.name, "recipe_version": rec.recipe.version,
@@ -330,7 +330,7 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
         "model_sha256": rec.model.sha256, "class_names": list(rec.class_names),
         "verdict": rec.verdict, "reasons": [r.model_dump() for r in rec.reasons],
         "defects": [{"label": d.label, "score": d.score, "box": list(d.box)} for d in rec.defects],
-        "labels": labels_column(labels),
+        "labels": labels_column(d.label for d in rec.defects),
         "max_score": max((d.score for d in rec.defects), default=0.0),
         "timings_ms": rec.timings_ms.model_dump(),
         "image_path": image_key(box_id, created, rec.id, item.image_ext)
