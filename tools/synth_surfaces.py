@@ -16,6 +16,9 @@ the set, which ``import`` does not read, and this tool's ``--groups`` step sets 
     lineside data import -f voc /tmp/surfaces data/surfaces
     python tools/synth_surfaces.py groups /tmp/surfaces data/surfaces
     lineside data split data/surfaces --val 0.2 --by group
+
+``make --good N`` adds N defect-free pictures (empty annotations) for good-only models
+(docs/training/good-only.md, "Other industries").
 """
 
 from __future__ import annotations
@@ -191,7 +194,9 @@ def _voc(name: str, boxes: list[tuple[str, Box]], with_suffix: bool) -> str:
             f"<segmented>0</segmented>{objects}</annotation>\n")
 
 
-def make(out: Path, images: int, coils: int, seed: int) -> None:
+def make(out: Path, images: int, coils: int, seed: int, good: int = 0) -> None:
+    """``images`` defective pictures (one kind each, in turn) and ``good`` defect-free ones
+    (an annotation without objects), each of a random coil."""
     rng = np.random.default_rng(seed)
     (out / "IMAGES").mkdir(parents=True, exist_ok=False)
     (out / "ANNOTATIONS").mkdir()
@@ -206,17 +211,27 @@ def make(out: Path, images: int, coils: int, seed: int) -> None:
         boxes = DRAW[kind](rng, img, contrast)
         if not boxes:
             continue
-        name = f"{kind}_{i + 1}"
-        quality = int(rng.integers(80, 96))
-        ok, jpg = cv2.imencode(".jpg", np.clip(img, 0, 255).astype(np.uint8),
-                               [cv2.IMWRITE_JPEG_QUALITY, quality])
-        assert ok
-        (out / "IMAGES" / f"{name}.jpg").write_bytes(jpg.tobytes())
-        # a tenth of the XMLs name their image without its extension, as real sets do
-        (out / "ANNOTATIONS" / f"{name}.xml").write_text(
-            _voc(name, [(kind, b) for b in boxes], with_suffix=rng.random() > 0.1))
-        groups[f"{name}.jpg"] = f"coil{coil:02d}"
+        _write(out, f"{kind}_{i + 1}", img, [(kind, b) for b in boxes], rng)
+        groups[f"{kind}_{i + 1}.jpg"] = f"coil{coil:02d}"
+    # good pictures come after the defective ones, so a set made with --good 0 is the same
+    # set as before this option existed (same seed, same draws)
+    for i in range(good):
+        coil = int(rng.integers(coils))
+        _write(out, f"good_{i + 1}", _surface(rng, looks[coil]), [], rng)
+        groups[f"good_{i + 1}.jpg"] = f"coil{coil:02d}"
     (out / "groups.json").write_text(json.dumps(groups, indent=0))
+
+
+def _write(out: Path, name: str, img: np.ndarray, boxes: list[tuple[str, Box]],
+           rng: np.random.Generator) -> None:
+    quality = int(rng.integers(80, 96))
+    ok, jpg = cv2.imencode(".jpg", np.clip(img, 0, 255).astype(np.uint8),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    (out / "IMAGES" / f"{name}.jpg").write_bytes(jpg.tobytes())
+    # a tenth of the XMLs name their image without its extension, as real sets do
+    (out / "ANNOTATIONS" / f"{name}.xml").write_text(
+        _voc(name, boxes, with_suffix=rng.random() > 0.1))
 
 
 def set_groups(src: Path, dataset: Path) -> None:
@@ -244,12 +259,14 @@ def main() -> None:
     m.add_argument("--images", type=int, default=1800)
     m.add_argument("--coils", type=int, default=30)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--good", type=int, default=0,
+                   help="also this many defect-free pictures (for good-only models)")
     g = sub.add_parser("groups")
     g.add_argument("src", type=Path)
     g.add_argument("dataset", type=Path)
     a = ap.parse_args()
     if a.cmd == "make":
-        make(a.out, a.images, a.coils, a.seed)
+        make(a.out, a.images, a.coils, a.seed, a.good)
     else:
         set_groups(a.src, a.dataset)
 

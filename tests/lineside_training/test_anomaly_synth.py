@@ -53,6 +53,25 @@ def test_each_kind_labels_only_visible_changes(kind: str) -> None:
     assert labelled >= 20  # most draws leave a visible anomaly
 
 
+def test_the_visibility_threshold_is_the_specs() -> None:
+    """A faint-texture recipe labels changes a PCB's threshold would call normal."""
+    img = np.full((96, 96, 3), 120, np.uint8)
+    faint = np.full((96, 96, 3), 135, np.uint8)  # the foreign texture: 15 grey levels away
+    labelled = {}
+    for visible in (25, 10):
+        rng = np.random.default_rng(5)
+        spec = SynthSpec(p_anomaly=1.0, max_anomalies=1, min_size=24, max_size=25,
+                         weights=(1.0, 0.0, 0.0, 0.0), visible=visible)
+        hits = 0
+        for _ in range(20):
+            out, mask = add_anomalies(img, faint, rng, spec)
+            change = np.abs(out.astype(int) - img.astype(int)).max(2)
+            assert (change[mask > 0] >= visible).all() and (change[mask == 0] == 0).all()
+            hits += int(mask.any())
+        labelled[visible] = hits
+    assert labelled[25] == 0 and labelled[10] >= 10  # blended at 50-100%: 7.5-15 levels
+
+
 def test_no_anomaly_leaves_image_untouched() -> None:
     rng = np.random.default_rng(0)
     img = _board(64, rng)

@@ -13,9 +13,11 @@ import yaml
 from typer.testing import CliRunner
 
 from lineside_inspect.cli import app
+from lineside_inspect.dataset import Box, ImageRecord
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import load_package
 from lineside_inspect.runtime.anomaly import AnomalyModel
+from lineside_training.anomaly.evaluate import escapes_by_class
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
@@ -102,6 +104,14 @@ def test_sample_split_evaluated_through_the_package(tmp_path: Path) -> None:
     assert (at["good"], at["defective"]) == (10, 10)
     assert 0 <= m["good_as_stored"]["auroc"] <= 1
     assert m["localisation"]["defective"] == 10
+    # which kinds it misses: the sample's six DeepPCB classes, each counted on its images
+    by_class = m["by_class"]
+    assert set(by_class) <= {"open", "short", "mousebite", "spur", "copper", "pin-hole"}
+    assert sum(r["escapes_at_card"] for r in by_class.values()) >= at["escapes"]
+    for row in by_class.values():
+        assert 0 <= row["escapes_at_card"] <= row["defective"] <= 10
+        assert 0 <= row["escapes_at_1pct"] <= row["defective"]
+    assert "escapes by defect class" in r.stdout
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -144,3 +154,48 @@ def test_crafted_checkpoint_is_refused_not_run(tmp_path: Path) -> None:
     r = runner.invoke(app, ["evaluate", str(run), "--data", str(SAMPLE)])
     assert r.exit_code == 2 and "not a good-only checkpoint" in r.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_escapes_by_class_counts_each_class_on_its_images() -> None:
+    def rec(*labels: str) -> ImageRecord:
+        return ImageRecord("x.png", 64, 64, [Box(1, 1, 9, 9, label) for label in labels])
+
+    good = np.linspace(0.0, 0.5, 100)  # at 1% false rejects the threshold is just above 0.4949
+    defective = np.array([0.9, 0.45, 0.3, 0.7])
+    records = [rec("scratch"), rec("scratch", "pits"), rec("pits", "pits"), rec("patch")]
+    by_class = escapes_by_class(good, defective, records, card_threshold=0.6)
+    assert by_class == {
+        "patch": {"defective": 1, "escapes_at_card": 0, "escapes_at_1pct": 0},
+        "pits": {"defective": 2, "escapes_at_card": 2, "escapes_at_1pct": 2},
+        "scratch": {"defective": 2, "escapes_at_card": 1, "escapes_at_1pct": 1},
+    }
+    assert list(by_class) == ["patch", "pits", "scratch"]
+
+
+def test_the_general_recipe_trains_as_shipped_on_any_good_folder(tmp_path: Path) -> None:
+    """good-default.yaml with only --data: size from the images, groups held out by itself,
+    faint synthetic changes labelled; a few steps, exported through the edge runtime."""
+    rng = np.random.default_rng(1)
+    for g in ("coil-a", "coil-b", "coil-c", "coil-d"):
+        (tmp_path / "good" / g).mkdir(parents=True)
+        for i in range(5):  # a grey textured surface, 150 x 120: no PCB in sight
+            surface = np.clip(rng.normal(128, 6, (120, 150, 3)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(tmp_path / "good" / g / f"{i}.png"), surface)
+    r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "good"),
+                            str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(app, ["train", "--config", str(ROOT / "training" / "configs" /
+                                                      "good-default.yaml"),
+                            "--data", str(tmp_path / "ds"), "--set", "steps=3",
+                            "--set", f"out_dir={tmp_path / 'runs'}", "--set", "threads=1"])
+    assert r.exit_code == 0, r.output + r.stderr
+    run = tmp_path / "runs" / "good"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["input_size"] == 160  # the next multiple of 32 above the images' 150 px
+    assert saved["synth"]["visible"] == 12
+    assert "15 to train on, 5 held out for calibration" in (run / "train.log").read_text()
+    r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "models" / "g" / "1")])
+    assert r.exit_code == 0, r.stderr
+    card = load_package(tmp_path / "models" / "g" / "1").card
+    assert card.kind == "anomaly" and card.input.size == 160
+    assert card.anomaly is not None and card.anomaly.calibrated_on == 5

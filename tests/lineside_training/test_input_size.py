@@ -16,6 +16,7 @@ from lineside_training.data.augment import train_transform
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "training" / "configs" / "single-default.yaml"
+GOOD_RECIPE = ROOT / "training" / "configs" / "good-default.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,19 @@ def test_small_images_train_at_a_small_size(small_images: Path) -> None:
         wide = commands.load_config(RECIPE, ["input_size=224", f"crop_size={crop}"],
                                     data=str(small_images))
         assert (wide.input_size, wide.crop_size) == (224, None)
+
+
+def test_the_good_only_recipe_chooses_its_size_from_the_data_too(small_images: Path) -> None:
+    good = commands.load_config(GOOD_RECIPE, None, data=str(small_images))
+    assert good.kind == "anomaly" and good.input_size == 224
+    assert commands.load_config(GOOD_RECIPE, ["input_size=auto"],
+                                data=str(small_images)).input_size == 224
+    # a size the config sets wins, as the DeepPCB good-only recipe's 640
+    assert commands.load_config(GOOD_RECIPE, ["input_size=320"],
+                                data=str(small_images)).input_size == 320
+    pcb = commands.load_config(ROOT / "training" / "configs" / "deeppcb-goodonly.yaml", None,
+                               data=str(small_images))
+    assert pcb.input_size == 640
 
 
 def test_input_size_rule() -> None:

@@ -25,6 +25,10 @@ class SynthConfig(BaseModel):
     stroke: float = Field(0.2, ge=0, description="relative weight: thin curve")
     rephotograph: float = Field(1.0, ge=0, le=2, description=(
         "strength of capture variation applied to every crop (gain, noise, blur, JPEG)"))
+    visible: int = Field(25, ge=1, le=255, description=(
+        "grey levels: a pixel a synthetic anomaly changed by less than this is not "
+        "labelled (25 suits high-contrast parts such as PCBs; faint texture defects need "
+        "less)"))
 
 
 class AnomalyConfig(BaseModel):
@@ -38,7 +42,9 @@ class AnomalyConfig(BaseModel):
     calib_groups: list[str] = Field(default_factory=list, description=(
         "groups held out for calibration; empty: about calib_fraction of the groups"))
     calib_fraction: float = Field(0.15, gt=0, lt=1)
-    input_size: int = Field(640, ge=STRIDE)
+    input_size: int = Field(640, ge=STRIDE, description=(
+        "letterboxed input side; a config that leaves it out (or says auto) gets it from "
+        "the data (lineside_training.config.input_size_for): 200 px images run at 224"))
     crop_size: int = Field(192, ge=STRIDE)
     width: int = Field(16, ge=4, description="channels of the first level (x2, x4, x6 deeper)")
     score_topk: int = Field(32, ge=1, description="image score: mean of the top-k map pixels")

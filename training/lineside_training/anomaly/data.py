@@ -85,7 +85,8 @@ class CropSampler:
         s = cfg.synth
         self.spec = SynthSpec(p_anomaly=s.p_anomaly, max_anomalies=s.max_anomalies,
                               min_size=s.min_size, max_size=max(s.min_size + 1, s.max_size),
-                              weights=(s.texture, s.recolour, s.cutpaste, s.stroke))
+                              weights=(s.texture, s.recolour, s.cutpaste, s.stroke),
+                              visible=s.visible)
 
     def _crop(self, image: np.ndarray) -> np.ndarray:
         size = min(self.cfg.crop_size, *image.shape[:2])

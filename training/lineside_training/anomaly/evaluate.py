@@ -20,7 +20,7 @@ from lineside_inspect.opencv import cv2
 from lineside_inspect.package import PAD_VALUE, load_package
 from lineside_inspect.runtime.anomaly import AnomalyModel
 from lineside_inspect.runtime.preprocess import letterbox
-from lineside_training.anomaly.calibrate import quality
+from lineside_training.anomaly.calibrate import REPORTED_FALSE_REJECTS, escapes_at, quality
 from lineside_training.anomaly.infer import score_images, torch_forward
 from lineside_training.anomaly.synth import rephotograph
 from lineside_training.anomaly.train import load_run
@@ -74,6 +74,23 @@ def _located(regions: list[np.ndarray], records: list[ImageRecord]) -> dict[str,
     return {"defective_images_located": hit, "defective": len(records)}
 
 
+def escapes_by_class(good: np.ndarray, defective: np.ndarray, records: list[ImageRecord],
+                     card_threshold: float) -> dict[str, dict[str, int]]:
+    """Per defect class: its defective images, and how many of them pass at the card's
+    threshold and at 1% false rejects on ``good`` (an image with two classes counts for
+    each). A good-only model never names the class; this says which kinds it misses."""
+    at_1 = escapes_at(good, defective, REPORTED_FALSE_REJECTS[0])["threshold"]
+    out: dict[str, dict[str, int]] = {}
+    for score, rec in zip(defective, records, strict=True):
+        for label in sorted({b.label for b in rec.boxes}):
+            row = out.setdefault(label, {"defective": 0, "escapes_at_card": 0,
+                                         "escapes_at_1pct": 0})
+            row["defective"] += 1
+            row["escapes_at_card"] += int(score < card_threshold)
+            row["escapes_at_1pct"] += int(score < at_1)
+    return dict(sorted(out.items()))
+
+
 def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, split: str = "val",
                      out: str | Path | None = None, threads: int | None = 1,
                      batch: int = 4) -> dict[str, Any]:
@@ -119,6 +136,9 @@ def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, spli
         "good_as_stored": quality(good_stored, bad, thr),
         "seconds": time.perf_counter() - t0,
     }
+    if len(good_recaptured) and len(bad):
+        # against re-photographed good parts: the line never sees the stored capture again
+        result["by_class"] = escapes_by_class(good_recaptured, bad, defective, thr)
     if bad_regions:
         result["localisation"] = _located(bad_regions, defective)
     default = Path("runs") / f"{target.parent.name}-{target.name}" if is_package else target
@@ -144,6 +164,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"{title}: image AUROC {auroc}  {at}  at the card's threshold "
                      f"{card['threshold']:.4f}: escapes {card['escapes']}/{card['defective']}, "
                      f"false rejects {card['false_rejects']}/{card['good']}")
+    if result.get("by_class"):
+        lines.append("escapes by defect class (re-photographed good parts): " + "  ".join(
+            f"{name} {row['escapes_at_card']}/{row['defective']} at the card, "
+            f"{row['escapes_at_1pct']} at 1%" for name, row in result["by_class"].items()))
     if "localisation" in result:
         loc = result["localisation"]
         lines.append(f"defective images with a region on a labelled defect: "

@@ -22,7 +22,7 @@ import numpy as np
 
 from lineside_inspect.opencv import cv2
 
-VISIBLE = 25  # grey levels: a pixel changed by less than this is not labelled anomalous
+VISIBLE = 25  # grey levels: by default a pixel changed by less than this is not labelled
 MIN_LABEL_PX = 4  # an anomaly smaller than this after the visibility test is dropped
 KINDS = ("texture", "recolour", "cutpaste", "stroke")
 
@@ -36,6 +36,7 @@ class SynthSpec:
     min_size: int = 4
     max_size: int = 64
     weights: tuple[float, float, float, float] = (0.3, 0.25, 0.25, 0.2)  # as KINDS
+    visible: int = VISIBLE
 
 
 def perlin(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -202,7 +203,7 @@ def add_anomalies(img: np.ndarray, foreign: np.ndarray, rng: np.random.Generator
             new, region = _cutpaste(out, size, rng)
         else:
             new, region = _stroke(out, size, rng)
-        changed = np.abs(new.astype(np.int16) - out.astype(np.int16)).max(2) >= VISIBLE
+        changed = np.abs(new.astype(np.int16) - out.astype(np.int16)).max(2) >= spec.visible
         region &= changed
         if region.sum() >= MIN_LABEL_PX:  # keep only the labelled change: labels are exact
             out, mask = np.where(region[..., None], new, out), mask | region
