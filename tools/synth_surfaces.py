@@ -266,6 +266,10 @@ def main() -> None:
     g.add_argument("dataset", type=Path)
     a = ap.parse_args()
     if a.cmd == "make":
+        if min(a.images, a.good) < 0 or a.coils < 1:
+            ap.error("--images and --good must be 0 or more, --coils 1 or more")
+        if a.out.exists():
+            ap.error(f"{a.out} already exists: make writes a new folder")
         make(a.out, a.images, a.coils, a.seed, a.good)
     else:
         set_groups(a.src, a.dataset)

@@ -17,6 +17,8 @@ from lineside_inspect.dataset import Box, ImageRecord
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import load_package
 from lineside_inspect.runtime.anomaly import AnomalyModel
+from lineside_training.anomaly.config import AnomalyConfig
+from lineside_training.anomaly.data import CropSampler
 from lineside_training.anomaly.evaluate import escapes_by_class
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,14 +106,53 @@ def test_sample_split_evaluated_through_the_package(tmp_path: Path) -> None:
     assert (at["good"], at["defective"]) == (10, 10)
     assert 0 <= m["good_as_stored"]["auroc"] <= 1
     assert m["localisation"]["defective"] == 10
-    # which kinds it misses: the sample's six DeepPCB classes, each counted on its images
+    # which kinds it misses: each class counted once on each val image that has it
+    doc = json.loads((SAMPLE / "annotations.json").read_text())
+    names = {c["id"]: c["name"] for c in doc["categories"]}
+    val = {i["id"] for i in doc["images"] if i.get("split") == "val"}
+    per_image: dict[int, set[str]] = {}
+    for a in doc["annotations"]:
+        if a["image_id"] in val:
+            per_image.setdefault(a["image_id"], set()).add(names[a["category_id"]])
+    expected = {name: sum(name in labels for labels in per_image.values())
+                for name in set().union(*per_image.values())}
     by_class = m["by_class"]
-    assert set(by_class) <= {"open", "short", "mousebite", "spur", "copper", "pin-hole"}
+    assert {name: row["defective"] for name, row in by_class.items()} == expected
     assert sum(r["escapes_at_card"] for r in by_class.values()) >= at["escapes"]
     for row in by_class.values():
         assert 0 <= row["escapes_at_card"] <= row["defective"] <= 10
         assert 0 <= row["escapes_at_1pct"] <= row["defective"]
     assert "escapes by defect class" in r.stdout
+
+    # a split of one side only: what can be measured, and a line saying what cannot
+    package = str(tmp_path / "models" / "s" / "1")
+    for side, keep in (("defective", lambda i: i in per_image),
+                       ("good", lambda i: i not in per_image)):
+        subset = tmp_path / f"only-{side}"
+        subset.mkdir()
+        (subset / "images").symlink_to(SAMPLE / "images")
+        images = [i for i in doc["images"] if i["id"] in val and keep(i["id"])]
+        kept = {i["id"] for i in images}
+        (subset / "annotations.json").write_text(json.dumps({
+            **doc, "images": images,
+            "annotations": [a for a in doc["annotations"] if a["image_id"] in kept]}))
+        r = runner.invoke(app, ["evaluate", package, "--data", str(subset), "--split", "val",
+                                "--out", str(tmp_path / f"rep-{side}")])
+        assert r.exit_code == 0, r.output + r.stderr
+        m = json.loads((tmp_path / f"rep-{side}" / "metrics.json").read_text())
+        card = m["good_as_stored"]["at_card_threshold"]
+        if side == "defective":
+            assert (card["good"], card["defective"]) == (0, 10)
+            assert "the split has no good images" in r.stdout
+            assert m["good_as_stored"]["at_false_reject"] == [] and m["good_as_stored"][
+                "auroc"] is None
+            assert all(row["escapes_at_1pct"] is None for row in m["by_class"].values())
+            assert sum(row["escapes_at_card"] for row in m["by_class"].values()) >= card[
+                "escapes"]
+        else:
+            assert (card["good"], card["defective"]) == (10, 0)
+            assert "the split has no defective images" in r.stdout
+            assert "by_class" not in m
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -119,6 +160,8 @@ def test_sample_split_evaluated_through_the_package(tmp_path: Path) -> None:
     ({"crop_size": 100}, "not a multiple of 32"),
     ({"calib_groups": ["nope"]}, "calib_groups ['nope'] have no good images"),
     ({"split": "test"}, "no good images"),
+    ({"synth": {"visible": True}}, "synth.visible: Input should be a valid integer"),
+    ({"synth": {"visible": 0}}, "synth.visible"),
 ])
 def test_bad_goodonly_config_is_one_clear_line(tmp_path: Path, extra: dict[str, object],
                                                message: str) -> None:
@@ -161,15 +204,20 @@ def test_escapes_by_class_counts_each_class_on_its_images() -> None:
         return ImageRecord("x.png", 64, 64, [Box(1, 1, 9, 9, label) for label in labels])
 
     good = np.linspace(0.0, 0.5, 100)  # at 1% false rejects the threshold is just above 0.4949
-    defective = np.array([0.9, 0.45, 0.3, 0.7])
-    records = [rec("scratch"), rec("scratch", "pits"), rec("pits", "pits"), rec("patch")]
+    # 0.55 passes the card's 0.6 but fails at 1%; 0.6 itself (a tie) fails at the card
+    defective = np.array([0.9, 0.45, 0.3, 0.7, 0.55, 0.6])
+    records = [rec("scratch"), rec("scratch", "pits"), rec("pits", "pits"), rec("patch"),
+               rec("patch"), rec("scratch")]
     by_class = escapes_by_class(good, defective, records, card_threshold=0.6)
     assert by_class == {
-        "patch": {"defective": 1, "escapes_at_card": 0, "escapes_at_1pct": 0},
+        "patch": {"defective": 2, "escapes_at_card": 1, "escapes_at_1pct": 0},
         "pits": {"defective": 2, "escapes_at_card": 2, "escapes_at_1pct": 2},
-        "scratch": {"defective": 2, "escapes_at_card": 1, "escapes_at_1pct": 1},
+        "scratch": {"defective": 3, "escapes_at_card": 1, "escapes_at_1pct": 1},
     }
     assert list(by_class) == ["patch", "pits", "scratch"]
+    # without good images there is no 1% threshold, so no such count
+    assert escapes_by_class(np.array([]), defective, records, 0.6)["patch"] == {
+        "defective": 2, "escapes_at_card": 1, "escapes_at_1pct": None}
 
 
 def test_the_general_recipe_trains_as_shipped_on_any_good_folder(tmp_path: Path) -> None:
@@ -193,7 +241,12 @@ def test_the_general_recipe_trains_as_shipped_on_any_good_folder(tmp_path: Path)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["input_size"] == 160  # the next multiple of 32 above the images' 150 px
     assert saved["synth"]["visible"] == 12
-    assert "15 to train on, 5 held out for calibration" in (run / "train.log").read_text()
+    # and the crops the trainer draws are labelled at that threshold
+    sampler = CropSampler([np.zeros((160, 160, 3), np.uint8)], AnomalyConfig(**saved), seed=0)
+    assert sampler.spec.visible == 12
+    log = (run / "train.log").read_text()
+    assert "input 160 px, crops of 160 px" in log
+    assert "15 to train on, 5 held out for calibration" in log
     r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "models" / "g" / "1")])
     assert r.exit_code == 0, r.stderr
     card = load_package(tmp_path / "models" / "g" / "1").card

@@ -60,6 +60,9 @@ def test_the_good_only_recipe_chooses_its_size_from_the_data_too(small_images: P
     # a size the config sets wins, as the DeepPCB good-only recipe's 640
     assert commands.load_config(GOOD_RECIPE, ["input_size=320"],
                                 data=str(small_images)).input_size == 320
+    # crops no larger than the input: small images are cropped whole, and the config says so
+    small = commands.load_config(GOOD_RECIPE, ["input_size=96"], data=str(small_images))
+    assert (small.input_size, small.crop_size) == (96, 96)
     pcb = commands.load_config(ROOT / "training" / "configs" / "deeppcb-goodonly.yaml", None,
                                data=str(small_images))
     assert pcb.input_size == 640

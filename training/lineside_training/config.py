@@ -152,10 +152,11 @@ def input_size_for(sides: list[int]) -> int:
 
 
 def sizes_from_data(doc: dict[str, Any]) -> dict[str, Any]:
-    """A detector config document with ``input_size`` chosen from its dataset's images when
-    the document leaves it out or says ``auto``; a size the config sets wins (a crop as
-    large as the size then means whole images: :class:`TrainConfig`). A dataset that
-    cannot be read leaves the default (training then fails on it with its own message)."""
+    """A config document (a detector's or a good-only model's) with ``input_size`` chosen
+    from all its dataset's images when the document leaves it out or says ``auto``; a size
+    the config sets wins (a crop as large as the size then means whole images:
+    :class:`TrainConfig`, :class:`AnomalyConfig`). A dataset that cannot be read leaves the
+    default (training then fails on it with its own message)."""
     if doc.get("input_size", "auto") != "auto":
         return doc
     doc = {k: v for k, v in doc.items() if k != "input_size"}

@@ -73,9 +73,12 @@ def judge(good: np.ndarray, defective: np.ndarray, threshold: float) -> dict[str
 
 
 def quality(good: np.ndarray, defective: np.ndarray, threshold: float | None) -> dict[str, Any]:
+    """AUROC, escapes at each reported false-reject rate and at ``threshold``. Without good
+    images there is no false-reject rate to set a threshold at: that list is empty."""
     out: dict[str, Any] = {"auroc": auroc(good, defective),
                            "at_false_reject": [escapes_at(good, defective, f)
-                                               for f in REPORTED_FALSE_REJECTS]}
+                                               for f in REPORTED_FALSE_REJECTS] if len(good)
+                           else []}
     if threshold is not None:
         out["at_card_threshold"] = judge(good, defective, threshold)
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lineside_training.budget import parse_duration
 
@@ -14,7 +14,8 @@ STRIDE = 32  # the network halves its input five times
 class SynthConfig(BaseModel):
     """Synthetic anomalies (lineside_training.anomaly.synth); sizes in input pixels."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a YAML "true" is not the number 1 (ints stay ints, floats take ints)
+    model_config = ConfigDict(extra="forbid", strict=True)
     p_anomaly: float = Field(0.6, ge=0, le=1, description="share of crops given anomalies")
     max_anomalies: int = Field(3, ge=1)
     min_size: int = Field(4, ge=2)
@@ -45,7 +46,9 @@ class AnomalyConfig(BaseModel):
     input_size: int = Field(640, ge=STRIDE, description=(
         "letterboxed input side; a config that leaves it out (or says auto) gets it from "
         "the data (lineside_training.config.input_size_for): 200 px images run at 224"))
-    crop_size: int = Field(192, ge=STRIDE)
+    crop_size: int = Field(192, ge=STRIDE, description=(
+        "side of the training crops; one larger than input_size becomes input_size (whole "
+        "images: small images sized from the data)"))
     width: int = Field(16, ge=4, description="channels of the first level (x2, x4, x6 deeper)")
     score_topk: int = Field(32, ge=1, description="image score: mean of the top-k map pixels")
     batch_size: int = Field(16, ge=1)
@@ -81,6 +84,12 @@ class AnomalyConfig(BaseModel):
             raise ValueError(f"{value} is not a multiple of {STRIDE}: use {lower or STRIDE} "
                              f"or {lower + STRIDE}")
         return value
+
+    @model_validator(mode="after")
+    def _crop_within_input(self) -> AnomalyConfig:
+        # the sampler could only crop the whole image anyway; say so in the saved config
+        self.crop_size = min(self.crop_size, self.input_size)
+        return self
 
     @field_validator("time_budget", mode="before")
     @classmethod

@@ -75,11 +75,13 @@ def _located(regions: list[np.ndarray], records: list[ImageRecord]) -> dict[str,
 
 
 def escapes_by_class(good: np.ndarray, defective: np.ndarray, records: list[ImageRecord],
-                     card_threshold: float) -> dict[str, dict[str, int]]:
+                     card_threshold: float) -> dict[str, dict[str, int | None]]:
     """Per defect class: its defective images, and how many of them pass at the card's
-    threshold and at 1% false rejects on ``good`` (an image with two classes counts for
-    each). A good-only model never names the class; this says which kinds it misses."""
-    at_1 = escapes_at(good, defective, REPORTED_FALSE_REJECTS[0])["threshold"]
+    threshold and at 1% false rejects on ``good`` (None without good images; an image with
+    two classes counts for each). A good-only model never names the class; this says which
+    kinds it misses."""
+    at_1 = (escapes_at(good, defective, REPORTED_FALSE_REJECTS[0])["threshold"] if len(good)
+            else None)
     out: dict[str, dict[str, int]] = {}
     for score, rec in zip(defective, records, strict=True):
         for label in sorted({b.label for b in rec.boxes}):
@@ -87,8 +89,9 @@ def escapes_by_class(good: np.ndarray, defective: np.ndarray, records: list[Imag
                                          "escapes_at_1pct": 0})
             row["defective"] += 1
             row["escapes_at_card"] += int(score < card_threshold)
-            row["escapes_at_1pct"] += int(score < at_1)
-    return dict(sorted(out.items()))
+            row["escapes_at_1pct"] += int(at_1 is not None and score < at_1)
+    return {name: {**row, "escapes_at_1pct": row["escapes_at_1pct"] if at_1 is not None
+                   else None} for name, row in sorted(out.items())}
 
 
 def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, split: str = "val",
@@ -136,7 +139,7 @@ def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, spli
         "good_as_stored": quality(good_stored, bad, thr),
         "seconds": time.perf_counter() - t0,
     }
-    if len(good_recaptured) and len(bad):
+    if len(bad):
         # against re-photographed good parts: the line never sees the stored capture again
         result["by_class"] = escapes_by_class(good_recaptured, bad, defective, thr)
     if bad_regions:
@@ -154,20 +157,28 @@ def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, spli
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """What ``lineside evaluate`` prints for a good-only model."""
     lines = []
+    card = result["good_as_stored"]["at_card_threshold"]
+    if not card["good"]:
+        lines.append("the split has no good images: AUROC, false rejects and escapes at a "
+                     "false-reject rate need them; only escapes at the card's threshold count")
+    if not card["defective"]:
+        lines.append("the split has no defective images: escapes cannot be measured, only "
+                     "false rejects")
     for key, title in (("good_rephotographed", "good parts re-photographed"),
                        ("good_as_stored", "good parts as stored")):
         q = result[key]
         auroc = "n/a" if q["auroc"] is None else f"{q['auroc']:.4f}"
-        at = "  ".join(f"escapes at {a['false_reject'] * 100:g}% false rejects "
-                       f"{a['escapes']}/{a['defective']}" for a in q["at_false_reject"])
+        at = "".join(f"escapes at {a['false_reject'] * 100:g}% false rejects "
+                     f"{a['escapes']}/{a['defective']}  " for a in q["at_false_reject"])
         card = q["at_card_threshold"]
-        lines.append(f"{title}: image AUROC {auroc}  {at}  at the card's threshold "
+        lines.append(f"{title}: image AUROC {auroc}  {at}at the card's threshold "
                      f"{card['threshold']:.4f}: escapes {card['escapes']}/{card['defective']}, "
                      f"false rejects {card['false_rejects']}/{card['good']}")
     if result.get("by_class"):
         lines.append("escapes by defect class (re-photographed good parts): " + "  ".join(
-            f"{name} {row['escapes_at_card']}/{row['defective']} at the card, "
-            f"{row['escapes_at_1pct']} at 1%" for name, row in result["by_class"].items()))
+            f"{name} {row['escapes_at_card']}/{row['defective']} at the card"
+            + ("" if row["escapes_at_1pct"] is None else f", {row['escapes_at_1pct']} at 1%")
+            for name, row in result["by_class"].items()))
     if "localisation" in result:
         loc = result["localisation"]
         lines.append(f"defective images with a region on a labelled defect: "
