@@ -417,11 +417,20 @@ def calibrate_cmd(
 ) -> None:
     """Operating thresholds: the best defect-level F (DeepPCB protocol) within the escape
     allowance, a global threshold plus shrunk per-class offsets; from out-of-fold
-    predictions of K fold models for a config (docs/training/calibration.md)."""
+    predictions of K fold models for a config (docs/training/calibration.md). A good-only
+    package: its thresholds from the line's own good images at its false-reject target."""
     c = training().calibrate(target, data=data, split=split, folds=folds, time_budget=time,
                              target_escape=target_escape, out=out_dir, run=run, write=write,
                              overrides=set_, device=device, objective=objective,
                              agnostic_iou=agnostic_iou)
+    if "map_threshold" in c:  # a good-only package
+        out.print(f"good-only threshold {c['threshold']:.4f} (was {c['previous_threshold']:.4f}"
+                  f", rejecting {c['previous_false_reject']:.1%} of these captures) at "
+                  f"{c['target_false_reject']:.1%} false rejects: {c['false_reject']:.1%} of "
+                  f"{c['calibration_captures']} captures of {c['calibrated_on']} good images; "
+                  f"map threshold {c['map_threshold']:.4f}"
+                  + ("; written into the card" if write else " (--write puts it in the card)"))
+        return
     p = c["pairs"]
     g = c.get("global_threshold")
     f = "n/a" if p["f"] is None else f"{p['f']:.4f}"

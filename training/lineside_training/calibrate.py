@@ -1,6 +1,8 @@
 """``lineside calibrate``: operating thresholds for a recipe, a run or a model package.
 
 * a training config with ``folds``: out-of-fold calibration (:mod:`lineside_training.oof`);
+* a good-only (anomaly) package: thresholds again from the line's good images
+  (:mod:`lineside_training.anomaly.recalibrate`), ``write`` into its card;
 * a model package: its predictions through the edge runtime on ``data`` (images it never
   trained on), calibrated by :func:`lineside_training.calibration.calibrate_f`; ``write``
   puts the thresholds into its card (the graph is not touched);
@@ -17,8 +19,9 @@ from typing import Any
 
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError
-from lineside_inspect.package import CARD
+from lineside_inspect.package import CARD, read_card
 from lineside_inspect.runtime.detector import Detector
+from lineside_training.anomaly.recalibrate import recalibrate_package
 from lineside_training.calibration import best_global, calibrate_f
 from lineside_training.checkpoint import THRESHOLDS, load_trained
 from lineside_training.config import load_config
@@ -81,6 +84,18 @@ def calibrate(
     if agnostic_iou is not None and not 0 <= agnostic_iou < 1:
         raise ConfigError(f"--agnostic-iou {agnostic_iou}: give an IoU in [0, 1) (0: none)")
     rule: float | None = None
+    if (target / CARD).is_file() and read_card(target).kind == "anomaly":
+        if data is None:
+            raise ConfigError(f"{target}: calibrating a model package needs --data DATASET "
+                              "(the line's own good parts)")
+        if objective != "f" or agnostic_iou is not None:
+            raise ConfigError("a good-only package is calibrated at its card's false-reject "
+                              "target: --objective and --agnostic-iou are a detector's")
+        calib = recalibrate_package(target, data=data, split=split, write=write)
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / CALIBRATION).write_text(json.dumps(calib, indent=1))
+        return calib
     if (target / CARD).is_file():
         if data is None:
             raise ConfigError(f"{target}: calibrating a model package needs --data DATASET "

@@ -310,6 +310,13 @@ def write_thresholds(package: str | Path, calibration: dict[str, Any]) -> dict[s
     if "agnostic_iou" in calibration:  # the rule the thresholds were chosen with
         doc["agnostic_iou"] = calibration["agnostic_iou"]
     doc.setdefault("metrics", {})["calibration"] = calibration
+    rewrite_card(package, doc)
+    return doc["thresholds"]
+
+
+def rewrite_card(package: Path, doc: dict[str, Any]) -> None:
+    """Replace ``package``'s card with ``doc`` once the package loader accepts it beside
+    the untouched graph (the old card stays if it does not)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{package.name}.", dir=package.parent))
     try:
         (tmp / CARD).write_text(json.dumps(doc, indent=1) + "\n")
@@ -318,4 +325,3 @@ def write_thresholds(package: str | Path, calibration: dict[str, Any]) -> dict[s
         (tmp / CARD).replace(package / CARD)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return doc["thresholds"]
