@@ -408,7 +408,11 @@ def calibrate_cmd(
     run: Annotated[Path | None, typer.Option(
         help="config: write the thresholds into this run (for lineside export)")] = None,
     write: Annotated[bool, typer.Option(
-        help="run or package: write the thresholds into it (a package's card only)")] = False,
+        help="run or package: write the thresholds into it (a package's card only: a "
+             "package not yet serving)")] = False,
+    new_version: Annotated[Path | None, typer.Option(
+        help="package: write it again with the thresholds as this new version "
+             "(models/NAME/VERSION; what a serving package needs)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="config: key=value override")] = None,
     device: Annotated[str, typer.Option()] = "auto",
     agnostic_iou: Annotated[float | None, typer.Option(
@@ -421,15 +425,17 @@ def calibrate_cmd(
     package: its thresholds from the line's own good images at its false-reject target."""
     c = training().calibrate(target, data=data, split=split, folds=folds, time_budget=time,
                              target_escape=target_escape, out=out_dir, run=run, write=write,
-                             overrides=set_, device=device, objective=objective,
-                             agnostic_iou=agnostic_iou)
+                             new_version=new_version, overrides=set_, device=device,
+                             objective=objective, agnostic_iou=agnostic_iou)
+    saved = (f"; written as the new version {escape(str(new_version))}" if new_version
+             else "" if not write else "; written into the card" if (target / "model.json").is_file()
+             else "; written into the run's thresholds.json")
     if "map_threshold" in c:  # a good-only package
         out.print(f"good-only threshold {c['threshold']:.4f} (was {c['previous_threshold']:.4f}"
                   f", rejecting {c['previous_false_reject']:.1%} of these captures) at "
                   f"{c['target_false_reject']:.1%} false rejects: {c['false_reject']:.1%} of "
                   f"{c['calibration_captures']} captures of {c['calibrated_on']} good images; "
-                  f"map threshold {c['map_threshold']:.4f}"
-                  + ("; written into the card" if write else " (--write puts it in the card)"))
+                  f"map threshold {c['map_threshold']:.4f}{saved}")
         return
     p = c["pairs"]
     g = c.get("global_threshold")
@@ -442,6 +448,8 @@ def calibrate_cmd(
                   "count once")
     for name, t in c["thresholds"].items():
         out.print(f"  {name}: {t:.4f}")
+    if saved:
+        out.print(saved[2:])
 
 
 @app.command("calibrate-unchanged")

@@ -154,28 +154,16 @@ def test_sample_split_evaluated_through_the_package(tmp_path: Path) -> None:
             assert "the split has no defective images" in r.stdout
             assert "by_class" not in m
 
-    # the line's own good parts set the thresholds again, through the edge runtime
+    # the line's own good parts set the thresholds again (test_anomaly_recalibrate.py):
+    # not from defective images, nor from too few good ones for a 1% target
     before = load_package(package).card
     r = runner.invoke(app, ["calibrate", package, "--data", str(tmp_path / "only-defective"),
                             "--split", "val", "--write"])
     assert r.exit_code == 2 and "has no good images" in r.stderr
-    assert load_package(package).card == before  # a refused calibration changes nothing
     r = runner.invoke(app, ["calibrate", package, "--data", str(tmp_path / "only-good"),
-                            "--split", "val", "--write", "--out", str(tmp_path / "cal")])
-    assert r.exit_code == 0, r.output + r.stderr
-    assert "good-only threshold" in r.stdout and "written into the card" in r.stdout
-    cal = json.loads((tmp_path / "cal" / "calibration.json").read_text())
-    # 20 captures (10 good images, each also re-photographed) at 1%: none may fail
-    assert (cal["calibrated_on"], cal["calibration_captures"]) == (10, 20)
-    assert cal["false_reject"] == 0 and cal["previous_threshold"] == before.anomaly.threshold
-    card = load_package(package).card
-    assert card.anomaly.threshold == cal["threshold"] == card.thresholds["anomaly"]
-    assert card.anomaly.map_threshold == cal["map_threshold"] <= cal["threshold"]
-    assert card.anomaly.calibrated_on == 10 and card.sha256 == before.sha256
-    rescored = AnomalyModel(load_package(package), device="cpu").analyse(
-        [cv2.imread(str(SAMPLE / "images" / i["file_name"])) for i in doc["images"]
-         if i["id"] in val and i["id"] not in per_image])
-    assert all(f.score < card.anomaly.threshold for f in rescored)  # the stored ones pass
+                            "--split", "val", "--write"])
+    assert r.exit_code == 2 and "has 10 good images" in r.stderr and "at least 50" in r.stderr
+    assert load_package(package).card == before  # a refused calibration changes nothing
 
 
 @pytest.mark.parametrize(("extra", "message"), [

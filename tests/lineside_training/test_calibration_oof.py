@@ -128,6 +128,15 @@ def test_package_thresholds_rewritten_and_graph_untouched(tmp_path: Path, one_bo
     assert {k: v for k, v in card.items() if k not in ("thresholds", "default_recipe", "metrics")} \
         == {k: v for k, v in before.items() if k not in ("thresholds", "default_recipe", "metrics")}
     assert load_package(package).card.thresholds == calib["thresholds"]
+    # a serving package is never changed: a new version beside it, the same graph
+    card_bytes = (package / "model.json").read_bytes()
+    again = calibrate(package, data=one_board, split="val", device="cpu", objective="rejects",
+                      new_version=package.parent / "2")
+    new = load_package(package.parent / "2").card
+    assert (new.name, new.version, new.sha256) == ("deeppcb-ref", "2", card["sha256"])
+    assert new.thresholds == again["thresholds"] and new.metrics["recalibrated_from"] == (
+        f"deeppcb-ref:{before['version']}")
+    assert (package / "model.json").read_bytes() == card_bytes
     # and the package is now evaluated at them, F by DeepPCB's protocol beside mAP
     r = runner.invoke(app, ["evaluate", str(package), "--data", str(one_board), "--split", "val",
                             "--device", "cpu", "--out", str(tmp_path / "report")])
@@ -170,6 +179,11 @@ def test_calibrate_command_says_what_is_missing(tmp_path: Path, two_boards: Path
     r = runner.invoke(app, ["calibrate", str(BUNDLED), "--data", str(SAMPLE),
                             "--agnostic-iou", "1.5"])
     assert r.exit_code == 2 and "IoU in [0, 1)" in r.stderr
+    r = runner.invoke(app, ["calibrate", str(tmp_path), "--new-version", str(tmp_path / "2")])
+    assert r.exit_code == 2 and "writes a model package again" in r.stderr
+    r = runner.invoke(app, ["calibrate", str(BUNDLED), "--data", str(SAMPLE), "--write",
+                            "--new-version", str(tmp_path / "2")])
+    assert r.exit_code == 2 and "choose one" in r.stderr and not (tmp_path / "2").exists()
     for target in (tmp_path, config):
         r = runner.invoke(app, ["calibrate", str(target), "--agnostic-iou", "0.3"])
         assert r.exit_code == 2 and "model package's rule" in r.stderr

@@ -2,10 +2,13 @@
 
 * a training config with ``folds``: out-of-fold calibration (:mod:`lineside_training.oof`);
 * a good-only (anomaly) package: thresholds again from the line's good images
-  (:mod:`lineside_training.anomaly.recalibrate`), ``write`` into its card;
+  (:mod:`lineside_training.anomaly.recalibrate`);
 * a model package: its predictions through the edge runtime on ``data`` (images it never
-  trained on), calibrated by :func:`lineside_training.calibration.calibrate_f`; ``write``
-  puts the thresholds into its card (the graph is not touched);
+  trained on), calibrated by :func:`lineside_training.calibration.calibrate_f`;
+* either package: ``new_version`` writes the package again with the new thresholds as a
+  new version of the model (what a serving package needs: a loaded version keeps its
+  package), ``write`` puts them into its own card (a package not yet serving); the graph
+  is not touched;
 * a run folder or checkpoint: its predictions on ``data``'s ``split``, calibrated, and
   ``write`` saves them as the run's ``thresholds.json`` (what ``lineside export`` puts in
   the card).
@@ -21,18 +24,20 @@ from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.package import CARD, read_card
 from lineside_inspect.runtime.detector import Detector
-from lineside_training.anomaly.recalibrate import recalibrate_package
+from lineside_training.anomaly.recalibrate import calibrated_card, recalibrate_package
 from lineside_training.calibration import best_global, calibrate_f
 from lineside_training.checkpoint import THRESHOLDS, load_trained
 from lineside_training.config import load_config
 from lineside_training.engine import pick_device
 from lineside_training.evaluate import split_records
-from lineside_training.export import write_thresholds
+from lineside_training.export import threshold_card
 from lineside_training.oof import CALIBRATION, oof_calibrate
+from lineside_training.package_writer import new_version_folder, rewrite_card, write_new_version
 from lineside_training.pairscore import pair_metrics
 from lineside_training.predict import predict_records, runtime_predictions
 from lineside_training.quality import calibrate as calibrate_rejects
 
+TARGET_ESCAPE = 0.005
 OBJECTIVES = {"f": calibrate_f, "rejects": calibrate_rejects}
 
 
@@ -43,10 +48,11 @@ def calibrate(
     split: str = "val",
     folds: int | None = None,
     time_budget: str | None = None,
-    target_escape: float = 0.005,
+    target_escape: float = TARGET_ESCAPE,
     out: str | Path | None = None,
     run: str | Path | None = None,
     write: bool = False,
+    new_version: str | Path | None = None,
     overrides: list[str] | None = None,
     device: str = "auto",
     objective: str = "f",
@@ -58,10 +64,20 @@ def calibrate(
     false rejects within it (:func:`lineside_training.quality.calibrate`, for lines where
     a false reject costs more than a wrong box; runs and packages only). ``agnostic_iou``
     (packages only): the one-per-place rule to calibrate with and write into the card,
-    0 for none; left out, the card's own."""
+    0 for none; left out, the card's own. ``new_version`` (packages only): the folder of
+    the new version to write (``models/NAME/VERSION``)."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     target = Path(target)
+    is_package = (target / CARD).is_file()
+    if new_version is not None and not is_package:
+        raise ConfigError(f"{target}: --new-version writes a model package again: give a "
+                          "package (a run's thresholds go to its thresholds.json: --write)")
+    if new_version is not None and write:
+        raise ConfigError("--write and --new-version: choose one (the card in place, or a "
+                          "new version beside it)")
+    if new_version is not None:
+        new_version_folder(new_version)
     if agnostic_iou is not None and not (target / CARD).is_file():
         raise ConfigError(f"{target}: --agnostic-iou is a model package's rule: calibrate "
                           "the exported package")
@@ -84,19 +100,23 @@ def calibrate(
     if agnostic_iou is not None and not 0 <= agnostic_iou < 1:
         raise ConfigError(f"--agnostic-iou {agnostic_iou}: give an IoU in [0, 1) (0: none)")
     rule: float | None = None
-    if (target / CARD).is_file() and read_card(target).kind == "anomaly":
+    if is_package and read_card(target).kind == "anomaly":
         if data is None:
             raise ConfigError(f"{target}: calibrating a model package needs --data DATASET "
                               "(the line's own good parts)")
-        if objective != "f" or agnostic_iou is not None:
-            raise ConfigError("a good-only package is calibrated at its card's false-reject "
-                              "target: --objective and --agnostic-iou are a detector's")
-        calib = recalibrate_package(target, data=data, split=split, write=write)
-        if out is not None:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / CALIBRATION).write_text(json.dumps(calib, indent=1))
+        ignored = [flag for flag, given in (
+            ("--objective", objective != "f"), ("--agnostic-iou", agnostic_iou is not None),
+            ("--target-escape", target_escape != TARGET_ESCAPE), ("--run", run is not None),
+            ("--set", bool(overrides)), ("--device", device != "auto")) if given]
+        if ignored:
+            raise ConfigError(f"{', '.join(ignored)}: a good-only package is calibrated at "
+                              "its card's false-reject target, on the CPU, as the edge "
+                              "runtime runs it; these are a detector's")
+        calib = recalibrate_package(target, data=data, split=split)
+        _save_calibration(out, calib)
+        _save_card(target, calibrated_card(target, calib), write, new_version)
         return calib
-    if (target / CARD).is_file():
+    if is_package:
         if data is None:
             raise ConfigError(f"{target}: calibrating a model package needs --data DATASET "
                               "(images it did not train on)")
@@ -128,12 +148,23 @@ def calibrate(
                  pairs=pair_metrics(records, preds, names, calib["thresholds"], rule),
                  best_global_in_hindsight=best_global(records, preds, names,
                                                       agnostic_iou=rule))
-    if out is not None:
+    _save_calibration(out, calib)
+    if is_package:
+        _save_card(target, threshold_card(target, calib), write, new_version)
+    elif write:
+        (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
+    return calib
+
+
+def _save_calibration(out: str | Path | None, calib: dict[str, Any]) -> None:
+    if out is not None:  # first: the calibration is kept even if the card is refused
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / CALIBRATION).write_text(json.dumps(calib, indent=1))
-    if write:
-        if (target / CARD).is_file():
-            write_thresholds(target, calib)
-        else:
-            (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
-    return calib
+
+
+def _save_card(package: Path, doc: dict[str, Any], write: bool,
+               new_version: str | Path | None) -> None:
+    if new_version is not None:
+        write_new_version(package, new_version, doc)
+    elif write:
+        rewrite_card(package, doc)

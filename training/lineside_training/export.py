@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from lineside_training.package_writer import (
     export_graph,
     package_name,
     parent_model,
+    rewrite_card,
     staged_package,
 )
 from lineside_training.predict import predict_records, runtime_inputs, runtime_predictions
@@ -292,36 +292,28 @@ def export(
     return summary
 
 
-def write_thresholds(package: str | Path, calibration: dict[str, Any]) -> dict[str, float]:
-    """Put a calibration's thresholds into a package's card (``thresholds`` and the default
-    recipe's ``min_score``) and record it under ``metrics.calibration``; the graph is not
-    touched, so its sha256 (and the card's) still hold. The card is edited as JSON, keeping
-    every other field as it was, and checked by the package loader before it replaces the
-    old one."""
+def threshold_card(package: str | Path, calibration: dict[str, Any]) -> dict[str, Any]:
+    """A detector package's card (as JSON) with a calibration's thresholds (``thresholds``
+    and the default recipe's ``min_score``), recorded under ``metrics.calibration``; every
+    other field as it was."""
     package = Path(package)
     card = read_card(package)
     thr = calibration["thresholds"]
     if sorted(thr) != sorted(card.class_names):
         raise ConfigError(f"{package}: calibration classes {sorted(thr)} differ from the "
                           f"card's {card.class_names}")
-    doc = json.loads((package / CARD).read_text())
+    doc: dict[str, Any] = json.loads((package / CARD).read_text())
     doc["thresholds"] = {n: float(thr[n]) for n in card.class_names}
     doc.setdefault("default_recipe", {})["min_score"] = dict(doc["thresholds"])
     if "agnostic_iou" in calibration:  # the rule the thresholds were chosen with
         doc["agnostic_iou"] = calibration["agnostic_iou"]
     doc.setdefault("metrics", {})["calibration"] = calibration
-    rewrite_card(package, doc)
-    return doc["thresholds"]
+    return doc
 
 
-def rewrite_card(package: Path, doc: dict[str, Any]) -> None:
-    """Replace ``package``'s card with ``doc`` once the package loader accepts it beside
-    the untouched graph (the old card stays if it does not)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{package.name}.", dir=package.parent))
-    try:
-        (tmp / CARD).write_text(json.dumps(doc, indent=1) + "\n")
-        (tmp / GRAPH).symlink_to((package / GRAPH).resolve())
-        load_package(tmp)  # the new card must verify against the untouched graph
-        (tmp / CARD).replace(package / CARD)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def write_thresholds(package: str | Path, calibration: dict[str, Any]) -> dict[str, float]:
+    """Put a calibration's thresholds into a package's card in place
+    (:func:`threshold_card`); the graph is not touched, so its sha256 still holds."""
+    doc = threshold_card(package, calibration)
+    rewrite_card(Path(package), doc)
+    return dict(doc["thresholds"])

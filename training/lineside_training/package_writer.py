@@ -11,7 +11,9 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -19,7 +21,16 @@ from torch import nn
 
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.lifecycle.lineage import parent_of
-from lineside_inspect.package import INPUT_NAME, META_CLASSES, ParentModel, load_package, read_card
+from lineside_inspect.names import NAME_RULE, is_name
+from lineside_inspect.package import (
+    CARD,
+    GRAPH,
+    INPUT_NAME,
+    META_CLASSES,
+    ParentModel,
+    load_package,
+    read_card,
+)
 
 OPSET = 17
 
@@ -76,16 +87,57 @@ def staged_package(out: Path) -> Iterator[Path]:
     an error the package must load as the server will see it, and then replaces ``out``.
     On any error (a failed gate included) the temp folder is removed and ``out`` is left
     as it was."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.",
-                                dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)  # staged beside it: a rename, not a copy
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield tmp
         load_package(tmp)  # the final package must verify as the server will see it
         if out.exists():
             shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         tmp.chmod(0o755)  # mkdtemp makes it private; a package is meant to be shared
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def rewrite_card(package: Path, doc: dict[str, Any]) -> None:
+    """Replace ``package``'s card with ``doc`` once the package loader accepts it beside
+    the untouched graph (the old card stays if it does not). For a package not yet serving:
+    a loaded version keeps its package (docs/lifecycle.md); see :func:`write_new_version`."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{package.name}.", dir=package.parent))
+    try:
+        (tmp / CARD).write_text(json.dumps(doc, indent=1) + "\n")
+        (tmp / GRAPH).symlink_to((package / GRAPH).resolve())
+        load_package(tmp)  # the new card must verify against the untouched graph
+        (tmp / CARD).replace(package / CARD)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def new_version_folder(out: str | Path) -> Path:
+    """``out`` as a new version's folder: not there yet, its name a version name (checked
+    before any work, so a mistyped folder is said at once)."""
+    out = check_out(out, overwrite=False)
+    if not is_name(out.name):
+        raise ConfigError(f"{out}: the version {out.name!r} must be {NAME_RULE}")
+    return out
+
+
+def write_new_version(package: Path, out: str | Path, doc: dict[str, Any]) -> Path:
+    """``doc`` (``package``'s card, edited) as a new version of the model at ``out``
+    (``models/NAME/VERSION``: the version is the folder's name, the model's name stays),
+    with a copy of the untouched graph; staged, so it appears whole or not at all, and
+    never over an existing folder. What a serving package's recalibration writes: a
+    changed package is a new version, gated like any other (docs/lifecycle.md)."""
+    out = new_version_folder(out)
+    version = out.name
+    if version == doc["version"] and out.resolve().parent == package.resolve().parent:
+        raise ConfigError(f"{out}: that is the package's own version: give a new one")
+    source = f"{doc['name']}:{doc['version']}"
+    doc = {**doc, "version": version, "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    doc["metrics"] = {**doc.get("metrics", {}), "recalibrated_from": source}
+    with staged_package(out) as tmp:
+        shutil.copyfile(package / GRAPH, tmp / GRAPH)
+        (tmp / CARD).write_text(json.dumps(doc, indent=1) + "\n")
+    return out

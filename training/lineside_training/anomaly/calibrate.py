@@ -43,6 +43,21 @@ def map_threshold(good_top_pixels: list[np.ndarray], pixels_per_image: int,
     return min(value, threshold)
 
 
+def operating_point(scores: np.ndarray, top_pixels: list[np.ndarray], *,
+                    target_false_reject: float, pixels_per_image: int,
+                    pixel_false_positive: float) -> dict[str, Any]:
+    """The image and map thresholds from good captures' ``scores`` and ``top_pixels``
+    (training's held-out groups, or a line's own good parts for ``lineside calibrate``),
+    with the spread of the scores they were set on."""
+    thr = image_threshold(scores, target_false_reject)
+    return {"threshold": thr,
+            "map_threshold": map_threshold(top_pixels, pixels_per_image, pixel_false_positive,
+                                           thr),
+            "target_false_reject": target_false_reject, "calibration_captures": len(scores),
+            "good_score_quantiles": {q: float(np.quantile(scores, q))
+                                     for q in (0.5, 0.9, 0.99, 1.0)}}
+
+
 def auroc(good: np.ndarray, defective: np.ndarray) -> float | None:
     """P(a defective image scores above a good one), ties counting half (Mann-Whitney)."""
     if len(good) == 0 or len(defective) == 0:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import PAD_VALUE
@@ -25,6 +25,19 @@ def load_rgb(dataset: Dataset, rec: ImageRecord, size: int) -> np.ndarray:
     """The record's pixels as the edge runtime feeds them: RGB, letterboxed to ``size``."""
     image = cv2.cvtColor(read_image(dataset.image_path(rec)), cv2.COLOR_BGR2RGB)
     return letterbox(image, size, pad_value=PAD_VALUE)[0]
+
+
+def split_images(dataset: Dataset, split: str) -> list[ImageRecord]:
+    """``dataset``'s images in ``split`` ("all": every image); a split with none is refused,
+    naming the splits there are (a folder of good images imported alone has none)."""
+    records = dataset.images if split == "all" else dataset.in_split(split)
+    if records:
+        return records
+    name = dataset.root.name if dataset.root else "the dataset"
+    have = sorted({r.split for r in dataset.images if r.split})
+    raise DatasetError(f"{name}: split {split!r} has no images; "
+                       + (f"its splits are {', '.join(have)} (or --split all)" if have
+                          else "it has no splits: give --split all"))
 
 
 def _group(rec: ImageRecord) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
+from lineside_inspect.dataset import ImageRecord, read_dataset
 from lineside_inspect.errors import DatasetError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.opencv import cv2
@@ -21,19 +21,13 @@ from lineside_inspect.package import PAD_VALUE, load_package
 from lineside_inspect.runtime.anomaly import AnomalyModel
 from lineside_inspect.runtime.preprocess import letterbox
 from lineside_training.anomaly.calibrate import REPORTED_FALSE_REJECTS, escapes_at, quality
+from lineside_training.anomaly.data import split_images
 from lineside_training.anomaly.infer import score_images, torch_forward
 from lineside_training.anomaly.synth import rephotograph
 from lineside_training.anomaly.train import load_run
 
 EVAL_SEED = 777  # the evaluation's capture variation: not the calibration's
 Scorer = Callable[[list[np.ndarray]], tuple[list[float], list[np.ndarray] | None]]
-
-
-def _records(dataset: Dataset, split: str) -> list[ImageRecord]:
-    records = dataset.images if split == "all" else dataset.in_split(split)
-    if not records:
-        raise DatasetError(f"{dataset.root}: split {split!r} has no images")
-    return records
 
 
 def package_scorer(path: Path, threads: int | None) -> tuple[Scorer, dict[str, Any]]:
@@ -109,7 +103,7 @@ def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, spli
         run_data = meta.pop("data")
         data = data or run_data
     dataset = read_dataset(data)
-    records = _records(dataset, split)
+    records = split_images(dataset, split)
     good = [r for r in records if r.is_good]
     defective = [r for r in records if not r.is_good]
     rng = np.random.default_rng(EVAL_SEED)

@@ -5,11 +5,14 @@ A threshold calibrated on a few held-out groups carries over to other groups onl
 (measured in docs/training/good-only.md: 4-9% false rejects on unseen coils against a 1%
 target), so a plant recalibrates on a few dozen captures of its own good parts before use.
 As at training (:func:`lineside_training.anomaly.train.calibrate_run`), each good image is
-scored as stored and once re-photographed; the graph is not touched."""
+scored as stored and once re-photographed; the re-photographing is done on the capture
+as read, before the letterbox, as ``lineside evaluate`` judges false rejects (a camera
+varies at its own resolution). The graph is not touched."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,37 +21,50 @@ import numpy as np
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import DatasetError
 from lineside_inspect.imageio import read_image
-from lineside_inspect.package import CARD
+from lineside_inspect.package import ANOMALY_LABEL, CARD
 from lineside_inspect.runtime.anomaly import AnomalyModel
-from lineside_training.anomaly.calibrate import image_threshold, map_threshold
+from lineside_training.anomaly.calibrate import operating_point
 from lineside_training.anomaly.config import AnomalyConfig
+from lineside_training.anomaly.data import split_images
 from lineside_training.anomaly.infer import Scored
 from lineside_training.anomaly.synth import rephotograph
 from lineside_training.anomaly.train import CALIB_SEED
-from lineside_training.export import rewrite_card
 
 BATCH = 4
-# the card does not keep the rate its map threshold was set at: the training default
+# a card written before its training config was recorded: the training default
 PIXEL_FALSE_POSITIVE: float = AnomalyConfig.model_fields["pixel_false_positive"].default
 
 
+def min_good_images(target_false_reject: float) -> int:
+    """Fewest good images (two captures each) that set a threshold at this rate: with
+    fewer than 1/target captures none may be rejected, and the threshold is only the
+    highest score seen (6 images gave a card rejecting 17% of good parts)."""
+    return math.ceil(math.ceil(1 / target_false_reject - 1e-9) / 2)
+
+
 def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "val",
-                        write: bool = False, threads: int | None = 1) -> dict[str, Any]:
+                        threads: int | None = 1) -> dict[str, Any]:
     """New ``threshold`` and ``map_threshold`` for an anomaly ``package`` at its card's
     ``target_false_reject``, from the good images of ``data``'s ``split`` ("all": every
-    split); with ``write`` they go into the card. Returns the calibration, with the old
-    threshold and the share of these captures it rejected."""
+    split). Returns the calibration, with the old threshold and the share of these
+    captures it rejected (:func:`calibrated_card` puts it in a card)."""
     package = Path(package)
     model = AnomalyModel(package, device="cpu", threads=threads)
     spec = model.card.anomaly
     assert spec is not None  # AnomalyModel refuses any other card
     target = spec.target_false_reject or 0.01
     dataset = read_dataset(data)
-    records = dataset.images if split == "all" else dataset.in_split(split)
-    good = [r for r in records if r.is_good]
+    name = Path(dataset.root or data).name
+    good = [r for r in split_images(dataset, split) if r.is_good]
     if not good:
-        raise DatasetError(f"split {split!r} of {Path(data).name} has no good images: a "
-                           "good-only model is calibrated on good parts (no boxes)")
+        raise DatasetError(f"split {split!r} of {name} has no good images: a good-only model "
+                           "is calibrated on good parts (no boxes)")
+    need = min_good_images(target)
+    if len(good) < need:
+        raise DatasetError(f"split {split!r} of {name} has {len(good)} good images: at "
+                           f"{target:.1%} false rejects the threshold needs at least {need} "
+                           "(two captures each), or it is only the highest score seen")
+    trained = (model.card.training or {}).get("config", {})
     rng = np.random.default_rng(CALIB_SEED)
     scored = Scored()
     for i in range(0, len(good), BATCH):
@@ -57,24 +73,24 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
         maps, scores = model.forward(model.pre_process(images)[0])
         scored.add(maps, scores, keep_maps=False)
     scores = np.asarray(scored.scores)
-    thr = image_threshold(scores, target)
-    calib: dict[str, Any] = {
-        "threshold": thr,
-        "map_threshold": map_threshold(scored.top_pixels, model.size ** 2,
-                                       PIXEL_FALSE_POSITIVE, thr),
-        "min_region_px": spec.min_region_px, "target_false_reject": target,
-        "calibrated_on": len(good), "calibration_captures": len(scores),
-        "source": f"{model.card.name}:{model.card.version}: good images of split {split} of "
-                  f"{Path(dataset.root or data).name}",
-        "previous_threshold": spec.threshold,
-        "previous_false_reject": float((scores >= spec.threshold).mean()),
-        "false_reject": float((scores >= thr).mean()),
-    }
-    if write:
-        doc = json.loads((package / CARD).read_text())
-        doc["anomaly"].update({k: calib[k] for k in ("threshold", "map_threshold",
-                                                      "target_false_reject", "calibrated_on")})
-        doc["thresholds"] = {name: thr for name in doc["thresholds"]}
-        doc.setdefault("metrics", {})["calibration"] = calib
-        rewrite_card(package, doc)
-    return calib
+    point = operating_point(
+        scores, scored.top_pixels, target_false_reject=target,
+        pixels_per_image=model.size ** 2,
+        pixel_false_positive=float(trained.get("pixel_false_positive", PIXEL_FALSE_POSITIVE)))
+    return {**point, "min_region_px": spec.min_region_px, "calibrated_on": len(good),
+            "source": f"{model.card.name}:{model.card.version}: good images of split "
+                      f"{split} of {name}",
+            "previous_threshold": spec.threshold,
+            "previous_false_reject": float((scores >= spec.threshold).mean()),
+            "false_reject": float((scores >= point["threshold"]).mean())}
+
+
+def calibrated_card(package: str | Path, calib: dict[str, Any]) -> dict[str, Any]:
+    """``package``'s card (as JSON) with ``calib``'s thresholds, recorded under
+    ``metrics.calibration``; every other field as it was."""
+    doc: dict[str, Any] = json.loads((Path(package) / CARD).read_text())
+    doc["anomaly"].update({k: calib[k] for k in ("threshold", "map_threshold",
+                                                  "target_false_reject", "calibrated_on")})
+    doc["thresholds"] = {ANOMALY_LABEL: calib["threshold"]}  # as the export writes it
+    doc.setdefault("metrics", {})["calibration"] = calib
+    return doc

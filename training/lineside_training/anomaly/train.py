@@ -18,7 +18,7 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 from lineside_inspect.errors import ConfigError
-from lineside_training.anomaly.calibrate import image_threshold, map_threshold
+from lineside_training.anomaly.calibrate import operating_point
 from lineside_training.anomaly.config import AnomalyConfig
 from lineside_training.anomaly.data import CropSampler, carve, load_rgb
 from lineside_training.anomaly.infer import score_images, torch_forward
@@ -54,14 +54,11 @@ def calibrate_run(graph: AnomalyGraph, images: list[np.ndarray], cfg: AnomalyCon
     rng = np.random.default_rng(CALIB_SEED)
     variants = images + [rephotograph(i, rng) for i in images]
     scored = score_images(torch_forward(graph, device), variants)
-    scores = np.asarray(scored.scores)
-    thr = image_threshold(scores, cfg.target_false_reject)
-    mthr = map_threshold(scored.top_pixels, cfg.input_size ** 2, cfg.pixel_false_positive, thr)
-    return {"threshold": thr, "map_threshold": mthr, "min_region_px": cfg.min_region_px,
-            "target_false_reject": cfg.target_false_reject, "calibrated_on": len(images),
-            "calibration_captures": len(variants),
-            "good_score_quantiles": {q: float(np.quantile(scores, q))
-                                     for q in (0.5, 0.9, 0.99, 1.0)}}
+    point = operating_point(np.asarray(scored.scores), scored.top_pixels,
+                            target_false_reject=cfg.target_false_reject,
+                            pixels_per_image=cfg.input_size ** 2,
+                            pixel_false_positive=cfg.pixel_false_positive)
+    return {**point, "min_region_px": cfg.min_region_px, "calibrated_on": len(images)}
 
 
 def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = False) -> Path:

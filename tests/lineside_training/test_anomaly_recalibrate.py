@@ -1,0 +1,134 @@
+"""``lineside calibrate`` on a good-only package: the thresholds set again from the line's
+own good captures through the edge runtime, written as a new version (a serving package
+is never changed) or into a card not yet serving; and the refusals, which change nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lineside_inspect.cli import app
+from lineside_inspect.opencv import cv2
+from lineside_inspect.package import load_package
+from lineside_inspect.runtime.anomaly import AnomalyModel
+from lineside_training.anomaly.recalibrate import min_good_images
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "lineside_inspect"))
+from anomaly_package import FOREIGN_GREY, anomaly_graph, card_doc, part, write_package  # noqa: E402
+
+SAMPLE = ROOT / "datasets" / "deeppcb-sample"
+SIZE = 64
+runner = CliRunner()
+
+
+def _line_part(near: int) -> np.ndarray:
+    """A good part with a patch ``near`` grey levels from what the graph calls foreign: the
+    nearer, the higher it scores (1 - 8 * near / 255), as real good parts spread."""
+    image = part(SIZE, SIZE)
+    image[20:32, 24:36] = FOREIGN_GREY + near
+    return image
+
+
+def _line_set(tmp: Path, count: int) -> Path:
+    """A ``data import -f good`` of ``count`` good parts in two groups (no splits)."""
+    for i in range(count):
+        folder = tmp / "captures" / f"shift-{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), _line_part(12 + (i * 7) % 20))
+    out = tmp / f"line-{count}"
+    r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp / "captures"), str(out)])
+    assert r.exit_code == 0, r.stderr
+    return out
+
+
+@pytest.fixture()
+def package(tmp_path: Path) -> Path:
+    # calibrated elsewhere at 0.5: on this line about half the good parts score above it
+    return write_package(tmp_path / "models" / "toy" / "1", anomaly_graph(SIZE),
+                         card_doc("toy", SIZE, threshold=0.5, map_threshold=0.4))
+
+
+def test_new_version_rejects_one_percent_of_the_lines_good_captures(
+        tmp_path: Path, package: Path) -> None:
+    line = _line_set(tmp_path, 60)  # 120 captures: at 1%, one may be rejected
+    card_bytes = (package / "model.json").read_bytes()
+    new = tmp_path / "models" / "toy" / "2"
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split", "all",
+                            "--new-version", str(new), "--out", str(tmp_path / "cal")])
+    assert r.exit_code == 0, r.output + r.stderr
+    assert "written as the new version" in r.stdout
+    cal = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    assert (cal["calibrated_on"], cal["calibration_captures"]) == (60, 120)
+    assert round(cal["false_reject"] * 120) == 1  # just above the second-highest capture
+    assert cal["previous_threshold"] == 0.5 and cal["previous_false_reject"] > 0.2
+    assert cal["threshold"] > 0.5 and cal["map_threshold"] <= cal["threshold"]
+    # the serving version is untouched; the new one is the same graph, other thresholds
+    assert (package / "model.json").read_bytes() == card_bytes
+    assert (new / "model.onnx").read_bytes() == (package / "model.onnx").read_bytes()
+    card = load_package(new).card
+    assert (card.name, card.version) == ("toy", "2")
+    assert card.anomaly is not None and card.anomaly.threshold == cal["threshold"]
+    assert card.thresholds == {"anomaly": cal["threshold"]}
+    assert card.anomaly.calibrated_on == 60 and card.metrics["recalibrated_from"] == "toy:1"
+    assert card.sha256 == load_package(package).card.sha256
+    # through the edge runtime at the new threshold, at most one stored good part fails
+    stored = [cv2.imread(str(p)) for p in sorted((tmp_path / "captures").rglob("*.png"))]
+    found = AnomalyModel(load_package(new), device="cpu").analyse(stored)
+    assert sum(f.score >= card.anomaly.threshold for f in found) <= 1
+    assert sum(f.score >= 0.5 for f in found) >= 10  # the old one failed a sixth
+
+    # a version is written once: not over itself, nor over an existing one
+    for target in (new, package):
+        r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split",
+                                "all", "--new-version", str(target)])
+        assert r.exit_code == 2 and "already exists" in r.stderr, r.stderr
+    assert (package / "model.json").read_bytes() == card_bytes
+    assert load_package(new).card == card
+
+    # a package not yet serving: into its own card, the graph as it was
+    r = runner.invoke(app, ["calibrate", str(new), "--data", str(line), "--split", "all",
+                            "--write"])
+    assert r.exit_code == 0 and "written into the card" in r.stdout, r.stderr
+    assert load_package(new).card.anomaly.threshold == cal["threshold"]  # same captures
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--split", "val"], "it has no splits: give --split all"),
+    (["--split", "all", "--target-escape", "0.01"], "--target-escape"),
+    (["--split", "all", "--device", "cuda", "--set", "x=1"], "--set, --device"),
+    (["--split", "all", "--objective", "rejects"], "--objective"),
+    (["--split", "all", "--write", "--new-version", "v2"], "choose one"),
+    (["--split", "all", "--new-version", "models/toy/2 bis"], "the version '2 bis' must be"),
+])
+def test_refusals_name_the_problem_and_change_nothing(
+        tmp_path: Path, package: Path, args: list[str], message: str) -> None:
+    line = _line_set(tmp_path, 60)
+    card_bytes = (package / "model.json").read_bytes()
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), *args,
+                            "--out", str(tmp_path / "cal")])
+    assert r.exit_code == 2 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.output + r.stderr
+    assert (package / "model.json").read_bytes() == card_bytes
+    assert sorted(p.name for p in package.parent.iterdir()) == ["1"]
+
+
+def test_too_few_captures_for_the_target_are_refused(tmp_path: Path, package: Path) -> None:
+    assert min_good_images(0.01) == 50 and min_good_images(0.02) == 25
+    assert min_good_images(0.1) == 5
+    line = _line_set(tmp_path, 49)
+    card_bytes = (package / "model.json").read_bytes()
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split", "all",
+                            "--write"])
+    assert r.exit_code == 2 and "has 49 good images" in r.stderr
+    assert "at least 50" in r.stderr
+    assert (package / "model.json").read_bytes() == card_bytes
+    # an unknown split of a set with splits names the ones it has
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(SAMPLE), "--split",
+                            "nope"])
+    assert r.exit_code == 2 and "its splits are train, val" in r.stderr, r.stderr
