@@ -392,6 +392,14 @@ def evaluate_cmd(
                   f"images detected {c['images_detected']}/{c['images']}")
 
 
+def new_version_name(folder: Path) -> str:
+    """What ``lineside calibrate --new-version`` wrote: the card's name and version, where."""
+    from lineside_inspect.package import read_card
+
+    card = read_card(folder)
+    return f"{escape(card.name)}:{escape(card.version)} ({escape(str(folder))})"
+
+
 @app.command("calibrate")
 @friendly
 def calibrate_cmd(
@@ -427,7 +435,7 @@ def calibrate_cmd(
                              target_escape=target_escape, out=out_dir, run=run, write=write,
                              new_version=new_version, overrides=set_, device=device,
                              objective=objective, agnostic_iou=agnostic_iou)
-    saved = (f"; written as the new version {escape(str(new_version))}" if new_version
+    saved = (f"; written as the new version {new_version_name(new_version)}" if new_version
              else "" if not write else "; written into the card" if (target / "model.json").is_file()
              else "; written into the run's thresholds.json")
     if "map_threshold" in c:  # a good-only package

@@ -16,6 +16,7 @@ from lineside_inspect.cli import app
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import load_package
 from lineside_inspect.runtime.anomaly import AnomalyModel
+from lineside_training import package_writer
 from lineside_training.anomaly.recalibrate import min_good_images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +63,7 @@ def test_new_version_rejects_one_percent_of_the_lines_good_captures(
     r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split", "all",
                             "--new-version", str(new), "--out", str(tmp_path / "cal")])
     assert r.exit_code == 0, r.output + r.stderr
-    assert "written as the new version" in r.stdout
+    assert f"written as the new version toy:2 ({new})" in r.stdout
     cal = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert (cal["calibrated_on"], cal["calibration_captures"]) == (60, 120)
     assert round(cal["false_reject"] * 120) == 1  # just above the second-highest capture
@@ -76,6 +77,7 @@ def test_new_version_rejects_one_percent_of_the_lines_good_captures(
     assert card.anomaly is not None and card.anomaly.threshold == cal["threshold"]
     assert card.thresholds == {"anomaly": cal["threshold"]}
     assert card.anomaly.calibrated_on == 60 and card.metrics["recalibrated_from"] == "toy:1"
+    assert card.metrics["calibration"]["threshold"] == cal["threshold"]
     assert card.sha256 == load_package(package).card.sha256
     # through the edge runtime at the new threshold, at most one stored good part fails
     stored = [cv2.imread(str(p)) for p in sorted((tmp_path / "captures").rglob("*.png"))]
@@ -83,11 +85,29 @@ def test_new_version_rejects_one_percent_of_the_lines_good_captures(
     assert sum(f.score >= card.anomaly.threshold for f in found) <= 1
     assert sum(f.score >= 0.5 for f in found) >= 10  # the old one failed a sixth
 
-    # a version is written once: not over itself, nor over an existing one
-    for target in (new, package):
+    # a version is written once, beside the package, named as the card's model: not over
+    # itself or another, nor elsewhere, inside the package or under another model's name
+    (package.parent / "9").symlink_to(tmp_path / "nowhere")
+    for target, message in ((new, "a version is written once"),
+                            (package, "a version is written once"),
+                            (package.parent / "9", "a version is written once"),
+                            (tmp_path / "elsewhere" / "1", "a new version of toy goes in"),
+                            (tmp_path / "toy" / "1", "toy:1 is the package's own version"),
+                            (package.parent.parent / "other" / "7", "a folder named toy"),
+                            (package / "toy" / "3", "inside the package")):
         r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split",
                                 "all", "--new-version", str(target)])
-        assert r.exit_code == 2 and "already exists" in r.stderr, r.stderr
+        assert r.exit_code == 2 and message in r.stderr, (target, r.stderr)
+        assert "--overwrite" not in r.stderr
+    # nor a report folder inside either: its calibration.json would change a package
+    for out in (package, new / "x", package.parent / "3"):
+        r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split",
+                                "all", "--new-version", str(package.parent / "3"), "--out",
+                                str(out)])
+        assert r.exit_code == 2 and "inside the package" in r.stderr, (out, r.stderr)
+    assert sorted(p.name for p in package.parent.iterdir()) == ["1", "2", "9"]
+    assert sorted(p.name for p in new.iterdir()) == ["model.json", "model.onnx"]
+    assert not (tmp_path / "elsewhere").exists() and not (package / "toy").exists()
     assert (package / "model.json").read_bytes() == card_bytes
     assert load_package(new).card == card
 
@@ -102,6 +122,7 @@ def test_new_version_rejects_one_percent_of_the_lines_good_captures(
     (["--split", "val"], "it has no splits: give --split all"),
     (["--split", "all", "--target-escape", "0.01"], "--target-escape"),
     (["--split", "all", "--device", "cuda", "--set", "x=1"], "--set, --device"),
+    (["--split", "all", "--device", "cpu", "--set", "x=1"], "--set: a good-only"),
     (["--split", "all", "--objective", "rejects"], "--objective"),
     (["--split", "all", "--write", "--new-version", "v2"], "choose one"),
     (["--split", "all", "--new-version", "models/toy/2 bis"], "the version '2 bis' must be"),
@@ -132,3 +153,32 @@ def test_too_few_captures_for_the_target_are_refused(tmp_path: Path, package: Pa
     r = runner.invoke(app, ["calibrate", str(package), "--data", str(SAMPLE), "--split",
                             "nope"])
     assert r.exit_code == 2 and "its splits are train, val" in r.stderr, r.stderr
+
+
+def test_a_folder_that_appears_meanwhile_is_never_replaced(
+        tmp_path: Path, package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked before the work and again by creating it: another writer's version (or a
+    second calibration given the same folder) stays as it was."""
+    line = _line_set(tmp_path, 60)
+    new = package.parent / "2"
+    copy = package_writer.shutil.copyfile
+
+    def copy_then_race(src: Path, dst: Path) -> None:
+        copy(src, dst)
+        new.mkdir()
+        (new / "theirs.txt").write_text("another writer's")
+    monkeypatch.setattr(package_writer.shutil, "copyfile", copy_then_race)
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split", "all",
+                            "--new-version", str(new)])
+    assert r.exit_code == 2 and "appeared while this was written" in r.stderr, r.stderr
+    assert sorted(p.name for p in new.iterdir()) == ["theirs.txt"]
+    assert sorted(p.name for p in package.parent.iterdir()) == ["1", "2"]  # no temp left
+
+
+def test_a_zero_target_is_refused(tmp_path: Path) -> None:
+    package = write_package(tmp_path / "models" / "toy" / "1", anomaly_graph(SIZE),
+                            card_doc("toy", SIZE, target_false_reject=0))
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(_line_set(tmp_path, 60)),
+                            "--split", "all", "--new-version", str(package.parent / "2")])
+    assert r.exit_code == 2 and "target_false_reject is 0" in r.stderr, r.stderr
+    assert not (package.parent / "2").exists()

@@ -76,8 +76,10 @@ def calibrate(
     if new_version is not None and write:
         raise ConfigError("--write and --new-version: choose one (the card in place, or a "
                           "new version beside it)")
-    if new_version is not None:
-        new_version_folder(new_version)
+    # before any work: what would be written where it must not be
+    if is_package and new_version is not None:
+        new_version_folder(target, new_version)
+    _check_out_folder(out, new_version)
     if agnostic_iou is not None and not (target / CARD).is_file():
         raise ConfigError(f"{target}: --agnostic-iou is a model package's rule: calibrate "
                           "the exported package")
@@ -107,7 +109,7 @@ def calibrate(
         ignored = [flag for flag, given in (
             ("--objective", objective != "f"), ("--agnostic-iou", agnostic_iou is not None),
             ("--target-escape", target_escape != TARGET_ESCAPE), ("--run", run is not None),
-            ("--set", bool(overrides)), ("--device", device != "auto")) if given]
+            ("--set", bool(overrides)), ("--device", device not in ("auto", "cpu"))) if given]
         if ignored:
             raise ConfigError(f"{', '.join(ignored)}: a good-only package is calibrated at "
                               "its card's false-reject target, on the CPU, as the edge "
@@ -154,6 +156,22 @@ def calibrate(
     elif write:
         (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
     return calib
+
+
+def _check_out_folder(out: str | Path | None,
+                      new_version: str | Path | None) -> None:
+    """``--out`` is a report's folder: never inside a package, this one, the new version
+    or another (its calibration.json would change a package's files, or block the
+    version)."""
+    if out is None:
+        return
+    where = Path(out).resolve()
+    inside = [f for f in (where, *where.parents) if (f / CARD).is_file()]
+    if new_version is not None and where.is_relative_to(Path(new_version).resolve()):
+        inside.append(Path(new_version))
+    if inside:
+        raise ConfigError(f"--out {out}: inside the package {inside[0]}: give a report "
+                          "folder of its own")
 
 
 def _save_calibration(out: str | Path | None, calib: dict[str, Any]) -> None:

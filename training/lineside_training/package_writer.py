@@ -5,7 +5,9 @@ package that fails a gate never replaces anything."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -31,6 +33,7 @@ from lineside_inspect.package import (
     load_package,
     read_card,
 )
+from lineside_inspect.version import __version__
 
 OPSET = 17
 
@@ -82,22 +85,34 @@ def export_graph(module: nn.Module, size: int, path: Path, outputs: Sequence[str
 
 
 @contextmanager
-def staged_package(out: Path) -> Iterator[Path]:
+def staged_package(out: Path, *, replace: bool = True) -> Iterator[Path]:
     """A temp folder beside ``out`` to write the package in; when the block ends without
-    an error the package must load as the server will see it, and then replaces ``out``.
-    On any error (a failed gate included) the temp folder is removed and ``out`` is left
-    as it was."""
+    an error the package must load as the server will see it, and then replaces ``out``
+    (without ``replace``: takes its place only if nothing is there, checked by creating
+    it, so a folder that appeared meanwhile is never removed). On any error (a failed
+    gate included) the temp folder is removed and ``out`` is left as it was."""
     out.parent.mkdir(parents=True, exist_ok=True)  # staged beside it: a rename, not a copy
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    made = False
     try:
         yield tmp
         load_package(tmp)  # the final package must verify as the server will see it
-        if out.exists():
-            shutil.rmtree(out)
         tmp.chmod(0o755)  # mkdtemp makes it private; a package is meant to be shared
-        tmp.rename(out)
+        if not replace:
+            try:
+                out.mkdir()  # ours alone: another writer's mkdir fails
+            except FileExistsError:
+                raise ConfigError(f"{out}: appeared while this was written: a version is "
+                                  "written once, give another") from None
+            made = True
+        elif out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)  # over our own empty folder; fails if anything was put in it
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made:
+            with contextlib.suppress(OSError):  # only while still empty: then it is ours
+                out.rmdir()
         raise
 
 
@@ -115,29 +130,45 @@ def rewrite_card(package: Path, doc: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def new_version_folder(out: str | Path) -> Path:
-    """``out`` as a new version's folder: not there yet, its name a version name (checked
-    before any work, so a mistyped folder is said at once)."""
-    out = check_out(out, overwrite=False)
+def new_version_folder(package: Path, out: str | Path) -> Path:
+    """``out`` as the folder of a new version of ``package``'s model, checked before any
+    work: laid out as ``models/NAME/VERSION`` (NAME the card's), a version name other
+    than the package's own, outside the package, and nothing there yet (not even a link):
+    a version is written once."""
+    out, card = Path(out), read_card(package)
+    where = out.resolve()
+    if os.path.lexists(out):
+        raise ConfigError(f"{out}: already exists: a version is written once, give another")
     if not is_name(out.name):
         raise ConfigError(f"{out}: the version {out.name!r} must be {NAME_RULE}")
+    if where.parent.name != card.name:
+        raise ConfigError(f"{out}: a new version of {card.name} goes in a folder named "
+                          f"{card.name} (models/{card.name}/VERSION)")
+    if out.name == card.version:
+        raise ConfigError(f"{out}: {card.name}:{card.version} is the package's own version: "
+                          "give a new one")
+    if where.is_relative_to(package.resolve()):
+        raise ConfigError(f"{out}: inside the package {package}: give a folder beside it")
     return out
 
 
-def write_new_version(package: Path, out: str | Path, doc: dict[str, Any]) -> Path:
+def write_new_version(package: Path, out: str | Path, doc: dict[str, Any]) -> str:
     """``doc`` (``package``'s card, edited) as a new version of the model at ``out``
-    (``models/NAME/VERSION``: the version is the folder's name, the model's name stays),
-    with a copy of the untouched graph; staged, so it appears whole or not at all, and
-    never over an existing folder. What a serving package's recalibration writes: a
-    changed package is a new version, gated like any other (docs/lifecycle.md)."""
-    out = new_version_folder(out)
-    version = out.name
-    if version == doc["version"] and out.resolve().parent == package.resolve().parent:
-        raise ConfigError(f"{out}: that is the package's own version: give a new one")
+    (:func:`new_version_folder`) with a copy of the untouched graph; staged, so it
+    appears whole or not at all, and never over a folder that appeared meanwhile. The
+    source's other metrics were measured at its thresholds: they are kept apart, under
+    ``metrics.at_source_thresholds``. What a serving package's recalibration writes: a
+    changed package is a new version, gated like any other (docs/lifecycle.md). Returns
+    the new ``name:version``."""
+    out = new_version_folder(package, out)
     source = f"{doc['name']}:{doc['version']}"
-    doc = {**doc, "version": version, "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    doc["metrics"] = {**doc.get("metrics", {}), "recalibrated_from": source}
-    with staged_package(out) as tmp:
+    metrics = dict(doc.get("metrics", {}))
+    calibration = metrics.pop("calibration", None)
+    doc = {**doc, "version": out.name, "lineside_version": __version__,
+           "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+           "metrics": {"calibration": calibration, "recalibrated_from": source,
+                       "at_source_thresholds": metrics}}
+    with staged_package(out, replace=False) as tmp:
         shutil.copyfile(package / GRAPH, tmp / GRAPH)
         (tmp / CARD).write_text(json.dumps(doc, indent=1) + "\n")
-    return out
+    return f"{doc['name']}:{out.name}"

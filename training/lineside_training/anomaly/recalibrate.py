@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.dataset import read_dataset
-from lineside_inspect.errors import DatasetError
+from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.package import ANOMALY_LABEL, CARD
 from lineside_inspect.runtime.anomaly import AnomalyModel
@@ -52,7 +52,11 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
     model = AnomalyModel(package, device="cpu", threads=threads)
     spec = model.card.anomaly
     assert spec is not None  # AnomalyModel refuses any other card
-    target = spec.target_false_reject or 0.01
+    target = 0.01 if spec.target_false_reject is None else spec.target_false_reject
+    if target <= 0:  # no good capture may fail: the threshold is the highest score seen
+        raise ConfigError(f"{model.card.name}:{model.card.version}: its card's "
+                          "target_false_reject is 0, which no count of captures can set "
+                          "a threshold at")
     dataset = read_dataset(data)
     name = Path(dataset.root or data).name
     good = [r for r in split_images(dataset, split) if r.is_good]
