@@ -47,7 +47,6 @@ from lineside_training.package_writer import (
     export_graph,
     package_name,
     parent_model,
-    rewrite_card,
     staged_package,
 )
 from lineside_training.predict import predict_records, runtime_inputs, runtime_predictions
@@ -309,11 +308,3 @@ def threshold_card(package: str | Path, calibration: dict[str, Any]) -> dict[str
         doc["agnostic_iou"] = calibration["agnostic_iou"]
     doc.setdefault("metrics", {})["calibration"] = calibration
     return doc
-
-
-def write_thresholds(package: str | Path, calibration: dict[str, Any]) -> dict[str, float]:
-    """Put a calibration's thresholds into a package's card in place
-    (:func:`threshold_card`); the graph is not touched, so its sha256 still holds."""
-    doc = threshold_card(package, calibration)
-    rewrite_card(Path(package), doc)
-    return dict(doc["thresholds"])
