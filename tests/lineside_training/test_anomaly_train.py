@@ -263,3 +263,30 @@ def test_the_general_recipe_trains_as_shipped_on_any_good_folder(tmp_path: Path)
     card = load_package(tmp_path / "models" / "g" / "1").card
     assert card.kind == "anomaly" and card.input.size == 160
     assert card.anomaly is not None and card.anomaly.calibrated_on == 5
+
+
+def test_a_run_starts_from_another_runs_weights(tmp_path: Path) -> None:
+    """``weights``: a few minutes on new good parts from a trained run, not a whole run;
+    the network it names must have the config's width, said before any image is read."""
+    first = _config(tmp_path, SAMPLE, split="train", input_size=128)
+    r = runner.invoke(app, ["train", "--config", str(first)])
+    assert r.exit_code == 0, r.output + r.stderr
+    import torch
+
+    start = torch.load(tmp_path / "runs" / "toy" / "anomaly.pt", weights_only=True)["model"]
+    second = _config(tmp_path, SAMPLE, split="train", input_size=128, steps=1, lr=1e-9,
+                     warmup_steps=0, weights=str(tmp_path / "runs" / "toy"), name="more")
+    r = runner.invoke(app, ["train", "--config", str(second)])
+    assert r.exit_code == 0, r.output + r.stderr
+    assert f"started from the weights of {tmp_path / 'runs' / 'toy'}" in r.stdout
+    after = torch.load(tmp_path / "runs" / "more" / "anomaly.pt", weights_only=True)["model"]
+    # one step at a vanishing learning rate: the weights are the first run's, not fresh
+    for name, value in start.items():
+        if "running_" not in name and value.is_floating_point():  # BN statistics do move
+            assert torch.allclose(after[name], value, atol=1e-5), name
+    for bad, message in (({"width": 16}, "a network of width 8, this config's is 16"),
+                         ({"weights": str(tmp_path / "nope")}, "not a good-only run")):
+        cfg = _config(tmp_path, SAMPLE, **{"split": "train", "input_size": 128, "name": "bad",
+                                           "weights": str(tmp_path / "runs" / "toy"), **bad})
+        r = runner.invoke(app, ["train", "--config", str(cfg)])
+        assert r.exit_code == 2 and message in r.stderr, r.stderr

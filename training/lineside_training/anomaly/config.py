@@ -50,6 +50,9 @@ class AnomalyConfig(BaseModel):
         "side of the training crops; one larger than input_size becomes input_size (whole "
         "images: small images sized from the data)"))
     width: int = Field(16, ge=4, description="channels of the first level (x2, x4, x6 deeper)")
+    weights: str | None = Field(None, description=(
+        "start from a trained good-only run (its folder or anomaly.pt; the same width): "
+        "a few minutes on new good parts (a new batch's look) instead of a whole run"))
     score_topk: int = Field(32, ge=1, description="image score: mean of the top-k map pixels")
     batch_size: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0)

@@ -79,6 +79,7 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     threads, why = choose_threads(cfg.threads)
     say(f"torch threads: {threads} ({why})")
     device = pick_device(cfg.device)
+    initial = start_weights(cfg) if cfg.weights else None  # refused before any loading
     split = carve(cfg)
     t0 = time.perf_counter()
     train_images = [load_rgb(split.dataset, r, cfg.input_size) for r in split.train]
@@ -88,7 +89,11 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
         f"calibration (groups {split.calib_groups or 'by image'}); loaded in "
         f"{time.perf_counter() - t0:.0f}s")
     sampler = CropSampler(train_images, cfg, cfg.seed)
-    net = AnomalyNet(cfg.width).to(device)
+    net = AnomalyNet(cfg.width)
+    if initial is not None:
+        net.load_state_dict(initial)
+        say(f"started from the weights of {cfg.weights}")
+    net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     budget = cfg.budget_seconds()
     clock = time.process_time if cfg.budget_clock == "cpu" else time.perf_counter
@@ -136,6 +141,17 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
                run_dir / CHECKPOINT)
     log.close()
     return run_dir
+
+
+def start_weights(cfg: AnomalyConfig) -> dict[str, Tensor]:
+    """The state dict of the good-only run ``cfg.weights`` names, refused unless its
+    network has ``cfg``'s width (the input size may differ: the network is convolutional)."""
+    assert cfg.weights is not None
+    trained, _, ckpt = load_run(cfg.weights)
+    if trained.width != cfg.width:
+        raise ConfigError(f"weights {cfg.weights}: a network of width {trained.width}, this "
+                          f"config's is {cfg.width}: set width: {trained.width}")
+    return dict(ckpt["model"])
 
 
 def is_anomaly_run(path: str | Path) -> bool:
