@@ -328,13 +328,15 @@ def train_cmd(
         "canonical dataset folder (from lineside data import) with a val split "
         "(lineside data split)"))] = None,
     model: Annotated[str | None, typer.Option(help="registered model name")] = None,
-    weights: Annotated[str | None, typer.Option(help="local pretrained state dict")] = None,
+    weights: Annotated[str | None, typer.Option(help=(
+        "local pretrained state dict (good-only: a trained good-only run to start from)"))] = None,
     epochs: Annotated[int | None, typer.Option(help=(
         "epochs to train (with --time, only the first plan: the schedule is then fitted to "
         "the budget)"))] = None,
     name: Annotated[str | None, typer.Option(help="run name (folder under out_dir)")] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda")] = None,
-    merge: Annotated[list[str] | None, typer.Option(help="extra dataset merged into train")] = None,
+    merge: Annotated[list[str] | None, typer.Option(help=(
+        "extra dataset merged into train (good-only: its good images)"))] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run's last.pt")] = False,
     time: Annotated[str | None, typer.Option(

@@ -5,6 +5,7 @@ through the edge runtime), ``evaluate``; and the refusals."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -274,18 +275,40 @@ def test_a_run_starts_from_another_runs_weights(tmp_path: Path) -> None:
     import torch
 
     start = torch.load(tmp_path / "runs" / "toy" / "anomaly.pt", weights_only=True)["model"]
+    # a new batch's good parts, imported on their own, added to training (not calibration)
+    rng = np.random.default_rng(3)
+    (tmp_path / "batch" / "b7").mkdir(parents=True)
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / "batch" / "b7" / f"{i}.png"), _part(rng, 128))
+    r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "batch"),
+                            str(tmp_path / "new-batch")])
+    assert r.exit_code == 0, r.stderr
     second = _config(tmp_path, SAMPLE, split="train", input_size=128, steps=1, lr=1e-9,
-                     warmup_steps=0, weights=str(tmp_path / "runs" / "toy"), name="more")
+                     warmup_steps=0, weights=str(tmp_path / "runs" / "toy"), name="more",
+                     extra_data=[str(tmp_path / "new-batch")])
     r = runner.invoke(app, ["train", "--config", str(second)])
     assert r.exit_code == 0, r.output + r.stderr
     assert f"started from the weights of {tmp_path / 'runs' / 'toy'}" in r.stdout
+    assert "24 to train on (1 extra_data sets among them), 5 held out" in r.stdout
+    r = runner.invoke(app, ["export", str(tmp_path / "runs" / "more"), "--out",
+                            str(tmp_path / "models" / "more" / "1")])
+    assert r.exit_code == 0, r.stderr
+    lineage = load_package(tmp_path / "models" / "more" / "1").card.lineage
+    assert lineage is not None and lineage.datasets == [str(SAMPLE), str(tmp_path / "new-batch")]
     after = torch.load(tmp_path / "runs" / "more" / "anomaly.pt", weights_only=True)["model"]
     # one step at a vanishing learning rate: the weights are the first run's, not fresh
     for name, value in start.items():
         if "running_" not in name and value.is_floating_point():  # BN statistics do move
             assert torch.allclose(after[name], value, atol=1e-5), name
+    held_out = tmp_path / "held-out"  # a set whose good images are all someone's val
+    shutil.copytree(tmp_path / "new-batch", held_out)
+    doc = json.loads((held_out / "annotations.json").read_text())
+    (held_out / "annotations.json").write_text(json.dumps(
+        {**doc, "images": [{**i, "split": "val"} for i in doc["images"]]}))
     for bad, message in (({"width": 16}, "a network of width 8, this config's is 16"),
-                         ({"weights": str(tmp_path / "nope")}, "not a good-only run")):
+                         ({"weights": str(tmp_path / "nope")}, "not a good-only run"),
+                         ({"extra_data": [str(held_out)]},
+                          "no good images (without boxes) of no split or train")):
         cfg = _config(tmp_path, SAMPLE, **{"split": "train", "input_size": 128, "name": "bad",
                                            "weights": str(tmp_path / "runs" / "toy"), **bad})
         r = runner.invoke(app, ["train", "--config", str(cfg)])

@@ -40,6 +40,10 @@ class AnomalyConfig(BaseModel):
         "canonical dataset folder; only its good images (no boxes) are used, e.g. one made "
         "by 'lineside data import -f good'"))
     split: str | None = Field(None, description="use only good images of this split (None: all)")
+    extra_data: list[str] = Field(default_factory=list, description=(
+        "datasets whose good images (of no split, or train) are added to training, never "
+        "to calibration: a new batch's good parts, or reviewers' false rejects from "
+        "'lineside data pull'"))
     calib_groups: list[str] = Field(default_factory=list, description=(
         "groups held out for calibration; empty: about calib_fraction of the groups"))
     calib_fraction: float = Field(0.15, gt=0, lt=1)

@@ -76,16 +76,32 @@ def carve(cfg: AnomalyConfig) -> GoodSplit:
             order = rng.permutation(len(good))
             k = max(MIN_CALIB, round(len(good) * cfg.calib_fraction))
             calib = [good[i] for i in sorted(order[:k])]
-            train = [good[i] for i in sorted(order[k:])]
+            train = [good[i] for i in sorted(order[k:])] + extra_good(cfg)
             if not train:
                 raise ConfigError(f"{cfg.data}: {len(good)} good image(s) cannot be split into "
                                   "training and calibration")
             return GoodSplit(dataset, train, calib, [])
     calib = [r for r in good if _group(r) in held]
-    train = [r for r in good if _group(r) not in held]
+    train = [r for r in good if _group(r) not in held] + extra_good(cfg)
     if not train:
         raise ConfigError(f"{cfg.data}: every group is held out for calibration")
     return GoodSplit(dataset, train, calib, held)
+
+
+def extra_good(cfg: AnomalyConfig) -> list[ImageRecord]:
+    """The good images of ``cfg.extra_data`` (of no split, or train: another split is
+    someone's held-out set), each reading its pixels from its own dataset."""
+    added: list[ImageRecord] = []
+    for extra in cfg.extra_data:
+        other = read_dataset(extra)
+        good = [r for r in other.images if r.is_good and r.split in (None, "train")]
+        if not good:
+            raise ConfigError(f"extra_data {extra}: no good images (without boxes) of no "
+                              "split or train to add")
+        for rec in good:
+            rec.source = other.image_path(rec)
+        added += good
+    return added
 
 
 class CropSampler:

@@ -85,7 +85,8 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     train_images = [load_rgb(split.dataset, r, cfg.input_size) for r in split.train]
     calib_images = [load_rgb(split.dataset, r, cfg.input_size) for r in split.calib]
     say(f"input {cfg.input_size} px, crops of {cfg.crop_size} px")
-    say(f"good images: {len(train_images)} to train on, {len(calib_images)} held out for "
+    added = f" ({len(cfg.extra_data)} extra_data sets among them)" if cfg.extra_data else ""
+    say(f"good images: {len(train_images)} to train on{added}, {len(calib_images)} held out for "
         f"calibration (groups {split.calib_groups or 'by image'}); loaded in "
         f"{time.perf_counter() - t0:.0f}s")
     sampler = CropSampler(train_images, cfg, cfg.seed)
