@@ -308,7 +308,9 @@ def test_a_run_starts_from_another_runs_weights(tmp_path: Path) -> None:
     for bad, message in (({"width": 16}, "a network of width 8, this config's is 16"),
                          ({"weights": str(tmp_path / "nope")}, "not a good-only run"),
                          ({"extra_data": [str(held_out)]},
-                          "no good images (without boxes) of no split or train")):
+                          "no good images (without boxes) of no split or train"),
+                         ({"extra_data": [str(SAMPLE)]}, "of its images are held out for "
+                                                         "calibration")):
         cfg = _config(tmp_path, SAMPLE, **{"split": "train", "input_size": 128, "name": "bad",
                                            "weights": str(tmp_path / "runs" / "toy"), **bad})
         r = runner.invoke(app, ["train", "--config", str(cfg)])

@@ -76,21 +76,24 @@ def carve(cfg: AnomalyConfig) -> GoodSplit:
             order = rng.permutation(len(good))
             k = max(MIN_CALIB, round(len(good) * cfg.calib_fraction))
             calib = [good[i] for i in sorted(order[:k])]
-            train = [good[i] for i in sorted(order[k:])] + extra_good(cfg)
+            train = [good[i] for i in sorted(order[k:])] + extra_good(cfg, dataset, calib)
             if not train:
                 raise ConfigError(f"{cfg.data}: {len(good)} good image(s) cannot be split into "
                                   "training and calibration")
             return GoodSplit(dataset, train, calib, [])
     calib = [r for r in good if _group(r) in held]
-    train = [r for r in good if _group(r) not in held] + extra_good(cfg)
+    train = [r for r in good if _group(r) not in held] + extra_good(cfg, dataset, calib)
     if not train:
         raise ConfigError(f"{cfg.data}: every group is held out for calibration")
     return GoodSplit(dataset, train, calib, held)
 
 
-def extra_good(cfg: AnomalyConfig) -> list[ImageRecord]:
+def extra_good(cfg: AnomalyConfig, dataset: Dataset,
+               calib: list[ImageRecord]) -> list[ImageRecord]:
     """The good images of ``cfg.extra_data`` (of no split, or train: another split is
-    someone's held-out set), each reading its pixels from its own dataset."""
+    someone's held-out set), each reading its pixels from its own dataset. One that is a
+    calibration image (the same file) is refused: calibration must not see trained parts."""
+    held = {dataset.image_path(r).resolve() for r in calib}
     added: list[ImageRecord] = []
     for extra in cfg.extra_data:
         other = read_dataset(extra)
@@ -100,6 +103,11 @@ def extra_good(cfg: AnomalyConfig) -> list[ImageRecord]:
                               "split or train to add")
         for rec in good:
             rec.source = other.image_path(rec)
+        leaked = [r.file_name for r in good if r.source is not None
+                  and r.source.resolve() in held]
+        if leaked:
+            raise ConfigError(f"extra_data {extra}: {len(leaked)} of its images are held out "
+                              f"for calibration (e.g. {leaked[0]}): add only new images")
         added += good
     return added
 
