@@ -15,8 +15,9 @@ Prints each group's good scores, then for each k and two rules (the target's qua
 the calibration captures, as shipped; their highest score) the false-reject rate on the
 unseen groups (mean and worst over the choices), how often it exceeded the target, and the
 escapes; and the card's own threshold on all of them. (A third rule, log-normal scores
-with the spread between groups added, was tried on the proxy and did worse on both
-counts; it is not kept.) Needs ``pip install -e '.[train]'`` (the re-photographing lives there).
+with the spread between groups added, was tried on the proxy: more false rejects at every
+k, more escapes at all but one; it is not kept.) Needs ``pip install -e '.[train]'`` (the
+re-photographing lives there).
 """
 
 from __future__ import annotations

@@ -268,13 +268,17 @@ def test_the_general_recipe_trains_as_shipped_on_any_good_folder(tmp_path: Path)
 
 def test_a_run_starts_from_another_runs_weights(tmp_path: Path) -> None:
     """``weights``: a few minutes on new good parts from a trained run, not a whole run;
-    the network it names must have the config's width, said before any image is read."""
+    ``extra_data``: a new batch's good parts added to training. The run calibrates where
+    the start run did not train, and never on an image it trains on."""
     first = _config(tmp_path, SAMPLE, split="train", input_size=128)
     r = runner.invoke(app, ["train", "--config", str(first)])
     assert r.exit_code == 0, r.output + r.stderr
     import torch
 
-    start = torch.load(tmp_path / "runs" / "toy" / "anomaly.pt", weights_only=True)["model"]
+    toy = tmp_path / "runs" / "toy"
+    ckpt = torch.load(toy / "anomaly.pt", weights_only=True)
+    start, held = ckpt["model"], ckpt["data"]["calib_groups"]
+    assert len(ckpt["data"]["calib_sha256"]) == 5
     # a new batch's good parts, imported on their own, added to training (not calibration)
     rng = np.random.default_rng(3)
     (tmp_path / "batch" / "b7").mkdir(parents=True)
@@ -283,35 +287,66 @@ def test_a_run_starts_from_another_runs_weights(tmp_path: Path) -> None:
     r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "batch"),
                             str(tmp_path / "new-batch")])
     assert r.exit_code == 0, r.stderr
+    batch = str(tmp_path / "new-batch")
+    # another seed would hold out other groups: the start run's are kept
     second = _config(tmp_path, SAMPLE, split="train", input_size=128, steps=1, lr=1e-9,
-                     warmup_steps=0, weights=str(tmp_path / "runs" / "toy"), name="more",
-                     extra_data=[str(tmp_path / "new-batch")])
+                     warmup_steps=0, weights=str(toy), name="more", seed=1,
+                     extra_data=[batch, batch])  # listed twice, added once
     r = runner.invoke(app, ["train", "--config", str(second)])
     assert r.exit_code == 0, r.output + r.stderr
-    assert f"started from the weights of {tmp_path / 'runs' / 'toy'}" in r.stdout
-    assert "24 to train on (1 extra_data sets among them), 5 held out" in r.stdout
-    r = runner.invoke(app, ["export", str(tmp_path / "runs" / "more"), "--out",
-                            str(tmp_path / "models" / "more" / "1")])
-    assert r.exit_code == 0, r.stderr
-    lineage = load_package(tmp_path / "models" / "more" / "1").card.lineage
-    assert lineage is not None and lineage.datasets == [str(SAMPLE), str(tmp_path / "new-batch")]
+    assert f"started from the weights of {toy}" in r.stdout
+    assert (f"24 to train on (4 of them from extra_data {batch}, {batch}), 5 held out for "
+            f"calibration (groups {held})") in r.stdout
     after = torch.load(tmp_path / "runs" / "more" / "anomaly.pt", weights_only=True)["model"]
     # one step at a vanishing learning rate: the weights are the first run's, not fresh
     for name, value in start.items():
         if "running_" not in name and value.is_floating_point():  # BN statistics do move
             assert torch.allclose(after[name], value, atol=1e-5), name
+    r = runner.invoke(app, ["export", str(tmp_path / "runs" / "more"), "--out",
+                            str(tmp_path / "models" / "more" / "1")])
+    assert r.exit_code == 0, r.stderr
+    lineage = load_package(tmp_path / "models" / "more" / "1").card.lineage
+    assert lineage is not None and lineage.datasets == [str(SAMPLE), batch, batch]
+
     held_out = tmp_path / "held-out"  # a set whose good images are all someone's val
     shutil.copytree(tmp_path / "new-batch", held_out)
     doc = json.loads((held_out / "annotations.json").read_text())
     (held_out / "annotations.json").write_text(json.dumps(
         {**doc, "images": [{**i, "split": "val"} for i in doc["images"]]}))
-    for bad, message in (({"width": 16}, "a network of width 8, this config's is 16"),
-                         ({"weights": str(tmp_path / "nope")}, "not a good-only run"),
-                         ({"extra_data": [str(held_out)]},
-                          "no good images (without boxes) of no split or train"),
-                         ({"extra_data": [str(SAMPLE)]}, "of its images are held out for "
-                                                         "calibration")):
+    copy = tmp_path / "sample-copy"  # the same images under other paths
+    shutil.copytree(SAMPLE, copy)
+    other_group = sorted({i["group"] for i in json.loads((SAMPLE / "annotations.json")
+                                                         .read_text())["images"]
+                          if i.get("split") == "train"} - set(held))[0]
+    config_before = (toy / "config.yaml").read_bytes()
+    for bad, message in (
+            ({"width": 16}, "a network of width 8, this config's is 16"),
+            ({"weights": str(tmp_path / "nope")}, "does not exist"),
+            ({"weights": str(tmp_path / "models" / "more" / "1")}, "a model package"),
+            ({"weights": ""}, "give a good-only run folder"),
+            ({"name": "toy"}, "this run's own folder"),
+            ({"calib_groups": [other_group]}, "trained on 5 of this run's calibration images"),
+            ({"extra_data": [str(held_out)]}, "no good images (without boxes) of no split"),
+            ({"extra_data": [str(tmp_path / "nowhere")]}, "extra_data (--merge)"),
+            ({"extra_data": [str(copy)]}, "of its images are held out for calibration")):
         cfg = _config(tmp_path, SAMPLE, **{"split": "train", "input_size": 128, "name": "bad",
-                                           "weights": str(tmp_path / "runs" / "toy"), **bad})
+                                           "weights": str(toy), **bad})
         r = runner.invoke(app, ["train", "--config", str(cfg)])
-        assert r.exit_code == 2 and message in r.stderr, r.stderr
+        assert r.exit_code == 2 and message in r.stderr, (bad, r.output + r.stderr)
+        assert "Traceback" not in r.output + r.stderr
+    assert (toy / "config.yaml").read_bytes() == config_before  # refused before written
+    assert torch.load(toy / "anomaly.pt", weights_only=True)["model"].keys() == start.keys()
+
+
+def test_an_unreadable_start_run_is_one_line(tmp_path: Path) -> None:
+    import torch
+
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    for ckpt in ({"kind": "anomaly"}, {"kind": "anomaly", "config": {"data": "x", "nope": 1}},
+                 {"kind": "anomaly", "config": {"data": "x"}, "model": {}}):
+        torch.save(ckpt, run / "anomaly.pt")
+        cfg = _config(tmp_path, SAMPLE, split="train", weights=str(run), name="new")
+        r = runner.invoke(app, ["train", "--config", str(cfg)])
+        assert r.exit_code == 2 and "a good-only checkpoint this Lineside cannot read" in (
+            r.stderr), r.output + r.stderr

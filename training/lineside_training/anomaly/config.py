@@ -83,6 +83,13 @@ class AnomalyConfig(BaseModel):
     out_dir: str = "runs"
     synth: SynthConfig = Field(default_factory=SynthConfig)
 
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("give a good-only run folder (or its anomaly.pt), or leave it out")
+        return value
+
     @field_validator("input_size", "crop_size")
     @classmethod
     def _stride(cls, value: int) -> int:

@@ -13,7 +13,7 @@ from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
 from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.opencv import cv2
-from lineside_inspect.package import PAD_VALUE
+from lineside_inspect.package import PAD_VALUE, sha256_file
 from lineside_inspect.runtime.preprocess import letterbox
 from lineside_training.anomaly.config import AnomalyConfig
 from lineside_training.anomaly.synth import SynthSpec, add_anomalies, rephotograph
@@ -50,6 +50,7 @@ class GoodSplit:
     train: list[ImageRecord]
     calib: list[ImageRecord]
     calib_groups: list[str]
+    added: int = 0  # of train: from extra_data
 
 
 def carve(cfg: AnomalyConfig) -> GoodSplit:
@@ -76,39 +77,53 @@ def carve(cfg: AnomalyConfig) -> GoodSplit:
             order = rng.permutation(len(good))
             k = max(MIN_CALIB, round(len(good) * cfg.calib_fraction))
             calib = [good[i] for i in sorted(order[:k])]
-            train = [good[i] for i in sorted(order[k:])] + extra_good(cfg, dataset, calib)
+            train = [good[i] for i in sorted(order[k:])]
             if not train:
                 raise ConfigError(f"{cfg.data}: {len(good)} good image(s) cannot be split into "
                                   "training and calibration")
-            return GoodSplit(dataset, train, calib, [])
+            extra = extra_good(cfg, dataset, calib)
+            return GoodSplit(dataset, train + extra, calib, [], len(extra))
     calib = [r for r in good if _group(r) in held]
-    train = [r for r in good if _group(r) not in held] + extra_good(cfg, dataset, calib)
+    train = [r for r in good if _group(r) not in held]
     if not train:
         raise ConfigError(f"{cfg.data}: every group is held out for calibration")
-    return GoodSplit(dataset, train, calib, held)
+    extra = extra_good(cfg, dataset, calib)
+    return GoodSplit(dataset, train + extra, calib, held, len(extra))
 
 
 def extra_good(cfg: AnomalyConfig, dataset: Dataset,
                calib: list[ImageRecord]) -> list[ImageRecord]:
     """The good images of ``cfg.extra_data`` (of no split, or train: another split is
-    someone's held-out set), each reading its pixels from its own dataset. One that is a
-    calibration image (the same file) is refused: calibration must not see trained parts."""
-    held = {dataset.image_path(r).resolve() for r in calib}
+    someone's held-out set), each reading its pixels from its own dataset, each image once
+    (by content: a set listed twice or a copy adds nothing twice). A calibration image,
+    by content too (a copied or re-imported set), is refused: calibration must not see
+    trained parts."""
+    if not cfg.extra_data:
+        return []
+    held = {sha256_file(dataset.image_path(r)) for r in calib}
+    seen: set[str] = set()
     added: list[ImageRecord] = []
     for extra in cfg.extra_data:
-        other = read_dataset(extra)
+        try:
+            other = read_dataset(extra)
+        except DatasetError as exc:
+            raise ConfigError(f"extra_data (--merge) {extra}: {exc.message}") from None
         good = [r for r in other.images if r.is_good and r.split in (None, "train")]
         if not good:
             raise ConfigError(f"extra_data {extra}: no good images (without boxes) of no "
                               "split or train to add")
+        leaked: list[str] = []
         for rec in good:
             rec.source = other.image_path(rec)
-        leaked = [r.file_name for r in good if r.source is not None
-                  and r.source.resolve() in held]
+            digest = sha256_file(rec.source)
+            if digest in held:
+                leaked.append(rec.file_name)
+            elif digest not in seen:
+                seen.add(digest)
+                added.append(rec)
         if leaked:
             raise ConfigError(f"extra_data {extra}: {len(leaked)} of its images are held out "
                               f"for calibration (e.g. {leaked[0]}): add only new images")
-        added += good
     return added
 
 

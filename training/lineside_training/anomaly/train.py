@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 from lineside_inspect.errors import ConfigError
+from lineside_inspect.package import sha256_file
 from lineside_training.anomaly.calibrate import operating_point
 from lineside_training.anomaly.config import AnomalyConfig
-from lineside_training.anomaly.data import CropSampler, carve, load_rgb
+from lineside_training.anomaly.data import CropSampler, GoodSplit, carve, load_rgb
 from lineside_training.anomaly.infer import score_images, torch_forward
 from lineside_training.anomaly.net import AnomalyGraph, AnomalyNet
 from lineside_training.anomaly.synth import rephotograph
@@ -65,6 +67,10 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     if resume:
         raise ConfigError("good-only runs do not resume: they are short; train again")
     run_dir = Path(cfg.out_dir) / cfg.name
+    origin = start_run(cfg, run_dir) if cfg.weights else None  # before the folder is touched
+    if origin is not None and not cfg.calib_groups and origin.calib_groups:
+        # the start run trained on every other group: calibrate where it did not
+        cfg = cfg.model_copy(update={"calib_groups": origin.calib_groups})
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     log = (run_dir / "train.log").open("w")
@@ -79,20 +85,23 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     threads, why = choose_threads(cfg.threads)
     say(f"torch threads: {threads} ({why})")
     device = pick_device(cfg.device)
-    initial = start_weights(cfg) if cfg.weights else None  # refused before any loading
     split = carve(cfg)
+    calib_hashes = [sha256_file(split.dataset.image_path(r)) for r in split.calib]
+    if origin is not None:
+        check_calibration(origin, str(cfg.weights), split, calib_hashes)
     t0 = time.perf_counter()
     train_images = [load_rgb(split.dataset, r, cfg.input_size) for r in split.train]
     calib_images = [load_rgb(split.dataset, r, cfg.input_size) for r in split.calib]
     say(f"input {cfg.input_size} px, crops of {cfg.crop_size} px")
-    added = f" ({len(cfg.extra_data)} extra_data sets among them)" if cfg.extra_data else ""
+    added = (f" ({split.added} of them from extra_data {', '.join(cfg.extra_data)})"
+             if cfg.extra_data else "")
     say(f"good images: {len(train_images)} to train on{added}, {len(calib_images)} held out for "
         f"calibration (groups {split.calib_groups or 'by image'}); loaded in "
         f"{time.perf_counter() - t0:.0f}s")
     sampler = CropSampler(train_images, cfg, cfg.seed)
     net = AnomalyNet(cfg.width)
-    if initial is not None:
-        net.load_state_dict(initial)
+    if origin is not None:
+        net.load_state_dict(origin.state)
         say(f"started from the weights of {cfg.weights}")
     net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -138,21 +147,60 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
                 "threads": torch.get_num_threads(),
                 "data": {"train_images": len(split.train), "calib_images": len(split.calib),
                          "calib_groups": split.calib_groups,
-                         "calib_files": [r.file_name for r in split.calib]}},
+                         "calib_files": [r.file_name for r in split.calib],
+                         "calib_sha256": calib_hashes}},
                run_dir / CHECKPOINT)
     log.close()
     return run_dir
 
 
-def start_weights(cfg: AnomalyConfig) -> dict[str, Tensor]:
-    """The state dict of the good-only run ``cfg.weights`` names, refused unless its
-    network has ``cfg``'s width (the input size may differ: the network is convolutional)."""
+@dataclass
+class StartRun:
+    """The good-only run a run starts from (``weights``): its state dict, and what it held
+    out for calibration (the only images of its data it never trained on)."""
+
+    state: dict[str, Tensor]
+    calib_groups: list[str]
+    calib_sha256: set[str]
+
+
+def start_run(cfg: AnomalyConfig, run_dir: Path) -> StartRun:
+    """The run ``cfg.weights`` names, refused unless its network has ``cfg``'s width (the
+    input size may differ: the network is convolutional) and it is not this run's own
+    folder (which the run replaces)."""
     assert cfg.weights is not None
-    trained, _, ckpt = load_run(cfg.weights)
+    path = Path(cfg.weights)
+    if (path.parent if path.is_file() else path).resolve() == run_dir.resolve():
+        raise ConfigError(f"weights {cfg.weights}: this run's own folder, which it would "
+                          "replace: give the new run another name (--name)")
+    trained, _, ckpt = load_run(path)
     if trained.width != cfg.width:
         raise ConfigError(f"weights {cfg.weights}: a network of width {trained.width}, this "
                           f"config's is {cfg.width}: set width: {trained.width}")
-    return dict(ckpt["model"])
+    data = ckpt.get("data", {})
+    hashes = data.get("calib_sha256")
+    if hashes is None:  # a run from before they were kept: its calibration files, by path
+        try:
+            images = Path(trained.data) / "images"
+            hashes = [sha256_file(images / name) for name in data.get("calib_files", [])]
+        except OSError:
+            raise ConfigError(f"weights {cfg.weights}: its calibration images cannot be read "
+                              f"from {trained.data}, so this run cannot be kept from "
+                              "calibrating on images it trained on") from None
+    return StartRun(dict(ckpt["model"]), list(data.get("calib_groups", [])), set(hashes))
+
+
+def check_calibration(start: StartRun, weights: str, split: GoodSplit,
+                      calib_hashes: list[str]) -> None:
+    """Refuse a calibration image the start run trained on: its threshold would be set on
+    parts the weights already know (too low for the line's new parts)."""
+    known = [r.file_name for r, h in zip(split.calib, calib_hashes, strict=True)
+             if h not in start.calib_sha256]
+    if known:
+        groups = f" (it held out groups {start.calib_groups})" if start.calib_groups else ""
+        raise ConfigError(f"weights {weights}: trained on {len(known)} of this run's "
+                          f"calibration images (e.g. {known[0]}){groups}: hold out the "
+                          "images it held out (calib_groups), or train from scratch")
 
 
 def is_anomaly_run(path: str | Path) -> bool:
@@ -166,7 +214,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
     path = Path(path)
     ckpt_path = path if path.is_file() else path / CHECKPOINT
     if not ckpt_path.is_file():
-        raise ConfigError(f"{path}: no {CHECKPOINT} (not a good-only run)")
+        raise ConfigError(f"{path}: " + (
+            "does not exist" if not path.exists()
+            else "a model package: give the good-only run it was exported from (runs/NAME)"
+            if (path / "model.json").is_file()
+            else f"no {CHECKPOINT} (not a good-only run)"))
     try:  # tensors and plain values only: a run folder from elsewhere cannot run code
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises pickle and runtime errors of several kinds
@@ -174,7 +226,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
                           f"({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "anomaly":
         raise ConfigError(f"{ckpt_path}: not a good-only checkpoint")
-    cfg = AnomalyConfig.model_validate(ckpt["config"])
-    net = AnomalyNet(cfg.width)
-    net.load_state_dict(ckpt["model"])
+    try:  # a run of another Lineside version, or a damaged one: said, not a traceback
+        cfg = AnomalyConfig.model_validate(ckpt["config"])
+        net = AnomalyNet(cfg.width)
+        net.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # pydantic's: ValueError
+        raise ConfigError(f"{ckpt_path}: a good-only checkpoint this Lineside cannot read "
+                          f"({type(exc).__name__})") from None
     return cfg, AnomalyGraph(net, cfg.score_topk).eval(), ckpt
