@@ -295,6 +295,7 @@ def test_a_run_starts_from_another_runs_weights(tmp_path: Path) -> None:
     r = runner.invoke(app, ["train", "--config", str(second)])
     assert r.exit_code == 0, r.output + r.stderr
     assert f"started from the weights of {toy}" in r.stdout
+    assert f"calibration groups {held}: those the start run held out" in r.stdout
     assert (f"24 to train on (4 of them from extra_data {batch}, {batch}), 5 held out for "
             f"calibration (groups {held})") in r.stdout
     after = torch.load(tmp_path / "runs" / "more" / "anomaly.pt", weights_only=True)["model"]
@@ -334,6 +335,11 @@ def test_a_run_starts_from_another_runs_weights(tmp_path: Path) -> None:
         r = runner.invoke(app, ["train", "--config", str(cfg)])
         assert r.exit_code == 2 and message in r.stderr, (bad, r.output + r.stderr)
         assert "Traceback" not in r.output + r.stderr
+    # data without the groups the start run held out: this run's must be named
+    cfg = _config(tmp_path, tmp_path / "new-batch", input_size=128, weights=str(toy), name="b")
+    r = runner.invoke(app, ["train", "--config", str(cfg)])
+    assert r.exit_code == 2 and f"held out groups {held} for calibration" in r.stderr, r.stderr
+    assert "name this run's calibration groups" in r.stderr
     assert (toy / "config.yaml").read_bytes() == config_before  # refused before written
     assert torch.load(toy / "anomaly.pt", weights_only=True)["model"].keys() == start.keys()
 

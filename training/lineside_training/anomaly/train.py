@@ -68,7 +68,8 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
         raise ConfigError("good-only runs do not resume: they are short; train again")
     run_dir = Path(cfg.out_dir) / cfg.name
     origin = start_run(cfg, run_dir) if cfg.weights else None  # before the folder is touched
-    if origin is not None and not cfg.calib_groups and origin.calib_groups:
+    inherited = origin is not None and not cfg.calib_groups and bool(origin.calib_groups)
+    if origin is not None and inherited:
         # the start run trained on every other group: calibrate where it did not
         cfg = cfg.model_copy(update={"calib_groups": origin.calib_groups})
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,16 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     threads, why = choose_threads(cfg.threads)
     say(f"torch threads: {threads} ({why})")
     device = pick_device(cfg.device)
-    split = carve(cfg)
+    try:
+        split = carve(cfg)
+    except ConfigError as exc:
+        if not inherited:
+            raise
+        raise ConfigError(f"weights {cfg.weights} held out groups {cfg.calib_groups} for "
+                          f"calibration ({exc.message}): name this run's calibration groups "
+                          "(calib_groups), none that run trained on") from None
+    if inherited:
+        say(f"calibration groups {cfg.calib_groups}: those the start run held out")
     calib_hashes = [sha256_file(split.dataset.image_path(r)) for r in split.calib]
     if origin is not None:
         check_calibration(origin, str(cfg.weights), split, calib_hashes)
