@@ -1,5 +1,6 @@
 """How a good-only threshold set on some groups (batches, coils, boards) holds on others:
-the measurement behind "calibrate on several groups" in docs/training/good-only.md.
+the measurement behind "Why the threshold does not carry over" in
+docs/training/good-only.md.
 
 One good-only package scores every image of a dataset's split through the edge runtime
 (good images as stored and once re-photographed, as ``lineside calibrate`` does; defective

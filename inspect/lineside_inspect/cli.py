@@ -438,6 +438,8 @@ def calibrate_cmd(
                              new_version=new_version, overrides=set_, device=device,
                              objective=objective, agnostic_iou=agnostic_iou)
     saved = (f"; written as the new version {new_version_name(new_version)}" if new_version
+             else "; nothing written (--new-version models/NAME/V, or --write for a package "
+                  "no server has loaded)" if not write and (target / "model.json").is_file()
              else "" if not write else "; written into the card" if (target / "model.json").is_file()
              else "; written into the run's thresholds.json")
     if "map_threshold" in c:  # a good-only package

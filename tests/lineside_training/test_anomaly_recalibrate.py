@@ -36,13 +36,17 @@ def _line_part(near: int) -> np.ndarray:
     return image
 
 
-def _line_set(tmp: Path, count: int) -> Path:
-    """A ``data import -f good`` of ``count`` good parts in two groups (no splits)."""
+def _line_set(tmp: Path, count: int, *, copies: bool = False) -> Path:
+    """A ``data import -f good`` of ``count`` good parts in two groups (no splits), each
+    its own capture (a corner pixel apart, far from what scores), or ``copies`` of one."""
     for i in range(count):
         folder = tmp / "captures" / f"shift-{i % 2}"
         folder.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(folder / f"{i:03d}.png"), _line_part(12 + (i * 7) % 20))
-    out = tmp / f"line-{count}"
+        image = _line_part(12 if copies else 12 + (i * 7) % 20)
+        image[0, 0] = 200 if copies else 200 + i % 50
+        image[0, 1] = 200 if copies else 200 + i // 50
+        cv2.imwrite(str(folder / f"{i:03d}.png"), image)
+    out = tmp / f"line-{count}{'-copies' if copies else ''}"
     r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp / "captures"), str(out)])
     assert r.exit_code == 0, r.stderr
     return out
@@ -78,6 +82,8 @@ def test_new_version_rejects_one_percent_of_the_lines_good_captures(
     assert card.thresholds == {"anomaly": cal["threshold"]}
     assert card.anomaly.calibrated_on == 60 and card.metrics["recalibrated_from"] == "toy:1"
     assert card.metrics["calibration"]["threshold"] == cal["threshold"]
+    source_metrics = json.loads(card_bytes)["metrics"]
+    assert card.metrics["at_source_thresholds"] == source_metrics
     assert card.sha256 == load_package(package).card.sha256
     # through the edge runtime at the new threshold, at most one stored good part fails
     stored = [cv2.imread(str(p)) for p in sorted((tmp_path / "captures").rglob("*.png"))]
@@ -105,12 +111,21 @@ def test_new_version_rejects_one_percent_of_the_lines_good_captures(
                                 "all", "--new-version", str(package.parent / "3"), "--out",
                                 str(out)])
         assert r.exit_code == 2 and "inside the package" in r.stderr, (out, r.stderr)
-    assert sorted(p.name for p in package.parent.iterdir()) == ["1", "2", "9"]
+    assert sorted(p.name for p in package.parent.iterdir()) == ["1", "2", "9"]  # before "3"
     assert sorted(p.name for p in new.iterdir()) == ["model.json", "model.onnx"]
     assert not (tmp_path / "elsewhere").exists() and not (package / "toy").exists()
     assert (package / "model.json").read_bytes() == card_bytes
     assert load_package(new).card == card
 
+    # a version from a recalibrated one: what was measured, not nested records
+    r = runner.invoke(app, ["calibrate", str(new), "--data", str(line), "--split", "all",
+                            "--new-version", str(package.parent / "3")])
+    assert r.exit_code == 0, r.stderr
+    third = load_package(package.parent / "3").card.metrics
+    assert third["recalibrated_from"] == "toy:2"
+    assert third["at_source_thresholds"] == {"calibration": card.metrics["calibration"]}
+    r = runner.invoke(app, ["calibrate", str(new), "--data", str(line), "--split", "all"])
+    assert r.exit_code == 0 and "nothing written" in r.stdout
     # a package not yet serving: into its own card, the graph as it was
     r = runner.invoke(app, ["calibrate", str(new), "--data", str(line), "--split", "all",
                             "--write"])
@@ -146,8 +161,14 @@ def test_too_few_captures_for_the_target_are_refused(tmp_path: Path, package: Pa
     card_bytes = (package / "model.json").read_bytes()
     r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split", "all",
                             "--write"])
-    assert r.exit_code == 2 and "has 49 good images" in r.stderr
+    assert r.exit_code == 2 and "has 49 distinct good images" in r.stderr
     assert "at least 50" in r.stderr
+    assert (package / "model.json").read_bytes() == card_bytes
+    # copies of one capture are one image
+    copies = _line_set(tmp_path / "c", 60, copies=True)
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(copies), "--split", "all",
+                            "--write"])
+    assert r.exit_code == 2 and "has 1 distinct good images" in r.stderr, r.stderr
     assert (package / "model.json").read_bytes() == card_bytes
     # an unknown split of a set with splits names the ones it has
     r = runner.invoke(app, ["calibrate", str(package), "--data", str(SAMPLE), "--split",
@@ -181,4 +202,15 @@ def test_a_zero_target_is_refused(tmp_path: Path) -> None:
     r = runner.invoke(app, ["calibrate", str(package), "--data", str(_line_set(tmp_path, 60)),
                             "--split", "all", "--new-version", str(package.parent / "2")])
     assert r.exit_code == 2 and "target_false_reject is 0" in r.stderr, r.stderr
+    assert not (package.parent / "2").exists()
+
+
+def test_the_images_it_trained_on_are_refused(tmp_path: Path) -> None:
+    """A set merged into its training (extra_data) says nothing about unseen parts."""
+    line = _line_set(tmp_path, 60)
+    package = write_package(tmp_path / "models" / "toy" / "1", anomaly_graph(SIZE), {
+        **card_doc("toy", SIZE), "training": {"config": {"extra_data": [str(line)]}}})
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split", "all",
+                            "--new-version", str(package.parent / "2")])
+    assert r.exit_code == 2 and "the model trained on it (extra_data)" in r.stderr, r.stderr
     assert not (package.parent / "2").exists()

@@ -163,7 +163,7 @@ def test_sample_split_evaluated_through_the_package(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "has no good images" in r.stderr
     r = runner.invoke(app, ["calibrate", package, "--data", str(tmp_path / "only-good"),
                             "--split", "val", "--write"])
-    assert r.exit_code == 2 and "has 10 good images" in r.stderr and "at least 50" in r.stderr
+    assert r.exit_code == 2 and "has 10 distinct good images" in r.stderr and "at least 50" in r.stderr
     assert load_package(package).card == before  # a refused calibration changes nothing
 
 
@@ -335,12 +335,14 @@ def test_a_run_starts_from_another_runs_weights(tmp_path: Path) -> None:
         r = runner.invoke(app, ["train", "--config", str(cfg)])
         assert r.exit_code == 2 and message in r.stderr, (bad, r.output + r.stderr)
         assert "Traceback" not in r.output + r.stderr
-    # data without the groups the start run held out: this run's must be named
+    assert (toy / "config.yaml").read_bytes() == config_before  # refused before written
+    assert not (tmp_path / "runs" / "bad").exists()  # and no stub folder
+    # other data, without the start run's groups: held out afresh (none of it trained on)
     cfg = _config(tmp_path, tmp_path / "new-batch", input_size=128, weights=str(toy), name="b")
     r = runner.invoke(app, ["train", "--config", str(cfg)])
-    assert r.exit_code == 2 and f"held out groups {held} for calibration" in r.stderr, r.stderr
-    assert "name this run's calibration groups" in r.stderr
-    assert (toy / "config.yaml").read_bytes() == config_before  # refused before written
+    assert r.exit_code == 0, r.output + r.stderr
+    assert "3 to train on, 1 held out for calibration (groups by image)" in r.stdout
+    assert "warning: 2 calibration captures at 1.0% false rejects" in r.stdout
     assert torch.load(toy / "anomaly.pt", weights_only=True)["model"].keys() == start.keys()
 
 

@@ -162,12 +162,15 @@ def write_new_version(package: Path, out: str | Path, doc: dict[str, Any]) -> st
     the new ``name:version``."""
     out = new_version_folder(package, out)
     source = f"{doc['name']}:{doc['version']}"
-    metrics = dict(doc.get("metrics", {}))
-    calibration = metrics.pop("calibration", None)
+    # what the source measured at its own thresholds, its calibration included; a source
+    # that was itself recalibrated adds nothing of its own but that calibration
+    before = json.loads((package / CARD).read_text()).get("metrics", {})
+    measured = {k: v for k, v in before.items()
+                if k not in ("recalibrated_from", "at_source_thresholds")}
     doc = {**doc, "version": out.name, "lineside_version": __version__,
            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-           "metrics": {"calibration": calibration, "recalibrated_from": source,
-                       "at_source_thresholds": metrics}}
+           "metrics": {"calibration": doc.get("metrics", {}).get("calibration"),
+                       "recalibrated_from": source, "at_source_thresholds": measured}}
     with staged_package(out, replace=False) as tmp:
         shutil.copyfile(package / GRAPH, tmp / GRAPH)
         (tmp / CARD).write_text(json.dumps(doc, indent=1) + "\n")

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from lineside_inspect.dataset import read_dataset
+from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
 from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_inspect.imageio import read_image
-from lineside_inspect.package import ANOMALY_LABEL, CARD
+from lineside_inspect.package import ANOMALY_LABEL, CARD, sha256_file
 from lineside_inspect.runtime.anomaly import AnomalyModel
 from lineside_training.anomaly.calibrate import operating_point
 from lineside_training.anomaly.config import AnomalyConfig
@@ -42,6 +42,18 @@ def min_good_images(target_false_reject: float) -> int:
     return math.ceil(math.ceil(1 / target_false_reject - 1e-9) / 2)
 
 
+def distinct(records: list[ImageRecord], dataset: Dataset) -> list[ImageRecord]:
+    """``records`` with each image once, by content: a copy is not another capture."""
+    seen: set[str] = set()
+    out = []
+    for rec in records:
+        digest = sha256_file(dataset.image_path(rec))
+        if digest not in seen:
+            seen.add(digest)
+            out.append(rec)
+    return out
+
+
 def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "val",
                         threads: int | None = 1) -> dict[str, Any]:
     """New ``threshold`` and ``map_threshold`` for an anomaly ``package`` at its card's
@@ -57,18 +69,22 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
         raise ConfigError(f"{model.card.name}:{model.card.version}: its card's "
                           "target_false_reject is 0, which no count of captures can set "
                           "a threshold at")
+    trained = (model.card.training or {}).get("config", {})
+    merged = {Path(p).resolve() for p in trained.get("extra_data", [])}
+    if Path(data).resolve() in merged:
+        raise DatasetError(f"{data}: the model trained on it (extra_data): calibrate on line "
+                           "captures it did not train on")
     dataset = read_dataset(data)
     name = Path(dataset.root or data).name
-    good = [r for r in split_images(dataset, split) if r.is_good]
+    good = distinct([r for r in split_images(dataset, split) if r.is_good], dataset)
     if not good:
         raise DatasetError(f"split {split!r} of {name} has no good images: a good-only model "
                            "is calibrated on good parts (no boxes)")
     need = min_good_images(target)
     if len(good) < need:
-        raise DatasetError(f"split {split!r} of {name} has {len(good)} good images: at "
-                           f"{target:.1%} false rejects the threshold needs at least {need} "
+        raise DatasetError(f"split {split!r} of {name} has {len(good)} distinct good images: "
+                           f"at {target:.1%} false rejects the threshold needs at least {need} "
                            "(two captures each), or it is only the highest score seen")
-    trained = (model.card.training or {}).get("config", {})
     rng = np.random.default_rng(CALIB_SEED)
     scored = Scored()
     for i in range(0, len(good), BATCH):

@@ -18,7 +18,8 @@ import yaml
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.dataset import read_dataset
+from lineside_inspect.errors import ConfigError, LinesideError
 from lineside_inspect.package import sha256_file
 from lineside_training.anomaly.calibrate import operating_point
 from lineside_training.anomaly.config import AnomalyConfig
@@ -67,11 +68,15 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     if resume:
         raise ConfigError("good-only runs do not resume: they are short; train again")
     run_dir = Path(cfg.out_dir) / cfg.name
-    origin = start_run(cfg, run_dir) if cfg.weights else None  # before the folder is touched
-    inherited = origin is not None and not cfg.calib_groups and bool(origin.calib_groups)
-    if origin is not None and inherited:
-        # the start run trained on every other group: calibrate where it did not
-        cfg = cfg.model_copy(update={"calib_groups": origin.calib_groups})
+    origin = start_run(cfg, run_dir) if cfg.weights else None
+    # every refusal comes before the run folder is touched (an existing run stays whole)
+    seed_everything(cfg.seed)
+    cfg, inherited = calibration_groups(cfg, origin)
+    split = carve(cfg)
+    calib_hashes = [sha256_file(split.dataset.image_path(r)) for r in split.calib]
+    if origin is not None:
+        check_calibration(origin, str(cfg.weights), split, calib_hashes)
+    train_hashes = [sha256_file(split.dataset.image_path(r)) for r in split.train]
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     log = (run_dir / "train.log").open("w")
@@ -82,23 +87,16 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
         if not quiet:
             print(line, flush=True)
 
-    seed_everything(cfg.seed)
     threads, why = choose_threads(cfg.threads)
     say(f"torch threads: {threads} ({why})")
     device = pick_device(cfg.device)
-    try:
-        split = carve(cfg)
-    except ConfigError as exc:
-        if not inherited:
-            raise
-        raise ConfigError(f"weights {cfg.weights} held out groups {cfg.calib_groups} for "
-                          f"calibration ({exc.message}): name this run's calibration groups "
-                          "(calib_groups), none that run trained on") from None
     if inherited:
         say(f"calibration groups {cfg.calib_groups}: those the start run held out")
-    calib_hashes = [sha256_file(split.dataset.image_path(r)) for r in split.calib]
-    if origin is not None:
-        check_calibration(origin, str(cfg.weights), split, calib_hashes)
+    captures, needed = 2 * len(split.calib), math.ceil(1 / cfg.target_false_reject - 1e-9)
+    if captures < needed:
+        say(f"warning: {captures} calibration captures at {cfg.target_false_reject:.1%} false "
+            f"rejects: the threshold is only the highest score seen ({needed} or more set "
+            "it); hold out more groups, or calibrate on the line (lineside calibrate)")
     t0 = time.perf_counter()
     train_images = [load_rgb(split.dataset, r, cfg.input_size) for r in split.train]
     calib_images = [load_rgb(split.dataset, r, cfg.input_size) for r in split.calib]
@@ -158,7 +156,7 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
                 "data": {"train_images": len(split.train), "calib_images": len(split.calib),
                          "calib_groups": split.calib_groups,
                          "calib_files": [r.file_name for r in split.calib],
-                         "calib_sha256": calib_hashes}},
+                         "calib_sha256": calib_hashes, "train_sha256": train_hashes}},
                run_dir / CHECKPOINT)
     log.close()
     return run_dir
@@ -171,7 +169,7 @@ class StartRun:
 
     state: dict[str, Tensor]
     calib_groups: list[str]
-    calib_sha256: set[str]
+    train_sha256: set[str]  # what it trained on, by content
 
 
 def start_run(cfg: AnomalyConfig, run_dir: Path) -> StartRun:
@@ -188,16 +186,30 @@ def start_run(cfg: AnomalyConfig, run_dir: Path) -> StartRun:
         raise ConfigError(f"weights {cfg.weights}: a network of width {trained.width}, this "
                           f"config's is {cfg.width}: set width: {trained.width}")
     data = ckpt.get("data", {})
-    hashes = data.get("calib_sha256")
-    if hashes is None:  # a run from before they were kept: its calibration files, by path
+    hashes = data.get("train_sha256")
+    if hashes is None:  # a run from before they were kept: its training images again
         try:
-            images = Path(trained.data) / "images"
-            hashes = [sha256_file(images / name) for name in data.get("calib_files", [])]
-        except OSError:
-            raise ConfigError(f"weights {cfg.weights}: its calibration images cannot be read "
+            split = carve(trained)
+            hashes = [sha256_file(split.dataset.image_path(r)) for r in split.train]
+        except (OSError, LinesideError):
+            raise ConfigError(f"weights {cfg.weights}: its training images cannot be read "
                               f"from {trained.data}, so this run cannot be kept from "
                               "calibrating on images it trained on") from None
     return StartRun(dict(ckpt["model"]), list(data.get("calib_groups", [])), set(hashes))
+
+
+def calibration_groups(cfg: AnomalyConfig, origin: StartRun | None,
+                       ) -> tuple[AnomalyConfig, bool]:
+    """``cfg`` holding out the groups the start run held out, where it names none and the
+    data has them all (the start run trained on every other group of its data); whether
+    it does."""
+    if origin is None or cfg.calib_groups or not origin.calib_groups:
+        return cfg, False
+    dataset = read_dataset(cfg.data)
+    have = {r.group or r.file_name for r in dataset.in_split(cfg.split) if r.is_good}
+    if not set(origin.calib_groups) <= have:
+        return cfg, False  # other data: groups chosen afresh, checked by check_calibration
+    return cfg.model_copy(update={"calib_groups": origin.calib_groups}), True
 
 
 def check_calibration(start: StartRun, weights: str, split: GoodSplit,
@@ -205,7 +217,7 @@ def check_calibration(start: StartRun, weights: str, split: GoodSplit,
     """Refuse a calibration image the start run trained on: its threshold would be set on
     parts the weights already know (too low for the line's new parts)."""
     known = [r.file_name for r, h in zip(split.calib, calib_hashes, strict=True)
-             if h not in start.calib_sha256]
+             if h in start.train_sha256]
     if known:
         groups = f" (it held out groups {start.calib_groups})" if start.calib_groups else ""
         raise ConfigError(f"weights {weights}: trained on {len(known)} of this run's "
