@@ -437,11 +437,16 @@ def calibrate_cmd(
                              target_escape=target_escape, out=out_dir, run=run, write=write,
                              new_version=new_version, overrides=set_, device=device,
                              objective=objective, agnostic_iou=agnostic_iou)
-    saved = (f"; written as the new version {new_version_name(new_version)}" if new_version
-             else "; nothing written (--new-version models/NAME/V, or --write for a package "
-                  "no server has loaded)" if not write and (target / "model.json").is_file()
-             else "" if not write else "; written into the card" if (target / "model.json").is_file()
-             else "; written into the run's thresholds.json")
+    is_package = (target / "model.json").is_file()
+    if new_version:
+        saved = f"; written as the new version {new_version_name(new_version)}"
+    elif write:
+        saved = "; written into the card" if is_package else "; written into the run's thresholds.json"
+    elif is_package:
+        saved = ("; nothing written (--new-version models/NAME/V, or --write for a package "
+                 "no server has loaded)")
+    else:
+        saved = ""
     if "map_threshold" in c:  # a good-only package
         out.print(f"good-only threshold {c['threshold']:.4f} (was {c['previous_threshold']:.4f}"
                   f", rejecting {c['previous_false_reject']:.1%} of these captures) at "

@@ -80,7 +80,7 @@ def calibrate(
     if is_package and new_version is not None:
         new_version_folder(target, new_version)
     _check_out_folder(out, new_version)
-    if agnostic_iou is not None and not (target / CARD).is_file():
+    if agnostic_iou is not None and not is_package:
         raise ConfigError(f"{target}: --agnostic-iou is a model package's rule: calibrate "
                           "the exported package")
     if agnostic_iou is not None and objective != "f":

@@ -3,6 +3,7 @@ quality figures on good and defective ones (image AUROC, escapes at a false-reje
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,12 @@ def _pass_above(good: np.ndarray, false_reject: float) -> float:
     if allowed >= len(ordered):
         return float(ordered[-1])
     return float(min(1.0, np.nextafter(ordered[allowed], np.inf)))
+
+
+def captures_needed(target_false_reject: float) -> int:
+    """Fewest good captures for a threshold at this rate to let one of them fail: below
+    it none may, and the threshold is only the highest score seen."""
+    return math.ceil(1 / target_false_reject - 1e-9)
 
 
 def map_threshold(good_top_pixels: list[np.ndarray], pixels_per_image: int,

@@ -40,8 +40,23 @@ def split_images(dataset: Dataset, split: str) -> list[ImageRecord]:
                           else "it has no splits: give --split all"))
 
 
-def _group(rec: ImageRecord) -> str:
+def group_of(rec: ImageRecord) -> str:
     return rec.group or rec.file_name  # an image without a group is its own
+
+
+def digests(dataset: Dataset, records: list[ImageRecord]) -> list[str]:
+    """Each record's image sha256: what it is, whatever its path (a copy is the same)."""
+    return [sha256_file(dataset.image_path(r)) for r in records]
+
+
+def distinct(dataset: Dataset, records: list[ImageRecord],
+             ) -> tuple[list[ImageRecord], list[str]]:
+    """``records`` with each image once, by content (a copy is not another capture), and
+    their digests."""
+    kept: dict[str, ImageRecord] = {}
+    for rec, digest in zip(records, digests(dataset, records), strict=True):
+        kept.setdefault(digest, rec)
+    return list(kept.values()), list(kept)
 
 
 @dataclass
@@ -50,19 +65,21 @@ class GoodSplit:
     train: list[ImageRecord]
     calib: list[ImageRecord]
     calib_groups: list[str]
+    train_sha256: list[str]  # by content, as train and calib: what the run saw
+    calib_sha256: list[str]
     added: int = 0  # of train: from extra_data
 
 
 def carve(cfg: AnomalyConfig) -> GoodSplit:
     """The good images of ``cfg.data`` (optionally of one split), cut by group into
     training and calibration sets: calibration must see boards the model never saw, as
-    the line will."""
+    the line will. ``extra_data``'s good images are added to training."""
     dataset = read_dataset(cfg.data)
     good = [r for r in dataset.in_split(cfg.split) if r.is_good]
     if not good:
         where = f"split {cfg.split!r} of {cfg.data}" if cfg.split else cfg.data
         raise ConfigError(f"{where}: no good images (images without boxes) to train on")
-    groups = sorted({_group(r) for r in good})
+    groups = sorted({group_of(r) for r in good})
     if cfg.calib_groups:
         unknown = sorted(set(cfg.calib_groups) - set(groups))
         if unknown:
@@ -73,36 +90,34 @@ def carve(cfg: AnomalyConfig) -> GoodSplit:
         rng = np.random.default_rng(cfg.seed)
         n = max(MIN_CALIB, round(len(groups) * cfg.calib_fraction))
         held = sorted(rng.permutation(groups)[:n].tolist()) if len(groups) > 1 else []
-        if not held:  # one group only: hold out images instead
-            order = rng.permutation(len(good))
-            k = max(MIN_CALIB, round(len(good) * cfg.calib_fraction))
-            calib = [good[i] for i in sorted(order[:k])]
-            train = [good[i] for i in sorted(order[k:])]
-            if not train:
-                raise ConfigError(f"{cfg.data}: {len(good)} good image(s) cannot be split into "
-                                  "training and calibration")
-            extra = extra_good(cfg, dataset, calib)
-            return GoodSplit(dataset, train + extra, calib, [], len(extra))
-    calib = [r for r in good if _group(r) in held]
-    train = [r for r in good if _group(r) not in held]
-    if not train:
-        raise ConfigError(f"{cfg.data}: every group is held out for calibration")
-    extra = extra_good(cfg, dataset, calib)
-    return GoodSplit(dataset, train + extra, calib, held, len(extra))
+    if held:
+        calib = [r for r in good if group_of(r) in held]
+        train = [r for r in good if group_of(r) not in held]
+        if not train:
+            raise ConfigError(f"{cfg.data}: every group is held out for calibration")
+    else:  # one group only: hold out images instead
+        order = rng.permutation(len(good))
+        k = max(MIN_CALIB, round(len(good) * cfg.calib_fraction))
+        calib = [good[i] for i in sorted(order[:k])]
+        train = [good[i] for i in sorted(order[k:])]
+        if not train:
+            raise ConfigError(f"{cfg.data}: {len(good)} good image(s) cannot be split into "
+                              "training and calibration")
+    calib_sha256 = digests(dataset, calib)
+    extra, extra_sha256 = extra_good(cfg, set(calib_sha256))
+    return GoodSplit(dataset, train + extra, calib, held,
+                     digests(dataset, train) + extra_sha256, calib_sha256, len(extra))
 
 
-def extra_good(cfg: AnomalyConfig, dataset: Dataset,
-               calib: list[ImageRecord]) -> list[ImageRecord]:
+def extra_good(cfg: AnomalyConfig, held: set[str],
+               ) -> tuple[list[ImageRecord], list[str]]:
     """The good images of ``cfg.extra_data`` (of no split, or train: another split is
     someone's held-out set), each reading its pixels from its own dataset, each image once
-    (by content: a set listed twice or a copy adds nothing twice). A calibration image,
-    by content too (a copied or re-imported set), is refused: calibration must not see
-    trained parts."""
-    if not cfg.extra_data:
-        return []
-    held = {sha256_file(dataset.image_path(r)) for r in calib}
-    seen: set[str] = set()
-    added: list[ImageRecord] = []
+    (by content: a set listed twice or a copy adds nothing twice), with their digests. A
+    calibration image (``held``, by content too: a copied or re-imported set) is refused:
+    calibration must not see trained parts."""
+    pool: list[ImageRecord] = []
+    came_from: dict[int, str] = {}
     for extra in cfg.extra_data:
         try:
             other = read_dataset(extra)
@@ -112,19 +127,18 @@ def extra_good(cfg: AnomalyConfig, dataset: Dataset,
         if not good:
             raise ConfigError(f"extra_data {extra}: no good images (without boxes) of no "
                               "split or train to add")
-        leaked: list[str] = []
         for rec in good:
-            rec.source = other.image_path(rec)
-            digest = sha256_file(rec.source)
-            if digest in held:
-                leaked.append(rec.file_name)
-            elif digest not in seen:
-                seen.add(digest)
-                added.append(rec)
-        if leaked:
-            raise ConfigError(f"extra_data {extra}: {len(leaked)} of its images are held out "
-                              f"for calibration (e.g. {leaked[0]}): add only new images")
-    return added
+            rec.source = other.image_path(rec)  # read from its own set, whichever set reads
+            came_from[id(rec)] = extra
+        pool += good
+    added, added_sha256 = distinct(Dataset([], []), pool)  # each reads from its source
+    leaked = [r for r, d in zip(added, added_sha256, strict=True) if d in held]
+    if leaked:
+        extra = came_from[id(leaked[0])]
+        count = sum(came_from[id(r)] == extra for r in leaked)
+        raise ConfigError(f"extra_data {extra}: {count} of its images are held out for "
+                          f"calibration (e.g. {leaked[0].file_name}): add only new images")
+    return added, added_sha256
 
 
 class CropSampler:

@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
+from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_inspect.imageio import read_image
-from lineside_inspect.package import ANOMALY_LABEL, CARD, sha256_file
+from lineside_inspect.package import ANOMALY_LABEL, CARD
 from lineside_inspect.runtime.anomaly import AnomalyModel
-from lineside_training.anomaly.calibrate import operating_point
+from lineside_training.anomaly.calibrate import captures_needed, operating_point
 from lineside_training.anomaly.config import AnomalyConfig
-from lineside_training.anomaly.data import split_images
+from lineside_training.anomaly.data import distinct, split_images
 from lineside_training.anomaly.infer import Scored
 from lineside_training.anomaly.synth import rephotograph
 from lineside_training.anomaly.train import CALIB_SEED
@@ -39,19 +39,7 @@ def min_good_images(target_false_reject: float) -> int:
     """Fewest good images (two captures each) that set a threshold at this rate: with
     fewer than 1/target captures none may be rejected, and the threshold is only the
     highest score seen (6 images gave a card rejecting 17% of good parts)."""
-    return math.ceil(math.ceil(1 / target_false_reject - 1e-9) / 2)
-
-
-def distinct(records: list[ImageRecord], dataset: Dataset) -> list[ImageRecord]:
-    """``records`` with each image once, by content: a copy is not another capture."""
-    seen: set[str] = set()
-    out = []
-    for rec in records:
-        digest = sha256_file(dataset.image_path(rec))
-        if digest not in seen:
-            seen.add(digest)
-            out.append(rec)
-    return out
+    return math.ceil(captures_needed(target_false_reject) / 2)
 
 
 def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "val",
@@ -76,7 +64,7 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
                            "captures it did not train on")
     dataset = read_dataset(data)
     name = Path(dataset.root or data).name
-    good = distinct([r for r in split_images(dataset, split) if r.is_good], dataset)
+    good, _ = distinct(dataset, [r for r in split_images(dataset, split) if r.is_good])
     if not good:
         raise DatasetError(f"split {split!r} of {name} has no good images: a good-only model "
                            "is calibrated on good parts (no boxes)")

@@ -20,10 +20,9 @@ from torchvision.ops import sigmoid_focal_loss
 
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError, LinesideError
-from lineside_inspect.package import sha256_file
-from lineside_training.anomaly.calibrate import operating_point
+from lineside_training.anomaly.calibrate import captures_needed, operating_point
 from lineside_training.anomaly.config import AnomalyConfig
-from lineside_training.anomaly.data import CropSampler, GoodSplit, carve, load_rgb
+from lineside_training.anomaly.data import CropSampler, GoodSplit, carve, group_of, load_rgb
 from lineside_training.anomaly.infer import score_images, torch_forward
 from lineside_training.anomaly.net import AnomalyGraph, AnomalyNet
 from lineside_training.anomaly.synth import rephotograph
@@ -73,10 +72,8 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     seed_everything(cfg.seed)
     cfg, inherited = calibration_groups(cfg, origin)
     split = carve(cfg)
-    calib_hashes = [sha256_file(split.dataset.image_path(r)) for r in split.calib]
     if origin is not None:
-        check_calibration(origin, str(cfg.weights), split, calib_hashes)
-    train_hashes = [sha256_file(split.dataset.image_path(r)) for r in split.train]
+        check_calibration(origin, str(cfg.weights), split)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     log = (run_dir / "train.log").open("w")
@@ -92,7 +89,7 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     device = pick_device(cfg.device)
     if inherited:
         say(f"calibration groups {cfg.calib_groups}: those the start run held out")
-    captures, needed = 2 * len(split.calib), math.ceil(1 / cfg.target_false_reject - 1e-9)
+    captures, needed = 2 * len(split.calib), captures_needed(cfg.target_false_reject)
     if captures < needed:
         say(f"warning: {captures} calibration captures at {cfg.target_false_reject:.1%} false "
             f"rejects: the threshold is only the highest score seen ({needed} or more set "
@@ -156,7 +153,8 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
                 "data": {"train_images": len(split.train), "calib_images": len(split.calib),
                          "calib_groups": split.calib_groups,
                          "calib_files": [r.file_name for r in split.calib],
-                         "calib_sha256": calib_hashes, "train_sha256": train_hashes}},
+                         "calib_sha256": split.calib_sha256,
+                         "train_sha256": split.train_sha256}},
                run_dir / CHECKPOINT)
     log.close()
     return run_dir
@@ -189,8 +187,7 @@ def start_run(cfg: AnomalyConfig, run_dir: Path) -> StartRun:
     hashes = data.get("train_sha256")
     if hashes is None:  # a run from before they were kept: its training images again
         try:
-            split = carve(trained)
-            hashes = [sha256_file(split.dataset.image_path(r)) for r in split.train]
+            hashes = carve(trained).train_sha256
         except (OSError, LinesideError):
             raise ConfigError(f"weights {cfg.weights}: its training images cannot be read "
                               f"from {trained.data}, so this run cannot be kept from "
@@ -206,17 +203,16 @@ def calibration_groups(cfg: AnomalyConfig, origin: StartRun | None,
     if origin is None or cfg.calib_groups or not origin.calib_groups:
         return cfg, False
     dataset = read_dataset(cfg.data)
-    have = {r.group or r.file_name for r in dataset.in_split(cfg.split) if r.is_good}
+    have = {group_of(r) for r in dataset.in_split(cfg.split) if r.is_good}
     if not set(origin.calib_groups) <= have:
         return cfg, False  # other data: groups chosen afresh, checked by check_calibration
     return cfg.model_copy(update={"calib_groups": origin.calib_groups}), True
 
 
-def check_calibration(start: StartRun, weights: str, split: GoodSplit,
-                      calib_hashes: list[str]) -> None:
+def check_calibration(start: StartRun, weights: str, split: GoodSplit) -> None:
     """Refuse a calibration image the start run trained on: its threshold would be set on
     parts the weights already know (too low for the line's new parts)."""
-    known = [r.file_name for r, h in zip(split.calib, calib_hashes, strict=True)
+    known = [r.file_name for r, h in zip(split.calib, split.calib_sha256, strict=True)
              if h in start.train_sha256]
     if known:
         groups = f" (it held out groups {start.calib_groups})" if start.calib_groups else ""
