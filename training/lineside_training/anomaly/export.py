@@ -83,8 +83,9 @@ def export_anomaly(run: str | Path, out: str | Path, *, name: str | None = None,
         raise DatasetError(f"{data or cfg.data}: no good images to check the export on")
     images = [load_rgb(dataset, r, cfg.input_size) for r in records[:parity_images]]
     name, version = package_name(out, name, version, cfg.name)
+    roots = [cfg.data, *cfg.extra_data]  # what it trained on
     try:
-        revision, note = dataset_revision([cfg.data, *cfg.extra_data]), ""
+        revision, note = dataset_revision(roots), ""
     except (OSError, DatasetError) as exc:
         revision, note = None, f"training data not readable at export ({exc})"
     parent_card = parent_model(parent)
@@ -106,8 +107,7 @@ def export_anomaly(run: str | Path, out: str | Path, *, name: str | None = None,
                       "cpu_seconds": round(ckpt.get("cpu_seconds", 0.0), 1),
                       "threads": ckpt.get("threads"), "data": ckpt["data"] | {
                           "calib_files": len(ckpt["data"]["calib_files"])}},
-            lineage=Lineage(dataset_revision=revision, datasets=[cfg.data, *cfg.extra_data],
-                            parent=parent_card,
+            lineage=Lineage(dataset_revision=revision, datasets=roots, parent=parent_card,
                             note=note),
             sha256=sha256_file(tmp / GRAPH), lineside_version=__version__)
         write_card(tmp, card)
