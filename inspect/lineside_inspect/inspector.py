@@ -56,6 +56,7 @@ class Inspection:
     # capture looks at the ones just under a threshold)
     detections: Detections | None = None
     anomaly: AnomalyFinding | None = None  # a good-only model's finding (alone or fused)
+    fused_with: str | None = None  # "name version" of the good-only model fused with the detector
     gate: GateResult | None = None  # the recipe's unchanged gate, when it has one
     drawn: bytes | None = None  # the frame as a JPEG with boxes and verdict, when asked for
     _result_json: str | None = field(default=None, init=False, repr=False, compare=False)
@@ -129,7 +130,7 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         gate = check_unchanged(image, reference.image, recipe.unchanged_gate)
         if gate.unchanged:  # matches its reference everywhere: nothing for a model to find
             return _unchanged(image, detector, recipe, gate, (clock() - t0) * 1000, decode_ms,
-                              camera_id, part_id, reference)
+                              camera_id, part_id, reference, _fused_name(detector, anomaly_model))
     aligned = reference is not None and recipe.align_reference
     t0 = clock()
     batch, letterboxes = detector.pre_process(
@@ -171,12 +172,19 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         camera_id=camera_id, part_id=part_id, reference=reference,
         reference_shift=(letterboxes[0].shift_x, letterboxes[0].shift_y) if aligned else None,
         detections=detections, anomaly=finding, gate=gate,
+        fused_with=_fused_name(detector, anomaly_model),
     )
+
+
+def _fused_name(detector: Detector, anomaly_model: Detector | None) -> str | None:
+    if anomaly_model is None or detector.card.kind == "anomaly":
+        return None
+    return f"{anomaly_model.card.name} {anomaly_model.card.version}"
 
 
 def _unchanged(image: np.ndarray, detector: Detector, recipe: Recipe, gate: GateResult,
                gate_ms: float, decode_ms: float, camera_id: str | None, part_id: str | None,
-               reference: Reference) -> Inspection:
+               reference: Reference, fused_with: str | None) -> Inspection:
     """A part the unchanged gate passed: judged on no detections (so the recipe's own
     rules still decide, as for any part the detector found nothing on)."""
     detections = Detections.empty(detector.class_names)
@@ -188,7 +196,7 @@ def _unchanged(image: np.ndarray, detector: Detector, recipe: Recipe, gate: Gate
         id=uuid.uuid4().hex, created_at=datetime.now(UTC), verdict=verdict.outcome,
         reasons=verdict.reasons, defects=verdict.defects, recipe=recipe, detector=detector,
         timings_ms=timings, image=image, camera_id=camera_id, part_id=part_id,
-        reference=reference, detections=detections, gate=gate)
+        reference=reference, detections=detections, gate=gate, fused_with=fused_with)
 
 
 def _anomaly_input(image: np.ndarray, anomaly_model: Detector, detector: Detector,

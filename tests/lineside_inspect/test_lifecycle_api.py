@@ -455,3 +455,71 @@ def test_a_failed_gate_is_not_cleared_by_an_easier_comparison(
         assert r.json()["passed"], r.json()
         r = admin.post("/v1/models/deeppcb/activate", json={"version": "blind"})
         assert r.status_code == 409 and "failed its gate" in r.json()["error"]["message"]
+
+
+def _metric(text: str, name: str, recipe: str) -> float:
+    line = next(ln for ln in text.splitlines() if ln.startswith(f'{name}{{recipe="{recipe}"}}'))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_fail_rate_jump_raises_an_alarm_that_clears_and_can_be_relearned(
+        launch: Callable[..., Running], variants: Path) -> None:
+    """Good parts teach the usual rate (0); a run of fails is an alarm (log, metrics, audit
+    log, GET /v1/alarms); good parts again clear it; relearning is for admins, recorded."""
+    srv = server(launch, variants, lifecycle={"fail_rate_alarm": {
+        "baseline_inspections": 6, "window": 4, "max_fail_rate_increase": 0.3}})
+    with srv.client("line") as line, srv.client("reviewer") as rev, srv.client("admin") as admin:
+        assert rev.get("/v1/alarms").json() == {"items": []}
+        assert {r["verdict"] for r in inspect(line, GOOD[:6])} == {"pass"}
+        (track,) = rev.get("/v1/alarms").json()["items"]
+        recipe = track["recipe"]
+        assert track["state"] == "ok" and track["usual_fail_rate"] == 0
+        assert track["judged_by"] == "deeppcb 1" and track["bound"] == pytest.approx(0.3)
+        assert {r["verdict"] for r in inspect(line, DEFECTIVE[:4])} == {"fail"}
+        (track,) = rev.get("/v1/alarms").json()["items"]
+        assert track["state"] == "alarm" and track["recent_fail_rate"] == 1.0
+        assert "fail rate 100.0% over the last 4 inspections" in track["why"]
+        assert _metric(line.get("/metrics").text, "lineside_fail_rate_alarm", recipe) == 1.0
+        # the verdicts are not changed by it: a run of defects must still be rejected
+        inspect(line, GOOD[:3])
+        assert rev.get("/v1/alarms").json()["items"][0]["state"] == "alarm"  # 1 of 4 failed
+        inspect(line, GOOD[3:4])
+        (track,) = rev.get("/v1/alarms").json()["items"]
+        assert track["state"] == "ok" and track["recent_fail_rate"] == 0
+        text = line.get("/metrics").text
+        assert _metric(text, "lineside_fail_rate_alarm", recipe) == 0.0
+        assert _metric(text, "lineside_recent_fail_rate", recipe) == 0.0
+        log = rev.get("/v1/audit", params={"model": "deeppcb"}).json()["items"]
+        assert [e["action"] for e in log[:2]] == ["fail_rate_cleared", "fail_rate_alarm"]
+        assert log[1]["actor"] == "lineside" and log[1]["version"] == "1"
+        assert log[1]["details"]["recent_fail_rate"] == 1.0
+
+        # relearning forgets the usual rate: admins only, named recipes only, recorded
+        r = rev.post(f"/v1/alarms/{recipe}/relearn", json={})
+        assert r.status_code == 403
+        r = admin.post("/v1/alarms/nope/relearn", json={})
+        assert r.status_code == 404 and recipe in r.json()["error"]["message"]
+        assert admin.post("/v1/alarms/bad%20name/relearn", json={}).status_code == 422
+        r = admin.post(f"/v1/alarms/{recipe}/relearn", json={"reason": "new lot <b>2</b>"})
+        assert r.status_code == 200 and r.json()["baseline_inspections"] == 6
+        (track,) = rev.get("/v1/alarms").json()["items"]
+        assert track["state"] == "learning" and track["baseline_inspections"] == 0
+        entry = rev.get("/v1/audit", params={"action": "fail_rate_relearn"}).json()["items"][0]
+        assert entry["actor"] == "admin" and entry["reason"] == "new lot <b>2</b>"
+
+
+def test_the_fail_rate_alarm_needs_no_store_and_can_be_off(
+        launch: Callable[..., Running], variants: Path) -> None:
+    srv = server(launch, variants, store=False,
+                 lifecycle={"fail_rate_alarm": {"baseline_inspections": 10, "window": 10}})
+    with srv.client("line") as line, srv.client("admin") as admin:
+        inspect(line, DEFECTIVE[:2])
+        (track,) = admin.get("/v1/alarms").json()["items"]
+        assert track["state"] == "learning" and track["baseline_inspections"] == 2
+        assert track["recent_fail_rate"] is None and track["bound"] is None
+        r = admin.post(f"/v1/alarms/{track['recipe']}/relearn", json={})
+        assert r.status_code == 200  # no audit log without a store, and no error either
+    off = server(launch, variants, store=False, lifecycle={"fail_rate_alarm": {"enabled": False}})
+    with off.client("admin") as admin:
+        r = admin.get("/v1/alarms")
+        assert r.status_code == 404 and "fail_rate_alarm.enabled" in r.json()["error"]["message"]

@@ -288,3 +288,64 @@ def test_golden_cli_defaults_to_the_servers_data_folder(tmp_path: Path, monkeypa
     result = CliRunner().invoke(app, ["golden", "list"])
     assert result.exit_code == 0, result.output
     assert str(tmp_path / "lineside" / "store" / "golden") in result.output.replace("\n", "")
+
+
+# -- the fail-rate alarm --------------------------------------------------------------------
+def _judged(recipe: Recipe, version: str, verdict: str, fused: str | None = None) -> Any:
+    """What the alarm reads of an inspection: its recipe, model card, verdict, fused model."""
+    card = SimpleNamespace(name="m", version=version)
+    return SimpleNamespace(recipe=recipe, detector=SimpleNamespace(card=card), verdict=verdict,
+                           fused_with=fused)
+
+
+def test_the_fail_rate_bound_and_its_hysteresis() -> None:
+    from lineside_inspect.lifecycle.alarm import bound_of, judge_rate
+    from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+
+    s = FailRateAlarmSettings()  # x2, +5 points
+    assert bound_of(0.0, s) == pytest.approx(0.05) and bound_of(0.2, s) == pytest.approx(0.4)
+    assert not judge_rate(0.02, 0.07, False, s) and judge_rate(0.02, 0.0701, False, s)
+    # raised at 7%: stays until halfway back (4.5%)
+    assert judge_rate(0.02, 0.05, True, s) and not judge_rate(0.02, 0.045, True, s)
+
+
+def test_the_fail_rate_alarm_learns_afresh_per_model_version_and_recipe_content() -> None:
+    from lineside_inspect.lifecycle.alarm import FailRateAlarm
+    from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+
+    changes: list[tuple[str, str]] = []
+    alarm = FailRateAlarm(FailRateAlarmSettings(baseline_inspections=4, window=2),
+                          on_change=lambda t: changes.append((t.judged_by, t.state)))
+    r1 = Recipe(name="r", model="m")
+    for verdict in ("pass", "fail", "pass", "pass"):  # usual 25%: bound 50%
+        alarm.offer(_judged(r1, "1", verdict))
+    (t,) = alarm.status()
+    assert (t["state"], t["usual_fail_rate"], t["bound"]) == ("ok", 0.25, 0.5)
+    alarm.offer(_judged(r1, "1", "fail"))
+    assert alarm.status()[0]["state"] == "ok"  # one of a window of 2: not judged yet
+    alarm.offer(_judged(r1, "1", "pass"))
+    assert alarm.status()[0]["state"] == "ok"  # 50%: not above the bound
+    alarm.offer(_judged(r1, "1", "fail"))
+    assert alarm.status()[0]["state"] == "ok"
+    alarm.offer(_judged(r1, "1", "fail"))
+    assert alarm.status()[0]["state"] == "alarm" and changes == [("m 1", "alarm")]
+
+    # another version judges with the recipe: learned afresh; back to 1, its counts resume
+    alarm.offer(_judged(r1, "2", "fail"))
+    (t,) = alarm.status()
+    assert (t["judged_by"], t["state"], t["baseline_inspections"]) == ("m 2", "learning", 1)
+    alarm.offer(_judged(r1, "1", "pass"))
+    alarm.offer(_judged(r1, "1", "pass"))
+    assert alarm.status()[0]["state"] == "ok" and changes[-1] == ("m 1", "ok")
+    # a fused good-only model is part of what judges; so is the recipe's content
+    alarm.offer(_judged(r1, "1", "pass", fused="g 3"))
+    assert alarm.status()[0]["judged_by"] == "m 1 + g 3"
+    alarm.offer(_judged(Recipe(name="r", model="m", min_score={"x": 0.9}), "1", "pass"))
+    assert alarm.status()[0]["baseline_inspections"] == 1
+    alarm.offer(_judged(Recipe(name="r", model="m"), "1", "pass"))  # same content as r1
+    assert alarm.status()[0]["state"] == "ok"
+    # relearning forgets; an unknown recipe is named with the watched ones
+    assert alarm.relearn("r").state == "ok"
+    assert alarm.status()[0]["baseline_inspections"] == 0
+    with pytest.raises(NotFoundError, match=r"recipes watched: r\)"):
+        alarm.relearn("q")

@@ -60,8 +60,24 @@ class CaptureSettings(_Section):
     random_rate: float = Field(0.005, ge=0, le=1, description="a random sample of everything")
 
 
+class FailRateAlarmSettings(_Section):
+    """When a recipe's fail rate jumps on a running line (docs/lifecycle.md, section 6)."""
+
+    enabled: bool = True
+    baseline_inspections: int = Field(500, ge=1, le=1_000_000, description=(
+        "the recipe's first this many inspections with a model version learn its usual "
+        "fail rate"))
+    window: int = Field(200, ge=1, le=100_000, description=(
+        "after that, its fail rate over its last this many inspections is compared with it"))
+    max_fail_rate_ratio: float = Field(2.0, ge=1, description=(
+        "alarm when the recent fail rate exceeds the usual one times this ..."))
+    max_fail_rate_increase: float = Field(0.05, gt=0, le=1, description=(
+        "... and also exceeds it by this much (absolute), so a near-zero rate does not trip it"))
+
+
 class LifecycleSettings(_Section):
     gate: GateSettings = Field(default_factory=GateSettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
+    fail_rate_alarm: FailRateAlarmSettings = Field(default_factory=FailRateAlarmSettings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lineside_inspect.config import Settings
+from lineside_inspect.lifecycle.alarm import FailRateAlarm
 from lineside_inspect.lifecycle.manager import Lifecycle
 from lineside_inspect.lifecycle.routes import router
 
@@ -12,11 +13,16 @@ from lineside_inspect.lifecycle.routes import router
 def install(app: Any, settings: Settings) -> Lifecycle:
     """The lifecycle on ``app.state.lifecycle`` (the admin routes activate and roll back
     through it) and its routes; with the store (at start-up) its records, the shadow
-    worker, the rollout watch and active-learning capture. Call after the store is set up,
+    worker, the rollout watch and active-learning capture; with or without it, the
+    fail-rate alarm (an output of the inspection service). Call after the store is set up,
     so its start-up hook runs after the store's and its shutdown hook before."""
     lc = Lifecycle(settings.lifecycle, registry=app.state.registry, data_dir=settings.data_dir,
                    device=settings.device, max_pixels=settings.max_pixels)
     app.state.lifecycle = lc
+    if settings.lifecycle.fail_rate_alarm.enabled:
+        lc.alarm = FailRateAlarm(settings.lifecycle.fail_rate_alarm, metrics=app.state.metrics,
+                                 on_change=lc.alarm_changed)
+        app.state.service.add_output(lc.alarm.offer)
 
     def start() -> None:
         if app.state.store is not None:

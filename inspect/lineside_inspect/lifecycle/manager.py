@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lineside_inspect.errors import Busy, ConfigError, GateRefused, NotFoundError
+from lineside_inspect.lifecycle.alarm import FailRateAlarm, Track
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.lifecycle.gate import GateReport, run_gate
@@ -60,6 +61,7 @@ class Lifecycle:
         self.shadow: ShadowRunner | None = None
         self.capture: CapturePolicy | None = None
         self.rollout: RolloutWatcher | None = None
+        self.alarm: FailRateAlarm | None = None  # set by install() unless disabled
         self._gate_lock = threading.Lock()
         self._admit_lock = threading.Lock()  # one activation decision at a time
 
@@ -477,6 +479,14 @@ class Lifecycle:
                                                 "gate_report_id": w.gate_report_id,
                                                 **self._pins_of(w.model, w.version)})
         return True
+
+    def alarm_changed(self, t: Track) -> None:
+        """A recipe's fail-rate alarm raised or cleared: in the audit log, with a store."""
+        if self._records is None:
+            return
+        action = "fail_rate_alarm" if t.state == "alarm" else "fail_rate_cleared"
+        self._records.audit(actor=SYSTEM, action=action, model=t.model, version=t.version,
+                            reason=t.why, details=t.details(self.settings.fail_rate_alarm))
 
     def _watch_ended(self, w: Watch) -> None:
         if w.state == "rolled_back":

@@ -11,11 +11,15 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from lineside_inspect.errors import NotFoundError
+from lineside_inspect.lifecycle.alarm import FailRateAlarm
 from lineside_inspect.lifecycle.gate import GateReport
 from lineside_inspect.lifecycle.golden import GoldenLibrary, GoldenManifest, from_store
 from lineside_inspect.lifecycle.manager import Lifecycle
 from lineside_inspect.lifecycle.schemas import (
     AuditPage,
+    FailRateAlarms,
+    FailRateTrack,
     GateReports,
     GateRun,
     GoldenAdd,
@@ -25,6 +29,7 @@ from lineside_inspect.lifecycle.schemas import (
     Promotion,
     Queue,
     Queues,
+    Relearn,
     RolloutStatus,
     ShadowDisagreements,
     ShadowStart,
@@ -181,6 +186,35 @@ async def lineage(name: str, request: Request, who: Admin) -> ModelLineage:
     admissions = await _off_loop(lc.records.admissions, name)
     return ModelLineage.model_validate({"model": name, "active": slot.active, "versions": versions,
                                         "admissions": admissions})
+
+
+# -- the fail-rate alarm -----------------------------------------------------------------
+@router.get("/alarms", responses=errors(401, 403, 404))
+async def alarms(request: Request, who: Reviewer) -> FailRateAlarms:
+    """Each recipe's fail rate, watched for a jump: its usual rate (learned from its first
+    inspections with its models), its recent one and whether it is in alarm."""
+    return FailRateAlarms.model_validate({"items": _alarm(request).status()})
+
+
+@router.post("/alarms/{recipe}/relearn", responses=errors(401, 403, 404, 413, 422))
+async def relearn(recipe: Name, body: Relearn, request: Request, who: Admin) -> FailRateTrack:
+    """Learn the recipe's usual fail rate again from its next inspections: once the cause
+    of an alarm was fixed, or accepted as the new normal. Answers the track forgotten."""
+    lc, alarm = lifecycle(request), _alarm(request)
+    old = alarm.relearn(recipe)
+    if lc.store is not None:
+        await _off_loop(lc.records.audit, actor=who.name, action="fail_rate_relearn",
+                        model=old.model, version=old.version, reason=body.reason,
+                        details=old.details(alarm.settings))
+    return FailRateTrack.model_validate(old.to_json(alarm.settings))
+
+
+def _alarm(request: Request) -> FailRateAlarm:
+    alarm = lifecycle(request).alarm
+    if alarm is None:
+        raise NotFoundError("the fail-rate alarm is off on this server "
+                            "(lifecycle.fail_rate_alarm.enabled)")
+    return alarm
 
 
 # -- audit log and queues -----------------------------------------------------------------

@@ -69,6 +69,10 @@ class Promote(Admit):
     recipe: Name | None = Field(None, description="the recipe gated under and watched")
 
 
+class Relearn(_Shape):
+    reason: Text = Field("", max_length=2000, description="why (recorded in the audit log)")
+
+
 # -- answers ------------------------------------------------------------------------------
 class GoldenVersion(_Shape):
     name: str
@@ -177,6 +181,26 @@ class RolloutStatus(_Shape):
     why: str
 
 
+class FailRateTrack(_Shape):
+    recipe: str
+    judged_by: str = Field(description="model and version, + the fused good-only model's")
+    state: Literal["learning", "ok", "alarm"]
+    since: UTCTime = Field(description="when these models started judging with the recipe "
+                                       "(or it was relearned), since the server started")
+    changed_at: UTCTime | None = Field(description="when the alarm was last raised or cleared")
+    why: str
+    baseline_inspections: int = Field(description="inspections its usual rate is learned from")
+    baseline_needed: int
+    usual_fail_rate: float | None
+    recent_inspections: int
+    recent_fail_rate: float | None
+    bound: float | None = Field(description="the recent rate above which it is in alarm")
+
+
+class FailRateAlarms(_Shape):
+    items: list[FailRateTrack] = Field(description="one per recipe inspected since start")
+
+
 class Promotion(_Shape):
     report: GateReport
     rollout: RolloutStatus
@@ -197,7 +221,8 @@ class AuditEntry(_Shape):
     action: str = Field(description=(
         "activate, force_activate, promote, force_promote, rollback, auto_rollback, "
         "rollout_complete, rollout_stopped, gate, shadow_start, force_shadow, shadow_stop, "
-        "golden_add"))
+        "golden_add, recipe_put, recipe_delete, startup, fail_rate_alarm, fail_rate_cleared, "
+        "fail_rate_relearn"))
     model: str | None
     version: str | None
     reason: str

@@ -44,6 +44,15 @@ class Metrics:
             registry=r)
         self.mqtt_delivered = Counter("lineside_mqtt_events_delivered",
                                       "Events the MQTT broker acknowledged", registry=r)
+        # a recipe's fail rate watched for a jump (lifecycle/alarm.py)
+        self.recent_fail_rate = Gauge(
+            "lineside_recent_fail_rate",
+            "Fail rate over the recipe's last lifecycle.fail_rate_alarm.window inspections "
+            "(NaN: none yet)", ["recipe"], registry=r)
+        self.fail_rate_alarm = Gauge(
+            "lineside_fail_rate_alarm",
+            "1 while the recipe's recent fail rate is above the bound its usual rate sets",
+            ["recipe"], registry=r)
         # labelled children by label values: prometheus_client's labels() validates and
         # locks on every call, five or more times per inspection on the hot path
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -63,3 +72,8 @@ class Metrics:
             self._child(self.defects, label).inc()
         for stage, ms in timings_ms.items():
             self._child(self.latency, stage).observe(ms / 1000)
+
+    def set_fail_rate(self, recipe: str, recent: float | None, alarm: bool) -> None:
+        """A recipe's recent fail rate (None: nothing counted yet) and alarm state."""
+        self._child(self.recent_fail_rate, recipe).set(float("nan") if recent is None else recent)
+        self._child(self.fail_rate_alarm, recipe).set(1 if alarm else 0)

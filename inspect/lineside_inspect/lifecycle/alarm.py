@@ -1,0 +1,219 @@
+"""A running line's fail rate, watched: an alarm when it jumps.
+
+Why: a threshold rests on the parts it was calibrated on. A new look of good parts
+(another coil, lot or supplier, a lamp ageing, a camera knocked) can push many of them
+over it, and nothing in one verdict says so. docs/training/good-only.md measured it: one
+unseen coil's good parts scored fifty to two hundred times higher than the others', and the card's
+threshold rejected about 6% of all good parts instead of 1%. The rate says so, within a few
+hundred parts.
+
+The rule (``lifecycle.fail_rate_alarm`` settings, docs/lifecycle.md section 6), per recipe
+and what judges with it (the recipe's content, the model version, the version of a
+good-only model fused with it; any change starts afresh):
+
+- its first ``baseline_inspections`` inspections learn its usual fail rate;
+- after that, after every inspection, its fail rate over its last ``window`` inspections
+  is compared with ``bound = max(usual x max_fail_rate_ratio, usual + max_fail_rate_increase)``:
+  above it, the recipe is in alarm;
+- the alarm clears when that rate falls to halfway between the usual rate and the bound
+  or below (a rate hovering at the bound does not flap).
+
+An alarm does not change a verdict: a jump may be a real run of defects, which the line
+must keep rejecting. It tells people (log, metrics, audit log, ``GET /v1/alarms``) so
+someone looks. The counts live in memory, so a restart learns afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from lineside_inspect.errors import NotFoundError, echo
+from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+
+if TYPE_CHECKING:
+    from lineside_inspect.inspector import Inspection
+    from lineside_inspect.recipes import Recipe
+    from lineside_inspect.server.metrics import Metrics
+
+log = logging.getLogger("lineside.alarm")
+State = Literal["learning", "ok", "alarm"]
+MAX_TRACKS = 64  # what-judges combinations kept; a rolled-back version resumes its own
+
+
+def bound_of(usual: float, s: FailRateAlarmSettings) -> float:
+    """The fail rate above which a recipe whose usual rate is ``usual`` is in alarm."""
+    return max(usual * s.max_fail_rate_ratio, usual + s.max_fail_rate_increase)
+
+
+def judge_rate(usual: float, recent: float, alarm: bool, s: FailRateAlarmSettings) -> bool:
+    """Whether a recipe is in alarm now, from its usual and recent fail rates and whether
+    it was before (clearing needs the rate back to halfway between usual and the bound)."""
+    bound = bound_of(usual, s)
+    return recent > (usual + bound) / 2 if alarm else recent > bound
+
+
+@dataclass
+class Track:
+    """The counts of one recipe judged by one set of models."""
+
+    recipe: str
+    model: str
+    version: str
+    judged_by: str  # "model version" (+ " + good-only model version" when fused)
+    window: int
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    baseline_inspections: int = 0
+    baseline_fails: int = 0
+    recent: deque[bool] = field(init=False)
+    recent_fails: int = 0
+    state: State = "learning"
+    changed_at: datetime | None = None  # when the alarm was last raised or cleared
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        self.recent = deque(maxlen=self.window)
+
+    @property
+    def usual(self) -> float | None:
+        n = self.baseline_inspections
+        return self.baseline_fails / n if n else None
+
+    @property
+    def recent_rate(self) -> float | None:
+        return self.recent_fails / len(self.recent) if self.recent else None
+
+    def to_json(self, s: FailRateAlarmSettings) -> dict[str, Any]:
+        usual = self.usual
+        return {"recipe": self.recipe, "judged_by": self.judged_by, "state": self.state,
+                "since": self.started_at, "changed_at": self.changed_at, "why": self.why,
+                "baseline_inspections": self.baseline_inspections,
+                "baseline_needed": s.baseline_inspections, "usual_fail_rate": usual,
+                "recent_inspections": len(self.recent), "recent_fail_rate": self.recent_rate,
+                "bound": None if usual is None or self.state == "learning" else bound_of(usual, s)}
+
+    def details(self, s: FailRateAlarmSettings) -> dict[str, Any]:
+        """:meth:`to_json` with its times as ISO text: an audit entry's details."""
+        return {k: v.isoformat() if isinstance(v, datetime) else v
+                for k, v in self.to_json(s).items()}
+
+
+Change = Callable[[Track], None]
+
+
+class FailRateAlarm:
+    """An output of the inspection service (:meth:`offer`); ``on_change(track)`` is called
+    (outside the lock, on the inspection's worker thread) when an alarm is raised or
+    cleared."""
+
+    def __init__(self, settings: FailRateAlarmSettings, *, metrics: Metrics | None = None,
+                 on_change: Change | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.on_change = on_change
+        self._tracks: OrderedDict[tuple[str, str, str], Track] = OrderedDict()
+        self._current: dict[str, tuple[str, str, str]] = {}  # recipe name -> its latest key
+        self._digests: dict[int, tuple[Recipe, str]] = {}  # id(recipe) -> (it, its content)
+        self._lock = threading.Lock()
+
+    def offer(self, inspection: Inspection) -> None:
+        recipe = inspection.recipe
+        card = inspection.detector.card
+        judged_by = f"{card.name} {card.version}"
+        if inspection.fused_with:
+            judged_by += f" + {inspection.fused_with}"
+        key = (recipe.name, self._digest(recipe), judged_by)
+        s = self.settings
+        with self._lock:
+            track = self._tracks.get(key)
+            if track is None:
+                track = self._tracks[key] = Track(recipe.name, card.name, card.version,
+                                                    judged_by, s.window)
+                while len(self._tracks) > MAX_TRACKS:
+                    self._tracks.popitem(last=False)
+            self._tracks.move_to_end(key)
+            self._current[recipe.name] = key
+            failed = inspection.verdict == "fail"
+            before = track.state
+            if track.baseline_inspections < s.baseline_inspections:
+                track.baseline_inspections += 1
+                track.baseline_fails += failed
+                if track.baseline_inspections == s.baseline_inspections:
+                    track.state = "ok"
+            else:
+                if len(track.recent) == track.recent.maxlen:
+                    track.recent_fails -= track.recent[0]
+                track.recent.append(failed)
+                track.recent_fails += failed
+                usual, rate = track.usual or 0.0, track.recent_fails / len(track.recent)
+                # judged once the window is full: a few fails right after learning are no trend
+                if len(track.recent) == s.window:
+                    alarm = judge_rate(usual, rate, track.state == "alarm", s)
+                    track.state = "alarm" if alarm else "ok"
+            changed = track.state != before and "alarm" in (track.state, before)
+            if changed:
+                track.changed_at = datetime.now(UTC)
+                track.why = _why(track, s)
+            recent = track.recent_rate
+            state = track.state
+        if self.metrics is not None:
+            self.metrics.set_fail_rate(recipe.name, recent, state == "alarm")
+        if changed:
+            (log.warning if state == "alarm" else log.info)("%s", track.why)
+            if self.on_change is not None:
+                try:
+                    self.on_change(track)
+                except Exception:
+                    log.exception("fail-rate alarm: recording the change of %s failed",
+                                  recipe.name)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each recipe's latest track, by recipe name."""
+        with self._lock:
+            return [self._tracks[key].to_json(self.settings)
+                    for _, key in sorted(self._current.items()) if key in self._tracks]
+
+    def relearn(self, recipe: str) -> Track:
+        """Forget what recipe ``recipe``'s latest models learned: its usual rate is learned
+        again from its next inspections (after a cause was found and accepted as the new
+        normal, or fixed). Returns the old track."""
+        with self._lock:
+            key = self._current.get(recipe)
+            old = self._tracks.pop(key, None) if key is not None else None
+            if key is None or old is None:
+                seen = ", ".join(sorted(self._current)) or "none yet"
+                raise NotFoundError(f"recipe {echo(recipe)} has no inspections watched since "
+                                    f"the server started (recipes watched: {seen})")
+            self._tracks[key] = Track(old.recipe, old.model, old.version, old.judged_by,
+                                   self.settings.window)
+        if self.metrics is not None:
+            self.metrics.set_fail_rate(recipe, None, False)
+        return old
+
+    def _digest(self, recipe: Recipe) -> str:
+        """The recipe's content, hashed once per recipe object (recipes are immutable)."""
+        hit = self._digests.get(id(recipe))
+        if hit is not None and hit[0] is recipe:
+            return hit[1]
+        digest = hashlib.sha256(recipe.model_dump_json().encode()).hexdigest()[:16]
+        if len(self._digests) > 4 * MAX_TRACKS:
+            self._digests.clear()
+        self._digests[id(recipe)] = (recipe, digest)
+        return digest
+
+
+def _why(t: Track, s: FailRateAlarmSettings) -> str:
+    usual, rate = t.usual or 0.0, t.recent_rate or 0.0
+    where = (f"recipe {t.recipe} ({t.judged_by}): fail rate {rate:.1%} over the last "
+             f"{len(t.recent)} inspections")
+    learned = f"its usual {usual:.1%} over its first {t.baseline_inspections}"
+    if t.state == "alarm":
+        return (f"{where}, above the bound {bound_of(usual, s):.1%} ({learned}). A new look of "
+                "good parts (a lot, a light, the camera) or a run of defects: look at its fails")
+    return f"{where}: back near {learned}; alarm cleared"
