@@ -475,13 +475,15 @@ def test_a_fail_rate_jump_raises_an_alarm_that_clears_and_can_be_relearned(
         recipe = track["recipe"]
         assert track["state"] == "ok" and track["usual_fail_rate"] == 0
         assert track["judged_by"] == "deeppcb 1" and track["bound"] == pytest.approx(0.3)
-        assert {r["verdict"] for r in inspect(line, DEFECTIVE[:4])} == {"fail"}
+        # the window holds the baseline's last good parts: 2 fails of 4 are above 30%
+        assert {r["verdict"] for r in inspect(line, DEFECTIVE[:2])} == {"fail"}
         (track,) = rev.get("/v1/alarms").json()["items"]
-        assert track["state"] == "alarm" and track["recent_fail_rate"] == 1.0
-        assert "fail rate 100.0% over the last 4 inspections" in track["why"]
+        assert track["state"] == "alarm" and track["recent_fail_rate"] == 0.5
+        assert "fail rate 50.0% over the last 4 inspections, above the bound 30.0%" in track["why"]
         assert _metric(line.get("/metrics").text, "lineside_fail_rate_alarm", recipe) == 1.0
-        # the verdicts are not changed by it: a run of defects must still be rejected
-        inspect(line, GOOD[:3])
+        # the verdicts are not changed by it: defects are still rejected, good parts pass
+        assert {r["verdict"] for r in inspect(line, DEFECTIVE[2:4])} == {"fail"}
+        assert {r["verdict"] for r in inspect(line, GOOD[:3])} == {"pass"}
         assert rev.get("/v1/alarms").json()["items"][0]["state"] == "alarm"  # 1 of 4 failed
         inspect(line, GOOD[3:4])
         (track,) = rev.get("/v1/alarms").json()["items"]
@@ -492,7 +494,7 @@ def test_a_fail_rate_jump_raises_an_alarm_that_clears_and_can_be_relearned(
         log = rev.get("/v1/audit", params={"model": "deeppcb"}).json()["items"]
         assert [e["action"] for e in log[:2]] == ["fail_rate_cleared", "fail_rate_alarm"]
         assert log[1]["actor"] == "lineside" and log[1]["version"] == "1"
-        assert log[1]["details"]["recent_fail_rate"] == 1.0
+        assert log[1]["details"]["recent_fail_rate"] == 0.5
 
         # relearning forgets the usual rate: admins only, named recipes only, recorded
         r = rev.post(f"/v1/alarms/{recipe}/relearn", json={})
@@ -507,6 +509,22 @@ def test_a_fail_rate_jump_raises_an_alarm_that_clears_and_can_be_relearned(
         entry = rev.get("/v1/audit", params={"action": "fail_rate_relearn"}).json()["items"][0]
         assert entry["actor"] == "admin" and entry["reason"] == "new lot <b>2</b>"
 
+        # a recipe put over the API and dropped in alarm: the alarm ends with it
+        r = admin.put("/v1/recipes/r2", json={"name": "r2", "model": "deeppcb"})
+        assert r.status_code == 200, r.text
+        inspect(line, GOOD[:6] + DEFECTIVE[:2], recipe="r2")
+        states = {t["recipe"]: t["state"] for t in rev.get("/v1/alarms").json()["items"]}
+        assert states == {recipe: "learning", "r2": "alarm"}
+        assert admin.delete("/v1/recipes/r2").status_code == 200
+        assert [t["recipe"] for t in rev.get("/v1/alarms").json()["items"]] == [recipe]
+        text = line.get("/metrics").text
+        assert 'lineside_fail_rate_alarm{recipe="r2"}' not in text
+        assert 'lineside_recent_fail_rate{recipe="r2"}' not in text
+        log = rev.get("/v1/audit").json()["items"]
+        assert [e["action"] for e in log[:3]] == ["recipe_delete", "fail_rate_cleared",
+                                                  "fail_rate_alarm"]
+        assert "r2 was dropped" in log[1]["reason"]
+
 
 def test_the_fail_rate_alarm_needs_no_store_and_can_be_off(
         launch: Callable[..., Running], variants: Path) -> None:
@@ -516,7 +534,7 @@ def test_the_fail_rate_alarm_needs_no_store_and_can_be_off(
         inspect(line, DEFECTIVE[:2])
         (track,) = admin.get("/v1/alarms").json()["items"]
         assert track["state"] == "learning" and track["baseline_inspections"] == 2
-        assert track["recent_fail_rate"] is None and track["bound"] is None
+        assert track["recent_fail_rate"] == 1.0 and track["bound"] is None  # not judged yet
         r = admin.post(f"/v1/alarms/{track['recipe']}/relearn", json={})
         assert r.status_code == 200  # no audit log without a store, and no error either
     off = server(launch, variants, store=False, lifecycle={"fail_rate_alarm": {"enabled": False}})

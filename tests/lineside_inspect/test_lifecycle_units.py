@@ -312,31 +312,37 @@ def test_the_fail_rate_bound_and_its_hysteresis() -> None:
 def test_the_fail_rate_alarm_learns_afresh_per_model_version_and_recipe_content() -> None:
     from lineside_inspect.lifecycle.alarm import FailRateAlarm
     from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+    from lineside_inspect.server.metrics import Metrics
 
     changes: list[tuple[str, str]] = []
+    metrics = Metrics()
     alarm = FailRateAlarm(FailRateAlarmSettings(baseline_inspections=4, window=2),
-                          on_change=lambda t: changes.append((t.judged_by, t.state)))
+                          metrics=metrics, on_change=lambda c: changes.append((c.version, c.state)))
     r1 = Recipe(name="r", model="m")
     for verdict in ("pass", "fail", "pass", "pass"):  # usual 25%: bound 50%
         alarm.offer(_judged(r1, "1", verdict))
     (t,) = alarm.status()
+    # judged at once: the baseline's last inspections fill the window
     assert (t["state"], t["usual_fail_rate"], t["bound"]) == ("ok", 0.25, 0.5)
+    assert t["recent_inspections"] == 2 and t["recent_fail_rate"] == 0
     alarm.offer(_judged(r1, "1", "fail"))
-    assert alarm.status()[0]["state"] == "ok"  # one of a window of 2: not judged yet
-    alarm.offer(_judged(r1, "1", "pass"))
     assert alarm.status()[0]["state"] == "ok"  # 50%: not above the bound
     alarm.offer(_judged(r1, "1", "fail"))
-    assert alarm.status()[0]["state"] == "ok"
-    alarm.offer(_judged(r1, "1", "fail"))
-    assert alarm.status()[0]["state"] == "alarm" and changes == [("m 1", "alarm")]
+    assert alarm.status()[0]["state"] == "alarm" and changes == [("1", "alarm")]
+    assert metrics.registry.get_sample_value("lineside_fail_rate_alarm", {"recipe": "r"}) == 1
 
-    # another version judges with the recipe: learned afresh; back to 1, its counts resume
+    # another version judges with the recipe: the alarm of 1 ends, 2 learns afresh
     alarm.offer(_judged(r1, "2", "fail"))
     (t,) = alarm.status()
     assert (t["judged_by"], t["state"], t["baseline_inspections"]) == ("m 2", "learning", 1)
+    assert changes[-1] == ("1", "cleared")
+    assert metrics.registry.get_sample_value("lineside_fail_rate_alarm", {"recipe": "r"}) == 0
+    # back to 1 (a rollback): its counts resume, its alarm is said again, then clears
     alarm.offer(_judged(r1, "1", "pass"))
+    assert alarm.status()[0]["state"] == "alarm" and changes[-1] == ("1", "alarm")
     alarm.offer(_judged(r1, "1", "pass"))
-    assert alarm.status()[0]["state"] == "ok" and changes[-1] == ("m 1", "ok")
+    assert alarm.status()[0]["state"] == "ok" and changes[-1] == ("1", "cleared")
+    assert len(changes) == 4
     # a fused good-only model is part of what judges; so is the recipe's content
     alarm.offer(_judged(r1, "1", "pass", fused="g 3"))
     assert alarm.status()[0]["judged_by"] == "m 1 + g 3"
@@ -349,3 +355,61 @@ def test_the_fail_rate_alarm_learns_afresh_per_model_version_and_recipe_content(
     assert alarm.status()[0]["baseline_inspections"] == 0
     with pytest.raises(NotFoundError, match=r"recipes watched: r\)"):
         alarm.relearn("q")
+    # a recipe in alarm that is dropped: its alarm ends, said so, and its series go
+    for verdict in ("pass", "pass", "pass", "pass", "fail", "fail"):
+        alarm.offer(_judged(r1, "1", verdict))
+    assert alarm.status()[0]["state"] == "alarm"
+    alarm.forget("r")
+    assert alarm.status() == [] and changes[-1] == ("1", "cleared")
+    assert metrics.registry.get_sample_value("lineside_fail_rate_alarm", {"recipe": "r"}) is None
+
+
+def test_the_fail_rate_alarm_keeps_a_few_tracks_per_recipe_and_any_number_of_recipes() -> None:
+    """Many recipes in turn all learn (no shared cap evicts them); a recipe's own tracks are
+    capped, so versions coming and going do not grow it."""
+    from lineside_inspect.lifecycle.alarm import TRACKS_PER_RECIPE, FailRateAlarm
+    from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+
+    alarm = FailRateAlarm(FailRateAlarmSettings(baseline_inspections=3, window=3))
+    recipes = [Recipe(name=f"r{i}", model="m") for i in range(100)]
+    for _ in range(3):
+        for r in recipes:
+            alarm.offer(_judged(r, "1", "pass"))
+    assert [t["state"] for t in alarm.status()] == ["ok"] * 100
+    for v in range(20):
+        alarm.offer(_judged(recipes[0], str(v), "pass"))
+    assert len(alarm._recipes["r0"].tracks) == TRACKS_PER_RECIPE
+
+
+def test_the_fail_rate_alarm_tells_changes_in_order_from_many_threads() -> None:
+    """Worker threads inspect at once: every change is told once, in the order it
+    happened, as it was (raised and cleared alternate)."""
+    import itertools
+    import threading
+
+    from lineside_inspect.lifecycle.alarm import Change, FailRateAlarm
+    from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+
+    told: list[Change] = []
+    alarm = FailRateAlarm(FailRateAlarmSettings(baseline_inspections=2, window=2),
+                          on_change=told.append)
+    r = Recipe(name="r", model="m")
+    alarm.offer(_judged(r, "1", "pass"))
+    alarm.offer(_judged(r, "1", "pass"))
+    seq = [_judged(r, "1", v) for v in ("fail", "fail", "pass", "pass") * 500]
+
+    def run(part: list[Any]) -> None:
+        for i in part:
+            alarm.offer(i)
+
+    threads = [threading.Thread(target=run, args=(seq[k::4],)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    states = [c.state for c in told]
+    assert states and all(a != b for a, b in itertools.pairwise(states))
+    assert states[0] == "alarm"
+    assert all(("above the bound" in c.why) == (c.state == "alarm") for c in told)
+    final = alarm.status()[0]["state"]
+    assert final == ("alarm" if states[-1] == "alarm" else "ok")

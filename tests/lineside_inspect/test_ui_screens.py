@@ -575,3 +575,41 @@ def test_figures_and_review_conflicts_on_both_databases(database_url: str | None
         with pytest.raises(ReviewConflict):
             store.review(fail.id, reviewer="bob", action="false_reject", seen_reviews=0)
         assert [r.reviewer for r in store.get(fail.id).reviews] == ["alice"]
+
+
+def test_status_home_shows_a_fail_rate_alarm(tmp_path: Path) -> None:
+    """Good boards teach the usual rate, defective ones raise the alarm: the status page
+    says so, as text, and stops saying so once good boards bring the rate back."""
+    from playwright.sync_api import expect, sync_playwright
+
+    running, stop = start_server(keyed(models=TWO_VERSIONS[:1], lifecycle={"fail_rate_alarm": {
+        "baseline_inspections": 4, "window": 4, "max_fail_rate_increase": 0.3}}))
+    good = sorted((SAMPLE / "images").rglob("*_temp.jpg"))[:8]
+    bad = sorted((SAMPLE / "images").rglob("*_test.jpg"))[:2]
+    try:
+        with running.client("line") as c, sync_playwright() as p:
+            def send(files: list[Path]) -> None:
+                for f in files:
+                    r = c.post("/v1/inspect", content=f.read_bytes(),
+                               headers={"content-type": "image/jpeg"})
+                    assert r.status_code == 200, r.text
+
+            browser = _browser(p)
+            page = _context(browser).new_page()
+            _sign_in(page, running.url + "/")
+            expect(page.locator("#ready")).to_have_text("ready")
+            expect(page.locator("#alarms")).to_be_hidden()
+            send(good[:4] + bad)
+            page.reload()
+            alarm = page.locator("#alarms")
+            expect(alarm).to_be_visible()
+            expect(alarm).to_contain_text("Fail-rate alarm · recipe deeppcb-default (deeppcb 1)")
+            expect(alarm).to_contain_text("fail rate 50.0% over the last 4 inspections, above "
+                                          "the bound 30.0%")
+            assert alarm.locator("time").get_attribute("datetime")
+            _shot(page, "home-alarm.png", tmp_path)
+            send(good[4:8])
+            expect(alarm).to_be_hidden(timeout=10_000)  # the page refreshes every 5 s
+            browser.close()
+    finally:
+        stop()

@@ -12,15 +12,18 @@ and what judges with it (the recipe's content, the model version, the version of
 good-only model fused with it; any change starts afresh):
 
 - its first ``baseline_inspections`` inspections learn its usual fail rate;
-- after that, after every inspection, its fail rate over its last ``window`` inspections
-  is compared with ``bound = max(usual x max_fail_rate_ratio, usual + max_fail_rate_increase)``:
+- from then on, after every inspection, its fail rate over its last ``window``
+  inspections (the baseline's last ones among them, until newer ones replace them) is
+  compared with ``bound = max(usual x max_fail_rate_ratio, usual + max_fail_rate_increase)``:
   above it, the recipe is in alarm;
 - the alarm clears when that rate falls to halfway between the usual rate and the bound
   or below (a rate hovering at the bound does not flap).
 
 An alarm does not change a verdict: a jump may be a real run of defects, which the line
 must keep rejecting. It tells people (log, metrics, audit log, ``GET /v1/alarms``) so
-someone looks. The counts live in memory, so a restart learns afresh.
+someone looks. When other models start judging with the recipe, its alarm ends (said so);
+a version back after a rollback resumes its counts, and an alarm it was in is said again.
+The counts live in memory, so a restart learns afresh.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lineside.alarm")
 State = Literal["learning", "ok", "alarm"]
-MAX_TRACKS = 64  # what-judges combinations kept; a rolled-back version resumes its own
+TRACKS_PER_RECIPE = 4  # kept per recipe: a version back after a rollback resumes its own
 
 
 def bound_of(usual: float, s: FailRateAlarmSettings) -> float:
@@ -56,7 +59,8 @@ def judge_rate(usual: float, recent: float, alarm: bool, s: FailRateAlarmSetting
     """Whether a recipe is in alarm now, from its usual and recent fail rates and whether
     it was before (clearing needs the rate back to halfway between usual and the bound)."""
     bound = bound_of(usual, s)
-    return recent > (usual + bound) / 2 if alarm else recent > bound
+    # a hair of slack: a rate exactly at the line (75/500 vs 45/200) is at it, not above
+    return recent - (usual + bound) / 2 > 1e-9 if alarm else recent - bound > 1e-9
 
 
 @dataclass
@@ -104,23 +108,41 @@ class Track:
                 for k, v in self.to_json(s).items()}
 
 
-Change = Callable[[Track], None]
+@dataclass(frozen=True)
+class Change:
+    """An alarm raised or cleared, as it was when it happened."""
+
+    recipe: str
+    model: str
+    version: str
+    state: Literal["alarm", "cleared"]
+    why: str
+    details: dict[str, Any]
+
+
+@dataclass
+class _Recipe:
+    """A recipe's tracks by what judged with it (recipe content, models), latest last."""
+
+    tracks: OrderedDict[tuple[str, str], Track] = field(default_factory=OrderedDict)
+    current: tuple[str, str] | None = None
 
 
 class FailRateAlarm:
-    """An output of the inspection service (:meth:`offer`); ``on_change(track)`` is called
-    (outside the lock, on the inspection's worker thread) when an alarm is raised or
-    cleared."""
+    """An output of the inspection service (:meth:`offer`). ``on_change(change)`` is called
+    on an inspection's worker thread, outside the counting lock, once for each alarm raised
+    or cleared, in the order they happened."""
 
     def __init__(self, settings: FailRateAlarmSettings, *, metrics: Metrics | None = None,
-                 on_change: Change | None = None) -> None:
+                 on_change: Callable[[Change], None] | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.on_change = on_change
-        self._tracks: OrderedDict[tuple[str, str, str], Track] = OrderedDict()
-        self._current: dict[str, tuple[str, str, str]] = {}  # recipe name -> its latest key
+        self._recipes: dict[str, _Recipe] = {}  # bounded by the server's recipes: forget()
         self._digests: dict[int, tuple[Recipe, str]] = {}  # id(recipe) -> (it, its content)
         self._lock = threading.Lock()
+        self._pending: deque[Change] = deque()  # appended under _lock, told under _telling
+        self._telling = threading.Lock()
 
     def offer(self, inspection: Inspection) -> None:
         recipe = inspection.recipe
@@ -128,73 +150,119 @@ class FailRateAlarm:
         judged_by = f"{card.name} {card.version}"
         if inspection.fused_with:
             judged_by += f" + {inspection.fused_with}"
-        key = (recipe.name, self._digest(recipe), judged_by)
+        key = (self._digest(recipe), judged_by)
         s = self.settings
         with self._lock:
-            track = self._tracks.get(key)
+            r = self._recipes.setdefault(recipe.name, _Recipe())
+            track = r.tracks.get(key)
             if track is None:
-                track = self._tracks[key] = Track(recipe.name, card.name, card.version,
-                                                    judged_by, s.window)
-                while len(self._tracks) > MAX_TRACKS:
-                    self._tracks.popitem(last=False)
-            self._tracks.move_to_end(key)
-            self._current[recipe.name] = key
+                track = r.tracks[key] = Track(recipe.name, card.name, card.version, judged_by,
+                                              s.window)
+            r.tracks.move_to_end(key)
+            if r.current != key:
+                self._switch(r, key)  # before the oldest goes: it may be the one ending
+                while len(r.tracks) > TRACKS_PER_RECIPE:
+                    r.tracks.popitem(last=False)
             failed = inspection.verdict == "fail"
             before = track.state
-            if track.baseline_inspections < s.baseline_inspections:
+            if len(track.recent) == track.recent.maxlen:
+                track.recent_fails -= track.recent[0]
+            track.recent.append(failed)
+            track.recent_fails += failed
+            if track.state == "learning":
                 track.baseline_inspections += 1
                 track.baseline_fails += failed
                 if track.baseline_inspections == s.baseline_inspections:
                     track.state = "ok"
-            else:
-                if len(track.recent) == track.recent.maxlen:
-                    track.recent_fails -= track.recent[0]
-                track.recent.append(failed)
-                track.recent_fails += failed
+            # judged once the window is full (the baseline's last inspections count in it)
+            if track.state != "learning" and len(track.recent) == s.window:
                 usual, rate = track.usual or 0.0, track.recent_fails / len(track.recent)
-                # judged once the window is full: a few fails right after learning are no trend
-                if len(track.recent) == s.window:
-                    alarm = judge_rate(usual, rate, track.state == "alarm", s)
-                    track.state = "alarm" if alarm else "ok"
-            changed = track.state != before and "alarm" in (track.state, before)
-            if changed:
+                track.state = "alarm" if judge_rate(usual, rate, track.state == "alarm", s) \
+                    else "ok"
+            if track.state != before and "alarm" in (track.state, before):
                 track.changed_at = datetime.now(UTC)
                 track.why = _why(track, s)
-            recent = track.recent_rate
-            state = track.state
-        if self.metrics is not None:
-            self.metrics.set_fail_rate(recipe.name, recent, state == "alarm")
-        if changed:
-            (log.warning if state == "alarm" else log.info)("%s", track.why)
-            if self.on_change is not None:
-                try:
-                    self.on_change(track)
-                except Exception:
-                    log.exception("fail-rate alarm: recording the change of %s failed",
-                                  recipe.name)
+                self._pending.append(_change(track, s))
+            if self.metrics is not None:
+                self.metrics.set_fail_rate(recipe.name, track.recent_rate, track.state == "alarm")
+        self._tell()
 
     def status(self) -> list[dict[str, Any]]:
         """Each recipe's latest track, by recipe name."""
         with self._lock:
-            return [self._tracks[key].to_json(self.settings)
-                    for _, key in sorted(self._current.items()) if key in self._tracks]
+            return [r.tracks[r.current].to_json(self.settings)
+                    for _, r in sorted(self._recipes.items())
+                    if r.current is not None and r.current in r.tracks]
+
+    def track(self, recipe: str) -> Track:
+        """Recipe ``recipe``'s latest track (:class:`NotFoundError` naming the watched
+        recipes when it has none)."""
+        with self._lock:
+            r = self._recipes.get(recipe)
+            if r is None or r.current is None or r.current not in r.tracks:
+                seen = ", ".join(sorted(self._recipes)) or "none yet"
+                raise NotFoundError(f"recipe {echo(recipe)} has no inspections watched since "
+                                    f"the server started (recipes watched: {seen})")
+            return r.tracks[r.current]
 
     def relearn(self, recipe: str) -> Track:
         """Forget what recipe ``recipe``'s latest models learned: its usual rate is learned
         again from its next inspections (after a cause was found and accepted as the new
         normal, or fixed). Returns the old track."""
+        old = self.track(recipe)
         with self._lock:
-            key = self._current.get(recipe)
-            old = self._tracks.pop(key, None) if key is not None else None
-            if key is None or old is None:
-                seen = ", ".join(sorted(self._current)) or "none yet"
-                raise NotFoundError(f"recipe {echo(recipe)} has no inspections watched since "
-                                    f"the server started (recipes watched: {seen})")
-            self._tracks[key] = Track(old.recipe, old.model, old.version, old.judged_by,
-                                   self.settings.window)
+            r = self._recipes.get(recipe)
+            if r is not None and r.current is not None:
+                r.tracks[r.current] = Track(old.recipe, old.model, old.version, old.judged_by,
+                                            self.settings.window)
         if self.metrics is not None:
             self.metrics.set_fail_rate(recipe, None, False)
         return old
+
+    def forget(self, recipe: str) -> None:
+        """Recipe ``recipe`` is gone (dropped over the API): its counts and metrics go too;
+        an alarm it was in ends, said so."""
+        with self._lock:
+            r = self._recipes.pop(recipe, None)
+            t = r.tracks.get(r.current) if r is not None and r.current is not None else None
+            if t is not None and t.state == "alarm":
+                t.why = f"recipe {t.recipe} was dropped: its alarm ended"
+                self._pending.append(_change(t, self.settings, "cleared"))
+            if self.metrics is not None:
+                self.metrics.drop_fail_rate(recipe)
+        self._tell()
+
+    def _switch(self, r: _Recipe, key: tuple[str, str]) -> None:
+        """Under the lock: other models (or recipe content) now judge with the recipe. An
+        alarm of the ones before ends there; one of these (a version back after a rollback)
+        is said again."""
+        old = r.tracks.get(r.current) if r.current is not None else None
+        new = r.tracks[key]
+        r.current = key
+        if old is not None and old.state == "alarm":
+            old.why = (f"recipe {old.recipe}: now judged by {new.judged_by}, its alarm with "
+                       f"{old.judged_by} ended")
+            self._pending.append(_change(old, self.settings, "cleared"))
+        if new.state == "alarm":
+            self._pending.append(_change(new, self.settings))
+
+    def _tell(self) -> None:
+        """Say the pending changes in order, one teller at a time, outside the counting lock."""
+        if not self._pending:
+            return
+        with self._telling:
+            while True:
+                try:
+                    change = self._pending.popleft()
+                except IndexError:
+                    return
+                (log.warning if change.state == "alarm" else log.info)("%s", change.why)
+                if self.on_change is not None:
+                    try:
+                        self.on_change(change)
+                    except Exception:
+                        log.exception("fail-rate alarm: recording the change of %s failed",
+                                      change.recipe)
 
     def _digest(self, recipe: Recipe) -> str:
         """The recipe's content, hashed once per recipe object (recipes are immutable)."""
@@ -202,10 +270,16 @@ class FailRateAlarm:
         if hit is not None and hit[0] is recipe:
             return hit[1]
         digest = hashlib.sha256(recipe.model_dump_json().encode()).hexdigest()[:16]
-        if len(self._digests) > 4 * MAX_TRACKS:
+        if len(self._digests) > 256:
             self._digests.clear()
         self._digests[id(recipe)] = (recipe, digest)
         return digest
+
+
+def _change(t: Track, s: FailRateAlarmSettings,
+            state: Literal["alarm", "cleared"] | None = None) -> Change:
+    return Change(t.recipe, t.model, t.version,
+                  state or ("alarm" if t.state == "alarm" else "cleared"), t.why, t.details(s))
 
 
 def _why(t: Track, s: FailRateAlarmSettings) -> str:

@@ -63,13 +63,16 @@ class CaptureSettings(_Section):
 class FailRateAlarmSettings(_Section):
     """When a recipe's fail rate jumps on a running line (docs/lifecycle.md, section 6)."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     enabled: bool = True
     baseline_inspections: int = Field(500, ge=1, le=1_000_000, description=(
         "the recipe's first this many inspections with a model version learn its usual "
         "fail rate"))
-    window: int = Field(200, ge=1, le=100_000, description=(
-        "after that, its fail rate over its last this many inspections is compared with it"))
-    max_fail_rate_ratio: float = Field(2.0, ge=1, description=(
+    window: int = Field(400, ge=1, le=100_000, description=(
+        "once learned, its fail rate over its last this many inspections (the baseline's "
+        "last among them) is compared with it after every inspection"))
+    max_fail_rate_ratio: float = Field(2.0, ge=1, le=100, description=(
         "alarm when the recent fail rate exceeds the usual one times this ..."))
     max_fail_rate_increase: float = Field(0.05, gt=0, le=1, description=(
         "... and also exceeds it by this much (absolute), so a near-zero rate does not trip it"))

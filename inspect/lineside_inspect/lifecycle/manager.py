@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lineside_inspect.errors import Busy, ConfigError, GateRefused, NotFoundError
-from lineside_inspect.lifecycle.alarm import FailRateAlarm, Track
+from lineside_inspect.lifecycle.alarm import Change, FailRateAlarm
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.lifecycle.gate import GateReport, run_gate
@@ -325,7 +325,10 @@ class Lifecycle:
 
     def recipe_dropped(self, name: str, *, configured: bool, actor: str) -> None:
         """``recipe_delete`` in the audit log: a recipe put over the API was dropped, and
-        the configuration's judges again (``configured``) or the name is gone."""
+        the configuration's judges again (``configured``) or the name is gone. Either
+        way its fail-rate counts go: what judges with the name now is learned afresh."""
+        if self.alarm is not None:
+            self.alarm.forget(name)
         if self._records is not None:
             self._records.audit(actor=actor, action="recipe_delete",
                                 details={"recipe": name, "configured": configured})
@@ -480,13 +483,11 @@ class Lifecycle:
                                                 **self._pins_of(w.model, w.version)})
         return True
 
-    def alarm_changed(self, t: Track) -> None:
+    def alarm_changed(self, c: Change) -> None:
         """A recipe's fail-rate alarm raised or cleared: in the audit log, with a store."""
-        if self._records is None:
-            return
-        action = "fail_rate_alarm" if t.state == "alarm" else "fail_rate_cleared"
-        self._records.audit(actor=SYSTEM, action=action, model=t.model, version=t.version,
-                            reason=t.why, details=t.details(self.settings.fail_rate_alarm))
+        if self._records is not None:
+            self._records.audit(actor=SYSTEM, action=f"fail_rate_{c.state}", model=c.model,
+                                version=c.version, reason=c.why, details=c.details)
 
     def _watch_ended(self, w: Watch) -> None:
         if w.state == "rolled_back":

@@ -201,12 +201,12 @@ async def relearn(recipe: Name, body: Relearn, request: Request, who: Admin) -> 
     """Learn the recipe's usual fail rate again from its next inspections: once the cause
     of an alarm was fixed, or accepted as the new normal. Answers the track forgotten."""
     lc, alarm = lifecycle(request), _alarm(request)
-    old = alarm.relearn(recipe)
-    if lc.store is not None:
+    old = alarm.track(recipe)  # 404 first
+    if lc.store is not None:  # recorded first: a relearn that cannot be recorded is not made
         await _off_loop(lc.records.audit, actor=who.name, action="fail_rate_relearn",
                         model=old.model, version=old.version, reason=body.reason,
                         details=old.details(alarm.settings))
-    return FailRateTrack.model_validate(old.to_json(alarm.settings))
+    return FailRateTrack.model_validate(alarm.relearn(recipe).to_json(alarm.settings))
 
 
 def _alarm(request: Request) -> FailRateAlarm:

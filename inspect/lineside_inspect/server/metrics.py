@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -77,3 +78,10 @@ class Metrics:
         """A recipe's recent fail rate (None: nothing counted yet) and alarm state."""
         self._child(self.recent_fail_rate, recipe).set(float("nan") if recent is None else recent)
         self._child(self.fail_rate_alarm, recipe).set(1 if alarm else 0)
+
+    def drop_fail_rate(self, recipe: str) -> None:
+        """A recipe gone: its fail-rate series go too (an alarm must not outlive it)."""
+        for metric in (self.recent_fail_rate, self.fail_rate_alarm):
+            self._children.pop((metric, recipe), None)
+            with contextlib.suppress(KeyError):  # never set
+                metric.remove(recipe)

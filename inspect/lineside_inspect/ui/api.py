@@ -67,8 +67,17 @@ class ModelSummary(_Shape):
     versions: list[str]
 
 
+class RecipeAlarm(_Shape):
+    """A recipe whose recent fail rate jumped above the usual one (docs/lifecycle.md, 6)."""
+
+    recipe: str
+    judged_by: str
+    changed_at: datetime | None
+    why: str
+
+
 class Overview(_Shape):
-    """What the status page shows: stations, models, yield."""
+    """What the status page shows: stations, models, yield, fail-rate alarms."""
 
     now: datetime
     ready: bool
@@ -80,6 +89,7 @@ class Overview(_Shape):
     stations: list[Station]
     shift: YieldFigure | None = Field(description="every inspection this shift, uploads too")
     day: YieldFigure | None = Field(description="every inspection in the last 24 h")
+    alarms: list[RecipeAlarm] = Field(description="recipes in fail-rate alarm now")
 
 
 def shifts_of(request: Request) -> figures.Shifts:
@@ -141,7 +151,17 @@ def overview(request: Request, now: datetime | None = None) -> dict[str, Any]:
         "stations": stations,
         "shift": _yield(start, total(in_shift)) if store is not None else None,
         "day": _yield(day_start, total(in_day)) if store is not None else None,
+        "alarms": _alarms(request),
     }
+
+
+def _alarms(request: Request) -> list[dict[str, Any]]:
+    """The recipes in fail-rate alarm (none where the lifecycle's alarm is off)."""
+    alarm = getattr(getattr(request.app.state, "lifecycle", None), "alarm", None)
+    if alarm is None:
+        return []
+    return [{k: t[k] for k in ("recipe", "judged_by", "changed_at", "why")}
+            for t in alarm.status() if t["state"] == "alarm"]
 
 
 @router.get("/overview", responses=errors(401, 403))

@@ -44,12 +44,23 @@ function fillStation(card, st) {
   setField(card, "fps", `${st.camera.fps} fps · ${st.camera.mode}`);
 }
 
+// recipes whose fail rate jumped (a new look of good parts, or a run of defects): the
+// server's words, as text
+function fillAlarms(alarms) {
+  const box = $("#alarms");
+  box.replaceChildren(...alarms.map((a) => el("p", {},
+    el("b", {}, "⚠ Fail-rate alarm"), ` · recipe ${a.recipe} (${a.judged_by}) · since `,
+    el("time", { datetime: a.changed_at }, time(a.changed_at)), el("br"), a.why)));
+  box.hidden = alarms.length === 0;
+}
+
 async function refresh() {
   try {
     const o = await api("/v1/overview");
     $("#ready").textContent = o.ready ? "ready" : "starting";
     fillKpi("#yield-shift", o.shift, hourLabel(new Date(o.shift_start)));
     fillKpi("#yield-day", o.day, null);
+    fillAlarms(o.alarms);
     const byId = new Map(o.stations.map((st) => [st.camera.id, st]));
     for (const card of $$(".station")) {
       const st = byId.get(card.dataset.camera);

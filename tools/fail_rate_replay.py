@@ -1,0 +1,152 @@
+"""A line replayed through the server's fail-rate alarm: the measurement behind "The
+fail-rate alarm" in docs/lifecycle.md.
+
+The groups (coils, batches, boards) of a dataset's split come down the line one after
+another, the group named by ``--new-look`` last. Each group's good images are captured
+``--captures`` times (re-photographed, as ``lineside calibrate`` does), and defective parts
+of the same group are mixed in at ``--defect-rate``. Every capture is inspected as the
+server inspects it (``lineside_inspect.inspector.inspect`` with the package's own recipe,
+through onnxruntime), and every inspection is offered to the alarm the server hangs off its
+inspection service (``lifecycle.alarm.FailRateAlarm``, default settings unless given).
+
+    python tools/fail_rate_replay.py models/mypart-good/1 data/mypart --split val --new-look coil23
+
+Prints each group's inspections and fail rate, and every alarm raised or cleared: where,
+and after how many of that group's inspections. ``--seeds N`` replays the line N times in
+other orders; ``--sweep`` judges the replays under a grid of settings (false alarms before
+the new look, and how soon it raised one). Needs ``pip install -e '.[train]'`` (the
+re-photographing lives there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from lineside_inspect.dataset import read_dataset
+from lineside_inspect.imageio import read_image
+from lineside_inspect.inspector import Inspection, inspect
+from lineside_inspect.lifecycle.alarm import FailRateAlarm
+from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+from lineside_inspect.lifecycle.manager import card_recipe
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.runtime.detector import Detector
+from lineside_training.anomaly.data import split_images
+from lineside_training.anomaly.synth import rephotograph
+
+Event = tuple[int, str, int, str, str]  # inspection number, group, how many into it, state, why
+_NO_IMAGE = np.zeros((1, 1, 3), np.uint8)
+
+
+def line(images: dict[str, tuple[list[np.ndarray], list[np.ndarray]]], order: list[str],
+         captures: int, defect_rate: float, rng: np.random.Generator,
+         ) -> Iterator[tuple[str, np.ndarray, bool]]:
+    """(group, capture, defective) in the order the line makes them."""
+    for g in order:
+        good, bad = images[g]
+        parts = [(i, False) for i in good for _ in range(captures)]
+        rng.shuffle(parts)  # type: ignore[arg-type]
+        for img, _ in parts:
+            if bad and rng.random() < defect_rate:
+                yield g, bad[int(rng.integers(len(bad)))], True
+            yield g, rephotograph(img, rng), False
+
+
+def replay(detector: Detector, recipe: Recipe,
+           images: dict[str, tuple[list[np.ndarray], list[np.ndarray]]], order: list[str],
+           captures: int, defect_rate: float, seed: int) -> list[tuple[str, bool, Inspection]]:
+    """(group, defective, inspection) for every part of the line, inspected as the server
+    does; the inspections keep no image (a replay holds thousands)."""
+    out = []
+    rng = np.random.default_rng(seed)
+    for group, img, defective in line(images, order, captures, defect_rate, rng):
+        result = inspect(img, detector, recipe)
+        out.append((group, defective, dataclasses.replace(result, image=_NO_IMAGE)))
+    return out
+
+
+def alarms(parts: list[tuple[str, bool, Inspection]],
+           settings: FailRateAlarmSettings) -> tuple[list[Event], dict[str, Any]]:
+    """The alarm's changes along the line: (inspection number, group, how many into it,
+    state, why); and its last status."""
+    events: list[Event] = []
+    where = [0, "", 0]
+    alarm = FailRateAlarm(settings, on_change=lambda t: events.append(
+        (int(where[0]), str(where[1]), int(where[2]), t.state, t.why)))
+    for n, (group, _, result) in enumerate(parts, 1):
+        where[2] = 1 if group != where[1] else int(where[2]) + 1
+        where[0], where[1] = n, group
+        alarm.offer(result)
+    return events, alarm.status()[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("package")
+    ap.add_argument("data")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--new-look", required=True, help="the group that comes last")
+    ap.add_argument("--captures", type=int, default=4, help="captures of each good part")
+    ap.add_argument("--defect-rate", type=float, default=0.03)
+    ap.add_argument("--seeds", type=int, default=1, help="replays, each in another order")
+    ap.add_argument("--sweep", action="store_true", help=(
+        "judge every replay under a grid of settings, not only the defaults"))
+    args = ap.parse_args()
+    detector = Detector(args.package, device="cpu", threads=1)
+    recipe = card_recipe(detector.card)
+    dataset = read_dataset(args.data)
+    images: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for r in split_images(dataset, args.split):
+        good, bad = images.setdefault(r.group or r.file_name, ([], []))
+        (good if r.is_good else bad).append(read_image(dataset.image_path(r)))
+    if args.new_look not in images:
+        raise SystemExit(f"no group {args.new_look} in split {args.split}: "
+                         f"{', '.join(sorted(images))}")
+    order = [g for g in sorted(images) if g != args.new_look] + [args.new_look]
+    print(f"{detector.card.name} {detector.card.version}, recipe {recipe.name}; groups in "
+          f"order {', '.join(order)}; {args.captures} captures of each good part, "
+          f"{args.defect_rate:.0%} defective parts mixed in", flush=True)
+    replays = [replay(detector, recipe, images, order, args.captures, args.defect_rate, seed)
+               for seed in range(args.seeds)]
+    for g in order:
+        good = [r.verdict == "fail" for parts in replays for gg, d, r in parts if gg == g and not d]
+        bad = [r.verdict == "pass" for parts in replays for gg, d, r in parts if gg == g and d]
+        print(f"group {g}: {len(good)} good captures, {sum(good)} failed "
+              f"({sum(good) / max(len(good), 1):.1%}); {len(bad)} defective, {sum(bad)} passed")
+    grid = [FailRateAlarmSettings()]
+    if args.sweep:
+        grid = [FailRateAlarmSettings(window=w, max_fail_rate_ratio=k, max_fail_rate_increase=a)
+                for w in (200, 400) for k in (2.0, 3.0) for a in (0.05, 0.1)]
+    for s in grid:
+        false, delays, last = 0, [], []
+        for seed, parts in enumerate(replays):
+            events, status = alarms(parts, s)
+            false += sum(e[3] == "alarm" and e[1] != args.new_look for e in events)
+            hit = [e[2] for e in events if e[3] == "alarm" and e[1] == args.new_look]
+            delays.append(hit[0] if hit else None)
+            last.append(status)
+            if not args.sweep:
+                print(f"replay {seed}: usual fail rate {status['usual_fail_rate']:.2%} over the "
+                      f"first {status['baseline_inspections']}; at the end {status['state']}")
+                for at, g, k, state, why in events:
+                    print(f"  inspection {at} ({k} into {g}): {state}: {why}")
+        seen = [d for d in delays if d is not None]
+        before = sum(sum(g != args.new_look for g, _, _ in parts) for parts in replays)
+        judged = before - len(replays) * min(s.baseline_inspections, before // len(replays))
+        print(f"window {s.window}, bound max(usual x {s.max_fail_rate_ratio}, usual + "
+              f"{s.max_fail_rate_increase:.0%}): {false} false alarms in {judged} inspections "
+              f"judged before {args.new_look} ({len(replays)} replays); {args.new_look} "
+              f"raised it in {len(seen)}/{len(replays)}, after {_median(seen)} of its inspections (median; "
+              f"{min(seen, default='-')}-{max(seen, default='-')})", flush=True)
+
+
+def _median(values: list[int]) -> str:
+    return f"{float(np.median(values)):.0f}" if values else "-"
+
+
+if __name__ == "__main__":
+    main()
