@@ -471,6 +471,41 @@ def test_mqtts_verifies_the_broker(make_broker: Callable[..., Broker],
         stop()
 
 
+def test_a_fail_rate_alarm_is_sent_in_order_with_the_inspections(
+        broker: Broker, subscribers: Callable[..., Subscriber]) -> None:
+    """The plant hears a recipe's fail-rate alarm raised and cleared, on its own topic,
+    through the outbox (so a broker outage loses nothing)."""
+    broker.start()
+    sub = subscribers(broker.port)
+    wait_for(lambda: sub.subscriptions >= 1, "the subscriber")
+    mqtt = {"url": broker.url, "username": "lineside", "password": PASSWORDS["lineside"]}
+    running, stop = start_server(settings(line={"mqtt": mqtt}, lifecycle={"fail_rate_alarm": {
+        "baseline_inspections": 4, "window": 4, "max_fail_rate_increase": 0.3}}))
+    good = sorted((SAMPLE / "images").rglob("*_temp.jpg"))[:8]
+    bad = sorted((SAMPLE / "images").rglob("*_test.jpg"))[:2]
+    try:
+        ids = []
+        for f in good[:4] + bad + good[4:]:
+            r = httpx.post(running.url + "/v1/inspect", content=f.read_bytes(), timeout=60,
+                           headers={"content-type": "image/jpeg"})
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["id"])
+        changes = wait_for(lambda: len(sub.on("/alarm/deeppcb-default")) >= 2 and
+                           sub.on("/alarm/deeppcb-default"), "the alarm and its end")
+        raised, cleared = (json.loads(p) for _, p, _ in changes)
+        assert (raised["state"], cleared["state"]) == ("alarm", "cleared")
+        assert raised["recent_fail_rate"] == 0.5 and raised["usual_fail_rate"] == 0
+        assert "above the bound 30.0%" in raised["why"] and raised["box_id"]
+        assert (raised["model"], raised["version"]) == ("deeppcb", "1")
+        assert raised["changed_at"] < cleared["changed_at"]
+        # the inspections' own events are there too (the store writes them with each
+        # inspection, in its writer's batches: an alarm may arrive ahead of the last ones)
+        wait_for(lambda: {e["id"] for e in sub.inspections()} == set(ids), "every inspection")
+        assert len(sub.on("/alarm/deeppcb-default")) == 2
+    finally:
+        stop()
+
+
 def test_mqtt_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="credentials"):
         MqttConfig(url="mqtt://user:pw@broker")

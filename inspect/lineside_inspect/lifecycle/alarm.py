@@ -129,15 +129,17 @@ class _Recipe:
 
 
 class FailRateAlarm:
-    """An output of the inspection service (:meth:`offer`). ``on_change(change)`` is called
-    on an inspection's worker thread, outside the counting lock, once for each alarm raised
-    or cleared, in the order they happened."""
+    """An output of the inspection service (:meth:`offer`). Each of :attr:`listeners`
+    (``on_change`` first: the audit log; line outputs add theirs) is called with a
+    :class:`Change` on an inspection's worker thread, outside the counting lock, once for
+    each alarm raised or cleared, in the order they happened; a listener that raises is
+    logged, the others still hear it."""
 
     def __init__(self, settings: FailRateAlarmSettings, *, metrics: Metrics | None = None,
                  on_change: Callable[[Change], None] | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.on_change = on_change
+        self.listeners: list[Callable[[Change], None]] = [] if on_change is None else [on_change]
         self._recipes: dict[str, _Recipe] = {}  # bounded by the server's recipes: forget()
         self._digests: dict[int, tuple[Recipe, str]] = {}  # id(recipe) -> (it, its content)
         self._lock = threading.Lock()
@@ -257,12 +259,12 @@ class FailRateAlarm:
                 except IndexError:
                     return
                 (log.warning if change.state == "alarm" else log.info)("%s", change.why)
-                if self.on_change is not None:
+                for listener in self.listeners:
                     try:
-                        self.on_change(change)
+                        listener(change)
                     except Exception:
-                        log.exception("fail-rate alarm: recording the change of %s failed",
-                                      change.recipe)
+                        log.exception("fail-rate alarm: %r failed on the change of %s",
+                                      listener, change.recipe)
 
     def _digest(self, recipe: Recipe) -> str:
         """The recipe's content, hashed once per recipe object (recipes are immutable)."""

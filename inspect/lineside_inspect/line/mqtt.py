@@ -6,7 +6,11 @@ Topics, under ``<topic_prefix>/<box_id>/``:
   message per inspection, the ``InspectionResult`` JSON (no image bytes) plus ``box_id``;
 - ``status``: ``online`` / ``offline``, retained; ``offline`` is also the last will, so
   the broker says it when this box vanishes without a word;
-- ``camera/<id>/state``: each configured camera's state when it changes, retained.
+- ``camera/<id>/state``: each configured camera's state when it changes, retained;
+- ``alarm/<recipe>``: a recipe's fail-rate alarm raised or cleared (``state`` ``alarm`` or
+  ``cleared``, ``why``, ``changed_at``, the rates: docs/lifecycle.md section 6), one QoS 1
+  message each, through the outbox like inspections (it may arrive ahead of the events
+  of the last inspections that raised it, which the store's writer adds in batches).
 
 **Nothing lost.** An inspection's event is written with the inspection (the store's
 journal, then the ``outbox`` table in the row's transaction: ``store/outbox.py``), so it
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
     from lineside_inspect.cameras import CameraManager
     from lineside_inspect.config import Settings
     from lineside_inspect.inspector import Inspection
+    from lineside_inspect.lifecycle.alarm import Change
     from lineside_inspect.server.metrics import Metrics
     from lineside_inspect.store import Store
 
@@ -207,6 +212,16 @@ class MqttPublisher:
             return
         self._unstored.append(event(self.inspection_topic(inspection.camera_id),
                                     self._payload(inspection, False), inspection.created_at))
+        self._wake.set()
+
+    def on_alarm(self, change: Change) -> None:
+        """The fail-rate alarm's listener: the change into the outbox, so it survives a
+        broker outage like an inspection's event."""
+        level = change.recipe if is_name(change.recipe) else "unnamed"  # never a '/', '+', '#'
+        payload = {**change.details, "recipe": change.recipe, "state": change.state,
+                   "model": change.model, "version": change.version, "why": change.why,
+                   "box_id": self.box_id}
+        self.outbox.enqueue(f"{self.base}/alarm/{level}", payload)
         self._wake.set()
 
     def wake(self) -> None:
@@ -368,6 +383,9 @@ def setup_mqtt(app: FastAPI, settings: Settings) -> None:
         store.event_makers.append(publisher.events_for)
         store.outbox_listeners.append(publisher.wake)
         app.state.service.add_output(publisher.on_inspection)
+        alarm = getattr(getattr(app.state, "lifecycle", None), "alarm", None)
+        if alarm is not None:  # made when the lifecycle was installed, before any start
+            alarm.listeners.append(publisher.on_alarm)
         publisher.start()
         app.state.mqtt = publisher
 
