@@ -136,6 +136,10 @@ def test_package_thresholds_rewritten_and_graph_untouched(tmp_path: Path, one_bo
     assert (new.name, new.version, new.sha256) == ("deeppcb-ref", "2", card["sha256"])
     assert new.thresholds == again["thresholds"] and new.metrics["recalibrated_from"] == (
         f"deeppcb-ref:{before['version']}")
+    assert new.lineage is not None and f"recalibrated from deeppcb-ref:{before['version']}" \
+        in new.lineage.note
+    source = load_package(package).card.lineage  # the weights' lineage is kept
+    assert new.lineage.dataset_revision == (source.dataset_revision if source else None)
     assert (package / "model.json").read_bytes() == card_bytes
     # and the package is now evaluated at them, F by DeepPCB's protocol beside mAP
     r = runner.invoke(app, ["evaluate", str(package), "--data", str(one_board), "--split", "val",

@@ -167,9 +167,18 @@ def write_new_version(package: Path, out: str | Path, doc: dict[str, Any]) -> st
     before = json.loads((package / CARD).read_text()).get("metrics", {})
     measured = {k: v for k, v in before.items()
                 if k not in ("recalibrated_from", "at_source_thresholds")}
+    calibration = doc.get("metrics", {}).get("calibration")
+    # the weights' lineage stays (same graph, same training data); the lineage says what
+    # made this version another one, so the box's lineage view and admissions show it
+    lineage = dict(doc.get("lineage") or {})
+    said = f"thresholds recalibrated from {source}"
+    on = (calibration or {}).get("source") if isinstance(calibration, dict) else None
+    if on:
+        said += f" on {on}"
+    lineage["note"] = "; ".join(n for n in (lineage.get("note"), said) if n)
     doc = {**doc, "version": out.name, "lineside_version": __version__,
-           "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-           "metrics": {"calibration": doc.get("metrics", {}).get("calibration"),
+           "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "lineage": lineage,
+           "metrics": {"calibration": calibration,
                        "recalibrated_from": source, "at_source_thresholds": measured}}
     with staged_package(out, replace=False) as tmp:
         shutil.copyfile(package / GRAPH, tmp / GRAPH)
