@@ -4,8 +4,8 @@ Why: a threshold rests on the parts it was calibrated on. A new look of good par
 (another coil, lot or supplier, a lamp ageing, a camera knocked) can push many of them
 over it, and nothing in one verdict says so. docs/training/good-only.md measured it: one
 unseen coil's good parts scored fifty to two hundred times higher than the others', and the card's
-threshold rejected about 6% of all good parts instead of 1%. The rate says so, within a few
-hundred parts.
+threshold rejected about 6% of all good parts instead of 1%. The rate says so: on that coil
+the alarm came after a median 33 of its parts (docs/lifecycle.md, section 6).
 
 The rule (``lifecycle.fail_rate_alarm`` settings, docs/lifecycle.md section 6), per recipe
 and what judges with it (the recipe's content, the model version, the version of a
