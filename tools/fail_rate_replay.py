@@ -74,12 +74,10 @@ def alarms(parts: list[tuple[str, bool, Inspection]],
     """The alarm's changes along the line: (inspection number, group, how many into it,
     state, why); and its last status."""
     events: list[Event] = []
-    where = [0, "", 0]
-    alarm = FailRateAlarm(settings, on_change=lambda t: events.append(
-        (int(where[0]), str(where[1]), int(where[2]), t.state, t.why)))
+    at: list[tuple[int, str, int]] = [(0, "", 0)]  # inspection number, group, how many into it
+    alarm = FailRateAlarm(settings, on_change=lambda c: events.append((*at[0], c.state, c.why)))
     for n, (group, _, result) in enumerate(parts, 1):
-        where[2] = 1 if group != where[1] else int(where[2]) + 1
-        where[0], where[1] = n, group
+        at[0] = (n, group, 1 if group != at[0][1] else at[0][2] + 1)
         alarm.offer(result)
     return events, alarm.status()[0]
 
@@ -113,10 +111,12 @@ def main() -> None:
     replays = [replay(detector, recipe, images, order, args.captures, args.defect_rate, seed)
                for seed in range(args.seeds)]
     for g in order:
-        good = [r.verdict == "fail" for parts in replays for gg, d, r in parts if gg == g and not d]
-        bad = [r.verdict == "pass" for parts in replays for gg, d, r in parts if gg == g and d]
-        print(f"group {g}: {len(good)} good captures, {sum(good)} failed "
-              f"({sum(good) / max(len(good), 1):.1%}); {len(bad)} defective, {sum(bad)} passed")
+        rejected = [r.verdict == "fail" for parts in replays for gg, d, r in parts
+                    if gg == g and not d]
+        escaped = [r.verdict == "pass" for parts in replays for gg, d, r in parts if gg == g and d]
+        print(f"group {g}: {len(rejected)} good captures, {sum(rejected)} failed "
+              f"({sum(rejected) / max(len(rejected), 1):.1%}); {len(escaped)} defective, "
+              f"{sum(escaped)} passed")
     grid = [FailRateAlarmSettings()]
     if args.sweep:
         grid = [FailRateAlarmSettings(window=w, max_fail_rate_ratio=k, max_fail_rate_increase=a)

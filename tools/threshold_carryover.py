@@ -90,13 +90,13 @@ def main() -> None:
             for chosen in itertools.combinations(groups, k):
                 cal = np.concatenate([calib[g] for g in chosen])
                 rest = [g for g in groups if g not in chosen]
-                good = np.concatenate([judged[g] for g in rest])
-                defective = np.concatenate([bad[g] for g in rest])
+                unseen_good = np.concatenate([judged[g] for g in rest])
+                unseen_bad = np.concatenate([bad[g] for g in rest])
                 t = threshold_of(cal)
-                rate = float((good >= t).mean())
+                rate = float((unseen_good >= t).mean())
                 rates.append(rate)
                 over += rate > target
-                escapes.append(float((defective < t).mean()) if len(defective) else 0.0)
+                escapes.append(float((unseen_bad < t).mean()) if len(unseen_bad) else 0.0)
                 captures.append(len(cal))
             print(f"  k={k} ({rule}): {len(rates)} choices, {np.mean(captures):.0f} captures; "
                   f"false rejects on the other groups mean {np.mean(rates):.2%}, worst "

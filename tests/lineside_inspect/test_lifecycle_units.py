@@ -309,11 +309,16 @@ def test_the_fail_rate_bound_and_its_hysteresis() -> None:
     assert judge_rate(0.02, 0.05, True, s) and not judge_rate(0.02, 0.045, True, s)
 
 
-def test_the_fail_rate_alarm_learns_afresh_per_model_version_and_recipe_content() -> None:
-    from lineside_inspect.lifecycle.alarm import FailRateAlarm
+def test_the_fail_rate_alarm_learns_afresh_per_model_version_and_recipe_content(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from lineside_inspect.errors import Busy
+    from lineside_inspect.lifecycle import alarm as alarm_module
+    from lineside_inspect.lifecycle.alarm import GRACE_S, FailRateAlarm
     from lineside_inspect.lifecycle.config import FailRateAlarmSettings
     from lineside_inspect.server.metrics import Metrics
 
+    clock = [1000.0]
+    monkeypatch.setattr(alarm_module.time, "monotonic", lambda: clock[0])
     changes: list[tuple[str, str]] = []
     metrics = Metrics()
     alarm = FailRateAlarm(FailRateAlarmSettings(baseline_inspections=4, window=2),
@@ -337,31 +342,49 @@ def test_the_fail_rate_alarm_learns_afresh_per_model_version_and_recipe_content(
     assert (t["judged_by"], t["state"], t["baseline_inspections"]) == ("m 2", "learning", 1)
     assert changes[-1] == ("1", "cleared")
     assert metrics.registry.get_sample_value("lineside_fail_rate_alarm", {"recipe": "r"}) == 0
-    # back to 1 (a rollback): its counts resume, its alarm is said again, then clears
+    # inspections pinned to 1 that finish just after the swap count for 1, silently
     alarm.offer(_judged(r1, "1", "pass"))
+    assert alarm.status()[0]["judged_by"] == "m 2" and len(changes) == 2
+    # 1 back later (a rollback): its counts resume, its alarm is said again, then clears
+    clock[0] += GRACE_S
+    alarm.offer(_judged(r1, "1", "fail"))
     assert alarm.status()[0]["state"] == "alarm" and changes[-1] == ("1", "alarm")
+    alarm.offer(_judged(r1, "1", "pass"))
     alarm.offer(_judged(r1, "1", "pass"))
     assert alarm.status()[0]["state"] == "ok" and changes[-1] == ("1", "cleared")
     assert len(changes) == 4
     # a fused good-only model is part of what judges; so is the recipe's content
+    clock[0] += GRACE_S
     alarm.offer(_judged(r1, "1", "pass", fused="g 3"))
     assert alarm.status()[0]["judged_by"] == "m 1 + g 3"
     alarm.offer(_judged(Recipe(name="r", model="m", min_score={"x": 0.9}), "1", "pass"))
     assert alarm.status()[0]["baseline_inspections"] == 1
+    clock[0] += GRACE_S
     alarm.offer(_judged(Recipe(name="r", model="m"), "1", "pass"))  # same content as r1
     assert alarm.status()[0]["state"] == "ok"
-    # relearning forgets; an unknown recipe is named with the watched ones
-    assert alarm.relearn("r").state == "ok"
+    # relearning forgets (of the models named, else 409); it ends an alarm, said so
+    with pytest.raises(Busy, match="judged by m 1 now, not m 2"):
+        alarm.relearn("r", judged_by="m 2")
+    alarm.offer(_judged(r1, "1", "fail"))
+    alarm.offer(_judged(r1, "1", "fail"))
+    assert alarm.relearn("r", judged_by="m 1", actor="ann").state == "alarm"
+    assert changes[-1] == ("1", "cleared")
     assert alarm.status()[0]["baseline_inspections"] == 0
     with pytest.raises(NotFoundError, match=r"recipes watched: r\)"):
         alarm.relearn("q")
-    # a recipe in alarm that is dropped: its alarm ends, said so, and its series go
+    # a recipe in alarm that is dropped: its alarm ends, said so, and its series go;
+    # an inspection of it still running is not counted again
     for verdict in ("pass", "pass", "pass", "pass", "fail", "fail"):
         alarm.offer(_judged(r1, "1", verdict))
     assert alarm.status()[0]["state"] == "alarm"
     alarm.forget("r")
     assert alarm.status() == [] and changes[-1] == ("1", "cleared")
     assert metrics.registry.get_sample_value("lineside_fail_rate_alarm", {"recipe": "r"}) is None
+    alarm.offer(_judged(r1, "1", "fail"))
+    assert alarm.status() == []
+    clock[0] += GRACE_S  # a recipe of that name again, later: watched afresh
+    alarm.offer(_judged(r1, "1", "fail"))
+    assert alarm.status()[0]["baseline_inspections"] == 1
 
 
 def test_the_fail_rate_alarm_keeps_a_few_tracks_per_recipe_and_any_number_of_recipes() -> None:

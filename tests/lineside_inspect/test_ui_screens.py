@@ -604,8 +604,8 @@ def test_status_home_shows_a_fail_rate_alarm(tmp_path: Path) -> None:
             alarm = page.locator("#alarms")
             expect(alarm).to_be_visible()
             expect(alarm).to_contain_text("Fail-rate alarm · recipe deeppcb-default (deeppcb 1)")
-            expect(alarm).to_contain_text("fail rate 50.0% over the last 4 inspections, above "
-                                          "the bound 30.0%")
+            expect(alarm).to_contain_text("50.0% of its last 4 parts failed; usually 0.0%, "
+                                          "alarm above 30.0%")
             assert alarm.locator("time").get_attribute("datetime")
             _shot(page, "home-alarm.png", tmp_path)
             send(good[4:8])

@@ -82,7 +82,7 @@ def test_new_version_rejects_one_percent_of_the_lines_good_captures(
     assert card.thresholds == {"anomaly": cal["threshold"]}
     assert card.anomaly.calibrated_on == 60 and card.metrics["recalibrated_from"] == "toy:1"
     assert card.lineage is not None and card.lineage.note.startswith(
-        "thresholds recalibrated from toy:1 on toy:1: good images of split")
+        "thresholds recalibrated from toy:1 on good images of split")
     assert card.metrics["calibration"]["threshold"] == cal["threshold"]
     source_metrics = json.loads(card_bytes)["metrics"]
     assert card.metrics["at_source_thresholds"] == source_metrics

@@ -173,8 +173,8 @@ def write_new_version(package: Path, out: str | Path, doc: dict[str, Any]) -> st
     lineage = dict(doc.get("lineage") or {})
     said = f"thresholds recalibrated from {source}"
     on = (calibration or {}).get("source") if isinstance(calibration, dict) else None
-    if on:
-        said += f" on {on}"
+    if on:  # a good-only calibration names its package first: said once
+        said += f" on {on.removeprefix(source + ': ')}"
     lineage["note"] = "; ".join(n for n in (lineage.get("note"), said) if n)
     doc = {**doc, "version": out.name, "lineside_version": __version__,
            "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "lineage": lineage,

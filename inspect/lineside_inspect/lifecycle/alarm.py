@@ -31,13 +31,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from lineside_inspect.errors import NotFoundError, echo
+from lineside_inspect.errors import Busy, NotFoundError, echo
 from lineside_inspect.lifecycle.config import FailRateAlarmSettings
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("lineside.alarm")
 State = Literal["learning", "ok", "alarm"]
 TRACKS_PER_RECIPE = 4  # kept per recipe: a version back after a rollback resumes its own
+# inspections that were running when what judges a recipe changed (a swap, a drop) finish
+# within the server's request timeout; this long after, one of them means a real change
+GRACE_S = 30.0
 
 
 def bound_of(usual: float, s: FailRateAlarmSettings) -> float:
@@ -126,14 +130,17 @@ class _Recipe:
 
     tracks: OrderedDict[tuple[str, str], Track] = field(default_factory=OrderedDict)
     current: tuple[str, str] | None = None
+    previous: tuple[str, str] | None = None  # what judged before the last switch ...
+    switched_at: float = 0.0  # ... until when (time.monotonic())
 
 
 class FailRateAlarm:
     """An output of the inspection service (:meth:`offer`). Each of :attr:`listeners`
     (``on_change`` first: the audit log; line outputs add theirs) is called with a
     :class:`Change` on an inspection's worker thread, outside the counting lock, once for
-    each alarm raised or cleared, in the order they happened; a listener that raises is
-    logged, the others still hear it."""
+    each alarm raised or cleared, in the order they happened. Listeners must hand work off
+    rather than block (a database write belongs on a thread of its own); one that raises
+    is logged, the others still hear it."""
 
     def __init__(self, settings: FailRateAlarmSettings, *, metrics: Metrics | None = None,
                  on_change: Callable[[Change], None] | None = None) -> None:
@@ -141,6 +148,7 @@ class FailRateAlarm:
         self.metrics = metrics
         self.listeners: list[Callable[[Change], None]] = [] if on_change is None else [on_change]
         self._recipes: dict[str, _Recipe] = {}  # bounded by the server's recipes: forget()
+        self._gone: dict[str, tuple[set[str], float]] = {}  # dropped: (contents, when)
         self._digests: dict[int, tuple[Recipe, str]] = {}  # id(recipe) -> (it, its content)
         self._lock = threading.Lock()
         self._pending: deque[Change] = deque()  # appended under _lock, told under _telling
@@ -152,17 +160,26 @@ class FailRateAlarm:
         judged_by = f"{card.name} {card.version}"
         if inspection.fused_with:
             judged_by += f" + {inspection.fused_with}"
-        key = (self._digest(recipe), judged_by)
+        digest = self._digest(recipe)
+        key = (digest, judged_by)
         s = self.settings
+        now = time.monotonic()
         with self._lock:
-            r = self._recipes.setdefault(recipe.name, _Recipe())
+            r = self._recipes.get(recipe.name)
+            if r is None:
+                gone = self._gone.get(recipe.name)
+                if gone is not None and digest in gone[0] and now - gone[1] < GRACE_S:
+                    return  # an inspection of a dropped recipe that was still running
+                r = self._recipes[recipe.name] = _Recipe()
             track = r.tracks.get(key)
             if track is None:
                 track = r.tracks[key] = Track(recipe.name, card.name, card.version, judged_by,
                                               s.window)
-            r.tracks.move_to_end(key)
-            if r.current != key:
-                self._switch(r, key)  # before the oldest goes: it may be the one ending
+            # an inspection pinned to what judged before a switch, finishing after it:
+            # counted for its own models, without switching back (and telling) each time
+            late = key == r.previous and key != r.current and now - r.switched_at < GRACE_S
+            if r.current != key and not late:
+                self._switch(r, key, now)
                 while len(r.tracks) > TRACKS_PER_RECIPE:
                     r.tracks.popitem(last=False)
             failed = inspection.verdict == "fail"
@@ -184,8 +201,9 @@ class FailRateAlarm:
             if track.state != before and "alarm" in (track.state, before):
                 track.changed_at = datetime.now(UTC)
                 track.why = _why(track, s)
-                self._pending.append(_change(track, s))
-            if self.metrics is not None:
+                if not late:
+                    self._pending.append(_change(track, s))
+            if self.metrics is not None and not late:
                 self.metrics.set_fail_rate(recipe.name, track.recent_rate, track.state == "alarm")
         self._tell()
 
@@ -200,53 +218,73 @@ class FailRateAlarm:
         """Recipe ``recipe``'s latest track (:class:`NotFoundError` naming the watched
         recipes when it has none)."""
         with self._lock:
-            r = self._recipes.get(recipe)
-            if r is None or r.current is None or r.current not in r.tracks:
-                seen = ", ".join(sorted(self._recipes)) or "none yet"
-                raise NotFoundError(f"recipe {echo(recipe)} has no inspections watched since "
-                                    f"the server started (recipes watched: {seen})")
-            return r.tracks[r.current]
+            return self._current(recipe)
 
-    def relearn(self, recipe: str) -> Track:
+    def relearn(self, recipe: str, *, judged_by: str | None = None, actor: str = "") -> Track:
         """Forget what recipe ``recipe``'s latest models learned: its usual rate is learned
         again from its next inspections (after a cause was found and accepted as the new
-        normal, or fixed). Returns the old track."""
-        old = self.track(recipe)
+        normal, or fixed). ``judged_by``: only if those are still the models judging
+        (:class:`Busy` if others took over meanwhile). An alarm it was in ends, said so.
+        Returns the old track."""
         with self._lock:
-            r = self._recipes.get(recipe)
-            if r is not None and r.current is not None:
-                r.tracks[r.current] = Track(old.recipe, old.model, old.version, old.judged_by,
-                                            self.settings.window)
-        if self.metrics is not None:
-            self.metrics.set_fail_rate(recipe, None, False)
+            old = self._current(recipe)
+            if judged_by is not None and old.judged_by != judged_by:
+                raise Busy(f"recipe {echo(recipe)} is judged by {old.judged_by} now, not "
+                           f"{judged_by}: look at GET /v1/alarms again")
+            r = self._recipes[recipe]
+            assert r.current is not None  # _current() found it
+            r.tracks[r.current] = Track(old.recipe, old.model, old.version, old.judged_by,
+                                        self.settings.window)
+            if old.state == "alarm":
+                who = f" by {actor}" if actor else ""
+                self._pending.append(_change(old, self.settings, "cleared", (
+                    f"recipe {recipe} ({old.judged_by}): its usual fail rate is learned "
+                    f"again (relearned{who}); alarm ended")))
+            if self.metrics is not None:
+                self.metrics.set_fail_rate(recipe, None, False)
+        self._tell()
         return old
 
     def forget(self, recipe: str) -> None:
         """Recipe ``recipe`` is gone (dropped over the API): its counts and metrics go too;
-        an alarm it was in ends, said so."""
+        an alarm it was in ends, said so. Inspections of it still running are not counted
+        again."""
         with self._lock:
             r = self._recipes.pop(recipe, None)
-            t = r.tracks.get(r.current) if r is not None and r.current is not None else None
+            if r is None:
+                return
+            self._gone[recipe] = ({d for d, _ in r.tracks}, time.monotonic())
+            t = r.tracks.get(r.current) if r.current is not None else None
             if t is not None and t.state == "alarm":
-                t.why = f"recipe {t.recipe} was dropped: its alarm ended"
-                self._pending.append(_change(t, self.settings, "cleared"))
+                self._pending.append(_change(t, self.settings, "cleared",
+                                             f"recipe {t.recipe} was dropped: its alarm ended"))
             if self.metrics is not None:
                 self.metrics.drop_fail_rate(recipe)
         self._tell()
 
-    def _switch(self, r: _Recipe, key: tuple[str, str]) -> None:
+    def _current(self, recipe: str) -> Track:
+        """Under the lock: the recipe's latest track, or :class:`NotFoundError`."""
+        r = self._recipes.get(recipe)
+        if r is None or r.current is None or r.current not in r.tracks:
+            seen = ", ".join(sorted(self._recipes)) or "none yet"
+            raise NotFoundError(f"recipe {echo(recipe)} has no inspections watched since "
+                                f"the server started (recipes watched: {seen})")
+        return r.tracks[r.current]
+
+    def _switch(self, r: _Recipe, key: tuple[str, str], now: float) -> None:
         """Under the lock: other models (or recipe content) now judge with the recipe. An
         alarm of the ones before ends there; one of these (a version back after a rollback)
         is said again."""
         old = r.tracks.get(r.current) if r.current is not None else None
         new = r.tracks[key]
-        r.current = key
+        r.previous, r.current, r.switched_at = r.current, key, now
         if old is not None and old.state == "alarm":
-            old.why = (f"recipe {old.recipe}: now judged by {new.judged_by}, its alarm with "
-                       f"{old.judged_by} ended")
-            self._pending.append(_change(old, self.settings, "cleared"))
+            self._pending.append(_change(old, self.settings, "cleared", (
+                f"recipe {old.recipe}: now judged by {new.judged_by}; its alarm with "
+                f"{old.judged_by} ended")))
         if new.state == "alarm":
-            self._pending.append(_change(new, self.settings))
+            self._pending.append(_change(new, self.settings, "alarm", (
+                f"judged by {new.judged_by} again, still in alarm: {new.why}")))
 
     def _tell(self) -> None:
         """Say the pending changes in order, one teller at a time, outside the counting lock."""
@@ -278,10 +316,15 @@ class FailRateAlarm:
         return digest
 
 
-def _change(t: Track, s: FailRateAlarmSettings,
-            state: Literal["alarm", "cleared"] | None = None) -> Change:
+def _change(t: Track, s: FailRateAlarmSettings, state: Literal["alarm", "cleared"] | None = None,
+            why: str | None = None) -> Change:
+    """What is told of ``t``: raised or cleared now (``state``, default its own), ``why``
+    (default its own). The track's own state is not part of it: the change says it."""
+    details = t.details(s)
+    del details["state"]
+    details["changed_at"] = datetime.now(UTC).isoformat()
     return Change(t.recipe, t.model, t.version,
-                  state or ("alarm" if t.state == "alarm" else "cleared"), t.why, t.details(s))
+                  state or ("alarm" if t.state == "alarm" else "cleared"), why or t.why, details)
 
 
 def _why(t: Track, s: FailRateAlarmSettings) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,9 @@ class Lifecycle:
         self.capture: CapturePolicy | None = None
         self.rollout: RolloutWatcher | None = None
         self.alarm: FailRateAlarm | None = None  # set by install() unless disabled
+        # the alarm's audit entries, written in order off the verdict path (a database
+        # that is slow or down must not hold an inspection)
+        self._alarm_audit = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alarm-audit")
         self._gate_lock = threading.Lock()
         self._admit_lock = threading.Lock()  # one activation decision at a time
 
@@ -99,6 +103,7 @@ class Lifecycle:
                                reason=f"the server started with {model} {slot.active}{before}")
 
     def close(self) -> None:
+        self._alarm_audit.shutdown(wait=True)
         if self.shadow is not None:
             self.shadow.close()
         if self.rollout is not None:
@@ -325,10 +330,7 @@ class Lifecycle:
 
     def recipe_dropped(self, name: str, *, configured: bool, actor: str) -> None:
         """``recipe_delete`` in the audit log: a recipe put over the API was dropped, and
-        the configuration's judges again (``configured``) or the name is gone. Either
-        way its fail-rate counts go: what judges with the name now is learned afresh."""
-        if self.alarm is not None:
-            self.alarm.forget(name)
+        the configuration's judges again (``configured``) or the name is gone."""
         if self._records is not None:
             self._records.audit(actor=actor, action="recipe_delete",
                                 details={"recipe": name, "configured": configured})
@@ -484,10 +486,23 @@ class Lifecycle:
         return True
 
     def alarm_changed(self, c: Change) -> None:
-        """A recipe's fail-rate alarm raised or cleared: in the audit log, with a store."""
-        if self._records is not None:
-            self._records.audit(actor=SYSTEM, action=f"fail_rate_{c.state}", model=c.model,
-                                version=c.version, reason=c.why, details=c.details)
+        """A recipe's fail-rate alarm raised or cleared: in the audit log, with a store
+        (handed to a thread of its own; one that cannot be written is logged)."""
+        records = self._records
+        if records is None:
+            return
+
+        def write() -> None:
+            try:
+                records.audit(actor=SYSTEM, action=f"fail_rate_{c.state}", model=c.model,
+                              version=c.version, reason=c.why, details=c.details)
+            except Exception as exc:
+                log.error("fail-rate alarm of %s not in the audit log: %s", c.recipe, exc)
+
+        try:
+            self._alarm_audit.submit(write)
+        except RuntimeError:  # shutting down
+            log.warning("fail-rate alarm of %s not in the audit log: shutting down", c.recipe)
 
     def _watch_ended(self, w: Watch) -> None:
         if w.state == "rolled_back":

@@ -196,7 +196,7 @@ async def alarms(request: Request, who: Reviewer) -> FailRateAlarms:
     return FailRateAlarms.model_validate({"items": _alarm(request).status()})
 
 
-@router.post("/alarms/{recipe}/relearn", responses=errors(401, 403, 404, 413, 422))
+@router.post("/alarms/{recipe}/relearn", responses=errors(401, 403, 404, 409, 413, 422))
 async def relearn(recipe: Name, body: Relearn, request: Request, who: Admin) -> FailRateTrack:
     """Learn the recipe's usual fail rate again from its next inspections: once the cause
     of an alarm was fixed, or accepted as the new normal. Answers the track forgotten."""
@@ -206,7 +206,9 @@ async def relearn(recipe: Name, body: Relearn, request: Request, who: Admin) -> 
         await _off_loop(lc.records.audit, actor=who.name, action="fail_rate_relearn",
                         model=old.model, version=old.version, reason=body.reason,
                         details=old.details(alarm.settings))
-    return FailRateTrack.model_validate(alarm.relearn(recipe).to_json(alarm.settings))
+    # of the models recorded (409 busy if others took over meanwhile)
+    old = alarm.relearn(recipe, judged_by=old.judged_by, actor=who.name)
+    return FailRateTrack.model_validate(old.to_json(alarm.settings))
 
 
 def _alarm(request: Request) -> FailRateAlarm:

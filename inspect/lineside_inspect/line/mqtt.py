@@ -9,8 +9,10 @@ Topics, under ``<topic_prefix>/<box_id>/``:
 - ``camera/<id>/state``: each configured camera's state when it changes, retained;
 - ``alarm/<recipe>``: a recipe's fail-rate alarm raised or cleared (``state`` ``alarm`` or
   ``cleared``, ``why``, ``changed_at``, the rates: docs/lifecycle.md section 6), one QoS 1
-  message each, through the outbox like inspections (it may arrive ahead of the events
-  of the last inspections that raised it, which the store's writer adds in batches).
+  message each, not retained, through the outbox like inspections (it may arrive ahead
+  of the events of the last inspections that raised it, which the store's writer adds in
+  batches). A restart ends every alarm without a message: ``status`` saying ``online``
+  again means none is raised.
 
 **Nothing lost.** An inspection's event is written with the inspection (the store's
 journal, then the ``outbox`` table in the row's transaction: ``store/outbox.py``), so it
@@ -215,13 +217,17 @@ class MqttPublisher:
         self._wake.set()
 
     def on_alarm(self, change: Change) -> None:
-        """The fail-rate alarm's listener: the change into the outbox, so it survives a
-        broker outage like an inspection's event."""
+        """The fail-rate alarm's listener, on an inspection's worker thread: the change
+        waits in memory until the delivery thread puts it in the outbox (no database write
+        on the verdict path), then it survives a broker outage like an inspection's event."""
         level = change.recipe if is_name(change.recipe) else "unnamed"  # never a '/', '+', '#'
         payload = {**change.details, "recipe": change.recipe, "state": change.state,
                    "model": change.model, "version": change.version, "why": change.why,
                    "box_id": self.box_id}
-        self.outbox.enqueue(f"{self.base}/alarm/{level}", payload)
+        if len(self._unstored) >= MAX_UNSTORED:
+            self._dropped_unstored += 1
+            return
+        self._unstored.append(event(f"{self.base}/alarm/{level}", payload))
         self._wake.set()
 
     def wake(self) -> None:

@@ -72,8 +72,11 @@ class RecipeAlarm(_Shape):
 
     recipe: str
     judged_by: str
-    changed_at: datetime | None
-    why: str
+    changed_at: datetime | None = Field(description="when the alarm was raised")
+    usual_fail_rate: float | None
+    recent_fail_rate: float | None = Field(description="now, over the last recent_inspections")
+    recent_inspections: int
+    bound: float | None
 
 
 class Overview(_Shape):
@@ -160,8 +163,9 @@ def _alarms(request: Request) -> list[dict[str, Any]]:
     alarm = getattr(getattr(request.app.state, "lifecycle", None), "alarm", None)
     if alarm is None:
         return []
-    return [{k: t[k] for k in ("recipe", "judged_by", "changed_at", "why")}
-            for t in alarm.status() if t["state"] == "alarm"]
+    keep = ("recipe", "judged_by", "changed_at", "usual_fail_rate", "recent_fail_rate",
+            "recent_inspections", "bound")
+    return [{k: t[k] for k in keep} for t in alarm.status() if t["state"] == "alarm"]
 
 
 @router.get("/overview", responses=errors(401, 403))

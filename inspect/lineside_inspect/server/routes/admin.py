@@ -201,6 +201,9 @@ def delete_recipe(name: str, who: Admin, registry: RegistryDep,
         saved.delete(name)
         registry.restore_recipe(name, configured)
         state.api_recipes.discard(name)
+        alarm = getattr(lifecycle, "alarm", None)
+        if alarm is not None:  # dropped: its fail-rate counts go; what judges now learns afresh
+            alarm.forget(name)
     return RecipeDropped(name=name, recipe=configured)
 
 

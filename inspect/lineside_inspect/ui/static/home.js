@@ -1,6 +1,6 @@
 // The status page: the server draws the station cards and their live views; this fills
 // and refreshes their figures from GET /v1/overview every few seconds.
-import { $, $$, api, el, hourLabel, num, pct, showZone, STATE_MARK, stateClass, time, verdict } from "/static/common.js";
+import { $, $$, api, dateTime, el, hourLabel, num, pct, rate, showZone, STATE_MARK, stateClass, time, verdict } from "/static/common.js";
 
 const REFRESH_MS = 5000;
 
@@ -44,13 +44,20 @@ function fillStation(card, st) {
   setField(card, "fps", `${st.camera.fps} fps · ${st.camera.mode}`);
 }
 
-// recipes whose fail rate jumped (a new look of good parts, or a run of defects): the
-// server's words, as text
+// recipes whose fail rate jumped (a new look of good parts, or a run of defects), as
+// text; rebuilt only when it changes (a polite live region: read when it does)
+let alarmsShown = "";
 function fillAlarms(alarms) {
   const box = $("#alarms");
+  const key = JSON.stringify(alarms);
+  if (key === alarmsShown) return;
+  alarmsShown = key;
   box.replaceChildren(...alarms.map((a) => el("p", {},
-    el("b", {}, "⚠ Fail-rate alarm"), ` · recipe ${a.recipe} (${a.judged_by}) · since `,
-    el("time", { datetime: a.changed_at }, time(a.changed_at)), el("br"), a.why)));
+    el("b", {}, "⚠ Fail-rate alarm"), ` · recipe ${a.recipe} (${a.judged_by}) since `,
+    el("time", { datetime: a.changed_at }, dateTime(a.changed_at)), el("br"),
+    `${rate(a.recent_fail_rate)} of its last ${num(a.recent_inspections)} parts failed; usually `
+    + `${rate(a.usual_fail_rate)}, alarm above ${rate(a.bound)}. A new look of good parts (a lot, `
+    + "the light, the camera) or a run of defects: look at its fails on the review page.")));
   box.hidden = alarms.length === 0;
 }
 
