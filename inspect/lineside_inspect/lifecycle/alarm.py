@@ -253,7 +253,9 @@ class FailRateAlarm:
             r = self._recipes.pop(recipe, None)
             if r is None:
                 return
-            self._gone[recipe] = ({d for d, _ in r.tracks}, time.monotonic())
+            now = time.monotonic()
+            self._gone = {k: v for k, v in self._gone.items() if now - v[1] < GRACE_S}
+            self._gone[recipe] = ({d for d, _ in r.tracks}, now)
             t = r.tracks.get(r.current) if r.current is not None else None
             if t is not None and t.state == "alarm":
                 self._pending.append(_change(t, self.settings, "cleared",
