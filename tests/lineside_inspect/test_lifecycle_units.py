@@ -402,6 +402,10 @@ def test_the_fail_rate_alarm_keeps_a_few_tracks_per_recipe_and_any_number_of_rec
     for v in range(20):
         alarm.offer(_judged(recipes[0], str(v), "pass"))
     assert len(alarm._recipes["r0"].tracks) == TRACKS_PER_RECIPE
+    # kept by last use: A B C D, A again, then E: B goes, A keeps its counts
+    for v in ("A", "B", "C", "D", "A", "E"):
+        alarm.offer(_judged(recipes[1], v, "pass"))
+    assert {j for _, j in alarm._recipes["r1"].tracks} == {"m A", "m C", "m D", "m E"}
 
 
 def test_the_fail_rate_alarm_tells_changes_in_order_from_many_threads() -> None:

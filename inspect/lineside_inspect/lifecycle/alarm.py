@@ -20,10 +20,11 @@ good-only model fused with it; any change starts afresh):
   or below (a rate hovering at the bound does not flap).
 
 An alarm does not change a verdict: a jump may be a real run of defects, which the line
-must keep rejecting. It tells people (log, metrics, audit log, ``GET /v1/alarms``) so
-someone looks. When other models start judging with the recipe, its alarm ends (said so);
-a version back after a rollback resumes its counts, and an alarm it was in is said again.
-The counts live in memory, so a restart learns afresh.
+must keep rejecting. It tells people (log, metrics, the status page, ``GET /v1/alarms``,
+MQTT, the audit log: the listeners) so someone looks. When other models start judging
+with the recipe, its alarm ends (said so); a version back after a rollback resumes its
+counts, and an alarm it was in is said again. The counts live in memory, so a restart
+learns afresh.
 """
 
 from __future__ import annotations
@@ -178,6 +179,8 @@ class FailRateAlarm:
             # an inspection pinned to what judged before a switch, finishing after it:
             # counted for its own models, without switching back (and telling) each time
             late = key == r.previous and key != r.current and now - r.switched_at < GRACE_S
+            if not late:
+                r.tracks.move_to_end(key)  # kept by last use
             if r.current != key and not late:
                 self._switch(r, key, now)
                 while len(r.tracks) > TRACKS_PER_RECIPE:

@@ -11,8 +11,8 @@ Topics, under ``<topic_prefix>/<box_id>/``:
   ``cleared``, ``why``, ``changed_at``, the rates: docs/lifecycle.md section 6), one QoS 1
   message each, not retained, through the outbox like inspections (it may arrive ahead
   of the events of the last inspections that raised it, which the store's writer adds in
-  batches). A restart ends every alarm without a message: ``status`` saying ``online``
-  again means none is raised.
+  batches). A restart ends every alarm without a message, so a consumer that must know
+  the current state reads ``GET /v1/alarms`` (docs/lifecycle.md section 6).
 
 **Nothing lost.** An inspection's event is written with the inspection (the store's
 journal, then the ``outbox`` table in the row's transaction: ``store/outbox.py``), so it
@@ -262,7 +262,8 @@ class MqttPublisher:
         self._client.loop_stop()
         self.connected = False
         if self._unstored or self._dropped_unstored:
-            log.error("mqtt: %d events of inspections the store could not keep were lost",
+            log.error("mqtt: %d events not yet in the outbox (of inspections the store could "
+                      "not keep, or fail-rate alarm changes) were lost",
                       len(self._unstored) + self._dropped_unstored)
 
     def status(self) -> dict[str, Any]:
