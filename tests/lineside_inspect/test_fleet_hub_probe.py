@@ -279,3 +279,37 @@ def test_an_unreachable_database_is_503_on_every_route(
         with admin.connect() as c:
             c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
         admin.dispose()
+
+
+def test_a_boxs_fail_rate_alarms_reach_the_fleet_page(hub: ServedHub) -> None:
+    """A box whose recipe is in fail-rate alarm says so in its status report, and the hub's
+    fleet list shows it; a quiet box's report carries no such field at all (so a hub of an
+    older release still takes it)."""
+    from lineside_inspect.fleet.box.status import box_status
+
+    from .conftest import SAMPLE, settings, start_server
+
+    running, stop = start_server(settings(lifecycle={"fail_rate_alarm": {
+        "baseline_inspections": 4, "window": 4, "max_fail_rate_increase": 0.3}}))
+    try:
+        quiet = box_status(running.app).model_dump(mode="json")
+        assert "alarms" not in quiet
+        good = sorted((SAMPLE / "images").rglob("*_temp.jpg"))[:4]
+        bad = sorted((SAMPLE / "images").rglob("*_test.jpg"))[:2]
+        for f in good + bad:
+            r = httpx.post(running.url + "/v1/inspect", content=f.read_bytes(), timeout=60,
+                           headers={"content-type": "image/jpeg"})
+            assert r.status_code == 200, r.text
+        report = box_status(running.app).model_dump(mode="json")
+    finally:
+        stop()
+    assert report["alarms"] == [
+        "deeppcb-default (deeppcb 1): 50.0% of the last 4 failed, usually 0.0%"]
+    assert _post(hub, "box3", "status", report).status_code == 200
+    fleet = httpx.get(f"{hub.url}/fleet/v1/boxes", headers=QA).json()
+    [box3] = [b for b in fleet["boxes"] if b["box_id"] == "box3"]
+    assert box3["status"]["alarms"] == report["alarms"]
+    assert _post(hub, "box3", "status", quiet).status_code == 200
+    fleet = httpx.get(f"{hub.url}/fleet/v1/boxes", headers=QA).json()
+    [box3] = [b for b in fleet["boxes"] if b["box_id"] == "box3"]
+    assert "alarms" not in box3["status"]  # none: absent, as sent

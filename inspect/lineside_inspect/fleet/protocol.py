@@ -186,6 +186,12 @@ class BoxStatus(_Wire):
     forward_lag_s: float | None = Field(None, ge=0)
     model_errors: list[str] = Field(default_factory=list, max_length=32,
                                     description="assignments the box could not apply, and why")
+    # sent only when there are some: a hub of an older release (no such field) still takes
+    # the reports of a box whose line is quiet
+    alarms: list[Annotated[str, Field(max_length=500)]] = Field(
+        default_factory=list, max_length=32, exclude_if=lambda v: not v, description=(
+            "recipes in fail-rate alarm (docs/lifecycle.md section 6), one line each; "
+            "absent when none"))
 
 
 class AssignedModel(_Wire):

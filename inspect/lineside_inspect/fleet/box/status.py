@@ -1,8 +1,9 @@
 """The box's status report to its hub (``POST {STATUS}``) every few seconds: its site and
 line, Lineside version, the models it holds (active, shadow, standby versions, each with
-its sha256), whether it is ready, its forwarding backlog and lag, and the model
-assignments it could not apply. The hub's fleet page shows the latest one and how long
-ago it came; a box that cannot reach the hub just tries again next time."""
+its sha256), whether it is ready, its forwarding backlog and lag, the model assignments
+it could not apply, and its recipes in fail-rate alarm. The hub's fleet page shows the
+latest one and how long ago it came; a box that cannot reach the hub just tries again
+next time."""
 
 from __future__ import annotations
 
@@ -52,7 +53,18 @@ def box_status(app: Any) -> BoxStatus:
         ready=bool(app.state.ready),
         forward_backlog=int(getattr(forwarder, "backlog", 0) or 0),
         forward_lag_s=float(getattr(forwarder, "lag_s", 0.0) or 0.0) if forwarder else None,
-        model_errors=[e[:500] for e in (puller.errors() if puller is not None else [])][:32])
+        model_errors=[e[:500] for e in (puller.errors() if puller is not None else [])][:32],
+        alarms=alarms_raised(app))
+
+
+def alarms_raised(app: Any) -> list[str]:
+    """One line per recipe in fail-rate alarm: the recipe, its models and both rates."""
+    alarm = getattr(getattr(app.state, "lifecycle", None), "alarm", None)
+    if alarm is None:
+        return []
+    return [(f"{t['recipe']} ({t['judged_by']}): {t['recent_fail_rate']:.1%} of the last "
+             f"{t['recent_inspections']} failed, usually {t['usual_fail_rate']:.1%}")[:500]
+            for t in alarm.status() if t["state"] == "alarm"][:32]
 
 
 class StatusReporter(HubTask):

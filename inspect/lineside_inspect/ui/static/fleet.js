@@ -37,7 +37,7 @@ function render(doc) {
   const shown = doc.boxes.filter((b) => (!site || (b.status && b.status.site === site)) && (!line || (b.status && b.status.line === line)));
   const silent = shown.filter((b) => b.silent).length;
   $("#summary").textContent = `${num(shown.length)} box(es)` + (silent ? ` · ${num(silent)} silent for ${doc.silent_after_s} s or more` : " · all reporting");
-  const head = ["box", "site", "line", "state", "last report", "models", "Lineside", "backlog", "lag", "on the hub", "newest on the hub", "problems"];
+  const head = ["box", "site", "line", "state", "last report", "models", "Lineside", "backlog", "lag", "on the hub", "newest on the hub", "fail-rate alarms", "problems"];
   const rows = shown.map((b) => {
     const st = b.status;
     const tr = el("tr", { "data-box": b.box_id, class: b.silent ? "down" : "" },
@@ -48,6 +48,7 @@ function render(doc) {
       el("td", { class: "n" }, st && st.forward_lag_s !== null ? `${st.forward_lag_s.toFixed(1)} s` : "-"),
       el("td", { class: "n" }, num(b.inspections_held)),
       el("td", {}, b.last_inspection_at ? dateTime(b.last_inspection_at) : "-"),
+      el("td", { class: "pre fail" }, st && st.alarms && st.alarms.length ? st.alarms.map((a) => "⚠ " + a).join("\n") : ""),
       el("td", {}, st && st.model_errors.length ? st.model_errors.join("\n") : ""));
     return tr;
   });
