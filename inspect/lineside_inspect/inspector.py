@@ -130,7 +130,7 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         gate = check_unchanged(image, reference.image, recipe.unchanged_gate)
         if gate.unchanged:  # matches its reference everywhere: nothing for a model to find
             return _unchanged(image, detector, recipe, gate, (clock() - t0) * 1000, decode_ms,
-                              camera_id, part_id, reference, _fused_name(detector, anomaly_model))
+                              camera_id, part_id, reference, fused_name(detector, anomaly_model))
     aligned = reference is not None and recipe.align_reference
     t0 = clock()
     batch, letterboxes = detector.pre_process(
@@ -172,11 +172,12 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         camera_id=camera_id, part_id=part_id, reference=reference,
         reference_shift=(letterboxes[0].shift_x, letterboxes[0].shift_y) if aligned else None,
         detections=detections, anomaly=finding, gate=gate,
-        fused_with=_fused_name(detector, anomaly_model),
+        fused_with=fused_name(detector, anomaly_model),
     )
 
 
-def _fused_name(detector: Detector, anomaly_model: Detector | None) -> str | None:
+def fused_name(detector: Detector, anomaly_model: Detector | None) -> str | None:
+    """``Inspection.fused_with``: the good-only model fused with ``detector``, if any."""
     if anomaly_model is None or detector.card.kind == "anomaly":
         return None
     return f"{anomaly_model.card.name} {anomaly_model.card.version}"

@@ -313,3 +313,42 @@ def test_a_boxs_fail_rate_alarms_reach_the_fleet_page(hub: ServedHub) -> None:
     fleet = httpx.get(f"{hub.url}/fleet/v1/boxes", headers=QA).json()
     [box3] = [b for b in fleet["boxes"] if b["box_id"] == "box3"]
     assert "alarms" not in box3["status"]  # none: absent, as sent
+
+
+def test_a_hub_that_refuses_the_alarms_field_still_gets_the_report(hub: ServedHub) -> None:
+    """A hub of an older release answers 422 to a field it does not know: the box reports
+    without its alarms from then on, and the rest of the report gets through. The older
+    hub is this hub behind a proxy that refuses bodies naming "alarms", as it would."""
+    from types import SimpleNamespace
+
+    from lineside_inspect.fleet.box.client import HubRefused
+    from lineside_inspect.fleet.box.status import StatusReporter
+    from lineside_inspect.fleet.protocol import BoxStatus
+
+    sent: list[dict[str, Any]] = []
+
+    class OlderHub:
+        def path(self, template: str) -> str:
+            return template.format(box_id="box3")
+
+        def request(self, method: str, path: str, *, body: BoxStatus) -> None:
+            doc = json.loads(body.model_dump_json())
+            if "alarms" in doc:
+                raise HubRefused(f"hub refused {method} {path}: 422 body.alarms: Extra inputs "
+                                 "are not permitted")
+            r = _post(hub, "box3", "status", doc)
+            assert r.status_code == 200, r.text
+            sent.append(doc)
+
+    alarm = SimpleNamespace(status=lambda: [{
+        "recipe": "r", "judged_by": "m 1", "state": "alarm", "recent_fail_rate": 0.5,
+        "recent_inspections": 400, "usual_fail_rate": 0.02}])
+    app = SimpleNamespace(state=SimpleNamespace(
+        settings=SimpleNamespace(fleet=SimpleNamespace(site=None, line=None)),
+        registry=SimpleNamespace(models=dict), ready=True, lifecycle=SimpleNamespace(
+            alarm=alarm, shadow=None)))
+    reporter = StatusReporter(app, OlderHub())  # type: ignore[arg-type]
+    reporter.report_once()
+    reporter.report_once()
+    assert reporter.reported == 2 and reporter.hub_takes_alarms is False
+    assert len(sent) == 2 and all("alarms" not in d and d["ready"] for d in sent)

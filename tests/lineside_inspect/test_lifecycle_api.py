@@ -517,6 +517,8 @@ def test_a_fail_rate_jump_raises_an_alarm_that_clears_and_can_be_relearned(
         inspect(line, GOOD[:6] + DEFECTIVE[:2], recipe="r2")
         states = {t["recipe"]: t["state"] for t in rev.get("/v1/alarms").json()["items"]}
         assert states == {recipe: "learning", "r2": "alarm"}
+        _until(lambda: rev.get("/v1/audit").json()["items"][0]["action"] == "fail_rate_alarm",
+               "the alarm's audit entry (written off the verdict path)")
         assert admin.delete("/v1/recipes/r2").status_code == 200
         assert [t["recipe"] for t in rev.get("/v1/alarms").json()["items"]] == [recipe]
         text = line.get("/metrics").text

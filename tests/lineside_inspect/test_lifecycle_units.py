@@ -309,21 +309,20 @@ def test_the_fail_rate_bound_and_its_hysteresis() -> None:
     assert judge_rate(0.02, 0.05, True, s) and not judge_rate(0.02, 0.045, True, s)
 
 
-def test_the_fail_rate_alarm_learns_afresh_per_model_version_and_recipe_content(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fail_rate_alarm_learns_afresh_per_model_version_and_recipe_content() -> None:
     from lineside_inspect.errors import Busy
-    from lineside_inspect.lifecycle import alarm as alarm_module
-    from lineside_inspect.lifecycle.alarm import GRACE_S, FailRateAlarm
+    from lineside_inspect.lifecycle.alarm import FailRateAlarm
     from lineside_inspect.lifecycle.config import FailRateAlarmSettings
     from lineside_inspect.server.metrics import Metrics
 
-    clock = [1000.0]
-    monkeypatch.setattr(alarm_module.time, "monotonic", lambda: clock[0])
     changes: list[tuple[str, str]] = []
     metrics = Metrics()
-    alarm = FailRateAlarm(FailRateAlarmSettings(baseline_inspections=4, window=2),
-                          metrics=metrics, on_change=lambda c: changes.append((c.version, c.state)))
     r1 = Recipe(name="r", model="m")
+    # what judges recipe "r" now, as the server's registry would say
+    judging: dict[str, tuple[Recipe, str]] = {"r": (r1, "m 1")}
+    alarm = FailRateAlarm(FailRateAlarmSettings(baseline_inspections=4, window=2),
+                          metrics=metrics, on_change=lambda c: changes.append((c.version, c.state)),
+                          judging_now=judging.get)
     for verdict in ("pass", "fail", "pass", "pass"):  # usual 25%: bound 50%
         alarm.offer(_judged(r1, "1", verdict))
     (t,) = alarm.status()
@@ -336,53 +335,64 @@ def test_the_fail_rate_alarm_learns_afresh_per_model_version_and_recipe_content(
     assert alarm.status()[0]["state"] == "alarm" and changes == [("1", "alarm")]
     assert metrics.registry.get_sample_value("lineside_fail_rate_alarm", {"recipe": "r"}) == 1
 
-    # another version judges with the recipe: the alarm of 1 ends, 2 learns afresh
+    # version 2 activated: the alarm of 1 ends, 2 learns afresh
+    judging["r"] = (r1, "m 2")
     alarm.offer(_judged(r1, "2", "fail"))
     (t,) = alarm.status()
     assert (t["judged_by"], t["state"], t["baseline_inspections"]) == ("m 2", "learning", 1)
     assert changes[-1] == ("1", "cleared")
     assert metrics.registry.get_sample_value("lineside_fail_rate_alarm", {"recipe": "r"}) == 0
-    # inspections pinned to 1 that finish just after the swap count for 1, silently
+    # inspections pinned to 1 that finish after the swap count for 1, silently
     alarm.offer(_judged(r1, "1", "pass"))
     assert alarm.status()[0]["judged_by"] == "m 2" and len(changes) == 2
-    # 1 back later (a rollback): its counts resume, its alarm is said again, then clears
-    clock[0] += GRACE_S
+    # 1 back (a rollback), at once: its counts resume, its alarm is raised again, then clears
+    judging["r"] = (r1, "m 1")
     alarm.offer(_judged(r1, "1", "fail"))
     assert alarm.status()[0]["state"] == "alarm" and changes[-1] == ("1", "alarm")
+    alarm.offer(_judged(r1, "2", "fail"))  # a late one of 2 switches nothing back
+    assert alarm.status()[0]["judged_by"] == "m 1" and len(changes) == 3
     alarm.offer(_judged(r1, "1", "pass"))
     alarm.offer(_judged(r1, "1", "pass"))
     assert alarm.status()[0]["state"] == "ok" and changes[-1] == ("1", "cleared")
     assert len(changes) == 4
     # a fused good-only model is part of what judges; so is the recipe's content
-    clock[0] += GRACE_S
+    judging["r"] = (r1, "m 1 + g 3")
     alarm.offer(_judged(r1, "1", "pass", fused="g 3"))
     assert alarm.status()[0]["judged_by"] == "m 1 + g 3"
-    alarm.offer(_judged(Recipe(name="r", model="m", min_score={"x": 0.9}), "1", "pass"))
+    strict = Recipe(name="r", model="m", min_score={"x": 0.9})
+    judging["r"] = (strict, "m 1")
+    alarm.offer(_judged(strict, "1", "pass"))
     assert alarm.status()[0]["baseline_inspections"] == 1
-    clock[0] += GRACE_S
-    alarm.offer(_judged(Recipe(name="r", model="m"), "1", "pass"))  # same content as r1
+    judging["r"] = (Recipe(name="r", model="m"), "m 1")  # put again, same content as r1
+    alarm.offer(_judged(judging["r"][0], "1", "pass"))
     assert alarm.status()[0]["state"] == "ok"
-    # relearning forgets (of the models named, else 409); it ends an alarm, said so
-    with pytest.raises(Busy, match="judged by m 1 now, not m 2"):
-        alarm.relearn("r", judged_by="m 2")
+    # relearning forgets (of the track named, else 409); it ends an alarm, said so
+    old = alarm.track("r")
     alarm.offer(_judged(r1, "1", "fail"))
     alarm.offer(_judged(r1, "1", "fail"))
-    assert alarm.relearn("r", judged_by="m 1", actor="ann").state == "alarm"
+    judging["r"] = (strict, "m 1")
+    alarm.offer(_judged(strict, "1", "pass"))  # the recipe was put again meanwhile
+    with pytest.raises(Busy, match="judged by m 1 now"):
+        alarm.relearn("r", of=old)
+    judging["r"] = (r1, "m 1")
+    alarm.offer(_judged(r1, "1", "fail"))
+    assert alarm.relearn("r", of=old, actor="ann").state == "alarm"
     assert changes[-1] == ("1", "cleared")
     assert alarm.status()[0]["baseline_inspections"] == 0
     with pytest.raises(NotFoundError, match=r"recipes watched: r\)"):
         alarm.relearn("q")
     # a recipe in alarm that is dropped: its alarm ends, said so, and its series go;
-    # an inspection of it still running is not counted again
+    # an inspection of it still running is not counted
     for verdict in ("pass", "pass", "pass", "pass", "fail", "fail"):
         alarm.offer(_judged(r1, "1", verdict))
     assert alarm.status()[0]["state"] == "alarm"
+    del judging["r"]
     alarm.forget("r")
     assert alarm.status() == [] and changes[-1] == ("1", "cleared")
     assert metrics.registry.get_sample_value("lineside_fail_rate_alarm", {"recipe": "r"}) is None
     alarm.offer(_judged(r1, "1", "fail"))
     assert alarm.status() == []
-    clock[0] += GRACE_S  # a recipe of that name again, later: watched afresh
+    judging["r"] = (r1, "m 1")  # a recipe of that name again: watched afresh, at once
     alarm.offer(_judged(r1, "1", "fail"))
     assert alarm.status()[0]["baseline_inspections"] == 1
 

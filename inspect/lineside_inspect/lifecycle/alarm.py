@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,9 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("lineside.alarm")
 State = Literal["learning", "ok", "alarm"]
 TRACKS_PER_RECIPE = 4  # kept per recipe: a version back after a rollback resumes its own
-# inspections that were running when what judges a recipe changed (a swap, a drop) finish
-# within the server's request timeout; this long after, one of them means a real change
-GRACE_S = 30.0
 
 
 def bound_of(usual: float, s: FailRateAlarmSettings) -> float:
@@ -76,6 +72,7 @@ class Track:
     model: str
     version: str
     judged_by: str  # "model version" (+ " + good-only model version" when fused)
+    content: str  # the recipe's content, hashed
     window: int
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     baseline_inspections: int = 0
@@ -131,8 +128,16 @@ class _Recipe:
 
     tracks: OrderedDict[tuple[str, str], Track] = field(default_factory=OrderedDict)
     current: tuple[str, str] | None = None
-    previous: tuple[str, str] | None = None  # what judged before the last switch ...
-    switched_at: float = 0.0  # ... until when (time.monotonic())
+
+
+def judged_by_of(model: str, version: str, fused_with: str | None) -> str:
+    """What judges, as the alarm names it: "model version" (+ " + good-only model version")."""
+    return f"{model} {version}" + (f" + {fused_with}" if fused_with else "")
+
+
+# what judges a recipe name now (the recipe and judged_by_of() of its models), None when
+# no recipe has that name: the server's registry answers it (lifecycle/install.py)
+JudgingNow = Callable[[str], "tuple[Recipe, str] | None"]
 
 
 class FailRateAlarm:
@@ -144,12 +149,17 @@ class FailRateAlarm:
     is logged, the others still hear it."""
 
     def __init__(self, settings: FailRateAlarmSettings, *, metrics: Metrics | None = None,
-                 on_change: Callable[[Change], None] | None = None) -> None:
+                 on_change: Callable[[Change], None] | None = None,
+                 judging_now: JudgingNow | None = None) -> None:
+        """``judging_now``: what judges a recipe now. An inspection pinned to anything
+        else (it started before a swap, a drop or a recipe put, and finished after) is
+        counted for its own models without making them the recipe's current ones again.
+        Without it every inspection is taken as current (a replay, a test)."""
         self.settings = settings
         self.metrics = metrics
+        self.judging_now = judging_now
         self.listeners: list[Callable[[Change], None]] = [] if on_change is None else [on_change]
         self._recipes: dict[str, _Recipe] = {}  # bounded by the server's recipes: forget()
-        self._gone: dict[str, tuple[set[str], float]] = {}  # dropped: (contents, when)
         self._digests: dict[int, tuple[Recipe, str]] = {}  # id(recipe) -> (it, its content)
         self._lock = threading.Lock()
         self._pending: deque[Change] = deque()  # appended under _lock, told under _telling
@@ -158,33 +168,31 @@ class FailRateAlarm:
     def offer(self, inspection: Inspection) -> None:
         recipe = inspection.recipe
         card = inspection.detector.card
-        judged_by = f"{card.name} {card.version}"
-        if inspection.fused_with:
-            judged_by += f" + {inspection.fused_with}"
+        judged_by = judged_by_of(card.name, card.version, inspection.fused_with)
         digest = self._digest(recipe)
         key = (digest, judged_by)
         s = self.settings
-        now = time.monotonic()
+        late = False
+        if self.judging_now is not None:  # outside the lock: the registry's own lookups
+            now = self.judging_now(recipe.name)
+            late = now is None or (self._digest(now[0]), now[1]) != key
         with self._lock:
             r = self._recipes.get(recipe.name)
-            if r is None:
-                gone = self._gone.get(recipe.name)
-                if gone is not None and digest in gone[0] and now - gone[1] < GRACE_S:
-                    return  # an inspection of a dropped recipe that was still running
-                r = self._recipes[recipe.name] = _Recipe()
-            track = r.tracks.get(key)
-            if track is None:
-                track = r.tracks[key] = Track(recipe.name, card.name, card.version, judged_by,
-                                              s.window)
-            # an inspection pinned to what judged before a switch, finishing after it:
-            # counted for its own models, without switching back (and telling) each time
-            late = key == r.previous and key != r.current and now - r.switched_at < GRACE_S
-            if not late:
+            track = r.tracks.get(key) if r is not None else None
+            if late:  # counted for its own models if they are still kept, never made current
+                if track is None:
+                    return
+            else:
+                if r is None:
+                    r = self._recipes[recipe.name] = _Recipe()
+                if track is None:
+                    track = r.tracks[key] = Track(recipe.name, card.name, card.version,
+                                                  judged_by, digest, s.window)
                 r.tracks.move_to_end(key)  # kept by last use
-            if r.current != key and not late:
-                self._switch(r, key, now)
-                while len(r.tracks) > TRACKS_PER_RECIPE:
-                    r.tracks.popitem(last=False)
+                if r.current != key:
+                    self._switch(r, key)
+                    while len(r.tracks) > TRACKS_PER_RECIPE:
+                        r.tracks.popitem(last=False)
             failed = inspection.verdict == "fail"
             before = track.state
             if len(track.recent) == track.recent.maxlen:
@@ -223,21 +231,21 @@ class FailRateAlarm:
         with self._lock:
             return self._current(recipe)
 
-    def relearn(self, recipe: str, *, judged_by: str | None = None, actor: str = "") -> Track:
+    def relearn(self, recipe: str, *, of: Track | None = None, actor: str = "") -> Track:
         """Forget what recipe ``recipe``'s latest models learned: its usual rate is learned
         again from its next inspections (after a cause was found and accepted as the new
-        normal, or fixed). ``judged_by``: only if those are still the models judging
-        (:class:`Busy` if others took over meanwhile). An alarm it was in ends, said so.
-        Returns the old track."""
+        normal, or fixed). ``of``: only if that track (its recipe content and models) is
+        still the current one (:class:`Busy` if others took over meanwhile). An alarm it
+        was in ends, said so. Returns the old track."""
         with self._lock:
             old = self._current(recipe)
-            if judged_by is not None and old.judged_by != judged_by:
-                raise Busy(f"recipe {echo(recipe)} is judged by {old.judged_by} now, not "
-                           f"{judged_by}: look at GET /v1/alarms again")
+            if of is not None and (old.content, old.judged_by) != (of.content, of.judged_by):
+                raise Busy(f"recipe {echo(recipe)} is judged by {old.judged_by} now (or was put "
+                           "again): look at GET /v1/alarms again")
             r = self._recipes[recipe]
             assert r.current is not None  # _current() found it
             r.tracks[r.current] = Track(old.recipe, old.model, old.version, old.judged_by,
-                                        self.settings.window)
+                                        old.content, self.settings.window)
             if old.state == "alarm":
                 who = f" by {actor}" if actor else ""
                 self._pending.append(_change(old, self.settings, "cleared", (
@@ -249,16 +257,13 @@ class FailRateAlarm:
         return old
 
     def forget(self, recipe: str) -> None:
-        """Recipe ``recipe`` is gone (dropped over the API): its counts and metrics go too;
-        an alarm it was in ends, said so. Inspections of it still running are not counted
-        again."""
+        """Recipe ``recipe`` was dropped over the API: its counts and metrics go (what
+        judges with the name now, if anything, is learned afresh); an alarm it was in
+        ends, said so. Its inspections still running are not counted (they are late)."""
         with self._lock:
             r = self._recipes.pop(recipe, None)
             if r is None:
                 return
-            now = time.monotonic()
-            self._gone = {k: v for k, v in self._gone.items() if now - v[1] < GRACE_S}
-            self._gone[recipe] = ({d for d, _ in r.tracks}, now)
             t = r.tracks.get(r.current) if r.current is not None else None
             if t is not None and t.state == "alarm":
                 self._pending.append(_change(t, self.settings, "cleared",
@@ -276,13 +281,13 @@ class FailRateAlarm:
                                 f"the server started (recipes watched: {seen})")
         return r.tracks[r.current]
 
-    def _switch(self, r: _Recipe, key: tuple[str, str], now: float) -> None:
+    def _switch(self, r: _Recipe, key: tuple[str, str]) -> None:
         """Under the lock: other models (or recipe content) now judge with the recipe. An
         alarm of the ones before ends there; one of these (a version back after a rollback)
         is said again."""
         old = r.tracks.get(r.current) if r.current is not None else None
         new = r.tracks[key]
-        r.previous, r.current, r.switched_at = r.current, key, now
+        r.current = key
         if old is not None and old.state == "alarm":
             self._pending.append(_change(old, self.settings, "cleared", (
                 f"recipe {old.recipe}: now judged by {new.judged_by}; its alarm with "

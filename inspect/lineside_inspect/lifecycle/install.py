@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from lineside_inspect.config import Settings
-from lineside_inspect.lifecycle.alarm import FailRateAlarm
+from lineside_inspect.errors import LinesideError
+from lineside_inspect.inspector import fused_name
+from lineside_inspect.lifecycle.alarm import FailRateAlarm, judged_by_of
 from lineside_inspect.lifecycle.manager import Lifecycle
 from lineside_inspect.lifecycle.routes import router
+from lineside_inspect.recipes import Recipe
 
 
 def install(app: Any, settings: Settings) -> Lifecycle:
@@ -20,9 +23,19 @@ def install(app: Any, settings: Settings) -> Lifecycle:
                    device=settings.device, max_pixels=settings.max_pixels)
     app.state.lifecycle = lc
     if settings.lifecycle.fail_rate_alarm.enabled:
+        service = app.state.service
+
+        def judging_now(name: str) -> tuple[Recipe, str] | None:
+            try:
+                rule, detector, anomaly = service.models_for(name)
+            except LinesideError:  # dropped, or its model is gone
+                return None
+            card = detector.card
+            return rule, judged_by_of(card.name, card.version, fused_name(detector, anomaly))
+
         lc.alarm = FailRateAlarm(settings.lifecycle.fail_rate_alarm, metrics=app.state.metrics,
-                                 on_change=lc.alarm_changed)
-        app.state.service.add_output(lc.alarm.offer)
+                                 on_change=lc.alarm_changed, judging_now=judging_now)
+        service.add_output(lc.alarm.offer)
 
     def start() -> None:
         if app.state.store is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from lineside_inspect.store import Store
 
 log = logging.getLogger("lineside.lifecycle")
+AUDIT_DRAIN_S = 5.0  # what the alarm's audit writer may take at shutdown
 SYSTEM = "lineside"  # the actor of what the server does by itself (an automatic rollback)
 
 
@@ -66,6 +67,7 @@ class Lifecycle:
         # the alarm's audit entries, written in order off the verdict path (a database
         # that is slow or down must not hold an inspection)
         self._alarm_audit = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alarm-audit")
+        self._alarm_writes: set[Future[None]] = set()
         self._gate_lock = threading.Lock()
         self._admit_lock = threading.Lock()  # one activation decision at a time
 
@@ -103,7 +105,12 @@ class Lifecycle:
                                reason=f"the server started with {model} {slot.active}{before}")
 
     def close(self) -> None:
-        self._alarm_audit.shutdown(wait=True)
+        # the alarm's last audit entries get a few seconds; a database that hangs must not
+        # hold the server's stop (what is left is logged)
+        pending = list(self._alarm_writes)
+        if pending and wait(pending, timeout=AUDIT_DRAIN_S).not_done:
+            log.error("fail-rate alarm: %d audit entries not written at shutdown", len(pending))
+        self._alarm_audit.shutdown(wait=False, cancel_futures=True)
         if self.shadow is not None:
             self.shadow.close()
         if self.rollout is not None:
@@ -500,9 +507,12 @@ class Lifecycle:
                 log.error("fail-rate alarm of %s not in the audit log: %s", c.recipe, exc)
 
         try:
-            self._alarm_audit.submit(write)
+            future = self._alarm_audit.submit(write)
         except RuntimeError:  # shutting down
             log.warning("fail-rate alarm of %s not in the audit log: shutting down", c.recipe)
+            return
+        self._alarm_writes.add(future)
+        future.add_done_callback(self._alarm_writes.discard)
 
     def _watch_ended(self, w: Watch) -> None:
         if w.state == "rolled_back":

@@ -207,7 +207,7 @@ async def relearn(recipe: Name, body: Relearn, request: Request, who: Admin) -> 
                         model=old.model, version=old.version, reason=body.reason,
                         details=old.details(alarm.settings))
     # of the models recorded (409 busy if others took over meanwhile)
-    old = alarm.relearn(recipe, judged_by=old.judged_by, actor=who.name)
+    old = alarm.relearn(recipe, of=old, actor=who.name)
     return FailRateTrack.model_validate(old.to_json(alarm.settings))
 
 

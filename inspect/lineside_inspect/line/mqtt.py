@@ -14,7 +14,9 @@ Topics, under ``<topic_prefix>/<box_id>/``:
   batches). A restart ends every alarm without a message, so a consumer that must know
   the current state reads ``GET /v1/alarms`` (docs/lifecycle.md section 6).
 
-**Nothing lost.** An inspection's event is written with the inspection (the store's
+**Nothing lost.** (A fail-rate alarm change waits in memory until the delivery thread
+puts it in the outbox: lost only if the server is killed or stops first.) An inspection's
+event is written with the inspection (the store's
 journal, then the ``outbox`` table in the row's transaction: ``store/outbox.py``), so it
 survives a broker outage, a database outage and the server being killed. The delivery
 thread sends the outbox in order, at most ``max_inflight`` unacknowledged at a time, and
@@ -224,9 +226,12 @@ class MqttPublisher:
         payload = {**change.details, "recipe": change.recipe, "state": change.state,
                    "model": change.model, "version": change.version, "why": change.why,
                    "box_id": self.box_id}
-        if len(self._unstored) >= MAX_UNSTORED:
-            self._dropped_unstored += 1
+        if self._stop.is_set():
+            log.warning("mqtt: stopped, fail-rate alarm change of %s not sent: %s",
+                        change.recipe, change.why)
             return
+        # not under the cap of refused inspections' events: alarm changes are few, and
+        # must not be the ones dropped when the store refuses inspections
         self._unstored.append(event(f"{self.base}/alarm/{level}", payload))
         self._wake.set()
 

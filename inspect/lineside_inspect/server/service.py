@@ -272,6 +272,12 @@ class InspectionService:
             else:
                 failing.passed()
 
+    def models_for(self, recipe: str | None) -> tuple[Recipe, Detector, Detector | None]:
+        """What an inspection with ``recipe`` would be pinned to now: the recipe, its
+        detector and the good-only model fused with it (a :class:`LinesideError` when it
+        is not there)."""
+        return self._pin(recipe)
+
     # -- shared steps ---------------------------------------------------------------------
     def _pin(self, recipe: str | None) -> tuple[Recipe, Detector, Detector | None]:
         """The recipe, its detector and the good-only model fused with it (if it names

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.box.client import HubClient, HubRefused
 from lineside_inspect.fleet.box.periodic import HubTask, PeriodicHubTask
 from lineside_inspect.fleet.protocol import STATUS, BoxStatus, ModelRunning
 from lineside_inspect.version import __version__
@@ -76,13 +76,31 @@ class StatusReporter(HubTask):
         self.client = client
         self.interval_s = interval_s
         self.reported = 0
+        self.hub_takes_alarms: bool | None = None  # unknown until a report carried some
         self.loop = PeriodicHubTask(
             "status", self._step, interval_s=interval_s, retry_min_s=interval_s,
             retry_max_s=interval_s, waiting=f"the next report goes in {interval_s:g} s",
             metrics=getattr(app.state, "metrics", None))
 
     def report_once(self) -> None:
-        self.client.request("POST", self.client.path(STATUS), body=box_status(self.app))
+        status = box_status(self.app)
+        if status.alarms and self.hub_takes_alarms is not False:
+            try:
+                self.client.request("POST", self.client.path(STATUS), body=status)
+            except HubRefused as exc:
+                # a hub of an older release refuses the field it does not know: the rest of
+                # the report must still get through (asked again after its restart)
+                if "alarms" not in str(exc):
+                    raise
+                self.hub_takes_alarms = False
+                log.warning("fleet: the hub does not take fail-rate alarms in status reports "
+                            "(an older release): reporting without them")
+            else:
+                self.hub_takes_alarms = True
+                self.reported += 1
+                return
+        self.client.request("POST", self.client.path(STATUS),
+                            body=status.model_copy(update={"alarms": []}))
         self.reported += 1
 
     def _step(self) -> bool:
