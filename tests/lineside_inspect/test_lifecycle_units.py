@@ -450,3 +450,25 @@ def test_the_fail_rate_alarm_tells_changes_in_order_from_many_threads() -> None:
     assert all(("above the bound" in c.why) == (c.state == "alarm") for c in told)
     final = alarm.status()[0]["state"]
     assert final == ("alarm" if states[-1] == "alarm" else "ok")
+
+
+def test_a_late_inspection_of_the_models_still_shown_is_told() -> None:
+    """Version 2 activated, none of its inspections done yet: a late one of 1 that raises
+    1's alarm is told (1 is what status shows), so the clear that follows has its raise."""
+    from lineside_inspect.lifecycle.alarm import FailRateAlarm
+    from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+
+    told: list[tuple[str, str]] = []
+    r1 = Recipe(name="r", model="m")
+    judging = {"r": (r1, "m 1")}
+    alarm = FailRateAlarm(FailRateAlarmSettings(baseline_inspections=2, window=2),
+                          on_change=lambda c: told.append((c.version, c.state)),
+                          judging_now=judging.get)
+    for verdict in ("pass", "pass", "fail"):
+        alarm.offer(_judged(r1, "1", verdict))
+    judging["r"] = (r1, "m 2")
+    alarm.offer(_judged(r1, "1", "fail"))  # late, and still the one shown
+    assert alarm.status()[0]["state"] == "alarm" and told == [("1", "alarm")]
+    alarm.offer(_judged(r1, "2", "pass"))
+    assert told == [("1", "alarm"), ("1", "cleared")]
+    assert alarm.status()[0]["judged_by"] == "m 2"

@@ -180,7 +180,7 @@ class FailRateAlarm:
             r = self._recipes.get(recipe.name)
             track = r.tracks.get(key) if r is not None else None
             if late:  # counted for its own models if they are still kept, never made current
-                if track is None:
+                if r is None or track is None:
                     return
             else:
                 if r is None:
@@ -193,6 +193,9 @@ class FailRateAlarm:
                     self._switch(r, key)
                     while len(r.tracks) > TRACKS_PER_RECIPE:
                         r.tracks.popitem(last=False)
+            # what is shown (status, metrics, changes told) is the current track's; a late
+            # inspection of the current models (no inspection of the new ones yet) is too
+            shown = r.current == key
             failed = inspection.verdict == "fail"
             before = track.state
             if len(track.recent) == track.recent.maxlen:
@@ -212,9 +215,9 @@ class FailRateAlarm:
             if track.state != before and "alarm" in (track.state, before):
                 track.changed_at = datetime.now(UTC)
                 track.why = _why(track, s)
-                if not late:
+                if shown:
                     self._pending.append(_change(track, s))
-            if self.metrics is not None and not late:
+            if self.metrics is not None and shown:
                 self.metrics.set_fail_rate(recipe.name, track.recent_rate, track.state == "alarm")
         self._tell()
 
