@@ -340,7 +340,7 @@ def test_a_hub_that_refuses_the_alarms_field_still_gets_the_report(hub: ServedHu
             assert r.status_code == 200, r.text
             sent.append(doc)
 
-    alarm = SimpleNamespace(status=lambda: [{
+    alarm = SimpleNamespace(raised=lambda: [{
         "recipe": "r", "judged_by": "m 1", "state": "alarm", "recent_fail_rate": 0.5,
         "recent_inspections": 400, "usual_fail_rate": 0.02}])
     app = SimpleNamespace(state=SimpleNamespace(

@@ -39,7 +39,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from lineside_inspect.errors import Busy, NotFoundError, echo
-from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+from lineside_inspect.lifecycle.config import FailRateAlarmSettings, bound_of
+from lineside_inspect.store.utc import iso_times
 
 if TYPE_CHECKING:
     from lineside_inspect.inspector import Inspection
@@ -49,11 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("lineside.alarm")
 State = Literal["learning", "ok", "alarm"]
 TRACKS_PER_RECIPE = 4  # kept per recipe: a version back after a rollback resumes its own
-
-
-def bound_of(usual: float, s: FailRateAlarmSettings) -> float:
-    """The fail rate above which a recipe whose usual rate is ``usual`` is in alarm."""
-    return max(usual * s.max_fail_rate_ratio, usual + s.max_fail_rate_increase)
 
 
 def judge_rate(usual: float, recent: float, alarm: bool, s: FailRateAlarmSettings) -> bool:
@@ -106,8 +102,7 @@ class Track:
 
     def details(self, s: FailRateAlarmSettings) -> dict[str, Any]:
         """:meth:`to_json` with its times as ISO text: an audit entry's details."""
-        return {k: v.isoformat() if isinstance(v, datetime) else v
-                for k, v in self.to_json(s).items()}
+        return iso_times(self.to_json(s))
 
 
 @dataclass(frozen=True)
@@ -220,6 +215,10 @@ class FailRateAlarm:
             if self.metrics is not None and shown:
                 self.metrics.set_fail_rate(recipe.name, track.recent_rate, track.state == "alarm")
         self._tell()
+
+    def raised(self) -> list[dict[str, Any]]:
+        """The latest tracks of the recipes in alarm, by recipe name."""
+        return [t for t in self.status() if t["state"] == "alarm"]
 
     def status(self) -> list[dict[str, Any]]:
         """Each recipe's latest track, by recipe name."""

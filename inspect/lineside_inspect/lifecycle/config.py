@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -63,7 +65,7 @@ class CaptureSettings(_Section):
 class FailRateAlarmSettings(_Section):
     """When a recipe's fail rate jumps on a running line (docs/lifecycle.md, section 6)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False)  # merged with _Section's
 
     enabled: bool = True
     baseline_inspections: int = Field(500, ge=1, le=1_000_000, description=(
@@ -84,3 +86,15 @@ class LifecycleSettings(_Section):
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     fail_rate_alarm: FailRateAlarmSettings = Field(default_factory=FailRateAlarmSettings)
+
+
+class FailRateBounds(Protocol):
+    max_fail_rate_ratio: float
+    max_fail_rate_increase: float
+
+
+def bound_of(usual: float, bounds: FailRateBounds) -> float:
+    """The fail rate above which a watched rollout rolls back and a recipe is in alarm, for
+    a usual (previous) rate ``usual``: ``max(usual x ratio, usual + increase)``, the
+    absolute margin keeping a near-zero rate from being a hair trigger."""
+    return max(usual * bounds.max_fail_rate_ratio, usual + bounds.max_fail_rate_increase)

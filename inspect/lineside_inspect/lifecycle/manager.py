@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from lineside_inspect.recipes import Recipe
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.server.registry import Registry
 from lineside_inspect.store.models import GateReportRow
+from lineside_inspect.store.utc import iso_times
 
 if TYPE_CHECKING:
     from lineside_inspect.server.service import InspectionService
@@ -517,6 +517,5 @@ class Lifecycle:
     def _watch_ended(self, w: Watch) -> None:
         if w.state == "rolled_back":
             return  # _auto_rollback said it
-        details = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in w.to_json().items()}
         self.records.audit(actor=SYSTEM, action=f"rollout_{w.state}", model=w.model,
-                           version=w.version, reason=w.why, details=details)
+                           version=w.version, reason=w.why, details=iso_times(w.to_json()))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from lineside_inspect.lifecycle.config import RolloutSettings
+from lineside_inspect.lifecycle.config import RolloutSettings, bound_of
 
 if TYPE_CHECKING:
     from lineside_inspect.lifecycle.records import Records
@@ -71,7 +71,7 @@ def judge_watch(w: Watch, bounds: RolloutSettings, now: datetime | None = None) 
                                f"{w.version}, over the bound of {bounds.max_false_rejects}")
     if w.inspections >= bounds.min_inspections and w.baseline_inspections:
         base = w.baseline_fails / w.baseline_inspections
-        bound = max(base * bounds.max_fail_rate_ratio, base + bounds.max_fail_rate_increase)
+        bound = bound_of(base, bounds)
         rate = w.fails / w.inspections
         if rate > bound:
             return "rolled_back", (

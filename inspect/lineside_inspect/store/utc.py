@@ -24,6 +24,11 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def iso_times(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with its datetime values as ISO text (an audit entry's or an event's JSON)."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in doc.items()}
+
+
 def _utc_in_range(value: datetime) -> datetime:
     try:
         as_utc(value)

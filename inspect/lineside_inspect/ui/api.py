@@ -165,7 +165,7 @@ def _alarms(request: Request) -> list[dict[str, Any]]:
         return []
     keep = ("recipe", "judged_by", "changed_at", "usual_fail_rate", "recent_fail_rate",
             "recent_inspections", "bound")
-    return [{k: t[k] for k in keep} for t in alarm.status() if t["state"] == "alarm"]
+    return [{k: t[k] for k in keep} for t in alarm.raised()]
 
 
 @router.get("/overview", responses=errors(401, 403))

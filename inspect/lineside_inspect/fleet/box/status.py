@@ -64,7 +64,7 @@ def alarms_raised(app: Any) -> list[str]:
         return []
     return [(f"{t['recipe']} ({t['judged_by']}): {t['recent_fail_rate']:.1%} of the last "
              f"{t['recent_inspections']} failed, usually {t['usual_fail_rate']:.1%}")[:500]
-            for t in alarm.status() if t["state"] == "alarm"][:32]
+            for t in alarm.raised()][:32]
 
 
 class StatusReporter(HubTask):
