@@ -215,6 +215,18 @@ def test_a_station_without_a_recipe_follows_the_default() -> None:
     assert st.use_default("other") == [] and st.recipe == "lenient"
 
 
+def test_the_alarm_tag_is_a_level_apart_from_the_handshake() -> None:
+    st = _station()
+    assert st.tags["FailRateAlarm"] is False and ("FailRateAlarm", False) in st.snapshot()
+    assert st.show_alarm(True) == [("FailRateAlarm", True)]
+    assert st.show_alarm(True) == []  # a level: told once per change
+    step = st.plc_write("Trigger", True, 100.0)  # a station in alarm still takes triggers
+    assert step.inspect_recipe == "deeppcb"
+    changes = st.finished(True, 0, "id1", 100.1, part=step.part)
+    assert ("Pass", True) in changes and st.tags["FailRateAlarm"] is True
+    assert st.show_alarm(False) == [("FailRateAlarm", False)]
+
+
 def test_a_closing_station_takes_no_trigger_and_answers_the_open_part() -> None:
     st = _station()
     step = st.plc_write("Trigger", True, 100.0)
@@ -364,14 +376,15 @@ def test_opcua_contract_and_handshake(line: Line) -> None:
         names = {(await n.read_browse_name()).Name: n for n in await station.get_children()}
         assert set(names) == {"Trigger", "TriggerReady", "Busy", "ResultReady", "ResultAck",
                               "Pass", "Fail", "DefectCount", "InspectionId", "ErrorCode",
-                              "Heartbeat", "Recipe"}
+                              "Heartbeat", "Recipe", "FailRateAlarm"}
         types = {n: await names[n].read_data_type_as_variant_type() for n in names}
         assert types["Trigger"] == ua.VariantType.Boolean and types["Pass"] == ua.VariantType.Boolean
         assert types["DefectCount"] == types["ErrorCode"] == ua.VariantType.Int32
         assert types["Heartbeat"] == ua.VariantType.UInt32
         assert types["InspectionId"] == types["Recipe"] == ua.VariantType.String
+        assert types["FailRateAlarm"] == ua.VariantType.Boolean
         # Lineside's tags are read-only to clients; the PLC's are writable
-        for tag in ("Pass", "ResultReady", "TriggerReady", "ErrorCode"):
+        for tag in ("Pass", "ResultReady", "TriggerReady", "ErrorCode", "FailRateAlarm"):
             with pytest.raises(ua.UaStatusCodeError):
                 await plc.write(tag, 0 if tag == "ErrorCode" else True,
                                 ua.VariantType.Int32 if tag == "ErrorCode" else ua.VariantType.Boolean)
@@ -705,7 +718,8 @@ def test_modbus_trigger_while_a_result_waits_drops_it(line: Line) -> None:
             assert not (await mb.write_coil(COILS.index("Trigger"), True, device_id=1)).isError()
             coils = await _until(lambda: _coils(mb, 0), {
                 "Trigger": False, "TriggerReady": True, "Busy": False, "ResultReady": False,
-                "ResultAck": False, "Pass": False, "Fail": True, "Error": True})
+                "ResultAck": False, "Pass": False, "Fail": True, "Error": True,
+                "FailRateAlarm": False})
             assert coils["ResultReady"] is False
             assert await _reg(mb, 0, "ErrorCode") == ErrorCode.ACK_TIMEOUT
             r = await _modbus_cycle(mb, 0)  # the next part is judged as usual
@@ -1019,6 +1033,78 @@ def test_a_modbus_recipe_table_in_the_config_holds_whatever_the_api_puts(tmp_pat
                 mb.close()
 
         asyncio.run(run())
+    finally:
+        stop()
+        sim.kill()
+
+
+def test_the_fail_rate_alarm_reaches_the_plc_over_opcua_and_modbus(tmp_path: Path) -> None:
+    """A jump of the recipe's fail rate sets the station's FailRateAlarm on both protocols;
+    it follows the station's recipe when the PLC switches, leaves the handshake alone, and
+    clears with the alarm."""
+    (tmp_path / "deeppcb.yaml").write_text("name: deeppcb\nversion: '1'\nmodel: deeppcb\n")
+    (tmp_path / "lenient.yaml").write_text("name: lenient\nversion: '7'\nmodel: deeppcb\n")
+    sim = MJPEGSimulator(folder_frames(SAMPLE), fps=10)
+    settings = keyed(
+        cameras=[CameraConfig(id="sim", source=sim.url, recipe="deeppcb")],
+        recipes=[str(tmp_path / "deeppcb.yaml"), str(tmp_path / "lenient.yaml")],
+        store=False, lifecycle={"fail_rate_alarm": {
+            "baseline_inspections": 4, "window": 4, "max_fail_rate_increase": 0.3}},
+        line=LineSettings(opcua=OpcUaConfig(endpoint="opc.tcp://127.0.0.1:0/lineside/"),
+                          modbus=ModbusConfig(port=0)))
+    srv, stop = start_server(settings)
+    good = sorted(SAMPLE.rglob("*_temp.jpg"))
+    defective = sorted(SAMPLE.rglob("*_test.jpg"))
+
+    def inspect(files: list[Path], verdict: str) -> None:
+        with srv.client("line") as c:
+            for f in files:
+                r = c.post("/v1/inspect", content=f.read_bytes(), params={"recipe": "deeppcb"},
+                           headers={"content-type": "image/jpeg"})
+                assert r.status_code == 200 and r.json()["verdict"] == verdict, r.text
+
+    try:
+        plc_line = srv.app.state.line_plc
+        opcua = next(a for a in plc_line.adapters if a.name == "OPC UA").endpoint
+        port = next(a for a in plc_line.adapters if a.name == "Modbus TCP").port
+        alarm_coil = COILS.index("FailRateAlarm")
+
+        async def run(plc: OpcStation) -> None:
+            mb = AsyncModbusTcpClient("127.0.0.1", port=port)
+            assert await mb.connect()
+
+            async def both() -> tuple[bool, bool]:
+                return (await plc.read("FailRateAlarm"), await _coil(mb, 0, "FailRateAlarm"))
+
+            try:
+                assert alarm_coil == 8 and await both() == (False, False)
+                await asyncio.to_thread(inspect, good[:4], "pass")  # the usual rate: 0
+                await asyncio.to_thread(inspect, defective[:2], "fail")  # 2 of 4: above 30%
+                await _until(both, (True, True))
+                # another recipe on the station is not in alarm: the tag follows at once
+                await plc.write("Recipe", "lenient", ua.VariantType.String)
+                await _until(both, (False, False))
+                assert not (await mb.write_register(REGISTERS.index("RecipeIndex"), 0,
+                                                    device_id=1)).isError()  # back to deeppcb
+                await _until(both, (True, True))
+                # the handshake goes on in alarm: a verdict, no error
+                r = await plc.cycle()
+                assert r["Pass"] != r["Fail"] and r["ErrorCode"] == 0
+                assert await both() == (True, True)
+                with pytest.raises(ua.UaStatusCodeError):  # the PLC cannot silence it
+                    await plc.write("FailRateAlarm", False, ua.VariantType.Boolean)
+                assert (await mb.write_coil(alarm_coil, False, device_id=1)).isError()
+                assert await both() == (True, True)
+                await asyncio.to_thread(inspect, good[:4], "pass")  # back to usual: cleared
+                await _until(both, (False, False))
+            finally:
+                mb.close()
+
+        async def opc() -> None:
+            async with Client(opcua, timeout=10) as client:
+                await run(OpcStation(client, await client.get_namespace_index(NS), "sim"))
+
+        asyncio.run(opc())
     finally:
         stop()
         sim.kill()

@@ -220,6 +220,13 @@ class FailRateAlarm:
         """The latest tracks of the recipes in alarm, by recipe name."""
         return [t for t in self.status() if t["state"] == "alarm"]
 
+    def recipes_in_alarm(self) -> frozenset[str]:
+        """The names of the recipes in alarm now (cheap: polled by the PLC stations)."""
+        with self._lock:
+            return frozenset(name for name, r in self._recipes.items()
+                             if r.current is not None and r.current in r.tracks
+                             and r.tracks[r.current].state == "alarm")
+
     def status(self) -> list[dict[str, Any]]:
         """Each recipe's latest track, by recipe name."""
         with self._lock:

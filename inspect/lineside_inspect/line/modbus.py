@@ -14,7 +14,8 @@ offset       coil              holding register
 +5           Pass
 +6           Fail
 +7           Error (ErrorCode != 0)
-+8..+15      (reserved, read False / 0)
++8           FailRateAlarm
++9..+15      (reserved, read False / 0)
 ===========  ================  ==========================================================
 
 A write to anything but Trigger, ResultAck and the recipe index is refused with Modbus
@@ -42,7 +43,8 @@ if logging.getLogger("pymodbus").level == logging.NOTSET:
     logging.getLogger("pymodbus").setLevel(logging.WARNING)
 
 BLOCK = 16  # coils and registers per station
-COILS = ("Trigger", "TriggerReady", "Busy", "ResultReady", "ResultAck", "Pass", "Fail", "Error")
+COILS = ("Trigger", "TriggerReady", "Busy", "ResultReady", "ResultAck", "Pass", "Fail", "Error",
+         "FailRateAlarm")
 REGISTERS = ("DefectCount", "ErrorCode", "Heartbeat", "RecipeIndex")
 PLC_COILS = {COILS.index("Trigger"): "Trigger", COILS.index("ResultAck"): "ResultAck"}
 RECIPE_REGISTER = REGISTERS.index("RecipeIndex")

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from lineside_inspect.errors import (
@@ -62,10 +62,14 @@ class PlcLine:
     """The stations of a server and the adapters that show them."""
 
     def __init__(self, service: InspectionService, settings: LineSettings,
-                 adapters: list[TagAdapter]) -> None:
+                 adapters: list[TagAdapter],
+                 recipes_in_alarm: Callable[[], frozenset[str]] | None = None) -> None:
+        """``recipes_in_alarm``: the recipes in fail-rate alarm now (polled each tick and
+        at a recipe change; without it ``FailRateAlarm`` stays 0)."""
         self.service = service
         self.settings = settings
         self.adapters = adapters
+        self.recipes_in_alarm = recipes_in_alarm
         self.stations: dict[str, Station] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # inspections
@@ -195,7 +199,10 @@ class PlcLine:
         changes = station.use_default(self._default_recipe()) if tag == "Trigger" and value \
             else []
         step = station.plc_write(tag, value, now)
-        self._publish(station_id, changes + step.changes)
+        changes += step.changes
+        if tag == "Recipe":  # the alarm shown is the new recipe's, at once
+            changes += station.show_alarm(station.recipe in self._in_alarm())
+        self._publish(station_id, changes)
         if tag == "Recipe":
             fault = station.recipe_fault
             if fault is ErrorCode.NONE:
@@ -254,14 +261,25 @@ class PlcLine:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
             default = self._default_recipe()
+            in_alarm = self._in_alarm()
             for sid, station in self.stations.items():
                 # Recipe shows what the next trigger uses, also once a default arrives
                 changes = station.use_default(default) + station.tick(now)
+                changes += station.show_alarm(station.recipe in in_alarm)
                 if changes:
                     if ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in changes:
                         log.warning("line: station %s: no ResultAck within %.1fs: result "
                                     "dropped (ErrorCode 5)", sid, station.ack_timeout_s)
                     self._publish(sid, changes)
+
+    def _in_alarm(self) -> frozenset[str]:
+        if self.recipes_in_alarm is None:
+            return frozenset()
+        try:
+            return self.recipes_in_alarm()
+        except Exception:  # the handshake goes on whatever the alarm does
+            log.exception("line: reading the fail-rate alarms failed")
+            return frozenset()
 
     def _default_recipe(self) -> str:
         return self.service.registry.default_recipe or ""
@@ -360,7 +378,12 @@ def setup_line_plc(app: FastAPI, settings: Settings) -> None:
         _check_port("line.opcua", line_settings.opcua.host, line_settings.opcua.port)
     if line_settings.modbus is not None:
         _check_port("line.modbus", line_settings.modbus.host, line_settings.modbus.port)
-    line = PlcLine(app.state.service, line_settings, [])
+    def recipes_in_alarm() -> frozenset[str]:
+        # read when polled: duck-typed, so the line does not import the lifecycle room
+        alarm = getattr(getattr(app.state, "lifecycle", None), "alarm", None)
+        return frozenset() if alarm is None else frozenset(alarm.recipes_in_alarm())
+
+    line = PlcLine(app.state.service, line_settings, [], recipes_in_alarm)
     line.adapters = make_adapters(line_settings, line)
     app.state.line_plc = line
     # start-up hooks run in worker threads (after the models, the store and the cameras);

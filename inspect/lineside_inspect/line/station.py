@@ -22,6 +22,9 @@ Fail-safe: an error never yields ``Pass``. It ends step 3 with ``Fail`` and the 
 ``ack_timeout_s`` the result is dropped with ``ErrorCode`` 5 and the station is ready again.
 A refused ``Recipe`` write is a standing fault: until a usable recipe is written, every
 trigger ends with ``Fail`` and its code, never a verdict judged with the old recipe.
+
+Beside the handshake, ``FailRateAlarm`` reads 1 while the recipe in ``Recipe`` is in
+fail-rate alarm (see :meth:`Station.show_alarm`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ TAGS: dict[str, str] = {
     "ErrorCode": "Int32",
     "Heartbeat": "UInt32",
     "Recipe": "String",
+    "FailRateAlarm": "Boolean",
 }
 PLC_WRITES = frozenset({"Trigger", "ResultAck", "Recipe"})  # the rest is read-only to clients
 UINT32 = 1 << 32
@@ -124,7 +128,7 @@ class Station:
             "Trigger": False, "TriggerReady": True, "Busy": False, "ResultReady": False,
             "ResultAck": False, "Pass": False, "Fail": False, "DefectCount": 0,
             "InspectionId": "", "ErrorCode": int(ErrorCode.NONE), "Heartbeat": 0,
-            "Recipe": recipe,
+            "Recipe": recipe, "FailRateAlarm": False,
         }
         self._started = now
         self._result_at = 0.0
@@ -308,6 +312,15 @@ class Station:
         self._set(changes, "InspectionId", "")
         self._set(changes, "ErrorCode", int(ErrorCode.ACK_TIMEOUT))
         self._to_ready(changes)
+
+    def show_alarm(self, raised: bool) -> Changes:
+        """``FailRateAlarm``: whether the recipe in ``Recipe`` is in fail-rate alarm now
+        (docs/lifecycle.md section 6). Apart from the handshake: it never holds a trigger
+        nor changes a verdict, it tells the line to look at its parts."""
+        changes: Changes = []
+        if raised != self.tags["FailRateAlarm"]:
+            self._set(changes, "FailRateAlarm", raised)
+        return changes
 
     # -- time -------------------------------------------------------------------------
     def tick(self, now: float) -> Changes:
