@@ -546,3 +546,44 @@ def test_the_fail_rate_alarm_needs_no_store_and_can_be_off(
     with off.client("admin") as admin:
         r = admin.get("/v1/alarms")
         assert r.status_code == 404 and "fail_rate_alarm.enabled" in r.json()["error"]["message"]
+
+
+def test_the_fail_rate_alarm_resumes_after_a_restart(tmp_path: Path, variants: Path) -> None:
+    """A restart keeps the counts (saved under the data folder at shutdown): the alarm
+    stands from the recipe's first inspection after it, said again in the audit log."""
+    from .conftest import keyed, start_server
+
+    def start() -> tuple[Running, Callable[[], None]]:
+        return start_server(keyed(
+            model_roots=[str(ROOT / "models"), str(variants)], data_dir=str(tmp_path),
+            lifecycle={"fail_rate_alarm": {"baseline_inspections": 6, "window": 4,
+                                           "max_fail_rate_increase": 0.3}}))
+
+    srv, stop = start()
+    try:
+        with srv.client("line") as line, srv.client("reviewer") as rev:
+            inspect(line, GOOD[:6] + DEFECTIVE[:2])
+            (track,) = rev.get("/v1/alarms").json()["items"]
+            assert track["state"] == "alarm"
+    finally:
+        stop()
+    assert (tmp_path / "lifecycle" / "fail_rate_alarm.json").is_file()
+    srv, stop = start()
+    try:
+        with srv.client("line") as line, srv.client("reviewer") as rev:
+            assert rev.get("/v1/alarms").json()["items"] == []  # nothing inspected yet
+            assert "lineside_fail_rate_alarm{" not in line.get("/metrics").text
+            inspect(line, GOOD[:1])  # the window: good, fail, fail, good
+            (again,) = rev.get("/v1/alarms").json()["items"]
+            assert (again["state"], again["recent_fail_rate"]) == ("alarm", 0.5)
+            assert again["baseline_inspections"] == 6 and again["since"] == track["since"]
+            assert _metric(line.get("/metrics").text, "lineside_fail_rate_alarm",
+                           track["recipe"]) == 1.0
+            entry = _until(lambda: next((e for e in rev.get("/v1/audit").json()["items"]
+                                         if "after a restart" in e["reason"]), None),
+                           "the alarm said again after the restart")
+            assert entry["action"] == "fail_rate_alarm"
+            inspect(line, GOOD[1:4])
+            assert rev.get("/v1/alarms").json()["items"][0]["state"] == "ok"
+    finally:
+        stop()

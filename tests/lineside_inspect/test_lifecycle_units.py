@@ -472,3 +472,104 @@ def test_a_late_inspection_of_the_models_still_shown_is_told() -> None:
     alarm.offer(_judged(r1, "2", "pass"))
     assert told == [("1", "alarm"), ("1", "cleared")]
     assert alarm.status()[0]["judged_by"] == "m 2"
+
+
+def test_the_fail_rate_alarm_resumes_its_counts_after_a_restart(tmp_path: Path) -> None:
+    """Saved to a file and loaded by the next server: the same models go on counting (an
+    alarm stands, said again); other models learn afresh and end the old alarm, said so."""
+    from lineside_inspect.lifecycle.alarm import FailRateAlarm
+    from lineside_inspect.lifecycle.alarm_file import AlarmFile
+    from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+    from lineside_inspect.server.metrics import Metrics
+
+    s = FailRateAlarmSettings(baseline_inspections=4, window=4, max_fail_rate_increase=0.3)
+    r1, r2 = Recipe(name="r", model="m"), Recipe(name="q", model="m")
+    path = tmp_path / "lifecycle" / "fail_rate_alarm.json"
+
+    def server(judging: dict[str, tuple[Recipe, str]]) -> tuple[FailRateAlarm, AlarmFile,
+                                                               list[tuple[str, str, str]]]:
+        told: list[tuple[str, str, str]] = []
+        alarm = FailRateAlarm(s, metrics=Metrics(), judging_now=judging.get,
+                              on_change=lambda c: told.append((c.recipe, c.version, c.state)))
+        saved = AlarmFile(alarm, path, every_s=3600)
+        saved.load()
+        return alarm, saved, told
+
+    alarm, saved, told = server({"r": (r1, "m 1"), "q": (r2, "m 1")})
+    saved.save()
+    assert not path.exists()  # nothing counted: nothing written
+    for verdict in ("pass", "pass", "pass", "pass", "fail", "fail"):
+        alarm.offer(_judged(r1, "1", verdict))
+    alarm.offer(_judged(r2, "1", "pass"))
+    assert told == [("r", "1", "alarm")]
+    saved.close()
+    before = {t["recipe"]: t for t in alarm.status()}
+
+    # the same models after the restart: nothing is shown until the recipe's first inspection
+    alarm, saved, told = server({"r": (r1, "m 1"), "q": (r2, "m 2")})
+    assert alarm.status() == [] and alarm.recipes_in_alarm() == frozenset()
+    with pytest.raises(NotFoundError):
+        alarm.relearn("r")
+    alarm.offer(_judged(r1, "1", "fail"))
+    (t,) = alarm.status()
+    assert told == [("r", "1", "alarm")] and alarm.recipes_in_alarm() == {"r"}
+    assert (t["state"], t["baseline_inspections"], t["usual_fail_rate"]) == ("alarm", 4, 0.0)
+    assert t["recent_fail_rate"] == 0.75 and t["since"] == before["r"]["since"]
+    assert alarm.metrics is not None and alarm.metrics.registry.get_sample_value(
+        "lineside_fail_rate_alarm", {"recipe": "r"}) == 1
+    # recipe q is judged by version 2 now: learned afresh (it was not in alarm: no word)
+    alarm.offer(_judged(r2, "2", "pass"))
+    assert alarm.track("q").judged_by == "m 2" and alarm.track("q").state == "learning"
+    assert len(told) == 1
+    saved.close()
+
+    # version 2 of r after the next restart: r's alarm with 1 ends, said so
+    alarm, saved, told = server({"r": (r1, "m 2"), "q": (r2, "m 2")})
+    alarm.offer(_judged(r1, "2", "pass"))
+    assert told == [("r", "1", "cleared")] and alarm.recipes_in_alarm() == frozenset()
+    saved.close()
+    doc = json.loads(path.read_text())
+    assert [t["judged_by"] for t in doc["recipes"]["r"]["tracks"]] == ["m 1", "m 2"]
+
+    # counts saved under other settings are not resumed: learned afresh, the file set aside
+    other = FailRateAlarm(FailRateAlarmSettings(baseline_inspections=4, window=8))
+    AlarmFile(other, path, every_s=3600).load()
+    assert not path.exists() and path.with_name(path.name + ".bad").exists()
+    other.offer(_judged(r1, "1", "fail"))
+    assert other.track("r").state == "learning"
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: b"{not json", lambda d: b"[]", lambda d: json.dumps({**d, "format": 9}).encode(),
+    lambda d: json.dumps({**d, "recipes": {"r": {"current": ["x", "m 1"], "tracks": []}}}).encode(),
+    lambda d: json.dumps({**d, "recipes": {"r": {"current": None, "tracks": [
+        {**d["recipes"]["r"]["tracks"][0], "recent": "0120"}]}}}).encode(),
+    lambda d: json.dumps({**d, "recipes": {"r": {"current": None, "tracks": [
+        {**d["recipes"]["r"]["tracks"][0], "baseline_fails": 9}]}}}).encode(),
+    lambda d: json.dumps({**d, "recipes": {"r": {"current": None, "tracks": [
+        {**d["recipes"]["r"]["tracks"][0], "started_at": "yesterday"}]}}}).encode(),
+    lambda d: json.dumps({**d, "recipes": {"r": {"tracks": []}}}).encode(),
+])
+def test_a_damaged_alarm_file_is_set_aside_and_the_alarm_learns_afresh(
+        tmp_path: Path, damage: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from lineside_inspect.lifecycle.alarm import FailRateAlarm
+    from lineside_inspect.lifecycle.alarm_file import AlarmFile
+    from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+
+    s = FailRateAlarmSettings(baseline_inspections=2, window=4)
+    r1 = Recipe(name="r", model="m")
+    alarm = FailRateAlarm(s)
+    for verdict in ("pass", "fail", "pass"):
+        alarm.offer(_judged(r1, "1", verdict))
+    path = tmp_path / "fail_rate_alarm.json"
+    damaged = damage(alarm.saved())
+    path.write_bytes(damaged)
+    fresh = FailRateAlarm(s)
+    AlarmFile(fresh, path, every_s=3600).load()
+    assert "not resumed" in caplog.text and "learned afresh" in caplog.text
+    assert str(tmp_path) in caplog.text  # the log names the file; no traceback
+    assert "Traceback" not in caplog.text
+    assert path.with_name(path.name + ".bad").read_bytes() == damaged  # kept for a look
+    assert not path.exists() and fresh.status() == []
+    fresh.offer(_judged(r1, "1", "pass"))
+    assert fresh.track("r").baseline_inspections == 1

@@ -23,8 +23,9 @@ An alarm does not change a verdict: a jump may be a real run of defects, which t
 must keep rejecting. It tells people (log, metrics, the status page, ``GET /v1/alarms``,
 MQTT, the audit log: the listeners) so someone looks. When other models start judging
 with the recipe, its alarm ends (said so); a version back after a rollback resumes its
-counts, and an alarm it was in is said again. The counts live in memory, so a restart
-learns afresh.
+counts, and an alarm it was in is said again. The counts are saved to a file every few
+seconds (:mod:`lineside_inspect.lifecycle.alarm_file`), so a restart resumes them: a
+recipe's saved counts are shown again from its first inspection after the restart.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lineside.alarm")
 State = Literal["learning", "ok", "alarm"]
 TRACKS_PER_RECIPE = 4  # kept per recipe: a version back after a rollback resumes its own
+SAVED_FORMAT = 1  # of saved() documents
 
 
 def judge_rate(usual: float, recent: float, alarm: bool, s: FailRateAlarmSettings) -> bool:
@@ -123,6 +125,9 @@ class _Recipe:
 
     tracks: OrderedDict[tuple[str, str], Track] = field(default_factory=OrderedDict)
     current: tuple[str, str] | None = None
+    # restored from a save and not inspected since the restart: not shown (status, metrics,
+    # the PLC) until an inspection says what judges it now
+    resumed: bool = False
 
 
 def judged_by_of(model: str, version: str, fused_with: str | None) -> str:
@@ -159,6 +164,7 @@ class FailRateAlarm:
         self._lock = threading.Lock()
         self._pending: deque[Change] = deque()  # appended under _lock, told under _telling
         self._telling = threading.Lock()
+        self.counted = 0  # inspections counted, relearns and drops: what a save compares
 
     def offer(self, inspection: Inspection) -> None:
         recipe = inspection.recipe
@@ -188,9 +194,16 @@ class FailRateAlarm:
                     self._switch(r, key)
                     while len(r.tracks) > TRACKS_PER_RECIPE:
                         r.tracks.popitem(last=False)
+                elif r.resumed and track.state == "alarm":
+                    # the same models as before the restart: the alarm stands, said again
+                    # (a consumer that lost it with the restart hears it)
+                    self._pending.append(_change(track, s, "alarm", (
+                        f"still in alarm after a restart: {track.why}")))
+                r.resumed = False
+            self.counted += 1
             # what is shown (status, metrics, changes told) is the current track's; a late
             # inspection of the current models (no inspection of the new ones yet) is too
-            shown = r.current == key
+            shown = r.current == key and not r.resumed
             failed = inspection.verdict == "fail"
             before = track.state
             if len(track.recent) == track.recent.maxlen:
@@ -216,23 +229,21 @@ class FailRateAlarm:
                 self.metrics.set_fail_rate(recipe.name, track.recent_rate, track.state == "alarm")
         self._tell()
 
-    def raised(self) -> list[dict[str, Any]]:
-        """The latest tracks of the recipes in alarm, by recipe name."""
-        return [t for t in self.status() if t["state"] == "alarm"]
-
     def recipes_in_alarm(self) -> frozenset[str]:
         """The names of the recipes in alarm now (cheap: polled by the PLC stations)."""
         with self._lock:
             return frozenset(name for name, r in self._recipes.items()
-                             if r.current is not None and r.current in r.tracks
-                             and r.tracks[r.current].state == "alarm")
+                             if (t := self._shown(r)) is not None and t.state == "alarm")
+
+    def raised(self) -> list[dict[str, Any]]:
+        """The latest tracks of the recipes in alarm, by recipe name."""
+        return [t for t in self.status() if t["state"] == "alarm"]
 
     def status(self) -> list[dict[str, Any]]:
         """Each recipe's latest track, by recipe name."""
         with self._lock:
-            return [r.tracks[r.current].to_json(self.settings)
-                    for _, r in sorted(self._recipes.items())
-                    if r.current is not None and r.current in r.tracks]
+            return [t.to_json(self.settings) for _, r in sorted(self._recipes.items())
+                    if (t := self._shown(r)) is not None]
 
     def track(self, recipe: str) -> Track:
         """Recipe ``recipe``'s latest track (:class:`NotFoundError` naming the watched
@@ -262,6 +273,7 @@ class FailRateAlarm:
                     f"again (relearned{who}); alarm ended")))
             if self.metrics is not None:
                 self.metrics.set_fail_rate(recipe, None, False)
+            self.counted += 1
         self._tell()
         return old
 
@@ -279,16 +291,69 @@ class FailRateAlarm:
                                              f"recipe {t.recipe} was dropped: its alarm ended"))
             if self.metrics is not None:
                 self.metrics.drop_fail_rate(recipe)
+            self.counted += 1
         self._tell()
+
+    # -- saved and resumed (lifecycle/alarm_file.py) ---------------------------------------
+    def saved(self) -> dict[str, Any]:
+        """Every recipe's tracks as JSON-able data, for :meth:`restore` after a restart."""
+        with self._lock:
+            recipes = {name: {"current": None if r.current is None else list(r.current),
+                              "tracks": [_saved_track(t) for t in r.tracks.values()]}
+                       for name, r in self._recipes.items()}
+        return {"format": SAVED_FORMAT, "saved_at": datetime.now(UTC).isoformat(),
+                "baseline_inspections": self.settings.baseline_inspections,
+                "window": self.settings.window, "recipes": recipes}
+
+    def restore(self, doc: dict[str, Any]) -> int:
+        """Resume the counts :meth:`saved` gave (before any inspection); returns how many
+        recipes. Each is shown again from its first inspection: with the same models and
+        recipe content its counts go on (an alarm stands, said again), with others they
+        start afresh (an alarm of the ones before ends, said so). Counts saved under
+        another ``baseline_inspections`` or ``window`` are not resumed (a ValueError says
+        why), nor is a document of another format or shape."""
+        if doc.get("format") != SAVED_FORMAT:
+            raise ValueError(f"format {doc.get('format')!r}, not {SAVED_FORMAT}")
+        s = self.settings
+        for key in ("baseline_inspections", "window"):
+            if doc.get(key) != getattr(s, key):
+                raise ValueError(f"saved with {key} {doc.get(key)}, the settings say "
+                                 f"{getattr(s, key)}: learned afresh")
+        recipes: dict[str, _Recipe] = {}
+        for name, saved in dict(doc["recipes"]).items():
+            r = _Recipe(resumed=True)
+            for d in list(saved["tracks"])[-TRACKS_PER_RECIPE:]:
+                t = _track_of(str(name), d, s)
+                r.tracks[(t.content, t.judged_by)] = t
+            current = saved["current"]
+            r.current = None if current is None else (str(current[0]), str(current[1]))
+            if r.current is not None and r.current not in r.tracks:
+                raise ValueError(f"recipe {name}: its current track is not among its tracks")
+            recipes[str(name)] = r
+        with self._lock:
+            if self._recipes:
+                raise ValueError("inspections were counted already: not resumed")
+            self._recipes = recipes
+        return len(recipes)
 
     def _current(self, recipe: str) -> Track:
         """Under the lock: the recipe's latest track, or :class:`NotFoundError`."""
         r = self._recipes.get(recipe)
-        if r is None or r.current is None or r.current not in r.tracks:
-            seen = ", ".join(sorted(self._recipes)) or "none yet"
+        t = None if r is None else self._shown(r)
+        if t is None:
+            seen = ", ".join(sorted(n for n, r in self._recipes.items()
+                                    if self._shown(r) is not None)) or "none yet"
             raise NotFoundError(f"recipe {echo(recipe)} has no inspections watched since "
                                 f"the server started (recipes watched: {seen})")
-        return r.tracks[r.current]
+        return t
+
+    @staticmethod
+    def _shown(r: _Recipe) -> Track | None:
+        """Under the lock: the track shown for ``r`` (none before its first inspection
+        after a restart)."""
+        if r.resumed or r.current is None:
+            return None
+        return r.tracks.get(r.current)
 
     def _switch(self, r: _Recipe, key: tuple[str, str]) -> None:
         """Under the lock: other models (or recipe content) now judge with the recipe. An
@@ -344,6 +409,44 @@ def _change(t: Track, s: FailRateAlarmSettings, state: Literal["alarm", "cleared
     details["changed_at"] = datetime.now(UTC).isoformat()
     return Change(t.recipe, t.model, t.version,
                   state or ("alarm" if t.state == "alarm" else "cleared"), why or t.why, details)
+
+
+def _saved_track(t: Track) -> dict[str, Any]:
+    return {"model": t.model, "version": t.version, "judged_by": t.judged_by,
+            "content": t.content, "started_at": t.started_at.isoformat(),
+            "baseline_inspections": t.baseline_inspections, "baseline_fails": t.baseline_fails,
+            "recent": "".join("1" if f else "0" for f in t.recent), "state": t.state,
+            "changed_at": None if t.changed_at is None else t.changed_at.isoformat(),
+            "why": t.why}
+
+
+def _track_of(recipe: str, d: dict[str, Any], s: FailRateAlarmSettings) -> Track:
+    """A saved track back (ValueError, KeyError or TypeError when it is not one)."""
+    recent = str(d["recent"])
+    if len(recent) > s.window or set(recent) - {"0", "1"}:
+        raise ValueError(f"recipe {recipe}: recent is not up to {s.window} of 0/1")
+    state = d["state"]
+    if state not in ("learning", "ok", "alarm"):
+        raise ValueError(f"recipe {recipe}: state {state!r}")
+    n, fails = int(d["baseline_inspections"]), int(d["baseline_fails"])
+    if not 0 <= fails <= n <= s.baseline_inspections or (state == "learning") != (
+            n < s.baseline_inspections):
+        raise ValueError(f"recipe {recipe}: baseline {fails} fails of {n} in state {state}")
+    changed = d.get("changed_at")
+    t = Track(recipe, str(d["model"]), str(d["version"]), str(d["judged_by"]),
+              str(d["content"]), s.window, started_at=_utc(d["started_at"]),
+              baseline_inspections=n, baseline_fails=fails, state=state,
+              changed_at=None if changed is None else _utc(changed), why=str(d.get("why", "")))
+    t.recent.extend(c == "1" for c in recent)
+    t.recent_fails = recent.count("1")
+    return t
+
+
+def _utc(text: Any) -> datetime:
+    when = datetime.fromisoformat(str(text))
+    if when.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return when
 
 
 def _why(t: Track, s: FailRateAlarmSettings) -> str:

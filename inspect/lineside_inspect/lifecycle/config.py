@@ -78,6 +78,10 @@ class FailRateAlarmSettings(_Section):
         "alarm when the recent fail rate exceeds the usual one times this ..."))
     max_fail_rate_increase: float = Field(0.05, gt=0, le=1, description=(
         "... and also exceeds it by this much (absolute), so a near-zero rate does not trip it"))
+    save_every_s: float = Field(10.0, ge=0, le=3600, description=(
+        "the counts are saved to <data_dir>/lifecycle/fail_rate_alarm.json this often (and "
+        "at shutdown), so a restart resumes them; 0: kept in memory only, a restart learns "
+        "afresh"))
 
 
 class LifecycleSettings(_Section):

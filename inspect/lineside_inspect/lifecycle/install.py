@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lineside_inspect.config import Settings
 from lineside_inspect.errors import LinesideError
 from lineside_inspect.inspector import fused_name
 from lineside_inspect.lifecycle.alarm import FailRateAlarm, judged_by_of
+from lineside_inspect.lifecycle.alarm_file import AlarmFile
 from lineside_inspect.lifecycle.manager import Lifecycle
 from lineside_inspect.lifecycle.routes import router
 from lineside_inspect.recipes import Recipe
+
+ALARM_FILE = Path("lifecycle") / "fail_rate_alarm.json"  # under the server's data_dir
 
 
 def install(app: Any, settings: Settings) -> Lifecycle:
@@ -33,9 +37,16 @@ def install(app: Any, settings: Settings) -> Lifecycle:
             card = detector.card
             return rule, judged_by_of(card.name, card.version, fused_name(detector, anomaly))
 
-        lc.alarm = FailRateAlarm(settings.lifecycle.fail_rate_alarm, metrics=app.state.metrics,
+        alarm_settings = settings.lifecycle.fail_rate_alarm
+        lc.alarm = FailRateAlarm(alarm_settings, metrics=app.state.metrics,
                                  on_change=lc.alarm_changed, judging_now=judging_now)
         service.add_output(lc.alarm.offer)
+        if alarm_settings.save_every_s > 0:
+            saved = AlarmFile(lc.alarm, Path(settings.data_dir) / ALARM_FILE,
+                              alarm_settings.save_every_s)
+            saved.load()  # before any inspection is counted
+            app.state.on_startup.append(saved.start)
+            app.state.on_shutdown.append(saved.close)  # after the inspections drained
 
     def start() -> None:
         if app.state.store is not None:

@@ -11,8 +11,9 @@ Topics, under ``<topic_prefix>/<box_id>/``:
   ``cleared``, ``why``, ``changed_at``, the rates: docs/lifecycle.md section 6), one QoS 1
   message each, not retained, through the outbox like inspections (it may arrive ahead
   of the events of the last inspections that raised it, which the store's writer adds in
-  batches). A restart ends every alarm without a message, so a consumer that must know
-  the current state reads ``GET /v1/alarms`` (docs/lifecycle.md section 6).
+  batches). After a restart an alarm is said again only at its recipe's first
+  inspection, so a consumer that must know the current state reads ``GET /v1/alarms``
+  (docs/lifecycle.md section 6).
 
 **Nothing lost.** (A fail-rate alarm change waits in memory until the delivery thread
 puts it in the outbox: lost only if the server is killed or stops first.) An inspection's
