@@ -411,11 +411,14 @@ def _change(t: Track, s: FailRateAlarmSettings, state: Literal["alarm", "cleared
                   state or ("alarm" if t.state == "alarm" else "cleared"), why or t.why, details)
 
 
+_BITS = bytes.maketrans(b"\x00\x01", b"01")  # a window of verdicts as text: fail is 1
+
+
 def _saved_track(t: Track) -> dict[str, Any]:
     return {"model": t.model, "version": t.version, "judged_by": t.judged_by,
             "content": t.content, "started_at": t.started_at.isoformat(),
             "baseline_inspections": t.baseline_inspections, "baseline_fails": t.baseline_fails,
-            "recent": "".join("1" if f else "0" for f in t.recent), "state": t.state,
+            "recent": bytes(t.recent).translate(_BITS).decode("ascii"), "state": t.state,
             "changed_at": None if t.changed_at is None else t.changed_at.isoformat(),
             "why": t.why}
 
