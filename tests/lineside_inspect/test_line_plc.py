@@ -227,6 +227,97 @@ def test_the_alarm_tag_is_a_level_apart_from_the_handshake() -> None:
     assert st.show_alarm(False) == [("FailRateAlarm", False)]
 
 
+class _Recorder:
+    """A protocol adapter that keeps each publication (a list of changes) per station."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.published: dict[str, list[Changes]] = {}
+
+    async def start(self, stations: Any, on_write: Any) -> None: ...
+
+    async def write(self, station_id: str, changes: Changes) -> None:
+        self.published.setdefault(station_id, []).append(list(changes))
+
+    async def stop(self) -> None: ...
+
+
+def test_the_alarm_tags_follow_each_stations_recipe_and_survive_a_failed_read(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Driven without servers: a Recipe write (over either protocol) or a trigger that picks
+    up a new default publishes the new recipe's alarm in the same publication; stations
+    are apart; an alarm that cannot be read leaves the tags as they were, told once."""
+    from types import SimpleNamespace
+
+    from lineside_inspect.line.plc import PlcLine
+
+    in_alarm: set[str] = {"r1"}
+    broken = [False]
+
+    def recipes_in_alarm() -> frozenset[str]:
+        if broken[0]:
+            raise RuntimeError("the alarm is gone")
+        return frozenset(in_alarm)
+
+    async def inspect_camera(*_: Any, **__: Any) -> Any:
+        return SimpleNamespace(verdict="pass", defects=[], id="i1")
+
+    registry = SimpleNamespace(default_recipe="r1")
+    service = SimpleNamespace(registry=registry, inspect_camera=inspect_camera)
+    recorder = _Recorder()
+    line = PlcLine(service, LineSettings(), [recorder], recipes_in_alarm)  # type: ignore[arg-type]
+    line.check_recipe = lambda camera_id, name: ErrorCode.NONE  # type: ignore[method-assign]
+
+    async def run() -> None:
+        for sid, recipe in (("a", "r1"), ("b", "r2"), ("c", "")):
+            line.stations[sid] = Station(sid, recipe, follows_default=not recipe,
+                                         ack_timeout_s=5.0, now=time.monotonic(),
+                                         check_recipe=lambda n: ErrorCode.NONE)
+            line._locks[sid] = asyncio.Lock()
+
+        async def settled() -> None:
+            while line._writes or line._tasks:
+                await asyncio.sleep(0)
+
+        line.tick(time.monotonic())
+        await settled()
+        alarm = {sid: st.tags["FailRateAlarm"] for sid, st in line.stations.items()}
+        assert alarm == {"a": True, "b": False, "c": True}  # c follows the default, r1
+        assert [("FailRateAlarm", True)] in [p[-1:] for p in recorder.published["a"]]
+        # a Recipe write: the alarm of the new recipe goes out with it
+        line.plc_write("b", "Recipe", "r1")
+        await settled()
+        assert recorder.published["b"][-1] == [("Recipe", "r1"), ("FailRateAlarm", True)]
+        line.plc_write("a", "Recipe", "r2")
+        await settled()
+        assert recorder.published["a"][-1] == [("Recipe", "r2"), ("FailRateAlarm", False)]
+        # a trigger that takes up a new default publishes its alarm with the new Recipe
+        registry.default_recipe = "r2"
+        line.plc_write("c", "Trigger", True)
+        first = line.stations["c"].tags
+        assert first["Recipe"] == "r2" and first["FailRateAlarm"] is False
+        await settled()
+        trigger_publication = next(p for p in recorder.published["c"] if ("Recipe", "r2") in p)
+        assert ("FailRateAlarm", False) in trigger_publication
+        # the alarm cannot be read: every tag keeps its value, one log line for many ticks
+        broken[0] = True
+        in_alarm.clear()
+        before = {sid: st.tags["FailRateAlarm"] for sid, st in line.stations.items()}
+        for k in range(5):
+            line.tick(time.monotonic() + k)
+        line.plc_write("a", "Recipe", "r1")
+        await settled()
+        assert {sid: st.tags["FailRateAlarm"] for sid, st in line.stations.items()} == before
+        assert caplog.text.count("reading the fail-rate alarms failed") == 1
+        broken[0] = False  # readable again: the tags follow
+        line.tick(time.monotonic())
+        await settled()
+        assert not any(st.tags["FailRateAlarm"] for st in line.stations.values())
+
+    asyncio.run(run())
+
+
 def test_a_closing_station_takes_no_trigger_and_answers_the_open_part() -> None:
     st = _station()
     step = st.plc_write("Trigger", True, 100.0)

@@ -200,8 +200,8 @@ class PlcLine:
             else []
         step = station.plc_write(tag, value, now)
         changes += step.changes
-        if tag == "Recipe":  # the alarm shown is the new recipe's, at once
-            changes += station.show_alarm(station.recipe in self._in_alarm())
+        if any(name == "Recipe" for name, _ in changes):
+            changes += self._alarm_of(station, self._in_alarm())  # the new recipe's, at once
         self._publish(station_id, changes)
         if tag == "Recipe":
             fault = station.recipe_fault
@@ -259,27 +259,41 @@ class PlcLine:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            now = time.monotonic()
-            default = self._default_recipe()
-            in_alarm = self._in_alarm()
-            for sid, station in self.stations.items():
-                # Recipe shows what the next trigger uses, also once a default arrives
-                changes = station.use_default(default) + station.tick(now)
-                changes += station.show_alarm(station.recipe in in_alarm)
-                if changes:
-                    if ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in changes:
-                        log.warning("line: station %s: no ResultAck within %.1fs: result "
-                                    "dropped (ErrorCode 5)", sid, station.ack_timeout_s)
-                    self._publish(sid, changes)
+            self.tick(time.monotonic())
 
-    def _in_alarm(self) -> frozenset[str]:
+    def tick(self, now: float) -> None:
+        """Heartbeats, ack timeouts, a new default recipe, the fail-rate alarm tags."""
+        default = self._default_recipe()
+        in_alarm = self._in_alarm()
+        for sid, station in self.stations.items():
+            # Recipe shows what the next trigger uses, also once a default arrives
+            changes = station.use_default(default) + station.tick(now)
+            changes += self._alarm_of(station, in_alarm)
+            if changes:
+                if ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in changes:
+                    log.warning("line: station %s: no ResultAck within %.1fs: result "
+                                "dropped (ErrorCode 5)", sid, station.ack_timeout_s)
+                self._publish(sid, changes)
+
+    def _in_alarm(self) -> frozenset[str] | None:
+        """The recipes in fail-rate alarm now; None when that cannot be read (the tags then
+        keep their last value: unknown is not "all clear")."""
         if self.recipes_in_alarm is None:
             return frozenset()
         try:
-            return self.recipes_in_alarm()
-        except Exception:  # the handshake goes on whatever the alarm does
-            log.exception("line: reading the fail-rate alarms failed")
-            return frozenset()
+            in_alarm = self.recipes_in_alarm()
+        except Exception as exc:  # the handshake goes on whatever the alarm does
+            n = self._told(("", "alarm"), type(exc).__name__, time.monotonic())
+            if n is not None:  # once a minute, not 20 times a second
+                log.error("line: reading the fail-rate alarms failed (FailRateAlarm tags keep "
+                          "their last value): %r%s", exc, _since(n, "read"))
+            return None
+        self._told.forget("", "alarm")
+        return in_alarm
+
+    @staticmethod
+    def _alarm_of(station: Station, in_alarm: frozenset[str] | None) -> Changes:
+        return [] if in_alarm is None else station.show_alarm(station.recipe in in_alarm)
 
     def _default_recipe(self) -> str:
         return self.service.registry.default_recipe or ""
