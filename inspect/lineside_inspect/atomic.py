@@ -6,12 +6,15 @@ import os
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, *, sync_folder: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, *, sync_folder: bool = True,
+                 own_tmp: bool = False) -> None:
     """Write ``path`` whole or not at all, its bytes on disk before it gets its name.
     ``sync_folder=False`` leaves the rename's durability to the caller (:func:`fsync_folder`
-    once for many files, as the store's writer does per batch)."""
+    once for many files, as the store's writer does per batch). ``own_tmp``: a temp file
+    named for this process, where another process may write the same path (the last
+    rename wins; no write interleaves with another's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" if own_tmp else f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)

@@ -553,11 +553,11 @@ def test_the_fail_rate_alarm_resumes_after_a_restart(tmp_path: Path, variants: P
     stands from the recipe's first inspection after it, said again in the audit log."""
     from .conftest import keyed, start_server
 
-    def start() -> tuple[Running, Callable[[], None]]:
+    def start(**more: Any) -> tuple[Running, Callable[[], None]]:
         return start_server(keyed(
             model_roots=[str(ROOT / "models"), str(variants)], data_dir=str(tmp_path),
             lifecycle={"fail_rate_alarm": {"baseline_inspections": 6, "window": 4,
-                                           "max_fail_rate_increase": 0.3}}))
+                                           "max_fail_rate_increase": 0.3, **more}}))
 
     srv, stop = start()
     try:
@@ -587,3 +587,8 @@ def test_the_fail_rate_alarm_resumes_after_a_restart(tmp_path: Path, variants: P
             assert rev.get("/v1/alarms").json()["items"][0]["state"] == "ok"
     finally:
         stop()
+    # saving turned off: the counts saved before are set aside, not resumed stale later
+    srv, stop = start(save_every_s=0)
+    stop()
+    saved = tmp_path / "lifecycle" / "fail_rate_alarm.json"
+    assert not saved.exists() and saved.with_name(saved.name + ".unused").is_file()

@@ -539,16 +539,35 @@ def test_the_fail_rate_alarm_resumes_its_counts_after_a_restart(tmp_path: Path) 
     assert other.track("r").state == "learning"
 
 
+def _track0(d: dict[str, Any], **change: Any) -> bytes:
+    """The saved document ``d`` with its first track's fields changed."""
+    track = {**d["recipes"]["r"]["tracks"][0], **change}
+    return json.dumps({**d, "recipes": {"r": {"current": None, "tracks": [track]}}}).encode()
+
+
 @pytest.mark.parametrize("damage", [
-    lambda d: b"{not json", lambda d: b"[]", lambda d: json.dumps({**d, "format": 9}).encode(),
+    lambda d: b"{not json", lambda d: b"[]", lambda d: b"[" * 200_000,
+    lambda d: json.dumps({**d, "format": 9}).encode(),
+    lambda d: json.dumps({**d, "recipes": []}).encode(),
     lambda d: json.dumps({**d, "recipes": {"r": {"current": ["x", "m 1"], "tracks": []}}}).encode(),
-    lambda d: json.dumps({**d, "recipes": {"r": {"current": None, "tracks": [
-        {**d["recipes"]["r"]["tracks"][0], "recent": "0120"}]}}}).encode(),
-    lambda d: json.dumps({**d, "recipes": {"r": {"current": None, "tracks": [
-        {**d["recipes"]["r"]["tracks"][0], "baseline_fails": 9}]}}}).encode(),
-    lambda d: json.dumps({**d, "recipes": {"r": {"current": None, "tracks": [
-        {**d["recipes"]["r"]["tracks"][0], "started_at": "yesterday"}]}}}).encode(),
+    lambda d: json.dumps({**d, "recipes": {"r": {"current": None, "tracks": [{}] * 5}}}).encode(),
     lambda d: json.dumps({**d, "recipes": {"r": {"tracks": []}}}).encode(),
+    lambda d: json.dumps({**d, "recipes": {"r": "x"}}).encode(),
+    lambda d: _track0(d, recent="not base64!"),
+    lambda d: _track0(d, recent_len=9),  # more than the bits it holds
+    lambda d: _track0(d, recent_len=400),  # more than the window
+    lambda d: _track0(d, baseline_fails=9),
+    lambda d: _track0(d, baseline_inspections=2.9),
+    lambda d: _track0(d, baseline_inspections=True),
+    lambda d: _track0(d, started_at="yesterday"),
+    lambda d: _track0(d, started_at="2026-12-04T10:00:00"),  # no time zone
+    lambda d: _track0(d, model=["m"]),
+    lambda d: _track0(d, state="panic"),
+    lambda d: _track0(d, state="alarm"),  # an alarm needs a full window
+    lambda d: _track0(d, declared=2.0, baseline_inspections=0, baseline_fails=0),
+    lambda d: _track0(d, declared=0.1),  # given and learned at once
+    lambda d: _track0(d).replace(b'"baseline_inspections": 2', b'"baseline_inspections": Infinity'),
+    lambda d: _track0(d).replace(b'"baseline_fails": 1', b'"baseline_fails": NaN'),
 ])
 def test_a_damaged_alarm_file_is_set_aside_and_the_alarm_learns_afresh(
         tmp_path: Path, damage: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -573,3 +592,115 @@ def test_a_damaged_alarm_file_is_set_aside_and_the_alarm_learns_afresh(
     assert not path.exists() and fresh.status() == []
     fresh.offer(_judged(r1, "1", "pass"))
     assert fresh.track("r").baseline_inspections == 1
+
+
+def test_a_recipe_that_gives_its_usual_fail_rate_is_judged_from_the_start(tmp_path: Path) -> None:
+    """Nothing to learn: a look that is there from the first part raises the alarm once the
+    window is full; relearning restarts the window, not the given rate; saved and resumed."""
+    from lineside_inspect.lifecycle.alarm import FailRateAlarm
+    from lineside_inspect.lifecycle.alarm_file import AlarmFile
+    from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+
+    s = FailRateAlarmSettings(baseline_inspections=100, window=4)
+    given = Recipe(name="r", model="m", usual_fail_rate=0.02)
+    told: list[str] = []
+    alarm = FailRateAlarm(s, on_change=lambda c: told.append(c.state))
+    path = tmp_path / "alarm.json"
+    saved = AlarmFile(alarm, path, every_s=3600)
+    alarm.offer(_judged(given, "1", "fail"))
+    t = alarm.status()[0]
+    assert (t["state"], t["usual_from"], t["usual_fail_rate"], t["baseline_needed"]) == (
+        "ok", "recipe", 0.02, 0)
+    assert t["bound"] == pytest.approx(0.07)
+    for _ in range(2):
+        alarm.offer(_judged(given, "1", "fail"))
+    assert alarm.status()[0]["state"] == "ok" and told == []  # judged once the window is full
+    alarm.offer(_judged(given, "1", "fail"))
+    t = alarm.status()[0]
+    assert t["state"] == "alarm" and told == ["alarm"]
+    assert "its usual 2.0% (the recipe's usual_fail_rate)" in t["why"]
+    saved.save()
+    resumed = FailRateAlarm(s)
+    AlarmFile(resumed, path, every_s=3600).load()
+    resumed.offer(_judged(given, "1", "fail"))
+    assert resumed.track("r").state == "alarm" and resumed.track("r").declared == 0.02
+    old = alarm.relearn("r")
+    assert old.state == "alarm" and told == ["alarm", "cleared"]
+    t = alarm.status()[0]
+    assert (t["state"], t["usual_fail_rate"], t["recent_inspections"]) == ("ok", 0.02, 0)
+    # the same recipe without it learns (another recipe content: another track)
+    learned = Recipe(name="r", model="m")
+    alarm.offer(_judged(learned, "1", "pass"))
+    t = alarm.status()[0]
+    assert (t["state"], t["usual_from"], t["baseline_needed"]) == ("learning", "learned", 100)
+
+
+def test_the_alarm_file_is_saved_by_its_thread_and_a_failing_save_is_told_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from lineside_inspect.lifecycle import alarm_file
+    from lineside_inspect.lifecycle.alarm import FailRateAlarm
+    from lineside_inspect.lifecycle.alarm_file import AlarmFile
+    from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+
+    caplog.set_level("INFO", logger="lineside.alarm")
+    r1 = Recipe(name="r", model="m")
+    alarm = FailRateAlarm(FailRateAlarmSettings(baseline_inspections=2, window=4))
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")  # the file's folder cannot be made: every save fails
+    path = blocked / "fail_rate_alarm.json"
+    saved = AlarmFile(alarm, path, every_s=0.02)
+    saved.start()
+    try:
+        def until(ok: Any, what: str) -> None:
+            deadline = time.monotonic() + 15
+            while not ok():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.01)
+
+        alarm.offer(_judged(r1, "1", "fail"))
+        until(lambda: "cannot save its counts" in caplog.text, "the failure told")
+        for verdict in ("pass", "pass"):
+            alarm.offer(_judged(r1, "1", verdict))
+            time.sleep(0.1)  # several saves tried meanwhile
+        assert caplog.text.count("cannot save its counts") == 1
+        blocked.unlink()  # the folder can be made again: the thread saves, and says so
+        until(path.exists, "the thread's save")
+        until(lambda: "saved to" in caplog.text, "the recovery told")
+        assert json.loads(path.read_text())["recipes"]["r"]["tracks"][0]["baseline_inspections"] == 2
+    finally:
+        saved.close()
+    # a save that hangs (a disk that stopped answering) does not hang the shutdown
+    monkeypatch.setattr(alarm_file, "CLOSE_WAIT_S", 0.05)
+    alarm.offer(_judged(r1, "1", "fail"))
+    assert saved._lock.acquire()
+    try:
+        saved.close()
+    finally:
+        saved._lock.release()
+    assert "the last counts are not saved" in caplog.text
+
+
+def test_resumed_counts_of_a_recipe_gone_after_the_restart_are_dropped_said_so(
+        tmp_path: Path) -> None:
+    from lineside_inspect.lifecycle.alarm import FailRateAlarm
+    from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+
+    s = FailRateAlarmSettings(baseline_inspections=2, window=2)
+    r1, r2 = Recipe(name="r", model="m"), Recipe(name="q", model="m")
+    alarm = FailRateAlarm(s)
+    for verdict in ("pass", "pass", "fail", "fail"):
+        alarm.offer(_judged(r1, "1", verdict))
+        alarm.offer(_judged(r2, "1", verdict))
+    doc = json.loads(json.dumps(alarm.saved()))
+    told: list[tuple[str, str, str]] = []
+    loaded = {"q": (r2, "m 1")}  # r was dropped from the config while the server was down
+    after = FailRateAlarm(s, judging_now=loaded.get,
+                          on_change=lambda c: told.append((c.recipe, c.state, c.why)))
+    assert after.restore(doc) == 2
+    after.drop_unloaded()
+    assert told == [("r", "cleared", "recipe r is not loaded since the restart: its alarm ended")]
+    assert set(after.saved()["recipes"]) == {"q"}
+    after.offer(_judged(r2, "1", "fail"))
+    assert after.track("q").state == "alarm"

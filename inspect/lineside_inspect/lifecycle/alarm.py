@@ -30,6 +30,8 @@ recipe's saved counts are shown again from its first inspection after the restar
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -38,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from lineside_inspect.errors import Busy, NotFoundError, echo
 from lineside_inspect.lifecycle.config import FailRateAlarmSettings, bound_of
@@ -80,12 +84,17 @@ class Track:
     state: State = "learning"
     changed_at: datetime | None = None  # when the alarm was last raised or cleared
     why: str = ""
+    declared: float | None = None  # the recipe's usual_fail_rate: nothing to learn
 
     def __post_init__(self) -> None:
         self.recent = deque(maxlen=self.window)
+        if self.declared is not None and self.state == "learning":
+            self.state = "ok"
 
     @property
     def usual(self) -> float | None:
+        if self.declared is not None:
+            return self.declared
         n = self.baseline_inspections
         return self.baseline_fails / n if n else None
 
@@ -98,7 +107,9 @@ class Track:
         return {"recipe": self.recipe, "judged_by": self.judged_by, "state": self.state,
                 "since": self.started_at, "changed_at": self.changed_at, "why": self.why,
                 "baseline_inspections": self.baseline_inspections,
-                "baseline_needed": s.baseline_inspections, "usual_fail_rate": usual,
+                "baseline_needed": 0 if self.declared is not None else s.baseline_inspections,
+                "usual_from": "learned" if self.declared is None else "recipe",
+                "usual_fail_rate": usual,
                 "recent_inspections": len(self.recent), "recent_fail_rate": self.recent_rate,
                 "bound": None if usual is None or self.state == "learning" else bound_of(usual, s)}
 
@@ -188,7 +199,8 @@ class FailRateAlarm:
                     r = self._recipes[recipe.name] = _Recipe()
                 if track is None:
                     track = r.tracks[key] = Track(recipe.name, card.name, card.version,
-                                                  judged_by, digest, s.window)
+                                                  judged_by, digest, s.window,
+                                                  declared=recipe.usual_fail_rate)
                 r.tracks.move_to_end(key)  # kept by last use
                 if r.current != key:
                     self._switch(r, key)
@@ -265,7 +277,8 @@ class FailRateAlarm:
             r = self._recipes[recipe]
             assert r.current is not None  # _current() found it
             r.tracks[r.current] = Track(old.recipe, old.model, old.version, old.judged_by,
-                                        old.content, self.settings.window)
+                                        old.content, self.settings.window,
+                                        declared=old.declared)
             if old.state == "alarm":
                 who = f" by {actor}" if actor else ""
                 self._pending.append(_change(old, self.settings, "cleared", (
@@ -296,11 +309,22 @@ class FailRateAlarm:
 
     # -- saved and resumed (lifecycle/alarm_file.py) ---------------------------------------
     def saved(self) -> dict[str, Any]:
-        """Every recipe's tracks as JSON-able data, for :meth:`restore` after a restart."""
+        """Every recipe's tracks as JSON-able data, for :meth:`restore` after a restart.
+        The counting lock is taken one recipe at a time and only to copy: a save never
+        holds inspections up for long, whatever the window and the number of recipes."""
         with self._lock:
-            recipes = {name: {"current": None if r.current is None else list(r.current),
-                              "tracks": [_saved_track(t) for t in r.tracks.values()]}
-                       for name, r in self._recipes.items()}
+            names = list(self._recipes)
+        recipes: dict[str, Any] = {}
+        for name in names:
+            with self._lock:
+                r = self._recipes.get(name)
+                if r is None:  # dropped meanwhile
+                    continue
+                current = r.current
+                copies = [(dataclasses.replace(t), bytes(t.recent))  # its scalars, its window
+                          for t in r.tracks.values()]
+            recipes[name] = {"current": None if current is None else list(current),
+                             "tracks": [_saved_track(t, bits) for t, bits in copies]}
         return {"format": SAVED_FORMAT, "saved_at": datetime.now(UTC).isoformat(),
                 "baseline_inspections": self.settings.baseline_inspections,
                 "window": self.settings.window, "recipes": recipes}
@@ -320,21 +344,54 @@ class FailRateAlarm:
                 raise ValueError(f"saved with {key} {doc.get(key)}, the settings say "
                                  f"{getattr(s, key)}: learned afresh")
         recipes: dict[str, _Recipe] = {}
-        for name, saved in dict(doc["recipes"]).items():
+        saved_recipes = doc["recipes"]
+        if not isinstance(saved_recipes, dict):
+            raise TypeError("recipes: not an object")
+        for name, saved in saved_recipes.items():
             r = _Recipe(resumed=True)
-            for d in list(saved["tracks"])[-TRACKS_PER_RECIPE:]:
-                t = _track_of(str(name), d, s)
+            tracks, current = saved["tracks"], saved["current"]
+            if not isinstance(tracks, list) or len(tracks) > TRACKS_PER_RECIPE:
+                raise ValueError(f"recipe {name}: tracks is not a list of up to "
+                                 f"{TRACKS_PER_RECIPE}")
+            for d in tracks:
+                t = _track_of(name, d, s)
                 r.tracks[(t.content, t.judged_by)] = t
-            current = saved["current"]
-            r.current = None if current is None else (str(current[0]), str(current[1]))
-            if r.current is not None and r.current not in r.tracks:
-                raise ValueError(f"recipe {name}: its current track is not among its tracks")
-            recipes[str(name)] = r
+            if current is not None:
+                if not (isinstance(current, list) and len(current) == 2
+                        and all(isinstance(c, str) for c in current)):
+                    raise TypeError(f"recipe {name}: current is not [content, judged_by]")
+                r.current = (current[0], current[1])
+                if r.current not in r.tracks:
+                    raise ValueError(f"recipe {name}: its current track is not among its tracks")
+            recipes[name] = r
         with self._lock:
             if self._recipes:
                 raise ValueError("inspections were counted already: not resumed")
             self._recipes = recipes
         return len(recipes)
+
+    def drop_unloaded(self) -> None:
+        """Once the server's recipes are all loaded (config, API puts, a fleet box's
+        restore): resumed counts of a recipe no longer loaded go, and an alarm it was in
+        ends, said so (otherwise kept for ever, and resumed if the name came back)."""
+        if self.judging_now is None:
+            return
+        with self._lock:
+            resumed = [name for name, r in self._recipes.items() if r.resumed]
+        for name in resumed:
+            if self.judging_now(name) is not None:
+                continue
+            with self._lock:
+                r = self._recipes.get(name)
+                if r is None or not r.resumed:  # inspected meanwhile: loaded after all
+                    continue
+                del self._recipes[name]
+                self.counted += 1
+                t = r.tracks.get(r.current) if r.current is not None else None
+                if t is not None and t.state == "alarm":
+                    self._pending.append(_change(t, self.settings, "cleared", (
+                        f"recipe {name} is not loaded since the restart: its alarm ended")))
+        self._tell()
 
     def _current(self, recipe: str) -> Track:
         """Under the lock: the recipe's latest track, or :class:`NotFoundError`."""
@@ -393,7 +450,10 @@ class FailRateAlarm:
         hit = self._digests.get(id(recipe))
         if hit is not None and hit[0] is recipe:
             return hit[1]
-        digest = hashlib.sha256(recipe.model_dump_json().encode()).hexdigest()[:16]
+        # what the recipe sets, not every default: a release that adds a recipe field keeps
+        # the digests of saved counts (lifecycle/alarm_file.py)
+        digest = hashlib.sha256(recipe.model_dump_json(exclude_defaults=True).encode()
+                                ).hexdigest()[:16]
         if len(self._digests) > 256:
             self._digests.clear()
         self._digests[id(recipe)] = (recipe, digest)
@@ -411,42 +471,70 @@ def _change(t: Track, s: FailRateAlarmSettings, state: Literal["alarm", "cleared
                   state or ("alarm" if t.state == "alarm" else "cleared"), why or t.why, details)
 
 
-_BITS = bytes.maketrans(b"\x00\x01", b"01")  # a window of verdicts as text: fail is 1
-
-
-def _saved_track(t: Track) -> dict[str, Any]:
+def _saved_track(t: Track, recent: bytes) -> dict[str, Any]:
+    """``t`` (its window given apart, as bytes of 0/1) as JSON-able data; the window's
+    verdicts packed 8 to a byte (fail is 1), base64."""
+    bits = np.packbits(np.frombuffer(recent, np.uint8)).tobytes()
     return {"model": t.model, "version": t.version, "judged_by": t.judged_by,
             "content": t.content, "started_at": t.started_at.isoformat(),
             "baseline_inspections": t.baseline_inspections, "baseline_fails": t.baseline_fails,
-            "recent": bytes(t.recent).translate(_BITS).decode("ascii"), "state": t.state,
+            "recent": base64.b64encode(bits).decode("ascii"), "recent_len": len(recent),
+            "state": t.state,
             "changed_at": None if t.changed_at is None else t.changed_at.isoformat(),
-            "why": t.why}
+            "why": t.why, "declared": t.declared}
 
 
 def _track_of(recipe: str, d: dict[str, Any], s: FailRateAlarmSettings) -> Track:
-    """A saved track back (ValueError, KeyError or TypeError when it is not one)."""
-    recent = str(d["recent"])
-    if len(recent) > s.window or set(recent) - {"0", "1"}:
-        raise ValueError(f"recipe {recipe}: recent is not up to {s.window} of 0/1")
+    """A saved track back (ValueError, KeyError or TypeError when it is not one: every
+    field of its type, every count consistent with the others and the settings)."""
+    n, fails, size = (_int(d, k) for k in ("baseline_inspections", "baseline_fails",
+                                            "recent_len"))
     state = d["state"]
     if state not in ("learning", "ok", "alarm"):
         raise ValueError(f"recipe {recipe}: state {state!r}")
-    n, fails = int(d["baseline_inspections"]), int(d["baseline_fails"])
-    if not 0 <= fails <= n <= s.baseline_inspections or (state == "learning") != (
+    if not 0 <= size <= s.window or (state == "alarm" and size != s.window):
+        raise ValueError(f"recipe {recipe}: {size} recent inspections in state {state}")
+    packed = base64.b64decode(_str(d, "recent"), validate=True)
+    if len(packed) != (size + 7) // 8:
+        raise ValueError(f"recipe {recipe}: recent does not hold {size} inspections")
+    recent = np.unpackbits(np.frombuffer(packed, np.uint8))[:size].astype(bool).tolist()
+    declared = d.get("declared")
+    if declared is not None:
+        if type(declared) not in (int, float) or not 0 <= declared <= 1 or n or fails \
+                or state == "learning":
+            raise ValueError(f"recipe {recipe}: usual {declared!r} given, baseline {fails} of "
+                             f"{n}, state {state}")
+        declared = float(declared)
+    elif not 0 <= fails <= n <= s.baseline_inspections or (state == "learning") != (
             n < s.baseline_inspections):
         raise ValueError(f"recipe {recipe}: baseline {fails} fails of {n} in state {state}")
     changed = d.get("changed_at")
-    t = Track(recipe, str(d["model"]), str(d["version"]), str(d["judged_by"]),
-              str(d["content"]), s.window, started_at=_utc(d["started_at"]),
+    t = Track(recipe, _str(d, "model"), _str(d, "version"), _str(d, "judged_by"),
+              _str(d, "content"), s.window, started_at=_utc(_str(d, "started_at")),
               baseline_inspections=n, baseline_fails=fails, state=state,
-              changed_at=None if changed is None else _utc(changed), why=str(d.get("why", "")))
-    t.recent.extend(c == "1" for c in recent)
-    t.recent_fails = recent.count("1")
+              changed_at=None if changed is None else _utc(_str(d, "changed_at")),
+              why=_str(d, "why"), declared=declared)
+    t.recent.extend(recent)
+    t.recent_fails = sum(recent)
     return t
 
 
-def _utc(text: Any) -> datetime:
-    when = datetime.fromisoformat(str(text))
+def _int(d: dict[str, Any], key: str) -> int:
+    value = d[key]
+    if type(value) is not int:  # not a bool, nor 2.9 taken for 2
+        raise TypeError(f"{key}: {value!r} is not an integer")
+    return value
+
+
+def _str(d: dict[str, Any], key: str) -> str:
+    value = d[key]
+    if not isinstance(value, str) or len(value) > 4096:
+        raise TypeError(f"{key}: not a string (up to 4096 characters)")
+    return value
+
+
+def _utc(text: str) -> datetime:
+    when = datetime.fromisoformat(text)
     if when.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone")
     return when
@@ -456,7 +544,9 @@ def _why(t: Track, s: FailRateAlarmSettings) -> str:
     usual, rate = t.usual or 0.0, t.recent_rate or 0.0
     where = (f"recipe {t.recipe} ({t.judged_by}): fail rate {rate:.1%} over the last "
              f"{len(t.recent)} inspections")
-    learned = f"its usual {usual:.1%} over its first {t.baseline_inspections}"
+    learned = f"its usual {usual:.1%} " + (
+        "(the recipe's usual_fail_rate)" if t.declared is not None
+        else f"over its first {t.baseline_inspections}")
     if t.state == "alarm":
         return (f"{where}, above the bound {bound_of(usual, s):.1%} ({learned}). A new look of "
                 "good parts (a lot, a light, the camera) or a run of defects: look at its fails")

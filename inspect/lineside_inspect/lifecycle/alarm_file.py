@@ -5,9 +5,9 @@ rate again from the parts after it, and an alarm raised before ends without a wo
 line whose new look began before the restart, that look would be learned as usual.
 
 The counts are written whole (temp file, fsync, rename) every ``save_every_s`` when
-inspections were counted since, and at shutdown; a crash loses at most the last few
-seconds of counts. A file that cannot be read or does not fit the settings is set aside
-as ``<name>.bad`` (kept for a look, never deleted) and the alarm learns afresh, said so.
+inspections were counted since, and at shutdown; a crash loses the last seconds' counts.
+A file that does not parse, or does not fit the settings, is set aside as ``<name>.bad``
+(the last one set aside is kept for a look) and the alarm learns afresh, said so.
 """
 
 from __future__ import annotations
@@ -17,12 +17,16 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.lifecycle.alarm import FailRateAlarm
 
 log = logging.getLogger("lineside.alarm")
-MAX_BYTES = 64 << 20  # a larger file is not the alarm's (a recipe's tracks take ~2 KB)
+# far above what a server saves (a recipe's four tracks take ~2 KB at window 400, ~70 KB
+# at the largest window): a file beyond it is not the alarm's
+MAX_BYTES = 256 << 20
+CLOSE_WAIT_S = 5.0  # close() waits this long for a save in progress (a hung disk)
 
 
 class AlarmFile:
@@ -40,64 +44,64 @@ class AlarmFile:
         self._lock = threading.Lock()  # one save at a time (the thread's, close's)
 
     def load(self) -> None:
+        """Resume the saved counts; a file that cannot be resumed is set aside (never an
+        error that stops the server)."""
         try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            log.warning("fail-rate alarm: cannot read %s (%s): learned afresh", self.path, exc)
-            return
-        try:
-            if size > MAX_BYTES:
-                raise ValueError(f"{size} bytes")
-            doc = json.loads(self.path.read_bytes())
+            if not self.path.exists():
+                return
+            if self.path.stat().st_size > MAX_BYTES:
+                raise ValueError(f"larger than {MAX_BYTES >> 20} MB")
+            doc = json.loads(self.path.read_bytes(), parse_constant=_no_constant)
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
             n = self.alarm.restore(doc)
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-            bad = self.path.with_name(self.path.name + ".bad")
-            log.warning("fail-rate alarm: the counts saved in %s are not resumed (%s): learned "
-                        "afresh; the file is kept as %s", self.path, exc, bad.name)
-            try:
-                os.replace(self.path, bad)
-            except OSError as move:
-                log.warning("fail-rate alarm: cannot set %s aside: %s", self.path, move)
+        except Exception as exc:  # whatever is in the file: learned afresh, said so
+            set_aside(self.path, f"the counts saved in {self.path} are not resumed "
+                                 f"({type(exc).__name__}: {exc}): learned afresh")
             return
         self._saved = self.alarm.counted
         log.info("fail-rate alarm: resumed the counts of %d recipe(s) saved at %s", n,
                  doc.get("saved_at"))
 
     def start(self) -> None:
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="alarm-file", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        """Stop the thread and save what was counted since the last save."""
+        """Stop the thread and save what was counted since the last save (a save still
+        running on a hung disk is waited for :data:`CLOSE_WAIT_S` at most)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
-        self.save()
+            self._thread.join(timeout=CLOSE_WAIT_S)
+        self.save(wait_s=CLOSE_WAIT_S)
 
-    def save(self) -> None:
+    def save(self, wait_s: float = -1) -> None:
         """Write the counts if any inspection was counted since the last save."""
-        with self._lock:
+        if not self._lock.acquire(timeout=wait_s):
+            log.error("fail-rate alarm: a save of its counts to %s still runs after %.0f s: "
+                      "the last counts are not saved", self.path, wait_s)
+            return
+        try:
             counted = self.alarm.counted
             if counted == self._saved:
                 return
             data = json.dumps(self.alarm.saved(), separators=(",", ":")).encode()
             try:
-                write_atomic(self.path, data)
+                write_atomic(self.path, data, own_tmp=True)
             except OSError as exc:
                 if not self._failing:
                     log.error("fail-rate alarm: cannot save its counts to %s (%s): a restart "
-                              "would learn afresh; tried again every %.0f s", self.path, exc,
-                              self.every_s)
+                              "would lose what was counted since; tried again every %g s",
+                              self.path, exc, self.every_s)
                 self._failing = True
                 return
             if self._failing:
                 log.info("fail-rate alarm: its counts are saved to %s again", self.path)
             self._failing = False
             self._saved = counted
+        finally:
+            self._lock.release()
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -105,3 +109,17 @@ class AlarmFile:
                 self.save()
             except Exception:  # the thread must go on: the next save may work
                 log.exception("fail-rate alarm: saving its counts failed")
+
+
+def set_aside(path: Path, why: str, suffix: str = ".bad") -> None:
+    """Rename ``path`` to ``<name><suffix>`` (replacing an older one), saying ``why``."""
+    bad = path.with_name(path.name + suffix)
+    log.warning("fail-rate alarm: %s; the file is kept as %s", why, bad.name)
+    try:
+        os.replace(path, bad)
+    except OSError as exc:
+        log.warning("fail-rate alarm: cannot set %s aside: %s", path, exc)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a count")

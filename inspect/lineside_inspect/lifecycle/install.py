@@ -9,7 +9,7 @@ from lineside_inspect.config import Settings
 from lineside_inspect.errors import LinesideError
 from lineside_inspect.inspector import fused_name
 from lineside_inspect.lifecycle.alarm import FailRateAlarm, judged_by_of
-from lineside_inspect.lifecycle.alarm_file import AlarmFile
+from lineside_inspect.lifecycle.alarm_file import AlarmFile, set_aside
 from lineside_inspect.lifecycle.manager import Lifecycle
 from lineside_inspect.lifecycle.routes import router
 from lineside_inspect.recipes import Recipe
@@ -47,12 +47,21 @@ def install(app: Any, settings: Settings) -> Lifecycle:
             saved.load()  # before any inspection is counted
             app.state.on_startup.append(saved.start)
             app.state.on_shutdown.append(saved.close)  # after the inspections drained
+    if lc.alarm is None or settings.lifecycle.fail_rate_alarm.save_every_s == 0:
+        # counts saved before would be resumed, stale, once saving is on again
+        path = Path(settings.data_dir) / ALARM_FILE
+        if path.exists():
+            set_aside(path, "its counts are not saved now (lifecycle.fail_rate_alarm: enabled "
+                            "false or save_every_s 0), so the ones saved before are not resumed",
+                      ".unused")
 
     def start() -> None:
         if app.state.store is not None:
             lc.attach(app.state.store, app.state.service)
 
     def ready() -> None:  # what judges once every start-up hook ran (a fleet box restores)
+        if lc.alarm is not None:
+            lc.alarm.drop_unloaded()  # resumed counts of recipes gone while it was down
         if app.state.store is not None:
             lc.record_startup()
 

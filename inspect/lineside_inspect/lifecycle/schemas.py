@@ -186,11 +186,13 @@ class FailRateTrack(_Shape):
     judged_by: str = Field(description="model and version, + the fused good-only model's")
     state: Literal["learning", "ok", "alarm"]
     since: UTCTime = Field(description="when these models started judging with the recipe "
-                                       "(or it was relearned), since the server started")
+                                       "(or it was relearned); counts are resumed over restarts")
     changed_at: UTCTime | None = Field(description="when the alarm was last raised or cleared")
     why: str
     baseline_inspections: int = Field(description="inspections its usual rate is learned from")
-    baseline_needed: int
+    baseline_needed: int = Field(description="0 when the recipe gives its usual_fail_rate")
+    usual_from: Literal["learned", "recipe"] = Field(description=(
+        "learned from the first inspections, or the recipe's usual_fail_rate"))
     usual_fail_rate: float | None
     recent_inspections: int
     recent_fail_rate: float | None
@@ -198,7 +200,9 @@ class FailRateTrack(_Shape):
 
 
 class FailRateAlarms(_Shape):
-    items: list[FailRateTrack] = Field(description="one per recipe inspected since start")
+    items: list[FailRateTrack] = Field(description=(
+        "one per recipe inspected since start (a recipe whose counts were resumed after a "
+        "restart shows from its first inspection)"))
 
 
 class Promotion(_Shape):

@@ -98,6 +98,10 @@ class Recipe(BaseModel):
         "running the detector (runtime/unchanged.py; floor from lineside calibrate-unchanged)"))
     anomaly: AnomalyRule | None = Field(None, description=(
         "a good-only model's image score as a rule (alone, or fused with the detector)"))
+    usual_fail_rate: Score | None = Field(None, description=(
+        "the share of parts this product usually fails on this line, if known: the "
+        "fail-rate alarm compares with it from the start instead of learning it from the "
+        "first inspections (docs/lifecycle.md section 6)"))
     remote: RemoteModel | None = Field(None, description=(
         "run inference on an OIP v2 endpoint instead of a package loaded on the box; "
         "in recipe files of the server's config only (PUT /v1/recipes refuses it)"))
