@@ -1074,18 +1074,24 @@ def test_a_box_without_models_starts_and_takes_its_recipes_when_they_come() -> N
         stop()
 
 
+def _one_camera_two_recipes(tmp_path: Path, line: LineSettings,
+                            **more: Any) -> tuple[MJPEGSimulator, Any]:
+    """A 10 fps camera "sim" judged with recipe "deeppcb"; "lenient" beside it; no store."""
+    (tmp_path / "deeppcb.yaml").write_text("name: deeppcb\nversion: '1'\nmodel: deeppcb\n")
+    (tmp_path / "lenient.yaml").write_text("name: lenient\nversion: '7'\nmodel: deeppcb\n")
+    sim = MJPEGSimulator(folder_frames(SAMPLE), fps=10)
+    return sim, keyed(
+        cameras=[CameraConfig(id="sim", source=sim.url, recipe="deeppcb")],
+        recipes=[str(tmp_path / "deeppcb.yaml"), str(tmp_path / "lenient.yaml")],
+        store=False, line=line, **more)
+
+
 def test_a_modbus_recipe_table_in_the_config_holds_whatever_the_api_puts(tmp_path: Path) -> None:
     """The recipe index counted the server's recipes in load order, which moves with
     recipes put or dropped over the API (and a saved one left out at start): a PLC's index
     could come to name another recipe. ``modbus.recipes`` fixes the table."""
-    (tmp_path / "deeppcb.yaml").write_text("name: deeppcb\nversion: '1'\nmodel: deeppcb\n")
-    (tmp_path / "lenient.yaml").write_text("name: lenient\nversion: '7'\nmodel: deeppcb\n")
-    sim = MJPEGSimulator(folder_frames(SAMPLE), fps=10)
-    settings = keyed(
-        cameras=[CameraConfig(id="sim", source=sim.url, recipe="deeppcb")],
-        recipes=[str(tmp_path / "deeppcb.yaml"), str(tmp_path / "lenient.yaml")],
-        store=False, line=LineSettings(modbus=ModbusConfig(
-            port=0, recipes=["lenient", "spare", "deeppcb"])))
+    sim, settings = _one_camera_two_recipes(tmp_path, LineSettings(modbus=ModbusConfig(
+        port=0, recipes=["lenient", "spare", "deeppcb"])))
     srv, stop = start_server(settings)
     try:
         plc = srv.app.state.line_plc
@@ -1133,16 +1139,11 @@ def test_the_fail_rate_alarm_reaches_the_plc_over_opcua_and_modbus(tmp_path: Pat
     """A jump of the recipe's fail rate sets the station's FailRateAlarm on both protocols;
     it follows the station's recipe when the PLC switches, leaves the handshake alone, and
     clears with the alarm."""
-    (tmp_path / "deeppcb.yaml").write_text("name: deeppcb\nversion: '1'\nmodel: deeppcb\n")
-    (tmp_path / "lenient.yaml").write_text("name: lenient\nversion: '7'\nmodel: deeppcb\n")
-    sim = MJPEGSimulator(folder_frames(SAMPLE), fps=10)
-    settings = keyed(
-        cameras=[CameraConfig(id="sim", source=sim.url, recipe="deeppcb")],
-        recipes=[str(tmp_path / "deeppcb.yaml"), str(tmp_path / "lenient.yaml")],
-        store=False, lifecycle={"fail_rate_alarm": {
-            "baseline_inspections": 4, "window": 4, "max_fail_rate_increase": 0.3}},
-        line=LineSettings(opcua=OpcUaConfig(endpoint="opc.tcp://127.0.0.1:0/lineside/"),
-                          modbus=ModbusConfig(port=0)))
+    sim, settings = _one_camera_two_recipes(
+        tmp_path, LineSettings(opcua=OpcUaConfig(endpoint="opc.tcp://127.0.0.1:0/lineside/"),
+                               modbus=ModbusConfig(port=0)),
+        lifecycle={"fail_rate_alarm": {"baseline_inspections": 4, "window": 4,
+                                       "max_fail_rate_increase": 0.3}})
     srv, stop = start_server(settings)
     good = sorted(SAMPLE.rglob("*_temp.jpg"))
     defective = sorted(SAMPLE.rglob("*_test.jpg"))
