@@ -561,10 +561,15 @@ def test_the_fail_rate_alarm_resumes_after_a_restart(tmp_path: Path, variants: P
 
     srv, stop = start()
     try:
-        with srv.client("line") as line, srv.client("reviewer") as rev:
+        with srv.client("line") as line, srv.client("reviewer") as rev, \
+                srv.client("admin") as admin:
             inspect(line, GOOD[:6] + DEFECTIVE[:2])
-            (track,) = rev.get("/v1/alarms").json()["items"]
-            assert track["state"] == "alarm"
+            # and a recipe put over the API (loaded after the start-up hooks)
+            r = admin.put("/v1/recipes/put-only", json={"name": "put-only", "model": "deeppcb"})
+            assert r.status_code == 200, r.text
+            inspect(line, GOOD[:6] + DEFECTIVE[:2], recipe="put-only")
+            track, put = rev.get("/v1/alarms").json()["items"]
+            assert (track["state"], put["recipe"], put["state"]) == ("alarm", "put-only", "alarm")
     finally:
         stop()
     assert (tmp_path / "lifecycle" / "fail_rate_alarm.json").is_file()
@@ -585,6 +590,10 @@ def test_the_fail_rate_alarm_resumes_after_a_restart(tmp_path: Path, variants: P
             assert entry["action"] == "fail_rate_alarm"
             inspect(line, GOOD[1:4])
             assert rev.get("/v1/alarms").json()["items"][0]["state"] == "ok"
+            inspect(line, GOOD[:1], recipe="put-only")
+            put = rev.get("/v1/alarms").json()["items"][1]
+            assert (put["recipe"], put["state"], put["baseline_inspections"]) == (
+                "put-only", "alarm", 6)
     finally:
         stop()
     # saving turned off: the counts saved before are set aside, not resumed stale later

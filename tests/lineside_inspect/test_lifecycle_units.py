@@ -566,8 +566,9 @@ def _track0(d: dict[str, Any], **change: Any) -> bytes:
     lambda d: _track0(d, state="alarm"),  # an alarm needs a full window
     lambda d: _track0(d, declared=2.0, baseline_inspections=0, baseline_fails=0),
     lambda d: _track0(d, declared=0.1),  # given and learned at once
-    lambda d: _track0(d).replace(b'"baseline_inspections": 2', b'"baseline_inspections": Infinity'),
-    lambda d: _track0(d).replace(b'"baseline_fails": 1', b'"baseline_fails": NaN'),
+    lambda d: _track0(d).replace(b'"baseline_fails": 1', b'"baseline_fails": Infinity'),
+    lambda d: _track0(d).replace(b'"recent_len": 3', b'"recent_len": NaN'),
+    lambda d: _track0(d, started_at="0001-01-01T00:00:00+05:00"),  # before year 1 in UTC
 ])
 def test_a_damaged_alarm_file_is_set_aside_and_the_alarm_learns_afresh(
         tmp_path: Path, damage: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -620,10 +621,13 @@ def test_a_recipe_that_gives_its_usual_fail_rate_is_judged_from_the_start(tmp_pa
     assert t["state"] == "alarm" and told == ["alarm"]
     assert "its usual 2.0% (the recipe's usual_fail_rate)" in t["why"]
     saved.save()
-    resumed = FailRateAlarm(s)
+    again: list[str] = []
+    resumed = FailRateAlarm(s, on_change=lambda c: again.append(c.why))
     AlarmFile(resumed, path, every_s=3600).load()
     resumed.offer(_judged(given, "1", "fail"))
     assert resumed.track("r").state == "alarm" and resumed.track("r").declared == 0.02
+    assert len(again) == 1 and again[0].startswith("still in alarm after a restart: ")
+    assert "(the recipe's usual_fail_rate)" in again[0]
     old = alarm.relearn("r")
     assert old.state == "alarm" and told == ["alarm", "cleared"]
     t = alarm.status()[0]

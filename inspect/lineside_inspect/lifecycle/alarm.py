@@ -537,7 +537,10 @@ def _utc(text: str) -> datetime:
     when = datetime.fromisoformat(text)
     if when.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone")
-    return when
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # year 1 at +05:00: shown nowhere
+        raise ValueError(f"{text!r} is out of range in UTC") from None
 
 
 def _why(t: Track, s: FailRateAlarmSettings) -> str:

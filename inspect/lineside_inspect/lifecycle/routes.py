@@ -192,14 +192,18 @@ async def lineage(name: str, request: Request, who: Admin) -> ModelLineage:
 @router.get("/alarms", responses=errors(401, 403, 404))
 async def alarms(request: Request, who: Reviewer) -> FailRateAlarms:
     """Each recipe's fail rate, watched for a jump: its usual rate (learned from its first
-    inspections with its models), its recent one and whether it is in alarm."""
+    inspections with its models, or the recipe's usual_fail_rate), its recent one and
+    whether it is in alarm. A recipe whose counts were resumed after a restart shows from
+    its first inspection."""
     return FailRateAlarms.model_validate({"items": _alarm(request).status()})
 
 
 @router.post("/alarms/{recipe}/relearn", responses=errors(401, 403, 404, 409, 413, 422))
 async def relearn(recipe: Name, body: Relearn, request: Request, who: Admin) -> FailRateTrack:
     """Learn the recipe's usual fail rate again from its next inspections: once the cause
-    of an alarm was fixed, or accepted as the new normal. Answers the track forgotten."""
+    of an alarm was fixed, or accepted as the new normal (a recipe that gives its
+    usual_fail_rate keeps it: only its window starts again). Answers the track forgotten;
+    404 for a recipe not inspected since the server started."""
     lc, alarm = lifecycle(request), _alarm(request)
     old = alarm.track(recipe)  # 404 first
     if lc.store is not None:  # recorded first: a relearn that cannot be recorded is not made

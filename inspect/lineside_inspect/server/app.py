@@ -157,9 +157,13 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         # a camera whose config contradicts itself (a reference model's recipe and no
         # golden image, or the reverse) stops the server here, before anything started
         await anyio.to_thread.run_sync(app.state.service.check_cameras)
-        for hook in app.state.on_startup + app.state.on_ready:
+        for hook in app.state.on_startup:
             await anyio.to_thread.run_sync(hook)
+        # after the start-up hooks (a fleet box's restored models), before the ready hooks
+        # (the fail-rate alarm drops resumed counts of recipes not loaded by then)
         await anyio.to_thread.run_sync(load_saved_recipes, app)
+        for hook in app.state.on_ready:
+            await anyio.to_thread.run_sync(hook)
         # what a camera still lacks once every hook ran (a recipe a fleet box gets with its
         # first pull, a reference to be registered over the API) is warned about, not
         # refused: the server must run for it to come
