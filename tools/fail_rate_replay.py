@@ -14,7 +14,8 @@ inspection service (``lifecycle.alarm.FailRateAlarm``, default settings unless g
 Prints each group's inspections and fail rate, and every alarm raised or cleared: where,
 and after how many of that group's inspections. ``--seeds N`` replays the line N times in
 other orders; ``--sweep`` judges the replays under a grid of settings (false alarms before
-the new look, and how soon it raised one). Needs ``pip install -e '.[train]'`` (the
+the new look, and how soon it raised one); ``--score-watch`` compares a watch on the
+good-only scores. Needs ``pip install -e '.[train]'`` (the
 re-photographing lives there).
 """
 
@@ -31,7 +32,7 @@ from lineside_inspect.dataset import read_dataset
 from lineside_inspect.imageio import read_image
 from lineside_inspect.inspector import Inspection, inspect
 from lineside_inspect.lifecycle.alarm import FailRateAlarm
-from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+from lineside_inspect.lifecycle.config import FailRateAlarmSettings, bound_of
 from lineside_inspect.lifecycle.manager import card_recipe
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.runtime.detector import Detector
@@ -82,6 +83,32 @@ def alarms(parts: list[tuple[str, bool, Inspection]],
     return events, alarm.status()[0]
 
 
+def score_alarms(parts: list[tuple[str, bool, Inspection]], q: float,
+                 settings: FailRateAlarmSettings) -> list[tuple[str, int]]:
+    """A watch on a good-only model's image scores instead of its verdicts, for comparison
+    (not in the server): the share of inspections whose score exceeds the baseline's
+    ``q``-quantile, judged with the alarm's rule (usual share from the baseline, bound
+    ``bound_of``, cleared halfway). Returns (group, how many into it) of each alarm."""
+    scores = np.array([r.anomaly.score if r.anomaly is not None else 0.0 for _, _, r in parts])
+    n0 = settings.baseline_inspections
+    level = float(np.quantile(scores[:n0], q))
+    over = scores > level
+    usual = float(over[:n0].mean())
+    bound = bound_of(usual, settings)
+    alarm, events, into, last = False, [], 0, ""
+    for n in range(n0, len(parts)):
+        group = parts[n][0]
+        into = into + 1 if group == last else 1
+        last = group
+        rate = float(over[max(0, n + 1 - settings.window):n + 1].mean())
+        if not alarm and rate - bound > 1e-9:
+            alarm = True
+            events.append((group, into))
+        elif alarm and rate - (usual + bound) / 2 <= 1e-9:
+            alarm = False
+    return events
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("package")
@@ -93,6 +120,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="replays, each in another order")
     ap.add_argument("--sweep", action="store_true", help=(
         "judge every replay under a grid of settings, not only the defaults"))
+    ap.add_argument("--score-watch", action="store_true", help=(
+        "also judge a watch on the good-only scores (share above a baseline quantile), "
+        "for comparison with the fail-rate alarm"))
     args = ap.parse_args()
     detector = Detector(args.package, device="cpu", threads=1)
     recipe = card_recipe(detector.card)
@@ -142,6 +172,23 @@ def main() -> None:
               f"judged before {args.new_look} ({len(replays)} replays); {args.new_look} "
               f"raised it in {len(seen)}/{len(replays)}, after {_median(seen)} of its inspections (median; "
               f"{min(seen, default='-')}-{max(seen, default='-')})", flush=True)
+    if args.score_watch:
+        _score_watch(replays, args.new_look)
+
+
+def _score_watch(replays: list[list[tuple[str, bool, Inspection]]], new_look: str) -> None:
+    for q in (0.9, 0.95):
+        for window, inc in ((400, 0.05), (400, 0.1), (200, 0.1)):
+            s = FailRateAlarmSettings(window=window, max_fail_rate_increase=inc)
+            events = [score_alarms(parts, q, s) for parts in replays]
+            false = sum(g != new_look for e in events for g, _ in e)
+            hits = [next((k for g, k in e if g == new_look), None) for e in events]
+            seen = [h for h in hits if h is not None]
+            print(f"score watch: share above the baseline's q{q}, window {window}, bound "
+                  f"max(usual x 2, usual + {inc:.0%}): {false} false alarms before {new_look}; "
+                  f"{new_look} raised it in {len(seen)}/{len(replays)}, after {_median(seen)} "
+                  f"of its inspections (median; {min(seen, default='-')}-"
+                  f"{max(seen, default='-')})", flush=True)
 
 
 def _median(values: list[int]) -> str:

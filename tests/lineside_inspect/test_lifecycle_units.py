@@ -379,7 +379,7 @@ def test_the_fail_rate_alarm_learns_afresh_per_model_version_and_recipe_content(
     assert alarm.relearn("r", of=old, actor="ann").state == "alarm"
     assert changes[-1] == ("1", "cleared")
     assert alarm.status()[0]["baseline_inspections"] == 0
-    with pytest.raises(NotFoundError, match=r"recipes watched: r\)"):
+    with pytest.raises(NotFoundError, match=r"recipes with counts: r\)"):
         alarm.relearn("q")
     # a recipe in alarm that is dropped: its alarm ends, said so, and its series go;
     # an inspection of it still running is not counted
@@ -508,8 +508,8 @@ def test_the_fail_rate_alarm_resumes_its_counts_after_a_restart(tmp_path: Path) 
     # the same models after the restart: nothing is shown until the recipe's first inspection
     alarm, saved, told = server({"r": (r1, "m 1"), "q": (r2, "m 2")})
     assert alarm.status() == [] and alarm.recipes_in_alarm() == frozenset()
-    with pytest.raises(NotFoundError):
-        alarm.relearn("r")
+    with pytest.raises(NotFoundError, match="recipes with counts: q, r"):
+        alarm.relearn("nope")
     alarm.offer(_judged(r1, "1", "fail"))
     (t,) = alarm.status()
     assert told == [("r", "1", "alarm")] and alarm.recipes_in_alarm() == {"r"}
@@ -534,7 +534,7 @@ def test_the_fail_rate_alarm_resumes_its_counts_after_a_restart(tmp_path: Path) 
     # counts saved under other settings are not resumed: learned afresh, the file set aside
     other = FailRateAlarm(FailRateAlarmSettings(baseline_inspections=4, window=8))
     AlarmFile(other, path, every_s=3600).load()
-    assert not path.exists() and path.with_name(path.name + ".bad").exists()
+    assert not path.exists() and path.with_name(path.name + ".old").exists()
     other.offer(_judged(r1, "1", "fail"))
     assert other.track("r").state == "learning"
 
@@ -586,7 +586,8 @@ def test_a_damaged_alarm_file_is_set_aside_and_the_alarm_learns_afresh(
     path.write_bytes(damaged)
     fresh = FailRateAlarm(s)
     AlarmFile(fresh, path, every_s=3600).load()
-    assert "not resumed" in caplog.text and "learned afresh" in caplog.text
+    assert "not resumed" in caplog.text or "cannot be resumed" in caplog.text
+    assert caplog.text.count("learn afresh") == 1
     assert str(tmp_path) in caplog.text  # the log names the file; no traceback
     assert "Traceback" not in caplog.text
     assert path.with_name(path.name + ".bad").read_bytes() == damaged  # kept for a look
@@ -708,3 +709,38 @@ def test_resumed_counts_of_a_recipe_gone_after_the_restart_are_dropped_said_so(
     assert set(after.saved()["recipes"]) == {"q"}
     after.offer(_judged(r2, "1", "fail"))
     assert after.track("q").state == "alarm"
+
+
+def test_after_a_restart_an_alarm_is_said_with_its_rates_of_now_and_can_be_relearned_at_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from lineside_inspect.lifecycle.alarm import FailRateAlarm
+    from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+
+    s = FailRateAlarmSettings(baseline_inspections=2, window=4, max_fail_rate_increase=0.2)
+    r1 = Recipe(name="r", model="m")
+    alarm = FailRateAlarm(s)
+    for verdict in ("pass", "pass", "pass", "pass", "fail", "fail"):  # 50% of 4: alarm
+        alarm.offer(_judged(r1, "1", verdict))
+    doc = json.loads(json.dumps(alarm.saved()))
+    told: list[tuple[str, str]] = []
+    after = FailRateAlarm(s, on_change=lambda c: told.append((c.state, c.why)))
+    after.restore(doc)
+    after.offer(_judged(r1, "1", "fail"))  # 3 of 4 now
+    assert told[0][0] == "alarm" and "fail rate 75.0% over the last 4" in told[0][1]
+    # relearned before its first inspection after another restart: said, learned afresh
+    again = FailRateAlarm(s, on_change=lambda c: told.append((c.state, c.why)))
+    again.restore(doc)
+    assert again.relearn("r", actor="ann").state == "alarm"
+    assert told[-1][0] == "cleared" and "relearned by ann" in told[-1][1]
+    again.offer(_judged(r1, "1", "fail"))
+    assert again.track("r").state == "learning" and len(told) == 2  # nothing more to say
+    # a usual rate that can never raise the alarm is said once
+    lazy = Recipe(name="z", model="m", usual_fail_rate=0.6)
+    for _ in range(3):
+        again.offer(_judged(lazy, "1", "pass"))
+    assert caplog.text.count("its alarm cannot be raised") == 1
+    assert "usual fail rate 60.0%, given by the recipe" in caplog.text
+    with pytest.raises(ValueError, match="usual_fail_rate"):
+        Recipe.model_validate({"name": "t", "model": "m", "usual_fail_rate": True})
+    with pytest.raises(ValueError, match="usual_fail_rate"):
+        Recipe.model_validate({"name": "t", "model": "m", "usual_fail_rate": "0.02"})

@@ -118,6 +118,10 @@ class Track:
         return iso_times(self.to_json(s))
 
 
+class SettingsChanged(ValueError):
+    """Saved counts that were counted under other settings (:meth:`FailRateAlarm.restore`)."""
+
+
 @dataclass(frozen=True)
 class Change:
     """An alarm raised or cleared, as it was when it happened."""
@@ -191,12 +195,14 @@ class FailRateAlarm:
         with self._lock:
             r = self._recipes.get(recipe.name)
             track = r.tracks.get(key) if r is not None else None
+            resumed_alarm = created = False
             if late:  # counted for its own models if they are still kept, never made current
                 if r is None or track is None:
                     return
             else:
                 if r is None:
                     r = self._recipes[recipe.name] = _Recipe()
+                created = track is None
                 if track is None:
                     track = r.tracks[key] = Track(recipe.name, card.name, card.version,
                                                   judged_by, digest, s.window,
@@ -206,11 +212,9 @@ class FailRateAlarm:
                     self._switch(r, key)
                     while len(r.tracks) > TRACKS_PER_RECIPE:
                         r.tracks.popitem(last=False)
-                elif r.resumed and track.state == "alarm":
-                    # the same models as before the restart: the alarm stands, said again
-                    # (a consumer that lost it with the restart hears it)
-                    self._pending.append(_change(track, s, "alarm", (
-                        f"still in alarm after a restart: {track.why}")))
+                # the same models as before the restart: an alarm that stands after this
+                # inspection is said again (a consumer that lost it with the restart hears it)
+                resumed_alarm = r.current == key and r.resumed and track.state == "alarm"
                 r.resumed = False
             self.counted += 1
             # what is shown (status, metrics, changes told) is the current track's; a late
@@ -237,6 +241,12 @@ class FailRateAlarm:
                 track.why = _why(track, s)
                 if shown:
                     self._pending.append(_change(track, s))
+            elif not late and resumed_alarm:
+                self._pending.append(_change(track, s, "alarm", (
+                    f"still in alarm after a restart: {_why(track, s)}")))
+            if (created and track.declared is not None) or (
+                    before == "learning" and track.state != "learning"):
+                _warn_if_blind(track, s)  # its usual rate is known from now on
             if self.metrics is not None and shown:
                 self.metrics.set_fail_rate(recipe.name, track.recent_rate, track.state == "alarm")
         self._tell()
@@ -281,9 +291,11 @@ class FailRateAlarm:
                                         declared=old.declared)
             if old.state == "alarm":
                 who = f" by {actor}" if actor else ""
+                again = ("its window starts again (its usual fail rate is the recipe's)"
+                         if old.declared is not None else "its usual fail rate is learned again")
                 self._pending.append(_change(old, self.settings, "cleared", (
-                    f"recipe {recipe} ({old.judged_by}): its usual fail rate is learned "
-                    f"again (relearned{who}); alarm ended")))
+                    f"recipe {recipe} ({old.judged_by}): {again} (relearned{who}); "
+                    "alarm ended")))
             if self.metrics is not None:
                 self.metrics.set_fail_rate(recipe, None, False)
             self.counted += 1
@@ -341,8 +353,8 @@ class FailRateAlarm:
         s = self.settings
         for key in ("baseline_inspections", "window"):
             if doc.get(key) != getattr(s, key):
-                raise ValueError(f"saved with {key} {doc.get(key)}, the settings say "
-                                 f"{getattr(s, key)}: learned afresh")
+                raise SettingsChanged(f"they were counted with {key} {doc.get(key)!r}; the "
+                                      f"settings now say {getattr(s, key)}")
         recipes: dict[str, _Recipe] = {}
         saved_recipes = doc["recipes"]
         if not isinstance(saved_recipes, dict):
@@ -394,14 +406,15 @@ class FailRateAlarm:
         self._tell()
 
     def _current(self, recipe: str) -> Track:
-        """Under the lock: the recipe's latest track, or :class:`NotFoundError`."""
+        """Under the lock: the recipe's latest track, resumed ones too (a relearn right
+        after a restart, before the recipe's first inspection), or :class:`NotFoundError`."""
         r = self._recipes.get(recipe)
-        t = None if r is None else self._shown(r)
+        t = None if r is None or r.current is None else r.tracks.get(r.current)
         if t is None:
-            seen = ", ".join(sorted(n for n, r in self._recipes.items()
-                                    if self._shown(r) is not None)) or "none yet"
-            raise NotFoundError(f"recipe {echo(recipe)} has no inspections watched since "
-                                f"the server started (recipes watched: {seen})")
+            seen = ", ".join(sorted(self._recipes)) or "none yet"
+            raise NotFoundError(f"recipe {echo(recipe)} has no fail-rate counts: not inspected "
+                                f"since it was loaded, and none saved before a restart "
+                                f"(recipes with counts: {seen})")
         return t
 
     @staticmethod
@@ -541,6 +554,18 @@ def _utc(text: str) -> datetime:
         return when.astimezone(UTC)
     except OverflowError:  # year 1 at +05:00: shown nowhere
         raise ValueError(f"{text!r} is out of range in UTC") from None
+
+
+def _warn_if_blind(t: Track, s: FailRateAlarmSettings) -> None:
+    """A usual rate whose bound is 100% or more can never raise the alarm: said once, when
+    it is learned or first used."""
+    usual = t.usual or 0.0
+    if bound_of(usual, s) >= 1:
+        source = "given by the recipe (usual_fail_rate)" if t.declared is not None else (
+            f"learned over its first {t.baseline_inspections} inspections")
+        log.warning("fail-rate alarm: recipe %s (%s): its usual fail rate %.1f%%, %s, puts "
+                    "the bound at %.0f%%: its alarm cannot be raised", t.recipe, t.judged_by,
+                    usual * 100, source, bound_of(usual, s) * 100)
 
 
 def _why(t: Track, s: FailRateAlarmSettings) -> str:

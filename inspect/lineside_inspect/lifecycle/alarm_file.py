@@ -6,8 +6,9 @@ line whose new look began before the restart, that look would be learned as usua
 
 The counts are written whole (temp file, fsync, rename) every ``save_every_s`` when
 inspections were counted since, and at shutdown; a crash loses the last seconds' counts.
-A file that does not parse, or does not fit the settings, is set aside as ``<name>.bad``
-(the last one set aside is kept for a look) and the alarm learns afresh, said so.
+A file that does not parse is set aside as ``<name>.bad``, one counted under other
+settings as ``<name>.old`` (the last one of each is kept for a look); the alarm then
+learns afresh, said so.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lineside_inspect.atomic import write_atomic
-from lineside_inspect.lifecycle.alarm import FailRateAlarm
+from lineside_inspect.lifecycle.alarm import FailRateAlarm, SettingsChanged
 
 log = logging.getLogger("lineside.alarm")
 # far above what a server saves (a recipe's four tracks take ~2 KB at window 400, ~70 KB
@@ -55,9 +56,15 @@ class AlarmFile:
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
             n = self.alarm.restore(doc)
+        except SettingsChanged as exc:
+            set_aside(self.path, f"the counts saved in {self.path} are not resumed: {exc}; "
+                                 "the recipes learn afresh", ".old")
+            return
         except Exception as exc:  # whatever is in the file: learned afresh, said so
-            set_aside(self.path, f"the counts saved in {self.path} are not resumed "
-                                 f"({type(exc).__name__}: {exc}): learned afresh")
+            what = str(exc) if isinstance(exc, ValueError | TypeError) else \
+                f"{type(exc).__name__}: {exc}"  # a missing key, a recursion: named
+            set_aside(self.path, f"the counts saved in {self.path} cannot be resumed ({what}); "
+                                 "the recipes learn afresh")
             return
         self._saved = self.alarm.counted
         log.info("fail-rate alarm: resumed the counts of %d recipe(s) saved at %s", n,

@@ -203,7 +203,8 @@ async def relearn(recipe: Name, body: Relearn, request: Request, who: Admin) -> 
     """Learn the recipe's usual fail rate again from its next inspections: once the cause
     of an alarm was fixed, or accepted as the new normal (a recipe that gives its
     usual_fail_rate keeps it: only its window starts again). Answers the track forgotten;
-    404 for a recipe not inspected since the server started."""
+    404 for a recipe without counts (counts resumed after a restart can be relearned before
+    the recipe's first inspection)."""
     lc, alarm = lifecycle(request), _alarm(request)
     old = alarm.track(recipe)  # 404 first
     if lc.store is not None:  # recorded first: a relearn that cannot be recorded is not made

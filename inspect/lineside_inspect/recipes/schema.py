@@ -98,7 +98,8 @@ class Recipe(BaseModel):
         "running the detector (runtime/unchanged.py; floor from lineside calibrate-unchanged)"))
     anomaly: AnomalyRule | None = Field(None, description=(
         "a good-only model's image score as a rule (alone, or fused with the detector)"))
-    usual_fail_rate: Score | None = Field(None, description=(
+    # strict: true (YAML's yes) or "0.02" would pass for a rate
+    usual_fail_rate: Annotated[float, Field(ge=0, le=1, strict=True)] | None = Field(None, description=(
         "the share of parts this product usually fails on this line, if known: the "
         "fail-rate alarm compares with it from the start instead of learning it from the "
         "first inspections (docs/lifecycle.md section 6)"))
