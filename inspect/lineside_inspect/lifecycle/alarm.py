@@ -30,7 +30,6 @@ recipe's saved counts are shown again from its first inspection after the restar
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import logging
@@ -41,11 +40,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from lineside_inspect.errors import Busy, NotFoundError, echo
+from lineside_inspect.lifecycle.alarm_track import Track
 from lineside_inspect.lifecycle.config import FailRateAlarmSettings, bound_of
-from lineside_inspect.store.utc import iso_times
 
 if TYPE_CHECKING:
     from lineside_inspect.inspector import Inspection
@@ -53,7 +50,6 @@ if TYPE_CHECKING:
     from lineside_inspect.server.metrics import Metrics
 
 log = logging.getLogger("lineside.alarm")
-State = Literal["learning", "ok", "alarm"]
 TRACKS_PER_RECIPE = 4  # kept per recipe: a version back after a rollback resumes its own
 SAVED_FORMAT = 1  # of saved() documents
 
@@ -64,58 +60,6 @@ def judge_rate(usual: float, recent: float, alarm: bool, s: FailRateAlarmSetting
     bound = bound_of(usual, s)
     # a hair of slack: a rate exactly at the line (75/500 vs 45/200) is at it, not above
     return recent - (usual + bound) / 2 > 1e-9 if alarm else recent - bound > 1e-9
-
-
-@dataclass
-class Track:
-    """The counts of one recipe judged by one set of models."""
-
-    recipe: str
-    model: str
-    version: str
-    judged_by: str  # "model version" (+ " + good-only model version" when fused)
-    content: str  # the recipe's content, hashed
-    window: int
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    baseline_inspections: int = 0
-    baseline_fails: int = 0
-    recent: deque[bool] = field(init=False)
-    recent_fails: int = 0
-    state: State = "learning"
-    changed_at: datetime | None = None  # when the alarm was last raised or cleared
-    why: str = ""
-    declared: float | None = None  # the recipe's usual_fail_rate: nothing to learn
-
-    def __post_init__(self) -> None:
-        self.recent = deque(maxlen=self.window)
-        if self.declared is not None and self.state == "learning":
-            self.state = "ok"
-
-    @property
-    def usual(self) -> float | None:
-        if self.declared is not None:
-            return self.declared
-        n = self.baseline_inspections
-        return self.baseline_fails / n if n else None
-
-    @property
-    def recent_rate(self) -> float | None:
-        return self.recent_fails / len(self.recent) if self.recent else None
-
-    def to_json(self, s: FailRateAlarmSettings) -> dict[str, Any]:
-        usual = self.usual
-        return {"recipe": self.recipe, "judged_by": self.judged_by, "state": self.state,
-                "since": self.started_at, "changed_at": self.changed_at, "why": self.why,
-                "baseline_inspections": self.baseline_inspections,
-                "baseline_needed": 0 if self.declared is not None else s.baseline_inspections,
-                "usual_from": "learned" if self.declared is None else "recipe",
-                "usual_fail_rate": usual,
-                "recent_inspections": len(self.recent), "recent_fail_rate": self.recent_rate,
-                "bound": None if usual is None or self.state == "learning" else bound_of(usual, s)}
-
-    def details(self, s: FailRateAlarmSettings) -> dict[str, Any]:
-        """:meth:`to_json` with its times as ISO text: an audit entry's details."""
-        return iso_times(self.to_json(s))
 
 
 class SettingsChanged(ValueError):
@@ -336,7 +280,7 @@ class FailRateAlarm:
                 copies = [(dataclasses.replace(t), bytes(t.recent))  # its scalars, its window
                           for t in r.tracks.values()]
             recipes[name] = {"current": None if current is None else list(current),
-                             "tracks": [_saved_track(t, bits) for t, bits in copies]}
+                             "tracks": [t.saved(bits) for t, bits in copies]}
         return {"format": SAVED_FORMAT, "saved_at": datetime.now(UTC).isoformat(),
                 "baseline_inspections": self.settings.baseline_inspections,
                 "window": self.settings.window, "recipes": recipes}
@@ -366,7 +310,7 @@ class FailRateAlarm:
                 raise ValueError(f"recipe {name}: tracks is not a list of up to "
                                  f"{TRACKS_PER_RECIPE}")
             for d in tracks:
-                t = _track_of(name, d, s)
+                t = Track.from_saved(name, d, s)
                 r.tracks[(t.content, t.judged_by)] = t
             if current is not None:
                 if not (isinstance(current, list) and len(current) == 2
@@ -482,78 +426,6 @@ def _change(t: Track, s: FailRateAlarmSettings, state: Literal["alarm", "cleared
     details["changed_at"] = datetime.now(UTC).isoformat()
     return Change(t.recipe, t.model, t.version,
                   state or ("alarm" if t.state == "alarm" else "cleared"), why or t.why, details)
-
-
-def _saved_track(t: Track, recent: bytes) -> dict[str, Any]:
-    """``t`` (its window given apart, as bytes of 0/1) as JSON-able data; the window's
-    verdicts packed 8 to a byte (fail is 1), base64."""
-    bits = np.packbits(np.frombuffer(recent, np.uint8)).tobytes()
-    return {"model": t.model, "version": t.version, "judged_by": t.judged_by,
-            "content": t.content, "started_at": t.started_at.isoformat(),
-            "baseline_inspections": t.baseline_inspections, "baseline_fails": t.baseline_fails,
-            "recent": base64.b64encode(bits).decode("ascii"), "recent_len": len(recent),
-            "state": t.state,
-            "changed_at": None if t.changed_at is None else t.changed_at.isoformat(),
-            "why": t.why, "declared": t.declared}
-
-
-def _track_of(recipe: str, d: dict[str, Any], s: FailRateAlarmSettings) -> Track:
-    """A saved track back (ValueError, KeyError or TypeError when it is not one: every
-    field of its type, every count consistent with the others and the settings)."""
-    n, fails, size = (_int(d, k) for k in ("baseline_inspections", "baseline_fails",
-                                            "recent_len"))
-    state = d["state"]
-    if state not in ("learning", "ok", "alarm"):
-        raise ValueError(f"recipe {recipe}: state {state!r}")
-    if not 0 <= size <= s.window or (state == "alarm" and size != s.window):
-        raise ValueError(f"recipe {recipe}: {size} recent inspections in state {state}")
-    packed = base64.b64decode(_str(d, "recent"), validate=True)
-    if len(packed) != (size + 7) // 8:
-        raise ValueError(f"recipe {recipe}: recent does not hold {size} inspections")
-    recent = np.unpackbits(np.frombuffer(packed, np.uint8))[:size].astype(bool).tolist()
-    declared = d.get("declared")
-    if declared is not None:
-        if type(declared) not in (int, float) or not 0 <= declared <= 1 or n or fails \
-                or state == "learning":
-            raise ValueError(f"recipe {recipe}: usual {declared!r} given, baseline {fails} of "
-                             f"{n}, state {state}")
-        declared = float(declared)
-    elif not 0 <= fails <= n <= s.baseline_inspections or (state == "learning") != (
-            n < s.baseline_inspections):
-        raise ValueError(f"recipe {recipe}: baseline {fails} fails of {n} in state {state}")
-    changed = d.get("changed_at")
-    t = Track(recipe, _str(d, "model"), _str(d, "version"), _str(d, "judged_by"),
-              _str(d, "content"), s.window, started_at=_utc(_str(d, "started_at")),
-              baseline_inspections=n, baseline_fails=fails, state=state,
-              changed_at=None if changed is None else _utc(_str(d, "changed_at")),
-              why=_str(d, "why"), declared=declared)
-    t.recent.extend(recent)
-    t.recent_fails = sum(recent)
-    return t
-
-
-def _int(d: dict[str, Any], key: str) -> int:
-    value = d[key]
-    if type(value) is not int:  # not a bool, nor 2.9 taken for 2
-        raise TypeError(f"{key}: {value!r} is not an integer")
-    return value
-
-
-def _str(d: dict[str, Any], key: str) -> str:
-    value = d[key]
-    if not isinstance(value, str) or len(value) > 4096:
-        raise TypeError(f"{key}: not a string (up to 4096 characters)")
-    return value
-
-
-def _utc(text: str) -> datetime:
-    when = datetime.fromisoformat(text)
-    if when.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone")
-    try:
-        return when.astimezone(UTC)
-    except OverflowError:  # year 1 at +05:00: shown nowhere
-        raise ValueError(f"{text!r} is out of range in UTC") from None
 
 
 def _warn_if_blind(t: Track, s: FailRateAlarmSettings) -> None:
