@@ -549,8 +549,8 @@ def test_the_fail_rate_alarm_needs_no_store_and_can_be_off(
 
 
 def test_the_fail_rate_alarm_resumes_after_a_restart(tmp_path: Path, variants: Path) -> None:
-    """A restart keeps the counts (saved under the data folder at shutdown): the alarm
-    stands from the recipe's first inspection after it, said again in the audit log."""
+    """A restart keeps the counts (saved under the data folder at shutdown): once the
+    server is ready an alarm stands, said again in the audit log."""
     from .conftest import keyed, start_server
 
     def start(**more: Any) -> tuple[Running, Callable[[], None]]:
@@ -576,14 +576,15 @@ def test_the_fail_rate_alarm_resumes_after_a_restart(tmp_path: Path, variants: P
     srv, stop = start()
     try:
         with srv.client("line") as line, srv.client("reviewer") as rev:
-            assert rev.get("/v1/alarms").json()["items"] == []  # nothing inspected yet
-            assert "lineside_fail_rate_alarm{" not in line.get("/metrics").text
-            inspect(line, GOOD[:1])  # the window: good, fail, fail, good
-            (again,) = rev.get("/v1/alarms").json()["items"]
+            # shown once the server is ready, before any inspection: the same models judge
+            again, put_again = rev.get("/v1/alarms").json()["items"]
             assert (again["state"], again["recent_fail_rate"]) == ("alarm", 0.5)
             assert again["baseline_inspections"] == 6 and again["since"] == track["since"]
+            assert (put_again["recipe"], put_again["state"]) == ("put-only", "alarm")
             assert _metric(line.get("/metrics").text, "lineside_fail_rate_alarm",
                            track["recipe"]) == 1.0
+            inspect(line, GOOD[:1])  # the window: good, fail, fail, good
+            assert rev.get("/v1/alarms").json()["items"][0]["state"] == "alarm"
             entry = _until(lambda: next((e for e in rev.get("/v1/audit").json()["items"]
                                          if "after a restart" in e["reason"]), None),
                            "the alarm said again after the restart")

@@ -687,28 +687,49 @@ def test_the_alarm_file_is_saved_by_its_thread_and_a_failing_save_is_told_once(
     assert "the last counts are not saved" in caplog.text
 
 
-def test_resumed_counts_of_a_recipe_gone_after_the_restart_are_dropped_said_so(
-        tmp_path: Path) -> None:
+def test_once_loaded_resumed_counts_are_settled_with_what_judges_now(tmp_path: Path) -> None:
+    """At ready: the same models are shown at once (a standing alarm said again), other
+    models end the old alarm and learn from the next inspection, a recipe gone loses its
+    counts; each said."""
     from lineside_inspect.lifecycle.alarm import FailRateAlarm
     from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+    from lineside_inspect.server.metrics import Metrics
 
     s = FailRateAlarmSettings(baseline_inspections=2, window=2)
-    r1, r2 = Recipe(name="r", model="m"), Recipe(name="q", model="m")
+    r1, r2, r3 = (Recipe(name=n, model="m") for n in ("r", "q", "p"))
     alarm = FailRateAlarm(s)
     for verdict in ("pass", "pass", "fail", "fail"):
-        alarm.offer(_judged(r1, "1", verdict))
-        alarm.offer(_judged(r2, "1", verdict))
+        for recipe in (r1, r2, r3):
+            alarm.offer(_judged(recipe, "1", verdict))
     doc = json.loads(json.dumps(alarm.saved()))
     told: list[tuple[str, str, str]] = []
-    loaded = {"q": (r2, "m 1")}  # r was dropped from the config while the server was down
-    after = FailRateAlarm(s, judging_now=loaded.get,
+    # r was dropped from the config while the server was down; p is judged by version 2
+    loaded = {"q": (r2, "m 1"), "p": (r3, "m 2")}
+    metrics = Metrics()
+    after = FailRateAlarm(s, judging_now=loaded.get, metrics=metrics,
                           on_change=lambda c: told.append((c.recipe, c.state, c.why)))
-    assert after.restore(doc) == 2
-    after.drop_unloaded()
-    assert told == [("r", "cleared", "recipe r is not loaded since the restart: its alarm ended")]
-    assert set(after.saved()["recipes"]) == {"q"}
+    assert after.restore(doc) == 3 and after.status() == []
+    after.resume()
+    assert sorted(told) == [
+        ("p", "cleared", "recipe p: judged by m 2 since the restart; its alarm with m 1 ended"),
+        ("q", "alarm", "still in alarm after a restart: recipe q (m 1): fail rate 100.0% over "
+                       "the last 2 inspections, above the bound 5.0% (its usual 0.0% over its "
+                       "first 2). A new look of good parts (a lot, a light, the camera) or a "
+                       "run of defects: look at its fails"),
+        ("r", "cleared", "recipe r is not loaded since the restart; its alarm with m 1 ended")]
+    # shown at once, with its metrics and for the PLC, before any inspection
+    assert [(t["recipe"], t["state"]) for t in after.status()] == [("q", "alarm")]
+    assert after.recipes_in_alarm() == {"q"}
+    assert metrics.registry.get_sample_value("lineside_fail_rate_alarm", {"recipe": "q"}) == 1
+    assert set(after.saved()["recipes"]) == {"p", "q"}
+    after.resume()  # settled once: nothing more to say
+    assert len(told) == 3
     after.offer(_judged(r2, "1", "fail"))
-    assert after.track("q").state == "alarm"
+    after.offer(_judged(r3, "2", "fail"))
+    assert after.track("q").state == "alarm" and len(told) == 3  # no second "still in alarm"
+    assert (after.track("p").judged_by, after.track("p").state) == ("m 2", "learning")
+    after.offer(_judged(r3, "1", "fail"))  # a late one of version 1 counts for it, silently
+    assert after.track("p").judged_by == "m 2" and len(told) == 3
 
 
 def test_after_a_restart_an_alarm_is_said_with_its_rates_of_now_and_can_be_relearned_at_once(

@@ -24,8 +24,8 @@ must keep rejecting. It tells people (log, metrics, the status page, ``GET /v1/a
 MQTT, the audit log: the listeners) so someone looks. When other models start judging
 with the recipe, its alarm ends (said so); a version back after a rollback resumes its
 counts, and an alarm it was in is said again. The counts are saved to a file every few
-seconds (:mod:`lineside_inspect.lifecycle.alarm_file`), so a restart resumes them: a
-recipe's saved counts are shown again from its first inspection after the restart.
+seconds (:mod:`lineside_inspect.lifecycle.alarm_file`), so a restart resumes them
+(:meth:`FailRateAlarm.resume`, once the server's recipes are loaded).
 """
 
 from __future__ import annotations
@@ -287,9 +287,8 @@ class FailRateAlarm:
 
     def restore(self, doc: dict[str, Any]) -> int:
         """Resume the counts :meth:`saved` gave (before any inspection); returns how many
-        recipes. Each is shown again from its first inspection: with the same models and
-        recipe content its counts go on (an alarm stands, said again), with others they
-        start afresh (an alarm of the ones before ends, said so). Counts saved under
+        recipes. They are shown once :meth:`resume` (the server's recipes loaded) or the
+        recipe's first inspection settles them with what judges it now. Counts saved under
         another ``baseline_inspections`` or ``window`` are not resumed (a ValueError says
         why), nor is a document of another format or shape."""
         if doc.get("format") != SAVED_FORMAT:
@@ -326,32 +325,50 @@ class FailRateAlarm:
             self._recipes = recipes
         return len(recipes)
 
-    def drop_unloaded(self) -> None:
+    def resume(self) -> None:
         """Once the server's recipes are all loaded (config, API puts, a fleet box's
-        restore): resumed counts of a recipe no longer loaded go, and an alarm it was in
-        ends, said so (otherwise kept for ever, and resumed if the name came back)."""
+        restore), each recipe whose counts were resumed is settled with what judges it now:
+        the same recipe content and models are shown at once (status, metrics, the PLC tag;
+        an alarm that stands is said again); other ones end an alarm of the ones before,
+        said so, and are learned from the recipe's next inspection; a recipe no longer
+        loaded loses its counts (its alarm ends, said so)."""
         if self.judging_now is None:
             return
         with self._lock:
             resumed = [name for name, r in self._recipes.items() if r.resumed]
+        s = self.settings
         for name in resumed:
-            if self.judging_now(name) is not None:
-                continue
+            now = self.judging_now(name)  # outside the lock: the registry's own lookups
+            key = None if now is None else (self._digest(now[0]), now[1])
             with self._lock:
                 r = self._recipes.get(name)
-                if r is None or not r.resumed:  # inspected meanwhile: loaded after all
+                if r is None or not r.resumed:  # inspected meanwhile: settled by offer()
                     continue
-                del self._recipes[name]
-                self.counted += 1
                 t = r.tracks.get(r.current) if r.current is not None else None
-                if t is not None and t.state == "alarm":
-                    self._pending.append(_change(t, self.settings, "cleared", (
-                        f"recipe {name} is not loaded since the restart: its alarm ended")))
+                in_alarm = t is not None and t.state == "alarm"
+                r.resumed = False
+                self.counted += 1
+                if t is not None and key == r.current:
+                    if in_alarm:
+                        self._pending.append(_change(t, s, "alarm", (
+                            f"still in alarm after a restart: {_why(t, s)}")))
+                    if self.metrics is not None:
+                        self.metrics.set_fail_rate(name, t.recent_rate, in_alarm)
+                    continue
+                if now is None:
+                    del self._recipes[name]
+                else:
+                    r.current = None  # the recipe's next inspection makes its track
+                if t is not None and in_alarm:
+                    why = (f"recipe {name} is not loaded since the restart" if now is None
+                           else f"recipe {name}: judged by {now[1]} since the restart")
+                    self._pending.append(_change(t, s, "cleared", (
+                        f"{why}; its alarm with {t.judged_by} ended")))
         self._tell()
 
     def _current(self, recipe: str) -> Track:
-        """Under the lock: the recipe's latest track, resumed ones too (a relearn right
-        after a restart, before the recipe's first inspection), or :class:`NotFoundError`."""
+        """Under the lock: the recipe's latest track, resumed ones too (a relearn in the
+        moment before :meth:`resume`), or :class:`NotFoundError`."""
         r = self._recipes.get(recipe)
         t = None if r is None or r.current is None else r.tracks.get(r.current)
         if t is None:
@@ -363,8 +380,8 @@ class FailRateAlarm:
 
     @staticmethod
     def _shown(r: _Recipe) -> Track | None:
-        """Under the lock: the track shown for ``r`` (none before its first inspection
-        after a restart)."""
+        """Under the lock: the track shown for ``r`` (none while its resumed counts are not
+        settled: see :meth:`resume`)."""
         if r.resumed or r.current is None:
             return None
         return r.tracks.get(r.current)

@@ -61,7 +61,7 @@ def install(app: Any, settings: Settings) -> Lifecycle:
 
     def ready() -> None:  # what judges once every start-up hook ran (a fleet box restores)
         if lc.alarm is not None:
-            lc.alarm.drop_unloaded()  # resumed counts of recipes gone while it was down
+            lc.alarm.resume()  # resumed counts against what judges now
         if app.state.store is not None:
             lc.record_startup()
 

@@ -193,8 +193,7 @@ async def lineage(name: str, request: Request, who: Admin) -> ModelLineage:
 async def alarms(request: Request, who: Reviewer) -> FailRateAlarms:
     """Each recipe's fail rate, watched for a jump: its usual rate (learned from its first
     inspections with its models, or the recipe's usual_fail_rate), its recent one and
-    whether it is in alarm. A recipe whose counts were resumed after a restart shows from
-    its first inspection."""
+    whether it is in alarm. Counts resumed after a restart show once the server is ready."""
     return FailRateAlarms.model_validate({"items": _alarm(request).status()})
 
 
@@ -203,8 +202,7 @@ async def relearn(recipe: Name, body: Relearn, request: Request, who: Admin) -> 
     """Learn the recipe's usual fail rate again from its next inspections: once the cause
     of an alarm was fixed, or accepted as the new normal (a recipe that gives its
     usual_fail_rate keeps it: only its window starts again). Answers the track forgotten;
-    404 for a recipe without counts (counts resumed after a restart can be relearned before
-    the recipe's first inspection)."""
+    404 for a recipe without counts."""
     lc, alarm = lifecycle(request), _alarm(request)
     old = alarm.track(recipe)  # 404 first
     if lc.store is not None:  # recorded first: a relearn that cannot be recorded is not made

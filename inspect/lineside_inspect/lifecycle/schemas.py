@@ -201,8 +201,7 @@ class FailRateTrack(_Shape):
 
 class FailRateAlarms(_Shape):
     items: list[FailRateTrack] = Field(description=(
-        "one per recipe inspected since start (a recipe whose counts were resumed after a "
-        "restart shows from its first inspection)"))
+        "one per recipe inspected since start, or whose counts were resumed after a restart"))
 
 
 class Promotion(_Shape):
