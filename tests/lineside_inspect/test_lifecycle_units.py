@@ -506,6 +506,7 @@ def test_the_fail_rate_alarm_resumes_its_counts_after_a_restart(tmp_path: Path) 
     before = {t["recipe"]: t for t in alarm.status()}
 
     # the same models after the restart: nothing is shown until the recipe's first inspection
+    # (a PLC trigger before the server is ready) or resume() (the server ready) settles it
     alarm, saved, told = server({"r": (r1, "m 1"), "q": (r2, "m 2")})
     assert alarm.status() == [] and alarm.recipes_in_alarm() == frozenset()
     with pytest.raises(NotFoundError, match="recipes with counts: q, r"):
@@ -517,7 +518,11 @@ def test_the_fail_rate_alarm_resumes_its_counts_after_a_restart(tmp_path: Path) 
     assert t["recent_fail_rate"] == 0.75 and t["since"] == before["r"]["since"]
     assert alarm.metrics is not None and alarm.metrics.registry.get_sample_value(
         "lineside_fail_rate_alarm", {"recipe": "r"}) == 1
-    # recipe q is judged by version 2 now: learned afresh (it was not in alarm: no word)
+    # before ready an inspection of other models settles nothing (q is judged by version
+    # 2 now, maybe only until a fleet box restores its own): not counted
+    alarm.offer(_judged(r2, "2", "pass"))
+    assert [t["recipe"] for t in alarm.status()] == ["r"]
+    alarm.resume()  # ready: q is learned afresh (it was not in alarm: no word)
     alarm.offer(_judged(r2, "2", "pass"))
     assert alarm.track("q").judged_by == "m 2" and alarm.track("q").state == "learning"
     assert len(told) == 1
@@ -525,6 +530,7 @@ def test_the_fail_rate_alarm_resumes_its_counts_after_a_restart(tmp_path: Path) 
 
     # version 2 of r after the next restart: r's alarm with 1 ends, said so
     alarm, saved, told = server({"r": (r1, "m 2"), "q": (r2, "m 2")})
+    alarm.resume()
     alarm.offer(_judged(r1, "2", "pass"))
     assert told == [("r", "1", "cleared")] and alarm.recipes_in_alarm() == frozenset()
     saved.close()
@@ -730,6 +736,24 @@ def test_once_loaded_resumed_counts_are_settled_with_what_judges_now(tmp_path: P
     assert (after.track("p").judged_by, after.track("p").state) == ("m 2", "learning")
     after.offer(_judged(r3, "1", "fail"))  # a late one of version 1 counts for it, silently
     assert after.track("p").judged_by == "m 2" and len(told) == 3
+
+    # saved with versions 1 then 2 of p; version 1 judges again after the restart (a rollback
+    # while it was down): its kept counts are shown at once, its alarm said again
+    doc = json.loads(json.dumps(after.saved()))
+    told.clear()
+    back = FailRateAlarm(s, judging_now={"q": (r2, "m 1"), "p": (r3, "m 1")}.get,
+                         on_change=lambda c: told.append((c.recipe, c.state, c.why)))
+    back.restore(doc)
+    # a PLC trigger before the recipes are all loaded, judged by a passing version 3:
+    # counted nowhere current, settling nothing
+    back.offer(_judged(r3, "3", "pass"))
+    assert back.status() == [] and told == []
+    back.resume()
+    assert (back.track("p").judged_by, back.track("p").state) == ("m 1", "alarm")
+    assert ("p", "alarm") in [(c[0], c[1]) for c in told]
+    assert any(c[2].startswith("judged by m 1 again, still in alarm: recipe p (m 1): fail "
+                               "rate 100.0%") for c in told)
+    assert back.recipes_in_alarm() == {"p", "q"}
 
 
 def test_after_a_restart_an_alarm_is_said_with_its_rates_of_now_and_can_be_relearned_at_once(

@@ -124,6 +124,7 @@ class FailRateAlarm:
         self._pending: deque[Change] = deque()  # appended under _lock, told under _telling
         self._telling = threading.Lock()
         self.counted = 0  # inspections counted, relearns and drops: what a save compares
+        self._settled = False  # resume() ran: the resumed counts met what judges now
 
     def offer(self, inspection: Inspection) -> None:
         recipe = inspection.recipe
@@ -140,6 +141,11 @@ class FailRateAlarm:
             r = self._recipes.get(recipe.name)
             track = r.tracks.get(key) if r is not None else None
             resumed_alarm = created = False
+            if r is not None and r.resumed and key != r.current and not self._settled \
+                    and self.judging_now is not None:
+                # judged before the server's recipes are all loaded (a PLC trigger while a
+                # fleet box restores): resume() settles the recipe, not a passing recipe
+                late = True
             if late:  # counted for its own models if they are still kept, never made current
                 if r is None or track is None:
                     return
@@ -355,15 +361,23 @@ class FailRateAlarm:
                     if self.metrics is not None:
                         self.metrics.set_fail_rate(name, t.recent_rate, in_alarm)
                     continue
-                if now is None:
+                if key is not None and key in r.tracks:  # e.g. a version back since
+                    self._switch(r, key, "since the restart")
+                    shown = r.tracks[key]
+                    if self.metrics is not None:
+                        self.metrics.set_fail_rate(name, shown.recent_rate,
+                                                   shown.state == "alarm")
+                    continue
+                if key is None:
                     del self._recipes[name]
                 else:
                     r.current = None  # the recipe's next inspection makes its track
                 if t is not None and in_alarm:
-                    why = (f"recipe {name} is not loaded since the restart" if now is None
-                           else f"recipe {name}: judged by {now[1]} since the restart")
-                    self._pending.append(_change(t, s, "cleared", (
-                        f"{why}; its alarm with {t.judged_by} ended")))
+                    why = (f"recipe {name} is not loaded since the restart; its alarm with "
+                           f"{t.judged_by} ended" if key is None
+                           else _what_changed(t, key[1], "since the restart"))
+                    self._pending.append(_change(t, s, "cleared", why))
+        self._settled = True
         self._tell()
 
     def _current(self, recipe: str) -> Track:
@@ -386,7 +400,7 @@ class FailRateAlarm:
             return None
         return r.tracks.get(r.current)
 
-    def _switch(self, r: _Recipe, key: tuple[str, str]) -> None:
+    def _switch(self, r: _Recipe, key: tuple[str, str], when: str = "now") -> None:
         """Under the lock: other models (or recipe content) now judge with the recipe. An
         alarm of the ones before ends there; one of these (a version back after a rollback)
         is said again."""
@@ -394,12 +408,11 @@ class FailRateAlarm:
         new = r.tracks[key]
         r.current = key
         if old is not None and old.state == "alarm":
-            self._pending.append(_change(old, self.settings, "cleared", (
-                f"recipe {old.recipe}: now judged by {new.judged_by}; its alarm with "
-                f"{old.judged_by} ended")))
+            self._pending.append(_change(old, self.settings, "cleared",
+                                         _what_changed(old, new.judged_by, when)))
         if new.state == "alarm":
             self._pending.append(_change(new, self.settings, "alarm", (
-                f"judged by {new.judged_by} again, still in alarm: {new.why}")))
+                f"judged by {new.judged_by} again, still in alarm: {_why(new, self.settings)}")))
 
     def _tell(self) -> None:
         """Say the pending changes in order, one teller at a time, outside the counting lock."""
@@ -455,6 +468,14 @@ def _warn_if_blind(t: Track, s: FailRateAlarmSettings) -> None:
         log.warning("fail-rate alarm: recipe %s (%s): its usual fail rate %.1f%%, %s, puts "
                     "the bound at %.0f%%: its alarm cannot be raised", t.recipe, t.judged_by,
                     usual * 100, source, bound_of(usual, s) * 100)
+
+
+def _what_changed(old: Track, judged_by: str, when: str) -> str:
+    """Why an alarm of ``old`` ended when ``judged_by`` took over with its recipe."""
+    if judged_by == old.judged_by:
+        return (f"recipe {old.recipe}: its rules changed ({when}); its alarm with "
+                f"{old.judged_by} ended")
+    return f"recipe {old.recipe}: judged by {judged_by} {when}; its alarm with {old.judged_by} ended"
 
 
 def _why(t: Track, s: FailRateAlarmSettings) -> str:

@@ -201,7 +201,8 @@ class FailRateTrack(_Shape):
 
 class FailRateAlarms(_Shape):
     items: list[FailRateTrack] = Field(description=(
-        "one per recipe inspected since start, or whose counts were resumed after a restart"))
+        "one per recipe with counts: inspected since start, or resumed after a restart with "
+        "the same recipe content and models"))
 
 
 class Promotion(_Shape):

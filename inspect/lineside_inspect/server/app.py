@@ -160,7 +160,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         for hook in app.state.on_startup:
             await anyio.to_thread.run_sync(hook)
         # after the start-up hooks (a fleet box's restored models), before the ready hooks
-        # (the fail-rate alarm drops resumed counts of recipes not loaded by then)
+        # (the fail-rate alarm settles its resumed counts against the recipes loaded then)
         await anyio.to_thread.run_sync(load_saved_recipes, app)
         for hook in app.state.on_ready:
             await anyio.to_thread.run_sync(hook)
