@@ -192,8 +192,7 @@ class FailRateAlarm:
                 if shown:
                     self._pending.append(_change(track, s))
             elif not late and resumed_alarm:
-                self._pending.append(_change(track, s, "alarm", (
-                    f"still in alarm after a restart: {_why(track, s)}")))
+                self._pending.append(_still_in_alarm(track, s))
             if (created and track.declared is not None) or (
                     before == "learning" and track.state != "learning"):
                 _warn_if_blind(track, s)  # its usual rate is known from now on
@@ -356,8 +355,7 @@ class FailRateAlarm:
                 self.counted += 1
                 if t is not None and key == r.current:
                     if in_alarm:
-                        self._pending.append(_change(t, s, "alarm", (
-                            f"still in alarm after a restart: {_why(t, s)}")))
+                        self._pending.append(_still_in_alarm(t, s))
                     if self.metrics is not None:
                         self.metrics.set_fail_rate(name, t.recent_rate, in_alarm)
                     continue
@@ -468,6 +466,11 @@ def _warn_if_blind(t: Track, s: FailRateAlarmSettings) -> None:
         log.warning("fail-rate alarm: recipe %s (%s): its usual fail rate %.1f%%, %s, puts "
                     "the bound at %.0f%%: its alarm cannot be raised", t.recipe, t.judged_by,
                     usual * 100, source, bound_of(usual, s) * 100)
+
+
+def _still_in_alarm(t: Track, s: FailRateAlarmSettings) -> Change:
+    """An alarm resumed after a restart, with the models it had: said again, rates of now."""
+    return _change(t, s, "alarm", f"still in alarm after a restart: {_why(t, s)}")
 
 
 def _what_changed(old: Track, judged_by: str, when: str) -> str:

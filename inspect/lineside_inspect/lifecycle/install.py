@@ -26,7 +26,9 @@ def install(app: Any, settings: Settings) -> Lifecycle:
     lc = Lifecycle(settings.lifecycle, registry=app.state.registry, data_dir=settings.data_dir,
                    device=settings.device, max_pixels=settings.max_pixels)
     app.state.lifecycle = lc
-    if settings.lifecycle.fail_rate_alarm.enabled:
+    alarm_settings = settings.lifecycle.fail_rate_alarm
+    alarm_path = Path(settings.data_dir) / ALARM_FILE
+    if alarm_settings.enabled:
         service = app.state.service
 
         def judging_now(name: str) -> tuple[Recipe, str] | None:
@@ -37,23 +39,19 @@ def install(app: Any, settings: Settings) -> Lifecycle:
             card = detector.card
             return rule, judged_by_of(card.name, card.version, fused_name(detector, anomaly))
 
-        alarm_settings = settings.lifecycle.fail_rate_alarm
         lc.alarm = FailRateAlarm(alarm_settings, metrics=app.state.metrics,
                                  on_change=lc.alarm_changed, judging_now=judging_now)
         service.add_output(lc.alarm.offer)
         if alarm_settings.save_every_s > 0:
-            saved = AlarmFile(lc.alarm, Path(settings.data_dir) / ALARM_FILE,
-                              alarm_settings.save_every_s)
+            saved = AlarmFile(lc.alarm, alarm_path, alarm_settings.save_every_s)
             saved.load()  # before any inspection is counted
             app.state.on_startup.append(saved.start)
             app.state.on_shutdown.append(saved.close)  # after the inspections drained
-    if lc.alarm is None or settings.lifecycle.fail_rate_alarm.save_every_s == 0:
+    if (not alarm_settings.enabled or alarm_settings.save_every_s == 0) and alarm_path.exists():
         # counts saved before would be resumed, stale, once saving is on again
-        path = Path(settings.data_dir) / ALARM_FILE
-        if path.exists():
-            set_aside(path, "its counts are not saved now (lifecycle.fail_rate_alarm: enabled "
-                            "false or save_every_s 0), so the ones saved before are not resumed",
-                      ".unused")
+        set_aside(alarm_path, "its counts are not saved now (lifecycle.fail_rate_alarm: "
+                              "enabled false or save_every_s 0), so the ones saved before are "
+                              "not resumed", ".unused")
 
     def start() -> None:
         if app.state.store is not None:

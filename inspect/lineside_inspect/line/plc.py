@@ -395,7 +395,7 @@ def setup_line_plc(app: FastAPI, settings: Settings) -> None:
     def recipes_in_alarm() -> frozenset[str]:
         # read when polled: duck-typed, so the line does not import the lifecycle room
         alarm = getattr(getattr(app.state, "lifecycle", None), "alarm", None)
-        return frozenset() if alarm is None else frozenset(alarm.recipes_in_alarm())
+        return frozenset() if alarm is None else alarm.recipes_in_alarm()
 
     line = PlcLine(app.state.service, line_settings, [], recipes_in_alarm)
     line.adapters = make_adapters(line_settings, line)
