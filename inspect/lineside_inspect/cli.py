@@ -167,9 +167,12 @@ def data_validate(
                       highlight=False, markup=False)
     report = check_dir(root)
     for group in report.duplicates:
-        if not group.across_splits:
-            keeps = "--dedupe leaves it whole" if group.labels_differ else "--dedupe keeps one"
-            err.print(f"warning: {group.describe()} ({keeps})", highlight=False, markup=False)
+        # copies across the split, and byte-identical copies labelled differently, are
+        # problems listed below with their remedy
+        if group.across_splits or (group.kind == "exact" and group.labels_differ):
+            continue
+        keeps = "--dedupe leaves it whole" if group.labels_differ else "--dedupe keeps one"
+        err.print(f"warning: {group.describe()} ({keeps})", highlight=False, markup=False)
     if report.problems:
         raise DatasetError(f"{root}: {len(report.problems)} problem(s)", report.problems)
     out.print(f"{root}: valid")

@@ -277,6 +277,10 @@ def test_copies_labelled_differently(tmp_path: Path) -> None:
     assert len(messages) == 2, messages  # the leak, and the mislabelled copy
     conflict = next(m for m in messages if "mislabelled" in m)
     assert "'a.jpg' (train) [dent]" in conflict and "'a-copy.jpg' (val) [scratch]" in conflict
+    # the leak's remedy does not promise what --dedupe refuses
+    leak = next(m for m in messages if "evaluation would score" in m)
+    assert "fix the mislabelled copy, then run 'lineside data split'" in leak
+    assert "--dedupe" not in leak
     r = runner.invoke(app, ["data", "validate", str(root), "--dedupe"])
     assert r.exit_code == 2 and "problem(s) to fix before --dedupe" in r.stderr
     assert "mislabelled" in r.stderr
@@ -293,3 +297,21 @@ def test_copies_labelled_differently(tmp_path: Path) -> None:
         "labelled differently: 'b.jpg' (train) [dent], 'b-near.jpg' (train) [good]" in r.stderr
     names = sorted(i["file_name"] for i in json.loads((root / "annotations.json").read_text())["images"])
     assert names == ["a-copy.jpg", "b-near.jpg", "b.jpg", "c.jpg"]
+
+
+def test_copies_labelled_differently_in_one_split(tmp_path: Path) -> None:
+    """Byte-identical copies in one split with other labels are a problem whose remedy
+    is to fix the label; no warning beside it says --dedupe would leave them whole."""
+    raw = tmp_path / "raw"
+    a = jpeg(raw / "a.jpg", pixels(1))
+    (raw / "a-copy.jpg").write_bytes(a.read_bytes())
+    jpeg(raw / "c.jpg", pixels(3))
+    recs = [ImageRecord("a.jpg", 96, 72, [Box(2, 2, 20, 20, "dent")], split="train", source=a),
+            ImageRecord("a-copy.jpg", 96, 72, [Box(2, 2, 20, 20, "scratch")], split="train",
+                        source=raw / "a-copy.jpg"),
+            ImageRecord("c.jpg", 96, 72, [], split="val", source=raw / "c.jpg")]
+    write_dataset(Dataset(["dent", "scratch"], recs), tmp_path / "ds")
+    r = runner.invoke(app, ["data", "validate", str(tmp_path / "ds")])
+    assert r.exit_code == 2
+    assert "one of them is mislabelled; fix the labels" in r.stderr
+    assert "leaves it whole" not in r.stderr and "warning:" not in r.stderr

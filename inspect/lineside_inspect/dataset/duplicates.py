@@ -147,9 +147,12 @@ class DuplicateGroup:
     @property
     def remedy(self) -> str:
         """What to run about copies on both sides of a split (validate and import say it)."""
+        if self.labels_differ and self.kind == "exact":
+            return ("fix the mislabelled copy, then run 'lineside data split', which keeps "
+                    "them together")
         if self.labels_differ:
             return ("run 'lineside data split', which keeps them together; --dedupe leaves "
-                    "copies labelled differently whole")
+                    "near copies labelled differently whole")
         return ("run 'lineside data validate --dedupe', or 'lineside data split', which "
                 "keeps them together")
 
