@@ -169,7 +169,7 @@ def data_validate(
     for group in report.duplicates:
         # copies across the split, and byte-identical copies labelled differently, are
         # problems listed below with their remedy
-        if group.across_splits or (group.kind == "exact" and group.labels_differ):
+        if group.across_splits or group.mislabelled:
             continue
         keeps = "--dedupe leaves it whole" if group.labels_differ else "--dedupe keeps one"
         err.print(f"warning: {group.describe()} ({keeps})", highlight=False, markup=False)

@@ -315,3 +315,39 @@ def test_copies_labelled_differently_in_one_split(tmp_path: Path) -> None:
     assert r.exit_code == 2
     assert "one of them is mislabelled; fix the labels" in r.stderr
     assert "leaves it whole" not in r.stderr and "warning:" not in r.stderr
+
+
+def test_a_mislabelled_copy_inside_a_group_of_near_copies(tmp_path: Path) -> None:
+    """Two byte-identical copies labelled differently stay a problem when a re-encoding
+    of the picture joins them (the group is then 'near'); and copies in val and test
+    are not said to be training images."""
+    raw = tmp_path / "raw"
+    a = jpeg(raw / "a.jpg", pixels(1))
+    (raw / "a-copy.jpg").write_bytes(a.read_bytes())
+    jpeg(raw / "a-q60.jpg", pixels(1), 60)
+    c = jpeg(raw / "c.jpg", pixels(3))
+    (raw / "c-copy.jpg").write_bytes(c.read_bytes())
+    jpeg(raw / "d.jpg", pixels(4))
+    dent, scratch = [Box(2, 2, 20, 20, "dent")], [Box(2, 2, 20, 20, "scratch")]
+    recs = [ImageRecord("a.jpg", 96, 72, dent, split="train", source=a),
+            ImageRecord("a-copy.jpg", 96, 72, scratch, split="train", source=raw / "a-copy.jpg"),
+            ImageRecord("a-q60.jpg", 96, 72, dent, split="train", source=raw / "a-q60.jpg"),
+            ImageRecord("c.jpg", 96, 72, [], split="val", source=c),
+            ImageRecord("c-copy.jpg", 96, 72, [], split="test", source=raw / "c-copy.jpg"),
+            ImageRecord("d.jpg", 96, 72, [], split="train", source=raw / "d.jpg")]
+    write_dataset(Dataset(["dent", "scratch"], recs), tmp_path / "ds")
+    report = check_dir(tmp_path / "ds")
+    near = next(g for g in report.duplicates if g.members[0].file_name == "a.jpg")
+    assert near.kind == "near" and len(near.members) == 3
+    messages = [p.message for p in report.problems]
+    assert len(messages) == 2, messages
+    conflict = next(m for m in messages if "mislabelled" in m)
+    assert conflict.startswith("exact copies of one picture in one split, labelled differently: "
+                               "'a.jpg' (train) [dent], 'a-copy.jpg' (train) [scratch]")
+    leak = next(m for m in messages if "c.jpg" in m)
+    assert "test and val would score one picture twice" in leak and "training" not in leak
+    r = runner.invoke(app, ["data", "validate", str(tmp_path / "ds")])
+    assert r.exit_code == 2 and "warning:" not in r.stderr
+    r = runner.invoke(app, ["data", "validate", str(tmp_path / "ds"), "--dedupe"])
+    assert r.exit_code == 2 and "problem(s) to fix before --dedupe" in r.stderr
+    assert len(json.loads((tmp_path / "ds" / "annotations.json").read_text())["images"]) == 6

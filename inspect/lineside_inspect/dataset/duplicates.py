@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +122,16 @@ def fingerprints(dataset: Dataset) -> dict[str, Fingerprint]:
 class DuplicateGroup:
     kind: str  # "exact" (every member byte-identical) or "near"
     members: list[ImageRecord]
+    # the sets of two or more byte-identical members (an exact group is one such set); a
+    # near group may hold some, e.g. two copies of a file and a re-encoding of it
+    copies: list[list[ImageRecord]] = field(default_factory=list)
+
+    @property
+    def mislabelled(self) -> list[DuplicateGroup]:
+        """Its sets of byte-identical copies labelled differently: one picture cannot be
+        both, so one label is wrong, and ``--dedupe`` must not pick one for the user."""
+        sets = self.copies or ([self.members] if self.kind == "exact" else [])
+        return [g for g in (DuplicateGroup("exact", m) for m in sets) if g.labels_differ]
 
     @property
     def splits(self) -> list[str]:
@@ -147,7 +157,7 @@ class DuplicateGroup:
     @property
     def remedy(self) -> str:
         """What to run about copies on both sides of a split (validate and import say it)."""
-        if self.labels_differ and self.kind == "exact":
+        if self.mislabelled:
             return ("fix the mislabelled copy, then run 'lineside data split', which keeps "
                     "them together")
         if self.labels_differ:
@@ -351,8 +361,11 @@ def find_duplicates(dataset: Dataset, prints: dict[str, Fingerprint] | None = No
     out = []
     for members in groups.values():
         if len(members) > 1:
-            exact = len({prints[r.file_name].sha256 for r in members}) == 1
-            out.append(DuplicateGroup("exact" if exact else "near", members))
+            same_bytes: dict[str, list[ImageRecord]] = {}
+            for r in members:
+                same_bytes.setdefault(prints[r.file_name].sha256, []).append(r)
+            copies = [m for m in same_bytes.values() if len(m) > 1]
+            out.append(DuplicateGroup("exact" if len(same_bytes) == 1 else "near", members, copies))
     return out
 
 
@@ -361,20 +374,26 @@ def duplicate_problems(groups: list[DuplicateGroup]) -> list[Problem]:
     evaluation), and per group of byte-identical copies labelled differently (one of
     them is mislabelled); other duplicates within one split are only worth a warning."""
     leaks = [Problem(g.members[0].origin or g.members[0].file_name, "",
-                     f"{g.describe()}: evaluation would score training images ({g.remedy})",
-                     g.members[0].file_name)
+                     f"{g.describe()}: {_leak(g.splits)} ({g.remedy})", g.members[0].file_name)
              for g in groups if g.across_splits]
     return leaks + label_conflicts(groups)
 
 
+def _leak(splits: list[str]) -> str:
+    """What copies in ``splits`` do to the figures."""
+    if "train" in splits:
+        return "evaluation would score training images"
+    return f"{' and '.join(splits)} would score one picture twice"
+
+
 def label_conflicts(groups: list[DuplicateGroup]) -> list[Problem]:
-    """A problem per byte-identical group whose copies are labelled differently: one
-    picture cannot be both, and ``--dedupe`` must not pick a label for the user."""
-    return [Problem(g.members[0].origin or g.members[0].file_name, "",
-                    f"{g.describe().replace('duplicate images', 'copies of one picture', 1)}: "
+    """A problem per set of byte-identical copies labelled differently (a near group may
+    hold one): one picture cannot be both, and ``--dedupe`` must not pick a label."""
+    return [Problem(c.members[0].origin or c.members[0].file_name, "",
+                    f"{c.describe().replace('duplicate images', 'copies of one picture', 1)}: "
                     "one of them is mislabelled; fix the labels (or remove the wrong copy) "
-                    "before --dedupe", g.members[0].file_name)
-            for g in groups if g.kind == "exact" and g.labels_differ]
+                    "before --dedupe", c.members[0].file_name)
+            for g in groups for c in g.mislabelled]
 
 
 def dedupe(dataset: Dataset, groups: list[DuplicateGroup]) -> list[ImageRecord]:
