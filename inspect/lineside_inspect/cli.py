@@ -132,8 +132,8 @@ def data_import(
 
         for g in find_duplicates(read_dataset(dst)):
             if g.across_splits:
-                err.print(f"warning: {g.describe()}: the split this set came with would score "
-                          f"training images; {g.remedy}", highlight=False, markup=False)
+                err.print(f"warning: {g.describe()}: in the split this set came with, "
+                          f"{g.leak}; {g.remedy}", highlight=False, markup=False)
 
 
 def _skipped(problems: list[Any]) -> str:

@@ -310,8 +310,8 @@ def test_import_warns_of_copies_across_the_split_it_came_with(tmp_path: Path) ->
     r = runner.invoke(app, ["data", "import", "-f", "voc", str(src), str(tmp_path / "neu2")])
     assert r.exit_code == 0, r.stderr
     assert "in different splits, labelled differently" in r.stderr
-    assert "run 'lineside data split', which keeps them together; --dedupe leaves copies " \
-        "labelled differently whole" in r.stderr
+    assert "in the split this set came with, evaluation would score training images; fix the " \
+        "mislabelled copy, then run 'lineside data split', which keeps them together" in r.stderr
     r = runner.invoke(app, ["data", "import", "-f", "voc", str(kaggle_neu(tmp_path / "clean")),
                             str(tmp_path / "clean-out")])
     assert r.exit_code == 0 and "warning" not in r.stderr

@@ -155,6 +155,13 @@ class DuplicateGroup:
         return self.kind == "exact" and any(not _same_boxes(first, r) for r in self.members[1:])
 
     @property
+    def leak(self) -> str:
+        """What copies in several splits do to the figures (validate and import say it)."""
+        if "train" in self.splits:
+            return "evaluation would score training images"
+        return f"{' and '.join(self.splits)} would score one picture twice"
+
+    @property
     def remedy(self) -> str:
         """What to run about copies on both sides of a split (validate and import say it)."""
         if self.mislabelled:
@@ -374,16 +381,9 @@ def duplicate_problems(groups: list[DuplicateGroup]) -> list[Problem]:
     evaluation), and per group of byte-identical copies labelled differently (one of
     them is mislabelled); other duplicates within one split are only worth a warning."""
     leaks = [Problem(g.members[0].origin or g.members[0].file_name, "",
-                     f"{g.describe()}: {_leak(g.splits)} ({g.remedy})", g.members[0].file_name)
+                     f"{g.describe()}: {g.leak} ({g.remedy})", g.members[0].file_name)
              for g in groups if g.across_splits]
     return leaks + label_conflicts(groups)
-
-
-def _leak(splits: list[str]) -> str:
-    """What copies in ``splits`` do to the figures."""
-    if "train" in splits:
-        return "evaluation would score training images"
-    return f"{' and '.join(splits)} would score one picture twice"
 
 
 def label_conflicts(groups: list[DuplicateGroup]) -> list[Problem]:
