@@ -129,11 +129,14 @@ def data_import(
         # the split came with the source (train/valid folders, Validation_*): public sets
         # often ship a copy on both sides, and split/validate may never be run before train
         from lineside_inspect.dataset import find_duplicates, read_dataset
+        from lineside_inspect.dataset.duplicates import label_conflicts
 
         for g in find_duplicates(read_dataset(dst)):
             if g.across_splits:
                 err.print(f"warning: {g.describe()}: in the split this set came with, "
                           f"{g.leak}; {g.remedy}", highlight=False, markup=False)
+                for problem in label_conflicts([g]):
+                    err.print(f"warning: {problem.message}", highlight=False, markup=False)
 
 
 def _skipped(problems: list[Any]) -> str:
@@ -162,15 +165,20 @@ def data_validate(
         out.print(f"--dedupe: kept one image of each of {len(groups) - len(whole)} duplicate "
                   f"group(s), removed {len(removed)}"
                   + "".join(f"\n  removed {r.file_name}" for r in removed))
+        gone = {r.file_name for r in removed}
         for g in whole:
-            err.print(f"left whole: {g.describe()} (no copy's labels stand for the others')",
-                      highlight=False, markup=False)
+            but = ("; only its byte-identical copies labelled alike were removed"
+                   if any(r.file_name in gone for r in g.members) else "")
+            err.print(f"left whole: {g.describe()} (no copy's labels stand for the "
+                      f"others'{but})", highlight=False, markup=False)
     report = check_dir(root)
     for group in report.duplicates:
         # copies across the split, and byte-identical copies labelled differently, are
         # problems listed below with their remedy
         if group.across_splits or group.mislabelled:
             continue
+        if dedupe and group.labels_differ:
+            continue  # said above: left whole
         keeps = "--dedupe leaves it whole" if group.labels_differ else "--dedupe keeps one"
         err.print(f"warning: {group.describe()} ({keeps})", highlight=False, markup=False)
     if report.problems:

@@ -309,9 +309,11 @@ def test_import_warns_of_copies_across_the_split_it_came_with(tmp_path: Path) ->
             [("scratches", 1, 2, 40, 30)])
     r = runner.invoke(app, ["data", "import", "-f", "voc", str(src), str(tmp_path / "neu2")])
     assert r.exit_code == 0, r.stderr
-    assert "in different splits, labelled differently" in r.stderr
+    assert "in different splits, labelled differently (the same classes, boxed in other " \
+        "places)" in r.stderr
+    assert "one of them is mislabelled" in r.stderr  # import names the conflict, as validate
     assert "in the split this set came with, evaluation would score training images; fix the " \
-        "mislabelled copy, then run 'lineside data split', which keeps them together" in r.stderr
+        "mislabelled copies, then run 'lineside data split', which keeps them together" in r.stderr
     r = runner.invoke(app, ["data", "import", "-f", "voc", str(kaggle_neu(tmp_path / "clean")),
                             str(tmp_path / "clean-out")])
     assert r.exit_code == 0 and "warning" not in r.stderr

@@ -159,13 +159,15 @@ class DuplicateGroup:
         """What copies in several splits do to the figures (validate and import say it)."""
         if "train" in self.splits:
             return "evaluation would score training images"
+        if any(r.split is None for r in self.members):  # exports train on unsplit images
+            return "evaluation would score training images (an image without a split trains)"
         return f"{' and '.join(self.splits)} would score one picture twice"
 
     @property
     def remedy(self) -> str:
         """What to run about copies on both sides of a split (validate and import say it)."""
         if self.mislabelled:
-            return ("fix the mislabelled copy, then run 'lineside data split', which keeps "
+            return ("fix the mislabelled copies, then run 'lineside data split', which keeps "
                     "them together")
         if self.labels_differ:
             return ("run 'lineside data split', which keeps them together; --dedupe leaves "
@@ -174,7 +176,7 @@ class DuplicateGroup:
                 "keeps them together")
 
     def describe(self) -> str:
-        labelled = self.labels_differ  # once: it compares every member's boxes
+        labelled = self.labels_differ or bool(self.mislabelled)  # once: they compare boxes
         names = ", ".join(f"'{r.file_name}'" + (f" ({r.split})" if r.split else "")
                           + (f" [{_labels(r)}]" if labelled else "")
                           for r in self.members[:_NAMED])
@@ -182,6 +184,8 @@ class DuplicateGroup:
             names += f" and {len(self.members) - _NAMED} more"
         where = "in different splits" if self.across_splits else "in one split"
         differ = ", labelled differently" if labelled else ""
+        if labelled and len({_labels(r) for r in self.members}) == 1:
+            differ += " (the same classes, boxed in other places)"
         return f"{self.kind} duplicate images {where}{differ}: {names}"
 
 
@@ -400,15 +404,19 @@ def dedupe(dataset: Dataset, groups: list[DuplicateGroup]) -> list[ImageRecord]:
     """Keep one image of each group whose members are labelled alike (the one with the
     most boxes, then the one in test, val, train, then the first), drop the others from
     ``dataset`` in place and point references at the kept copy; returns the dropped
-    records. A group labelled differently is left whole."""
+    records. A group labelled differently is left whole, but for its byte-identical copies
+    labelled alike (one of each is kept)."""
     dropped: dict[str, str] = {}
     for g in groups:
-        if g.labels_differ:
-            continue  # no copy's labels stand for the others' (see labels_differ)
-        keep = min(g.members, key=lambda r: (-len(r.boxes), _KEEP_ORDER.get(r.split, 3)))
-        for r in g.members:
-            if r is not keep:
-                dropped[r.file_name] = keep.file_name
+        # a group labelled differently is kept but for its byte-identical copies labelled
+        # alike: no other copy's labels stand for the others' (see labels_differ)
+        alike = [g.members] if not g.labels_differ else [
+            c for c in g.copies if not DuplicateGroup("exact", c).labels_differ]
+        for members in alike:
+            keep = min(members, key=lambda r: (-len(r.boxes), _KEEP_ORDER.get(r.split, 3)))
+            for r in members:
+                if r is not keep:
+                    dropped[r.file_name] = keep.file_name
     removed = [r for r in dataset.images if r.file_name in dropped]
     left = {r.split for r in dataset.images if r.file_name not in dropped}
     emptied = sorted({r.split for r in removed if r.split} - left)
