@@ -157,19 +157,23 @@ def data_validate(
 ) -> None:
     """Check a dataset: every problem with its file and line or field, and exact or near
     duplicate images (a problem when copies sit on both sides of a split)."""
+    from lineside_inspect.dataset.duplicates import DuplicateGroup
     from lineside_inspect.dataset.validate import check_dir, dedupe_dir
 
+    said: set[str] = set()  # images of groups --dedupe left whole, reported once
     if dedupe:
         removed, groups = dedupe_dir(root)
-        whole = [g for g in groups if g.labels_differ]
-        out.print(f"--dedupe: kept one image of each of {len(groups) - len(whole)} duplicate "
-                  f"group(s), removed {len(removed)}"
-                  + "".join(f"\n  removed {r.file_name}" for r in removed))
         gone = {r.file_name for r in removed}
-        for g in whole:
+        thinned = sum(any(r.file_name in gone for r in g.members) for g in groups)
+        out.print(f"--dedupe: kept one image of each of {thinned} duplicate group(s) or sets "
+                  f"of copies, removed {len(removed)}"
+                  + "".join(f"\n  removed {r.file_name}" for r in removed))
+        for g in (g for g in groups if g.labels_differ):
+            left = DuplicateGroup(g.kind, [r for r in g.members if r.file_name not in gone])
             but = ("; only its byte-identical copies labelled alike were removed"
-                   if any(r.file_name in gone for r in g.members) else "")
-            err.print(f"left whole: {g.describe()} (no copy's labels stand for the "
+                   if len(left.members) < len(g.members) else "")
+            said.update(r.file_name for r in left.members)
+            err.print(f"left whole: {left.describe()} (no copy's labels stand for the "
                       f"others'{but})", highlight=False, markup=False)
     report = check_dir(root)
     for group in report.duplicates:
@@ -177,7 +181,7 @@ def data_validate(
         # problems listed below with their remedy
         if group.across_splits or group.mislabelled:
             continue
-        if dedupe and group.labels_differ:
+        if all(r.file_name in said for r in group.members):
             continue  # said above: left whole
         keeps = "--dedupe leaves it whole" if group.labels_differ else "--dedupe keeps one"
         err.print(f"warning: {group.describe()} ({keeps})", highlight=False, markup=False)

@@ -140,7 +140,8 @@ class DuplicateGroup:
     @property
     def across_splits(self) -> bool:
         """Copies on both sides of a split boundary: validation sees training images."""
-        return len(self.splits) > 1
+        # an image without a split is trained on (the exporters and training take it)
+        return len({r.split or "train" for r in self.members}) > 1
 
     @property
     def labels_differ(self) -> bool:
