@@ -355,8 +355,7 @@ def test_a_mislabelled_copy_inside_a_group_of_near_copies(tmp_path: Path) -> Non
 
 def test_dedupe_inside_a_group_labelled_differently(tmp_path: Path) -> None:
     """A near group labelled differently is kept, but for its byte-identical copies
-    labelled alike (one of them goes), said once; a copy boxed elsewhere says so; an
-    unsplit copy of a val image is a training image to the exporters."""
+    labelled alike (one of them goes), said once; a copy boxed elsewhere says so."""
     raw = tmp_path / "raw"
     a = jpeg(raw / "a.jpg", pixels(1))
     (raw / "a-copy.jpg").write_bytes(a.read_bytes())
@@ -383,11 +382,9 @@ def test_dedupe_inside_a_group_labelled_differently(tmp_path: Path) -> None:
     assert groups["e.jpg"].describe().startswith(
         "exact duplicate images in one split, labelled differently (the same classes, boxed in "
         "other places)")
-    assert groups["c.jpg"].across_splits  # the unsplit copy is trained on: a leak
-    assert groups["c.jpg"].leak == ("evaluation would score training images (an image without "
-                                    "a split trains)")
-    assert any("'c.jpg' (val), 'c-copy.jpg': evaluation would score training images" in p.message
-               for p in check_dir(root).problems)
+    # lineside train takes the train split only: an unsplit copy of a val image is no leak
+    assert not groups["c.jpg"].across_splits
+    assert not any("c.jpg" in p.message for p in check_dir(root).problems)
     # the mislabelled e pair blocks --dedupe; mended, --dedupe runs
     doc = json.loads((root / "annotations.json").read_text())
     e_copy = next(i["id"] for i in doc["images"] if i["file_name"] == "e-copy.jpg")

@@ -140,8 +140,8 @@ class DuplicateGroup:
     @property
     def across_splits(self) -> bool:
         """Copies on both sides of a split boundary: validation sees training images."""
-        # an image without a split is trained on (the exporters and training take it)
-        return len({r.split or "train" for r in self.members}) > 1
+        # an image without a split is not (lineside train takes the train split only)
+        return len(self.splits) > 1
 
     @property
     def labels_differ(self) -> bool:
@@ -160,8 +160,6 @@ class DuplicateGroup:
         """What copies in several splits do to the figures (validate and import say it)."""
         if "train" in self.splits:
             return "evaluation would score training images"
-        if any(r.split is None for r in self.members):  # exports train on unsplit images
-            return "evaluation would score training images (an image without a split trains)"
         return f"{' and '.join(self.splits)} would score one picture twice"
 
     @property
