@@ -140,7 +140,7 @@ class DuplicateGroup:
     @property
     def across_splits(self) -> bool:
         """Copies on both sides of a split boundary: validation sees training images."""
-        # an image without a split is not (lineside train takes the train split only)
+        # an unsplit image is on no side of it: lineside train takes the train split only
         return len(self.splits) > 1
 
     @property
