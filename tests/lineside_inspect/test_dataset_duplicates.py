@@ -39,6 +39,13 @@ def jpeg(path: Path, image: np.ndarray, quality: int = 95) -> Path:
     return path
 
 
+def with_copy(raw: Path, stem: str, seed: int) -> Path:
+    """``stem.jpg`` and its byte-identical ``stem-copy.jpg``; the first's path."""
+    src = jpeg(raw / f"{stem}.jpg", pixels(seed))
+    (raw / f"{stem}-copy.jpg").write_bytes(src.read_bytes())
+    return src
+
+
 def record(src: Path, name: str, split: str | None, *, boxes: int = 0) -> ImageRecord:
     h, w = cv2.imread(str(src)).shape[:2]
     return ImageRecord(name, w, h, [Box(2, 2, 20, 20, "dent")] * boxes, split=split, source=src)
@@ -322,11 +329,9 @@ def test_a_mislabelled_copy_inside_a_group_of_near_copies(tmp_path: Path) -> Non
     of the picture joins them (the group is then 'near'); and copies in val and test
     are not said to be training images."""
     raw = tmp_path / "raw"
-    a = jpeg(raw / "a.jpg", pixels(1))
-    (raw / "a-copy.jpg").write_bytes(a.read_bytes())
+    a = with_copy(raw, "a", 1)
     jpeg(raw / "a-q60.jpg", pixels(1), 60)
-    c = jpeg(raw / "c.jpg", pixels(3))
-    (raw / "c-copy.jpg").write_bytes(c.read_bytes())
+    c = with_copy(raw, "c", 3)
     jpeg(raw / "d.jpg", pixels(4))
     dent, scratch = [Box(2, 2, 20, 20, "dent")], [Box(2, 2, 20, 20, "scratch")]
     recs = [ImageRecord("a.jpg", 96, 72, dent, split="train", source=a),
@@ -357,13 +362,10 @@ def test_dedupe_inside_a_group_labelled_differently(tmp_path: Path) -> None:
     """A near group labelled differently is kept, but for its byte-identical copies
     labelled alike (one of them goes), said once; a copy boxed elsewhere says so."""
     raw = tmp_path / "raw"
-    a = jpeg(raw / "a.jpg", pixels(1))
-    (raw / "a-copy.jpg").write_bytes(a.read_bytes())
+    a = with_copy(raw, "a", 1)
     jpeg(raw / "a-q60.jpg", pixels(1), 60)
-    c = jpeg(raw / "c.jpg", pixels(3))
-    (raw / "c-copy.jpg").write_bytes(c.read_bytes())
-    e = jpeg(raw / "e.jpg", pixels(5))
-    (raw / "e-copy.jpg").write_bytes(e.read_bytes())
+    c = with_copy(raw, "c", 3)
+    e = with_copy(raw, "e", 5)
     jpeg(raw / "d.jpg", pixels(4))
     dent = [Box(2, 2, 20, 20, "dent")]
     recs = [ImageRecord("a.jpg", 96, 72, dent, split="train", source=a),
