@@ -31,8 +31,8 @@ import numpy as np
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.imageio import read_image
 from lineside_inspect.inspector import Inspection, inspect
-from lineside_inspect.lifecycle.alarm import FailRateAlarm
-from lineside_inspect.lifecycle.config import FailRateAlarmSettings, bound_of
+from lineside_inspect.lifecycle.alarm import FailRateAlarm, judge_rate
+from lineside_inspect.lifecycle.config import FailRateAlarmSettings
 from lineside_inspect.lifecycle.manager import card_recipe
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.runtime.detector import Detector
@@ -87,25 +87,23 @@ def score_alarms(parts: list[tuple[str, bool, Inspection]], q: float,
                  settings: FailRateAlarmSettings) -> list[tuple[str, int]]:
     """A watch on a good-only model's image scores instead of its verdicts, for comparison
     (not in the server): the share of inspections whose score exceeds the baseline's
-    ``q``-quantile, judged with the alarm's rule (usual share from the baseline, bound
-    ``bound_of``, cleared halfway). Returns (group, how many into it) of each alarm."""
+    ``q``-quantile, judged with the alarm's rule (:func:`judge_rate`: usual share from the
+    baseline, cleared halfway to the bound). Returns (group, how many into it) of each alarm."""
     scores = np.array([r.anomaly.score if r.anomaly is not None else 0.0 for _, _, r in parts])
     n0 = settings.baseline_inspections
     level = float(np.quantile(scores[:n0], q))
     over = scores > level
     usual = float(over[:n0].mean())
-    bound = bound_of(usual, settings)
     alarm, events, into, last = False, [], 0, ""
     for n in range(n0, len(parts)):
         group = parts[n][0]
         into = into + 1 if group == last else 1
         last = group
         rate = float(over[max(0, n + 1 - settings.window):n + 1].mean())
-        if not alarm and rate - bound > 1e-9:
-            alarm = True
+        raised = judge_rate(usual, rate, alarm, settings)
+        if raised and not alarm:
             events.append((group, into))
-        elif alarm and rate - (usual + bound) / 2 <= 1e-9:
-            alarm = False
+        alarm = raised
     return events
 
 
