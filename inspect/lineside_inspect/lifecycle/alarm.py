@@ -356,25 +356,22 @@ class FailRateAlarm:
                 if t is not None and key == r.current:
                     if in_alarm:
                         self._pending.append(_still_in_alarm(t, s))
-                    if self.metrics is not None:
-                        self.metrics.set_fail_rate(name, t.recent_rate, in_alarm)
-                    continue
-                if key is not None and key in r.tracks:  # e.g. a version back since
+                elif key is not None and key in r.tracks:  # e.g. a version back since
                     self._switch(r, key, "since the restart")
-                    shown = r.tracks[key]
-                    if self.metrics is not None:
-                        self.metrics.set_fail_rate(name, shown.recent_rate,
-                                                   shown.state == "alarm")
-                    continue
-                if key is None:
-                    del self._recipes[name]
                 else:
-                    r.current = None  # the recipe's next inspection makes its track
-                if t is not None and in_alarm:
-                    why = (f"recipe {name} is not loaded since the restart; its alarm with "
-                           f"{t.judged_by} ended" if key is None
-                           else _what_changed(t, key[1], "since the restart"))
-                    self._pending.append(_change(t, s, "cleared", why))
+                    if key is None:
+                        del self._recipes[name]
+                    else:
+                        r.current = None  # the recipe's next inspection makes its track
+                    if t is not None and in_alarm:
+                        why = (f"recipe {name} is not loaded since the restart; its alarm "
+                               f"with {t.judged_by} ended" if key is None
+                               else _what_changed(t, key[1], "since the restart"))
+                        self._pending.append(_change(t, s, "cleared", why))
+                    continue
+                shown = self._shown(r)  # the settled track, the same or a version back
+                if self.metrics is not None and shown is not None:
+                    self.metrics.set_fail_rate(name, shown.recent_rate, shown.state == "alarm")
         self._settled = True
         self._tell()
 
