@@ -11,11 +11,12 @@ import numpy as np
 import onnx
 import pytest
 
-from lineside_inspect.errors import PackageError
+from lineside_inspect.errors import ConfigError, PackageError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.package import load_package, sha256_file
 from lineside_inspect.runtime.detector import Detector
 from lineside_training.export import export
+from lineside_training.package_writer import check_out
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
@@ -186,3 +187,31 @@ def test_a_run_with_one_defect_per_place_exports_it_and_scores_alike(
         assert "above IoU 0.3 count once" in (tmp_path / report / "summary.md").read_text()
     for key in ("escapes", "false_rejects", "confusion", "defect_recall", "defect_precision"):
         assert by_run["quality"][key] == by_package["quality"][key], key
+
+
+def test_overwrite_replaces_only_a_package_or_an_empty_folder(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "det"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"weights")
+    for out in (run, tmp_path / "runs", tmp_path):  # is, or holds, the run: never
+        with pytest.raises(ConfigError, match="holds the run being exported"):
+            check_out(out, True, run=run)
+    assert (run / "best.pt").read_bytes() == b"weights"
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "sub" / "a.txt").write_text("x")
+    with pytest.raises(ConfigError, match="already exists"):
+        check_out(mine, False, run=run)
+    with pytest.raises(ConfigError, match=r"not a model package \(no model\.json\)"):
+        check_out(mine, True, run=run)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not a folder"):
+        check_out(tmp_path / "file", True, run=run)
+    empty, pkg = tmp_path / "empty", tmp_path / "models" / "det" / "1"
+    empty.mkdir()
+    pkg.mkdir(parents=True)
+    (pkg / "model.json").write_text("{}")
+    assert check_out(empty, True, run=run) == empty
+    assert check_out(pkg, True, run=run) == pkg
+    inside = run / "package"  # a package inside the run's folder holds no checkpoint
+    assert check_out(inside, False, run=run) == inside

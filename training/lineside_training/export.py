@@ -211,7 +211,7 @@ def export(
     is written to a temp folder and moved into place only if every gate passes. The card's
     lineage records the training data's revision and ``parent``, the package the run
     started from (fine-tuned, or retrained on its reviewed inspections)."""
-    out = check_out(out, overwrite)
+    out = check_out(out, overwrite, run=run)
     trained = load_trained(run, "cpu")
     cfg = trained.config
     dataset = read_dataset(data or trained.data)

@@ -38,11 +38,26 @@ from lineside_inspect.version import __version__
 OPSET = 17
 
 
-def check_out(out: str | Path, overwrite: bool) -> Path:
-    """``out`` as a path; an existing package there is replaced only with ``overwrite``."""
+def check_out(out: str | Path, overwrite: bool, *, run: str | Path) -> Path:
+    """``out`` as a path, refused before anything is written when replacing it could lose
+    work: an existing folder is replaced only with ``overwrite``, and then only if it is a
+    model package or empty; a folder that is or holds ``run`` (the run being exported,
+    whose checkpoints the package is made from) never."""
     out = Path(out)
-    if out.exists() and not overwrite:
+    real, run_real = out.resolve(), Path(run).resolve()
+    if run_real.is_relative_to(real):
+        raise ConfigError(f"--out {out}: it holds the run being exported; give the package "
+                          "a folder of its own (models/NAME/VERSION)")
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder; choose another")
+    if not overwrite:
         raise ConfigError(f"{out}: already exists (pass --overwrite to replace it)")
+    if any(out.iterdir()) and not (out / CARD).is_file():
+        raise ConfigError(f"--out {out}: not a model package (no {CARD}) and not empty; "
+                          "--overwrite only replaces a package folder. Choose a new or "
+                          "empty folder")
     return out
 
 

@@ -72,7 +72,7 @@ def export_anomaly(run: str | Path, out: str | Path, *, name: str | None = None,
                    parent: str | Path | None = None) -> dict[str, Any]:
     """Export a good-only run to the package folder ``out`` (written to a temp folder,
     moved into place only if the parity gate passes)."""
-    out = check_out(out, overwrite)
+    out = check_out(out, overwrite, run=run)
     cfg, graph, ckpt = load_run(run)
     cal = ckpt["calibration"]
     dataset = read_dataset(data or cfg.data)
