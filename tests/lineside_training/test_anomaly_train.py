@@ -326,6 +326,7 @@ def test_a_run_starts_from_another_runs_weights(tmp_path: Path) -> None:
             ({"weights": str(tmp_path / "models" / "more" / "1")}, "a model package"),
             ({"weights": ""}, "give a good-only run folder"),
             ({"name": "toy"}, "this run's own folder"),
+            ({"name": "more"}, "a good-only run of this name is already there"),
             ({"calib_groups": [other_group]}, "trained on 5 of this run's calibration images"),
             ({"extra_data": [str(held_out)]}, "no good images (without boxes) of no split"),
             ({"extra_data": [str(tmp_path / "nowhere")]}, "extra_data (--merge)"),

@@ -42,6 +42,10 @@ def test_resume_continues_where_it_stopped(tmp_path: Path, make_config: Make) ->
     assert epochs == [1, 2]
     last = torch.load(run / "last.pt", weights_only=False)
     assert last["epoch"] == 1 and last["scaler"] == {}  # CPU: AMP and its scaler are off
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=r"already there \(last\.pt, best\.pt\).*--resume"):
+        train(more, quiet=True)  # without --resume: refused, the run left as it was
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_evaluate_writes_report_and_thresholds(tiny_run: Path, tmp_path: Path) -> None:
@@ -65,6 +69,20 @@ def test_config_errors_name_the_field(tmp_path: Path, make_config: Make) -> None
         load_config(None, ["epochs"], data="x")
     with pytest.raises(ConfigError, match="no split"):
         _unsplit(tmp_path, make_config)
+
+
+def test_a_set_of_good_images_alone_is_refused_before_a_run_is_made(
+        tmp_path: Path, make_config: Make) -> None:
+    import shutil
+
+    dst = tmp_path / "good"
+    shutil.copytree(SAMPLE, dst)
+    doc = json.loads((dst / "annotations.json").read_text())
+    doc["annotations"], doc["categories"] = [], []
+    (dst / "annotations.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"no defect classes.*good-default\.yaml"):
+        train(make_config(tmp_path / "runs", data=str(dst)), quiet=True)
+    assert not (tmp_path / "runs").exists()
 
 
 def _unsplit(tmp_path: Path, make_config: Make) -> None:

@@ -70,6 +70,10 @@ def load_data(cfg: TrainConfig) -> TrainData:
     """The training and validation records; ``extra_data`` sets are merged into train."""
     dataset = read_dataset(cfg.data)
     class_names = list(dataset.categories)
+    if not class_names:
+        raise ConfigError(f"{cfg.data}: no defect classes (good images only?): a detector "
+                          "learns from labelled defects; for good images alone train a "
+                          "good-only model (--config training/configs/good-default.yaml)")
     if not any(r.split for r in dataset.images):
         raise ConfigError(f"{cfg.data}: no split assigned; run 'lineside data split {cfg.data}'")
     train = dataset.in_split("train")
@@ -437,6 +441,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     if budget_s is not None and cfg.schedule != "cosine":
         raise ConfigError("time_budget fits a cosine schedule; set schedule: cosine (onecycle "
                           "cannot change its length once started)")
+    kept = [f for f in ("last.pt", "best.pt") if (run / f).is_file()]
+    if kept and not resume:  # a new run would replace them, and leave the old thresholds
+        raise ConfigError(f"{run}: a run of this name is already there ({', '.join(kept)}): "
+                          "pass --resume to continue it, or --name NAME for a new run")
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))

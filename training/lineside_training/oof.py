@@ -157,6 +157,8 @@ def oof_calibrate(
             preds = load_predictions(cached)
         else:
             data = fold_dataset(dataset, groups, fold_dir / "data")
+            for stale in ("last.pt", "best.pt"):  # a fold cut short trains again from scratch
+                (fold_dir / stale).unlink(missing_ok=True)
             run_dir = train(fold_config(cfg, k, fold_dir / "data", out, budget_s), quiet=quiet)
             trained = load_trained(run_dir / "last.pt", "cpu")
             held_records = [r for r in data.images if r.split in ("val", "test")]

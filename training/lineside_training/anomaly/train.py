@@ -65,7 +65,8 @@ def calibrate_run(graph: AnomalyGraph, images: list[np.ndarray], cfg: AnomalyCon
 
 def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = False) -> Path:
     if resume:
-        raise ConfigError("good-only runs do not resume: they are short; train again")
+        raise ConfigError("good-only runs do not resume: they are short; train again under "
+                          "another --name")
     run_dir = Path(cfg.out_dir) / cfg.name
     origin = start_run(cfg, run_dir) if cfg.weights else None
     # every refusal comes before the run folder is touched (an existing run stays whole)
@@ -74,6 +75,9 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     split = carve(cfg)
     if origin is not None:
         check_calibration(origin, str(cfg.weights), split)
+    if (run_dir / CHECKPOINT).is_file():
+        raise ConfigError(f"{run_dir}: a good-only run of this name is already there "
+                          f"({CHECKPOINT}): give the new run another name (--name)")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     log = (run_dir / "train.log").open("w")
