@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 
 from lineside_inspect.cli import app
 from lineside_inspect.dataset import Box, ImageRecord
+from lineside_inspect.errors import ConfigError
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import load_package
 from lineside_inspect.runtime.anomaly import AnomalyModel
 from lineside_training.anomaly.config import AnomalyConfig
-from lineside_training.anomaly.data import CropSampler
+from lineside_training.anomaly.data import CropSampler, carve
 from lineside_training.anomaly.evaluate import escapes_by_class
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -359,3 +360,27 @@ def test_an_unreadable_start_run_is_one_line(tmp_path: Path) -> None:
         r = runner.invoke(app, ["train", "--config", str(cfg)])
         assert r.exit_code == 2 and "a good-only checkpoint this Lineside cannot read" in (
             r.stderr), r.output + r.stderr
+
+
+def test_val_and_test_good_images_are_neither_trained_nor_calibrated_on(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    for g in ("a", "b", "c", "d"):
+        (tmp_path / "good" / g).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / "good" / g / f"{i}.png"), _part(rng))
+    r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "good"),
+                            str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads((tmp_path / "ds" / "annotations.json").read_text())
+    for img in doc["images"]:
+        img["split"] = {"c": "val", "d": "test"}.get(img["group"], "train")
+    (tmp_path / "ds" / "annotations.json").write_text(json.dumps(doc))
+    cfg = AnomalyConfig(**yaml.safe_load(_config(tmp_path, tmp_path / "ds").read_text()))
+    split = carve(cfg)
+    assert {r.group for r in split.train + split.calib} == {"a", "b"}
+    assert len(split.train) + len(split.calib) == 6
+    for img in doc["images"]:
+        img["split"] = "val" if img["group"] in ("a", "b") else "test"
+    (tmp_path / "ds" / "annotations.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"of no split or train \(val and test are held out\)"):
+        carve(cfg)

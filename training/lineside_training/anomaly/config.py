@@ -39,7 +39,9 @@ class AnomalyConfig(BaseModel):
     data: str = Field(..., description=(
         "canonical dataset folder; only its good images (no boxes) are used, e.g. one made "
         "by 'lineside data import -f good'"))
-    split: str | None = Field(None, description="use only good images of this split (None: all)")
+    split: str | None = Field(None, description=(
+        "use only good images of this split (None: of no split or train; val and test stay "
+        "held out)"))
     extra_data: list[str] = Field(default_factory=list, description=(
         "datasets whose good images (of no split, or train) are added to training, never "
         "to calibration: a new batch's good parts, or reviewers' false rejects from "

@@ -75,10 +75,15 @@ def carve(cfg: AnomalyConfig) -> GoodSplit:
     training and calibration sets: calibration must see boards the model never saw, as
     the line will. ``extra_data``'s good images are added to training."""
     dataset = read_dataset(cfg.data)
-    good = [r for r in dataset.in_split(cfg.split) if r.is_good]
+    if cfg.split:
+        good = [r for r in dataset.in_split(cfg.split) if r.is_good]
+    else:  # val and test are someone's held-out sets: never trained or calibrated on
+        good = [r for r in dataset.images if r.is_good and r.split in (None, "train")]
     if not good:
         where = f"split {cfg.split!r} of {cfg.data}" if cfg.split else cfg.data
-        raise ConfigError(f"{where}: no good images (images without boxes) to train on")
+        held_out = "" if cfg.split else " of no split or train (val and test are held out)"
+        raise ConfigError(f"{where}: no good images (images without boxes){held_out} to "
+                          "train on")
     groups = sorted({group_of(r) for r in good})
     if cfg.calib_groups:
         unknown = sorted(set(cfg.calib_groups) - set(groups))
