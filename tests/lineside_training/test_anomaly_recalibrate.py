@@ -216,3 +216,23 @@ def test_the_images_it_trained_on_are_refused(tmp_path: Path) -> None:
                             "--new-version", str(package.parent / "2")])
     assert r.exit_code == 2 and "the model trained on it (extra_data)" in r.stderr, r.stderr
     assert not (package.parent / "2").exists()
+
+
+def test_the_set_it_trained_on_is_refused_outside_its_held_out_groups(tmp_path: Path) -> None:
+    """The card's training set: its groups held out for calibration may set the threshold
+    again, the groups it trained on may not."""
+    line = _line_set(tmp_path, 120)
+    training = {"config": {"data": str(line)}, "data": {"calib_groups": ["shift-1"]}}
+    package = write_package(tmp_path / "models" / "toy" / "1", anomaly_graph(SIZE),
+                            {**card_doc("toy", SIZE), "training": training})
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split", "all",
+                            "--new-version", str(package.parent / "2")])
+    assert r.exit_code == 2 and "60 of split 'all''s 120 good images are ones the model " \
+        "trained on" in r.stderr, r.stderr
+    assert not (package.parent / "2").exists()
+    doc = json.loads((line / "annotations.json").read_text())
+    for img in doc["images"]:  # the trained group moved to test: held out now
+        img["split"] = "test" if img["group"] == "shift-0" else "train"
+    (line / "annotations.json").write_text(json.dumps(doc))
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split", "all"])
+    assert r.exit_code == 0, r.stderr

@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from lineside_inspect.dataset import read_dataset
+from lineside_inspect.dataset import ImageRecord, read_dataset
 from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.package import ANOMALY_LABEL, CARD
 from lineside_inspect.runtime.anomaly import AnomalyModel
 from lineside_training.anomaly.calibrate import captures_needed, operating_point
 from lineside_training.anomaly.config import AnomalyConfig
-from lineside_training.anomaly.data import distinct, split_images
+from lineside_training.anomaly.data import distinct, group_of, split_images
 from lineside_training.anomaly.infer import Scored
 from lineside_training.anomaly.synth import rephotograph
 from lineside_training.anomaly.train import CALIB_SEED
@@ -68,6 +68,12 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
     if not good:
         raise DatasetError(f"split {split!r} of {name} has no good images: a good-only model "
                            "is calibrated on good parts (no boxes)")
+    seen = trained_on(model.card.training or {}, data, good)
+    if seen:
+        raise DatasetError(
+            f"{data}: {len(seen)} of split {split!r}'s {len(good)} good images are ones the "
+            f"model trained on (e.g. {seen[0]}): calibrate on captures it did not train on "
+            "(its held-out groups, another split, or new line captures)")
     need = min_good_images(target)
     if len(good) < need:
         raise DatasetError(f"split {split!r} of {name} has {len(good)} distinct good images: "
@@ -91,6 +97,21 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
             "previous_threshold": spec.threshold,
             "previous_false_reject": float((scores >= spec.threshold).mean()),
             "false_reject": float((scores >= point["threshold"]).mean())}
+
+
+def trained_on(training: dict[str, Any], data: str | Path,
+               records: list[ImageRecord]) -> list[str]:
+    """The file names among ``records`` (of ``data``) that the run behind a card trained on:
+    when ``data`` is the set it trained on, its good images of the split it took (of no
+    split or train when it named none) outside the calibration groups it held out."""
+    cfg = training.get("config", {})
+    if not cfg.get("data") or Path(cfg["data"]).resolve() != Path(data).resolve():
+        return []
+    held = set(training.get("data", {}).get("calib_groups", []))
+    take = cfg.get("split")
+    return [r.file_name for r in records
+            if (r.split == take if take else r.split in (None, "train"))
+            and group_of(r) not in held]
 
 
 def calibrated_card(package: str | Path, calib: dict[str, Any]) -> dict[str, Any]:
