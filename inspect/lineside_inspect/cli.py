@@ -472,14 +472,22 @@ def calibrate_cmd(
     p = c["pairs"]
     g = c.get("global_threshold")
     f = "n/a" if p["f"] is None else f"{p['f']:.4f}"
+    allowed = c.get("allowed_escapes")
+    escapes = f"escapes {c['escapes']}" + ("" if allowed is None else f" (allowed {allowed})")
+    rejects = (f"false rejects {c['false_rejects']}" if c.get("good_images", 1) else
+               "false rejects n/a (no good images)")
     out.print(f"global threshold {'n/a' if g is None else f'{g:.4f}'}  DeepPCB-protocol F {f}  "
-              f"precision {p['precision'] or 0:.4f}  recall {p['recall'] or 0:.4f}  escapes "
-              f"{c['escapes']} (allowed {c['allowed_escapes']})  false rejects {c['false_rejects']}")
+              f"precision {p['precision'] or 0:.4f}  recall {p['recall'] or 0:.4f}  {escapes}  "
+              f"{rejects}")
+    if not c.get("good_images", 1):
+        out.print("no good images in this split: the thresholds were not traded against false "
+                  "rejects; check them on good parts before use")
     if c.get("agnostic_iou") is not None:
         out.print(f"one defect per place: boxes overlapping above IoU {c['agnostic_iou']} "
                   "count once")
     for name, t in c["thresholds"].items():
-        out.print(f"  {name}: {t:.4f}")
+        off = "  (off in practice: a score must reach 1.0)" if t >= 1.0 else ""
+        out.print(f"  {name}: {t:.4f}{off}")
     if saved:
         out.print(saved[2:])
 

@@ -98,3 +98,32 @@ def test_train_messages_name_the_flag_and_the_way_in(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "lineside data import -f voc|yolo|coco|good" in r.stderr
     r = runner.invoke(app, ["train", "--help"])
     assert "single-default.yaml" in r.stdout
+
+
+def _sample_without(tmp_path: Path, *, good: bool) -> Path:
+    """The sample's val split without its good images (``good`` False) or its defective ones."""
+    import shutil
+
+    dst = tmp_path / ("no-good" if not good else "good-only")
+    shutil.copytree(SAMPLE, dst)
+    doc = json.loads((dst / "annotations.json").read_text())
+    boxed = {a["image_id"] for a in doc["annotations"]}
+    doc["images"] = [i for i in doc["images"] if (i["id"] in boxed) != good]
+    kept = {i["id"] for i in doc["images"]}
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in kept]
+    (dst / "annotations.json").write_text(json.dumps(doc))
+    return dst
+
+
+def test_calibrate_says_what_a_split_cannot_measure(tiny_run: Path, tmp_path: Path) -> None:
+    kept = tiny_run / "thresholds.json"  # written by evaluate, if a test ran it first
+    saved = kept.read_bytes() if kept.exists() else None
+    r = runner.invoke(app, ["calibrate", str(tiny_run), "--data",
+                            str(_sample_without(tmp_path, good=True)), "--split", "val"])
+    assert r.exit_code == 2 and "has no defective images (boxes)" in r.stderr, r.stderr
+    r = runner.invoke(app, ["calibrate", str(tiny_run), "--data",
+                            str(_sample_without(tmp_path, good=False)), "--split", "val"])
+    assert r.exit_code == 0, r.stderr
+    assert "false rejects n/a (no good images)" in r.stdout
+    assert "no good images in this split" in r.stdout and "None" not in r.stdout
+    assert (kept.read_bytes() if kept.exists() else None) == saved  # nothing --write

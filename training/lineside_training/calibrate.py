@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lineside_inspect.dataset import read_dataset
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
+from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_inspect.package import CARD, read_card
 from lineside_inspect.runtime.detector import Detector
 from lineside_training.anomaly.recalibrate import calibrated_card, recalibrate_package
@@ -127,14 +127,14 @@ def calibrate(
         rule = detector.card.agnostic_iou if agnostic_iou is None else (agnostic_iou or None)
         subject = f"{detector.card.name}:{detector.card.version}"
         dataset = read_dataset(data)
-        records = split_records(dataset, split, names)
+        records = _with_defects(split_records(dataset, split, names), split, dataset)
         preds = runtime_predictions(detector, records, dataset)
     else:
         trained = load_trained(target, pick_device(device))
         names = trained.class_names
         subject = str(target)
         dataset = read_dataset(data or trained.data)
-        records = split_records(dataset, split, names)
+        records = _with_defects(split_records(dataset, split, names), split, dataset)
         preds = predict_records(trained.model, dataset, records, names,
                                 size=trained.config.input_size, device=pick_device(device),
                                 reference=trained.config.reference)
@@ -149,13 +149,24 @@ def calibrate(
                         + (f" ({', '.join(groups)})" if groups else ""),
                  pairs=pair_metrics(records, preds, names, calib["thresholds"], rule),
                  best_global_in_hindsight=best_global(records, preds, names,
-                                                      agnostic_iou=rule))
+                                                      agnostic_iou=rule),
+                 good_images=sum(1 for r in records if not r.boxes))
     _save_calibration(out, calib)
     if is_package:
         _save_card(target, threshold_card(target, calib), write, new_version)
     elif write:
         (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
     return calib
+
+
+def _with_defects(records: list[ImageRecord], split: str, dataset: Dataset) -> list[ImageRecord]:
+    """``records``, refused when none is defective: a detector's thresholds are chosen
+    where it finds labelled defects, and without any every threshold looks as good."""
+    if not any(r.boxes for r in records):
+        raise DatasetError(f"split {split!r} of {Path(dataset.root or '').name} has no "
+                           "defective images (boxes): a detector's thresholds are set on the "
+                           "labelled defects it finds; calibrate on a split that has them")
+    return records
 
 
 def _check_out_folder(out: str | Path | None,
