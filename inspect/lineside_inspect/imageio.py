@@ -29,6 +29,8 @@ from lineside_inspect.errors import ImageError, ImageTooLargeError
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS, cv2
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# images of formats Lineside does not read: named as problems on import, never skipped unseen
+UNSUPPORTED_IMAGE_SUFFIXES = (".tif", ".tiff", ".webp", ".gif", ".jp2", ".heic")
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 # a progressive JPEG is decoded again in part for every scan: 883 scans of an 8000x8000
 # grey image (228 KB) took 14.7 s of CPU against 0.7 s for the baseline one (attacker

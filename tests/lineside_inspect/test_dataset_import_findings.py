@@ -88,6 +88,21 @@ def test_good_accepts_notes_beside_the_images(tmp_path: Path) -> None:
     assert [r.file_name for r in ds.images] == ["p0.jpg"]
 
 
+def test_good_names_images_in_formats_it_does_not_read(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _jpg(src / "lot1" / "p0.jpg")
+    (src / "lot1" / "p1.tif").write_bytes(b"II*\x00")  # a TIFF header: skipped unseen before
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("good", src, tmp_path / "out")
+    assert "lot1/p1.tif: TIF image, which is not supported (jpg, png or bmp only): convert it" \
+        in _messages(exc)
+    ds, skipped = import_dataset("good", src, tmp_path / "out", skip_invalid=True)
+    assert [r.file_name for r in ds.images] == ["lot1/p0.jpg"] and len(skipped) == 1
+    (src / "lot1" / "p0.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"no images it can read: 1 TIF .*lot1/p1\.tif"):
+        import_dataset("good", src, tmp_path / "out2")
+
+
 # --- finding 7: non-UTF-8 data.yaml and XML ----------------------------------------------
 
 def test_latin1_data_yaml_is_a_clear_refusal_naming_the_file(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from lineside_inspect.dataset.layout import (
 )
 from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, ImageError, Problem
-from lineside_inspect.imageio import IMAGE_SUFFIXES, header_size
+from lineside_inspect.imageio import IMAGE_SUFFIXES, UNSUPPORTED_IMAGE_SUFFIXES, header_size
 
 DEEPPCB_CLASSES = ("open", "short", "mousebite", "spur", "copper", "pin-hole")
 DEEPPCB_LICENCE = ("MIT; the authors ask that DeepPCB be used for research: data and models "
@@ -107,7 +107,7 @@ def _clip_to_images(images: list[ImageRecord]) -> list[str]:
             f"onto it, e.g. {clipped[0].origin}"]
 
 
-UNSUPPORTED_IMAGES = (".tif", ".tiff", ".webp", ".gif", ".jp2", ".heic")
+UNSUPPORTED_IMAGES = UNSUPPORTED_IMAGE_SUFFIXES
 
 
 def _unsupported_beside(stem: str, folders: list[Path]) -> Path | None:
@@ -874,6 +874,17 @@ def import_good(src: Path) -> Draft:
             continue  # unreadable: one problem, not a decode problem as well
         group = rel.rsplit("/", 1)[0] if "/" in rel else None
         images.append(ImageRecord(rel, width, height, [], group=group, source=path))
+    # a good part in a format Lineside does not read is named, not silently left out
+    other = [p for p in walk_files(src) if p.suffix.lower() in UNSUPPORTED_IMAGES] \
+        if src.is_dir() else []
+    for path in other:
+        problems.append(Problem(
+            str(path), "", f"{path.suffix.lstrip('.').upper()} image, which is not supported "
+            "(jpg, png or bmp only): convert it", path.relative_to(src).as_posix()))
+    if not images and other:
+        raise DatasetError(f"{src}: no images it can read: {len(other)} "
+                           f"{other[0].suffix.lstrip('.').upper()} (...) image(s), e.g. "
+                           f"{_rel(other[0], src)}; convert them to png or jpg")
     if not images:
         raise DatasetError(f"{src}: no images found")
     return Dataset([], images, info={"source": "good images"}), problems

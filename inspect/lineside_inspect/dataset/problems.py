@@ -8,7 +8,7 @@ import re
 from collections import Counter
 
 from lineside_inspect.errors import Problem
-from lineside_inspect.imageio import IMAGE_SUFFIXES
+from lineside_inspect.imageio import IMAGE_SUFFIXES, UNSUPPORTED_IMAGE_SUFFIXES
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 _TOKEN = re.compile(r"\S+")
@@ -49,6 +49,7 @@ def summarise(problems: list[Problem]) -> list[str]:
 def images_concerned(problems: list[Problem]) -> int:
     """How many images the problems concern: a problem of a label file with no image
     (an XML, a YOLO .txt) has that file as its subject so that skipping it drops no image,
-    and is not counted as a skipped image."""
+    and is not counted as a skipped image (an image in a format not read is one)."""
+    suffixes = IMAGE_SUFFIXES + UNSUPPORTED_IMAGE_SUFFIXES
     return len({p.subject for p in problems
-                if p.subject is not None and p.subject.lower().endswith(IMAGE_SUFFIXES)})
+                if p.subject is not None and p.subject.lower().endswith(suffixes)})
