@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -261,6 +262,12 @@ def data_split(
                            duplicates=duplicates)
     wanted = {"train": 1 - val - test, "val": val, "test": test}
     empty = [name for name, share in wanted.items() if share > 0 and not counts.get(name)]
+    n = len(dataset.images)
+    small = [name for name in empty if name != "train" and wanted[name] * n < 1]
+    if small:  # less than one image even one by one: the fraction, not the groups, is why
+        raise DatasetError(f"--{small[0]} {wanted[small[0]]:g} of {n} images is less than one "
+                           f"image: give --{small[0]} {math.ceil(100 / n) / 100:g} or more, or "
+                           "add images")
     if empty:  # nothing saved: a split with no validation images trains blind
         raise DatasetError(
             f"the {' and '.join(empty)} split came out empty: the {len(dataset.images)} images "

@@ -156,6 +156,11 @@ def test_split_refuses_to_leave_validation_empty(tmp_path: Path) -> None:
     assert r.exit_code != 0
     assert "the val split came out empty" in r.stderr and "give --by image" in r.stderr
     assert (tmp_path / "ds" / "annotations.json").read_text() == before
+    # a fraction of less than one image is the fraction's fault, not the groups'
+    r = runner.invoke(app, ["data", "split", str(tmp_path / "ds"), "--val", "0.1", "--by", "image"])
+    assert r.exit_code != 0
+    assert "--val 0.1 of 4 images is less than one image: give --val 0.25 or more" in r.stderr
+    assert (tmp_path / "ds" / "annotations.json").read_text() == before
 
 
 def test_hostile_numbers_and_the_wrong_format_are_named(tmp_path: Path) -> None:
