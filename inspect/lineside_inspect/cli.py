@@ -506,7 +506,8 @@ def calibrate_unchanged_cmd(
     frames: Annotated[list[Path], typer.Argument(help="good parts' frames (files or folders)")],
     tolerance: Annotated[int, typer.Option(help="px an edge may move unnoticed")] = 3,
     tile: Annotated[int, typer.Option()] = 32,
-    margin: Annotated[float, typer.Option(help="floor = margin x the highest good score")] = 1.5,
+    margin: Annotated[float, typer.Option(
+        help="floor = margin x the highest good score, and at least 12 grey levels")] = 1.5,
 ) -> None:
     """The floor of a recipe's unchanged_gate, from good parts of one view: prints the
     recipe lines (runtime/unchanged.py)."""
@@ -517,8 +518,9 @@ def calibrate_unchanged_cmd(
     suffixes = (".jpg", ".jpeg", ".png", ".bmp")
     files: list[Path] = []
     for f in frames:
-        if f.is_dir():
-            files += [p for p in sorted(f.iterdir()) if p.suffix.lower() in suffixes]
+        if f.is_dir():  # the golden image kept among its frames is no part's frame (it scores 0)
+            files += [p for p in sorted(f.iterdir()) if p.suffix.lower() in suffixes
+                      and not (reference.exists() and p.samefile(reference))]
         elif f.exists():  # a file named on purpose is a frame: decoding says if it is not
             files.append(f)
         else:
@@ -530,6 +532,9 @@ def calibrate_unchanged_cmd(
                         margin=margin, names=[str(f) for f in files])
     out.print(f"{c['good_pairs']} good frames: highest tile score {c['highest_good_score']}, "
               f"p99 {c['p99_good_score']}")
+    if c["floor"] > c["highest_good_score"] * margin:
+        out.print(f"floor {c['floor']}: the least a floor may be (margin x highest score is "
+                  f"{c['highest_good_score'] * margin:.2f}), so that noise never makes it tight")
     out.print(f"unchanged_gate:\n  floor: {c['floor']}\n  tolerance_px: {tolerance}\n  tile: {tile}",
               markup=False)
 

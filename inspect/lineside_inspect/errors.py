@@ -289,6 +289,14 @@ class RecipeBreaksCamera(LinesideError):
     status = 409
 
 
+class ReferenceBreaksCamera(LinesideError):
+    """A golden image deleted over the API that a configured camera names: every trigger
+    of that camera would fail. Nothing was changed."""
+
+    code = "reference_breaks_camera"
+    status = 409
+
+
 class Busy(LinesideError):
     """A one-at-a-time job (a gate run, a promotion) is already running."""
 

@@ -163,6 +163,12 @@ def test_shadow_disagreements_reach_the_review_queue(launch: Callable[..., Runni
         # never gated: may shadow (require_gate is off); the active version may not
         r = admin.post("/v1/models/deeppcb/shadow", json={"version": "1"})
         assert r.status_code == 422
+        # a rate is a JSON number, a yes a JSON true: "0.5" and "yes" started a shadow
+        for bad, field in (({"sample_rate": "0.5"}, "sample_rate"), ({"sample_rate": True}, "sample_rate"),
+                           ({"force": "yes"}, "force")):
+            r = admin.post("/v1/models/deeppcb/shadow", json={"version": "jumpy", **bad})
+            assert r.status_code == 422 and f"body.{field}" in r.json()["error"]["message"], r.text
+        assert not admin.get("/v1/models/deeppcb/shadow").json()["running"]
         r = admin.post("/v1/models/deeppcb/shadow", json={"version": "jumpy", "sample_rate": 1.0})
         assert r.status_code == 200, r.text
         assert r.json()["running"] and r.json()["shadow"]["version"] == "jumpy"

@@ -241,6 +241,7 @@ def test_inspect_documents_its_query_parameters(served: tuple[Running, dict[str,
     params = {p["name"]: p for p in doc["paths"]["/v1/inspect"]["post"]["parameters"]}
     assert set(params) == {"recipe", "camera_id", "part_id", "annotated", "reference"}
     assert all(p["in"] == "query" and not p["required"] for p in params.values())
-    assert {"maxLength": 128, "type": "string"} in params["camera_id"]["schema"]["anyOf"]
+    camera = next(s for s in params["camera_id"]["schema"]["anyOf"] if s["type"] == "string")
+    assert camera["maxLength"] == 128 and camera["pattern"].startswith("^[A-Za-z0-9]")
     assert params["annotated"]["schema"]["type"] == "boolean"
     assert "recipe name" in params["recipe"]["description"]

@@ -63,3 +63,59 @@ def test_an_id_that_is_not_an_inspection_id_is_refused(hostile, tmp_path: Path) 
         pull_from_server(url, tmp_path / "pulled")
     assert not (tmp_path / "escaped.jpg").exists()
     assert not any("/image" in p for p in asked)  # refused before fetching anything by it
+
+
+# camera ids an older server took (only length and control characters were checked)
+BAD_CAMERAS = ["../escaped", "a/b", "/abs/cam", "..", "cam\\x"]
+
+
+def test_a_stored_camera_id_that_is_not_a_name_does_not_sink_the_pull(
+        launch, image_bytes: bytes, tmp_path: Path) -> None:
+    """An older store may hold a camera id that is not a name: each such inspection goes
+    in a folder of its own inside images/ and the pull goes on (it failed as a whole with
+    "image file_name '../<id>.jpg' leaves the dataset's images/ folder")."""
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.dataset import read_dataset, validate_dir
+    from lineside_inspect.store.models import InspectionRow
+
+    srv = launch(store_pass_rate=1.0)
+    ids = []
+    with srv.client("line") as c:
+        for _ in range(len(BAD_CAMERAS) + 1):
+            r = c.post("/v1/inspect", params={"camera_id": "cam1"}, content=image_bytes,
+                       headers={"content-type": "image/jpeg"})
+            assert r.status_code == 200 and r.json()["stored"], r.text
+            ids.append(r.json()["id"])
+    store = srv.app.state.store
+    store.flush()  # the journal applied: the rows are in the database
+    with Session(store.engine) as s, s.begin():  # as an older server stored them
+        for iid, camera in zip(ids, BAD_CAMERAS, strict=False):
+            row = s.get(InspectionRow, iid)
+            assert row is not None
+            row.camera_id = camera
+    with srv.client("reviewer") as c:
+        for iid in ids:
+            r = c.post(f"/v1/inspections/{iid}/reviews", json={"action": "false_reject"})
+            assert r.status_code == 200, r.text
+
+    def check(dst: Path) -> None:
+        assert validate_dir(dst) == []
+        names = sorted(r.file_name for r in read_dataset(dst).images)
+        assert len(names) == len(ids)
+        folders = {n.split("/")[0] for n in names}
+        assert "cam1" in folders and len(folders) == len(BAD_CAMERAS) + 1  # one each
+        for n in names:
+            folder, file = n.split("/")
+            assert file.split(".")[0] in ids and (folder == "cam1" or folder.startswith("camera-"))
+        images = (dst / "images").resolve()
+        assert all(p.resolve().is_relative_to(images) for p in (dst / "images").rglob("*"))
+
+    from lineside_inspect.store.pull import pull_from_store
+
+    pull_from_server(srv.url, tmp_path / "served", key="reviewer-secret")
+    check(tmp_path / "served")
+    pull_from_store(store, tmp_path / "stored")
+    check(tmp_path / "stored")
+    assert not (tmp_path / "escaped").exists() and not Path("/abs/cam").exists()
+

@@ -82,6 +82,26 @@ def test_recipe_validation_errors(tmp_path: Path) -> None:
         _recipe(max_count={"opne": 1}).check_classes(CLASSES)
 
 
+def test_recipe_files_keep_loading_with_strict_numbers(tmp_path: Path) -> None:
+    """Numbers and switches are strict over the API; YAML files still load: its ints are
+    ints, an int is a float (``floor: 15``), its yes/no and true/false booleans."""
+    root = Path(__file__).resolve().parents[2] / "configs" / "recipes"
+    assert sorted(load_recipe(f).name for f in root.glob("*.yaml")) == [
+        "deeppcb", "deeppcb-fused", "deeppcb-good", "deeppcb-ref"]
+    f = tmp_path / "r.yaml"
+    f.write_text("name: r\nmodel: m\nmin_score: {open: 1}\ndefault_min_score: 0\nmin_size_px: 8\n"
+                 "max_count: {open: 3}\nalign_reference: yes\nusual_fail_rate: 0\n"
+                 "roi: [[[0, 0], [640, 0], [640, 640]]]\n"
+                 "unchanged_gate: {floor: 15, tolerance_px: 3, tile: 32}\n")
+    r = load_recipe(f)
+    assert (r.min_score, r.max_count, r.align_reference) == ({"open": 1.0}, {"open": 3}, True)
+    assert r.unchanged_gate is not None and r.unchanged_gate.floor == 15.0
+    f.write_text("name: r\nmodel: m\nmax_count: {open: 1.0}\nunchanged_gate: {floor: 15, tile: '32'}\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(f)
+    assert "max_count" in info.value.message and "tile" in info.value.message
+
+
 def test_detections_validate_their_shapes() -> None:
     with pytest.raises(ValueError, match="expected 2 scores"):
         Detections(np.zeros((2, 4)), np.zeros(3), np.zeros(2), CLASSES)
@@ -109,6 +129,12 @@ UNWORKABLE: dict[str, tuple[dict[str, Any], str]] = {
     "NaN size": ({"min_size_px": NAN}, "min_size_px"),
     "negative count": ({"max_count": {"open": -1}}, "max_count"),
     "fractional count": ({"max_count": {"open": 0.5}}, "max_count"),
+    # loose types: true was stored as 1, a count past 64 bits taken, "0.5" a score
+    "true as a count": ({"max_count": {"open": True}}, "max_count"),
+    "count past 64 bits": ({"max_count": {"open": 99999999999999999999999}}, "max_count"),
+    "count as text": ({"max_count": {"open": "2"}}, "max_count"),
+    "score as text": ({"min_score": {"open": "0.5"}}, "min_score"),
+    "yes as a switch": ({"align_reference": "yes"}, "align_reference"),
     # finite, but the polygon's sums overflowed to inf and every board passed (review)
     "huge roi": ({"roi": [[(-1e308, -1e308), (1e308, -1e308), (0, 1e308)]]}, "roi"),
     "size overflow": ({"min_size_mm": 1e308, "pixels_per_mm": 1e308}, "min_size_mm"),

@@ -126,6 +126,29 @@ def test_a_multipart_body_without_its_closing_boundary_is_malformed(srv: Running
         assert _error(r, 400).startswith("malformed multipart body: ")
 
 
+def test_an_image_field_given_twice_is_refused(srv: Running, board: bytes) -> None:
+    """Two 'image' parts in one body: the last was inspected, silently."""
+    other = (STATION / "station1" / "part-0002.jpg").read_bytes()
+    with srv.client("line") as c:
+        for parts, recipe, told in (
+                ([("image", board), ("image", other)], "deeppcb", "field 'image' was given twice"),
+                ([("image", board), ("file", other)], "deeppcb", "'image' and 'file' were both given"),
+                ([("file", board), ("file", other)], "deeppcb", "field 'file' was given twice"),
+                ([("reference", board), ("reference", other)], "deeppcb-ref",
+                 "field 'reference' was given twice"),
+                # three files are more than a body may carry at all
+                ([("image", board), ("image", other), ("reference", board)], "deeppcb-ref",
+                 "malformed multipart body: ")):
+            body, headers = _multipart(parts, close=True)
+            r = c.post("/v1/inspect", content=body, headers=headers, params={"recipe": recipe})
+            msg = _error(r, 400)
+            assert told in msg, msg
+            assert r.json()["error"]["code"] == "invalid_image"
+        body, headers = _multipart([("image", board), ("reference", board)], close=True)
+        r = c.post("/v1/inspect", content=body, headers=headers, params={"recipe": "deeppcb-ref"})
+        assert r.status_code == 200, r.text
+
+
 def test_shadow_of_an_unknown_inspection_is_404(srv: Running, board: bytes) -> None:
     with srv.client("line") as c:
         r = c.post("/v1/inspect", content=board, headers=JPEG, params={"recipe": "deeppcb"})
@@ -221,6 +244,30 @@ def test_a_put_recipe_that_would_break_a_configured_camera_is_refused(srv: Runni
     with srv.client("line") as c:
         r = c.post("/v1/cameras/sim1/trigger")
         assert r.status_code == 200 and r.json()["recipe"]["name"] == "deeppcb", r.text
+
+
+def test_deleting_the_golden_image_a_camera_names_is_refused(launch, board: bytes) -> None:
+    """DELETE /v1/references/NAME of a camera's golden image was a 204, and then every
+    trigger of that camera a 422; refused now as deleting a camera's recipe is."""
+    cam = CameraConfig(id="station1", source=str(STATION / "station1"), recipe="deeppcb-ref",
+                       reference="golden", fps=5)
+    srv = launch(cameras=[cam], models=[str(MODEL), str(REF_MODEL)],
+                 recipes=[str(RECIPES / "deeppcb.yaml"), str(RECIPES / "deeppcb-ref.yaml")])
+    golden = (STATION / "station1-reference.jpg").read_bytes()
+    with srv.client("admin") as c:
+        for name in ("golden", "spare"):
+            assert c.put(f"/v1/references/{name}", content=golden, headers=JPEG).status_code == 200
+        r = c.delete("/v1/references/golden")
+        msg = _error(r, 409)
+        assert r.json()["error"]["code"] == "reference_breaks_camera"
+        assert msg.startswith("reference golden is the golden image camera(s) station1 "), msg
+        assert c.get("/v1/references").json()["items"] == ["golden", "spare"]  # nothing gone
+        assert c.delete("/v1/references/spare").status_code == 204  # one no camera names
+        assert _error(c.delete("/v1/references/nope"), 404)
+        assert _error(c.delete("/v1/references/a.jpg"), 422)
+    with srv.client("line") as c:
+        r = c.post("/v1/cameras/station1/trigger")
+        assert r.status_code == 200 and r.json()["reference"]["name"] == "golden", r.text
 
 
 def test_a_json_body_nested_thousands_deep_is_named_as_such(srv: Running) -> None:

@@ -99,8 +99,26 @@ def test_every_bad_input_is_a_4xx_json_error(srv, image_bytes: bytes) -> None:
         r = c.post("/v1/inspect?part_id=p&camera_id=" + "c" * 129, content=image_bytes,
                    headers={"content-type": "image/jpeg"})
         assert r.status_code == 422
-        assert r.json()["error"]["message"] == \
-            "query.camera_id: String should have at most 128 characters"
+        assert r.json()["error"]["message"].startswith("query.camera_id: ")
+        assert "1-128 ASCII letters" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("camera_id", ["../x", "a/b", "/abs", "..", ".hidden", "a\\b", "cam 1"])
+def test_a_camera_id_that_is_not_a_name_is_refused(srv, image_bytes: bytes,
+                                                   camera_id: str) -> None:
+    """A camera id becomes a folder when reviewed inspections are pulled as a dataset: one
+    that is not a name was stored, then sank the whole pull ('../x.jpg leaves images/')."""
+    with srv.client("line") as c:
+        for send in ({"content": image_bytes, "headers": {"content-type": "image/jpeg"}},
+                     {"files": {"image": ("a.jpg", image_bytes, "image/jpeg")}}):
+            r = c.post("/v1/inspect", params={"camera_id": camera_id}, **send)
+            assert r.status_code == 422, r.text
+            err = r.json()["error"]
+            assert err["code"] == "invalid_request" and err["message"].startswith("query.camera_id: ")
+            assert "1-128 ASCII letters" in err["message"]
+        ok = c.post("/v1/inspect", params={"camera_id": "line1-top_2.b"}, content=image_bytes,
+                    headers={"content-type": "image/jpeg"})
+        assert ok.status_code == 200 and ok.json()["camera_id"] == "line1-top_2.b"
 
 
 def test_body_over_the_limit_is_413(launch, image_bytes: bytes) -> None:

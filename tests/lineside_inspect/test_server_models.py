@@ -55,6 +55,25 @@ def test_hot_swap_during_burst_loses_no_request(launch, image_bytes: bytes, tmp_
         assert admin.get("/v1/models").json()[0]["active"] == "2"
 
 
+def test_a_yes_or_no_is_a_json_boolean(launch, tmp_path: Path) -> None:
+    """``"activate": "yes"`` (or 1) loaded and activated the version."""
+    srv = launch(model_roots=[str(tmp_path)])
+    v2 = _version(MODEL, tmp_path / "deeppcb" / "2", "2")
+    with srv.client("admin") as admin:
+        for body in ({"activate": "yes"}, {"activate": 1}, {"activate": "false"},
+                     {"activate": False, "force": "yes"}):
+            r = admin.post("/v1/models", json={"path": str(v2), **body})
+            assert r.status_code == 422, (body, r.text)
+            field = next(iter(body)) if "force" not in body else "force"
+            assert f"body.{field}" in r.json()["error"]["message"], r.text
+        r = admin.post("/v1/models/deeppcb/activate", json={"version": "1", "force": 1})
+        assert r.status_code == 422 and "body.force" in r.json()["error"]["message"], r.text
+        [model] = admin.get("/v1/models").json()
+        assert model["active"] == "1" and [v["version"] for v in model["versions"]] == ["1"]
+        r = admin.post("/v1/models", json={"path": str(v2), "activate": False})
+        assert r.status_code == 200 and r.json()["active"] == "1", r.text
+
+
 def test_failed_load_keeps_the_old_model_serving(launch, image_bytes: bytes, tmp_path: Path) -> None:
     srv = launch(model_roots=[str(tmp_path)])
     bad = _version(MODEL, tmp_path / "bad", "3")

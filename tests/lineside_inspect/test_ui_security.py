@@ -69,7 +69,18 @@ def test_stored_xss_payload_shows_as_text_and_runs_nothing(launch, image_bytes: 
     srv = launch(store_pass_rate=1.0, models=TWO_VERSIONS)
     active = _active(srv)
     assert srv.app.state.registry.models()["deeppcb"].history  # a rollback would change it
-    _inspect(srv, image_bytes, camera_id=CAMERA_XSS, part_id=PART_XSS)
+    iid = _inspect(srv, image_bytes, camera_id="cam1", part_id=PART_XSS)
+    # a camera id is a name now (a 422 otherwise); an older server stored whatever it got
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.store.models import InspectionRow
+
+    store = srv.app.state.store
+    store.flush()
+    with Session(store.engine) as s, s.begin():
+        row = s.get(InspectionRow, iid)
+        assert row is not None
+        row.camera_id = CAMERA_XSS
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -127,6 +138,33 @@ def test_security_headers(srv, path: str) -> None:
     assert r.headers["x-frame-options"] == "DENY"
     assert r.headers["x-content-type-options"] == "nosniff"
     assert r.headers["referrer-policy"] == "no-referrer"
+
+
+# ---------------------------------------------------------------- CSV formula injection
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_quoted() -> None:
+    """Only a leading '=' (and + - @ tab CR) was caught; a spreadsheet skips spaces first,
+    so ' =HYPERLINK(...)' ran (OWASP: the first non-space character counts)."""
+    import csv
+    import io
+
+    from lineside_inspect.ui.api import _cell
+
+    run = ["=1+1", "+1", "-1+2", "@SUM(A1)", "\t=1", "\r=1", "\tplain", "\rplain",
+           " =HYPERLINK(\"http://x\")", "   +1", "\n-1", " \t@x", "\u00a0=1"]
+    for value in run:
+        assert _cell(value) == "'" + value, repr(value)
+    for value in ("cam1", "a=b", "line-1", "x@y", "", " plain"):
+        assert _cell(value) == value, repr(value)
+    # where ';' separates cells (many locales), each part is quoted as a cell would be
+    assert _cell("x;=HYPERLINK(1);") == "x;'=HYPERLINK(1);"
+    assert _cell("=a; -b;c") == "'=a;' -b;c" and _cell("a;b") == "a;b"
+    for number in (-1, -2.5, 0, 3.25):  # numbers are written as numbers, the sign kept
+        assert _cell(number) == number
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow([_cell(" =1+1"), _cell(-3), _cell(-0.5)])
+    assert out.getvalue() == "' =1+1,-3,-0.5\r\n"
 
 
 # ---------------------------------------------------------------- item 19: sessions

@@ -125,6 +125,12 @@ def test_calibrate_unchanged_command(tmp_path: Path) -> None:
     assert "5 good frames" in res.output and "unchanged_gate:" in res.output
     floor = float(res.output.split("floor:")[1].split()[0])
     assert floor >= 12
+    # the golden image kept in the frames' folder is not counted as a good part's frame
+    (tmp_path / "golden.jpg").write_bytes((STATION / "station1-reference.jpg").read_bytes())
+    res = CliRunner().invoke(app, ["calibrate-unchanged", str(tmp_path / "golden.jpg"),
+                                   str(tmp_path)])
+    assert res.exit_code == 0 and "5 good frames" in res.output, res.output
+    (tmp_path / "golden.jpg").unlink()
     # a frame of another size is named, not a traceback
     cv2.imwrite(str(tmp_path / "small.png"), ref[:100, :100])
     res = CliRunner().invoke(app, ["calibrate-unchanged", str(STATION / "station1-reference.jpg"),
@@ -135,3 +141,34 @@ def test_calibrate_unchanged_command(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["calibrate-unchanged", str(STATION / "station1-reference.jpg"),
                                    str(tmp_path / "good-0.jpg"), str(STATION / "station1" / "part-0002.jpg")])
     assert res.exit_code != 0 and "good frame 2 differs from the reference" in res.output
+
+
+def _commands() -> set[str]:
+    import typer
+
+    from lineside_inspect.cli import app
+
+    def names(t: typer.Typer) -> set[str]:
+        out = {c.name or c.callback.__name__.replace("_", "-")  # type: ignore[union-attr]
+               for c in t.registered_commands}
+        return out | {g.name for g in t.registered_groups if g.name}
+
+    return names(app)
+
+
+def test_every_lineside_command_the_docs_name_exists() -> None:
+    """The floor's description sent users to `lineside calibrate-gate`: no such command
+    (it is calibrate-unchanged). Every `lineside X` in the docs, README and the package's
+    own text (its field descriptions reach /docs) must name one."""
+    import re
+
+    commands = _commands()
+    assert "calibrate-unchanged" in commands
+    texts = [*(ROOT / "docs").rglob("*.md"), ROOT / "README.md",
+             *(ROOT / "inspect" / "lineside_inspect").rglob("*.py")]
+    wrong = [(str(p.relative_to(ROOT)), m.group(1)) for p in texts
+             for m in re.finditer(r"`lineside ([a-z][a-z0-9-]*)", p.read_text())
+             if m.group(1) not in commands]
+    assert wrong == []
+    floor = UnchangedGate.model_fields["floor"].description or ""
+    assert "`lineside calibrate-unchanged`" in floor

@@ -29,7 +29,7 @@ class GoldenAdd(_Shape):
     inspections: list[str] | None = Field(None, max_length=5000, description=(
         "these inspections (each reviewed); default: every reviewed one with a stored image"))
     since: UTCTime | None = Field(None, description="reviewed inspections made since (ISO; UTC)")
-    limit: int = Field(500, ge=1, le=5000)
+    limit: int = Field(500, ge=1, le=5000, strict=True)
     note: Text = Field("", max_length=2000)
 
     def ids(self) -> list[str] | None:
@@ -44,28 +44,30 @@ class GoldenAdd(_Shape):
 class GateRun(_Shape):
     version: Name = Field(description="the candidate: a loaded version (POST /v1/models, activate false)")
     golden: Name = Field(description="the golden set")
-    golden_version: int | None = Field(None, ge=1, description="default: its latest version")
+    golden_version: int | None = Field(None, ge=1, strict=True,
+                                       description="default: its latest version")
     against: Name | None = Field(None, description="default: the active version")
     recipe: Name | None = Field(None, description=(
         "whose rules judge both; default: the server's default recipe for this model"))
 
 
 class Admit(_Shape):
-    force: bool = Field(False, description=(
+    # numbers and yes/no strict here: "yes" was a force, "0.5" a sample rate, true a 1
+    force: bool = Field(False, strict=True, description=(
         "admit a version whose gate failed (admins only; needs a reason; recorded)"))
     reason: Text = Field("", max_length=2000, description="why (recorded in the audit log)")
 
 
 class ShadowStart(Admit):
     version: Name = Field(description="a loaded version other than the active one")
-    sample_rate: float | None = Field(None, gt=0, le=1, description=(
+    sample_rate: float | None = Field(None, gt=0, le=1, strict=True, description=(
         "share of live frames it sees; default lifecycle.shadow.sample_rate"))
 
 
 class Promote(Admit):
     version: Name
     golden: Name
-    golden_version: int | None = Field(None, ge=1)
+    golden_version: int | None = Field(None, ge=1, strict=True)
     recipe: Name | None = Field(None, description="the recipe gated under and watched")
 
 

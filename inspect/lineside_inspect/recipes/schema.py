@@ -15,10 +15,16 @@ from lineside_inspect.runtime.unchanged import UnchangedGate
 # pixels; bounded so that no sum over a polygon overflows to inf (a region of +-1e308
 # made every centre fall outside it, passing any board)
 COORD_LIMIT = 1e6
-Coord = Annotated[float, Field(ge=-COORD_LIMIT, le=COORD_LIMIT)]
+# numbers are strict: true is not 1, "0.5" is not a score (an int is a float, as YAML's
+# ``floor: 15`` or ``sample_rate: 1``; a float is never an int)
+Coord = Annotated[float, Field(ge=-COORD_LIMIT, le=COORD_LIMIT, strict=True)]
 Polygon = list[tuple[Coord, Coord]]
-Size = Annotated[float, Field(ge=0, le=COORD_LIMIT)]
-Score = Annotated[float, Field(ge=0, le=1)]
+Size = Annotated[float, Field(ge=0, le=COORD_LIMIT, strict=True)]
+Score = Annotated[float, Field(ge=0, le=1, strict=True)]
+# defects of a class a part may have: more than any model finds in one image is no limit
+# (a count beyond 64 bits was taken, and true was 1)
+MAX_COUNT = 1_000_000
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
 
 # the remote endpoint's names become URL path segments: full-matched, no '/', '?' or '%'
 ENDPOINT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}"
@@ -42,7 +48,8 @@ class RemoteModel(BaseModel):
         "the input size, classes and thresholds; the graph need not be on the box"))
     token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", description=(
         "environment variable holding a bearer token for the endpoint (never in the recipe)"))
-    timeout_s: float = Field(5.0, gt=0, le=60, description="per request, connect to last byte")
+    timeout_s: float = Field(5.0, gt=0, le=60, strict=True,
+                             description="per request, connect to last byte")
 
 
 class AnomalyRule(BaseModel):
@@ -85,12 +92,12 @@ class Recipe(BaseModel):
     default_min_score: Score | None = None
     min_size_px: Size = 0
     min_size_mm: Size | None = None
-    pixels_per_mm: float | None = Field(None, gt=0, le=COORD_LIMIT)
+    pixels_per_mm: float | None = Field(None, gt=0, le=COORD_LIMIT, strict=True)
     roi: list[Polygon] = Field(default_factory=list)
     ignore: list[Polygon] = Field(default_factory=list)
-    max_count: dict[str, int] = Field(default_factory=dict)
+    max_count: dict[str, Count] = Field(default_factory=dict)
     critical: list[str] = Field(default_factory=list)
-    align_reference: bool = Field(False, description=(
+    align_reference: bool = Field(False, strict=True, description=(
         "reference models: translate each frame onto its reference before comparing "
         "(for parts that sit a few pixels off; searched within 16 px)"))
     unchanged_gate: UnchangedGate | None = Field(None, description=(
@@ -118,14 +125,6 @@ class Recipe(BaseModel):
             if area == 0:
                 raise ValueError(f"polygon {i} encloses no area (its points are on one line)")
         return polygons
-
-    @field_validator("max_count")
-    @classmethod
-    def _counts(cls, counts: dict[str, int]) -> dict[str, int]:
-        for label, n in counts.items():
-            if n < 0:
-                raise ValueError(f"max_count for {label!r} must be 0 or more, got {n}")
-        return counts
 
     @model_validator(mode="after")
     def _mm_needs_scale(self) -> Recipe:

@@ -35,11 +35,12 @@ class UnchangedGate(BaseModel):
     running the detector (reference models only)."""
 
     model_config = ConfigDict(extra="forbid")
-    floor: float = Field(..., gt=0, le=255, description=(
+    floor: float = Field(..., gt=0, le=255, strict=True, description=(
         "tile score (grey levels of excess over the tolerance band) at which a tile has "
-        "changed; calibrate it from good parts with `lineside calibrate-gate`"))
-    tolerance_px: int = Field(3, ge=0, le=8, description="how far an edge may move unnoticed")
-    tile: int = Field(32, ge=8, le=256)
+        "changed; calibrate it from good parts with `lineside calibrate-unchanged`"))
+    tolerance_px: int = Field(3, ge=0, le=8, strict=True,
+                              description="how far an edge may move unnoticed")
+    tile: int = Field(32, ge=8, le=256, strict=True)
 
 
 @dataclass(frozen=True)

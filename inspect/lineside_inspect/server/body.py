@@ -74,6 +74,20 @@ async def _field(upload: object, name: str, limit: int) -> bytes:
     return data
 
 
+def _once(form: FormData) -> None:
+    """Refuse a field given more than once: the form keeps each, but only the last would be
+    inspected, silently. ``file`` is another name of ``image``, so both count as twice."""
+    images = [n for n in ("image", "file") if n in form]
+    if len(images) == 2:
+        raise ImageError("multipart fields 'image' and 'file' were both given: "
+                         "send one image per request, in the field 'image'")
+    for name in (*images, "reference"):
+        if len(form.getlist(name)) > 1:
+            raise ImageError(f"multipart field {name!r} was given twice: "
+                             f"send one {'reference image' if name == 'reference' else 'image'} "
+                             "per request")
+
+
 async def read_upload(request: Request, limit: int) -> Upload:
     """The encoded image sent as the raw body (image/jpeg|png|bmp) or as a multipart
     ``image``/``file`` field (with, for reference models, a ``reference`` file field).
@@ -87,6 +101,7 @@ async def read_upload(request: Request, limit: int) -> Upload:
             raise ImageTooLargeError(f"body of {declared} bytes is over the limit of {limit} bytes")
         form = await _read_form(request)
         try:
+            _once(form)
             upload = form.get("image") or form.get("file")
             if upload is None:
                 raise ImageError("multipart body needs a file field named 'image'")

@@ -28,6 +28,7 @@ from lineside_inspect.errors import (
     NotFoundError,
     Overloaded,
     RecipeBreaksCamera,
+    ReferenceBreaksCamera,
     ReferenceImageError,
     echo,
 )
@@ -193,6 +194,19 @@ class InspectionService:
                 f"recipe {recipe.name}: model {recipe.model} " + need.format(", ".join(broken))
                 + " in the server's config; their triggers would all fail. Put the recipe "
                 "under another name, or change the cameras' config")
+
+    def check_reference_unused(self, name: str) -> None:
+        """Refuse (:class:`ReferenceBreaksCamera`) to drop the golden image ``name`` while a
+        configured camera names it: the camera's every trigger would fail until it is put
+        back (a PLC reads ErrorCode 7)."""
+        if self.cameras is None:
+            return
+        users = [cfg.id for cfg in self.cameras.configs.values() if cfg.reference == name]
+        if users:
+            raise ReferenceBreaksCamera(
+                f"reference {name} is the golden image camera(s) {', '.join(users)} compare "
+                "each frame with in the server's config; their triggers would all fail. "
+                "Put a new image under this name instead, or change the cameras' config")
 
     def warn_cameras(self) -> None:
         """Once every start-up hook ran: a WARNING for each camera that cannot inspect yet,

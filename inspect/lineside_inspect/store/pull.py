@@ -24,15 +24,31 @@ from lineside_inspect.errors import (
     ServerUnreachable,
     describe_validation,
 )
+from lineside_inspect.names import is_name
 from lineside_inspect.schemas import InspectionPage
 from lineside_inspect.store.store import REFS_DIR, Store
 
 log = logging.getLogger("lineside.store")
 
 
+def _folder(camera_id: str | None, inspection_id: str) -> str:
+    """The dataset folder of a camera's inspections: its id when that is a name
+    (names.py), as every id the server takes now is; an older store (or another server)
+    may hold one that is not ('../x', 'a/b', '/abs'): it gets a folder of its own named by
+    its hash, never a path outside images/, and the pull goes on."""
+    if not camera_id:
+        return "upload"
+    if is_name(camera_id):
+        return camera_id
+    folder = f"camera-{hashlib.sha256(camera_id.encode('utf-8', 'replace')).hexdigest()[:16]}"
+    log.info("pull: inspection %s: camera id %r is not a name; its image goes in %s/",
+             inspection_id, camera_id[:200], folder)
+    return folder
+
+
 def _record(item: dict[str, Any], source: Path, ext: str) -> ImageRecord:
     truth = item["reviews"][-1]["boxes"] if item["reviews"] else item["defects"]
-    group = item.get("camera_id") or "upload"
+    group = _folder(item.get("camera_id"), item["id"])
     boxes = [Box(float(b["box"][0]), float(b["box"][1]), float(b["box"][2]), float(b["box"][3]),
                  b["label"], origin=f"inspection {item['id']}") for b in truth]
     return ImageRecord(f"{group}/{item['id']}.{ext}", item["width"], item["height"], boxes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -201,11 +202,17 @@ def review_log(request: Request, who: Reviewer,
 
 def _cell(value: Any) -> Any:
     """A CSV cell that a spreadsheet will not run: text starting like a formula is quoted
-    (camera ids and class names come from callers)."""
+    (camera ids and class names come from callers), as OWASP's CSV injection advice says:
+    a tab or CR first, or ``=``, ``+``, ``-``, ``@`` first after any spaces (a spreadsheet
+    skips them: " =1+1" is a formula too). Numbers stay numbers, negative ones too."""
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat()
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
+    if isinstance(value, str):
+        # a spreadsheet of a locale whose list separator is ';' splits the cell there:
+        # each part is quoted as a cell of its own would be ("x;=HYPERLINK(...)")
+        value = re.sub(r";([ \t\r]*[=+\-@\t\r])", r";'\1", value)
+        if value[:1] in ("\t", "\r") or value.lstrip()[:1] in ("=", "+", "-", "@"):
+            return "'" + value
     return "" if value is None else value
 
 

@@ -40,15 +40,16 @@ class LoadModel(BaseModel):
     path: str = Field(..., min_length=1, max_length=4096, description=(
         "the package folder, inside one of the server's model_roots (relative paths: to the "
         "server's working folder)"))
-    activate: bool = True
-    force: bool = Field(False, description=(
+    # strict: JSON true or false only ("yes" or 1 activated)
+    activate: bool = Field(True, strict=True)
+    force: bool = Field(False, strict=True, description=(
         "activate even though the package failed its gate (needs a reason; recorded)"))
     reason: Text = Field("", max_length=2000, description="why (recorded in the audit log)")
 
 
 class Activate(BaseModel):
     version: str
-    force: bool = Field(False, description=(
+    force: bool = Field(False, strict=True, description=(
         "activate a version whose gate failed (POST /v1/models/{name}/gate): admins only, "
         "with a reason; recorded in the audit log"))
     reason: Text = Field("", max_length=2000, description="why (recorded in the audit log)")

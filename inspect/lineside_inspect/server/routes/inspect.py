@@ -22,7 +22,9 @@ class InspectQuery(BaseModel):
     """``POST /v1/inspect``'s query parameters (unknown ones are ignored, as elsewhere)."""
 
     recipe: Name | None = Field(None, description="recipe name; default recipe if omitted")
-    camera_id: str | None = Field(None, max_length=128)
+    # a name (names.py): the camera's folder when reviewed inspections are pulled as a
+    # dataset, and an MQTT topic level; '../x', 'a/b' or '/abs' are refused (422)
+    camera_id: Name | None = Field(None, description="the camera that took the image")
     part_id: str | None = Field(None, max_length=256)
     annotated: bool = Field(False, description="answer with the annotated JPEG")
     reference: str | None = Field(None, max_length=128, description=(

@@ -9,8 +9,9 @@ from __future__ import annotations
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 
+from lineside_inspect.references import check_name
 from lineside_inspect.server.body import read_image_body
-from lineside_inspect.server.deps import Admin, LineUser, ReferencesDep, SettingsDep
+from lineside_inspect.server.deps import Admin, LineUser, ReferencesDep, ServiceDep, SettingsDep
 from lineside_inspect.server.responses import ReferenceList, StoredReference, errors, media
 
 router = APIRouter(prefix="/v1/references", tags=["references"])
@@ -46,7 +47,11 @@ async def put_reference(name: str, request: Request, who: Admin, references: Ref
 
 
 @router.delete("/{name}", status_code=204, response_class=Response,
-               responses=errors(401, 403, 404, 408, 413, 422))
-def delete_reference(name: str, who: Admin, references: ReferencesDep) -> Response:
+               responses=errors(401, 403, 404, 408, 409, 413, 422))
+def delete_reference(name: str, who: Admin, references: ReferencesDep,
+                     service: ServiceDep) -> Response:
+    """409 reference_breaks_camera when a configured camera names it (its triggers would
+    all fail); a new image may be put under its name instead."""
+    service.check_reference_unused(check_name(name))
     references.delete(name)
     return Response(status_code=204)
