@@ -71,6 +71,13 @@ class BodyTooLargeError(LinesideError):
     status = 413
 
 
+class AnswerTooLargeError(LinesideError):
+    """An OIP v2 answer of more values than one response may carry."""
+
+    code = "answer_too_large"
+    status = 413
+
+
 class BodyTimeoutError(LinesideError):
     """A request body that stopped arriving (``body_timeout_s``)."""
 

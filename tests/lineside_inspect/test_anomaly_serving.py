@@ -218,6 +218,20 @@ def test_models_and_the_v2_protocol_describe_an_anomaly_model(served) -> None:
         out = {o["name"]: o for o in r.json()["outputs"]}
         assert out["anomaly_map"]["shape"] == [1, 1, 128, 128] and out["score"]["shape"] == [1]
         assert out["score"]["data"][0] > 0.9
+        # an answer of more values than one response may carry is refused, naming the way
+        # out (a map is 409,600 values an image at 640 px: a batch of 26 was a 210 MB answer)
+        from lineside_inspect.server.routes import v2
+
+        cap, v2.MAX_ANSWER_VALUES = v2.MAX_ANSWER_VALUES, 128 * 128
+        try:
+            r = c.post("/v2/models/good/infer", json=body)
+            assert r.status_code == 413 and r.json()["error"]["code"] == "answer_too_large"
+            assert "16,385 values" in r.text and "anomaly_map, score" in r.text, r.text
+            r = c.post("/v2/models/good/infer", json={**body, "outputs": [{"name": "score"}]})
+            assert r.status_code == 200, r.text
+            assert [o["name"] for o in r.json()["outputs"]] == ["score"]
+        finally:
+            v2.MAX_ANSWER_VALUES = cap
     with srv.client("admin") as c:
         kinds = {m["name"]: m["versions"][0]["kind"] for m in c.get("/v1/models").json()}
     assert kinds == {"deeppcb": "detector", "good": "anomaly", "board-good": "anomaly"}

@@ -105,3 +105,30 @@ def test_malformed_tensors_are_400(srv) -> None:
         values = [300] * (3 * 640 * 640)
         r = c.post("/v2/models/deeppcb/infer", json={"inputs": [{**good, "data": values}]})
         assert r.status_code == 400 and "0..255" in r.json()["error"]["message"]
+
+
+def test_large_json_tensors_are_parsed_one_at_a_time_and_kept_as_arrays(monkeypatch) -> None:
+    """A JSON tensor takes tens of times its bytes while parsed (30 MB: ~850 MB), and all
+    18 admitted requests could parse at once (attacker review): a header over BIG_HEADER
+    parses under one lock, and the parsed request keeps the uint8 array, not the list."""
+    from lineside_inspect.server.routes import v2
+
+    entered: list[bool] = []
+
+    class Recording:
+        def __enter__(self) -> None:
+            entered.append(True)
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(v2, "_BIG_PARSE", Recording())
+    head = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 3, 4, 4],
+                                   "data": list(range(48))}]}).encode()
+    monkeypatch.setattr(v2, "BIG_HEADER", len(head))
+    doc, rest = v2._parse(head, None)
+    assert entered == [] and rest == b""  # at the limit: parsed at once
+    assert doc.inputs[0].data is None and doc.inputs[0].array.tolist() == list(range(48))
+    monkeypatch.setattr(v2, "BIG_HEADER", len(head) - 1)
+    v2._parse(head, None)
+    assert entered == [True]

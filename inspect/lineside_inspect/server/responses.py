@@ -63,7 +63,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                 "nothing was saved. gate_failed: the model version failed its gate (force it "
                 "with a reason, recorded); busy: a gate is already running"),
     408: _error("body_timeout: the request body stopped arriving"),
-    413: _error("body_too_large, image_too_large: over the route's body or pixel limit"),
+    413: _error("body_too_large, image_too_large, answer_too_large: over the route's body, "
+                "pixel or answer limit"),
     415: _error("unsupported_media_type: the body is not an image type the route takes"),
     421: _error("invalid_host: without API keys the server answers only to loopback names"),
     422: _error("invalid_request: a parameter or JSON body that fails validation (every "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from typing import Annotated, Any
 
 import anyio
@@ -24,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from lineside_inspect.errors import BadTensor, describe_validation
+from lineside_inspect.errors import AnswerTooLargeError, BadTensor, describe_validation
 from lineside_inspect.server.body import read_body
 from lineside_inspect.server.deps import (
     LimiterDep,
@@ -112,6 +113,9 @@ class InferInput(BaseModel):
             if values is None or (values.size and (values.min() < 0 or values.max() > 255)):
                 raise ValueError("UINT8 values must lie in 0..255")
             self._array = values.astype(np.uint8)
+            # only the array is kept: the list holds a pointer per value (8x the tensor)
+            # for as long as the request waits for its inference slot
+            self.data = None
         return self
 
 
@@ -191,6 +195,16 @@ def model_version_ready(name: str, version: str, registry: RegistryDep) -> Model
     return ModelReadiness(name=name, ready=True)
 
 
+# A tensor sent as JSON numbers takes tens of times its JSON's bytes while it is parsed
+# (30 MB of JSON: ~850 MB at the peak), and every admitted request may be parsing at once:
+# large headers are parsed one at a time, so the peak is one such parse, not 18.
+BIG_HEADER = 1 << 20
+_BIG_PARSE = threading.BoundedSemaphore(1)
+# The most values one answer may hold (~20 bytes each as JSON: about 40 MB, the order of
+# max_body_bytes); a good-only model's map is 409,600 values an image at 640 px.
+MAX_ANSWER_VALUES = 2 * 1024 * 1024
+
+
 def _parse(body: bytes, header_len: str | None) -> tuple[InferRequest, bytes]:
     if header_len is not None:
         if not re.fullmatch(r"[0-9]{1,12}", header_len) or int(header_len) > len(body):
@@ -202,7 +216,10 @@ def _parse(body: bytes, header_len: str | None) -> tuple[InferRequest, bytes]:
     try:
         # pydantic's own JSON parser: bounded nesting depth (a deeply nested body is an
         # error, not a RecursionError) and integers of any size (range-checked below)
-        return InferRequest.model_validate_json(head), rest
+        if len(head) <= BIG_HEADER:
+            return InferRequest.model_validate_json(head), rest
+        with _BIG_PARSE:
+            return InferRequest.model_validate_json(head), rest
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         if errors and errors[0]["type"] == "json_invalid":
@@ -237,7 +254,7 @@ def _tensor(spec: InferInput, binary: bytes, offset: int, card: Any) -> tuple[np
 
 
 async def _infer(request: Request, who: Principal, name: str, version: str | None,
-                 registry: Any, limiter: Any, settings: Any) -> InferResponse:
+                 registry: Any, limiter: Any, settings: Any) -> Response:
     det = registry.detector(name, version)
     # admitted before the body is read, as /v1/inspect is: bodies in memory stay bounded
     # by (max_concurrency + max_queue) x max_body_bytes, and a full server refuses at once
@@ -255,26 +272,37 @@ async def _infer(request: Request, who: Principal, name: str, version: str | Non
         batch, used = _tensor(doc.inputs[0], binary, 0, det.card)
         if used != len(binary):
             raise BadTensor(f"{len(binary) - used} bytes of binary data follow the tensors")
-        outputs = await limiter.run(lambda: det.forward(np.ascontiguousarray(batch)))
-    result = [InferOutput(name=out_name, datatype=NAMES[arr.dtype.name], shape=list(arr.shape),
-                          data=arr.reshape(-1).tolist())
-              for out_name, arr in zip(det.card.outputs, outputs, strict=True)
-              if not wanted or out_name in wanted]
-    return InferResponse(model_name=name, model_version=det.card.version, id=doc.id,
-                         outputs=result)
+
+        def answer() -> bytes:  # in the inference slot: at most max_concurrency at a time
+            chosen = [(n, a) for n, a in zip(det.card.outputs, det.forward(
+                np.ascontiguousarray(batch)), strict=True) if not wanted or n in wanted]
+            values = sum(a.size for _, a in chosen)
+            if values > MAX_ANSWER_VALUES:
+                raise AnswerTooLargeError(
+                    f"the answer would hold {values:,} values (at most {MAX_ANSWER_VALUES:,}): "
+                    "send fewer images per request, or name the outputs you need "
+                    f"({', '.join(det.card.outputs)}) in 'outputs'")
+            result = [InferOutput(name=n, datatype=NAMES[a.dtype.name], shape=list(a.shape),
+                                  data=a.reshape(-1).tolist()) for n, a in chosen]
+            return InferResponse(model_name=name, model_version=det.card.version, id=doc.id,
+                                 outputs=result).model_dump_json().encode()
+
+        content = await limiter.run(answer)
+    return Response(content, media_type="application/json")
 
 
 INFER_ERRORS = errors(400, 401, 403, 404, 408, 413, 503)
 
 
-@router.post("/models/{name}/infer", responses=INFER_ERRORS)
+@router.post("/models/{name}/infer", responses=INFER_ERRORS, response_model=InferResponse)
 async def infer(name: str, request: Request, who: LineUser, registry: RegistryDep,
-                limiter: LimiterDep, settings: SettingsDep) -> InferResponse:
+                limiter: LimiterDep, settings: SettingsDep) -> Response:
     return await _infer(request, who, name, None, registry, limiter, settings)
 
 
-@router.post("/models/{name}/versions/{version}/infer", responses=INFER_ERRORS)
+@router.post("/models/{name}/versions/{version}/infer", responses=INFER_ERRORS,
+             response_model=InferResponse)
 async def infer_version(name: str, version: str, request: Request, who: LineUser,
                         registry: RegistryDep, limiter: LimiterDep,
-                        settings: SettingsDep) -> InferResponse:
+                        settings: SettingsDep) -> Response:
     return await _infer(request, who, name, version, registry, limiter, settings)
