@@ -245,3 +245,16 @@ def test_inspect_documents_its_query_parameters(served: tuple[Running, dict[str,
     assert camera["maxLength"] == 128 and camera["pattern"].startswith("^[A-Za-z0-9]")
     assert params["annotated"]["schema"]["type"] == "boolean"
     assert "recipe name" in params["recipe"]["description"]
+
+
+@pytest.mark.parametrize(("source", "shown"), [
+    ("rtsp://u:p@ss@cam/live", "rtsp://u:***@cam/live"),  # a raw '@' in the password
+    ("rtsp://u:sec/ret@cam", "rtsp://u:***@cam"),  # a raw '/': it was shown whole
+    ("rtspsrc location=rtsp://a:b@cam/s ! decodebin", "rtspsrc location=rtsp://a:***@cam/s ! decodebin"),
+    ("rtsp://cam/live", "rtsp://cam/live"),
+])
+def test_odd_passwords_are_hidden_too(source: str, shown: str) -> None:
+    health = CameraHealth(id="c", state="offline", fps=0.0, last_frame_age_s=None, frames=0,
+                          reconnects=0, last_error=f"open {source}", source=source,
+                          mode="triggered", recipe=None)
+    assert health.source == shown and health.last_error == f"open {shown}"

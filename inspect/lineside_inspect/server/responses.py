@@ -162,8 +162,10 @@ class StoredReference(_Shape):
 
 
 # -- cameras and the dashboard ----------------------------------------------------------
-# user:password@ of a URL anywhere in a source (a GStreamer pipeline holds one inside)
-_CREDENTIALS = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
+# user:password@ of a URL anywhere in a source (a GStreamer pipeline holds one inside);
+# the password runs to the URL's last '@' (a raw '@' or '/' in it was shown): hiding too
+# much of an odd URL is the safe way to err
+_CREDENTIALS = re.compile(r"(://[^/@:\s]*):\S*@")
 
 
 class CameraHealth(_Shape):
