@@ -338,3 +338,12 @@ def test_annotated_images_are_drawn_a_few_at_a_time(srv: Running, board: bytes,
         t.join(60)
     assert results == [200] * 6
     assert most[0] == inspections.DRAWINGS_AT_ONCE  # never more, and the limit is reached
+
+
+@pytest.mark.parametrize("field", ["camera_id", "recipe", "label"])
+def test_inspection_filters_are_bounded_as_inspect_bounds_them(srv: Running, field: str) -> None:
+    """/v1/inspect takes at most 128 characters of a camera id; the list's filter took 9000."""
+    with srv.client("reviewer") as c:
+        r = c.get("/v1/inspections", params={field: "x" * 9000})
+        assert r.status_code == 422 and field in r.text, r.text
+        assert c.get("/v1/inspections", params={field: "x" * 128}).status_code in (200, 404)

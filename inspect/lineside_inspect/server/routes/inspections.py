@@ -34,7 +34,9 @@ router = APIRouter(prefix="/v1", tags=["review"])
 def list_inspections(
     request: Request, who: Reviewer,
     verdict: Literal["pass", "fail"] | None = None,
-    camera_id: str | None = None, recipe: str | None = None, label: str | None = None,
+    camera_id: Annotated[str | None, Query(max_length=128)] = None,
+    recipe: Annotated[str | None, Query(max_length=128)] = None,
+    label: Annotated[str | None, Query(max_length=128)] = None,
     site: FleetName = None, line: FleetName = None, box_id: FleetName = None,
     min_score: Annotated[float | None, Query(ge=0, le=1)] = None,
     max_score: Annotated[float | None, Query(ge=0, le=1)] = None,
