@@ -103,6 +103,10 @@ def test_a_gate_on_a_model_without_reference_is_refused() -> None:
     reg.load_model(SINGLE_MODEL)
     with pytest.raises(ConfigError, match="unchanged_gate compares each frame with its reference"):
         reg.add_recipe(Recipe(name="r", model="deeppcb", unchanged_gate=UnchangedGate(floor=20)))
+    # nor alignment, which was accepted and then did nothing
+    with pytest.raises(ConfigError, match="align_reference moves each frame onto its reference"):
+        reg.add_recipe(Recipe(name="r", model="deeppcb", align_reference=True))
+    assert [r.name for r in reg.recipes()] == []
 
 
 @pytest.mark.parametrize("doc", [{"floor": 0}, {"floor": 300}, {"floor": 10, "tolerance_px": 9},

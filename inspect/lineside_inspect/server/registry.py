@@ -145,9 +145,12 @@ class Registry:
                    if fused is not None and fused.model is not None else None)
         recipe.check_models(detector.card.kind, detector.class_names,
                             None if anomaly is None else anomaly.card.kind)
-        if recipe.unchanged_gate is not None and not detector.needs_reference:
-            raise ConfigError(f"recipe {recipe.name}: unchanged_gate compares each frame with "
-                              f"its reference, and model {recipe.model} takes no reference")
+        for used, what in ((recipe.unchanged_gate is not None, "unchanged_gate compares each "
+                            "frame with"), (recipe.align_reference, "align_reference moves each "
+                            "frame onto")):
+            if used and not detector.needs_reference:
+                raise ConfigError(f"recipe {recipe.name}: {what} its reference, and model "
+                                  f"{recipe.model} takes no reference")
         with self._lock:
             self._recipes[recipe.name] = recipe
             if remote is not None:
