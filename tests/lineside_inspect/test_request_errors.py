@@ -347,3 +347,21 @@ def test_inspection_filters_are_bounded_as_inspect_bounds_them(srv: Running, fie
         r = c.get("/v1/inspections", params={field: "x" * 9000})
         assert r.status_code == 422 and field in r.text, r.text
         assert c.get("/v1/inspections", params={field: "x" * 128}).status_code in (200, 404)
+
+
+def test_a_json_route_names_the_content_type_it_takes(srv: Running) -> None:
+    """PUT /v1/recipes with JSON sent as text/plain (or without a type) was 422 "Input
+    should be a valid dictionary"."""
+    body = b'{"name": "x", "model": "deeppcb"}'
+    with srv.client("admin") as c:
+        for headers in ({"content-type": "text/plain"}, {}):
+            r = c.put("/v1/recipes/x", content=body, headers=headers)
+            assert r.status_code == 415, r.text
+            assert "this route takes JSON (Content-Type: application/json)" in _error(r, 415)
+        r = c.put("/v1/recipes/x", content=b'{"name": 3}',
+                  headers={"content-type": "application/json"})
+        assert r.status_code == 422  # JSON of the wrong shape stays a 422
+        assert "x" not in [r["name"] for r in c.get("/v1/recipes").json()]  # nothing stored
+    with srv.client(None) as c:  # the sign-in form is a form: a missing field stays a 422
+        r = c.post("/review/login", data={"nope": "1"})
+        assert r.status_code == 422 and "key" in r.text, r.text

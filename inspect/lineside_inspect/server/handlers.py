@@ -64,6 +64,16 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        form = kind in ("application/x-www-form-urlencoded", "multipart/form-data")  # sign-in
+        if not kind.endswith("json") and not form and any(e.get("loc", ())[:1] == ("body",)
+                                                          for e in exc.errors()):
+            # a JSON route's body sent as text/plain (or without a type) is not JSON to
+            # FastAPI: say which type to send, not "Input should be a valid dictionary"
+            app.state.metrics.errors.labels("unsupported_media_type").inc()
+            return JSONResponse(error_body(
+                "unsupported_media_type", f"the body is sent as {kind or 'no content type'}: "
+                "this route takes JSON (Content-Type: application/json)"), status_code=415)
         app.state.metrics.errors.labels("invalid_request").inc()
         return JSONResponse(error_body("invalid_request", describe_validation(list(exc.errors()))),
                             status_code=422)
