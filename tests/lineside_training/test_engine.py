@@ -43,8 +43,11 @@ def test_resume_continues_where_it_stopped(tmp_path: Path, make_config: Make) ->
     last = torch.load(run / "last.pt", weights_only=False)
     assert last["epoch"] == 1 and last["scaler"] == {}  # CPU: AMP and its scaler are off
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    with pytest.raises(ConfigError, match=r"already there \(last\.pt, best\.pt\).*--resume"):
+    with pytest.raises(ConfigError, match=r"already there \(last\.pt, best\.pt\).*--name"):
         train(more, quiet=True)  # without --resume: refused, the run left as it was
+    merged = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, extra_data=[str(SAMPLE)])
+    with pytest.raises(ConfigError, match=r"--resume: .* trained on .*, this run names .* \+ "):
+        train(merged, resume=True, quiet=True)  # other data: not a continuation of this run
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 

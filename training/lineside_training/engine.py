@@ -407,6 +407,20 @@ def load_checkpoint(path: Path, state: TrainState, device: torch.device) -> Prog
                     ck.get("step", 0), ck.get("planned_steps", 0), ck.get("best_map", math.inf))
 
 
+def _check_resumable(run: Path, fingerprint: dict[str, Any]) -> None:
+    """Refuse to continue ``run`` on other data than it trained on: ``--resume`` given to
+    a run of a taken name (say, with ``--merge`` of reviews) would carry on the old run."""
+    saved = torch.load(run / "last.pt", map_location="cpu", weights_only=False).get("data", {})
+    if not saved.get("path"):  # a checkpoint from before the fingerprint was kept
+        return
+    was = (saved["path"], list(saved.get("extra_data", [])))
+    now = (fingerprint["path"], list(fingerprint.get("extra_data", [])))
+    if was != now:
+        raise ConfigError(f"--resume: {run} trained on {' + '.join([was[0], *was[1]])}, this "
+                          f"run names {' + '.join([now[0], *now[1]])}: give --name NAME for a "
+                          "new run")
+
+
 def _agree(value: int, world: int) -> int:
     """Rank 0's ``value`` on every rank (a time budget is planned on rank 0's clock, and
     every rank must take the same number of steps)."""
@@ -444,7 +458,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     kept = [f for f in ("last.pt", "best.pt") if (run / f).is_file()]
     if kept and not resume:  # a new run would replace them, and leave the old thresholds
         raise ConfigError(f"{run}: a run of this name is already there ({', '.join(kept)}): "
-                          "pass --resume to continue it, or --name NAME for a new run")
+                          "give --name NAME for a new run (--resume continues that one, "
+                          "on the data it trained on)")
+    if resume and (run / "last.pt").is_file():
+        _check_resumable(run, data.fingerprint)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
