@@ -532,7 +532,7 @@ def calibrate_unchanged_cmd(
                         margin=margin, names=[str(f) for f in files])
     out.print(f"{c['good_pairs']} good frames: highest tile score {c['highest_good_score']}, "
               f"p99 {c['p99_good_score']}")
-    if c["floor"] > c["highest_good_score"] * margin:
+    if c["minimum_applied"]:
         out.print(f"floor {c['floor']}: the least a floor may be (margin x highest score is "
                   f"{c['highest_good_score'] * margin:.2f}), so that noise never makes it tight")
     out.print(f"unchanged_gate:\n  floor: {c['floor']}\n  tolerance_px: {tolerance}\n  tile: {tile}",

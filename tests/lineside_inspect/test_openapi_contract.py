@@ -251,7 +251,9 @@ def test_inspect_documents_its_query_parameters(served: tuple[Running, dict[str,
     ("rtsp://u:p@ss@cam/live", "rtsp://u:***@cam/live"),  # a raw '@' in the password
     ("rtsp://u:sec/ret@cam", "rtsp://u:***@cam"),  # a raw '/': it was shown whole
     ("rtspsrc location=rtsp://a:b@cam/s ! decodebin", "rtspsrc location=rtsp://a:***@cam/s ! decodebin"),
+    ("rtsp://admin@site:secret@10.0.0.5/stream", "rtsp://admin@site:***@10.0.0.5/stream"),
     ("rtsp://cam/live", "rtsp://cam/live"),
+    ("rtsp://cam:554/live", "rtsp://cam:554/live"),
 ])
 def test_odd_passwords_are_hidden_too(source: str, shown: str) -> None:
     health = CameraHealth(id="c", state="offline", fps=0.0, last_frame_age_s=None, frames=0,

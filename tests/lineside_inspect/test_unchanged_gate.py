@@ -176,3 +176,17 @@ def test_every_lineside_command_the_docs_name_exists() -> None:
     assert wrong == []
     floor = UnchangedGate.model_fields["floor"].description or ""
     assert "`lineside calibrate-unchanged`" in floor
+
+
+def test_the_floor_says_when_its_minimum_was_used() -> None:
+    """The CLI said the minimum applied whenever the rounded floor exceeded the rounded
+    highest score x margin, which rounding made true in about 4 cases of 10."""
+    from lineside_inspect.runtime.unchanged import calibrate_floor
+
+    ref = np.full((64, 64, 3), 128, np.uint8)
+    same = calibrate_floor([(ref.copy(), ref)], tile=32)
+    assert same["minimum_applied"] and same["floor"] == 12.0
+    marked = ref.copy()
+    marked[8:24, 8:24] = 128 + 40  # a tile 40 grey levels off: 1.5 x its score is above 12
+    off = calibrate_floor([(marked, ref)], tile=32)
+    assert not off["minimum_applied"] and off["floor"] > 12

@@ -122,6 +122,7 @@ def calibrate_floor(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, tolerance
             f"{which}good frame {k + 1} differs from the reference by {worst:.0f} grey "
             "levels, as a defect would: calibrate from good parts of this view only")
     return {"floor": round(max(minimum, worst * margin), 2), "good_pairs": len(best),
+            "minimum_applied": worst * margin < minimum,
             "highest_good_score": round(worst, 2),
             "p99_good_score": round(float(np.percentile(best, 99)), 2),
             "tolerance_px": tolerance_px, "tile": tile, "margin": margin}

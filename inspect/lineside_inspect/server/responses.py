@@ -165,7 +165,7 @@ class StoredReference(_Shape):
 # user:password@ of a URL anywhere in a source (a GStreamer pipeline holds one inside);
 # the password runs to the URL's last '@' (a raw '@' or '/' in it was shown): hiding too
 # much of an odd URL is the safe way to err
-_CREDENTIALS = re.compile(r"(://[^/@:\s]*):\S*@")
+_CREDENTIALS = re.compile(r"(://[^/:\s]*):\S*@")  # the user may hold an '@' too
 
 
 class CameraHealth(_Shape):
