@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
@@ -47,6 +47,20 @@ def _unparsed(cause: BaseException | None) -> str | None:
     return None
 
 
+def _takes_json(request: Request) -> bool:
+    """Whether the request's route reads a JSON body (the sign-in form reads a form)."""
+    route = request.scope.get("route")
+    body = getattr(getattr(route, "dependant", None), "body_params", None)
+    return bool(body) and not any(isinstance(p.field_info, params.Form) for p in body)
+
+
+def _has_body(request: Request) -> bool:
+    """Whether the request came with a body: one missing altogether stays a 422."""
+    length = request.headers.get("content-length")
+    return (length is not None and length.strip() not in ("", "0")) \
+        or "transfer-encoding" in request.headers
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """Install the handlers; errors are counted in ``app.state.metrics.errors``."""
 
@@ -65,9 +79,8 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        form = kind in ("application/x-www-form-urlencoded", "multipart/form-data")  # sign-in
-        if not kind.endswith("json") and not form and any(e.get("loc", ())[:1] == ("body",)
-                                                          for e in exc.errors()):
+        if (not kind.endswith("json") and _takes_json(request) and _has_body(request)
+                and any(e.get("loc", ())[:1] == ("body",) for e in exc.errors())):
             # a JSON route's body sent as text/plain (or without a type) is not JSON to
             # FastAPI: say which type to send, not "Input should be a valid dictionary"
             app.state.metrics.errors.labels("unsupported_media_type").inc()
