@@ -50,7 +50,7 @@ def _unparsed(cause: BaseException | None) -> str | None:
 def _takes_json(request: Request) -> bool:
     """Whether the request's route reads a JSON body (the sign-in form reads a form)."""
     route = request.scope.get("route")
-    body = getattr(getattr(route, "dependant", None), "body_params", None)
+    body = getattr(getattr(route, "dependant", None), "body_params", None) or []
     return bool(body) and not any(isinstance(p.field_info, params.Form) for p in body)
 
 
