@@ -98,6 +98,12 @@ def test_good_names_images_in_formats_it_does_not_read(tmp_path: Path) -> None:
         in _messages(exc)
     ds, skipped = import_dataset("good", src, tmp_path / "out", skip_invalid=True)
     assert [r.file_name for r in ds.images] == ["lot1/p0.jpg"] and len(skipped) == 1
+    (src / "lot1" / "p0.TIFF").write_bytes(b"II*\x00")  # the same part saved twice: fine
+    _jpg(src / "lot1" / "p1.png")
+    ds, _ = import_dataset("good", src, tmp_path / "out3")
+    assert sorted(r.file_name for r in ds.images) == ["lot1/p0.jpg", "lot1/p1.png"]
+    (src / "lot1" / "p1.png").unlink()
+    (src / "lot1" / "p0.TIFF").unlink()
     (src / "lot1" / "p0.jpg").unlink()
     with pytest.raises(DatasetError, match=r"no images it can read: 1 TIF .*lot1/p1\.tif"):
         import_dataset("good", src, tmp_path / "out2")

@@ -874,9 +874,11 @@ def import_good(src: Path) -> Draft:
             continue  # unreadable: one problem, not a decode problem as well
         group = rel.rsplit("/", 1)[0] if "/" in rel else None
         images.append(ImageRecord(rel, width, height, [], group=group, source=path))
-    # a good part in a format Lineside does not read is named, not silently left out
-    other = [p for p in walk_files(src) if p.suffix.lower() in UNSUPPORTED_IMAGES] \
-        if src.is_dir() else []
+    # a good part in a format Lineside does not read is named, not silently left out; one
+    # beside a readable image of its name (camera software often saves both) is that part
+    readable = {(r.source.parent, r.source.stem.lower()) for r in images if r.source}
+    other = [p for p in walk_files(src) if p.suffix.lower() in UNSUPPORTED_IMAGES
+             and (p.parent, p.stem.lower()) not in readable] if src.is_dir() else []
     for path in other:
         problems.append(Problem(
             str(path), "", f"{path.suffix.lstrip('.').upper()} image, which is not supported "
