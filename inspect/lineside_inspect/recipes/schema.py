@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -181,10 +182,20 @@ class Recipe(BaseModel):
                 raise ConfigError(f"recipe {self.name}: critical names unknown class {label!r}")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's floats: PyYAML (YAML 1.1) reads ``5e-1`` or ``1e3`` (no dot) as
+    text, which the recipe's strict numbers would refuse though the file says a number."""
+
+
+_Loader.add_implicit_resolver(  # on the subclass only: yaml.safe_load is left as it is
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.load(path.read_text(), Loader=_Loader)  # a SafeLoader: no tags run code
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read recipe ({exc.strerror})") from None
     except UnicodeDecodeError:
