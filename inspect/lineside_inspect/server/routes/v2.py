@@ -156,17 +156,29 @@ def server_metadata() -> ServerMetadata:
     return ServerMetadata(name="lineside", version=__version__, extensions=["binary_tensor_data"])
 
 
+def _outputs(card: Any) -> list[TensorMetadata]:
+    """The graph's outputs, the batch axis -1."""
+    size, n = card.input.size, card.max_detections
+    if card.kind == "anomaly":  # a good-only model
+        return [TensorMetadata(name="anomaly_map", datatype="FP32", shape=[-1, 1, size, size]),
+                TensorMetadata(name="score", datatype="FP32", shape=[-1])]
+    return [TensorMetadata(name="boxes", datatype="FP32", shape=[-1, n, 4]),
+            TensorMetadata(name="scores", datatype="FP32", shape=[-1, n]),
+            TensorMetadata(name="labels", datatype="INT64", shape=[-1, n])]
+
+
+def _too_large(values: int, card: Any) -> AnswerTooLargeError:
+    return AnswerTooLargeError(
+        f"the answer would hold {values:,} values (at most {MAX_ANSWER_VALUES:,}): send "
+        f"fewer images per request, or name the outputs you need ({', '.join(card.outputs)}) "
+        "in 'outputs'")
+
+
 def _metadata(registry: Any, name: str, version: str | None) -> ModelMetadata:
     det = registry.detector(name, version)
     size = det.card.input.size
     slot = registry.models()[name]
-    n = det.card.max_detections
-    outputs = ([TensorMetadata(name="anomaly_map", datatype="FP32", shape=[-1, 1, size, size]),
-                TensorMetadata(name="score", datatype="FP32", shape=[-1])]
-               if det.card.kind == "anomaly" else  # a good-only model
-               [TensorMetadata(name="boxes", datatype="FP32", shape=[-1, n, 4]),
-                TensorMetadata(name="scores", datatype="FP32", shape=[-1, n]),
-                TensorMetadata(name="labels", datatype="INT64", shape=[-1, n])])
+    outputs = _outputs(det.card)
     return ModelMetadata(
         name=name, versions=list(slot.versions), platform="onnxruntime_onnx",
         inputs=[TensorMetadata(name=det.card.input.name, datatype="UINT8", shape=[-1, 3, size, size])],
@@ -272,16 +284,17 @@ async def _infer(request: Request, who: Principal, name: str, version: str | Non
         batch, used = _tensor(doc.inputs[0], binary, 0, det.card)
         if used != len(binary):
             raise BadTensor(f"{len(binary) - used} bytes of binary data follow the tensors")
+        expected = len(batch) * sum(math.prod(o.shape[1:]) for o in _outputs(det.card)
+                                    if not wanted or o.name in wanted)
+        if expected > MAX_ANSWER_VALUES:  # refused before the inference it would waste
+            raise _too_large(expected, det.card)
 
         def answer() -> bytes:  # in the inference slot: at most max_concurrency at a time
             chosen = [(n, a) for n, a in zip(det.card.outputs, det.forward(
                 np.ascontiguousarray(batch)), strict=True) if not wanted or n in wanted]
             values = sum(a.size for _, a in chosen)
-            if values > MAX_ANSWER_VALUES:
-                raise AnswerTooLargeError(
-                    f"the answer would hold {values:,} values (at most {MAX_ANSWER_VALUES:,}): "
-                    "send fewer images per request, or name the outputs you need "
-                    f"({', '.join(det.card.outputs)}) in 'outputs'")
+            if values > MAX_ANSWER_VALUES:  # a graph whose outputs differ from _outputs'
+                raise _too_large(values, det.card)
             result = [InferOutput(name=n, datatype=NAMES[a.dtype.name], shape=list(a.shape),
                                   data=a.reshape(-1).tolist()) for n, a in chosen]
             return InferResponse(model_name=name, model_version=det.card.version, id=doc.id,
