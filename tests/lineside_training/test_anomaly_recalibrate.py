@@ -5,6 +5,7 @@ is never changed) or into a card not yet serving; and the refusals, which change
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -230,6 +231,10 @@ def test_the_set_it_trained_on_is_refused_outside_its_held_out_groups(tmp_path: 
     assert r.exit_code == 2 and "60 of split 'all''s 120 good images are ones the model " \
         "trained on" in r.stderr, r.stderr
     assert not (package.parent / "2").exists()
+    copy = tmp_path / "line-copy"  # the same images re-imported elsewhere: caught by content
+    shutil.copytree(line, copy)
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(copy), "--split", "all"])
+    assert r.exit_code == 2 and "60 of split 'all''s 120" in r.stderr, r.stderr
     doc = json.loads((line / "annotations.json").read_text())
     for img in doc["images"]:  # the trained group moved to test: held out now
         img["split"] = "test" if img["group"] == "shift-0" else "train"

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.dataset import ImageRecord, read_dataset
-from lineside_inspect.errors import ConfigError, DatasetError
+from lineside_inspect.errors import ConfigError, DatasetError, LinesideError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.package import ANOMALY_LABEL, CARD
 from lineside_inspect.runtime.anomaly import AnomalyModel
 from lineside_training.anomaly.calibrate import captures_needed, operating_point
 from lineside_training.anomaly.config import AnomalyConfig
-from lineside_training.anomaly.data import distinct, group_of, split_images
+from lineside_training.anomaly.data import digests, distinct, group_of, split_images
 from lineside_training.anomaly.infer import Scored
 from lineside_training.anomaly.synth import rephotograph
 from lineside_training.anomaly.train import CALIB_SEED
@@ -64,11 +64,12 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
                            "captures it did not train on")
     dataset = read_dataset(data)
     name = Path(dataset.root or data).name
-    good, _ = distinct(dataset, [r for r in split_images(dataset, split) if r.is_good])
+    good, good_digests = distinct(dataset, [r for r in split_images(dataset, split)
+                                            if r.is_good])
     if not good:
         raise DatasetError(f"split {split!r} of {name} has no good images: a good-only model "
                            "is calibrated on good parts (no boxes)")
-    seen = trained_on(model.card.training or {}, data, good)
+    seen = trained_on(model.card.training or {}, good, good_digests)
     if seen:
         raise DatasetError(
             f"{data}: {len(seen)} of split {split!r}'s {len(good)} good images are ones the "
@@ -99,19 +100,29 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
             "false_reject": float((scores >= point["threshold"]).mean())}
 
 
-def trained_on(training: dict[str, Any], data: str | Path,
-               records: list[ImageRecord]) -> list[str]:
-    """The file names among ``records`` (of ``data``) that the run behind a card trained on:
-    when ``data`` is the set it trained on, its good images of the split it took (of no
-    split or train when it named none) outside the calibration groups it held out."""
+def trained_on(training: dict[str, Any], good: list[ImageRecord],
+               digests_of_good: list[str]) -> list[str]:
+    """The file names among ``good`` (their contents ``digests_of_good``) that the run
+    behind a card trained on, by content, so a copy or a re-import of its images is caught:
+    the good images of its training set of the split it took (of no split or train when it
+    named none) outside the calibration groups it held out, and those of its merged sets.
+    A training set not readable here (another machine) cannot be checked."""
     cfg = training.get("config", {})
-    if not cfg.get("data") or Path(cfg["data"]).resolve() != Path(data).resolve():
-        return []
     held = set(training.get("data", {}).get("calib_groups", []))
     take = cfg.get("split")
-    return [r.file_name for r in records
-            if (r.split == take if take else r.split in (None, "train"))
-            and group_of(r) not in held]
+    seen: set[str] = set()
+    for i, path in enumerate([cfg.get("data"), *cfg.get("extra_data", [])]):
+        if not path or not (Path(path) / "annotations.json").is_file():
+            continue
+        try:
+            source = read_dataset(path)
+        except LinesideError:
+            continue
+        trained = [r for r in source.images if r.is_good and (
+            (r.split == take if take else r.split in (None, "train")) and group_of(r) not in held
+            if i == 0 else r.split in (None, "train"))]  # a merged set: its train images
+        seen.update(digests(source, trained))
+    return [r.file_name for r, d in zip(good, digests_of_good, strict=True) if d in seen]
 
 
 def calibrated_card(package: str | Path, calib: dict[str, Any]) -> dict[str, Any]:
