@@ -36,6 +36,18 @@ def _part(rng: np.random.Generator, size: int = 96) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _good_set(tmp: Path, groups: tuple[str, ...], per_group: int,
+              rng: np.random.Generator) -> Path:
+    """``tmp/ds``: a ``data import -f good`` of ``per_group`` good parts in each group."""
+    for g in groups:
+        (tmp / "good" / g).mkdir(parents=True)
+        for i in range(per_group):
+            cv2.imwrite(str(tmp / "good" / g / f"{i}.png"), _part(rng))
+    r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp / "good"), str(tmp / "ds")])
+    assert r.exit_code == 0, r.stderr
+    return tmp / "ds"
+
+
 def _config(tmp: Path, data: Path, **extra: object) -> Path:
     doc = {"kind": "anomaly", "name": "toy", "data": str(data), "out_dir": str(tmp / "runs"),
            "input_size": 96, "crop_size": 64, "width": 8, "score_topk": 8, "batch_size": 8,
@@ -48,13 +60,7 @@ def _config(tmp: Path, data: Path, **extra: object) -> Path:
 
 def test_good_folder_to_package_that_finds_a_defect(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    for g in ("line-a", "line-b", "line-c"):
-        (tmp_path / "good" / g).mkdir(parents=True)
-        for i in range(6):
-            cv2.imwrite(str(tmp_path / "good" / g / f"{i}.png"), _part(rng))
-    r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "good"),
-                            str(tmp_path / "ds")])
-    assert r.exit_code == 0, r.stderr
+    _good_set(tmp_path, ("line-a", "line-b", "line-c"), 6, rng)
     cfg = _config(tmp_path, tmp_path / "ds", steps=90, lr=0.01, calib_groups=["line-c"],
                   warmup_steps=5)
     r = runner.invoke(app, ["train", "--config", str(cfg)])
@@ -363,14 +369,7 @@ def test_an_unreadable_start_run_is_one_line(tmp_path: Path) -> None:
 
 
 def test_val_and_test_good_images_are_neither_trained_nor_calibrated_on(tmp_path: Path) -> None:
-    rng = np.random.default_rng(2)
-    for g in ("a", "b", "c", "d"):
-        (tmp_path / "good" / g).mkdir(parents=True)
-        for i in range(3):
-            cv2.imwrite(str(tmp_path / "good" / g / f"{i}.png"), _part(rng))
-    r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "good"),
-                            str(tmp_path / "ds")])
-    assert r.exit_code == 0, r.stderr
+    _good_set(tmp_path, ("a", "b", "c", "d"), 3, np.random.default_rng(2))
     doc = json.loads((tmp_path / "ds" / "annotations.json").read_text())
     for img in doc["images"]:
         img["split"] = {"c": "val", "d": "test"}.get(img["group"], "train")
