@@ -4,6 +4,7 @@ is never changed) or into a card not yet serving; and the refusals, which change
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -241,3 +242,12 @@ def test_the_set_it_trained_on_is_refused_outside_its_held_out_groups(tmp_path: 
     (line / "annotations.json").write_text(json.dumps(doc))
     r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split", "all"])
     assert r.exit_code == 0, r.stderr
+    # a card that keeps the digests of what it trained on is checked by them alone: no
+    # training set needs to be readable, and images held out one by one are not counted
+    trained = sorted((line / "images").rglob("*.png"))[:7]
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in trained]
+    kept = write_package(tmp_path / "models" / "kept" / "1", anomaly_graph(SIZE), {
+        **card_doc("kept", SIZE), "training": {"config": {"data": str(tmp_path / "gone")},
+                                               "data": {"train_sha256": digests}}})
+    r = runner.invoke(app, ["calibrate", str(kept), "--data", str(line), "--split", "all"])
+    assert r.exit_code == 2 and "7 of split 'all''s 120" in r.stderr, r.stderr

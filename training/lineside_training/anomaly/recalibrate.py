@@ -103,26 +103,34 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
 def trained_on(training: dict[str, Any], good: list[ImageRecord],
                digests_of_good: list[str]) -> list[str]:
     """The file names among ``good`` (their contents ``digests_of_good``) that the run
-    behind a card trained on, by content, so a copy or a re-import of its images is caught:
-    the good images of its training set of the split it took (of no split or train when it
-    named none) outside the calibration groups it held out, and those of its merged sets.
-    A training set not readable here (another machine) cannot be checked."""
+    behind a card trained on, by content, so a copy or a re-import of its images is caught.
+    A card keeps the digests of the images it trained on (``training.data.train_sha256``:
+    merged sets' included, images held out for calibration not). An older card's are
+    worked out again from its training sets where they are still readable here: their
+    good images of the split it took, outside the calibration groups it held out (a set
+    of one group held out images, which cannot be told apart then: not checked)."""
+    kept = training.get("data", {}).get("train_sha256")
+    seen = set(kept) if kept is not None else _trained_again(training)
+    return [r.file_name for r, d in zip(good, digests_of_good, strict=True) if d in seen]
+
+
+def _trained_again(training: dict[str, Any]) -> set[str]:
     cfg = training.get("config", {})
     held = set(training.get("data", {}).get("calib_groups", []))
     take = cfg.get("split")
     seen: set[str] = set()
     for i, path in enumerate([cfg.get("data"), *cfg.get("extra_data", [])]):
-        if not path or not (Path(path) / "annotations.json").is_file():
-            continue
         try:
-            source = read_dataset(path)
-        except LinesideError:
+            source = read_dataset(path) if path else None
+            if source is None or (i == 0 and not held):
+                continue
+            trained = [r for r in source.images if r.is_good and (
+                (r.split == take if take else r.split in (None, "train"))
+                and group_of(r) not in held if i == 0 else r.split in (None, "train"))]
+            seen.update(digests(source, trained))
+        except (OSError, LinesideError):  # moved or gone: nothing to compare with
             continue
-        trained = [r for r in source.images if r.is_good and (
-            (r.split == take if take else r.split in (None, "train")) and group_of(r) not in held
-            if i == 0 else r.split in (None, "train"))]  # a merged set: its train images
-        seen.update(digests(source, trained))
-    return [r.file_name for r, d in zip(good, digests_of_good, strict=True) if d in seen]
+    return seen
 
 
 def calibrated_card(package: str | Path, calib: dict[str, Any]) -> dict[str, Any]:
