@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,7 +16,15 @@ import torch
 from lineside_inspect.errors import ConfigError
 from lineside_training.checkpoint import load_trained
 from lineside_training.config import TrainConfig, load_config
-from lineside_training.engine import Progress, TrainState, load_checkpoint, save_checkpoint, train
+from lineside_training.engine import (
+    Progress,
+    TrainState,
+    _check_resumable,
+    load_checkpoint,
+    load_data,
+    save_checkpoint,
+    train,
+)
 from lineside_training.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +57,10 @@ def test_resume_continues_where_it_stopped(tmp_path: Path, make_config: Make) ->
     merged = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, extra_data=[str(SAMPLE)])
     with pytest.raises(ConfigError, match=r"--resume: .* trained on .*, this run names .* \+ "):
         train(merged, resume=True, quiet=True)  # other data: not a continuation of this run
+    moved = tmp_path / "moved" / "sample"  # the same set elsewhere (another checkout)
+    shutil.copytree(SAMPLE, moved)
+    again = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, data=str(moved) + "/")
+    _check_resumable(run, load_data(again).fingerprint)  # the same content: continues
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 

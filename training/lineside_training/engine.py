@@ -98,6 +98,8 @@ def load_data(cfg: TrainConfig) -> TrainData:
           "annotations_sha256": hashlib.sha256(
               (Path(cfg.data) / "annotations.json").read_bytes()).hexdigest(),
           "extra_data": list(cfg.extra_data),
+          "extra_sha256": sorted(hashlib.sha256((Path(e) / "annotations.json").read_bytes())
+                                 .hexdigest() for e in cfg.extra_data),
           "train_images": len(train), "val_images": len(val), "extra_held_out": held,
           "source": dataset.info.get("source"), "licence": dataset.info.get("licence")}
     return TrainData(dataset, class_names, train, val, fp)
@@ -409,16 +411,25 @@ def load_checkpoint(path: Path, state: TrainState, device: torch.device) -> Prog
 
 def _check_resumable(run: Path, fingerprint: dict[str, Any]) -> None:
     """Refuse to continue ``run`` on other data than it trained on: ``--resume`` given to
-    a run of a taken name (say, with ``--merge`` of reviews) would carry on the old run."""
-    saved = torch.load(run / "last.pt", map_location="cpu", weights_only=False).get("data", {})
+    a run of a taken name (say, with ``--merge`` of reviews) would carry on the old run.
+    A set is the same by its resolved path or by its annotations' content (the run folder
+    moved to another machine), the merged sets in any order."""
+    saved = torch.load(run / "last.pt", map_location="cpu", weights_only=False,
+                       mmap=True).get("data", {})
     if not saved.get("path"):  # a checkpoint from before the fingerprint was kept
         return
-    was = (saved["path"], list(saved.get("extra_data", [])))
-    now = (fingerprint["path"], list(fingerprint.get("extra_data", [])))
-    if was != now:
-        raise ConfigError(f"--resume: {run} trained on {' + '.join([was[0], *was[1]])}, this "
-                          f"run names {' + '.join([now[0], *now[1]])}: give --name NAME for a "
-                          "new run")
+    same_set = saved["path"] == fingerprint["path"] or \
+        saved.get("annotations_sha256") == fingerprint["annotations_sha256"]
+    if "extra_sha256" in saved:
+        same_merged = sorted(saved["extra_sha256"]) == fingerprint["extra_sha256"]
+    else:  # as given then: resolved against this folder
+        same_merged = ({str(Path(p).resolve()) for p in saved.get("extra_data", [])}
+                       == {str(Path(p).resolve()) for p in fingerprint["extra_data"]})
+    if not (same_set and same_merged):
+        was = " + ".join([saved["path"], *saved.get("extra_data", [])])
+        now = " + ".join([fingerprint["path"], *fingerprint["extra_data"]])
+        raise ConfigError(f"--resume: {run} trained on {was}, this run names {now}: give "
+                          "--name NAME for a new run")
 
 
 def _agree(value: int, world: int) -> int:
