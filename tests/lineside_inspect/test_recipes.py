@@ -99,6 +99,9 @@ def test_recipe_files_keep_loading_with_strict_numbers(tmp_path: Path) -> None:
     # YAML 1.1 (PyYAML) reads an exponent without a dot as text: it is the number it says
     f.write_text("name: r\nmodel: m\nmin_score: {open: 5e-1}\ndefault_min_score: 1E-1\n")
     assert (load_recipe(f).min_score, load_recipe(f).default_min_score) == ({"open": 0.5}, 0.1)
+    f.write_text("name: r\nmodel: m\nversion: 1e3\n")  # YAML 1.2 reads a number: quote it
+    with pytest.raises(ConfigError, match="is quoted: '1e3'"):
+        load_recipe(f)
     f.write_text("name: r\nmodel: m\nmax_count: {open: 1.0}\nunchanged_gate: {floor: 15, tile: '32'}\n")
     with pytest.raises(ConfigError) as info:
         load_recipe(f)

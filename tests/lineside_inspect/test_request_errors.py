@@ -355,7 +355,8 @@ def test_a_json_route_names_the_content_type_it_takes(srv: Running) -> None:
     body = b'{"name": "x", "model": "deeppcb"}'
     with srv.client("admin") as c:
         for headers in ({"content-type": "text/plain"}, {},  # {}: curl -d sends a form type
-                        {"content-type": "application/x-www-form-urlencoded"}):
+                        {"content-type": "application/x-www-form-urlencoded"},
+                        {"content-type": "text/json"}):  # FastAPI parses application/* only
             r = c.put("/v1/recipes/x", content=body, headers=headers)
             assert r.status_code == 415, r.text
             assert "this route takes JSON (Content-Type: application/json)" in _error(r, 415)
@@ -364,6 +365,8 @@ def test_a_json_route_names_the_content_type_it_takes(srv: Running) -> None:
         assert r.status_code == 422  # JSON of the wrong shape stays a 422
         assert "x" not in [r["name"] for r in c.get("/v1/recipes").json()]  # nothing stored
         r = c.put("/v1/recipes/x")  # no body at all: what is missing, not its type
+        assert r.status_code == 422, r.text
+        r = c.put("/v1/recipes/x", content=iter([b""]))  # an empty chunked body: the same
         assert r.status_code == 422, r.text
     with srv.client(None) as c:  # the sign-in form is a form: a missing field stays a 422
         r = c.post("/review/login", data={"nope": "1"})

@@ -208,6 +208,9 @@ def load_recipe(path: str | Path) -> Recipe:
         recipe = Recipe.model_validate(doc)
     except ValidationError as exc:
         fields = describe_validation(exc.errors())
+        if any(e["type"] == "string_type" and isinstance(e.get("input"), int | float)
+               for e in exc.errors()):  # version: 1e3, 2: YAML read a number
+            fields += " (a name or version YAML reads as a number, e.g. 1e3 or 2, is quoted: '1e3')"
         raise ConfigError(f"{path}: {fields}") from None
     if recipe.remote is not None and not Path(recipe.remote.card).is_absolute():
         # a remote model's card is found beside the recipe file, wherever it is run from

@@ -79,8 +79,13 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if (not kind.endswith("json") and _takes_json(request) and _has_body(request)
-                and any(e.get("loc", ())[:1] == ("body",) for e in exc.errors())):
+        # FastAPI reads a body as JSON only under application/json or application/*+json
+        parsed = kind == "application/json" or (kind.startswith("application/")
+                                                 and kind.endswith("+json"))
+        body_errors = [e for e in exc.errors() if e.get("loc", ())[:1] == ("body",)]
+        if (not parsed and _takes_json(request) and _has_body(request) and body_errors
+                and not all(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",)
+                            for e in body_errors)):  # an empty body: what is missing
             # a JSON route's body sent as text/plain (or without a type) is not JSON to
             # FastAPI: say which type to send, not "Input should be a valid dictionary"
             app.state.metrics.errors.labels("unsupported_media_type").inc()
