@@ -840,9 +840,13 @@ def _golden_items(data: Path | None, split: str | None, good: Path | None, bad: 
             items += golden.from_folder(folder, expected=expected, limit=limit)  # type: ignore[arg-type]
     if store is not None:
         from lineside_inspect.store import Store
+        from lineside_inspect.store.store import DB_FILE
 
+        if not (store / DB_FILE).is_file() and database_url is None:  # read, never made here
+            raise GoldenSetError(f"--store {store}: no {DB_FILE} here; give the server's "
+                                 "store folder (its data_dir) or --database-url")
         with Store(store, database_url) as st:
-            found, more = golden.from_store(st, limit=limit or 500)
+            found, more = golden.from_store(st, limit=500 if limit is None else limit)
         items += found
         classes += [c for c in more if c not in classes]
     if not items:
@@ -864,7 +868,7 @@ GoldenSources = {
     "good": typer.Option(help="a folder of good parts (must pass)"),
     "bad": typer.Option(help="a folder of bad parts (must fail; boxes unknown)"),
     "store": typer.Option(help="a store folder (server stopped): its reviewed inspections"),
-    "limit": typer.Option(help="at most this many images from each source (from a dataset a "
+    "limit": typer.Option(min=1, help="at most this many images from each source (from a dataset a "
                           "seeded sample, defective and good in proportion; from a folder the "
                           "first in name order; from a store the newest reviewed)"),
 }
@@ -952,7 +956,7 @@ def gate_cmd(
         help="recipe YAML whose rules judge both (default: the active package's card recipe)")] = None,
     data_dir: DataDir = None,
     allowance: Annotated[int, typer.Option(
-        help="false rejects the candidate may have beyond the active model's")] = 0,
+        min=0, help="false rejects the candidate may have beyond the active model's")] = 0,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
@@ -975,6 +979,10 @@ def gate_cmd(
     if card_digest(cand.card) == card_digest(active.card):
         raise ConfigError("the candidate and --against are the same package (graph and card): "
                           "a package is not gated against itself")
+    if (cand.card.name, cand.card.kind) != (active.card.name, active.card.kind):
+        raise ConfigError(f"the candidate is {cand.card.kind} model {cand.card.name}, --against "
+                          f"is {active.card.kind} model {active.card.name}: a gate compares two "
+                          "versions of one model (the one that would replace the other)")
     rule = load_recipe(recipe) if recipe is not None else card_recipe(active.card)
     report = run_gate(cand, active, library, manifest, rule, allowance=allowance)
     if as_json:

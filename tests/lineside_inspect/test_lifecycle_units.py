@@ -789,3 +789,35 @@ def test_after_a_restart_an_alarm_is_said_with_its_rates_of_now_and_can_be_relea
         Recipe.model_validate({"name": "t", "model": "m", "usual_fail_rate": True})
     with pytest.raises(ValueError, match="usual_fail_rate"):
         Recipe.model_validate({"name": "t", "model": "m", "usual_fail_rate": "0.02"})
+
+
+def test_golden_and_gate_commands_refuse_arguments_that_mean_nothing(tmp_path: Path) -> None:
+    """--limit -3 was a traceback (0 silently 500 from a store), --store of a typo made a new
+    store there, --allowance -5 was taken, and a good-only package was gated against a
+    detector of another name (lifecycle review)."""
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    cli = CliRunner()
+    data_dir = ["--data-dir", str(tmp_path / "srv")]
+    for limit in ("-3", "0"):
+        r = cli.invoke(app, ["golden", "create", "x", "--data", str(SAMPLE), "--limit", limit,
+                             *data_dir])
+        assert r.exit_code == 2 and "--limit" in r.output and "Traceback" not in r.output
+    typo = tmp_path / "no-store-here"
+    typo.mkdir()
+    r = cli.invoke(app, ["golden", "create", "x", "--store", str(typo), *data_dir])
+    assert r.exit_code == 2 and "no lineside.db here" in r.output, r.output
+    assert list(typo.iterdir()) == []  # nothing made where a store was only to be read
+    r = cli.invoke(app, ["golden", "create", "s", "--data", str(SAMPLE), "--limit", "4",
+                         *data_dir])
+    assert r.exit_code == 0, r.output
+    r = cli.invoke(app, ["gate", str(models / "deeppcb" / "1-int8"), "--against",
+                         str(models / "deeppcb" / "1"), "--golden", "s", "--allowance", "-5",
+                         *data_dir])
+    assert r.exit_code == 2 and "--allowance" in r.output
+    r = cli.invoke(app, ["gate", str(models / "deeppcb-good" / "1"), "--against",
+                         str(models / "deeppcb" / "1"), "--golden", "s", *data_dir])
+    assert r.exit_code == 2 and "a gate compares two versions of one model" in r.output
