@@ -175,3 +175,34 @@ def test_the_registry_says_which_load_made_a_first_version_active() -> None:
     # exactly one of two concurrent first loads is the first, and it is the active one
     assert sorted(results) == [False, True]
     assert racing.models()["deeppcb"].active in ("1", "1-int8")
+
+
+def test_a_version_rolled_back_automatically_is_refused_until_forced(tmp_path: Path) -> None:
+    """After the line took a promoted version off, an admin's plain activation (or a recipe
+    pinning it) put it back with no force and no reason, and nothing watched it (lifecycle
+    review): a rollback stands like a failed gate, until a new pass or a forced decision."""
+    from lineside_inspect.errors import GateRefused
+    from lineside_inspect.lifecycle.config import LifecycleSettings
+    from lineside_inspect.lifecycle.manager import Lifecycle
+    from lineside_inspect.lifecycle.rollout import Watch
+    from lineside_inspect.server.registry import Registry
+
+    registry = Registry(device="cpu", threads=1)
+    registry.load_model(MODEL)
+    registry.load_model(ROOT / "models" / "deeppcb" / "1-int8", activate=False)
+    store = Store(tmp_path / "store", pass_rate=1.0)
+    try:
+        lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path)
+        lc.store, lc._records = store, Records(store)
+        lc.activate("deeppcb", "1-int8", actor="admin")
+        watch = Watch("deeppcb", "1-int8", "1", None, datetime.now(UTC), "admin", None, 0, 0)
+        assert lc._auto_rollback(watch, "3 reviewer-confirmed false rejects") is True
+        with pytest.raises(GateRefused, match=r"deeppcb 1-int8 was rolled back automatically "
+                           r".*\(3 reviewer-confirmed false rejects\), and has passed no gate"):
+            lc.activate("deeppcb", "1-int8", actor="admin")
+        assert registry.models()["deeppcb"].active == "1"
+        lc.activate("deeppcb", "1-int8", actor="admin", force=True, reason="fixed the lamp")
+        assert registry.models()["deeppcb"].active == "1-int8"
+        assert lc.records.audit_log()[1][0]["action"] == "force_activate"
+    finally:
+        store.close()

@@ -6,7 +6,8 @@ graph and card) not cleared by a later pass against the active version on the sa
 set and recipe is refused (409 ``gate_failed``) unless an admin forces it with a reason;
 the forced admission is recorded in the audit log and the admissions table. A passing
 report admits only while the version it was compared with is the active one. With
-``lifecycle.gate.require_gate`` a version without such a report is refused the same way.
+``lifecycle.gate.require_gate`` a version without such a report is refused the same way,
+and so is a version rolled back automatically that has passed no gate since.
 """
 
 from __future__ import annotations
@@ -177,6 +178,14 @@ class Lifecycle:
             why = "; ".join(failed.report.get("reasons", [])) or "it failed"
             refused = (f"{card.name} {card.version} failed its gate (report {failed.id} on golden "
                        f"set {failed.golden_name}:{failed.golden_version}: {why})")
+        rolled = self.records.last_rollback(card.name, card.version)
+        if refused is None and rolled is not None and (
+                gate is None or gate.created_at <= rolled["created_at"]):
+            # the line judged it and took it off: only a new passing gate (or a forced,
+            # recorded decision) puts it back, as after a failed gate
+            refused = (f"{card.name} {card.version} was rolled back automatically at "
+                       f"{rolled['created_at']:%Y-%m-%d %H:%M} UTC ({rolled['reason']}), and "
+                       "has passed no gate since")
         if refused is None and gate is None and self.settings.gate.require_gate:
             refused = (f"{card.name} {card.version} has not been gated against the active "
                        f"version (lifecycle.gate.require_gate){stale}: run "

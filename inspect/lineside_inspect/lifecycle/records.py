@@ -72,6 +72,16 @@ class Records:
                 .order_by(AuditRow.id.desc()).limit(1)).first()
             return None if row is None else self._audit_json(row)
 
+    def last_rollback(self, model: str, version: str) -> dict[str, Any] | None:
+        """This box's newest automatic rollback away from ``model`` ``version``."""
+        with Session(self.engine) as s:
+            rows = s.scalars(select(AuditRow).where(
+                AuditRow.model_name == model, AuditRow.action == "auto_rollback",
+                AuditRow.box_id == self.store.box_id)
+                .order_by(AuditRow.id.desc()).limit(200)).all()
+            row = next((r for r in rows if (r.details or {}).get("from") == version), None)
+            return None if row is None else self._audit_json(row)
+
     @staticmethod
     def _audit_json(r: AuditRow) -> dict[str, Any]:
         return {"id": r.id, "created_at": r.created_at, "box_id": r.box_id, "actor": r.actor,
