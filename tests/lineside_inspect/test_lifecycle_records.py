@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect as sa_inspect
@@ -102,18 +103,10 @@ def test_an_activation_that_cannot_be_recorded_does_not_stand(tmp_path: Path,
     longer active changes nothing."""
     from sqlalchemy.exc import OperationalError
 
-    from lineside_inspect.lifecycle.config import LifecycleSettings
-    from lineside_inspect.lifecycle.manager import Lifecycle
     from lineside_inspect.lifecycle.rollout import Watch
-    from lineside_inspect.server.registry import Registry
 
-    registry = Registry(device="cpu", threads=1)
-    registry.load_model(MODEL)
-    registry.load_model(ROOT / "models" / "deeppcb" / "1-int8", activate=False)
-    store = Store(tmp_path / "store", pass_rate=1.0)
+    lc, registry, store = _lifecycle(tmp_path)
     try:
-        lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path)
-        lc.store, lc._records = store, Records(store)  # attach() without a service to hook
 
         def outage(**_: object) -> None:
             raise OperationalError("INSERT", {}, Exception("database is down"))
@@ -182,18 +175,10 @@ def test_a_version_rolled_back_automatically_is_refused_until_forced(tmp_path: P
     pinning it) put it back with no force and no reason, and nothing watched it (lifecycle
     review): a rollback stands like a failed gate, until a new pass or a forced decision."""
     from lineside_inspect.errors import GateRefused
-    from lineside_inspect.lifecycle.config import LifecycleSettings
-    from lineside_inspect.lifecycle.manager import Lifecycle
     from lineside_inspect.lifecycle.rollout import Watch
-    from lineside_inspect.server.registry import Registry
 
-    registry = Registry(device="cpu", threads=1)
-    registry.load_model(MODEL)
-    registry.load_model(ROOT / "models" / "deeppcb" / "1-int8", activate=False)
-    store = Store(tmp_path / "store", pass_rate=1.0)
+    lc, registry, store = _lifecycle(tmp_path)
     try:
-        lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path)
-        lc.store, lc._records = store, Records(store)
         lc.activate("deeppcb", "1-int8", actor="admin")
         watch = Watch("deeppcb", "1-int8", "1", None, datetime.now(UTC), "admin", None, 0, 0)
         assert lc._auto_rollback(watch, "3 reviewer-confirmed false rejects") is True
@@ -206,3 +191,19 @@ def test_a_version_rolled_back_automatically_is_refused_until_forced(tmp_path: P
         assert lc.records.audit_log()[1][0]["action"] == "force_activate"
     finally:
         store.close()
+
+
+def _lifecycle(tmp_path: Path) -> tuple[Any, Any, Store]:
+    """A lifecycle over a registry with deeppcb 1 (active) and 1-int8, on a real store
+    (attach() without a service to hook)."""
+    from lineside_inspect.lifecycle.config import LifecycleSettings
+    from lineside_inspect.lifecycle.manager import Lifecycle
+    from lineside_inspect.server.registry import Registry
+
+    registry = Registry(device="cpu", threads=1)
+    registry.load_model(MODEL)
+    registry.load_model(ROOT / "models" / "deeppcb" / "1-int8", activate=False)
+    store = Store(tmp_path / "store", pass_rate=1.0)
+    lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path)
+    lc.store, lc._records = store, Records(store)
+    return lc, registry, store
