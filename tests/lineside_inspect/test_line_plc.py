@@ -898,6 +898,14 @@ def test_shutdown_answers_the_part_in_progress_and_takes_no_trigger() -> None:
             assert time.monotonic() < deadline, "camera did not come online"
             time.sleep(0.05)
         sim.mode = "hang"  # connected, no frames: the trigger waits (trigger_timeout_s 30)
+        # a frame already on its way when the mode changed must not answer the trigger (on
+        # a loaded CI host one did: the part ended normally before the shutdown)
+        worker, seen, still_since = srv.app.state.cameras.workers["sim"], None, time.monotonic()
+        while time.monotonic() - still_since < 0.5:
+            assert time.monotonic() < deadline, "the camera kept sending frames"
+            if (now := worker.latest()) is not seen:
+                seen, still_since = now, time.monotonic()
+            time.sleep(0.05)
 
         async def trigger() -> None:
             mb = AsyncModbusTcpClient("127.0.0.1", port=adapter.port)
