@@ -943,6 +943,9 @@ def golden_list(
             out.print(f"{v['name']}:{v['version']}  {v['items']} images ({v['expected_fail']} fail, "
                       f"{v['expected_pass']} pass, {v['with_boxes']} with boxes)  {v['digest'][:16]}  "
                       f"{v['created_at']}  {v['note']}")
+        for b in entry["broken"]:  # type: ignore[attr-defined]
+            out.print(f"{entry['name']}:{b['version']}  cannot be used: {b['error']}",
+                      markup=False, highlight=False)
 
 
 @app.command("gate")

@@ -183,6 +183,15 @@ def test_tampering_is_found(tmp_path: Path) -> None:
     manifest.write_text(json.dumps(doc))
     with pytest.raises(GoldenSetError, match="digest"):
         lib.get("s")
+    # one broken set hid every other from the list (GET /v1/golden and golden list failed)
+    lib.create("t", items, classes)
+    (tmp_path / "u" / "1").mkdir(parents=True)
+    (tmp_path / "u" / "1" / "manifest.json").write_bytes(b"\xff not json")
+    listed = {e["name"]: e for e in lib.summaries()}
+    assert [v["version"] for v in listed["t"]["versions"]] == [1]  # type: ignore[index]
+    assert listed["s"]["versions"] == [] and "digest" in listed["s"]["broken"][0]["error"]  # type: ignore[index]
+    assert "manifest invalid" in listed["u"]["broken"][0]["error"]  # type: ignore[index]
+    assert str(tmp_path) not in json.dumps(listed)  # no path in what an answer carries
 
 
 def test_a_manifest_moved_under_another_name_is_refused(tmp_path: Path) -> None:

@@ -300,8 +300,21 @@ class GoldenLibrary:
         return manifest
 
     def summaries(self) -> list[dict[str, object]]:
-        return [{"name": n, "versions": [self.get(n, v).summary() for v in self.versions(n)]}
-                for n in self.names()]
+        """Every set's versions; one that cannot be read (an edited manifest) is listed
+        under ``broken`` with why, and hides no other."""
+        out: list[dict[str, object]] = []
+        for n in self.names():
+            good, broken = [], []
+            for v in self.versions(n):
+                try:
+                    good.append(self.get(n, v).summary())
+                except GoldenSetError as exc:
+                    broken.append({"version": v, "error": exc.message})
+                except (OSError, ValueError):  # its text names a path: not for an answer
+                    broken.append({"version": v, "error": f"golden set {n}:{v}: its manifest "
+                                   "cannot be read"})
+            out.append({"name": n, "versions": good, "broken": broken})
+        return out
 
     def read(self, manifest: GoldenManifest, item: GoldenItem, *, reference: bool = False) -> bytes:
         """An item's image (or its reference) bytes, checked against its sha256."""

@@ -89,9 +89,17 @@ class GoldenVersion(_Shape):
     note: str
 
 
+class BrokenGoldenVersion(_Shape):
+    version: int
+    error: str = Field(description="why it cannot be used (an edited or invalid manifest)")
+
+
 class GoldenSet(_Shape):
     name: str
     versions: list[GoldenVersion]
+    broken: list[BrokenGoldenVersion] = Field(default_factory=list, description=(
+        "versions that cannot be used, each with why: listed apart, so one broken version "
+        "hides no other"))
 
 
 class GoldenSets(_Shape):
