@@ -107,13 +107,10 @@ def _clip_to_images(images: list[ImageRecord]) -> list[str]:
             f"onto it, e.g. {clipped[0].origin}"]
 
 
-UNSUPPORTED_IMAGES = UNSUPPORTED_IMAGE_SUFFIXES
-
-
 def _unsupported_beside(stem: str, folders: list[Path]) -> Path | None:
     """An image of ``stem`` in a format Lineside does not read (TIFF, WebP ...), if any."""
     for folder in folders:
-        for suffix in UNSUPPORTED_IMAGES:
+        for suffix in UNSUPPORTED_IMAGE_SUFFIXES:
             for name in (stem + suffix, stem + suffix.upper()):
                 if (folder / name).is_file():
                     return folder / name
@@ -189,10 +186,6 @@ def _thin_classes(images: list[ImageRecord], categories: list[str]) -> list[str]
         notes.append(f"warning: class(es) with fewer than {THIN} boxes: " + ", ".join(thin)
                      + " (another class's name typed another way?)")
     return notes
-
-
-def _images_under(folder: Path) -> list[Path]:
-    return [p for p in walk_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def import_deeppcb(src: Path) -> Draft:
@@ -343,7 +336,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     files = walk_files(src)
     xmls = [p for p in files if p.suffix.lower() == ".xml"]
     pictures = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    unsupported = {p.stem.lower(): p for p in files if p.suffix.lower() in UNSUPPORTED_IMAGES}
+    unsupported = {p.stem.lower(): p for p in files if p.suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES}
     if not xmls:
         raise DatasetError(_looked_for(
             src, files, "no Pascal VOC .xml annotation files found",
@@ -857,17 +850,17 @@ def import_good(src: Path) -> Draft:
     """A plain folder of defect-free images; the sub-folder (if any) is the group.
     Refused when the folder holds label files: those images are labelled, probably
     defective, and importing them as good parts would teach a model that defects are good."""
-    if src.is_dir():
-        labelled = _label_files(walk_files(src))
-        if labelled is not None:
-            fmt, found = labelled
-            raise DatasetError(
-                f"{src}: holds {len(found)} label file(s) (e.g. {_rel(found[0], src)}), so its "
-                f"images are labelled, not known-good parts; import it with {fmt}, or move the "
-                "label files out if the images really are all good")
+    files = walk_files(src)  # one walk (none for a file): labels, images, unread formats
+    labelled = _label_files(files)
+    if labelled is not None:
+        fmt, found = labelled
+        raise DatasetError(
+            f"{src}: holds {len(found)} label file(s) (e.g. {_rel(found[0], src)}), so its "
+            f"images are labelled, not known-good parts; import it with {fmt}, or move the "
+            "label files out if the images really are all good")
     problems: list[Problem] = []
     images = []
-    for path in _images_under(src):
+    for path in (p for p in files if p.suffix.lower() in IMAGE_SUFFIXES):
         rel = path.relative_to(src).as_posix()
         width, height = _size(path, rel, problems)
         if not width:
@@ -877,8 +870,8 @@ def import_good(src: Path) -> Draft:
     # a good part in a format Lineside does not read is named, not silently left out; one
     # beside a readable image of its name (camera software often saves both) is that part
     readable = {(r.source.parent, r.source.stem.lower()) for r in images if r.source}
-    other = [p for p in walk_files(src) if p.suffix.lower() in UNSUPPORTED_IMAGES
-             and (p.parent, p.stem.lower()) not in readable] if src.is_dir() else []
+    other = [p for p in files if p.suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES
+             and (p.parent, p.stem.lower()) not in readable]
     for path in other:
         problems.append(Problem(
             str(path), "", f"{path.suffix.lstrip('.').upper()} image, which is not supported "
