@@ -70,15 +70,21 @@ class GoodSplit:
     added: int = 0  # of train: from extra_data
 
 
+def good_to_train(dataset: Dataset, split: str | None) -> list[ImageRecord]:
+    """The good images a good-only run takes from ``dataset``: those of ``split``, else
+    those of no split or train (val and test are someone's held-out sets: never trained
+    or calibrated on)."""
+    if split:
+        return [r for r in dataset.in_split(split) if r.is_good]
+    return [r for r in dataset.images if r.is_good and r.split in (None, "train")]
+
+
 def carve(cfg: AnomalyConfig) -> GoodSplit:
     """The good images of ``cfg.data`` (optionally of one split), cut by group into
     training and calibration sets: calibration must see boards the model never saw, as
     the line will. ``extra_data``'s good images are added to training."""
     dataset = read_dataset(cfg.data)
-    if cfg.split:
-        good = [r for r in dataset.in_split(cfg.split) if r.is_good]
-    else:  # val and test are someone's held-out sets: never trained or calibrated on
-        good = [r for r in dataset.images if r.is_good and r.split in (None, "train")]
+    good = good_to_train(dataset, cfg.split)
     if not good:
         where = f"split {cfg.split!r} of {cfg.data}" if cfg.split else cfg.data
         held_out = "" if cfg.split else " of no split or train (val and test are held out)"
@@ -128,7 +134,7 @@ def extra_good(cfg: AnomalyConfig, held: set[str],
             other = read_dataset(extra)
         except DatasetError as exc:
             raise ConfigError(f"extra_data (--merge) {extra}: {exc.message}") from None
-        good = [r for r in other.images if r.is_good and r.split in (None, "train")]
+        good = good_to_train(other, None)
         if not good:
             raise ConfigError(f"extra_data {extra}: no good images (without boxes) of no "
                               "split or train to add")

@@ -25,7 +25,13 @@ from lineside_inspect.package import ANOMALY_LABEL, CARD
 from lineside_inspect.runtime.anomaly import AnomalyModel
 from lineside_training.anomaly.calibrate import captures_needed, operating_point
 from lineside_training.anomaly.config import AnomalyConfig
-from lineside_training.anomaly.data import digests, distinct, group_of, split_images
+from lineside_training.anomaly.data import (
+    digests,
+    distinct,
+    good_to_train,
+    group_of,
+    split_images,
+)
 from lineside_training.anomaly.infer import Scored
 from lineside_training.anomaly.synth import rephotograph
 from lineside_training.anomaly.train import CALIB_SEED
@@ -117,17 +123,18 @@ def trained_on(training: dict[str, Any], good: list[ImageRecord],
 def _trained_again(training: dict[str, Any]) -> set[str]:
     cfg = training.get("config", {})
     held = set(training.get("data", {}).get("calib_groups", []))
-    take = cfg.get("split")
+    # (set, the split it took, the groups it held out): its own set outside the groups it
+    # held out (none held out: a set of one group held out images, which cannot be told
+    # apart then), then each merged set whole, as carve() took them
+    sets = [(p, None, set[str]()) for p in cfg.get("extra_data", [])]
+    if cfg.get("data") and held:
+        sets.insert(0, (cfg["data"], cfg.get("split"), held))
     seen: set[str] = set()
-    for i, path in enumerate([cfg.get("data"), *cfg.get("extra_data", [])]):
+    for path, split, out in sets:
         try:
-            source = read_dataset(path) if path else None
-            if source is None or (i == 0 and not held):
-                continue
-            trained = [r for r in source.images if r.is_good and (
-                (r.split == take if take else r.split in (None, "train"))
-                and group_of(r) not in held if i == 0 else r.split in (None, "train"))]
-            seen.update(digests(source, trained))
+            source = read_dataset(path)
+            seen.update(digests(source, [r for r in good_to_train(source, split)
+                                         if group_of(r) not in out]))
         except (OSError, LinesideError):  # moved or gone: nothing to compare with
             continue
     return seen
