@@ -270,7 +270,7 @@ def data_split(
                            "add images")
     if empty:  # nothing saved: a split with no validation images trains blind
         raise DatasetError(
-            f"the {' and '.join(empty)} split came out empty: the {len(dataset.images)} images "
+            f"the {' and '.join(empty)} split came out empty: the {n} images "
             f"are tied into too few {'groups' if by == 'group' else 'units'} (a group, or "
             "duplicates kept together); add images, give --by image, or check 'lineside data "
             "validate' for duplicate groups")
@@ -511,16 +511,16 @@ def calibrate_unchanged_cmd(
 ) -> None:
     """The floor of a recipe's unchanged_gate, from good parts of one view: prints the
     recipe lines (runtime/unchanged.py)."""
+    from lineside_inspect.imageio import IMAGE_SUFFIXES as suffixes
     from lineside_inspect.imageio import read_image
     from lineside_inspect.runtime.unchanged import calibrate_floor
 
-    ref = read_image(reference)
-    suffixes = (".jpg", ".jpeg", ".png", ".bmp")
+    ref = read_image(reference)  # read: it exists, for samefile below
     files: list[Path] = []
     for f in frames:
         if f.is_dir():  # the golden image kept among its frames is no part's frame (it scores 0)
             files += [p for p in sorted(f.iterdir()) if p.suffix.lower() in suffixes
-                      and not (reference.exists() and p.samefile(reference))]
+                      and not p.samefile(reference)]
         elif f.exists():  # a file named on purpose is a frame: decoding says if it is not
             files.append(f)
         else:
