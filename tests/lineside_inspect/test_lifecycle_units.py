@@ -4,6 +4,7 @@ and the capture caps."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -17,8 +18,9 @@ import pytest
 from lineside_inspect.errors import GoldenSetError, NotFoundError
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import CaptureSettings, RolloutSettings
-from lineside_inspect.lifecycle.gate import Found, decide, matched_boxes, rules_of, score
+from lineside_inspect.lifecycle.gate import Found, decide, matched_boxes, replay, rules_of, score
 from lineside_inspect.lifecycle.golden import (
+    Candidate,
     GoldenBox,
     GoldenItem,
     GoldenLibrary,
@@ -233,6 +235,25 @@ def test_a_manifest_cannot_name_files_outside_its_folder(tmp_path: Path, sha: st
 def test_not_an_image_is_refused(tmp_path: Path) -> None:
     with pytest.raises(GoldenSetError, match=r"x\.jpg"):
         candidate(b"GIF89a....", expected="pass", boxes=[], source="folder x.jpg")
+
+
+def test_a_truncated_image_is_refused_when_added_and_named_when_an_older_set_holds_one(
+        tmp_path: Path) -> None:
+    good = (SAMPLE / "images" / "group13000" / "13000000_temp.jpg").read_bytes()
+    cut = good[: len(good) // 2]  # its header is whole: only a full decode finds it
+    with pytest.raises(GoldenSetError, match=r"folder cut\.jpg: truncated JPEG"):
+        candidate(cut, expected="pass", boxes=[], source="folder cut.jpg")
+    with pytest.raises(GoldenSetError, match=r"folder ok\.jpg: its reference image: truncated"):
+        candidate(good, expected="pass", boxes=[], source="folder ok.jpg", reference=cut)
+    # a set written before items were decoded in full: the gate names the item, not a 500
+    ok = candidate(good, expected="pass", boxes=[], source="folder ok.jpg")
+    old = Candidate(ok.item.model_copy(update={"sha256": hashlib.sha256(cut).hexdigest(),
+                                               "source": "folder cut.jpg"}), cut)
+    lib = GoldenLibrary(tmp_path / "golden")
+    manifest = lib.create("s", [old], ["open"])
+    detector = SimpleNamespace(needs_reference=False)
+    with pytest.raises(GoldenSetError, match=r"golden set s:1: folder cut\.jpg: truncated JPEG"):
+        replay([detector], lib, manifest, Recipe(name="r", model="m"))  # type: ignore[list-item]
 
 
 # -- rollout bounds -----------------------------------------------------------------------

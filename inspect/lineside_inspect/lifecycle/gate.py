@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from lineside_inspect.boxes import box_iou
-from lineside_inspect.errors import GoldenSetError
+from lineside_inspect.errors import GoldenSetError, ImageError
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import inspect
 from lineside_inspect.lifecycle.golden import GoldenItem, GoldenLibrary, GoldenManifest
@@ -223,14 +223,20 @@ def replay(detectors: list[Detector], library: GoldenLibrary, manifest: GoldenMa
     results: list[list[Found]] = [[] for _ in detectors]
     for n, item in enumerate(manifest.items):
         data = library.read(manifest, item)
-        image = decode_image(data) if max_pixels is None else decode_image(data, max_pixels)
+        what = ""
         ref = None
-        if any(d.needs_reference for d in detectors):
-            if item.reference is None:
-                raise GoldenSetError(
-                    f"golden set {manifest.ref}: {item.source} has no reference image, which a "
-                    "reference model needs")
-            ref = Reference.from_bytes(None, library.read(manifest, item, reference=True))
+        try:  # a set made before items were decoded in full may hold a truncated file
+            image = decode_image(data) if max_pixels is None else decode_image(data, max_pixels)
+            if any(d.needs_reference for d in detectors):
+                if item.reference is None:
+                    raise GoldenSetError(
+                        f"golden set {manifest.ref}: {item.source} has no reference image, "
+                        "which a reference model needs")
+                what = "its reference image: "
+                ref = Reference.from_bytes(None, library.read(manifest, item, reference=True))
+        except ImageError as exc:
+            raise GoldenSetError(f"golden set {manifest.ref}: {item.source or item.sha256}: "
+                                 f"{what}{exc.message}") from None
         for det, out in zip(detectors, results, strict=True):
             out.append(_found(det, image, rules, ref if det.needs_reference else None))
         if progress is not None:

@@ -43,7 +43,7 @@ from lineside_inspect.errors import (
     describe_validation,
     echo,
 )
-from lineside_inspect.imageio import IMAGE_SUFFIXES, header_size, sniff_format
+from lineside_inspect.imageio import IMAGE_SUFFIXES, decode_image, header_size, sniff_format
 from lineside_inspect.names import NAME_RULE, Name, is_name
 
 if TYPE_CHECKING:
@@ -145,9 +145,16 @@ def _ext(data: bytes) -> Literal["jpg", "png", "bmp"]:
 
 def candidate(data: bytes, *, expected: Literal["pass", "fail"], boxes: list[GoldenBox] | None,
               source: str, reference: bytes | None = None) -> Candidate:
-    """An item from an encoded image (checked from its header: never a non-image)."""
+    """An item from an encoded image (decoded in full, as is its reference: a truncated
+    file is refused here, naming it, not when a gate replays the set)."""
     try:
         width, height = header_size(data)
+        decode_image(data)
+        if reference is not None:
+            try:
+                decode_image(reference)
+            except ImageError as exc:
+                raise GoldenSetError(f"{source}: its reference image: {exc.message}") from None
         ref = None if reference is None else (hashlib.sha256(reference).hexdigest(), _ext(reference))
         item = GoldenItem(sha256=hashlib.sha256(data).hexdigest(), ext=_ext(data), expected=expected,
                           boxes=boxes, width=width, height=height,
