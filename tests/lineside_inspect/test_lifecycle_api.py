@@ -213,6 +213,21 @@ def test_shadow_disagreements_reach_the_review_queue(launch: Callable[..., Runni
         actions = [e["action"] for e in rev.get("/v1/audit").json()["items"]]
         assert actions[:2] == ["shadow_stop", "shadow_start"]
 
+        # a shadowed version made active has nothing left to be compared with: its shadow
+        # stops, recorded (it showed as running while it compared nothing)
+        assert admin.post("/v1/models/deeppcb/shadow", json={"version": "jumpy"}).json()["running"]
+        assert admin.post("/v1/models/deeppcb/activate", json={"version": "jumpy"}).status_code == 200
+        s = rev.get("/v1/models/deeppcb/shadow").json()
+        assert not s["running"] and s["stopped_at"] and s["active_version"] == "jumpy"
+        stop = rev.get("/v1/audit").json()["items"][0]
+        assert (stop["action"], stop["version"]) == ("shadow_stop", "jumpy"), stop
+        assert "became the active version (activated by" in stop["reason"]
+        # rolled back to while it is shadowed: the same
+        assert admin.post("/v1/models/deeppcb/shadow", json={"version": "1"}).json()["running"]
+        assert admin.post("/v1/models/deeppcb/rollback").status_code == 200
+        assert not rev.get("/v1/models/deeppcb/shadow").json()["running"]
+        assert admin.delete("/v1/models/deeppcb/shadow").status_code == 404
+
 
 def test_a_promotion_past_its_bounds_rolls_back(launch: Callable[..., Running],
                                                 variants: Path) -> None:

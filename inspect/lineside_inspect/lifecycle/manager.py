@@ -279,9 +279,24 @@ class Lifecycle:
                 if previous is not None and self.registry.revert(model, version, previous):
                     self._sync_card_recipe(model, version, previous)
                 raise
+        self._shadow_now_active(model, version, actor=actor, how=f"{action}d by {actor}")
         if self.rollout is not None and action == "activate":
             self.rollout.stop(model, f"{actor} activated {version}")
         return {"forced": forced, "gate_report_id": None if gate is None else gate.id}
+
+    def _shadow_now_active(self, model: str, version: str, *, actor: str, how: str) -> None:
+        """A shadowed version that became the active one has nothing left to be compared
+        with: its shadow is stopped and recorded (it would go on showing as running while
+        it compared nothing)."""
+        runner = self.shadow
+        session = None if runner is None else runner.session(model)
+        if runner is None or session is None or session.version != version:
+            return
+        if runner.stop(model) is not session:
+            return  # stopped by someone else meanwhile
+        self.records.audit(actor=actor, action="shadow_stop", model=model, version=version,
+                           reason=f"{model} {version} became the active version ({how})",
+                           details={"run_id": session.run_id, **session.counts()})
 
     def first_version(self, det: Detector, *, actor: str) -> None:
         """Record that the first loaded version of a new model name became active (the
@@ -391,6 +406,7 @@ class Lifecycle:
             old = None if previous is None else previous.active
             self.records.audit(actor=actor, action="rollback", model=model, version=version,
                                reason=reason, details={"from": old, **self._pins_of(model, old)})
+            self._shadow_now_active(model, version, actor=actor, how=f"rolled back to by {actor}")
         if self.rollout is not None:
             self.rollout.stop(model, f"{actor} rolled back to {version} by hand")
         return version
@@ -499,6 +515,7 @@ class Lifecycle:
                            reason=why, details={"from": w.version, "promoted_by": w.actor,
                                                 "gate_report_id": w.gate_report_id,
                                                 **self._pins_of(w.model, w.version)})
+        self._shadow_now_active(w.model, w.previous, actor=SYSTEM, how="an automatic rollback")
         return True
 
     def alarm_changed(self, c: Change) -> None:
