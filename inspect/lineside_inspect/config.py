@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -134,7 +135,8 @@ class CameraConfig(BaseModel):
         "name registered in references_dir, or an image file"))
     mode: Literal["triggered", "continuous"] = "triggered"
     rate_hz: float = Field(2.0, gt=0, description="continuous mode: inspections per second")
-    fps: float = Field(10.0, gt=0, description="folder/file sources: playback rate")
+    fps: float | None = Field(None, gt=0, description=(
+        "folder/file sources: playback rate (default: a video file's own, 10 for a folder)"))
     loop: bool = True
     open_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(5.0, gt=0)
@@ -143,6 +145,15 @@ class CameraConfig(BaseModel):
     # before it (docs/line-integration.md), so there is no fallback to a recent one
     max_frame_age_s: float = Field(0.5, gt=0, description="no longer used: a trigger waits for "
                                    "a frame captured after it")
+
+    @field_validator("source")
+    @classmethod
+    def _source_given(cls, value: str) -> str:
+        # "" is the working folder as a folder camera (an unset variable in a config): it
+        # judged whatever images lay under it, searching it whole
+        if not value.strip():
+            raise ValueError("must not be empty: a device index, URL, pipeline, file or folder")
+        return value
 
 
 # bytes/s a body must average after its first body_timeout_s (min_body_rate, edge server
@@ -261,6 +272,19 @@ class Settings(BaseSettings):
         """The most places (``max_concurrency + max_queue``) one API key may hold."""
         share = self.max_places_per_key or max(self.max_concurrency, self.max_queue)
         return min(share, self.max_concurrency + self.max_queue)
+
+    @field_validator("cameras")
+    @classmethod
+    def _camera_ids_once(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        # a second camera of one id replaced the first unsaid, and moved every later
+        # camera's station block on the PLC (station n is the n-th camera)
+        seen: dict[str, int] = {}
+        for n, cam in enumerate(cameras):
+            if cam.id in seen:
+                raise ValueError(f"camera id {cam.id!r} is used twice (cameras.{seen[cam.id]} "
+                                 f"and cameras.{n}): each camera needs an id of its own")
+            seen[cam.id] = n
+        return cameras
 
     @model_validator(mode="after")
     def _gate_needs_store(self) -> Settings:

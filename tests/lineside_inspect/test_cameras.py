@@ -451,3 +451,55 @@ def test_the_golden_image_is_read_off_the_event_loop() -> None:
         service.cameras.stop()
         service.limiter.close()
     assert threads and all(name.startswith("inspect") for name in threads), threads
+
+
+def test_camera_ids_are_unique_and_a_source_is_never_empty() -> None:
+    """A repeated id replaced the first camera unsaid and moved every later station's
+    block on the PLC; an empty source made the working folder a camera."""
+    from pydantic import ValidationError
+
+    from lineside_inspect.config import Settings
+
+    cams = [{"id": "press", "source": "a"}, {"id": "oven", "source": "b"},
+            {"id": "press", "source": "c"}]
+    with pytest.raises(ValidationError, match=r"camera id 'press' is used twice \(cameras.0 and cameras.2\)"):
+        Settings(cameras=cams)
+    with pytest.raises(ValidationError, match=r"cameras.0.source\n.*must not be empty"):
+        Settings(cameras=[{"id": "a", "source": " "}])
+    with pytest.raises(Exception, match="must not be empty"):
+        make_source("", open_timeout_s=1, read_timeout_s=1, loop=True, fps=None)
+
+
+def test_a_folder_camera_skips_a_file_it_cannot_read(tmp_path: Path) -> None:
+    """An unreadable image ended the source; the reopen began at the first image again,
+    so the images after it never showed."""
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        cv2.imwrite(str(tmp_path / name), counter_frame(i))
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    source = make_source(str(tmp_path), open_timeout_s=1, read_timeout_s=1, loop=True, fps=1000.0)
+    source.open()
+    seen = [source.read() for _ in range(4)]
+    assert all(s is not None for s in seen)
+    expected = [counter_frame(i) for i in (0, 2, 0, 2)]
+    assert all(np.abs(s.astype(int) - e).mean() < 8 for s, e in zip(seen, expected, strict=True))
+    (tmp_path / "a.png").write_bytes(b"")  # none readable any more: the source ends
+    (tmp_path / "c.png").write_bytes(b"")
+    assert source.read() is None
+
+
+def test_a_source_that_opens_and_fails_at_once_backs_off_more_each_time(tmp_path: Path) -> None:
+    """The count of failed attempts went back to 0 on every successful open, so a stream
+    dropped right after connecting was retried every 0.1-0.2 s forever."""
+    (tmp_path / "only.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # opens, reads nothing
+    w = CameraWorker("cam", lambda: make_source(str(tmp_path), open_timeout_s=1, read_timeout_s=1,
+                                                loop=True, fps=1000.0),
+                     backoff_base_s=0.01, backoff_max_s=5.0)
+    attempts: list[int] = []
+    backoff = w._backoff
+    w._backoff = lambda attempt: (attempts.append(attempt), backoff(min(attempt, 2)))  # type: ignore[method-assign]
+    w.start()
+    try:
+        assert _wait(lambda: len(attempts) >= 4)
+    finally:
+        w.stop()
+    assert attempts[:4] == [1, 2, 3, 4], attempts

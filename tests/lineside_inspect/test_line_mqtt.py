@@ -519,6 +519,10 @@ def test_mqtt_settings_are_checked(tmp_path: Path) -> None:
         MqttConfig(url="mqtt://broker", topic_prefix="plant/#")
     with pytest.raises(ValueError, match="needs an mqtts"):
         MqttConfig(url="mqtt://broker", ca_file=__file__)
+    with pytest.raises(ValueError, match="has port 0"):  # it meant 1883, unsaid
+        MqttConfig(url="mqtt://broker:0")
+    with pytest.raises(ValueError, match="keep_delivered_s"):  # never purged
+        MqttConfig(url="mqtt://broker", keep_delivered_s=float("inf"))
     cfg = MqttConfig(url="mqtts://broker", password="hunter2")
     assert (cfg.host, cfg.port, cfg.tls) == ("broker", 8883, True)
     assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.model_dump())

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from asyncua import Client, ua
+from pydantic import ValidationError
 from pymodbus.client import AsyncModbusTcpClient
 
 from lineside_inspect.cameras.simulator import MJPEGSimulator, counter_frame, folder_frames
@@ -1094,13 +1095,20 @@ def _one_camera_two_recipes(tmp_path: Path, line: LineSettings,
         store=False, line=line, **more)
 
 
-def test_a_modbus_recipe_table_in_the_config_holds_whatever_the_api_puts(tmp_path: Path) -> None:
+def test_a_modbus_recipe_table_in_the_config_holds_whatever_the_api_puts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The recipe index counted the server's recipes in load order, which moves with
     recipes put or dropped over the API (and a saved one left out at start): a PLC's index
     could come to name another recipe. ``modbus.recipes`` fixes the table."""
+    with pytest.raises(ValidationError, match=r"recipe 'a' is in the table twice \(index 0 and 2\)"):
+        ModbusConfig(recipes=["a", "b", "a"])  # the PLC writing 2 read back 0: "refused"
     sim, settings = _one_camera_two_recipes(tmp_path, LineSettings(modbus=ModbusConfig(
         port=0, recipes=["lenient", "spare", "deeppcb"])))
-    srv, stop = start_server(settings)
+    with caplog.at_level("WARNING", logger="lineside.line"):
+        srv, stop = start_server(settings)
+    # a table entry not loaded (yet): said at start, not only as ErrorCode 6 on the line
+    assert any("line.modbus.recipes: not loaded now" in r.getMessage() and "1: spare" in r.getMessage()
+               for r in caplog.records), caplog.records
     try:
         plc = srv.app.state.line_plc
         port = next(a for a in plc.adapters if a.name == "Modbus TCP").port

@@ -230,7 +230,11 @@ def test_camera_health_hides_url_passwords(served: tuple[Running, dict[str, Any]
         assert door["source"] == "rtsp://viewer:***@127.0.0.1:9/live"
         stats = c.get("/v1/stats")
     assert stats.status_code == 200 and stats.json()["cameras"]
-    for text in (json.dumps(health), stats.text):
+    # a trigger's 503 quoted the open error unmasked (and the PLC logged it so)
+    with srv.client("line") as c:
+        trigger = c.post("/v1/cameras/door/trigger")
+    assert trigger.status_code == 503 and "viewer:***@127.0.0.1" in trigger.text, trigger.text
+    for text in (json.dumps(health), stats.text, trigger.text):
         assert PASSWORD not in text
 
 
@@ -252,6 +256,10 @@ def test_inspect_documents_its_query_parameters(served: tuple[Running, dict[str,
     ("rtsp://u:sec/ret@cam", "rtsp://u:***@cam"),  # a raw '/': it was shown whole
     ("rtspsrc location=rtsp://a:b@cam/s ! decodebin", "rtspsrc location=rtsp://a:***@cam/s ! decodebin"),
     ("rtsp://admin@site:secret@10.0.0.5/stream", "rtsp://admin@site:***@10.0.0.5/stream"),
+    ("rtsp://admin:pa ss@cam/s", "rtsp://admin:***@cam/s"),  # a space: it was shown whole
+    ("http://cam/v.cgi?user=admin&pwd=S3cret&x=1", "http://cam/v.cgi?user=admin&pwd=***&x=1"),
+    ("http://cam/snap?Password=a;token=b", "http://cam/snap?Password=***;token=***"),
+    ("http://cam/video.mjpg?resolution=640", "http://cam/video.mjpg?resolution=640"),
     ("rtsp://cam/live", "rtsp://cam/live"),
     ("rtsp://cam:554/live", "rtsp://cam:554/live"),
 ])

@@ -75,7 +75,8 @@ class OpenCVSource:
 
 
 class FolderSource:
-    """A simulated camera: the images of a folder in name order, at ``fps``, looped."""
+    """A simulated camera: the images of a folder in name order, at ``fps``, looped
+    (files it cannot read skipped)."""
 
     def __init__(self, folder: str | Path, *, fps: float = 10.0, loop: bool = True) -> None:
         self.folder = Path(folder)
@@ -93,28 +94,39 @@ class FolderSource:
         self._next = time.monotonic()
 
     def read(self) -> np.ndarray | None:
-        if self.index >= len(self.files):
-            if not self.loop:
-                return None
-            self.index = 0
+        """The next readable image; None once the folder is played (not looping) or holds
+        none readable. An unreadable file is skipped: it ended the source, and the reopen
+        started at the first image again, so the images after it never showed."""
         self._next += 1.0 / self.fps
         delay = self._next - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        path = self.files[self.index]
-        self.index += 1
-        try:
-            return read_image(path)
-        except ImageError:
-            return None
+        for _ in range(len(self.files)):
+            if self.index >= len(self.files):
+                if not self.loop:
+                    return None
+                self.index = 0
+            path = self.files[self.index]
+            self.index += 1
+            try:
+                return read_image(path)
+            except (ImageError, OSError):  # a file removed or damaged since the listing
+                continue
+        return None
 
     def close(self) -> None:
         self.files = []
 
 
+FOLDER_FPS = 10.0  # a folder camera's rate when none is configured
+
+
 def make_source(source: str, *, open_timeout_s: float, read_timeout_s: float, loop: bool,
-                fps: float) -> FrameSource:
+                fps: float | None) -> FrameSource:
+    """``fps`` None: a video file plays at its own rate, a folder at :data:`FOLDER_FPS`."""
+    if not source.strip():  # Path("") is the working folder: never a camera
+        raise ImageError("a camera's source must not be empty")
     if Path(source).is_dir():
-        return FolderSource(source, fps=fps, loop=loop)
+        return FolderSource(source, fps=fps or FOLDER_FPS, loop=loop)
     return OpenCVSource(source, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
                         loop=loop, fps=fps if Path(source).is_file() else None)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.cameras.sources import FrameSource
+from lineside_inspect.redact import hide_secrets
 
 
 @dataclass
@@ -139,12 +140,17 @@ class CameraWorker:
             self.state = "online"
             if attempt:
                 self.reconnects += 1
-            attempt = 0
+            opened = time.monotonic()
             reason = self._read_loop(source)
             source.close()
             self._source = None
             if self._stop.is_set():
                 break
+            if time.monotonic() - opened >= self.backoff_max_s:
+                # a healthy spell starts the count afresh; a source that opens and fails at
+                # once (a stream dropped right after connecting) backs off as one that
+                # cannot open, not every 0.1-0.2 s forever
+                attempt = 0
             self._failed(reason)
             attempt += 1
             self._backoff(attempt)
@@ -177,7 +183,9 @@ class CameraWorker:
 
     def _failed(self, reason: str) -> None:
         self.state = "offline"
-        self.last_error = reason
+        # an open error quotes the source: its password never leaves here (a 503's body,
+        # the PLC's log, the retained MQTT camera state)
+        self.last_error = hide_secrets(reason)
 
     def _backoff(self, attempt: int) -> None:
         delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))

@@ -92,6 +92,19 @@ class ModbusConfig(_Section):
     open_to_network: bool = Field(False, description=(
         "allow a non-loopback host: only on a segregated line network, Modbus has no authentication"))
 
+    @field_validator("recipes")
+    @classmethod
+    def _each_recipe_once(cls, value: list[str] | None) -> list[str] | None:
+        # a name twice gave it two indexes, and a PLC writing the second read back the first
+        # (its check that the switch was accepted then failed)
+        seen: dict[str, int] = {}
+        for i, name in enumerate(value or []):
+            if name in seen:
+                raise ValueError(f"recipe {name!r} is in the table twice (index {seen[name]} "
+                                 f"and {i}): each recipe needs one index")
+            seen[name] = i
+        return value
+
     @model_validator(mode="after")
     def _loopback_unless_opened(self) -> ModbusConfig:
         if not is_loopback(self.host) and not self.open_to_network:
@@ -131,7 +144,7 @@ class MqttConfig(_Section):
     max_inflight: int = Field(8, ge=1, le=1000, description=(
         "events sent and not yet acknowledged; after a lost connection these few are sent "
         "again (QoS 1: at least once), so 1 means at most one duplicate per outage"))
-    keep_delivered_s: float = Field(600.0, ge=0, description=(
+    keep_delivered_s: float = Field(600.0, ge=0, le=30 * 86400, description=(
         "delivered events stay in the outbox this long (for inspection), then are purged"))
 
     @field_validator("url")
@@ -146,9 +159,11 @@ class MqttConfig(_Section):
                 or parts.fragment:
             raise ValueError("must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
         try:
-            parts.port  # noqa: B018 - parses the port (raises on a bad one)
+            port = parts.port
         except ValueError:
             raise ValueError("has an invalid port") from None
+        if port == 0:  # it meant the default port, unsaid
+            raise ValueError("has port 0: give the broker's port, or none for the default")
         return value
 
     @field_validator("topic_prefix")

@@ -119,6 +119,13 @@ class PlcLine:
                 check_recipe=functools.partial(self.check_recipe, cid))
             self._locks[cid] = asyncio.Lock()
         cameras.plc_recipe = self._plc_recipe
+        table = None if self.settings.modbus is None else self.settings.modbus.recipes
+        loaded = set(self.recipe_names())
+        if missing := [f"{i}: {n}" for i, n in enumerate(table or []) if n not in loaded]:
+            # may still come (a fleet box's first pull, the admin API); a typo would only
+            # show as ErrorCode 6 on the line
+            log.warning("line.modbus.recipes: not loaded now (a switch to them is refused "
+                        "with ErrorCode 6 until they are): %s", ", ".join(missing))
         started: list[TagAdapter] = []
         try:
             for adapter in self.adapters:

@@ -13,7 +13,6 @@ server answers a validation error in its own shape too).
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -22,6 +21,7 @@ from starlette.responses import Response
 
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.recipes import Recipe
+from lineside_inspect.redact import hide_secrets
 from lineside_inspect.schemas import Outcome
 
 
@@ -162,12 +162,6 @@ class StoredReference(_Shape):
 
 
 # -- cameras and the dashboard ----------------------------------------------------------
-# user:password@ of a URL anywhere in a source (a GStreamer pipeline holds one inside);
-# the password runs to the URL's last '@' (a raw '@' or '/' in it was shown): hiding too
-# much of an odd URL is the safe way to err
-_CREDENTIALS = re.compile(r"(://[^/:\s]*):\S*@")  # the user may hold an '@' too
-
-
 class CameraHealth(_Shape):
     id: str
     state: Literal["starting", "online", "stale", "offline", "stopped"] = Field(description=(
@@ -192,7 +186,7 @@ class CameraHealth(_Shape):
     def _hide_password(cls, value: str | None) -> str | None:
         # reviewers may read camera health; the camera's password is not theirs to read
         # (an open error quotes the source)
-        return None if value is None else _CREDENTIALS.sub(r"\1:***@", value)
+        return None if value is None else hide_secrets(value)
 
 
 class Figure(_Shape):
