@@ -11,10 +11,11 @@ from typing import Any
 
 import httpx
 
-from lineside_inspect.errors import HubUnavailable
+from lineside_inspect.errors import HubRefused, HubUnavailable
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.box.forward import Forwarder, forward_events
 from lineside_inspect.fleet.config import FleetSettings
+from lineside_inspect.references import Reference
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.store import Store
 
@@ -64,3 +65,74 @@ def test_a_box_on_a_slow_uplink_halves_its_batch_until_it_goes_through(
         finally:
             hub_client.close()
             store.close()
+
+
+def test_a_batch_over_the_hubs_body_limit_is_halved_and_one_alone_goes_without_images(
+        tmp_path: Path, weed: Any) -> None:
+    """A 413 was taken as a refusal for good: the same batch went again and again, and
+    every later inspection waited behind it (a large golden image sent with each item,
+    and not counted in the batch's image budget, made it likely)."""
+    detector = Detector(MODEL, device="cpu", threads=1)
+    image = len(_inspection(detector).raw)
+    # two inspections (image + reference, base64) fit, four do not; then one alone does not
+    settings = hub_settings(tmp_path, weed.settings("fleet-too-large"),
+                            max_body_bytes=int(image * 2 * 4 / 3 * 2.6))
+    store = Store(tmp_path / "box", pass_rate=1.0, box_id="box1")
+    store.event_makers.append(forward_events)
+    with ServedHub(settings) as hub:
+        fleet = FleetSettings(hub_url=hub.url, token=KEYS["box1"], timeout_s=30,  # type: ignore[arg-type]
+                              forward_batch=4)
+        hub_client = HubClient(fleet, "box1")
+        try:
+            made = [_inspection(detector) for _ in range(4)]
+            for inspection in made:
+                inspection.reference = Reference.from_bytes("gold", inspection.raw)
+                assert store.save(inspection)
+            store.flush()
+            forwarder = Forwarder(store, hub_client, fleet)
+            refused = _rounds(forwarder)
+            assert refused and all("413" in r for r in refused), refused
+            assert forwarder.batch == 2 and not forwarder.outbox.pending()
+            for inspection in made:  # every one arrived, with its images
+                row = hub.store.get(inspection.id)
+                assert row.box_id == "box1" and row.image_path and row.reference_path
+        finally:
+            hub_client.close()
+            store.close()
+    # a hub that cannot take even one of them: it goes without its images, the rest follow
+    (tmp_path / "small").mkdir()
+    settings = hub_settings(tmp_path / "small", weed.settings("fleet-too-large-2"),
+                            max_body_bytes=int(image * 4 / 3 * 0.9))
+    store = Store(tmp_path / "box2", pass_rate=1.0, box_id="box1")
+    store.event_makers.append(forward_events)
+    with ServedHub(settings) as hub:
+        fleet = FleetSettings(hub_url=hub.url, token=KEYS["box1"], timeout_s=30,  # type: ignore[arg-type]
+                              forward_batch=1)
+        hub_client = HubClient(fleet, "box1")
+        try:
+            made = [_inspection(detector) for _ in range(2)]
+            for inspection in made:
+                assert store.save(inspection)
+            store.flush()
+            forwarder = Forwarder(store, hub_client, fleet)
+            refused = _rounds(forwarder)
+            assert len(refused) == 2 and not forwarder.outbox.pending(), refused
+            for inspection in made:
+                row = hub.store.get(inspection.id)
+                assert row.box_id == "box1" and not row.image_path
+        finally:
+            hub_client.close()
+            store.close()
+
+
+def _rounds(forwarder: Forwarder) -> list[str]:
+    """Forward until nothing is pending (at most 20 rounds); the failures met."""
+    failures = []
+    for _ in range(20):
+        if not forwarder.outbox.pending():
+            break
+        try:
+            forwarder.forward_once()
+        except (HubUnavailable, HubRefused) as exc:
+            failures.append(str(exc))
+    return failures

@@ -44,6 +44,10 @@ class HubCutBody(HubUnavailable):
     ``min_body_rate``), or the connection broke while the body was being sent."""
 
 
+class HubBodyTooLarge(HubCutBody):
+    """The hub answered 413: the request's body is over its ``max_body_bytes``."""
+
+
 class HubClient:
     """Talks to ``settings.hub_url`` as box ``box_id``. Thread-safe (httpx.Client is);
     :meth:`close` ends its connections."""
@@ -91,6 +95,8 @@ class HubClient:
                                          _read_at_most(resp, ERROR_BYTES))
                     if resp.status_code == 408:
                         raise HubCutBody(f"hub {self.base_url} answered 408: {detail}")
+                    if resp.status_code == 413:  # smaller may go: not a refusal for good
+                        raise HubBodyTooLarge(f"hub {self.base_url} answered 413: {detail}")
                     if resp.status_code >= 500 or resp.status_code == 429:
                         raise HubUnavailable(f"hub {self.base_url} answered "
                                              f"{resp.status_code}: {detail}")

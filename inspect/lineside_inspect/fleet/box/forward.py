@@ -9,9 +9,11 @@ delivered only what the hub's ``ForwardAck.through_seq`` covers. Whatever is uns
 sent again: the hub skips what it holds (by its per-box cursor and by inspection id).
 
 A batch the hub cuts off (408: the box's uplink is slower than the hub's
-``min_body_rate``; ``HubCutBody``) is sent again at half its size, down to one
-inspection; the size grows back, doubling after ``GROW_AFTER`` batches in a row went
-through, up to ``forward_batch``.
+``min_body_rate``; ``HubCutBody``) or finds too large (413: over its ``max_body_bytes``)
+is sent again at half its size, down to one inspection; the size grows back, doubling
+after ``GROW_AFTER`` batches in a row went through, up to ``forward_batch``. One
+inspection still too large for the hub goes without its images (logged and counted):
+sent again as it was, it would hold up every later one for good.
 
 While the hub is unreachable the backlog grows (bounded by local retention, which keeps
 unforwarded rows: ``Store.enforce_retention``) and the thread backs off; nothing on the
@@ -33,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from lineside_inspect.errors import HubRefused, NotFoundError
-from lineside_inspect.fleet.box.client import HubClient, HubCutBody
+from lineside_inspect.fleet.box.client import HubBodyTooLarge, HubClient, HubCutBody
 from lineside_inspect.fleet.box.periodic import HubTask, PeriodicHubTask
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch, ForwardedInspection
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lineside.fleet")
 CHANNEL = "fleet"  # the outbox channel; an event's topic is its inspection id
-MAX_BATCH_IMAGE_BYTES = 8 * 1024 * 1024  # images per request (base64 adds a third)
+MAX_BATCH_IMAGE_BYTES = 8 * 1024 * 1024  # images and references per request (base64 adds a third)
 PURGE_EVERY_S = 60.0
 KEEP_DELIVERED_S = 3600.0
 GROW_AFTER = 8  # batches through in a row before the batch size doubles again
@@ -70,8 +72,8 @@ class FleetMetrics:
         self.forwarded = Counter("lineside_fleet_forwarded", "Inspections the hub acknowledged",
                                  registry=r)
         self.errors = Counter("lineside_fleet_errors", "Forwarding failures by kind "
-                              "(hub_unavailable, hub_refused, image_missing, record_missing, "
-                              "internal)", ["kind"], registry=r)
+                              "(hub_unavailable, hub_refused, image_missing, image_too_large, "
+                              "record_missing, internal)", ["kind"], registry=r)
         self.dropped = Counter("lineside_fleet_dropped_unforwarded", "Images the disk quota "
                                "removed before they were forwarded (their records still go)",
                                registry=r)
@@ -92,6 +94,7 @@ class Forwarder(HubTask):
         self._dropped_seen = store.dropped_unforwarded
         self.forwarded = 0
         self.batch = settings.forward_batch  # halved when the hub cuts a body off
+        self._bare: set[int] = set()  # seqs to send without images: alone, still too large
         self._through_in_a_row = 0
         self._last_purge = time.monotonic()
         # backoff: from half the poll interval up to ten of them (1-30 s)
@@ -139,8 +142,18 @@ class Forwarder(HubTask):
             try:
                 ack = self.client.post(self.client.path(FORWARD), ForwardBatch(items=items),
                                        ForwardAck)
+            except HubBodyTooLarge:
+                if len(items) == 1 and items[0].seq not in self._bare:
+                    self._bare.add(items[0].seq)
+                    self._count("image_too_large")
+                    log.warning("fleet: inspection %s with its images is over the hub's "
+                                "max_body_bytes on its own: its record goes without them",
+                                items[0].id)
+                else:
+                    self._shrink(len(items), "too large for the hub")
+                raise
             except HubCutBody:
-                self._shrink(len(items))
+                self._shrink(len(items), "cut off by the hub (a slow uplink?)")
                 raise
             self._grow()
             # the hub answers its cursor, which may be ahead of this batch (a restored
@@ -151,6 +164,7 @@ class Forwarder(HubTask):
         full = not items or through >= items[-1].seq
         done = [e.id for e in pending if e.id <= through or (full and e.id in missing)]
         self.outbox.mark_delivered(done)
+        self._bare.difference_update(done)
         n = sum(1 for e in pending if e.id <= through and e.id not in missing)
         self.forwarded += n
         if self.metrics is not None:
@@ -160,18 +174,18 @@ class Forwarder(HubTask):
             raise HubRefused(f"hub acknowledged through seq {through} of {items[-1].seq}")
         return len(done)
 
-    def _shrink(self, sent: int) -> None:
-        """The hub cut a body of ``sent`` inspections off: half as many next time. The
-        same size again would be cut again, for good, on a link slower than the hub's
-        ``min_body_rate``."""
+    def _shrink(self, sent: int, why: str) -> None:
+        """The hub cut a body of ``sent`` inspections off, or found it too large: half as
+        many next time. The same size again would fail again, for good (a link slower
+        than the hub's ``min_body_rate``, a body over its ``max_body_bytes``)."""
         self._through_in_a_row = 0
         if sent <= 1:
             log.warning("fleet: the hub cut off a batch of one inspection: this box's uplink "
                         "is slower than the hub's min_body_rate allows for it (lower it)")
             return
         self.batch = max(1, sent // 2)
-        log.warning("fleet: the hub cut off a batch of %d inspections (a slow uplink?): "
-                    "sending %d at a time", sent, self.batch)
+        log.warning("fleet: a batch of %d inspections was %s: sending %d at a time", sent,
+                    why, self.batch)
 
     def _grow(self) -> None:
         self._through_in_a_row += 1
@@ -207,15 +221,16 @@ class Forwarder(HubTask):
     def _item(self, seq: int, row: InspectionRow) -> tuple[ForwardedInspection, int]:
         record = self.store.record(row).model_dump(mode="json", exclude={"reviews"})
         image = ref = None
-        if row.image_path:
+        if row.image_path and seq not in self._bare:
             image = self._read(row, "image")
-        if row.reference_path:
+        if row.reference_path and seq not in self._bare:
             ref = self._read(row, "reference")
         item = ForwardedInspection(
             seq=seq, id=row.id, site=row.site, line=row.line, record=record,
             image_b64=_b64(image), image_ext=image[1] if image else None,
             reference_b64=_b64(ref), reference_ext=ref[1] if ref else None)
-        return item, len(image[0]) if image else 0
+        # the reference goes with every item: a large golden image alone filled a body
+        return item, (len(image[0]) if image else 0) + (len(ref[0]) if ref else 0)
 
     def _read(self, row: InspectionRow, what: str) -> tuple[bytes, str] | None:
         """The image's bytes and ext ("jpg" or "png"); None when it is gone."""
