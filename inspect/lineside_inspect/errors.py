@@ -178,6 +178,15 @@ class ReviewError(ConfigError):
     status = 422
 
 
+class RecordError(ConfigError):
+    """A forwarded inspection the fleet hub will not store (a field out of range, an
+    image that is not what its record says). A ConfigError still, for whoever catches
+    those; its own code, so a box's log does not read as a fault of the hub's settings."""
+
+    code = "invalid_record"
+    status = 422
+
+
 class MissingExtraError(LinesideError):
     """A command needs an optional dependency group that is not installed."""
 

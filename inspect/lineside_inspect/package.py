@@ -109,7 +109,9 @@ class ModelCard(BaseModel):
         "detector: boxes, scores, labels; anomaly: a good-only model's anomaly map and image "
         "score (outputs anomaly_map, score; an anomaly section)"))
     name: Name
-    version: Name
+    # 64, not a name's 128: every inspection stores it (the store's and the fleet hub's
+    # column), and a longer one stopped a box's forwarding for good at the hub
+    version: Name = Field(max_length=64)
     class_names: list[str] = Field(..., min_length=1)
     input: InputSpec
     outputs: list[str] = Field(default_factory=lambda: list(OUTPUT_NAMES))

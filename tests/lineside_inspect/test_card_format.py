@@ -53,3 +53,12 @@ def test_a_threshold_that_is_not_a_score_is_refused(tmp_path: Path, value: float
 def test_an_unknown_field_in_this_format_is_still_named(tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="verdict_rule"):
         load_package(_package(tmp_path, verdict_rule="typo"))
+
+
+def test_a_version_is_at_most_64_characters(tmp_path: Path) -> None:
+    """Every inspection stores its model's version in a 64-character column (the box's
+    store and the fleet hub's): a 74-character version loaded, and the hub refused every
+    forward from then on."""
+    assert load_package(_package(tmp_path / "a", version="v" * 64)).card.version == "v" * 64
+    with pytest.raises(PackageError, match="version: String should have at most 64 characters"):
+        load_package(_package(tmp_path / "b", version="v" * 65))

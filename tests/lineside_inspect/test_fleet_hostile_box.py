@@ -175,6 +175,17 @@ def test_hostile_values_are_422s_naming_the_field(hub: ServedHub) -> None:
             2, defects=[{"label": "zzz", "score": 0.5, "box": [1, 2, 3, 4]}]),
         "record.defects.0.box is not inside the 64x48 image": _forwarded(
             2, defects=[{"label": "short", "score": 0.5, "box": [1e300, -1e300, 1e300, 1]}]),
+        # 400,000 defects of 400,000 classes took minutes to check (a list looked up per
+        # defect), and every review page listing the record half a gigabyte
+        "record.defects has 10001 entries, over the 10000 a record may carry": _forwarded(
+            2, defects=[{"label": "short", "score": 0.5, "box": [1, 2, 3, 4]}] * 10_001),
+        "record.class_names has 1001 entries, over the 1000": _forwarded(
+            2, class_names=[f"c{i}" for i in range(1001)]),
+        "record.class_names.1 is over 128 characters": _forwarded(
+            2, class_names=["short", "x" * 129]),
+        "record.reasons has 1001 entries": _forwarded(
+            2, reasons=[{"rule": "critical", "label": "short", "count": 1, "allowed": 0,
+                         "message": "x"}] * 1001),
     }
     for message, item in bad_forwards.items():
         r = _post(hub, "box1", "inspections", {"items": [item]})

@@ -48,6 +48,18 @@ def test_keys_are_full_matched(key: str) -> None:
         check_key(key)
 
 
+def test_an_image_key_keeps_its_day_layout_for_any_year() -> None:
+    """A record dated before year 1000 gave images/box1/1-01-01/...: %Y does not pad."""
+    from datetime import UTC, datetime
+
+    from lineside_inspect.fleet.hub.images import image_key
+
+    iid = "0" * 32
+    for year, day in ((1, "0001-01-01"), (999, "0999-02-03"), (2026, "2026-02-03")):
+        when = datetime(year, 1 if year == 1 else 2, 1 if year == 1 else 3, tzinfo=UTC)
+        assert image_key("box1", when, iid, "jpg") == f"images/box1/{day}/{iid}.jpg"
+
+
 def test_a_port_taken_before_weed_binds_it_is_picked_again(tmp_path: Path) -> None:
     """Its nine ports differ (one at a time, the OS handed the same port out twice and
     weed died on its second bind). One taken by another process between the pick and

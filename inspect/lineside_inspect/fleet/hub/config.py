@@ -45,8 +45,9 @@ class HubSettings(BaseSettings):
     max_json_bytes: int = Field(1024 * 1024, gt=0, description=(
         "every other route's body (review batches, status reports, sign-ins)"))
     max_forward_bodies: int = Field(4, ge=1, description=(
-        "forwarded batches read and applied at once (each up to max_body_bytes): beyond, "
-        "503 + Retry-After before the body is read, and the box retries"))
+        "forwarded batches read and applied at once (each up to max_body_bytes, about 4x "
+        "that in memory at peak while parsed): beyond, 503 + Retry-After before the body "
+        "is read, and the box retries"))
     body_timeout_s: float = Field(30.0, gt=0, description=(
         "longest wait for the next part of a request body; see also min_body_rate"))
     min_body_rate: float = Field(MIN_BODY_RATE, ge=0, description=(

@@ -12,8 +12,9 @@ pure-ASGI middleware runs before the gate, for every request with a body under
 - the forward route (``protocol.FORWARD``) holds one of ``max_forward_bodies`` places for
   the whole request (the server's :class:`~lineside_inspect.server.limiter.Limiter`
   admission): beyond, 503 + Retry-After at once, the body unread. So the memory forwarded
-  batches can take is ``max_forward_bodies x max_body_bytes``, by configuration, however
-  many connections box keys open;
+  batches can take is ``max_forward_bodies x max_body_bytes`` as received (about 4 times
+  that at peak while parsed and decoded), by configuration, however many connections box
+  keys open;
 - a box has one forwarded body in the hub at a time (its forwarder sends one batch after
   another): a second one while the first is read or applied is 429
   ``forward_in_progress`` + Retry-After, the body unread; and one review batch

@@ -27,7 +27,10 @@ CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png"}
 def image_key(box_id: str, created_at: datetime, inspection_id: str, ext: str) -> str:
     if not (_BOX.fullmatch(box_id) and _ID.fullmatch(inspection_id) and _EXT.fullmatch(ext)):
         raise ValueError("not an image key's parts")
-    return f"images/{box_id}/{created_at.strftime('%Y-%m-%d')}/{inspection_id}.{ext}"
+    # the year always 4 digits: strftime's %Y gives "1" and "999" for years before 1000
+    # (a box's record may be dated so), keys outside the yyyy-mm-dd layout
+    day = f"{created_at.year:04d}-{created_at.month:02d}-{created_at.day:02d}"
+    return f"images/{box_id}/{day}/{inspection_id}.{ext}"
 
 
 def reference_key(sha256: str, ext: str) -> str:

@@ -51,6 +51,7 @@ from lineside_inspect.errors import (
     InspectionIdTaken,
     LinesideError,
     NotFoundError,
+    RecordError,
     SequenceBehind,
 )
 from lineside_inspect.fleet.hub.config import HubSettings
@@ -82,6 +83,10 @@ PUT_THREADS = 4
 # column widths of InspectionRow: a longer value is refused (422), never a database error
 _WIDTHS = {"camera_id": 128, "part_id": 256, "recipe_name": 128, "recipe_version": 64,
            "model_name": 128, "model_version": 64, "model_sha256": 64, "reference_name": 128}
+# a record's lists: far over any model's (a card's max_detections is 100 by default)
+MAX_DEFECTS = 10_000
+MAX_CLASSES = 1_000
+MAX_REASONS = 1_000
 _MAGIC = {"jpg": (b"\xff\xd8",), "png": (b"\x89PNG\r\n\x1a\n",)}
 
 
@@ -115,11 +120,11 @@ class Ingest:
         items = sorted(batch.items, key=lambda i: i.seq)
         seqs = [i.seq for i in items]
         if len(set(seqs)) != len(seqs):
-            raise ConfigError("a batch must not repeat a seq")
+            raise RecordError("a batch must not repeat a seq")
         ids = [i.id for i in items]
         twice = next((iid for iid, n in collections.Counter(ids).items() if n > 1), None)
         if twice is not None:  # else the database's unique key refused it as "busy"
-            raise ConfigError(f"a batch must not repeat an inspection id: {twice} is sent "
+            raise RecordError(f"a batch must not repeat an inspection id: {twice} is sent "
                               f"under seq {', '.join(str(i.seq) for i in items if i.id == twice)}")
         now = datetime.now(UTC)
         rows = {i.seq: _row(box_id, i, now) for i in items}  # each checked before any write
@@ -227,15 +232,15 @@ def _decode(b64: str, ext: str | None, what: str, seq: int) -> tuple[bytes, int,
     try:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigError(f"item seq {seq}: {what}_b64 is not base64") from None
+        raise RecordError(f"item seq {seq}: {what}_b64 is not base64") from None
     if not data or ext is None or not data.startswith(_MAGIC[ext]):
-        raise ConfigError(f"item seq {seq}: {what}_b64 is not a {ext or '(no image_ext)'} image")
+        raise RecordError(f"item seq {seq}: {what}_b64 is not a {ext or '(no image_ext)'} image")
     try:
         width, height = header_size(data)
     except ImageError as exc:
-        raise ConfigError(f"item seq {seq}: {what}_b64: {exc.message}") from None
+        raise RecordError(f"item seq {seq}: {what}_b64: {exc.message}") from None
     if width * height > MAX_IMAGE_PIXELS:
-        raise ConfigError(f"item seq {seq}: {what}_b64 is {width}x{height}, over the "
+        raise RecordError(f"item seq {seq}: {what}_b64 is {width}x{height}, over the "
                           f"{MAX_IMAGE_PIXELS} pixels an image may have")
     return data, width, height
 
@@ -286,22 +291,22 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
     if bad is not None:
         # NaN or infinity cannot be answered as JSON (every listing with the row would be a
         # 500) and an integer past 32 bits is a database error: refused here, as a 422
-        raise ConfigError(f"item seq {item.seq}: record.{bad}: not a finite number in range")
+        raise RecordError(f"item seq {item.seq}: record.{bad}: not a finite number in range")
     try:
         rec = StoredInspection.model_validate({**record, "reviews": []})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"item seq {item.seq}: record.{where}: {first['msg']}") from None
+        raise RecordError(f"item seq {item.seq}: record.{where}: {first['msg']}") from None
     if rec.id != item.id:
-        raise ConfigError(f"item seq {item.seq}: record id {rec.id} is not the item's id {item.id}")
+        raise RecordError(f"item seq {item.seq}: record id {rec.id} is not the item's id {item.id}")
     if (item.image_b64 is None) != (item.image_ext is None) \
             or (item.reference_b64 is None) != (item.reference_ext is None):
-        raise ConfigError(f"item seq {item.seq}: an image needs its ext, and an ext its image")
+        raise RecordError(f"item seq {item.seq}: an image needs its ext, and an ext its image")
     try:
         created = as_utc(rec.created_at)
     except OverflowError:  # 0001-01-01T00:00+05:00 is before year 1 in UTC
-        raise ConfigError(f"item seq {item.seq}: record.created_at: out of range once taken "
+        raise RecordError(f"item seq {item.seq}: record.created_at: out of range once taken "
                           "to UTC") from None
     now = now or datetime.now(UTC)
     if created > now + MAX_CLOCK_AHEAD:
@@ -309,7 +314,7 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
                     "stored at the hub's time", box_id, rec.id, created.isoformat())
         created = now
     if rec.width * rec.height > MAX_IMAGE_PIXELS or min(rec.width, rec.height) < 1:
-        raise ConfigError(f"item seq {item.seq}: record size {rec.width}x{rec.height} is not "
+        raise RecordError(f"item seq {item.seq}: record size {rec.width}x{rec.height} is not "
                           f"an image of 1 to {MAX_IMAGE_PIXELS} pixels")
     _check_defects(item.seq, rec)
     ref = rec.reference
@@ -321,7 +326,7 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
     if item.image_b64 is not None:
         image, width, height = _decode(item.image_b64, item.image_ext, "image", item.seq)
         if (width, height) != (rec.width, rec.height):
-            raise ConfigError(f"item seq {item.seq}: image_b64 is {width}x{height}, the record "
+            raise RecordError(f"item seq {item.seq}: image_b64 is {width}x{height}, the record "
                               f"says {rec.width}x{rec.height}")
     values: dict[str, Any] = {
         "id": rec.id, "created_at": created, "camera_id": rec.camera_id, "part_id": rec.part_id,
@@ -342,22 +347,34 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
     for column, width in _WIDTHS.items():
         v = values[column]
         if v is not None and len(v) > width:
-            raise ConfigError(f"item seq {item.seq}: {column} is over {width} characters")
+            raise RecordError(f"item seq {item.seq}: {column} is over {width} characters")
     return _Prepared(InspectionRow(**values), image, reference)
 
 
 def _check_defects(seq: int, rec: StoredInspection) -> None:
     """Each defect a class of the record's model, its box inside the image (a detector's
     boxes are clipped to it; a pixel of slack for rounding): the hub's pages draw them,
-    and an unknown class or an endless box would make every drawing of the record fail."""
+    and an unknown class or an endless box would make every drawing of the record fail.
+    The lists are bounded: a record of 400,000 defects took the hub minutes to check and
+    made every review page that listed it half a gigabyte."""
+    for field, values, most in (("defects", rec.defects, MAX_DEFECTS),
+                                ("class_names", rec.class_names, MAX_CLASSES),
+                                ("reasons", rec.reasons, MAX_REASONS)):
+        if len(values) > most:
+            raise RecordError(f"item seq {seq}: record.{field} has {len(values)} entries, "
+                              f"over the {most} a record may carry")
+    long = next((n for n, c in enumerate(rec.class_names) if len(c) > 128), None)
+    if long is not None:
+        raise RecordError(f"item seq {seq}: record.class_names.{long} is over 128 characters")
+    classes = set(rec.class_names)
     for n, d in enumerate(rec.defects):
-        if d.label not in rec.class_names:
-            raise ConfigError(f"item seq {seq}: record.defects.{n}.label {d.label[:64]!r} is "
+        if d.label not in classes:
+            raise RecordError(f"item seq {seq}: record.defects.{n}.label {d.label[:64]!r} is "
                               "not one of the record's class_names")
         x1, y1, x2, y2 = d.box
         if not (all(-1 <= x <= rec.width + 1 for x in (x1, x2))
                 and all(-1 <= y <= rec.height + 1 for y in (y1, y2))):
-            raise ConfigError(f"item seq {seq}: record.defects.{n}.box is not inside the "
+            raise RecordError(f"item seq {seq}: record.defects.{n}.box is not inside the "
                               f"{rec.width}x{rec.height} image")
 
 
@@ -396,7 +413,7 @@ def forward(box_id: BoxId, batch: ForwardBatch, who: BoxKey, request: Request,
     except OperationalError:  # refused, reset, timed out: the box keeps the batch, retries
         raise DatabaseUnavailable("the hub's database is unreachable; retry later") from None
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise RecordError(str(exc)) from None
 
 
 def install(app: FastAPI, settings: HubSettings) -> None:
