@@ -352,3 +352,24 @@ def test_a_hub_that_refuses_the_alarms_field_still_gets_the_report(hub: ServedHu
     reporter.report_once()
     assert reporter.reported == 2 and reporter.hub_takes_alarms is False
     assert len(sent) == 2 and all("alarms" not in d and d["ready"] for d in sent)
+
+
+def test_a_hub_whose_database_cannot_be_reached_says_so_in_one_line(tmp_path: Path) -> None:
+    """``lineside hub`` with PostgreSQL down printed the application start-up's 160-line
+    traceback and exited 3."""
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+    from lineside_inspect.serve_process import free_port
+
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(json.dumps({
+        "database_url": f"postgresql+psycopg://lineside:pw-s3cret@127.0.0.1:{free_port()}/hub",
+        "data_dir": str(tmp_path / "data"), "port": free_port(),
+        "objects": {"endpoint": f"127.0.0.1:{free_port()}", "bucket": "lineside",
+                    "access_key": "a", "secret_key": "bbbbbbbb", "secure": False}}))
+    result = CliRunner().invoke(app, ["hub", "--config", str(cfg)])
+    assert result.exit_code == 2, result.output
+    assert "the hub's database postgresql+psycopg://lineside:***@127.0.0.1" in result.output
+    assert "cannot be reached" in result.output and "Connection refused" in result.output
+    assert "Traceback" not in result.output and "pw-s3cret" not in result.output

@@ -247,6 +247,24 @@ def test_object_store_down_is_503_and_nothing_is_half_stored(tmp_path: Path) -> 
             box.post(box.path(FORWARD), ForwardBatch(items=[item]), ForwardAck)
 
 
+def test_a_bucket_deleted_while_the_hub_runs_is_made_again(tmp_path: Path, weed: Any) -> None:
+    """The bucket was checked once per process: deleted (or the store replaced) while the
+    hub ran, every forward was a 503 until a restart."""
+    with ServedHub(hub_settings(tmp_path, weed.settings("fleet-bucket-gone"))) as hub:
+        box = client(hub)
+        first = _item(1, image=_png(5))
+        assert box.post(box.path(FORWARD), ForwardBatch(items=[first]), ForwardAck).stored == 1
+        objects = hub.app.state.objects
+        for key in list(objects.keys()):
+            objects.delete(key)
+        objects.client.remove_bucket(objects.bucket)
+        second = _item(2, image=_png(6))
+        with pytest.raises(HubUnavailable, match="503"):  # the put finds no bucket
+            box.post(box.path(FORWARD), ForwardBatch(items=[second]), ForwardAck)
+        ack = box.post(box.path(FORWARD), ForwardBatch(items=[second]), ForwardAck)
+        assert ack.stored == 1 and objects.exists(hub.store.get(second.id).image_path)
+
+
 @pytest.fixture(scope="module")
 def detector() -> Detector:
     return Detector(MODEL, device="cpu", threads=1)

@@ -27,6 +27,7 @@ from sqlalchemy.exc import OperationalError
 
 from lineside_inspect import ui
 from lineside_inspect.errors import (
+    DatabaseUnavailable,
     ObjectStoreUnavailable,
 )
 from lineside_inspect.fleet.hub.config import HubSettings
@@ -34,6 +35,7 @@ from lineside_inspect.fleet.hub.front import BoxFront
 from lineside_inspect.fleet.hub.images import ObjectImages
 from lineside_inspect.fleet.hub.tables import create_hub_tables
 from lineside_inspect.fleet.objects import ObjectStore
+from lineside_inspect.redact import hide_secrets
 from lineside_inspect.server import gate
 from lineside_inspect.server.guard import Guard
 from lineside_inspect.server.handlers import add_error_handlers
@@ -93,6 +95,28 @@ def setup_store(app: FastAPI, hub: HubSettings) -> None:
 
     app.state.on_startup.append(start)
     app.state.on_shutdown.append(stop)
+
+
+def check_database(url: str) -> None:
+    """One connection to the hub's database before the server starts: a database that
+    cannot be reached is one line naming it (:class:`DatabaseUnavailable`), not the
+    application start-up's 160-line traceback."""
+    from sqlalchemy.engine import make_url
+
+    from lineside_inspect.store.store import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        where = make_url(url).render_as_string(hide_password=True)
+        lines = str(exc.orig or exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        raise DatabaseUnavailable(f"the hub's database {where} cannot be reached: "
+                                  f"{hide_secrets(reason)[:300]}") from None
+    finally:
+        engine.dispose()
 
 
 class DatabaseProbe:
@@ -194,5 +218,6 @@ def run_hub(hub: HubSettings) -> None:
 
     settings = hub.server_settings()
     settings.check_bind()
+    check_database(hub.database_url)
     app = create_hub_app(hub)
     _Server(uvicorn_config(app, settings), app, drain_s=settings.drain_s).run()

@@ -51,6 +51,7 @@ from lineside_inspect.errors import (
     InspectionIdTaken,
     LinesideError,
     NotFoundError,
+    ObjectStoreUnavailable,
     RecordError,
     SequenceBehind,
 )
@@ -143,8 +144,14 @@ class Ingest:
                 self.objects.ensure_bucket()
                 self._bucket_ready = True
             # images first: a row never points at a missing image (any failure: no rows)
-            for put in [self._puts.submit(self._put_images, rows[i.seq]) for i in new]:
-                put.result()
+            try:
+                for put in [self._puts.submit(self._put_images, rows[i.seq]) for i in new]:
+                    put.result()
+            except ObjectStoreUnavailable:
+                # checked again next time: a bucket deleted (or the store replaced) while
+                # the hub ran made every forward a 503 until a restart
+                self._bucket_ready = False
+                raise
             stored = self._commit(box_id, [rows[i.seq].row for i in new], seqs[-1])
         if stored:
             log.info("hub: box %s: %d inspection(s) stored through seq %d", box_id, stored,
