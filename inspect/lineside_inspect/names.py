@@ -60,6 +60,23 @@ def _one_line(value: str) -> str:
 OneLine = Annotated[str, AfterValidator(_one_line)]
 
 
+# the characters that reorder text around them (bidi embeddings, overrides, isolates and
+# marks): a part id holding U+202E showed the review page's whole line reversed, its
+# model and recipe read backwards
+BIDI_RE = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _plain_line(value: str) -> str:
+    _one_line(value)
+    if BIDI_RE.search(value):
+        raise ValueError("must not contain a bidirectional control character (U+202E, ...)")
+    return value
+
+
+# an identifier a request brings to be shown and kept (a part id): one line, read in order
+PlainLine = Annotated[str, AfterValidator(_plain_line)]
+
+
 # free text a request brings to be kept (notes, reasons): lines and any letter are fine,
 # a NUL is not (PostgreSQL's text cannot hold one), and it is refused before anything
 # changes: an action applied whose audit row the database then refused left no trace

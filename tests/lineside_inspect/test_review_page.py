@@ -87,6 +87,13 @@ def test_review_in_the_browser(launch, tmp_path: Path) -> None:
         page.mouse.move(box["x"] + 150 * sx, box["y"] + 170 * sy, steps=5)
         page.mouse.up()
         expect(page.locator("#d-status")).to_have_text("saved: missed_defect")
+        # a drag released past the image's edge was lost: it ends at the edge
+        page.keyboard.press("d")
+        page.mouse.move(box["x"] + 600 * sx, box["y"] + 600 * sy)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] + 40, box["y"] + box["height"] + 40, steps=5)
+        page.mouse.up()
+        expect(page.locator("#d-status")).to_have_text("saved: missed_defect")
         page.screenshot(path=str(tmp_path / "detail.png"))
         page.keyboard.press("Escape")
         page.click("#tab-dash")
@@ -96,13 +103,54 @@ def test_review_in_the_browser(launch, tmp_path: Path) -> None:
     rows = {r.id[:8]: r for r in store.query(limit=10)[1]}
     confirmed, rejected = rows[first_id], rows[second_id]
     assert confirmed.review_state == "corrected"  # confirmed, then a missed defect was added
-    assert [r.action for r in confirmed.reviews] == ["confirm", "missed_defect"]
-    drawn = confirmed.reviews[-1].boxes[-1]
+    assert [r.action for r in confirmed.reviews] == ["confirm", "missed_defect", "missed_defect"]
+    drawn = confirmed.reviews[1].boxes[-1]
     assert drawn["label"] == "mousebite"
     x1, y1, x2, y2 = drawn["box"]
     assert abs(x1 - 100) < 4 and abs(y1 - 120) < 4 and abs(x2 - 150) < 4 and abs(y2 - 170) < 4
+    x1, y1, x2, y2 = confirmed.reviews[2].boxes[-1]["box"]
+    assert abs(x1 - 600) < 4 and abs(y1 - 600) < 4 and (x2, y2) == (640, 640)
     assert rejected.review_state == "corrected" and rejected.reviews[-1].boxes == []
     assert rejected.reviews[-1].reviewer == "reviewer"
+
+
+def test_each_inspection_is_labelled_with_its_own_models_classes(launch) -> None:
+    """The class list came from the first item on the page: on a line with a detector and
+    a good-only model, relabelling or drawing on the other kind's inspections failed
+    ("unknown class 'open' (model classes: anomaly)"), and its class was not a filter."""
+    from playwright.sync_api import expect, sync_playwright
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    srv = launch(store_pass_rate=1.0, models=[str(models / "deeppcb" / "1"),
+                                              str(models / "deeppcb-good" / "1")])
+    with srv.client("admin") as c:
+        recipes = {r["model"]: r["name"] for r in c.get("/v1/recipes").json()}
+    board = sorted(SAMPLE.rglob("*_test.jpg"))[0].read_bytes()
+    with srv.client("line") as c:
+        for model in ("deeppcb", "deeppcb-good"):
+            r = c.post("/v1/inspect", content=board, headers={"content-type": "image/jpeg"},
+                       params={"recipe": recipes[model], "camera_id": model})
+            assert r.status_code == 200, r.text
+    with sync_playwright() as p:
+        browser, page = signed_in(p, srv.url)
+        page.select_option("select[name=verdict]", "")
+        page.click("#filters button[type=submit]")
+        expect(page.locator(".card")).to_have_count(2)
+        labels = page.locator("select[name=label] option")
+        expect(labels).to_contain_text(["anomaly", "open"])  # every class seen, as filters
+        for n in range(2):
+            page.locator(".card").nth(n).click()
+            expect(page.locator("#detail")).to_be_visible()  # shown once it is fetched
+            camera = page.locator("#d-meta bdi").first.inner_text()
+            want = ["1 anomaly"] if camera == "deeppcb-good" else ["1 open", "2 short"]
+            expect(page.locator("#d-label option").first).to_have_text(want[0])
+            if camera == "deeppcb":
+                expect(page.locator("#d-label option").nth(1)).to_have_text(want[1])
+            else:
+                expect(page.locator("#d-label option")).to_have_count(1)
+            page.keyboard.press("Escape")
+            expect(page.locator("#detail")).to_be_hidden()
+        browser.close()
 
 
 def test_reference_image_in_the_browser(launch) -> None:

@@ -121,6 +121,23 @@ def test_a_camera_id_that_is_not_a_name_is_refused(srv, image_bytes: bytes,
         assert ok.status_code == 200 and ok.json()["camera_id"] == "line1-top_2.b"
 
 
+@pytest.mark.parametrize("part_id", ["\u202eevil", "a\u2066b", "x\u200fy"])
+def test_a_part_id_with_a_bidi_control_is_refused(srv, image_bytes: bytes, part_id: str) -> None:
+    """A part id holding U+202E showed the review page's whole line reversed, its model
+    and recipe read backwards: a part id is read in order."""
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", params={"part_id": part_id}, content=image_bytes,
+                   headers={"content-type": "image/jpeg"})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["message"].startswith("query.part_id: ")
+        assert "bidirectional control" in r.json()["error"]["message"]
+        r = c.post("/v1/cameras/nope/trigger", params={"part_id": part_id})
+        assert r.status_code == 422 and "bidirectional" in r.text, r.text
+        ok = c.post("/v1/inspect", params={"part_id": "SN-ünïcode-板-1"}, content=image_bytes,
+                    headers={"content-type": "image/jpeg"})
+        assert ok.status_code == 200 and ok.json()["part_id"] == "SN-ünïcode-板-1"
+
+
 def test_body_over_the_limit_is_413(launch, image_bytes: bytes) -> None:
     small = launch(max_body_bytes=len(image_bytes) - 1)
     with small.client("line") as c:

@@ -317,9 +317,16 @@ def test_status_home(shift: Running, tmp_path: Path) -> None:
             expect(card.locator("[data-field=shift]")).to_contain_text(_pct(st["shift"]["yield_pct"]))
             word = "✔ PASS" if st["last"]["verdict"] == "pass" else "✖ FAIL"
             expect(card.locator("[data-field=last]")).to_contain_text(word)
+            # a snapshot fetched again each second, not an endless MJPEG stream: one per
+            # card held one of the browser's six connections to the server each
             live = card.locator(".live img")
-            assert live.get_attribute("src") == f"/v1/cameras/{st['camera']['id']}/stream"
-            page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=live.element_handle())
+            assert live.get_attribute("data-snapshot") == f"/v1/cameras/{st['camera']['id']}/snapshot"
+            # properties and attributes, not string predicates: the page's CSP refuses eval
+            expect(live).to_have_attribute("src", re.compile(r"^blob:"))
+            expect(live).to_have_js_property("complete", True)
+            first = live.get_attribute("src")
+            expect(live).not_to_have_attribute("src", first)  # a second later, the next one
+            expect(live).to_have_js_property("complete", True)
         _shot(page, "home.png", tmp_path)
         # a PLC's switch of its station's recipe shows beside the configured one (the line
         # sets this hook: tests/lineside_inspect/test_line_plc.py drives it over OPC UA)
@@ -332,6 +339,17 @@ def test_status_home(shift: Running, tmp_path: Path) -> None:
             expect(bottom).not_to_contain_text("PLC")
         finally:
             shift.app.state.cameras.plc_recipe = None
+        # the tables the server drew keep up: a change of the active version showed only
+        # after a reload
+        active = page.locator("#models tr[data-model='deeppcb'] [data-field=active]")
+        expect(active).to_have_text("1-int8")
+        with shift.client("admin") as c:
+            assert c.post("/v1/models/deeppcb/activate", json={"version": "1"}).status_code == 200
+        try:
+            expect(active).to_have_text("1", timeout=15_000)
+        finally:
+            with shift.client("admin") as c:
+                assert c.post("/v1/models/deeppcb/activate", json={"version": "1-int8"}).status_code == 200
         browser.close()
 
 

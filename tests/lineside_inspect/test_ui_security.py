@@ -138,6 +138,8 @@ def test_security_headers(srv, path: str) -> None:
     assert r.headers["x-frame-options"] == "DENY"
     assert r.headers["x-content-type-options"] == "nosniff"
     assert r.headers["referrer-policy"] == "no-referrer"
+    # a shared line PC: nothing but the static files stays in its browser's cache
+    assert r.headers.get("cache-control") == (None if path.startswith("/static/") else "no-store")
 
 
 # ---------------------------------------------------------------- CSV formula injection
@@ -209,6 +211,26 @@ def test_logout_revokes_the_session(launch) -> None:
         r = c.get("/v1/inspections")  # the old cookie, sent again
         assert r.status_code == 401 and "signed out" in r.json()["error"]["message"]
     assert len(srv.app.state.sessions) == 0
+
+
+def test_a_live_view_ends_with_its_session(launch) -> None:
+    """The caller of a live view was checked once, at the start: after sign-out the
+    stream went on (0.5 MB to 2 MB in 8 s) while every API call answered 401."""
+    from lineside_inspect.server.routes.cameras import RECHECK_S
+
+    srv = launch(cameras=[CameraConfig(id="sim", source=str(SAMPLE), fps=10)])
+    token = _token(_login(srv, "reviewer-secret"))
+    with _session_client(srv, token) as c, \
+            c.stream("GET", "/v1/cameras/sim/stream", params={"fps": 10}) as s:
+        chunks = s.iter_bytes()
+        while b"\xff\xd8" not in next(chunks):  # a frame came: it streams
+            pass
+        with _session_client(srv, token) as other:
+            assert other.post("/review/logout").status_code == 303
+        bound = time.monotonic() + 10 * RECHECK_S  # a guard against a stream that never ends
+        for _ in chunks:
+            assert time.monotonic() < bound, "the live view went on after sign-out"
+    # the loop above ended: the server closed the stream
 
 
 def test_session_expires(launch) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from html import escape
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
 import fastapi_offline
@@ -99,17 +99,15 @@ def _viewer(request: Request, next_page: str) -> tuple[Principal, Session | None
     return who, session
 
 
-def _cells(*values: Any, tag: str = "td") -> str:
-    return "<tr>" + "".join(f"<{tag}>{escape(str(v))}</{tag}>" for v in values) + "</tr>"
-
-
 def _model_rows(request: Request) -> str:
     rows = []
     for name, slot in request.app.state.registry.models().items():
         versions = ", ".join(
             f"{v} ({d.card.precision}{', needs a reference' if d.card.needs_reference else ''})"
             for v, d in slot.versions.items())
-        rows.append(_cells(name, slot.active or "-", versions))
+        # the active cell is kept current by static/home.js (a rollback, a promotion)
+        rows.append(f'<tr data-model="{escape(name)}"><td>{escape(name)}</td><td data-field="active">'
+                    f'{escape(slot.active or "-")}</td><td>{escape(versions)}</td></tr>')
     return "\n".join(rows) or '<tr><td colspan="3">no model loaded</td></tr>'
 
 
@@ -120,26 +118,31 @@ def _camera_rows(request: Request) -> str:
         url = f"/v1/cameras/{quote(str(h['id']), safe='')}/stream"
         state = "pass" if h["state"] == "online" else "fail"
         mark = "● " if h["state"] == "online" else "✖ "  # not by colour alone
-        rows.append(f'<tr><td>{escape(str(h["id"]))}</td><td class="{state}">{mark}'
-                    f'{escape(str(h["state"]))}</td><td>{escape(str(h["fps"]))}</td>'
+        # state and fps are kept current by static/home.js
+        rows.append(f'<tr data-camera="{escape(str(h["id"]))}"><td>{escape(str(h["id"]))}</td>'
+                    f'<td class="{state}" data-field="state">{mark}{escape(str(h["state"]))}</td>'
+                    f'<td data-field="fps">{escape(str(h["fps"]))}</td>'
                     f'<td><a href="{escape(url)}">live view</a></td></tr>')
     return "\n".join(rows) or '<tr><td colspan="4">no cameras configured</td></tr>'
 
 
 def _station_cards(request: Request) -> str:
-    """A card per camera: its live view (MJPEG, the last verdict's boxes drawn by the
-    server) and the fields ``static/home.js`` fills from ``GET /v1/overview``."""
+    """A card per camera: its picture (the newest frame with the last verdict's boxes
+    drawn by the server, fetched again each second by ``static/home.js``: an endless MJPEG
+    stream per card held one of the browser's six connections to this server each, and
+    with a few cameras or tabs no page loaded) and the fields ``static/home.js`` fills
+    from ``GET /v1/overview``."""
     manager = request.app.state.cameras
     cards = []
     for h in manager.health() if manager is not None else []:
         cid = escape(str(h["id"]))
-        url = escape(f"/v1/cameras/{quote(str(h['id']), safe='')}/stream")
+        url = escape(f"/v1/cameras/{quote(str(h['id']), safe='')}/snapshot")
         fields = "".join(f'<dt>{escape(title)}</dt><dd data-field="{key}">…</dd>'
                          for key, title in STATION_FIELDS)
         cards.append(f'<article class="station" data-camera="{cid}"><h3>{cid} '
                      f'<span class="state" data-field="state">{escape(str(h["state"]))}</span></h3>'
-                     f'<div class="live"><img src="{url}" alt="live view of camera {cid}, the last '
-                     f'verdict\'s boxes drawn"></div><dl>{fields}</dl></article>')
+                     f'<div class="live"><img data-snapshot="{url}" alt="camera {cid} now, the '
+                     f'last verdict\'s boxes drawn"></div><dl>{fields}</dl></article>')
     return "\n".join(cards) or "<p>no cameras configured</p>"
 
 

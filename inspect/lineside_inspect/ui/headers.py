@@ -4,7 +4,10 @@ The pages load scripts, styles and images from this server only: the CSP forbids
 scripts and event handlers (``script-src`` falls back to ``default-src 'self'``), so even
 markup that slipped into a page could not run; ``frame-ancestors 'none'`` and
 ``X-Frame-Options`` stop another site framing the page to steal clicks (a click on
-"confirm" or "roll back"). A route may set its own value of any of these; it is kept.
+"confirm" or "roll back"). Every answer but the static files is ``Cache-Control:
+no-store``: a line PC is shared, and the review page (its CSRF token), inspection images
+and the API's JSON stayed in its browser cache after sign-out. A route may set its own
+value of any of these; it is kept.
 """
 
 from __future__ import annotations
@@ -37,11 +40,15 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        cached = scope["path"].startswith("/static/")
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers.setdefault(name, value)
+                if not cached:
+                    headers.setdefault("cache-control", "no-store")
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

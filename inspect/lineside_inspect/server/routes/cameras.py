@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -11,12 +12,19 @@ from fastapi.responses import StreamingResponse
 
 from lineside_inspect.cameras import CameraManager, CameraUnavailable
 from lineside_inspect.draw import annotate
-from lineside_inspect.errors import Forbidden
+from lineside_inspect.errors import Forbidden, LinesideError
 from lineside_inspect.imageio import encode_jpeg
-from lineside_inspect.names import Name
+from lineside_inspect.names import Name, PlainLine
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionResult
-from lineside_inspect.server.deps import ALLOWED, LineUser, Reviewer, ServiceDep, get_cameras
+from lineside_inspect.server.deps import (
+    ALLOWED,
+    LineUser,
+    Reviewer,
+    ServiceDep,
+    authorize,
+    get_cameras,
+)
 from lineside_inspect.server.responses import (
     CameraHealth,
     annotated_response,
@@ -26,6 +34,7 @@ from lineside_inspect.server.responses import (
 )
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
+RECHECK_S = 2.0  # a live view checks its caller again this often
 
 
 @router.get("", responses=errors(401, 403))
@@ -40,7 +49,7 @@ def list_cameras(request: Request, who: Reviewer) -> list[CameraHealth]:
                         **errors(401, 403, 404, 408, 413, 422, 502, 503)})
 async def trigger(
     camera_id: str, who: LineUser, service: ServiceDep,
-    part_id: Annotated[str | None, Query(max_length=256)] = None,
+    part_id: Annotated[PlainLine | None, Query(max_length=256)] = None,
     recipe: Annotated[Name | None, Query()] = None,
     timeout_s: Annotated[float, Query(gt=0, le=30)] = 2.0,
     annotated: Annotated[bool, Query(description="answer with the annotated JPEG")] = False,
@@ -95,7 +104,16 @@ async def stream(camera_id: str, request: Request, who: Reviewer,
     manager.worker(camera_id)
 
     async def frames() -> AsyncIterator[bytes]:
+        checked = time.monotonic()
         while not await request.is_disconnected():
+            if time.monotonic() - checked > RECHECK_S:
+                # the caller was checked once, at the start: a signed-out or expired
+                # review session kept its live view streaming
+                checked = time.monotonic()
+                try:
+                    authorize(request, "reviewer")
+                except LinesideError:
+                    return
             try:
                 jpeg = await anyio.to_thread.run_sync(lambda: _frame_jpeg(manager, camera_id))
             except CameraUnavailable:

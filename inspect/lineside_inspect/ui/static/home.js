@@ -1,5 +1,6 @@
-// The status page: the server draws the station cards and their live views; this fills
-// and refreshes their figures from GET /v1/overview every few seconds.
+// The status page: the server draws the station cards and the tables; this fills and
+// refreshes their figures from GET /v1/overview every few seconds, and each card's
+// picture from its camera's snapshot every second.
 import { $, $$, api, dateTime, el, hourLabel, num, pct, rate, showZone, STATE_MARK, stateClass, time, verdict } from "/static/common.js";
 
 const REFRESH_MS = 5000;
@@ -61,6 +62,45 @@ function fillAlarms(alarms) {
   box.hidden = alarms.length === 0;
 }
 
+// the tables the server drew: the active versions and the cameras' health, kept current
+// (a rollback or a camera going offline showed the old state until a reload)
+function fillTables(o) {
+  const models = new Map(o.models.map((m) => [m.name, m]));
+  for (const row of $$("#models tr[data-model]")) {
+    const m = models.get(row.dataset.model);
+    if (m) setField(row, "active", m.active || "-");
+  }
+  const cams = new Map(o.stations.map((st) => [st.camera.id, st.camera]));
+  for (const row of $$("#cameras tr[data-camera]")) {
+    const c = cams.get(row.dataset.camera);
+    if (!c) continue;
+    setField(row, "state", STATE_MARK[c.state] || c.state).className = stateClass(c.state);
+    setField(row, "fps", String(c.fps));
+  }
+}
+
+// each station's picture: the newest frame, fetched again a second after the last one
+// came (an endless MJPEG stream per card held one of the browser's six connections to
+// this server each: with a few cameras or tabs, no page loaded). A frame that cannot be
+// had leaves the last one shown, dimmed by the card's state.
+const SNAPSHOT_MS = 1000;
+async function snapshots(img) {
+  for (;;) {
+    let wait = SNAPSHOT_MS;
+    try {
+      const r = await fetch(img.dataset.snapshot, { cache: "no-store" });
+      if (r.status === 401) return;  // signed out: the page says so on its next refresh
+      if (r.ok) {
+        const old = img.src;
+        img.src = URL.createObjectURL(await r.blob());
+        await img.decode().catch(() => {});
+        if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+      } else wait = 3 * SNAPSHOT_MS;
+    } catch (e) { wait = 3 * SNAPSHOT_MS; }
+    await new Promise((done) => setTimeout(done, document.hidden ? 5 * SNAPSHOT_MS : wait));
+  }
+}
+
 async function refresh() {
   try {
     const o = await api("/v1/overview");
@@ -73,6 +113,7 @@ async function refresh() {
       const st = byId.get(card.dataset.camera);
       if (st) fillStation(card, st);
     }
+    fillTables(o);
   } catch (e) {
     if (e.status !== 401) for (const k of $$(".kpi [data-field=detail]")) k.textContent = "could not refresh: " + e.message;
   }
@@ -81,3 +122,4 @@ async function refresh() {
 showZone();
 refresh();
 setInterval(refresh, REFRESH_MS);
+for (const img of $$("img[data-snapshot]")) snapshots(img);

@@ -76,10 +76,15 @@ const truthOf = (o) => (o.reviews.length ? o.reviews[o.reviews.length - 1].boxes
 
 // -- the grid ---------------------------------------------------------------------------
 async function load() {
-  const doc = await api("/v1/inspections?" + query());
+  let doc = await api("/v1/inspections?" + query());
+  if (!doc.items.length && doc.total && state.offset) {
+    // the page emptied under it (its last items confirmed away): its new last page
+    state.offset = Math.floor((doc.total - 1) / state.limit) * state.limit;
+    doc = await api("/v1/inspections?" + query());
+  }
   state.items = doc.items; state.total = doc.total;
   state.sel = Math.min(state.sel, Math.max(0, doc.items.length - 1));
-  if (doc.items.length && !state.classes.length) setClasses(doc.items[0].class_names);
+  addFilterClasses(doc.items);
   $("#count").textContent = doc.total ? `${num(state.offset + 1)}–${num(state.offset + doc.items.length)} of ${num(doc.total)}`
                                       : "nothing to review here";
   $("#grid").replaceChildren(...doc.items.map((it, i) => {
@@ -90,6 +95,8 @@ async function load() {
       ? el("div", { class: "pic" }, el("img", { loading: "lazy", alt: "", src: `/v1/inspections/${encodeURIComponent(it.id)}/image` }),
            boxLayer(el("div", { class: "boxes" }), truthOf(it), it.width, it.height))
       : el("p", {}, "(no image kept)");
+    const img = $("img", pic);
+    if (img) img.onerror = () => pic.replaceChildren(el("p", {}, "(the image could not be loaded: removed from the store?)"));
     c.append(pic,
       el("p", {}, verdict(it.verdict), ` · ${it.defects.length} defect(s) · ${it.review_state.replace("unreviewed", "○ unreviewed")}`),
       el("p", { class: "where" }, `${it.camera_id || "upload"} · ${time(it.created_at)}`));
@@ -99,11 +106,21 @@ async function load() {
   }));
 }
 
+// the classes an open inspection may be given are its own model's (keys 1-9 pick them):
+// a line with a detector and a good-only model has both kinds on one page
 function setClasses(names) {
+  if (names.join("\n") === state.classes.join("\n")) return;  // a class picked meanwhile stays
+  const picked = $("#d-label").value;
   state.classes = names;
+  $("#d-label").replaceChildren(...names.map((n, i) => new Option(`${i + 1} ${n}`, n)));
+  if (names.includes(picked)) $("#d-label").value = picked;
+}
+
+// the class filter offers every class seen on the pages loaded so far
+function addFilterClasses(items) {
   const lab = form.elements.label;
-  names.forEach((n) => lab.add(new Option(n, n)));
-  names.forEach((n, i) => $("#d-label").add(new Option(`${i + 1} ${n}`, n)));
+  const have = new Set(Array.from(lab.options, (o) => o.value));
+  for (const it of items) for (const n of it.class_names) if (!have.has(n)) { lab.add(new Option(n, n)); have.add(n); }
 }
 
 function select(i, focus = true) {
@@ -130,12 +147,14 @@ async function openId(id) {
   // reset before the fetch: a key pressed while it runs (d, a class) applies to this one
   hideDraw(); say("");
   state.open = await api(`/v1/inspections/${encodeURIComponent(id)}`); state.box = 0; state.scale = 1;
+  setClasses(state.open.class_names);
   $("#grid").hidden = true; $("#pager").hidden = true; $("#audit").hidden = true; $("#detail").hidden = false;
   state.showRef = false; $("#stage").classList.remove("ref");
   $("#boxes").hidden = false; $("#shadow-boxes").hidden = false;  // shown again after r
   $("#b-ref").hidden = !(state.open.reference && state.open.reference.has_image);
   const img = $("#big");
   img.onload = fit;
+  img.onerror = () => say("the image could not be loaded (removed from the store?)");
   img.hidden = !state.open.has_image;  // passes are sampled: the boxes stay, on black
   if (state.open.has_image) img.src = `/v1/inspections/${encodeURIComponent(id)}/image`;
   else { img.removeAttribute("src"); say("no image was kept of this inspection (passes are sampled)"); }
@@ -168,7 +187,10 @@ function render() {
   const o = state.open;
   $("#d-title").replaceChildren(verdict(o.verdict), ` ${o.id.slice(0, 8)}`);
   const ref = o.reference ? ` · reference ${o.reference.name || "(sent with the frame)"}` : "";
-  $("#d-meta").textContent = `${o.camera_id || "upload"} · part ${o.part_id || "-"} · ${o.recipe.name} v${o.recipe.version} · model ${o.model.name}:${o.model.version}${ref} · ${dateTime(o.created_at)} · ${o.review_state}`;
+  // each value isolated (bdi): one holding a right-to-left override reversed the whole line
+  const b = (v) => el("bdi", {}, String(v));
+  $("#d-meta").replaceChildren(b(o.camera_id || "upload"), " · part ", b(o.part_id || "-"), " · ", b(o.recipe.name),
+    " v", b(o.recipe.version), " · model ", b(o.model.name), ":", b(o.model.version), ref, ` · ${dateTime(o.created_at)} · ${o.review_state}`);
   // why it failed, as judged (an anomaly model's reason carries its image score)
   $("#d-reasons").textContent = o.reasons.map((r) => r.message).join(" · ");
   const truth = truthOf(o);
@@ -219,9 +241,11 @@ async function review(body) {
 }
 
 // -- drawing a missed defect: drag on the image, or type the box --------------------------
+// a point of the image under the pointer, held inside it (a drag may end past its edge)
 function point(ev) {
-  const r = $("#overlay").getBoundingClientRect();
-  return [(ev.clientX - r.left) * state.open.width / r.width, (ev.clientY - r.top) * state.open.height / r.height];
+  const r = $("#overlay").getBoundingClientRect(), o = state.open;
+  const clamp = (v, hi) => Math.max(0, Math.min(hi, v));
+  return [clamp((ev.clientX - r.left) * o.width / r.width, o.width), clamp((ev.clientY - r.top) * o.height / r.height, o.height)];
 }
 
 const norm = (s, p) => [Math.min(s[0], p[0]), Math.min(s[1], p[1]), Math.max(s[0], p[0]), Math.max(s[1], p[1])];
@@ -247,10 +271,11 @@ async function saveBox(box) {
 }
 
 const overlay = $("#overlay");
-overlay.addEventListener("mousedown", (ev) => { if (state.drawing) state.start = point(ev); });
-overlay.addEventListener("mousemove", (ev) => { if (state.start) drawPreview(norm(state.start, point(ev))); });
-overlay.addEventListener("mouseup", async (ev) => {
-  if (!state.start) return;
+overlay.addEventListener("mousedown", (ev) => { if (state.drawing) { ev.preventDefault(); state.start = point(ev); } });
+// on the window: a drag released past the image's edge was lost, its box left following the pointer
+window.addEventListener("mousemove", (ev) => { if (state.start) drawPreview(norm(state.start, point(ev))); });
+window.addEventListener("mouseup", async (ev) => {
+  if (!state.start || !state.open) return;
   await saveBox(norm(state.start, point(ev)));
 });
 drawForm.addEventListener("input", () => drawPreview(typedBox()));
