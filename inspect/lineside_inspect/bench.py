@@ -412,9 +412,9 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
         from asyncua import Client, ua
         from pymodbus.client import AsyncModbusTcpClient
     except ImportError as exc:
-        from lineside_inspect.errors import MissingExtraError
+        from lineside_inspect.errors import MissingExtraError, install_hint
 
-        raise MissingExtraError(f"lineside bench line needs {exc.name}: install lineside[line]") \
+        raise MissingExtraError(f"lineside bench line needs {exc.name}: {install_hint('line')}") \
             from None
     import logging
 

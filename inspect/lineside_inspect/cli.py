@@ -28,6 +28,7 @@ from lineside_inspect.errors import (
     GoldenSetError,
     LinesideError,
     MissingExtraError,
+    install_hint,
 )
 
 app = typer.Typer(help="Lineside: automated visual inspection, from labeled images to the line.",
@@ -89,7 +90,7 @@ def training() -> Any:
     except ImportError as exc:
         raise MissingExtraError(
             f"this command needs the training extra ({exc.name} is missing): "
-            "pip install 'lineside[train]'"
+            + install_hint("train")
         ) from None
     return commands
 

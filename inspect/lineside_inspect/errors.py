@@ -187,6 +187,13 @@ class RecordError(ConfigError):
     status = 422
 
 
+def install_hint(extra: str) -> str:
+    """How to add an extra: from the package index, or in a checkout (where the package is
+    not on an index: ``pip install 'lineside[train]'`` found no distribution)."""
+    return (f"pip install 'lineside[{extra}]' (in a checkout: .venv/bin/pip install -e "
+            f"'.[{extra}]')")
+
+
 class MissingExtraError(LinesideError):
     """A command needs an optional dependency group that is not installed."""
 

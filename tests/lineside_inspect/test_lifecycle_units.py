@@ -256,6 +256,27 @@ def test_a_truncated_image_is_refused_when_added_and_named_when_an_older_set_hol
         replay([detector], lib, manifest, Recipe(name="r", model="m"))  # type: ignore[list-item]
 
 
+def test_a_good_image_without_a_reference_is_its_own_in_a_set_of_pairs(tmp_path: Path) -> None:
+    """DeepPCB's templates (good, no reference of their own) made golden items a reference
+    model could not be gated on ("has no reference image"); training and evaluation take
+    such an image as its own reference (nothing changed), and so does a golden set now."""
+    from lineside_inspect.runtime.detector import Detector
+
+    items, classes = from_dataset(SAMPLE, "val", limit=6)
+    good = [c.item for c in items if c.item.expected == "pass"]
+    bad = [c.item for c in items if c.item.expected == "fail"]
+    assert good and bad and all(i.reference == i.sha256 for i in good)
+    assert all(i.reference not in (None, i.sha256) for i in bad)  # their templates
+    lib = GoldenLibrary(tmp_path / "golden")
+    manifest = lib.create("pairs", items, classes)
+    ref_model = Detector(SAMPLE.parents[1] / "models" / "deeppcb-ref" / "1", device="cpu", threads=1)
+    (found,) = replay([ref_model], lib, manifest, Recipe(name="r", model="deeppcb-ref"))
+    verdicts = {i.expected: [] for i in manifest.items}  # type: ignore[var-annotated]
+    for i, f in zip(manifest.items, found, strict=True):
+        verdicts[i.expected].append(f.verdict)
+    assert set(verdicts["pass"]) == {"pass"}  # a template judged against itself passes
+
+
 # -- rollout bounds -----------------------------------------------------------------------
 def _watch(n: int, fails: int, base_n: int = 100, base_fails: int = 10, fr: int = 0) -> Watch:
     w = Watch("m", "2", "1", "r", datetime.now(UTC), "admin", None, base_n, base_fails)

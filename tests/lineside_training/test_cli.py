@@ -70,6 +70,8 @@ def test_edge_install_says_what_to_install() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2
     assert "pip install 'lineside[train]'" in out.stderr and "Traceback" not in out.stderr
+    # the package is not on an index when run from a checkout: the hint says what works there
+    assert ".venv/bin/pip install -e '.[train]'" in out.stderr
 
 
 def test_train_help_names_the_extra_and_the_budget() -> None:

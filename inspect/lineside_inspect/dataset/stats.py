@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lineside_inspect.dataset.model import Dataset
-from lineside_inspect.errors import MissingExtraError
+from lineside_inspect.errors import MissingExtraError, install_hint
 
 SIZE_BINS = (0, 16, 32, 64, 128, 256, 10**9)
 
@@ -53,7 +53,7 @@ def plot_stats(stats: dict[str, Any], out: Path) -> None:
         import matplotlib
     except ImportError:  # an edge install: plotting comes with the training extra
         raise MissingExtraError("plotting needs matplotlib (the training extra): "
-                                "pip install 'lineside[train]'") from None
+                                + install_hint("train")) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -183,14 +183,19 @@ def from_dataset(root: str | Path, split: str | None = None, *, limit: int | Non
         good = [r for r in records if r.is_good]
         n_bad = round(limit * len(bad) / len(records))
         records = rng.sample(bad, min(n_bad, len(bad))) + rng.sample(good, min(limit - n_bad, len(good)))
+    # in a set of pairs, a good image without a reference is its own (nothing changed), as
+    # training and evaluation take it: DeepPCB's templates could not gate a reference model
+    pairs = any(r.reference is not None for r in dataset.images)
     out = []
     for rec in records:
         ref_path = dataset.reference_path(rec)
         boxes = [GoldenBox(label=b.label, box=b.xyxy()) for b in rec.boxes]
-        out.append(candidate(dataset.image_path(rec).read_bytes(),
-                             expected="fail" if boxes else "pass", boxes=boxes,
+        data = dataset.image_path(rec).read_bytes()
+        reference = ref_path.read_bytes() if ref_path is not None else (
+            data if pairs and not boxes else None)
+        out.append(candidate(data, expected="fail" if boxes else "pass", boxes=boxes,
                              source=f"dataset {Path(root).name}:{rec.split or '-'} {rec.file_name}",
-                             reference=None if ref_path is None else ref_path.read_bytes()))
+                             reference=reference))
     return out, list(dataset.categories)
 
 

@@ -49,7 +49,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from lineside_inspect.errors import ConfigError, MissingExtraError
+from lineside_inspect.errors import ConfigError, MissingExtraError, install_hint
 from lineside_inspect.line.config import MqttConfig
 from lineside_inspect.names import is_name
 from lineside_inspect.server.responses import CameraHealth
@@ -78,7 +78,7 @@ def _paho() -> Any:
     try:
         import paho.mqtt.client as client
     except ImportError:
-        raise MissingExtraError("line.mqtt needs paho-mqtt: install lineside[line]") from None
+        raise MissingExtraError(f"line.mqtt needs paho-mqtt: {install_hint('line')}") from None
     return client
 
 

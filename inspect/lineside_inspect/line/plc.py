@@ -382,7 +382,7 @@ def setup_line_plc(app: FastAPI, settings: Settings) -> None:
     line_settings = settings.line
     if line_settings.opcua is None and line_settings.modbus is None:
         return
-    from lineside_inspect.errors import MissingExtraError
+    from lineside_inspect.errors import MissingExtraError, install_hint
 
     try:
         if line_settings.opcua is not None:
@@ -390,8 +390,8 @@ def setup_line_plc(app: FastAPI, settings: Settings) -> None:
         if line_settings.modbus is not None:
             import pymodbus  # noqa: F401
     except ImportError as exc:
-        raise MissingExtraError(f"line.opcua / line.modbus need {exc.name}: install "
-                                "lineside[line]") from None
+        raise MissingExtraError(f"line.opcua / line.modbus need {exc.name}: "
+                                f"{install_hint('line')}") from None
     import anyio.from_thread
 
     # a port in use is a one-line config error now, not a traceback from the lifespan
