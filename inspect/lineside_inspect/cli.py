@@ -415,6 +415,11 @@ def evaluate_cmd(
     for name, c in q.get("per_class", {}).items():
         out.print(f"  {name}: recall {fmt(c['recall'])}  precision {fmt(c['precision'])}  "
                   f"images detected {c['images_detected']}/{c['images']}")
+    if r.get("thresholds_saved"):  # export puts them in the card: said, not done unsaid
+        out.print(f"thresholds calibrated on val saved to {r['thresholds_saved']} (lineside "
+                  "export puts them in the package's card)")
+    if r.get("report"):
+        out.print(f"report: {r['report']} (summary.md, metrics.json, curves, examples)")
 
 
 def new_version_name(folder: Path) -> str:

@@ -377,3 +377,16 @@ def test_a_dataset_named_like_a_holder_never_deletes_the_held_dataset(tmp_path: 
     with pytest.raises(DatasetError, match="is back in place"):
         import_dataset("voc", tmp_path / "v2", tmp_path / "parts")
     assert len(read_dataset(tmp_path / "parts").images) == 3
+
+
+def test_a_dataset_path_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    """It said "not a Lineside dataset ... lineside data import -f ... <the path> DST",
+    offering the missing folder as the labels to import."""
+    from lineside_inspect.dataset import read_dataset
+
+    with pytest.raises(DatasetError, match=r"deeppcb-test: no such folder \(a dataset is a folder "
+                       r"made by lineside data import"):
+        read_dataset(tmp_path / "deeppcb-test")
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(DatasetError, match=r"photos: not a Lineside dataset"):
+        read_dataset(tmp_path / "photos")

@@ -50,6 +50,8 @@ def test_time_budget_refits_and_stops_itself(tmp_path: Path, make_config: Make,
     log = (run / "train.log").read_text()
     assert "time budget 20s: the schedule (warm-up, cosine, EMA) is fitted to it" in log
     assert "first plan 160 steps" in log
+    # an epoch is a line a person reads (its row is in metrics.jsonl), not the raw JSON
+    assert re.search(r"epoch 1 \(step \d+/\d+\): loss [\d.]+, lr ", log) and '{"epoch"' not in log
     refits = [(int(a), int(b)) for a, b in re.findall(r"plan (\d+) steps \(.*?was (\d+)\)", log)]
     assert refits and refits[0][1] == 160 and refits[0][0] < 160  # the guess was re-fitted
     [end] = [line for line in log.splitlines() if "stopped itself at step" in line]

@@ -27,6 +27,9 @@ def test_train_evaluate_export_commands(tmp_path: Path) -> None:
     r = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.stderr
     assert "escape rate" in r.stdout and (tmp_path / "rep" / "time_to_accuracy.png").is_file()
+    # what it wrote, said: the thresholds export ships, and the report
+    assert f"thresholds calibrated on val saved to {run / 'thresholds.json'}" in r.stdout
+    assert f"report: {tmp_path / 'rep'}" in r.stdout
     # val is where the thresholds are calibrated: the report says its rates are in-sample
     assert "in-sample" in (tmp_path / "rep" / "summary.md").read_text()
     # another dataset's val (here a copy of the good images) neither re-calibrates the run
@@ -44,7 +47,7 @@ def test_train_evaluate_export_commands(tmp_path: Path) -> None:
                             "--device", "cpu", "--out", str(tmp_path / "rep-good")])
     assert r.exit_code == 0, r.stderr
     assert (run / "thresholds.json").read_text() == saved
-    assert "mAP n/a (no defects in the data)" in r.stdout
+    assert "mAP n/a (no defects in the data)" in r.stdout and "thresholds calibrated" not in r.stdout
     assert "in-sample" not in (tmp_path / "rep-good" / "summary.md").read_text()
     r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "models" / "cli" / "3")])
     assert r.exit_code == 0, r.stderr
@@ -60,6 +63,8 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "epochs" in r.stderr and "Traceback" not in r.output + r.stderr
     r = runner.invoke(app, ["evaluate", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no such run folder" in r.stderr
+    r = runner.invoke(app, ["train"])  # "config: data: Field required" said not what to give
+    assert r.exit_code == 2 and "give --data DATASET" in r.stderr and "--config CONFIG" in r.stderr
 
 
 def test_edge_install_says_what_to_install() -> None:

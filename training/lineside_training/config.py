@@ -201,4 +201,9 @@ def validate_config(schema: type[Config], path: str | Path | None, doc: dict[str
     try:
         return schema.model_validate(doc)
     except ValidationError as exc:
-        raise ConfigError(f"{path or 'config'}: {describe_validation(exc.errors())}") from None
+        hint = ""
+        if any(e["type"] == "missing" and tuple(e["loc"]) == ("data",) for e in exc.errors()):
+            # "data: Field required" did not say what to give
+            hint = ("; give --data DATASET (a folder made by lineside data import)"
+                    + ("" if path else ", and --config CONFIG (training/configs/*.yaml)"))
+        raise ConfigError(f"{path or 'config'}: {describe_validation(exc.errors())}{hint}") from None

@@ -385,6 +385,17 @@ def save_checkpoint(
     tmp.replace(path)
 
 
+
+def epoch_line(row: dict[str, Any]) -> str:
+    """An epoch's row of ``metrics.jsonl`` as one line of the log (the raw JSON, each
+    epoch, was most of a run's log)."""
+    planned = f"/{row['planned_steps']}" if "planned_steps" in row else ""
+    evaluated = (f", mAP@.5 {row['map50']:.3f} (mAP@[.5:.95] {row['map']:.3f})"
+                 if "map50" in row else "")
+    return (f"epoch {row['epoch']} (step {row['step']}{planned}): loss {row['loss']:.4f}, "
+            f"lr {row['lr']:.2e}, {row['train_img_s']:.1f} img/s{evaluated}, "
+            f"{row['elapsed_min']:.1f} min")
+
 def gained(progress: Progress, metrics: dict[str, Any]) -> bool:
     """Whether an evaluation beats the best so far: a higher mAP@.5, or the same with a
     higher mAP@[.5:.95] (a small validation set ties on mAP@.5 while the boxes still
@@ -615,7 +626,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
             if rank == 0:
                 with open(run / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
-                log(json.dumps(row))
+                log(epoch_line(row))  # the row itself is in metrics.jsonl
             save(epoch, run / "last.pt")
             epoch += 1
             # under a time budget the schedule is fitted to the whole budget: stopping on

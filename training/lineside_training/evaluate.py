@@ -55,10 +55,12 @@ def evaluate(
     # (a folder of good parts, another line's set) must not overwrite what export ships
     own = trained.is_own_data(data)
     rule = trained.config.agnostic_iou
+    saved: Path | None = None  # where the calibrated thresholds went, if anywhere
     if split == "val" and own:
         calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape,
                             agnostic_iou=rule)
         (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
+        saved = trained.run_dir / THRESHOLDS
         in_sample = True
     elif trained.thresholds:
         calib, in_sample = trained.thresholds, own and split in ("val", "all")
@@ -79,7 +81,9 @@ def evaluate(
     report = Path(out) if out else trained.run_dir / f"report-{split}"
     write_report(report, result, records, preds, trained.class_names, dataset, examples,
                  goal=trained.config.goal_map50)
-    return result
+    # where it wrote, for the command to say (it wrote them unsaid)
+    return {**result, "report": str(report),
+            "thresholds_saved": None if saved is None else str(saved)}
 
 
 SPLITS = ("train", "val", "test", "all")
@@ -134,7 +138,7 @@ def evaluate_package(
                                                       "precision": card.precision}}
     report = Path(out) if out else Path("runs") / f"{card.name}-{card.version}-report-{split}"
     write_report(report, result, records, preds, card.class_names, dataset, examples)
-    return result
+    return {**result, "report": str(report)}
 
 
 def _fmt(v: float | None) -> str:

@@ -198,6 +198,9 @@ def parse_dir(root: str | Path) -> tuple[Dataset, list[Problem]]:
     """Read a canonical folder; JSON problems are returned, not raised."""
     root = Path(root)
     path = root / ANNOTATIONS
+    if not root.exists():  # the hint below offered the missing path as the labels to import
+        raise DatasetError(f"{root}: no such folder (a dataset is a folder made by lineside "
+                           "data import -f voc|yolo|coco|good|deeppcb SRC DST)")
     if not path.is_file():
         raise DatasetError(f"{root}: not a Lineside dataset (no {ANNOTATIONS}); make one "
                            "from your labels with lineside data import -f voc|yolo|coco|good "
