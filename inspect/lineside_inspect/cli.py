@@ -32,13 +32,13 @@ from lineside_inspect.errors import (
 )
 
 app = typer.Typer(help="Lineside: automated visual inspection, from labeled images to the line.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 data_app = typer.Typer(help="Import, validate, split and inspect labeled datasets.",
-                       no_args_is_help=True)
+                       no_args_is_help=True, rich_markup_mode=None)
 bench_app = typer.Typer(help="Benchmarks that print figures for docs/benchmarks.md.",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=None)
 golden_app = typer.Typer(help="Golden sets: a line's own images with the verdict each must get "
-                              "(docs/lifecycle.md).", no_args_is_help=True)
+                              "(docs/lifecycle.md).", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 app.add_typer(golden_app, name="golden")
@@ -313,7 +313,7 @@ def data_pull(
     since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-01")] = None,
     key: Annotated[str | None, typer.Option(envvar="LINESIDE_KEY", help="reviewer API key")] = None,
     database_url: Annotated[str | None, typer.Option(help="store database URL")] = None,
-    overwrite: Annotated[bool, typer.Option()] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace DST if it is a dataset (or empty)")] = False,
 ) -> None:
     """Reviewed inspections as a training dataset (confirmed, false rejects, missed defects)."""
     from datetime import datetime
@@ -367,7 +367,7 @@ def train_cmd(
     threads: Annotated[int | None, typer.Option(min=1, help=(
         "torch threads (default: the cores the load average leaves free)"))] = None,
 ) -> None:
-    """Train a detector (needs lineside\\[train]; use torchrun for several GPUs/nodes)."""
+    """Train a detector (needs lineside[train]; use torchrun for several GPUs/nodes)."""
     t = training()
     cfg = t.load_config(config, set_, data=data, model=model, weights=weights, epochs=epochs,
                         name=name, device=device, extra_data=merge or None, time_budget=time,
@@ -554,7 +554,8 @@ def export_cmd(
     data: Annotated[str | None, typer.Option(help="dataset for parity/calibration")] = None,
     int8: Annotated[bool, typer.Option(help="static int8 quantisation")] = False,
     fp16: Annotated[bool, typer.Option(help="fp16 for GPU deployment")] = False,
-    overwrite: Annotated[bool, typer.Option()] = False,
+    overwrite: Annotated[bool, typer.Option(help=(
+        "replace --out if it is a model package or empty (never the run)"))] = False,
     parent: Annotated[Path | None, typer.Option(
         help="the package this run started from (its lineage: fine-tuned or retrained on its "
              "reviews)")] = None,
@@ -608,8 +609,9 @@ def serve_cmd(
     config: Annotated[Path | None, typer.Option(help="server YAML config")] = None,
     model: Annotated[list[str] | None, typer.Option(help="model package folder (repeatable)")] = None,
     recipe: Annotated[list[str] | None, typer.Option(help="recipe YAML (repeatable)")] = None,
-    host: Annotated[str | None, typer.Option()] = None,
-    port: Annotated[int | None, typer.Option()] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on (default: the config's, "
+                                             "else 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: the config's, else 8000)")] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda")] = None,
     insecure: Annotated[bool, typer.Option(help="allow a non-loopback bind without keys")] = False,
 ) -> None:
@@ -634,8 +636,9 @@ def serve_cmd(
 @friendly
 def hub_cmd(
     config: Annotated[Path, typer.Option(help="hub YAML config (docs/fleet.md)")],
-    host: Annotated[str | None, typer.Option()] = None,
-    port: Annotated[int | None, typer.Option()] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on (default: the config's, "
+                                             "else 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: the config's, else 8100)")] = None,
     insecure: Annotated[bool, typer.Option(help="allow a non-loopback bind without keys")] = False,
 ) -> None:
     """Run the fleet hub: every box's inspections in one database and object store."""

@@ -18,7 +18,7 @@ import typer
 from lineside_inspect.errors import ConfigError, HubRefused, HubUnavailable, PackageError
 
 fleet_app = typer.Typer(help="Model distribution to a fleet of boxes (docs/fleet.md).",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=None)
 
 Hub = Annotated[str, typer.Option("--hub", help="the hub's base URL, e.g. https://hub.plant:8100")]
 Token = Annotated[str | None, typer.Option(
