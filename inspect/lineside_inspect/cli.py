@@ -867,7 +867,7 @@ def _golden_items(data: Path | None, split: str | None, good: Path | None, bad: 
 def _golden_line(m: Any) -> str:
     s = m.summary()
     return (f"golden set {s['name']}:{s['version']} ({s['items']} images: {s['expected_fail']} "
-            f"must fail, {s['expected_pass']} must pass; {s['with_boxes']} with boxes), digest "
+            f"must fail, {s['expected_pass']} must pass; {s['with_boxes']} with boxes known), digest "
             f"{s['digest']}")
 
 
@@ -950,7 +950,7 @@ def golden_list(
     for entry in sets:
         for v in entry["versions"]:  # type: ignore[attr-defined]
             out.print(f"{v['name']}:{v['version']}  {v['items']} images ({v['expected_fail']} fail, "
-                      f"{v['expected_pass']} pass, {v['with_boxes']} with boxes)  {v['digest'][:16]}  "
+                      f"{v['expected_pass']} pass, {v['with_boxes']} with boxes known)  {v['digest'][:16]}  "
                       f"{v['created_at']}  {v['note']}")
         for b in entry["broken"]:  # type: ignore[attr-defined]
             out.print(f"{entry['name']}:{b['version']}  cannot be used: {b['error']}",
