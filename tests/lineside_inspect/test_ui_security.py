@@ -385,3 +385,16 @@ def test_status_page_without_keys(launch) -> None:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         assert "deeppcb" in r.text and "no cameras configured" in r.text
         assert 'action="/review/logout"' not in r.text  # no session to end
+
+
+def test_one_key_signing_in_again_and_again_ends_only_its_own_sessions() -> None:
+    """10,000 sign-ins of one key evicted every other reviewer's session (the oldest went
+    first, whoever held them): a key's own oldest go now, at MAX_SESSIONS_PER_KEY."""
+    from lineside_inspect.server.sessions import MAX_SESSIONS_PER_KEY, SessionStore
+
+    store = SessionStore(ttl_s=3600)
+    alice, _ = store.create("alice", "reviewer")
+    tokens = [store.create("mallory", "reviewer")[0] for _ in range(3 * MAX_SESSIONS_PER_KEY)]
+    assert store.get(alice) is not None  # untouched
+    assert len(store) == MAX_SESSIONS_PER_KEY + 1
+    assert store.get(tokens[-1]) is not None and store.get(tokens[0]) is None

@@ -19,6 +19,9 @@ from lineside_inspect.config import Role
 SESSION_COOKIE = "lineside_session"
 CSRF_HEADER = "x-csrf-token"
 MAX_SESSIONS = 10_000  # only key holders can sign in; this bounds memory all the same
+# one key's sessions: its holder signing in again and again ends its own oldest, never
+# (through MAX_SESSIONS) every other reviewer's
+MAX_SESSIONS_PER_KEY = 100
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class SessionStore:
         session = Session(name, role, secrets.token_urlsafe(32), time.monotonic() + self.ttl_s)
         with self._lock:
             self._purge()
+            mine = [k for k, s in self._sessions.items() if s.name == name]
+            for k in mine[:max(0, len(mine) - MAX_SESSIONS_PER_KEY + 1)]:  # oldest first
+                del self._sessions[k]
             while len(self._sessions) >= MAX_SESSIONS:  # the oldest go first (dicts keep order)
                 del self._sessions[next(iter(self._sessions))]
             self._sessions[_digest(token)] = session
