@@ -1000,7 +1000,7 @@ def gate_cmd(
     if as_json:
         out.print_json(report.model_dump_json())
     else:
-        out.print(format_report(report))
+        out.print(format_report(report, kept=False))
     if not report.passed:
         raise typer.Exit(1)
 

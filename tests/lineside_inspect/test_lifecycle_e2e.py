@@ -68,6 +68,7 @@ def test_train_gate_shadow_review_pull_retrain_gate(tmp_path: Path) -> None:
                          "--data-dir", str(data_dir)])
     assert r.exit_code == 1, r.output
     assert "| escapes (of" in r.output and "FAILED:" in r.output
+    assert "this report is not kept" in r.output and "; report " not in r.output  # no id to look up
 
     running, stop = start_server(keyed(data_dir=data_dir, store_pass_rate=1.0,
                                        model_roots=[str(ROOT / "models"), str(models)],

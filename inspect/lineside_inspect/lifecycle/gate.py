@@ -275,8 +275,9 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def format_report(report: GateReport, *, max_rows: int = 50) -> str:
-    """The report as Markdown: the figures side by side, the disagreements by image."""
+def format_report(report: GateReport, *, max_rows: int = 50, kept: bool = True) -> str:
+    """The report as Markdown: the figures side by side, the disagreements by image.
+    ``kept`` False (the CLI's gate, which keeps none): its id is left out, naming nothing."""
     a, c = report.against, report.candidate
     g = report.golden
     lines = [
@@ -308,5 +309,6 @@ def format_report(report: GateReport, *, max_rows: int = 50) -> str:
         if len(report.disagreements) > max_rows:
             lines.append(f"| ... and {len(report.disagreements) - max_rows} more | | | |")
     lines += ["", "PASSED" if report.passed else "FAILED: " + "; ".join(report.reasons),
-              f"(allowance {report.false_reject_allowance} extra false reject(s); report {report.id})"]
+              f"(allowance {report.false_reject_allowance} extra false reject(s)"
+              + (f"; report {report.id})" if kept else "; this report is not kept)")]
     return "\n".join(lines)
