@@ -340,6 +340,10 @@ def test_hub_pages_in_the_browser(hub: Hub, box: Running) -> None:
         page.select_option("select[name=review_state]", "")
         page.click("#filters button[type=submit]")
         expect(page.locator("#count")).to_contain_text(f"of {total}")
+        # a reviewer sees which box each item came from (a box's own page does not say)
+        expect(page.locator(".card .where").first).to_contain_text(f"{BOX} · ")
+        page.locator(".card").first.click()
+        expect(page.locator("#d-meta")).to_contain_text(f"box {BOX} · ")
         page.goto(hub.url + "/dashboard")
         expect(page.locator('select[name=site] option[value="plant-a"]')).to_have_count(1)
         with page.expect_request(lambda r: "/v1/stats?" in r.url and "site=plant-a" in r.url):

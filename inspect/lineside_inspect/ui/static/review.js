@@ -9,6 +9,7 @@ const state = { items: [], total: 0, offset: 0, limit: 24, sel: 0, open: null, b
                 shadow: null };
 const form = $("#filters");
 // site, line and box_id are there on a hub only (its review page covers every box)
+const ON_HUB = Boolean(form.elements.box_id);
 const FIELDS = ["verdict", "review_state", "camera_id", "label", "min_score", "queue", "site", "line", "box_id"]
   .filter((k) => form.elements[k]);
 
@@ -99,7 +100,8 @@ async function load() {
     if (img) img.onerror = () => pic.replaceChildren(el("p", {}, "(the image could not be loaded: removed from the store?)"));
     c.append(pic,
       el("p", {}, verdict(it.verdict), ` · ${it.defects.length} defect(s) · ${it.review_state.replace("unreviewed", "○ unreviewed")}`),
-      el("p", { class: "where" }, `${it.camera_id || "upload"} · ${time(it.created_at)}`));
+      // on a hub the box it came from too (on a box, every item is its own)
+      el("p", { class: "where" }, `${ON_HUB && it.box_id ? it.box_id + " · " : ""}${it.camera_id || "upload"} · ${time(it.created_at)}`));
     c.onclick = () => { state.sel = i; open(i); };
     c.onfocus = () => select(i, false);
     return c;
@@ -189,7 +191,7 @@ function render() {
   const ref = o.reference ? ` · reference ${o.reference.name || "(sent with the frame)"}` : "";
   // each value isolated (bdi): one holding a right-to-left override reversed the whole line
   const b = (v) => el("bdi", {}, String(v));
-  $("#d-meta").replaceChildren(b(o.camera_id || "upload"), " · part ", b(o.part_id || "-"), " · ", b(o.recipe.name),
+  $("#d-meta").replaceChildren(...(ON_HUB && o.box_id ? ["box ", b(o.box_id), " · "] : []), b(o.camera_id || "upload"), " · part ", b(o.part_id || "-"), " · ", b(o.recipe.name),
     " v", b(o.recipe.version), " · model ", b(o.model.name), ":", b(o.model.version), ref, ` · ${dateTime(o.created_at)} · ${o.review_state}`);
   // why it failed, as judged (an anomaly model's reason carries its image score)
   $("#d-reasons").textContent = o.reasons.map((r) => r.message).join(" · ");
