@@ -373,3 +373,22 @@ def test_a_json_route_names_the_content_type_it_takes(srv: Running) -> None:
         assert r.status_code == 422 and "key" in r.text, r.text
         r = c.post("/review/login", content=b"key=x", headers={"content-type": "text/plain"})
         assert r.status_code == 422 and "JSON" not in r.text, r.text
+
+
+def test_a_damaged_stored_image_is_not_blamed_on_the_caller(srv: Running, board: bytes) -> None:
+    """A stored image that no longer decodes (a hub takes a box's image by its header)
+    answered the reviewer 400 invalid_image, a "your request was wrong" for data the
+    server holds."""
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", content=board, headers=JPEG, params={"recipe": "deeppcb"})
+        assert r.status_code == 200 and r.json()["stored"], r.text
+        iid = r.json()["id"]
+    store = srv.app.state.store
+    store.flush()
+    path = store.image_file(store.get(iid))
+    path.write_bytes(board[: len(board) // 2])  # its header whole, the rest gone
+    with srv.client("reviewer") as c:
+        r = c.get(f"/v1/inspections/{iid}/annotated")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+    assert f"the stored image of inspection {iid} cannot be drawn: truncated JPEG" in r.text
+    assert str(path) not in r.text

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, FiniteFloat, StrictInt
 from starlette.background import BackgroundTask
 
 from lineside_inspect.draw import annotate
-from lineside_inspect.errors import Overloaded
+from lineside_inspect.errors import ImageError, NotFoundError, Overloaded
 from lineside_inspect.imageio import decode_image, encode_jpeg
 from lineside_inspect.names import OneLine, Text
 from lineside_inspect.runtime.types import Detections
@@ -124,7 +124,12 @@ async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -
                           np.array([b.get("score", 1.0) for b in boxes]),
                           np.array([row.class_names.index(b["label"]) for b in boxes]),
                           row.class_names)
-        return encode_jpeg(annotate(decode_image(raw), dets, row.verdict))
+        try:
+            image = decode_image(raw)
+        except ImageError as exc:  # stored, not sent: a 400 "invalid_image" blamed the caller
+            raise NotFoundError(f"the stored image of inspection {row.id} cannot be drawn: "
+                                f"{exc.message}") from None
+        return encode_jpeg(annotate(image, dets, row.verdict))
 
     slots = _drawing(request)
     try:
