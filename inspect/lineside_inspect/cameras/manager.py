@@ -19,6 +19,9 @@ class CameraManager:
         self.configs = {c.id: c for c in cameras}
         self.workers: dict[str, CameraWorker] = {}
         self.last_results: dict[str, Any] = {}  # camera id -> its last inspection (live view)
+        # camera id -> ((frame seq, last inspection id), the frame drawn as JPEG): shared by
+        # every viewer (server/routes/cameras.py)
+        self.drawn: dict[str, tuple[tuple[int, str], bytes]] = {}
         # the recipe a camera's PLC station triggers with (the line sets this): a PLC may
         # switch it, while HTTP triggers and continuous cameras keep the configured one
         self.plc_recipe: Callable[[str], str | None] | None = None

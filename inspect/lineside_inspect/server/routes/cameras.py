@@ -79,11 +79,19 @@ def _frame_jpeg(manager: CameraManager, camera_id: str) -> bytes:
         h = worker.health()
         raise CameraUnavailable(f"camera {camera_id} is {h['state']}", h)
     last = manager.last_results.get(camera_id)
+    # every viewer of a camera (status pages each second, live views) shares one drawing
+    # and encoding per frame and verdict
+    key = (frame.seq, "" if last is None else last.id)
+    cached = manager.drawn.get(camera_id)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     if last is not None:
         image = annotate(frame.image, last.defects, last.verdict)
     else:
         image = annotate(frame.image, Detections.empty([]))
-    return encode_jpeg(image, quality=80)
+    jpeg = encode_jpeg(image, quality=80)
+    manager.drawn[camera_id] = (key, jpeg)
+    return jpeg
 
 
 @router.get("/{camera_id}/snapshot", response_class=Response, responses={
