@@ -98,6 +98,9 @@ def card_digest(card: ModelCard) -> str:
 # agnostic_iou did) bumps it, so an older server refuses a newer card by its format, with
 # "upgrade", rather than by an unknown field's name
 CARD_FORMAT = 1
+MAX_CLASSES = 1_000  # a card's classes
+MAX_CLASS_NAME = 128  # characters of a class name
+MAX_DETECTIONS = 5_000  # a card's max_detections (a fused recipe reports up to twice)
 
 
 class ModelCard(BaseModel):
@@ -112,10 +115,13 @@ class ModelCard(BaseModel):
     # 64, not a name's 128: every inspection stores it (the store's and the fleet hub's
     # column), and a longer one stopped a box's forwarding for good at the hub
     version: Name = Field(max_length=64)
-    class_names: list[str] = Field(..., min_length=1)
+    # bounded as the fleet hub bounds the records it takes (fleet/hub/ingest.py): a card
+    # past them loaded, and its every record was refused at the hub, for good
+    class_names: list[Annotated[str, Field(min_length=1, max_length=MAX_CLASS_NAME)]] = Field(
+        ..., min_length=1, max_length=MAX_CLASSES)
     input: InputSpec
     outputs: list[str] = Field(default_factory=lambda: list(OUTPUT_NAMES))
-    max_detections: int = 100
+    max_detections: int = Field(100, ge=1, le=MAX_DETECTIONS)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     # scores are 0..1; a NaN threshold never counted its class, silently (attacker review)
     thresholds: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = Field(

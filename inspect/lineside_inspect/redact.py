@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import re
 
-# user:password@ of a URL anywhere in the text: the password runs to the line's last '@'
-# (a raw '@', '/' or space in it was shown); the user may hold an '@' too
-_USERINFO = re.compile(r"(://[^/:\s]*):[^\n]*@")
-# a password, token or key in a query string (many IP cameras take them there)
-_QUERY = re.compile(
-    r"(?i)([?&;][a-z0-9_.\-]*(?:pass|pwd|token|key|secret|auth|sig)[a-z0-9_.\-]*=)[^&;\s'\"]*")
+MAX_TEXT = 8192  # longer text is cut first: every pattern below then runs in bounded time
+
+# user:password@ of a URL anywhere in the text: the password runs to the last '@' within
+# reach (a raw '@', '/' or space in it was shown); the user may hold an '@' too
+_USERINFO = re.compile(r"(://[^/:\s]{0,256}):[^\n]{0,512}@")
+# a password, token or key given as key=value: in a query string (many IP cameras take
+# them there) or as a GStreamer property (rtspsrc user-pw=..., souphttpsrc), quoted or not
+_KEYED = re.compile(
+    r"(?i)((?:^|[?&;\s])[a-z0-9_.\-]{0,64}(?:pass|pwd|pw|psw|pas|token|key|secret|auth|sig)"
+    r"[a-z0-9_.\-]{0,64}=)(?:\"[^\"]*\"|'[^']*'|[^&;\s'\"]*)")
 
 
 def hide_secrets(text: str) -> str:
-    """``text`` with URL passwords and secret query values shown as ``***``."""
-    return _QUERY.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))
+    """``text`` with URL passwords and secret key=value values shown as ``***``."""
+    if len(text) > MAX_TEXT:
+        text = text[:MAX_TEXT] + "…"
+    return _KEYED.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))

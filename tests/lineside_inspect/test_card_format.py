@@ -62,3 +62,17 @@ def test_a_version_is_at_most_64_characters(tmp_path: Path) -> None:
     assert load_package(_package(tmp_path / "a", version="v" * 64)).card.version == "v" * 64
     with pytest.raises(PackageError, match="version: String should have at most 64 characters"):
         load_package(_package(tmp_path / "b", version="v" * 65))
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"class_names": [f"c{i}" for i in range(1001)]}, "class_names"),
+    ({"class_names": ["open", "x" * 129]}, "class_names.1"),
+    ({"max_detections": 5001}, "max_detections"),
+    ({"max_detections": 0}, "max_detections"),
+])
+def test_a_card_past_what_the_fleet_hub_takes_does_not_load(tmp_path: Path, fields: dict[str, object],
+                                                             field: str) -> None:
+    """The hub bounds a record's classes, class names and boxes; a card past them loaded on
+    a box, and its every record was refused at the hub, holding up all later ones."""
+    with pytest.raises(PackageError, match=field.replace(".", r"\.")):
+        load_package(_package(tmp_path, **fields))

@@ -179,13 +179,13 @@ def test_hostile_values_are_422s_naming_the_field(hub: ServedHub) -> None:
         # defect), and every review page listing the record half a gigabyte
         "record.defects has 10001 entries, over the 10000 a record may carry": _forwarded(
             2, defects=[{"label": "short", "score": 0.5, "box": [1, 2, 3, 4]}] * 10_001),
-        "record.class_names has 1001 entries, over the 1000": _forwarded(
-            2, class_names=[f"c{i}" for i in range(1001)]),
+        "record.class_names has 2001 entries, over the 2000": _forwarded(
+            2, class_names=[f"c{i}" for i in range(2001)]),
         "record.class_names.1 is over 128 characters": _forwarded(
             2, class_names=["short", "x" * 129]),
-        "record.reasons has 1001 entries": _forwarded(
+        "record.reasons has 2002 entries": _forwarded(
             2, reasons=[{"rule": "critical", "label": "short", "count": 1, "allowed": 0,
-                         "message": "x"}] * 1001),
+                         "message": "x"}] * 2002),
     }
     for message, item in bad_forwards.items():
         r = _post(hub, "box1", "inspections", {"items": [item]})
@@ -373,3 +373,13 @@ def test_a_review_on_a_shared_database_goes_up_from_the_inspections_box(
             for store, hub_client, *_ in boxes.values():
                 hub_client.close()
                 store.close()
+
+
+def test_ids_from_a_box_are_read_in_order(hub: ServedHub) -> None:
+    """A part id holding U+202E reversed the hub's review page line (model, recipe, time
+    read backwards); an older box still sends one: taken, its controls made U+FFFD."""
+    item = _forwarded(1_000_000, part_id="\u202eevil-\u2066x", camera_id="cam\u200f1")
+    assert _post(hub, "box2", "inspections", {"items": [item]}).status_code == 200
+    qa = {"authorization": f"Bearer {KEYS['qa']}"}
+    got = httpx.get(f"{hub.url}/v1/inspections/{item['id']}", headers=qa).json()
+    assert got["part_id"] == "\ufffdevil-\ufffdx" and got["camera_id"] == "cam\ufffd1"

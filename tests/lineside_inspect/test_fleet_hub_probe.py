@@ -370,6 +370,19 @@ def test_a_hub_whose_database_cannot_be_reached_says_so_in_one_line(tmp_path: Pa
                     "access_key": "a", "secret_key": "bbbbbbbb", "secure": False}}))
     result = CliRunner().invoke(app, ["hub", "--config", str(cfg)])
     assert result.exit_code == 2, result.output
-    assert "the hub's database postgresql+psycopg://lineside:***@127.0.0.1" in result.output
+    assert "the hub's database postgresql+psycopg://127.0.0.1:" in result.output
     assert "cannot be reached" in result.output and "Connection refused" in result.output
     assert "Traceback" not in result.output and "pw-s3cret" not in result.output
+    # a password in the query, or holding an '@' (a driver then quotes part of it as the
+    # host), is not shown either
+    from lineside_inspect.errors import DatabaseUnavailable
+    from lineside_inspect.fleet.hub.app import check_database
+
+    port = free_port()
+    for url in (f"postgresql+psycopg://u@127.0.0.1:{port}/db?connect_timeout=2&password=s3cret-q",
+                f"postgresql+psycopg://u:pa@ss-w0rd@127.0.0.1:{port}/db"):
+        with pytest.raises(DatabaseUnavailable) as exc:
+            check_database(url)
+        assert "s3cret-q" not in exc.value.message and "ss-w0rd" not in exc.value.message
+    # SQLite is the store's to make (its folder may not exist yet): no check, no refusal
+    check_database(f"sqlite:///{tmp_path / 'not-yet' / 'hub.db'}")

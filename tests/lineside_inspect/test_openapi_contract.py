@@ -260,6 +260,11 @@ def test_inspect_documents_its_query_parameters(served: tuple[Running, dict[str,
     ("http://cam/v.cgi?user=admin&pwd=S3cret&x=1", "http://cam/v.cgi?user=admin&pwd=***&x=1"),
     ("http://cam/snap?Password=a;token=b", "http://cam/snap?Password=***;token=***"),
     ("http://cam/video.mjpg?resolution=640", "http://cam/video.mjpg?resolution=640"),
+    # GStreamer properties, quoted or not, and other cameras' query keys
+    ("rtspsrc location=rtsp://cam/s user-id=admin user-pw=s3 ! x",
+     "rtspsrc location=rtsp://cam/s user-id=admin user-pw=*** ! x"),
+    ('rtspsrc user-pw="a b" location=x', "rtspsrc user-pw=*** location=x"),
+    ("http://cam/v.cgi?pw=a&psw=b&loginpas=c&x=1", "http://cam/v.cgi?pw=***&psw=***&loginpas=***&x=1"),
     ("rtsp://cam/live", "rtsp://cam/live"),
     ("rtsp://cam:554/live", "rtsp://cam:554/live"),
 ])

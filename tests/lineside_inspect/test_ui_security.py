@@ -139,7 +139,8 @@ def test_security_headers(srv, path: str) -> None:
     assert r.headers["x-content-type-options"] == "nosniff"
     assert r.headers["referrer-policy"] == "no-referrer"
     # a shared line PC: nothing but the static files stays in its browser's cache
-    assert r.headers.get("cache-control") == (None if path.startswith("/static/") else "no-store")
+    static = path.startswith(("/static/", "/docs/swagger-ui"))
+    assert r.headers.get("cache-control") == (None if static else "no-store")
 
 
 # ---------------------------------------------------------------- CSV formula injection

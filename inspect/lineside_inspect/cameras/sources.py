@@ -3,6 +3,7 @@ URL, GStreamer pipeline, video file) and a folder of images as a simulated camer
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Protocol
@@ -51,7 +52,10 @@ class OpenCVSource:
             raise ImageError(f"cannot open video source {self.source!r}")
         self.cap = cap
         if self.is_file and self.fps is None:
-            self.fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+            # a container's own rate, if it is one (a variable-rate or broken file says NaN,
+            # 0 or 90000: unpaced, a busy loop)
+            rate = cap.get(cv2.CAP_PROP_FPS)
+            self.fps = rate if math.isfinite(rate) and 1 <= rate <= 120 else 25.0
         self._next = time.monotonic()
 
     def read(self) -> np.ndarray | None:

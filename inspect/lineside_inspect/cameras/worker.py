@@ -28,6 +28,9 @@ class Frame:
     monotonic: float  # time.monotonic() when captured: every freshness and age check
 
 
+HEALTHY_FRAMES = 10  # frames read after an open that make it a healthy spell (back-off)
+
+
 class CameraWorker:
     def __init__(self, camera_id: str, make: Callable[[], FrameSource], *,
                  stale_after_s: float = 2.0, backoff_base_s: float = 0.2,
@@ -140,13 +143,13 @@ class CameraWorker:
             self.state = "online"
             if attempt:
                 self.reconnects += 1
-            opened = time.monotonic()
+            opened, frames = time.monotonic(), self.frames
             reason = self._read_loop(source)
             source.close()
             self._source = None
             if self._stop.is_set():
                 break
-            if time.monotonic() - opened >= self.backoff_max_s:
+            if self.frames - frames >= HEALTHY_FRAMES or time.monotonic() - opened >= self.backoff_max_s:
                 # a healthy spell starts the count afresh; a source that opens and fails at
                 # once (a stream dropped right after connecting) backs off as one that
                 # cannot open, not every 0.1-0.2 s forever

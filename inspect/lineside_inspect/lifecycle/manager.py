@@ -294,9 +294,13 @@ class Lifecycle:
             return
         if runner.stop(model) is not session:
             return  # stopped by someone else meanwhile
-        self.records.audit(actor=actor, action="shadow_stop", model=model, version=version,
-                           reason=f"{model} {version} became the active version ({how})",
-                           details={"run_id": session.run_id, **session.counts()})
+        try:  # the activation stands: a failed audit row must not answer it as failed
+            self.records.audit(actor=actor, action="shadow_stop", model=model, version=version,
+                               reason=f"{model} {version} became the active version ({how})",
+                               details={"run_id": session.run_id, **session.counts()})
+        except Exception as exc:
+            log.warning("shadow of %s %s stopped (it is active now), not recorded: %s",
+                        model, version, exc)
 
     def first_version(self, det: Detector, *, actor: str) -> None:
         """Record that the first loaded version of a new model name became active (the

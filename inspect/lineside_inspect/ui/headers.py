@@ -4,7 +4,7 @@ The pages load scripts, styles and images from this server only: the CSP forbids
 scripts and event handlers (``script-src`` falls back to ``default-src 'self'``), so even
 markup that slipped into a page could not run; ``frame-ancestors 'none'`` and
 ``X-Frame-Options`` stop another site framing the page to steal clicks (a click on
-"confirm" or "roll back"). Every answer but the static files is ``Cache-Control:
+"confirm" or "roll back"). Every answer but the static files (:data:`CACHED`) is ``Cache-Control:
 no-store``: a line PC is shared, and the review page (its CSRF token), inspection images
 and the API's JSON stayed in its browser cache after sign-out. A route may set its own
 value of any of these; it is kept.
@@ -31,6 +31,11 @@ SECURITY_HEADERS = {
 }
 
 
+# what may stay in a browser's cache: the pages' scripts and styles, and the API docs'
+# bundle (1 MB, fetched again on every visit otherwise); none of it holds data
+CACHED = ("/static/", "/docs/swagger-ui")
+
+
 class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -40,7 +45,10 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
-        cached = scope["path"].startswith("/static/")
+        path, root = scope["path"], scope.get("root_path") or ""
+        if root and path.startswith(root):  # behind a proxy's prefix
+            path = path[len(root):]
+        cached = path.startswith(CACHED)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

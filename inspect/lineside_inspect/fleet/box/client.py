@@ -44,8 +44,9 @@ class HubCutBody(HubUnavailable):
     ``min_body_rate``), or the connection broke while the body was being sent."""
 
 
-class HubBodyTooLarge(HubCutBody):
-    """The hub answered 413: the request's body is over its ``max_body_bytes``."""
+class HubBodyTooLarge(HubRefused):
+    """The hub answered 413: the request's body is over its ``max_body_bytes`` (a refusal,
+    counted as one; the forwarder sends smaller batches, fleet/box/forward.py)."""
 
 
 class HubClient:

@@ -143,14 +143,18 @@ class Forwarder(HubTask):
                 ack = self.client.post(self.client.path(FORWARD), ForwardBatch(items=items),
                                        ForwardAck)
             except HubBodyTooLarge:
-                if len(items) == 1 and items[0].seq not in self._bare:
+                if len(items) > 1:
+                    self._shrink(len(items), "too large for the hub")
+                elif items[0].seq not in self._bare:
                     self._bare.add(items[0].seq)
                     self._count("image_too_large")
                     log.warning("fleet: inspection %s with its images is over the hub's "
                                 "max_body_bytes on its own: its record goes without them",
                                 items[0].id)
                 else:
-                    self._shrink(len(items), "too large for the hub")
+                    log.warning("fleet: inspection %s is over the hub's max_body_bytes even "
+                                "without its images: raise the hub's max_body_bytes",
+                                items[0].id)
                 raise
             except HubCutBody:
                 self._shrink(len(items), "cut off by the hub (a slow uplink?)")

@@ -100,23 +100,46 @@ def setup_store(app: FastAPI, hub: HubSettings) -> None:
 def check_database(url: str) -> None:
     """One connection to the hub's database before the server starts: a database that
     cannot be reached is one line naming it (:class:`DatabaseUnavailable`), not the
-    application start-up's 160-line traceback."""
+    application start-up's 160-line traceback. SQLite is left to the store (its file and
+    folder are made there)."""
     from sqlalchemy.engine import make_url
 
     from lineside_inspect.store.store import make_engine
 
+    if url.startswith("sqlite"):
+        return
     engine = make_engine(url)
     try:
         with engine.connect():
             pass
     except OperationalError as exc:
-        where = make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        # where, without the user, the password or the query (a password may sit there)
+        where = f"{parsed.drivername}://{parsed.host or ''}{f':{parsed.port}' if parsed.port else ''}" \
+                f"/{parsed.database or ''}"
         lines = str(exc.orig or exc).strip().splitlines()
-        reason = lines[0] if lines else type(exc).__name__
-        raise DatabaseUnavailable(f"the hub's database {where} cannot be reached: "
-                                  f"{hide_secrets(reason)[:300]}") from None
+        message = (f"the hub's database {where} cannot be reached: "
+                   f"{lines[0] if lines else type(exc).__name__}")
+        raise DatabaseUnavailable(_without_secrets(message, url)[:400]) from None
     finally:
         engine.dispose()
+
+
+def _without_secrets(message: str, url: str) -> str:
+    """``message`` with the URL's password hidden wherever it shows: a driver's error may
+    quote a host that holds part of it (``u:pa@ss@host`` parsed as host ``ss@host``)."""
+    rest = url.split("://", 1)[-1]
+    userinfo = rest.rsplit("@", 1)[0] if "@" in rest else ""
+    secrets = [userinfo.split(":", 1)[1]] if ":" in userinfo else []
+    secrets += [part for s in list(secrets) for part in s.split("@")]
+    from urllib.parse import parse_qsl
+
+    query = rest.split("?", 1)[1] if "?" in rest else ""
+    secrets += [v for k, v in parse_qsl(query)
+                if any(w in k.lower() for w in ("pass", "pwd", "secret", "token", "key"))]
+    for secret in sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return hide_secrets(message)
 
 
 class DatabaseProbe:

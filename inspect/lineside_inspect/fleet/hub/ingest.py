@@ -69,8 +69,10 @@ from lineside_inspect.fleet.protocol import (
     ForwardedInspection,
 )
 from lineside_inspect.imageio import header_size
-from lineside_inspect.names import scrub_text
+from lineside_inspect.names import BIDI_RE, scrub_text
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
+from lineside_inspect.package import MAX_CLASS_NAME, MAX_DETECTIONS
+from lineside_inspect.package import MAX_CLASSES as MAX_CARD_CLASSES
 from lineside_inspect.schemas import StoredInspection
 from lineside_inspect.server.deps import Principal, require
 from lineside_inspect.server.responses import errors
@@ -84,10 +86,11 @@ PUT_THREADS = 4
 # column widths of InspectionRow: a longer value is refused (422), never a database error
 _WIDTHS = {"camera_id": 128, "part_id": 256, "recipe_name": 128, "recipe_version": 64,
            "model_name": 128, "model_version": 64, "model_sha256": 64, "reference_name": 128}
-# a record's lists: far over any model's (a card's max_detections is 100 by default)
-MAX_DEFECTS = 10_000
-MAX_CLASSES = 1_000
-MAX_REASONS = 1_000
+# a record's lists, as far as a box's cards allow (package.py): a detector's and a fused
+# good-only model's boxes, both models' classes, a reason per class and the anomaly's
+MAX_DEFECTS = 2 * MAX_DETECTIONS
+MAX_CLASSES = 2 * MAX_CARD_CLASSES
+MAX_REASONS = 2 * MAX_CARD_CLASSES + 1
 _MAGIC = {"jpg": (b"\xff\xd8",), "png": (b"\x89PNG\r\n\x1a\n",)}
 
 
@@ -336,7 +339,8 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
             raise RecordError(f"item seq {item.seq}: image_b64 is {width}x{height}, the record "
                               f"says {rec.width}x{rec.height}")
     values: dict[str, Any] = {
-        "id": rec.id, "created_at": created, "camera_id": rec.camera_id, "part_id": rec.part_id,
+        "id": rec.id, "created_at": created, "camera_id": _in_order(rec.camera_id),
+        "part_id": _in_order(rec.part_id),
         "recipe_name": rec.recipe.name, "recipe_version": rec.recipe.version,
         "model_name": rec.model.name, "model_version": rec.model.version,
         "model_sha256": rec.model.sha256, "class_names": list(rec.class_names),
@@ -348,7 +352,8 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
         "image_path": image_key(box_id, created, rec.id, item.image_ext)
         if item.image_ext is not None else None,
         "width": rec.width, "height": rec.height, "image_bytes": len(image or b""),
-        "reference_name": ref.name if ref is not None else None, "reference_path": ref_key,
+        "reference_name": _in_order(ref.name) if ref is not None else None,
+        "reference_path": ref_key,
         "review_state": rec.review_state, "box_id": box_id, "site": item.site,
         "line": item.line}
     for column, width in _WIDTHS.items():
@@ -356,6 +361,13 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
         if v is not None and len(v) > width:
             raise RecordError(f"item seq {item.seq}: {column} is over {width} characters")
     return _Prepared(InspectionRow(**values), image, reference)
+
+
+def _in_order(value: str | None) -> str | None:
+    """An id a page shows, its bidirectional controls made U+FFFD: a box's part id holding
+    U+202E reversed the review page's line (a box of this release refuses them; an older
+    one's records are taken, not refused for good)."""
+    return None if value is None else BIDI_RE.sub("\ufffd", value)
 
 
 def _check_defects(seq: int, rec: StoredInspection) -> None:
@@ -370,9 +382,10 @@ def _check_defects(seq: int, rec: StoredInspection) -> None:
         if len(values) > most:
             raise RecordError(f"item seq {seq}: record.{field} has {len(values)} entries, "
                               f"over the {most} a record may carry")
-    long = next((n for n, c in enumerate(rec.class_names) if len(c) > 128), None)
+    long = next((n for n, c in enumerate(rec.class_names) if len(c) > MAX_CLASS_NAME), None)
     if long is not None:
-        raise RecordError(f"item seq {seq}: record.class_names.{long} is over 128 characters")
+        raise RecordError(f"item seq {seq}: record.class_names.{long} is over {MAX_CLASS_NAME} "
+                          "characters")
     classes = set(rec.class_names)
     for n, d in enumerate(rec.defects):
         if d.label not in classes:

@@ -84,20 +84,25 @@ function fillTables(o) {
 // this server each: with a few cameras or tabs, no page loaded). A frame that cannot be
 // had leaves the last one shown, dimmed by the card's state.
 const SNAPSHOT_MS = 1000;
+// a hidden page asks nothing until it is shown again
+const shown = () => (document.hidden
+  ? new Promise((done) => document.addEventListener("visibilitychange", done, { once: true })).then(shown)
+  : Promise.resolve());
+
 async function snapshots(img) {
   for (;;) {
+    await shown();
     let wait = SNAPSHOT_MS;
     try {
       const r = await fetch(img.dataset.snapshot, { cache: "no-store" });
-      if (r.status === 401) return;  // signed out: the page says so on its next refresh
       if (r.ok) {
         const old = img.src;
         img.src = URL.createObjectURL(await r.blob());
         await img.decode().catch(() => {});
         if (old.startsWith("blob:")) URL.revokeObjectURL(old);
-      } else wait = 3 * SNAPSHOT_MS;
-    } catch (e) { wait = 3 * SNAPSHOT_MS; }
-    await new Promise((done) => setTimeout(done, document.hidden ? 5 * SNAPSHOT_MS : wait));
+      } else wait = 5 * SNAPSHOT_MS;  // offline, or signed out (the next refresh says so)
+    } catch (e) { wait = 5 * SNAPSHOT_MS; }
+    await new Promise((done) => setTimeout(done, wait));
   }
 }
 

@@ -101,7 +101,8 @@ async function load() {
     c.append(pic,
       el("p", {}, verdict(it.verdict), ` · ${it.defects.length} defect(s) · ${it.review_state.replace("unreviewed", "○ unreviewed")}`),
       // on a hub the box it came from too (on a box, every item is its own)
-      el("p", { class: "where" }, `${ON_HUB && it.box_id ? it.box_id + " · " : ""}${it.camera_id || "upload"} · ${time(it.created_at)}`));
+      el("p", { class: "where" }, ...(ON_HUB && it.box_id ? [el("bdi", {}, it.box_id), " · "] : []),
+         el("bdi", {}, it.camera_id || "upload"), ` · ${time(it.created_at)}`));
     c.onclick = () => { state.sel = i; open(i); };
     c.onfocus = () => select(i, false);
     return c;
@@ -188,11 +189,11 @@ new ResizeObserver(fit).observe($("#stage"));
 function render() {
   const o = state.open;
   $("#d-title").replaceChildren(verdict(o.verdict), ` ${o.id.slice(0, 8)}`);
-  const ref = o.reference ? ` · reference ${o.reference.name || "(sent with the frame)"}` : "";
+  const ref = o.reference ? [" · reference ", el("bdi", {}, o.reference.name || "(sent with the frame)")] : [];
   // each value isolated (bdi): one holding a right-to-left override reversed the whole line
   const b = (v) => el("bdi", {}, String(v));
   $("#d-meta").replaceChildren(...(ON_HUB && o.box_id ? ["box ", b(o.box_id), " · "] : []), b(o.camera_id || "upload"), " · part ", b(o.part_id || "-"), " · ", b(o.recipe.name),
-    " v", b(o.recipe.version), " · model ", b(o.model.name), ":", b(o.model.version), ref, ` · ${dateTime(o.created_at)} · ${o.review_state}`);
+    " v", b(o.recipe.version), " · model ", b(o.model.name), ":", b(o.model.version), ...ref, ` · ${dateTime(o.created_at)} · ${o.review_state}`);
   // why it failed, as judged (an anomaly model's reason carries its image score)
   $("#d-reasons").textContent = o.reasons.map((r) => r.message).join(" · ");
   const truth = truthOf(o);
