@@ -6,6 +6,8 @@ carries (``fleet_peers.SlowLink``)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,52 +76,49 @@ def test_a_batch_over_the_hubs_body_limit_is_halved_and_one_alone_goes_without_i
     and not counted in the batch's image budget, made it likely)."""
     detector = Detector(MODEL, device="cpu", threads=1)
     image = len(_inspection(detector).raw)
-    # two inspections (image + reference, base64) fit, four do not; then one alone does not
-    settings = hub_settings(tmp_path, weed.settings("fleet-too-large"),
-                            max_body_bytes=int(image * 2 * 4 / 3 * 2.6))
-    store = Store(tmp_path / "box", pass_rate=1.0, box_id="box1")
-    store.event_makers.append(forward_events)
-    with ServedHub(settings) as hub:
-        fleet = FleetSettings(hub_url=hub.url, token=KEYS["box1"], timeout_s=30,  # type: ignore[arg-type]
-                              forward_batch=4)
-        hub_client = HubClient(fleet, "box1")
-        try:
-            made = [_inspection(detector) for _ in range(4)]
-            for inspection in made:
-                inspection.reference = Reference.from_bytes("gold", inspection.raw)
-                assert store.save(inspection)
-            store.flush()
-            forwarder = Forwarder(store, hub_client, fleet)
-            refused = _rounds(forwarder)
-            assert refused and all("413" in r for r in refused), refused
-            assert forwarder.batch == 2 and not forwarder.outbox.pending()
-            for inspection in made:  # every one arrived, with its images
-                row = hub.store.get(inspection.id)
-                assert row.box_id == "box1" and row.image_path and row.reference_path
-        finally:
-            hub_client.close()
-            store.close()
+    # two inspections (image + reference, base64) fit, four do not
+    with _box_and_hub(tmp_path / "a", weed, "fleet-too-large", int(image * 2 * 4 / 3 * 2.6),
+                      batch=4) as (store, hub, forwarder):
+        made = [_inspection(detector) for _ in range(4)]
+        for inspection in made:
+            inspection.reference = Reference.from_bytes("gold", inspection.raw)
+            assert store.save(inspection)
+        store.flush()
+        refused = _rounds(forwarder)
+        assert refused and all("413" in r for r in refused), refused
+        assert forwarder.batch == 2 and not forwarder.outbox.pending()
+        for inspection in made:  # every one arrived, with its images
+            row = hub.store.get(inspection.id)
+            assert row.box_id == "box1" and row.image_path and row.reference_path
     # a hub that cannot take even one of them: it goes without its images, the rest follow
-    (tmp_path / "small").mkdir()
-    settings = hub_settings(tmp_path / "small", weed.settings("fleet-too-large-2"),
-                            max_body_bytes=int(image * 4 / 3 * 0.9))
-    store = Store(tmp_path / "box2", pass_rate=1.0, box_id="box1")
+    with _box_and_hub(tmp_path / "b", weed, "fleet-too-large-2", int(image * 4 / 3 * 0.9),
+                      batch=1) as (store, hub, forwarder):
+        made = [_inspection(detector) for _ in range(2)]
+        for inspection in made:
+            assert store.save(inspection)
+        store.flush()
+        refused = _rounds(forwarder)
+        assert len(refused) == 2 and not forwarder.outbox.pending(), refused
+        for inspection in made:
+            row = hub.store.get(inspection.id)
+            assert row.box_id == "box1" and not row.image_path
+
+
+@contextlib.contextmanager
+def _box_and_hub(folder: Path, weed: Any, bucket: str, max_body_bytes: int,
+                 batch: int) -> Iterator[tuple[Store, ServedHub, Forwarder]]:
+    """A box store (forwarding its inspections) and a hub taking bodies up to
+    ``max_body_bytes``: (store, hub, the box's forwarder)."""
+    folder.mkdir(parents=True)
+    settings = hub_settings(folder, weed.settings(bucket), max_body_bytes=max_body_bytes)
+    store = Store(folder / "box", pass_rate=1.0, box_id="box1")
     store.event_makers.append(forward_events)
     with ServedHub(settings) as hub:
         fleet = FleetSettings(hub_url=hub.url, token=KEYS["box1"], timeout_s=30,  # type: ignore[arg-type]
-                              forward_batch=1)
+                              forward_batch=batch)
         hub_client = HubClient(fleet, "box1")
         try:
-            made = [_inspection(detector) for _ in range(2)]
-            for inspection in made:
-                assert store.save(inspection)
-            store.flush()
-            forwarder = Forwarder(store, hub_client, fleet)
-            refused = _rounds(forwarder)
-            assert len(refused) == 2 and not forwarder.outbox.pending(), refused
-            for inspection in made:
-                row = hub.store.get(inspection.id)
-                assert row.box_id == "box1" and not row.image_path
+            yield store, hub, Forwarder(store, hub_client, fleet)
         finally:
             hub_client.close()
             store.close()
