@@ -34,11 +34,13 @@ const UNREVIEWED_FAILS = { name: "unreviewed_fails", title: "Unreviewed fails", 
 async function loadQueues() {
   const fails = await api("/v1/inspections?verdict=fail&review_state=unreviewed&limit=1");
   const queues = [{ ...UNREVIEWED_FAILS, count: fails.total }];
-  try {
-    const doc = await api("/v1/queues");
-    for (const q of doc.items) queues.push({ name: q.name, title: q.title, description: q.description,
-                                             params: { queue: q.name, review_state: "unreviewed" }, count: q.unreviewed });
-  } catch (e) { if (e.status !== 404) throw e; }  // a server without the lifecycle's queues
+  if (!ON_HUB) {  // a hub has no lifecycle of its own: no queues to ask for (a 404 each time)
+    try {
+      const doc = await api("/v1/queues");
+      for (const q of doc.items) queues.push({ name: q.name, title: q.title, description: q.description,
+                                               params: { queue: q.name, review_state: "unreviewed" }, count: q.unreviewed });
+    } catch (e) { if (e.status !== 404) throw e; }  // a server without the lifecycle's queues
+  }
   state.queues = queues;
   state.queue = (queues.find((q) => sameFilter(q.params)) || {}).name || null;
   $("#queues").replaceChildren(...queues.map((q) => {
@@ -170,6 +172,7 @@ async function openId(id) {
 // where a shadow model disagreed on this inspection, what it said (dashed boxes): the
 // reviewer sees both answers before saying who was right
 async function loadShadow(id) {
+  if (ON_HUB) return;  // shadows run on boxes: a hub holds none
   let doc;
   try { doc = await api(`/v1/inspections/${encodeURIComponent(id)}/shadow`); }
   catch (e) { return; }  // no lifecycle here (a hub), or nothing to show
