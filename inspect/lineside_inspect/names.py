@@ -23,6 +23,12 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 NAME_RULE = "1-128 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit"
 
 
+# a model's classes: a dataset may hold no more (it would train a model whose card is
+# refused at export), a card no more (the fleet hub bounds the records it takes so)
+MAX_CLASSES = 1_000
+MAX_CLASS_NAME = 128  # characters of a class name (cards, metrics, pages)
+
+
 def is_name(value: object) -> bool:
     return isinstance(value, str) and NAME_RE.fullmatch(value) is not None
 

@@ -18,7 +18,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lineside_inspect.errors import PackageError, describe_validation
-from lineside_inspect.names import Name
+from lineside_inspect.names import MAX_CLASS_NAME, MAX_CLASSES, Name
 
 CARD = "model.json"
 GRAPH = "model.onnx"
@@ -98,8 +98,6 @@ def card_digest(card: ModelCard) -> str:
 # agnostic_iou did) bumps it, so an older server refuses a newer card by its format, with
 # "upgrade", rather than by an unknown field's name
 CARD_FORMAT = 1
-MAX_CLASSES = 1_000  # a card's classes
-MAX_CLASS_NAME = 128  # characters of a class name
 MAX_DETECTIONS = 5_000  # a card's max_detections (a fused recipe reports up to twice)
 
 

@@ -90,5 +90,18 @@ def test_a_class_name_blown_up_by_xml_entities_is_refused(tmp_path: Path) -> Non
     with pytest.raises(DatasetError) as exc:
         import_dataset("voc", src, tmp_path / "out")
     text = str(exc.value) + "".join(str(p) for p in exc.value.problems)
-    assert "class name of 1000 characters (at most 200)" in text and len(text) < 2000
+    assert "class name of 1000 characters (at most 128)" in text and len(text) < 2000
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_holds_no_more_classes_than_a_model_card() -> None:
+    """A dataset of 1,001 classes (or a class name of 129-200 characters) trained for
+    hours, then its export failed: a card holds at most 1,000 classes of 128 characters."""
+    from lineside_inspect.dataset.canonical import _label_problems
+    from lineside_inspect.dataset.model import Dataset
+
+    many = _label_problems(Dataset(categories=[f"c{i}" for i in range(1001)], images=[]))
+    assert [p.message for p in many] == ["1001 classes, over the 1000 a model may have"]
+    long = _label_problems(Dataset(categories=["c" * 129], images=[]))
+    assert "class name of 129 characters (at most 128)" in long[0].message
+    assert _label_problems(Dataset(categories=["c" * 128], images=[])) == []

@@ -53,9 +53,9 @@ class OpenCVSource:
         self.cap = cap
         if self.is_file and self.fps is None:
             # a container's own rate, if it is one (a variable-rate or broken file says NaN,
-            # 0 or 90000: unpaced, a busy loop)
+            # 0 or 90000: unpaced, a busy loop); a time-lapse's 0.2 is kept
             rate = cap.get(cv2.CAP_PROP_FPS)
-            self.fps = rate if math.isfinite(rate) and 1 <= rate <= 120 else 25.0
+            self.fps = rate if math.isfinite(rate) and 0.01 <= rate <= 120 else 25.0
         self._next = time.monotonic()
 
     def read(self) -> np.ndarray | None:

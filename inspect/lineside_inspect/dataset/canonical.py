@@ -25,6 +25,7 @@ from typing import Any
 
 from lineside_inspect.dataset.model import SPLITS, Box, Dataset, ImageRecord, inside_images
 from lineside_inspect.errors import DatasetError, Problem
+from lineside_inspect.names import MAX_CLASS_NAME, MAX_CLASSES
 
 ANNOTATIONS = "annotations.json"
 FORMAT_VERSION = 1
@@ -315,13 +316,13 @@ def check_apart(dst: Path, *, sources: set[Path], what: str = "DST") -> Path:
     return real
 
 
-MAX_CLASS_NAME = 200  # characters: a class name goes into model cards, metrics and pages
-
-
 def _label_problems(dataset: Dataset) -> list[Problem]:
     """Empty, duplicate or unknown class names: checked before writing, because COCO
     cannot hold them (a category needs a name) and the folder would not read back."""
     problems: list[Problem] = []
+    if len(dataset.categories) > MAX_CLASSES:  # a model's card holds no more
+        problems.append(Problem("classes", "", f"{len(dataset.categories)} classes, over the "
+                                f"{MAX_CLASSES} a model may have"))
     seen: set[str] = set()
     for i, name in enumerate(dataset.categories):
         if not name.strip():

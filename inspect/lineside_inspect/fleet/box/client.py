@@ -7,7 +7,8 @@ and two kinds of failure a caller can act on:
   came slower than the hub's ``min_body_rate``) or the connection broke while it was
   being sent — a smaller body may get through;
 - :class:`~lineside_inspect.errors.HubRefused`: the hub answered 4xx — the request (or the
-  box's key) is wrong; retrying the same request will not help.
+  box's key) is wrong; retrying the same request will not help (a 413,
+  :class:`HubBodyTooLarge`, is one: a smaller request may go).
 
 Every call is made under ``fleet.protocol`` paths with this box's id filled in (the id is
 the key's name on the hub), so callers never build URLs by hand.
@@ -96,7 +97,7 @@ class HubClient:
                                          _read_at_most(resp, ERROR_BYTES))
                     if resp.status_code == 408:
                         raise HubCutBody(f"hub {self.base_url} answered 408: {detail}")
-                    if resp.status_code == 413:  # smaller may go: not a refusal for good
+                    if resp.status_code == 413:  # a refusal of this size: smaller may go
                         raise HubBodyTooLarge(f"hub {self.base_url} answered 413: {detail}")
                     if resp.status_code >= 500 or resp.status_code == 429:
                         raise HubUnavailable(f"hub {self.base_url} answered "

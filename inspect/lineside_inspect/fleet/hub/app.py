@@ -114,19 +114,21 @@ def check_database(url: str) -> None:
             pass
     except OperationalError as exc:
         parsed = make_url(url)
-        # where, without the user, the password or the query (a password may sit there)
-        where = f"{parsed.drivername}://{parsed.host or ''}{f':{parsed.port}' if parsed.port else ''}" \
-                f"/{parsed.database or ''}"
+        # where, without the user, the password or the query (a password may sit there);
+        # the host as written after the last '@' (a raw '@' in a password moved the parsed
+        # host into it)
+        host = url.split("://", 1)[-1].rsplit("@", 1)[-1].split("/", 1)[0].split("?", 1)[0]
+        where = f"{parsed.drivername}://{host}/{parsed.database or ''}"
         lines = str(exc.orig or exc).strip().splitlines()
-        message = (f"the hub's database {where} cannot be reached: "
-                   f"{lines[0] if lines else type(exc).__name__}")
-        raise DatabaseUnavailable(_without_secrets(message, url)[:400]) from None
+        reason = _without_secrets(lines[0], url) if lines else type(exc).__name__
+        raise DatabaseUnavailable(f"the hub's database {where} cannot be reached: "
+                                  f"{reason[:300]}") from None
     finally:
         engine.dispose()
 
 
 def _without_secrets(message: str, url: str) -> str:
-    """``message`` with the URL's password hidden wherever it shows: a driver's error may
+    """A driver's ``message`` with the URL's password hidden wherever it shows: it may
     quote a host that holds part of it (``u:pa@ss@host`` parsed as host ``ss@host``)."""
     rest = url.split("://", 1)[-1]
     userinfo = rest.rsplit("@", 1)[0] if "@" in rest else ""

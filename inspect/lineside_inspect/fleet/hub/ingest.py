@@ -69,10 +69,10 @@ from lineside_inspect.fleet.protocol import (
     ForwardedInspection,
 )
 from lineside_inspect.imageio import header_size
-from lineside_inspect.names import BIDI_RE, scrub_text
+from lineside_inspect.names import BIDI_RE, MAX_CLASS_NAME, scrub_text
+from lineside_inspect.names import MAX_CLASSES as MAX_CARD_CLASSES
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
-from lineside_inspect.package import MAX_CLASS_NAME, MAX_DETECTIONS
-from lineside_inspect.package import MAX_CLASSES as MAX_CARD_CLASSES
+from lineside_inspect.package import MAX_DETECTIONS
 from lineside_inspect.schemas import StoredInspection
 from lineside_inspect.server.deps import Principal, require
 from lineside_inspect.server.responses import errors
