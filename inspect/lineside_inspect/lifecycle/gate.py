@@ -233,7 +233,9 @@ def replay(detectors: list[Detector], library: GoldenLibrary, manifest: GoldenMa
                         f"golden set {manifest.ref}: {item.source} has no reference image, "
                         "which a reference model needs")
                 what = "its reference image: "
-                ref = Reference.from_bytes(None, library.read(manifest, item, reference=True))
+                ref = (Reference.from_bytes(None, data, image=image)  # its own: read, decoded
+                       if item.reference == item.sha256 else
+                       Reference.from_bytes(None, library.read(manifest, item, reference=True)))
         except ImageError as exc:
             raise GoldenSetError(f"golden set {manifest.ref}: {item.source or item.sha256}: "
                                  f"{what}{exc.message}") from None

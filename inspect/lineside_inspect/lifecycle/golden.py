@@ -150,7 +150,7 @@ def candidate(data: bytes, *, expected: Literal["pass", "fail"], boxes: list[Gol
     try:
         width, height = header_size(data)
         decode_image(data)
-        if reference is not None:
+        if reference is not None and reference != data:  # a template is its own: decoded
             try:
                 decode_image(reference)
             except ImageError as exc:
