@@ -385,7 +385,6 @@ def save_checkpoint(
     tmp.replace(path)
 
 
-
 def epoch_line(row: dict[str, Any]) -> str:
     """An epoch's row of ``metrics.jsonl`` as one line of the log (the raw JSON, each
     epoch, was most of a run's log)."""
@@ -395,6 +394,7 @@ def epoch_line(row: dict[str, Any]) -> str:
     return (f"epoch {row['epoch']} (step {row['step']}{planned}): loss {row['loss']:.4f}, "
             f"lr {row['lr']:.2e}, {row['train_img_s']:.1f} img/s{evaluated}, "
             f"{row['elapsed_min']:.1f} min")
+
 
 def gained(progress: Progress, metrics: dict[str, Any]) -> bool:
     """Whether an evaluation beats the best so far: a higher mAP@.5, or the same with a

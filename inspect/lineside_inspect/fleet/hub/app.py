@@ -17,12 +17,14 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
+from urllib.parse import parse_qsl
 
 import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from lineside_inspect import ui
@@ -102,8 +104,6 @@ def check_database(url: str) -> None:
     cannot be reached is one line naming it (:class:`DatabaseUnavailable`), not the
     application start-up's 160-line traceback. SQLite is left to the store (its file and
     folder are made there)."""
-    from sqlalchemy.engine import make_url
-
     from lineside_inspect.store.store import make_engine
 
     if url.startswith("sqlite"):
@@ -113,35 +113,33 @@ def check_database(url: str) -> None:
         with engine.connect():
             pass
     except OperationalError as exc:
-        parsed = make_url(url)
-        # where, without the user, the password or the query (a password may sit there);
-        # the host as written after the last '@' (a raw '@' in a password moved the parsed
-        # host into it)
-        host = url.split("://", 1)[-1].rsplit("@", 1)[-1].split("/", 1)[0].split("?", 1)[0]
-        where = f"{parsed.drivername}://{host}/{parsed.database or ''}"
+        where, secrets = _address(url)
         lines = str(exc.orig or exc).strip().splitlines()
-        reason = _without_secrets(lines[0], url) if lines else type(exc).__name__
+        reason = lines[0] if lines else type(exc).__name__
+        for secret in secrets:
+            reason = reason.replace(secret, "***")
         raise DatabaseUnavailable(f"the hub's database {where} cannot be reached: "
-                                  f"{reason[:300]}") from None
+                                  f"{hide_secrets(reason)[:300]}") from None
     finally:
         engine.dispose()
 
 
-def _without_secrets(message: str, url: str) -> str:
-    """A driver's ``message`` with the URL's password hidden wherever it shows: it may
-    quote a host that holds part of it (``u:pa@ss@host`` parsed as host ``ss@host``)."""
-    rest = url.split("://", 1)[-1]
-    userinfo = rest.rsplit("@", 1)[0] if "@" in rest else ""
+def _address(url: str) -> tuple[str, list[str]]:
+    """``url`` as shown (no user, password or query: a password may sit there), and the
+    secrets a driver's message may quote, longest first. The host is the text after the
+    last '@': a raw '@' in a password moved SQLAlchemy's parsed host into it (``u:pa@ss@h``
+    gives host ``ss@h``), and so the driver's message quotes part of it."""
+    scheme, _, rest = url.partition("://")
+    userinfo, _, hostpart = rest.rpartition("@")
+    host = hostpart.split("/", 1)[0].split("?", 1)[0]
+    database = make_url(url).database or ""
     secrets = [userinfo.split(":", 1)[1]] if ":" in userinfo else []
     secrets += [part for s in list(secrets) for part in s.split("@")]
-    from urllib.parse import parse_qsl
-
     query = rest.split("?", 1)[1] if "?" in rest else ""
     secrets += [v for k, v in parse_qsl(query)
                 if any(w in k.lower() for w in ("pass", "pwd", "secret", "token", "key"))]
-    for secret in sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return hide_secrets(message)
+    return (f"{scheme}://{host}/{database}",
+            sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True))
 
 
 class DatabaseProbe:
