@@ -4,6 +4,7 @@ install (no torch) gives for them."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,9 @@ def test_bench_train_without_crop_says_so() -> None:
     assert r.exit_code == 0, r.stderr
     assert "no crop (whole images at 64)" in r.stdout
     assert "crop 64" not in r.stdout
+    # the one-time decode is measured apart from the steady-state figures
+    assert re.search(r"decode +\d+\.\d s for the \d+ training images, once per run", r.stdout)
+    assert re.search(r"loading +\d+\.\d ms per batch +\(\d+% of the full pipeline's time\)", r.stdout)
 
 
 def test_train_messages_name_the_flag_and_the_way_in(tmp_path: Path) -> None:

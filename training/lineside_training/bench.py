@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from lineside_training.config import TrainConfig
 from lineside_training.data.augment import train_transform
-from lineside_training.data.dataset import DetectionDataset, collate
-from lineside_training.engine import load_data, pick_device
+from lineside_training.data.dataset import DetectionDataset
+from lineside_training.engine import build_train_loader, load_data, pick_device
 from lineside_training.models import build_model
 from lineside_training.threads import choose_threads
 
@@ -22,10 +23,24 @@ def _step(model: Any, opt: Any, images: torch.Tensor, targets: list[dict[str, to
     opt.step()
 
 
+def _batches(loader: torch.utils.data.DataLoader[Any]) -> Iterator[Any]:
+    """The loader's batches across as many epochs as asked for."""
+    while True:
+        yield from loader
+
+
 def bench_train(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3) -> dict[str, Any]:
     """Images/s of the bare forward+backward on synthetic tensors, and of the full pipeline
-    (decode, augmentation, batching, step) on the configured dataset. ``crop`` is the
-    training crop, None when training sees whole (letterboxed) ``input_size`` images."""
+    (augmentation, batching, step) on the configured dataset, drawn as the run draws it
+    (its sampler, so ``good_weight`` applies). ``crop`` is the training crop, None when
+    training sees whole (letterboxed) ``input_size`` images.
+
+    A run decodes each image once and keeps it (``DetectionDataset``'s cache), so every
+    epoch after the first costs augmentation, not decoding. The training split is
+    therefore decoded before the clock starts, and that one-time cost is reported on its
+    own (``decode_s``). Without it a short bench measured mostly a run's first epoch.
+    ``load_ms`` is the wait for each batch (augmentation, collation, conversion to float)
+    and ``load_share`` its share of the measured loop."""
     device = pick_device(cfg.device)
     choose_threads(cfg.threads)  # as the run itself would
     data = load_data(cfg)
@@ -47,27 +62,34 @@ def bench_train(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3) -> dict[s
 
     ds = DetectionDataset(data.dataset, data.train, data.class_names, size=cfg.input_size,
                           transform=train_transform(cfg.augment, cfg.crop_size, cfg.input_size,
-                                                    reference=cfg.reference),
+                                                    seed=cfg.seed, reference=cfg.reference),
                           reference=cfg.reference)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True,
-                                         collate_fn=collate, num_workers=cfg.workers,
-                                         drop_last=True, persistent_workers=cfg.workers > 0)
-    it = iter(loader)
-    n = 0
+    t = time.perf_counter()
+    for i in range(len(ds)):  # what the run's first epoch does, once
+        ds.image(i)
+    decode_s = time.perf_counter() - t
+    loader, _ = build_train_loader(cfg, ds, data, 0, 1)
+    batches = _batches(loader)
+    n, loading = 0, 0.0
     t = time.perf_counter()
     for i in range(warmup + steps):
         if i == warmup:
-            t, n = time.perf_counter(), 0
-        try:
-            imgs, tg = next(it)
-        except StopIteration:
-            it = iter(loader)
-            imgs, tg = next(it)
+            t, n, loading = time.perf_counter(), 0, 0.0
+        t_load = time.perf_counter()
+        imgs, tg = next(batches)
         tg = [{k: v.to(device) for k, v in x.items() if k != "index"} for x in tg]
-        _step(model, opt, imgs.to(device).float(), tg)
+        imgs = imgs.to(device).float()
+        loading += time.perf_counter() - t_load
+        _step(model, opt, imgs, tg)
         n += len(imgs)
-    full = n / (time.perf_counter() - t)
+    elapsed = time.perf_counter() - t
+    full = n / elapsed
     return {"bare_img_s": bare, "pipeline_img_s": full, "ratio": full / bare,
+            # timed within the same loop as the steps, so the host's drift between the
+            # bare and the full measurement does not enter it
+            "load_ms": loading * 1000 / steps, "load_share": loading / elapsed,
+            "decode_s": decode_s,
+            "train_images": len(ds),
             "batch_size": cfg.batch_size, "crop": cfg.crop_size, "input_size": cfg.input_size,
             "threads": torch.get_num_threads(),
             "workers": cfg.workers}
