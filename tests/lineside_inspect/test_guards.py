@@ -148,3 +148,43 @@ def test_one_pixel_limit() -> None:
                          env={**env, "LINESIDE_MAX_IMAGE_PIXELS": "4096"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["4096"] * 3
+
+
+# rooms that everything else builds on, and the rooms built on them, which they must not
+# import (the brief: "lower rooms never import higher ones (store and ui do not import
+# server)"); checked on every import statement, those inside functions too
+HIGHER = {"server", "fleet", "lifecycle", "line", "cli", "serve", "serve_process", "bench"}
+LOWER = ("store", "ui", "cameras", "dataset", "runtime", "recipes", "package", "references",
+         "imageio", "inspector", "schemas", "draw", "redact", "names", "errors", "atomic")
+
+
+def edge_imports_by_room() -> dict[str, set[tuple[str, str]]]:
+    """Per top-level room of ``lineside_inspect``: (file:line, room) of each other room
+    its files import."""
+    src = ROOT / "inspect" / "lineside_inspect"
+    found: dict[str, set[tuple[str, str]]] = {}
+    for path in sorted(src.rglob("*.py")):
+        room = path.relative_to(src).parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+                if node.module == "lineside_inspect":  # from lineside_inspect import ui
+                    names = [f"lineside_inspect.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "lineside_inspect" and len(parts) > 1 and parts[1] != room:
+                    where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                    found.setdefault(room, set()).add((where, parts[1]))
+    return found
+
+
+def test_lower_rooms_never_import_higher_ones() -> None:
+    graph = edge_imports_by_room()
+    assert ("inspect/lineside_inspect/server/app.py" in
+            {w.split(":")[0] for w, r in graph["server"] if r == "ui"})  # the scan sees imports
+    bad = sorted(f"{where} ({room} imports {other})" for room in LOWER
+                 for where, other in graph.get(room, set()) if other in HIGHER)
+    assert not bad, "\n".join(bad)

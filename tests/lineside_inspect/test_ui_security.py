@@ -152,7 +152,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_quoted() -> None:
     import csv
     import io
 
-    from lineside_inspect.ui.api import _cell
+    from lineside_inspect.server.routes.page_data import _cell
 
     run = ["=1+1", "+1", "-1+2", "@SUM(A1)", "\t=1", "\r=1", "\tplain", "\rplain",
            " =HYPERLINK(\"http://x\")", "   +1", "\n-1", " \t@x", "\u00a0=1"]

@@ -20,6 +20,7 @@ from lineside_inspect.references import ReferenceLibrary
 from lineside_inspect.server import gate
 from lineside_inspect.server.guard import Guard
 from lineside_inspect.server.handlers import add_error_handlers
+from lineside_inspect.server.headers import SecurityHeaders
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
@@ -29,6 +30,7 @@ from lineside_inspect.server.routes import (
     health,
     inspect,
     inspections,
+    pages,
     references,
     v2,
 )
@@ -254,12 +256,12 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
                            allow_methods=["*"], allow_headers=["*"])
     # outermost (added last): Host and Origin are checked before anything else runs
     app.add_middleware(Guard, settings=settings)
-    app.add_middleware(ui.SecurityHeaders)
+    app.add_middleware(SecurityHeaders)
 
     add_error_handlers(app)
 
     for router in (health.router, v2.router, admin.router, cameras.router,
-                   inspections.router, references.router, ui.router):
+                   inspections.router, references.router, pages.router):
         app.include_router(router)
     app.mount("/static", ui.static, name="static")
     # added last, so outermost: answers what escapes every handler without closing the

@@ -1,77 +1,32 @@
-"""The server's own web pages, no build step: a status page (``/``: each station's live
-view, state, recipe, model, last verdict and yield), the dashboard (``/dashboard``), the
-reviewers' page (``/review``) and the API docs (``/docs``, Swagger UI served from this
-server); and the JSON they read besides the review API (:mod:`lineside_inspect.ui.api`).
+"""The web pages' files, no build step: HTML templates (``templates/``), the scripts and
+styles they load (``static/``), and :func:`render`, which fills a template.
 
-Signing in with a reviewer (or admin) key creates a server-side session
-(:mod:`lineside_inspect.server.sessions`): the browser keeps only a random token in an
-HttpOnly, SameSite=Strict cookie, never the key; line keys are refused. Pages are
-rendered from templates in which every value is escaped; the scripts build their DOM
-from API values as text (createElement, textContent, SVG by createElementNS; see
-``static/*.js``), under the CSP of :mod:`lineside_inspect.ui.headers`.
+Nothing here knows about requests, keys or the store: the routes that serve these pages
+(:mod:`lineside_inspect.server.routes.pages`) and the JSON they read
+(:mod:`lineside_inspect.server.routes.page_data`) live with the server, which imports
+this room, never the reverse. The scripts build their DOM from API values as text
+(createElement, textContent, SVG by createElementNS) under the CSP of
+:mod:`lineside_inspect.server.headers`.
 """
 
 from __future__ import annotations
 
-import math
 from html import escape
 from pathlib import Path
-from typing import Annotated
-from urllib.parse import quote
 
-import fastapi_offline
-from fastapi import APIRouter, Form, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
-from fastapi.staticfiles import StaticFiles
+from starlette.staticfiles import StaticFiles
 
-from lineside_inspect.errors import LinesideError, NotFoundError
-from lineside_inspect.server.deps import ALLOWED, Principal, authenticate, principal_for_key
-from lineside_inspect.server.sessions import SESSION_COOKIE, Session, SessionStore
-from lineside_inspect.ui import api
-from lineside_inspect.ui.headers import SecurityHeaders
-from lineside_inspect.version import __version__
-
-__all__ = ["SecurityHeaders", "router", "static"]
+__all__ = ["STATIC", "TEMPLATES", "render", "static"]
 
 HERE = Path(__file__).parent
-# Swagger UI's files as the fastapi-offline package ships them (kept up to date there)
-SWAGGER = Path(fastapi_offline.__file__).parent / "static"
-LANDING_PAGES = ("/", "/review", "/dashboard", "/fleet")  # where signing in may lead: never a caller's URL
-LEGACY_COOKIE = "lineside_key"  # older versions kept the raw key in this cookie
-# a station card's fields, in order: (data-field, title); home.js fills them
-STATION_FIELDS = (("recipe", "Recipe · model"), ("last", "Last verdict"), ("shift", "Yield this shift"),
-                  ("day", "Yield last 24 h"), ("fps", "Frames"))
-SIGN_OUT = ('<form class="signout" method="post" action="/review/logout">'
-            '<button type="submit">Sign out</button></form>')
-
-# on a hub (fleet/hub/): the review page and dashboard narrow by site, line and box too;
-# each select is filled by the page's script from GET /fleet/v1/boxes
-FLEET_FIELDS = (("site", "site"), ("line", "line"), ("box_id", "box"))
-FLEET_NAV = '<a href="/fleet">Fleet</a>'
-
-pages = APIRouter(tags=["pages"], include_in_schema=False)
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
 
 
-def _is_hub(request: Request) -> bool:
-    return getattr(request.app.state, "hub", None) is not None
-
-
-def _fleet_filters(request: Request, label: bool) -> str:
-    """The fleet's selects (constants only), on a hub; nothing on a box."""
-    if not _is_hub(request):
-        return ""
-    out = []
-    for name, title in FLEET_FIELDS:
-        select = (f'<select name="{name}" aria-label="{title}" data-fleet="{name}">'
-                  f'<option value="">any {title}</option></select>')
-        out.append(f"<label>{title.capitalize()} {select}</label>" if label else select)
-    return "".join(out)
-
-
-def _page(name: str, text: dict[str, str] | None = None, markup: dict[str, str] | None = None) -> str:
+def render(name: str, text: dict[str, str] | None = None, markup: dict[str, str] | None = None) -> str:
     """Template ``name`` with ``{{key}}`` replaced by escaped ``text`` and ``<!--key-->``
-    by ``markup``, which only this module builds (from constants and escaped values)."""
-    page = (HERE / "templates" / name).read_text()
+    by ``markup``, which only the page routes build (from constants and escaped values)."""
+    page = (TEMPLATES / name).read_text()
     for key, value in (text or {}).items():
         page = page.replace("{{" + key + "}}", escape(value))
     for key, value in (markup or {}).items():
@@ -79,200 +34,4 @@ def _page(name: str, text: dict[str, str] | None = None, markup: dict[str, str] 
     return page
 
 
-def _login(next_page: str, error: str | None = None, status: int = 200) -> HTMLResponse:
-    markup = {"error": f'<p class="err">{escape(error)}</p>'} if error else {}
-    return HTMLResponse(_page("login.html", {"next": next_page}, markup), status_code=status)
-
-
-def _viewer(request: Request, next_page: str) -> tuple[Principal, Session | None] | HTMLResponse:
-    """Who looks at a page (and their session), or the sign-in form to answer instead."""
-    try:
-        who = authenticate(request)
-    except LinesideError:
-        return _login(next_page)
-    assert who is not None
-    if who.role not in ALLOWED["reviewer"]:
-        return _login(next_page, "This key may not review.", 403)
-    token = request.cookies.get(SESSION_COOKIE)
-    sessions: SessionStore = request.app.state.sessions
-    session = sessions.get(token) if token and request.app.state.settings.api_keys else None
-    return who, session
-
-
-def _model_rows(request: Request) -> str:
-    rows = []
-    for name, slot in request.app.state.registry.models().items():
-        versions = ", ".join(
-            f"{v} ({d.card.precision}{', needs a reference' if d.card.needs_reference else ''})"
-            for v, d in slot.versions.items())
-        # the active cell is kept current by static/home.js (a rollback, a promotion)
-        rows.append(f'<tr data-model="{escape(name)}"><td>{escape(name)}</td><td data-field="active">'
-                    f'{escape(slot.active or "-")}</td><td>{escape(versions)}</td></tr>')
-    return "\n".join(rows) or '<tr><td colspan="3">no model loaded</td></tr>'
-
-
-def _camera_rows(request: Request) -> str:
-    manager = request.app.state.cameras
-    rows = []
-    for h in manager.health() if manager is not None else []:
-        url = f"/v1/cameras/{quote(str(h['id']), safe='')}/stream"
-        state = "pass" if h["state"] == "online" else "fail"
-        mark = "● " if h["state"] == "online" else "✖ "  # not by colour alone
-        # state and fps are kept current by static/home.js
-        rows.append(f'<tr data-camera="{escape(str(h["id"]))}"><td>{escape(str(h["id"]))}</td>'
-                    f'<td class="{state}" data-field="state">{mark}{escape(str(h["state"]))}</td>'
-                    f'<td data-field="fps">{escape(str(h["fps"]))}</td>'
-                    f'<td><a href="{escape(url)}">live view</a></td></tr>')
-    return "\n".join(rows) or '<tr><td colspan="4">no cameras configured</td></tr>'
-
-
-def _station_cards(request: Request) -> str:
-    """A card per camera: its picture (the newest frame with the last verdict's boxes
-    drawn by the server, fetched again each second by ``static/home.js``: an endless MJPEG
-    stream per card held one of the browser's six connections to this server each, and
-    with a few cameras or tabs no page loaded) and the fields ``static/home.js`` fills
-    from ``GET /v1/overview``."""
-    manager = request.app.state.cameras
-    cards = []
-    for h in manager.health() if manager is not None else []:
-        cid = escape(str(h["id"]))
-        url = escape(f"/v1/cameras/{quote(str(h['id']), safe='')}/snapshot")
-        fields = "".join(f'<dt>{escape(title)}</dt><dd data-field="{key}">…</dd>'
-                         for key, title in STATION_FIELDS)
-        cards.append(f'<article class="station" data-camera="{cid}"><h3>{cid} '
-                     f'<span class="state" data-field="state">{escape(str(h["state"]))}</span></h3>'
-                     f'<div class="live"><img data-snapshot="{url}" alt="camera {cid} now, the '
-                     f'last verdict\'s boxes drawn"></div><dl>{fields}</dl></article>')
-    return "\n".join(cards) or "<p>no cameras configured</p>"
-
-
-def _mqtt_section(request: Request) -> str:
-    """Line events over MQTT (when configured): the broker, and how far delivery is behind."""
-    publisher = getattr(request.app.state, "mqtt", None)
-    if publisher is None:
-        return ""
-    st = publisher.status()
-    state = "pass" if st["connected"] else "fail"
-    rows = [("broker", st["broker"], ""), ("topics", st["topic"], ""),
-            ("connection", "connected" if st["connected"] else "disconnected", state),
-            ("outbox backlog", st["backlog"], ""), ("delivery lag (s)", st["lag_s"], ""),
-            ("delivered", st["delivered"], "")]
-    if st["last_error"]:
-        rows.append(("last error", st["last_error"], ""))
-    cells = "".join(f'<tr><th>{escape(k)}</th><td id="mqtt-{escape(k.split()[0])}" class="{cls}">'
-                    f"{escape(str(v))}</td></tr>" for k, v, cls in rows)
-    return f'<h2>MQTT events</h2>\n<table class="status" id="mqtt">{cells}</table>'
-
-
-@pages.get("/", response_class=HTMLResponse)
-@pages.head("/", response_class=HTMLResponse)  # uptime checkers: GET's headers, no body
-def status_page(request: Request) -> Response:
-    """What this box serves: its stations (live view, state, recipe and model, last verdict,
-    yield), models and versions, camera health."""
-    seen = _viewer(request, "/")
-    if isinstance(seen, Response):
-        return seen
-    _, session = seen
-    ready = "ready" if request.app.state.ready else "starting"
-    return HTMLResponse(_page(
-        "index.html", {"version": __version__, "ready": ready},
-        {"models": _model_rows(request), "cameras": _camera_rows(request),
-         "stations": _station_cards(request), "mqtt": _mqtt_section(request),
-         "signout": SIGN_OUT if session else ""}))
-
-
-@pages.get("/dashboard", response_class=HTMLResponse)
-@pages.head("/dashboard", response_class=HTMLResponse)
-def dashboard_page(request: Request) -> Response:
-    """Yield and fails per hour or shift, the defect Pareto, review outcomes, reviewers."""
-    seen = _viewer(request, "/dashboard")
-    if isinstance(seen, Response):
-        return seen
-    _, session = seen
-    return HTMLResponse(_page("dashboard.html", markup={
-        "signout": SIGN_OUT if session else "", "fleet": _fleet_filters(request, True),
-        "fleet-nav": FLEET_NAV if _is_hub(request) else ""}))
-
-
-@pages.get("/review", response_class=HTMLResponse)
-@pages.head("/review", response_class=HTMLResponse)
-def review_page(request: Request) -> Response:
-    seen = _viewer(request, "/review")
-    if isinstance(seen, Response):
-        return seen
-    _, session = seen
-    return HTMLResponse(_page("review.html", {"csrf": session.csrf if session else ""},
-                              {"signout": SIGN_OUT if session else "",
-                               "fleet": _fleet_filters(request, False),
-                               "fleet-nav": FLEET_NAV if _is_hub(request) else ""}))
-
-
-@pages.get("/fleet", response_class=HTMLResponse)
-@pages.head("/fleet", response_class=HTMLResponse)
-def fleet_page(request: Request) -> Response:
-    """On a hub: every box, what it runs, when it last reported, its backlog."""
-    if not _is_hub(request):
-        raise NotFoundError("the fleet page is the hub's (lineside hub); this is a box")
-    seen = _viewer(request, "/fleet")
-    if isinstance(seen, Response):
-        return seen
-    _, session = seen
-    return HTMLResponse(_page("fleet.html", markup={"signout": SIGN_OUT if session else ""}))
-
-
-@pages.post("/review/login")
-def login(request: Request, key: Annotated[str, Form(max_length=4096)],
-          next_page: Annotated[str, Form(alias="next")] = "/review") -> Response:
-    """Trade a reviewer/admin key for a session cookie (a random token, never the key)."""
-    target = next_page if next_page in LANDING_PAGES else "/review"
-    settings = request.app.state.settings
-    if not settings.api_keys:  # nothing to sign in to
-        return RedirectResponse(target, status_code=303)
-    try:
-        who = principal_for_key(settings, key)
-    except LinesideError:
-        return _login(target, "Unknown key.", 401)
-    if who.role not in ALLOWED["reviewer"]:
-        return _login(target, "This key may not review.", 403)
-    sessions: SessionStore = request.app.state.sessions
-    if old := request.cookies.get(SESSION_COOKIE):
-        sessions.revoke(old)
-    token, _ = sessions.create(who.name, who.role)
-    resp = RedirectResponse(target, status_code=303)
-    resp.set_cookie(SESSION_COOKIE, token, max_age=max(1, math.ceil(sessions.ttl_s)), path="/",
-                    httponly=True, samesite="strict", secure=request.url.scheme == "https")
-    if LEGACY_COOKIE in request.cookies:
-        resp.delete_cookie(LEGACY_COOKIE)
-    return resp
-
-
-@pages.post("/review/logout")
-def logout(request: Request) -> Response:
-    """Revoke the session server-side (the token is then worthless) and drop the cookie."""
-    if token := request.cookies.get(SESSION_COOKIE):
-        request.app.state.sessions.revoke(token)
-    resp = RedirectResponse("/review", status_code=303)
-    resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
-                       secure=request.url.scheme == "https")
-    return resp
-
-
-@pages.get("/docs", response_class=HTMLResponse)
-def api_docs() -> HTMLResponse:
-    return HTMLResponse(_page("docs.html"))
-
-
-@pages.get("/docs/swagger-ui-bundle.js")
-def swagger_js() -> FileResponse:
-    return FileResponse(SWAGGER / "swagger-ui-bundle.js", media_type="text/javascript")
-
-
-@pages.get("/docs/swagger-ui.css")
-def swagger_css() -> FileResponse:
-    return FileResponse(SWAGGER / "swagger-ui.css", media_type="text/css")
-
-
-static = StaticFiles(directory=HERE / "static")
-router = APIRouter()  # the pages (not in the API schema) and the JSON they read (in it)
-router.include_router(pages)
-router.include_router(api.router)
+static = StaticFiles(directory=STATIC)  # mounted at /static by the box and the hub

@@ -27,7 +27,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from lineside_inspect import ui
 from lineside_inspect.errors import (
     DatabaseUnavailable,
     ObjectStoreUnavailable,
@@ -41,6 +40,7 @@ from lineside_inspect.redact import hide_secrets
 from lineside_inspect.server import gate
 from lineside_inspect.server.guard import Guard
 from lineside_inspect.server.handlers import add_error_handlers
+from lineside_inspect.server.headers import SecurityHeaders
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.routes import health
 from lineside_inspect.server.sessions import SessionStore
@@ -229,7 +229,7 @@ def create_hub_app(hub: HubSettings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(Guard, settings=settings)  # Host and Origin first
-    app.add_middleware(ui.SecurityHeaders)
+    app.add_middleware(SecurityHeaders)
     add_error_handlers(app)
     app.add_middleware(CatchUnexpected)
     return app

@@ -58,7 +58,7 @@ from lineside_inspect.fleet.review_merge import apply_review, review_event
 from lineside_inspect.names import scrub_text
 from lineside_inspect.server.deps import Principal, get_store, require
 from lineside_inspect.server.responses import errors
-from lineside_inspect.server.routes import inspections
+from lineside_inspect.server.routes import inspections, pages
 from lineside_inspect.store import Store
 from lineside_inspect.store.models import InspectionRow, ReviewRow
 from lineside_inspect.store.utc import as_utc
@@ -261,7 +261,7 @@ def home(request: Request) -> object:
 
 router.include_router(fleet)
 router.include_router(inspections.router)  # the review API over every box's inspections
-router.include_router(ui.router)  # the review page, dashboard and their JSON
+router.include_router(pages.router)  # the review page, dashboard and their JSON
 
 
 def install(app: FastAPI, settings: HubSettings) -> None:

@@ -23,9 +23,9 @@ from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionPage, StoredInspection
 from lineside_inspect.server.deps import Reviewer, get_store
 from lineside_inspect.server.responses import DashboardStats, errors, media
+from lineside_inspect.server.routes.page_data import FleetName
 from lineside_inspect.store.stats import Shifts
 from lineside_inspect.store.utc import UTCTime
-from lineside_inspect.ui.api import FleetName
 
 router = APIRouter(prefix="/v1", tags=["review"])
 
