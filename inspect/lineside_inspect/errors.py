@@ -125,6 +125,21 @@ class Unauthorized(LinesideError):
     status = 401
 
 
+class TooManyFailedSignIns(LinesideError):
+    """Too many unknown keys from one address lately (``server/throttle.py``): retry after
+    ``retry_after_s`` seconds."""
+
+    code = "too_many_failed_sign_ins"
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def prefixed(self, prefix: str) -> Self:
+        return type(self)(f"{prefix}: {self.message}", self.retry_after_s)
+
+
 class Forbidden(LinesideError):
     """The caller's role may not do this."""
 
@@ -216,6 +231,15 @@ class Problem:
     def __str__(self) -> str:
         where = f"{self.file}:{self.location}" if self.location else self.file
         return f"{where}: {self.message}"
+
+
+def retry_after(exc: LinesideError) -> int | None:
+    """Seconds the caller should wait before trying again (the ``Retry-After`` header):
+    the error's own, else 1 for a busy (429, 503) answer, else None."""
+    seconds: int | None = getattr(exc, "retry_after_s", None)
+    if seconds is not None:
+        return seconds
+    return 1 if exc.status in (429, 503) else None
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:

@@ -399,3 +399,66 @@ def test_one_key_signing_in_again_and_again_ends_only_its_own_sessions() -> None
     assert store.get(alice) is not None  # untouched
     assert len(store) == MAX_SESSIONS_PER_KEY + 1
     assert store.get(tokens[-1]) is not None and store.get(tokens[0]) is None
+
+
+def test_unknown_keys_from_one_address_are_refused_for_a_while(launch, image_bytes: bytes) -> None:
+    """Keys could be guessed at network speed through the API header and the sign-in
+    form. After FAILURES unknown keys an address is refused (429, Retry-After) without
+    its key being checked, on every way in; other addresses and session cookies are not."""
+    from lineside_inspect.server.throttle import SignInThrottle
+
+    srv = launch()
+    srv.app.state.sign_ins = SignInThrottle(failures=3, window_s=600)
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        for _ in range(20):  # unknown session cookies do not count
+            r = c.get("/v1/inspections", headers={"cookie": "lineside_session=guess"})
+            assert r.status_code == 401
+        for key in ("a", "b"):
+            assert c.get("/v1/inspections", headers={"x-api-key": key}).status_code == 401
+        # a bad key on the image route counts too, answered before the body is read
+        r = c.post("/v1/inspect", content=image_bytes, headers={
+            "authorization": "Bearer c", "content-type": "image/jpeg"})
+        assert r.status_code == 401
+        for headers in ({"x-api-key": "line-secret"}, {"authorization": "Bearer admin-secret"}):
+            r = c.get("/v1/inspections", headers=headers)  # right, but refused all the same
+            assert r.status_code == 429, r.text
+            assert r.json()["error"]["code"] == "too_many_failed_sign_ins"
+            assert 590 <= int(r.headers["retry-after"]) <= 600
+        r = c.post("/v1/inspect", content=image_bytes, headers={
+            "x-api-key": "line-secret", "content-type": "image/jpeg"})
+        assert r.status_code == 429 and r.headers["retry-after"]
+    r = _login(srv, "reviewer-secret")
+    assert r.status_code == 429 and "set-cookie" not in r.headers and r.headers["retry-after"]
+    assert "Too many unknown keys from this address" in r.text
+    # another address (through the trusted proxy on loopback) is not held up
+    other = {"x-forwarded-for": "10.1.2.3"}
+    assert _login(srv, "reviewer-secret", **other).status_code == 303
+    with httpx.Client(base_url=srv.url, timeout=30, headers=other) as c:
+        assert c.get("/v1/inspections", headers={"x-api-key": "line-secret"}).status_code == 403
+
+
+def test_the_sign_in_throttle_forgets_after_its_window_and_stays_bounded() -> None:
+    from lineside_inspect.errors import TooManyFailedSignIns
+    from lineside_inspect.server.throttle import SignInThrottle
+
+    now = [100.0]
+    t = SignInThrottle(failures=2, window_s=10, max_addresses=3, clock=lambda: now[0])
+    t.failed("a")
+    now[0] = 104
+    t.failed("a")
+    with pytest.raises(TooManyFailedSignIns) as caught:
+        t.check("a")
+    assert caught.value.retry_after_s == 6 and caught.value.status == 429
+    t.check("b")
+    now[0] = 110.5  # the first failure left the window: one is left, under the limit
+    t.check("a")
+    t.failed("a")
+    with pytest.raises(TooManyFailedSignIns):
+        t.check("a")
+    for address in ("b", "c", "d"):  # a fourth address: the least recently failed goes
+        t.failed(address)
+        t.failed(address)
+    t.check("a")
+    with pytest.raises(TooManyFailedSignIns):
+        t.check("d")
+    assert len(t._failed) == 3

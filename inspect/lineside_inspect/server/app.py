@@ -36,6 +36,7 @@ from lineside_inspect.server.routes import (
 )
 from lineside_inspect.server.service import InspectionService
 from lineside_inspect.server.sessions import SessionStore
+from lineside_inspect.server.throttle import SignInThrottle
 from lineside_inspect.server.unexpected import CatchUnexpected
 from lineside_inspect.version import __version__
 
@@ -219,6 +220,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.on_shutdown = []
     app.state.metrics_hooks = []
     app.state.sessions = SessionStore(settings.session_ttl_s)  # review sign-ins, in memory
+    app.state.sign_ins = SignInThrottle()  # unknown keys per address
     # the inspection route first of the routers: routes are matched in order on every
     # request, and the lifecycle's install below adds a router of its own; behind it an
     # inspection was matched against its 15 routes first (~0.1 ms)

@@ -19,6 +19,7 @@ from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
 from lineside_inspect.server.service import InspectionService
 from lineside_inspect.server.sessions import CSRF_HEADER, SESSION_COOKIE, SessionStore
+from lineside_inspect.server.throttle import SignInThrottle
 
 if TYPE_CHECKING:
     from lineside_inspect.cameras import CameraManager
@@ -58,6 +59,25 @@ def principal_for_key(settings: Settings, key: str) -> Principal:
     raise Unauthorized("unknown API key")
 
 
+def client_address(request: Request) -> str:
+    """The caller's address as the server sees it (a trusted proxy's X-Forwarded-For
+    applied by uvicorn); "unknown" when the transport gives none."""
+    return request.client.host if request.client else "unknown"
+
+
+def check_key(request: Request, key: str) -> Principal:
+    """``key``'s holder, counting an unknown key against the caller's address; refused
+    at once (429) while that address has had too many (:mod:`.throttle`)."""
+    throttle: SignInThrottle = request.app.state.sign_ins
+    address = client_address(request)
+    throttle.check(address)
+    try:
+        return principal_for_key(request.app.state.settings, key)
+    except Unauthorized:
+        throttle.failed(address)
+        raise
+
+
 def authenticate(request: Request) -> Principal | None:
     """The key's holder (or the review session's), local admin when no keys are configured
     (loopback only). A key header wins over the session cookie."""
@@ -66,7 +86,7 @@ def authenticate(request: Request) -> Principal | None:
         return Principal("local", "admin")
     key = _key_from(request)
     if key:
-        return principal_for_key(settings, key)
+        return check_key(request, key)
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         return _session_principal(request, token)

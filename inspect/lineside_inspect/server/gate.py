@@ -43,6 +43,7 @@ from lineside_inspect.errors import (
     ImageTooLargeError,
     LinesideError,
     error_body,
+    retry_after,
 )
 from lineside_inspect.server.deps import ALLOWED, authenticate
 
@@ -223,6 +224,8 @@ async def _answer(exc: LinesideError, scope: Scope, send: Send) -> None:
                                           (b"content-length", str(len(payload)).encode())]
     if exc.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if (wait := retry_after(exc)) is not None:
+        headers.append((b"retry-after", str(wait).encode()))
     if exc.status in (408, 413):
         # the unread body would be taken for the next request: end this connection
         headers.append((b"connection", b"close"))

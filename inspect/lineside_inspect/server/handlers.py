@@ -18,6 +18,7 @@ from lineside_inspect.errors import (
     UnstorableValueError,
     describe_validation,
     error_body,
+    retry_after,
 )
 from lineside_inspect.server import gate
 from lineside_inspect.server.unexpected import internal_error
@@ -68,7 +69,8 @@ def add_error_handlers(app: FastAPI) -> None:
     async def lineside_error(request: Request, exc: LinesideError) -> JSONResponse:
         if not gate.answers(request.scope, exc):  # else the gate answers it, and counts it
             app.state.metrics.errors.labels(exc.code).inc()
-        headers = {"Retry-After": "1"} if exc.status == 503 else {}
+        wait = retry_after(exc)
+        headers = {"Retry-After": str(wait)} if wait is not None else {}
         if exc.status in (408, 413):
             # the rest of the body is unread: close, or the client keeps sending into a
             # connection the server must keep draining

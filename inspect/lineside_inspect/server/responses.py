@@ -71,6 +71,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                 "invalid field named); or a value the server refuses, e.g. invalid_config, "
                 "invalid_model_package, invalid_reference, invalid_reference_name, "
                 "invalid_review, unstorable_value (the database refused a value)"),
+    429: _error("too_many_failed_sign_ins: too many unknown keys from this address lately; "
+                "retry after Retry-After (the key is not checked meanwhile)",
+                {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}),
     500: _error("internal_error: unexpected; the message carries an id the server's log has "
                 "the details under",
                 {"X-Lineside-Error-Id": {"schema": {"type": "string"},
@@ -91,7 +94,10 @@ ALWAYS = (421, 500)
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route that can answer ``statuses`` (plus :data:`ALWAYS` and the
     catch-all ``4XX``)."""
-    return {**{s: ERRORS[s] for s in sorted({*statuses, *ALWAYS})}, "4XX": ERRORS["4XX"]}
+    answered = {*statuses, *ALWAYS}
+    if 401 in answered:  # whoever checks a key may refuse a guessing address
+        answered.add(429)
+    return {**{s: ERRORS[s] for s in sorted(answered)}, "4XX": ERRORS["4XX"]}
 
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}

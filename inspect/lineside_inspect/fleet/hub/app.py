@@ -44,6 +44,7 @@ from lineside_inspect.server.headers import SecurityHeaders
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.routes import health
 from lineside_inspect.server.sessions import SessionStore
+from lineside_inspect.server.throttle import SignInThrottle
 from lineside_inspect.server.unexpected import CatchUnexpected
 from lineside_inspect.version import __version__
 
@@ -208,6 +209,7 @@ def create_hub_app(hub: HubSettings) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.metrics_hooks = []
     app.state.sessions = SessionStore(settings.session_ttl_s)
+    app.state.sign_ins = SignInThrottle()  # unknown keys per address
     app.state.ready = False
     app.state.ready_probe = DatabaseProbe(app)
     app.state.store = None

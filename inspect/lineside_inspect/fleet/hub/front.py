@@ -40,6 +40,7 @@ from lineside_inspect.errors import (
     LinesideError,
     Overloaded,
     error_body,
+    retry_after,
 )
 from lineside_inspect.fleet.protocol import NAME_PATTERN, PREFIX
 from lineside_inspect.server.deps import authenticate
@@ -160,7 +161,7 @@ async def answer(exc: LinesideError, scope: Scope, send: Send) -> None:
     payload = json.dumps(error_body(exc.code, exc.message)).encode()
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(payload)).encode()), (b"connection", b"close")]
-    if exc.status in (429, 503):
-        headers.append((b"retry-after", b"1"))
+    if (wait := retry_after(exc)) is not None:
+        headers.append((b"retry-after", str(wait).encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -24,8 +24,8 @@ import fastapi_offline
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
-from lineside_inspect.errors import LinesideError, NotFoundError
-from lineside_inspect.server.deps import ALLOWED, Principal, authenticate, principal_for_key
+from lineside_inspect.errors import LinesideError, NotFoundError, TooManyFailedSignIns
+from lineside_inspect.server.deps import ALLOWED, Principal, authenticate, check_key
 from lineside_inspect.server.routes import page_data
 from lineside_inspect.server.sessions import SESSION_COOKIE, Session, SessionStore
 from lineside_inspect.ui import render
@@ -67,9 +67,11 @@ def _fleet_filters(request: Request, label: bool) -> str:
     return "".join(out)
 
 
-def _login(next_page: str, error: str | None = None, status: int = 200) -> HTMLResponse:
+def _login(next_page: str, error: str | None = None, status: int = 200,
+           headers: dict[str, str] | None = None) -> HTMLResponse:
     markup = {"error": f'<p class="err">{escape(error)}</p>'} if error else {}
-    return HTMLResponse(render("login.html", {"next": next_page}, markup), status_code=status)
+    return HTMLResponse(render("login.html", {"next": next_page}, markup), status_code=status,
+                        headers=headers)
 
 
 def _viewer(request: Request, next_page: str) -> tuple[Principal, Session | None] | HTMLResponse:
@@ -217,7 +219,10 @@ def login(request: Request, key: Annotated[str, Form(max_length=4096)],
     if not settings.api_keys:  # nothing to sign in to
         return RedirectResponse(target, status_code=303)
     try:
-        who = principal_for_key(settings, key)
+        who = check_key(request, key)
+    except TooManyFailedSignIns as exc:
+        return _login(target, f"Too many unknown keys from this address: try again in "
+                      f"{exc.retry_after_s} s.", 429, {"Retry-After": str(exc.retry_after_s)})
     except LinesideError:
         return _login(target, "Unknown key.", 401)
     if who.role not in ALLOWED["reviewer"]:

@@ -1,0 +1,75 @@
+"""Failed key checks per client address, so a key cannot be guessed at network speed.
+
+Keys are meant to be long random secrets, but a plant may configure a short one, and
+nothing else slows a guesser: the API's ``Authorization`` header and the sign-in form
+each check one key per request, thousands a second. After :data:`FAILURES` unknown keys
+from one address within :data:`WINDOW_S` seconds, that address is refused (429 with
+``Retry-After``) until the oldest of them leaves the window, without its key being
+checked: a right guess during the refusal is refused too. Unknown or expired session
+cookies do not count: they are 256-bit random tokens, and every reviewer's would expire
+at once when the server restarts.
+
+Behind a reverse proxy every client has the proxy's address unless the server trusts
+its ``X-Forwarded-For`` (uvicorn's ``forwarded_allow_ips``, loopback by default), and one
+guesser would then lock every client out: docs/security.md says so.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from lineside_inspect.errors import TooManyFailedSignIns
+
+FAILURES = 30  # unknown keys per address within WINDOW_S before it is refused
+WINDOW_S = 60.0
+MAX_ADDRESSES = 10_000  # addresses followed at once (the least recently failed go first)
+
+
+class SignInThrottle:
+    def __init__(self, failures: int = FAILURES, window_s: float = WINDOW_S,
+                 max_addresses: int = MAX_ADDRESSES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures = failures
+        self.window_s = window_s
+        self.max_addresses = max_addresses
+        self.clock = clock
+        self._lock = threading.Lock()  # sync routes (the sign-in form) run in threads
+        self._failed: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, address: str, now: float) -> deque[float] | None:
+        times = self._failed.get(address)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if not times:
+            del self._failed[address]
+            return None
+        return times
+
+    def check(self, address: str) -> None:
+        """Raise :class:`TooManyFailedSignIns` while ``address`` is refused."""
+        with self._lock:
+            now = self.clock()
+            times = self._recent(address, now)
+            if times is not None and len(times) >= self.failures:
+                wait = max(1, math.ceil(times[0] + self.window_s - now))
+                raise TooManyFailedSignIns(
+                    f"too many unknown keys from this address ({len(times)} in the last "
+                    f"{self.window_s:g} s): try again in {wait} s", retry_after_s=wait)
+
+    def failed(self, address: str) -> None:
+        """Count one unknown key from ``address``."""
+        with self._lock:
+            now = self.clock()
+            times = self._recent(address, now)
+            if times is None:
+                times = self._failed[address] = deque(maxlen=self.failures)
+                while len(self._failed) > self.max_addresses:
+                    self._failed.popitem(last=False)
+            self._failed.move_to_end(address)
+            times.append(now)
