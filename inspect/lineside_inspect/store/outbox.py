@@ -14,6 +14,12 @@ Each row names the box that wrote it: boxes sharing one database deliver only th
 Each row has a ``channel``: ``mqtt`` (or NULL, rows from before channels) for the MQTT
 publisher, ``fleet`` for the hub forwarder (``fleet/box/forward.py``; its ``topic`` is the
 inspection id); an :class:`Outbox` reads and delivers one channel only.
+
+An event its receiver refuses for good (the hub will not store that record) is *set
+aside* (:meth:`Outbox.set_aside`): it moves to the channel's set-aside channel
+(:func:`set_aside_channel`, with the refusal in its payload), so the events behind it
+flow again, and stays there, undelivered and never purged, until an admin sends it
+again (:meth:`Outbox.retry_set_aside`) once the receiver is fixed.
 """
 
 from __future__ import annotations
@@ -40,6 +46,13 @@ log = logging.getLogger("lineside.store")
 Event = dict[str, Any]
 EventMaker = Callable[["Inspection"], list[Event]]
 MQTT = "mqtt"  # the default channel (NULL in rows written before channels)
+MAX_REFUSAL_CHARS = 1000  # of a set-aside event's refusal, kept in its payload
+
+
+def set_aside_channel(channel: str) -> str:
+    """Where ``channel``'s events its receiver refused for good wait (16 characters at most,
+    the column's width)."""
+    return f"{channel}-refused"[:16]
 
 
 def event(topic: str, payload: dict[str, Any], created_at: datetime | None = None,
@@ -145,6 +158,52 @@ class Outbox:
         if oldest is None:
             return None
         return max(0.0, (as_utc(now or datetime.now(UTC)) - oldest).total_seconds())
+
+    # -- events the receiver refused for good ------------------------------------------
+    def _set_aside(self) -> Any:
+        return ((OutboxRow.box_id == self.box_id)
+                & (OutboxRow.channel == set_aside_channel(self.channel))
+                & OutboxRow.delivered_at.is_(None))
+
+    def set_aside(self, ids: Iterable[int], refusal: str, at: datetime | None = None) -> int:
+        """Move this channel's undelivered events ``ids`` aside with ``refusal`` (why the
+        receiver will not take them), each keeping its own payload under ``event``; how
+        many moved."""
+        ids = list(ids)
+        when = (at or datetime.now(UTC)).isoformat()
+        with Session(self.engine) as s, s.begin():
+            rows = s.scalars(select(OutboxRow).where(self._waiting(), OutboxRow.id.in_(ids))).all()
+            for row in rows:
+                row.channel = set_aside_channel(self.channel)
+                row.payload = {"refused": refusal[:MAX_REFUSAL_CHARS], "at": when,
+                               "event": row.payload}
+            return len(rows)
+
+    def set_aside_events(self, limit: int = 100) -> list[PendingEvent]:
+        """Events set aside, oldest first; each payload says why (``refused``) and when
+        (``at``), and keeps the event's own (``event``)."""
+        with Session(self.engine) as s:
+            rows = s.scalars(select(OutboxRow).where(self._set_aside())
+                             .order_by(OutboxRow.id).limit(limit)).all()
+            return [PendingEvent(r.id, r.created_at, r.topic, r.payload) for r in rows]
+
+    def set_aside_count(self) -> int:
+        with Session(self.engine) as s:
+            return int(s.scalar(select(func.count()).select_from(OutboxRow)
+                                .where(self._set_aside())) or 0)
+
+    def retry_set_aside(self) -> int:
+        """Queue every set-aside event again with its own payload, as a new event at the
+        end of its channel (a receiver that tracks ids, as the hub does per box, has passed
+        the old one's); how many."""
+        with Session(self.engine) as s, s.begin():
+            rows = s.scalars(select(OutboxRow).where(self._set_aside()).order_by(OutboxRow.id)).all()
+            for row in rows:
+                s.add(OutboxRow(created_at=row.created_at, box_id=row.box_id, topic=row.topic,
+                                payload=dict(row.payload or {}).get("event", {}),
+                                channel=None if self.channel == MQTT else self.channel))
+                s.delete(row)
+            return len(rows)
 
     def purge_delivered(self, older_than_s: float, now: datetime | None = None) -> int:
         """Delete this box's events delivered more than ``older_than_s`` ago."""

@@ -83,7 +83,14 @@ from lineside_inspect.store.models import (
     label_pattern,
     labels_column,
 )
-from lineside_inspect.store.outbox import MQTT, Event, EventMaker, add_events, events_for
+from lineside_inspect.store.outbox import (
+    MQTT,
+    Event,
+    EventMaker,
+    add_events,
+    events_for,
+    set_aside_channel,
+)
 from lineside_inspect.store.utc import as_utc
 
 log = logging.getLogger("lineside.store")
@@ -720,8 +727,10 @@ class Store:
         """Rows whose fleet event is delivered (all rows when nothing is forwarded)."""
         if self.guard_channel is None:
             return InspectionRow.id.is_not(None)
+        # an event set aside (the hub refused its record) waits for an admin's retry
+        channels = (self.guard_channel, set_aside_channel(self.guard_channel))
         waiting = select(OutboxRow.topic).where(
-            OutboxRow.box_id == self.box_id, OutboxRow.channel == self.guard_channel,
+            OutboxRow.box_id == self.box_id, OutboxRow.channel.in_(channels),
             OutboxRow.delivered_at.is_(None))
         return InspectionRow.id.not_in(waiting)
 

@@ -59,6 +59,9 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.state.on_startup.append(start)
     app.state.on_shutdown.append(stop)
+    from lineside_inspect.fleet.box.routes import router
+
+    app.include_router(router)  # set-aside inspections (the hub refused them)
     # model pulls (models.py): start after the hub client is made, stop before it closes
     from lineside_inspect.fleet.box.models import setup as setup_models
 

@@ -45,6 +45,17 @@ class HubCutBody(HubUnavailable):
     ``min_body_rate``), or the connection broke while the body was being sent."""
 
 
+# the hub's codes for a record it will not store (fleet/hub/ingest.py): the body's
+# content, not the box's key or settings, is at fault
+RECORD_CODES = frozenset({"invalid_record", "invalid_request", "inspection_id_taken"})
+
+
+class HubRefusedRecord(HubRefused):
+    """The hub refused what the body holds (``RECORD_CODES``: a field out of range, an
+    image that is not what its record says, an id another box holds): the same body will
+    never go, a smaller one without the culprit may (fleet/box/forward.py)."""
+
+
 class HubBodyTooLarge(HubRefused):
     """The hub answered 413: the request's body is over its ``max_body_bytes`` (a refusal,
     counted as one; the forwarder sends smaller batches, fleet/box/forward.py)."""
@@ -93,8 +104,8 @@ class HubClient:
             with self._http.stream(method, path, content=content, params=params,
                                    headers=headers) as resp:
                 if resp.status_code >= 400:
-                    detail = _error_text(resp.status_code, resp.reason_phrase,
-                                         _read_at_most(resp, ERROR_BYTES))
+                    code, detail = _error_parts(resp.status_code, resp.reason_phrase,
+                                                _read_at_most(resp, ERROR_BYTES))
                     if resp.status_code == 408:
                         raise HubCutBody(f"hub {self.base_url} answered 408: {detail}")
                     if resp.status_code == 413:  # a refusal of this size: smaller may go
@@ -102,7 +113,8 @@ class HubClient:
                     if resp.status_code >= 500 or resp.status_code == 429:
                         raise HubUnavailable(f"hub {self.base_url} answered "
                                              f"{resp.status_code}: {detail}")
-                    raise HubRefused(f"hub refused {method} {path}: {resp.status_code} {detail}")
+                    refused = HubRefusedRecord if code in RECORD_CODES else HubRefused
+                    raise refused(f"hub refused {method} {path}: {resp.status_code} {detail}")
                 data = _read_at_most(resp, self.max_answer_bytes,
                                      time.monotonic() + ANSWER_TIMEOUTS * self.timeout_s)
         except httpx.WriteError:  # the hub closed while the body went: cut, or gone
@@ -130,8 +142,8 @@ class HubClient:
                 if resp.status_code >= 500 or resp.status_code in (408, 429):
                     raise HubUnavailable(f"hub answered {resp.status_code} for {path}")
                 if resp.status_code >= 400:
-                    detail = _error_text(resp.status_code, resp.reason_phrase,
-                                         _read_at_most(resp, ERROR_BYTES))
+                    _, detail = _error_parts(resp.status_code, resp.reason_phrase,
+                                             _read_at_most(resp, ERROR_BYTES))
                     raise HubRefused(f"hub refused GET {path}: {resp.status_code} {detail}")
                 encoding = resp.headers.get("content-encoding", "identity").strip().lower()
                 if encoding != "identity":
@@ -192,12 +204,15 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number an answer may hold")
 
 
-def _error_text(status: int, reason: str, content: bytes | None) -> str:
-    """The hub's ``{"error": {...}}`` as ``code: message`` (short), else the status text."""
+def _error_parts(status: int, reason: str, content: bytes | None) -> tuple[str | None, str]:
+    """The hub's ``{"error": {...}}``: its code (None when the answer has none) and
+    ``code: message`` (short), else the status text."""
+    code: str | None = None
     try:
         err = json.loads(content or b"")["error"]
-        text = f"{err['code']}: {str(err['message'])[:300]}"
+        code = str(err["code"])[:64]
+        text = f"{code}: {str(err['message'])[:300]}"
     except Exception:
         text = reason or f"status {status}"
     # the hub's words go into the box's log: a line break in them forged a log line
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return code, "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

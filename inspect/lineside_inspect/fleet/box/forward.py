@@ -15,6 +15,13 @@ after ``GROW_AFTER`` batches in a row went through, up to ``forward_batch``. One
 inspection still too large for the hub goes without its images (logged and counted):
 sent again as it was, it would hold up every later one for good.
 
+A batch whose content the hub refuses (``HubRefusedRecord``: a record it will not store,
+e.g. one an older box wrote, or an id another box holds) is halved the same way until the
+culprit goes alone; that one is *set aside* (``Outbox.set_aside``: logged with the hub's
+reason, counted, kept with its row, never purged) and the rest flow on. An admin lists
+set-aside inspections and sends them again once the hub is fixed (``routes.py``:
+``/v1/fleet/set-aside``).
+
 While the hub is unreachable the backlog grows (bounded by local retention, which keeps
 unforwarded rows: ``Store.enforce_retention``) and the thread backs off; nothing on the
 verdict path waits for it. An image the disk quota removed before it was forwarded is
@@ -35,7 +42,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from lineside_inspect.errors import HubRefused, NotFoundError
-from lineside_inspect.fleet.box.client import HubBodyTooLarge, HubClient, HubCutBody
+from lineside_inspect.fleet.box.client import (
+    HubBodyTooLarge,
+    HubClient,
+    HubCutBody,
+    HubRefusedRecord,
+)
 from lineside_inspect.fleet.box.periodic import HubTask, PeriodicHubTask
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch, ForwardedInspection
@@ -73,7 +85,10 @@ class FleetMetrics:
                                  registry=r)
         self.errors = Counter("lineside_fleet_errors", "Forwarding failures by kind "
                               "(hub_unavailable, hub_refused, image_missing, image_too_large, "
-                              "record_missing, internal)", ["kind"], registry=r)
+                              "record_missing, record_refused, internal)", ["kind"], registry=r)
+        self.set_aside = Gauge("lineside_fleet_set_aside", "Inspections set aside because "
+                               "the hub refused their records (GET /v1/fleet/set-aside)",
+                               registry=r)
         self.dropped = Counter("lineside_fleet_dropped_unforwarded", "Images the disk quota "
                                "removed before they were forwarded (their records still go)",
                                registry=r)
@@ -159,6 +174,12 @@ class Forwarder(HubTask):
             except HubCutBody:
                 self._shrink(len(items), "cut off by the hub (a slow uplink?)")
                 raise
+            except HubRefusedRecord as exc:
+                if len(items) > 1:
+                    self._shrink(len(items), "refused by the hub (a record in it?)")
+                    raise
+                self.set_aside_one(items[0].seq, items[0].id, exc.message)
+                return 1
             self._grow()
             # the hub answers its cursor, which may be ahead of this batch (a restored
             # box): settle only what was sent, never events the cut left for later
@@ -177,6 +198,17 @@ class Forwarder(HubTask):
             # the hub holds less than was sent: say so, and send the rest again
             raise HubRefused(f"hub acknowledged through seq {through} of {items[-1].seq}")
         return len(done)
+
+    def set_aside_one(self, seq: int, inspection_id: str, refusal: str) -> None:
+        """The hub refused inspection ``inspection_id``'s record on its own: set its event
+        aside (kept, with the reason), so every later inspection goes on."""
+        self.outbox.set_aside([seq], refusal)
+        self._bare.discard(seq)
+        self._count("record_refused")
+        log.warning("fleet: the hub refused inspection %s: %s. It is set aside (kept on this "
+                    "box; GET /v1/fleet/set-aside lists it, POST /v1/fleet/set-aside/retry "
+                    "sends it again) and later inspections go on", inspection_id, refusal)
+        self._safe_gauges()
 
     def _shrink(self, sent: int, why: str) -> None:
         """The hub cut a body of ``sent`` inspections off, or found it too large: half as
@@ -257,9 +289,11 @@ class Forwarder(HubTask):
         backlog = self.outbox.backlog()
         lag = self.outbox.oldest_pending_age(datetime.now(UTC)) or 0.0
         self.backlog, self.lag_s = backlog, lag
+        self.set_aside = self.outbox.set_aside_count()
         if self.metrics is not None:
             self.metrics.backlog.set(backlog)
             self.metrics.lag.set(lag)
+            self.metrics.set_aside.set(self.set_aside)
             dropped = self.store.dropped_unforwarded
             if dropped > self._dropped_seen:
                 self.metrics.dropped.inc(dropped - self._dropped_seen)
@@ -273,10 +307,11 @@ class Forwarder(HubTask):
 
     backlog: int = 0
     lag_s: float = 0.0
+    set_aside: int = 0
 
     def status(self) -> dict[str, Any]:
         return {"backlog": self.backlog, "lag_s": self.lag_s, "forwarded": self.forwarded,
-                "batch": self.batch,
+                "batch": self.batch, "set_aside": self.set_aside,
                 "failures": self.failures, "last_error": self.last_error}
 
 
