@@ -101,6 +101,23 @@ class ObjectStore:
         check_key(key)
         self._call("delete", self.client.remove_object, self.bucket, key)
 
+    def delete_many(self, keys: list[str]) -> list[str]:
+        """Delete ``keys`` in batched requests (a missing one is no error); the keys the
+        store would not delete."""
+        from minio.deleteobjects import DeleteObject
+
+        for key in keys:
+            check_key(key)
+        errors = self._call("delete", self.client.remove_objects, self.bucket,
+                            [DeleteObject(k) for k in keys])
+        try:  # lazy: the requests are made while the errors are read
+            return [e.name for e in errors]
+        except Exception as e:
+            log.warning("object store %s: deleting %d objects failed: %s",
+                        self.settings.endpoint, len(keys), type(e).__name__)
+            raise ObjectStoreUnavailable("the object store is unreachable (during delete); "
+                                         "retry later") from None
+
     def keys(self, prefix: str = "") -> Iterator[str]:
         if prefix:
             check_key(prefix.rstrip("/"))

@@ -89,8 +89,16 @@ def setup_store(app: FastAPI, hub: HubSettings) -> None:
                  hub.objects.endpoint, hub.objects.bucket)
         app.state.objects = objects
         app.state.store = store
+        if hub.retention_days is not None:
+            from lineside_inspect.fleet.hub.retention import HubRetention
+
+            app.state.retention = HubRetention(store, objects, hub.retention_days,
+                                               hub.retention_interval_s, app.state.metrics)
+            app.state.retention.start()
 
     def stop() -> None:
+        if app.state.retention is not None:
+            app.state.retention.stop()
         if app.state.store is not None:
             app.state.store.close()  # releases the lock
         else:
@@ -214,6 +222,7 @@ def create_hub_app(hub: HubSettings) -> FastAPI:
     app.state.ready_probe = DatabaseProbe(app)
     app.state.store = None
     app.state.objects = None
+    app.state.retention = None
     app.state.on_startup = []
     app.state.on_shutdown = []
     setup_store(app, hub)

@@ -5,10 +5,10 @@ the hub has durably taken from that box: written in the same transaction as the 
 covers, so a retried batch is recognised whatever happened to the first answer.
 
 ``fleet_box_counts``: per box, how many of its inspections the hub holds and the newest
-one's time, kept by the forward route in the transaction that stores them, so the fleet
-page reads one row per box instead of counting every inspection on each refresh (the
-hub never deletes forwarded inspections). A hub that had inspections before this table
-fills it once, when it is made.
+one's time, kept by the forward route in the transaction that stores them (and by the
+retention, ``retention.py``, in the one that deletes them), so the fleet page reads one
+row per box instead of counting every inspection on each refresh. A hub that had
+inspections before this table fills it once, when it is made.
 """
 
 from __future__ import annotations

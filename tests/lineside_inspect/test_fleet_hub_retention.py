@@ -1,0 +1,119 @@
+"""The hub's retention: inspections past ``retention_days`` leave the hub with their
+reviews and images (a real SeaweedFS), reference images stay, each box's count follows,
+and an object store that is down leaves the rows for the next round. A real hub (SQLite)
+on loopback."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.orm import Session
+
+from lineside_inspect.fleet.config import ObjectStoreSettings
+from lineside_inspect.fleet.hub.tables import BoxCountRow
+from lineside_inspect.fleet.objects import ObjectStore
+from lineside_inspect.fleet.protocol import (
+    FORWARD,
+    REVIEWS_UP,
+    ForwardAck,
+    ForwardBatch,
+    ForwardedInspection,
+    ReviewAck,
+    ReviewBatch,
+    ReviewEvent,
+)
+from lineside_inspect.store.models import InspectionRow, ReviewRow
+
+from .fleet_peers import free_port
+from .test_fleet_sync import KEYS, ServedHub, _png, _record, client, hub_settings
+
+NOW = datetime.now(UTC)
+
+
+def _item(seq: int, days_ago: float, image: bytes | None, reference: bytes | None) -> ForwardedInspection:
+    iid = uuid.uuid4().hex
+    return ForwardedInspection(
+        seq=seq, id=iid, site="plant1", line="line1",
+        record=_record(iid, NOW - timedelta(days=days_ago)),
+        image_b64=base64.b64encode(image).decode() if image else None,
+        image_ext="png" if image else None,
+        reference_b64=base64.b64encode(reference).decode() if reference else None,
+        reference_ext="png" if reference else None)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_old_inspections_leave_the_hub_with_reviews_and_images(
+        tmp_path: Path, weed: Any, backend: str, request: pytest.FixtureRequest) -> None:
+    more: dict[str, Any] = {}
+    if backend == "postgresql":  # reviews go by the database's cascade: both databases
+        postgres = request.getfixturevalue("postgres")
+        name = f"retention_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        more["database_url"] = f"{postgres}/{name}"
+    settings = hub_settings(tmp_path, weed.settings(f"hub-retention-{backend[:3]}"),
+                            retention_days=30, retention_interval_s=86400, **more)
+    with ServedHub(settings) as hub:
+        retention = hub.app.state.retention
+        assert retention is not None  # started with the hub (a first round on nothing)
+        box = client(hub)
+        ref = _png(20)
+        old1 = _item(1, 40, _png(21), ref)
+        old2 = _item(2, 35, _png(22), None)
+        old3 = _item(3, 31, None, None)  # a pass kept without its image
+        new = _item(4, 1, _png(23), ref)
+        ack = box.post(box.path(FORWARD), ForwardBatch(items=[old1, old2, old3, new]), ForwardAck)
+        assert ack.stored == 4
+        qa = {"Authorization": f"Bearer {KEYS['qa']}"}
+        r = httpx.post(f"{hub.url}/v1/inspections/{old1.id}/reviews", headers=qa,
+                       json={"action": "confirm"})
+        assert r.status_code in (200, 201), r.text
+        images = {i.id: hub.store.get(i.id).image_path for i in (old1, old2, new)}
+        objects = hub.app.state.objects
+        assert all(objects.exists(k) for k in images.values())
+
+        # the object store unreachable: nothing is deleted, the rows wait for the next round
+        retention.objects = ObjectStore(ObjectStoreSettings(
+            endpoint=f"127.0.0.1:{free_port()}", bucket="hub-retention", access_key="a",
+            secret_key="s", timeout_s=1))  # type: ignore[arg-type]
+        kept = retention.run_once()
+        assert (kept.deleted, kept.kept) == (1, 2)  # only the one without an image went
+        assert _held(hub, old1.id) and _held(hub, old2.id) and not _held(hub, old3.id)
+
+        retention.objects = objects
+        done = retention.run_once()
+        assert (done.deleted, done.kept) == (2, 0)
+        assert [i.id for i in (old1, old2, old3, new) if _held(hub, i.id)] == [new.id]
+        with Session(hub.store.engine) as s:
+            assert s.scalar(select(func.count()).select_from(ReviewRow)
+                            .where(ReviewRow.inspection_id == old1.id)) == 0
+            assert s.get(BoxCountRow, "box1").held == 1  # type: ignore[union-attr]
+        assert not objects.exists(images[old1.id]) and not objects.exists(images[old2.id])
+        assert objects.exists(images[new.id])
+        assert objects.exists(f"refs/{hashlib.sha256(ref).hexdigest()}.png")  # shared: kept
+        assert retention.run_once().deleted == 0
+        metrics = httpx.get(hub.url + "/metrics").text
+        assert "lineside_hub_retention_deleted_total 3.0" in metrics
+
+        # a box's late review of a deleted inspection: the hub says it does not hold it
+        # (the box, which forwarded it long ago, drops that review and goes on)
+        review = ReviewEvent(seq=1, inspection_id=old1.id, created_at=NOW, reviewer="op",
+                             action="confirm", boxes=[], origin="box")
+        ack2 = box.post(box.path(REVIEWS_UP), ReviewBatch(items=[review]), ReviewAck)
+        assert ack2.through_seq == 0 and ack2.waiting == "inspection"
+        box.close()
+
+
+def _held(hub: ServedHub, inspection_id: str) -> bool:
+    with Session(hub.store.engine) as s:
+        return s.scalar(select(InspectionRow.id).where(InspectionRow.id == inspection_id)) is not None
