@@ -135,3 +135,47 @@ def _rounds(forwarder: Forwarder) -> list[str]:
         except (HubUnavailable, HubRefused) as exc:
             failures.append(str(exc))
     return failures
+
+
+def test_a_review_batch_over_the_hubs_json_limit_is_halved_and_one_alone_is_dropped(
+        tmp_path: Path, weed: Any) -> None:
+    """A batch of reviews over the hub's ``max_json_bytes`` was sent again at the same size
+    for good, and no later review went up. It is halved now; a review too large on its own
+    is dropped (logged and counted: ``too_large``) and the rest go on."""
+    from lineside_inspect.fleet.box.reviews import ReviewSync, review_events
+
+    settings = hub_settings(tmp_path, weed.settings("fleet-review-sizes"),
+                            max_json_bytes=16 * 1024)
+    store = Store(tmp_path / "box", pass_rate=1.0, box_id="box1")
+    store.event_makers.append(forward_events)
+    store.review_event_makers.append(review_events)
+    with ServedHub(settings) as hub:
+        fleet = FleetSettings(hub_url=hub.url, token=KEYS["box1"], timeout_s=30,  # type: ignore[arg-type]
+                              forward_batch=1)
+        hub_client = HubClient(fleet, "box1")
+        try:
+            detector = Detector(MODEL, device="cpu", threads=1)
+            made = [_inspection(detector) for _ in range(6)]
+            for inspection in made:
+                assert store.save(inspection)
+            store.flush()
+            assert _rounds(Forwarder(store, hub_client, fleet)) == []
+            # 3 KB a review: six together are over the hub's 16 KiB; the third, with 600
+            # boxes, is over it alone
+            many = [{"label": "short", "box": [(i % 25) * 25 + 1, (i // 25) * 25 + 1,
+                                               (i % 25) * 25 + 6, (i // 25) * 25 + 6]}
+                    for i in range(600)]
+            for n, inspection in enumerate(made):
+                if n == 2:
+                    store.review(inspection.id, reviewer="qa", action="missed_defect", boxes=many)
+                else:
+                    store.review(inspection.id, reviewer="qa", action="confirm", note="n" * 3000)
+            sync = ReviewSync(store, hub_client)
+            assert sync.send_up() == 5
+            assert sync.dropped == 1 and sync.batch < 6 and sync.outbox.backlog() == 0
+            for n, inspection in enumerate(made):
+                reviews = hub.store.get(inspection.id).reviews
+                assert len(reviews) == (0 if n == 2 else 1), n
+        finally:
+            hub_client.close()
+            store.close()

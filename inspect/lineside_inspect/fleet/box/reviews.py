@@ -16,8 +16,13 @@ one would otherwise hold every later review of the box for good:
 
 - ``gone``: its inspection left the store (retention) before the review went up;
 - ``not_forwarded``: the hub does not hold its inspection and this box owes it no
-  forwarding (recorded before ``hub_url`` was set). Judged from the forwarding owed
-  *before* the batch was sent: an inspection delivered since was held by then.
+  forwarding (recorded before ``hub_url`` was set, or deleted by the hub's retention).
+  Judged from the forwarding owed *before* the batch was sent: an inspection delivered
+  since was held by then;
+- ``too_large``: alone, it is over the hub's ``max_json_bytes`` (413). A batch the hub
+  finds too large is halved first (and grows back after ``GROW_AFTER`` batches in a row
+  went through), as the forwarder does; sent again at the same size it stalled every
+  later review for good.
 
 An event a release before this one filed here for another box's inspection is handed to
 that box's outbox (logged), not dropped. One of an inspection recorded under a box id no
@@ -48,7 +53,7 @@ from sqlalchemy.orm import Session
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import ConfigError, HubRefused, LinesideError
 from lineside_inspect.fleet.box import forward
-from lineside_inspect.fleet.box.client import HubClient
+from lineside_inspect.fleet.box.client import HubBodyTooLarge, HubClient
 from lineside_inspect.fleet.box.periodic import HubTask, PeriodicHubTask
 from lineside_inspect.fleet.protocol import (
     REVIEWS_DOWN,
@@ -76,6 +81,7 @@ HUB_FAR_AHEAD = timedelta(days=1)
 PURGE_EVERY_S = 60.0
 KEEP_DELIVERED_S = 3600.0
 ROUNDS = 50  # batches per sync round (the next round goes on)
+GROW_AFTER = 8  # batches through in a row before a halved batch doubles again
 
 
 def review_events(review: ReviewRow) -> list[Event]:
@@ -100,7 +106,7 @@ class ReviewMetrics:
         self.backlog = Gauge("lineside_fleet_reviews_backlog", "Reviews made on this box "
                              "waiting to go up", registry=r)
         self.dropped = Counter("lineside_fleet_reviews_dropped", "Reviews made on this box "
-                               "that never go up, by reason (gone, not_forwarded)",
+                               "that never go up, by reason (gone, not_forwarded, too_large)",
                                ["reason"], registry=r)
 
 
@@ -120,6 +126,8 @@ class ReviewSync(HubTask):
         self.applied = 0  # hub reviews applied here
         self.dropped = 0  # reviews that never go up (see the module docstring)
         self._clock_logged = False  # the hub waits for this box's clock: said once
+        self.batch = BATCH  # halved when the hub finds a batch too large
+        self._through_in_a_row = 0
         self._last_purge = time.monotonic()
         self.loop = PeriodicHubTask(
             "reviews", self._step, interval_s=interval_s, retry_min_s=interval_s,
@@ -145,7 +153,7 @@ class ReviewSync(HubTask):
     def send_up(self) -> int:
         taken = 0
         for _ in range(ROUNDS):  # bounded: a stop waits for one round at most
-            pending = self.outbox.pending(limit=BATCH)
+            pending = self.outbox.pending(limit=self.batch)
             if not pending:
                 return taken
             owners, owed = self._inspections({e.topic for e in pending})
@@ -159,8 +167,22 @@ class ReviewSync(HubTask):
                      for e in pending if e.id not in gone and e not in theirs]
             if not items:
                 continue
-            ack = self.client.post(self.client.path(REVIEWS_UP), ReviewBatch(items=items),
-                                   ReviewAck)
+            try:
+                ack = self.client.post(self.client.path(REVIEWS_UP), ReviewBatch(items=items),
+                                       ReviewAck)
+            except HubBodyTooLarge:
+                if len(items) > 1:
+                    self.batch = max(1, len(items) // 2)
+                    self._through_in_a_row = 0
+                    log.warning("fleet: a batch of %d reviews was too large for the hub: "
+                                "sending %d at a time", len(items), self.batch)
+                    continue
+                self._drop([e for e in pending if e.id == items[0].seq],
+                           {items[0].seq: "too_large"})
+                continue
+            self._through_in_a_row += 1
+            if self._through_in_a_row >= GROW_AFTER and self.batch < BATCH:
+                self.batch, self._through_in_a_row = min(BATCH, self.batch * 2), 0
             through = min(ack.through_seq, items[-1].seq)  # settle only what was sent
             self.outbox.mark_delivered([i.seq for i in items if i.seq <= through])
             n = sum(1 for i in items if i.seq <= through)
@@ -218,7 +240,10 @@ class ReviewSync(HubTask):
             log.warning("fleet: review %d of inspection %s does not go up: %s", e.id, e.topic, {
                 "gone": "the inspection left this box before it went up",
                 "not_forwarded": "the hub does not hold the inspection and this box never "
-                                 "forwarded it (recorded before hub_url was set)"}[reason])
+                                 "forwarded it (recorded before hub_url was set) or the "
+                                 "hub's retention deleted it",
+                "too_large": "on its own it is over the hub's max_json_bytes (raise it on "
+                             "the hub to take reviews this large)"}[reason])
             self.dropped += 1
             if self.metrics is not None:
                 self.metrics.dropped.labels(reason).inc()
