@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from lineside_inspect.fleet.config import ObjectStoreSettings
@@ -49,19 +48,12 @@ def _item(seq: int, days_ago: float, image: bytes | None, reference: bytes | Non
         reference_ext="png" if reference else None)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_old_inspections_leave_the_hub_with_reviews_and_images(
-        tmp_path: Path, weed: Any, backend: str, request: pytest.FixtureRequest) -> None:
-    more: dict[str, Any] = {}
-    if backend == "postgresql":  # reviews go by the database's cascade: both databases
-        postgres = request.getfixturevalue("postgres")
-        name = f"retention_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        more["database_url"] = f"{postgres}/{name}"
-    settings = hub_settings(tmp_path, weed.settings(f"hub-retention-{backend[:3]}"),
+        tmp_path: Path, weed: Any, database_url: str | None) -> None:
+    # reviews go by the database's cascade: on SQLite and on PostgreSQL
+    more = {"database_url": database_url} if database_url else {}
+    backend = "pg" if database_url else "sqlite"
+    settings = hub_settings(tmp_path, weed.settings(f"hub-retention-{backend}"),
                             retention_days=30, retention_interval_s=86400, **more)
     with ServedHub(settings) as hub:
         retention = hub.app.state.retention

@@ -16,7 +16,6 @@ import httpx
 from sqlalchemy import create_engine, update
 from sqlalchemy.orm import Session
 
-from lineside_inspect.errors import HubRefused, HubUnavailable
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.box.forward import Forwarder, forward_events
 from lineside_inspect.fleet.config import FleetSettings
@@ -26,6 +25,7 @@ from lineside_inspect.store.models import InspectionRow
 
 from .conftest import keyed as box_settings
 from .conftest import start_server
+from .test_fleet_slow_link import _rounds
 from .test_fleet_sync import KEYS, MODEL, ServedHub, _inspection, hub_settings
 
 
@@ -35,18 +35,6 @@ def _skew(engine: Any, inspection_id: str, by: int) -> None:
     with Session(engine) as s, s.begin():
         s.execute(update(InspectionRow).where(InspectionRow.id == inspection_id)
                   .values(width=InspectionRow.width + by))
-
-
-def _rounds(forwarder: Forwarder) -> list[str]:
-    failures = []
-    for _ in range(20):
-        if not forwarder.outbox.pending():
-            break
-        try:
-            forwarder.forward_once()
-        except (HubUnavailable, HubRefused) as exc:
-            failures.append(str(exc))
-    return failures
 
 
 def test_a_refused_record_is_set_aside_and_the_rest_go_on(tmp_path: Path, weed: Any) -> None:
