@@ -49,14 +49,21 @@ def _login(srv, key: str, **headers: str) -> httpx.Response:
         return c.post("/review/login", data={"key": key}, headers=headers)
 
 
+def _cookie(srv) -> str:
+    """The session cookie's name on ``srv``: the port is part of it."""
+    return f"lineside_session_{urlsplit(srv.url).port}"
+
+
 def _session_client(srv, token: str, **headers: str) -> httpx.Client:
     return httpx.Client(base_url=srv.url, timeout=30,
-                        headers={"cookie": f"lineside_session={token}", **headers})
+                        headers={"cookie": f"{_cookie(srv)}={token}", **headers})
 
 
 def _token(resp: httpx.Response) -> str:
     assert resp.status_code == 303, resp.text
-    return resp.cookies["lineside_session"]
+    [name] = [n for n in resp.cookies if n.startswith("lineside_session")]
+    assert name == f"lineside_session_{resp.url.port}"
+    return resp.cookies[name]
 
 
 # ---------------------------------------------------------------- item 1: stored XSS
@@ -208,7 +215,7 @@ def test_logout_revokes_the_session(launch) -> None:
     with _session_client(srv, token) as c:
         assert c.get("/v1/inspections").status_code == 200
         out = c.post("/review/logout")
-        assert out.status_code == 303 and 'lineside_session=""' in out.headers["set-cookie"]
+        assert out.status_code == 303 and f'{_cookie(srv)}=""' in out.headers["set-cookie"]
         r = c.get("/v1/inspections")  # the old cookie, sent again
         assert r.status_code == 401 and "signed out" in r.json()["error"]["message"]
     assert len(srv.app.state.sessions) == 0
@@ -366,7 +373,7 @@ def test_status_page(launch) -> None:
         for href in ("/docs", "/review"):
             expect(page.locator(f"a[href='{href}']")).to_have_count(1)
         # the live view answers to the session cookie
-        cookie = next(c for c in page.context.cookies() if c["name"] == "lineside_session")
+        cookie = next(c for c in page.context.cookies() if c["name"] == _cookie(srv))
         with _session_client(srv, cookie["value"]) as c, \
                 c.stream("GET", "/v1/cameras/sim/stream", params={"fps": 10}) as s:
             assert s.status_code == 200
@@ -411,7 +418,7 @@ def test_unknown_keys_from_one_address_are_refused_for_a_while(launch, image_byt
     srv.app.state.sign_ins = SignInThrottle(failures=3, window_s=600)
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         for _ in range(20):  # unknown session cookies do not count
-            r = c.get("/v1/inspections", headers={"cookie": "lineside_session=guess"})
+            r = c.get("/v1/inspections", headers={"cookie": f"{_cookie(srv)}=guess"})
             assert r.status_code == 401
         for key in ("a", "b"):
             assert c.get("/v1/inspections", headers={"x-api-key": key}).status_code == 401
@@ -462,3 +469,16 @@ def test_the_sign_in_throttle_forgets_after_its_window_and_stays_bounded() -> No
     with pytest.raises(TooManyFailedSignIns):
         t.check("d")
     assert len(t._failed) == 3
+
+
+def test_two_servers_on_one_host_keep_their_own_sign_ins(launch) -> None:
+    """A browser scopes cookies by host, not port: a box and a hub on one machine shared
+    one session cookie, and signing in to one signed the other out."""
+    box, hub = launch(), launch()
+    with httpx.Client(timeout=30) as browser:  # one cookie jar for 127.0.0.1, as a browser
+        for srv in (box, hub):
+            r = browser.post(srv.url + "/review/login", data={"key": "reviewer-secret"})
+            assert r.status_code == 303
+        for srv in (box, hub):
+            assert browser.get(srv.url + "/v1/inspections").status_code == 200, srv.url
+        assert len([c for c in browser.cookies.jar if c.name.startswith("lineside_session")]) == 2

@@ -18,7 +18,7 @@ from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
 from lineside_inspect.server.service import InspectionService
-from lineside_inspect.server.sessions import CSRF_HEADER, SESSION_COOKIE, SessionStore
+from lineside_inspect.server.sessions import CSRF_HEADER, SessionStore, cookie_name
 from lineside_inspect.server.throttle import SignInThrottle
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def authenticate(request: Request) -> Principal | None:
     key = _key_from(request)
     if key:
         return check_key(request, key)
-    token = request.cookies.get(SESSION_COOKIE)
+    token = request.cookies.get(cookie_name(request))
     if token:
         return _session_principal(request, token)
     raise Unauthorized("missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key'")

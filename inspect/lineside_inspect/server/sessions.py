@@ -14,14 +14,25 @@ import threading
 import time
 from dataclasses import dataclass
 
+from starlette.requests import HTTPConnection
+
 from lineside_inspect.config import Role
 
-SESSION_COOKIE = "lineside_session"
+SESSION_COOKIE = "lineside_session"  # and the port the browser used: cookie_name()
 CSRF_HEADER = "x-csrf-token"
 MAX_SESSIONS = 10_000  # only key holders can sign in; this bounds memory all the same
 # one key's sessions: its holder signing in again and again ends its own oldest, never
 # (through MAX_SESSIONS) every other reviewer's
 MAX_SESSIONS_PER_KEY = 100
+
+
+def cookie_name(request: HTTPConnection) -> str:
+    """The session cookie's name for this server as the browser reaches it. Browsers
+    scope cookies by host, not port: a box and a hub on one machine (ports 8000 and 8100)
+    shared one cookie, and signing in to one signed the other out. So the port in the
+    browser's address is part of the name (none for the scheme's default port)."""
+    port = request.url.port
+    return f"{SESSION_COOKIE}_{port}" if port else SESSION_COOKIE
 
 
 @dataclass(frozen=True)

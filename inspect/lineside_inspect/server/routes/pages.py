@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from lineside_inspect.errors import LinesideError, NotFoundError, TooManyFailedSignIns
 from lineside_inspect.server.deps import ALLOWED, Principal, authenticate, check_key
 from lineside_inspect.server.routes import page_data
-from lineside_inspect.server.sessions import SESSION_COOKIE, Session, SessionStore
+from lineside_inspect.server.sessions import Session, SessionStore, cookie_name
 from lineside_inspect.ui import render
 from lineside_inspect.version import __version__
 
@@ -83,7 +83,7 @@ def _viewer(request: Request, next_page: str) -> tuple[Principal, Session | None
     assert who is not None
     if who.role not in ALLOWED["reviewer"]:
         return _login(next_page, "This key may not review.", 403)
-    token = request.cookies.get(SESSION_COOKIE)
+    token = request.cookies.get(cookie_name(request))
     sessions: SessionStore = request.app.state.sessions
     session = sessions.get(token) if token and request.app.state.settings.api_keys else None
     return who, session
@@ -228,11 +228,11 @@ def login(request: Request, key: Annotated[str, Form(max_length=4096)],
     if who.role not in ALLOWED["reviewer"]:
         return _login(target, "This key may not review.", 403)
     sessions: SessionStore = request.app.state.sessions
-    if old := request.cookies.get(SESSION_COOKIE):
+    if old := request.cookies.get(cookie_name(request)):
         sessions.revoke(old)
     token, _ = sessions.create(who.name, who.role)
     resp = RedirectResponse(target, status_code=303)
-    resp.set_cookie(SESSION_COOKIE, token, max_age=max(1, math.ceil(sessions.ttl_s)), path="/",
+    resp.set_cookie(cookie_name(request), token, max_age=max(1, math.ceil(sessions.ttl_s)), path="/",
                     httponly=True, samesite="strict", secure=request.url.scheme == "https")
     if LEGACY_COOKIE in request.cookies:
         resp.delete_cookie(LEGACY_COOKIE)
@@ -242,10 +242,10 @@ def login(request: Request, key: Annotated[str, Form(max_length=4096)],
 @pages.post("/review/logout")
 def logout(request: Request) -> Response:
     """Revoke the session server-side (the token is then worthless) and drop the cookie."""
-    if token := request.cookies.get(SESSION_COOKIE):
+    if token := request.cookies.get(cookie_name(request)):
         request.app.state.sessions.revoke(token)
     resp = RedirectResponse("/review", status_code=303)
-    resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+    resp.delete_cookie(cookie_name(request), path="/", httponly=True, samesite="strict",
                        secure=request.url.scheme == "https")
     return resp
 
