@@ -6,6 +6,7 @@ real hub (SQLite, images in a real SeaweedFS) and a real edge server, on loopbac
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -13,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, update
+from sqlalchemy import create_engine, event, update
 from sqlalchemy.orm import Session
 
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.box.forward import Forwarder, forward_events
+from lineside_inspect.fleet.box.reviews import ReviewSync, review_events
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.store import Store
@@ -40,6 +42,7 @@ def _skew(engine: Any, inspection_id: str, by: int) -> None:
 def test_a_refused_record_is_set_aside_and_the_rest_go_on(tmp_path: Path, weed: Any) -> None:
     store = Store(tmp_path / "box", pass_rate=1.0, box_id="box3", max_age_days=1)
     store.event_makers.append(forward_events)
+    store.review_event_makers.append(review_events)
     det = Detector(MODEL, device="cpu", threads=1)
     with ServedHub(hub_settings(tmp_path, weed.settings("fleet-set-aside"))) as hub:
         fleet = FleetSettings(hub_url=hub.url, token=KEYS["box3"], timeout_s=30,  # type: ignore[arg-type]
@@ -64,16 +67,26 @@ def test_a_refused_record_is_set_aside_and_the_rest_go_on(tmp_path: Path, weed: 
                 "hub refused POST") and "invalid_record" in aside.payload["refused"]
             forwarder.refresh_gauges()
             assert forwarder.status()["set_aside"] == 1
+            # a review of it waits with it (sent, the box would drop it: the hub does not
+            # hold the inspection and the box owes no forwarding); the others' go up
+            for inspection in made[:2]:
+                store.review(inspection.id, reviewer="qa", action="confirm")
+            sync = ReviewSync(store, client)
+            assert sync.send_up() == 1 and sync.dropped == 0
+            assert len(sync.outbox.set_aside_events()) == 1
             # retention never takes a set-aside row by age (it is not on the hub)
             store.enforce_retention(now=datetime.now(UTC) + timedelta(days=10))
             assert [r.id for r in _rows(store)] == [bad]
 
-            # the hub fixed (here: the record), sent again: it arrives, after the rest
+            # the hub fixed (here: the record), sent again: it arrives, after the rest,
+            # and its review after it
             _skew(store.engine, bad, -1)
-            assert forwarder.outbox.retry_set_aside() == 1
+            assert forwarder.retry_set_aside() == 1 and sync.retry_set_aside() == 1
             assert forwarder.outbox.set_aside_count() == 0
             assert _rounds(forwarder) == []
             assert _held(hub.store, bad)
+            assert sync.send_up() == 1 and sync.dropped == 0
+            assert [r.action for r in hub.store.get(bad).reviews] == ["confirm"]
         finally:
             client.close()
             store.close()
@@ -133,6 +146,9 @@ def test_an_admin_lists_and_retries_set_aside_inspections(tmp_path: Path, weed: 
             assert httpx.post(box.url + "/v1/fleet/set-aside/retry").status_code == 401
             assert not _held(hub.store, bad)
 
+            with box.client("reviewer") as c:
+                r = c.post(f"/v1/inspections/{bad}/reviews", json={"action": "false_reject"})
+                assert r.status_code in (200, 201), r.text
             box_db = create_engine(f"sqlite:///{data / 'lineside.db'}")
             _skew(box_db, bad, -1)
             box_db.dispose()
@@ -140,6 +156,61 @@ def test_an_admin_lists_and_retries_set_aside_inspections(tmp_path: Path, weed: 
                 r = c.post("/v1/fleet/set-aside/retry")
                 assert r.status_code == 200 and r.json() == {"retried": 1}
                 _wait("the retried inspection on the hub", lambda: _held(hub.store, bad))
+                _wait("its review on the hub", lambda: hub.store.get(bad).reviews)
                 assert c.get("/v1/fleet/set-aside").json() == {"count": 0, "items": []}
         finally:
             stop()
+
+
+def test_a_retry_beside_the_stores_writer_keeps_the_hubs_order(
+        tmp_path: Path, weed: Any, database_url: str | None) -> None:
+    """On PostgreSQL ids are handed out at insert but seen in commit order: a retry
+    written beside the store's writer could be seen after a newer inspection, which the
+    forwarder sent first; the hub's cursor then passed the retried one, refused for good
+    (409 sequence_behind). The retry holds the writer now."""
+    store = Store(tmp_path / "box", database_url, pass_rate=1.0, box_id="box3")
+    store.event_makers.append(forward_events)
+    det = Detector(MODEL, device="cpu", threads=1)
+    backend = "pg" if database_url else "sqlite"
+    with ServedHub(hub_settings(tmp_path, weed.settings(f"fleet-retry-order-{backend}"))) as hub:
+        fleet = FleetSettings(hub_url=hub.url, token=KEYS["box3"], timeout_s=30,  # type: ignore[arg-type]
+                              forward_batch=4)
+        client = HubClient(fleet, "box3")
+        try:
+            first = _inspection(det)
+            assert store.save(first)
+            store.flush()
+            _skew(store.engine, first.id, 1)
+            forwarder = Forwarder(store, client, fleet)
+            _rounds(forwarder)
+            assert forwarder.outbox.set_aside_count() == 1
+            _skew(store.engine, first.id, -1)
+            # the retry stops after its INSERT (its id handed out), before its commit
+            flushed, go_on = threading.Event(), threading.Event()
+
+            def hold(session: Any, ctx: Any) -> None:
+                if threading.current_thread().name == "retry":
+                    flushed.set()
+                    go_on.wait(30)
+
+            event.listen(Session, "after_flush", hold)
+            try:
+                retry = threading.Thread(target=forwarder.retry_set_aside, name="retry")
+                retry.start()
+                assert flushed.wait(30)
+                later = _inspection(det)
+                assert store.save(later)  # answered: the line goes on
+                writer = threading.Thread(target=store.flush)
+                writer.start()
+                writer.join(0.5)
+                assert writer.is_alive()  # the writer waits for the retry's commit
+                go_on.set()
+                retry.join(30)
+                writer.join(30)
+            finally:
+                event.remove(Session, "after_flush", hold)
+            assert _rounds(forwarder) == []
+            assert _held(hub.store, first.id) and _held(hub.store, later.id)
+        finally:
+            client.close()
+            store.close()

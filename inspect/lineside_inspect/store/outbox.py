@@ -195,11 +195,13 @@ class Outbox:
     def retry_set_aside(self) -> int:
         """Queue every set-aside event again with its own payload, as a new event at the
         end of its channel (a receiver that tracks ids, as the hub does per box, has passed
-        the old one's); how many."""
+        the old one's); how many. Where another thread writes this channel's events (the
+        store's writer), hold it meanwhile: ``Store.writer_paused``."""
         with Session(self.engine) as s, s.begin():
             rows = s.scalars(select(OutboxRow).where(self._set_aside()).order_by(OutboxRow.id)).all()
+            now = datetime.now(UTC)  # queued now: the delivery lag counts from here
             for row in rows:
-                s.add(OutboxRow(created_at=row.created_at, box_id=row.box_id, topic=row.topic,
+                s.add(OutboxRow(created_at=now, box_id=row.box_id, topic=row.topic,
                                 payload=dict(row.payload or {}).get("event", {}),
                                 channel=None if self.channel == MQTT else self.channel))
                 s.delete(row)

@@ -472,6 +472,16 @@ class Store:
                         self.journal.sync()
                 self._wake.set()
 
+    @contextlib.contextmanager
+    def writer_paused(self) -> Iterator[None]:
+        """No journal batch is applied while this is held, so outbox events written
+        meanwhile commit wholly before or after the writer's. On PostgreSQL ids are handed
+        out at insert but seen in commit order: an event written beside the writer could
+        be seen after one with a higher id, which a receiver tracking ids (the hub, per
+        box) has then passed."""
+        with self._apply_lock:
+            yield
+
     def flush(self) -> int:
         """Sync and apply every closed journal segment, oldest first; the number of
         inspections applied. Called by the writer, and by reads so they see every

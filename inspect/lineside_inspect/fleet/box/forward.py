@@ -210,6 +210,14 @@ class Forwarder(HubTask):
                     "sends it again) and later inspections go on", inspection_id, refusal)
         self._safe_gauges()
 
+    def retry_set_aside(self) -> int:
+        """Queue every set-aside inspection again, after those waiting; how many. The
+        store's writer is held meanwhile, so the new events' ids are seen in order."""
+        with self.store.writer_paused():
+            n = self.outbox.retry_set_aside()
+        self.wake()
+        return n
+
     def _shrink(self, sent: int, why: str) -> None:
         """The hub cut a body of ``sent`` inspections off, or found it too large: half as
         many next time. The same size again would fail again, for good (a link slower

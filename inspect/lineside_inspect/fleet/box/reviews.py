@@ -24,6 +24,11 @@ one would otherwise hold every later review of the box for good:
   went through), as the forwarder does; sent again at the same size it stalled every
   later review for good.
 
+A review of an inspection the forwarder set aside (the hub refused its record,
+``forward.py``) is set aside too, not sent: the hub would wait for the inspection, and the
+box, owing it no forwarding, would drop the review. An admin's retry queues the
+inspections again, then their reviews (:meth:`ReviewSync.retry_set_aside`).
+
 An event a release before this one filed here for another box's inspection is handed to
 that box's outbox (logged), not dropped. One of an inspection recorded under a box id no
 running box has any more (a box whose id changed) waits in that id's outbox: the hub
@@ -65,7 +70,14 @@ from lineside_inspect.fleet.protocol import (
 from lineside_inspect.fleet.review_merge import apply_review
 from lineside_inspect.store import Store
 from lineside_inspect.store.models import InspectionRow, OutboxRow, ReviewRow
-from lineside_inspect.store.outbox import Event, Outbox, PendingEvent, event, on_channel
+from lineside_inspect.store.outbox import (
+    Event,
+    Outbox,
+    PendingEvent,
+    event,
+    on_channel,
+    set_aside_channel,
+)
 from lineside_inspect.store.utc import as_utc
 
 if TYPE_CHECKING:
@@ -156,10 +168,15 @@ class ReviewSync(HubTask):
             pending = self.outbox.pending(limit=self.batch)
             if not pending:
                 return taken
-            owners, owed = self._inspections({e.topic for e in pending})
+            owners, owed, aside = self._inspections({e.topic for e in pending})
             # never to go up from here, whatever the hub says: settled now
             gone = {e.id: "gone" for e in pending if e.topic not in owners}
             self._drop([e for e in pending if e.id in gone], gone)
+            held_back = [e for e in pending if e.topic in aside and e.id not in gone]
+            if held_back:  # their inspection waits for an admin's retry: so do they
+                self.outbox.set_aside([e.id for e in held_back], "its inspection is set "
+                                      "aside: the hub refused its record")
+                pending = [e for e in pending if e not in held_back]
             theirs = [e for e in pending if e.topic in owners
                       and owners[e.topic] not in (self.store.box_id, None)]
             self._hand_over(theirs, owners)
@@ -205,16 +222,28 @@ class ReviewSync(HubTask):
             self._drop([e for e in pending if e.id == stuck.seq], {stuck.seq: "not_forwarded"})
         return taken
 
-    def _inspections(self, ids: set[str]) -> tuple[dict[str, str | None], set[str]]:
-        """Of ``ids``: the box id each inspection here was recorded under, and those whose
-        forwarding this box still owes the hub (read before the batch goes up)."""
+    def _inspections(self, ids: set[str]) -> tuple[dict[str, str | None], set[str], set[str]]:
+        """Of ``ids``: the box id each inspection here was recorded under, those whose
+        forwarding this box still owes the hub (read before the batch goes up), and those
+        the forwarder set aside."""
+        def waiting(channel: str) -> set[str]:
+            return set(s.scalars(select(OutboxRow.topic).where(
+                OutboxRow.box_id == self.store.box_id, on_channel(channel),
+                OutboxRow.delivered_at.is_(None), OutboxRow.topic.in_(ids))))
+
         with Session(self.store.engine) as s:
             owners = {i: b for i, b in s.execute(
                 select(InspectionRow.id, InspectionRow.box_id).where(InspectionRow.id.in_(ids)))}
-            owed = set(s.scalars(select(OutboxRow.topic).where(
-                OutboxRow.box_id == self.store.box_id, on_channel(forward.CHANNEL),
-                OutboxRow.delivered_at.is_(None), OutboxRow.topic.in_(ids))))
-        return owners, owed
+            owed = waiting(forward.CHANNEL)
+            aside = waiting(set_aside_channel(forward.CHANNEL))
+        return owners, owed, aside
+
+    def retry_set_aside(self) -> int:
+        """Queue the reviews set aside with their inspections again (after the forwarder
+        queued those); how many."""
+        n = self.outbox.retry_set_aside()
+        self.loop.wake()
+        return n
 
     def _hand_over(self, events: list[PendingEvent], owners: dict[str, str | None]) -> None:
         """Give ``events`` to the outbox of the box their inspection is recorded under (a

@@ -63,6 +63,10 @@ async def retry_set_aside(request: Request, who: Admin) -> Retried:
     """Send every set-aside inspection again, after those waiting (once the hub was fixed,
     e.g. a limit raised). One the hub still refuses is set aside again."""
     forwarder = _forwarder(request)
-    n = await anyio.to_thread.run_sync(forwarder.outbox.retry_set_aside)
-    forwarder.wake()
+    n = await anyio.to_thread.run_sync(forwarder.retry_set_aside)
+    # their reviews after them: a review the sync sent first, while its inspection was
+    # still aside, would be dropped as never to be forwarded
+    sync = getattr(request.app.state, "fleet_reviews", None)
+    if sync is not None:
+        await anyio.to_thread.run_sync(sync.retry_set_aside)
     return Retried(retried=n)
