@@ -95,6 +95,8 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         "host": settings.host, "port": settings.port, "log_level": "info",
         "timeout_graceful_shutdown": 30, "access_log": False, "http": Protocol,
         "timeout_keep_alive": 5, "limit_concurrency": settings.max_connections,
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
         **overrides}
     return uvicorn.Config(app, **options)
 

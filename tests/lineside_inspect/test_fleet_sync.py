@@ -576,3 +576,25 @@ def test_a_box_stops_reading_an_answer_at_its_limit() -> None:
         box.close()
         server.shutdown()
         server.server_close()
+
+
+def test_a_wrong_box_key_counts_once_against_its_address(hub: ServedHub) -> None:
+    """The hub's box front, the gate and the route each checked one request's key: a
+    wrong key counted two failures, and a box with a stale key locked its address out
+    twice as fast."""
+    from lineside_inspect.server.throttle import SignInThrottle
+
+    kept = hub.app.state.sign_ins
+    try:
+        body = ForwardBatch(items=[_item(1)]).model_dump_json()
+        for path in (FORWARD.format(box_id="box1"), "/fleet/v1/boxes/box1/reviews"):
+            hub.app.state.sign_ins = SignInThrottle(failures=3)
+            r = httpx.post(hub.url + path, content=body, headers={
+                "authorization": "Bearer stale", "content-type": "application/json"})
+            assert r.status_code == 401, r.text
+            r = httpx.get(hub.url + "/v1/inspections", headers={"authorization": "Bearer stale"})
+            assert r.status_code == 401  # two failures so far, under the three allowed
+            r = httpx.get(hub.url + "/v1/inspections", headers={"authorization": f"Bearer {KEYS['qa']}"})
+            assert r.status_code == 200, (path, r.text)
+    finally:
+        hub.app.state.sign_ins = kept

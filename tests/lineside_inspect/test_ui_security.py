@@ -482,3 +482,25 @@ def test_two_servers_on_one_host_keep_their_own_sign_ins(launch) -> None:
         for srv in (box, hub):
             assert browser.get(srv.url + "/v1/inspections").status_code == 200, srv.url
         assert len([c for c in browser.cookies.jar if c.name.startswith("lineside_session")]) == 2
+
+
+def test_the_throttle_counts_per_address_as_configured(launch) -> None:
+    """An IPv6 client counts as its /64 (one host holds all of it); without a trusted
+    proxy (``forwarded_allow_ips: []``) a client's own X-Forwarded-For is not its
+    address, so it cannot step around the throttle or lock another address out."""
+    from types import SimpleNamespace
+
+    from lineside_inspect.server.deps import client_address
+    from lineside_inspect.server.throttle import SignInThrottle
+
+    def address(host: str) -> str:
+        return client_address(SimpleNamespace(client=SimpleNamespace(host=host)))  # type: ignore[arg-type]
+
+    assert address("2001:db8:1:2:3:4:5:6") == address("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert address("::ffff:10.0.0.1") == "10.0.0.1" and address("10.0.0.1") == "10.0.0.1"
+
+    srv = launch(forwarded_allow_ips=[])
+    srv.app.state.sign_ins = SignInThrottle(failures=1)
+    assert _login(srv, "nope", **{"x-forwarded-for": "10.9.9.9"}).status_code == 401
+    assert _login(srv, "reviewer-secret", **{"x-forwarded-for": "10.8.8.8"}).status_code == 429
+    assert _login(srv, "reviewer-secret", **{"x-forwarded-proto": "https"}).status_code == 429

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -61,21 +62,44 @@ def principal_for_key(settings: Settings, key: str) -> Principal:
 
 def client_address(request: Request) -> str:
     """The caller's address as the server sees it (a trusted proxy's X-Forwarded-For
-    applied by uvicorn); "unknown" when the transport gives none."""
-    return request.client.host if request.client else "unknown"
+    applied by uvicorn: ``forwarded_allow_ips``), an IPv6 one as its /64 (one host holds
+    a whole /64, 2^64 addresses to guess from); "unknown" when the transport gives none."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d: the IPv4 client it is
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+_CHECKED = "lineside.key_checked"  # in the ASGI scope: (key, its holder or None)
 
 
 def check_key(request: Request, key: str) -> Principal:
     """``key``'s holder, counting an unknown key against the caller's address; refused
-    at once (429) while that address has had too many (:mod:`.throttle`)."""
+    at once (429) while that address has had too many (:mod:`.throttle`). The answer is
+    kept in the request's scope: the hub's box front, the gate and the route each check
+    the key of one request, which counted as two or three failures."""
+    checked = request.scope.get(_CHECKED)
+    if checked is not None and checked[0] == key:
+        if checked[1] is None:
+            raise Unauthorized("unknown API key")
+        return checked[1]  # type: ignore[no-any-return]
     throttle: SignInThrottle = request.app.state.sign_ins
     address = client_address(request)
     throttle.check(address)
     try:
-        return principal_for_key(request.app.state.settings, key)
+        who = principal_for_key(request.app.state.settings, key)
     except Unauthorized:
         throttle.failed(address)
+        request.scope[_CHECKED] = (key, None)
         raise
+    request.scope[_CHECKED] = (key, who)
+    return who
 
 
 def authenticate(request: Request) -> Principal | None:

@@ -10,8 +10,9 @@ cookies do not count: they are 256-bit random tokens, and every reviewer's would
 at once when the server restarts.
 
 Behind a reverse proxy every client has the proxy's address unless the server trusts
-its ``X-Forwarded-For`` (uvicorn's ``forwarded_allow_ips``, loopback by default), and one
-guesser would then lock every client out: docs/security.md says so.
+its ``X-Forwarded-For`` (the ``forwarded_allow_ips`` setting, loopback by default), and
+one guesser would then lock every client out; an IPv6 client counts as its /64
+(``deps.client_address``). docs/security.md, "Guessing keys", says what to set.
 """
 
 from __future__ import annotations

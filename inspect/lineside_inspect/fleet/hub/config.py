@@ -38,6 +38,9 @@ class HubSettings(BaseSettings):
     api_keys: ApiKeys = Field(default_factory=list, description=(
         "role box (name = the box id), reviewer and admin keys"))
     insecure: bool = False
+    forwarded_allow_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1"], description=(
+        "peers trusted for X-Forwarded-For/-Proto: an HTTP reverse proxy in front (see "
+        "the edge server's setting of the same name)"))
     allowed_hosts: list[str] = Field(default_factory=list)
     cors_origins: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0, description=(
@@ -73,6 +76,7 @@ class HubSettings(BaseSettings):
         return Settings(
             host=self.host, port=self.port, models=[], api_keys=self.api_keys,
             insecure=self.insecure, allowed_hosts=self.allowed_hosts,
+            forwarded_allow_ips=self.forwarded_allow_ips,
             cors_origins=self.cors_origins, max_body_bytes=self.max_body_bytes,
             max_json_bytes=self.max_json_bytes, body_timeout_s=self.body_timeout_s,
             min_body_rate=self.min_body_rate,
