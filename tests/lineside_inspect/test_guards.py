@@ -152,39 +152,98 @@ def test_one_pixel_limit() -> None:
 
 # rooms that everything else builds on, and the rooms built on them, which they must not
 # import (the brief: "lower rooms never import higher ones (store and ui do not import
-# server)"); checked on every import statement, those inside functions too
+# server)"). One edge up is allowed: ``config`` (the server's settings) composes each
+# higher room's settings schema, ``<room>/config.py``, which itself imports only lower
+# rooms. Every room is in one list: a new one must be placed.
 HIGHER = {"server", "fleet", "lifecycle", "line", "cli", "serve", "serve_process", "bench"}
-LOWER = ("store", "ui", "cameras", "dataset", "runtime", "recipes", "package", "references",
-         "imageio", "inspector", "schemas", "draw", "redact", "names", "errors", "atomic")
+LOWER = {"store", "ui", "cameras", "dataset", "runtime", "recipes", "package", "references",
+         "imageio", "inspector", "schemas", "draw", "redact", "names", "errors", "atomic",
+         "config", "allocator", "boxes", "opencv", "version", "triton"}
+SETTINGS_SCHEMAS = {f"lineside_inspect.{room}.config" for room in ("fleet", "lifecycle", "line")}
+EDGE = ROOT / "inspect" / "lineside_inspect"
+
+
+def _imported(path: Path, node: ast.AST) -> list[str]:
+    """The ``lineside_inspect`` modules (and names, for ``from X import name``) one node
+    imports: absolute or relative imports, and ``import_module("...")`` literals."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom):
+        if node.level:  # relative: from the file's package, up node.level - 1
+            package = list(path.relative_to(EDGE.parent).with_suffix("").parts)[:-1]
+            base = package[:len(package) - (node.level - 1)]
+            module = ".".join(base + ([node.module] if node.module else []))
+        else:
+            module = node.module or ""
+        return [module] + [f"{module}.{a.name}" for a in node.names]
+    if (isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute))
+            and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr) == "import_module"
+            and node.args and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)):
+        return [node.args[0].value]
+    return []
 
 
 def edge_imports_by_room() -> dict[str, set[tuple[str, str]]]:
-    """Per top-level room of ``lineside_inspect``: (file:line, room) of each other room
-    its files import."""
-    src = ROOT / "inspect" / "lineside_inspect"
+    """Per top-level room of ``lineside_inspect``: (file:line, module) of each module of
+    another room its files import, inside functions too."""
     found: dict[str, set[tuple[str, str]]] = {}
-    for path in sorted(src.rglob("*.py")):
-        room = path.relative_to(src).parts[0].removesuffix(".py")
+    for path in sorted(EDGE.rglob("*.py")):
+        room = path.relative_to(EDGE).parts[0].removesuffix(".py")
         for node in ast.walk(ast.parse(path.read_text())):
-            names: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-                if node.module == "lineside_inspect":  # from lineside_inspect import ui
-                    names = [f"lineside_inspect.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            for name in names:
+            for name in _imported(path, node):
                 parts = name.split(".")
                 if parts[0] == "lineside_inspect" and len(parts) > 1 and parts[1] != room:
-                    where = f"{path.relative_to(ROOT)}:{node.lineno}"
-                    found.setdefault(room, set()).add((where, parts[1]))
+                    where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+                    found.setdefault(room, set()).add((where, name))
     return found
+
+
+def test_every_room_is_placed() -> None:
+    rooms = {p.name.removesuffix(".py") for p in EDGE.iterdir()
+             if (p.suffix == ".py" or (p.is_dir() and any(p.rglob("*.py"))))
+             and p.name != "__init__.py"}
+    assert rooms == HIGHER | LOWER, f"place these rooms: {sorted(rooms ^ (HIGHER | LOWER))}"
 
 
 def test_lower_rooms_never_import_higher_ones() -> None:
     graph = edge_imports_by_room()
-    assert ("inspect/lineside_inspect/server/app.py" in
-            {w.split(":")[0] for w, r in graph["server"] if r == "ui"})  # the scan sees imports
-    bad = sorted(f"{where} ({room} imports {other})" for room in LOWER
-                 for where, other in graph.get(room, set()) if other in HIGHER)
+    assert any(w.startswith("inspect/lineside_inspect/server/app.py") and m == "lineside_inspect.ui"
+               for w, m in graph["server"])  # the scan sees `from lineside_inspect import ui`
+
+    def higher(module: str) -> bool:
+        parts = module.split(".")
+        return parts[1] in HIGHER and not any(
+            module == s or module.startswith(s + ".") for s in SETTINGS_SCHEMAS)
+
+    bad = sorted(f"{where} ({room} imports {module})" for room in LOWER
+                 for where, module in graph.get(room, set()) if higher(module))
+    # the settings schemas themselves import only lower rooms
+    for schema in sorted(SETTINGS_SCHEMAS):
+        path = EDGE.parent / (schema.replace(".", "/") + ".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            bad += [f"{path.relative_to(ROOT)} imports {m}" for m in _imported(path, node)
+                    if m.startswith("lineside_inspect.") and m.split(".")[1] in HIGHER
+                    and not any(m == s or m.startswith(s + ".") for s in SETTINGS_SCHEMAS)
+                    and m.split(".")[:2] != schema.split(".")[:2]]
     assert not bad, "\n".join(bad)
+
+
+def test_importing_a_lower_room_loads_no_higher_one() -> None:
+    """What the static scan cannot follow (an import through another module): each lower
+    room imported alone in a fresh interpreter loads no higher room's modules beyond the
+    settings schemas (and their packages)."""
+    allowed = sorted(SETTINGS_SCHEMAS | {s.rsplit(".", 1)[0] for s in SETTINGS_SCHEMAS})
+    code = (
+        "import importlib, subprocess, sys\n"
+        f"higher, allowed = {sorted(HIGHER)!r}, {allowed!r}\n"
+        f"for room in {sorted(LOWER)!r}:\n"
+        "    out = subprocess.run([sys.executable, '-c', f'import lineside_inspect.{room}, sys; '\n"
+        "        'print(\",\".join(m for m in sys.modules if m.startswith(\"lineside_inspect.\")))'],\n"
+        "        capture_output=True, text=True, check=True).stdout.strip().split(',')\n"
+        "    bad = [m for m in out if m.split('.')[1] in higher and m not in allowed]\n"
+        "    if bad: print(room, bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", out.stdout
