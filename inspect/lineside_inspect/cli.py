@@ -605,7 +605,8 @@ def bench_train_cmd(
               f"loading        {r['load_ms']:.1f} ms per batch  ({r['load_share']:.0%} of the "
               "full pipeline's time)\n"
               f"decode         {r['decode_s']:.1f} s for the {r['train_images']} training "
-              f"images, once per run (not in the figures above)\n"
+              "images, once per image in a run"
+              f"{' and per loader worker' if r['workers'] else ''} (not in the figures above)\n"
               f"batch {r['batch_size']} {crop} threads {r['threads']} "
               f"workers {r['workers']}")
 

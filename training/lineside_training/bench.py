@@ -23,6 +23,13 @@ def _step(model: Any, opt: Any, images: torch.Tensor, targets: list[dict[str, to
     opt.step()
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work: a CUDA step returns before it is done, and its time
+    would be read into the next batch's loading instead."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _batches(loader: torch.utils.data.DataLoader[Any]) -> Iterator[Any]:
     """The loader's batches across as many epochs as asked for."""
     while True:
@@ -35,10 +42,14 @@ def bench_train(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3) -> dict[s
     (its sampler, so ``good_weight`` applies). ``crop`` is the training crop, None when
     training sees whole (letterboxed) ``input_size`` images.
 
-    A run decodes each image once and keeps it (``DetectionDataset``'s cache), so every
-    epoch after the first costs augmentation, not decoding. The training split is
-    therefore decoded before the clock starts, and that one-time cost is reported on its
-    own (``decode_s``). Without it a short bench measured mostly a run's first epoch.
+    A run decodes each image the first time it is drawn and keeps it
+    (``DetectionDataset``'s cache), so once every image was drawn an epoch costs
+    augmentation, not decoding. (With ``good_weight`` < 1 the sampler draws with
+    replacement: the first decodes spread over the first few epochs, about half the
+    split in the first; with ``workers`` > 0 each worker decodes and keeps its own
+    copies.) The training split is therefore decoded before the clock starts, and that
+    cost, paid once per image (per worker), is reported on its own (``decode_s``).
+    Without it a short bench measured mostly a run's first epoch.
     ``load_ms`` is the wait for each batch (augmentation, collation, conversion to float)
     and ``load_share`` its share of the measured loop."""
     device = pick_device(cfg.device)
@@ -55,9 +66,11 @@ def bench_train(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3) -> dict[s
                for _ in range(cfg.batch_size)]
     for _ in range(warmup):
         _step(model, opt, images, targets)
+    _sync(device)
     t = time.perf_counter()
     for _ in range(steps):
         _step(model, opt, images, targets)
+    _sync(device)
     bare = steps * cfg.batch_size / (time.perf_counter() - t)
 
     ds = DetectionDataset(data.dataset, data.train, data.class_names, size=cfg.input_size,
@@ -73,15 +86,18 @@ def bench_train(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3) -> dict[s
     n, loading = 0, 0.0
     t = time.perf_counter()
     for i in range(warmup + steps):
+        _sync(device)
         if i == warmup:
             t, n, loading = time.perf_counter(), 0, 0.0
         t_load = time.perf_counter()
         imgs, tg = next(batches)
         tg = [{k: v.to(device) for k, v in x.items() if k != "index"} for x in tg]
         imgs = imgs.to(device).float()
+        _sync(device)
         loading += time.perf_counter() - t_load
         _step(model, opt, imgs, tg)
         n += len(imgs)
+    _sync(device)
     elapsed = time.perf_counter() - t
     full = n / elapsed
     return {"bare_img_s": bare, "pipeline_img_s": full, "ratio": full / bare,
