@@ -379,6 +379,14 @@ def test_status_page(launch) -> None:
             assert s.status_code == 200
             assert s.headers["content-type"].startswith("multipart/x-mixed-replace")
             assert b"\xff\xd8" in next(s.iter_bytes())
+        # a model loaded after the page was drawn gets its row at the next refresh
+        with srv.client("admin") as c:
+            r = c.post("/v1/models", json={"path": str(ROOT / "models" / "deeppcb-ref" / "1")})
+            assert r.status_code in (200, 201), r.text
+        row = page.locator("#models tr[data-model='deeppcb-ref']")
+        expect(row).to_contain_text("needs a reference", timeout=15000)
+        expect(row.locator("[data-field=active]")).to_have_text("1")
+        expect(page.locator("#models tr[data-model]")).to_have_count(2)
         page.click("text=Sign out")
         expect(page.locator("#key")).to_be_visible()
         page.goto(srv.url + "/")

@@ -66,6 +66,15 @@ class ModelSummary(_Shape):
     name: str
     active: str | None
     versions: list[str]
+    described: str = Field(description="the versions as the status page lists them: "
+                           "precision, and whether each needs a reference image")
+
+
+def described_versions(slot: Any) -> str:
+    """A model's versions as the status page lists them (its table and its refresh)."""
+    return ", ".join(
+        f"{v} ({d.card.precision}{', needs a reference' if d.card.needs_reference else ''})"
+        for v, d in slot.versions.items())
 
 
 class RecipeAlarm(_Shape):
@@ -150,7 +159,8 @@ def overview(request: Request, now: datetime | None = None) -> dict[str, Any]:
     return {
         "now": now, "ready": bool(request.app.state.ready), "shift_start": start, "shift_end": end,
         "shift_starts": settings.shifts, "shift_timezone": str(shifts_of(request).zone),
-        "models": [{"name": n, "active": slot.active, "versions": list(slot.versions)}
+        "models": [{"name": n, "active": slot.active, "versions": list(slot.versions),
+                    "described": described_versions(slot)}
                    for n, slot in request.app.state.registry.models().items()],
         "stations": stations,
         "shift": _yield(start, total(in_shift)) if store is not None else None,

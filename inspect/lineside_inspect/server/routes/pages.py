@@ -92,13 +92,12 @@ def _viewer(request: Request, next_page: str) -> tuple[Principal, Session | None
 def _model_rows(request: Request) -> str:
     rows = []
     for name, slot in request.app.state.registry.models().items():
-        versions = ", ".join(
-            f"{v} ({d.card.precision}{', needs a reference' if d.card.needs_reference else ''})"
-            for v, d in slot.versions.items())
-        # the active cell is kept current by static/home.js (a rollback, a promotion)
+        # kept current by static/home.js (a rollback, a promotion, a version loaded), and
+        # a model loaded later gets its row there
         rows.append(f'<tr data-model="{escape(name)}"><td>{escape(name)}</td><td data-field="active">'
-                    f'{escape(slot.active or "-")}</td><td>{escape(versions)}</td></tr>')
-    return "\n".join(rows) or '<tr><td colspan="3">no model loaded</td></tr>'
+                    f'{escape(slot.active or "-")}</td><td data-field="versions">'
+                    f'{escape(page_data.described_versions(slot))}</td></tr>')
+    return "\n".join(rows) or '<tr data-empty><td colspan="3">no model loaded</td></tr>'
 
 
 def _camera_rows(request: Request) -> str:

@@ -62,14 +62,25 @@ function fillAlarms(alarms) {
   box.hidden = alarms.length === 0;
 }
 
-// the tables the server drew: the active versions and the cameras' health, kept current
-// (a rollback or a camera going offline showed the old state until a reload)
+// the tables the server drew: the models and the cameras' health, kept current (a
+// rollback or a camera going offline showed the old state until a reload, and a model
+// loaded since was not listed at all)
 function fillTables(o) {
   const models = new Map(o.models.map((m) => [m.name, m]));
-  for (const row of $$("#models tr[data-model]")) {
-    const m = models.get(row.dataset.model);
-    if (m) setField(row, "active", m.active || "-");
+  const table = $("#models");
+  const rows = new Map($$("#models tr[data-model]").map((row) => [row.dataset.model, row]));
+  for (const [name, row] of rows) if (!models.has(name)) row.remove();
+  for (const m of o.models) {
+    let row = rows.get(m.name);
+    if (!row) {
+      row = el("tr", { "data-model": m.name }, el("td", {}, m.name),
+               el("td", { "data-field": "active" }), el("td", { "data-field": "versions" }));
+      (table.tBodies[0] || table).append(row);
+    }
+    setField(row, "active", m.active || "-");
+    setField(row, "versions", m.described);
   }
+  for (const empty of $$("#models tr[data-empty]")) empty.hidden = o.models.length > 0;
   const cams = new Map(o.stations.map((st) => [st.camera.id, st.camera]));
   for (const row of $$("#cameras tr[data-camera]")) {
     const c = cams.get(row.dataset.camera);
