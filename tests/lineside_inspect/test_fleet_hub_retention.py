@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from lineside_inspect.errors import ObjectStoreUnavailable
 from lineside_inspect.fleet.config import ObjectStoreSettings
 from lineside_inspect.fleet.hub.tables import BoxCountRow
 from lineside_inspect.fleet.objects import ObjectStore
@@ -64,38 +66,48 @@ def test_old_inspections_leave_the_hub_with_reviews_and_images(
         old2 = _item(2, 35, _png(22), None)
         old3 = _item(3, 31, None, None)  # a pass kept without its image
         new = _item(4, 1, _png(23), ref)
-        ack = box.post(box.path(FORWARD), ForwardBatch(items=[old1, old2, old3, new]), ForwardAck)
-        assert ack.stored == 4
+        late = _item(5, 45, _png(24), None)  # a box's clock 45 days behind, or its backlog
+        legacy = _item(6, 33, None, None)  # received before the hub kept received_at
+        items = [old1, old2, old3, new, late, legacy]
+        ack = box.post(box.path(FORWARD), ForwardBatch(items=items), ForwardAck)
+        assert ack.stored == 6
+        with Session(hub.store.engine) as s, s.begin():  # as if received when they were made
+            for i in (old1, old2, old3, new):
+                s.execute(update(InspectionRow).where(InspectionRow.id == i.id)
+                          .values(received_at=InspectionRow.created_at))
+            s.execute(update(InspectionRow).where(InspectionRow.id == legacy.id)
+                      .values(received_at=None))
         qa = {"Authorization": f"Bearer {KEYS['qa']}"}
         r = httpx.post(f"{hub.url}/v1/inspections/{old1.id}/reviews", headers=qa,
                        json={"action": "confirm"})
         assert r.status_code in (200, 201), r.text
-        images = {i.id: hub.store.get(i.id).image_path for i in (old1, old2, new)}
+        images = {i.id: hub.store.get(i.id).image_path for i in (old1, old2, new, late)}
         objects = hub.app.state.objects
         assert all(objects.exists(k) for k in images.values())
 
-        # the object store unreachable: nothing is deleted, the rows wait for the next round
+        # the object store unreachable: the round ends, nothing is deleted
         retention.objects = ObjectStore(ObjectStoreSettings(
             endpoint=f"127.0.0.1:{free_port()}", bucket="hub-retention", access_key="a",
             secret_key="s", timeout_s=1))  # type: ignore[arg-type]
-        kept = retention.run_once()
-        assert (kept.deleted, kept.kept) == (1, 2)  # only the one without an image went
-        assert _held(hub, old1.id) and _held(hub, old2.id) and not _held(hub, old3.id)
+        with pytest.raises(ObjectStoreUnavailable):
+            retention.run_once()
+        assert all(_held(hub, i.id) for i in items)
 
         retention.objects = objects
         done = retention.run_once()
-        assert (done.deleted, done.kept) == (2, 0)
-        assert [i.id for i in (old1, old2, old3, new) if _held(hub, i.id)] == [new.id]
+        assert (done.deleted, done.kept) == (4, 0)
+        # received within the days: kept, however the box dated it
+        assert [i.id for i in items if _held(hub, i.id)] == [new.id, late.id]
         with Session(hub.store.engine) as s:
             assert s.scalar(select(func.count()).select_from(ReviewRow)
                             .where(ReviewRow.inspection_id == old1.id)) == 0
-            assert s.get(BoxCountRow, "box1").held == 1  # type: ignore[union-attr]
+            assert s.get(BoxCountRow, "box1").held == 2  # type: ignore[union-attr]
         assert not objects.exists(images[old1.id]) and not objects.exists(images[old2.id])
-        assert objects.exists(images[new.id])
+        assert objects.exists(images[new.id]) and objects.exists(images[late.id])
         assert objects.exists(f"refs/{hashlib.sha256(ref).hexdigest()}.png")  # shared: kept
         assert retention.run_once().deleted == 0
         metrics = httpx.get(hub.url + "/metrics").text
-        assert "lineside_hub_retention_deleted_total 3.0" in metrics
+        assert "lineside_hub_retention_deleted_total 4.0" in metrics
 
         # a box's late review of a deleted inspection: the hub says it does not hold it
         # (the box, which forwarded it long ago, drops that review and goes on)

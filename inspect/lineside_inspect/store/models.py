@@ -61,6 +61,10 @@ class InspectionRow(Base):
     # active-learning capture (lifecycle/capture.py): why the image was kept for labelling
     # ("near_threshold", "shadow_disagreement", ...); NULL when it was not
     capture: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # on a hub: when it was received (fleet/hub/ingest.py), which its retention counts from
+    # (a box's clock may be wrong, or its backlog old); NULL on a box, and on rows a hub
+    # received before this column
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
     # in the order the fleet's merge rule reads them (fleet/review_merge.py): the last one
     # is the current truth, last by its own time, ties to the hub ("box" < "hub"), then id
     reviews: Mapped[list[ReviewRow]] = relationship(
@@ -80,12 +84,14 @@ ADDED_COLUMNS = (
     ("inspections", "line", "VARCHAR(64)"),
     ("outbox", "channel", "VARCHAR(16)"),
     ("reviews", "origin", "VARCHAR(8)"),
+    ("inspections", "received_at", "TIMESTAMP WITH TIME ZONE"),
 )
 # indexes of added columns: (name, table, column), made if missing
 ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),
                  ("ix_inspections_capture", "inspections", "capture"),
                  ("ix_inspections_site", "inspections", "site"),
-                 ("ix_inspections_line", "inspections", "line"))
+                 ("ix_inspections_line", "inspections", "line"),
+                 ("ix_inspections_received_at", "inspections", "received_at"))
 
 
 class ReviewRow(Base):

@@ -65,8 +65,8 @@ class HubSettings(BaseSettings):
         "on SIGTERM, /readyz answers 503 this long before the hub stops accepting"))
     session_ttl_s: float = Field(12 * 3600, gt=0)
     retention_days: float | None = Field(None, gt=0, le=36500, description=(
-        "inspections older than this (by when they were made) leave the hub with their "
-        "reviews and images; reference images are kept. None: the hub keeps everything"))
+        "inspections the hub received longer ago than this leave it with their reviews "
+        "and images; reference images are kept. None: the hub keeps everything"))
     retention_interval_s: float = Field(3600.0, gt=0, le=86400, description=(
         "how often the retention runs (first at start-up)"))
 

@@ -355,7 +355,7 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
         "reference_name": _in_order(ref.name) if ref is not None else None,
         "reference_path": ref_key,
         "review_state": rec.review_state, "box_id": box_id, "site": item.site,
-        "line": item.line}
+        "line": item.line, "received_at": now}
     for column, width in _WIDTHS.items():
         v = values[column]
         if v is not None and len(v) > width:

@@ -1,10 +1,13 @@
 """The hub's retention: inspections older than ``retention_days`` leave the hub, with
 their reviews and images, so a plant's hub does not grow for ever.
 
-A round (:meth:`HubRetention.run_once`) takes the oldest rows past the cutoff in
-batches of :data:`BATCH`: their images are deleted from the object store first, then the
-rows (their reviews go with them: the foreign key cascades) and each box's held count in
-one transaction. Objects first, because a round that fails in between leaves rows whose
+A round (:meth:`HubRetention.run_once`) takes the rows the hub received before the
+cutoff (``received_at``: a box's clock may be behind and its backlog old, so a row dated
+by the box could leave on arrival; rows from before that column go by ``created_at``),
+oldest first, in batches of :data:`BATCH`: their images are deleted from the object
+store first, then the rows (their reviews go with them: the foreign key cascades) and
+each box's held count in one transaction. An object store that cannot be reached ends
+the round (the next one tries again). Objects first, because a round that fails in between leaves rows whose
 images are gone (their page says so) which the next round deletes again; rows first would
 leave images nothing points at, for good. A row whose image could not be deleted stays
 for the next round. Reference (golden) images are kept: they are content-addressed and
@@ -19,17 +22,17 @@ forwarded it long ago, drops that review (``fleet/box/reviews.py``, counted as
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
-from lineside_inspect.errors import LinesideError
 from lineside_inspect.fleet.hub.tables import BoxCountRow
 from lineside_inspect.store.models import InspectionRow
 
@@ -40,6 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lineside.hub")
 BATCH = 500  # rows (and image deletions, one request to the object store) at a time
+# rows whose image the object store refused to delete (each key on its own) after which a
+# round gives up: each costs the next batch's query a row more
+MAX_SKIPPED = 10 * BATCH
 
 
 @dataclass
@@ -74,54 +80,52 @@ class HubRetention:
 
     def run_once(self, now: datetime | None = None) -> RetentionRound:
         """Delete what is past the cutoff, batch by batch, until nothing is (or every row
-        left keeps an image the object store would not delete)."""
+        left keeps an image the object store would not delete). Raises
+        ObjectStoreUnavailable (the round ends) when the object store cannot be reached."""
         cutoff = (now or datetime.now(UTC)) - timedelta(days=self.days)
         done = RetentionRound()
-        skip: set[str] = set()  # rows whose image stays this round
-        while not self._stop.is_set():
-            with Session(self.store.engine) as s:
-                q = (select(InspectionRow.id, InspectionRow.box_id, InspectionRow.image_path)
-                     .where(InspectionRow.created_at < cutoff).order_by(InspectionRow.created_at)
-                     .limit(BATCH + len(skip)))
-                rows = [r for r in s.execute(q) if r.id not in skip][:BATCH]
-            if not rows:
-                break
-            failed = self._delete_images([r.image_path for r in rows if r.image_path])
-            gone = [r for r in rows if r.image_path not in failed]
-            skip.update(r.id for r in rows if r.image_path in failed)
-            done.kept = len(skip)
-            with Session(self.store.engine) as s, s.begin():
-                s.execute(delete(InspectionRow).where(InspectionRow.id.in_([r.id for r in gone])))
-                per_box: dict[str, int] = {}
-                for r in gone:
-                    if r.box_id is not None:
-                        per_box[r.box_id] = per_box.get(r.box_id, 0) + 1
-                for box_id, n in per_box.items():
-                    s.execute(update(BoxCountRow).where(BoxCountRow.box_id == box_id)
-                              .values(held=BoxCountRow.held - n))
-            done.deleted += len(gone)
-            self.deleted += len(gone)
-            if self._counter is not None:
-                self._counter.inc(len(gone))
-            if not gone:
-                break  # every row left keeps its image this round
+        # by when the hub received a row (a box's clock may be behind, its backlog old:
+        # dated by the box, a row could leave on arrival); rows received before the hub
+        # kept that time go by when they were made
+        for old, by in ((InspectionRow.received_at < cutoff, InspectionRow.received_at),
+                        (InspectionRow.received_at.is_(None) & (InspectionRow.created_at < cutoff),
+                         InspectionRow.created_at)):
+            self._delete_where(old, by, done)
         if done.deleted or done.kept:
-            log.info("hub retention: %d inspection(s) older than %s deleted%s", done.deleted,
-                     cutoff.isoformat(timespec="seconds"),
+            log.info("hub retention: %d inspection(s) received before %s deleted%s",
+                     done.deleted, cutoff.isoformat(timespec="seconds"),
                      f"; {done.kept} kept for the next round (their images could not be "
                      "deleted)" if done.kept else "")
         return done
 
-    def _delete_images(self, keys: list[str]) -> set[str]:
-        """Delete ``keys`` from the object store (a missing one counts as deleted); those
-        that could not be."""
-        if not keys:
-            return set()
-        try:
-            return set(self.objects.delete_many(keys))
-        except LinesideError as exc:
-            log.warning("hub retention: images not deleted: %s", exc.message)
-            return set(keys)
+    def _delete_where(self, old: ColumnElement[bool], by: Any, done: RetentionRound) -> None:
+        skip: set[str] = set()  # rows whose image stays this round
+        while not self._stop.is_set() and len(skip) < MAX_SKIPPED:
+            with Session(self.store.engine) as s:
+                q = (select(InspectionRow.id, InspectionRow.image_path).where(old)
+                     .order_by(by).limit(BATCH + len(skip)))
+                rows = [r for r in s.execute(q) if r.id not in skip][:BATCH]
+            if not rows:
+                return
+            keys = [r.image_path for r in rows if r.image_path]
+            failed = set(self.objects.delete_many(keys)) if keys else set()
+            gone = [r.id for r in rows if r.image_path not in failed]
+            skip.update(r.id for r in rows if r.image_path in failed)
+            done.kept += sum(1 for r in rows if r.image_path in failed)
+            with Session(self.store.engine) as s, s.begin():
+                # counted from what was deleted: a second hub process deleting the same
+                # rows meanwhile must not take them off the boxes' counts twice
+                boxes = s.scalars(delete(InspectionRow).where(InspectionRow.id.in_(gone))
+                                  .returning(InspectionRow.box_id)).all()
+                for box_id, n in collections.Counter(b for b in boxes if b is not None).items():
+                    s.execute(update(BoxCountRow).where(BoxCountRow.box_id == box_id)
+                              .values(held=BoxCountRow.held - n))
+            done.deleted += len(boxes)
+            self.deleted += len(boxes)
+            if self._counter is not None:
+                self._counter.inc(len(boxes))
+            if not gone:
+                return  # every row left keeps its image this round
 
     # -- the thread -------------------------------------------------------------------
     def _loop(self) -> None:
