@@ -95,7 +95,8 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         "host": settings.host, "port": settings.port, "log_level": "info",
         "timeout_graceful_shutdown": 30, "access_log": False, "http": Protocol,
         "timeout_keep_alive": 5, "limit_concurrency": settings.max_connections,
-        "proxy_headers": bool(settings.forwarded_allow_ips),
+        # not given: uvicorn reads FORWARDED_ALLOW_IPS (else loopback), as it always did
+        "proxy_headers": settings.forwarded_allow_ips != [],
         "forwarded_allow_ips": settings.forwarded_allow_ips or None,
         **overrides}
     return uvicorn.Config(app, **options)

@@ -493,22 +493,53 @@ def test_two_servers_on_one_host_keep_their_own_sign_ins(launch) -> None:
 
 
 def test_the_throttle_counts_per_address_as_configured(launch) -> None:
-    """An IPv6 client counts as its /64 (one host holds all of it); without a trusted
-    proxy (``forwarded_allow_ips: []``) a client's own X-Forwarded-For is not its
-    address, so it cannot step around the throttle or lock another address out."""
+    """An IPv6 client counts as its address and, at ten times the limit, as its /64 (one
+    host may hold all of it; a plant LAN is one too, where one device with a stale key
+    must not lock out every other); without a trusted proxy (``forwarded_allow_ips:
+    []``) a client's own X-Forwarded-For is not its address, so it cannot step around the
+    throttle or lock another address out."""
     from types import SimpleNamespace
 
+    from lineside_inspect.errors import TooManyFailedSignIns
     from lineside_inspect.server.deps import client_address
-    from lineside_inspect.server.throttle import SignInThrottle
+    from lineside_inspect.server.throttle import NETWORK_FACTOR, SignInThrottle
 
-    def address(host: str) -> str:
+    def address(host: str) -> tuple[str, str | None]:
         return client_address(SimpleNamespace(client=SimpleNamespace(host=host)))  # type: ignore[arg-type]
 
-    assert address("2001:db8:1:2:3:4:5:6") == address("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
-    assert address("::ffff:10.0.0.1") == "10.0.0.1" and address("10.0.0.1") == "10.0.0.1"
+    a, b = address("2001:db8:1:2:3:4:5:6"), address("2001:db8:1:2:ffff::1")
+    assert a == ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64") and b[1] == a[1]
+    assert address("::ffff:10.0.0.1") == ("10.0.0.1", None) == address("10.0.0.1")
+    t = SignInThrottle(failures=2)
+    for _ in range(2):
+        t.failed(*a)
+    with pytest.raises(TooManyFailedSignIns):
+        t.check(*a)
+    t.check(*b)  # a neighbour on the LAN is not held up by one device's stale key
+    for n in range(2 * NETWORK_FACTOR):  # a host stepping through its /64 is, in the end
+        t.failed(f"2001:db8:1:2::{n + 100:x}", a[1])
+    with pytest.raises(TooManyFailedSignIns):
+        t.check(*b)
 
     srv = launch(forwarded_allow_ips=[])
     srv.app.state.sign_ins = SignInThrottle(failures=1)
     assert _login(srv, "nope", **{"x-forwarded-for": "10.9.9.9"}).status_code == 401
     assert _login(srv, "reviewer-secret", **{"x-forwarded-for": "10.8.8.8"}).status_code == 429
     assert _login(srv, "reviewer-secret", **{"x-forwarded-proto": "https"}).status_code == 429
+
+
+def test_forwarded_allow_ips_keeps_uvicorns_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plant that trusted its proxy through FORWARDED_ALLOW_IPS (all there was before
+    the setting) keeps it when the setting is not given."""
+    from fastapi import FastAPI
+
+    from lineside_inspect.config import Settings
+    from lineside_inspect.serve import uvicorn_config
+
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.5")
+    base = {"models": [], "data_dir": "/tmp/unused"}
+    config = uvicorn_config(FastAPI(), Settings(**base))
+    assert config.proxy_headers and config.forwarded_allow_ips in ("10.0.0.5", ["10.0.0.5"])
+    config = uvicorn_config(FastAPI(), Settings(**base, forwarded_allow_ips=["10.0.0.9"]))
+    assert config.proxy_headers and config.forwarded_allow_ips == ["10.0.0.9"]
+    assert not uvicorn_config(FastAPI(), Settings(**base, forwarded_allow_ips=[])).proxy_headers

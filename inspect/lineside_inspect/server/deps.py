@@ -60,20 +60,21 @@ def principal_for_key(settings: Settings, key: str) -> Principal:
     raise Unauthorized("unknown API key")
 
 
-def client_address(request: Request) -> str:
+def client_address(request: Request) -> tuple[str, str | None]:
     """The caller's address as the server sees it (a trusted proxy's X-Forwarded-For
-    applied by uvicorn: ``forwarded_allow_ips``), an IPv6 one as its /64 (one host holds
-    a whole /64, 2^64 addresses to guess from); "unknown" when the transport gives none."""
+    applied by uvicorn: ``forwarded_allow_ips``), and for IPv6 its /64 too (one host may
+    hold a whole /64: 2^64 addresses to guess from, counted together at a higher limit,
+    ``throttle.NETWORK_FACTOR``); "unknown" when the transport gives none."""
     host = request.client.host if request.client else "unknown"
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        return host
+        return host, None
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d: the IPv4 client it is
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
+            return str(ip.ipv4_mapped), None
+        return str(ip), str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip), None
 
 
 _CHECKED = "lineside.key_checked"  # in the ASGI scope: (key, its holder or None)
@@ -90,12 +91,12 @@ def check_key(request: Request, key: str) -> Principal:
             raise Unauthorized("unknown API key")
         return checked[1]  # type: ignore[no-any-return]
     throttle: SignInThrottle = request.app.state.sign_ins
-    address = client_address(request)
-    throttle.check(address)
+    address, network = client_address(request)
+    throttle.check(address, network)
     try:
         who = principal_for_key(request.app.state.settings, key)
     except Unauthorized:
-        throttle.failed(address)
+        throttle.failed(address, network)
         request.scope[_CHECKED] = (key, None)
         raise
     request.scope[_CHECKED] = (key, who)

@@ -11,8 +11,9 @@ at once when the server restarts.
 
 Behind a reverse proxy every client has the proxy's address unless the server trusts
 its ``X-Forwarded-For`` (the ``forwarded_allow_ips`` setting, loopback by default), and
-one guesser would then lock every client out; an IPv6 client counts as its /64
-(``deps.client_address``). docs/security.md, "Guessing keys", says what to set.
+one guesser would then lock every client out. An IPv6 client counts as its address and,
+at ten times the limit, as its /64 (``deps.client_address``). docs/security.md,
+"Guessing keys", says what to set.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lineside_inspect.errors import TooManyFailedSignIns
 FAILURES = 30  # unknown keys per address within WINDOW_S before it is refused
 WINDOW_S = 60.0
 MAX_ADDRESSES = 10_000  # addresses followed at once (the least recently failed go first)
+NETWORK_FACTOR = 10  # an IPv6 /64's limit, in multiples of one address's
 
 
 class SignInThrottle:
@@ -52,25 +54,38 @@ class SignInThrottle:
             return None
         return times
 
-    def check(self, address: str) -> None:
-        """Raise :class:`TooManyFailedSignIns` while ``address`` is refused."""
-        with self._lock:
-            now = self.clock()
-            times = self._recent(address, now)
-            if times is not None and len(times) >= self.failures:
-                wait = max(1, math.ceil(times[0] + self.window_s - now))
-                raise TooManyFailedSignIns(
-                    f"too many unknown keys from this address ({len(times)} in the last "
-                    f"{self.window_s:g} s): try again in {wait} s", retry_after_s=wait)
+    def _keys(self, address: str, network: str | None) -> list[tuple[str, int]]:
+        """What one failure counts against, and each one's limit: the address, and an
+        IPv6 client's /64 at NETWORK_FACTOR times the limit (a /64 is one host's, or a
+        whole plant LAN's, where one device with a stale key must not lock out every
+        other)."""
+        keys = [(address, self.failures)]
+        if network is not None:
+            keys.append((network, self.failures * NETWORK_FACTOR))
+        return keys
 
-    def failed(self, address: str) -> None:
-        """Count one unknown key from ``address``."""
+    def check(self, address: str, network: str | None = None) -> None:
+        """Raise :class:`TooManyFailedSignIns` while ``address`` (or its IPv6 /64,
+        ``network``) is refused."""
         with self._lock:
             now = self.clock()
-            times = self._recent(address, now)
-            if times is None:
-                times = self._failed[address] = deque(maxlen=self.failures)
-                while len(self._failed) > self.max_addresses:
-                    self._failed.popitem(last=False)
-            self._failed.move_to_end(address)
-            times.append(now)
+            for key, limit in self._keys(address, network):
+                times = self._recent(key, now)
+                if times is not None and len(times) >= limit:
+                    wait = max(1, math.ceil(times[0] + self.window_s - now))
+                    raise TooManyFailedSignIns(
+                        f"too many unknown keys from this address ({len(times)} in the last "
+                        f"{self.window_s:g} s): try again in {wait} s", retry_after_s=wait)
+
+    def failed(self, address: str, network: str | None = None) -> None:
+        """Count one unknown key from ``address`` (in ``network``)."""
+        with self._lock:
+            now = self.clock()
+            for key, limit in self._keys(address, network):
+                times = self._recent(key, now)
+                if times is None:
+                    times = self._failed[key] = deque(maxlen=limit)
+                    while len(self._failed) > self.max_addresses:
+                        self._failed.popitem(last=False)
+                self._failed.move_to_end(key)
+                times.append(now)

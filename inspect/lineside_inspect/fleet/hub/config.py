@@ -38,7 +38,7 @@ class HubSettings(BaseSettings):
     api_keys: ApiKeys = Field(default_factory=list, description=(
         "role box (name = the box id), reviewer and admin keys"))
     insecure: bool = False
-    forwarded_allow_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1"], description=(
+    forwarded_allow_ips: list[str] | None = Field(None, description=(
         "peers trusted for X-Forwarded-For/-Proto: an HTTP reverse proxy in front (see "
         "the edge server's setting of the same name)"))
     allowed_hosts: list[str] = Field(default_factory=list)
