@@ -141,7 +141,8 @@ def test_a_review_batch_over_the_hubs_json_limit_is_halved_and_one_alone_is_drop
         tmp_path: Path, weed: Any) -> None:
     """A batch of reviews over the hub's ``max_json_bytes`` was sent again at the same size
     for good, and no later review went up. It is halved now; a review too large on its own
-    is dropped (logged and counted: ``too_large``) and the rest go on."""
+    is set aside (kept) and the rest go on; once the hub's limit is raised, an admin's
+    retry sends it."""
     from lineside_inspect.fleet.box.reviews import ReviewSync, review_events
 
     settings = hub_settings(tmp_path, weed.settings("fleet-review-sizes"),
@@ -172,10 +173,15 @@ def test_a_review_batch_over_the_hubs_json_limit_is_halved_and_one_alone_is_drop
                     store.review(inspection.id, reviewer="qa", action="confirm", note="n" * 3000)
             sync = ReviewSync(store, hub_client)
             assert sync.send_up() == 5
-            assert sync.dropped == 1 and sync.batch < 6 and sync.outbox.backlog() == 0
+            assert sync.dropped == 0 and sync.batch < 6 and sync.outbox.backlog() == 0
+            [aside] = sync.outbox.set_aside_events()
+            assert aside.topic == made[2].id and aside.payload["refused"].startswith("too_large")
             for n, inspection in enumerate(made):
                 reviews = hub.store.get(inspection.id).reviews
                 assert len(reviews) == (0 if n == 2 else 1), n
+            hub.app.state.settings.max_json_bytes = 1024 * 1024  # the hub's limit raised
+            assert sync.retry_with(lambda: 0) == 0 and sync.send_up() == 1
+            assert len(hub.store.get(made[2].id).reviews) == 1
         finally:
             hub_client.close()
             store.close()

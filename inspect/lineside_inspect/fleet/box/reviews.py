@@ -19,15 +19,19 @@ one would otherwise hold every later review of the box for good:
   forwarding (recorded before ``hub_url`` was set, or deleted by the hub's retention).
   Judged from the forwarding owed *before* the batch was sent: an inspection delivered
   since was held by then;
-- ``too_large``: alone, it is over the hub's ``max_json_bytes`` (413). A batch the hub
-  finds too large is halved first (and grows back after ``GROW_AFTER`` batches in a row
-  went through), as the forwarder does; sent again at the same size it stalled every
-  later review for good.
 
-A review of an inspection the forwarder set aside (the hub refused its record,
-``forward.py``) is set aside too, not sent: the hub would wait for the inspection, and the
-box, owing it no forwarding, would drop the review. An admin's retry queues the
-inspections again, then their reviews (:meth:`ReviewSync.retry_set_aside`).
+Some are set aside instead (kept, listed by ``GET /v1/fleet/set-aside``, queued again by
+an admin's retry, :meth:`ReviewSync.retry_with`):
+
+- a review of an inspection the forwarder set aside (the hub refused its record,
+  ``forward.py``): sent, the hub would wait for the inspection, and the box, owing it no
+  forwarding, would drop the review. The retry queues the inspections first, then their
+  reviews, under one lock with the check that sets them aside (a review set aside just
+  after its inspection was queued again would be stranded);
+- one alone over the hub's ``max_json_bytes`` (413; a hub or proxy limit set too low). A
+  batch the hub finds too large is halved first (and grows back after ``GROW_AFTER``
+  batches in a row went through), as the forwarder does; sent again at the same size it
+  stalled every later review for good.
 
 An event a release before this one filed here for another box's inspection is handed to
 that box's outbox (logged), not dropped. One of an inspection recorded under a box id no
@@ -46,7 +50,9 @@ the local store only, and the events wait.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,7 +124,7 @@ class ReviewMetrics:
         self.backlog = Gauge("lineside_fleet_reviews_backlog", "Reviews made on this box "
                              "waiting to go up", registry=r)
         self.dropped = Counter("lineside_fleet_reviews_dropped", "Reviews made on this box "
-                               "that never go up, by reason (gone, not_forwarded, too_large)",
+                               "that never go up, by reason (gone, not_forwarded)",
                                ["reason"], registry=r)
 
 
@@ -140,6 +146,7 @@ class ReviewSync(HubTask):
         self._clock_logged = False  # the hub waits for this box's clock: said once
         self.batch = BATCH  # halved when the hub finds a batch too large
         self._through_in_a_row = 0
+        self._aside_lock = threading.Lock()
         self._last_purge = time.monotonic()
         self.loop = PeriodicHubTask(
             "reviews", self._step, interval_s=interval_s, retry_min_s=interval_s,
@@ -168,15 +175,16 @@ class ReviewSync(HubTask):
             pending = self.outbox.pending(limit=self.batch)
             if not pending:
                 return taken
-            owners, owed, aside = self._inspections({e.topic for e in pending})
+            with self._aside_lock:  # (an admin's retry: retry_with)
+                owners, owed, aside = self._inspections({e.topic for e in pending})
+                held_back = [e for e in pending if e.topic in aside and e.topic in owners]
+                if held_back:  # their inspection waits for an admin's retry: so do they
+                    self.outbox.set_aside([e.id for e in held_back], "its inspection is set "
+                                          "aside: the hub refused its record")
+                    pending = [e for e in pending if e not in held_back]
             # never to go up from here, whatever the hub says: settled now
             gone = {e.id: "gone" for e in pending if e.topic not in owners}
             self._drop([e for e in pending if e.id in gone], gone)
-            held_back = [e for e in pending if e.topic in aside and e.id not in gone]
-            if held_back:  # their inspection waits for an admin's retry: so do they
-                self.outbox.set_aside([e.id for e in held_back], "its inspection is set "
-                                      "aside: the hub refused its record")
-                pending = [e for e in pending if e not in held_back]
             theirs = [e for e in pending if e.topic in owners
                       and owners[e.topic] not in (self.store.box_id, None)]
             self._hand_over(theirs, owners)
@@ -194,8 +202,11 @@ class ReviewSync(HubTask):
                     log.warning("fleet: a batch of %d reviews was too large for the hub: "
                                 "sending %d at a time", len(items), self.batch)
                     continue
-                self._drop([e for e in pending if e.id == items[0].seq],
-                           {items[0].seq: "too_large"})
+                self.outbox.set_aside([items[0].seq], "too_large: on its own it is over the "
+                                      "hub's max_json_bytes")
+                log.warning("fleet: review %d of inspection %s is over the hub's max_json_bytes "
+                            "on its own: set aside (raise the hub's limit, then POST "
+                            "/v1/fleet/set-aside/retry)", items[0].seq, items[0].inspection_id)
                 continue
             self._through_in_a_row += 1
             if self._through_in_a_row >= GROW_AFTER and self.batch < BATCH:
@@ -238,10 +249,13 @@ class ReviewSync(HubTask):
             aside = waiting(set_aside_channel(forward.CHANNEL))
         return owners, owed, aside
 
-    def retry_set_aside(self) -> int:
-        """Queue the reviews set aside with their inspections again (after the forwarder
-        queued those); how many."""
-        n = self.outbox.retry_set_aside()
+    def retry_with(self, requeue_inspections: Callable[[], int]) -> int:
+        """Queue the set-aside inspections (``requeue_inspections``, the forwarder's) and
+        then the set-aside reviews again, under the lock :meth:`send_up` sets reviews
+        aside under; the inspections queued."""
+        with self._aside_lock:
+            n = requeue_inspections()
+            self.outbox.retry_set_aside()
         self.loop.wake()
         return n
 
@@ -270,9 +284,7 @@ class ReviewSync(HubTask):
                 "gone": "the inspection left this box before it went up",
                 "not_forwarded": "the hub does not hold the inspection and this box never "
                                  "forwarded it (recorded before hub_url was set) or the "
-                                 "hub's retention deleted it",
-                "too_large": "on its own it is over the hub's max_json_bytes (raise it on "
-                             "the hub to take reviews this large)"}[reason])
+                                 "hub's retention deleted it"}[reason])
             self.dropped += 1
             if self.metrics is not None:
                 self.metrics.dropped.labels(reason).inc()

@@ -29,6 +29,8 @@ class SetAside(BaseModel):
 class SetAsidePage(BaseModel):
     count: int = Field(description="every set-aside inspection, of which `items` are the oldest")
     items: list[SetAside]
+    reviews: int = Field(0, description="reviews made here, set aside with their inspection "
+                         "or because one alone is over the hub's max_json_bytes")
 
 
 class Retried(BaseModel):
@@ -53,7 +55,9 @@ async def list_set_aside(request: Request, who: Admin,
         items = [SetAside(seq=e.id, inspection_id=e.topic, created_at=e.created_at,
                           refused=str(e.payload.get("refused", "")), at=str(e.payload.get("at", "")))
                  for e in outbox.set_aside_events(limit)]
-        return SetAsidePage(count=outbox.set_aside_count(), items=items)
+        sync = getattr(request.app.state, "fleet_reviews", None)
+        reviews = sync.outbox.set_aside_count() if sync is not None else 0
+        return SetAsidePage(count=outbox.set_aside_count(), items=items, reviews=reviews)
 
     return await anyio.to_thread.run_sync(read)
 
@@ -63,10 +67,10 @@ async def retry_set_aside(request: Request, who: Admin) -> Retried:
     """Send every set-aside inspection again, after those waiting (once the hub was fixed,
     e.g. a limit raised). One the hub still refuses is set aside again."""
     forwarder = _forwarder(request)
-    n = await anyio.to_thread.run_sync(forwarder.retry_set_aside)
-    # their reviews after them: a review the sync sent first, while its inspection was
-    # still aside, would be dropped as never to be forwarded
     sync = getattr(request.app.state, "fleet_reviews", None)
-    if sync is not None:
-        await anyio.to_thread.run_sync(sync.retry_set_aside)
-    return Retried(retried=n)
+    if sync is None:
+        return Retried(retried=await anyio.to_thread.run_sync(forwarder.retry_set_aside))
+    # the inspections, then their reviews (sent while their inspection was still aside, a
+    # review would be dropped as never to be forwarded), under the review sync's lock
+    return Retried(retried=await anyio.to_thread.run_sync(sync.retry_with,
+                                                          forwarder.retry_set_aside))
