@@ -226,6 +226,10 @@ class Settings(BaseSettings):
         "without API keys: Host names answered besides loopback ones (e.g. the box's address "
         "when serving keyless with --insecure)"))
     session_ttl_s: float = Field(12 * 3600, gt=0, description="review sign-in lifetime")
+    session_cookie: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description=(
+        "the review session cookie's name; not given: lineside_session_<the port in the "
+        "browser's address>. Set it when a reverse proxy hides the port (a box and a hub "
+        "behind one host name must not share one cookie)"))
     shifts: Annotated[list[str], AfterValidator(check_shifts)] = Field(
         default_factory=lambda: ["06:00", "14:00", "22:00"], description=(
             "shift start times \"HH:MM\" in shift_timezone: the status page's and dashboard's "

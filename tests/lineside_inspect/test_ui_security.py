@@ -490,6 +490,12 @@ def test_two_servers_on_one_host_keep_their_own_sign_ins(launch) -> None:
         for srv in (box, hub):
             assert browser.get(srv.url + "/v1/inspections").status_code == 200, srv.url
         assert len([c for c in browser.cookies.jar if c.name.startswith("lineside_session")]) == 2
+    # behind a proxy that hides the port, the name is set
+    named = launch(session_cookie="plant_box_1")
+    r = _login(named, "reviewer-secret")
+    assert r.status_code == 303 and list(r.cookies) == ["plant_box_1"]
+    with httpx.Client(base_url=named.url, cookies={"plant_box_1": r.cookies["plant_box_1"]}) as c:
+        assert c.get("/v1/inspections").status_code == 200
 
 
 def test_the_throttle_counts_per_address_as_configured(launch) -> None:

@@ -27,10 +27,15 @@ MAX_SESSIONS_PER_KEY = 100
 
 
 def cookie_name(request: HTTPConnection) -> str:
-    """The session cookie's name for this server as the browser reaches it. Browsers
-    scope cookies by host, not port: a box and a hub on one machine (ports 8000 and 8100)
-    shared one cookie, and signing in to one signed the other out. So the port in the
-    browser's address is part of the name (none for the scheme's default port)."""
+    """The session cookie's name for this server as the browser reaches it: the
+    ``session_cookie`` setting, else one with the port. Browsers scope cookies by host,
+    not port: a box and a hub on one machine (ports 8000 and 8100) shared one cookie, and
+    signing in to one signed the other out. So the port in the browser's address is part
+    of the name (none for the scheme's default port: behind a proxy that hides it, set
+    the name)."""
+    configured: str | None = getattr(request.app.state.settings, "session_cookie", None)
+    if configured:
+        return configured
     port = request.url.port
     return f"{SESSION_COOKIE}_{port}" if port else SESSION_COOKIE
 

@@ -64,6 +64,8 @@ class HubSettings(BaseSettings):
     drain_s: float = Field(0.5, ge=0, le=300, description=(
         "on SIGTERM, /readyz answers 503 this long before the hub stops accepting"))
     session_ttl_s: float = Field(12 * 3600, gt=0)
+    session_cookie: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description=(
+        "the review session cookie's name (see the edge server's setting)"))
     retention_days: float | None = Field(None, gt=0, le=36500, description=(
         "inspections the hub received longer ago than this leave it with their reviews "
         "and images; reference images are kept. None: the hub keeps everything"))
@@ -82,7 +84,8 @@ class HubSettings(BaseSettings):
             min_body_rate=self.min_body_rate,
             header_timeout_s=self.header_timeout_s, max_connections=self.max_connections,
             drain_s=self.drain_s,
-            session_ttl_s=self.session_ttl_s, data_dir=self.data_dir,
+            session_ttl_s=self.session_ttl_s, session_cookie=self.session_cookie,
+            data_dir=self.data_dir,
             database_url=self.database_url, store=False, box_id="hub")
 
 
