@@ -216,3 +216,51 @@ def test_a_retry_beside_the_stores_writer_keeps_the_hubs_order(
         finally:
             client.close()
             store.close()
+
+
+def test_a_review_is_not_stranded_by_a_retry_meanwhile(tmp_path: Path, weed: Any) -> None:
+    """The review sync read which inspections were aside; an admin's retry then queued
+    them (and the reviews already aside) again; the sync then set a review of one aside,
+    and nothing would ever queue it again. Both hold one lock now: the retry waits."""
+    store = Store(tmp_path / "box", pass_rate=1.0, box_id="box3")
+    store.event_makers.append(forward_events)
+    store.review_event_makers.append(review_events)
+    det = Detector(MODEL, device="cpu", threads=1)
+    with ServedHub(hub_settings(tmp_path, weed.settings("fleet-aside-race"))) as hub:
+        fleet = FleetSettings(hub_url=hub.url, token=KEYS["box3"], timeout_s=30,  # type: ignore[arg-type]
+                              forward_batch=1)
+        client = HubClient(fleet, "box3")
+        try:
+            bad = _inspection(det)
+            assert store.save(bad)
+            store.flush()
+            _skew(store.engine, bad.id, 1)
+            forwarder = Forwarder(store, client, fleet)
+            _rounds(forwarder)
+            assert forwarder.outbox.set_aside_count() == 1
+            _skew(store.engine, bad.id, -1)
+            store.review(bad.id, reviewer="qa", action="confirm")
+            sync = ReviewSync(store, client)
+            read = sync._inspections
+            retry: list[threading.Thread] = []
+
+            def read_then_retry(ids: set[str]) -> Any:
+                got = read(ids)  # the inspection is aside now
+                retry.append(threading.Thread(target=sync.retry_with,
+                                              args=(forwarder.retry_set_aside,)))
+                retry[0].start()
+                retry[0].join(0.5)  # an admin's retry, meanwhile
+                return got
+
+            sync._inspections = read_then_retry  # type: ignore[method-assign]
+            sync.send_up()
+            retry[0].join(30)
+            assert not retry[0].is_alive()
+            assert sync.outbox.set_aside_count() == 0  # queued again with its inspection
+            sync._inspections = read  # type: ignore[method-assign]
+            assert _rounds(forwarder) == []
+            assert sync.send_up() == 1
+            assert [r.action for r in hub.store.get(bad.id).reviews] == ["confirm"]
+        finally:
+            client.close()
+            store.close()
