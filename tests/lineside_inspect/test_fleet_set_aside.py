@@ -6,9 +6,10 @@ real hub (SQLite, images in a real SeaweedFS) and a real edge server, on loopbac
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -164,74 +165,21 @@ def test_an_admin_lists_and_retries_set_aside_inspections(tmp_path: Path, weed: 
             stop()
 
 
-def test_a_retry_beside_the_stores_writer_keeps_the_hubs_order(
-        tmp_path: Path, weed: Any, database_url: str | None) -> None:
-    """On PostgreSQL ids are handed out at insert but seen in commit order: a retry
-    written beside the store's writer could be seen after a newer inspection, which the
-    forwarder sent first; the hub's cursor then passed the retried one, refused for good
-    (409 sequence_behind). The retry holds the writer now."""
+@contextlib.contextmanager
+def _one_set_aside(tmp_path: Path, weed: Any, bucket: str, database_url: str | None = None,
+                   ) -> Iterator[tuple[Store, ServedHub, Forwarder, Any]]:
+    """A box (reviews made on it go up) and a hub that refused its one inspection, set
+    aside; the record fixed since, so a retry goes through: (store, hub, forwarder, the
+    inspection)."""
     store = Store(tmp_path / "box", database_url, pass_rate=1.0, box_id="box3")
     store.event_makers.append(forward_events)
-    det = Detector(MODEL, device="cpu", threads=1)
-    backend = "pg" if database_url else "sqlite"
-    with ServedHub(hub_settings(tmp_path, weed.settings(f"fleet-retry-order-{backend}"))) as hub:
+    store.review_event_makers.append(review_events)
+    with ServedHub(hub_settings(tmp_path, weed.settings(bucket))) as hub:
         fleet = FleetSettings(hub_url=hub.url, token=KEYS["box3"], timeout_s=30,  # type: ignore[arg-type]
                               forward_batch=4)
         client = HubClient(fleet, "box3")
         try:
-            first = _inspection(det)
-            assert store.save(first)
-            store.flush()
-            _skew(store.engine, first.id, 1)
-            forwarder = Forwarder(store, client, fleet)
-            _rounds(forwarder)
-            assert forwarder.outbox.set_aside_count() == 1
-            _skew(store.engine, first.id, -1)
-            # the retry stops after its INSERT (its id handed out), before its commit
-            flushed, go_on = threading.Event(), threading.Event()
-
-            def hold(session: Any, ctx: Any) -> None:
-                if threading.current_thread().name == "retry":
-                    flushed.set()
-                    go_on.wait(30)
-
-            event.listen(Session, "after_flush", hold)
-            try:
-                retry = threading.Thread(target=forwarder.retry_set_aside, name="retry")
-                retry.start()
-                assert flushed.wait(30)
-                later = _inspection(det)
-                assert store.save(later)  # answered: the line goes on
-                writer = threading.Thread(target=store.flush)
-                writer.start()
-                writer.join(0.5)
-                assert writer.is_alive()  # the writer waits for the retry's commit
-                go_on.set()
-                retry.join(30)
-                writer.join(30)
-            finally:
-                event.remove(Session, "after_flush", hold)
-            assert _rounds(forwarder) == []
-            assert _held(hub.store, first.id) and _held(hub.store, later.id)
-        finally:
-            client.close()
-            store.close()
-
-
-def test_a_review_is_not_stranded_by_a_retry_meanwhile(tmp_path: Path, weed: Any) -> None:
-    """The review sync read which inspections were aside; an admin's retry then queued
-    them (and the reviews already aside) again; the sync then set a review of one aside,
-    and nothing would ever queue it again. Both hold one lock now: the retry waits."""
-    store = Store(tmp_path / "box", pass_rate=1.0, box_id="box3")
-    store.event_makers.append(forward_events)
-    store.review_event_makers.append(review_events)
-    det = Detector(MODEL, device="cpu", threads=1)
-    with ServedHub(hub_settings(tmp_path, weed.settings("fleet-aside-race"))) as hub:
-        fleet = FleetSettings(hub_url=hub.url, token=KEYS["box3"], timeout_s=30,  # type: ignore[arg-type]
-                              forward_batch=1)
-        client = HubClient(fleet, "box3")
-        try:
-            bad = _inspection(det)
+            bad = _inspection(Detector(MODEL, device="cpu", threads=1))
             assert store.save(bad)
             store.flush()
             _skew(store.engine, bad.id, 1)
@@ -239,28 +187,73 @@ def test_a_review_is_not_stranded_by_a_retry_meanwhile(tmp_path: Path, weed: Any
             _rounds(forwarder)
             assert forwarder.outbox.set_aside_count() == 1
             _skew(store.engine, bad.id, -1)
-            store.review(bad.id, reviewer="qa", action="confirm")
-            sync = ReviewSync(store, client)
-            read = sync._inspections
-            retry: list[threading.Thread] = []
-
-            def read_then_retry(ids: set[str]) -> Any:
-                got = read(ids)  # the inspection is aside now
-                retry.append(threading.Thread(target=sync.retry_with,
-                                              args=(forwarder.retry_set_aside,)))
-                retry[0].start()
-                retry[0].join(0.5)  # an admin's retry, meanwhile
-                return got
-
-            sync._inspections = read_then_retry  # type: ignore[method-assign]
-            sync.send_up()
-            retry[0].join(30)
-            assert not retry[0].is_alive()
-            assert sync.outbox.set_aside_count() == 0  # queued again with its inspection
-            sync._inspections = read  # type: ignore[method-assign]
-            assert _rounds(forwarder) == []
-            assert sync.send_up() == 1
-            assert [r.action for r in hub.store.get(bad.id).reviews] == ["confirm"]
+            yield store, hub, forwarder, bad
         finally:
             client.close()
             store.close()
+
+
+def test_a_retry_beside_the_stores_writer_keeps_the_hubs_order(
+        tmp_path: Path, weed: Any, database_url: str | None) -> None:
+    """On PostgreSQL ids are handed out at insert but seen in commit order: a retry
+    written beside the store's writer could be seen after a newer inspection, which the
+    forwarder sent first; the hub's cursor then passed the retried one, refused for good
+    (409 sequence_behind). The retry holds the writer now."""
+    backend = "pg" if database_url else "sqlite"
+    with _one_set_aside(tmp_path, weed, f"fleet-retry-order-{backend}", database_url) as (
+            store, hub, forwarder, first):
+        # the retry stops after its INSERT (its id handed out), before its commit
+        flushed, go_on = threading.Event(), threading.Event()
+
+        def hold(session: Any, ctx: Any) -> None:
+            if threading.current_thread().name == "retry":
+                flushed.set()
+                go_on.wait(30)
+
+        event.listen(Session, "after_flush", hold)
+        try:
+            retry = threading.Thread(target=forwarder.retry_set_aside, name="retry")
+            retry.start()
+            assert flushed.wait(30)
+            later = _inspection(Detector(MODEL, device="cpu", threads=1))
+            assert store.save(later)  # answered: the line goes on
+            writer = threading.Thread(target=store.flush)
+            writer.start()
+            writer.join(0.5)
+            assert writer.is_alive()  # the writer waits for the retry's commit
+            go_on.set()
+            retry.join(30)
+            writer.join(30)
+        finally:
+            event.remove(Session, "after_flush", hold)
+        assert _rounds(forwarder) == []
+        assert _held(hub.store, first.id) and _held(hub.store, later.id)
+
+
+def test_a_review_is_not_stranded_by_a_retry_meanwhile(tmp_path: Path, weed: Any) -> None:
+    """The review sync read which inspections were aside; an admin's retry then queued
+    them (and the reviews already aside) again; the sync then set a review of one aside,
+    and nothing would ever queue it again. Both hold one lock now: the retry waits."""
+    with _one_set_aside(tmp_path, weed, "fleet-aside-race") as (store, hub, forwarder, bad):
+        store.review(bad.id, reviewer="qa", action="confirm")
+        sync = ReviewSync(store, forwarder.client)
+        read = sync._inspections
+        retry: list[threading.Thread] = []
+
+        def read_then_retry(ids: set[str]) -> Any:
+            got = read(ids)  # the inspection is aside now
+            retry.append(threading.Thread(target=sync.retry_with,
+                                          args=(forwarder.retry_set_aside,)))
+            retry[0].start()
+            retry[0].join(0.5)  # an admin's retry, meanwhile
+            return got
+
+        sync._inspections = read_then_retry  # type: ignore[method-assign]
+        sync.send_up()
+        retry[0].join(30)
+        assert not retry[0].is_alive()
+        assert sync.outbox.set_aside_count() == 0  # queued again with its inspection
+        sync._inspections = read  # type: ignore[method-assign]
+        assert _rounds(forwarder) == []
+        assert sync.send_up() == 1
+        assert [r.action for r in hub.store.get(bad.id).reviews] == ["confirm"]
