@@ -218,7 +218,7 @@ class Settings(BaseSettings):
         "peers trusted for X-Forwarded-For/-Proto (uvicorn's forwarded_allow_ips): an HTTP "
         "reverse proxy in front, so each client keeps its own address (the sign-in "
         "throttle counts per address). Not given: uvicorn's FORWARDED_ALLOW_IPS "
-        "environment variable, else 127.0.0.1. Empty when nothing on loopback is an HTTP "
+        "environment variable, else loopback. Empty when nothing on loopback is an HTTP "
         "proxy (a TCP tunnel passes a client's own X-Forwarded-For through); '*' trusts all"))
     cors_origins: list[str] = Field(default_factory=list, description=(
         "other origins (scheme://host[:port]) whose pages may call the API, state changes included"))

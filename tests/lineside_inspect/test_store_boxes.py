@@ -457,3 +457,30 @@ def test_a_delivery_committed_after_a_save_looked_for_room_still_ends_the_full_p
                       .values(delivered_at=datetime.now(UTC)))
             assert not store.save(again(fail))  # executed, not committed: still full
         assert store.save(again(fail))  # committed: looked again, and room was made
+
+
+def test_processes_upgrading_one_database_at_once_both_start(
+        tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes sharing one PostgreSQL database (a hub's, boxes') upgrade at once: each
+    saw a column missing, and the second's ADD COLUMN failed on the first's. Here the
+    second looks before the first adds it (its view of the columns is stale)."""
+    if database_url is None:
+        pytest.skip("one process owns a SQLite database")
+    from sqlalchemy import inspect as sa_inspect
+
+    import lineside_inspect.store.store as store_module
+
+    Store(tmp_path / "a", database_url, box_id="a").close()  # the columns exist now
+
+    class Stale:
+        def __init__(self, engine: Any) -> None:
+            self.real = sa_inspect(engine)
+
+        def has_table(self, name: str) -> bool:
+            return bool(self.real.has_table(name))
+
+        def get_columns(self, table: str) -> list[dict[str, Any]]:
+            return [c for c in self.real.get_columns(table) if c["name"] != "received_at"]
+
+    monkeypatch.setattr(store_module, "sa_inspect", Stale)
+    Store(tmp_path / "b", database_url, box_id="b").close()  # was DuplicateColumn

@@ -549,3 +549,27 @@ def test_forwarded_allow_ips_keeps_uvicorns_environment_variable(monkeypatch: py
     config = uvicorn_config(FastAPI(), Settings(**base, forwarded_allow_ips=["10.0.0.9"]))
     assert config.proxy_headers and config.forwarded_allow_ips == ["10.0.0.9"]
     assert not uvicorn_config(FastAPI(), Settings(**base, forwarded_allow_ips=[])).proxy_headers
+
+
+def test_new_addresses_cannot_push_a_networks_count_out() -> None:
+    """Addresses and /64s shared one table that forgot the least recently failed first:
+    40 /64s, each making 300 new addresses a minute, pushed each other's /64 counts out
+    and guessed without end. They are kept apart now: at most 300 from each /64."""
+    from lineside_inspect.errors import TooManyFailedSignIns
+    from lineside_inspect.server.throttle import SignInThrottle
+
+    t = SignInThrottle(clock=lambda: 100.0)  # one window throughout
+    accepted = 0
+    host = 0
+    for _ in range(10):
+        for n in range(40):
+            for _ in range(300):
+                host += 1
+                address, network = f"2001:db8:0:{n:x}::{host:x}", f"2001:db8:0:{n:x}::/64"
+                try:
+                    t.check(address, network)
+                except TooManyFailedSignIns:
+                    break
+                t.failed(address, network)
+                accepted += 1
+    assert accepted == 40 * 300

@@ -41,7 +41,8 @@ class SignInThrottle:
         self.max_addresses = max_addresses
         self.clock = clock
         self._lock = threading.Lock()  # sync routes (the sign-in form) run in threads
-        self._failed: OrderedDict[str, deque[float]] = OrderedDict()
+        self._failed: OrderedDict[str, deque[float]] = OrderedDict()  # per address
+        self._networks: OrderedDict[str, list[float]] = OrderedDict()  # per IPv6 /64
 
     def _recent(self, address: str, now: float) -> deque[float] | None:
         times = self._failed.get(address)
@@ -54,38 +55,50 @@ class SignInThrottle:
             return None
         return times
 
-    def _keys(self, address: str, network: str | None) -> list[tuple[str, int]]:
-        """What one failure counts against, and each one's limit: the address, and an
-        IPv6 client's /64 at NETWORK_FACTOR times the limit (a /64 is one host's, or a
-        whole plant LAN's, where one device with a stale key must not lock out every
-        other)."""
-        keys = [(address, self.failures)]
-        if network is not None:
-            keys.append((network, self.failures * NETWORK_FACTOR))
-        return keys
+    def _network_window(self, network: str, now: float) -> list[float]:
+        """``[window start, failures]`` of an IPv6 /64: a fixed window, so a /64 costs two
+        numbers however many failures it makes (ten times an address's)."""
+        window = self._networks.get(network)
+        if window is None or now - window[0] >= self.window_s:
+            window = self._networks[network] = [now, 0.0]
+            while len(self._networks) > self.max_addresses:
+                self._networks.popitem(last=False)
+        self._networks.move_to_end(network)
+        return window
+
+    def _refuse(self, count: int, since: float, now: float, what: str) -> None:
+        wait = max(1, math.ceil(since + self.window_s - now))
+        raise TooManyFailedSignIns(
+            f"too many unknown keys from this {what} ({count} in the last "
+            f"{self.window_s:g} s): try again in {wait} s", retry_after_s=wait)
 
     def check(self, address: str, network: str | None = None) -> None:
         """Raise :class:`TooManyFailedSignIns` while ``address`` (or its IPv6 /64,
-        ``network``) is refused."""
+        ``network``, at NETWORK_FACTOR times the limit: a /64 is one host's, or a whole
+        plant LAN's, where one device with a stale key must not lock out every other) is
+        refused."""
         with self._lock:
             now = self.clock()
-            for key, limit in self._keys(address, network):
-                times = self._recent(key, now)
-                if times is not None and len(times) >= limit:
-                    wait = max(1, math.ceil(times[0] + self.window_s - now))
-                    raise TooManyFailedSignIns(
-                        f"too many unknown keys from this address ({len(times)} in the last "
-                        f"{self.window_s:g} s): try again in {wait} s", retry_after_s=wait)
+            times = self._recent(address, now)
+            if times is not None and len(times) >= self.failures:
+                self._refuse(len(times), times[0], now, "address")
+            if network is not None and network in self._networks:
+                start, count = self._networks[network]
+                if now - start < self.window_s and count >= self.failures * NETWORK_FACTOR:
+                    self._refuse(int(count), start, now, "network (/64)")
 
     def failed(self, address: str, network: str | None = None) -> None:
-        """Count one unknown key from ``address`` (in ``network``)."""
+        """Count one unknown key from ``address`` (in ``network``). Addresses and /64s
+        are kept apart, each up to ``max_addresses``: new addresses, 300 a minute from
+        each /64, must not push the /64s' counts out."""
         with self._lock:
             now = self.clock()
-            for key, limit in self._keys(address, network):
-                times = self._recent(key, now)
-                if times is None:
-                    times = self._failed[key] = deque(maxlen=limit)
-                    while len(self._failed) > self.max_addresses:
-                        self._failed.popitem(last=False)
-                self._failed.move_to_end(key)
-                times.append(now)
+            times = self._recent(address, now)
+            if times is None:
+                times = self._failed[address] = deque(maxlen=self.failures)
+                while len(self._failed) > self.max_addresses:
+                    self._failed.popitem(last=False)
+            self._failed.move_to_end(address)
+            times.append(now)
+            if network is not None:
+                self._network_window(network, now)[1] += 1

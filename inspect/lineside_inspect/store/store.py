@@ -322,10 +322,14 @@ class Store:
         inspector = sa_inspect(self.engine)
         present = {(t, c["name"]) for t in {t for t, _, _ in ADDED_COLUMNS}
                    if inspector.has_table(t) for c in inspector.get_columns(t)}
+        # PostgreSQL: IF NOT EXISTS, because processes sharing one database (a hub's, boxes')
+        # upgrade at once, and the second's plain ADD COLUMN failed on the first's column
+        # (SQLite has no IF NOT EXISTS here, and one process owns its file)
+        maybe = " IF NOT EXISTS" if self.engine.dialect.name == "postgresql" else ""
         with self.engine.begin() as conn:
             for table, column, sql_type in ADDED_COLUMNS:
                 if (table, column) not in present:
-                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN{maybe} {column} {sql_type}"))
                     log.info("store: added column %s.%s", table, column)
             for name, table, column in ADDED_INDEXES:
                 conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})"))

@@ -20,7 +20,7 @@ one would otherwise hold every later review of the box for good:
   Judged from the forwarding owed *before* the batch was sent: an inspection delivered
   since was held by then;
 
-Some are set aside instead (kept, listed by ``GET /v1/fleet/set-aside``, queued again by
+Some are set aside instead (kept, counted by ``GET /v1/fleet/set-aside``, queued again by
 an admin's retry, :meth:`ReviewSync.retry_with`):
 
 - a review of an inspection the forwarder set aside (the hub refused its record,

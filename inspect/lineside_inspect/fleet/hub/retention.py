@@ -1,5 +1,5 @@
-"""The hub's retention: inspections older than ``retention_days`` leave the hub, with
-their reviews and images, so a plant's hub does not grow for ever.
+"""The hub's retention: inspections the hub received longer than ``retention_days`` ago
+leave it, with their reviews and images, so a plant's hub does not grow for ever.
 
 A round (:meth:`HubRetention.run_once`) takes the rows the hub received before the
 cutoff (``received_at``: a box's clock may be behind and its backlog old, so a row dated
@@ -55,8 +55,8 @@ class RetentionRound:
 
 
 class HubRetention:
-    """Deletes inspections older than ``days`` from ``store`` and ``objects``; a thread
-    runs a round every ``interval_s`` (:meth:`start`, :meth:`stop`)."""
+    """Deletes inspections received more than ``days`` ago from ``store`` and ``objects``;
+    a thread runs a round every ``interval_s`` (:meth:`start`, :meth:`stop`)."""
 
     def __init__(self, store: Store, objects: ObjectStore, days: float, interval_s: float,
                  metrics: Metrics | None = None) -> None:
@@ -114,9 +114,15 @@ class HubRetention:
             done.kept += sum(1 for r in rows if r.image_path in failed)
             with Session(self.store.engine) as s, s.begin():
                 # counted from what was deleted: a second hub process deleting the same
-                # rows meanwhile must not take them off the boxes' counts twice
-                boxes = s.scalars(delete(InspectionRow).where(InspectionRow.id.in_(gone))
-                                  .returning(InspectionRow.box_id)).all()
+                # rows meanwhile must not take them off the boxes' counts twice (a SQLite
+                # before 3.35 has no RETURNING: read, then delete; one process owns it)
+                deleting = delete(InspectionRow).where(InspectionRow.id.in_(gone))
+                if self.store.engine.dialect.delete_returning:
+                    boxes = list(s.scalars(deleting.returning(InspectionRow.box_id)).all())
+                else:
+                    boxes = list(s.scalars(select(InspectionRow.box_id)
+                                           .where(InspectionRow.id.in_(gone))).all())
+                    s.execute(deleting)
                 for box_id, n in collections.Counter(b for b in boxes if b is not None).items():
                     s.execute(update(BoxCountRow).where(BoxCountRow.box_id == box_id)
                               .values(held=BoxCountRow.held - n))
@@ -143,7 +149,7 @@ class HubRetention:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="hub-retention", daemon=True)
         self._thread.start()
-        log.info("hub retention: inspections older than %g day(s) are deleted, every %g s",
+        log.info("hub retention: inspections received over %g day(s) ago are deleted, every %g s",
                  self.days, self.interval_s)
 
     def stop(self) -> None:
