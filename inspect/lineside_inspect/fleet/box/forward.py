@@ -11,7 +11,7 @@ sent again: the hub skips what it holds (by its per-box cursor and by inspection
 A batch the hub cuts off (408: the box's uplink is slower than the hub's
 ``min_body_rate``; ``HubCutBody``) or finds too large (413: over its ``max_body_bytes``)
 is sent again at half its size, down to one inspection; the size grows back, doubling
-after ``GROW_AFTER`` batches in a row went through, up to ``forward_batch``. One
+after ``periodic.GROW_AFTER`` batches in a row went through, up to ``forward_batch``. One
 inspection still too large for the hub goes without its images (logged and counted):
 sent again as it was, it would hold up every later one for good.
 
@@ -48,7 +48,7 @@ from lineside_inspect.fleet.box.client import (
     HubCutBody,
     HubRefusedRecord,
 )
-from lineside_inspect.fleet.box.periodic import HubTask, PeriodicHubTask
+from lineside_inspect.fleet.box.periodic import BatchSize, HubTask, PeriodicHubTask
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch, ForwardedInspection
 from lineside_inspect.store.models import InspectionRow
@@ -64,7 +64,6 @@ CHANNEL = "fleet"  # the outbox channel; an event's topic is its inspection id
 MAX_BATCH_IMAGE_BYTES = 8 * 1024 * 1024  # images and references per request (base64 adds a third)
 PURGE_EVERY_S = 60.0
 KEEP_DELIVERED_S = 3600.0
-GROW_AFTER = 8  # batches through in a row before the batch size doubles again
 
 
 def forward_events(inspection: Inspection) -> list[Event]:
@@ -108,9 +107,8 @@ class Forwarder(HubTask):
         self.metrics = FleetMetrics(metrics) if metrics is not None else None
         self._dropped_seen = store.dropped_unforwarded
         self.forwarded = 0
-        self.batch = settings.forward_batch  # halved when the hub cuts a body off
+        self.sizes = BatchSize(settings.forward_batch)  # halved when the hub cuts a body off
         self._bare: set[int] = set()  # seqs to send without images: alone, still too large
-        self._through_in_a_row = 0
         self._last_purge = time.monotonic()
         # backoff: from half the poll interval up to ten of them (1-30 s)
         self.loop = PeriodicHubTask(
@@ -180,7 +178,7 @@ class Forwarder(HubTask):
                     raise
                 self.set_aside_one(items[0].seq, items[0].id, exc.message)
                 return 1
-            self._grow()
+            self.sizes.went_through()
             # the hub answers its cursor, which may be ahead of this batch (a restored
             # box): settle only what was sent, never events the cut left for later
             through = min(ack.through_seq, items[-1].seq)
@@ -218,24 +216,21 @@ class Forwarder(HubTask):
         self.wake()
         return n
 
+    @property
+    def batch(self) -> int:
+        """Inspections sent at once now (:class:`BatchSize`)."""
+        return self.sizes.size
+
     def _shrink(self, sent: int, why: str) -> None:
         """The hub cut a body of ``sent`` inspections off, or found it too large: half as
-        many next time. The same size again would fail again, for good (a link slower
-        than the hub's ``min_body_rate``, a body over its ``max_body_bytes``)."""
-        self._through_in_a_row = 0
-        if sent <= 1:
+        many next time (a link slower than the hub's ``min_body_rate``, a body over its
+        ``max_body_bytes``)."""
+        if not self.sizes.halve(sent):
             log.warning("fleet: the hub cut off a batch of one inspection: this box's uplink "
                         "is slower than the hub's min_body_rate allows for it (lower it)")
             return
-        self.batch = max(1, sent // 2)
         log.warning("fleet: a batch of %d inspections was %s: sending %d at a time", sent,
                     why, self.batch)
-
-    def _grow(self) -> None:
-        self._through_in_a_row += 1
-        if self._through_in_a_row >= GROW_AFTER and self.batch < self.settings.forward_batch:
-            self.batch = min(self.settings.forward_batch, self.batch * 2)
-            self._through_in_a_row = 0
 
     def _items(self, pending: list[PendingEvent]) -> tuple[list[ForwardedInspection], set[int]]:
         """The batch for ``pending`` (cut at MAX_BATCH_IMAGE_BYTES, at least one item) and

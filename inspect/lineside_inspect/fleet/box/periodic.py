@@ -34,6 +34,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lineside.fleet")
 LOG_EVERY = 50  # failures in a row between two log lines
+GROW_AFTER = 8  # batches through in a row before a halved batch doubles again
+
+
+class BatchSize:
+    """How many events a task sends at once: halved when the hub refuses a body for its
+    size or cuts it off (the same size again would fail again, for good), doubled back
+    after :data:`GROW_AFTER` batches in a row went through, up to ``most``. The forwarder
+    and the review sync share it."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.size = most
+        self._through = 0
+
+    def halve(self, sent: int) -> bool:
+        """``sent`` was refused for its size: half as many next time; False when it was
+        one already (nothing smaller to try)."""
+        self._through = 0
+        if sent <= 1:
+            return False
+        self.size = max(1, sent // 2)
+        return True
+
+    def went_through(self) -> None:
+        self._through += 1
+        if self._through >= GROW_AFTER and self.size < self.most:
+            self.size, self._through = min(self.most, self.size * 2), 0
 
 
 class TaskMetrics:

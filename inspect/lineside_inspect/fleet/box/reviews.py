@@ -29,7 +29,7 @@ an admin's retry, :meth:`ReviewSync.retry_with`):
   reviews, under one lock with the check that sets them aside (a review set aside just
   after its inspection was queued again would be stranded);
 - one alone over the hub's ``max_json_bytes`` (413; a hub or proxy limit set too low). A
-  batch the hub finds too large is halved first (and grows back after ``GROW_AFTER``
+  batch the hub finds too large is halved first (and grows back after ``periodic.GROW_AFTER``
   batches in a row went through), as the forwarder does; sent again at the same size it
   stalled every later review for good.
 
@@ -65,7 +65,7 @@ from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import ConfigError, HubRefused, LinesideError
 from lineside_inspect.fleet.box import forward
 from lineside_inspect.fleet.box.client import HubBodyTooLarge, HubClient
-from lineside_inspect.fleet.box.periodic import HubTask, PeriodicHubTask
+from lineside_inspect.fleet.box.periodic import BatchSize, HubTask, PeriodicHubTask
 from lineside_inspect.fleet.protocol import (
     REVIEWS_DOWN,
     REVIEWS_UP,
@@ -99,7 +99,6 @@ HUB_FAR_AHEAD = timedelta(days=1)
 PURGE_EVERY_S = 60.0
 KEEP_DELIVERED_S = 3600.0
 ROUNDS = 50  # batches per sync round (the next round goes on)
-GROW_AFTER = 8  # batches through in a row before a halved batch doubles again
 
 
 def review_events(review: ReviewRow) -> list[Event]:
@@ -144,8 +143,7 @@ class ReviewSync(HubTask):
         self.applied = 0  # hub reviews applied here
         self.dropped = 0  # reviews that never go up (see the module docstring)
         self._clock_logged = False  # the hub waits for this box's clock: said once
-        self.batch = BATCH  # halved when the hub finds a batch too large
-        self._through_in_a_row = 0
+        self.sizes = BatchSize(BATCH)  # halved when the hub finds a batch too large
         self._aside_lock = threading.Lock()
         self._last_purge = time.monotonic()
         self.loop = PeriodicHubTask(
@@ -196,9 +194,7 @@ class ReviewSync(HubTask):
                 ack = self.client.post(self.client.path(REVIEWS_UP), ReviewBatch(items=items),
                                        ReviewAck)
             except HubBodyTooLarge:
-                if len(items) > 1:
-                    self.batch = max(1, len(items) // 2)
-                    self._through_in_a_row = 0
+                if self.sizes.halve(len(items)):
                     log.warning("fleet: a batch of %d reviews was too large for the hub: "
                                 "sending %d at a time", len(items), self.batch)
                     continue
@@ -208,9 +204,7 @@ class ReviewSync(HubTask):
                             "on its own: set aside (raise the hub's limit, then POST "
                             "/v1/fleet/set-aside/retry)", items[0].seq, items[0].inspection_id)
                 continue
-            self._through_in_a_row += 1
-            if self._through_in_a_row >= GROW_AFTER and self.batch < BATCH:
-                self.batch, self._through_in_a_row = min(BATCH, self.batch * 2), 0
+            self.sizes.went_through()
             through = min(ack.through_seq, items[-1].seq)  # settle only what was sent
             self.outbox.mark_delivered([i.seq for i in items if i.seq <= through])
             n = sum(1 for i in items if i.seq <= through)
@@ -232,6 +226,11 @@ class ReviewSync(HubTask):
             # it stopped for an inspection it does not hold)
             self._drop([e for e in pending if e.id == stuck.seq], {stuck.seq: "not_forwarded"})
         return taken
+
+    @property
+    def batch(self) -> int:
+        """Reviews sent at once now (:class:`BatchSize`)."""
+        return self.sizes.size
 
     def _inspections(self, ids: set[str]) -> tuple[dict[str, str | None], set[str], set[str]]:
         """Of ``ids``: the box id each inspection here was recorded under, those whose
