@@ -7,12 +7,12 @@ by the box could leave on arrival; rows from before that column go by ``created_
 oldest first, in batches of :data:`BATCH`: their images are deleted from the object
 store first, then the rows (their reviews go with them: the foreign key cascades) and
 each box's held count in one transaction. An object store that cannot be reached ends
-the round (the next one tries again). Objects first, because a round that fails in between leaves rows whose
-images are gone (their page says so) which the next round deletes again; rows first would
-leave images nothing points at, for good. A row whose image could not be deleted stays
-for the next round. Reference (golden) images are kept: they are content-addressed and
-shared by every inspection of a recipe, few, and a new inspection may point at one at any
-moment.
+the round (the next one tries again). Objects first, because a round that fails in
+between leaves rows whose images are gone (their page says so) which the next round
+deletes again; rows first would leave images nothing points at, for good. A row whose
+image could not be deleted stays for the next round. Reference (golden) images are kept:
+they are content-addressed and shared by every inspection of a recipe, few, and a new
+inspection may point at one at any moment.
 
 Boxes are unaffected: a box's own store has its own retention. A review a box sends of an
 inspection the hub no longer holds is answered ``waiting: inspection``; the box, which
@@ -64,8 +64,6 @@ class HubRetention:
         self.objects = objects
         self.days = days
         self.interval_s = interval_s
-        self.deleted = 0
-        self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._counter: Counter | None = None
@@ -109,9 +107,10 @@ class HubRetention:
                 return
             keys = [r.image_path for r in rows if r.image_path]
             failed = set(self.objects.delete_many(keys)) if keys else set()
-            gone = [r.id for r in rows if r.image_path not in failed]
-            skip.update(r.id for r in rows if r.image_path in failed)
-            done.kept += sum(1 for r in rows if r.image_path in failed)
+            kept = {r.id for r in rows if r.image_path in failed}
+            gone = [r.id for r in rows if r.id not in kept]
+            skip |= kept
+            done.kept += len(kept)
             with Session(self.store.engine) as s, s.begin():
                 # counted from what was deleted: a second hub process deleting the same
                 # rows meanwhile must not take them off the boxes' counts twice (a SQLite
@@ -127,7 +126,6 @@ class HubRetention:
                     s.execute(update(BoxCountRow).where(BoxCountRow.box_id == box_id)
                               .values(held=BoxCountRow.held - n))
             done.deleted += len(boxes)
-            self.deleted += len(boxes)
             if self._counter is not None:
                 self._counter.inc(len(boxes))
             if not gone:
@@ -138,9 +136,7 @@ class HubRetention:
         while not self._stop.is_set():
             try:
                 self.run_once()
-                self.last_error = None
             except Exception as exc:  # the database down: the next round tries again
-                self.last_error = type(exc).__name__
                 if self._failures is not None:
                     self._failures.inc()
                 log.warning("hub retention: a round stopped early: %s", exc)
