@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from lineside_inspect.errors import HubRefused, HubUnavailable
+from lineside_inspect.errors import HubRefused, HubUnavailable, NotFoundError
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.box.forward import Forwarder, forward_events
 from lineside_inspect.fleet.config import FleetSettings
@@ -102,6 +103,36 @@ def test_a_batch_over_the_hubs_body_limit_is_halved_and_one_alone_goes_without_i
         for inspection in made:
             row = hub.store.get(inspection.id)
             assert row.box_id == "box1" and not row.image_path
+
+
+def test_an_inspection_over_the_hubs_body_limit_even_without_images_is_set_aside(
+        tmp_path: Path, weed: Any) -> None:
+    """A record alone over the hub's ``max_body_bytes`` was sent again for good, with a
+    warning, and every later inspection of the box waited behind it. It is set aside
+    now, as a refused record is (kept, listed, counted), the rest go on, and once the
+    hub's limit is raised an admin's retry sends it, with its images."""
+    detector = Detector(MODEL, device="cpu", threads=1)
+    with _box_and_hub(tmp_path / "a", weed, "fleet-too-large-3", 64, batch=2) as (store, hub,
+                                                                           forwarder):
+        made = [_inspection(detector) for _ in range(3)]
+        for inspection in made:
+            assert store.save(inspection)
+        store.flush()
+        refused = _rounds(forwarder)
+        assert refused and all("413" in r for r in refused), refused
+        assert not forwarder.outbox.pending() and forwarder.refresh_gauges() is None
+        aside = forwarder.outbox.set_aside_events()
+        assert [e.topic for e in aside] == [i.id for i in made] and forwarder.set_aside == 3
+        assert all(e.payload["refused"].startswith("too_large") for e in aside)
+        for inspection in made:
+            with pytest.raises(NotFoundError):
+                hub.store.get(inspection.id)
+        hub.app.state.settings.max_body_bytes = 64 * 1024 * 1024  # the hub's limit raised
+        assert forwarder.retry_set_aside() == 3
+        assert _rounds(forwarder) == [] and forwarder.outbox.set_aside_count() == 0
+        for inspection in made:  # every one arrived, with its image
+            row = hub.store.get(inspection.id)
+            assert row.box_id == "box1" and row.image_path
 
 
 @contextlib.contextmanager

@@ -13,7 +13,8 @@ A batch the hub cuts off (408: the box's uplink is slower than the hub's
 is sent again at half its size, down to one inspection; the size grows back, doubling
 after ``periodic.GROW_AFTER`` batches in a row went through, up to ``forward_batch``. One
 inspection still too large for the hub goes without its images (logged and counted):
-sent again as it was, it would hold up every later one for good.
+sent again as it was, it would hold up every later one for good. One too large even
+without them is set aside, as a refused record is (below).
 
 A batch whose content the hub refuses (``HubRefusedRecord``: a record it will not store,
 e.g. one an older box wrote, or an id another box holds) is halved the same way until the
@@ -165,9 +166,12 @@ class Forwarder(HubTask):
                                 "max_body_bytes on its own: its record goes without them",
                                 items[0].id)
                 else:
-                    log.warning("fleet: inspection %s is over the hub's max_body_bytes even "
-                                "without its images: raise the hub's max_body_bytes",
-                                items[0].id)
+                    # its record alone is over the limit: sent again as it is, it would
+                    # hold up every later inspection for good
+                    self.set_aside_one(items[0].seq, items[0].id, "too_large: over the hub's "
+                                       "max_body_bytes even without its images (raise the "
+                                       "hub's max_body_bytes)")
+                    return 1
                 raise
             except HubCutBody:
                 self._shrink(len(items), "cut off by the hub (a slow uplink?)")
