@@ -3,6 +3,7 @@ the offline API docs and the status page. Real server, real Chromium (Debian's).
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import time
@@ -498,7 +499,7 @@ def test_two_servers_on_one_host_keep_their_own_sign_ins(launch) -> None:
         assert c.get("/v1/inspections").status_code == 200
 
 
-def test_the_throttle_counts_per_address_as_configured(launch) -> None:
+def test_the_throttle_counts_per_address_as_configured(launch, caplog: pytest.LogCaptureFixture) -> None:
     """An IPv6 client counts as its address and, at ten times the limit, as its /64 (one
     host may hold all of it; a plant LAN is one too, where one device with a stale key
     must not lock out every other); without a trusted proxy (``forwarded_allow_ips:
@@ -517,19 +518,25 @@ def test_the_throttle_counts_per_address_as_configured(launch) -> None:
     assert a == ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64") and b[1] == a[1]
     assert address("::ffff:10.0.0.1") == ("10.0.0.1", None) == address("10.0.0.1")
     t = SignInThrottle(failures=2)
-    for _ in range(2):
-        t.failed(*a)
+    assert [t.failed(*a) for _ in range(3)] == [False, True, False]  # True: refused now
     with pytest.raises(TooManyFailedSignIns):
         t.check(*a)
     t.check(*b)  # a neighbour on the LAN is not held up by one device's stale key
-    for n in range(2 * NETWORK_FACTOR):  # a host stepping through its /64 is, in the end
-        t.failed(f"2001:db8:1:2::{n + 100:x}", a[1])
+    locked = [t.failed(f"2001:db8:1:2::{n + 100:x}", a[1])  # a host stepping through its
+              for n in range(2 * NETWORK_FACTOR)]           # /64 is, in the end
+    # once: when its /64 (3 failures of ``a`` before) reached 2 x 10
+    assert locked.count(True) == 1 and locked.index(True) == 2 * NETWORK_FACTOR - 3 - 1
     with pytest.raises(TooManyFailedSignIns):
         t.check(*b)
 
     srv = launch(forwarded_allow_ips=[])
     srv.app.state.sign_ins = SignInThrottle(failures=1)
+    caplog.set_level(logging.WARNING, logger="lineside")
     assert _login(srv, "nope", **{"x-forwarded-for": "10.9.9.9"}).status_code == 401
+    # a proxy the server does not trust (an Ingress not listed): the log says what to set
+    [warned] = [r.getMessage() for r in caplog.records if "is refused for a while" in r.getMessage()]
+    assert warned.startswith("sign-in: 127.0.0.1 ") and "forwarded_allow_ips" in warned
+    assert "10.9.9.9" not in warned  # the header's words never reach the log
     assert _login(srv, "reviewer-secret", **{"x-forwarded-for": "10.8.8.8"}).status_code == 429
     assert _login(srv, "reviewer-secret", **{"x-forwarded-proto": "https"}).status_code == 429
 

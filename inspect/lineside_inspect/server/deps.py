@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -25,6 +26,8 @@ from lineside_inspect.server.throttle import SignInThrottle
 if TYPE_CHECKING:
     from lineside_inspect.cameras import CameraManager
     from lineside_inspect.store import Store
+
+log = logging.getLogger("lineside")
 
 # which roles may do what: admin may do everything
 ALLOWED: dict[Role, set[Role]] = {
@@ -96,11 +99,25 @@ def check_key(request: Request, key: str) -> Principal:
     try:
         who = principal_for_key(request.app.state.settings, key)
     except Unauthorized:
-        throttle.failed(address, network)
+        if throttle.failed(address, network):
+            _log_locked(request, address)
         request.scope[_CHECKED] = (key, None)
         raise
     request.scope[_CHECKED] = (key, who)
     return who
+
+
+def _log_locked(request: Request, address: str) -> None:
+    """An address just reached the throttle's limit: say so, and when it looks like a
+    reverse proxy the server does not trust (it passes an ``X-Forwarded-For`` that was not
+    applied), that every client behind it is now refused with it."""
+    hops = {h.strip() for v in request.headers.getlist("x-forwarded-for") for h in v.split(",")}
+    untrusted_proxy = bool(hops) and address not in hops
+    log.warning("sign-in: %s is refused for a while: too many unknown keys from it%s",
+                address, " -- it sends X-Forwarded-For that is not trusted: if it is a "
+                "reverse proxy (an Ingress, a load balancer), list it in forwarded_allow_ips, "
+                "or every client behind it is refused with it (docs/security.md, \"Guessing "
+                "keys\")" if untrusted_proxy else "")
 
 
 def authenticate(request: Request) -> Principal | None:

@@ -87,10 +87,11 @@ class SignInThrottle:
                 if now - start < self.window_s and count >= self.failures * NETWORK_FACTOR:
                     self._refuse(int(count), start, now, "network (/64)")
 
-    def failed(self, address: str, network: str | None = None) -> None:
-        """Count one unknown key from ``address`` (in ``network``). Addresses and /64s
-        are kept apart, each up to ``max_addresses``: new addresses, 300 a minute from
-        each /64, must not push the /64s' counts out."""
+    def failed(self, address: str, network: str | None = None) -> bool:
+        """Count one unknown key from ``address`` (in ``network``); True when this one
+        makes the address (or its /64) refused. Addresses and /64s are kept apart, each up
+        to ``max_addresses``: new addresses, 300 a minute from each /64, must not push the
+        /64s' counts out."""
         with self._lock:
             now = self.clock()
             times = self._recent(address, now)
@@ -99,6 +100,10 @@ class SignInThrottle:
                 while len(self._failed) > self.max_addresses:
                     self._failed.popitem(last=False)
             self._failed.move_to_end(address)
+            locked = len(times) == self.failures - 1  # this one reaches the limit
             times.append(now)
             if network is not None:
-                self._network_window(network, now)[1] += 1
+                window = self._network_window(network, now)
+                window[1] += 1
+                locked |= window[1] == self.failures * NETWORK_FACTOR
+            return locked
