@@ -225,8 +225,7 @@ def data_stats(
         hist.add_row(*(str(v) for v in s["box_size_histogram"].values()))
         out.print(hist)
     if plot is not None:
-        plot_stats(s, plot)
-        out.print(f"plot saved to {plot}")
+        out.print(f"plot saved to {plot_stats(s, plot)}")
 
 
 @data_app.command("split")
@@ -353,9 +352,9 @@ def train_cmd(
     model: Annotated[str | None, typer.Option(help="registered model name")] = None,
     weights: Annotated[str | None, typer.Option(help=(
         "local pretrained state dict (good-only: a trained good-only run to start from)"))] = None,
-    epochs: Annotated[int | None, typer.Option(help=(
-        "epochs to train (with --time, only the first plan: the schedule is then fitted to "
-        "the budget)"))] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help=(
+        "epochs to train, in place of the config's time_budget (with --time, only the "
+        "first plan: the schedule is then fitted to the budget)"))] = None,
     name: Annotated[str | None, typer.Option(help="run name (folder under out_dir)")] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda")] = None,
     merge: Annotated[list[str] | None, typer.Option(help=(
@@ -369,9 +368,15 @@ def train_cmd(
 ) -> None:
     """Train a detector (needs lineside[train]; use torchrun for several GPUs/nodes)."""
     t = training()
-    cfg = t.load_config(config, set_, data=data, model=model, weights=weights, epochs=epochs,
-                        name=name, device=device, extra_data=merge or None, time_budget=time,
-                        threads=threads)
+    overrides = list(set_ or [])
+    if epochs is not None and time is None and not any(
+            o.partition("=")[0].strip() == "time_budget" for o in overrides):
+        # asked for N epochs: the config's budget (single-default.yaml: 30m) would refit
+        # the schedule and ignore them
+        overrides.append("time_budget=null")
+    cfg = t.load_config(config, overrides, data=data, model=model, weights=weights,
+                        epochs=epochs, name=name, device=device, extra_data=merge or None,
+                        time_budget=time, threads=threads)
     run = t.train(cfg, resume=resume)
     out.print(f"run saved to {run}")
 
@@ -382,7 +387,8 @@ def evaluate_cmd(
     run: Annotated[Path, typer.Argument(help="run folder, checkpoint or model package")],
     data: Annotated[str | None, typer.Option(help="dataset (default: the run's)")] = None,
     split: Annotated[str, typer.Option(help="val|test|all")] = "val",
-    target_escape: Annotated[float, typer.Option(help="escape-rate target for calibration")] = 0.005,
+    target_escape: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+        "escape-rate target for calibration (0 to under 1)"))] = 0.005,
     out_dir: Annotated[Path | None, typer.Option("--out", help="report folder")] = None,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
@@ -440,7 +446,8 @@ def calibrate_cmd(
     folds: Annotated[int | None, typer.Option(help="config: K fold models, by group")] = None,
     time: Annotated[str | None, typer.Option(
         "--time", help="config: the folds' training budget in all (30m, 1h)")] = None,
-    target_escape: Annotated[float, typer.Option(help="escape-rate allowance")] = 0.005,
+    target_escape: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+        "escape-rate allowance (0 to under 1)"))] = 0.005,
     objective: Annotated[str, typer.Option(help="f (defect F) | rejects (fewest false rejects)")] = "f",
     out_dir: Annotated[Path | None, typer.Option("--out", help="folder for calibration.json")] = None,
     run: Annotated[Path | None, typer.Option(
@@ -510,10 +517,11 @@ def calibrate_cmd(
 def calibrate_unchanged_cmd(
     reference: Annotated[Path, typer.Argument(help="the golden image of the view")],
     frames: Annotated[list[Path], typer.Argument(help="good parts' frames (files or folders)")],
-    tolerance: Annotated[int, typer.Option(help="px an edge may move unnoticed")] = 3,
-    tile: Annotated[int, typer.Option()] = 32,
+    tolerance: Annotated[int, typer.Option(min=0, max=8, help=(
+        "px an edge may move unnoticed"))] = 3,
+    tile: Annotated[int, typer.Option(min=8, max=256, help="tile side in px")] = 32,
     margin: Annotated[float, typer.Option(
-        help="floor = margin x the highest good score, and at least 12 grey levels")] = 1.5,
+        min=1.0, help="floor = margin x the highest good score, and at least 12 grey levels")] = 1.5,
 ) -> None:
     """The floor of a recipe's unchanged_gate, from good parts of one view: prints the
     recipe lines (runtime/unchanged.py)."""
@@ -589,15 +597,17 @@ def export_cmd(
 @friendly
 def bench_train_cmd(
     config: Annotated[Path, typer.Option(help="training YAML")] = Path("training/configs/deeppcb.yaml"),
+    data: Annotated[str | None, typer.Option(help=(
+        "canonical dataset folder (lineside data import); default: the config's"))] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override")] = None,
-    steps: Annotated[int, typer.Option()] = 20,
+    steps: Annotated[int, typer.Option(min=1, help="timed steps of each kind")] = 20,
 ) -> None:
     """Training throughput: full pipeline vs the bare forward+backward step.
 
     Images are decoded before the clock starts, as a run decodes each image once and
     keeps it; the decode is printed on its own line."""
     t = training()
-    r = t.bench_train(t.load_config(config, set_), steps=steps)
+    r = t.bench_train(t.load_config(config, set_, data=data), steps=steps)
     crop = f"crop {r['crop']}" if r.get("crop") else f"no crop (whole images at {r['input_size']})"
     out.print(f"bare step      {r['bare_img_s']:.1f} img/s\n"
               f"full pipeline  {r['pipeline_img_s']:.1f} img/s  ({r['ratio']:.2f}x of bare, "
@@ -673,12 +683,12 @@ def hash_key_cmd(key: Annotated[str, typer.Argument(help="the API key to hash")]
 def bench_model_cmd(
     package: Annotated[Path, typer.Argument(help="model package folder")],
     int8: Annotated[Path | None, typer.Option(help="int8 package to compare")] = None,
-    runs: Annotated[int, typer.Option()] = 50,
+    runs: Annotated[int, typer.Option(min=1, help="timed runs per batch size")] = 50,
     batches: Annotated[str, typer.Option(help="batch sizes for throughput")] = "1,2,4,8",
     pairs: Annotated[Path | None, typer.Option(help=(
         "reference models: a dataset with references; judge good and defective parts side "
         "by side, with and without the unchanged gate"))] = None,
-    parts: Annotated[int, typer.Option(help="--pairs: parts of each kind")] = 40,
+    parts: Annotated[int, typer.Option(min=1, help="--pairs: parts of each kind")] = 40,
     align: Annotated[bool, typer.Option(help="--pairs: recipe align_reference")] = True,
 ) -> None:
     """p50/p95 latency at batch 1 and best-batch throughput, 1 and 2 threads; with
@@ -688,10 +698,23 @@ def bench_model_cmd(
     if pairs is not None:
         out.print(format_pairs(bench_pairs(package, pairs, parts=parts, align=align)))
         return
-    rows = bench_model(package, runs=runs, batches=[int(b) for b in batches.split(",")])
+    sizes = list(_counts("--batches", batches))
+    rows = bench_model(package, runs=runs, batches=sizes)
     if int8 is not None:
-        rows += bench_model(int8, runs=runs, batches=[int(b) for b in batches.split(",")])
+        rows += bench_model(int8, runs=runs, batches=sizes)
     out.print(format_rows(rows))
+
+
+def _counts(option: str, text: str) -> tuple[int, ...]:
+    """A comma-separated list of whole numbers, each at least 1 (``--batches 1,2,4``)."""
+    try:
+        counts = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{option}: comma-separated whole numbers, got {text!r}") \
+            from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter(f"{option}: each number at least 1, got {text!r}")
+    return counts
 
 
 @bench_app.command("camera")
@@ -700,7 +723,7 @@ def bench_camera_cmd(
     package: Annotated[Path, typer.Argument(help="model package folder")] = Path("models/deeppcb/1"),
     frames: Annotated[Path, typer.Option(help="images the simulated camera streams")] = Path(
         "datasets/deeppcb-sample/images"),
-    triggers: Annotated[int, typer.Option()] = 40,
+    triggers: Annotated[int, typer.Option(min=1)] = 40,
     fps: Annotated[float, typer.Option(help="camera frame rate")] = 30.0,
 ) -> None:
     """Trigger-to-verdict latency and frame age through a simulated 30 fps camera."""
@@ -720,7 +743,7 @@ def bench_line_cmd(
     package: Annotated[Path, typer.Argument(help="model package folder")] = Path("models/deeppcb/1"),
     frames: Annotated[Path, typer.Option(help="images the simulated camera streams")] = Path(
         "datasets/deeppcb-sample/images"),
-    triggers: Annotated[int, typer.Option()] = 40,
+    triggers: Annotated[int, typer.Option(min=1)] = 40,
     fps: Annotated[float, typer.Option(help="camera frame rate")] = 30.0,
 ) -> None:
     """PLC trigger -> ResultReady over OPC UA and Modbus TCP beside HTTP trigger -> verdict,
@@ -743,10 +766,10 @@ def bench_server_cmd(
     package: Annotated[Path, typer.Argument(help="model package folder")] = Path("models/deeppcb/1"),
     image: Annotated[Path, typer.Option(help="the JPEG every request sends")] = Path(
         "datasets/deeppcb-sample/images/group00041/00041000_test.jpg"),
-    requests: Annotated[int, typer.Option(help="sequential requests for the overhead")] = 40,
+    requests: Annotated[int, typer.Option(min=1, help="sequential requests for the overhead")] = 40,
     seconds: Annotated[float, typer.Option(help="load duration per client count")] = 10.0,
     threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all)")] = None,
-    concurrency: Annotated[int, typer.Option(help="the server's max_concurrency")] = 2,
+    concurrency: Annotated[int, typer.Option(min=1, help="the server's max_concurrency")] = 2,
     rounds: Annotated[int, typer.Option(
         min=1, help="interleaved rounds the measurements are split into")] = 3,
     clients: Annotated[str, typer.Option(help="client counts to load the server with")] = "1,4,8",
@@ -755,13 +778,7 @@ def bench_server_cmd(
     the model back to back in-process, store on and off, in one run."""
     from lineside_inspect.bench import bench_server, format_server_rows
 
-    try:
-        counts = tuple(int(c) for c in clients.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"--clients: comma-separated whole numbers, got {clients!r}") \
-            from None
-    if not counts or min(counts) < 1:
-        raise typer.BadParameter(f"--clients: each count at least 1, got {clients!r}")
+    counts = _counts("--clients", clients)
     out.print(format_server_rows(bench_server(package, image, requests=requests, seconds=seconds,
                                               threads=threads, concurrency=concurrency,
                                               rounds=rounds, clients=counts),

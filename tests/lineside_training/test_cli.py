@@ -50,6 +50,11 @@ def test_train_evaluate_export_commands(tmp_path: Path) -> None:
     assert (run / "thresholds.json").read_text() == saved
     assert "mAP n/a (no defects in the data)" in r.stdout and "thresholds calibrated" not in r.stdout
     assert "in-sample" not in (tmp_path / "rep-good" / "summary.md").read_text()
+    # by default another dataset's report goes beside the run's own, named after it
+    r = runner.invoke(app, ["evaluate", str(run), "--data", str(tmp_path / "good"),
+                            "--device", "cpu"])
+    assert r.exit_code == 0, r.stderr
+    assert (run / "report-val-good" / "summary.md").is_file() and not (run / "report-val").exists()
     r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "models" / "cli" / "3")])
     assert r.exit_code == 0, r.stderr
     card = json.loads((tmp_path / "models" / "cli" / "3" / "model.json").read_text())

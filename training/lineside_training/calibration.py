@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.dataset import ImageRecord
+from lineside_inspect.errors import ConfigError
 from lineside_training.pairscore import PairTable
 from lineside_training.predict import Prediction
 from lineside_training.quality import FLOOR, MARGIN, quality_metrics, support_of
@@ -98,6 +99,8 @@ def calibrate_f(
     (DeepPCB-protocol F, escapes, false rejects) and each class's raw and applied offset.
     ``agnostic_iou``: the one-per-place rule the thresholds will be applied with (it
     changes the F, never the escapes: a place it clears keeps its higher box)."""
+    if not 0 <= target_escape < 1:  # -1 was saved as "allowed_escapes: -2"
+        raise ConfigError(f"target_escape {target_escape!r}: an escape rate, 0 to under 1")
     table = PairTable(records, preds, class_names, agnostic_iou)
     k = len(class_names)
     escapes = Escapes(records, preds, k)
@@ -107,7 +110,7 @@ def calibrate_f(
     f = np.array([c.f for c in table.sweep([np.full(k, t) for t in values])])
     if f.max() == 0:  # no defect found at any threshold: F cannot choose, so fewest alarms
         calib = _without_matches(records, preds, class_names, target_escape, table)
-        return {**calib, "agnostic_iou": agnostic_iou}
+        return {**calib, "agnostic_iou": agnostic_iou, "good_images": good_count(records)}
     global_t = plateau_middle(values, f)
     base = np.full(k, global_t, dtype=np.float32)
     support = support_of(records, class_names)
@@ -146,7 +149,15 @@ def calibrate_f(
         "false_rejects": q["false_rejects"],
         "allowed_escapes": allowed,
         "images": len(records),
+        # none: false rejects cannot be counted, nor escapes traded against them (the
+        # commands say "n/a", as they do for a run or a package)
+        "good_images": good_count(records),
     }
+
+
+def good_count(records: list[ImageRecord]) -> int:
+    """How many of ``records`` are good images (no boxes)."""
+    return sum(1 for r in records if not r.boxes)
 
 
 def _without_matches(records: list[ImageRecord], preds: list[Prediction], class_names: list[str],

@@ -137,8 +137,13 @@ class TrainConfig(BaseModel):
 
 def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
-    for p in parts[:-1]:
+    if not all(parts):
+        raise ConfigError(f"override {key!r}: a key must not have an empty part")
+    for n, p in enumerate(parts[:-1]):
         doc = doc.setdefault(p, {})
+        if not isinstance(doc, dict):  # "augment.hflip.x=3" where hflip is a number
+            raise ConfigError(f"override {key!r}: {'.'.join(parts[:n + 1])} is a "
+                              f"{type(doc).__name__}, not a section with keys")
     doc[parts[-1]] = value
 
 
@@ -188,11 +193,20 @@ def read_config(path: str | Path | None, overrides: list[str] | None = None,
             doc = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: a config is a mapping of keys (epochs: 40), not a "
+                              f"{type(doc).__name__}")
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} must look like key=value")
-        _set_dotted(doc, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "not valid YAML"
+            raise ConfigError(f"override {item!r}: the value is {problem} (quote a text "
+                              "value: key='...')") from None
+        _set_dotted(doc, key.strip(), parsed)
     doc.update({k: v for k, v in fields.items() if v is not None})
     return doc
 

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +45,8 @@ PATIENCE_FROM = 0.75  # under a time budget, patience may end a run only in the 
 
 def pick_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?", name):
+        raise ConfigError(f"device {name[:40]!r}: use auto, cpu, cuda or cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -482,7 +485,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         raise ConfigError(f"{run}: a run of this name is already there ({', '.join(kept)}): "
                           "give --name NAME for a new run (--resume continues that one, "
                           "on the data it trained on)")
-    if resume and (run / "last.pt").is_file():
+    if resume and not (run / "last.pt").is_file():  # a mistyped --name began a new run
+        raise ConfigError(f"--resume: there is no run to continue at {run} (no last.pt): "
+                          "check --name (and out_dir), or leave --resume out for a new run")
+    if resume:
         _check_resumable(run, data.fingerprint)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)

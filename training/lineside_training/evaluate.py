@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,10 @@ def evaluate(
     pairs = pair_metrics(records, preds, trained.class_names, calib["thresholds"], rule)
     result = {"split": split, "images": len(records), "coco": coco, "quality": quality,
               "pairs": pairs, "calibration": calib, "checkpoint": str(trained.run_dir)}
-    report = Path(out) if out else trained.run_dir / f"report-{split}"
+    # another dataset's report beside the run's own, not over it
+    name = "" if own or data is None else "-" + (
+        re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data).resolve().name)[:64] or "data")
+    report = Path(out) if out else trained.run_dir / f"report-{split}{name}"
     write_report(report, result, records, preds, trained.class_names, dataset, examples,
                  goal=trained.config.goal_map50)
     # where it wrote, for the command to say (it wrote them unsaid)

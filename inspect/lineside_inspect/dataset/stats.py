@@ -47,8 +47,11 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def plot_stats(stats: dict[str, Any], out: Path) -> None:
-    """Save a two-panel PNG: boxes per class by split, and the box-size histogram."""
+def plot_stats(stats: dict[str, Any], out: Path) -> Path:
+    """Save a two-panel PNG: boxes per class by split, and the box-size histogram; the
+    file written (``out``, with ``.png`` added unless it ends so)."""
+    if out.suffix.lower() != ".png":  # matplotlib adds it to a bare name unsaid
+        out = out.with_name(out.name + ".png")
     try:
         import matplotlib
     except ImportError:  # an edge install: plotting comes with the training extra
@@ -72,5 +75,6 @@ def plot_stats(stats: dict[str, Any], out: Path) -> None:
     ax2.bar(list(hist), list(hist.values()))
     ax2.set_title("box size (longer side)")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, format="png")
     plt.close(fig)
+    return out

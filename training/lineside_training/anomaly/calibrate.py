@@ -10,17 +10,26 @@ import numpy as np
 from scipy.stats import rankdata
 
 from lineside_inspect.errors import ConfigError
+from lineside_training.quality import MARGIN
 
 REPORTED_FALSE_REJECTS = (0.01, 0.02)
 
 
 def image_threshold(good_scores: np.ndarray, target_false_reject: float) -> float:
     """The image-score threshold (score >= threshold fails) that rejects at most
-    ``target_false_reject`` of these good images: just above the score of the highest one
-    that must pass (with 100 images and 1%, the second highest)."""
+    ``target_false_reject`` of these good images: above the score of the highest one that
+    must pass (with 100 images and 1%, the second highest), by ``MARGIN`` or half the gap
+    to the next, whichever is less. Just above it (one float64 step), the exported graph
+    scored that image a last float32 digit higher than torch had, and failed it."""
     if len(good_scores) == 0:
         raise ConfigError("calibration needs at least one good image")
-    return _pass_above(np.asarray(good_scores, np.float64), target_false_reject)
+    ordered = np.sort(np.asarray(good_scores, np.float64))[::-1]
+    allowed = int(np.floor(target_false_reject * len(ordered) + 1e-9))
+    if allowed >= len(ordered):
+        return float(ordered[-1])
+    highest = float(ordered[allowed])  # the highest score that must pass
+    gap = float(ordered[allowed - 1]) - highest if allowed else math.inf
+    return float(min(1.0, max(np.nextafter(highest, np.inf), highest + min(MARGIN, gap / 2))))
 
 
 def _pass_above(good: np.ndarray, false_reject: float) -> float:

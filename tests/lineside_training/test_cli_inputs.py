@@ -1,0 +1,120 @@
+"""What a new user's wrong or surprising input to the training and bench commands gets:
+one line naming the problem (exit 2), never a traceback, and options that do what their
+help says (a review by a new user found each of these)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lineside_inspect.cli import app
+from lineside_inspect.dataset import Box, ImageRecord
+from lineside_inspect.errors import ConfigError
+from lineside_training.calibration import calibrate_f
+from lineside_training.config import load_config
+from lineside_training.engine import pick_device
+from lineside_training.predict import Prediction
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "datasets" / "deeppcb-sample"
+SINGLE = ROOT / "training" / "configs" / "single-default.yaml"
+runner = CliRunner()
+
+
+def test_config_mistakes_name_the_file_or_override(tmp_path: Path) -> None:
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a list\n")
+    with pytest.raises(ConfigError, match=r"list.yaml: a config is a mapping of keys .*not a list"):
+        load_config(listed, data=str(SAMPLE))
+    with pytest.raises(ConfigError, match=r"override 'lr=\[1': the value is .*quote a text"):
+        load_config(None, ["lr=[1"], data=str(SAMPLE))
+    flips = tmp_path / "flips.yaml"
+    flips.write_text("augment:\n  hflip: 0.5\n")
+    with pytest.raises(ConfigError, match=r"override 'augment.hflip.x': augment.hflip is a float"):
+        load_config(flips, ["augment.hflip.x=3"], data=str(SAMPLE))
+    with pytest.raises(ConfigError, match="empty part"):
+        load_config(None, ["augment..hflip=3"], data=str(SAMPLE))
+    with pytest.raises(ConfigError, match="device 'tpu': use auto, cpu, cuda or cuda:N"):
+        pick_device("tpu")
+    assert pick_device("cpu").type == "cpu"
+
+
+def test_epochs_without_time_replace_the_configs_budget(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    """single-default.yaml trains to 30 minutes: ``--epochs 2`` was planned as 12651 epochs
+    and trained for 30 minutes."""
+    import lineside_training.commands as commands
+
+    seen: list[Any] = []
+
+    def train(cfg: Any, *, resume: bool = False) -> Path:
+        seen.append(cfg)
+        return tmp_path
+
+    monkeypatch.setattr(commands, "train", train)
+    base = ["train", "--config", str(SINGLE), "--data", str(SAMPLE)]
+    for extra, budget in ((["--epochs", "2"], None),
+                          (["--epochs", "2", "--time", "5m"], "300s"),  # (normalised)
+                          (["--epochs", "2", "--set", "time_budget=7m"], "420s"),
+                          ([], "1800s")):
+        r = runner.invoke(app, base + extra)
+        assert r.exit_code == 0, r.output
+        assert seen[-1].time_budget == budget and (not extra or seen[-1].epochs == 2)
+    assert runner.invoke(app, [*base, "--epochs", "0"]).exit_code == 2
+
+
+def test_resume_of_a_run_that_is_not_there_is_refused(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--resume", "--name", "nosuchrun",
+                            "--device", "cpu", "--set", f"out_dir={tmp_path}"])
+    assert r.exit_code == 2 and "there is no run to continue" in r.stderr, r.output
+    assert not (tmp_path / "nosuchrun" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["evaluate", "runs/x", "--target-escape", "-1"],
+    ["evaluate", "runs/x", "--target-escape", "1.5"],
+    ["calibrate", "runs/x", "--target-escape", "-0.5"],
+    ["bench", "model", "models/deeppcb/1", "--runs", "0"],
+    ["bench", "model", "models/deeppcb/1", "--batches", "0"],
+    ["bench", "model", "models/deeppcb/1", "--batches", "a,b"],
+    ["bench", "train", "--steps", "0"],
+    ["calibrate-unchanged", "a.jpg", "b", "--tile", "0"],
+    ["calibrate-unchanged", "a.jpg", "b", "--tolerance", "-1"],
+])
+def test_numbers_out_of_range_are_refused_before_any_work(args: list[str]) -> None:
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "Invalid value" in r.output, r.output
+
+
+def test_target_escape_out_of_range_is_refused_by_the_library_too() -> None:
+    rec = ImageRecord(file_name="a.jpg", width=10, height=10, boxes=[])
+    with pytest.raises(ConfigError, match="an escape rate, 0 to under 1"):
+        calibrate_f([rec], [_pred([], [])], ["open"], target_escape=-1)
+
+
+def test_calibration_says_how_many_good_images_it_had() -> None:
+    """Out-of-fold calibration printed "false rejects 0" on a set with no good images,
+    where the run and package forms say n/a: all three now read ``good_images``."""
+    rec = ImageRecord(file_name="a.jpg", width=10, height=10,
+                      boxes=[Box(x1=1, y1=1, x2=5, y2=5, label="open")])
+    pred = _pred([[1, 1, 5, 5]], [0.9])
+    assert calibrate_f([rec], [pred], ["open"])["good_images"] == 0
+    good = ImageRecord(file_name="b.jpg", width=10, height=10, boxes=[])
+    assert calibrate_f([rec, good], [pred, _pred([], [])], ["open"])["good_images"] == 1
+
+
+def test_stats_plot_is_where_it_says(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["data", "stats", str(SAMPLE), "--plot", str(tmp_path / "plot")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "plot.png").is_file() and f"plot saved to {tmp_path / 'plot.png'}" in \
+        r.stdout.replace("\n", "")
+
+
+def _pred(boxes: list[list[float]], scores: list[float]) -> Prediction:
+    return Prediction(np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32),
+                      np.zeros(len(scores), np.int64))
