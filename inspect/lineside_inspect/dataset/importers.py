@@ -7,9 +7,11 @@ source files, plus the problems found while parsing. Nothing is written here:
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from itertools import combinations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -299,16 +301,39 @@ class _ImageIndex:
         return folders_phrase(rels) if rels else "no image folder (no images found)"
 
 
-def _voc_imagesets(files: list[Path]) -> dict[str, str]:
-    """Stem -> split from ``ImageSets/Main/{train,val,test}.txt`` (VOC's own split lists)."""
-    out: dict[str, str] = {}
+VocLists = tuple[dict[str, tuple[str, Path]], dict[str, list[Path]]]
+
+
+def _voc_imagesets(files: list[Path]) -> VocLists:
+    """Stem -> (split, list file) from VOC's own split lists in ``ImageSets/Main/``:
+    ``train.txt``, ``val.txt``, ``test.txt`` (any split word) and ``trainval.txt``, which in
+    VOC is train + val: a specific list wins, so trainval.txt only puts the images no other
+    list names into train. Per-class lists (``aeroplane_train.txt``) are not read.
+    Also the stems two specific lists put in different splits, with those lists."""
+    specific: dict[str, dict[Path, str]] = defaultdict(dict)  # stem -> {list file: split}
+    combined: dict[str, Path] = {}
     for f in files:
-        split = SPLIT_WORDS.get(f.stem.lower()) if f.suffix.lower() == ".txt" else None
+        word = f.stem.lower()
+        split = SPLIT_WORDS.get(word) if f.suffix.lower() == ".txt" else None
         if split and f.parent.name.lower() == "main" and f.parent.parent.name.lower() == "imagesets":
             for line in f.read_text(errors="replace").splitlines():
                 if line.strip():
-                    out.setdefault(line.split()[0].lower(), split)
-    return out
+                    stem = line.split()[0].lower()
+                    if word == "trainval":
+                        combined.setdefault(stem, f)
+                    else:
+                        specific[stem].setdefault(f, split)
+    out: dict[str, tuple[str, Path]] = {}
+    conflicts: dict[str, list[Path]] = {}
+    for stem, lists in specific.items():
+        if len(set(lists.values())) > 1:
+            conflicts[stem] = sorted(lists)
+        else:
+            out[stem] = next((split, f) for f, split in lists.items())
+    for stem, f in combined.items():
+        if stem not in specific:
+            out[stem] = ("train", f)
+    return out, conflicts
 
 
 def _looked_for(src: Path, files: list[Path], what: str, hint: str) -> str:
@@ -343,7 +368,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
             "A VOC set has one XML per image, in Annotations/ (or ANNOTATIONS/, annotations/) "
             "beside JPEGImages/ (or IMAGES/, images/), or beside the images."))
     index = _ImageIndex(src, pictures)
-    listed = _voc_imagesets(files)
+    listed, listed_twice = _voc_imagesets(files)
     problems: list[Problem] = []
     images: list[ImageRecord] = []
     found_by: Counter[str] = Counter()
@@ -412,7 +437,8 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
                 continue
             x1, y1, x2, y2 = coords
             boxes.append(Box(x1, y1, x2, y2, label, origin=f"{xml}:{where}"))
-        split = listed.get(path.stem.lower(), split)
+        if path.stem.lower() in listed:  # VOC's own split lists win over folder names
+            split = listed[path.stem.lower()][0]
         record = ImageRecord(rel, width, height, boxes, split=split, source=path, origin=str(xml))
         if path not in owner:
             owner[path] = len(images)
@@ -443,8 +469,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     if found_by["annotation name"]:
         notes.append(f"{found_by['annotation name']} <filename>(s) naming no image; the image "
                      "named as the XML was taken")
-    if listed:
-        notes.append("splits from ImageSets/Main/{train,val,test}.txt")
+    notes += _voc_lists_applied(images, listed, listed_twice, src, problems)
     unlabeled = [p for p in pictures if p not in used]
     if unlabeled:
         notes.append(f"{len(unlabeled)} image(s) without an XML left out, e.g. "
@@ -457,6 +482,34 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
              f"{index.folders(s)}" for s, v in sorted(xml_rels.items(), key=_split_order)]
     layout = "Pascal VOC; " + "; ".join(parts + notes)
     return Dataset(list(cats), images, info={"source": "Pascal VOC", "layout": layout}), problems
+
+
+def _voc_lists_applied(images: list[ImageRecord], listed: dict[str, tuple[str, Path]],
+                       listed_twice: dict[str, list[Path]], src: Path,
+                       problems: list[Problem]) -> list[str]:
+    """What the ``ImageSets/Main/`` lists did: how many images each list gave a split (only
+    the lists that gave one), and a problem for an image two lists put in different splits."""
+    if not listed and not listed_twice:
+        return []
+    applied: Counter[tuple[str, Path]] = Counter()
+    for rec in images:
+        stem = rec.source.stem.lower() if rec.source else ""
+        if stem in listed_twice:
+            names = " and ".join(_rel(f, src) for f in listed_twice[stem])
+            problems.append(Problem(str(listed_twice[stem][0]), "", f"{rec.file_name!r} is "
+                                    f"listed in {names}, which name different splits: a "
+                                    "model would be checked on an image it trained on; list "
+                                    "it in one only", rec.file_name))
+        elif stem in listed:
+            split, f = listed[stem]
+            applied[(split, f)] += 1
+    if not applied:
+        return ["the ImageSets/Main/ split lists name none of the images: not used"]
+    order = sorted(applied.items(), key=lambda kv: (("train", "val", "test").index(kv[0][0]), kv[0][1]))
+    folder = _rel(order[0][0][1].parent, src)
+    return [f"splits from {folder}/: " + ", ".join(
+        f"{n} {split!r} ({f.name}{', in no other list' if f.stem.lower() == 'trainval' else ''})"
+        for (split, f), n in order)]
 
 
 def _listed(doc: object, key: str) -> list[Any]:
@@ -605,6 +658,160 @@ def _yolo_boxes(label_file: Path, names: dict[int, str], names_file: str, width:
     return boxes
 
 
+YAML_SPLITS = ("train", "val", "test")
+
+
+def _norm(path: Path) -> Path:
+    """An absolute path with ``..`` and ``.`` folded, without touching the disk (a path
+    outside the source is never looked at)."""
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
+class _YamlSplits:
+    """The splits a ``data.yaml`` gives the images of ``src`` through its ``train`` /
+    ``val`` / ``test`` entries, as Ultralytics reads them: each a folder, a ``.txt`` list
+    of image paths, or a list of either; relative to ``path:`` when that is a folder inside
+    ``src``, else to data.yaml's folder (``../train/images`` beside data.yaml, as Roboflow
+    writes it, read as ``train/images``). Nothing outside ``src`` is read: an entry there
+    is a warning, and so is one naming nothing."""
+
+    def __init__(self, src: Path, cfg: Path, pictures: list[Path]) -> None:
+        self.src, self.cfg = src, cfg
+        self.cfg_rel = _rel(cfg, src)
+        self.root = _norm(src)
+        self.pictures = {_norm(p): p for p in pictures}
+        self.by_name: dict[str, list[tuple[tuple[str, ...], Path]]] = defaultdict(list)
+        for walked, p in self.pictures.items():
+            self.by_name[walked.name].append((walked.relative_to(self.root).parts, p))
+        self.notes: list[str] = []
+        self.tail_found = 0
+        # image -> [(split, entry as written)], more than one when named in several splits
+        self.named: dict[Path, list[tuple[str, str]]] = defaultdict(list)
+        self.applied: list[str] = []
+        doc = yaml.safe_load(_read_text(cfg)) or {}  # parsed before by _names_from_yaml
+        if not isinstance(doc, dict) or not any(doc.get(k) for k in YAML_SPLITS):
+            return
+        self.base = self._base(doc.get("path"))
+        by_split: dict[str, dict[Path, str]] = {}
+        for key in YAML_SPLITS:
+            value = doc.get(key)
+            entries = value if isinstance(value, list) else [value] if value else []
+            by_split[key] = {}
+            for entry in entries:
+                if not isinstance(entry, str) or not entry.strip():
+                    self.notes.append(f"warning: {self.cfg_rel} {key}: {entry!r} is not a folder "
+                                      "or list file name: ignored")
+                    continue
+                for image in self._images(key, entry.strip()):
+                    by_split[key].setdefault(image, entry.strip())
+        same = [(one, other) for one, other in combinations(YAML_SPLITS, 2)
+                if by_split[one] and by_split[one].keys() == by_split[other].keys()]
+        for one, other in same:  # Lineside's own export of a set without val: val is train
+            self.notes.append(f"{self.cfg_rel}'s {one} and {other} name the same "
+                              f"{len(by_split[one])} image(s) (no separate {other}): their "
+                              "split is read from folder names")
+        dropped = {k for pair in same for k in pair}
+        for key in YAML_SPLITS:
+            if key in dropped or not by_split[key]:
+                continue
+            used = dict.fromkeys(by_split[key].values())
+            self.applied.append(f"{key}: " + ", ".join(used))
+            for image, entry in by_split[key].items():
+                self.named[image].append((key, entry))
+        if self.tail_found:
+            self.notes.append(f"{self.tail_found} line(s) of {self.cfg_rel}'s list files found "
+                              "by the end of their path, not where they point (lists written "
+                              "on another machine?)")
+
+    def _shown(self, path: Path) -> str:
+        rel = path.relative_to(self.root).as_posix()
+        return "the top folder" if rel == "." else f"{rel}/"
+
+    def _base(self, given: object) -> Path:
+        yaml_dir = _norm(self.cfg.parent)
+        if not isinstance(given, str) or not given.strip():
+            return yaml_dir
+        base = _norm(yaml_dir / given.strip())
+        if base.is_relative_to(self.root) and base.is_dir():
+            return base
+        where = "outside " + str(self.src) if not base.is_relative_to(self.root) else "no folder"
+        self.notes.append(f"{self.cfg_rel} path: {given!r} is {where}: not used; its train/val/"
+                          f"test entries are read relative to {self._shown(yaml_dir)}")
+        return yaml_dir
+
+    def _images(self, key: str, entry: str) -> list[Path]:
+        """The images (as walked) one entry names; a warning, and none, when it names nothing here."""
+        written = entry.replace("\\", "/")
+        target = _norm(self.base / written)
+        if not target.is_relative_to(self.root) and written.startswith("../"):
+            inside = _norm(self.base / written[3:])  # Roboflow's '../train/images'
+            if inside.is_relative_to(self.root) and inside.exists():
+                target = inside
+        said = f"warning: {self.cfg_rel} {key}: {entry!r}"
+        if not target.is_relative_to(self.root):
+            if (written.startswith("../") and written[3:].split("/")[0].lower() in SPLIT_WORDS
+                    and _norm(self.base / written[3:]).is_relative_to(self.root)):
+                # Roboflow writes all three entries, a split it did not export too: no alarm
+                self.notes.append(f"{self.cfg_rel} {key}: {entry!r}: there is no {written[3:]} "
+                                  f"here, so no {key} split from it")
+                return []
+            self.notes.append(f"{said} is outside {self.src}: not read (only the folder given "
+                              "is imported): ignored")
+            return []
+        if target.is_dir():
+            found = [p for a, p in self.pictures.items() if a.is_relative_to(target)]
+            if not found:
+                self.notes.append(f"{said} is a folder with no images ({self._shown(target)}): "
+                                  "ignored")
+            return found
+        if target.is_file() and target.suffix.lower() == ".txt":
+            return self._listed(key, entry, target)
+        self.notes.append(f"{said} " + ("is not a folder or a .txt list of images: ignored"
+                                        if target.exists() else
+                                        f"names nothing in {self.src} (no such folder or list "
+                                        "file): ignored"))
+        return []
+
+    def _listed(self, key: str, entry: str, listing: Path) -> list[Path]:
+        """The images a list file names, one path a line: relative to the list's folder or
+        to the set's, or found by the end of their path (a list made on another machine)."""
+        found: list[Path] = []
+        missing: list[str] = []
+        for line in _read_text(listing).splitlines():
+            line = line.strip().replace("\\", "/")
+            if not line or line.startswith("#"):
+                continue
+            tries = [Path(line)] if Path(line).is_absolute() else [listing.parent / line,
+                                                                   self.base / line]
+            hit = next((self.pictures[a] for a in map(_norm, tries) if a in self.pictures), None)
+            if hit is None and (hit := self._by_tail(line)) is not None:
+                self.tail_found += 1
+            if hit is None:
+                missing.append(line)
+            else:
+                found.append(hit)
+        if missing:
+            self.notes.append(f"warning: {self.cfg_rel} {key}: {len(missing)} line(s) of {entry} "
+                              f"name no image in {self.src}, e.g. {missing[0]!r}: ignored")
+        if not found and not missing:
+            self.notes.append(f"warning: {self.cfg_rel} {key}: {entry} lists no image: ignored")
+        return found
+
+    def _by_tail(self, line: str) -> Path | None:
+        """The one image whose path under the source ends most like ``line``'s, if any."""
+        parts = PurePosixPath(line).parts
+        scored = []
+        for rel, p in self.by_name.get(parts[-1], []):
+            n = 0
+            while n < min(len(rel), len(parts)) and rel[-1 - n] == parts[-1 - n]:
+                n += 1
+            scored.append((n, p))
+        scored.sort(key=lambda t: -t[0])
+        if not scored or (len(scored) > 1 and scored[0][0] == scored[1][0]):
+            return None  # no image of that name, or several equally like it
+        return scored[0][1]
+
+
 def import_yolo(src: Path) -> Draft:
     """YOLO txt (``class cx cy w h`` normalised, or a polygon), names from ``data.yaml``.
     Ultralytics' ``images/<split>/`` + ``labels/<split>/``, Roboflow's
@@ -629,9 +836,21 @@ def import_yolo(src: Path) -> Draft:
     problems: list[Problem] = []
     images: list[ImageRecord] = []
     unlabeled = 0
+    yaml_splits = _YamlSplits(src, names_path, pictures) if names_path.suffix.lower() in (
+        ".yaml", ".yml") else None
+    from_folders = 0
     for path in pictures:
         src_rel = _rel(path, src)
         rel = src_rel.split("/", 1)[1] if strip else src_rel
+        named = yaml_splits.named.get(path, []) if yaml_splits else []
+        split = named[0][0] if named else split_of(src_rel)
+        from_folders += not named and split is not None
+        if len({s for s, _ in named}) > 1:
+            problems.append(Problem(
+                str(names_path), "/".join(dict.fromkeys(s for s, _ in named)),
+                f"image {rel!r} is in " + " and in ".join(f"split {s!r} ({e})" for s, e in named)
+                + ": a model would be checked on an image it trained on; name it in one split "
+                "only", rel))
         width, height = _size(path, rel, problems)
         if not width:
             continue  # unreadable: one problem, not a decode and a box problem as well
@@ -642,7 +861,7 @@ def import_yolo(src: Path) -> Draft:
         else:
             boxes = _yolo_boxes(label_file, names, str(names_path), width, height, rel,
                                 problems)
-        images.append(ImageRecord(rel, width, height, boxes, split=split_of(src_rel), source=path))
+        images.append(ImageRecord(rel, width, height, boxes, split=split, source=path))
     matched = {_label_key(_rel(p, src)) for p in pictures}
     for key, f in sorted(labels.items(), key=lambda kv: kv[1]):
         # an empty one loses nothing; a notes .txt is no label file
@@ -650,7 +869,14 @@ def import_yolo(src: Path) -> Draft:
             label_rel = _rel(f, src)
             problems.append(Problem(str(f), "", _no_image_message(f, "label file"), label_rel))
     categories = [n for n in names.values() if n.strip()]  # (_yolo_boxes refused blank ones)
-    notes = _assign_rest_to_train(images) + _clip_to_images(images) + _case_variants(categories)
+    notes = list(yaml_splits.notes) if yaml_splits else []
+    if yaml_splits and yaml_splits.applied:
+        notes.append(f"splits from {yaml_splits.cfg_rel} ({'; '.join(yaml_splits.applied)})"
+                     + (f", {from_folders} image(s) it does not name from folder names"
+                        if from_folders else ""))
+    elif from_folders:
+        notes.append("splits from folder names")
+    notes += _assign_rest_to_train(images) + _clip_to_images(images) + _case_variants(categories)
     notes += _thin_classes(images, categories)
     if images and unlabeled == len(images) and any(f.suffix.lower() == ".xml" for f in files):
         # a VOC folder with a labelImg classes.txt: every defect would import as a good part
