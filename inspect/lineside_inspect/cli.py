@@ -127,18 +127,20 @@ def data_import(
     out.print(f"imported {s['images']} images ({good} good, {s['images'] - good} defective), "
               f"{nboxes} boxes, {len(s['classes'])} classes into {dst}"
               + (f"; skipped {_skipped(skipped)}" if skipped else ""))
-    if any(r.split for r in dataset.images):
-        # the split came with the source (train/valid folders, Validation_*): public sets
-        # often ship a copy on both sides, and split/validate may never be run before train
-        from lineside_inspect.dataset import find_duplicates, read_dataset
-        from lineside_inspect.dataset.duplicates import label_conflicts
+    # a split that came with the source (train/valid folders, Validation_*): public sets
+    # often ship a copy on both sides; and one picture labelled two ways (a copy, a
+    # symlink) is a mislabel wherever it is. validate and split may never be run before
+    # train, so import says both
+    from lineside_inspect.dataset import find_duplicates, read_dataset
+    from lineside_inspect.dataset.duplicates import label_conflicts
 
-        for g in find_duplicates(read_dataset(dst)):
-            if g.across_splits:
-                err.print(f"warning: {g.describe()}: in the split this set came with, "
-                          f"{g.leak}; {g.remedy}", highlight=False, markup=False)
-                for problem in label_conflicts([g]):
-                    err.print(f"warning: {problem.message}", highlight=False, markup=False)
+    for g in find_duplicates(read_dataset(dst)):
+        if g.across_splits:
+            err.print(f"warning: {g.describe()}: in the split this set came with, "
+                      f"{g.leak}; {g.remedy}", highlight=False, markup=False)
+        for problem in label_conflicts([g]):
+            err.print(f"warning: {problem.message} (lineside data validate lists them)",
+                      highlight=False, markup=False)
 
 
 def _skipped(problems: list[Any]) -> str:

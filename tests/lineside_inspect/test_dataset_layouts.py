@@ -6,6 +6,7 @@ tiny generated images."""
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -317,6 +318,17 @@ def test_import_warns_of_copies_across_the_split_it_came_with(tmp_path: Path) ->
     r = runner.invoke(app, ["data", "import", "-f", "voc", str(kaggle_neu(tmp_path / "clean")),
                             str(tmp_path / "clean-out")])
     assert r.exit_code == 0 and "warning" not in r.stderr
+    # a set with no split of its own: one picture, two files, labelled two ways, was
+    # imported without a word (validate then refused it)
+    flat = kaggle_neu(tmp_path / "flat")
+    for sub in ("Validation_Images", "Validation_Annotations"):
+        shutil.rmtree(flat / sub)
+    (flat / "IMAGES" / "scratches_9.jpg").write_bytes((flat / "IMAGES" / "scratches_1.jpg").read_bytes())
+    voc_xml(flat / "ANNOTATIONS" / "scratches_9.xml", "scratches_9", [("patches", 5, 5, 30, 20)])
+    r = runner.invoke(app, ["data", "import", "-f", "voc", str(flat), str(tmp_path / "flat-out")])
+    assert r.exit_code == 0, r.stderr
+    assert "one of them is mislabelled" in r.stderr and "lineside data validate lists them" in r.stderr
+    assert "in the split this set came with" not in r.stderr
 
 
 def test_coco_shapes_crowds_and_classes_a_user_should_hear_of(tmp_path: Path) -> None:
