@@ -378,8 +378,9 @@ def test_a_review_on_a_shared_database_goes_up_from_the_inspections_box(
 def test_ids_from_a_box_are_read_in_order(hub: ServedHub) -> None:
     """A part id holding U+202E reversed the hub's review page line (model, recipe, time
     read backwards); an older box still sends one: taken, its controls made U+FFFD."""
-    item = _forwarded(1_000_000, part_id="\u202eevil-\u2066x", camera_id="cam\u200f1")
+    item = _forwarded(1_000_000, part_id="\u202eevil-\u2066x", camera_id="cam\u200f1\r\n\t2")
     assert _post(hub, "box2", "inspections", {"items": [item]}).status_code == 200
     qa = {"authorization": f"Bearer {KEYS['qa']}"}
     got = httpx.get(f"{hub.url}/v1/inspections/{item['id']}", headers=qa).json()
-    assert got["part_id"] == "\ufffdevil-\ufffdx" and got["camera_id"] == "cam\ufffd1"
+    # a line break in a camera id split its row of the stations CSV in two
+    assert got["part_id"] == "\ufffdevil-\ufffdx" and got["camera_id"] == "cam\ufffd1\ufffd\ufffd\ufffd2"

@@ -69,7 +69,7 @@ from lineside_inspect.fleet.protocol import (
     ForwardedInspection,
 )
 from lineside_inspect.imageio import header_size
-from lineside_inspect.names import BIDI_RE, MAX_CLASS_NAME, scrub_text
+from lineside_inspect.names import BIDI_RE, CONTROL_RE, MAX_CLASS_NAME, scrub_text
 from lineside_inspect.names import MAX_CLASSES as MAX_CARD_CLASSES
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.package import MAX_DETECTIONS
@@ -364,10 +364,11 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
 
 
 def _in_order(value: str | None) -> str | None:
-    """An id a page shows, its bidirectional controls made U+FFFD: a box's part id holding
-    U+202E reversed the review page's line (a box of this release refuses them; an older
-    one's records are taken, not refused for good)."""
-    return None if value is None else BIDI_RE.sub("\ufffd", value)
+    """An id a page shows, its bidirectional controls and control characters made U+FFFD:
+    a box's part id holding U+202E reversed the review page's line, and a camera id holding
+    a line break split its row of the stations CSV in two (a box of this release refuses
+    both; an older or broken one's records are taken, not refused for good)."""
+    return None if value is None else CONTROL_RE.sub("\ufffd", BIDI_RE.sub("\ufffd", value))
 
 
 def _check_defects(seq: int, rec: StoredInspection) -> None:
