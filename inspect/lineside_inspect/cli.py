@@ -162,7 +162,7 @@ def data_validate(
     """Check a dataset: every problem with its file and line or field, and exact or near
     duplicate images (a problem when copies sit on both sides of a split)."""
     from lineside_inspect.dataset.duplicates import DuplicateGroup
-    from lineside_inspect.dataset.validate import check_dir, dedupe_dir
+    from lineside_inspect.dataset.validate import check_dir, dedupe_dir, unlisted_images
 
     said: set[str] = set()  # images of groups --dedupe left whole, reported once
     if dedupe:
@@ -189,6 +189,11 @@ def data_validate(
             continue  # said above: left whole
         keeps = "--dedupe leaves it whole" if group.labels_differ else "--dedupe keeps one"
         err.print(f"warning: {group.describe()} ({keeps})", highlight=False, markup=False)
+    unlisted = unlisted_images(root, report.dataset)
+    if unlisted:
+        err.print(f"warning: {len(unlisted)} image file(s) under images/ are not in "
+                  f"annotations.json, so training never sees them, e.g. {unlisted[0]!r} (import "
+                  "them with their labels: lineside data import)", highlight=False, markup=False)
     if report.problems:
         raise DatasetError(f"{root}: {len(report.problems)} problem(s)", report.problems)
     out.print(f"{root}: valid")

@@ -31,6 +31,21 @@ def test_sample_is_valid(sample: Path) -> None:
     assert validate_dir(sample) == []
 
 
+def test_images_the_annotations_do_not_list_are_warned_of(sample: Path) -> None:
+    """An image copied into images/ by hand was ignored without a word: training never
+    sees it."""
+    r = runner.invoke(app, ["data", "validate", str(sample)])
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.output  # templates are listed
+    name = _doc(sample)["images"][0]["file_name"]
+    extra = sample / "images" / "extra" / "by-hand.jpg"
+    extra.parent.mkdir()
+    extra.write_bytes((sample / "images" / name).read_bytes())
+    r = runner.invoke(app, ["data", "validate", str(sample)])
+    assert r.exit_code == 0 and "valid" in r.stdout, r.output
+    assert "warning: 1 image file(s) under images/ are not in annotations.json, so training " \
+        "never sees them, e.g. 'extra/by-hand.jpg'" in r.stderr
+
+
 def test_missing_image(sample: Path) -> None:
     name = _doc(sample)["images"][0]["file_name"]
     (sample / "images" / name).unlink()

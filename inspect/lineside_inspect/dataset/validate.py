@@ -18,7 +18,7 @@ from lineside_inspect.dataset.duplicates import (
 )
 from lineside_inspect.dataset.model import Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, ImageError, Problem
-from lineside_inspect.imageio import decode_image
+from lineside_inspect.imageio import IMAGE_SUFFIXES, decode_image
 
 
 def _check_pixels(dataset: Dataset, rec: ImageRecord,
@@ -134,6 +134,17 @@ def check_dir(root: str | Path, *, check_pixels: bool = True) -> Validation:
     problems = problems + validate_dataset(dataset, check_pixels=check_pixels, prints=prints)
     groups = find_duplicates(dataset, prints) if prints is not None else []
     return Validation(dataset, problems + duplicate_problems(groups), groups)
+
+
+def unlisted_images(root: str | Path, dataset: Dataset) -> list[str]:
+    """Image files under ``root/images/`` that ``annotations.json`` does not list (copied
+    in by hand?): training never sees them, and nothing else says so. Sorted, "/"-separated."""
+    images = Path(root) / "images"
+    listed = {r.file_name for r in dataset.images} | {
+        r.reference for r in dataset.images if r.reference}
+    found = (p.relative_to(images).as_posix() for p in images.rglob("*")
+             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(f for f in found if f not in listed)
 
 
 def dedupe_dir(root: str | Path) -> tuple[list[ImageRecord], list[DuplicateGroup]]:
