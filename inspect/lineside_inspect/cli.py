@@ -381,6 +381,8 @@ def train_cmd(
         # asked for N epochs: the config's budget (single-default.yaml: 30m) would refit
         # the schedule and ignore them
         overrides.append("time_budget=null")
+    if resume and data is None:
+        data = t.resumed_data(config, overrides, name)  # the run says what it trained on
     cfg = t.load_config(config, overrides, data=data, model=model, weights=weights,
                         epochs=epochs, name=name, device=device, extra_data=merge or None,
                         time_budget=time, threads=threads)

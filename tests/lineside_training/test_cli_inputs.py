@@ -4,6 +4,7 @@ help says (a review by a new user found each of these)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,21 @@ def test_resume_of_a_run_that_is_not_there_is_refused(tmp_path: Path) -> None:
                             "--device", "cpu", "--set", f"out_dir={tmp_path}"])
     assert r.exit_code == 2 and "there is no run to continue" in r.stderr, r.output
     assert not (tmp_path / "nosuchrun" / "last.pt").exists()
+    r = runner.invoke(app, ["train", "--resume", "--name", "nosuchrun", "--device", "cpu",
+                            "--set", f"out_dir={tmp_path}"])  # nor without --data
+    assert r.exit_code == 2 and "give --data DATASET" in r.stderr, r.output
+
+
+def test_resume_takes_the_data_the_run_trained_on(tmp_path: Path) -> None:
+    """``--resume`` asked for ``--data`` though the run records what it trained on."""
+    tiny = ["--device", "cpu", "--name", "r", "--set", f"out_dir={tmp_path}",
+            "--set", "max_steps_per_epoch=1", "--set", "crop_size=128", "--set", "batch_size=2"]
+    r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--epochs", "1", *tiny])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", "--resume", "--epochs", "2", *tiny])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert max(x.get("epoch", 0) for x in lines) == 2
 
 
 @pytest.mark.parametrize("args", [

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.package import read_card
 from lineside_training import engine
@@ -21,7 +23,22 @@ from lineside_training.config import TrainConfig, read_config, sizes_from_data, 
 from lineside_training.models import list_models
 
 __all__ = ["anomaly_summary", "bench_train", "calibrate", "evaluate", "export", "list_models",
-           "load_config", "train"]
+           "load_config", "resumed_data", "train"]
+
+
+def resumed_data(path: str | Path | None, overrides: list[str] | None,
+                 name: str | None) -> str | None:
+    """For ``--resume`` without ``--data``: the dataset the run to continue trained on
+    (its ``config.yaml``), when neither the config nor an override names one."""
+    doc = read_config(path, overrides, name=name)
+    if doc.get("data") is not None:
+        return None
+    saved = Path(str(doc.get("out_dir", "runs"))) / str(doc.get("name", "run")) / "config.yaml"
+    try:
+        was = yaml.safe_load(saved.read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # no run there: train() says so
+    return str(was["data"]) if isinstance(was, dict) and was.get("data") else None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
