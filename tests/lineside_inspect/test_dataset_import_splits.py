@@ -7,24 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from lineside_inspect.dataset import import_dataset
 from lineside_inspect.dataset.model import Dataset
 from lineside_inspect.errors import DatasetError
 
-
-def _jpg(path: Path, width: int = 128, height: int = 96) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = np.full((height, width, 3), 128, np.uint8)
-    cv2.rectangle(image, (10, 10), (40, 30), (0, 0, 255), -1)
-    assert cv2.imwrite(str(path), image)
-
-
-def _messages(exc: pytest.ExceptionInfo[DatasetError]) -> str:
-    return str(exc.value) + "\n" + "\n".join(str(p) for p in exc.value.problems)
+from .test_dataset_import_findings import _jpg, _messages
 
 
 def _splits(ds: Dataset) -> dict[str, str | None]:
