@@ -1,5 +1,6 @@
 """The hub's retention: inspections past ``retention_days`` leave the hub with their
-reviews and images (a real SeaweedFS), reference images stay, each box's count follows,
+reviews and images (a real SeaweedFS), a reference image goes with the last inspection
+pointing at it, each box's count follows,
 and an object store that is down leaves the rows for the next round. A real hub (SQLite)
 on loopback."""
 
@@ -64,7 +65,8 @@ def test_old_inspections_leave_the_hub_with_reviews_and_images(
         box = client(hub)
         ref = _png(20)
         old1 = _item(1, 40, _png(21), ref)
-        old2 = _item(2, 35, _png(22), None)
+        only_old = _png(19)  # the golden image of a recipe no box inspects any more
+        old2 = _item(2, 35, _png(22), only_old)
         old3 = _item(3, 31, None, None)  # a pass kept without its image
         new = _item(4, 1, _png(23), ref)
         late = _item(5, 45, _png(24), None)  # a box's clock 45 days behind, or its backlog
@@ -107,10 +109,12 @@ def test_old_inspections_leave_the_hub_with_reviews_and_images(
             assert s.get(BoxCountRow, "box1").held == 2  # type: ignore[union-attr]
         assert not objects.exists(images[old1.id]) and not objects.exists(images[old2.id])
         assert objects.exists(images[new.id]) and objects.exists(images[late.id])
-        assert objects.exists(f"refs/{hashlib.sha256(ref).hexdigest()}.png")  # shared: kept
+        assert objects.exists(_ref_key(ref))  # shared with an inspection kept: kept
+        assert done.references == 1 and not objects.exists(_ref_key(only_old))
         assert retention.run_once().deleted == 0
         metrics = httpx.get(hub.url + "/metrics").text
         assert "lineside_hub_retention_deleted_total 4.0" in metrics
+        assert "lineside_hub_retention_references_deleted_total 1.0" in metrics
 
         # a box's late review of a deleted inspection: the hub says it does not hold it
         # (the box, which forwarded it long ago, drops that review and goes on)
@@ -119,6 +123,65 @@ def test_old_inspections_leave_the_hub_with_reviews_and_images(
         ack2 = box.post(box.path(REVIEWS_UP), ReviewBatch(items=[review]), ReviewAck)
         assert ack2.through_seq == 0 and ack2.waiting == "inspection"
         box.close()
+
+
+def test_a_reference_retention_deletes_as_a_box_forwards_it_again_is_put_back(
+        tmp_path: Path, weed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingest puts a reference image only when the object is not there; retention
+    deletes one when no inspection points at it. Either may come between the other's
+    look and its write: whichever comes second puts the image back."""
+    from lineside_inspect.fleet.hub.ingest import Ingest
+    from lineside_inspect.fleet.hub.retention import RetentionRound
+
+    settings = hub_settings(tmp_path, weed.settings("hub-retention-race"),
+                            retention_days=30, retention_interval_s=86400)
+    with ServedHub(settings) as hub:
+        retention, objects = hub.app.state.retention, hub.app.state.objects
+        box = client(hub)
+        ref = _png(30)
+        key = _ref_key(ref)
+        old = _item(1, 40, None, ref)
+        assert box.post(box.path(FORWARD), ForwardBatch(items=[old]), ForwardAck).stored == 1
+        with Session(hub.store.engine) as s, s.begin():
+            s.execute(update(InspectionRow).values(received_at=InspectionRow.created_at))
+        # 1. retention deletes the image after a new batch's ingest found it there, before
+        # the batch's rows are committed: the ingest puts it back once they are
+        commit = Ingest._commit
+
+        def retention_first(self: Ingest, *args: Any) -> int:
+            assert retention.run_once().references == 1 and not objects.exists(key)
+            return commit(self, *args)
+
+        monkeypatch.setattr(Ingest, "_commit", retention_first)
+        new = _item(2, 0, None, ref)
+        assert box.post(box.path(FORWARD), ForwardBatch(items=[new]), ForwardAck).stored == 1
+        monkeypatch.setattr(Ingest, "_commit", commit)
+        assert objects.exists(key) and hub.store.get(new.id).reference_path == key
+        # 2. a batch pointing at the image is stored after retention found none did, before
+        # it deletes: retention puts it back
+        with Session(hub.store.engine) as s, s.begin():
+            s.execute(update(InspectionRow).values(received_at=InspectionRow.created_at))
+        assert retention.run_once().deleted == 0  # (new is a day old: kept)
+        with Session(hub.store.engine) as s, s.begin():
+            s.execute(update(InspectionRow).where(InspectionRow.id == new.id)
+                      .values(received_at=NOW - timedelta(days=40)))
+        late = _item(3, 0, None, ref)
+        get = objects.get
+
+        def forwarded_meanwhile(k: str) -> bytes:
+            data = get(k)
+            assert box.post(box.path(FORWARD), ForwardBatch(items=[late]), ForwardAck).stored == 1
+            return data
+
+        monkeypatch.setattr(objects, "get", forwarded_meanwhile)
+        done = retention.run_once()
+        assert isinstance(done, RetentionRound) and (done.deleted, done.references) == (1, 0)
+        assert objects.exists(key) and hub.store.get(late.id).reference_path == key
+        box.close()
+
+
+def _ref_key(image: bytes) -> str:
+    return f"refs/{hashlib.sha256(image).hexdigest()}.png"
 
 
 def _held(hub: ServedHub, inspection_id: str) -> bool:

@@ -68,7 +68,8 @@ class HubSettings(BaseSettings):
         "the review session cookie's name (see the edge server's setting)"))
     retention_days: float | None = Field(None, gt=0, le=36500, description=(
         "inspections the hub received longer ago than this leave it with their reviews "
-        "and images; reference images are kept. None: the hub keeps everything"))
+        "and images (a reference image with the last inspection pointing at it). None: "
+        "the hub keeps everything"))
     retention_interval_s: float = Field(3600.0, gt=0, le=86400, description=(
         "how often the retention runs (first at start-up)"))
 

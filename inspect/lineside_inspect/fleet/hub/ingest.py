@@ -155,7 +155,11 @@ class Ingest:
                 # the hub ran made every forward a 503 until a restart
                 self._bucket_ready = False
                 raise
+            # (read before the commit, which expires the rows' attributes)
+            refs = {rows[i.seq].row.reference_path: rows[i.seq].reference for i in new
+                    if rows[i.seq].reference is not None and rows[i.seq].row.reference_path}
             stored = self._commit(box_id, [rows[i.seq].row for i in new], seqs[-1])
+            self._keep_references(refs)
         if stored:
             log.info("hub: box %s: %d inspection(s) stored through seq %d", box_id, stored,
                      seqs[-1])
@@ -182,6 +186,23 @@ class Ingest:
                 and not self.objects.exists(row.reference_path):  # content-addressed: once
             self.objects.put(row.reference_path, p.reference,
                              CONTENT_TYPES[row.reference_path[-3:]])
+
+    def _keep_references(self, refs: dict[str | None, bytes | None]) -> None:
+        """Put back a reference image (key: bytes) the hub's retention deleted between this
+        batch's look (the object was there, so it was not put) and its commit: the last
+        inspection that pointed at it had gone meanwhile (fleet/hub/retention.py). Its rows
+        are stored: a failure here is logged, not answered."""
+        for key, data in refs.items():
+            if key is None or data is None:
+                continue
+            try:
+                if not self.objects.exists(key):
+                    self.objects.put(key, data, CONTENT_TYPES[key[-3:]])
+                    log.info("hub: reference image %s put back (deleted by retention as this "
+                             "batch was stored)", key)
+            except ObjectStoreUnavailable as exc:
+                log.error("hub: could not check reference image %s after storing its "
+                          "inspections: %s", key, exc)
 
     def _commit(self, box_id: str, rows: list[InspectionRow], through: int) -> int:
         """The new rows and the cursor in one transaction; rows another request stored

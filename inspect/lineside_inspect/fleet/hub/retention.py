@@ -10,9 +10,15 @@ each box's held count in one transaction. An object store that cannot be reached
 the round (the next one tries again). Objects first, because a round that fails in
 between leaves rows whose images are gone (their page says so) which the next round
 deletes again; rows first would leave images nothing points at, for good. A row whose
-image could not be deleted stays for the next round. Reference (golden) images are kept:
-they are content-addressed and shared by every inspection of a recipe, few, and a new
-inspection may point at one at any moment.
+image could not be deleted stays for the next round.
+
+Reference (golden) images are content-addressed and shared by every inspection of a
+camera's recipe, so one goes only when the last inspection pointing at it has gone
+(:meth:`HubRetention._drop_unused_references`). A box may forward a new inspection of
+that golden image at any moment, whose ingest found the object there and did not put it
+again; so the object is read before it is deleted and put back when a row points at it
+afterwards, and the ingest looks again once its rows are committed
+(``Ingest._keep_references``): whichever of the two comes second restores it.
 
 Boxes are unaffected: a box's own store has its own retention. A review a box sends of an
 inspection the hub no longer holds is answered ``waiting: inspection``; the box, which
@@ -25,7 +31,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +39,8 @@ from prometheus_client import Counter
 from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
+from lineside_inspect.errors import NotFoundError
+from lineside_inspect.fleet.hub.images import CONTENT_TYPES
 from lineside_inspect.fleet.hub.tables import BoxCountRow
 from lineside_inspect.store.models import InspectionRow
 
@@ -52,6 +60,9 @@ MAX_SKIPPED = 10 * BATCH
 class RetentionRound:
     deleted: int = 0  # rows (with their reviews and images)
     kept: int = 0  # rows past the cutoff whose image could not be deleted: next round
+    references: int = 0  # reference images no inspection points at any more, deleted
+    # reference keys of the rows deleted: looked at once the round's rows are gone
+    refs: set[str] = field(default_factory=set)
 
 
 class HubRetention:
@@ -68,6 +79,7 @@ class HubRetention:
         self._thread: threading.Thread | None = None
         self._counter: Counter | None = None
         self._failures: Counter | None = None
+        self._references: Counter | None = None
         if metrics is not None:
             self._counter = Counter("lineside_hub_retention_deleted", "Inspections the hub's "
                                     "retention deleted (with their reviews and images)",
@@ -75,6 +87,10 @@ class HubRetention:
             self._failures = Counter("lineside_hub_retention_failures", "Retention rounds "
                                      "that stopped early (database or object store down)",
                                      registry=metrics.registry)
+            self._references = Counter("lineside_hub_retention_references_deleted",
+                                       "Reference images the hub's retention deleted once "
+                                       "no inspection pointed at them",
+                                       registry=metrics.registry)
 
     def run_once(self, now: datetime | None = None) -> RetentionRound:
         """Delete what is past the cutoff, batch by batch, until nothing is (or every row
@@ -89,18 +105,48 @@ class HubRetention:
                         (InspectionRow.received_at.is_(None) & (InspectionRow.created_at < cutoff),
                          InspectionRow.created_at)):
             self._delete_where(old, by, done)
+        self._drop_unused_references(done)
         if done.deleted or done.kept:
-            log.info("hub retention: %d inspection(s) received before %s deleted%s",
+            log.info("hub retention: %d inspection(s) received before %s deleted%s%s",
                      done.deleted, cutoff.isoformat(timespec="seconds"),
+                     f", and {done.references} reference image(s) no inspection points at"
+                     if done.references else "",
                      f"; {done.kept} kept for the next round (their images could not be "
                      "deleted)" if done.kept else "")
         return done
+
+    def _referenced(self, key: str) -> bool:
+        with Session(self.store.engine) as s:
+            return s.scalar(select(InspectionRow.id)
+                            .where(InspectionRow.reference_path == key).limit(1)) is not None
+
+    def _drop_unused_references(self, done: RetentionRound) -> None:
+        """Delete the reference images of ``done.refs`` no inspection points at now. Read
+        first and put back when an inspection stored meanwhile points at one (its ingest
+        found the object there before the delete: the module's docstring)."""
+        for key in sorted(done.refs):
+            if self._stop.is_set() or self._referenced(key):
+                continue
+            try:
+                data = self.objects.get(key)
+            except NotFoundError:
+                continue
+            if self.objects.delete_many([key]):
+                continue  # the store would not delete it: looked at when its user goes
+            if self._referenced(key):
+                self.objects.put(key, data, CONTENT_TYPES.get(key.rsplit(".", 1)[-1],
+                                                              "application/octet-stream"))
+                continue
+            done.references += 1
+            if self._references is not None:
+                self._references.inc()
 
     def _delete_where(self, old: ColumnElement[bool], by: Any, done: RetentionRound) -> None:
         skip: set[str] = set()  # rows whose image stays this round
         while not self._stop.is_set() and len(skip) < MAX_SKIPPED:
             with Session(self.store.engine) as s:
-                q = (select(InspectionRow.id, InspectionRow.image_path).where(old)
+                q = (select(InspectionRow.id, InspectionRow.image_path,
+                            InspectionRow.reference_path).where(old)
                      .order_by(by).limit(BATCH + len(skip)))
                 rows = [r for r in s.execute(q) if r.id not in skip][:BATCH]
             if not rows:
@@ -111,6 +157,8 @@ class HubRetention:
             gone = [r.id for r in rows if r.id not in kept]
             skip |= kept
             done.kept += len(kept)
+            done.refs.update(r.reference_path for r in rows
+                             if r.id not in kept and r.reference_path)
             with Session(self.store.engine) as s, s.begin():
                 # counted from what was deleted: a second hub process deleting the same
                 # rows meanwhile must not take them off the boxes' counts twice (a SQLite
