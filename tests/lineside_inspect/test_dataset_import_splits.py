@@ -80,6 +80,22 @@ def test_voc_image_in_train_and_val_lists_is_a_problem(tmp_path: Path) -> None:
     assert len(skipped) == 1
 
 
+def test_voc_trainval_beside_test_and_lists_saved_by_notepad(tmp_path: Path) -> None:
+    """trainval.txt and test.txt naming one image went to test without a word; a val.txt
+    with a byte-order mark and CRLF lost its first name to trainval's train."""
+    src = tmp_path / "voc"
+    _voc(src, 4, {"trainval.txt": _ids(0, 1, 2), "test.txt": _ids(2, 3)})
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("voc", src, tmp_path / "out")
+    assert ("'JPEGImages/img2.jpg' is listed in ImageSets/Main/test.txt and "
+            "ImageSets/Main/trainval.txt, which name different splits") in _messages(exc)
+    notepad = tmp_path / "notepad"
+    _voc(notepad, 3, {"trainval.txt": _ids(0, 1, 2), "train.txt": _ids(0, 1)})
+    (notepad / "ImageSets" / "Main" / "val.txt").write_bytes(b"\xef\xbb\xbfimg2\r\n")
+    ds, _ = import_dataset("voc", notepad, tmp_path / "out2")
+    assert _splits(ds)["JPEGImages/img2.jpg"] == "val"
+
+
 # --- YOLO: data.yaml's train / val / test ---------------------------------------------------
 
 def _yolo(src: Path, yaml_text: str, images: list[str]) -> None:
@@ -132,15 +148,47 @@ def test_yolo_splits_from_lists_of_entries_relative_to_path(tmp_path: Path) -> N
     assert "1 line(s) of data.yaml's list files found by the end of their path" in layout
 
 
-def test_yolo_image_in_two_splits_of_data_yaml_is_a_problem(tmp_path: Path) -> None:
+def test_yolo_image_in_two_splits_of_data_yaml_goes_to_the_held_out_one(tmp_path: Path) -> None:
+    """Ultralytics users train a final model on train + val (``train: [images/train,
+    images/val]``): refused at first; the image is val's, and the layout says so."""
     src = tmp_path / "src"
-    _yolo(src, "train: images\nval: images/v\nnames: [scratch]\n", ["t/a.jpg", "v/b.jpg"])
-    with pytest.raises(DatasetError) as exc:
-        import_dataset("yolo", src, tmp_path / "out")
-    assert ("data.yaml:train/val: image 'v/b.jpg' is in split 'train' (images) and in split "
-            "'val' (images/v)") in _messages(exc)
-    ds, skipped = import_dataset("yolo", src, tmp_path / "out", skip_invalid=True)
-    assert _splits(ds) == {"t/a.jpg": "train"} and len(skipped) == 1
+    _yolo(src, "train: [images/train, images/val]\nval: images/val\nnames: [scratch]\n",
+          ["train/a.jpg", "val/b.jpg"])
+    ds, skipped = import_dataset("yolo", src, tmp_path / "out")
+    assert _splits(ds) == {"train/a.jpg": "train", "val/b.jpg": "val"} and not skipped
+    assert "1 image(s) data.yaml names in train and val imported as val only" in ds.info["layout"]
+
+
+def test_yolo_data_yaml_that_cannot_be_followed_is_warned_not_fatal(tmp_path: Path) -> None:
+    """A list file in latin-1, an entry too long for the file system, an alias bomb of
+    578 bytes (its list printed whole took all memory): each a warning, the import goes on
+    with the splits of the folder names."""
+    src = tmp_path / "src"
+    bomb = "".join(f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 9 if n else ['"x"'] * 9) + "]\n"
+                   for n in range(9))
+    _yolo(src, bomb + "train: [*a8]\nval: val.txt\ntest: " + "d" * 300 + "\nnames: [scratch]\n",
+          ["train/a.jpg", "val/b.jpg"])
+    (src / "val.txt").write_bytes("images/val/caf\u00e9.jpg\n".encode("latin-1"))
+    ds, _ = import_dataset("yolo", src, tmp_path / "out")
+    assert _splits(ds) == {"train/a.jpg": "train", "val/b.jpg": "val"}
+    layout = ds.info["layout"]
+    assert "warning: data.yaml train: a list is not a folder or list file name" in layout
+    assert "warning: data.yaml val: 'val.txt' cannot be read (" in layout and "not UTF-8" in layout
+    assert "warning: data.yaml test: 'ddd" in layout and len(layout) < 3000
+
+
+def test_yolo_roboflow_export_in_a_project_folder(tmp_path: Path) -> None:
+    """Roboflow's ``../train/images`` from ``proj/data.yaml`` imported as the folder above
+    it: read as ``proj/train/images``, not warned of three times."""
+    proj = tmp_path / "parent" / "proj"
+    proj.mkdir(parents=True)
+    (proj / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\n"
+                                    "test: ../test/images\nnames: [scratch]\n")
+    for sub in ("train", "valid"):
+        _jpg(proj / sub / "images" / f"{sub}.jpg")
+    ds, _ = import_dataset("yolo", tmp_path / "parent", tmp_path / "out")
+    assert set(_splits(ds).values()) == {"train", "val"}
+    assert "warning" not in ds.info["layout"]
 
 
 def test_yolo_entries_outside_the_source_or_naming_nothing_are_warned(tmp_path: Path) -> None:
@@ -172,7 +220,7 @@ def test_yolo_list_lines_naming_no_image_are_warned(tmp_path: Path) -> None:
     (src / "val.txt").write_text("images/b.jpg\n")
     ds, _ = import_dataset("yolo", src, tmp_path / "out")
     assert _splits(ds) == {"a.jpg": "train", "b.jpg": "val"}
-    assert ("warning: data.yaml train: 1 line(s) of train.txt name no image in "
+    assert ("warning: data.yaml train: 1 line(s) of 'train.txt' name no image in "
             f"{src}, e.g. 'images/gone.jpg'") in ds.info["layout"]
 
 

@@ -309,14 +309,16 @@ def _voc_imagesets(files: list[Path]) -> VocLists:
     ``train.txt``, ``val.txt``, ``test.txt`` (any split word) and ``trainval.txt``, which in
     VOC is train + val: a specific list wins, so trainval.txt only puts the images no other
     list names into train. Per-class lists (``aeroplane_train.txt``) are not read.
-    Also the stems two specific lists put in different splits, with those lists."""
+    Also the stems two lists put in different splits (trainval.txt beside test.txt too),
+    with those lists."""
     specific: dict[str, dict[Path, str]] = defaultdict(dict)  # stem -> {list file: split}
     combined: dict[str, Path] = {}
     for f in files:
         word = f.stem.lower()
         split = SPLIT_WORDS.get(word) if f.suffix.lower() == ".txt" else None
         if split and f.parent.name.lower() == "main" and f.parent.parent.name.lower() == "imagesets":
-            for line in f.read_text(errors="replace").splitlines():
+            # (a BOM, from Notepad, would hide the first name)
+            for line in f.read_bytes().decode("utf-8-sig", errors="replace").splitlines():
                 if line.strip():
                     stem = line.split()[0].lower()
                     if word == "trainval":
@@ -333,6 +335,8 @@ def _voc_imagesets(files: list[Path]) -> VocLists:
     for stem, f in combined.items():
         if stem not in specific:
             out[stem] = ("train", f)
+        elif stem not in conflicts and out[stem][0] not in ("train", "val"):
+            conflicts[stem] = sorted([f, out.pop(stem)[1]])  # trainval's and test's
     return out, conflicts
 
 
@@ -659,6 +663,13 @@ def _yolo_boxes(label_file: Path, names: dict[int, str], names_file: str, width:
 
 
 YAML_SPLITS = ("train", "val", "test")
+MAX_YAML_ENTRIES = 256  # entries of one split in data.yaml (an alias bomb has millions)
+
+
+def _said(entry: object) -> str:
+    """An entry as a message shows it: text cut short, anything else by its type (a YAML
+    alias bomb's list printed whole took every byte of memory)."""
+    return repr(entry[:120]) if isinstance(entry, str) else f"a {type(entry).__name__}"
 
 
 def _norm(path: Path) -> Path:
@@ -697,12 +708,24 @@ class _YamlSplits:
             value = doc.get(key)
             entries = value if isinstance(value, list) else [value] if value else []
             by_split[key] = {}
+            if len(entries) > MAX_YAML_ENTRIES:
+                self.notes.append(f"warning: {self.cfg_rel} {key}: {len(entries)} entries, over "
+                                  f"the {MAX_YAML_ENTRIES} read: ignored")
+                entries = []
             for entry in entries:
                 if not isinstance(entry, str) or not entry.strip():
-                    self.notes.append(f"warning: {self.cfg_rel} {key}: {entry!r} is not a folder "
-                                      "or list file name: ignored")
+                    self.notes.append(f"warning: {self.cfg_rel} {key}: {_said(entry)} is not a "
+                                      "folder or list file name: ignored")
                     continue
-                for image in self._images(key, entry.strip()):
+                try:
+                    images = self._images(key, entry.strip())
+                except (OSError, DatasetError) as exc:  # a name too long, a list not UTF-8
+                    reason = exc.message if isinstance(exc, DatasetError) else (
+                        exc.strerror or type(exc).__name__)
+                    self.notes.append(f"warning: {self.cfg_rel} {key}: {_said(entry)} cannot be "
+                                      f"read ({reason}): ignored")
+                    continue
+                for image in images:
                     by_split[key].setdefault(image, entry.strip())
         same = [(one, other) for one, other in combinations(YAML_SPLITS, 2)
                 if by_split[one] and by_split[one].keys() == by_split[other].keys()]
@@ -732,10 +755,13 @@ class _YamlSplits:
         if not isinstance(given, str) or not given.strip():
             return yaml_dir
         base = _norm(yaml_dir / given.strip())
-        if base.is_relative_to(self.root) and base.is_dir():
-            return base
+        try:
+            if base.is_relative_to(self.root) and base.is_dir():
+                return base
+        except OSError:  # a name too long
+            pass
         where = "outside " + str(self.src) if not base.is_relative_to(self.root) else "no folder"
-        self.notes.append(f"{self.cfg_rel} path: {given!r} is {where}: not used; its train/val/"
+        self.notes.append(f"{self.cfg_rel} path: {_said(given)} is {where}: not used; its train/val/"
                           f"test entries are read relative to {self._shown(yaml_dir)}")
         return yaml_dir
 
@@ -743,18 +769,22 @@ class _YamlSplits:
         """The images (as walked) one entry names; a warning, and none, when it names nothing here."""
         written = entry.replace("\\", "/")
         target = _norm(self.base / written)
-        if not target.is_relative_to(self.root) and written.startswith("../"):
-            inside = _norm(self.base / written[3:])  # Roboflow's '../train/images'
+        if written.startswith("../") and not (target.is_relative_to(self.root)
+                                              and target.exists()):
+            # Roboflow's '../train/images' beside data.yaml (in the source's top folder or
+            # in a project folder under it)
+            inside = _norm(self.base / written[3:])
             if inside.is_relative_to(self.root) and inside.exists():
                 target = inside
-        said = f"warning: {self.cfg_rel} {key}: {entry!r}"
+        said = f"warning: {self.cfg_rel} {key}: {_said(entry)}"
+        if (written.startswith("../") and written[3:].split("/")[0].lower() in SPLIT_WORDS
+                and _norm(self.base / written[3:]).is_relative_to(self.root)
+                and not (target.is_relative_to(self.root) and target.exists())):
+            # Roboflow writes all three entries, a split it did not export too: no alarm
+            self.notes.append(f"{self.cfg_rel} {key}: {_said(entry)}: there is no "
+                              f"{written[3:][:120]} here, so no {key} split from it")
+            return []
         if not target.is_relative_to(self.root):
-            if (written.startswith("../") and written[3:].split("/")[0].lower() in SPLIT_WORDS
-                    and _norm(self.base / written[3:]).is_relative_to(self.root)):
-                # Roboflow writes all three entries, a split it did not export too: no alarm
-                self.notes.append(f"{self.cfg_rel} {key}: {entry!r}: there is no {written[3:]} "
-                                  f"here, so no {key} split from it")
-                return []
             self.notes.append(f"{said} is outside {self.src}: not read (only the folder given "
                               "is imported): ignored")
             return []
@@ -791,10 +821,10 @@ class _YamlSplits:
             else:
                 found.append(hit)
         if missing:
-            self.notes.append(f"warning: {self.cfg_rel} {key}: {len(missing)} line(s) of {entry} "
-                              f"name no image in {self.src}, e.g. {missing[0]!r}: ignored")
+            self.notes.append(f"warning: {self.cfg_rel} {key}: {len(missing)} line(s) of {_said(entry)} "
+                              f"name no image in {self.src}, e.g. {missing[0][:120]!r}: ignored")
         if not found and not missing:
-            self.notes.append(f"warning: {self.cfg_rel} {key}: {entry} lists no image: ignored")
+            self.notes.append(f"warning: {self.cfg_rel} {key}: {_said(entry)} lists no image: ignored")
         return found
 
     def _by_tail(self, line: str) -> Path | None:
@@ -839,18 +869,17 @@ def import_yolo(src: Path) -> Draft:
     yaml_splits = _YamlSplits(src, names_path, pictures) if names_path.suffix.lower() in (
         ".yaml", ".yml") else None
     from_folders = 0
+    twice: Counter[tuple[str, ...]] = Counter()  # images data.yaml puts in several splits
     for path in pictures:
         src_rel = _rel(path, src)
         rel = src_rel.split("/", 1)[1] if strip else src_rel
         named = yaml_splits.named.get(path, []) if yaml_splits else []
-        split = named[0][0] if named else split_of(src_rel)
+        # in two splits (Ultralytics' "train: [images/train, images/val]", for a final
+        # model): the held-out one, since Lineside checks a model on what it never saw
+        split = named[-1][0] if named else split_of(src_rel)
         from_folders += not named and split is not None
         if len({s for s, _ in named}) > 1:
-            problems.append(Problem(
-                str(names_path), "/".join(dict.fromkeys(s for s, _ in named)),
-                f"image {rel!r} is in " + " and in ".join(f"split {s!r} ({e})" for s, e in named)
-                + ": a model would be checked on an image it trained on; name it in one split "
-                "only", rel))
+            twice[tuple(dict.fromkeys(s for s, _ in named))] += 1
         width, height = _size(path, rel, problems)
         if not width:
             continue  # unreadable: one problem, not a decode and a box problem as well
@@ -870,6 +899,9 @@ def import_yolo(src: Path) -> Draft:
             problems.append(Problem(str(f), "", _no_image_message(f, "label file"), label_rel))
     categories = [n for n in names.values() if n.strip()]  # (_yolo_boxes refused blank ones)
     notes = list(yaml_splits.notes) if yaml_splits else []
+    for splits, n in twice.items():
+        notes.append(f"{n} image(s) {names_path.name} names in {' and '.join(splits)} imported "
+                     f"as {splits[-1]} only: a model is checked on images it never trained on")
     if yaml_splits and yaml_splits.applied:
         notes.append(f"splits from {yaml_splits.cfg_rel} ({'; '.join(yaml_splits.applied)})"
                      + (f", {from_folders} image(s) it does not name from folder names"
