@@ -518,14 +518,14 @@ def test_the_throttle_counts_per_address_as_configured(launch, caplog: pytest.Lo
     assert a == ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64") and b[1] == a[1]
     assert address("::ffff:10.0.0.1") == ("10.0.0.1", None) == address("10.0.0.1")
     t = SignInThrottle(failures=2)
-    assert [t.failed(*a) for _ in range(3)] == [False, True, False]  # True: refused now
+    assert [t.failed(*a) for _ in range(3)] == [None, "address", None]  # refused now
     with pytest.raises(TooManyFailedSignIns):
         t.check(*a)
     t.check(*b)  # a neighbour on the LAN is not held up by one device's stale key
     locked = [t.failed(f"2001:db8:1:2::{n + 100:x}", a[1])  # a host stepping through its
               for n in range(2 * NETWORK_FACTOR)]           # /64 is, in the end
     # once: when its /64 (3 failures of ``a`` before) reached 2 x 10
-    assert locked.count(True) == 1 and locked.index(True) == 2 * NETWORK_FACTOR - 3 - 1
+    assert locked.count("network") == 1 and locked.index("network") == 2 * NETWORK_FACTOR - 3 - 1
     with pytest.raises(TooManyFailedSignIns):
         t.check(*b)
 
@@ -537,6 +537,16 @@ def test_the_throttle_counts_per_address_as_configured(launch, caplog: pytest.Lo
     [warned] = [r.getMessage() for r in caplog.records if "is refused for a while" in r.getMessage()]
     assert warned.startswith("sign-in: 127.0.0.1 ") and "forwarded_allow_ips" in warned
     assert "10.9.9.9" not in warned  # the header's words never reach the log
+    # through a proxy it trusts (loopback), a port or IPv6's long form in the header is
+    # still the client's address: no hint to trust anyone (it would trust the client)
+    trusted = launch()
+    trusted.app.state.sign_ins = SignInThrottle(failures=1)
+    caplog.clear()
+    for hop in ("203.0.113.7:50432", "[2001:db8::7]:443", "2001:DB8:0:0:0:0:0:8"):
+        assert _login(trusted, "nope", **{"x-forwarded-for": f"10.0.0.1, {hop}"}).status_code == 401
+    refused = [r.getMessage() for r in caplog.records if "is refused for a while" in r.getMessage()]
+    assert [m.split()[1] for m in refused] == ["203.0.113.7", "2001:db8::7", "2001:db8::8"]
+    assert not any("forwarded_allow_ips" in m for m in refused)
     assert _login(srv, "reviewer-secret", **{"x-forwarded-for": "10.8.8.8"}).status_code == 429
     assert _login(srv, "reviewer-secret", **{"x-forwarded-proto": "https"}).status_code == 429
 

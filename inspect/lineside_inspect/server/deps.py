@@ -99,25 +99,50 @@ def check_key(request: Request, key: str) -> Principal:
     try:
         who = principal_for_key(request.app.state.settings, key)
     except Unauthorized:
-        if throttle.failed(address, network):
-            _log_locked(request, address)
+        locked = throttle.failed(address, network)
+        if locked:
+            _log_locked(request, address, network, locked)
         request.scope[_CHECKED] = (key, None)
         raise
     request.scope[_CHECKED] = (key, who)
     return who
 
 
-def _log_locked(request: Request, address: str) -> None:
-    """An address just reached the throttle's limit: say so, and when it looks like a
-    reverse proxy the server does not trust (it passes an ``X-Forwarded-For`` that was not
-    applied), that every client behind it is now refused with it."""
-    hops = {h.strip() for v in request.headers.getlist("x-forwarded-for") for h in v.split(",")}
-    untrusted_proxy = bool(hops) and address not in hops
-    log.warning("sign-in: %s is refused for a while: too many unknown keys from it%s",
-                address, " -- it sends X-Forwarded-For that is not trusted: if it is a "
-                "reverse proxy (an Ingress, a load balancer), list it in forwarded_allow_ips, "
-                "or every client behind it is refused with it (docs/security.md, \"Guessing "
-                "keys\")" if untrusted_proxy else "")
+def _log_locked(request: Request, address: str, network: str | None, what: str) -> None:
+    """An address (or its IPv6 /64) just reached the throttle's limit: say so, and when it
+    looks like a reverse proxy the server does not trust (its requests carry an
+    ``X-Forwarded-For`` that was not applied: none of its hops is the address the request
+    came from), that every client behind it is now refused with it."""
+    untrusted_proxy = bool(request.headers.getlist("x-forwarded-for")) \
+        and address not in _forwarded_hops(request)
+    who = f"the IPv6 network {network}" if what == "network" and network else address
+    log.warning("sign-in: %s is refused for a while: too many unknown keys from it%s", who,
+                " -- it sends X-Forwarded-For that is not trusted: if it is a reverse proxy "
+                "(an Ingress, a load balancer), list it in forwarded_allow_ips, or every client "
+                "behind it is refused with it (docs/security.md, \"Guessing keys\")"
+                if untrusted_proxy else "")
+
+
+def _forwarded_hops(request: Request) -> set[str]:
+    """The addresses an ``X-Forwarded-For`` names, as :func:`client_address` writes them
+    (a port, brackets and IPv6's long or upper-case forms taken off: uvicorn applies
+    "203.0.113.7:50432" as 203.0.113.7); what is not an address is left out."""
+    hops = set()
+    for value in request.headers.getlist("x-forwarded-for"):
+        for hop in value.split(",")[:64]:
+            hop = hop.strip()
+            if hop.startswith("["):
+                hop = hop[1:].partition("]")[0]
+            elif hop.count(":") == 1:
+                hop = hop.partition(":")[0]
+            try:
+                ip = ipaddress.ip_address(hop)
+            except ValueError:
+                continue
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            hops.add(str(ip))
+    return hops
 
 
 def authenticate(request: Request) -> Principal | None:

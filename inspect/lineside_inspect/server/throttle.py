@@ -87,9 +87,9 @@ class SignInThrottle:
                 if now - start < self.window_s and count >= self.failures * NETWORK_FACTOR:
                     self._refuse(int(count), start, now, "network (/64)")
 
-    def failed(self, address: str, network: str | None = None) -> bool:
-        """Count one unknown key from ``address`` (in ``network``); True when this one
-        makes the address (or its /64) refused. Addresses and /64s are kept apart, each up
+    def failed(self, address: str, network: str | None = None) -> str | None:
+        """Count one unknown key from ``address`` (in ``network``); what this one makes
+        refused: "address", "network" (its /64), or None. Addresses and /64s are kept apart, each up
         to ``max_addresses``: new addresses, 300 a minute from each /64, must not push the
         /64s' counts out."""
         with self._lock:
@@ -100,10 +100,11 @@ class SignInThrottle:
                 while len(self._failed) > self.max_addresses:
                     self._failed.popitem(last=False)
             self._failed.move_to_end(address)
-            locked = len(times) == self.failures - 1  # this one reaches the limit
+            locked = "address" if len(times) == self.failures - 1 else None  # reached now
             times.append(now)
             if network is not None:
                 window = self._network_window(network, now)
                 window[1] += 1
-                locked |= window[1] == self.failures * NETWORK_FACTOR
+                if window[1] == self.failures * NETWORK_FACTOR:
+                    locked = locked or "network"
             return locked
