@@ -347,6 +347,14 @@ def data_pull(
 
 
 # ---------------------------------------------------------------- training (lazy)
+def _escape_rate(value: float) -> float:
+    """--target-escape: refused before any training (1 passed typer's range, then every
+    fold trained before the calibration refused it)."""
+    if not 0 <= value < 1:
+        raise typer.BadParameter(f"{value:g} is not an escape rate: 0 to under 1 (0.005 is 0.5%)")
+    return value
+
+
 @app.command("train")
 @friendly
 def train_cmd(
@@ -396,7 +404,7 @@ def evaluate_cmd(
     run: Annotated[Path, typer.Argument(help="run folder, checkpoint or model package")],
     data: Annotated[str | None, typer.Option(help="dataset (default: the run's)")] = None,
     split: Annotated[str, typer.Option(help="val|test|all")] = "val",
-    target_escape: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+    target_escape: Annotated[float, typer.Option(callback=_escape_rate, help=(
         "escape-rate target for calibration (0 to under 1)"))] = 0.005,
     out_dir: Annotated[Path | None, typer.Option("--out", help="report folder")] = None,
     device: Annotated[str, typer.Option()] = "auto",
@@ -455,7 +463,7 @@ def calibrate_cmd(
     folds: Annotated[int | None, typer.Option(help="config: K fold models, by group")] = None,
     time: Annotated[str | None, typer.Option(
         "--time", help="config: the folds' training budget in all (30m, 1h)")] = None,
-    target_escape: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+    target_escape: Annotated[float, typer.Option(callback=_escape_rate, help=(
         "escape-rate allowance (0 to under 1)"))] = 0.005,
     objective: Annotated[str, typer.Option(help="f (defect F) | rejects (fewest false rejects)")] = "f",
     out_dir: Annotated[Path | None, typer.Option("--out", help="folder for calibration.json")] = None,

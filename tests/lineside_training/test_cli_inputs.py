@@ -94,6 +94,8 @@ def test_resume_takes_the_data_the_run_trained_on(tmp_path: Path) -> None:
     ["evaluate", "runs/x", "--target-escape", "-1"],
     ["evaluate", "runs/x", "--target-escape", "1.5"],
     ["calibrate", "runs/x", "--target-escape", "-0.5"],
+    ["calibrate", "training/configs/deeppcb.yaml", "--folds", "2", "--target-escape", "1"],
+    ["evaluate", "runs/x", "--target-escape", "nan"],
     ["bench", "model", "models/deeppcb/1", "--runs", "0"],
     ["bench", "model", "models/deeppcb/1", "--batches", "0"],
     ["bench", "model", "models/deeppcb/1", "--batches", "a,b"],
