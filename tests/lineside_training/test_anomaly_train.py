@@ -109,6 +109,14 @@ def test_sample_split_evaluated_through_the_package(tmp_path: Path) -> None:
                             str(SAMPLE), "--split", "val", "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.stderr
     assert "image AUROC" in r.stdout and "escapes at 1% false rejects" in r.stdout
+    # the run on another dataset: its report beside the run's own, not over it
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "images").symlink_to(SAMPLE / "images")
+    (other / "annotations.json").write_bytes((SAMPLE / "annotations.json").read_bytes())
+    r = runner.invoke(app, ["evaluate", str(run), "--data", str(other), "--split", "val"])
+    assert r.exit_code == 0, r.stderr
+    assert (run / "report-val-other" / "metrics.json").is_file() and not (run / "report-val").exists()
     m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     at = m["good_rephotographed"]["at_card_threshold"]
     assert (at["good"], at["defective"]) == (10, 10)

@@ -79,10 +79,7 @@ def evaluate(
     pairs = pair_metrics(records, preds, trained.class_names, calib["thresholds"], rule)
     result = {"split": split, "images": len(records), "coco": coco, "quality": quality,
               "pairs": pairs, "calibration": calib, "checkpoint": str(trained.run_dir)}
-    # another dataset's report beside the run's own, not over it
-    name = "" if own or data is None else "-" + (
-        re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data).resolve().name)[:64] or "data")
-    report = Path(out) if out else trained.run_dir / f"report-{split}{name}"
+    report = Path(out) if out else trained.run_dir / f"report-{split}{other_data(data, own)}"
     write_report(report, result, records, preds, trained.class_names, dataset, examples,
                  goal=trained.config.goal_map50)
     # where it wrote, for the command to say (it wrote them unsaid)
@@ -91,6 +88,15 @@ def evaluate(
 
 
 SPLITS = ("train", "val", "test", "all")
+
+
+def other_data(data: str | Path | None, own: bool) -> str:
+    """The suffix of a run's default report folder: "" for the run's own dataset, else
+    "-" and the other dataset's folder name, so its report goes beside the run's own
+    rather than over it."""
+    if own or data is None:
+        return ""
+    return "-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data).resolve().name)[:64] or "data")
 
 
 def split_records(dataset: Dataset, split: str, class_names: list[str]) -> list[ImageRecord]:

@@ -25,6 +25,7 @@ from lineside_training.anomaly.data import split_images
 from lineside_training.anomaly.infer import score_images, torch_forward
 from lineside_training.anomaly.synth import rephotograph
 from lineside_training.anomaly.train import load_run
+from lineside_training.evaluate import other_data
 
 EVAL_SEED = 777  # the evaluation's capture variation: not the calibration's
 Scorer = Callable[[list[np.ndarray]], tuple[list[float], list[np.ndarray] | None]]
@@ -94,6 +95,7 @@ def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, spli
     """Evaluate a good-only run folder or package (kind anomaly) on ``data``'s ``split``."""
     target = Path(target)
     is_package = (target / "model.json").is_file()
+    suffix = ""  # a run's report on another dataset: beside its own (other_data)
     if is_package:
         scorer, meta = package_scorer(target, threads)
         if data is None:
@@ -101,6 +103,7 @@ def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, spli
     else:
         scorer, meta = run_scorer(target)
         run_data = meta.pop("data")
+        suffix = other_data(data, data is None or _same(data, run_data))
         data = data or run_data
     dataset = read_dataset(data)
     records = split_images(dataset, split)
@@ -139,7 +142,7 @@ def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, spli
     if bad_regions:
         result["localisation"] = _located(bad_regions, defective)
     default = Path("runs") / f"{target.parent.name}-{target.name}" if is_package else target
-    out_dir = Path(out) if out else default / f"report-{split}"
+    out_dir = Path(out) if out else default / f"report-{split}{suffix}"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     np.savez_compressed(out_dir / "scores.npz", good_stored=good_stored,
@@ -179,3 +182,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                      f"{loc['defective_images_located']}/{loc['defective']}")
     lines.append(f"report: {result['report']}")
     return lines
+
+
+def _same(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
