@@ -131,6 +131,11 @@ def test_stats_plot_is_where_it_says(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert (tmp_path / "plot.png").is_file() and f"plot saved to {tmp_path / 'plot.png'}" in \
         r.stdout.replace("\n", "")
+    r = runner.invoke(app, ["data", "stats", str(SAMPLE), "--plot", str(tmp_path / "plot.svg")])
+    assert r.exit_code == 0 and (tmp_path / "plot.svg").read_bytes().lstrip().startswith(b"<?xml")
+    r = runner.invoke(app, ["data", "stats", str(SAMPLE), "--plot", str(tmp_path / "plot.xyz")])
+    assert r.exit_code == 2 and ".xyz is not a format" in r.stderr and ".png" in r.stderr
+    assert not (tmp_path / "plot.xyz").exists()
 
 
 def _pred(boxes: list[list[float]], scores: list[float]) -> Prediction:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lineside_inspect.dataset.model import Dataset
-from lineside_inspect.errors import MissingExtraError, install_hint
+from lineside_inspect.errors import DatasetError, MissingExtraError, install_hint
 
 SIZE_BINS = (0, 16, 32, 64, 128, 256, 10**9)
 
@@ -49,8 +49,9 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
 
 def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     """Save a two-panel PNG: boxes per class by split, and the box-size histogram; the
-    file written (``out``, with ``.png`` added unless it ends so)."""
-    if out.suffix.lower() != ".png":  # matplotlib adds it to a bare name unsaid
+    file written: ``out``, with ``.png`` added to a name without a suffix (matplotlib adds
+    it unsaid); another suffix it knows (.svg, .pdf, .jpg) picks that format."""
+    if not out.suffix:
         out = out.with_name(out.name + ".png")
     try:
         import matplotlib
@@ -62,6 +63,11 @@ def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    kinds = fig.canvas.get_supported_filetypes()
+    if out.suffix.lower().lstrip(".") not in kinds:
+        plt.close(fig)
+        raise DatasetError(f"--plot {out.name}: {out.suffix} is not a format the plot can be "
+                           f"saved in; use one of {', '.join('.' + k for k in sorted(kinds))}")
     classes = stats["classes"]
     splits = list(stats["boxes_per_class"])
     width = 0.8 / max(len(splits), 1)
@@ -75,6 +81,6 @@ def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     ax2.bar(list(hist), list(hist.values()))
     ax2.set_title("box size (longer side)")
     fig.tight_layout()
-    fig.savefig(out, dpi=100, format="png")
+    fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
