@@ -132,9 +132,15 @@ def data_import(
     # symlink) is a mislabel wherever it is. validate and split may never be run before
     # train, so import says both
     from lineside_inspect.dataset import find_duplicates, read_dataset
-    from lineside_inspect.dataset.duplicates import label_conflicts
+    from lineside_inspect.dataset.duplicates import exact_groups, label_conflicts
 
-    for g in find_duplicates(read_dataset(dst)):
+    if any(r.split for r in dataset.images):
+        groups = find_duplicates(read_dataset(dst))
+    elif any(r.boxes for r in dataset.images):  # (good parts alone cannot disagree)
+        groups = exact_groups(read_dataset(dst))
+    else:
+        groups = []
+    for g in groups:
         if g.across_splits:
             err.print(f"warning: {g.describe()}: in the split this set came with, "
                       f"{g.leak}; {g.remedy}", highlight=False, markup=False)

@@ -314,6 +314,20 @@ def _alike_pairs(thumbs: list[np.ndarray]) -> list[tuple[int, int]]:
     return out
 
 
+def exact_groups(dataset: Dataset) -> list[DuplicateGroup]:
+    """Groups of byte-identical images only, by their bytes' SHA-256: what a label conflict
+    needs, without :func:`find_duplicates`' decoding and pairing (import's check of a set
+    that brought no split of its own)."""
+    by_sha: dict[str, list[ImageRecord]] = {}
+    for rec in dataset.images:
+        try:
+            digest = hashlib.sha256(Path(dataset.image_path(rec)).read_bytes()).hexdigest()
+        except OSError:
+            continue  # validation's problem to report
+        by_sha.setdefault(digest, []).append(rec)
+    return [DuplicateGroup("exact", members) for members in by_sha.values() if len(members) > 1]
+
+
 def find_duplicates(dataset: Dataset, prints: dict[str, Fingerprint] | None = None,
                     *, max_bits: int = NEAR_BITS) -> list[DuplicateGroup]:
     """Groups of two or more images that are byte-identical or look the same, in dataset
