@@ -390,13 +390,17 @@ def train_cmd(
     """Train a detector (needs lineside[train]; use torchrun for several GPUs/nodes)."""
     t = training()
     overrides = list(set_ or [])
-    if epochs is not None and time is None and not any(
-            o.partition("=")[0].strip() == "time_budget" for o in overrides):
+    given = {o.partition("=")[0].strip() for o in overrides}
+    if epochs is not None and time is None and "time_budget" not in given:
         # asked for N epochs: the config's budget (single-default.yaml: 30m) would refit
         # the schedule and ignore them
         overrides.append("time_budget=null")
-    if resume and data is None:
-        data = t.resumed_data(config, overrides, name)  # the run says what it trained on
+    if resume:  # the run says what it trained on, and on what schedule
+        saved = t.resumed(config, overrides, name)
+        data = data or saved.get("data")
+        if epochs is None and time is None and not given & {"epochs", "time_budget"}:
+            overrides += [f"{k}={json.dumps(saved[k])}" for k in ("epochs", "time_budget")
+                          if k in saved]
     cfg = t.load_config(config, overrides, data=data, model=model, weights=weights,
                         epochs=epochs, name=name, device=device, extra_data=merge or None,
                         time_budget=time, threads=threads)

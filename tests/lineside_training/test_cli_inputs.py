@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from lineside_inspect.cli import app
@@ -88,6 +89,17 @@ def test_resume_takes_the_data_the_run_trained_on(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert max(x.get("epoch", 0) for x in lines) == 2
+    # a run of --epochs from a config with a time budget, resumed without --epochs: it
+    # keeps its schedule (it switched to the config's 30 minutes)
+    r = runner.invoke(app, ["train", "--config", str(SINGLE), "--data", str(SAMPLE),
+                            "--epochs", "1", *tiny[:2], "--name", "s", *tiny[4:]])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", "--config", str(SINGLE), "--resume", *tiny[:2],
+                            "--name", "s", *tiny[4:]])
+    assert r.exit_code == 0, r.output
+    saved = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())
+    assert saved["time_budget"] is None and saved["epochs"] == 1
+    assert "time budget" not in (tmp_path / "s" / "train.log").read_text()
 
 
 @pytest.mark.parametrize("args", [

@@ -23,22 +23,27 @@ from lineside_training.config import TrainConfig, read_config, sizes_from_data, 
 from lineside_training.models import list_models
 
 __all__ = ["anomaly_summary", "bench_train", "calibrate", "evaluate", "export", "list_models",
-           "load_config", "resumed_data", "train"]
+           "load_config", "resumed", "train"]
 
 
-def resumed_data(path: str | Path | None, overrides: list[str] | None,
-                 name: str | None) -> str | None:
-    """For ``--resume`` without ``--data``: the dataset the run to continue trained on
-    (its ``config.yaml``), when neither the config nor an override names one."""
+def resumed(path: str | Path | None, overrides: list[str] | None,
+            name: str | None) -> dict[str, Any]:
+    """For ``--resume``: what the run to continue was trained with (its ``config.yaml``),
+    as fields to fill in: its ``data`` when neither the config nor an override names one,
+    and its schedule (``epochs``, ``time_budget``), which the command keeps unless given
+    again. Empty when there is no such run (``train`` says so)."""
     doc = read_config(path, overrides, name=name)
-    if doc.get("data") is not None:
-        return None
     saved = Path(str(doc.get("out_dir", "runs"))) / str(doc.get("name", "run")) / "config.yaml"
     try:
         was = yaml.safe_load(saved.read_text())
     except (OSError, yaml.YAMLError):
-        return None  # no run there: train() says so
-    return str(was["data"]) if isinstance(was, dict) and was.get("data") else None
+        return {}
+    if not isinstance(was, dict):
+        return {}
+    fill = {k: was[k] for k in ("epochs", "time_budget") if k in was}
+    if doc.get("data") is None and was.get("data"):
+        fill["data"] = str(was["data"])
+    return fill
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
