@@ -156,3 +156,33 @@ def test_a_caller_cancelled_or_out_of_time_before_run_starts_no_inspection() -> 
         limiter.close()
 
     asyncio.run(main())
+
+
+def test_the_lines_triggers_have_places_of_their_own() -> None:
+    """A few API clients filling the shared places made a PLC's parts fail at once with
+    "no inference slot" (ErrorCode 4), unjudged: a trigger takes one of the line's
+    reserved places then, and waits for a slot in line with the rest."""
+    from lineside_inspect.errors import Overloaded
+
+    async def main() -> None:
+        limiter = Limiter(1, 1, 5.0)
+        limiter.reserve(1)
+        release = threading.Event()
+        api = [asyncio.create_task(limiter.run(lambda: release.wait(10))) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        assert limiter.in_system == 2
+        with pytest.raises(Overloaded):  # the shared places are full for the API
+            await limiter.run(lambda: "api")
+        line = asyncio.create_task(limiter.run(lambda: "part", reserved=True))
+        await asyncio.sleep(0.1)
+        assert (limiter.in_system, limiter.reserved_in) == (3, 1)
+        with pytest.raises(Overloaded):  # one per station: the reserve is taken
+            await limiter.run(lambda: "second part", reserved=True)
+        with pytest.raises(Overloaded):  # and not the API's to take
+            await limiter.run(lambda: "api")
+        release.set()
+        assert await line == "part" and all(await asyncio.gather(*api))
+        assert (limiter.in_system, limiter.reserved_in) == (0, 0)
+        assert await limiter.run(lambda: "api again") == "api again"
+
+    asyncio.run(main())

@@ -25,6 +25,7 @@ from lineside_inspect.line.opcua import OpcUaAdapter
 from lineside_inspect.line.station import Changes, ErrorCode, Phase, Station, TagValue
 
 from .conftest import MODEL, Running, keyed, start_server
+from .fleet_peers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
@@ -361,6 +362,12 @@ def test_a_port_in_use_is_a_config_error() -> None:
                      LineSettings(opcua=OpcUaConfig(endpoint=f"opc.tcp://127.0.0.1:{port}/lineside/"))):
             with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: "):
                 create_app(keyed(line=line, store=False))
+    # both on one free port: each was free alone, and the second bind was a traceback
+    port = free_port()
+    both = LineSettings(modbus=ModbusConfig(port=port),
+                        opcua=OpcUaConfig(endpoint=f"opc.tcp://127.0.0.1:{port}/lineside/"))
+    with pytest.raises(ConfigError, match=f"line.modbus: port {port} is also line.opcua's"):
+        create_app(keyed(line=both, store=False))
 
 
 # -- a real server with both protocols ---------------------------------------------
@@ -531,6 +538,13 @@ def test_opcua_recipe_switch(line: Line) -> None:
         await _until(lambda: plc.read("ErrorCode"), 0)
         r = await plc.cycle()
         assert r["ErrorCode"] == 0 and line.inspection(r["InspectionId"])["recipe"]["name"] == "deeppcb"
+        # a null String (some stacks send "" so) is no recipe: refused, and Recipe reads
+        # back the one in force (it read null, and the old recipe judged without a fault)
+        await plc.write("Recipe", None, ua.VariantType.String)
+        await _until(lambda: plc.read("ErrorCode"), ErrorCode.UNKNOWN_RECIPE)
+        assert await plc.read("Recipe") == "deeppcb"
+        await plc.write("Recipe", "deeppcb", ua.VariantType.String)
+        await _until(lambda: plc.read("ErrorCode"), 0)
 
     asyncio.run(_opc(line, "sim", run))
 

@@ -124,7 +124,9 @@ class OpcUaAdapter:
             value = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None \
                 else None
             if value is None:
-                continue
+                # a null (some stacks send "" so) is the type's empty value: a null Recipe
+                # left the old recipe judging without a fault, and read back null
+                value = "" if VARIANT[target[1]] == ua.VariantType.String else False
             self._on_write(target[0], target[1], value)
 
     async def write(self, station_id: str, changes: Changes) -> None:

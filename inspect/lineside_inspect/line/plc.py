@@ -131,8 +131,10 @@ class PlcLine:
             for adapter in self.adapters:
                 try:
                     await adapter.start(list(self.stations.values()), self.plc_write)
-                except OSError as exc:  # address in use, not an address of this machine...
-                    raise ConfigError(f"line: {adapter.name} cannot listen: {exc.strerror or exc}") \
+                except (OSError, RuntimeError) as exc:  # address in use, not this machine's
+                    # (pymodbus says it with a RuntimeError)
+                    reason = exc.strerror if isinstance(exc, OSError) else None
+                    raise ConfigError(f"line: {adapter.name} cannot listen: {reason or exc}") \
                         from None
                 started.append(adapter)
                 log.info("line: %s serving %d station(s)", adapter.name, len(self.stations))
@@ -141,6 +143,8 @@ class PlcLine:
                 await adapter.stop()
             raise
         self._ticker = asyncio.create_task(self._tick(), name="line-plc-tick")
+        # one part in flight per station: its trigger always finds a place (limiter.py)
+        self.service.limiter.reserve(len(self.stations))
 
     def _plc_recipe(self, camera_id: str) -> str | None:
         """The recipe a station's next PLC trigger uses: the PLC's last accepted ``Recipe``
@@ -248,7 +252,7 @@ class PlcLine:
         try:
             result = await self.service.inspect_camera(
                 station_id, recipe=recipe or None, timeout_s=self.settings.trigger_timeout_s,
-                triggered_at=triggered_at,
+                triggered_at=triggered_at, reserved=True,  # the line's own place
                 answer=False)  # the PLC hears tags, not the JSON answer
         except Exception as exc:  # fail-safe: whatever went wrong is a Fail with a code
             code = error_code(exc)
@@ -399,6 +403,11 @@ def setup_line_plc(app: FastAPI, settings: Settings) -> None:
         _check_port("line.opcua", line_settings.opcua.host, line_settings.opcua.port)
     if line_settings.modbus is not None:
         _check_port("line.modbus", line_settings.modbus.host, line_settings.modbus.port)
+    if line_settings.opcua is not None and line_settings.modbus is not None \
+            and line_settings.modbus.port == line_settings.opcua.port != 0:
+        # each port alone is free before either listens: the second then failed to bind
+        raise ConfigError(f"line.modbus: port {line_settings.modbus.port} is also "
+                          "line.opcua's; give each its own")
     def recipes_in_alarm() -> frozenset[str]:
         # read when polled: duck-typed, so the line does not import the lifecycle room
         alarm = getattr(getattr(app.state, "lifecycle", None), "alarm", None)

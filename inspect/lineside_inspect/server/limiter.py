@@ -10,6 +10,11 @@ max_body_bytes`` and for decoded pixels by ``concurrency x max_pixels``: by conf
 A *holder* (an API key) may hold at most ``per_holder`` of those places: one key's slow
 uploads, each allowed ``body_timeout_s`` + size / ``min_body_rate``, would otherwise hold
 every place for over an hour while every other key and the cameras got 503.
+
+A PLC's triggers have places of their own (``reserved``: one per station, since a
+station's handshake has one part in flight at a time): a few API clients filling the
+shared places made the line's parts fail with "no inference slot" at once, unjudged,
+while slots freed every 100 ms. Admitted, they wait for a slot in line with the rest.
 """
 
 from __future__ import annotations
@@ -47,16 +52,30 @@ class Limiter:
         self.in_system = 0
         self.per_holder = self.max_waiting if per_holder is None else per_holder
         self._held: dict[str, int] = {}  # places each holder has now
+        self.reserved = 0  # places only the line's triggers take (``reserve``)
+        self.reserved_in = 0  # of them, taken now
+
+    def reserve(self, places: int) -> None:
+        """Keep ``places`` more places for the line's triggers (``admission(reserved=True)``)."""
+        with self._lock:
+            self.reserved += places
 
     @asynccontextmanager
-    async def admission(self, holder: str | None = None) -> AsyncIterator[None]:
+    async def admission(self, holder: str | None = None,
+                        reserved: bool = False) -> AsyncIterator[None]:
         """A place in the system for the whole request, or :class:`Overloaded` at once.
-        ``holder`` (a key's name) may have at most ``per_holder`` places; None: no share."""
+        ``holder`` (a key's name) may have at most ``per_holder`` places; None: no share.
+        ``reserved``: one of the line's own places when the shared ones are taken."""
         if _admitted.get():
             yield
             return
+        own = False
         with self._lock:
-            if self.in_system >= self.max_waiting:
+            if reserved and self.in_system - self.reserved_in >= self.max_waiting \
+                    and self.reserved_in < self.reserved:
+                own = True
+                self.reserved_in += 1
+            elif self.in_system - self.reserved_in >= self.max_waiting:
                 raise Overloaded(f"server busy: {self.in_system} requests in progress or "
                                  "queued; retry shortly")
             held = self._held.get(holder, 0) if holder is not None else 0
@@ -74,6 +93,8 @@ class Limiter:
             _admitted.reset(token)
             with self._lock:
                 self.in_system -= 1
+                if own:
+                    self.reserved_in -= 1
                 if holder is not None:
                     left = self._held[holder] - 1
                     if left:
@@ -81,11 +102,13 @@ class Limiter:
                     else:
                         del self._held[holder]
 
-    async def run(self, fn: Callable[[], T], *, timeout_s: float | None = None) -> T:
+    async def run(self, fn: Callable[[], T], *, timeout_s: float | None = None,
+                  reserved: bool = False) -> T:
         """Run ``fn`` in a worker thread once a slot is free (admitting the request first
-        if the caller has not). ``timeout_s`` (default: the limiter's) bounds the wait."""
+        if the caller has not; ``reserved``: the line's trigger, see :meth:`admission`).
+        ``timeout_s`` (default: the limiter's) bounds the wait."""
         wait_s = self.timeout_s if timeout_s is None else timeout_s
-        async with self.admission():
+        async with self.admission(reserved=reserved):
             # a caller cancelled already (its scope, or a deadline) starts no inspection
             await anyio.lowlevel.checkpoint_if_cancelled()
             try:
