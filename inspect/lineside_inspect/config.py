@@ -140,11 +140,27 @@ class CameraConfig(BaseModel):
     loop: bool = True
     open_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(5.0, gt=0)
-    stale_after_s: float = Field(2.0, gt=0, description="no new frame for this long: offline")
+    stale_after_s: float = Field(2.0, gt=0, description=(
+        "no new frame for this long: offline (default 2 s, or 2.5 frame intervals of a "
+        "slower fps)"))
     # kept so that configs written for it still load: a trigger never takes a frame from
     # before it (docs/line-integration.md), so there is no fallback to a recent one
     max_frame_age_s: float = Field(0.5, gt=0, description="no longer used: a trigger waits for "
                                    "a frame captured after it")
+
+    @model_validator(mode="after")
+    def _stale_after_frames(self) -> CameraConfig:
+        # a camera at 0.4 fps went stale between every two frames: online/stale twice a
+        # frame on the status page, the metrics and retained MQTT messages
+        if self.fps is not None:
+            interval = 1 / self.fps
+            if "stale_after_s" not in self.model_fields_set:
+                self.stale_after_s = max(self.stale_after_s, 2.5 * interval)
+            elif self.stale_after_s <= interval:
+                raise ValueError(f"stale_after_s {self.stale_after_s:g} is not over the frame "
+                                 f"interval ({interval:g} s at fps {self.fps:g}): the camera "
+                                 "would go stale between every two frames")
+        return self
 
     @field_validator("source")
     @classmethod
