@@ -116,7 +116,12 @@ class _Server(uvicorn.Server):
             # shutdown lets in-flight requests finish
             app.state.ready = False
             log.info("shutting down: readiness dropped, draining for %.1fs", self.drain_s)
-            asyncio.get_running_loop().call_later(self.drain_s, super().handle_exit, sig, frame)
+            loop = asyncio.get_running_loop()
+            # the line first: a PLC must not hand over parts during the drain (kept: a
+            # task the loop holds only weakly may be collected before it runs)
+            self._closing = [loop.create_task(hook())
+                             for hook in getattr(app.state, "on_signal", [])]
+            loop.call_later(self.drain_s, super().handle_exit, sig, frame)
             return
         super().handle_exit(sig, frame)
 

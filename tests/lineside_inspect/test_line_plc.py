@@ -245,6 +245,37 @@ class _Recorder:
     async def stop(self) -> None: ...
 
 
+def test_closed_stations_are_served_a_while_before_the_adapters_stop() -> None:
+    """The servers went 3 ms after ErrorCode 8 was set: a PLC polling every 100 ms never
+    read why its part ended. They serve ``close_hold_s`` after the stations closed."""
+    from types import SimpleNamespace
+
+    from lineside_inspect.line.plc import PlcLine
+
+    stopped: list[bool] = []
+
+    class Adapter(_Recorder):
+        async def stop(self) -> None:
+            stopped.append(True)
+
+    adapter = Adapter()
+    service = SimpleNamespace(registry=SimpleNamespace(default_recipe="r1"))
+    line = PlcLine(service, LineSettings(close_hold_s=2.0), [adapter],  # type: ignore[arg-type]
+                   lambda: frozenset())
+
+    async def run() -> None:
+        line.stations["a"] = Station("a", "r1", follows_default=False, ack_timeout_s=5.0,
+                                     now=time.monotonic(), check_recipe=lambda n: ErrorCode.NONE)
+        await line.close()  # SIGTERM: the stations close at once
+        stopping = asyncio.create_task(line.stop())  # the drain is over at once
+        await asyncio.sleep(0.2)
+        assert not stopped and line.stations["a"].tags["TriggerReady"] is False
+        await stopping
+        assert stopped == [True]
+
+    asyncio.run(run())
+
+
 def test_the_alarm_tags_follow_each_stations_recipe_and_survive_a_failed_read(
         caplog: pytest.LogCaptureFixture) -> None:
     """Driven without servers: a Recipe write (over either protocol) or a trigger that picks

@@ -215,4 +215,8 @@ class LineSettings(_Section):
     ack_timeout_s: float = Field(5.0, gt=0, le=3600, description=(
         "PLC handshake: a result not acknowledged (ResultAck) within this is dropped with "
         "ErrorCode 5 and the station is ready again"))
+    close_hold_s: float = Field(1.0, ge=0, le=60, description=(
+        "on shutdown, how long the OPC UA and Modbus servers go on serving after the "
+        "stations closed (TriggerReady 0, an open part's ErrorCode 8), so a PLC that polls "
+        "or subscribes reads them"))
     mqtt: MqttConfig | None = Field(None, description="off unless configured")

@@ -75,6 +75,7 @@ class PlcLine:
         self._tasks: set[asyncio.Task[None]] = set()  # inspections
         self._writes: set[asyncio.Task[None]] = set()  # tag publications (see _publish)
         self._ticker: asyncio.Task[None] | None = None
+        self._closed_at: float | None = None  # monotonic: when the stations closed
         self._told = _Told()
 
     # -- recipes ----------------------------------------------------------------------
@@ -158,6 +159,8 @@ class PlcLine:
         that never comes. Called first on shutdown, while the adapters still serve (the
         PLC can read the code and acknowledge); again by :meth:`stop` (then a no-op)."""
         now = time.monotonic()
+        if self._closed_at is None:
+            self._closed_at = now
         # every station closed before anything is awaited: a trigger meanwhile is refused
         for sid, station in self.stations.items():
             changes = station.close(now)
@@ -191,6 +194,12 @@ class PlcLine:
                 for write in pending:
                     write.cancel()
                 await asyncio.wait(pending)
+        # the adapters serve the closed stations a while yet: the servers went 3 ms after
+        # ErrorCode 8 was set, before a polling PLC had read it
+        assert self._closed_at is not None
+        hold = self._closed_at + self.settings.close_hold_s - time.monotonic()
+        if hold > 0 and self.adapters and self.stations:
+            await asyncio.sleep(hold)
         for adapter in reversed(self.adapters):
             try:
                 await adapter.stop()
@@ -422,6 +431,7 @@ def setup_line_plc(app: FastAPI, settings: Settings) -> None:
     # shutdown closes the stations first of all (before the server drains its inspections),
     # while the adapters still serve the code-8 results; they stop with the other hooks
     app.state.on_stopping.append(lambda: anyio.from_thread.run(line.close))
+    app.state.on_signal.append(line.close)  # at SIGTERM already, before the drain
     app.state.on_shutdown.append(lambda: anyio.from_thread.run(line.stop))
 
 

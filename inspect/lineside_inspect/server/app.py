@@ -217,6 +217,9 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.on_startup = []
     app.state.on_ready = []  # after every start-up hook (e.g. once a fleet box restored its models)
     app.state.on_stopping = []  # first on shutdown, before inspections drain (PLC stations)
+    # async, run as soon as SIGTERM comes (before drain_s; serve.py): the PLC stations stop
+    # taking triggers at once rather than after the load balancer's drain
+    app.state.on_signal = []
     app.state.on_shutdown = []
     app.state.metrics_hooks = []
     app.state.sessions = SessionStore(settings.session_ttl_s)  # review sign-ins, in memory
