@@ -532,3 +532,48 @@ def test_mqtt_settings_are_checked(tmp_path: Path) -> None:
     junk.write_text("not a certificate")
     with pytest.raises(ConfigError, match="cannot use the TLS files"):
         create_app(settings(line={"mqtt": {"url": "mqtts://127.0.0.1:1", "ca_file": str(junk)}}))
+
+
+def test_a_port_that_is_no_broker_and_a_client_id_in_use_are_said(
+        broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    """A port that accepts TCP and answers no MQTT (or garbage) left the box disconnected
+    with nothing in the log nor the status page; two boxes with one client id dropped
+    each other twice a second, "lost the broker" each time, and never said why."""
+    import socket
+    import threading
+
+    caplog.set_level(logging.WARNING, logger="lineside")
+    with socket.socket() as junk:
+        junk.bind(("127.0.0.1", 0))
+        junk.listen()
+
+        def answer_garbage() -> None:
+            while True:
+                try:
+                    conn, _ = junk.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer_garbage, daemon=True).start()
+        url = f"mqtt://127.0.0.1:{junk.getsockname()[1]}"
+        running, stop = start_server(settings(line={"mqtt": {"url": url}}))
+        try:
+            wait_for(lambda: running.app.state.mqtt.last_error, "the failure to be told")
+            assert "not an MQTT broker" in running.app.state.mqtt.last_error
+            assert any("not an MQTT broker" in r.getMessage() for r in caplog.records)
+        finally:
+            stop()
+    broker.start()
+    mqtt = {"url": broker.url, "username": "lineside", "password": PASSWORDS["lineside"],
+            "client_id": "cloned-box"}
+    a, stop_a = start_server(settings(line={"mqtt": mqtt}))
+    b, stop_b = start_server(settings(line={"mqtt": mqtt}))
+    try:
+        wait_for(lambda: "in use by another client" in (a.app.state.mqtt.last_error or "")
+                 or "in use by another client" in (b.app.state.mqtt.last_error or ""),
+                 "the clash to be named", timeout_s=60)
+    finally:
+        stop_a()
+        stop_b()

@@ -95,6 +95,12 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext:
     return context
 
 
+# sessions the broker ended within SHORT_SESSION_S of their connect, in a row, before the
+# client id is named as a likely clash
+SHORT_SESSION_S = 5.0
+SHORT_SESSIONS = 3
+
+
 class MqttPublisher:
     """Publishes a box's events, status and camera states to one broker."""
 
@@ -130,6 +136,8 @@ class MqttPublisher:
         self._unstored: deque[Event] = deque()
         self._dropped_unstored = 0
         self._camera_states: dict[str, dict[str, Any]] = {}
+        self._connected_at = 0.0  # monotonic
+        self._short_sessions = 0  # in a row
         self._client = self._make_client()
         self._thread = threading.Thread(target=self._run, name="mqtt-outbox", daemon=True)
 
@@ -137,8 +145,9 @@ class MqttPublisher:
     def _make_client(self) -> mqtt.Client:
         paho = _paho()
         cfg = self.config
+        self._client_id = cfg.client_id or f"lineside-{self.box_id}"
         client = paho.Client(paho.CallbackAPIVersion.VERSION2,
-                             client_id=cfg.client_id or f"lineside-{self.box_id}",
+                             client_id=self._client_id,
                              clean_session=True, protocol=paho.MQTTv311)
         if cfg.username is not None:
             client.username_pw_set(cfg.username, None if cfg.password is None
@@ -162,8 +171,10 @@ class MqttPublisher:
             return
         log.info("mqtt: connected to %s", self.broker)
         self._resending = True
+        self._connected_at = time.monotonic()
         self.connected = True
-        self.last_error = None
+        if self._short_sessions < SHORT_SESSIONS:  # a clash stays said until a session lasts
+            self.last_error = None
         self._announce.set()
         self._wake.set()
 
@@ -172,9 +183,25 @@ class MqttPublisher:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        props: Any) -> None:
-        if self.connected and not self._stop.is_set():
+        if self._stop.is_set():
+            pass
+        elif self.connected:
             log.warning("mqtt: lost the broker %s (%s); events wait in the outbox",
                         self.broker, reason)
+            # dropped again and again right after connecting: a broker closes the older of
+            # two connections with one client id (boxes cloned from one image)
+            short = time.monotonic() - self._connected_at < SHORT_SESSION_S
+            self._short_sessions = self._short_sessions + 1 if short else 0
+            if self._short_sessions == SHORT_SESSIONS:
+                self._failed(f"the broker {self.broker} drops this client right after each "
+                             f"connect ({SHORT_SESSIONS} times): is its client id "
+                             f"{self._client_id!r} in use by another client (set "
+                             "line.mqtt.client_id, or give each box its own box_id)?")
+        else:
+            # closed before it answered the connect (or did not answer within keepalive):
+            # this was never logged, and the status page showed no error
+            self._failed(f"broker {self.broker} closed the connection without accepting it "
+                         f"({reason}): not an MQTT broker, or a TLS port without tls?")
         self.connected = False
         self._wake.set()
 
