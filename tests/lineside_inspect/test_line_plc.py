@@ -761,6 +761,13 @@ def test_camera_loss_fails_with_error_code(line: Line) -> None:
             # the other station is not affected
             sim = await _modbus_cycle(mb, 0)
             assert sim["ErrorCode"] == 0
+            # and /metrics counts each part that ended without a verdict (only the log said)
+            with line.srv.client("reviewer") as cl:
+                text = cl.get("/metrics").text
+            counted = {code: float(x.split()[-1]) for code in ("no_fresh_frame", "camera_offline")
+                       for x in text.splitlines() if x.startswith(
+                           f'lineside_line_part_failures_total{{code="{code}",station="flaky"}}')}
+            assert counted["no_fresh_frame"] >= 1 and counted["camera_offline"] >= 2
         finally:
             mb.close()
 

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter
+
 from lineside_inspect.errors import (
     CameraUnavailable,
     ConfigError,
@@ -76,6 +78,13 @@ class PlcLine:
         self._writes: set[asyncio.Task[None]] = set()  # tag publications (see _publish)
         self._ticker: asyncio.Task[None] | None = None
         self._closed_at: float | None = None  # monotonic: when the stations closed
+        # parts that ended without a verdict, by station and code: only a WARNING line
+        # said so, and a Grafana board showed a healthy box while the line rejected parts
+        metrics = getattr(service, "metrics", None)
+        self.failures = None if metrics is None else Counter(
+            "lineside_line_part_failures", "PLC parts that ended without a verdict (Fail "
+            "with an ErrorCode), by station and code (docs/line-integration.md)",
+            ["station", "code"], registry=metrics.registry)
         self._told = _Told()
 
     # -- recipes ----------------------------------------------------------------------
@@ -220,6 +229,8 @@ class PlcLine:
             else []
         step = station.plc_write(tag, value, now)
         changes += step.changes
+        if ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in step.changes:  # a trigger while busy
+            self._count_failure(station_id, ErrorCode.ACK_TIMEOUT)
         if any(name == "Recipe" for name, _ in changes):
             changes += self._alarm_of(station, self._in_alarm())  # the new recipe's, at once
         self._publish(station_id, changes)
@@ -255,6 +266,7 @@ class PlcLine:
             if n is not None:
                 log.warning("line: station %s: recipe %r cannot be used (ErrorCode %d)%s",
                             station_id, recipe, code, _since(n, "trigger"))
+            self._count_failure(station_id, code)
             self._publish(station_id, station.failed(code, time.monotonic(), part=part))
             return
         self._told.forget(station_id, "inspect")
@@ -270,6 +282,7 @@ class PlcLine:
             else:
                 log.warning("line: station %s: Fail, ErrorCode %d (%s): %s", station_id, code,
                             code.name.lower(), getattr(exc, "message", exc))
+            self._count_failure(station_id, code)
             changes = station.failed(code, time.monotonic(), part=part)
         else:
             changes = station.finished(result.verdict == "pass", len(result.defects), result.id,
@@ -281,6 +294,10 @@ class PlcLine:
             await asyncio.sleep(TICK_S)
             self.tick(time.monotonic())
 
+    def _count_failure(self, station_id: str, code: ErrorCode) -> None:
+        if self.failures is not None:
+            self.failures.labels(station_id, code.name.lower()).inc()
+
     def tick(self, now: float) -> None:
         """Heartbeats, ack timeouts, a new default recipe, the fail-rate alarm tags."""
         default = self._default_recipe()
@@ -291,6 +308,7 @@ class PlcLine:
             changes += self._alarm_of(station, in_alarm)
             if changes:
                 if ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in changes:
+                    self._count_failure(sid, ErrorCode.ACK_TIMEOUT)
                     log.warning("line: station %s: no ResultAck within %.1fs: result "
                                 "dropped (ErrorCode 5)", sid, station.ack_timeout_s)
                 self._publish(sid, changes)
