@@ -715,6 +715,9 @@ def test_modbus_handshake_recipe_and_refused_writes(line: Line) -> None:
                 assert (await mb.write_coil(base + addr, True, device_id=1)).isError()
             assert (await mb.write_register(REGISTERS.index("ErrorCode"), 0, device_id=1)).isError()
             assert (await mb.write_coils(0, [True, True], device_id=1)).isError()  # Trigger+TriggerReady
+            # the status bits are coils: read as discrete inputs they read 0 for ever
+            di = await mb.read_discrete_inputs(0, count=16, device_id=1)
+            assert di.isError() and di.exception_code == 0x02
             assert (await _coils(mb, base))["Pass"] is before["Pass"]
             # another unit id is not this station: "gateway target failed to respond"
             other = await mb.read_coils(0, count=8, device_id=5)

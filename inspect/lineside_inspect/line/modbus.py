@@ -58,6 +58,9 @@ async def _no_such_unit(function_code: int, start_address: int, address: int, co
     return ExcCodes.GATEWAY_NO_RESPONSE
 
 
+READ_DISCRETE_INPUTS = 2  # FC 02
+
+
 class ModbusAdapter:
     name = "Modbus TCP"
 
@@ -108,6 +111,10 @@ class ModbusAdapter:
                       registers: list[int], values: list[int] | list[bool] | None) -> ExcCodes | None:
         """Called by pymodbus before each request touches the data: refuses client writes
         to Lineside's tags and hands the PLC's writes to the handshake."""
+        if function_code == READ_DISCRETE_INPUTS:
+            # a master that maps the status bits as discrete inputs read TriggerReady 0
+            # for ever, with no error on either side: they are coils (FC 01)
+            return ExcCodes.ILLEGAL_ADDRESS
         if values is None or self._internal:
             return None
         n = len(values)
