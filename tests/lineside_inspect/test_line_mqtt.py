@@ -566,6 +566,18 @@ def test_a_port_that_is_no_broker_and_a_client_id_in_use_are_said(
         finally:
             stop()
     broker.start()
+    # a wrong password is told as such, and stays so (the disconnect after the refusal
+    # overwrote it with "not an MQTT broker", two warnings per retry)
+    wrong, stop = start_server(settings(line={"mqtt": {
+        "url": broker.url, "username": "lineside", "password": "wrong"}}))
+    try:
+        wait_for(lambda: wrong.app.state.mqtt.last_error, "the refusal")
+        time.sleep(1.5)  # a retry or two
+        assert "refused the connection" in wrong.app.state.mqtt.last_error
+        assert not any("not an MQTT broker" in r.getMessage() for r in caplog.records
+                       if str(broker.port) in r.getMessage())
+    finally:
+        stop()
     mqtt = {"url": broker.url, "username": "lineside", "password": PASSWORDS["lineside"],
             "client_id": "cloned-box"}
     a, stop_a = start_server(settings(line={"mqtt": mqtt}))

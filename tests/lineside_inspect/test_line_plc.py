@@ -245,6 +245,45 @@ class _Recorder:
     async def stop(self) -> None: ...
 
 
+def test_sigterm_stops_triggers_but_lets_the_open_part_finish_and_failures_are_told() -> None:
+    """At SIGTERM a station takes no trigger, but the part being judged still gets its
+    verdict (it was scrapped with ErrorCode 8 while its inspection was stored as a pass);
+    only the server's stop ends a part still open. Every part that ends without a verdict
+    is told to the failure counter: a recipe fault, a part the PLC gave up, the stop."""
+    told: list[ErrorCode] = []
+    st = Station("s", "r1", follows_default=False, ack_timeout_s=5.0, now=100.0,
+                 check_recipe=lambda n: ErrorCode.NONE)
+    st.on_failure = told.append
+    step = st.plc_write("Trigger", True, 100.0)
+    assert st.stop_taking() == [("TriggerReady", False)]
+    assert st.plc_write("Trigger", False, 100.01).changes == [("Trigger", False)]
+    changes = st.finished(True, 0, "i1", 100.1, part=step.part)
+    assert ("Pass", True) in changes and ("ResultReady", True) in changes and not told
+    assert st.close(100.2) == [] and st.tags["TriggerReady"] is False  # nothing was open
+    # a part still open at the stop: ErrorCode 8, told
+    st2 = Station("t", "r1", follows_default=False, ack_timeout_s=5.0, now=100.0,
+                  check_recipe=lambda n: ErrorCode.NONE)
+    st2.on_failure = told.append
+    st2.plc_write("Trigger", True, 100.0)
+    st2.stop_taking()
+    assert ("ErrorCode", int(ErrorCode.SHUTDOWN)) in st2.close(100.3)
+    # a trigger after a refused recipe, and a part the PLC gave up (0 then 1 while busy)
+    st3 = Station("u", "r1", follows_default=False, ack_timeout_s=5.0, now=100.0,
+                  check_recipe=lambda n: ErrorCode.UNKNOWN_RECIPE if n == "nope" else ErrorCode.NONE)
+    st3.on_failure = told.append
+    st3.plc_write("Recipe", "nope", 100.0)
+    st3.plc_write("Trigger", True, 100.1)
+    st3.plc_write("ResultAck", True, 100.2)
+    st3.plc_write("Trigger", False, 100.3)
+    st3.plc_write("ResultAck", False, 100.3)
+    st3.plc_write("Recipe", "r1", 100.4)
+    part = st3.plc_write("Trigger", True, 100.5).part
+    st3.plc_write("Trigger", False, 100.6)
+    st3.plc_write("Trigger", True, 100.7)  # given up: dropped when its inspection ends
+    st3.finished(True, 0, "i2", 100.8, part=part)
+    assert told == [ErrorCode.SHUTDOWN, ErrorCode.UNKNOWN_RECIPE, ErrorCode.ACK_TIMEOUT]
+
+
 def test_closed_stations_are_served_a_while_before_the_adapters_stop() -> None:
     """The servers went 3 ms after ErrorCode 8 was set: a PLC polling every 100 ms never
     read why its part ended. They serve ``close_hold_s`` after the stations closed."""

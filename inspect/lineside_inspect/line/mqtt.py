@@ -138,6 +138,7 @@ class MqttPublisher:
         self._camera_states: dict[str, dict[str, Any]] = {}
         self._connected_at = 0.0  # monotonic
         self._short_sessions = 0  # in a row
+        self._answered = False  # this connection got a CONNACK
         self._client = self._make_client()
         self._thread = threading.Thread(target=self._run, name="mqtt-outbox", daemon=True)
 
@@ -166,6 +167,7 @@ class MqttPublisher:
 
     # paho's network thread: record and wake the delivery thread, nothing more
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._answered = True  # a CONNACK, accepting or refusing
         if reason.is_failure:
             self._failed(f"broker {self.broker} refused the connection: {reason}")
             return
@@ -194,14 +196,17 @@ class MqttPublisher:
             self._short_sessions = self._short_sessions + 1 if short else 0
             if self._short_sessions == SHORT_SESSIONS:
                 self._failed(f"the broker {self.broker} drops this client right after each "
-                             f"connect ({SHORT_SESSIONS} times): is its client id "
+                             f"connect ({SHORT_SESSIONS} times): its client id "
                              f"{self._client_id!r} in use by another client (set "
-                             "line.mqtt.client_id, or give each box its own box_id)?")
-        else:
+                             "line.mqtt.client_id, or give each box its own box_id)? Or a "
+                             "message it refuses (max_packet_size)? The broker's log says")
+        elif not self._answered:
             # closed before it answered the connect (or did not answer within keepalive):
             # this was never logged, and the status page showed no error
-            self._failed(f"broker {self.broker} closed the connection without accepting it "
-                         f"({reason}): not an MQTT broker, or a TLS port without tls?")
+            self._failed(f"broker {self.broker} closed the connection without answering the "
+                         f"connect ({reason}): not an MQTT broker, or a TLS port without tls?")
+        # (a refused connect was told by _on_connect: a wrong password stays said as such)
+        self._answered = False
         self.connected = False
         self._wake.set()
 
@@ -325,6 +330,10 @@ class MqttPublisher:
                 if now - last_gauges >= self.poll_s:
                     self._gauges()
                     last_gauges = now
+                if self.connected and self._short_sessions >= SHORT_SESSIONS \
+                        and now - self._connected_at > SHORT_SESSION_S:
+                    self._short_sessions = 0  # a session lasted: the drops are over
+                    self.last_error = None
                 if now - last_purge >= PURGE_EVERY_S:
                     self.outbox.purge_delivered(self.config.keep_delivered_s)
                     last_purge = now

@@ -127,6 +127,7 @@ class PlcLine:
                 cid, cfg.recipe or self._default_recipe(), follows_default=cfg.recipe is None,
                 ack_timeout_s=self.settings.ack_timeout_s, now=now,
                 check_recipe=functools.partial(self.check_recipe, cid))
+            self.stations[cid].on_failure = functools.partial(self._count_failure, cid)
             self._locks[cid] = asyncio.Lock()
         cameras.plc_recipe = self._plc_recipe
         table = None if self.settings.modbus is None else self.settings.modbus.recipes
@@ -161,6 +162,14 @@ class PlcLine:
         write, else the camera's own or the server's default."""
         station = self.stations.get(camera_id)
         return station.recipe if station else None
+
+    async def stop_triggers(self) -> None:
+        """SIGTERM came: no station takes a trigger any more (``TriggerReady`` 0), while
+        the HTTP server drains; a part in progress still gets its verdict if it comes
+        before :meth:`close` (scrapping it at the signal failed parts whose verdict came
+        milliseconds later, and the store kept a verdict the PLC never read)."""
+        for sid, station in self.stations.items():
+            self._publish(sid, station.stop_taking())
 
     async def close(self) -> None:
         """The server is stopping: no station takes a trigger any more (TriggerReady off),
@@ -229,8 +238,6 @@ class PlcLine:
             else []
         step = station.plc_write(tag, value, now)
         changes += step.changes
-        if ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in step.changes:  # a trigger while busy
-            self._count_failure(station_id, ErrorCode.ACK_TIMEOUT)
         if any(name == "Recipe" for name, _ in changes):
             changes += self._alarm_of(station, self._in_alarm())  # the new recipe's, at once
         self._publish(station_id, changes)
@@ -266,7 +273,6 @@ class PlcLine:
             if n is not None:
                 log.warning("line: station %s: recipe %r cannot be used (ErrorCode %d)%s",
                             station_id, recipe, code, _since(n, "trigger"))
-            self._count_failure(station_id, code)
             self._publish(station_id, station.failed(code, time.monotonic(), part=part))
             return
         self._told.forget(station_id, "inspect")
@@ -282,7 +288,6 @@ class PlcLine:
             else:
                 log.warning("line: station %s: Fail, ErrorCode %d (%s): %s", station_id, code,
                             code.name.lower(), getattr(exc, "message", exc))
-            self._count_failure(station_id, code)
             changes = station.failed(code, time.monotonic(), part=part)
         else:
             changes = station.finished(result.verdict == "pass", len(result.defects), result.id,
@@ -308,7 +313,6 @@ class PlcLine:
             changes += self._alarm_of(station, in_alarm)
             if changes:
                 if ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in changes:
-                    self._count_failure(sid, ErrorCode.ACK_TIMEOUT)
                     log.warning("line: station %s: no ResultAck within %.1fs: result "
                                 "dropped (ErrorCode 5)", sid, station.ack_timeout_s)
                 self._publish(sid, changes)
@@ -449,7 +453,7 @@ def setup_line_plc(app: FastAPI, settings: Settings) -> None:
     # shutdown closes the stations first of all (before the server drains its inspections),
     # while the adapters still serve the code-8 results; they stop with the other hooks
     app.state.on_stopping.append(lambda: anyio.from_thread.run(line.close))
-    app.state.on_signal.append(line.close)  # at SIGTERM already, before the drain
+    app.state.on_signal.append(line.stop_triggers)  # at SIGTERM already, before the drain
     app.state.on_shutdown.append(lambda: anyio.from_thread.run(line.stop))
 
 

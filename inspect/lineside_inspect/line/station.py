@@ -139,6 +139,9 @@ class Station:
         self._plc_trigger = False
         self.recipe_fault = ErrorCode.NONE  # the last Recipe write was refused: no verdicts
         self.closed = False  # the server is stopping: no more triggers
+        self._ended = False  # and the part in progress, if any, ended with ErrorCode 8
+        # told of each part that ends without a verdict (the line's failure counter)
+        self.on_failure: Callable[[ErrorCode], None] | None = None
 
     @property
     def recipe(self) -> str:
@@ -267,14 +270,22 @@ class Station:
         return self._result(False, 0, inspection_id, ErrorCode(code) or ErrorCode.INTERNAL, now,
                             part)
 
+    def stop_taking(self) -> Changes:
+        """The server got SIGTERM: no trigger is taken any more (``TriggerReady`` 0); a part
+        in progress still gets its verdict, if it comes before :meth:`close`."""
+        changes: Changes = []
+        if not self.closed:
+            self.closed = True
+            self._set(changes, "TriggerReady", False)
+        return changes
+
     def close(self, now: float) -> Changes:
         """The server is stopping: no trigger is taken any more, and a part in progress
         ends now with Fail and ErrorCode 8 (its inspection's result is ignored)."""
-        changes: Changes = []
-        if self.closed:
-            return changes
-        self.closed = True
-        self._set(changes, "TriggerReady", False)
+        if self._ended:
+            return []
+        self._ended = True
+        changes = self.stop_taking()
         if self.phase is Phase.BUSY:
             self._drop = False
             changes += self._result(False, 0, "", ErrorCode.SHUTDOWN, now)
@@ -291,6 +302,8 @@ class Station:
             self._dropped(changes)
             return changes
         passed = passed and code is ErrorCode.NONE
+        if code is not ErrorCode.NONE and self.on_failure is not None:
+            self.on_failure(code)
         self._set(changes, "Pass", passed)
         self._set(changes, "Fail", not passed)
         self._set(changes, "DefectCount", max(0, min(int(defects), 2**31 - 1)))
@@ -306,6 +319,8 @@ class Station:
     def _dropped(self, changes: Changes) -> None:
         """The open part's result is not to be taken for a verdict: Fail, ErrorCode 5,
         no ResultReady, ready again."""
+        if self.on_failure is not None:
+            self.on_failure(ErrorCode.ACK_TIMEOUT)
         self._set(changes, "Pass", False)
         self._set(changes, "Fail", True)
         self._set(changes, "DefectCount", 0)
