@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import os
 import re
 from pathlib import Path
@@ -157,9 +158,13 @@ class CameraConfig(BaseModel):
             if "stale_after_s" not in self.model_fields_set:
                 self.stale_after_s = max(self.stale_after_s, 2.5 * interval)
             elif self.stale_after_s <= interval:
-                raise ValueError(f"stale_after_s {self.stale_after_s:g} is not over the frame "
-                                 f"interval ({interval:g} s at fps {self.fps:g}): the camera "
-                                 "would go stale between every two frames")
+                # a config that loaded before still starts (a refusal stopped the box after
+                # an upgrade), with the limit it needs
+                logging.getLogger("lineside").warning(
+                    "camera %s: stale_after_s %g is not over its frame interval (%g s at fps "
+                    "%g): %g s is used, or it would go stale between every two frames",
+                    self.id, self.stale_after_s, interval, self.fps, 2.5 * interval)
+                self.stale_after_s = 2.5 * interval
         return self
 
     @field_validator("source")

@@ -508,10 +508,8 @@ def test_a_source_that_opens_and_fails_at_once_backs_off_more_each_time(tmp_path
 def test_a_slow_cameras_stale_limit_follows_its_frame_interval() -> None:
     """A folder camera at 0.4 fps went stale between every two frames with the default
     2 s: online/stale twice a frame on the page, the metrics and retained MQTT messages."""
-    from pydantic import ValidationError
-
     assert CameraConfig(id="slow", source="frames", fps=0.4).stale_after_s == 6.25
     assert CameraConfig(id="fast", source="frames", fps=10).stale_after_s == 2.0
     assert CameraConfig(id="set", source="frames", fps=0.4, stale_after_s=9).stale_after_s == 9
-    with pytest.raises(ValidationError, match="not over the frame interval"):
-        CameraConfig(id="tight", source="frames", fps=0.4, stale_after_s=2)
+    # set too tight (a config that loaded before): raised, with a warning, not refused
+    assert CameraConfig(id="tight", source="frames", fps=0.4, stale_after_s=2).stale_after_s == 6.25

@@ -29,7 +29,8 @@ __all__ = ["anomaly_summary", "bench_train", "calibrate", "evaluate", "export", 
 def resumed(path: str | Path | None, overrides: list[str] | None,
             name: str | None) -> dict[str, Any]:
     """For ``--resume``: what the run to continue was trained with (its ``config.yaml``),
-    as fields to fill in: its ``data`` when neither the config nor an override names one,
+    as fields to fill in: its ``data`` (and ``extra_data``, from ``--merge``) when neither
+    the config nor an override names one,
     and its schedule (``epochs``, ``time_budget``), which the command keeps unless given
     again. Empty when there is no such run (``train`` says so)."""
     doc = read_config(path, overrides, name=name)
@@ -43,6 +44,8 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     fill = {k: was[k] for k in ("epochs", "time_budget") if k in was}
     if doc.get("data") is None and was.get("data"):
         fill["data"] = str(was["data"])
+        if doc.get("extra_data") is None and was.get("extra_data"):  # (--merge)
+            fill["extra_data"] = [str(d) for d in was["extra_data"]]
     return fill
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lineside_inspect.dataset.model import Dataset
-from lineside_inspect.errors import DatasetError, MissingExtraError, install_hint
+from lineside_inspect.errors import MissingExtraError, install_hint
 
 SIZE_BINS = (0, 16, 32, 64, 128, 256, 10**9)
 
@@ -49,10 +49,8 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
 
 def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     """Save a two-panel PNG: boxes per class by split, and the box-size histogram; the
-    file written: ``out``, with ``.png`` added to a name without a suffix (matplotlib adds
-    it unsaid); another suffix it knows (.svg, .pdf, .jpg) picks that format."""
-    if not out.suffix:
-        out = out.with_name(out.name + ".png")
+    file written: ``out`` when its suffix is a format matplotlib writes (.png, .svg, .pdf,
+    .jpg ...), else ``out`` with ``.png`` added (a bare name, ``deeppcb.v2``)."""
     try:
         import matplotlib
     except ImportError:  # an edge install: plotting comes with the training extra
@@ -63,11 +61,8 @@ def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    kinds = fig.canvas.get_supported_filetypes()
-    if out.suffix.lower().lstrip(".") not in kinds:
-        plt.close(fig)
-        raise DatasetError(f"--plot {out.name}: {out.suffix} is not a format the plot can be "
-                           f"saved in; use one of {', '.join('.' + k for k in sorted(kinds))}")
+    if out.suffix.lower().lstrip(".") not in fig.canvas.get_supported_filetypes():
+        out = out.with_name(out.name.rstrip(".") + ".png")  # (matplotlib added it unsaid)
     classes = stats["classes"]
     splits = list(stats["boxes_per_class"])
     width = 0.8 / max(len(splits), 1)
