@@ -177,6 +177,31 @@ def test_a_reference_retention_deletes_as_a_box_forwards_it_again_is_put_back(
         done = retention.run_once()
         assert isinstance(done, RetentionRound) and (done.deleted, done.references) == (1, 0)
         assert objects.exists(key) and hub.store.get(late.id).reference_path == key
+        # 3. as 2., but the object store fails the put-back: the round ends, and the next
+        # one puts the image back first (it was lost for good)
+        with Session(hub.store.engine) as s, s.begin():
+            s.execute(update(InspectionRow).where(InspectionRow.id == late.id)
+                      .values(received_at=NOW - timedelta(days=40)))
+        later = _item(4, 0, None, ref)
+        put = objects.put
+
+        def forwarded_then(k: str) -> bytes:
+            data = get(k)
+            assert box.post(box.path(FORWARD), ForwardBatch(items=[later]), ForwardAck).stored == 1
+            return data
+
+        def store_down(*_: Any, **__: Any) -> None:
+            raise ObjectStoreUnavailable("the object store is unreachable (during put)")
+
+        monkeypatch.setattr(objects, "get", forwarded_then)
+        monkeypatch.setattr(objects, "put", store_down)
+        with pytest.raises(ObjectStoreUnavailable):
+            retention.run_once()
+        assert not objects.exists(key) and hub.store.get(later.id).reference_path == key
+        monkeypatch.setattr(objects, "put", put)
+        monkeypatch.setattr(objects, "get", get)
+        retention.run_once()
+        assert objects.exists(key)
         box.close()
 
 

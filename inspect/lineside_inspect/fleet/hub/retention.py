@@ -18,7 +18,9 @@ camera's recipe, so one goes only when the last inspection pointing at it has go
 that golden image at any moment, whose ingest found the object there and did not put it
 again; so the object is read before it is deleted and put back when a row points at it
 afterwards, and the ingest looks again once its rows are committed
-(``Ingest._keep_references``): whichever of the two comes second restores it.
+(``Ingest._keep_references``): whichever of the two comes second restores it. A put-back
+the object store fails is tried again first thing in the next round; only a hub process
+that ends between the delete and the put-back loses that image (its bytes are in memory).
 
 Boxes are unaffected: a box's own store has its own retention. A review a box sends of an
 inspection the hub no longer holds is answered ``waiting: inspection``; the box, which
@@ -31,7 +33,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -61,8 +63,6 @@ class RetentionRound:
     deleted: int = 0  # rows (with their reviews and images)
     kept: int = 0  # rows past the cutoff whose image could not be deleted: next round
     references: int = 0  # reference images no inspection points at any more, deleted
-    # reference keys of the rows deleted: looked at once the round's rows are gone
-    refs: set[str] = field(default_factory=set)
 
 
 class HubRetention:
@@ -80,6 +80,12 @@ class HubRetention:
         self._counter: Counter | None = None
         self._failures: Counter | None = None
         self._references: Counter | None = None
+        # reference keys of deleted rows, looked at once their round's rows are gone (kept
+        # across rounds: a round that stops early, or a key the store would not delete)
+        self._candidates: set[str] = set()
+        # reference images deleted, then found pointed at, whose put-back failed: put back
+        # first thing in the next round (lost only if the process ends meanwhile)
+        self._restore: dict[str, bytes] = {}
         if metrics is not None:
             self._counter = Counter("lineside_hub_retention_deleted", "Inspections the hub's "
                                     "retention deleted (with their reviews and images)",
@@ -120,22 +126,40 @@ class HubRetention:
             return s.scalar(select(InspectionRow.id)
                             .where(InspectionRow.reference_path == key).limit(1)) is not None
 
+    def _put_back(self, key: str, data: bytes) -> None:
+        """Put ``key`` back (kept in ``_restore`` until it is: an object store down here
+        ends the round, and the next one tries first)."""
+        self._restore[key] = data
+        self.objects.put(key, data, CONTENT_TYPES.get(key.rsplit(".", 1)[-1],
+                                                      "application/octet-stream"))
+        del self._restore[key]
+        log.info("hub retention: reference image %s put back (an inspection stored as it "
+                 "was deleted points at it)", key)
+
     def _drop_unused_references(self, done: RetentionRound) -> None:
-        """Delete the reference images of ``done.refs`` no inspection points at now. Read
-        first and put back when an inspection stored meanwhile points at one (its ingest
-        found the object there before the delete: the module's docstring)."""
-        for key in sorted(done.refs):
-            if self._stop.is_set() or self._referenced(key):
+        """Delete the candidate reference images no inspection points at now. Read first
+        and put back when an inspection stored meanwhile points at one (its ingest found
+        the object there before the delete: the module's docstring)."""
+        for key, data in list(self._restore.items()):
+            if self._referenced(key) and not self.objects.exists(key):
+                self._put_back(key, data)
+            self._restore.pop(key, None)
+        for key in sorted(self._candidates):
+            if self._stop.is_set():
+                return
+            if self._referenced(key):
+                self._candidates.discard(key)
                 continue
             try:
                 data = self.objects.get(key)
             except NotFoundError:
+                self._candidates.discard(key)
                 continue
             if self.objects.delete_many([key]):
-                continue  # the store would not delete it: looked at when its user goes
+                continue  # the store would not delete it: tried again next round
+            self._candidates.discard(key)
             if self._referenced(key):
-                self.objects.put(key, data, CONTENT_TYPES.get(key.rsplit(".", 1)[-1],
-                                                              "application/octet-stream"))
+                self._put_back(key, data)
                 continue
             done.references += 1
             if self._references is not None:
@@ -157,8 +181,8 @@ class HubRetention:
             gone = [r.id for r in rows if r.id not in kept]
             skip |= kept
             done.kept += len(kept)
-            done.refs.update(r.reference_path for r in rows
-                             if r.id not in kept and r.reference_path)
+            self._candidates.update(r.reference_path for r in rows
+                                    if r.id not in kept and r.reference_path)
             with Session(self.store.engine) as s, s.begin():
                 # counted from what was deleted: a second hub process deleting the same
                 # rows meanwhile must not take them off the boxes' counts twice (a SQLite
