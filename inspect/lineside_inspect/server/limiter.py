@@ -69,13 +69,10 @@ class Limiter:
         if _admitted.get():
             yield
             return
-        own = False
         with self._lock:
-            if reserved and self.in_system - self.reserved_in >= self.max_waiting \
-                    and self.reserved_in < self.reserved:
-                own = True
-                self.reserved_in += 1
-            elif self.in_system - self.reserved_in >= self.max_waiting:
+            full = self.in_system - self.reserved_in >= self.max_waiting
+            own = reserved and full and self.reserved_in < self.reserved
+            if full and not own:
                 raise Overloaded(f"server busy: {self.in_system} requests in progress or "
                                  "queued; retry shortly")
             held = self._held.get(holder, 0) if holder is not None else 0
@@ -84,6 +81,7 @@ class Limiter:
                                  f"its share of the server (max_places_per_key); retry once "
                                  "one is answered")
             self.in_system += 1
+            self.reserved_in += own
             if holder is not None:
                 self._held[holder] = held + 1
         token = _admitted.set(True)
