@@ -168,12 +168,16 @@ def test_a_reference_retention_deletes_as_a_box_forwards_it_again_is_put_back(
         late = _item(3, 0, None, ref)
         get = objects.get
 
-        def forwarded_meanwhile(k: str) -> bytes:
-            data = get(k)
-            assert box.post(box.path(FORWARD), ForwardBatch(items=[late]), ForwardAck).stored == 1
-            return data
+        def forwarding(item: ForwardedInspection) -> Any:
+            """``objects.get`` that forwards ``item`` (pointing at the image) once read."""
+            def read(k: str) -> bytes:
+                data = get(k)
+                assert box.post(box.path(FORWARD), ForwardBatch(items=[item]),
+                                ForwardAck).stored == 1
+                return data
+            return read
 
-        monkeypatch.setattr(objects, "get", forwarded_meanwhile)
+        monkeypatch.setattr(objects, "get", forwarding(late))
         done = retention.run_once()
         assert isinstance(done, RetentionRound) and (done.deleted, done.references) == (1, 0)
         assert objects.exists(key) and hub.store.get(late.id).reference_path == key
@@ -185,15 +189,10 @@ def test_a_reference_retention_deletes_as_a_box_forwards_it_again_is_put_back(
         later = _item(4, 0, None, ref)
         put = objects.put
 
-        def forwarded_then(k: str) -> bytes:
-            data = get(k)
-            assert box.post(box.path(FORWARD), ForwardBatch(items=[later]), ForwardAck).stored == 1
-            return data
-
         def store_down(*_: Any, **__: Any) -> None:
             raise ObjectStoreUnavailable("the object store is unreachable (during put)")
 
-        monkeypatch.setattr(objects, "get", forwarded_then)
+        monkeypatch.setattr(objects, "get", forwarding(later))
         monkeypatch.setattr(objects, "put", store_down)
         with pytest.raises(ObjectStoreUnavailable):
             retention.run_once()
