@@ -15,6 +15,7 @@ import pytest
 from asyncua import Client, ua
 from pydantic import ValidationError
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.pdu.bit_message import WriteSingleCoilRequest
 
 from lineside_inspect.cameras.simulator import MJPEGSimulator, counter_frame, folder_frames
 from lineside_inspect.config import CameraConfig, load_settings
@@ -754,6 +755,13 @@ def test_modbus_handshake_recipe_and_refused_writes(line: Line) -> None:
                 assert (await mb.write_coil(base + addr, True, device_id=1)).isError()
             assert (await mb.write_register(REGISTERS.index("ErrorCode"), 0, device_id=1)).isError()
             assert (await mb.write_coils(0, [True, True], device_id=1)).isError()  # Trigger+TriggerReady
+            # FC 05 with a value that is neither FF00 nor 0000: exception 03, nothing
+            # changes (pymodbus took it for on, and a part was triggered)
+            bogus = WriteSingleCoilRequest(address=0, bits=[True], dev_id=1)
+            bogus.encode = lambda: (0).to_bytes(2, "big") + (0x1234).to_bytes(2, "big")  # type: ignore[method-assign]
+            answer = await mb.execute(False, bogus)
+            assert answer.isError() and answer.exception_code == 0x03
+            assert (await _coils(mb, 0))["Busy"] is False
             # the status bits are coils: read as discrete inputs they read 0 for ever
             di = await mb.read_discrete_inputs(0, count=16, device_id=1)
             assert di.isError() and di.exception_code == 0x02

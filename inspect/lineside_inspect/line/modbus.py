@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import WriteSingleCoilRequest
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -59,6 +62,22 @@ async def _no_such_unit(function_code: int, start_address: int, address: int, co
 
 
 READ_DISCRETE_INPUTS = 2  # FC 02
+COIL_ON, COIL_OFF = 0xFF00, 0x0000  # the only values FC 05 may carry
+
+
+class _StrictWriteCoil(WriteSingleCoilRequest):
+    """FC 05 as the Modbus spec has it: FF00 is on, 0000 off, any other value exception 03
+    with nothing changed. pymodbus took any value but 0 for on: a master sending 0x0001
+    (a common misconfiguration) triggered a part."""
+
+    def decode(self, data: bytes) -> None:
+        super().decode(data)
+        self.raw_value = int.from_bytes(data[2:4], "big")
+
+    async def datastore_update(self, context: Any, device_id: int) -> ModbusPDU:
+        if getattr(self, "raw_value", COIL_ON) not in (COIL_ON, COIL_OFF):
+            return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_VALUE)
+        return await super().datastore_update(context, device_id)
 
 
 class ModbusAdapter:
@@ -96,7 +115,8 @@ class ModbusAdapter:
                      [SimData(0, count=BLOCK * n, values=0, datatype=DataType.REGISTERS)],
                      [SimData(0, datatype=DataType.INVALID)]),
             action=_no_such_unit)
-        server = ModbusTcpServer([device, others], address=(cfg.host, cfg.port))
+        server = ModbusTcpServer([device, others], address=(cfg.host, cfg.port),
+                                 custom_pdu=[_StrictWriteCoil])
         await server.serve_forever(background=True)
         self.server = server
         sockets = getattr(server.transport, "sockets", None)
