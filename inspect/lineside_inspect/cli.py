@@ -397,8 +397,8 @@ def train_cmd(
         overrides.append("time_budget=null")
     if resume:  # the run says what it trained on, and on what schedule
         saved = t.resumed(config, overrides, name)
-        if data is None and "data" in saved:
-            data, merge = saved["data"], merge or saved.get("extra_data")
+        data = data or saved.get("data")
+        merge = merge or saved.get("extra_data")
         if epochs is None and time is None and not given & {"epochs", "time_budget"}:
             overrides += [f"{k}={json.dumps(saved[k])}" for k in ("epochs", "time_budget")
                           if k in saved]

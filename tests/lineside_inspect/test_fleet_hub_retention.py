@@ -201,6 +201,30 @@ def test_a_reference_retention_deletes_as_a_box_forwards_it_again_is_put_back(
         monkeypatch.setattr(objects, "get", get)
         retention.run_once()
         assert objects.exists(key)
+        # 4. as 2., but the look after the delete fails (the database busy with that very
+        # ingest): the round ends, and the next one puts the image back
+        with Session(hub.store.engine) as s, s.begin():
+            s.execute(update(InspectionRow).where(InspectionRow.id == later.id)
+                      .values(received_at=NOW - timedelta(days=40)))
+        last = _item(5, 0, None, ref)
+        looks = retention._referenced
+        calls: list[str] = []
+
+        def busy_second_time(k: str) -> bool:
+            calls.append(k)
+            if len(calls) == 2:
+                raise RuntimeError("database is locked")
+            return looks(k)
+
+        monkeypatch.setattr(objects, "get", forwarding(last))
+        monkeypatch.setattr(retention, "_referenced", busy_second_time)
+        with pytest.raises(RuntimeError):
+            retention.run_once()
+        assert not objects.exists(key)
+        monkeypatch.setattr(objects, "get", get)
+        monkeypatch.setattr(retention, "_referenced", looks)
+        retention.run_once()
+        assert objects.exists(key) and hub.store.get(last.id).reference_path == key
         box.close()
 
 

@@ -283,6 +283,25 @@ def test_sigterm_stops_triggers_but_lets_the_open_part_finish_and_failures_are_t
     st3.plc_write("Trigger", True, 100.7)  # given up: dropped when its inspection ends
     st3.finished(True, 0, "i2", 100.8, part=part)
     assert told == [ErrorCode.SHUTDOWN, ErrorCode.UNKNOWN_RECIPE, ErrorCode.ACK_TIMEOUT]
+    # after SIGTERM a part the PLC gives up (0 then 1) is still dropped: its late verdict
+    # must not read as the answer to the refused trigger
+    st4 = Station("v", "r1", follows_default=False, ack_timeout_s=5.0, now=100.0,
+                  check_recipe=lambda n: ErrorCode.NONE)
+    part = st4.plc_write("Trigger", True, 100.0).part
+    st4.stop_taking()
+    st4.plc_write("Trigger", False, 100.1)
+    st4.plc_write("Trigger", True, 100.2)
+    late = st4.finished(True, 0, "old", 100.3, part=part)
+    assert ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in late and ("ResultReady", True) not in late
+    # a part that failed with a code and then went unacknowledged is counted once
+    told.clear()
+    st5 = Station("w", "r1", follows_default=False, ack_timeout_s=1.0, now=100.0,
+                  check_recipe=lambda n: ErrorCode.NONE)
+    st5.on_failure = told.append
+    part = st5.plc_write("Trigger", True, 100.0).part
+    st5.failed(ErrorCode.CAMERA_OFFLINE, 100.1, part=part)
+    assert ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in st5.tick(102.0)
+    assert told == [ErrorCode.CAMERA_OFFLINE]
 
 
 def test_closed_stations_are_served_a_while_before_the_adapters_stop() -> None:

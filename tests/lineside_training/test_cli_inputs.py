@@ -150,8 +150,27 @@ def test_stats_plot_is_where_it_says(tmp_path: Path) -> None:
         r.stdout.replace("\n", "")
     r = runner.invoke(app, ["data", "stats", str(SAMPLE), "--plot", str(tmp_path / "plot.svg")])
     assert r.exit_code == 0 and (tmp_path / "plot.svg").read_bytes().lstrip().startswith(b"<?xml")
-    r = runner.invoke(app, ["data", "stats", str(SAMPLE), "--plot", str(tmp_path / "deeppcb.v2")])
-    assert r.exit_code == 0 and (tmp_path / "deeppcb.v2.png").is_file()  # no format: a name
+    for name in ("deeppcb.v2", "deeppcb.raw"):  # no image format (raw: a pixel dump): a name
+        r = runner.invoke(app, ["data", "stats", str(SAMPLE), "--plot", str(tmp_path / name)])
+        assert r.exit_code == 0 and (tmp_path / f"{name}.png").is_file()
+
+
+def test_resume_keeps_merged_sets_under_a_config_naming_the_data(tmp_path: Path) -> None:
+    """The shipped configs name ``data``: resumed with one, a run trained with
+    ``--merge`` lost its merged sets and was refused as trained on other data."""
+    from lineside_training.commands import resumed
+
+    run = tmp_path / "runs" / "m"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({
+        "data": str(SAMPLE), "extra_data": [str(tmp_path / "extra")], "epochs": 3,
+        "time_budget": None}))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"data": str(SAMPLE), "out_dir": str(tmp_path / "runs")}))
+    fill = resumed(cfg, [], "m")
+    assert fill == {"epochs": 3, "time_budget": None, "extra_data": [str(tmp_path / "extra")]}
+    cfg.write_text(yaml.safe_dump({"data": str(tmp_path), "out_dir": str(tmp_path / "runs")}))
+    assert "extra_data" not in resumed(cfg, [], "m")  # other data: not its merged sets
 
 
 def _pred(boxes: list[list[float]], scores: list[float]) -> Prediction:

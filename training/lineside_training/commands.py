@@ -44,9 +44,18 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     fill = {k: was[k] for k in ("epochs", "time_budget") if k in was}
     if doc.get("data") is None and was.get("data"):
         fill["data"] = str(was["data"])
-        if doc.get("extra_data") is None and was.get("extra_data"):  # (--merge)
-            fill["extra_data"] = [str(d) for d in was["extra_data"]]
+    # its --merge sets, when it is resumed on its own data (the shipped configs name one)
+    same = doc.get("data") is None or _same_path(doc["data"], was.get("data"))
+    if same and not doc.get("extra_data") and was.get("extra_data"):
+        fill["extra_data"] = [str(d) for d in was["extra_data"]]
     return fill
+
+
+def _same_path(a: object, b: object) -> bool:
+    try:
+        return b is not None and Path(str(a)).resolve() == Path(str(b)).resolve()
+    except OSError:
+        return False
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None,

@@ -47,10 +47,16 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
     }
 
 
+# what --plot writes in the format of its suffix (matplotlib's "raw" is a bare pixel dump,
+# "pgf" needs LaTeX); any other name gets .png
+PLOT_FORMATS = frozenset({".png", ".svg", ".pdf", ".jpg", ".jpeg", ".tif", ".tiff", ".webp",
+                          ".eps", ".ps"})
+
+
 def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     """Save a two-panel PNG: boxes per class by split, and the box-size histogram; the
-    file written: ``out`` when its suffix is a format matplotlib writes (.png, .svg, .pdf,
-    .jpg ...), else ``out`` with ``.png`` added (a bare name, ``deeppcb.v2``)."""
+    file written: ``out`` when its suffix is one of ``PLOT_FORMATS``, else ``out`` with
+    ``.png`` added (a bare name, ``deeppcb.v2``)."""
     try:
         import matplotlib
     except ImportError:  # an edge install: plotting comes with the training extra
@@ -61,7 +67,7 @@ def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    if out.suffix.lower().lstrip(".") not in fig.canvas.get_supported_filetypes():
+    if out.suffix.lower() not in PLOT_FORMATS:
         out = out.with_name(out.name.rstrip(".") + ".png")  # (matplotlib added it unsaid)
     classes = stats["classes"]
     splits = list(stats["boxes_per_class"])

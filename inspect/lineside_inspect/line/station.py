@@ -192,7 +192,9 @@ class Station:
             # while a part is open has given up on that part: its result is dropped, so it
             # can never be read as the answer to this trigger
             self._set(step.changes, "Trigger", False)
-            if not self.closed:
+            # (closed at SIGTERM, a part open still answers the PLC: given up, it drops as
+            # ever; once ended by the stop, its code-8 result stays)
+            if not self._ended:
                 if self.phase is Phase.RESULT:
                     self._dropped(step.changes)
                 elif self.phase is Phase.BUSY:
@@ -319,7 +321,8 @@ class Station:
     def _dropped(self, changes: Changes) -> None:
         """The open part's result is not to be taken for a verdict: Fail, ErrorCode 5,
         no ResultReady, ready again."""
-        if self.on_failure is not None:
+        if self.on_failure is not None and self.tags["ErrorCode"] == ErrorCode.NONE:
+            # (a result that failed with a code was counted then: once per part)
             self.on_failure(ErrorCode.ACK_TIMEOUT)
         self._set(changes, "Pass", False)
         self._set(changes, "Fail", True)

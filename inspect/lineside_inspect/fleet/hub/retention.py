@@ -104,6 +104,7 @@ class HubRetention:
         ObjectStoreUnavailable (the round ends) when the object store cannot be reached."""
         cutoff = (now or datetime.now(UTC)) - timedelta(days=self.days)
         done = RetentionRound()
+        self._restore_deleted()  # first: an image an inspection points at is missing
         # by when the hub received a row (a box's clock may be behind, its backlog old:
         # dated by the box, a row could leave on arrival); rows received before the hub
         # kept that time go by when they were made
@@ -136,14 +137,18 @@ class HubRetention:
         log.info("hub retention: reference image %s put back (an inspection stored as it "
                  "was deleted points at it)", key)
 
-    def _drop_unused_references(self, done: RetentionRound) -> None:
-        """Delete the candidate reference images no inspection points at now. Read first
-        and put back when an inspection stored meanwhile points at one (its ingest found
-        the object there before the delete: the module's docstring)."""
+    def _restore_deleted(self) -> None:
+        """Put back the reference images a round deleted and found pointed at, but could
+        not put back (or did not get to look at again)."""
         for key, data in list(self._restore.items()):
             if self._referenced(key) and not self.objects.exists(key):
                 self._put_back(key, data)
             self._restore.pop(key, None)
+
+    def _drop_unused_references(self, done: RetentionRound) -> None:
+        """Delete the candidate reference images no inspection points at now. Read first
+        and put back when an inspection stored meanwhile points at one (its ingest found
+        the object there before the delete: the module's docstring)."""
         for key in sorted(self._candidates):
             if self._stop.is_set():
                 return
@@ -155,12 +160,17 @@ class HubRetention:
             except NotFoundError:
                 self._candidates.discard(key)
                 continue
+            # kept until the look after the delete is done: a round ending in between (the
+            # database busy with the very ingest that points at it) must not lose it
+            self._restore[key] = data
             if self.objects.delete_many([key]):
+                del self._restore[key]
                 continue  # the store would not delete it: tried again next round
             self._candidates.discard(key)
             if self._referenced(key):
                 self._put_back(key, data)
                 continue
+            del self._restore[key]
             done.references += 1
             if self._references is not None:
                 self._references.inc()
