@@ -214,8 +214,8 @@ class PlcLine:
                 await asyncio.wait(pending)
         # the adapters serve the closed stations a while yet: the servers went 3 ms after
         # ErrorCode 8 was set, before a polling PLC had read it
-        assert self._closed_at is not None
-        hold = self._closed_at + self.settings.close_hold_s - time.monotonic()
+        closed_at = self._closed_at if self._closed_at is not None else time.monotonic()
+        hold = closed_at + self.settings.close_hold_s - time.monotonic()
         if hold > 0 and self.adapters and self.stations:
             await asyncio.sleep(hold)
         for adapter in reversed(self.adapters):
