@@ -837,6 +837,13 @@ def test_camera_loss_fails_with_error_code(line: Line) -> None:
                        for x in text.splitlines() if x.startswith(
                            f'lineside_line_part_failures_total{{code="{code}",station="flaky"}}')}
             assert counted["no_fresh_frame"] >= 1 and counted["camera_offline"] >= 2
+            # and the status page shows each station's handshake, the code in force and
+            # its parts without a verdict
+            with line.srv.client("reviewer") as cl:
+                page = cl.get("/").text
+            assert 'id="plc"' in page and "PLC handshake (OPC UA, Modbus TCP)" in page
+            row = page.split('<tr data-station="flaky">')[1].split("</tr>")[0]
+            assert "1 (camera_offline)" in row and f"<td>{int(sum(counted.values()))}</td>" in row
         finally:
             mb.close()
 

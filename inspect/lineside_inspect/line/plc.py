@@ -78,6 +78,7 @@ class PlcLine:
         self._writes: set[asyncio.Task[None]] = set()  # tag publications (see _publish)
         self._ticker: asyncio.Task[None] | None = None
         self._closed_at: float | None = None  # monotonic: when the stations closed
+        self.failed_parts: dict[str, int] = {}  # per station, since start (the status page)
         # parts that ended without a verdict, by station and code: only a WARNING line
         # said so, and a Grafana board showed a healthy box while the line rejected parts
         metrics = getattr(service, "metrics", None)
@@ -300,8 +301,23 @@ class PlcLine:
             self.tick(time.monotonic())
 
     def _count_failure(self, station_id: str, code: ErrorCode) -> None:
+        self.failed_parts[station_id] = self.failed_parts.get(station_id, 0) + 1
         if self.failures is not None:
             self.failures.labels(station_id, code.name.lower()).inc()
+
+    def status(self) -> dict[str, Any]:
+        """What the status page shows of the line: the protocols served and each
+        station's handshake state."""
+        stations = []
+        for sid, st in self.stations.items():
+            code = int(st.tags["ErrorCode"])
+            stations.append({
+                "id": sid, "recipe": st.recipe, "trigger_ready": bool(st.tags["TriggerReady"]),
+                "busy": bool(st.tags["Busy"]), "result_ready": bool(st.tags["ResultReady"]),
+                "error_code": code,
+                "error": _code_name(code),
+                "failed_parts": self.failed_parts.get(sid, 0)})
+        return {"protocols": [a.name for a in self.adapters], "stations": stations}
 
     def tick(self, now: float) -> None:
         """Heartbeats, ack timeouts, a new default recipe, the fail-rate alarm tags."""
@@ -476,3 +492,10 @@ def _check_port(what: str, host: str, port: int) -> None:
             except OSError as exc:
                 raise ConfigError(f"{what}: cannot listen on {host}:{port}: "
                                   f"{exc.strerror or exc}") from None
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name.lower()
+    except ValueError:
+        return str(code)

@@ -153,6 +153,30 @@ def _mqtt_section(request: Request) -> str:
     return f'<h2>MQTT events</h2>\n<table class="status" id="mqtt">{cells}</table>'
 
 
+def _plc_section(request: Request) -> str:
+    """The PLC handshake (when configured): each station's state and its parts that
+    ended without a verdict (only /metrics and the log said so). Duck-typed: the server
+    does not import the line room."""
+    line = getattr(request.app.state, "line_plc", None)
+    if line is None or not line.stations:
+        return ""
+    st = line.status()
+    rows = []
+    for s in st["stations"]:
+        state = ("busy" if s["busy"] else "result ready" if s["result_ready"]
+                 else "ready" if s["trigger_ready"] else "not ready")
+        cls = "fail" if s["error_code"] else ""
+        code = f'{s["error_code"]} ({s["error"]})' if s["error_code"] else "0"
+        rows.append(f'<tr data-station="{escape(s["id"])}"><td>{escape(s["id"])}</td>'
+                    f'<td>{escape(state)}</td><td>{escape(s["recipe"] or "-")}</td>'
+                    f'<td class="{cls}">{escape(code)}</td>'
+                    f'<td>{escape(str(s["failed_parts"]))}</td></tr>')
+    protocols = ", ".join(st["protocols"]) or "none"
+    return (f'<h2>PLC handshake ({escape(protocols)})</h2>\n<table class="status" id="plc">'
+            "<tr><th>station</th><th>state</th><th>recipe</th><th>ErrorCode</th>"
+            f'<th>parts without a verdict</th></tr>{"".join(rows)}</table>')
+
+
 @pages.get("/", response_class=HTMLResponse)
 @pages.head("/", response_class=HTMLResponse)  # uptime checkers: GET's headers, no body
 def statusrender(request: Request) -> Response:
@@ -167,6 +191,7 @@ def statusrender(request: Request) -> Response:
         "index.html", {"version": __version__, "ready": ready},
         {"models": _model_rows(request), "cameras": _camera_rows(request),
          "stations": _station_cards(request), "mqtt": _mqtt_section(request),
+         "plc": _plc_section(request),
          "signout": SIGN_OUT if session else ""}))
 
 
