@@ -139,7 +139,8 @@ def test_database_of_an_earlier_release_is_upgraded(tmp_path: Path, detector: De
     store.save(row_only)
     store.close()
     db = sqlite3.connect(tmp_path / "lineside.db")  # as the first release made it
-    db.execute("DROP INDEX ix_inspections_box_id")
+    for index in ("ix_inspections_box_id", "ix_inspections_reference_path"):
+        db.execute(f"DROP INDEX {index}")
     for column in ("reference_name", "reference_path", "box_id"):
         db.execute(f"ALTER TABLE inspections DROP COLUMN {column}")
     db.commit()
@@ -153,6 +154,13 @@ def test_database_of_an_earlier_release_is_upgraded(tmp_path: Path, detector: De
         assert {r.box_id for r in again.query()[1]} == {again.box_id}
         assert again.image_file(again.get(kept.id)).read_bytes() == kept.raw
         assert again.save(_inspection(detector, "pass"))
+    # and the indexes came back: deleting a row asks whether its golden image has
+    # another user, which scanned every inspection without one
+    db = sqlite3.connect(tmp_path / "lineside.db")
+    plan = " ".join(str(r) for r in db.execute(
+        "EXPLAIN QUERY PLAN SELECT count(*) FROM inspections WHERE reference_path = 'refs/x.jpg'"))
+    db.close()
+    assert "ix_inspections_reference_path" in plan
 
 
 WRITER = """

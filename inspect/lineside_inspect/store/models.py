@@ -52,7 +52,8 @@ class InspectionRow(Base):
     # a reference model's golden image: content-addressed (refs/<sha256>.<ext>), shared
     # by every inspection that used it
     reference_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    reference_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # indexed: deleting an inspection asks whether its golden image has another user
+    reference_path: Mapped[str | None] = mapped_column(String(512), nullable=True, index=True)
     review_state: Mapped[str] = mapped_column(String(16), default="unreviewed", index=True)
     box_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     # the plant site and line the box serves (its fleet settings): hub filters
@@ -91,7 +92,8 @@ ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),
                  ("ix_inspections_capture", "inspections", "capture"),
                  ("ix_inspections_site", "inspections", "site"),
                  ("ix_inspections_line", "inspections", "line"),
-                 ("ix_inspections_received_at", "inspections", "received_at"))
+                 ("ix_inspections_received_at", "inspections", "received_at"),
+                 ("ix_inspections_reference_path", "inspections", "reference_path"))
 
 
 class ReviewRow(Base):
