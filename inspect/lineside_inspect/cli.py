@@ -270,6 +270,10 @@ def data_split(
             raise typer.BadParameter(f"--val-groups: no group named in {val_groups!r}")
     before = Counter(r.split for r in dataset.images if r.split is not None)
     check_split_args(dataset, val=val, test=test, by=by, val_groups=chosen)
+    if val == 0 and not chosen:  # before the pixels are read: train refuses such a dataset
+        raise DatasetError("--val 0 leaves no validation images, and training needs them (it "
+                           "keeps the best checkpoint and calibrates its thresholds on them): "
+                           "give --val 0.1 or more, or name boards with --val-groups")
     duplicates = find_duplicates(dataset)
     counts = split_dataset(dataset, val=val, test=test, by=by, seed=seed, val_groups=chosen,
                            duplicates=duplicates)

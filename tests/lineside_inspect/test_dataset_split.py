@@ -59,6 +59,9 @@ def test_an_unknown_group_is_refused_by_name(sample: Path) -> None:
     assert "Traceback" not in result.output
     result = CliRunner().invoke(app, ["data", "split", str(sample), "--val-groups", " , "])
     assert result.exit_code != 0 and "no group named" in result.output
+    # no validation at all: training would refuse the dataset, so the split does first
+    result = CliRunner().invoke(app, ["data", "split", str(sample), "--val", "0", "--test", "0.2"])
+    assert result.exit_code != 0 and "--val 0 leaves no validation images" in result.output
     assert json.loads((sample / "annotations.json").read_text()) == before  # nothing written
 
 
