@@ -40,6 +40,7 @@ from lineside_inspect.store.outbox import Outbox, event
 
 from .conftest import MODEL, SAMPLE, settings, start_server
 from .server_process import LINESIDE, ServerProcess, free_port
+from .test_ui_screens import ARGS, CHROMIUM
 
 paho = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt not installed (the [line] extra)")
 
@@ -231,9 +232,18 @@ def test_events_survive_a_broker_restart_exactly_once_in_order(
                         return
                     ids.append(r.json()["id"])
 
+        from playwright.sync_api import expect, sync_playwright
+
         poster = threading.Thread(target=post)
         poster.start()
+        pw = sync_playwright().start()
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
+            # the status page, open throughout: its MQTT section follows without a reload
+            page = browser.new_page()
+            page.goto(running.url + "/")
+            connection = page.locator("#mqtt-connection")
+            expect(connection).to_have_text("connected")
             wait_for(lambda: len(sub.inspections()) >= 3, "the first events")
             broker.kill()  # mid-stream: the server does not know yet
             at_kill = len(ids)
@@ -248,15 +258,22 @@ def test_events_survive_a_broker_restart_exactly_once_in_order(
             wait_for(lambda: gauge(running.url, "lineside_mqtt_connected") == 0,
                      "the server to see the broker gone", timeout_s=40)
             assert gauge(running.url, "lineside_outbox_lag_seconds") > 0
-            page = httpx.get(running.url + "/").text
-            assert 'id="mqtt"' in page and "disconnected" in page
+            html = httpx.get(running.url + "/").text
+            assert 'id="mqtt"' in html and "disconnected" in html
+            expect(connection).to_have_text("disconnected", timeout=15_000)
+            expect(connection).to_have_class("fail")
+            expect(page.locator("#mqtt-last")).not_to_have_text("none", timeout=15_000)
             broker.allow("sub", "lineside")  # the server may reconnect now
             wait_for(lambda: gauge(running.url, "lineside_mqtt_connected") == 1, "reconnection")
+            expect(connection).to_have_text("connected", timeout=15_000)
+            expect(page.locator("#mqtt-last")).to_have_text("none", timeout=15_000)
             posted = len(ids)
             wait_for(lambda: len(ids) >= posted + 3, "verdicts after the outage")
         finally:
             stop_posting.set()
             poster.join(60)
+            browser.close()
+            pw.stop()
         assert not errors, errors
 
         wait_for(lambda: len(sub.inspections()) >= len(ids), "every event")

@@ -25,8 +25,9 @@ from lineside_inspect.line.modbus import BLOCK, COILS, REGISTERS
 from lineside_inspect.line.opcua import OpcUaAdapter
 from lineside_inspect.line.station import Changes, ErrorCode, Phase, Station, TagValue
 
-from .conftest import MODEL, Running, keyed, start_server
+from .conftest import KEYS, MODEL, Running, keyed, start_server
 from .fleet_peers import free_port
+from .test_ui_screens import ARGS, CHROMIUM
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
@@ -803,11 +804,23 @@ async def _reg(mb: AsyncModbusTcpClient, base: int, name: str) -> int:
 
 def test_camera_loss_fails_with_error_code(line: Line) -> None:
     """Last (it takes the flaky camera down): never a Pass, always a reason."""
+    from playwright.async_api import async_playwright, expect
+
     async def run(plc: OpcStation) -> None:
         mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
         await mb.connect()
         base = BLOCK  # "flaky" is the second camera
+        # the status page, open from the start: its PLC section keeps up without a reload
+        pw = await async_playwright().start()
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
+            page = await browser.new_page()
+            await page.goto(line.srv.url + "/")
+            await page.fill("#key", KEYS["reviewer"])
+            await page.keyboard.press("Enter")
+            shown = page.locator('#plc tr[data-station="flaky"]')
+            await expect(shown.locator("[data-field=state]")).to_have_text("ready")
+            await expect(shown.locator("[data-field=code]")).not_to_have_text("1 (camera_offline)")
             r = await plc.cycle()
             assert r["ErrorCode"] == 0
             # the stream stalls: no fresh frame within the trigger timeout
@@ -843,9 +856,21 @@ def test_camera_loss_fails_with_error_code(line: Line) -> None:
                 page = cl.get("/").text
             assert 'id="plc"' in page and "PLC handshake (OPC UA, Modbus TCP)" in page
             row = page.split('<tr data-station="flaky">')[1].split("</tr>")[0]
-            assert "1 (camera_offline)" in row and f"<td>{int(sum(counted.values()))}</td>" in row
+            assert "1 (camera_offline)" in row
+            assert f'<td data-field="failed">{int(sum(counted.values()))}</td>' in row
+            await expect(shown.locator("[data-field=code]")).to_have_text(
+                "1 (camera_offline)", timeout=WAIT_S * 1000)
+            await expect(shown.locator("[data-field=code]")).to_have_class("fail")
+            await expect(shown.locator("[data-field=failed]")).to_have_text(
+                str(int(sum(counted.values()))), timeout=WAIT_S * 1000)
+            with line.srv.client("reviewer") as cl:
+                overview = cl.get("/v1/overview").json()
+            flaky = next(s for s in overview["plc"]["stations"] if s["id"] == "flaky")
+            assert flaky["error"] == "camera_offline" and overview["mqtt"] is None
         finally:
             mb.close()
+            await browser.close()
+            await pw.stop()
 
     asyncio.run(_opc(line, "flaky", run))
 

@@ -89,8 +89,36 @@ class RecipeAlarm(_Shape):
     bound: float | None
 
 
+class PlcStation(_Shape):
+    """One station of the PLC handshake (docs/line-integration.md)."""
+
+    id: str
+    state: Literal["busy", "result ready", "ready", "not ready"] = Field(
+        description="Busy, else ResultReady, else TriggerReady, as the status page says it")
+    recipe: str | None = Field(description="the recipe the PLC chose (None: the camera's own)")
+    error_code: int = Field(description="the ErrorCode tag in force (0: none)")
+    error: str = Field(description="its name")
+    failed_parts: int = Field(description="parts that ended without a verdict since start")
+
+
+class PlcStatus(_Shape):
+    protocols: list[str] = Field(description="the protocols served (OPC UA, Modbus TCP)")
+    stations: list[PlcStation]
+
+
+class MqttStatus(_Shape):
+    broker: str
+    topic: str
+    connected: bool
+    backlog: int = Field(description="events in the outbox not yet delivered")
+    lag_s: float = Field(description="age of the oldest undelivered event")
+    delivered: int
+    last_error: str | None
+
+
 class Overview(_Shape):
-    """What the status page shows: stations, models, yield, fail-rate alarms."""
+    """What the status page shows: stations, models, yield, fail-rate alarms, and the
+    line's PLC handshake and MQTT events where configured."""
 
     now: datetime
     ready: bool
@@ -103,6 +131,27 @@ class Overview(_Shape):
     shift: YieldFigure | None = Field(description="every inspection this shift, uploads too")
     day: YieldFigure | None = Field(description="every inspection in the last 24 h")
     alarms: list[RecipeAlarm] = Field(description="recipes in fail-rate alarm now")
+    plc: PlcStatus | None = Field(description="the PLC handshake; None without one")
+    mqtt: MqttStatus | None = Field(description="MQTT event delivery; None without it")
+
+
+def plc_status(request: Request) -> dict[str, Any] | None:
+    """The PLC handshake's state (None when no station is configured). Duck-typed: the
+    server does not import the line room."""
+    line = getattr(request.app.state, "line_plc", None)
+    if line is None or not line.stations:
+        return None
+    st = line.status()
+    return {"protocols": st["protocols"], "stations": [{
+        "id": s["id"], "recipe": s["recipe"], "error_code": s["error_code"], "error": s["error"],
+        "failed_parts": s["failed_parts"],
+        "state": ("busy" if s["busy"] else "result ready" if s["result_ready"]
+                  else "ready" if s["trigger_ready"] else "not ready")} for s in st["stations"]]}
+
+
+def mqtt_status(request: Request) -> dict[str, Any] | None:
+    publisher = getattr(request.app.state, "mqtt", None)
+    return None if publisher is None else dict(publisher.status())
 
 
 def shifts_of(request: Request) -> figures.Shifts:
@@ -166,6 +215,8 @@ def overview(request: Request, now: datetime | None = None) -> dict[str, Any]:
         "shift": _yield(start, total(in_shift)) if store is not None else None,
         "day": _yield(day_start, total(in_day)) if store is not None else None,
         "alarms": _alarms(request),
+        "plc": plc_status(request),
+        "mqtt": mqtt_status(request),
     }
 
 

@@ -136,18 +136,15 @@ def _station_cards(request: Request) -> str:
 
 
 def _mqtt_section(request: Request) -> str:
-    """Line events over MQTT (when configured): the broker, and how far delivery is behind."""
-    publisher = getattr(request.app.state, "mqtt", None)
-    if publisher is None:
+    """MQTT event delivery (when configured); home.js keeps the figures current."""
+    st = page_data.mqtt_status(request)
+    if st is None:
         return ""
-    st = publisher.status()
     state = "pass" if st["connected"] else "fail"
     rows = [("broker", st["broker"], ""), ("topics", st["topic"], ""),
             ("connection", "connected" if st["connected"] else "disconnected", state),
             ("outbox backlog", st["backlog"], ""), ("delivery lag (s)", st["lag_s"], ""),
-            ("delivered", st["delivered"], "")]
-    if st["last_error"]:
-        rows.append(("last error", st["last_error"], ""))
+            ("delivered", st["delivered"], ""), ("last error", st["last_error"] or "none", "")]
     cells = "".join(f'<tr><th>{escape(k)}</th><td id="mqtt-{escape(k.split()[0])}" class="{cls}">'
                     f"{escape(str(v))}</td></tr>" for k, v, cls in rows)
     return f'<h2>MQTT events</h2>\n<table class="status" id="mqtt">{cells}</table>'
@@ -155,22 +152,19 @@ def _mqtt_section(request: Request) -> str:
 
 def _plc_section(request: Request) -> str:
     """The PLC handshake (when configured): each station's state and its parts that
-    ended without a verdict (only /metrics and the log said so). Duck-typed: the server
-    does not import the line room."""
-    line = getattr(request.app.state, "line_plc", None)
-    if line is None or not line.stations:
+    ended without a verdict (only /metrics and the log said so); home.js keeps it current."""
+    st = page_data.plc_status(request)
+    if st is None:
         return ""
-    st = line.status()
     rows = []
     for s in st["stations"]:
-        state = ("busy" if s["busy"] else "result ready" if s["result_ready"]
-                 else "ready" if s["trigger_ready"] else "not ready")
-        cls = "fail" if s["error_code"] else ""
         code = f'{s["error_code"]} ({s["error"]})' if s["error_code"] else "0"
         rows.append(f'<tr data-station="{escape(s["id"])}"><td>{escape(s["id"])}</td>'
-                    f'<td>{escape(state)}</td><td>{escape(s["recipe"] or "-")}</td>'
-                    f'<td class="{cls}">{escape(code)}</td>'
-                    f'<td>{escape(str(s["failed_parts"]))}</td></tr>')
+                    f'<td data-field="state">{escape(s["state"])}</td>'
+                    f'<td data-field="recipe">{escape(s["recipe"] or "-")}</td>'
+                    f'<td data-field="code" class="{"fail" if s["error_code"] else ""}">'
+                    f'{escape(code)}</td>'
+                    f'<td data-field="failed">{escape(str(s["failed_parts"]))}</td></tr>')
     protocols = ", ".join(st["protocols"]) or "none"
     return (f'<h2>PLC handshake ({escape(protocols)})</h2>\n<table class="status" id="plc">'
             "<tr><th>station</th><th>state</th><th>recipe</th><th>ErrorCode</th>"

@@ -117,6 +117,32 @@ async function snapshots(img) {
   }
 }
 
+// the line's sections, when configured: the PLC handshake per station and MQTT delivery
+// (an ErrorCode raised or cleared, or the broker lost, showed only after a reload)
+function fillLine(o) {
+  for (const row of $$("#plc tr[data-station]")) {
+    const s = o.plc && o.plc.stations.find((x) => x.id === row.dataset.station);
+    if (!s) continue;
+    setField(row, "state", s.state);
+    setField(row, "recipe", s.recipe || "-");
+    setField(row, "code", s.error_code ? `${s.error_code} (${s.error})` : "0").className = s.error_code ? "fail" : "";
+    setField(row, "failed", String(s.failed_parts));
+  }
+  const m = o.mqtt;
+  if (!m || !$("#mqtt")) return;
+  const put = (key, text, cls) => {
+    const cell = $(`#mqtt-${key}`);
+    if (!cell) return;
+    cell.textContent = text;
+    if (cls !== undefined) cell.className = cls;
+  };
+  put("connection", m.connected ? "connected" : "disconnected", m.connected ? "pass" : "fail");
+  put("outbox", String(m.backlog));
+  put("delivery", String(m.lag_s));
+  put("delivered", String(m.delivered));
+  put("last", m.last_error || "none");
+}
+
 async function refresh() {
   try {
     const o = await api("/v1/overview");
@@ -130,6 +156,7 @@ async function refresh() {
       if (st) fillStation(card, st);
     }
     fillTables(o);
+    fillLine(o);
   } catch (e) {
     if (e.status !== 401) for (const k of $$(".kpi [data-field=detail]")) k.textContent = "could not refresh: " + e.message;
   }
