@@ -68,21 +68,38 @@ def header_size(data: bytes) -> tuple[int, int]:
         raise ImageError(f"truncated {fmt.upper()} header") from exc
 
 
-def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
-    """``(marker, position)`` of each marker segment after SOI, in order, skipping fill
-    bytes; a byte where a marker belongs that is not one is yielded as marker -1 and ends
-    the walk, as does the end of the data."""
+# markers without a length: libjpeg reads past them (TEM, RST0-7)
+_JPEG_PARAMETERLESS = {0x01, *range(0xD0, 0xD8)}
+
+
+def _jpeg_segments(data: bytes, *, resync: bool = False) -> Iterator[tuple[int, int]]:
+    """``(marker, position)`` of each marker after SOI, in order, skipping fill bytes and
+    stepping over a marker without a length as libjpeg does. A byte where a marker belongs
+    that is not one is yielded as marker -1 and ends the walk, or with ``resync`` is
+    skipped up to the next 0xFF, as libjpeg skips "extraneous bytes before marker" (with
+    a warning, and decodes on): a walk that stopped there counted no scan at all, and a
+    progressive JPEG of 883 scans went through (attacker review)."""
     pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            yield -1, pos
-            return
+    while pos + 2 <= len(data):
         marker = data[pos + 1]
+        if data[pos] != 0xFF or marker == 0x00:
+            if not resync:
+                yield -1, pos
+                return
+            pos = data.find(b"\xff", pos + 1)
+            if pos < 0:
+                return
+            continue
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
         yield marker, pos
-        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        if marker in _JPEG_PARAMETERLESS:
+            pos += 2
+        elif pos + 4 > len(data):
+            return
+        else:  # libjpeg skips a length under 2 as 2 (the length bytes themselves)
+            pos += 2 + max(2, struct.unpack(">H", data[pos + 2 : pos + 4])[0])
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
@@ -90,20 +107,24 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         if marker < 0:
             raise ImageError("corrupt JPEG: marker expected in header")
         if marker in _JPEG_SOF:
+            if pos + 9 > len(data):
+                break
             height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
             return int(width), int(height)
     raise ImageError("truncated JPEG: no frame header found")
 
 
 def _jpeg_scans(data: bytes) -> int:
-    """The number of scans (SOS markers): the segments are walked to the first one, so
-    metadata (EXIF, ICC) cannot add to the count; after it, entropy-coded data never
-    holds 0xFF followed by a marker code (0xFF is stuffed as FF 00), so a count of
-    ``FF DA`` is the number of scans."""
-    for marker, pos in _jpeg_segments(data):
+    """The number of scans (SOS markers): the segments are walked to the first one as
+    libjpeg walks them, so metadata (EXIF, ICC) cannot add to the count; after it,
+    entropy-coded data never holds 0xFF followed by a marker code (0xFF is stuffed as
+    FF 00), so a count of ``FF DA`` is the number of scans (a comment segment between
+    scans can only add to it). Raise :class:`ImageError` when no scan is found: libjpeg
+    would find none either, and a count of 0 must never let a file through."""
+    for marker, pos in _jpeg_segments(data, resync=True):
         if marker == 0xDA:
             return 1 + data.count(b"\xff\xda", pos + 2)
-    return 0
+    raise ImageError("corrupt JPEG: no scan (start-of-scan marker) found")
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, *,
@@ -175,9 +196,12 @@ def _decode_jpeg(data: bytes, width: int, height: int, keep_grey: bool) -> np.nd
     breaks before the last block of the image."""
     try:
         h, w, colour, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError:
+    except ValueError as exc:
+        if "subsampling" not in str(exc):  # e.g. stray bytes before a marker: corrupt data
+            raise ImageError(f"corrupt JPEG: {str(exc).splitlines()[0][:200]}") from None
         # a sampling layout libjpeg-turbo's simple API cannot describe (rare, never seen
-        # from cameras): OpenCV decodes it, without the strict end-of-data check
+        # from cameras): OpenCV decodes it, without the strict end-of-data check. Only
+        # that: any header error went there, and OpenCV decodes past what strict refuses
         return _imdecode(data)
     if (w, h) != (width, height):
         raise ImageError(f"corrupt JPEG: frame headers disagree ({w}x{h} and {width}x{height})")

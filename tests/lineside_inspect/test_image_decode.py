@@ -182,3 +182,40 @@ def test_a_jpeg_of_many_scans_is_refused_before_decoding(srv: Running) -> None:
         r = c.post("/v1/inspect", content=bomb, headers={
             "content-type": "image/jpeg", "authorization": f"Bearer {KEYS['line']}"})
     assert r.status_code == 400 and "883 scans" in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.parametrize("before_scan", [b"\xff\xd0", b"\xff\x01", b"\x00", b"\xff\x00",
+                                         b"\xff\xd7\xff\xff", b"junk\xff\x00"])
+def test_markers_before_the_first_scan_do_not_hide_its_scans(before_scan: bytes) -> None:
+    """libjpeg steps over RST/TEM markers and skips stray bytes before a marker (with a
+    warning, decoding on); the scan count stopped there, counted 0 and let a progressive
+    JPEG of 883 scans through, which held both inference slots for 28 s (attacker
+    review)."""
+    from lineside_inspect.imageio import MAX_JPEG_SCANS, _jpeg_scans
+
+    from .jpeg_bomb import progressive_bomb
+
+    bomb, scans = progressive_bomb(64, 64)
+    first = bomb.index(b"\xff\xda")
+    hidden = bomb[:first] + before_scan + bomb[first:]
+    # libjpeg reads it (OpenCV's, warning at most; simplejpeg's header reader may refuse)
+    assert cv2.imdecode(np.frombuffer(hidden, np.uint8), cv2.IMREAD_GRAYSCALE).shape == (64, 64)
+    assert _jpeg_scans(hidden) == scans
+    with pytest.raises(ImageError, match=f"883 scans, over the limit of {MAX_JPEG_SCANS}"):
+        decode_image(hidden)
+    with pytest.raises(ImageError, match="no scan"):  # a walk that finds none refuses
+        decode_image(bomb[:first] + b"\xff\xd9")
+
+
+def test_a_corrupt_jpeg_header_is_refused_and_an_odd_sampling_still_decodes() -> None:
+    """Any error of simplejpeg's header reader sent the file to OpenCV, which decodes
+    past what the strict decoder refuses (stray bytes before a marker, a cut-short
+    scan); only a sampling layout the simple API cannot describe goes there now."""
+    good = _jpeg(_scene())
+    first = good.index(b"\xff\xda")
+    with pytest.raises(ImageError, match=r"corrupt JPEG: .*extraneous bytes"):
+        decode_image(good[:first] + b"\x00" + good[first:])
+    odd = bytearray(good)
+    sof = odd.index(b"\xff\xc0")
+    odd[sof + 11] = 0x31  # Y sampled 3x1: decodable, but "could not determine subsampling"
+    assert decode_image(bytes(odd)).shape == (640, 640, 3)
