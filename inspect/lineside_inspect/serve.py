@@ -33,16 +33,24 @@ class SlowClientProtocol(_HTTPProtocol):
     indefinitely. The body has its own per-read timeout (``server/gate.py``)."""
 
     header_timeout_s = 10.0
+    # the request line and headers, at most: httptools hands every header to uvicorn,
+    # which keeps them all in a list before any route (or key check) runs, and 3 million
+    # 8-byte headers took 370 MB a request (attacker review). nginx allows 32 KiB
+    max_header_bytes = 64 * 1024
     _header_timer: asyncio.TimerHandle | None = None
+    _header_bytes = 0
 
     def send_400_response(self, msg: str) -> None:
         """A request llhttp cannot parse (a bad request line, an unknown method, a negative
         Content-Length, a URL past its limit): the same JSON error shape as every other
         answer, not uvicorn's plain text. The connection closes, as uvicorn's does: where
         the next request would start is unknown."""
-        body = json.dumps(error_body("invalid_request", "malformed HTTP request: the request "
-                                     "line, a header or the framing could not be parsed")).encode()
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        self._refuse(b"400 Bad Request", "invalid_request", "malformed HTTP request: the "
+                     "request line, a header or the framing could not be parsed")
+
+    def _refuse(self, status: bytes, code: str, message: str) -> None:
+        body = json.dumps(error_body(code, message)).encode()
+        head = [b"HTTP/1.1 %s\r\n" % status]
         for name, value in self.server_state.default_headers:  # Date (and Server, if on)
             head.append(b"%s: %s\r\n" % (name, value))
         head.append(b"content-type: application/json\r\ncontent-length: %d\r\n"
@@ -56,9 +64,18 @@ class SlowClientProtocol(_HTTPProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self.transport.is_closing():
+            return
         if self._waiting_for_headers():
             self._arm()  # armed once per request: trickling bytes does not extend it
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                self._disarm()
+                self._refuse(b"431 Request Header Fields Too Large", "headers_too_large",
+                             f"the request line and headers are over {self.max_header_bytes} "
+                             "bytes")
         else:
+            self._header_bytes = 0  # counted again for a keep-alive connection's next request
             self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
