@@ -227,7 +227,9 @@ class Settings(BaseSettings):
         "(else 408 body_timeout): a trickle of a byte per part would otherwise hold a "
         "request for hours. A body may take body_timeout_s + its size / this: at the "
         "default 8 KiB/s a 400 KB image gets 59 s, a 32 MiB one 68 min. Lower it for "
-        "slower links; 0: no rate, only body_timeout_s between parts"))
+        "slower links; 0: no rate, only body_timeout_s between parts. An answer the "
+        "client reads slower than this over each body_timeout_s (once the server's write "
+        "buffer is full) has its connection aborted"))
     max_connections: int = Field(256, ge=1, description=(
         "open connections and requests at once; beyond it new requests get 503"))
     drain_s: float = Field(0.5, ge=0, le=300, description=(

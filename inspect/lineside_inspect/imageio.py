@@ -231,7 +231,20 @@ def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
         raise exc.prefixed(str(path)) from exc
 
 
+# JPEG's own limit on a side (libjpeg refuses more than 65500 px)
+MAX_JPEG_SIDE = 65500
+
+
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    """A drawn answer or a snapshot as JPEG. An image with a side over JPEG's limit (a
+    line-scan strip of 100000x1 is valid and judged) is scaled down to fit: it was a 400
+    "could not encode" for an image already judged and stored (attacker review)."""
+    height, width = image.shape[:2]
+    if max(height, width) > MAX_JPEG_SIDE:
+        scale = MAX_JPEG_SIDE / max(height, width)
+        image = cv2.resize(image, (max(1, min(MAX_JPEG_SIDE, round(width * scale))),
+                                   max(1, min(MAX_JPEG_SIDE, round(height * scale)))),
+                           interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ImageError("could not encode image as JPEG")

@@ -80,7 +80,48 @@ class SlowClientProtocol(_HTTPProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
         super().connection_lost(exc)
+
+    # -- answers a client does not read -----------------------------------------------
+    # uvicorn hands a whole answer to the transport and counts the request done; a client
+    # that never reads kept it in memory for as long as it liked (30 unread 34 MB
+    # annotated answers: +1 GB, attacker review). While the write buffer is over its high
+    # mark, it must drain at min_body_rate (at least a byte when 0) over each
+    # body_timeout_s, as a request body must arrive, or the connection is aborted.
+    send_timeout_s = 10.0
+    min_send_rate = 0.0
+    _send_timer: asyncio.TimerHandle | None = None
+    _send_mark: tuple[float, int] = (0.0, 0)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_mark = (asyncio.get_running_loop().time(),
+                               self.transport.get_write_buffer_size())
+            self._send_timer = asyncio.get_running_loop().call_later(
+                self.send_timeout_s, self._check_send)
+
+    def resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        super().resume_writing()
+
+    def _check_send(self) -> None:
+        self._send_timer = None
+        loop = asyncio.get_running_loop()
+        at, size = self._send_mark
+        now, left = loop.time(), self.transport.get_write_buffer_size()
+        if size - left < max(1.0, self.min_send_rate * (now - at)):
+            log.warning("closing a connection whose client read %d of %d bytes of its answer "
+                        "in %.0f s (min_body_rate %.0f bytes/s)", max(0, size - left), size,
+                        now - at, self.min_send_rate)
+            self.transport.abort()
+            return
+        self._send_mark = (now, left)
+        self._send_timer = loop.call_later(self.send_timeout_s, self._check_send)
 
     def _waiting_for_headers(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
@@ -107,6 +148,8 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
 
     class Protocol(SlowClientProtocol):
         header_timeout_s = settings.header_timeout_s
+        send_timeout_s = settings.body_timeout_s
+        min_send_rate = settings.min_body_rate
 
     options: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_level": "info",

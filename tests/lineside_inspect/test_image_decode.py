@@ -219,3 +219,21 @@ def test_a_corrupt_jpeg_header_is_refused_and_an_odd_sampling_still_decodes() ->
     sof = odd.index(b"\xff\xc0")
     odd[sof + 11] = 0x31  # Y sampled 3x1: decodable, but "could not determine subsampling"
     assert decode_image(bytes(odd)).shape == (640, 640, 3)
+
+
+def test_an_image_over_jpegs_side_limit_gets_its_drawn_answer(srv: Running) -> None:
+    """A valid 100000x1 strip was judged and stored, then answered 400 "could not encode
+    image as JPEG" for ?annotated=1 (a retry stored it twice; attacker review): the
+    drawing is scaled to JPEG's 65500 px limit."""
+    from lineside_inspect.imageio import MAX_JPEG_SIDE, encode_jpeg
+
+    strip = np.full((1, 100_000, 3), 128, np.uint8)
+    drawn = decode_image(encode_jpeg(strip))
+    assert drawn.shape == (1, MAX_JPEG_SIDE, 3)
+    ok, png = cv2.imencode(".png", strip)
+    assert ok
+    with srv.client() as c:
+        r = c.post("/v1/inspect", params={"annotated": 1}, content=png.tobytes(), headers={
+            "content-type": "image/png", "authorization": f"Bearer {KEYS['line']}"})
+    assert r.status_code == 200, r.text
+    assert decode_image(r.content).shape == (1, MAX_JPEG_SIDE, 3)

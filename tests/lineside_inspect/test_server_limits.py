@@ -385,6 +385,43 @@ def test_request_headers_past_their_cap_get_431_before_any_key(launch) -> None:
         assert c.get("/healthz").status_code == 200
 
 
+def test_an_answer_the_client_does_not_read_is_dropped(launch) -> None:
+    """uvicorn hands the whole answer to the transport and counts the request done: 30
+    unread 34 MB annotated answers held 1 GB for as long as their clients liked (attacker
+    review). A write buffer that does not drain at min_body_rate over body_timeout_s
+    has its connection aborted; a client that reads gets the whole answer."""
+    srv = launch(body_timeout_s=0.5)
+    board = (np.indices((5000, 5000)).sum(axis=0) % 2 * 255).astype(np.uint8)  # JPEG's worst
+    ok, png = cv2.imencode(".png", board)
+    assert ok
+    request = (b"POST /v1/inspect?annotated=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
+               b"Bearer " + KEYS["line"].encode() + b"\r\ncontent-type: image/png\r\n"
+               + f"content-length: {len(png)}\r\n\r\n".encode() + png.tobytes())
+    with srv.client("line") as c:
+        whole = c.post("/v1/inspect", params={"annotated": 1}, content=png.tobytes(),
+                       headers={"content-type": "image/png"})
+    assert whole.status_code == 200 and len(whole.content) > 8_000_000  # read: all of it
+    u = urlparse(srv.url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((u.hostname, u.port))
+    sock.sendall(request)
+    time.sleep(8)  # judged, drawn, sent into a full buffer: unread for 16 x body_timeout_s
+    got, closed = 0, False
+    sock.settimeout(20)
+    try:
+        while chunk := sock.recv(1 << 20):
+            got += len(chunk)
+        closed = True
+    except ConnectionResetError:  # aborted with bytes still unsent
+        closed = True
+    finally:
+        sock.close()
+    assert closed and got < len(whole.content), got  # never sent in full: dropped
+    with srv.client("line") as c:  # and the server still serves
+        assert c.get("/healthz").status_code == 200
+
+
 def test_v2_infer_is_admitted_before_its_body_and_parsed_off_the_loop(launch, monkeypatch) -> None:
     """OIP v2 infer read its body before taking a place in the limiter and parsed the JSON
     on the event loop: 25 held 30 MB bodies were all read, and one 30 MB parse stalled
