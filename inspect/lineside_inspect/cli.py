@@ -622,6 +622,8 @@ def export_cmd(
         raise ConfigError("give --out PACKAGE_FOLDER (or --triton REPO to write a package for Triton)")
     s = training().export(run, out_dir, data=data, int8=int8, fp16=fp16, overwrite=overwrite,
                           parent=parent)
+    for note in s.get("notes", []):
+        err.print(f"note: {note}", highlight=False, markup=False)
     out.print_json(json.dumps(s))
 
 

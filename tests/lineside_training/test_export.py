@@ -215,3 +215,52 @@ def test_overwrite_replaces_only_a_package_or_an_empty_folder(tmp_path: Path) ->
     assert check_out(pkg, True, run=run) == pkg
     inside = run / "package"  # a package inside the run's folder holds no checkpoint
     assert check_out(inside, False, run=run) == inside
+
+
+def test_thresholds_and_metrics_of_an_earlier_checkpoint_are_not_shipped(
+        tiny_run: Path, tmp_path: Path) -> None:
+    """A resumed run's new best.pt kept the thresholds.json and report of the checkpoint
+    before it, and export put them in the card as this one's (new-user review): they are
+    stamped with the checkpoint they came from, and export calibrates anew, says so, and
+    leaves the stale metrics out."""
+    import torch
+
+    from lineside_training.checkpoint import CHECKPOINT_STAMP, load_trained
+    from lineside_training.evaluate import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    evaluate(run, split="val")  # the report and thresholds of this best.pt
+    saved = json.loads((run / "thresholds.json").read_text())
+    assert saved[CHECKPOINT_STAMP] == sha256_file(run / "best.pt")
+    summary = export(run, tmp_path / "same" / "1", parity_images=2)
+    assert "notes" not in summary  # its own: shipped as they are
+    card = json.loads((tmp_path / "same" / "1" / "model.json").read_text())
+    assert card["thresholds"] == saved["thresholds"] and "coco" in card["metrics"]
+    # trained on since: best.pt is another checkpoint now
+    ck = torch.load(run / "best.pt", weights_only=False)
+    first = next(iter(ck["model"]))
+    ck["model"][first] = ck["model"][first] * 1.01
+    ck["epoch"] += 3
+    torch.save(ck, run / "best.pt")
+    trained = load_trained(run)
+    assert trained.thresholds is None and trained.stale_thresholds
+    summary = export(run, tmp_path / "after" / "1", parity_images=2)
+    assert "earlier checkpoint" in summary["notes"][0]
+    card = json.loads((tmp_path / "after" / "1" / "model.json").read_text())
+    assert "coco" not in card["metrics"]  # the old checkpoint's report is not this one's
+    # thresholds from before the stamp (older releases) are taken as they are
+    (run / "thresholds.json").write_text(json.dumps(
+        {k: v for k, v in saved.items() if k != CHECKPOINT_STAMP}))
+    assert load_trained(run).thresholds is not None
+
+
+def test_a_package_name_the_card_refuses_is_refused_before_any_work(
+        tiny_run: Path, tmp_path: Path) -> None:
+    """--out "models/my model/1" got a pydantic traceback after calibrating and left an
+    empty folder (new-user review)."""
+    for out, what in ((tmp_path / "models" / "my model" / "1", "name 'my model'"),
+                      (tmp_path / "models" / "ok" / "v 1", "version 'v 1'")):
+        with pytest.raises(ConfigError, match=f"the package {what} must be"):
+            export(tiny_run, out)
+    assert not (tmp_path / "models").exists()

@@ -26,7 +26,7 @@ from lineside_inspect.package import CARD, read_card
 from lineside_inspect.runtime.detector import Detector
 from lineside_training.anomaly.recalibrate import calibrated_card, recalibrate_package
 from lineside_training.calibration import best_global, calibrate_f
-from lineside_training.checkpoint import THRESHOLDS, load_trained
+from lineside_training.checkpoint import load_trained
 from lineside_training.config import load_config
 from lineside_training.engine import pick_device
 from lineside_training.evaluate import split_records
@@ -155,7 +155,7 @@ def calibrate(
     if is_package:
         _save_card(target, threshold_card(target, calib), write, new_version)
     elif write:
-        (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
+        trained.save_thresholds(calib)
     return calib
 
 

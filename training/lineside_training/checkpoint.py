@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from lineside_training.config import TrainConfig
 from lineside_training.models import build_model
 
 THRESHOLDS = "thresholds.json"
+# the key that ties thresholds.json and a report's metrics.json to the checkpoint file
+CHECKPOINT_STAMP = "checkpoint_sha256"
 
 
 @dataclass
@@ -24,6 +27,33 @@ class Trained:
     class_names: list[str]
     run_dir: Path
     checkpoint: dict[str, Any]
+    checkpoint_file: Path | None = None
+    _sha256: str | None = field(default=None, repr=False)
+
+    @property
+    def sha256(self) -> str | None:
+        """The checkpoint file's digest: what a run's thresholds and report belong to."""
+        if self._sha256 is None and self.checkpoint_file is not None:
+            digest = hashlib.sha256()
+            with open(self.checkpoint_file, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            self._sha256 = digest.hexdigest()
+        return self._sha256
+
+    def belongs(self, doc: dict[str, Any]) -> bool:
+        """Whether ``doc`` (thresholds, a report's metrics) was made from this checkpoint:
+        a resumed run's new best.pt kept the old one's thresholds and metrics, and export
+        shipped them (new-user review). Documents from before the stamp are taken as
+        they are."""
+        stamp = doc.get(CHECKPOINT_STAMP)
+        return stamp is None or stamp == self.sha256
+
+    def save_thresholds(self, calib: dict[str, Any]) -> Path:
+        """Write ``calib`` as the run's thresholds, stamped with this checkpoint."""
+        path = self.run_dir / THRESHOLDS
+        path.write_text(json.dumps({**calib, CHECKPOINT_STAMP: self.sha256}, indent=1))
+        return path
 
     @property
     def data(self) -> Path:
@@ -49,6 +79,18 @@ class Trained:
 
     @property
     def thresholds(self) -> dict[str, Any] | None:
+        """The run's saved thresholds, None when there are none or they were calibrated
+        on another checkpoint (see :attr:`stale_thresholds`)."""
+        doc = self._saved_thresholds()
+        return doc if doc is not None and self.belongs(doc) else None
+
+    @property
+    def stale_thresholds(self) -> bool:
+        """Whether the saved thresholds belong to another checkpoint (resumed since)."""
+        doc = self._saved_thresholds()
+        return doc is not None and not self.belongs(doc)
+
+    def _saved_thresholds(self) -> dict[str, Any] | None:
         path = self.run_dir / THRESHOLDS
         return json.loads(path.read_text()) if path.is_file() else None
 
@@ -77,4 +119,4 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     model = build_model(cfg.model, num_classes=len(names), **cfg.model_kwargs)
     model.load_state_dict(ck["model"])
     model.to(device).eval()
-    return Trained(model, cfg, names, ck_path.parent, ck)
+    return Trained(model, cfg, names, ck_path.parent, ck, ck_path)

@@ -16,7 +16,7 @@ from lineside_inspect.imageio import read_image
 from lineside_inspect.package import CARD
 from lineside_inspect.runtime.detector import Detector
 from lineside_training.calibration import calibrate_f
-from lineside_training.checkpoint import THRESHOLDS, load_trained
+from lineside_training.checkpoint import CHECKPOINT_STAMP, load_trained
 from lineside_training.engine import pick_device
 from lineside_training.metrics import coco_metrics
 from lineside_training.pairscore import pair_metrics
@@ -60,8 +60,7 @@ def evaluate(
     if split == "val" and own:
         calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape,
                             agnostic_iou=rule)
-        (trained.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
-        saved = trained.run_dir / THRESHOLDS
+        saved = trained.save_thresholds(calib)
         in_sample = True
     elif trained.thresholds:
         calib, in_sample = trained.thresholds, own and split in ("val", "all")
@@ -78,7 +77,8 @@ def evaluate(
                               agnostic_iou=rule)
     pairs = pair_metrics(records, preds, trained.class_names, calib["thresholds"], rule)
     result = {"split": split, "images": len(records), "coco": coco, "quality": quality,
-              "pairs": pairs, "calibration": calib, "checkpoint": str(trained.run_dir)}
+              "pairs": pairs, "calibration": calib, "checkpoint": str(trained.run_dir),
+              CHECKPOINT_STAMP: trained.sha256}
     report = Path(out) if out else trained.run_dir / f"report-{split}{other_data(data, own)}"
     write_report(report, result, records, preds, trained.class_names, dataset, examples,
                  goal=trained.config.goal_map50)

@@ -214,22 +214,31 @@ def export(
     out = check_out(out, overwrite, run=run)
     trained = load_trained(run, "cpu")
     cfg = trained.config
+    name, version = package_name(out, name, version, cfg.name)  # before any work
     dataset = read_dataset(data or trained.data)
     val = dataset.in_split("val") or dataset.images
     thresholds = trained.thresholds
+    notes: list[str] = []
     if thresholds is None:  # calibrate now so the card always carries operating points
         preds = predict_records(trained.model, dataset, val, trained.class_names,
                                 size=cfg.input_size, device=torch.device("cpu"),
                                 reference=cfg.reference)
         thresholds = calibrate_f(val, preds, trained.class_names, agnostic_iou=cfg.agnostic_iou)
+        notes.append(
+            ("the run's thresholds.json belongs to an earlier checkpoint (trained on since)"
+             if trained.stale_thresholds else "the run was never evaluated")
+            + f": thresholds calibrated now on {len(val)} val images, in-sample; run "
+            "'lineside evaluate RUN' (or 'lineside calibrate') first for a report and "
+            "metrics in the card")
     thr = thresholds["thresholds"]
-    name, version = package_name(out, name, version, cfg.name)
     summary: dict[str, Any] = {"package": str(out)}
     with staged_package(out) as tmp:
         fp32 = tmp / GRAPH
         export_onnx(trained.model, cfg.input_size, fp32, trained.class_names)
         metrics_path = trained.run_dir / "report-val" / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        if not trained.belongs(metrics):  # a report of the checkpoint before a resume
+            metrics = {}
         card = ModelCard(
             name=name, version=version, class_names=trained.class_names,
             input=InputSpec(size=cfg.input_size,
@@ -288,6 +297,8 @@ def export(
                     f"int8 graph refused: mAP@.5 fell from {base_map:.4f} to {low_map:.4f} "
                     f"(more than {max_map_drop * 100:.1f} points)")
     summary["sha256"] = card.sha256
+    if notes:
+        summary["notes"] = notes
     return summary
 
 

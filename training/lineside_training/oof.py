@@ -33,7 +33,7 @@ from lineside_inspect.dataset.model import inside_images
 from lineside_inspect.errors import ConfigError
 from lineside_training.budget import format_duration, parse_duration
 from lineside_training.calibration import best_global, calibrate_f
-from lineside_training.checkpoint import THRESHOLDS, load_trained
+from lineside_training.checkpoint import load_trained
 from lineside_training.config import TrainConfig
 from lineside_training.engine import train
 from lineside_training.pairscore import pair_metrics
@@ -194,5 +194,5 @@ def oof_calibrate(
                  seconds=round(time.time() - t0, 1))
     (out / CALIBRATION).write_text(json.dumps(calib, indent=1))
     if target_run is not None:
-        (target_run.run_dir / THRESHOLDS).write_text(json.dumps(calib, indent=1))
+        target_run.save_thresholds(calib)
     return calib

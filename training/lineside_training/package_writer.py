@@ -66,7 +66,16 @@ def package_name(out: Path, name: str | None, version: str | None,
     """The card's name and version: as given, else from ``out`` laid out as
     ``models/NAME/VERSION`` (the name falls back to ``default_name``, the run's)."""
     name = name or (out.parent.name if out.parent.name not in ("", ".") else default_name)
-    return name, version or out.name
+    version = version or out.name
+    # checked here, before the export's work: the card refused them only at the end, with
+    # a validation traceback, and left an empty folder (new-user review)
+    for what, value, limit in (("name", name, 128), ("version", version, 64)):
+        if not is_name(value) or len(value) > limit:
+            raise ConfigError(
+                f"--out {out}: the package {what} {value!r} must be {NAME_RULE}"
+                + (f", at most {limit} long" if limit < 128 else "")
+                + " (a package folder is models/NAME/VERSION); choose another folder")
+    return name, version
 
 
 def parent_model(parent: str | Path | None) -> ParentModel | None:

@@ -74,6 +74,7 @@ def export_anomaly(run: str | Path, out: str | Path, *, name: str | None = None,
     moved into place only if the parity gate passes)."""
     out = check_out(out, overwrite, run=run)
     cfg, graph, ckpt = load_run(run)
+    name, version = package_name(out, name, version, cfg.name)  # before any work
     cal = ckpt["calibration"]
     dataset = read_dataset(data or cfg.data)
     by_name = {r.file_name: r for r in dataset.images}
@@ -82,7 +83,6 @@ def export_anomaly(run: str | Path, out: str | Path, *, name: str | None = None,
     if not records:
         raise DatasetError(f"{data or cfg.data}: no good images to check the export on")
     images = [load_rgb(dataset, r, cfg.input_size) for r in records[:parity_images]]
-    name, version = package_name(out, name, version, cfg.name)
     roots = [cfg.data, *cfg.extra_data]  # what it trained on
     try:
         revision, note = dataset_revision(roots), ""
