@@ -579,7 +579,8 @@ def bench_pairs(package: str | Path, data: str | Path, *, parts: int = 40, align
 
     det = Detector(package, device="cpu", threads=threads)
     if not det.needs_reference:
-        raise ValueError(f"{package} is not a reference model: the gate needs a reference")
+        raise BenchError(f"{package} is not a reference model: --pairs times parts judged "
+                         "against their golden image; leave --pairs out to time this model")
     ds = read_dataset(data)
     recs = [r for r in ds.images if r.boxes and r.reference]
     groups = sorted({r.group or r.file_name for r in recs})

@@ -729,6 +729,12 @@ def bench_model_cmd(
     --pairs, good and defective parts judged end to end (decode included)."""
     from lineside_inspect.bench import bench_model, bench_pairs, format_pairs, format_rows
 
+    # options of the other mode were silently ignored (new-user review)
+    if pairs is not None and (int8 is not None or runs != 50 or batches != "1,2,4,8"):
+        raise typer.BadParameter("--int8, --runs and --batches time the model alone; "
+                                 "with --pairs give --parts and --align")
+    if pairs is None and (parts != 40 or not align):
+        raise typer.BadParameter("--parts and --align go with --pairs DATASET")
     if pairs is not None:
         out.print(format_pairs(bench_pairs(package, pairs, parts=parts, align=align)))
         return

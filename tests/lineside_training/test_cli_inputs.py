@@ -117,6 +117,9 @@ def test_resume_takes_the_data_the_run_trained_on(tmp_path: Path) -> None:
     ["bench", "model", "models/deeppcb/1", "--batches", "0"],
     ["bench", "model", "models/deeppcb/1", "--batches", "a,b"],
     ["bench", "train", "--steps", "0"],
+    # one mode's options given to the other were ignored (new-user review)
+    ["bench", "model", "models/deeppcb-ref/1", "--pairs", "datasets/deeppcb-sample", "--runs", "5"],
+    ["bench", "model", "models/deeppcb/1", "--parts", "5"],
     ["calibrate-unchanged", "a.jpg", "b", "--tile", "0"],
     ["calibrate-unchanged", "a.jpg", "b", "--tolerance", "-1"],
 ])
@@ -124,6 +127,13 @@ def test_numbers_out_of_range_are_refused_before_any_work(args: list[str]) -> No
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert "Invalid value" in r.output, r.output
+
+
+def test_bench_pairs_on_a_single_image_model_says_so() -> None:
+    r = runner.invoke(app, ["bench", "model", str(ROOT / "models" / "deeppcb" / "1"),
+                            "--pairs", str(SAMPLE)])
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    assert "is not a reference model: --pairs times parts" in r.output.replace("\n", "")
 
 
 def test_target_escape_out_of_range_is_refused_by_the_library_too() -> None:
