@@ -41,7 +41,7 @@ def test_cosine_follows_a_refitted_plan() -> None:
 
 def test_time_budget_refits_and_stops_itself(tmp_path: Path, make_config: Make,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """40 epochs of 4 steps would take minutes here; a 20 s budget re-plans them from the
+    """A 20 s budget plans 40 epochs of 4 steps from a guess, re-plans them from the
     measured step and evaluation times and ends itself, best checkpoint kept."""
     torch.set_num_threads(2)
     cfg = make_config(tmp_path, time_budget="20s", epochs=40, max_steps_per_epoch=4, eval_every=1,
@@ -53,7 +53,9 @@ def test_time_budget_refits_and_stops_itself(tmp_path: Path, make_config: Make,
     # an epoch is a line a person reads (its row is in metrics.jsonl), not the raw JSON
     assert re.search(r"epoch 1 \(step \d+/\d+\): loss [\d.]+, lr ", log) and '{"epoch"' not in log
     refits = [(int(a), int(b)) for a, b in re.findall(r"plan (\d+) steps \(.*?was (\d+)\)", log)]
-    assert refits and refits[0][1] == 160 and refits[0][0] < 160  # the guess was re-fitted
+    # the guess was re-fitted from the measured steps (up or down: a step takes 0.1-0.5 s
+    # here depending on the host's load)
+    assert refits and refits[0][1] == 160 and refits[0][0] != 160
     [end] = [line for line in log.splitlines() if "stopped itself at step" in line]
     ended = re.search(r"at step (\d+) of (\d+) planned", end)
     assert ended is not None and "best mAP@.5" in end and "best.pt" in end
@@ -66,7 +68,7 @@ def test_time_budget_refits_and_stops_itself(tmp_path: Path, make_config: Make,
     assert "map50" in rows[-1]  # the run ended on an evaluation
     evaluated = [r["step"] for r in rows if "map50" in r]
     assert len(evaluated) == len(set(evaluated))  # never the same weights twice
-    assert len(rows) < 40 and (run / "best.pt").is_file()
+    assert (run / "best.pt").is_file()
     last = torch.load(run / "last.pt", weights_only=False)
     assert (last["step"], last["planned_steps"]) == (steps, planned)
     err = capsys.readouterr().err
@@ -112,6 +114,44 @@ def test_time_out_between_an_evaluation_and_the_next_step_ends_the_run(
     log = (run / "train.log").read_text()
     assert "stopped itself at step 4" in log and "no time left" in log
     assert torch.load(run / "last.pt", weights_only=False)["step"] == 4
+
+
+def test_time_out_after_an_epoch_without_evaluation_ends_on_a_final_evaluation(
+        tmp_path: Path, make_config: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time runs out after an epoch that was not evaluated: the next epoch takes no
+    step, and its row was an epoch of "loss 0.0000, 0.0 img/s" (new-user review). It is
+    the final evaluation of the last epoch's weights, logged as such, and the run says it
+    stopped itself, not that patience stopped it."""
+    import lineside_training.engine as engine
+
+    torch.set_num_threads(2)
+    jump = [0.0]
+    real_elapsed, real_save = Budget.elapsed, engine.save_checkpoint
+    lasts = []
+
+    def elapsed(self: Budget) -> float:
+        return real_elapsed(self) + jump[0]
+
+    def save_checkpoint(path: Path, *args: object, **kwargs: object) -> None:
+        real_save(path, *args, **kwargs)  # type: ignore[arg-type]
+        if path.name == "last.pt":
+            lasts.append(path)
+            if len(lasts) == 2:
+                jump[0] = 3600.0  # the hour's budget is gone
+
+    monkeypatch.setattr(Budget, "elapsed", elapsed)
+    monkeypatch.setattr(engine, "save_checkpoint", save_checkpoint)
+    cfg = make_config(tmp_path, time_budget="1h", epochs=40, max_steps_per_epoch=2,
+                      eval_every=1000, eval_share=0.01, input_size=320, patience=1)
+    run = train(cfg, quiet=True)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 2]
+    assert "map50" not in rows[1] and rows[2]["final_evaluation"] and "loss" not in rows[2]
+    assert rows[2]["step"] == rows[1]["step"] == 4
+    log = (run / "train.log").read_text()
+    assert "final evaluation of epoch 2's weights (step 4/" in log and "loss 0.0000" not in log
+    assert "stopped itself at step 4" in log and "at epoch 2 in" in log
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 1  # 0-based: epoch 2
 
 
 def test_a_slow_start_does_not_end_the_run() -> None:

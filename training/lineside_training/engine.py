@@ -179,6 +179,7 @@ class Progress:
     # mAP@[.5:.95] of the best evaluation: it breaks a tie in mAP@.5 (a small validation
     # set ties often; a tie that gained on the boxes' fit is a gain, for best.pt and patience)
     best_map: float = -1.0
+    best_epoch: int = 0  # 1-based epoch of ``best`` (0: none), told at the end of a resumed run
 
 
 @dataclass
@@ -384,6 +385,7 @@ def save_checkpoint(
         "config": cfg.model_dump(), "class_names": class_names,
         "elapsed_s": progress.elapsed_s, "data": data_fingerprint,
         "step": progress.step, "planned_steps": progress.planned_steps,
+        "best_epoch": progress.best_epoch,
     }, tmp)
     tmp.replace(path)
 
@@ -394,6 +396,9 @@ def epoch_line(row: dict[str, Any]) -> str:
     planned = f"/{row['planned_steps']}" if "planned_steps" in row else ""
     evaluated = (f", mAP@.5 {row['map50']:.3f} (mAP@[.5:.95] {row['map']:.3f})"
                  if "map50" in row else "")
+    if row.get("final_evaluation"):
+        return (f"final evaluation of epoch {row['epoch']}'s weights (step {row['step']}"
+                f"{planned}){evaluated}, {row['elapsed_min']:.1f} min")
     return (f"epoch {row['epoch']} (step {row['step']}{planned}): loss {row['loss']:.4f}, "
             f"lr {row['lr']:.2e}, {row['train_img_s']:.1f} img/s{evaluated}, "
             f"{row['elapsed_min']:.1f} min")
@@ -420,16 +425,34 @@ def load_checkpoint(path: Path, state: TrainState, device: torch.device) -> Prog
         state.scaler.load_state_dict(ck["scaler"])
     return Progress(ck["epoch"], ck["best"], ck["stale"], ck.get("elapsed_s", 0.0),
                     # a checkpoint from before the tie-break: ties stay no gain, as they were
-                    ck.get("step", 0), ck.get("planned_steps", 0), ck.get("best_map", math.inf))
+                    ck.get("step", 0), ck.get("planned_steps", 0), ck.get("best_map", math.inf),
+                    ck.get("best_epoch", 0))
 
 
-def _check_resumable(run: Path, fingerprint: dict[str, Any]) -> None:
+def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
+                     epochs: int) -> None:
     """Refuse to continue ``run`` on other data than it trained on: ``--resume`` given to
     a run of a taken name (say, with ``--merge`` of reviews) would carry on the old run.
     A set is the same by its resolved path or by its annotations' content (the run folder
-    moved to another machine), the merged sets in any order."""
-    saved = torch.load(run / "last.pt", map_location="cpu", weights_only=False,
-                       mmap=True).get("data", {})
+    moved to another machine), the merged sets in any order. Refuse a run whose schedule
+    is done, too: it took no step and logged an empty epoch (new-user review)."""
+    ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False, mmap=True)
+    _check_same_data(run, ck.get("data", {}), fingerprint)
+    planned, step = int(ck.get("planned_steps") or 0), int(ck.get("step") or 0)
+    if budget and planned and step >= planned:
+        raise ConfigError(
+            f"--resume: {run} took all {planned} steps of its schedule (fitted to its time "
+            "budget, ending at a learning rate near 0): nothing is left to continue. To "
+            f"train on, start a new run from its weights: --weights {run / 'best.pt'} "
+            "--name NEW")
+    if not budget and int(ck.get("epoch", -1)) + 1 >= epochs:
+        raise ConfigError(
+            f"--resume: {run} already trained its {int(ck.get('epoch', -1)) + 1} epoch(s) "
+            f"and this schedule has {epochs}: give --epochs MORE to continue it, or start a "
+            f"new run from its weights: --weights {run / 'best.pt'} --name NEW")
+
+
+def _check_same_data(run: Path, saved: dict[str, Any], fingerprint: dict[str, Any]) -> None:
     if not saved.get("path"):  # a checkpoint from before the fingerprint was kept
         return
     same_set = saved["path"] == fingerprint["path"] or \
@@ -489,7 +512,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         raise ConfigError(f"--resume: there is no run to continue at {run} (no last.pt): "
                           "check --name (and out_dir), or leave --resume out for a new run")
     if resume:
-        _check_resumable(run, data.fingerprint)
+        _check_resumable(run, data.fingerprint, budget=budget_s is not None, epochs=cfg.epochs)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
@@ -564,7 +587,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
             save_checkpoint(path, state, progress, cfg=cfg, class_names=data.class_names,
                             data_fingerprint=data.fingerprint)
 
-    epoch, best_epoch, ended = start_epoch, 0, ""
+    epoch, ended = start_epoch, ""
     evaluated_at = -1  # the step the weights were last evaluated at
     try:
         while budget is not None or epoch < cfg.epochs:
@@ -599,6 +622,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                 "epoch": epoch + 1, "loss": stats.loss, "lr": state.scheduler.get_last_lr()[0],
                 "train_img_s": stats.images * world / max(stats.seconds, 1e-9), "step": progress.step,
             }
+            if budget is not None and stats.steps == 0:
+                # the time ran out before this epoch's first step: what follows is the final
+                # evaluation of the last epoch's weights, not an epoch (it was logged as one,
+                # "loss 0.0000, 0.0 img/s"; new-user review)
+                epoch -= 1
+                row = {"epoch": epoch + 1, "step": progress.step, "final_evaluation": True}
             if budget is not None:
                 row["planned_steps"] = plan.total_steps
                 done = budget.steps_left() == 0 or budget.out_of_time()
@@ -617,7 +646,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                 evaluated_at = progress.step
                 if gained(progress, m):
                     progress.best, progress.best_map = m["map50"], m["map"]
-                    progress.stale, best_epoch = 0, epoch + 1
+                    progress.stale, progress.best_epoch = 0, epoch + 1
                     save(epoch, run / "best.pt")
                 else:
                     progress.stale += 1
@@ -635,6 +664,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                 log(epoch_line(row))  # the row itself is in metrics.jsonl
             save(epoch, run / "last.pt")
             epoch += 1
+            if last:  # the schedule or the time is done: said so, even with stale evaluations
+                break
             # under a time budget the schedule is fitted to the whole budget: stopping on
             # patience before its last quarter would end with the learning rate still high
             # and the EMA not settled (a 1-minute run stopped at step 78 of 136 so). Only
@@ -642,8 +673,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
             if _agree(progress.stale, world) >= cfg.patience and (
                     budget is None or progress.step >= PATIENCE_FROM * plan.total_steps):
                 ended = f"stopped early: {progress.stale} evaluations without gain (patience)"
-                break
-            if last:
                 break
     except KeyboardInterrupt:
         save(max(epoch - 1, 0), run / "last.pt")
@@ -659,6 +688,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                         "no time left for another step and the final evaluation")
         log(f"time budget {format_duration(budget.seconds)}: {how}, after "
             f"{format_duration(budget.elapsed())} ({epoch - start_epoch} epochs this session, "
-            f"{budget.refits} re-fits); best mAP@.5 {progress.best:.4f} at epoch {best_epoch} "
+            f"{budget.refits} re-fits); best mAP@.5 {progress.best:.4f} at epoch {progress.best_epoch} "
             f"in {run / 'best.pt'}")
     return run
