@@ -73,7 +73,7 @@ def import_dataset(
         if not skip_invalid:
             raise DatasetError(
                 f"{src}: {len(problems)} problem(s); nothing was written "
-                f"(fix them, or pass --skip-invalid to leave those images out){layout}",
+                f"({_advice(draft, problems)}){layout}",
                 problems,
             )
         draft, unskippable = drop_invalid(draft, problems)
@@ -84,7 +84,25 @@ def import_dataset(
                 unskippable,
             )
         skipped = problems
+    if not draft.images:
+        # an empty dataset trains nothing: a wrong folder or format, never a success
+        found = (f"every image found has a problem ({len(skipped)} problem(s)), so "
+                 "--skip-invalid left none to import" if skipped else "no images found")
+        raise DatasetError(f"{src}: {found}; nothing was written{layout}", skipped)
     return write_dataset(draft, dst, overwrite=overwrite, source=src), skipped
+
+
+def _advice(draft: Dataset, problems: list[Problem]) -> str:
+    """What to do about problems: --skip-invalid only when leaving images out would give a
+    dataset (every problem names an image, and some image has none)."""
+    unskippable = sum(1 for p in problems if p.subject is None)
+    if unskippable:
+        return (f"fix them: {unskippable} concern no single image, so --skip-invalid cannot "
+                "leave them out")
+    concerned = {p.subject for p in problems}
+    if all(r.file_name in concerned for r in draft.images):
+        return "fix them: --skip-invalid would leave no image to import"
+    return "fix them, or pass --skip-invalid to leave those images out"
 
 
 def export_dataset(fmt: str, src: str | Path, dst: str | Path) -> None:

@@ -68,8 +68,96 @@ def to_coco(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def from_coco(doc: Any, file: str) -> tuple[Dataset, list[Problem]]:
-    """Parse a COCO dict; return what could be read and every problem found."""
+def _whole(value: object) -> int | None:
+    """An integer, or a float without a fraction (some exporters write 160.0); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _image_id(value: object) -> int | str | None:
+    """An image id as a key: an integer (160.0 read as 160) or text; None for anything
+    else (a list as a key was a traceback)."""
+    return value if isinstance(value, str) else _whole(value)
+
+
+def _image_record(img: object, file: str, where: str, problems: list[Problem],
+                  sizes_optional: bool) -> ImageRecord | None:
+    """One ``images`` entry, or None and a problem. The problem's subject is the entry's
+    file name when it has one, so that --skip-invalid can leave that image out.
+    With ``sizes_optional`` a missing width/height is 0: an importer reads it from the image."""
+    if not isinstance(img, dict):
+        problems.append(Problem(file, where, "must be an object"))
+        return None
+    subject = None if img.get("file_name") is None else str(img["file_name"])
+    required = ("id", "file_name") if sizes_optional else ("id", "file_name", "width", "height")
+    missing = [k for k in required if k not in img]
+    if missing:
+        problems.append(Problem(file, where, f"missing field(s) {', '.join(missing)}", subject))
+        return None
+    if _image_id(img["id"]) is None:
+        problems.append(Problem(file, f"{where}.id", f"id {img['id']!r} is not an integer",
+                                subject))
+        return None
+    size = [0 if sizes_optional and img.get(k) is None else _whole(img.get(k))
+            for k in ("width", "height")]
+    if size[0] is None or size[1] is None or size[0] < 0 or size[1] < 0:
+        problems.append(Problem(file, where, "width and height must be whole numbers "
+                                f"(got {img.get('width')!r} x {img.get('height')!r})", subject))
+        return None
+    split = img.get("split")
+    if split is not None and split not in SPLITS:
+        problems.append(
+            Problem(file, f"{where}.split", f"split must be one of {SPLITS}, got {split!r}")
+        )
+        split = None
+    return ImageRecord(
+        file_name=str(img["file_name"]),
+        width=size[0],
+        height=size[1],
+        group=None if img.get("group") is None else str(img["group"]),
+        split=split,
+        reference=None if img.get("reference") is None else str(img["reference"]),
+        id=img["id"],
+        origin=f"{file}:{where}",
+    )
+
+
+def _by_id(records: list[ImageRecord], refused: set[Any], file: str,
+           problems: list[Problem]) -> tuple[dict[Any, ImageRecord], set[Any]]:
+    """Images by id, and the ids several entries share (``refused``: ids of entries left
+    out for their own fields). An annotation names its image by id alone, so for a shared
+    id which image a box belongs to cannot be told: every image of that id is left out
+    (a problem each), and with them that id's annotations."""
+    by_id: dict[Any, list[ImageRecord]] = {}
+    for rec in records:
+        by_id.setdefault(_image_id(rec.id), []).append(rec)
+    shared = {k for k, v in by_id.items() if len(v) + (k in refused) > 1}
+    for rec in records:
+        key = _image_id(rec.id)
+        if key not in shared:
+            continue
+        recs = by_id[key]
+        n = len(recs) + (key in refused)
+        names = " and ".join(repr(r.file_name) for r in recs[:3])
+        problems.append(Problem(
+            file, f"{rec.origin.rpartition(':')[2]}.id", f"duplicate image id {key!r}, given to "
+            f"{n} images ({names}{' ...' if len(recs) > 3 else ''}): an annotation names its image "
+            "by id, so which of them its boxes belong to cannot be told; give each image "
+            "its own id",
+            rec.file_name))
+    return {k: v[0] for k, v in by_id.items() if k not in shared}, shared
+
+
+def from_coco(doc: Any, file: str, *,
+              sizes_optional: bool = False) -> tuple[Dataset, list[Problem]]:
+    """Parse a COCO dict; return what could be read and every problem found.
+    ``sizes_optional`` (an import: the image is at hand to read its size from) takes a
+    missing width/height as 0."""
     problems: list[Problem] = []
     if not isinstance(doc, dict):
         return Dataset([], []), [Problem(file, "", "top level must be a JSON object")]
@@ -89,43 +177,16 @@ def from_coco(doc: Any, file: str) -> tuple[Dataset, list[Problem]]:
             problems.append(Problem(file, f"{where}.id", f"duplicate category id {cat['id']}"))
         categories[cat["id"]] = str(cat["name"])
 
-    images: dict[int, ImageRecord] = {}
-    names: Counter[str] = Counter()
+    records: list[ImageRecord] = []
+    refused: set[Any] = set()  # ids of images refused for their own fields
     for i, img in enumerate(doc.get("images", [])):
-        where = f"images[{i}]"
-        if not isinstance(img, dict):
-            problems.append(Problem(file, where, "must be an object"))
-            continue
-        missing = [k for k in ("id", "file_name", "width", "height") if k not in img]
-        if missing:
-            problems.append(Problem(file, where, f"missing field(s) {', '.join(missing)}"))
-            continue
-        if not isinstance(img["width"], int) or not isinstance(img["height"], int):
-            problems.append(Problem(file, where, "width and height must be integers"))
-            continue
-        split = img.get("split")
-        if split is not None and split not in SPLITS:
-            problems.append(
-                Problem(file, f"{where}.split", f"split must be one of {SPLITS}, got {split!r}")
-            )
-            split = None
-        rec = ImageRecord(
-            file_name=str(img["file_name"]),
-            width=img["width"],
-            height=img["height"],
-            group=None if img.get("group") is None else str(img["group"]),
-            split=split,
-            reference=None if img.get("reference") is None else str(img["reference"]),
-            id=img["id"],
-            origin=f"{file}:{where}",
-        )
-        names[rec.file_name] += 1
-        if img["id"] in images:
-            problems.append(
-                Problem(file, f"{where}.id", f"duplicate image id {img['id']}", rec.file_name)
-            )
-            continue
-        images[img["id"]] = rec
+        rec = _image_record(img, file, f"images[{i}]", problems, sizes_optional)
+        if rec is not None:
+            records.append(rec)
+        elif isinstance(img, dict) and _image_id(img.get("id")) is not None:
+            refused.add(_image_id(img["id"]))
+    images, shared = _by_id(records, refused, file, problems)
+    names = Counter(r.file_name for r in records)
     for name, n in names.items():
         if n > 1:
             problems.append(Problem(file, "images", f"file_name {name!r} listed {n} times", name))
@@ -135,7 +196,10 @@ def from_coco(doc: Any, file: str) -> tuple[Dataset, list[Problem]]:
         if not isinstance(ann, dict):
             problems.append(Problem(file, where, "must be an object"))
             continue
-        rec_or_none = images.get(ann.get("image_id"))  # type: ignore[arg-type]
+        image_id = _image_id(ann.get("image_id"))
+        if image_id in shared or image_id in refused:
+            continue  # the image's own problem says it is left out, with its boxes
+        rec_or_none = images.get(image_id)
         if rec_or_none is None:
             problems.append(
                 Problem(file, f"{where}.image_id", f"annotation for missing image {ann.get('image_id')!r}")

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from lineside_inspect.dataset.canonical import ANNOTATIONS, from_coco, load_json, polygon_bbox
+from lineside_inspect.dataset.exif import SWAPS_SIDES, TURNS, file_orientation, turned_hint
 from lineside_inspect.dataset.layout import (
     SPLIT_WORDS,
     folders_phrase,
@@ -107,6 +108,28 @@ def _clip_to_images(images: list[ImageRecord]) -> list[str]:
         return []
     return [f"{len(clipped)} box edge(s) up to {EDGE_TOLERANCE:g} px outside the image clipped "
             f"onto it, e.g. {clipped[0].origin}"]
+
+
+def _exif_turned(images: list[ImageRecord], stated: set[int]) -> list[str]:
+    """A warning for JPEGs whose EXIF orientation says to show them turned: Lineside reads
+    pixels as stored, where Ultralytics, Roboflow and viewers (and so whoever drew the
+    boxes) see the turned picture. ``stated`` holds the ``id()`` of records whose labels
+    gave a size: one matching the stored sides (not square) shows the stored frame."""
+    turned: list[tuple[ImageRecord, int]] = []
+    for rec in images:
+        turn = file_orientation(rec.source) if rec.source else 1
+        confirmed = turn in SWAPS_SIDES and id(rec) in stated and rec.width != rec.height
+        if turn != 1 and not confirmed:
+            turned.append((rec, turn))
+    if not turned:
+        return []
+    rec, turn = turned[0]
+    return [f"warning: {len(turned)} JPEG(s) whose EXIF orientation says to show them turned "
+            f"(e.g. {rec.file_name}, shown {TURNS[turn]}): Lineside reads pixels as stored, as a "
+            "line camera writes them, and places the boxes on that picture; Ultralytics, "
+            "Roboflow, labelling tools and image viewers show the turned one. Boxes drawn on "
+            "the turned picture are misplaced here: save those images turned (e.g. exiftran "
+            "-ai, or mogrify -auto-orient) and import again"]
 
 
 def _unsupported_beside(stem: str, folders: list[Path]) -> Path | None:
@@ -249,15 +272,26 @@ def _rel(path: Path, src: Path) -> str:
     return path.relative_to(src).as_posix()
 
 
-def _closest(hits: list[Path], near: Path) -> Path:
-    """Of several files of one name, the one sharing the longest folder prefix with ``near``."""
-    def shared(p: Path) -> int:
+def _mirrored(rel: str) -> tuple[str, ...]:
+    """A file's folders with images/annotations folders blanked: an XML and its image
+    share them (``annotations/crack/`` and ``images/crack/``)."""
+    return tuple(_label_key(rel).split("/")[:-1])
+
+
+def _closest(hits: list[Path], near: Path, src: Path) -> Path:
+    """Of several files of one name, the one at ``near``'s own place: its path below the
+    annotations folder repeated below the images folder (class sub-folders reuse names:
+    ``annotations/crack/001.xml`` is ``images/crack/001.jpg``, not ``images/stain/``);
+    then the one sharing the longest folder prefix with ``near``."""
+    mirror = _mirrored(_rel(near, src)) if near.is_relative_to(src) else None
+
+    def shared(p: Path) -> tuple[bool, int]:
         n = 0
         for a, b in zip(p.parts, near.parts, strict=False):
             if a != b:
                 break
             n += 1
-        return n
+        return mirror is not None and _mirrored(_rel(p, src)) == mirror, n
 
     return max(hits, key=shared)  # max keeps the first of equals: sorted order
 
@@ -267,6 +301,7 @@ class _ImageIndex:
     annotation finds its image wherever the layout put it, but never in another sub-set."""
 
     def __init__(self, src: Path, pictures: list[Path]) -> None:
+        self.src = src
         self.by_name: dict[tuple[str | None, str], list[Path]] = defaultdict(list)
         self.by_stem: dict[tuple[str | None, str], list[Path]] = defaultdict(list)
         self.rels: dict[str | None, list[str]] = defaultdict(list)
@@ -293,7 +328,7 @@ class _ImageIndex:
             for s in splits:
                 hits = table.get((s, key))
                 if hits:
-                    return _closest(hits, near), how
+                    return _closest(hits, near, self.src), how
         return None, ""
 
     def folders(self, split: str | None) -> str:
@@ -379,6 +414,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     xml_rels: dict[str | None, list[str]] = defaultdict(list)
     used: set[Path] = set()
     owner: dict[Path, int] = {}  # image -> index in images of the record annotating it
+    stated: set[int] = set()  # id() of records whose XML gives a <size>
     not_voc = 0
     for xml in xmls:
         xml_rel = _rel(xml, src)
@@ -418,7 +454,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
         if (said := _voc_size(root)) is not None and said != (width, height):
             # boxes are in the pixels the XML was drawn on: on an image resized, turned or
             # swapped since, every box would land in the wrong place
-            turned = " (turned: EXIF rotation, or a rotated copy)" if said == (height, width) else ""
+            turned = turned_hint(path, said, (width, height))
             problems.append(Problem(
                 str(xml), "size", f"<size> says {said[0]}x{said[1]} but image {rel!r} is "
                 f"{width}x{height}{turned}: the boxes were drawn on another picture; fix the "
@@ -444,6 +480,8 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
         if path.stem.lower() in listed:  # VOC's own split lists win over folder names
             split = listed[path.stem.lower()][0]
         record = ImageRecord(rel, width, height, boxes, split=split, source=path, origin=str(xml))
+        if said is not None:
+            stated.add(id(record))
         if path not in owner:
             owner[path] = len(images)
             images.append(record)
@@ -468,6 +506,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
                                 f"names image {rel!r}, which {right_rel} (named after it) "
                                 "annotates: fix this XML's <filename>", wrong_rel))
     notes = _assign_rest_to_train(images) + _clip_to_images(images)
+    notes += _exif_turned(images, stated)
     if found_by["stem"]:
         notes.append(f"{found_by['stem']} <filename>(s) without the image's extension found by stem")
     if found_by["annotation name"]:
@@ -623,16 +662,27 @@ def _label_key(rel: str) -> str:
     return "/".join([*folders, path.stem])
 
 
+def _class_id(text: str) -> int:
+    """A YOLO class id: an integer, or a float without a fraction (``0.0``: written by
+    scripts that keep ids as floats, and read by Ultralytics); ValueError otherwise."""
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError(f"class id {text!r} is not a whole number")
+    return int(value)
+
+
 def _yolo_boxes(label_file: Path, names: dict[int, str], names_file: str, width: int,
                 height: int, rel: str, problems: list[Problem]) -> list[Box]:
     boxes: list[Box] = []
-    for n, line in enumerate(label_file.read_text(errors="replace").splitlines(), start=1):
+    # utf-8-sig: a BOM (Notepad, some exporters) glued to the first class id refused the file
+    text = label_file.read_bytes().decode("utf-8-sig", errors="replace")
+    for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
         where = f"line {n}"
         try:
-            cls = int(parts[0])
+            cls = _class_id(parts[0])
             values = [float(p) for p in parts[1:]]
             if len(values) == 4:
                 cx, cy, w, h = values
@@ -644,7 +694,8 @@ def _yolo_boxes(label_file: Path, names: dict[int, str], names_file: str, width:
                 raise ValueError
         except ValueError:
             problems.append(Problem(str(label_file), where,
-                                    f"expected 'class cx cy w h' (or a polygon), got {line!r}", rel))
+                                    "expected 'class cx cy w h' (a whole class id and 4 numbers, or "
+                                    f"a polygon), got {line!r}", rel))
             continue
         if cls not in names:
             known = ", ".join(str(k) for k in names)
@@ -909,7 +960,7 @@ def import_yolo(src: Path) -> Draft:
     elif from_folders:
         notes.append("splits from folder names")
     notes += _assign_rest_to_train(images) + _clip_to_images(images) + _case_variants(categories)
-    notes += _thin_classes(images, categories)
+    notes += _thin_classes(images, categories) + _exif_turned(images, set())
     if images and unlabeled == len(images) and any(f.suffix.lower() == ".xml" for f in files):
         # a VOC folder with a labelImg classes.txt: every defect would import as a good part
         raise DatasetError(_looked_for(src, files, "no image has a YOLO label file, so all "
@@ -978,6 +1029,72 @@ def _shown(folder: Path, root: Path) -> str:
     return f"{folder.name}/ (the top folder)" if rel == "." else f"{rel}/"
 
 
+def _coco_sources(dataset: Dataset, folders: list[Path], base: Path, root: Path,
+                  json_path: Path, problems: list[Problem], sized: set[int]) -> list[ImageRecord]:
+    """The records of one COCO JSON whose image was found, each with its source: in
+    ``folders``, then by name below the JSON (a problem for one found nowhere). A size the
+    JSON does not give (or gives as 0) is read from the image; ``sized`` gets their ``id()``."""
+    index: _ImageIndex | None = None  # built only when a name is not where COCO puts it
+    kept: list[ImageRecord] = []
+    for rec in dataset.images:
+        # a name written on Windows (images\x.jpg): a backslash separates folders, and
+        # kept as written it became one file called 'images\x.jpg'
+        rec.file_name = rec.file_name.replace("\\", "/")
+        if rec.reference is not None:
+            rec.reference = rec.reference.replace("\\", "/")
+        found = next((f / rec.file_name for f in folders if (f / rec.file_name).is_file()), None)
+        if found is None:
+            if index is None:
+                index = _ImageIndex(base, [p for p in walk_files(base)
+                                           if p.suffix.lower() in IMAGE_SUFFIXES])
+            found, _ = index.find(rec.file_name, base, None)
+        if found is None:
+            tried = ", ".join(_shown(f, root) for f in folders)
+            problems.append(Problem(
+                rec.origin or str(json_path), "file_name",
+                f"image {rec.file_name!r} not found: looked in {tried}, and by name "
+                f"below {_shown(base, root)}", rec.file_name))
+            continue
+        rec.source = found
+        if not (rec.width and rec.height):
+            rec.width, rec.height = _size(found, rec.file_name, problems)
+            if not rec.width:
+                continue  # unreadable: that is its problem
+            sized.add(id(rec))
+        kept.append(rec)
+    return kept
+
+
+def _coco_unlisted(src: Path, root: Path, docs: list[tuple[Path, Any]],
+                   images: list[ImageRecord]) -> list[Path]:
+    """Images on disk that no COCO JSON lists (a photo copied in, a split's JSON not
+    re-exported): everything under the folder given, or, given a JSON file, the folders
+    its images were found in."""
+    used = {_norm(r.source) for r in images if r.source}
+    listed = {PurePosixPath(str(img.get("file_name", "")).replace("\\", "/")).name.lower()
+              for _, doc in docs for img in _listed(doc, "images") if isinstance(img, dict)}
+    if src.is_dir():
+        on_disk = walk_files(root)
+    else:
+        folders = sorted({r.source.parent for r in images if r.source})
+        on_disk = [p for f in folders for p in sorted(f.iterdir()) if p.is_file()]
+    return [p for p in on_disk if p.suffix.lower() in IMAGE_SUFFIXES
+            and _norm(p) not in used and p.name.lower() not in listed]
+
+
+def _no_coco_images(docs: list[tuple[Path, Any]], root: Path, on_disk: list[Path]) -> str:
+    """Why a COCO import that lists no image at all is refused, and what a COCO JSON holds."""
+    names = ", ".join(str(j) for j, _ in docs[:3])
+    has_list = any(isinstance(d, dict) and "images" in d for _, d in docs)
+    beside = (f"; {len(on_disk)} image file(s) are there but not listed, e.g. "
+              f"{_rel(on_disk[0], root) if on_disk[0].is_relative_to(root) else on_disk[0]}"
+              if on_disk else "")
+    return (f"{names}: lists no images ({'its images list is empty' if has_list else 'no images list'})"
+            f"{beside}. A COCO JSON lists each image under \"images\" (id, file_name, width, "
+            "height) and its boxes under \"annotations\"; a folder of defect-free images "
+            "imports with -f good")
+
+
 def import_coco(src: Path) -> Draft:
     """COCO JSON: ``SRC`` is the JSON file, or a folder holding ``annotations.json`` or
     several COCO JSONs (one per sub-set, which become splits); images are looked up in the
@@ -996,8 +1113,9 @@ def import_coco(src: Path) -> Draft:
     problems: list[Problem] = []
     info: dict[str, object] = {}
     parts = []
+    sized: set[int] = set()  # id() of records sized from their image
     for json_path, doc in docs:
-        dataset, found = from_coco(doc, str(json_path))
+        dataset, found = from_coco(doc, str(json_path), sizes_optional=True)
         problems += found
         info = info or dict(dataset.info)
         base = json_path.parent
@@ -1013,30 +1131,8 @@ def import_coco(src: Path) -> Draft:
             prefix = named + "/"  # COCO's annotations/instances_train2017.json: train2017/x.jpg
         else:
             prefix = _rel(base, root) + "/"
-        index: _ImageIndex | None = None  # built only when a name is not where COCO puts it
-        kept: list[ImageRecord] = []
         listed = len(dataset.images)
-        for rec in dataset.images:
-            for folder in folders:
-                candidate = folder / rec.file_name
-                if candidate.is_file():
-                    rec.source = candidate
-                    break
-            else:
-                if index is None:
-                    index = _ImageIndex(base, [p for p in walk_files(base)
-                                               if p.suffix.lower() in IMAGE_SUFFIXES])
-                found_path, _ = index.find(rec.file_name, base, None)
-                if found_path is None:
-                    tried = ", ".join(_shown(f, root) for f in folders)
-                    problems.append(Problem(
-                        rec.origin or str(json_path), "file_name",
-                        f"image {rec.file_name!r} not found: looked in {tried}, and by name "
-                        f"below {_shown(base, root)}", rec.file_name))
-                    continue
-                rec.source = found_path
-            kept.append(rec)
-        dataset.images = kept
+        dataset.images = _coco_sources(dataset, folders, base, root, json_path, problems, sized)
         for rec in dataset.images:
             if prefix and not rec.file_name.startswith(prefix):
                 rec.file_name = prefix + rec.file_name
@@ -1053,10 +1149,23 @@ def import_coco(src: Path) -> Draft:
         missing = f", {listed - len(dataset.images)} not found" if listed > len(dataset.images) else ""
         parts.append(f"{rel_json} ({len(dataset.images)} images{missing}"
                      + (f", sub-set {split!r})" if split else ")"))
+    unlisted = _coco_unlisted(src, root, docs, images)
+    if not problems and not any(_listed(d, "images") for _, d in docs):
+        raise DatasetError(_no_coco_images(docs, root, unlisted))
     _drop_blank_labels(images, problems)
     categories = [c for c in categories if c.strip()]
     notes = (_assign_rest_to_train(images) if len(docs) > 1 else []) + _clip_to_images(images)
     notes += _case_variants(categories) + _thin_classes(images, categories)
+    notes += _coco_notes(docs, images, sized, unlisted, root)
+    info.update({"layout": "COCO; " + "; ".join(parts + notes)})
+    return Dataset(categories, images, info=info), problems
+
+
+def _coco_notes(docs: list[tuple[Path, Any]], images: list[ImageRecord], sized: set[int],
+                unlisted: list[Path], root: Path) -> list[str]:
+    """What a COCO import did that a user should know: crowd regions and polygons taken as
+    boxes, sizes read from the images, images no JSON lists, JPEGs shown turned."""
+    notes: list[str] = []
     anns = [a for _, d in docs for a in _listed(d, "annotations") if isinstance(a, dict)]
     if crowd := sum(1 for a in anns if a.get("iscrowd") == 1):
         # COCO's crowd regions (many objects in one box) are ignored by its evaluation;
@@ -1065,15 +1174,22 @@ def import_coco(src: Path) -> Draft:
                      "ordinary defect boxes")
     if shaped := sum(1 for a in anns if a.get("bbox") is None and polygon_bbox(a.get("segmentation"))):
         notes.append(f"{shaped} annotation(s) without a bbox boxed from their segmentation polygons")
-    info.update({"layout": "COCO; " + "; ".join(parts + notes)})
-    return Dataset(categories, images, info=info), problems
+    if sized:
+        notes.append(f"{len(sized)} image(s) without a width/height in the JSON sized from "
+                     "the image file")
+    if unlisted:
+        example = _rel(unlisted[0], root) if unlisted[0].is_relative_to(root) else unlisted[0]
+        notes.append(f"{len(unlisted)} image(s) on disk that no COCO JSON lists left out, "
+                     f"e.g. {example} (defect-free images import with -f good)")
+    stated = {id(r) for r in images} - sized
+    return notes + _exif_turned(images, stated)
 
 
 def _looks_like_yolo_label(path: Path) -> bool:
     """A .txt whose first line is ``class cx cy w h`` (or a polygon): a YOLO label, not notes."""
     try:
         with path.open("rb") as f:
-            head = f.read(4096).decode("utf-8", errors="replace")
+            head = f.read(4096).decode("utf-8-sig", errors="replace")
     except OSError:
         return False
     for line in head.splitlines():
@@ -1081,7 +1197,7 @@ def _looks_like_yolo_label(path: Path) -> bool:
         if not parts:
             continue
         try:
-            int(parts[0])
+            _class_id(parts[0])
             [float(p) for p in parts[1:]]
         except ValueError:
             return False
@@ -1140,7 +1256,10 @@ def import_good(src: Path) -> Draft:
                            f"{_rel(other[0], src)}; convert them to png or jpg")
     if not images:
         raise DatasetError(f"{src}: no images found")
-    return Dataset([], images, info={"source": "good images"}), problems
+    groups = {r.group for r in images if r.group}
+    layout = (f"good images; {len(images)} images in {folders_phrase(r.file_name for r in images)}"
+              + (f"; {len(groups)} group(s) from sub-folder names" if groups else ""))
+    return Dataset([], images, info={"source": "good images", "layout": layout}), problems
 
 
 IMPORTERS: dict[str, Callable[[Path], Draft]] = {

@@ -16,6 +16,7 @@ from lineside_inspect.dataset.duplicates import (
     fingerprint,
     label_conflicts,
 )
+from lineside_inspect.dataset.exif import turned_hint
 from lineside_inspect.dataset.model import Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, ImageError, Problem
 from lineside_inspect.imageio import IMAGE_SUFFIXES, decode_image
@@ -43,7 +44,8 @@ def _check_pixels(dataset: Dataset, rec: ImageRecord,
             Problem(
                 where,
                 "width/height",
-                f"says {rec.width}x{rec.height} but {path.name} is {width}x{height}",
+                f"says {rec.width}x{rec.height} but {path.name} is {width}x{height}"
+                + turned_hint(Path(path), (rec.width, rec.height), (width, height)),
                 rec.file_name,
             )
         ]

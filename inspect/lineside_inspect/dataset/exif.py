@@ -1,0 +1,95 @@
+"""The EXIF orientation of a JPEG, read from its header, so that an import can say when
+labels may have been drawn on another frame than the one Lineside reads.
+
+Lineside reads pixels as stored (see :mod:`lineside_inspect.imageio`); Ultralytics,
+Roboflow, labelling tools and image viewers first turn a JPEG as its orientation tag
+says. Boxes drawn on the turned picture land elsewhere on the stored one.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+ORIENTATION_TAG = 0x0112
+HEAD_BYTES = 65536  # APP1 (EXIF) comes first in a camera's or a phone's JPEG
+MAX_IFD_ENTRIES = 512  # a real IFD0 holds a few dozen; a hostile count is not walked
+
+# what a viewer does to the stored picture before showing it, by orientation value
+TURNS = {
+    2: "mirrored left to right",
+    3: "turned 180°",
+    4: "mirrored top to bottom",
+    5: "mirrored and turned 90°",
+    6: "turned 90° clockwise",
+    7: "mirrored and turned 90°",
+    8: "turned 90° anticlockwise",
+}
+SWAPS_SIDES = frozenset({5, 6, 7, 8})  # shown as height x width
+
+
+def orientation(data: bytes) -> int:
+    """The EXIF orientation (2-8) a JPEG's header bytes carry; 1 (as stored) when none,
+    when the bytes are not a JPEG, or when the tag cannot be read."""
+    if not data.startswith(b"\xff\xd8"):
+        return 1
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return 1
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xDA, 0xD9):  # the scan (or the end): no header segment after it
+            return 1
+        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        body = data[pos + 4:pos + 2 + length]
+        if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
+            return _tiff_orientation(body[6:])
+        pos += 2 + max(length, 2)
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """The orientation entry of IFD0 of EXIF's TIFF structure; 1 when absent or unreadable."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None:
+        return 1
+    try:
+        (ifd,) = struct.unpack(order + "I", tiff[4:8])
+        (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+        for i in range(min(count, MAX_IFD_ENTRIES)):
+            start = ifd + 2 + 12 * i
+            tag, kind, _, value = struct.unpack(order + "HHI4s", tiff[start:start + 12])
+            if tag == ORIENTATION_TAG and kind == 3:  # SHORT
+                (found,) = struct.unpack(order + "H", value[:2])
+                return found if found in TURNS else 1
+    except struct.error:  # cut short: as stored
+        return 1
+    return 1
+
+
+def file_orientation(path: Path) -> int:
+    """:func:`orientation` of a file (1 for what is not a JPEG or cannot be read)."""
+    if path.suffix.lower() not in (".jpg", ".jpeg"):
+        return 1
+    try:
+        with path.open("rb") as f:
+            return orientation(f.read(HEAD_BYTES))
+    except OSError:
+        return 1
+
+
+def turned_hint(path: Path, said: tuple[int, int], size: tuple[int, int]) -> str:
+    """Why labels may state ``said`` for an image of ``size``: sides swapped, by the
+    JPEG's EXIF orientation (a viewer's frame) or by a rotated copy; "" otherwise."""
+    if said != (size[1], size[0]) or said == size:
+        return ""
+    turn = file_orientation(path)
+    if turn in SWAPS_SIDES:
+        return (f" (turned: the JPEG's EXIF orientation {turn} says to show it "
+                f"{TURNS[turn]}, and the labels were made on the turned picture; Lineside "
+                "reads pixels as stored: save the image turned, then label sizes and boxes "
+                "agree)")
+    return " (turned: EXIF rotation, or a rotated copy)"
