@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_training.checkpoint import load_trained
 from lineside_training.config import TrainConfig, load_config
 from lineside_training.engine import (
     Progress,
     TrainState,
     _check_resumable,
+    data_warnings,
     load_checkpoint,
     load_data,
     save_checkpoint,
@@ -255,3 +256,34 @@ def test_a_run_finds_its_dataset_from_another_folder(
                        r"found .*pass --data DATASET"):
         _ = trained.data
     assert not trained.is_own_data(SAMPLE)
+
+
+def test_a_missing_image_or_a_merge_of_its_own_set_is_refused_before_training(
+        tmp_path: Path, make_config: Make) -> None:
+    """A train image deleted from the set stopped the run after its first epoch and left
+    a last.pt, so a second try under the name was refused; --merge of the set trained on
+    doubled its train images silently (new-user review)."""
+    data = tmp_path / "set"
+    shutil.copytree(SAMPLE, data)
+    doc = json.loads((data / "annotations.json").read_text())
+    gone = next(i["file_name"] for i in doc["images"] if i.get("split") == "train")
+    (data / "images" / gone).unlink()
+    with pytest.raises(DatasetError, match=r"1 image file\(s\) of train/val are not there"):
+        train(make_config(tmp_path / "runs", data=str(data)), quiet=True)
+    assert not (tmp_path / "runs").exists()  # nothing begun: the name is free
+    with pytest.raises(ConfigError, match="that is the dataset trained on"):
+        load_data(make_config(tmp_path, extra_data=[str(SAMPLE) + "/"]))
+
+
+def test_a_class_without_train_boxes_and_a_val_without_defects_are_warned(
+        tmp_path: Path, make_config: Make) -> None:
+    data = load_data(make_config(tmp_path))
+    assert data_warnings(data) == []
+    first = data.class_names[0]
+    for rec in data.train:
+        rec.boxes = [b for b in rec.boxes if b.label != first]
+    for rec in data.val:
+        rec.boxes = []
+    said = data_warnings(data)
+    assert f"class(es) '{first}' have no box in train" in said[0]
+    assert "val holds no defective image" in said[1]

@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_training.budget import Budget, SchedulePlan, fitted_ema, format_duration, parse_duration
 from lineside_training.config import TrainConfig
 from lineside_training.data.augment import train_transform
@@ -81,7 +81,11 @@ def load_data(cfg: TrainConfig) -> TrainData:
         raise ConfigError(f"{cfg.data}: no split assigned; run 'lineside data split {cfg.data}'")
     train = dataset.in_split("train")
     held: dict[str, int] = {}  # per merged set: its val/test images, which stay held out
+    own = Path(cfg.data).resolve()
     for extra in cfg.extra_data:
+        if Path(extra).resolve() == own:  # its train images twice, silently
+            raise ConfigError(f"--merge {extra}: that is the dataset trained on ({cfg.data}); "
+                              "merge other sets only")
         other = read_dataset(extra)
         for name in other.categories:
             if name not in class_names:
@@ -97,6 +101,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
     if not train or not val:
         raise ConfigError(f"{cfg.data}: needs both train and val images "
                           f"(has {len(train)} train, {len(val)} val)")
+    _check_files(cfg, dataset, train + val)
     fp = {"path": str(Path(cfg.data).resolve()),
           "annotations_sha256": hashlib.sha256(
               (Path(cfg.data) / "annotations.json").read_bytes()).hexdigest(),
@@ -106,6 +111,43 @@ def load_data(cfg: TrainConfig) -> TrainData:
           "train_images": len(train), "val_images": len(val), "extra_held_out": held,
           "source": dataset.info.get("source"), "licence": dataset.info.get("licence")}
     return TrainData(dataset, class_names, train, val, fp)
+
+
+def data_warnings(data: TrainData) -> list[str]:
+    """What in the split keeps a run from learning or judging what it should: a class with
+    no box in train (a split word in a folder's name put all of one class in test), a
+    val without a defective image (mAP 0 at every evaluation) (new-user review)."""
+    counts: dict[str, int] = dict.fromkeys(data.class_names, 0)
+    for rec in data.train:
+        for box in rec.boxes:
+            counts[box.label] = counts.get(box.label, 0) + 1
+    lines = []
+    if absent := [c for c in data.class_names if not counts[c]]:
+        lines.append(f"class(es) {', '.join(map(repr, absent))} have no box in train: the "
+                     "model cannot learn them ('lineside data stats' shows the split's boxes "
+                     "per class; 'lineside data split' makes a new split)")
+    if not any(rec.boxes for rec in data.val):
+        lines.append("val holds no defective image: mAP is 0 at every evaluation, so best.pt "
+                     "is the first one and thresholds cannot be calibrated; make a new split "
+                     "('lineside data split')")
+    return lines
+
+
+def _check_files(cfg: TrainConfig, dataset: Dataset, records: list[ImageRecord]) -> None:
+    """Refuse before training when an image (or golden image) of train or val is not on
+    disk: the run stopped at the first epoch that drew it, leaving a last.pt that made a
+    second try under its name refused (new-user review). A stat per file: seconds for
+    thousands."""
+    missing: list[str] = []
+    for rec in records:
+        for path in (dataset.image_path(rec), dataset.reference_path(rec)):
+            if path is not None and not path.is_file():
+                missing.append(str(path))
+    if missing:
+        raise DatasetError(
+            f"{cfg.data}: {len(missing)} image file(s) of train/val are not there, e.g. "
+            f"{missing[0]!r}: nothing was trained; 'lineside data validate {cfg.data}' "
+            "lists them: put them back, or import the set again with --skip-invalid")
 
 
 def ema_avg(decay: float | SchedulePlan, ramp: float = 500.0) -> Any:
@@ -531,6 +573,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     log(f"input size {cfg.input_size} px, training on "
         f"{f'{cfg.crop_size} px crops' if cfg.crop_size else 'whole images'}; "
         f"{len(data.train)} train and {len(data.val)} val images")
+    for line in data_warnings(data):
+        log(f"warning: {line}")
     for extra, n in data.fingerprint.get("extra_held_out", {}).items():
         log(f"merged {extra}: its train (and unsplit) images only; its {n} val/test image(s) "
             "are not trained on")
