@@ -67,6 +67,13 @@ def test_train_evaluate_export_commands(tmp_path: Path) -> None:
 def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--set", "epochs=-1"])
     assert r.exit_code == 2 and "epochs" in r.stderr and "Traceback" not in r.output + r.stderr
+    # an override's error names --set, not the config file; a key that is none says the
+    # nearest (new-user review)
+    r = runner.invoke(app, ["train", "--config", "training/configs/single-default.yaml",
+                            "--data", str(SAMPLE), "--set", "epoch=3"])
+    said = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and said.startswith("error: --set: epoch: Extra inputs"), said
+    assert "'epoch' is no config key (did you mean epochs?)" in said
     r = runner.invoke(app, ["evaluate", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no such run folder" in r.stderr
     r = runner.invoke(app, ["train"])  # "config: data: Field required" said not what to give

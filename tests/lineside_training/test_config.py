@@ -31,9 +31,13 @@ def test_a_merged_sets_held_out_images_are_said_not_dropped_silently(tmp_path: P
 
     from .conftest import SAMPLE, tiny_config
 
-    cfg = tiny_config(tmp_path, extra_data=[str(SAMPLE)])
+    other = tmp_path / "other"  # another set (the set trained on itself is refused)
+    other.mkdir()
+    (other / "images").symlink_to(SAMPLE / "images")
+    (other / "annotations.json").write_bytes((SAMPLE / "annotations.json").read_bytes())
+    cfg = tiny_config(tmp_path, extra_data=[str(other)])
     data = load_data(cfg)
     sample = read_dataset(SAMPLE)
     held = sum(1 for r in sample.images if r.split not in (None, "train"))
-    assert held > 0 and data.fingerprint["extra_held_out"] == {str(SAMPLE): held}
+    assert held > 0 and data.fingerprint["extra_held_out"] == {str(other): held}
     assert len(data.train) == 2 * len(sample.in_split("train"))

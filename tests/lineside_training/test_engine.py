@@ -55,7 +55,11 @@ def test_resume_continues_where_it_stopped(tmp_path: Path, make_config: Make) ->
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     with pytest.raises(ConfigError, match=r"already there \(last\.pt, best\.pt\).*--name"):
         train(more, quiet=True)  # without --resume: refused, the run left as it was
-    merged = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, extra_data=[str(SAMPLE)])
+    other = tmp_path / "other"  # another set to merge (the set itself is refused)
+    other.mkdir()
+    (other / "images").symlink_to(SAMPLE / "images")
+    (other / "annotations.json").write_bytes((SAMPLE / "annotations.json").read_bytes())
+    merged = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, extra_data=[str(other)])
     with pytest.raises(ConfigError, match=r"--resume: .* trained on .*, this run names .* \+ "):
         train(merged, resume=True, quiet=True)  # other data: not a continuation of this run
     moved = tmp_path / "moved" / "sample"  # the same set elsewhere (another checkout)

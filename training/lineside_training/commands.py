@@ -70,8 +70,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
             raise ConfigError(f"--time: {exc}") from None
     doc = read_config(path, overrides, **fields)
     if doc.get("kind") == "anomaly":
-        return validate_config(AnomalyConfig, path, sizes_from_data(doc))
-    return validate_config(TrainConfig, path, sizes_from_data(doc))
+        return validate_config(AnomalyConfig, path, sizes_from_data(doc), overrides)
+    return validate_config(TrainConfig, path, sizes_from_data(doc), overrides)
 
 
 def train(cfg: TrainConfig | AnomalyConfig, *, resume: bool = False) -> Path:

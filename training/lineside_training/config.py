@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import statistics
 from pathlib import Path
@@ -181,7 +182,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     """Read ``path`` (YAML), apply ``key=value`` overrides (values parsed as YAML) and
     keyword fields, and choose the input size from the data when not set
     (:func:`sizes_from_data`); errors name the file and field."""
-    return validate_config(TrainConfig, path, sizes_from_data(read_config(path, overrides, **fields)))
+    return validate_config(TrainConfig, path, sizes_from_data(read_config(path, overrides, **fields)),
+                           overrides)
 
 
 def read_config(path: str | Path | None, overrides: list[str] | None = None,
@@ -211,13 +213,28 @@ def read_config(path: str | Path | None, overrides: list[str] | None = None,
     return doc
 
 
-def validate_config(schema: type[Config], path: str | Path | None, doc: dict[str, Any]) -> Config:
+def validate_config(schema: type[Config], path: str | Path | None, doc: dict[str, Any],
+                    overrides: list[str] | None = None) -> Config:
+    """``doc`` as ``schema``; an error names the ``--set`` it came from (``overrides``),
+    else the config file, and a key that is none of the schema's its nearest ones."""
     try:
         return schema.model_validate(doc)
     except ValidationError as exc:
+        errors = exc.errors()
         hint = ""
-        if any(e["type"] == "missing" and tuple(e["loc"]) == ("data",) for e in exc.errors()):
+        if any(e["type"] == "missing" and tuple(e["loc"]) == ("data",) for e in errors):
             # "data: Field required" did not say what to give
             hint = ("; give --data DATASET (a folder made by lineside data import)"
                     + ("" if path else ", and --config CONFIG (training/configs/*.yaml)"))
-        raise ConfigError(f"{path or 'config'}: {describe_validation(exc.errors())}{hint}") from None
+        for e in errors:
+            if e["type"] == "extra_forbidden" and e["loc"]:
+                near = difflib.get_close_matches(str(e["loc"][0]), list(schema.model_fields), 3)
+                hint += f"; {e['loc'][0]!r} is no config key" + (
+                    f" (did you mean {' or '.join(near)}?)" if near else "")
+        # "--set nonsense=3" was blamed on the config file (new-user review)
+        given = {item.partition("=")[0].strip().split(".")[0] for item in overrides or []}
+        if errors and all(e["loc"] and str(e["loc"][0]) in given for e in errors):
+            where = "--set"
+        else:
+            where = str(path or "config")
+        raise ConfigError(f"{where}: {describe_validation(errors)}{hint}") from None

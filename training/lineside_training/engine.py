@@ -573,8 +573,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     log(f"input size {cfg.input_size} px, training on "
         f"{f'{cfg.crop_size} px crops' if cfg.crop_size else 'whole images'}; "
         f"{len(data.train)} train and {len(data.val)} val images")
-    for line in data_warnings(data):
-        log(f"warning: {line}")
+    for warning in data_warnings(data):
+        log(f"warning: {warning}")
     for extra, n in data.fingerprint.get("extra_held_out", {}).items():
         log(f"merged {extra}: its train (and unsplit) images only; its {n} val/test image(s) "
             "are not trained on")
