@@ -378,3 +378,18 @@ def test_yolo_on_a_voc_folder_suggests_voc(tmp_path: Path) -> None:
     r = runner.invoke(app, ["data", "import", "-f", "yolo", str(src), str(tmp_path / "out")])
     assert r.exit_code == 2
     assert "It holds .xml files: Pascal VOC? (-f voc)" in " ".join(r.stderr.split())
+
+
+def test_a_split_word_inside_a_name_of_its_own_is_no_sub_set() -> None:
+    """``pcb_test_fixture/`` was read as the test split: the whole class in it went to
+    test, none to train (new-user review). A sub-set's folder is a split word with at
+    most words like images, set or a year beside it."""
+    from lineside_inspect.dataset.layout import split_of
+
+    for rel, split in (("valid/images/a.jpg", "val"), ("Validation_Images/a.jpg", "val"),
+                       ("test-set/a.jpg", "test"), ("train2017/a.jpg", "train"),
+                       ("valid_2017/a.jpg", "val"), ("images/train/a.jpg", "train"),
+                       ("Training Data/a.jpg", "train"),
+                       ("pcb_test_fixture/a.jpg", None), ("contest/a.jpg", None),
+                       ("pcb_test_fixture/images/a.jpg", None)):
+        assert split_of(rel) == split, rel

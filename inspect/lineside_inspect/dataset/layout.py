@@ -26,6 +26,11 @@ SPLIT_WORDS = {
 IMAGE_DIRS = ("jpegimages", "images", "image", "imgs", "img", "jpg", "jpeg", "pictures", "photos")
 ANNOTATION_DIRS = ("annotations", "annotation", "annots", "xml", "xmls", "labels", "label")
 SKIPPED_DIRS = ("__MACOSX",)  # resource forks of a zip made on a Mac
+# words that may stand beside a split word in a sub-set's folder name (``test_set``,
+# ``Validation_Images``, ``train_data``); any other word makes it a name of its own:
+# ``pcb_test_fixture`` put a whole class in test (new-user review)
+SUBSET_WORDS = ("set", "sets", "data", "dataset", "split", "subset", "part", "images",
+                *IMAGE_DIRS, *ANNOTATION_DIRS)
 
 
 def walk_files(root: Path) -> list[Path]:
@@ -72,15 +77,26 @@ def role_of(folder: str) -> str | None:
     return None
 
 
+def subset_of(folder: str) -> str | None:
+    """The split a folder's name gives a sub-set (``valid``, ``Validation_Images``,
+    ``test-set``, ``train2017``): a split word, the other words at most ones like
+    ``images`` or ``set``; None for a name of its own that holds one (``pcb_test_fixture``)."""
+    words = _words(folder)
+    splits = [w for w in words if split_word(w) is not None]
+    if not splits or any(w not in SUBSET_WORDS and not w.isdigit()
+                         for w in words if split_word(w) is None):
+        return None
+    return split_word(splits[0])
+
+
 def split_of(rel: PurePosixPath | str) -> str | None:
     """The split a file's folders name, or None: a split word in a folder name down to the
     first images/annotations folder (``valid/images/x.jpg``, ``Validation_Images/x.jpg``),
     or a folder right below that one named exactly as a split (``images/train/x.jpg``)."""
     folders = PurePosixPath(rel).parts[:-1]
     for i, folder in enumerate(folders):
-        for word in _words(folder):
-            if split_word(word) is not None:
-                return split_word(word)
+        if (split := subset_of(folder)) is not None:
+            return split
         if role_of(folder) is not None:
             below = folders[i + 1].lower() if i + 1 < len(folders) else ""
             return SPLIT_WORDS.get(below)
