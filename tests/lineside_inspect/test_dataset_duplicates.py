@@ -427,3 +427,28 @@ def test_a_group_that_forms_after_dedupe_is_still_reported(tmp_path: Path) -> No
     assert r.exit_code == 0, r.stderr
     assert "removed y8-copy.jpg" in r.stdout and "left whole" not in r.stderr
     assert "warning: near duplicate images in one split, labelled differently: 'y0.jpg'" in r.stderr
+
+
+def test_dedupe_is_done_in_one_run(tmp_path: Path) -> None:
+    """Ten encodings of one picture: an image alike to more than 8 others joins no group,
+    so one --dedupe kept 2, the next validate called them duplicates and a second
+    --dedupe removed another (new-user review). One run goes on until nothing is left."""
+    raw = tmp_path / "raw"
+    base = pixels(5).astype(np.int16)
+    rng = np.random.default_rng(1)
+    recs = []
+    for i in range(10):  # noisier and noisier: the first alike to more of the others
+        img = np.clip(base + rng.integers(-2 * i // 3 - 1, 2 * i // 3 + 2, base.shape), 0,
+                      255).astype(np.uint8)
+        recs.append(ImageRecord(f"c{i}.jpg", 96, 72, [], split="train",
+                                source=jpeg(raw / f"c{i}.jpg", img, 95 - 3 * i)))
+    recs.append(ImageRecord("v.jpg", 96, 72, [], split="val", source=jpeg(raw / "v.jpg", pixels(8))))
+    write_dataset(Dataset(["dent"], recs), tmp_path / "ds")
+    r = runner.invoke(app, ["data", "validate", str(tmp_path / "ds"), "--dedupe"])
+    assert r.exit_code == 0, r.stderr
+    names = sorted(i["file_name"] for i in json.loads(
+        (tmp_path / "ds" / "annotations.json").read_text())["images"])
+    assert len(names) == 2 and "v.jpg" in names, names
+    assert "removed 9" in r.stdout and "warning: " not in r.stderr, r.stdout + r.stderr
+    again = runner.invoke(app, ["data", "validate", str(tmp_path / "ds"), "--dedupe"])
+    assert again.exit_code == 0 and "removed 0" in again.stdout, again.stdout
