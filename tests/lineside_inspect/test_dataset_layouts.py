@@ -129,9 +129,16 @@ def test_classic_voc_with_imagesets(tmp_path: Path) -> None:
     (src / "ImageSets" / "Main").mkdir(parents=True)
     (src / "ImageSets" / "Main" / "train.txt").write_text("000000\n000001\n000002\n")
     (src / "ImageSets" / "Main" / "val.txt").write_text("000003\n")
+    # a <difficult> box (VOC's scoring ignores them) is imported as a box, and said so
+    xml = src / "Annotations" / "000001.xml"
+    doc = ET.parse(xml)
+    ET.SubElement(doc.getroot().find("object"), "difficult").text = "1"  # type: ignore[arg-type]
+    doc.write(xml)
     ds, _ = import_dataset("voc", src, tmp_path / "out")
     assert {r.file_name: r.split for r in ds.images}["JPEGImages/000003.jpg"] == "val"
     assert sorted(r.split or "" for r in ds.images) == ["train", "train", "train", "val"]
+    assert "1 box(es) marked <difficult>1</difficult> imported as ordinary boxes" in \
+        ds.info["layout"]
 
 
 def test_no_xml_names_what_was_looked_for(tmp_path: Path) -> None:

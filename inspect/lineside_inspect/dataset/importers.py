@@ -415,7 +415,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     used: set[Path] = set()
     owner: dict[Path, int] = {}  # image -> index in images of the record annotating it
     stated: set[int] = set()  # id() of records whose XML gives a <size>
-    not_voc = 0
+    not_voc = difficult = 0
     for xml in xmls:
         xml_rel = _rel(xml, src)
         try:
@@ -477,6 +477,8 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
                 continue
             x1, y1, x2, y2 = coords
             boxes.append(Box(x1, y1, x2, y2, label, origin=f"{xml}:{where}"))
+            if (obj.findtext("difficult") or "").strip() == "1":
+                difficult += 1
         if path.stem.lower() in listed:  # VOC's own split lists win over folder names
             split = listed[path.stem.lower()][0]
         record = ImageRecord(rel, width, height, boxes, split=split, source=path, origin=str(xml))
@@ -519,6 +521,9 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
                      f"{_rel(unlabeled[0], src)} (defect-free images import with -f good)")
     if not_voc:
         notes.append(f"{not_voc} XML file(s) that are not VOC annotations ignored")
+    if difficult:  # VOC's own scoring ignores them; here they are defects like any other
+        notes.append(f"{difficult} box(es) marked <difficult>1</difficult> imported as ordinary "
+                     "boxes (trained on and scored; remove them from the XML to leave them out)")
     cats = classes if classes else sorted({b.label for r in images for b in r.boxes})
     notes += _case_variants(cats) + _thin_classes(images, cats)
     parts = [f"{_split_name(s)}: {len(v)} XML in {folders_phrase(v)}, images in "
