@@ -259,3 +259,22 @@ def test_good_import_prints_the_layout_found(tmp_path: Path) -> None:
                                  str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
     assert "layout found: good images; 3 images in lot1/ and lot2/; 2 group(s)" in r.stdout
+
+
+def test_a_coco_json_given_in_cvat_annotations_folder_finds_images_beside_it(
+        tmp_path: Path) -> None:
+    """CVAT's export: annotations/instances_default.json and images/ beside annotations/.
+    The folder form worked; the JSON given itself failed every image "looked in images/"
+    (annotations/images/, which was not said) (new-user review)."""
+    src = tmp_path / "cvat"
+    _coco(src, [_img(1, "frame_0.png"), _img(2, "frame_1.png")], {1: [4, 4, 10, 10]})
+    (src / "annotations").mkdir()
+    (src / "annotations.json").rename(src / "annotations" / "instances_default.json")
+    ds, _ = import_dataset("coco", src / "annotations" / "instances_default.json", tmp_path / "a")
+    assert sorted(r.file_name for r in ds.images) == ["frame_0.png", "frame_1.png"]
+    (src / "images" / "frame_1.png").unlink()
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("coco", src / "annotations" / "instances_default.json", tmp_path / "b")
+    said = _messages(exc)
+    assert f"looked in {src / 'annotations' / 'images'}/, " in said  # the real paths
+    assert f"{src / 'images'}/" in said

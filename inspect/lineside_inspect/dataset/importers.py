@@ -1014,6 +1014,8 @@ def _coco_image_folders(json_path: Path, root: Path, limit: Path) -> list[Path]:
     root and its ``images/``; only folders inside ``limit`` (what the user gave)."""
     base = json_path.parent
     out = [base / "images", base]
+    if role_of(base.name) == "annotations":  # CVAT's and COCO's annotations/ + images/
+        out += [base.parent / "images", base.parent]
     named = _coco_split_folder(json_path)
     if named:
         for top in (base, base.parent, root):
@@ -1027,9 +1029,11 @@ def _coco_image_folders(json_path: Path, root: Path, limit: Path) -> list[Path]:
 
 
 def _shown(folder: Path, root: Path) -> str:
-    """A searched folder as the user knows it: relative to the dataset root."""
-    if not folder.is_relative_to(root):
-        return f"{folder}/"  # beside the JSON the user gave, so under a path they typed
+    """A searched folder as the user knows it: relative to the dataset root (the folder
+    given), else as typed (beside the JSON the user gave)."""
+    if not folder.is_relative_to(root) or role_of(root.name) == "annotations":
+        # a JSON given in annotations/: "images/" was read as the one beside annotations/
+        return f"{folder}/"
     rel = folder.relative_to(root).as_posix()
     return f"{folder.name}/ (the top folder)" if rel == "." else f"{rel}/"
 
