@@ -35,16 +35,25 @@ class SlowClientProtocol(_HTTPProtocol):
     header_timeout_s = 10.0
     # the request line and headers, at most: httptools hands every header to uvicorn,
     # which keeps them all in a list before any route (or key check) runs, and 3 million
-    # 8-byte headers took 370 MB a request (attacker review). nginx allows 32 KiB
+    # 8-byte headers took 370 MB a request (attacker review). nginx allows 32 KiB. Counted
+    # from llhttp's own phases (a message begun, its headers not complete), so a body
+    # left unread after an early answer, and a request pipelined behind a running one,
+    # are each counted as what they are
     max_header_bytes = 64 * 1024
     _header_timer: asyncio.TimerHandle | None = None
-    _header_bytes = 0
+    _in_headers = False
+    _header_bytes = 0  # raw bytes received while in a message's headers
+    _parsed_bytes = 0  # the URL and header names and values parsed so far
+    _headers_too_large = False
 
     def send_400_response(self, msg: str) -> None:
         """A request llhttp cannot parse (a bad request line, an unknown method, a negative
         Content-Length, a URL past its limit): the same JSON error shape as every other
         answer, not uvicorn's plain text. The connection closes, as uvicorn's does: where
         the next request would start is unknown."""
+        if self._headers_too_large:  # raised from a header callback (see _count)
+            self._too_large()
+            return
         self._refuse(b"400 Bad Request", "invalid_request", "malformed HTTP request: the "
                      "request line, a header or the framing could not be parsed")
 
@@ -58,6 +67,40 @@ class SlowClientProtocol(_HTTPProtocol):
         self.transport.write(b"".join((*head, body)))
         self.transport.close()
 
+    def _too_large(self) -> None:
+        self._disarm()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # pipelined behind an answer still being sent: a 431 would land inside it
+            self.transport.close()
+            return
+        self._refuse(b"431 Request Header Fields Too Large", "headers_too_large",
+                     f"the request line and headers are over {self.max_header_bytes} bytes")
+
+    # llhttp's callbacks (httptools): where a message's headers begin and end
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers, self._header_bytes, self._parsed_bytes = True, 0, 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        super().on_headers_complete()
+
+    def _count(self, size: int) -> None:
+        self._parsed_bytes += size
+        if self._parsed_bytes > self.max_header_bytes:
+            # stops llhttp mid-chunk (it reports a callback error, which uvicorn answers
+            # with send_400_response): the request never starts
+            self._headers_too_large = True
+            raise ValueError("headers too large")
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
@@ -66,16 +109,14 @@ class SlowClientProtocol(_HTTPProtocol):
         super().data_received(data)
         if self.transport.is_closing():
             return
-        if self._waiting_for_headers():
-            self._arm()  # armed once per request: trickling bytes does not extend it
+        if self._in_headers:  # one header can be any size: its bytes counted as they come
             self._header_bytes += len(data)
             if self._header_bytes > self.max_header_bytes:
-                self._disarm()
-                self._refuse(b"431 Request Header Fields Too Large", "headers_too_large",
-                             f"the request line and headers are over {self.max_header_bytes} "
-                             "bytes")
+                self._too_large()
+                return
+        if self._in_headers or self._waiting_for_headers():
+            self._arm()  # armed once per request: trickling bytes does not extend it
         else:
-            self._header_bytes = 0  # counted again for a keep-alive connection's next request
             self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -138,7 +179,7 @@ class SlowClientProtocol(_HTTPProtocol):
 
     def _headers_overdue(self) -> None:
         self._header_timer = None
-        if self._waiting_for_headers() and not self.transport.is_closing():
+        if (self._in_headers or self._waiting_for_headers()) and not self.transport.is_closing():
             self.transport.close()
 
 

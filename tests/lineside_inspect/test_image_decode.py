@@ -207,18 +207,28 @@ def test_markers_before_the_first_scan_do_not_hide_its_scans(before_scan: bytes)
         decode_image(bomb[:first] + b"\xff\xd9")
 
 
-def test_a_corrupt_jpeg_header_is_refused_and_an_odd_sampling_still_decodes() -> None:
-    """Any error of simplejpeg's header reader sent the file to OpenCV, which decodes
-    past what the strict decoder refuses (stray bytes before a marker, a cut-short
-    scan); only a sampling layout the simple API cannot describe goes there now."""
+def test_jpegs_simplejpeg_cannot_read_the_header_of_decode_and_a_marker_flood_is_refused() -> None:
+    """Header warnings (a JFIF revision 2.01, a stray byte between segments) and sampling
+    layouts the simple API cannot describe (3x1; 1x4 raised a KeyError, a 500) decode
+    through OpenCV, after the scan count; 30 MB of RST markers before the frame header
+    took 2 s of pure Python on the event loop (second review) and are refused at once."""
+    from lineside_inspect.imageio import MAX_JPEG_HEADER_STEPS
+
     good = _jpeg(_scene())
     first = good.index(b"\xff\xda")
-    with pytest.raises(ImageError, match=r"corrupt JPEG: .*extraneous bytes"):
-        decode_image(good[:first] + b"\x00" + good[first:])
+    assert decode_image(good[:first] + b"\x00" + good[first:]).shape == (640, 640, 3)
+    jfif = bytearray(good)
+    at = jfif.index(b"JFIF\x00")
+    jfif[at + 5:at + 7] = b"\x02\x01"  # version 2.01: libjpeg warns
+    assert decode_image(bytes(jfif)).shape == (640, 640, 3)
     odd = bytearray(good)
     sof = odd.index(b"\xff\xc0")
-    odd[sof + 11] = 0x31  # Y sampled 3x1: decodable, but "could not determine subsampling"
-    assert decode_image(bytes(odd)).shape == (640, 640, 3)
+    for sampling in (0x31, 0x14):  # Y sampled 3x1, 1x4
+        odd[sof + 11] = sampling
+        assert decode_image(bytes(odd)).shape == (640, 640, 3)
+    flood = good[:2] + b"\xff\xd0" * (MAX_JPEG_HEADER_STEPS + 1) + good[2:]
+    with pytest.raises(ImageError, match=f"over {MAX_JPEG_HEADER_STEPS} markers"):
+        decode_image(flood)
 
 
 def test_an_image_over_jpegs_side_limit_gets_its_drawn_answer(srv: Running) -> None:

@@ -381,8 +381,54 @@ def test_request_headers_past_their_cap_get_431_before_any_key(launch) -> None:
         for _ in range(2):
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + cookie + b"\r\n")
             assert _response(sock).startswith(b"HTTP/1.1 200")
+    # one header of 1 MB is counted as it comes, not once llhttp hands it over
+    with _connect(srv.url) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"b" * 1_000_000)
+        assert _response(sock).startswith(b"HTTP/1.1 431")
+    # a body left unread after an early answer is a body, not headers: the 401 alone
+    # (it was followed by a 431 and a reset; second review)
+    with _connect(srv.url, timeout=3) as sock:
+        body = b"\xff\xd8" + b"\0" * 300_000
+        sock.sendall(b"POST /v1/inspect HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                     b"wrong\r\ncontent-type: image/jpeg\r\ncontent-length: "
+                     + str(len(body)).encode() + b"\r\n\r\n")
+        with contextlib.suppress(OSError):
+            sock.sendall(body)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 401") and b"431" not in answer, answer
     with srv.client("line") as c:  # and the server still serves
         assert c.get("/healthz").status_code == 200
+
+
+def test_headers_pipelined_behind_a_running_answer_are_capped(launch) -> None:
+    """The cap counted only while no request ran: a request pipelined behind a camera's
+    endless stream took 20 MB of headers (+490 MB; second review). Behind a running
+    answer a 431 would land inside it: the connection is closed."""
+    sim = MJPEGSimulator(fps=10)
+    try:
+        srv = launch(cameras=[CameraConfig(id="cam", source=sim.url)])
+        deadline = time.time() + 30
+        with srv.client("reviewer") as c:
+            while c.get("/v1/cameras").json()[0]["state"] != "online":
+                assert time.time() < deadline, "the camera did not come online"
+                time.sleep(0.1)
+        with _connect(srv.url, timeout=20) as sock:
+            sock.sendall(b"GET /v1/cameras/cam/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Authorization: Bearer reviewer-secret\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            with contextlib.suppress(OSError):
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             + b"a: b\r\n" * 300_000)
+            end = time.time() + 30
+            with contextlib.suppress(ConnectionResetError):
+                while sock.recv(1 << 20):  # the stream never ends by itself
+                    assert time.time() < end, "the pipelined headers were taken in"
+    finally:
+        sim.kill()
 
 
 def test_an_answer_the_client_does_not_read_is_dropped(launch) -> None:
