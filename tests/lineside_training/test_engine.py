@@ -291,3 +291,27 @@ def test_a_class_without_train_boxes_and_a_val_without_defects_are_warned(
     said = data_warnings(data)
     assert f"class(es) '{first}' have no box in train" in said[0]
     assert "val holds no defective image" in said[1]
+
+
+def test_a_run_stopped_in_its_first_epoch_can_be_resumed(
+        tmp_path: Path, make_config: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the first epoch saved it as done: --resume said "already trained its 1
+    epoch(s)" and pointed at a best.pt that was not there, and a new run of the name was
+    refused (second review)."""
+    import lineside_training.engine as engine
+
+    real = engine.train_one_epoch
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    cfg = make_config(tmp_path, epochs=1, max_steps_per_epoch=2, eval_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, quiet=True)
+    run = tmp_path / "tiny"
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == -1  # none finished
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    train(cfg, resume=True, quiet=True)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1] and (run / "best.pt").is_file()

@@ -237,6 +237,10 @@ def test_thresholds_and_metrics_of_an_earlier_checkpoint_are_not_shipped(
     assert "notes" not in summary  # its own: shipped as they are
     card = json.loads((tmp_path / "same" / "1" / "model.json").read_text())
     assert card["thresholds"] == saved["thresholds"] and "coco" in card["metrics"]
+    # another checkpoint of the run evaluated: reported beside, the thresholds left alone
+    result = evaluate(run / "last.pt", split="val")
+    assert result["thresholds_saved"] is None and result["report"] == str(run / "report-val-last")
+    assert json.loads((run / "thresholds.json").read_text()) == saved
     # trained on since: best.pt is another checkpoint now
     ck = torch.load(run / "best.pt", weights_only=False)
     first = next(iter(ck["model"]))
@@ -246,7 +250,7 @@ def test_thresholds_and_metrics_of_an_earlier_checkpoint_are_not_shipped(
     trained = load_trained(run)
     assert trained.thresholds is None and trained.stale_thresholds
     summary = export(run, tmp_path / "after" / "1", parity_images=2)
-    assert "earlier checkpoint" in summary["notes"][0]
+    assert "another checkpoint" in summary["notes"][0]
     card = json.loads((tmp_path / "after" / "1" / "model.json").read_text())
     assert "coco" not in card["metrics"]  # the old checkpoint's report is not this one's
     # thresholds from before the stamp (older releases) are taken as they are

@@ -481,17 +481,17 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
     ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False, mmap=True)
     _check_same_data(run, ck.get("data", {}), fingerprint)
     planned, step = int(ck.get("planned_steps") or 0), int(ck.get("step") or 0)
+    best = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
     if budget and planned and step >= planned:
         raise ConfigError(
             f"--resume: {run} took all {planned} steps of its schedule (fitted to its time "
             "budget, ending at a learning rate near 0): nothing is left to continue. To "
-            f"train on, start a new run from its weights: --weights {run / 'best.pt'} "
-            "--name NEW")
-    if not budget and int(ck.get("epoch", -1)) + 1 >= epochs:
+            f"train on, start a new run from its weights: --weights {best} --name NEW")
+    if not budget and step and int(ck.get("epoch", -1)) + 1 >= epochs:
         raise ConfigError(
             f"--resume: {run} already trained its {int(ck.get('epoch', -1)) + 1} epoch(s) "
             f"and this schedule has {epochs}: give --epochs MORE to continue it, or start a "
-            f"new run from its weights: --weights {run / 'best.pt'} --name NEW")
+            f"new run from its weights: --weights {best} --name NEW")
 
 
 def _check_same_data(run: Path, saved: dict[str, Any], fingerprint: dict[str, Any]) -> None:
@@ -719,7 +719,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                 ended = f"stopped early: {progress.stale} evaluations without gain (patience)"
                 break
     except KeyboardInterrupt:
-        save(max(epoch - 1, 0), run / "last.pt")
+        # the last finished epoch (-1: none, so a resume begins the first again; a run
+        # stopped in its first epoch read as done and could not be resumed, second review)
+        save(epoch - 1, run / "last.pt")
         raise
     finally:
         if world > 1 and dist.is_initialized():

@@ -16,7 +16,12 @@ from lineside_inspect.imageio import read_image
 from lineside_inspect.package import CARD
 from lineside_inspect.runtime.detector import Detector
 from lineside_training.calibration import calibrate_f
-from lineside_training.checkpoint import CHECKPOINT_STAMP, load_trained
+from lineside_training.checkpoint import (
+    CHECKPOINT_STAMP,
+    Trained,
+    load_trained,
+    resolve_checkpoint,
+)
 from lineside_training.engine import pick_device
 from lineside_training.metrics import coco_metrics
 from lineside_training.pairscore import pair_metrics
@@ -55,9 +60,12 @@ def evaluate(
     # the run's thresholds are calibrated on its own val split only: evaluating other data
     # (a folder of good parts, another line's set) must not overwrite what export ships
     own = trained.is_own_data(data)
+    # the checkpoint export ships (best.pt, else last.pt): another one of the run (RUN/last.pt)
+    # is reported beside, and never replaces its thresholds (second review)
+    shipped = _shipped(trained)
     rule = trained.config.agnostic_iou
     saved: Path | None = None  # where the calibrated thresholds went, if anywhere
-    if split == "val" and own:
+    if split == "val" and own and shipped:
         calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape,
                             agnostic_iou=rule)
         saved = trained.save_thresholds(calib)
@@ -79,12 +87,24 @@ def evaluate(
     result = {"split": split, "images": len(records), "coco": coco, "quality": quality,
               "pairs": pairs, "calibration": calib, "checkpoint": str(trained.run_dir),
               CHECKPOINT_STAMP: trained.sha256}
-    report = Path(out) if out else trained.run_dir / f"report-{split}{other_data(data, own)}"
+    checkpoint = "" if shipped or trained.checkpoint_file is None else \
+        f"-{trained.checkpoint_file.stem}"
+    report = Path(out) if out else \
+        trained.run_dir / f"report-{split}{other_data(data, own)}{checkpoint}"
     write_report(report, result, records, preds, trained.class_names, dataset, examples,
                  goal=trained.config.goal_map50)
     # where it wrote, for the command to say (it wrote them unsaid)
     return {**result, "report": str(report),
             "thresholds_saved": None if saved is None else str(saved)}
+
+
+def _shipped(trained: Trained) -> bool:
+    """Whether ``trained`` is the checkpoint of its folder that export takes (best.pt,
+    else last.pt; a lone .pt file is its folder's own)."""
+    try:
+        return trained.checkpoint_file == resolve_checkpoint(trained.run_dir)
+    except ConfigError:
+        return True
 
 
 SPLITS = ("train", "val", "test", "all")

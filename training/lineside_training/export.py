@@ -225,7 +225,7 @@ def export(
                                 reference=cfg.reference)
         thresholds = calibrate_f(val, preds, trained.class_names, agnostic_iou=cfg.agnostic_iou)
         notes.append(
-            ("the run's thresholds.json belongs to an earlier checkpoint (trained on since)"
+            ("the run's thresholds.json belongs to another checkpoint (trained on since?)"
              if trained.stale_thresholds else "the run was never evaluated")
             + f": thresholds calibrated now on {len(val)} val images, in-sample; run "
             "'lineside evaluate RUN' (or 'lineside calibrate') first for a report and "
