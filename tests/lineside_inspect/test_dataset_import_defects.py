@@ -278,3 +278,41 @@ def test_a_coco_json_given_in_cvat_annotations_folder_finds_images_beside_it(
     said = _messages(exc)
     assert f"looked in {src / 'annotations' / 'images'}/, " in said  # the real paths
     assert f"{src / 'images'}/" in said
+
+
+def test_a_jpeg_whose_frame_header_is_past_64_kib_imports(tmp_path: Path) -> None:
+    """A 70 KB ICC profile put the frame header past the 64 KiB the import read: "truncated
+    JPEG: no frame header found" for a picture that decodes (second review)."""
+    src = tmp_path / "coco"
+    _coco(src, [_img(1, "icc.jpg", width=0, height=0)], {1: [4, 4, 10, 10]})
+    data = (src / "images" / "icc.jpg").read_bytes()
+    for _ in range(2):  # two APP2 segments of 35 KB, as a profile is split
+        data = data[:2] + b"\xff\xe2" + struct.pack(">H", 35_002) + b"\0" * 35_000 + data[2:]
+    (src / "images" / "icc.jpg").write_bytes(data)
+    ds, _ = import_dataset("coco", src, tmp_path / "out")
+    assert [(r.width, r.height) for r in ds.images] == [(128, 96)]
+
+
+def test_voc_folder_or_path_tells_apart_images_of_one_name(tmp_path: Path) -> None:
+    """annotations/*.xml flat, images/crack/001.jpg and images/stain/001.jpg: the pick by
+    sorted order put the stain's box on crack/001.jpg, unsaid (second review). <folder>
+    or <path> tells them apart; nothing telling is a problem, not a guess."""
+    src = tmp_path / "voc"
+    for cls in ("crack", "stain"):
+        for stem in ("001", "002"):
+            _jpg(src / "images" / cls / f"{stem}.jpg")
+    (src / "annotations").mkdir(parents=True)
+    with_folder = _voc_xml("001.jpg", [("stain", (10, 10, 40, 30))])
+    (src / "annotations" / "s.xml").write_text(
+        with_folder.replace("<filename>", "<folder>stain</folder><filename>"))
+    with_path = _voc_xml("001.jpg", [("crack", (10, 10, 40, 30))])
+    (src / "annotations" / "c.xml").write_text(with_path.replace(
+        "<filename>", "<path>C:\\labels\\images\\crack\\001.jpg</path><filename>"))
+    ds, _ = import_dataset("voc", src, tmp_path / "out")
+    assert {r.file_name: [b.label for b in r.boxes] for r in ds.images} == {
+        "images/stain/001.jpg": ["stain"], "images/crack/001.jpg": ["crack"]}
+    (src / "annotations" / "x.xml").write_text(_voc_xml("002.jpg", [("crack", (1, 1, 9, 9))]))
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("voc", src, tmp_path / "again")
+    assert "image '002.jpg' could be any of images/crack/002.jpg, images/stain/002.jpg" in \
+        _messages(exc)

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from itertools import combinations
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import yaml
@@ -41,7 +41,9 @@ Draft = tuple[Dataset, list[Problem]]
 def _size(path: Path, subject: str, problems: list[Problem]) -> tuple[int, int]:
     """Image size from the header; a problem (and 0x0) when the file is missing or bad."""
     try:
-        return header_size(path.read_bytes()[:65536])
+        # the whole file: a JPEG's frame header comes after its metadata, and a 70 KB
+        # ICC profile put it past the first 64 KiB this read (second review)
+        return header_size(path.read_bytes())
     except FileNotFoundError:
         problems.append(Problem(str(path), "", "image file is missing", subject))
     except (OSError, ImageError) as exc:
@@ -278,22 +280,29 @@ def _mirrored(rel: str) -> tuple[str, ...]:
     return tuple(_label_key(rel).split("/")[:-1])
 
 
-def _closest(hits: list[Path], near: Path, src: Path) -> Path:
+def _closest(hits: list[Path], near: Path, src: Path, folder: str | None = None) -> Path | None:
     """Of several files of one name, the one at ``near``'s own place: its path below the
     annotations folder repeated below the images folder (class sub-folders reuse names:
     ``annotations/crack/001.xml`` is ``images/crack/001.jpg``, not ``images/stain/``);
-    then the one sharing the longest folder prefix with ``near``."""
+    then the one in the folder the annotation names (VOC's ``<folder>``, ``<path>``);
+    then the one sharing the longest folder prefix with ``near``. None when two tie: a
+    pick by sorted order put a stain's box on crack/001.jpg, unsaid (second review)."""
+    if len(hits) == 1:
+        return hits[0]
     mirror = _mirrored(_rel(near, src)) if near.is_relative_to(src) else None
+    named = (folder or "").strip().lower()
 
-    def shared(p: Path) -> tuple[bool, int]:
+    def shared(p: Path) -> tuple[bool, bool, int]:
         n = 0
         for a, b in zip(p.parts, near.parts, strict=False):
             if a != b:
                 break
             n += 1
-        return mirror is not None and _mirrored(_rel(p, src)) == mirror, n
+        return (mirror is not None and _mirrored(_rel(p, src)) == mirror,
+                bool(named) and p.parent.name.lower() == named, n)
 
-    return max(hits, key=shared)  # max keeps the first of equals: sorted order
+    ranked = sorted(hits, key=shared, reverse=True)
+    return None if shared(ranked[0]) == shared(ranked[1]) else ranked[0]
 
 
 class _ImageIndex:
@@ -314,10 +323,12 @@ class _ImageIndex:
             self.rels[split].append(rel)
             self.split[p] = split
 
-    def find(self, name: str, near: Path, split: str | None) -> tuple[Path | None, str]:
+    def find(self, name: str, near: Path, split: str | None,
+             folder: str | None = None) -> tuple[Path | None, str]:
         """The image ``name`` (a ``<filename>``, perhaps with a folder, perhaps without an
         extension) for an annotation file ``near`` in ``split``: by name, then by stem, then
-        by the annotation file's own stem. Returns the path and how it was found."""
+        by the annotation file's own stem. Returns the path and how it was found; None and
+        ``"ambiguous: a, b"`` when several fit alike (see :func:`_closest`)."""
         base = name.replace("\\", "/").rsplit("/", 1)[-1].strip().lower()
         stem = base[: -len(Path(base).suffix)] if Path(base).suffix in IMAGE_SUFFIXES else base
         # a sub-set's annotations look in that sub-set, then in shared (split-less) folders;
@@ -328,7 +339,10 @@ class _ImageIndex:
             for s in splits:
                 hits = table.get((s, key))
                 if hits:
-                    return _closest(hits, near, self.src), how
+                    best = _closest(hits, near, self.src, folder)
+                    if best is None:
+                        return None, "ambiguous: " + ", ".join(_rel(h, self.src) for h in hits[:3])
+                    return best, how
         return None, ""
 
     def folders(self, split: str | None) -> str:
@@ -430,7 +444,17 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
         name = (root.findtext("filename") or "").strip() or xml.stem
         split = split_of(xml_rel)
         xml_rels[split].append(xml_rel)
-        path, how = index.find(name, xml, split)
+        # the folder the image was in when labelled (labelImg writes both)
+        folder = PureWindowsPath((root.findtext("path") or "").strip()).parent.name or \
+            (root.findtext("folder") or "").strip()
+        path, how = index.find(name, xml, split, folder)
+        if how.startswith("ambiguous"):
+            problems.append(Problem(
+                str(xml), "filename", f"image {name!r} could be any of "
+                f"{how.removeprefix('ambiguous: ')}: nothing in the XML tells which (its "
+                "<folder> or <path>, or an annotations folder mirroring the images "
+                "folder); give <filename> with its folder", xml_rel))
+            continue
         if path is None and (other := _unsupported_named(name, xml.stem, unsupported)):
             problems.append(Problem(
                 str(xml), "filename", f"image {other.name!r} is "
@@ -1056,7 +1080,14 @@ def _coco_sources(dataset: Dataset, folders: list[Path], base: Path, root: Path,
             if index is None:
                 index = _ImageIndex(base, [p for p in walk_files(base)
                                            if p.suffix.lower() in IMAGE_SUFFIXES])
-            found, _ = index.find(rec.file_name, base, None)
+            found, how = index.find(rec.file_name, base, None)
+            if how.startswith("ambiguous"):
+                problems.append(Problem(
+                    rec.origin or str(json_path), "file_name",
+                    f"image {rec.file_name!r} is not where COCO puts it and could be any of "
+                    f"{how.removeprefix('ambiguous: ')}: give file_name with its folder",
+                    rec.file_name))
+                continue
         if found is None:
             tried = ", ".join(_shown(f, root) for f in folders)
             problems.append(Problem(
