@@ -35,3 +35,17 @@ def make_config() -> object:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(2)
     return train(tiny_config(tmp_path_factory.mktemp("runs")), quiet=True)
+
+
+def another_set(folder: Path) -> Path:
+    """The sample's images and boxes as a set of its own at ``folder`` (images linked, its
+    annotations told apart by their info): merging the set itself, or a byte copy of it,
+    is refused."""
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "images").symlink_to(SAMPLE / "images")
+    doc = json.loads((SAMPLE / "annotations.json").read_text())
+    doc.setdefault("info", {})["copied_for"] = "a test merging another set"
+    (folder / "annotations.json").write_text(json.dumps(doc))
+    return folder

@@ -74,6 +74,14 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     said = " ".join(r.stderr.split())
     assert r.exit_code == 2 and said.startswith("error: --set: epoch: Extra inputs"), said
     assert "'epoch' is no config key (did you mean epochs?)" in said
+    # each error by its whole dotted field: the file's augment.hflip stays the file's
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("augment:\n  hflip: 7\n")
+    r = runner.invoke(app, ["train", "--config", str(bad), "--data", str(SAMPLE),
+                            "--set", "augment.vflip=0.5", "--set", "lr=x"])
+    said = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and said.startswith("error: --set: lr: Input should be"), said
+    assert f"; {bad}: augment.hflip: Input should be less than or equal to 1" in said
     r = runner.invoke(app, ["evaluate", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no such run folder" in r.stderr
     r = runner.invoke(app, ["train"])  # "config: data: Field required" said not what to give

@@ -21,6 +21,8 @@ from lineside_training.config import load_config
 from lineside_training.engine import pick_device
 from lineside_training.predict import Prediction
 
+from .conftest import another_set
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
 SINGLE = ROOT / "training" / "configs" / "single-default.yaml"
@@ -83,10 +85,7 @@ def test_resume_takes_the_data_the_run_trained_on(tmp_path: Path) -> None:
     """``--resume`` asked for ``--data`` though the run records what it trained on."""
     tiny = ["--device", "cpu", "--name", "r", "--set", f"out_dir={tmp_path}",
             "--set", "max_steps_per_epoch=1", "--set", "crop_size=128", "--set", "batch_size=2"]
-    extra = tmp_path / "extra"  # a second dataset merged into train (--merge)
-    extra.mkdir()
-    (extra / "images").symlink_to(SAMPLE / "images")
-    (extra / "annotations.json").write_bytes((SAMPLE / "annotations.json").read_bytes())
+    extra = another_set(tmp_path / "extra")  # a second dataset merged into train (--merge)
     r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--merge", str(extra),
                             "--epochs", "1", *tiny])
     assert r.exit_code == 0, r.output

@@ -29,12 +29,9 @@ def test_a_merged_sets_held_out_images_are_said_not_dropped_silently(tmp_path: P
     from lineside_inspect.dataset import read_dataset
     from lineside_training.engine import load_data
 
-    from .conftest import SAMPLE, tiny_config
+    from .conftest import SAMPLE, another_set, tiny_config
 
-    other = tmp_path / "other"  # another set (the set trained on itself is refused)
-    other.mkdir()
-    (other / "images").symlink_to(SAMPLE / "images")
-    (other / "annotations.json").write_bytes((SAMPLE / "annotations.json").read_bytes())
+    other = another_set(tmp_path / "other")  # another set (the set trained on itself is refused)
     cfg = tiny_config(tmp_path, extra_data=[str(other)])
     data = load_data(cfg)
     sample = read_dataset(SAMPLE)

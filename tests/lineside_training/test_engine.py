@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from lineside_training.engine import (
     train,
 )
 from lineside_training.evaluate import evaluate
+
+from .conftest import another_set
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
@@ -55,10 +58,7 @@ def test_resume_continues_where_it_stopped(tmp_path: Path, make_config: Make) ->
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     with pytest.raises(ConfigError, match=r"already there \(last\.pt, best\.pt\).*--name"):
         train(more, quiet=True)  # without --resume: refused, the run left as it was
-    other = tmp_path / "other"  # another set to merge (the set itself is refused)
-    other.mkdir()
-    (other / "images").symlink_to(SAMPLE / "images")
-    (other / "annotations.json").write_bytes((SAMPLE / "annotations.json").read_bytes())
+    other = another_set(tmp_path / "other")  # another set to merge (the set itself is refused)
     merged = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, extra_data=[str(other)])
     with pytest.raises(ConfigError, match=r"--resume: .* trained on .*, this run names .* \+ "):
         train(merged, resume=True, quiet=True)  # other data: not a continuation of this run
@@ -275,8 +275,15 @@ def test_a_missing_image_or_a_merge_of_its_own_set_is_refused_before_training(
     with pytest.raises(DatasetError, match=r"1 image file\(s\) of train/val are not there"):
         train(make_config(tmp_path / "runs", data=str(data)), quiet=True)
     assert not (tmp_path / "runs").exists()  # nothing begun: the name is free
-    with pytest.raises(ConfigError, match="that is the dataset trained on"):
+    with pytest.raises(ConfigError, match=r"the same annotations as .* \(the dataset trained on\)"):
         load_data(make_config(tmp_path, extra_data=[str(SAMPLE) + "/"]))
+    copy = tmp_path / "copy"  # a byte copy, or another set given twice, alike
+    shutil.copytree(SAMPLE, copy)
+    with pytest.raises(ConfigError, match="the same annotations as"):
+        load_data(make_config(tmp_path, extra_data=[str(copy)]))
+    other = another_set(tmp_path / "other")
+    with pytest.raises(ConfigError, match=re.escape(f"--merge {other}: the same annotations as {other};")):
+        load_data(make_config(tmp_path, extra_data=[str(other), str(other)]))
 
 
 def test_a_class_without_train_boxes_and_a_val_without_defects_are_warned(

@@ -232,9 +232,15 @@ def validate_config(schema: type[Config], path: str | Path | None, doc: dict[str
                 hint += f"; {e['loc'][0]!r} is no config key" + (
                     f" (did you mean {' or '.join(near)}?)" if near else "")
         # "--set nonsense=3" was blamed on the config file (new-user review)
-        given = {item.partition("=")[0].strip().split(".")[0] for item in overrides or []}
-        if errors and all(e["loc"] and str(e["loc"][0]) in given for e in errors):
-            where = "--set"
-        else:
-            where = str(path or "config")
-        raise ConfigError(f"{where}: {describe_validation(errors)}{hint}") from None
+        given = [tuple(item.partition("=")[0].strip().split(".")) for item in overrides or []]
+
+        def overridden(e: Any) -> bool:  # its field, or one above it, was given by --set
+            loc = tuple(str(x) for x in e["loc"])
+            return any(loc[:len(key)] == key for key in given)
+
+        ours = [e for e in errors if overridden(e)]
+        theirs = [e for e in errors if not overridden(e)]
+        said = [f"--set: {describe_validation(ours)}"] if ours else []
+        if theirs:
+            said.append(f"{path or 'config'}: {describe_validation(theirs)}")
+        raise ConfigError("; ".join(said) + hint) from None

@@ -81,11 +81,16 @@ def load_data(cfg: TrainConfig) -> TrainData:
         raise ConfigError(f"{cfg.data}: no split assigned; run 'lineside data split {cfg.data}'")
     train = dataset.in_split("train")
     held: dict[str, int] = {}  # per merged set: its val/test images, which stay held out
-    own = Path(cfg.data).resolve()
+    seen = {_annotations_sha(cfg.data): str(cfg.data)}
     for extra in cfg.extra_data:
-        if Path(extra).resolve() == own:  # its train images twice, silently
-            raise ConfigError(f"--merge {extra}: that is the dataset trained on ({cfg.data}); "
-                              "merge other sets only")
+        # the set itself, a copy of it or a set given twice: its train images twice,
+        # silently (a re-split copy would also leak val images into train)
+        sha = _annotations_sha(extra)
+        if (first := seen.get(sha)) is not None:
+            raise ConfigError(f"--merge {extra}: the same annotations as {first}"
+                              + (" (the dataset trained on)" if first == str(cfg.data) else "")
+                              + "; merge other sets only, each once")
+        seen[sha] = str(extra)
         other = read_dataset(extra)
         for name in other.categories:
             if name not in class_names:
@@ -111,6 +116,14 @@ def load_data(cfg: TrainConfig) -> TrainData:
           "train_images": len(train), "val_images": len(val), "extra_held_out": held,
           "source": dataset.info.get("source"), "licence": dataset.info.get("licence")}
     return TrainData(dataset, class_names, train, val, fp)
+
+
+def _annotations_sha(root: str | Path) -> str:
+    try:
+        return hashlib.sha256((Path(root) / "annotations.json").read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ConfigError(f"{root}: no readable annotations.json ({exc.strerror or exc}): "
+                          "a dataset is a folder made by 'lineside data import'") from None
 
 
 def data_warnings(data: TrainData) -> list[str]:
