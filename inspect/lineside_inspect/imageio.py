@@ -129,9 +129,15 @@ def _jpeg_scans(data: bytes) -> int:
     FF 00), so a count of ``FF DA`` is the number of scans (a comment segment between
     scans can only add to it). Raise :class:`ImageError` when no scan is found: libjpeg
     would find none either, and a count of 0 must never let a file through."""
+    first = _first_scan(data)
+    return 1 + data.count(b"\xff\xda", first + 2)
+
+
+def _first_scan(data: bytes) -> int:
+    """Where the first scan begins, walked to as libjpeg walks (see :func:`_jpeg_scans`)."""
     for marker, pos in _jpeg_segments(data, resync=True):
         if marker == 0xDA:
-            return 1 + data.count(b"\xff\xda", pos + 2)
+            return pos
     raise ImageError("corrupt JPEG: no scan (start-of-scan marker) found")
 
 
@@ -154,9 +160,15 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, *,
         )
     fmt = sniff_format(data)
     if fmt == "jpeg":
-        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        first = _first_scan(data)
+        scans = 1 + data.count(b"\xff\xda", first + 2)
+        # the end-of-image marker after the image data: not only at the very end, as a
+        # phone's JPEG carries a trailer after it (a motion photo's video, a Samsung
+        # trailer) and was refused as truncated. Compressed data never holds FF D9 (an
+        # EXIF thumbnail's, before the first scan, does not count)
+        if data.rfind(b"\xff\xd9") < first:
             raise ImageError("truncated JPEG: the end-of-image marker is missing")
-        if (scans := _jpeg_scans(data)) > MAX_JPEG_SCANS:
+        if scans > MAX_JPEG_SCANS:
             raise ImageError(f"progressive JPEG with {scans} scans, over the limit of "
                              f"{MAX_JPEG_SCANS} (each scan is decoded again)")
         image = _decode_jpeg(data, width, height, keep_grey)

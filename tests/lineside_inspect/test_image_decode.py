@@ -247,3 +247,18 @@ def test_an_image_over_jpegs_side_limit_gets_its_drawn_answer(srv: Running) -> N
             "content-type": "image/png", "authorization": f"Bearer {KEYS['line']}"})
     assert r.status_code == 200, r.text
     assert decode_image(r.content).shape == (1, MAX_JPEG_SIDE, 3)
+
+
+def test_a_jpeg_with_a_trailer_after_its_end_decodes_and_a_cut_one_does_not() -> None:
+    """A phone's JPEG carries data after its end-of-image marker (a motion photo's video):
+    it was refused as truncated (second review). A JPEG cut short is still refused, also
+    when an EXIF thumbnail before its image data has an end marker of its own."""
+    good = _jpeg(_scene())
+    trailer = good + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 64
+    assert decode_image(trailer).shape == (640, 640, 3)
+    thumb = _jpeg(_scene()[:80, :80])
+    app1 = b"Exif\x00\x00" + thumb  # a thumbnail's SOS and EOI inside the metadata
+    with_thumb = good[:2] + b"\xff\xe1" + len(app1 + b"xx").to_bytes(2, "big") + app1 + good[2:]
+    assert decode_image(with_thumb).shape == (640, 640, 3)
+    with pytest.raises(ImageError, match="truncated JPEG"):
+        decode_image(with_thumb[: len(with_thumb) // 2])
