@@ -316,3 +316,17 @@ def test_voc_folder_or_path_tells_apart_images_of_one_name(tmp_path: Path) -> No
         import_dataset("voc", src, tmp_path / "again")
     assert "image '002.jpg' could be any of images/crack/002.jpg, images/stain/002.jpg" in \
         _messages(exc)
+
+
+def test_an_image_with_an_id_of_the_wrong_type_takes_its_boxes_with_it(tmp_path: Path) -> None:
+    """An image with the id [3] was refused, and its annotation became "annotation for
+    missing image [3]", which concerns no image, so --skip-invalid refused the whole import
+    (second review)."""
+    src = tmp_path / "coco"
+    _coco(src, [_img(1, "a.jpg"), _img([3], "c.jpg")], {1: [4, 4, 10, 10]})  # type: ignore[arg-type]
+    doc = json.loads((src / "annotations.json").read_text())
+    doc["annotations"].append({"id": 9, "image_id": [3], "category_id": 1, "bbox": [1, 1, 5, 5]})
+    (src / "annotations.json").write_text(json.dumps(doc))
+    ds, skipped = import_dataset("coco", src, tmp_path / "out", skip_invalid=True)
+    assert [r.file_name for r in ds.images] == ["a.jpg"]
+    assert not any("missing image" in p.message for p in skipped)

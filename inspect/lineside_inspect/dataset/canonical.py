@@ -179,12 +179,15 @@ def from_coco(doc: Any, file: str, *,
 
     records: list[ImageRecord] = []
     refused: set[Any] = set()  # ids of images refused for their own fields
+    unkeyed: list[Any] = []  # ids of images refused for an id of the wrong type
     for i, img in enumerate(doc.get("images", [])):
         rec = _image_record(img, file, f"images[{i}]", problems, sizes_optional)
         if rec is not None:
             records.append(rec)
         elif isinstance(img, dict) and _image_id(img.get("id")) is not None:
             refused.add(_image_id(img["id"]))
+        elif isinstance(img, dict) and "id" in img:  # an id no key can be ([3], {...})
+            unkeyed.append(img["id"])
     images, shared = _by_id(records, refused, file, problems)
     names = Counter(r.file_name for r in records)
     for name, n in names.items():
@@ -197,8 +200,12 @@ def from_coco(doc: Any, file: str, *,
             problems.append(Problem(file, where, "must be an object"))
             continue
         image_id = _image_id(ann.get("image_id"))
-        if image_id in shared or image_id in refused:
-            continue  # the image's own problem says it is left out, with its boxes
+        if image_id in shared or image_id in refused or (
+                image_id is None and ann.get("image_id") in unkeyed):
+            # the image's own problem says it is left out, with its boxes (an image with
+            # the id [3] took its annotations' "missing image [3]", which --skip-invalid
+            # could not skip: second review)
+            continue
         rec_or_none = images.get(image_id)
         if rec_or_none is None:
             problems.append(
