@@ -187,3 +187,21 @@ def test_resume_keeps_merged_sets_under_a_config_naming_the_data(tmp_path: Path)
 def _pred(boxes: list[list[float]], scores: list[float]) -> Prediction:
     return Prediction(np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32),
                       np.zeros(len(scores), np.int64))
+
+
+def test_stats_plot_of_a_good_only_set_says_what_it_holds(tmp_path: Path) -> None:
+    """A set of good images drew two empty panels (new-user review)."""
+    import matplotlib
+
+    good = tmp_path / "good"
+    good.mkdir()
+    for p in sorted((SAMPLE / "images").rglob("*_temp.jpg"))[:4]:
+        (good / p.name).write_bytes(p.read_bytes())
+    r = runner.invoke(app, ["data", "import", "-f", "good", str(good), str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.output
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text kept as text
+        r = runner.invoke(app, ["data", "stats", str(tmp_path / "ds"), "--plot",
+                                str(tmp_path / "plot.svg")])
+    assert r.exit_code == 0, r.output
+    svg = (tmp_path / "plot.svg").read_text()
+    assert "good images per split" in svg and "no defect boxes" in svg

@@ -70,6 +70,14 @@ def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     if out.suffix.lower() not in PLOT_FORMATS:
         out = out.with_name(out.name.rstrip(".") + ".png")  # (matplotlib added it unsaid)
     classes = stats["classes"]
+    if not classes:  # a good-only set: two empty panels said nothing (new-user review)
+        per = stats["images_per_split"]
+        ax1.bar(list(per), [v.get("good", 0) for v in per.values()])
+        ax1.set_title("good images per split")
+        ax2.axis("off")
+        ax2.text(0.5, 0.5, "no defect boxes: a set of good images\n(for a good-only model)",
+                 ha="center", va="center")
+        return _save(fig, out)
     splits = list(stats["boxes_per_class"])
     width = 0.8 / max(len(splits), 1)
     for i, split in enumerate(splits):
@@ -81,6 +89,12 @@ def plot_stats(stats: dict[str, Any], out: Path) -> Path:
     hist = stats["box_size_histogram"]
     ax2.bar(list(hist), list(hist.values()))
     ax2.set_title("box size (longer side)")
+    return _save(fig, out)
+
+
+def _save(fig: Any, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
