@@ -453,6 +453,8 @@ def evaluate_cmd(
     for name, c in q.get("per_class", {}).items():
         out.print(f"  {name}: recall {fmt(c['recall'])}  precision {fmt(c['precision'])}  "
                   f"images detected {c['images_detected']}/{c['images']}")
+    for note in r.get("notes", []):
+        err.print(f"note: {note}", highlight=False, markup=False)
     if r.get("thresholds_saved"):  # export puts them in the card: said, not done unsaid
         out.print(f"thresholds calibrated on val saved to {r['thresholds_saved']} (lineside "
                   "export puts them in the package's card)")

@@ -268,3 +268,27 @@ def test_a_package_name_the_card_refuses_is_refused_before_any_work(
         with pytest.raises(ConfigError, match=f"the package {what} must be"):
             export(tiny_run, out)
     assert not (tmp_path / "models").exists()
+
+
+def test_a_val_without_defects_saves_no_thresholds(tiny_run: Path, tmp_path: Path) -> None:
+    """A val split of good images only: evaluate saved thresholds "calibrated" on nothing
+    (0.5), unsaid, and export shipped them (new-user review)."""
+    import torch
+
+    from lineside_training.evaluate import evaluate
+
+    data = tmp_path / "set"
+    shutil.copytree(SAMPLE, data)
+    doc = json.loads((data / "annotations.json").read_text())
+    val = {img["id"] for img in doc["images"] if img.get("split") == "val"}
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] not in val]
+    (data / "annotations.json").write_text(json.dumps(doc))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "thresholds.json").unlink(missing_ok=True)
+    ck = torch.load(run / "best.pt", weights_only=False)
+    ck["data"]["path"] = str(data)  # the run's own set is this one
+    torch.save(ck, run / "best.pt")
+    result = evaluate(run, split="val")
+    assert result["thresholds_saved"] is None and not (run / "thresholds.json").exists()
+    assert "val holds no defective image" in result["notes"][0]

@@ -65,7 +65,13 @@ def evaluate(
     shipped = _shipped(trained)
     rule = trained.config.agnostic_iou
     saved: Path | None = None  # where the calibrated thresholds went, if anywhere
-    if split == "val" and own and shipped:
+    notes: list[str] = []
+    defective = any(r.boxes for r in records)
+    if split == "val" and own and shipped and not defective:
+        # nothing to calibrate on: saving them gave export a default of 0.5 unsaid
+        notes.append("val holds no defective image: thresholds not calibrated nor saved "
+                     "(make a split with defects in val: 'lineside data split')")
+    if split == "val" and own and shipped and defective:
         calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape,
                             agnostic_iou=rule)
         saved = trained.save_thresholds(calib)
@@ -94,7 +100,7 @@ def evaluate(
     write_report(report, result, records, preds, trained.class_names, dataset, examples,
                  goal=trained.config.goal_map50)
     # where it wrote, for the command to say (it wrote them unsaid)
-    return {**result, "report": str(report),
+    return {**result, "report": str(report), "notes": notes,
             "thresholds_saved": None if saved is None else str(saved)}
 
 
