@@ -400,6 +400,28 @@ def test_request_headers_past_their_cap_get_431_before_any_key(launch) -> None:
             while chunk := sock.recv(65536):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 401") and b"431" not in answer, answer
+    # ... also when the next request begins in the same read as that body's end (its
+    # bytes were counted as the next request's headers; third review)
+    with _connect(srv.url, timeout=5) as sock:
+        sock.sendall(b"POST /v1/inspect HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                     b"wrong\r\ncontent-type: image/jpeg\r\ncontent-length: "
+                     + str(len(body)).encode() + b"\r\n\r\n")
+        assert _response(sock).startswith(b"HTTP/1.1 401")
+        sock.sendall(body + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        time.sleep(0.3)
+        sock.sendall(b"\r\n")
+        assert _response(sock).startswith(b"HTTP/1.1 200")
+    # a chunked body's trailer is headers too: httptools builds it up unbounded
+    with _connect(srv.url, timeout=10) as sock:
+        sock.sendall(b"POST /v1/inspect HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                     b"wrong\r\ncontent-type: image/jpeg\r\ntransfer-encoding: chunked\r\n\r\n")
+        assert _response(sock).startswith(b"HTTP/1.1 401")
+        sent = 0
+        with contextlib.suppress(OSError):
+            sock.sendall(b"0\r\nX-Trailer: ")
+            while sent < 20_000_000:
+                sent += sock.send(b"a" * 65536)
+        assert sent < 20_000_000  # cut off, not taken in
     with srv.client("line") as c:  # and the server still serves
         assert c.get("/healthz").status_code == 200
 
@@ -427,6 +449,19 @@ def test_headers_pipelined_behind_a_running_answer_are_capped(launch) -> None:
             with contextlib.suppress(ConnectionResetError):
                 while sock.recv(1 << 20):  # the stream never ends by itself
                     assert time.time() < end, "the pipelined headers were taken in"
+        # a malformed request pipelined behind it: its 400 landed inside the stream
+        with _connect(srv.url, timeout=20) as sock:
+            sock.sendall(b"GET /v1/cameras/cam/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Authorization: Bearer reviewer-secret\r\n\r\n")
+            got = sock.recv(65536)
+            assert got.startswith(b"HTTP/1.1 200")
+            sock.sendall(b"GET /x HTTP/1.1\r\nBad Header: x\r\n\r\n")
+            end = time.time() + 30
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 20):
+                    got += chunk
+                    assert time.time() < end, "the malformed request was not refused"
+            assert b"HTTP/1.1 400" not in got
     finally:
         sim.kill()
 
