@@ -18,6 +18,7 @@ orientation tag, which turned a 640x400 frame into a 400x640 image.)
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,7 @@ _JPEG_PARAMETERLESS = {0x01, *range(0xD0, 0xD8)}
 # camera's JPEG has a dozen segments; 30 MB of FF D0 took 2 s of pure Python on the
 # event loop (second review)
 MAX_JPEG_HEADER_STEPS = 4096
+_NOT_FF = re.compile(rb"[^\xff]")
 
 
 def _jpeg_segments(data: bytes, *, resync: bool = False) -> Iterator[tuple[int, int]]:
@@ -98,8 +100,9 @@ def _jpeg_segments(data: bytes, *, resync: bool = False) -> Iterator[tuple[int, 
             if pos < 0:
                 return
             continue
-        if marker == 0xFF:  # fill byte
-            pos += 1
+        if marker == 0xFF:  # fill bytes: a run of them is one step
+            other = _NOT_FF.search(data, pos + 1)
+            pos = len(data) if other is None else other.start() - 1
             continue
         yield marker, pos
         if marker in _JPEG_PARAMETERLESS:
@@ -216,11 +219,19 @@ def _decode_jpeg(data: bytes, width: int, height: int, keep_grey: bool) -> np.nd
     breaks before the last block of the image."""
     try:
         h, w, colour, _ = simplejpeg.decode_jpeg_header(data)
-    except (ValueError, KeyError):
-        # a sampling layout libjpeg-turbo's simple API cannot describe (KeyError for 1x4),
-        # or a header warning (JFIF 2.01, a stray byte between segments): OpenCV decodes
-        # it, without the strict end-of-data check. The scan count above was taken first
+    except KeyError:  # a sampling libjpeg-turbo's simple API cannot name (1x4)
         return _imdecode(data)
+    except ValueError as exc:
+        message = str(exc).splitlines()[0][:200]
+        if "subsampling" in message:
+            # a sampling layout the simple API cannot describe (3x1; rare, never seen from
+            # cameras): OpenCV decodes it, without the strict end-of-data check
+            return _imdecode(data)
+        if "JFIF revision" in message and (fixed := _jfif_1_02(data)) is not None:
+            # a harmless warning (JFIF 2.01): strict on a copy saying 1.02. Any header
+            # warning went to OpenCV, which decoded a cut JPEG half grey (third review)
+            return _decode_jpeg(fixed, width, height, keep_grey)
+        raise ImageError(f"corrupt JPEG: {message}") from None
     if (w, h) != (width, height):
         raise ImageError(f"corrupt JPEG: frame headers disagree ({w}x{h} and {width}x{height})")
     try:
@@ -235,6 +246,14 @@ def _decode_jpeg(data: bytes, width: int, height: int, keep_grey: bool) -> np.nd
     except ValueError:
         raise ImageError("corrupt or truncated JPEG: its compressed data ends or breaks before "
                          "the last row of the image") from None
+
+
+def _jfif_1_02(data: bytes) -> bytes | None:
+    """``data`` with its JFIF header's version made 1.02, or None without one."""
+    at = data.find(b"JFIF\x00", 2, 64)
+    if at < 0 or data[at + 5:at + 7] == b"\x01\x02":
+        return None
+    return data[:at + 5] + b"\x01\x02" + data[at + 7:]
 
 
 def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:

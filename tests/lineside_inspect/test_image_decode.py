@@ -208,19 +208,25 @@ def test_markers_before_the_first_scan_do_not_hide_its_scans(before_scan: bytes)
 
 
 def test_jpegs_simplejpeg_cannot_read_the_header_of_decode_and_a_marker_flood_is_refused() -> None:
-    """Header warnings (a JFIF revision 2.01, a stray byte between segments) and sampling
-    layouts the simple API cannot describe (3x1; 1x4 raised a KeyError, a 500) decode
-    through OpenCV, after the scan count; 30 MB of RST markers before the frame header
-    took 2 s of pure Python on the event loop (second review) and are refused at once."""
+    """A JFIF revision 2.01 (a harmless warning) decodes strictly, so a cut one is still
+    refused (sent to OpenCV, it decoded half grey; third review); sampling layouts the
+    simple API cannot describe (3x1; 1x4 raised a KeyError, a 500) decode through OpenCV;
+    other header warnings (stray bytes) are refused as corrupt. 30 MB of RST markers before
+    the frame header took 2 s of pure Python on the event loop (second review) and are
+    refused at once; a run of fill bytes is one step."""
     from lineside_inspect.imageio import MAX_JPEG_HEADER_STEPS
 
     good = _jpeg(_scene())
     first = good.index(b"\xff\xda")
-    assert decode_image(good[:first] + b"\x00" + good[first:]).shape == (640, 640, 3)
+    with pytest.raises(ImageError, match=r"corrupt JPEG: .*extraneous bytes"):
+        decode_image(good[:first] + b"\x00" + good[first:])
     jfif = bytearray(good)
     at = jfif.index(b"JFIF\x00")
     jfif[at + 5:at + 7] = b"\x02\x01"  # version 2.01: libjpeg warns
     assert decode_image(bytes(jfif)).shape == (640, 640, 3)
+    cut = bytes(jfif[: (first + len(jfif)) // 2]) + b"\xff\xd9"  # cut in its scan, closed
+    with pytest.raises(ImageError, match="corrupt or truncated JPEG"):
+        decode_image(cut)
     odd = bytearray(good)
     sof = odd.index(b"\xff\xc0")
     for sampling in (0x31, 0x14):  # Y sampled 3x1, 1x4
@@ -229,6 +235,8 @@ def test_jpegs_simplejpeg_cannot_read_the_header_of_decode_and_a_marker_flood_is
     flood = good[:2] + b"\xff\xd0" * (MAX_JPEG_HEADER_STEPS + 1) + good[2:]
     with pytest.raises(ImageError, match=f"over {MAX_JPEG_HEADER_STEPS} markers"):
         decode_image(flood)
+    filled = good[:first] + b"\xff" * 5000 + good[first:]
+    assert decode_image(filled).shape == (640, 640, 3)
 
 
 def test_an_image_over_jpegs_side_limit_gets_its_drawn_answer(srv: Running) -> None:
