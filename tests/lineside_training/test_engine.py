@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_training.checkpoint import load_trained
 from lineside_training.config import TrainConfig, load_config
@@ -275,15 +276,26 @@ def test_a_missing_image_or_a_merge_of_its_own_set_is_refused_before_training(
     with pytest.raises(DatasetError, match=r"1 image file\(s\) of train/val are not there"):
         train(make_config(tmp_path / "runs", data=str(data)), quiet=True)
     assert not (tmp_path / "runs").exists()  # nothing begun: the name is free
-    with pytest.raises(ConfigError, match=r"the same annotations as .* \(the dataset trained on\)"):
+    with pytest.raises(ConfigError, match=r"that is .* \(the dataset trained on\)"):
         load_data(make_config(tmp_path, extra_data=[str(SAMPLE) + "/"]))
-    copy = tmp_path / "copy"  # a byte copy, or another set given twice, alike
-    shutil.copytree(SAMPLE, copy)
-    with pytest.raises(ConfigError, match="the same annotations as"):
-        load_data(make_config(tmp_path, extra_data=[str(copy)]))
-    other = another_set(tmp_path / "other")
-    with pytest.raises(ConfigError, match=re.escape(f"--merge {other}: the same annotations as {other};")):
+    other = another_set(tmp_path / "other")  # the sample's pictures, annotated anew
+    with pytest.raises(ConfigError, match=re.escape(f"--merge {other}: that is {other}, merged")):
         load_data(make_config(tmp_path, extra_data=[str(other), str(other)]))
+    # compared by content: a copy's images are in train already, its val/test held out
+    data = load_data(make_config(tmp_path, extra_data=[str(other)]))
+    in_train = sum(1 for r in read_dataset(SAMPLE).images if r.split == "train")
+    assert data.fingerprint["extra_duplicates"] == {
+        str(other): {"in_val_or_test": 0, "in_train": in_train}}
+    assert f"{in_train} image(s) merged from {other} are in train already" in \
+        data_warnings(data)[0]
+    resplit = another_set(tmp_path / "resplit")  # the same pictures split anew: a leak
+    doc = json.loads((resplit / "annotations.json").read_text())
+    for img in doc["images"]:
+        img["split"] = "train"
+    (resplit / "annotations.json").write_text(json.dumps(doc))
+    data = load_data(make_config(tmp_path, extra_data=[str(resplit)]))
+    leaked = data.fingerprint["extra_duplicates"][str(resplit)]["in_val_or_test"]
+    assert leaked > 0 and "are parts the validation judges" in data_warnings(data)[0]
 
 
 def test_a_class_without_train_boxes_and_a_val_without_defects_are_warned(

@@ -81,27 +81,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
         raise ConfigError(f"{cfg.data}: no split assigned; run 'lineside data split {cfg.data}'")
     train = dataset.in_split("train")
     held: dict[str, int] = {}  # per merged set: its val/test images, which stay held out
-    seen = {_annotations_sha(cfg.data): str(cfg.data)}
-    for extra in cfg.extra_data:
-        # the set itself, a copy of it or a set given twice: its train images twice,
-        # silently (a re-split copy would also leak val images into train)
-        sha = _annotations_sha(extra)
-        if (first := seen.get(sha)) is not None:
-            raise ConfigError(f"--merge {extra}: the same annotations as {first}"
-                              + (" (the dataset trained on)" if first == str(cfg.data) else "")
-                              + "; merge other sets only, each once")
-        seen[sha] = str(extra)
-        other = read_dataset(extra)
-        for name in other.categories:
-            if name not in class_names:
-                raise ConfigError(f"{extra}: class {name!r} is not in {cfg.data}'s classes")
-        for rec in other.images:
-            rec.source = other.image_path(rec)
-            rec.reference_source = other.reference_path(rec)
-            if rec.split in (None, "train"):
-                train.append(rec)
-            else:
-                held[str(extra)] = held.get(str(extra), 0) + 1
+    merged = _merge(cfg, dataset, class_names, train, held) if cfg.extra_data else {}
     val = dataset.in_split("val")
     if not train or not val:
         raise ConfigError(f"{cfg.data}: needs both train and val images "
@@ -114,16 +94,59 @@ def load_data(cfg: TrainConfig) -> TrainData:
           "extra_sha256": sorted(hashlib.sha256((Path(e) / "annotations.json").read_bytes())
                                  .hexdigest() for e in cfg.extra_data),
           "train_images": len(train), "val_images": len(val), "extra_held_out": held,
+          "extra_duplicates": merged,
           "source": dataset.info.get("source"), "licence": dataset.info.get("licence")}
     return TrainData(dataset, class_names, train, val, fp)
 
 
-def _annotations_sha(root: str | Path) -> str:
-    try:
-        return hashlib.sha256((Path(root) / "annotations.json").read_bytes()).hexdigest()
-    except OSError as exc:
-        raise ConfigError(f"{root}: no readable annotations.json ({exc.strerror or exc}): "
-                          "a dataset is a folder made by 'lineside data import'") from None
+def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
+           train: list[ImageRecord], held: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Add the ``extra_data`` sets' train (and unsplit) images to ``train``; count their
+    val/test ones in ``held``. The set itself, or a set given twice, is refused. Images
+    are also compared by content (third review): per set, how many are in train already
+    (a copy: trained on twice) and how many are parts the main set's val/test judges (a
+    re-split copy leaked all of its val images into train), which the log warns of."""
+    def digest(ds: Dataset, rec: ImageRecord) -> str:
+        try:
+            return hashlib.sha256(ds.image_path(rec).read_bytes()).hexdigest()
+        except OSError:
+            return f"unreadable:{rec.file_name}"  # said by the file check after this
+
+    # golden images are shared by design (a pulled set carries the templates of the set it
+    # came from): only the parts judged count
+    goldens = {r.reference for r in dataset.images if r.reference}
+    judged = {digest(dataset, r) for r in dataset.images
+              if r.split in ("val", "test") and r.file_name not in goldens}
+    trained = {digest(dataset, r) for r in train}
+    given = {Path(cfg.data).resolve(): str(cfg.data)}
+    found: dict[str, dict[str, int]] = {}
+    for extra in cfg.extra_data:
+        where = Path(extra).resolve()
+        if (first := given.get(where)) is not None:
+            raise ConfigError(f"--merge {extra}: that is {first}"
+                              + (" (the dataset trained on)" if first == str(cfg.data) else
+                                 ", merged already") + "; merge other sets only, each once")
+        given[where] = str(extra)
+        other = read_dataset(extra)
+        for name in other.categories:
+            if name not in class_names:
+                raise ConfigError(f"{extra}: class {name!r} is not in {cfg.data}'s classes")
+        taken = [r for r in other.images if r.split in (None, "train")]
+        if len(other.images) > len(taken):
+            held[str(extra)] = len(other.images) - len(taken)
+        its_goldens = {r.reference for r in other.images if r.reference}
+        digests = [digest(other, r) for r in taken]
+        leaked = sum(d in judged for r, d in zip(taken, digests, strict=True)
+                     if r.file_name not in its_goldens)
+        again = sum(d in trained for d in digests)
+        if leaked or again:
+            found[str(extra)] = {"in_val_or_test": leaked, "in_train": again}
+        trained.update(digests)
+        for rec in taken:
+            rec.source = other.image_path(rec)
+            rec.reference_source = other.reference_path(rec)
+        train.extend(taken)
+    return found
 
 
 def data_warnings(data: TrainData) -> list[str]:
@@ -139,6 +162,14 @@ def data_warnings(data: TrainData) -> list[str]:
         lines.append(f"class(es) {', '.join(map(repr, absent))} have no box in train: the "
                      "model cannot learn them ('lineside data stats' shows the split's boxes "
                      "per class; 'lineside data split' makes a new split)")
+    for extra, n in data.fingerprint.get("extra_duplicates", {}).items():
+        if n["in_val_or_test"]:
+            lines.append(f"{n['in_val_or_test']} image(s) merged from {extra} are parts the "
+                         "validation judges (the same bytes): trained on and judged, its "
+                         "figures flatter the model")
+        if n["in_train"]:
+            lines.append(f"{n['in_train']} image(s) merged from {extra} are in train already "
+                         "(the same bytes): trained on twice")
     if not any(rec.boxes for rec in data.val):
         lines.append("val holds no defective image: mAP is 0 at every evaluation, so best.pt "
                      "is the first one and thresholds cannot be calibrated; make a new split "
@@ -500,7 +531,7 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
             f"--resume: {run} took all {planned} steps of its schedule (fitted to its time "
             "budget, ending at a learning rate near 0): nothing is left to continue. To "
             f"train on, start a new run from its weights: --weights {best} --name NEW")
-    if not budget and step and int(ck.get("epoch", -1)) + 1 >= epochs:
+    if not budget and int(ck.get("epoch", -1)) + 1 >= epochs:  # -1: no epoch finished
         raise ConfigError(
             f"--resume: {run} already trained its {int(ck.get('epoch', -1)) + 1} epoch(s) "
             f"and this schedule has {epochs}: give --epochs MORE to continue it, or start a "
