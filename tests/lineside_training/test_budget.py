@@ -77,12 +77,8 @@ def test_time_budget_refits_and_stops_itself(tmp_path: Path, make_config: Make,
     assert "stopped itself" in err
 
 
-def test_time_out_between_an_evaluation_and_the_next_step_ends_the_run(
-        tmp_path: Path, make_config: Make, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The time runs out after an evaluation has been judged not the last (while its
-    checkpoint is written, say): the next epoch takes no step, and the run ends there
-    rather than evaluating the same weights again. On a loaded machine this happened by
-    chance; here the budget's clock jumps while the second epoch's last.pt is written."""
+def _time_gone_after_the_second_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget's clock jumps an hour while the second epoch's last.pt is written."""
     import lineside_training.engine as engine
 
     torch.set_num_threads(2)
@@ -102,6 +98,15 @@ def test_time_out_between_an_evaluation_and_the_next_step_ends_the_run(
 
     monkeypatch.setattr(Budget, "elapsed", elapsed)
     monkeypatch.setattr(engine, "save_checkpoint", save_checkpoint)
+
+
+def test_time_out_between_an_evaluation_and_the_next_step_ends_the_run(
+        tmp_path: Path, make_config: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time runs out after an evaluation has been judged not the last (while its
+    checkpoint is written, say): the next epoch takes no step, and the run ends there
+    rather than evaluating the same weights again. On a loaded machine this happened by
+    chance; here the budget's clock jumps while the second epoch's last.pt is written."""
+    _time_gone_after_the_second_epoch(monkeypatch)
     # eval_share 1: an evaluation every epoch, as eval_every says (an hour's 10% would
     # space the 2-step epochs' evaluations out)
     cfg = make_config(tmp_path, time_budget="1h", epochs=40, max_steps_per_epoch=2, eval_every=1,
@@ -122,25 +127,7 @@ def test_time_out_after_an_epoch_without_evaluation_ends_on_a_final_evaluation(
     step, and its row was an epoch of "loss 0.0000, 0.0 img/s" (new-user review). It is
     the final evaluation of the last epoch's weights, logged as such, and the run says it
     stopped itself, not that patience stopped it."""
-    import lineside_training.engine as engine
-
-    torch.set_num_threads(2)
-    jump = [0.0]
-    real_elapsed, real_save = Budget.elapsed, engine.save_checkpoint
-    lasts = []
-
-    def elapsed(self: Budget) -> float:
-        return real_elapsed(self) + jump[0]
-
-    def save_checkpoint(path: Path, *args: object, **kwargs: object) -> None:
-        real_save(path, *args, **kwargs)  # type: ignore[arg-type]
-        if path.name == "last.pt":
-            lasts.append(path)
-            if len(lasts) == 2:
-                jump[0] = 3600.0  # the hour's budget is gone
-
-    monkeypatch.setattr(Budget, "elapsed", elapsed)
-    monkeypatch.setattr(engine, "save_checkpoint", save_checkpoint)
+    _time_gone_after_the_second_epoch(monkeypatch)
     cfg = make_config(tmp_path, time_budget="1h", epochs=40, max_steps_per_epoch=2,
                       eval_every=1000, eval_share=0.01, input_size=320, patience=1)
     run = train(cfg, quiet=True)
