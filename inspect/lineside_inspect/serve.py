@@ -46,6 +46,7 @@ class SlowClientProtocol(_HTTPProtocol):
     _parsed_bytes = 0  # the URL and header names and values parsed so far
     _headers_too_large = False
     _begun_in_read = False
+    _in_trailer = False  # after a chunk's size line, before its data (a trailer's headers)
 
     def send_400_response(self, msg: str) -> None:
         """A request llhttp cannot parse (a bad request line, an unknown method, a negative
@@ -93,17 +94,19 @@ class SlowClientProtocol(_HTTPProtocol):
         self._begun_in_read = True
 
     def on_chunk_header(self) -> None:
-        self._in_headers, self._header_bytes = True, 0  # until its data or its end
+        # until its data or its end; the read it came in is a body's (fourth review: a
+        # read of 100 KiB of chunk data ending on the next size line was counted whole)
+        self._in_trailer, self._header_bytes, self._begun_in_read = True, 0, True
 
     def on_body(self, body: bytes) -> None:
-        self._in_headers = False
+        self._in_trailer = False
         super().on_body(body)
 
     def on_chunk_complete(self) -> None:
-        self._in_headers = False
+        self._in_trailer = False
 
     def on_message_complete(self) -> None:
-        self._in_headers = False
+        self._in_headers = self._in_trailer = False
         super().on_message_complete()
 
     def on_url(self, url: bytes) -> None:
@@ -139,7 +142,7 @@ class SlowClientProtocol(_HTTPProtocol):
         # read a message began in, which may hold the end of the one before (a body's
         # 256 KiB drew a 431 for the request after it; third review): the parsed count
         # (_count) bounds that read's headers
-        if self._in_headers and not self._begun_in_read:
+        if (self._in_headers or self._in_trailer) and not self._begun_in_read:
             self._header_bytes += len(data)
             if self._header_bytes > self.max_header_bytes:
                 self._too_large()

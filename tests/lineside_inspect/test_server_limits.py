@@ -422,6 +422,17 @@ def test_request_headers_past_their_cap_get_431_before_any_key(launch) -> None:
             while sent < 20_000_000:
                 sent += sock.send(b"a" * 65536)
         assert sent < 20_000_000  # cut off, not taken in
+    # a chunked upload whose reads end on a chunk's size line is a body, not a trailer
+    # (100 KiB of chunk data were counted as headers: the upload was cut; fourth review)
+    with _connect(srv.url, timeout=20) as sock:
+        sock.sendall(b"POST /v1/inspect HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                     + KEYS["line"].encode() + b"\r\ncontent-type: image/jpeg\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n19000\r\n")
+        for last in (False, True):
+            time.sleep(0.2)
+            sock.sendall(b"\xff" * 0x19000 + (b"\r\n0\r\n\r\n" if last else b"\r\n19000\r\n"))
+        answer = _response(sock)
+        assert answer.startswith(b"HTTP/1.1 400") and b"headers_too_large" not in answer, answer
     with srv.client("line") as c:  # and the server still serves
         assert c.get("/healthz").status_code == 200
 

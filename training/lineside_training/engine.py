@@ -121,7 +121,10 @@ def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
     given = {Path(cfg.data).resolve(): str(cfg.data)}
     found: dict[str, dict[str, int]] = {}
     for extra in cfg.extra_data:
-        where = Path(extra).resolve()
+        try:
+            where = Path(extra).resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError on 3.11
+            raise ConfigError(f"--merge {extra}: cannot be followed ({exc})") from None
         if (first := given.get(where)) is not None:
             raise ConfigError(f"--merge {extra}: that is {first}"
                               + (" (the dataset trained on)" if first == str(cfg.data) else
@@ -136,9 +139,9 @@ def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
             held[str(extra)] = len(other.images) - len(taken)
         its_goldens = {r.reference for r in other.images if r.reference}
         digests = [digest(other, r) for r in taken]
-        leaked = sum(d in judged for r, d in zip(taken, digests, strict=True)
-                     if r.file_name not in its_goldens)
-        again = sum(d in trained for d in digests)
+        parts = [d for r, d in zip(taken, digests, strict=True) if r.file_name not in its_goldens]
+        leaked = sum(d in judged for d in parts)
+        again = sum(d in trained for d in parts)
         if leaked or again:
             found[str(extra)] = {"in_val_or_test": leaked, "in_train": again}
         trained.update(digests)
