@@ -250,10 +250,15 @@ def _decode_jpeg(data: bytes, width: int, height: int, keep_grey: bool) -> np.nd
 
 def _jfif_1_02(data: bytes) -> bytes | None:
     """``data`` with its JFIF header's version made 1.02, or None without one."""
-    at = data.find(b"JFIF\x00", 2, 64)
-    if at < 0 or data[at + 5:at + 7] == b"\x01\x02":
-        return None
-    return data[:at + 5] + b"\x01\x02" + data[at + 7:]
+    for marker, pos in _jpeg_segments(data):  # its APP0 wherever it is (after EXIF too)
+        if marker < 0 or marker == 0xDA:
+            break
+        if marker == 0xE0 and data[pos + 4:pos + 9] == b"JFIF\x00":
+            at = pos + 9
+            if data[at:at + 2] == b"\x01\x02":
+                break
+            return data[:at] + b"\x01\x02" + data[at + 2:]
+    return None
 
 
 def read_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:

@@ -227,6 +227,9 @@ def test_jpegs_simplejpeg_cannot_read_the_header_of_decode_and_a_marker_flood_is
     cut = bytes(jfif[: (first + len(jfif)) // 2]) + b"\xff\xd9"  # cut in its scan, closed
     with pytest.raises(ImageError, match="corrupt or truncated JPEG"):
         decode_image(cut)
+    exif = b"Exif\x00\x00" + b"\0" * 200  # its APP0 after an EXIF block: found all the same
+    later = bytes(jfif[:2]) + b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif + bytes(jfif[2:])
+    assert decode_image(later).shape == (640, 640, 3)
     odd = bytearray(good)
     sof = odd.index(b"\xff\xc0")
     for sampling in (0x31, 0x14):  # Y sampled 3x1, 1x4

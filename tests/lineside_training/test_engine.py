@@ -332,6 +332,10 @@ def test_a_run_stopped_in_its_first_epoch_can_be_resumed(
         train(cfg, quiet=True)
     run = tmp_path / "tiny"
     assert torch.load(run / "last.pt", weights_only=False)["epoch"] == -1  # none finished
+    from lineside_training.export import export
+
+    summary = export(run, tmp_path / "partial" / "1", parity_images=2)  # says what it ships
+    assert any("finished no epoch" in n for n in summary["notes"])
     monkeypatch.setattr(engine, "train_one_epoch", real)
     train(cfg, resume=True, quiet=True)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -231,6 +231,9 @@ def export(
             "'lineside evaluate RUN' (or 'lineside calibrate') first for a report and "
             "metrics in the card")
     thr = thresholds["thresholds"]
+    if trained.checkpoint.get("epoch", 0) < 0:  # stopped in its first epoch (Ctrl-C)
+        notes.append("the run finished no epoch (stopped in its first): its weights are "
+                     "partly trained; resume it (lineside train --resume --name NAME) first")
     summary: dict[str, Any] = {"package": str(out)}
     with staged_package(out) as tmp:
         fp32 = tmp / GRAPH
