@@ -810,17 +810,8 @@ def test_camera_loss_fails_with_error_code(line: Line) -> None:
         mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
         await mb.connect()
         base = BLOCK  # "flaky" is the second camera
-        # the status page, open from the start: its PLC section keeps up without a reload
-        pw = await async_playwright().start()
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pw = browser = None
         try:
-            page = await browser.new_page()
-            await page.goto(line.srv.url + "/")
-            await page.fill("#key", KEYS["reviewer"])
-            await page.keyboard.press("Enter")
-            shown = page.locator('#plc tr[data-station="flaky"]')
-            await expect(shown.locator("[data-field=state]")).to_have_text("ready")
-            await expect(shown.locator("[data-field=code]")).not_to_have_text("1 (camera_offline)")
             r = await plc.cycle()
             assert r["ErrorCode"] == 0
             # the stream stalls: no fresh frame within the trigger timeout
@@ -828,6 +819,17 @@ def test_camera_loss_fails_with_error_code(line: Line) -> None:
             r = await plc.cycle()
             assert (r["Pass"], r["Fail"], r["ErrorCode"]) == (False, True, ErrorCode.NO_FRESH_FRAME)
             assert r["InspectionId"] == ""
+            # the status page, open from here on (not while the trigger above races its
+            # frame-age limit on two loaded cores): its PLC section keeps up without a reload
+            pw = await async_playwright().start()
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = await browser.new_page()
+            await page.goto(line.srv.url + "/")
+            await page.fill("#key", KEYS["reviewer"])
+            await page.keyboard.press("Enter")
+            shown = page.locator('#plc tr[data-station="flaky"]')
+            await expect(shown.locator("[data-field=state]")).to_have_text("ready")
+            await expect(shown.locator("[data-field=code]")).not_to_have_text("1 (camera_offline)")
             # the camera is gone: offline, answered at once
             line.flaky.kill()
             with line.srv.client("reviewer") as c:
@@ -869,8 +871,10 @@ def test_camera_loss_fails_with_error_code(line: Line) -> None:
             assert flaky["error"] == "camera_offline" and overview["mqtt"] is None
         finally:
             mb.close()
-            await browser.close()
-            await pw.stop()
+            if browser is not None:
+                await browser.close()
+            if pw is not None:
+                await pw.stop()
 
     asyncio.run(_opc(line, "flaky", run))
 
