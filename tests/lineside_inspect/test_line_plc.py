@@ -816,6 +816,7 @@ def test_camera_loss_fails_with_error_code(line: Line) -> None:
             assert r["ErrorCode"] == 0
             # the stream stalls: no fresh frame within the trigger timeout
             line.flaky.mode = "hang"
+            await asyncio.sleep(0.5)  # a frame already on its way is not the stall's
             r = await plc.cycle()
             assert (r["Pass"], r["Fail"], r["ErrorCode"]) == (False, True, ErrorCode.NO_FRESH_FRAME)
             assert r["InspectionId"] == ""
