@@ -56,17 +56,17 @@ class SlowClientProtocol(_HTTPProtocol):
         if self._headers_too_large:  # raised from a header callback (see _count)
             self._too_large()
             return
-        if self._answering():  # pipelined behind an answer still being sent: a 400 would
-            self._disarm()     # land inside it (third review)
-            self.transport.close()
-            return
         self._refuse(b"400 Bad Request", "invalid_request", "malformed HTTP request: the "
                      "request line, a header or the framing could not be parsed")
 
-    def _answering(self) -> bool:
-        return self.cycle is not None and not self.cycle.response_complete
-
     def _refuse(self, status: bytes, code: str, message: str) -> None:
+        """Answer ``status`` and close; behind an answer still being sent (a request
+        pipelined after it) only close: the refusal would land inside that answer (a
+        400 in a camera's MJPEG stream; third review)."""
+        self._disarm()
+        if not self._waiting_for_headers():
+            self.transport.close()
+            return
         body = json.dumps(error_body(code, message)).encode()
         head = [b"HTTP/1.1 %s\r\n" % status]
         for name, value in self.server_state.default_headers:  # Date (and Server, if on)
@@ -77,11 +77,6 @@ class SlowClientProtocol(_HTTPProtocol):
         self.transport.close()
 
     def _too_large(self) -> None:
-        self._disarm()
-        if self._answering():
-            # pipelined behind an answer still being sent: a 431 would land inside it
-            self.transport.close()
-            return
         self._refuse(b"431 Request Header Fields Too Large", "headers_too_large",
                      f"the request line and headers are over {self.max_header_bytes} bytes")
 
