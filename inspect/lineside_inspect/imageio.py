@@ -78,7 +78,7 @@ MAX_JPEG_HEADER_STEPS = 4096
 _NOT_FF = re.compile(rb"[^\xff]")
 
 
-def _jpeg_segments(data: bytes, *, resync: bool = False) -> Iterator[tuple[int, int]]:
+def jpeg_segments(data: bytes, *, resync: bool = False) -> Iterator[tuple[int, int]]:
     """``(marker, position)`` of each marker after SOI, in order, skipping fill bytes and
     stepping over a marker without a length as libjpeg does. A byte where a marker belongs
     that is not one is yielded as marker -1 and ends the walk, or with ``resync`` is
@@ -114,7 +114,7 @@ def _jpeg_segments(data: bytes, *, resync: bool = False) -> Iterator[tuple[int, 
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
-    for marker, pos in _jpeg_segments(data):
+    for marker, pos in jpeg_segments(data):
         if marker < 0:
             raise ImageError("corrupt JPEG: marker expected in header")
         if marker in _JPEG_SOF:
@@ -132,13 +132,17 @@ def _jpeg_scans(data: bytes) -> int:
     FF 00), so a count of ``FF DA`` is the number of scans (a comment segment between
     scans can only add to it). Raise :class:`ImageError` when no scan is found: libjpeg
     would find none either, and a count of 0 must never let a file through."""
-    first = _first_scan(data)
+    return _scans_from(data, _first_scan(data))
+
+
+def _scans_from(data: bytes, first: int) -> int:
+    """The scans of ``data`` whose first one begins at ``first`` (see :func:`_jpeg_scans`)."""
     return 1 + data.count(b"\xff\xda", first + 2)
 
 
 def _first_scan(data: bytes) -> int:
     """Where the first scan begins, walked to as libjpeg walks (see :func:`_jpeg_scans`)."""
-    for marker, pos in _jpeg_segments(data, resync=True):
+    for marker, pos in jpeg_segments(data, resync=True):
         if marker == 0xDA:
             return pos
     raise ImageError("corrupt JPEG: no scan (start-of-scan marker) found")
@@ -164,7 +168,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, *,
     fmt = sniff_format(data)
     if fmt == "jpeg":
         first = _first_scan(data)
-        scans = 1 + data.count(b"\xff\xda", first + 2)
+        scans = _scans_from(data, first)
         # the end-of-image marker after the image data: not only at the very end, as a
         # phone's JPEG carries a trailer after it (a motion photo's video, a Samsung
         # trailer) and was refused as truncated. Compressed data never holds FF D9 (an
@@ -250,7 +254,7 @@ def _decode_jpeg(data: bytes, width: int, height: int, keep_grey: bool) -> np.nd
 
 def _jfif_1_02(data: bytes) -> bytes | None:
     """``data`` with its JFIF header's version made 1.02, or None without one."""
-    for marker, pos in _jpeg_segments(data):  # its APP0 wherever it is (after EXIF too)
+    for marker, pos in jpeg_segments(data):  # its APP0 wherever it is (after EXIF too)
         if marker < 0 or marker == 0xDA:
             break
         if marker == 0xE0 and data[pos + 4:pos + 9] == b"JFIF\x00":

@@ -11,6 +11,9 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from lineside_inspect.errors import ImageError
+from lineside_inspect.imageio import jpeg_segments
+
 ORIENTATION_TAG = 0x0112
 HEAD_BYTES = 65536  # APP1 (EXIF) comes first in a camera's or a phone's JPEG
 MAX_IFD_ENTRIES = 512  # a real IFD0 holds a few dozen; a hostile count is not walked
@@ -30,24 +33,21 @@ SWAPS_SIDES = frozenset({5, 6, 7, 8})  # shown as height x width
 
 def orientation(data: bytes) -> int:
     """The EXIF orientation (2-8) a JPEG's header bytes carry; 1 (as stored) when none,
-    when the bytes are not a JPEG, or when the tag cannot be read."""
+    when the bytes are not a JPEG, or when the tag cannot be read. Its segments are
+    walked as every JPEG header is (:func:`lineside_inspect.imageio.jpeg_segments`)."""
     if not data.startswith(b"\xff\xd8"):
         return 1
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return 1
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xDA, 0xD9):  # the scan (or the end): no header segment after it
-            return 1
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
-        body = data[pos + 4:pos + 2 + length]
-        if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
-            return _tiff_orientation(body[6:])
-        pos += 2 + max(length, 2)
+    try:
+        for marker, pos in jpeg_segments(data):
+            if marker < 0 or marker in (0xDA, 0xD9):  # the scan (or the end): no header after
+                return 1
+            if marker == 0xE1:
+                (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+                body = data[pos + 4:pos + 2 + length]
+                if body.startswith(b"Exif\x00\x00"):
+                    return _tiff_orientation(body[6:])
+    except (ImageError, struct.error):  # a marker flood, or cut short: as stored
+        return 1
     return 1
 
 
