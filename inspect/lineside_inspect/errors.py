@@ -366,6 +366,24 @@ class ObjectStoreUnavailable(LinesideError):
     status = 503
 
 
+class DiskUnavailable(LinesideError):
+    """A server could not write to its own data folder (a full disk, a quota, an I/O
+    error): passing, not the request's fault; nothing was half-stored. Retry when there
+    is room (a box retries a model pull by itself)."""
+
+    code = "disk_unavailable"
+    status = 503
+
+
+class DamagedObject(LinesideError):
+    """An object in the hub's store that the hub wrote cannot be read back as what it
+    wrote (changed or cut short in the bucket by hand or by a fault): the hub names it;
+    publishing the version again writes it anew."""
+
+    code = "damaged_object"
+    status = 409
+
+
 class DatabaseUnavailable(LinesideError):
     """The hub's database cannot be reached (the box keeps what it sent and retries)."""
 

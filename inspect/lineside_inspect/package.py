@@ -215,14 +215,30 @@ class ModelPackage:
         return f"{self.card.name}:{self.card.version}"
 
 
+# a card is a few KB (thresholds, metrics, notes); read whole, so bounded
+MAX_CARD_BYTES = 1 << 20
+
+
 def read_card(path: Path) -> ModelCard:
     card_path = path / CARD
     try:
-        doc = json.loads(card_path.read_text())
+        with card_path.open("rb") as f:
+            raw = f.read(MAX_CARD_BYTES + 1)
     except FileNotFoundError:
         raise PackageError(f"{path}: not a model package (no {CARD})") from None
+    except OSError as exc:  # a folder of that name, no permission
+        raise PackageError(f"{card_path}: cannot be read ({exc.strerror or type(exc).__name__})"
+                           ) from None
+    if len(raw) > MAX_CARD_BYTES:
+        raise PackageError(f"{card_path}: over {MAX_CARD_BYTES} bytes; a card is a page of JSON")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PackageError(f"{card_path}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise PackageError(f"{card_path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except RecursionError:  # [[[[... deeper than the parser's stack
+        raise PackageError(f"{card_path}: invalid JSON: nested too deeply") from None
     try:
         return ModelCard.model_validate(doc)
     except ValidationError as exc:

@@ -268,16 +268,24 @@ def preflight(settings: Settings) -> None:
         load_recipe(recipe)
 
 
+def warn_auth_off(settings: Settings, what: str) -> None:
+    """Say at start-up that there are no API keys: where that is safe (loopback) and,
+    with --insecure, plainly what anyone who reaches the address may do (``what``)."""
+    if settings.api_keys:
+        return
+    if settings.loopback_only:
+        log.warning("no API keys configured: auth is off, listening on loopback only (%s)",
+                    settings.host)
+    else:  # --insecure: say plainly what that means
+        log.warning("no API keys configured and --insecure: auth is OFF while listening on "
+                    "%s:%d, so anyone who can reach this address may %s", settings.host,
+                    settings.port, what)
+
+
 def run(settings: Settings) -> None:
     settings.check_bind()
     preflight(settings)
     use_one_arena()  # before any thread starts (see lineside_inspect.allocator)
-    if not settings.api_keys and settings.loopback_only:
-        log.warning("no API keys configured: auth is off, listening on loopback only (%s)",
-                    settings.host)
-    elif not settings.api_keys:  # --insecure: say plainly what that means
-        log.warning("no API keys configured and --insecure: auth is OFF while listening on "
-                    "%s:%d, so anyone who can reach this address may inspect, review and "
-                    "change models", settings.host, settings.port)
+    warn_auth_off(settings, "inspect, review and change models")
     app = create_app(settings)
     _Server(uvicorn_config(app, settings), app, drain_s=settings.drain_s).run()

@@ -53,6 +53,21 @@ def test_hub_plain_api_keys_from_the_environment(tmp_path: Path,
     assert [(k.name, k.role, k.sha256) for k in keys] == [("box1", "box", hash_key("k"))]
 
 
+@pytest.mark.parametrize(("endpoint", "words"), [
+    ("http://127.0.0.1:8333", "without a scheme (set secure: true for HTTPS)"),
+    ("127.0.0.1:8333/bucket", "is not host:port"), ("s3.plant:70000", "is not host:port")])
+def test_the_hubs_object_store_endpoint_is_checked(tmp_path: Path, endpoint: str,
+                                                  words: str) -> None:
+    """A URL where host:port belongs stopped the hub's start-up with a 60-line traceback
+    about a path (fleet review, session 32)."""
+    hub = tmp_path / "hub.yaml"
+    hub.write_text(f"database_url: sqlite:///{tmp_path / 'hub.db'}\ndata_dir: {tmp_path}\n"
+                   f"objects: {{endpoint: '{endpoint}', access_key: a, secret_key: s}}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_hub_settings(hub)
+    assert "objects.endpoint" in exc.value.message and words in exc.value.message
+
+
 def test_a_bad_setting_names_where_it_came_from(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     config = _serve_yaml(tmp_path, "max_concurrency: 2\nmax_queue: -1\n")

@@ -5,7 +5,10 @@ hub (uvicorn, SQLite, packages in a real SeaweedFS) and the box's real registry.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import shutil
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,3 +106,33 @@ def test_a_package_over_the_boxs_limit_is_not_downloaded_whole(weed: Any, tmp_pa
         assert any("is over 100000 bytes" in e for e in errors), errors
         assert box.registry.models() == {}
         assert not any((box.puller.root / ".incoming").rglob("package.tar.gz"))  # removed
+
+
+def test_a_full_disk_is_passing_and_named(weed: Any, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while unpacking was taken as the package's fault: 'not applied:
+    OSError' on the fleet page, and never tried again for that assignment (fleet review,
+    session 32). The filesystem's failure is injected where tarfile writes a member."""
+    with _box_and_hub(weed, tmp_path) as box:
+        assert publish(box.hub, box.key, versioned(tmp_path, "v8")).status_code == 201
+        with box.hub.client() as admin:
+            r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": "v8"})
+            assert r.status_code == 200, r.text
+
+        def fails(code: int) -> Any:
+            def extract(*_: Any, **__: Any) -> None:
+                raise OSError(code, os.strerror(code))
+            return extract
+
+        monkeypatch.setattr(tarfile.TarFile, "extract", fails(errno.ENOSPC))
+        box.puller.pull()
+        assert box.puller.errors() == [
+            "deeppcb v8 not applied now, retried next pull: the package could not be "
+            "unpacked into the data folder: No space left on device"]
+        # the next pull tries again: a failure of the archive's own (a file where its
+        # folder goes) is then the package's, and remembered
+        monkeypatch.setattr(tarfile.TarFile, "extract", fails(errno.ENOTDIR))
+        box.puller.pull()
+        assert box.puller.errors() == [
+            "deeppcb v8: package archive could not be unpacked (NotADirectoryError)"]
+        assert box.registry.models() == {}

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import shutil
+import tarfile
 import threading
 import time
 import uuid
@@ -125,7 +127,7 @@ def test_publish_is_immutable_and_served_to_boxes(hub: Hub, key: Any, tmp_path: 
     assert manifest["published_by"] == "admin"
     # the same bytes again: the same manifest; other bytes under the version: refused
     again = publish(hub, key, folder)
-    assert again.status_code == 201 and again.json() == manifest
+    assert again.status_code == 200 and again.json() == manifest
     card = load_package(folder).card
     write_card(folder, card.model_copy(update={"thresholds": {"open": 0.33}}))
     other = publish(hub, key, folder)
@@ -238,3 +240,71 @@ def test_concurrent_assignments(hub: Hub, key: Any, tmp_path: Path) -> None:
         final = admin.get("/fleet/v1/lines/L1/assignment").json()
     assert final["revision"] == 3
     assert sorted(m["name"] for m in final["models"]) == models
+
+
+def test_damaged_objects_in_the_bucket(hub: Hub, key: Any, tmp_path: Path) -> None:
+    """Objects under packages/ that the hub did not write as they are (fleet review,
+    session 32): one bad manifest made the list, assignments and downloads 500s, and an
+    archive cut short in the bucket could not be mended by publishing again."""
+    folder = versioned(tmp_path, "d1")
+    assert publish(hub, key, folder).status_code == 201
+    data = archive.pack(folder)
+    hub.objects.put("packages/deeppcb/d2/manifest.json", b"{not json")
+    hub.objects.put("packages/deeppcb/d3/manifest.json", b"{}" + b" " * (70 * 1024))
+    hub.objects.client.put_object(hub.objects.bucket, "packages/old copy/1/manifest.json",
+                                  io.BytesIO(b"{}"), 2)
+    with hub.client() as admin:
+        listed = admin.get("/fleet/v1/packages")
+        assert listed.status_code == 200, listed.text
+        assert "d1" in [m["version"] for m in listed.json()]
+        assert not {"d2", "d3"} & {m["version"] for m in listed.json()}
+        for version, words in (("d2", "is damaged"), ("d3", "over 65536 bytes")):
+            r = admin.put("/fleet/v1/lines/L9/models/deeppcb", json={"version": version})
+            assert r.status_code == 409, r.text
+            err = r.json()["error"]
+            assert err["code"] == "damaged_object" and words in err["message"]
+            assert "publish the version again" in err["message"]
+    hub.objects.put("packages/deeppcb/d4/package.sig", b"s" * 64)  # no manifest: unpublished
+    with hub.client("box-a") as box:
+        for leaf in ("package.tar.gz", "package.sig"):
+            assert box.get(f"/fleet/v1/packages/deeppcb/d2/{leaf}").status_code == 409
+            assert box.get(f"/fleet/v1/packages/deeppcb/d4/{leaf}").status_code == 404
+    # the archive cut short in the bucket: the same package published again mends it
+    hub.objects.put("packages/deeppcb/d1/package.tar.gz", data[:1000])
+    again = publish(hub, key, folder)
+    assert again.status_code == 200, again.text
+    assert hub.objects.get("packages/deeppcb/d1/package.tar.gz") == data
+    # a damaged manifest: publishing the version writes it anew
+    d2 = versioned(tmp_path, "d2")
+    mended = publish(hub, key, d2)
+    assert mended.status_code == 201, mended.text
+    with hub.client("box-a") as box:
+        got = box.get("/fleet/v1/packages/deeppcb/d2/package.tar.gz")
+        assert got.status_code == 200 and got.content == archive.pack(d2)
+
+
+def test_publish_bounds_what_a_package_unpacks_to(hub: Hub, key: Any, tmp_path: Path) -> None:
+    """A small archive that unpacks to gigabytes (fleet review, session 32: 1 MB of gzip
+    made the hub write 1 GiB and hold 1.2 GB): refused from its members' declared sizes
+    before any is written, at 4 x max_body_bytes (64 MiB by default)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:
+        for name in ("model.json", "model.onnx"):
+            info = tarfile.TarInfo(name)
+            info.size = 2 if name == "model.json" else (256 << 20) + 1
+            tar.addfile(info, io.BytesIO(b"{}") if name == "model.json" else _Zeros())
+    with hub.client() as c:
+        r = c.put("/fleet/v1/packages/deeppcb/b1", content=buf.getvalue(),
+                  headers={SIGNATURE_HEADER: base64.b64encode(b"s" * 64).decode()})
+    assert r.status_code == 422, r.text
+    assert "unpacks to over 268435456 bytes" in r.json()["error"]["message"]
+
+
+class _Zeros(io.RawIOBase):
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        b[:] = bytes(len(b))
+        return len(b)

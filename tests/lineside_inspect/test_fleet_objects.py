@@ -29,8 +29,13 @@ def test_put_get_list_delete(weed: Any) -> None:
 
 def test_wrong_credentials_are_refused(weed: Any) -> None:
     doc = weed.settings("objects-auth") | {"secret_key": "not-the-secret"}
+    store = ObjectStore(ObjectStoreSettings(**doc))
     with pytest.raises(ObjectStoreUnavailable, match="refused"):
-        ObjectStore(ObjectStoreSettings(**doc)).ensure_bucket()
+        store.ensure_bucket()
+    # a listing names the store's code as put and get do ("S3Error" alone before)
+    with pytest.raises(ObjectStoreUnavailable, match=r"refused list: \w+") as exc:
+        list(store.keys("packages/"))
+    assert "S3Error" not in exc.value.message
 
 
 def test_unreachable_store_fails_fast() -> None:

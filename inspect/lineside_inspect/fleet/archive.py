@@ -16,6 +16,7 @@ reader is bounded (:class:`_BoundedTarInfo`).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -24,9 +25,13 @@ import weakref
 import zlib
 from pathlib import Path
 
-from lineside_inspect.errors import PackageError
+from lineside_inspect.errors import DiskUnavailable, PackageError
 from lineside_inspect.names import is_package_member
 
+# what a full or failing data folder raises, as against what an archive's entries can
+# cause (ENOTDIR, EEXIST, ENAMETOOLONG): the one passes, the other is the package's fault
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES,
+                         errno.EPERM})
 MAX_FILES = 64
 MAX_UNPACKED_BYTES = 4 << 30  # a package is a graph and its card: 4 GiB is generous
 # GNU long names/links and pax headers (read whole by tarfile): a name and a few pax
@@ -109,7 +114,8 @@ class _BoundedTarInfo(tarfile.TarInfo):
 def unpack(archive: Path, dest: Path, *, max_bytes: int = MAX_UNPACKED_BYTES) -> None:
     """Extract ``archive`` into the empty folder ``dest`` under the rules above; raises
     :class:`PackageError` naming the first offending entry (``dest`` may then hold part
-    of the package: the caller unpacks into a temporary folder and removes it)."""
+    of the package: the caller unpacks into a temporary folder and removes it), and
+    :class:`DiskUnavailable` when ``dest`` cannot be written (a full disk)."""
     total = 0
     count = 0
     try:
@@ -125,6 +131,13 @@ def unpack(archive: Path, dest: Path, *, max_bytes: int = MAX_UNPACKED_BYTES) ->
                 if total > max_bytes:
                     raise PackageError(f"archive unpacks to over {max_bytes} bytes")
                 tar.extract(member, dest, filter="data")
-    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError,
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:  # gzip.BadGzipFile, a file where a folder goes
+            raise PackageError(f"package archive could not be unpacked ({type(exc).__name__})"
+                               ) from None
+        # the folder's (a full disk, a quota, EIO): passing, not the package's fault
+        raise DiskUnavailable(f"the package could not be unpacked into the data folder: "
+                              f"{exc.strerror}") from None
+    except (tarfile.TarError, EOFError, zlib.error, ValueError,
             RecursionError) as exc:  # RecursionError: a backstop, MAX_META_RUN comes first
         raise PackageError(f"package archive could not be unpacked ({type(exc).__name__})") from None

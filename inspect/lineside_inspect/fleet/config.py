@@ -20,6 +20,20 @@ def check_site(value: str | None) -> str | None:
     return value
 
 
+_ENDPOINT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-]*)(:[0-9]{1,5})?")
+
+
+def check_endpoint(value: str) -> str:
+    if "://" in value:
+        raise ValueError(f"{value[:80]!r}: objects.endpoint is host:port without a scheme "
+                         "(set secure: true for HTTPS), e.g. 127.0.0.1:8333")
+    match = _ENDPOINT.fullmatch(value)
+    if match is None or (match.group(2) and not 0 < int(match.group(2)[1:]) < 65536):
+        raise ValueError(f"{value[:80]!r} is not host:port (a host name or address, a port; "
+                         "no path), e.g. 127.0.0.1:8333")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -28,7 +42,9 @@ class ObjectStoreSettings(_Section):
     """An S3-compatible object store (AWS S3, MinIO, Ceph, SeaweedFS) reached with the
     ``minio`` client."""
 
-    endpoint: str = Field(..., description="host:port of the S3 API, e.g. 127.0.0.1:8333")
+    endpoint: Annotated[str, AfterValidator(check_endpoint)] = Field(
+        ..., description="host:port of the S3 API, e.g. 127.0.0.1:8333 (no scheme: "
+        "secure says HTTPS)")
     bucket: str = Field("lineside", pattern=r"[a-z0-9][a-z0-9.\-]{2,62}")
     access_key: SecretStr
     secret_key: SecretStr

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from typing import IO, Any
 
-from lineside_inspect.errors import NotFoundError, ObjectStoreUnavailable
+from lineside_inspect.errors import DamagedObject, NotFoundError, ObjectStoreUnavailable
 from lineside_inspect.fleet.config import ObjectStoreSettings
 from lineside_inspect.names import is_object_key
 
@@ -79,9 +79,16 @@ class ObjectStore:
         self._call("put", self.client.fput_object, self.bucket, key, path,
                    content_type=content_type)
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object whole; with ``max_bytes``, :class:`DamagedObject` past it (only that
+        much is read: the hub wrote it smaller, so someone else made it larger)."""
         with self.open(key) as f:
-            return f.read()
+            if max_bytes is None:
+                return f.read()
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise DamagedObject(f"{key} in the object store is over {max_bytes} bytes")
+        return data
 
     def open(self, key: str) -> IO[bytes]:
         """The object as a readable stream (read it whole, then close it)."""
@@ -119,6 +126,8 @@ class ObjectStore:
                                          "retry later") from None
 
     def keys(self, prefix: str = "") -> Iterator[str]:
+        from minio.error import S3Error
+
         if prefix:
             check_key(prefix.rstrip("/"))
         objs = self._call("list", self.client.list_objects, self.bucket, prefix=prefix,
@@ -126,6 +135,8 @@ class ObjectStore:
         try:
             for o in objs:
                 yield o.object_name
+        except S3Error as e:  # a wrong key, a missing bucket: named, as put and get name it
+            raise ObjectStoreUnavailable(f"object store refused list: {e.code}") from None
         except Exception as e:
             raise ObjectStoreUnavailable(f"object store list failed: {type(e).__name__}") from None
 

@@ -44,7 +44,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.config import Settings
-from lineside_inspect.errors import Busy, GateRefused, HubUnavailable, LinesideError, PackageError
+from lineside_inspect.errors import (
+    Busy,
+    DiskUnavailable,
+    GateRefused,
+    HubUnavailable,
+    LinesideError,
+    PackageError,
+)
 from lineside_inspect.fleet import archive, signing
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.box.periodic import error_kind, task_metrics
@@ -233,9 +240,17 @@ class ModelPuller:
                 if key in self._failed:
                     self._failed = {k: v for k, v in self._failed.items() if k != key}
                     self._gate_refused.discard(key)
-            except (HubUnavailable, Busy) as exc:  # passing: tried again next pull
+            except (HubUnavailable, Busy, DiskUnavailable, OSError) as exc:
+                # passing (a full disk too: the fleet page says so): tried again next pull
+                if isinstance(exc, OSError) and exc.errno not in archive.DISK_ERRNOS:
+                    self._refused(key, f"not applied: {type(exc).__name__}")
+                    log.exception("fleet models: %s %s not applied", m.name, m.version)
+                    continue
+                why = exc.message if isinstance(exc, LinesideError) else (
+                    f"the data folder could not be written: {exc.strerror}")
+                notes.append(f"{m.name} {m.version} not applied now, retried next pull: {why}")
                 log.warning("fleet models: %s %s not applied now, retried next pull: %s",
-                            m.name, m.version, exc.message)
+                            m.name, m.version, why)
                 break
             except LinesideError as exc:
                 self._failed = {**self._failed, key: exc.message}
@@ -247,14 +262,19 @@ class ModelPuller:
                           m.sha256[:12], exc.message)
                 self._count_failure("package_refused", in_a_row=False)
             except Exception as exc:  # e.g. a runtime that cannot load a signed graph
-                self._failed = {**self._failed, key: f"not applied: {type(exc).__name__}"}
-                self._gate_refused.discard(key)
+                self._refused(key, f"not applied: {type(exc).__name__}")
                 log.exception("fleet models: %s %s not applied", m.name, m.version)
-                self._count_failure("internal", in_a_row=False)
         self._notes = notes
         if self.state.revision != assignment.revision:
             self.state.revision = assignment.revision
             self._save()
+
+    def _refused(self, key: tuple[str, str, str], why: str) -> None:
+        """An unexpected failure: remembered like a refusal (not fetched again for this
+        assignment) and counted as internal."""
+        self._failed = {**self._failed, key: why}
+        self._gate_refused.discard(key)
+        self._count_failure("internal", in_a_row=False)
 
     def _take(self, m: AssignedModel) -> None:
         """Fetch, verify, unpack, check and activate one assigned package."""

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import JSON, Engine, Integer, String, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -45,7 +45,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from lineside_inspect.errors import (
     Busy,
     ConfigError,
+    DamagedObject,
     DatabaseUnavailable,
+    DiskUnavailable,
     Forbidden,
     LinesideError,
     NotFoundError,
@@ -78,6 +80,13 @@ router = APIRouter(tags=["fleet: models"])
 SIGNATURE_HEADER = "X-Lineside-Signature"
 _publishing = threading.Lock()
 _NAME = re.compile(NAME_PATTERN)
+# a manifest is a few hundred bytes; a larger object was not written by the hub
+MAX_MANIFEST_BYTES = 64 * 1024
+_MANIFEST_KEY = re.compile(rf"packages/({NAME_PATTERN})/({NAME_PATTERN})/manifest\.json")
+# what a package may unpack to on the hub, in bodies: ONNX weights hardly compress, so a
+# real package unpacks to about its archive's size; 1 MB of gzipped zeros unpacked to
+# 1 GiB and onnx.load held it all (fleet review)
+UNPACKED_PER_BODY = 4
 
 
 class AssignmentRow(HubBase):
@@ -93,7 +102,8 @@ class AssignmentRow(HubBase):
 
 
 class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # fields a later hub adds are ignored: a manifest is the hub's own writing
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
     name: FleetName
     version: FleetName
     sha256: str = Field(description="of package.tar.gz (what the signature covers)")
@@ -154,14 +164,17 @@ def _checked(*names: str) -> None:
 
 
 # -- publishing ----------------------------------------------------------------------------
-@router.put(PREFIX + "/packages/{model}/{version}", status_code=201,
-            responses=errors(401, 403, 408, 409, 413, 422, 503))
-async def publish(model: str, version: str, request: Request, who: Admin,
+@router.put(PREFIX + "/packages/{model}/{version}", status_code=201, responses={
+    200: {"model": Manifest, "description": "this very package was published already"},
+    **errors(401, 403, 408, 409, 413, 422, 503)})
+async def publish(model: str, version: str, request: Request, response: Response,
+                  who: Admin,
                   signature: Annotated[str, Header(alias=SIGNATURE_HEADER, max_length=200)]
                   ) -> Manifest:
     """Publish a signed package version (admin). The body is ``package.tar.gz``; the same
-    bytes and signature again change nothing (the same manifest is answered), other bytes
-    or another signature under a published version are refused
+    bytes and signature again change nothing (200 and the same manifest; the archive and
+    signature are written again, which repairs them if the bucket lost or changed
+    them), other bytes or another signature under a published version are refused
     (409 ``version_exists``): a version names one package for good."""
     _checked(model, version)
     try:
@@ -175,44 +188,76 @@ async def publish(model: str, version: str, request: Request, who: Admin,
     hub = request.app.state.hub
     incoming = Path(hub.data_dir) / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=incoming))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=incoming))
+    except OSError as exc:
+        raise _disk(exc) from None
     try:
         tgz = tmp / "package.tar.gz"
-        with tgz.open("wb") as f:  # the gate bounds the body (max_body_bytes)
-            async for chunk in request.stream():
-                f.write(chunk)
-        return await anyio.to_thread.run_sync(
-            lambda: _publish(objects, model, version, tgz, sig, who.name))
+        try:
+            with tgz.open("wb") as f:  # the gate bounds the body (max_body_bytes)
+                async for chunk in request.stream():
+                    f.write(chunk)
+        except OSError as exc:
+            raise _disk(exc) from None
+        manifest, new = await anyio.to_thread.run_sync(
+            lambda: _publish(objects, model, version, tgz, sig, who.name,
+                             UNPACKED_PER_BODY * hub.max_body_bytes))
+        if not new:
+            response.status_code = 200
+        return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _disk(exc: OSError) -> DiskUnavailable:
+    return DiskUnavailable(f"the hub could not write the upload to its data folder: "
+                           f"{exc.strerror or type(exc).__name__}")
+
+
 def _publish(objects: ObjectStore, model: str, version: str, tgz: Path, sig: bytes,
-             actor: str) -> Manifest:
+             actor: str, max_unpacked: int) -> tuple[Manifest, bool]:
+    """The manifest, and whether it is new. One publish at a time: each may unpack and
+    load a graph of ``max_unpacked`` bytes, and two of one version at once: one wins,
+    whole."""
     from lineside_inspect.package import sha256_file
 
-    digest = sha256_file(tgz)
-    unpacked = tgz.parent / "package"
-    unpacked.mkdir()
-    archive.unpack(tgz, unpacked)
-    try:
-        card = load_package(unpacked).card
-    except LinesideError as exc:  # its message names the hub's folder: the caller's words
-        raise type(exc)(exc.message.replace(str(unpacked), "the archive")) from None
-    if (card.name, card.version) != (model, version):
-        raise PackageError(f"the archive holds {card.name} {card.version}, not {model} {version}")
-    with _publishing:  # two publishes of one version at once: one wins, whole
+    with _publishing:
+        digest = sha256_file(tgz)
+        unpacked = tgz.parent / "package"
+        unpacked.mkdir()
+        archive.unpack(tgz, unpacked, max_bytes=max_unpacked)
+        try:
+            card = load_package(unpacked).card
+        except LinesideError as exc:  # its message names the hub's folder: the caller's words
+            raise type(exc)(exc.message.replace(str(unpacked), "the archive")) from None
+        if (card.name, card.version) != (model, version):
+            raise PackageError(f"the archive holds {card.name} {card.version}, not {model} "
+                               f"{version}")
         return _store(objects, model, version, tgz, sig, actor, digest, card)
 
 
 def _store(objects: ObjectStore, model: str, version: str, tgz: Path, sig: bytes, actor: str,
-           digest: str, card: ModelCard) -> Manifest:
-    existing = _manifest(objects, model, version)
+           digest: str, card: ModelCard) -> tuple[Manifest, bool]:
+    try:
+        existing = _manifest(objects, model, version)
+    except DamagedObject as exc:  # what it was is unknown: this publish writes it anew
+        log.warning("%s; publishing %s %s over it", exc.message, model, version)
+        existing = None
     if existing is not None:
-        if existing.sha256 == digest and objects.get(_key(model, version, "package.sig")) == sig:
-            return existing
-        raise VersionExists(f"{model} {version} is published with other bytes or another signature "
-                            f"({existing.sha256[:12]}…): publish a new version")
+        sig_key = _key(model, version, "package.sig")
+        try:
+            stored_sig: bytes | None = objects.get(sig_key, max_bytes=1024)
+        except (NotFoundError, DamagedObject):
+            stored_sig = None
+        if existing.sha256 != digest or stored_sig not in (sig, None):
+            raise VersionExists(f"{model} {version} is published with other bytes or another "
+                                f"signature ({existing.sha256[:12]}…): publish a new version")
+        # the same package: written again, which mends an archive or signature the bucket
+        # lost or changed (the manifest, unchanged, stays)
+        objects.put_file(_key(model, version, "package.tar.gz"), str(tgz), "application/gzip")
+        objects.put(sig_key, sig)
+        return existing, False
     manifest = Manifest(name=model, version=version, sha256=digest, size=tgz.stat().st_size,
                         graph_sha256=card.sha256, precision=card.precision,
                         class_names=card.class_names, published_at=datetime.now(UTC),
@@ -222,22 +267,55 @@ def _store(objects: ObjectStore, model: str, version: str, tgz: Path, sig: bytes
     objects.put(_key(model, version, "manifest.json"), manifest.model_dump_json().encode(),
                 "application/json")
     log.info("published %s %s (%s…) by %s", model, version, digest[:12], actor)
-    return manifest
+    return manifest, True
 
 
 def _manifest(objects: ObjectStore, model: str, version: str) -> Manifest | None:
+    """The version's manifest; None if it is not published. :class:`DamagedObject` (409,
+    naming it) when the bucket holds something the hub would not have written."""
+    key = _key(model, version, "manifest.json")
     try:
-        return Manifest.model_validate_json(objects.get(_key(model, version, "manifest.json")))
+        manifest = Manifest.model_validate_json(objects.get(key, max_bytes=MAX_MANIFEST_BYTES))
     except NotFoundError:
         return None
+    except DamagedObject:
+        raise DamagedObject(f"the manifest of {model} {version} in the hub's store is over "
+                            f"{MAX_MANIFEST_BYTES} bytes: publish the version again to "
+                            "repair it") from None
+    except ValidationError as exc:
+        raise DamagedObject(f"the manifest of {model} {version} in the hub's store is damaged "
+                            f"({exc.errors()[0]['type']}): publish the version again to repair "
+                            "it") from None
+    if (manifest.name, manifest.version) != (model, version):
+        raise DamagedObject(f"the manifest under {model} {version} in the hub's store names "
+                            f"{manifest.name} {manifest.version}: publish the version again to "
+                            "repair it")
+    return manifest
 
 
 @router.get(PREFIX + "/packages", responses=errors(401, 403, 503))
 def list_packages(request: Request, who: Admin) -> list[Manifest]:
-    """Every published version (admin)."""
+    """Every published version (admin). An object under ``packages/`` that is not a
+    readable manifest under a valid name is left out and logged: one bad object must not
+    hide the rest."""
     objects = _objects(request)
-    return [Manifest.model_validate_json(objects.get(k)) for k in objects.keys("packages/")
-            if k.endswith("/manifest.json")]
+    found = []
+    for k in objects.keys("packages/"):
+        if not k.endswith("/manifest.json"):
+            continue
+        match = _MANIFEST_KEY.fullmatch(k)
+        if match is None:
+            log.warning("object store: %r is not a package's manifest key: left out of the "
+                        "list", k[:200])
+            continue
+        try:
+            manifest = _manifest(objects, *match.groups())
+        except DamagedObject as exc:
+            log.warning("%s: left out of the list", exc.message)
+            continue
+        if manifest is not None:  # (deleted since it was listed)
+            found.append(manifest)
+    return found
 
 
 def _stream(objects: ObjectStore, key: str, media_type: str) -> StreamingResponse:
@@ -254,7 +332,7 @@ def _stream(objects: ObjectStore, key: str, media_type: str) -> StreamingRespons
 
 
 @router.get(PACKAGE, response_class=StreamingResponse, responses={
-    **errors(401, 403, 404, 422, 503), **media("the package archive", "application/gzip")})
+    **errors(401, 403, 404, 409, 422, 503), **media("the package archive", "application/gzip")})
 def get_package(model: str, version: str, request: Request, who: BoxOrAdmin) -> StreamingResponse:
     _checked(model, version)
     objects = _objects(request)
@@ -264,13 +342,15 @@ def get_package(model: str, version: str, request: Request, who: BoxOrAdmin) -> 
 
 
 @router.get(SIGNATURE, response_class=StreamingResponse, responses={
-    **errors(401, 403, 404, 422, 503), **media("the 64-byte ed25519 signature",
+    **errors(401, 403, 404, 409, 422, 503), **media("the 64-byte ed25519 signature",
                                                "application/octet-stream")})
 def get_signature(model: str, version: str, request: Request,
                   who: BoxOrAdmin) -> StreamingResponse:
     _checked(model, version)
-    return _stream(_objects(request), _key(model, version, "package.sig"),
-                   "application/octet-stream")
+    objects = _objects(request)
+    if _manifest(objects, model, version) is None:  # as the package: published ones only
+        raise NotFoundError(f"{model} {version} is not published")
+    return _stream(objects, _key(model, version, "package.sig"), "application/octet-stream")
 
 
 # -- assignments ---------------------------------------------------------------------------
