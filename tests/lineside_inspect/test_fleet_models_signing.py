@@ -252,3 +252,13 @@ def test_assignment_names_are_full_matched(bad: dict[str, str]) -> None:
 
     with pytest.raises(ValidationError):
         AssignedModel(**({"name": "deeppcb", "version": "2", "sha256": DIGEST} | bad))
+
+
+def test_a_box_status_keeps_500_characters_of_each_model_error() -> None:
+    """A box key stored ~1 MB of text a report on the fleet page (fleet review, session
+    32); the box cuts them to 500 itself, so an older box's report is still taken."""
+    from lineside_inspect.fleet.protocol import BoxStatus
+
+    status = BoxStatus(version="x", models=[], ready=True, forward_backlog=0,
+                       model_errors=["e" * 100_000, "short"])
+    assert [len(e) for e in status.model_errors] == [500, 5]

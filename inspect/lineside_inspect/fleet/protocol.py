@@ -184,8 +184,11 @@ class BoxStatus(_Wire):
     ready: bool
     forward_backlog: int = Field(..., ge=0)
     forward_lag_s: float | None = Field(None, ge=0)
-    model_errors: list[str] = Field(default_factory=list, max_length=32,
-                                    description="assignments the box could not apply, and why")
+    # each cut to 500 characters as the box cuts them: a box key stored ~1 MB of text a
+    # report on the fleet page (fleet review, session 32)
+    model_errors: list[Annotated[str, AfterValidator(lambda v: v[:500])]] = Field(
+        default_factory=list, max_length=32,
+        description="assignments the box could not apply, and why (500 characters each)")
     # sent only when there are some: a hub of an older release (no such field) still takes
     # the reports of a box whose line is quiet
     alarms: list[Annotated[str, Field(max_length=500)]] = Field(
