@@ -7,6 +7,7 @@ report the same problem the same way and never show a traceback for bad input.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -250,12 +251,29 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": text}}
 
 
+_BOUNDS = {"less_than", "less_than_equal", "greater_than", "greater_than_equal"}
+
+
+def _finite(value: object) -> bool:
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return True  # not a number at all: the bound's own words stand
+
+
 def describe_validation(errors: list[Any]) -> str:
     """One line naming every invalid field of a pydantic ``ValidationError.errors()`` (a
     check of the whole document has no field: its message alone, without pydantic's
     "Value error, " prefix)."""
     def one(e: Any) -> str:
         msg = str(e["msg"]).removeprefix("Value error, ")
+        value, ctx = e.get("input"), e.get("ctx") or {}
+        if e.get("type") == "too_long" and isinstance(value, str) and "max_length" in ctx:
+            # a length checked after a validator (PlainLine and its kind): pydantic counts
+            # "items"; a text is characters
+            msg = f"String should have at most {ctx['max_length']} characters, not {len(value)}"
+        elif e.get("type") in _BOUNDS and not _finite(value):
+            msg = "Input should be a finite number"  # NaN passed no bound: not "<= 1"
         return f"{'.'.join(str(x) for x in e['loc'])}: {msg}" if e["loc"] else msg
 
     return "; ".join(one(e) for e in errors)

@@ -392,3 +392,18 @@ def test_a_damaged_stored_image_is_not_blamed_on_the_caller(srv: Running, board:
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
     assert f"the stored image of inspection {iid} cannot be drawn: truncated JPEG" in r.text
     assert str(path) not in r.text
+
+
+def test_a_long_part_id_and_a_nan_bound_are_named_as_what_they_are(srv: Running,
+                                                                   board: bytes) -> None:
+    """A 500-character part id was "at most 256 items after validation", and NaN for a
+    score or a timeout was "less than or equal to 1" (QA review, session 32)."""
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", params={"part_id": "p" * 500},
+                   files={"image": ("a.jpg", board, "image/jpeg")})
+        assert "part_id: String should have at most 256 characters, not 500" in _error(r, 422)
+        r = c.post("/v1/cameras/sim1/trigger", params={"timeout_s": "nan"})
+        assert "timeout_s: Input should be a finite number" in _error(r, 422)
+    with srv.client("reviewer") as c:
+        r = c.get("/v1/inspections", params={"min_score": "nan"})
+        assert "min_score: Input should be a finite number" in _error(r, 422)

@@ -104,6 +104,9 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
         assert original.content == (next(p for p in SAMPLE.rglob("*.jpg")
                                          if p.stem == fails[0]["part_id"])).read_bytes()
         assert decode_image(c.get(f"/v1/inspections/{b}/annotated").content).shape == (640, 640, 3)
+        # a second reviewer agreeing: still one false reject (it counted reviews: 2)
+        assert c.post(f"/v1/inspections/{a}/reviews",
+                      json={"action": "false_reject"}).status_code == 200
         stats = c.get("/v1/stats").json()
         assert stats["false_rejects_confirmed"] == 1 and stats["reviewed_fails"] == 2
         assert sum(v["fail"] + v["pass"] for v in stats["verdicts_per_hour"].values()) == len(docs)

@@ -120,7 +120,8 @@ def test_second_serve_on_a_live_data_dir_exits_before_touching_it(launch, tmp_pa
 def test_bad_review_boxes_and_offsets_are_422s(srv: Running) -> None:
     doc = _inspect(srv)
     url = f"/v1/inspections/{doc['id']}/reviews"
-    bad_boxes: list[Any] = [["a", 1, 2, 3], [1, 2, 3], [1, 2, 3, 4, 5], None, "1,2,3,4"]
+    bad_boxes: list[Any] = [["a", 1, 2, 3], [1, 2, 3], [1, 2, 3, 4, 5], None, "1,2,3,4",
+                            ["1", 0, 5, 5], [True, 0, 5, 5]]
     with srv.client("reviewer") as c:
         for box in bad_boxes:
             r = c.post(url, json={"action": "missed_defect", "boxes": [{"label": "short", "box": box}]})
@@ -137,6 +138,18 @@ def test_bad_review_boxes_and_offsets_are_422s(srv: Running) -> None:
                                  "boxes": [{"label": "short", "box": [1, 2.5, 30, 40]}]})
         assert good.status_code == 200 and good.json()["reviews"][-1]["boxes"][-1] == \
             {"label": "short", "box": [1.0, 2.5, 30.0, 40.0]}
+        # an inspection's truth holds at most 1,000 boxes, however many reviews add them
+        # (each review row keeps the whole truth: 80 reviews of 1,000 made one inspection
+        # a 136 MB answer; QA review, session 32)
+        held = len(good.json()["reviews"][-1]["boxes"])
+        box = {"label": "short", "box": [1, 1, 5, 5]}
+        fill = c.post(url, json={"action": "missed_defect", "boxes": [box] * (1000 - held)})
+        assert fill.status_code == 200, fill.text
+        over = c.post(url, json={"action": "missed_defect", "boxes": [box]})
+        assert over.status_code == 422, over.text
+        assert "would hold 1001 boxes; an inspection's truth holds at most 1000" in \
+            over.json()["error"]["message"]
+        assert len(c.get(f"/v1/inspections/{doc['id']}").json()["reviews"][-1]["boxes"]) == 1000
         for offset in (2**63, 2**63 - 1, 10**9 + 1, -1):
             r = c.get("/v1/inspections", params={"offset": offset})
             assert r.status_code == 422 and "offset" in r.json()["error"]["message"], r.text

@@ -410,6 +410,28 @@ def test_dashboard(shift: Running, tmp_path: Path) -> None:
             csv_lines = c.get(href).text.strip().split("\r\n")
         assert [ln.split(",")[5] for ln in csv_lines[1:]] == [str(h["fails"]) for h in b["shifts"]]
 
+        # a slow answer for an earlier choice is dropped, not drawn over the later one (a
+        # late "7 days" drew 169 bars under "8 h"; QA review, session 32)
+        page.select_option("select[name=per]", "hourly")
+        expect(page.locator("#trend-title")).not_to_have_text("Yield and fails per shift")
+        with shift.client("reviewer") as c:
+            h8 = c.get("/v1/stats", params={"hours": 8, "camera_id": "line1-bottom"}).json()
+        held: list[Any] = []
+        page.route(re.compile(r".*/v1/stats\?.*hours=168.*"), lambda r: held.append(r))
+        page.select_option("select[name=hours]", "168")
+        for _ in range(200):
+            if held:
+                break
+            page.wait_for_timeout(25)
+        page.select_option("select[name=hours]", "8")
+        expect(page.locator("#trend rect.bar-fail")).to_have_count(len(h8["hourly"]))
+        with page.expect_response(re.compile(r"hours=168")):
+            held[0].continue_()
+        page.evaluate("() => new Promise((r) => setTimeout(r, 200))")  # its handler has run
+        expect(page.locator("#trend rect.bar-fail")).to_have_count(len(h8["hourly"]))
+        assert "hours=8" in (page.locator("#f-trend a.csv").get_attribute("href") or "")
+        page.unroute(re.compile(r".*/v1/stats\?.*hours=168.*"))
+
         tablet = _context(browser, 820, 1180).new_page()  # a tablet, upright
         _sign_in(tablet, shift.url + "/dashboard")
         expect(tablet.locator(".pareto-label")).to_have_count(len(s["pareto"]))

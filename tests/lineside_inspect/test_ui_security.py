@@ -220,6 +220,12 @@ def test_logout_revokes_the_session(launch) -> None:
         r = c.get("/v1/inspections")  # the old cookie, sent again
         assert r.status_code == 401 and "signed out" in r.json()["error"]["message"]
     assert len(srv.app.state.sessions) == 0
+    # the address a failed sign-in leaves in the bar, opened again: the form, not a JSON 405
+    with httpx.Client(base_url=srv.url) as c:
+        for path in ("/review/login", "/review/logout"):
+            r = c.get(path)
+            assert r.status_code == 303 and r.headers["location"] == "/review", r.text
+        assert c.get("/review/login", follow_redirects=True).status_code == 200
 
 
 def test_a_live_view_ends_with_its_session(launch) -> None:

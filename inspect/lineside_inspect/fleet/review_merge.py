@@ -26,7 +26,7 @@ from lineside_inspect.errors import ConfigError, NotFoundError
 from lineside_inspect.fleet.protocol import ReviewEvent
 from lineside_inspect.store import Store
 from lineside_inspect.store.models import REVIEW_ORDER, InspectionRow, ReviewRow
-from lineside_inspect.store.store import ACTIONS, MAX_REVIEWS
+from lineside_inspect.store.store import ACTIONS, MAX_REVIEWS, MAX_TRUTH_BOXES
 from lineside_inspect.store.utc import as_utc
 
 Outcome = Literal["current", "superseded", "duplicate", "unknown_inspection"]
@@ -56,8 +56,8 @@ def _truth(event: ReviewEvent, row: InspectionRow) -> list[dict[str, Any]]:
     a pixel of slack: a confirm carries the detector's own boxes (clipped to the image,
     then rounded), which the local store takes as they are; a box far outside would make
     every drawing of the inspection fail."""
-    if len(event.boxes) > 1000:
-        raise ConfigError(f"review of {row.id}: more than 1000 boxes")
+    if len(event.boxes) > MAX_TRUTH_BOXES:
+        raise ConfigError(f"review of {row.id}: more than {MAX_TRUTH_BOXES} boxes")
     out: list[dict[str, Any]] = []
     for i, raw in enumerate(event.boxes):
         try:

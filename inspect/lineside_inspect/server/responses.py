@@ -266,7 +266,9 @@ class DashboardStats(_Shape):
     defects_per_class: dict[str, int] = Field(description="counted defects per class")
     inspections_per_camera: dict[str, int] = Field(description="'(upload)': sent to /v1/inspect")
     reviewed_fails: int = Field(description="failed parts a reviewer confirmed or corrected (all time)")
-    false_rejects_confirmed: int = Field(description="false_reject reviews (all time)")
+    false_rejects_confirmed: int = Field(description=(
+        "failed inspections a reviewer marked false_reject (all time; each once however "
+        "many reviews agree)"))
     false_reject_rate_reviewed: float | None = Field(
         description="false_rejects_confirmed / reviewed_fails; None before any reviewed fail")
     cameras: list[CameraHealth]

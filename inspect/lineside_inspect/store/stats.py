@@ -242,8 +242,12 @@ def yields(s: Session, since: datetime, until: datetime) -> dict[str | None, dic
 
 def legacy(s: Session) -> dict[str, Any]:
     """The all-time review figures the dashboard has always had."""
-    fr = s.scalar(select(func.count()).select_from(ReviewRow)
-                  .where(ReviewRow.action == "false_reject")) or 0
+    # inspections, not reviews: three reviewers agreeing on one false reject counted 3,
+    # and the rate passed 100% (QA review, session 32)
+    fr = s.scalar(select(func.count(func.distinct(ReviewRow.inspection_id)))
+                  .join(InspectionRow, InspectionRow.id == ReviewRow.inspection_id)
+                  .where(ReviewRow.action == "false_reject", InspectionRow.verdict == "fail",
+                         InspectionRow.review_state != "unreviewed")) or 0
     reviewed_fails = s.scalar(select(func.count()).select_from(InspectionRow).where(
         InspectionRow.verdict == "fail", InspectionRow.review_state != "unreviewed")) or 0
     return {"reviewed_fails": reviewed_fails, "false_rejects_confirmed": fr,

@@ -160,6 +160,10 @@ ACTIONS = ("confirm", "false_reject", "missed_defect", "relabel")
 # reviews one inspection keeps: each review (and each box's resent batch) reads them all,
 # and a box sending 1,000 reviews of one inspection made each one cost more (37 ms at 500)
 MAX_REVIEWS = 100
+# boxes an inspection's truth holds (each review row keeps the whole truth, and a hub takes
+# a review of at most this many): repeated missed_defect reviews of 1,000 boxes each made
+# one inspection 140 MB that every page and data pull then read (QA review, session 32)
+MAX_TRUTH_BOXES = 1000
 
 
 CONNECT_TIMEOUT_S = 10  # PostgreSQL (libpq's connect_timeout, seconds)
@@ -1240,6 +1244,10 @@ class Store:
                 if not boxes:
                     raise ReviewError("missed_defect needs the reviewer's boxes")
                 truth += [self._check_box(b, row) for b in boxes]
+                if len(truth) > MAX_TRUTH_BOXES:
+                    raise ReviewError(f"inspection {row.id} would hold {len(truth)} boxes; an "
+                                      f"inspection's truth holds at most {MAX_TRUTH_BOXES}: "
+                                      "nothing was saved")
             elif action == "relabel":
                 if not truth:
                     raise ReviewError(f"inspection {row.id} has no boxes to relabel (add one "

@@ -160,9 +160,13 @@ def _drawing(request: Request) -> anyio.CapacityLimiter:
 
 
 # a field misspelt (``seen_review``) must not pass as absent: it would skip the conflict check
+# strict as index is: "1" or true is no coordinate (lax pydantic took ["1", 0, 5, 5])
+Coordinate = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
 class ReviewBox(BaseModel, extra="forbid"):
     label: OneLine = Field(..., max_length=128, description="a class of the inspection's model")
-    box: Annotated[list[FiniteFloat], Field(min_length=4, max_length=4, description=(
+    box: Annotated[list[Coordinate], Field(min_length=4, max_length=4, description=(
         "[x1, y1, x2, y2] in image pixels"))]
     # a defect copied from the inspection (GET .../inspections/{id}) carries its score:
     # accepted, not kept (a reviewer's box has none)

@@ -228,6 +228,14 @@ def fleetrender(request: Request) -> Response:
     return HTMLResponse(render("fleet.html", markup={"signout": SIGN_OUT if session else ""}))
 
 
+@pages.get("/review/login")
+@pages.get("/review/logout")
+def sign_in_address() -> RedirectResponse:
+    """A failed sign-in leaves the browser at /review/login: that tab restored, or Enter in
+    its address bar, showed a JSON 405 (QA review, session 32). The form is /review's."""
+    return RedirectResponse("/review", status_code=303)
+
+
 @pages.post("/review/login")
 def login(request: Request, key: Annotated[str, Form(max_length=4096)],
           next_page: Annotated[str, Form(alias="next")] = "/review") -> Response:

@@ -190,11 +190,16 @@ function render(s) {
         s.model_changes.map((c) => [dateTime(c.at), c.model, c.recipe, c.previous === null ? `${c.version} (in use as the window opens)` : `${c.previous} → ${c.version}`]));
 }
 
+// each load is numbered: an answer that arrives after a newer load began is dropped, or a
+// slow "7 days" drew its 169 bars under "8 h" (QA review, session 32)
+let loads = 0;
 async function load() {
+  const mine = ++loads;
   $("#status").textContent = "loading…";
   const p = params();
   try {
     const s = await api("/v1/stats?" + p);
+    if (mine !== loads) return;
     addOptions(form.elements.camera_id, [...s.cameras.map((c) => [c.id, c.id]),
       ...s.stations.map((r) => (r.camera_id === null ? ["", "(uploads)"] : [r.camera_id, r.camera_id]))]);
     addOptions(form.elements.recipe, s.stations.map((r) => [r.recipe, r.recipe]));
@@ -207,7 +212,7 @@ async function load() {
       a.href = "/v1/stats.csv?" + q;
     }
     $("#status").textContent = `updated ${time(new Date().toISOString())}; shifts start ${s.shift_starts.join(", ")} (${s.shift_timezone})`;
-  } catch (e) { $("#status").textContent = "could not load the figures: " + e.message; }
+  } catch (e) { if (mine === loads) $("#status").textContent = "could not load the figures: " + e.message; }
 }
 
 // on a hub: the fleet's sites, lines and boxes as choices (GET /fleet/v1/boxes)

@@ -78,12 +78,18 @@ function boxLayer(layer, boxes, w, h, selected = -1) {
 const truthOf = (o) => (o.reviews.length ? o.reviews[o.reviews.length - 1].boxes : o.defects);
 
 // -- the grid ---------------------------------------------------------------------------
+// each load is numbered: an answer that arrives after a newer load began is dropped, or a
+// slow cam1 page showed under the filter cam2 and Shift+C confirmed it (QA review, session 32)
+let loads = 0;
 async function load() {
+  const mine = ++loads;
   let doc = await api("/v1/inspections?" + query());
+  if (mine !== loads) return;
   if (!doc.items.length && doc.total && state.offset) {
     // the page emptied under it (its last items confirmed away): its new last page
     state.offset = Math.floor((doc.total - 1) / state.limit) * state.limit;
     doc = await api("/v1/inspections?" + query());
+    if (mine !== loads) return;
   }
   state.items = doc.items; state.total = doc.total;
   state.sel = Math.min(state.sel, Math.max(0, doc.items.length - 1));
