@@ -32,7 +32,7 @@ from lineside_inspect.names import Name
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 
 # box: an edge box speaking to its hub (fleet/protocol.py); its key's name is its box id
-Role = Literal["line", "reviewer", "admin", "box"]
+Role = Literal["line", "viewer", "reviewer", "admin", "box"]
 
 
 class ApiKey(BaseModel):

@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "deeppcb" / "1"
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
 KEYS = {"line": "line-secret", "reviewer": "reviewer-secret", "admin": "admin-secret"}
+# every role a keyed server knows; KEYS are the roles the API fuzzing runs as (a viewer's
+# routes are a subset of a reviewer's)
+ROLE_KEYS = {**KEYS, "viewer": "viewer-secret"}
 # the stores of servers started by settings(): one folder for the session, removed when
 # the interpreter exits (each server's was left in /tmp: ~470 folders after a few runs)
 _STORES = tempfile.TemporaryDirectory(prefix="lineside-stores-", ignore_cleanup_errors=True)
@@ -35,7 +38,7 @@ class Running:
     server: uvicorn.Server
 
     def client(self, role: str | None = None, **kw: Any) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {KEYS[role]}"} if role else {}
+        headers = {"Authorization": f"Bearer {ROLE_KEYS[role]}"} if role else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kw)
 
 
@@ -69,7 +72,7 @@ def settings(**kw: Any) -> Settings:
 
 
 def keyed(**kw: Any) -> Settings:
-    keys = [ApiKey.from_plain(role, role, key) for role, key in KEYS.items()]  # type: ignore[arg-type]
+    keys = [ApiKey.from_plain(role, role, key) for role, key in ROLE_KEYS.items()]  # type: ignore[arg-type]
     return settings(api_keys=keys, **kw)
 
 

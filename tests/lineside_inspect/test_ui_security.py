@@ -228,6 +228,39 @@ def test_logout_revokes_the_session(launch) -> None:
         assert c.get("/review/login", follow_redirects=True).status_code == 200
 
 
+def test_a_viewer_watches_yield_and_reviews_nothing(launch, image_bytes: bytes) -> None:
+    """A line lead who only watches had to be given a reviewer key, which can confirm and
+    correct verdicts (QA review, session 32): a viewer key signs in to the status page and
+    the dashboard, and reads neither stored inspections nor reviews."""
+    srv = launch(cameras=[CameraConfig(id="cam1", source=str(SAMPLE), fps=5)])
+    inspection = _inspect(srv, image_bytes)
+    r = _login(srv, "viewer-secret")
+    assert r.headers["location"] == "/dashboard"  # not the review page it may not use
+    with _session_client(srv, _token(r)) as c:
+        for path in ("/", "/dashboard", "/v1/overview", "/v1/stats", "/v1/stats.csv",
+                     "/v1/cameras"):
+            assert c.get(path).status_code == 200, path
+        deadline = time.monotonic() + 30  # the camera's first frame
+        while (snap := c.get("/v1/cameras/cam1/snapshot")).status_code == 503:
+            assert time.monotonic() < deadline, snap.text
+            time.sleep(0.1)
+        assert snap.status_code == 200 and snap.headers["content-type"] == "image/jpeg"
+        page = c.get("/review")
+        assert page.status_code == 403 and "may only view" in page.text
+        for path in ("/v1/inspections", f"/v1/inspections/{inspection}",
+                     f"/v1/inspections/{inspection}/image", "/v1/reviews", "/v1/models"):
+            assert c.get(path).status_code == 403, path
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', c.get("/dashboard").text)
+        headers = {"x-csrf-token": csrf.group(1)} if csrf else {}
+        r = c.post(f"/v1/inspections/{inspection}/reviews", json={"action": "confirm"},
+                   headers=headers)
+        assert r.status_code == 403, r.text
+    with srv.client("viewer") as c:  # the key itself, as a script would
+        assert c.get("/v1/stats").status_code == 200
+        assert c.post("/v1/inspect", content=image_bytes,
+                      headers={"content-type": "image/jpeg"}).status_code == 403
+
+
 def test_a_live_view_ends_with_its_session(launch) -> None:
     """The caller of a live view was checked once, at the start: after sign-out the
     stream went on (0.5 MB to 2 MB in 8 s) while every API call answered 401."""

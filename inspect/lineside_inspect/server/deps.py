@@ -32,6 +32,9 @@ log = logging.getLogger("lineside")
 # which roles may do what: admin may do everything
 ALLOWED: dict[Role, set[Role]] = {
     "line": {"line", "admin"},
+    # a line lead watching yield: the status page, live views and the dashboard's figures,
+    # not the stored inspections nor reviewing (a reviewer key reviewed as well)
+    "viewer": {"viewer", "reviewer", "admin"},
     "reviewer": {"reviewer", "admin"},
     "admin": {"admin"},
     # only a box speaks for a box: an admin key does not forward inspections for one
@@ -227,6 +230,7 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 
 LineUser = Annotated[Principal, require("line")]
+Viewer = Annotated[Principal, require("viewer")]
 Reviewer = Annotated[Principal, require("reviewer")]
 Admin = Annotated[Principal, require("admin")]
 

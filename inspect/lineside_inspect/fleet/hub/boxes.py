@@ -20,7 +20,7 @@ from lineside_inspect.fleet.hub.pins import check_pinned
 from lineside_inspect.fleet.hub.reviews import BoxId, BoxKey, own_box
 from lineside_inspect.fleet.hub.tables import BoxCountRow, HubBase
 from lineside_inspect.fleet.protocol import PREFIX, STATUS, BoxStatus
-from lineside_inspect.server.deps import Reviewer, get_store
+from lineside_inspect.server.deps import Viewer, get_store
 from lineside_inspect.server.responses import errors
 from lineside_inspect.store import Store
 from lineside_inspect.store.utc import UTCDateTime, as_utc
@@ -115,7 +115,7 @@ def report_status(box_id: BoxId, status: BoxStatus, who: BoxKey,
 
 
 @router.get(BOXES, responses=errors(401, 403), summary="The fleet: every box and its state")
-def list_boxes(who: Reviewer, store: Annotated[Store, Depends(get_store)]) -> Fleet:
+def list_boxes(who: Viewer, store: Annotated[Store, Depends(get_store)]) -> Fleet:
     return fleet(store, datetime.now(UTC))
 
 

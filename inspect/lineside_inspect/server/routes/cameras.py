@@ -20,8 +20,8 @@ from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.deps import (
     ALLOWED,
     LineUser,
-    Reviewer,
     ServiceDep,
+    Viewer,
     authorize,
     get_cameras,
 )
@@ -38,7 +38,7 @@ RECHECK_S = 2.0  # a live view checks its caller again this often
 
 
 @router.get("", responses=errors(401, 403))
-def list_cameras(request: Request, who: Reviewer) -> list[CameraHealth]:
+def list_cameras(request: Request, who: Viewer) -> list[CameraHealth]:
     manager: CameraManager | None = request.app.state.cameras
     return [CameraHealth.model_validate(h) for h in manager.health()] if manager else []
 
@@ -97,7 +97,7 @@ def _frame_jpeg(manager: CameraManager, camera_id: str) -> bytes:
 @router.get("/{camera_id}/snapshot", response_class=Response, responses={
     **media("the newest frame with the last verdict drawn", "image/jpeg"),
     **errors(401, 403, 404, 503)})
-def snapshot(camera_id: str, request: Request, who: Reviewer) -> Response:
+def snapshot(camera_id: str, request: Request, who: Viewer) -> Response:
     return Response(_frame_jpeg(get_cameras(request), camera_id), media_type="image/jpeg")
 
 
@@ -105,7 +105,7 @@ def snapshot(camera_id: str, request: Request, who: Reviewer) -> Response:
     **media("MJPEG: JPEG parts with the last verdict drawn, boundary 'frame', until the "
             "client leaves", "multipart/x-mixed-replace"),
     **errors(401, 403, 404, 422)})
-async def stream(camera_id: str, request: Request, who: Reviewer,
+async def stream(camera_id: str, request: Request, who: Viewer,
                  fps: Annotated[float, Query(gt=0, le=30)] = 5.0) -> StreamingResponse:
     """MJPEG (multipart/x-mixed-replace) with the last verdict drawn."""
     manager = get_cameras(request)
@@ -119,7 +119,7 @@ async def stream(camera_id: str, request: Request, who: Reviewer,
                 # review session kept its live view streaming
                 checked = time.monotonic()
                 try:
-                    authorize(request, "reviewer")
+                    authorize(request, "viewer")
                 except LinesideError:
                     return
             try:

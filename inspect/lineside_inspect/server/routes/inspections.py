@@ -21,7 +21,7 @@ from lineside_inspect.imageio import decode_image, encode_jpeg
 from lineside_inspect.names import OneLine, Text
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionPage, StoredInspection
-from lineside_inspect.server.deps import Reviewer, get_store
+from lineside_inspect.server.deps import Reviewer, Viewer, get_store
 from lineside_inspect.server.responses import DashboardStats, errors, media
 from lineside_inspect.server.routes.page_data import FleetName
 from lineside_inspect.store.stats import Shifts
@@ -198,7 +198,7 @@ def add_review(inspection_id: str, body: ReviewIn, request: Request,
 
 
 @router.get("/stats", responses=errors(401, 403, 404, 422))
-def stats(request: Request, who: Reviewer,
+def stats(request: Request, who: Viewer,
           hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24,
           camera_id: Annotated[str | None, Query(max_length=128, description=(
               "narrow every figure to this camera ('': inspections sent without one)"))] = None,

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from lineside_inspect.server.deps import Reviewer, get_store
+from lineside_inspect.server.deps import Reviewer, Viewer, get_store
 from lineside_inspect.server.responses import (
     CameraHealth,
     ReviewerCounts,
@@ -231,7 +231,7 @@ def _alarms(request: Request) -> list[dict[str, Any]]:
 
 
 @router.get("/overview", responses=errors(401, 403))
-def get_overview(request: Request, who: Reviewer) -> Overview:
+def get_overview(request: Request, who: Viewer) -> Overview:
     """The status page's figures: each camera's state, recipe, model, last verdict and
     yield this shift and over 24 h; the models; the box's yield."""
     return Overview.model_validate(overview(request))
@@ -310,7 +310,7 @@ def csv_rows(doc: dict[str, Any], table: str) -> list[list[Any]]:
 @router.get("/stats.csv", response_class=Response, responses={
     **media("one table of the dashboard as CSV (UTC times)", "text/csv"),
     **errors(401, 403, 404, 422)})
-def stats_csv(request: Request, who: Reviewer,
+def stats_csv(request: Request, who: Viewer,
               table: Literal["hourly", "shifts", "pareto", "stations", "quality", "reviewers",
                              "model_changes"] = "hourly",
               hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24,

@@ -24,6 +24,7 @@ import fastapi_offline
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
+from lineside_inspect.config import Role
 from lineside_inspect.errors import LinesideError, NotFoundError, TooManyFailedSignIns
 from lineside_inspect.server.deps import ALLOWED, Principal, authenticate, check_key
 from lineside_inspect.server.routes import page_data
@@ -74,15 +75,19 @@ def _login(next_page: str, error: str | None = None, status: int = 200,
                         headers=headers)
 
 
-def _viewer(request: Request, next_page: str) -> tuple[Principal, Session | None] | HTMLResponse:
-    """Who looks at a page (and their session), or the sign-in form to answer instead."""
+def _viewer(request: Request, next_page: str, role: Role = "viewer"
+            ) -> tuple[Principal, Session | None] | HTMLResponse:
+    """Who looks at a page (and their session), or the sign-in form to answer instead.
+    ``role``: the review page's is reviewer; the status page, dashboard and fleet page are
+    a viewer's too (a line lead watching yield)."""
     try:
         who = authenticate(request)
     except LinesideError:
         return _login(next_page)
     assert who is not None
-    if who.role not in ALLOWED["reviewer"]:
-        return _login(next_page, "This key may not review.", 403)
+    if who.role not in ALLOWED[role]:
+        return _login(next_page, "This key may not review." if who.role != "viewer" else
+                      "This key may only view: the status page and the dashboard.", 403)
     token = request.cookies.get(cookie_name(request))
     sessions: SessionStore = request.app.state.sessions
     session = sessions.get(token) if token and request.app.state.settings.api_keys else None
@@ -205,7 +210,7 @@ def dashboardrender(request: Request) -> Response:
 @pages.get("/review", response_class=HTMLResponse)
 @pages.head("/review", response_class=HTMLResponse)
 def reviewrender(request: Request) -> Response:
-    seen = _viewer(request, "/review")
+    seen = _viewer(request, "/review", "reviewer")
     if isinstance(seen, Response):
         return seen
     _, session = seen
@@ -251,8 +256,10 @@ def login(request: Request, key: Annotated[str, Form(max_length=4096)],
                       f"{exc.retry_after_s} s.", 429, {"Retry-After": str(exc.retry_after_s)})
     except LinesideError:
         return _login(target, "Unknown key.", 401)
-    if who.role not in ALLOWED["reviewer"]:
+    if who.role not in ALLOWED["viewer"]:
         return _login(target, "This key may not review.", 403)
+    if who.role not in ALLOWED["reviewer"] and target == "/review":
+        target = "/dashboard"  # a viewer's key: where it may look
     sessions: SessionStore = request.app.state.sessions
     if old := request.cookies.get(cookie_name(request)):
         sessions.revoke(old)
