@@ -1047,15 +1047,16 @@ def gate_cmd(
     kept: a server's require_gate needs its own gate (POST /v1/models/NAME/gate)."""
     from lineside_inspect.lifecycle.gate import format_report, run_gate
     from lineside_inspect.lifecycle.golden import GoldenLibrary
-    from lineside_inspect.lifecycle.manager import card_recipe
     from lineside_inspect.package import card_digest
-    from lineside_inspect.recipes import load_recipe
+    from lineside_inspect.recipes import card_recipe, check_card_recipe, load_recipe
     from lineside_inspect.runtime.detector import Detector
 
     library = GoldenLibrary(_golden_dir(data_dir))
     manifest = library.get(golden, golden_version)
     cand = Detector(candidate, device="cpu", threads=threads)
     active = Detector(against, device="cpu", threads=threads)
+    for det in (cand, active):  # a card's own recipe, as a server loading it checks it
+        check_card_recipe(det.card, det.class_names)
     if card_digest(cand.card) == card_digest(active.card):
         raise ConfigError("the candidate and --against are the same package (graph and card): "
                           "a package is not gated against itself")

@@ -384,6 +384,15 @@ class ObjectStoreUnavailable(LinesideError):
     status = 503
 
 
+class ActiveChanged(LinesideError):
+    """Another admin made another version active meanwhile (a promotion's gate compared
+    the candidate with a version no longer active; a rollback from a version no longer
+    active would go back twice): nothing changed; look again."""
+
+    code = "active_changed"
+    status = 409
+
+
 class DiskUnavailable(LinesideError):
     """A server could not write to its own data folder (a full disk, a quota, an I/O
     error): passing, not the request's fault; nothing was half-stored. Retry when there

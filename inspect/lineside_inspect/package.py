@@ -98,6 +98,7 @@ def card_digest(card: ModelCard) -> str:
 # agnostic_iou did) bumps it, so an older server refuses a newer card by its format, with
 # "upgrade", rather than by an unknown field's name
 CARD_FORMAT = 1
+MAX_VERSION_CHARS = 64  # a card's version (see ModelCard.version)
 MAX_DETECTIONS = 5_000  # a card's max_detections (a fused recipe reports up to twice)
 
 
@@ -112,7 +113,7 @@ class ModelCard(BaseModel):
     name: Name
     # 64, not a name's 128: every inspection stores it (the store's and the fleet hub's
     # column), and a longer one stopped a box's forwarding for good at the hub
-    version: Name = Field(max_length=64)
+    version: Name = Field(max_length=MAX_VERSION_CHARS)
     # bounded as the fleet hub bounds the records it takes (fleet/hub/ingest.py): a card
     # past them loaded, and its every record was refused at the hub, for good
     class_names: list[Annotated[str, Field(min_length=1, max_length=MAX_CLASS_NAME)]] = Field(
@@ -175,6 +176,16 @@ class ModelCard(BaseModel):
                              f"{self.class_names}")
         if self.input.color != "RGB":
             raise ValueError("kind 'anomaly' takes one RGB image (input.color 'RGB')")
+        return self
+
+    @model_validator(mode="after")
+    def _thresholds_name_classes(self) -> ModelCard:
+        # a typo ("pinhole" for "pin-hole") loaded, and the class was judged at the
+        # default 0.5 (lifecycle review, session 32)
+        unknown = [k for k in self.thresholds if k not in self.class_names]
+        if unknown:
+            raise ValueError(f"thresholds name {', '.join(repr(k[:64]) for k in unknown[:5])}, "
+                             f"not a class of this model ({', '.join(self.class_names)})")
         return self
 
     @property

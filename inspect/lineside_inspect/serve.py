@@ -260,10 +260,11 @@ def preflight(settings: Settings) -> None:
     wrong path or a broken card is one clear error (``LinesideError``: the CLI prints its
     message) instead of a traceback from the application's start-up."""
     from lineside_inspect.package import load_package
-    from lineside_inspect.recipes import load_recipe
+    from lineside_inspect.recipes import check_card_recipe, load_recipe
 
     for path in settings.models:
-        load_package(path)
+        card = load_package(path).card
+        check_card_recipe(card, card.class_names)
     for recipe in settings.recipes:
         load_recipe(recipe)
 

@@ -4,6 +4,7 @@ by the names of the fields this version does not know."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -93,3 +94,70 @@ def test_a_card_that_is_not_a_readable_json_file_is_named(tmp_path: Path) -> Non
     card.mkdir()
     with pytest.raises(PackageError, match=r"model\.json: cannot be read"):
         load_package(pkg)
+
+
+def test_thresholds_must_name_the_models_classes(tmp_path: Path) -> None:
+    """A typo ("pinhole" for "pin-hole") loaded, and the class was judged at the default
+    0.5 (lifecycle review, session 32)."""
+    with pytest.raises(PackageError, match="thresholds name 'pinhole', not a class of this model"):
+        load_package(_package(tmp_path, thresholds={"pinhole": 0.4}))
+
+
+def _constant_graph(path: Path, labels: list[list[int]], scores: list[list[float]]) -> None:
+    """A graph with the card's input and output names that answers constants."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name: str, value: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value))
+
+    n = len(scores[0])
+    graph = helper.make_graph(
+        [const("boxes", np.zeros((1, n, 4), np.float32)),
+         const("scores", np.array(scores, np.float32)),
+         const("labels", np.array(labels, np.int64))],
+        "constant", [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 3, 640, 640])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, n, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, n]),
+         helper.make_tensor_value_info("labels", TensorProto.INT64, [1, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    bundled = onnx.load(str(BUNDLED / "model.onnx"), load_external_data=False)
+    helper.set_model_props(model, {p.key: p.value for p in bundled.metadata_props})
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize(("labels", "scores", "words"), [
+    ([[99]], [[0.9]], "class ids 99..99, the card names 6 classes"),
+    ([[-1]], [[0.9]], "class ids -1..-1"),
+    ([[0]], [[7.0]], "scores are not all in 0..1")])
+def test_a_graph_whose_outputs_break_its_card_is_refused_at_load(
+        tmp_path: Path, labels: list[list[int]], scores: list[list[float]], words: str) -> None:
+    """The right output names with nonsense in them loaded (200), failed its gate with a
+    500 and, forced active, made every inspection a 500 (lifecycle review, session 32)."""
+    from lineside_inspect.package import sha256_file
+    from lineside_inspect.runtime.detector import Detector
+
+    pkg = _package(tmp_path)
+    _constant_graph(pkg / "model.onnx", labels, scores)
+    card = json.loads((pkg / "model.json").read_text())
+    (pkg / "model.json").write_text(json.dumps({**card, "sha256": sha256_file(pkg / "model.onnx")}))
+    with pytest.raises(PackageError, match=re.escape(words)):
+        Detector(pkg, device="cpu", threads=1)
+
+
+@pytest.mark.parametrize(("recipe", "words"), [
+    ({"min_score": {"scratch": 0.1}}, "min_score names unknown class 'scratch'"),
+    ({"min_score": {"open": float("nan")}}, "min_score.open"),
+    ({"max_count": {"open": "lots"}}, "max_count.open"),
+    ({"model": "other"}, "judges model other, not deeppcb")])
+def test_a_card_whose_own_recipe_does_not_fit_is_refused_at_load(
+        tmp_path: Path, recipe: dict[str, object], words: str) -> None:
+    """Its gate was a 500, a server start a traceback, and a swap to it left the line at
+    the old version's floors (lifecycle review, session 32)."""
+    from lineside_inspect.server.registry import Registry
+
+    pkg = _package(tmp_path, default_recipe=recipe)
+    with pytest.raises(PackageError, match=re.escape(words)) as exc:
+        Registry(device="cpu", threads=1).load(pkg)
+    assert exc.value.message.startswith("model deeppcb 1: its card's default_recipe")

@@ -137,6 +137,40 @@ def test_golden_gate_and_forced_activation(launch: Callable[..., Running], varia
         assert latest["golden"] == {"name": "line1", "version": 1, "digest": golden["digest"]}
         assert lineage["admissions"][1]["forced"] and lineage["admissions"][1]["version"] == "blind"
 
+        # a rollback does not bring back a version whose failed gate stands (lifecycle
+        # review, session 32: a plain rollback ran no admission check)
+        assert admin.post("/v1/models/deeppcb/activate", json={
+            "version": "blind", "force": True, "reason": "trial again"}).status_code == 200
+        assert admin.post("/v1/models/deeppcb/activate",
+                          json={"version": "1-int8"}).status_code == 200
+        r = admin.post("/v1/models/deeppcb/rollback")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "gate_failed", r.text
+        assert "failed its gate" in r.json()["error"]["message"]
+        # and one that names the active version it saw is refused once another is active
+        r = admin.post("/v1/models/deeppcb/rollback", params={"from": "1"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "active_changed", r.text
+        assert admin.get("/v1/models").json()[0]["active"] == "1-int8"
+        assert admin.post("/v1/models/deeppcb/activate",
+                          json={"version": ""}).status_code == 422  # not "the active one"
+        # a promotion whose gate compared with a version another admin replaced meanwhile
+        # is not activated (its watch would have gone back to the replaced one)
+        from lineside_inspect.errors import ActiveChanged
+
+        with pytest.raises(ActiveChanged, match="1-int8 was made active while 1 was gated "
+                                                "against blind"):
+            srv.app.state.lifecycle.activate("deeppcb", "1", actor="admin", action="promote",
+                                             replacing="blind")
+        assert admin.get("/v1/models").json()[0]["active"] == "1-int8"
+        # a gate judged under another model's recipe is refused, not run
+        load(admin, ROOT / "models" / "deeppcb-ref" / "1")
+        put = admin.put("/v1/recipes/ref-rules", json={"name": "ref-rules", "version": "1",
+                                                       "model": "deeppcb-ref"})
+        assert put.status_code == 200, put.text
+        r = admin.post("/v1/models/deeppcb/gate", json={"version": "1", "golden": "line1",
+                                                        "recipe": "ref-rules"})
+        assert r.status_code == 422, r.text
+        assert "recipe ref-rules judges model deeppcb-ref, not deeppcb" in r.json()["error"]["message"]
+
 
 def _until(fn: Callable[[], Any], what: str, timeout_s: float = 30) -> Any:
     deadline = time.monotonic() + timeout_s
@@ -266,6 +300,21 @@ def test_a_promotion_past_its_bounds_rolls_back(launch: Callable[..., Running],
         r = admin.post("/v1/models/deeppcb/rollback")
         assert r.status_code == 422 and "no earlier version" in r.json()["error"]["message"]
         assert admin.get("/v1/models").json()[0]["history"] == []
+        # nor when jumpy was active once before (it stayed in the history, and a rollback
+        # after the automatic one put it back; lifecycle review, session 32)
+        for version in ("jumpy", "1"):
+            assert admin.post("/v1/models/deeppcb/activate", json={
+                "version": version, "force": True, "reason": "by hand"}).status_code == 200
+        r = admin.post("/v1/models/deeppcb/promote", json={
+            "version": "jumpy", "golden": "good", "force": True, "reason": "once more"})
+        assert r.status_code == 200, r.text
+        inspect(line, GOOD[:6])
+        _until(lambda: rev.get("/v1/models/deeppcb/rollout").json()["state"] == "rolled_back",
+               "the second automatic rollback")
+        assert "jumpy" not in admin.get("/v1/models").json()[0]["history"]
+        r = admin.post("/v1/models/deeppcb/rollback")
+        assert r.status_code == 422 and "no earlier version" in r.json()["error"]["message"]
+        assert admin.get("/v1/models").json()[0]["active"] == "1"
 
 
 def test_capture_keeps_near_threshold_passes_to_label_within_the_cap(

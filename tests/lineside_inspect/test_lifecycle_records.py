@@ -15,9 +15,8 @@ from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import inspect
 from lineside_inspect.lifecycle.gate import run_gate
 from lineside_inspect.lifecycle.golden import GoldenLibrary, from_dataset
-from lineside_inspect.lifecycle.manager import card_recipe
 from lineside_inspect.lifecycle.records import Records
-from lineside_inspect.recipes import Recipe
+from lineside_inspect.recipes import Recipe, card_recipe
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.store import Store
 from lineside_inspect.store.models import LIFECYCLE_TABLES

@@ -1201,7 +1201,7 @@ def test_a_box_without_models_starts_and_takes_its_recipes_when_they_come() -> N
     """A fleet box with ``models: []``: its cameras' recipes come with the first pull. It
     starts; until then triggers fail with ErrorCode 6; then the station that names the
     recipe and the one that follows the default recipe (shown in its Recipe) both judge."""
-    from lineside_inspect.lifecycle.manager import card_recipe
+    from lineside_inspect.recipes import card_recipe
 
     cams = [CameraConfig(id="named", source=str(SAMPLE), fps=5, recipe="deeppcb-default"),
             CameraConfig(id="plain", source=str(SAMPLE), fps=5)]

@@ -104,7 +104,9 @@ def test_new_version_rejects_one_percent_of_the_lines_good_captures(
                             (tmp_path / "elsewhere" / "1", "a new version of toy goes in"),
                             (tmp_path / "toy" / "1", "toy:1 is the package's own version"),
                             (package.parent.parent / "other" / "7", "a folder named toy"),
-                            (package / "toy" / "3", "inside the package")):
+                            (package / "toy" / "3", "inside the package"),
+                            # told before calibrating, not after it naming a staging folder
+                            (package.parent / ("v" * 70), "a card's version is at most 64")):
         r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split",
                                 "all", "--new-version", str(target)])
         assert r.exit_code == 2 and message in r.stderr, (target, r.stderr)

@@ -28,6 +28,7 @@ from lineside_inspect.package import (
     CARD,
     GRAPH,
     INPUT_NAME,
+    MAX_VERSION_CHARS,
     META_CLASSES,
     ParentModel,
     load_package,
@@ -165,6 +166,9 @@ def new_version_folder(package: Path, out: str | Path) -> Path:
         raise ConfigError(f"{out}: already exists: a version is written once, give another")
     if not is_name(out.name):
         raise ConfigError(f"{out}: the version {out.name!r} must be {NAME_RULE}")
+    if len(out.name) > MAX_VERSION_CHARS:  # the card's bound, told before calibrating
+        raise ConfigError(f"{out}: the version {out.name[:20]!r}... is {len(out.name)} "
+                          f"characters; a card's version is at most {MAX_VERSION_CHARS}")
     if where.parent.name != card.name:
         raise ConfigError(f"{out}: a new version of {card.name} goes in a folder named "
                           f"{card.name} (models/{card.name}/VERSION)")

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lineside_inspect.errors import Busy, ConfigError, GateRefused, NotFoundError
+from lineside_inspect.errors import ActiveChanged, Busy, ConfigError, GateRefused, NotFoundError
 from lineside_inspect.lifecycle.alarm import Change, FailRateAlarm
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
@@ -27,8 +27,8 @@ from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
 from lineside_inspect.lifecycle.shadow import ShadowRunner
-from lineside_inspect.package import ModelCard, card_digest, default_recipe_name
-from lineside_inspect.recipes import Recipe
+from lineside_inspect.package import card_digest, default_recipe_name
+from lineside_inspect.recipes import Recipe, card_recipe
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.server.registry import Registry
 from lineside_inspect.store.models import GateReportRow
@@ -41,14 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("lineside.lifecycle")
 AUDIT_DRAIN_S = 5.0  # what the alarm's audit writer may take at shutdown
 SYSTEM = "lineside"  # the actor of what the server does by itself (an automatic rollback)
-
-
-def card_recipe(card: ModelCard) -> Recipe:
-    """The recipe a card brings (as the server makes it when none is configured)."""
-    doc = {"name": default_recipe_name(card.name), "version": "1", "model": card.name,
-           **card.default_recipe}
-    doc["model"] = doc.get("model") or card.name
-    return Recipe.model_validate(doc)
 
 
 class Lifecycle:
@@ -129,7 +121,11 @@ class Lifecycle:
         """The named recipe, else the server's default recipe if it judges ``model``, else
         the first recipe of ``model``, else the active card's own."""
         if name is not None:
-            return self.registry.recipe(name)
+            recipe = self.registry.recipe(name)
+            if recipe.model != model:  # judged under another model's rules, the watch
+                # counted none of this model's inspections (lifecycle review, session 32)
+                raise ConfigError(f"recipe {name} judges model {recipe.model}, not {model}")
+            return recipe
         recipes = [r for r in self.registry.recipes() if r.model == model]
         default = self.registry.default_recipe
         for r in recipes:
@@ -172,6 +168,26 @@ class Lifecycle:
         """The gate report that admits ``det`` and whether the admission is forced; raises
         :class:`GateRefused` when it may not judge parts."""
         card = det.card
+        gate, failed, refused, stale = self._standing(det)
+        if refused is None and gate is None and self.settings.gate.require_gate:
+            refused = (f"{card.name} {card.version} has not been gated against the active "
+                       f"version (lifecycle.gate.require_gate){stale}: run "
+                       f"POST /v1/models/{card.name}/gate first")
+        if refused is None:
+            return gate, False
+        if not force:
+            raise GateRefused(f"{refused}; it may not become {role} unless an admin forces it "
+                              "with a reason (force: true, reason: ...), which is recorded")
+        if not reason.strip():
+            raise ConfigError("force needs a reason: it is recorded in the audit log")
+        return failed or gate, True  # the report that was overridden, recorded with it
+
+    def _standing(self, det: Detector
+                  ) -> tuple[GateReportRow | None, GateReportRow | None, str | None, str]:
+        """(the passing report that admits ``det``, a failed one, why it may not judge
+        whatever require_gate says: a failed gate not cleared, or an automatic rollback
+        not followed by a passing gate; a note on a stale pass)."""
+        card = det.card
         gate, failed, stale = self._reports(det)
         refused = None
         if failed is not None:
@@ -186,18 +202,7 @@ class Lifecycle:
             refused = (f"{card.name} {card.version} was rolled back automatically at "
                        f"{rolled['created_at']:%Y-%m-%d %H:%M} UTC ({rolled['reason']}), and "
                        "has passed no gate since")
-        if refused is None and gate is None and self.settings.gate.require_gate:
-            refused = (f"{card.name} {card.version} has not been gated against the active "
-                       f"version (lifecycle.gate.require_gate){stale}: run "
-                       f"POST /v1/models/{card.name}/gate first")
-        if refused is None:
-            return gate, False
-        if not force:
-            raise GateRefused(f"{refused}; it may not become {role} unless an admin forces it "
-                              "with a reason (force: true, reason: ...), which is recorded")
-        if not reason.strip():
-            raise ConfigError("force needs a reason: it is recorded in the audit log")
-        return failed or gate, True  # the report that was overridden, recorded with it
+        return gate, failed, refused, stale
 
     def _reports(self, det: Detector) -> tuple[GateReportRow | None, GateReportRow | None, str]:
         """(the passing report that admits ``det``, a failed one that refuses it, a note on
@@ -250,9 +255,12 @@ class Lifecycle:
 
     # -- activation -----------------------------------------------------------------------
     def activate(self, model: str, version: str, *, actor: str, force: bool = False,
-                 reason: str = "", action: str = "activate") -> dict[str, Any]:
+                 reason: str = "", action: str = "activate",
+                 replacing: str | None = None) -> dict[str, Any]:
         """Make ``version`` active if its gate allows (or an admin forces it): recorded.
-        The version already active is left as it is, with nothing to record."""
+        The version already active is left as it is, with nothing to record.
+        ``replacing``: the version that must be active now (a promotion's gate compared
+        the candidate with it), else :class:`ActiveChanged` and nothing changes."""
         det = self.registry.detector(model, version)
         if self._records is None:  # no store: nothing to check against or record in
             with self._admit_lock:
@@ -263,6 +271,9 @@ class Lifecycle:
             return {"forced": False, "gate_report_id": None}
         with self._admit_lock:
             previous = self.registry.models()[model].active
+            if replacing is not None and previous != replacing:
+                raise ActiveChanged(f"{model} {previous} was made active while {version} was "
+                                    f"gated against {replacing}: nothing changed; promote again")
             if previous == version:
                 return {"forced": False, "gate_report_id": None}
             gate, forced = self._admission(det, force=force, reason=reason, role="active")
@@ -401,10 +412,26 @@ class Lifecycle:
                      == (model, version))]
         return {"still_pinned_by": names} if names else {}
 
-    def rollback(self, model: str, *, actor: str, reason: str = "") -> str:
+    def rollback(self, model: str, *, actor: str, reason: str = "",
+                 expect: str | None = None) -> str:
+        """Make the previous version active again, unless it may not judge parts (a failed
+        gate, an automatic rollback since its last passing gate: an admin activates the
+        version they want instead, forcing it with a reason if need be); ``expect``: the
+        active version the caller saw (two admins rolling back at once went back two)."""
         with self._admit_lock:
             previous = self.registry.models().get(model)
-            version = self.registry.rollback(model)
+            if expect is not None and (previous is None or previous.active != expect):
+                raise ActiveChanged(f"{model} {expect} is not the active version now "
+                                    f"({None if previous is None else previous.active}): "
+                                    "nothing rolled back; look again")
+            target = self.registry.previous(model)
+            if target is not None and self._records is not None:
+                refused = self._standing(self.registry.detector(model, target))[2]
+                if refused is not None:
+                    raise GateRefused(f"a rollback would make {refused}: activate the version "
+                                      f"you want (POST /v1/models/{model}/activate; force "
+                                      "with a reason if need be)")
+            version = self.registry.rollback(model, expect=target)
             self._sync_card_recipe(model, None if previous is None else previous.active, version)
         if self._records is not None:
             old = None if previous is None else previous.active
@@ -488,7 +515,10 @@ class Lifecycle:
         rule = self.recipe_for(model, recipe)
         report = self.gate(model, version, golden=golden, golden_version=golden_version,
                            recipe=rule.name if recipe is not None else None, actor=actor)
-        self.activate(model, version, actor=actor, force=force, reason=reason, action="promote")
+        # the watch's previous version is the one the gate compared with: refused if
+        # another admin made another active meanwhile (lifecycle review, session 32)
+        self.activate(model, version, actor=actor, force=force, reason=reason, action="promote",
+                      replacing=previous)
         assert self.rollout is not None
         watch = self.rollout.start(model=model, version=version, previous=previous,
                                    recipe=rule.name, actor=actor, gate_report_id=report.id)
@@ -509,7 +539,7 @@ class Lifecycle:
         bring back), and only if the watched version is still the active one (an admin may
         have chosen another meanwhile)."""
         with self._admit_lock:
-            if not self.registry.revert(w.model, w.version, w.previous):
+            if not self.registry.revert(w.model, w.version, w.previous, forget=True):
                 log.warning("rollout of %s %s not rolled back (%s): %s is no longer active",
                             w.model, w.version, why, w.version)
                 return False

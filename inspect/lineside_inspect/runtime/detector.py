@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lineside_inspect.errors import ReferenceImageError
+from lineside_inspect.errors import PackageError, ReferenceImageError
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import ModelPackage, load_package
 from lineside_inspect.runtime.anomaly_map import find_anomalies
@@ -51,7 +51,37 @@ class Detector:
         self.session = OnnxSession(self.package.graph_path, device=device, threads=threads,
                                    spinning=spinning, overlap=overlap)
         if warmup:
-            self.session.warm_up(np.zeros((1, 3, self.size, self.size), dtype=np.uint8))
+            outputs = self.session.warm_up(np.zeros((1, 3, self.size, self.size), dtype=np.uint8))
+            if self.card.kind == "detector":
+                self._check_outputs(outputs)
+
+    def _check_outputs(self, outputs: list[np.ndarray]) -> None:
+        """Refuse a graph whose outputs on the warm-up frame are not what the card says
+        (boxes ``[1, K, 4]``, scores ``[1, K]`` in 0..1, integer labels ``[1, K]`` naming
+        its classes): a graph with the right output names and class ids out of range
+        loaded, and every inspection after it was a 500 (lifecycle review, session 32)."""
+        where = f"model {self.card.name} {self.card.version}"
+        if len(outputs) != 3:
+            raise PackageError(f"{where}: the graph gives {len(outputs)} outputs, a detector 3 "
+                               "(boxes, scores, labels)")
+        boxes, scores, labels = (np.asarray(o) for o in outputs)
+        k = scores.shape[1] if scores.ndim == 2 else -1
+        if not (scores.ndim == 2 and boxes.shape == (scores.shape[0], k, 4)
+                and labels.shape == scores.shape):
+            raise PackageError(f"{where}: the graph's outputs have shapes boxes "
+                               f"{list(boxes.shape)}, scores {list(scores.shape)}, labels "
+                               f"{list(labels.shape)}; a detector gives [N, K, 4], [N, K], [N, K]")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise PackageError(f"{where}: the graph's labels are {labels.dtype}, not integers")
+        live = scores > 0  # padding rows carry score 0 and any label
+        if not np.isfinite(scores).all() or (scores.size and (scores.min() < 0
+                                                              or scores.max() > 1)):
+            raise PackageError(f"{where}: the graph's scores are not all in 0..1")
+        if live.any() and (labels[live].min() < 0
+                           or labels[live].max() >= len(self.class_names)):
+            raise PackageError(f"{where}: the graph gives class ids "
+                               f"{labels[live].min()}..{labels[live].max()}, the card names "
+                               f"{len(self.class_names)} classes")
 
     @property
     def class_names(self) -> list[str]:

@@ -122,15 +122,17 @@ class OnnxSession:
             with _RUNNING.lock:
                 _RUNNING.count -= 1
 
-    def warm_up(self, batch: np.ndarray) -> None:
-        """Run ``batch`` once on every session (the first run of each allocates)."""
-        self._run(self.session, batch)
+    def warm_up(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run ``batch`` once on every session (the first run of each allocates); the
+        first session's outputs."""
+        outputs = self._run(self.session, batch)
         if self._lean is not None:
             leans = [self._lean.get() for _ in range(self._lean.qsize())]
             for lean in {id(s): s for s in leans}.values():
                 self._run(lean, batch)
             for lean in leans:
                 self._lean.put(lean)
+        return outputs
 
     def _run(self, session: ort.InferenceSession, batch: np.ndarray) -> list[np.ndarray]:
         return session.run(self.output_names, {self.input_name: batch})  # type: ignore[no-any-return]

@@ -12,9 +12,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lineside_inspect.errors import ConfigError, NotFoundError, PackageError, echo
+from lineside_inspect.errors import ActiveChanged, ConfigError, NotFoundError, PackageError, echo
 from lineside_inspect.package import card_digest, load_package
-from lineside_inspect.recipes import Recipe
+from lineside_inspect.recipes import Recipe, check_card_recipe
 from lineside_inspect.runtime.detector import Detector
 
 
@@ -62,6 +62,7 @@ class Registry:
         detector = Detector(load_package(path), device=self.device, threads=self.threads,
                             spinning=self.spinning, overlap=self.concurrency)
         card = detector.card
+        check_card_recipe(card, detector.class_names)
         with self._lock:
             slot = self._models.setdefault(card.name, ModelSlot())
             kinds = {v.card.kind for v in slot.versions.values()} - {card.kind}
@@ -96,25 +97,43 @@ class Registry:
             self._slot(name)
             self._activate_locked(name, version)
 
-    def rollback(self, name: str) -> str:
+    def previous(self, name: str) -> str | None:
+        """The version a rollback would make active now (None: there is none)."""
         with self._lock:
             slot = self._slot(name)
+            return next((v for v in reversed(slot.history) if v != slot.active), None)
+
+    def rollback(self, name: str, *, expect: str | None = None) -> str:
+        """Make the previous version active again. ``expect``: the version that must be
+        active for this rollback to happen (it may be only what :meth:`previous` said)."""
+        with self._lock:
+            slot = self._slot(name)
+            while slot.history and slot.history[-1] == slot.active:
+                slot.history.pop()  # (the version itself, left there by a forgotten one)
             if not slot.history:
                 raise ConfigError(f"model {name}: no earlier version to roll back to")
+            if expect is not None and slot.history[-1] != expect:
+                raise ActiveChanged(f"model {name}: the version to roll back to changed "
+                                    "meanwhile: look again")
             previous = slot.history.pop()
             slot.active = previous
             return previous
 
-    def revert(self, name: str, from_version: str, to_version: str) -> bool:
+    def revert(self, name: str, from_version: str, to_version: str, *,
+               forget: bool = False) -> bool:
         """Make ``to_version`` active again in place of ``from_version``, as a rollback
         (``from_version`` is not put in the history, ``to_version`` is taken out of its
-        end); False, changing nothing, when ``from_version`` is no longer the active one."""
+        end; with ``forget``, ``from_version`` leaves the history wherever it was, so no
+        later rollback can bring it back); False, changing nothing, when ``from_version``
+        is no longer the active one."""
         with self._lock:
             slot = self._slot(name)
             if slot.active != from_version or to_version not in slot.versions:
                 return False
             if slot.history and slot.history[-1] == to_version:
                 slot.history.pop()
+            if forget:
+                slot.history = [v for v in slot.history if v != from_version]
             slot.active = to_version
             return True
 

@@ -348,7 +348,7 @@ class ModelPuller:
 
     def _activate(self, path: Path, m: AssignedModel) -> None:
         """Through the lifecycle, as an admin's activation would go (see the module doc)."""
-        from lineside_inspect.lifecycle.manager import card_recipe
+        from lineside_inspect.recipes import card_recipe
         from lineside_inspect.server.routes.admin import publish_state
 
         registry = self.app.state.registry
@@ -377,7 +377,7 @@ class ModelPuller:
         sha256 of the graph and its whole card, which must still be the ones pulled) and
         activate, through the
         lifecycle, what was not left on the box."""
-        from lineside_inspect.lifecycle.manager import card_recipe
+        from lineside_inspect.recipes import card_recipe
 
         registry = self.app.state.registry
         lifecycle = self.app.state.lifecycle

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from lineside_inspect.errors import (
+    ActiveChanged,
     ConfigError,
     GateRefused,
     NotFoundError,
@@ -18,7 +19,7 @@ from lineside_inspect.errors import (
     RecipeBreaksCamera,
     echo,
 )
-from lineside_inspect.names import Text
+from lineside_inspect.names import Name, Text
 from lineside_inspect.package import CARD, GRAPH
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.recipes.saved import SavedRecipes
@@ -48,7 +49,7 @@ class LoadModel(BaseModel):
 
 
 class Activate(BaseModel):
-    version: str
+    version: Name
     force: bool = Field(False, strict=True, description=(
         "activate a version whose gate failed (POST /v1/models/{name}/gate): admins only, "
         "with a reason; recorded in the audit log"))
@@ -115,12 +116,24 @@ def activate(name: str, body: Activate, who: Admin, registry: RegistryDep,
     return ActiveVersion(name=name, active=body.version)
 
 
-@router.post("/models/{name}/rollback", responses=errors(401, 403, 404, 408, 413, 422))
-def rollback(name: str, who: Admin, registry: RegistryDep, request: Request) -> ActiveVersion:
-    """Make the previously active version active again (422 when there is none)."""
+@router.post("/models/{name}/rollback", responses=errors(401, 403, 404, 408, 409, 413, 422))
+def rollback(name: str, who: Admin, registry: RegistryDep, request: Request,
+             expect: Annotated[Name | None, Query(alias="from", description=(
+                 "the version you see active: refused (409 active_changed) if another is "
+                 "active now, so two admins rolling back at once do not go back twice"))] = None,
+             ) -> ActiveVersion:
+    """Make the previously active version active again (422 when there is none; 409
+    gate_failed when it may not judge parts: a failed gate, or an automatic rollback since
+    its last passing gate)."""
     lifecycle = getattr(request.app.state, "lifecycle", None)
-    version = (lifecycle.rollback(name, actor=who.name) if lifecycle is not None
-               else registry.rollback(name))
+    if lifecycle is not None:
+        version = lifecycle.rollback(name, actor=who.name, expect=expect)
+    else:
+        active = registry.models().get(name)
+        if expect is not None and active is not None and active.active != expect:
+            raise ActiveChanged(f"{name} {expect} is not the active version now "
+                                f"({active.active}): nothing rolled back; look again")
+        version = registry.rollback(name)
     _publish(request, registry)
     return ActiveVersion(name=name, active=version)
 
