@@ -288,6 +288,12 @@ def _check_graph(path: Path, card: ModelCard) -> None:
     outputs = [o.name for o in model.graph.output]
     if outputs != card.outputs:
         raise PackageError(f"{graph_path}: outputs {outputs} do not match card {card.outputs}")
+    # the card's precision is what /v1/models and gate reports say: an int8 graph under a
+    # card saying fp32 loaded and was reported fp32 (lifecycle review, session 32)
+    quantized = any(n.op_type in _QUANT_OPS for n in model.graph.node)
+    if (card.precision == "int8") != quantized:
+        raise PackageError(f"{graph_path}: the card says precision {card.precision}, and the "
+                           f"graph is {'' if quantized else 'not '}quantized (int8)")
     meta = {p.key: p.value for p in model.metadata_props}
     if card.kind == "anomaly":
         _check_anomaly_outputs(graph_path, model, card.input.size)
@@ -301,6 +307,10 @@ def _check_graph(path: Path, card: ModelCard) -> None:
             f"{graph_path}: graph was exported for {len(graph_classes)} classes {graph_classes}, "
             f"card lists {len(card.class_names)} {card.class_names}"
         )
+
+
+_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+              "QLinearMatMul", "MatMulInteger", "ConvInteger"}
 
 
 def _check_anomaly_outputs(graph_path: Path, model: onnx.ModelProto, size: int) -> None:

@@ -161,3 +161,18 @@ def test_a_card_whose_own_recipe_does_not_fit_is_refused_at_load(
     with pytest.raises(PackageError, match=re.escape(words)) as exc:
         Registry(device="cpu", threads=1).load(pkg)
     assert exc.value.message.startswith("model deeppcb 1: its card's default_recipe")
+
+
+def test_the_cards_precision_is_the_graphs(tmp_path: Path) -> None:
+    """An int8 graph under a card saying fp32 loaded and was reported fp32 by /v1/models
+    and gate reports (lifecycle review, session 32); and the other way round."""
+    with pytest.raises(PackageError, match="the card says precision int8, and the graph is "
+                                           "not quantized"):
+        load_package(_package(tmp_path / "a", precision="int8"))
+    pkg = tmp_path / "b" / "deeppcb" / "1-int8"
+    shutil.copytree(BUNDLED.parent / "1-int8", pkg)
+    card = json.loads((pkg / "model.json").read_text())
+    (pkg / "model.json").write_text(json.dumps({**card, "precision": "fp32"}))
+    with pytest.raises(PackageError, match="the card says precision fp32, and the graph is "
+                                           "quantized"):
+        load_package(pkg)

@@ -206,3 +206,49 @@ def _lifecycle(tmp_path: Path) -> tuple[Any, Any, Store]:
     lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path)
     lc.store, lc._records = store, Records(store)
     return lc, registry, store
+
+
+def test_an_inspection_pins_a_version_with_its_own_cards_recipe(tmp_path: Path) -> None:
+    """A swap puts the version and its card's recipe in one step, and an inspection reads
+    both in one step: reading the recipe and then the detector could pair the new model
+    with the old card's floors (lifecycle review, session 32). Swapped as fast as it
+    goes while another thread pins."""
+    import threading
+
+    from lineside_inspect.server.registry import Registry
+
+    import json
+    import shutil
+
+    other = tmp_path / "deeppcb" / "2"  # the same graph, its own floors
+    shutil.copytree(MODEL, other)
+    doc = json.loads((other / "model.json").read_text())
+    doc["version"] = "2"
+    doc["default_recipe"]["min_score"] = dict.fromkeys(doc["class_names"], 0.5)
+    (other / "model.json").write_text(json.dumps(doc))
+    registry = Registry(device="cpu", threads=1)
+    cards = {}
+    for path in (MODEL, other):
+        det = registry.load(path, activate=False).detector
+        cards[det.card.version] = card_recipe(det.card)
+    assert cards["1"] != cards["2"]
+    registry.add_recipe(cards["1"])
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            for version in ("2", "1"):
+                registry.activate("deeppcb", version, recipe=cards[version])
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    seen: set[str] = set()
+    try:
+        for _ in range(20_000):
+            rule, det, _ = registry.pin(None)
+            assert rule == cards[det.card.version], det.card.version
+            seen.add(det.card.version)
+    finally:
+        stop.set()
+        swapper.join()
+    assert seen == {"1", "2"}

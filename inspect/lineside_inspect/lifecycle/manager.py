@@ -266,8 +266,8 @@ class Lifecycle:
             with self._admit_lock:
                 previous = self.registry.models()[model].active
                 if previous != version:
-                    self.registry.activate(model, version)
-                    self._sync_card_recipe(model, previous, version)
+                    self.registry.activate(model, version,
+                                           recipe=self._card_recipe(model, previous, version))
             return {"forced": False, "gate_report_id": None}
         with self._admit_lock:
             previous = self.registry.models()[model].active
@@ -277,8 +277,8 @@ class Lifecycle:
             if previous == version:
                 return {"forced": False, "gate_report_id": None}
             gate, forced = self._admission(det, force=force, reason=reason, role="active")
-            self.registry.activate(model, version)
-            self._sync_card_recipe(model, previous, version)
+            self.registry.activate(model, version,
+                                   recipe=self._card_recipe(model, previous, version))
             try:  # an activation that cannot be recorded does not stand
                 self._admit(det, role="active", actor=actor, gate=gate, forced=forced,
                             reason=reason, action=f"force_{action}" if forced else action,
@@ -287,8 +287,9 @@ class Lifecycle:
                                      "gate_passed": None if gate is None else gate.passed,
                                      **self._pins_of(model, previous)})
             except Exception:
-                if previous is not None and self.registry.revert(model, version, previous):
-                    self._sync_card_recipe(model, version, previous)
+                if previous is not None:
+                    self.registry.revert(model, version, previous,
+                                         recipe=self._card_recipe(model, version, previous))
                 raise
         self._shadow_now_active(model, version, actor=actor, how=f"{action}d by {actor}")
         if self.rollout is not None and action == "activate":
@@ -431,8 +432,9 @@ class Lifecycle:
                     raise GateRefused(f"a rollback would make {refused}: activate the version "
                                       f"you want (POST /v1/models/{model}/activate; force "
                                       "with a reason if need be)")
-            version = self.registry.rollback(model, expect=target)
-            self._sync_card_recipe(model, None if previous is None else previous.active, version)
+            old = None if previous is None else previous.active
+            version = self.registry.rollback(model, expect=target, recipe=None if target is None
+                                             else self._card_recipe(model, old, target))
         if self._records is not None:
             old = None if previous is None else previous.active
             self.records.audit(actor=actor, action="rollback", model=model, version=version,
@@ -442,24 +444,26 @@ class Lifecycle:
             self.rollout.stop(model, f"{actor} rolled back to {version} by hand")
         return version
 
-    def _sync_card_recipe(self, model: str, old: str | None, new: str) -> None:
-        """The recipe a card brought follows the active card: a new version is judged at its
-        own calibrated thresholds, as the gate judged it. A recipe the line configured under
-        that name (anything but the old card's own) is left as it is."""
+    def _card_recipe(self, model: str, old: str | None, new: str) -> Recipe | None:
+        """The recipe to put with making ``new`` active in place of ``old`` (the registry
+        does both in one step): the recipe a card brought follows the active card, so a
+        new version is judged at its own calibrated thresholds, as the gate judged it.
+        None when a recipe the line configured holds that name (anything but the old
+        card's own), or there is none."""
         if old is None or old == new:
-            return
+            return None
         name = default_recipe_name(model)
         try:
             current = self.registry.recipe(name)
             old_card = self.registry.detector(model, old).card
             new_card = self.registry.detector(model, new).card
         except NotFoundError:
-            return
-        if current == card_recipe(old_card):
-            try:
-                self.registry.add_recipe(card_recipe(new_card))
-            except Exception as exc:  # a card whose own recipe does not fit it: keep the old
-                log.warning("recipe %s not updated for %s %s: %s", name, model, new, exc)
+            return None
+        if current != card_recipe(old_card):
+            return None
+        recipe = card_recipe(new_card)  # checked when the package was loaded
+        recipe.check_models(new_card.kind, new_card.class_names, "anomaly")
+        return recipe
 
     @staticmethod
     def _lineage(det: Detector) -> dict[str, Any]:
@@ -539,11 +543,11 @@ class Lifecycle:
         bring back), and only if the watched version is still the active one (an admin may
         have chosen another meanwhile)."""
         with self._admit_lock:
-            if not self.registry.revert(w.model, w.version, w.previous, forget=True):
+            if not self.registry.revert(w.model, w.version, w.previous, forget=True,
+                                        recipe=self._card_recipe(w.model, w.version, w.previous)):
                 log.warning("rollout of %s %s not rolled back (%s): %s is no longer active",
                             w.model, w.version, why, w.version)
                 return False
-            self._sync_card_recipe(w.model, w.version, w.previous)
         log.warning("rollout of %s %s rolled back to %s: %s", w.model, w.version, w.previous, why)
         self.records.audit(actor=SYSTEM, action="auto_rollback", model=w.model, version=w.previous,
                            reason=why, details={"from": w.version, "promoted_by": w.actor,

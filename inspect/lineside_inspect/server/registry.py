@@ -92,10 +92,21 @@ class Registry:
             slot.history.append(slot.active)
         slot.active = version
 
-    def activate(self, name: str, version: str) -> None:
+    def activate(self, name: str, version: str, *, recipe: Recipe | None = None) -> None:
+        """Make ``version`` active; with ``recipe`` (its card's, checked), put that in the
+        same step, so no inspection pins the new version with the old card's recipe."""
         with self._lock:
             self._slot(name)
             self._activate_locked(name, version)
+            self._put_recipe_locked(recipe)
+
+    def _put_recipe_locked(self, recipe: Recipe | None) -> None:
+        if recipe is None:
+            return
+        self._recipes[recipe.name] = recipe
+        self._remote.pop(recipe.name, None)
+        if self.default_recipe is None:
+            self.default_recipe = recipe.name
 
     def previous(self, name: str) -> str | None:
         """The version a rollback would make active now (None: there is none)."""
@@ -103,9 +114,11 @@ class Registry:
             slot = self._slot(name)
             return next((v for v in reversed(slot.history) if v != slot.active), None)
 
-    def rollback(self, name: str, *, expect: str | None = None) -> str:
+    def rollback(self, name: str, *, expect: str | None = None,
+                 recipe: Recipe | None = None) -> str:
         """Make the previous version active again. ``expect``: the version that must be
-        active for this rollback to happen (it may be only what :meth:`previous` said)."""
+        made active (it may be only what :meth:`previous` said); ``recipe`` as in
+        :meth:`activate`."""
         with self._lock:
             slot = self._slot(name)
             while slot.history and slot.history[-1] == slot.active:
@@ -117,10 +130,11 @@ class Registry:
                                     "meanwhile: look again")
             previous = slot.history.pop()
             slot.active = previous
+            self._put_recipe_locked(recipe)
             return previous
 
     def revert(self, name: str, from_version: str, to_version: str, *,
-               forget: bool = False) -> bool:
+               forget: bool = False, recipe: Recipe | None = None) -> bool:
         """Make ``to_version`` active again in place of ``from_version``, as a rollback
         (``from_version`` is not put in the history, ``to_version`` is taken out of its
         end; with ``forget``, ``from_version`` leaves the history wherever it was, so no
@@ -135,6 +149,7 @@ class Registry:
             if forget:
                 slot.history = [v for v in slot.history if v != from_version]
             slot.active = to_version
+            self._put_recipe_locked(recipe)
             return True
 
     def _slot(self, name: str) -> ModelSlot:
@@ -144,11 +159,28 @@ class Registry:
 
     def detector(self, name: str, version: str | None = None) -> Detector:
         with self._lock:
-            slot = self._slot(name)
-            key = version or slot.active
-            if key not in slot.versions:
-                raise NotFoundError(f"model {name} has no loaded version {echo(key)}")
-            return slot.versions[key]
+            return self._detector_locked(name, version)
+
+    def _detector_locked(self, name: str, version: str | None) -> Detector:
+        slot = self._slot(name)
+        key = version or slot.active
+        if key not in slot.versions:
+            raise NotFoundError(f"model {name} has no loaded version {echo(key)}")
+        return slot.versions[key]
+
+    def pin(self, recipe: str | None) -> tuple[Recipe, Detector, Detector | None]:
+        """The recipe (None: the default), its detector and the good-only model it fuses
+        with, read in one step: an activation puts a version and its card's recipe in one
+        step too, so an inspection never pairs one with the other's."""
+        with self._lock:
+            rule = self._recipe_locked(recipe)
+            remote = self._remote.get(rule.name)
+            detector = (remote if remote is not None and rule.remote is not None
+                        else self._detector_locked(rule.model, rule.model_version))
+            fused = rule.anomaly
+            anomaly = (self._detector_locked(fused.model, fused.model_version)
+                       if fused is not None and fused.model is not None else None)
+            return rule, detector, anomaly
 
     def models(self) -> dict[str, ModelSlot]:
         with self._lock:
@@ -220,11 +252,14 @@ class Registry:
 
     def recipe(self, name: str | None) -> Recipe:
         with self._lock:
-            key = name or self.default_recipe
-            if key is None or key not in self._recipes:
-                known = ", ".join(self._recipes) or "none"
-                raise NotFoundError(f"unknown recipe {echo(key)} (loaded: {known})")
-            return self._recipes[key]
+            return self._recipe_locked(name)
+
+    def _recipe_locked(self, name: str | None) -> Recipe:
+        key = name or self.default_recipe
+        if key is None or key not in self._recipes:
+            known = ", ".join(self._recipes) or "none"
+            raise NotFoundError(f"unknown recipe {echo(key)} (loaded: {known})")
+        return self._recipes[key]
 
     def recipes(self) -> list[Recipe]:
         with self._lock:

@@ -299,11 +299,7 @@ class InspectionService:
         """The recipe, its detector and the good-only model fused with it (if it names
         one) this inspection will use from start to end, even if a new version is
         activated meanwhile."""
-        rule = self.registry.recipe(recipe)
-        fused = rule.anomaly
-        anomaly = (self.registry.detector(fused.model, fused.model_version)
-                   if fused is not None and fused.model is not None else None)
-        return rule, self.registry.detector_for(rule), anomaly
+        return self.registry.pin(recipe)
 
     def _check_header(self, data: bytes, what: str) -> None:
         """Refuse a bomb or a non-image from its header, before queueing for a slot."""
