@@ -401,6 +401,10 @@ class DiskUnavailable(LinesideError):
     code = "disk_unavailable"
     status = 503
 
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno  # the system's, when it came from one
+
 
 class DamagedObject(LinesideError):
     """An object in the hub's store that the hub wrote cannot be read back as what it

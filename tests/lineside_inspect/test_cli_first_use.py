@@ -68,6 +68,13 @@ def test_the_hubs_object_store_endpoint_is_checked(tmp_path: Path, endpoint: str
     assert "objects.endpoint" in exc.value.message and words in exc.value.message
 
 
+def test_a_compose_service_name_is_an_endpoint(tmp_path: Path) -> None:
+    hub = tmp_path / "hub.yaml"
+    hub.write_text(f"database_url: sqlite:///{tmp_path / 'hub.db'}\ndata_dir: {tmp_path}\n"
+                   "objects: {endpoint: 'minio_1:9000', access_key: a, secret_key: s}\n")
+    assert load_hub_settings(hub).objects.endpoint == "minio_1:9000"
+
+
 def test_a_bad_setting_names_where_it_came_from(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     config = _serve_yaml(tmp_path, "max_concurrency: 2\nmax_queue: -1\n")

@@ -124,6 +124,7 @@ def test_a_full_disk_is_passing_and_named(weed: Any, tmp_path: Path,
                 raise OSError(code, os.strerror(code))
             return extract
 
+        extract = tarfile.TarFile.extract
         monkeypatch.setattr(tarfile.TarFile, "extract", fails(errno.ENOSPC))
         box.puller.pull()
         assert box.puller.errors() == [
@@ -136,3 +137,27 @@ def test_a_full_disk_is_passing_and_named(weed: Any, tmp_path: Path,
         assert box.puller.errors() == [
             "deeppcb v8: package archive could not be unpacked (NotADirectoryError)"]
         assert box.registry.models() == {}
+
+        # a folder the box may not write does not pass by itself: remembered and named,
+        # not downloaded again at every pull (it was: up to 256 MiB a minute; review)
+        monkeypatch.setattr(tarfile.TarFile, "extract", extract)  # the hub (here) unpacks
+        assert publish(box.hub, box.key, versioned(tmp_path, "v7")).status_code == 201
+        with box.hub.client() as admin:
+            r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": "v7"})
+            assert r.status_code == 200, r.text
+        downloads: list[str] = []
+        real = box.puller.client.download
+
+        def counted(path: str, *args: Any) -> int:
+            downloads.append(path)
+            return real(path, *args)
+
+        monkeypatch.setattr(box.puller.client, "download", counted)
+        monkeypatch.setattr(tarfile.TarFile, "extract", fails(errno.EACCES))
+        box.puller.pull()
+        assert box.puller.errors() == [
+            "deeppcb v7: not applied: the package could not be unpacked into the data "
+            "folder: Permission denied"]
+        fetched = len(downloads)
+        box.puller.pull()
+        assert len(downloads) == fetched == 2  # the package and its signature, once

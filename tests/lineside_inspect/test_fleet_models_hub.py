@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import json
 import shutil
 import tarfile
 import threading
@@ -25,7 +26,7 @@ from lineside_inspect.config import ApiKey
 from lineside_inspect.fleet import archive, signing
 from lineside_inspect.fleet.hub.app import create_hub_app
 from lineside_inspect.fleet.hub.config import HubSettings
-from lineside_inspect.fleet.hub.models import SIGNATURE_HEADER
+from lineside_inspect.fleet.hub.models import MAX_MANIFEST_BYTES, SIGNATURE_HEADER
 from lineside_inspect.fleet.objects import ObjectStore
 from lineside_inspect.fleet.protocol import Assignment
 from lineside_inspect.package import load_package, write_card
@@ -250,7 +251,7 @@ def test_damaged_objects_in_the_bucket(hub: Hub, key: Any, tmp_path: Path) -> No
     assert publish(hub, key, folder).status_code == 201
     data = archive.pack(folder)
     hub.objects.put("packages/deeppcb/d2/manifest.json", b"{not json")
-    hub.objects.put("packages/deeppcb/d3/manifest.json", b"{}" + b" " * (70 * 1024))
+    hub.objects.put("packages/deeppcb/d3/manifest.json", b"{}" + b" " * MAX_MANIFEST_BYTES)
     hub.objects.client.put_object(hub.objects.bucket, "packages/old copy/1/manifest.json",
                                   io.BytesIO(b"{}"), 2)
     with hub.client() as admin:
@@ -258,7 +259,7 @@ def test_damaged_objects_in_the_bucket(hub: Hub, key: Any, tmp_path: Path) -> No
         assert listed.status_code == 200, listed.text
         assert "d1" in [m["version"] for m in listed.json()]
         assert not {"d2", "d3"} & {m["version"] for m in listed.json()}
-        for version, words in (("d2", "is damaged"), ("d3", "over 65536 bytes")):
+        for version, words in (("d2", "is damaged"), ("d3", f"over {MAX_MANIFEST_BYTES} bytes")):
             r = admin.put("/fleet/v1/lines/L9/models/deeppcb", json={"version": version})
             assert r.status_code == 409, r.text
             err = r.json()["error"]
@@ -281,6 +282,43 @@ def test_damaged_objects_in_the_bucket(hub: Hub, key: Any, tmp_path: Path) -> No
     with hub.client("box-a") as box:
         got = box.get("/fleet/v1/packages/deeppcb/d2/package.tar.gz")
         assert got.status_code == 200 and got.content == archive.pack(d2)
+    # a damaged manifest does not let other bytes take a published version: its archive
+    # says what was published (review of the above, session 32)
+    hub.objects.put("packages/deeppcb/d1/manifest.json", b"{not json")
+    card = load_package(folder).card
+    write_card(folder, card.model_copy(update={"thresholds": {"open": 0.31}}))
+    other = publish(hub, key, folder)
+    assert other.status_code == 409 and other.json()["error"]["code"] == "version_exists", other.text
+    write_card(folder, card)
+    assert publish(hub, key, folder).status_code == 201  # the same bytes: written anew
+    assert hub.objects.get("packages/deeppcb/d1/package.tar.gz") == data
+
+
+def test_the_largest_card_publishes_and_reads_back(hub: Hub, key: Any, tmp_path: Path) -> None:
+    """A manifest carries its card's class names: 1,000 of 100 characters made a 103 KB
+    manifest that the hub then called damaged (review, session 32)."""
+    folder = versioned(tmp_path, "big1")
+    card = load_package(folder).card
+    names = [f"{i:03d}" + "c" * 97 for i in range(1000)]
+    meta_folder = folder / "model.onnx"
+    import onnx
+
+    graph = onnx.load(str(meta_folder), load_external_data=False)
+    for p in graph.metadata_props:
+        if p.key == "lineside.class_names":
+            p.value = json.dumps(names)
+    onnx.save(graph, str(meta_folder))
+    from lineside_inspect.package import sha256_file
+
+    write_card(folder, card.model_copy(update={
+        "class_names": names, "thresholds": {}, "default_recipe": {},
+        "sha256": sha256_file(meta_folder)}))
+    r = publish(hub, key, folder)
+    assert r.status_code == 201, r.text
+    with hub.client() as admin:
+        assert "big1" in [m["version"] for m in admin.get("/fleet/v1/packages").json()]
+        r = admin.put("/fleet/v1/lines/L8/models/deeppcb", json={"version": "big1"})
+        assert r.status_code == 200, r.text
 
 
 def test_publish_bounds_what_a_package_unpacks_to(hub: Hub, key: Any, tmp_path: Path) -> None:

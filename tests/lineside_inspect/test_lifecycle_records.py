@@ -213,12 +213,11 @@ def test_an_inspection_pins_a_version_with_its_own_cards_recipe(tmp_path: Path) 
     both in one step: reading the recipe and then the detector could pair the new model
     with the old card's floors (lifecycle review, session 32). Swapped as fast as it
     goes while another thread pins."""
+    import json
+    import shutil
     import threading
 
     from lineside_inspect.server.registry import Registry
-
-    import json
-    import shutil
 
     other = tmp_path / "deeppcb" / "2"  # the same graph, its own floors
     shutil.copytree(MODEL, other)
@@ -252,3 +251,84 @@ def test_an_inspection_pins_a_version_with_its_own_cards_recipe(tmp_path: Path) 
         stop.set()
         swapper.join()
     assert seen == {"1", "2"}
+
+
+def test_a_rollback_goes_back_to_a_version_whose_failure_was_cleared(tmp_path: Path) -> None:
+    """1-int8 failed its gate against 1, then passed against 1 (cleared) and was admitted;
+    2 passed against it and went active. A rollback to 1-int8 was refused: the pass that
+    cleared it was against 1, not the active 2 (review, session 32). A version never
+    cleared (forced over its failure) is still refused."""
+    import json
+    import shutil
+    import uuid
+
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.errors import GateRefused
+    from lineside_inspect.package import card_digest
+    from lineside_inspect.store.models import GateReportRow
+
+    lc, registry, store = _lifecycle(tmp_path)
+    for version in ("2", "3"):
+        folder = tmp_path / "deeppcb" / version
+        shutil.copytree(MODEL, folder)
+        doc = json.loads((folder / "model.json").read_text())
+        (folder / "model.json").write_text(json.dumps({**doc, "version": version}))
+        registry.load_model(folder, activate=False)
+    start = datetime.now(UTC) - timedelta(hours=1)
+
+    def gate(candidate: str, against: str, passed: bool, minutes: int) -> None:
+        c = registry.detector("deeppcb", candidate).card
+        a = registry.detector("deeppcb", against).card
+        with Session(store.engine) as s, s.begin():
+            s.add(GateReportRow(
+                id=uuid.uuid4().hex[:32], created_at=start + timedelta(minutes=minutes),
+                box_id=store.box_id, actor="admin", model_name="deeppcb",
+                candidate_version=candidate, candidate_sha256=c.sha256,
+                against_version=against, against_sha256=a.sha256, golden_name="g",
+                golden_version=1, golden_digest="d", passed=passed,
+                report={"candidate": {"card_sha256": card_digest(c)},
+                        "against": {"card_sha256": card_digest(a)}, "recipe_sha256": "r1",
+                        "reasons": [] if passed else ["recall dropped"]}))
+
+    try:
+        gate("1-int8", "1", False, 0)
+        gate("1-int8", "1", True, 5)  # the failure cleared
+        lc.activate("deeppcb", "1-int8", actor="admin")
+        gate("2", "1-int8", True, 10)
+        lc.activate("deeppcb", "2", actor="admin")
+        assert lc.rollback("deeppcb", actor="admin") == "1-int8"
+        # 3 failed and was forced: a rollback to it is refused
+        gate("3", "1-int8", False, 15)
+        lc.activate("deeppcb", "3", actor="admin", force=True, reason="trial")
+        gate("2", "3", True, 20)
+        lc.activate("deeppcb", "2", actor="admin")
+        with pytest.raises(GateRefused, match="deeppcb 3 failed its gate"):
+            lc.rollback("deeppcb", actor="admin")
+        assert registry.models()["deeppcb"].active == "2"
+    finally:
+        store.close()
+
+
+def test_a_card_recipe_that_cannot_serve_now_leaves_the_old_one(tmp_path: Path) -> None:
+    """Version 2's card recipe fuses a good-only model that is not loaded: put with the
+    activation unchecked, every inspection on the default recipe was a 404 (review,
+    session 32). The line keeps the old card's recipe, as before that change."""
+    import json
+    import shutil
+
+    lc, registry, store = _lifecycle(tmp_path)
+    try:
+        folder = tmp_path / "deeppcb" / "2"
+        shutil.copytree(MODEL, folder)
+        doc = json.loads((folder / "model.json").read_text())
+        doc["default_recipe"]["anomaly"] = {"model": "nope-good"}
+        (folder / "model.json").write_text(json.dumps({**doc, "version": "2"}))
+        registry.load_model(folder, activate=False)
+        before = card_recipe(registry.detector("deeppcb", "1").card)
+        registry.add_recipe(before)
+        lc.activate("deeppcb", "2", actor="admin")
+        rule, det, fused = registry.pin(None)
+        assert (rule, det.card.version, fused) == (before, "2", None)
+    finally:
+        store.close()

@@ -229,3 +229,29 @@ def test_full_disk_still_answers_not_stored(tmp_path: Path, detector: Detector) 
     finally:
         store.close()
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_every_review_keeps_at_most_1000_boxes_of_truth(tmp_path: Path, detector: Detector) -> None:
+    """A confirm keeps every detection (a card allows 5,000), and the fleet hub takes a
+    review of at most 1,000 boxes: the cap holds for every action, not missed_defect
+    alone (review, session 32)."""
+    import numpy as np
+
+    from lineside_inspect.errors import ReviewError
+    from lineside_inspect.runtime.types import Detections
+
+    store = Store(tmp_path, None, pass_rate=1.0)
+    result = _inspection(detector, "fail")
+    n = 1200
+    boxes = np.tile(np.array([[1.0, 1.0, 5.0, 5.0]], np.float32), (n, 1))
+    result.defects = Detections(boxes, np.full(n, 0.9), np.zeros(n, np.int64),
+                                detector.class_names)
+    assert store.save(result)
+    for action, extra in (("confirm", {}), ("relabel", {"index": 0, "label": "short"})):
+        with pytest.raises(ReviewError, match="would hold 1200 boxes; an inspection's truth "
+                                              "holds at most 1000"):
+            store.review(result.id, reviewer="r", action=action, **extra)
+    assert store.get(result.id).reviews == []  # nothing saved
+    # a false reject (no boxes) stands, and so does a confirm of it after
+    store.review(result.id, reviewer="r", action="false_reject")
+    assert store.review(result.id, reviewer="s", action="confirm").reviews[-1].boxes == []

@@ -28,10 +28,13 @@ from pathlib import Path
 from lineside_inspect.errors import DiskUnavailable, PackageError
 from lineside_inspect.names import is_package_member
 
-# what a full or failing data folder raises, as against what an archive's entries can
-# cause (ENOTDIR, EEXIST, ENAMETOOLONG): the one passes, the other is the package's fault
+# what a full, failing or unwritable data folder raises, as against what an archive's
+# entries can cause (ENOTDIR, EEXIST, ENAMETOOLONG): the folder's fault, not the package's
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES,
                          errno.EPERM})
+# of those, what may clear by itself (room made, a quota raised): worth trying again at
+# the next pull; a folder the box may not write stays so until someone changes it
+PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 MAX_FILES = 64
 MAX_UNPACKED_BYTES = 4 << 30  # a package is a graph and its card: 4 GiB is generous
 # GNU long names/links and pax headers (read whole by tarfile): a name and a few pax
@@ -137,7 +140,7 @@ def unpack(archive: Path, dest: Path, *, max_bytes: int = MAX_UNPACKED_BYTES) ->
                                ) from None
         # the folder's (a full disk, a quota, EIO): passing, not the package's fault
         raise DiskUnavailable(f"the package could not be unpacked into the data folder: "
-                              f"{exc.strerror}") from None
+                              f"{exc.strerror}", exc.errno) from None
     except (tarfile.TarError, EOFError, zlib.error, ValueError,
             RecursionError) as exc:  # RecursionError: a backstop, MAX_META_RUN comes first
         raise PackageError(f"package archive could not be unpacked ({type(exc).__name__})") from None

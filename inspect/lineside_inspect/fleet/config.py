@@ -20,7 +20,8 @@ def check_site(value: str | None) -> str | None:
     return value
 
 
-_ENDPOINT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-]*)(:[0-9]{1,5})?")
+# a host name as resolvers take it (compose service names carry '_'), an IPv4 or [IPv6]
+_ENDPOINT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.\-]*)(:[0-9]{1,5})?")
 
 
 def check_endpoint(value: str) -> str:

@@ -18,7 +18,14 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lineside_inspect.errors import ActiveChanged, Busy, ConfigError, GateRefused, NotFoundError
+from lineside_inspect.errors import (
+    ActiveChanged,
+    Busy,
+    ConfigError,
+    GateRefused,
+    LinesideError,
+    NotFoundError,
+)
 from lineside_inspect.lifecycle.alarm import Change, FailRateAlarm
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
@@ -182,13 +189,15 @@ class Lifecycle:
             raise ConfigError("force needs a reason: it is recorded in the audit log")
         return failed or gate, True  # the report that was overridden, recorded with it
 
-    def _standing(self, det: Detector
+    def _standing(self, det: Detector, *, any_pass_clears: bool = False
                   ) -> tuple[GateReportRow | None, GateReportRow | None, str | None, str]:
         """(the passing report that admits ``det``, a failed one, why it may not judge
         whatever require_gate says: a failed gate not cleared, or an automatic rollback
-        not followed by a passing gate; a note on a stale pass)."""
+        not followed by a passing gate; a note on a stale pass). ``any_pass_clears``: a
+        failure counts as cleared by a later pass against any version (a rollback goes
+        back to a version once admitted, whatever is active now)."""
         card = det.card
-        gate, failed, stale = self._reports(det)
+        gate, failed, stale = self._reports(det, any_pass_clears=any_pass_clears)
         refused = None
         if failed is not None:
             why = "; ".join(failed.report.get("reasons", [])) or "it failed"
@@ -204,7 +213,8 @@ class Lifecycle:
                        "has passed no gate since")
         return gate, failed, refused, stale
 
-    def _reports(self, det: Detector) -> tuple[GateReportRow | None, GateReportRow | None, str]:
+    def _reports(self, det: Detector, *, any_pass_clears: bool = False
+                 ) -> tuple[GateReportRow | None, GateReportRow | None, str]:
         """(the passing report that admits ``det``, a failed one that refuses it, a note on
         a pass that no longer counts). Only reports made for this card count (the same graph
         re-calibrated is another candidate); reports from before cards were kept count only
@@ -226,6 +236,7 @@ class Lifecycle:
                 if card_of(r, "candidate") == mine
                 or (card_of(r, "candidate") is None and not r.passed)]
         now = [r for r in rows if card_of(r, "against") == active]
+        clearing = rows if any_pass_clears else now
         for failed in (r for r in rows if not r.passed):
             cleared = any(p.passed and p.created_at > failed.created_at
                           and p.golden_name == failed.golden_name
@@ -233,7 +244,7 @@ class Lifecycle:
                           # the same rules, not only the same name: a recipe can be replaced
                           and p.report.get("recipe_sha256") is not None
                           and p.report.get("recipe_sha256") == failed.report.get("recipe_sha256")
-                          for p in now)
+                          for p in clearing)
             if not cleared:
                 return None, failed, ""
         passed = next((r for r in now if r.passed), None)
@@ -427,7 +438,8 @@ class Lifecycle:
                                     "nothing rolled back; look again")
             target = self.registry.previous(model)
             if target is not None and self._records is not None:
-                refused = self._standing(self.registry.detector(model, target))[2]
+                refused = self._standing(self.registry.detector(model, target),
+                                         any_pass_clears=True)[2]
                 if refused is not None:
                     raise GateRefused(f"a rollback would make {refused}: activate the version "
                                       f"you want (POST /v1/models/{model}/activate; force "
@@ -461,8 +473,12 @@ class Lifecycle:
             return None
         if current != card_recipe(old_card):
             return None
-        recipe = card_recipe(new_card)  # checked when the package was loaded
-        recipe.check_models(new_card.kind, new_card.class_names, "anomaly")
+        recipe = card_recipe(new_card)  # its fields and classes checked when loaded
+        try:  # what it fuses with and needs, against what is loaded now, as add_recipe
+            self.registry.check_recipe(recipe, self.registry.detector(model, new))
+        except LinesideError as exc:  # keep the old card's recipe: the line keeps judging
+            log.warning("recipe %s not updated for %s %s: %s", name, model, new, exc.message)
+            return None
         return recipe
 
     @staticmethod

@@ -71,7 +71,9 @@ class Detector:
             raise PackageError(f"{where}: the graph's outputs have shapes boxes "
                                f"{list(boxes.shape)}, scores {list(scores.shape)}, labels "
                                f"{list(labels.shape)}; a detector gives [N, K, 4], [N, K], [N, K]")
-        if not np.issubdtype(labels.dtype, np.integer):
+        if not (np.issubdtype(labels.dtype, np.integer) or (
+                np.issubdtype(labels.dtype, np.floating) and np.isfinite(labels).all()
+                and (labels == np.round(labels)).all())):  # whole floats: as a remote's
             raise PackageError(f"{where}: the graph's labels are {labels.dtype}, not integers")
         live = scores > 0  # padding rows carry score 0 and any label
         if not np.isfinite(scores).all() or (scores.size and (scores.min() < 0

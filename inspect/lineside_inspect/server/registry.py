@@ -191,6 +191,19 @@ class Registry:
     def add_recipe(self, recipe: Recipe) -> None:
         remote = self._remote_detector(recipe) if recipe.remote is not None else None
         detector = remote or self.detector(recipe.model, recipe.model_version)
+        self.check_recipe(recipe, detector)
+        with self._lock:
+            self._recipes[recipe.name] = recipe
+            if remote is not None:
+                self._remote[recipe.name] = remote
+            else:
+                self._remote.pop(recipe.name, None)
+            if self.default_recipe is None:
+                self.default_recipe = recipe.name
+
+    def check_recipe(self, recipe: Recipe, detector: Detector) -> None:
+        """Refuse ``recipe`` if ``detector`` (its model's) or what it fuses with cannot
+        serve it: classes, kinds, a reference it needs."""
         fused = recipe.anomaly
         anomaly = (self.detector(fused.model, fused.model_version)
                    if fused is not None and fused.model is not None else None)
@@ -202,14 +215,6 @@ class Registry:
             if used and not detector.needs_reference:
                 raise ConfigError(f"recipe {recipe.name}: {what} its reference, and model "
                                   f"{recipe.model} takes no reference")
-        with self._lock:
-            self._recipes[recipe.name] = recipe
-            if remote is not None:
-                self._remote[recipe.name] = remote
-            else:
-                self._remote.pop(recipe.name, None)
-            if self.default_recipe is None:
-                self.default_recipe = recipe.name
 
     def restore_recipe(self, name: str, before: Recipe | None) -> None:
         """Put back what ``name`` was before a change that could not be recorded: the

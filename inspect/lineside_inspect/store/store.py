@@ -1244,10 +1244,6 @@ class Store:
                 if not boxes:
                     raise ReviewError("missed_defect needs the reviewer's boxes")
                 truth += [self._check_box(b, row) for b in boxes]
-                if len(truth) > MAX_TRUTH_BOXES:
-                    raise ReviewError(f"inspection {row.id} would hold {len(truth)} boxes; an "
-                                      f"inspection's truth holds at most {MAX_TRUTH_BOXES}: "
-                                      "nothing was saved")
             elif action == "relabel":
                 if not truth:
                     raise ReviewError(f"inspection {row.id} has no boxes to relabel (add one "
@@ -1258,6 +1254,10 @@ class Store:
                     raise ReviewError(f"unknown class {label!r} (model classes: "
                                       f"{', '.join(row.class_names)})")
                 truth[index]["label"] = label
+            if len(truth) > MAX_TRUTH_BOXES:  # any action: a confirm keeps every detection
+                raise ReviewError(f"inspection {row.id} would hold {len(truth)} boxes; an "
+                                  f"inspection's truth holds at most {MAX_TRUTH_BOXES} (what "
+                                  "the fleet hub takes): nothing was saved")
             # made after the reviews shown: it follows the latest whatever the clocks say
             # (a review pulled from a hub whose clock is ahead must not outrank it)
             now = datetime.now(UTC)

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.config import Settings
 from lineside_inspect.errors import (
+    ActiveChanged,
     Busy,
     DiskUnavailable,
     GateRefused,
@@ -240,14 +241,22 @@ class ModelPuller:
                 if key in self._failed:
                     self._failed = {k: v for k, v in self._failed.items() if k != key}
                     self._gate_refused.discard(key)
-            except (HubUnavailable, Busy, DiskUnavailable, OSError) as exc:
+            except (HubUnavailable, Busy, ActiveChanged, DiskUnavailable, OSError) as exc:
                 # passing (a full disk too: the fleet page says so): tried again next pull
-                if isinstance(exc, OSError) and exc.errno not in archive.DISK_ERRNOS:
-                    self._refused(key, f"not applied: {type(exc).__name__}")
-                    log.exception("fleet models: %s %s not applied", m.name, m.version)
-                    continue
+                local = isinstance(exc, OSError | DiskUnavailable)
+                code = exc.errno if isinstance(exc, OSError | DiskUnavailable) else None
                 why = exc.message if isinstance(exc, LinesideError) else (
                     f"the data folder could not be written: {exc.strerror}")
+                if local and code not in archive.PASSING_ERRNOS:
+                    # a folder the box may not write (or another fault): remembered, not
+                    # downloaded again at every pull until someone changes it
+                    disk = code in archive.DISK_ERRNOS
+                    self._refused(key, f"not applied: {why if disk else type(exc).__name__}",
+                                  "disk" if disk else "internal")
+                    log.error("fleet models: %s %s not applied: %s", m.name, m.version, why)
+                    continue
+                if code is not None:
+                    self._count_failure("disk", in_a_row=False)
                 notes.append(f"{m.name} {m.version} not applied now, retried next pull: {why}")
                 log.warning("fleet models: %s %s not applied now, retried next pull: %s",
                             m.name, m.version, why)
@@ -269,12 +278,12 @@ class ModelPuller:
             self.state.revision = assignment.revision
             self._save()
 
-    def _refused(self, key: tuple[str, str, str], why: str) -> None:
-        """An unexpected failure: remembered like a refusal (not fetched again for this
-        assignment) and counted as internal."""
+    def _refused(self, key: tuple[str, str, str], why: str, kind: str = "internal") -> None:
+        """A failure that will not pass by itself: remembered like a refusal (not fetched
+        again for this assignment) and counted as ``kind``."""
         self._failed = {**self._failed, key: why}
         self._gate_refused.discard(key)
-        self._count_failure("internal", in_a_row=False)
+        self._count_failure(kind, in_a_row=False)
 
     def _take(self, m: AssignedModel) -> None:
         """Fetch, verify, unpack, check and activate one assigned package."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import re
 import shutil
@@ -70,6 +71,7 @@ from lineside_inspect.fleet.protocol import (
     FleetName,
 )
 from lineside_inspect.fleet.signing import SIGNATURE_BYTES
+from lineside_inspect.names import MAX_CLASS_NAME, MAX_CLASSES
 from lineside_inspect.package import ModelCard, load_package
 from lineside_inspect.server.deps import Admin, Principal, authenticate
 from lineside_inspect.server.responses import errors, media
@@ -80,8 +82,9 @@ router = APIRouter(tags=["fleet: models"])
 SIGNATURE_HEADER = "X-Lineside-Signature"
 _publishing = threading.Lock()
 _NAME = re.compile(NAME_PATTERN)
-# a manifest is a few hundred bytes; a larger object was not written by the hub
-MAX_MANIFEST_BYTES = 64 * 1024
+# a manifest is a few hundred bytes, and at most its card's class names (1,000 of 128
+# characters, up to 4 bytes each in UTF-8) more: a larger object was not written by the hub
+MAX_MANIFEST_BYTES = 64 * 1024 + MAX_CLASSES * (4 * MAX_CLASS_NAME + 4)
 _MANIFEST_KEY = re.compile(rf"packages/({NAME_PATTERN})/({NAME_PATTERN})/manifest\.json")
 # what a package may unpack to on the hub, in bodies: ONNX weights hardly compress, so a
 # real package unpacks to about its archive's size; 1 MB of gzipped zeros unpacked to
@@ -241,8 +244,15 @@ def _store(objects: ObjectStore, model: str, version: str, tgz: Path, sig: bytes
            digest: str, card: ModelCard) -> tuple[Manifest, bool]:
     try:
         existing = _manifest(objects, model, version)
-    except DamagedObject as exc:  # what it was is unknown: this publish writes it anew
-        log.warning("%s; publishing %s %s over it", exc.message, model, version)
+    except DamagedObject as exc:
+        # what was published is told by its archive, if that is still there: only the
+        # same bytes write the version anew (a version names one package for good)
+        stored = _stored_digest(objects, _key(model, version, "package.tar.gz"))
+        if stored not in (None, digest):
+            raise VersionExists(f"{model} {version} is published with other bytes "
+                                f"({stored[:12]}…; its manifest is damaged): publish a new "
+                                "version") from None
+        log.warning("%s; publishing %s %s again over it", exc.message, model, version)
         existing = None
     if existing is not None:
         sig_key = _key(model, version, "package.sig")
@@ -268,6 +278,19 @@ def _store(objects: ObjectStore, model: str, version: str, tgz: Path, sig: bytes
                 "application/json")
     log.info("published %s %s (%s…) by %s", model, version, digest[:12], actor)
     return manifest, True
+
+
+def _stored_digest(objects: ObjectStore, key: str) -> str | None:
+    """The sha256 of the object at ``key``, read as a stream; None if there is none."""
+    try:
+        body = objects.open(key)
+    except NotFoundError:
+        return None
+    digest = hashlib.sha256()
+    with body:
+        while chunk := body.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _manifest(objects: ObjectStore, model: str, version: str) -> Manifest | None:
