@@ -232,6 +232,10 @@ class Settings(BaseSettings):
         "buffer is full) has its connection aborted"))
     max_connections: int = Field(256, ge=1, description=(
         "open connections and requests at once; beyond it new requests get 503"))
+    max_live_views: int = Field(32, ge=1, description=(
+        "camera live views (MJPEG streams) open at once; one key at most half of them "
+        "(at least 1). Each holds a connection for as long as it is watched: 260 of them "
+        "from one viewer key took every connection, /healthz too"))
     drain_s: float = Field(0.5, ge=0, le=300, description=(
         "on SIGTERM, /readyz answers 503 and requests are still served this long before "
         "the server stops accepting: set it above your load balancer's probe period"))

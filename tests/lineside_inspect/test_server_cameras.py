@@ -71,3 +71,38 @@ def test_trigger_inspects_a_fresh_frame(launch) -> None:
         metrics = httpx.get(srv.url + "/metrics").text
     assert 'lineside_camera_online{camera="sim"} 1.0' in metrics
     assert 'lineside_camera_online{camera="dead"} 0.0' in metrics
+
+
+def test_live_views_are_bounded_and_an_offline_cameras_is_refused(launch) -> None:
+    """260 live views from one viewer key took every connection (/healthz answered 503),
+    and a view of an offline camera sent nothing for ever (camera review, session 32)."""
+    cams = [CameraConfig(id="sim", source=str(SAMPLE), fps=10),
+            CameraConfig(id="dead", source="/nonexistent/video.avi", open_timeout_s=0.5)]
+    srv = launch(cameras=cams, max_live_views=2)  # one a key
+    with srv.client("viewer") as viewer, srv.client("reviewer") as reviewer, \
+            srv.client("admin") as admin:
+        deadline = time.monotonic() + 30
+        while viewer.get("/v1/cameras/sim/snapshot").status_code == 503:
+            assert time.monotonic() < deadline, "no frame"
+            time.sleep(0.1)
+        r = viewer.get("/v1/cameras/dead/stream")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "camera_unavailable"
+        assert viewer.get("/v1/cameras/sim/stream", params={"fps": 1e-300}).status_code == 422
+        with viewer.stream("GET", "/v1/cameras/sim/stream") as first:
+            assert first.status_code == 200
+            second = viewer.get("/v1/cameras/sim/stream")
+            assert second.status_code == 503, second.text
+            assert "this key has 1 live views open" in second.json()["error"]["message"]
+            with reviewer.stream("GET", "/v1/cameras/sim/stream") as other:
+                assert other.status_code == 200
+                full = admin.get("/v1/cameras/sim/stream")
+                assert full.status_code == 503 and "2 live views are open" in full.text
+                assert httpx.get(srv.url + "/healthz").status_code == 200
+        # closed: their places are free again
+        deadline = time.monotonic() + 10
+        while True:
+            with admin.stream("GET", "/v1/cameras/sim/stream") as again:
+                if again.status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the places were not given back"
+            time.sleep(0.1)

@@ -591,7 +591,8 @@ def test_one_keys_slow_uploads_leave_the_other_keys_their_places(launch, image_b
     """A line key's uploads trickled at the minimum rate held every place for up to ~68
     minutes, and every other key got 503 meanwhile (attacker review). A key now holds at
     most ``max_places_per_key`` places (default max(max_concurrency, max_queue))."""
-    srv = launch(max_concurrency=1, max_queue=2)  # 3 places, a key's share: 2
+    srv = launch(max_concurrency=1, max_queue=2,  # 3 places, a key's share: 2
+                 cameras=[CameraConfig(id="sim", source=str(SAMPLE), fps=10)])
     assert srv.app.state.limiter.per_holder == 2
     with _held_uploads(srv, 2):
         with srv.client("line") as c:  # the same key's third: refused at once, unread
@@ -601,6 +602,9 @@ def test_one_keys_slow_uploads_leave_the_other_keys_their_places(launch, image_b
             assert r.json()["error"]["code"] == "overloaded"
             assert "max_places_per_key" in r.json()["error"]["message"]
             assert "retry-after" in r.headers
+            # a camera trigger takes the key's share too (it took none; camera review)
+            r = c.post("/v1/cameras/sim/trigger")
+            assert r.status_code == 503 and "max_places_per_key" in r.text, r.text
             v2 = c.post("/v2/models/deeppcb/infer", content=b"{}",
                         headers={"content-type": "application/json"})
             assert v2.status_code == 503 and "'line'" in v2.json()["error"]["message"]

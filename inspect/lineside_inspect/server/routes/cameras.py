@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
@@ -12,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from lineside_inspect.cameras import CameraManager, CameraUnavailable
 from lineside_inspect.draw import annotate
-from lineside_inspect.errors import Forbidden, LinesideError
+from lineside_inspect.errors import Forbidden, LinesideError, Overloaded
 from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.names import Name, PlainLine
 from lineside_inspect.runtime.types import Detections
@@ -24,6 +26,7 @@ from lineside_inspect.server.deps import (
     Viewer,
     authorize,
     get_cameras,
+    key_holder,
 )
 from lineside_inspect.server.responses import (
     CameraHealth,
@@ -35,6 +38,57 @@ from lineside_inspect.server.responses import (
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
 RECHECK_S = 2.0  # a live view checks its caller again this often
+# a live view of a camera that stays without a frame this long ends (it sent nothing,
+# so the slow-reader abort never saw it: it held its connection for ever)
+OFFLINE_END_S = 30.0
+
+
+class LiveViews:
+    """Live views open now, in all and per key, bounded by ``max_live_views`` (one key
+    at most half): each holds a connection while it is watched."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.per_key = limit, max(1, limit // 2)
+        self._open: Counter[str | None] = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, holder: str | None) -> None:
+        with self._lock:
+            if self._open.total() >= self.limit:
+                raise Overloaded(f"{self.limit} live views are open, the most this server "
+                                 "keeps (max_live_views): close one, or use the snapshot")
+            if self._open[holder] >= self.per_key:
+                raise Overloaded(f"this key has {self.per_key} live views open, the most one "
+                                 "key may (half of max_live_views): close one")
+            self._open[holder] += 1
+
+    def give(self, holder: str | None) -> None:
+        with self._lock:
+            self._open[holder] -= 1
+            if self._open[holder] <= 0:
+                del self._open[holder]
+
+
+def live_views(request: Request) -> LiveViews:
+    views: LiveViews | None = getattr(request.app.state, "live_views", None)
+    if views is None:
+        views = request.app.state.live_views = LiveViews(request.app.state.settings.max_live_views)
+    return views
+
+
+class _LiveViewResponse(StreamingResponse):
+    """Gives its place back however the view ends (the client gone before its first
+    part included: a generator that never started runs no ``finally``)."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None]) -> None:
+        super().__init__(content, media_type="multipart/x-mixed-replace; boundary=frame")
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 @router.get("", responses=errors(401, 403))
@@ -48,7 +102,7 @@ def list_cameras(request: Request, who: Viewer) -> list[CameraHealth]:
                               "description": "the verdict (JSON), or with annotated=1 the JPEG"},
                         **errors(401, 403, 404, 408, 413, 422, 502, 503)})
 async def trigger(
-    camera_id: str, who: LineUser, service: ServiceDep,
+    camera_id: str, request: Request, who: LineUser, service: ServiceDep,
     part_id: Annotated[PlainLine | None, Query(max_length=256)] = None,
     recipe: Annotated[Name | None, Query()] = None,
     timeout_s: Annotated[float, Query(gt=0, le=30)] = 2.0,
@@ -67,8 +121,11 @@ async def trigger(
                         "the camera's frame, an image, which needs 'reviewer' as well "
                         "(an admin key; or read GET /v1/inspections/ID/annotated with a "
                         "reviewer key)")
-    result = await service.inspect_camera(camera_id, part_id=part_id, recipe=recipe,
-                                          timeout_s=timeout_s, draw=annotated)
+    # the key's share of the places, as /v1/inspect takes it (a line key's triggers took
+    # more than max_places_per_key and crowded out others; camera review, session 32)
+    async with request.app.state.limiter.admission(key_holder(request, who)):
+        result = await service.inspect_camera(camera_id, part_id=part_id, recipe=recipe,
+                                              timeout_s=timeout_s, draw=annotated)
     return annotated_response(result) if annotated else verdict_response(result)
 
 
@@ -104,15 +161,21 @@ def snapshot(camera_id: str, request: Request, who: Viewer) -> Response:
 @router.get("/{camera_id}/stream", response_class=StreamingResponse, responses={
     **media("MJPEG: JPEG parts with the last verdict drawn, boundary 'frame', until the "
             "client leaves", "multipart/x-mixed-replace"),
-    **errors(401, 403, 404, 422)})
+    **errors(401, 403, 404, 422, 503)})
 async def stream(camera_id: str, request: Request, who: Viewer,
-                 fps: Annotated[float, Query(gt=0, le=30)] = 5.0) -> StreamingResponse:
-    """MJPEG (multipart/x-mixed-replace) with the last verdict drawn."""
+                 fps: Annotated[float, Query(ge=0.2, le=30)] = 5.0) -> StreamingResponse:
+    """MJPEG (multipart/x-mixed-replace) with the last verdict drawn. 503 when the camera
+    has no frame now (as its snapshot) or ``max_live_views`` are open; a view ends when
+    its camera stays without a frame for 30 s."""
     manager = get_cameras(request)
-    manager.worker(camera_id)
+    first = await anyio.to_thread.run_sync(lambda: _frame_jpeg(manager, camera_id))
+    views, holder = live_views(request), key_holder(request, who)
+    views.take(holder)
 
     async def frames() -> AsyncIterator[bytes]:
         checked = time.monotonic()
+        jpeg: bytes | None = first
+        seen = time.monotonic()
         while not await request.is_disconnected():
             if time.monotonic() - checked > RECHECK_S:
                 # the caller was checked once, at the start: a signed-out or expired
@@ -122,13 +185,18 @@ async def stream(camera_id: str, request: Request, who: Viewer,
                     authorize(request, "viewer")
                 except LinesideError:
                     return
-            try:
-                jpeg = await anyio.to_thread.run_sync(lambda: _frame_jpeg(manager, camera_id))
-            except CameraUnavailable:
-                await anyio.sleep(0.5)
-                continue
+            if jpeg is None:
+                try:
+                    jpeg = await anyio.to_thread.run_sync(lambda: _frame_jpeg(manager, camera_id))
+                except CameraUnavailable:
+                    if time.monotonic() - seen > OFFLINE_END_S:
+                        return
+                    await anyio.sleep(0.5)
+                    continue
+            seen = time.monotonic()
             yield (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                    + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+            jpeg = None
             await anyio.sleep(1.0 / fps)
 
-    return StreamingResponse(frames(), media_type="multipart/x-mixed-replace; boundary=frame")
+    return _LiveViewResponse(frames(), lambda: views.give(holder))
