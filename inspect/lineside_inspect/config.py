@@ -135,13 +135,18 @@ class CameraConfig(BaseModel):
         "the reference image a reference model compares this camera's frames with: a "
         "name registered in references_dir, or an image file"))
     mode: Literal["triggered", "continuous"] = "triggered"
-    rate_hz: float = Field(2.0, gt=0, description="continuous mode: inspections per second")
-    fps: float | None = Field(None, gt=0, description=(
+    # bounded: fps 1e9 took a core on a folder, 1e-300 killed the capture thread, 1e-9
+    # slept for 30 years; timeouts under 1 ms meant OpenCV's default (camera review)
+    rate_hz: float = Field(2.0, ge=0.01, le=100, description=(
+        "continuous mode: inspections per second"))
+    fps: float | None = Field(None, ge=0.01, le=240, description=(
         "folder/file sources: playback rate (default: a video file's own, 10 for a folder)"))
-    loop: bool = True
-    open_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float = Field(5.0, gt=0)
-    stale_after_s: float = Field(2.0, gt=0, description=(
+    loop: bool = Field(True, description=(
+        "folder/file sources: start again at the end; false: play once, then the camera "
+        "is stopped"))
+    open_timeout_s: float = Field(5.0, ge=0.01, le=300)
+    read_timeout_s: float = Field(5.0, ge=0.01, le=300)
+    stale_after_s: float = Field(2.0, gt=0, le=3600, description=(
         "no new frame for this long: offline (default 2 s, or 2.5 frame intervals of a "
         "slower fps)"))
     # kept so that configs written for it still load: a trigger never takes a frame from

@@ -10,21 +10,35 @@ err.
 from __future__ import annotations
 
 import re
+from pathlib import PurePath
 
 MAX_TEXT = 8192  # longer text is cut first: every pattern below then runs in bounded time
 
 # user:password@ of a URL anywhere in the text: the password runs to the last '@' within
 # reach (a raw '@', '/' or space in it was shown); the user may hold an '@' too
 _USERINFO = re.compile(r"(://[^/:\s]{0,256}):[^\n]{0,512}@")
+# a user alone before '@' (an API token given as the user name: http://TOKEN@host/)
+_USER_ONLY = re.compile(r"(://)[^/:@\s]{1,256}@")
 # a password, token or key given as key=value: in a query string (many IP cameras take
-# them there) or as a GStreamer property (rtspsrc user-pw=..., souphttpsrc), quoted or not
+# them there), as a GStreamer property (rtspsrc user-pw=..., souphttpsrc), or in a path
+# (XMeye's .../user=admin_password=..._channel=1), quoted or not; and a bare p= (?u=&p=)
 _KEYED = re.compile(
-    r"(?i)((?:^|[?&;\s])[a-z0-9_.\-]{0,64}(?:pass|pwd|pw|psw|pas|token|key|secret|auth|sig)"
-    r"[a-z0-9_.\-]{0,64}=)(?:\"[^\"]*\"|'[^']*'|[^&;\s'\"]*)")
+    r"(?i)((?:^|[?&;\s/_])(?:[a-z0-9_.\-]{0,64}(?:pass|pwd|pw|psw|pas|token|key|secret|auth"
+    r"|sig|cred)[a-z0-9_.\-]{0,64}|p)=)(?:\"[^\"]*\"|'[^']*'|[^&;\s'\"]*)")
 
 
 def hide_secrets(text: str) -> str:
-    """``text`` with URL passwords and secret key=value values shown as ``***``."""
+    """``text`` with URL passwords, users and secret key=value values shown as ``***``."""
     if len(text) > MAX_TEXT:
         text = text[:MAX_TEXT] + "…"
-    return _KEYED.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))
+    text = _USERINFO.sub(r"\1:***@", text)
+    return _KEYED.sub(r"\1***", _USER_ONLY.sub(r"\1***@", text))
+
+
+def shown_source(source: str) -> str:
+    """A camera's source as pages and errors show it: a URL or a GStreamer pipeline with
+    its secrets hidden, a device by its index, a file or folder by its name alone (the
+    server's folders are not a viewer's to read; camera review, session 32)."""
+    if "://" in source or "!" in source or source.strip().isdigit() or " " in source.strip():
+        return hide_secrets(source)  # a URL, a pipeline (its properties), a device
+    return hide_secrets(PurePath(source).name or source)

@@ -129,6 +129,13 @@ def test_frozen_stream_is_detected(stream: MJPEGSimulator) -> None:
         assert _wait(w.online)
         stream.mode = "frozen"
         assert _wait(lambda: w.health()["last_error"] is not None and "frozen" in w.health()["last_error"])
+        # reconnected to the same frozen picture: no frame of it is handed out again (each
+        # reconnect judged it anew for stale_after_s; camera review, session 32)
+        assert _wait(lambda: w.reconnects >= 1)
+        frames = w.frames
+        time.sleep(0.6)
+        assert w.frames == frames
+        assert _wait(lambda: not w.online())  # no new frame: stale
         stream.mode = "hang"  # connection open, no bytes: the read timeout fires
         assert _wait(lambda: not w.online())
     finally:
@@ -513,3 +520,67 @@ def test_a_slow_cameras_stale_limit_follows_its_frame_interval() -> None:
     assert CameraConfig(id="set", source="frames", fps=0.4, stale_after_s=9).stale_after_s == 9
     # set too tight (a config that loaded before): raised, with a warning, not refused
     assert CameraConfig(id="tight", source="frames", fps=0.4, stale_after_s=2).stale_after_s == 6.25
+
+
+def test_a_folder_camera_reads_only_regular_files(tmp_path: Path) -> None:
+    """A '.jpg' link to /dev/zero was read until the process was killed, and a FIFO
+    named b.jpg blocked the camera for good (camera review, session 32)."""
+    cv2.imwrite(str(tmp_path / "a.png"), counter_frame(0))
+    (tmp_path / "z.jpg").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "b.jpg")
+    source = make_source(str(tmp_path), open_timeout_s=1, read_timeout_s=1, loop=True, fps=1000.0)
+    source.open()
+    seen = [source.read() for _ in range(3)]  # returns at once: only a.png, again and again
+    assert all(s is not None and np.abs(s.astype(int) - counter_frame(0)).mean() < 8
+               for s in seen)
+
+
+def test_a_file_url_plays_paced_and_loop_false_plays_once(video: Path) -> None:
+    """file:///... was no file (played unpaced, 58 reconnects in 10 s), and loop: false
+    started the file again after each backoff (camera review, session 32)."""
+    source = make_source(video.as_uri(), open_timeout_s=1, read_timeout_s=1, loop=True,
+                         fps=None)
+    assert getattr(source, "is_file", False)
+    w = CameraWorker("cam", lambda: make_source(str(video), open_timeout_s=1, read_timeout_s=1,
+                                                loop=False, fps=240.0),
+                     stale_after_s=1.0, backoff_base_s=0.05, backoff_max_s=0.2)
+    w.start()
+    try:
+        assert _wait(lambda: w.health()["state"] == "stopped")
+        health = w.health()
+        assert health["frames"] == 60 and health["reconnects"] == 0, health
+        assert "played to its end (loop: false)" in health["last_error"]
+    finally:
+        w.stop()
+
+
+def test_a_source_whose_read_raises_is_reopened_not_dead() -> None:
+    """fps 1e-300 made time.sleep raise in read(): the capture thread died and the camera
+    showed 'stale' with no error for ever (camera review, session 32)."""
+
+    class Raising:
+        ended = False
+
+        def open(self) -> None: ...
+
+        def read(self) -> np.ndarray | None:
+            raise OverflowError("sleep length is too large")
+
+        def close(self) -> None: ...
+
+    w = CameraWorker("cam", Raising, backoff_base_s=0.01, backoff_max_s=0.05)
+    w.start()
+    try:
+        assert _wait(lambda: (w.health()["last_error"] or "").startswith("read failed"))
+        assert w._thread is not None and w._thread.is_alive()
+    finally:
+        assert w.stop()
+
+
+@pytest.mark.parametrize("field", [{"fps": 1e9}, {"fps": 1e-300}, {"open_timeout_s": 1e7},
+                                   {"read_timeout_s": 1e-5}, {"rate_hz": 1e6}])
+def test_absurd_camera_settings_are_refused(field: dict[str, float]) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        CameraConfig(id="c", source="0", **field)

@@ -255,7 +255,7 @@ def test_inspect_documents_its_query_parameters(served: tuple[Running, dict[str,
     ("rtsp://u:p@ss@cam/live", "rtsp://u:***@cam/live"),  # a raw '@' in the password
     ("rtsp://u:sec/ret@cam", "rtsp://u:***@cam"),  # a raw '/': it was shown whole
     ("rtspsrc location=rtsp://a:b@cam/s ! decodebin", "rtspsrc location=rtsp://a:***@cam/s ! decodebin"),
-    ("rtsp://admin@site:secret@10.0.0.5/stream", "rtsp://admin@site:***@10.0.0.5/stream"),
+    ("rtsp://admin@site:secret@10.0.0.5/stream", "rtsp://***@site:***@10.0.0.5/stream"),
     ("rtsp://admin:pa ss@cam/s", "rtsp://admin:***@cam/s"),  # a space: it was shown whole
     ("http://cam/v.cgi?user=admin&pwd=S3cret&x=1", "http://cam/v.cgi?user=admin&pwd=***&x=1"),
     ("http://cam/snap?Password=a;token=b", "http://cam/snap?Password=***;token=***"),
@@ -267,9 +267,26 @@ def test_inspect_documents_its_query_parameters(served: tuple[Running, dict[str,
     ("http://cam/v.cgi?pw=a&psw=b&loginpas=c&x=1", "http://cam/v.cgi?pw=***&psw=***&loginpas=***&x=1"),
     ("rtsp://cam/live", "rtsp://cam/live"),
     ("rtsp://cam:554/live", "rtsp://cam:554/live"),
+    # forms the camera review found shown whole (session 32): XMeye's path, a bare p=, a
+    # token as the user, credentials=
+    ("rtsp://cam:554/user=admin_password=tlJw_channel=1_stream=0.sdp",
+     "rtsp://cam:554/user=admin_password=***"),
+    ("http://cam/snap?u=admin&p=Secr3t", "http://cam/snap?u=admin&p=***"),
+    ("http://APITOKEN0123456789@cam/video", "http://***@cam/video"),
+    ("http://cam/v?credentials=abc&x=1", "http://cam/v?credentials=***&x=1"),
+    ("http://cam/img.jpg?step=2&pos=3", "http://cam/img.jpg?step=2&pos=3"),
 ])
 def test_odd_passwords_are_hidden_too(source: str, shown: str) -> None:
     health = CameraHealth(id="c", state="offline", fps=0.0, last_frame_age_s=None, frames=0,
                           reconnects=0, last_error=f"open {source}", source=source,
                           mode="triggered", recipe=None)
     assert health.source == shown and health.last_error == f"open {shown}"
+
+
+def test_a_file_source_is_shown_by_its_name() -> None:
+    """Line and viewer keys read server paths in /v1/cameras and triggers' 503s (camera
+    review, session 32): a file or folder is shown by its name, as references are."""
+    health = CameraHealth(id="c", state="offline", fps=0.0, last_frame_age_s=None, frames=0,
+                          reconnects=0, last_error=None, source="/srv/line/cams/door.avi",
+                          mode="triggered", recipe=None)
+    assert health.source == "door.avi"

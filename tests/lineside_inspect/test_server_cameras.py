@@ -57,6 +57,9 @@ def test_trigger_inspects_a_fresh_frame(launch) -> None:
             time.sleep(0.2)
         assert health["sim"]["state"] == "online" and health["sim"]["fps"] > 0, health["sim"]
         assert health["dead"]["state"] == "offline" and "open failed" in health["dead"]["last_error"]
+        # a file by its name: the server's folders are not a reviewer's (camera review)
+        assert "'video.avi'" in health["dead"]["last_error"]
+        assert "/nonexistent" not in str(health["dead"]) and health["dead"]["source"] == "video.avi"
         snap = c.get("/v1/cameras/sim/snapshot")
         assert snap.status_code == 200 and decode_image(snap.content).shape == (640, 640, 3)
         with c.stream("GET", "/v1/cameras/sim/stream", params={"fps": 10}) as s:

@@ -7,20 +7,26 @@ import math
 import time
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
 from lineside_inspect.errors import ImageError
 from lineside_inspect.imageio import IMAGE_SUFFIXES, read_image
 from lineside_inspect.opencv import cv2
+from lineside_inspect.redact import shown_source
 
 
 class FrameSource(Protocol):
     def open(self) -> None: ...
 
     def read(self) -> np.ndarray | None:
-        """The next frame (BGR), or None when the source has failed or ended."""
+        """The next frame (BGR), or None when the source has failed or ended (``ended``
+        then says it played to its end and is not to be opened again: ``loop: false``)."""
         ...
+
+    @property
+    def ended(self) -> bool: ...
 
     def close(self) -> None: ...
 
@@ -40,6 +46,7 @@ class OpenCVSource:
         self.fps = fps
         self.cap: cv2.VideoCapture | None = None
         self._next = 0.0
+        self.ended = False
 
     def open(self) -> None:
         src: int | str = int(self.source) if self.source.isdigit() else self.source
@@ -49,7 +56,7 @@ class OpenCVSource:
         cap = cv2.VideoCapture(src, backend, params)
         if not cap.isOpened():
             cap.release()
-            raise ImageError(f"cannot open video source {self.source!r}")
+            raise ImageError(f"cannot open video source {shown_source(self.source)!r}")
         self.cap = cap
         if self.is_file and self.fps is None:
             # a container's own rate, if it is one (a variable-rate or broken file says NaN,
@@ -70,6 +77,8 @@ class OpenCVSource:
         if not ok and self.is_file and self.loop:
             self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self.cap.read()
+        elif not ok and self.is_file:
+            self.ended = True  # played once, as asked: not opened again
         return frame if ok and frame is not None else None
 
     def close(self) -> None:
@@ -89,11 +98,13 @@ class FolderSource:
         self.files: list[Path] = []
         self.index = 0
         self._next = 0.0
+        self.ended = False
 
     def open(self) -> None:
-        self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = sorted(p for p in self.folder.rglob("*")
+                            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self.files:
-            raise ImageError(f"{self.folder}: no images for the simulated camera")
+            raise ImageError(f"{self.folder.name}: no images for the simulated camera")
         self.index = 0
         self._next = time.monotonic()
 
@@ -108,11 +119,16 @@ class FolderSource:
         for _ in range(len(self.files)):
             if self.index >= len(self.files):
                 if not self.loop:
+                    self.ended = True
                     return None
                 self.index = 0
             path = self.files[self.index]
             self.index += 1
             try:
+                # a regular file of a bounded size: a '.jpg' link to /dev/zero was read
+                # until the server was killed, a FIFO blocked the camera for good
+                if not path.is_file() or path.stat().st_size > MAX_FOLDER_IMAGE_BYTES:
+                    continue
                 return read_image(path)
             except (ImageError, OSError):  # a file removed or damaged since the listing
                 continue
@@ -123,6 +139,7 @@ class FolderSource:
 
 
 FOLDER_FPS = 10.0  # a folder camera's rate when none is configured
+MAX_FOLDER_IMAGE_BYTES = 64 << 20  # a folder camera's image file (a camera's frame: far less)
 
 
 def make_source(source: str, *, open_timeout_s: float, read_timeout_s: float, loop: bool,
@@ -130,6 +147,8 @@ def make_source(source: str, *, open_timeout_s: float, read_timeout_s: float, lo
     """``fps`` None: a video file plays at its own rate, a folder at :data:`FOLDER_FPS`."""
     if not source.strip():  # Path("") is the working folder: never a camera
         raise ImageError("a camera's source must not be empty")
+    if source.startswith("file://"):  # a file as a URL: the file (it played unpaced)
+        source = unquote(urlsplit(source).path)
     if Path(source).is_dir():
         return FolderSource(source, fps=fps or FOLDER_FPS, loop=loop)
     return OpenCVSource(source, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,

@@ -7,6 +7,7 @@ than it. The wall time (``Frame.timestamp``) is for display and storage only."""
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -18,6 +19,8 @@ import numpy as np
 
 from lineside_inspect.cameras.sources import FrameSource
 from lineside_inspect.redact import hide_secrets
+
+log = logging.getLogger("lineside.cameras")
 
 
 @dataclass
@@ -42,6 +45,10 @@ class CameraWorker:
         # unless asked: a still or dark scene (an idle station, H.264 skip frames, a
         # strobe-lit enclosure) repeats its picture too, and must not flap offline
         self.detect_frozen = detect_frozen
+        # the picture a source froze on: kept across the reconnect, so the same picture
+        # after it is not judged again for another stale_after_s each time (a frozen
+        # continuous camera was inspected 37 times in 10 s; camera review, session 32)
+        self._frozen_on: np.ndarray | None = None
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._cond = threading.Condition()
@@ -143,11 +150,20 @@ class CameraWorker:
             self.state = "online"
             if attempt:
                 self.reconnects += 1
+                log.info("camera %s online again", self.camera_id)
             opened, frames = time.monotonic(), self.frames
-            reason = self._read_loop(source)
+            try:
+                reason = self._read_loop(source)
+            except Exception as exc:  # a source's read raising killed the thread, unseen
+                reason = f"read failed: {type(exc).__name__}: {exc}"
+                log.warning("camera %s: %s", self.camera_id, hide_secrets(reason))
             source.close()
             self._source = None
             if self._stop.is_set():
+                break
+            if getattr(source, "ended", False):  # loop: false, played to its end
+                self._failed("played to its end (loop: false): not started again")
+                log.info("camera %s played to its end (loop: false)", self.camera_id)
                 break
             if self.frames - frames >= HEALTHY_FRAMES or time.monotonic() - opened >= self.backoff_max_s:
                 # a healthy spell starts the count afresh; a source that opens and fails at
@@ -160,7 +176,7 @@ class CameraWorker:
         self.state = "stopped"
 
     def _read_loop(self, source: FrameSource) -> str:
-        previous: np.ndarray | None = None
+        previous = self._frozen_on
         changed = time.monotonic()  # when the picture last changed (detect_frozen only)
         while not self._stop.is_set():
             image = source.read()
@@ -170,9 +186,12 @@ class CameraWorker:
             if self.detect_frozen:
                 small = image[::16, ::16]
                 if previous is None or not np.array_equal(small, previous):
-                    changed = now
+                    changed, self._frozen_on = now, None
                 elif now - changed > self.stale_after_s:
+                    self._frozen_on = small
                     return f"frozen: the same picture for over {self.stale_after_s:g}s"
+                elif self._frozen_on is not None:
+                    continue  # still the picture it froze on: not a frame to judge
                 previous = small
             with self._cond:
                 self.frames += 1
@@ -185,10 +204,13 @@ class CameraWorker:
         return "stopped"
 
     def _failed(self, reason: str) -> None:
+        was = self.state
         self.state = "offline"
         # an open error quotes the source: its password never leaves here (a 503's body,
         # the PLC's log, the retained MQTT camera state)
         self.last_error = hide_secrets(reason)
+        if was != "offline":  # once per outage: a lineside line an operator can alert on
+            log.warning("camera %s offline: %s", self.camera_id, self.last_error)
 
     def _backoff(self, attempt: int) -> None:
         delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))

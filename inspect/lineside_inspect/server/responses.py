@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.recipes import Recipe
-from lineside_inspect.redact import hide_secrets
+from lineside_inspect.redact import hide_secrets, shown_source
 from lineside_inspect.schemas import Outcome
 
 
@@ -178,7 +178,8 @@ class CameraHealth(_Shape):
     frames: int
     reconnects: int
     last_error: str | None = Field(description="a URL's password in it shown as ***")
-    source: str = Field(description="as configured, a URL's password shown as ***")
+    source: str = Field(description="as configured, a URL's password shown as ***; a file "
+                        "or folder by its name alone")
     mode: Literal["triggered", "continuous"]
     recipe: str | None = Field(description=(
         "the configured recipe, which HTTP triggers and continuous inspection use (None: "
@@ -187,12 +188,17 @@ class CameraHealth(_Shape):
         "the recipe its PLC station's triggers use now (the PLC's last accepted Recipe "
         "write, else the configured or default one); None without a PLC line"))
 
-    @field_validator("source", "last_error")
+    @field_validator("last_error")
     @classmethod
     def _hide_password(cls, value: str | None) -> str | None:
-        # reviewers may read camera health; the camera's password is not theirs to read
+        # viewers may read camera health; the camera's password is not theirs to read
         # (an open error quotes the source)
         return None if value is None else hide_secrets(value)
+
+    @field_validator("source")
+    @classmethod
+    def _shown(cls, value: str) -> str:
+        return shown_source(value)
 
 
 class Figure(_Shape):
