@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePath
+from urllib.parse import unquote, urlsplit
 
 MAX_TEXT = 8192  # longer text is cut first: every pattern below then runs in bounded time
 
@@ -23,8 +24,8 @@ _USER_ONLY = re.compile(r"(://)[^/:@\s]{1,256}@")
 # them there), as a GStreamer property (rtspsrc user-pw=..., souphttpsrc), or in a path
 # (XMeye's .../user=admin_password=..._channel=1), quoted or not; and a bare p= (?u=&p=)
 _KEYED = re.compile(
-    r"(?i)((?:^|[?&;\s/_])(?:[a-z0-9_.\-]{0,64}(?:pass|pwd|pw|psw|pas|token|key|secret|auth"
-    r"|sig|cred)[a-z0-9_.\-]{0,64}|p)=)(?:\"[^\"]*\"|'[^']*'|[^&;\s'\"]*)")
+    r"(?i)((?:(?:^|[?&;\s/_])[a-z0-9_.\-]{0,64}(?:pass|pwd|pw|psw|pas|token|key|secret|auth"
+    r"|sig|cred)[a-z0-9_.\-]{0,64}|(?:^|[?&;\s])p)=)(?:\"[^\"]*\"|'[^']*'|[^&;\s'\"]*)")
 
 
 def hide_secrets(text: str) -> str:
@@ -39,6 +40,9 @@ def shown_source(source: str) -> str:
     """A camera's source as pages and errors show it: a URL or a GStreamer pipeline with
     its secrets hidden, a device by its index, a file or folder by its name alone (the
     server's folders are not a viewer's to read; camera review, session 32)."""
-    if "://" in source or "!" in source or source.strip().isdigit() or " " in source.strip():
-        return hide_secrets(source)  # a URL, a pipeline (its properties), a device
+    if source.startswith("file://"):  # a file as a URL is the file
+        source = unquote(urlsplit(source).path)
+    elif "://" in source or source.strip().isdigit() or (
+            "!" in source and " " in source.strip()):
+        return hide_secrets(source)  # a URL, a device, a pipeline (its properties)
     return hide_secrets(PurePath(source).name or source)

@@ -584,3 +584,51 @@ def test_absurd_camera_settings_are_refused(field: dict[str, float]) -> None:
 
     with pytest.raises(ValidationError):
         CameraConfig(id="c", source="0", **field)
+
+
+def test_an_outage_is_logged_once_and_its_end_on_a_frame(caplog: pytest.LogCaptureFixture) -> None:
+    """A frozen continuous camera logged 'offline' and 'online again' at every reconnect
+    (8 pairs in 5 s), though it never delivered a frame (review, session 32)."""
+    still = counter_frame(0)
+
+    class Still:
+        ended = False
+
+        def open(self) -> None: ...
+
+        def read(self) -> np.ndarray | None:
+            time.sleep(0.01)
+            return still
+
+        def close(self) -> None: ...
+
+    caplog.set_level("INFO", logger="lineside.cameras")
+    w = CameraWorker("cam", Still, stale_after_s=0.2, backoff_base_s=0.01, backoff_max_s=0.05,
+                     detect_frozen=True)
+    w.start()
+    try:
+        assert _wait(lambda: w.reconnects >= 3)
+    finally:
+        assert w.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "lineside.cameras"]
+    assert sum("offline" in m for m in lines) == 1, lines
+    assert not any("online again" in m for m in lines), lines
+
+
+def test_live_views_without_keys_have_no_share() -> None:
+    """With API keys off every caller is holder None: capped at half the views as one key
+    (the limiter gives None no share; review, session 32)."""
+    from lineside_inspect.errors import Overloaded
+    from lineside_inspect.server.routes.cameras import LiveViews
+
+    views = LiveViews(4)
+    for _ in range(4):
+        views.take(None)
+    with pytest.raises(Overloaded, match="4 live views are open"):
+        views.take(None)
+    keyed = LiveViews(4)
+    keyed.take("k")
+    keyed.take("k")  # a key's share: half
+    with pytest.raises(Overloaded, match="this key has 2 live views open"):
+        keyed.take("k")
+    keyed.take("other")

@@ -290,3 +290,20 @@ def test_a_file_source_is_shown_by_its_name() -> None:
                           reconnects=0, last_error=None, source="/srv/line/cams/door.avi",
                           mode="triggered", recipe=None)
     assert health.source == "door.avi"
+
+
+@pytest.mark.parametrize(("source", "shown"), [
+    ("file:///srv/line/cams/door.avi", "door.avi"),
+    ("/srv/line cams/door.avi", "door.avi"),
+    ("/srv/line/cams/door!1.avi", "door!1.avi"),
+    ("file:///srv/line%20cams/door.avi", "door.avi"),
+    ("rtsp://192.168.1.5:554/h264_p=1", "rtsp://192.168.1.5:554/h264_p=1"),
+    ("http://cam/stream/p=1", "http://cam/stream/p=1"),
+    ("rtspsrc location=rtsp://a:b@h/ ! decodebin", "rtspsrc location=rtsp://a:***@h/ ! decodebin"),
+    ("0", "0")])
+def test_sources_are_shown_by_name_or_with_secrets_hidden(source: str, shown: str) -> None:
+    """A file URL, a path with a space or a '!' were shown whole; a bare p= in a path
+    hid the rest of it (review of the camera fixes, session 32)."""
+    from lineside_inspect.redact import shown_source
+
+    assert shown_source(source) == shown

@@ -200,6 +200,10 @@ def _pending_triggers_hold_no_threads(launch, sim: MJPEGSimulator) -> None:
     with ThreadPoolExecutor(45) as pool:
         futures = [pool.submit(trigger, i) for i in range(45)]
         time.sleep(1.0)  # let them all arrive
+        # waiting for a frame takes no place in the limiter: a trigger's share of its key
+        # is taken from the frame's arrival (review, session 32: waiting triggers made
+        # uploads 503)
+        assert srv.app.state.limiter.in_system == 0 and not done
         started = time.monotonic()
         # a route served from the thread pool (a plain def) still gets a thread: had each
         # waiting trigger held one, the pool (40) would be exhausted until they timed out

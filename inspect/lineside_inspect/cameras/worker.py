@@ -49,6 +49,7 @@ class CameraWorker:
         # after it is not judged again for another stale_after_s each time (a frozen
         # continuous camera was inspected 37 times in 10 s; camera review, session 32)
         self._frozen_on: np.ndarray | None = None
+        self._outage = False  # offline since the last frame delivered (logged once)
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._cond = threading.Condition()
@@ -150,13 +151,11 @@ class CameraWorker:
             self.state = "online"
             if attempt:
                 self.reconnects += 1
-                log.info("camera %s online again", self.camera_id)
             opened, frames = time.monotonic(), self.frames
             try:
                 reason = self._read_loop(source)
             except Exception as exc:  # a source's read raising killed the thread, unseen
                 reason = f"read failed: {type(exc).__name__}: {exc}"
-                log.warning("camera %s: %s", self.camera_id, hide_secrets(reason))
             source.close()
             self._source = None
             if self._stop.is_set():
@@ -193,6 +192,9 @@ class CameraWorker:
                 elif self._frozen_on is not None:
                     continue  # still the picture it froze on: not a frame to judge
                 previous = small
+            if self._outage:
+                self._outage = False
+                log.info("camera %s online again", self.camera_id)
             with self._cond:
                 self.frames += 1
                 frame = self._frame = Frame(image, time.time(), self.frames, now)
@@ -204,12 +206,12 @@ class CameraWorker:
         return "stopped"
 
     def _failed(self, reason: str) -> None:
-        was = self.state
         self.state = "offline"
         # an open error quotes the source: its password never leaves here (a 503's body,
         # the PLC's log, the retained MQTT camera state)
         self.last_error = hide_secrets(reason)
-        if was != "offline":  # once per outage: a lineside line an operator can alert on
+        if not self._outage:  # once per outage (until a frame comes): a line to alert on
+            self._outage = True
             log.warning("camera %s offline: %s", self.camera_id, self.last_error)
 
     def _backoff(self, attempt: int) -> None:

@@ -101,12 +101,12 @@ class Limiter:
                         del self._held[holder]
 
     async def run(self, fn: Callable[[], T], *, timeout_s: float | None = None,
-                  reserved: bool = False) -> T:
+                  reserved: bool = False, holder: str | None = None) -> T:
         """Run ``fn`` in a worker thread once a slot is free (admitting the request first
         if the caller has not; ``reserved``: the line's trigger, see :meth:`admission`).
         ``timeout_s`` (default: the limiter's) bounds the wait."""
         wait_s = self.timeout_s if timeout_s is None else timeout_s
-        async with self.admission(reserved=reserved):
+        async with self.admission(holder, reserved=reserved):
             # a caller cancelled already (its scope, or a deadline) starts no inspection
             await anyio.lowlevel.checkpoint_if_cancelled()
             try:

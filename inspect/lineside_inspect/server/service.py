@@ -111,14 +111,16 @@ class InspectionService:
                              recipe: str | None = None, timeout_s: float = 2.0,
                              answer: bool = True, draw: bool = False,
                              triggered_at: float | None = None,
-                             reserved: bool = False) -> Inspection:
+                             reserved: bool = False, holder: str | None = None) -> Inspection:
         """Inspect the first frame ``camera_id`` captures after the trigger
         (``triggered_at``, ``time.monotonic()``; default: this call), never one from
         before it. ``timeout_s`` bounds the wait for the frame and for the slot together;
         the wait holds no thread. ``answer``: encode the JSON answer on the worker thread
         (an HTTP trigger sends it; a PLC does not); ``draw``: draw the frame instead
         (``Inspection.drawn``); ``reserved``: a PLC's trigger, which takes one of the line's
-        own places when the shared ones are full (``Limiter.reserve``)."""
+        own places when the shared ones are full (``Limiter.reserve``); ``holder``: the
+        key whose share of the places the inspection takes, from the frame's arrival (the
+        wait for it takes no place)."""
         # monotonic: a wall-clock step must not make an older frame pass for a fresh one
         arrived = time.monotonic() if triggered_at is None else triggered_at
         deadline = arrived + timeout_s
@@ -143,7 +145,8 @@ class InspectionService:
             return result
 
         return await self._run(work, timeout_s=min(remaining, self.limiter.timeout_s),
-                               answer=answer and not draw, draw=draw, reserved=reserved)
+                               answer=answer and not draw, draw=draw, reserved=reserved,
+                               holder=holder)
 
     async def inspect_frame(self, camera_id: str, image: np.ndarray) -> Inspection:
         """Inspect a frame already captured by ``camera_id`` (continuous mode)."""
@@ -337,7 +340,7 @@ class InspectionService:
 
     async def _run(self, make: Callable[[], Inspection], *, timeout_s: float | None = None,
                    answer: bool = False, draw: bool = False,
-                   reserved: bool = False) -> Inspection:
+                   reserved: bool = False, holder: str | None = None) -> Inspection:
         """``make`` the inspection in a limiter slot, then, in the same worker thread (one
         hop off the event loop, not two), metrics, the store, the outputs and, when
         ``answer``, its JSON answer (encoded here rather than on the event loop), or when
@@ -355,7 +358,8 @@ class InspectionService:
                 result.drawn = encode_jpeg(annotate(result.image, result.defects, result.verdict))
             return result
 
-        result = await self.limiter.run(work, timeout_s=timeout_s, reserved=reserved)
+        result = await self.limiter.run(work, timeout_s=timeout_s, reserved=reserved,
+                                        holder=holder)
         if result.camera_id is not None and self.cameras is not None \
                 and result.camera_id in self.cameras.configs:
             self.cameras.last_results[result.camera_id] = result

@@ -57,7 +57,8 @@ class LiveViews:
             if self._open.total() >= self.limit:
                 raise Overloaded(f"{self.limit} live views are open, the most this server "
                                  "keeps (max_live_views): close one, or use the snapshot")
-            if self._open[holder] >= self.per_key:
+            # without keys (holder None) there is no share, as in the limiter
+            if holder is not None and self._open[holder] >= self.per_key:
                 raise Overloaded(f"this key has {self.per_key} live views open, the most one "
                                  "key may (half of max_live_views): close one")
             self._open[holder] += 1
@@ -122,10 +123,11 @@ async def trigger(
                         "(an admin key; or read GET /v1/inspections/ID/annotated with a "
                         "reviewer key)")
     # the key's share of the places, as /v1/inspect takes it (a line key's triggers took
-    # more than max_places_per_key and crowded out others; camera review, session 32)
-    async with request.app.state.limiter.admission(key_holder(request, who)):
-        result = await service.inspect_camera(camera_id, part_id=part_id, recipe=recipe,
-                                              timeout_s=timeout_s, draw=annotated)
+    # more than max_places_per_key and crowded out others; camera review, session 32),
+    # from the frame's arrival: the wait for it takes no place
+    result = await service.inspect_camera(camera_id, part_id=part_id, recipe=recipe,
+                                          timeout_s=timeout_s, draw=annotated,
+                                          holder=key_holder(request, who))
     return annotated_response(result) if annotated else verdict_response(result)
 
 
