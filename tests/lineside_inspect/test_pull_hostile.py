@@ -119,3 +119,120 @@ def test_a_stored_camera_id_that_is_not_a_name_does_not_sink_the_pull(
     check(tmp_path / "stored")
     assert not (tmp_path / "escaped").exists() and not Path("/abs/cam").exists()
 
+
+
+class _Scripted:
+    """A server answering the list and images as a test says (``page(offset)`` -> items,
+    ``image(id)`` -> bytes), on loopback."""
+
+    def __init__(self, page: object, image: object, total: int) -> None:
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/v1/inspections?"):
+                    offset = int(self.path.split("offset=")[1].split("&")[0])
+                    data = json.dumps({"total": total, "limit": 500, "offset": offset,
+                                       "items": page(offset)}).encode()  # type: ignore[operator]
+                    ctype = "application/json"
+                else:
+                    data, ctype = image(self.path.split("/")[3]), "image/png"  # type: ignore[operator]
+                self.send_response(200)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{outer.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _png(width: int, height: int) -> bytes:
+    import numpy as np
+
+    from lineside_inspect.opencv import cv2
+
+    return bytes(cv2.imencode(".png", np.zeros((height, width, 3), np.uint8))[1])
+
+
+def _ids(n: int, start: int = 0) -> list[str]:
+    return [f"{i:032x}" for i in range(start, start + n)]
+
+
+def test_a_pull_takes_each_inspection_once_when_pages_shift(tmp_path: Path) -> None:
+    """A review made during a pull moved items onto the next page, and the written set
+    listed them twice: nothing was written (data pull review, session 32)."""
+    from lineside_inspect.dataset import validate_dir
+
+    ids = _ids(3)
+    pages = {0: [_item(i) for i in ids[:2]], 2: [_item(i) for i in ids[1:]]}  # ids[1] again
+    srv = _Scripted(lambda o: pages.get(o, []), lambda _: _png(8, 8), total=3)
+    try:
+        ds = pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    assert sorted(r.file_name.split("/")[-1][:32] for r in ds.images) == ids
+    assert validate_dir(tmp_path / "pulled") == []
+    assert not list(tmp_path.glob(".pulled.pull-*"))  # its staging folder is gone
+
+
+@pytest.mark.parametrize(("page", "image", "words"), [
+    (lambda o: [{**_item(i), "has_image": False} for i in _ids(500, o)], lambda _: b"",
+     "the server lists over"),
+    (lambda o: [_item(i) for i in _ids(1)] if o == 0 else [], lambda _: b"\x89PNG not",
+     "inspection 00000000000000000000000000000000's image"),
+    (lambda o: [_item(i) for i in _ids(1)] if o == 0 else [], lambda _: _png(10, 10),
+     "image is 10x10, its record says 8x8"),
+])
+def test_what_a_hostile_server_sends_is_bounded_and_checked(
+        tmp_path: Path, page: object, image: object, words: str) -> None:
+    """A list that never ended looped for ever, and images that are none or not the
+    size their record says made a set `data validate` refused (data pull review)."""
+    srv = _Scripted(page, image, total=1)
+    try:
+        with pytest.raises(ConfigError, match=words):
+            pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".pulled.pull-*"))
+
+
+def test_an_image_over_the_bound_is_not_read_whole(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from lineside_inspect.store import pull
+
+    monkeypatch.setattr(pull, "MAX_PULL_IMAGE_BYTES", 1000)
+    srv = _Scripted(lambda o: [_item(i) for i in _ids(1)] if o == 0 else [],
+                    lambda _: b"\x89PNG" + bytes(5000), total=1)
+    try:
+        with pytest.raises(ConfigError, match="the answer is over 1000 bytes"):
+            pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+
+
+def test_the_destination_is_refused_before_any_download(tmp_path: Path) -> None:
+    """A pull into a folder it may not replace failed only after every download."""
+    asked: list[str] = []
+    (tmp_path / "pulled").mkdir()
+    (tmp_path / "pulled" / "notes.txt").write_text("mine")
+
+    def page(offset: int) -> list[dict[str, object]]:
+        asked.append("list")
+        return []
+
+    srv = _Scripted(page, lambda _: b"", total=0)
+    try:
+        with pytest.raises(Exception, match="already exists"):
+            pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    assert asked == [] and (tmp_path / "pulled" / "notes.txt").read_text() == "mine"

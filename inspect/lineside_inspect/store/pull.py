@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,18 +19,29 @@ import httpx
 from pydantic import ValidationError
 
 from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
+from lineside_inspect.dataset.canonical import check_destination
 from lineside_inspect.errors import (
     ConfigError,
     DatasetError,
+    ImageError,
     NotFoundError,
     ServerUnreachable,
     describe_validation,
 )
+from lineside_inspect.imageio import decode_image
 from lineside_inspect.names import is_name
 from lineside_inspect.schemas import InspectionPage
 from lineside_inspect.store.store import REFS_DIR, Store
 
 log = logging.getLogger("lineside.store")
+PAGE = 500
+# what another server may send (data pull review, session 32: two 1.5 GB "images" took
+# 4.7 GB of memory; a list that never ended looped for ever; a byte every 5 s hung it):
+# an image at most the server's own largest body could have been, each answer whole
+# within its time, the list at most what its first page said plus what came meanwhile
+MAX_PULL_IMAGE_BYTES = 64 << 20
+ANSWER_TIMEOUT_S = 300.0
+MAX_PAGE_BYTES = 64 << 20
 
 
 def _folder(camera_id: str | None, inspection_id: str) -> str:
@@ -80,21 +93,31 @@ def _dataset(records: list[ImageRecord], classes: list[str], origin: str) -> Dat
                                            "pulled_at": datetime.now(UTC).isoformat()})
 
 
+def _check_dst(dst: str | Path, overwrite: bool) -> None:
+    """The destination, refused before the first download as it would be after the last
+    (a pull of 2,630 images into a folder it may not replace failed after all of them)."""
+    check_destination(Path(dst), sources=set(), overwrite=overwrite)
+
+
 def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = None,
                     reviewed: bool = True, overwrite: bool = False) -> Dataset:
+    _check_dst(dst, overwrite)
     records: list[ImageRecord] = []
     refs: dict[str, ImageRecord] = {}
     classes: list[str] = []
+    seen: set[str] = set()
     offset = 0
     while True:
         _, rows = store.query(review_state="reviewed" if reviewed else None, since=since,
-                              limit=500, offset=offset)
+                              limit=PAGE, offset=offset)
         if not rows:
             break
         offset += len(rows)
         for row in rows:
-            if row.image_path is None:
+            # a review made during the pull moves later rows onto the next page: each once
+            if row.image_path is None or row.id in seen:
                 continue
+            seen.add(row.id)
             try:  # a shared database lists other boxes' inspections: their images are there
                 path = store.image_file(row)
                 ref_path = store.reference_file(row) if row.reference_path else None
@@ -119,7 +142,7 @@ def _page(url: str, content: bytes) -> InspectionPage:
                           f"{describe_validation(exc.errors())}") from None
 
 
-def _failed(url: str, r: httpx.Response, what: str) -> ConfigError:
+def _failed(url: str, r: httpx.Response | _Answer, what: str) -> ConfigError:
     """A refusal from the server, with its own message when it sent a Lineside error."""
     try:
         msg = str(r.json()["error"]["message"])
@@ -143,46 +166,113 @@ def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
             from None
 
 
+class _Answer:
+    """An answer read whole within a byte and a time bound (httpx's timeout is per read:
+    a byte every few seconds never ended)."""
+
+    def __init__(self, status_code: int, headers: httpx.Headers, content: bytes,
+                 reason_phrase: str) -> None:
+        self.status_code, self.headers, self.content = status_code, headers, content
+        self.reason_phrase = reason_phrase
+        self.text = content[:2000].decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.content)
+
+
+def _get(c: httpx.Client, url: str, path: str, max_bytes: int, **kw: Any) -> _Answer:
+    deadline = time.monotonic() + ANSWER_TIMEOUT_S
+    with c.stream("GET", path, **kw) as r:
+        body = bytearray()
+        for chunk in r.iter_bytes():
+            body += chunk
+            if len(body) > max_bytes:
+                raise ConfigError(f"{url}{path}: the answer is over {max_bytes} bytes: not "
+                                  "what a Lineside server sends")
+            if time.monotonic() > deadline:
+                raise ServerUnreachable(f"{url}{path}: the answer did not come whole within "
+                                        f"{ANSWER_TIMEOUT_S:.0f} s")
+        return _Answer(r.status_code, r.headers, bytes(body), r.reason_phrase)
+
+
+def _checked_image(url: str, item: dict[str, Any], data: bytes) -> None:
+    """The image decodes at the size the inspection says, and its truth's boxes lie in it:
+    what `data validate` would refuse is refused here, before anything is written."""
+    try:
+        shape = decode_image(data).shape
+    except ImageError as exc:  # not an image, a bomb: the server's fault
+        raise ConfigError(f"{url}: inspection {item['id']}'s image: {exc.message}") from None
+    if (shape[1], shape[0]) != (item["width"], item["height"]):
+        raise ConfigError(f"{url}: inspection {item['id']}'s image is {shape[1]}x{shape[0]}, "
+                          f"its record says {item['width']}x{item['height']}")
+    truth = item["reviews"][-1]["boxes"] if item["reviews"] else item["defects"]
+    for b in truth:
+        x1, y1, x2, y2 = (float(v) for v in b["box"])
+        if not (0 <= x1 < x2 <= item["width"] + 1 and 0 <= y1 < y2 <= item["height"] + 1):
+            raise ConfigError(f"{url}: inspection {item['id']}: box {b['box']} is not a box "
+                              f"inside its {item['width']}x{item['height']} image")
+
+
 def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
           reviewed: bool, overwrite: bool) -> Dataset:
+    _check_dst(dst, overwrite)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     records: list[ImageRecord] = []
     refs: dict[str, ImageRecord] = {}
     classes: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp, httpx.Client(base_url=url, headers=headers,
-                                                            timeout=60) as c:
-        offset = 0
+    seen: set[str] = set()
+    # staged beside DST, not in the system's temp folder (twice the disk there, a tmpfs
+    # filled, and a killed pull's images left for good): a later pull removes them
+    out = Path(dst).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for left in out.parent.glob(f".{out.name}.pull-*"):
+        shutil.rmtree(left, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.pull-") as tmp, \
+            httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+        offset, bound = 0, None
         while True:
-            params: dict[str, Any] = {"limit": 500, "offset": offset}
+            params: dict[str, Any] = {"limit": PAGE, "offset": offset}
             if reviewed:
                 params["review_state"] = "reviewed"
             if since:
                 params["since"] = since.isoformat()
-            r = c.get("/v1/inspections", params=params)
+            r = _get(c, url, "/v1/inspections", MAX_PAGE_BYTES, params=params)
             if r.status_code != 200:
                 raise _failed(url, r, "listing inspections")
             # what another server sends is validated like any input: its ids become file
             # names here, so they must be inspection ids (32 hex digits) and nothing else
-            items = [i.model_dump(mode="json") for i in _page(url, r.content).items]
+            page = _page(url, r.content)
+            items = [i.model_dump(mode="json") for i in page.items]
             if not items:
                 break
+            if bound is None:  # what came meanwhile moves items on: a few pages more
+                bound = page.total + 10 * PAGE
             offset += len(items)
+            if offset > bound:
+                raise ConfigError(f"{url}: the server lists over {bound} inspections though "
+                                  f"it said {bound - 10 * PAGE}: not a Lineside server's list")
             for item in items:
-                if not item["has_image"]:
+                # a review made during the pull moves later items onto the next page
+                if not item["has_image"] or item["id"] in seen:
                     continue
-                img = c.get(f"/v1/inspections/{item['id']}/image")
+                seen.add(item["id"])
+                img = _get(c, url, f"/v1/inspections/{item['id']}/image", MAX_PULL_IMAGE_BYTES)
                 if img.status_code == 404:  # stored on another box of a shared database
                     log.info("pull: skipped inspection %s: %s", item["id"], img.text[:200])
                     continue
                 if img.status_code != 200:
                     raise _failed(url, img, f"fetching inspection {item['id']}'s image")
+                _checked_image(url, item, img.content)
                 ext = _ext(img.headers.get("content-type", ""))
                 path = Path(tmp) / f"{item['id']}.{ext}"
                 path.write_bytes(img.content)
                 classes += [n for n in item["class_names"] if n not in classes]
                 rec = _record(item, path, ext)
                 if (item.get("reference") or {}).get("has_image"):
-                    got = c.get(f"/v1/inspections/{item['id']}/reference")
+                    got = _get(c, url, f"/v1/inspections/{item['id']}/reference",
+                               MAX_PULL_IMAGE_BYTES)
                     if got.status_code == 404:
                         log.info("pull: skipped inspection %s: %s", item["id"], got.text[:200])
                         continue
