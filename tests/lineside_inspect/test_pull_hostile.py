@@ -181,7 +181,7 @@ def test_a_pull_takes_each_inspection_once_when_pages_shift(tmp_path: Path) -> N
         srv.close()
     assert sorted(r.file_name.split("/")[-1][:32] for r in ds.images) == ids
     assert validate_dir(tmp_path / "pulled") == []
-    assert not list(tmp_path.glob(".pulled.pull-*"))  # its staging folder is gone
+    assert not list(tmp_path.glob(".pulled.pull.w*"))  # its staging folder is gone
 
 
 @pytest.mark.parametrize(("page", "image", "words"), [
@@ -202,7 +202,7 @@ def test_what_a_hostile_server_sends_is_bounded_and_checked(
             pull_from_server(srv.url, tmp_path / "pulled")
     finally:
         srv.close()
-    assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".pulled.pull-*"))
+    assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".pulled.pull.w*"))
 
 
 def test_an_image_over_the_bound_is_not_read_whole(tmp_path: Path,
@@ -236,3 +236,48 @@ def test_the_destination_is_refused_before_any_download(tmp_path: Path) -> None:
     finally:
         srv.close()
     assert asked == [] and (tmp_path / "pulled" / "notes.txt").read_text() == "mine"
+
+
+def test_boxes_are_clipped_to_the_image_and_empty_ones_left_out(tmp_path: Path) -> None:
+    """A detector's box clipped at the edge has no width (x1 == x2) and a server may round
+    a pixel out: one such confirmed box refused the whole pull, another passed the pull
+    and then failed `data validate` (review of the pull fixes, session 32)."""
+    from lineside_inspect.dataset import read_dataset, validate_dir
+
+    item = {**_item(_ids(1)[0]), "defects": [
+        {"label": "open", "score": 0.9, "box": [8.0, 1.0, 8.0, 5.0]},
+        {"label": "open", "score": 0.9, "box": [0.0, 0.0, 8.9, 8.0]}]}
+    srv = _Scripted(lambda o: [item] if o == 0 else [], lambda _: _png(8, 8), total=1)
+    try:
+        pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    assert validate_dir(tmp_path / "pulled") == []
+    [image] = read_dataset(tmp_path / "pulled").images
+    assert [(b.x1, b.y1, b.x2, b.y2) for b in image.boxes] == [(0.0, 0.0, 8.0, 8.0)]
+
+
+def test_only_a_killed_pulls_staging_is_removed(tmp_path: Path) -> None:
+    """A second pull into the same folder removed the first's staging while it ran, and
+    the cleanup's glob took look-alike folders (another dataset's set-aside copy, a
+    folder named .ds1.pull-running) (review of the pull fixes, session 32)."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    kept = [f".pulled.pull.w{os.getpid()}.abcd1234",  # a running pull's (this process)
+            ".pulled1.pull.w1.abcd1234", ".pulled.pull-requests",
+            ".pulled.pull.old.w999.abcd1234"]
+    gone = f".pulled.pull.w{dead}.abcd1234"
+    for name in (*kept, gone):
+        (tmp_path / name).mkdir()
+    srv = _Scripted(lambda o: [_item(i) for i in _ids(1)] if o == 0 else [],
+                    lambda _: _png(8, 8), total=1)
+    try:
+        pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    assert not (tmp_path / gone).exists()
+    assert all((tmp_path / name).is_dir() for name in kept)

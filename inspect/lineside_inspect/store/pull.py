@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -19,7 +21,7 @@ import httpx
 from pydantic import ValidationError
 
 from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
-from lineside_inspect.dataset.canonical import check_destination
+from lineside_inspect.dataset.canonical import _writer_gone, check_destination
 from lineside_inspect.errors import (
     ConfigError,
     DatasetError,
@@ -62,8 +64,19 @@ def _folder(camera_id: str | None, inspection_id: str) -> str:
 def _record(item: dict[str, Any], source: Path, ext: str) -> ImageRecord:
     truth = item["reviews"][-1]["boxes"] if item["reviews"] else item["defects"]
     group = _folder(item.get("camera_id"), item["id"])
-    boxes = [Box(float(b["box"][0]), float(b["box"][1]), float(b["box"][2]), float(b["box"][3]),
-                 b["label"], origin=f"inspection {item['id']}") for b in truth]
+    width, height = item["width"], item["height"]
+    boxes = []
+    for b in truth:
+        # clipped to the image, as `data validate` wants it: a detector's box clipped at
+        # the edge can have no width left (x1 == x2), and a server may round a pixel out
+        x1, y1, x2, y2 = (min(max(float(v), 0.0), limit)
+                          for v, limit in zip(b["box"], (width, height, width, height),
+                                              strict=True))
+        if x2 <= x1 or y2 <= y1:
+            log.info("pull: inspection %s: box %s has no area inside its %dx%d image: left "
+                     "out", item["id"], b["box"], width, height)
+            continue
+        boxes.append(Box(x1, y1, x2, y2, b["label"], origin=f"inspection {item['id']}"))
     return ImageRecord(f"{group}/{item['id']}.{ext}", item["width"], item["height"], boxes,
                        group=item.get("part_id") or group, source=source,
                        origin=f"inspection {item['id']}")
@@ -197,9 +210,20 @@ def _get(c: httpx.Client, url: str, path: str, max_bytes: int, **kw: Any) -> _An
         return _Answer(r.status_code, r.headers, bytes(body), r.reason_phrase)
 
 
+def _remove_left_staging(out: Path) -> None:
+    """What killed pulls into ``out`` left beside it (``.OUT.pull.w<pid>.XXXXXXXX``, its
+    writer ended): a running pull's, or another folder's that merely looks alike, stays."""
+    name = re.compile(rf"\.{re.escape(out.name)}\.pull\.w\d+\.[a-z0-9_]{{8}}")
+    for left in out.parent.iterdir():
+        if name.fullmatch(left.name) and not left.is_symlink() and left.is_dir() \
+                and _writer_gone(left.name):
+            shutil.rmtree(left, ignore_errors=True)
+
+
 def _checked_image(url: str, item: dict[str, Any], data: bytes) -> None:
-    """The image decodes at the size the inspection says, and its truth's boxes lie in it:
-    what `data validate` would refuse is refused here, before anything is written."""
+    """The image decodes at the size the inspection says (its boxes are clipped to it by
+    :func:`_record`): what `data validate` would refuse is refused here, before anything
+    is written."""
     try:
         shape = decode_image(data).shape
     except ImageError as exc:  # not an image, a bomb: the server's fault
@@ -207,12 +231,6 @@ def _checked_image(url: str, item: dict[str, Any], data: bytes) -> None:
     if (shape[1], shape[0]) != (item["width"], item["height"]):
         raise ConfigError(f"{url}: inspection {item['id']}'s image is {shape[1]}x{shape[0]}, "
                           f"its record says {item['width']}x{item['height']}")
-    truth = item["reviews"][-1]["boxes"] if item["reviews"] else item["defects"]
-    for b in truth:
-        x1, y1, x2, y2 = (float(v) for v in b["box"])
-        if not (0 <= x1 < x2 <= item["width"] + 1 and 0 <= y1 < y2 <= item["height"] + 1):
-            raise ConfigError(f"{url}: inspection {item['id']}: box {b['box']} is not a box "
-                              f"inside its {item['width']}x{item['height']} image")
 
 
 def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
@@ -227,11 +245,11 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
     # filled, and a killed pull's images left for good): a later pull removes them
     out = Path(dst).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    for left in out.parent.glob(f".{out.name}.pull-*"):
-        shutil.rmtree(left, ignore_errors=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.pull-") as tmp, \
+    _remove_left_staging(out)
+    with tempfile.TemporaryDirectory(dir=out.parent,
+                                     prefix=f".{out.name}.pull.w{os.getpid()}.") as tmp, \
             httpx.Client(base_url=url, headers=headers, timeout=60) as c:
-        offset, bound = 0, None
+        offset, first = 0, None
         while True:
             params: dict[str, Any] = {"limit": PAGE, "offset": offset}
             if reviewed:
@@ -247,12 +265,14 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             items = [i.model_dump(mode="json") for i in page.items]
             if not items:
                 break
-            if bound is None:  # what came meanwhile moves items on: a few pages more
-                bound = page.total + 10 * PAGE
+            # what a busy line adds meanwhile moves items on: the list may grow, to twice
+            # its first total and ten pages more, never without end (a hostile server)
+            first = page.total if first is None else first
+            bound = min(page.total, 2 * first) + 10 * PAGE
             offset += len(items)
             if offset > bound:
                 raise ConfigError(f"{url}: the server lists over {bound} inspections though "
-                                  f"it said {bound - 10 * PAGE}: not a Lineside server's list")
+                                  f"it said {first} at first: not a Lineside server's list")
             for item in items:
                 # a review made during the pull moves later items onto the next page
                 if not item["has_image"] or item["id"] in seen:
