@@ -29,32 +29,11 @@ def _item(iid: str) -> dict[str, object]:
 @pytest.fixture
 def hostile(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     """A server that lists one inspection whose id climbs out of the pull's folder."""
-    asked: list[str] = []
     evil = "../../../../" + str(tmp_path / "escaped").lstrip("/")
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            asked.append(self.path)
-            if self.path.startswith("/v1/inspections?"):
-                body = json.dumps({"total": 1, "limit": 500, "offset": 0,
-                                   "items": [_item(evil)] if "offset=0" in self.path else []})
-                data, ctype = body.encode(), "application/json"
-            else:
-                data, ctype = b"\xff\xd8 not really an image", "image/jpeg"
-            self.send_response(200)
-            self.send_header("content-type", ctype)
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", asked
-    server.shutdown()
-    server.server_close()
+    srv = _Scripted(lambda o: [_item(evil)] if o == 0 else [],
+                    lambda _: b"\xff\xd8 not really an image", total=1)
+    yield srv.url, srv.asked
+    srv.close()
 
 
 def test_an_id_that_is_not_an_inspection_id_is_refused(hostile, tmp_path: Path) -> None:
@@ -128,8 +107,11 @@ class _Scripted:
     def __init__(self, page: object, image: object, total: int) -> None:
         outer = self
 
+        self.asked: list[str] = []
+
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                outer.asked.append(self.path)
                 if self.path.startswith("/v1/inspections?"):
                     offset = int(self.path.split("offset=")[1].split("&")[0])
                     data = json.dumps({"total": total, "limit": 500, "offset": offset,
