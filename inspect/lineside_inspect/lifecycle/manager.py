@@ -432,10 +432,10 @@ class Lifecycle:
         active version the caller saw (two admins rolling back at once went back two)."""
         with self._admit_lock:
             previous = self.registry.models().get(model)
-            if expect is not None and (previous is None or previous.active != expect):
+            old = None if previous is None else previous.active
+            if expect is not None and old != expect:
                 raise ActiveChanged(f"{model} {expect} is not the active version now "
-                                    f"({None if previous is None else previous.active}): "
-                                    "nothing rolled back; look again")
+                                    f"({old}): nothing rolled back; look again")
             target = self.registry.previous(model)
             if target is not None and self._records is not None:
                 refused = self._standing(self.registry.detector(model, target),
@@ -444,11 +444,9 @@ class Lifecycle:
                     raise GateRefused(f"a rollback would make {refused}: activate the version "
                                       f"you want (POST /v1/models/{model}/activate; force "
                                       "with a reason if need be)")
-            old = None if previous is None else previous.active
             version = self.registry.rollback(model, expect=target, recipe=None if target is None
                                              else self._card_recipe(model, old, target))
         if self._records is not None:
-            old = None if previous is None else previous.active
             self.records.audit(actor=actor, action="rollback", model=model, version=version,
                                reason=reason, details={"from": old, **self._pins_of(model, old)})
             self._shadow_now_active(model, version, actor=actor, how=f"rolled back to by {actor}")

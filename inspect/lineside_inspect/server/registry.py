@@ -100,11 +100,15 @@ class Registry:
             self._activate_locked(name, version)
             self._put_recipe_locked(recipe)
 
-    def _put_recipe_locked(self, recipe: Recipe | None) -> None:
+    def _put_recipe_locked(self, recipe: Recipe | None, remote: Detector | None = None) -> None:
+        """``recipe`` (checked) in place, with its OIP v2 endpoint's detector if it has one."""
         if recipe is None:
             return
         self._recipes[recipe.name] = recipe
-        self._remote.pop(recipe.name, None)
+        if remote is not None:
+            self._remote[recipe.name] = remote
+        else:
+            self._remote.pop(recipe.name, None)
         if self.default_recipe is None:
             self.default_recipe = recipe.name
 
@@ -174,9 +178,7 @@ class Registry:
         step too, so an inspection never pairs one with the other's."""
         with self._lock:
             rule = self._recipe_locked(recipe)
-            remote = self._remote.get(rule.name)
-            detector = (remote if remote is not None and rule.remote is not None
-                        else self._detector_locked(rule.model, rule.model_version))
+            detector = self._detector_for_locked(rule)
             fused = rule.anomaly
             anomaly = (self._detector_locked(fused.model, fused.model_version)
                        if fused is not None and fused.model is not None else None)
@@ -193,13 +195,7 @@ class Registry:
         detector = remote or self.detector(recipe.model, recipe.model_version)
         self.check_recipe(recipe, detector)
         with self._lock:
-            self._recipes[recipe.name] = recipe
-            if remote is not None:
-                self._remote[recipe.name] = remote
-            else:
-                self._remote.pop(recipe.name, None)
-            if self.default_recipe is None:
-                self.default_recipe = recipe.name
+            self._put_recipe_locked(recipe, remote)
 
     def check_recipe(self, recipe: Recipe, detector: Detector) -> None:
         """Refuse ``recipe`` if ``detector`` (its model's) or what it fuses with cannot
@@ -250,10 +246,13 @@ class Registry:
         """The detector ``recipe`` judges with: its remote endpoint's, else the loaded
         package's (the pinned version, or the active one)."""
         with self._lock:
-            remote = self._remote.get(recipe.name)
+            return self._detector_for_locked(recipe)
+
+    def _detector_for_locked(self, recipe: Recipe) -> Detector:
+        remote = self._remote.get(recipe.name)
         if remote is not None and recipe.remote is not None:
             return remote
-        return self.detector(recipe.model, recipe.model_version)
+        return self._detector_locked(recipe.model, recipe.model_version)
 
     def recipe(self, name: str | None) -> Recipe:
         with self._lock:
