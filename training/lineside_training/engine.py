@@ -6,7 +6,6 @@ metrics log per epoch and a plain-text ``train.log``."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
 from lineside_inspect.errors import ConfigError, DatasetError
+from lineside_inspect.package import sha256_file
 from lineside_training.budget import Budget, SchedulePlan, fitted_ema, format_duration, parse_duration
 from lineside_training.config import TrainConfig
 from lineside_training.data.augment import train_transform
@@ -88,11 +88,10 @@ def load_data(cfg: TrainConfig) -> TrainData:
                           f"(has {len(train)} train, {len(val)} val)")
     _check_files(cfg, dataset, train + val)
     fp = {"path": str(Path(cfg.data).resolve()),
-          "annotations_sha256": hashlib.sha256(
-              (Path(cfg.data) / "annotations.json").read_bytes()).hexdigest(),
+          "annotations_sha256": sha256_file(Path(cfg.data) / "annotations.json"),
           "extra_data": list(cfg.extra_data),
-          "extra_sha256": sorted(hashlib.sha256((Path(e) / "annotations.json").read_bytes())
-                                 .hexdigest() for e in cfg.extra_data),
+          "extra_sha256": sorted(sha256_file(Path(e) / "annotations.json")
+                                 for e in cfg.extra_data),
           "train_images": len(train), "val_images": len(val), "extra_held_out": held,
           "extra_duplicates": merged,
           "source": dataset.info.get("source"), "licence": dataset.info.get("licence")}
@@ -108,7 +107,7 @@ def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
     re-split copy leaked all of its val images into train), which the log warns of."""
     def digest(ds: Dataset, rec: ImageRecord) -> str:
         try:
-            return hashlib.sha256(ds.image_path(rec).read_bytes()).hexdigest()
+            return sha256_file(ds.image_path(rec))
         except OSError:
             return f"unreadable:{rec.file_name}"  # said by the file check after this
 
