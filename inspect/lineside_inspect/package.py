@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -203,10 +203,15 @@ def default_recipe_name(model: str) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+        return sha256_stream(fh)
+
+
+def sha256_stream(fh: IO[bytes]) -> str:
+    """The sha256 of what ``fh`` holds from here on, read a MiB at a time."""
+    h = hashlib.sha256()
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import logging
 import re
 import shutil
@@ -72,7 +71,7 @@ from lineside_inspect.fleet.protocol import (
 )
 from lineside_inspect.fleet.signing import SIGNATURE_BYTES
 from lineside_inspect.names import MAX_CLASS_NAME, MAX_CLASSES
-from lineside_inspect.package import ModelCard, load_package
+from lineside_inspect.package import ModelCard, load_package, sha256_stream
 from lineside_inspect.server.deps import Admin, Principal, authenticate
 from lineside_inspect.server.responses import errors, media
 from lineside_inspect.store.utc import UTCDateTime
@@ -286,11 +285,8 @@ def _stored_digest(objects: ObjectStore, key: str) -> str | None:
         body = objects.open(key)
     except NotFoundError:
         return None
-    digest = hashlib.sha256()
     with body:
-        while chunk := body.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(body)
 
 
 def _manifest(objects: ObjectStore, model: str, version: str) -> Manifest | None:
