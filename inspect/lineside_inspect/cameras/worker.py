@@ -160,7 +160,7 @@ class CameraWorker:
             self._source = None
             if self._stop.is_set():
                 break
-            if getattr(source, "ended", False):  # loop: false, played to its end
+            if source.ended:  # loop: false, played to its end
                 self._failed("played to its end (loop: false): not started again")
                 log.info("camera %s played to its end (loop: false)", self.camera_id)
                 break

@@ -416,7 +416,7 @@ def _label_problems(dataset: Dataset) -> list[Problem]:
     return problems
 
 
-def _writer_gone(name: str) -> bool:
+def writer_gone(name: str) -> bool:
     """Whether the process that named a staging folder or holder ``...w<pid>.XXXXXXXX``
     has ended, as this process sees it: a writer on another host or in another pid
     namespace (a container sharing the folder) looks ended. A name without a pid counts as
@@ -452,7 +452,7 @@ def _leftovers(dst: Path, *, sources: set[Path], kind: str, legacy: bool = False
         return found
     for folder in dst.parent.iterdir():
         if (not name.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir()
-                or not _writer_gone(folder.name)):
+                or not writer_gone(folder.name)):
             continue
         try:
             entries = {e.name for e in folder.iterdir()}

@@ -206,6 +206,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.metrics = Metrics()
     app.state.references = ReferenceLibrary(settings.references_path, settings.max_pixels)
     app.state.saved_recipes = SavedRecipes(settings.saved_recipes_path)
+    app.state.live_views = cameras.LiveViews(settings.max_live_views)
     app.state.configured_recipes = {}  # the server's own recipes, once it started
     app.state.api_recipes = set()  # names whose recipe now is one put over the API
     app.state.service = InspectionService(

@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from lineside_inspect.bounded_read import AnswerTooSlow, read_at_most
 from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
-from lineside_inspect.dataset.canonical import _writer_gone, check_destination
+from lineside_inspect.dataset.canonical import check_destination, writer_gone
 from lineside_inspect.errors import (
     ConfigError,
     DatasetError,
@@ -196,18 +197,16 @@ class _Answer:
 
 
 def _get(c: httpx.Client, url: str, path: str, max_bytes: int, **kw: Any) -> _Answer:
-    deadline = time.monotonic() + ANSWER_TIMEOUT_S
     with c.stream("GET", path, **kw) as r:
-        body = bytearray()
-        for chunk in r.iter_bytes():
-            body += chunk
-            if len(body) > max_bytes:
-                raise ConfigError(f"{url}{path}: the answer is over {max_bytes} bytes: not "
-                                  "what a Lineside server sends")
-            if time.monotonic() > deadline:
-                raise ServerUnreachable(f"{url}{path}: the answer did not come whole within "
-                                        f"{ANSWER_TIMEOUT_S:.0f} s")
-        return _Answer(r.status_code, r.headers, bytes(body), r.reason_phrase)
+        try:
+            body = read_at_most(r, max_bytes, time.monotonic() + ANSWER_TIMEOUT_S)
+        except AnswerTooSlow:
+            raise ServerUnreachable(f"{url}{path}: the answer did not come whole within "
+                                    f"{ANSWER_TIMEOUT_S:.0f} s") from None
+        if body is None:
+            raise ConfigError(f"{url}{path}: the answer is over {max_bytes} bytes: not "
+                              "what a Lineside server sends")
+        return _Answer(r.status_code, r.headers, body, r.reason_phrase)
 
 
 def _remove_left_staging(out: Path) -> None:
@@ -216,7 +215,7 @@ def _remove_left_staging(out: Path) -> None:
     name = re.compile(rf"\.{re.escape(out.name)}\.pull\.w\d+\.[a-z0-9_]{{8}}")
     for left in out.parent.iterdir():
         if name.fullmatch(left.name) and not left.is_symlink() and left.is_dir() \
-                and _writer_gone(left.name):
+                and writer_gone(left.name):
             shutil.rmtree(left, ignore_errors=True)
 
 

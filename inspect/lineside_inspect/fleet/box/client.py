@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from lineside_inspect.bounded_read import AnswerTooSlow, read_at_most
 from lineside_inspect.errors import HubRefused, HubUnavailable
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.fleet.protocol import FEATURES_HEADER, REVIEW_WAITING
@@ -167,23 +168,11 @@ class HubClient:
 
 
 def _read_at_most(resp: httpx.Response, limit: int, deadline: float | None = None) -> bytes | None:
-    """The answer's body, or None once it is (or declares itself) over ``limit`` bytes:
-    reading stops there (the connection is dropped with the rest unread). Past
-    ``deadline`` (``time.monotonic``), :class:`HubUnavailable`: httpx's timeout is per
-    read, and a byte every few seconds held a task for as long as the hub liked."""
-    declared = resp.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in resp.iter_bytes():  # decoded: a compressed answer is bounded as it unpacks
-        size += len(chunk)
-        if size > limit:
-            return None
-        if deadline is not None and time.monotonic() > deadline:
-            raise HubUnavailable("the hub's answer did not come whole in time")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """:func:`read_at_most`, late answers being the hub's unavailability."""
+    try:
+        return read_at_most(resp, limit, deadline)
+    except AnswerTooSlow:
+        raise HubUnavailable("the hub's answer did not come whole in time") from None
 
 
 def _parse(content: bytes, answer: type[M], path: str) -> M:

@@ -71,9 +71,7 @@ class LiveViews:
 
 
 def live_views(request: Request) -> LiveViews:
-    views: LiveViews | None = getattr(request.app.state, "live_views", None)
-    if views is None:
-        views = request.app.state.live_views = LiveViews(request.app.state.settings.max_live_views)
+    views: LiveViews = request.app.state.live_views  # made with the app: never two of them
     return views
 
 
