@@ -19,7 +19,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from lineside_inspect.errors import ConfigError, RemoteInferenceRefused
+from lineside_inspect.errors import ConfigError, RemoteInferenceRefused, RemoteInferenceUnavailable
 from lineside_inspect.recipes import Recipe, load_recipe
 from lineside_inspect.runtime.remote import RemoteDetector
 from lineside_inspect.server.app import create_app
@@ -306,14 +306,19 @@ def _outputs(boxes: list[float], scores: list[float], labels: list[float], k: in
 
 
 @pytest.mark.parametrize("answer, problem", [
-    (_outputs([1, 2, 3, 4], [0.9], [6]), "labels or scores out of range"),  # 6 classes: 0..5
-    (_outputs([1, 2, 3, 4], [1.5], [0]), "labels or scores out of range"),
-    (_outputs([1, 2, 3, 4], [0.9], [-1]), "labels or scores out of range"),
+    (_outputs([1, 2, 3, 4], [0.9], [6]), "labels out of range"),  # 6 classes: 0..5
+    (_outputs([1, 2, 3, 4], [1.5], [0]), "scores out of 0..1"),
+    (_outputs([1, 2, 3, 4], [0.9], [-1]), "labels out of range"),
+    # each of these passed a part with a critical defect (review, session 33): corners
+    # swapped, [x, y, w, h], a raw logit read as padding
+    (_outputs([200, 200, 100, 100], [0.99], [0]), r"boxes are not \[x1, y1, x2, y2\]"),
+    (_outputs([100, 100, 50, 50], [0.99], [0]), r"boxes are not \[x1, y1, x2, y2\]"),
+    (_outputs([100, 100, 200, 200], [-0.5], [0]), "scores out of 0..1"),
     # checked before the cast to the declared type: 257 as UINT8 would wrap to 1 and 1.5 as
     # INT64 truncate to 1, a class the card has; 1e6 as FP16 is infinity
     (_outputs([1, 2, 3, 4], [0.9], [257], label_type="UINT8"), "'labels' holds 257, not a UINT8"),
     (_outputs([1, 2, 3, 4], [0.9], [1.5]), "'labels' holds 1.5, not a INT64"),
-    (_outputs([1, 2, 3, 4], [0.9], [1.5], label_type="FP32"), "labels or scores out of range"),
+    (_outputs([1, 2, 3, 4], [0.9], [1.5], label_type="FP32"), "labels out of range"),
     (_outputs([1, 2, 3, 4], [0.9], [1e6], label_type="FP16"), "'labels' holds 1e\\+06, not a FP16"),
     (_outputs([1, 2, 3, 4, 5], [0.9], [0], box_shape=[1, 1, 5]), r"are not boxes \[B, K, 4\]"),
     (_outputs([1, 2, 3], [0.9], [0]), "has shape .* and 3 values"),
@@ -340,3 +345,67 @@ def test_a_fitting_answer_becomes_detections() -> None:
         found = detector.predict([frame])[0]
     assert found.labels == [detector.class_names[1]]
     assert found.xyxy.tolist() == [[5.0, 10.0, 25.0, 30.0]]
+
+
+def test_a_server_trickling_its_headers_is_cut_off_at_the_deadline() -> None:
+    """A server sending its status line and then a header byte every 0.1 s reset httpx's
+    per-read timeout for ever: two such recipes held both inference slots of a box for
+    minutes (review, session 33). The exchange now ends at timeout_s, as too late."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            conn.recv(65536)
+            for b in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100:  # 12 s of headers
+                if stop.wait(0.1):
+                    return
+                conn.sendall(bytes([b]))
+
+    threading.Thread(target=drip, daemon=True).start()
+    remote = Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": {
+        "url": f"http://127.0.0.1:{sock.getsockname()[1]}", "model": "deeppcb",
+        "card": str(MODEL), "timeout_s": 0.5}}).remote
+    assert remote is not None
+    detector = RemoteDetector(remote)
+    try:
+        # had the drip run its course, the error would be the connection closed mid-headers
+        with pytest.raises(RemoteInferenceUnavailable, match=r"no answer within 0\.5 s"):
+            detector.client.check()
+    finally:
+        stop.set()
+        sock.close()
+
+
+def test_a_compressed_answer_is_refused_unread() -> None:
+    """httpx asked for gzip/br and decoded each network chunk whole before the 1 MiB cap
+    counted it: 317 bytes of brotli were 200 MB in the box's memory (review, session 33).
+    The client asks for identity and takes nothing else."""
+    import gzip
+
+    bomb = gzip.compress(b"\0" * (64 << 20))
+
+    class Bomb(_Liar):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(bomb)))
+            self.end_headers()
+            self.wfile.write(bomb)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Bomb)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    remote = Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": {
+        "url": f"http://127.0.0.1:{server.server_address[1]}", "model": "deeppcb",
+        "card": str(MODEL)}}).remote
+    assert remote is not None
+    try:
+        with pytest.raises(RemoteInferenceRefused, match="Content-Encoding 'gzip'"):
+            RemoteDetector(remote).forward(np.zeros((1, 3, 640, 640), np.uint8))
+    finally:
+        server.shutdown()
+        server.server_close()

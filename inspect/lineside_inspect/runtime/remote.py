@@ -9,7 +9,13 @@ does not know the difference.
 
 The tensor goes out with the protocol's binary tensor extension (a 640x640 frame is
 1.2 MB of bytes rather than ~4 MB of JSON numbers); the outputs come back as JSON (a
-hundred detections at most). Every request is bounded by the recipe's ``timeout_s``.
+hundred detections at most). Every exchange, from connecting to the answer's last byte,
+ends within the recipe's ``timeout_s``: httpx's timeouts are per read, so a server sending
+its headers a byte at a time held an inference slot for as long as it liked. The client
+is httpcore's connection pool (httpx's own transport) with a network backend that gives
+each socket operation only what is left of the exchange's time, and no decoding: an
+answer is taken only as sent (``Accept-Encoding: identity``; 317 bytes of brotli were
+200 MB in the box's memory).
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import ssl
+import threading
 import time
 from pathlib import Path
 
+import httpcore
 import httpx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,6 +51,71 @@ DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": n
 # the integer types' ranges, to check values against before they are cast
 INT_RANGES = {"INT64": (-(2**63), 2**63 - 1), "INT32": (-(2**31), 2**31 - 1),
               "INT16": (-(2**15), 2**15 - 1), "INT8": (-128, 127), "UINT8": (0, 255)}
+
+
+class _Deadline(threading.local):
+    at: float | None = None  # time.monotonic() by which this thread's exchange must end
+
+
+_DEADLINE = _Deadline()
+
+
+def _left(timeout: float | None, late: type[httpcore.TimeoutException]) -> float | None:
+    """``timeout`` cut to what is left of the calling thread's exchange."""
+    at = _DEADLINE.at
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise late("the exchange's time is up")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.start_tls(
+            ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> object:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's sockets, each operation within what is left of the exchange."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: object = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_tcp(
+            host, port, _left(timeout, httpcore.ConnectTimeout), local_address,
+            socket_options))  # type: ignore[arg-type]
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: object = None) -> httpcore.NetworkStream:
+        raise httpcore.UnsupportedProtocol("remote inference goes over TCP")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+_UNREACHABLE = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol,
+                httpcore.ConnectionNotAvailable, httpcore.LocalProtocolError)
 
 
 class _Tensor(BaseModel):
@@ -92,46 +166,57 @@ class OipClient:
             raise ConfigError(f"remote model {remote.model}: invalid port {port} in {remote.url!r}")
         self.where = f"{self.base} model {remote.model}" + (
             f" version {remote.version}" if remote.version else "")
-        headers = {}
+        headers = {"Accept-Encoding": "identity", "User-Agent": "lineside"}
         if remote.token_env is not None:
             token = os.environ.get(remote.token_env)
             if not token:
                 raise ConfigError(f"remote model {self.where}: environment variable "
                                   f"{remote.token_env} (its bearer token) is not set")
             headers["Authorization"] = f"Bearer {token}"
-        # each phase (connect, send, every read) within timeout_s, and the whole answer
-        # too (checked as it arrives): a black-holed address, a server that never answers
-        # and one that trickles its answer all end within twice timeout_s at most
+        # the whole exchange within timeout_s (see the module's docstring): a black-holed
+        # address, a server that never answers and one that trickles headers or answer
+        # all end then. Redirects are not followed and proxies from the environment not
+        # used (httpcore does neither): the token goes nowhere but the configured url.
         self.timeout_s = remote.timeout_s
-        self.http = httpx.Client(headers=headers, timeout=httpx.Timeout(remote.timeout_s),
-                                 follow_redirects=False, trust_env=False)
+        self.headers = headers
+        self.pool = httpcore.ConnectionPool(network_backend=_DeadlineBackend(),
+                                            max_connections=16)
         self.checked = False  # the endpoint's metadata agreed with the card
 
     def close(self) -> None:
-        self.http.close()
+        self.pool.close()
 
     def _call(self, method: str, url: str, content: bytes | None = None,
               headers: dict[str, str] | None = None) -> bytes:
         late = RemoteInferenceUnavailable(
             f"remote inference at {self.where}: no answer within {self.timeout_s} s")
-        deadline = time.monotonic() + self.timeout_s
+        t = self.timeout_s
+        sent = [(k.encode(), v.encode()) for k, v in {**self.headers, **(headers or {})}.items()]
+        _DEADLINE.at = time.monotonic() + t
         try:
-            with self.http.stream(method, url, content=content, headers=headers) as answer:
+            with self.pool.stream(method, url, headers=sent, content=content, extensions={
+                    "timeout": {"connect": t, "read": t, "write": t, "pool": t}}) as answer:
+                encoding = {k.lower(): v for k, v in answer.headers}.get(
+                    b"content-encoding", b"identity").strip().lower()
+                if encoding != b"identity":
+                    raise RemoteInferenceRefused(
+                        f"remote inference at {self.where}: answer sent with Content-Encoding "
+                        f"{encoding[:32].decode('latin-1')!r}; only identity is taken")
                 body = bytearray()
-                for chunk in answer.iter_bytes():
+                for chunk in answer.iter_stream():
                     body += chunk
                     if len(body) > MAX_ANSWER_BYTES:
                         raise RemoteInferenceRefused(
                             f"remote inference at {self.where}: answer over "
                             f"{MAX_ANSWER_BYTES} bytes")
-                    if time.monotonic() > deadline:
-                        raise late
-                status = answer.status_code
-        except httpx.TimeoutException:
+                status = answer.status
+        except httpcore.TimeoutException:
             raise late from None
-        except httpx.HTTPError as exc:
+        except _UNREACHABLE as exc:
             raise RemoteInferenceUnavailable(
                 f"remote inference at {self.where} unreachable ({type(exc).__name__})") from None
+        finally:
+            _DEADLINE.at = None
         if status >= 500 or status == 429:
             raise RemoteInferenceUnavailable(
                 f"remote inference at {self.where}: answered {status}{_detail(body)}")
@@ -234,13 +319,24 @@ class OipClient:
             raise RemoteInferenceRefused(
                 f"remote inference at {self.where}: outputs of shapes {boxes.shape}, "
                 f"{scores.shape}, {labels.shape} are not boxes [B, K, 4], scores and labels [B, K]")
+        if scores.size and (scores.min() < 0 or scores.max() > 1):
+            # raw logits (-0.5) were read as padding and passed a defective part
+            raise RemoteInferenceRefused(
+                f"remote inference at {self.where}: scores out of 0..1 (is the graph "
+                "the card's, with its sigmoid?)")
         kept = scores > 0  # padding rows carry score 0 and any label
         if kept.any() and (labels[kept].min() < 0 or labels[kept].max() >= len(self.card.class_names)
-                           or (labels[kept] != np.round(labels[kept])).any()
-                           or scores.max() > 1):
+                           or (labels[kept] != np.round(labels[kept])).any()):
             raise RemoteInferenceRefused(
-                f"remote inference at {self.where}: labels or scores out of range for the "
+                f"remote inference at {self.where}: labels out of range for the "
                 f"card's {len(self.card.class_names)} classes")
+        held = boxes[kept]
+        if held.size and ((held[:, 2] < held[:, 0]) | (held[:, 3] < held[:, 1])).any():
+            # corners swapped or [x, y, w, h]: the size rule dropped them, and a critical
+            # defect passed
+            raise RemoteInferenceRefused(
+                f"remote inference at {self.where}: boxes are not [x1, y1, x2, y2] with "
+                "x2 >= x1 and y2 >= y1")
         return [boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64)]
 
 
