@@ -54,7 +54,7 @@ class _HostileHub(_Quiet):
             else:
                 _send_json(self, 200, body)
             return
-        if self.path.endswith("/package.tar.gz"):
+        if self.path.endswith("/package.tar.gz") or "/assignment-bomb" in self.path:
             self.send_response(200)
             self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(BOMB)))
@@ -157,3 +157,19 @@ def test_a_hub_review_dated_far_ahead_is_skipped_and_the_stream_goes_on(tmp_path
         client.close()
         server.shutdown()
         store.close()
+
+
+def test_an_answer_sent_compressed_is_refused_unread(hub: HubClient) -> None:
+    """httpx decoded each network chunk whole before the answer's bound counted it: 64 KiB
+    of gzip were 64 MiB in the box's memory (a bound of 4 MiB). Answers are asked for, and
+    taken, unencoded (review, session 33)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(HubRefused, match="Content-Encoding 'gzip'"):
+            hub.get("/fleet/v1/boxes/box1/assignment-bomb", Assignment)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak >> 20} MiB held for {len(BOMB)} bytes of gzip"

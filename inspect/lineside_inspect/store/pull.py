@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from lineside_inspect.bounded_read import AnswerTooSlow, read_at_most
+from lineside_inspect.bounded_read import IDENTITY, AnswerEncoded, AnswerTooSlow, read_at_most
 from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
 from lineside_inspect.dataset.canonical import check_destination, writer_gone
 from lineside_inspect.errors import (
@@ -203,6 +203,8 @@ def _get(c: httpx.Client, url: str, path: str, max_bytes: int, **kw: Any) -> _An
         except AnswerTooSlow:
             raise ServerUnreachable(f"{url}{path}: the answer did not come whole within "
                                     f"{ANSWER_TIMEOUT_S:.0f} s") from None
+        except AnswerEncoded as exc:
+            raise ConfigError(f"{url}{path}: {exc}") from None
         if body is None:
             raise ConfigError(f"{url}{path}: the answer is over {max_bytes} bytes: not "
                               "what a Lineside server sends")
@@ -247,7 +249,7 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
     _remove_left_staging(out)
     with tempfile.TemporaryDirectory(dir=out.parent,
                                      prefix=f".{out.name}.pull.w{os.getpid()}.") as tmp, \
-            httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+            httpx.Client(base_url=url, headers={**headers, **IDENTITY}, timeout=60) as c:
         offset, first = 0, None
         while True:
             params: dict[str, Any] = {"limit": PAGE, "offset": offset}

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from lineside_inspect.bounded_read import AnswerTooSlow, read_at_most
+from lineside_inspect.bounded_read import IDENTITY, AnswerEncoded, AnswerTooSlow, read_at_most
 from lineside_inspect.errors import HubRefused, HubUnavailable
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.fleet.protocol import FEATURES_HEADER, REVIEW_WAITING
@@ -75,7 +75,8 @@ class HubClient:
         self.max_answer_bytes = max_answer_bytes
         self.base_url = settings.hub_url.rstrip("/")
         # the answers this box reads beyond version 1 (a hub leaves them out otherwise)
-        headers = {"user-agent": f"lineside-box/{__version__}", FEATURES_HEADER: REVIEW_WAITING}
+        headers = {"user-agent": f"lineside-box/{__version__}", FEATURES_HEADER: REVIEW_WAITING,
+                   **IDENTITY}
         if settings.token is not None:
             headers["authorization"] = f"Bearer {settings.token.get_secret_value()}"
         t = self.timeout_s = settings.timeout_s
@@ -173,6 +174,8 @@ def _read_at_most(resp: httpx.Response, limit: int, deadline: float | None = Non
         return read_at_most(resp, limit, deadline)
     except AnswerTooSlow:
         raise HubUnavailable("the hub's answer did not come whole in time") from None
+    except AnswerEncoded as exc:
+        raise HubRefused(f"hub answer refused: {exc}") from None
 
 
 def _parse(content: bytes, answer: type[M], path: str) -> M:
