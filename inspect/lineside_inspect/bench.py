@@ -560,7 +560,7 @@ def rephotographed(image: np.ndarray, rng: np.random.Generator, max_shift: float
 
 
 def bench_pairs(package: str | Path, data: str | Path, *, parts: int = 40, align: bool = True,
-                tolerance_px: int = 3, seed: int = 0, threads: int | None = None) -> dict[str, Any]:
+                tolerance_px: int = 1, seed: int = 0, threads: int | None = None) -> dict[str, Any]:
     """Good and defective parts judged side by side, with and without the unchanged gate
     (runtime/unchanged.py), through ``inspector.inspect`` as the server runs it.
 

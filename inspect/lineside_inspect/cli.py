@@ -551,11 +551,14 @@ def calibrate_cmd(
 def calibrate_unchanged_cmd(
     reference: Annotated[Path, typer.Argument(help="the golden image of the view")],
     frames: Annotated[list[Path], typer.Argument(help="good parts' frames (files or folders)")],
-    tolerance: Annotated[int, typer.Option(min=0, max=8, help=(
-        "px an edge may move unnoticed"))] = 3,
+    tolerance: Annotated[int, typer.Option(min=0, max=3, help=(
+        "px an edge may move unnoticed within a tile"))] = 1,
+    max_shift: Annotated[int, typer.Option(min=0, max=8, help=(
+        "px a part may sit off its fixture"))] = 2,
     tile: Annotated[int, typer.Option(min=8, max=256, help="tile side in px")] = 32,
     margin: Annotated[float, typer.Option(
-        min=1.0, help="floor = margin x the highest good score, and at least 12 grey levels")] = 1.5,
+        min=1.0, max=3.0, help="floor = margin x the highest good score, and at least 12 grey "
+        "levels")] = 1.5,
 ) -> None:
     """The floor of a recipe's unchanged_gate, from good parts of one view: prints the
     recipe lines (runtime/unchanged.py)."""
@@ -576,15 +579,16 @@ def calibrate_unchanged_cmd(
     if not files:
         raise ConfigError(f"no good frames ({', '.join(suffixes)}) to calibrate the unchanged "
                           f"gate from in {', '.join(str(f) for f in frames)}")
-    c = calibrate_floor(((read_image(f), ref) for f in files), tolerance_px=tolerance, tile=tile,
-                        margin=margin, names=[str(f) for f in files])
+    c = calibrate_floor(((read_image(f), ref) for f in files), tolerance_px=tolerance,
+                        max_shift_px=max_shift, tile=tile, margin=margin,
+                        names=[str(f) for f in files])
     out.print(f"{c['good_pairs']} good frames: highest tile score {c['highest_good_score']}, "
               f"p99 {c['p99_good_score']}")
     if c["minimum_applied"]:
         out.print(f"floor {c['floor']}: the least a floor may be (margin x highest score is "
                   f"{c['highest_good_score'] * margin:.2f}), so that noise never makes it tight")
-    out.print(f"unchanged_gate:\n  floor: {c['floor']}\n  tolerance_px: {tolerance}\n  tile: {tile}",
-              markup=False)
+    out.print(f"unchanged_gate:\n  floor: {c['floor']}\n  tolerance_px: {tolerance}\n"
+              f"  max_shift_px: {max_shift}\n  tile: {tile}", markup=False)
 
 
 @app.command("export")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.recipes import Recipe, judge
+from lineside_inspect.recipes.rules import with_reference_mismatch
 from lineside_inspect.references import Reference
 from lineside_inspect.runtime.anomaly_map import AnomalyFinding, find_anomalies
 from lineside_inspect.runtime.detector import Detector
@@ -161,6 +162,8 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
             finding = anomaly_finding
         verdict = judge(detections, recipe, detector.card.thresholds, finding,
                         agnostic_iou=detector.card.agnostic_iou)
+    if gate is not None:
+        verdict = with_reference_mismatch(verdict, gate)
     post = clock() - t0
     timings = {"decode": decode_ms, "preprocess": pre * 1000, "infer": infer * 1000,
                "postprocess": post * 1000}

@@ -3,12 +3,16 @@
 A line registers the defect-free image of each view once (``PUT /v1/references/NAME``
 or a file dropped in the folder) and then names it with every frame, instead of
 uploading it each time. Files are kept as sent (``NAME.png|jpg|bmp``), written
-atomically; decoded images are cached and re-read when the file changes.
+atomically; decoded images are cached and re-read when the file changes (its inode,
+size, mtime or ctime: a file put in place with its old mtime kept, as ``rsync -a`` or
+``cp -p`` do, is still new). Where a name has files in two formats (one dropped beside
+another), the newest is the reference.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,29 +80,43 @@ class ReferenceLibrary:
     def __init__(self, folder: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.folder = Path(folder)
         self.max_pixels = max_pixels
-        self._cache: dict[str, tuple[float, Reference]] = {}
+        self._cache: dict[str, tuple[tuple[int, ...], Reference]] = {}
         self._lock = threading.Lock()
+        # one put or delete at a time: two puts of a name wrote one temp file together
+        # (a golden of both uploads' bytes), and a format change raced the other's unlink
+        self._writing = threading.Lock()
 
     def _file(self, name: str) -> Path | None:
-        for ext in EXTS:
+        """The name's newest file (EXTS' order among equals)."""
+        found: list[tuple[int, int, Path]] = []
+        for rank, ext in enumerate(EXTS):
             path = self.folder / f"{name}.{ext}"
+            try:
+                st = path.stat()
+            except OSError:
+                continue
             if path.is_file():
-                return path
-        return None
+                found.append((-st.st_mtime_ns, rank, path))
+        return min(found)[2] if found else None
 
     def names(self) -> list[str]:
         if not self.folder.is_dir():
             return []
-        return sorted(p.stem for p in self.folder.iterdir()
-                      if p.suffix.lstrip(".") in EXTS and is_reference_name(p.stem))
+        return sorted({p.stem for p in self.folder.iterdir()
+                       if p.suffix.lstrip(".") in EXTS and is_reference_name(p.stem)})
 
     def get(self, name: str) -> Reference:
         check_name(name)
-        path = self._file(name)
-        if path is None:
-            raise NotFoundError(f"no reference image named {name!r} (known: "
-                                f"{', '.join(self.names()) or 'none'})")
-        return self._load(name, path)
+        for _ in range(3):  # a put changing the name's format removes the file just found
+            path = self._file(name)
+            if path is None:
+                break
+            try:
+                return self._load(name, path)
+            except FileNotFoundError:
+                continue
+        raise NotFoundError(f"no reference image named {name!r} (known: "
+                            f"{', '.join(self.names()) or 'none'})")
 
     def lookup(self, value: str) -> Reference:
         """A registered name, or the path of an image file (as camera configs may give)."""
@@ -107,18 +125,26 @@ class ReferenceLibrary:
         path = Path(value)
         if not path.is_file():
             raise NotFoundError(f"reference {value!r} is neither a registered name nor an image file")
-        return self._load(str(path.resolve()), path)
+        try:
+            return self._load(str(path.resolve()), path)
+        except FileNotFoundError:  # replaced or removed since is_file
+            raise NotFoundError(f"reference file {path.name!r} is gone") from None
 
     def _load(self, key: str, path: Path) -> Reference:
-        mtime = path.stat().st_mtime
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] == mtime:
-                return hit[1]
+        # stat and bytes from one open file: a file replaced between the two is never
+        # cached under the other's stamp
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None and hit[0] == stamp:
+                    return hit[1]
+            data = f.read()
         name = key if is_reference_name(key) else path.stem
-        ref = _decoded(name, path.read_bytes(), self.max_pixels)
+        ref = _decoded(name, data, self.max_pixels)
         with self._lock:
-            self._cache[key] = (mtime, ref)
+            self._cache[key] = (stamp, ref)
         return ref
 
     def put(self, name: str, data: bytes) -> Reference:
@@ -126,22 +152,26 @@ class ReferenceLibrary:
         replacing any earlier image of that name."""
         check_name(name)
         ref = Reference.from_bytes(name, data, self.max_pixels)
-        write_atomic(self.folder / f"{name}.{ref.ext}", data)
-        for other in EXTS:  # one file per name
-            if other != ref.ext:
-                (self.folder / f"{name}.{other}").unlink(missing_ok=True)
-        with self._lock:
-            self._cache.pop(name, None)
+        with self._writing:
+            # own_tmp: another process (a second server on the folder) writes its own temp
+            write_atomic(self.folder / f"{name}.{ref.ext}", data, own_tmp=True)
+            for other in EXTS:  # one file per name, the new one in place first
+                if other != ref.ext:
+                    (self.folder / f"{name}.{other}").unlink(missing_ok=True)
+            with self._lock:
+                self._cache.pop(name, None)
         return ref
 
     def delete(self, name: str) -> None:
         check_name(name)
-        path = self._file(name)
-        if path is None:
-            raise NotFoundError(f"no reference image named {name!r}")
-        path.unlink()
-        with self._lock:
-            self._cache.pop(name, None)
+        with self._writing:
+            path = self._file(name)
+            if path is None:
+                raise NotFoundError(f"no reference image named {name!r}")
+            for ext in EXTS:  # every format of the name: none comes back from under it
+                (self.folder / f"{name}.{ext}").unlink(missing_ok=True)
+            with self._lock:
+                self._cache.pop(name, None)
 
 
 def resolve_reference(needs_reference: bool, model: str, library: ReferenceLibrary, *,

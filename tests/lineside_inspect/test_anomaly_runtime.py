@@ -19,7 +19,7 @@ from lineside_inspect.lifecycle.config import CaptureSettings
 from lineside_inspect.package import AnomalySpec, load_package
 from lineside_inspect.recipes import Recipe, judge
 from lineside_inspect.runtime.anomaly import AnomalyFinding, AnomalyModel
-from lineside_inspect.runtime.anomaly_map import regions
+from lineside_inspect.runtime.anomaly_map import find_anomalies, regions
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import fit
 from lineside_inspect.runtime.types import Detections
@@ -125,6 +125,23 @@ def test_small_regions_and_the_letterbox_border_are_not_reported() -> None:
     amap[30:35, 40:44] = np.nan  # a broken graph: read as anomalous, never as good
     found = regions(amap, lb, spec)
     assert found.to_json() == [{"label": "anomaly", "score": 1.0, "box": [40.0, 14.0, 44.0, 19.0]}]
+
+
+def test_a_score_or_map_that_is_not_finite_fails_the_part(model: AnomalyModel) -> None:
+    """A score of -inf was clipped to 0 and a NaN map beside a finite score was ignored:
+    both passed the part from a broken graph (review, session 33)."""
+    _, lbs = model.pre_process([part(320, 160)])
+    s = model.size
+    for value, score in ((-np.inf, -np.inf), (np.inf, 0.0), (np.nan, 0.1), (0.0, np.nan)):
+        amap = np.zeros((1, 1, s, s), np.float32)
+        amap[0, 0, s // 2, s // 2] = value
+        finding = find_anomalies([amap, np.array([score], np.float32)], lbs, model.card)[0]
+        assert finding.score == 1.0 >= finding.threshold, (value, score)
+    # outside the part (the letterbox border) the map is not the part's
+    amap = np.zeros((1, 1, s, s), np.float32)
+    amap[0, 0, 0, 0] = np.nan
+    assert find_anomalies([amap, np.array([0.1], np.float32)], lbs, model.card)[0].score == \
+        pytest.approx(0.1)
 
 
 # -- rules -----------------------------------------------------------------------------------

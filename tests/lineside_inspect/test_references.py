@@ -234,3 +234,76 @@ def test_letterbox_with_shift_round_trips() -> None:
     pad = np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y], np.float32)
     aligned_box = np.array([[0, 0, 10, 10]], np.float32) * lb.scale + pad
     np.testing.assert_allclose(lb.to_original(aligned_box), [[5, 0, 15, 7]], atol=1e-3)
+
+
+def test_a_golden_replaced_with_its_mtime_kept_is_read_again(tmp_path: Path) -> None:
+    """rsync -a, cp -p, tar x keep the mtime: the cache keyed on it kept the old pixels and
+    sha256 for good, and every verdict cited the wrong golden (review, session 33)."""
+    import os
+
+    lib = ReferenceLibrary(tmp_path)
+    cv2.imwrite(str(tmp_path / "g.png"), np.zeros((64, 64, 3), np.uint8))
+    assert lib.get("g").image.max() == 0
+    st = os.stat(tmp_path / "g.png")
+    cv2.imwrite(str(tmp_path / "new.png"), np.full((64, 64, 3), 255, np.uint8))
+    os.utime(tmp_path / "new.png", ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp_path / "new.png", tmp_path / "g.png")
+    assert lib.get("g").image.min() == 255
+
+
+def test_two_formats_of_one_name_the_newest_is_the_golden(tmp_path: Path) -> None:
+    import os
+
+    lib = ReferenceLibrary(tmp_path)
+    cv2.imwrite(str(tmp_path / "g.png"), np.zeros((64, 64, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "g.jpg"), np.full((64, 64, 3), 255, np.uint8))
+    os.utime(tmp_path / "g.png", ns=(1, 1_000_000_000))  # the png is the older one
+    assert lib.names() == ["g"]  # listed once
+    assert lib.get("g").ext == "jpg"
+    lib.delete("g")  # every format goes: none comes back from under the deleted one
+    assert lib.names() == []
+
+
+def test_concurrent_puts_and_reads_of_one_name(tmp_path: Path) -> None:
+    """Eight puts of one name shared one temp file (O_TRUNC): 500s and, five times in 30,
+    a golden of one upload's bytes followed by the other's tail, answered 200 with a
+    sha256 of neither; a put changing the format made reads a 500 or a 404 naming the
+    very name (review, session 33)."""
+    import threading
+
+    lib = ReferenceLibrary(tmp_path)
+    ok_a, a = cv2.imencode(".png", np.full((96, 96, 3), 40, np.uint8))
+    ok_b, b = cv2.imencode(".jpg", np.full((96, 96, 3), 200, np.uint8))
+    assert ok_a and ok_b
+    uploads = (a.tobytes(), b.tobytes())
+    lib.put("g", uploads[0])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def put(i: int) -> None:
+        try:
+            for k in range(15):
+                lib.put("g", uploads[(i + k) % 2])
+        except BaseException as exc:
+            errors.append(exc)
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                assert lib.get("g").raw in uploads
+        except BaseException as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=put, args=(i,)) for i in range(6)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    reader.join()
+    assert errors == []
+    files = [p for p in tmp_path.iterdir() if p.stem == "g"]
+    assert len(files) == 1 and files[0].read_bytes() in uploads
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -3,6 +3,7 @@ image without running the detector, and never passes one that differs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,108 @@ def test_the_floor_says_when_its_minimum_was_used() -> None:
     marked[8:24, 8:24] = 128 + 40  # a tile 40 grey levels off: 1.5 x its score is above 12
     off = calibrate_floor([(marked, ref)], tile=32)
     assert not off["minimum_applied"] and off["floor"] > 12
+
+
+SAMPLE = ROOT / "datasets" / "deeppcb-sample"
+
+
+def _shipped_gate() -> UnchangedGate:
+    from lineside_inspect.recipes import load_recipe
+
+    gate = load_recipe(ROOT / "configs" / "recipes" / "deeppcb-ref.yaml").unchanged_gate
+    assert gate is not None
+    return gate
+
+
+def _single_defects() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Each annotated defect of the sample alone: its box of the defective image pasted on
+    the template (a whole board carries 3-12 defects, and one caught hides the others)."""
+    import json
+
+    doc = json.loads((SAMPLE / "annotations.json").read_text())
+    images = {i["id"]: i for i in doc["images"]}
+    cache: dict[str, np.ndarray] = {}
+
+    def read(name: str) -> np.ndarray:
+        if name not in cache:
+            cache[name] = read_image(SAMPLE / "images" / name)
+        return cache[name]
+
+    for a in doc["annotations"]:
+        im = images[a["image_id"]]
+        if "reference" not in im:
+            continue
+        test, temp = read(im["file_name"]), read(im["reference"])
+        x, y, w, h = (round(v) for v in a["bbox"])
+        frame = temp.copy()
+        frame[y:y + h, x:x + w] = test[y:y + h, x:x + w]
+        yield f"{im['file_name']} {a['bbox']}", frame, temp
+
+
+def test_no_single_defect_of_the_sample_passes_the_shipped_gate() -> None:
+    """A one-way band of 3 px accepted any grey level between the reference's erosion and
+    dilation: a thin trace that vanished (an open) or a bridge over a narrow gap (a short)
+    gave no excess, and 5 of the sample's 250 single defects (284 of DeepPCB's 6,873)
+    passed without the detector (review, session 33)."""
+    gate = _shipped_gate()
+    rng = np.random.default_rng(5)
+    seen, escapes = 0, []
+    for where, frame, temp in _single_defects():
+        seen += 1
+        for shown, f in (("as is", frame), ("re-photographed", rephotographed(frame, rng))):
+            if check(f, temp, gate).unchanged:
+                escapes.append(f"{where} {shown}")
+    assert seen >= 200 and escapes == [], escapes
+    # and the same templates re-photographed still skip the detector
+    temp = next(_single_defects())[2]
+    assert all(check(rephotographed(temp, rng), temp, gate).unchanged for _ in range(6))
+
+
+def test_thin_traces_that_vanish_or_are_bridged_are_changes() -> None:
+    ref = np.full((128, 128), 20, np.uint8)
+    ref[40:42, 10:118] = 230  # a 2 px trace
+    ref[80:83, 10:60] = 230  # two traces 3 px apart
+    ref[86:89, 10:60] = 230
+    gate = UnchangedGate(floor=16.5)
+    assert check(ref.copy(), ref, gate).unchanged
+    opened = ref.copy()
+    opened[40:42, 50:56] = 20  # 6 px of the trace gone
+    shorted = ref.copy()
+    shorted[83:86, 30:33] = 230  # a 3x3 bridge
+    for frame in (opened, shorted):
+        assert not check(frame, ref, gate).unchanged
+
+
+def test_a_calibration_with_a_defective_frame_among_good_ones_is_refused() -> None:
+    """Eleven good frames and one with a spur gave a floor of 247.5, which let 16% of the
+    sample's single defects pass (review, session 33)."""
+    frame, temp = next((f, t) for _, f, t in _single_defects()
+                       if 100 <= check(f, t, _shipped_gate()).score <= 200)
+    rng = np.random.default_rng(6)
+    good = [(rephotographed(temp, rng), temp) for _ in range(11)]
+    assert calibrate_floor(good)["floor"] <= 20
+    with pytest.raises(ConfigError, match=r"good frame 12 differs .* as a defect would"):
+        calibrate_floor([*good, (frame, temp)])
+    with pytest.raises(ConfigError, match="would pass real defects"):  # too few to compare
+        calibrate_floor([(frame, temp)])
+    with pytest.raises(ConfigError, match="margin"):
+        calibrate_floor(good, margin=20)
+
+
+def test_a_frame_of_another_view_fails_against_the_golden() -> None:
+    """Another board (a PLC recipe switch keeps the camera's golden), an inverted frame:
+    the detector trained on differences boxed nothing in frames that differ everywhere,
+    and they passed (review, session 33)."""
+    det = Detector(REF_MODEL, device="cpu", threads=1)
+    reference = _reference()
+    recipe = Recipe(name="gated", model=det.card.name, unchanged_gate=_shipped_gate())
+    other = read_image(SAMPLE / "images" / "group50600" / "50600001_temp.jpg")
+    for frame in (other, 255 - reference.image):
+        result = inspect(frame, det, recipe, reference=reference)
+        assert result.verdict == "fail"
+        assert any(r.rule == "reference_mismatch" for r in result.reasons), result.reasons
+    # the station's defective part fails for its defects, not as another view
+    part = inspect(read_image(STATION / "station1" / "part-0002.jpg"), det, recipe,
+                   reference=reference)
+    assert part.verdict == "fail"
+    assert {r.rule for r in part.reasons} <= {"critical", "max_count"}

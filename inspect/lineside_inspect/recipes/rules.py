@@ -12,6 +12,7 @@ from lineside_inspect.package import ANOMALY_LABEL
 from lineside_inspect.recipes.schema import Polygon, Recipe
 from lineside_inspect.runtime.anomaly_map import AnomalyFinding
 from lineside_inspect.runtime.types import Detections
+from lineside_inspect.runtime.unchanged import MISMATCH_SHARE, GateResult
 from lineside_inspect.schemas import Outcome, Reason
 
 
@@ -139,6 +140,21 @@ def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
         message=f"anomaly score {anomaly.score:.3f} >= threshold {threshold:.3f} "
                 f"(model {anomaly.model}), {len(regions)} region(s)"))
     return Verdict("fail", _joined(verdict.defects, regions), verdict.reasons)
+
+
+def with_reference_mismatch(verdict: Verdict, gate: GateResult) -> Verdict:
+    """``verdict`` failed for a frame the unchanged gate found nearly all changed
+    (:attr:`GateResult.mismatch`), whatever the detector found."""
+    if not gate.mismatch:
+        return verdict
+    allowed = int(MISMATCH_SHARE * gate.tiles)
+    reason = Reason(rule="reference_mismatch", label="reference", count=gate.changed_tiles,
+                    allowed=allowed, message=(
+                        f"the frame differs from its reference image in {gate.changed_tiles} "
+                        f"of {gate.tiles} tiles (at most {allowed}): not the reference's view "
+                        "(another product, a wrong golden image, or the part or camera off "
+                        "by more than the gate's max_shift_px)"))
+    return Verdict("fail", verdict.defects, [*verdict.reasons, reason])
 
 
 def _judge_defects(detections: Detections, recipe: Recipe, thresholds: dict[str, float],

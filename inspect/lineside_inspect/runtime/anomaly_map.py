@@ -39,9 +39,19 @@ def anomaly_spec(card: ModelCard) -> AnomalySpec:
 
 
 def _safe(values: np.ndarray) -> np.ndarray:
-    """Scores as float32 in [0, 1]; a NaN is read as 1 (fully anomalous), so a broken
-    graph fails parts rather than passing them."""
-    return np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32), nan=1.0), 0.0, 1.0)
+    """Scores as float32 in [0, 1]; a value that is not finite (NaN, or -inf as much as
+    +inf) is read as 1 (fully anomalous), so a broken graph fails parts rather than
+    passing them (-inf was clipped to 0: a pass)."""
+    return np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32), nan=1.0, posinf=1.0,
+                                 neginf=1.0), 0.0, 1.0)
+
+
+def _content(shape: tuple[int, ...], lb: Letterbox) -> np.ndarray:
+    """Where the letterboxed input shows the image (the border is not the part)."""
+    nw, nh = max(1, round(lb.width * lb.scale)), max(1, round(lb.height * lb.scale))
+    content = np.zeros(shape, dtype=bool)
+    content[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = True
+    return content
 
 
 def regions(anomaly_map: np.ndarray, lb: Letterbox, spec: AnomalySpec, *,
@@ -50,11 +60,7 @@ def regions(anomaly_map: np.ndarray, lb: Letterbox, spec: AnomalySpec, *,
     input) above ``spec.map_threshold`` and at least ``spec.min_region_px`` pixels, as
     boxes in the original image; the ``max_regions`` strongest are kept."""
     amap = _safe(anomaly_map)
-    # the letterbox border is not the part: nothing there is reported
-    nw, nh = max(1, round(lb.width * lb.scale)), max(1, round(lb.height * lb.scale))
-    content = np.zeros(amap.shape, dtype=bool)
-    content[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = True
-    mask = (amap > spec.map_threshold) & content
+    mask = (amap > spec.map_threshold) & _content(amap.shape, lb)
     if not mask.any():
         return Detections.empty([ANOMALY_LABEL])
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -82,6 +88,12 @@ def find_anomalies(outputs: list[np.ndarray], letterboxes: list[Letterbox],
         raise PackageError(f"model {card.name} {card.version}: anomaly outputs of shapes "
                            f"{list(maps.shape)} and {list(scores.shape)} for {len(letterboxes)} images")
     model = f"{card.name} {card.version}"
-    return [AnomalyFinding(float(scores[i]), spec.threshold,
-                           regions(maps[i, 0], lb, spec, max_regions=card.max_detections), model)
-            for i, lb in enumerate(letterboxes)]
+    findings = []
+    for i, lb in enumerate(letterboxes):
+        score = float(scores[i])
+        if not np.isfinite(maps[i, 0][_content(maps[i, 0].shape, lb)]).all():
+            score = 1.0  # a map broken where the part is: the score cannot be trusted either
+        findings.append(AnomalyFinding(score, spec.threshold,
+                                       regions(maps[i, 0], lb, spec,
+                                               max_regions=card.max_detections), model))
+    return findings

@@ -3,18 +3,26 @@ golden image everywhere without running the detector.
 
 Most parts on a line are good, and a reference station already knows where a frame
 differs from its golden image. The gate compares the two as an AOI machine does, with a
-tolerance band: a frame pixel is *changed* only where its grey level lies outside the
-range of the reference within ``tolerance_px`` of it (the reference dilated and eroded),
-after matching the frame's brightness and contrast to the reference's. Edges that moved
-by up to ``tolerance_px`` (a part a pixel or two off its fixture) and a global gain change
-give no excess; a defect larger than the band does. The excess is smoothed over 3x3
-pixels (single-pixel sensor noise and JPEG ringing fall, a 3x3 defect keeps its value)
-and its maximum per ``tile`` x ``tile`` tile is the tile's score.
+tolerance band, after matching the frame's brightness and contrast to the reference's:
 
-A part passes unchanged when no tile's score reaches ``floor``, which is calibrated from
-good pairs (:func:`calibrate_floor`: the highest good score times a margin). Anything
-above it runs the detector as usual, so the gate can only save time on good parts; what
-it must never do is pass a defective one, which ``tools/unchanged_gate.py`` measures.
+- both ways: a frame pixel outside the range of the reference within ``tolerance_px`` of
+  it (the reference dilated and eroded) is *extra* (a short, a spur, a speck), and a
+  reference pixel outside the frame's range is *missing* (an open, a vanished trace).
+  One way alone let any trace or gap narrower than the band vanish or be bridged unseen
+  (a review found 284 of DeepPCB's 6,873 single defects passed with a one-way 3 px band);
+- per tile, not per pixel, for where the part sits: each ``tile`` x ``tile`` tile is
+  compared at the integer shifts around the frame's own (guessed from its row and column
+  profiles, at most ``max_shift_px``) and keeps its best; a part a pixel or two off its
+  fixture, or turned a little, matches, while a defect cannot hide by moving pixel by
+  pixel. The outer ``max_shift_px + tolerance_px`` pixels of the frame show what the
+  fixture's play moved in or out of view: they are not compared.
+
+The excess is smoothed over 3x3 pixels (single-pixel sensor noise and JPEG ringing fall,
+a 3x3 defect keeps its value) and its maximum per tile is the tile's score. A part passes
+unchanged when no tile's best score reaches ``floor``, which is calibrated from good pairs
+(:func:`calibrate_floor`: the highest good score times a margin). Anything above it runs
+the detector as usual, so the gate can only save time on good parts; what it must never
+do is pass a defective one, which ``tools/unchanged_gate.py`` measures, defect by defect.
 """
 
 from __future__ import annotations
@@ -38,9 +46,16 @@ class UnchangedGate(BaseModel):
     floor: float = Field(..., gt=0, le=255, strict=True, description=(
         "tile score (grey levels of excess over the tolerance band) at which a tile has "
         "changed; calibrate it from good parts with `lineside calibrate-unchanged`"))
-    tolerance_px: int = Field(3, ge=0, le=8, strict=True,
-                              description="how far an edge may move unnoticed")
+    tolerance_px: int = Field(1, ge=0, le=3, strict=True, description=(
+        "how far an edge may move unnoticed within a tile (sub-pixel play, a slight turn); "
+        "a trace or gap narrower than 2 x tolerance_px + 1 px is not seen"))
+    max_shift_px: int = Field(2, ge=0, le=8, strict=True, description=(
+        "how far (px) a part may sit off its fixture: each tile is compared at the shifts "
+        "around the frame's own, up to this far"))
     tile: int = Field(32, ge=8, le=256, strict=True)
+
+
+MISMATCH_SHARE = 0.5  # of the tiles changed: the frame is not of the golden's view
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,15 @@ class GateResult:
     unchanged: bool
     score: float  # the highest tile score
     changed_tiles: int
+    tiles: int = 0
+
+    @property
+    def mismatch(self) -> bool:
+        """The frame differs from its golden nearly everywhere: another product, a wrong
+        golden, a camera knocked off its view. A detector trained on differences finds
+        nothing to box in a frame that is all difference (a review passed other boards
+        and inverted frames), so such a part fails on this alone."""
+        return self.changed_tiles > MISMATCH_SHARE * self.tiles
 
 
 MAX_GAIN = 1.4
@@ -66,19 +90,91 @@ def _matched(frame: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.asarray(cv2.addWeighted(frame, alpha, frame, 0.0, beta))  # saturates to 0..255
 
 
-def excess(frame: np.ndarray, reference: np.ndarray, tolerance_px: int) -> np.ndarray:
-    """Per-pixel grey levels by which ``frame`` leaves the reference's tolerance band,
-    smoothed over 3x3 (uint8, same size as the frame)."""
+SOFTEN = 3  # px: Gaussian blur of both images before comparing (0: none)
+
+
+def _grey_pair(frame: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference and frame in grey, the frame's brightness matched to the reference's, both
+    softened a little: a one-pixel line photographed half a pixel off is half as dark over
+    two pixels, which is the optics, not a defect."""
     same_size(frame, reference)
     ref = gray(reference)
     f = _matched(gray(frame), ref)
-    if tolerance_px > 0:
-        k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * tolerance_px + 1, 2 * tolerance_px + 1))
-        hi, lo = cv2.dilate(ref, k), cv2.erode(ref, k)
-    else:
-        hi = lo = ref
-    # cv2.subtract saturates at 0: only what lies above the band, or below it, remains
-    out = cv2.max(cv2.subtract(f, hi), cv2.subtract(lo, f))
+    if SOFTEN:
+        ref = np.asarray(cv2.GaussianBlur(ref, (SOFTEN, SOFTEN), 0))
+        f = np.asarray(cv2.GaussianBlur(f, (SOFTEN, SOFTEN), 0))
+    return ref, f
+
+
+def _band(image: np.ndarray, tolerance_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image dilated and eroded: the grey range within ``tolerance_px`` of each pixel."""
+    if tolerance_px == 0:
+        return image, image
+    k = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * tolerance_px + 1, 2 * tolerance_px + 1))
+    return np.asarray(cv2.dilate(image, k)), np.asarray(cv2.erode(image, k))
+
+
+def _profile_shift(a: np.ndarray, b: np.ndarray, s: int) -> int:
+    """The ``d`` in ``-s..s`` for which profile ``a[i + d]`` best matches ``b[i]``."""
+    n = len(b)
+    if s == 0 or n <= 2 * s:
+        return 0
+    errors = [float(np.abs(a[s + d:n - s + d] - b[s:n - s]).mean()) for d in range(-s, s + 1)]
+    return int(np.argmin(errors)) - s
+
+
+def shift_guess(frame: np.ndarray, reference: np.ndarray, max_shift_px: int) -> tuple[int, int]:
+    """``(dx, dy)``: where the part sits, as its column and row profiles say (~0.2 ms): a
+    frame pixel ``(x + dx, y + dy)`` shows the reference's ``(x, y)``. Only a first guess:
+    each tile is still compared at the shifts around it."""
+    def profiles(image: np.ndarray, axis: int) -> np.ndarray:
+        return np.asarray(cv2.reduce(image, axis, cv2.REDUCE_AVG, dtype=cv2.CV_32F)).ravel()
+
+    return (_profile_shift(profiles(frame, 0), profiles(reference, 0), max_shift_px),
+            _profile_shift(profiles(frame, 1), profiles(reference, 1), max_shift_px))
+
+
+def _shifts(guess: tuple[int, int], s: int) -> list[tuple[int, int]]:
+    """The guess first, then its neighbours within ``s``, nearest first."""
+    gx, gy = guess
+    around = [(gx + dx, gy + dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+              if abs(gx + dx) <= s and abs(gy + dy) <= s]
+    return sorted(around, key=lambda d: (abs(d[0] - gx) + abs(d[1] - gy), d))
+
+
+def excess(frame: np.ndarray, reference: np.ndarray, tolerance_px: int,
+           shift: tuple[int, int] = (0, 0), margin: int | None = None) -> np.ndarray:
+    """Per-pixel grey levels by which ``frame`` (taken ``shift`` px off) leaves the
+    reference's tolerance band or the reference leaves the frame's, smoothed over 3x3
+    (uint8, the reference's size; the outer ``margin`` pixels are 0)."""
+    ref, f = _grey_pair(frame, reference)
+    s = max(abs(shift[0]), abs(shift[1]))
+    return _excess_at(*_prepared(f, ref, tolerance_px, s), shift, s,
+                      s + tolerance_px if margin is None else margin)
+
+
+_Prepared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _prepared(f: np.ndarray, ref: np.ndarray, tolerance_px: int, s: int) -> _Prepared:
+    rhi, rlo = _band(ref, tolerance_px)
+    # padded by s: a shifted view of the frame is a slice of the same size as the reference
+    fp = np.asarray(cv2.copyMakeBorder(f, s, s, s, s, cv2.BORDER_REPLICATE))
+    fhi, flo = _band(fp, tolerance_px)
+    return ref, rhi, rlo, fp, fhi, flo
+
+
+def _excess_at(ref: np.ndarray, rhi: np.ndarray, rlo: np.ndarray, fp: np.ndarray,
+               fhi: np.ndarray, flo: np.ndarray, shift: tuple[int, int], s: int,
+               margin: int) -> np.ndarray:
+    h, w = ref.shape
+    rows, cols = slice(s + shift[1], s + shift[1] + h), slice(s + shift[0], s + shift[0] + w)
+    fs, fh, fl = fp[rows, cols], fhi[rows, cols], flo[rows, cols]
+    # cv2.subtract saturates at 0: only what lies above a band, or below it, remains
+    out = cv2.max(cv2.max(cv2.subtract(fs, rhi), cv2.subtract(rlo, fs)),
+                  cv2.max(cv2.subtract(ref, fh), cv2.subtract(fl, ref)))
+    if margin > 0:
+        out[:margin], out[h - margin:], out[:, :margin], out[:, w - margin:] = 0, 0, 0, 0
     return np.asarray(cv2.blur(out, (3, 3)))
 
 
@@ -91,38 +187,79 @@ def tile_scores(ex: np.ndarray, tile: int) -> np.ndarray:
     return np.asarray(padded.reshape(th, tile, tw, tile).max(axis=(1, 3)), dtype=np.float32)
 
 
+def tile_best(frame: np.ndarray, reference: np.ndarray, gate: UnchangedGate,
+              floor: float | None = None) -> np.ndarray:
+    """Each tile's best score over the shifts :func:`_shifts` names. With ``floor``, stop
+    as soon as every tile is below it (a good part: one or two shifts); the scores are
+    then upper bounds, which is all a passing part needs."""
+    ref, f = _grey_pair(frame, reference)
+    s = gate.max_shift_px
+    prepared = _prepared(f, ref, gate.tolerance_px, s)
+    best: np.ndarray | None = None
+    for shift in _shifts(shift_guess(f, ref, s), s):
+        scores = tile_scores(_excess_at(*prepared, shift, s, s + gate.tolerance_px), gate.tile)
+        best = scores if best is None else np.minimum(best, scores)
+        if floor is not None and float(best.max()) < floor:
+            break
+    assert best is not None  # the guess itself is always among the shifts
+    return best
+
+
 def check(frame: np.ndarray, reference: np.ndarray, gate: UnchangedGate) -> GateResult:
-    scores = tile_scores(excess(frame, reference, gate.tolerance_px), gate.tile)
+    scores = tile_best(frame, reference, gate, floor=gate.floor)
     changed = int((scores >= gate.floor).sum())
-    return GateResult(unchanged=changed == 0, score=float(scores.max()), changed_tiles=changed)
+    return GateResult(unchanged=changed == 0, score=float(scores.max()), changed_tiles=changed,
+                      tiles=scores.size)
 
 
-def calibrate_floor(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, tolerance_px: int = 3,
-                    tile: int = 32, margin: float = 1.5, minimum: float = 12.0,
-                    names: Sequence[str] = ()) -> dict[str, float]:
+MAX_FLOOR = 64.0  # DeepPCB's single defects score 83 and up: a floor above this passes some
+
+
+def calibrate_floor(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, tolerance_px: int = 1,
+                    max_shift_px: int = 2, tile: int = 32, margin: float = 1.5,
+                    minimum: float = 12.0, names: Sequence[str] = ()) -> dict[str, float]:
     """A floor from good ``(frame, reference)`` pairs: ``margin`` times the highest tile
     score any of them reached, and at least ``minimum`` grey levels. Returns the floor
     with the figures it came from. ``names`` (the frames' files, in order) name a frame
-    the calibration refuses, so the user knows which file to take out."""
+    the calibration refuses, so the user knows which file to take out.
+
+    One defective frame among the good ones would set the floor at its defect, and the
+    gate would pass every defect as large: a frame far above the others (over 4x their
+    median and 24 grey levels above it) is refused, and so is a floor over
+    :data:`MAX_FLOOR`."""
+    if not 1.0 <= margin <= 3.0:
+        raise ConfigError(f"margin {margin} is not within 1..3")
+    gate = UnchangedGate(floor=255.0, tolerance_px=tolerance_px, max_shift_px=max_shift_px,
+                         tile=tile)
     best = []
     for i, (frame, reference) in enumerate(pairs):
         try:
-            best.append(float(tile_scores(excess(frame, reference, tolerance_px), tile).max()))
+            best.append(float(tile_best(frame, reference, gate).max()))
         except LinesideError as exc:  # e.g. a frame of another size than the reference
             if i < len(names):
                 raise exc.prefixed(names[i]) from None
             raise
     if not best:
         raise ConfigError("no good frames to calibrate the unchanged gate from")
-    worst = max(best)
-    if worst * margin > 255:
-        k = best.index(worst)
+
+    def refused(k: int, why: str) -> ConfigError:
         which = f"{names[k]}: " if k < len(names) else ""
-        raise ConfigError(
-            f"{which}good frame {k + 1} differs from the reference by {worst:.0f} grey "
-            "levels, as a defect would: calibrate from good parts of this view only")
+        return ConfigError(f"{which}good frame {k + 1} differs from the reference by "
+                           f"{best[k]:.0f} grey levels, {why}: calibrate from good parts "
+                           "of this view only")
+
+    worst = max(best)
+    median = float(np.median(best))
+    if len(best) >= 3 and worst > max(4 * median, median + 24):
+        raise refused(best.index(worst), f"where the others' median is {median:.0f}, "
+                      "as a defect would")
+    if worst * margin > MAX_FLOOR:
+        raise refused(best.index(worst), f"a floor of {worst * margin:.0f} would pass real "
+                      f"defects (at most {MAX_FLOOR:.0f})")
     return {"floor": round(max(minimum, worst * margin), 2), "good_pairs": len(best),
             "minimum_applied": worst * margin < minimum,
             "highest_good_score": round(worst, 2),
             "p99_good_score": round(float(np.percentile(best, 99)), 2),
-            "tolerance_px": tolerance_px, "tile": tile, "margin": margin}
+            "median_good_score": round(median, 2),
+            "tolerance_px": tolerance_px, "max_shift_px": max_shift_px, "tile": tile,
+            "margin": margin}
