@@ -600,6 +600,10 @@ def export_cmd(
     data: Annotated[str | None, typer.Option(help="dataset for parity/calibration")] = None,
     int8: Annotated[bool, typer.Option(help="static int8 quantisation")] = False,
     fp16: Annotated[bool, typer.Option(help="fp16 for GPU deployment")] = False,
+    max_defects_lost: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+        "--int8/--fp16: the share of the defects the fp32 graph counts on val that the "
+        "lower-precision graph may miss (a part fp32 fails that it passes is always "
+        "refused)"))] = 0.01,
     overwrite: Annotated[bool, typer.Option(help=(
         "replace --out if it is a model package or empty (never the run)"))] = False,
     parent: Annotated[Path | None, typer.Option(
@@ -627,7 +631,7 @@ def export_cmd(
     if out_dir is None:
         raise ConfigError("give --out PACKAGE_FOLDER (or --triton REPO to write a package for Triton)")
     s = training().export(run, out_dir, data=data, int8=int8, fp16=fp16, overwrite=overwrite,
-                          parent=parent)
+                          parent=parent, max_defects_lost=max_defects_lost)
     for note in s.get("notes", []):
         err.print(f"note: {note}", highlight=False, markup=False)
     out.print_json(json.dumps(s))

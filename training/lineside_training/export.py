@@ -49,7 +49,7 @@ from lineside_training.package_writer import (
     parent_model,
     staged_package,
 )
-from lineside_training.predict import predict_records, runtime_inputs, runtime_predictions
+from lineside_training.predict import Prediction, predict_records, runtime_inputs, runtime_predictions
 
 PARITY_IOU = 0.99
 MIN_PARITY_AREA = 1.0  # px²
@@ -112,6 +112,50 @@ def parity_report(trained: Trained, detector: Detector, records: list[ImageRecor
     return problems
 
 
+def counted_changes(base: list[Prediction], low: list[Prediction], class_names: list[str],
+                    thresholds: dict[str, float], iou: float = 0.5) -> dict[str, Any]:
+    """What a lower-precision graph counts differently from the fp32 one at the card's
+    thresholds, image by image: defects fp32 counts that it does not (``lost``, by class;
+    a box of the same class with IoU >= ``iou`` is the same defect) and ones it adds
+    (``gained``), and parts whose verdict under the card's own recipe (any counted
+    defect fails) flips: ``escapes`` (fp32 fails, it passes), ``false_rejects``.
+
+    mAP@.5 ignores thresholds: an int8 graph within a point of fp32's mAP passed a part
+    with a critical scratch that fp32 failed (0.465 against a threshold of 0.46;
+    training review, session 33)."""
+    lost: dict[str, int] = {}
+    gained: dict[str, int] = {}
+    counted = escapes = false_rejects = 0
+
+    def kept(p: Prediction) -> Prediction:
+        keep = np.array([s >= thresholds[class_names[c]] for c, s in zip(p.labels, p.scores,
+                                                                          strict=True)], bool)
+        return Prediction(p.boxes[keep], p.scores[keep], p.labels[keep])
+
+    for b, lo in zip(base, low, strict=True):
+        b, lo = kept(b), kept(lo)
+        counted += len(b.labels)
+        escapes += bool(len(b.labels)) and not len(lo.labels)
+        false_rejects += bool(len(lo.labels)) and not len(b.labels)
+        for c in set(b.labels.tolist()) | set(lo.labels.tolist()):
+            bb, lb = b.boxes[b.labels == c], lo.boxes[lo.labels == c]
+            matched_b: set[int] = set()
+            matched_l: set[int] = set()
+            if len(bb) and len(lb):
+                ious = iou_matrix(bb, lb)
+                for i, j in sorted(np.argwhere(ious >= iou).tolist(), key=lambda ij: -ious[ij[0], ij[1]]):
+                    if i not in matched_b and j not in matched_l:
+                        matched_b.add(i)
+                        matched_l.add(j)
+            name = class_names[c]
+            if len(bb) - len(matched_b):
+                lost[name] = lost.get(name, 0) + len(bb) - len(matched_b)
+            if len(lb) - len(matched_l):
+                gained[name] = gained.get(name, 0) + len(lb) - len(matched_l)
+    return {"images": len(base), "defects_counted_fp32": counted, "defects_lost": lost,
+            "defects_gained": gained, "escapes": int(escapes), "false_rejects": int(false_rejects)}
+
+
 def _latency_ms(detector: Detector, size: int, runs: int = 20) -> float:
     batch = np.random.default_rng(0).integers(0, 255, (1, 3, size, size), dtype=np.uint8)
     times = []
@@ -168,7 +212,7 @@ def convert_fp16(fp32: Path, out: Path) -> None:
 
     graph = onnx.load(str(fp32))
     half = convert_float_to_float16(graph, keep_io_types=True,
-                                    op_block_list=["NonMaxSuppression", "TopK", "ScatterND"])
+                                    op_block_list=["NonMaxSuppression", "TopK", "ScatterND", "Range"])
     onnx.save(half, str(out))
 
 
@@ -204,6 +248,7 @@ def export(
     fp16: bool = False,
     calibration_images: int = 64,
     max_map_drop: float = 0.01,
+    max_defects_lost: float = 0.01,
     overwrite: bool = False,
     parent: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -284,14 +329,18 @@ def export(
             card.sha256 = sha256_file(fp32)
             write_card(tmp, card)
             low = Detector(load_package(tmp), device="auto" if fp16 else "cpu")
-            low_map = coco_metrics(val, runtime_predictions(low, val, dataset),
-                                   trained.class_names)["map50"]
+            low_preds = runtime_predictions(low, val, dataset)
+            low_map = coco_metrics(val, low_preds, trained.class_names)["map50"]
+            changes = counted_changes(base_preds, low_preds, trained.class_names, thr)
             low_ms = _latency_ms(low, cfg.input_size)
             card.quantization = {"precision": card.precision, "map50_fp32": base_map,
                                  "map50": low_map, "map50_change": low_map - base_map,
                                  "p50_ms_fp32": base_ms, "p50_ms": low_ms,
                                  "speedup": base_ms / low_ms, "calibration_images":
-                                 min(calibration_images, len(val)) if int8 else 0}
+                                 min(calibration_images, len(val)) if int8 else 0,
+                                 # on the val images, at the card's thresholds: the card's
+                                 # metrics are the fp32 graph's
+                                 "counted_vs_fp32": changes}
             write_card(tmp, card)
             (tmp / "model.fp32.onnx").unlink()
             summary["quantization"] = card.quantization
@@ -299,10 +348,33 @@ def export(
                 raise PackageError(
                     f"int8 graph refused: mAP@.5 fell from {base_map:.4f} to {low_map:.4f} "
                     f"(more than {max_map_drop * 100:.1f} points)")
+            _check_counted(card.precision, changes, max_defects_lost, notes)
     summary["sha256"] = card.sha256
     if notes:
         summary["notes"] = notes
     return summary
+
+
+def _check_counted(precision: str, changes: dict[str, Any], max_lost: float,
+                   notes: list[str]) -> None:
+    """Refuse a lower-precision graph that passes a val part fp32 fails, or that misses
+    more than ``max_lost`` of the defects fp32 counts; note any defect it misses."""
+    lost = sum(changes["defects_lost"].values())
+    counted = changes["defects_counted_fp32"]
+    which = ", ".join(f"{n} {k}" for k, n in sorted(changes["defects_lost"].items()))
+    if changes["escapes"]:
+        raise PackageError(
+            f"{precision} graph refused: it passes {changes['escapes']} val part(s) the fp32 "
+            f"graph fails at the card's thresholds (defects it misses: {which})")
+    if lost > max_lost * max(counted, 1):
+        raise PackageError(
+            f"{precision} graph refused: it misses {lost} of the {counted} defects the fp32 "
+            f"graph counts on val at the card's thresholds ({which}; at most "
+            f"{max_lost * 100:.1f}%: --max-defects-lost)")
+    if lost:
+        notes.append(f"the {precision} graph misses {lost} of the {counted} defects the fp32 "
+                     f"graph counts on val ({which}): a recipe that allows some defects of "
+                     "a class may judge a part otherwise (card quantization.counted_vs_fp32)")
 
 
 def threshold_card(package: str | Path, calibration: dict[str, Any]) -> dict[str, Any]:
