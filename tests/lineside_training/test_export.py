@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -356,3 +357,56 @@ def test_a_val_without_defects_saves_no_thresholds(tiny_run: Path, tmp_path: Pat
     result = evaluate(run, split="val")
     assert result["thresholds_saved"] is None and not (run / "thresholds.json").exists()
     assert "val holds no defective image" in result["notes"][0]
+
+
+def _copy_run_on(tiny_run: Path, tmp_path: Path, edit: Any) -> Path:
+    """The run copied, its dataset a copy of the sample changed by ``edit(doc)`` after
+    training."""
+    import torch
+
+    data = tmp_path / "set"
+    shutil.copytree(SAMPLE, data)
+    doc = json.loads((data / "annotations.json").read_text())
+    edit(doc)
+    (data / "annotations.json").write_text(json.dumps(doc))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("best.pt", "last.pt"):
+        ck = torch.load(run / name, weights_only=False)
+        ck["data"]["path"] = str(data)
+        if "class_names" in ck and edit.__name__ == "dollar":
+            ck["class_names"][0] = doc["categories"][0]["name"]
+        torch.save(ck, run / name)
+    (run / "thresholds.json").unlink(missing_ok=True)
+    return run
+
+
+@pytest.mark.slow
+def test_evaluating_a_run_whose_dataset_was_resplit_says_so(tiny_run: Path,
+                                                            tmp_path: Path) -> None:
+    """Re-split after training, "val" held the run's training images: evaluate scored
+    them, rewrote thresholds.json and export shipped them (training review, session 33)."""
+    from lineside_training.evaluate import evaluate
+
+    def swapped(doc: dict[str, Any]) -> None:
+        for img in doc["images"]:
+            img["split"] = "train" if img.get("split") == "val" else "val"
+
+    run = _copy_run_on(tiny_run, tmp_path, swapped)
+    result = evaluate(run, split="val", out=tmp_path / "report")
+    assert result["thresholds_saved"] is None and not (run / "thresholds.json").exists()
+    assert any("changed since the run trained on it" in n for n in result["notes"])
+    assert result["calibration"]["in_sample"] is True
+
+
+@pytest.mark.slow
+def test_a_class_name_with_dollar_signs_does_not_crash_the_report(tiny_run: Path,
+                                                                  tmp_path: Path) -> None:
+    from lineside_training.evaluate import evaluate
+
+    def dollar(doc: dict[str, Any]) -> None:
+        doc["categories"][0]["name"] = "open $\\q$"
+
+    run = _copy_run_on(tiny_run, tmp_path, dollar)
+    evaluate(run, split="val", out=tmp_path / "report", data=str(tmp_path / "set"))
+    assert (tmp_path / "report" / "pr_curves.png").is_file()

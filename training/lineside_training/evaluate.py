@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
+from lineside_inspect.dataset.canonical import ANNOTATIONS
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.imageio import read_image
-from lineside_inspect.package import CARD
+from lineside_inspect.package import CARD, sha256_file
 from lineside_inspect.runtime.detector import Detector
 from lineside_training.calibration import calibrate_f
 from lineside_training.checkpoint import (
@@ -67,16 +68,27 @@ def evaluate(
     saved: Path | None = None  # where the calibrated thresholds went, if anywhere
     notes: list[str] = []
     defective = any(r.boxes for r in records)
+    changed = own and _changed_since_training(trained)
+    if changed:
+        # re-split (or relabelled) since: "val" may hold images the run trained on, and
+        # thresholds chosen on them shipped in-sample unsaid (training review, session 33)
+        notes.append(f"{trained.data} changed since the run trained on it (re-split or "
+                     "relabelled): its val may hold images the run trained on; figures may "
+                     "be in-sample and thresholds are not saved (train again on it)")
+    merged = trained.checkpoint.get("data", {}).get("extra_duplicates") or {}
+    if own and merged:
+        notes.append(f"{sum(merged.values())} merged training images are parts this "
+                     "validation judges: figures are in-sample for them")
     if split == "val" and own and shipped and not defective:
         # nothing to calibrate on: saving them gave export a default of 0.5 unsaid
         notes.append("val holds no defective image: thresholds not calibrated nor saved "
                      "(make a split with defects in val: 'lineside data split')")
-    if split == "val" and own and shipped and defective:
+    if split == "val" and own and shipped and defective and not changed:
         calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape,
                             agnostic_iou=rule)
         saved = trained.save_thresholds(calib)
         in_sample = True
-    elif trained.thresholds:
+    elif trained.thresholds and not changed:
         calib, in_sample = trained.thresholds, own and split in ("val", "all")
     else:  # never calibrated: on these images, for this report only
         calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape,
@@ -102,6 +114,15 @@ def evaluate(
     # where it wrote, for the command to say (it wrote them unsaid)
     return {**result, "report": str(report), "notes": notes,
             "thresholds_saved": None if saved is None else str(saved)}
+
+
+def _changed_since_training(trained: Trained) -> bool:
+    """Whether the run's dataset is not the one it trained on (its labels' digest)."""
+    seen = trained.checkpoint.get("data", {}).get("annotations_sha256")
+    try:
+        return bool(seen) and sha256_file(Path(trained.data) / ANNOTATIONS) != seen
+    except OSError:
+        return False
 
 
 def _shipped(trained: Trained) -> bool:
@@ -272,6 +293,8 @@ def curve_figure(rows: list[dict[str, Any]], goal: float | None) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
+    # class names are text: "scratch $\\q$" was parsed as mathtext and crashed the report
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -293,6 +316,8 @@ def _plots(out: Path, result: dict[str, Any], records: list[ImageRecord],
     import matplotlib
 
     matplotlib.use("Agg")
+    # class names are text: "scratch $\\q$" was parsed as mathtext and crashed the report
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     from lineside_inspect.boxes import iou_matrix

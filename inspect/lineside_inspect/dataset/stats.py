@@ -64,6 +64,8 @@ def plot_stats(stats: dict[str, Any], out: Path) -> Path:
                                 + install_hint("train")) from None
 
     matplotlib.use("Agg")
+    # class names are text: "scratch $\\q$" was parsed as mathtext and crashed the report
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
