@@ -19,7 +19,9 @@ except ImportError:  # pragma: no cover - httptools is an edge dependency
 
 from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.config import Settings
-from lineside_inspect.errors import error_body
+from lineside_inspect.errors import ConfigError, error_body
+from lineside_inspect.package import ModelCard
+from lineside_inspect.recipes import Recipe
 from lineside_inspect.server.app import create_app
 
 log = logging.getLogger("lineside")
@@ -262,11 +264,50 @@ def preflight(settings: Settings) -> None:
     from lineside_inspect.package import load_package
     from lineside_inspect.recipes import check_card_recipe, load_recipe
 
+    cards: dict[str, dict[str, ModelCard]] = {}
     for path in settings.models:
         card = load_package(path).card
         check_card_recipe(card, card.class_names)
-    for recipe in settings.recipes:
-        load_recipe(recipe)
+        cards.setdefault(card.name, {})[card.version] = card
+    for path in settings.recipes:
+        _check_recipe(load_recipe(path), cards, pulled=settings.fleet.hub_url is not None)
+
+
+def _check_recipe(recipe: Recipe, cards: dict[str, dict[str, ModelCard]], *,
+                  pulled: bool) -> None:
+    """A configured recipe against the configured models' cards, as the registry checks
+    it at start-up (a typo in ``critical`` was a 79-line traceback from uvicorn's
+    lifespan). A model no package is configured for may come from the hub on a fleet box
+    (``pulled``): the start-up checks that one."""
+    if recipe.remote is not None:
+        return  # its card is its own (checked at start-up)
+    versions = cards.get(recipe.model)
+    if versions is None:
+        if pulled:
+            return
+        raise ConfigError(f"recipe {recipe.name}: model {recipe.model!r} is not among the "
+                          f"configured models ({', '.join(sorted(cards)) or 'none'})")
+    # without a version, the active one: the last configured (each load activates)
+    card = versions.get(recipe.model_version) if recipe.model_version else \
+        list(versions.values())[-1]
+    if card is None:
+        if pulled:
+            return
+        raise ConfigError(f"recipe {recipe.name}: model {recipe.model} has no configured "
+                          f"version {recipe.model_version!r} ({', '.join(sorted(versions))})")
+    fused = recipe.anomaly.model if recipe.anomaly is not None else None
+    fused_versions = list(cards.get(fused, {}).values()) if fused else []
+    anomaly = fused_versions[-1] if fused_versions else None
+    if fused and anomaly is None:
+        if pulled:
+            return
+        raise ConfigError(f"recipe {recipe.name}: anomaly.model {fused!r} is not among the "
+                          f"configured models ({', '.join(sorted(cards))})")
+    recipe.check_models(card.kind, card.class_names, None if anomaly is None else anomaly.kind)
+    if (recipe.unchanged_gate is not None or recipe.align_reference) and not card.needs_reference:
+        raise ConfigError(f"recipe {recipe.name}: unchanged_gate and align_reference compare "
+                          f"each frame with its reference, and model {recipe.model} takes "
+                          "no reference")
 
 
 def warn_auth_off(settings: Settings, what: str) -> None:

@@ -116,6 +116,26 @@ def test_serve_command_names_the_environment_variable(tmp_path: Path) -> None:
     assert "error: LINESIDE_MAX_CONCURRENCY: Input should be a valid integer" in res.output
 
 
+@pytest.mark.parametrize("recipe, problem", [
+    ("critical: [scrach]", "recipe typo: critical names unknown class 'scrach'"),
+    ("max_count: {short: 1}\nmodel_version: '9'",
+     "recipe typo: model deeppcb has no configured version '9' (1)"),
+    ("unchanged_gate: {floor: 16.5}", "recipe typo: unchanged_gate and align_reference compare "
+     "each frame with its reference, and model deeppcb takes no reference"),
+])
+def test_a_recipe_its_model_cannot_serve_is_one_line_before_start(tmp_path: Path, recipe: str,
+                                                                    problem: str) -> None:
+    """A typo in a recipe's critical list was a 79-line traceback from uvicorn's lifespan
+    and exit code 3 (training review, session 33): it is the CLI's one error line."""
+    (tmp_path / "r.yaml").write_text(f"name: typo\nversion: '1'\nmodel: deeppcb\n{recipe}\n")
+    config = _serve_yaml(tmp_path, f"models: [{ROOT / 'models' / 'deeppcb' / '1'}]\n"
+                                   f"recipes: [{tmp_path / 'r.yaml'}]\n")
+    config.write_text(config.read_text().replace("models: []\n", ""))
+    res = CliRunner().invoke(app, ["serve", "--config", str(config), "--port", "9"])
+    assert res.exit_code == 2, res.output
+    assert f"error: {problem}" in res.output and "Traceback" not in res.output
+
+
 # ---------------------------------------------------------------- data pull
 @pytest.fixture
 def plain_http() -> Iterator[int]:
