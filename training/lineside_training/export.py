@@ -264,6 +264,12 @@ def export(
     val = dataset.in_split("val") or dataset.images
     thresholds = trained.thresholds
     notes: list[str] = []
+    if thresholds is None and not any(r.boxes for r in val):
+        # calibrating on good parts alone gave every class 0.5, noted as "never evaluated"
+        raise ConfigError(
+            f"{run}: no calibrated thresholds, and val holds no defective image to calibrate "
+            "them on: make a split with defects in val ('lineside data split'), then "
+            "'lineside evaluate RUN', or give --data a dataset with defects")
     if thresholds is None:  # calibrate now so the card always carries operating points
         preds = predict_records(trained.model, dataset, val, trained.class_names,
                                 size=cfg.input_size, device=torch.device("cpu"),
