@@ -7,6 +7,7 @@ orientation shows turned, Windows separators in COCO names, and -f good's layout
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -205,6 +206,22 @@ def test_good_refuses_a_folder_of_float_id_labels(tmp_path: Path) -> None:
     (tmp_path / "src" / "a.txt").write_bytes(b"\xef\xbb\xbf0.0 0.5 0.5 0.2 0.2\n")
     with pytest.raises(DatasetError, match="-f yolo"):
         import_dataset("good", tmp_path / "src", tmp_path / "out")
+
+
+def test_an_image_file_far_over_its_pixels_is_refused_unread(tmp_path: Path) -> None:
+    """A 160x160 PNG padded to 3 GB was read whole to find its size (3.2 GB of memory;
+    training review, session 33). The file is sparse here: nothing is written to disk."""
+    from lineside_inspect.dataset.importers import MAX_IMAGE_FILE_BYTES
+
+    _jpg(tmp_path / "src" / "a.jpg")
+    big = tmp_path / "src" / "b.jpg"
+    _jpg(big)
+    with big.open("r+b") as f:
+        f.truncate(MAX_IMAGE_FILE_BYTES + 1)
+    with pytest.raises(DatasetError) as refused:
+        import_dataset("good", tmp_path / "src", tmp_path / "out")
+    assert re.search(r"b\.jpg.*image file of \d+ MiB: over the", _messages(refused)), \
+        _messages(refused)
 
 
 # --- 7: JPEGs an EXIF orientation shows turned -------------------------------------------

@@ -30,6 +30,7 @@ from lineside_inspect.dataset.layout import (
 from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, ImageError, Problem
 from lineside_inspect.imageio import IMAGE_SUFFIXES, UNSUPPORTED_IMAGE_SUFFIXES, header_size
+from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 
 DEEPPCB_CLASSES = ("open", "short", "mousebite", "spur", "copper", "pin-hole")
 DEEPPCB_LICENCE = ("MIT; the authors ask that DeepPCB be used for research: data and models "
@@ -38,9 +39,20 @@ DEEPPCB_LICENCE = ("MIT; the authors ask that DeepPCB be used for research: data
 Draft = tuple[Dataset, list[Problem]]
 
 
+# the largest image file taken: the pixel limit as an uncompressed 32-bit BMP, and a
+# little header (a PNG padded to 3 GB was read whole into memory: training review)
+MAX_IMAGE_FILE_BYTES = MAX_IMAGE_PIXELS * 4 + (1 << 20)
+
+
 def _size(path: Path, subject: str, problems: list[Problem]) -> tuple[int, int]:
     """Image size from the header; a problem (and 0x0) when the file is missing or bad."""
     try:
+        size = path.stat().st_size
+        if size > MAX_IMAGE_FILE_BYTES:
+            problems.append(Problem(str(path), "", f"image file of {size >> 20} MiB: over the "
+                                    f"{MAX_IMAGE_FILE_BYTES >> 20} MiB an image of at most "
+                                    f"{MAX_IMAGE_PIXELS} pixels takes", subject))
+            return 0, 0
         # the whole file: a JPEG's frame header comes after its metadata, and a 70 KB
         # ICC profile put it past the first 64 KiB this read (second review)
         return header_size(path.read_bytes())
