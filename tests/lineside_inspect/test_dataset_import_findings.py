@@ -362,3 +362,21 @@ def test_class_names_differing_in_case_are_warned(tmp_path: Path) -> None:
     assert len(ds.categories) == 4
     assert ("warning: class names differing only in case are separate classes: "
             "'SCRATCH' / 'Scratch' / 'scratch'") in str(ds.info["layout"])
+
+
+def test_spaces_around_class_names_are_not_the_class(tmp_path: Path) -> None:
+    """YOLO and COCO kept ' scratch' and 'dent\\t' while VOC stripped them: one set
+    imported two ways had other classes, told apart by invisible tabs (training review,
+    session 33)."""
+    _yolo(tmp_path / "y", "names: [' scratch', \"dent\\t\"]\n",
+          {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.5 0.5 0.2 0.2\n"})
+    ds, _ = import_dataset("yolo", tmp_path / "y", tmp_path / "out")
+    assert sorted(ds.categories) == ["dent", "scratch"]
+    src = tmp_path / "c"
+    src.mkdir()
+    doc = json.loads(_coco_doc(["a.jpg"]))
+    doc["categories"] = [{"id": 1, "name": " scratch\t"}]
+    (src / "annotations.json").write_text(json.dumps(doc))
+    _jpg(src / "images" / "a.jpg")
+    ds, _ = import_dataset("coco", src, tmp_path / "out2")
+    assert ds.categories == ["scratch"]

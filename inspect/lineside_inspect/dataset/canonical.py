@@ -170,12 +170,14 @@ def from_coco(doc: Any, file: str, *,
     categories: dict[int, str] = {}
     for i, cat in enumerate(doc.get("categories", [])):
         where = f"categories[{i}]"
+        # a name's surrounding spaces are not the class's (VOC's reader strips them: one
+        # set imported as COCO and as VOC had other classes, told apart by invisible tabs)
         if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or not cat.get("name"):
             problems.append(Problem(file, where, "needs an integer 'id' and a 'name'"))
             continue
         if cat["id"] in categories:
             problems.append(Problem(file, f"{where}.id", f"duplicate category id {cat['id']}"))
-        categories[cat["id"]] = str(cat["name"])
+        categories[cat["id"]] = str(cat["name"]).strip() or str(cat["name"])  # blank: said below
 
     records: list[ImageRecord] = []
     refused: set[Any] = set()  # ids of images refused for their own fields

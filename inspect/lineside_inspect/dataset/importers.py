@@ -674,7 +674,8 @@ def _class_name(cfg: Path, cid: int, name: object) -> str:
                            "(YAML reads an empty entry as null and no/yes/on/off as true/false)"
                            if isinstance(name, bool) or name is None else
                            f"{cfg}: class id {cid}: name is a {type(name).__name__}, not text")
-    return str(name)
+    # as VOC's reader and COCO's take names: no invisible tabs (a blank one is said later)
+    return str(name).strip() or str(name)
 
 
 def _yolo_names(src: Path, files: list[Path]) -> tuple[dict[int, str], Path]:

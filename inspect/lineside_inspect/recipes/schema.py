@@ -176,10 +176,11 @@ class Recipe(BaseModel):
             for label in getattr(self, field_name):
                 if label not in known:
                     raise ConfigError(f"recipe {self.name}: {field_name} names unknown class "
-                                      f"{label!r} (model classes: {', '.join(class_names)})")
+                                      f"{label!r} (model classes: {', '.join(map(repr, class_names))})")
         for label in self.critical:
             if label not in known:
-                raise ConfigError(f"recipe {self.name}: critical names unknown class {label!r}")
+                raise ConfigError(f"recipe {self.name}: critical names unknown class {label!r} "
+                                  f"(model classes: {', '.join(map(repr, class_names))})")
 
 
 class _Loader(yaml.SafeLoader):
