@@ -35,6 +35,9 @@ def _then_good_request_on_same_connection(c: httpx.Client, bad: httpx.Response) 
 def _assert_clean_4xx(r: httpx.Response, code: str | None = None) -> dict[str, Any]:
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
     err = r.json()["error"]
+    if r.request.url.path.startswith("/v2/"):  # the protocol's shape: {"error": "...", "code"}
+        assert set(r.json()) == {"error", "code"} and isinstance(err, str), r.text
+        err = {"code": r.json()["code"], "message": err}
     assert set(err) == {"code", "message"}
     if code:
         assert err["code"] == code, err
@@ -107,7 +110,7 @@ def test_v2_messages_name_the_problem(srv) -> None:
         def message(case: str) -> str:
             body, headers = V2_BAD[case]()
             r = c.post("/v2/models/deeppcb/infer", content=body, headers=headers)
-            return str(r.json()["error"]["message"])
+            return str(r.json()["error"])
 
         assert "0..255" in message("value over int64") and "0..255" in message("value over 255")
         assert "inputs.0.parameters" in message("parameters is a list")
@@ -136,7 +139,7 @@ def test_good_v2_json_request_still_answers(srv) -> None:
         head = json.dumps({"inputs": [{**GOOD, "parameters": {"binary_data_size": batch.size}}]})
         r = c.post("/v2/models/deeppcb/infer", content=head.encode() + batch.tobytes() + b"extra",
                    headers={"Inference-Header-Content-Length": str(len(head))})
-        assert r.status_code == 400 and "5 bytes" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "5 bytes" in r.json()["error"]
 
 
 def _png(width: int, height: int) -> bytes:
@@ -220,7 +223,7 @@ def test_unexpected_error_is_generic_logged_and_keeps_the_connection(
             r = c.get("/v2/models/deeppcb")
         monkeypatch.undo()
         assert r.status_code == 500
-        err = r.json()["error"]
+        err = {"message": r.json()["error"], "code": r.json()["code"]}  # the protocol's shape
         assert err["code"] == "internal_error"
         assert "secret" not in r.text and "OSError" not in r.text and "Input/output" not in r.text
         error_id = r.headers["x-lineside-error-id"]
@@ -263,5 +266,5 @@ def test_a_value_the_database_refuses_is_422_not_500(launch, monkeypatch: pytest
         monkeypatch.setattr(registry, "detector", too_long)
         r = c.get("/v2/models/deeppcb")
         monkeypatch.undo()
-        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        assert r.status_code == 500 and r.json()["code"] == "internal_error"
         assert "character(64)" not in r.text

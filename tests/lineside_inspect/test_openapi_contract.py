@@ -30,6 +30,7 @@ from lineside_inspect.server.responses import (
     LoadedModel,
     ModelMetadata,
     ModelReadiness,
+    OipErrorBody,
     Readiness,
     ReferenceList,
     ServerMetadata,
@@ -123,7 +124,9 @@ def test_every_error_is_the_error_shape(served: tuple[Running, dict[str, Any]]) 
         if "4XX" not in errs or "500" not in errs:
             problems.append(f"{where}: declares errors {sorted(errs)}, without 4XX or 500")
         for status, response in errs.items():
-            want = "Readiness" if status == "503" and path in READINESS else "ErrorBody"
+            # /v2 answers errors in the Open Inference Protocol's shape (oip_errors.py)
+            want = "Readiness" if status == "503" and path in READINESS else \
+                "OipErrorBody" if path.startswith("/v2") else "ErrorBody"
             named = [_refs(spec.get("schema", {})) for spec in response.get("content", {}).values()]
             if named != [{want}]:
                 problems.append(f"{where}: {status} is {named}, not {want}")
@@ -164,8 +167,9 @@ def test_answers_validate_against_their_declared_models(
         (None, "GET", "/v2", "/v2", {}, 200, ServerMetadata),
         (None, "GET", "/v2/health/live", "/v2/health/live", {}, 200, Liveness),
         (None, "GET", "/v2/health/ready", "/v2/health/ready", {}, 200, Readiness),
-        (None, "GET", "/v2/models/deeppcb", "/v2/models/{name}", {}, 200, ModelMetadata),
-        (None, "GET", "/v2/models/deeppcb/ready", "/v2/models/{name}/ready", {}, 200, ModelReadiness),
+        ("line", "GET", "/v2/models/deeppcb", "/v2/models/{name}", {}, 200, ModelMetadata),
+        ("line", "GET", "/v2/models/deeppcb/ready", "/v2/models/{name}/ready", {}, 200,
+         ModelReadiness),
         ("line", "POST", "/v2/models/deeppcb/infer", "/v2/models/{name}/infer",
          {"content": infer_body, "headers": infer_headers}, 200, InferResponse),
         # errors, as each route declares them
@@ -176,7 +180,8 @@ def test_answers_validate_against_their_declared_models(
         ("admin", "POST", "/v1/models/deeppcb/activate", "/v1/models/{name}/activate",
          {"json": {"version": 9}}, 422, ErrorBody),  # FastAPI's validation, in our shape
         ("reviewer", "GET", "/v1/stats?hours=0", "/v1/stats", {}, 422, ErrorBody),
-        (None, "GET", "/v2/models/nope", "/v2/models/{name}", {}, 404, ErrorBody),
+        (None, "GET", "/v2/models/deeppcb", "/v2/models/{name}", {}, 401, OipErrorBody),
+        ("line", "GET", "/v2/models/nope", "/v2/models/{name}", {}, 404, OipErrorBody),
         ("reviewer", "GET", "/v1/cameras/door/snapshot", "/v1/cameras/{camera_id}/snapshot", {},
          503, ErrorBody),
     ]

@@ -551,7 +551,7 @@ def test_v2_infer_is_admitted_before_its_body_and_parsed_off_the_loop(launch, mo
         with srv.client("line") as c:
             r = c.post("/v2/models/deeppcb/infer", content=b"{" + b" " * 100_000,
                        headers={"content-type": "application/json"})
-        assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded", r.text
+        assert r.status_code == 503 and r.json()["code"] == "overloaded", r.text
         assert on_loop == []  # refused before its body was parsed
     finally:
         held.close()
@@ -611,7 +611,7 @@ def test_one_keys_slow_uploads_leave_the_other_keys_their_places(launch, image_b
             assert r.status_code == 503 and "max_places_per_key" in r.text, r.text
             v2 = c.post("/v2/models/deeppcb/infer", content=b"{}",
                         headers={"content-type": "application/json"})
-            assert v2.status_code == 503 and "'line'" in v2.json()["error"]["message"]
+            assert v2.status_code == 503 and "'line'" in v2.json()["error"]
         with srv.client("admin") as c:  # another key still has the place left
             r = c.post("/v1/inspect", content=image_bytes,
                        headers={"content-type": "image/jpeg"})

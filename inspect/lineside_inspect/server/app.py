@@ -23,6 +23,7 @@ from lineside_inspect.server.handlers import add_error_handlers
 from lineside_inspect.server.headers import SecurityHeaders
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
+from lineside_inspect.server.oip_errors import OipErrors
 from lineside_inspect.server.registry import Registry
 from lineside_inspect.server.routes import (
     admin,
@@ -273,4 +274,5 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     # added last, so outermost: answers what escapes every handler without closing the
     # keep-alive connection (see server/unexpected.py)
     app.add_middleware(CatchUnexpected)
+    app.add_middleware(OipErrors)  # /v2's errors in the protocol's shape, whoever made them
     return app

@@ -43,6 +43,14 @@ class ErrorBody(_Shape):
     error: ErrorDetail
 
 
+class OipErrorBody(_Shape):
+    """An error under ``/v2``, in the Open Inference Protocol's shape
+    (``server/oip_errors.py``): ``{"error": "<message>", "code": "<code>"}``."""
+
+    error: str = Field(description="what is wrong and how to fix it, for a person")
+    code: str | None = Field(None, description="Lineside's code, as ErrorDetail.code")
+
+
 def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {"model": ErrorBody, "description": description}
     if headers:
@@ -89,6 +97,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 # any route: the Host check (keyless mode) and an unexpected error
 ALWAYS = (421, 500)
+
+
+def oip_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """:func:`errors` for a ``/v2`` route: the same statuses, in the protocol's shape."""
+    return {status: {**doc, "model": OipErrorBody} for status, doc in errors(*statuses).items()}
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -46,7 +46,7 @@ from lineside_inspect.server.responses import (
     Readiness,
     ServerMetadata,
     TensorMetadata,
-    errors,
+    oip_errors,
 )
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -135,13 +135,13 @@ class InferRequest(BaseModel):
 
 
 # async, and HEAD as GET without a body, as /healthz and /readyz (routes/health.py)
-@router.get("/health/live", responses=errors())
+@router.get("/health/live", responses=oip_errors())
 @router.head("/health/live", include_in_schema=False)
 async def live() -> Liveness:
     return Liveness(live=True)
 
 
-@router.get("/health/ready", responses={**errors(), **NOT_READY})
+@router.get("/health/ready", responses={**oip_errors(), **NOT_READY})
 @router.head("/health/ready", include_in_schema=False)
 async def ready(request: Request, response: Response) -> Readiness:
     ok = bool(getattr(request.app.state, "ready", False))
@@ -149,7 +149,7 @@ async def ready(request: Request, response: Response) -> Readiness:
     return Readiness(ready=ok)
 
 
-@router.get("", responses=errors())
+@router.get("", responses=oip_errors())
 def server_metadata() -> ServerMetadata:
     from lineside_inspect.version import __version__
 
@@ -185,24 +185,32 @@ def _metadata(registry: Any, name: str, version: str | None) -> ModelMetadata:
         outputs=outputs)
 
 
-@router.get("/models/{name}", responses=errors(404))
-def model_metadata(name: str, registry: RegistryDep) -> ModelMetadata:
+# a model's metadata and readiness are for the keys that may infer with it: anyone who
+# reached the port listed the loaded models from a 404 (a viewer key gets no model list
+# on /v1 either; OIP review, session 33)
+@router.get("/models/{name}", responses=oip_errors(401, 403, 404))
+def model_metadata(name: str, who: LineUser, registry: RegistryDep) -> ModelMetadata:
     return _metadata(registry, name, None)
 
 
-@router.get("/models/{name}/versions/{version}", responses=errors(404))
-def model_version_metadata(name: str, version: str, registry: RegistryDep) -> ModelMetadata:
+@router.get("/models/{name}/versions/{version}", responses=oip_errors(401, 403, 404))
+def model_version_metadata(name: str, version: str, who: LineUser,
+                           registry: RegistryDep) -> ModelMetadata:
     return _metadata(registry, name, version)
 
 
-@router.get("/models/{name}/ready", responses=errors(404))
-def model_ready(name: str, registry: RegistryDep) -> ModelReadiness:
+# HEAD as GET without a body, as the server's health routes (the protocol's readiness)
+@router.get("/models/{name}/ready", responses=oip_errors(401, 403, 404))
+@router.head("/models/{name}/ready", include_in_schema=False)
+def model_ready(name: str, who: LineUser, registry: RegistryDep) -> ModelReadiness:
     registry.detector(name)
     return ModelReadiness(name=name, ready=True)
 
 
-@router.get("/models/{name}/versions/{version}/ready", responses=errors(404))
-def model_version_ready(name: str, version: str, registry: RegistryDep) -> ModelReadiness:
+@router.get("/models/{name}/versions/{version}/ready", responses=oip_errors(401, 403, 404))
+@router.head("/models/{name}/versions/{version}/ready", include_in_schema=False)
+def model_version_ready(name: str, version: str, who: LineUser,
+                        registry: RegistryDep) -> ModelReadiness:
     registry.detector(name, version)
     return ModelReadiness(name=name, ready=True)
 
@@ -304,7 +312,7 @@ async def _infer(request: Request, who: Principal, name: str, version: str | Non
     return Response(content, media_type="application/json")
 
 
-INFER_ERRORS = errors(400, 401, 403, 404, 408, 413, 503)
+INFER_ERRORS = oip_errors(400, 401, 403, 404, 408, 413, 503)
 
 
 @router.post("/models/{name}/infer", responses=INFER_ERRORS, response_model=InferResponse)
