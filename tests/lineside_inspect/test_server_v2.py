@@ -144,3 +144,18 @@ def test_large_json_tensors_are_parsed_one_at_a_time_and_kept_as_arrays(monkeypa
     monkeypatch.setattr(v2, "BIG_HEADER", len(head) - 1)
     v2._parse(head, None)
     assert entered == [True]
+
+
+def test_a_compressed_request_is_refused_naming_its_encoding(srv) -> None:
+    """tritonclient's request_compression_algorithm="gzip" got "inference request header
+    is not valid JSON" and sent the integrator after a JSON bug (OIP review, session 33)."""
+    import gzip
+
+    body = gzip.compress(json.dumps({"inputs": [{"name": "images", "datatype": "UINT8",
+                                                 "shape": [1, 3, 640, 640], "data": [0]}]}).encode())
+    with httpx.Client(base_url=srv.url, headers=AUTH, timeout=30) as c:
+        for path in ("/v2/models/deeppcb/infer", "/v1/inspect"):
+            r = c.post(path, content=body, headers={"content-encoding": "gzip",
+                                                    "content-type": "application/json"})
+            assert r.status_code == 415, (path, r.text)
+            assert "Content-Encoding 'gzip'" in r.text and "uncompressed" in r.text

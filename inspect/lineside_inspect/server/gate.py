@@ -42,6 +42,7 @@ from lineside_inspect.errors import (
     Forbidden,
     ImageTooLargeError,
     LinesideError,
+    UnsupportedMediaError,
     error_body,
     retry_after,
 )
@@ -108,6 +109,13 @@ class Gate:
             who = authenticate(Request(scope))
             if who is not None and role is not None and who.role not in ALLOWED[role]:
                 raise Forbidden(f"key {who.name!r} has role {who.role!r}; this needs {role!r}")
+        encoding = dict(scope["headers"]).get(b"content-encoding", b"identity").strip().lower()
+        if encoding not in (b"", b"identity") and path.startswith(API_PREFIXES):
+            # a compressed tensor or image was "not valid JSON" or "not an image": the
+            # integrator hunted a JSON bug (tritonclient's request_compression_algorithm)
+            raise UnsupportedMediaError(
+                f"request bodies are taken uncompressed: Content-Encoding "
+                f"{encoding[:32].decode('latin-1')!r} is not (send it without compression)")
         limit = self.settings.max_body_bytes if role else self.settings.max_json_bytes
         # an image route keeps the code its callers know (image_too_large)
         too_large = ImageTooLargeError if role else BodyTooLargeError

@@ -312,7 +312,7 @@ async def _infer(request: Request, who: Principal, name: str, version: str | Non
     return Response(content, media_type="application/json")
 
 
-INFER_ERRORS = oip_errors(400, 401, 403, 404, 408, 413, 503)
+INFER_ERRORS = oip_errors(400, 401, 403, 404, 408, 413, 415, 503)
 
 
 @router.post("/models/{name}/infer", responses=INFER_ERRORS, response_model=InferResponse)
