@@ -652,3 +652,17 @@ def test_a_plain_key_entry_keeps_loading_with_fields_it_never_used() -> None:
                                 "line": "l1"}]).api_keys
     assert (box.site, box.line) == ("p1", "l1")
 
+
+
+def test_the_queue_depth_gauge_shows_places_held_without_an_inspection(srv) -> None:
+    """lineside_queue_depth was set only after an inspection: two uploads stuck on their
+    bodies held every place while the gauge said 0 (OIP review, session 33)."""
+    def depth() -> float:
+        with srv.client() as c:
+            text = c.get("/metrics").text
+        return float(next(ln.split()[1] for ln in text.splitlines()
+                          if ln.startswith("lineside_queue_depth ")))
+
+    with _held_uploads(srv, 2):
+        assert depth() == 2
+    assert depth() == 0

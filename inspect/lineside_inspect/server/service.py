@@ -76,6 +76,9 @@ class InspectionService:
         self.cameras = cameras
         self._outputs: list[Output] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # read at each scrape: set after each inspection, it stood still while refusals,
+        # /v2 infers or stuck slots held the server (OIP review, session 33)
+        metrics.queue.set_function(lambda: limiter.in_system)
 
     def add_output(self, output: Output) -> None:
         self._outputs.append(output)
@@ -372,7 +375,6 @@ class InspectionService:
         camera = result.camera_id if configured and result.camera_id else API_CAMERA
         m.count_inspection(result.verdict, result.recipe.name, camera, result.defects.labels,
                            result.timings_ms)
-        m.queue.set(self.limiter.in_system)
 
     def _record(self, result: Inspection) -> None:
         if self.store is not None:
