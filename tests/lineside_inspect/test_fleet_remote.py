@@ -336,6 +336,20 @@ def test_answers_that_do_not_fit_the_card_are_refused(answer: bytes, problem: st
         detector.forward(np.zeros((1, 3, 640, 640), np.uint8))
 
 
+def test_an_answer_nested_as_its_shape_is_taken() -> None:
+    """The protocol lets a server nest a tensor's data as its shape: such an answer was a
+    502 "not OIP v2 JSON" (OIP review, session 33)."""
+    answer = json.dumps({"model_name": "deeppcb", "outputs": [
+        {"name": "boxes", "datatype": "FP32", "shape": [1, 2, 4],
+         "data": [[[10, 20, 50, 60], [0, 0, 0, 0]]]},
+        {"name": "scores", "datatype": "FP32", "shape": [1, 2], "data": [[0.8, 0.0]]},
+        {"name": "labels", "datatype": "INT64", "shape": [1, 2], "data": [[1, 0]]}]}).encode()
+    with _answering(answer) as detector:
+        found = detector.predict([np.zeros((320, 320, 3), np.uint8)])[0]
+    assert found.labels == [detector.class_names[1]]
+    assert found.xyxy.tolist() == [[5.0, 10.0, 25.0, 30.0]]
+
+
 def test_a_fitting_answer_becomes_detections() -> None:
     """The same server with a well-formed answer: the padding row (score 0) is dropped,
     the box is mapped back to the frame's pixels."""

@@ -159,3 +159,20 @@ def test_a_compressed_request_is_refused_naming_its_encoding(srv) -> None:
                                                     "content-type": "application/json"})
             assert r.status_code == 415, (path, r.text)
             assert "Content-Encoding 'gzip'" in r.text and "uncompressed" in r.text
+
+
+def test_nested_tensor_data_is_taken_as_its_shape(srv, image_bytes: bytes) -> None:
+    """The protocol lets a tensor come nested as its shape (``ndarray.tolist()``): it was
+    a 400 "must be a flat list" (OIP review, session 33). Ragged rows stay a 400."""
+    det = Detector(MODEL, device="cpu", threads=1)
+    batch, _ = det.pre_process([decode_image(image_bytes)])
+    spec = {"name": "images", "datatype": "UINT8", "shape": list(batch.shape)}
+    with httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as c:
+        answers = [c.post("/v2/models/deeppcb/infer", json={"inputs": [{**spec, "data": data}]})
+                   for data in (batch.reshape(-1).tolist(), batch.tolist())]
+        assert [a.status_code for a in answers] == [200, 200], answers[1].text
+        assert answers[0].json()["outputs"] == answers[1].json()["outputs"]
+        ragged = batch.tolist()
+        ragged[0][1][5] = ragged[0][1][5][:-1]
+        r = c.post("/v2/models/deeppcb/infer", json={"inputs": [{**spec, "data": ragged}]})
+        assert r.status_code == 400 and "unequal lengths" in r.json()["error"], r.text

@@ -27,11 +27,12 @@ import ssl
 import threading
 import time
 from pathlib import Path
+from typing import Annotated
 
 import httpcore
 import httpx
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from lineside_inspect.errors import (
     ConfigError,
@@ -118,12 +119,26 @@ _UNREACHABLE = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.Unsuppor
                 httpcore.ConnectionNotAvailable, httpcore.LocalProtocolError)
 
 
+def _flattened(value: object) -> object:
+    """A tensor's data as a flat list: the protocol lets a server nest it as its shape.
+    Rows of a level must be alike in length (else it is left nested, and refused)."""
+    level = value
+    for _ in range(8):
+        if not (type(level) is list and level and type(level[0]) is list):
+            return level
+        width = len(level[0])
+        if any(type(row) is not list or len(row) != width for row in level):
+            return value
+        level = [v for row in level for v in row]
+    return level
+
+
 class _Tensor(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: str
     datatype: str
     shape: list[int] = Field(..., max_length=8)
-    data: list[float] | None = None
+    data: Annotated[list[float] | None, BeforeValidator(_flattened)] = None
 
 
 class _Answer(BaseModel):
