@@ -21,7 +21,7 @@ from lineside_inspect.runtime.anomaly_map import AnomalyFinding, find_anomalies
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import Letterbox
 from lineside_inspect.runtime.types import Detections
-from lineside_inspect.runtime.unchanged import GateResult
+from lineside_inspect.runtime.unchanged import ALIGN_MAX_SHIFT, GateResult, view_mismatch
 from lineside_inspect.runtime.unchanged import check as check_unchanged
 from lineside_inspect.schemas import (
     InspectionResult,
@@ -162,8 +162,9 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
             finding = anomaly_finding
         verdict = judge(detections, recipe, detector.card.thresholds, finding,
                         agnostic_iou=detector.card.agnostic_iou)
-    if gate is not None:
-        verdict = with_reference_mismatch(verdict, gate)
+    if reference is not None:  # a part the gate passed matched its golden: never here
+        verdict = with_reference_mismatch(verdict, view_mismatch(
+            image, reference.image, max_shift_px=_view_shift(recipe)))
     post = clock() - t0
     timings = {"decode": decode_ms, "preprocess": pre * 1000, "infer": infer * 1000,
                "postprocess": post * 1000}
@@ -177,6 +178,14 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         detections=detections, anomaly=finding, gate=gate,
         fused_with=fused_name(detector, anomaly_model),
     )
+
+
+def _view_shift(recipe: Recipe) -> int:
+    """How far a part may sit off its golden before its frame is another view: as far as
+    alignment looks, or the gate's fixture play."""
+    if recipe.align_reference:
+        return ALIGN_MAX_SHIFT
+    return recipe.unchanged_gate.max_shift_px if recipe.unchanged_gate is not None else 2
 
 
 def fused_name(detector: Detector, anomaly_model: Detector | None) -> str | None:

@@ -285,14 +285,26 @@ def test_a_frame_of_another_view_fails_against_the_golden() -> None:
     and they passed (review, session 33)."""
     det = Detector(REF_MODEL, device="cpu", threads=1)
     reference = _reference()
-    recipe = Recipe(name="gated", model=det.card.name, unchanged_gate=_shipped_gate())
+    recipes = [Recipe(name="gated", model=det.card.name, unchanged_gate=_shipped_gate()),
+               Recipe(name="plain", model=det.card.name),
+               Recipe(name="aligned", model=det.card.name, align_reference=True,
+                      unchanged_gate=_shipped_gate())]
     other = read_image(SAMPLE / "images" / "group50600" / "50600001_temp.jpg")
-    for frame in (other, 255 - reference.image):
-        result = inspect(frame, det, recipe, reference=reference)
-        assert result.verdict == "fail"
-        assert any(r.rule == "reference_mismatch" for r in result.reasons), result.reasons
-    # the station's defective part fails for its defects, not as another view
-    part = inspect(read_image(STATION / "station1" / "part-0002.jpg"), det, recipe,
-                   reference=reference)
-    assert part.verdict == "fail"
-    assert {r.rule for r in part.reasons} <= {"critical", "max_count"}
+    rng = np.random.default_rng(8)
+    for recipe in recipes:
+        for frame in (other, 255 - reference.image):
+            result = inspect(frame, det, recipe, reference=reference)
+            assert result.verdict == "fail", recipe.name
+            assert any(r.rule == "reference_mismatch" for r in result.reasons), result.reasons
+        # the station's defective part fails for its defects, not as another view
+        part = inspect(read_image(STATION / "station1" / "part-0002.jpg"), det, recipe,
+                       reference=reference)
+        assert part.verdict == "fail"
+        assert {r.rule for r in part.reasons} <= {"critical", "max_count"}, part.reasons
+        # a good part is no mismatch: re-photographed, and 8 px off where alignment is on
+        good = [rephotographed(reference.image, rng)]
+        if recipe.align_reference:
+            good.append(_shift(rephotographed(reference.image, rng), 8, -6))
+        for frame in good:
+            result = inspect(frame, det, recipe, reference=reference)
+            assert result.verdict == "pass", (recipe.name, result.reasons)

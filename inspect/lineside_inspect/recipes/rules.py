@@ -12,7 +12,7 @@ from lineside_inspect.package import ANOMALY_LABEL
 from lineside_inspect.recipes.schema import Polygon, Recipe
 from lineside_inspect.runtime.anomaly_map import AnomalyFinding
 from lineside_inspect.runtime.types import Detections
-from lineside_inspect.runtime.unchanged import MISMATCH_SHARE, GateResult
+from lineside_inspect.runtime.unchanged import MISMATCH_SHARE, ViewMismatch
 from lineside_inspect.schemas import Outcome, Reason
 
 
@@ -142,18 +142,19 @@ def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
     return Verdict("fail", _joined(verdict.defects, regions), verdict.reasons)
 
 
-def with_reference_mismatch(verdict: Verdict, gate: GateResult) -> Verdict:
-    """``verdict`` failed for a frame the unchanged gate found nearly all changed
-    (:attr:`GateResult.mismatch`), whatever the detector found."""
-    if not gate.mismatch:
+def with_reference_mismatch(verdict: Verdict, mismatch: ViewMismatch | None) -> Verdict:
+    """``verdict`` failed for a frame unlike its golden image nearly everywhere
+    (:class:`ViewMismatch`), whatever the detector found."""
+    if mismatch is None:
         return verdict
-    allowed = int(MISMATCH_SHARE * gate.tiles)
-    reason = Reason(rule="reference_mismatch", label="reference", count=gate.changed_tiles,
+    allowed = int(MISMATCH_SHARE * mismatch.tiles)
+    reason = Reason(rule="reference_mismatch", label="reference", count=mismatch.changed_tiles,
                     allowed=allowed, message=(
-                        f"the frame differs from its reference image in {gate.changed_tiles} "
-                        f"of {gate.tiles} tiles (at most {allowed}): not the reference's view "
-                        "(another product, a wrong golden image, or the part or camera off "
-                        "by more than the gate's max_shift_px)"))
+                        f"the frame differs from its reference image in "
+                        f"{mismatch.changed_tiles} of {mismatch.tiles} tiles (at most "
+                        f"{allowed}): not the reference's view (another product, a wrong "
+                        "golden image, or the part or camera off by more than "
+                        "max_shift_px, or align_reference's 16 px)"))
     return Verdict("fail", verdict.defects, [*verdict.reasons, reason])
 
 

@@ -55,23 +55,11 @@ class UnchangedGate(BaseModel):
     tile: int = Field(32, ge=8, le=256, strict=True)
 
 
-MISMATCH_SHARE = 0.5  # of the tiles changed: the frame is not of the golden's view
-
-
 @dataclass(frozen=True)
 class GateResult:
     unchanged: bool
     score: float  # the highest tile score
     changed_tiles: int
-    tiles: int = 0
-
-    @property
-    def mismatch(self) -> bool:
-        """The frame differs from its golden nearly everywhere: another product, a wrong
-        golden, a camera knocked off its view. A detector trained on differences finds
-        nothing to box in a frame that is all difference (a review passed other boards
-        and inverted frames), so such a part fails on this alone."""
-        return self.changed_tiles > MISMATCH_SHARE * self.tiles
 
 
 MAX_GAIN = 1.4
@@ -187,17 +175,19 @@ def tile_scores(ex: np.ndarray, tile: int) -> np.ndarray:
     return np.asarray(padded.reshape(th, tile, tw, tile).max(axis=(1, 3)), dtype=np.float32)
 
 
-def tile_best(frame: np.ndarray, reference: np.ndarray, gate: UnchangedGate,
-              floor: float | None = None) -> np.ndarray:
-    """Each tile's best score over the shifts :func:`_shifts` names. With ``floor``, stop
-    as soon as every tile is below it (a good part: one or two shifts); the scores are
-    then upper bounds, which is all a passing part needs."""
+def tile_best(frame: np.ndarray, reference: np.ndarray, *, tolerance_px: int,
+              max_shift_px: int, tile: int, floor: float | None = None,
+              shifts: int | None = None) -> np.ndarray:
+    """Each tile's best score over the shifts :func:`_shifts` names (the first ``shifts``
+    of them, if given). With ``floor``, stop as soon as every tile is below it (a good
+    part: one or two shifts); the scores are then upper bounds, which is all a passing
+    part needs."""
     ref, f = _grey_pair(frame, reference)
-    s = gate.max_shift_px
-    prepared = _prepared(f, ref, gate.tolerance_px, s)
+    s = max_shift_px
+    prepared = _prepared(f, ref, tolerance_px, s)
     best: np.ndarray | None = None
-    for shift in _shifts(shift_guess(f, ref, s), s):
-        scores = tile_scores(_excess_at(*prepared, shift, s, s + gate.tolerance_px), gate.tile)
+    for shift in _shifts(shift_guess(f, ref, s), s)[:shifts]:
+        scores = tile_scores(_excess_at(*prepared, shift, s, s + tolerance_px), tile)
         best = scores if best is None else np.minimum(best, scores)
         if floor is not None and float(best.max()) < floor:
             break
@@ -206,13 +196,41 @@ def tile_best(frame: np.ndarray, reference: np.ndarray, gate: UnchangedGate,
 
 
 def check(frame: np.ndarray, reference: np.ndarray, gate: UnchangedGate) -> GateResult:
-    scores = tile_best(frame, reference, gate, floor=gate.floor)
+    scores = tile_best(frame, reference, tolerance_px=gate.tolerance_px,
+                       max_shift_px=gate.max_shift_px, tile=gate.tile, floor=gate.floor)
     changed = int((scores >= gate.floor).sum())
-    return GateResult(unchanged=changed == 0, score=float(scores.max()), changed_tiles=changed,
-                      tiles=scores.size)
+    return GateResult(unchanged=changed == 0, score=float(scores.max()), changed_tiles=changed)
 
 
 MAX_FLOOR = 64.0  # DeepPCB's single defects score 83 and up: a floor above this passes some
+MISMATCH_SHARE = 0.5  # of the tiles far off the golden: the frame is not of the golden's view
+ALIGN_MAX_SHIFT = 16  # px: how far align_reference looks (runtime/reference.py)
+
+
+@dataclass(frozen=True)
+class ViewMismatch:
+    """A frame that differs from its golden image nearly everywhere: another product, a
+    wrong golden, a camera knocked off its view. A reference model trained on differences
+    boxed nothing in frames that are all difference, and they passed (review, session
+    33): such a part fails on this alone (``recipes.rules.with_reference_mismatch``)."""
+
+    changed_tiles: int  # tiles whose best score reaches MAX_FLOOR
+    tiles: int
+
+
+def view_mismatch(frame: np.ndarray, reference: np.ndarray, *, max_shift_px: int = 2,
+                  tile: int = 32) -> ViewMismatch | None:
+    """Whether more than :data:`MISMATCH_SHARE` of the tiles differ from the golden by at
+    least :data:`MAX_FLOOR` grey levels at every shift within ``max_shift_px``; None for
+    a frame of the golden's view, defects and all. One shift first (~1 ms): only a frame
+    that looks mismatched there is compared at the others."""
+    at = {"tolerance_px": 1, "max_shift_px": max_shift_px, "tile": tile}
+    quick = tile_best(frame, reference, **at, shifts=1)
+    if (quick >= MAX_FLOOR).sum() <= MISMATCH_SHARE * quick.size:
+        return None
+    full = tile_best(frame, reference, **at)
+    changed = int((full >= MAX_FLOOR).sum())
+    return ViewMismatch(changed, full.size) if changed > MISMATCH_SHARE * full.size else None
 
 
 def calibrate_floor(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, tolerance_px: int = 1,
@@ -229,12 +247,11 @@ def calibrate_floor(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, tolerance
     :data:`MAX_FLOOR`."""
     if not 1.0 <= margin <= 3.0:
         raise ConfigError(f"margin {margin} is not within 1..3")
-    gate = UnchangedGate(floor=255.0, tolerance_px=tolerance_px, max_shift_px=max_shift_px,
-                         tile=tile)
     best = []
     for i, (frame, reference) in enumerate(pairs):
         try:
-            best.append(float(tile_best(frame, reference, gate).max()))
+            best.append(float(tile_best(frame, reference, tolerance_px=tolerance_px,
+                                        max_shift_px=max_shift_px, tile=tile).max()))
         except LinesideError as exc:  # e.g. a frame of another size than the reference
             if i < len(names):
                 raise exc.prefixed(names[i]) from None
