@@ -28,7 +28,7 @@ def read_at_most(resp: httpx.Response, limit: int, deadline: float | None = None
     ``deadline`` (``time.monotonic``), :class:`AnswerTooSlow`; an answer with a
     ``Content-Encoding``, :class:`AnswerEncoded` (nothing of it read)."""
     encoding = resp.headers.get("content-encoding", "identity").strip().lower()
-    if encoding != "identity":
+    if encoding not in ("", "identity"):
         raise AnswerEncoded(f"the answer came with Content-Encoding {encoding[:32]!r}; "
                             "only identity is taken")
     declared = resp.headers.get("content-length", "")

@@ -95,8 +95,8 @@ class ReferenceLibrary:
                 st = path.stat()
             except OSError:
                 continue
-            if path.is_file():
-                found.append((-st.st_mtime_ns, rank, path))
+            if path.is_file():  # ctime too: a file dropped in keeping an old mtime is new
+                found.append((-max(st.st_mtime_ns, st.st_ctime_ns), rank, path))
         return min(found)[2] if found else None
 
     def names(self) -> list[str]:

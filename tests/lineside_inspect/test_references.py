@@ -256,8 +256,11 @@ def test_two_formats_of_one_name_the_newest_is_the_golden(tmp_path: Path) -> Non
 
     lib = ReferenceLibrary(tmp_path)
     cv2.imwrite(str(tmp_path / "g.png"), np.zeros((64, 64, 3), np.uint8))
+    assert lib.get("g").ext == "png"
+    # dropped in later, its mtime a week old (rsync -a, cp -p): newer all the same
     cv2.imwrite(str(tmp_path / "g.jpg"), np.full((64, 64, 3), 255, np.uint8))
-    os.utime(tmp_path / "g.png", ns=(1, 1_000_000_000))  # the png is the older one
+    old = (tmp_path / "g.png").stat().st_mtime_ns - 7 * 86400 * 10**9
+    os.utime(tmp_path / "g.jpg", ns=(old, old))
     assert lib.names() == ["g"]  # listed once
     assert lib.get("g").ext == "jpg"
     lib.delete("g")  # every format goes: none comes back from under the deleted one

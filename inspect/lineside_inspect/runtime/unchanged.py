@@ -14,8 +14,8 @@ tolerance band, after matching the frame's brightness and contrast to the refere
   compared at the integer shifts around the frame's own (guessed from its row and column
   profiles, at most ``max_shift_px``) and keeps its best; a part a pixel or two off its
   fixture, or turned a little, matches, while a defect cannot hide by moving pixel by
-  pixel. The outer ``max_shift_px + tolerance_px`` pixels of the frame show what the
-  fixture's play moved in or out of view: they are not compared.
+  pixel. On the side a part moved from, the frame shows what the golden's edge does not
+  (``shift + tolerance_px`` pixels there): that band alone is not compared at that shift.
 
 The excess is smoothed over 3x3 pixels (single-pixel sensor noise and JPEG ringing fall,
 a 3x3 defect keeps its value) and its maximum per tile is the tile's score. A part passes
@@ -65,14 +65,14 @@ class GateResult:
 MAX_GAIN = 1.4
 
 
-def _matched(frame: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def _matched(frame: np.ndarray, reference: np.ndarray, max_gain: float = MAX_GAIN) -> np.ndarray:
     """``frame`` (grey uint8) with the reference's mean and contrast: a lamp a little
     brighter or another exposure is not a defect."""
     fm, fs = cv2.meanStdDev(frame)
     rm, rs = cv2.meanStdDev(reference)
     # the gain is bounded: a flat reference (std 0) must not flatten the frame, defects and
     # all, and no re-photograph changes contrast by more than this
-    alpha = min(MAX_GAIN, max(1 / MAX_GAIN, float(rs[0, 0]) / max(float(fs[0, 0]), 1e-3)))
+    alpha = min(max_gain, max(1 / max_gain, float(rs[0, 0]) / max(float(fs[0, 0]), 1e-3)))
     beta = float(rm[0, 0]) - alpha * float(fm[0, 0])
     # saturating uint8 arithmetic throughout: a few passes over the frame, ~1 ms at 640x640
     return np.asarray(cv2.addWeighted(frame, alpha, frame, 0.0, beta))  # saturates to 0..255
@@ -81,13 +81,14 @@ def _matched(frame: np.ndarray, reference: np.ndarray) -> np.ndarray:
 SOFTEN = 3  # px: Gaussian blur of both images before comparing (0: none)
 
 
-def _grey_pair(frame: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _grey_pair(frame: np.ndarray, reference: np.ndarray,
+               max_gain: float = MAX_GAIN) -> tuple[np.ndarray, np.ndarray]:
     """Reference and frame in grey, the frame's brightness matched to the reference's, both
     softened a little: a one-pixel line photographed half a pixel off is half as dark over
     two pixels, which is the optics, not a defect."""
     same_size(frame, reference)
     ref = gray(reference)
-    f = _matched(gray(frame), ref)
+    f = _matched(gray(frame), ref, max_gain)
     if SOFTEN:
         ref = np.asarray(cv2.GaussianBlur(ref, (SOFTEN, SOFTEN), 0))
         f = np.asarray(cv2.GaussianBlur(f, (SOFTEN, SOFTEN), 0))
@@ -131,14 +132,13 @@ def _shifts(guess: tuple[int, int], s: int) -> list[tuple[int, int]]:
 
 
 def excess(frame: np.ndarray, reference: np.ndarray, tolerance_px: int,
-           shift: tuple[int, int] = (0, 0), margin: int | None = None) -> np.ndarray:
+           shift: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Per-pixel grey levels by which ``frame`` (taken ``shift`` px off) leaves the
     reference's tolerance band or the reference leaves the frame's, smoothed over 3x3
-    (uint8, the reference's size; the outer ``margin`` pixels are 0)."""
+    (uint8, the reference's size; 0 where the shift uncovers what the frame cannot show)."""
     ref, f = _grey_pair(frame, reference)
     s = max(abs(shift[0]), abs(shift[1]))
-    return _excess_at(*_prepared(f, ref, tolerance_px, s), shift, s,
-                      s + tolerance_px if margin is None else margin)
+    return _excess_at(*_prepared(f, ref, tolerance_px, s), shift, s, tolerance_px)
 
 
 _Prepared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -154,15 +154,24 @@ def _prepared(f: np.ndarray, ref: np.ndarray, tolerance_px: int, s: int) -> _Pre
 
 def _excess_at(ref: np.ndarray, rhi: np.ndarray, rlo: np.ndarray, fp: np.ndarray,
                fhi: np.ndarray, flo: np.ndarray, shift: tuple[int, int], s: int,
-               margin: int) -> np.ndarray:
+               tolerance_px: int) -> np.ndarray:
     h, w = ref.shape
-    rows, cols = slice(s + shift[1], s + shift[1] + h), slice(s + shift[0], s + shift[0] + w)
+    dx, dy = shift
+    rows, cols = slice(s + dy, s + dy + h), slice(s + dx, s + dx + w)
     fs, fh, fl = fp[rows, cols], fhi[rows, cols], flo[rows, cols]
     # cv2.subtract saturates at 0: only what lies above a band, or below it, remains
     out = cv2.max(cv2.max(cv2.subtract(fs, rhi), cv2.subtract(rlo, fs)),
                   cv2.max(cv2.subtract(ref, fh), cv2.subtract(fl, ref)))
-    if margin > 0:
-        out[:margin], out[h - margin:], out[:, :margin], out[:, w - margin:] = 0, 0, 0, 0
+    # a part dx px off shows, on the side it moved from, what the golden's edge does not:
+    # only that side is not compared (a border of 3 px all round passed any defect in it)
+    if dx > 0:
+        out[:, w - dx - tolerance_px:] = 0
+    elif dx < 0:
+        out[:, :-dx + tolerance_px] = 0
+    if dy > 0:
+        out[h - dy - tolerance_px:] = 0
+    elif dy < 0:
+        out[:-dy + tolerance_px] = 0
     return np.asarray(cv2.blur(out, (3, 3)))
 
 
@@ -177,17 +186,17 @@ def tile_scores(ex: np.ndarray, tile: int) -> np.ndarray:
 
 def tile_best(frame: np.ndarray, reference: np.ndarray, *, tolerance_px: int,
               max_shift_px: int, tile: int, floor: float | None = None,
-              shifts: int | None = None) -> np.ndarray:
+              shifts: int | None = None, max_gain: float = MAX_GAIN) -> np.ndarray:
     """Each tile's best score over the shifts :func:`_shifts` names (the first ``shifts``
     of them, if given). With ``floor``, stop as soon as every tile is below it (a good
     part: one or two shifts); the scores are then upper bounds, which is all a passing
     part needs."""
-    ref, f = _grey_pair(frame, reference)
+    ref, f = _grey_pair(frame, reference, max_gain)
     s = max_shift_px
     prepared = _prepared(f, ref, tolerance_px, s)
     best: np.ndarray | None = None
     for shift in _shifts(shift_guess(f, ref, s), s)[:shifts]:
-        scores = tile_scores(_excess_at(*prepared, shift, s, s + tolerance_px), tile)
+        scores = tile_scores(_excess_at(*prepared, shift, s, tolerance_px), tile)
         best = scores if best is None else np.minimum(best, scores)
         if floor is not None and float(best.max()) < floor:
             break
@@ -203,6 +212,7 @@ def check(frame: np.ndarray, reference: np.ndarray, gate: UnchangedGate) -> Gate
 
 
 MAX_FLOOR = 64.0  # DeepPCB's single defects score 83 and up: a floor above this passes some
+MIN_CONTRAST = 48.0  # grey levels: a floor may be half a view's contrast, or half this
 MISMATCH_SHARE = 0.5  # of the tiles far off the golden: the frame is not of the golden's view
 ALIGN_MAX_SHIFT = 16  # px: how far align_reference looks (runtime/reference.py)
 
@@ -224,11 +234,16 @@ def view_mismatch(frame: np.ndarray, reference: np.ndarray, *, max_shift_px: int
     least :data:`MAX_FLOOR` grey levels at every shift within ``max_shift_px``; None for
     a frame of the golden's view, defects and all. One shift first (~1 ms): only a frame
     that looks mismatched there is compared at the others."""
-    at = {"tolerance_px": 1, "max_shift_px": max_shift_px, "tile": tile}
-    quick = tile_best(frame, reference, **at, shifts=1)
+    # contrast matched without the gate's bound: a hazy or dim frame (x0.5) is the
+    # golden's view all the same (a flat golden then flattens the frame: no mismatch)
+    def at(shifts: int | None) -> np.ndarray:
+        return tile_best(frame, reference, tolerance_px=1, max_shift_px=max_shift_px,
+                         tile=tile, shifts=shifts, max_gain=64.0)
+
+    quick = at(1)
     if (quick >= MAX_FLOOR).sum() <= MISMATCH_SHARE * quick.size:
         return None
-    full = tile_best(frame, reference, **at)
+    full = at(None)
     changed = int((full >= MAX_FLOOR).sum())
     return ViewMismatch(changed, full.size) if changed > MISMATCH_SHARE * full.size else None
 
@@ -244,14 +259,17 @@ def calibrate_floor(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, tolerance
     One defective frame among the good ones would set the floor at its defect, and the
     gate would pass every defect as large: a frame far above the others (over 4x their
     median and 24 grey levels above it) is refused, and so is a floor over
-    :data:`MAX_FLOOR`."""
+    :data:`MAX_FLOOR` or over half the view's contrast (a defect scores at most that)."""
     if not 1.0 <= margin <= 3.0:
         raise ConfigError(f"margin {margin} is not within 1..3")
     best = []
+    contrast = 255.0
     for i, (frame, reference) in enumerate(pairs):
         try:
             best.append(float(tile_best(frame, reference, tolerance_px=tolerance_px,
                                         max_shift_px=max_shift_px, tile=tile).max()))
+            low, high = np.percentile(gray(reference), [5, 95])
+            contrast = min(contrast, float(high - low))
         except LinesideError as exc:  # e.g. a frame of another size than the reference
             if i < len(names):
                 raise exc.prefixed(names[i]) from None
@@ -273,7 +291,18 @@ def calibrate_floor(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, tolerance
     if worst * margin > MAX_FLOOR:
         raise refused(best.index(worst), f"a floor of {worst * margin:.0f} would pass real "
                       f"defects (at most {MAX_FLOOR:.0f})")
-    return {"floor": round(max(minimum, worst * margin), 2), "good_pairs": len(best),
+    floor = max(minimum, worst * margin)
+    if floor > max(contrast, MIN_CONTRAST) / 2:
+        # a defect that swaps the view's materials scores about its contrast: on a grey
+        # station (40 levels between copper and substrate) a floor of 45 passed every
+        # swapped patch (a plain golden's defects may be of any contrast: at least 48)
+        raise ConfigError(
+            f"a floor of {floor:.1f} would pass defects on this view: its contrast is "
+            f"{contrast:.0f} grey levels (5th to 95th percentile of the golden), and the "
+            f"floor may be at most half of it (or of {MIN_CONTRAST:.0f}); take the "
+            "defective frame out, light the view for more contrast, or leave the gate off "
+            "(the detector then judges every part)")
+    return {"floor": round(floor, 2), "good_pairs": len(best), "contrast": round(contrast, 1),
             "minimum_applied": worst * margin < minimum,
             "highest_good_score": round(worst, 2),
             "p99_good_score": round(float(np.percentile(best, 99)), 2),
