@@ -327,6 +327,16 @@ def test_voc_empty_name_is_a_problem_of_that_xml(tmp_path: Path) -> None:
     assert ds.categories == ["dent"] and [r.file_name for r in ds.images] == ["JPEGImages/ok.jpg"]
 
 
+def _coco_named(src: Path, name: str) -> Path:
+    """A COCO set of one image whose one category is called ``name``."""
+    src.mkdir()
+    doc = json.loads(_coco_doc(["a.jpg"]))
+    doc["categories"] = [{"id": 1, "name": name}]
+    (src / "annotations.json").write_text(json.dumps(doc))
+    _jpg(src / "images" / "a.jpg")
+    return src
+
+
 def test_yolo_and_coco_blank_class_names_are_problems(tmp_path: Path) -> None:
     _yolo(tmp_path / "y", "names: [dent, ' ']\n",
           {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.5 0.5 0.2 0.2\n"})
@@ -337,12 +347,7 @@ def test_yolo_and_coco_blank_class_names_are_problems(tmp_path: Path) -> None:
     ds, _ = import_dataset("yolo", tmp_path / "y", tmp_path / "out", skip_invalid=True)
     assert ds.categories == ["dent"]
 
-    src = tmp_path / "c"
-    src.mkdir()
-    doc = json.loads(_coco_doc(["a.jpg"]))
-    doc["categories"] = [{"id": 1, "name": " "}]
-    (src / "annotations.json").write_text(json.dumps(doc))
-    _jpg(src / "images" / "a.jpg")
+    src = _coco_named(tmp_path / "c", " ")
     with pytest.raises(DatasetError) as exc:
         import_dataset("coco", src, tmp_path / "out2")
     (problem,) = exc.value.problems
@@ -372,11 +377,5 @@ def test_spaces_around_class_names_are_not_the_class(tmp_path: Path) -> None:
           {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.5 0.5 0.2 0.2\n"})
     ds, _ = import_dataset("yolo", tmp_path / "y", tmp_path / "out")
     assert sorted(ds.categories) == ["dent", "scratch"]
-    src = tmp_path / "c"
-    src.mkdir()
-    doc = json.loads(_coco_doc(["a.jpg"]))
-    doc["categories"] = [{"id": 1, "name": " scratch\t"}]
-    (src / "annotations.json").write_text(json.dumps(doc))
-    _jpg(src / "images" / "a.jpg")
-    ds, _ = import_dataset("coco", src, tmp_path / "out2")
+    ds, _ = import_dataset("coco", _coco_named(tmp_path / "c", " scratch\t"), tmp_path / "out2")
     assert ds.categories == ["scratch"]
