@@ -15,7 +15,9 @@ tolerance band, after matching the frame's brightness and contrast to the refere
   profiles, at most ``max_shift_px``) and keeps its best; a part a pixel or two off its
   fixture, or turned a little, matches, while a defect cannot hide by moving pixel by
   pixel. On the side a part moved from, the frame shows what the golden's edge does not
-  (``shift + tolerance_px`` pixels there): that band alone is not compared at that shift.
+  (``shift + tolerance_px`` pixels there): that band is not compared at that shift, nor
+  the outermost ``tolerance_px`` all round (the part's sub-pixel rest blends in what lies
+  beyond the golden's view).
 
 The excess is smoothed over 3x3 pixels (single-pixel sensor noise and JPEG ringing fall,
 a 3x3 defect keeps its value) and its maximum per tile is the tile's score. A part passes
@@ -163,7 +165,12 @@ def _excess_at(ref: np.ndarray, rhi: np.ndarray, rlo: np.ndarray, fp: np.ndarray
     out = cv2.max(cv2.max(cv2.subtract(fs, rhi), cv2.subtract(rlo, fs)),
                   cv2.max(cv2.subtract(ref, fh), cv2.subtract(fl, ref)))
     # a part dx px off shows, on the side it moved from, what the golden's edge does not:
-    # only that side is not compared (a border of 3 px all round passed any defect in it)
+    # that side is not compared (a border of 3 px all round passed any defect in it), and
+    # the frame's outermost tolerance_px all round blend in, at the part's sub-pixel rest,
+    # what lies beyond the golden's view
+    if tolerance_px:
+        t = tolerance_px
+        out[:t], out[h - t:], out[:, :t], out[:, w - t:] = 0, 0, 0, 0
     if dx > 0:
         out[:, w - dx - tolerance_px:] = 0
     elif dx < 0:
