@@ -158,7 +158,7 @@ def test_a_compressed_request_is_refused_naming_its_encoding(srv) -> None:
             r = c.post(path, content=body, headers={"content-encoding": "gzip",
                                                     "content-type": "application/json"})
             assert r.status_code == 415, (path, r.text)
-            assert "Content-Encoding 'gzip'" in r.text and "uncompressed" in r.text
+            assert "content encoding 'gzip' is not accepted" in r.text, r.text
 
 
 def test_nested_tensor_data_is_taken_as_its_shape(srv, image_bytes: bytes) -> None:

@@ -90,6 +90,7 @@ def export(run: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
         return detector_export.export(run, out, **options)
     if options.pop("int8", False) or options.pop("fp16", False):
         raise ConfigError(f"{run}: a good-only model exports in fp32 only (no --int8/--fp16)")
+    options.pop("max_defects_lost", None)  # a lower precision's bound: fp32 has none
     return export_anomaly(run, out, **options)
 
 

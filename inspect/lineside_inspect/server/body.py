@@ -24,10 +24,16 @@ def content_type(request: Request) -> str:
 def check_encoding(request: Request) -> None:
     """Refuse a compressed body: the server reads bodies as sent, so a gzipped image would
     otherwise fail later as an unrecognised image with no word about the encoding."""
-    encoding = request.headers.get("content-encoding", "").strip()
+    refuse_encoding(request.headers.get("content-encoding", ""))
+
+
+def refuse_encoding(value: str) -> None:
+    """:func:`check_encoding` of a ``Content-Encoding`` value (the gate checks every API
+    body so: a gzip tensor under /v2 was "not valid JSON")."""
+    encoding = value.strip()
     if encoding.lower() not in IDENTITY:
         raise UnsupportedMediaError(
-            f"content encoding {encoding!r} is not accepted; send the body uncompressed "
+            f"content encoding {encoding[:32]!r} is not accepted; send the body uncompressed "
             "(JPEG and PNG are compressed already)")
 
 
