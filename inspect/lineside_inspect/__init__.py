@@ -14,8 +14,15 @@ image of the same view: ``detector.predict([image], [reference])``.
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+# onnxruntime sends usage telemetry to Microsoft by default on Linux (its Privacy.md): every
+# session made looked up mobile.events.data.microsoft.com. A line box calls nobody; set
+# before onnxruntime is first imported, by this package or the training side (which
+# imports this first). ort.disable_telemetry_events() alone did not stop the lookups.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from lineside_inspect import opencv  # noqa: F401  (sets OpenCV's pixel limit before any cv2 use)
 from lineside_inspect.errors import LinesideError

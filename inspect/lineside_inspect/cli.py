@@ -714,11 +714,33 @@ def hub_cmd(
     run_hub(load_hub_settings(config, host=host, port=port, insecure=insecure or None))
 
 
+MIN_KEY_CHARS = 16  # an API key shorter than this is guessable; make one with --new
+
+
 @app.command("hash-key")
-def hash_key_cmd(key: Annotated[str, typer.Argument(help="the API key to hash")]) -> None:
+@friendly
+def hash_key_cmd(
+    key: Annotated[str | None, typer.Argument(help=(
+        "the API key to hash; '-' or none: read it from standard input (not left in the "
+        "shell's history or the process list)"))] = None,
+    new: Annotated[bool, typer.Option("--new", help=(
+        "make a random key, print it and its hash (give the key to its user, the hash to "
+        "the server)"))] = False,
+) -> None:
     """Print the sha256 to put in api_keys (the server never stores plain keys)."""
+    import secrets
+
     from lineside_inspect.config import hash_key
 
+    if new:
+        made = secrets.token_urlsafe(24)
+        out.print(f"key:    {made}\nsha256: {hash_key(made)}", markup=False)
+        return
+    if key is None or key == "-":  # "-" was hashed as the key "-" (deploy review)
+        key = sys.stdin.readline().rstrip("\r\n")
+    if len(key) < MIN_KEY_CHARS:
+        raise ConfigError(f"a key of {len(key)} characters is guessable: use at least "
+                          f"{MIN_KEY_CHARS} (lineside hash-key --new makes one)")
     out.print(hash_key(key))
 
 

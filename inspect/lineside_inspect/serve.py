@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from types import FrameType
 from typing import Any
 
@@ -261,8 +262,16 @@ def preflight(settings: Settings) -> None:
     """Read every configured model package and recipe before the server starts, so a
     wrong path or a broken card is one clear error (``LinesideError``: the CLI prints its
     message) instead of a traceback from the application's start-up."""
+    from importlib.util import find_spec
+
+    from lineside_inspect.errors import MissingExtraError, install_hint
     from lineside_inspect.package import load_package
     from lineside_inspect.recipes import check_card_recipe, load_recipe
+
+    if (settings.database_url or "").startswith("postgresql") and find_spec("psycopg") is None:
+        # a ModuleNotFoundError traceback from the start-up's store otherwise
+        raise MissingExtraError("database_url names PostgreSQL, whose driver (psycopg) is not "
+                                "installed: " + install_hint("postgres"))
 
     cards: dict[str, dict[str, ModelCard]] = {}
     for path in settings.models:
@@ -325,6 +334,10 @@ def warn_auth_off(settings: Settings, what: str) -> None:
 
 
 def run(settings: Settings) -> None:
+    # what the server writes (inspection images, the store) is not for every user of the
+    # box: group-readable at most, as the systemd unit's UMask=0027 (a container and make
+    # serve wrote 0644 images under 0755 folders; deploy review, session 33)
+    os.umask(os.umask(0o027) | 0o027)
     settings.check_bind()
     preflight(settings)
     use_one_arena()  # before any thread starts (see lineside_inspect.allocator)

@@ -191,3 +191,47 @@ def test_calibrate_unchanged_names_the_missing_path_and_the_bad_frame(tmp_path: 
     bad = STATION / "station1" / "part-0002.jpg"  # a defective part among good frames
     res = CliRunner().invoke(app, ["calibrate-unchanged", ref, ref, str(bad)])
     assert res.exit_code == 2 and f"{bad}: good frame 2 differs" in res.output, res.output
+
+
+def test_hash_key_reads_standard_input_makes_keys_and_refuses_short_ones() -> None:
+    """`lineside hash-key -` hashed the key "-"; a key on the command line stays in the
+    shell's history; a 5-character key was taken (deploy review, session 33)."""
+    key = "a-long-enough-api-key-1234"
+    for args in (["hash-key", "-"], ["hash-key"]):
+        res = CliRunner().invoke(app, args, input=key + "\n")
+        assert res.exit_code == 0 and res.output.strip() == hash_key(key), res.output
+    res = CliRunner().invoke(app, ["hash-key", "short"])
+    assert res.exit_code == 2 and "a key of 5 characters is guessable" in res.output
+    res = CliRunner().invoke(app, ["hash-key", "--new"])
+    made, digest = (ln.split()[1] for ln in res.output.splitlines())
+    assert res.exit_code == 0 and len(made) >= 32 and digest == hash_key(made)
+
+
+def test_the_runtime_calls_nobody() -> None:
+    """onnxruntime's telemetry is on by default on Linux: every session looked up
+    mobile.events.data.microsoft.com (deploy review, session 33). The package turns it off
+    before onnxruntime is first imported; a value the operator set stands."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys, lineside_inspect.runtime.session\n"
+            "assert 'onnxruntime' in sys.modules\n"
+            "print(os.environ.get('ORT_DISABLE_TELEMETRY'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
+
+
+def test_a_postgresql_store_without_its_driver_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "psycopg" else real(name, *a))
+    config = _serve_yaml(tmp_path, "database_url: postgresql+psycopg://u:p@127.0.0.1:1/db\n")
+    res = CliRunner().invoke(app, ["serve", "--config", str(config), "--port", "9"])
+    assert res.exit_code == 2, res.output
+    assert "whose driver (psycopg) is not installed" in res.output and "postgres]" in res.output

@@ -85,6 +85,11 @@ def test_sigterm_drains(tmp_path: Path) -> None:
         with sqlite3.connect(tmp_path / "store" / "lineside.db") as conn:
             rows = int(conn.execute("SELECT count(*) FROM inspections").fetchone()[0])
         assert rows == results.count("200"), (rows, results)
+        # what it wrote is not for every user of the box (0644 images under 0755
+        # folders; deploy review, session 33): umask 027 as the systemd unit's
+        written = list((tmp_path / "store").rglob("*"))
+        assert written and not [q for q in written if q.stat().st_mode & 0o007], \
+            sorted(oct(q.stat().st_mode) for q in written)[:5]
     finally:
         server.stop(signal.SIGKILL)  # a no-op once it has exited
     assert "readiness dropped" in server.output()
