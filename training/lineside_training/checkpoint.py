@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lineside_inspect.dataset.canonical import ANNOTATIONS
 from lineside_inspect.errors import ConfigError
+from lineside_inspect.package import sha256_file
 from lineside_training.config import TrainConfig
 from lineside_training.models import build_model
 
@@ -34,11 +35,7 @@ class Trained:
     def sha256(self) -> str | None:
         """The checkpoint file's digest: what a run's thresholds and report belong to."""
         if self._sha256 is None and self.checkpoint_file is not None:
-            digest = hashlib.sha256()
-            with open(self.checkpoint_file, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            self._sha256 = digest.hexdigest()
+            self._sha256 = sha256_file(self.checkpoint_file)
         return self._sha256
 
     def belongs(self, doc: dict[str, Any]) -> bool:
@@ -67,6 +64,13 @@ class Trained:
                 return path
         raise ConfigError(f"the run's dataset {self.config.data} was not found (it trained on "
                           f"{recorded or given}); pass --data DATASET")
+
+    def data_changed(self) -> bool:
+        """Whether the run's dataset is not the one it trained on: its labels' digest
+        differs from the one the checkpoint recorded (a checkpoint without one: False).
+        OSError when the labels cannot be read."""
+        seen = self.checkpoint.get("data", {}).get("annotations_sha256")
+        return bool(seen) and sha256_file(self.data / ANNOTATIONS) != seen
 
     def is_own_data(self, data: str | Path | None) -> bool:
         """Whether ``data`` (None: the run's own) is the dataset the run trained on."""

@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
-from lineside_inspect.dataset.canonical import ANNOTATIONS
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.imageio import read_image
-from lineside_inspect.package import CARD, sha256_file
+from lineside_inspect.package import CARD
 from lineside_inspect.runtime.detector import Detector
 from lineside_training.calibration import calibrate_f
 from lineside_training.checkpoint import (
@@ -117,10 +116,9 @@ def evaluate(
 
 
 def _changed_since_training(trained: Trained) -> bool:
-    """Whether the run's dataset is not the one it trained on (its labels' digest)."""
-    seen = trained.checkpoint.get("data", {}).get("annotations_sha256")
+    """:meth:`Trained.data_changed`, labels that cannot be read counting as unchanged."""
     try:
-        return bool(seen) and sha256_file(Path(trained.data) / ANNOTATIONS) != seen
+        return trained.data_changed()
     except OSError:
         return False
 

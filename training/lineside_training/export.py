@@ -3,7 +3,6 @@ edge runtime (the code the server runs)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -17,7 +16,6 @@ from torch import Tensor, nn
 
 from lineside_inspect.boxes import iou_matrix
 from lineside_inspect.dataset import ImageRecord, read_dataset
-from lineside_inspect.dataset.canonical import ANNOTATIONS
 from lineside_inspect.errors import ConfigError, DatasetError, PackageError
 from lineside_inspect.lifecycle.lineage import dataset_revision
 from lineside_inspect.package import (
@@ -222,11 +220,9 @@ def lineage_of(trained: Trained, parent: str | Path | None) -> Lineage:
     cfg = trained.config
     roots = [cfg.data, *cfg.extra_data]
     revision, note = None, ""
-    seen = trained.checkpoint.get("data", {}).get("annotations_sha256")
     try:
         where = trained.data  # the dataset where it is, named in the card as it was given
-        now = hashlib.sha256((where / ANNOTATIONS).read_bytes()).hexdigest()
-        if seen and now != seen:
+        if trained.data_changed():
             note = f"{cfg.data} changed since the run trained on it: its revision is not recorded"
         else:
             revision = dataset_revision([where, *cfg.extra_data])
