@@ -313,10 +313,7 @@ def _check_recipe(recipe: Recipe, cards: dict[str, dict[str, ModelCard]], *,
         raise ConfigError(f"recipe {recipe.name}: anomaly.model {fused!r} is not among the "
                           f"configured models ({', '.join(sorted(cards))})")
     recipe.check_models(card.kind, card.class_names, None if anomaly is None else anomaly.kind)
-    if (recipe.unchanged_gate is not None or recipe.align_reference) and not card.needs_reference:
-        raise ConfigError(f"recipe {recipe.name}: unchanged_gate and align_reference compare "
-                          f"each frame with its reference, and model {recipe.model} takes "
-                          "no reference")
+    recipe.check_reference_use(card.needs_reference)  # as the registry checks it
 
 
 def warn_auth_off(settings: Settings, what: str) -> None:

@@ -120,8 +120,8 @@ def test_serve_command_names_the_environment_variable(tmp_path: Path) -> None:
     ("critical: [scrach]", "recipe typo: critical names unknown class 'scrach'"),
     ("max_count: {short: 1}\nmodel_version: '9'",
      "recipe typo: model deeppcb has no configured version '9' (1)"),
-    ("unchanged_gate: {floor: 16.5}", "recipe typo: unchanged_gate and align_reference compare "
-     "each frame with its reference, and model deeppcb takes no reference"),
+    ("unchanged_gate: {floor: 16.5}", "recipe typo: unchanged_gate compares each frame with "
+     "its reference, and model deeppcb takes no reference"),
 ])
 def test_a_recipe_its_model_cannot_serve_is_one_line_before_start(tmp_path: Path, recipe: str,
                                                                     problem: str) -> None:

@@ -169,6 +169,16 @@ class Recipe(BaseModel):
                               "not an anomaly (good-only) model")
         self.check_classes(class_names)
 
+    def check_reference_use(self, needs_reference: bool) -> None:
+        """Refuse comparing frames with a golden image under a model that takes none
+        (``needs_reference``: the model's card says it does)."""
+        for used, what in ((self.unchanged_gate is not None, "unchanged_gate compares each "
+                            "frame with"), (self.align_reference, "align_reference moves each "
+                            "frame onto")):
+            if used and not needs_reference:
+                raise ConfigError(f"recipe {self.name}: {what} its reference, and model "
+                                  f"{self.model} takes no reference")
+
     def check_classes(self, class_names: list[str]) -> None:
         """Refuse rules naming classes the model does not know (a typo would silently pass)."""
         known = set(class_names)

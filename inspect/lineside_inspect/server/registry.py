@@ -205,12 +205,7 @@ class Registry:
                    if fused is not None and fused.model is not None else None)
         recipe.check_models(detector.card.kind, detector.class_names,
                             None if anomaly is None else anomaly.card.kind)
-        for used, what in ((recipe.unchanged_gate is not None, "unchanged_gate compares each "
-                            "frame with"), (recipe.align_reference, "align_reference moves each "
-                            "frame onto")):
-            if used and not detector.needs_reference:
-                raise ConfigError(f"recipe {recipe.name}: {what} its reference, and model "
-                                  f"{recipe.model} takes no reference")
+        recipe.check_reference_use(detector.needs_reference)
 
     def restore_recipe(self, name: str, before: Recipe | None) -> None:
         """Put back what ``name`` was before a change that could not be recorded: the
