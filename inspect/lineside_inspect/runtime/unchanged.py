@@ -133,16 +133,6 @@ def _shifts(guess: tuple[int, int], s: int) -> list[tuple[int, int]]:
     return sorted(around, key=lambda d: (abs(d[0] - gx) + abs(d[1] - gy), d))
 
 
-def excess(frame: np.ndarray, reference: np.ndarray, tolerance_px: int,
-           shift: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """Per-pixel grey levels by which ``frame`` (taken ``shift`` px off) leaves the
-    reference's tolerance band or the reference leaves the frame's, smoothed over 3x3
-    (uint8, the reference's size; 0 where the shift uncovers what the frame cannot show)."""
-    ref, f = _grey_pair(frame, reference)
-    s = max(abs(shift[0]), abs(shift[1]))
-    return _excess_at(*_prepared(f, ref, tolerance_px, s), shift, s, tolerance_px)
-
-
 _Prepared = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -271,12 +261,14 @@ def calibrate_floor(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, tolerance
         raise ConfigError(f"margin {margin} is not within 1..3")
     best = []
     contrast = 255.0
+    measured: np.ndarray | None = None  # the golden whose contrast is in (one, as a rule)
     for i, (frame, reference) in enumerate(pairs):
         try:
             best.append(float(tile_best(frame, reference, tolerance_px=tolerance_px,
                                         max_shift_px=max_shift_px, tile=tile).max()))
-            low, high = np.percentile(gray(reference), [5, 95])
-            contrast = min(contrast, float(high - low))
+            if reference is not measured:
+                low, high = np.percentile(gray(reference), [5, 95])
+                contrast, measured = min(contrast, float(high - low)), reference
         except LinesideError as exc:  # e.g. a frame of another size than the reference
             if i < len(names):
                 raise exc.prefixed(names[i]) from None
