@@ -40,6 +40,7 @@ from lineside_inspect.errors import (
     RemoteInferenceRefused,
     RemoteInferenceUnavailable,
 )
+from lineside_inspect.oip import flat_data
 from lineside_inspect.package import CARD, OUTPUT_NAMES, ModelCard, ModelPackage, read_card
 from lineside_inspect.recipes.schema import RemoteModel
 from lineside_inspect.runtime.detector import Detector
@@ -119,26 +120,13 @@ _UNREACHABLE = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.Unsuppor
                 httpcore.ConnectionNotAvailable, httpcore.LocalProtocolError)
 
 
-def _flattened(value: object) -> object:
-    """A tensor's data as a flat list: the protocol lets a server nest it as its shape.
-    Rows of a level must be alike in length (else it is left nested, and refused)."""
-    level = value
-    for _ in range(8):
-        if not (type(level) is list and level and type(level[0]) is list):
-            return level
-        width = len(level[0])
-        if any(type(row) is not list or len(row) != width for row in level):
-            return value
-        level = [v for row in level for v in row]
-    return level
-
-
 class _Tensor(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: str
     datatype: str
     shape: list[int] = Field(..., max_length=8)
-    data: Annotated[list[float] | None, BeforeValidator(_flattened)] = None
+    # the protocol lets a server nest the data as its shape; ragged rows are refused
+    data: Annotated[list[float] | None, BeforeValidator(lambda v: flat_data(v, 8))] = None
 
 
 class _Answer(BaseModel):

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from lineside_inspect.errors import AnswerTooLargeError, BadTensor, describe_validation
+from lineside_inspect.oip import flat_data
 from lineside_inspect.server.body import read_body
 from lineside_inspect.server.deps import (
     LimiterDep,
@@ -66,22 +67,13 @@ Parameters = dict[str, bool | int | float | str]
 
 
 def _flat_ints(value: Any) -> Any:
-    """'data' as a flat list of integers. The protocol lets a tensor's elements come
-    nested as its shape (``ndarray.tolist()``) or flattened; nested, every row of a level
-    must be as long as its siblings (the shape checks the lengths later)."""
+    """'data' as a flat list of integers, flat or nested as its shape (:func:`flat_data`:
+    ``[B][3][S][S]``, at most three levels of rows above the integers)."""
     # one error for the whole list rather than one per element (a million of them would
     # cost seconds and hundreds of MB to build and report)
     if value is None:
         return value
-    level = value
-    for _ in range(3):  # [B][3][S][S]: at most three levels of rows above the integers
-        if not (type(level) is list and level and type(level[0]) is list):
-            break
-        width = len(level[0])
-        if any(type(row) is not list or len(row) != width for row in level):
-            raise ValueError("'data' nested as rows of unequal lengths: send it flat "
-                             "(row-major) or nested as its shape")
-        level = [v for row in level for v in row]
+    level = flat_data(value, 3)
     if not (type(level) is list and all(type(v) is int for v in level)):
         raise ValueError("'data' must be a list of integers, flat (row-major) or nested as "
                          "its shape")
