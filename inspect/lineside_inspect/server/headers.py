@@ -36,6 +36,12 @@ SECURITY_HEADERS = {
 CACHED = ("/static/", "/docs/swagger-ui")
 
 
+def app_path(scope: Scope) -> str:
+    """An HTTP request's path within the app: behind a proxy's prefix, without it."""
+    path, root = scope["path"], scope.get("root_path") or ""
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -45,10 +51,7 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
-        path, root = scope["path"], scope.get("root_path") or ""
-        if root and path.startswith(root):  # behind a proxy's prefix
-            path = path[len(root):]
-        cached = path.startswith(CACHED)
+        cached = app_path(scope).startswith(CACHED)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

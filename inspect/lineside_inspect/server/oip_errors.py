@@ -16,6 +16,8 @@ import json
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lineside_inspect.server.headers import app_path
+
 MAX_ERROR_BYTES = 64 << 10  # an error body is a line or two; anything larger passes as it is
 
 
@@ -36,10 +38,7 @@ class OipErrors:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        root = scope.get("root_path") or ""
-        if root and path.startswith(root):
-            path = path[len(root):]
+        path = app_path(scope) if scope["type"] == "http" else ""
         if not (path == "/v2" or path.startswith("/v2/")):
             await self.app(scope, receive, send)
             return
