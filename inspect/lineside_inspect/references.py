@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,7 @@ class ReferenceLibrary:
                 st = path.stat()
             except OSError:
                 continue
-            if path.is_file():  # ctime too: a file dropped in keeping an old mtime is new
+            if stat.S_ISREG(st.st_mode):  # ctime too: a file dropped in keeping an old mtime is new
                 found.append((-max(st.st_mtime_ns, st.st_ctime_ns), rank, path))
         return min(found)[2] if found else None
 
