@@ -21,7 +21,12 @@ from lineside_inspect.runtime.anomaly_map import AnomalyFinding, find_anomalies
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import Letterbox
 from lineside_inspect.runtime.types import Detections
-from lineside_inspect.runtime.unchanged import ALIGN_MAX_SHIFT, GateResult, view_mismatch
+from lineside_inspect.runtime.unchanged import (
+    ALIGN_MAX_SHIFT,
+    FIXTURE_PLAY_PX,
+    GateResult,
+    view_mismatch,
+)
 from lineside_inspect.runtime.unchanged import check as check_unchanged
 from lineside_inspect.schemas import (
     InspectionResult,
@@ -185,7 +190,8 @@ def _view_shift(recipe: Recipe) -> int:
     alignment looks, or the gate's fixture play."""
     if recipe.align_reference:
         return ALIGN_MAX_SHIFT
-    return recipe.unchanged_gate.max_shift_px if recipe.unchanged_gate is not None else 2
+    gate = recipe.unchanged_gate
+    return gate.max_shift_px if gate is not None else FIXTURE_PLAY_PX
 
 
 def fused_name(detector: Detector, anomaly_model: Detector | None) -> str | None:

@@ -39,6 +39,8 @@ from lineside_inspect.errors import ConfigError, LinesideError
 from lineside_inspect.opencv import cv2
 from lineside_inspect.runtime.reference import gray, same_size
 
+FIXTURE_PLAY_PX = 2  # how far a part may sit off its fixture, unless a recipe says
+
 
 class UnchangedGate(BaseModel):
     """A recipe's ``unchanged_gate``: pass parts that match their reference without
@@ -51,7 +53,7 @@ class UnchangedGate(BaseModel):
     tolerance_px: int = Field(1, ge=0, le=3, strict=True, description=(
         "how far an edge may move unnoticed within a tile (sub-pixel play, a slight turn); "
         "a trace or gap narrower than 2 x tolerance_px + 1 px is not seen"))
-    max_shift_px: int = Field(2, ge=0, le=8, strict=True, description=(
+    max_shift_px: int = Field(FIXTURE_PLAY_PX, ge=0, le=8, strict=True, description=(
         "how far (px) a part may sit off its fixture: each tile is compared at the shifts "
         "around the frame's own, up to this far"))
     tile: int = Field(32, ge=8, le=256, strict=True)
@@ -225,7 +227,8 @@ class ViewMismatch:
     tiles: int
 
 
-def view_mismatch(frame: np.ndarray, reference: np.ndarray, *, max_shift_px: int = 2,
+def view_mismatch(frame: np.ndarray, reference: np.ndarray, *,
+                  max_shift_px: int = FIXTURE_PLAY_PX,
                   tile: int = 32) -> ViewMismatch | None:
     """Whether more than :data:`MISMATCH_SHARE` of the tiles differ from the golden by at
     least :data:`MAX_FLOOR` grey levels at every shift within ``max_shift_px``; None for
@@ -246,7 +249,7 @@ def view_mismatch(frame: np.ndarray, reference: np.ndarray, *, max_shift_px: int
 
 
 def calibrate_floor(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, tolerance_px: int = 1,
-                    max_shift_px: int = 2, tile: int = 32, margin: float = 1.5,
+                    max_shift_px: int = FIXTURE_PLAY_PX, tile: int = 32, margin: float = 1.5,
                     minimum: float = 12.0, names: Sequence[str] = ()) -> dict[str, float]:
     """A floor from good ``(frame, reference)`` pairs: ``margin`` times the highest tile
     score any of them reached, and at least ``minimum`` grey levels. Returns the floor
