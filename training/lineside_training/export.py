@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from lineside_inspect.boxes import iou_matrix
 from lineside_inspect.dataset import ImageRecord, read_dataset
 from lineside_inspect.errors import ConfigError, DatasetError, PackageError
+from lineside_inspect.lifecycle.gate import matched_boxes
 from lineside_inspect.lifecycle.lineage import dataset_revision
 from lineside_inspect.package import (
     CARD,
@@ -48,6 +49,7 @@ from lineside_training.package_writer import (
     staged_package,
 )
 from lineside_training.predict import Prediction, predict_records, runtime_inputs, runtime_predictions
+from lineside_training.quality import keep_mask
 
 PARITY_IOU = 0.99
 MIN_PARITY_AREA = 1.0  # px²
@@ -124,10 +126,10 @@ def counted_changes(base: list[Prediction], low: list[Prediction], class_names: 
     lost: dict[str, int] = {}
     gained: dict[str, int] = {}
     counted = escapes = false_rejects = 0
+    thr = np.array([thresholds[n] for n in class_names], np.float32)
 
-    def kept(p: Prediction) -> Prediction:
-        keep = np.array([s >= thresholds[class_names[c]] for c, s in zip(p.labels, p.scores,
-                                                                          strict=True)], bool)
+    def kept(p: Prediction) -> Prediction:  # what the card's own recipe counts
+        keep = keep_mask(p.boxes, p.scores, p.labels, thr)
         return Prediction(p.boxes[keep], p.scores[keep], p.labels[keep])
 
     for b, lo in zip(base, low, strict=True):
@@ -136,20 +138,16 @@ def counted_changes(base: list[Prediction], low: list[Prediction], class_names: 
         escapes += bool(len(b.labels)) and not len(lo.labels)
         false_rejects += bool(len(lo.labels)) and not len(b.labels)
         for c in set(b.labels.tolist()) | set(lo.labels.tolist()):
-            bb, lb = b.boxes[b.labels == c], lo.boxes[lo.labels == c]
-            matched_b: set[int] = set()
-            matched_l: set[int] = set()
-            if len(bb) and len(lb):
-                ious = iou_matrix(bb, lb)
-                for i, j in sorted(np.argwhere(ious >= iou).tolist(), key=lambda ij: -ious[ij[0], ij[1]]):
-                    if i not in matched_b and j not in matched_l:
-                        matched_b.add(i)
-                        matched_l.add(j)
-            name = class_names[c]
-            if len(bb) - len(matched_b):
-                lost[name] = lost.get(name, 0) + len(bb) - len(matched_b)
-            if len(lb) - len(matched_l):
-                gained[name] = gained.get(name, 0) + len(lb) - len(matched_l)
+            name, mine, theirs = class_names[c], b.labels == c, lo.labels == c
+            # the fp32 graph's defects as the truth the other graph's boxes must match
+            same = matched_boxes([(name, tuple(x)) for x in b.boxes[mine].tolist()],
+                                 [(name, sc, tuple(x)) for x, sc in
+                                  zip(lo.boxes[theirs].tolist(), lo.scores[theirs].tolist(),
+                                      strict=True)], iou)
+            if int(mine.sum()) - same:
+                lost[name] = lost.get(name, 0) + int(mine.sum()) - same
+            if int(theirs.sum()) - same:
+                gained[name] = gained.get(name, 0) + int(theirs.sum()) - same
     return {"images": len(base), "defects_counted_fp32": counted, "defects_lost": lost,
             "defects_gained": gained, "escapes": int(escapes), "false_rejects": int(false_rejects)}
 
