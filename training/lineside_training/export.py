@@ -113,12 +113,14 @@ def parity_report(trained: Trained, detector: Detector, records: list[ImageRecor
 
 
 def counted_changes(base: list[Prediction], low: list[Prediction], class_names: list[str],
-                    thresholds: dict[str, float], iou: float = 0.5) -> dict[str, Any]:
+                    thresholds: dict[str, float], iou: float = 0.5,
+                    agnostic_iou: float | None = None) -> dict[str, Any]:
     """What a lower-precision graph counts differently from the fp32 one at the card's
     thresholds, image by image: defects fp32 counts that it does not (``lost``, by class;
     a box of the same class with IoU >= ``iou`` is the same defect) and ones it adds
     (``gained``), and parts whose verdict under the card's own recipe (any counted
-    defect fails) flips: ``escapes`` (fp32 fails, it passes), ``false_rejects``.
+    defect fails; ``agnostic_iou``: the card's one-per-place rule) flips: ``escapes``
+    (fp32 fails, it passes), ``false_rejects``.
 
     mAP@.5 ignores thresholds: an int8 graph within a point of fp32's mAP passed a part
     with a critical scratch that fp32 failed (0.465 against a threshold of 0.46;
@@ -129,7 +131,7 @@ def counted_changes(base: list[Prediction], low: list[Prediction], class_names: 
     thr = np.array([thresholds[n] for n in class_names], np.float32)
 
     def kept(p: Prediction) -> Prediction:  # what the card's own recipe counts
-        keep = keep_mask(p.boxes, p.scores, p.labels, thr)
+        keep = keep_mask(p.boxes, p.scores, p.labels, thr, agnostic_iou)
         return Prediction(p.boxes[keep], p.scores[keep], p.labels[keep])
 
     for b, lo in zip(base, low, strict=True):
@@ -331,7 +333,8 @@ def export(
             low = Detector(load_package(tmp), device="auto" if fp16 else "cpu")
             low_preds = runtime_predictions(low, val, dataset)
             low_map = coco_metrics(val, low_preds, trained.class_names)["map50"]
-            changes = counted_changes(base_preds, low_preds, trained.class_names, thr)
+            changes = counted_changes(base_preds, low_preds, trained.class_names, thr,
+                                      agnostic_iou=card.agnostic_iou)
             low_ms = _latency_ms(low, cfg.input_size)
             card.quantization = {"precision": card.precision, "map50_fp32": base_map,
                                  "map50": low_map, "map50_change": low_map - base_map,
