@@ -36,12 +36,18 @@ def hide_secrets(text: str) -> str:
     return _KEYED.sub(r"\1***", _USER_ONLY.sub(r"\1***@", text))
 
 
+def file_path(source: str) -> str:
+    """A camera source given as a ``file://`` URL, as the file's path (as it is
+    otherwise)."""
+    return unquote(urlsplit(source).path) if source.startswith("file://") else source
+
+
 def shown_source(source: str) -> str:
     """A camera's source as pages and errors show it: a URL or a GStreamer pipeline with
     its secrets hidden, a device by its index, a file or folder by its name alone (the
     server's folders are not a viewer's to read; camera review, session 32)."""
     if source.startswith("file://"):  # a file as a URL is the file
-        source = unquote(urlsplit(source).path)
+        source = file_path(source)
     elif "://" in source or source.strip().isdigit() or (
             "!" in source and " " in source.strip()):
         return hide_secrets(source)  # a URL, a device, a pipeline (its properties)

@@ -7,14 +7,13 @@ import math
 import time
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
 from lineside_inspect.errors import ImageError
 from lineside_inspect.imageio import IMAGE_SUFFIXES, read_image
 from lineside_inspect.opencv import cv2
-from lineside_inspect.redact import shown_source
+from lineside_inspect.redact import file_path, shown_source
 
 
 class FrameSource(Protocol):
@@ -147,8 +146,7 @@ def make_source(source: str, *, open_timeout_s: float, read_timeout_s: float, lo
     """``fps`` None: a video file plays at its own rate, a folder at :data:`FOLDER_FPS`."""
     if not source.strip():  # Path("") is the working folder: never a camera
         raise ImageError("a camera's source must not be empty")
-    if source.startswith("file://"):  # a file as a URL: the file (it played unpaced)
-        source = unquote(urlsplit(source).path)
+    source = file_path(source)  # a file as a URL: the file (it played unpaced)
     if Path(source).is_dir():
         return FolderSource(source, fps=fps or FOLDER_FPS, loop=loop)
     return OpenCVSource(source, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
