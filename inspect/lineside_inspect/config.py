@@ -134,6 +134,10 @@ class CameraConfig(BaseModel):
     reference: str | None = Field(None, description=(
         "the reference image a reference model compares this camera's frames with: a "
         "name registered in references_dir, or an image file"))
+    references: dict[Name, str] = Field(default_factory=dict, description=(
+        "per recipe, the golden image of the product that recipe judges (recipe name: "
+        "reference name or image file): a PLC switching this camera's recipe switches its "
+        "golden with it; a recipe not named here uses `reference`"))
     mode: Literal["triggered", "continuous"] = "triggered"
     # bounded: fps 1e9 took a core on a folder, 1e-300 killed the capture thread, 1e-9
     # slept for 30 years; timeouts under 1 ms meant OpenCV's default (camera review)
@@ -171,6 +175,15 @@ class CameraConfig(BaseModel):
                     self.id, self.stale_after_s, interval, self.fps, 2.5 * interval)
                 self.stale_after_s = 2.5 * interval
         return self
+
+    def reference_for(self, recipe: str) -> str | None:
+        """The golden image this camera's frames are compared with under ``recipe`` (None:
+        the camera has none for it, so only a single-image model can judge them)."""
+        return self.references.get(recipe, self.reference)
+
+    def reference_names(self) -> set[str]:
+        """Every golden image this camera may compare its frames with."""
+        return {r for r in (self.reference, *self.references.values()) if r is not None}
 
     @field_validator("source")
     @classmethod
@@ -435,6 +448,15 @@ def describe_settings_error(exc: ValidationError | SettingsError, config: str | 
     return "; ".join(f"{src}: {'; '.join(found)}" for src, found in by_source.items())
 
 
+def _config_file(base: Path, value: Any) -> Any:
+    """A camera's golden image given as a file relative to its config's folder, resolved
+    (a registered reference name, or anything else, as it is)."""
+    if isinstance(value, str) and value and not Path(value).is_absolute() \
+            and (base / value).is_file():
+        return str((base / value).resolve())
+    return value
+
+
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
     """Settings from the YAML file (plain ``key`` entries in ``api_keys`` are hashed here),
     then environment, then ``overrides`` (None values ignored)."""
@@ -452,9 +474,11 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
             if src and not src.isdigit() and "://" not in src and "!" not in src \
                     and not Path(src).is_absolute() and (base / src).exists():
                 cam["source"] = str((base / src).resolve())
-            ref = str(cam.get("reference") or "") if isinstance(cam, dict) else ""
-            if ref and not Path(ref).is_absolute() and (base / ref).is_file():
-                cam["reference"] = str((base / ref).resolve())
+            if isinstance(cam, dict) and "reference" in cam:
+                cam["reference"] = _config_file(base, cam["reference"])
+            if isinstance(cam, dict) and isinstance(cam.get("references"), dict):
+                cam["references"] = {k: _config_file(base, v)
+                                     for k, v in cam["references"].items()}
         for key in ("data_dir", "references_dir"):
             if doc.get(key) and not Path(doc[key]).is_absolute():
                 doc[key] = str((base / doc[key]).resolve())

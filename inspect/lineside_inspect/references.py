@@ -221,5 +221,6 @@ def _camera_reference(needs_reference: bool, model: str, library: ReferenceLibra
         return None
     if configured is None:
         raise ReferenceImageError(f"camera {camera} has no reference configured; {whose} needs "
-                                  "one (cameras[].reference in the server config)")
+                                  "one (cameras[].reference, or cameras[].references for this "
+                                  "recipe, in the server config)")
     return library.lookup(configured)

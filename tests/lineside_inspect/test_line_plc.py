@@ -1374,3 +1374,91 @@ def test_the_fail_rate_alarm_reaches_the_plc_over_opcua_and_modbus(tmp_path: Pat
     finally:
         stop()
         sim.kill()
+
+
+def test_a_camera_switches_its_golden_image_with_the_recipe(tmp_path: Path) -> None:
+    """``cameras[].references``: one golden image per product. A station that the PLC
+    switches between two reference recipes and a single-image one compared every frame
+    with its one golden, whatever the product (and a single-image recipe was refused on
+    it), so a product switch meant a camera entry per product."""
+    import cv2
+
+    from lineside_inspect.server.app import create_app
+
+    other = tmp_path / "other-ref.yaml"
+    other.write_text((ROOT / "configs" / "recipes" / "deeppcb-ref.yaml").read_text()
+                     .replace("name: deeppcb-ref", "name: other-ref"))
+    golden = STATION / "station1-reference.jpg"
+    flipped = tmp_path / "flipped.png"  # another product's golden: nothing like the frames
+    cv2.imwrite(str(flipped), cv2.flip(cv2.imread(str(golden)), -1))
+    recipes = [str(ROOT / "configs" / "recipes" / n) for n in ("deeppcb.yaml", "deeppcb-ref.yaml")]
+    cam = CameraConfig(id="station1", source=str(STATION / "station1"), fps=5,
+                       recipe="deeppcb-ref", references={"deeppcb-ref": "gold-a",
+                                                         "other-ref": str(flipped)})
+    plain = CameraConfig(id="plain", source=str(STATION / "station1"), fps=5,
+                         recipe="deeppcb-ref", reference="gold-a")
+    srv, stop = start_server(keyed(
+        cameras=[cam, plain], models=[str(MODEL), str(REF_MODEL)], store=False,
+        recipes=[*recipes, str(other)], line=LineSettings(modbus=ModbusConfig(port=0))))
+    try:
+        plc = srv.app.state.line_plc
+        assert plc.check_recipe("station1", "other-ref") == ErrorCode.NONE
+        assert plc.check_recipe("station1", "deeppcb") == ErrorCode.NONE  # no golden for it
+        assert plc.check_recipe("plain", "deeppcb") == ErrorCode.RECIPE_NOT_USABLE
+        with srv.client("admin") as c:
+            put = c.put("/v1/references/gold-a", headers={"content-type": "image/jpeg"},
+                        content=golden.read_bytes())
+            assert put.status_code in (200, 201), put.text
+        with srv.client("line") as c:
+            def trigger(recipe: str) -> dict[str, Any]:
+                r = c.post(f"/v1/cameras/station1/trigger?recipe={recipe}&timeout_s=15")
+                assert r.status_code == 200, r.text
+                return dict(r.json())
+
+            same = trigger("deeppcb-ref")
+            assert same["reference"]["name"] == "gold-a"
+            assert "reference_mismatch" not in {x["rule"] for x in same["reasons"]}
+            switched = trigger("other-ref")  # the other product's golden
+            assert switched["reference"]["sha256"] != same["reference"]["sha256"]
+            assert switched["verdict"] == "fail"
+            assert "reference_mismatch" in {x["rule"] for x in switched["reasons"]}
+            single = trigger("deeppcb")
+            assert single["reference"] is None and single["verdict"] in ("pass", "fail")
+        with srv.client("admin") as c:  # a golden a camera names for a recipe stays
+            gone = c.delete("/v1/references/gold-a")
+            assert gone.status_code == 409, gone.text
+            assert "station1" in gone.json()["error"]["message"]
+    finally:
+        stop()
+
+    # a golden for a recipe whose model takes none contradicts the config: refused at start
+    bad = CameraConfig(id="station1", source=str(STATION / "station1"), recipe="deeppcb-ref",
+                       reference="gold-a", references={"deeppcb": "gold-a"})
+    app = create_app(keyed(cameras=[bad], models=[str(MODEL), str(REF_MODEL)], store=False,
+                           recipes=recipes))
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    try:
+        with pytest.raises(ConfigError) as info:
+            asyncio.run(start())
+    finally:
+        app.state.cameras.stop()
+    assert "camera station1 has a reference configured" in info.value.message
+    assert "recipe deeppcb's model" in info.value.message
+
+
+def test_a_cameras_golden_files_are_found_beside_its_config(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes((STATION / "station1-reference.jpg").read_bytes())
+    (tmp_path / "serve.yaml").write_text(
+        "cameras:\n  - id: s1\n    source: frames\n    reference: a.jpg\n"
+        "    references: {other: a.jpg, named: station9}\n")
+    cam = load_settings(tmp_path / "serve.yaml").cameras[0]
+    assert cam.reference == str(tmp_path / "a.jpg")
+    assert cam.references == {"other": str(tmp_path / "a.jpg"), "named": "station9"}
+    assert cam.reference_for("other") == str(tmp_path / "a.jpg")
+    assert cam.reference_for("unnamed") == cam.reference
+    with pytest.raises(ValidationError):
+        CameraConfig(id="s1", source="frames", references={"../x": "a"})

@@ -107,7 +107,7 @@ class PlcLine:
             return ErrorCode.RECIPE_NOT_USABLE
         cameras = self.service.cameras
         cfg = cameras.configs.get(camera_id) if cameras is not None else None
-        has_reference = cfg is not None and cfg.reference is not None
+        has_reference = cfg is not None and cfg.reference_for(rule.name) is not None
         if detector.needs_reference != has_reference:
             # a reference model without the camera's golden image, or a single-image model
             # on a camera that names one: every frame would be refused

@@ -193,7 +193,7 @@ class InspectionService:
         except LinesideError:
             return
         broken = [cfg.id for cfg in self.cameras_with_recipe(recipe.name)
-                  if detector.needs_reference != (cfg.reference is not None)]
+                  if detector.needs_reference != (cfg.reference_for(recipe.name) is not None)]
         if broken:
             need = ("compares each frame with a golden image, and camera(s) {} name none"
                     if detector.needs_reference else
@@ -209,7 +209,8 @@ class InspectionService:
         back (a PLC reads ErrorCode 7)."""
         if self.cameras is None:
             return
-        users = [cfg.id for cfg in self.cameras.configs.values() if cfg.reference == name]
+        users = [cfg.id for cfg in self.cameras.configs.values()
+                 if name in cfg.reference_names()]
         if users:
             raise ReferenceBreaksCamera(
                 f"reference {name} is the golden image camera(s) {', '.join(users)} compare "
@@ -231,27 +232,41 @@ class InspectionService:
         missing: list[str] = []
         if self.cameras is None:
             return contradictions, missing
-        for cfg in self.cameras.configs.values():
+        for cfg, recipe in self._camera_recipes():
             try:
-                rule, detector, _ = self._pin(cfg.recipe)
+                rule, detector, _ = self._pin(recipe)
             except LinesideError as exc:  # a recipe (or a model it names) not loaded (yet)
-                missing.append(f"camera {cfg.id}: {exc.message}. Its triggers fail until it "
-                               "is loaded (a fleet box's model pull, PUT /v1/recipes/NAME)")
+                missing.append(f"camera {cfg.id}: {exc.message}. Its triggers "
+                               + ("fail until it is loaded" if recipe == cfg.recipe else
+                                  f"with recipe {recipe} (its cameras[].references) fail "
+                                  "until it is loaded")
+                               + " (a fleet box's model pull, PUT /v1/recipes/NAME)")
                 continue
-            if detector.needs_reference != (cfg.reference is not None):
+            if detector.needs_reference != (cfg.reference_for(rule.name) is not None):
                 try:
                     resolve_reference(detector.needs_reference, detector.card.name,
-                                      self.references, name=cfg.reference, camera=cfg.id,
-                                      recipe=rule.name)
+                                      self.references, name=cfg.reference_for(rule.name),
+                                      camera=cfg.id, recipe=rule.name)
                 except LinesideError as exc:
                     contradictions.append(exc.message)  # it names the camera
                 continue
-            if cfg.reference is not None:
+            if cfg.reference_for(rule.name) is not None:
                 try:
                     self._camera_reference(cfg, detector, rule)
                 except LinesideError as exc:
                     missing.append(f"{exc.message}. Its triggers fail until then")
         return contradictions, missing
+
+    def _camera_recipes(self) -> list[tuple[CameraConfig, str | None]]:
+        """Each camera with the recipe it starts with, then each recipe its
+        ``references`` gives a golden image for (one a PLC may switch it to)."""
+        assert self.cameras is not None
+        out: list[tuple[CameraConfig, str | None]] = []
+        for cfg in self.cameras.configs.values():
+            out.append((cfg, cfg.recipe))
+            starts = cfg.recipe or self.registry.default_recipe
+            out += [(cfg, name) for name in cfg.references if name != starts]
+        return out
 
     # -- continuous cameras -------------------------------------------------------------
     def start_continuous(self) -> None:
@@ -325,15 +340,16 @@ class InspectionService:
         there (not registered yet, a file gone or unreadable) is a reference error, like a
         reference the model cannot take: the recipe cannot run on this camera now (a PLC
         reads ErrorCode 7), not a missing camera or a model failure."""
+        name = cfg.reference_for(rule.name)
         try:
             return resolve_reference(detector.needs_reference, detector.card.name,
-                                     self.references, name=cfg.reference, camera=cfg.id,
+                                     self.references, name=name, camera=cfg.id,
                                      recipe=rule.name)
         except ReferenceImageError:
             raise
         except (NotFoundError, ImageError) as exc:
-            hint = f" (register it with PUT /v1/references/{cfg.reference})" \
-                if cfg.reference is not None and is_reference_name(cfg.reference) else ""
+            hint = f" (register it with PUT /v1/references/{name})" \
+                if name is not None and is_reference_name(name) else ""
             raise ReferenceImageError(f"camera {cfg.id}: {exc.message}{hint}") from None
 
     def _manager(self) -> CameraManager:
