@@ -1428,6 +1428,10 @@ def test_a_camera_switches_its_golden_image_with_the_recipe(tmp_path: Path) -> N
             gone = c.delete("/v1/references/gold-a")
             assert gone.status_code == 409, gone.text
             assert "station1" in gone.json()["error"]["message"]
+            # a recipe a camera names a golden for may not become a single-image one
+            put = c.put("/v1/recipes/other-ref", json={"name": "other-ref", "model": "deeppcb"})
+            assert put.status_code == 409, put.text
+            assert "camera(s) station1 name one" in put.json()["error"]["message"]
     finally:
         stop()
 

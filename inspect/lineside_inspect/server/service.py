@@ -192,7 +192,11 @@ class InspectionService:
             detector = self.registry.detector(recipe.model, recipe.model_version)
         except LinesideError:
             return
-        broken = [cfg.id for cfg in self.cameras_with_recipe(recipe.name)
+        # and the cameras that name a golden for it: a PLC may switch them to it
+        named = [cfg for cfg in self.cameras.configs.values() if recipe.name in cfg.references] \
+            if self.cameras is not None else []
+        users = {cfg.id: cfg for cfg in [*self.cameras_with_recipe(recipe.name), *named]}
+        broken = [cid for cid, cfg in users.items()
                   if detector.needs_reference != (cfg.reference_for(recipe.name) is not None)]
         if broken:
             need = ("compares each frame with a golden image, and camera(s) {} name none"
