@@ -15,6 +15,7 @@ import hashlib
 import os
 import stat
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,9 @@ from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 
 EXTS = ("png", "jpg", "bmp")  # as stored
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # a value ending so is a file, never a name
+# decoded goldens kept in memory: a station's few at once, not every one registered (a
+# line key naming each of a hundred 4K goldens in turn held 3.6 GB of pixels)
+CACHE_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,13 @@ def is_reference_name(value: str) -> bool:
 class ReferenceLibrary:
     """The reference images in ``folder``, by name (the file stem)."""
 
-    def __init__(self, folder: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    def __init__(self, folder: str | Path, max_pixels: int = MAX_IMAGE_PIXELS,
+                 cache_bytes: int = CACHE_BYTES) -> None:
         self.folder = Path(folder)
         self.max_pixels = max_pixels
-        self._cache: dict[str, tuple[tuple[int, ...], Reference]] = {}
+        self.cache_bytes = cache_bytes
+        # least recently used first: the ones evicted when the decoded pixels pass cache_bytes
+        self._cache: OrderedDict[str, tuple[tuple[int, ...], Reference]] = OrderedDict()
         self._lock = threading.Lock()
         # one put or delete at a time: two puts of a name wrote one temp file together
         # (a golden of both uploads' bytes), and a format change raced the other's unlink
@@ -140,13 +147,22 @@ class ReferenceLibrary:
             with self._lock:
                 hit = self._cache.get(key)
                 if hit is not None and hit[0] == stamp:
+                    self._cache.move_to_end(key)
                     return hit[1]
             data = f.read()
         name = key if is_reference_name(key) else path.stem
         ref = _decoded(name, data, self.max_pixels)
         with self._lock:
             self._cache[key] = (stamp, ref)
+            self._cache.move_to_end(key)
+            # the one just decoded stays, whatever its size: it is in use
+            while len(self._cache) > 1 and self.cached_bytes() > self.cache_bytes:
+                self._cache.popitem(last=False)
         return ref
+
+    def cached_bytes(self) -> int:
+        """Decoded pixels and encoded files held in memory."""
+        return sum(r.image.nbytes + len(r.raw) for _, r in self._cache.values())
 
     def put(self, name: str, data: bytes) -> Reference:
         """Store ``data`` (an encoded image, checked by decoding it) as ``name``,

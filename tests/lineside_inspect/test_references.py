@@ -310,3 +310,24 @@ def test_concurrent_puts_and_reads_of_one_name(tmp_path: Path) -> None:
     files = [p for p in tmp_path.iterdir() if p.stem == "g"]
     assert len(files) == 1 and files[0].read_bytes() in uploads
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_decoded_goldens_held_in_memory_are_bounded(tmp_path: Path) -> None:
+    """Every golden named was decoded and kept for good: a line key naming each of many
+    registered 4K goldens in turn held gigabytes. The least recently used go past the
+    budget; the one in use always stays, and one evicted is decoded again when named."""
+    image = np.random.default_rng(0).integers(0, 255, (100, 100, 3), np.uint8)
+    one = image.nbytes + len(_png(image))
+    lib = ReferenceLibrary(tmp_path, cache_bytes=int(2.5 * one))
+    for i in range(6):
+        lib.put(f"g{i}", _png(np.roll(image, i, axis=1)))
+    first = lib.get("g0")
+    for i in range(1, 6):
+        lib.get(f"g{i}")
+        assert lib.cached_bytes() <= 2.5 * one
+    assert lib.get("g5") is lib.get("g5")  # held: the same object
+    again = lib.get("g0")  # evicted, decoded again: the same image
+    assert again is not first and (again.image == first.image).all()
+    assert (lib.get("g0").image == image).all()
+    small = ReferenceLibrary(tmp_path, cache_bytes=1)  # under one golden: the one in use stays
+    assert small.get("g1") is small.get("g1") and small.cached_bytes() > 1
