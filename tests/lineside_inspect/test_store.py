@@ -163,6 +163,58 @@ def test_database_of_an_earlier_release_is_upgraded(tmp_path: Path, detector: De
     assert "ix_inspections_reference_path" in plan
 
 
+OLD_REVIEWS = """CREATE TABLE reviews (
+    id INTEGER NOT NULL, inspection_id VARCHAR(64) NOT NULL, created_at VARCHAR NOT NULL,
+    reviewer VARCHAR(128) NOT NULL, action VARCHAR(32) NOT NULL, boxes JSON NOT NULL,
+    note TEXT NOT NULL, origin VARCHAR(8), PRIMARY KEY (id),
+    FOREIGN KEY(inspection_id) REFERENCES inspections (id) ON DELETE CASCADE)"""
+
+
+def test_review_ids_never_go_back(tmp_path: Path, detector: Detector) -> None:
+    """A hub's review id is its boxes' cursor: SQLite gave the id of the newest review,
+    removed with its inspection by retention, to the next review, which every box past it
+    skipped for good (review, session 34). A table of an earlier release is rebuilt, its
+    reviews kept, its ids going on past any it gave."""
+    from lineside_inspect.store.store import REVIEW_IDS_FROM
+
+    old, new = _inspection(detector, "fail"), _inspection(detector, "fail")
+    with Store(tmp_path / "now", pass_rate=0.0) as store:
+        store.save(old)
+        store.save(new)
+        store.review(new.id, reviewer="qa", action="confirm")
+        top = store.review(old.id, reviewer="qa", action="confirm").reviews[-1].id
+        store.max_age_days = 1e-9  # the old inspection and its review go
+        store.enforce_retention()
+    with Store(tmp_path / "now", pass_rate=0.0) as store:
+        assert store.query()[0] == 0
+        again = _inspection(detector, "fail")
+        store.save(again)
+        assert store.review(again.id, reviewer="qa", action="confirm").reviews[-1].id > top
+
+    with Store(tmp_path / "before", pass_rate=0.0) as store:  # as an earlier release made it
+        store.save(old)
+        store.review(old.id, reviewer="qa", action="confirm", note="kept")
+    db = sqlite3.connect(tmp_path / "before" / "lineside.db")
+    rows = db.execute("SELECT * FROM reviews").fetchall()
+    db.executescript("DROP TABLE reviews; " + OLD_REVIEWS + ";")
+    db.executemany(f"INSERT INTO reviews VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    db.commit()
+    db.close()
+    with Store(tmp_path / "before", pass_rate=0.0) as store:
+        reviews = store.get(old.id).reviews
+        assert [(r.id, r.note, r.action) for r in reviews] == [(rows[0][0], "kept", "confirm")]
+        later = store.review(old.id, reviewer="qa", action="false_reject").reviews[-1]
+        assert later.id == REVIEW_IDS_FROM + 1
+    db = sqlite3.connect(tmp_path / "before" / "lineside.db")
+    made = db.execute("SELECT sql FROM sqlite_master WHERE name = 'reviews'").fetchone()[0]
+    plan = " ".join(str(r) for r in db.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM reviews WHERE inspection_id = 'x'"))
+    db.close()
+    assert "AUTOINCREMENT" in made and "ix_reviews_inspection_id" in plan
+    with Store(tmp_path / "before", pass_rate=0.0) as store:  # once only
+        assert len(store.get(old.id).reviews) == 2
+
+
 WRITER = """
 import sys
 sys.path.insert(0, {tests!r})

@@ -111,6 +111,11 @@ class ReviewRow(Base):
     origin: Mapped[str | None] = mapped_column(String(8), nullable=True)
     inspection: Mapped[InspectionRow] = relationship(back_populates="reviews")
 
+    # ids never go back: a hub's review id is its boxes' cursor (fleet/hub/reviews.py), and
+    # SQLite gave the id of a review retention removed to the next one, which every box
+    # past it then skipped (review, session 34); store.py rebuilds an older table so
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
 
 # oldest first; the last is the current one (NULL origins first on every backend)
 REVIEW_ORDER: tuple[Any, ...] = (ReviewRow.created_at, ReviewRow.origin.asc().nulls_first(),

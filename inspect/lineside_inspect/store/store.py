@@ -193,6 +193,9 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args=args)
 
 
+# where a rebuilt SQLite reviews table goes on (Store._review_ids_never_reused): past any
+# id an earlier table gave, within the fleet protocol's 31-bit seq
+REVIEW_IDS_FROM = 2**30
 ROOM_AFTER_COMMIT = "lineside_room_after_commit"  # key in a pooled connection's info
 
 
@@ -231,6 +234,7 @@ class Store:
                     Base.metadata.create_all(self.engine, tables=[table])
                     self.checkpoint()
             self._add_columns()
+            self._review_ids_never_reused()
             self.db_page = self._page_size()
         except BaseException:
             self.dir_lock.release()
@@ -337,6 +341,33 @@ class Store:
                     log.info("store: added column %s.%s", table, column)
             for name, table, column in ADDED_INDEXES:
                 conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})"))
+
+    def _review_ids_never_reused(self) -> None:
+        """Rebuild a SQLite ``reviews`` table made before its ids were AUTOINCREMENT
+        (PostgreSQL's sequences never go back). The ids it gave before may have been given
+        twice, and a box's cursor may be past the highest left: the ids go on from
+        :data:`REVIEW_IDS_FROM` (no SQLite store made that many reviews), past any."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.begin() as conn:
+            made = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'reviews'").scalar()
+            if made is None or "AUTOINCREMENT" in str(made).upper():
+                return
+            top = int(conn.exec_driver_sql("SELECT COALESCE(MAX(id), 0) FROM reviews").scalar() or 0)
+            cols = ", ".join(c.name for c in ReviewRow.__table__.columns)
+            conn.exec_driver_sql("ALTER TABLE reviews RENAME TO reviews_before_autoincrement")
+            for index in ReviewRow.__table__.indexes:  # they went with the old table
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
+            ReviewRow.__table__.create(conn)
+            conn.exec_driver_sql(f"INSERT INTO reviews ({cols}) SELECT {cols} "
+                                 "FROM reviews_before_autoincrement")
+            conn.exec_driver_sql("DROP TABLE reviews_before_autoincrement")
+            conn.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = 'reviews'")
+            conn.exec_driver_sql("INSERT INTO sqlite_sequence (name, seq) VALUES ('reviews', ?)",
+                                 (max(top, REVIEW_IDS_FROM),))
+        log.info("store: reviews table rebuilt: review ids never go back (from %d on)",
+                 max(top, REVIEW_IDS_FROM) + 1)
 
     def _mine(self) -> ColumnElement[bool]:
         return InspectionRow.box_id == self.box_id
