@@ -165,24 +165,8 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, *,
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
         )
-    fmt = sniff_format(data)
-    if fmt == "jpeg":
-        first = _first_scan(data)
-        scans = _scans_from(data, first)
-        # the end-of-image marker after the image data: not only at the very end, as a
-        # phone's JPEG carries a trailer after it (a motion photo's video, a Samsung
-        # trailer) and was refused as truncated. Compressed data never holds FF D9 (an
-        # EXIF thumbnail's, before the first scan, does not count)
-        if data.rfind(b"\xff\xd9") < first:
-            raise ImageError("truncated JPEG: the end-of-image marker is missing")
-        if scans > MAX_JPEG_SCANS:
-            raise ImageError(f"progressive JPEG with {scans} scans, over the limit of "
-                             f"{MAX_JPEG_SCANS} (each scan is decoded again)")
-        image = _decode_jpeg(data, width, height, keep_grey)
-    else:
-        if fmt == "png":
-            _check_png_chunks(data)
-        image = _imdecode(data)
+    fmt = check_structure(data)
+    image = _decode_jpeg(data, width, height, keep_grey) if fmt == "jpeg" else _imdecode(data)
     if image is None:
         raise ImageError(f"corrupt or truncated {fmt.upper()} image: it could not be decoded")
     if image.shape[:2] != (height, width):
@@ -192,18 +176,44 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, *,
     return image
 
 
+def check_structure(data: bytes) -> str:
+    """Refuse, without decoding, what :func:`decode_image` would refuse before it decodes
+    (a JPEG with no scan, too many scans or no end; a PNG whose chunks do not fit): what
+    only stores an image (the hub's ingest) keeps nothing that cannot be decoded later.
+    Returns the format."""
+    fmt = sniff_format(data)
+    if fmt == "jpeg":
+        first = _first_scan(data)
+        # the end-of-image marker after the image data: not only at the very end, as a
+        # phone's JPEG carries a trailer after it (a motion photo's video, a Samsung
+        # trailer) and was refused as truncated. Compressed data never holds FF D9 (an
+        # EXIF thumbnail's, before the first scan, does not count)
+        if data.rfind(b"\xff\xd9") < first:
+            raise ImageError("truncated JPEG: the end-of-image marker is missing")
+        scans = _scans_from(data, first)
+        if scans > MAX_JPEG_SCANS:
+            raise ImageError(f"progressive JPEG with {scans} scans, over the limit of "
+                             f"{MAX_JPEG_SCANS} (each scan is decoded again)")
+    elif fmt == "png":
+        _check_png_chunks(data)
+    return fmt
+
+
 def _check_png_chunks(data: bytes) -> None:
     """Refuse a PNG whose chunks do not fit in the data, before OpenCV sees it: its PNG
     reader allocates a chunk's declared length before reading it, so a 128-byte file
     declaring a 4 GB IDAT took 4 GB and 9 s to refuse (found by the decode fuzz test)."""
-    pos = 8
+    pos, data_seen = 8, False
     while pos + 12 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         if pos + 12 + length > len(data):
             raise ImageError(f"corrupt or truncated PNG image: a chunk declares {length} bytes "
                              f"and {len(data) - pos - 12} follow")
         if kind == b"IEND":
+            if not data_seen:  # no reader makes pixels of it
+                raise ImageError("corrupt PNG image: it has no image data (IDAT chunk)")
             return
+        data_seen = data_seen or kind == b"IDAT"
         pos += 12 + length
     raise ImageError("corrupt or truncated PNG image: it ends before its IEND chunk")
 

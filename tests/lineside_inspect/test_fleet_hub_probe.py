@@ -45,7 +45,8 @@ def _png_head(width: int, height: int) -> bytes:
     idat = zlib.compress(b"\0" * 1000)
     return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk
             + struct.pack(">I", zlib.crc32(chunk)) + struct.pack(">I", len(idat)) + b"IDAT"
-            + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat)))
+            + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
 
 
 def _with_image(item: dict[str, Any], data: bytes, ext: str = "png") -> dict[str, Any]:
@@ -77,6 +78,14 @@ def test_a_forwarded_image_is_the_size_its_record_says_and_within_the_pixel_limi
     assert msg == "item seq 1: image_b64 is 640x480, the record says 64x48", msg
     msg = _refused(hub, "box1", [_with_image(_forwarded(1), b"\xff\xd8<html><script>", "jpg")])
     assert msg.startswith("item seq 1: image_b64: "), msg
+    # no reader makes pixels of a JPEG's header alone, or a PNG without image data: each
+    # stopped every data pull from the hub (review, session 34)
+    sof = b"\xff\xc0\x00\x11\x08\x00\x30\x00\x40\x03" + bytes(9)
+    msg = _refused(hub, "box1", [_with_image(_forwarded(1), b"\xff\xd8" + sof + b"\xff\xd9", "jpg")])
+    assert msg == "item seq 1: image_b64: corrupt JPEG: no scan (start-of-scan marker) found", msg
+    no_idat = _png_head(64, 48).replace(b"IDAT", b"tEXt")
+    msg = _refused(hub, "box1", [_with_image(_forwarded(1), no_idat)])
+    assert msg == "item seq 1: image_b64: corrupt PNG image: it has no image data (IDAT chunk)", msg
     big = _with_image(_forwarded(1, width=9000, height=9000), _png_head(9000, 9000))
     msg = _refused(hub, "box1", [big])
     assert msg.startswith("item seq 1: record size 9000x9000 is not an image of 1 to"), msg

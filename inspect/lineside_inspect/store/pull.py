@@ -221,17 +221,20 @@ def _remove_left_staging(out: Path) -> None:
             shutil.rmtree(left, ignore_errors=True)
 
 
-def _checked_image(url: str, item: dict[str, Any], data: bytes) -> None:
-    """The image decodes at the size the inspection says (its boxes are clipped to it by
-    :func:`_record`): what `data validate` would refuse is refused here, before anything
-    is written."""
+def _image_problem(item: dict[str, Any], data: bytes, what: str = "image") -> str | None:
+    """Why the inspection's image (or its golden, ``what``) cannot go in the dataset: it
+    does not decode, or not at the size the inspection says (its boxes are clipped to
+    it by :func:`_record`), which `data validate` would refuse. One such inspection is
+    left out, not the pull: a hub stores what its boxes send, and one box's broken image
+    stopped every pull (review, session 34)."""
     try:
         shape = decode_image(data).shape
-    except ImageError as exc:  # not an image, a bomb: the server's fault
-        raise ConfigError(f"{url}: inspection {item['id']}'s image: {exc.message}") from None
+    except ImageError as exc:  # not an image, a bomb
+        return f"its {what}: {exc.message}"
     if (shape[1], shape[0]) != (item["width"], item["height"]):
-        raise ConfigError(f"{url}: inspection {item['id']}'s image is {shape[1]}x{shape[0]}, "
-                          f"its record says {item['width']}x{item['height']}")
+        return (f"its {what} is {shape[1]}x{shape[0]}, its record says "
+                f"{item['width']}x{item['height']}")
+    return None
 
 
 def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
@@ -242,6 +245,7 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
     refs: dict[str, ImageRecord] = {}
     classes: list[str] = []
     seen: set[str] = set()
+    skipped: list[str] = []  # left out: "id: why"
     # staged beside DST, not in the system's temp folder (twice the disk there, a tmpfs
     # filled, and a killed pull's images left for good): a later pull removes them
     out = Path(dst).absolute()
@@ -285,12 +289,7 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
                     continue
                 if img.status_code != 200:
                     raise _failed(url, img, f"fetching inspection {item['id']}'s image")
-                _checked_image(url, item, img.content)
-                ext = _ext(img.headers.get("content-type", ""))
-                path = Path(tmp) / f"{item['id']}.{ext}"
-                path.write_bytes(img.content)
-                classes += [n for n in item["class_names"] if n not in classes]
-                rec = _record(item, path, ext)
+                golden = None
                 if (item.get("reference") or {}).get("has_image"):
                     got = _get(c, url, f"/v1/inspections/{item['id']}/reference",
                                MAX_PULL_IMAGE_BYTES)
@@ -299,11 +298,26 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
                         continue
                     if got.status_code != 200:
                         raise _failed(url, got, f"fetching inspection {item['id']}'s reference")
-                    sha = hashlib.sha256(got.content).hexdigest()
-                    ref_path = Path(tmp) / REFS_DIR / f"{sha}.{_ext(got.headers.get('content-type', ''))}"
+                    golden = got
+                if problem := _image_problem(item, img.content) or (
+                        golden and _image_problem(item, golden.content, "golden image")):
+                    skipped.append(f"{item['id']}: {problem}")
+                    continue
+                ext = _ext(img.headers.get("content-type", ""))
+                path = Path(tmp) / f"{item['id']}.{ext}"
+                path.write_bytes(img.content)
+                classes += [n for n in item["class_names"] if n not in classes]
+                rec = _record(item, path, ext)
+                if golden is not None:
+                    sha = hashlib.sha256(golden.content).hexdigest()
+                    ref_path = Path(tmp) / REFS_DIR / \
+                        f"{sha}.{_ext(golden.headers.get('content-type', ''))}"
                     ref_path.parent.mkdir(exist_ok=True)
-                    ref_path.write_bytes(got.content)
+                    ref_path.write_bytes(golden.content)
                     _with_reference(records, refs, rec, ref_path)
                 else:
                     records.append(rec)
+        if skipped:
+            log.warning("pull: %d inspection(s) left out, their images broken: %s%s",
+                        len(skipped), "; ".join(skipped[:5]), " ..." if len(skipped) > 5 else "")
         return write_dataset(_dataset(records, classes, url), dst, overwrite=overwrite)

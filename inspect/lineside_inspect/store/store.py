@@ -355,11 +355,12 @@ class Store:
             if made is None or "AUTOINCREMENT" in str(made).upper():
                 return
             top = int(conn.exec_driver_sql("SELECT COALESCE(MAX(id), 0) FROM reviews").scalar() or 0)
-            cols = ", ".join(c.name for c in ReviewRow.__table__.columns)
+            table = Base.metadata.tables[ReviewRow.__tablename__]
+            cols = ", ".join(c.name for c in table.columns)
             conn.exec_driver_sql("ALTER TABLE reviews RENAME TO reviews_before_autoincrement")
-            for index in ReviewRow.__table__.indexes:  # they went with the old table
+            for index in table.indexes:  # they went with the old table
                 conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
-            ReviewRow.__table__.create(conn)
+            table.create(conn)
             conn.exec_driver_sql(f"INSERT INTO reviews ({cols}) SELECT {cols} "
                                  "FROM reviews_before_autoincrement")
             conn.exec_driver_sql("DROP TABLE reviews_before_autoincrement")
