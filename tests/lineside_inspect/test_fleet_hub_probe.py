@@ -395,3 +395,18 @@ def test_a_hub_whose_database_cannot_be_reached_says_so_in_one_line(tmp_path: Pa
         assert "s3cret-q" not in exc.value.message and "ss-w0rd" not in exc.value.message
     # SQLite is the store's to make (its folder may not exist yet): no check, no refusal
     check_database(f"sqlite:///{tmp_path / 'not-yet' / 'hub.db'}")
+
+
+def test_a_forwarded_record_is_reviewed_only_by_reviews_the_hub_holds(hub: ServedHub) -> None:
+    """A record forwarded as "confirmed" with no review was listed as reviewed, and data
+    pull took its detections as a reviewer's truth with nobody's name on them."""
+    item = _forwarded(900_000, review_state="confirmed")  # past the other tests' seqs
+    r = _post(hub, "box3", "inspections", {"items": [item]})
+    assert r.status_code == 200, r.text
+    assert hub.store.get(item["id"]).review_state == "unreviewed"
+    listed = httpx.get(f"{hub.url}/v1/inspections", params={"review_state": "reviewed"},
+                       headers=QA, timeout=30).json()["items"]
+    assert item["id"] not in {i["id"] for i in listed}
+    r = _post(hub, "box3", "reviews", {"items": [_review(900_000, item["id"], action="confirm")]})
+    assert r.status_code == 200, r.text
+    assert hub.store.get(item["id"]).review_state == "confirmed"  # now a review says so

@@ -380,7 +380,10 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
         "width": rec.width, "height": rec.height, "image_bytes": len(image or b""),
         "reference_name": _in_order(ref.name) if ref is not None else None,
         "reference_path": ref_key,
-        "review_state": rec.review_state, "box_id": box_id, "site": item.site,
+        # what the reviews the hub holds say, never what the record claims: a box's
+        # "confirmed" with no review made its detections reviewed truth for data pull
+        # (review, session 34); the box's reviews come up after it (fleet/review_merge.py)
+        "review_state": "unreviewed", "box_id": box_id, "site": item.site,
         "line": item.line, "received_at": now}
     for column, width in _WIDTHS.items():
         v = values[column]
