@@ -132,7 +132,9 @@ class ReferenceLibrary:
             return self.get(value)
         path = Path(value)
         if not path.is_file():
-            raise NotFoundError(f"reference {value!r} is neither a registered name nor an image file")
+            # by its name alone: the answer to a trigger must not show the server's folders
+            raise NotFoundError(f"reference {path.name or value!r} is neither a registered "
+                                "name nor an image file")
         try:
             return self._load(str(path.resolve()), path)
         except FileNotFoundError:  # replaced or removed since is_file

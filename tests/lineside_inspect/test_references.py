@@ -114,8 +114,10 @@ def test_paths_only_from_trusted_config(tmp_path: Path) -> None:
     assert ref is not None and ref.name == "station1" and ref.image.max() == 9
     with pytest.raises(InvalidReferenceName):  # a request cannot make the server read files
         resolve_reference(True, "m", lib, name=str(image))
-    with pytest.raises(NotFoundError, match="neither a registered name nor an image file"):
+    with pytest.raises(NotFoundError, match="neither a registered name nor an image file") as info:
         resolve_reference(True, "m", lib, name=str(tmp_path / "nope.png"), trusted=True)
+    # a camera trigger answers with it: the file by its name, never the server's folders
+    assert "'nope.png'" in info.value.message and str(tmp_path) not in info.value.message
 
 
 STATION = Path(__file__).resolve().parents[2] / "configs" / "line"
