@@ -103,8 +103,9 @@ def data_import(
     dst: Annotated[Path, typer.Argument(help="canonical dataset folder to create")],
     # words with spaces: a help table at 80 columns wraps them, where it cut one long word
     fmt: Annotated[str, typer.Option("--format", "-f", help=(
-        "the source's format, one of: deeppcb, voc, yolo, coco, good (a folder of good "
-        "images, no labels)"))],
+        "the source's format, one of: deeppcb, voc, yolo, coco, mvtec (MVTec AD's "
+        "train/good, test/DEFECT and ground_truth masks), good (a folder of good images, "
+        "no labels)"))],
     skip_invalid: Annotated[bool, typer.Option(help="leave out broken images, list them")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace DST if it exists")] = False,
 ) -> None:

@@ -211,7 +211,7 @@ def test_good_refuses_a_folder_of_float_id_labels(tmp_path: Path) -> None:
 def test_an_image_file_far_over_its_pixels_is_refused_unread(tmp_path: Path) -> None:
     """A 160x160 PNG padded to 3 GB was read whole to find its size (3.2 GB of memory;
     training review, session 33). The file is sparse here: nothing is written to disk."""
-    from lineside_inspect.dataset.importers import MAX_IMAGE_FILE_BYTES
+    from lineside_inspect.dataset.layout import MAX_IMAGE_FILE_BYTES
 
     _jpg(tmp_path / "src" / "a.jpg")
     big = tmp_path / "src" / "b.jpg"

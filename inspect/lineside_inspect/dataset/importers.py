@@ -25,42 +25,20 @@ from lineside_inspect.dataset.layout import (
     role_of,
     split_of,
     split_word,
+    subset_of,
     walk_files,
 )
+from lineside_inspect.dataset.layout import image_size as _size
 from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
-from lineside_inspect.errors import DatasetError, ImageError, Problem
-from lineside_inspect.imageio import IMAGE_SUFFIXES, UNSUPPORTED_IMAGE_SUFFIXES, header_size
-from lineside_inspect.opencv import MAX_IMAGE_PIXELS
+from lineside_inspect.dataset.verdicts import import_mvtec, not_good_only
+from lineside_inspect.errors import DatasetError, Problem
+from lineside_inspect.imageio import IMAGE_SUFFIXES, UNSUPPORTED_IMAGE_SUFFIXES
 
 DEEPPCB_CLASSES = ("open", "short", "mousebite", "spur", "copper", "pin-hole")
 DEEPPCB_LICENCE = ("MIT; the authors ask that DeepPCB be used for research: data and models "
                    "trained on it are for demonstration and evaluation only")
 
 Draft = tuple[Dataset, list[Problem]]
-
-
-# the largest image file taken: the pixel limit as an uncompressed 32-bit BMP, and a
-# little header (a PNG padded to 3 GB was read whole into memory: training review)
-MAX_IMAGE_FILE_BYTES = MAX_IMAGE_PIXELS * 4 + (1 << 20)
-
-
-def _size(path: Path, subject: str, problems: list[Problem]) -> tuple[int, int]:
-    """Image size from the header; a problem (and 0x0) when the file is missing or bad."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_IMAGE_FILE_BYTES:
-            problems.append(Problem(str(path), "", f"image file of {size >> 20} MiB: over the "
-                                    f"{MAX_IMAGE_FILE_BYTES >> 20} MiB an image of at most "
-                                    f"{MAX_IMAGE_PIXELS} pixels takes", subject))
-            return 0, 0
-        # the whole file: a JPEG's frame header comes after its metadata, and a 70 KB
-        # ICC profile put it past the first 64 KiB this read (second review)
-        return header_size(path.read_bytes())
-    except FileNotFoundError:
-        problems.append(Problem(str(path), "", "image file is missing", subject))
-    except (OSError, ImageError) as exc:
-        problems.append(Problem(str(path), "", f"unreadable image: {exc}", subject))
-    return 0, 0
 
 
 def _read_text(path: Path) -> str:
@@ -1285,15 +1263,26 @@ def import_good(src: Path) -> Draft:
             f"{src}: holds {len(found)} label file(s) (e.g. {_rel(found[0], src)}), so its "
             f"images are labelled, not known-good parts; import it with {fmt}, or move the "
             "label files out if the images really are all good")
+    pictures = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    why = not_good_only(src, [PurePosixPath(_rel(p, src)) for p in pictures])
+    if why is not None:
+        raise DatasetError(
+            f"{src}: {why}, so not all its images are good parts; import an MVTec AD set "
+            "with -f mvtec (its defects boxed from their masks), or import only the "
+            "folder(s) of good parts with -f good")
     problems: list[Problem] = []
     images = []
-    for path in (p for p in files if p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in pictures:
         rel = path.relative_to(src).as_posix()
         width, height = _size(path, rel, problems)
         if not width:
             continue  # unreadable: one problem, not a decode problem as well
         group = rel.rsplit("/", 1)[0] if "/" in rel else None
-        images.append(ImageRecord(rel, width, height, [], group=group, source=path))
+        # train/, valid/, test/ sub-sets stay splits: a good-only run trains and
+        # calibrates on no split or train, never on someone's held-out set
+        split = subset_of(rel.split("/", 1)[0]) if "/" in rel else None
+        images.append(ImageRecord(rel, width, height, [], group=group, split=split,
+                                  source=path))
     # a good part in a format Lineside does not read is named, not silently left out; one
     # beside a readable image of its name (camera software often saves both) is that part
     readable = {(r.source.parent, r.source.stem.lower()) for r in images if r.source}
@@ -1321,4 +1310,5 @@ IMPORTERS: dict[str, Callable[[Path], Draft]] = {
     "yolo": import_yolo,
     "coco": import_coco,
     "good": import_good,
+    "mvtec": import_mvtec,
 }

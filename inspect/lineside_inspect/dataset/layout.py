@@ -17,6 +17,10 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from lineside_inspect.errors import ImageError, Problem
+from lineside_inspect.imageio import header_size
+from lineside_inspect.opencv import MAX_IMAGE_PIXELS
+
 # a folder word that names a split (Roboflow writes "valid", Kaggle "Validation_...")
 SPLIT_WORDS = {
     "train": "train", "training": "train", "trainval": "train",
@@ -121,3 +125,27 @@ def folders_phrase(rels: Iterable[PurePosixPath | str], limit: int = 3) -> str:
     if len(names) > limit:
         names = [*names[:limit], f"{len(names) - limit} more folder(s)"]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+# the largest image file taken: the pixel limit as an uncompressed 32-bit BMP, and a
+# little header (a PNG padded to 3 GB was read whole into memory: training review)
+MAX_IMAGE_FILE_BYTES = MAX_IMAGE_PIXELS * 4 + (1 << 20)
+
+
+def image_size(path: Path, subject: str, problems: list[Problem]) -> tuple[int, int]:
+    """Image size from the header; a problem (and 0x0) when the file is missing or bad."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_IMAGE_FILE_BYTES:
+            problems.append(Problem(str(path), "", f"image file of {size >> 20} MiB: over the "
+                                    f"{MAX_IMAGE_FILE_BYTES >> 20} MiB an image of at most "
+                                    f"{MAX_IMAGE_PIXELS} pixels takes", subject))
+            return 0, 0
+        # the whole file: a JPEG's frame header comes after its metadata, and a 70 KB
+        # ICC profile put it past the first 64 KiB this read (second review)
+        return header_size(path.read_bytes())
+    except FileNotFoundError:
+        problems.append(Problem(str(path), "", "image file is missing", subject))
+    except (OSError, ImageError) as exc:
+        problems.append(Problem(str(path), "", f"unreadable image: {exc}", subject))
+    return 0, 0

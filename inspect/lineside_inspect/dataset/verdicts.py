@@ -1,0 +1,155 @@
+"""Sets sorted into folders by verdict, the usual shape of good-only (anomaly) data:
+MVTec AD's ``train/good/``, ``test/good/``, ``test/<defect>/`` with pixel masks in
+``ground_truth/<defect>/<stem>_mask.png`` (``-f mvtec``), and the checks that keep such a
+set out of ``-f good`` (a folder of good parts only).
+
+A defective image is known only by its mask: each connected region of it becomes a box
+labelled with its defect folder's name, so ``lineside evaluate`` can count escapes and
+image AUROC on the test split, and a detector can be trained on the same set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from lineside_inspect.dataset.layout import image_size, subset_of, walk_files
+from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
+from lineside_inspect.errors import DatasetError, Problem
+from lineside_inspect.imageio import IMAGE_SUFFIXES
+from lineside_inspect.opencv import cv2
+
+GOOD_FOLDERS = frozenset({"good", "ok", "pass", "normal"})
+# folder names that say what they hold is defective (OK/NG sets, anomaly benchmarks)
+DEFECT_FOLDERS = frozenset({"ng", "nok", "bad", "defect", "defects", "defective", "anomaly",
+                            "anomalies", "anomalous", "abnormal", "reject", "rejects", "fail"})
+MASK_FOLDERS = frozenset({"ground_truth", "groundtruth", "gt", "mask", "masks"})
+MIN_REGION_PX = 4  # a mask's speck under this is the mask tool's, not a defect
+
+Draft = tuple[Dataset, list[Problem]]
+
+
+def _is_mask(rel: PurePosixPath) -> bool:
+    return rel.stem.lower().endswith("_mask") or any(
+        p.lower() in MASK_FOLDERS for p in rel.parts[:-1])
+
+
+def not_good_only(src: Path, rels: list[PurePosixPath]) -> str | None:
+    """Why the images ``rels`` (under ``src``) are not all good parts, or None: masks,
+    folders named as defective, or folders named good beside folders that are not. Said
+    before ``-f good`` imports an MVTec AD or OK/NG set as good parts, and a good-only
+    model is trained and calibrated on its defects (review, session 34)."""
+    masks = [r for r in rels if _is_mask(r)]
+    if masks:
+        return (f"holds {len(masks)} defect mask(s) (e.g. {masks[0]}), as an MVTec AD "
+                "set's ground_truth/ does")
+    named = [r for r in rels if any(p.lower() in DEFECT_FOLDERS for p in r.parts[:-1])]
+    if named:
+        return f"holds {len(named)} image(s) in folders named as defective (e.g. {named[0]})"
+    if any(p.lower() in GOOD_FOLDERS for r in rels for p in r.parts[:-1]):
+        other = [r for r in rels if not any(p.lower() in GOOD_FOLDERS for p in r.parts[:-1])]
+        if other:
+            return (f"sorts its images by verdict (folders named good), and {len(other)} are "
+                    f"in no good folder (e.g. {other[0]}), as MVTec AD's test/<defect>/")
+    return None
+
+
+def _category_root(src: Path, rels: list[PurePosixPath]) -> PurePosixPath:
+    """Where ``train/`` and ``test/`` sit: ``src`` itself (one category), refusing a
+    folder of several categories (each is a product of its own)."""
+    if any(r.parts[0].lower() in ("train", "test") for r in rels if len(r.parts) > 1):
+        return PurePosixPath(".")
+    categories = sorted({r.parts[0] for r in rels if len(r.parts) > 2
+                         and r.parts[1].lower() in ("train", "test")})
+    if len(categories) == 1:
+        return PurePosixPath(categories[0])
+    if categories:
+        shown = ", ".join(categories[:6]) + (", ..." if len(categories) > 6 else "")
+        raise DatasetError(f"{src}: holds {len(categories)} MVTec AD categories ({shown}); "
+                           f"each is a product of its own: import one, e.g. {src / categories[0]}")
+    raise DatasetError(f"{src}: no train/ or test/ folder (an MVTec AD category holds "
+                       "train/good/, test/good/, test/<defect>/ and ground_truth/<defect>/; "
+                       "folder names in any case)")
+
+
+def _mask_boxes(mask_path: Path, label: str, size: tuple[int, int], rel: str,
+                problems: list[Problem]) -> list[Box]:
+    """A box around each connected region of the mask (any non-zero pixel)."""
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        problems.append(Problem(str(mask_path), "", "mask image is unreadable", rel))
+        return []
+    if (mask.shape[1], mask.shape[0]) != size:
+        problems.append(Problem(str(mask_path), "", f"mask is {mask.shape[1]}x{mask.shape[0]}, "
+                                f"its image {size[0]}x{size[1]}", rel))
+        return []
+    n, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype("uint8"), connectivity=8)
+    boxes = [Box(float(x), float(y), float(x + w), float(y + h), label, origin=str(mask_path))
+             for x, y, w, h, area in stats[1:n].tolist() if area >= MIN_REGION_PX]
+    if not boxes:
+        problems.append(Problem(str(mask_path), "", "mask marks no defect (no pixel set): the "
+                                "image is in a defect folder, so it cannot be taken as good",
+                                rel))
+    return boxes
+
+
+def import_mvtec(src: Path) -> Draft:
+    """One MVTec AD category (any case): ``train/good/`` (split train), ``test/good/``
+    (split test) and ``test/<defect>/`` boxed from ``ground_truth/<defect>/<stem>_mask.png``
+    (split test, label ``<defect>``); a ``validation/`` (or ``val/``) folder of good images
+    is split val."""
+    if not src.is_dir():
+        raise DatasetError(f"{src}: an MVTec AD set is a folder")
+    files = walk_files(src)
+    rels = [PurePosixPath(p.relative_to(src).as_posix()) for p in files]
+    root = _category_root(src, rels)
+    masks: dict[tuple[str, str], Path] = {}  # (defect, image stem) -> mask, any case
+    pictures: list[tuple[PurePosixPath, Path]] = []
+    for rel, path in zip(rels, files, strict=True):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not rel.is_relative_to(root):
+            continue
+        inner = rel.relative_to(root)
+        if len(inner.parts) >= 3 and inner.parts[0].lower() in MASK_FOLDERS:
+            stem = inner.stem[:-5] if inner.stem.lower().endswith("_mask") else inner.stem
+            masks[(inner.parts[1].lower(), stem.lower())] = path
+        else:
+            pictures.append((inner, path))
+    problems: list[Problem] = []
+    images: list[ImageRecord] = []
+    labels: list[str] = []
+    for inner, path in pictures:
+        name = inner.as_posix()
+        split = subset_of(inner.parts[0]) if len(inner.parts) == 3 else None
+        verdict = inner.parts[1] if len(inner.parts) == 3 else ""
+        if split is None:
+            problems.append(Problem(str(path), "", "not in train/<verdict>/, test/<verdict>/ "
+                                    "or validation/<verdict>/: left out", name))
+            continue
+        width, height = image_size(path, name, problems)
+        if not width:
+            continue
+        boxes: list[Box] = []
+        if verdict.lower() not in GOOD_FOLDERS:
+            if split != "test":
+                problems.append(Problem(str(path), "", f"a defect folder ({verdict}) in "
+                                        f"{inner.parts[0]}/: MVTec AD keeps defects in test/ "
+                                        "only", name))
+                continue
+            mask = masks.get((verdict.lower(), inner.stem.lower()))
+            if mask is None:
+                problems.append(Problem(str(path), "", f"no mask ground_truth/{verdict}/"
+                                        f"{inner.stem}_mask.png: its defect cannot be boxed",
+                                        name))
+                continue
+            boxes = _mask_boxes(mask, verdict, (width, height), name, problems)
+            if not boxes:
+                continue
+            if verdict not in labels:
+                labels.append(verdict)
+        images.append(ImageRecord(name, width, height, boxes, split=split, source=path))
+    if not images and not problems:
+        raise DatasetError(f"{src}: no images in train/good/ or test/")
+    good = sum(r.is_good for r in images)
+    layout = (f"MVTec AD{'' if root == PurePosixPath('.') else f' category {root}'}: "
+              f"{good} good and {len(images) - good} defective images (boxes from masks), "
+              f"{len(labels)} defect kind(s)")
+    return Dataset(sorted(labels), images, info={"source": "MVTec AD", "layout": layout}), problems
