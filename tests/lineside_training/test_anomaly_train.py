@@ -391,3 +391,23 @@ def test_val_and_test_good_images_are_neither_trained_nor_calibrated_on(tmp_path
     (tmp_path / "ds" / "annotations.json").write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match=r"of no split or train \(val and test are held out\)"):
         carve(cfg)
+
+
+def test_a_copy_of_a_calibration_image_is_not_trained_on(tmp_path: Path) -> None:
+    """A batch folder copied into another group: calibration scored images the model had
+    trained on (their copies), so the threshold came out low (review, session 34)."""
+    rng = np.random.default_rng(3)
+    for g in ("a", "b", "c"):
+        (tmp_path / "good" / g).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / "good" / g / f"{i}.png"), _part(rng))
+    (tmp_path / "good" / "c" / "copy.png").write_bytes((tmp_path / "good" / "a" / "0.png").read_bytes())
+    r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "good"),
+                            str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.stderr
+    cfg = AnomalyConfig(**yaml.safe_load(_config(tmp_path, tmp_path / "ds",
+                                                 calib_groups=["a"]).read_text()))
+    split = carve(cfg)
+    assert split.copies_left_out == ["c/copy.png"]
+    assert not set(split.train_sha256) & set(split.calib_sha256)
+    assert len(split.train) == 6 and len(split.calib) == 3

@@ -3,7 +3,7 @@ group for calibration."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -68,6 +68,7 @@ class GoodSplit:
     train_sha256: list[str]  # by content, as train and calib: what the run saw
     calib_sha256: list[str]
     added: int = 0  # of train: from extra_data
+    copies_left_out: list[str] = field(default_factory=list)  # of calibration images
 
 
 def good_to_train(dataset: Dataset, split: str | None) -> list[ImageRecord]:
@@ -115,9 +116,23 @@ def carve(cfg: AnomalyConfig) -> GoodSplit:
             raise ConfigError(f"{cfg.data}: {len(good)} good image(s) cannot be split into "
                               "training and calibration")
     calib_sha256 = digests(dataset, calib)
-    extra, extra_sha256 = extra_good(cfg, set(calib_sha256))
-    return GoodSplit(dataset, train + extra, calib, held,
-                     digests(dataset, train) + extra_sha256, calib_sha256, len(extra))
+    # a copy of a calibration image in another group (a folder copied into a new batch)
+    # is not trained on: calibration must see parts the model never saw (review, 34)
+    held_content = set(calib_sha256)
+    train_sha256 = digests(dataset, train)
+    copies = [i for i, d in enumerate(train_sha256) if d in held_content]
+    if copies:
+        if len(copies) == len(train):
+            raise ConfigError(f"{cfg.data}: every training image is a copy of a calibration "
+                              "image (the same pixels in two groups): nothing left to train on")
+        copied = [train[i].file_name for i in copies]
+        train = [r for i, r in enumerate(train) if i not in set(copies)]
+        train_sha256 = [d for i, d in enumerate(train_sha256) if i not in set(copies)]
+    else:
+        copied = []
+    extra, extra_sha256 = extra_good(cfg, held_content)
+    return GoodSplit(dataset, train + extra, calib, held, train_sha256 + extra_sha256,
+                     calib_sha256, len(extra), copied)
 
 
 def extra_good(cfg: AnomalyConfig, held: set[str],

@@ -93,6 +93,10 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     device = pick_device(cfg.device)
     if inherited:
         say(f"calibration groups {cfg.calib_groups}: those the start run held out")
+    if split.copies_left_out:
+        say(f"warning: {len(split.copies_left_out)} training image(s) left out, copies of "
+            f"calibration images in other groups (e.g. {split.copies_left_out[0]}): "
+            "calibration sees only parts the model never saw")
     captures, needed = 2 * len(split.calib), captures_needed(cfg.target_false_reject)
     if captures < needed:
         say(f"warning: {captures} calibration captures at {cfg.target_false_reject:.1%} false "
