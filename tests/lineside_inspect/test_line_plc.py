@@ -319,7 +319,7 @@ def test_closed_stations_are_served_a_while_before_the_adapters_stop() -> None:
             stopped.append(True)
 
     adapter = Adapter()
-    service = SimpleNamespace(registry=SimpleNamespace(default_recipe="r1"))
+    service = SimpleNamespace(registry=SimpleNamespace(default_recipe="r1", recipes=lambda: []))
     line = PlcLine(service, LineSettings(close_hold_s=2.0), [adapter],  # type: ignore[arg-type]
                    lambda: frozenset())
 
@@ -356,7 +356,7 @@ def test_the_alarm_tags_follow_each_stations_recipe_and_survive_a_failed_read(
     async def inspect_camera(*_: Any, **__: Any) -> Any:
         return SimpleNamespace(verdict="pass", defects=[], id="i1")
 
-    registry = SimpleNamespace(default_recipe="r1")
+    registry = SimpleNamespace(default_recipe="r1", recipes=lambda: [])
     service = SimpleNamespace(registry=registry, inspect_camera=inspect_camera)
     recorder = _Recorder()
     line = PlcLine(service, LineSettings(), [recorder], recipes_in_alarm)  # type: ignore[arg-type]
@@ -1466,3 +1466,78 @@ def test_a_cameras_golden_files_are_found_beside_its_config(tmp_path: Path) -> N
     assert cam.reference_for("unnamed") == cam.reference
     with pytest.raises(ValidationError):
         CameraConfig(id="s1", source="frames", references={"../x": "a"})
+
+
+def test_modbus_recipe_index_follows_the_load_order_it_reads_back(tmp_path: Path) -> None:
+    """Without ``modbus.recipes`` the index register reads back the recipe in force: a
+    recipe put before it dropped moved the load order, and the register kept the old
+    index, which then named another recipe (line review, session 34)."""
+    sim, settings = _one_camera_two_recipes(tmp_path, LineSettings(modbus=ModbusConfig(port=0)))
+    srv, stop = start_server(settings)
+    try:
+        plc = srv.app.state.line_plc
+        port = next(a for a in plc.adapters if a.name == "Modbus TCP").port
+        station = plc.stations["sim"]
+
+        async def in_force() -> str:
+            return station.recipe
+
+        async def run() -> None:
+            mb = AsyncModbusTcpClient("127.0.0.1", port=port)
+            assert await mb.connect()
+            try:
+                with srv.client("admin") as c:  # load order: deeppcb, lenient, aaa, bbb
+                    for name in ("aaa", "bbb"):
+                        body = {"name": name, "version": "1", "model": "deeppcb"}
+                        assert c.put(f"/v1/recipes/{name}", json=body).status_code == 200
+                await mb.write_register(REGISTERS.index("RecipeIndex"), 3, device_id=1)
+                await _until(in_force, "bbb")
+                assert await _reg(mb, 0, "RecipeIndex") == 3
+                with srv.client("admin") as c:  # bbb is now index 2; then ccc takes index 3
+                    assert c.delete("/v1/recipes/aaa").status_code == 200
+                    body = {"name": "ccc", "version": "1", "model": "deeppcb"}
+                    assert c.put("/v1/recipes/ccc", json=body).status_code == 200
+                    names = [r["name"] for r in c.get("/v1/recipes").json()]
+                assert names == ["deeppcb", "lenient", "bbb", "ccc"]
+                # the register follows the recipe in force (a few ticks later)
+                await _until(lambda: _reg(mb, 0, "RecipeIndex"), names.index("bbb"))
+                assert station.recipe == "bbb"
+            finally:
+                mb.close()
+
+        asyncio.run(run())
+    finally:
+        stop()
+        sim.kill()
+
+
+def test_a_refused_recipe_write_does_not_copy_the_whole_value_into_the_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A PLC (or anything that reaches the OPC UA port) writing long, distinct recipe
+    names: each refused write was logged with the whole value (the once-a-minute limit
+    was per value): 20 writes of 200 kB put 4 MB in the server log (line review, 34)."""
+    sim = MJPEGSimulator(folder_frames(SAMPLE), fps=10)
+    (tmp_path / "deeppcb.yaml").write_text("name: deeppcb\nversion: '1'\nmodel: deeppcb\n")
+    url = f"opc.tcp://127.0.0.1:{free_port()}/lineside/"
+    settings = keyed(cameras=[CameraConfig(id="sim", source=sim.url, recipe="deeppcb")],
+                     recipes=[str(tmp_path / "deeppcb.yaml")], store=False,
+                     line=LineSettings(opcua=OpcUaConfig(endpoint=url)))
+    _srv, stop = start_server(settings)
+    try:
+        async def run() -> None:
+            async with Client(url, timeout=10) as client:
+                idx = await client.get_namespace_index(NS)
+                node = client.get_node(f"ns={idx};s=Stations/sim/Recipe")
+                for i in range(20):
+                    await node.write_value(ua.DataValue(ua.Variant(f"{i}" + "x" * 200_000,
+                                                                   ua.VariantType.String)))
+                await asyncio.sleep(0.3)
+
+        with caplog.at_level("WARNING", logger="lineside.line"):
+            asyncio.run(run())
+        told = [r.getMessage() for r in caplog.records if r.name == "lineside.line"]
+        assert len(told) == 20 and all(len(m) < 400 for m in told), told  # the value cut
+        assert "(200001 characters)" in told[0]
+    finally:
+        stop()
+        sim.kill()

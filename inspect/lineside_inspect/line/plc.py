@@ -26,6 +26,7 @@ from lineside_inspect.errors import (
     NotFoundError,
     Overloaded,
     ReferenceImageError,
+    echo,
 )
 from lineside_inspect.line.config import LineSettings
 from lineside_inspect.line.station import Changes, ErrorCode, Station, TagAdapter, TagValue
@@ -87,6 +88,7 @@ class PlcLine:
             "with an ErrorCode), by station and code (docs/line-integration.md)",
             ["station", "code"], registry=metrics.registry)
         self._told = _Told()
+        self._names: list[str] | None = None  # the load order of the last tick
 
     # -- recipes ----------------------------------------------------------------------
     def recipe_names(self) -> list[str]:
@@ -249,11 +251,13 @@ class PlcLine:
             else:
                 # a PLC that rewrites its product every scan would write a line each time:
                 # told when the fault starts or changes, then once a minute with a count
-                n = self._told((station_id, "recipe"), (str(value), fault), now)
+                # (the value cut: distinct 200 kB names, each told in full, put 4 MB in
+                # the log in 20 writes; line review, session 34)
+                n = self._told((station_id, "recipe"), (echo(value), fault), now)
                 if n is not None:
-                    log.warning("line: station %s: Recipe %r refused (ErrorCode %d): its "
+                    log.warning("line: station %s: Recipe %s refused (ErrorCode %d): its "
                                 "triggers fail until a usable recipe is written%s", station_id,
-                                value, fault, _since(n))
+                                echo(value), fault, _since(n))
         elif step.inspect_recipe is None and ("ResultReady", True) in step.changes:
             n = self._told((station_id, "trigger"), station.recipe_fault, now)
             if n is not None:
@@ -323,9 +327,17 @@ class PlcLine:
         """Heartbeats, ack timeouts, a new default recipe, the fail-rate alarm tags."""
         default = self._default_recipe()
         in_alarm = self._in_alarm()
+        # a recipe put or dropped over the API moves the load order, and with it the Modbus
+        # index of the recipe in force: published again, the register reads back the
+        # recipe a station judges with, not the one now at its old index (line review, 34)
+        names = self.recipe_names()
+        moved = self._names is not None and names != self._names
+        self._names = names
         for sid, station in self.stations.items():
             # Recipe shows what the next trigger uses, also once a default arrives
             changes = station.use_default(default) + station.tick(now)
+            if moved and not any(tag == "Recipe" for tag, _ in changes):
+                changes.append(("Recipe", station.recipe))
             changes += self._alarm_of(station, in_alarm)
             if changes:
                 if ("ErrorCode", int(ErrorCode.ACK_TIMEOUT)) in changes:
