@@ -54,6 +54,18 @@ class _HostileHub(_Quiet):
             else:
                 _send_json(self, 200, body)
             return
+        if "drip" in self.path and self.path.endswith(".tar.gz"):  # a byte every 0.1 s
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(600):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the box gave up
+                pass
+            return
         if self.path.endswith("/package.tar.gz") or "/assignment-bomb" in self.path:
             self.send_response(200)
             self.send_header("Content-Encoding", "gzip")
@@ -85,6 +97,17 @@ def test_a_package_sent_with_a_content_encoding_is_refused_unwritten(hub: HubCli
     dest = tmp_path / "package.tar.gz"
     with pytest.raises(HubRefused, match="Content-Encoding 'gzip'"):
         hub.download("/fleet/v1/packages/m/1/package.tar.gz", dest, max_bytes=1 << 30)
+    assert not dest.exists()
+
+
+def test_a_package_dripped_slower_than_the_floor_is_given_up(hub: HubClient,
+                                                             tmp_path: Path) -> None:
+    """A byte every 0.1 s, each within the read timeout, held the model puller (and its
+    lock) as long as the hub liked. Past ANSWER_TIMEOUTS x timeout_s (3 s here) a
+    download must average MIN_DOWNLOAD_RATE; the partial file goes."""
+    dest = tmp_path / "package.tar.gz"
+    with pytest.raises(HubUnavailable, match="slower than 64 kbit/s: download given up"):
+        hub.download("/fleet/v1/packages/m/1/drip/package.tar.gz", dest, max_bytes=1 << 30)
     assert not dest.exists()
 
 

@@ -39,6 +39,10 @@ ERROR_BYTES = 64 * 1024  # of an error answer, for its message
 # an answer (not a package download) must come whole within this many timeout_s of its
 # start: 60 s with the default 10 s
 ANSWER_TIMEOUTS = 6
+# a package download may take long, but past ANSWER_TIMEOUTS x timeout_s it must average
+# this (64 kbit/s): a hub sending a byte every 0.5 s held the model puller and its lock
+# for as long as it liked, and no failure was ever counted (review, session 34)
+MIN_DOWNLOAD_RATE = 8 * 1024
 
 
 class HubCutBody(HubUnavailable):
@@ -153,12 +157,18 @@ class HubClient:
                     # wrote 2 GiB to the box's disk before the sha256 check (hostile hub)
                     raise HubRefused(f"hub sent {path} with Content-Encoding {encoding[:32]!r}; "
                                      "a package is taken only as it is")
+                start, grace = time.monotonic(), ANSWER_TIMEOUTS * self.timeout_s
                 with dest.open("wb") as f:
                     for chunk in resp.iter_raw():
                         size += len(chunk)
                         if size > max_bytes:
                             raise HubRefused(f"{path} is over {max_bytes} bytes")
                         f.write(chunk)
+                        late = time.monotonic() - start - grace
+                        if late > 0 and size < MIN_DOWNLOAD_RATE * late:
+                            raise HubUnavailable(
+                                f"hub {self.base_url} sends {path} slower than "
+                                f"{MIN_DOWNLOAD_RATE * 8 // 1024} kbit/s: download given up")
         except httpx.HTTPError as exc:
             dest.unlink(missing_ok=True)
             raise HubUnavailable(f"hub {self.base_url} unreachable: {type(exc).__name__}") from None
