@@ -167,6 +167,15 @@ def test_fused_fails_on_a_defect_or_the_score_and_names_uncovered_regions() -> N
     assert verdict.defects.labels == ["short", "anomaly"]
     assert verdict.defects.class_names == ["open", "short", "anomaly"]
     assert verdict.defects.xyxy[1].tolist() == [100, 100, 140, 130]
+    # a small box inside a large region reports a part of it: the region is reported too
+    # (a 7x10 px box swallowed a 60x30 px stain), and boxes tiling it cover it
+    stain = [[90, 72, 150, 102]]
+    small = judge(Detections([[100, 80, 107, 90]], [0.9], [1], CLASSES), recipe, {},
+                  _finding(0.8, stain))
+    assert small.defects.labels == ["short", "anomaly"] and small.reasons[1].count == 1
+    tiled = judge(Detections([[90, 72, 120, 102], [120, 72, 150, 102]], [0.9, 0.9], [1, 1],
+                             CLASSES), recipe, {}, _finding(0.8, stain))
+    assert tiled.defects.labels == ["short", "short"] and tiled.reasons[1].count == 0
     # under the threshold the regions are not defects; the detector alone decides
     quiet = judge(Detections.empty(CLASSES), recipe, {}, _finding(0.3, [[100, 100, 140, 130]]))
     assert (quiet.outcome, quiet.reasons, len(quiet.defects)) == ("pass", [], 0)
