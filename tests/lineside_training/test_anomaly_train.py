@@ -411,3 +411,19 @@ def test_a_copy_of_a_calibration_image_is_not_trained_on(tmp_path: Path) -> None
     assert split.copies_left_out == ["c/copy.png"]
     assert not set(split.train_sha256) & set(split.calib_sha256)
     assert len(split.train) == 6 and len(split.calib) == 3
+
+
+def test_evaluate_says_the_false_rejects_each_rate_really_made() -> None:
+    """Under 100 good images "at 1% false rejects" is none, and good scores saturated at
+    1.0 failed 3% at a "1%" threshold: the line said neither (review, session 34)."""
+    from lineside_training.anomaly.calibrate import quality
+    from lineside_training.anomaly.evaluate import summary_lines
+
+    good = np.array([0.1] * 97 + [1.0] * 3)
+    q = quality(good, np.array([1.0] * 10 + [0.5] * 10), 0.6)
+    lines = summary_lines({"good_as_stored": q, "good_rephotographed": q, "report": "r"})
+    assert "escapes at 1% false rejects 10/20 (false rejects 3/100)" in lines[0], lines
+    only_good = quality(good[:50], np.array([]), 0.6)
+    lines = summary_lines({"good_as_stored": only_good, "good_rephotographed": only_good,
+                           "report": "r"})
+    assert "escapes cannot be measured" in lines[0] and "escapes at 1%" not in lines[1], lines

@@ -165,9 +165,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                        ("good_as_stored", "good parts as stored")):
         q = result[key]
         auroc = "n/a" if q["auroc"] is None else f"{q['auroc']:.4f}"
-        at = "".join(f"escapes at {a['false_reject'] * 100:g}% false rejects "
-                     f"{a['escapes']}/{a['defective']}  " for a in q["at_false_reject"])
         card = q["at_card_threshold"]
+        # the false rejects the threshold really makes beside each rate: under 100 good
+        # images "1%" is none, and a score saturated at 1.0 fails more than the rate
+        at = "".join(f"escapes at {a['false_reject'] * 100:g}% false rejects "
+                     f"{a['escapes']}/{a['defective']} (false rejects {a['false_rejects']}/"
+                     f"{a['good']})  " for a in q["at_false_reject"]) if card["defective"] \
+            else ""
         lines.append(f"{title}: image AUROC {auroc}  {at}at the card's threshold "
                      f"{card['threshold']:.4f}: escapes {card['escapes']}/{card['defective']}, "
                      f"false rejects {card['false_rejects']}/{card['good']}")

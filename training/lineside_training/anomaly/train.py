@@ -153,6 +153,12 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
         f"threshold {calibration['threshold']:.4f} "
         f"map_threshold {calibration['map_threshold']:.4f} on {len(calib_images)} held-out "
         "good images")
+    if calibration["threshold"] >= 1.0:
+        # a sigmoid at 1.0 in float32 is every score above ~17 logits: such good parts fail
+        # whatever the target, and defects cannot score above them
+        say("warning: held-out good images score 1.0, the score's ceiling: the threshold "
+            "cannot pass them, and no defect can score higher. Train longer or on more "
+            "varied good images; check the held-out groups are of the same part")
     torch.save({"kind": "anomaly", "config": cfg.model_dump(),
                 "model": {k: v.cpu() for k, v in net.state_dict().items()},
                 "calibration": calibration, "steps": step, "train_seconds": train_seconds,
