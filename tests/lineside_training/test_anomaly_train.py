@@ -94,7 +94,8 @@ def test_good_folder_to_package_that_finds_a_defect(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "fp32 only" in r.stderr
 
 
-def test_sample_split_evaluated_through_the_package(tmp_path: Path) -> None:
+def test_sample_split_evaluated_through_the_package(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The sample's train split's templates (good) train; its val split (10 defective, 10
     good boards never seen) is evaluated through the exported package."""
     cfg = _config(tmp_path, SAMPLE, split="train", input_size=128)
@@ -118,6 +119,15 @@ def test_sample_split_evaluated_through_the_package(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     assert (run / "report-val-other" / "metrics.json").is_file() and not (run / "report-val").exists()
     m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert m["good_trained_on"] == 0 and "in-sample" not in r.stdout
+    # on its training split: the figures are in-sample, and said so; a package's report
+    # per dataset (three --data runs wrote over one report-all)
+    monkeypatch.chdir(tmp_path)  # the report goes under ./runs
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "models" / "s" / "1"), "--data",
+                            str(SAMPLE), "--split", "train"])
+    assert r.exit_code == 0, r.stderr
+    assert "note: 20 of the split's good images were trained on" in " ".join(r.stdout.split())
+    assert (tmp_path / "runs" / "s-1" / "report-train-deeppcb-sample" / "metrics.json").is_file()
     at = m["good_rephotographed"]["at_card_threshold"]
     assert (at["good"], at["defective"]) == (10, 10)
     assert 0 <= m["good_as_stored"]["auroc"] <= 1

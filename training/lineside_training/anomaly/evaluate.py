@@ -21,8 +21,9 @@ from lineside_inspect.package import PAD_VALUE, load_package
 from lineside_inspect.runtime.anomaly import AnomalyModel
 from lineside_inspect.runtime.preprocess import letterbox
 from lineside_training.anomaly.calibrate import REPORTED_FALSE_REJECTS, escapes_at, quality
-from lineside_training.anomaly.data import split_images
+from lineside_training.anomaly.data import digests, split_images
 from lineside_training.anomaly.infer import score_images, torch_forward
+from lineside_training.anomaly.recalibrate import trained_on
 from lineside_training.anomaly.synth import rephotograph
 from lineside_training.anomaly.train import load_run
 from lineside_training.evaluate import other_data
@@ -40,7 +41,7 @@ def package_scorer(path: Path, threads: int | None) -> tuple[Scorer, dict[str, A
         return [f.score for f in found], [f.regions.xyxy for f in found]
     assert model.card.anomaly is not None  # AnomalyModel refuses any other card
     return run, {"threshold": model.card.anomaly.threshold, "model": model.card.name,
-                 "version": model.card.version}
+                 "version": model.card.version, "training": model.card.training or {}}
 
 
 def run_scorer(path: Path) -> tuple[Scorer, dict[str, Any]]:
@@ -52,7 +53,8 @@ def run_scorer(path: Path) -> tuple[Scorer, dict[str, Any]]:
                             pad_value=PAD_VALUE)[0] for i in images]
         return score_images(forward, fitted).scores, None
     return run, {"threshold": ckpt["calibration"]["threshold"], "model": cfg.name,
-                 "data": cfg.data}
+                 "data": cfg.data, "training": {"config": cfg.model_dump(),
+                                                "data": ckpt.get("data", {})}}
 
 
 def _located(regions: list[np.ndarray], records: list[ImageRecord]) -> dict[str, Any]:
@@ -96,19 +98,24 @@ def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, spli
     target = Path(target)
     is_package = (target / "model.json").is_file()
     suffix = ""  # a run's report on another dataset: beside its own (other_data)
-    if is_package:
-        scorer, meta = package_scorer(target, threads)
-        if data is None:
-            raise DatasetError("evaluating a package needs --data")
-    else:
+    if not is_package:
         scorer, meta = run_scorer(target)
         run_data = meta.pop("data")
         suffix = other_data(data, data is None or _same(data, run_data))
         data = data or run_data
+    else:
+        scorer, meta = package_scorer(target, threads)
+        if data is None:
+            raise DatasetError("evaluating a package needs --data")
+        # a package's report per dataset too: three --data runs wrote over one report
+        suffix = other_data(data, False)
+    training = meta.pop("training")
     dataset = read_dataset(data)
     records = split_images(dataset, split)
     good = [r for r in records if r.is_good]
     defective = [r for r in records if not r.is_good]
+    # good images the model trained on judge it in-sample: said, as calibrate refuses them
+    in_sample = len(trained_on(training, good, digests(dataset, good)))
     rng = np.random.default_rng(EVAL_SEED)
     t0 = time.perf_counter()
 
@@ -134,7 +141,7 @@ def evaluate_anomaly(target: str | Path, *, data: str | Path | None = None, spli
         **meta,
         "good_rephotographed": quality(good_recaptured, bad, thr),
         "good_as_stored": quality(good_stored, bad, thr),
-        "seconds": time.perf_counter() - t0,
+        "seconds": time.perf_counter() - t0, "good_trained_on": in_sample,
     }
     if len(bad):
         # against re-photographed good parts: the line never sees the stored capture again
@@ -184,6 +191,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         loc = result["localisation"]
         lines.append(f"defective images with a region on a labelled defect: "
                      f"{loc['defective_images_located']}/{loc['defective']}")
+    if result.get("good_trained_on"):
+        lines.append(f"note: {result['good_trained_on']} of the split's good images were "
+                     "trained on: its false rejects are in-sample (optimistic); evaluate on "
+                     "good parts the model never saw")
     lines.append(f"report: {result['report']}")
     return lines
 
