@@ -632,3 +632,35 @@ def test_live_views_without_keys_have_no_share() -> None:
     with pytest.raises(Overloaded, match="this key has 2 live views open"):
         keyed.take("k")
     keyed.take("other")
+
+
+def test_a_camera_is_starting_until_its_first_frame_not_stale() -> None:
+    """Opened, its first frame 0.7 s away: it was "stale" meanwhile, published retained
+    over MQTT at every start and reconnect, and an MES alarm on stale flickered (line
+    review, session 34)."""
+    release = threading.Event()
+
+    class SlowFirstFrame:
+        ended = False
+
+        def open(self) -> None:
+            pass
+
+        def read(self) -> np.ndarray | None:
+            release.wait(10)
+            time.sleep(0.02)
+            return counter_frame(1)
+
+        def close(self) -> None:
+            pass
+
+    w = CameraWorker("cam", SlowFirstFrame, stale_after_s=5.0)
+    w.start()
+    try:
+        assert _wait(lambda: w.state == "online")  # opened
+        assert w.health()["state"] == "starting" and not w.online()
+        release.set()
+        assert _wait(w.online)
+    finally:
+        release.set()
+        w.stop()

@@ -57,6 +57,7 @@ class CameraWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.state = "starting"
+        self._opened_at = 0.0  # monotonic time the source last opened
         self.reconnects = 0
         self.last_error: str | None = None
         self.frames = 0
@@ -116,11 +117,18 @@ class CameraWorker:
 
     def health(self) -> dict[str, Any]:
         frame = self.latest()
-        age = time.monotonic() - frame.monotonic if frame else None
+        now = time.monotonic()
+        age = now - frame.monotonic if frame else None
         online = self.state == "online" and age is not None and age <= self.stale_after_s
+        state = "online" if online else ("stale" if self.state == "online" else self.state)
+        if state == "stale" and (frame is None or frame.monotonic < self._opened_at) \
+                and now - self._opened_at <= self.stale_after_s:
+            # opened, its first frame not in yet: "stale" went out retained over MQTT at
+            # every start and reconnect, and an MES alarm on it flickered (line review, 34)
+            state = "starting"
         return {
             "id": self.camera_id,
-            "state": "online" if online else ("stale" if self.state == "online" else self.state),
+            "state": state,
             "fps": round(self.fps(), 2),
             "last_frame_age_s": None if age is None else round(age, 3),
             "frames": self.frames,
@@ -148,6 +156,7 @@ class CameraWorker:
                 attempt += 1
                 self._backoff(attempt)
                 continue
+            self._opened_at = time.monotonic()
             self.state = "online"
             if attempt:
                 self.reconnects += 1
