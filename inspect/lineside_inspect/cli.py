@@ -373,8 +373,8 @@ def train_cmd(
         "training YAML; for your own single-image data start from single-default.yaml "
         "in training/configs/ (docs/training/recipes.md says which recipe when)"))] = None,
     data: Annotated[str | None, typer.Option(help=(
-        "canonical dataset folder (from lineside data import) with a val split "
-        "(lineside data split)"))] = None,
+        "canonical dataset folder (from lineside data import): a detector's needs a val "
+        "split (lineside data split); a good-only model's good images need none"))] = None,
     model: Annotated[str | None, typer.Option(help="registered model name")] = None,
     weights: Annotated[str | None, typer.Option(help=(
         "local pretrained state dict (good-only: a trained good-only run to start from)"))] = None,

@@ -437,3 +437,19 @@ def test_evaluate_says_the_false_rejects_each_rate_really_made() -> None:
     lines = summary_lines({"good_as_stored": only_good, "good_rephotographed": only_good,
                            "report": "r"})
     assert "escapes cannot be measured" in lines[0] and "escapes at 1%" not in lines[1], lines
+
+
+def test_a_detectors_flags_and_commands_on_a_good_only_run_say_what_to_do(tmp_path: Path) -> None:
+    """`--epochs 3` with a good-only config blamed the YAML ("epochs: Extra inputs are not
+    permitted"), and `lineside calibrate RUN` said the run had no best.pt (review, 34)."""
+    _good_set(tmp_path, ("a", "b"), 2, np.random.default_rng(4))
+    cfg = _config(tmp_path, tmp_path / "ds")
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--epochs", "3"])
+    assert r.exit_code == 2 and "--epochs: not an option of good-only training" in " ".join(
+        r.stderr.split()), r.stderr
+    run = tmp_path / "runs" / "toy"
+    run.mkdir(parents=True)
+    (run / "anomaly.pt").write_bytes(b"")
+    r = runner.invoke(app, ["calibrate", str(run), "--data", str(tmp_path / "ds")])
+    assert r.exit_code == 2 and "export it and calibrate the package" in " ".join(
+        r.stderr.split()), r.stderr

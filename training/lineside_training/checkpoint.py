@@ -105,6 +105,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
         for name in ("best.pt", "last.pt"):
             if (path / name).is_file():
                 return path / name
+        if (path / "anomaly.pt").is_file():  # (anomaly.train.CHECKPOINT)
+            raise ConfigError(f"{path}: a good-only run, calibrated at training on its "
+                              "held-out good images; to set its threshold on the line's own "
+                              "good parts, export it and calibrate the package: lineside "
+                              "calibrate models/NAME/VERSION --data GOOD_PARTS")
         raise ConfigError(f"{path}: run folder has no best.pt or last.pt")
     if not path.is_file():
         raise ConfigError(f"{path}: no such run folder or checkpoint")

@@ -70,6 +70,15 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
             raise ConfigError(f"--time: {exc}") from None
     doc = read_config(path, overrides, **fields)
     if doc.get("kind") == "anomaly":
+        # a detector's flag given to a good-only config was blamed on the YAML file
+        # ("good-default.yaml: epochs: Extra inputs are not permitted"; review, 34)
+        given = [k for k, v in fields.items()
+                 if v is not None and k not in AnomalyConfig.model_fields]
+        if given:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+            raise ConfigError(f"{flags}: not an option of good-only training ({path} is kind: "
+                              "anomaly), which trains for its steps or a time budget "
+                              "(--time 20m)")
         return validate_config(AnomalyConfig, path, sizes_from_data(doc), overrides)
     return validate_config(TrainConfig, path, sizes_from_data(doc), overrides)
 
