@@ -107,3 +107,18 @@ def test_good_images_in_train_and_test_sub_sets_keep_their_splits(tmp_path: Path
     assert got == {"train/batch1/a.png": ("train", "train/batch1"),
                    "valid/batch1/a.png": ("val", "valid/batch1"),
                    "test/batch1/a.png": ("test", "test/batch1")}
+
+
+def test_a_good_image_behind_a_broken_link_is_named(tmp_path: Path) -> None:
+    """A broken symlink `*.png` in a good folder was left out unsaid, where an image in
+    a format Lineside does not read is named (review, session 34)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), _texture(0))
+    (src / "b.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DatasetError) as info:
+        import_dataset("good", src, tmp_path / "out")
+    assert [(p.subject, p.message) for p in info.value.problems] == \
+        [("b.png", "a link to nothing: its image cannot be read")]
+    ds, skipped = import_dataset("good", src, tmp_path / "out", skip_invalid=True)
+    assert [r.file_name for r in ds.images] == ["a.png"] and len(skipped) == 1

@@ -22,6 +22,7 @@ from lineside_inspect.dataset.exif import SWAPS_SIDES, TURNS, file_orientation, 
 from lineside_inspect.dataset.layout import (
     SPLIT_WORDS,
     folders_phrase,
+    odd_file,
     role_of,
     split_of,
     split_word,
@@ -1255,7 +1256,8 @@ def import_good(src: Path) -> Draft:
     """A plain folder of defect-free images; the sub-folder (if any) is the group.
     Refused when the folder holds label files: those images are labelled, probably
     defective, and importing them as good parts would teach a model that defects are good."""
-    files = walk_files(src)  # one walk (none for a file): labels, images, unread formats
+    odd: list[Path] = []
+    files = walk_files(src, odd)  # one walk (none for a file): labels, images, unread formats
     labelled = _label_files(files)
     if labelled is not None:
         fmt, found = labelled
@@ -1270,7 +1272,9 @@ def import_good(src: Path) -> Draft:
             f"{src}: {why}, so not all its images are good parts; import an MVTec AD set "
             "with -f mvtec (its defects boxed from their masks), or import only the "
             "folder(s) of good parts with -f good")
-    problems: list[Problem] = []
+    # a good part behind a broken link was left out unsaid (review, session 34)
+    problems: list[Problem] = [odd_file(p, src) for p in odd
+                               if p.suffix.lower() in IMAGE_SUFFIXES]
     images = []
     for path in pictures:
         rel = path.relative_to(src).as_posix()

@@ -37,10 +37,12 @@ SUBSET_WORDS = ("set", "sets", "data", "dataset", "split", "subset", "part", "im
                 *IMAGE_DIRS, *ANNOTATION_DIRS)
 
 
-def walk_files(root: Path) -> list[Path]:
+def walk_files(root: Path, odd: list[Path] | None = None) -> list[Path]:
     """Every file under ``root`` (sorted, as paths *under* ``root``), symlinked folders
     followed; a folder reached twice (a link cycle, or two links to one folder) is walked
-    once. Hidden files and folders, and macOS ``__MACOSX`` folders, are skipped."""
+    once. Hidden files and folders, and macOS ``__MACOSX`` folders, are skipped. What is
+    not a regular file (a link to nothing, a FIFO, a device) goes into ``odd``, if given,
+    for the importer to name."""
     out: list[Path] = []
     seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -56,8 +58,11 @@ def walk_files(root: Path) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
         # regular files only (links to them followed): reading a FIFO or a device named
         # like an image would hang or never end
-        out.extend(p for p in (Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-                   if p.is_file())
+        for p in (Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")):
+            if p.is_file():
+                out.append(p)
+            elif odd is not None:
+                odd.append(p)
     return out
 
 
@@ -149,3 +154,10 @@ def image_size(path: Path, subject: str, problems: list[Problem]) -> tuple[int, 
     except (OSError, ImageError) as exc:
         problems.append(Problem(str(path), "", f"unreadable image: {exc}", subject))
     return 0, 0
+
+
+def odd_file(path: Path, src: Path) -> Problem:
+    """The problem of an image name under ``src`` that is no regular file."""
+    what = "a link to nothing" if path.is_symlink() and not path.exists() else \
+        "not a regular file (a FIFO or a device)"
+    return Problem(str(path), "", f"{what}: its image cannot be read", path.relative_to(src).as_posix())

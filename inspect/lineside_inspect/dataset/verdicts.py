@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from lineside_inspect.dataset.layout import image_size, subset_of, walk_files
+from lineside_inspect.dataset.layout import image_size, odd_file, subset_of, walk_files
 from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, Problem
 from lineside_inspect.imageio import IMAGE_SUFFIXES
@@ -99,7 +99,8 @@ def import_mvtec(src: Path) -> Draft:
     is split val."""
     if not src.is_dir():
         raise DatasetError(f"{src}: an MVTec AD set is a folder")
-    files = walk_files(src)
+    odd: list[Path] = []
+    files = walk_files(src, odd)
     rels = [PurePosixPath(p.relative_to(src).as_posix()) for p in files]
     root = _category_root(src, rels)
     masks: dict[tuple[str, str], Path] = {}  # (defect, image stem) -> mask, any case
@@ -113,7 +114,7 @@ def import_mvtec(src: Path) -> Draft:
             masks[(inner.parts[1].lower(), stem.lower())] = path
         else:
             pictures.append((inner, path))
-    problems: list[Problem] = []
+    problems = [odd_file(p, src) for p in odd if p.suffix.lower() in IMAGE_SUFFIXES]
     images: list[ImageRecord] = []
     labels: list[str] = []
     for inner, path in pictures:
