@@ -26,6 +26,7 @@ and the register reads back the index in force.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -198,5 +199,8 @@ class ModbusAdapter:
         quiet.setLevel(logging.CRITICAL)
         try:
             await server.shutdown()
+            # the answers of requests being handled go out after shutdown() returns (to
+            # connections it closed): their tasks run within the loop's next turns
+            await asyncio.sleep(0.05)
         finally:
             quiet.setLevel(level)
