@@ -606,3 +606,56 @@ def test_a_port_that_is_no_broker_and_a_client_id_in_use_are_said(
     finally:
         stop_a()
         stop_b()
+
+
+def test_each_plc_part_says_how_it_ended_for_the_line(
+        broker: Broker, subscribers: Callable[[int], Subscriber]) -> None:
+    """An MES reconciling parts heard "pass" for a part the PLC never acknowledged (the
+    line rejected it unjudged, ErrorCode 5), and nothing of parts that ended with a code
+    (line review, session 34): ``<camera>/part`` says how each part ended."""
+    import asyncio
+
+    from pymodbus.client import AsyncModbusTcpClient
+
+    from .test_line_plc import _modbus_cycle, _reg, _until
+
+    broker.start()
+    sub = subscribers(broker.port)
+    wait_for(lambda: sub.subscriptions >= 1, "the subscriber")
+    camera = MJPEGSimulator(folder_frames(SAMPLE / "images"), fps=10)
+    running, stop_server = start_server(settings(
+        cameras=[CameraConfig(id="sim", source=camera.url)],
+        line={"mqtt": {"url": broker.url, "username": "lineside",
+                       "password": PASSWORDS["lineside"]},
+              "modbus": {"port": 0}, "ack_timeout_s": 1.0}))
+    try:
+        port = running.app.state.line_plc.adapters[0].port
+
+        async def parts() -> tuple[dict[str, Any], dict[str, Any]]:
+            mb = AsyncModbusTcpClient("127.0.0.1", port=port)
+            assert await mb.connect()
+            try:
+                read = await _modbus_cycle(mb, 0)  # read and acknowledged
+                missed = await _modbus_cycle(mb, 0, ack=False)  # never acknowledged
+                await _until(lambda: _reg(mb, 0, "ErrorCode"), 5)
+                return read, missed
+            finally:
+                mb.close()
+
+        read, missed = asyncio.run(parts())
+        box = running.app.state.store.box_id
+        ended = wait_for(lambda: len(sub.on(f"lineside/{box}/sim/part")) >= 2 and
+                         [json.loads(p) for _, p, _ in sub.on(f"lineside/{box}/sim/part")],
+                         "two part events")
+        first, second = ended[0], ended[1]
+        assert (first["part"], first["acknowledged"], first["error_code"]) == (1, True, 0)
+        assert first["passed"] == bool(read["Pass"]) and first["inspection_id"]
+        assert (second["part"], second["acknowledged"], second["passed"]) == (2, False, False)
+        assert (second["error_code"], second["error"]) == (5, "ack_timeout")
+        # the inspection the line dropped: its own event said its verdict
+        assert second["inspection_id"] in {i["id"] for i in sub.inspections()}
+        assert second["inspection_id"] != first["inspection_id"]
+        assert not missed["Error"]  # its result was read as a verdict before it was dropped
+    finally:
+        stop_server()
+        camera.kill()

@@ -7,6 +7,12 @@ Topics, under ``<topic_prefix>/<box_id>/``:
 - ``status``: ``online`` / ``offline``, retained; ``offline`` is also the last will, so
   the broker says it when this box vanishes without a word;
 - ``camera/<id>/state``: each configured camera's state when it changes, retained;
+- ``<camera_id>/part``: how a PLC station's part ended for the line, one QoS 1 message
+  each through the outbox (held in memory until the delivery thread takes it, like an
+  alarm change): the part number, its ``inspection_id`` (null when it ended with a code
+  before one), ``passed`` (the line let it pass), ``error_code`` / ``error`` and
+  ``acknowledged`` (false: the result was dropped, ErrorCode 5, and the line rejected
+  the part whatever its inspection said);
 - ``alarm/<recipe>``: a recipe's fail-rate alarm raised or cleared (``state`` ``alarm`` or
   ``cleared``, ``why``, ``changed_at``, the rates: docs/lifecycle.md section 6), one QoS 1
   message each, not retained, through the outbox like inspections (it may arrive ahead
@@ -63,6 +69,7 @@ if TYPE_CHECKING:
     from lineside_inspect.config import Settings
     from lineside_inspect.inspector import Inspection
     from lineside_inspect.lifecycle.alarm import Change
+    from lineside_inspect.line.station import PartEnd
     from lineside_inspect.server.metrics import Metrics
     from lineside_inspect.store import Store
 
@@ -268,6 +275,24 @@ class MqttPublisher:
         self._unstored.append(event(f"{self.base}/alarm/{level}", payload))
         self._wake.set()
 
+    def on_part(self, end: PartEnd) -> None:
+        """The PLC line's listener, on the event loop: how a part ended for the line (read
+        and acknowledged, or dropped with ErrorCode 5), through the outbox like an alarm
+        change: an MES reconciling parts hears what the PLC did with each verdict."""
+        if self._stop.is_set():
+            return
+        level = end.station if is_name(end.station) else "unnamed"  # never '/', '+', '#'
+        payload = {"camera_id": end.station, "part": end.part, "recipe": end.recipe,
+                   "inspection_id": end.inspection_id or None, "passed": end.passed,
+                   "error_code": int(end.error_code), "error": end.error_code.name.lower(),
+                   "acknowledged": end.acknowledged, "box_id": self.box_id,
+                   "ended_at": datetime.now(UTC).isoformat()}
+        if len(self._unstored) >= MAX_UNSTORED:
+            self._dropped_unstored += 1
+            return
+        self._unstored.append(event(f"{self.base}/{level}/part", payload))
+        self._wake.set()
+
     def wake(self) -> None:
         """The store's outbox listener: new events were committed."""
         self._wake.set()
@@ -435,6 +460,9 @@ def setup_mqtt(app: FastAPI, settings: Settings) -> None:
         alarm = getattr(getattr(app.state, "lifecycle", None), "alarm", None)
         if alarm is not None:  # made when the lifecycle was installed, before any start
             alarm.listeners.append(publisher.on_alarm)
+        plc = getattr(app.state, "line_plc", None)
+        if plc is not None:  # made at setup, its stations at its own start
+            plc.part_listeners.append(publisher.on_part)
         publisher.start()
         app.state.mqtt = publisher
 

@@ -29,7 +29,14 @@ from lineside_inspect.errors import (
     echo,
 )
 from lineside_inspect.line.config import LineSettings
-from lineside_inspect.line.station import Changes, ErrorCode, Station, TagAdapter, TagValue
+from lineside_inspect.line.station import (
+    Changes,
+    ErrorCode,
+    PartEnd,
+    Station,
+    TagAdapter,
+    TagValue,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -80,6 +87,8 @@ class PlcLine:
         self._ticker: asyncio.Task[None] | None = None
         self._closed_at: float | None = None  # monotonic: when the stations closed
         self.failed_parts: dict[str, int] = {}  # per station, since start (the status page)
+        # told of each PLC part as it ends for the line (MQTT's part events), on the loop
+        self.part_listeners: list[Callable[[PartEnd], None]] = []
         # parts that ended without a verdict, by station and code: only a WARNING line
         # said so, and a Grafana board showed a healthy box while the line rejected parts
         metrics = getattr(service, "metrics", None)
@@ -131,6 +140,7 @@ class PlcLine:
                 ack_timeout_s=self.settings.ack_timeout_s, now=now,
                 check_recipe=functools.partial(self.check_recipe, cid))
             self.stations[cid].on_failure = functools.partial(self._count_failure, cid)
+            self.stations[cid].on_part_end = self._part_ended
             self._locks[cid] = asyncio.Lock()
         cameras.plc_recipe = self._plc_recipe
         table = None if self.settings.modbus is None else self.settings.modbus.recipes
@@ -303,6 +313,13 @@ class PlcLine:
         while True:
             await asyncio.sleep(TICK_S)
             self.tick(time.monotonic())
+
+    def _part_ended(self, end: PartEnd) -> None:
+        for listener in self.part_listeners:
+            try:
+                listener(end)
+            except Exception:  # an output never breaks the handshake
+                log.exception("line: a part-end listener failed")
 
     def _count_failure(self, station_id: str, code: ErrorCode) -> None:
         self.failed_parts[station_id] = self.failed_parts.get(station_id, 0) + 1

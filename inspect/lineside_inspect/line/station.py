@@ -91,6 +91,23 @@ class Step:
 PlcWrite = Callable[[str, str, TagValue], None]  # (station id, tag, value) as the PLC wrote it
 
 
+@dataclass(frozen=True)
+class PartEnd:
+    """How a part ended for the line: what the PLC read and acknowledged, or that its
+    result was dropped (no ResultAck in time, or a new Trigger first). An MES that counts
+    parts reconciles with these: an inspection's verdict alone said "pass" for parts the
+    line rejected unjudged, and parts that ended with a code told nothing (line review,
+    session 34)."""
+
+    station: str
+    part: int  # the station's trigger count since start
+    recipe: str
+    inspection_id: str  # "" when the part has none (it ended with a code before one)
+    passed: bool  # the line let the part pass: Pass read and acknowledged
+    error_code: ErrorCode
+    acknowledged: bool
+
+
 class TagAdapter(Protocol):
     """A protocol that shows the stations' tags to PLCs (OPC UA server, Modbus TCP server)."""
 
@@ -142,6 +159,8 @@ class Station:
         self._ended = False  # and the part in progress, if any, ended with ErrorCode 8
         # told of each part that ends without a verdict (the line's failure counter)
         self.on_failure: Callable[[ErrorCode], None] | None = None
+        # told of each part as it ends for the line (acknowledged or dropped)
+        self.on_part_end: Callable[[PartEnd], None] | None = None
 
     @property
     def recipe(self) -> str:
@@ -225,8 +244,16 @@ class Station:
         elif self.phase is not Phase.RESULT:
             self._set(changes, "ResultAck", False)  # nothing to acknowledge: ignored
         else:
+            self._ended_part(str(self.tags["InspectionId"]), bool(self.tags["Pass"]),
+                             ErrorCode(int(self.tags["ErrorCode"])), acknowledged=True)
             self._to_ready(changes)
         return changes
+
+    def _ended_part(self, inspection_id: str, passed: bool, code: ErrorCode, *,
+                    acknowledged: bool) -> None:
+        if self.on_part_end is not None:
+            self.on_part_end(PartEnd(self.id, self._part, self.recipe, inspection_id,
+                                     passed, code, acknowledged))
 
     def _recipe(self, name: str) -> Changes:
         changes: Changes = []
@@ -301,7 +328,7 @@ class Station:
         if self._drop:  # the PLC triggered again meanwhile: this result answers no one
             self._drop = False
             self._set(changes, "Busy", False)
-            self._dropped(changes)
+            self._dropped(changes, inspection_id)
             return changes
         passed = passed and code is ErrorCode.NONE
         if code is not ErrorCode.NONE and self.on_failure is not None:
@@ -318,12 +345,15 @@ class Station:
         self._result_at = now
         return changes
 
-    def _dropped(self, changes: Changes) -> None:
+    def _dropped(self, changes: Changes, inspection_id: str | None = None) -> None:
         """The open part's result is not to be taken for a verdict: Fail, ErrorCode 5,
-        no ResultReady, ready again."""
+        no ResultReady, ready again. ``inspection_id``: the dropped result's, when it
+        never showed (a new Trigger came while it was judged)."""
         if self.on_failure is not None and self.tags["ErrorCode"] == ErrorCode.NONE:
             # (a result that failed with a code was counted then: once per part)
             self.on_failure(ErrorCode.ACK_TIMEOUT)
+        self._ended_part(str(self.tags["InspectionId"]) if inspection_id is None
+                         else inspection_id, False, ErrorCode.ACK_TIMEOUT, acknowledged=False)
         self._set(changes, "Pass", False)
         self._set(changes, "Fail", True)
         self._set(changes, "DefectCount", 0)
