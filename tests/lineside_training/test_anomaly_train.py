@@ -453,3 +453,19 @@ def test_a_detectors_flags_and_commands_on_a_good_only_run_say_what_to_do(tmp_pa
     r = runner.invoke(app, ["calibrate", str(run), "--data", str(tmp_path / "ds")])
     assert r.exit_code == 2 and "export it and calibrate the package" in " ".join(
         r.stderr.split()), r.stderr
+
+
+def test_export_refuses_a_model_name_of_another_kind(tmp_path: Path) -> None:
+    """A good-only package written as models/det1/2 beside a detector's version 1 was
+    refused only when a server loaded it ("a model name keeps its kind")."""
+    run = tmp_path / "runs" / "g1"
+    run.mkdir(parents=True)
+    (run / "anomaly.pt").write_bytes(b"")  # refused before it is read
+    detector = tmp_path / "models" / "det1" / "1"
+    detector.mkdir(parents=True)
+    (detector / "model.json").write_bytes((ROOT / "models" / "deeppcb" / "1" / "model.json")
+                                          .read_bytes())
+    r = runner.invoke(app, ["export", str(run), "--out", str(detector.parent / "2")])
+    assert r.exit_code == 2 and "det1 holds versions of another kind (1)" in " ".join(
+        r.stderr.split()), r.stderr
+    assert not (detector.parent / "2").exists()

@@ -93,10 +93,31 @@ def _is_anomaly_package(path: Path) -> bool:
     return (path / "model.json").is_file() and read_card(path).kind == "anomaly"
 
 
+def _check_siblings(out: Path, kind: str) -> None:
+    """Refuse a package of ``kind`` beside versions of another kind: a server keeps one
+    kind per model name, and refused the new version only at load (review, session 34)."""
+    parent = out.absolute().parent
+    others = []
+    for sibling in sorted(parent.iterdir()) if parent.is_dir() else []:
+        if sibling.name != out.name and (sibling / "model.json").is_file():
+            try:
+                if read_card(sibling).kind != kind:
+                    others.append(sibling.name)
+            except Exception:  # an unreadable card is the server's to refuse
+                continue
+    if others:
+        what = "good-only (anomaly) model" if kind == "anomaly" else "detector"
+        raise ConfigError(f"--out {out}: {parent.name} holds versions of another kind "
+                          f"({', '.join(others)}); a model name keeps one kind: put this "
+                          f"{what} under a name of its own")
+
+
 def export(run: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
     """A detector's package, or a good-only run's (kind anomaly: fp32 only)."""
     if not is_anomaly_run(run):
+        _check_siblings(Path(out), "detector")
         return detector_export.export(run, out, **options)
+    _check_siblings(Path(out), "anomaly")
     if options.pop("int8", False) or options.pop("fp16", False):
         raise ConfigError(f"{run}: a good-only model exports in fp32 only (no --int8/--fp16)")
     options.pop("max_defects_lost", None)  # a lower precision's bound: fp32 has none
