@@ -54,7 +54,8 @@ def test_trigger_reference_mismatch_is_told_as_the_camera_config(srv: Running, b
                        "recipe deeppcb's model deeppcb takes none"), msg
         msg = _error(c.post("/v1/cameras/sim1/trigger", params={"recipe": "deeppcb-ref"}), 422)
         assert msg == ("camera sim1 has no reference configured; recipe deeppcb-ref's model "
-                       "deeppcb-ref needs one (cameras[].reference in the server config)"), msg
+                       "deeppcb-ref needs one (cameras[].reference, or cameras[].references "
+                       "for this recipe, in the server config)"), msg
         # an upload still hears what to send
         msg = _error(c.post("/v1/inspect", content=board, headers=JPEG,
                             params={"recipe": "deeppcb", "reference": "x"}), 422)
