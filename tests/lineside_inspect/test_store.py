@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lineside_inspect.errors import ConfigError
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import inspect
 from lineside_inspect.recipes import Recipe
@@ -213,6 +214,45 @@ def test_review_ids_never_go_back(tmp_path: Path, detector: Detector) -> None:
     assert "AUTOINCREMENT" in made and "ix_reviews_inspection_id" in plan
     with Store(tmp_path / "before", pass_rate=0.0) as store:  # once only
         assert len(store.get(old.id).reviews) == 2
+
+
+
+def test_a_failed_review_table_rebuild_loses_no_review(tmp_path: Path, detector: Detector) -> None:
+    """Python's sqlite3 committed each DDL statement of the rebuild on its own: a copy
+    that failed (a full disk) left the reviews in a renamed table and an empty new one,
+    and the next start found nothing to do (review, session 34). One transaction now; a
+    rebuild an earlier run left half done is finished at the next start."""
+    old = _inspection(detector, "fail")
+    with Store(tmp_path, pass_rate=0.0) as store:
+        store.save(old)
+        store.review(old.id, reviewer="qa", action="confirm", note="kept")
+    db = sqlite3.connect(tmp_path / "lineside.db")
+    rows = db.execute("SELECT * FROM reviews").fetchall()
+    loose = OLD_REVIEWS.replace("note TEXT NOT NULL", "note TEXT")  # lets the copy fail
+    db.executescript("DROP TABLE reviews; " + loose + ";")
+    db.executemany(f"INSERT INTO reviews VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    db.execute("INSERT INTO reviews (id, inspection_id, created_at, reviewer, action, boxes, "
+               "note) SELECT 7, inspection_id, created_at, 'x', 'confirm', '[]', NULL FROM reviews")
+    db.commit()
+    db.close()
+    with pytest.raises(ConfigError, match=r"could not be rebuilt .* nothing was changed"):
+        Store(tmp_path, pass_rate=0.0)  # the copy fails: NOT NULL note
+    db = sqlite3.connect(tmp_path / "lineside.db")
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "reviews_before_autoincrement" not in tables  # all of it rolled back
+    assert db.execute("SELECT count(*) FROM reviews").fetchone()[0] == 2
+    db.execute("UPDATE reviews SET note = '' WHERE note IS NULL")
+    # as an earlier run left it: every review in the renamed table, a new empty one
+    db.executescript("ALTER TABLE reviews RENAME TO reviews_before_autoincrement; "
+                     "DROP INDEX IF EXISTS ix_reviews_inspection_id;")
+    db.commit()
+    db.close()
+    with Store(tmp_path, pass_rate=0.0) as store:  # made empty, then refilled from the old
+        assert sorted(r.note for r in store.get(old.id).reviews) == ["", "kept"]
+    db = sqlite3.connect(tmp_path / "lineside.db")
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    db.close()
+    assert "reviews_before_autoincrement" not in tables
 
 
 WRITER = """

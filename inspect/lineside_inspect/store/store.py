@@ -28,6 +28,7 @@ import logging
 import math
 import random
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +54,7 @@ from sqlalchemy import (
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from lineside_inspect.atomic import fsync_folder, write_atomic
 from lineside_inspect.errors import (
@@ -346,27 +348,60 @@ class Store:
         """Rebuild a SQLite ``reviews`` table made before its ids were AUTOINCREMENT
         (PostgreSQL's sequences never go back). The ids it gave before may have been given
         twice, and a box's cursor may be past the highest left: the ids go on from
-        :data:`REVIEW_IDS_FROM` (no SQLite store made that many reviews), past any."""
+        :data:`REVIEW_IDS_FROM` (no SQLite store made that many reviews), past any.
+
+        One explicit transaction, DDL and all: Python's sqlite3 commits each DDL statement
+        on its own in its default mode, and a copy that failed (a full disk) left every
+        review in a renamed table and an empty new one, for good (review, session 34)."""
         if self.engine.dialect.name != "sqlite":
             return
-        with self.engine.begin() as conn:
-            made = conn.exec_driver_sql(
-                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'reviews'").scalar()
-            if made is None or "AUTOINCREMENT" in str(made).upper():
-                return
-            top = int(conn.exec_driver_sql("SELECT COALESCE(MAX(id), 0) FROM reviews").scalar() or 0)
-            table = Base.metadata.tables[ReviewRow.__tablename__]
-            cols = ", ".join(c.name for c in table.columns)
-            conn.exec_driver_sql("ALTER TABLE reviews RENAME TO reviews_before_autoincrement")
-            for index in table.indexes:  # they went with the old table
-                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
-            table.create(conn)
-            conn.exec_driver_sql(f"INSERT INTO reviews ({cols}) SELECT {cols} "
-                                 "FROM reviews_before_autoincrement")
-            conn.exec_driver_sql("DROP TABLE reviews_before_autoincrement")
-            conn.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = 'reviews'")
-            conn.exec_driver_sql("INSERT INTO sqlite_sequence (name, seq) VALUES ('reviews', ?)",
-                                 (max(top, REVIEW_IDS_FROM),))
+        table = Base.metadata.tables[ReviewRow.__tablename__]
+        cols = ", ".join(c.name for c in table.columns)
+        old = "reviews_before_autoincrement"
+        raw = self.engine.raw_connection()
+        db = raw.driver_connection
+        assert db is not None
+        level = db.isolation_level
+        db.isolation_level = None  # autocommit: BEGIN and COMMIT are this code's own
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                made = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' "
+                                  "AND name = 'reviews'").fetchone()
+                left = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                  "AND name = ?", (old,)).fetchone()
+                if made is not None and "AUTOINCREMENT" in str(made[0]).upper() and not left:
+                    db.execute("ROLLBACK")
+                    return
+                top = 0
+                if left:  # a rebuild an earlier release began and did not end: its rows
+                    db.execute(f"INSERT OR IGNORE INTO reviews ({cols}) SELECT {cols} FROM {old}")
+                    db.execute(f"DROP TABLE {old}")
+                else:
+                    db.execute(f"ALTER TABLE reviews RENAME TO {old}")
+                    for index in table.indexes:  # they went with the old table
+                        db.execute(f"DROP INDEX IF EXISTS {index.name}")
+                    db.execute(str(CreateTable(table).compile(self.engine)))
+                    for index in table.indexes:
+                        db.execute(str(CreateIndex(index).compile(self.engine)))
+                    db.execute(f"INSERT INTO reviews ({cols}) SELECT {cols} FROM {old}")
+                    db.execute(f"DROP TABLE {old}")
+                top = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM reviews").fetchone()[0])
+                db.execute("DELETE FROM sqlite_sequence WHERE name = 'reviews'")
+                db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('reviews', ?)",
+                           (max(top, REVIEW_IDS_FROM),))
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise ConfigError(f"store: the reviews table could not be rebuilt (ids that "
+                                  f"never go back): {exc}; nothing was changed, start again "
+                                  "once that is mended (free disk space?)") from None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            db.isolation_level = level
+            raw.close()
         log.info("store: reviews table rebuilt: review ids never go back (from %d on)",
                  max(top, REVIEW_IDS_FROM) + 1)
 
