@@ -253,9 +253,15 @@ def from_store(store: Store, *, ids: list[str] | None = None, since: datetime | 
             if ids is not None:
                 raise
             continue  # a pass whose image was not kept, or another box's
-        truth = row.reviews[-1].boxes if row.reviews else row.defects
+        last = row.reviews[-1] if row.reviews else None
+        truth = last.boxes if last is not None else row.defects
         boxes = [GoldenBox(label=b["label"], box=tuple(b["box"])) for b in truth]
-        out.append(candidate(data, expected="fail" if boxes else "pass", boxes=boxes,
+        # a fail confirmed with no box (not the golden's view, an anomaly without a region)
+        # must fail, its boxes unknown: it was taken as a part that must pass (QA review, 34)
+        confirmed_unboxed = row.verdict == "fail" and last is not None \
+            and last.action == "confirm" and not boxes
+        out.append(candidate(data, expected="fail" if boxes or confirmed_unboxed else "pass",
+                             boxes=None if confirmed_unboxed else boxes,
                              source=f"inspection {row.id} ({row.review_state})", reference=ref))
         classes += [c for c in row.class_names if c not in classes]
     if not out:

@@ -62,6 +62,19 @@ def _folder(camera_id: str | None, inspection_id: str) -> str:
     return folder
 
 
+def unboxed_fail(item: dict[str, Any]) -> bool:
+    """A fail its last review confirmed with no defect box (a frame not of the golden's
+    view, an anomaly with no region): not a good part, and nothing a detector can learn
+    from. Pulled, it became a good image of the set (QA review, session 34)."""
+    last = item["reviews"][-1] if item["reviews"] else None
+    return item["verdict"] == "fail" and last is not None and last["action"] == "confirm" \
+        and not last["boxes"]
+
+
+UNBOXED = ("confirmed fail with no defect box: not a good part, nothing to train on (draw "
+           "its defect on the review page to use it)")
+
+
 def _record(item: dict[str, Any], source: Path, ext: str) -> ImageRecord:
     truth = item["reviews"][-1]["boxes"] if item["reviews"] else item["defects"]
     group = _folder(item.get("camera_id"), item["id"])
@@ -138,9 +151,12 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
             except NotFoundError as exc:
                 log.info("pull: skipped: %s", exc.message)
                 continue
+            item = store.record(row).model_dump(mode="json")
+            if unboxed_fail(item):
+                log.info("pull: left out inspection %s: %s", row.id, UNBOXED)
+                continue
             classes += [c for c in row.class_names if c not in classes]
-            rec = _record(store.record(row).model_dump(mode="json"), path,
-                          path.suffix.lstrip("."))
+            rec = _record(item, path, path.suffix.lstrip("."))
             if ref_path is not None:
                 _with_reference(records, refs, rec, ref_path)
             else:
@@ -283,6 +299,9 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
                 if not item["has_image"] or item["id"] in seen:
                     continue
                 seen.add(item["id"])
+                if unboxed_fail(item):
+                    log.info("pull: left out inspection %s: %s", item["id"], UNBOXED)
+                    continue
                 img = _get(c, url, f"/v1/inspections/{item['id']}/image", MAX_PULL_IMAGE_BYTES)
                 if img.status_code == 404:  # stored on another box of a shared database
                     log.info("pull: skipped inspection %s: %s", item["id"], img.text[:200])

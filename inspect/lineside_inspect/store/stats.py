@@ -192,8 +192,8 @@ def model_changes(s: Session, since: datetime, until: datetime,
 def review_quality(s: Session, since: datetime, until: datetime,
                    conds: list[ColumnElement[bool]]) -> dict[str, Any]:
     """Among reviewed inspections of the window: false rejects (a fail whose reviewed truth
-    has no defect) and escapes (a pass a reviewer drew a missed defect on, still defective
-    after the last review)."""
+    has no defect, unless its last review confirmed it) and escapes (a pass a reviewer drew
+    a missed defect on, still defective after the last review)."""
     # each inspection's current review: the last in the merge rule's order (models.REVIEW_ORDER)
     rank = func.row_number().over(partition_by=ReviewRow.inspection_id, order_by=(
         ReviewRow.created_at.desc(), ReviewRow.origin.desc().nulls_last(), ReviewRow.id.desc())
@@ -203,14 +203,17 @@ def review_quality(s: Session, since: datetime, until: datetime,
     missed = exists().where(ReviewRow.inspection_id == InspectionRow.id,
                             ReviewRow.action == "missed_defect")
     final = ReviewRow.__table__.alias("final")
-    rows = s.execute(select(InspectionRow.verdict, final.c.boxes, missed)
+    rows = s.execute(select(InspectionRow.verdict, final.c.boxes, missed, final.c.action)
                      .join(last, last.c.inspection_id == InspectionRow.id)
                      .join(final, final.c.id == last.c.rid)
                      .where(InspectionRow.created_at >= since, InspectionRow.created_at < until,
                             *conds)).all()
-    fails = [boxes for verdict, boxes, _ in rows if verdict == "fail"]
-    passes = [(boxes, was_missed) for verdict, boxes, was_missed in rows if verdict == "pass"]
-    false_rejects = sum(1 for boxes in fails if not boxes)
+    fails = [(boxes, action) for verdict, boxes, _, action in rows if verdict == "fail"]
+    passes = [(boxes, was_missed) for verdict, boxes, was_missed, _ in rows if verdict == "pass"]
+    # a fail confirmed with no box (a frame not of the golden's view, an anomaly with no
+    # region) is a fail the reviewer agreed with, not a false reject (QA review, 34)
+    false_rejects = sum(1 for boxes, action in fails
+                        if action == "false_reject" or (not boxes and action != "confirm"))
     escapes = sum(1 for boxes, was_missed in passes if was_missed and boxes)
     return {"reviewed_fails": len(fails), "false_rejects": false_rejects,
             "false_reject_rate": false_rejects / len(fails) if fails else None,

@@ -5,6 +5,8 @@
 import { $, $$, api, dateTime, el, num, showZone, svg, time, verdict } from "/static/common.js";
 
 const state = { items: [], total: 0, offset: 0, limit: 24, sel: 0, open: null, box: 0, classes: [],
+                // the part being fetched (review keys wait for it), a review being posted
+                loading: null, saving: false, from: "grid",
                 drawing: false, start: null, scale: 1, showRef: false, queues: [], queue: null, audit: 0,
                 shadow: null };
 const form = $("#filters");
@@ -145,19 +147,28 @@ function showGrid() {
   $("#detail").hidden = true; $("#audit").hidden = true; $("#grid").hidden = false; $("#pager").hidden = false;
   $("#tab-grid").classList.add("on"); $("#tab-audit").classList.remove("on");
   $("#tab-grid").setAttribute("aria-pressed", "true"); $("#tab-audit").setAttribute("aria-pressed", "false");
-  state.open = null;
+  state.open = null; state.loading = null;  // a fetch still running shows nothing then
 }
 
 // -- one inspection ---------------------------------------------------------------------
 async function open(i) {
   const it = state.items[i]; if (!it) return;
+  state.from = "grid";
   await openId(it.id);
 }
 
 async function openId(id) {
   // reset before the fetch: a key pressed while it runs (d, a class) applies to this one
   hideDraw(); say("");
-  state.open = await api(`/v1/inspections/${encodeURIComponent(id)}`); state.box = 0; state.scale = 1;
+  // the part being opened, at once: until it is on screen a review key is held back (j
+  // then f at once reviewed the part still shown, and its answer put it back on screen)
+  state.loading = id;
+  let doc;
+  try { doc = await api(`/v1/inspections/${encodeURIComponent(id)}`); }
+  finally { if (state.loading === id && doc === undefined) state.loading = null; }
+  if (state.loading !== id) return;  // another part was opened meanwhile: that one shows
+  state.loading = null;
+  state.open = doc; state.box = 0; state.scale = 1;
   setClasses(state.open.class_names);
   $("#grid").hidden = true; $("#pager").hidden = true; $("#audit").hidden = true; $("#detail").hidden = false;
   state.showRef = false; $("#stage").classList.remove("ref");
@@ -172,6 +183,8 @@ async function openId(id) {
   $("#overlay").setAttribute("viewBox", `0 0 ${state.open.width} ${state.open.height}`);
   state.shadow = null;
   render(); fit();
+  // the part opened takes the focus: the card pressed is hidden, and focus fell to <body>
+  $("#d-title").focus({ preventScroll: true });
   loadShadow(id);
 }
 
@@ -240,15 +253,25 @@ function say(text, conflict = false) {
 // server answers 409, nothing is saved, and the newer state is shown here
 async function review(body) {
   const o = state.open;
+  if (!o) return;
+  // one review at a time, on the part on screen: c twice at once answered the second with
+  // a conflict against the reviewer's own first save
+  if (state.loading || state.saving) { say("wait: the part is still loading or saving"); return; }
+  state.saving = true;
+  const here = () => state.open && state.open.id === o.id && !state.loading;
   try {
-    state.open = await api(`/v1/inspections/${encodeURIComponent(o.id)}/reviews`,
-                           { method: "POST", body: JSON.stringify({ ...body, seen_reviews: o.reviews.length }) });
-    say(`saved: ${body.action}`); render();
+    const saved = await api(`/v1/inspections/${encodeURIComponent(o.id)}/reviews`,
+                            { method: "POST", body: JSON.stringify({ ...body, seen_reviews: o.reviews.length }) });
+    if (here()) { state.open = saved; say(`saved: ${body.action}`); render(); }
   } catch (e) {
-    if (e.status !== 409) { say("error: " + e.message); return; }
-    state.open = await api(`/v1/inspections/${encodeURIComponent(o.id)}`);
+    if (e.status !== 409) { if (here()) say("error: " + e.message); return; }
+    const now = await api(`/v1/inspections/${encodeURIComponent(o.id)}`);
+    if (!here()) return;
+    state.open = now;
     render();
     say(`not saved: ${e.message} The audit trail below shows it; review again if you still disagree.`, true);
+  } finally {
+    state.saving = false;
   }
 }
 
@@ -306,6 +329,7 @@ function toggleRef() {
 }
 
 function back() {
+  if (state.from === "audit") { showAudit(); return; }  // back where it was opened from
   const sel = state.sel;
   showGrid();
   load().then(() => select(sel)); loadQueues();
@@ -350,7 +374,7 @@ async function loadAudit() {
   $("#a-count").textContent = doc.total ? `${num(state.audit + 1)}–${num(state.audit + doc.items.length)} of ${num(doc.total)} reviews` : "no reviews yet";
   const rows = doc.items.map((r) => {
     const b = el("button", { type: "button" }, r.inspection_id.slice(0, 8));
-    b.onclick = () => openId(r.inspection_id);
+    b.onclick = () => { state.from = "audit"; openId(r.inspection_id); };
     return el("tr", {}, el("td", {}, dateTime(r.created_at)), el("td", {}, r.reviewer), el("td", {}, r.action.replace("_", " ")),
               el("td", {}, b), el("td", {}, verdict(r.verdict)), el("td", {}, r.camera_id || "upload"),
               el("td", { class: "n" }, num(r.defects_after)), el("td", {}, r.note));
@@ -365,7 +389,7 @@ function showAudit() {
   $("#grid").hidden = true; $("#pager").hidden = true; $("#detail").hidden = true; $("#audit").hidden = false;
   $("#tab-audit").classList.add("on"); $("#tab-grid").classList.remove("on");
   $("#tab-audit").setAttribute("aria-pressed", "true"); $("#tab-grid").setAttribute("aria-pressed", "false");
-  state.open = null; loadAudit();
+  state.open = null; state.loading = null; loadAudit();
 }
 
 // -- controls: every one by mouse and by key -------------------------------------------------
@@ -398,10 +422,17 @@ document.addEventListener("keydown", (e) => {
   if ((e.key === "Enter" || e.key === " ") && t.matches("button, a, summary, li")) return;
   const key = e.key;
   if (state.open) {
+    if ((state.loading || state.saving) && /^[cfdlbr1-9]$/.test(key)) {
+      // a review key before the part asked for is on screen would act on the one before
+      e.preventDefault(); say("wait: the part is still loading or saving"); return;
+    }
     const handled = { Escape: back, c: () => review({ action: "confirm" }), f: () => review({ action: "false_reject" }),
                       d: startDraw, r: toggleRef, l: relabel, b: nextBox, "+": () => zoom(1.25), "-": () => zoom(0.8), 0: () => zoom(0),
-                      j: () => state.sel < state.items.length - 1 && open(++state.sel), ArrowRight: () => state.sel < state.items.length - 1 && open(++state.sel),
-                      k: () => state.sel > 0 && open(--state.sel), ArrowLeft: () => state.sel > 0 && open(--state.sel) }[key];
+                      // (the grid's neighbours: a part opened from the audit trail has none)
+                      j: () => state.from === "grid" && state.sel < state.items.length - 1 && open(++state.sel),
+                      ArrowRight: () => state.from === "grid" && state.sel < state.items.length - 1 && open(++state.sel),
+                      k: () => state.from === "grid" && state.sel > 0 && open(--state.sel),
+                      ArrowLeft: () => state.from === "grid" && state.sel > 0 && open(--state.sel) }[key];
     if (handled) { e.preventDefault(); handled(); }
     else if (/^[1-9]$/.test(key) && state.classes[+key - 1]) { e.preventDefault(); $("#d-label").value = state.classes[+key - 1]; }
     return;

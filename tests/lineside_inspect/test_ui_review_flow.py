@@ -1,0 +1,115 @@
+"""The review page's keys against a part still loading or saving, and what the dashboard
+counts of a reviewed fail, in a real Chromium (QA reviewer's pass, session 34)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import cv2
+import pytest
+
+from .conftest import ROOT, Running, keyed, start_server
+from .test_ui_screens import CHROMIUM, _browser, _context, _sign_in
+
+SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
+GOLDEN = ROOT / "configs" / "line" / "station1-reference.jpg"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[Running]:
+    running, stop = start_server(keyed(
+        models=[str(ROOT / "models" / "deeppcb" / "1"), str(ROOT / "models" / "deeppcb-ref" / "1")],
+        recipes=[str(ROOT / "configs" / "recipes" / "deeppcb.yaml"),
+                 str(ROOT / "configs" / "recipes" / "deeppcb-ref.yaml")],
+        default_recipe="deeppcb", store_pass_rate=1.0))
+    with running.client("admin") as c:
+        assert c.put("/v1/references/golden", content=GOLDEN.read_bytes(),
+                     headers={"content-type": "image/jpeg"}).status_code == 200
+    yield running
+    stop()
+
+
+def _send(box: Running, data: bytes, **params: str) -> dict[str, Any]:
+    with box.client("line") as c:
+        r = c.post("/v1/inspect", content=data, params=params, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+def test_a_review_key_never_acts_on_a_part_not_on_screen(box: Running) -> None:
+    """j then f at once: f reviewed the part still shown (openId set it only once its
+    fetch returned), and the answer put that part back on screen, so every later key
+    acted on it too; c twice at once answered the second with a conflict against the
+    reviewer's own save. Now a review key waits for the part to show, one review at a
+    time, and the part opened takes the focus."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ids = [_send(box, (SAMPLE / "group13000" / f"1300000{i}_test.jpg").read_bytes(),
+                 part_id=f"P{i}")["id"] for i in range(3)]
+    newest = ids[::-1]
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = _context(browser).new_page()
+        _sign_in(page, box.url + "/review?camera_id=&part_id=", "reviewer-secret")
+        expect(page.locator(".card")).to_have_count(3)
+        # a box under load: each inspection takes 300 ms to come
+        page.route(re.compile(r".*/v1/inspections/[0-9a-f]{32}$"),
+                   lambda route: (time.sleep(0.3), route.continue_()))
+        page.keyboard.press("Enter")
+        expect(page.locator("#d-title")).to_contain_text(newest[0][:8])
+        assert page.evaluate("document.activeElement.id") == "d-title"
+        page.keyboard.press("c")
+        page.keyboard.press("c")  # at once: held back, no conflict with its own save
+        expect(page.locator("#d-status")).to_have_text("saved: confirm")
+        page.keyboard.press("j")
+        page.keyboard.press("f")  # before the next part shows: held back
+        expect(page.locator("#d-title")).to_contain_text(newest[1][:8])
+        page.wait_for_timeout(500)
+        expect(page.locator("#d-title")).to_contain_text(newest[1][:8])  # it stays
+        page.keyboard.press("f")  # now on screen: its own
+        expect(page.locator("#d-status")).to_have_text("saved: false_reject")
+        browser.close()
+    with box.client("reviewer") as c:
+        first = c.get(f"/v1/inspections/{newest[0]}").json()
+        second = c.get(f"/v1/inspections/{newest[1]}").json()
+    assert [r["action"] for r in first["reviews"]] == ["confirm"]
+    assert [r["action"] for r in second["reviews"]] == ["false_reject"]
+
+
+def test_a_confirmed_fail_without_a_box_is_neither_a_false_reject_nor_a_good_part(
+        box: Running, tmp_path: Any) -> None:
+    """A frame not of the golden's view fails with reference_mismatch and no box; the
+    reviewer confirms it. The dashboard counted it a false reject (100%), `data pull` made
+    it a good image of the training set, and a golden set from the store a part that must
+    pass."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from lineside_inspect.lifecycle.golden import from_store
+    from lineside_inspect.store.pull import pull_from_server
+
+    _ok, buf = cv2.imencode(".jpg", cv2.rotate(cv2.imread(str(GOLDEN)), cv2.ROTATE_180))
+    doc = _send(box, buf.tobytes(), recipe="deeppcb-ref", reference="golden")
+    assert doc["verdict"] == "fail" and [r["rule"] for r in doc["reasons"]] == ["reference_mismatch"]
+    with box.client("reviewer") as c:
+        before = c.get("/v1/stats").json()["quality"]
+        assert c.post(f"/v1/inspections/{doc['id']}/reviews",
+                      json={"action": "confirm", "seen_reviews": 0}).status_code == 200
+        quality = c.get("/v1/stats").json()["quality"]
+    assert quality["reviewed_fails"] == before["reviewed_fails"] + 1
+    assert quality["false_rejects"] == before["false_rejects"], quality
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = _context(browser).new_page()
+        _sign_in(page, box.url + "/dashboard", "viewer-secret")
+        shown = f"{100 * quality['false_rejects'] / quality['reviewed_fails']:.1f}%"
+        expect(page.locator("#fr-rate")).to_have_text(shown)
+        browser.close()
+    pulled = pull_from_server(box.url, tmp_path / "pulled", key="reviewer-secret")
+    assert not [r for r in pulled.images if doc["id"] in r.file_name]
+    box.app.state.store.flush()
+    candidates, _ = from_store(box.app.state.store, ids=[doc["id"]])
+    assert (candidates[0].item.expected, candidates[0].item.boxes) == ("fail", None)
