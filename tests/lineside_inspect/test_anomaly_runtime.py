@@ -176,6 +176,10 @@ def test_fused_fails_on_a_defect_or_the_score_and_names_uncovered_regions() -> N
     tiled = judge(Detections([[90, 72, 120, 102], [120, 72, 150, 102]], [0.9, 0.9], [1, 1],
                              CLASSES), recipe, {}, _finding(0.8, stain))
     assert tiled.defects.labels == ["short", "short"] and tiled.reasons[1].count == 0
+    # two classes boxing one place count once: 25x30 of 60x30 is not half
+    twice = judge(Detections([[90, 72, 115, 102], [90, 72, 115, 102]], [0.9, 0.8], [0, 1],
+                             CLASSES), recipe, {}, _finding(0.8, stain))
+    assert twice.defects.labels == ["open", "short", "anomaly"] and twice.reasons[1].count == 1
     # under the threshold the regions are not defects; the detector alone decides
     quiet = judge(Detections.empty(CLASSES), recipe, {}, _finding(0.3, [[100, 100, 140, 130]]))
     assert (quiet.outcome, quiet.reasons, len(quiet.defects)) == ("pass", [], 0)

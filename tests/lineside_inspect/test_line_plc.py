@@ -115,6 +115,27 @@ def test_station_recipe_switch() -> None:
     assert st.plc_write("Trigger", True, 100.7).inspect_recipe == "deeppcb"
 
 
+def test_a_parts_end_names_the_recipe_it_was_judged_with() -> None:
+    """The next product's Recipe written before ResultAck (as a line may): the part's end
+    named the new recipe (review, session 34)."""
+    from lineside_inspect.line.station import PartEnd
+
+    st = _station()
+    ended: list[PartEnd] = []
+    st.on_part_end = ended.append
+    assert st.plc_write("Trigger", True, 100.1).inspect_recipe == "deeppcb"
+    st.finished(True, 0, "i1", 100.2)
+    st.plc_write("Recipe", "lenient", 100.3)  # the next product, before the ack
+    st.plc_write("ResultAck", True, 100.4)
+    st.plc_write("Trigger", False, 100.5)
+    st.plc_write("Trigger", True, 100.6)
+    st.finished(False, 1, "i2", 100.7)
+    st.tick(110.0)  # no ack: dropped
+    assert [(e.part, e.recipe, e.inspection_id, e.passed, e.acknowledged, e.error_code)
+            for e in ended] == [(1, "deeppcb", "i1", True, True, ErrorCode.NONE),
+                                (2, "lenient", "i2", False, False, ErrorCode.ACK_TIMEOUT)]
+
+
 def test_a_fault_after_a_good_part_leaves_nothing_of_it() -> None:
     """A good part acknowledged, then a refused Recipe: Fail, code 6 and no InspectionId
     (not 'good-part' beside Fail); a usable recipe then: neither Pass nor Fail, code 0."""

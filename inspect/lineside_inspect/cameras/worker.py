@@ -121,10 +121,10 @@ class CameraWorker:
         age = now - frame.monotonic if frame else None
         online = self.state == "online" and age is not None and age <= self.stale_after_s
         state = "online" if online else ("stale" if self.state == "online" else self.state)
-        if state == "stale" and (frame is None or frame.monotonic < self._opened_at) \
-                and now - self._opened_at <= self.stale_after_s:
+        if state == "stale" and frame is None and now - self._opened_at <= self.stale_after_s:
             # opened, its first frame not in yet: "stale" went out retained over MQTT at
-            # every start and reconnect, and an MES alarm on it flickered (line review, 34)
+            # every start, and an MES alarm on it flickered (line review, 34). After a
+            # reconnect it stays "stale" (a PLC's ErrorCode 2, re-trigger, not 1)
             state = "starting"
         return {
             "id": self.camera_id,

@@ -150,6 +150,7 @@ class Station:
         self._started = now
         self._result_at = 0.0
         self._part = 0  # accepted triggers so far: a result of an older part is ignored
+        self._part_recipe = recipe  # the recipe the open (or last) part was judged with
         self._drop = False  # the part in progress was given up by the PLC (a new Trigger)
         # what the PLC itself last wrote to Trigger (not the tag, which Lineside clears):
         # a 1 over a 1 is a retry or a cyclic rewrite of the same trigger, not a new one
@@ -221,6 +222,8 @@ class Station:
             return step
         self._set(step.changes, "Trigger", True)
         self._part += 1
+        # its own recipe: a Recipe written before its ResultAck (the next product) is not it
+        self._part_recipe = self.recipe
         self._drop = False
         self.phase = Phase.BUSY
         self._set(step.changes, "TriggerReady", False)
@@ -252,7 +255,7 @@ class Station:
     def _ended_part(self, inspection_id: str, passed: bool, code: ErrorCode, *,
                     acknowledged: bool) -> None:
         if self.on_part_end is not None:
-            self.on_part_end(PartEnd(self.id, self._part, self.recipe, inspection_id,
+            self.on_part_end(PartEnd(self.id, self._part, self._part_recipe, inspection_id,
                                      passed, code, acknowledged))
 
     def _recipe(self, name: str) -> Changes:

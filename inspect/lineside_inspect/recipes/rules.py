@@ -86,19 +86,35 @@ def _placed(detections: Detections, recipe: Recipe) -> Detections:
     return detections[keep]
 
 
+def _union_area(rects: np.ndarray) -> float:
+    """The area of the union of ``rects`` (N x 4, x1 y1 x2 y2): on the grid of their own
+    edges, each cell counted once however many rectangles hold it."""
+    if len(rects) == 0:
+        return 0.0
+    xs, ys = np.unique(rects[:, [0, 2]]), np.unique(rects[:, [1, 3]])
+    cx, cy = (xs[:-1] + xs[1:]) / 2, (ys[:-1] + ys[1:]) / 2  # cell centres
+    inside = ((cx[None, :, None] > rects[:, None, None, 0]) & (cx[None, :, None] < rects[:, None, None, 2])
+              & (cy[None, None, :] > rects[:, None, None, 1]) & (cy[None, None, :] < rects[:, None, None, 3]))
+    held = inside.any(axis=0)
+    return float((np.diff(xs)[:, None] * np.diff(ys)[None, :])[held].sum())
+
+
 def _covered(regions: Detections, defects: Detections, share: float = 0.5) -> np.ndarray:
     """Which regions the defect boxes cover by at least ``share`` of the region's own area
-    (their overlaps summed): the detector's boxes, with their class, already report that
-    place. A share of the smaller box let a 7x10 px box inside a 60x30 stain swallow the
-    stain, whose extent reviewers and `data pull` then never saw (review, session 34)."""
+    (the union of their overlaps: two classes boxing one place count once): the
+    detector's boxes, with their class, already report that place. A share of the
+    smaller box let a 7x10 px box inside a 60x30 stain swallow the stain, whose extent
+    reviewers and `data pull` then never saw (review, session 34)."""
+    out = np.zeros(len(regions), dtype=bool)
     if len(regions) == 0 or len(defects) == 0:
-        return np.zeros(len(regions), dtype=bool)
-    a, b = regions.xyxy[:, None, :], defects.xyxy[None, :, :]
-    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    area = np.maximum((regions.xyxy[:, 2] - regions.xyxy[:, 0])
-                      * (regions.xyxy[:, 3] - regions.xyxy[:, 1]), 1e-6)
-    return np.asarray((w * h).sum(axis=1) / area >= share)
+        return out
+    for i, r in enumerate(regions.xyxy.astype(np.float64)):
+        clipped = np.concatenate([np.maximum(defects.xyxy[:, :2], r[:2]),
+                                  np.minimum(defects.xyxy[:, 2:], r[2:])], axis=1)
+        clipped = clipped[(clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])]
+        area = max(float((r[2] - r[0]) * (r[3] - r[1])), 1e-6)
+        out[i] = _union_area(clipped) / area >= share
+    return out
 
 
 def _joined(defects: Detections, regions: Detections) -> Detections:

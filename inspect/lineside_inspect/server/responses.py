@@ -184,8 +184,8 @@ class StoredReference(_Shape):
 class CameraHealth(_Shape):
     id: str
     state: Literal["starting", "online", "stale", "offline", "stopped"] = Field(description=(
-        "starting: opening, or opened and its first frame not in yet (for up to "
-        "stale_after_s); online: frames arrive; stale: connected but no frame within "
+        "starting: opening, or opened and its first frame since start not in yet (for "
+        "up to stale_after_s); online: frames arrive; stale: connected but no frame within "
         "stale_after_s; offline: reconnecting after an error"))
     fps: float = Field(description="frames per second over the last 5 s")
     last_frame_age_s: float | None
