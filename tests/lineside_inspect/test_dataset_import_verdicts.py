@@ -122,3 +122,35 @@ def test_a_good_image_behind_a_broken_link_is_named(tmp_path: Path) -> None:
         [("b.png", "a link to nothing: its image cannot be read")]
     ds, skipped = import_dataset("good", src, tmp_path / "out", skip_invalid=True)
     assert [r.file_name for r in ds.images] == ["a.png"] and len(skipped) == 1
+
+
+def test_mvtec_loco_masks_in_a_folder_per_image(tmp_path: Path) -> None:
+    """MVTec LOCO keeps each image's masks in ground_truth/<defect>/<image>/000.png: keyed
+    by file name alone, every image took the last image's mask (review, session 34)."""
+    cat = tmp_path / "breakfast_box"
+    (cat / "train" / "good").mkdir(parents=True)
+    cv2.imwrite(str(cat / "train" / "good" / "000.png"), _texture(0))
+    (cat / "test" / "logical_anomalies").mkdir(parents=True)
+    for i, (box, extra) in enumerate((((2, 2, 10, 10), None), ((40, 40, 60, 60), (70, 5, 80, 15)))):
+        cv2.imwrite(str(cat / "test" / "logical_anomalies" / f"{i:03d}.png"), _texture(i + 1))
+        folder = cat / "ground_truth" / "logical_anomalies" / f"{i:03d}"
+        folder.mkdir(parents=True)
+        for j, (x1, y1, x2, y2) in enumerate(b for b in (box, extra) if b):
+            m = np.zeros((95, 250), np.uint8)
+            m[y1:y2, x1:x2] = 255
+            cv2.imwrite(str(folder / f"{j:03d}.png"), m)
+    import_dataset("mvtec", cat, tmp_path / "out")
+    got = {r.file_name: sorted(b.xyxy() for b in r.boxes) for r in read_dataset(tmp_path / "out").images}
+    assert got["test/logical_anomalies/000.png"] == [(2, 2, 10, 10)]
+    assert got["test/logical_anomalies/001.png"] == [(40, 40, 60, 60), (70, 5, 80, 15)]
+
+
+def test_good_parts_named_mask_are_good_parts(tmp_path: Path) -> None:
+    """A PCB's "solder mask" captures, a face-mask line's masks/ folder: refused as defect
+    masks, with no way round (review, session 34). Masks are those of an MVTec-like set."""
+    src = tmp_path / "src"
+    for rel in ("batch1/pcb7_solder_mask.png", "masks/0001.png"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(src / rel), _texture(1))
+    ds, _ = import_dataset("good", src, tmp_path / "out")
+    assert sorted(r.file_name for r in ds.images) == ["batch1/pcb7_solder_mask.png", "masks/0001.png"]

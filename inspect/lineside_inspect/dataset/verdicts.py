@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from lineside_inspect.dataset.layout import image_size, odd_file, subset_of, walk_files
 from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, Problem
@@ -29,16 +31,18 @@ Draft = tuple[Dataset, list[Problem]]
 
 
 def _is_mask(rel: PurePosixPath) -> bool:
-    return rel.stem.lower().endswith("_mask") or any(
-        p.lower() in MASK_FOLDERS for p in rel.parts[:-1])
+    return any(p.lower() in MASK_FOLDERS for p in rel.parts[:-1])
 
 
 def not_good_only(src: Path, rels: list[PurePosixPath]) -> str | None:
-    """Why the images ``rels`` (under ``src``) are not all good parts, or None: masks,
-    folders named as defective, or folders named good beside folders that are not. Said
-    before ``-f good`` imports an MVTec AD or OK/NG set as good parts, and a good-only
-    model is trained and calibrated on its defects (review, session 34)."""
-    masks = [r for r in rels if _is_mask(r)]
+    """Why the images ``rels`` (under ``src``) are not all good parts, or None: masks of
+    an MVTec-like set (a mask folder beside train/ or test/), folders named as defective,
+    or folders named good beside folders that are not. Said before ``-f good`` imports an
+    MVTec AD or OK/NG set as good parts, and a good-only model is trained and calibrated
+    on its defects (review, session 34). A name alone is no mask: a PCB's "solder mask"
+    capture, a face-mask line's masks/ folder are good parts."""
+    split_folders = {p.lower() for r in rels for p in r.parts[:-1]} & {"train", "test"}
+    masks = [r for r in rels if _is_mask(r)] if split_folders else []
     if masks:
         return (f"holds {len(masks)} defect mask(s) (e.g. {masks[0]}), as an MVTec AD "
                 "set's ground_truth/ does")
@@ -71,18 +75,22 @@ def _category_root(src: Path, rels: list[PurePosixPath]) -> PurePosixPath:
                        "folder names in any case)")
 
 
-def _mask_boxes(mask_path: Path, label: str, size: tuple[int, int], rel: str,
+def _mask_boxes(mask_paths: list[Path], label: str, size: tuple[int, int], rel: str,
                 problems: list[Problem]) -> list[Box]:
-    """A box around each connected region of the mask (any non-zero pixel)."""
-    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        problems.append(Problem(str(mask_path), "", "mask image is unreadable", rel))
-        return []
-    if (mask.shape[1], mask.shape[0]) != size:
-        problems.append(Problem(str(mask_path), "", f"mask is {mask.shape[1]}x{mask.shape[0]}, "
-                                f"its image {size[0]}x{size[1]}", rel))
-        return []
-    n, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype("uint8"), connectivity=8)
+    """A box around each connected region of the masks (any non-zero pixel of any)."""
+    union = np.zeros((size[1], size[0]), dtype=bool)
+    for mask_path in mask_paths:
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            problems.append(Problem(str(mask_path), "", "mask image is unreadable", rel))
+            return []
+        if (mask.shape[1], mask.shape[0]) != size:
+            problems.append(Problem(str(mask_path), "", f"mask is {mask.shape[1]}x"
+                                    f"{mask.shape[0]}, its image {size[0]}x{size[1]}", rel))
+            return []
+        union |= mask > 0
+    mask_path = mask_paths[0]
+    n, _, stats, _ = cv2.connectedComponentsWithStats(union.astype("uint8"), connectivity=8)
     boxes = [Box(float(x), float(y), float(x + w), float(y + h), label, origin=str(mask_path))
              for x, y, w, h, area in stats[1:n].tolist() if area >= MIN_REGION_PX]
     if not boxes:
@@ -103,15 +111,20 @@ def import_mvtec(src: Path) -> Draft:
     files = walk_files(src, odd)
     rels = [PurePosixPath(p.relative_to(src).as_posix()) for p in files]
     root = _category_root(src, rels)
-    masks: dict[tuple[str, str], Path] = {}  # (defect, image stem) -> mask, any case
+    # (defect, image stem) -> its masks, any case: MVTec AD's ground_truth/D/S_mask.png,
+    # MVTec LOCO's ground_truth/D/S/000.png (one image's masks in a folder of its own: by
+    # file name alone each image took the last image's mask; review, session 34)
+    masks: dict[tuple[str, str], list[Path]] = {}
     pictures: list[tuple[PurePosixPath, Path]] = []
     for rel, path in zip(rels, files, strict=True):
         if path.suffix.lower() not in IMAGE_SUFFIXES or not rel.is_relative_to(root):
             continue
         inner = rel.relative_to(root)
-        if len(inner.parts) >= 3 and inner.parts[0].lower() in MASK_FOLDERS:
+        if len(inner.parts) == 3 and inner.parts[0].lower() in MASK_FOLDERS:
             stem = inner.stem[:-5] if inner.stem.lower().endswith("_mask") else inner.stem
-            masks[(inner.parts[1].lower(), stem.lower())] = path
+            masks.setdefault((inner.parts[1].lower(), stem.lower()), []).append(path)
+        elif len(inner.parts) == 4 and inner.parts[0].lower() in MASK_FOLDERS:
+            masks.setdefault((inner.parts[1].lower(), inner.parts[2].lower()), []).append(path)
         else:
             pictures.append((inner, path))
     problems = [odd_file(p, src) for p in odd if p.suffix.lower() in IMAGE_SUFFIXES]
