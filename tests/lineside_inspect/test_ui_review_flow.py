@@ -113,3 +113,24 @@ def test_a_confirmed_fail_without_a_box_is_neither_a_false_reject_nor_a_good_par
     box.app.state.store.flush()
     candidates, _ = from_store(box.app.state.store, ids=[doc["id"]])
     assert (candidates[0].item.expected, candidates[0].item.boxes) == ("fail", None)
+
+
+def test_a_yield_is_rounded_once() -> None:
+    """6 of 13 passed is 46.15...%: the API's yield_pct is rounded to 2 digits (46.15), and
+    the pages rounded that again (toFixed: 46.1%)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    running, stop = start_server(keyed(store_pass_rate=1.0))
+    try:
+        for name, n in (("13000001_temp.jpg", 6), ("13000001_test.jpg", 7)):
+            for _ in range(n):
+                _send(running, (SAMPLE / "group13000" / name).read_bytes())
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = _context(browser).new_page()
+            _sign_in(page, running.url + "/", "viewer-secret")
+            expect(page.locator("#yield-day [data-field=detail]")).to_contain_text("6 of 13 passed")
+            expect(page.locator("#yield-day [data-field=pct]")).to_have_text("46.2%")
+            browser.close()
+    finally:
+        stop()

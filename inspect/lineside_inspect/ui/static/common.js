@@ -53,6 +53,9 @@ export const dayLabel = (d) => d.toLocaleDateString([], { weekday: "short", day:
 
 export const num = (n) => Number(n).toLocaleString("en-US");
 export const pct = (x, digits = 1) => (x === null || x === undefined ? "n/a" : `${Number(x).toFixed(digits)}%`);
+// a yield from its counts, rounded once: the API's yield_pct is rounded to 2 digits, and
+// 6 of 13 (46.1538...) showed 46.1% once rounded again (QA review, session 34)
+export const yieldPct = (r) => (r && r.inspections ? pct((100 * r.passes) / r.inspections) : "n/a");
 export const rate = (r) => (r === null || r === undefined ? "n/a" : `${(r * 100).toFixed(1)}%`);
 
 // pass/fail never by colour alone: a mark and the word

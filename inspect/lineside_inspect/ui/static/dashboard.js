@@ -1,6 +1,6 @@
 // The dashboard: GET /v1/stats drawn as SVG (createElementNS, no charting library) and
 // tables, every number also in text; each figure links its numbers as CSV (/v1/stats.csv).
-import { $, $$, api, dateTime, dayLabel, el, hourLabel, num, pct, rate, showZone, svg, time } from "/static/common.js";
+import { $, $$, api, dateTime, dayLabel, el, hourLabel, num, pct, rate, showZone, svg, time, yieldPct } from "/static/common.js";
 
 const form = $("#scope");
 let shown = null; // the figures on screen, redrawn on resize
@@ -68,7 +68,7 @@ function trendChart(box, rows, changes, per) {
     const a = Date.parse(r.start), b = Date.parse(r.end);
     const x0 = x(a), bw = Math.max(1, x(b) - x0 - 2), cx = x0 + 1 + bw / 2;
     minGap = Math.min(minGap, bw);
-    const tip = `${dateTime(r.start)} – ${hourLabel(new Date(r.end))}: ${num(r.inspections)} inspections, ${num(r.fails)} fails, yield ${pct(r.yield_pct)}`;
+    const tip = `${dateTime(r.start)} – ${hourLabel(new Date(r.end))}: ${num(r.inspections)} inspections, ${num(r.fails)} fails, yield ${yieldPct(r)}`;
     bars.append(svg("rect", { class: "bar-pass", x: x0 + 1, width: bw, y: yC(r.inspections), height: yC(r.fails) - yC(r.inspections) },
                     svg("title", {}, tip)),
                 svg("rect", { class: "bar-fail", x: x0 + 1, width: bw, y: yC(r.fails), height: yC(0) - yC(r.fails) },
@@ -153,7 +153,7 @@ function table(target, head, rows, numeric = []) {
     el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((v, i) => el("td", { class: numeric.includes(i) ? "n" : null }, v))))));
 }
 
-const yieldCell = (r) => (r.yield_pct === null ? "n/a" : pct(r.yield_pct));
+const yieldCell = (r) => yieldPct(r);
 
 function render(s) {
   const f = new FormData(form), per = f.get("per"), rows = s[per];
