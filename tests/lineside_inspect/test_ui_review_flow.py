@@ -134,3 +134,28 @@ def test_a_yield_is_rounded_once() -> None:
             browser.close()
     finally:
         stop()
+
+
+def test_a_part_the_unchanged_gate_passed_says_so_when_stored(box: Running) -> None:
+    """The answer said `reference.unchanged: true`; the stored record said null, and the
+    review page showed the part as the detector's pass (QA review, session 34)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    doc = _send(box, GOLDEN.read_bytes(), recipe="deeppcb-ref", reference="golden",
+                part_id="gated")
+    assert doc["verdict"] == "pass" and doc["reference"]["unchanged"] is True
+    with box.client("reviewer") as c:
+        stored = c.get(f"/v1/inspections/{doc['id']}").json()["reference"]
+    assert (stored["unchanged"], stored["difference"], stored["sha256"]) == (
+        True, doc["reference"]["difference"], doc["reference"]["sha256"])
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = _context(browser).new_page()
+        _sign_in(page, box.url + "/review", "reviewer-secret")
+        page.locator("#filters [name=verdict]").select_option("pass")
+        page.locator("#filters [name=review_state]").select_option("")
+        page.locator("#filters button[type=submit]").click()
+        expect(page.locator(".card")).to_have_count(1)  # the module's only pass
+        page.locator(".card").first.click()
+        expect(page.locator("#d-reasons")).to_contain_text("passed by the unchanged gate")
+        browser.close()

@@ -177,6 +177,12 @@ def _pct(x: float | None, digits: int = 1) -> str:
     return f"{Decimal(x).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)}%"
 
 
+def _yield(fig: dict[str, Any]) -> str:
+    """A figure's yield as the pages show it: from its counts, rounded once (the API's
+    yield_pct is rounded to 2 digits already: 6 of 13 read 46.1%)."""
+    return _pct(100 * fig["passes"] / fig["inspections"]) if fig["inspections"] else "n/a"
+
+
 def _num(n: int) -> str:
     return f"{n:,}"
 
@@ -303,8 +309,8 @@ def test_status_home(shift: Running, tmp_path: Path) -> None:
         expect(top.locator("[data-field=recipe]")).to_contain_text("deeppcb v1-int8")
         with shift.client("reviewer") as c:
             o = c.get("/v1/overview").json()
-        expect(page.locator("#yield-shift [data-field=pct]")).to_have_text(_pct(o["shift"]["yield_pct"]))
-        expect(page.locator("#yield-day [data-field=pct]")).to_have_text(_pct(o["day"]["yield_pct"]))
+        expect(page.locator("#yield-shift [data-field=pct]")).to_have_text(_yield(o["shift"]))
+        expect(page.locator("#yield-day [data-field=pct]")).to_have_text(_yield(o["day"]))
         expect(page.locator("#yield-day [data-field=detail]")).to_contain_text(
             f"{_num(o['day']['passes'])} of {_num(o['day']['inspections'])} passed")
         assert o["day"]["inspections"] > 3000
@@ -313,8 +319,8 @@ def test_status_home(shift: Running, tmp_path: Path) -> None:
             expect(card.locator("[data-field=state]")).to_have_text("● online")
             day = st["day"]
             expect(card.locator("[data-field=day]")).to_contain_text(
-                f"{_pct(day['yield_pct'])} · {_num(day['passes'])} of {_num(day['inspections'])} passed")
-            expect(card.locator("[data-field=shift]")).to_contain_text(_pct(st["shift"]["yield_pct"]))
+                f"{_yield(day)} · {_num(day['passes'])} of {_num(day['inspections'])} passed")
+            expect(card.locator("[data-field=shift]")).to_contain_text(_yield(st["shift"]))
             word = "✔ PASS" if st["last"]["verdict"] == "pass" else "✖ FAIL"
             expect(card.locator("[data-field=last]")).to_contain_text(word)
             # a snapshot fetched again each second, not an endless MJPEG stream: one per
@@ -391,7 +397,7 @@ def test_dashboard(shift: Running, tmp_path: Path) -> None:
         expect(page.locator("#stations tbody tr")).to_have_count(len(s["stations"]))
         top = next(st for st in s["stations"] if st["camera_id"] == "line1-top" and st["recipe"] == "deeppcb")
         expect(page.locator("#stations tbody tr", has_text="line1-top").first).to_contain_text(
-            f"{_num(top['inspections'])}{_num(top['passes'])}{_num(top['fails'])}{_pct(top['yield_pct'])}")
+            f"{_num(top['inspections'])}{_num(top['passes'])}{_num(top['fails'])}{_yield(top)}")
         alice = next(r for r in s["reviewers"] if r["reviewer"] == "alice")
         expect(page.locator("#reviewers tbody tr", has_text="alice")).to_contain_text(_num(alice["reviews"]))
         _shot(page, "dashboard.png", tmp_path, full=True)

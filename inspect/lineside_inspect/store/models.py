@@ -66,6 +66,11 @@ class InspectionRow(Base):
     # (a box's clock may be wrong, or its backlog old); NULL on a box, and on rows a hub
     # received before this column
     received_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+    # a reference model's comparison beyond the golden's name and file: its sha256, the
+    # align_reference shift, the unchanged gate's word and difference ({} keys as
+    # schemas.ReferenceUsed). A part the gate passed read as judged by the detector on the
+    # review page (QA review, session 34); NULL on rows from before
+    reference_check: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # in the order the fleet's merge rule reads them (fleet/review_merge.py): the last one
     # is the current truth, last by its own time, ties to the hub ("box" < "hub"), then id
     reviews: Mapped[list[ReviewRow]] = relationship(
@@ -86,6 +91,7 @@ ADDED_COLUMNS = (
     ("outbox", "channel", "VARCHAR(16)"),
     ("reviews", "origin", "VARCHAR(8)"),
     ("inspections", "received_at", "TIMESTAMP WITH TIME ZONE"),
+    ("inspections", "reference_check", "JSON"),
 )
 # indexes of added columns: (name, table, column), made if missing
 ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),

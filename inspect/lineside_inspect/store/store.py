@@ -171,6 +171,22 @@ MAX_TRUTH_BOXES = 1000
 CONNECT_TIMEOUT_S = 10  # PostgreSQL (libpq's connect_timeout, seconds)
 
 
+CHECKED = ("sha256", "shift", "unchanged", "difference")  # reference_check's keys
+
+
+def reference_check(inspection: Inspection) -> dict[str, Any] | None:
+    """What ``reference_check`` keeps of an inspection's comparison with its golden."""
+    ref, gate, shift = inspection.reference, inspection.gate, inspection.reference_shift
+    if ref is None:
+        return None
+    out: dict[str, Any] = {"sha256": ref.sha256}
+    if shift is not None:
+        out["shift"] = [round(shift[0], 2), round(shift[1], 2)]
+    if gate is not None:  # as InspectionResult says them
+        out["unchanged"], out["difference"] = gate.unchanged, round(gate.score, 2)
+    return out
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -507,6 +523,7 @@ class Store:
             "review_state": "unreviewed", "box_id": self.box_id,
             "site": self.site, "line": self.line,
             "reference_name": None if ref is None else ref.name, "reference_path": ref_rel,
+            "reference_check": reference_check(inspection),
         }
         if self.event_makers:
             fields["events"] = events_for(self.event_makers, inspection)
@@ -651,7 +668,10 @@ class Store:
         """The rows of ``records`` and their outbox events in one transaction; the number
         of events."""
         events = 0
-        rows = [{**{k: v for k, v in r.fields.items() if k != "events"},
+        # (a record journaled by an earlier release has no reference_check: None, as every
+        # row of one multi-row statement names the same columns)
+        rows = [{"reference_check": None,
+                 **{k: v for k, v in r.fields.items() if k != "events"},
                  "created_at": datetime.fromisoformat(r.fields["created_at"])} for r in records]
         with Session(self.engine) as s, s.begin():
             if rows:  # one multi-row statement: a batch costs about what one row does
@@ -1219,10 +1239,13 @@ class Store:
         """``row`` in the HTTP contract: what a verdict was, plus what the store and the
         reviewers added. ``has_image`` says whether this box can serve its image."""
         here = row.box_id is None or row.box_id == self.box_id or self.central_images is not None
-        reference = None if row.reference_path is None and row.reference_name is None else {
-            "name": row.reference_name,
-            "sha256": Path(row.reference_path).stem if row.reference_path else None,
-            "has_image": here and row.reference_path is not None}
+        check = row.reference_check or {}
+        reference = None if row.reference_path is None and row.reference_name is None \
+            and not check else {
+                **{k: check.get(k) for k in CHECKED}, "name": row.reference_name,
+                "sha256": Path(row.reference_path).stem if row.reference_path
+                else check.get("sha256"),
+                "has_image": here and row.reference_path is not None}
         return StoredInspection.model_validate({
             "id": row.id, "created_at": row.created_at, "verdict": row.verdict,
             "reasons": row.reasons, "defects": row.defects,

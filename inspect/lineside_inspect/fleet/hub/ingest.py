@@ -64,6 +64,7 @@ from lineside_inspect.fleet.protocol import (
     FORWARD,
     MAX_CLOCK_AHEAD,
     NAME_PATTERN,
+    SHA256_PATTERN,
     ForwardAck,
     ForwardBatch,
     ForwardedInspection,
@@ -73,7 +74,7 @@ from lineside_inspect.names import BIDI_RE, CONTROL_RE, MAX_CLASS_NAME, scrub_te
 from lineside_inspect.names import MAX_CLASSES as MAX_CARD_CLASSES
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.package import MAX_DETECTIONS
-from lineside_inspect.schemas import StoredInspection
+from lineside_inspect.schemas import ReferenceUsed, StoredInspection
 from lineside_inspect.server.deps import Principal, require
 from lineside_inspect.server.responses import errors
 from lineside_inspect.store.models import InspectionRow, labels_column
@@ -379,7 +380,7 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
         if item.image_ext is not None else None,
         "width": rec.width, "height": rec.height, "image_bytes": len(image or b""),
         "reference_name": _in_order(ref.name) if ref is not None else None,
-        "reference_path": ref_key,
+        "reference_path": ref_key, "reference_check": _reference_check(ref),
         # what the reviews the hub holds say, never what the record claims: a box's
         # "confirmed" with no review made its detections reviewed truth for data pull
         # (review, session 34); the box's reviews come up after it (fleet/review_merge.py)
@@ -390,6 +391,23 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
         if v is not None and len(v) > width:
             raise RecordError(f"item seq {item.seq}: {column} is over {width} characters")
     return _Prepared(InspectionRow(**values), image, reference)
+
+
+def _reference_check(ref: ReferenceUsed | None) -> dict[str, Any] | None:
+    """The box's comparison with its golden (store.reference_check), finite numbers only:
+    a JSON column takes no NaN."""
+    if ref is None:
+        return None
+    out: dict[str, Any] = {}
+    if ref.sha256 is not None and re.fullmatch(SHA256_PATTERN, ref.sha256):
+        out["sha256"] = ref.sha256
+    if ref.shift is not None and all(math.isfinite(v) for v in ref.shift):
+        out["shift"] = [float(v) for v in ref.shift]
+    if ref.unchanged is not None:
+        out["unchanged"] = bool(ref.unchanged)
+    if ref.difference is not None and math.isfinite(ref.difference):
+        out["difference"] = float(ref.difference)
+    return out or None
 
 
 def _in_order(value: str | None) -> str | None:

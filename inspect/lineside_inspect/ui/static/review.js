@@ -217,7 +217,11 @@ function render() {
   $("#d-meta").replaceChildren(...(ON_HUB && o.box_id ? ["box ", b(o.box_id), " · "] : []), b(o.camera_id || "upload"), " · part ", b(o.part_id || "-"), " · ", b(o.recipe.name),
     " v", b(o.recipe.version), " · model ", b(o.model.name), ":", b(o.model.version), ...ref, ` · ${dateTime(o.created_at)} · ${o.review_state}`);
   // why it failed, as judged (an anomaly model's reason carries its image score)
-  $("#d-reasons").textContent = o.reasons.map((r) => r.message).join(" · ");
+  // a part the unchanged gate passed was never seen by the detector: said, for a reviewer
+  // hunting escapes (it read as the detector's pass; QA review, session 34)
+  const gate = o.reference && o.reference.unchanged
+    ? [`passed by the unchanged gate: the frame matched its golden image everywhere (difference ${Number(o.reference.difference).toFixed(1)}), the detector did not run`] : [];
+  $("#d-reasons").textContent = [...o.reasons.map((r) => r.message), ...gate].join(" · ");
   const truth = truthOf(o);
   $("#d-defects").replaceChildren(...truth.map((d, i) => {
     const li = el("li", { class: i === state.box ? "sel" : "", tabindex: 0 },
