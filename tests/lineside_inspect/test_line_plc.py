@@ -887,6 +887,14 @@ def test_camera_loss_fails_with_error_code(line: Line) -> None:
             await expect(shown.locator("[data-field=code]")).to_have_class("fail")
             await expect(shown.locator("[data-field=failed]")).to_have_text(
                 str(int(sum(counted.values()))), timeout=WAIT_S * 1000)
+            # and its station card: it read only "Last verdict" and the yield, where its
+            # parts without a verdict have no place (QA review, session 34)
+            card = shown.page.locator('.station[data-camera="flaky"] [data-field=plc]')
+            await expect(card).to_contain_text("✖ ErrorCode 1 (camera_offline)",
+                                               timeout=WAIT_S * 1000)
+            await expect(card).to_contain_text(
+                f"{int(sum(counted.values()))} part(s) without a verdict since start")
+            await expect(card).to_have_class("fail")
             with line.srv.client("reviewer") as cl:
                 overview = cl.get("/v1/overview").json()
             flaky = next(s for s in overview["plc"]["stations"] if s["id"] == "flaky")

@@ -128,11 +128,15 @@ def _station_cards(request: Request) -> str:
     from ``GET /v1/overview``."""
     manager = request.app.state.cameras
     cards = []
+    # with a PLC handshake, each station's fault and its parts without a verdict on its
+    # card: it read "Last verdict: PASS" while the PLC failed every part with ErrorCode 7
+    # (QA review, session 34)
+    plc = (("plc", "PLC handshake"),) if page_data.plc_status(request) is not None else ()
     for h in manager.health() if manager is not None else []:
         cid = escape(str(h["id"]))
         url = escape(f"/v1/cameras/{quote(str(h['id']), safe='')}/snapshot")
         fields = "".join(f'<dt>{escape(title)}</dt><dd data-field="{key}">…</dd>'
-                         for key, title in STATION_FIELDS)
+                         for key, title in (*STATION_FIELDS, *plc))
         cards.append(f'<article class="station" data-camera="{cid}"><h3>{cid} '
                      f'<span class="state" data-field="state">{escape(str(h["state"]))}</span></h3>'
                      f'<div class="live"><img data-snapshot="{url}" alt="camera {cid} now, the '

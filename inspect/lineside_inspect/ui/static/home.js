@@ -24,7 +24,7 @@ function fillKpi(id, fig, since) {
   setField(box, "detail", detail + (since ? ` · since ${since}` : ""));
 }
 
-function fillStation(card, st) {
+function fillStation(card, st, handshake) {
   const s = st.camera.state;
   setField(card, "state", STATE_MARK[s] || s).className = "state " + stateClass(s);
   card.classList.toggle("down", s !== "online");
@@ -43,6 +43,14 @@ function fillStation(card, st) {
     setField(card, key, el("b", {}, big), detail ? ` · ${detail}` : "");
   }
   setField(card, "fps", `${st.camera.fps} fps · ${st.camera.mode}`);
+  // the PLC's word on its parts: a fault in force fails every part with its code, and
+  // those parts have no verdict (nor a place in the yield above)
+  const h = handshake;
+  if (h) {
+    const lost = h.failed_parts ? ` · ${num(h.failed_parts)} part(s) without a verdict since start` : "";
+    const f = setField(card, "plc", h.error_code ? `✖ ErrorCode ${h.error_code} (${h.error})${lost}` : `no fault${lost}`);
+    if (f) f.className = h.error_code ? "fail" : "";
+  }
 }
 
 // recipes whose fail rate jumped (a new look of good parts, or a run of defects), as
@@ -153,7 +161,8 @@ async function refresh() {
     const byId = new Map(o.stations.map((st) => [st.camera.id, st]));
     for (const card of $$(".station")) {
       const st = byId.get(card.dataset.camera);
-      if (st) fillStation(card, st);
+      const plc = o.plc && o.plc.stations.find((x) => x.id === card.dataset.camera);
+      if (st) fillStation(card, st, plc);
     }
     fillTables(o);
     fillLine(o);
