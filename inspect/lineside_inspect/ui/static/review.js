@@ -426,8 +426,9 @@ document.addEventListener("keydown", (e) => {
   if ((e.key === "Enter" || e.key === " ") && t.matches("button, a, summary, li")) return;
   const key = e.key;
   if (state.open) {
-    if ((state.loading || state.saving) && /^[cfdlbr1-9]$/.test(key)) {
+    if ((state.loading || state.saving) && /^[cfl]$/.test(key)) {
       // a review key before the part asked for is on screen would act on the one before
+      // (d and a class key set up the next box, which is drawn once the part shows)
       e.preventDefault(); say("wait: the part is still loading or saving"); return;
     }
     const handled = { Escape: back, c: () => review({ action: "confirm" }), f: () => review({ action: "false_reject" }),
