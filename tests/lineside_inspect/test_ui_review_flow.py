@@ -159,3 +159,33 @@ def test_a_part_the_unchanged_gate_passed_says_so_when_stored(box: Running) -> N
         page.locator(".card").first.click()
         expect(page.locator("#d-reasons")).to_contain_text("passed by the unchanged gate")
         browser.close()
+
+
+def test_d_while_the_next_part_loads_keeps_the_draw_form_focused() -> None:
+    """d pressed while the next part loads sets up its box and focuses the form; the part
+    then showing took the focus to its title, and the box typed next went to the page's
+    keys (digits a class, 0 zoom, Esc out of the part; review, session 34)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    running, stop = start_server(keyed(store_pass_rate=1.0))
+    try:
+        for i in range(2):
+            _send(running, (SAMPLE / "group13000" / f"1300000{i}_test.jpg").read_bytes())
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = _context(browser).new_page()
+            _sign_in(page, running.url + "/review", "reviewer-secret")
+            expect(page.locator(".card")).to_have_count(2)
+            page.keyboard.press("Enter")
+            expect(page.locator("#detail")).to_be_visible()
+            first = page.locator("#d-title").inner_text()
+            page.route(re.compile(r".*/v1/inspections/[0-9a-f]{32}$"),
+                       lambda route: (time.sleep(0.4), route.continue_()))
+            page.keyboard.press("j")
+            page.keyboard.press("d")  # sets up the next part's box
+            expect(page.locator("#draw-form")).to_be_visible()
+            expect(page.locator("#d-title")).not_to_have_text(first)
+            expect(page.locator("#draw-form [name=x1]")).to_be_focused()
+            browser.close()
+    finally:
+        stop()

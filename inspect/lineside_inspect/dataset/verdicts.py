@@ -123,7 +123,7 @@ def import_mvtec(src: Path) -> Draft:
         if len(inner.parts) == 3 and inner.parts[0].lower() in MASK_FOLDERS:
             stem = inner.stem[:-5] if inner.stem.lower().endswith("_mask") else inner.stem
             masks.setdefault((inner.parts[1].lower(), stem.lower()), []).append(path)
-        elif len(inner.parts) == 4 and inner.parts[0].lower() in MASK_FOLDERS:
+        elif len(inner.parts) >= 4 and inner.parts[0].lower() in MASK_FOLDERS:
             masks.setdefault((inner.parts[1].lower(), inner.parts[2].lower()), []).append(path)
         else:
             pictures.append((inner, path))

@@ -45,6 +45,7 @@ from lineside_inspect.errors import (
 )
 from lineside_inspect.imageio import IMAGE_SUFFIXES, decode_image, header_size, sniff_format
 from lineside_inspect.names import NAME_RULE, Name, is_name
+from lineside_inspect.store.models import reviewed_verdict
 
 if TYPE_CHECKING:
     from lineside_inspect.store import Store
@@ -253,13 +254,12 @@ def from_store(store: Store, *, ids: list[str] | None = None, since: datetime | 
             if ids is not None:
                 raise
             continue  # a pass whose image was not kept, or another box's
-        last = row.reviews[-1] if row.reviews else None
-        truth = last.boxes if last is not None else row.defects
+        truth = row.reviews[-1].boxes if row.reviews else row.defects
         boxes = [GoldenBox(label=b["label"], box=tuple(b["box"])) for b in truth]
         # a fail confirmed with no box (not the golden's view, an anomaly without a region)
         # must fail, its boxes unknown: it was taken as a part that must pass (QA review, 34)
-        confirmed_unboxed = row.verdict == "fail" and last is not None \
-            and last.action == "confirm" and not boxes
+        confirmed_unboxed = not boxes and reviewed_verdict(
+            row.verdict, [(r.action, r.boxes) for r in row.reviews]) == "fail"
         out.append(candidate(data, expected="fail" if boxes or confirmed_unboxed else "pass",
                              boxes=None if confirmed_unboxed else boxes,
                              source=f"inspection {row.id} ({row.review_state})", reference=ref))

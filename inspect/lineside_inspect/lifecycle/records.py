@@ -20,6 +20,7 @@ from lineside_inspect.store.models import (
     InspectionRow,
     ShadowResultRow,
     ShadowRunRow,
+    reviewed_verdict,
 )
 
 if TYPE_CHECKING:
@@ -249,7 +250,8 @@ class Records:
                     InspectionRow.review_state != "unreviewed")
                     .options(selectinload(InspectionRow.reviews))).all()
                 for r in rows:
-                    out[r.id] = "fail" if r.reviews and r.reviews[-1].boxes else "pass"
+                    out[r.id] = reviewed_verdict(
+                        r.verdict, [(v.action, v.boxes) for v in r.reviews]) or "pass"
         return out
 
     def verdict_counts(self, *, model: str, version: str, recipe: str | None,
@@ -285,4 +287,5 @@ class Records:
                 InspectionRow.created_at >= since, InspectionRow.verdict == "fail",
                 InspectionRow.review_state != "unreviewed")
                 .options(selectinload(InspectionRow.reviews))).all()
-            return sum(1 for r in rows if r.reviews and not r.reviews[-1].boxes)
+            return sum(1 for r in rows if reviewed_verdict(
+                r.verdict, [(v.action, v.boxes) for v in r.reviews]) == "pass")

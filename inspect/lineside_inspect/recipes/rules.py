@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -86,17 +87,31 @@ def _placed(detections: Detections, recipe: Recipe) -> Detections:
     return detections[keep]
 
 
-def _union_area(rects: np.ndarray) -> float:
-    """The area of the union of ``rects`` (N x 4, x1 y1 x2 y2): on the grid of their own
-    edges, each cell counted once however many rectangles hold it."""
-    if len(rects) == 0:
+COVER_GRID = 256  # cells a side, at most: a region's coverage measured on a grid
+
+
+def _covered_share(region: np.ndarray, rects: np.ndarray) -> float:
+    """The share of ``region`` (x1 y1 x2 y2) the union of ``rects`` (N x 4) covers: the
+    cells of a grid over it (a pixel each, at most COVER_GRID a side) whose centre one of
+    them holds, two rectangles on one place counted once. O(N + grid): an exact union
+    of rectangles' edges took 1 s and 560 MB for 400 boxes (review, session 34)."""
+    x1, y1, x2, y2 = (float(v) for v in region)
+    w, h = x2 - x1, y2 - y1
+    if not (w > 0 and h > 0) or len(rects) == 0:
         return 0.0
-    xs, ys = np.unique(rects[:, [0, 2]]), np.unique(rects[:, [1, 3]])
-    cx, cy = (xs[:-1] + xs[1:]) / 2, (ys[:-1] + ys[1:]) / 2  # cell centres
-    inside = ((cx[None, :, None] > rects[:, None, None, 0]) & (cx[None, :, None] < rects[:, None, None, 2])
-              & (cy[None, None, :] > rects[:, None, None, 1]) & (cy[None, None, :] < rects[:, None, None, 3]))
-    held = inside.any(axis=0)
-    return float((np.diff(xs)[:, None] * np.diff(ys)[None, :])[held].sum())
+    gw, gh = min(COVER_GRID, max(1, math.ceil(w))), min(COVER_GRID, max(1, math.ceil(h)))
+    # the cells whose centre (i + 0.5) lies inside each rectangle: [first, end)
+    first_x = np.ceil((rects[:, 0] - x1) / w * gw - 0.5).clip(0, gw).astype(np.int64)
+    end_x = (np.floor((rects[:, 2] - x1) / w * gw - 0.5) + 1).clip(0, gw).astype(np.int64)
+    first_y = np.ceil((rects[:, 1] - y1) / h * gh - 0.5).clip(0, gh).astype(np.int64)
+    end_y = (np.floor((rects[:, 3] - y1) / h * gh - 0.5) + 1).clip(0, gh).astype(np.int64)
+    keep = (end_x > first_x) & (end_y > first_y)
+    diff = np.zeros((gh + 1, gw + 1), np.int64)
+    for ys, xs, sign in ((first_y, first_x, 1), (first_y, end_x, -1), (end_y, first_x, -1),
+                         (end_y, end_x, 1)):
+        np.add.at(diff, (ys[keep], xs[keep]), sign)
+    held = diff.cumsum(axis=0).cumsum(axis=1)[:gh, :gw] > 0
+    return float(held.mean())
 
 
 def _covered(regions: Detections, defects: Detections, share: float = 0.5) -> np.ndarray:
@@ -108,12 +123,11 @@ def _covered(regions: Detections, defects: Detections, share: float = 0.5) -> np
     out = np.zeros(len(regions), dtype=bool)
     if len(regions) == 0 or len(defects) == 0:
         return out
+    boxes = defects.xyxy.astype(np.float64)
     for i, r in enumerate(regions.xyxy.astype(np.float64)):
-        clipped = np.concatenate([np.maximum(defects.xyxy[:, :2], r[:2]),
-                                  np.minimum(defects.xyxy[:, 2:], r[2:])], axis=1)
-        clipped = clipped[(clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])]
-        area = max(float((r[2] - r[0]) * (r[3] - r[1])), 1e-6)
-        out[i] = _union_area(clipped) / area >= share
+        touching = boxes[(boxes[:, 2] > r[0]) & (boxes[:, 0] < r[2])
+                         & (boxes[:, 3] > r[1]) & (boxes[:, 1] < r[3])]
+        out[i] = _covered_share(r, touching) >= share
     return out
 
 

@@ -12,7 +12,7 @@ reviewable).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -121,6 +121,25 @@ class ReviewRow(Base):
     # SQLite gave the id of a review retention removed to the next one, which every box
     # past it then skipped (review, session 34); store.py rebuilds an older table so
     __table_args__ = ({"sqlite_autoincrement": True},)
+
+
+def reviewed_verdict(verdict: str, reviews: Sequence[tuple[str, list[Any]]]) -> str | None:
+    """The verdict the reviews (``(action, boxes)``, oldest first) say a part deserved:
+    "fail" when the truth after the last has a defect, or when a fail was confirmed with
+    no box (a frame not of the golden's view, an anomaly with no region: the reviewer
+    agreed the part is bad, with nothing to box) and nobody called it a false reject;
+    "pass" otherwise; None unreviewed. A confirmed box-less fail counted as a false reject
+    (dashboard, rollout watch), a good image (data pull) and a part that must pass
+    (golden sets); review, session 34."""
+    if not reviews:
+        return None
+    action, boxes = reviews[-1]
+    if boxes:
+        return "fail"
+    if verdict == "fail" and action == "confirm" \
+            and not any(a == "false_reject" for a, _ in reviews):
+        return "fail"
+    return "pass"
 
 
 # oldest first; the last is the current one (NULL origins first on every backend)

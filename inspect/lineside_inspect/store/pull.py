@@ -34,6 +34,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.names import is_name
 from lineside_inspect.schemas import InspectionPage
+from lineside_inspect.store.models import reviewed_verdict
 from lineside_inspect.store.store import REFS_DIR, Store
 
 log = logging.getLogger("lineside.store")
@@ -66,9 +67,8 @@ def unboxed_fail(item: dict[str, Any]) -> bool:
     """A fail its last review confirmed with no defect box (a frame not of the golden's
     view, an anomaly with no region): not a good part, and nothing a detector can learn
     from. Pulled, it became a good image of the set (QA review, session 34)."""
-    last = item["reviews"][-1] if item["reviews"] else None
-    return item["verdict"] == "fail" and last is not None and last["action"] == "confirm" \
-        and not last["boxes"]
+    reviews = [(r["action"], r["boxes"]) for r in item["reviews"]]
+    return not (reviews and reviews[-1][1]) and reviewed_verdict(item["verdict"], reviews) == "fail"
 
 
 UNBOXED = ("confirmed fail with no defect box: not a good part, nothing to train on (draw "

@@ -203,17 +203,22 @@ def review_quality(s: Session, since: datetime, until: datetime,
     missed = exists().where(ReviewRow.inspection_id == InspectionRow.id,
                             ReviewRow.action == "missed_defect")
     final = ReviewRow.__table__.alias("final")
-    rows = s.execute(select(InspectionRow.verdict, final.c.boxes, missed, final.c.action)
+    flagged = exists().where(ReviewRow.inspection_id == InspectionRow.id,
+                             ReviewRow.action == "false_reject")
+    rows = s.execute(select(InspectionRow.verdict, final.c.boxes, missed, final.c.action,
+                            flagged)
                      .join(last, last.c.inspection_id == InspectionRow.id)
                      .join(final, final.c.id == last.c.rid)
                      .where(InspectionRow.created_at >= since, InspectionRow.created_at < until,
                             *conds)).all()
-    fails = [(boxes, action) for verdict, boxes, _, action in rows if verdict == "fail"]
-    passes = [(boxes, was_missed) for verdict, boxes, was_missed, _ in rows if verdict == "pass"]
-    # a fail confirmed with no box (a frame not of the golden's view, an anomaly with no
-    # region) is a fail the reviewer agreed with, not a false reject (QA review, 34)
-    false_rejects = sum(1 for boxes, action in fails
-                        if action == "false_reject" or (not boxes and action != "confirm"))
+    fails = [(boxes, action, was_flagged) for verdict, boxes, _, action, was_flagged in rows
+             if verdict == "fail"]
+    passes = [(boxes, was_missed) for verdict, boxes, was_missed, _, _ in rows if verdict == "pass"]
+    # models.reviewed_verdict's rule: a fail confirmed with no box (a frame not of the
+    # golden's view, an anomaly with no region), never called a false reject, is a fail
+    # the reviewer agreed with (QA review, session 34)
+    false_rejects = sum(1 for boxes, action, was_flagged in fails
+                        if not boxes and (action != "confirm" or was_flagged))
     escapes = sum(1 for boxes, was_missed in passes if was_missed and boxes)
     return {"reviewed_fails": len(fails), "false_rejects": false_rejects,
             "false_reject_rate": false_rejects / len(fails) if fails else None,

@@ -373,26 +373,51 @@ class Store:
             return
         table = Base.metadata.tables[ReviewRow.__tablename__]
         cols = ", ".join(c.name for c in table.columns)
+        but_id = ", ".join(c.name for c in table.columns if c.name != "id")
         old = "reviews_before_autoincrement"
         raw = self.engine.raw_connection()
         db = raw.driver_connection
         assert db is not None
         level = db.isolation_level
         db.isolation_level = None  # autocommit: BEGIN and COMMIT are this code's own
+
+        def needed() -> bool:
+            made = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' "
+                              "AND name = 'reviews'").fetchone()
+            left = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                              "AND name = ?", (old,)).fetchone()
+            return made is None or "AUTOINCREMENT" not in str(made[0]).upper() or bool(left)
+
         try:
-            db.execute("BEGIN IMMEDIATE")
+            # a plain read first: a start with nothing to rebuild takes no write lock
+            if not needed():
+                return
             try:
-                made = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' "
-                                  "AND name = 'reviews'").fetchone()
-                left = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                                  "AND name = ?", (old,)).fetchone()
-                if made is not None and "AUTOINCREMENT" in str(made[0]).upper() and not left:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:  # another process holds the write lock
+                raise ConfigError(f"store: the reviews table could not be rebuilt (ids that "
+                                  f"never go back): {exc}; nothing was changed, start again "
+                                  "once the database is free") from None
+            try:
+                if not needed():  # another process did it meanwhile
                     db.execute("ROLLBACK")
                     return
-                top = 0
-                if left:  # a rebuild an earlier release began and did not end: its rows
-                    db.execute(f"INSERT OR IGNORE INTO reviews ({cols}) SELECT {cols} FROM {old}")
+                if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                              (old,)).fetchone():
+                    # a rebuild an earlier release began and did not end: its rows back, a
+                    # row whose id the new table gave again under a new id (none dropped)
+                    db.execute(f"CREATE TEMP TABLE lineside_reused AS SELECT id FROM {old} "
+                               "WHERE id IN (SELECT id FROM reviews)")
+                    moved = db.execute("SELECT count(*) FROM lineside_reused").fetchone()[0]
+                    db.execute(f"INSERT INTO reviews ({cols}) SELECT {cols} FROM {old} "
+                               "WHERE id NOT IN (SELECT id FROM lineside_reused)")
+                    db.execute(f"INSERT INTO reviews ({but_id}) SELECT {but_id} FROM {old} "
+                               "WHERE id IN (SELECT id FROM lineside_reused) ORDER BY id")
+                    db.execute("DROP TABLE lineside_reused")
                     db.execute(f"DROP TABLE {old}")
+                    if moved:
+                        log.warning("store: %d review(s) of an unfinished rebuild took new "
+                                    "ids (theirs had been given again)", moved)
                 else:
                     db.execute(f"ALTER TABLE reviews RENAME TO {old}")
                     for index in table.indexes:  # they went with the old table

@@ -184,7 +184,8 @@ async function openId(id) {
   state.shadow = null;
   render(); fit();
   // the part opened takes the focus: the card pressed is hidden, and focus fell to <body>
-  $("#d-title").focus({ preventScroll: true });
+  // (not from a box being drawn: d pressed while the part loaded focused its form)
+  if (!state.drawing) $("#d-title").focus({ preventScroll: true });
   loadShadow(id);
 }
 
@@ -220,7 +221,7 @@ function render() {
   // a part the unchanged gate passed was never seen by the detector: said, for a reviewer
   // hunting escapes (it read as the detector's pass; QA review, session 34)
   const gate = o.reference && o.reference.unchanged
-    ? [`passed by the unchanged gate: the frame matched its golden image everywhere (difference ${Number(o.reference.difference).toFixed(1)}), the detector did not run`] : [];
+    ? [`passed by the unchanged gate: the frame matched its golden image everywhere${o.reference.difference === null || o.reference.difference === undefined ? "" : ` (difference ${Number(o.reference.difference).toFixed(1)})`}, the detector did not run`] : [];
   $("#d-reasons").textContent = [...o.reasons.map((r) => r.message), ...gate].join(" · ");
   const truth = truthOf(o);
   $("#d-defects").replaceChildren(...truth.map((d, i) => {

@@ -1,0 +1,99 @@
+"""One rule for what the reviews say a part deserved (store.models.reviewed_verdict),
+used by the dashboard, data pull, golden sets, the rollout watch and the shadow report,
+and the review table's rebuild finishing an earlier half-done one (session 34's
+reviews of its own changes)."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from lineside_inspect.lifecycle.golden import from_store
+from lineside_inspect.lifecycle.records import Records
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.runtime.types import Detections
+from lineside_inspect.store import Store
+from lineside_inspect.store.models import Base, ReviewRow
+from lineside_inspect.store.pull import unboxed_fail
+
+from .conftest import MODEL
+from .test_store import OLD_REVIEWS, _inspection
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return Detector(MODEL, device="cpu", threads=1)
+
+
+def test_a_confirmed_fail_without_a_box_is_no_false_reject_for_the_rollout_watch(
+        tmp_path: Path, detector: Detector) -> None:
+    """A fail with no box (not the golden's view) a reviewer confirmed counted as a false
+    reject toward a rollout watch's bound (which rolls a promoted model back) and as a
+    pass in the shadow report's reviewed truth."""
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    with Store(tmp_path, pass_rate=1.0) as store:
+        records = Records(store)
+        m = _inspection(detector, "fail")
+        m.defects = Detections.empty(m.defects.class_names)
+        store.save(m)
+        store.review(m.id, reviewer="qa", action="confirm")
+        card = m.detector.card
+        assert records.reviewed_truth([m.id])[m.id] == "fail"
+        assert records.false_rejects(model=card.name, version=card.version, since=started) == 0
+
+
+def test_a_false_reject_someone_then_confirms_stays_a_good_part(
+        tmp_path: Path, detector: Detector) -> None:
+    """A confirm keeps the truth: after a false_reject (no defect), a second reviewer's
+    confirm of what the page shows (0 defects) made the good part a confirmed fail."""
+    with Store(tmp_path, pass_rate=1.0) as store:
+        records = Records(store)
+        m = _inspection(detector, "fail")
+        store.save(m)
+        store.review(m.id, reviewer="qa1", action="false_reject")
+        store.review(m.id, reviewer="qa2", action="confirm")
+        item = store.record(store.get(m.id)).model_dump(mode="json")
+        candidates, _ = from_store(store, ids=[m.id])
+        card = m.detector.card
+        assert not unboxed_fail(item) and candidates[0].item.expected == "pass"
+        assert records.reviewed_truth([m.id])[m.id] == "pass"
+        assert records.false_rejects(model=card.name, version=card.version,
+                                     since=datetime.now(UTC) - timedelta(hours=1)) == 1
+
+
+def test_finishing_a_half_done_rebuild_drops_no_review(tmp_path: Path, detector: Detector) -> None:
+    """A half-done rebuild left the reviews in reviews_before_autoincrement and an empty
+    new table, whose next reviews took ids 1.. again: finishing it with INSERT OR IGNORE
+    dropped every old review whose id had been given again."""
+    a, b = _inspection(detector, "fail"), _inspection(detector, "fail")
+    with Store(tmp_path, pass_rate=0.0) as store:
+        store.save(a)
+        store.save(b)
+        store.review(a.id, reviewer="qa", action="confirm", note="old-1")
+        store.review(a.id, reviewer="qa", action="false_reject", note="old-2")
+    db = sqlite3.connect(tmp_path / "lineside.db")
+    rows = db.execute("SELECT * FROM reviews").fetchall()
+    db.executescript("DROP TABLE reviews; " + OLD_REVIEWS + ";")
+    db.executemany(f"INSERT INTO reviews VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    db.executescript("ALTER TABLE reviews RENAME TO reviews_before_autoincrement; "
+                     "DROP INDEX IF EXISTS ix_reviews_inspection_id;")
+    db.commit()
+    db.close()
+    engine = create_engine(f"sqlite:///{tmp_path / 'lineside.db'}")  # the new, empty table
+    Base.metadata.create_all(engine, tables=[Base.metadata.tables[ReviewRow.__tablename__]])
+    engine.dispose()
+    db = sqlite3.connect(tmp_path / "lineside.db")
+    db.execute("INSERT INTO reviews (inspection_id, created_at, reviewer, action, boxes, note, "
+               "origin) VALUES (?, '2026-01-01 00:00:00.000000', 'qa', 'false_reject', '[]', "
+               "'new-1', 'box')", (b.id,))
+    db.commit()
+    assert db.execute("SELECT id FROM reviews").fetchall() == [(rows[0][0],)]  # given again
+    db.close()
+    with Store(tmp_path, pass_rate=0.0) as store:
+        notes = sorted(r.note for i in (a.id, b.id) for r in store.get(i).reviews)
+        ids = sorted(r.id for i in (a.id, b.id) for r in store.get(i).reviews)
+    assert notes == ["new-1", "old-1", "old-2"] and len(set(ids)) == 3
