@@ -154,3 +154,27 @@ def test_good_parts_named_mask_are_good_parts(tmp_path: Path) -> None:
         cv2.imwrite(str(src / rel), _texture(1))
     ds, _ = import_dataset("good", src, tmp_path / "out")
     assert sorted(r.file_name for r in ds.images) == ["batch1/pcb7_solder_mask.png", "masks/0001.png"]
+
+
+def test_an_mvtec_ad_2_category(tmp_path: Path) -> None:
+    """MVTec AD 2 keeps its labelled test set in test_public/ (masks in its ground_truth/)
+    and unlabelled ones in test_private*/: every image was a problem (session 34)."""
+    cat = tmp_path / "can"
+    for rel, seed in (("train/good/000.png", 0), ("validation/good/000.png", 1),
+                      ("test_public/good/000.png", 2), ("test_public/bad/000.png", 3),
+                      ("test_private/000.png", 4), ("test_private_mixed/000.png", 5)):
+        (cat / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(cat / rel), _texture(seed))
+    mask = np.zeros((95, 250), np.uint8)
+    mask[30:40, 100:140] = 255
+    (cat / "test_public" / "ground_truth" / "bad").mkdir(parents=True)
+    cv2.imwrite(str(cat / "test_public" / "ground_truth" / "bad" / "000_mask.png"), mask)
+    ds, problems = import_dataset("mvtec", cat, tmp_path / "out")
+    assert problems == []
+    got = {r.file_name: (r.split, [b.xyxy() for b in r.boxes]) for r in read_dataset(tmp_path / "out").images}
+    assert got == {"train/good/000.png": ("train", []), "validation/good/000.png": ("val", []),
+                   "test_public/good/000.png": ("test", []),
+                   "test_public/bad/000.png": ("test", [(100, 30, 140, 40)])}
+    assert "2 unlabelled image(s) of test_private*/ left out" in ds.info["layout"]
+    with pytest.raises(DatasetError, match="not all its images are good parts"):
+        import_dataset("good", cat, tmp_path / "out2")

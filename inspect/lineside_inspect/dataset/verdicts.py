@@ -26,6 +26,15 @@ DEFECT_FOLDERS = frozenset({"ng", "nok", "bad", "defect", "defects", "defective"
                             "anomalies", "anomalous", "abnormal", "reject", "rejects", "fail"})
 MASK_FOLDERS = frozenset({"ground_truth", "groundtruth", "gt", "mask", "masks"})
 MIN_REGION_PX = 4  # a mask's speck under this is the mask tool's, not a defect
+# MVTec AD 2: its labelled test set, and its unlabelled ones (left out, said once)
+LABELLED_TEST = frozenset({"test_public"})
+UNLABELLED_TEST = ("test_private",)  # test_private/, test_private_mixed/
+
+
+def _split_of(folder: str) -> str | None:
+    """The split a category's top folder names: train, val or test (MVTec AD 2's
+    ``test_public`` too)."""
+    return "test" if folder.lower() in LABELLED_TEST else subset_of(folder)
 
 Draft = tuple[Dataset, list[Problem]]
 
@@ -60,10 +69,11 @@ def not_good_only(src: Path, rels: list[PurePosixPath]) -> str | None:
 def _category_root(src: Path, rels: list[PurePosixPath]) -> PurePosixPath:
     """Where ``train/`` and ``test/`` sit: ``src`` itself (one category), refusing a
     folder of several categories (each is a product of its own)."""
-    if any(r.parts[0].lower() in ("train", "test") for r in rels if len(r.parts) > 1):
+    tops = ("train", "test", *LABELLED_TEST)
+    if any(r.parts[0].lower() in tops for r in rels if len(r.parts) > 1):
         return PurePosixPath(".")
     categories = sorted({r.parts[0] for r in rels if len(r.parts) > 2
-                         and r.parts[1].lower() in ("train", "test")})
+                         and r.parts[1].lower() in tops})
     if len(categories) == 1:
         return PurePosixPath(categories[0])
     if categories:
@@ -104,7 +114,9 @@ def import_mvtec(src: Path) -> Draft:
     """One MVTec AD category (any case): ``train/good/`` (split train), ``test/good/``
     (split test) and ``test/<defect>/`` boxed from ``ground_truth/<defect>/<stem>_mask.png``
     (split test, label ``<defect>``); a ``validation/`` (or ``val/``) folder of good images
-    is split val."""
+    is split val. MVTec LOCO's ``ground_truth/<defect>/<stem>/*.png`` and MVTec AD 2's
+    ``test_public/`` (its ``ground_truth/`` inside; ``test_private*/`` left out, said in
+    the layout) are read too."""
     if not src.is_dir():
         raise DatasetError(f"{src}: an MVTec AD set is a folder")
     odd: list[Path] = []
@@ -116,10 +128,18 @@ def import_mvtec(src: Path) -> Draft:
     # file name alone each image took the last image's mask; review, session 34)
     masks: dict[tuple[str, str], list[Path]] = {}
     pictures: list[tuple[PurePosixPath, Path]] = []
+    unlabelled = 0
     for rel, path in zip(rels, files, strict=True):
         if path.suffix.lower() not in IMAGE_SUFFIXES or not rel.is_relative_to(root):
             continue
         inner = rel.relative_to(root)
+        if len(inner.parts) >= 4 and inner.parts[0].lower() in LABELLED_TEST \
+                and inner.parts[1].lower() in MASK_FOLDERS:
+            # MVTec AD 2 keeps its masks inside its test set: test_public/ground_truth/...
+            inner = PurePosixPath(*inner.parts[1:])
+        if inner.parts[0].lower().startswith(UNLABELLED_TEST):
+            unlabelled += 1  # MVTec AD 2's private test sets: no verdicts to learn or judge
+            continue
         if len(inner.parts) == 3 and inner.parts[0].lower() in MASK_FOLDERS:
             stem = inner.stem[:-5] if inner.stem.lower().endswith("_mask") else inner.stem
             masks.setdefault((inner.parts[1].lower(), stem.lower()), []).append(path)
@@ -132,7 +152,7 @@ def import_mvtec(src: Path) -> Draft:
     labels: list[str] = []
     for inner, path in pictures:
         name = inner.as_posix()
-        split = subset_of(inner.parts[0]) if len(inner.parts) == 3 else None
+        split = _split_of(inner.parts[0]) if len(inner.parts) == 3 else None
         verdict = inner.parts[1] if len(inner.parts) == 3 else ""
         if split is None:
             problems.append(Problem(str(path), "", "not in train/<verdict>/, test/<verdict>/ "
@@ -165,5 +185,7 @@ def import_mvtec(src: Path) -> Draft:
     good = sum(r.is_good for r in images)
     layout = (f"MVTec AD{'' if root == PurePosixPath('.') else f' category {root}'}: "
               f"{good} good and {len(images) - good} defective images (boxes from masks), "
-              f"{len(labels)} defect kind(s)")
+              f"{len(labels)} defect kind(s)"
+              + (f"; {unlabelled} unlabelled image(s) of test_private*/ left out"
+                 if unlabelled else ""))
     return Dataset(sorted(labels), images, info={"source": "MVTec AD", "layout": layout}), problems
