@@ -283,3 +283,14 @@ def test_coverage_of_a_region_by_many_boxes_is_linear() -> None:
     half = Detections(strips, np.ones(len(strips)), np.zeros(len(strips), np.int64), ["x"])
     assert _covered(region, half)[0]
     assert not _covered(region, half, share=0.52)[0]
+
+
+def test_coverage_of_a_small_region_is_its_covered_share() -> None:
+    """A pixel a cell misjudged small regions by a cell per box edge: 60% of a 3x3 px
+    region read 33% (review, session 34)."""
+    from lineside_inspect.recipes.rules import _covered_share
+
+    region = np.array([0, 0, 3, 3], float)
+    assert abs(_covered_share(region, np.array([[0.6, 0, 2.4, 3]])) - 0.6) < 0.01
+    assert abs(_covered_share(np.array([0, 0, 2, 2], float), np.array([[0, 0, 1, 1]])) - 0.25) < 0.01
+    assert _covered_share(region, np.array([[0, 0, 3, 3]])) == 1.0

@@ -97,3 +97,37 @@ def test_finishing_a_half_done_rebuild_drops_no_review(tmp_path: Path, detector:
         notes = sorted(r.note for i in (a.id, b.id) for r in store.get(i).reviews)
         ids = sorted(r.id for i in (a.id, b.id) for r in store.get(i).reviews)
     assert notes == ["new-1", "old-1", "old-2"] and len(set(ids)) == 3
+
+
+def test_a_confirmed_pass_with_tolerated_defects_stays_a_pass(tmp_path: Path,
+                                                              detector: Detector) -> None:
+    """A recipe that tolerates defects (max_count) passes a part with boxes; a reviewer
+    confirms it. The dashboard saw no escape, but golden sets and the shadow report took
+    the boxes for a fail (review, session 34)."""
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.imageio import decode_image
+    from lineside_inspect.inspector import inspect
+    from lineside_inspect.recipes.schema import Recipe
+    from lineside_inspect.store.stats import review_quality
+
+    from .test_store import SAMPLE
+
+    raw = next(SAMPLE.rglob("*_test.jpg")).read_bytes()
+    recipe = Recipe(name="r", model="deeppcb", default_min_score=0.0,
+                    max_count={n: 10_000 for n in detector.class_names})
+    m = inspect(decode_image(raw), detector, recipe)
+    m.raw, m.raw_ext = raw, "jpg"
+    assert m.verdict == "pass" and len(m.defects) > 0
+    with Store(tmp_path, pass_rate=1.0) as store:
+        store.save(m)
+        store.review(m.id, reviewer="qa", action="confirm")
+        with Session(store.engine) as s:
+            quality = review_quality(s, datetime.now(UTC) - timedelta(hours=1),
+                                     datetime.now(UTC) + timedelta(hours=1), [])
+        truth = Records(store).reviewed_truth([m.id])[m.id]
+        candidates, _ = from_store(store, ids=[m.id])
+        item = store.record(store.get(m.id)).model_dump(mode="json")
+    assert quality["escapes"] == 0 and truth == "pass"
+    assert candidates[0].item.expected == "pass" and candidates[0].item.boxes
+    assert not unboxed_fail(item)  # data pull keeps it, its boxes as labels

@@ -256,12 +256,13 @@ def from_store(store: Store, *, ids: list[str] | None = None, since: datetime | 
             continue  # a pass whose image was not kept, or another box's
         truth = row.reviews[-1].boxes if row.reviews else row.defects
         boxes = [GoldenBox(label=b["label"], box=tuple(b["box"])) for b in truth]
-        # a fail confirmed with no box (not the golden's view, an anomaly without a region)
-        # must fail, its boxes unknown: it was taken as a part that must pass (QA review, 34)
-        confirmed_unboxed = not boxes and reviewed_verdict(
-            row.verdict, [(r.action, r.boxes) for r in row.reviews]) == "fail"
-        out.append(candidate(data, expected="fail" if boxes or confirmed_unboxed else "pass",
-                             boxes=None if confirmed_unboxed else boxes,
+        # what the reviews say (store.models.reviewed_verdict): a fail confirmed with no box
+        # (not the golden's view) must fail, its boxes unknown; a confirmed pass with the
+        # defects its recipe tolerates must pass (each was taken the other way; reviews, 34)
+        expected = reviewed_verdict(row.verdict, [(r.action, r.boxes) for r in row.reviews]) \
+            or ("fail" if boxes else "pass")
+        out.append(candidate(data, expected=expected,
+                             boxes=None if expected == "fail" and not boxes else boxes,
                              source=f"inspection {row.id} ({row.review_state})", reference=ref))
         classes += [c for c in row.class_names if c not in classes]
     if not out:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -123,9 +123,10 @@ class ReviewRow(Base):
     __table_args__ = ({"sqlite_autoincrement": True},)
 
 
-def reviewed_verdict(verdict: str, reviews: Sequence[tuple[str, list[Any]]]) -> str | None:
+def reviewed_verdict(verdict: str, reviews: Sequence[tuple[str, list[Any]]],
+                     ) -> Literal["pass", "fail"] | None:
     """The verdict the reviews (``(action, boxes)``, oldest first) say a part deserved:
-    "fail" when the truth after the last has a defect, or when a fail was confirmed with
+    for a fail, "fail" when the truth after the last has a defect, or when it was confirmed with
     no box (a frame not of the golden's view, an anomaly with no region: the reviewer
     agreed the part is bad, with nothing to box) and nobody called it a false reject;
     "pass" otherwise; None unreviewed. A confirmed box-less fail counted as a false reject
@@ -134,6 +135,11 @@ def reviewed_verdict(verdict: str, reviews: Sequence[tuple[str, list[Any]]]) -> 
     if not reviews:
         return None
     action, boxes = reviews[-1]
+    if verdict == "pass":
+        # a pass is a fail only where a reviewer drew a defect it missed (the dashboard's
+        # escape): a confirmed pass keeps the defects its recipe tolerates (max_count) as
+        # boxes, and stays a pass (it read as a fail for golden sets and shadows)
+        return "fail" if boxes and any(a == "missed_defect" for a, _ in reviews) else "pass"
     if boxes:
         return "fail"
     if verdict == "fail" and action == "confirm" \

@@ -184,8 +184,10 @@ async function openId(id) {
   state.shadow = null;
   render(); fit();
   // the part opened takes the focus: the card pressed is hidden, and focus fell to <body>
-  // (not from a box being drawn: d pressed while the part loaded focused its form)
-  if (!state.drawing) $("#d-title").focus({ preventScroll: true });
+  // (not from a box being drawn: d pressed while the part loaded set up its form, on the
+  // part shown then: set up again on this one's size, focused)
+  if (state.drawing) startDraw();
+  else $("#d-title").focus({ preventScroll: true });
   loadShadow(id);
 }
 
