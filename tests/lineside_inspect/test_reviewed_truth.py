@@ -21,7 +21,7 @@ from lineside_inspect.store.models import Base, ReviewRow
 from lineside_inspect.store.pull import unboxed_fail
 
 from .conftest import MODEL
-from .test_store import OLD_REVIEWS, _inspection
+from .test_store import _inspection, reviews_as_before
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,7 @@ def test_finishing_a_half_done_rebuild_drops_no_review(tmp_path: Path, detector:
         store.review(a.id, reviewer="qa", action="confirm", note="old-1")
         store.review(a.id, reviewer="qa", action="false_reject", note="old-2")
     db = sqlite3.connect(tmp_path / "lineside.db")
-    rows = db.execute("SELECT * FROM reviews").fetchall()
-    db.executescript("DROP TABLE reviews; " + OLD_REVIEWS + ";")
-    db.executemany(f"INSERT INTO reviews VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    rows = reviews_as_before(db)
     db.executescript("ALTER TABLE reviews RENAME TO reviews_before_autoincrement; "
                      "DROP INDEX IF EXISTS ix_reviews_inspection_id;")
     db.commit()

@@ -171,6 +171,15 @@ OLD_REVIEWS = """CREATE TABLE reviews (
     FOREIGN KEY(inspection_id) REFERENCES inspections (id) ON DELETE CASCADE)"""
 
 
+def reviews_as_before(db: sqlite3.Connection, table: str = OLD_REVIEWS) -> list[tuple[object, ...]]:
+    """The store's reviews table made again as an earlier release made it (``table``),
+    its rows kept; the rows."""
+    rows = db.execute("SELECT * FROM reviews").fetchall()
+    db.executescript("DROP TABLE reviews; " + table + ";")
+    db.executemany(f"INSERT INTO reviews VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    return rows
+
+
 def test_review_ids_never_go_back(tmp_path: Path, detector: Detector) -> None:
     """A hub's review id is its boxes' cursor: SQLite gave the id of the newest review,
     removed with its inspection by retention, to the next review, which every box past it
@@ -196,9 +205,7 @@ def test_review_ids_never_go_back(tmp_path: Path, detector: Detector) -> None:
         store.save(old)
         store.review(old.id, reviewer="qa", action="confirm", note="kept")
     db = sqlite3.connect(tmp_path / "before" / "lineside.db")
-    rows = db.execute("SELECT * FROM reviews").fetchall()
-    db.executescript("DROP TABLE reviews; " + OLD_REVIEWS + ";")
-    db.executemany(f"INSERT INTO reviews VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    rows = reviews_as_before(db)
     db.commit()
     db.close()
     with Store(tmp_path / "before", pass_rate=0.0) as store:
@@ -227,10 +234,8 @@ def test_a_failed_review_table_rebuild_loses_no_review(tmp_path: Path, detector:
         store.save(old)
         store.review(old.id, reviewer="qa", action="confirm", note="kept")
     db = sqlite3.connect(tmp_path / "lineside.db")
-    rows = db.execute("SELECT * FROM reviews").fetchall()
-    loose = OLD_REVIEWS.replace("note TEXT NOT NULL", "note TEXT")  # lets the copy fail
-    db.executescript("DROP TABLE reviews; " + loose + ";")
-    db.executemany(f"INSERT INTO reviews VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    # a note that may be NULL lets the copy fail
+    reviews_as_before(db, OLD_REVIEWS.replace("note TEXT NOT NULL", "note TEXT"))
     db.execute("INSERT INTO reviews (id, inspection_id, created_at, reviewer, action, boxes, "
                "note) SELECT 7, inspection_id, created_at, 'x', 'confirm', '[]', NULL FROM reviews")
     db.commit()

@@ -94,6 +94,14 @@ def test_a_confirmed_fail_without_a_box_is_neither_a_false_reject_nor_a_good_par
     _ok, buf = cv2.imencode(".jpg", cv2.rotate(cv2.imread(str(GOLDEN)), cv2.ROTATE_180))
     doc = _send(box, buf.tobytes(), recipe="deeppcb-ref", reference="golden")
     assert doc["verdict"] == "fail" and [r["rule"] for r in doc["reasons"]] == ["reference_mismatch"]
+    with sync_playwright() as p:  # its card says why it failed: no box does
+        browser = _browser(p)
+        page = _context(browser).new_page()
+        _sign_in(page, box.url + "/review", "reviewer-secret")
+        card = page.locator(".card", has_text="not the golden's view")
+        expect(card).to_have_count(1)
+        assert "fail (not the golden's view)" in (card.get_attribute("aria-label") or "")
+        browser.close()
     with box.client("reviewer") as c:
         before = c.get("/v1/stats").json()["quality"]
         assert c.post(f"/v1/inspections/{doc['id']}/reviews",

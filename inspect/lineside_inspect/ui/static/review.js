@@ -99,8 +99,11 @@ async function load() {
   $("#count").textContent = doc.total ? `${num(state.offset + 1)}–${num(state.offset + doc.items.length)} of ${num(doc.total)}`
                                       : "nothing to review here";
   $("#grid").replaceChildren(...doc.items.map((it, i) => {
+    // a fail no box explains says why on its card: "FAIL · 0 defect(s)" read as a false
+    // reject waiting to be marked, and Shift+C confirmed such fails unseen (QA review, 34)
+    const why = [...new Set(it.reasons.map((r) => WHY[r.rule]).filter(Boolean))].join(", ");
     const c = el("div", { class: "card" + (i === state.sel ? " sel" : ""), tabindex: 0, role: "button",
-                          "aria-label": `${it.verdict} from ${it.camera_id || "upload"}, ${it.defects.length} defects, ${it.review_state}` });
+                          "aria-label": `${it.verdict}${why ? ` (${why})` : ""} from ${it.camera_id || "upload"}, ${it.defects.length} defects, ${it.review_state}` });
     c.dataset.id = it.id;
     const pic = it.has_image
       ? el("div", { class: "pic" }, el("img", { loading: "lazy", alt: "", src: `/v1/inspections/${encodeURIComponent(it.id)}/image` }),
@@ -109,7 +112,7 @@ async function load() {
     const img = $("img", pic);
     if (img) img.onerror = () => pic.replaceChildren(el("p", {}, "(the image could not be loaded: removed from the store?)"));
     c.append(pic,
-      el("p", {}, verdict(it.verdict), ` · ${it.defects.length} defect(s) · ${it.review_state.replace("unreviewed", "○ unreviewed")}`),
+      el("p", {}, verdict(it.verdict), why ? ` · ${why}` : "", ` · ${it.defects.length} defect(s) · ${it.review_state.replace("unreviewed", "○ unreviewed")}`),
       // on a hub the box it came from too (on a box, every item is its own)
       el("p", { class: "where" }, ...(ON_HUB && it.box_id ? [el("bdi", {}, it.box_id), " · "] : []),
          el("bdi", {}, it.camera_id || "upload"), ` · ${time(it.created_at)}`));
@@ -118,6 +121,9 @@ async function load() {
     return c;
   }));
 }
+
+// the reasons of a fail its boxes do not show, as its card says them
+const WHY = { reference_mismatch: "not the golden's view", anomaly: "anomaly score" };
 
 // the classes an open inspection may be given are its own model's (keys 1-9 pick them):
 // a line with a detector and a good-only model has both kinds on one page
