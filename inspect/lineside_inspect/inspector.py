@@ -84,14 +84,19 @@ class Inspection:
             model=ModelRef(name=card.name, version=card.version, sha256=card.sha256),
             camera_id=self.camera_id, part_id=self.part_id,
             timings_ms=Timings(**{k: round(v, 3) for k, v in self.timings_ms.items()}),
-            reference=None if self.reference is None else ReferenceUsed(
-                name=self.reference.name, sha256=self.reference.sha256,
-                shift=None if self.reference_shift is None else
-                (round(self.reference_shift[0], 2), round(self.reference_shift[1], 2)),
-                unchanged=None if self.gate is None else self.gate.unchanged,
-                difference=None if self.gate is None else round(self.gate.score, 2)),
-            stored=self.stored,
+            reference=self.reference_used(), stored=self.stored,
             **({} if self.frame is None else self.frame.fields()))
+
+    def reference_used(self) -> ReferenceUsed | None:
+        """The golden image compared with, as the answer and the store say it."""
+        if self.reference is None:
+            return None
+        return ReferenceUsed(
+            name=self.reference.name, sha256=self.reference.sha256,
+            shift=None if self.reference_shift is None else
+            (round(self.reference_shift[0], 2), round(self.reference_shift[1], 2)),
+            unchanged=None if self.gate is None else self.gate.unchanged,
+            difference=None if self.gate is None else round(self.gate.score, 2))
 
     def result_json(self) -> str:
         """:meth:`result` as JSON, encoded once: the service encodes it on the inspection's

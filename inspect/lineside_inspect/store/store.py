@@ -175,16 +175,10 @@ CHECKED = ("sha256", "shift", "unchanged", "difference")  # reference_check's ke
 
 
 def reference_check(inspection: Inspection) -> dict[str, Any] | None:
-    """What ``reference_check`` keeps of an inspection's comparison with its golden."""
-    ref, gate, shift = inspection.reference, inspection.gate, inspection.reference_shift
-    if ref is None:
-        return None
-    out: dict[str, Any] = {"sha256": ref.sha256}
-    if shift is not None:
-        out["shift"] = [round(shift[0], 2), round(shift[1], 2)]
-    if gate is not None:  # as InspectionResult says them
-        out["unchanged"], out["difference"] = gate.unchanged, round(gate.score, 2)
-    return out
+    """What ``reference_check`` keeps of an inspection's comparison with its golden: the
+    answer's ``reference`` (:meth:`Inspection.reference_used`) but its name."""
+    used = inspection.reference_used()
+    return None if used is None else used.model_dump(mode="json", include=set(CHECKED), exclude_none=True)
 
 
 def make_engine(url: str) -> Engine:
