@@ -249,14 +249,10 @@ class MqttPublisher:
     def on_inspection(self, inspection: Inspection) -> None:
         """The service's output hook: an inspection the store refused still has its event,
         held in memory until the outbox takes it."""
-        if inspection.stored:
+        if inspection.stored or not self._room():
             return
-        if len(self._unstored) >= MAX_UNSTORED:
-            self._dropped_unstored += 1
-            return
-        self._unstored.append(event(self.inspection_topic(inspection.camera_id),
-                                    self._payload(inspection, False), inspection.created_at))
-        self._wake.set()
+        self._hold(event(self.inspection_topic(inspection.camera_id),
+                         self._payload(inspection, False), inspection.created_at))
 
     def on_alarm(self, change: Change) -> None:
         """The fail-rate alarm's listener, on an inspection's worker thread: the change
@@ -272,8 +268,7 @@ class MqttPublisher:
             return
         # not under the cap of refused inspections' events: alarm changes are few, and
         # must not be the ones dropped when the store refuses inspections
-        self._unstored.append(event(f"{self.base}/alarm/{level}", payload))
-        self._wake.set()
+        self._hold(event(f"{self.base}/alarm/{level}", payload))
 
     def on_part(self, end: PartEnd) -> None:
         """The PLC line's listener, on the event loop: how a part ended for the line (read
@@ -287,10 +282,20 @@ class MqttPublisher:
                    "error_code": int(end.error_code), "error": end.error_code.name.lower(),
                    "acknowledged": end.acknowledged, "box_id": self.box_id,
                    "ended_at": datetime.now(UTC).isoformat()}
-        if len(self._unstored) >= MAX_UNSTORED:
-            self._dropped_unstored += 1
-            return
-        self._unstored.append(event(f"{self.base}/{level}/part", payload))
+        if self._room():
+            self._hold(event(f"{self.base}/{level}/part", payload))
+
+    def _room(self) -> bool:
+        """Whether one more event fits in memory under MAX_UNSTORED (one that does not is
+        counted as dropped)."""
+        if len(self._unstored) < MAX_UNSTORED:
+            return True
+        self._dropped_unstored += 1
+        return False
+
+    def _hold(self, e: Event) -> None:
+        """Hold ``e`` in memory until the delivery thread puts it in the outbox."""
+        self._unstored.append(e)
         self._wake.set()
 
     def wake(self) -> None:
