@@ -119,17 +119,13 @@ def carve(cfg: AnomalyConfig) -> GoodSplit:
     # a copy of a calibration image in another group (a folder copied into a new batch)
     # is not trained on: calibration must see parts the model never saw (review, 34)
     held_content = set(calib_sha256)
-    train_sha256 = digests(dataset, train)
-    copies = [i for i, d in enumerate(train_sha256) if d in held_content]
-    if copies:
-        if len(copies) == len(train):
-            raise ConfigError(f"{cfg.data}: every training image is a copy of a calibration "
-                              "image (the same pixels in two groups): nothing left to train on")
-        copied = [train[i].file_name for i in copies]
-        train = [r for i, r in enumerate(train) if i not in set(copies)]
-        train_sha256 = [d for i, d in enumerate(train_sha256) if i not in set(copies)]
-    else:
-        copied = []
+    pairs = list(zip(train, digests(dataset, train), strict=True))
+    copied = [r.file_name for r, d in pairs if d in held_content]
+    kept = [(r, d) for r, d in pairs if d not in held_content]
+    if not kept:
+        raise ConfigError(f"{cfg.data}: every training image is a copy of a calibration "
+                          "image (the same pixels in two groups): nothing left to train on")
+    train, train_sha256 = [r for r, _ in kept], [d for _, d in kept]
     extra, extra_sha256 = extra_good(cfg, held_content)
     return GoodSplit(dataset, train + extra, calib, held, train_sha256 + extra_sha256,
                      calib_sha256, len(extra), copied)
