@@ -30,17 +30,18 @@ MIN_REGION_PX = 4  # a mask's speck under this is the mask tool's, not a defect
 LABELLED_TEST = frozenset({"test_public"})
 UNLABELLED_TEST = ("test_private",)  # test_private/, test_private_mixed/
 
+Draft = tuple[Dataset, list[Problem]]
+
 
 def _split_of(folder: str) -> str | None:
     """The split a category's top folder names: train, val or test (MVTec AD 2's
     ``test_public`` too)."""
     return "test" if folder.lower() in LABELLED_TEST else subset_of(folder)
 
-Draft = tuple[Dataset, list[Problem]]
 
-
-def _is_mask(rel: PurePosixPath) -> bool:
-    return any(p.lower() in MASK_FOLDERS for p in rel.parts[:-1])
+def _under(rel: PurePosixPath, names: frozenset[str]) -> bool:
+    """Whether a folder of ``rel`` has one of ``names`` (any case)."""
+    return any(p.lower() in names for p in rel.parts[:-1])
 
 
 def not_good_only(src: Path, rels: list[PurePosixPath]) -> str | None:
@@ -51,15 +52,15 @@ def not_good_only(src: Path, rels: list[PurePosixPath]) -> str | None:
     on its defects (review, session 34). A name alone is no mask: a PCB's "solder mask"
     capture, a face-mask line's masks/ folder are good parts."""
     split_folders = {p.lower() for r in rels for p in r.parts[:-1]} & {"train", "test"}
-    masks = [r for r in rels if _is_mask(r)] if split_folders else []
+    masks = [r for r in rels if _under(r, MASK_FOLDERS)] if split_folders else []
     if masks:
         return (f"holds {len(masks)} defect mask(s) (e.g. {masks[0]}), as an MVTec AD "
                 "set's ground_truth/ does")
-    named = [r for r in rels if any(p.lower() in DEFECT_FOLDERS for p in r.parts[:-1])]
+    named = [r for r in rels if _under(r, DEFECT_FOLDERS)]
     if named:
         return f"holds {len(named)} image(s) in folders named as defective (e.g. {named[0]})"
-    if any(p.lower() in GOOD_FOLDERS for r in rels for p in r.parts[:-1]):
-        other = [r for r in rels if not any(p.lower() in GOOD_FOLDERS for p in r.parts[:-1])]
+    if any(_under(r, GOOD_FOLDERS) for r in rels):
+        other = [r for r in rels if not _under(r, GOOD_FOLDERS)]
         if other:
             return (f"sorts its images by verdict (folders named good), and {len(other)} are "
                     f"in no good folder (e.g. {other[0]}), as MVTec AD's test/<defect>/")
@@ -99,12 +100,12 @@ def _mask_boxes(mask_paths: list[Path], label: str, size: tuple[int, int], rel: 
                                     f"{mask.shape[0]}, its image {size[0]}x{size[1]}", rel))
             return []
         union |= mask > 0
-    mask_path = mask_paths[0]
+    first = str(mask_paths[0])
     n, _, stats, _ = cv2.connectedComponentsWithStats(union.astype("uint8"), connectivity=8)
-    boxes = [Box(float(x), float(y), float(x + w), float(y + h), label, origin=str(mask_path))
+    boxes = [Box(float(x), float(y), float(x + w), float(y + h), label, origin=first)
              for x, y, w, h, area in stats[1:n].tolist() if area >= MIN_REGION_PX]
     if not boxes:
-        problems.append(Problem(str(mask_path), "", "mask marks no defect (no pixel set): the "
+        problems.append(Problem(first, "", "mask marks no defect (no pixel set): the "
                                 "image is in a defect folder, so it cannot be taken as good",
                                 rel))
     return boxes
