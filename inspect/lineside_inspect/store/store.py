@@ -375,12 +375,16 @@ class Store:
         level = db.isolation_level
         db.isolation_level = None  # autocommit: BEGIN and COMMIT are this code's own
 
+        def made(name: str) -> str | None:
+            """The CREATE statement of table ``name``, None when there is none."""
+            row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                             (name,)).fetchone()
+            return None if row is None else str(row[0])
+
         def needed() -> bool:
-            made = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' "
-                              "AND name = 'reviews'").fetchone()
-            left = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                              "AND name = ?", (old,)).fetchone()
-            return made is None or "AUTOINCREMENT" not in str(made[0]).upper() or bool(left)
+            reviews = made("reviews")
+            return reviews is None or "AUTOINCREMENT" not in reviews.upper() \
+                or made(old) is not None
 
         try:
             # a plain read first: a start with nothing to rebuild takes no write lock
@@ -396,8 +400,7 @@ class Store:
                 if not needed():  # another process did it meanwhile
                     db.execute("ROLLBACK")
                     return
-                if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                              (old,)).fetchone():
+                if made(old) is not None:
                     # a rebuild an earlier release began and did not end: its rows back, a
                     # row whose id the new table gave again under a new id (none dropped)
                     db.execute(f"CREATE TEMP TABLE lineside_reused AS SELECT id FROM {old} "
