@@ -55,12 +55,15 @@ def _content(shape: tuple[int, ...], lb: Letterbox) -> np.ndarray:
 
 
 def regions(anomaly_map: np.ndarray, lb: Letterbox, spec: AnomalySpec, *,
-            max_regions: int = 100) -> Detections:
+            max_regions: int = 100, content: np.ndarray | None = None) -> Detections:
     """Connected regions (8-connected) of ``anomaly_map`` (``S x S``, in the letterboxed
     input) above ``spec.map_threshold`` and at least ``spec.min_region_px`` pixels, as
-    boxes in the original image; the ``max_regions`` strongest are kept."""
+    boxes in the original image; the ``max_regions`` strongest are kept. ``content``: the
+    map's :func:`_content`, when the caller has it already."""
     amap = _safe(anomaly_map)
-    mask = (amap > spec.map_threshold) & _content(amap.shape, lb)
+    if content is None:
+        content = _content(amap.shape, lb)
+    mask = (amap > spec.map_threshold) & content
     if not mask.any():
         return Detections.empty([ANOMALY_LABEL])
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -91,9 +94,10 @@ def find_anomalies(outputs: list[np.ndarray], letterboxes: list[Letterbox],
     findings = []
     for i, lb in enumerate(letterboxes):
         score = float(scores[i])
-        if not np.isfinite(maps[i, 0][_content(maps[i, 0].shape, lb)]).all():
+        content = _content(maps[i, 0].shape, lb)  # once an image: the check and the regions
+        if not np.isfinite(maps[i, 0][content]).all():
             score = 1.0  # a map broken where the part is: the score cannot be trusted either
         findings.append(AnomalyFinding(score, spec.threshold,
-                                       regions(maps[i, 0], lb, spec,
+                                       regions(maps[i, 0], lb, spec, content=content,
                                                max_regions=card.max_detections), model))
     return findings
