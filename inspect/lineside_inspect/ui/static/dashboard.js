@@ -153,8 +153,6 @@ function table(target, head, rows, numeric = []) {
     el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((v, i) => el("td", { class: numeric.includes(i) ? "n" : null }, v))))));
 }
 
-const yieldCell = (r) => yieldPct(r);
-
 function render(s) {
   const f = new FormData(form), per = f.get("per"), rows = s[per];
   const sum = (k) => s.hourly.reduce((a, r) => a + r[k], 0);
@@ -162,7 +160,7 @@ function render(s) {
   $("#k-yield").textContent = n ? pct((100 * passes) / n, 2) : "n/a";
   $("#k-yield-detail").textContent = `${num(passes)} of ${num(n)} passed · ${num(fails)} failed · last ${f.get("hours")} h`;
   const shift = s.shifts[s.shifts.length - 1];
-  $("#k-shift").textContent = shift ? yieldCell(shift) : "n/a";
+  $("#k-shift").textContent = shift ? yieldPct(shift) : "n/a";
   $("#k-shift-detail").textContent = shift ? `${num(shift.passes)} of ${num(shift.inspections)} passed since ${hourLabel(new Date(shift.start))}` : "";
   const q = s.quality;
   $("#fr-rate").textContent = rate(q.false_reject_rate);
@@ -173,11 +171,11 @@ function render(s) {
   $("#trend-title").textContent = `Yield and fails per ${per === "shifts" ? "shift" : "hour"}`;
   trendChart($("#trend"), rows, s.model_changes, per);
   table($("#trend-table"), [per === "shifts" ? "shift" : "hour", "inspections", "passes", "fails", "yield"],
-        rows.map((r) => [`${dateTime(r.start)} – ${hourLabel(new Date(r.end))}`, num(r.inspections), num(r.passes), num(r.fails), yieldCell(r)]),
+        rows.map((r) => [`${dateTime(r.start)} – ${hourLabel(new Date(r.end))}`, num(r.inspections), num(r.passes), num(r.fails), yieldPct(r)]),
         [1, 2, 3, 4]);
   paretoChart($("#pareto"), s.pareto);
   table($("#stations"), ["camera", "recipe", "inspections", "passes", "fails", "yield"],
-        s.stations.map((r) => [r.camera_id === null ? "(uploads)" : r.camera_id, r.recipe, num(r.inspections), num(r.passes), num(r.fails), yieldCell(r)]),
+        s.stations.map((r) => [r.camera_id === null ? "(uploads)" : r.camera_id, r.recipe, num(r.inspections), num(r.passes), num(r.fails), yieldPct(r)]),
         [2, 3, 4, 5]);
   table($("#quality"), ["", "count", "of reviewed", "rate"], [
     ["false rejects (fails with no defect)", num(q.false_rejects), `${num(q.reviewed_fails)} fails`, rate(q.false_reject_rate)],

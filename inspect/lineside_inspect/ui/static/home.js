@@ -45,11 +45,11 @@ function fillStation(card, st, handshake) {
   setField(card, "fps", `${st.camera.fps} fps · ${st.camera.mode}`);
   // the PLC's word on its parts: a fault in force fails every part with its code, and
   // those parts have no verdict (nor a place in the yield above)
-  const h = handshake;
-  if (h) {
-    const lost = h.failed_parts ? ` · ${num(h.failed_parts)} part(s) without a verdict since start` : "";
-    const f = setField(card, "plc", h.error_code ? `✖ ErrorCode ${h.error_code} (${h.error})${lost}` : `no fault${lost}`);
-    if (f) f.className = h.error_code ? "fail" : "";
+  if (handshake) {
+    const { error_code: code, error, failed_parts: lost } = handshake;
+    const tail = lost ? ` · ${num(lost)} part(s) without a verdict since start` : "";
+    const f = setField(card, "plc", code ? `✖ ErrorCode ${code} (${error})${tail}` : `no fault${tail}`);
+    if (f) f.className = code ? "fail" : "";
   }
 }
 
