@@ -1282,6 +1282,28 @@ def _one_camera_two_recipes(tmp_path: Path, line: LineSettings,
         store=False, line=line, **more)
 
 
+def _on_modbus(srv: Running, stop: Callable[[], None], sim: MJPEGSimulator,
+               body: Callable[[AsyncModbusTcpClient, Station], Awaitable[None]]) -> None:
+    """``body`` with a Modbus client on ``srv``'s PLC port and its station ``sim``; then the
+    server and the camera are stopped, whatever happened."""
+    try:
+        plc = srv.app.state.line_plc
+        port = next(a for a in plc.adapters if a.name == "Modbus TCP").port
+
+        async def run() -> None:
+            mb = AsyncModbusTcpClient("127.0.0.1", port=port)
+            assert await mb.connect()
+            try:
+                await body(mb, plc.stations["sim"])
+            finally:
+                mb.close()
+
+        asyncio.run(run())
+    finally:
+        stop()
+        sim.kill()
+
+
 def test_a_modbus_recipe_table_in_the_config_holds_whatever_the_api_puts(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The recipe index counted the server's recipes in load order, which moves with
@@ -1296,46 +1318,34 @@ def test_a_modbus_recipe_table_in_the_config_holds_whatever_the_api_puts(
     # a table entry not loaded (yet): said at start, not only as ErrorCode 6 on the line
     assert any("line.modbus.recipes: not loaded now" in r.getMessage() and "1: spare" in r.getMessage()
                for r in caplog.records), caplog.records
-    try:
-        plc = srv.app.state.line_plc
-        port = next(a for a in plc.adapters if a.name == "Modbus TCP").port
-        station = plc.stations["sim"]
 
+    async def run(mb: AsyncModbusTcpClient, station: Station) -> None:
         async def in_force() -> str | None:
             return station.recipe
 
-        async def run() -> None:
-            mb = AsyncModbusTcpClient("127.0.0.1", port=port)
-            assert await mb.connect()
-            try:
-                index = REGISTERS.index("RecipeIndex")
-                assert await _reg(mb, 0, "RecipeIndex") == 2  # deeppcb: third in the table
-                with srv.client("admin") as c:  # a recipe put first in load order changes nothing
-                    body = {"name": "aaa", "version": "1", "model": "deeppcb"}
-                    assert c.put("/v1/recipes/aaa", json=body).status_code == 200
-                await mb.write_register(index, 0, device_id=1)
-                await _until(in_force, "lenient")
-                # an entry not loaded yet, and an index beyond the table: ErrorCode 6
-                for bad in (1, 3):
-                    await mb.write_register(index, bad, device_id=1)
-                    await _until(lambda: _reg(mb, 0, "ErrorCode"), ErrorCode.UNKNOWN_RECIPE)
-                    assert station.recipe == "lenient"  # the one in force stays
-                    await mb.write_register(index, 0, device_id=1)
-                    await _until(lambda: _reg(mb, 0, "ErrorCode"), 0)
-                with srv.client("admin") as c:  # once "spare" is put, its index is good
-                    body = {"name": "spare", "version": "1", "model": "deeppcb"}
-                    assert c.put("/v1/recipes/spare", json=body).status_code == 200
-                await mb.write_register(index, 1, device_id=1)
-                await _until(in_force, "spare")
-                assert await _reg(mb, 0, "RecipeIndex") == 1
-                assert await _reg(mb, 0, "ErrorCode") == 0
-            finally:
-                mb.close()
+        index = REGISTERS.index("RecipeIndex")
+        assert await _reg(mb, 0, "RecipeIndex") == 2  # deeppcb: third in the table
+        with srv.client("admin") as c:  # a recipe put first in load order changes nothing
+            body = {"name": "aaa", "version": "1", "model": "deeppcb"}
+            assert c.put("/v1/recipes/aaa", json=body).status_code == 200
+        await mb.write_register(index, 0, device_id=1)
+        await _until(in_force, "lenient")
+        # an entry not loaded yet, and an index beyond the table: ErrorCode 6
+        for bad in (1, 3):
+            await mb.write_register(index, bad, device_id=1)
+            await _until(lambda: _reg(mb, 0, "ErrorCode"), ErrorCode.UNKNOWN_RECIPE)
+            assert station.recipe == "lenient"  # the one in force stays
+            await mb.write_register(index, 0, device_id=1)
+            await _until(lambda: _reg(mb, 0, "ErrorCode"), 0)
+        with srv.client("admin") as c:  # once "spare" is put, its index is good
+            body = {"name": "spare", "version": "1", "model": "deeppcb"}
+            assert c.put("/v1/recipes/spare", json=body).status_code == 200
+        await mb.write_register(index, 1, device_id=1)
+        await _until(in_force, "spare")
+        assert await _reg(mb, 0, "RecipeIndex") == 1
+        assert await _reg(mb, 0, "ErrorCode") == 0
 
-        asyncio.run(run())
-    finally:
-        stop()
-        sim.kill()
+    _on_modbus(srv, stop, sim, run)
 
 
 def test_the_fail_rate_alarm_reaches_the_plc_over_opcua_and_modbus(tmp_path: Path) -> None:
@@ -1503,41 +1513,29 @@ def test_modbus_recipe_index_follows_the_load_order_it_reads_back(tmp_path: Path
     index, which then named another recipe (line review, session 34)."""
     sim, settings = _one_camera_two_recipes(tmp_path, LineSettings(modbus=ModbusConfig(port=0)))
     srv, stop = start_server(settings)
-    try:
-        plc = srv.app.state.line_plc
-        port = next(a for a in plc.adapters if a.name == "Modbus TCP").port
-        station = plc.stations["sim"]
 
+    async def run(mb: AsyncModbusTcpClient, station: Station) -> None:
         async def in_force() -> str:
             return station.recipe
 
-        async def run() -> None:
-            mb = AsyncModbusTcpClient("127.0.0.1", port=port)
-            assert await mb.connect()
-            try:
-                with srv.client("admin") as c:  # load order: deeppcb, lenient, aaa, bbb
-                    for name in ("aaa", "bbb"):
-                        body = {"name": name, "version": "1", "model": "deeppcb"}
-                        assert c.put(f"/v1/recipes/{name}", json=body).status_code == 200
-                await mb.write_register(REGISTERS.index("RecipeIndex"), 3, device_id=1)
-                await _until(in_force, "bbb")
-                assert await _reg(mb, 0, "RecipeIndex") == 3
-                with srv.client("admin") as c:  # bbb is now index 2; then ccc takes index 3
-                    assert c.delete("/v1/recipes/aaa").status_code == 200
-                    body = {"name": "ccc", "version": "1", "model": "deeppcb"}
-                    assert c.put("/v1/recipes/ccc", json=body).status_code == 200
-                    names = [r["name"] for r in c.get("/v1/recipes").json()]
-                assert names == ["deeppcb", "lenient", "bbb", "ccc"]
-                # the register follows the recipe in force (a few ticks later)
-                await _until(lambda: _reg(mb, 0, "RecipeIndex"), names.index("bbb"))
-                assert station.recipe == "bbb"
-            finally:
-                mb.close()
+        with srv.client("admin") as c:  # load order: deeppcb, lenient, aaa, bbb
+            for name in ("aaa", "bbb"):
+                body = {"name": name, "version": "1", "model": "deeppcb"}
+                assert c.put(f"/v1/recipes/{name}", json=body).status_code == 200
+        await mb.write_register(REGISTERS.index("RecipeIndex"), 3, device_id=1)
+        await _until(in_force, "bbb")
+        assert await _reg(mb, 0, "RecipeIndex") == 3
+        with srv.client("admin") as c:  # bbb is now index 2; then ccc takes index 3
+            assert c.delete("/v1/recipes/aaa").status_code == 200
+            body = {"name": "ccc", "version": "1", "model": "deeppcb"}
+            assert c.put("/v1/recipes/ccc", json=body).status_code == 200
+            names = [r["name"] for r in c.get("/v1/recipes").json()]
+        assert names == ["deeppcb", "lenient", "bbb", "ccc"]
+        # the register follows the recipe in force (a few ticks later)
+        await _until(lambda: _reg(mb, 0, "RecipeIndex"), names.index("bbb"))
+        assert station.recipe == "bbb"
 
-        asyncio.run(run())
-    finally:
-        stop()
-        sim.kill()
+    _on_modbus(srv, stop, sim, run)
 
 
 def test_a_refused_recipe_write_does_not_copy_the_whole_value_into_the_log(
