@@ -77,6 +77,9 @@ def test_review_in_the_browser(launch, tmp_path: Path) -> None:
         expect(page.locator("#d-status")).to_have_text("saved: false_reject")
 
         page.keyboard.press("k")
+        # the first part on screen before the drag: saved while it still loaded, the box
+        # was refused ("wait: the part is still loading or saving") and went nowhere
+        expect(page.locator("#d-title")).to_contain_text(first_id)
         page.keyboard.press("3")  # class 3: mousebite
         page.keyboard.press("d")
         box = page.locator("#overlay").bounding_box()

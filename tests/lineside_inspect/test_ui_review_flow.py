@@ -200,3 +200,47 @@ def test_d_while_the_next_part_loads_keeps_the_draw_form_focused() -> None:
             browser.close()
     finally:
         stop()
+
+
+def test_confirm_all_right_after_esc_skips_the_parts_just_reviewed() -> None:
+    """f on a part, Esc, Shift+C before the list's reload answered: the page's own list still
+    had the part unreviewed, the dialog counted it, and confirming it again came back as a
+    conflict "reviewed by someone else meanwhile" (the reviewer's own save; session 35)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    running, stop = start_server(keyed(store_pass_rate=1.0))
+    try:
+        ids = [_send(running, (SAMPLE / "group13000" / f"1300000{i}_test.jpg").read_bytes())["id"]
+               for i in range(2)]
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = _context(browser).new_page()
+            _sign_in(page, running.url + "/review", "reviewer-secret")
+            expect(page.locator(".card")).to_have_count(2)
+            page.locator(f".card[data-id='{ids[1]}']").click()
+            expect(page.locator("#d-title")).to_contain_text(ids[1][:8])
+            page.keyboard.press("f")
+            expect(page.locator("#d-status")).to_have_text("saved: false_reject")
+            held: list[Any] = []
+            holding = [True]  # a list slow to come back, until let go
+
+            def slow(r: Any) -> None:
+                held.append(r) if holding[0] else r.continue_()
+            page.route(re.compile(r".*/v1/inspections\?.*"), slow)
+            page.keyboard.press("Escape")
+            expect(page.locator("#grid")).to_be_visible()
+            page.keyboard.press("Shift+C")
+            expect(page.locator("#ca-text")).to_contain_text("the 1 unreviewed inspection(s)")
+            page.click("#ca-yes")
+            page.wait_for_timeout(300)  # the confirm is sent, the reload after it held too
+            holding[0] = False
+            for r in held:
+                r.continue_()
+            expect(page.locator("#count")).to_contain_text("confirmed 1")
+            expect(page.locator("#count")).not_to_contain_text("someone else")
+            browser.close()
+        with running.client("reviewer") as c:
+            states = [c.get(f"/v1/inspections/{i}").json()["review_state"] for i in ids]
+        assert states == ["confirmed", "corrected"]
+    finally:
+        stop()

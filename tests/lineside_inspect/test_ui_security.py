@@ -109,6 +109,8 @@ def test_stored_xss_payload_shows_as_text_and_runs_nothing(launch, image_bytes: 
         page.keyboard.press("Escape")
         page.click("#tab-dash")
         expect(page.locator("#fr-rate")).to_be_visible()
+        # its figures drawn (the check below ran on the bare page before /v1/stats answered)
+        expect(page.locator("#stations")).to_contain_text(CAMERA_XSS)  # as text there too
         # no element was made from the payloads
         assert page.locator("#grid img[src='x'], svg[onload], main script").count() == 0
         # and the CSP would stop an inline handler even if markup got in some other way
@@ -403,8 +405,9 @@ def test_status_page(launch) -> None:
         page.goto(srv.url + "/")
         page.fill("#key", "reviewer-secret")
         page.click("button[type=submit]")
-        expect(page).to_have_url(srv.url + "/")  # back to the status page, signed in
         expect(page.locator("#models")).to_contain_text("deeppcb")
+        # (after it: the sign-in form was at / too, and met this before the form was sent)
+        expect(page).to_have_url(srv.url + "/")  # back to the status page, signed in
         expect(page.locator("#models")).to_contain_text("1-int8")
         expect(page.locator("#cameras tr", has_text="sim")).to_contain_text("online")
         expect(page.locator("#cameras tr", has_text="dead")).to_contain_text("offline")

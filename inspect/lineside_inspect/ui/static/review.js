@@ -262,6 +262,14 @@ function say(text, conflict = false) {
   $("#d-status").classList.toggle("conflict", conflict);
 }
 
+// the list's item of a part as the server now has it: after Esc the old list shows until
+// its reload answers, and a Shift+C meanwhile confirmed the parts just reviewed again (each
+// a conflict "reviewed by someone else", the reviewer's own save; QA flake hunt, session 35)
+function listed(doc) {
+  const it = state.items.find((x) => x.id === doc.id);
+  if (it) { it.review_state = doc.review_state; it.reviews = doc.reviews; }
+}
+
 // a review carries how many reviews the page saw: if someone else saved one meanwhile the
 // server answers 409, nothing is saved, and the newer state is shown here
 async function review(body) {
@@ -275,10 +283,12 @@ async function review(body) {
   try {
     const saved = await api(`/v1/inspections/${encodeURIComponent(o.id)}/reviews`,
                             { method: "POST", body: JSON.stringify({ ...body, seen_reviews: o.reviews.length }) });
+    listed(saved);
     if (here()) { state.open = saved; say(`saved: ${body.action}`); render(); }
   } catch (e) {
     if (e.status !== 409) { if (here()) say("error: " + e.message); return; }
     const now = await api(`/v1/inspections/${encodeURIComponent(o.id)}`);
+    listed(now);
     if (!here()) return;
     state.open = now;
     render();
