@@ -10,10 +10,17 @@ anonymous (only processes on this machine can reach it). With ``certificate`` an
 ``trusted_certificates`` only clients whose application certificate is in that folder
 may open a channel; off loopback all three are required (see ``OpcUaConfig``). The
 built-in "admin" user of asyncua, which bypasses access levels, is always disabled.
+
+asyncua itself still opens a channel of security policy None to any client (discovery:
+GetEndpoints) and would then create and activate a session on it: with a certificate a
+session is activated only on a channel that carried a client certificate, so the None
+channel serves discovery and nothing else. RegisterServer (a discovery server's service)
+is refused: any peer could rewrite what FindServers answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -23,10 +30,12 @@ from typing import Any
 
 from asyncua import Server, ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
-from asyncua.crypto import uacrypto
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+from asyncua.server.user_managers import UserManager
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.line.config import OpcUaConfig
@@ -40,6 +49,7 @@ if logging.getLogger("asyncua").level == logging.NOTSET:
 
 VARIANT = {name: getattr(ua.VariantType, kind) for name, kind in TAGS.items()}
 APPLICATION_URI = "urn:lineside:server"  # unless the certificate names another
+STOP_S = 2.0  # stop() waits this long for clients to take their last answers, then drops them
 
 
 def node_id(namespace_index: int, station_id: str, tag: str | None = None) -> ua.NodeId:
@@ -76,12 +86,25 @@ class OpcUaAdapter:
         server.set_server_name("Lineside")
         server.allow_remote_admin(False)  # else user "admin" (any password) writes anything
         server.set_identity_tokens([ua.AnonymousIdentityToken])
+        # Lineside is no discovery server: a RegisterServer from anyone (no session needed,
+        # on the None channel too) replaced its own FindServers entry and grew without end
+        server.iserver.register_server = _no_registration  # type: ignore[method-assign]
+        # writes to the PLC's tags are checked for their shape before asyncua stores them
+        server.iserver.attribute_service.write = self._checked_write(  # type: ignore[method-assign]
+            server.iserver.attribute_service.write)
         if cfg.certificate is not None and cfg.private_key is not None:
+            # checked as at configuration (a bad one is one line), read by content (a
+            # PEM key named .key was read as DER)
+            cert = check_security(cfg, warn=False)
             with _config_error("certificate / private_key"):
-                await server.load_certificate(cfg.certificate)
-                await server.load_private_key(cfg.private_key)
-            await server.set_application_uri(_certificate_uri(cfg.certificate) or APPLICATION_URI)
+                await server.load_certificate(*_content(cfg.certificate))
+                key, fmt = _content(cfg.private_key)
+                await server.load_private_key(key, format=fmt)
+            await server.set_application_uri((cert and _certificate_uri(cert)) or APPLICATION_URI)
             server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+            # asyncua accepts a None channel for discovery and activated anonymous sessions
+            # on it: a peer with no certificate wrote Trigger, Recipe and ResultAck
+            server.iserver.set_user_manager(_SecureChannelsOnly())
             if cfg.trusted_certificates is not None:
                 store = TrustStore([Path(cfg.trusted_certificates)], [])
                 with _config_error("trusted_certificates (only .der/.pem certificates)"):
@@ -122,12 +145,42 @@ class OpcUaAdapter:
             if target is None or wv.AttributeId != ua.AttributeIds.Value or not status.is_good():
                 continue
             value = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None \
-                else None
+                and not _bad(wv.Value) else None
             if value is None:
                 # a null (some stacks send "" so) is the type's empty value: a null Recipe
-                # left the old recipe judging without a fault, and read back null
+                # left the old recipe judging without a fault, and read back null. So is a
+                # value sent with a bad status (OPC UA: the server stores null): its value,
+                # of any type, went to the station (a String "0" with Bad_NotConnected
+                # started a part)
                 value = "" if VARIANT[target[1]] == ua.VariantType.String else False
             self._on_write(target[0], target[1], value)
+
+    def _checked_write(self, write: Any) -> Any:
+        """asyncua's attribute write, with a PLC tag's write refused unless its value is a
+        scalar written whole: asyncua checks the variant type, not the value rank, and
+        ignores an IndexRange (a Boolean array written to Trigger started a part and read
+        back as an array; Recipe "xx" at range 0:1 replaced the whole name)."""
+        async def checked(params: ua.WriteParameters, *args: Any, **kwargs: Any) -> Any:
+            refused = {i: code for i, wv in enumerate(params.NodesToWrite)
+                       if (code := self._refusal(wv)) is not None}
+            if not refused:
+                return await write(params, *args, **kwargs)
+            rest = ua.WriteParameters(NodesToWrite=[
+                wv for i, wv in enumerate(params.NodesToWrite) if i not in refused])
+            done = iter(await write(rest, *args, **kwargs) if rest.NodesToWrite else [])
+            return [ua.StatusCode(refused[i]) if i in refused else next(done)
+                    for i in range(len(params.NodesToWrite))]
+        return checked
+
+    def _refusal(self, wv: ua.WriteValue) -> ua.UInt32 | None:
+        if wv.NodeId not in self._writable or wv.AttributeId != ua.AttributeIds.Value:
+            return None  # asyncua's own checks (access level, type)
+        if wv.IndexRange:
+            return ua.UInt32(ua.StatusCodes.BadIndexRangeInvalid)
+        variant = wv.Value.Value if wv.Value is not None else None
+        if variant is not None and not _bad(wv.Value) and (variant.is_array or variant.Dimensions):
+            return ua.UInt32(ua.StatusCodes.BadTypeMismatch)
+        return None
 
     async def write(self, station_id: str, changes: Changes) -> None:
         server = self.server
@@ -142,8 +195,43 @@ class OpcUaAdapter:
 
     async def stop(self) -> None:
         server, self.server = self.server, None
-        if server is not None:
-            await server.stop()
+        if server is None:
+            return
+        # asyncua closes each connection gracefully and waits until all are gone: one whose
+        # answers its client does not read (a PLC switched off or unplugged mid-subscription:
+        # the data waits on TCP's retransmissions, ~15 min; one that stopped reading: for
+        # ever) held the stop, and the server's shutdown behind it, until systemd killed it
+        stopping = asyncio.ensure_future(server.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=STOP_S)
+        if not done:
+            transports = list(server.iserver.asyncio_transports)
+            log.warning("OPC UA: %d client connection(s) still unread after %.0f s: dropped",
+                        len(transports), STOP_S)
+            for transport in transports:
+                transport.abort()
+        await stopping
+
+
+class _SecureChannelsOnly(UserManager):
+    """With a certificate: a session is activated only on a secured channel, the one that
+    carried the client's (validated) certificate; never as "admin"."""
+
+    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
+                 certificate: Any = None) -> User | None:
+        if not certificate:  # the None channel (discovery only): no certificate, b""
+            log.warning("OPC UA: a session on an unsecured channel was refused")
+            return None
+        return User(role=UserRole.User)
+
+
+def _no_registration(*_args: Any, **_kwargs: Any) -> None:
+    from asyncua.common.utils import ServiceError
+
+    raise ServiceError(ua.StatusCodes.BadServiceUnsupported)
+
+
+def _bad(value: ua.DataValue) -> bool:
+    return value.StatusCode is not None and value.StatusCode.is_bad()
 
 
 @contextlib.contextmanager
@@ -170,13 +258,88 @@ def _path(endpoint: str) -> str:
     return urlparse(endpoint).path or "/"
 
 
-def _certificate_uri(path: str) -> str | None:
+def _content(path: str) -> tuple[bytes, str | None]:
+    """A file's bytes and the format asyncua is to read them in (it goes by the name:
+    anything but ``.pem`` was read as DER)."""
+    data = Path(path).read_bytes()
+    return data, ("pem" if data.lstrip().startswith(b"-----BEGIN") else None)
+
+
+def check_security(cfg: OpcUaConfig, *, warn: bool = True) -> x509.Certificate | None:
+    """The certificate, its private key and the trusted certificates, checked when the
+    server is configured (before any model, camera or station starts): one line naming
+    the setting for what cannot serve Basic256Sha256. It was a 90-line traceback from the
+    start-up hooks, and a key of another certificate (or not RSA) started a server every
+    PLC timed out on. Returns the certificate (None: none configured)."""
+    import os
+    import re
+
+    from cryptography.hazmat.primitives import serialization
+
+    if cfg.certificate is None or cfg.private_key is None:
+        return None
+    try:
+        data, fmt = _content(cfg.certificate)
+        cert = x509.load_pem_x509_certificate(data) if fmt else x509.load_der_x509_certificate(data)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"line.opcua.certificate: {cfg.certificate} is no certificate "
+                          f"(DER or PEM): {exc}") from None
+    try:
+        data, fmt = _content(cfg.private_key)
+        key = serialization.load_pem_private_key(data, None) if fmt else \
+            serialization.load_der_private_key(data, None)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ConfigError(f"line.opcua.private_key: {cfg.private_key} is no unencrypted "
+                          f"private key (PEM or DER): {exc}") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigError(f"line.opcua.private_key: Basic256Sha256 needs an RSA key, "
+                          f"{cfg.private_key} holds {type(key).__name__.lstrip('_')}")
+    public = cert.public_key()
+    if not isinstance(public, rsa.RSAPublicKey) \
+            or public.public_numbers() != key.public_key().public_numbers():
+        raise ConfigError(f"line.opcua.private_key: {cfg.private_key} is not the key of "
+                          f"line.opcua.certificate ({cfg.certificate})")
+    now = dt.datetime.now(dt.UTC)
+    if warn and not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        log.warning("line.opcua.certificate: %s is valid from %s to %s only: PLCs refuse it "
+                    "outside that time", cfg.certificate, cert.not_valid_before_utc.date(),
+                    cert.not_valid_after_utc.date())
+    if warn and os.name == "posix" and Path(cfg.private_key).stat().st_mode & 0o077:
+        log.warning("line.opcua.private_key: %s can be read by other users: whoever reads "
+                    "it can pass for this server to the PLCs (chmod 600 it)", cfg.private_key)
+    if cfg.trusted_certificates is not None:
+        folder = Path(cfg.trusted_certificates)
+        if not folder.is_dir():
+            raise ConfigError(f"line.opcua.trusted_certificates: {folder} is not a folder "
+                              "(put the PLCs' certificates in a folder, and name that)")
+        # the files asyncua's trust store reads, and how it reads them (by the name)
+        found = 0
+        for file in sorted(folder.glob("*.*")):
+            if not re.match(".*(der|pem)", file.name.lower()):
+                continue
+            try:
+                data = file.read_bytes()
+                if file.suffix.lower() == ".pem":
+                    x509.load_pem_x509_certificate(data)
+                else:
+                    x509.load_der_x509_certificate(data)
+            except (ValueError, OSError) as exc:
+                raise ConfigError(
+                    f"line.opcua.trusted_certificates: {file} is read as a "
+                    f"{'PEM' if file.suffix.lower() == '.pem' else 'DER'} certificate and is "
+                    f"none ({exc}); the folder holds only .der (DER) and .pem (PEM) "
+                    "certificates") from None
+            found += 1
+        if not found:
+            raise ConfigError(f"line.opcua.trusted_certificates: {folder} holds no .der or "
+                              ".pem certificate: no PLC could connect")
+    return cert
+
+
+def _certificate_uri(cert: x509.Certificate) -> str | None:
     """The application URI a certificate's subjectAltName names (clients check that the
     server's application URI matches its certificate)."""
-    data = Path(path).read_bytes()
     try:
-        cert = uacrypto.x509_from_der(data) if not data.startswith(b"-----") else \
-            x509.load_pem_x509_certificate(data)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except (ValueError, x509.ExtensionNotFound):
         return None

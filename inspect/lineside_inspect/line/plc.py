@@ -477,6 +477,10 @@ def setup_line_plc(app: FastAPI, settings: Settings) -> None:
     # a port in use is a one-line config error now, not a traceback from the lifespan
     if line_settings.opcua is not None:
         _check_port("line.opcua", line_settings.opcua.host, line_settings.opcua.port)
+        # so is a certificate, key or trust folder that cannot serve Basic256Sha256
+        from lineside_inspect.line.opcua import check_security
+
+        check_security(line_settings.opcua)
     if line_settings.modbus is not None:
         _check_port("line.modbus", line_settings.modbus.host, line_settings.modbus.port)
     if line_settings.opcua is not None and line_settings.modbus is not None \

@@ -1,0 +1,261 @@
+"""The OPC UA side of the PLC handshake against what a hostile or misconfigured peer
+sends (line review, session 35): real ``asyncua`` clients against the real adapter on a
+free loopback port, and the configuration checks of its certificate files."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Client, ua
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.line.config import LineSettings, OpcUaConfig
+from lineside_inspect.line.opcua import OpcUaAdapter
+from lineside_inspect.server.app import create_app
+
+from .conftest import keyed
+from .test_line_plc import NS, _certificate, _station
+
+LOOPBACK = "opc.tcp://127.0.0.1:0/lineside/"
+
+
+def _secured(tmp_path: Path) -> tuple[OpcUaConfig, Path, Path, Path]:
+    (tmp_path / "trusted").mkdir()
+    server_cert, server_key = _certificate(tmp_path, "lineside", "urn:lineside:server", server=True)
+    plc_cert, plc_key = _certificate(tmp_path, "plc", "urn:plc:client", server=False)
+    (tmp_path / "trusted" / "plc.der").write_bytes(plc_cert.read_bytes())
+    cfg = OpcUaConfig(endpoint=LOOPBACK, certificate=str(server_cert), private_key=str(server_key),
+                      trusted_certificates=str(tmp_path / "trusted"))
+    return cfg, server_cert, plc_cert, plc_key
+
+
+def test_a_peer_without_a_certificate_gets_no_session_on_the_unsecured_channel(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncua opens a channel of policy None to anyone (discovery) and activated an
+    anonymous session on it although the only endpoint is Basic256Sha256: a peer with no
+    certificate wrote Trigger. Now that session is refused; the trusted PLC still works."""
+    cfg, server_cert, plc_cert, plc_key = _secured(tmp_path)
+    writes: list[tuple[str, str, Any]] = []
+
+    async def rogue_session(endpoint: str) -> None:
+        rogue = Client(endpoint, timeout=5)
+        with pytest.raises(ua.uaerrors.BadUserAccessDenied):
+            async with rogue:  # connect: channel None, CreateSession, ActivateSession
+                idx = await rogue.get_namespace_index(NS)
+                await rogue.get_node(f"ns={idx};s=Stations/s1/Trigger").write_value(True)
+
+    async def run() -> None:
+        adapter = OpcUaAdapter(cfg)
+        await adapter.start([_station()], lambda *w: writes.append(w))
+        try:
+            # a client that asks for a session on the None channel whatever the server
+            # offers (asyncua's own checks the endpoints; a hostile one does not)
+            with monkeypatch.context() as m:
+                m.setattr(Client, "find_endpoint", staticmethod(lambda eps, *_: eps[0]))
+                await rogue_session(adapter.endpoint)
+            assert writes == []
+            plc = Client(adapter.endpoint, timeout=5)
+            plc.application_uri = "urn:plc:client"
+            await plc.set_security_string(
+                f"Basic256Sha256,SignAndEncrypt,{plc_cert},{plc_key},{server_cert}")
+            async with plc:
+                idx = await plc.get_namespace_index(NS)
+                await plc.get_node(f"ns={idx};s=Stations/s1/Trigger").write_value(True)
+            assert writes == [("s1", "Trigger", True)]
+        finally:
+            await adapter.stop()
+
+    asyncio.run(run())
+
+
+def test_no_peer_can_register_servers_in_the_discovery_answer(tmp_path: Path) -> None:
+    """RegisterServer needs no session: a peer with no certificate replaced the discovery
+    URL FindServers gives for Lineside itself and added servers without end."""
+    cfg, *_ = _secured(tmp_path)
+
+    async def run() -> None:
+        adapter = OpcUaAdapter(cfg)
+        await adapter.start([_station()], lambda *w: None)
+        client = Client(adapter.endpoint, timeout=5)
+        try:
+            await client.connect_socket()
+            await client.send_hello()
+            await client.open_secure_channel()  # policy None: discovery only
+            before = [(s.ApplicationUri, s.DiscoveryUrls) for s in await client.find_servers()]
+            for uri in ("urn:lineside:server", "urn:fake:0"):
+                with pytest.raises(ua.uaerrors.BadServiceUnsupported):
+                    await client.uaclient.register_server(ua.RegisteredServer(
+                        ServerUri=uri, ServerNames=[ua.LocalizedText("evil")], IsOnline=True,
+                        DiscoveryUrls=["opc.tcp://10.6.6.6:4840/evil/"]))
+            after = [(s.ApplicationUri, s.DiscoveryUrls) for s in await client.find_servers()]
+            assert after == before and after[0][1] == [adapter.endpoint]
+            await client.close_secure_channel()
+        finally:
+            client.disconnect_socket()
+            await adapter.stop()
+
+    asyncio.run(run())
+
+
+def test_a_plc_tag_takes_a_whole_scalar_and_a_bad_status_is_null() -> None:
+    """asyncua checks a write's variant type, not its value rank nor an IndexRange, and
+    stores null for a value sent with a bad status: the station got that value anyway (a
+    String "0" with Bad_NotConnected started a part, a Boolean array did too)."""
+    writes: list[tuple[str, str, Any]] = []
+
+    async def run() -> None:
+        adapter = OpcUaAdapter(OpcUaConfig(endpoint=LOOPBACK))
+        await adapter.start([_station()], lambda *w: writes.append(w))
+        try:
+            async with Client(adapter.endpoint, timeout=5) as c:
+                idx = await c.get_namespace_index(NS)
+
+                def node(tag: str) -> Any:
+                    return c.get_node(f"ns={idx};s=Stations/s1/{tag}")
+
+                bad = ua.StatusCode(ua.UInt32(ua.StatusCodes.BadNotConnected))
+                for tag, value in (("Trigger", ua.Variant([True, False], ua.VariantType.Boolean)),
+                                   ("Recipe", ua.Variant(["lenient"], ua.VariantType.String))):
+                    with pytest.raises(ua.uaerrors.BadTypeMismatch):
+                        await node(tag).write_value(ua.DataValue(value))
+                # Recipe "xx" at range 0:1 replaced the whole name
+                params = ua.WriteParameters()
+                params.NodesToWrite = [ua.WriteValue(
+                    NodeId=node("Recipe").nodeid, AttributeId=ua.AttributeIds.Value,
+                    IndexRange="0:1", Value=ua.DataValue(ua.Variant("xx", ua.VariantType.String)))]
+                assert (await c.uaclient.write(params))[0].value == ua.StatusCodes.BadIndexRangeInvalid
+                assert await node("Recipe").read_value() == "deeppcb"
+                assert await node("Trigger").read_value() is False
+                assert writes == []
+                # a bad status: asyncua stores null, and null is the empty value
+                await node("Trigger").write_value(
+                    ua.DataValue(ua.Variant("0", ua.VariantType.String), StatusCode=bad))
+                await node("Recipe").write_value(
+                    ua.DataValue(ua.Variant(12, ua.VariantType.Int32), StatusCode=bad))
+                assert writes == [("s1", "Trigger", False), ("s1", "Recipe", "")]
+        finally:
+            await adapter.stop()
+
+    asyncio.run(run())
+
+
+def test_a_client_that_reads_nothing_does_not_hold_the_stop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """asyncua's stop closes each connection gracefully and waits for all of them: one
+    whose client reads nothing more (a PLC switched off mid-subscription leaves its data on
+    TCP's retransmissions for ~15 min; a hung one for ever) held the server's shutdown."""
+    async def run() -> None:
+        adapter = OpcUaAdapter(OpcUaConfig(endpoint=LOOPBACK))
+        await adapter.start([_station()], lambda *w: None)
+        client = Client(adapter.endpoint, timeout=5)
+        await client.connect()
+        idx = await client.get_namespace_index(NS)
+        recipe = client.get_node(f"ns={idx};s=Stations/s1/Recipe")
+        await adapter.write("s1", [("Recipe", "x" * 60_000)])
+        protocol = client.uaclient.protocol
+        assert protocol is not None and protocol.transport is not None
+        protocol.transport.pause_reading()  # reads nothing more
+        reads = [asyncio.ensure_future(recipe.read_value()) for _ in range(300)]  # 18 MB due
+        assert adapter.server is not None
+        deadline = time.monotonic() + 10
+        while not any(t.get_write_buffer_size() for t in adapter.server.iserver.asyncio_transports):
+            assert time.monotonic() < deadline, "the server never had to wait for the client"
+            await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(adapter.stop(), 20)  # a hang guard, not a timing
+        except TimeoutError:
+            pytest.fail("the stop hung on a client that reads nothing")
+        finally:
+            for read in reads:
+                read.cancel()
+            await asyncio.gather(*reads, return_exceptions=True)
+            client.disconnect_socket()
+        assert "1 client connection(s) still unread" in caplog.text  # dropped, not waited on
+
+    asyncio.run(run())
+
+
+def _line(cfg: dict[str, Any]) -> LineSettings:
+    return LineSettings(opcua=OpcUaConfig(endpoint="opc.tcp://127.0.0.1:0/lineside/", **cfg))
+
+
+def test_certificate_files_are_checked_in_one_line_before_anything_starts(tmp_path: Path) -> None:
+    """An unloadable certificate was a 90-line traceback from the start-up hooks (after the
+    models and cameras started); a key of another certificate, or not RSA, started a
+    server every PLC timed out on; a trust 'folder' naming a file said "can't create an
+    empty store"."""
+    cfg, _server_cert, plc_cert, _ = _secured(tmp_path)
+    base = {"certificate": cfg.certificate, "private_key": cfg.private_key,
+            "trusted_certificates": cfg.trusted_certificates}
+    (other := tmp_path / "other").mkdir()
+    _other_cert, other_key = _certificate(other, "other", "urn:other", server=True)
+    ec_key = tmp_path / "ec.pem"
+    ec_key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    junk = tmp_path / "junk.der"
+    junk.write_text("not a certificate")
+    (empty := tmp_path / "empty").mkdir()
+    (tmp_path / "trusted-bad").mkdir()
+    (tmp_path / "trusted-bad" / "plc.der").write_bytes(plc_cert.read_bytes())
+    (tmp_path / "trusted-bad" / "order.txt").write_text("read as a certificate: 'der' in it")
+    for change, message in (
+            ({"private_key": str(other_key)}, r"other\.pem is not the key of line\.opcua\.certificate"),
+            ({"private_key": str(ec_key)}, "Basic256Sha256 needs an RSA key"),
+            ({"certificate": str(junk)}, r"line\.opcua\.certificate: .*junk\.der is no certificate"),
+            ({"private_key": str(junk)}, r"line\.opcua\.private_key: .*junk\.der is no unencrypted"),
+            ({"trusted_certificates": str(tmp_path / "trusted" / "plc.der")}, "is not a folder"),
+            ({"trusted_certificates": str(empty)}, "holds no .der or .pem certificate"),
+            ({"trusted_certificates": str(tmp_path / "trusted-bad")}, r"order\.txt is read as a DER")):
+        with pytest.raises(ConfigError, match=message) as info:
+            create_app(keyed(line=_line({**base, **change}), store=False))
+        assert "\n" not in str(info.value)
+
+
+def test_pem_files_are_read_whatever_their_name(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """asyncua reads a file as PEM only when it is named .pem: the usual server.key and
+    server.crt (PEM) failed to load. A key other users can read is told."""
+    cfg, server_cert, plc_cert, plc_key = _secured(tmp_path)
+    key = tmp_path / "server.key"
+    key.write_bytes(Path(str(cfg.private_key)).read_bytes())
+    crt = tmp_path / "server.crt"
+    crt.write_bytes(_pem(server_cert))
+    os.chmod(key, 0o644)
+    line = _line({"certificate": str(crt), "private_key": str(key),
+                  "trusted_certificates": cfg.trusted_certificates})
+    assert line.opcua is not None
+
+    async def run() -> None:
+        adapter = OpcUaAdapter(line.opcua)  # type: ignore[arg-type]
+        await adapter.start([_station()], lambda *w: None)
+        try:
+            plc = Client(adapter.endpoint, timeout=5)
+            plc.application_uri = "urn:plc:client"
+            await plc.set_security_string(
+                f"Basic256Sha256,SignAndEncrypt,{plc_cert},{plc_key},{server_cert}")
+            async with plc:
+                idx = await plc.get_namespace_index(NS)
+                assert await plc.get_node(f"ns={idx};s=Stations/s1/Recipe").read_value() == "deeppcb"
+        finally:
+            await adapter.stop()
+
+    asyncio.run(run())
+    with caplog.at_level(logging.WARNING, "lineside.line.opcua"):
+        create_app(keyed(line=line, store=False))
+    assert any("server.key can be read by other users" in r.getMessage() for r in caplog.records)
+
+
+def _pem(der_path: Path) -> bytes:
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(der_path.read_bytes()).public_bytes(
+        serialization.Encoding.PEM)
