@@ -144,13 +144,14 @@ def test_frozen_stream_is_detected(stream: MJPEGSimulator) -> None:
 
 def test_shutdown_returns_within_two_seconds_during_a_blocked_read(stream: MJPEGSimulator) -> None:
     stream.mode = "hang"
-    opts = {"open_timeout_s": 5.0, "read_timeout_s": 5.0, "loop": True, "fps": 30.0}
+    opts = {"open_timeout_s": 60.0, "read_timeout_s": 60.0, "loop": True, "fps": 30.0}
     w = CameraWorker("cam", lambda: make_source(stream.url, **opts), stale_after_s=10)  # type: ignore[arg-type]
     w.start()
     time.sleep(0.5)  # the worker is now blocked opening or reading
-    start = time.monotonic()
-    w.stop(2.0)
-    assert time.monotonic() - start < 2.5
+    # stop gives up on the blocked read (it ends with its own 60 s timeout, in a daemon
+    # thread) rather than wait for it: False, the thread still in its read, and stopped
+    assert w.stop(2.0) is False
+    assert w._thread is not None and w._thread.is_alive() and w._thread.daemon
     assert w.health()["state"] == "stopped"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,11 +23,8 @@ def _source_counts(root: Path) -> tuple[int, int, Counter[str]]:
 
 def test_full_import_counts_and_group_split(deeppcb: Path, tmp_path: Path) -> None:
     n_test, n_temp, boxes = _source_counts(deeppcb)
-    start = time.perf_counter()
     dataset, skipped = import_dataset("deeppcb", deeppcb, tmp_path / "pcb")
-    took = time.perf_counter() - start
     assert not skipped
-    assert took < 60, f"import took {took:.1f}s"
     defective = [r for r in dataset.images if r.boxes]
     good = [r for r in dataset.images if not r.boxes]
     assert (len(defective), len(good)) == (n_test, n_temp) == (1000, 1000)

@@ -146,7 +146,7 @@ def test_a_batch_is_stored_once_in_seq_order_with_its_images(hub: ServedHub) -> 
     assert ack == ForwardAck(through_seq=7, stored=2, duplicates=0)
     row = hub.store.get(first.id)
     assert (row.box_id, row.site, row.line, row.verdict) == ("box1", "plant1", "line1", "fail")
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    day = first.record["created_at"][:10]  # its own UTC day (today's was the next at midnight)
     assert row.image_path == f"images/box1/{day}/{first.id}.png"
     # the reference is content-addressed by the sha256 the hub computed
     assert row.reference_path == f"refs/{hashlib.sha256(ref).hexdigest()}.png"

@@ -318,9 +318,10 @@ def test_a_promotion_past_its_bounds_rolls_back(launch: Callable[..., Running],
 
 
 def test_capture_keeps_near_threshold_passes_to_label_within_the_cap(
-        launch: Callable[..., Running], variants: Path) -> None:
+        launch: Callable[..., Running], variants: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # every sample board has detections scored 0.1-0.7 under thresholds of ~0.7: with a
     # margin of 0.6 each is "near the threshold"; the cap keeps two an hour
+    _in_one_hour(monkeypatch)
     srv = server(launch, variants, store_pass_rate=0.0, lifecycle={"capture": {
         "per_hour": 2, "near_threshold": 0.6, "random_rate": 0.0, "rare_share": 0.0}})
     with srv.client("line") as line, srv.client("reviewer") as rev:
@@ -335,6 +336,16 @@ def test_capture_keeps_near_threshold_passes_to_label_within_the_cap(
         queues = rev.get("/v1/queues").json()
         assert queues["capture_used_this_hour"]["near_threshold"] == 2
         assert {q["name"]: q["total"] for q in queues["items"]}["to_label"] == 2
+
+
+def _in_one_hour(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The capture cap's clock held in the middle of an hour: its places are per clock hour,
+    and a run that crossed one (at hh:59:59) had two more places for the same inspections."""
+    from types import SimpleNamespace
+
+    from lineside_inspect.lifecycle import capture
+
+    monkeypatch.setattr(capture, "time", SimpleNamespace(time=lambda: 1_800_000_000.0 + 1800))
 
 
 def _golden_from_reviews(line: httpx.Client, rev: httpx.Client, admin: httpx.Client,
@@ -655,10 +666,12 @@ def test_the_fail_rate_alarm_resumes_after_a_restart(tmp_path: Path, variants: P
                            track["recipe"]) == 1.0
             inspect(line, GOOD[:1])  # the window: good, fail, fail, good
             assert rev.get("/v1/alarms").json()["items"][0]["state"] == "alarm"
-            entries = _until(lambda: [e for e in rev.get("/v1/audit").json()["items"]
-                                      if "after a restart" in e["reason"]],
-                             "the alarms said again after the restart")
-            time.sleep(0.5)  # and no more (the writer is in order: a second would be there)
+            # one entry per recipe, written one after the other by the audit thread: both
+            # waited for (the second could come after a look that saw only the first)
+            _until(lambda: len([e for e in rev.get("/v1/audit").json()["items"]
+                                if "after a restart" in e["reason"]]) >= 2,
+                   "the alarms said again after the restart")
+            time.sleep(0.5)  # and no more (the writer is in order: a third would be there)
             entries = [e for e in rev.get("/v1/audit").json()["items"]
                        if "after a restart" in e["reason"]]
             assert [e["action"] for e in entries] == ["fail_rate_alarm"] * 2  # one per recipe

@@ -312,7 +312,12 @@ def _inspection(scores: list[float], labels: list[int], counted: list[int]) -> A
                            anomaly=None)
 
 
-def test_capture_reasons_and_hourly_caps() -> None:
+def test_capture_reasons_and_hourly_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the places are per clock hour: its clock is held mid-hour (a run at hh:59:59 got two
+    # more places once the hour turned)
+    from lineside_inspect.lifecycle import capture
+
+    monkeypatch.setattr(capture, "time", SimpleNamespace(time=lambda: 1_800_000_000.0 + 1800))
     policy = CapturePolicy(CaptureSettings(per_hour=2, near_threshold=0.05, random_rate=0.0,
                                            rare_share=0.1), seed=0)
     near = _inspection([0.68], [0], [])  # open at 0.68, its threshold 0.7: a pass that almost failed
