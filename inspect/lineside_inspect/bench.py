@@ -18,6 +18,7 @@ import numpy as np
 
 from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.errors import BenchError
+from lineside_inspect.imageio import IMAGE_SUFFIXES
 from lineside_inspect.runtime.detector import Detector
 
 
@@ -64,6 +65,44 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def single_image_package(package: str | Path, command: str) -> None:
+    """Refuse, before any server starts, a package a benchmark that sends frames alone
+    cannot run: a folder that is no package (the server's start-up failed in a thread or
+    a child process: a traceback, or a wait that never ended), or a reference model (every
+    frame refused for want of its golden image)."""
+    from lineside_inspect.package import load_package
+
+    card = load_package(package).card
+    if card.needs_reference:
+        raise BenchError(f"{package} is a reference model: lineside bench {command} sends frames "
+                         "without a golden image, which it refuses; time it with lineside bench "
+                         f"model {package} (--pairs DATASET: parts judged against their golden "
+                         "image)")
+
+
+def camera_frames(folder: str | Path) -> Any:
+    """The simulated camera's frames from ``folder``, or a clear error (a missing or empty
+    folder was a ValueError's traceback)."""
+    from lineside_inspect.cameras.simulator import folder_frames
+
+    if not Path(folder).is_dir():
+        raise BenchError(f"--frames {folder}: no such folder (a folder of images the simulated "
+                         "camera streams)")
+    try:
+        return folder_frames(folder)
+    except ValueError:
+        raise BenchError(f"--frames {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it") \
+            from None
+
+
+def _answered(r: Any) -> None:
+    """A trigger's answer, or the server's own words for why it failed (it was httpx's
+    traceback)."""
+    if r.status_code != 200:
+        raise BenchError(f"{r.request.method} {r.request.url}: HTTP {r.status_code}: "
+                         f"{r.text[:300]}")
+
+
 def bench_camera(package: str | Path, frames_folder: str | Path, *, triggers: int = 40,
                  fps: float = 30.0) -> dict[str, Any]:
     """End-to-end trigger latency (trigger sent -> verdict received) and frame age at
@@ -73,12 +112,14 @@ def bench_camera(package: str | Path, frames_folder: str | Path, *, triggers: in
     import httpx
     import uvicorn
 
-    from lineside_inspect.cameras.simulator import MJPEGSimulator, folder_frames
+    from lineside_inspect.cameras.simulator import MJPEGSimulator
     from lineside_inspect.config import CameraConfig, Settings
     from lineside_inspect.server.app import create_app
 
+    single_image_package(package, "camera")
+    frames = camera_frames(frames_folder)
     use_one_arena()  # as lineside serve runs (see lineside_inspect.allocator)
-    sim = MJPEGSimulator(folder_frames(frames_folder), fps=fps)
+    sim = MJPEGSimulator(frames, fps=fps)
     settings = Settings(models=[str(package)], device="cpu", threads=2,
                         cameras=[CameraConfig(id="bench", source=sim.url, stale_after_s=2)])
     app = create_app(settings)
@@ -87,6 +128,8 @@ def bench_camera(package: str | Path, frames_folder: str | Path, *, triggers: in
     thread.start()
     try:
         while not (server.started and app.state.ready):
+            if not thread.is_alive():  # its start-up failed (logged): it will never be ready
+                raise BenchError("the server did not start (its log above says why)")
             time.sleep(0.05)
         url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
         latency, age, wait = [], [], []
@@ -97,7 +140,7 @@ def bench_camera(package: str | Path, frames_folder: str | Path, *, triggers: in
                 t = time.perf_counter()
                 r = c.post("/v1/cameras/bench/trigger")
                 dt = (time.perf_counter() - t) * 1000
-                r.raise_for_status()
+                _answered(r)
                 if i >= 3:  # warm-up
                     doc = r.json()
                     latency.append(dt)
@@ -272,6 +315,7 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
     from lineside_inspect.inspector import inspect
     from lineside_inspect.recipes import Recipe
 
+    single_image_package(package, "server")
     use_one_arena()  # as lineside serve runs (see lineside_inspect.allocator)
     package = Path(package).resolve()
     image = Path(image_path).read_bytes()
@@ -420,15 +464,17 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
 
     import httpx
 
-    from lineside_inspect.cameras.simulator import MJPEGSimulator, folder_frames
+    from lineside_inspect.cameras.simulator import MJPEGSimulator
     from lineside_inspect.line.modbus import COILS
     from lineside_inspect.serve_process import free_ports
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)  # the client's notes on revised timeouts
 
+    single_image_package(package, "line")
+    frames = camera_frames(frames_folder)
     opc_port, modbus_port = free_ports(2)
     endpoint = f"opc.tcp://127.0.0.1:{opc_port}/lineside/"
-    sim = MJPEGSimulator(folder_frames(frames_folder), fps=fps)
+    sim = MJPEGSimulator(frames, fps=fps)
     line_env = {
         "LINESIDE_CAMERAS": json.dumps([{"id": "bench", "source": sim.url, "stale_after_s": 2}]),
         "LINESIDE_LINE": json.dumps({"opcua": {"endpoint": endpoint},
@@ -484,7 +530,7 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
                     t = time.perf_counter()
                     r = await http.post("/v1/cameras/bench/trigger")
                     dt = (time.perf_counter() - t) * 1000
-                    r.raise_for_status()
+                    _answered(r)
                     if not warm:
                         http_ms.append(dt)
                     await asyncio.sleep(0.05)
@@ -583,6 +629,10 @@ def bench_pairs(package: str | Path, data: str | Path, *, parts: int = 40, align
                          "against their golden image; leave --pairs out to time this model")
     ds = read_dataset(data)
     recs = [r for r in ds.images if r.boxes and r.reference]
+    if not recs:  # it said "no good frames to calibrate the unchanged gate from"
+        raise BenchError(f"--pairs {data}: no defective image with a reference (golden image) "
+                         "in it: a good part is its golden image re-photographed, a defective one "
+                         "an image with boxes; give a dataset of pairs (images[].reference)")
     groups = sorted({r.group or r.file_name for r in recs})
     calib_groups = set(groups[::2])
     rng = np.random.default_rng(seed)
@@ -598,7 +648,10 @@ def bench_pairs(package: str | Path, data: str | Path, *, parts: int = 40, align
         calib_pairs.append((rephotographed(ref, rng), ref))
     calib = calibrate_floor(calib_pairs, tolerance_px=tolerance_px)
     gate = UnchangedGate(floor=calib["floor"], tolerance_px=tolerance_px)
-    held = [r for r in recs if (r.group or r.file_name) not in calib_groups][:parts] or recs[:parts]
+    held = [r for r in recs if (r.group or r.file_name) not in calib_groups][:parts]
+    held_out = bool(held)
+    if not held:  # one group: judged on the boards the floor was calibrated on (said so)
+        held = recs[:parts]
     parts_: list[tuple[str, bytes, Reference]] = []
     for r in held:
         test, ref = load(r)
@@ -607,7 +660,7 @@ def bench_pairs(package: str | Path, data: str | Path, *, parts: int = 40, align
             parts_.append((kind, cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(),
                            reference))
     out: dict[str, Any] = {"package": str(package), "parts": len(held), "calibration": calib,
-                           "align": align}
+                           "align": align, "held_out": held_out}
     for mode, g in (("detector always", None), ("unchanged gate", gate)):
         recipe = Recipe(name="bench", model=det.card.name, align_reference=align, unchanged_gate=g)
         for _ in range(3):  # warm up
@@ -629,7 +682,9 @@ def bench_pairs(package: str | Path, data: str | Path, *, parts: int = 40, align
 
 
 def format_pairs(r: dict[str, Any]) -> str:
-    lines = [f"{r['package']}: {r['parts']} good and {r['parts']} defective parts (held-out groups), "
+    where = ("held-out groups" if r.get("held_out", True) else
+             "the groups the floor was calibrated on: the dataset has one group")
+    lines = [f"{r['package']}: {r['parts']} good and {r['parts']} defective parts ({where}), "
              f"align {r['align']}; gate floor {r['calibration']['floor']} from "
              f"{r['calibration']['good_pairs']} good parts",
              "| mode | part | p50 ms | p95 ms | failed | detector skipped |", "|---|---|---|---|---|---|"]

@@ -750,7 +750,9 @@ def hash_key_cmd(
 def bench_model_cmd(
     package: Annotated[Path, typer.Argument(help="model package folder")],
     int8: Annotated[Path | None, typer.Option(help="int8 package to compare")] = None,
-    runs: Annotated[int, typer.Option(min=1, help="timed runs per batch size")] = 50,
+    runs: Annotated[int, typer.Option(min=1, help=(
+        "timed batch-1 runs for the latency; each batch size's throughput is timed over "
+        "runs / (2 x batch) runs, at least 3"))] = 50,
     batches: Annotated[str, typer.Option(help="batch sizes for throughput")] = "1,2,4,8",
     pairs: Annotated[Path | None, typer.Option(help=(
         "reference models: a dataset with references; judge good and defective parts side "
@@ -790,6 +792,14 @@ def _counts(option: str, text: str) -> tuple[int, ...]:
     return counts
 
 
+def _positive(value: float) -> float:
+    """A duration or rate a benchmark divides by: over 0 (0 and negative numbers ended
+    in a ZeroDivisionError or an empty percentile after servers had started)."""
+    if not value > 0 or math.isinf(value):
+        raise typer.BadParameter(f"{value:g}: give a number over 0")
+    return value
+
+
 @bench_app.command("camera")
 @friendly
 def bench_camera_cmd(
@@ -797,7 +807,7 @@ def bench_camera_cmd(
     frames: Annotated[Path, typer.Option(help="images the simulated camera streams")] = Path(
         "datasets/deeppcb-sample/images"),
     triggers: Annotated[int, typer.Option(min=1)] = 40,
-    fps: Annotated[float, typer.Option(help="camera frame rate")] = 30.0,
+    fps: Annotated[float, typer.Option(min=1.0, max=240.0, help="camera frame rate")] = 30.0,
 ) -> None:
     """Trigger-to-verdict latency and frame age through a simulated 30 fps camera."""
     from lineside_inspect.bench import bench_camera
@@ -817,7 +827,7 @@ def bench_line_cmd(
     frames: Annotated[Path, typer.Option(help="images the simulated camera streams")] = Path(
         "datasets/deeppcb-sample/images"),
     triggers: Annotated[int, typer.Option(min=1)] = 40,
-    fps: Annotated[float, typer.Option(help="camera frame rate")] = 30.0,
+    fps: Annotated[float, typer.Option(min=1.0, max=240.0, help="camera frame rate")] = 30.0,
 ) -> None:
     """PLC trigger -> ResultReady over OPC UA and Modbus TCP beside HTTP trigger -> verdict,
     in one run through a simulated 30 fps camera (needs lineside[line])."""
@@ -840,8 +850,9 @@ def bench_server_cmd(
     image: Annotated[Path, typer.Option(help="the JPEG every request sends")] = Path(
         "datasets/deeppcb-sample/images/group00041/00041000_test.jpg"),
     requests: Annotated[int, typer.Option(min=1, help="sequential requests for the overhead")] = 40,
-    seconds: Annotated[float, typer.Option(help="load duration per client count")] = 10.0,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all)")] = None,
+    seconds: Annotated[float, typer.Option(callback=_positive,
+                                           help="load duration per client count")] = 10.0,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: all)")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="the server's max_concurrency")] = 2,
     rounds: Annotated[int, typer.Option(
         min=1, help="interleaved rounds the measurements are split into")] = 3,
@@ -864,11 +875,11 @@ def bench_hub_cmd(
     config: Annotated[Path | None, typer.Option(help=(
         "hub YAML whose database_url and objects to use (without them: SQLite, and a local "
         "weed)"))] = None,
-    boxes: Annotated[int, typer.Option(help="box processes")] = 3,
-    rate: Annotated[float, typer.Option(help="steady inspections/s per box")] = 30.0,
-    seconds: Annotated[float, typer.Option(help="length of the steady phase")] = 20.0,
-    burst: Annotated[int, typer.Option(help="backlog per box for the throughput phase")] = 300,
-    review_list: Annotated[int, typer.Option(help=(
+    boxes: Annotated[int, typer.Option(min=1, help="box processes")] = 3,
+    rate: Annotated[float, typer.Option(callback=_positive, help="steady inspections/s per box")] = 30.0,
+    seconds: Annotated[float, typer.Option(callback=_positive, help="length of the steady phase")] = 20.0,
+    burst: Annotated[int, typer.Option(min=1, help="backlog per box for the throughput phase")] = 300,
+    review_list: Annotated[int, typer.Option(min=0, help=(
         "inspections for the hub's review-list latency, in a database of their own on the "
         "--config PostgreSQL server (0: skip)"))] = 100_000,
 ) -> None:
@@ -902,12 +913,16 @@ def bench_shadow_cmd(
         "models/deeppcb/1-int8"),
     frames: Annotated[Path, typer.Option(help="images the clients send")] = Path(
         "datasets/deeppcb-sample/images"),
-    seconds: Annotated[float, typer.Option(help="per round, load and shadow state")] = 10.0,
-    rounds: Annotated[int, typer.Option(help="rounds alternating shadow off and on")] = 2,
-    rate: Annotated[float, typer.Option(help="line-rate load: frames per second")] = 4.0,
-    clients: Annotated[int, typer.Option(help="saturated load: clients back to back")] = 2,
-    sample_rate: Annotated[float, typer.Option(help="share of frames the shadow sees")] = 1.0,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads (default: all)")] = None,
+    seconds: Annotated[float, typer.Option(callback=_positive,
+                                           help="per round, load and shadow state")] = 10.0,
+    rounds: Annotated[int, typer.Option(min=1, help="rounds alternating shadow off and on")] = 2,
+    rate: Annotated[float, typer.Option(callback=_positive,
+                                        help="line-rate load: frames per second")] = 4.0,
+    clients: Annotated[int, typer.Option(min=1, help="saturated load: clients back to back")] = 2,
+    sample_rate: Annotated[float, typer.Option(
+        min=0.0, max=1.0, callback=_positive, help="share of frames the shadow sees (over 0, "
+        "at most 1)")] = 1.0,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: all)")] = None,
 ) -> None:
     """Verdict latency of the active model with and without a shadow model, at line rate
     and saturated, against a lineside serve process (docs/lifecycle.md)."""

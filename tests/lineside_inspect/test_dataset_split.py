@@ -161,3 +161,25 @@ def test_split_by_group_without_groups_says_so(tmp_path: Path, sample: Path) -> 
     assert "no image has a group" in " ".join(result.stderr.split())
     grouped = CliRunner().invoke(app, ["data", "split", str(sample), "--val", "0.3"])
     assert grouped.exit_code == 0 and "no image has a group" not in grouped.output
+
+
+def _no_images(tmp_path: Path) -> Path:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    doc = json.loads((SAMPLE / "annotations.json").read_text())
+    doc["images"], doc["annotations"] = [], []
+    (folder / "annotations.json").write_text(json.dumps(doc))
+    return folder
+
+
+def test_a_dataset_with_no_images_is_one_line(tmp_path: Path) -> None:
+    """data split on it was a ZeroDivisionError's traceback; golden create said "no images
+    in split None"."""
+    empty = _no_images(tmp_path)
+    res = CliRunner().invoke(app, ["data", "split", str(empty)])
+    assert res.exit_code == 2, res.output
+    assert "has no images to split" in res.output
+    res = CliRunner().invoke(app, ["golden", "create", "g", "--data-dir", str(tmp_path / "d"),
+                                   "--data", str(empty)])
+    assert res.exit_code == 2, res.output
+    assert "the dataset has no images" in res.output and "None" not in res.output

@@ -205,3 +205,18 @@ def test_stats_plot_of_a_good_only_set_says_what_it_holds(tmp_path: Path) -> Non
     assert r.exit_code == 0, r.output
     svg = (tmp_path / "plot.svg").read_text()
     assert "good images per split" in svg and "no defect boxes" in svg
+
+
+def test_evaluating_on_a_dataset_with_no_images_does_not_say_give_split_all(tmp_path: Path) -> None:
+    """With --split all given, it said "(use --split all for a dataset without splits)"
+    (a detector) or "it has no splits: give --split all" (a good-only model)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    doc = json.loads((SAMPLE / "annotations.json").read_text())
+    doc["images"], doc["annotations"] = [], []
+    (empty / "annotations.json").write_text(json.dumps(doc))
+    for package in ("deeppcb/1", "deeppcb-good/1"):
+        res = runner.invoke(app, ["evaluate", str(ROOT / "models" / package), "--data",
+                                  str(empty), "--split", "all"])
+        assert res.exit_code == 2, res.output
+        assert "the dataset has no images" in res.output and "--split all" not in res.output

@@ -156,7 +156,8 @@ def split_records(dataset: Dataset, split: str, class_names: list[str]) -> list[
                           f"model's {class_names}: evaluate a model trained on them")
     records = dataset.images if split == "all" else dataset.in_split(split)
     if not records:
-        raise ConfigError(f"{dataset.root}: split {split!r} has no images (use --split all "
+        raise ConfigError(f"{dataset.root}: the dataset has no images" if not dataset.images else
+                          f"{dataset.root}: split {split!r} has no images (use --split all "
                           "for a dataset without splits)")
     return records
 

@@ -49,6 +49,9 @@ def check_split_args(dataset: Dataset, *, val: float, test: float, by: str,
         raise DatasetError(f"--val {val} and --test {test} must be fractions summing below 1")
     if by not in ("group", "image"):
         raise DatasetError(f"--by must be 'group' or 'image', got {by!r}")
+    if not dataset.images:  # (it was a ZeroDivisionError's traceback)
+        raise DatasetError(f"{dataset.root}: the dataset has no images to split; import some "
+                           "with lineside data import")
     chosen = set(val_groups or ())
     if chosen:
         known = {r.group for r in dataset.images if r.group is not None}

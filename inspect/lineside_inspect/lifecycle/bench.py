@@ -50,12 +50,17 @@ def _send(url: str, images: list[bytes], *, seconds: float, clients: int,
 
     def client(i: int) -> None:
         with httpx.Client(base_url=url, timeout=60) as c:
-            n = i
-            next_at = time.perf_counter()
+            n, sent = i, 0
+            start = time.perf_counter()
             while time.perf_counter() < stop:
                 if interval_s is not None:
+                    # the k-th send is due at start + k x interval (a sum of intervals drifted
+                    # under the round's end: 10 x 0.05 s made an 11th send in 0.5 s)
+                    next_at = start + sent * interval_s
+                    if next_at >= stop:  # a send due after the round's end is not in it
+                        break
                     time.sleep(max(0.0, next_at - time.perf_counter()))
-                    next_at += interval_s
+                sent += 1
                 t = time.perf_counter()
                 r = c.post("/v1/inspect", content=images[n % len(images)],
                            headers={"content-type": "image/jpeg"})
@@ -76,14 +81,25 @@ def bench_shadow(package: str | Path, shadow: str | Path, frames: str | Path, *,
                  sample_rate: float = 1.0, threads: int | None = None) -> list[dict[str, Any]]:
     import httpx
 
-    from lineside_inspect.bench import _serve_process
+    from lineside_inspect.bench import _serve_process, single_image_package
+    from lineside_inspect.errors import BenchError
     from lineside_inspect.package import read_card
 
     images = [p.read_bytes() for p in sorted(Path(frames).rglob("*"))
               if p.suffix.lower() in IMAGE_SUFFIXES][:40]
     if not images:
-        raise FileNotFoundError(f"{frames}: no images")
-    shadow_card = read_card(Path(shadow))
+        raise BenchError(f"--frames {frames}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
+    # before the server starts: a missing package was its child's exit in a traceback, and
+    # a shadow of another model (or the active version itself) the shadow route's 4xx
+    single_image_package(package, "shadow")
+    single_image_package(shadow, "shadow")
+    active_card, shadow_card = read_card(Path(package)), read_card(Path(shadow))
+    if shadow_card.name != active_card.name:
+        raise BenchError(f"--shadow {shadow} is model {shadow_card.name}, {package} is "
+                         f"{active_card.name}: a shadow is another version of the active model")
+    if shadow_card.version == active_card.version:
+        raise BenchError(f"--shadow {shadow} is version {shadow_card.version} of "
+                         f"{shadow_card.name}, the version {package} is: give another version")
     loads = {"line rate": (1, 1.0 / rate_hz), "saturated": (clients, None)}
     rows = {(load, on): _Phase(load, on) for load in loads for on in (False, True)}
     with tempfile.TemporaryDirectory(prefix="lineside-bench-shadow-") as tmp:

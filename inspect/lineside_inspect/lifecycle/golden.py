@@ -177,7 +177,8 @@ def from_dataset(root: str | Path, split: str | None = None, *, limit: int | Non
     dataset = read_dataset(root)
     records = dataset.in_split(None if split in (None, "all") else split)
     if not records:
-        raise GoldenSetError(f"{root}: no images in split {split!r}")
+        raise GoldenSetError(f"{root}: no images in split {split!r}" if split not in (None, "all")
+                             else f"{root}: the dataset has no images")
     if limit is not None and len(records) > limit:
         rng = random.Random(seed)
         bad = [r for r in records if not r.is_good]

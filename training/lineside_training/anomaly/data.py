@@ -34,6 +34,8 @@ def split_images(dataset: Dataset, split: str) -> list[ImageRecord]:
     if records:
         return records
     name = dataset.root.name if dataset.root else "the dataset"
+    if not dataset.images:  # (it said: give --split all, to one who had)
+        raise DatasetError(f"{name}: the dataset has no images")
     have = sorted({r.split for r in dataset.images if r.split})
     raise DatasetError(f"{name}: split {split!r} has no images; "
                        + (f"its splits are {', '.join(have)} (or --split all)" if have

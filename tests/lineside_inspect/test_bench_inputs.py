@@ -1,0 +1,141 @@
+"""``lineside bench ...`` given what it cannot run: one line saying what and why, before any
+server starts (it was a ZeroDivisionError, an IndexError or a ValueError's traceback after
+the servers had started, an httpx traceback, or a wait that never ended), and labels that
+say what was measured."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from lineside_inspect.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "models"
+SAMPLE = ROOT / "datasets" / "deeppcb-sample"
+
+
+def _refused(args: list[str], *words: str) -> str:
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "Traceback" not in res.output
+    for word in words:
+        assert word in res.output, res.output
+    return res.output
+
+
+@pytest.mark.parametrize("args", [
+    ["bench", "server", str(MODELS / "deeppcb" / "1"), "--seconds", "0"],
+    ["bench", "server", str(MODELS / "deeppcb" / "1"), "--seconds", "-1"],
+    ["bench", "shadow", "--seconds", "0"],
+    ["bench", "shadow", "--rounds", "0"],
+    ["bench", "shadow", "--rate", "0"],
+    ["bench", "shadow", "--clients", "0"],
+    ["bench", "shadow", "--sample-rate", "0"],
+    ["bench", "camera", "--fps", "0"],
+    ["bench", "line", "--fps", "-5"],
+    ["bench", "hub", "--boxes", "0"],
+    ["bench", "hub", "--rate", "0"],
+])
+def test_a_number_a_bench_cannot_measure_with_is_refused_before_it_starts(args: list[str]) -> None:
+    # "Invalid value", exit 2: refused by the option's own check, before the command ran
+    _refused(args, "Invalid value")
+
+
+@pytest.mark.timeout(60)  # bench camera waited forever for a server whose start-up failed
+@pytest.mark.parametrize("command", ["camera", "line", "shadow"])
+def test_a_missing_package_is_one_line(command: str, tmp_path: Path) -> None:
+    _refused(["bench", command, str(tmp_path / "nope")], "model package folder not found")
+
+
+@pytest.mark.parametrize("command", ["camera", "server", "shadow"])
+def test_a_reference_model_is_refused_by_benches_that_send_frames_alone(command: str) -> None:
+    _refused(["bench", command, str(MODELS / "deeppcb-ref" / "1")], "is a reference model",
+             "lineside bench model")
+
+
+@pytest.mark.parametrize("frames", ["missing", "empty"])
+def test_camera_frames_that_are_not_there_are_one_line(frames: str, tmp_path: Path) -> None:
+    folder = tmp_path / frames
+    if frames == "empty":
+        folder.mkdir()
+    _refused(["bench", "camera", "--frames", str(folder)], f"--frames {folder}")
+
+
+def test_a_shadow_of_another_model_or_the_same_version_is_refused() -> None:
+    _refused(["bench", "shadow", "--shadow", str(MODELS / "deeppcb-good" / "1")],
+             "is model deeppcb-good", "another version")
+    _refused(["bench", "shadow", "--shadow", str(MODELS / "deeppcb" / "1")], "give another version")
+
+
+def test_line_rate_sends_no_frame_after_the_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 20 Hz for 0.5 s a line-rate client sends 10 frames, not 11: the table's img/s said
+    5.0 for a 4 Hz line (one send was due at the round's end and went)."""
+    import httpx
+
+    from lineside_inspect.lifecycle.bench import _send
+
+    class _Client:
+        def __init__(self, **_: Any) -> None:
+            pass
+
+        def __enter__(self) -> _Client:
+            return self
+
+        def __exit__(self, *_: Any) -> None:
+            pass
+
+        def post(self, *_: Any, **__: Any) -> Any:
+            class _Answer:
+                def raise_for_status(self) -> None:
+                    pass
+            return _Answer()
+
+    from types import SimpleNamespace
+
+    from lineside_inspect.lifecycle import bench
+
+    # a clock only the client's waits move: the count is the schedule's, whatever the host
+    now = [1000.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: now[0], sleep=sleep))
+    monkeypatch.setattr(httpx, "Client", _Client)
+    assert len(_send("http://x", [b"x"], seconds=0.5, clients=1, interval_s=0.05)) == 10
+
+
+def _one_group(tmp_path: Path, *, references: bool = True) -> Path:
+    folder = tmp_path / "ds"
+    shutil.copytree(SAMPLE, folder)
+    doc = json.loads((folder / "annotations.json").read_text())
+    doc["images"] = [i for i in doc["images"] if i["group"] == "group00041"]
+    if not references:
+        for i in doc["images"]:
+            i.pop("reference", None)
+    ids = {i["id"] for i in doc["images"]}
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in ids]
+    (folder / "annotations.json").write_text(json.dumps(doc))
+    return folder
+
+
+def test_pairs_of_one_group_do_not_say_held_out(tmp_path: Path) -> None:
+    """With one group the parts judged are of the boards the floor was calibrated on: the
+    first line said "(held-out groups)"."""
+    res = CliRunner().invoke(app, ["bench", "model", str(MODELS / "deeppcb-ref" / "1"),
+                                   "--pairs", str(_one_group(tmp_path)), "--parts", "1"])
+    assert res.exit_code == 0, res.output
+    first = res.output.splitlines()[0]
+    assert "held-out" not in first and "calibrated on" in first, first
+
+
+def test_pairs_without_references_say_so(tmp_path: Path) -> None:
+    """It said "no good frames to calibrate the unchanged gate from"."""
+    _refused(["bench", "model", str(MODELS / "deeppcb-ref" / "1"), "--pairs",
+              str(_one_group(tmp_path, references=False))], "no defective image with a reference")
