@@ -257,9 +257,12 @@ class Records:
     def verdict_counts(self, *, model: str, version: str, recipe: str | None,
                        since: datetime | None = None, until: datetime | None = None,
                        last: int | None = None) -> tuple[int, int]:
-        """(inspections, fails) of ``model`` ``version`` under ``recipe``: since/until, or
-        its ``last`` ones."""
-        conds: list[Any] = [InspectionRow.model_name == model, InspectionRow.model_version == version]
+        """(inspections, fails) of ``model`` ``version`` under ``recipe`` on this box: since/
+        until, or its ``last`` ones. This box's only: a watch judges and rolls back this
+        box's version, and boxes sharing a database run their own (another box's fails
+        rolled back a box that had judged nothing; fleet review)."""
+        conds: list[Any] = [InspectionRow.box_id == self.store.box_id,
+                            InspectionRow.model_name == model, InspectionRow.model_version == version]
         if recipe:
             conds.append(InspectionRow.recipe_name == recipe)
         if since is not None:
@@ -278,12 +281,13 @@ class Records:
         return int(n), int(fails or 0)
 
     def false_rejects(self, *, model: str, version: str, since: datetime) -> int:
-        """Inspections of ``model`` ``version`` since ``since`` that failed and whose
-        latest review says the part was good."""
+        """This box's inspections of ``model`` ``version`` since ``since`` that failed and
+        whose latest review says the part was good (as :meth:`verdict_counts`, this box's)."""
         self._fresh()
         with Session(self.engine) as s:
             rows = s.scalars(select(InspectionRow).where(
-                InspectionRow.model_name == model, InspectionRow.model_version == version,
+                InspectionRow.box_id == self.store.box_id, InspectionRow.model_name == model,
+                InspectionRow.model_version == version,
                 InspectionRow.created_at >= since, InspectionRow.verdict == "fail",
                 InspectionRow.review_state != "unreviewed")
                 .options(selectinload(InspectionRow.reviews))).all()

@@ -78,10 +78,43 @@ class Registry:
                                    "another graph or card: give the changed package a new "
                                    "version")
             first = slot.active is None
+            if activate and not first:
+                self._check_followers_locked(card.name, detector, None)
             slot.versions[card.version] = detector
             if activate or first:
                 self._activate_locked(card.name, card.version)
         return Loaded(detector, first)
+
+    def _check_followers_locked(self, name: str, detector: Detector,
+                                replacing: Recipe | None) -> None:
+        """Refuse making ``detector`` the active version of ``name`` while a recipe that
+        judges with whatever version is active (it pins none) cannot serve it: rules naming
+        classes it does not have, a reference it takes no image for. Those were checked
+        against the version active when the recipe was put; a new version (one a fleet
+        box pulled, a renamed class) made them dead rules unseen, a stricter ``min_score``
+        of a class gone judged at the card's threshold (fleet review). ``replacing``: the
+        recipe put in the same step (the new card's own), not checked here."""
+        for r in self._recipes.values():
+            if r.model != name or r.model_version is not None or r.remote is not None:
+                continue
+            if replacing is not None and r.name == replacing.name:
+                continue
+            fused = r.anomaly
+            try:
+                anomaly = (self._detector_locked(fused.model, fused.model_version)
+                           if fused is not None and fused.model is not None else None)
+            except NotFoundError:
+                anomaly = None
+            try:
+                r.check_models(detector.card.kind, detector.class_names,
+                               None if anomaly is None else anomaly.card.kind)
+                r.check_reference_use(detector.needs_reference)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"{name} {detector.card.version} cannot judge under recipe {r.name}, "
+                    f"which follows the active version: {exc.message}. Put the recipe anew "
+                    f"for it (PUT /v1/recipes/{r.name}), or pin the recipe to the version it "
+                    "was written for, then activate") from None
 
     def _activate_locked(self, name: str, version: str) -> None:
         slot = self._models[name]
@@ -96,7 +129,9 @@ class Registry:
         """Make ``version`` active; with ``recipe`` (its card's, checked), put that in the
         same step, so no inspection pins the new version with the old card's recipe."""
         with self._lock:
-            self._slot(name)
+            slot = self._slot(name)
+            if slot.active != version:
+                self._check_followers_locked(name, self._detector_locked(name, version), recipe)
             self._activate_locked(name, version)
             self._put_recipe_locked(recipe)
 
