@@ -461,26 +461,64 @@ def test_a_delivery_committed_after_a_save_looked_for_room_still_ends_the_full_p
 
 def test_processes_upgrading_one_database_at_once_both_start(
         tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Processes sharing one PostgreSQL database (a hub's, boxes') upgrade at once: each
-    saw a column missing, and the second's ADD COLUMN failed on the first's. Here the
-    second looks before the first adds it (its view of the columns is stale)."""
-    if database_url is None:
-        pytest.skip("one process owns a SQLite database")
+    """Processes sharing one database (a hub's, boxes') upgrade at once: each saw a column
+    missing, and the second's ADD COLUMN failed on the first's (PostgreSQL, and a SQLite
+    file boxes share). Here the second's first look is taken before the first adds it
+    (its view of the columns is stale)."""
     from sqlalchemy import inspect as sa_inspect
 
     import lineside_inspect.store.store as store_module
 
-    Store(tmp_path / "a", database_url, box_id="a").close()  # the columns exist now
+    url = database_url or f"sqlite:///{tmp_path / 'shared.db'}"
+    Store(tmp_path / "a", url, box_id="a").close()  # the columns exist now
+    looks: list[str] = []
 
     class Stale:
         def __init__(self, engine: Any) -> None:
             self.real = sa_inspect(engine)
+            looks.append("stale" if not looks else "fresh")
+            self.stale = looks[-1] == "stale"
 
         def has_table(self, name: str) -> bool:
             return bool(self.real.has_table(name))
 
         def get_columns(self, table: str) -> list[dict[str, Any]]:
-            return [c for c in self.real.get_columns(table) if c["name"] != "received_at"]
+            return [c for c in self.real.get_columns(table)
+                    if not (self.stale and c["name"] == "received_at")]
 
     monkeypatch.setattr(store_module, "sa_inspect", Stale)
-    Store(tmp_path / "b", database_url, box_id="b").close()  # was DuplicateColumn
+    Store(tmp_path / "b", url, box_id="b").close()  # was DuplicateColumn
+    assert looks[0] == "stale"
+
+
+def test_processes_making_the_tables_at_once_both_start(
+        tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Boxes sharing one database, started at once on a new one: between one's look for a
+    table and its CREATE the other made it, and the box stopped at start with "table
+    outbox already exists" (fleet review, session 35). Here the second's first look at
+    each table is taken before the first made it; the lifecycle's tables too."""
+    from lineside_inspect.lifecycle.records import Records
+    from lineside_inspect.store.models import LIFECYCLE_TABLES, Base
+
+    url = database_url or f"sqlite:///{tmp_path / 'shared.db'}"
+    first = Store(tmp_path / "a", url, box_id="a")
+    Records(first)
+    first.close()
+    real = Base.metadata.create_all
+    raced: set[str] = set()
+
+    def late_look(bind: Any, tables: Any = None, checkfirst: bool = True) -> None:
+        names = {t.name for t in tables or ()}
+        if names - raced:  # its first try at these: it looked before the other made them
+            raced.update(names)
+            return real(bind, tables=tables, checkfirst=False)
+        return real(bind, tables=tables, checkfirst=checkfirst)
+
+    monkeypatch.setattr(Base.metadata, "create_all", late_look)
+    second = Store(tmp_path / "b", url, box_id="b")
+    Records(second)
+    try:
+        assert {"inspections", "outbox", *LIFECYCLE_TABLES} <= raced
+        assert second.box_id == "b"
+    finally:
+        second.close()

@@ -22,6 +22,7 @@ from lineside_inspect.store.models import (
     ShadowRunRow,
     reviewed_verdict,
 )
+from lineside_inspect.store.store import create_tables
 
 if TYPE_CHECKING:
     from lineside_inspect.lifecycle.gate import GateReport
@@ -44,7 +45,7 @@ class Records:
         self.store = store
         self.engine = store.engine
         for name in LIFECYCLE_TABLES:  # on an old database too
-            Base.metadata.create_all(self.engine, tables=[Base.metadata.tables[name]])
+            create_tables(self.engine, [Base.metadata.tables[name]])
             store.checkpoint()
 
     def _fresh(self) -> None:

@@ -41,6 +41,7 @@ from sqlalchemy import (
     ColumnElement,
     Delete,
     Engine,
+    Table,
     Update,
     create_engine,
     event,
@@ -205,6 +206,26 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args=args)
 
 
+CREATE_ATTEMPTS = 5  # looks at a table another process is making (create_tables)
+
+
+def create_tables(engine: Engine, tables: list[Table]) -> None:
+    """``create_all`` of ``tables``, which processes sharing the database (boxes of a site,
+    a hub) may run at the same moment: between one's look for a table and its CREATE the
+    other made it, and the box stopped at start with "table outbox already exists"
+    (PostgreSQL: DuplicateTable, or a unique violation on ``pg_type``). Looked again."""
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            Base.metadata.create_all(engine, tables=tables)
+            return
+        except DBAPIError as exc:
+            if attempt == CREATE_ATTEMPTS - 1:
+                raise
+            log.info("store: making %s met another process making it (%s); looking again",
+                     ", ".join(t.name for t in tables), str(exc.orig).splitlines()[0][:120])
+            time.sleep(0.05 * (attempt + 1))
+
+
 # where a rebuilt SQLite reviews table goes on (Store._review_ids_never_reused): past any
 # id an earlier table gave, within the fleet protocol's 31-bit seq
 REVIEW_IDS_FROM = 2**30
@@ -243,7 +264,7 @@ class Store:
             # creating the tables is twice their size (a small disk fills up at start)
             for table in Base.metadata.sorted_tables:
                 if table.name not in LIFECYCLE_TABLES:  # the lifecycle makes its own
-                    Base.metadata.create_all(self.engine, tables=[table])
+                    create_tables(self.engine, [table])
                     self.checkpoint()
             self._add_columns()
             self._review_ids_never_reused()
@@ -338,13 +359,27 @@ class Store:
 
     def _add_columns(self) -> None:
         """Bring a database made by an earlier release up to date: only nullable columns
-        are ever added, so old rows stay valid and nothing stored is touched."""
+        are ever added, so old rows stay valid and nothing stored is touched. Processes
+        sharing a SQLite file that upgrade at once: the second's ADD COLUMN fails on the
+        first's column (SQLite has no IF NOT EXISTS there), and it looks again."""
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                self._add_missing_columns()
+                return
+            except DBAPIError as exc:
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                log.info("store: adding columns met another process adding them (%s); "
+                         "looking again", str(exc.orig).splitlines()[0][:120])
+                time.sleep(0.05 * (attempt + 1))
+
+    def _add_missing_columns(self) -> None:
         inspector = sa_inspect(self.engine)
         present = {(t, c["name"]) for t in {t for t, _, _ in ADDED_COLUMNS}
                    if inspector.has_table(t) for c in inspector.get_columns(t)}
         # PostgreSQL: IF NOT EXISTS, because processes sharing one database (a hub's, boxes')
         # upgrade at once, and the second's plain ADD COLUMN failed on the first's column
-        # (SQLite has no IF NOT EXISTS here, and one process owns its file)
+        # (SQLite has no IF NOT EXISTS here: _add_columns looks again)
         maybe = " IF NOT EXISTS" if self.engine.dialect.name == "postgresql" else ""
         with self.engine.begin() as conn:
             for table, column, sql_type in ADDED_COLUMNS:
