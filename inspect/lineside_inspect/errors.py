@@ -186,6 +186,12 @@ class ConfigError(LinesideError):
     status = 422
 
 
+class RecipesCannotFollow(ConfigError):
+    """A version a recipe following the active version cannot serve, refused activation
+    (a ConfigError still, 422 ``invalid_config``; a fleet box takes the version once more
+    once an admin activated it, as after a gate refusal)."""
+
+
 class ReviewError(ConfigError):
     """A review the inspection cannot take (a box outside the image, an unknown class,
     a relabel without a box to relabel). A ConfigError still, for whoever catches those."""

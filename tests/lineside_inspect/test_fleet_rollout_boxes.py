@@ -172,8 +172,11 @@ def test_a_version_its_recipes_cannot_serve_is_not_activated(
     with srv.client("admin") as admin:
         strict = {"name": "line1", "model": "deeppcb", "min_score": {"open": 0.05}}
         assert admin.put("/v1/recipes/line1", json=strict).status_code == 200
-        r = admin.post("/v1/models", json={"path": str(v2), "activate": False})
-        assert r.status_code == 200, r.text
+        # loaded with activate: refused, and said to be loaded (it is, beside version 1)
+        r = admin.post("/v1/models", json={"path": str(v2), "activate": True})
+        assert r.status_code == 422, r.text
+        assert "loaded deeppcb 2r but did not activate it" in r.json()["error"]["message"]
+        assert "2r" in [v["version"] for v in admin.get("/v1/models").json()[0]["versions"]]
         r = admin.post("/v1/models/deeppcb/activate", json={"version": "2r"})
         assert r.status_code == 422, r.text
         msg = r.json()["error"]["message"]
@@ -208,3 +211,36 @@ def test_a_pulled_version_its_recipes_cannot_serve_is_refused(
         assert active(box)[0] == "1"
         judged = _inspect(box, sorted((SAMPLE / "images").rglob("*_test.jpg"))[:1])
         assert judged[0]["model"]["version"] == "1"
+
+
+def test_a_pulled_version_refused_for_a_recipe_is_taken_once_activated_by_hand(
+        weed: Any, tmp_path: Path) -> None:
+    """The refusal says: pin the recipe to the version it was written for, then activate.
+    Done so on the box, the version judged but the box went on reporting it refused, and
+    never recorded it as pulled (a restart came back on version 1 until a pull took it
+    again, through the gate once more), as a gate refusal an admin overrode is not."""
+    import json
+
+    recipe = tmp_path / "line1.yaml"
+    strict = {"name": "line1", "model": "deeppcb", "min_score": {"open": 0.05}}
+    recipe.write_text(yaml.safe_dump(strict))
+    with _plant(weed, tmp_path, {"recipes": [str(recipe)]}, shared=False) as plant:
+        hub, box = plant["hub"], plant["boxes"]["box-a"]
+        fleet("publish", str(renamed(tmp_path, "2r", "open", "opening")), "--hub", hub.url,
+              "--key", str(tmp_path / "publisher.pem"))
+        fleet("assign", "--hub", hub.url, "--line", "L1", "--model", "deeppcb", "--version",
+              "2r")
+        wait_for(lambda: _reported(hub, "box-a", "cannot judge under recipe line1"),
+                 "box-a refusing 2r")
+        r = httpx.put(box.url + "/v1/recipes/line1", json={**strict, "model_version": "1"},
+                      timeout=10)
+        assert r.status_code == 200, r.text
+        r = httpx.post(box.url + "/v1/models/deeppcb/activate", json={"version": "2r"},
+                       timeout=30)
+        assert r.status_code == 200, r.text
+        pulled = tmp_path / "box-a" / "fleet-models" / "pulled.json"
+        wait_for(lambda: pulled.exists() and json.loads(pulled.read_text())["models"].get(
+            "deeppcb", {}).get("version") == "2r", "box-a recording 2r as pulled")
+        wait_for(lambda: not _reported(hub, "box-a", "cannot judge under recipe line1"),
+                 "box-a no longer reporting 2r refused")
+        assert active(box)[0] == "2r"

@@ -259,3 +259,38 @@ def _pem(der_path: Path) -> bytes:
 
     return x509.load_der_x509_certificate(der_path.read_bytes()).public_bytes(
         serialization.Encoding.PEM)
+
+
+def test_pem_files_with_text_before_the_block_are_read(tmp_path: Path) -> None:
+    """``openssl pkcs12 -in server.pfx -out server.pem -nodes`` (a certificate exported
+    from a Windows CA or a PLC vendor's tool) writes "Bag Attributes" before each PEM
+    block. asyncua read such a ``.pem`` (the PEM reader skips the text); read by content,
+    it was taken for DER and the server refused to start."""
+    cfg, server_cert, plc_cert, plc_key = _secured(tmp_path)
+    bag = b"Bag Attributes\n    localKeyID: 01 00 00 00 \nsubject=/CN=lineside\n"
+    crt = tmp_path / "server-cert.pem"
+    crt.write_bytes(bag + _pem(server_cert))
+    key = tmp_path / "server-key.pem"
+    key.write_bytes(b"Bag Attributes\n    localKeyID: 01 00 00 00 \nKey Attributes: <No "
+                    b"Attributes>\n" + Path(str(cfg.private_key)).read_bytes())
+    os.chmod(key, 0o600)
+    line = _line({"certificate": str(crt), "private_key": str(key),
+                  "trusted_certificates": cfg.trusted_certificates})
+    assert line.opcua is not None
+    create_app(keyed(line=line, store=False))  # was: "... is no certificate (DER or PEM)"
+
+    async def run() -> None:
+        adapter = OpcUaAdapter(line.opcua)  # type: ignore[arg-type]
+        await adapter.start([_station()], lambda *w: None)
+        try:
+            plc = Client(adapter.endpoint, timeout=5)
+            plc.application_uri = "urn:plc:client"
+            await plc.set_security_string(
+                f"Basic256Sha256,SignAndEncrypt,{plc_cert},{plc_key},{server_cert}")
+            async with plc:
+                idx = await plc.get_namespace_index(NS)
+                assert await plc.get_node(f"ns={idx};s=Stations/s1/Recipe").read_value() == "deeppcb"
+        finally:
+            await adapter.stop()
+
+    asyncio.run(run())

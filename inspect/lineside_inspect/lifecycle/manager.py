@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -267,18 +268,21 @@ class Lifecycle:
     # -- activation -----------------------------------------------------------------------
     def activate(self, model: str, version: str, *, actor: str, force: bool = False,
                  reason: str = "", action: str = "activate",
-                 replacing: str | None = None) -> dict[str, Any]:
+                 replacing: str | None = None,
+                 pending_recipes: Sequence[Recipe] = ()) -> dict[str, Any]:
         """Make ``version`` active if its gate allows (or an admin forces it): recorded.
         The version already active is left as it is, with nothing to record.
         ``replacing``: the version that must be active now (a promotion's gate compared
-        the candidate with it), else :class:`ActiveChanged` and nothing changes."""
+        the candidate with it), else :class:`ActiveChanged` and nothing changes.
+        ``pending_recipes``: see :meth:`Registry.activate` (``pending``)."""
         det = self.registry.detector(model, version)
         if self._records is None:  # no store: nothing to check against or record in
             with self._admit_lock:
                 previous = self.registry.models()[model].active
                 if previous != version:
                     self.registry.activate(model, version,
-                                           recipe=self._card_recipe(model, previous, version))
+                                           recipe=self._card_recipe(model, previous, version),
+                                           pending=pending_recipes)
             return {"forced": False, "gate_report_id": None}
         with self._admit_lock:
             previous = self.registry.models()[model].active
@@ -289,7 +293,8 @@ class Lifecycle:
                 return {"forced": False, "gate_report_id": None}
             gate, forced = self._admission(det, force=force, reason=reason, role="active")
             self.registry.activate(model, version,
-                                   recipe=self._card_recipe(model, previous, version))
+                                   recipe=self._card_recipe(model, previous, version),
+                                   pending=pending_recipes)
             try:  # an activation that cannot be recorded does not stand
                 self._admit(det, role="active", actor=actor, gate=gate, forced=forced,
                             reason=reason, action=f"force_{action}" if forced else action,

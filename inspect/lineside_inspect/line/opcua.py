@@ -260,9 +260,11 @@ def _path(endpoint: str) -> str:
 
 def _content(path: str) -> tuple[bytes, str | None]:
     """A file's bytes and the format asyncua is to read them in (it goes by the name:
-    anything but ``.pem`` was read as DER)."""
+    anything but ``.pem`` was read as DER). PEM wherever its block starts: ``openssl pkcs12``
+    exports (and ``openssl x509 -text``) put text before it ("Bag Attributes"), which the
+    PEM reader skips; DER is binary and starts with a SEQUENCE."""
     data = Path(path).read_bytes()
-    return data, ("pem" if data.lstrip().startswith(b"-----BEGIN") else None)
+    return data, ("pem" if not data.startswith(b"\x30") and b"-----BEGIN" in data else None)
 
 
 def check_security(cfg: OpcUaConfig, *, warn: bool = True) -> x509.Certificate | None:

@@ -9,10 +9,18 @@ the old version serving.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lineside_inspect.errors import ActiveChanged, ConfigError, NotFoundError, PackageError, echo
+from lineside_inspect.errors import (
+    ActiveChanged,
+    ConfigError,
+    NotFoundError,
+    PackageError,
+    RecipesCannotFollow,
+    echo,
+)
 from lineside_inspect.package import card_digest, load_package
 from lineside_inspect.recipes import Recipe, check_card_recipe
 from lineside_inspect.runtime.detector import Detector
@@ -86,15 +94,20 @@ class Registry:
         return Loaded(detector, first)
 
     def _check_followers_locked(self, name: str, detector: Detector,
-                                replacing: Recipe | None) -> None:
+                                replacing: Recipe | None,
+                                pending: Sequence[Recipe] = ()) -> None:
         """Refuse making ``detector`` the active version of ``name`` while a recipe that
         judges with whatever version is active (it pins none) cannot serve it: rules naming
         classes it does not have, a reference it takes no image for. Those were checked
         against the version active when the recipe was put; a new version (one a fleet
         box pulled, a renamed class) made them dead rules unseen, a stricter ``min_score``
         of a class gone judged at the card's threshold (fleet review). ``replacing``: the
-        recipe put in the same step (the new card's own), not checked here."""
-        for r in self._recipes.values():
+        recipe put in the same step (the new card's own), not checked here. ``pending``:
+        recipes that will be put over the ones of their names before anything is judged (a
+        box's recipes saved over the API, restoring its pulled version at start-up: they are
+        put after the start-up hooks), checked in their place."""
+        recipes = {**self._recipes, **{r.name: r for r in pending}}
+        for r in recipes.values():
             if r.model != name or r.model_version is not None or r.remote is not None:
                 continue
             if replacing is not None and r.name == replacing.name:
@@ -110,11 +123,14 @@ class Registry:
                                None if anomaly is None else anomaly.card.kind)
                 r.check_reference_use(detector.needs_reference)
             except ConfigError as exc:
-                raise ConfigError(
+                raise RecipesCannotFollow(
                     f"{name} {detector.card.version} cannot judge under recipe {r.name}, "
-                    f"which follows the active version: {exc.message}. Put the recipe anew "
-                    f"for it (PUT /v1/recipes/{r.name}), or pin the recipe to the version it "
-                    "was written for, then activate") from None
+                    f"which follows the active version: {exc.message}. Pin the recipe to "
+                    f"the version it was written for (PUT /v1/recipes/{r.name} with "
+                    "model_version), activate, then put it anew for the new version (a "
+                    "recipe following the active version is checked against the active one: "
+                    "rules for the new classes only are refused until the new version is "
+                    "active)") from None
 
     def _activate_locked(self, name: str, version: str) -> None:
         slot = self._models[name]
@@ -125,13 +141,16 @@ class Registry:
             slot.history.append(slot.active)
         slot.active = version
 
-    def activate(self, name: str, version: str, *, recipe: Recipe | None = None) -> None:
+    def activate(self, name: str, version: str, *, recipe: Recipe | None = None,
+                 pending: Sequence[Recipe] = ()) -> None:
         """Make ``version`` active; with ``recipe`` (its card's, checked), put that in the
-        same step, so no inspection pins the new version with the old card's recipe."""
+        same step, so no inspection pins the new version with the old card's recipe.
+        ``pending``: as in :meth:`_check_followers_locked`."""
         with self._lock:
             slot = self._slot(name)
             if slot.active != version:
-                self._check_followers_locked(name, self._detector_locked(name, version), recipe)
+                self._check_followers_locked(name, self._detector_locked(name, version), recipe,
+                                             pending)
             self._activate_locked(name, version)
             self._put_recipe_locked(recipe)
 

@@ -221,8 +221,9 @@ def create_tables(engine: Engine, tables: list[Table]) -> None:
         except DBAPIError as exc:
             if attempt == CREATE_ATTEMPTS - 1:
                 raise
-            log.info("store: making %s met another process making it (%s); looking again",
-                     ", ".join(t.name for t in tables), str(exc.orig).splitlines()[0][:120])
+            log.info("store: making %s failed (%s); looking again (another process sharing "
+                     "the database may be making it)", ", ".join(t.name for t in tables),
+                     str(exc.orig).splitlines()[0][:120])
             time.sleep(0.05 * (attempt + 1))
 
 
@@ -369,8 +370,9 @@ class Store:
             except DBAPIError as exc:
                 if attempt == CREATE_ATTEMPTS - 1:
                     raise
-                log.info("store: adding columns met another process adding them (%s); "
-                         "looking again", str(exc.orig).splitlines()[0][:120])
+                log.info("store: adding columns failed (%s); looking again (another process "
+                         "sharing the database may be adding them)",
+                         str(exc.orig).splitlines()[0][:120])
                 time.sleep(0.05 * (attempt + 1))
 
     def _add_missing_columns(self) -> None:

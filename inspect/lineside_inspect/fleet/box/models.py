@@ -52,6 +52,7 @@ from lineside_inspect.errors import (
     HubUnavailable,
     LinesideError,
     PackageError,
+    RecipesCannotFollow,
 )
 from lineside_inspect.fleet import archive, signing
 from lineside_inspect.fleet.box.client import HubClient
@@ -263,7 +264,10 @@ class ModelPuller:
                 break
             except LinesideError as exc:
                 self._failed = {**self._failed, key: exc.message}
-                if isinstance(exc, GateRefused):
+                if isinstance(exc, GateRefused | RecipesCannotFollow):
+                    # refused its activation only (loaded, verified): taken once more when
+                    # an admin activated it since (the refusal says to, once the recipe is
+                    # pinned), so the box records it as pulled and reports no error
                     self._gate_refused.add(key)
                 else:  # refused for what it is: never fetched again for this assignment
                     self._gate_refused.discard(key)
@@ -390,6 +394,11 @@ class ModelPuller:
 
         registry = self.app.state.registry
         lifecycle = self.app.state.lifecycle
+        # the recipes put over the API go over the configured ones of their names after the
+        # start-up hooks, before anything is judged: an activation checks them in their place
+        # (a recipe pinned over the API to make room for the pulled version)
+        saved = getattr(self.app.state, "saved_recipes", None)
+        pending = [] if saved is None else [s.recipe for s in saved.load()]
         for name, p in list(self.state.models.items()):
             path = self.root / name / p.version
             try:
@@ -422,7 +431,7 @@ class ModelPuller:
                     lifecycle.activate(name, p.version, actor=ACTOR,
                                        force=last is not None and last["version"] == p.version,
                                        reason="pulled, and the last version activated before "
-                                              "the box stopped")
+                                              "the box stopped", pending_recipes=pending)
             except LinesideError as exc:
                 log.error("fleet models: pulled %s %s not restored: %s", name, p.version,
                           exc.message)

@@ -17,6 +17,7 @@ from lineside_inspect.errors import (
     PackageError,
     PathNotAllowedError,
     RecipeBreaksCamera,
+    RecipesCannotFollow,
     echo,
 )
 from lineside_inspect.names import Name, Text
@@ -92,9 +93,10 @@ async def load_model(body: LoadModel, who: Admin, registry: RegistryDep, setting
             await anyio.to_thread.run_sync(lambda: lifecycle.activate(
                 det.card.name, det.card.version, actor=who.name, force=body.force,
                 reason=body.reason))
-        except GateRefused as exc:
-            raise GateRefused(f"loaded {det.card.name} {det.card.version} but did not activate "
-                              f"it: {exc.message}") from None
+        except (GateRefused, RecipesCannotFollow) as exc:
+            # the same kind of error, said to be loaded (it is, beside the active version)
+            raise type(exc)(f"loaded {det.card.name} {det.card.version} but did not activate "
+                            f"it: {exc.message}") from None
     _publish(request, registry)
     return ModelLoaded(name=det.card.name, version=det.card.version, sha256=det.card.sha256,
                        active=registry.models()[det.card.name].active)
