@@ -22,7 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.fleet.config import FleetSettings, check_site
@@ -204,8 +204,10 @@ MIN_BODY_RATE = 8 * 1024
 class Settings(BaseSettings):
     """All server settings; every field can be set as ``LINESIDE_<FIELD>``."""
 
+    # LINESIDE_FLEET__TOKEN: one setting of a section (the hub token in a systemd
+    # EnvironmentFile) without the rest of that section (see load_settings)
     model_config = SettingsConfigDict(env_prefix="LINESIDE_", extra="forbid",
-                                      protected_namespaces=())
+                                      env_nested_delimiter="__", protected_namespaces=())
     host: str = "127.0.0.1"
     port: int = 8000
     models: list[str] = Field(default_factory=lambda: ["models/deeppcb/1"])
@@ -485,9 +487,24 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     drop_empty_api_keys(doc)
     doc.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        env_only = Settings()
-        merged = {**doc, **{k: getattr(env_only, k) for k in env_only.model_fields_set}}
+        # the environment's values as given, merged into the file's section by section: a
+        # LINESIDE_FLEET__TOKEN (or LINESIDE_FLEET='{"token": ...}') sets the token and
+        # keeps the file's hub_url, line and keys (a whole section from the environment
+        # replaced the file's: the box stopped forwarding, silently; deploy review)
+        merged = _merge(doc, EnvSettingsSource(Settings)())
         merged.update({k: v for k, v in overrides.items() if v is not None})
         return Settings(**merged)
     except (ValidationError, SettingsError) as exc:
-        raise ConfigError(describe_settings_error(exc, config, "LINESIDE_", overrides)) from None
+        raise ConfigError(describe_settings_error(exc, config, "LINESIDE_", overrides,
+                                                  nested="__")) from None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s values on top; mappings in both are merged key by key."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -5,6 +5,7 @@ reach, ``data import --help`` at 80 columns, ``calibrate-unchanged`` naming its 
 from __future__ import annotations
 
 import http.server
+import json
 import re
 import socket
 import threading
@@ -41,6 +42,37 @@ def test_plain_api_keys_from_the_environment_are_hashed_as_from_the_file(
     assert from_env == from_file
     assert [(k.name, k.role, k.sha256) for k in from_env] == [("l", "line", hash_key("k"))]
     assert "k" not in {getattr(k, "key", None) for k in from_env}  # never kept as given
+
+
+FLEET_YAML = "fleet:\n  hub_url: https://hub.plant:8100\n  line: press-1\n  site: plant-a\n"
+HUB_TOKEN = "box-1-key-0123456789"
+
+
+@pytest.mark.parametrize("name, value", [("LINESIDE_FLEET__TOKEN", HUB_TOKEN),
+                                         ("LINESIDE_FLEET", json.dumps({"token": HUB_TOKEN}))])
+def test_the_hub_token_from_the_environment_keeps_the_files_fleet_section(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """The systemd unit keeps the hub token in its EnvironmentFile, the rest of ``fleet``
+    in serve.yaml. LINESIDE_FLEET__TOKEN was ignored, and LINESIDE_FLEET='{"token": ...}'
+    replaced the whole section: no hub_url, a box that silently forwarded nothing
+    (deploy review). One setting of a section comes from the environment, the others
+    from the file."""
+    monkeypatch.setenv(name, value)
+    fleet = load_settings(_serve_yaml(tmp_path, FLEET_YAML)).fleet
+    assert fleet.hub_url == "https://hub.plant:8100"
+    assert (fleet.line, fleet.site) == ("press-1", "plant-a")
+    assert fleet.token is not None and fleet.token.get_secret_value() == HUB_TOKEN
+
+
+def test_a_section_setting_from_the_environment_wins_and_a_typo_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LINESIDE_FLEET__LINE", "press-2")
+    fleet = load_settings(_serve_yaml(tmp_path, FLEET_YAML)).fleet
+    assert (fleet.line, fleet.site, fleet.hub_url) == ("press-2", "plant-a", "https://hub.plant:8100")
+    monkeypatch.setenv("LINESIDE_FLEET__TOKN", HUB_TOKEN)  # refused, not ignored
+    with pytest.raises(ConfigError) as exc:
+        load_settings(_serve_yaml(tmp_path, FLEET_YAML))
+    assert "LINESIDE_FLEET__TOKN" in exc.value.message and HUB_TOKEN not in exc.value.message
 
 
 def test_hub_plain_api_keys_from_the_environment(tmp_path: Path,

@@ -5,9 +5,13 @@ unit passes ``systemd-analyze verify`` with a low exposure score."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +106,9 @@ def test_k8s_manifests_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
     assert pod["spec"]["securityContext"]["runAsNonRoot"]
+    # SIGTERM, then a kill after the grace period (30 s unless given): past the hub's
+    # drain_s and uvicorn's 30 s for requests in flight, so its own stop ends first
+    assert pod["spec"].get("terminationGracePeriodSeconds", 30) > settings.drain_s + 30
 
 
 def _compose() -> dict[str, Any]:
@@ -235,3 +242,80 @@ def test_compose_hub_settings_serve(tmp_path: Path, postgres: str, weed: Any) ->
         assert httpx.get(boxes, timeout=5).status_code == 401
         known = httpx.get(boxes, headers={"Authorization": f"Bearer {BOX_KEY}"}, timeout=5)
         assert known.status_code == 403, known.text
+
+
+def _healthcheck_code(dockerfile: Path) -> str:
+    """The Python the image's ``HEALTHCHECK CMD python -c "..."`` runs."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    found = re.search(r"^HEALTHCHECK .*?\bCMD (.+)$", text, re.M)
+    assert found is not None, dockerfile
+    args = shlex.split(found.group(1))
+    assert args[:2] == ["python", "-c"] and len(args) == 3, args
+    return args[2]
+
+
+class _Readyz:
+    """A loopback HTTP server answering ``/readyz`` with ``status``: what a probe sees."""
+
+    def __init__(self, status: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(status if self.path == "/readyz" else 404)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_hub_image_healthcheck_probes_the_port_the_hub_listens_on(tmp_path: Path) -> None:
+    """The hub listens on its settings file's ``port`` (the file wins over
+    LINESIDE_HUB_PORT for the hub): the HEALTHCHECK probes that port, not a fixed 8100
+    (a hub on another port was 'unhealthy' while it served; deploy review)."""
+    code = _healthcheck_code(DEPLOY / "hub" / "Dockerfile")
+    assert "/etc/lineside/hub.yaml" in code  # the file the image's CMD reads
+    ready, starting = _Readyz(200), _Readyz(503)
+    try:
+        def probe(port: int | None, env_port: int | None = None) -> int:
+            config = tmp_path / "hub.yaml"
+            config.write_text(yaml.safe_dump({"data_dir": "/var/lib/lineside-hub"}
+                                             | ({"port": port} if port else {})))
+            env = {k: v for k, v in os.environ.items() if k != "LINESIDE_HUB_PORT"}
+            if env_port:
+                env["LINESIDE_HUB_PORT"] = str(env_port)
+            done = subprocess.run([sys.executable, "-c",
+                                   code.replace("/etc/lineside/hub.yaml", str(config))],
+                                  capture_output=True, text=True, timeout=30, env=env)
+            return done.returncode
+
+        assert probe(ready.port) == 0
+        assert probe(ready.port, env_port=starting.port) == 0  # the file's port wins
+        assert probe(None, env_port=ready.port) == 0  # no port in the file: the variable's
+        assert probe(starting.port) != 0  # not ready: unhealthy
+    finally:
+        ready.close()
+        starting.close()
+
+
+def test_edge_image_healthcheck_probes_lineside_port() -> None:
+    """The edge image sets LINESIDE_PORT, which wins over a mounted config's ``port``:
+    its HEALTHCHECK probes that variable's port."""
+    code = _healthcheck_code(ROOT / "Dockerfile")
+    ready = _Readyz(200)
+    try:
+        env = {**os.environ, "LINESIDE_PORT": str(ready.port)}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=30, env=env)
+        assert done.returncode == 0, done.stderr
+    finally:
+        ready.close()

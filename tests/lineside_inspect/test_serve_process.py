@@ -95,6 +95,54 @@ def test_sigterm_drains(tmp_path: Path) -> None:
     assert "readiness dropped" in server.output()
 
 
+def test_sigterm_ends_a_cameras_live_view(tmp_path: Path) -> None:
+    """An open live view (an endless MJPEG stream) held the stop for uvicorn's whole
+    graceful timeout: 31 s after SIGTERM, past docker stop's 10 s (then a kill), with an
+    ERROR traceback (deploy review). It ends at the signal, and the server exits soon."""
+    import json
+
+    port = free_port()
+    camera = {"id": "cam1", "source": str(ROOT / "datasets" / "deeppcb-sample" / "images"),
+              "mode": "triggered", "fps": 5}
+    server = ServerProcess([*LINESIDE, "serve", "--port", str(port), "--device", "cpu"],
+                           tmp_path / "serve.log", port,
+                           env={**os.environ, "LINESIDE_DATA_DIR": str(tmp_path / "store"),
+                                "LINESIDE_CAMERAS": json.dumps([camera])})
+    server.start()
+    proc = server.proc
+    assert proc is not None
+    try:
+        server.wait_ready(60)
+        parts: list[int] = []
+        ended = threading.Event()
+
+        def watch() -> None:
+            try:
+                with httpx.stream("GET", server.url + "/v1/cameras/cam1/stream?fps=1",
+                                  timeout=60) as r:
+                    for chunk in r.iter_bytes():
+                        parts.append(len(chunk))
+            except httpx.TransportError:
+                pass
+            ended.set()
+
+        viewer = threading.Thread(target=watch, daemon=True)
+        viewer.start()
+        deadline = time.monotonic() + 30
+        while not parts and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert parts, "the live view sent nothing"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)  # a hang guard: the old stop took uvicorn's whole 30 s
+        assert ended.wait(5), "the live view did not end with the server"
+        assert proc.returncode in (0, -signal.SIGTERM)
+        # uvicorn's words when its graceful timeout ran out on the open stream
+        assert "graceful shutdown exceeded" not in server.output()
+        assert "Traceback" not in server.output()
+    finally:
+        server.stop(signal.SIGKILL)  # a no-op once it has exited
+
+
 def test_free_ports_are_never_handed_out_twice_lately() -> None:
     """A port picked but not yet bound is free again in the OS's eyes and can come back
     from the next pick: once in CI it did, a weed master and its S3 grpc port got the

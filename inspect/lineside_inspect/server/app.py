@@ -221,7 +221,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.on_stopping = []  # first on shutdown, before inspections drain (PLC stations)
     # async, run as soon as SIGTERM comes (before drain_s; serve.py): the PLC stations stop
     # taking triggers at once rather than after the load balancer's drain
-    app.state.on_signal = []
+    app.state.on_signal = [app.state.live_views.close]  # live views end at once
     app.state.on_shutdown = []
     app.state.metrics_hooks = []
     app.state.sessions = SessionStore(settings.session_ttl_s)  # review sign-ins, in memory

@@ -51,6 +51,13 @@ class LiveViews:
         self.limit, self.per_key = limit, max(1, limit // 2)
         self._open: Counter[str | None] = Counter()
         self._lock = threading.Lock()
+        # set on SIGTERM: an endless stream held the stop for uvicorn's whole graceful
+        # timeout (30 s, past docker stop's 10 s) and ended in a traceback (deploy review)
+        self.closing = False
+
+    async def close(self) -> None:
+        """The server is stopping: every live view ends after its current part."""
+        self.closing = True
 
     def take(self, holder: str | None) -> None:
         with self._lock:
@@ -68,6 +75,13 @@ class LiveViews:
             self._open[holder] -= 1
             if self._open[holder] <= 0:
                 del self._open[holder]
+
+
+async def _pause(views: LiveViews, seconds: float) -> None:
+    """Sleep ``seconds`` (up to 5 s at fps 0.2), or less once the server is stopping."""
+    end = time.monotonic() + seconds
+    while not views.closing and (left := end - time.monotonic()) > 0:
+        await anyio.sleep(min(left, 0.25))
 
 
 def live_views(request: Request) -> LiveViews:
@@ -176,7 +190,7 @@ async def stream(camera_id: str, request: Request, who: Viewer,
         checked = time.monotonic()
         jpeg: bytes | None = first
         seen = time.monotonic()
-        while not await request.is_disconnected():
+        while not views.closing and not await request.is_disconnected():
             if time.monotonic() - checked > RECHECK_S:
                 # the caller was checked once, at the start: a signed-out or expired
                 # review session kept its live view streaming
@@ -191,12 +205,12 @@ async def stream(camera_id: str, request: Request, who: Viewer,
                 except CameraUnavailable:
                     if time.monotonic() - seen > OFFLINE_END_S:
                         return
-                    await anyio.sleep(0.5)
+                    await _pause(views, 0.5)
                     continue
             seen = time.monotonic()
             yield (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                    + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
             jpeg = None
-            await anyio.sleep(1.0 / fps)
+            await _pause(views, 1.0 / fps)
 
     return _LiveViewResponse(frames(), lambda: views.give(holder))
