@@ -319,3 +319,13 @@ def test_edge_image_healthcheck_probes_lineside_port() -> None:
         assert done.returncode == 0, done.stderr
     finally:
         ready.close()
+
+
+@pytest.mark.parametrize("dockerfile, data_dir", [("Dockerfile", "/var/lib/lineside"),
+                                                  ("deploy/hub/Dockerfile", "/var/lib/lineside-hub")])
+def test_each_image_keeps_its_data_folder_in_a_volume(dockerfile: str, data_dir: str) -> None:
+    """A bare ``docker run`` of the hub image kept its lock and store journal in the
+    container, lost when it was made anew (deploy review): both images declare theirs."""
+    text = (ROOT / dockerfile).read_text()
+    assert re.search(rf"^VOLUME {re.escape(data_dir)}$", text, re.M), dockerfile
+    assert data_dir in text.split("VOLUME", 1)[0]  # made (and owned) before it is declared
