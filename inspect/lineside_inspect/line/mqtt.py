@@ -372,10 +372,17 @@ class MqttPublisher:
                 self._stop.wait(1.0)
 
     def _take_unstored(self) -> None:
-        while self._unstored:
-            e = self._unstored[0]
-            self.outbox.enqueue(e["topic"], e["payload"])
-            self._unstored.popleft()
+        """Put the held events into the outbox. The store's writer is held meanwhile: on
+        PostgreSQL an id is handed out at insert but seen at commit, and an event queued
+        beside the writer's batch took a higher id, was sent first, and ``_cursor`` passed
+        the batch's events (never sent until the next start)."""
+        if not self._unstored:
+            return
+        with self.store.writer_paused():
+            while self._unstored:
+                e = self._unstored[0]
+                self.outbox.enqueue(e["topic"], e["payload"])
+                self._unstored.popleft()
 
     def _settle(self) -> None:
         """Mark what the broker acknowledged as delivered."""

@@ -9,7 +9,7 @@ import sqlite3
 from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import DataError, InternalError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lineside_inspect.errors import (
@@ -26,6 +26,12 @@ from lineside_inspect.server.unexpected import internal_error
 # PostgreSQL's codes for values it cannot hold: out of range, a character (NUL) it cannot
 # represent; psycopg refuses a NUL in text itself, before the server sees it (no code)
 _VALUE_CODES = {"22003", "22021", "22P05"}
+# PostgreSQL's codes of a statement that waited too long: a lock another session holds
+# (lock_timeout, the store's LOCK_TIMEOUT_S), a statement_timeout
+_WAITED_CODES = {"55P03", "57014"}
+# ... and of a database that takes no writes: a hot standby (after a failover), or
+# default_transaction_read_only (psycopg raises these as InternalError, not Operational)
+_READ_ONLY_CODES = {"25006"}
 log = logging.getLogger("lineside")
 
 
@@ -129,8 +135,23 @@ def add_error_handlers(app: FastAPI) -> None:
         # as the box routes always did, not a 500 with a traceback per request
         log.warning("%s %s: the database is unreachable: %s", request.method,
                     request.url.path, str(exc.orig).strip()[:300])
+        if getattr(exc.orig, "sqlstate", None) in _WAITED_CODES:
+            return await lineside_error(request, DatabaseUnavailable(
+                "the database did not answer in time (a lock another session holds, or a "
+                "statement timeout); retry later"))
         return await lineside_error(request, DatabaseUnavailable(
             "the database is unreachable; retry later"))
+
+    @app.exception_handler(InternalError)
+    async def database_read_only(request: Request, exc: InternalError) -> JSONResponse:
+        if getattr(exc.orig, "sqlstate", None) not in _READ_ONLY_CODES:
+            return internal_error(exc, request.method, request.url.path)
+        # a review while PostgreSQL took no writes was a 500 with a traceback per request
+        log.warning("%s %s: the database is read-only: %s", request.method,
+                    request.url.path, str(exc.orig).strip()[:300])
+        return await lineside_error(request, DatabaseUnavailable(
+            "the database takes no writes now (read-only: a standby, or set so); nothing "
+            "was saved, retry later"))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -60,6 +60,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from lineside_inspect.atomic import fsync_folder, write_atomic
 from lineside_inspect.errors import (
     ConfigError,
+    DatabaseUnavailable,
     NotFoundError,
     ReviewConflict,
     ReviewError,
@@ -170,6 +171,8 @@ MAX_TRUTH_BOXES = 1000
 
 
 CONNECT_TIMEOUT_S = 10  # PostgreSQL (libpq's connect_timeout, seconds)
+# PostgreSQL: the most a statement waits for a lock another session holds (lock_timeout)
+LOCK_TIMEOUT_S = 10.0
 
 
 CHECKED = ("sha256", "shift", "unchanged", "difference")  # reference_check's keys
@@ -203,7 +206,25 @@ def make_engine(url: str) -> Engine:
     # thread, a hub's readiness probe) for the kernel's ~2 minutes; a URL's own
     # connect_timeout wins
     args = {} if "connect_timeout" in url else {"connect_timeout": CONNECT_TIMEOUT_S}
-    return create_engine(url, pool_pre_ping=True, connect_args=args)
+    engine = create_engine(url, pool_pre_ping=True, connect_args=args)
+    if "lock_timeout" not in url:  # (a URL's own, in its options, wins)
+        wait_ms = max(1, int(LOCK_TIMEOUT_S * 1000))
+
+        @event.listens_for(engine, "connect")
+        def _lock_timeout(conn: Any, _: Any) -> None:
+            # a lock another session holds (a DBA's LOCK TABLE, a long transaction) held
+            # the writer's batch for as long as it lasted, with the apply lock: every read,
+            # and with a quota every save (the line's verdicts), waited behind it for good.
+            # Now the statement fails after LOCK_TIMEOUT_S: the writer retries, the journal
+            # keeps the inspections, a request answers 503
+            cur = conn.cursor()
+            try:
+                cur.execute(f"SET lock_timeout = {wait_ms}")
+            finally:
+                cur.close()
+            conn.commit()
+
+    return engine
 
 
 CREATE_ATTEMPTS = 5  # looks at a table another process is making (create_tables)
@@ -270,6 +291,7 @@ class Store:
             self._add_columns()
             self._review_ids_never_reused()
             self.db_page = self._page_size()
+            self._watch_database_file()
         except BaseException:
             self.dir_lock.release()
             raise
@@ -288,6 +310,9 @@ class Store:
         self.apply_interval_s = max(apply_interval_s, sync_interval_s)
         self._urgent = False  # a record with outbox events waits to be applied
         self._apply_lock = threading.Lock()
+        # the last apply failed on PostgreSQL (down, read-only, or a lock another session
+        # holds): the request path does not wait for it to make room (_make_room)
+        self._apply_failing = False
         self._space_lock = threading.Lock()
         self._unapplied = 0  # acknowledged since start, not applied yet
         self._unapplied_bytes = 0
@@ -480,6 +505,41 @@ class Store:
         log.info("store: reviews table rebuilt: review ids never go back (from %d on)",
                  max(top, REVIEW_IDS_FROM) + 1)
 
+    def _watch_database_file(self) -> None:
+        """SQLite: every transaction first checks that the database file is still the one
+        the store opened. Removed (or replaced) under a running server, its connections
+        went on writing into the removed file: saves said stored, the journal was applied
+        into it and deleted, reviews were saved, and at the next start all of it was gone
+        (and the images taken for orphans). Now nothing is written (a request answers 503,
+        the writer keeps the journal and retries) until the server is restarted on the
+        file that is there then."""
+        files = self._sqlite_files()
+        if not files:
+            return
+        path = files[0]
+        opened = path.stat()
+        identity = (opened.st_dev, opened.st_ino)
+        said = threading.Event()  # logged once, not at every retry and read
+
+        def check(_conn: Any) -> None:
+            try:
+                now = path.stat()
+            except FileNotFoundError:
+                now = None
+            if now is None or (now.st_dev, now.st_ino) != identity:
+                if not said.is_set():
+                    said.set()
+                    log.error("store: the database file %s was %s while the server ran; "
+                              "nothing more is written to it: restart the server (the "
+                              "journal keeps every inspection acknowledged since)", path,
+                              "removed" if now is None else "replaced")
+                raise DatabaseUnavailable(
+                    f"the store's database file was {'removed' if now is None else 'replaced'} "
+                    "while the server ran: nothing more is written to it until the server is "
+                    "restarted (every inspection acknowledged since is kept in its journal)")
+
+        event.listen(self.engine, "begin", check)
+
     def _mine(self) -> ColumnElement[bool]:
         return InspectionRow.box_id == self.box_id
 
@@ -637,36 +697,49 @@ class Store:
         """Sync and apply every closed journal segment, oldest first; the number of
         inspections applied. Called by the writer, and by reads so they see every
         acknowledged inspection."""
-        applied = 0
         with self._apply_lock:
-            with self._space_lock:
-                self._urgent = False  # (a save from here on sets it again)
-            segments = self.journal.rotate()
-            for segment in segments:  # every one before any is applied: an apply that
-                fsync_path(segment)   # fails must not leave later segments unsynced
-            for segment in segments:
-                records = list(read_segment(segment))
-                self._apply(records)
-                segment.unlink()
-                applied += len(records)
-                with self._space_lock:  # (records of an earlier run were never counted)
-                    for r in records:  # applied: the quota measures their files now
-                        self._apply_rooms.pop(r.fields["id"], None)
-                        self._credits.pop(r.fields["id"], None)
-                    # rows applied without a credit may have taken free pages too: none is
-                    # counted on until retention measures them again (it runs next)
-                    self._db_free = 0
-                    self._unapplied = max(0, self._unapplied - len(records))
-                    self._unapplied_bytes = max(
-                        0, self._unapplied_bytes - sum(r.size for r in records))
-                    # applied: the disk holds their files and rows, no longer counted as
-                    # unapplied, so the floor measures the disk again
-                    self._disk = (-math.inf, 0, 0)
-            if applied:
-                fsync_path(self.journal.folder)
-                self.room_changed()
+            try:
+                applied = self._flush()
+            except BaseException as exc:
+                # PostgreSQL's own refusal (down, read-only, a lock): nothing this store
+                # removes makes it take the batch. (Not a full disk here, nor SQLite's file
+                # on it: retention is what frees that room, and must still run)
+                self._apply_failing = not self.db_page and isinstance(exc, DBAPIError)
+                raise
+            self._apply_failing = False
         if applied and (self.max_bytes is not None or self.max_age_days is not None):
             self.enforce_retention(room=self.headroom())
+        return applied
+
+    def _flush(self) -> int:
+        """(Under the apply lock.) :meth:`flush` but its retention."""
+        applied = 0
+        with self._space_lock:
+            self._urgent = False  # (a save from here on sets it again)
+        segments = self.journal.rotate()
+        for segment in segments:  # every one before any is applied: an apply that
+            fsync_path(segment)   # fails must not leave later segments unsynced
+        for segment in segments:
+            records = list(read_segment(segment))
+            self._apply(records)
+            segment.unlink()
+            applied += len(records)
+            with self._space_lock:  # (records of an earlier run were never counted)
+                for r in records:  # applied: the quota measures their files now
+                    self._apply_rooms.pop(r.fields["id"], None)
+                    self._credits.pop(r.fields["id"], None)
+                # rows applied without a credit may have taken free pages too: none is
+                # counted on until retention measures them again (it runs next)
+                self._db_free = 0
+                self._unapplied = max(0, self._unapplied - len(records))
+                self._unapplied_bytes = max(
+                    0, self._unapplied_bytes - sum(r.size for r in records))
+                # applied: the disk holds their files and rows, no longer counted as
+                # unapplied, so the floor measures the disk again
+                self._disk = (-math.inf, 0, 0)
+        if applied:
+            fsync_path(self.journal.folder)
+            self.room_changed()
         return applied
 
     def _apply(self, records: list[Record]) -> None:
@@ -779,7 +852,11 @@ class Store:
                   (str(getattr(exc, "orig", exc)).splitlines() or [type(exc).__name__])[0])
 
     def _applied(self) -> None:
-        """Before a read: apply the journal (an outage only delays it: the read goes on)."""
+        """Before a read: apply the journal (an outage only delays it: the read goes on).
+        While the writer's applies fail and it is trying again, the read does not wait for
+        its attempt (a lock another session holds lasts up to LOCK_TIMEOUT_S each)."""
+        if self._apply_failing and self._apply_lock.locked():
+            return
         try:
             self.flush()
         except Exception as exc:
@@ -1156,6 +1233,12 @@ class Store:
             with self._space_lock:
                 return self._fits(nbytes, reusable)
 
+        if self._apply_failing:
+            # the database takes no batch (down, read-only, a lock another session holds):
+            # retention and applying would fail too, after waiting for the writer's attempt
+            # and the lock (the line's verdicts waited that long); the writer's next batch
+            # applied moves the generation and the saves look again
+            return False
         dropped = self.dropped_unforwarded  # (images removed, their rows kept)
         try:
             removed = self.enforce_retention(room=nbytes + self.headroom())
@@ -1170,7 +1253,7 @@ class Store:
 
     def _next_age_out(self) -> float:
         """When (monotonic) the oldest row the age limit may remove passes it (inf: none)."""
-        if self.max_age_days is None:
+        if self.max_age_days is None or self._apply_failing:  # (no read of a failing database)
             return math.inf
         try:
             with Session(self.engine) as s:

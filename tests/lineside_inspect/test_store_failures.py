@@ -1,0 +1,246 @@
+"""The store under failure (an SRE's and a DBA's review): a lock another session holds on
+PostgreSQL, PostgreSQL read-only, the SQLite file removed under a running server, and an
+MQTT event queued beside the store's writer on PostgreSQL. Each case failed on the code
+before its fix: requests hung, a 500, acknowledged inspections lost, an event never sent."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.orm import Session
+
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.store import Store
+from lineside_inspect.store import store as store_module
+from lineside_inspect.store.models import OutboxRow
+
+from .conftest import SAMPLE, keyed, start_server
+from .test_line_mqtt import MOSQUITTO, PASSWORDS, Broker, Subscriber, wait_for
+from .test_store import MODEL, _inspection
+
+JPEG = {"content-type": "image/jpeg"}
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return Detector(MODEL, device="cpu", threads=1)
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A mosquitto broker on loopback, started (``test_line_mqtt.Broker``)."""
+    if not MOSQUITTO.is_file() or shutil.which("mosquitto_passwd") is None:
+        pytest.skip("Debian's mosquitto is not installed (make test installs it)")
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    made = Broker(folder)
+    made.start()
+    yield made
+    made.kill()
+
+
+@pytest.fixture
+def pg_database(postgres: str) -> Iterator[str]:
+    """A fresh database on the session's PostgreSQL server; its URL."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield f"{postgres}/{name}"
+    with admin.connect() as c:  # whatever a test changed, the next one starts clean
+        c.execute(text(f'ALTER DATABASE "{name}" RESET ALL'))
+    admin.dispose()
+
+
+def test_an_mqtt_event_queued_beside_the_writer_does_not_pass_its_events(
+        mqtt_broker: Broker, detector: Detector, pg_database: str, tmp_path: Path) -> None:
+    """On PostgreSQL an outbox id is handed out at insert and seen at commit. The publisher
+    queued an alarm (or a PLC part's end, or a refused inspection's event) in its own
+    transaction while the writer's batch was between its insert and its commit: the alarm
+    took a higher id, was sent first, and the publisher's cursor passed the batch's events,
+    which were then never sent until the next restart."""
+    from lineside_inspect.lifecycle.alarm import Change
+    from lineside_inspect.line.config import MqttConfig
+    from lineside_inspect.line.mqtt import MqttPublisher
+
+    sub = Subscriber(mqtt_broker.port)
+    wait_for(lambda: sub.subscriptions >= 1, "the subscriber")
+    store = Store(tmp_path / "store", pg_database, pass_rate=0.0)
+    publisher = MqttPublisher(MqttConfig(url=mqtt_broker.url, username="lineside",
+                                         password=PASSWORDS["lineside"]), store, poll_s=0.05)
+    store.event_makers.append(publisher.events_for)
+    store.outbox_listeners.append(publisher.wake)
+    publisher.start()
+    hooked = threading.Event()
+
+    def between_insert_and_commit(session: Session, _: Any) -> None:
+        if hooked.is_set() or not any(isinstance(o, OutboxRow) for o in session.new):
+            return
+        hooked.set()  # the writer's batch holds its outbox ids, not committed yet
+        publisher.on_alarm(Change("r", "deeppcb", "1", "alarm", "a fail-rate alarm", {}))
+        # the publisher may queue and send the alarm meanwhile (it did: its cursor then
+        # passed this batch's events); a publisher that waits for the writer does not
+        deadline = time.monotonic() + 3
+        while not sub.on("/alarm/r") and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    event.listen(Session, "after_flush", between_insert_and_commit)
+    try:
+        wait_for(lambda: publisher.connected, "the publisher's connection")
+        inspection = _inspection(detector, "fail")
+        assert store.save(inspection)
+        wait_for(hooked.is_set, "the writer's batch")
+        wait_for(lambda: sub.on("/alarm/r"), "the alarm")
+        wait_for(lambda: [e["id"] for e in sub.inspections()] == [inspection.id],
+                 "the inspection's event")
+    finally:
+        event.remove(Session, "after_flush", between_insert_and_commit)
+        publisher.stop()
+        store.close()
+        sub.close()
+
+
+def test_a_lock_another_session_holds_stops_neither_verdicts_nor_reads(
+        pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DBA's ``LOCK TABLE inspections`` (or a long transaction holding one) under a
+    running box: the writer's batch waited on it for as long as it lasted, holding the
+    apply lock, so every read (``/v1/inspections``, ``/v1/stats``) hung behind it, and with
+    a quota every save that had to make room did too: the line got no verdict. Now a
+    statement waits for a lock at most ``LOCK_TIMEOUT_S``: verdicts keep being answered,
+    reads answer (or 503 while even reading is locked), and once the lock goes every
+    acknowledged inspection is applied, once."""
+    monkeypatch.setattr(store_module, "LOCK_TIMEOUT_S", 1.0, raising=False)
+    image = next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()
+    # the client's timeout only ends a hang; nothing here should come near it
+    timeout = httpx.Timeout(120)
+    running, stop = start_server(keyed(database_url=pg_database, store_pass_rate=1.0,
+                                       store_max_bytes=400_000))
+    dba = create_engine(pg_database)
+    try:
+        with running.client("line") as line, running.client("reviewer") as reviewer:
+            line.timeout = reviewer.timeout = timeout
+            stored: set[str] = set()
+
+            def inspect() -> None:
+                r = line.post("/v1/inspect", content=image, headers=JPEG)
+                assert r.status_code == 200, r.text
+                if r.json()["stored"]:
+                    stored.add(r.json()["id"])
+
+            inspect()
+            assert reviewer.get("/v1/inspections").json()["total"] == 1
+            with dba.connect() as conn, conn.begin():
+                conn.execute(text("LOCK TABLE inspections IN SHARE MODE"))  # writes wait
+                for _ in range(30):  # past the quota: room cannot be made meanwhile
+                    inspect()
+                for path in ("/v1/inspections", "/v1/stats"):
+                    r = reviewer.get(path)
+                    assert r.status_code == 200, (path, r.text)
+            with dba.connect() as conn, conn.begin():
+                conn.execute(text("LOCK TABLE inspections"))  # reads wait too
+                r = reviewer.get("/v1/inspections")
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] == "database_unavailable"
+                assert "lock" in r.json()["error"]["message"]
+                inspect()
+
+            def listed() -> list[str]:
+                items = reviewer.get("/v1/inspections", params={"limit": 200}).json()["items"]
+                return [i["id"] for i in items]
+
+            wait_for(lambda: set(listed()) == stored, "every stored inspection applied", 60)
+            assert len(listed()) == len(stored)  # once each
+            inspect()  # and room is made again
+            wait_for(lambda: set(listed()) == stored, "the last inspection", 60)
+    finally:
+        stop()
+        dba.dispose()
+
+
+def test_a_review_while_postgresql_is_read_only_is_503(pg_database: str) -> None:
+    """A database that takes no writes (a hot standby after a failover, or
+    ``default_transaction_read_only``): psycopg raises that as an ``InternalError``, and a
+    review was a 500 with a traceback. Verdicts go on into the journal meanwhile, and are
+    applied once the database takes writes again."""
+    image = next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()
+    running, stop = start_server(keyed(database_url=pg_database, store_pass_rate=1.0))
+    name = pg_database.rsplit("/", 1)[1]
+    admin = create_engine(pg_database.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+
+    def read_only(on: bool) -> None:
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = '
+                           f'{"on" if on else "off"}'))
+            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           f"WHERE datname = '{name}'"))
+
+    try:
+        with running.client("line") as line, running.client("reviewer") as reviewer:
+            first = line.post("/v1/inspect", content=image, headers=JPEG).json()["id"]
+            assert reviewer.get("/v1/inspections").json()["total"] == 1
+            read_only(True)
+            r = line.post("/v1/inspect", content=image, headers=JPEG)
+            assert r.status_code == 200 and r.json()["stored"] is True, r.text
+            later = r.json()["id"]
+            r = reviewer.post(f"/v1/inspections/{first}/reviews", json={"action": "confirm"})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "database_unavailable"
+            assert "read-only" in r.json()["error"]["message"] and r.headers["retry-after"]
+            read_only(False)
+            wait_for(lambda: reviewer.get(f"/v1/inspections/{later}").status_code == 200,
+                     "the inspection acknowledged meanwhile", 60)
+            r = reviewer.post(f"/v1/inspections/{first}/reviews", json={"action": "confirm"})
+            assert r.status_code == 200, r.text
+    finally:
+        stop()
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" RESET ALL'))
+        admin.dispose()
+
+
+def test_a_sqlite_file_removed_under_a_running_server_loses_no_acknowledged_inspection(
+        tmp_path: Path) -> None:
+    """``lineside.db`` removed (or moved away) while the server runs: its connections went
+    on writing into the removed file, the journal was applied there and deleted, reviews
+    were saved, and after a restart every inspection acknowledged meanwhile was gone (its
+    image then removed as an orphan). Now nothing more is written to the removed file:
+    requests that need the database answer 503 saying so, verdicts go on into the journal,
+    and the restarted server has them all."""
+    image = next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()
+    data = tmp_path / "store"
+    running, stop = start_server(keyed(data_dir=str(data), store_pass_rate=1.0))
+    try:
+        with running.client("line") as line, running.client("reviewer") as reviewer:
+            first = line.post("/v1/inspect", content=image, headers=JPEG).json()["id"]
+            assert reviewer.get("/v1/inspections").json()["total"] == 1
+            (data / "lineside.db").rename(tmp_path / "moved-away.db")
+            acked = []
+            for _ in range(3):
+                r = line.post("/v1/inspect", content=image, headers=JPEG)
+                assert r.status_code == 200 and r.json()["stored"] is True, r.text
+                acked.append(r.json()["id"])
+            r = reviewer.post(f"/v1/inspections/{first}/reviews", json={"action": "confirm"})
+            assert r.status_code == 503, r.text
+            assert "database file was removed" in r.json()["error"]["message"]
+            r = reviewer.get("/v1/inspections")
+            assert r.status_code == 503, r.text
+    finally:
+        stop()
+    again, stop = start_server(keyed(data_dir=str(data), store_pass_rate=1.0))
+    try:
+        with again.client("reviewer") as reviewer:
+            listed = {i["id"] for i in reviewer.get("/v1/inspections").json()["items"]}
+            assert listed == set(acked)  # (the first went with the file)
+            for iid in acked:
+                assert reviewer.get(f"/v1/inspections/{iid}/image").content == image
+    finally:
+        stop()
