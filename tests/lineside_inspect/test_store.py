@@ -352,3 +352,45 @@ def test_every_review_keeps_at_most_1000_boxes_of_truth(tmp_path: Path, detector
     # a false reject (no boxes) stands, and so does a confirm of it after
     store.review(result.id, reviewer="r", action="false_reject")
     assert store.review(result.id, reviewer="s", action="confirm").reviews[-1].boxes == []
+
+
+def test_startup_cleanup_keeps_images_a_database_that_is_not_theirs_does_not_know(
+        tmp_path: Path, detector: Detector, database_url: str | None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A box's database_url switched (SQLite to PostgreSQL) without moving its rows: the
+    new database knew none of the folder's images, and the first start removed every one
+    as an orphan (store review, session 35). More orphans than known images, past a few,
+    are kept and said; a few are still removed."""
+    from lineside_inspect.store.store import ORPHANS_ALWAYS_REMOVED
+
+    first = Store(tmp_path, None)
+    saved = [_inspection(detector, "fail") for _ in range(3)]
+    for inspection in saved:
+        first.save(inspection)
+    images = {p for p in (tmp_path / "images").rglob("*") if p.is_file()}
+    first.close()
+    day = tmp_path / "images" / "2026-01-01"
+    day.mkdir(parents=True, exist_ok=True)
+    extra = [day / f"crash-{i}.png" for i in range(ORPHANS_ALWAYS_REMOVED)]
+    for path in extra:
+        path.write_bytes(b"x")
+    (day / ".half.jpg.tmp").write_bytes(b"x")
+    other = database_url or f"sqlite:///{tmp_path / 'another.db'}"
+    switched = Store(tmp_path, other)
+    try:
+        with caplog.at_level("WARNING", logger="lineside"):
+            got = switched.cleanup()
+        assert got["orphans_removed"] == 1  # the write cut short, only
+        assert all(p.is_file() for p in images | set(extra))
+        assert "have no row in the database" in caplog.text
+    finally:
+        switched.close()
+    # the folder's own database again: its few orphans go as before
+    back = Store(tmp_path, None)
+    try:
+        for path in extra[3:]:
+            path.unlink()
+        assert back.cleanup()["orphans_removed"] == 3
+        assert all(p.is_file() for p in images)
+    finally:
+        back.close()

@@ -228,6 +228,9 @@ def make_engine(url: str) -> Engine:
 
 
 CREATE_ATTEMPTS = 5  # looks at a table another process is making (create_tables)
+# start-up cleanup: orphan images up to this many are removed whatever the database knows
+# (past it, and past the images it knows, the database is taken for another's: kept)
+ORPHANS_ALWAYS_REMOVED = 20
 
 
 def create_tables(engine: Engine, tables: list[Table]) -> None:
@@ -920,13 +923,29 @@ class Store:
                               .where(self._mine_or_unowned())).all()
         known = {p for pair in paths for p in pair if p}
         removed = 0
+        orphans: list[Path] = []
         for path in self.images_dir.rglob("*"):
             if not path.is_file():
                 continue
             rel = path.relative_to(self.images_dir).as_posix()
-            if path.name.startswith(".") or rel not in known:
+            if path.name.startswith("."):  # a write cut short
                 path.unlink(missing_ok=True)
                 removed += 1
+            elif rel not in known:
+                orphans.append(path)
+        # an orphan is an image whose row a crash never wrote: a few. More of them than the
+        # images the database knows is a database that is not this folder's (a database_url
+        # switched without moving the rows, a database emptied or restored from an old
+        # backup): every image was removed as an orphan at the first start. Kept and said
+        if len(orphans) > max(ORPHANS_ALWAYS_REMOVED, len(known)):
+            log.warning("store: %d images in %s have no row in the database (which knows %d): "
+                        "is this the database of this folder (database_url)? They are kept; "
+                        "remove them by hand if they are not wanted", len(orphans),
+                        self.images_dir, len(known))
+        else:
+            for path in orphans:
+                path.unlink(missing_ok=True)
+            removed += len(orphans)
         cleared = 0
         with Session(self.engine) as s, s.begin():
             for row in s.scalars(select(InspectionRow).where(
