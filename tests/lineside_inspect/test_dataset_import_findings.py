@@ -379,3 +379,28 @@ def test_spaces_around_class_names_are_not_the_class(tmp_path: Path) -> None:
     assert sorted(ds.categories) == ["dent", "scratch"]
     ds, _ = import_dataset("coco", _coco_named(tmp_path / "c", " scratch\t"), tmp_path / "out2")
     assert ds.categories == ["scratch"]
+
+
+# --- a 12-bit camera's 16-bit PNGs, read as 8 bits --------------------------------------
+
+def test_16bit_pngs_using_only_the_low_bits_are_named(tmp_path: Path) -> None:
+    """A mono 12-bit camera's frames saved as 16-bit PNGs with their values as they are
+    (0-4095): Lineside reads the top 8 of the 16 bits, so they trained as nearly black
+    pictures of at most 16 grey levels, and the import said nothing. Full-range 16-bit PNGs
+    are not named."""
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    (src / "data.yaml").write_text("names:\n  0: cold shut\n")
+    grey = np.full((96, 128), 2000, np.uint16)
+    grey[40:44, 10:110] = 400  # a cold shut, dark on the casting
+    assert cv2.imwrite(str(src / "images" / "cam12.png"), grey)
+    assert cv2.imwrite(str(src / "images" / "full.png"), grey * 16)
+    for stem in ("cam12", "full"):
+        (src / "labels" / f"{stem}.txt").write_text("0 0.5 0.4375 0.78125 0.041667\n")
+    ds, skipped = import_dataset("yolo", src, tmp_path / "out")
+    assert not skipped and len(ds.images) == 2  # imported all the same: pixels are the user's
+    layout = str(ds.info.get("layout"))
+    assert "1 16-bit PNG(s) whose values use only the low bits" in layout, layout
+    assert "cam12.png: at most 2000 of 65535" in layout and "8 grey levels" in layout
+    assert "full.png" not in layout

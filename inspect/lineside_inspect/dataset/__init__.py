@@ -10,7 +10,7 @@ from pathlib import Path
 from lineside_inspect.dataset.canonical import read_dataset, save_annotations, write_dataset
 from lineside_inspect.dataset.duplicates import DuplicateGroup, find_duplicates
 from lineside_inspect.dataset.exporters import EXPORTERS
-from lineside_inspect.dataset.importers import IMPORTERS
+from lineside_inspect.dataset.importers import IMPORTERS, dim_16bit_pngs
 from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
 from lineside_inspect.dataset.split import check_split_args, split_dataset, tied_groups
 from lineside_inspect.dataset.stats import dataset_stats
@@ -66,6 +66,9 @@ def import_dataset(
         raise DatasetError(f"{src}: no such file or folder")
     draft, problems = IMPORTERS[fmt](src)
     problems = problems + validate_dataset(draft)
+    if dim := dim_16bit_pngs(draft):
+        said = draft.info.get("layout")
+        draft.info["layout"] = "; ".join([str(said), *dim]) if said else "; ".join(dim)
     skipped: list[Problem] = []
     # the layout the importer recognised, so a user sees what was looked at and where
     layout = f" (layout found: {draft.info['layout']})" if draft.info.get("layout") else ""

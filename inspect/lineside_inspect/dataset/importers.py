@@ -125,6 +125,47 @@ def _exif_turned(images: list[ImageRecord], stated: set[int]) -> list[str]:
             "-ai, or mogrify -auto-orient) and import again"]
 
 
+# a 16-bit PNG whose brightest value is below this keeps fewer than 64 grey levels in the
+# 8 bits Lineside reads (the top 8 of its 16): a 12- or 14-bit camera's values written as
+# they are, rather than scaled to 16 bits as the PNG format asks
+DIM_16BIT = 64 << 8
+
+
+def dim_16bit_pngs(draft: Dataset) -> list[str]:
+    """A warning for 16-bit PNGs whose values use only the low bits. Lineside decodes every
+    image to 8 bits per pixel (OpenCV keeps the top byte), as the edge does, so a 12-bit
+    camera's 0-4095 becomes 0-15: the model trains and judges on nearly black pictures
+    with a few grey levels, and nothing said so."""
+    import cv2
+    import numpy as np
+
+    dim: list[tuple[ImageRecord, int]] = []
+    for rec in draft.images:
+        try:
+            path = draft.image_path(rec)
+            with open(path, "rb") as f:
+                head = f.read(26)
+            if not (head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR"
+                    and head[24] == 16):
+                continue
+            pixels = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+        except (OSError, ValueError, cv2.error):
+            continue  # unreadable: validation names it
+        if pixels is not None and pixels.dtype == np.uint16:
+            top = int(pixels[..., :3].max()) if pixels.ndim == 3 else int(pixels.max())
+            if top < DIM_16BIT:
+                dim.append((rec, top))
+    if not dim:
+        return []
+    rec, top = dim[0]
+    return [f"warning: {len(dim)} 16-bit PNG(s) whose values use only the low bits (e.g. "
+            f"{rec.file_name}: at most {top} of 65535): Lineside reads 8 bits per pixel, the "
+            f"top 8 of the 16, so they train and are judged as nearly black pictures with at "
+            f"most {(top >> 8) + 1} grey levels; save them scaled to the full range (a "
+            "12-bit camera's values x 16) or as 8-bit images scaled by the camera's bit depth, "
+            "and import again"]
+
+
 def _unsupported_beside(stem: str, folders: list[Path]) -> Path | None:
     """An image of ``stem`` in a format Lineside does not read (TIFF, WebP ...), if any."""
     for folder in folders:
