@@ -244,3 +244,21 @@ def test_a_sqlite_file_removed_under_a_running_server_loses_no_acknowledged_insp
                 assert reviewer.get(f"/v1/inspections/{iid}/image").content == image
     finally:
         stop()
+
+
+def test_a_box_starts_while_another_session_writes_to_its_tables(
+        pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Boxes sharing one PostgreSQL database: each start ran ``CREATE INDEX IF NOT EXISTS``
+    for every added index, and PostgreSQL takes that statement's SHARE lock on the table
+    before it finds the index there. With ``lock_timeout`` it waited for another box's open
+    write (a batch, a retention round, a DBA's session) at most LOCK_TIMEOUT_S, five times,
+    and then the box did not start at all. An index that is there is not made again."""
+    Store(tmp_path / "first", pg_database).close()  # the tables and indexes are there
+    monkeypatch.setattr(store_module, "LOCK_TIMEOUT_S", 0.2)
+    other = create_engine(pg_database)
+    try:
+        with other.connect() as conn, conn.begin():
+            conn.execute(text("DELETE FROM inspections WHERE false"))  # a write, still open
+            Store(tmp_path / "second", pg_database).close()
+    finally:
+        other.dispose()

@@ -407,6 +407,12 @@ class Store:
         inspector = sa_inspect(self.engine)
         present = {(t, c["name"]) for t in {t for t, _, _ in ADDED_COLUMNS}
                    if inspector.has_table(t) for c in inspector.get_columns(t)}
+        # only the missing indexes: PostgreSQL's CREATE INDEX IF NOT EXISTS takes its SHARE
+        # lock on the table before it finds the index there, so at every start it waited for
+        # every open write on the table (another box's batch or retention, a DBA's session),
+        # and past lock_timeout (LOCK_TIMEOUT_S, five attempts) the box did not start at all
+        indexed = {(t, i["name"]) for t in {t for _, t, _ in ADDED_INDEXES}
+                   if inspector.has_table(t) for i in inspector.get_indexes(t)}
         # PostgreSQL: IF NOT EXISTS, because processes sharing one database (a hub's, boxes')
         # upgrade at once, and the second's plain ADD COLUMN failed on the first's column
         # (SQLite has no IF NOT EXISTS here: _add_columns looks again)
@@ -417,7 +423,8 @@ class Store:
                     conn.execute(text(f"ALTER TABLE {table} ADD COLUMN{maybe} {column} {sql_type}"))
                     log.info("store: added column %s.%s", table, column)
             for name, table, column in ADDED_INDEXES:
-                conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})"))
+                if (table, name) not in indexed:
+                    conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})"))
 
     def _review_ids_never_reused(self) -> None:
         """Rebuild a SQLite ``reviews`` table made before its ids were AUTOINCREMENT
