@@ -394,3 +394,37 @@ def test_startup_cleanup_keeps_images_a_database_that_is_not_theirs_does_not_kno
         assert all(p.is_file() for p in images)
     finally:
         back.close()
+
+
+def test_a_read_waits_for_the_writers_attempt_once_the_database_is_back(
+        tmp_path: Path, detector: Detector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the writer's applies fail (PostgreSQL down or locked), a read does not wait
+    for its attempt; but the attempt that succeeds (the database back) held the apply lock,
+    and a read then skipped it: a review right after a save found no inspection. A read
+    waits for an attempt up to READ_WAITS_S."""
+    import threading
+
+    import lineside_inspect.store.store as store_module
+
+    monkeypatch.setattr(store_module, "READ_WAITS_S", 60.0)  # a bound, not a timing
+    store = Store(tmp_path)
+    try:
+        saved = _inspection(detector, "fail")
+        assert store.save(saved)
+        store._apply_failing = True  # as after a failed batch
+        held, done = threading.Event(), threading.Event()
+
+        def writer() -> None:  # the writer's next attempt, which goes through
+            with store._apply_lock:
+                held.set()
+                time.sleep(0.3)
+                store._flush()
+                store._apply_failing = False
+            done.set()
+
+        threading.Thread(target=writer, daemon=True).start()
+        assert held.wait(30)
+        assert store.get(saved.id).id == saved.id  # read during the attempt: waited for it
+        assert done.wait(30)
+    finally:
+        store.close()

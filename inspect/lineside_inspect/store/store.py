@@ -173,6 +173,9 @@ MAX_TRUTH_BOXES = 1000
 CONNECT_TIMEOUT_S = 10  # PostgreSQL (libpq's connect_timeout, seconds)
 # PostgreSQL: the most a statement waits for a lock another session holds (lock_timeout)
 LOCK_TIMEOUT_S = 10.0
+# while the writer's applies fail, the most a read waits for its attempt before it reads
+# what the database has (Store._applied)
+READ_WAITS_S = 2.0
 
 
 CHECKED = ("sha256", "shift", "unchanged", "difference")  # reference_check's keys
@@ -864,9 +867,13 @@ class Store:
     def _applied(self) -> None:
         """Before a read: apply the journal (an outage only delays it: the read goes on).
         While the writer's applies fail and it is trying again, the read does not wait for
-        its attempt (a lock another session holds lasts up to LOCK_TIMEOUT_S each)."""
+        its attempt past READ_WAITS_S (a lock another session holds lasts up to
+        LOCK_TIMEOUT_S each); an attempt that ends sooner (the database back: its first
+        batch) is waited for, so the read sees what it applied."""
         if self._apply_failing and self._apply_lock.locked():
-            return
+            if not self._apply_lock.acquire(timeout=READ_WAITS_S):
+                return
+            self._apply_lock.release()
         try:
             self.flush()
         except Exception as exc:
