@@ -27,6 +27,8 @@ from .server_process import LINESIDE, ServerProcess, free_port
 from .test_fleet_models_e2e import ADMIN, INT8, _reported, active, fleet, wait_for
 
 BOXES = ("box-a", "box-b")
+# a recipe following the active version, stricter on a class a renamed version lacks
+STRICT = {"name": "line1", "model": "deeppcb", "min_score": {"open": 0.05}}
 
 
 @contextlib.contextmanager
@@ -170,8 +172,7 @@ def test_a_version_its_recipes_cannot_serve_is_not_activated(
     v2 = renamed(tmp_path, "2r", "open", "opening")
     srv = launch(model_roots=[str(ROOT / "models"), str(tmp_path)], store_pass_rate=1.0)
     with srv.client("admin") as admin:
-        strict = {"name": "line1", "model": "deeppcb", "min_score": {"open": 0.05}}
-        assert admin.put("/v1/recipes/line1", json=strict).status_code == 200
+        assert admin.put("/v1/recipes/line1", json=STRICT).status_code == 200
         # loaded with activate: refused, and said to be loaded (it is, beside version 1)
         r = admin.post("/v1/models", json={"path": str(v2), "activate": True})
         assert r.status_code == 422, r.text
@@ -187,27 +188,35 @@ def test_a_version_its_recipes_cannot_serve_is_not_activated(
         assert r.status_code == 422
         assert admin.get("/v1/models").json()[0]["active"] == "1"
         # pinned to the version it was written for, the recipe no longer stands in the way
-        assert admin.put("/v1/recipes/line1", json={**strict, "model_version": "1"}
+        assert admin.put("/v1/recipes/line1", json={**STRICT, "model_version": "1"}
                          ).status_code == 200
         r = admin.post("/v1/models/deeppcb/activate", json={"version": "2r"})
         assert r.status_code == 200, r.text
 
 
-def test_a_pulled_version_its_recipes_cannot_serve_is_refused(
-        weed: Any, tmp_path: Path) -> None:
-    """The same through the fleet: a box whose configured recipe names a class the
-    assigned version lacks refuses it, reports why, and keeps judging with version 1."""
+@contextlib.contextmanager
+def _refusing_2r(weed: Any, tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """A hub and box-a, whose configured recipe (STRICT) follows the active version, once
+    the box has refused the assigned 2r (its class open renamed) and reported why."""
     recipe = tmp_path / "line1.yaml"
-    recipe.write_text(yaml.safe_dump({"name": "line1", "model": "deeppcb",
-                                      "min_score": {"open": 0.05}}))
+    recipe.write_text(yaml.safe_dump(STRICT))
     with _plant(weed, tmp_path, {"recipes": [str(recipe)]}, shared=False) as plant:
         hub, box = plant["hub"], plant["boxes"]["box-a"]
         fleet("publish", str(renamed(tmp_path, "2r", "open", "opening")), "--hub", hub.url,
               "--key", str(tmp_path / "publisher.pem"))
         fleet("assign", "--hub", hub.url, "--line", "L1", "--model", "deeppcb", "--version",
               "2r")
-        wait_for(lambda: _reported(hub, "box-a", "deeppcb 2r: deeppcb 2r cannot judge under "
-                                   "recipe line1"), "box-a refusing 2r")
+        wait_for(lambda: _reported(hub, "box-a", "cannot judge under recipe line1"),
+                 "box-a refusing 2r")
+        yield hub, box
+
+
+def test_a_pulled_version_its_recipes_cannot_serve_is_refused(
+        weed: Any, tmp_path: Path) -> None:
+    """The same through the fleet: a box whose configured recipe names a class the
+    assigned version lacks refuses it, reports why, and keeps judging with version 1."""
+    with _refusing_2r(weed, tmp_path) as (hub, box):
+        assert _reported(hub, "box-a", "deeppcb 2r: deeppcb 2r cannot judge under recipe line1")
         assert active(box)[0] == "1"
         judged = _inspect(box, sorted((SAMPLE / "images").rglob("*_test.jpg"))[:1])
         assert judged[0]["model"]["version"] == "1"
@@ -221,18 +230,8 @@ def test_a_pulled_version_refused_for_a_recipe_is_taken_once_activated_by_hand(
     again, through the gate once more), as a gate refusal an admin overrode is not."""
     import json
 
-    recipe = tmp_path / "line1.yaml"
-    strict = {"name": "line1", "model": "deeppcb", "min_score": {"open": 0.05}}
-    recipe.write_text(yaml.safe_dump(strict))
-    with _plant(weed, tmp_path, {"recipes": [str(recipe)]}, shared=False) as plant:
-        hub, box = plant["hub"], plant["boxes"]["box-a"]
-        fleet("publish", str(renamed(tmp_path, "2r", "open", "opening")), "--hub", hub.url,
-              "--key", str(tmp_path / "publisher.pem"))
-        fleet("assign", "--hub", hub.url, "--line", "L1", "--model", "deeppcb", "--version",
-              "2r")
-        wait_for(lambda: _reported(hub, "box-a", "cannot judge under recipe line1"),
-                 "box-a refusing 2r")
-        r = httpx.put(box.url + "/v1/recipes/line1", json={**strict, "model_version": "1"},
+    with _refusing_2r(weed, tmp_path) as (hub, box):
+        r = httpx.put(box.url + "/v1/recipes/line1", json={**STRICT, "model_version": "1"},
                       timeout=10)
         assert r.status_code == 200, r.text
         r = httpx.post(box.url + "/v1/models/deeppcb/activate", json={"version": "2r"},

@@ -233,9 +233,19 @@ def test_pem_files_are_read_whatever_their_name(tmp_path: Path,
     line = _line({"certificate": str(crt), "private_key": str(key),
                   "trusted_certificates": cfg.trusted_certificates})
     assert line.opcua is not None
+    _secured_plc_reads_its_recipe(line.opcua, server_cert, plc_cert, plc_key)
+    with caplog.at_level(logging.WARNING, "lineside.line.opcua"):
+        create_app(keyed(line=line, store=False))
+    assert any("server.key can be read by other users" in r.getMessage() for r in caplog.records)
+
+
+def _secured_plc_reads_its_recipe(cfg: OpcUaConfig | None, server_cert: Path, plc_cert: Path,
+                                  plc_key: Path) -> None:
+    """A trusted PLC connects over Basic256Sha256 to an adapter on ``cfg`` and reads Recipe."""
+    assert cfg is not None
 
     async def run() -> None:
-        adapter = OpcUaAdapter(line.opcua)  # type: ignore[arg-type]
+        adapter = OpcUaAdapter(cfg)
         await adapter.start([_station()], lambda *w: None)
         try:
             plc = Client(adapter.endpoint, timeout=5)
@@ -249,9 +259,6 @@ def test_pem_files_are_read_whatever_their_name(tmp_path: Path,
             await adapter.stop()
 
     asyncio.run(run())
-    with caplog.at_level(logging.WARNING, "lineside.line.opcua"):
-        create_app(keyed(line=line, store=False))
-    assert any("server.key can be read by other users" in r.getMessage() for r in caplog.records)
 
 
 def _pem(der_path: Path) -> bytes:
@@ -278,19 +285,4 @@ def test_pem_files_with_text_before_the_block_are_read(tmp_path: Path) -> None:
                   "trusted_certificates": cfg.trusted_certificates})
     assert line.opcua is not None
     create_app(keyed(line=line, store=False))  # was: "... is no certificate (DER or PEM)"
-
-    async def run() -> None:
-        adapter = OpcUaAdapter(line.opcua)  # type: ignore[arg-type]
-        await adapter.start([_station()], lambda *w: None)
-        try:
-            plc = Client(adapter.endpoint, timeout=5)
-            plc.application_uri = "urn:plc:client"
-            await plc.set_security_string(
-                f"Basic256Sha256,SignAndEncrypt,{plc_cert},{plc_key},{server_cert}")
-            async with plc:
-                idx = await plc.get_namespace_index(NS)
-                assert await plc.get_node(f"ns={idx};s=Stations/s1/Recipe").read_value() == "deeppcb"
-        finally:
-            await adapter.stop()
-
-    asyncio.run(run())
+    _secured_plc_reads_its_recipe(line.opcua, server_cert, plc_cert, plc_key)
