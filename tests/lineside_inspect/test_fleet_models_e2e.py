@@ -68,19 +68,26 @@ def fleet(*args: str) -> dict[str, Any]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-@pytest.fixture
-def plant(weed: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    bucket = f"e2e-{uuid.uuid4().hex[:10]}"
+def hub_process(weed: Any, tmp_path: Path, boxes: tuple[str, ...], bucket: str) -> ServerProcess:
+    """A ``lineside hub`` (not started) on SQLite and ``bucket`` in ``weed``, an
+    admin key and one box key per box (``<box>-key``), and the publisher's key pair in
+    ``tmp_path``."""
     generate(tmp_path / "publisher.pem", tmp_path / "publisher.pub.pem")
-    generate(tmp_path / "stranger.pem", tmp_path / "stranger.pub.pem")
     hub_port = free_port()
     (tmp_path / "hub.yaml").write_text(yaml.safe_dump({
         "database_url": f"sqlite:///{tmp_path / 'hub.db'}", "data_dir": str(tmp_path / "hub"),
         "objects": weed.settings(bucket),
         "api_keys": [{"name": "admin", "role": "admin", "key": ADMIN}] + [
-            {"name": b, "role": "box", "key": f"{b}-key"} for b in BOXES]}))
-    hub = ServerProcess([*LINESIDE, "hub", "--config", str(tmp_path / "hub.yaml"), "--port",
-                         str(hub_port)], tmp_path / "hub.log", hub_port, new_session=True)
+            {"name": b, "role": "box", "key": f"{b}-key"} for b in boxes]}))
+    return ServerProcess([*LINESIDE, "hub", "--config", str(tmp_path / "hub.yaml"), "--port",
+                          str(hub_port)], tmp_path / "hub.log", hub_port, new_session=True)
+
+
+@pytest.fixture
+def plant(weed: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    bucket = f"e2e-{uuid.uuid4().hex[:10]}"
+    generate(tmp_path / "stranger.pem", tmp_path / "stranger.pub.pem")
+    hub = hub_process(weed, tmp_path, BOXES, bucket)
     boxes: dict[str, ServerProcess] = {}
     for b in BOXES:
         port = free_port()

@@ -20,11 +20,9 @@ import httpx
 import pytest
 import yaml
 
-from lineside_inspect.fleet.signing import generate
-
 from .conftest import MODEL, ROOT, SAMPLE, Running
 from .server_process import LINESIDE, ServerProcess, free_port
-from .test_fleet_models_e2e import ADMIN, INT8, _reported, active, fleet, wait_for
+from .test_fleet_models_e2e import INT8, _reported, active, fleet, hub_process, wait_for
 
 BOXES = ("box-a", "box-b")
 # a recipe following the active version, stricter on a class a renamed version lacks
@@ -36,16 +34,7 @@ def _plant(weed: Any, tmp_path: Path, box_config: dict[str, Any], *,
            shared: bool) -> Iterator[dict[str, Any]]:
     """A hub and the boxes of line L1 (their store one SQLite file when ``shared``), each
     with a golden set of the model when ``shared``."""
-    bucket = f"roll-{uuid.uuid4().hex[:10]}"
-    generate(tmp_path / "publisher.pem", tmp_path / "publisher.pub.pem")
-    hub_port = free_port()
-    (tmp_path / "hub.yaml").write_text(yaml.safe_dump({
-        "database_url": f"sqlite:///{tmp_path / 'hub.db'}", "data_dir": str(tmp_path / "hub"),
-        "objects": weed.settings(bucket),
-        "api_keys": [{"name": "admin", "role": "admin", "key": ADMIN}] + [
-            {"name": b, "role": "box", "key": f"{b}-key"} for b in BOXES]}))
-    hub = ServerProcess([*LINESIDE, "hub", "--config", str(tmp_path / "hub.yaml"), "--port",
-                         str(hub_port)], tmp_path / "hub.log", hub_port, new_session=True)
+    hub = hub_process(weed, tmp_path, BOXES, f"roll-{uuid.uuid4().hex[:10]}")
     from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary, from_dataset
 
     items, classes = from_dataset(SAMPLE, limit=4)

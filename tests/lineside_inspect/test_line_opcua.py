@@ -62,11 +62,7 @@ def test_a_peer_without_a_certificate_gets_no_session_on_the_unsecured_channel(
                 m.setattr(Client, "find_endpoint", staticmethod(lambda eps, *_: eps[0]))
                 await rogue_session(adapter.endpoint)
             assert writes == []
-            plc = Client(adapter.endpoint, timeout=5)
-            plc.application_uri = "urn:plc:client"
-            await plc.set_security_string(
-                f"Basic256Sha256,SignAndEncrypt,{plc_cert},{plc_key},{server_cert}")
-            async with plc:
+            async with await _trusted_plc(adapter.endpoint, server_cert, plc_cert, plc_key) as plc:
                 idx = await plc.get_namespace_index(NS)
                 await plc.get_node(f"ns={idx};s=Stations/s1/Trigger").write_value(True)
             assert writes == [("s1", "Trigger", True)]
@@ -239,6 +235,15 @@ def test_pem_files_are_read_whatever_their_name(tmp_path: Path,
     assert any("server.key can be read by other users" in r.getMessage() for r in caplog.records)
 
 
+async def _trusted_plc(endpoint: str, server_cert: Path, plc_cert: Path, plc_key: Path) -> Client:
+    """A client with the trusted PLC's certificate, set for Basic256Sha256 (not connected)."""
+    plc = Client(endpoint, timeout=5)
+    plc.application_uri = "urn:plc:client"
+    await plc.set_security_string(
+        f"Basic256Sha256,SignAndEncrypt,{plc_cert},{plc_key},{server_cert}")
+    return plc
+
+
 def _secured_plc_reads_its_recipe(cfg: OpcUaConfig | None, server_cert: Path, plc_cert: Path,
                                   plc_key: Path) -> None:
     """A trusted PLC connects over Basic256Sha256 to an adapter on ``cfg`` and reads Recipe."""
@@ -248,11 +253,7 @@ def _secured_plc_reads_its_recipe(cfg: OpcUaConfig | None, server_cert: Path, pl
         adapter = OpcUaAdapter(cfg)
         await adapter.start([_station()], lambda *w: None)
         try:
-            plc = Client(adapter.endpoint, timeout=5)
-            plc.application_uri = "urn:plc:client"
-            await plc.set_security_string(
-                f"Basic256Sha256,SignAndEncrypt,{plc_cert},{plc_key},{server_cert}")
-            async with plc:
+            async with await _trusted_plc(adapter.endpoint, server_cert, plc_cert, plc_key) as plc:
                 idx = await plc.get_namespace_index(NS)
                 assert await plc.get_node(f"ns={idx};s=Stations/s1/Recipe").read_value() == "deeppcb"
         finally:
