@@ -404,3 +404,55 @@ def test_16bit_pngs_using_only_the_low_bits_are_named(tmp_path: Path) -> None:
     assert "1 16-bit PNG(s) whose values use only the low bits" in layout, layout
     assert "cam12.png: at most 2000 of 65535" in layout and "8 grey levels" in layout
     assert "full.png" not in layout
+
+
+def _yolo_with_pngs(src: Path, pngs: dict[str, bytes]) -> None:
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    (src / "data.yaml").write_text("names:\n  0: cold shut\n")
+    for stem, data in pngs.items():
+        (src / "images" / f"{stem}.png").write_bytes(data)
+        (src / "labels" / f"{stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+
+
+def test_a_png_cut_inside_its_header_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    """A COCO set whose PNG was cut short inside its IHDR chunk (a copy interrupted after
+    20 bytes): the 16-bit look read its bit depth at byte 24 of what it had, and the
+    import ended in an IndexError instead of naming the file as unreadable."""
+    ok, encoded = cv2.imencode(".png", np.full((96, 128), 2000, np.uint16))
+    assert ok
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "images" / "cut.png").write_bytes(encoded.tobytes()[:20])
+    (src / "images" / "good.png").write_bytes(encoded.tobytes())
+    (src / "annotations.json").write_text(_coco_doc(["cut.png", "good.png"]))
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("coco", src, tmp_path / "out")
+    assert "cut.png" in _messages(exc)
+    ds, skipped = import_dataset("coco", src, tmp_path / "out", skip_invalid=True)
+    assert [r.file_name for r in ds.images] == ["good.png"]
+    assert any("cut.png" in str(p) for p in skipped)
+
+
+def test_a_16bit_png_whose_chunk_claims_gigabytes_is_not_decoded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A corrupt 16-bit PNG whose chunk declares far more bytes than the file has: the
+    16-bit look handed it to OpenCV, whose PNG reader allocates a chunk's declared length
+    first (4 GB for 4 GB declared; decode_image refuses such a file before OpenCV sees
+    it). The look must apply the same checks as the decoder."""
+    ok, encoded = cv2.imencode(".png", np.full((96, 128), 2000, np.uint16))
+    assert ok
+    data = encoded.tobytes()  # a text chunk after IHDR claiming ~4 GB (3.9 GB of RSS)
+    bomb = data[:33] + (0xF0000000).to_bytes(4, "big") + b"tEXt" + bytes(64) + data[33:]
+    _yolo_with_pngs(tmp_path / "src", {"bomb": bomb})
+    real = cv2.imdecode
+    decoded: list[int] = []
+
+    def imdecode(buf: np.ndarray, flags: int) -> np.ndarray | None:
+        decoded.append(len(buf))
+        return real(buf, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    with pytest.raises(DatasetError):
+        import_dataset("yolo", tmp_path / "src", tmp_path / "out")
+    assert decoded == [], "a PNG with a chunk longer than the file was decoded"

@@ -4,6 +4,7 @@ may or must carry a reference."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -333,3 +334,26 @@ def test_the_decoded_goldens_held_in_memory_are_bounded(tmp_path: Path) -> None:
     assert (lib.get("g0").image == image).all()
     small = ReferenceLibrary(tmp_path, cache_bytes=1)  # under one golden: the one in use stays
     assert small.get("g1") is small.get("g1") and small.cached_bytes() > 1
+
+
+def test_a_read_that_loses_three_races_to_puts_still_finds_the_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Puts changing a name's format removed the file each look had just found, three times
+    in a row under load (CI, session 35: "no reference image named 'g' (known: g)"). A
+    fourth look is made with this process's puts held."""
+    lib = ReferenceLibrary(tmp_path)
+    ok, png = cv2.imencode(".png", np.full((96, 96, 3), 40, np.uint8))
+    assert ok
+    lib.put("g", png.tobytes())
+    real = lib._load
+    lost: list[Path] = []
+
+    def load(key: str, path: Path) -> Any:
+        if len(lost) < 3:  # replaced by a put between the look and the open, three times
+            lost.append(path)
+            raise FileNotFoundError(path)
+        return real(key, path)
+
+    monkeypatch.setattr(lib, "_load", load)
+    assert lib.get("g").raw == png.tobytes()
+    assert len(lost) == 3

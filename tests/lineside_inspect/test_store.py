@@ -367,8 +367,9 @@ def test_startup_cleanup_keeps_images_a_database_that_is_not_theirs_does_not_kno
     saved = [_inspection(detector, "fail") for _ in range(3)]
     for inspection in saved:
         first.save(inspection)
+    first.close()  # (the journal applied: the images written)
     images = {p for p in (tmp_path / "images").rglob("*") if p.is_file()}
-    first.close()
+    assert len(images) >= len(saved)
     day = tmp_path / "images" / "2026-01-01"
     day.mkdir(parents=True, exist_ok=True)
     extra = [day / f"crash-{i}.png" for i in range(ORPHANS_ALWAYS_REMOVED)]
@@ -385,11 +386,19 @@ def test_startup_cleanup_keeps_images_a_database_that_is_not_theirs_does_not_kno
         assert "have no row in the database" in caplog.text
     finally:
         switched.close()
-    # the folder's own database again: its few orphans go as before
+    # kept for good, listed: a later start, on a database that knows more of the folder's
+    # images than those (the ratio no longer trips), removed them unsaid
+    from lineside_inspect.store.store import ORPHANS_KEPT_FILE
+
+    listed = (tmp_path / ORPHANS_KEPT_FILE).read_text().splitlines()
+    assert len(listed) == len(images) + len(extra)
     back = Store(tmp_path, None)
     try:
         for path in extra[3:]:
             path.unlink()
+        assert back.cleanup()["orphans_removed"] == 0  # listed: kept
+        assert all(p.is_file() for p in images | set(extra[:3]))
+        (tmp_path / ORPHANS_KEPT_FILE).unlink()  # the user let them go: its few orphans go
         assert back.cleanup()["orphans_removed"] == 3
         assert all(p.is_file() for p in images)
     finally:
@@ -427,4 +436,108 @@ def test_a_read_waits_for_the_writers_attempt_once_the_database_is_back(
         assert store.get(saved.id).id == saved.id  # read during the attempt: waited for it
         assert done.wait(30)
     finally:
+        store.close()
+
+
+def test_startup_cleanup_keeps_images_a_database_restored_from_an_old_backup_does_not_know(
+        tmp_path: Path, detector: Detector) -> None:
+    """A database restored from a backup older than the folder's images: it names images
+    retention removed since (as many as the folder holds now, or more), none of the ones
+    there. Compared with every path it names, the folder's images were "fewer orphans than
+    known images" and every one was removed at the first start; compared with the folder's
+    images it knows (none), they are kept."""
+    from lineside_inspect.store.store import DB_FILE
+
+    with Store(tmp_path) as store:
+        old = [_inspection(detector, "fail") for _ in range(30)]
+        for inspection in old:
+            assert store.save(inspection)
+    (tmp_path / "backup.db").write_bytes((tmp_path / DB_FILE).read_bytes())
+    backup = sqlite3.connect(tmp_path / "backup.db")
+    assert backup.execute("SELECT count(image_path) FROM inspections").fetchone() == (30,)
+    backup.close()
+    with Store(tmp_path) as store:
+        for inspection in old:  # retention, since the backup
+            with store.locked_inspection(inspection.id) as (s, row):
+                store._delete(s, row)
+        new = [_inspection(detector, "fail") for _ in range(25)]
+        for inspection in new:
+            assert store.save(inspection)
+    images = {p for p in (tmp_path / "images").rglob("*") if p.is_file()}
+    assert len(images) == 25
+    for leftover in tmp_path.glob(DB_FILE + "-*"):
+        leftover.unlink()
+    (tmp_path / DB_FILE).write_bytes((tmp_path / "backup.db").read_bytes())  # restored
+    with Store(tmp_path) as store:
+        got = store.cleanup()
+        assert got["orphans_removed"] == 0, got
+        assert all(p.is_file() for p in images)
+
+
+def test_startup_cleanup_removes_the_images_of_records_the_database_refused(
+        tmp_path: Path, detector: Detector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new box whose database refuses every record (a value it cannot hold): each is
+    set aside in journal/refused/ with its image inside, and its image file, written
+    before the refusal, is garbage for the start-up cleanup to remove. Past 20 of them on
+    a box whose database knows fewer images, they were kept for good and taken for
+    another database's ("is this the database of this folder?")."""
+    from sqlalchemy.exc import StatementError
+
+    def refuse(records: list) -> int:  # type: ignore[type-arg]
+        raise StatementError("refused", None, None, ValueError("a value it cannot hold"))
+
+    with Store(tmp_path) as store:
+        monkeypatch.setattr(store, "_insert", refuse)
+        monkeypatch.setattr(store, "_insert_events", lambda record: 0)
+        for _ in range(25):
+            assert store.save(_inspection(detector, "fail"))
+        store.flush()
+        assert store.refused_count() == 25
+    assert len([p for p in (tmp_path / "images").rglob("*") if p.is_file()]) == 25
+    with Store(tmp_path) as store:
+        assert store.cleanup()["orphans_removed"] == 25
+    assert not [p for p in (tmp_path / "images").rglob("*") if p.is_file()]
+
+
+def test_a_read_makes_no_attempt_of_its_own_after_the_writers_failed(
+        tmp_path: Path, detector: Detector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that waited for the writer's attempt, which failed (the database still down,
+    or a lock another session holds, up to LOCK_TIMEOUT_S): it went on to make an attempt
+    of its own at once, holding the apply lock that long (the read answered after 2 s plus
+    the whole attempt, where it had answered at once; the writer's retry and other reads
+    waited behind it). It reads what the database has."""
+    import threading
+
+    import lineside_inspect.store.store as store_module
+
+    monkeypatch.setattr(store_module, "READ_WAITS_S", 60.0)
+    store = Store(tmp_path)
+    try:
+        saved = _inspection(detector, "fail")
+        assert store.save(saved)
+        store.flush()
+        store._apply_failing = True
+        attempts: list[str] = []
+        real = store._flush
+
+        def flush() -> int:
+            attempts.append(threading.current_thread().name)
+            return real()
+
+        monkeypatch.setattr(store, "_flush", flush)
+        held, done = threading.Event(), threading.Event()
+
+        def writer() -> None:  # the writer's attempt, which fails
+            with store._apply_lock:
+                held.set()
+                time.sleep(0.3)
+            done.set()
+
+        threading.Thread(target=writer, name="attempt", daemon=True).start()
+        assert held.wait(30)
+        assert store.get(saved.id).id == saved.id  # (applied before: it is there)
+        assert done.wait(30)
+        assert "MainThread" not in attempts
+    finally:
+        store._apply_failing = False
         store.close()

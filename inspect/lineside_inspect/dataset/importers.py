@@ -136,8 +136,11 @@ def dim_16bit_pngs(draft: Dataset) -> list[str]:
     image to 8 bits per pixel (OpenCV keeps the top byte), as the edge does, so a 12-bit
     camera's 0-4095 becomes 0-15: the model trains and judges on nearly black pictures
     with a few grey levels, and nothing said so."""
-    import cv2
     import numpy as np
+
+    from lineside_inspect.errors import ImageError
+    from lineside_inspect.imageio import check_structure, header_size
+    from lineside_inspect.opencv import MAX_IMAGE_PIXELS, cv2
 
     dim: list[tuple[ImageRecord, int]] = []
     for rec in draft.images:
@@ -145,11 +148,19 @@ def dim_16bit_pngs(draft: Dataset) -> list[str]:
             path = draft.image_path(rec)
             with open(path, "rb") as f:
                 head = f.read(26)
-            if not (head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR"
-                    and head[24] == 16):
+            # (a file cut inside its IHDR has no byte 24)
+            if not (len(head) > 24 and head.startswith(b"\x89PNG\r\n\x1a\n")
+                    and head[12:16] == b"IHDR" and head[24] == 16):
                 continue
-            pixels = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
-        except (OSError, ValueError, cv2.error):
+            data = path.read_bytes()
+            # the decoder's own checks first (decode_image): OpenCV's PNG reader allocates
+            # what a chunk declares before reading it (a 4 GB text chunk took 3.9 GB)
+            width, height = header_size(data)
+            if not 0 < width * height <= MAX_IMAGE_PIXELS:
+                continue
+            check_structure(data)
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except (OSError, ValueError, ImageError, cv2.error):
             continue  # unreadable: validation names it
         if pixels is not None and pixels.dtype == np.uint16:
             top = int(pixels[..., :3].max()) if pixels.ndim == 3 else int(pixels.max())

@@ -234,6 +234,7 @@ CREATE_ATTEMPTS = 5  # looks at a table another process is making (create_tables
 # start-up cleanup: orphan images up to this many are removed whatever the database knows
 # (past it, and past the images it knows, the database is taken for another's: kept)
 ORPHANS_ALWAYS_REMOVED = 20
+ORPHANS_KEPT_FILE = "orphans-kept.txt"  # in the data folder: the images so kept
 
 
 def create_tables(engine: Engine, tables: list[Table]) -> None:
@@ -874,6 +875,8 @@ class Store:
             if not self._apply_lock.acquire(timeout=READ_WAITS_S):
                 return
             self._apply_lock.release()
+            if self._apply_failing:  # that attempt failed too: not another one from here
+                return
         try:
             self.flush()
         except Exception as exc:
@@ -936,26 +939,40 @@ class Store:
             paths = s.execute(select(InspectionRow.image_path, InspectionRow.reference_path)
                               .where(self._mine_or_unowned())).all()
         known = {p for pair in paths for p in pair if p}
-        removed = 0
+        refused = self._refused_ids()  # their rows were never written: their images go
+        kept_list = self.data_dir / ORPHANS_KEPT_FILE
+        kept = set(kept_list.read_text().splitlines()) if kept_list.is_file() else set()
+        removed = matched = 0
         orphans: list[Path] = []
         for path in self.images_dir.rglob("*"):
             if not path.is_file():
                 continue
             rel = path.relative_to(self.images_dir).as_posix()
-            if path.name.startswith("."):  # a write cut short
-                path.unlink(missing_ok=True)
+            if path.name.startswith(".") or (rel not in known and path.stem in refused
+                                             and not rel.startswith(f"{REFS_DIR}/")):
+                path.unlink(missing_ok=True)  # a write cut short, a set-aside record's image
                 removed += 1
+            elif rel in kept:  # kept at an earlier start: never removed here
+                continue
             elif rel not in known:
                 orphans.append(path)
+            else:
+                matched += 1
         # an orphan is an image whose row a crash never wrote: a few. More of them than the
-        # images the database knows is a database that is not this folder's (a database_url
-        # switched without moving the rows, a database emptied or restored from an old
-        # backup): every image was removed as an orphan at the first start. Kept and said
-        if len(orphans) > max(ORPHANS_ALWAYS_REMOVED, len(known)):
-            log.warning("store: %d images in %s have no row in the database (which knows %d): "
-                        "is this the database of this folder (database_url)? They are kept; "
-                        "remove them by hand if they are not wanted", len(orphans),
-                        self.images_dir, len(known))
+        # folder's images the database knows is a database that is not this folder's (a
+        # database_url switched without moving the rows, a database emptied or restored
+        # from an old backup, whose rows name images retention removed since): every image
+        # was removed as an orphan at the first start. Kept and said
+        # ... and listed: the ratio holds only until the database knows more of the
+        # folder's images, and a later start removed the kept ones, unsaid
+        if len(orphans) > max(ORPHANS_ALWAYS_REMOVED, matched):
+            listed = sorted(kept | {p.relative_to(self.images_dir).as_posix() for p in orphans})
+            write_atomic(kept_list, ("\n".join(listed) + "\n").encode())
+            log.warning("store: %d images in %s have no row in the database (which knows %d of "
+                        "the folder's): is this the database of this folder (database_url)? "
+                        "They are kept, listed in %s, and never removed at start while it "
+                        "lists them; remove them (and the list) by hand if they are not wanted",
+                        len(orphans), self.images_dir, matched, kept_list)
         else:
             for path in orphans:
                 path.unlink(missing_ok=True)
