@@ -62,9 +62,14 @@ class LSDet(nn.Module):
         strides: tuple[int, ...] = (8, 16),
         head_convs: int = 1,
         head_norm: str = "bn",
+        clipped_gradient: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        # training only (the values, and the exported graph, are the same either way): the
+        # loss passes the gradient through the ReLU where it clipped a distance to 0 (see
+        # dense). Off by default until measured on the recipes' held-out sets
+        self.clipped_gradient = clipped_gradient
         self.strides = strides
         self.stem = Conv2dNormActivation(3, widths[0], 3, stride=2)
         self.stages = nn.ModuleList(
@@ -94,9 +99,17 @@ class LSDet(nn.Module):
             nn.init.normal_(m.weight, std=0.01)
 
     # -- dense predictions -------------------------------------------------------------
-    def dense(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def dense(self, images: Tensor, *, live_gradient: bool = False,
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-location predictions over all levels: class logits ``[B, P, C]``, distances
-        ``[B, P, 4]`` (l, t, r, b in pixels), centerness logits ``[B, P]``, points ``[P, 2]``."""
+        ``[B, P, 4]`` (l, t, r, b in pixels), centerness logits ``[B, P]``, points ``[P, 2]``.
+
+        ``live_gradient`` (the loss, with ``clipped_gradient``): the distances are the same
+        values, but their gradient passes the ReLU where it clipped a distance to 0. Without
+        it, a distance clipped to 0 gets no gradient: a thin box (a crack, a cold shut)
+        predicted with no height has no area, so its width gets none either, and on a
+        castings set the whole stride-16 level, where defects longer than 64 px are learned,
+        fell to zero-size boxes within 85 s of training (docs/benchmarks.md, session 35)."""
         x = self.stem((images - MEAN) / STD)
         feats = OrderedDict()
         for i, stage in enumerate(self.stages):
@@ -110,7 +123,11 @@ class LSDet(nn.Module):
             r = self.reg_tower(feat)
             _b, _, h, w = feat.shape
             cls.append(self.cls_out(c).flatten(2).transpose(1, 2))
-            dist = F.relu(self.reg_out(r) * self.scales[level]) * stride
+            raw = self.reg_out(r) * self.scales[level]
+            clipped = F.relu(raw)
+            if live_gradient:  # the value of the ReLU, the gradient of the identity
+                clipped = raw + (clipped - raw).detach()
+            dist = clipped * stride
             reg.append(dist.flatten(2).transpose(1, 2))
             ctr.append(self.ctr_out(r).flatten(1))
             ys = (torch.arange(h, device=feat.device, dtype=feat.dtype) + 0.5) * stride
@@ -139,7 +156,7 @@ class LSDet(nn.Module):
         return list(itertools.pairwise(bounds))
 
     def loss(self, images: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        cls, reg, ctr, pts = self.dense(images)
+        cls, reg, ctr, pts = self.dense(images, live_gradient=self.clipped_gradient)
         level_stride = torch.cat([
             torch.full((n,), float(s), device=pts.device)
             for n, s in zip(self._level_sizes(images), self.strides, strict=True)
