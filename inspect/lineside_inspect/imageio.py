@@ -158,14 +158,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, *,
     The pixel count is checked from the header before decoding; corrupt or truncated
     files raise :class:`ImageError` naming the problem.
     """
-    width, height = header_size(data)
-    if width <= 0 or height <= 0:
-        raise ImageError(f"image header claims an empty size {width}x{height}")
-    if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
-        )
-    fmt = check_structure(data)
+    width, height, fmt = check_decodable(data, max_pixels)
     image = _decode_jpeg(data, width, height, keep_grey) if fmt == "jpeg" else _imdecode(data)
     if image is None:
         raise ImageError(f"corrupt or truncated {fmt.upper()} image: it could not be decoded")
@@ -174,6 +167,20 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, *,
             f"decoded size {image.shape[1]}x{image.shape[0]} differs from header {width}x{height}"
         )
     return image
+
+
+def check_decodable(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int, str]:
+    """What :func:`decode_image` checks before OpenCV sees the data (a size from the header,
+    within ``max_pixels``; :func:`check_structure`): :class:`ImageError` naming the problem,
+    else the width, height and format."""
+    width, height = header_size(data)
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image header claims an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
+    return width, height, check_structure(data)
 
 
 def check_structure(data: bytes) -> str:

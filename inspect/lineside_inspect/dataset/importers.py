@@ -139,8 +139,8 @@ def dim_16bit_pngs(draft: Dataset) -> list[str]:
     import numpy as np
 
     from lineside_inspect.errors import ImageError
-    from lineside_inspect.imageio import check_structure, header_size
-    from lineside_inspect.opencv import MAX_IMAGE_PIXELS, cv2
+    from lineside_inspect.imageio import check_decodable
+    from lineside_inspect.opencv import cv2
 
     dim: list[tuple[ImageRecord, int]] = []
     for rec in draft.images:
@@ -153,12 +153,9 @@ def dim_16bit_pngs(draft: Dataset) -> list[str]:
                     and head[12:16] == b"IHDR" and head[24] == 16):
                 continue
             data = path.read_bytes()
-            # the decoder's own checks first (decode_image): OpenCV's PNG reader allocates
-            # what a chunk declares before reading it (a 4 GB text chunk took 3.9 GB)
-            width, height = header_size(data)
-            if not 0 < width * height <= MAX_IMAGE_PIXELS:
-                continue
-            check_structure(data)
+            # the decoder's own checks first: OpenCV's PNG reader allocates what a chunk
+            # declares before reading it (a 4 GB text chunk took 3.9 GB)
+            check_decodable(data)
             pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         except (OSError, ValueError, ImageError, cv2.error):
             continue  # unreadable: validation names it
