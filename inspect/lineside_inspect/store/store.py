@@ -237,22 +237,29 @@ ORPHANS_ALWAYS_REMOVED = 20
 ORPHANS_KEPT_FILE = "orphans-kept.txt"  # in the data folder: the images so kept
 
 
-def create_tables(engine: Engine, tables: list[Table]) -> None:
-    """``create_all`` of ``tables``, which processes sharing the database (boxes of a site,
-    a hub) may run at the same moment: between one's look for a table and its CREATE the
-    other made it, and the box stopped at start with "table outbox already exists"
-    (PostgreSQL: DuplicateTable, or a unique violation on ``pg_type``). Looked again."""
+def looked_again(what: str, step: Callable[[], None]) -> None:
+    """``step`` (schema work that looks before it writes), once more after a database error,
+    up to CREATE_ATTEMPTS times: processes sharing the database (boxes of a site, a hub) run
+    it at the same moment, and between one's look and its write the other made the table or
+    column ("already exists", "duplicate column"); the next look sees it."""
     for attempt in range(CREATE_ATTEMPTS):
         try:
-            Base.metadata.create_all(engine, tables=tables)
+            step()
             return
         except DBAPIError as exc:
             if attempt == CREATE_ATTEMPTS - 1:
                 raise
-            log.info("store: making %s failed (%s); looking again (another process sharing "
-                     "the database may be making it)", ", ".join(t.name for t in tables),
-                     str(exc.orig).splitlines()[0][:120])
+            log.info("store: %s failed (%s); looking again (another process sharing the "
+                     "database may be doing it)", what, str(exc.orig).splitlines()[0][:120])
             time.sleep(0.05 * (attempt + 1))
+
+
+def create_tables(engine: Engine, tables: list[Table]) -> None:
+    """``create_all`` of ``tables``, which processes sharing the database may run at the
+    same moment: the box stopped at start with "table outbox already exists" (PostgreSQL:
+    DuplicateTable, or a unique violation on ``pg_type``). See :func:`looked_again`."""
+    looked_again(f"making {', '.join(t.name for t in tables)}",
+                 lambda: Base.metadata.create_all(engine, tables=tables))
 
 
 # where a rebuilt SQLite reviews table goes on (Store._review_ids_never_reused): past any
@@ -395,17 +402,7 @@ class Store:
         are ever added, so old rows stay valid and nothing stored is touched. Processes
         sharing a SQLite file that upgrade at once: the second's ADD COLUMN fails on the
         first's column (SQLite has no IF NOT EXISTS there), and it looks again."""
-        for attempt in range(CREATE_ATTEMPTS):
-            try:
-                self._add_missing_columns()
-                return
-            except DBAPIError as exc:
-                if attempt == CREATE_ATTEMPTS - 1:
-                    raise
-                log.info("store: adding columns failed (%s); looking again (another process "
-                         "sharing the database may be adding them)",
-                         str(exc.orig).splitlines()[0][:120])
-                time.sleep(0.05 * (attempt + 1))
+        looked_again("adding columns", self._add_missing_columns)
 
     def _add_missing_columns(self) -> None:
         inspector = sa_inspect(self.engine)
