@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lineside_inspect.dataset import read_dataset
+from lineside_inspect.dataset import Box, read_dataset
 from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_training.checkpoint import load_trained
 from lineside_training.config import TrainConfig, load_config
@@ -340,3 +340,22 @@ def test_a_run_stopped_in_its_first_epoch_can_be_resumed(
     train(cfg, resume=True, quiet=True)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1] and (run / "best.pt").is_file()
+
+
+def test_boxes_the_input_size_shrinks_out_of_sight_are_warned(
+        tmp_path: Path, make_config: Make) -> None:
+    """A 4000 px frame trained at 640: its 6 px defects are 1 px to the model, and the
+    log said nothing (issue #18 review)."""
+    data = load_data(make_config(tmp_path))
+    assert data_warnings(data, 640) == []  # the sample's boxes are visible at 640
+    rec = data.train[0]
+    rec.width, rec.height = 4000, 3000
+    rec.boxes = [Box(100, 100, 106, 140, "a"), Box(500, 500, 600, 600, "a")]
+    said = data_warnings(data, 640)
+    assert len(said) == 1 and said[0].startswith(
+        "1 of ") and "under 3 px a side once their images are scaled to the 640 px" in said[0]
+    assert "--set input_size=2016" in said[0]  # 3 px needs 4000 * 3 / 6 = 2000 -> 2016
+    rec.boxes = [Box(100, 100, 103, 140, "a")]  # 3 px: a 4000 px input would be needed
+    assert "no practical input size keeps them visible" in data_warnings(data, 640)[0]
+    rec.boxes = [Box(100, 100, 102, 140, "a")]  # 2 px in its own image: not the scaling's
+    assert data_warnings(data, 640) == []
