@@ -71,7 +71,7 @@ def test_a_forwarded_image_is_the_size_its_record_says_and_within_the_pixel_limi
     """A 196 KB PNG of 8192x8192 in a record of 64x48 was stored, and each drawing of it
     took 360 MB; a "jpg" of HTML was stored as an image."""
     msg = _refused(hub, "box1", [_with_image(_forwarded(1), _png_head(9000, 9000))])
-    assert msg.startswith("item seq 1: image_b64 is 9000x9000, over the "), msg
+    assert msg.startswith("item seq 1: image_b64: image is 9000x9000 = 81000000 pixels, over "), msg
     msg = _refused(hub, "box1", [_with_image(_forwarded(1), _png_head(8192, 8192))])
     assert msg == "item seq 1: image_b64 is 8192x8192, the record says 64x48", msg
     msg = _refused(hub, "box1", [_with_image(_forwarded(1), _png_head(640, 480))])

@@ -69,7 +69,7 @@ from lineside_inspect.fleet.protocol import (
     ForwardBatch,
     ForwardedInspection,
 )
-from lineside_inspect.imageio import check_structure, header_size
+from lineside_inspect.imageio import check_decodable
 from lineside_inspect.names import BIDI_RE, CONTROL_RE, MAX_CLASS_NAME, scrub_text
 from lineside_inspect.names import MAX_CLASSES as MAX_CARD_CLASSES
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
@@ -268,15 +268,9 @@ def _decode(b64: str, ext: str | None, what: str, seq: int) -> tuple[bytes, int,
     if not data or ext is None or not data.startswith(_MAGIC[ext]):
         raise RecordError(f"item seq {seq}: {what}_b64 is not a {ext or '(no image_ext)'} image")
     try:
-        width, height = header_size(data)
-    except ImageError as exc:
-        raise RecordError(f"item seq {seq}: {what}_b64: {exc.message}") from None
-    if width * height > MAX_IMAGE_PIXELS:
-        raise RecordError(f"item seq {seq}: {what}_b64 is {width}x{height}, over the "
-                          f"{MAX_IMAGE_PIXELS} pixels an image may have")
-    try:
+        # decode_image's checks before OpenCV (header size within MAX_IMAGE_PIXELS, structure):
         # a JPEG of its header alone was stored, and stopped every data pull from the hub
-        check_structure(data)
+        width, height, _ = check_decodable(data)
     except ImageError as exc:
         raise RecordError(f"item seq {seq}: {what}_b64: {exc.message}") from None
     return data, width, height
