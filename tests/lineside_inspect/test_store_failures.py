@@ -262,3 +262,41 @@ def test_a_box_starts_while_another_session_writes_to_its_tables(
             Store(tmp_path / "second", pg_database).close()
     finally:
         other.dispose()
+
+
+def test_a_review_when_the_sqlite_disk_is_full_is_503_saying_so(tmp_path: Path) -> None:
+    """SQLite's "database or disk is full" was the server's own 500 with an error id: the
+    reviewer could not tell a full disk from a bug. It is a 503 naming the full disk (the
+    file is capped at the pages it has, as a full disk caps it), and the stored review is
+    unharmed."""
+    image = next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()
+    running, stop = start_server(keyed(data_dir=str(tmp_path / "store"), store_pass_rate=1.0))
+    engine = running.app.state.store.engine
+    try:
+        with running.client("line") as line, running.client("reviewer") as reviewer:
+            iid = line.post("/v1/inspect", content=image, headers=JPEG).json()["id"]
+            wait_for(lambda: reviewer.get(f"/v1/inspections/{iid}").status_code == 200,
+                     "the inspection stored")
+            assert reviewer.post(f"/v1/inspections/{iid}/reviews",
+                                 json={"action": "confirm"}).status_code == 200
+
+            @event.listens_for(engine, "connect")
+            def full(dbapi: Any, _: Any) -> None:
+                pages = dbapi.execute("PRAGMA page_count").fetchone()[0]
+                dbapi.execute(f"PRAGMA max_page_count = {pages}")
+
+            engine.dispose()
+            for _ in range(20):  # until the notes need a page more than the file may have
+                r = reviewer.post(f"/v1/inspections/{iid}/reviews",
+                                  json={"action": "confirm", "note": "y" * 2000})
+                if r.status_code != 200:
+                    break
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "database_unavailable"
+            assert "disk holding the database is full" in r.json()["error"]["message"]
+            event.remove(engine, "connect", full)
+            engine.dispose()
+            got = reviewer.get(f"/v1/inspections/{iid}").json()
+            assert got["review_state"] == "confirmed" and got["reviews"], got
+    finally:
+        stop()

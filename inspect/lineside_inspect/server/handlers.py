@@ -127,6 +127,14 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        if _disk_full(exc.orig):
+            # a full disk was the server's own 500 with an error id on SQLite (and "the
+            # database is unreachable" on PostgreSQL): the reviewer could not tell it from a bug
+            log.warning("%s %s: the database's disk is full: %s", request.method,
+                        request.url.path, str(exc.orig).strip()[:300])
+            return await lineside_error(request, DatabaseUnavailable(
+                "the disk holding the database is full: nothing was saved; retry once room "
+                "is made"))
         if isinstance(exc.orig, sqlite3.OperationalError) and "locked" not in str(exc.orig):
             # SQLite's other operational errors (no such table, disk full) are the
             # server's own: a 500 with the details logged under its id
@@ -157,3 +165,10 @@ def add_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # a generic answer with an error id; the details go to the log under that id
         return internal_error(exc, request.method, request.url.path)
+
+
+def _disk_full(orig: BaseException | None) -> bool:
+    """SQLite's SQLITE_FULL or PostgreSQL's disk_full (53100)."""
+    if isinstance(orig, sqlite3.Error):
+        return getattr(orig, "sqlite_errorname", "") == "SQLITE_FULL"
+    return getattr(orig, "sqlstate", None) == "53100"
