@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from lineside_inspect.store import Store
-from lineside_inspect.store.journal import Journal, Record, encode, read_segment
+from lineside_inspect.store.journal import Journal, Record, encode, read_records, read_segment
 from lineside_inspect.store.outbox import Outbox, event
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -335,3 +335,52 @@ def test_a_record_the_database_refuses_is_set_aside_and_holds_up_nothing(
     with Store(tmp_path, database_url) as store:  # and the next start-up goes through
         assert store.get(after.id).verdict == "fail"
         assert store.query(limit=10)[0] == (2 if database_url is None else 1)
+
+
+def test_a_record_damaged_mid_segment_loses_only_itself_and_the_segment_is_kept(
+        tmp_path: Path) -> None:
+    """A flipped bit in the second of five records ended the segment there: records three
+    to five, acknowledged as stored, were never applied and the segment was deleted."""
+    folder = tmp_path / "journal"
+    journal = Journal(folder)
+    for i in range(5):
+        journal.append(Record({"n": i}, bytes([i]) * 100, None))
+    (segment,) = journal.rotate()
+    data = bytearray(segment.read_bytes())
+    size = len(data) // 5
+    data[size + 60] ^= 0x01  # a bit of the second record's body
+    segment.write_bytes(bytes(data))
+    assert [r.fields["n"] for r in read_segment(segment)] == [0, 2, 3, 4]
+    records, skipped = read_records(bytes(data))
+    assert skipped == size and sum(r.size for r in records) == 4 * size
+    data[3 * size + 2] ^= 0x01  # the fourth's magic too: found again by the fifth's
+    segment.write_bytes(bytes(data))
+    assert [r.fields["n"] for r in read_segment(segment)] == [0, 2, 4]
+    assert read_records(bytes(data) + b"LSJ1\0\0")[1] == 2 * size + 6  # a torn tail counts
+    journal.close()
+
+
+def test_the_store_applies_the_records_after_a_damaged_one_and_keeps_its_segment(
+        tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import test_store as t
+
+    from lineside_inspect.runtime.detector import Detector
+
+    det = Detector(t.MODEL, device="cpu", threads=1)
+    with Store(tmp_path, pass_rate=1.0, sync_interval_s=3600, apply_interval_s=3600) as store:
+        saved = [t._inspection(det, v) for v in ("fail", "pass", "fail")]
+        for inspection in saved:
+            assert store.save(inspection)
+        (segment,) = (tmp_path / "journal").glob("*.journal")
+        first = next(read_segment(segment)).size
+        with open(segment, "r+b") as fh:  # a bit of the second record's body
+            fh.seek(first + 40)
+            byte = fh.read(1)
+            fh.seek(first + 40)
+            fh.write(bytes([byte[0] ^ 0x01]))
+        total, rows = store.query()  # a read applies first
+        assert total == 2 and {r.id for r in rows} == {saved[0].id, saved[2].id}
+        kept = list((tmp_path / "journal" / "damaged").glob("*.journal"))
+        assert [p.name for p in kept] == [segment.name] and not segment.exists()
+        assert store.overhead_bytes() >= kept[0].stat().st_size

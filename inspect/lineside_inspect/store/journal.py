@@ -11,7 +11,9 @@ record carries outbox events or a read needs it), closes the segment (rotation),
 its records to the database and image files (each durable on its own), and only then
 deletes it. At
 start-up every segment left over is applied again; applying is idempotent by inspection
-id, and a record torn by a power cut fails its CRC and ends its segment.
+id, and a record torn by a power cut fails its CRC and ends its segment; one damaged in
+the middle is skipped, and a segment with bytes that held no record is kept in
+``journal/damaged/`` rather than deleted.
 
 Record layout (little-endian): ``LSJ1`` magic, u32 lengths of the JSON header, the image
 and the reference image, u32 CRC32 of the three, then the three.
@@ -56,20 +58,51 @@ def encode(record: Record) -> bytes:
 
 
 def read_segment(path: Path) -> Iterator[Record]:
-    """The records of a segment, in order, up to the first torn or corrupt one."""
-    data = path.read_bytes()
-    pos = 0
+    """The records of a segment, in order (:func:`read_records`)."""
+    yield from read_records(path.read_bytes())[0]
+
+
+def read_records(data: bytes) -> tuple[list[Record], int]:
+    """The whole records in ``data``, in order, and how many bytes held none. A torn record
+    ends the data (a power cut mid-write); a record damaged in the middle (a bad sector, a
+    flipped bit) is skipped to the next whole one: it ended the segment, and every record
+    after it was deleted with it (store review). The CRC covers each record's body, so a
+    false start found by its magic passes with odds of 1 in 2**32."""
+    records: list[Record] = []
+    pos = skipped = 0
     while pos + _HEAD.size <= len(data):
-        magic, hl, il, rl, crc = _HEAD.unpack_from(data, pos)
-        end = pos + _HEAD.size + hl + il + rl
-        if magic != MAGIC or end > len(data):
-            return
-        body = memoryview(data)[pos + _HEAD.size:end]
-        header, image, ref = bytes(body[:hl]), bytes(body[hl:hl + il]), bytes(body[hl + il:])
-        if zlib.crc32(ref, zlib.crc32(image, zlib.crc32(header))) != crc:
-            return
-        yield Record(json.loads(header), image if il else None, ref if rl else None, end - pos)
-        pos = end
+        record = _record_at(data, pos)
+        if record is None:
+            found = data.find(MAGIC, pos + 1)
+            while found >= 0 and _record_at(data, found) is None:
+                found = data.find(MAGIC, found + 1)
+            if found < 0:
+                break
+            skipped += found - pos
+            pos = found
+            continue
+        records.append(record)
+        pos += record.size
+    return records, skipped + len(data) - pos
+
+
+def _record_at(data: bytes, pos: int) -> Record | None:
+    """The whole record at ``pos``, or None when it is torn or damaged."""
+    if pos + _HEAD.size > len(data):
+        return None
+    magic, hl, il, rl, crc = _HEAD.unpack_from(data, pos)
+    end = pos + _HEAD.size + hl + il + rl
+    if magic != MAGIC or end > len(data):
+        return None
+    body = memoryview(data)[pos + _HEAD.size:end]
+    header, image, ref = bytes(body[:hl]), bytes(body[hl:hl + il]), bytes(body[hl + il:])
+    if zlib.crc32(ref, zlib.crc32(image, zlib.crc32(header))) != crc:
+        return None
+    try:
+        fields = json.loads(header)
+    except ValueError:  # (a CRC that matched by chance)
+        return None
+    return Record(fields, image if il else None, ref if rl else None, end - pos)
 
 
 def fsync_path(path: Path) -> None:

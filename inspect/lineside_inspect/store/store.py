@@ -73,7 +73,7 @@ from lineside_inspect.schemas import StoredInspection
 from lineside_inspect.store import stats as figures
 from lineside_inspect.store.box import BOX_ID_FILE, resolve_box_id
 from lineside_inspect.store.images import ImageBackend
-from lineside_inspect.store.journal import Journal, Record, encode, fsync_path, read_segment
+from lineside_inspect.store.journal import Journal, Record, encode, fsync_path, read_records
 from lineside_inspect.store.lock import DataDirLock
 from lineside_inspect.store.models import (
     ADDED_COLUMNS,
@@ -138,6 +138,7 @@ DISK_CHECK_S = 0.5
 
 # records the database refused (see Store._set_aside), under the journal's folder
 REFUSED_DIR = "refused"
+DAMAGED_DIR = "damaged"  # journal segments with bytes that held no whole record
 
 
 def _refused(exc: StatementError) -> bool:
@@ -731,9 +732,12 @@ class Store:
         for segment in segments:  # every one before any is applied: an apply that
             fsync_path(segment)   # fails must not leave later segments unsynced
         for segment in segments:
-            records = list(read_segment(segment))
+            records, skipped = read_records(segment.read_bytes())
             self._apply(records)
-            segment.unlink()
+            if skipped:
+                self._keep_damaged(segment, len(records), skipped)
+            else:
+                segment.unlink()
             applied += len(records)
             with self._space_lock:  # (records of an earlier run were never counted)
                 for r in records:  # applied: the quota measures their files now
@@ -836,6 +840,18 @@ class Store:
             log.error("store: the events of inspection %s were refused too: %s",
                       record.fields["id"], type(exc).__name__)
             return 0
+
+    def _keep_damaged(self, segment: Path, records: int, skipped: int) -> None:
+        """Move a segment with bytes that held no whole record (torn by a power cut, or
+        damaged) to ``journal/damaged/`` after its whole records are applied, and say so:
+        what it lost may be recovered by hand, and it no longer counts as unapplied."""
+        folder = self.journal.folder / DAMAGED_DIR
+        folder.mkdir(exist_ok=True)
+        segment.replace(folder / segment.name)
+        fsync_path(folder)
+        log.error("store: journal segment %s had %d byte(s) that held no whole record (a "
+                  "power cut mid-write, or damage); its %d whole record(s) were applied and "
+                  "it is kept in %s", segment.name, skipped, records, folder)
 
     @property
     def refused_dir(self) -> Path:
@@ -1111,11 +1127,13 @@ class Store:
 
     def overhead_bytes(self) -> int:
         """The store's files besides the inspection images: reference copies (images/refs),
-        the SQLite database files, the journal, the box id and lock files. The write-ahead
+        the SQLite database files, the journal (its refused records and damaged segments too),
+        the box id and lock files. The write-ahead
         log counts at no less than the room one transaction takes in it (WAL_ROOM_PAGES)."""
         sqlite = self._sqlite_files()
         files = [*sqlite, *self.journal.folder.glob("*.journal"),
-                 *self.refused_dir.glob("*.journal"), self.data_dir / BOX_ID_FILE,
+                 *self.refused_dir.glob("*.journal"),
+                 *(self.journal.folder / DAMAGED_DIR).glob("*.journal"), self.data_dir / BOX_ID_FILE,
                  self.dir_lock.path]
         refs = self.images_dir / REFS_DIR
         if refs.is_dir():
