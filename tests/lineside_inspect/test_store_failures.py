@@ -300,3 +300,21 @@ def test_a_review_when_the_sqlite_disk_is_full_is_503_saying_so(tmp_path: Path) 
             assert got["review_state"] == "confirmed" and got["reviews"], got
     finally:
         stop()
+
+
+def test_a_postgresql_connection_notices_a_host_gone_from_it(
+        pg_database: str, tmp_path: Path) -> None:
+    """A database host gone from an open connection held the statement in flight (and the
+    writer's apply lock) for the kernel's ~15 minutes of retransmissions: every connection
+    now has libpq's keepalives and TCP_USER_TIMEOUT, which end it in about 30 s; a URL's
+    own setting wins."""
+    for url, idle in ((pg_database, "10"), (f"{pg_database}?keepalives_idle=60", "60")):
+        store = Store(tmp_path / idle, url)
+        try:
+            with store.engine.connect() as conn:
+                pgconn = conn.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
+                params = {o.keyword.decode(): (o.val or b"").decode() for o in pgconn.info}
+            assert params["keepalives"] == "1" and params["keepalives_idle"] == idle, params
+            assert params["keepalives_count"] == "4" and params["tcp_user_timeout"] == "30000"
+        finally:
+            store.close()

@@ -53,6 +53,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -172,6 +173,9 @@ MAX_TRUTH_BOXES = 1000
 
 
 CONNECT_TIMEOUT_S = 10  # PostgreSQL (libpq's connect_timeout, seconds)
+# PostgreSQL: libpq's parameters that notice a host gone from an open connection
+DEAD_HOST_ARGS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                  "keepalives_count": 4, "tcp_user_timeout": 30_000}
 # PostgreSQL: the most a statement waits for a lock another session holds (lock_timeout)
 LOCK_TIMEOUT_S = 10.0
 # while the writer's applies fail, the most a read waits for its attempt before it reads
@@ -209,7 +213,13 @@ def make_engine(url: str) -> Engine:
     # a database host that drops packets would hold each connection attempt (a request's
     # thread, a hub's readiness probe) for the kernel's ~2 minutes; a URL's own
     # connect_timeout wins
-    args = {} if "connect_timeout" in url else {"connect_timeout": CONNECT_TIMEOUT_S}
+    args: dict[str, Any] = {} if "connect_timeout" in url else {"connect_timeout": CONNECT_TIMEOUT_S}
+    # a database host gone from an open connection (a pulled cable, a failed-over VM) held
+    # the statement in flight, and the writer's apply lock with it, for the kernel's ~15
+    # minutes of retransmissions: libpq's keepalives and TCP_USER_TIMEOUT end it in ~30 s.
+    # A live server acknowledges both during a long statement. A URL's own settings win
+    given = make_url(url).query
+    args |= {k: v for k, v in DEAD_HOST_ARGS.items() if k not in given}
     engine = create_engine(url, pool_pre_ping=True, connect_args=args)
     if "lock_timeout" not in url:  # (a URL's own, in its options, wins)
         wait_ms = max(1, int(LOCK_TIMEOUT_S * 1000))
