@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from lineside_inspect.store import Store
 from lineside_inspect.store.journal import Journal, Record, encode, read_records, read_segment
@@ -121,14 +122,8 @@ def test_the_writer_syncs_at_once_and_applies_in_batches(tmp_path: Path, monkeyp
     with outbox events (line outputs, the fleet wait for them) is applied at once."""
     from lineside_inspect.store.outbox import event
 
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    import test_store as t
-
-    from lineside_inspect.runtime.detector import Detector
-
-    det = Detector(t.MODEL, device="cpu", threads=1)
     with Store(tmp_path, pass_rate=1.0, sync_interval_s=0.01, apply_interval_s=3600) as store:
-        plain = [t._inspection(det, v) for v in ("fail", "pass", "fail")]
+        *plain, urgent = _inspections(monkeypatch, "fail", "pass", "fail", "fail")
         for inspection in plain:
             assert store.save(inspection)
         # synced by the writer (the open segment is fdatasync'ed), not applied
@@ -139,7 +134,6 @@ def test_the_writer_syncs_at_once_and_applies_in_batches(tmp_path: Path, monkeyp
         assert total == 3 and _rows_in_database(tmp_path) == 3
 
         store.event_makers.append(lambda i: [event(f"line/{i.id}", {"verdict": i.verdict})])
-        urgent = t._inspection(det, "fail")
         assert store.save(urgent)
         _until(lambda: _rows_in_database(tmp_path) == 4,
                "an inspection with outbox events waited for the apply interval")
@@ -362,14 +356,8 @@ def test_a_record_damaged_mid_segment_loses_only_itself_and_the_segment_is_kept(
 
 def test_the_store_applies_the_records_after_a_damaged_one_and_keeps_its_segment(
         tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    import test_store as t
-
-    from lineside_inspect.runtime.detector import Detector
-
-    det = Detector(t.MODEL, device="cpu", threads=1)
     with Store(tmp_path, pass_rate=1.0, sync_interval_s=3600, apply_interval_s=3600) as store:
-        saved = [t._inspection(det, v) for v in ("fail", "pass", "fail")]
+        saved = _inspections(monkeypatch, "fail", "pass", "fail")
         for inspection in saved:
             assert store.save(inspection)
         (segment,) = (tmp_path / "journal").glob("*.journal")
@@ -384,3 +372,14 @@ def test_the_store_applies_the_records_after_a_damaged_one_and_keeps_its_segment
         kept = list((tmp_path / "journal" / "damaged").glob("*.journal"))
         assert [p.name for p in kept] == [segment.name] and not segment.exists()
         assert store.overhead_bytes() >= kept[0].stat().st_size
+
+
+def _inspections(monkeypatch: Any, *verdicts: str) -> list[Any]:
+    """Inspections by the sample model with these verdicts (``test_store._inspection``)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import test_store as t
+
+    from lineside_inspect.runtime.detector import Detector
+
+    det = Detector(t.MODEL, device="cpu", threads=1)
+    return [t._inspection(det, v) for v in verdicts]
