@@ -480,6 +480,9 @@ def test_mqtts_verifies_the_broker(make_broker: Callable[..., Broker],
     try:
         wait_for(lambda: impostor.app.state.mqtt.last_error, "the refusal")
         assert not impostor.app.state.mqtt.connected
+        # and says why: "cannot connect" alone read as the broker being down, and the
+        # wrong ca_file went unnoticed (review, session 36)
+        assert "certificate verify failed" in impostor.app.state.mqtt.last_error
         assert "u'lineside'" not in (broker.folder / "mosquitto.log").read_text()
     finally:
         stop()
@@ -540,7 +543,11 @@ def test_mqtt_settings_are_checked(tmp_path: Path) -> None:
         MqttConfig(url="mqtt://broker:0")
     with pytest.raises(ValueError, match="keep_delivered_s"):  # never purged
         MqttConfig(url="mqtt://broker", keep_delivered_s=float("inf"))
-    cfg = MqttConfig(url="mqtts://broker", password="hunter2")
+    # a password alone was never sent (paho sends none without a user name): the broker's
+    # refusal then blamed the password (review, session 36)
+    with pytest.raises(ValueError, match="password needs username"):
+        MqttConfig(url="mqtt://broker", password="hunter2")
+    cfg = MqttConfig(url="mqtts://broker", username="box", password="hunter2")
     assert (cfg.host, cfg.port, cfg.tls) == ("broker", 8883, True)
     assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.model_dump())
     with pytest.raises(ConfigError, match="needs the store"):
@@ -549,6 +556,39 @@ def test_mqtt_settings_are_checked(tmp_path: Path) -> None:
     junk.write_text("not a certificate")
     with pytest.raises(ConfigError, match="cannot use the TLS files"):
         create_app(settings(line={"mqtt": {"url": "mqtts://127.0.0.1:1", "ca_file": str(junk)}}))
+
+
+def test_an_encrypted_client_key_is_one_line_not_a_pass_phrase_prompt(tmp_path: Path) -> None:
+    """A client key with a pass phrase stopped the server's start on OpenSSL's "Enter PEM
+    pass phrase:" (twice), and without a terminal said "[Errno 22] Invalid argument"
+    (review, session 36). Run apart, with no controlling terminal: without the fix the
+    prompt fails rather than waiting for a test runner's keyboard."""
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+
+    pem = _certificates(tmp_path)
+    key = serialization.load_pem_private_key(pem["server_key"].read_bytes(), None)
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(key.private_bytes(  # type: ignore[union-attr]
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    code = ("import sys\n"
+            "from lineside_inspect.errors import ConfigError\n"
+            "from lineside_inspect.line.config import MqttConfig\n"
+            "from lineside_inspect.line.mqtt import tls_context\n"
+            "try:\n"
+            f"    tls_context(MqttConfig(url='mqtts://127.0.0.1:1', cert_file={str(pem['server'])!r},"
+            f" key_file={str(locked)!r}))\n"
+            "except ConfigError as exc:\n"
+            "    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL, start_new_session=True)
+    assert done.returncode == 0, done.stderr
+    assert "pass phrase" not in done.stderr.lower()  # no prompt
+    assert done.stdout.strip() == (f"line.mqtt: key_file {locked} is encrypted (it needs a pass "
+                                   "phrase): give the key unencrypted, readable by the server's "
+                                   "user only (chmod 600)")
 
 
 def test_a_port_that_is_no_broker_and_a_client_id_in_use_are_said(
@@ -659,3 +699,25 @@ def test_each_plc_part_says_how_it_ended_for_the_line(
     finally:
         stop_server()
         camera.kill()
+
+
+def test_a_parts_end_is_documented_field_by_field_with_the_codes_names() -> None:
+    """The MES contract of ``<camera>/part``: the docs named neither ``camera_id``,
+    ``box_id`` nor ``ended_at`` (the only key a QoS 1 copy can be dropped by when a part has
+    no ``inspection_id``), and called codes 5 and 8 "result dropped" and "shutting down"
+    where the message's ``error`` (and the metric's ``code``) says ``ack_timeout`` and
+    ``shutdown`` (review, session 36)."""
+    from lineside_inspect.line.mqtt import part_payload
+    from lineside_inspect.line.station import ErrorCode, PartEnd
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "line-integration.md").read_text()
+    named = dict(re.findall(r"^\| (\d) \| `([a-z_]+)`", doc, re.M))
+    assert named == {str(int(c)): c.name.lower() for c in ErrorCode}
+    paragraph = doc[doc.index("**Each part's end, for the MES.**"):]
+    paragraph = paragraph[:paragraph.index("\n\n")]
+    end = PartEnd("sim", 3, "deeppcb", "", False, ErrorCode.ACK_TIMEOUT, False)
+    payload = part_payload(end, "box1", datetime(2026, 1, 2, tzinfo=UTC))
+    assert [k for k in payload if f"`{k}`" not in paragraph] == []
+    assert payload["error"] == "ack_timeout" and f"`{payload['error']}`" in paragraph
+    assert payload["inspection_id"] is None and payload["ended_at"] == "2026-01-02T00:00:00+00:00"
+    json.dumps(payload, allow_nan=False)

@@ -480,6 +480,16 @@ def test_a_port_in_use_is_a_config_error() -> None:
                         opcua=OpcUaConfig(endpoint=f"opc.tcp://127.0.0.1:{port}/lineside/"))
     with pytest.raises(ConfigError, match=f"line.modbus: port {port} is also line.opcua's"):
         create_app(keyed(line=both, store=False))
+    # on the HTTP server's own port: the stations came up (TriggerReady) before the HTTP
+    # server failed to bind, "address already in use" with nothing else on it (review, 36)
+    for what, line in (("line.modbus", LineSettings(modbus=ModbusConfig(port=port))),
+                       ("line.opcua", LineSettings(opcua=OpcUaConfig(
+                           endpoint=f"opc.tcp://localhost:{port}/lineside/")))):
+        with pytest.raises(ConfigError, match=f"{what}: port {port} is also the HTTP server's"):
+            create_app(keyed(line=line, store=False, port=port))
+    # another address of the box on the same port is no clash
+    create_app(keyed(line=LineSettings(modbus=ModbusConfig(port=port)), store=False,
+                     host="127.0.0.2", port=port))
 
 
 # -- a real server with both protocols ---------------------------------------------

@@ -183,6 +183,10 @@ class MqttConfig(_Section):
 
     @model_validator(mode="after")
     def _files_exist(self) -> MqttConfig:
+        if self.password is not None and self.username is None:
+            # MQTT sends no password without a user name: it was dropped without a word, and
+            # the broker's "not authorized" pointed at the password (line review, session 36)
+            raise ValueError("password needs username: MQTT sends no password without one")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together: give both or neither")
         for name in ("ca_file", "cert_file", "key_file"):

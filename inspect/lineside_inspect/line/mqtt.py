@@ -49,6 +49,7 @@ import contextlib
 import json
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -89,6 +90,16 @@ def _paho() -> Any:
     return client
 
 
+def part_payload(end: PartEnd, box_id: str, ended_at: datetime) -> dict[str, Any]:
+    """A part's end as its MQTT message has it (docs/line-integration.md, "Each part's
+    end"): every key there, ``error`` the code's name of the error code table."""
+    return {"camera_id": end.station, "part": end.part, "recipe": end.recipe,
+            "inspection_id": end.inspection_id or None, "passed": end.passed,
+            "error_code": int(end.error_code), "error": end.error_code.name.lower(),
+            "acknowledged": end.acknowledged, "box_id": box_id,
+            "ended_at": ended_at.isoformat()}
+
+
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
     """The broker's certificate is verified (against ``ca_file``, else the system's CAs)
     and must name the host of the URL; ``cert_file``/``key_file`` are this box's, for
@@ -96,10 +107,25 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(cafile=config.ca_file)
         if config.cert_file is not None:
-            context.load_cert_chain(config.cert_file, config.key_file)
+            # never OpenSSL's pass phrase prompt: the server stopped at start-up on the
+            # terminal's "Enter PEM pass phrase:" (twice), and without a terminal said
+            # "[Errno 22] Invalid argument" (line review, session 36)
+            context.load_cert_chain(config.cert_file, config.key_file, password=_no_passphrase)
+    except _Encrypted:
+        raise ConfigError(f"line.mqtt: key_file {config.key_file} is encrypted (it needs a pass "
+                          "phrase): give the key unencrypted, readable by the server's user "
+                          "only (chmod 600)") from None
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise ConfigError(f"line.mqtt: cannot use the TLS files: {exc}") from None
     return context
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _no_passphrase() -> str:
+    raise _Encrypted
 
 
 # sessions the broker ended within SHORT_SESSION_S of their connect, in a row, before the
@@ -188,7 +214,12 @@ class MqttPublisher:
         self._wake.set()
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
-        self._failed(f"cannot connect to broker {self.broker}")
+        # paho calls this while it handles the connect's OSError: the reason is that one
+        # (refused, no such host, the broker's certificate not verified); without it a
+        # wrong ca_file read as the broker being down (line review, session 36)
+        exc = sys.exc_info()[1]
+        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else None
+        self._failed(f"cannot connect to broker {self.broker}" + (f": {reason}" if reason else ""))
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        props: Any) -> None:
@@ -277,13 +308,9 @@ class MqttPublisher:
         if self._stop.is_set():
             return
         level = end.station if is_name(end.station) else "unnamed"  # never '/', '+', '#'
-        payload = {"camera_id": end.station, "part": end.part, "recipe": end.recipe,
-                   "inspection_id": end.inspection_id or None, "passed": end.passed,
-                   "error_code": int(end.error_code), "error": end.error_code.name.lower(),
-                   "acknowledged": end.acknowledged, "box_id": self.box_id,
-                   "ended_at": datetime.now(UTC).isoformat()}
         if self._room():
-            self._hold(event(f"{self.base}/{level}/part", payload))
+            self._hold(event(f"{self.base}/{level}/part",
+                             part_payload(end, self.box_id, datetime.now(UTC))))
 
     def _room(self) -> bool:
         """Whether one more event fits in memory under MAX_UNSTORED (one that does not is

@@ -28,7 +28,7 @@ from lineside_inspect.errors import (
     ReferenceImageError,
     echo,
 )
-from lineside_inspect.line.config import LineSettings
+from lineside_inspect.line.config import LineSettings, is_loopback
 from lineside_inspect.line.station import (
     Changes,
     ErrorCode,
@@ -488,6 +488,15 @@ def setup_line_plc(app: FastAPI, settings: Settings) -> None:
         # each port alone is free before either listens: the second then failed to bind
         raise ConfigError(f"line.modbus: port {line_settings.modbus.port} is also "
                           "line.opcua's; give each its own")
+    for what, listener in (("line.opcua", line_settings.opcua), ("line.modbus", line_settings.modbus)):
+        # the stations start before the HTTP server binds: on its port they came up (a PLC
+        # could trigger), then the server stopped on "address already in use" with nothing
+        # else listening by then (line review, session 36)
+        if listener is not None and listener.port == settings.port != 0 \
+                and _same_address(listener.host, settings.host):
+            raise ConfigError(f"{what}: port {listener.port} is also the HTTP server's "
+                              "(port); give each its own")
+
     def recipes_in_alarm() -> frozenset[str]:
         # read when polled: duck-typed, so the line does not import the lifecycle room
         alarm = getattr(getattr(app.state, "lifecycle", None), "alarm", None)
@@ -525,6 +534,14 @@ def _check_port(what: str, host: str, port: int) -> None:
             except OSError as exc:
                 raise ConfigError(f"{what}: cannot listen on {host}:{port}: "
                                   f"{exc.strerror or exc}") from None
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Whether listening on ``a`` and on ``b`` (one port) would clash: the same address,
+    either one every address (0.0.0.0, ::, empty), or ``localhost`` beside a loopback one."""
+    wildcard = ("", "0.0.0.0", "::")
+    return a == b or a in wildcard or b in wildcard or (
+        "localhost" in (a, b) and is_loopback(a) and is_loopback(b))
 
 
 def _code_name(code: int) -> str:
