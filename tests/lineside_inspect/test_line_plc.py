@@ -5,6 +5,7 @@ store) reading simulated 30 fps MJPEG cameras. Every port is a free loopback one
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -1619,3 +1620,34 @@ def test_a_polling_plc_at_shutdown_logs_no_pymodbus_error(caplog: pytest.LogCapt
         sim.kill()
         told += [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert not [m for m in told if "Cancel send" in m], told
+
+
+def test_a_tick_that_raises_does_not_end_the_heartbeat(caplog: pytest.LogCaptureFixture) -> None:
+    """An exception in one tick ended the ticker task without a word: the heartbeat and
+    the ack timeouts stopped for good while inspections went on."""
+    from types import SimpleNamespace
+
+    from lineside_inspect.line.plc import PlcLine
+
+    registry = SimpleNamespace(default_recipe="r1", recipes=lambda: [])
+    line = PlcLine(SimpleNamespace(registry=registry), LineSettings(), [])  # type: ignore[arg-type]
+    calls: list[float] = []
+
+    def tick(now: float) -> None:
+        calls.append(now)
+        if len(calls) <= 2:
+            raise RuntimeError("a publication met something unforeseen")
+
+    line.tick = tick  # type: ignore[method-assign]
+
+    async def run() -> None:
+        ticker = asyncio.create_task(line._tick())
+        while len(calls) < 4 and not ticker.done():
+            await asyncio.sleep(0.01)
+        assert not ticker.done(), ticker.exception()
+        ticker.cancel()
+
+    with caplog.at_level(logging.ERROR, logger="lineside.line"):
+        asyncio.run(run())
+    told = [r for r in caplog.records if "a heartbeat tick failed" in r.getMessage()]
+    assert len(told) == 1 and "unforeseen" in told[0].getMessage()  # once, not per tick

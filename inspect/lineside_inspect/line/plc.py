@@ -310,9 +310,24 @@ class PlcLine:
         self._publish(station_id, changes)
 
     async def _tick(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(TICK_S)
-            self.tick(time.monotonic())
+            now = time.monotonic()
+            try:
+                self.tick(now)
+            except Exception as exc:
+                # heartbeats and ack timeouts go on whatever one tick met: a raise here ended
+                # the ticker without a word, and the PLC saw the box's heartbeat stop while
+                # its inspections went on (line review, session 36)
+                failing = True
+                if (n := self._told(("", "tick"), type(exc).__name__, now)) is not None:
+                    log.error("line: a heartbeat tick failed (the next goes on): %r%s",
+                              exc, _since(n, "failure"), exc_info=exc)
+            else:
+                if failing:
+                    failing = False
+                    self._told.forget("", "tick")
 
     def _part_ended(self, end: PartEnd) -> None:
         for listener in self.part_listeners:
