@@ -1651,3 +1651,21 @@ def test_a_tick_that_raises_does_not_end_the_heartbeat(caplog: pytest.LogCapture
         asyncio.run(run())
     told = [r for r in caplog.records if "a heartbeat tick failed" in r.getMessage()]
     assert len(told) == 1 and "unforeseen" in told[0].getMessage()  # once, not per tick
+
+
+def test_a_camera_whose_recipe_is_not_in_the_modbus_table_is_said_at_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Its recipe index read back 65535 ("no recipe") while its triggers were judged with
+    a recipe, and nothing at start said why."""
+    sim, settings = _one_camera_two_recipes(tmp_path, LineSettings(modbus=ModbusConfig(
+        port=0, recipes=["lenient"])))
+    with caplog.at_level("WARNING", logger="lineside.line"):
+        srv, stop = start_server(settings)
+
+    async def body(mb: AsyncModbusTcpClient, station: Station) -> None:
+        said = [r.getMessage() for r in caplog.records if "not in the table" in r.getMessage()]
+        assert len(said) == 1 and "camera(s) sim (deeppcb) judge with a recipe" in said[0]
+        assert station.recipe == "deeppcb"
+        assert (await _registers(mb, 0))["RecipeIndex"] == 0xFFFF  # what the warning explains
+
+    _on_modbus(srv, stop, sim, body)

@@ -150,6 +150,15 @@ class PlcLine:
             # show as ErrorCode 6 on the line
             log.warning("line.modbus.recipes: not loaded now (a switch to them is refused "
                         "with ErrorCode 6 until they are): %s", ", ".join(missing))
+        default = self._default_recipe()
+        if table is not None and (outside := [
+                f"{cid} ({st.recipe or default})" for cid, st in self.stations.items()
+                if (st.recipe or default) and (st.recipe or default) not in table]):
+            # its recipe index read back 65535, "no recipe", while its triggers were judged
+            # with one (line review, session 36)
+            log.warning("line.modbus.recipes: camera(s) %s judge with a recipe not in the "
+                        "table: their recipe index reads 65535 until the PLC switches them to "
+                        "one that is; add it to the table", ", ".join(outside))
         started: list[TagAdapter] = []
         try:
             for adapter in self.adapters:
