@@ -20,8 +20,8 @@ except ImportError:  # pragma: no cover - httptools is an edge dependency
 
 from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.config import Settings
-from lineside_inspect.errors import ConfigError, error_body
-from lineside_inspect.package import ModelCard
+from lineside_inspect.errors import ConfigError, PackageError, error_body
+from lineside_inspect.package import ModelCard, card_digest
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.server.app import create_app
 
@@ -277,7 +277,20 @@ def preflight(settings: Settings) -> None:
     for path in settings.models:
         card = load_package(path).card
         check_card_recipe(card, card.class_names)
-        cards.setdefault(card.name, {})[card.version] = card
+        versions = cards.setdefault(card.name, {})
+        # as the registry refuses them when it loads (each was a traceback from the
+        # application's start-up): a model name keeps its kind, a version its package
+        kinds = {c.kind for c in versions.values()} - {card.kind}
+        if kinds:
+            raise PackageError(f"{path}: model {card.name} {card.version} is of kind "
+                               f"{card.kind}, its other configured versions of kind "
+                               f"{kinds.pop()}: a model name keeps its kind")
+        same = versions.get(card.version)
+        if same is not None and card_digest(same) != card_digest(card):
+            raise PackageError(f"{path}: model {card.name} {card.version} is configured twice, "
+                               "with another graph or card: give the changed package a new "
+                               "version")
+        versions[card.version] = card
     for path in settings.recipes:
         _check_recipe(load_recipe(path), cards, pulled=settings.fleet.hub_url is not None)
 
@@ -305,11 +318,18 @@ def _check_recipe(recipe: Recipe, cards: dict[str, dict[str, ModelCard]], *,
         raise ConfigError(f"recipe {recipe.name}: model {recipe.model} has no configured "
                           f"version {recipe.model_version!r} ({', '.join(sorted(versions))})")
     fused = recipe.anomaly.model if recipe.anomaly is not None else None
-    fused_versions = list(cards.get(fused, {}).values()) if fused else []
-    anomaly = fused_versions[-1] if fused_versions else None
+    fused_cards = cards.get(fused, {}) if fused else {}
+    fused_pin = recipe.anomaly.model_version if recipe.anomaly is not None else None
+    # the pinned version, as the registry takes it (a pin not configured was a traceback
+    # from the start-up's add_recipe)
+    anomaly = fused_cards.get(fused_pin) if fused_pin else (
+        list(fused_cards.values())[-1] if fused_cards else None)
     if fused and anomaly is None:
         if pulled:
             return
+        if fused_cards:
+            raise ConfigError(f"recipe {recipe.name}: anomaly.model {fused} has no configured "
+                              f"version {fused_pin!r} ({', '.join(sorted(fused_cards))})")
         raise ConfigError(f"recipe {recipe.name}: anomaly.model {fused!r} is not among the "
                           f"configured models ({', '.join(sorted(cards))})")
     recipe.check_models(card.kind, card.class_names, None if anomaly is None else anomaly.kind)

@@ -267,3 +267,45 @@ def test_a_postgresql_store_without_its_driver_is_one_line(
     res = CliRunner().invoke(app, ["serve", "--config", str(config), "--port", "9"])
     assert res.exit_code == 2, res.output
     assert "whose driver (psycopg) is not installed" in res.output and "postgres]" in res.output
+
+
+def test_a_fused_recipe_pinning_a_good_only_version_not_configured_is_one_line(
+        tmp_path: Path) -> None:
+    """``anomaly.model_version`` naming a version no package is configured for was a
+    traceback from uvicorn's lifespan (the registry's 404 at start-up); the recipe's own
+    ``model_version`` was one line already."""
+    (tmp_path / "r.yaml").write_text("name: fusedpin\nversion: '1'\nmodel: deeppcb\n"
+                                     "anomaly: {model: deeppcb-good, model_version: '9'}\n")
+    models = [ROOT / "models" / "deeppcb" / "1", ROOT / "models" / "deeppcb-good" / "1"]
+    config = _serve_yaml(tmp_path, f"models: [{', '.join(map(str, models))}]\n"
+                                   f"recipes: [{tmp_path / 'r.yaml'}]\n")
+    config.write_text(config.read_text().replace("models: []\n", ""))
+    res = CliRunner().invoke(app, ["serve", "--config", str(config), "--port", "9"])
+    assert res.exit_code == 2, res.output
+    assert ("error: recipe fusedpin: anomaly.model deeppcb-good has no configured version "
+            "'9' (1)") in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("case", ["kind", "version"])
+def test_packages_the_registry_refuses_side_by_side_are_one_line_before_start(
+        tmp_path: Path, case: str) -> None:
+    """A good-only package under a detector's name, or one version configured twice with
+    another card: the registry refused the second at start-up, a traceback from uvicorn's
+    lifespan and exit code 3 (review, session 36)."""
+    from .anomaly_package import anomaly_graph, card_doc, write_package
+
+    if case == "kind":
+        first = ROOT / "models" / "deeppcb" / "1"
+        doc = {**card_doc("deeppcb", 64), "version": "2"}
+        problem = "model deeppcb 2 is of kind anomaly, its other configured versions of kind " \
+                  "detector: a model name keeps its kind"
+    else:
+        first = write_package(tmp_path / "g" / "1", anomaly_graph(64), card_doc("g", 64))
+        doc = card_doc("g", 64, threshold=0.6)
+        problem = "model g 1 is configured twice, with another graph or card"
+    second = write_package(tmp_path / "second" / "1", anomaly_graph(64), doc)
+    config = _serve_yaml(tmp_path, f"models: [{first}, {second}]\n")
+    config.write_text(config.read_text().replace("models: []\n", ""))
+    res = CliRunner().invoke(app, ["serve", "--config", str(config), "--port", "9"])
+    assert res.exit_code == 2, res.output
+    assert f"error: {second}: {problem}" in res.output and "Traceback" not in res.output

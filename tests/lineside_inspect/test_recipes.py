@@ -145,6 +145,9 @@ UNWORKABLE: dict[str, tuple[dict[str, Any], str]] = {
     "huge roi": ({"roi": [[(-1e308, -1e308), (1e308, -1e308), (0, 1e308)]]}, "roi"),
     "size overflow": ({"min_size_mm": 1e308, "pixels_per_mm": 1e308}, "min_size_mm"),
     "control characters in version": ({"version": "1\x00\r\n<b>"}, "version"),
+    # pinned nothing: a good-only recipe's active version judged, unseen (review, session 36)
+    "anomaly pin without its model": ({"anomaly": {"model_version": "2"}},
+                                      "model_version pins a version of anomaly.model"),
 }
 
 

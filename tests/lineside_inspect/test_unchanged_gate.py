@@ -346,3 +346,30 @@ def test_a_defect_at_the_frames_edge_is_a_change() -> None:
         spoiled = ref.copy()
         spoiled[rows, cols] = 255 - spoiled[rows, cols]
         assert not check(spoiled, ref, gate).unchanged, (rows, cols)
+
+
+def test_a_blank_golden_is_no_view_of_a_board() -> None:
+    """A blank golden image (lens cap on, a lamp off or blown out: one grey level) flattened
+    every frame to it (the frame's contrast was matched down by up to 64x), so no frame was
+    another view, and the reference model passed the station's defective part and another
+    board (review, session 36). A faint frame is still brought up to its golden's contrast."""
+    from lineside_inspect.runtime.unchanged import view_mismatch
+
+    det = Detector(REF_MODEL, device="cpu", threads=1)
+    defective = read_image(STATION / "station1" / "part-0002.jpg")
+    other = read_image(ROOT / "datasets" / "deeppcb-sample" / "images" / "group50600"
+                       / "50600001_temp.jpg")
+    for level in (0, 128, 255):
+        blank = np.full_like(defective, level)
+        assert view_mismatch(defective, blank) is not None, level
+        ref = Reference.from_bytes("blank", cv2.imencode(".png", blank)[1].tobytes(), image=blank)
+        result = inspect(defective, det, Recipe(name="plain", model=det.card.name),
+                         reference=ref)
+        assert result.verdict == "fail", level
+        assert "reference_mismatch" in {r.rule for r in result.reasons}, result.reasons
+    assert view_mismatch(other, np.full_like(other, 128)) is not None
+    # the golden's own view, faint (half the contrast) or crisper, is no mismatch
+    golden = _reference().image
+    faint = cv2.convertScaleAbs(golden, alpha=0.5, beta=64)
+    crisp = cv2.convertScaleAbs(golden, alpha=1.3, beta=-38)
+    assert view_mismatch(faint, golden) is None and view_mismatch(crisp, golden) is None

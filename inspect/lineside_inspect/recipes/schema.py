@@ -67,6 +67,16 @@ class AnomalyRule(BaseModel):
     threshold: Score | None = Field(None, description=(
         "image score at or above which the part fails; default: the card's calibrated one"))
 
+    @model_validator(mode="after")
+    def _pin_needs_model(self) -> AnomalyRule:
+        # a good-only recipe's own version is its model_version: this one pinned nothing,
+        # unseen, and the active version judged
+        if self.model_version is not None and self.model is None:
+            raise ValueError("model_version pins a version of anomaly.model, and there is "
+                             "none (a good-only model alone: pin it with the recipe's own "
+                             "model_version)")
+        return self
+
 
 class Recipe(BaseModel):
     """Rules turning detections into a verdict.

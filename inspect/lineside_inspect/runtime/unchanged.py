@@ -75,8 +75,11 @@ def _matched(frame: np.ndarray, reference: np.ndarray, max_gain: float = MAX_GAI
     fm, fs = cv2.meanStdDev(frame)
     rm, rs = cv2.meanStdDev(reference)
     # the gain is bounded: a flat reference (std 0) must not flatten the frame, defects and
-    # all, and no re-photograph changes contrast by more than this
-    alpha = min(max_gain, max(1 / max_gain, float(rs[0, 0]) / max(float(fs[0, 0]), 1e-3)))
+    # all, and no re-photograph changes contrast by more than this. ``max_gain`` raises a
+    # faint frame's contrast only: a frame is never flattened by more than MAX_GAIN (at
+    # 1/64 a blank golden flattened every frame, a board or another product, to nothing,
+    # and a reference model passed them all)
+    alpha = min(max_gain, max(1 / MAX_GAIN, float(rs[0, 0]) / max(float(fs[0, 0]), 1e-3)))
     beta = float(rm[0, 0]) - alpha * float(fm[0, 0])
     # saturating uint8 arithmetic throughout: a few passes over the frame, ~1 ms at 640x640
     return np.asarray(cv2.addWeighted(frame, alpha, frame, 0.0, beta))  # saturates to 0..255
