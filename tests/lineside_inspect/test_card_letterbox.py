@@ -97,3 +97,20 @@ def test_grey_and_bgra_frames_are_taken_as_bgr(shape: tuple[int, ...]) -> None:
     got, _ = det.pre_process([frame])
     want, _ = det.pre_process([bgr])
     assert np.array_equal(got, want)
+
+
+def test_a_detection_wholly_in_the_padding_is_dropped() -> None:
+    """A box in the letterbox's padding was clipped to no area and kept: a defect nobody
+    could see failed the part, and a confirm carrying it broke the fleet's review merge."""
+    det = Detector(BUNDLED, device="cpu", warmup=False)
+    _, (lb,) = det.pre_process([np.full((100, 200, 3), 255, np.uint8)])
+    assert lb.pad_y > 10  # a wide image: padding above and below
+    boxes = np.array([[[10, 1, 50, lb.pad_y - 2],  # wholly in the top padding
+                       [10, lb.pad_y + 5, 50, lb.pad_y + 40],  # on the image
+                       [0, 0, 0, 0]]], np.float32)  # a padding row
+    scores = np.array([[0.9, 0.8, 0.0]], np.float32)
+    labels = np.array([[0, 1, 0]], np.int64)
+    (found,) = det.post_process([boxes, scores, labels], [lb])
+    assert len(found) == 1 and found.scores.tolist() == pytest.approx([0.8])
+    x1, y1, x2, y2 = found.xyxy[0]
+    assert x2 > x1 and y2 > y1

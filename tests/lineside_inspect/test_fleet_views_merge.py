@@ -15,6 +15,7 @@ from lineside_inspect.fleet.hub.bench_reviews import synthetic_rows
 from lineside_inspect.fleet.protocol import ReviewEvent
 from lineside_inspect.fleet.review_merge import apply_review, review_event
 from lineside_inspect.store import Store
+from lineside_inspect.store.models import InspectionRow
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 
@@ -248,3 +249,38 @@ def test_a_hostile_hubs_reviews_cannot_break_the_boxs_store(tmp_path: Path) -> N
             store.review(iid, reviewer="here", action="confirm")
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("made_on", ["box", "hub"])
+def test_a_confirm_of_a_detection_clipped_to_nothing_reaches_the_other_side(
+        tmp_path: Path, made_on: str) -> None:
+    """A detector's box clipped at the image's edge can have no width left (x1 == x2: a
+    detection in the letterbox's padding, or moved out by a reference shift); the local
+    store takes it as it is in a confirm's truth. The other side skipped that confirm as
+    "not a box", so the box and the hub kept different current reviews of the inspection
+    for good, and its audit trail on one side lacked the review."""
+    here, iid = _store(tmp_path, None, made_on)
+    there, _ = _store(tmp_path, None, "hub" if made_on == "box" else "box")
+    try:
+        clipped = [{"label": "open", "score": 0.8, "box": [640.0, 100.0, 640.0, 130.0]},
+                   {"label": "short", "score": 0.9, "box": [100.0, 100.0, 140.0, 130.0]}]
+        for store in (here, there):
+            with Session(store.engine) as s, s.begin():
+                row = s.get(InspectionRow, iid)
+                assert row is not None
+                row.defects, row.verdict = clipped, "fail"
+        here.review(iid, reviewer="qa", action="confirm")
+        wire = review_event(here.get(iid).reviews[0], seq=1)
+        assert apply_review(there, ReviewEvent.model_validate_json(wire.model_dump_json())) \
+            == "current"
+        row = there.get(iid)
+        assert row.review_state == "confirmed"
+        assert [b["box"] for b in row.reviews[0].boxes] == [d["box"] for d in clipped]
+        # a box with no area that is none of the inspection's detections is still no box
+        with pytest.raises(ConfigError, match="is not a box"):
+            apply_review(there, _event(iid, T0 + timedelta(days=1), "hub" if made_on == "box"
+                                       else "box", "missed_defect",
+                                       boxes=[{"label": "open", "box": [10, 10, 10, 30]}]))
+    finally:
+        here.close()
+        there.close()

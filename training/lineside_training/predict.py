@@ -77,8 +77,11 @@ def _predict(run: Runner, loader: torch.utils.data.DataLoader[Any],
             rec = records[int(t["index"])]
             lb = fit(rec.width, rec.height, size)
             boxes = lb.to_original(det["boxes"].float().cpu().numpy().reshape(-1, 4))
-            out.append(Prediction(boxes, det["scores"].float().cpu().numpy(),
-                                  det["labels"].cpu().numpy().astype(np.int64)))
+            scores = det["scores"].float().cpu().numpy()
+            labels = det["labels"].cpu().numpy().astype(np.int64)
+            if (inside := lb.with_area(boxes)) is not None:  # as the edge's runtime drops them
+                boxes, scores, labels = boxes[inside], scores[inside], labels[inside]
+            out.append(Prediction(boxes, scores, labels))
     return out
 
 

@@ -55,9 +55,14 @@ def _truth(event: ReviewEvent, row: InspectionRow) -> list[dict[str, Any]]:
     are drawn on pages): the model's classes, four finite numbers inside the image. With
     a pixel of slack: a confirm carries the detector's own boxes (clipped to the image,
     then rounded), which the local store takes as they are; a box far outside would make
-    every drawing of the inspection fail."""
+    every drawing of the inspection fail. A box with no area is taken only as one of the
+    inspection's own detections: a detector's box clipped at the image's edge (in the
+    letterbox's padding, moved out by a reference shift) can have none (x1 == x2), and a
+    confirm carries it as the local store took it; refused, that confirm never reached
+    the other side, which kept another current review of the inspection for good."""
     if len(event.boxes) > MAX_TRUTH_BOXES:
         raise ConfigError(f"review of {row.id}: more than {MAX_TRUTH_BOXES} boxes")
+    detected = {tuple(d["box"]) for d in row.defects}
     out: list[dict[str, Any]] = []
     for i, raw in enumerate(event.boxes):
         try:
@@ -69,7 +74,8 @@ def _truth(event: ReviewEvent, row: InspectionRow) -> list[dict[str, Any]]:
             raise ConfigError(f"review of {row.id}: unknown class {b.label!r} in box {i}")
         x1, y1, x2, y2 = b.box
         if not (all(-1 <= x <= row.width + 1 for x in (x1, x2))
-                and all(-1 <= y <= row.height + 1 for y in (y1, y2)) and x1 < x2 and y1 < y2):
+                and all(-1 <= y <= row.height + 1 for y in (y1, y2))
+                and ((x1 < x2 and y1 < y2) or tuple(b.box) in detected)):
             raise ConfigError(f"review of {row.id}: box {i} is not a box (x1 < x2, y1 < y2) "
                               f"inside the {row.width}x{row.height} image")
         # the score is not kept: a stored truth box is {label, box} (schemas.TruthBox), and

@@ -138,8 +138,10 @@ class Detector:
         result = []
         for i, lb in enumerate(letterboxes):
             keep = scores[i] > 0  # padding rows carry score 0
-            result.append(Detections(lb.to_original(boxes[i][keep]), scores[i][keep],
-                                     labels[i][keep], self.class_names))
+            found, kept_scores, kept_labels = lb.to_original(boxes[i][keep]), scores[i][keep], labels[i][keep]
+            if (inside := lb.with_area(found)) is not None:
+                found, kept_scores, kept_labels = found[inside], kept_scores[inside], kept_labels[inside]
+            result.append(Detections(found, kept_scores, kept_labels, self.class_names))
         return result
 
     def predict(self, images: list[np.ndarray], references: list[np.ndarray] | None = None,

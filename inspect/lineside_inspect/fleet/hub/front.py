@@ -20,7 +20,12 @@ pure-ASGI middleware runs before the gate, for every request with a body under
   ``forward_in_progress`` + Retry-After, the body unread; and one review batch
   (``protocol.REVIEWS_UP``; 429 ``reviews_in_progress``). So one box key cannot take every
   place and starve the other boxes; and the gate's minimum body rate
-  (``server/gate.py``) bounds how long a slow body holds its place.
+  (``server/gate.py``) bounds how long a slow body holds its place;
+- a forwarded body holds at most ``MAX_FORWARD_VALUES`` JSON objects, arrays and values
+  (its ``{``, ``[`` and ``,`` counted as it comes in): parsed, each is a Python object
+  of 30 to 200 bytes, so 64 MiB of ``[],`` took 1.6 GB to parse (25 times the body, not
+  the 4 times the docs plan for). Beyond, 413 ``body_too_large`` before the rest is read,
+  and the box halves its batch as for any 413.
 
 An unauthenticated request is passed on: the gate answers it 401, as for every route.
 """
@@ -32,9 +37,10 @@ import re
 
 from prometheus_client import Gauge
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lineside_inspect.errors import (
+    BodyTooLargeError,
     ConfigError,
     Forbidden,
     LinesideError,
@@ -67,6 +73,9 @@ _BOX_ROUTE = re.compile(re.escape(PREFIX) + r"/boxes/([^/]*)/([^/]+)")
 _NAME = re.compile(NAME_PATTERN)
 FORWARD_LEAF = "inspections"  # protocol.FORWARD's last segment
 REVIEWS_LEAF = "reviews"  # protocol.REVIEWS_UP's
+# a forwarded batch's JSON objects, arrays and values: a record holds at most ~100,000
+# (10,000 defects of 8 each, its classes and reasons), images none (base64)
+MAX_FORWARD_VALUES = 1_000_000
 _IN_PROGRESS: dict[str, tuple[type[LinesideError], str]] = {
     FORWARD_LEAF: (ForwardInProgress, "a forwarded batch"),
     REVIEWS_LEAF: (ReviewsInProgress, "a review batch")}
@@ -124,7 +133,7 @@ class BoxFront:
         try:
             async with self.forwards.admission():
                 admitted = True
-                await self.app(scope, receive, send)
+                await self.app(scope, _Counted(receive), send)
         except Overloaded:
             if admitted:
                 raise
@@ -150,6 +159,29 @@ class BoxFront:
         if who.name != box_id:
             raise Forbidden(f"key {who.name!r} speaks only for box {who.name!r}, not {box_id!r}")
         return True
+
+
+class _Counted:
+    """``receive`` that counts a forwarded body's JSON values as it comes in (an upper
+    bound: ``{``, ``[`` and ``,`` in strings count too) and raises
+    :class:`BodyTooLargeError` past ``MAX_FORWARD_VALUES``; the gate, whose body reader
+    wraps this one, answers it (``server/gate.py``)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.values = 0
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.request":
+            body = message.get("body", b"")
+            self.values += body.count(b"{") + body.count(b"[") + body.count(b",")
+            if self.values > MAX_FORWARD_VALUES:
+                raise BodyTooLargeError(
+                    f"the forwarded batch holds over {MAX_FORWARD_VALUES} JSON objects, arrays "
+                    "and values (a record has at most about 100,000): send fewer inspections "
+                    "at a time")
+        return message
 
 
 async def answer(exc: LinesideError, scope: Scope, send: Send) -> None:
