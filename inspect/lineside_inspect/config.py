@@ -28,7 +28,7 @@ from lineside_inspect.errors import ConfigError
 from lineside_inspect.fleet.config import FleetSettings, check_site
 from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.line.config import LineSettings
-from lineside_inspect.names import Name
+from lineside_inspect.names import Name, OneLine
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 
 # box: an edge box speaking to its hub (fleet/protocol.py); its key's name is its box id
@@ -39,7 +39,9 @@ class ApiKey(BaseModel):
     """A key is kept only as its sha256; give ``key`` (hashed on load) or ``sha256``."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
+    # the reviewer of every review the key saves (128 characters in the store and the
+    # fleet's review events: a longer name failed each hub-reviews pull naming it)
+    name: OneLine = Field(min_length=1, max_length=128)
     role: Role
     sha256: str
     # a hub's box key held to its site and line: otherwise a box may file its inspections

@@ -44,6 +44,18 @@ def test_plain_api_keys_from_the_environment_are_hashed_as_from_the_file(
     assert "k" not in {getattr(k, "key", None) for k in from_env}  # never kept as given
 
 
+def test_an_api_key_name_is_one_line_of_at_most_128_characters(tmp_path: Path) -> None:
+    """The name is the reviewer of every review the key saves: a hub's review events hold
+    128 characters, and a longer name failed every hub-reviews pull that carried it."""
+    for name, said in (("x" * 129, "at most 128 characters"), ("", "at least 1 character"),
+                       ("a\\nb", "control character")):
+        with pytest.raises(ConfigError, match=said):
+            load_settings(_serve_yaml(
+                tmp_path, f'api_keys:\n  - {{name: "{name}", role: line, key: k}}\n'))
+    assert load_settings(_serve_yaml(
+        tmp_path, f"api_keys:\n  - {{name: {'x' * 128}, role: line, key: k}}\n")).api_keys
+
+
 FLEET_YAML = "fleet:\n  hub_url: https://hub.plant:8100\n  line: press-1\n  site: plant-a\n"
 HUB_TOKEN = "box-1-key-0123456789"
 
