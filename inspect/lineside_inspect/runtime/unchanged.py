@@ -237,8 +237,9 @@ def view_mismatch(frame: np.ndarray, reference: np.ndarray, *,
     least :data:`MAX_FLOOR` grey levels at every shift within ``max_shift_px``; None for
     a frame of the golden's view, defects and all. One shift first (~1 ms): only a frame
     that looks mismatched there is compared at the others."""
-    # contrast matched without the gate's bound: a hazy or dim frame (x0.5) is the
-    # golden's view all the same (a flat golden then flattens the frame: no mismatch)
+    # contrast raised without the gate's bound: a hazy or dim frame (x0.5) is the golden's
+    # view all the same; lowered by no more than the gate's (``_matched``), so a blank
+    # golden does not flatten every frame into a match
     def at(shifts: int | None) -> np.ndarray:
         return tile_best(frame, reference, tolerance_px=1, max_shift_px=max_shift_px,
                          tile=tile, shifts=shifts, max_gain=64.0)
