@@ -1111,6 +1111,11 @@ def gate_cmd(
                           f"is {active.card.kind} model {active.card.name}: a gate compares two "
                           "versions of one model (the one that would replace the other)")
     rule = load_recipe(recipe) if recipe is not None else card_recipe(active.card)
+    if rule.model != cand.card.name:  # as the server's gate refuses it
+        raise ConfigError(f"recipe {rule.name} judges model {rule.model}, not {cand.card.name}")
+    for det in (cand, active):  # classes its rules name that a version lacks judged nothing
+        rule.check_classes(det.class_names)
+        rule.check_reference_use(det.card.needs_reference)
     report = run_gate(cand, active, library, manifest, rule, allowance=allowance)
     if as_json:
         out.print_json(report.model_dump_json())

@@ -877,3 +877,10 @@ def test_golden_and_gate_commands_refuse_arguments_that_mean_nothing(tmp_path: P
     r = cli.invoke(app, ["gate", str(models / "deeppcb-good" / "1"), "--against",
                          str(models / "deeppcb" / "1"), "--golden", "s", *data_dir])
     assert r.exit_code == 2 and "a gate compares two versions of one model" in r.output
+    # a recipe of another model judged the versions by rules not theirs (the server's
+    # gate refuses it; the command took it)
+    recipes = Path(__file__).resolve().parents[2] / "configs" / "recipes"
+    r = cli.invoke(app, ["gate", str(models / "deeppcb" / "1-int8"), "--against",
+                         str(models / "deeppcb" / "1"), "--golden", "s", "--recipe",
+                         str(recipes / "deeppcb-ref.yaml"), *data_dir])
+    assert r.exit_code == 2 and "judges model deeppcb-ref, not deeppcb" in r.output, r.output
