@@ -62,7 +62,7 @@ function trendChart(box, rows, changes, per) {
               svg("text", { x: W - 4, y: m.t - 10, "text-anchor": "end", class: "dim" }, "yield"));
   chart.append(grid, axis);
   const bars = svg("g", { class: "bars" }), labels = svg("g", { class: "values" });
-  let minGap = Infinity, lastLabel = -Infinity;
+  let minGap = Infinity, lastLabel = -Infinity, lastDay = "";
   const points = [];
   rows.forEach((r, i) => {
     const a = Date.parse(r.start), b = Date.parse(r.end);
@@ -74,11 +74,13 @@ function trendChart(box, rows, changes, per) {
                 svg("rect", { class: "bar-fail", x: x0 + 1, width: bw, y: yC(r.fails), height: yC(0) - yC(r.fails) },
                     svg("title", {}, tip)));
     if (r.yield_pct !== null) points.push([cx, yY(r.yield_pct)]);
-    // x labels at least 64 px apart; midnight carries the day
+    // x labels at least 64 px apart; the first label of each day carries the day (only
+    // midnight did: on 3 or 7 days the labels skip most midnights, and "14:00" had no day)
     if (x0 - lastLabel >= 64 || i === 0) {
-      const d = new Date(r.start);
+      const d = new Date(r.start), day = d.toDateString();
       const first = per === "shifts" ? dayLabel(d) : hourLabel(d);
-      const second = per === "shifts" ? hourLabel(d) : (d.getHours() === 0 || i === 0 ? dayLabel(d) : "");
+      const second = per === "shifts" ? hourLabel(d) : (day !== lastDay ? dayLabel(d) : "");
+      lastDay = day;
       axis.append(svg("text", { x: x0, y: m.t + ih + 16 }, first), svg("text", { x: x0, y: m.t + ih + 30, class: "dim" }, second));
       lastLabel = x0;
     }

@@ -4,11 +4,11 @@
 // the page. Every value from the API reaches the page as text (see common.js).
 import { $, $$, api, dateTime, el, num, showZone, svg, time, verdict } from "/static/common.js";
 
-const state = { items: [], total: 0, offset: 0, limit: 24, sel: 0, open: null, box: 0, classes: [],
+const state = { items: [], total: 0, offset: 0, shown: 0, limit: 24, sel: 0, open: null, box: 0, classes: [],
                 // the part being fetched (review keys wait for it), a review being posted
                 loading: null, saving: false, from: "grid",
                 drawing: false, start: null, scale: 1, showRef: false, queues: [], queue: null, audit: 0,
-                shadow: null };
+                shadow: null, confirming: [] };
 const form = $("#filters");
 // site, line and box_id are there on a hub only (its review page covers every box)
 const ON_HUB = Boolean(form.elements.box_id);
@@ -52,9 +52,9 @@ async function loadQueues() {
     return b;
   }));
   const who = await api("/v1/reviewers");
-  $("#reviewers").textContent = who.reviewers.length
-    ? `Reviews this shift: ${who.reviewers.map((r) => `${r.reviewer} ${num(r.reviews)}`).join(" · ")}`
-    : "No reviews yet this shift";
+  $("#reviewers").replaceChildren(...(who.reviewers.length
+    ? ["Reviews this shift: ", ...who.reviewers.flatMap((r, i) => [i ? " · " : "", el("bdi", {}, r.reviewer), ` ${num(r.reviews)}`])]
+    : ["No reviews yet this shift"]));
 }
 
 function useQueue(q) {
@@ -69,7 +69,7 @@ function boxLayer(layer, boxes, w, h, selected = -1) {
     const [x1, y1, x2, y2] = d.box.map(Number);
     const score = d.score !== undefined ? ` ${Number(d.score).toFixed(2)}` : "";
     const b = el("div", { class: "bx" + (i === selected ? " sel" : "") + (y1 / h < 0.06 ? " low" : "") },
-                 el("span", {}, `${i === selected ? "▶ " : ""}${d.label}${score}`));
+                 el("span", {}, i === selected ? "▶ " : "", el("bdi", {}, d.label), score));
     Object.assign(b.style, { left: `${(100 * x1) / w}%`, top: `${(100 * y1) / h}%`,
                              width: `${(100 * (x2 - x1)) / w}%`, height: `${(100 * (y2 - y1)) / h}%` });
     return b;
@@ -85,14 +85,26 @@ const truthOf = (o) => (o.reviews.length ? o.reviews[o.reviews.length - 1].boxes
 let loads = 0;
 async function load() {
   const mine = ++loads;
-  let doc = await api("/v1/inspections?" + query());
-  if (mine !== loads) return;
-  if (!doc.items.length && doc.total && state.offset) {
-    // the page emptied under it (its last items confirmed away): its new last page
-    state.offset = Math.floor((doc.total - 1) / state.limit) * state.limit;
+  let doc;
+  try {
     doc = await api("/v1/inspections?" + query());
     if (mine !== loads) return;
+    if (!doc.items.length && doc.total && state.offset) {
+      // the page emptied under it (its last items confirmed away): its new last page
+      state.offset = Math.floor((doc.total - 1) / state.limit) * state.limit;
+      doc = await api("/v1/inspections?" + query());
+      if (mine !== loads) return;
+    }
+  } catch (e) {
+    // a list that did not come (server restarting, network down) is said, and the page
+    // on screen stays the one the pager counts from: the offset had moved on, so n after
+    // a failed n skipped a page of parts unseen, and nothing said the list was stale
+    if (mine !== loads) return;
+    state.offset = state.shown;
+    $("#count").textContent = `could not load the list (${e.message}): showing the list as it was`;
+    return;
   }
+  state.shown = state.offset;
   state.items = doc.items; state.total = doc.total;
   state.sel = Math.min(state.sel, Math.max(0, doc.items.length - 1));
   addFilterClasses(doc.items);
@@ -160,7 +172,9 @@ function showGrid() {
 async function open(i) {
   const it = state.items[i]; if (!it) return;
   state.from = "grid";
-  await openId(it.id);
+  // a part that did not come leaves the one on screen (j moved the selection on first:
+  // the next j skipped a part unseen)
+  if (await openId(it.id) === false && state.open) state.sel = Math.max(0, state.items.findIndex((x) => x.id === state.open.id));
 }
 
 async function openId(id) {
@@ -171,8 +185,15 @@ async function openId(id) {
   state.loading = id;
   let doc;
   try { doc = await api(`/v1/inspections/${encodeURIComponent(id)}`); }
-  finally { if (state.loading === id && doc === undefined) state.loading = null; }
-  if (state.loading !== id) return;  // another part was opened meanwhile: that one shows
+  catch (e) {
+    if (state.loading !== id) return undefined;  // another part was opened meanwhile
+    state.loading = null;
+    const why = `could not open ${id.slice(0, 8)}: ${e.message}`;
+    if (!$("#detail").hidden) say(why);
+    else $(!$("#audit").hidden ? "#a-count" : "#count").textContent = why;  // (removed by retention?)
+    return false;
+  }
+  if (state.loading !== id) return undefined;  // another part was opened meanwhile: that one shows
   state.loading = null;
   state.open = doc; state.box = 0; state.scale = 1;
   setClasses(state.open.class_names);
@@ -195,6 +216,7 @@ async function openId(id) {
   if (state.drawing) startDraw();
   else $("#d-title").focus({ preventScroll: true });
   loadShadow(id);
+  return true;
 }
 
 // where a shadow model disagreed on this inspection, what it said (dashed boxes): the
@@ -233,14 +255,15 @@ function render() {
   $("#d-reasons").textContent = [...o.reasons.map((r) => r.message), ...gate].join(" · ");
   const truth = truthOf(o);
   $("#d-defects").replaceChildren(...truth.map((d, i) => {
-    const li = el("li", { class: i === state.box ? "sel" : "", tabindex: 0 },
-                  `${i === state.box ? "▶ " : ""}${d.label}${d.score !== undefined ? " " + Number(d.score).toFixed(2) : ""} [${d.box.map(Math.round).join(", ")}]`);
+    // the class isolated (bdi): a right-to-left one read the box backwards, [40, 30, 20, 10]
+    const li = el("li", { class: i === state.box ? "sel" : "", tabindex: 0 }, i === state.box ? "▶ " : "", el("bdi", {}, d.label),
+                  `${d.score !== undefined ? " " + Number(d.score).toFixed(2) : ""} [${d.box.map(Math.round).join(", ")}]`);
     li.onclick = () => { state.box = i; render(); };
     li.onkeydown = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); state.box = i; render(); } };
     return li;
   }));
   $("#d-reviews").replaceChildren(...o.reviews.map((r) =>
-    el("li", {}, `${dateTime(r.created_at)} · ${r.reviewer}: ${r.action.replace("_", " ")} (${r.boxes.length} defect(s) after)`)));
+    el("li", {}, `${dateTime(r.created_at)} · `, el("bdi", {}, r.reviewer), `: ${r.action.replace("_", " ")} (${r.boxes.length} defect(s) after)`)));
   if (!o.reviews.length) $("#d-reviews").append(el("li", { class: "none" }, "not reviewed yet"));
   boxLayer($("#boxes"), truth, o.width, o.height, state.box);
   const s = state.shadow;
@@ -328,14 +351,23 @@ async function saveBox(box) {
   await review({ action: "missed_defect", boxes: [{ label: $("#d-label").value, box: box.map((v) => Math.round(v * 10) / 10) }] });
 }
 
+// pointer events, so a finger draws as a mouse does: on a tablet a drag did nothing (the
+// touch scrolled) and a tap ended the drawing with "a box needs x2 > x1" (the overlay's
+// touch-action: none keeps the drag for the box)
 const overlay = $("#overlay");
-overlay.addEventListener("mousedown", (ev) => { if (state.drawing) { ev.preventDefault(); state.start = point(ev); } });
-// on the window: a drag released past the image's edge was lost, its box left following the pointer
-window.addEventListener("mousemove", (ev) => { if (state.start) drawPreview(norm(state.start, point(ev))); });
-window.addEventListener("mouseup", async (ev) => {
-  if (!state.start || !state.open) return;
-  await saveBox(norm(state.start, point(ev)));
+overlay.addEventListener("pointerdown", (ev) => {
+  if (state.drawing && ev.isPrimary && ev.button === 0) { ev.preventDefault(); state.start = point(ev); }
 });
+// on the window: a drag released past the image's edge was lost, its box left following the pointer
+window.addEventListener("pointermove", (ev) => { if (state.start && ev.isPrimary) drawPreview(norm(state.start, point(ev))); });
+window.addEventListener("pointerup", async (ev) => {
+  if (!state.start || !state.open || !ev.isPrimary) return;
+  const box = norm(state.start, point(ev));
+  // a tap or a click is no box: the form stays, with the box typed in it
+  if (box[2] - box[0] < 2 && box[3] - box[1] < 2) { state.start = null; drawPreview(typedBox()); return; }
+  await saveBox(box);
+});
+window.addEventListener("pointercancel", () => { if (state.start) { state.start = null; drawPreview(typedBox()); } });
 drawForm.addEventListener("input", () => drawPreview(typedBox()));
 drawForm.addEventListener("submit", (e) => { e.preventDefault(); saveBox(typedBox()); });
 drawForm.addEventListener("keydown", (e) => { if (e.key === "Escape") { hideDraw(); say("drawing cancelled"); $("#b-draw").focus(); } });
@@ -366,6 +398,9 @@ function nextBox() { const n = truthOf(state.open).length; if (n) { state.box = 
 function askConfirmAll() {
   const todo = state.items.filter((it) => it.review_state === "unreviewed");
   if (!todo.length) { $("#count").textContent = "nothing unreviewed on this page"; return; }
+  // the parts the dialog counts are the ones confirmed: a page still loading (n, then
+  // Shift+C) answered while it was open, and the next page's parts were confirmed unseen
+  state.confirming = todo;
   $("#ca-text").textContent = `Confirm the verdicts of the ${todo.length} unreviewed inspection(s) on this page ` +
     `(${todo.filter((it) => it.verdict === "fail").length} fail, ${todo.filter((it) => it.verdict === "pass").length} pass)?`;
   const dlg = $("#confirm-all");
@@ -375,8 +410,9 @@ function askConfirmAll() {
 }
 
 $("#confirm-all").addEventListener("close", async () => {
+  const todo = state.confirming;
+  state.confirming = [];
   if ($("#confirm-all").returnValue !== "yes") return;
-  const todo = state.items.filter((it) => it.review_state === "unreviewed");
   let saved = 0, conflicts = 0, failed = 0;
   for (const it of todo) {
     try {

@@ -1,0 +1,246 @@
+"""A reviewer's and a line lead's shift on a tablet, in a real Chromium (QA review,
+session 36): a page still loading when "confirm all" is asked, answers that fail, a
+finger drawing a box, right-to-left class names, a week's chart, an upgrade's scripts."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session
+
+from lineside_inspect.store.models import InspectionRow, labels_column
+
+from .conftest import Running, keyed, start_server
+from .test_ui_screens import CHROMIUM, _browser, _context, _sign_in
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+
+PAGE = 24  # the review grid's page
+RTL = "مكسور"  # a class named in Arabic
+TIMINGS = {"decode": 1.0, "preprocess": 1.0, "infer": 1.0, "postprocess": 1.0, "total": 4.0}
+
+
+def _seed(store: Any, n: int, label: str = "short", every_s: float = 60.0) -> list[str]:
+    """``n`` unreviewed fails without images, one ``every_s`` seconds back from now, each
+    with one box [10, 20, 30, 40] of class ``label``: their ids, newest first."""
+    now = datetime.now(UTC)
+    rows = [InspectionRow(
+        id=uuid.uuid4().hex, created_at=now - timedelta(seconds=30 + i * every_s),
+        camera_id="cam1", part_id=f"P{i}", recipe_name="r", recipe_version="1", model_name="m",
+        model_version="1", model_sha256="0" * 64, class_names=[label, "open"], verdict="fail",
+        reasons=[{"rule": "critical", "label": label, "count": 1, "allowed": 0,
+                  "message": f"{label}: critical"}],
+        defects=[{"label": label, "score": 0.91, "box": [10.0, 20.0, 30.0, 40.0]}],
+        labels=labels_column([label]), max_score=0.91, timings_ms=TIMINGS, image_path=None,
+        width=640, height=480, image_bytes=0, review_state="unreviewed", box_id=store.box_id)
+        for i in range(n)]
+    ids = [r.id for r in rows]
+    with Session(store.engine) as s, s.begin():
+        s.add_all(rows)
+    return ids
+
+
+@pytest.fixture
+def box() -> Iterator[Running]:
+    running, stop = start_server(keyed(store_pass_rate=1.0))
+    yield running
+    stop()
+
+
+def _states(box: Running, ids: list[str]) -> list[str]:
+    with box.client("reviewer") as c:
+        return [c.get(f"/v1/inspections/{i}").json()["review_state"] for i in ids]
+
+
+def test_confirm_all_confirms_the_parts_its_dialog_counted(box: Running) -> None:
+    """n, then Shift+C before the next page came: the dialog counted the page on screen,
+    the next page answered while it was open, and Enter confirmed that page's 24 parts,
+    which no one had seen."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ids = _seed(box.app.state.store, 2 * PAGE + 6)
+    held: list[Any] = []
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = _context(browser).new_page()
+        _sign_in(page, box.url + "/review")
+        expect(page.locator("#count")).to_have_text(f"1–{PAGE} of {2 * PAGE + 6}")
+        page.locator(".card").first.focus()
+        next_page = re.compile(rf".*/v1/inspections\?.*offset={PAGE}\b.*")
+        page.route(next_page, lambda route: held.append(route))
+        with page.expect_request(next_page):
+            page.keyboard.press("n")  # the next page, slow to come
+        page.keyboard.press("Shift+C")
+        expect(page.locator("#ca-text")).to_contain_text(f"the {PAGE} unreviewed inspection(s)")
+        held[0].continue_()  # it comes while the dialog is open
+        expect(page.locator("#count")).to_have_text(f"{PAGE + 1}–{2 * PAGE} of {2 * PAGE + 6}")
+        page.unroute(next_page)
+        page.keyboard.press("Enter")  # "Confirm them"
+        expect(page.locator("#count")).to_contain_text(f"confirmed {PAGE}")
+        browser.close()
+    assert _states(box, ids[:PAGE]) == ["confirmed"] * PAGE  # the page the dialog counted
+    assert _states(box, ids[PAGE:2 * PAGE]) == ["unreviewed"] * PAGE  # not the one unseen
+
+
+def test_a_page_that_does_not_come_is_said_and_skips_nothing(box: Running) -> None:
+    """A list that failed to load (server restarting, network down) said nothing, and the
+    pager had moved on: the next n went two pages on, 24 parts never shown. A part that
+    failed to open the same: the next j skipped one."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ids = _seed(box.app.state.store, 3 * PAGE)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = _context(browser).new_page()
+        _sign_in(page, box.url + "/review")
+        expect(page.locator("#count")).to_have_text(f"1–{PAGE} of {3 * PAGE}")
+        page.locator(".card").first.focus()
+        next_page = re.compile(rf".*/v1/inspections\?.*offset={PAGE}\b.*")
+        page.route(next_page, lambda route: route.abort())
+        page.keyboard.press("n")
+        expect(page.locator("#count")).to_contain_text("could not load the list")
+        expect(page.locator(".card").first).to_have_attribute("data-id", ids[0])
+        page.unroute(next_page)
+        page.keyboard.press("n")  # again, now that it answers: the next page, not the one after
+        expect(page.locator("#count")).to_have_text(f"{PAGE + 1}–{2 * PAGE} of {3 * PAGE}")
+        expect(page.locator(".card").first).to_have_attribute("data-id", ids[PAGE])
+
+        page.keyboard.press("Enter")
+        expect(page.locator("#d-title")).to_contain_text(ids[PAGE][:8])
+        second = re.compile(rf".*/v1/inspections/{ids[PAGE + 1]}$")
+        page.route(second, lambda route: route.abort())
+        page.keyboard.press("j")
+        expect(page.locator("#d-status")).to_contain_text(f"could not open {ids[PAGE + 1][:8]}")
+        expect(page.locator("#d-title")).to_contain_text(ids[PAGE][:8])
+        page.unroute(second)
+        page.keyboard.press("j")
+        expect(page.locator("#d-title")).to_contain_text(ids[PAGE + 1][:8])
+        browser.close()
+
+
+def _touch_drag(page: Any, context: Any, start: tuple[float, float], end: tuple[float, float]) -> None:
+    cdp = context.new_cdp_session(page)
+    cdp.send("Input.dispatchTouchEvent",
+             {"type": "touchStart", "touchPoints": [{"x": start[0], "y": start[1]}]})
+    for k in range(1, 6):
+        x = start[0] + (end[0] - start[0]) * k / 5
+        y = start[1] + (end[1] - start[1]) * k / 5
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    cdp.detach()
+
+
+def test_a_finger_draws_a_missed_box_on_a_tablet(box: Running) -> None:
+    """The box was drawn with mouse events only: on a tablet a drag on the image did
+    nothing, and a tap ended the drawing with "a box needs x2 > x1 and y2 > y1"."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ids = _seed(box.app.state.store, 1)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        context = browser.new_context(viewport={"width": 1280, "height": 800}, has_touch=True)
+        page = context.new_page()
+        _sign_in(page, box.url + "/review")
+        page.locator(".card").first.tap()
+        expect(page.locator("#d-title")).to_contain_text(ids[0][:8])
+        page.locator("#b-draw").tap()
+        expect(page.locator("#draw-form")).to_be_visible()
+        page.locator("#overlay").tap()  # a tap is no box: the form stays
+        expect(page.locator("#draw-form")).to_be_visible()
+        area = page.locator("#overlay").bounding_box()
+        assert area is not None
+        sx, sy = area["width"] / 640, area["height"] / 480
+        _touch_drag(page, context, (area["x"] + 100 * sx, area["y"] + 120 * sy),
+                    (area["x"] + 200 * sx, area["y"] + 220 * sy))
+        expect(page.locator("#d-status")).to_have_text("saved: missed_defect")
+        browser.close()
+    row = box.app.state.store.get(ids[0])
+    x1, y1, x2, y2 = row.reviews[-1].boxes[-1]["box"]
+    assert abs(x1 - 100) <= 3 and abs(y1 - 120) <= 3 and abs(x2 - 200) <= 3 and abs(y2 - 220) <= 3
+
+
+def test_a_right_to_left_class_keeps_its_box_in_order(box: Running) -> None:
+    """A class named in Arabic took the score and the box after it into its run: the
+    defect list read [40, 30, 20, 10], the box backwards."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ids = _seed(box.app.state.store, 1, label=RTL)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = _context(browser).new_page()
+        _sign_in(page, box.url + "/review")
+        expect(page.locator(".card")).to_have_count(1)
+        page.keyboard.press("Enter")
+        expect(page.locator("#d-title")).to_contain_text(ids[0][:8])
+        item = page.locator("#d-defects li").first
+        expect(item).to_have_text(f"▶ {RTL} 0.91 [10, 20, 30, 40]")
+        # where each coordinate is drawn, left to right
+        lefts = item.evaluate("""li => ['10', '20', '30', '40'].map((n) => {
+            const t = li.lastChild, i = t.data.indexOf(n), r = document.createRange();
+            r.setStart(t, i); r.setEnd(t, i + 2); return r.getBoundingClientRect().left; })""")
+        assert lefts == sorted(lefts), lefts
+        browser.close()
+
+
+def test_a_weeks_chart_names_every_day() -> None:
+    """On 3 and 7 days the hour labels, 64 px apart, fell on midnight only now and then,
+    and only midnight carried the day: most of a week's "14:00" had no day."""
+    from playwright.sync_api import expect, sync_playwright
+
+    running, stop = start_server(keyed(store_pass_rate=1.0))
+    try:
+        _seed(running.app.state.store, 7 * 24, every_s=3600.0)
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = _context(browser).new_page()
+            _sign_in(page, running.url + "/dashboard", "viewer-secret")
+            expect(page.locator("#status")).to_contain_text("updated")
+            page.select_option("select[name=hours]", "168")
+            expect(page.locator("#trend-table tbody tr")).to_have_count(169)
+            starts = page.locator("#trend .bars rect.bar-pass title").all_text_contents()
+            days = list(dict.fromkeys(re.sub(r"^(\w{3} \d+).*", r"\1", s) for s in starts))
+            shown = set(page.evaluate("""() => Array.from(
+                document.querySelectorAll('#trend .axis text.dim'), (t) => t.textContent)"""))
+            # every day of the week (its last may hold too few hours for a label)
+            assert set(days[:-1]) <= shown, (days, sorted(shown))
+            browser.close()
+    finally:
+        stop()
+
+
+def test_the_pages_scripts_are_revalidated(box: Running) -> None:
+    """The scripts and styles had no Cache-Control: the browser kept them by heuristic
+    (a tenth of the file's age), and after an upgrade a tablet ran the old scripts, on a
+    reload too. Now each is asked again, and an unchanged one is a 304."""
+    with box.client() as c:
+        r = c.get("/static/review.js")
+        assert r.headers["cache-control"] == "no-cache"
+        again = c.get("/static/review.js", headers={"if-none-match": r.headers["etag"]})
+        assert again.status_code == 304
+
+
+def test_a_long_camera_name_keeps_the_dashboard_on_a_tablets_screen(box: Running) -> None:
+    """A camera id may be 128 characters: its table cell and its option in the camera
+    select did not wrap, and the dashboard was twice a tablet's width, scrolled sideways."""
+    from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy import update
+
+    store = box.app.state.store
+    _seed(store, 3)
+    long_id = "cam-" + "x" * 124
+    with Session(store.engine) as s, s.begin():
+        s.execute(update(InspectionRow).values(camera_id=long_id))
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = _context(browser, 800, 1280).new_page()
+        _sign_in(page, box.url + "/dashboard", "viewer-secret")
+        expect(page.locator("#stations tbody tr")).to_have_count(1)
+        expect(page.locator("#stations tbody td").first).to_have_text(long_id)
+        wide = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert wide[0] <= wide[1], wide
+        browser.close()
