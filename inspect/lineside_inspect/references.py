@@ -114,6 +114,17 @@ class ReferenceLibrary:
         return sorted({p.stem for p in self.folder.iterdir()
                        if p.suffix.lstrip(".") in EXTS and is_reference_name(p.stem)})
 
+    def ignored(self) -> list[str]:
+        """The files in the folder no name finds: another extension (``.jpeg``, ``.JPG``,
+        ``.tif``) or a stem that is no name. A golden dropped in as ``board.jpeg`` was
+        neither listed nor found, and nothing said why (good-only review, session 36).
+        Dot files (:func:`write_atomic`'s temp files) are left out."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p.name for p in self.folder.iterdir()
+                      if not p.name.startswith(".") and p.is_file()
+                      and not (p.suffix.lstrip(".") in EXTS and is_reference_name(p.stem)))
+
     def get(self, name: str) -> Reference:
         check_name(name)
         for _ in range(3):  # a put changing the name's format removes the file just found

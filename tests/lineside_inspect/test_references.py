@@ -357,3 +357,24 @@ def test_a_read_that_loses_three_races_to_puts_still_finds_the_name(
     monkeypatch.setattr(lib, "_load", load)
     assert lib.get("g").raw == png.tobytes()
     assert len(lost) == 3
+
+
+def test_files_no_name_finds_are_said_at_start(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A golden dropped in as ``board.jpeg`` (or ``.JPG``) was neither listed nor found,
+    and nothing said why."""
+    from .conftest import settings, start_server
+
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    image = cv2.imencode(".jpg", np.full((8, 8, 3), 90, np.uint8))[1].tobytes()
+    for name in ("board.jpeg", "panel.JPG", "good.jpg", "-x.png", ".good.jpg.tmp"):
+        (folder / name).write_bytes(image)
+    library = ReferenceLibrary(folder)
+    assert library.names() == ["good"]
+    assert library.ignored() == ["-x.png", "board.jpeg", "panel.JPG"]
+    with caplog.at_level("WARNING", logger="lineside"):
+        _, stop = start_server(settings(references_dir=str(folder)))
+        stop()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("references:")]
+    assert len(said) == 1 and "3 file(s)" in said[0] and "board.jpeg" in said[0], said

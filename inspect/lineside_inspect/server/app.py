@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from lineside_inspect import ui
 from lineside_inspect.config import Settings
 from lineside_inspect.errors import LinesideError
+from lineside_inspect.names import NAME_RULE
 from lineside_inspect.package import default_recipe_name
 from lineside_inspect.recipes import Recipe, load_recipe
 from lineside_inspect.recipes.saved import SavedRecipes
@@ -206,6 +207,11 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
                                 settings.request_timeout_s, per_holder=settings.places_per_key)
     app.state.metrics = Metrics()
     app.state.references = ReferenceLibrary(settings.references_path, settings.max_pixels)
+    if ignored := app.state.references.ignored():
+        log.warning("references: %d file(s) in %s are no reference image (a reference is "
+                    "NAME.png, NAME.jpg or NAME.bmp, NAME %s): %s", len(ignored),
+                    settings.references_path, NAME_RULE,
+                    ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""))
     app.state.saved_recipes = SavedRecipes(settings.saved_recipes_path)
     app.state.live_views = cameras.LiveViews(settings.max_live_views)
     app.state.configured_recipes = {}  # the server's own recipes, once it started
