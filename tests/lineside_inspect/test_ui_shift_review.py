@@ -123,6 +123,35 @@ def test_a_page_that_does_not_come_is_said_and_skips_nothing(box: Running) -> No
         browser.close()
 
 
+def test_the_filters_and_page_outlive_a_session_that_expired(box: Running) -> None:
+    """A session that expired (or a server restarted) reloads the page to sign in again:
+    the reviewer came back to the first page of the default filter, mid-shift."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ids = _seed(box.app.state.store, 3 * PAGE, label="scratch")
+    with sync_playwright() as p:
+        browser = _browser(p)
+        context = _context(browser)
+        page = context.new_page()
+        _sign_in(page, box.url + "/review")
+        expect(page.locator("#count")).to_have_text(f"1–{PAGE} of {3 * PAGE}")
+        page.select_option("#filters select[name=verdict]", "")
+        page.fill("#filters input[name=camera_id]", "cam1")
+        page.locator("#filters button[type=submit]").click()
+        expect(page.locator("#count")).to_have_text(f"1–{PAGE} of {3 * PAGE}")
+        page.locator(".card").first.focus()
+        page.keyboard.press("n")
+        expect(page.locator(".card").first).to_have_attribute("data-id", ids[PAGE])
+        context.clear_cookies()  # the session is gone: the next call reloads to sign in
+        page.reload()
+        _sign_in(page, box.url + "/review")
+        expect(page.locator("#count")).to_have_text(f"{PAGE + 1}–{2 * PAGE} of {3 * PAGE}")
+        expect(page.locator(".card").first).to_have_attribute("data-id", ids[PAGE])
+        assert page.locator("#filters select[name=verdict]").input_value() == ""
+        assert page.locator("#filters input[name=camera_id]").input_value() == "cam1"
+        browser.close()
+
+
 def _touch_drag(page: Any, context: Any, start: tuple[float, float], end: tuple[float, float]) -> None:
     cdp = context.new_cdp_session(page)
     cdp.send("Input.dispatchTouchEvent",

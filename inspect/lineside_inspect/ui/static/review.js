@@ -22,6 +22,27 @@ function query() {
   return p;
 }
 
+// the filters and the page shown outlive a reload in this tab (a session that expired, a
+// server restarted: both reload the page): the reviewer was put back on the first page of
+// the default filter, mid-shift (QA review, session 36). Per tab, never sent anywhere
+const KEPT = "lineside.review";
+function keep() {
+  try { sessionStorage.setItem(KEPT, query().toString()); } catch { /* storage off: not kept */ }
+}
+function restore() {
+  let kept = null;
+  try { kept = sessionStorage.getItem(KEPT); } catch { return; }
+  if (kept === null) return;
+  const p = new URLSearchParams(kept);
+  for (const k of FIELDS) {
+    const f = form.elements[k], v = p.get(k) || "";
+    // a class or a box the page has not listed yet (they come with the pages it loads)
+    if (f.tagName === "SELECT" && v && !Array.from(f.options, (o) => o.value).includes(v)) f.add(new Option(v, v));
+    f.value = v;
+  }
+  state.offset = Math.max(0, Math.floor(Number(p.get("offset")) || 0));
+}
+
 // -- queues -----------------------------------------------------------------------------
 function sameFilter(params) {
   const f = new FormData(form);
@@ -105,6 +126,7 @@ async function load() {
     return;
   }
   state.shown = state.offset;
+  keep();
   state.items = doc.items; state.total = doc.total;
   state.sel = Math.min(state.sel, Math.max(0, doc.items.length - 1));
   addFilterClasses(doc.items);
@@ -517,4 +539,5 @@ async function loadFleet() {
 }
 
 showZone();
+restore();
 load(); loadQueues(); loadFleet();
