@@ -152,6 +152,31 @@ def test_the_filters_and_page_outlive_a_session_that_expired(box: Running) -> No
         browser.close()
 
 
+def test_queues_and_audit_trail_that_do_not_come_are_said(box: Running) -> None:
+    """The queue counts, this shift's reviewers and the audit trail failed silently: the
+    counts stayed stale and the audit trail empty, with nothing said."""
+    from playwright.sync_api import expect, sync_playwright
+
+    _seed(box.app.state.store, 3)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = _context(browser).new_page()
+        reviewers = re.compile(r".*/v1/reviewers$")
+        page.route(reviewers, lambda route: route.abort())
+        _sign_in(page, box.url + "/review")
+        expect(page.locator("#reviewers")).to_contain_text("could not load the queues")
+        page.unroute(reviewers)
+        reviews = re.compile(r".*/v1/reviews\?.*")
+        page.route(reviews, lambda route: route.abort())
+        page.locator("#tab-audit").click()
+        expect(page.locator("#a-count")).to_contain_text("could not load the reviews")
+        page.unroute(reviews)
+        page.locator("#tab-grid").click()
+        page.locator("#tab-audit").click()
+        expect(page.locator("#a-count")).to_have_text("no reviews yet")
+        browser.close()
+
+
 def _touch_drag(page: Any, context: Any, start: tuple[float, float], end: tuple[float, float]) -> None:
     cdp = context.new_cdp_session(page)
     cdp.send("Input.dispatchTouchEvent",

@@ -8,7 +8,7 @@ const state = { items: [], total: 0, offset: 0, shown: 0, limit: 24, sel: 0, ope
                 // the part being fetched (review keys wait for it), a review being posted
                 loading: null, saving: false, from: "grid",
                 drawing: false, start: null, scale: 1, showRef: false, queues: [], queue: null, audit: 0,
-                shadow: null, confirming: [] };
+                shadow: null, confirming: [], auditShown: 0 };
 const form = $("#filters");
 // site, line and box_id are there on a hub only (its review page covers every box)
 const ON_HUB = Boolean(form.elements.box_id);
@@ -54,7 +54,13 @@ function sameFilter(params) {
 const UNREVIEWED_FAILS = { name: "unreviewed_fails", title: "Unreviewed fails", description: "fails no reviewer has looked at yet",
                            params: { verdict: "fail", review_state: "unreviewed" } };
 
+// the queue counts, this shift's reviewers, the audit trail: an answer that did not come is
+// said where it would have shown (they failed silently, the counts left stale: QA review, 36)
 async function loadQueues() {
+  try { await queuesNow(); } catch (e) { $("#reviewers").textContent = `could not load the queues (${e.message})`; }
+}
+
+async function queuesNow() {
   const fails = await api("/v1/inspections?verdict=fail&review_state=unreviewed&limit=1");
   const queues = [{ ...UNREVIEWED_FAILS, count: fails.total }];
   if (!ON_HUB) {  // a hub has no lifecycle of its own: no queues to ask for (a 404 each time)
@@ -451,7 +457,15 @@ $("#confirm-all").addEventListener("close", async () => {
 
 // -- the audit trail of every review, paged -------------------------------------------------
 async function loadAudit() {
-  const doc = await api(`/v1/reviews?limit=25&offset=${state.audit}`);
+  let doc;
+  try {
+    doc = await api(`/v1/reviews?limit=25&offset=${state.audit}`);
+  } catch (e) {
+    state.audit = state.auditShown;  // the pager counts from the page on screen
+    $("#a-count").textContent = `could not load the reviews (${e.message})`;
+    return;
+  }
+  state.auditShown = state.audit;
   $("#a-count").textContent = doc.total ? `${num(state.audit + 1)}–${num(state.audit + doc.items.length)} of ${num(doc.total)} reviews` : "no reviews yet";
   const rows = doc.items.map((r) => {
     const b = el("button", { type: "button" }, r.inspection_id.slice(0, 8));
