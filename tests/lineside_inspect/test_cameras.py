@@ -665,3 +665,92 @@ def test_a_camera_is_starting_until_its_first_frame_not_stale() -> None:
     finally:
         release.set()
         w.stop()
+
+
+def test_a_trigger_waiting_on_a_stalled_camera_ends_when_the_server_stops() -> None:
+    """SIGTERM with a trigger (timeout_s=30) waiting on a camera whose stream stalled (the
+    socket open, no bytes): the trigger held the shutdown for its whole 30 s, past docker
+    stop's 10 s (camera review, session 36). The server's SIGTERM hooks end its wait, with
+    a 503 naming the stop, within STOPPING_WAIT_S."""
+    from lineside_inspect.server.app import create_app
+
+    from .conftest import keyed
+
+    released = threading.Event()
+
+    class Stalled:
+        ended = False
+
+        def open(self) -> None: ...
+
+        def read(self) -> np.ndarray | None:
+            released.wait()  # a read blocked on a stalled stream
+            return None
+
+        def close(self) -> None: ...
+
+    app = create_app(keyed(cameras=[CameraConfig(id="cam", source="0")], store=False))
+    manager: CameraManager = app.state.cameras
+    worker = manager.workers["cam"] = CameraWorker("cam", Stalled)
+    worker.start()
+
+    async def trigger_then_sigterm() -> CameraUnavailable:
+        wait = asyncio.ensure_future(manager.fresh_frame("cam", after=time.monotonic(),
+                                                         timeout_s=30))
+        while not worker._listeners:  # the trigger is waiting for its frame
+            await asyncio.sleep(0.01)
+        for hook in app.state.on_signal:  # as serve.py runs them on SIGTERM
+            await hook()
+        with pytest.raises(CameraUnavailable) as caught:
+            await wait
+        return caught.value
+
+    try:
+        # well within the trigger's 30 s: it held the stop for all of them
+        exc = asyncio.run(asyncio.wait_for(trigger_then_sigterm(), 15))
+        assert "the server is stopping" in exc.message and not worker._listeners
+    finally:
+        released.set()
+        assert worker.stop()
+
+
+def test_a_trigger_still_gets_a_frame_that_comes_while_the_server_stops() -> None:
+    """Stopping cuts only a wait no frame ends: a live camera's trigger, waiting at the
+    signal or sent during a long drain_s (which serves on), is answered."""
+    frames = threading.Semaphore(0)
+
+    class OnDemand:
+        ended = False
+
+        def open(self) -> None: ...
+
+        def read(self) -> np.ndarray | None:
+            frames.acquire()
+            return counter_frame(1)
+
+        def close(self) -> None: ...
+
+    manager = CameraManager([CameraConfig(id="cam", source="0")])
+    worker = CameraWorker("cam", OnDemand)
+    manager.workers["cam"] = worker
+    worker.start()
+
+    async def trigger(stop_first: bool) -> Frame:
+        if stop_first:  # signalled long ago: a trigger within a long drain_s
+            await manager.close()
+            manager.stopping_at = time.monotonic() - 60
+        wait = asyncio.ensure_future(manager.fresh_frame("cam", after=time.monotonic(),
+                                                         timeout_s=30))
+        while not worker._listeners:
+            await asyncio.sleep(0.01)
+        if not stop_first:
+            await manager.close()
+        frames.release()  # the camera's next frame
+        return await wait
+
+    try:
+        assert asyncio.run(asyncio.wait_for(trigger(False), 15)).seq == 1
+        assert asyncio.run(asyncio.wait_for(trigger(True), 15)).seq == 2
+    finally:
+        frames.release()
+        assert worker.stop()

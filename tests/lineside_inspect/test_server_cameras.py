@@ -109,3 +109,24 @@ def test_live_views_are_bounded_and_an_offline_cameras_is_refused(launch) -> Non
                     break
             assert time.monotonic() < deadline, "the places were not given back"
             time.sleep(0.1)
+
+
+def test_a_camera_frame_over_max_pixels_is_refused_not_judged(launch) -> None:
+    """A stream's 10000x10000 frames (100 Mpx, over the default 64 Mpx max_pixels) were
+    kept, judged, stored and drawn for live views: 1.5 GB for one camera, where an upload
+    that size is a 413 (camera review, session 36). A frame over max_pixels is no frame:
+    the camera is offline saying why, and its trigger is a 503, never a verdict."""
+    cams = [CameraConfig(id="sim", source=str(SAMPLE), fps=10)]  # 640x640 images
+    srv = launch(cameras=cams, max_pixels=640 * 640 - 1)
+    with srv.client("admin") as c:
+        deadline = time.monotonic() + 30
+        while "max_pixels" not in str(health := c.get("/v1/cameras").json()[0]):
+            assert time.monotonic() < deadline, health
+            time.sleep(0.1)
+        assert "a frame of 640x640 = 409600 pixels, over the limit of 409599" \
+            in health["last_error"], health
+        assert health["frames"] == 0
+        r = c.post("/v1/cameras/sim/trigger", params={"timeout_s": 0.5})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "camera_unavailable"
+        assert c.get("/v1/cameras/sim/snapshot").status_code == 503
+        assert c.get("/v1/inspections").json()["items"] == []

@@ -12,11 +12,19 @@ from lineside_inspect.cameras.sources import make_source
 from lineside_inspect.cameras.worker import CameraWorker, Frame
 from lineside_inspect.config import CameraConfig
 from lineside_inspect.errors import CameraUnavailable, NotFoundError, echo
+from lineside_inspect.opencv import MAX_IMAGE_PIXELS
+
+# once the server is stopping, how long a trigger still waits for its frame: a live camera
+# delivers one well within it; a stalled one held its trigger's whole timeout_s (up to
+# 30 s), and with it the shutdown past docker stop's 10 s
+STOPPING_WAIT_S = 1.0
 
 
 class CameraManager:
-    def __init__(self, cameras: list[CameraConfig]) -> None:
+    def __init__(self, cameras: list[CameraConfig], *,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.configs = {c.id: c for c in cameras}
+        self.max_pixels = max_pixels  # a bigger frame is refused (the camera goes offline)
         self.workers: dict[str, CameraWorker] = {}
         self.last_results: dict[str, Any] = {}  # camera id -> its last inspection (live view)
         # camera id -> ((frame seq, last inspection id), the frame drawn as JPEG): shared by
@@ -25,6 +33,18 @@ class CameraManager:
         # the recipe a camera's PLC station triggers with (the line sets this): a PLC may
         # switch it, while HTTP triggers and continuous cameras keep the configured one
         self.plc_recipe: Callable[[str], str | None] | None = None
+        # set on SIGTERM (``close``): triggers still waiting for a frame wait at most
+        # STOPPING_WAIT_S more; ``_wakers`` wake them (each called on the event loop)
+        self.stopping_at: float | None = None
+        self._wakers: set[Callable[[], None]] = set()
+
+    async def close(self) -> None:
+        """The server is stopping (SIGTERM): a trigger still waiting for its frame gets it
+        within :data:`STOPPING_WAIT_S`, else its 503 at once."""
+        if self.stopping_at is None:
+            self.stopping_at = time.monotonic()
+        for wake in list(self._wakers):
+            wake()
 
     def start(self) -> None:
         for cfg in self.configs.values():
@@ -36,7 +56,8 @@ class CameraManager:
             # not there: it reconnects. A triggered one sees a still scene between parts,
             # which must not take it offline (docs/line-integration.md, "Cameras")
             worker = CameraWorker(cfg.id, make, stale_after_s=cfg.stale_after_s,
-                                  detect_frozen=cfg.mode == "continuous")
+                                  detect_frozen=cfg.mode == "continuous",
+                                  max_pixels=self.max_pixels)
             worker.start()
             self.workers[cfg.id] = worker
 
@@ -74,19 +95,25 @@ class CameraManager:
         if worker.state in ("offline", "stopped"):  # known down: answer at once
             h = worker.health()
             raise CameraUnavailable(f"camera {camera_id} is {h['state']}: {h['last_error']}", h)
-        frame = await _frame_after(worker, after, timeout_s)
+        frame = await _frame_after(worker, after, timeout_s, self)
         if frame is None:
             h = worker.health()
+            if self.stopping_at is not None:
+                raise CameraUnavailable(f"camera {camera_id} ({h['state']}): the server is "
+                                        "stopping and no frame came; trigger again", h)
             raise CameraUnavailable(
                 f"camera {camera_id} ({h['state']}): no frame captured within {timeout_s:.1f}s "
                 "of the trigger", h)
         return frame
 
 
-async def _frame_after(worker: CameraWorker, t: float, timeout_s: float) -> Frame | None:
+async def _frame_after(worker: CameraWorker, t: float, timeout_s: float,
+                       manager: CameraManager | None = None) -> Frame | None:
     """The first frame of ``worker`` captured after ``t`` (``time.monotonic()``), or None.
     Only when that frame was already replaced before this looked (a loop late to run the
-    trigger) is it the newest one, still captured after ``t``."""
+    trigger) is it the newest one, still captured after ``t``. Once ``manager`` is
+    stopping, the wait ends :data:`STOPPING_WAIT_S` after that (or after it began, if
+    later) at the latest."""
     loop = asyncio.get_running_loop()
     arrived = asyncio.Event()
     first: list[Frame] = []  # written on the capture thread, read after ``arrived``
@@ -100,13 +127,28 @@ async def _frame_after(worker: CameraWorker, t: float, timeout_s: float) -> Fram
                 loop.call_soon_threadsafe(arrived.set)
 
     unsubscribe = worker.subscribe(on_frame)
+    wakers = manager._wakers if manager is not None else set()
+    wakers.add(arrived.set)  # the server stopping wakes the wait to shorten it
     try:
         latest = worker.latest()
         if latest is not None and latest.monotonic > t:
             # already captured (the earliest known of it and any frame seen since)
             return min([latest, *first], key=lambda f: f.seq)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(arrived.wait(), timeout_s)
+        began = time.monotonic()
+        deadline = began + timeout_s
+        while not first:
+            stopping_at = manager.stopping_at if manager is not None else None
+            if stopping_at is not None:
+                # from the stop, or from this trigger if it came later (during drain_s,
+                # which serves on: a live camera's trigger is still answered)
+                deadline = min(deadline, max(stopping_at, began) + STOPPING_WAIT_S)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            arrived.clear()  # a frame sets it again; ``first`` is checked before each wait
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), left)
         return first[0] if first else None
     finally:
+        wakers.discard(arrived.set)
         unsubscribe()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.cameras.sources import FrameSource
+from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.redact import hide_secrets
 
 log = logging.getLogger("lineside.cameras")
@@ -37,8 +38,13 @@ HEALTHY_FRAMES = 10  # frames read after an open that make it a healthy spell (b
 class CameraWorker:
     def __init__(self, camera_id: str, make: Callable[[], FrameSource], *,
                  stale_after_s: float = 2.0, backoff_base_s: float = 0.2,
-                 backoff_max_s: float = 5.0, detect_frozen: bool = False) -> None:
+                 backoff_max_s: float = 5.0, detect_frozen: bool = False,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.camera_id = camera_id
+        # a frame over the server's max_pixels is no frame (as an upload over it is a 413):
+        # a stream's 10000x10000 frames were kept, judged, stored and drawn (1.5 GB), past
+        # the memory bound max_concurrency x max_pixels (docs/security.md)
+        self.max_pixels = max_pixels
         self.make = make
         self.stale_after_s = stale_after_s
         # an unchanged picture for stale_after_s means a frozen source (reconnect). Off
@@ -191,6 +197,10 @@ class CameraWorker:
             now = time.monotonic()
             if image is None:
                 return "source failed or ended"
+            height, width = image.shape[:2]
+            if width * height > self.max_pixels:
+                return (f"a frame of {width}x{height} = {width * height} pixels, over the "
+                        f"limit of {self.max_pixels} (max_pixels)")
             if self.detect_frozen:
                 small = image[::16, ::16]
                 if previous is None or not np.array_equal(small, previous):

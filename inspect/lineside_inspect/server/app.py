@@ -129,7 +129,7 @@ def setup_cameras(app: FastAPI, settings: Settings) -> None:
     Continuous cameras are inspected by the service (see ``InspectionService``)."""
     from lineside_inspect.cameras import CameraManager
 
-    manager = CameraManager(settings.cameras)
+    manager = CameraManager(settings.cameras, max_pixels=settings.max_pixels)
     app.state.cameras = manager
     app.state.service.cameras = manager
 
@@ -141,6 +141,9 @@ def setup_cameras(app: FastAPI, settings: Settings) -> None:
             m.camera_reconnects.labels(h["id"]).set(h["reconnects"])
 
     app.state.on_startup.append(manager.start)
+    # on SIGTERM, as live views end: a trigger waiting on a stalled camera held the stop
+    # for its whole timeout_s (31 s with timeout_s=30, past docker stop's 10 s)
+    app.state.on_signal.append(manager.close)
     app.state.on_shutdown.append(lambda: manager.stop(2.0))
     app.state.metrics_hooks.append(publish_health)
 
