@@ -688,3 +688,48 @@ def test_the_fail_rate_alarm_resumes_after_a_restart(tmp_path: Path, variants: P
     stop()
     saved = tmp_path / "lifecycle" / "fail_rate_alarm.json"
     assert not saved.exists() and saved.with_name(saved.name + ".unused").is_file()
+
+
+def test_a_shadow_judges_the_package_loaded_not_one_changed_on_disk_since(
+        launch: Callable[..., Running], tmp_path: Path) -> None:
+    """The shadow's process reads the version's folder again. Recalibrated in place after
+    it was loaded (lineside calibrate --write), the folder holds another card: the shadow
+    judged with it under the loaded version's name (lifecycle review, session 36). Refused
+    as a reload of the changed package is, the server's folder unnamed."""
+    v = variant(tmp_path, "cal", 0.999)
+    srv = launch(model_roots=[str(ROOT / "models"), str(tmp_path)])
+    with srv.client("admin") as admin:
+        load(admin, v)
+        card = json.loads((v / "model.json").read_text())
+        card["thresholds"] = dict.fromkeys(card["thresholds"], 0.02)
+        card["default_recipe"]["min_score"] = dict.fromkeys(card["thresholds"], 0.02)
+        (v / "model.json").write_text(json.dumps(card))
+        r = admin.post("/v1/models/deeppcb/shadow", json={"version": "cal"})
+        assert r.status_code == 422, r.text
+        msg = r.json()["error"]["message"]
+        assert "changed on disk since the server loaded it" in msg and str(tmp_path) not in msg
+        assert not admin.get("/v1/models/deeppcb/shadow").json()["running"]
+
+
+def test_a_promotion_is_not_watched_on_a_recipe_pinned_to_another_version(
+        launch: Callable[..., Running]) -> None:
+    """A recipe pinned to version 1 keeps judging with it: promoted under it, 1-int8 went
+    active, and its watch counted 1-int8's inspections under that recipe, of which there
+    are none, so it could never roll back (lifecycle review, session 36). Refused before
+    the gate runs, naming the pin."""
+    srv = launch(store_pass_rate=1.0)
+    with srv.client("line") as line, srv.client("reviewer") as rev, srv.client("admin") as admin:
+        for r in inspect(line, DEFECTIVE[:2] + GOOD[:2]):
+            action = "confirm" if r["verdict"] == "fail" or not r["defects"] else "false_reject"
+            assert rev.post(f"/v1/inspections/{r['id']}/reviews",
+                            json={"action": action}).status_code == 200
+        assert admin.post("/v1/golden/g", json={}).status_code == 200
+        put = admin.put("/v1/recipes/pinned", json={"name": "pinned", "model": "deeppcb",
+                                                    "model_version": "1"})
+        assert put.status_code == 200, put.text
+        load(admin, ROOT / "models" / "deeppcb" / "1-int8")
+        r = admin.post("/v1/models/deeppcb/promote",
+                       json={"version": "1-int8", "golden": "g", "recipe": "pinned"})
+        assert r.status_code == 422, r.text
+        assert "recipe pinned pins deeppcb 1" in r.json()["error"]["message"]
+        assert admin.get("/v1/models").json()[0]["active"] == "1"

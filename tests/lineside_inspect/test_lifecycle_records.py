@@ -332,3 +332,30 @@ def test_a_card_recipe_that_cannot_serve_now_leaves_the_old_one(tmp_path: Path) 
         assert (rule, det.card.version, fused) == (before, "2", None)
     finally:
         store.close()
+
+
+def test_gate_reports_and_shadow_runs_listed_are_this_boxs(
+        tmp_path: Path, detectors: tuple[Detector, Detector]) -> None:
+    """Two boxes sharing a database: box b's gate report and shadow run were listed by box
+    a (GET /v1/models/{name}/gates, GET /v1/models/{name}/shadow) as its own, though a
+    report carries no box and admits nothing on a (review, session 36)."""
+    fp32, int8 = detectors
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    a = Store(tmp_path / "a", url, pass_rate=1.0, box_id="box-a")
+    b = Store(tmp_path / "b", url, pass_rate=1.0, box_id="box-b")
+    try:
+        ra, rb = Records(a), Records(b)
+        lib = GoldenLibrary(tmp_path / "golden")
+        items, classes = from_dataset(SAMPLE, "val", limit=2)
+        report = run_gate(int8, fp32, lib, lib.create("g", items, classes), card_recipe(fp32.card))
+        rb.save_gate(report, "admin-b")
+        rb.start_shadow("run-b", model="deeppcb", version="1-int8", sha256=int8.card.sha256,
+                        sample_rate=0.5)
+        assert [r["id"] for r in rb.gate_reports("deeppcb")] == [report.id]
+        assert ra.gate_reports("deeppcb") == []
+        run = rb.shadow_run("deeppcb")
+        assert run is not None and run.id == "run-b"
+        assert ra.shadow_run("deeppcb") is None
+    finally:
+        a.close()
+        b.close()

@@ -884,3 +884,43 @@ def test_golden_and_gate_commands_refuse_arguments_that_mean_nothing(tmp_path: P
                          str(models / "deeppcb" / "1"), "--golden", "s", "--recipe",
                          str(recipes / "deeppcb-ref.yaml"), *data_dir])
     assert r.exit_code == 2 and "judges model deeppcb-ref, not deeppcb" in r.output, r.output
+
+
+def test_a_rollback_is_refused_while_a_recipe_following_the_active_version_cannot_follow(
+        tmp_path: Path) -> None:
+    """Version 2r renamed class open to opening; a recipe put while it judged counts its
+    opening defects from 0.05. Rolled back to 1 (no class opening), the floor was dropped
+    unseen and 1's open defects judged at its card's 0.68: an activation of 1 is refused
+    so, a rollback was not (lifecycle review, session 36). The automatic rollback
+    (revert) still goes back: the line must not stay on a rejected version."""
+    from lineside_inspect.errors import RecipesCannotFollow
+    from lineside_inspect.server.registry import Registry
+
+    from .conftest import MODEL
+    from .test_fleet_rollout_boxes import renamed
+
+    registry = Registry(device="cpu", threads=1)
+    registry.load_model(MODEL)
+    registry.load_model(renamed(tmp_path, "2r", "open", "opening"))
+    registry.add_recipe(Recipe(name="line1", model="deeppcb", min_score={"opening": 0.05}))
+    with pytest.raises(RecipesCannotFollow, match="deeppcb 1 cannot judge under recipe line1"):
+        registry.rollback("deeppcb")
+    assert registry.models()["deeppcb"].active == "2r"
+    with pytest.raises(RecipesCannotFollow):
+        registry.activate("deeppcb", "1")  # (as an activation is)
+    assert registry.revert("deeppcb", "2r", "1", forget=True)
+    assert registry.models()["deeppcb"].active == "1"
+
+
+@pytest.mark.parametrize("field", ["max_fail_rate_ratio", "min_watch_s"])
+def test_rollout_bounds_are_finite(field: str) -> None:
+    """A ratio of .inf (YAML) put the bound over a previous rate of 0 at NaN: a version
+    failing every part was never rolled back, the absolute margin included (lifecycle
+    review, session 36). Refused with the setting named, as the alarm's are."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=field):
+        RolloutSettings(**{field: float("inf")})
+    w = Watch("m", "2", "1", None, datetime.now(UTC), "a", None, 500, 0, inspections=100,
+              fails=100)
+    assert judge_watch(w, RolloutSettings(max_fail_rate_ratio=1e300))[0] == "rolled_back"

@@ -33,6 +33,11 @@ class ShadowSettings(_Section):
 class RolloutSettings(_Section):
     """The bounds a promotion is watched against (docs/lifecycle.md)."""
 
+    # finite only: a ratio of .inf made the bound over a previous rate of 0 NaN (inf x 0),
+    # above which no fail rate is, so even the absolute margin never rolled back; a
+    # min_watch_s of .inf never ended a watch (lifecycle review, session 36)
+    model_config = ConfigDict(allow_inf_nan=False)  # merged with _Section's
+
     min_inspections: int = Field(50, ge=1, description=(
         "inspections of the new version before its fail rate is judged"))
     watch_inspections: int = Field(500, ge=1, description="the watch ends after this many ...")

@@ -536,6 +536,14 @@ class Lifecycle:
         if previous is None or previous == version:
             raise ConfigError(f"{model} {version} is already active: nothing to promote")
         rule = self.recipe_for(model, recipe)
+        if rule.model_version not in (None, version):
+            # it goes on judging with the pinned version: the watch, counting the promoted
+            # version's inspections under it, would count none and never roll back
+            # (lifecycle review, session 36)
+            raise ConfigError(f"recipe {rule.name} pins {model} {rule.model_version}: it does "
+                              f"not judge with {version}, and the promotion's watch would count "
+                              "none of its inspections; promote with a recipe that follows the "
+                              "active version (recipe: NAME)")
         report = self.gate(model, version, golden=golden, golden_version=golden_version,
                            recipe=rule.name if recipe is not None else None, actor=actor)
         # the watch's previous version is the one the gate compared with: refused if

@@ -125,9 +125,12 @@ class Records:
                 .order_by(GateReportRow.created_at.desc()).limit(limit)).all())
 
     def gate_reports(self, model: str, limit: int = 20) -> list[dict[str, Any]]:
+        """This box's reports of ``model``, newest first: a report carries no box, and
+        another box's pass admits nothing here (it listed as if it did; review, session 36)."""
         with Session(self.engine) as s:
-            rows = s.scalars(select(GateReportRow).where(GateReportRow.model_name == model)
-                             .order_by(GateReportRow.created_at.desc()).limit(limit)).all()
+            rows = s.scalars(select(GateReportRow).where(
+                GateReportRow.model_name == model, GateReportRow.box_id == self.store.box_id)
+                .order_by(GateReportRow.created_at.desc()).limit(limit)).all()
             return [dict(r.report, actor=r.actor) for r in rows]
 
     def gate_report(self, report_id: str) -> dict[str, Any]:
@@ -214,12 +217,14 @@ class Records:
                 shadow_reasons=shadow_reasons))
 
     def shadow_run(self, model: str, run_id: str | None = None) -> ShadowRunRow | None:
-        """``run_id``'s row, or the model's latest run."""
+        """``run_id``'s row, or the model's latest run on this box (another box sharing the
+        database shadows its own: its run was shown as this box's; review, session 36)."""
         with Session(self.engine) as s:
             if run_id is not None:
                 return s.get(ShadowRunRow, run_id)
-            return s.scalars(select(ShadowRunRow).where(ShadowRunRow.model_name == model)
-                             .order_by(ShadowRunRow.created_at.desc()).limit(1)).first()
+            return s.scalars(select(ShadowRunRow).where(
+                ShadowRunRow.model_name == model, ShadowRunRow.box_id == self.store.box_id)
+                .order_by(ShadowRunRow.created_at.desc()).limit(1)).first()
 
     def disagreements(self, *, run_id: str | None = None, inspection_id: str | None = None,
                       limit: int = 500) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ from lineside_inspect.inspector import Inspection
 from lineside_inspect.lifecycle import shadow_worker
 from lineside_inspect.lifecycle.config import ShadowSettings
 from lineside_inspect.lifecycle.gate import rules_of
-from lineside_inspect.package import ModelPackage
+from lineside_inspect.package import ModelPackage, card_digest
 
 if TYPE_CHECKING:
     from lineside_inspect.lifecycle.capture import CapturePolicy
@@ -124,7 +124,8 @@ class ShadowRunner:
         session.process = _spawn.Process(
             target=shadow_worker.serve, name=f"lineside-shadow-{session.model}", daemon=True,
             args=(str(session.package.path), self.device, self.settings.threads,
-                  self.settings.nice, session.jobs, session.results))
+                  self.settings.nice, session.jobs, session.results,
+                  card_digest(session.package.card)))  # what was loaded, not what is there now
         session.process.start()
         try:
             kind, info = session.results.get(timeout=START_TIMEOUT_S)

@@ -40,13 +40,18 @@ def lower_priority(nice: int) -> str:
         return f"nice {nice}"
 
 
-def serve(package: str, device: str, threads: int, nice: int, jobs: Any, results: Any) -> None:
+def serve(package: str, device: str, threads: int, nice: int, jobs: Any, results: Any,
+          card: str | None = None) -> None:
     """The process's main: load the package, then judge jobs until told to stop or the
-    server is gone."""
+    server is gone. ``card``: the :func:`~lineside_inspect.package.card_digest` of the
+    package the server loaded under this version: the folder is read again here, and a
+    package changed on disk since (``lineside calibrate --write`` in place) is refused,
+    not judged under the loaded version's name."""
     priority = lower_priority(nice)
     try:
         from lineside_inspect.imageio import decode_image
         from lineside_inspect.inspector import inspect
+        from lineside_inspect.package import card_digest
         from lineside_inspect.recipes import Recipe
         from lineside_inspect.references import Reference
         from lineside_inspect.runtime.detector import Detector
@@ -54,6 +59,11 @@ def serve(package: str, device: str, threads: int, nice: int, jobs: Any, results
         det = Detector(package, device=device, threads=threads)
     except Exception as exc:
         results.put((FAILED, f"{type(exc).__name__}: {exc}"))
+        return
+    if card is not None and card_digest(det.card) != card:
+        results.put((FAILED, "its package changed on disk since the server loaded it (another "
+                             "graph or card under the same version): load the changed package "
+                             "as a new version"))
         return
     results.put((READY, {"pid": os.getpid(), "priority": priority}))
     parent = parent_process()

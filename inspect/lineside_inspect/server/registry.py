@@ -186,6 +186,11 @@ class Registry:
             if expect is not None and slot.history[-1] != expect:
                 raise ActiveChanged(f"model {name}: the version to roll back to changed "
                                     "meanwhile: look again")
+            # a recipe put for the version rolled back from may name its classes: checked
+            # as an activation is (a sensitive floor of a class the old version lacks was
+            # dropped unseen, and its defects judged at the card's threshold; review, 36)
+            self._check_followers_locked(
+                name, self._detector_locked(name, slot.history[-1]), recipe)
             previous = slot.history.pop()
             slot.active = previous
             self._put_recipe_locked(recipe)
