@@ -8,6 +8,7 @@ source files, plus the problems found while parsing. Nothing is written here:
 from __future__ import annotations
 
 import os
+import unicodedata
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -310,6 +311,13 @@ def import_deeppcb(src: Path) -> Draft:
     return Dataset(list(DEEPPCB_CLASSES), images, info=info), problems
 
 
+def _fold(name: str) -> str:
+    """A file name as names are matched: any case, and Unicode composed (NFC). A Mac
+    writes 'é' as 'e' and a combining accent (NFD) where a labelling tool or a JSON
+    writes one character: the same name, which was "not found" beside itself."""
+    return unicodedata.normalize("NFC", name).lower()
+
+
 def _rel(path: Path, src: Path) -> str:
     return path.relative_to(src).as_posix()
 
@@ -358,8 +366,8 @@ class _ImageIndex:
         for p in pictures:
             rel = _rel(p, src)
             split = split_of(rel)
-            self.by_name[(split, p.name.lower())].append(p)
-            self.by_stem[(split, p.stem.lower())].append(p)
+            self.by_name[(split, _fold(p.name))].append(p)
+            self.by_stem[(split, _fold(p.stem))].append(p)
             self.rels[split].append(rel)
             self.split[p] = split
 
@@ -369,13 +377,13 @@ class _ImageIndex:
         extension) for an annotation file ``near`` in ``split``: by name, then by stem, then
         by the annotation file's own stem. Returns the path and how it was found; None and
         ``"ambiguous: a, b"`` when several fit alike (see :func:`_closest`)."""
-        base = name.replace("\\", "/").rsplit("/", 1)[-1].strip().lower()
+        base = _fold(name.replace("\\", "/").rsplit("/", 1)[-1].strip())
         stem = base[: -len(Path(base).suffix)] if Path(base).suffix in IMAGE_SUFFIXES else base
         # a sub-set's annotations look in that sub-set, then in shared (split-less) folders;
         # split-less annotations look everywhere
         splits = [split, None] if split is not None else [None, *sorted(s for s in self.rels if s)]
         for key, table, how in ((base, self.by_name, "name"), (stem, self.by_stem, "stem"),
-                                (near.stem.lower(), self.by_stem, "annotation name")):
+                                (_fold(near.stem), self.by_stem, "annotation name")):
             for s in splits:
                 hits = table.get((s, key))
                 if hits:
@@ -429,15 +437,71 @@ def _voc_imagesets(files: list[Path]) -> VocLists:
     return out, conflicts
 
 
-def _looked_for(src: Path, files: list[Path], what: str, hint: str) -> str:
+# labelling tools' own formats, which no -f reads: what the tool exports that one does
+FOREIGN_EXPORTS = {
+    "labelme": ("LabelMe JSON (one file per image, with 'shapes')", "convert it to COCO "
+                "(e.g. pip install labelme2coco; labelme2coco FOLDER) and import the COCO JSON "
+                "it writes with -f coco"),
+    "label-studio": ("a Label Studio JSON export (a list of tasks)", "export the project "
+                     "as COCO, YOLO or Pascal VOC XML instead (the project's Export button) "
+                     "and import that with -f coco, -f yolo or -f voc"),
+    "cvat": ("CVAT's own XML ('CVAT for images')", "export the task as 'COCO 1.0', "
+             "'Pascal VOC 1.1' or 'YOLO 1.1' instead and import that with -f coco, -f voc "
+             "or -f yolo"),
+}
+MAX_SNIFFED = 5  # label files opened to tell which tool wrote them
+MAX_SNIFFED_BYTES = 64 << 20
+
+
+def _foreign_export(files: list[Path]) -> tuple[str, Path] | None:
+    """The labelling tool whose own format the .json / .xml files of a source are in
+    (LabelMe, Label Studio, CVAT), and one such file; None when none looks like one."""
+    jsons = [f for f in files if f.suffix.lower() == ".json"][:MAX_SNIFFED]
+    xmls = [f for f in files if f.suffix.lower() == ".xml"][:MAX_SNIFFED]
+    for f in jsons + xmls:
+        try:
+            if f.stat().st_size > MAX_SNIFFED_BYTES:
+                continue
+            if f.suffix.lower() == ".xml":
+                root = ET.parse(f).getroot()
+                if root.tag == "annotations" and (root.find("image") is not None
+                                                  or root.find("meta") is not None):
+                    return "cvat", f
+                continue
+            doc = load_json(f)
+        except (OSError, ET.ParseError, DatasetError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("shapes"), list) and "imagePath" in doc:
+            return "labelme", f
+        first = doc[0] if isinstance(doc, list) and doc else None
+        if isinstance(first, dict) and ({"annotations", "annotation_id", "annotator"} & set(first)):
+            return "label-studio", f
+    return None
+
+
+def _foreign_hint(src: Path, files: list[Path]) -> str:
+    """What to do with a labelling tool's own format, when the source is in one."""
+    found = _foreign_export(files)
+    if found is None:
+        return ""
+    tool, example = found
+    what, todo = FOREIGN_EXPORTS[tool]
+    shown = _rel(example, src) if example.is_relative_to(src) else str(example)
+    return f" {shown} is {what}, which Lineside does not read: {todo}."
+
+
+def _looked_for(src: Path, files: list[Path], what: str, hint: str, asked: str = "") -> str:
+    """Why ``-f asked`` found nothing to import: what was searched and found, and what the
+    files are (a labelling tool's own format, or another -f than the one asked)."""
     others = Counter(f.suffix.lower() for f in files)
     seen = ", ".join(f"{n} {ext or 'no-extension'}" for ext, n in others.most_common(4)) or "no files"
-    guess = ""
-    if others.get(".xml"):
+    guess = _foreign_hint(src, files)
+    if not guess and others.get(".xml") and asked != "voc":
         guess = " It holds .xml files: Pascal VOC? (-f voc)"
-    elif others.get(".json"):
+    elif not guess and others.get(".json") and asked != "coco":
         guess = " It holds .json files: COCO? (-f coco)"
-    elif others.get(".txt") and any(f.suffix.lower() in (".yaml", ".yml") for f in files):
+    elif not guess and others.get(".txt") and any(f.suffix.lower() in (".yaml", ".yml")
+                                                  for f in files):
         guess = " It holds .txt labels and a YAML file: YOLO? (-f yolo)"
     return (f"{src}: {what} (every folder searched, names in any case, symlinks followed; "
             f"found {seen})." + (f" {hint}" if hint else "") + guess)
@@ -571,6 +635,11 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
         problems.append(Problem(str(wrong), "filename",
                                 f"names image {rel!r}, which {right_rel} (named after it) "
                                 "annotates: fix this XML's <filename>", wrong_rel))
+    if not_voc and not xml_rels and not problems:
+        # every XML another tool's (CVAT's own XML): "no images found" said nothing of why
+        raise DatasetError(_looked_for(
+            src, files, f"no Pascal VOC annotation XML found ({not_voc} .xml file(s), none "
+            "with VOC's <annotation> root)", "", "voc"))
     notes = _assign_rest_to_train(images) + _clip_to_images(images)
     notes += _exif_turned(images, stated)
     if found_by["stem"]:
@@ -727,7 +796,7 @@ def _yolo_names(src: Path, files: list[Path]) -> tuple[dict[int, str], Path]:
 def _label_key(rel: str) -> str:
     """Image and label files meet on this key: ``images``/``labels`` folders (any case,
     with split words) blanked, the extension dropped."""
-    path = PurePosixPath(rel.lower())
+    path = PurePosixPath(_fold(rel))
     folders = ["*" if role_of(f) else f for f in path.parts[:-1]]
     return "/".join([*folders, path.stem])
 
@@ -1018,6 +1087,7 @@ def import_yolo(src: Path) -> Draft:
         if key not in matched and _looks_like_yolo_label(f):
             label_rel = _rel(f, src)
             problems.append(Problem(str(f), "", _no_image_message(f, "label file"), label_rel))
+    problems += _yolo_unread_images(src, files, matched, labels)
     categories = [n for n in names.values() if n.strip()]  # (_yolo_boxes refused blank ones)
     notes = list(yaml_splits.notes) if yaml_splits else []
     for splits, n in twice.items():
@@ -1044,6 +1114,28 @@ def import_yolo(src: Path) -> Draft:
              for s, v in sorted(by_split.items(), key=_split_order)]
     info: dict[str, object] = {"source": "YOLO", "layout": "YOLO; " + "; ".join(parts + notes)}
     return Dataset(categories, images, info=info), problems
+
+
+def _yolo_unread_images(src: Path, files: list[Path], matched: set[str],
+                        labels: dict[str, Path]) -> list[Problem]:
+    """A problem for each image in a format Lineside does not read (TIFF, WebP ...) with
+    no label file or an empty one: in YOLO that is a good part, and it was left out unsaid
+    (the import counted only the JPEGs' good parts). One with boxes is named by its label
+    file's problem; one beside a readable image of its name is that part saved twice."""
+    problems = []
+    for f in files:
+        if f.suffix.lower() not in UNSUPPORTED_IMAGE_SUFFIXES:
+            continue
+        key = _label_key(_rel(f, src))
+        label = labels.get(key)
+        if key in matched or (label is not None and _looks_like_yolo_label(label)):
+            continue
+        kind = f.suffix.lstrip(".").upper()
+        why = "its label file is empty" if label is not None else "it has no label file"
+        problems.append(Problem(
+            str(f), "", f"{kind} image ({why}: a good part), which is not supported (jpg, png "
+            "or bmp only): convert it", _rel(f, src)))
+    return problems
 
 
 def _coco_docs(src: Path) -> list[tuple[Path, Any]]:
@@ -1152,7 +1244,7 @@ def _coco_unlisted(src: Path, root: Path, docs: list[tuple[Path, Any]],
     re-exported): everything under the folder given, or, given a JSON file, the folders
     its images were found in."""
     used = {_norm(r.source) for r in images if r.source}
-    listed = {PurePosixPath(str(img.get("file_name", "")).replace("\\", "/")).name.lower()
+    listed = {_fold(PurePosixPath(str(img.get("file_name", "")).replace("\\", "/")).name)
               for _, doc in docs for img in _listed(doc, "images") if isinstance(img, dict)}
     if src.is_dir():
         on_disk = walk_files(root)
@@ -1160,7 +1252,7 @@ def _coco_unlisted(src: Path, root: Path, docs: list[tuple[Path, Any]],
         folders = sorted({r.source.parent for r in images if r.source})
         on_disk = [p for f in folders for p in sorted(f.iterdir()) if p.is_file()]
     return [p for p in on_disk if p.suffix.lower() in IMAGE_SUFFIXES
-            and _norm(p) not in used and p.name.lower() not in listed]
+            and _norm(p) not in used and _fold(p.name) not in listed]
 
 
 def _no_coco_images(docs: list[tuple[Path, Any]], root: Path, on_disk: list[Path]) -> str:
@@ -1187,7 +1279,7 @@ def import_coco(src: Path) -> Draft:
         raise DatasetError(_looked_for(
             src, walk_files(src) if src.is_dir() else [], "no COCO JSON found",
             "A COCO set has an annotations.json (or _annotations.coco.json, instances_*.json) "
-            "with images, annotations and categories."))
+            "with images, annotations and categories.", "coco"))
     root = src if src.is_dir() else src.parent
     categories: list[str] = []
     images: list[ImageRecord] = []

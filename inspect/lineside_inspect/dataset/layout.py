@@ -32,8 +32,9 @@ ANNOTATION_DIRS = ("annotations", "annotation", "annots", "xml", "xmls", "labels
 SKIPPED_DIRS = ("__MACOSX",)  # resource forks of a zip made on a Mac
 # words that may stand beside a split word in a sub-set's folder name (``test_set``,
 # ``Validation_Images``, ``train_data``); any other word makes it a name of its own:
-# ``pcb_test_fixture`` put a whole class in test (new-user review)
-SUBSET_WORDS = ("set", "sets", "data", "dataset", "split", "subset", "part", "images",
+# ``pcb_test_fixture`` put a whole class in test (new-user review). ``obj``: Darknet's
+# ``obj_train_data/`` + ``obj_valid_data/``, as CVAT's YOLO 1.1 export writes its subsets
+SUBSET_WORDS = ("set", "sets", "data", "dataset", "split", "subset", "part", "images", "obj",
                 *IMAGE_DIRS, *ANNOTATION_DIRS)
 
 
