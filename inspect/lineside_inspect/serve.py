@@ -50,6 +50,14 @@ class SlowClientProtocol(_HTTPProtocol):
     _headers_too_large = False
     _begun_in_read = False
     _in_trailer = False  # after a chunk's size line, before its data (a trailer's headers)
+    # requests pipelined behind a running one, at most: uvicorn queues every request it
+    # parses and reads on after each answer, so one connection sending requests faster
+    # than they were answered grew its queue without end (no key needed: 17 MB of
+    # "GET /healthz" took 650 MB in 11 s and stalled /healthz 1.8 s; OIP review, session
+    # 36). Clients that pipeline at all (few do) send a handful; beyond, the connection
+    # is closed, as a request behind a running answer cannot be answered with a 4xx
+    max_pipelined = 8
+    _pipelined_too_deep = False
 
     def send_400_response(self, msg: str) -> None:
         """A request llhttp cannot parse (a bad request line, an unknown method, a negative
@@ -58,6 +66,12 @@ class SlowClientProtocol(_HTTPProtocol):
         the next request would start is unknown."""
         if self._headers_too_large:  # raised from a header callback (see _count)
             self._too_large()
+            return
+        if self._pipelined_too_deep:  # raised from on_headers_complete
+            log.warning("closing a connection that pipelined over %d requests behind a "
+                        "running one", self.max_pipelined)
+            self._disarm()
+            self.transport.close()
             return
         self._refuse(b"400 Bad Request", "invalid_request", "malformed HTTP request: the "
                      "request line, a header or the framing could not be parsed")
@@ -118,6 +132,10 @@ class SlowClientProtocol(_HTTPProtocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         super().on_headers_complete()
+        if len(self.pipeline) > self.max_pipelined:
+            # stops llhttp mid-read, as _count does: the rest of the read is not parsed
+            self._pipelined_too_deep = True
+            raise ValueError("too many pipelined requests")
 
     def _count(self, size: int) -> None:
         self._parsed_bytes += size

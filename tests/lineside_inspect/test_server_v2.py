@@ -176,3 +176,55 @@ def test_nested_tensor_data_is_taken_as_its_shape(srv, image_bytes: bytes) -> No
         ragged[0][1][5] = ragged[0][1][5][:-1]
         r = c.post("/v2/models/deeppcb/infer", json={"inputs": [{**spec, "data": ragged}]})
         assert r.status_code == 400 and "unequal lengths" in r.json()["error"], r.text
+
+
+def _package_answering(folder: Path, boxes: np.ndarray, scores: np.ndarray,
+                       labels: np.ndarray) -> Path:
+    """The bundled package with a graph that answers these constants, in their types."""
+    import shutil
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from lineside_inspect.package import sha256_file
+
+    pkg = folder / "deeppcb" / "1"
+    shutil.copytree(MODEL, pkg)
+    outputs = {"boxes": boxes, "scores": scores, "labels": labels}
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], [n], value=numpy_helper.from_array(v))
+         for n, v in outputs.items()], "constant",
+        [helper.make_tensor_value_info("images", onnx.TensorProto.UINT8, [1, 3, 640, 640])],
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+         for n, v in outputs.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    bundled = onnx.load(str(MODEL / "model.onnx"), load_external_data=False)
+    helper.set_model_props(model, {p.key: p.value for p in bundled.metadata_props})
+    onnx.save(model, pkg / "model.onnx")
+    card = json.loads((pkg / "model.json").read_text())
+    (pkg / "model.json").write_text(json.dumps({**card, "sha256": sha256_file(pkg / "model.onnx")}))
+    return pkg
+
+
+def test_outputs_come_in_the_types_the_metadata_names(launch, tmp_path: Path) -> None:
+    """A graph giving float64 boxes and scores and int16 labels loads and judges on /v1
+    (the runtime takes any float and integer), but had no OIP name for them: every v2
+    infer was a 500 (OIP review, session 36). Each output now comes in the type the
+    model's metadata names."""
+    pkg = _package_answering(tmp_path, np.array([[[1, 2, 30, 40], [0, 0, 0, 0]]], np.float64),
+                             np.array([[0.9, 0.0]], np.float64), np.array([[1, 0]], np.int16))
+    srv = launch(models=[str(pkg)])
+    head = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8",
+                                   "shape": [1, 3, 640, 640],
+                                   "parameters": {"binary_data_size": 3 * 640 * 640}}]}).encode()
+    with httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as c:
+        meta = c.get("/v2/models/deeppcb").json()
+        r = c.post("/v2/models/deeppcb/infer", content=head + bytes(3 * 640 * 640),
+                   headers={"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 200, r.text
+    declared = {o["name"]: o["datatype"] for o in meta["outputs"]}
+    got = {o["name"]: o for o in r.json()["outputs"]}
+    assert {n: o["datatype"] for n, o in got.items()} == declared == {
+        "boxes": "FP32", "scores": "FP32", "labels": "INT64"}
+    assert got["labels"]["data"] == [1, 0] and got["scores"]["data"] == [pytest.approx(0.9), 0]
+    assert got["boxes"]["data"][:4] == [1, 2, 30, 40]

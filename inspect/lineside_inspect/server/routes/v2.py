@@ -304,9 +304,15 @@ async def _infer(request: Request, who: Principal, name: str, version: str | Non
         if expected > MAX_ANSWER_VALUES:  # refused before the inference it would waste
             raise _too_large(expected, det.card)
 
+        # each output in the type the model's metadata names: a graph may give float64
+        # boxes or int16 labels (the runtime takes any float and integer), which had no
+        # OIP name here, and every infer was a 500 (OIP review, session 36)
+        declared = [DTYPES[t.datatype] for t in _outputs(det.card)]  # in the card's order
+
         def answer() -> bytes:  # in the inference slot: at most max_concurrency at a time
-            chosen = [(n, a) for n, a in zip(det.card.outputs, det.forward(
-                np.ascontiguousarray(batch)), strict=True) if not wanted or n in wanted]
+            chosen = [(n, a.astype(t, copy=False)) for n, t, a in zip(
+                det.card.outputs, declared, det.forward(np.ascontiguousarray(batch)),
+                strict=True) if not wanted or n in wanted]
             values = sum(a.size for _, a in chosen)
             if values > MAX_ANSWER_VALUES:  # a graph whose outputs differ from _outputs'
                 raise _too_large(values, det.card)
