@@ -217,6 +217,26 @@ def test_a_box_review_with_a_nul_is_taken_not_a_stuck_stream(tmp_path: Path,
         store.close()
 
 
+def test_a_box_reviewer_cannot_reorder_the_name_of_the_box_it_came_from(tmp_path: Path) -> None:
+    """A box names its reviewers as it likes, and the hub adds the box's id: a name holding
+    U+202E (right-to-left override) showed on every hub page as the review of another box,
+    the real suffix reversed: ``(b-xob) op (box-a)`` for box-b's review. Its bidirectional
+    controls become U+FFFD, as in forwarded records; resent, it is still one review."""
+    from lineside_inspect.fleet.hub.reviews import take_reviews
+    from lineside_inspect.fleet.hub.tables import create_hub_tables
+    from lineside_inspect.fleet.protocol import ReviewBatch
+
+    store, iid = _store(tmp_path, None, "hub")
+    create_hub_tables(store.engine)
+    try:
+        event = _event(iid, T0 + timedelta(minutes=1), "box", who="\u202e(a-xob) po\u2066")
+        for _ in range(2):
+            assert take_reviews(store, "box-1", ReviewBatch(items=[event])).through_seq == 1
+        assert [r.reviewer for r in store.get(iid).reviews] == ["\ufffd(a-xob) po\ufffd (box-1)"]
+    finally:
+        store.close()
+
+
 def test_a_forwarded_record_with_a_nul_is_taken_with_u_fffd() -> None:
     from lineside_inspect.fleet.hub.ingest import _row
 

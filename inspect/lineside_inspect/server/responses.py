@@ -235,6 +235,7 @@ class ParetoClass(_Shape):
 class StationFigure(_Shape):
     camera_id: str | None = Field(description="None: sent to /v1/inspect without a camera")
     recipe: str
+    box_id: str | None = Field(None, description="the box whose camera it is (a hub's)")
     passes: int
     fails: int
     inspections: int
@@ -247,6 +248,7 @@ class ModelChange(_Shape):
     recipe: str
     version: str
     previous: str | None = Field(description="the version before; None: in use as the window opens")
+    box_id: str | None = Field(None, description="the box whose inspections it judged (a hub's)")
 
 
 class ReviewQuality(_Shape):

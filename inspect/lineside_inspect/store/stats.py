@@ -155,38 +155,47 @@ def pareto(s: Session, since: datetime, until: datetime,
 
 def stations(s: Session, since: datetime, until: datetime,
              conds: list[ColumnElement[bool]]) -> list[dict[str, Any]]:
-    """Passes and fails per camera and recipe (camera None: sent to /v1/inspect)."""
-    got = _counts([((cam, rec), v, n) for cam, rec, v, n in s.execute(
-        select(InspectionRow.camera_id, InspectionRow.recipe_name, InspectionRow.verdict,
-               func.count())
+    """Passes and fails per camera and recipe (camera None: sent to /v1/inspect), of each
+    box: on a hub, box-a's cam1 and box-b's cam1 are two stations (one row, they read as
+    one camera at 50 % whose two lines were at 0 and 100 %)."""
+    got = _counts([((box, cam, rec), v, n) for box, cam, rec, v, n in s.execute(
+        select(InspectionRow.box_id, InspectionRow.camera_id, InspectionRow.recipe_name,
+               InspectionRow.verdict, func.count())
         .where(InspectionRow.created_at >= since, InspectionRow.created_at < until, *conds)
-        .group_by(InspectionRow.camera_id, InspectionRow.recipe_name, InspectionRow.verdict))])
+        .group_by(InspectionRow.box_id, InspectionRow.camera_id, InspectionRow.recipe_name,
+                  InspectionRow.verdict))])
     out = []
-    for (cam, rec), c in sorted(got.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+    for (box, cam, rec), c in sorted(got.items(),
+                                     key=lambda kv: (kv[0][1] or "", kv[0][2], kv[0][0] or "")):
         fig = _figure(since, until, c)
-        out.append({"camera_id": cam, "recipe": rec, **{k: fig[k] for k in
-                                                          ("passes", "fails", "inspections", "yield_pct")}})
+        out.append({"camera_id": cam, "recipe": rec, "box_id": box, **{
+            k: fig[k] for k in ("passes", "fails", "inspections", "yield_pct")}})
     return out
 
 
 def model_changes(s: Session, since: datetime, until: datetime,
                   conds: list[ColumnElement[bool]]) -> tuple[list[dict[str, Any]], bool]:
-    """Where each (model, recipe) pair's version changes in the window, oldest first, and
-    whether the list was cut at :data:`MAX_MARKERS`. ``previous`` None: the version in use
-    when the window opens (its first inspection in the window)."""
+    """Where each box's (model, recipe) pair's version changes in the window, oldest
+    first, and whether the list was cut at :data:`MAX_MARKERS` (the changes kept before
+    the versions in use as the window opens). ``previous`` None: the version in use when
+    the window opens (its first inspection in the window). Per box: on a hub two boxes
+    mid-rollout (one on v1, one on v2) read as the model flipping 1 -> 2 -> 1 at every
+    alternation of their inspections."""
     prev = func.lag(InspectionRow.model_version).over(
-        partition_by=(InspectionRow.model_name, InspectionRow.recipe_name),
+        partition_by=(InspectionRow.box_id, InspectionRow.model_name, InspectionRow.recipe_name),
         order_by=(InspectionRow.created_at, InspectionRow.id)).label("previous")
     sub = (select(InspectionRow.created_at, InspectionRow.model_name, InspectionRow.recipe_name,
-                  InspectionRow.model_version, prev)
+                  InspectionRow.model_version, prev, InspectionRow.box_id)
            .where(InspectionRow.created_at >= since, InspectionRow.created_at < until, *conds)
            .subquery())
     rows = s.execute(select(sub).where(or_(sub.c.previous.is_(None),
                                            sub.c.previous != sub.c.model_version))
-                     .order_by(sub.c.created_at).limit(MAX_MARKERS + 1)).all()
+                     .order_by(sub.c.previous.is_(None), sub.c.created_at)
+                     .limit(MAX_MARKERS + 1)).all()
     out = [{"at": as_utc(at), "model": model, "recipe": recipe, "version": version,
-            "previous": previous} for at, model, recipe, version, previous in rows]
-    return out[:MAX_MARKERS], len(out) > MAX_MARKERS
+            "previous": previous, "box_id": box}
+           for at, model, recipe, version, previous, box in rows]
+    return sorted(out[:MAX_MARKERS], key=lambda c: c["at"]), len(out) > MAX_MARKERS
 
 
 def review_quality(s: Session, since: datetime, until: datetime,

@@ -55,7 +55,7 @@ from lineside_inspect.fleet.protocol import (
     ReviewEvent,
 )
 from lineside_inspect.fleet.review_merge import apply_review, review_event
-from lineside_inspect.names import scrub_text
+from lineside_inspect.names import BIDI_RE, scrub_text
 from lineside_inspect.server.deps import Principal, get_store, require
 from lineside_inspect.server.responses import errors
 from lineside_inspect.server.routes import inspections, pages
@@ -104,9 +104,14 @@ CLOCK_WARN_EVERY_S = 60.0
 _clock_warned: dict[str, float] = {}  # box id -> when its clock was last logged
 
 
-def box_reviewer(reviewer: str, box_id: str) -> str:
+def box_reviewer(reviewer: str, box_id: str, *, plain: bool = True) -> str:
     """A box's reviewer as the hub records it (origin "box"): ``alice (box1)``. A box
-    names its reviewers as it likes; the last parenthesis is the box whose key sent it."""
+    names its reviewers as it likes; the last parenthesis is the box whose key sent it.
+    Its bidirectional controls become U+FFFD (``plain``), as in forwarded records
+    (ingest.py): a name holding U+202E showed the suffix reversed and the name's own
+    text as another box's, ``(b-xob) op (box-a)`` for box-b's review on every page."""
+    if plain:
+        reviewer = BIDI_RE.sub("\ufffd", reviewer)
     suffix = f" ({box_id})"
     room = 128 - len(suffix)  # ReviewRow.reviewer's width
     return (reviewer if len(reviewer) <= room else reviewer[:room - 1] + "…") + suffix
@@ -148,7 +153,7 @@ def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
             _warn_clock(box_id, sent.seq, made)
         outcome: str
         try:
-            outcome = apply_review(store, event, also=_stored_before(sent, event, made))
+            outcome = apply_review(store, event, also=_stored_before(sent, event, made, box_id))
         except ConfigError as exc:
             # a review this hub cannot take (a class its inspection's model does not have):
             # refusing the batch would hold every later review of the box forever
@@ -185,13 +190,14 @@ def clock_note(note: str, made: datetime) -> str:
     return f"{note}\n{mark}" if note else mark
 
 
-def _stored_before(sent: ReviewEvent, event: ReviewEvent, made: datetime
+def _stored_before(sent: ReviewEvent, event: ReviewEvent, made: datetime, box_id: str
                    ) -> Callable[[ReviewRow], bool]:
     """Besides ``event`` itself (apply_review), the forms this review may be stored in
     already, resent after a lost answer: under the box's plain reviewer name (a hub before
-    reviewers were named with their box took it so), and at the hub's time of an earlier
-    arrival when it was dated too far ahead then (known by its note)."""
-    names = {event.reviewer, sent.reviewer}
+    reviewers were named with their box took it so), with its bidirectional controls (a
+    hub before they were replaced), and at the hub's time of an earlier arrival when it
+    was dated too far ahead then (known by its note)."""
+    names = {event.reviewer, sent.reviewer, box_reviewer(sent.reviewer, box_id, plain=False)}
     clamped = clock_note(sent.note, made)
 
     def same(r: ReviewRow) -> bool:

@@ -277,19 +277,35 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def csv_rows(doc: dict[str, Any], table: str) -> list[list[Any]]:
-    """One of the dashboard's tables, header first, as the dashboard shows it."""
+FLEET_SCOPE = ("site", "line", "box_id")
+
+
+def csv_rows(doc: dict[str, Any], table: str,
+             fleet: dict[str, str | None] | None = None) -> list[list[Any]]:
+    """One of the dashboard's tables, header first, as the dashboard shows it. ``fleet``
+    (a hub's: its site, line and box_id filters) adds them to the scope of each row, and
+    the box to each camera's and model change's: a hub's file for box-b said "(all)" and
+    read as the whole fleet's, and cam1 of two boxes as one camera."""
     scope = [doc["camera_id"] if doc["camera_id"] is not None else "(all)", doc["recipe"] or "(all)"]
+    head = ["camera_id", "recipe"]
+    if fleet is not None:
+        scope = [fleet.get(k) or "(all)" for k in FLEET_SCOPE] + scope
+        head = [*FLEET_SCOPE, *head]
+    box_head = ["box_id"] if fleet is not None else []
+
+    def box(r: dict[str, Any]) -> list[Any]:
+        return [r.get("box_id")] if fleet is not None else []
+
     figure = ["passes", "fails", "inspections", "yield_pct"]
     if table in ("hourly", "shifts"):
-        return [["start_utc", "end_utc", "camera_id", "recipe", *figure]] + [
+        return [["start_utc", "end_utc", *head, *figure]] + [
             [r["start"], r["end"], *scope, *(r[k] for k in figure)] for r in doc[table]]
     if table == "pareto":
         return [["class", "parts", "cumulative_pct"]] + [
             [r["label"], r["parts"], r["cumulative_pct"]] for r in doc["pareto"]]
     if table == "stations":
-        return [["camera_id", "recipe", *figure]] + [
-            [r["camera_id"] if r["camera_id"] is not None else "(upload)", r["recipe"],
+        return [[*box_head, "camera_id", "recipe", *figure]] + [
+            [*box(r), r["camera_id"] if r["camera_id"] is not None else "(upload)", r["recipe"],
              *(r[k] for k in figure)] for r in doc["stations"]]
     if table == "quality":
         q = doc["quality"]
@@ -303,8 +319,9 @@ def csv_rows(doc: dict[str, Any], table: str) -> list[list[Any]]:
         return [["reviewer", "reviews", *actions]] + [
             [r["reviewer"], r["reviews"], *(r["actions"].get(a, 0) for a in actions)]
             for r in doc["reviewers"]]
-    return [["at_utc", "model", "recipe", "version", "previous"]] + [
-        [r["at"], r["model"], r["recipe"], r["version"], r["previous"]] for r in doc["model_changes"]]
+    return [["at_utc", *box_head, "model", "recipe", "version", "previous"]] + [
+        [r["at"], *box(r), r["model"], r["recipe"], r["version"], r["previous"]]
+        for r in doc["model_changes"]]
 
 
 @router.get("/stats.csv", response_class=Response, responses={
@@ -320,10 +337,15 @@ def stats_csv(request: Request, who: Viewer,
     """The numbers of one dashboard table, with the parameters of ``GET /v1/stats``."""
     doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe, site=site,
                                    line=line, box_id=box_id, shifts=shifts_of(request))
+    # on a hub its fleet filters are the file's scope, in its rows and its name (names
+    # full-matched by FleetName: nothing to quote)
+    fleet = ({"site": site, "line": line, "box_id": box_id}
+             if getattr(request.app.state, "hub", None) is not None else None)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    for row in csv_rows(doc, table):
+    for row in csv_rows(doc, table, fleet):
         writer.writerow([_cell(v) for v in row])
-    name = f"lineside-{table}-{hours}h.csv"
+    named = "".join(f"-{k.removesuffix('_id')}-{v}" for k, v in (fleet or {}).items() if v)
+    name = f"lineside-{table}-{hours}h{named}.csv"
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

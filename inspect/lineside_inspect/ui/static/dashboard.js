@@ -3,6 +3,10 @@
 import { $, $$, api, dateTime, dayLabel, el, hourLabel, num, pct, rate, showZone, svg, time, yieldPct } from "/static/common.js";
 
 const form = $("#scope");
+// on a hub (its site, line and box selects): a camera and a model version are a box's,
+// so its tables name the box (cam1 of two boxes read as one camera)
+const ON_HUB = Boolean(form.elements.box_id);
+const boxCol = (r) => (ON_HUB ? [r.box_id || "-"] : []);
 let shown = null; // the figures on screen, redrawn on resize
 
 function params() {
@@ -101,10 +105,11 @@ function trendChart(box, rows, changes, per) {
     const t = Date.parse(c.at), what = `${c.model} ${c.previous} → ${c.version}`;
     if (c.previous === null || t < t0 || t > t1) continue;
     const mx = x(t), same = seen.find((s) => s.what === what && Math.abs(s.x - mx) < 24);
-    if (same) { same.title.textContent += `, ${c.recipe}`; continue; }
+    const where = ON_HUB && c.box_id ? `${c.recipe} on ${c.box_id}` : c.recipe;
+    if (same) { same.title.textContent += `, ${where}`; continue; }
     row = mx - lastX < 150 ? (row + 1) % 2 : 0;
     lastX = mx;
-    const title = svg("title", {}, `${dateTime(c.at)}: ${what}; recipes ${c.recipe}`);
+    const title = svg("title", {}, `${dateTime(c.at)}: ${what}; recipes ${where}`);
     seen.push({ what, x: mx, title });
     marks.append(svg("g", { class: "marker" },
       svg("line", { x1: mx, x2: mx, y1: m.t - 4 - row * 13, y2: m.t + ih }),
@@ -176,9 +181,10 @@ function render(s) {
         rows.map((r) => [`${dateTime(r.start)} – ${hourLabel(new Date(r.end))}`, num(r.inspections), num(r.passes), num(r.fails), yieldPct(r)]),
         [1, 2, 3, 4]);
   paretoChart($("#pareto"), s.pareto);
-  table($("#stations"), ["camera", "recipe", "inspections", "passes", "fails", "yield"],
-        s.stations.map((r) => [r.camera_id === null ? "(uploads)" : r.camera_id, r.recipe, num(r.inspections), num(r.passes), num(r.fails), yieldPct(r)]),
-        [2, 3, 4, 5]);
+  const k = ON_HUB ? 1 : 0;
+  table($("#stations"), [...(ON_HUB ? ["box"] : []), "camera", "recipe", "inspections", "passes", "fails", "yield"],
+        s.stations.map((r) => [...boxCol(r), r.camera_id === null ? "(uploads)" : r.camera_id, r.recipe, num(r.inspections), num(r.passes), num(r.fails), yieldPct(r)]),
+        [2 + k, 3 + k, 4 + k, 5 + k]);
   table($("#quality"), ["", "count", "of reviewed", "rate"], [
     ["false rejects (fails with no defect)", num(q.false_rejects), `${num(q.reviewed_fails)} fails`, rate(q.false_reject_rate)],
     ["escapes (passes with a missed defect)", num(q.escapes), `${num(q.reviewed_passes)} passes`, rate(q.escape_rate)]], [1, 3]);
@@ -186,8 +192,8 @@ function render(s) {
   table($("#reviewers"), ["reviewer", "reviews", ...actions.map((a) => a.replace("_", " "))],
         s.reviewers.map((r) => [r.reviewer, num(r.reviews), ...actions.map((a) => num(r.actions[a] || 0))]),
         [1, ...actions.map((_, i) => i + 2)]);
-  table($("#models"), ["since", "model", "recipe", "version"],
-        s.model_changes.map((c) => [dateTime(c.at), c.model, c.recipe, c.previous === null ? `${c.version} (in use as the window opens)` : `${c.previous} → ${c.version}`]));
+  table($("#models"), ["since", ...(ON_HUB ? ["box"] : []), "model", "recipe", "version"],
+        s.model_changes.map((c) => [dateTime(c.at), ...boxCol(c), c.model, c.recipe, c.previous === null ? `${c.version} (in use as the window opens)` : `${c.previous} → ${c.version}`]));
 }
 
 // each load is numbered: an answer that arrives after a newer load began is dropped, or a

@@ -14,6 +14,16 @@ const form = $("#filters");
 const ON_HUB = Boolean(form.elements.box_id);
 const FIELDS = ["verdict", "review_state", "camera_id", "label", "min_score", "queue", "site", "line", "box_id"]
   .filter((k) => form.elements[k]);
+// a queue is a filter within the fleet's site, line and box chosen: it counts their parts
+// and keeps them (it counted every box's, and pressed, showed every plant's parts to a
+// reviewer who had chosen one box, where Shift+C confirmed them)
+const FLEET = ["site", "line", "box_id"].filter((k) => form.elements[k]);
+const QUEUE_FIELDS = FIELDS.filter((k) => !FLEET.includes(k));
+function fleetScope() {
+  const p = new URLSearchParams();
+  for (const k of FLEET) if (form.elements[k].value) p.set(k, form.elements[k].value);
+  return p;
+}
 
 function query() {
   const p = new URLSearchParams();
@@ -46,7 +56,7 @@ function restore() {
 // -- queues -----------------------------------------------------------------------------
 function sameFilter(params) {
   const f = new FormData(form);
-  return FIELDS.every((k) => (f.get(k) || "") === (params[k] || ""));
+  return QUEUE_FIELDS.every((k) => (f.get(k) || "") === (params[k] || ""));
 }
 
 // the queue every store has; the lifecycle's (GET /v1/queues, where the server has it:
@@ -61,7 +71,8 @@ async function loadQueues() {
 }
 
 async function queuesNow() {
-  const fails = await api("/v1/inspections?verdict=fail&review_state=unreviewed&limit=1");
+  const scope = fleetScope();
+  const fails = await api(`/v1/inspections?verdict=fail&review_state=unreviewed&limit=1${scope.size ? "&" + scope : ""}`);
   const queues = [{ ...UNREVIEWED_FAILS, count: fails.total }];
   if (!ON_HUB) {  // a hub has no lifecycle of its own: no queues to ask for (a 404 each time)
     try {
@@ -85,7 +96,7 @@ async function queuesNow() {
 }
 
 function useQueue(q) {
-  for (const k of FIELDS) form.elements[k].value = q.params[k] || "";
+  for (const k of QUEUE_FIELDS) form.elements[k].value = q.params[k] || "";
   state.offset = 0; state.sel = 0;
   showGrid(); load(); loadQueues();
 }

@@ -1,0 +1,141 @@
+"""The hub's dashboard and review page over several boxes (a dev hub: SQLite, images in a
+real SeaweedFS, under uvicorn on loopback): a camera and a model version are a box's, the
+files a quality engineer downloads say which boxes they cover, and a queue stays within
+the box chosen (headless Chromium)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.orm import Session
+
+from lineside_inspect.fleet.hub.bench_reviews import synthetic_rows
+
+from .test_fleet_sync import KEYS, ServedHub, hub_settings
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory, weed: Any) -> Iterator[ServedHub]:
+    tmp = tmp_path_factory.mktemp("hub-pages")
+    with ServedHub(hub_settings(tmp, weed.settings("fleet-hub-pages"))) as served:
+        yield served
+
+
+def _client(hub: ServedHub, key: str = "qa") -> httpx.Client:
+    return httpx.Client(base_url=hub.url, timeout=30,
+                        headers={"authorization": f"Bearer {KEYS[key]}"})
+
+
+def _seed(hub: ServedHub, box: str, n: int, version: str, start: datetime, **kw: Any) -> list[str]:
+    """``n`` of ``box``'s inspections on cam1 at ``start``, ``start`` - 10 s, ... (as if
+    forwarded), judged by deeppcb ``version``; their ids, newest first."""
+    rows = synthetic_rows(n, box_id=box, site="plant-a", line=f"line-{box}", now=start,
+                          seed=int(box.removeprefix("box")), **kw)
+    for r in rows:
+        r.camera_id, r.model_version = "cam1", version
+    ids = [r.id for r in rows]
+    with Session(hub.app.state.store.engine) as s, s.begin():
+        s.add_all(rows)
+    return ids
+
+
+def _csv(c: httpx.Client, **params: Any) -> tuple[str, list[list[str]]]:
+    r = c.get("/v1/stats.csv", params=params)
+    assert r.status_code == 200, r.text
+    name = re.search(r'filename="([^"]+)"', r.headers["content-disposition"])
+    assert name is not None
+    return name.group(1), list(csv.reader(io.StringIO(r.text)))
+
+
+def test_a_rollout_is_one_change_per_box_and_a_camera_is_a_boxs(hub: ServedHub) -> None:
+    """Two boxes mid-rollout, box1 on deeppcb 1 and box2 on 2, inspecting in turn: the
+    hub's dashboard listed 1 -> 2 -> 1 -> 2 ... at every turn (one "model change" per
+    inspection, the chart's markers a solid band), and their cam1s as one camera at the
+    average of both. Each box's version is in use from the window's start, each camera
+    is its box's, and the CSVs say which box each row is and which boxes the file
+    covers."""
+    start = NOW - timedelta(hours=2)
+    _seed(hub, "box1", 20, "1", start, fail_every=1)
+    _seed(hub, "box2", 20, "2", start + timedelta(seconds=5), fail_every=10**6)
+    with _client(hub) as c:
+        doc = c.get("/v1/stats", params={"hours": 8}).json()
+        assert [(m["previous"], m["version"]) for m in doc["model_changes"]] == \
+            [(None, "1"), (None, "2")]
+        assert [(m["box_id"], m["previous"], m["version"]) for m in doc["model_changes"]] == \
+            [("box1", None, "1"), ("box2", None, "2")]
+        assert not doc["model_changes_cut"]
+        assert [(st["box_id"], st["camera_id"], st["passes"], st["fails"])
+                for st in doc["stations"]] == [("box1", "cam1", 0, 20), ("box2", "cam1", 20, 0)]
+        name, rows = _csv(c, table="stations", hours=8)
+        assert name == "lineside-stations-8h.csv"
+        assert rows[0][:3] == ["box_id", "camera_id", "recipe"]
+        assert [r[:3] for r in rows[1:]] == [["box1", "cam1", "deeppcb"], ["box2", "cam1", "deeppcb"]]
+        name, rows = _csv(c, table="model_changes", hours=8)
+        assert [r[1:5] for r in rows] == [["box_id", "model", "recipe", "version"],
+                                          ["box1", "deeppcb", "deeppcb", "1"],
+                                          ["box2", "deeppcb", "deeppcb", "2"]]
+        # one box's yield per hour: the file and its rows name the box (they read "(all)",
+        # named as the whole fleet's file)
+        name, rows = _csv(c, table="hourly", hours=8, site="plant-a", box_id="box1")
+        assert name == "lineside-hourly-8h-site-plant-a-box-box1.csv"
+        assert rows[0][:7] == ["start_utc", "end_utc", "site", "line", "box_id", "camera_id",
+                               "recipe"]
+        assert {tuple(r[2:7]) for r in rows[1:]} == {("plant-a", "(all)", "box1", "(all)", "(all)")}
+        assert sum(int(r[8]) for r in rows[1:]) == 20  # fails: box1's only
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_a_queue_keeps_the_box_chosen(hub: ServedHub) -> None:
+    """A reviewer who chose box3 saw the queue "Unreviewed fails" count every box's, and
+    pressing it dropped the box: the list showed every plant's fails (and Shift+C would
+    confirm them). The queue counts and lists box3's. On the dashboard each camera and
+    model version row names its box (two boxes' cam1 were one row)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    mine = _seed(hub, "box3", 3, "1", NOW - timedelta(minutes=1), fail_every=1)
+    _seed(hub, "box4", 5, "1", NOW, fail_every=1)
+    with httpx.Client(base_url=hub.url, timeout=30) as c:
+        for box in ("box3", "box4"):  # their reports: the page's box choices
+            r = c.post(f"/fleet/v1/boxes/{box}/status",
+                       headers={"authorization": f"Bearer {KEYS[box]}"},
+                       json={"site": "plant-a", "version": "1", "models": [], "ready": True,
+                             "forward_backlog": 0})
+            assert r.status_code == 200, r.text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        page.goto(hub.url + "/review")
+        page.fill("#key", KEYS["qa"])
+        page.keyboard.press("Enter")
+        expect(page.locator('select[name=box_id] option[value="box3"]')).to_have_count(1)
+        page.select_option("select[name=box_id]", "box3")
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#count")).to_have_text("1–3 of 3")
+        queue = page.locator("[data-queue=unreviewed_fails]")
+        expect(queue).to_have_text("Unreviewed fails (3)")
+        expect(queue).to_have_attribute("aria-pressed", "true")
+        queue.click()
+        expect(page.locator("select[name=box_id]")).to_have_value("box3")
+        expect(page.locator("#count")).to_have_text("1–3 of 3")
+        expect(page.locator(".card").first).to_have_attribute("data-id", mine[0])
+        # the dashboard's cameras and model versions are each a box's, and say whose
+        page.goto(hub.url + "/dashboard")
+        page.select_option("select[name=box_id]", "box3")
+        row = page.locator("#stations tbody tr").first
+        expect(row.locator("td").first).to_have_text("box3")
+        expect(page.locator("#stations thead th").first).to_have_text("box")
+        expect(page.locator("#models tbody tr").first.locator("td").nth(1)).to_have_text("box3")
+        browser.close()
