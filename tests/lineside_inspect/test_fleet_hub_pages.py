@@ -139,3 +139,31 @@ def test_a_queue_keeps_the_box_chosen(hub: ServedHub) -> None:
         expect(page.locator("#stations thead th").first).to_have_text("box")
         expect(page.locator("#models tbody tr").first.locator("td").nth(1)).to_have_text("box3")
         browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_fleet_page_asks_once_at_a_time_of_a_slow_hub(hub: ServedHub) -> None:
+    """The fleet page asked every 5 s whether or not the last answer had come: a hub slow
+    to answer got one request more every 5 s on top of those waiting. Now a refresh due
+    meanwhile is one request, sent once the answer came."""
+    from playwright.sync_api import expect, sync_playwright
+
+    held: list[Any] = []
+    boxes = re.compile(r".*/fleet/v1/boxes$")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        page.clock.install()
+        page.route(boxes, lambda route: held.append(route))  # the hub answers nothing yet
+        page.goto(hub.url + "/fleet")
+        page.fill("#key", KEYS["qa"])
+        with page.expect_request(boxes):
+            page.keyboard.press("Enter")
+        page.clock.run_for(4 * 5000)  # four refreshes due, the first answer not come
+        with page.expect_request(boxes):  # the refresh due meanwhile, once it came
+            held[0].continue_()
+        expect(page.locator("#status")).to_contain_text("updated")
+        page.evaluate("new Promise((done) => setTimeout(done, 0))")  # the page settled
+        assert len(held) == 2, len(held)  # (4 more were sent meanwhile)
+        page.unroute(boxes)
+        browser.close()

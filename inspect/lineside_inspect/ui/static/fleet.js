@@ -56,11 +56,22 @@ function render(doc) {
                               el("tbody", {}, ...rows));
 }
 
+// one request at a time: a hub slow to answer (thousands of boxes, a busy database) had a
+// new one sent every REFRESH_MS on top of those waiting, each adding to its load; a
+// filter changed meanwhile renders once the answer comes (hub pages review, session 36)
+let loading = false, again = false;
 async function load() {
+  if (loading) { again = true; return; }
+  loading = true;
   try {
     render(await api("/fleet/v1/boxes"));
     $("#status").textContent = `updated ${time(new Date().toISOString())}`;
-  } catch (e) { $("#status").textContent = "could not load the fleet: " + e.message; }
+  } catch (e) {
+    $("#status").textContent = "could not load the fleet: " + e.message;
+  } finally {
+    loading = false;
+    if (again) { again = false; load(); }
+  }
 }
 
 form.addEventListener("change", load);
