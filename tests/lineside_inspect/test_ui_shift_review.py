@@ -57,6 +57,22 @@ def _states(box: Running, ids: list[str]) -> list[str]:
         return [c.get(f"/v1/inspections/{i}").json()["review_state"] for i in ids]
 
 
+NEXT_PAGE = re.compile(rf".*/v1/inspections\?.*offset={PAGE}\b.*")  # the second page's list
+
+
+def _first_page(p: Any, box: Running, total: int) -> tuple[Any, Any]:
+    """A browser and its review page signed in on the first page of ``total`` parts, the
+    first card focused."""
+    from playwright.sync_api import expect
+
+    browser = _browser(p)
+    page = _context(browser).new_page()
+    _sign_in(page, box.url + "/review")
+    expect(page.locator("#count")).to_have_text(f"1–{PAGE} of {total}")
+    page.locator(".card").first.focus()
+    return browser, page
+
+
 def test_confirm_all_confirms_the_parts_its_dialog_counted(box: Running) -> None:
     """n, then Shift+C before the next page came: the dialog counted the page on screen,
     the next page answered while it was open, and Enter confirmed that page's 24 parts,
@@ -66,20 +82,15 @@ def test_confirm_all_confirms_the_parts_its_dialog_counted(box: Running) -> None
     ids = _seed(box.app.state.store, 2 * PAGE + 6)
     held: list[Any] = []
     with sync_playwright() as p:
-        browser = _browser(p)
-        page = _context(browser).new_page()
-        _sign_in(page, box.url + "/review")
-        expect(page.locator("#count")).to_have_text(f"1–{PAGE} of {2 * PAGE + 6}")
-        page.locator(".card").first.focus()
-        next_page = re.compile(rf".*/v1/inspections\?.*offset={PAGE}\b.*")
-        page.route(next_page, lambda route: held.append(route))
-        with page.expect_request(next_page):
+        browser, page = _first_page(p, box, 2 * PAGE + 6)
+        page.route(NEXT_PAGE, lambda route: held.append(route))
+        with page.expect_request(NEXT_PAGE):
             page.keyboard.press("n")  # the next page, slow to come
         page.keyboard.press("Shift+C")
         expect(page.locator("#ca-text")).to_contain_text(f"the {PAGE} unreviewed inspection(s)")
         held[0].continue_()  # it comes while the dialog is open
         expect(page.locator("#count")).to_have_text(f"{PAGE + 1}–{2 * PAGE} of {2 * PAGE + 6}")
-        page.unroute(next_page)
+        page.unroute(NEXT_PAGE)
         page.keyboard.press("Enter")  # "Confirm them"
         expect(page.locator("#count")).to_contain_text(f"confirmed {PAGE}")
         browser.close()
@@ -95,17 +106,12 @@ def test_a_page_that_does_not_come_is_said_and_skips_nothing(box: Running) -> No
 
     ids = _seed(box.app.state.store, 3 * PAGE)
     with sync_playwright() as p:
-        browser = _browser(p)
-        page = _context(browser).new_page()
-        _sign_in(page, box.url + "/review")
-        expect(page.locator("#count")).to_have_text(f"1–{PAGE} of {3 * PAGE}")
-        page.locator(".card").first.focus()
-        next_page = re.compile(rf".*/v1/inspections\?.*offset={PAGE}\b.*")
-        page.route(next_page, lambda route: route.abort())
+        browser, page = _first_page(p, box, 3 * PAGE)
+        page.route(NEXT_PAGE, lambda route: route.abort())
         page.keyboard.press("n")
         expect(page.locator("#count")).to_contain_text("could not load the list")
         expect(page.locator(".card").first).to_have_attribute("data-id", ids[0])
-        page.unroute(next_page)
+        page.unroute(NEXT_PAGE)
         page.keyboard.press("n")  # again, now that it answers: the next page, not the one after
         expect(page.locator("#count")).to_have_text(f"{PAGE + 1}–{2 * PAGE} of {3 * PAGE}")
         expect(page.locator(".card").first).to_have_attribute("data-id", ids[PAGE])
