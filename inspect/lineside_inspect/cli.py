@@ -1113,7 +1113,10 @@ def gate_cmd(
     rule = load_recipe(recipe) if recipe is not None else card_recipe(active.card)
     if rule.model != cand.card.name:  # as the server's gate refuses it
         raise ConfigError(f"recipe {rule.name} judges model {rule.model}, not {cand.card.name}")
-    for det in (cand, active):  # classes its rules name that a version lacks judged nothing
+    # classes a line's rules name that a version lacks judged nothing. Not the active card's
+    # own recipe: a gate judges each card at its own floors (rules_of), as the server's does,
+    # and a candidate that renamed a class was refused over the active card's floors
+    for det in (cand, active) if recipe is not None else ():
         rule.check_classes(det.class_names)
         rule.check_reference_use(det.card.needs_reference)
     report = run_gate(cand, active, library, manifest, rule, allowance=allowance)

@@ -924,3 +924,39 @@ def test_rollout_bounds_are_finite(field: str) -> None:
     w = Watch("m", "2", "1", None, datetime.now(UTC), "a", None, 500, 0, inspections=100,
               fails=100)
     assert judge_watch(w, RolloutSettings(max_fail_rate_ratio=1e300))[0] == "rolled_back"
+
+
+def test_the_gate_command_without_recipe_gates_a_version_that_renamed_a_class(
+        tmp_path: Path) -> None:
+    """Without --recipe the command judges by the active card's own recipe, whose floors
+    a gate leaves out (rules_of: each card at its own thresholds), as the server's gate
+    does: a candidate that renamed a class was refused over the active card's floors."""
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+
+    bundled = Path(__file__).resolve().parents[2] / "models" / "deeppcb" / "1"
+    v2 = tmp_path / "deeppcb" / "2"
+    shutil.copytree(bundled, v2)
+    card = json.loads((v2 / "model.json").read_text())
+    card["version"] = "2"
+    card["class_names"] = ["bridge" if n == "short" else n for n in card["class_names"]]
+    for floors in (card["thresholds"], card["default_recipe"]["min_score"]):
+        floors["bridge"] = floors.pop("short")
+    import onnx
+
+    graph = onnx.load(v2 / "model.onnx")
+    for prop in graph.metadata_props:
+        if prop.key == "lineside.class_names":
+            prop.value = json.dumps(card["class_names"])
+    onnx.save(graph, v2 / "model.onnx")
+    card["sha256"] = hashlib.sha256((v2 / "model.onnx").read_bytes()).hexdigest()
+    (v2 / "model.json").write_text(json.dumps(card))
+    cli = CliRunner()
+    data_dir = ["--data-dir", str(tmp_path / "srv")]
+    r = cli.invoke(app, ["golden", "create", "s", "--data", str(SAMPLE), "--limit", "4",
+                         *data_dir])
+    assert r.exit_code == 0, r.output
+    r = cli.invoke(app, ["gate", str(v2), "--against", str(bundled), "--golden", "s",
+                         *data_dir])
+    assert r.exit_code in (0, 1) and "| escapes (of" in r.output, r.output

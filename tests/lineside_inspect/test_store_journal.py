@@ -347,11 +347,28 @@ def test_a_record_damaged_mid_segment_loses_only_itself_and_the_segment_is_kept(
     assert [r.fields["n"] for r in read_segment(segment)] == [0, 2, 3, 4]
     records, skipped = read_records(bytes(data))
     assert skipped == size and sum(r.size for r in records) == 4 * size
-    data[3 * size + 2] ^= 0x01  # the fourth's magic too: found again by the fifth's
+    data[3 * size + 2] ^= 0x01  # the fourth's magic too: where the next starts is unknown
     segment.write_bytes(bytes(data))
-    assert [r.fields["n"] for r in read_segment(segment)] == [0, 2, 4]
-    assert read_records(bytes(data) + b"LSJ1\0\0")[1] == 2 * size + 6  # a torn tail counts
+    assert [r.fields["n"] for r in read_segment(segment)] == [0, 2]
+    assert read_records(bytes(data) + b"LSJ1\0\0")[1] == 3 * size + 6  # a torn tail counts
     journal.close()
+
+
+def test_a_record_inside_an_image_is_never_applied(tmp_path: Path) -> None:
+    """Resyncing by the magic found a record of the uploader's making inside an image (a
+    JPEG comment holding a whole, CRC-valid record) once the image's own record was torn
+    by a power cut, and applied it with the fields it chose."""
+    forged = encode(Record({"id": "forged", "image_path": "/etc/passwd"}, b"x", None))
+    image = b"\xff\xd8" + b"a" * 50 + forged + b"b" * 500 + b"\xff\xd9"
+    honest = encode(Record({"n": 0}, b"\x00" * 100, None))
+    uploaded = encode(Record({"n": 1}, image, None))
+    torn = honest + uploaded[: len(uploaded) - 200]  # the cut falls after the forged bytes
+    records, skipped = read_records(torn)
+    assert [r.fields for r in records] == [{"n": 0}] and skipped == len(torn) - len(honest)
+    damaged = bytearray(honest + uploaded + honest)
+    damaged[len(honest) + 30] ^= 0x01  # the upload's own body damaged, its head whole
+    records, _ = read_records(bytes(damaged))
+    assert [r.fields for r in records] == [{"n": 0}, {"n": 0}]  # never the forged one
 
 
 def test_the_store_applies_the_records_after_a_damaged_one_and_keeps_its_segment(
@@ -383,3 +400,19 @@ def _inspections(monkeypatch: Any, *verdicts: str) -> list[Any]:
 
     det = Detector(t.MODEL, device="cpu", threads=1)
     return [t._inspection(det, v) for v in verdicts]
+
+
+def test_a_damaged_segment_never_replaces_one_kept_before(tmp_path: Path, monkeypatch) -> None:
+    """Segments are numbered again from 1 once a run left none: a second damaged segment of
+    the same name replaced the one kept in journal/damaged/ by an earlier run (lost)."""
+    kept: list[bytes] = []
+    for verdict in ("fail", "pass"):
+        with Store(tmp_path, pass_rate=1.0, sync_interval_s=3600, apply_interval_s=3600) as store:
+            assert store.save(*_inspections(monkeypatch, verdict))
+            (segment,) = (tmp_path / "journal").glob("*.journal")
+            with open(segment, "ab") as fh:  # a record torn by a power cut
+                fh.write(b"LSJ1\0\0" + verdict.encode())
+            kept.append(segment.read_bytes())
+            store.query()  # a read applies first
+    damaged = sorted((tmp_path / "journal" / "damaged").glob("*.journal"))
+    assert sorted(p.read_bytes() for p in damaged) == sorted(kept)

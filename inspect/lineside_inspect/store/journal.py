@@ -11,9 +11,9 @@ record carries outbox events or a read needs it), closes the segment (rotation),
 its records to the database and image files (each durable on its own), and only then
 deletes it. At
 start-up every segment left over is applied again; applying is idempotent by inspection
-id, and a record torn by a power cut fails its CRC and ends its segment; one damaged in
-the middle is skipped, and a segment with bytes that held no record is kept in
-``journal/damaged/`` rather than deleted.
+id, and a record torn by a power cut fails its CRC and ends its segment; one whose body
+is damaged in the middle is skipped by its head's lengths, and a segment with bytes that
+held no record is kept in ``journal/damaged/`` rather than deleted.
 
 Record layout (little-endian): ``LSJ1`` magic, u32 lengths of the JSON header, the image
 and the reference image, u32 CRC32 of the three, then the three.
@@ -63,23 +63,24 @@ def read_segment(path: Path) -> Iterator[Record]:
 
 
 def read_records(data: bytes) -> tuple[list[Record], int]:
-    """The whole records in ``data``, in order, and how many bytes held none. A torn record
-    ends the data (a power cut mid-write); a record damaged in the middle (a bad sector, a
-    flipped bit) is skipped to the next whole one: it ended the segment, and every record
-    after it was deleted with it (store review). The CRC covers each record's body, so a
-    false start found by its magic passes with odds of 1 in 2**32."""
+    """The whole records in ``data``, in order, and how many bytes held none. A record
+    whose head is whole but whose body fails its CRC (a bad sector, a flipped bit) is
+    skipped by the lengths its head gives: it ended the segment, and every record after
+    it was dropped with it (store review). Anything else ends the data: a torn record (a
+    power cut mid-write), or a damaged head. Never is a record looked for by its magic
+    inside another: an uploaded image may hold a whole, CRC-valid record of its sender's
+    making (session 36 read-through), so those bytes stay in the segment kept aside."""
     records: list[Record] = []
     pos = skipped = 0
     while pos + _HEAD.size <= len(data):
         record = _record_at(data, pos)
         if record is None:
-            found = data.find(MAGIC, pos + 1)
-            while found >= 0 and _record_at(data, found) is None:
-                found = data.find(MAGIC, found + 1)
-            if found < 0:
-                break
-            skipped += found - pos
-            pos = found
+            magic, hl, il, rl, _ = _HEAD.unpack_from(data, pos)
+            end = pos + _HEAD.size + hl + il + rl
+            if magic != MAGIC or end > len(data):
+                break  # torn, or its head damaged: where the next one starts is unknown
+            skipped += end - pos
+            pos = end
             continue
         records.append(record)
         pos += record.size
@@ -100,7 +101,7 @@ def _record_at(data: bytes, pos: int) -> Record | None:
         return None
     try:
         fields = json.loads(header)
-    except ValueError:  # (a CRC that matched by chance)
+    except ValueError:  # (a CRC that matched by chance, or a writer's bug)
         return None
     return Record(fields, image if il else None, ref if rl else None, end - pos)
 

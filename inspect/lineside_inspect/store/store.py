@@ -857,11 +857,17 @@ class Store:
         what it lost may be recovered by hand, and it no longer counts as unapplied."""
         folder = self.journal.folder / DAMAGED_DIR
         folder.mkdir(exist_ok=True)
-        segment.replace(folder / segment.name)
+        # segments are numbered from 1 again once a run left none: a name kept by an
+        # earlier run is never replaced (it would lose what that segment held)
+        target, n = folder / segment.name, 0
+        while target.exists():
+            n += 1
+            target = folder / f"{segment.stem}-{n}{segment.suffix}"
+        segment.replace(target)
         fsync_path(folder)
         log.error("store: journal segment %s had %d byte(s) that held no whole record (a "
                   "power cut mid-write, or damage); its %d whole record(s) were applied and "
-                  "it is kept in %s", segment.name, skipped, records, folder)
+                  "it is kept in %s as %s", segment.name, skipped, records, folder, target.name)
 
     @property
     def refused_dir(self) -> Path:
