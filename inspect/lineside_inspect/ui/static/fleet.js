@@ -57,11 +57,12 @@ function render(doc) {
 }
 
 // one request at a time: a hub slow to answer (thousands of boxes, a busy database) had a
-// new one sent every REFRESH_MS on top of those waiting, each adding to its load; a
-// filter changed meanwhile renders once the answer comes (hub pages review, session 36)
-let loading = false, again = false;
+// new one sent every REFRESH_MS on top of those waiting, each adding to its load. A
+// refresh due meanwhile is skipped (the next comes REFRESH_MS on); a filter changed
+// meanwhile needs none: the answer is filtered as it is rendered (hub pages review, 36)
+let loading = false;
 async function load() {
-  if (loading) { again = true; return; }
+  if (loading) return;
   loading = true;
   try {
     render(await api("/fleet/v1/boxes"));
@@ -70,7 +71,6 @@ async function load() {
     $("#status").textContent = "could not load the fleet: " + e.message;
   } finally {
     loading = false;
-    if (again) { again = false; load(); }
   }
 }
 
