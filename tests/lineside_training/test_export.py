@@ -404,6 +404,29 @@ def test_evaluating_a_run_whose_dataset_was_resplit_says_so(tiny_run: Path,
 
 
 @pytest.mark.slow
+def test_evaluating_a_run_that_merged_copies_of_its_val_says_how_many(tiny_run: Path,
+                                                                      tmp_path: Path) -> None:
+    """A run trained with ``--merge`` of a pull holding copies of the main set's images
+    (the line's boards are the set's boards) records them per merged set; evaluate summed
+    those dicts: a TypeError traceback instead of a report (loop review, session 36)."""
+    import torch
+
+    from lineside_training.evaluate import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("best.pt", "last.pt"):
+        ck = torch.load(run / name, weights_only=False)
+        ck["data"]["extra_duplicates"] = {"data/reviewed": {"in_val_or_test": 3, "in_train": 5},
+                                          "data/other": {"in_val_or_test": 0, "in_train": 2}}
+        torch.save(ck, run / name)
+    result = evaluate(run, split="val", out=tmp_path / "report")
+    assert [n for n in result["notes"] if "merged" in n] == [
+        "3 merged training images are parts this validation judges: figures are in-sample "
+        "for them"]
+
+
+@pytest.mark.slow
 def test_a_class_name_with_dollar_signs_does_not_crash_the_report(tiny_run: Path,
                                                                   tmp_path: Path) -> None:
     from lineside_training.evaluate import evaluate

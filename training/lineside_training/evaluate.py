@@ -74,9 +74,12 @@ def evaluate(
         notes.append(f"{trained.data} changed since the run trained on it (re-split or "
                      "relabelled): its val may hold images the run trained on; figures may "
                      "be in-sample and thresholds are not saved (train again on it)")
+    # per merged set {"in_val_or_test": n, "in_train": m} (engine._merge): summing the
+    # dicts was a TypeError, a traceback for every run whose --merge held a copy
     merged = trained.checkpoint.get("data", {}).get("extra_duplicates") or {}
-    if own and merged:
-        notes.append(f"{sum(merged.values())} merged training images are parts this "
+    leaked = sum(int(n.get("in_val_or_test", 0)) for n in merged.values())
+    if own and leaked:
+        notes.append(f"{leaked} merged training images are parts this "
                      "validation judges: figures are in-sample for them")
     if split == "val" and own and shipped and not defective:
         # nothing to calibrate on: saving them gave export a default of 0.5 unsaid

@@ -68,11 +68,16 @@ def unboxed_fail(item: dict[str, Any]) -> bool:
     view, an anomaly with no region): not a good part, and nothing a detector can learn
     from. Pulled, it became a good image of the set (QA review, session 34)."""
     reviews = [(r["action"], r["boxes"]) for r in item["reviews"]]
-    return not (reviews and reviews[-1][1]) and reviewed_verdict(item["verdict"], reviews) == "fail"
+    if not reviews:
+        # an unreviewed one (``--no-reviewed``) is the model's word: a fail with no box
+        # (reference_mismatch, an anomaly without a region) became a good image (loop review)
+        return (item.get("review_state") == "unreviewed" and item["verdict"] == "fail"
+                and not item["defects"])
+    return not reviews[-1][1] and reviewed_verdict(item["verdict"], reviews) == "fail"
 
 
-UNBOXED = ("confirmed fail with no defect box: not a good part, nothing to train on (draw "
-           "its defect on the review page to use it)")
+UNBOXED = ("a fail with no defect box, confirmed or unreviewed: not a good part, nothing to "
+           "train on (draw its defect on the review page to use it)")
 
 
 def _record(item: dict[str, Any], source: Path, ext: str) -> ImageRecord:
