@@ -73,6 +73,24 @@ def test_quality_metrics_at_threshold_half(fixture: tuple) -> None:
     assert conf[2, 1] == 1  # short false positive on background
 
 
+def test_a_box_of_another_class_scored_higher_does_not_take_a_defect_from_its_own() -> None:
+    """One pass matched a defect to the highest-scored box over it, of any class: an
+    overlapping "short" at 0.9 took the "open" defect, and the "open" box at 0.8 then
+    found nothing. The defect was counted missed (evaluate's recall below the gate's on
+    one package); it is found by its own class, the other box is a false positive."""
+    records = [_rec("d", [(10, 10, 20, 20, "open")])]
+    preds = [_pred([(10, 10, 20, 20, 0.9, 1), (10, 10, 20, 21, 0.8, 0)])]
+    q = quality_metrics(records, preds, CLASSES, {"open": 0.5, "short": 0.5})
+    assert q["defect_recall"] == 1.0 and q["detected_images"] == 1
+    assert q["per_class"]["open"]["found"] == 1
+    conf = np.array(q["confusion"])
+    assert conf[0, 0] == 1 and conf[2, 1] == 1 and conf.sum() == 2
+    # alone, the other class's box is a defect found as another class (not a miss)
+    q = quality_metrics(records, [_pred([(10, 10, 20, 20, 0.9, 1)])], CLASSES,
+                        {"open": 0.5, "short": 0.5})
+    assert q["defect_recall"] == 0.0 and np.array(q["confusion"])[0, 1] == 1
+
+
 def test_calibration_zero_escapes(fixture: tuple) -> None:
     records, preds = fixture
     c = calibrate(records, preds, CLASSES, target_escape=0.0)
