@@ -327,7 +327,9 @@ def data_pull(
     source: Annotated[str, typer.Argument(help="server URL, or the store's data folder")],
     dst: Annotated[Path, typer.Argument(help="canonical dataset folder to create")],
     reviewed: Annotated[bool, typer.Option(help="only reviewed inspections")] = True,
-    since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-01")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="inspections made since this ISO time, e.g. 2026-11-01 (UTC unless it gives "
+             "an offset)")] = None,
     key: Annotated[str | None, typer.Option(envvar="LINESIDE_KEY", help="reviewer API key")] = None,
     database_url: Annotated[str | None, typer.Option(help="store database URL")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace DST if it is a dataset (or empty)")] = False,
