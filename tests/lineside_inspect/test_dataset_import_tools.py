@@ -104,6 +104,38 @@ def test_unknown_json_under_coco_does_not_suggest_coco_again(tmp_path: Path) -> 
     assert "COCO? (-f coco)" not in str(exc.value)
 
 
+def _label_studio_full(src: Path) -> None:
+    """Label Studio's JSON export (not JSON-MIN): tasks with their data and annotations."""
+    _jpg(src / "images" / "a.jpg")
+    (src / "project-2-at-2024.json").write_text(json.dumps([{
+        "id": 1, "data": {"image": "/data/upload/1/a.jpg"}, "annotations": [{
+            "id": 1, "result": [{"type": "rectanglelabels", "value": {
+                "x": 7.8, "y": 10.4, "width": 23.4, "height": 20.8, "rectanglelabels": ["dent"]},
+                "original_width": 128, "original_height": 96}]}], "predictions": []}]))
+
+
+def test_label_studios_full_json_export_is_named(tmp_path: Path) -> None:
+    _label_studio_full(tmp_path / "src")
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("coco", tmp_path / "src", tmp_path / "out")
+    assert "project-2-at-2024.json is a Label Studio JSON export" in str(exc.value)
+
+
+def test_a_createml_json_is_not_called_label_studio(tmp_path: Path) -> None:
+    """Apple's CreateML JSON (a Roboflow export format) is a list of {"image",
+    "annotations"}: it was named a Label Studio export, and told to use Label Studio's
+    Export button, which its user never had."""
+    src = tmp_path / "src"
+    _jpg(src / "a.jpg")
+    (src / "_annotations.createml.json").write_text(json.dumps([{
+        "image": "a.jpg", "annotations": [{"label": "dent", "coordinates": {
+            "x": 25, "y": 20, "width": 30, "height": 20}}]}]))
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("coco", src, tmp_path / "out")
+    assert "no COCO JSON found" in str(exc.value)
+    assert "Label Studio" not in str(exc.value)
+
+
 # --- a name written composed (NFC) did not find its file named decomposed (NFD, a Mac's) ---
 
 NFC = unicodedata.normalize("NFC", "défaut")

@@ -304,3 +304,32 @@ def test_a_long_camera_name_keeps_the_dashboard_on_a_tablets_screen(box: Running
         wide = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
         assert wide[0] <= wide[1], wide
         browser.close()
+
+
+def test_a_box_sharing_its_database_names_the_box_of_each_station(box: Running) -> None:
+    """Boxes may share one database, and a box's dashboard covers every row in it. Its
+    stations and model changes became one row per box (session 36), but only a hub's page
+    named the box: box-a's and box-b's cam1 were two rows read "cam1 r" alike, and their
+    versions two "1 (in use as the window opens)". With rows of one box it stays as it was."""
+    from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy import update
+
+    store = box.app.state.store
+    _seed(store, 3)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = _context(browser).new_page()
+        _sign_in(page, box.url + "/dashboard", "viewer-secret")
+        expect(page.locator("#stations tbody tr")).to_have_count(1)
+        expect(page.locator("#stations thead th").first).to_have_text("camera")
+        theirs = _seed(store, 2)  # another box's rows, as a shared database holds them
+        with Session(store.engine) as s, s.begin():
+            s.execute(update(InspectionRow).where(InspectionRow.id.in_(theirs))
+                      .values(box_id="box-b"))
+        page.reload()
+        expect(page.locator("#stations tbody tr")).to_have_count(2)
+        expect(page.locator("#stations thead th").first).to_have_text("box")
+        cells = [r.locator("td").nth(0).inner_text() for r in page.locator("#stations tbody tr").all()]
+        assert sorted(cells) == sorted(["box-b", store.box_id]), cells
+        expect(page.locator("#models thead th").nth(1)).to_have_text("box")
+        browser.close()

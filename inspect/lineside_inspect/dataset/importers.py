@@ -474,7 +474,11 @@ def _foreign_export(files: list[Path]) -> tuple[str, Path] | None:
         if isinstance(doc, dict) and isinstance(doc.get("shapes"), list) and "imagePath" in doc:
             return "labelme", f
         first = doc[0] if isinstance(doc, list) and doc else None
-        if isinstance(first, dict) and ({"annotations", "annotation_id", "annotator"} & set(first)):
+        # a Label Studio task: its JSON export's ("data" beside "annotations") or its
+        # JSON-MIN's ("annotation_id", "annotator"). "annotations" alone is not one: Apple's
+        # CreateML JSON (Roboflow exports it) is a list of {"image", "annotations"}
+        if isinstance(first, dict) and ({"data", "annotations"} <= set(first)
+                                        or {"annotation_id", "annotator"} & set(first)):
             return "label-studio", f
     return None
 

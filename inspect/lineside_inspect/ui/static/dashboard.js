@@ -6,7 +6,11 @@ const form = $("#scope");
 // on a hub (its site, line and box selects): a camera and a model version are a box's,
 // so its tables name the box (cam1 of two boxes read as one camera)
 const ON_HUB = Boolean(form.elements.box_id);
-const boxCol = (r) => (ON_HUB ? [r.box_id || "-"] : []);
+// and on a box sharing its database with others, whose figures hold theirs: its stations
+// and model changes are per box too, and without the box they read as one camera twice
+const severalBoxes = (s) => new Set([...s.stations, ...s.model_changes].map((r) => r.box_id || "")).size > 1;
+let boxed = ON_HUB; // the figures shown name their box (render sets it)
+const boxCol = (r) => (boxed ? [r.box_id || "-"] : []);
 let shown = null; // the figures on screen, redrawn on resize
 
 function params() {
@@ -105,7 +109,7 @@ function trendChart(box, rows, changes, per) {
     const t = Date.parse(c.at), what = `${c.model} ${c.previous} → ${c.version}`;
     if (c.previous === null || t < t0 || t > t1) continue;
     const mx = x(t), same = seen.find((s) => s.what === what && Math.abs(s.x - mx) < 24);
-    const where = ON_HUB && c.box_id ? `${c.recipe} on ${c.box_id}` : c.recipe;
+    const where = boxed && c.box_id ? `${c.recipe} on ${c.box_id}` : c.recipe;
     if (same) { same.title.textContent += `, ${where}`; continue; }
     row = mx - lastX < 150 ? (row + 1) % 2 : 0;
     lastX = mx;
@@ -161,6 +165,7 @@ function table(target, head, rows, numeric = []) {
 }
 
 function render(s) {
+  boxed = ON_HUB || severalBoxes(s);
   const f = new FormData(form), per = f.get("per"), rows = s[per];
   const sum = (k) => s.hourly.reduce((a, r) => a + r[k], 0);
   const n = sum("inspections"), passes = sum("passes"), fails = sum("fails");
@@ -181,8 +186,8 @@ function render(s) {
         rows.map((r) => [`${dateTime(r.start)} – ${hourLabel(new Date(r.end))}`, num(r.inspections), num(r.passes), num(r.fails), yieldPct(r)]),
         [1, 2, 3, 4]);
   paretoChart($("#pareto"), s.pareto);
-  const k = ON_HUB ? 1 : 0;
-  table($("#stations"), [...(ON_HUB ? ["box"] : []), "camera", "recipe", "inspections", "passes", "fails", "yield"],
+  const k = boxed ? 1 : 0;
+  table($("#stations"), [...(boxed ? ["box"] : []), "camera", "recipe", "inspections", "passes", "fails", "yield"],
         s.stations.map((r) => [...boxCol(r), r.camera_id === null ? "(uploads)" : r.camera_id, r.recipe, num(r.inspections), num(r.passes), num(r.fails), yieldPct(r)]),
         [2 + k, 3 + k, 4 + k, 5 + k]);
   table($("#quality"), ["", "count", "of reviewed", "rate"], [
@@ -192,7 +197,7 @@ function render(s) {
   table($("#reviewers"), ["reviewer", "reviews", ...actions.map((a) => a.replace("_", " "))],
         s.reviewers.map((r) => [r.reviewer, num(r.reviews), ...actions.map((a) => num(r.actions[a] || 0))]),
         [1, ...actions.map((_, i) => i + 2)]);
-  table($("#models"), ["since", ...(ON_HUB ? ["box"] : []), "model", "recipe", "version"],
+  table($("#models"), ["since", ...(boxed ? ["box"] : []), "model", "recipe", "version"],
         s.model_changes.map((c) => [dateTime(c.at), ...boxCol(c), c.model, c.recipe, c.previous === null ? `${c.version} (in use as the window opens)` : `${c.previous} → ${c.version}`]));
 }
 

@@ -71,8 +71,10 @@ async function loadQueues() {
 }
 
 async function queuesNow() {
-  const scope = fleetScope();
-  const fails = await api(`/v1/inspections?verdict=fail&review_state=unreviewed&limit=1${scope.size ? "&" + scope : ""}`);
+  // (its text, not URLSearchParams.size: Safari before 17 and Chrome before 113 have no
+  // size, and the count was the whole fleet's again there)
+  const scope = fleetScope().toString();
+  const fails = await api(`/v1/inspections?verdict=fail&review_state=unreviewed&limit=1${scope ? "&" + scope : ""}`);
   const queues = [{ ...UNREVIEWED_FAILS, count: fails.total }];
   if (!ON_HUB) {  // a hub has no lifecycle of its own: no queues to ask for (a 404 each time)
     try {
