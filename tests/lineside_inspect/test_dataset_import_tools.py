@@ -104,6 +104,22 @@ def test_unknown_json_under_coco_does_not_suggest_coco_again(tmp_path: Path) -> 
     assert "COCO? (-f coco)" not in str(exc.value)
 
 
+def test_a_yolo_set_of_tiffs_alone_does_not_suggest_yolo_again(tmp_path: Path) -> None:
+    """-f yolo on a set whose images are all TIFF stopped at "no images found" and then
+    asked "YOLO? (-f yolo)" of a user who had given it (second read-through)."""
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    (src / "images" / "a.tif").write_bytes(b"II*\x00" + b"\x00" * 64)
+    (src / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (src / "data.yaml").write_text("names: [dent]\n")
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("yolo", src, tmp_path / "out")
+    said = str(exc.value)
+    assert "no images found" in said and "1 .tif" in said and "jpg, png or bmp" in said
+    assert "(-f yolo)" not in said
+
+
 def _label_studio_full(src: Path) -> None:
     """Label Studio's JSON export (not JSON-MIN): tasks with their data and annotations."""
     _jpg(src / "images" / "a.jpg")

@@ -504,8 +504,8 @@ def _looked_for(src: Path, files: list[Path], what: str, hint: str, asked: str =
         guess = " It holds .xml files: Pascal VOC? (-f voc)"
     elif not guess and others.get(".json") and asked != "coco":
         guess = " It holds .json files: COCO? (-f coco)"
-    elif not guess and others.get(".txt") and any(f.suffix.lower() in (".yaml", ".yml")
-                                                  for f in files):
+    elif not guess and others.get(".txt") and asked != "yolo" and any(
+            f.suffix.lower() in (".yaml", ".yml") for f in files):
         guess = " It holds .txt labels and a YAML file: YOLO? (-f yolo)"
     return (f"{src}: {what} (every folder searched, names in any case, symlinks followed; "
             f"found {seen})." + (f" {hint}" if hint else "") + guess)
@@ -794,7 +794,7 @@ def _yolo_names(src: Path, files: list[Path]) -> tuple[dict[int, str], Path]:
             return dict(enumerate(lines)), f
     raise DatasetError(_looked_for(
         src, files, "a YOLO set needs its class names: a data.yaml with 'names' (or "
-        "classes.txt / obj.names, one name a line); none found", ""))
+        "classes.txt / obj.names, one name a line); none found", "", "yolo"))
 
 
 def _label_key(rel: str) -> str:
@@ -1048,7 +1048,8 @@ def import_yolo(src: Path) -> Draft:
     pictures = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not pictures:
         raise DatasetError(_looked_for(src, files, "no images found",
-                                       "A YOLO set has images/ and labels/ (or train/images/ ...)."))
+                                       "A YOLO set has images/ and labels/ (or train/images/ "
+                                       "...), its images jpg, png or bmp.", "yolo"))
     labels: dict[str, Path] = {}
     for f in files:
         if f.suffix.lower() == ".txt" and f.name.lower() != "classes.txt":
@@ -1108,7 +1109,7 @@ def import_yolo(src: Path) -> Draft:
     if images and unlabeled == len(images) and any(f.suffix.lower() == ".xml" for f in files):
         # a VOC folder with a labelImg classes.txt: every defect would import as a good part
         raise DatasetError(_looked_for(src, files, "no image has a YOLO label file, so all "
-                                       "would import as good parts", ""))
+                                       "would import as good parts", "", "yolo"))
     if unlabeled:
         notes.append(f"{unlabeled} image(s) without a label file imported as good parts")
     by_split: dict[str | None, list[str]] = defaultdict(list)
