@@ -3,13 +3,23 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# HOST=/PORT= on the command line win; unset, the config's host and port (127.0.0.1:8000)
+# apply, and LINESIDE_HOST / LINESIDE_PORT over them, as the config says
+HOST ?=
+PORT ?=
+LISTEN = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 .PHONY: serve line-demo test test-long lint test-only fuzz clean system-deps
 
+# Python 3.11 or later, checked before .venv is made: a venv of an older Python (or one whose
+# creation failed half-way, e.g. without Debian's python3-venv) was kept, and every later
+# run, even with PYTHON=python3.11, failed on it with pip's "requires a different Python"
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  v=$$($(PYTHON) -V 2>/dev/null); echo "Lineside needs Python 3.11 or later;" \
+	  "$(PYTHON) is $${v:-not found}: name another, e.g. make $(or $(MAKECMDGOALS),serve) PYTHON=python3.11" >&2; \
+	  exit 1; }
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 	$(PY) -m pip install -q --upgrade pip
 
 # Edge install only: no torch (as on a line-side box).
@@ -22,7 +32,7 @@ $(VENV)/.dev: pyproject.toml | $(PY)
 	touch $@ $(VENV)/.edge
 
 serve: $(VENV)/.edge
-	$(VENV)/bin/lineside serve --config configs/serve.yaml --host $(HOST) --port $(PORT)
+	$(VENV)/bin/lineside serve --config configs/serve.yaml $(LISTEN)
 
 # The edge install plus the line extra (OPC UA, Modbus TCP, MQTT): `make line-demo`.
 $(VENV)/.line: pyproject.toml | $(PY)
@@ -32,7 +42,7 @@ $(VENV)/.line: pyproject.toml | $(PY)
 # `make serve` plus the PLC handshake (OPC UA :4840, Modbus TCP :5020) and line events
 # (docs/line-integration.md)
 line-demo: $(VENV)/.line
-	$(VENV)/bin/lineside serve --config configs/line-demo.yaml --host $(HOST) --port $(PORT)
+	$(VENV)/bin/lineside serve --config configs/line-demo.yaml $(LISTEN)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

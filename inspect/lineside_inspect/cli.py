@@ -673,7 +673,9 @@ def bench_train_cmd(
 @friendly
 def serve_cmd(
     config: Annotated[Path | None, typer.Option(help="server YAML config")] = None,
-    model: Annotated[list[str] | None, typer.Option(help="model package folder (repeatable)")] = None,
+    model: Annotated[list[str] | None, typer.Option(help=(
+        "model package folder (repeatable; default: the config's, else a checkout's "
+        "models/deeppcb/1)"))] = None,
     recipe: Annotated[list[str] | None, typer.Option(help="recipe YAML (repeatable)")] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on (default: the config's, "
                                              "else 127.0.0.1)")] = None,
@@ -690,6 +692,13 @@ def serve_cmd(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = load_settings(config, models=model or None, recipes=recipe or None, host=host,
                              port=port, device=device, insecure=insecure or None)
+    if "models" not in settings.model_fields_set and not Path(settings.models[0]).is_dir():
+        # no model named anywhere: the default is a checkout's bundled one, a path relative to
+        # where the command runs (an edge install's `lineside serve` said only
+        # "models/deeppcb/1: model package folder not found", a folder the user never named)
+        raise ConfigError(f"no model to serve: give --model PACKAGE_FOLDER or --config FILE "
+                          f"(the default, {settings.models[0]}, is a checkout's bundled model, "
+                          f"and {Path.cwd()} has none)")
     if settings.store:  # say where inspections go: not beside the user's files by surprise
         chosen = "data_dir" in settings.model_fields_set
         logging.getLogger("lineside_inspect.serve").info(

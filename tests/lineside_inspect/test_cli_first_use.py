@@ -160,6 +160,20 @@ def test_serve_command_names_the_environment_variable(tmp_path: Path) -> None:
     assert "error: LINESIDE_MAX_CONCURRENCY: Input should be a valid integer" in res.output
 
 
+def test_serve_with_no_model_named_says_how_to_name_one(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An edge install's first `lineside serve` outside a checkout: the default model is
+    the checkout's bundled one, which is not there (it said only "models/deeppcb/1: model
+    package folder not found", a folder the user never named)."""
+    monkeypatch.delenv("LINESIDE_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["serve", "--port", "8000"],
+                             env={"LINESIDE_DATA_DIR": str(tmp_path / "data")})
+    assert res.exit_code == 2, res.output
+    assert "error: no model to serve: give --model PACKAGE_FOLDER or --config FILE" in res.output
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("recipe, problem", [
     ("critical: [scrach]", "recipe typo: critical names unknown class 'scrach'"),
     ("max_count: {short: 1}\nmodel_version: '9'",
