@@ -176,6 +176,9 @@ def test_metrics_count_inspections(srv, image_bytes: bytes) -> None:
     assert "lineside_model_info" in text and "lineside_queue_depth" in text
     depth = [ln for ln in text.splitlines() if ln.startswith("lineside_queue_depth ")]
     assert len(depth) == 1 and np.isfinite(float(depth[0].split()[1]))
+    # no MQTT configured: no MQTT figures (lineside_mqtt_connected 0 fired an alert on
+    # every box without MQTT; they show where it is, test_line_mqtt.py)
+    assert "lineside_mqtt" not in text and "lineside_outbox" not in text
 
 
 def test_the_annotated_answer_is_drawn_in_a_slot_of_its_admission(

@@ -145,6 +145,8 @@ class MqttPublisher:
         self.outbox = Outbox(store.engine, store.box_id)
         self.cameras = cameras
         self.metrics = metrics
+        if metrics is not None:
+            metrics.use_mqtt()
         self.poll_s = poll_s
         self.base = f"{config.topic_prefix}/{self.box_id}"
         self.status_topic = f"{self.base}/status"

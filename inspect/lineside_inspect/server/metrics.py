@@ -32,19 +32,23 @@ class Metrics:
                                 registry=r)
         self.camera_reconnects = Gauge("lineside_camera_reconnects", "Reconnects so far",
                                        ["camera"], registry=r)
-        # line outputs: MQTT events and the store's outbox they wait in
+        # line outputs: MQTT events and the store's outbox they wait in. Registered only
+        # where MQTT is configured (use_mqtt): a box without it exported
+        # lineside_mqtt_connected 0, and an alert on it fired on every such box
         self.mqtt_connected = Gauge("lineside_mqtt_connected", "1 while connected to the MQTT broker",
-                                    registry=r)
+                                    registry=None)
         self.outbox_backlog = Gauge("lineside_outbox_backlog", "Events waiting for delivery",
-                                    registry=r)
+                                    registry=None)
         self.outbox_lag = Gauge("lineside_outbox_lag_seconds",
-                                "Age of the oldest event waiting for delivery (0: none)", registry=r)
+                                "Age of the oldest event waiting for delivery (0: none)",
+                                registry=None)
+        self.mqtt_delivered = Counter("lineside_mqtt_events_delivered",
+                                      "Events the MQTT broker acknowledged", registry=None)
+        self._mqtt_registered = False
         self.store_refused = Gauge(
             "lineside_store_refused",
             "Inspections the database refused, kept aside in the journal's refused/ folder",
             registry=r)
-        self.mqtt_delivered = Counter("lineside_mqtt_events_delivered",
-                                      "Events the MQTT broker acknowledged", registry=r)
         # a recipe's fail rate watched for a jump (lifecycle/alarm.py)
         self.recent_fail_rate = Gauge(
             "lineside_recent_fail_rate",
@@ -57,6 +61,14 @@ class Metrics:
         # labelled children by label values: prometheus_client's labels() validates and
         # locks on every call, five or more times per inspection on the hot path
         self._children: dict[tuple[Any, ...], Any] = {}
+
+    def use_mqtt(self) -> None:
+        """Export the MQTT and outbox figures (an MQTT publisher is configured); once."""
+        if not self._mqtt_registered:
+            self._mqtt_registered = True
+            for metric in (self.mqtt_connected, self.outbox_backlog, self.outbox_lag,
+                           self.mqtt_delivered):
+                self.registry.register(metric)
 
     def _child(self, metric: Any, *values: str) -> Any:
         key = (metric, *values)
