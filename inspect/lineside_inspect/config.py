@@ -300,7 +300,10 @@ class Settings(BaseSettings):
     store_max_bytes: int | None = Field(None, gt=0, description=(
         "disk quota of the store: images, reference copies and a SQLite database with its "
         "-wal/-shm files (a PostgreSQL database lives elsewhere and is not counted)"))
-    store_max_age_days: float | None = Field(None, gt=0)
+    store_max_age_days: float | None = Field(None, gt=0, le=36500, description=(
+        "inspections older than this many days are removed with their images (not rows "
+        "waiting to be forwarded to a fleet hub); at most "
+        "36500 (100 years): leave it unset to keep them until the quota needs room"))
     store_sync_interval_s: float = Field(0.05, gt=0, le=10, description=(
         "the journal is synced (power-loss safe) and applied this long after an inspection "
         "is acknowledged, together with whatever arrived meanwhile"))

@@ -130,7 +130,10 @@ class ReferenceLibrary:
         for _ in range(3):  # a put changing the name's format removes the file just found
             path = self._file(name)
             if path is None:
-                break
+                # (or the look ran between the put's new file and its removing the old one,
+                # each stat on the other side: the locked look below settles it; a break
+                # here answered 404 for a name that was there all along)
+                continue
             try:
                 return self._load(name, path)
             except FileNotFoundError:

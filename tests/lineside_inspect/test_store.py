@@ -541,3 +541,134 @@ def test_a_read_makes_no_attempt_of_its_own_after_the_writers_failed(
     finally:
         store._apply_failing = False
         store.close()
+
+
+@pytest.mark.parametrize("days", [1e6, float("inf")])
+def test_an_age_limit_past_the_calendar_keeps_everything_and_breaks_nothing(
+        tmp_path: Path, detector: Detector, days: float) -> None:
+    """A "keep forever" age limit (a million days, inf) reached back before year 1: every
+    retention pass raised OverflowError, so every apply ended in "applying the journal
+    failed", a quota was never enforced (every save refused once it filled), and a journal
+    left by a killed run stopped the next start (review, session 36)."""
+    store = Store(tmp_path, pass_rate=1.0, max_age_days=days, apply_interval_s=60)
+    old = _inspection(detector, "fail", datetime.now(UTC) - timedelta(days=3650))
+    assert store.save(old)
+    assert store.flush() == 1  # (raised)
+    assert store.enforce_retention() == 0 and store.get(old.id).image_path is not None
+    assert store._next_age_out() > time.monotonic()
+    # a killed run: its record left in the journal for the next start to apply
+    assert store.save(_inspection(detector, "fail"))
+    store._stop.set()
+    store._wake.set()
+    store._writer.join(30)
+    store.journal.close()
+    store.engine.dispose()
+    store.dir_lock.release()
+    with Store(tmp_path, pass_rate=1.0, max_age_days=days) as again:  # (raised)
+        assert again.query()[0] == 2
+
+
+def test_store_max_age_days_is_bounded_in_the_config() -> None:
+    from pydantic import ValidationError
+
+    from lineside_inspect.config import Settings
+
+    for days in (1e6, float("inf")):
+        with pytest.raises(ValidationError, match="store_max_age_days"):
+            Settings(store_max_age_days=days)
+    assert Settings(store_max_age_days=36500).store_max_age_days == 36500
+
+
+@pytest.mark.parametrize("name", ["line 1?x=1", "pct%20x", "zürich ü#2"])
+def test_the_database_is_in_a_data_dir_whatever_its_name(
+        tmp_path: Path, detector: Detector, name: str) -> None:
+    """The SQLite URL was the path pasted in: a data_dir with "?" put lineside.db beside
+    the folder (named by the part before "?"), outside its lock, where another data_dir
+    could share it; one with "%20" failed to open at start (review, session 36)."""
+    folder = tmp_path / name
+    with Store(folder) as store:
+        assert store.save(_inspection(detector, "fail"))
+        assert store.query()[0] == 1
+        assert store._sqlite_files()[0] == (folder / "lineside.db").resolve()
+    assert (folder / "lineside.db").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_rows_whose_images_were_found_gone_at_start_are_not_removed_for_their_bytes(
+        tmp_path: Path, detector: Detector) -> None:
+    """Start-up cleanup cleared the image path of a row whose file was gone (a lost or
+    restored images folder) but kept its image_bytes: the quota counted bytes no file took,
+    and removed such rows to free them, which freed nothing, so it removed every one of
+    them, reviewed ones too (review, session 36)."""
+    import shutil
+
+    store = Store(tmp_path, pass_rate=1.0)
+    t0 = datetime.now(UTC) - timedelta(hours=5)
+    saved = [_inspection(detector, "fail", t0 + timedelta(minutes=i)) for i in range(3)]
+    for inspection in saved:
+        assert store.save(inspection)
+    store.review(saved[0].id, reviewer="qa", action="confirm")
+    store.close()
+    shutil.rmtree(tmp_path / "images")
+    store = Store(tmp_path, pass_rate=1.0)
+    try:
+        assert store.cleanup()["missing_cleared"] == 3
+        store.checkpoint()
+        assert store.used_bytes() == store.overhead_bytes()  # no image is left to count
+        store.max_bytes = store.overhead_bytes() + 10
+        assert store.enforce_retention() == 0
+        assert store.query()[0] == 3 and store.get(saved[0].id).review_state == "confirmed"
+    finally:
+        store.close()
+
+
+def test_the_age_limit_applies_at_start_and_to_an_idle_box(
+        tmp_path: Path, detector: Detector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The age limit ran only after a batch was applied: a box whose line stopped, or one
+    started with a shorter limit, kept every image past it for as long as nothing new was
+    stored (review, session 36). Start-up cleanup applies it, and the writer at least every
+    AGE_CHECK_S."""
+    import lineside_inspect.store.store as store_module
+
+    month = _inspection(detector, "fail", datetime.now(UTC) - timedelta(days=30))
+    with Store(tmp_path, pass_rate=1.0) as store:
+        assert store.save(month)
+    with Store(tmp_path, pass_rate=1.0, max_age_days=7) as store:  # the limit set at a restart
+        assert store.query()[0] == 1
+        store.cleanup()
+        assert store.query()[0] == 0
+        assert not list((tmp_path / "images").rglob("*.jpg"))
+
+    monkeypatch.setattr(store_module, "AGE_CHECK_S", 0.05)
+    with Store(tmp_path, pass_rate=1.0, max_age_days=7) as store:
+        store.cleanup()
+        days = _inspection(detector, "fail", datetime.now(UTC) - timedelta(days=3))
+        assert store.save(days) and store.query()[0] == 1  # within the limit when applied
+        store.max_age_days = 1  # ... and past it while the line stands still
+        deadline = time.monotonic() + 30
+        while store.query()[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.query()[0] == 0
+
+
+def test_an_inspection_larger_than_the_quota_removes_nothing_for_it(
+        tmp_path: Path, detector: Detector, caplog: pytest.LogCaptureFixture) -> None:
+    """Making room for a frame that could never fit (larger than the quota, or than what it
+    holds beside the database) removed every stored inspection, a reviewed one too, and the
+    frame was refused all the same (review, session 36)."""
+    with Store(tmp_path, pass_rate=1.0, apply_interval_s=3600) as store:
+        t0 = datetime.now(UTC) - timedelta(hours=5)
+        kept = [_inspection(detector, "fail", t0 + timedelta(minutes=i)) for i in range(3)]
+        for inspection in kept:
+            assert store.save(inspection)
+        store.flush()
+        store.review(kept[0].id, reviewer="qa", action="confirm")
+        store.checkpoint()
+        store.max_bytes = store.overhead_bytes() + 4 * len(kept[0].raw or b"") + 200_000
+        assert store.enforce_retention() == 0
+        huge = _inspection(detector, "fail")
+        huge.raw = (huge.raw or b"") + b"\0" * store.max_bytes
+        assert not store.save(huge)
+        assert store.query()[0] == 3 and store.get(kept[0].id).review_state == "confirmed"
+        assert "more than the store's disk quota" in caplog.text
+        assert store.save(_inspection(detector, "fail"))  # one that fits is still stored

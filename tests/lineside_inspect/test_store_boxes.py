@@ -122,10 +122,11 @@ def test_rows_from_before_box_ids_go_to_the_box_holding_their_file(
             store.flush()  # the rows from the journal into the database first
             with store.engine.begin() as c:
                 c.execute(update(InspectionRow).values(box_id=None))
-    with Store(tmp_path / "b", shared_url, max_age_days=1e-9) as b:
+    with Store(tmp_path / "b", shared_url) as b:
         assert b.cleanup() == {"adopted": 1, "orphans_removed": 0, "missing_cleared": 0}
         assert b.get(ids["b"]).box_id == b.box_id
         assert b.get(ids["a"]).box_id is None and b.get(ids["a-row"]).box_id is None
+        b.max_age_days = 1e-9
         b.enforce_retention()  # ages out what b owns, and nothing it cannot prove is its own
         with pytest.raises(NotFoundError):
             b.get(ids["b"])

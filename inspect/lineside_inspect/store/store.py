@@ -53,7 +53,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -132,6 +132,10 @@ HEADROOM_SHARE, HEADROOM_MAX = 16, 64 * 1024 * 1024
 # claim given back; or the quota settings change), and at least every QUOTA_RECHECK_S for
 # what the store does not see (the age limit passing, files removed by hand)
 QUOTA_RECHECK_S = 2.0
+# the age limit is applied by the writer at least this often while nothing is applied (a
+# line stopped, a box whose rows leave only once forwarded), and by start-up cleanup: it ran
+# only after a batch was applied, so an idle box kept every image past it for good
+AGE_CHECK_S = 60.0
 # the free-disk floor of a save is measured (a statvfs) at most this often; what the store
 # appended to its journal since is taken off the measure
 DISK_CHECK_S = 0.5
@@ -304,7 +308,10 @@ class Store:
             self.images_dir.mkdir(parents=True, exist_ok=True)
             # the default database is this box's own: nobody else's rows can be in it
             self.own_database = url is None
-            self.url = url or f"sqlite:///{(self.data_dir / DB_FILE).resolve()}"
+            # the path quoted: a data_dir with "?" put the database beside the folder (the
+            # rest taken for the URL's query), one with "%20" failed to open it (unquoted)
+            self.url = url or URL.create(
+                "sqlite", database=str((self.data_dir / DB_FILE).resolve())).render_as_string()
             self.engine = make_engine(self.url)
             # table by table, folding SQLite's log into the database after each: every
             # statement rewrites the schema page into the log, and all at once the log of
@@ -355,6 +362,7 @@ class Store:
         # a full quota with nothing to remove (see QUOTA_RECHECK_S), and the saves refused
         # while it lasts (logged once it ends)
         self.quota_recheck_s = QUOTA_RECHECK_S
+        self.age_check_s = AGE_CHECK_S
         self._generation = 0
         self._full: _QuotaFull | None = None
         self._refused = 0
@@ -565,6 +573,14 @@ class Store:
     def _mine(self) -> ColumnElement[bool]:
         return InspectionRow.box_id == self.box_id
 
+    @staticmethod
+    def _has_image() -> ColumnElement[bool]:
+        """Rows whose image the quota counts and may remove: one they still name. A row
+        whose file was found gone at start-up (cleanup) kept its ``image_bytes`` before:
+        the quota counted them, and removed the row to free them, which freed nothing, so
+        it went on to remove every such row, reviewed ones too (review, session 36)."""
+        return InspectionRow.image_path.is_not(None) & (InspectionRow.image_bytes > 0)
+
     def _mine_or_unowned(self) -> ColumnElement[bool]:
         return or_(InspectionRow.box_id == self.box_id, InspectionRow.box_id.is_(None))
 
@@ -679,11 +695,15 @@ class Store:
         waiting. A failure (a database outage) is retried; the journal keeps everything
         meanwhile."""
         failures = 0
-        last_apply = time.monotonic()
+        last_apply = last_aged = time.monotonic()  # (start-up cleanup applies the age limit)
         while not self._stop.is_set():
             waiting = self._unapplied > 0
-            self._wake.wait(max(0.0, last_apply + self.apply_interval_s - time.monotonic())
-                            if waiting else None)
+            timeout = (max(0.0, last_apply + self.apply_interval_s - time.monotonic())
+                       if waiting else None)
+            if self.max_age_days is not None:  # (an idle box too: see AGE_CHECK_S)
+                aged = max(0.0, last_aged + self.age_check_s - time.monotonic())
+                timeout = aged if timeout is None else min(timeout, aged)
+            self._wake.wait(timeout)
             self._stop.wait(self.sync_interval_s)
             self._wake.clear()
             try:
@@ -695,6 +715,10 @@ class Store:
                 if due:
                     self.flush()
                     last_apply = time.monotonic()
+                if (self.max_age_days is not None and not self._stop.is_set()
+                        and time.monotonic() - last_aged >= self.age_check_s):
+                    self.enforce_retention(room=self.headroom())
+                    last_aged = time.monotonic()
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -961,8 +985,17 @@ class Store:
     def cleanup(self) -> dict[str, int]:
         """Start-up: adopt this box's rows from before box ids, remove orphan and temp
         files, clear this box's image paths whose file is gone. Another box's rows and
-        files are never touched, nor a pre-box-id row this box cannot prove is its own."""
+        files are never touched, nor a pre-box-id row this box cannot prove is its own.
+        Then the age limit and the quota, as they are now (either may have changed since
+        the last run, and nothing else applies them to a box that inspects nothing)."""
         self.flush()  # a journaled image is not an orphan
+        with self._lock:  # (the writer's retention waits: it would remove rows under it)
+            counts = self._cleanup()
+        if self.max_bytes is not None or self.max_age_days is not None:
+            self.enforce_retention(room=self.headroom())
+        return counts
+
+    def _cleanup(self) -> dict[str, int]:
         adopted = self._adopt_unowned()
         with Session(self.engine) as s:
             paths = s.execute(select(InspectionRow.image_path, InspectionRow.reference_path)
@@ -1011,7 +1044,7 @@ class Store:
             for row in s.scalars(select(InspectionRow).where(
                     self._mine(), InspectionRow.image_path.is_not(None))):
                 if not (self.images_dir / str(row.image_path)).is_file():
-                    row.image_path = None
+                    row.image_path, row.image_bytes = None, 0  # (no longer on this disk)
                     cleared += 1
                 if row.reference_path and not (self.images_dir / row.reference_path).is_file():
                     row.reference_path = None
@@ -1073,8 +1106,8 @@ class Store:
             if quota is not None:
                 self.checkpoint(self._wal_checkpoint_bytes())
             with Session(self.engine) as s, s.begin():
-                if self.max_age_days is not None:
-                    cutoff = as_utc(now or datetime.now(UTC)) - timedelta(days=self.max_age_days)
+                cutoff = self._age_cutoff(now or datetime.now(UTC))
+                if cutoff is not None:
                     for row in s.scalars(select(InspectionRow).where(
                             self._mine(), self._forwarded(), InspectionRow.created_at < cutoff)):
                         self._delete(s, row)
@@ -1086,7 +1119,7 @@ class Store:
                         if used <= limit:
                             break
                         q = (select(InspectionRow).where(self._mine(), self._forwarded(), tier,
-                                                         InspectionRow.image_bytes > 0)
+                                                         self._has_image())
                              .order_by(InspectionRow.created_at))
                         for row in s.scalars(q):
                             if used <= limit:
@@ -1117,7 +1150,7 @@ class Store:
         dropped = 0
         for tier in self._deletion_order():
             q = (select(InspectionRow).where(self._mine(), ~self._forwarded(), tier,
-                                             InspectionRow.image_bytes > 0)
+                                             self._has_image())
                  .order_by(InspectionRow.created_at))
             for row in s.scalars(q):
                 if used <= limit:
@@ -1171,7 +1204,7 @@ class Store:
         """:meth:`used_bytes` in ``s``, and the bytes saves had claimed when it was taken
         (measured under the lock that saves claim and append under, so none is missed)."""
         images = s.scalar(select(func.coalesce(func.sum(InspectionRow.image_bytes), 0))
-                          .where(self._mine())) or 0
+                          .where(self._mine(), self._has_image())) or 0
         with self._space_lock:
             return (images + self.overhead_bytes() + sum(self._apply_rooms.values()),
                     self._claimed)
@@ -1275,6 +1308,7 @@ class Store:
                 self._space_lock.release()
                 raise self._quota_full_error()
             self._space_lock.release()
+            self._check_fits_at_all(nbytes, reusable)  # (no room is made for what never fits)
             if not self._make_room(nbytes, reusable):
                 ages = self._next_age_out()
                 with self._space_lock:
@@ -1305,6 +1339,25 @@ class Store:
                 raise
         finally:
             self._space_lock.release()
+
+    def _check_fits_at_all(self, nbytes: int, reusable: int) -> None:
+        """OSError when a claim of ``nbytes`` would not fit the quota even with every image
+        gone (beside the SQLite database, which never shrinks): making room for it removed
+        every stored inspection, reviewed ones too, and it was refused all the same (a frame
+        larger than a small quota; review, session 36)."""
+        if self.max_bytes is None:
+            return
+        files = self._sqlite_files()
+        floor = 0
+        for i, path in enumerate(files[:2]):  # the database and its log (at its least)
+            with contextlib.suppress(FileNotFoundError):
+                size = path.stat().st_size
+                floor += max(size, self._wal_room_bytes()) if i == 1 else size
+        if nbytes - reusable + floor > self.max_bytes:
+            beside = f" beside its database ({floor} bytes)" if floor else ""
+            raise OSError(errno.EFBIG, f"its files and row need {nbytes - reusable} bytes, more "
+                                       f"than the store's disk quota ({self.max_bytes} bytes) "
+                                       f"holds{beside}; nothing was removed for it")
 
     def _make_room(self, nbytes: int, reusable: int) -> bool:
         """Steps towards ``nbytes`` of room and :meth:`headroom` in the quota: retention,
@@ -1345,8 +1398,23 @@ class Store:
             return math.inf
         if oldest is None:
             return math.inf
-        due = as_utc(oldest) + timedelta(days=self.max_age_days) - datetime.now(UTC)
+        try:
+            due = as_utc(oldest) + timedelta(days=self.max_age_days) - datetime.now(UTC)
+        except OverflowError:  # past the calendar's end: never
+            return math.inf
         return time.monotonic() + max(0.0, due.total_seconds())
+
+    def _age_cutoff(self, now: datetime) -> datetime | None:
+        """Rows made before this leave by age; None: no age limit, or one reaching back
+        before the calendar (a "keep forever" of a million days, or inf: every apply and
+        every retention pass failed with OverflowError, a store on a quota refused every
+        save once full, and a journal left at start stopped the server)."""
+        if self.max_age_days is None:
+            return None
+        try:
+            return as_utc(now) - timedelta(days=self.max_age_days)
+        except OverflowError:
+            return None
 
     def _page_size(self) -> int:
         """SQLite's page size (0 on PostgreSQL)."""
