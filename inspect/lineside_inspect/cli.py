@@ -525,6 +525,14 @@ def calibrate_cmd(
                   f"{c['target_false_reject']:.1%} false rejects: {c['false_reject']:.1%} of "
                   f"{c['calibration_captures']} captures of {c['calibrated_on']} good images; "
                   f"map threshold {c['map_threshold']:.4f}{saved}")
+        from lineside_training.anomaly.calibrate import NEAR_CEILING
+        if c["threshold"] > NEAR_CEILING:  # as training warns: few defects can score above
+            err.print(f"warning: these good captures score at or near 1.0, the score's "
+                      f"ceiling: at the threshold {c['threshold']:.6f} {c['false_reject']:.1%} "
+                      f"of them fail (target {c['target_false_reject']:.1%}), and a defect must "
+                      "score at least that to fail. The model does not know these "
+                      "parts: train on some of them (--merge, docs/training/good-only.md) "
+                      "rather than serve this threshold", highlight=False, markup=False)
         return
     p = c["pairs"]
     g = c.get("global_threshold")

@@ -253,3 +253,29 @@ def test_the_set_it_trained_on_is_refused_outside_its_held_out_groups(tmp_path: 
                                                "data": {"train_sha256": digests}}})
     r = runner.invoke(app, ["calibrate", str(kept), "--data", str(line), "--split", "all"])
     assert r.exit_code == 2 and "7 of split 'all''s 120" in r.stderr, r.stderr
+
+
+def test_a_threshold_at_the_score_ceiling_is_warned_of(tmp_path: Path, package: Path) -> None:
+    """Line captures the model scores at or near 1.0 (parts it does not know) set the
+    threshold at the score's ceiling, which no defect short of 1.0 reaches: it was written
+    as a new version with no word (a DeepPCB package on parts it never saw: 1.0, failing
+    97.5% of them; training warns of such a threshold)."""
+    for i in range(60):
+        folder = tmp_path / "captures" / f"shift-{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        image = _line_part(0)  # the patch is what the graph calls foreign: score 1.0
+        image[0, 0], image[0, 1] = 200 + i % 50, 200 + i // 50
+        cv2.imwrite(str(folder / f"{i:03d}.png"), image)
+    line = tmp_path / "line"
+    assert runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "captures"),
+                               str(line)]).exit_code == 0
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split", "all",
+                            "--new-version", str(package.parent / "2")])
+    assert r.exit_code == 0, r.stderr
+    assert "good-only threshold 1.0000" in r.stdout
+    assert "warning: these good captures score at or near 1.0" in r.stderr, r.stdout
+    assert "of them fail (target 1.0%)" in r.stderr
+    # a threshold below the ceiling says nothing of it
+    r = runner.invoke(app, ["calibrate", str(package), "--data", str(_line_set(tmp_path, 60)),
+                            "--split", "all"])
+    assert r.exit_code == 0 and "ceiling" not in r.stderr, r.stderr

@@ -469,3 +469,82 @@ def test_export_refuses_a_model_name_of_another_kind(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "det1 holds versions of another kind (1)" in " ".join(
         r.stderr.split()), r.stderr
     assert not (detector.parent / "2").exists()
+
+
+def test_a_diverged_run_is_refused_not_saved(tmp_path: Path) -> None:
+    """A run whose loss went nan was calibrated and saved: its NaN scores gave a threshold
+    of 1.0 (``min(1.0, nan)``), a map threshold of NaN, a warning that good parts scored
+    the ceiling, and evaluating it reported no escapes and no false rejects (every
+    comparison with NaN false); its export failed with a pydantic traceback."""
+    rng = np.random.default_rng(0)
+    _good_set(tmp_path, ("line-a", "line-b"), 3, rng)
+    cfg = _config(tmp_path, tmp_path / "ds", steps=4, lr=1e30, warmup_steps=0)
+    r = runner.invoke(app, ["train", "--config", str(cfg)])
+    assert r.exit_code == 2, r.output + r.stderr
+    assert "training diverged" in r.stderr and "lower lr" in r.stderr
+    assert not (tmp_path / "runs" / "toy" / "anomaly.pt").exists()
+
+
+def test_calibration_refuses_scores_that_are_not_numbers() -> None:
+    """NaN scores (or maps) set no threshold: they came out as 1.0 and NaN, silently."""
+    from lineside_training.anomaly.calibrate import operating_point
+
+    good = [np.linspace(0, 0.2, 16, dtype=np.float32) for _ in range(4)]
+    kwargs = {"target_false_reject": 0.01, "pixels_per_image": 96 * 96,
+              "pixel_false_positive": 1e-5}
+    assert operating_point(np.asarray([0.1, 0.2, 0.15, 0.05]), good, **kwargs)["threshold"] < 1
+    with pytest.raises(ConfigError, match=r"not a number .* on 1 of 4 good captures"):
+        operating_point(np.asarray([0.1, np.nan, 0.15, 0.05]), good, **kwargs)
+    broken_map = [*good[:3], np.full(16, np.nan, np.float32)]
+    with pytest.raises(ConfigError, match="on 1 of 4 good captures"):
+        operating_point(np.asarray([0.1, 0.2, 0.15, 0.05]), broken_map, **kwargs)
+
+
+def test_a_threshold_near_the_score_ceiling_is_warned_of(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held-out good parts scoring 0.9999 set a threshold of 0.99995 that no defect short of
+    the ceiling reaches: training warned only of exactly 1.0 and said nothing of it."""
+    from lineside_training.anomaly import train as train_module
+
+    real = train_module.calibrate_run
+
+    def near_ceiling(*args: object, **kwargs: object) -> dict[str, object]:
+        return {**real(*args, **kwargs), "threshold": 0.99995}  # type: ignore[arg-type]
+    monkeypatch.setattr(train_module, "calibrate_run", near_ceiling)
+    rng = np.random.default_rng(0)
+    _good_set(tmp_path, ("line-a", "line-b"), 3, rng)
+    r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, tmp_path / "ds"))])
+    assert r.exit_code == 0, r.output + r.stderr
+    log = (tmp_path / "runs" / "toy" / "train.log").read_text()
+    assert "warning: held-out good images score at or near 1.0" in log
+    assert "at the threshold 0.999950" in log
+
+
+def test_copies_among_the_calibration_images_count_once(tmp_path: Path) -> None:
+    """A held-out batch saved twice (each capture under two names) was calibrated on as
+    twice the captures it holds: the card's calibrated_on doubled, and the warning that
+    they are too few for the target came later than it should (lineside calibrate counts
+    images by content)."""
+    rng = np.random.default_rng(4)
+    for g in ("a", "b", "c"):
+        (tmp_path / "good" / g).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / "good" / g / f"{i}.png"), _part(rng))
+    for i in range(3):
+        (tmp_path / "good" / "c" / f"{i} (copy).png").write_bytes(
+            (tmp_path / "good" / "c" / f"{i}.png").read_bytes())
+    r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "good"),
+                            str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.stderr
+    cfg = AnomalyConfig(**yaml.safe_load(_config(tmp_path, tmp_path / "ds",
+                                                 calib_groups=["c"]).read_text()))
+    split = carve(cfg)
+    assert len(split.calib) == 3 and len(set(split.calib_sha256)) == 3
+    assert len(split.train) == 6 and not split.copies_left_out
+    # at 10% false rejects 10 captures set the threshold: the 6 of 3 images do not
+    r = runner.invoke(app, ["train", "--config", str(_config(
+        tmp_path, tmp_path / "ds", calib_groups=["c"], target_false_reject=0.1))])
+    assert r.exit_code == 0, r.output + r.stderr
+    log = (tmp_path / "runs" / "toy" / "train.log").read_text()
+    assert "warning: 6 calibration captures at 10.0% false rejects" in log
+    assert "6 to train on, 3 held out for calibration" in log

@@ -13,6 +13,9 @@ from lineside_inspect.errors import ConfigError
 from lineside_training.quality import MARGIN
 
 REPORTED_FALSE_REJECTS = (0.01, 0.02)
+# a threshold above this is at the score's ceiling (it is set up to MARGIN above a good
+# capture's score): good parts score 1.0 or nearly, and hardly a defect can score above
+NEAR_CEILING = 1 - MARGIN
 
 
 def image_threshold(good_scores: np.ndarray, target_false_reject: float) -> float:
@@ -64,7 +67,16 @@ def operating_point(scores: np.ndarray, top_pixels: list[np.ndarray], *,
                     pixel_false_positive: float) -> dict[str, Any]:
     """The image and map thresholds from good captures' ``scores`` and ``top_pixels``
     (training's held-out groups, or a line's own good parts for ``lineside calibrate``),
-    with the spread of the scores they were set on."""
+    with the spread of the scores they were set on. Scores or maps that are not finite
+    (a diverged run's NaN) are refused: they set a threshold of 1.0 and a map threshold
+    of NaN, and a run so calibrated was saved as if good parts scored the ceiling."""
+    broken = int((~np.isfinite(np.asarray(scores, np.float64))
+                  | np.asarray([not np.isfinite(t).all() for t in top_pixels], bool)).sum())
+    if broken:
+        raise ConfigError(f"the model's output is not a number (NaN or inf) on {broken} of "
+                          f"{len(scores)} good captures: no threshold can be set on it. A "
+                          "training run whose loss went nan diverged: train again with a "
+                          "lower lr (--set lr=...)")
     thr = image_threshold(scores, target_false_reject)
     return {"threshold": thr,
             "map_threshold": map_threshold(top_pixels, pixels_per_image, pixel_false_positive,

@@ -117,7 +117,10 @@ def carve(cfg: AnomalyConfig) -> GoodSplit:
         if not train:
             raise ConfigError(f"{cfg.data}: {len(good)} good image(s) cannot be split into "
                               "training and calibration")
-    calib_sha256 = digests(dataset, calib)
+    # each held-out image once, by content: copies of one capture counted as more
+    # captures than there are, and hid the warning that they are too few to set the
+    # threshold at the target (lineside calibrate counts them by content too)
+    calib, calib_sha256 = distinct(dataset, calib)
     # a copy of a calibration image in another group (a folder copied into a new batch)
     # is not trained on: calibration must see parts the model never saw (review, 34)
     held_content = set(calib_sha256)

@@ -20,7 +20,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError, LinesideError
-from lineside_training.anomaly.calibrate import captures_needed, operating_point
+from lineside_training.anomaly.calibrate import NEAR_CEILING, captures_needed, operating_point
 from lineside_training.anomaly.config import AnomalyConfig
 from lineside_training.anomaly.data import CropSampler, GoodSplit, carve, group_of, load_rgb
 from lineside_training.anomaly.infer import score_images, torch_forward
@@ -140,6 +140,12 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
         opt.step()
         losses.append(float(loss.detach()))
         step += 1
+        if not math.isfinite(losses[-1]):  # the weights are NaN from here: nothing to save
+            say(f"step {step} loss {losses[-1]}: training diverged")
+            log.close()
+            raise ConfigError(f"training diverged at step {step} (loss {losses[-1]}): the "
+                              f"network's weights are no longer numbers; train again with a "
+                              f"lower lr (--set lr=...; this run's is {cfg.lr:g})")
         if step % cfg.log_every == 0 or step == 1:
             say(f"step {step} loss {np.mean(losses[-cfg.log_every:]):.4f} "
                 f"lr {opt.param_groups[0]['lr']:.2e} elapsed {time.perf_counter() - start:.0f}s "
@@ -153,12 +159,14 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
         f"threshold {calibration['threshold']:.4f} "
         f"map_threshold {calibration['map_threshold']:.4f} on {len(calib_images)} held-out "
         "good images")
-    if calibration["threshold"] >= 1.0:
+    if calibration["threshold"] > NEAR_CEILING:
         # a sigmoid at 1.0 in float32 is every score above ~17 logits: such good parts fail
-        # whatever the target, and defects cannot score above them
-        say("warning: held-out good images score 1.0, the score's ceiling: the threshold "
-            "cannot pass them, and no defect can score higher. Train longer or on more "
-            "varied good images; check the held-out groups are of the same part")
+        # whatever the target, and defects cannot score above them (0.9999 passed them all
+        # and said nothing)
+        say(f"warning: held-out good images score at or near 1.0, the score's ceiling: at "
+            f"the threshold {calibration['threshold']:.6f} a defect must score at least "
+            "that to fail, and good parts at 1.0 fail whatever the target. Train longer or "
+            "on more varied good images; check the held-out groups are of the same part")
     torch.save({"kind": "anomaly", "config": cfg.model_dump(),
                 "model": {k: v.cpu() for k, v in net.state_dict().items()},
                 "calibration": calibration, "steps": step, "train_seconds": train_seconds,
