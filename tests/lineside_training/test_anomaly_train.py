@@ -403,18 +403,25 @@ def test_val_and_test_good_images_are_neither_trained_nor_calibrated_on(tmp_path
         carve(cfg)
 
 
-def test_a_copy_of_a_calibration_image_is_not_trained_on(tmp_path: Path) -> None:
-    """A batch folder copied into another group: calibration scored images the model had
-    trained on (their copies), so the threshold came out low (review, session 34)."""
-    rng = np.random.default_rng(3)
+def _three_groups(tmp_path: Path, *, seed: int, copies: dict[str, str]) -> None:
+    """Groups a, b and c of three good parts each under ``tmp_path/good``, with ``copies``
+    (new name: the part copied), imported as ``tmp_path/ds``."""
+    rng = np.random.default_rng(seed)
     for g in ("a", "b", "c"):
         (tmp_path / "good" / g).mkdir(parents=True)
         for i in range(3):
             cv2.imwrite(str(tmp_path / "good" / g / f"{i}.png"), _part(rng))
-    (tmp_path / "good" / "c" / "copy.png").write_bytes((tmp_path / "good" / "a" / "0.png").read_bytes())
+    for name, of in copies.items():
+        (tmp_path / "good" / name).write_bytes((tmp_path / "good" / of).read_bytes())
     r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "good"),
                             str(tmp_path / "ds")])
     assert r.exit_code == 0, r.stderr
+
+
+def test_a_copy_of_a_calibration_image_is_not_trained_on(tmp_path: Path) -> None:
+    """A batch folder copied into another group: calibration scored images the model had
+    trained on (their copies), so the threshold came out low (review, session 34)."""
+    _three_groups(tmp_path, seed=3, copies={"c/copy.png": "a/0.png"})
     cfg = AnomalyConfig(**yaml.safe_load(_config(tmp_path, tmp_path / "ds",
                                                  calib_groups=["a"]).read_text()))
     split = carve(cfg)
@@ -525,17 +532,7 @@ def test_copies_among_the_calibration_images_count_once(tmp_path: Path) -> None:
     twice the captures it holds: the card's calibrated_on doubled, and the warning that
     they are too few for the target came later than it should (lineside calibrate counts
     images by content)."""
-    rng = np.random.default_rng(4)
-    for g in ("a", "b", "c"):
-        (tmp_path / "good" / g).mkdir(parents=True)
-        for i in range(3):
-            cv2.imwrite(str(tmp_path / "good" / g / f"{i}.png"), _part(rng))
-    for i in range(3):
-        (tmp_path / "good" / "c" / f"{i} (copy).png").write_bytes(
-            (tmp_path / "good" / "c" / f"{i}.png").read_bytes())
-    r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "good"),
-                            str(tmp_path / "ds")])
-    assert r.exit_code == 0, r.stderr
+    _three_groups(tmp_path, seed=4, copies={f"c/{i} (copy).png": f"c/{i}.png" for i in range(3)})
     cfg = AnomalyConfig(**yaml.safe_load(_config(tmp_path, tmp_path / "ds",
                                                  calib_groups=["c"]).read_text()))
     split = carve(cfg)
