@@ -15,10 +15,13 @@ LISTEN = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 # creation failed half-way, e.g. without Debian's python3-venv) was kept, and every later
 # run, even with PYTHON=python3.11, failed on it with pip's "requires a different Python"
 $(PY):
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
-	  v=$$($(PYTHON) -V 2>/dev/null); echo "Lineside needs Python 3.11 or later;" \
-	  "$(PYTHON) is $${v:-not found}: name another, e.g. make $(or $(MAKECMDGOALS),serve) PYTHON=python3.11" >&2; \
-	  exit 1; }
+# (exit 3: too old; another failure is the interpreter's own, its message shown, not
+# called a version it is not)
+	@$(PYTHON) -c 'import sys; sys.exit(3 if sys.version_info < (3, 11) else 0)'; s=$$?; \
+	if [ $$s -ne 0 ]; then v=$$($(PYTHON) -V 2>/dev/null); \
+	  if [ $$s -eq 3 ]; then echo "Lineside needs Python 3.11 or later; $(PYTHON) is $$v:" >&2; \
+	  else echo "$(PYTHON) $${v:+($$v) }could not run (exit $$s; its message above):" >&2; fi; \
+	  echo "name another, e.g. make $(or $(MAKECMDGOALS),serve) PYTHON=python3.11" >&2; exit 1; fi
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 	$(PY) -m pip install -q --upgrade pip
 

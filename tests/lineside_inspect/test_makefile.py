@@ -17,12 +17,15 @@ from .server_process import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
-# a stand-in for the interpreter PYTHON names: a Python 3.10 (FAKE=old), or a 3.11 whose
+# a stand-in for the interpreter PYTHON names: a Python 3.10 (FAKE=old), one whose -c fails
+# on its own (FAKE=broken: a broken install), or a 3.11 whose
 # `-m venv` makes bin/python and then fails (FAKE=noensurepip: Debian without python3-venv)
 FAKE_PYTHON = """#!/bin/sh
 case "$1" in
   -V) echo "Python 3.10.13"; exit 0;;
-  -c) [ "$FAKE" = old ] && exit 1; exit 0;;
+  -c) [ "$FAKE" = old ] && exit 3
+      [ "$FAKE" = broken ] && { echo "Fatal Python error: init_import_site" >&2; exit 1; }
+      exit 0;;
   -m) if [ "$2" = venv ]; then
         mkdir -p "$3/bin" && cp "$0" "$3/bin/python"
         [ "$FAKE" = noensurepip ] && { echo "Error: ensurepip is not available" >&2; exit 1; }
@@ -35,7 +38,7 @@ exit 1
 """
 
 
-@pytest.mark.parametrize("fake", ["old", "noensurepip"])
+@pytest.mark.parametrize("fake", ["old", "noensurepip", "broken"])
 def test_a_python_make_cannot_use_leaves_no_venv(tmp_path: Path, fake: str) -> None:
     python = tmp_path / "python3"
     python.write_text(FAKE_PYTHON)
@@ -49,6 +52,9 @@ def test_a_python_make_cannot_use_leaves_no_venv(tmp_path: Path, fake: str) -> N
     assert not venv.exists(), f"a .venv make cannot use was kept:\n{out.stdout}{out.stderr}"
     if fake == "old":
         assert "needs Python 3.11 or later" in out.stderr and "Python 3.10.13" in out.stderr
+    if fake == "broken":  # (review of session 36) not called too old, its own error shown
+        assert "needs Python 3.11" not in out.stderr, out.stderr
+        assert "Fatal Python error: init_import_site" in out.stderr, out.stderr
 
 
 def _serve_command(*args: str) -> list[str]:

@@ -594,6 +594,32 @@ def test_the_database_is_in_a_data_dir_whatever_its_name(
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
+def test_a_data_dir_whose_database_an_earlier_release_kept_elsewhere_is_not_emptied(
+        tmp_path: Path, detector: Detector) -> None:
+    """A data_dir named with "?" had its database beside it (the path cut at "?"): after the
+    upgrade that quoted the path, the store opened a new empty database in the folder, and
+    start-up cleanup removed every image (up to 20) as an orphan; the rows stayed behind in
+    the old file (review of session 36's URL quoting). It stops, naming the file to move."""
+    folder = tmp_path / "line?1"
+    legacy_url = f"sqlite:///{(folder / 'lineside.db').resolve()}"  # as the release before
+    with Store(folder, legacy_url, pass_rate=1.0) as store:
+        for _ in range(3):
+            assert store.save(_inspection(detector, "fail"))
+        store.flush()
+    legacy = tmp_path / "line"
+    assert legacy.is_file() and not (folder / "lineside.db").exists()
+    images = sorted(p.name for p in (folder / "images").rglob("*.jpg"))
+    assert len(images) == 3
+    with pytest.raises(ConfigError, match="move that file") as info:
+        Store(folder)
+    assert str(legacy) in info.value.message
+    assert sorted(p.name for p in (folder / "images").rglob("*.jpg")) == images
+    legacy.replace(folder / "lineside.db")  # as the error says
+    with Store(folder) as store:
+        assert store.cleanup()["orphans_removed"] == 0
+        assert store.query()[0] == 3
+
+
 def test_rows_whose_images_were_found_gone_at_start_are_not_removed_for_their_bytes(
         tmp_path: Path, detector: Detector) -> None:
     """Start-up cleanup cleared the image path of a row whose file was gone (a lost or

@@ -100,12 +100,18 @@ def setup_store(app: FastAPI, settings: Settings) -> None:
     # folder stops here, before its start-up cleanup can take live files for orphans
     lock = DataDirLock(settings.data_dir).acquire()
 
+    guard: str | None = None
+    if settings.fleet.hub_url:  # rows not forwarded yet are kept from the first retention on
+        from lineside_inspect.fleet.box.forward import CHANNEL
+
+        guard = CHANNEL
+
     def start() -> None:
         store = Store(settings.data_dir, settings.database_url,
                       pass_rate=settings.store_pass_rate, max_bytes=settings.store_max_bytes,
                       max_age_days=settings.store_max_age_days, box_id=settings.box_id, lock=lock,
                       sync_interval_s=settings.store_sync_interval_s,
-                      apply_interval_s=settings.store_apply_interval_s)
+                      apply_interval_s=settings.store_apply_interval_s, guard_channel=guard)
         log.info("store at %s, box %s: %s", store.url.split("@")[-1], store.box_id, store.cleanup())
         app.state.store = store
         app.state.service.store = store

@@ -296,13 +296,16 @@ class Store:
                  max_bytes: int | None = None, max_age_days: float | None = None,
                  seed: int | None = None, box_id: str | None = None,
                  lock: DataDirLock | None = None, sync_interval_s: float = 0.05,
-                 apply_interval_s: float = 1.0, images: ImageBackend | None = None) -> None:
+                 apply_interval_s: float = 1.0, images: ImageBackend | None = None,
+                 guard_channel: str | None = None) -> None:
         self.data_dir = Path(data_dir)
         # a hub's store: every row's image is in this backend (store/images.py)
         self.central_images = images
         # before any file or database work: a second process on this folder stops here
         self.dir_lock = (lock or DataDirLock(self.data_dir)).acquire()
         try:
+            if url is None:  # (before anything is made in it: a store ran here before?)
+                self._check_database_moved()
             self.box_id = resolve_box_id(self.data_dir, box_id)
             self.images_dir = self.data_dir / IMAGES_DIR
             self.images_dir.mkdir(parents=True, exist_ok=True)
@@ -379,7 +382,10 @@ class Store:
         # yet: age never removes them, the quota removes only their images, and counts it)
         self.site: str | None = None
         self.line: str | None = None
-        self.guard_channel: str | None = None
+        # (given here by a server forwarding to a hub: retention runs before its start-up
+        # hooks do, when a journal left by the last run is applied and at cleanup, and with
+        # none set it took every row for forwarded and removed those still waiting)
+        self.guard_channel: str | None = guard_channel
         self.dropped_unforwarded = 0
         # active-learning capture (lifecycle/capture.py): asked of each inspection on the
         # request path (so it must be quick); a reason keeps the image for labelling
@@ -397,6 +403,31 @@ class Store:
         self._writer = threading.Thread(target=self._write_behind, name="store-writer",
                                         daemon=True)
         self._writer.start()
+
+    def _check_database_moved(self) -> None:
+        """ConfigError when this data folder's database is where a release before the
+        quoted URL put it: the path pasted into the URL, cut at a "?" (or "%XX" decoded).
+        Opened here instead, the new empty database left the folder's rows behind, and
+        start-up cleanup removed its images as orphans (review of session 36)."""
+        path = (self.data_dir / DB_FILE).resolve()
+        legacy = make_url(f"sqlite:///{path}").database
+        if not legacy or Path(legacy) == path or path.exists():
+            return
+        used = (self.data_dir / "journal").is_dir() or any(
+            (self.data_dir / IMAGES_DIR).glob("*"))
+        try:
+            with open(legacy, "rb") as f:
+                is_sqlite = f.read(16) == b"SQLite format 3\0"
+        except OSError:  # none there (or a folder)
+            return
+        if used and is_sqlite:
+            raise ConfigError(
+                f"data_dir {self.data_dir}: its database was kept at {legacy} by an earlier "
+                f"release (the folder's name has '?' or '%', which the database URL took for "
+                f"its own syntax); move that file (and any -wal and -shm beside it) to "
+                f"{path}, then start again (unless another data_dir used it too: copy it "
+                "then). Started without it, this folder's inspections would be missing and "
+                "their images removed as orphans")
 
     def close(self) -> None:
         """Apply what the journal holds, close the database connections and release the
