@@ -2,7 +2,9 @@
 
 The runtime refuses any package whose card does not match its graph: a sha256
 mismatch, inputs/outputs or class count that disagree with the card, or external
-tensor data that points outside the package folder.
+tensor data that points outside the package folder. An external data file's name (the
+graph's ``location``) becomes a path wherever the package is read or copied (the runtime,
+``export --triton``), so it is full-matched as an archive member is (``names.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lineside_inspect.errors import PackageError, describe_validation
-from lineside_inspect.names import MAX_CLASS_NAME, MAX_CLASSES, Name
+from lineside_inspect.names import MAX_CLASS_NAME, MAX_CLASSES, Name, is_package_member
 
 CARD = "model.json"
 GRAPH = "model.onnx"
@@ -272,11 +274,16 @@ def _check_graph(path: Path, card: ModelCard) -> None:
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            target = (root / location).resolve()
-            if not target.is_relative_to(root):
+            # full-matched first ('/'-separated names, no '..', no NUL): resolving alone let
+            # 'link/../../x' through (a link inside the package made it resolve inside),
+            # which export --triton then copied to outside its repository, and a NUL was a
+            # ValueError (a 500 from POST /v1/models and the hub's publish)
+            if not is_package_member(location) \
+                    or not (root / location).resolve().is_relative_to(root):
                 raise PackageError(
                     f"{graph_path}: tensor {tensor.name!r} points at external data "
-                    f"{location!r} outside the package folder"
+                    f"{location[:80]!r} outside the package folder or not by a plain "
+                    "relative name ('/'-separated letters, digits, '_', '-', '.'; no '..')"
                 )
     inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if len(inputs) != 1 or inputs[0].name != card.input.name:
@@ -338,7 +345,12 @@ def _check_anomaly_outputs(graph_path: Path, model: onnx.ModelProto, size: int) 
 def load_package(path: str | Path) -> ModelPackage:
     """Read and verify a package: card schema, sha256 of the graph, graph vs card."""
     path = Path(path)
-    if not path.is_dir():
+    try:
+        found = path.is_dir()
+    except OSError as exc:  # a name too long (ENAMETOOLONG): a 500 from POST /v1/models
+        raise PackageError(f"{path}: model package folder cannot be read "
+                           f"({exc.strerror or type(exc).__name__})") from None
+    if not found:
         raise PackageError(f"{path}: model package folder not found")
     card = read_card(path)
     graph = path / GRAPH

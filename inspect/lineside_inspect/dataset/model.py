@@ -29,9 +29,12 @@ class Box:
 
 def inside_images(images: Path, file_name: str) -> Path:
     """``images / file_name``, refusing a name that leaves the folder (absolute, ``..``, a
-    symlink out): a dataset from elsewhere must not read or write outside its own tree."""
+    symlink out) or holds a NUL: a dataset from elsewhere must not read or write outside
+    its own tree."""
     path = images / file_name
-    if Path(file_name).is_absolute() or not path.resolve().is_relative_to(images.resolve()):
+    # a NUL first: resolving one is a ValueError (a traceback from data validate, export)
+    if "\x00" in file_name or Path(file_name).is_absolute() \
+            or not path.resolve().is_relative_to(images.resolve()):
         raise DatasetError(f"image file_name {file_name!r} leaves the dataset's images/ folder")
     return path
 

@@ -89,7 +89,8 @@ def validate_dataset(dataset: Dataset, *, check_pixels: bool = True,
             )
         seen.add(rec.file_name)
         parts = PurePosixPath(rec.file_name.replace("\\", "/")).parts
-        if not parts or parts[0] == "/" or ".." in parts or ":" in parts[0]:
+        if not parts or parts[0] == "/" or ".." in parts or ":" in parts[0] \
+                or "\x00" in rec.file_name:
             # names become paths under images/ when written, exported or deduplicated
             problems.append(Problem(rec.origin or rec.file_name, "file_name",
                                     f"{rec.file_name!r} must be a relative path inside images/",
