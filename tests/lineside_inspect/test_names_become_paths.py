@@ -58,7 +58,8 @@ def test_external_data_that_climbs_through_a_link_is_refused(tmp_path: Path) -> 
         == ["pkg/weights.bin"]
 
 
-@pytest.mark.parametrize("location", ["weights\x00.bin", "", "./weights.bin", "a//weights.bin",
+@pytest.mark.parametrize("location", ["../outside.bin", "/tmp/outside.bin",
+                                      "weights\x00.bin", "", "./weights.bin", "a//weights.bin",
                                       "weights.bin/", "C:weights.bin", "w\\..\\weights.bin",
                                       "w\u2215eights.bin"])
 def test_external_data_names_are_full_matched(tmp_path: Path, location: str) -> None:
