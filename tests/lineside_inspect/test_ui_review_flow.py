@@ -62,8 +62,17 @@ def test_a_review_key_never_acts_on_a_part_not_on_screen(box: Running) -> None:
         page.keyboard.press("Enter")
         expect(page.locator("#d-title")).to_contain_text(newest[0][:8])
         assert page.evaluate("document.activeElement.id") == "d-title"
-        page.keyboard.press("c")
-        page.keyboard.press("c")  # at once: held back, no conflict with its own save
+        # the first save held until the second c is pressed: on an idle host it could
+        # answer between the two presses, and the second c then confirmed it again (CI)
+        reviews = re.compile(r".*/v1/inspections/[0-9a-f]{32}/reviews$")
+        held: list[Any] = []
+        page.route(reviews, lambda route: held.append(route))
+        with page.expect_request(reviews):
+            page.keyboard.press("c")
+        page.keyboard.press("c")  # while it saves: held back, no conflict with its own save
+        expect(page.locator("#d-status")).to_have_text("wait: the part is still loading or saving")
+        page.unroute(reviews)
+        held[0].continue_()
         expect(page.locator("#d-status")).to_have_text("saved: confirm")
         page.keyboard.press("j")
         page.keyboard.press("f")  # before the next part shows: held back
