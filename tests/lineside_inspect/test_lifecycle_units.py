@@ -887,7 +887,7 @@ def test_golden_and_gate_commands_refuse_arguments_that_mean_nothing(tmp_path: P
 
 
 def test_a_rollback_is_refused_while_a_recipe_following_the_active_version_cannot_follow(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Version 2r renamed class open to opening; a recipe put while it judged counts its
     opening defects from 0.05. Rolled back to 1 (no class opening), the floor was dropped
     unseen and 1's open defects judged at its card's 0.68: an activation of 1 is refused
@@ -908,8 +908,12 @@ def test_a_rollback_is_refused_while_a_recipe_following_the_active_version_canno
     assert registry.models()["deeppcb"].active == "2r"
     with pytest.raises(RecipesCannotFollow):
         registry.activate("deeppcb", "1")  # (as an activation is)
-    assert registry.revert("deeppcb", "2r", "1", forget=True)
+    with caplog.at_level("WARNING", logger="lineside.registry"):
+        assert registry.revert("deeppcb", "2r", "1", forget=True)
     assert registry.models()["deeppcb"].active == "1"
+    # gone back all the same, and said: the dropped rule was unseen (not logged)
+    said = [r.getMessage() for r in caplog.records if r.name == "lineside.registry"]
+    assert len(said) == 1 and "rolled back to 1 although" in said[0] and "line1" in said[0]
 
 
 @pytest.mark.parametrize("field", ["max_fail_rate_ratio", "min_watch_s"])

@@ -8,6 +8,7 @@ the old version serving.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from lineside_inspect.errors import (
 from lineside_inspect.package import card_digest, load_package
 from lineside_inspect.recipes import Recipe, check_card_recipe
 from lineside_inspect.runtime.detector import Detector
+
+log = logging.getLogger("lineside.registry")
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,14 @@ class Registry:
                 slot.history.pop()
             if forget:
                 slot.history = [v for v in slot.history if v != from_version]
+            try:  # gone back all the same (a rejected version must not judge), but said
+                self._check_followers_locked(
+                    name, self._detector_locked(name, to_version), recipe)
+            except RecipesCannotFollow as exc:
+                # the rule of a class the version lacks is dropped unseen otherwise (its
+                # defects judged at the card's threshold; lifecycle review, session 36)
+                log.warning("model %s: rolled back to %s although %s", name, to_version,
+                            exc.message)
             slot.active = to_version
             self._put_recipe_locked(recipe)
             return True
