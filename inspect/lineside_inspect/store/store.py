@@ -1210,19 +1210,27 @@ class Store:
         the SQLite database files, the journal (its refused records and damaged segments too),
         the box id and lock files. The write-ahead
         log counts at no less than the room one transaction takes in it (WAL_ROOM_PAGES)."""
-        sqlite = self._sqlite_files()
-        files = [*sqlite, *self.journal.folder.glob("*.journal"),
-                 *self.refused_dir.glob("*.journal"),
+        files = [*self.journal.folder.glob("*.journal"), *self.refused_dir.glob("*.journal"),
                  *(self.journal.folder / DAMAGED_DIR).glob("*.journal"), self.data_dir / BOX_ID_FILE,
                  self.dir_lock.path]
         refs = self.images_dir / REFS_DIR
         if refs.is_dir():
             files += [p for p in refs.iterdir() if p.is_file()]
-        total = 0
+        total = self._sqlite_bytes(self._sqlite_files())
         for p in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += p.stat().st_size
+        return total
+
+    def _sqlite_bytes(self, files: list[Path]) -> int:
+        """What the SQLite database ``files`` (:meth:`_sqlite_files`, or its first two) take
+        in the quota: their sizes, the write-ahead log (the second) at no less than the
+        room one transaction takes in it."""
+        total = 0
+        for i, path in enumerate(files):
             with contextlib.suppress(FileNotFoundError):  # a -wal that was never made
-                size = p.stat().st_size
-                total += max(size, self._wal_room_bytes()) if sqlite and p == sqlite[1] else size
+                size = path.stat().st_size
+                total += max(size, self._wal_room_bytes()) if i == 1 else size
         return total
 
     def used_bytes(self) -> int:
@@ -1378,12 +1386,7 @@ class Store:
         larger than a small quota; review, session 36)."""
         if self.max_bytes is None:
             return
-        files = self._sqlite_files()
-        floor = 0
-        for i, path in enumerate(files[:2]):  # the database and its log (at its least)
-            with contextlib.suppress(FileNotFoundError):
-                size = path.stat().st_size
-                floor += max(size, self._wal_room_bytes()) if i == 1 else size
+        floor = self._sqlite_bytes(self._sqlite_files()[:2])  # the database and its log
         if nbytes - reusable + floor > self.max_bytes:
             beside = f" beside its database ({floor} bytes)" if floor else ""
             raise OSError(errno.EFBIG, f"its files and row need {nbytes - reusable} bytes, more "
@@ -1429,10 +1432,10 @@ class Store:
             return math.inf
         if oldest is None:
             return math.inf
-        try:
-            due = as_utc(oldest) + timedelta(days=self.max_age_days) - datetime.now(UTC)
-        except OverflowError:  # past the calendar's end: never
+        cutoff = self._age_cutoff(datetime.now(UTC))
+        if cutoff is None:  # a limit past the calendar: never
             return math.inf
+        due = as_utc(oldest) - cutoff
         return time.monotonic() + max(0.0, due.total_seconds())
 
     def _age_cutoff(self, now: datetime) -> datetime | None:
