@@ -73,28 +73,23 @@ def read_records(data: bytes) -> tuple[list[Record], int]:
     records: list[Record] = []
     pos = skipped = 0
     while pos + _HEAD.size <= len(data):
-        record = _record_at(data, pos)
+        magic, hl, il, rl, crc = _HEAD.unpack_from(data, pos)
+        end = pos + _HEAD.size + hl + il + rl
+        if magic != MAGIC or end > len(data):
+            break  # torn, or its head damaged: where the next one starts is unknown
+        record = _body(data, pos, end, (hl, il), crc)
         if record is None:
-            magic, hl, il, rl, _ = _HEAD.unpack_from(data, pos)
-            end = pos + _HEAD.size + hl + il + rl
-            if magic != MAGIC or end > len(data):
-                break  # torn, or its head damaged: where the next one starts is unknown
             skipped += end - pos
-            pos = end
-            continue
-        records.append(record)
-        pos += record.size
+        else:
+            records.append(record)
+        pos = end
     return records, skipped + len(data) - pos
 
 
-def _record_at(data: bytes, pos: int) -> Record | None:
-    """The whole record at ``pos``, or None when it is torn or damaged."""
-    if pos + _HEAD.size > len(data):
-        return None
-    magic, hl, il, rl, crc = _HEAD.unpack_from(data, pos)
-    end = pos + _HEAD.size + hl + il + rl
-    if magic != MAGIC or end > len(data):
-        return None
+def _body(data: bytes, pos: int, end: int, lengths: tuple[int, int], crc: int) -> Record | None:
+    """The record whose head at ``pos`` gives ``end``, the header's and image's
+    ``lengths`` and ``crc``; None when its body fails the CRC (or is no JSON header)."""
+    hl, il = lengths
     body = memoryview(data)[pos + _HEAD.size:end]
     header, image, ref = bytes(body[:hl]), bytes(body[hl:hl + il]), bytes(body[hl + il:])
     if zlib.crc32(ref, zlib.crc32(image, zlib.crc32(header))) != crc:
@@ -103,7 +98,7 @@ def _record_at(data: bytes, pos: int) -> Record | None:
         fields = json.loads(header)
     except ValueError:  # (a CRC that matched by chance, or a writer's bug)
         return None
-    return Record(fields, image if il else None, ref if rl else None, end - pos)
+    return Record(fields, image if il else None, ref if ref else None, end - pos)
 
 
 def fsync_path(path: Path) -> None:
