@@ -108,12 +108,12 @@ class CameraManager:
 
 
 async def _frame_after(worker: CameraWorker, t: float, timeout_s: float,
-                       manager: CameraManager | None = None) -> Frame | None:
+                       manager: CameraManager) -> Frame | None:
     """The first frame of ``worker`` captured after ``t`` (``time.monotonic()``), or None.
     Only when that frame was already replaced before this looked (a loop late to run the
     trigger) is it the newest one, still captured after ``t``. Once ``manager`` is
-    stopping, the wait ends :data:`STOPPING_WAIT_S` after that (or after it began, if
-    later) at the latest."""
+    stopping (:meth:`CameraManager.close` wakes the wait), it ends
+    :data:`STOPPING_WAIT_S` after that (or after it began, if later) at the latest."""
     loop = asyncio.get_running_loop()
     arrived = asyncio.Event()
     first: list[Frame] = []  # written on the capture thread, read after ``arrived``
@@ -127,8 +127,7 @@ async def _frame_after(worker: CameraWorker, t: float, timeout_s: float,
                 loop.call_soon_threadsafe(arrived.set)
 
     unsubscribe = worker.subscribe(on_frame)
-    wakers = manager._wakers if manager is not None else set()
-    wakers.add(arrived.set)  # the server stopping wakes the wait to shorten it
+    manager._wakers.add(arrived.set)
     try:
         latest = worker.latest()
         if latest is not None and latest.monotonic > t:
@@ -137,7 +136,7 @@ async def _frame_after(worker: CameraWorker, t: float, timeout_s: float,
         began = time.monotonic()
         deadline = began + timeout_s
         while not first:
-            stopping_at = manager.stopping_at if manager is not None else None
+            stopping_at = manager.stopping_at
             if stopping_at is not None:
                 # from the stop, or from this trigger if it came later (during drain_s,
                 # which serves on: a live camera's trigger is still answered)
@@ -150,5 +149,5 @@ async def _frame_after(worker: CameraWorker, t: float, timeout_s: float,
                 await asyncio.wait_for(arrived.wait(), left)
         return first[0] if first else None
     finally:
-        wakers.discard(arrived.set)
+        manager._wakers.discard(arrived.set)
         unsubscribe()
