@@ -102,15 +102,15 @@ def quality_metrics(
         ious = iou_matrix(boxes[order], gt)
         order_labels = labels[order]
         taken = np.zeros(len(gt), bool)
-        found = np.zeros(len(gt), bool)  # matched by a prediction of its own class
         matched = np.zeros(len(order), bool)
         for p, row in enumerate(ious):
             cand = (gt_lab == order_labels[p]) & ~taken & (row >= iou)
             if cand.any():
                 g = int(np.argmax(np.where(cand, row, -1)))
-                taken[g] = found[g] = matched[p] = True
+                taken[g] = matched[p] = True
                 confusion[gt_lab[g], order_labels[p]] += 1
                 tp_n[gt_lab[g]] += 1
+        found = taken.copy()  # matched by a prediction of its own class
         for p, row in enumerate(ious):
             if matched[p]:
                 continue
