@@ -318,3 +318,33 @@ def test_a_postgresql_connection_notices_a_host_gone_from_it(
             assert params["keepalives_count"] == "4" and params["tcp_user_timeout"] == "30000"
         finally:
             store.close()
+
+
+def test_the_operators_own_postgresql_timeouts_win(
+        pg_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's connect timeout, keepalives and lock timeout give way to the operator's:
+    a URL's parameters, libpq's PGCONNECT_TIMEOUT and a ``lock_timeout`` in PGOPTIONS. The
+    store's own connect_timeout overrode PGCONNECT_TIMEOUT (a value passed to libpq beats its
+    environment), its SET lock_timeout overrode PGOPTIONS's, and a password holding the word
+    ``connect_timeout`` (a substring test) left the store's timeout out."""
+    def settings(url: str) -> tuple[dict[str, str], str]:
+        store = Store(tmp_path / str(len(list(tmp_path.iterdir()))), url)
+        try:
+            with store.engine.connect() as conn:
+                pgconn = conn.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
+                params = {o.keyword.decode(): (o.val or b"").decode() for o in pgconn.info}
+                lock = str(conn.execute(text("SHOW lock_timeout")).scalar())
+            return params, lock
+        finally:
+            store.close()
+
+    params, lock = settings(pg_database)
+    assert params["connect_timeout"] == "10" and lock == "10s", (params, lock)
+    # another parameter holding the words (as a password may): the store's still apply
+    params, lock = settings(f"{pg_database}?application_name=connect_timeout-lock_timeout")
+    assert params["connect_timeout"] == "10" and lock == "10s", (params, lock)
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "7")
+    monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=3s")
+    params, lock = settings(pg_database)
+    assert params["connect_timeout"] == "7" and lock == "3s", (params, lock)
+    assert params["keepalives_idle"] == "10"  # the rest still the store's

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import random
 import shutil
 import sqlite3
@@ -197,6 +198,21 @@ def reference_check(inspection: Inspection) -> dict[str, Any] | None:
     return None if used is None else used.model_dump(mode="json", include=set(CHECKED), exclude_none=True)
 
 
+def _operator_set(url: str) -> set[str]:
+    """The libpq settings a PostgreSQL URL's operator set: its query's parameters, libpq's
+    environment's connect timeout, and ``lock_timeout`` when the URL's ``options`` or
+    ``PGOPTIONS`` set it (``-c lock_timeout=5s``)."""
+    query = make_url(url).query
+    given = set(query)
+    if os.environ.get("PGCONNECT_TIMEOUT"):
+        given.add("connect_timeout")
+    options = query.get("options", "")
+    options = " ".join(options) if isinstance(options, tuple) else options
+    if "lock_timeout" in f"{options} {os.environ.get('PGOPTIONS', '')}":
+        given.add("lock_timeout")
+    return given
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -215,17 +231,19 @@ def make_engine(url: str) -> Engine:
 
         return engine
     # a database host that drops packets would hold each connection attempt (a request's
-    # thread, a hub's readiness probe) for the kernel's ~2 minutes; a URL's own
-    # connect_timeout wins
-    args: dict[str, Any] = {} if "connect_timeout" in url else {"connect_timeout": CONNECT_TIMEOUT_S}
-    # a database host gone from an open connection (a pulled cable, a failed-over VM) held
-    # the statement in flight, and the writer's apply lock with it, for the kernel's ~15
-    # minutes of retransmissions: libpq's keepalives and TCP_USER_TIMEOUT end it in ~30 s.
-    # A live server acknowledges both during a long statement. A URL's own settings win
-    given = make_url(url).query
-    args |= {k: v for k, v in DEAD_HOST_ARGS.items() if k not in given}
+    # thread, a hub's readiness probe) for the kernel's ~2 minutes. A database host gone
+    # from an open connection (a pulled cable, a failed-over VM) held the statement in
+    # flight, and the writer's apply lock with it, for the kernel's ~15 minutes of
+    # retransmissions: libpq's keepalives and TCP_USER_TIMEOUT end it in ~30 s. A live
+    # server acknowledges both during a long statement. The operator's own settings win
+    # (the URL's parameters, or libpq's PGCONNECT_TIMEOUT): a value passed here would
+    # override the environment's, and a substring test took a password holding the word
+    given = _operator_set(url)
+    args: dict[str, Any] = {k: v for k, v in
+                            {"connect_timeout": CONNECT_TIMEOUT_S, **DEAD_HOST_ARGS}.items()
+                            if k not in given}
     engine = create_engine(url, pool_pre_ping=True, connect_args=args)
-    if "lock_timeout" not in url:  # (a URL's own, in its options, wins)
+    if "lock_timeout" not in given:
         wait_ms = max(1, int(LOCK_TIMEOUT_S * 1000))
 
         @event.listens_for(engine, "connect")
