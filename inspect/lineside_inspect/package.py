@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,6 +95,24 @@ def card_digest(card: ModelCard) -> str:
     time): graph sha256, thresholds, default recipe, ... A gate report admits this card,
     not the same graph re-calibrated (``lineside calibrate --write``)."""
     return hashlib.sha256(card.model_dump_json(exclude={"created_at"}).encode()).hexdigest()
+
+
+def version_clash(versions: Mapping[str, ModelCard], card: ModelCard, *,
+                  placed: str) -> str | None:
+    """Why ``card`` cannot stand beside ``versions`` (its model's other versions, by
+    version, ``placed`` = "configured" or "loaded"), or None: a model name keeps its kind
+    (the recipes naming it were checked against it), a version name its graph and card
+    (what judges under it, its gate report and history would change unseen). One check for
+    the registry's loads and the start-up's preflight, which must refuse alike."""
+    kinds = {c.kind for c in versions.values()} - {card.kind}
+    if kinds:
+        return (f"model {card.name} {card.version} is of kind {card.kind}, its {placed} "
+                f"versions of kind {kinds.pop()}: a model name keeps its kind")
+    same = versions.get(card.version)
+    if same is not None and card_digest(same) != card_digest(card):
+        return (f"model {card.name} {card.version} is {placed} already with another graph "
+                "or card: give the changed package a new version")
+    return None
 
 
 # the newest model.json format this version reads. A field that changes verdicts (as

@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - httptools is an edge dependency
 from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.config import Settings
 from lineside_inspect.errors import ConfigError, PackageError, error_body
-from lineside_inspect.package import ModelCard, card_digest
+from lineside_inspect.package import ModelCard, version_clash
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.server.app import create_app
 
@@ -297,17 +297,10 @@ def preflight(settings: Settings) -> None:
         check_card_recipe(card, card.class_names)
         versions = cards.setdefault(card.name, {})
         # as the registry refuses them when it loads (each was a traceback from the
-        # application's start-up): a model name keeps its kind, a version its package
-        kinds = {c.kind for c in versions.values()} - {card.kind}
-        if kinds:
-            raise PackageError(f"{path}: model {card.name} {card.version} is of kind "
-                               f"{card.kind}, its other configured versions of kind "
-                               f"{kinds.pop()}: a model name keeps its kind")
-        same = versions.get(card.version)
-        if same is not None and card_digest(same) != card_digest(card):
-            raise PackageError(f"{path}: model {card.name} {card.version} is configured twice, "
-                               "with another graph or card: give the changed package a new "
-                               "version")
+        # application's start-up)
+        clash = version_clash(versions, card, placed="configured")
+        if clash:
+            raise PackageError(f"{path}: {clash}")
         versions[card.version] = card
     for path in settings.recipes:
         _check_recipe(load_recipe(path), cards, pulled=settings.fleet.hub_url is not None)

@@ -323,12 +323,12 @@ def test_packages_the_registry_refuses_side_by_side_are_one_line_before_start(
     if case == "kind":
         first = ROOT / "models" / "deeppcb" / "1"
         doc = {**card_doc("deeppcb", 64), "version": "2"}
-        problem = "model deeppcb 2 is of kind anomaly, its other configured versions of kind " \
+        problem = "model deeppcb 2 is of kind anomaly, its configured versions of kind " \
                   "detector: a model name keeps its kind"
     else:
         first = write_package(tmp_path / "g" / "1", anomaly_graph(64), card_doc("g", 64))
         doc = card_doc("g", 64, threshold=0.6)
-        problem = "model g 1 is configured twice, with another graph or card"
+        problem = "model g 1 is configured already with another graph or card"
     second = write_package(tmp_path / "second" / "1", anomaly_graph(64), doc)
     config = _serve_yaml(tmp_path, f"models: [{first}, {second}]\n")
     config.write_text(config.read_text().replace("models: []\n", ""))

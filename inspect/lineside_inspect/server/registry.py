@@ -22,7 +22,7 @@ from lineside_inspect.errors import (
     RecipesCannotFollow,
     echo,
 )
-from lineside_inspect.package import card_digest, load_package
+from lineside_inspect.package import load_package, version_clash
 from lineside_inspect.recipes import Recipe, check_card_recipe
 from lineside_inspect.runtime.detector import Detector
 
@@ -76,18 +76,10 @@ class Registry:
         check_card_recipe(card, detector.class_names)
         with self._lock:
             slot = self._models.setdefault(card.name, ModelSlot())
-            kinds = {v.card.kind for v in slot.versions.values()} - {card.kind}
-            if kinds:  # the recipes naming it were checked against its kind
-                raise PackageError(f"model {card.name} {card.version} is a {card.kind}, its "
-                                   f"loaded versions are a {kinds.pop()}: a model name keeps "
-                                   "its kind")
-            loaded = slot.versions.get(card.version)
-            if loaded is not None and card_digest(loaded.card) != card_digest(card):
-                # what judges under a version name (and what its gate report and the
-                # history mean) would change unseen: a changed package is a new version
-                raise PackageError(f"model {card.name} {card.version} is loaded already with "
-                                   "another graph or card: give the changed package a new "
-                                   "version")
+            clash = version_clash({v: d.card for v, d in slot.versions.items()}, card,
+                                  placed="loaded")
+            if clash:
+                raise PackageError(clash)
             first = slot.active is None
             if activate and not first:
                 self._check_followers_locked(card.name, detector, None)
