@@ -289,8 +289,8 @@ class DashboardStats(_Shape):
     inspections_per_camera: dict[str, int] = Field(description="'(upload)': sent to /v1/inspect")
     reviewed_fails: int = Field(description="failed parts a reviewer confirmed or corrected (all time)")
     false_rejects_confirmed: int = Field(description=(
-        "failed inspections a reviewer marked false_reject (all time; each once however "
-        "many reviews agree)"))
+        "failed inspections whose reviewed truth is a good part, as quality.false_rejects "
+        "counts them, over all time (each once however many reviews agree)"))
     false_reject_rate_reviewed: float | None = Field(
         description="false_rejects_confirmed / reviewed_fails; None before any reviewed fail")
     cameras: list[CameraHealth]

@@ -103,7 +103,9 @@ def _figure(start: datetime, end: datetime, c: dict[str, int]) -> dict[str, Any]
 
 def hourly(s: Session, since: datetime, until: datetime,
            conds: list[ColumnElement[bool]]) -> list[dict[str, Any]]:
-    """Passes and fails per UTC hour, every hour of the window (empty ones as zeros)."""
+    """Passes and fails per UTC hour, every hour of the window (empty ones as zeros). The
+    first row starts at ``since``, not on its hour: it counts from there, and a row named
+    13:00-14:00 that counted from 13:27 read as a slow first hour (QA review, session 37)."""
     key = _hour_key(s.get_bind().dialect.name).label("hour")
     got = _counts(s.execute(select(key, InspectionRow.verdict, func.count())
                             .where(InspectionRow.created_at >= since,
@@ -113,7 +115,7 @@ def hourly(s: Session, since: datetime, until: datetime,
     hour = since.replace(minute=0, second=0, microsecond=0)
     while hour < until:
         c = got.get(hour.strftime("%Y-%m-%d %H:00"), {"pass": 0, "fail": 0})
-        out.append(_figure(hour, hour + timedelta(hours=1), c))
+        out.append(_figure(max(hour, since), hour + timedelta(hours=1), c))
         hour += timedelta(hours=1)
     return out
 
@@ -198,11 +200,13 @@ def model_changes(s: Session, since: datetime, until: datetime,
     return sorted(out[:MAX_MARKERS], key=lambda c: c["at"]), len(out) > MAX_MARKERS
 
 
-def review_quality(s: Session, since: datetime, until: datetime,
+def review_quality(s: Session, since: datetime | None, until: datetime | None,
                    conds: list[ColumnElement[bool]]) -> dict[str, Any]:
-    """Among reviewed inspections of the window: false rejects (a fail whose reviewed truth
-    has no defect, unless its last review confirmed it) and escapes (a pass a reviewer drew
-    a missed defect on, still defective after the last review)."""
+    """Among reviewed inspections of the window (None: unbounded): false rejects (a fail
+    whose reviewed truth has no defect, unless its last review confirmed it) and escapes
+    (a pass a reviewer drew a missed defect on, still defective after the last review)."""
+    conds = [*conds, *([] if since is None else [InspectionRow.created_at >= since]),
+             *([] if until is None else [InspectionRow.created_at < until])]
     # each inspection's current review: the last in the merge rule's order (models.REVIEW_ORDER)
     rank = func.row_number().over(partition_by=ReviewRow.inspection_id, order_by=(
         ReviewRow.created_at.desc(), ReviewRow.origin.desc().nulls_last(), ReviewRow.id.desc())
@@ -214,25 +218,25 @@ def review_quality(s: Session, since: datetime, until: datetime,
     final = ReviewRow.__table__.alias("final")
     flagged = exists().where(ReviewRow.inspection_id == InspectionRow.id,
                              ReviewRow.action == "false_reject")
-    rows = s.execute(select(InspectionRow.verdict, final.c.boxes, missed, final.c.action,
-                            flagged)
-                     .join(last, last.c.inspection_id == InspectionRow.id)
-                     .join(final, final.c.id == last.c.rid)
-                     .where(InspectionRow.created_at >= since, InspectionRow.created_at < until,
-                            *conds)).all()
-    fails = [(boxes, action, was_flagged) for verdict, boxes, _, action, was_flagged in rows
-             if verdict == "fail"]
-    passes = [(boxes, was_missed) for verdict, boxes, was_missed, _, _ in rows if verdict == "pass"]
+    fail, passed = InspectionRow.verdict == "fail", InspectionRow.verdict == "pass"
+    boxless = func.json_array_length(final.c.boxes) == 0
     # models.reviewed_verdict's rule: a fail confirmed with no box (a frame not of the
     # golden's view, an anomaly with no region), never called a false reject, is a fail
-    # the reviewer agreed with (QA review, session 34)
-    false_rejects = sum(1 for boxes, action, was_flagged in fails
-                        if not boxes and (action != "confirm" or was_flagged))
-    escapes = sum(1 for boxes, was_missed in passes if was_missed and boxes)
-    return {"reviewed_fails": len(fails), "false_rejects": false_rejects,
-            "false_reject_rate": false_rejects / len(fails) if fails else None,
-            "reviewed_passes": len(passes), "escapes": escapes,
-            "escape_rate": escapes / len(passes) if passes else None}
+    # the reviewer agreed with (QA review, session 34). Counted by the database: the
+    # all-time figures (legacy) read every reviewed inspection
+    n_fails, false_rejects, n_passes, escapes = s.execute(
+        select(func.count().filter(fail),
+               func.count().filter(fail, boxless, or_(final.c.action != "confirm", flagged)),
+               func.count().filter(passed),
+               func.count().filter(passed, missed, ~boxless))
+        .select_from(InspectionRow)
+        .join(last, last.c.inspection_id == InspectionRow.id)
+        .join(final, final.c.id == last.c.rid)
+        .where(*conds)).one()
+    return {"reviewed_fails": n_fails, "false_rejects": false_rejects,
+            "false_reject_rate": false_rejects / n_fails if n_fails else None,
+            "reviewed_passes": n_passes, "escapes": escapes,
+            "escape_rate": escapes / n_passes if n_passes else None}
 
 
 def reviewers(s: Session, since: datetime, until: datetime,
@@ -249,24 +253,23 @@ def reviewers(s: Session, since: datetime, until: datetime,
                    for who, c in per.items()), key=lambda r: (-r["reviews"], r["reviewer"]))
 
 
-def yields(s: Session, since: datetime, until: datetime) -> dict[str | None, dict[str, int]]:
-    """Passes and fails per camera (None: sent to /v1/inspect) in the window."""
-    return _counts(s.execute(select(InspectionRow.camera_id, InspectionRow.verdict, func.count())
-                             .where(InspectionRow.created_at >= since,
-                                    InspectionRow.created_at < until)
-                             .group_by(InspectionRow.camera_id, InspectionRow.verdict)).all())
+def yields(s: Session, since: datetime, until: datetime,
+           ) -> dict[tuple[str | None, str | None], dict[str, int]]:
+    """Passes and fails per box and camera (None: sent to /v1/inspect) in the window."""
+    return _counts([((box, cam), v, n) for box, cam, v, n in s.execute(
+        select(InspectionRow.box_id, InspectionRow.camera_id, InspectionRow.verdict, func.count())
+        .where(InspectionRow.created_at >= since, InspectionRow.created_at < until)
+        .group_by(InspectionRow.box_id, InspectionRow.camera_id, InspectionRow.verdict))])
 
 
 def legacy(s: Session) -> dict[str, Any]:
     """The all-time review figures the dashboard has always had."""
     # inspections, not reviews: three reviewers agreeing on one false reject counted 3,
-    # and the rate passed 100% (QA review, session 32)
-    fr = s.scalar(select(func.count(func.distinct(ReviewRow.inspection_id)))
-                  .join(InspectionRow, InspectionRow.id == ReviewRow.inspection_id)
-                  .where(ReviewRow.action == "false_reject", InspectionRow.verdict == "fail",
-                         InspectionRow.review_state != "unreviewed")) or 0
-    reviewed_fails = s.scalar(select(func.count()).select_from(InspectionRow).where(
-        InspectionRow.verdict == "fail", InspectionRow.review_state != "unreviewed")) or 0
+    # and the rate passed 100% (QA review, session 32). By the reviewed truth, as the
+    # window's false rejects: a false reject undone (the defect drawn back) still counted
+    # here (QA review, session 37)
+    q = review_quality(s, None, None, [])
+    fr, reviewed_fails = q["false_rejects"], q["reviewed_fails"]
     return {"reviewed_fails": reviewed_fails, "false_rejects_confirmed": fr,
             "false_reject_rate_reviewed": fr / reviewed_fails if reviewed_fails else None}
 

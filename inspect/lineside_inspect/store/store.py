@@ -1532,8 +1532,10 @@ class Store:
         conds: list[Any] = []
         if verdict:
             conds.append(InspectionRow.verdict == verdict)
-        if camera_id:
-            conds.append(InspectionRow.camera_id == camera_id)
+        if camera_id is not None:  # "" is the uploads, as on the dashboard (stats.py): it
+            # listed every inspection, where /v1/stats?camera_id= counted the uploads only
+            conds.append(InspectionRow.camera_id == camera_id if camera_id
+                         else InspectionRow.camera_id.is_(None))
         if recipe:
             conds.append(InspectionRow.recipe_name == recipe)
         if site:  # a hub's fleet filters

@@ -34,7 +34,8 @@ router = APIRouter(prefix="/v1", tags=["review"])
 def list_inspections(
     request: Request, who: Reviewer,
     verdict: Literal["pass", "fail"] | None = None,
-    camera_id: Annotated[str | None, Query(max_length=128)] = None,
+    camera_id: Annotated[str | None, Query(max_length=128, description=(
+        "only this camera's ('': inspections sent without one, as /v1/stats has it)"))] = None,
     recipe: Annotated[str | None, Query(max_length=128)] = None,
     label: Annotated[str | None, Query(max_length=128)] = None,
     site: FleetName = None, line: FleetName = None, box_id: FleetName = None,

@@ -198,10 +198,14 @@ def overview(request: Request, now: datetime | None = None) -> dict[str, Any]:
             "last": None if last is None else {
                 "id": last.id, "created_at": last.created_at, "verdict": last.verdict,
                 "defects": len(last.defects.labels), "labels": sorted(set(last.defects.labels))},
-            "shift": _yield(start, in_shift.get(cid, zero)) if store is not None else None,
-            "day": _yield(day_start, in_day.get(cid, zero)) if store is not None else None})
+            # this box's camera: with boxes sharing a database, box-a's cam1 card counted
+            # box-b's cam1 too, unlike the dashboard's row and /metrics (QA review, session 37)
+            "shift": _yield(start, in_shift.get((store.box_id, cid), zero))
+            if store is not None else None,
+            "day": _yield(day_start, in_day.get((store.box_id, cid), zero))
+            if store is not None else None})
 
-    def total(per: dict[str | None, dict[str, int]]) -> dict[str, int]:
+    def total(per: dict[Any, dict[str, int]]) -> dict[str, int]:
         return {k: sum(c[k] for c in per.values()) for k in ("pass", "fail")}
 
     settings = request.app.state.settings

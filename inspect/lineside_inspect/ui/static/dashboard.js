@@ -75,7 +75,9 @@ function trendChart(box, rows, changes, per) {
   rows.forEach((r, i) => {
     const a = Date.parse(r.start), b = Date.parse(r.end);
     const x0 = x(a), bw = Math.max(1, x(b) - x0 - 2), cx = x0 + 1 + bw / 2;
-    minGap = Math.min(minGap, bw);
+    // the first hour starts with the window (13:27-14:00), a part of the others' width:
+    // whether counts fit is the whole bars' say
+    if (i > 0 || rows.length === 1) minGap = Math.min(minGap, bw);
     const tip = `${dateTime(r.start)} – ${hourLabel(new Date(r.end))}: ${num(r.inspections)} inspections, ${num(r.fails)} fails, yield ${yieldPct(r)}`;
     bars.append(svg("rect", { class: "bar-pass", x: x0 + 1, width: bw, y: yC(r.inspections), height: yC(r.fails) - yC(r.inspections) },
                     svg("title", {}, tip)),

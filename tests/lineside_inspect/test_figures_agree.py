@@ -1,0 +1,152 @@
+"""The same inspections counted in every place that counts them (QA review, session 37): the
+dashboard's rows and totals, its CSV, the status page, the listing's filters, the all-time
+review figures, on a real server with inspections whose times, verdicts, cameras and
+reviews the test sets."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from lineside_inspect.config import CameraConfig
+from lineside_inspect.store.models import InspectionRow
+
+from .conftest import Running
+
+SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "deeppcb-sample" / "images"
+JPEG = {"content-type": "image/jpeg"}
+IMAGE = next(SAMPLE.rglob("*_test.jpg"))
+
+
+def _inspect(srv: Running, camera_id: str | None, n: int = 1) -> list[str]:
+    ids = []
+    with srv.client("line") as c:
+        for _ in range(n):
+            r = c.post("/v1/inspect", content=IMAGE.read_bytes(), headers=JPEG,
+                       params={"camera_id": camera_id} if camera_id else {})
+            assert r.status_code == 200 and r.json()["stored"] is True, r.text
+            ids.append(r.json()["id"])
+    return ids
+
+
+def _set(srv: Running, values: dict[str, dict[str, Any]]) -> None:
+    """Rows as the test wants them (a time, a verdict), once the journal is applied."""
+    store = srv.app.state.store
+    store.flush()
+    with Session(store.engine) as s, s.begin():
+        for iid, v in values.items():
+            s.execute(update(InspectionRow).where(InspectionRow.id == iid).values(**v))
+
+
+def test_each_hourly_row_counts_the_interval_it_names(launch) -> None:
+    """The first hour of a window rarely starts on the hour: its row was named from the
+    whole hour (13:00-14:00) but counted from the window's start (13:27), so the chart's
+    first bar, its table row and the CSV said too few parts for that hour."""
+    srv = launch(store_pass_rate=1.0)
+    ids = _inspect(srv, "cam1", 3)
+    now = datetime.now(UTC)
+    # just before the 24 h window opens (the request comes later: its window starts later
+    # still), in the hour the window opens in; one in the window, one now
+    before = max(now - timedelta(hours=24, seconds=1),
+                 (now - timedelta(hours=24)).replace(minute=0, second=0, microsecond=0))
+    times = {ids[0]: before, ids[1]: now - timedelta(hours=23, minutes=30), ids[2]: now}
+    _set(srv, {i: {"created_at": t} for i, t in times.items()})
+    with srv.client("viewer") as c:
+        doc = c.get("/v1/stats", params={"hours": 24}).json()
+        rows = list(csv.DictReader(io.StringIO(c.get("/v1/stats.csv", params={
+            "hours": 24, "table": "hourly"}).text)))
+    since = datetime.fromisoformat(doc["since"])
+    assert datetime.fromisoformat(doc["hourly"][0]["start"]) == since
+    for row in doc["hourly"]:
+        a, b = datetime.fromisoformat(row["start"]), datetime.fromisoformat(row["end"])
+        assert row["inspections"] == sum(a <= t < b for t in times.values()), row
+    assert sum(r["inspections"] for r in doc["hourly"]) == 2
+    # the file (asked a moment later: its window opens a moment later) starts where it counts
+    assert datetime.fromisoformat(rows[0]["start_utc"]) >= since
+    assert sum(int(r["inspections"]) for r in rows) == 2
+
+
+def test_false_rejects_are_one_count_in_the_window_and_all_time(launch, database_url) -> None:
+    """A false reject undone (the reviewer drew the defect back) stayed one in the all-time
+    figure: the window's quality figures, data pull and the rollout watch go by the
+    reviewed truth (store.models.reviewed_verdict); the all-time figure now does too."""
+    srv = launch(store_pass_rate=1.0, database_url=database_url)
+    names = ["fr", "undone", "fr_then_confirm", "confirmed", "escape", "escape_undone", "pass"]
+    ids = dict(zip(names, _inspect(srv, "cam1", len(names)), strict=True))
+    _set(srv, {ids[n]: {"verdict": "pass" if "escape" in n or n == "pass" else "fail"}
+               for n in names})
+    box = {"label": "short", "box": [10, 10, 40, 40]}
+    reviews: dict[str, list[dict[str, Any]]] = {
+        "fr": [{"action": "false_reject"}],
+        "undone": [{"action": "false_reject"}, {"action": "missed_defect", "boxes": [box]}],
+        "fr_then_confirm": [{"action": "false_reject"}, {"action": "missed_defect", "boxes": [box]},
+                            {"action": "false_reject"}, {"action": "confirm"}],
+        "confirmed": [{"action": "confirm"}],
+        "escape": [{"action": "missed_defect", "boxes": [box]}],
+        "escape_undone": [{"action": "missed_defect", "boxes": [box]}, {"action": "false_reject"}],
+        "pass": [{"action": "confirm"}],
+    }
+    with srv.client("reviewer") as c:
+        for name, steps in reviews.items():
+            for body in steps:
+                r = c.post(f"/v1/inspections/{ids[name]}/reviews", json=body)
+                assert r.status_code == 200, r.text
+        doc = c.get("/v1/stats").json()
+        quality = {r["measure"]: r for r in csv.DictReader(io.StringIO(
+            c.get("/v1/stats.csv", params={"table": "quality"}).text))}
+    q = doc["quality"]
+    # fails: "fr" and "fr_then_confirm" (called a false reject, confirmed without a box)
+    # are good parts; "undone" and "confirmed" are not. Passes: "escape" only
+    assert (q["reviewed_fails"], q["false_rejects"], q["reviewed_passes"], q["escapes"]) == (4, 2, 3, 1)
+    assert (doc["reviewed_fails"], doc["false_rejects_confirmed"]) == (4, 2)
+    assert doc["false_reject_rate_reviewed"] == q["false_reject_rate"] == 0.5
+    assert (int(quality["false_rejects"]["count"]), int(quality["escapes"]["count"])) == (2, 1)
+
+
+def test_status_page_cards_count_their_own_box(launch, tmp_path: Path) -> None:
+    """Boxes sharing a database, each with a cam1: box-a's status card counted box-b's
+    cam1 parts too, where box-a's /metrics and its dashboard row (box-a, cam1) did not."""
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    cams = [CameraConfig(id="cam1", source=str(SAMPLE))]
+    a = launch(database_url=db, box_id="box-a", cameras=cams, store_pass_rate=1.0)
+    b = launch(database_url=db, box_id="box-b", cameras=cams, store_pass_rate=1.0)
+    _inspect(a, "cam1", 2)
+    _inspect(b, "cam1", 3)
+    b.app.state.store.flush()
+    for srv, mine in ((a, 2), (b, 3)):
+        with srv.client("viewer") as c:
+            overview = c.get("/v1/overview").json()
+            stats = c.get("/v1/stats").json()
+            metrics = c.get("/metrics").text
+        card = next(s for s in overview["stations"] if s["camera"]["id"] == "cam1")
+        assert card["shift"]["inspections"] == card["day"]["inspections"] == mine
+        box = srv.app.state.store.box_id
+        assert [s["inspections"] for s in stats["stations"]
+                if s["box_id"] == box and s["camera_id"] == "cam1"] == [mine]
+        counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                      if line.startswith('lineside_inspections_total{camera="cam1"'))
+        assert counted == mine
+        # the page's total is the database's, as the dashboard's (which names each box)
+        assert overview["day"]["inspections"] == 5
+
+
+def test_listing_uploads_is_the_dashboards_uploads(launch) -> None:
+    """camera_id='' is the uploads on the dashboard (its "(uploads)" row); the listing took
+    it as no filter and listed every inspection."""
+    srv = launch(store_pass_rate=1.0)
+    _inspect(srv, None, 2)
+    _inspect(srv, "cam1", 3)
+    srv.app.state.store.flush()
+    with srv.client("reviewer") as c:
+        listed = c.get("/v1/inspections", params={"camera_id": ""}).json()
+        stats = c.get("/v1/stats", params={"camera_id": ""}).json()
+        every = c.get("/v1/inspections").json()
+    assert [s["inspections"] for s in stats["stations"]] == [2]
+    assert listed["total"] == 2 and all(i["camera_id"] is None for i in listed["items"])
+    assert every["total"] == 5
