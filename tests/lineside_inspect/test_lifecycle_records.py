@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect as sa_inspect
 
+from lineside_inspect.errors import NotFoundError
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import inspect
 from lineside_inspect.lifecycle.gate import run_gate
@@ -356,6 +357,37 @@ def test_gate_reports_and_shadow_runs_listed_are_this_boxs(
         run = rb.shadow_run("deeppcb")
         assert run is not None and run.id == "run-b"
         assert ra.shadow_run("deeppcb") is None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_gate_report_and_admissions_read_are_this_boxs(
+        tmp_path: Path, detectors: tuple[Detector, Detector]) -> None:
+    """Two boxes sharing a database: box a read box b's gate report by its id
+    (GET /v1/gates/{id}) and listed box b's admissions in its lineage
+    (GET /v1/models/{name}/lineage) as how its own versions came to judge (review,
+    session 37): both are box b's alone."""
+    fp32, int8 = detectors
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    a = Store(tmp_path / "a", url, pass_rate=1.0, box_id="box-a")
+    b = Store(tmp_path / "b", url, pass_rate=1.0, box_id="box-b")
+    try:
+        ra, rb = Records(a), Records(b)
+        lib = GoldenLibrary(tmp_path / "golden")
+        items, classes = from_dataset(SAMPLE, "val", limit=2)
+        report = run_gate(int8, fp32, lib, lib.create("g", items, classes), card_recipe(fp32.card))
+        rb.save_gate(report, "admin-b")
+        (row,) = rb.gates_of("deeppcb", "1-int8", int8.card.sha256)
+        rb.admit(model="deeppcb", version="1-int8", sha256=int8.card.sha256, role="active",
+                 actor="admin-b", gate=row, forced=False, reason="", lineage={})
+        ra.admit(model="deeppcb", version="1", sha256=fp32.card.sha256, role="active",
+                 actor="admin-a", gate=None, forced=True, reason="first", lineage={})
+        assert rb.gate_report(report.id)["actor"] == "admin-b"
+        with pytest.raises(NotFoundError, match="on this box"):
+            ra.gate_report(report.id)
+        assert [(x["box_id"], x["version"]) for x in ra.admissions("deeppcb")] == [("box-a", "1")]
+        assert [(x["box_id"], x["version"]) for x in rb.admissions("deeppcb")] == [("box-b", "1-int8")]
     finally:
         a.close()
         b.close()

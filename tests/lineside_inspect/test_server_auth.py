@@ -66,3 +66,58 @@ def test_without_keys_everything_is_open_on_loopback(launch, image_bytes: bytes)
         r = c.post("/v1/inspect", content=image_bytes, headers={"content-type": "image/jpeg"})
         assert r.status_code == 200
         assert c.get("/v1/models").status_code == 200
+
+
+# small JSON bodies of routes for admins (reviewers for the review): malformed, or of
+# another schema, as another role sends them
+BODY_ROUTES = [
+    ("POST", "/v1/models", "admin"),
+    ("PUT", "/v1/recipes/x", "admin"),
+    ("POST", "/v1/models/deeppcb/gate", "admin"),
+    ("POST", "/v1/golden/g", "admin"),
+    ("POST", "/v1/inspections/" + "0" * 32 + "/reviews", "reviewer"),
+]
+
+
+@pytest.mark.parametrize("method,path,role", BODY_ROUTES)
+def test_a_role_is_checked_before_the_body_is_parsed(srv, method: str, path: str,
+                                                     role: str) -> None:
+    """FastAPI parses a JSON body before any dependency runs: a key of a lesser role got
+    422 "JSON decode error" on a route it may not call, its body parsed for it (review,
+    session 37). Now 403 first, whatever the body; the route's own role still gets the
+    parse error."""
+    json_type = {"content-type": "application/json"}
+    for who in ("line", "viewer", "reviewer"):
+        if who == role:
+            continue
+        with srv.client(who) as c:
+            for body in (b"{", b'{"nope": [1, 2]}'):
+                r = c.request(method, path, content=body, headers=json_type)
+                assert r.status_code == 403 and _code(r) == "forbidden", (who, body, r.text)
+    with srv.client(role) as c:
+        r = c.request(method, path, content=b"{", headers=json_type)
+        assert r.status_code == 422 and "JSON decode error" in r.text, r.text
+
+
+def test_every_router_checks_roles_before_bodies() -> None:
+    """Every APIRouter of the package is a RoleFirstRoute's: a new router that is not
+    would parse bodies for any valid key again."""
+    import importlib
+    from pathlib import Path
+
+    from fastapi import APIRouter
+
+    import lineside_inspect
+    from lineside_inspect.server.deps import RoleFirstRoute
+
+    root = Path(lineside_inspect.__file__).parent
+    found = []
+    # by file: server/ is a namespace package, which pkgutil's walk leaves out
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        for attr, value in vars(importlib.import_module(name)).items():
+            if isinstance(value, APIRouter):
+                found.append((name, attr, value.route_class))
+    assert len({f[0] for f in found}) >= 15
+    assert [f for f in found if f[2] is not RoleFirstRoute] == []

@@ -134,10 +134,12 @@ class Records:
             return [dict(r.report, actor=r.actor) for r in rows]
 
     def gate_report(self, report_id: str) -> dict[str, Any]:
+        """This box's report ``report_id``: another box's on a shared database is not found,
+        as in :meth:`gate_reports` (it was shown, admitting nothing here; review, session 37)."""
         with Session(self.engine) as s:
             row = s.get(GateReportRow, report_id)
-            if row is None:
-                raise NotFoundError(f"no gate report {echo(report_id)}")
+            if row is None or row.box_id != self.store.box_id:
+                raise NotFoundError(f"no gate report {echo(report_id)} on this box")
             return dict(row.report, actor=row.actor)
 
     # -- admissions (lineage on the box) -------------------------------------------------
@@ -173,8 +175,11 @@ class Records:
                     lineage=a["lineage"]))
 
     def admissions(self, model: str, limit: int = 50) -> list[dict[str, Any]]:
+        """This box's admissions of ``model``, newest first: boxes sharing a database admit
+        their own versions (another box's showed as how a version came to judge here)."""
         with Session(self.engine) as s:
-            rows = s.scalars(select(AdmissionRow).where(AdmissionRow.model_name == model)
+            rows = s.scalars(select(AdmissionRow).where(AdmissionRow.model_name == model,
+                                                        AdmissionRow.box_id == self.store.box_id)
                              .order_by(AdmissionRow.id.desc()).limit(limit)).all()
             return [{"created_at": r.created_at, "box_id": r.box_id, "model": r.model_name,
                      "version": r.version, "sha256": r.sha256, "role": r.role,

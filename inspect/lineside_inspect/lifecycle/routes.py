@@ -37,11 +37,11 @@ from lineside_inspect.lifecycle.schemas import (
     StoredGateReport,
 )
 from lineside_inspect.names import Name
-from lineside_inspect.server.deps import Admin, Reviewer, get_store
+from lineside_inspect.server.deps import Admin, Reviewer, RoleFirstRoute, get_store
 from lineside_inspect.server.responses import errors
 from lineside_inspect.store.models import InspectionRow, ShadowResultRow
 
-router = APIRouter(prefix="/v1", tags=["lifecycle"])
+router = APIRouter(route_class=RoleFirstRoute, prefix="/v1", tags=["lifecycle"])
 
 
 def lifecycle(request: Request) -> Lifecycle:

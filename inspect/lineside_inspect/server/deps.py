@@ -5,11 +5,13 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
 from lineside_inspect.config import Role, Settings, hash_key
@@ -197,11 +199,50 @@ def key_holder(request: Request, who: Principal) -> str | None:
     return who.name if settings.api_keys else None
 
 
+# on a dependency's function: its check of the caller, which reads no body (RoleFirstRoute)
+_BEFORE_BODY = "lineside_before_body"
+
+
+def before_body(dep: Callable[..., Any], check: Callable[[Request], object]) -> None:
+    """Mark ``dep`` as a caller check :class:`RoleFirstRoute` runs before the body."""
+    setattr(dep, _BEFORE_BODY, check)
+
+
 def require(role: Role) -> object:
     async def dep(request: Request) -> Principal:  # async: no thread-pool hop per request
         return authorize(request, role)
 
+    before_body(dep, lambda request: authorize(request, role))
     return Depends(dep)
+
+
+class RoleFirstRoute(APIRoute):
+    """A route whose caller checks (``require(role)`` and others marked with
+    :func:`before_body`) run before its body is parsed. FastAPI parses a JSON body before
+    it runs any dependency, so a key of a lesser role got a 400/422 for a malformed body
+    on a route it may not call, the body parsed for it (the gate has checked the key and
+    bounded the body by then, not the role). The dependency runs again after, as before:
+    a key's check is kept in the request's scope (no second throttle count)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        checks = [check for call in _dependency_calls(self.dependant)
+                  if (check := getattr(call, _BEFORE_BODY, None)) is not None]
+        if not checks or not self.dependant.body_params:
+            return handler
+
+        async def checked(request: Request) -> Response:
+            for check in checks:
+                check(request)
+            return await handler(request)
+
+        return checked
+
+
+def _dependency_calls(dependant: Any) -> Iterator[Any]:
+    for sub in dependant.dependencies:
+        yield sub.call
+        yield from _dependency_calls(sub)
 
 
 Q = TypeVar("Q", bound=BaseModel)

@@ -7,9 +7,9 @@ request that can carry a body (POST, PUT, PATCH, DELETE):
 
 - under ``/v1/``, ``/v2/`` and ``/fleet/`` (a hub), checks that the caller holds a valid
   key or session when keys are configured (401 at once, the body unread); the route's
-  own ``require(role)``
-  then checks the role, and for the large-body routes the gate checks it too, so a key
-  of the wrong role cannot make the server read a large body either;
+  own ``require(role)`` then checks the role before FastAPI parses the body
+  (``deps.RoleFirstRoute``), and for the large-body routes the gate checks it too, so a
+  key of the wrong role cannot make the server read a large body either;
 - bounds the body: image and tensor routes (``LARGE_BODY_ROUTES``) to ``max_body_bytes``,
   every other route to ``max_json_bytes``; a declared ``Content-Length`` over it is
   refused at once, a chunked body when it passes the limit (a small body is read here in

@@ -12,10 +12,10 @@ from pydantic import BaseModel, Field
 
 from lineside_inspect.errors import NotFoundError
 from lineside_inspect.fleet.box.forward import Forwarder
-from lineside_inspect.server.deps import Admin
+from lineside_inspect.server.deps import Admin, RoleFirstRoute
 from lineside_inspect.server.responses import errors
 
-router = APIRouter(prefix="/v1/fleet", tags=["fleet"])
+router = APIRouter(route_class=RoleFirstRoute, prefix="/v1/fleet", tags=["fleet"])
 
 
 class SetAside(BaseModel):

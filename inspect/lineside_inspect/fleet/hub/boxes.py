@@ -20,7 +20,7 @@ from lineside_inspect.fleet.hub.pins import check_pinned
 from lineside_inspect.fleet.hub.reviews import BoxId, BoxKey, own_box
 from lineside_inspect.fleet.hub.tables import BoxCountRow, HubBase
 from lineside_inspect.fleet.protocol import PREFIX, STATUS, BoxStatus
-from lineside_inspect.server.deps import Viewer, get_store
+from lineside_inspect.server.deps import RoleFirstRoute, Viewer, get_store
 from lineside_inspect.server.responses import errors
 from lineside_inspect.store import Store
 from lineside_inspect.store.utc import UTCDateTime, as_utc
@@ -29,7 +29,7 @@ BOXES = PREFIX + "/boxes"
 # a box reports every few seconds (fleet/box/status.py): silent this long, it is "silent"
 SILENT_AFTER_S = 60.0
 
-router = APIRouter(tags=["fleet"])
+router = APIRouter(route_class=RoleFirstRoute, tags=["fleet"])
 
 
 class BoxStatusRow(HubBase):

@@ -75,13 +75,13 @@ from lineside_inspect.names import MAX_CLASSES as MAX_CARD_CLASSES
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.package import MAX_DETECTIONS
 from lineside_inspect.schemas import ReferenceUsed, StoredInspection
-from lineside_inspect.server.deps import Principal, require
+from lineside_inspect.server.deps import Principal, RoleFirstRoute, require
 from lineside_inspect.server.responses import errors
 from lineside_inspect.store.models import InspectionRow, labels_column
 from lineside_inspect.store.utc import as_utc
 
 log = logging.getLogger("lineside.hub")
-router = APIRouter(tags=["fleet"])
+router = APIRouter(route_class=RoleFirstRoute, tags=["fleet"])
 STREAM = "inspections"  # this stream's name in fleet_cursors
 PUT_THREADS = 4
 # column widths of InspectionRow: a longer value is refused (422), never a database error

@@ -72,12 +72,12 @@ from lineside_inspect.fleet.protocol import (
 from lineside_inspect.fleet.signing import SIGNATURE_BYTES
 from lineside_inspect.names import MAX_CLASS_NAME, MAX_CLASSES
 from lineside_inspect.package import ModelCard, load_package, sha256_stream
-from lineside_inspect.server.deps import Admin, Principal, authenticate
+from lineside_inspect.server.deps import Admin, Principal, RoleFirstRoute, authenticate
 from lineside_inspect.server.responses import errors, media
 from lineside_inspect.store.utc import UTCDateTime
 
 log = logging.getLogger("lineside.hub.models")
-router = APIRouter(tags=["fleet: models"])
+router = APIRouter(route_class=RoleFirstRoute, tags=["fleet: models"])
 SIGNATURE_HEADER = "X-Lineside-Signature"
 _publishing = threading.Lock()
 _NAME = re.compile(NAME_PATTERN)

@@ -56,7 +56,7 @@ from lineside_inspect.fleet.protocol import (
 )
 from lineside_inspect.fleet.review_merge import apply_review, review_event
 from lineside_inspect.names import BIDI_RE, scrub_text
-from lineside_inspect.server.deps import Principal, get_store, require
+from lineside_inspect.server.deps import Principal, RoleFirstRoute, get_store, require
 from lineside_inspect.server.responses import errors
 from lineside_inspect.server.routes import inspections, pages
 from lineside_inspect.store import Store
@@ -68,8 +68,8 @@ STREAM = "reviews"  # this stream's name in fleet_cursors
 DOWN_LIMIT = 500
 _NAME = re.compile(NAME_PATTERN)
 
-router = APIRouter()
-fleet = APIRouter(tags=["fleet"])
+router = APIRouter(route_class=RoleFirstRoute)
+fleet = APIRouter(route_class=RoleFirstRoute, tags=["fleet"])
 BoxKey = Annotated[Principal, require("box")]
 BoxId = Annotated[str, Path(description="the box's id (its key's name)")]
 

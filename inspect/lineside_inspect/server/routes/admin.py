@@ -24,7 +24,7 @@ from lineside_inspect.names import Name, Text
 from lineside_inspect.package import CARD, GRAPH
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.recipes.saved import SavedRecipes
-from lineside_inspect.server.deps import Admin, RegistryDep, SettingsDep
+from lineside_inspect.server.deps import Admin, RegistryDep, RoleFirstRoute, SettingsDep
 from lineside_inspect.server.responses import (
     ActiveVersion,
     ListedRecipe,
@@ -35,7 +35,7 @@ from lineside_inspect.server.responses import (
     errors,
 )
 
-router = APIRouter(prefix="/v1", tags=["admin"])
+router = APIRouter(route_class=RoleFirstRoute, prefix="/v1", tags=["admin"])
 
 
 class LoadModel(BaseModel):

@@ -22,6 +22,7 @@ from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.deps import (
     ALLOWED,
     LineUser,
+    RoleFirstRoute,
     ServiceDep,
     Viewer,
     authorize,
@@ -36,7 +37,7 @@ from lineside_inspect.server.responses import (
     verdict_response,
 )
 
-router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
+router = APIRouter(route_class=RoleFirstRoute, prefix="/v1/cameras", tags=["cameras"])
 RECHECK_S = 2.0  # a live view checks its caller again this often
 # a live view of a camera that stays without a frame this long ends (it sent nothing,
 # so the slow-reader abort never saw it: it held its connection for ever)

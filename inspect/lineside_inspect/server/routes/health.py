@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from lineside_inspect.server.deps import MetricsDep
+from lineside_inspect.server.deps import MetricsDep, RoleFirstRoute
 from lineside_inspect.server.responses import NOT_READY, Health, Readiness, errors
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=RoleFirstRoute, tags=["health"])
 
 
 # async: answered on the event loop, so a busy thread pool can never stall a probe.

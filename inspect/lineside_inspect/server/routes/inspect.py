@@ -10,12 +10,12 @@ from pydantic import BaseModel, Field
 from lineside_inspect.names import Name, PlainLine
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.body import read_upload
-from lineside_inspect.server.deps import authorize, key_holder, query_model, query_parameters
+from lineside_inspect.server.deps import RoleFirstRoute, authorize, key_holder, query_model, query_parameters
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.responses import annotated_response, errors, verdict_response
 from lineside_inspect.server.service import InspectionService
 
-router = APIRouter(prefix="/v1", tags=["inspect"])
+router = APIRouter(route_class=RoleFirstRoute, prefix="/v1", tags=["inspect"])
 
 
 class InspectQuery(BaseModel):

@@ -21,13 +21,13 @@ from lineside_inspect.imageio import decode_image, encode_jpeg
 from lineside_inspect.names import OneLine, Text
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionPage, StoredInspection
-from lineside_inspect.server.deps import Reviewer, Viewer, get_store
+from lineside_inspect.server.deps import Reviewer, RoleFirstRoute, Viewer, get_store
 from lineside_inspect.server.responses import DashboardStats, errors, media
 from lineside_inspect.server.routes.page_data import FleetName
 from lineside_inspect.store.stats import Shifts
 from lineside_inspect.store.utc import UTCTime
 
-router = APIRouter(prefix="/v1", tags=["review"])
+router = APIRouter(route_class=RoleFirstRoute, prefix="/v1", tags=["review"])
 
 
 @router.get("/inspections", responses=errors(401, 403, 404, 422))

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from lineside_inspect.server.deps import Reviewer, Viewer, get_store
+from lineside_inspect.server.deps import Reviewer, RoleFirstRoute, Viewer, get_store
 from lineside_inspect.server.responses import (
     CameraHealth,
     ReviewerCounts,
@@ -24,7 +24,7 @@ from lineside_inspect.store import Store
 from lineside_inspect.store import stats as figures
 from lineside_inspect.store.utc import UTCTime, as_utc
 
-router = APIRouter(prefix="/v1", tags=["review"])
+router = APIRouter(route_class=RoleFirstRoute, prefix="/v1", tags=["review"])
 # a site, line or box name (fleet filters on a hub): full-matched, like the names themselves
 FleetName = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description=(
     "on a hub: only this site's, line's or box's inspections"))]

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 from lineside_inspect.config import Role
 from lineside_inspect.errors import LinesideError, NotFoundError, TooManyFailedSignIns
-from lineside_inspect.server.deps import ALLOWED, Principal, authenticate, check_key
+from lineside_inspect.server.deps import ALLOWED, Principal, RoleFirstRoute, authenticate, check_key
 from lineside_inspect.server.routes import page_data
 from lineside_inspect.server.sessions import Session, SessionStore, cookie_name
 from lineside_inspect.ui import render
@@ -49,7 +49,7 @@ SIGN_OUT = ('<form class="signout" method="post" action="/review/logout">'
 FLEET_FIELDS = (("site", "site"), ("line", "line"), ("box_id", "box"))
 FLEET_NAV = '<a href="/fleet">Fleet</a>'
 
-pages = APIRouter(tags=["pages"], include_in_schema=False)
+pages = APIRouter(route_class=RoleFirstRoute, tags=["pages"], include_in_schema=False)
 
 
 def _is_hub(request: Request) -> bool:
@@ -302,6 +302,7 @@ def swagger_css() -> FileResponse:
     return FileResponse(SWAGGER / "swagger-ui.css", media_type="text/css")
 
 
-router = APIRouter()  # the pages (not in the API schema) and the JSON they read (in it)
+# the pages (not in the API schema) and the JSON they read (in it)
+router = APIRouter(route_class=RoleFirstRoute)
 router.include_router(pages)
 router.include_router(page_data.router)

@@ -11,10 +11,17 @@ from fastapi import APIRouter, Request, Response
 
 from lineside_inspect.references import check_name
 from lineside_inspect.server.body import read_image_body
-from lineside_inspect.server.deps import Admin, LineUser, ReferencesDep, ServiceDep, SettingsDep
+from lineside_inspect.server.deps import (
+    Admin,
+    LineUser,
+    ReferencesDep,
+    RoleFirstRoute,
+    ServiceDep,
+    SettingsDep,
+)
 from lineside_inspect.server.responses import ReferenceList, StoredReference, errors, media
 
-router = APIRouter(prefix="/v1/references", tags=["references"])
+router = APIRouter(route_class=RoleFirstRoute, prefix="/v1/references", tags=["references"])
 MEDIA = {"png": "image/png", "jpg": "image/jpeg", "bmp": "image/bmp"}
 
 

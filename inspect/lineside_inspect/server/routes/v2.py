@@ -33,6 +33,7 @@ from lineside_inspect.server.deps import (
     LineUser,
     Principal,
     RegistryDep,
+    RoleFirstRoute,
     SettingsDep,
     key_holder,
 )
@@ -50,7 +51,7 @@ from lineside_inspect.server.responses import (
     oip_errors,
 )
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+router = APIRouter(route_class=RoleFirstRoute, prefix="/v2", tags=["open inference protocol v2"])
 
 DTYPES = {"UINT8": np.uint8, "FP32": np.float32, "INT64": np.int64, "FP16": np.float16,
           "INT32": np.int32}
