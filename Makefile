@@ -81,13 +81,15 @@ test: lint test-only
 test-long: $(VENV)/.dev system-deps
 	$(PY) -m pytest -m long
 
-# Longer fuzzing than make test runs: schemathesis on every route as each role, and the
-# decoder and request-body property tests, with FUZZ_EXAMPLES examples per operation
-# (decoder: 40x that). Takes about an hour at 500 on 2 cores; no per-test timeout.
+# Longer fuzzing than make test runs: schemathesis on every route of the edge server and
+# of the fleet hub as each role, and the decoder and request-body property tests, with
+# FUZZ_EXAMPLES examples per operation (decoder: 40x that). Takes about an hour at 500
+# on 2 cores (the hub's part about 6 minutes); no per-test timeout.
 FUZZ_EXAMPLES ?= 500
 fuzz: $(VENV)/.dev
 	LINESIDE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest --timeout=0 --hypothesis-show-statistics \
-	  tests/lineside_inspect/test_fuzz_api.py tests/lineside_inspect/test_fuzz_decode.py
+	  tests/lineside_inspect/test_fuzz_api.py tests/lineside_inspect/test_fuzz_hub.py \
+	  tests/lineside_inspect/test_fuzz_decode.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -95,6 +95,31 @@ def test_records(tmp_path: Path, database_url: str | None, detectors: tuple[Dete
         store.close()
 
 
+def test_the_shadow_queue_of_a_store_the_lifecycle_never_ran_on_is_empty(
+        tmp_path: Path, database_url: str | None, detectors: tuple[Detector, Detector]) -> None:
+    """A hub's store (and a data pull's) has no lifecycle tables: ``queue=shadow`` queried
+    the missing table, a 500 on the hub's GET /v1/inspections (schemathesis, session 37).
+    No shadow ran there: the queue is empty, and fills once the lifecycle made its tables."""
+    store = Store(tmp_path / "store", database_url, pass_rate=1.0)
+    try:
+        made = inspect(decode_image(next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()),
+                       detectors[0], card_recipe(detectors[0].card))
+        assert store.save(made)
+        assert store.query(queue="shadow") == (0, [])
+        assert store.query()[0] == 1  # the other filters still read the rows
+        records = Records(store)
+        records.start_shadow("r1", model="deeppcb", version="1-int8",
+                             sha256=detectors[1].card.sha256, sample_rate=1.0)
+        records.add_disagreement("r1", inspection_id=made.id, model="deeppcb",
+                                 active_version="1", active_verdict=made.verdict,
+                                 active_defects=[], shadow_version="1-int8",
+                                 shadow_verdict="fail", shadow_defects=[], shadow_reasons=[])
+        total, rows = store.query(queue="shadow")
+        assert total == 1 and rows[0].id == made.id
+    finally:
+        store.close()
+
+
 def test_an_activation_that_cannot_be_recorded_does_not_stand(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry switches first; if the audit log or the admission cannot be written

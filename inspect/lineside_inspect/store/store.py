@@ -1559,6 +1559,10 @@ class Store:
         elif review_state:
             conds.append(InspectionRow.review_state == review_state)
         if queue == "shadow":
+            # the lifecycle makes this table: a store it never ran on (a hub, a data pull)
+            # has no shadow disagreements, and querying the missing table was a 500
+            if not sa_inspect(self.engine).has_table(ShadowResultRow.__tablename__):
+                return 0, []
             conds.append(InspectionRow.id.in_(select(ShadowResultRow.inspection_id)))
         elif queue == "to_label":
             conds.append(InspectionRow.capture.is_not(None))

@@ -4,8 +4,9 @@ read at once, decided before a byte of any body is read.
 The shared gate (``server/gate.py``) authenticates and bounds every body, but it knows
 roles, not box ids: the path's box id was checked by the route, after FastAPI had read
 and parsed the body (up to 64 MiB on the forward route, 1 MiB on the others). This
-pure-ASGI middleware runs before the gate, for every request with a body under
-``/fleet/v1/boxes/{box}/...`` (all of them are a box's own: forward, reviews, status):
+pure-ASGI middleware runs before the gate, for every POST to the box routes that take a
+body, ``/fleet/v1/boxes/{box}/inspections``, ``/reviews`` and ``/status`` (all of them a
+box's own; another method or path goes on to the router's 405 or 404):
 
 - the path's box id is full-matched (422) and the caller must hold a key of role ``box``
   named that id (403), so a box speaks only for itself and no other key gets a body read;
@@ -50,7 +51,6 @@ from lineside_inspect.errors import (
 )
 from lineside_inspect.fleet.protocol import NAME_PATTERN, PREFIX
 from lineside_inspect.server.deps import authenticate
-from lineside_inspect.server.gate import BODY_METHODS
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 
@@ -73,6 +73,9 @@ _BOX_ROUTE = re.compile(re.escape(PREFIX) + r"/boxes/([^/]*)/([^/]+)")
 _NAME = re.compile(NAME_PATTERN)
 FORWARD_LEAF = "inspections"  # protocol.FORWARD's last segment
 REVIEWS_LEAF = "reviews"  # protocol.REVIEWS_UP's
+# the box routes that take a body, all POST: any other method or leaf goes on to the
+# router (405 or 404, no body read); a PUT to the forward route was a 403 or 422 here
+BODY_LEAVES = frozenset({FORWARD_LEAF, REVIEWS_LEAF, "status"})  # "status": protocol.STATUS's
 # a forwarded batch's JSON objects, arrays and values: a record holds at most ~100,000
 # (10,000 defects of 8 each, its classes and reasons), images none (base64)
 MAX_FORWARD_VALUES = 1_000_000
@@ -97,7 +100,7 @@ class BoxFront:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _BOX_ROUTE.fullmatch(scope["path"]) if scope["type"] == "http" else None
-        if match is None or scope["method"] not in BODY_METHODS:
+        if match is None or scope["method"] != "POST" or match[2] not in BODY_LEAVES:
             await self.app(scope, receive, send)
             return
         box_id, leaf = match.groups()
@@ -106,7 +109,7 @@ class BoxFront:
         except LinesideError as exc:
             await answer(exc, scope, send)
             return
-        if not allowed or leaf not in (FORWARD_LEAF, REVIEWS_LEAF):
+        if not allowed or leaf not in _IN_PROGRESS:
             await self.app(scope, receive, send)  # not allowed: no valid key, the gate's 401
             return
         # one batch of each kind per box at a time (its box sends one after another, and
