@@ -275,19 +275,31 @@ class DashboardStats(_Shape):
     recipe: str | None = Field(description="the recipe every figure is narrowed to")
     shift_starts: list[str] = Field(description="'HH:MM' in shift_timezone (setting shifts)")
     shift_timezone: str
-    hourly: list[Figure] = Field(description="every UTC hour of the window, oldest first")
-    shifts: list[Figure] = Field(description="whole shifts touching the window, the last one ongoing")
-    pareto: list[ParetoClass] = Field(description="defect classes, most frequent first")
-    stations: list[StationFigure] = Field(description="per camera and recipe over the window")
-    model_changes: list[ModelChange] = Field(description="version changes per model and recipe")
+    hourly: list[Figure] = Field(description=(
+        "every UTC hour of the window, oldest first; with the inspections retention removed "
+        "(counted at their hour's start)"))
+    shifts: list[Figure] = Field(description=(
+        "whole shifts touching the window, the last one ongoing; with the inspections "
+        "retention removed"))
+    pareto: list[ParetoClass] = Field(description=(
+        "defect classes, most frequent first; of the inspections still kept (retention's "
+        "removed ones are not counted)"))
+    stations: list[StationFigure] = Field(description=(
+        "per camera and recipe over the window; with the inspections retention removed"))
+    model_changes: list[ModelChange] = Field(description=(
+        "version changes per model and recipe, among the inspections still kept"))
     model_changes_cut: bool = Field(description="more changes than listed")
-    quality: ReviewQuality
-    reviewers: list[ReviewerCount] = Field(description="reviews made in the window, busiest first")
+    quality: ReviewQuality = Field(description=(
+        "among the reviewed inspections still kept (retention may remove reviewed ones)"))
+    reviewers: list[ReviewerCount] = Field(description=(
+        "reviews made in the window, busiest first, of inspections still kept"))
     verdicts_per_hour: dict[str, dict[Outcome, int]] = Field(description=(
-        "'YYYY-MM-DD HH:00' (UTC) -> inspections per verdict, oldest first"))
-    defects_per_class: dict[str, int] = Field(description="counted defects per class")
-    inspections_per_camera: dict[str, int] = Field(description="'(upload)': sent to /v1/inspect")
-    reviewed_fails: int = Field(description="failed parts a reviewer confirmed or corrected (all time)")
+        "'YYYY-MM-DD HH:00' (UTC) -> inspections per verdict, oldest first (as hourly)"))
+    defects_per_class: dict[str, int] = Field(description="counted defects per class (as pareto)")
+    inspections_per_camera: dict[str, int] = Field(description=(
+        "'(upload)': sent to /v1/inspect; with the inspections retention removed"))
+    reviewed_fails: int = Field(description=(
+        "failed parts a reviewer confirmed or corrected (all time, among those still kept)"))
     false_rejects_confirmed: int = Field(description=(
         "failed inspections whose reviewed truth is a good part, as quality.false_rejects "
         "counts them, over all time (each once however many reviews agree)"))

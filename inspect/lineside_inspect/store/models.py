@@ -153,6 +153,26 @@ REVIEW_ORDER: tuple[Any, ...] = (ReviewRow.created_at, ReviewRow.origin.asc().nu
                                  ReviewRow.id)
 
 
+class YieldHistoryRow(Base):
+    """Inspections retention removed, counted per UTC hour they were made in, box, site,
+    line, camera, recipe and verdict (``store/history.py``): the yield figures read these
+    beside the rows, so a window's passes and fails stay what the line made after its rows
+    are gone. Written only by retention (the box's and the hub's), in the transaction that
+    deletes the rows. '' stands for none in a key (a primary key holds no NULL, and two
+    NULLs would be two keys to an upsert)."""
+
+    __tablename__ = "yield_history"
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    box_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    line: Mapped[str] = mapped_column(String(64), primary_key=True)
+    camera_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    recipe_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    verdict: Mapped[str] = mapped_column(String(8), primary_key=True)
+    inspections: Mapped[int] = mapped_column(Integer)
+
+
 class OutboxRow(Base):
     """An event for a line output (MQTT), written in the same transaction as the inspection
     row it tells of (``store/outbox.py``), delivered in ``id`` order by the box that wrote

@@ -6,6 +6,11 @@ Counting is done in SQL (GROUP BY, a window function for version changes), so a 
 busy line costs a few grouped rows, not every inspection in Python. Times are UTC;
 shifts are wall-clock start times in a zone (:class:`Shifts`), turned into UTC
 boundaries here, daylight saving included.
+
+The yield figures (hourly, per shift, per station, the status page's ``yields``) add the
+passes and fails of the inspections retention removed (``store/history.py``), so a
+window's yield stays what the line made; the Pareto, model changes and review figures
+need the rows, and count only those still kept.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import tzlocal
 from sqlalchemy import ColumnElement, case, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from lineside_inspect.store.models import InspectionRow, ReviewRow
+from lineside_inspect.store.models import InspectionRow, ReviewRow, YieldHistoryRow
 from lineside_inspect.store.utc import as_utc
 
 MAX_MARKERS = 200  # model-version changes listed per window (a flapping pin is not a chart)
@@ -64,18 +69,52 @@ class Shifts:
 
 
 def _filters(camera_id: str | None, recipe: str | None, site: str | None = None,
-             line: str | None = None, box_id: str | None = None) -> list[ColumnElement[bool]]:
+             line: str | None = None, box_id: str | None = None,
+             table: type[InspectionRow] | type[YieldHistoryRow] = InspectionRow,
+             ) -> list[ColumnElement[bool]]:
+    """The scope's conditions on the rows, or on the history of removed ones (``table``)."""
     conds: list[ColumnElement[bool]] = []
     if camera_id is not None:  # "" means inspections sent to /v1/inspect without a camera
-        conds.append(InspectionRow.camera_id == camera_id if camera_id
-                     else InspectionRow.camera_id.is_(None))
+        conds.append(table.camera_id == camera_id if camera_id or table is YieldHistoryRow
+                     else table.camera_id.is_(None))  # (the history keeps none as "")
     if recipe:
-        conds.append(InspectionRow.recipe_name == recipe)
-    for column, value in ((InspectionRow.site, site), (InspectionRow.line, line),
-                          (InspectionRow.box_id, box_id)):  # a hub's fleet filters
+        conds.append(table.recipe_name == recipe)
+    for column, value in ((table.site, site), (table.line, line),
+                          (table.box_id, box_id)):  # a hub's fleet filters
         if value:
             conds.append(column == value)
     return conds
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What the figures are narrowed to: conditions on the rows (``rows``) and on the
+    history of the rows retention removed (``removed``, ``store/history.py``)."""
+
+    rows: list[ColumnElement[bool]]
+    removed: list[ColumnElement[bool]]
+
+    @classmethod
+    def of(cls, camera_id: str | None = None, recipe: str | None = None,
+           site: str | None = None, line: str | None = None,
+           box_id: str | None = None) -> Scope:
+        return cls(_filters(camera_id, recipe, site, line, box_id),
+                   _filters(camera_id, recipe, site, line, box_id, YieldHistoryRow))
+
+
+def _none(key: str) -> str | None:
+    """A history key's value as the rows have it ("" is none there)."""
+    return key or None
+
+
+def _removed(s: Session, since: datetime, until: datetime, scope: Scope,
+             *keys: Any) -> list[Any]:
+    """(keys..., verdict, n) of the removed inspections made in hours starting in the
+    window: a removed inspection counts as made at its hour's start."""
+    return list(s.execute(select(*keys, YieldHistoryRow.verdict, func.sum(YieldHistoryRow.inspections))
+                          .where(YieldHistoryRow.hour >= since, YieldHistoryRow.hour < until,
+                                 *scope.removed)
+                          .group_by(*keys, YieldHistoryRow.verdict)).all())
 
 
 def _hour_key(dialect: str) -> Any:
@@ -101,16 +140,18 @@ def _figure(start: datetime, end: datetime, c: dict[str, int]) -> dict[str, Any]
             "yield_pct": round(100 * c["pass"] / total, 2) if total else None}
 
 
-def hourly(s: Session, since: datetime, until: datetime,
-           conds: list[ColumnElement[bool]]) -> list[dict[str, Any]]:
-    """Passes and fails per UTC hour, every hour of the window (empty ones as zeros). The
-    first row starts at ``since``, not on its hour: it counts from there, and a row named
-    13:00-14:00 that counted from 13:27 read as a slow first hour (QA review, session 37)."""
+def hourly(s: Session, since: datetime, until: datetime, scope: Scope) -> list[dict[str, Any]]:
+    """Passes and fails per UTC hour, every hour of the window (empty ones as zeros), the
+    removed inspections' too. The first row starts at ``since``, not on its hour: it
+    counts from there, and a row named 13:00-14:00 that counted from 13:27 read as a slow
+    first hour (QA review, session 37)."""
     key = _hour_key(s.get_bind().dialect.name).label("hour")
-    got = _counts(s.execute(select(key, InspectionRow.verdict, func.count())
-                            .where(InspectionRow.created_at >= since,
-                                   InspectionRow.created_at < until, *conds)
-                            .group_by(key, InspectionRow.verdict)).all())
+    got = _counts([*s.execute(select(key, InspectionRow.verdict, func.count())
+                              .where(InspectionRow.created_at >= since,
+                                     InspectionRow.created_at < until, *scope.rows)
+                              .group_by(key, InspectionRow.verdict)).all(),
+                   *((as_utc(hour).strftime("%Y-%m-%d %H:00"), v, n) for hour, v, n in
+                     _removed(s, since, until, scope, YieldHistoryRow.hour))])
     out = []
     hour = since.replace(minute=0, second=0, microsecond=0)
     while hour < until:
@@ -120,18 +161,24 @@ def hourly(s: Session, since: datetime, until: datetime,
     return out
 
 
-def per_shift(s: Session, boundaries: list[datetime],
-              conds: list[ColumnElement[bool]]) -> list[dict[str, Any]]:
+def per_shift(s: Session, boundaries: list[datetime], scope: Scope) -> list[dict[str, Any]]:
     """Passes and fails per shift between consecutive ``boundaries`` (a CASE over the
-    boundaries: shifts need not be whole hours nor equally long)."""
+    boundaries: shifts need not be whole hours nor equally long), the removed
+    inspections' too (in the shift their hour starts in)."""
     if len(boundaries) < 2:
         return []
-    index = case(*[(InspectionRow.created_at < b, i) for i, b in enumerate(boundaries[1:])],
-                 else_=len(boundaries)).label("shift")
-    got = _counts(s.execute(select(index, InspectionRow.verdict, func.count())
-                            .where(InspectionRow.created_at >= boundaries[0],
-                                   InspectionRow.created_at < boundaries[-1], *conds)
-                            .group_by(index, InspectionRow.verdict)).all())
+
+    def index(at: Any) -> Any:
+        return case(*[(at < b, i) for i, b in enumerate(boundaries[1:])],
+                    else_=len(boundaries)).label("shift")
+
+    at = index(InspectionRow.created_at)  # (one object: PostgreSQL groups by its SQL)
+    got = _counts([*s.execute(select(at, InspectionRow.verdict, func.count())
+                              .where(InspectionRow.created_at >= boundaries[0],
+                                     InspectionRow.created_at < boundaries[-1], *scope.rows)
+                              .group_by(at, InspectionRow.verdict)).all(),
+                   *_removed(s, boundaries[0], boundaries[-1], scope,
+                             index(YieldHistoryRow.hour))])
     return [_figure(a, b, got.get(i, {"pass": 0, "fail": 0}))
             for i, (a, b) in enumerate(pairwise(boundaries))]
 
@@ -155,17 +202,19 @@ def pareto(s: Session, since: datetime, until: datetime,
     return out
 
 
-def stations(s: Session, since: datetime, until: datetime,
-             conds: list[ColumnElement[bool]]) -> list[dict[str, Any]]:
+def stations(s: Session, since: datetime, until: datetime, scope: Scope) -> list[dict[str, Any]]:
     """Passes and fails per camera and recipe (camera None: sent to /v1/inspect), of each
-    box: on a hub, box-a's cam1 and box-b's cam1 are two stations (one row, they read as
-    one camera at 50 % whose two lines were at 0 and 100 %)."""
+    box, the removed inspections' too: on a hub, box-a's cam1 and box-b's cam1 are two
+    stations (one row, they read as one camera at 50 % whose two lines were at 0 and 100 %)."""
     got = _counts([((box, cam, rec), v, n) for box, cam, rec, v, n in s.execute(
         select(InspectionRow.box_id, InspectionRow.camera_id, InspectionRow.recipe_name,
                InspectionRow.verdict, func.count())
-        .where(InspectionRow.created_at >= since, InspectionRow.created_at < until, *conds)
+        .where(InspectionRow.created_at >= since, InspectionRow.created_at < until, *scope.rows)
         .group_by(InspectionRow.box_id, InspectionRow.camera_id, InspectionRow.recipe_name,
-                  InspectionRow.verdict))])
+                  InspectionRow.verdict))] + [
+        ((_none(box), _none(cam), rec), v, n) for box, cam, rec, v, n in _removed(
+            s, since, until, scope, YieldHistoryRow.box_id, YieldHistoryRow.camera_id,
+            YieldHistoryRow.recipe_name)])
     out = []
     for (box, cam, rec), c in sorted(got.items(),
                                      key=lambda kv: (kv[0][1] or "", kv[0][2], kv[0][0] or "")):
@@ -255,11 +304,14 @@ def reviewers(s: Session, since: datetime, until: datetime,
 
 def yields(s: Session, since: datetime, until: datetime,
            ) -> dict[tuple[str | None, str | None], dict[str, int]]:
-    """Passes and fails per box and camera (None: sent to /v1/inspect) in the window."""
+    """Passes and fails per box and camera (None: sent to /v1/inspect) in the window, the
+    removed inspections' too."""
     return _counts([((box, cam), v, n) for box, cam, v, n in s.execute(
         select(InspectionRow.box_id, InspectionRow.camera_id, InspectionRow.verdict, func.count())
         .where(InspectionRow.created_at >= since, InspectionRow.created_at < until)
-        .group_by(InspectionRow.box_id, InspectionRow.camera_id, InspectionRow.verdict))])
+        .group_by(InspectionRow.box_id, InspectionRow.camera_id, InspectionRow.verdict))] + [
+        ((_none(box), _none(cam)), v, n) for box, cam, v, n in _removed(
+            s, since, until, Scope([], []), YieldHistoryRow.box_id, YieldHistoryRow.camera_id)])
 
 
 def legacy(s: Session) -> dict[str, Any]:
@@ -281,11 +333,12 @@ def dashboard(s: Session, *, hours: int, now: datetime, shifts: Shifts,
     for one camera and/or recipe (and on a hub site, line, box) when given."""
     until = as_utc(now)
     since = until - timedelta(hours=hours)
-    conds = _filters(camera_id, recipe, site, line, box_id)
-    hours_ = hourly(s, since, until, conds)
-    shift_rows = per_shift(s, shifts.boundaries(since, until), conds)
+    scope = Scope.of(camera_id, recipe, site, line, box_id)
+    conds = scope.rows  # (the figures below need the rows: retention's history has none)
+    hours_ = hourly(s, since, until, scope)
+    shift_rows = per_shift(s, shifts.boundaries(since, until), scope)
     classes = pareto(s, since, until, conds)
-    places = stations(s, since, until, conds)
+    places = stations(s, since, until, scope)
     changes, cut = model_changes(s, since, until, conds)
     per_camera: dict[str, int] = {}
     for p in places:

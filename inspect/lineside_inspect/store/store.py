@@ -45,6 +45,7 @@ from sqlalchemy import (
     Table,
     Update,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -72,6 +73,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.opencv import cv2
 from lineside_inspect.schemas import StoredInspection
+from lineside_inspect.store import history
 from lineside_inspect.store import stats as figures
 from lineside_inspect.store.box import BOX_ID_FILE, resolve_box_id
 from lineside_inspect.store.images import ImageBackend
@@ -1142,7 +1144,8 @@ class Store:
         database space counts against the quota, and images make way for it. Rows not
         forwarded to the hub yet (``guard_channel``) never leave by age; when the quota
         still needs room after every forwarded image is gone, their images go (the rows
-        stay, and are forwarded without them), counted in ``dropped_unforwarded``.
+        stay, and are forwarded without them), counted in ``dropped_unforwarded``. The passes
+        and fails of the rows deleted are kept in ``yield_history`` (``store/history.py``).
 
         The quota counts :meth:`used_bytes`, what is on disk and what applying the
         journal will add, and leaves ``room`` bytes of ``max_bytes`` free besides (the
@@ -1155,11 +1158,13 @@ class Store:
             if quota is not None:
                 self.checkpoint(self._wal_checkpoint_bytes())
             with Session(self.engine) as s, s.begin():
+                gone: list[tuple[Any, ...]] = []  # the deleted rows' history keys
+                pages = self._db_pages(s)
                 cutoff = self._age_cutoff(now or datetime.now(UTC))
                 if cutoff is not None:
                     for row in s.scalars(select(InspectionRow).where(
                             self._mine(), self._forwarded(), InspectionRow.created_at < cutoff)):
-                        self._delete(s, row)
+                        self._delete(s, row, gone)
                         deleted += 1
                 if quota is not None:
                     limit = quota - room
@@ -1173,11 +1178,17 @@ class Store:
                         for row in s.scalars(q):
                             if used <= limit:
                                 break
-                            used -= self._delete(s, row)
+                            used -= self._delete(s, row, gone)
                             deleted += 1
                     if used > limit and self.guard_channel is not None:
                         used = self._drop_unforwarded_images(s, used, limit)
-                    slack = self._db_slack(s)
+                # their passes and fails stay in the figures: counted in this transaction,
+                # so a crash commits neither the deletes nor the counts (store/history.py)
+                history.count_removed(s, gone)
+                if quota is not None:
+                    # the history's own pages, where the pages the rows freed did not hold it
+                    used += max(0, self._db_pages(s) - pages) * self.db_page
+                    slack = self._db_slack(s)  # (after the history took any free page)
                     if used > quota:
                         log.warning("store: %d bytes in use or acknowledged with no image left "
                                     "to remove; the quota of %d bytes is too small for the "
@@ -1281,6 +1292,12 @@ class Store:
             return files, 0
         pages = -(-(journal_bytes - files) // self.db_page) + ROW_EXTRA_PAGES
         return files + 2 * pages * (self.db_page + WAL_FRAME_HEADER), pages * self.db_page
+
+    def _db_pages(self, s: Session) -> int:
+        """Pages of the SQLite database in ``s``'s view (0 on PostgreSQL)."""
+        if not self.db_page:
+            return 0
+        return int(s.connection().exec_driver_sql("PRAGMA page_count").scalar() or 0)
 
     def _db_slack(self, s: Session) -> int:
         """Bytes of the SQLite database file that no live page takes (pages rows left, in
@@ -1499,14 +1516,20 @@ class Store:
         if busy:
             log.info("store: write-ahead log (%d bytes) busy, not truncated this time", size)
 
-    def _delete(self, s: Session, row: InspectionRow) -> int:
-        """Delete ``row`` and its files; the bytes this freed on disk."""
+    def _delete(self, s: Session, row: InspectionRow, gone: list[tuple[Any, ...]]) -> int:
+        """Delete ``row`` and its files; the bytes this freed on disk. Its history key
+        goes to ``gone`` when this delete removed it (not when another process did first:
+        it is counted once, by that one)."""
         freed = 0
         if row.image_path:
             (self.images_dir / row.image_path).unlink(missing_ok=True)
             freed += row.image_bytes
         ref = row.reference_path
-        s.delete(row)
+        # a statement, not the session's delete: its row count says whether this removed it
+        # (reviews go by the foreign key's ON DELETE CASCADE, as they did)
+        removed = s.execute(delete(InspectionRow).where(InspectionRow.id == row.id))
+        if getattr(removed, "rowcount", 0) == 1:
+            gone.append(history.key_of(row))
         if ref and not s.scalar(select(func.count()).where(
                 InspectionRow.reference_path == ref, self._mine_or_unowned())):
             path = self.images_dir / ref  # its last user is gone

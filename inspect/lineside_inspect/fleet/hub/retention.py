@@ -5,9 +5,10 @@ A round (:meth:`HubRetention.run_once`) takes the rows the hub received before t
 cutoff (``received_at``: a box's clock may be behind and its backlog old, so a row dated
 by the box could leave on arrival; rows from before that column go by ``created_at``),
 oldest first, in batches of :data:`BATCH`: their images are deleted from the object
-store first, then the rows (their reviews go with them: the foreign key cascades) and
-each box's held count in one transaction. An object store that cannot be reached ends
-the round (the next one tries again). Objects first, because a round that fails in
+store first, then the rows (their reviews go with them: the foreign key cascades), each
+box's held count and the rows' passes and fails (``store/history.py``: the dashboard's
+yield figures keep them) in one transaction. An object store that cannot be reached
+ends the round (the next one tries again). Objects first, because a round that fails in
 between leaves rows whose images are gone (their page says so) which the next round
 deletes again; rows first would leave images nothing points at, for good. A row whose
 image could not be deleted stays for the next round.
@@ -44,6 +45,7 @@ from sqlalchemy.orm import Session
 from lineside_inspect.errors import NotFoundError
 from lineside_inspect.fleet.hub.images import CONTENT_TYPES
 from lineside_inspect.fleet.hub.tables import BoxCountRow
+from lineside_inspect.store import history
 from lineside_inspect.store.models import InspectionRow
 
 if TYPE_CHECKING:
@@ -199,14 +201,17 @@ class HubRetention:
                 # before 3.35 has no RETURNING: read, then delete; one process owns it)
                 deleting = delete(InspectionRow).where(InspectionRow.id.in_(gone))
                 if self.store.engine.dialect.delete_returning:
-                    boxes = list(s.scalars(deleting.returning(InspectionRow.box_id)).all())
+                    removed = s.execute(deleting.returning(*history.KEY_COLUMNS)).all()
                 else:
-                    boxes = list(s.scalars(select(InspectionRow.box_id)
-                                           .where(InspectionRow.id.in_(gone))).all())
+                    removed = s.execute(select(*history.KEY_COLUMNS)
+                                        .where(InspectionRow.id.in_(gone))).all()
                     s.execute(deleting)
+                boxes = [r.box_id for r in removed]
                 for box_id, n in collections.Counter(b for b in boxes if b is not None).items():
                     s.execute(update(BoxCountRow).where(BoxCountRow.box_id == box_id)
                               .values(held=BoxCountRow.held - n))
+                # the fleet's yield figures keep their passes and fails (store/history.py)
+                history.count_removed(s, removed)
             done.deleted += len(boxes)
             if self._counter is not None:
                 self._counter.inc(len(boxes))

@@ -206,7 +206,9 @@ def stats(request: Request, who: Viewer,
           recipe: Annotated[str | None, Query(max_length=128)] = None,
           site: FleetName = None, line: FleetName = None, box_id: FleetName = None) -> DashboardStats:
     """Dashboard figures over the last ``hours`` (404 when the server keeps no store);
-    shifts as the ``shifts`` setting has them."""
+    shifts as the ``shifts`` setting has them. The yield figures (hourly, shifts,
+    stations) include the inspections retention removed; the Pareto, model changes and
+    review figures count the inspections still kept."""
     settings = request.app.state.settings
     doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe, site=site, line=line,
                                    box_id=box_id,

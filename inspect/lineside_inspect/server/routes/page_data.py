@@ -34,6 +34,8 @@ class _Shape(BaseModel):
 
 
 class YieldFigure(_Shape):
+    """Inspections since ``since``, with those retention removed (store/history.py)."""
+
     since: datetime
     passes: int
     fails: int
@@ -338,7 +340,9 @@ def stats_csv(request: Request, who: Viewer,
               camera_id: Annotated[str | None, Query(max_length=128)] = None,
               recipe: Annotated[str | None, Query(max_length=128)] = None,
               site: FleetName = None, line: FleetName = None, box_id: FleetName = None) -> Response:
-    """The numbers of one dashboard table, with the parameters of ``GET /v1/stats``."""
+    """The numbers of one dashboard table, with the parameters of ``GET /v1/stats``:
+    hourly, shifts and stations include the inspections retention removed; pareto,
+    quality, reviewers and model_changes count the inspections still kept."""
     doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe, site=site,
                                    line=line, box_id=box_id, shifts=shifts_of(request))
     # on a hub its fleet filters are the file's scope, in its rows and its name (names

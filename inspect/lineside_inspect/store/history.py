@@ -1,0 +1,71 @@
+"""Yield history through retention: the passes and fails of the inspections retention
+removes, counted per UTC hour, box, site, line, camera, recipe and verdict in
+``yield_history`` (:class:`YieldHistoryRow`), so the dashboard's hourly, shift and
+station figures, its CSV, ``/v1/stats``, the status page and a hub's merged views read
+what the line made, not what is left of it (QA review, session 37: the quota removes
+sampled passes with their rows first, and an older window's yield read lower).
+
+Counted in the transaction that deletes the rows, from what the deletes removed: a
+process that dies mid-way commits neither, and a row another process deleted first is
+not counted twice. The upsert is per key, and a box's keys carry its box id, so boxes
+sharing one PostgreSQL database never write one another's history rows.
+
+A removed inspection counts as made at the start of its hour: a window or shift that
+starts inside an hour counts that hour's removed inspections only if the hour starts in
+it. Only verdicts are kept: defect classes, model versions and reviews need the rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from lineside_inspect.store.models import InspectionRow, YieldHistoryRow
+from lineside_inspect.store.utc import as_utc
+
+# what a removed row is counted by, in this order (as a hub's DELETE ... RETURNING reads it)
+KEY_COLUMNS: tuple[Any, ...] = (
+    InspectionRow.created_at, InspectionRow.box_id, InspectionRow.site, InspectionRow.line,
+    InspectionRow.camera_id, InspectionRow.recipe_name, InspectionRow.verdict)
+NONE = ""  # a key's none (see YieldHistoryRow)
+KEY_NAMES = ("hour", "box_id", "site", "line", "camera_id", "recipe_name", "verdict")
+UPSERT_ROWS = 500  # history rows a statement upserts (SQLite bounds its parameters)
+
+
+def key_of(row: InspectionRow) -> tuple[Any, ...]:
+    """``row``'s values of :data:`KEY_COLUMNS`."""
+    return (row.created_at, row.box_id, row.site, row.line, row.camera_id, row.recipe_name,
+            row.verdict)
+
+
+def hour_of(at: datetime) -> datetime:
+    return as_utc(at).replace(minute=0, second=0, microsecond=0)
+
+
+def count_removed(s: Session, removed: Iterable[Sequence[Any]]) -> int:
+    """Add ``removed`` (each a deleted row's :data:`KEY_COLUMNS`) to the history, in
+    ``s``'s transaction; the rows counted."""
+    per: Counter[tuple[Any, ...]] = Counter()
+    for at, box, site, line, camera, recipe, verdict in removed:
+        per[(hour_of(at), box or NONE, site or NONE, line or NONE, camera or NONE,
+             recipe, verdict)] += 1
+    if not per:
+        return 0
+    # in key order: two processes upserting overlapping keys take their locks in one order
+    values = [{**dict(zip(KEY_NAMES, key, strict=True)), "inspections": n}
+              for key, n in sorted(per.items())]
+    table: Table = YieldHistoryRow.__table__  # type: ignore[assignment]
+    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    for start in range(0, len(values), UPSERT_ROWS):
+        stmt = insert(table).values(values[start:start + UPSERT_ROWS])
+        s.execute(stmt.on_conflict_do_update(
+            index_elements=list(KEY_NAMES),
+            set_={"inspections": table.c.inspections + stmt.excluded.inspections}))
+    return sum(per.values())

@@ -1,0 +1,341 @@
+"""Yield history through retention (QA review, session 37): the quota removes sampled passes
+with their rows first, and the age limit every row past it, so once either ran an older
+window's yield read lower than the line's was. A window's passes and fails (per hour,
+shift, station, the status page's) are now the same before and after retention removes
+rows: on SQLite and PostgreSQL, through a process killed mid-way, with boxes sharing one
+PostgreSQL database retaining at once, through /v1/stats and its CSV, and on a hub."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, event, func, select, text, update
+from sqlalchemy.orm import Session
+
+from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch, ForwardedInspection
+from lineside_inspect.imageio import decode_image
+from lineside_inspect.inspector import Inspection, inspect
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.store import Store
+from lineside_inspect.store import stats as figures
+from lineside_inspect.store.models import InspectionRow, YieldHistoryRow
+
+from .test_figures_agree import IMAGE, JPEG, _set
+from .test_fleet_sync import KEYS, ServedHub, _png, _record, client, hub_settings
+from .test_store import MODEL, ROOT
+
+# the rows' hour: every figure's boundaries whole hours (a removed inspection counts at
+# its hour's start: store/history.py)
+T = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+SHIFTS = figures.Shifts(("06:00", "18:00"), UTC)
+# (hours before T, camera, recipe, passes, fails)
+PARTS = [(47, "cam1", "r", 3, 1), (40, "cam2", "r2", 2, 1), (30, "cam1", "r", 2, 2),
+         (26, None, "r", 1, 1), (3, "cam1", "r", 2, 1), (2, "cam2", "r2", 1, 0)]
+SCOPES: list[dict[str, Any]] = [{}, {"camera_id": "cam1"}, {"camera_id": ""}, {"recipe": "r2"}]
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return Detector(MODEL, device="cpu", threads=1)
+
+
+def _part(detector: Detector, verdict: str, when: datetime, camera: str | None,
+          recipe: str) -> Inspection:
+    raw = IMAGE.read_bytes()
+    # a recipe that passes everything or fails on anything, so the verdict is chosen
+    rule = Recipe(name=recipe, model="deeppcb", default_min_score=1.0 if verdict == "pass" else 0.0)
+    result = inspect(decode_image(raw), detector, rule, camera_id=camera)
+    result.verdict = verdict
+    result.raw, result.raw_ext = raw, "jpg"
+    result.created_at = when + timedelta(minutes=7)
+    return result
+
+
+def _fill(store: Store, detector: Detector) -> int:
+    n = 0
+    for hours, camera, recipe, passes, fails in PARTS:
+        for verdict, k in (("pass", passes), ("fail", fails)):
+            for j in range(k):
+                part = _part(detector, verdict, T - timedelta(hours=hours, minutes=-j), camera, recipe)
+                assert store.save(part)
+                n += 1
+    store.flush()
+    return n
+
+
+def _yields(store: Store, **scope: Any) -> dict[str, Any]:
+    """The window's yield figures, as the dashboard, its CSV and /v1/stats take them."""
+    doc = store.stats(48, now=T, shifts=SHIFTS, **scope)
+    keep = ("hourly", "shifts", "stations", "verdicts_per_hour", "inspections_per_camera")
+    return {k: doc[k] for k in keep}
+
+
+def _all_yields(store: Store) -> list[Any]:
+    return [*(_yields(store, **scope) for scope in SCOPES),
+            store.read(lambda s: figures.yields(s, T - timedelta(hours=48), T))]
+
+
+def _held(store: Store) -> int:
+    return store.query(limit=1)[0]
+
+
+def _counted(store: Store) -> int:
+    with Session(store.engine) as s:
+        return int(s.scalar(select(func.coalesce(func.sum(YieldHistoryRow.inspections), 0))) or 0)
+
+
+def test_a_windows_yield_is_the_same_after_retention_removes_rows(
+        tmp_path: Path, detector: Detector, database_url: str | None) -> None:
+    store = Store(tmp_path, database_url, pass_rate=1.0)
+    total = _fill(store, detector)
+    before = _all_yields(store)
+    assert sum(h["inspections"] for h in before[0]["hourly"]) == total
+    # the quota: passes go first, with their rows (the newest pass too, before any fail)
+    store.checkpoint()
+    store.max_bytes = store.overhead_bytes() + 8 * len(IMAGE.read_bytes())
+    quota_removed = store.enforce_retention(now=T)
+    assert quota_removed >= 4 and store.query(verdict="pass", limit=1)[0] < 11
+    assert _all_yields(store) == before
+    # then the age limit: every row over a day old
+    store.max_bytes, store.max_age_days = None, 1
+    assert store.enforce_retention(now=T) > 0
+    assert _held(store) < total - quota_removed
+    assert _all_yields(store) == before
+    assert _held(store) + _counted(store) == total  # each removed row counted once
+    store.close()
+
+
+KILLED = """
+import os, sys
+from datetime import datetime
+from sqlalchemy import event
+from lineside_inspect.store import Store
+store = Store(sys.argv[1], sys.argv[2] or None)
+
+@event.listens_for(store.engine, "before_cursor_execute")
+def die(conn, cursor, statement, *args):
+    # the rows are deleted in this transaction, not committed: the process dies here
+    if "yield_history" in statement and statement.lstrip().upper().startswith("INSERT"):
+        os._exit(9)
+
+store.max_age_days = 1
+store.enforce_retention(now=datetime.fromisoformat(sys.argv[3]))
+print("retention ran to its end")
+"""
+
+
+def test_retention_killed_before_it_commits_counts_nothing_and_removes_nothing(
+        tmp_path: Path, detector: Detector, database_url: str | None) -> None:
+    store = Store(tmp_path, database_url, pass_rate=1.0)
+    total = _fill(store, detector)
+    before = _all_yields(store)
+    store.close()
+    done = subprocess.run([sys.executable, "-c", KILLED, str(tmp_path), database_url or "",
+                           T.isoformat()], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stdout + done.stderr  # died between deletes and commit
+    with Store(tmp_path, database_url, pass_rate=1.0) as again:
+        assert _held(again) == total and _counted(again) == 0  # neither committed
+        assert _all_yields(again) == before
+        again.max_age_days = 1
+        assert again.enforce_retention(now=T) > 0
+        assert _all_yields(again) == before
+        assert _held(again) + _counted(again) == total
+
+
+def _pg(database_url: str | None) -> str:
+    if database_url is None:
+        pytest.skip("boxes share a PostgreSQL database")
+    return database_url
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_boxes_sharing_postgresql_retaining_at_once_count_each_row_once(
+        tmp_path: Path, detector: Detector, database_url: str | None) -> None:
+    url = _pg(database_url)
+    a = Store(tmp_path / "a", url, pass_rate=1.0, box_id="box-a")
+    b = Store(tmp_path / "b", url, pass_rate=1.0, box_id="box-b")
+    total = _fill(a, detector) + _fill(b, detector)  # the same cameras, hours and recipes
+    before = {box: [_yields(a, box_id=box, **scope) for scope in SCOPES]
+              for box in ("box-a", "box-b", None)}
+    start = threading.Barrier(2)
+    removed: dict[str, int] = {}
+
+    def retain(store: Store) -> None:
+        store.max_age_days = 1
+        start.wait(30)
+        removed[store.box_id] = store.enforce_retention(now=T)
+
+    threads = [threading.Thread(target=retain, args=(s,)) for s in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert removed["box-a"] == removed["box-b"] > 0
+    for box, figures_before in before.items():
+        assert [_yields(b, box_id=box, **scope) for scope in SCOPES] == figures_before, box
+    assert _held(a) + _counted(a) == total
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_row_another_process_deleted_first_is_counted_once(
+        tmp_path: Path, detector: Detector, database_url: str | None) -> None:
+    """Two stores of one box id (a copied data folder, or a box_id set twice) retain at
+    once: the second's delete waits on the first's row lock, then removes nothing. It
+    must not count the rows the first removed again."""
+    url = _pg(database_url)
+    first = Store(tmp_path / "a", url, pass_rate=1.0, box_id="box-a")
+    second = Store(tmp_path / "b", url, pass_rate=1.0, box_id="box-a")
+    total = _fill(first, detector)
+    before = _all_yields(first)
+    admin = create_engine(url)
+    racing: list[threading.Thread] = []
+
+    def waiting_on_a_lock() -> bool:
+        with admin.connect() as c:
+            return bool(c.scalar(text("SELECT count(*) FROM pg_stat_activity "
+                                      "WHERE wait_event_type = 'Lock'")))
+
+    @event.listens_for(first.engine, "before_cursor_execute")
+    def race(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # the first has deleted its rows and not committed: the second tries them now
+        if racing or "yield_history" not in statement or not statement.startswith("INSERT"):
+            return
+        second.max_age_days = 1
+        racing.append(threading.Thread(target=second.enforce_retention, kwargs={"now": T}))
+        racing[0].start()
+        deadline = time.monotonic() + 30
+        while not waiting_on_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    first.max_age_days = 1
+    gone = first.enforce_retention(now=T)
+    assert racing, "the first retention wrote no yield history"
+    racing[0].join(60)
+    assert gone > 0 and _counted(first) == gone == total - _held(first)
+    assert _all_yields(first) == before
+    admin.dispose()
+    first.close()
+    second.close()
+
+
+def _stats_files(c: httpx.Client) -> dict[str, Any]:
+    """/v1/stats's yield figures, its CSVs' and the status page's, keyed by what they
+    cover (the window moves between requests; nothing is near its ends)."""
+    doc = c.get("/v1/stats", params={"hours": 72}).json()
+    got: dict[str, Any] = {
+        "hourly": {r["end"]: (r["passes"], r["fails"]) for r in doc["hourly"] if r["inspections"]},
+        "shifts": {(r["start"], r["end"]): (r["passes"], r["fails"]) for r in doc["shifts"]},
+        "stations": doc["stations"], "per_camera": doc["inspections_per_camera"],
+        "per_hour": doc["verdicts_per_hour"]}
+    for table in ("hourly", "shifts", "stations"):
+        rows = list(csv.DictReader(io.StringIO(c.get("/v1/stats.csv", params={
+            "hours": 72, "table": table}).text)))
+        got[f"{table}.csv"] = {(r.get("end_utc"), r.get("camera_id"), r.get("recipe")): (
+            r["passes"], r["fails"]) for r in rows if r["inspections"] != "0"}
+    day = c.get("/v1/overview").json()["day"]
+    got["day"] = (day["passes"], day["fails"])
+    return got
+
+
+def test_stats_and_csv_through_the_api_keep_a_windows_yield(
+        launch: Any, database_url: str | None) -> None:
+    srv = launch(store_pass_rate=1.0, database_url=database_url, shift_timezone="UTC")
+    now = datetime.now(UTC)
+    # (hours ago, camera, verdict): the day's window holds the last three
+    plan = [(60, "cam1", "pass"), (60, "cam1", "fail"), (40, "cam2", "pass"),
+            (20, "cam1", "pass"), (20, "cam1", "pass"), (14, None, "fail"), (1, "cam1", "pass")]
+    ids = []
+    with srv.client("line") as c:
+        for _, camera, _ in plan:
+            r = c.post("/v1/inspect", content=IMAGE.read_bytes(), headers=JPEG,
+                       params={"camera_id": camera} if camera else {})
+            assert r.status_code == 200 and r.json()["stored"] is True, r.text
+            ids.append(r.json()["id"])
+    _set(srv, {i: {"created_at": now - timedelta(hours=h), "verdict": v}
+               for i, (h, _, v) in zip(ids, plan, strict=True)})
+    with srv.client("viewer") as c:
+        before = _stats_files(c)
+        assert sum(before["per_camera"].values()) == len(plan) and before["day"] == (3, 1)
+        store = srv.app.state.store
+        store.max_age_days = 0.5
+        assert store.enforce_retention() == 6  # all but the last hour's
+        assert _stats_files(c) == before
+
+
+def _forwarded(seq: int, hours_ago: float, verdict: str, box: str) -> ForwardedInspection:
+    iid = uuid.uuid4().hex
+    record = _record(iid, datetime.now(UTC) - timedelta(hours=hours_ago))
+    record.update(verdict=verdict, box_id=box)
+    if verdict == "pass":
+        record.update(reasons=[], defects=[])
+    # an image for the first only: the object store's part is not what is tested here
+    image = base64.b64encode(_png(seq)).decode() if seq == 1 else None
+    return ForwardedInspection(seq=seq, id=iid, site="plant1", line="line1", record=record,
+                               image_b64=image, image_ext="png" if image else None)
+
+
+def test_the_hubs_merged_views_keep_their_yield_through_its_retention(
+        tmp_path: Path, weed: Any, database_url: str | None) -> None:
+    more = {"database_url": database_url} if database_url else {}
+    backend = "pg" if database_url else "sqlite"
+    settings = hub_settings(tmp_path, weed.settings(f"hub-yield-history-{backend}"),
+                            retention_days=2, retention_interval_s=86400, **more)
+    with ServedHub(settings) as hub:
+        plan = {"box1": [(100, "pass"), (100, "fail"), (80, "pass"), (5, "pass")],
+                "box2": [(90, "pass"), (90, "pass"), (70, "fail"), (4, "fail")]}
+        for box, parts in plan.items():
+            sender = client(hub, box)
+            ack = sender.post(sender.path(FORWARD), ForwardBatch(items=[
+                _forwarded(seq, h, v, box) for seq, (h, v) in enumerate(parts, 1)]), ForwardAck)
+            assert ack.stored == len(parts)
+            sender.close()
+        with Session(hub.store.engine) as s, s.begin():  # as if received when they were made
+            s.execute(update(InspectionRow).values(received_at=InspectionRow.created_at))
+        qa = {"Authorization": f"Bearer {KEYS['qa']}"}
+
+        def views() -> list[Any]:
+            out = []
+            for scope in ({}, {"site": "plant1"}, {"box_id": "box1"}, {"box_id": "box2"},
+                          {"line": "line1", "camera_id": "cam1"}):
+                doc = httpx.get(f"{hub.url}/v1/stats", headers=qa,
+                                params={"hours": 120, **scope}).json()
+                out.append(({r["end"]: (r["passes"], r["fails"])
+                             for r in doc["hourly"] if r["inspections"]}, doc["stations"]))
+            return out
+
+        before = views()
+        assert sum(s["inspections"] for s in before[0][1]) == 8
+        done = hub.app.state.retention.run_once()
+        assert done.deleted == 6
+        assert views() == before
+
+
+def test_a_store_of_an_earlier_release_gains_the_history(
+        tmp_path: Path, detector: Detector, database_url: str | None) -> None:
+    """A database made before the history (no ``yield_history`` table) gets it at start,
+    and its retention keeps the window's yield from then on."""
+    store = Store(tmp_path, database_url, pass_rate=1.0)
+    total = _fill(store, detector)
+    before = _all_yields(store)
+    with store.engine.begin() as c:
+        c.execute(text("DROP TABLE yield_history"))
+    store.close()
+    with Store(tmp_path, database_url, pass_rate=1.0, max_age_days=1) as again:
+        assert again.enforce_retention(now=T) > 0
+        assert _all_yields(again) == before
+        assert _held(again) + _counted(again) == total
