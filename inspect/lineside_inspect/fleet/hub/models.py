@@ -168,7 +168,11 @@ def _checked(*names: str) -> None:
 # -- publishing ----------------------------------------------------------------------------
 @router.put(PREFIX + "/packages/{model}/{version}", status_code=201, responses={
     200: {"model": Manifest, "description": "this very package was published already"},
-    **errors(401, 403, 408, 409, 413, 422, 503)})
+    **errors(401, 403, 408, 409, 413, 422, 503)}, openapi_extra={
+    # the archive is read as a stream (not a parameter FastAPI knows): declared here, so
+    # /docs shows it and the fuzzing sends one
+    "requestBody": {"content": {"application/gzip": {"schema": {
+        "type": "string", "format": "binary"}}}, "required": True}})
 async def publish(model: str, version: str, request: Request, response: Response,
                   who: Admin,
                   signature: Annotated[str, Header(alias=SIGNATURE_HEADER, max_length=200)]
