@@ -467,3 +467,23 @@ def test_the_fleet_page_reads_a_row_per_box_not_every_inspection(hub: Hub) -> No
                 assert row is not None
                 read += _rows_read(row[0][0]["Plan"], "inspections")
     assert statements and read == 0, f"the fleet page read {read:.0f} inspection rows"
+
+
+def test_counts_an_older_hub_left_short_are_taken_again_at_start(hub: Hub) -> None:
+    """A hub of a release from before the per-box counts (650864a), started on a database
+    this release made (a downgrade), stores rows without counting them: the next start of
+    this release counts them again (they stayed short for good: the fleet page said 30
+    held of 37). Counts that hold are left alone."""
+    store = hub.app.state.store
+    engine = store.engine
+    create_hub_tables(engine)  # counts kept, as by this release
+    seed_inspections(engine, 200, seed=9)  # as an older hub stored them: no count
+    create_hub_tables(engine)  # this release's next start
+    with Session(engine) as s:
+        held = {b: n for b, n in s.execute(
+            select(InspectionRow.box_id, func.count()).where(InspectionRow.box_id.is_not(None))
+            .group_by(InspectionRow.box_id))}
+        newest = s.scalar(select(func.max(InspectionRow.created_at)))
+    page = fleet(store, datetime.now(UTC))
+    assert {b.box_id: b.inspections_held for b in page.boxes if b.inspections_held} == held
+    assert max(b.last_inspection_at for b in page.boxes if b.last_inspection_at) == newest

@@ -7,19 +7,26 @@ covers, so a retried batch is recognised whatever happened to the first answer.
 ``fleet_box_counts``: per box, how many of its inspections the hub holds and the newest
 one's time, kept by the forward route in the transaction that stores them (and by the
 retention, ``retention.py``, in the one that deletes them), so the fleet page reads one
-row per box instead of counting every inspection on each refresh. A hub that had
-inspections before this table fills it once, when it is made.
+row per box instead of counting every inspection on each refresh. They are checked at
+each start against the rows (one count per box) and taken again when they differ: a hub
+of a release from before the counts, started on this database (a downgrade, then this
+release again), stored rows without counting them, and the counts stayed short for good.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, Integer, String, func, inspect, select
+from sqlalchemy import Engine, Integer, String, delete, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from lineside_inspect.store.models import InspectionRow
 from lineside_inspect.store.utc import UTCDateTime
+
+log = logging.getLogger(__name__)
 
 
 class HubBase(DeclarativeBase):
@@ -44,11 +51,42 @@ class BoxCountRow(HubBase):
 
 
 def create_hub_tables(engine: Engine) -> None:
-    counted = inspect(engine).has_table(BoxCountRow.__tablename__)
     HubBase.metadata.create_all(engine)
-    if not counted:  # once, on a hub made before the counts were kept
+    recount_boxes(engine)
+
+
+def _held() -> Any:
+    """Each box's inspections held, counted from the rows: (box_id, held, last_at)."""
+    return (select(InspectionRow.box_id, func.count(), func.max(InspectionRow.created_at))
+            .where(InspectionRow.box_id.is_not(None)).group_by(InspectionRow.box_id))
+
+
+def recount_boxes(engine: Engine) -> None:
+    """Take the per-box counts again from the rows when they differ (see the module's
+    docstring); the first start of a hub made before them fills them so. A plain read
+    first: a start whose counts hold takes no lock. Only how many are held is compared (a
+    box whose rows retention removed keeps its row at 0, and its last time)."""
+    with engine.connect() as c:
+        counted = {b: n for b, n in c.execute(select(BoxCountRow.box_id, BoxCountRow.held)) if n}
+        rows = {r[0]: r[1] for r in c.execute(_held())}
+    if counted == rows:
+        return
+    try:
         with engine.begin() as c:
+            if engine.dialect.name == "postgresql":
+                # the forward route and retention change rows and counts in one transaction:
+                # held off meanwhile, the count below sees each of theirs whole or not at all.
+                # EXCLUSIVE, not SHARE ROW EXCLUSIVE: the forward route's SELECT ... FOR UPDATE
+                # of its box's row would get in first, and the DELETE and it would deadlock
+                c.execute(text(f"LOCK TABLE {BoxCountRow.__tablename__} IN EXCLUSIVE MODE"))
+            c.execute(delete(BoxCountRow))
             c.execute(BoxCountRow.__table__.insert().from_select(  # type: ignore[attr-defined]
-                ["box_id", "held", "last_at"],
-                select(InspectionRow.box_id, func.count(), func.max(InspectionRow.created_at))
-                .where(InspectionRow.box_id.is_not(None)).group_by(InspectionRow.box_id)))
+                ["box_id", "held", "last_at"], _held()))
+    except DBAPIError as exc:  # a lock another session holds past lock_timeout
+        log.warning("hub: the boxes' inspection counts differ from the rows and could not be "
+                    "taken again (%s); the fleet page's counts may be off until the next start",
+                    str(exc.orig).splitlines()[0][:120])
+        return
+    if counted:
+        log.warning("hub: the boxes' inspection counts differed from the rows (a hub of an "
+                    "earlier release stored or removed rows on this database?): counted again")
