@@ -161,7 +161,7 @@ def test_the_fleet_page_asks_once_at_a_time_of_a_slow_hub(hub: ServedHub) -> Non
             page.keyboard.press("Enter")
         page.clock.run_for(4 * 5000)  # four refreshes due, the first answer not come
         held[0].continue_()
-        expect(page.locator("#status")).to_contain_text("updated")
+        expect(page.locator("#updated")).to_contain_text("updated")
         with page.expect_request(boxes):  # the next refresh due
             page.clock.run_for(5000)
         for _ in range(500):  # its route handler runs as Playwright dispatches events
@@ -195,4 +195,62 @@ def test_a_queue_counts_the_box_chosen_in_a_browser_without_urlsearchparams_size
         assert page.evaluate("new URLSearchParams('a=1').size") is None
         expect(page.locator("#count")).to_have_text("1–2 of 2")
         expect(page.locator("[data-queue=unreviewed_fails]")).to_have_text("Unreviewed fails (2)")
+        browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_fleet_page_tells_a_screen_reader_only_what_changed(hub: ServedHub) -> None:
+    """The fleet page wrote "updated 14:02:05" and the box count into its live regions at
+    every refresh: a screen reader read them out every 5 s, nothing having changed
+    (accessibility pass, session 37)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    boxes = re.compile(r".*/fleet/v1/boxes$")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        page.clock.install()
+        page.goto(hub.url + "/fleet")
+        page.fill("#key", KEYS["qa"])
+        page.keyboard.press("Enter")
+        expect(page.locator("#updated")).to_contain_text("updated")
+        expect(page.locator("#summary")).to_contain_text("box(es)")
+        first = page.locator("#updated").inner_text()
+        page.evaluate("""() => { window.spoken = [];
+          for (const live of document.querySelectorAll('[role=status], [role=alert], [aria-live]'))
+            new MutationObserver(() => window.spoken.push(live.id)).observe(live,
+              { childList: true, characterData: true, subtree: true }); }""")
+        for _ in range(3):  # three refreshes, the fleet unchanged
+            with page.expect_response(boxes) as answer:
+                page.clock.run_for(5000)
+            answer.value.finished()
+        expect(page.locator("#updated")).not_to_have_text(first)  # it did refresh
+        assert page.evaluate("window.spoken") == []
+        browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_fleet_page_at_320_px_scrolls_its_table_not_the_page(hub: ServedHub) -> None:
+    """At 320 CSS px (200% zoom) the fleet's 13 columns made the page 900 px wide, the
+    header and filters scrolled away with it. The table scrolls in its own box, which a
+    keyboard reaches (and names)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with httpx.Client(base_url=hub.url, timeout=30) as c:
+        r = c.post("/fleet/v1/boxes/box1/status", headers={"authorization": f"Bearer {KEYS['box1']}"},
+                   json={"site": "plant-a", "version": "1", "models": [], "ready": True,
+                         "forward_backlog": 0})
+        assert r.status_code == 200, r.text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 320, "height": 640})
+        page.goto(hub.url + "/fleet")
+        page.fill("#key", KEYS["qa"])
+        page.keyboard.press("Enter")
+        expect(page.locator("#boxes tbody tr[data-box=box1]")).to_have_count(1)
+        wide = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert wide[0] <= wide[1], wide
+        region = page.get_by_role("region", name="boxes")
+        expect(region).to_have_attribute("tabindex", "0")
+        assert region.evaluate("(e) => e.scrollWidth > e.clientWidth")  # the table scrolls there
         browser.close()

@@ -109,7 +109,7 @@ def test_a_confirmed_fail_without_a_box_is_neither_a_false_reject_nor_a_good_par
         _sign_in(page, box.url + "/review", "reviewer-secret")
         card = page.locator(".card", has_text="not the golden's view")
         expect(card).to_have_count(1)
-        assert "fail (not the golden's view)" in (card.get_attribute("aria-label") or "")
+        expect(card).to_have_accessible_name(re.compile(r"^✖ FAIL · not the golden's view · "))
         browser.close()
     with box.client("reviewer") as c:
         before = c.get("/v1/stats").json()["quality"]

@@ -70,7 +70,11 @@ def _fleet_filters(request: Request, label: bool) -> str:
 
 def _login(next_page: str, error: str | None = None, status: int = 200,
            headers: dict[str, str] | None = None) -> HTMLResponse:
-    markup = {"error": f'<p class="err">{escape(error)}</p>'} if error else {}
+    # the error is the key field's: announced (role=alert) and read with the field, which
+    # the page focuses (it was a paragraph apart, and a screen reader read only the field)
+    markup = ({"error": f'<p class="err" id="key-error" role="alert">{escape(error)}</p>',
+               "key-attrs": ' aria-invalid="true" aria-describedby="key-error"'} if error
+              else {"key-attrs": ""})
     return HTMLResponse(render("login.html", {"next": next_page}, markup), status_code=status,
                         headers=headers)
 

@@ -138,7 +138,7 @@ function paretoChart(box, rows) {
   const right = 150, x0 = labelW, iw = W - labelW - right, H = m.t + rows.length * rowH + m.b;
   const step = niceStep(rows[0].parts, 4), top = step * 4;
   const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
-                              "aria-label": "defect Pareto: inspections per defect class, most first" });
+                              "aria-label": "defect Pareto: inspections per defect class, most first; numbers in the table below" });
   chart.append(svg("text", { x: W - right + 8, y: 14, class: "dim" }, "parts"),
                svg("text", { x: W - 4, y: 14, "text-anchor": "end", class: "dim" }, "cumulative"));
   const axis = svg("g", { class: "axis" });
@@ -188,11 +188,15 @@ function render(s) {
         rows.map((r) => [`${dateTime(r.start)} – ${hourLabel(new Date(r.end))}`, num(r.inspections), num(r.passes), num(r.fails), yieldPct(r)]),
         [1, 2, 3, 4]);
   paretoChart($("#pareto"), s.pareto);
+  // the chart is an image to a screen reader (its labels and counts inside it are not
+  // read): its numbers are a table too, as the trend's are (a11y pass, session 37)
+  table($("#pareto-table"), ["class", "parts", "cumulative"],
+        s.pareto.map((r) => [r.label, num(r.parts), pct(r.cumulative_pct)]), [1, 2]);
   const k = boxed ? 1 : 0;
   table($("#stations"), [...(boxed ? ["box"] : []), "camera", "recipe", "inspections", "passes", "fails", "yield"],
         s.stations.map((r) => [...boxCol(r), r.camera_id === null ? "(uploads)" : r.camera_id, r.recipe, num(r.inspections), num(r.passes), num(r.fails), yieldPct(r)]),
         [2 + k, 3 + k, 4 + k, 5 + k]);
-  table($("#quality"), ["", "count", "of reviewed", "rate"], [
+  table($("#quality"), ["outcome", "count", "of reviewed", "rate"], [
     ["false rejects (fails with no defect)", num(q.false_rejects), `${num(q.reviewed_fails)} fails`, rate(q.false_reject_rate)],
     ["escapes (passes with a missed defect)", num(q.escapes), `${num(q.reviewed_passes)} passes`, rate(q.escape_rate)]], [1, 3]);
   const actions = [...new Set(s.reviewers.flatMap((r) => Object.keys(r.actions)))].sort();

@@ -8,7 +8,7 @@ const state = { items: [], total: 0, offset: 0, shown: 0, limit: 24, sel: 0, ope
                 // the part being fetched (review keys wait for it), a review being posted
                 loading: null, saving: false, from: "grid",
                 drawing: false, start: null, scale: 1, showRef: false, queues: [], queue: null, audit: 0,
-                shadow: null, confirming: [], auditShown: 0 };
+                shadow: null, confirming: [], auditShown: 0, auditRow: 0 };
 const form = $("#filters");
 // site, line and box_id are there on a hub only (its review page covers every box)
 const ON_HUB = Boolean(form.elements.box_id);
@@ -155,19 +155,21 @@ async function load() {
     // a fail no box explains says why on its card: "FAIL · 0 defect(s)" read as a false
     // reject waiting to be marked, and Shift+C confirmed such fails unseen (QA review, 34)
     const why = [...new Set(it.reasons.map((r) => WHY[r.rule]).filter(Boolean))].join(", ");
+    // its name is its two lines of text, as shown: a name of its own ("fail from cam1, 2
+    // defects") held none of the words a voice-control user reads off it to press it
     const c = el("div", { class: "card" + (i === state.sel ? " sel" : ""), tabindex: 0, role: "button",
-                          "aria-label": `${it.verdict}${why ? ` (${why})` : ""} from ${it.camera_id || "upload"}, ${it.defects.length} defects, ${it.review_state}` });
+                          "aria-labelledby": `card-${i}-what card-${i}-where` });
     c.dataset.id = it.id;
     const pic = it.has_image
       ? el("div", { class: "pic" }, el("img", { loading: "lazy", alt: "", src: `/v1/inspections/${encodeURIComponent(it.id)}/image` }),
-           boxLayer(el("div", { class: "boxes" }), truthOf(it), it.width, it.height))
+           boxLayer(el("div", { class: "boxes", "aria-hidden": "true" }), truthOf(it), it.width, it.height))
       : el("p", {}, "(no image kept)");
     const img = $("img", pic);
     if (img) img.onerror = () => pic.replaceChildren(el("p", {}, "(the image could not be loaded: removed from the store?)"));
     c.append(pic,
-      el("p", {}, verdict(it.verdict), why ? ` · ${why}` : "", ` · ${it.defects.length} defect(s) · ${it.review_state.replace("unreviewed", "○ unreviewed")}`),
+      el("p", { id: `card-${i}-what` }, verdict(it.verdict), why ? ` · ${why}` : "", ` · ${it.defects.length} defect(s) · ${it.review_state.replace("unreviewed", "○ unreviewed")}`),
       // on a hub the box it came from too (on a box, every item is its own)
-      el("p", { class: "where" }, ...(ON_HUB && it.box_id ? [el("bdi", {}, it.box_id), " · "] : []),
+      el("p", { class: "where", id: `card-${i}-where` }, ...(ON_HUB && it.box_id ? [el("bdi", {}, it.box_id), " · "] : []),
          el("bdi", {}, it.camera_id || "upload"), ` · ${time(it.created_at)}`));
     c.onclick = () => { state.sel = i; open(i); };
     c.onfocus = () => select(i, false);
@@ -295,6 +297,9 @@ function render() {
     ? [`passed by the unchanged gate: the frame matched its golden image everywhere${o.reference.difference === null || o.reference.difference === undefined ? "" : ` (difference ${Number(o.reference.difference).toFixed(1)})`}, the detector did not run`] : [];
   $("#d-reasons").textContent = [...o.reasons.map((r) => r.message), ...gate].join(" · ");
   const truth = truthOf(o);
+  // the list is drawn anew: the item focused (Enter on it, or c, b with it focused) was
+  // removed and focus fell to <body>, Tab starting over from the page's top
+  const inList = $("#d-defects").contains(document.activeElement);
   $("#d-defects").replaceChildren(...truth.map((d, i) => {
     // the class isolated (bdi): a right-to-left one read the box backwards, [40, 30, 20, 10]
     const li = el("li", { class: i === state.box ? "sel" : "", tabindex: 0 }, i === state.box ? "▶ " : "", el("bdi", {}, d.label),
@@ -305,6 +310,7 @@ function render() {
   }));
   $("#d-reviews").replaceChildren(...o.reviews.map((r) =>
     el("li", {}, `${dateTime(r.created_at)} · `, el("bdi", {}, r.reviewer), `: ${r.action.replace("_", " ")} (${r.boxes.length} defect(s) after)`)));
+  if (inList) ($$("#d-defects li")[state.box] || $("#d-title")).focus({ preventScroll: true });
   if (!o.reviews.length) $("#d-reviews").append(el("li", { class: "none" }, "not reviewed yet"));
   boxLayer($("#boxes"), truth, o.width, o.height, state.box);
   const s = state.shadow;
@@ -378,17 +384,39 @@ function startDraw() {
   state.drawing = true;
   const w = o.width, h = o.height, box = [w * 0.45, h * 0.45, w * 0.55, h * 0.55].map(Math.round);
   ["x1", "y1", "x2", "y2"].forEach((k, i) => { drawForm.elements[k].value = box[i]; drawForm.elements[k].max = i % 2 ? h : w; });
-  drawForm.hidden = false; drawPreview(box);
+  drawForm.hidden = false; drawPreview(box); drawError("");
   say("drag on the image, or type the box and press Enter");
   drawForm.elements.x1.focus();
 }
 
-function hideDraw() { state.drawing = false; state.start = null; drawForm.hidden = true; drawPreview(); }
-const typedBox = () => ["x1", "y1", "x2", "y2"].map((k) => Number(drawForm.elements[k].value));
+const COORDS = ["x1", "y1", "x2", "y2"];
+// a box refused is said at its fields, which are marked and keep what was typed (the form
+// closed, the box typed lost, and the reason was said apart from the fields)
+function drawError(text, bad = []) {
+  $("#draw-error").textContent = text;
+  for (const k of COORDS) {
+    const f = drawForm.elements[k], wrong = bad.includes(k);
+    if (wrong) { f.setAttribute("aria-invalid", "true"); f.setAttribute("aria-describedby", "draw-error"); }
+    else { f.removeAttribute("aria-invalid"); f.removeAttribute("aria-describedby"); }
+  }
+  if (bad.length) drawForm.elements[bad[0]].focus();
+}
+// the form goes, and the focus with it to the button that opens it: it fell to <body>, and
+// Tab started again from the top of the page
+function hideDraw(refocus = false) {
+  state.drawing = false; state.start = null; drawForm.hidden = true; drawPreview(); drawError("");
+  if (refocus) $("#b-draw").focus();
+}
+const typedBox = () => COORDS.map((k) => Number(drawForm.elements[k].value));
 
 async function saveBox(box) {
-  hideDraw(); document.activeElement.blur();
-  if (box[2] - box[0] < 2 || box[3] - box[1] < 2) { say("a box needs x2 > x1 and y2 > y1"); return; }
+  const bad = [...(box[2] - box[0] < 2 ? ["x2"] : []), ...(box[3] - box[1] < 2 ? ["y2"] : [])];
+  if (bad.length) {
+    state.start = null; drawPreview(box);
+    drawError(`a box needs ${bad.map((k) => (k === "x2" ? "x2 > x1" : "y2 > y1")).join(" and ")}`, bad);
+    return;
+  }
+  hideDraw(true);
   await review({ action: "missed_defect", boxes: [{ label: $("#d-label").value, box: box.map((v) => Math.round(v * 10) / 10) }] });
 }
 
@@ -411,8 +439,8 @@ window.addEventListener("pointerup", async (ev) => {
 window.addEventListener("pointercancel", () => { if (state.start) { state.start = null; drawPreview(typedBox()); } });
 drawForm.addEventListener("input", () => drawPreview(typedBox()));
 drawForm.addEventListener("submit", (e) => { e.preventDefault(); saveBox(typedBox()); });
-drawForm.addEventListener("keydown", (e) => { if (e.key === "Escape") { hideDraw(); say("drawing cancelled"); $("#b-draw").focus(); } });
-$("#draw-cancel").onclick = () => { hideDraw(); say("drawing cancelled"); };
+drawForm.addEventListener("keydown", (e) => { if (e.key === "Escape") { hideDraw(true); say("drawing cancelled"); } });
+$("#draw-cancel").onclick = () => { hideDraw(true); say("drawing cancelled"); };
 
 // reference models: flip between the frame and the golden image it was compared with
 function toggleRef() {
@@ -425,7 +453,11 @@ function toggleRef() {
 }
 
 function back() {
-  if (state.from === "audit") { showAudit(); return; }  // back where it was opened from
+  // back where it was opened from, on the row it was opened from (the focus fell to <body>)
+  if (state.from === "audit") {
+    showAudit().then(() => ($$("#audit-table tbody button")[state.auditRow] || $("#tab-audit")).focus());
+    return;
+  }
   const sel = state.sel;
   showGrid();
   load().then(() => select(sel)); loadQueues();
@@ -480,9 +512,9 @@ async function loadAudit() {
   }
   state.auditShown = state.audit;
   $("#a-count").textContent = doc.total ? `${num(state.audit + 1)}–${num(state.audit + doc.items.length)} of ${num(doc.total)} reviews` : "no reviews yet";
-  const rows = doc.items.map((r) => {
+  const rows = doc.items.map((r, i) => {
     const b = el("button", { type: "button" }, r.inspection_id.slice(0, 8));
-    b.onclick = () => { state.from = "audit"; openId(r.inspection_id); };
+    b.onclick = () => { state.from = "audit"; state.auditRow = i; openId(r.inspection_id); };
     return el("tr", {}, el("td", {}, dateTime(r.created_at)), el("td", {}, r.reviewer), el("td", {}, r.action.replace("_", " ")),
               el("td", {}, b), el("td", {}, verdict(r.verdict)), el("td", {}, r.camera_id || "upload"),
               el("td", { class: "n" }, num(r.defects_after)), el("td", {}, r.note));
@@ -490,14 +522,19 @@ async function loadAudit() {
   $("#audit-table").replaceChildren(
     el("thead", {}, el("tr", {}, ...["time", "reviewer", "action", "inspection", "verdict", "camera", "defects after", "note"]
       .map((h) => el("th", {}, h)))), el("tbody", {}, ...rows));
+  const was = document.activeElement;
   $("#a-prev").disabled = state.audit === 0; $("#a-next").disabled = state.audit + 25 >= doc.total;
+  // the button pressed is off on the last (or first) page: the focus goes to the other
+  // one (it fell to <body>, and Tab started again from the top of the page)
+  if (was && was.disabled) (was === $("#a-next") ? $("#a-prev") : $("#a-next")).focus();
 }
 
 function showAudit() {
   $("#grid").hidden = true; $("#pager").hidden = true; $("#detail").hidden = true; $("#audit").hidden = false;
   $("#tab-audit").classList.add("on"); $("#tab-grid").classList.remove("on");
   $("#tab-audit").setAttribute("aria-pressed", "true"); $("#tab-grid").setAttribute("aria-pressed", "false");
-  state.open = null; state.loading = null; loadAudit();
+  state.open = null; state.loading = null;
+  return loadAudit();
 }
 
 // -- controls: every one by mouse and by key -------------------------------------------------
@@ -512,7 +549,9 @@ $("#tab-grid").onclick = () => { showGrid(); load(); };
 $("#tab-audit").onclick = showAudit;
 $("#a-prev").onclick = () => { state.audit = Math.max(0, state.audit - 25); loadAudit(); };
 $("#a-next").onclick = () => { state.audit += 25; loadAudit(); };
-form.onsubmit = (e) => { e.preventDefault(); document.activeElement.blur(); state.offset = 0; state.sel = 0; form.elements.queue.value = "";
+// the focus goes to the Filter button, out of the field (where the review keys are typed
+// into it) but not to <body>: Tab went on from the top of the page, the filters lost
+form.onsubmit = (e) => { e.preventDefault(); $("button[type=submit]", form).focus(); state.offset = 0; state.sel = 0; form.elements.queue.value = "";
                          showGrid(); load().then(() => select(0, false)); loadQueues(); };
 function page(d) {
   const to = state.offset + d * state.limit;
