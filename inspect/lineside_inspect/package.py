@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lineside_inspect.errors import PackageError, describe_validation
 from lineside_inspect.names import MAX_CLASS_NAME, MAX_CLASSES, Name, is_package_member
+from lineside_inspect.schemas import Precision
 
 CARD = "model.json"
 GRAPH = "model.onnx"
@@ -142,7 +143,7 @@ class ModelCard(BaseModel):
     input: InputSpec
     outputs: list[str] = Field(default_factory=lambda: list(OUTPUT_NAMES))
     max_detections: int = Field(100, ge=1, le=MAX_DETECTIONS)
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: Precision = "fp32"
     # scores are 0..1; a NaN threshold never counted its class, silently (attacker review)
     thresholds: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = Field(
         default_factory=dict)

@@ -13,11 +13,30 @@ EXIF orientation ignored); scores are in [0, 1]; times are UTC with an offset.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from typing_extensions import TypeAliasType
 
-Outcome = Literal["pass", "fail"]
+# Named: OpenAPI has one component for each (#/components/schemas/Verdict). Inline
+# Literals made a generated client define an enum per field that uses one, six for a
+# verdict alone (InspectionResultVerdict, StoredInspectionVerdict, ...).
+Verdict = TypeAliasType("Verdict", Literal["pass", "fail"])
+Outcome = Verdict
+ReviewAction = TypeAliasType(
+    "ReviewAction", Literal["confirm", "false_reject", "missed_defect", "relabel"])
+Precision = TypeAliasType("Precision", Literal["fp32", "fp16", "int8"])
+
+
+def _iso_time(value: str) -> str:
+    if datetime.fromisoformat(value).tzinfo is None:  # ValueError for what is no time
+        raise ValueError("a time needs its UTC offset")
+    return value
+
+
+# a time kept as the text it was written as (golden manifests, gate reports): declared a
+# date-time, as datetime fields are, where a bare string gave clients a str to parse
+TimeText = Annotated[str, AfterValidator(_iso_time), Field(json_schema_extra={"format": "date-time"})]
 Box = tuple[float, float, float, float]
 
 
@@ -117,7 +136,7 @@ class ReviewEntry(_Shape):
     id: int
     created_at: datetime
     reviewer: str
-    action: Literal["confirm", "false_reject", "missed_defect", "relabel"]
+    action: ReviewAction
     boxes: list[TruthBox] = Field(description="the reviewed truth after this review")
     note: str
 

@@ -10,15 +10,21 @@ against the very model the schema declares for its status.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
 from typing import Any, get_args
 
+import jsonschema
 import pytest
 from pydantic import TypeAdapter
 
 from lineside_inspect.config import CameraConfig
-from lineside_inspect.schemas import InspectionResult
+from lineside_inspect.fleet.hub.app import create_hub_app
+from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.schemas import InspectionResult, StoredInspection, TimeText
 from lineside_inspect.server.responses import (
     CameraHealth,
     DashboardStats,
@@ -43,6 +49,101 @@ PASSWORD = "s3cret-pw"
 RTSP = f"rtsp://viewer:{PASSWORD}@127.0.0.1:9/live"  # nothing listens: the camera goes offline
 READINESS = {"/readyz", "/v2/health/ready"}  # their 503 is the readiness shape, not an error
 METHODS = {"get", "post", "put", "patch", "delete"}
+
+# operationIds: what generated clients name their functions (and inline enums) after, so
+# a change breaks integrators' code. They were FastAPI's (list_inspections_v1_inspections_get,
+# changing with a path or method); now each route's function name, pinned here.
+EDGE_OPERATIONS = {
+    "GET /healthz": "healthz",
+    "GET /metrics": "metrics",
+    "GET /readyz": "readyz",
+    "GET /v1/alarms": "alarms",
+    "POST /v1/alarms/{recipe}/relearn": "relearn",
+    "GET /v1/audit": "audit",
+    "GET /v1/cameras": "list_cameras",
+    "GET /v1/cameras/{camera_id}/snapshot": "snapshot",
+    "GET /v1/cameras/{camera_id}/stream": "stream",
+    "POST /v1/cameras/{camera_id}/trigger": "trigger",
+    "GET /v1/gates/{report_id}": "gate_report",
+    "GET /v1/golden": "list_golden",
+    "GET /v1/golden/{name}": "get_golden",
+    "POST /v1/golden/{name}": "add_golden",
+    "POST /v1/inspect": "inspect",
+    "GET /v1/inspections": "list_inspections",
+    "GET /v1/inspections/{inspection_id}": "get_inspection",
+    "GET /v1/inspections/{inspection_id}/annotated": "annotated_image",
+    "GET /v1/inspections/{inspection_id}/image": "original_image",
+    "GET /v1/inspections/{inspection_id}/reference": "reference_image",
+    "POST /v1/inspections/{inspection_id}/reviews": "add_review",
+    "GET /v1/inspections/{inspection_id}/shadow": "inspection_shadow",
+    "GET /v1/models": "list_models",
+    "POST /v1/models": "load_model",
+    "POST /v1/models/{name}/activate": "activate",
+    "POST /v1/models/{name}/gate": "gate",
+    "GET /v1/models/{name}/gates": "gate_reports",
+    "GET /v1/models/{name}/lineage": "lineage",
+    "POST /v1/models/{name}/promote": "promote",
+    "POST /v1/models/{name}/rollback": "rollback",
+    "GET /v1/models/{name}/rollout": "rollout",
+    "DELETE /v1/models/{name}/shadow": "stop_shadow",
+    "GET /v1/models/{name}/shadow": "shadow_status",
+    "POST /v1/models/{name}/shadow": "start_shadow",
+    "GET /v1/overview": "get_overview",
+    "GET /v1/queues": "queues",
+    "GET /v1/recipes": "list_recipes",
+    "DELETE /v1/recipes/{name}": "delete_recipe",
+    "PUT /v1/recipes/{name}": "put_recipe",
+    "GET /v1/references": "list_references",
+    "DELETE /v1/references/{name}": "delete_reference",
+    "GET /v1/references/{name}": "get_reference",
+    "PUT /v1/references/{name}": "put_reference",
+    "GET /v1/reviewers": "reviewer_counts",
+    "GET /v1/reviews": "review_log",
+    "GET /v1/stats": "stats",
+    "GET /v1/stats.csv": "stats_csv",
+    "GET /v2": "server_metadata",
+    "GET /v2/health/live": "live",
+    "GET /v2/health/ready": "ready",
+    "GET /v2/models/{name}": "model_metadata",
+    "POST /v2/models/{name}/infer": "infer",
+    "GET /v2/models/{name}/ready": "model_ready",
+    "GET /v2/models/{name}/versions/{version}": "model_version_metadata",
+    "POST /v2/models/{name}/versions/{version}/infer": "infer_version",
+    "GET /v2/models/{name}/versions/{version}/ready": "model_version_ready",
+}
+HUB_OPERATIONS = {
+    "GET /fleet/v1/boxes": "list_boxes",
+    "GET /fleet/v1/boxes/{box_id}/assignment": "box_assignment",
+    "GET /fleet/v1/boxes/{box_id}/hub-reviews": "reviews_down",
+    "POST /fleet/v1/boxes/{box_id}/inspections": "forward",
+    "POST /fleet/v1/boxes/{box_id}/reviews": "reviews_up",
+    "POST /fleet/v1/boxes/{box_id}/status": "report_status",
+    "GET /fleet/v1/lines/{line}/assignment": "line_assignment",
+    "DELETE /fleet/v1/lines/{line}/models/{model}": "unassign",
+    "PUT /fleet/v1/lines/{line}/models/{model}": "assign",
+    "GET /fleet/v1/packages": "list_packages",
+    "PUT /fleet/v1/packages/{model}/{version}": "publish",
+    "GET /fleet/v1/packages/{model}/{version}/package.sig": "get_signature",
+    "GET /fleet/v1/packages/{model}/{version}/package.tar.gz": "get_package",
+    "GET /healthz": "healthz",
+    "GET /metrics": "metrics",
+    "GET /readyz": "readyz",
+    "GET /v1/inspections": "list_inspections",
+    "GET /v1/inspections/{inspection_id}": "get_inspection",
+    "GET /v1/inspections/{inspection_id}/annotated": "annotated_image",
+    "GET /v1/inspections/{inspection_id}/image": "original_image",
+    "GET /v1/inspections/{inspection_id}/reference": "reference_image",
+    "POST /v1/inspections/{inspection_id}/reviews": "add_review",
+    "GET /v1/overview": "get_overview",
+    "GET /v1/reviewers": "reviewer_counts",
+    "GET /v1/reviews": "review_log",
+    "GET /v1/stats": "stats",
+    "GET /v1/stats.csv": "stats_csv",
+}
+# enums with a name of their own (schemas.py): one component each, never inlined again
+NAMED_ENUMS = {"Verdict": ["pass", "fail"],
+               "ReviewAction": ["confirm", "false_reject", "missed_defect", "relabel"],
+               "Precision": ["fp32", "fp16", "int8"]}
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +209,8 @@ def test_every_operation_declares_what_it_sends(served: tuple[Running, dict[str,
                     problems.append(f"{where}: 200 JSON without a model: {schema}")
             elif not media.startswith(("image/", "multipart/", "text/")):
                 problems.append(f"{where}: 200 of an unexpected media type {media}")
+            elif not schema:  # a generated client had nothing to read the JPEG as
+                problems.append(f"{where}: 200 {media} without a schema")
     assert not problems, "\n".join(problems)
 
 
@@ -137,6 +240,27 @@ def test_every_error_is_the_error_shape(served: tuple[Running, dict[str, Any]]) 
 def _declared(doc: dict[str, Any], method: str, path: str, status: int) -> set[str]:
     response = doc["paths"][path][method.lower()]["responses"][str(status)]
     return _refs(response["content"]["application/json"]["schema"])
+
+
+def _date_time(value: object) -> bool:
+    # jsonschema checks "date-time" only with rfc3339-validator, not installed here
+    return not isinstance(value, str) or datetime.fromisoformat(value).tzinfo is not None
+
+
+FORMATS = jsonschema.FormatChecker()
+FORMATS.checks("date-time", raises=ValueError)(_date_time)
+
+
+def _validate(doc: dict[str, Any], method: str, path: str, status: int, body: Any) -> None:
+    """``body`` against the JSON schema ``doc`` declares for the answer (what a generated
+    client parses by), its components resolved in ``doc`` and its date-times checked."""
+    schema = doc["paths"][path][method.lower()]["responses"][str(status)]["content"][
+        "application/json"]["schema"]
+    validator = jsonschema.Draft202012Validator(
+        {**schema, "components": doc["components"]}, format_checker=FORMATS)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in validator.iter_errors(body)]
+    assert not errors, (method, path, errors[:5])
 
 
 def _binary_infer(size: int) -> tuple[bytes, dict[str, str]]:
@@ -192,6 +316,7 @@ def test_answers_validate_against_their_declared_models(
         name = (get_args(model) or (model,))[0].__name__  # list[X]: X
         assert _declared(doc, method, path, status) == {name}, (method, url)
         TypeAdapter(model).validate_json(r.content)
+        _validate(doc, method, path, status, r.json())  # the schema, as a client reads it
         if url == "/v2/models/deeppcb/infer":
             got = InferResponse.model_validate_json(r.content)
             assert got.id == "c1" and [(o.name, o.datatype) for o in got.outputs] == [
@@ -199,6 +324,146 @@ def test_answers_validate_against_their_declared_models(
             assert all(type(v) is int for v in got.outputs[2].data)
         if url == "/v1/recipes":
             assert sum(rec.default for rec in TypeAdapter(model).validate_json(r.content)) == 1
+
+
+def _hub_doc() -> dict[str, Any]:
+    """The hub's schema, from a hub app made and never started (as test_fuzz_hub.py's)."""
+    with tempfile.TemporaryDirectory(prefix="lineside-hub-schema-") as tmp:
+        objects = {"endpoint": "127.0.0.1:9", "bucket": "schema", "access_key": "a",
+                   "secret_key": "s", "secure": False}
+        app = create_hub_app(HubSettings(database_url=f"sqlite:///{Path(tmp) / 'hub.db'}",
+                                         data_dir=tmp, objects=objects, port=8100))
+        try:
+            return app.openapi()
+        finally:
+            for hook in reversed(app.state.on_shutdown):  # never started: drops the lock
+                hook()
+
+
+@pytest.fixture(scope="module")
+def hub_doc() -> dict[str, Any]:
+    return _hub_doc()
+
+
+def _operation_ids(doc: dict[str, Any]) -> dict[str, str]:
+    return {f"{method.upper()} {path}": op["operationId"]
+            for path, item in doc["paths"].items() for method, op in item.items()
+            if method in METHODS}
+
+
+def test_operation_ids_are_short_unique_and_pinned(
+        served: tuple[Running, dict[str, Any]], hub_doc: dict[str, Any]) -> None:
+    """FastAPI's own operationIds (``get_inspection_v1_inspections__inspection_id__get``)
+    became a generated client's function names and, with ``_type_0``, its query enums'
+    (``ListInspectionsV1InspectionsGetVerdictType0``); they changed with any path. The
+    served ones are the routes' names, the same on box and hub, and pinned: a change is
+    one for every generated client (docs/upgrading.md)."""
+    _, doc = served
+    for served_doc, pinned in ((doc, EDGE_OPERATIONS), (hub_doc, HUB_OPERATIONS)):
+        ids = _operation_ids(served_doc)
+        assert len(set(ids.values())) == len(ids)
+        assert ids == pinned
+    shared = set(EDGE_OPERATIONS) & set(HUB_OPERATIONS)
+    assert len(shared) > 10 and all(EDGE_OPERATIONS[k] == HUB_OPERATIONS[k] for k in shared)
+
+
+def test_image_bodies_a_generated_client_can_send(
+        served: tuple[Running, dict[str, Any]], hub_doc: dict[str, Any],
+        image_bytes: bytes) -> None:
+    """openapi-python-client sends application/octet-stream, JSON and forms, not image/*:
+    it left ``PUT /v1/references/{name}`` (and the hub's package upload) out of the client
+    whole, and ``POST /v1/inspect`` only as multipart, whose ``image`` field the schema
+    did not require. The server takes octet-stream (the bytes say the format): declared,
+    and sent here as a generated client sends it."""
+    srv, doc = served
+    bodies = {(m, p): op["requestBody"]["content"] for m, p, op in _operations(doc)
+              if any(t.startswith("image/") for t in op.get("requestBody", {}).get("content", {}))}
+    assert set(bodies) == {("POST", "/v1/inspect"), ("PUT", "/v1/references/{name}")}
+    for content in bodies.values():
+        assert content["application/octet-stream"]["schema"] == {"type": "string",
+                                                                 "format": "binary"}
+    assert bodies["POST", "/v1/inspect"]["multipart/form-data"]["schema"]["required"] == ["image"]
+    publish = hub_doc["paths"]["/fleet/v1/packages/{model}/{version}"]["put"]["requestBody"]
+    assert set(publish["content"]) == {"application/gzip", "application/octet-stream"}
+    raw = {"content": image_bytes, "headers": {"Content-Type": "application/octet-stream"}}
+    with srv.client("admin") as c:
+        r = c.put("/v1/references/octet", **raw)
+    assert r.status_code == 200, r.text
+    _validate(doc, "PUT", "/v1/references/{name}", 200, r.json())
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", **raw)
+    assert r.status_code == 200, r.text
+    _validate(doc, "POST", "/v1/inspect", 200, r.json())
+
+
+def _inline_enums(node: Any, where: str = "") -> Iterator[tuple[str, list[Any]]]:
+    if isinstance(node, dict):
+        if "enum" in node:
+            yield where, node["enum"]
+        for key, value in node.items():
+            yield from _inline_enums(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _inline_enums(value, f"{where}/{i}")
+
+
+def _properties(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for name, schema in doc["components"]["schemas"].items():
+        for prop, spec in schema.get("properties", {}).items():
+            yield name, prop, spec
+
+
+def test_one_shape_one_name_and_no_free_strings(
+        served: tuple[Running, dict[str, Any]], hub_doc: dict[str, Any]) -> None:
+    """A verdict was an inline enum in each of six models and a query, so a generated
+    client had six enum types for pass/fail (``InspectionResultVerdict``,
+    ``StoredInspectionVerdict``, ...) that do not compare; the same for review actions.
+    A model's precision was a free string (gate reports, the hub's manifests) where
+    /v1/models had the enum, and gate reports' and golden sets' ``created_at`` a bare
+    string where every other time is a date-time."""
+    _, doc = served
+    for d in (doc, hub_doc):
+        schemas = d["components"]["schemas"]
+        for name, values in NAMED_ENUMS.items():
+            if name in schemas:
+                assert schemas[name] == {"type": "string", "enum": values}
+        named = {tuple(v) for v in NAMED_ENUMS.values()}
+        again = [w for w, values in _inline_enums(d)
+                 if tuple(values) in named and w.rsplit("/", 1)[-1] not in NAMED_ENUMS]
+        assert not again, again
+        for model, prop, spec in _properties(d):
+            options = spec.get("anyOf", [spec])
+            if prop == "precision":
+                assert any(o.get("$ref") == "#/components/schemas/Precision"
+                           for o in options), (model, spec)
+            if prop.endswith("_at"):
+                assert any(o.get("format") == "date-time" for o in options), (model, prop)
+    assert {"Verdict", "ReviewAction", "Precision"} <= set(doc["components"]["schemas"])
+    assert "Precision" in hub_doc["components"]["schemas"]
+
+
+def test_golden_and_gate_times_are_date_times(
+        served: tuple[Running, dict[str, Any]], image_bytes: bytes) -> None:
+    """Real golden-set and gate answers validate against their schema, the date-times
+    checked as date-times."""
+    srv, doc = served
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", content=image_bytes, headers={"Content-Type": "image/jpeg"})
+    inspection = InspectionResult.model_validate_json(r.content)
+    with srv.client("reviewer") as c:
+        r = c.post(f"/v1/inspections/{inspection.id}/reviews", json={"action": "confirm"})
+        assert r.status_code == 200, r.text
+        StoredInspection.model_validate_json(r.content)
+        _validate(doc, "POST", "/v1/inspections/{inspection_id}/reviews", 200, r.json())
+    with srv.client("admin") as c:
+        r = c.post("/v1/golden/contract", json={"inspections": [inspection.id]})
+        assert r.status_code == 200, r.text
+        _validate(doc, "POST", "/v1/golden/{name}", 200, r.json())
+        r = c.get("/v1/golden")
+        assert r.status_code == 200 and r.json()["items"], r.text
+        _validate(doc, "GET", "/v1/golden", 200, r.json())
+    with pytest.raises(ValueError, match="UTC offset"):
+        TypeAdapter(TimeText).validate_python("2026-12-05T10:00:00")
 
 
 def test_package_folders_are_for_admins_only(served: tuple[Running, dict[str, Any]]) -> None:

@@ -30,7 +30,7 @@ from lineside_inspect.package import card_digest, default_recipe_name
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.references import Reference
 from lineside_inspect.runtime.detector import Detector
-from lineside_inspect.schemas import Outcome
+from lineside_inspect.schemas import Outcome, Precision, TimeText
 
 IOU_MATCH = 0.5  # a found box matches a true one of its class at this IoU or more
 
@@ -92,7 +92,7 @@ class ModelScore(_Shape):
     sha256: str
     card_sha256: str | None = Field(None, description=(
         "of the whole card (thresholds included); None in reports made before it was kept"))
-    precision: str = Field(description="of the graph: fp32, fp16 or int8")
+    precision: Precision = Field(description="of the graph")
     images: int
     expected_fail: int
     expected_pass: int
@@ -131,7 +131,7 @@ class GoldenRef(_Shape):
 
 class GateReport(_Shape):
     id: str
-    created_at: str
+    created_at: TimeText
     passed: bool
     reasons: list[str] = Field(description="why it failed (empty when it passed)")
     golden: GoldenRef

@@ -45,6 +45,7 @@ from lineside_inspect.errors import (
 )
 from lineside_inspect.imageio import IMAGE_SUFFIXES, decode_image, header_size, sniff_format
 from lineside_inspect.names import NAME_RULE, Name, is_name
+from lineside_inspect.schemas import Outcome, TimeText
 from lineside_inspect.store.models import reviewed_verdict
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class GoldenBox(_Shape):
 class GoldenItem(_Shape):
     sha256: Sha256
     ext: Literal["jpg", "png", "bmp"]
-    expected: Literal["pass", "fail"]
+    expected: Outcome
     boxes: list[GoldenBox] | None = Field(description=(
         "the defects, where known ([] for a good part); None: only the verdict is known"))
     width: int = Field(gt=0)
@@ -107,7 +108,7 @@ class GoldenManifest(_Shape):
     version: int = Field(ge=1)
     digest: Sha256 = Field(description="sha256 of the items' content")
     parent: int | None = Field(None, description="the version this one was added to")
-    created_at: str
+    created_at: TimeText
     classes: list[str]
     note: str = ""
     items: list[GoldenItem]

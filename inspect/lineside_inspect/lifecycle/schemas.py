@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.lifecycle.gate import GateReport
 from lineside_inspect.names import Name, Text
-from lineside_inspect.schemas import INSPECTION_ID, Outcome
+from lineside_inspect.schemas import INSPECTION_ID, Outcome, TimeText
 from lineside_inspect.store.utc import UTCTime
 
 _ID = re.compile(INSPECTION_ID.removeprefix("^").removesuffix("$"))  # full-matched
@@ -81,7 +81,7 @@ class GoldenVersion(_Shape):
     version: int
     digest: str = Field(description="sha256 of the items' content (images, verdicts, boxes)")
     parent: int | None
-    created_at: str
+    created_at: TimeText
     items: int
     expected_fail: int
     expected_pass: int

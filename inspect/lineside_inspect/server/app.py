@@ -26,6 +26,7 @@ from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.oip_errors import OipErrors
 from lineside_inspect.server.registry import Registry
+from lineside_inspect.server.responses import operation_id
 from lineside_inspect.server.routes import (
     admin,
     cameras,
@@ -205,6 +206,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
             app.state.limiter.close()
 
     app = FastAPI(title="Lineside", version=__version__, lifespan=lifespan,
+                  generate_unique_id_function=operation_id,
                   docs_url=None, redoc_url=None,  # ui serves /docs from local files; no ReDoc
                   description="Automated visual inspection at the line: frames in, verdicts out.",
                   # the server's figures are Prometheus' (/metrics); FastAPI's OpenTelemetry

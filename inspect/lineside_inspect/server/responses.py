@@ -16,13 +16,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.redact import hide_secrets, shown_source
-from lineside_inspect.schemas import Outcome
+from lineside_inspect.schemas import Outcome, Precision, ReviewAction
 
 
 class _Shape(BaseModel):
@@ -116,16 +117,47 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operationId: its function's name. Generated clients name their
+    methods, and the enums of their inline parameters, after it; FastAPI's default adds
+    the path and method (``list_inspections_v1_inspections_get``), and changed with either.
+    test_openapi_contract.py pins the list: a renamed function is a change for clients."""
+    return route.name
+
+
 def media(description: str, *types: str) -> dict[int | str, dict[str, Any]]:
     """``responses=`` entry of a route whose 200 is not JSON but one of ``types``."""
     return {200: {"description": description, "content": {t: BINARY for t in types}}}
+
+
+# a verdict, or with annotated=1 the JPEG: the JPEG's schema says it is bytes (an empty
+# one left generated clients nothing to read it as)
+VERDICT_OR_JPEG: dict[int | str, dict[str, Any]] = {200: {
+    "content": {"image/jpeg": BINARY},
+    "description": "the verdict (JSON), or with annotated=1 the JPEG"}}
+
+
+def image_body(*, multipart: bool = False) -> dict[str, Any]:
+    """``openapi_extra`` request body of a route reading an encoded image as its raw body
+    (body.read_image_body). application/octet-stream is listed as well: the server takes
+    it (the bytes say their format) and generated clients can send it, where most cannot
+    send an image/* body (openapi-python-client left PUT /v1/references out whole).
+    ``multipart``: a form with the file field ``image`` (and ``reference``) too."""
+    content: dict[str, Any] = {t: BINARY for t in (
+        "image/jpeg", "image/png", "image/bmp", "application/octet-stream")}
+    if multipart:
+        content["multipart/form-data"] = {"schema": {
+            "type": "object", "required": ["image"], "properties": {
+                "image": {"type": "string", "format": "binary"},
+                "reference": {"type": "string", "format": "binary"}}}}
+    return {"requestBody": {"content": content, "required": True}}
 
 
 # -- admin: models and recipes ----------------------------------------------------------
 class LoadedVersion(_Shape):
     version: str
     sha256: str = Field(description="of the ONNX graph, as the model card states and load verified")
-    precision: Literal["fp32", "fp16", "int8"]
+    precision: Precision
     needs_reference: bool = Field(description="a reference model: frames need a reference image")
     kind: Literal["detector", "anomaly"] = Field(
         "detector", description="detector, or a good-only (anomaly) model: anomaly map and score")
@@ -317,7 +349,7 @@ class ReviewLogEntry(_Shape):
     id: int
     created_at: datetime
     reviewer: str
-    action: Literal["confirm", "false_reject", "missed_defect", "relabel"]
+    action: ReviewAction
     inspection_id: str
     verdict: Outcome = Field(description="the inspection's verdict")
     camera_id: str | None

@@ -42,6 +42,7 @@ from lineside_inspect.server.guard import Guard
 from lineside_inspect.server.handlers import add_error_handlers
 from lineside_inspect.server.headers import SecurityHeaders
 from lineside_inspect.server.metrics import Metrics
+from lineside_inspect.server.responses import operation_id
 from lineside_inspect.server.routes import health
 from lineside_inspect.server.sessions import SessionStore
 from lineside_inspect.server.throttle import SignInThrottle
@@ -209,6 +210,7 @@ def create_hub_app(hub: HubSettings) -> FastAPI:
                 await anyio.to_thread.run_sync(hook)
 
     app = FastAPI(title="Lineside hub", version=__version__, lifespan=lifespan,
+                  generate_unique_id_function=operation_id,
                   docs_url=None, redoc_url=None,
                   description="The fleet hub: every box's inspections, one plant view.")
     # the shared HTTP parts (gate, guard, key lookup, sessions) read app.state.settings

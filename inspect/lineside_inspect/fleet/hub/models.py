@@ -72,6 +72,7 @@ from lineside_inspect.fleet.protocol import (
 from lineside_inspect.fleet.signing import SIGNATURE_BYTES
 from lineside_inspect.names import MAX_CLASS_NAME, MAX_CLASSES
 from lineside_inspect.package import ModelCard, load_package, sha256_stream
+from lineside_inspect.schemas import Precision
 from lineside_inspect.server.deps import Admin, Principal, RoleFirstRoute, authenticate
 from lineside_inspect.server.responses import errors, media
 from lineside_inspect.store.utc import UTCDateTime
@@ -111,7 +112,7 @@ class Manifest(BaseModel):
     sha256: str = Field(description="of package.tar.gz (what the signature covers)")
     size: int
     graph_sha256: str
-    precision: str
+    precision: Precision
     class_names: list[str]
     published_at: datetime
     published_by: str
@@ -170,9 +171,11 @@ def _checked(*names: str) -> None:
     200: {"model": Manifest, "description": "this very package was published already"},
     **errors(401, 403, 408, 409, 413, 422, 503)}, openapi_extra={
     # the archive is read as a stream (not a parameter FastAPI knows): declared here, so
-    # /docs shows it and the fuzzing sends one
-    "requestBody": {"content": {"application/gzip": {"schema": {
-        "type": "string", "format": "binary"}}}, "required": True}})
+    # /docs shows it and the fuzzing sends one; as application/octet-stream too, which the
+    # hub takes (it reads the archive, not the type) and generated clients can send
+    "requestBody": {"content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                for t in ("application/gzip", "application/octet-stream")},
+                    "required": True}})
 async def publish(model: str, version: str, request: Request, response: Response,
                   who: Admin,
                   signature: Annotated[str, Header(alias=SIGNATURE_HEADER, max_length=200)]

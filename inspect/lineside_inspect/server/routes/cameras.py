@@ -30,6 +30,7 @@ from lineside_inspect.server.deps import (
     key_holder,
 )
 from lineside_inspect.server.responses import (
+    VERDICT_OR_JPEG,
     CameraHealth,
     annotated_response,
     errors,
@@ -112,9 +113,7 @@ def list_cameras(request: Request, who: Viewer) -> list[CameraHealth]:
 
 
 @router.post("/{camera_id}/trigger", response_model=InspectionResult,
-             responses={200: {"content": {"image/jpeg": {}},
-                              "description": "the verdict (JSON), or with annotated=1 the JPEG"},
-                        **errors(401, 403, 404, 408, 413, 422, 502, 503)})
+             responses={**VERDICT_OR_JPEG, **errors(401, 403, 404, 408, 413, 422, 502, 503)})
 async def trigger(
     camera_id: str, request: Request, who: LineUser, service: ServiceDep,
     part_id: Annotated[PlainLine | None, Query(max_length=256)] = None,

@@ -12,7 +12,13 @@ from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.body import read_upload
 from lineside_inspect.server.deps import RoleFirstRoute, authorize, key_holder, query_model, query_parameters
 from lineside_inspect.server.limiter import Limiter
-from lineside_inspect.server.responses import annotated_response, errors, verdict_response
+from lineside_inspect.server.responses import (
+    VERDICT_OR_JPEG,
+    annotated_response,
+    errors,
+    image_body,
+    verdict_response,
+)
 from lineside_inspect.server.service import InspectionService
 
 router = APIRouter(route_class=RoleFirstRoute, prefix="/v1", tags=["inspect"])
@@ -33,19 +39,11 @@ class InspectQuery(BaseModel):
 
 @router.post(
     "/inspect",
+    operation_id="inspect",  # what clients call; the function is inspect_route
     summary="Inspect one image",
     response_model=InspectionResult,
-    responses={200: {"content": {"image/jpeg": {}},
-                     "description": "the verdict (JSON), or with annotated=1 the JPEG"},
-               **errors(400, 401, 403, 404, 408, 413, 415, 422, 502, 503)},
-    openapi_extra={"parameters": query_parameters(InspectQuery), "requestBody": {"content": {
-        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "image/bmp": {"schema": {"type": "string", "format": "binary"}},
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "image": {"type": "string", "format": "binary"},
-            "reference": {"type": "string", "format": "binary"}}}},
-    }, "required": True}},
+    responses={**VERDICT_OR_JPEG, **errors(400, 401, 403, 404, 408, 413, 415, 422, 502, 503)},
+    openapi_extra={"parameters": query_parameters(InspectQuery), **image_body(multipart=True)},
 )
 async def inspect_route(request: Request) -> Any:
     """Body: the encoded image (image/jpeg, image/png, image/bmp) or multipart with a

@@ -20,7 +20,7 @@ from lineside_inspect.errors import ImageError, NotFoundError, Overloaded
 from lineside_inspect.imageio import decode_image, encode_jpeg
 from lineside_inspect.names import OneLine, Text
 from lineside_inspect.runtime.types import Detections
-from lineside_inspect.schemas import InspectionPage, StoredInspection
+from lineside_inspect.schemas import InspectionPage, Outcome, ReviewAction, StoredInspection
 from lineside_inspect.server.deps import Reviewer, RoleFirstRoute, Viewer, get_store
 from lineside_inspect.server.responses import DashboardStats, errors, media
 from lineside_inspect.server.routes.page_data import FleetName
@@ -33,7 +33,7 @@ router = APIRouter(route_class=RoleFirstRoute, prefix="/v1", tags=["review"])
 @router.get("/inspections", responses=errors(401, 403, 404, 422))
 def list_inspections(
     request: Request, who: Reviewer,
-    verdict: Literal["pass", "fail"] | None = None,
+    verdict: Outcome | None = None,
     camera_id: Annotated[str | None, Query(max_length=128, description=(
         "only this camera's ('': inspections sent without one, as /v1/stats has it)"))] = None,
     recipe: Annotated[str | None, Query(max_length=128)] = None,
@@ -175,7 +175,7 @@ class ReviewBox(BaseModel, extra="forbid"):
 
 
 class ReviewIn(BaseModel, extra="forbid"):
-    action: Literal["confirm", "false_reject", "missed_defect", "relabel"]
+    action: ReviewAction
     boxes: list[ReviewBox] | None = Field(None, max_length=1000,
                                           description="missed_defect: the boxes the model missed")
     # strict: JSON's true, 1.0 or "1" is no box number (lax pydantic took true as box 1)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from lineside_inspect.schemas import Outcome
 from lineside_inspect.server.deps import Reviewer, RoleFirstRoute, Viewer, get_store
 from lineside_inspect.server.responses import (
     CameraHealth,
@@ -46,7 +47,7 @@ class YieldFigure(_Shape):
 class LastVerdict(_Shape):
     id: str
     created_at: datetime
-    verdict: Literal["pass", "fail"]
+    verdict: Outcome
     defects: int
     labels: list[str] = Field(description="classes of the counted defects")
 

@@ -19,7 +19,13 @@ from lineside_inspect.server.deps import (
     ServiceDep,
     SettingsDep,
 )
-from lineside_inspect.server.responses import ReferenceList, StoredReference, errors, media
+from lineside_inspect.server.responses import (
+    ReferenceList,
+    StoredReference,
+    errors,
+    image_body,
+    media,
+)
 
 router = APIRouter(route_class=RoleFirstRoute, prefix="/v1/references", tags=["references"])
 MEDIA = {"png": "image/png", "jpg": "image/jpeg", "bmp": "image/bmp"}
@@ -40,10 +46,8 @@ def get_reference(name: str, who: LineUser, references: ReferencesDep) -> Respon
                     headers={"X-Lineside-Reference-Sha256": ref.sha256})
 
 
-@router.put("/{name}", responses=errors(400, 401, 403, 408, 413, 415, 422), openapi_extra={
-    "requestBody": {"content": {
-        t: {"schema": {"type": "string", "format": "binary"}} for t in MEDIA.values()},
-        "required": True}})
+@router.put("/{name}", responses=errors(400, 401, 403, 408, 413, 415, 422),
+            openapi_extra=image_body())
 async def put_reference(name: str, request: Request, who: Admin, references: ReferencesDep,
                         settings: SettingsDep) -> StoredReference:
     """Body: the encoded defect-free image (PNG, JPEG or BMP) of the view ``name`` names."""
