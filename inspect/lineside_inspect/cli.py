@@ -50,7 +50,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def friendly(fn: F) -> F:
     """Turn :class:`LinesideError` (and an OSError: a file the system refused) into a clear
-    message and exit code 2, never a traceback."""
+    message and exit code 2, never a traceback; Ctrl-C into one line and exit code 130."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -78,6 +78,12 @@ def friendly(fn: F) -> F:
             err.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}",
                       highlight=False)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            # typer ends on 130 without a word: a stopped import or training looked like
+            # one that crashed or hung. What was being written is removed or kept whole
+            # by the command (staging folders, atomic files) before this is reached
+            err.print("interrupted", highlight=False, markup=False)
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -339,7 +345,7 @@ def data_pull(
 
     from lineside_inspect.store import Store
     from lineside_inspect.store.pull import pull_from_server, pull_from_store
-    from lineside_inspect.store.store import DB_FILE
+    from lineside_inspect.store.store import DB_FILE, check_database
 
     try:
         when = datetime.fromisoformat(since) if since else None
@@ -352,6 +358,8 @@ def data_pull(
         if not (Path(source) / DB_FILE).is_file() and database_url is None:
             raise DatasetError(f"{source}: no {DB_FILE} here; give a server URL, a store "
                                "folder or --database-url")
+        if database_url is not None:  # a bad URL or a database down: one line
+            check_database(database_url, "--database-url", named="--database-url")
         ds = pull_from_store(Store(source, database_url), dst, since=when, reviewed=reviewed,
                              overwrite=overwrite)
     good = sum(1 for r in ds.images if r.is_good)
@@ -908,14 +916,13 @@ def bench_hub_cmd(
 
     out.print(format_hub(bench_hub(config, boxes=boxes, rate=rate, seconds=seconds, burst=burst)))
     if review_list:
-        import yaml
-
+        from lineside_inspect.config import read_config_file
         from lineside_inspect.fleet.hub.bench_reviews import (
             bench_review_list_on_server,
             format_latency,
         )
 
-        doc = (yaml.safe_load(config.read_text()) or {}) if config is not None else {}
+        doc = read_config_file(config, "a hub config") if config is not None else {}
         url = str(doc.get("database_url") or "")
         if not url.startswith("postgresql"):
             out.print("review-list latency: skipped (needs a PostgreSQL database_url in --config)")
@@ -982,11 +989,13 @@ def _golden_items(data: Path | None, split: str | None, good: Path | None, bad: 
             items += golden.from_folder(folder, expected=expected, limit=limit)  # type: ignore[arg-type]
     if store is not None:
         from lineside_inspect.store import Store
-        from lineside_inspect.store.store import DB_FILE
+        from lineside_inspect.store.store import DB_FILE, check_database
 
         if not (store / DB_FILE).is_file() and database_url is None:  # read, never made here
             raise GoldenSetError(f"--store {store}: no {DB_FILE} here; give the server's "
                                  "store folder (its data_dir) or --database-url")
+        if database_url is not None:  # a bad URL or a database down: one line
+            check_database(database_url, "--database-url", named="--database-url")
         with Store(store, database_url) as st:
             found, more = golden.from_store(st, limit=500 if limit is None else limit)
         items += found

@@ -30,6 +30,7 @@ from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.line.config import LineSettings
 from lineside_inspect.names import Name, OneLine
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
+from lineside_inspect.user_files import read_text
 
 # box: an edge box speaking to its hub (fleet/protocol.py); its key's name is its box id
 Role = Literal["line", "viewer", "reviewer", "admin", "box"]
@@ -211,7 +212,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LINESIDE_", extra="forbid",
                                       env_nested_delimiter="__", protected_namespaces=())
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)  # 65536 listened on a port nobody asked for
     models: list[str] = Field(default_factory=lambda: ["models/deeppcb/1"])
     model_roots: list[str] = Field(default_factory=list, description=(
         "folders POST /v1/models may load packages from; default: the folder holding each "
@@ -382,10 +383,9 @@ class Settings(BaseSettings):
 
 def read_config_file(path: Path, what: str = "a config") -> dict[str, Any]:
     """A YAML config file as a mapping; unreadable, invalid or not a mapping: ConfigError."""
+    text = read_text(path, "config")  # a FIFO, a device or not UTF-8: one line, not a hang
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        doc = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(doc, dict):

@@ -158,7 +158,8 @@ def test_one_pixel_limit() -> None:
 HIGHER = {"server", "fleet", "lifecycle", "line", "cli", "serve", "serve_process", "bench"}
 LOWER = {"store", "ui", "cameras", "dataset", "runtime", "recipes", "package", "references",
          "imageio", "inspector", "schemas", "draw", "redact", "names", "errors", "atomic",
-         "config", "allocator", "boxes", "opencv", "version", "triton", "bounded_read", "oip"}
+         "config", "allocator", "boxes", "opencv", "version", "triton", "bounded_read", "oip",
+         "user_files"}
 SETTINGS_SCHEMAS = {f"lineside_inspect.{room}.config" for room in ("fleet", "lifecycle", "line")}
 EDGE = ROOT / "inspect" / "lineside_inspect"
 

@@ -220,3 +220,39 @@ def test_evaluating_on_a_dataset_with_no_images_does_not_say_give_split_all(tmp_
                                   str(empty), "--split", "all"])
         assert res.exit_code == 2, res.output
         assert "the dataset has no images" in res.output and "--split all" not in res.output
+
+
+@pytest.mark.parametrize("kind", ["detector", "anomaly"])
+def test_a_budget_of_weeks_reads_back_as_the_run_reads_it(tmp_path: Path, kind: str) -> None:
+    """A budget was kept as ``f"{seconds:g}s"``: 278 hours or more became ``1.0008e+06s``,
+    which the run's own parse refused, a ValueError traceback once training began
+    (``--time 300h``, or ``--time 99999999999h`` typed by mistake)."""
+    from lineside_training.anomaly.config import AnomalyConfig
+    from lineside_training.budget import parse_duration
+
+    for given, seconds in (("300h", 1_080_000.0), ("99999999999h", 359_999_999_996_400.0),
+                           ("90s", 90.0), ("1.5s", 1.5)):
+        if kind == "detector":
+            kept = load_config(None, data=str(SAMPLE), time_budget=given).time_budget
+        else:
+            kept = AnomalyConfig(data=str(SAMPLE), time_budget=given).time_budget
+        assert kept is not None and parse_duration(kept) == seconds, kept
+
+
+def test_an_empty_or_damaged_checkpoint_is_one_line(tmp_path: Path) -> None:
+    """An empty best.pt (a run killed while saving, a full disk) ended evaluate, export and
+    calibrate with "Aborted!" and exit code 1 (the EOFError taken for the end of input);
+    a damaged one with an UnpicklingError traceback."""
+    empty = tmp_path / "run"
+    empty.mkdir()
+    (empty / "best.pt").write_bytes(b"")
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"\xb9" + bytes(range(256)) * 4)
+    for ck, kind in ((empty, "EOFError"), (damaged, "UnpicklingError")):
+        for args in (["evaluate", str(ck), "--data", str(SAMPLE)],
+                     ["export", str(ck), "--out", str(tmp_path / "pkg")],
+                     ["calibrate", str(ck), "--data", str(SAMPLE)]):
+            r = runner.invoke(app, args)
+            assert r.exit_code == 2, r.output
+            assert f"not a checkpoint torch can read, empty or damaged ({kind})" in r.output
+    assert not (tmp_path / "pkg").exists()

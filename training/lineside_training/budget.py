@@ -57,6 +57,13 @@ def parse_duration(text: str | float | int) -> float:
     return seconds
 
 
+def budget_text(text: str | float | int) -> str:
+    """A budget as a config keeps it, in seconds (``1800s``), read back the same by
+    :func:`parse_duration`: written with ``:g`` a budget of 278 hours or more was
+    ``1.0008e+06s``, which no duration reads, and the run stopped on a traceback."""
+    return f"{parse_duration(text):.3f}".rstrip("0").rstrip(".") + "s"
+
+
 def format_duration(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 60:

@@ -121,6 +121,12 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     ck_path = resolve_checkpoint(path)
     try:
         ck = torch.load(ck_path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch raises pickle, EOF and runtime errors of several kinds
+        # an empty file (a run killed while saving, a full disk) raised EOFError, which the
+        # CLI's framework printed as "Aborted!"; other damage, an UnpicklingError traceback
+        raise ConfigError(f"{ck_path}: not a checkpoint torch can read, empty or damaged "
+                          f"({type(exc).__name__})") from None
+    try:
         cfg = TrainConfig.model_validate(ck["config"])
         names = list(ck["class_names"])
     except (KeyError, RuntimeError, ValueError) as exc:

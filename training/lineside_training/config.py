@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError, LinesideError, describe_validation
-from lineside_training.budget import parse_duration
+from lineside_inspect.user_files import read_text
+from lineside_training.budget import budget_text
 
 Config = TypeVar("Config", bound=BaseModel)
 STRIDE = 32  # the coarsest feature map's stride: input and crop sizes are multiples of it
@@ -133,7 +134,7 @@ class TrainConfig(BaseModel):
         """Checked at load, kept as seconds (``1800s``) so config.yaml reads back the same."""
         if value is None:
             return None
-        return f"{parse_duration(value):g}s"
+        return budget_text(value)
 
 
 def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
@@ -191,9 +192,11 @@ def read_config(path: str | Path | None, overrides: list[str] | None = None,
     """The config document: ``path``'s YAML with the overrides and fields applied."""
     doc: dict[str, Any] = {}
     if path is not None:
+        # not UTF-8 was a UnicodeDecodeError traceback, a FIFO nobody writes to a hang
+        text = read_text(path, "config")
         try:
-            doc = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            doc = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: cannot read config: {exc}") from exc
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: a config is a mapping of keys (epochs: 40), not a "

@@ -564,7 +564,11 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
     A set is the same by its resolved path or by its annotations' content (the run folder
     moved to another machine), the merged sets in any order. Refuse a run whose schedule
     is done, too: it took no step and logged an empty epoch (new-user review)."""
-    ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False, mmap=True)
+    try:
+        ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:  # empty (killed while saving) or damaged: said, not a traceback
+        raise ConfigError(f"--resume: {run / 'last.pt'} is not a checkpoint torch can read, "
+                          f"empty or damaged ({type(exc).__name__})") from None
     _check_same_data(run, ck.get("data", {}), fingerprint)
     planned, step = int(ck.get("planned_steps") or 0), int(ck.get("step") or 0)
     best = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from lineside_inspect.config import read_config_file
 from lineside_inspect.fleet.weed import LocalWeed, weed_binary
 from lineside_inspect.serve_process import free_port, start, stop
 
@@ -118,7 +119,8 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
     weed: LocalWeed | None = None
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        doc = (yaml.safe_load(config.read_text()) or {}) if config is not None else {}
+        # a list, a FIFO or a file not in UTF-8 was a traceback or a hang (as the hub reads it)
+        doc = read_config_file(config, "a hub config") if config is not None else {}
         doc.setdefault("database_url", f"sqlite:///{tmp / 'hub.db'}")
         if "objects" not in doc:
             binary = weed_binary()

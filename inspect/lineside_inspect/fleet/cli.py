@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from lineside_inspect.errors import ConfigError, HubRefused, HubUnavailable, PackageError
+from lineside_inspect.errors import ConfigError, HubRefused, HubUnavailable, PackageError, echo
 
 fleet_app = typer.Typer(help="Model distribution to a fleet of boxes (docs/fleet.md).",
                         no_args_is_help=True, rich_markup_mode=None)
@@ -45,6 +45,19 @@ def _call(method: str, url: str, token: str | None, **kw: Any) -> Any:
     return resp.json()
 
 
+def hub_url(hub: str) -> str:
+    """``--hub`` checked before anything is sent: a bad port was an ``InvalidURL``
+    traceback, a URL without its scheme "hub unreachable: UnsupportedProtocol"."""
+    if not hub.lower().startswith(("http://", "https://")):
+        raise ConfigError(f"--hub {echo(hub)}: give the hub's URL with its scheme, e.g. "
+                          "https://hub.plant:8100")
+    try:
+        httpx.URL(hub)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"--hub {echo(hub)}: not a valid URL ({exc})") from None
+    return hub.rstrip("/")
+
+
 def keygen(out: Path) -> tuple[Path, str, str]:
     """A key pair at ``out`` (private, 0600) and ``<out stem>.pub.pem``; the public key's
     path, id and raw base64 form."""
@@ -60,12 +73,13 @@ def publish(package_dir: Path, hub: str, key_path: Path, token: str | None) -> d
     from lineside_inspect.fleet.hub.models import SIGNATURE_HEADER
     from lineside_inspect.package import load_package
 
+    hub = hub_url(hub)
     card = load_package(package_dir).card  # a broken package is refused here, not on boxes
     key = signing.load_private_key(key_path)
     data = archive.pack(package_dir)
     digest = archive.sha256_bytes(data)
     sig = signing.sign(key, card.name, card.version, digest)
-    url = f"{hub.rstrip('/')}/fleet/v1/packages/{card.name}/{card.version}"
+    url = f"{hub}/fleet/v1/packages/{card.name}/{card.version}"
     result: dict[str, Any] = _call("PUT", url, token, content=data, headers={
         "content-type": "application/gzip", SIGNATURE_HEADER: base64.b64encode(sig).decode()})
     if result.get("sha256") != digest:
@@ -76,11 +90,12 @@ def publish(package_dir: Path, hub: str, key_path: Path, token: str | None) -> d
 def assign(hub: str, line: str, model: str, version: str, token: str | None) -> dict[str, Any]:
     from lineside_inspect.fleet.protocol import NAME_PATTERN
 
+    hub = hub_url(hub)
     for what, value in (("line", line), ("model", model), ("version", version)):
         if not re.fullmatch(NAME_PATTERN, value):
             raise ConfigError(f"{what} {value!r}: 1-64 letters, digits, '_', '.' or '-', "
                               "starting with a letter or digit")
-    url = f"{hub.rstrip('/')}/fleet/v1/lines/{line}/models/{model}"
+    url = f"{hub}/fleet/v1/lines/{line}/models/{model}"
     result: dict[str, Any] = _call("PUT", url, token, json={"version": version})
     return result
 

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lineside_inspect.errors import ConfigError, SignatureError
+from lineside_inspect.user_files import read_bytes
 
 SIGNATURE_BYTES = 64
 STATEMENT = "lineside-package:1:{model}:{version}:{sha256}"
@@ -66,10 +67,9 @@ def generate(private_path: Path, public_path: Path) -> TrustedKey:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    data = read_bytes(path, "the signing key")  # (a FIFO nobody writes to waited forever)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the signing key ({exc.strerror})") from None
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
         raise ConfigError(f"{path}: not an unencrypted PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):

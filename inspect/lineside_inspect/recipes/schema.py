@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lineside_inspect.errors import ConfigError, describe_validation
 from lineside_inspect.names import Name, OneLine
 from lineside_inspect.runtime.unchanged import UnchangedGate
+from lineside_inspect.user_files import read_text
 
 # pixels; bounded so that no sum over a polygon overflows to inf (a region of +-1e308
 # made every centre fall outside it, passing any board)
@@ -215,12 +216,9 @@ _Loader.add_implicit_resolver(  # on the subclass only: yaml.safe_load is left a
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
+    text = read_text(path, "recipe")  # (a FIFO nobody writes to waited forever)
     try:
-        doc = yaml.load(path.read_text(), Loader=_Loader)  # a SafeLoader: no tags run code
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read recipe ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: a recipe is UTF-8 text; this file is not") from None
+        doc = yaml.load(text, Loader=_Loader)  # a SafeLoader: no tags run code
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
+from urllib.parse import parse_qsl
 
 from sqlalchemy import (
     ColumnElement,
@@ -56,7 +57,14 @@ from sqlalchemy import (
 )
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    StatementError,
+)
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -72,6 +80,7 @@ from lineside_inspect.errors import (
 )
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.opencv import cv2
+from lineside_inspect.redact import hide_secrets
 from lineside_inspect.schemas import StoredInspection
 from lineside_inspect.store import history
 from lineside_inspect.store import stats as figures
@@ -213,6 +222,55 @@ def _operator_set(url: str) -> set[str]:
     if "lock_timeout" in f"{options} {os.environ.get('PGOPTIONS', '')}":
         given.add("lock_timeout")
     return given
+
+
+def check_database(url: str, whose: str = "the database", named: str = "database_url") -> None:
+    """One connection to a PostgreSQL database before a server starts or a command reads
+    it: a database that cannot be reached is one line naming it
+    (:class:`DatabaseUnavailable`), and a URL SQLAlchemy cannot parse one line
+    (:class:`ConfigError`), not the application start-up's 160-line traceback. SQLite is
+    left to the store (its file and folder are made there)."""
+    if url.startswith("sqlite"):
+        return
+    try:
+        engine = make_engine(url)
+    except ArgumentError:  # the URL is not repeated: a password may be in it
+        raise ConfigError(f"{named}: not a database URL SQLAlchemy reads (write "
+                          "postgresql://USER:PASSWORD@HOST:PORT/DATABASE)") from None
+    except ModuleNotFoundError as exc:  # a driver not installed (mysql://, oracle://)
+        raise ConfigError(f"{named}: its driver {exc.name} is not installed (PostgreSQL "
+                          "and SQLite are supported)") from None
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        where, secrets = _address(url)
+        lines = str(exc.orig or exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        for secret in secrets:
+            reason = reason.replace(secret, "***")
+        raise DatabaseUnavailable(f"{whose} {where} cannot be reached: "
+                                  f"{hide_secrets(reason)[:300]}") from None
+    finally:
+        engine.dispose()
+
+
+def _address(url: str) -> tuple[str, list[str]]:
+    """``url`` as shown (no user, password or query: a password may sit there), and the
+    secrets a driver's message may quote, longest first. The host is the text after the
+    last '@': a raw '@' in a password moved SQLAlchemy's parsed host into it (``u:pa@ss@h``
+    gives host ``ss@h``), and so the driver's message quotes part of it."""
+    scheme, _, rest = url.partition("://")
+    userinfo, _, hostpart = rest.rpartition("@")
+    host = hostpart.split("/", 1)[0].split("?", 1)[0]
+    database = make_url(url).database or ""
+    secrets = [userinfo.split(":", 1)[1]] if ":" in userinfo else []
+    secrets += [part for s in list(secrets) for part in s.split("@")]
+    query = rest.split("?", 1)[1] if "?" in rest else ""
+    secrets += [v for k, v in parse_qsl(query)
+                if any(w in k.lower() for w in ("pass", "pwd", "secret", "token", "key"))]
+    return (f"{scheme}://{host}/{database}",
+            sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True))
 
 
 def make_engine(url: str) -> Engine:

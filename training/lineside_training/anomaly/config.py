@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lineside_training.budget import parse_duration
+from lineside_training.budget import budget_text, parse_duration
 
 STRIDE = 32  # the network halves its input five times
 
@@ -110,7 +110,7 @@ class AnomalyConfig(BaseModel):
     @field_validator("time_budget", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> str | None:
-        return None if value is None else f"{parse_duration(value):g}s"
+        return None if value is None else budget_text(value)
 
     def budget_seconds(self) -> float | None:
         return None if self.time_budget is None else parse_duration(self.time_budget)

@@ -17,18 +17,15 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
-from urllib.parse import parse_qsl
 
 import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from lineside_inspect.errors import (
-    DatabaseUnavailable,
     ObjectStoreUnavailable,
 )
 from lineside_inspect.fleet.hub.config import HubSettings
@@ -36,7 +33,6 @@ from lineside_inspect.fleet.hub.front import BoxFront
 from lineside_inspect.fleet.hub.images import ObjectImages
 from lineside_inspect.fleet.hub.tables import create_hub_tables
 from lineside_inspect.fleet.objects import ObjectStore
-from lineside_inspect.redact import hide_secrets
 from lineside_inspect.server import gate
 from lineside_inspect.server.guard import Guard
 from lineside_inspect.server.handlers import add_error_handlers
@@ -47,6 +43,7 @@ from lineside_inspect.server.routes import health
 from lineside_inspect.server.sessions import SessionStore
 from lineside_inspect.server.throttle import SignInThrottle
 from lineside_inspect.server.unexpected import CatchUnexpected
+from lineside_inspect.store.store import check_database
 from lineside_inspect.version import __version__
 
 log = logging.getLogger("lineside.hub")
@@ -107,49 +104,6 @@ def setup_store(app: FastAPI, hub: HubSettings) -> None:
 
     app.state.on_startup.append(start)
     app.state.on_shutdown.append(stop)
-
-
-def check_database(url: str) -> None:
-    """One connection to the hub's database before the server starts: a database that
-    cannot be reached is one line naming it (:class:`DatabaseUnavailable`), not the
-    application start-up's 160-line traceback. SQLite is left to the store (its file and
-    folder are made there)."""
-    from lineside_inspect.store.store import make_engine
-
-    if url.startswith("sqlite"):
-        return
-    engine = make_engine(url)
-    try:
-        with engine.connect():
-            pass
-    except OperationalError as exc:
-        where, secrets = _address(url)
-        lines = str(exc.orig or exc).strip().splitlines()
-        reason = lines[0] if lines else type(exc).__name__
-        for secret in secrets:
-            reason = reason.replace(secret, "***")
-        raise DatabaseUnavailable(f"the hub's database {where} cannot be reached: "
-                                  f"{hide_secrets(reason)[:300]}") from None
-    finally:
-        engine.dispose()
-
-
-def _address(url: str) -> tuple[str, list[str]]:
-    """``url`` as shown (no user, password or query: a password may sit there), and the
-    secrets a driver's message may quote, longest first. The host is the text after the
-    last '@': a raw '@' in a password moved SQLAlchemy's parsed host into it (``u:pa@ss@h``
-    gives host ``ss@h``), and so the driver's message quotes part of it."""
-    scheme, _, rest = url.partition("://")
-    userinfo, _, hostpart = rest.rpartition("@")
-    host = hostpart.split("/", 1)[0].split("?", 1)[0]
-    database = make_url(url).database or ""
-    secrets = [userinfo.split(":", 1)[1]] if ":" in userinfo else []
-    secrets += [part for s in list(secrets) for part in s.split("@")]
-    query = rest.split("?", 1)[1] if "?" in rest else ""
-    secrets += [v for k, v in parse_qsl(query)
-                if any(w in k.lower() for w in ("pass", "pwd", "secret", "token", "key"))]
-    return (f"{scheme}://{host}/{database}",
-            sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True))
 
 
 class DatabaseProbe:
@@ -254,7 +208,7 @@ def run_hub(hub: HubSettings) -> None:
 
     settings = hub.server_settings()
     settings.check_bind()
-    check_database(hub.database_url)
+    check_database(hub.database_url, "the hub's database")
     warn_auth_off(settings, "publish and assign models, and read every plant's inspections")
     app = create_hub_app(hub)
     _Server(uvicorn_config(app, settings), app, drain_s=settings.drain_s).run()

@@ -28,7 +28,7 @@ class HubSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LINESIDE_HUB_", env_nested_delimiter="__",
                                       extra="forbid")
     host: str = "127.0.0.1"
-    port: int = 8100
+    port: int = Field(8100, ge=1, le=65535)
     database_url: str = Field(..., description=(
         "SQLAlchemy URL of the hub's records: postgresql+psycopg://... (sqlite:///... for a "
         "dev hub)"))

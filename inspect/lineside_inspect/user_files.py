@@ -1,0 +1,57 @@
+"""Reading a small file an operator named on the command line (a config, a recipe, a key).
+
+``Path.read_text()`` waited forever on a FIFO nobody writes to (its open blocks until a
+writer comes), read ``/dev/zero`` until memory ran out, and a file not in UTF-8 ended in
+a ``UnicodeDecodeError`` traceback. Here each is one :class:`ConfigError` naming the file.
+A pipe that is written (``--config <(envsubst < serve.yaml)``) is still read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from lineside_inspect.errors import ConfigError
+
+MAX_TEXT_BYTES = 16 * 1024 * 1024  # far over any config; a link to a device stops here
+
+
+def read_bytes(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of ``path``, a regular file or a pipe being written, at most ``limit``.
+    ``what`` names the file in errors ("config", "recipe", "signing key")."""
+    path = Path(path)
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer returns at once rather than waiting
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise ConfigError(f"{path}: cannot read {what} (not a regular file)")
+        os.set_blocking(fd, True)  # a pipe's writer may be slower than us: wait for it
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 1 << 16):  # a FIFO with no writer: end of file at once
+            size += len(chunk)
+            if size > limit:
+                raise ConfigError(f"{path}: cannot read {what} (over {limit >> 20} MiB)")
+            chunks.append(chunk)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if not chunks and stat.S_ISFIFO(mode):  # read as an empty config, it started a server
+        raise ConfigError(f"{path}: cannot read {what} (a FIFO nothing was written to)")
+    return b"".join(chunks)
+
+
+def read_text(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """:func:`read_bytes` as UTF-8 text (a byte-order mark dropped)."""
+    data = read_bytes(path, what, limit)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: a {what} is UTF-8 text; this file is not (byte "
+                          f"{data[exc.start]:#04x} at offset {exc.start})") from None

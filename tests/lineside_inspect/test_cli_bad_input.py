@@ -1,0 +1,183 @@
+"""A tired operator's input to the edge commands (session 37's sweep): a config not in
+UTF-8, a FIFO nobody writes to, a port out of range, a database URL that does not parse
+or a database down, a hub URL without its scheme, Ctrl-C during an import. Each is one
+line naming the file or option and exit code 2 (130 for Ctrl-C), never a traceback or
+a wait without end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from lineside_inspect.cli import app
+from lineside_inspect.config import load_settings
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.fleet.hub.config import load_hub_settings
+from lineside_inspect.serve_process import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "models" / "deeppcb" / "1"
+DEEPPCB = ROOT.parent / "shared" / "datasets" / "deeppcb"
+runner = CliRunner()
+
+# each command that reads a file the operator names: its arguments for that file
+FILE_READERS: dict[str, Callable[[Path, Path], list[str]]] = {
+    "serve --config": lambda f, tmp: ["serve", "--config", str(f)],
+    "hub --config": lambda f, tmp: ["hub", "--config", str(f)],
+    "bench hub --config": lambda f, tmp: ["bench", "hub", "--config", str(f), "--review-list", "0"],
+    "serve --recipe": lambda f, tmp: ["serve", "--model", str(PACKAGE), "--recipe", str(f),
+                                      "--config", str(_data_dir_config(tmp))],
+    "fleet publish --key": lambda f, tmp: ["fleet", "publish", str(PACKAGE), "--hub",
+                                           "http://127.0.0.1:9", "--key", str(f)],
+}
+
+
+def _data_dir_config(tmp: Path) -> Path:
+    path = tmp / "serve.yaml"
+    path.write_text(f"data_dir: {tmp / 'data'}\n")
+    return path
+
+
+def _one_line(result: Result, *words: str, code: int = 2) -> None:
+    out = result.output
+    assert result.exit_code == code, out
+    assert "Traceback" not in out
+    for word in words:
+        assert word in out, out
+
+
+@pytest.mark.parametrize("command", [c for c in FILE_READERS if c != "fleet publish --key"])
+def test_a_config_not_in_utf8_is_one_line(tmp_path: Path, command: str) -> None:
+    """A config saved as Latin-1 (or a binary named .yaml) was a UnicodeDecodeError
+    traceback from serve, hub, train and bench hub."""
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("site: K\xf6ln\n".encode("latin-1"))
+    _one_line(runner.invoke(app, FILE_READERS[command](latin, tmp_path)),
+              "latin.yaml", "is UTF-8 text; this file is not (byte 0xf6")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", list(FILE_READERS))
+def test_a_fifo_nobody_writes_to_is_one_line_not_a_wait(tmp_path: Path, command: str) -> None:
+    """Opening a FIFO to read waits for a writer: ``--config`` naming one (a leftover of a
+    script's process substitution) waited forever, with nothing said."""
+    fifo = tmp_path / "cfg.yaml"
+    os.mkfifo(fifo)
+    _one_line(runner.invoke(app, FILE_READERS[command](fifo, tmp_path)),
+              "cfg.yaml: cannot read", "a FIFO nothing was written to")
+
+
+def test_a_pipe_that_is_written_is_still_read(tmp_path: Path) -> None:
+    """``--config <(envsubst < serve.yaml)``: a pipe with its writer is read as a file."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"bogus_setting: 1\n")
+    os.close(write_end)
+    try:
+        result = runner.invoke(app, ["serve", "--config", f"/proc/self/fd/{read_end}"])
+    finally:
+        os.close(read_end)
+    _one_line(result, "bogus_setting: Extra inputs are not permitted")
+
+
+def test_a_device_is_no_config(tmp_path: Path) -> None:
+    """A device is not read: ``--config /dev/zero`` read until memory ran out (not tried
+    here, for that reason); ``/dev/null`` was taken for an empty config."""
+    _one_line(runner.invoke(app, ["hub", "--config", "/dev/null"]),
+              "/dev/null: cannot read config (not a regular file)")
+
+
+def test_a_bench_hub_config_that_is_no_mapping_is_one_line(tmp_path: Path) -> None:
+    """bench hub read its --config itself: a list was an AttributeError traceback."""
+    listed = tmp_path / "hub.yaml"
+    listed.write_text("- database_url: sqlite:///x.db\n")
+    _one_line(runner.invoke(app, ["bench", "hub", "--config", str(listed), "--review-list", "0"]),
+              "hub.yaml: a hub config is a mapping of settings")
+
+
+def test_a_port_out_of_range_is_refused(tmp_path: Path) -> None:
+    """``--port 65536`` started a server on a port nobody asked for (the log said 65536),
+    ``--port -1`` failed only after the start-up (uvicorn's exit code 3). The settings
+    are checked here, not a server started: without the bound it would run."""
+    for port in (0, -1, 65536):
+        with pytest.raises(ConfigError, match="the command line: port: Input should be"):
+            load_settings(None, port=port)
+    hub = tmp_path / "hub.yaml"
+    hub.write_text(f"database_url: sqlite:///{tmp_path / 'hub.db'}\ndata_dir: {tmp_path}\n"
+                   "objects: {endpoint: '127.0.0.1:9', bucket: bbb, access_key: a, "
+                   "secret_key: s}\nport: 70000\n")
+    with pytest.raises(ConfigError, match=r"hub\.yaml: port: Input should be less than or equal "
+                                          "to 65535"):
+        load_hub_settings(hub)
+    assert load_settings(None, port=65535).port == 65535
+
+
+def test_a_database_url_that_does_not_parse_or_answer_is_one_line(tmp_path: Path) -> None:
+    """``database_url: junk`` was an ArgumentError traceback from serve's start-up, the
+    hub, ``data pull`` and ``golden create --store``; PostgreSQL down, an OperationalError
+    traceback from serve and ``data pull`` (the hub alone checked)."""
+    serve = tmp_path / "serve.yaml"
+    serve.write_text(f"database_url: junk\ndata_dir: {tmp_path / 'data'}\nmodels: [{PACKAGE}]\n")
+    _one_line(runner.invoke(app, ["serve", "--config", str(serve)]),
+              "database_url: not a database URL SQLAlchemy reads")
+    store = tmp_path / "store"
+    store.mkdir()
+    for args in (["data", "pull", str(store), str(tmp_path / "out")],
+                 ["golden", "create", "g", "--data-dir", str(tmp_path), "--store", str(store)]):
+        _one_line(runner.invoke(app, [*args, "--database-url", "junk"]),
+                  "--database-url: not a database URL SQLAlchemy reads")
+    down = f"postgresql://lineside:s3cret-pw@127.0.0.1:{free_port()}/lineside"
+    result = runner.invoke(app, ["data", "pull", str(store), str(tmp_path / "out"),
+                                 "--database-url", down])
+    _one_line(result, "--database-url postgresql://127.0.0.1:", "cannot be reached")
+    assert "s3cret-pw" not in result.output
+    serve.write_text(f"database_url: {down}\ndata_dir: {tmp_path / 'data'}\nmodels: [{PACKAGE}]\n")
+    result = runner.invoke(app, ["serve", "--config", str(serve)])
+    _one_line(result, "the server's database postgresql://127.0.0.1:", "cannot be reached")
+    assert "s3cret-pw" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_url_without_its_scheme_or_with_a_bad_port_is_one_line() -> None:
+    """``--hub http://hub:abc`` was an InvalidURL traceback; ``--hub hub.plant:8100``
+    said "hub unreachable ...: UnsupportedProtocol"."""
+    assign = ["fleet", "assign", "--line", "l1", "--model", "m", "--version", "1", "--hub"]
+    _one_line(runner.invoke(app, [*assign, "http://127.0.0.1:abc"]),
+              "--hub 'http://127.0.0.1:abc': not a valid URL (Invalid port")
+    _one_line(runner.invoke(app, [*assign, "hub.plant:8100"]),
+              "--hub 'hub.plant:8100': give the hub's URL with its scheme")
+
+
+@pytest.mark.skipif(not DEEPPCB.is_dir(), reason="needs ../shared/datasets/deeppcb")
+def test_ctrl_c_during_an_import_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C ended with exit code 130 and not a word (typer's own handling): a stopped
+    import looked like one that had crashed. It says so; nothing of DST is left."""
+    dst = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "inspect"),
+                                                         str(ROOT / "training")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from lineside_inspect.cli import main; main()", "data", "import",
+         "-f", "deeppcb", str(DEEPPCB), str(dst)], env=env, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell's background job ignores SIGINT, and Python keeps that: restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        # the import is writing once its staging folder is there (.out.wPID.*)
+        while proc.poll() is None and not list(tmp_path.glob(".out.w*")):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert err.strip() == "interrupted"
+    assert list(tmp_path.iterdir()) == []
