@@ -487,3 +487,31 @@ def test_counts_an_older_hub_left_short_are_taken_again_at_start(hub: Hub) -> No
     page = fleet(store, datetime.now(UTC))
     assert {b.box_id: b.inspections_held for b in page.boxes if b.inspections_held} == held
     assert max(b.last_inspection_at for b in page.boxes if b.last_inspection_at) == newest
+
+
+def test_a_recount_keeps_the_boxes_whose_inspections_retention_removed(
+        tmp_path: Path, database_url: str | None) -> None:
+    """The counts taken again at start (an older hub stored rows uncounted) keep a box whose
+    every inspection retention removed: its row at 0 and its newest time. They were
+    deleted and filled from the rows, and such a box left the fleet page (it never
+    reported) or read no last inspection (review, session 37)."""
+    from lineside_inspect.fleet.hub.tables import BoxCountRow
+
+    store = Store(tmp_path, database_url, box_id="hub")
+    create_hub_tables(store.engine)
+    last = datetime(2026, 11, 2, 8, 30, tzinfo=UTC)
+    with Session(store.engine) as s, s.begin():  # as retention leaves a box it emptied
+        s.add(BoxCountRow(box_id="gone-box", held=0, last_at=last))
+    now = datetime.now(UTC)
+    seed_inspections(store.engine, 60, seed=4, now=now)  # stored by an older hub: uncounted
+    create_hub_tables(store.engine)
+    with Session(store.engine) as s:
+        held = {b: n for b, n in s.execute(
+            select(InspectionRow.box_id, func.count()).where(InspectionRow.box_id.is_not(None))
+            .group_by(InspectionRow.box_id))}
+    boxes = {b.box_id: b for b in fleet(store, now).boxes}
+    assert boxes["gone-box"].inspections_held == 0
+    assert boxes["gone-box"].last_inspection_at == last
+    assert {b: f.inspections_held for b, f in boxes.items() if f.inspections_held} == held
+    assert max(f.last_inspection_at for f in boxes.values() if f.last_inspection_at) == now
+    store.close()

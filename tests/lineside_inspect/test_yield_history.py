@@ -18,12 +18,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, event, func, select, text, update
+from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from lineside_inspect.fleet.hub.bench_reviews import synthetic_records
 from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch, ForwardedInspection
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import Inspection, inspect
@@ -339,3 +341,69 @@ def test_a_store_of_an_earlier_release_gains_the_history(
         assert again.enforce_retention(now=T) > 0
         assert _all_yields(again) == before
         assert _held(again) + _counted(again) == total
+
+
+def _python_calls(store: Store, n: int) -> int:
+    """Python function calls retention makes removing ``n`` rows by age (counted, not timed)."""
+    old = T - timedelta(days=3)
+    rows = synthetic_records(n, now=old, box_id=store.box_id)
+    with Session(store.engine) as s, s.begin():
+        s.execute(delete(InspectionRow))
+        s.execute(insert(InspectionRow), rows)
+    calls = 0
+
+    def count(frame: Any, what: str, arg: Any) -> None:
+        nonlocal calls
+        calls += what == "call"
+
+    store.max_age_days = 1
+    sys.setprofile(count)
+    try:
+        removed = store.enforce_retention(now=T)
+    finally:
+        sys.setprofile(None)
+    assert removed == n
+    return calls
+
+
+def test_retention_work_grows_with_the_rows_it_removes_not_their_square(tmp_path: Path) -> None:
+    """Each row's delete synchronized the session, which scanned every row the round had
+    loaded: 4000 rows took 20 s, a day of a busy line's hours, under the writer's lock
+    (review, session 37). Four times the rows is about four times the work."""
+    store = Store(tmp_path)
+    small, large = _python_calls(store, 100), _python_calls(store, 400)
+    assert large < 6 * small, (small, large)
+    store.close()
+
+
+def test_shifts_and_days_starting_inside_a_utc_hour_keep_their_yield(
+        tmp_path: Path, database_url: str | None) -> None:
+    """Asia/Kolkata is UTC+05:30: its shifts at 06:00 and 18:00 start at 00:30 and 12:30
+    UTC, and its day at 18:30 UTC. Removed inspections counted by the UTC hour went to the
+    shift before (those made in the half hour after a start) and left the day (those of
+    its first half hour): each shift's yield changed once retention ran (review, session 37)."""
+    store = Store(tmp_path, database_url)
+    shifts = figures.Shifts(("06:00", "18:00"), ZoneInfo("Asia/Kolkata"))
+    midnight = (T - timedelta(hours=64)).replace(hour=0) + timedelta(days=1)
+    # fails just after each start, passes just before it
+    starts = [midnight - timedelta(hours=5, minutes=30), midnight + timedelta(minutes=30),
+              midnight + timedelta(hours=12, minutes=30)]
+    rows = synthetic_records(len(starts) * 6, box_id=store.box_id)
+    for i, r in enumerate(rows):
+        start, k = starts[i // 6], i % 6
+        after = k % 2 == 0
+        r.update(created_at=start + timedelta(minutes=5 + k) * (1 if after else -1),
+                 verdict="fail" if after else "pass")
+    with Session(store.engine) as s, s.begin():
+        s.execute(insert(InspectionRow), rows)
+
+    def seen() -> Any:
+        return (store.stats(96, now=T, shifts=shifts)["shifts"],
+                store.read(lambda s: figures.yields(s, starts[0], T)))
+
+    before = seen()
+    assert any(r["fails"] == 3 and r["start"] == starts[1] for r in before[0])
+    store.max_age_days = 0.5
+    assert store.enforce_retention(now=T) == len(rows)
+    assert seen() == before
+    store.close()

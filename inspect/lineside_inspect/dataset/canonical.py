@@ -13,6 +13,7 @@ path so a user can fix them all in one pass.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -538,10 +539,13 @@ def write_dataset(
             label_problems)
     dst.parent.mkdir(parents=True, exist_ok=True)
     # the writer's pid in the name: a later write removes what a killed one left
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.w{os.getpid()}.", dir=dst.parent))
+    prefix = f".{dst.name}.w{os.getpid()}."
+    before = set(dst.parent.glob(f"{glob.escape(prefix)}*"))
+    tmp: Path | None = None
     holder: Path | None = None
     moved_old = False
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dst.parent))
         images_dir = tmp / "images"
         images_dir.mkdir()
         for rec in dataset.images:
@@ -573,7 +577,12 @@ def write_dataset(
         tmp.rename(dst)
         moved_old = False
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # a Ctrl-C as mkdtemp returns leaves its folder unnamed here: this process's own new
+        # one by its name (a stopped import left it for the next write to remove)
+        made = [tmp] if tmp is not None else \
+            sorted(set(dst.parent.glob(f"{glob.escape(prefix)}*")) - before)
+        for left in made:
+            shutil.rmtree(left, ignore_errors=True)
         if holder is not None and moved_old:
             try:
                 (holder / "old").rename(dst)  # put the old dataset back

@@ -1,5 +1,5 @@
 """Yield history through retention: the passes and fails of the inspections retention
-removes, counted per UTC hour, box, site, line, camera, recipe and verdict in
+removes, counted per quarter hour (UTC), box, site, line, camera, recipe and verdict in
 ``yield_history`` (:class:`YieldHistoryRow`), so the dashboard's hourly, shift and
 station figures, its CSV, ``/v1/stats``, the status page and a hub's merged views read
 what the line made, not what is left of it (QA review, session 37: the quota removes
@@ -10,9 +10,13 @@ process that dies mid-way commits neither, and a row another process deleted fir
 not counted twice. The upsert is per key, and a box's keys carry its box id, so boxes
 sharing one PostgreSQL database never write one another's history rows.
 
-A removed inspection counts as made at the start of its hour: a window or shift that
-starts inside an hour counts that hour's removed inspections only if the hour starts in
-it. Only verdicts are kept: defect classes, model versions and reviews need the rows.
+A removed inspection counts as made at the start of its quarter hour (the ``hour``
+column holds it): a window or shift that starts inside a quarter hour counts that quarter
+hour's removed inspections only if it starts in it. A quarter, not an hour: every zone's
+offset is whole quarter hours, and by the UTC hour a shift at 06:00 in Asia/Kolkata
+(00:30 UTC) took the half hour after it from the shift before once retention removed it,
+and a shift at 06:30 anywhere the same (review, session 37). Only verdicts are kept:
+defect classes, model versions and reviews need the rows.
 """
 
 from __future__ import annotations
@@ -45,8 +49,13 @@ def key_of(row: InspectionRow) -> tuple[Any, ...]:
             row.verdict)
 
 
-def hour_of(at: datetime) -> datetime:
-    return as_utc(at).replace(minute=0, second=0, microsecond=0)
+SLOT_MINUTES = 15  # the history's grain: shifts and days start on one in every zone
+
+
+def slot_of(at: datetime) -> datetime:
+    """The start of ``at``'s quarter hour, UTC."""
+    at = as_utc(at)
+    return at.replace(minute=at.minute - at.minute % SLOT_MINUTES, second=0, microsecond=0)
 
 
 def count_removed(s: Session, removed: Iterable[Sequence[Any]]) -> int:
@@ -54,7 +63,7 @@ def count_removed(s: Session, removed: Iterable[Sequence[Any]]) -> int:
     ``s``'s transaction; the rows counted."""
     per: Counter[tuple[Any, ...]] = Counter()
     for at, box, site, line, camera, recipe, verdict in removed:
-        per[(hour_of(at), box or NONE, site or NONE, line or NONE, camera or NONE,
+        per[(slot_of(at), box or NONE, site or NONE, line or NONE, camera or NONE,
              recipe, verdict)] += 1
     if not per:
         return 0

@@ -154,7 +154,8 @@ REVIEW_ORDER: tuple[Any, ...] = (ReviewRow.created_at, ReviewRow.origin.asc().nu
 
 
 class YieldHistoryRow(Base):
-    """Inspections retention removed, counted per UTC hour they were made in, box, site,
+    """Inspections retention removed, counted per quarter hour they were made in (``hour``:
+    its start, UTC; ``store/history.py`` says why not the hour), box, site,
     line, camera, recipe and verdict (``store/history.py``): the yield figures read these
     beside the rows, so a window's passes and fails stay what the line made after its rows
     are gone. Written only by retention (the box's and the hub's), in the transaction that

@@ -109,8 +109,8 @@ def _none(key: str) -> str | None:
 
 def _removed(s: Session, since: datetime, until: datetime, scope: Scope,
              *keys: Any) -> list[Any]:
-    """(keys..., verdict, n) of the removed inspections made in hours starting in the
-    window: a removed inspection counts as made at its hour's start."""
+    """(keys..., verdict, n) of the removed inspections made in quarter hours starting in
+    the window: a removed inspection counts as made at its quarter hour's start."""
     return list(s.execute(select(*keys, YieldHistoryRow.verdict, func.sum(YieldHistoryRow.inspections))
                           .where(YieldHistoryRow.hour >= since, YieldHistoryRow.hour < until,
                                  *scope.removed)
@@ -164,7 +164,7 @@ def hourly(s: Session, since: datetime, until: datetime, scope: Scope) -> list[d
 def per_shift(s: Session, boundaries: list[datetime], scope: Scope) -> list[dict[str, Any]]:
     """Passes and fails per shift between consecutive ``boundaries`` (a CASE over the
     boundaries: shifts need not be whole hours nor equally long), the removed
-    inspections' too (in the shift their hour starts in)."""
+    inspections' too (in the shift their quarter hour starts in)."""
     if len(boundaries) < 2:
         return []
 

@@ -1584,8 +1584,12 @@ class Store:
             freed += row.image_bytes
         ref = row.reference_path
         # a statement, not the session's delete: its row count says whether this removed it
-        # (reviews go by the foreign key's ON DELETE CASCADE, as they did)
-        removed = s.execute(delete(InspectionRow).where(InspectionRow.id == row.id))
+        # (reviews go by the foreign key's ON DELETE CASCADE, as they did). Not synchronized
+        # with the session: that scanned every row the round had loaded for each delete, and
+        # a day of a busy line's rows by age took hours under the writer's lock (review,
+        # session 37); nothing reads a deleted row's object again
+        removed = s.execute(delete(InspectionRow).where(InspectionRow.id == row.id),
+                            execution_options={"synchronize_session": False})
         if getattr(removed, "rowcount", 0) == 1:
             gone.append(history.key_of(row))
         if ref and not s.scalar(select(func.count()).where(

@@ -19,12 +19,12 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Integer, String, delete, func, select, text
+from sqlalchemy import Engine, Integer, String, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from lineside_inspect.store.models import InspectionRow
-from lineside_inspect.store.utc import UTCDateTime
+from lineside_inspect.store.utc import UTCDateTime, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,26 @@ def recount_boxes(engine: Engine) -> None:
                 # the forward route and retention change rows and counts in one transaction:
                 # held off meanwhile, the count below sees each of theirs whole or not at all.
                 # EXCLUSIVE, not SHARE ROW EXCLUSIVE: the forward route's SELECT ... FOR UPDATE
-                # of its box's row would get in first, and the DELETE and it would deadlock
+                # of its box's row would get in first, and the updates and it would deadlock
                 c.execute(text(f"LOCK TABLE {BoxCountRow.__tablename__} IN EXCLUSIVE MODE"))
-            c.execute(delete(BoxCountRow))
-            c.execute(BoxCountRow.__table__.insert().from_select(  # type: ignore[attr-defined]
-                ["box_id", "held", "last_at"], _held()))
+            # row by row, not a DELETE and a fill from the rows: a box whose inspections
+            # retention removed (or whose rows match) keeps its row and newest time, which
+            # the fleet page lists it by (a box that never reported went from the page, and
+            # every such box's last inspection time read none: review, session 37)
+            kept = {b: last for b, last in c.execute(select(BoxCountRow.box_id,
+                                                            BoxCountRow.last_at))}
+            held = {b: (n, last) for b, n, last in c.execute(_held())}
+            table: Any = BoxCountRow.__table__
+            for box_id in sorted(set(kept) | set(held)):
+                n, newest = held.get(box_id, (0, None))
+                if box_id not in kept:
+                    c.execute(table.insert().values(box_id=box_id, held=n, last_at=newest))
+                    continue
+                last = kept[box_id]
+                if last is not None and (newest is None or as_utc(last) > as_utc(newest)):
+                    newest = last
+                c.execute(table.update().where(table.c.box_id == box_id)
+                          .values(held=n, last_at=newest))
     except DBAPIError as exc:  # a lock another session holds past lock_timeout
         log.warning("hub: the boxes' inspection counts differ from the rows and could not be "
                     "taken again (%s); the fleet page's counts may be off until the next start",
