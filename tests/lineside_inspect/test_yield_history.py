@@ -34,6 +34,7 @@ from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.store import Store
 from lineside_inspect.store import stats as figures
 from lineside_inspect.store.models import InspectionRow, YieldHistoryRow
+from lineside_inspect.store.utc import as_utc
 
 from .test_figures_agree import IMAGE, JPEG, _set
 from .test_fleet_sync import KEYS, ServedHub, _png, _record, client, hub_settings
@@ -406,4 +407,26 @@ def test_shifts_and_days_starting_inside_a_utc_hour_keep_their_yield(
     store.max_age_days = 0.5
     assert store.enforce_retention(now=T) == len(rows)
     assert seen() == before
+    store.close()
+
+
+def test_the_history_past_the_longest_window_is_pruned_by_each_box_for_itself(
+        tmp_path: Path, database_url: str | None) -> None:
+    """The history was never pruned: a hub's grew by ~700,000 slots a year per 10 box
+    cameras, though no figure reads past 90 days (/v1/stats' longest window). Retention
+    removes this box's slots older than history.KEPT, never another box's or a newer one."""
+    from lineside_inspect.store import history
+
+    store = Store(tmp_path, database_url, pass_rate=1.0, box_id="box-a")
+    old, recent = T - history.KEPT - timedelta(hours=1), T - history.KEPT + timedelta(hours=1)
+    with Session(store.engine) as s, s.begin():
+        history.count_removed(s, [(at, box, None, None, "cam1", "r", "pass")
+                                  for at in (old, recent) for box in ("box-a", "box-b")])
+    store.max_age_days = 365  # retention runs; no row of the box's is that old
+    store.enforce_retention(now=T)
+    with Session(store.engine) as s:
+        left = sorted((box, as_utc(at)) for box, at in
+                      s.execute(select(YieldHistoryRow.box_id, YieldHistoryRow.hour)))
+    assert left == sorted([("box-a", history.slot_of(recent)), ("box-b", history.slot_of(old)),
+                           ("box-b", history.slot_of(recent))]), left
     store.close()

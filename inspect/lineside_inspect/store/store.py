@@ -1243,6 +1243,7 @@ class Store:
                 # their passes and fails stay in the figures: counted in this transaction,
                 # so a crash commits neither the deletes nor the counts (store/history.py)
                 history.count_removed(s, gone)
+                history.prune(s, now or datetime.now(UTC), self.box_id or "")
                 if quota is not None:
                     # the history's own pages, where the pages the rows freed did not hold it
                     used += max(0, self._db_pages(s) - pages) * self.db_page

@@ -115,6 +115,8 @@ class HubRetention:
                          InspectionRow.created_at)):
             self._delete_where(old, by, done)
         self._drop_unused_references(done)
+        with Session(self.store.engine) as s, s.begin():  # slots no figure reads any more
+            history.prune(s, now or datetime.now(UTC))
         if done.deleted or done.kept:
             log.info("hub retention: %d inspection(s) received before %s deleted%s%s",
                      done.deleted, cutoff.isoformat(timespec="seconds"),
