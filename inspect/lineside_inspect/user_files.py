@@ -3,18 +3,25 @@
 ``Path.read_text()`` waited forever on a FIFO nobody writes to (its open blocks until a
 writer comes), read ``/dev/zero`` until memory ran out, and a file not in UTF-8 ended in
 a ``UnicodeDecodeError`` traceback. Here each is one :class:`ConfigError` naming the file.
-A pipe that is written (``--config <(envsubst < serve.yaml)``) is still read.
+A pipe that is written (``--config <(envsubst < serve.yaml)``) is still read, and so is a
+FIFO whose writer comes within :data:`FIFO_WAIT_S` of us.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import stat
 from pathlib import Path
 
 from lineside_inspect.errors import ConfigError
 
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # far over any config; a link to a device stops here
+# a FIFO with no writer yet is waited for this long: a script may start us before its
+# writer (``mkfifo cfg; lineside serve --config cfg & render > cfg``), which a check of
+# no writer at the open refused (review, session 37) and the blocking open waited for
+# without end
+FIFO_WAIT_S = 10.0
 
 
 def read_bytes(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> bytes:
@@ -30,14 +37,17 @@ def read_bytes(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> byte
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
             raise ConfigError(f"{path}: cannot read {what} (not a regular file)")
-        os.set_blocking(fd, True)  # a pipe's writer may be slower than us: wait for it
         chunks: list[bytes] = []
-        size = 0
-        while chunk := os.read(fd, 1 << 16):  # a FIFO with no writer: end of file at once
+        if stat.S_ISFIFO(mode) and not _writer_came(fd, chunks):
+            raise ConfigError(f"{path}: cannot read {what} (a FIFO nothing was written to "
+                              f"within {FIFO_WAIT_S:g} s)")
+        os.set_blocking(fd, True)  # a pipe's writer may be slower than us: wait for it
+        size = sum(map(len, chunks))
+        while size <= limit and (chunk := os.read(fd, 1 << 16)):  # writer gone: end of file
             size += len(chunk)
-            if size > limit:
-                raise ConfigError(f"{path}: cannot read {what} (over {limit >> 20} MiB)")
             chunks.append(chunk)
+        if size > limit:
+            raise ConfigError(f"{path}: cannot read {what} (over {limit >> 20} MiB)")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
     finally:
@@ -45,6 +55,22 @@ def read_bytes(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> byte
     if not chunks and stat.S_ISFIFO(mode):  # read as an empty config, it started a server
         raise ConfigError(f"{path}: cannot read {what} (a FIFO nothing was written to)")
     return b"".join(chunks)
+
+
+def _writer_came(fd: int, chunks: list[bytes]) -> bool:
+    """Whether the FIFO opened without blocking at ``fd`` has or had a writer, waiting up
+    to :data:`FIFO_WAIT_S` for one; what was read meanwhile goes into ``chunks``. Without
+    a writer a read is an end of file at once; with one that wrote nothing yet, EAGAIN."""
+    try:
+        first = os.read(fd, 1 << 16)
+    except BlockingIOError:  # its writer is there, slower than us: the read waits for it
+        return True
+    if first:
+        chunks.append(first)
+        return True
+    poller = select.poll()  # readable once a writer wrote, or came and left
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(int(FIFO_WAIT_S * 1000)))
 
 
 def read_text(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:

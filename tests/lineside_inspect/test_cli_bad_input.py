@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from lineside_inspect import user_files
 from lineside_inspect.cli import app
 from lineside_inspect.config import load_settings
 from lineside_inspect.errors import ConfigError
@@ -67,13 +69,47 @@ def test_a_config_not_in_utf8_is_one_line(tmp_path: Path, command: str) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("command", list(FILE_READERS))
-def test_a_fifo_nobody_writes_to_is_one_line_not_a_wait(tmp_path: Path, command: str) -> None:
+def test_a_fifo_nobody_writes_to_is_one_line_not_a_wait(tmp_path: Path, command: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Opening a FIFO to read waits for a writer: ``--config`` naming one (a leftover of a
-    script's process substitution) waited forever, with nothing said."""
+    script's process substitution) waited forever, with nothing said. (A writer is waited
+    for a while, FIFO_WAIT_S: shortened here.)"""
+    monkeypatch.setattr(user_files, "FIFO_WAIT_S", 0.2)
     fifo = tmp_path / "cfg.yaml"
     os.mkfifo(fifo)
     _one_line(runner.invoke(app, FILE_READERS[command](fifo, tmp_path)),
               "cfg.yaml: cannot read", "a FIFO nothing was written to")
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_whose_writer_comes_after_us_is_read(tmp_path: Path) -> None:
+    """``mkfifo cfg; lineside serve --config cfg & render > cfg``: the writer opened the
+    FIFO after the server had, and the config was refused as "a FIFO nothing was written
+    to" (the first check took no writer at the open for none to come; review, session 37).
+    The blocking open of before read it."""
+    fifo = tmp_path / "serve.yaml"
+    os.mkfifo(fifo)
+    got: dict[str, object] = {}
+
+    def read() -> None:
+        try:
+            got["port"] = load_settings(fifo).port
+        except ConfigError as exc:
+            got["error"] = exc.message
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writer = None
+    while writer is None and reader.is_alive():
+        try:  # ENXIO until the reader has the FIFO open
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            time.sleep(0.01)
+    if writer is not None:
+        os.write(writer, b"port: 8123\n")
+        os.close(writer)
+    reader.join()
+    assert got == {"port": 8123}
 
 
 def test_a_pipe_that_is_written_is_still_read(tmp_path: Path) -> None:
@@ -143,6 +179,35 @@ def test_a_database_url_that_does_not_parse_or_answer_is_one_line(tmp_path: Path
     result = runner.invoke(app, ["serve", "--config", str(serve)])
     _one_line(result, "the server's database postgresql://127.0.0.1:", "cannot be reached")
     assert "s3cret-pw" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_database_url_with_a_bad_port_or_setting_is_one_line(tmp_path: Path) -> None:
+    """The check before start let two kinds through as tracebacks (review, session 37): a
+    port that is no number (or ``[::1`` without its ']'), SQLAlchemy's ValueError, and a
+    setting psycopg refuses before it connects (``?connect_timeout=abc``, an unknown
+    option), a ProgrammingError where the check caught only OperationalError."""
+    serve = tmp_path / "serve.yaml"
+    store = tmp_path / "store"
+    store.mkdir()
+    port = free_port()
+    for url, words in (
+            ("postgresql://lineside:s3cret-pw@127.0.0.1:notaport/lineside",
+             ["not a database URL SQLAlchemy reads"]),
+            ("postgresql://lineside:s3cret-pw@[::1/lineside", ["not a database URL"]),
+            (f"postgresql://lineside:s3cret-pw@127.0.0.1:{port}/lineside?connect_timeout=abc",
+             ["the driver refuses it: bad value for connect_timeout: 'abc'"]),
+            (f"postgresql://lineside:s3cret-pw@127.0.0.1:{port}/lineside?bogus=1",
+             ["the driver refuses it: invalid connection option \"bogus\""])):
+        serve.write_text(f"database_url: '{url}'\ndata_dir: {tmp_path / 'data'}\n"
+                         f"models: [{PACKAGE}]\n")
+        result = runner.invoke(app, ["serve", "--config", str(serve)])
+        _one_line(result, "database_url: ", *words)
+        assert "s3cret-pw" not in result.output
+        result = runner.invoke(app, ["data", "pull", str(store), str(tmp_path / "out"),
+                                     "--database-url", url])
+        _one_line(result, "--database-url: ", *words)
+        assert "s3cret-pw" not in result.output
     assert not (tmp_path / "out").exists()
 
 

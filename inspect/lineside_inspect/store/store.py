@@ -234,7 +234,9 @@ def check_database(url: str, whose: str = "the database", named: str = "database
         return
     try:
         engine = make_engine(url)
-    except ArgumentError:  # the URL is not repeated: a password may be in it
+    # ValueError: a port that is no number, an IPv6 host without its ']' (review, session
+    # 37: a traceback from the check meant to make it one line)
+    except (ArgumentError, ValueError):  # the URL is not repeated: a password may be in it
         raise ConfigError(f"{named}: not a database URL SQLAlchemy reads (write "
                           "postgresql://USER:PASSWORD@HOST:PORT/DATABASE)") from None
     except ModuleNotFoundError as exc:  # a driver not installed (mysql://, oracle://)
@@ -243,14 +245,18 @@ def check_database(url: str, whose: str = "the database", named: str = "database
     try:
         with engine.connect():
             pass
-    except OperationalError as exc:
+    except DBAPIError as exc:
         where, secrets = _address(url)
         lines = str(exc.orig or exc).strip().splitlines()
         reason = lines[0] if lines else type(exc).__name__
         for secret in secrets:
             reason = reason.replace(secret, "***")
-        raise DatabaseUnavailable(f"{whose} {where} cannot be reached: "
-                                  f"{hide_secrets(reason)[:300]}") from None
+        reason = hide_secrets(reason)[:300]
+        if not isinstance(exc, OperationalError):
+            # the driver refused the URL's own settings before connecting (psycopg's
+            # ProgrammingError: an unknown option, connect_timeout=abc): a traceback
+            raise ConfigError(f"{named}: the driver refuses it: {reason}") from None
+        raise DatabaseUnavailable(f"{whose} {where} cannot be reached: {reason}") from None
     finally:
         engine.dispose()
 
