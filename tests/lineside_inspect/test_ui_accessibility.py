@@ -263,9 +263,10 @@ def test_the_audit_pager_keeps_the_focus_on_its_last_page(shift: Running) -> Non
         browser.close()
 
 
-def test_filtering_keeps_the_focus_on_the_filters(shift: Running) -> None:
+def test_filtering_puts_the_focus_on_the_first_card(shift: Running) -> None:
     """Enter in the camera filter sent the focus to <body> (Tab went on from the top of the
-    page); it is on the Filter button now, out of the field, so the review keys work."""
+    page); it is on the first card found now, out of the field, so the review keys work,
+    and Enter opens the card (on the Filter button it filtered again: review, session 37)."""
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
@@ -273,10 +274,12 @@ def test_filtering_keeps_the_focus_on_the_filters(shift: Running) -> None:
         page.fill("input[name=camera_id]", "line1-top")
         page.keyboard.press("Enter")
         expect(page.locator(".card .where").first).to_contain_text("line1-top")
-        expect(page.locator("#filters button[type=submit]")).to_be_focused()
+        expect(page.locator(".card").first).to_be_focused()
         page.keyboard.press("j")  # a review key, not typed into the field
         expect(page.locator(".card").nth(1)).to_be_focused()
         expect(page.locator("input[name=camera_id]")).to_have_value("line1-top")
+        page.keyboard.press("Enter")  # opens the card, not the filter again
+        expect(page.locator("#detail")).to_be_visible()
         browser.close()
 
 

@@ -549,10 +549,12 @@ $("#tab-grid").onclick = () => { showGrid(); load(); };
 $("#tab-audit").onclick = showAudit;
 $("#a-prev").onclick = () => { state.audit = Math.max(0, state.audit - 25); loadAudit(); };
 $("#a-next").onclick = () => { state.audit += 25; loadAudit(); };
-// the focus goes to the Filter button, out of the field (where the review keys are typed
-// into it) but not to <body>: Tab went on from the top of the page, the filters lost
+// the focus leaves the field (where the review keys were typed into it) for the Filter
+// button while the list loads, then the first card, where Enter opens it as before (on
+// the button, Enter filtered again: review, session 37); never <body>, where Tab went on
+// from the top of the page
 form.onsubmit = (e) => { e.preventDefault(); $("button[type=submit]", form).focus(); state.offset = 0; state.sel = 0; form.elements.queue.value = "";
-                         showGrid(); load().then(() => select(0, false)); loadQueues(); };
+                         showGrid(); load().then(() => select(0, $$(".card").length > 0)); loadQueues(); };
 function page(d) {
   const to = state.offset + d * state.limit;
   if (to < 0 || to >= state.total) return;
