@@ -10,9 +10,11 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import signal
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -86,6 +88,21 @@ def friendly(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``kill``, a CI job's timeout) raised as a Ctrl-C: its default ended the
+    process at once, and what a command cleans up on the way out (its servers, its temp
+    folder) was left behind."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def training() -> Any:
@@ -912,6 +929,12 @@ def bench_hub_cmd(
 ) -> None:
     """Forwarded inspections/s to a hub, the forwarding lag under a steady line rate, and
     the hub's review-list latency with many inspections in PostgreSQL."""
+    with sigterm_as_ctrl_c():  # the hub, weed, the boxes and the temp folder are stopped
+        _bench_hub(config, boxes, rate, seconds, burst, review_list)
+
+
+def _bench_hub(config: Path | None, boxes: int, rate: float, seconds: float, burst: int,
+               review_list: int) -> None:
     from lineside_inspect.fleet.bench import bench_hub, format_hub
 
     out.print(format_hub(bench_hub(config, boxes=boxes, rate=rate, seconds=seconds, burst=burst)))
@@ -1111,7 +1134,7 @@ def gate_cmd(
     data_dir: DataDir = None,
     allowance: Annotated[int, typer.Option(
         min=0, help="false rejects the candidate may have beyond the active model's")] = 0,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Replay a golden set through both packages via the edge runtime, each at its card's

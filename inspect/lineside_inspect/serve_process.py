@@ -138,7 +138,7 @@ def start(args: list[str], port: int, *, env: dict[str, str] | None = None,
                                     stderr=subprocess.STDOUT)
     try:
         wait_ready(proc, url, timeout_s=timeout_s, log=log)
-    except RuntimeError:
+    except BaseException:  # not ready, or a Ctrl-C (SIGTERM) while waiting: not left running
         proc.kill()
         proc.wait()
         raise

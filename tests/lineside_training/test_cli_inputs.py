@@ -256,3 +256,79 @@ def test_an_empty_or_damaged_checkpoint_is_one_line(tmp_path: Path) -> None:
             assert r.exit_code == 2, r.output
             assert f"not a checkpoint torch can read, empty or damaged ({kind})" in r.output
     assert not (tmp_path / "pkg").exists()
+
+
+@pytest.mark.parametrize("kind", ["detector", "anomaly"])
+def test_a_budget_under_half_a_millisecond_is_not_kept_as_zero(kind: str) -> None:
+    """Kept to three decimals, a budget under half a millisecond became ``0s``, which the
+    run's own parse refused as not positive: a ValueError traceback once training began."""
+    from lineside_training.anomaly.config import AnomalyConfig
+    from lineside_training.budget import parse_duration
+
+    for given, seconds in (("0.0004s", 0.0004), ("0.00000001s", 1e-8)):
+        if kind == "detector":
+            kept = load_config(None, data=str(SAMPLE), time_budget=given).time_budget
+        else:
+            kept = AnomalyConfig(data=str(SAMPLE), time_budget=given).time_budget
+        assert kept is not None and parse_duration(kept) == seconds, kept
+
+
+# real files root may not read (tests run as root, so chmod cannot make one): a sysfs
+# attribute that is write-only refuses a reader with EACCES; /proc/self/mem at offset 0
+# with EIO. Each is a checkpoint that is there but cannot be read
+UNREADABLE = [(Path("/sys/bus/pci/rescan"), "Permission denied"),
+              (Path("/proc/self/mem"), "Input/output error")]
+
+
+@pytest.mark.parametrize(("target", "reason"), UNREADABLE, ids=["permission", "io-error"])
+def test_a_checkpoint_that_cannot_be_read_is_not_called_damaged(tmp_path: Path, target: Path,
+                                                                reason: str) -> None:
+    """A best.pt the system would not let be read (a permission) was reported as "not a
+    checkpoint torch can read, empty or damaged (PermissionError)": its owner went looking
+    for damage. Said as what it is, for evaluate, export, calibrate and train --resume."""
+    if not target.is_file():
+        pytest.skip(f"{target} is not on this system")
+    run = tmp_path / "out" / "run"
+    run.mkdir(parents=True)
+    (run / "best.pt").symlink_to(target)
+    (run / "last.pt").symlink_to(target)
+    for args in (["evaluate", str(run), "--data", str(SAMPLE)],
+                 ["export", str(run), "--out", str(tmp_path / "pkg")],
+                 ["calibrate", str(run / "best.pt"), "--data", str(SAMPLE)]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, r.output
+        assert f"{run / 'best.pt'}: cannot read the checkpoint ({reason})" in r.output
+        assert "damaged" not in r.output
+    r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--name", "run", "--resume",
+                            "--set", f"out_dir={tmp_path / 'out'}", "--epochs", "1"])
+    assert r.exit_code == 2, r.output
+    assert f"cannot read the checkpoint {run / 'last.pt'} ({reason})" in r.output
+    assert "damaged" not in r.output and not (tmp_path / "pkg").exists()
+
+
+def test_calibrate_of_a_file_that_is_not_there_says_so(tmp_path: Path) -> None:
+    """``calibrate missing.yaml --folds 2`` said "--folds and --time train fold models: give
+    a training config (YAML), not a run or package", the file's absence left unsaid."""
+    for args, said in ((["missing.yaml", "--folds", "2"], "no such training config"),
+                       (["missing.yml", "--time", "5m"], "no such training config"),
+                       (["missing", "--folds", "2"], "no such run folder, checkpoint or model"),
+                       (["missing", "--new-version", "v2"], "no such run folder, checkpoint")):
+        target = tmp_path / args[0]
+        r = runner.invoke(app, ["calibrate", str(target), *args[1:]])
+        assert r.exit_code == 2, r.output
+        assert f"{target}: {said}" in " ".join(r.output.split())
+        assert "--folds and --time" not in r.output and "--new-version writes" not in r.output
+
+
+def test_a_config_that_is_not_there_is_one_line_naming_it(tmp_path: Path) -> None:
+    """train said ``cannot read config: [Errno 2] No such file or directory: '...'``, the
+    OSError's raw form, where the edge commands name the file and the reason."""
+    missing = tmp_path / "missing.yaml"
+    for args in (["train", "--config", str(missing), "--data", str(SAMPLE)],
+                 ["train", "--config", str(missing), "--resume"],
+                 ["bench", "train", "--config", str(missing)]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, r.output
+        said = " ".join(r.output.split())
+        assert f"{missing}: cannot read config (No such file or directory)" in said, said
+        assert "Errno" not in said and "Traceback" not in said

@@ -17,6 +17,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(min|sec|h|m|s)?", re.IGNORECASE)
 _UNIT_S = {"h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "sec": 1.0}
@@ -61,7 +62,11 @@ def budget_text(text: str | float | int) -> str:
     """A budget as a config keeps it, in seconds (``1800s``), read back the same by
     :func:`parse_duration`: written with ``:g`` a budget of 278 hours or more was
     ``1.0008e+06s``, which no duration reads, and the run stopped on a traceback."""
-    return f"{parse_duration(text):.3f}".rstrip("0").rstrip(".") + "s"
+    seconds = parse_duration(text)
+    kept = f"{seconds:.3f}".rstrip("0").rstrip(".")
+    if kept == "0":  # under half a millisecond: "0s", which the run refused as not positive
+        kept = format(Decimal(repr(seconds)), "f")  # all its digits, never an exponent
+    return kept + "s"
 
 
 def format_duration(seconds: float) -> str:

@@ -69,6 +69,10 @@ def calibrate(
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     target = Path(target)
+    if not target.exists():  # first: "missing.yaml --folds 2" was told to give a config
+        what = "training config" if target.suffix in (".yaml", ".yml") else \
+            "run folder, checkpoint or model package"
+        raise ConfigError(f"{target}: no such {what}")
     is_package = (target / CARD).is_file()
     if new_version is not None and not is_package:
         raise ConfigError(f"{target}: --new-version writes a model package again: give a "

@@ -121,6 +121,9 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     ck_path = resolve_checkpoint(path)
     try:
         ck = torch.load(ck_path, map_location=device, weights_only=False)
+    except OSError as exc:  # the file is there but may not be read (a permission): not damage
+        raise ConfigError(f"{ck_path}: cannot read the checkpoint "
+                          f"({exc.strerror or type(exc).__name__})") from None
     except Exception as exc:  # torch raises pickle, EOF and runtime errors of several kinds
         # an empty file (a run killed while saving, a full disk) raised EOFError, which the
         # CLI's framework printed as "Aborted!"; other damage, an UnpicklingError traceback

@@ -566,6 +566,9 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
     is done, too: it took no step and logged an empty epoch (new-user review)."""
     try:
         ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False, mmap=True)
+    except OSError as exc:  # there but may not be read (a permission): not damage
+        raise ConfigError(f"--resume: cannot read the checkpoint {run / 'last.pt'} "
+                          f"({exc.strerror or type(exc).__name__})") from None
     except Exception as exc:  # empty (killed while saving) or damaged: said, not a traceback
         raise ConfigError(f"--resume: {run / 'last.pt'} is not a checkpoint torch can read, "
                           f"empty or damaged ({type(exc).__name__})") from None

