@@ -223,29 +223,35 @@ def test_a_hub_url_without_its_scheme_or_with_a_bad_port_is_one_line() -> None:
 
 
 @pytest.mark.skipif(not DEEPPCB.is_dir(), reason="needs ../shared/datasets/deeppcb")
-def test_ctrl_c_during_an_import_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
-    """Ctrl-C ended with exit code 130 and not a word (typer's own handling): a stopped
-    import looked like one that had crashed. It says so; nothing of DST is left."""
-    dst = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "inspect"),
-                                                         str(ROOT / "training")])}
+
+def _interrupted(args: list[str], signum: int, cwd: Path, watched: Path, pattern: str,
+                 **env: str) -> None:
+    """``lineside ARGS`` sent ``signum`` once ``watched`` holds ``pattern`` (it is at work):
+    it ends with "interrupted" and exit code 130."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from lineside_inspect.cli import main; main()", "data", "import",
-         "-f", "deeppcb", str(DEEPPCB), str(dst)], env=env, cwd=tmp_path,
+        [sys.executable, "-c", "from lineside_inspect.cli import main; main()", *args],
+        env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "inspect"), str(ROOT / "training")])}, cwd=cwd,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # a shell's background job ignores SIGINT, and Python keeps that: restore it
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        # the import is writing once its staging folder is there (.out.wPID.*)
-        while proc.poll() is None and not list(tmp_path.glob(".out.w*")):
+        while proc.poll() is None and not list(watched.glob(pattern)):
             time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, out + err
     assert err.strip() == "interrupted"
+
+def test_ctrl_c_during_an_import_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C ended with exit code 130 and not a word (typer's own handling): a stopped
+    import looked like one that had crashed. It says so; nothing of DST is left."""
+    dst = tmp_path / "out"
+    _interrupted(["data", "import", "-f", "deeppcb", str(DEEPPCB), str(dst)], signal.SIGINT,
+                 tmp_path, tmp_path, ".out.w*")  # writing once its staging folder is there
     assert list(tmp_path.iterdir()) == []
 
 
@@ -305,20 +311,6 @@ def test_bench_hub_stopped_by_sigterm_removes_its_folder(tmp_path: Path) -> None
     os.mkfifo(fifo)
     temp = tmp_path / "temp"
     temp.mkdir()
-    env = {**os.environ, "TMPDIR": str(temp),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "inspect"), str(ROOT / "training")])}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from lineside_inspect.cli import main; main()", "bench", "hub",
-         "--config", str(fifo), "--review-list", "0"], env=env, cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        while proc.poll() is None and not list(temp.glob("lineside-bench-hub-*")):
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, out + err
-    assert err.strip() == "interrupted"
+    _interrupted(["bench", "hub", "--config", str(fifo), "--review-list", "0"], signal.SIGTERM,
+                 tmp_path, temp, "lineside-bench-hub-*", TMPDIR=str(temp))
     assert list(temp.iterdir()) == []

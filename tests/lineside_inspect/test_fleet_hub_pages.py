@@ -60,6 +60,14 @@ def _csv(c: httpx.Client, **params: Any) -> tuple[str, list[list[str]]]:
     return name.group(1), list(csv.reader(io.StringIO(r.text)))
 
 
+def _report(c: httpx.Client, box: str) -> None:
+    """``box``'s status report at plant-a (the hub's pages list the boxes that reported)."""
+    r = c.post(f"/fleet/v1/boxes/{box}/status", headers={"authorization": f"Bearer {KEYS[box]}"},
+               json={"site": "plant-a", "version": "1", "models": [], "ready": True,
+                     "forward_backlog": 0})
+    assert r.status_code == 200, r.text
+
+
 def test_a_rollout_is_one_change_per_box_and_a_camera_is_a_boxs(hub: ServedHub) -> None:
     """Two boxes mid-rollout, box1 on deeppcb 1 and box2 on 2, inspecting in turn: the
     hub's dashboard listed 1 -> 2 -> 1 -> 2 ... at every turn (one "model change" per
@@ -109,11 +117,7 @@ def test_a_queue_keeps_the_box_chosen(hub: ServedHub) -> None:
     _seed(hub, "box4", 5, "1", NOW, fail_every=1)
     with httpx.Client(base_url=hub.url, timeout=30) as c:
         for box in ("box3", "box4"):  # their reports: the page's box choices
-            r = c.post(f"/fleet/v1/boxes/{box}/status",
-                       headers={"authorization": f"Bearer {KEYS[box]}"},
-                       json={"site": "plant-a", "version": "1", "models": [], "ready": True,
-                             "forward_backlog": 0})
-            assert r.status_code == 200, r.text
+            _report(c, box)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1024, "height": 768})
@@ -237,10 +241,7 @@ def test_the_fleet_page_at_320_px_scrolls_its_table_not_the_page(hub: ServedHub)
     from playwright.sync_api import expect, sync_playwright
 
     with httpx.Client(base_url=hub.url, timeout=30) as c:
-        r = c.post("/fleet/v1/boxes/box1/status", headers={"authorization": f"Bearer {KEYS['box1']}"},
-                   json={"site": "plant-a", "version": "1", "models": [], "ready": True,
-                         "forward_backlog": 0})
-        assert r.status_code == 200, r.text
+        _report(c, "box1")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 320, "height": 640})

@@ -29,7 +29,6 @@ the hub is thrown away after.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import tempfile
 import threading
@@ -46,15 +45,6 @@ import pytest
 import schemathesis
 import uvicorn
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    missing_required_header,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-    unsupported_method,
-)
 
 from lineside_inspect.config import ApiKey
 from lineside_inspect.fleet import archive, signing
@@ -67,12 +57,8 @@ from lineside_inspect.serve import uvicorn_config
 
 from .conftest import ROOT
 from .fleet_peers import free_port
+from .fuzz_checks import CHECKS, EXAMPLES
 
-EXAMPLES = int(os.environ.get("LINESIDE_FUZZ_EXAMPLES", "8"))
-# the same checks as the edge's fuzzing (see test_fuzz_api.py for negative_data_rejection)
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, response_headers_conformance, unsupported_method,
-          missing_required_header]
 BOX = "box1"
 # the hub's roles: a box key is named after its box
 KEYS = {"admin": "hub-admin-secret", "reviewer": "hub-reviewer-secret", BOX: "hub-box1-secret"}

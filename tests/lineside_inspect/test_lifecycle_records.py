@@ -4,6 +4,8 @@ log, admissions, shadow runs and disagreements, and the counts a rollout watch r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from sqlalchemy import inspect as sa_inspect
 from lineside_inspect.errors import NotFoundError
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import inspect
-from lineside_inspect.lifecycle.gate import run_gate
+from lineside_inspect.lifecycle.gate import GateReport, run_gate
 from lineside_inspect.lifecycle.golden import GoldenLibrary, from_dataset
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.recipes import Recipe, card_recipe
@@ -360,20 +362,35 @@ def test_a_card_recipe_that_cannot_serve_now_leaves_the_old_one(tmp_path: Path) 
         store.close()
 
 
+
+@contextmanager
+def _sharing(tmp_path: Path) -> Iterator[tuple[Store, Store]]:
+    """Boxes a and b on one SQLite database."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    a = Store(tmp_path / "a", url, pass_rate=1.0, box_id="box-a")
+    b = Store(tmp_path / "b", url, pass_rate=1.0, box_id="box-b")
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def _gate(tmp_path: Path, fp32: Detector, int8: Detector) -> GateReport:
+    """A gate report of int8 against fp32 on two images of the sample."""
+    lib = GoldenLibrary(tmp_path / "golden")
+    items, classes = from_dataset(SAMPLE, "val", limit=2)
+    return run_gate(int8, fp32, lib, lib.create("g", items, classes), card_recipe(fp32.card))
+
 def test_gate_reports_and_shadow_runs_listed_are_this_boxs(
         tmp_path: Path, detectors: tuple[Detector, Detector]) -> None:
     """Two boxes sharing a database: box b's gate report and shadow run were listed by box
     a (GET /v1/models/{name}/gates, GET /v1/models/{name}/shadow) as its own, though a
     report carries no box and admits nothing on a (review, session 36)."""
     fp32, int8 = detectors
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
-    a = Store(tmp_path / "a", url, pass_rate=1.0, box_id="box-a")
-    b = Store(tmp_path / "b", url, pass_rate=1.0, box_id="box-b")
-    try:
+    with _sharing(tmp_path) as (a, b):
         ra, rb = Records(a), Records(b)
-        lib = GoldenLibrary(tmp_path / "golden")
-        items, classes = from_dataset(SAMPLE, "val", limit=2)
-        report = run_gate(int8, fp32, lib, lib.create("g", items, classes), card_recipe(fp32.card))
+        report = _gate(tmp_path, fp32, int8)
         rb.save_gate(report, "admin-b")
         rb.start_shadow("run-b", model="deeppcb", version="1-int8", sha256=int8.card.sha256,
                         sample_rate=0.5)
@@ -382,9 +399,6 @@ def test_gate_reports_and_shadow_runs_listed_are_this_boxs(
         run = rb.shadow_run("deeppcb")
         assert run is not None and run.id == "run-b"
         assert ra.shadow_run("deeppcb") is None
-    finally:
-        a.close()
-        b.close()
 
 
 def test_a_gate_report_and_admissions_read_are_this_boxs(
@@ -394,14 +408,9 @@ def test_a_gate_report_and_admissions_read_are_this_boxs(
     (GET /v1/models/{name}/lineage) as how its own versions came to judge (review,
     session 37): both are box b's alone."""
     fp32, int8 = detectors
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
-    a = Store(tmp_path / "a", url, pass_rate=1.0, box_id="box-a")
-    b = Store(tmp_path / "b", url, pass_rate=1.0, box_id="box-b")
-    try:
+    with _sharing(tmp_path) as (a, b):
         ra, rb = Records(a), Records(b)
-        lib = GoldenLibrary(tmp_path / "golden")
-        items, classes = from_dataset(SAMPLE, "val", limit=2)
-        report = run_gate(int8, fp32, lib, lib.create("g", items, classes), card_recipe(fp32.card))
+        report = _gate(tmp_path, fp32, int8)
         rb.save_gate(report, "admin-b")
         (row,) = rb.gates_of("deeppcb", "1-int8", int8.card.sha256)
         rb.admit(model="deeppcb", version="1-int8", sha256=int8.card.sha256, role="active",
@@ -413,6 +422,3 @@ def test_a_gate_report_and_admissions_read_are_this_boxs(
             ra.gate_report(report.id)
         assert [(x["box_id"], x["version"]) for x in ra.admissions("deeppcb")] == [("box-a", "1")]
         assert [(x["box_id"], x["version"]) for x in rb.admissions("deeppcb")] == [("box-b", "1-int8")]
-    finally:
-        a.close()
-        b.close()
