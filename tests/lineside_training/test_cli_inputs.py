@@ -332,3 +332,13 @@ def test_a_config_that_is_not_there_is_one_line_naming_it(tmp_path: Path) -> Non
         said = " ".join(r.output.split())
         assert f"{missing}: cannot read config (No such file or directory)" in said, said
         assert "Errno" not in said and "Traceback" not in said
+
+
+@pytest.mark.parametrize("model", ["lsdet", "fasterrcnn_mobilenet_v3_fpn"])
+def test_a_model_kwarg_the_model_does_not_take_is_one_line(model: str) -> None:
+    """``--set model_kwargs.widht=2`` ended in a TypeError traceback from deep in the model
+    (CLI sweep, session 37): one line naming the model and the argument."""
+    from lineside_training.models import build_model
+
+    with pytest.raises(ConfigError, match=rf"model {model}: model_kwargs.*widht"):
+        build_model(model, num_classes=2, widht=2)
