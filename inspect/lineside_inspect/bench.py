@@ -8,7 +8,7 @@ import math
 import os
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -337,11 +337,12 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
     stores = (True, False)
     with tempfile.TemporaryDirectory(prefix="lineside-bench-") as tmp:
         servers: dict[bool, tuple[Any, str]] = {}
+        starting: dict[bool, Future[tuple[Any, str]]] = {}
         try:
             with ThreadPoolExecutor(len(stores)) as pool:  # both start at once
-                starting = {store: pool.submit(_serve_process, package, Path(tmp) / str(store),
-                                               store=store, threads=threads,
-                                               concurrency=concurrency) for store in stores}
+                starting.update({store: pool.submit(
+                    _serve_process, package, Path(tmp) / str(store), store=store,
+                    threads=threads, concurrency=concurrency) for store in stores})
                 for store, future in starting.items():
                     with contextlib.suppress(RuntimeError):  # raised again below
                         servers[store] = future.result()
@@ -386,6 +387,11 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
                         rates.setdefault((store, k), []).append(rate)
                         ratios.setdefault((store, k), []).append(rate / base)
         finally:
+            # a Ctrl-C (SIGTERM) while they started reaches this thread, not the ones that
+            # start them: those finished (the pool waits for them) and their servers ran on
+            for store, future in starting.items():
+                if store not in servers and not future.cancelled() and future.exception() is None:
+                    servers[store] = future.result()
             for proc, _ in servers.values():
                 proc.terminate()
                 proc.wait(30)

@@ -877,7 +877,8 @@ def bench_line_cmd(
     in one run through a simulated 30 fps camera (needs lineside[line])."""
     from lineside_inspect.bench import bench_line
 
-    r = bench_line(package, frames, triggers=triggers, fps=fps)
+    with sigterm_as_ctrl_c():  # its server and the temp folder are stopped, as on Ctrl-C
+        r = bench_line(package, frames, triggers=triggers, fps=fps)
     out.print("| trigger | p50 | p95 | p50 minus HTTP |\n|---|---|---|---|")
     for key, name in (("http", "HTTP trigger -> verdict"), ("opcua", "OPC UA Trigger -> ResultReady"),
                       ("modbus", "Modbus TCP Trigger -> ResultReady")):
@@ -907,10 +908,10 @@ def bench_server_cmd(
     from lineside_inspect.bench import bench_server, format_server_rows
 
     counts = _counts("--clients", clients)
-    out.print(format_server_rows(bench_server(package, image, requests=requests, seconds=seconds,
-                                              threads=threads, concurrency=concurrency,
-                                              rounds=rounds, clients=counts),
-                                 counts), markup=False)
+    with sigterm_as_ctrl_c():  # its two servers and the temp folder are stopped, as on Ctrl-C
+        rows = bench_server(package, image, requests=requests, seconds=seconds, threads=threads,
+                            concurrency=concurrency, rounds=rounds, clients=counts)
+    out.print(format_server_rows(rows, counts), markup=False)
 
 
 @bench_app.command("hub")
@@ -977,8 +978,10 @@ def bench_shadow_cmd(
     and saturated, against a lineside serve process (docs/lifecycle.md)."""
     from lineside_inspect.lifecycle.bench import bench_shadow, format_shadow_rows
 
-    rows = bench_shadow(package, shadow, frames, seconds=seconds, rounds=rounds, rate_hz=rate,
-                        clients=clients, sample_rate=sample_rate, threads=threads)
+    with sigterm_as_ctrl_c():  # its server and the temp folder are stopped, as on Ctrl-C
+        rows = bench_shadow(package, shadow, frames, seconds=seconds, rounds=rounds,
+                            rate_hz=rate, clients=clients, sample_rate=sample_rate,
+                            threads=threads)
     out.print(format_shadow_rows(rows), markup=False)
 
 

@@ -314,3 +314,43 @@ def test_bench_hub_stopped_by_sigterm_removes_its_folder(tmp_path: Path) -> None
     _interrupted(["bench", "hub", "--config", str(fifo), "--review-list", "0"], signal.SIGTERM,
                  tmp_path, temp, "lineside-bench-hub-*", TMPDIR=str(temp))
     assert list(temp.iterdir()) == []
+
+
+def _servers_in(temp: Path) -> list[int]:
+    """Processes whose data folder is under ``temp``: a bench's ``lineside serve``
+    children (reparented and running on once their bench has gone)."""
+    mark = f"LINESIDE_DATA_DIR={temp}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and any(v.startswith(mark) for v in
+                                           (proc / "environ").read_bytes().split(b"\0")):
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours
+            continue
+    return found
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("bench", [
+    ["server", str(PACKAGE), "--seconds", "1", "--requests", "1"],
+    ["shadow", str(PACKAGE), "--shadow", str(PACKAGE.parent / "1-int8"), "--seconds", "1"],
+    ["line", str(PACKAGE), "--triggers", "1"],
+], ids=lambda b: b[0])
+def test_a_bench_stopped_by_sigterm_stops_its_servers_and_removes_its_folder(
+        tmp_path: Path, bench: list[str]) -> None:
+    """SIGTERM ended bench server, shadow and line at once: their ``lineside serve``
+    children ran on and their lineside-bench-* folder was left. They stop as on Ctrl-C
+    now. Sent once the folder is there: while the servers start (bench server starts its
+    two in threads, which the signal does not reach; the ones they started are stopped
+    too)."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    try:
+        _interrupted(["bench", *bench], signal.SIGTERM, ROOT, temp, "lineside-bench-*",
+                     TMPDIR=str(temp))
+        assert _servers_in(temp) == []
+        assert list(temp.iterdir()) == []
+    finally:
+        for pid in _servers_in(temp):  # not left running by a failed test either
+            os.kill(pid, signal.SIGKILL)
