@@ -48,9 +48,8 @@ UPSERT_ROWS = 500  # history rows a statement upserts (SQLite bounds its paramet
 
 
 def key_of(row: InspectionRow) -> tuple[Any, ...]:
-    """``row``'s values of :data:`KEY_COLUMNS`."""
-    return (row.created_at, row.box_id, row.site, row.line, row.camera_id, row.recipe_name,
-            row.verdict)
+    """``row``'s values of :data:`KEY_COLUMNS` (read by their names: one list of them)."""
+    return tuple(getattr(row, column.key) for column in KEY_COLUMNS)
 
 
 SLOT_MINUTES = 15  # the history's grain: shifts and days start on one in every zone
