@@ -391,6 +391,7 @@ class Store:
             if url is None:  # (before anything is made in it: a store ran here before?)
                 self._check_database_moved()
             self.box_id = resolve_box_id(self.data_dir, box_id)
+            self._shadows_made = False  # (_shadow_table)
             self.images_dir = self.data_dir / IMAGES_DIR
             self.images_dir.mkdir(parents=True, exist_ok=True)
             # the default database is this box's own: nobody else's rows can be in it
@@ -1653,7 +1654,7 @@ class Store:
         if queue == "shadow":
             # the lifecycle makes this table: a store it never ran on (a hub, a data pull)
             # has no shadow disagreements, and querying the missing table was a 500
-            if not sa_inspect(self.engine).has_table(ShadowResultRow.__tablename__):
+            if not self._shadow_table():
                 return 0, []
             conds.append(InspectionRow.id.in_(select(ShadowResultRow.inspection_id)))
         elif queue == "to_label":
@@ -1666,6 +1667,13 @@ class Store:
                                   .order_by(InspectionRow.created_at.desc(), InspectionRow.id)
                                   .limit(limit).offset(offset)))
         return total, rows
+
+    def _shadow_table(self) -> bool:
+        """Whether the lifecycle has made the shadow table here; looked up until it has (a
+        table is never dropped: then kept, not asked of the database on every listing)."""
+        if not self._shadows_made:
+            self._shadows_made = sa_inspect(self.engine).has_table(ShadowResultRow.__tablename__)
+        return self._shadows_made
 
     def get(self, inspection_id: str) -> InspectionRow:
         self._applied()
