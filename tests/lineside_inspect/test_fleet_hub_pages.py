@@ -60,6 +60,13 @@ def _csv(c: httpx.Client, **params: Any) -> tuple[str, list[list[str]]]:
     return name.group(1), list(csv.reader(io.StringIO(r.text)))
 
 
+def _sign_in(page: Any, url: str) -> None:
+    """Open ``url`` in ``page`` and sign in as the QA reviewer."""
+    page.goto(url)
+    page.fill("#key", KEYS["qa"])
+    page.keyboard.press("Enter")
+
+
 def _report(c: httpx.Client, box: str) -> None:
     """``box``'s status report at plant-a (the hub's pages list the boxes that reported)."""
     r = c.post(f"/fleet/v1/boxes/{box}/status", headers={"authorization": f"Bearer {KEYS[box]}"},
@@ -121,9 +128,7 @@ def test_a_queue_keeps_the_box_chosen(hub: ServedHub) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1024, "height": 768})
-        page.goto(hub.url + "/review")
-        page.fill("#key", KEYS["qa"])
-        page.keyboard.press("Enter")
+        _sign_in(page, hub.url + "/review")
         expect(page.locator('select[name=box_id] option[value="box3"]')).to_have_count(1)
         page.select_option("select[name=box_id]", "box3")
         page.click("#filters button[type=submit]")
@@ -192,9 +197,7 @@ def test_a_queue_counts_the_box_chosen_in_a_browser_without_urlsearchparams_size
         page = browser.new_page(viewport={"width": 1024, "height": 768})
         page.add_init_script("delete URLSearchParams.prototype.size;"  # an older browser's
                              "sessionStorage.setItem('lineside.review', 'box_id=box5&offset=0')")
-        page.goto(hub.url + "/review")
-        page.fill("#key", KEYS["qa"])
-        page.keyboard.press("Enter")
+        _sign_in(page, hub.url + "/review")
         expect(page.locator("select[name=box_id]")).to_have_value("box5")
         assert page.evaluate("new URLSearchParams('a=1').size") is None
         expect(page.locator("#count")).to_have_text("1–2 of 2")
@@ -214,9 +217,7 @@ def test_the_fleet_page_tells_a_screen_reader_only_what_changed(hub: ServedHub) 
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1024, "height": 768})
         page.clock.install()
-        page.goto(hub.url + "/fleet")
-        page.fill("#key", KEYS["qa"])
-        page.keyboard.press("Enter")
+        _sign_in(page, hub.url + "/fleet")
         expect(page.locator("#updated")).to_contain_text("updated")
         expect(page.locator("#summary")).to_contain_text("box(es)")
         first = page.locator("#updated").inner_text()
@@ -245,9 +246,7 @@ def test_the_fleet_page_at_320_px_scrolls_its_table_not_the_page(hub: ServedHub)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 320, "height": 640})
-        page.goto(hub.url + "/fleet")
-        page.fill("#key", KEYS["qa"])
-        page.keyboard.press("Enter")
+        _sign_in(page, hub.url + "/fleet")
         expect(page.locator("#boxes tbody tr[data-box=box1]")).to_have_count(1)
         wide = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
         assert wide[0] <= wide[1], wide
