@@ -430,3 +430,33 @@ def test_the_history_past_the_longest_window_is_pruned_by_each_box_for_itself(
     assert left == sorted([("box-a", history.slot_of(recent)), ("box-b", history.slot_of(old)),
                            ("box-b", history.slot_of(recent))]), left
     store.close()
+
+
+def test_retention_with_nothing_to_remove_waits_for_no_other_writer(tmp_path: Path) -> None:
+    """The history's prune was a DELETE at every retention pass: on SQLite that takes the
+    write lock though it matches nothing, so a save looking for room while another writer
+    held the lock (the outbox marking rows delivered) waited out the 30 s busy timeout.
+    It looks first now and writes nothing when no slot is that old."""
+    import sqlite3
+
+    store = Store(tmp_path, pass_rate=1.0, box_id="box-a", max_age_days=365)
+    with Session(store.engine) as s, s.begin():  # a recent slot: nothing to prune
+        from lineside_inspect.store import history
+
+        history.count_removed(s, [(T, "box-a", None, None, "cam1", "r", "pass")])
+    writes: list[str] = []
+    event.listen(store.engine, "before_cursor_execute",
+                 lambda *a: writes.append(a[2]) if a[2].lstrip().upper().startswith(
+                     ("DELETE", "INSERT", "UPDATE")) else None)
+    other = sqlite3.connect(tmp_path / "lineside.db", timeout=0.1)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds SQLite's write lock
+    done: list[int] = []
+    worker = threading.Thread(target=lambda: done.append(store.enforce_retention(now=T)),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=20)  # (a hang check: it waited 30 s for the lock)
+    other.rollback()
+    other.close()
+    assert done == [0], done
+    assert writes == [], writes
+    store.close()

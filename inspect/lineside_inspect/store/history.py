@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, delete
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -90,5 +90,9 @@ def prune(s: Session, now: datetime, box_id: str | None = None) -> int:
     conds = [YieldHistoryRow.hour < as_utc(now) - KEPT]
     if box_id is not None:
         conds.append(YieldHistoryRow.box_id == (box_id or NONE))
+    # looked for first: a DELETE takes SQLite's write lock even when it matches nothing,
+    # and a save looking for room waited out the busy timeout behind any other writer
+    if s.execute(select(YieldHistoryRow.hour).where(*conds).limit(1)).first() is None:
+        return 0
     done = s.execute(delete(YieldHistoryRow).where(*conds))
     return int(getattr(done, "rowcount", 0) or 0)
