@@ -20,6 +20,7 @@ from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.errors import BenchError
 from lineside_inspect.imageio import IMAGE_SUFFIXES
 from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.serve_process import stopped_at_exit
 
 
 def bench_model(package: str | Path, *, runs: int = 50, batches: list[int] | None = None,
@@ -335,66 +336,57 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
     in_process(1.0)  # warm-up
     span = seconds / rounds
     stores = (True, False)
-    with tempfile.TemporaryDirectory(prefix="lineside-bench-") as tmp:
+    # servers: stopped at the end, however it comes (a Ctrl-C or SIGTERM while they start too)
+    with tempfile.TemporaryDirectory(prefix="lineside-bench-") as tmp, stopped_at_exit():
         servers: dict[bool, tuple[Any, str]] = {}
         starting: dict[bool, Future[tuple[Any, str]]] = {}
-        try:
-            with ThreadPoolExecutor(len(stores)) as pool:  # both start at once
-                starting.update({store: pool.submit(
-                    _serve_process, package, Path(tmp) / str(store), store=store,
-                    threads=threads, concurrency=concurrency) for store in stores})
-                for store, future in starting.items():
-                    with contextlib.suppress(RuntimeError):  # raised again below
-                        servers[store] = future.result()
-                for future in starting.values():
-                    try:  # the first start that failed, once all are in servers
-                        future.result()
-                    except RuntimeError as exc:
-                        raise BenchError(str(exc)) from None
-            overhead: dict[bool, list[float]] = {s: [] for s in stores}
-            round_trip: dict[bool, list[float]] = {s: [] for s in stores}
-            server_infer: dict[bool, list[float]] = {s: [] for s in stores}
-            baseline: list[float] = []
-            ratios: dict[tuple[bool, int], list[float]] = {}
-            rates: dict[tuple[bool, int], list[float]] = {}
-            for r in range(rounds):
-                for store in stores:
-                    # a connection per round: one left idle through the loads would meet
-                    # the server's keep-alive timeout
-                    line = _Line(servers[store][1])
-                    try:
-                        for i in range(-(-requests // rounds) + (5 if r == 0 else 0)):
-                            t = time.perf_counter()
-                            status, body = line.inspect(image)
-                            rt = (time.perf_counter() - t) * 1000
-                            if status != 200:
-                                raise BenchError(f"{servers[store][1]}: HTTP {status}: "
-                                                   f"{body[:200].decode(errors='replace')}")
-                            if r == 0 and i < 5:  # warm-up
-                                continue
-                            doc = json.loads(body)
-                            assert doc["stored"] is store or doc["verdict"] == "pass"
-                            round_trip[store].append(rt)
-                            server_infer[store].append(doc["timings_ms"]["infer"])
-                            overhead[store].append(rt - doc["timings_ms"]["infer"])
-                    finally:
-                        line.close()
-                for k in clients:
-                    for store in stores:
-                        base = in_process(span)
-                        rate = _load(servers[store][1], image, k, span)
-                        baseline.append(base)
-                        rates.setdefault((store, k), []).append(rate)
-                        ratios.setdefault((store, k), []).append(rate / base)
-        finally:
-            # a Ctrl-C (SIGTERM) while they started reaches this thread, not the ones that
-            # start them: those finished (the pool waits for them) and their servers ran on
+        with ThreadPoolExecutor(len(stores)) as pool:  # both start at once
+            starting.update({store: pool.submit(
+                _serve_process, package, Path(tmp) / str(store), store=store,
+                threads=threads, concurrency=concurrency) for store in stores})
             for store, future in starting.items():
-                if store not in servers and not future.cancelled() and future.exception() is None:
+                with contextlib.suppress(RuntimeError):  # raised again below
                     servers[store] = future.result()
-            for proc, _ in servers.values():
-                proc.terminate()
-                proc.wait(30)
+            for future in starting.values():
+                try:  # the first start that failed, once all are in servers
+                    future.result()
+                except RuntimeError as exc:
+                    raise BenchError(str(exc)) from None
+        overhead: dict[bool, list[float]] = {s: [] for s in stores}
+        round_trip: dict[bool, list[float]] = {s: [] for s in stores}
+        server_infer: dict[bool, list[float]] = {s: [] for s in stores}
+        baseline: list[float] = []
+        ratios: dict[tuple[bool, int], list[float]] = {}
+        rates: dict[tuple[bool, int], list[float]] = {}
+        for r in range(rounds):
+            for store in stores:
+                # a connection per round: one left idle through the loads would meet
+                # the server's keep-alive timeout
+                line = _Line(servers[store][1])
+                try:
+                    for i in range(-(-requests // rounds) + (5 if r == 0 else 0)):
+                        t = time.perf_counter()
+                        status, body = line.inspect(image)
+                        rt = (time.perf_counter() - t) * 1000
+                        if status != 200:
+                            raise BenchError(f"{servers[store][1]}: HTTP {status}: "
+                                               f"{body[:200].decode(errors='replace')}")
+                        if r == 0 and i < 5:  # warm-up
+                            continue
+                        doc = json.loads(body)
+                        assert doc["stored"] is store or doc["verdict"] == "pass"
+                        round_trip[store].append(rt)
+                        server_infer[store].append(doc["timings_ms"]["infer"])
+                        overhead[store].append(rt - doc["timings_ms"]["infer"])
+                finally:
+                    line.close()
+            for k in clients:
+                for store in stores:
+                    base = in_process(span)
+                    rate = _load(servers[store][1], image, k, span)
+                    baseline.append(base)
+                    rates.setdefault((store, k), []).append(rate)
+                    ratios.setdefault((store, k), []).append(rate / base)
     med = lambda xs: float(np.median(xs))  # noqa: E731
     return [{"store": store, "rounds": rounds,
              "round_trip_p50_ms": med(round_trip[store]),
@@ -571,14 +563,11 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
 
     try:
         os.environ.update(line_env)
-        with tempfile.TemporaryDirectory(prefix="lineside-bench-line-") as tmp:
-            proc, url = _serve_process(Path(package).resolve(), Path(tmp), store=True,
-                                       threads=None, concurrency=2)
-            try:
-                asyncio.run(run(url))
-            finally:
-                proc.terminate()
-                proc.wait(30)
+        # the server: stopped at the end, also on a Ctrl-C (SIGTERM) while it starts
+        with tempfile.TemporaryDirectory(prefix="lineside-bench-line-") as tmp, stopped_at_exit():
+            _, url = _serve_process(Path(package).resolve(), Path(tmp), store=True,
+                                    threads=None, concurrency=2)
+            asyncio.run(run(url))
     finally:
         for k, v in saved.items():
             if v is None:

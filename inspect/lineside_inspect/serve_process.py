@@ -13,6 +13,8 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -118,12 +120,80 @@ def wait_ready(proc: subprocess.Popen[Any], url: str, *, timeout_s: float = 120.
         time.sleep(0.1)
 
 
-def start(args: list[str], port: int, *, env: dict[str, str] | None = None,
-          log: Path | None = None, timeout_s: float = 120.0) -> tuple[subprocess.Popen[bytes], str]:
-    """``lineside ARGS`` (listening on ``port``) started by this interpreter, its output
-    appended to ``log`` (without one: stdout dropped, stderr kept for the error); returns
-    (process, URL) once it is ready. Killed again if it is not (``RuntimeError``)."""
-    url = f"http://127.0.0.1:{port}"
+class _Scope:
+    """The servers :func:`start` started while a :func:`stopped_at_exit` block is open."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.closed = False
+
+
+_SCOPES: list[_Scope] = []  # open blocks, innermost last (a start in any thread joins all)
+_SCOPES_LOCK = threading.Lock()
+
+
+@contextmanager
+def stopped_at_exit() -> Iterator[None]:
+    """Every server a :func:`start` that began inside the block (in any thread) started is
+    stopped when the block ends, however it ends. A Ctrl-C (SIGTERM under ``cli.sigterm_as_ctrl_c``) between a
+    server's start and the caller recording it left that server running (and writing in
+    the bench's temp folder being removed). A start still going on in another thread when
+    the block ends stops its own server (``RuntimeError``)."""
+    scope = _Scope()
+    with _SCOPES_LOCK:
+        _SCOPES.append(scope)
+    try:
+        yield
+    finally:
+        with _SCOPES_LOCK:
+            _SCOPES.remove(scope)
+        with scope.lock:
+            scope.closed = True
+            procs = list(scope.procs)
+        for proc in procs:
+            stop(proc)
+
+
+def _track(proc: subprocess.Popen[Any], scopes: list[_Scope]) -> bool:
+    """Record ``proc`` in ``scopes`` (the blocks open when its start began): False when one
+    has ended meanwhile (its owner stopped what it had: this one would run on unseen)."""
+    for scope in scopes:
+        with scope.lock:
+            if scope.closed:
+                return False
+            scope.procs.append(proc)
+    return True
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held until the block ends, then delivered to the handlers they
+    had (in the main thread: only there do signals reach Python). One inside ``Popen``
+    (after the fork, before it returned) left the child running with nothing to stop it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        came.append(signum)
+
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # (one at a time: each put back below)
+            previous[sig] = signal.signal(sig, hold)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            # (None: one set outside Python, which Python cannot put back)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(came):
+            signal.raise_signal(signum)  # (its own handler: a KeyboardInterrupt, or the end)
+
+
+def _popen(args: list[str], env: dict[str, str] | None,
+           log: Path | None) -> subprocess.Popen[bytes]:
     if log is None:
         proc = subprocess.Popen([*LINESIDE, *args], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
@@ -132,15 +202,34 @@ def start(args: list[str], port: int, *, env: dict[str, str] | None = None,
         tail: deque[bytes] = deque(maxlen=100)
         _TAILS[proc] = tail
         threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True).start()
-    else:
-        with log.open("ab") as out:
-            proc = subprocess.Popen([*LINESIDE, *args], env=env, stdout=out,
-                                    stderr=subprocess.STDOUT)
+        return proc
+    with log.open("ab") as out:
+        return subprocess.Popen([*LINESIDE, *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def start(args: list[str], port: int, *, env: dict[str, str] | None = None,
+          log: Path | None = None, timeout_s: float = 120.0) -> tuple[subprocess.Popen[bytes], str]:
+    """``lineside ARGS`` (listening on ``port``) started by this interpreter, its output
+    appended to ``log`` (without one: stdout dropped, stderr kept for the error); returns
+    (process, URL) once it is ready. Killed again if it is not (``RuntimeError``), and on
+    a Ctrl-C (SIGTERM) at any point before this returns. Recorded in the open
+    :func:`stopped_at_exit` blocks, which stop it at their end."""
+    url = f"http://127.0.0.1:{port}"
+    with _SCOPES_LOCK:
+        scopes = list(_SCOPES)
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        with interrupts_held():
+            proc = _popen(args, env, log)
+            tracked = _track(proc, scopes)
+        if not tracked:
+            raise RuntimeError(f"{url}: started after the block stopping its servers ended")
         wait_ready(proc, url, timeout_s=timeout_s, log=log)
-    except BaseException:  # not ready, or a Ctrl-C (SIGTERM) while waiting: not left running
-        proc.kill()
-        proc.wait()
+    except BaseException:  # not ready, or a Ctrl-C (SIGTERM) meanwhile: not left running
+        if proc is not None:
+            proc.kill()
+            proc.wait()
         raise
     return proc, url
 

@@ -170,3 +170,109 @@ def test_a_port_share_keeps_side_by_side_processes_apart() -> None:
         share_ports(*before)
     with pytest.raises(ValueError, match="index must be"):
         share_ports(2, 2)
+
+
+# a server for serve_process.start that answers /readyz at once (the port is its argument):
+# what start, stop and the blocks around them do, not what lineside serve does
+READY_SERVER = """
+import http.server, sys
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[-1])), Ready).serve_forever()
+"""
+
+
+@pytest.fixture
+def tiny_servers(monkeypatch: pytest.MonkeyPatch) -> list[subprocess.Popen[bytes]]:
+    """serve_process.start runs READY_SERVER; the processes it started, killed at the end."""
+    import sys
+
+    from lineside_inspect import serve_process
+
+    started: list[subprocess.Popen[bytes]] = []
+    real = serve_process._popen
+
+    def recording(*args: object) -> subprocess.Popen[bytes]:
+        proc = real(*args)  # type: ignore[arg-type]
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(serve_process, "LINESIDE", [sys.executable, "-c", READY_SERVER])
+    monkeypatch.setattr(serve_process, "_popen", recording)
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_sigterm_inside_popen_still_stops_the_child(
+        tiny_servers: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lineside bench`` turns SIGTERM into a Ctrl-C, which stops its servers; one that
+    came inside ``Popen`` (after the fork, before it returned) left the child running, with
+    nothing holding it to stop. The signal is held until the child is recorded now."""
+    from lineside_inspect import serve_process
+    from lineside_inspect.cli import sigterm_as_ctrl_c
+
+    real = serve_process._popen  # (the fixture's recording one)
+
+    def signalled_inside(*args: object) -> subprocess.Popen[bytes]:
+        proc = real(*args)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGTERM)  # as if it came before Popen returned
+        return proc
+
+    monkeypatch.setattr(serve_process, "_popen", signalled_inside)
+    port = free_port()
+    with sigterm_as_ctrl_c(), pytest.raises(KeyboardInterrupt):
+        serve_process.start([str(port)], port)
+    assert len(tiny_servers) == 1
+    assert tiny_servers[0].poll() is not None  # killed before the Ctrl-C went on
+
+
+def test_a_server_the_caller_never_recorded_is_stopped_at_the_blocks_end(
+        tiny_servers: list[subprocess.Popen[bytes]]) -> None:
+    """A Ctrl-C (SIGTERM) between start returning and the bench recording the server left
+    it running; and a start still going on in a thread when the block ended (a bench's
+    pool starting its two servers) kept its server. The block stops the one, the start the
+    other."""
+    from lineside_inspect import serve_process
+    from lineside_inspect.serve_process import start, stopped_at_exit
+
+    port = free_port()
+    with pytest.raises(KeyboardInterrupt), stopped_at_exit():
+        start([str(port)], port)
+        raise KeyboardInterrupt  # before the caller kept what start returned
+    assert len(tiny_servers) == 1 and tiny_servers[0].poll() is not None
+
+    began, go = threading.Event(), threading.Event()
+    real = serve_process._popen
+    outcome: list[BaseException | None] = []
+
+    def late(*args: object) -> subprocess.Popen[bytes]:
+        began.set()
+        go.wait(30)
+        return real(*args)  # type: ignore[arg-type]
+
+    def start_in_thread() -> None:
+        late_port = free_port()
+        try:
+            start([str(late_port)], late_port)
+            outcome.append(None)
+        except BaseException as exc:  # (what the thread's start raised)
+            outcome.append(exc)
+
+    serve_process._popen = late  # type: ignore[assignment]
+    try:
+        with stopped_at_exit():
+            thread = threading.Thread(target=start_in_thread)
+            thread.start()
+            assert began.wait(30)
+        go.set()  # the block has ended: the start goes on
+        thread.join(60)
+    finally:
+        serve_process._popen = real  # type: ignore[assignment]
+    assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError), outcome
+    assert len(tiny_servers) == 2 and tiny_servers[1].poll() is not None

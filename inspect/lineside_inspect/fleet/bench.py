@@ -17,11 +17,11 @@ measure the CPU, not forwarding. Two phases:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -35,7 +35,7 @@ import yaml
 from lineside_inspect.config import read_config_file
 from lineside_inspect.errors import MissingExtraError
 from lineside_inspect.fleet.weed import LocalWeed, weed_binary
-from lineside_inspect.serve_process import free_port, start, stop
+from lineside_inspect.serve_process import free_port, start, stopped_at_exit
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -118,9 +118,12 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
     image = image or next((ROOT / "datasets" / "deeppcb-sample" / "images").rglob("*_test.jpg"))
     tmp = Path(tempfile.mkdtemp(prefix="lineside-bench-hub-"))
     weed: LocalWeed | None = None
-    procs: list[subprocess.Popen[bytes]] = []
+    # the hub: stopped at the end, also on a Ctrl-C (SIGTERM) while it starts (after the
+    # boxes: they forward to it until then)
+    servers = contextlib.ExitStack()
     workers: list[Any] = []
     try:
+        servers.enter_context(stopped_at_exit())
         # a list, a FIFO or a file not in UTF-8 was a traceback or a hang (as the hub reads it)
         doc = read_config_file(config, "a hub config") if config is not None else {}
         doc.setdefault("database_url", f"sqlite:///{tmp / 'hub.db'}")
@@ -142,9 +145,8 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
         doc.update({"host": "127.0.0.1", "port": port, "data_dir": str(tmp / "hub"),
                     "api_keys": [{"name": n, "role": "box", "key": f"key-{n}"} for n in names]})
         (tmp / "hub.yaml").write_text(yaml.safe_dump(doc))
-        hub, hub_url = start(["hub", "--config", str(tmp / "hub.yaml")], port,
-                             log=tmp / "hub.log")
-        procs.append(hub)
+        _, hub_url = start(["hub", "--config", str(tmp / "hub.yaml")], port,
+                           log=tmp / "hub.log")
         ctx = mp.get_context("spawn")
         barrier = ctx.Barrier(boxes + 1)
         results = ctx.Queue()
@@ -179,8 +181,7 @@ def bench_hub(config: Path | None = None, *, boxes: int = 3, rate: float = 30.0,
             if w.is_alive():
                 w.terminate()
                 w.join(30)
-        for p in procs:
-            stop(p)
+        servers.close()
         if weed is not None:
             weed.stop(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from lineside_inspect.serve_process import free_ports
+from lineside_inspect.serve_process import free_ports, interrupts_held
 
 __all__ = ["LocalWeed", "weed_binary", "weed_sockets"]
 
@@ -125,7 +125,8 @@ class LocalWeed:
         mg, vg, fg, sg, ice = self.extra_ports
         log = self.root / "weed.log"
         before = log.stat().st_size if log.exists() else 0
-        with log.open("ab") as out:
+        # (held: one inside Popen left weed running with self.proc unset, so stop() missed it)
+        with log.open("ab") as out, interrupts_held():
             self.proc = subprocess.Popen(
                 [self.binary, f"-logdir={self.root}", "server", f"-dir={self.root / 'data'}",
                  "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={self.master_port}",

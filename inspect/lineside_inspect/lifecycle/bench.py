@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.imageio import IMAGE_SUFFIXES
+from lineside_inspect.serve_process import stopped_at_exit
 
 
 @dataclass
@@ -102,43 +103,40 @@ def bench_shadow(package: str | Path, shadow: str | Path, frames: str | Path, *,
                          f"{shadow_card.name}, the version {package} is: give another version")
     loads = {"line rate": (1, 1.0 / rate_hz), "saturated": (clients, None)}
     rows = {(load, on): _Phase(load, on) for load in loads for on in (False, True)}
-    with tempfile.TemporaryDirectory(prefix="lineside-bench-shadow-") as tmp:
-        proc, url = _serve_process(Path(package).resolve(), Path(tmp), store=True, threads=threads,
-                                   concurrency=2)
-        try:
-            with httpx.Client(base_url=url, timeout=60) as c:
-                c.post("/v1/models", json={"path": str(Path(shadow).resolve()), "activate": False}
-                       ).raise_for_status()
-                _send(url, images, seconds=2, clients=1, interval_s=None)  # warm-up
-                name = shadow_card.name
+    # the server: stopped at the end, also on a Ctrl-C (SIGTERM) while it starts
+    with tempfile.TemporaryDirectory(prefix="lineside-bench-shadow-") as tmp, stopped_at_exit():
+        _, url = _serve_process(Path(package).resolve(), Path(tmp), store=True, threads=threads,
+                                concurrency=2)
+        with httpx.Client(base_url=url, timeout=60) as c:
+            c.post("/v1/models", json={"path": str(Path(shadow).resolve()), "activate": False}
+                   ).raise_for_status()
+            _send(url, images, seconds=2, clients=1, interval_s=None)  # warm-up
+            name = shadow_card.name
 
-                def counts() -> dict[str, int]:
-                    doc = c.get(f"/v1/models/{name}/shadow").json()
-                    return {k: int(doc.get(k) or 0) for k in ("offered", "compared", "dropped")}
+            def counts() -> dict[str, int]:
+                doc = c.get(f"/v1/models/{name}/shadow").json()
+                return {k: int(doc.get(k) or 0) for k in ("offered", "compared", "dropped")}
 
-                for _ in range(rounds):
-                    for load, (n, interval) in loads.items():
-                        for on in (False, True):
-                            if on:
-                                c.post(f"/v1/models/{name}/shadow", json={
-                                    "version": shadow_card.version, "sample_rate": sample_rate,
-                                    "force": True, "reason": "lineside bench shadow"}
-                                ).raise_for_status()
-                            before = counts() if on else None
-                            row = rows[(load, on)]
-                            row.ms += _send(url, images, seconds=seconds, clients=n,
-                                            interval_s=interval)
-                            row.seconds += seconds
-                            if on:
-                                time.sleep(1.0)  # what was queued at the end finishes
-                                after = counts()
-                                assert before is not None
-                                for k in ("offered", "compared", "dropped"):
-                                    row.shadow[k] += after[k] - before[k]
-                                c.delete(f"/v1/models/{name}/shadow").raise_for_status()
-        finally:
-            proc.terminate()
-            proc.wait(30)
+            for _ in range(rounds):
+                for load, (n, interval) in loads.items():
+                    for on in (False, True):
+                        if on:
+                            c.post(f"/v1/models/{name}/shadow", json={
+                                "version": shadow_card.version, "sample_rate": sample_rate,
+                                "force": True, "reason": "lineside bench shadow"}
+                            ).raise_for_status()
+                        before = counts() if on else None
+                        row = rows[(load, on)]
+                        row.ms += _send(url, images, seconds=seconds, clients=n,
+                                        interval_s=interval)
+                        row.seconds += seconds
+                        if on:
+                            time.sleep(1.0)  # what was queued at the end finishes
+                            after = counts()
+                            assert before is not None
+                            for k in ("offered", "compared", "dropped"):
+                                row.shadow[k] += after[k] - before[k]
+                            c.delete(f"/v1/models/{name}/shadow").raise_for_status()
     return [{"load": r.load, "shadow": r.on, **r.shadow, "requests": len(r.ms),
              "img_s": len(r.ms) / r.seconds, "p50_ms": float(np.percentile(r.ms, 50)),
              "p95_ms": float(np.percentile(r.ms, 95)), "cores": os.cpu_count(), "rate_hz": rate_hz,

@@ -131,7 +131,7 @@ def bench_review_list(database_url: str, *, n: int = 100_000, rounds: int = 30,
     import yaml
     from sqlalchemy import create_engine, text
 
-    from lineside_inspect.serve_process import free_port, start, stop
+    from lineside_inspect.serve_process import free_port, start, stopped_at_exit
 
     port = free_port()
     folder = Path(workdir or tempfile.mkdtemp(prefix="lineside-bench-hub-"))
@@ -141,22 +141,23 @@ def bench_review_list(database_url: str, *, n: int = 100_000, rounds: int = 30,
         "objects": objects or {"endpoint": "127.0.0.1:9", "access_key": "x", "secret_key": "x",
                                "timeout_s": 1},
         "api_keys": [{"name": "bench", "role": "reviewer", "key": key}]}))
-    # ready once the hub has made its tables
-    proc, url = start(["hub", "--config", str(folder / "hub.yaml")], port, log=folder / "hub.log")
     try:
-        with httpx.Client(base_url=url, timeout=60,
-                          headers={"Authorization": f"Bearer {key}"}) as client:
-            engine = create_engine(database_url)
-            seeded = seed_inspections(engine, n) if seed_rows else 0.0
-            # what autovacuum does to a table that filled up: statistics for the planner, the
-            # visibility map for index-only counts
-            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(text("VACUUM ANALYZE inspections"))
-                held = int(conn.execute(text("SELECT count(*) FROM inspections")).scalar() or 0)
-            engine.dispose()
-            rows = review_list_latency(client, rounds=rounds)
+        with stopped_at_exit():  # the hub, also on a Ctrl-C (SIGTERM) while it starts
+            # ready once the hub has made its tables
+            _, url = start(["hub", "--config", str(folder / "hub.yaml")], port,
+                           log=folder / "hub.log")
+            with httpx.Client(base_url=url, timeout=60,
+                              headers={"Authorization": f"Bearer {key}"}) as client:
+                engine = create_engine(database_url)
+                seeded = seed_inspections(engine, n) if seed_rows else 0.0
+                # what autovacuum does to a table that filled up: statistics for the planner, the
+                # visibility map for index-only counts
+                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    conn.execute(text("VACUUM ANALYZE inspections"))
+                    held = int(conn.execute(text("SELECT count(*) FROM inspections")).scalar() or 0)
+                engine.dispose()
+                rows = review_list_latency(client, rounds=rounds)
     finally:
-        stop(proc)
         if workdir is None:  # the hub's folder was ours: it held a log and nothing kept
             shutil.rmtree(folder, ignore_errors=True)
     return {"inspections": held, "seed_s": round(seeded, 1), "rounds": rounds, "queries": rows}
