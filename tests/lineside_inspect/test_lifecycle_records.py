@@ -17,7 +17,7 @@ from lineside_inspect.errors import NotFoundError
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import inspect
 from lineside_inspect.lifecycle.gate import GateReport, run_gate
-from lineside_inspect.lifecycle.golden import GoldenLibrary, from_dataset
+from lineside_inspect.lifecycle.golden import GoldenLibrary, from_dataset, from_store
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.recipes import Recipe, card_recipe
 from lineside_inspect.runtime.detector import Detector
@@ -422,3 +422,38 @@ def test_a_gate_report_and_admissions_read_are_this_boxs(
             ra.gate_report(report.id)
         assert [(x["box_id"], x["version"]) for x in ra.admissions("deeppcb")] == [("box-a", "1")]
         assert [(x["box_id"], x["version"]) for x in rb.admissions("deeppcb")] == [("box-b", "1-int8")]
+
+
+def test_the_audit_log_listed_is_this_boxs(tmp_path: Path) -> None:
+    """Two boxes sharing a database: box a's GET /v1/audit listed box b's activations of a
+    model of the same name as its own history (session 37's leftover)."""
+    with _sharing(tmp_path) as (a, b):
+        ra, rb = Records(a), Records(b)
+        ra.audit(actor="admin-a", action="activate", model="deeppcb", version="1")
+        rb.audit(actor="admin-b", action="force_activate", model="deeppcb", version="1-int8")
+        for records, box, actor in ((ra, "box-a", "admin-a"), (rb, "box-b", "admin-b")):
+            for model in (None, "deeppcb"):
+                total, items = records.audit_log(model=model)
+                assert total == 1 and [(i["box_id"], i["actor"]) for i in items] == [(box, actor)]
+
+
+def test_a_golden_set_from_a_shared_store_takes_this_boxs_inspections(
+        tmp_path: Path, detectors: tuple[Detector, Detector]) -> None:
+    """Two boxes sharing a database: a golden set from box a's store (POST /v1/golden,
+    ``lineside golden add --store``) took the newest reviewed inspections of every box up
+    to its limit, then skipped box b's (their images are on box b): box a's own were left
+    out, and with limit 1 it said there was none."""
+    fp32, _ = detectors
+    image = decode_image((SAMPLE / "images" / "group00041" / "00041000_test.jpg").read_bytes())
+    fails = Recipe(name="r", model="deeppcb", default_min_score=0.0)
+    with _sharing(tmp_path) as (a, b):
+        mine = inspect(image, fp32, fails)
+        assert a.save(mine)
+        a.review(mine.id, reviewer="qa-a", action="confirm")
+        theirs = inspect(image, fp32, fails)  # newer: listed first
+        assert b.save(theirs)
+        b.review(theirs.id, reviewer="qa-b", action="confirm")
+        found, _ = from_store(a, limit=1)
+        assert [c.item.source for c in found] == [f"inspection {mine.id} (confirmed)"]
+        found, _ = from_store(b, limit=1)
+        assert [c.item.source for c in found] == [f"inspection {theirs.id} (confirmed)"]

@@ -233,10 +233,14 @@ def from_store(store: Store, *, ids: list[str] | None = None, since: datetime | 
             raise GoldenSetError(f"inspection(s) {', '.join(unreviewed)} not reviewed yet: a golden "
                                  "set takes only reviewed truth")
     else:
+        # this box's rows where boxes share the database: another box's image is not here,
+        # and its reviewed rows took the places of this box's (limit 50: none of this
+        # box's, "no reviewed inspection with a stored image to take")
+        mine = None if store.own_database else store.box_id
         offset = 0
         while len(rows) < limit:
             _, page = store.query(review_state="reviewed", since=since, limit=min(500, limit),
-                                  offset=offset)
+                                  offset=offset, box_id=mine)
             if not page:
                 break
             offset += len(page)

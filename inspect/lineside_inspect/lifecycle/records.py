@@ -92,7 +92,10 @@ class Records:
 
     def audit_log(self, *, model: str | None = None, action: str | None = None, limit: int = 50,
                   offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
-        conds: list[Any] = []
+        """This box's entries, newest first: boxes sharing a database each run their own
+        models, and box a listed box b's activations and rollbacks of a model of the same
+        name as its own history (as gates, shadow runs and admissions, this box's)."""
+        conds: list[Any] = [AuditRow.box_id == self.store.box_id]
         if model:
             conds.append(AuditRow.model_name == model)
         if action:

@@ -353,6 +353,7 @@ class ReviewLogEntry(_Shape):
     inspection_id: str
     verdict: Outcome = Field(description="the inspection's verdict")
     camera_id: str | None
+    box_id: str | None = Field(None, description="the box whose inspection it is")
     defects_after: int = Field(description="defects in the reviewed truth after this review")
     note: str
 

@@ -363,15 +363,19 @@ def dashboard(s: Session, *, hours: int, now: datetime, shifts: Shifts,
 
 def review_log(s: Session, *, limit: int, offset: int, reviewer: str | None = None,
                inspection_id: str | None = None) -> tuple[int, list[dict[str, Any]]]:
-    """Reviews newest first, with their inspection's verdict and camera: the audit trail."""
+    """Reviews newest first, with their inspection's verdict, camera and box: the audit
+    trail (boxes sharing a database, and a hub, list every box's: cam1 of two boxes read
+    as one camera without it)."""
     conds = [c for c in (ReviewRow.reviewer == reviewer if reviewer else None,
                          ReviewRow.inspection_id == inspection_id if inspection_id else None)
              if c is not None]
     total = s.scalar(select(func.count()).select_from(ReviewRow).where(*conds)) or 0
-    rows = s.execute(select(ReviewRow, InspectionRow.verdict, InspectionRow.camera_id)
+    rows = s.execute(select(ReviewRow, InspectionRow.verdict, InspectionRow.camera_id,
+                            InspectionRow.box_id)
                      .join(InspectionRow, InspectionRow.id == ReviewRow.inspection_id)
                      .where(*conds).order_by(ReviewRow.id.desc()).limit(limit).offset(offset)).all()
     return total, [{"id": r.id, "created_at": r.created_at, "reviewer": r.reviewer,
                     "action": r.action, "inspection_id": r.inspection_id, "verdict": verdict,
-                    "camera_id": camera, "defects_after": len(r.boxes), "note": r.note}
-                   for r, verdict, camera in rows]
+                    "camera_id": camera, "box_id": box, "defects_after": len(r.boxes),
+                    "note": r.note}
+                   for r, verdict, camera, box in rows]

@@ -344,12 +344,16 @@ def stats_csv(request: Request, who: Viewer,
     """The numbers of one dashboard table, with the parameters of ``GET /v1/stats``:
     hourly, shifts and stations include the inspections retention removed; pareto,
     quality, reviewers and model_changes count the inspections still kept."""
-    doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe, site=site,
-                                   line=line, box_id=box_id, shifts=shifts_of(request))
+    store = get_store(request)
+    doc = store.stats(hours, camera_id=camera_id, recipe=recipe, site=site,
+                      line=line, box_id=box_id, shifts=shifts_of(request))
     # on a hub its fleet filters are the file's scope, in its rows and its name (names
-    # full-matched by FleetName: nothing to quote)
+    # full-matched by FleetName: nothing to quote); so on a box sharing its database with
+    # others, whose figures hold theirs: its file named no box, and read as this box's,
+    # with cam1 of two boxes as one camera (as the dashboard names them)
     fleet = ({"site": site, "line": line, "box_id": box_id}
-             if getattr(request.app.state, "hub", None) is not None else None)
+             if getattr(request.app.state, "hub", None) is not None or not store.own_database
+             else None)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     for row in csv_rows(doc, table, fleet):

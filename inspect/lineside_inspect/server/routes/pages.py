@@ -68,6 +68,16 @@ def _fleet_filters(request: Request, label: bool) -> str:
     return "".join(out)
 
 
+def _shared_box(request: Request) -> str:
+    """This box's id where its database is shared with other boxes (whose inspections its
+    review page lists: each card then names its box); '' on a box of its own and on a hub
+    (whose page names boxes anyway)."""
+    store = getattr(request.app.state, "store", None)
+    if _is_hub(request) or store is None or store.own_database:
+        return ""
+    return str(store.box_id)
+
+
 def _login(next_page: str, error: str | None = None, status: int = 200,
            headers: dict[str, str] | None = None) -> HTMLResponse:
     # the error is the key field's: announced (role=alert) and read with the field, which
@@ -222,7 +232,8 @@ def reviewrender(request: Request) -> Response:
     if isinstance(seen, Response):
         return seen
     _, session = seen
-    return HTMLResponse(render("review.html", {"csrf": session.csrf if session else ""},
+    return HTMLResponse(render("review.html", {"csrf": session.csrf if session else "",
+                                               "shared_box": _shared_box(request)},
                               {"signout": SIGN_OUT if session else "",
                                "fleet": _fleet_filters(request, False),
                                "fleet-nav": FLEET_NAV if _is_hub(request) else ""}))

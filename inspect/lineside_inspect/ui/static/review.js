@@ -12,6 +12,12 @@ const state = { items: [], total: 0, offset: 0, shown: 0, limit: 24, sel: 0, ope
 const form = $("#filters");
 // site, line and box_id are there on a hub only (its review page covers every box)
 const ON_HUB = Boolean(form.elements.box_id);
+// this box's id where its database is shared with other boxes, whose inspections it
+// lists: then every item names its box, as on a hub (cam1 of two boxes read as one, and
+// another box's part read as this box's with "(no image kept)")
+const HERE = document.querySelector('meta[name="shared-box"]')?.content || "";
+const BOXED = ON_HUB || Boolean(HERE);
+const elsewhere = (it) => Boolean(HERE && it.box_id && it.box_id !== HERE);
 const FIELDS = ["verdict", "review_state", "camera_id", "label", "min_score", "queue", "site", "line", "box_id"]
   .filter((k) => form.elements[k]);
 // a queue is a filter within the fleet's site, line and box chosen: it counts their parts
@@ -163,13 +169,13 @@ async function load() {
     const pic = it.has_image
       ? el("div", { class: "pic" }, el("img", { loading: "lazy", alt: "", src: `/v1/inspections/${encodeURIComponent(it.id)}/image` }),
            boxLayer(el("div", { class: "boxes", "aria-hidden": "true" }), truthOf(it), it.width, it.height))
-      : el("p", {}, "(no image kept)");
+      : el("p", {}, ...(elsewhere(it) ? ["(its image is kept on box ", el("bdi", {}, it.box_id), ")"] : ["(no image kept)"]));
     const img = $("img", pic);
     if (img) img.onerror = () => pic.replaceChildren(el("p", {}, "(the image could not be loaded: removed from the store?)"));
     c.append(pic,
       el("p", { id: `card-${i}-what` }, verdict(it.verdict), why ? ` · ${why}` : "", ` · ${it.defects.length} defect(s) · ${it.review_state.replace("unreviewed", "○ unreviewed")}`),
-      // on a hub the box it came from too (on a box, every item is its own)
-      el("p", { class: "where", id: `card-${i}-where` }, ...(ON_HUB && it.box_id ? [el("bdi", {}, it.box_id), " · "] : []),
+      // on a hub (or a box sharing its database) the box it came from too
+      el("p", { class: "where", id: `card-${i}-where` }, ...(BOXED && it.box_id ? [el("bdi", {}, it.box_id), " · "] : []),
          el("bdi", {}, it.camera_id || "upload"), ` · ${time(it.created_at)}`));
     c.onclick = () => { state.sel = i; open(i); };
     c.onfocus = () => select(i, false);
@@ -249,7 +255,11 @@ async function openId(id) {
   img.onerror = () => say("the image could not be loaded (removed from the store?)");
   img.hidden = !state.open.has_image;  // passes are sampled: the boxes stay, on black
   if (state.open.has_image) img.src = `/v1/inspections/${encodeURIComponent(id)}/image`;
-  else { img.removeAttribute("src"); say("no image was kept of this inspection (passes are sampled)"); }
+  else {
+    img.removeAttribute("src");
+    say(elsewhere(state.open) ? `its image is kept on box ${state.open.box_id}, not on this one`
+                              : "no image was kept of this inspection (passes are sampled)");
+  }
   $("#overlay").setAttribute("viewBox", `0 0 ${state.open.width} ${state.open.height}`);
   state.shadow = null;
   render(); fit();
@@ -288,7 +298,7 @@ function render() {
   const ref = o.reference ? [" · reference ", el("bdi", {}, o.reference.name || "(sent with the frame)")] : [];
   // each value isolated (bdi): one holding a right-to-left override reversed the whole line
   const b = (v) => el("bdi", {}, String(v));
-  $("#d-meta").replaceChildren(...(ON_HUB && o.box_id ? ["box ", b(o.box_id), " · "] : []), b(o.camera_id || "upload"), " · part ", b(o.part_id || "-"), " · ", b(o.recipe.name),
+  $("#d-meta").replaceChildren(...(BOXED && o.box_id ? ["box ", b(o.box_id), " · "] : []), b(o.camera_id || "upload"), " · part ", b(o.part_id || "-"), " · ", b(o.recipe.name),
     " v", b(o.recipe.version), " · model ", b(o.model.name), ":", b(o.model.version), ...ref, ` · ${dateTime(o.created_at)} · ${o.review_state}`);
   // why it failed, as judged (an anomaly model's reason carries its image score)
   // a part the unchanged gate passed was never seen by the detector: said, for a reviewer
@@ -516,11 +526,12 @@ async function loadAudit() {
     const b = el("button", { type: "button" }, r.inspection_id.slice(0, 8));
     b.onclick = () => { state.from = "audit"; state.auditRow = i; openId(r.inspection_id); };
     return el("tr", {}, el("td", {}, dateTime(r.created_at)), el("td", {}, r.reviewer), el("td", {}, r.action.replace("_", " ")),
-              el("td", {}, b), el("td", {}, verdict(r.verdict)), el("td", {}, r.camera_id || "upload"),
+              el("td", {}, b), el("td", {}, verdict(r.verdict)), ...(BOXED ? [el("td", {}, el("bdi", {}, r.box_id || "-"))] : []),
+              el("td", {}, r.camera_id || "upload"),
               el("td", { class: "n" }, num(r.defects_after)), el("td", {}, r.note));
   });
   $("#audit-table").replaceChildren(
-    el("thead", {}, el("tr", {}, ...["time", "reviewer", "action", "inspection", "verdict", "camera", "defects after", "note"]
+    el("thead", {}, el("tr", {}, ...["time", "reviewer", "action", "inspection", "verdict", ...(BOXED ? ["box"] : []), "camera", "defects after", "note"]
       .map((h) => el("th", {}, h)))), el("tbody", {}, ...rows));
   const was = document.activeElement;
   $("#a-prev").disabled = state.audit === 0; $("#a-next").disabled = state.audit + 25 >= doc.total;
