@@ -289,3 +289,61 @@ def test_only_a_killed_pulls_staging_is_removed(tmp_path: Path) -> None:
         srv.close()
     assert not (tmp_path / gone).exists()
     assert all((tmp_path / name).is_dir() for name in kept)
+
+
+@pytest.mark.parametrize("through", ["server", "store"])
+def test_a_row_removed_from_a_page_already_read_costs_no_later_row(
+        launch, image_bytes: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        through: str) -> None:
+    """The pull paged by offset: retention removing a row of a page already read (the
+    quota takes passes' images first, wherever they are in the list) moved every later
+    row up one, and the one crossing into the page read next was never pulled. Pages
+    start at the oldest time listed now."""
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.store import pull
+    from lineside_inspect.store.models import InspectionRow
+
+    srv = launch(store_pass_rate=1.0)
+    ids = []
+    with srv.client("line") as c, srv.client("reviewer") as r:
+        for _ in range(6):
+            got = c.post("/v1/inspect", params={"camera_id": "cam1"}, content=image_bytes,
+                         headers={"content-type": "image/jpeg"})
+            assert got.status_code == 200 and got.json()["stored"], got.text
+            ids.append(got.json()["id"])
+        srv.app.state.store.flush()
+        for iid in ids:
+            assert r.post(f"/v1/inspections/{iid}/reviews",
+                          json={"action": "false_reject"}).status_code == 200
+    store = srv.app.state.store
+    newest_first = ids[::-1]
+    monkeypatch.setattr(pull, "PAGE", 2)
+    real_query, real_page = store.query, pull._page
+    pages: list[int] = []
+
+    def remove_one_read() -> None:  # as retention does, once the first page was read
+        pages.append(1)
+        if len(pages) == 2:
+            with Session(store.engine) as s, s.begin():
+                row = s.get(InspectionRow, newest_first[0])
+                assert row is not None
+                store._delete(s, row, [])
+
+    def query(*args: object, **kwargs: object) -> object:
+        remove_one_read()
+        return real_query(*args, **kwargs)
+
+    def page(*args: object) -> object:
+        remove_one_read()
+        return real_page(*args)  # type: ignore[arg-type]
+
+    if through == "store":
+        monkeypatch.setattr(store, "query", query)
+        ds = pull.pull_from_store(store, tmp_path / "pulled")
+    else:
+        monkeypatch.setattr(pull, "_page", page)
+        ds = pull.pull_from_server(srv.url, tmp_path / "pulled", key="reviewer-secret")
+    pulled = {Path(r.file_name).stem for r in ds.images}
+    # every row still there; the one removed is in only if its image was read first
+    assert set(newest_first[1:]) <= pulled <= set(newest_first), pulled

@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from lineside_inspect.names import is_name
 from lineside_inspect.schemas import InspectionPage
 from lineside_inspect.store.models import reviewed_verdict
 from lineside_inspect.store.store import REFS_DIR, Store
+from lineside_inspect.store.utc import as_utc
 
 log = logging.getLogger("lineside.store")
 PAGE = 500
@@ -125,10 +126,55 @@ def _dataset(records: list[ImageRecord], classes: list[str], origin: str) -> Dat
                                            "pulled_at": datetime.now(UTC).isoformat()})
 
 
+class _Cursor:
+    """Where the next page starts: the list is newest first (ties by id), and each page
+    is asked for as "up to the oldest time seen, skipping the ones at that time already
+    listed". By offset alone, a row retention removed meanwhile from a page already read
+    (the quota takes passes' images before fails') moved every later row up one, and the
+    row crossing the page boundary was never pulled; a row added meanwhile moves nothing."""
+
+    def __init__(self) -> None:
+        self.oldest: datetime | None = None  # the oldest time listed so far
+        self.ties = 0  # rows at that time listed so far (the first in id order)
+
+    def params(self) -> tuple[datetime | None, int]:
+        """(until, offset) for the next page: ``until`` exclusive, so just past the time."""
+        if self.oldest is None:
+            return None, 0
+        return self.oldest + timedelta(microseconds=1), self.ties
+
+    def advance(self, times: list[datetime]) -> None:
+        """After a page whose rows have ``times`` (in list order)."""
+        last = times[-1]
+        at_last = sum(1 for t in times if t == last)
+        self.ties = self.ties + at_last if last == self.oldest else at_last
+        self.oldest = last
+
+
 def _check_dst(dst: str | Path, overwrite: bool) -> None:
     """The destination, refused before the first download as it would be after the last
     (a pull of 2,630 images into a folder it may not replace failed after all of them)."""
     check_destination(Path(dst), sources=set(), overwrite=overwrite)
+
+
+def _stage(source: Path, folder: Path) -> Path | None:
+    """``source`` held in ``folder`` under its name (a hard link, else a copy), or None
+    when it is gone: retention may remove an inspection's image after it was listed, and
+    the dataset, written at the end, failed on the missing file (FileNotFoundError)."""
+    folder.mkdir(exist_ok=True)
+    staged = folder / source.name
+    if staged.exists():  # (a reference many inspections share)
+        return staged
+    try:
+        try:
+            os.link(source, staged)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            shutil.copyfile(source, staged)  # another disk, or links not allowed
+    except FileNotFoundError:
+        return None
+    return staged
 
 
 def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = None,
@@ -138,35 +184,49 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
     refs: dict[str, ImageRecord] = {}
     classes: list[str] = []
     seen: set[str] = set()
-    offset = 0
-    while True:
-        _, rows = store.query(review_state="reviewed" if reviewed else None, since=since,
-                              limit=PAGE, offset=offset)
-        if not rows:
-            break
-        offset += len(rows)
-        for row in rows:
-            # a review made during the pull moves later rows onto the next page: each once
-            if row.image_path is None or row.id in seen:
-                continue
-            seen.add(row.id)
-            try:  # a shared database lists other boxes' inspections: their images are there
-                path = store.image_file(row)
-                ref_path = store.reference_file(row) if row.reference_path else None
-            except NotFoundError as exc:
-                log.info("pull: skipped: %s", exc.message)
-                continue
-            item = store.record(row).model_dump(mode="json")
-            if unboxed_fail(item):
-                log.info("pull: left out inspection %s: %s", row.id, UNBOXED)
-                continue
-            classes += [c for c in row.class_names if c not in classes]
-            rec = _record(item, path, path.suffix.lstrip("."))
-            if ref_path is not None:
-                _with_reference(records, refs, rec, ref_path)
-            else:
-                records.append(rec)
-    return write_dataset(_dataset(records, classes, str(store.data_dir)), dst, overwrite=overwrite)
+    cursor = _Cursor()
+    # staged beside DST as a pull from a server is (see _pull), and for the same reasons
+    out = Path(dst).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_left_staging(out)
+    with tempfile.TemporaryDirectory(dir=out.parent,
+                                     prefix=f".{out.name}.pull.w{os.getpid()}.") as tmp:
+        while True:
+            until, offset = cursor.params()
+            _, rows = store.query(review_state="reviewed" if reviewed else None, since=since,
+                                  until=until, limit=PAGE, offset=offset)
+            if not rows:
+                break
+            cursor.advance([as_utc(r.created_at) for r in rows])
+            for row in rows:
+                # a time several rows share may be listed again: each once
+                if row.image_path is None or row.id in seen:
+                    continue
+                seen.add(row.id)
+                try:  # a shared database lists other boxes' inspections: their images are there
+                    path = store.image_file(row)
+                    ref_path = store.reference_file(row) if row.reference_path else None
+                except NotFoundError as exc:
+                    log.info("pull: skipped: %s", exc.message)
+                    continue
+                item = store.record(row).model_dump(mode="json")
+                if unboxed_fail(item):
+                    log.info("pull: left out inspection %s: %s", row.id, UNBOXED)
+                    continue
+                staged = _stage(path, Path(tmp))
+                staged_ref = _stage(ref_path, Path(tmp) / REFS_DIR) if ref_path else None
+                if staged is None or (ref_path is not None and staged_ref is None):
+                    log.info("pull: skipped inspection %s: its image was removed meanwhile "
+                             "(retention)", row.id)
+                    continue
+                classes += [c for c in row.class_names if c not in classes]
+                rec = _record(item, staged, staged.suffix.lstrip("."))
+                if staged_ref is not None:
+                    _with_reference(records, refs, rec, staged_ref)
+                else:
+                    records.append(rec)
+        return write_dataset(_dataset(records, classes, str(store.data_dir)), dst,
+                             overwrite=overwrite)
 
 
 def _page(url: str, content: bytes) -> InspectionPage:
@@ -275,13 +335,16 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
     with tempfile.TemporaryDirectory(dir=out.parent,
                                      prefix=f".{out.name}.pull.w{os.getpid()}.") as tmp, \
             httpx.Client(base_url=url, headers={**headers, **IDENTITY}, timeout=60) as c:
-        offset, first = 0, None
+        cursor, listed, first = _Cursor(), 0, None
         while True:
+            until, offset = cursor.params()
             params: dict[str, Any] = {"limit": PAGE, "offset": offset}
             if reviewed:
                 params["review_state"] = "reviewed"
             if since:
                 params["since"] = since.isoformat()
+            if until:
+                params["until"] = until.isoformat()
             r = _get(c, url, "/v1/inspections", MAX_PAGE_BYTES, params=params)
             if r.status_code != 200:
                 raise _failed(url, r, "listing inspections")
@@ -291,12 +354,14 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             items = [i.model_dump(mode="json") for i in page.items]
             if not items:
                 break
-            # what a busy line adds meanwhile moves items on: the list may grow, to twice
-            # its first total and ten pages more, never without end (a hostile server)
+            # a list that never ends (a hostile server) is cut off: at most twice its
+            # first total and ten pages more
             first = page.total if first is None else first
-            bound = min(page.total, 2 * first) + 10 * PAGE
-            offset += len(items)
-            if offset > bound:
+            # (a page's total counts the rows up to its time: the first's is the list's)
+            bound = 2 * first + 10 * PAGE
+            listed += len(items)
+            cursor.advance([as_utc(i.created_at) for i in page.items])
+            if listed > bound:
                 raise ConfigError(f"{url}: the server lists over {bound} inspections though "
                                   f"it said {first} at first: not a Lineside server's list")
             for item in items:
