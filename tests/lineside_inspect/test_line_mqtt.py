@@ -33,6 +33,7 @@ from lineside_inspect.cameras.simulator import MJPEGSimulator, folder_frames
 from lineside_inspect.config import CameraConfig
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.line.config import MqttConfig
+from lineside_inspect.line.mqtt import SHORT_SESSIONS, MqttPublisher
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.server.app import create_app
 from lineside_inspect.store import Store
@@ -591,6 +592,58 @@ def test_an_encrypted_client_key_is_one_line_not_a_pass_phrase_prompt(tmp_path: 
                                    "user only (chmod 600)")
 
 
+def test_an_event_too_large_for_the_broker_is_set_aside_not_sent_for_ever(
+        broker: Broker, subscribers: Callable[[int], Subscriber], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A broker closes the connection on a packet over its limit (MQTT 3.1.1 has no way
+    to refuse one message): paho sent the event again at each reconnect, twice a second
+    for ever, and no event behind it went out. It is set aside, and sent again at the
+    next start (the limit raised)."""
+    caplog.set_level(logging.INFO, logger="lineside")
+    conf = broker.folder / "mosquitto.conf"
+    conf.write_text(conf.read_text() + "max_packet_size 4096\n")
+    broker.start()
+    sub = subscribers(broker.port)
+    wait_for(lambda: sub.subscriptions >= 1, "the subscriber")
+    store = Store(tmp_path / "store", None, pass_rate=0.0, sync_interval_s=3600, box_id="b1")
+    outbox = Outbox(store.engine, "b1")
+    topic = "lineside/b1/cam1/inspection"
+    for n, pad in ((1, ""), (2, "x" * 5000), (3, "")):
+        outbox.enqueue(topic, {"n": n, "pad": pad})
+    cfg = MqttConfig(url=broker.url, username="lineside", password=PASSWORDS["lineside"],
+                     max_message_bytes=4096)
+    try:
+        publisher = MqttPublisher(cfg, store, poll_s=0.1)
+        publisher.start()
+        try:
+            wait_for(lambda: len(sub.inspections()) >= 2, "the events beside the large one")
+            assert [e["n"] for e in sub.inspections()] == [1, 3]
+            aside = outbox.set_aside_events()
+            assert [a.payload["event"]["n"] for a in aside] == [2]
+            assert aside[0].payload["refused"].startswith("too_large")
+            assert publisher.connected and outbox.backlog() == 0
+            assert "max_message_bytes (4096)" in (publisher.last_error or "")
+            assert "max_message_bytes" in caplog.text
+        finally:
+            publisher.stop()
+        broker.kill()  # the broker's limit raised, and the box's
+        conf.write_text(conf.read_text().replace("max_packet_size 4096\n", ""))
+        broker.start()
+        wait_for(lambda: sub.subscriptions >= 2, "the subscriber to come back")
+        publisher = MqttPublisher(cfg.model_copy(update={"max_message_bytes": 8192}), store,
+                                  poll_s=0.1)
+        publisher.start()
+        try:
+            wait_for(lambda: len(sub.inspections()) >= 3, "the large event, sent again")
+            assert [e["n"] for e in sub.inspections()] == [1, 3, 2]
+            wait_for(lambda: outbox.backlog() == 0, "the outbox to drain")
+            assert outbox.set_aside_count() == 0
+        finally:
+            publisher.stop()
+    finally:
+        store.close()
+
+
 def test_a_port_that_is_no_broker_and_a_client_id_in_use_are_said(
         broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
     """A port that accepts TCP and answers no MQTT (or garbage) left the box disconnected
@@ -643,6 +696,13 @@ def test_a_port_that_is_no_broker_and_a_client_id_in_use_are_said(
         wait_for(lambda: "in use by another client" in (a.app.state.mqtt.last_error or "")
                  or "in use by another client" in (b.app.state.mqtt.last_error or ""),
                  "the clash to be named", timeout_s=60)
+        # named, the drops go on without a line each (two per drop, twice a second, for ever)
+        wait_for(lambda: min(a.app.state.mqtt._short_sessions,
+                             b.app.state.mqtt._short_sessions) > SHORT_SESSIONS + 1,
+                 "more drops", timeout_s=60)
+        lost = [r for r in caplog.records if "lost the broker" in r.getMessage()
+                and r.levelno >= logging.WARNING]
+        assert len(lost) <= 2 * SHORT_SESSIONS, len(lost)
     finally:
         stop_a()
         stop_b()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,7 +23,7 @@ from lineside_inspect.cameras.simulator import MJPEGSimulator, counter_frame, fo
 from lineside_inspect.config import CameraConfig, load_settings
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.line.config import LineSettings, ModbusConfig, OpcUaConfig
-from lineside_inspect.line.modbus import BLOCK, COILS, REGISTERS
+from lineside_inspect.line.modbus import BLOCK, COILS, MAX_CONNECTIONS, REGISTERS
 from lineside_inspect.line.opcua import OpcUaAdapter
 from lineside_inspect.line.station import Changes, ErrorCode, Phase, Station, TagValue
 
@@ -828,6 +829,36 @@ def test_modbus_handshake_recipe_and_refused_writes(line: Line) -> None:
             mb.close()
 
     asyncio.run(run())
+
+
+def test_modbus_connections_are_bounded_the_oldest_closed(line: Line) -> None:
+    """pymodbus kept any number of connections, idle for ever: a flood of them (or the
+    half-open ones PLC power cuts leave) took every file descriptor of the server, and
+    the store and the cameras with them. One more than the bound closes the oldest."""
+    adapter = next(a for a in line.srv.app.state.line_plc.adapters if a.name == "Modbus TCP")
+    extra = 3
+    idle = [socket.create_connection(("127.0.0.1", line.modbus_port), timeout=WAIT_S)
+            for _ in range(MAX_CONNECTIONS + extra)]
+    try:
+        for s in idle[:extra]:  # the oldest: closed by the server
+            assert s.recv(1) == b""
+        assert len(adapter.server.active_connections) <= MAX_CONNECTIONS
+
+        async def run() -> None:  # a PLC connecting now is served
+            mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
+            assert await mb.connect()
+            try:
+                assert (await _coils(mb, 0))["TriggerReady"] is True
+            finally:
+                mb.close()
+
+        asyncio.run(run())
+        idle[-1].setblocking(False)
+        with pytest.raises(BlockingIOError):  # the newest are still open
+            idle[-1].recv(1)
+    finally:
+        for s in idle:
+            s.close()
 
 
 async def _reg(mb: AsyncModbusTcpClient, base: int, name: str) -> int:

@@ -118,6 +118,7 @@ class ModbusConfig(_Section):
 # topic levels Lineside writes: no MQTT wildcards (+ #), no empty level, no leading '/'
 TOPIC_PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+MAX_MQTT_PACKET = 268_435_455  # the protocol's own bound (remaining length)
 
 
 class MqttConfig(_Section):
@@ -144,6 +145,11 @@ class MqttConfig(_Section):
     max_inflight: int = Field(8, ge=1, le=1000, description=(
         "events sent and not yet acknowledged; after a lost connection these few are sent "
         "again (QoS 1: at least once), so 1 means at most one duplicate per outage"))
+    max_message_bytes: int = Field(128 * 1024, ge=1024, le=MAX_MQTT_PACKET, description=(
+        "the largest PUBLISH packet (topic and payload) the broker takes; an event over it "
+        "is set aside in the outbox, never sent (a broker closes the connection on one, "
+        "so it and every event behind it were sent again and again), and sent again at "
+        "the next start. Default 128 KiB, the smallest limit among common brokers"))
     keep_delivered_s: float = Field(600.0, ge=0, le=30 * 86400, description=(
         "delivered events stay in the outbox this long (for inspection), then are purged"))
 

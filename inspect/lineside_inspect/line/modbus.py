@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,6 +65,12 @@ async def _no_such_unit(function_code: int, start_address: int, address: int, co
 
 READ_DISCRETE_INPUTS = 2  # FC 02
 COIL_ON, COIL_OFF = 0xFF00, 0x0000  # the only values FC 05 may carry
+# Modbus masters of one box at a time (a PLC, an HMI, a SCADA poller or two); one more
+# closes the oldest connection. pymodbus took any number: each a file descriptor, never
+# closed while idle, so a flood of idle connections (or PLC power cuts leaving half-open
+# ones) took every descriptor the server had, and the store and cameras with them
+MAX_CONNECTIONS = 32
+TELL_EVERY_S = 60.0  # the connection-limit warning again
 
 
 class _StrictWriteCoil(WriteSingleCoilRequest):
@@ -79,6 +86,26 @@ class _StrictWriteCoil(WriteSingleCoilRequest):
         if getattr(self, "raw_value", COIL_ON) not in (COIL_ON, COIL_OFF):
             return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_VALUE)
         return await super().datastore_update(context, device_id)
+
+
+class _BoundedServer(ModbusTcpServer):
+    """A Modbus TCP server of at most :data:`MAX_CONNECTIONS` connections: the oldest goes
+    when one more comes (a half-open one, of a PLC switched off, is the oldest)."""
+
+    _told_at: float | None = None
+    _untold = 0
+
+    def handle_new_connection(self) -> Any:
+        excess = len(self.active_connections) + 1 - MAX_CONNECTIONS
+        for oldest in list(self.active_connections.values())[:max(0, excess)]:
+            oldest.close()  # (in accept order: the first is the oldest)
+            self._untold += 1
+            now = time.monotonic()
+            if self._told_at is None or now - self._told_at >= TELL_EVERY_S:
+                log.warning("Modbus TCP: more than %d connections at once: the oldest "
+                            "closed (%d so since last said)", MAX_CONNECTIONS, self._untold)
+                self._told_at, self._untold = now, 0
+        return super().handle_new_connection()
 
 
 class ModbusAdapter:
@@ -116,7 +143,7 @@ class ModbusAdapter:
                      [SimData(0, count=BLOCK * n, values=0, datatype=DataType.REGISTERS)],
                      [SimData(0, datatype=DataType.INVALID)]),
             action=_no_such_unit)
-        server = ModbusTcpServer([device, others], address=(cfg.host, cfg.port),
+        server = _BoundedServer([device, others], address=(cfg.host, cfg.port),
                                  custom_pdu=[_StrictWriteCoil])
         await server.serve_forever(background=True)
         self.server = server

@@ -120,6 +120,14 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext:
     return context
 
 
+def packet_size(topic: str, payload: bytes) -> int:
+    """The bytes of a QoS 1 PUBLISH of ``payload`` on ``topic`` (MQTT 3.1.1): the fixed
+    header, the topic with its length, the packet id and the payload."""
+    remaining = 2 + len(topic.encode()) + 2 + len(payload)
+    return 1 + (1 if remaining < 128 else 2 if remaining < 16_384 else
+                3 if remaining < 2_097_152 else 4) + remaining
+
+
 class _Encrypted(Exception):
     pass
 
@@ -206,7 +214,9 @@ class MqttPublisher:
         if reason.is_failure:
             self._failed(f"broker {self.broker} refused the connection: {reason}")
             return
-        log.info("mqtt: connected to %s", self.broker)
+        # once repeated drops are named, each reconnect is no longer a line (see below)
+        log.log(logging.INFO if self._short_sessions < SHORT_SESSIONS else logging.DEBUG,
+                "mqtt: connected to %s", self.broker)
         self._resending = True
         self._connected_at = time.monotonic()
         self.connected = True
@@ -228,12 +238,15 @@ class MqttPublisher:
         if self._stop.is_set():
             pass
         elif self.connected:
-            log.warning("mqtt: lost the broker %s (%s); events wait in the outbox",
-                        self.broker, reason)
             # dropped again and again right after connecting: a broker closes the older of
             # two connections with one client id (boxes cloned from one image)
             short = time.monotonic() - self._connected_at < SHORT_SESSION_S
             self._short_sessions = self._short_sessions + 1 if short else 0
+            # said until the drops are named below, then quiet until a session lasts: two
+            # boxes with one client id wrote two lines each twice a second, for ever
+            log.log(logging.WARNING if self._short_sessions <= SHORT_SESSIONS else logging.DEBUG,
+                    "mqtt: lost the broker %s (%s); events wait in the outbox", self.broker,
+                    reason)
             if self._short_sessions == SHORT_SESSIONS:
                 self._failed(f"the broker {self.broker} drops this client right after each "
                              f"connect ({SHORT_SESSIONS} times): its client id "
@@ -371,12 +384,20 @@ class MqttPublisher:
     # -- the delivery thread ------------------------------------------------------------
     def _run(self) -> None:
         last_gauges = last_purge = 0.0
+        retry_aside = True  # events set aside as too large, once per start
         while not self._stop.is_set():
             self._wake.wait(self.poll_s)
             self._wake.clear()
             if self._stop.is_set():
                 break
             try:
+                if retry_aside:
+                    # the limit may have been raised since (sent at the end, out of order)
+                    with self.store.writer_paused():
+                        again = self.outbox.retry_set_aside()
+                    retry_aside = False
+                    if again:
+                        log.info("mqtt: %d event(s) set aside as too large queued again", again)
                 if self._announce.is_set():
                     self._announce.clear()
                     self._publish_state(self.status_topic, b"online")
@@ -439,12 +460,28 @@ class MqttPublisher:
         paho = _paho()
         for e in self.outbox.pending(limit=room, after=self._cursor):
             data = json.dumps(e.payload, separators=(",", ":")).encode()
+            size = packet_size(e.topic, data)
+            if size > self.config.max_message_bytes:
+                # a broker closes the connection on a packet over its limit (MQTT 3.1.1
+                # has no way to refuse one message): paho sent it again at each reconnect,
+                # twice a second for ever, and nothing behind it went out
+                self._set_aside_too_large(e.id, e.topic, size)
+                self._cursor = e.id
+                continue
             info = self._client.publish(e.topic, data, qos=1)
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
                 log.warning("mqtt: could not queue event %d: %s", e.id, paho.error_string(info.rc))
                 return  # tried again on the next round, still in order
             self._inflight[info.mid] = e.id
             self._cursor = e.id
+
+    def _set_aside_too_large(self, outbox_id: int, topic: str, size: int) -> None:
+        why = (f"too_large: event {outbox_id} on {topic} is a {size}-byte packet, over "
+               f"line.mqtt.max_message_bytes ({self.config.max_message_bytes})")
+        self.outbox.set_aside([outbox_id], why)
+        log.warning("mqtt: %s: set aside, not sent (it is sent again at the next start: "
+                    "raise max_message_bytes to what the broker takes)", why)
+        self.last_error = why
 
     def _publish_state(self, topic: str, payload: bytes) -> None:
         self._client.publish(topic, payload, qos=1, retain=True)
