@@ -97,6 +97,46 @@ def test_age_retention(tmp_path: Path, detector: Detector, database_url: str | N
     assert not any(p.name.startswith(old.id) for p in (tmp_path / "images").rglob("*"))
 
 
+def test_a_kept_image_keeps_its_reference_file_when_its_last_other_user_goes_meanwhile(
+        tmp_path: Path, detector: Detector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``keep()`` (a shadow model's disagreement on a pass whose image was not sampled)
+    found the reference file there, and retention removed the file's last other user (and
+    so the file) before keep's row named it: the row pointed at a file that was gone. The
+    look and the commit are under the lock retention removes files under now."""
+    import threading
+
+    store = Store(tmp_path, pass_rate=0.0, max_age_days=1)
+    template = next(SAMPLE.rglob("*_temp.jpg")).read_bytes()
+    golden = Reference.from_bytes("golden", template)
+    old = _inspection(detector, "fail", datetime.now(UTC) - timedelta(days=3))
+    passed = _inspection(detector, "pass")
+    old.reference = passed.reference = golden
+    store.max_age_days = 10  # the old fail stays until retention is asked below
+    store.save(old)
+    store.save(passed)  # no image: passes are not sampled here
+    store.flush()
+    ref_file = tmp_path / "images" / "refs" / f"{golden.sha256}.jpg"
+    assert ref_file.is_file() and store.get(passed.id).image_path is None
+    real = store._hold_reference
+    retention = threading.Thread(target=store.enforce_retention)
+
+    def then_retention(rel: str, raw: bytes) -> None:
+        real(rel, raw)  # the file is there: keep goes on to name it
+        store.max_age_days = 1  # the old fail, the file's last other user, goes now
+        retention.start()
+        retention.join(timeout=1.0)  # (it waits for keep's commit, holding no lock)
+
+    monkeypatch.setattr(store, "_hold_reference", then_retention)
+    assert store.keep(passed, capture="shadow")
+    retention.join(timeout=30)
+    assert not retention.is_alive()
+    row = store.get(passed.id)
+    assert row.reference_path == f"refs/{golden.sha256}.jpg"
+    assert {r.id for r in store.query()[1]} == {passed.id}  # the old one went
+    assert store.reference_file(row).read_bytes() == template  # its file did not
+    store.close()
+
+
 def test_startup_cleanup_removes_orphans(tmp_path: Path, detector: Detector,
                                         database_url: str | None) -> None:
     store = Store(tmp_path, database_url)

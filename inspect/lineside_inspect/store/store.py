@@ -1074,19 +1074,24 @@ class Store:
                 image_path = f"{inspection.created_at.strftime('%Y-%m-%d')}/{inspection.id}.{ext}"
                 write_atomic(self.images_dir / image_path, data)
                 image_bytes = len(data)
-                if ref is not None:
+            # retention removes a reference file whose last user it deletes under this
+            # lock: the file found here (or written) is still there when the row naming
+            # it commits. Outside it, retention could remove the file's last other user
+            # between the look and the commit, and the row named a file that was gone
+            with self._apply_lock:
+                if missing and inspection.reference is not None:
+                    ref = inspection.reference
                     ref_rel = f"{REFS_DIR}/{ref.sha256}.{ref.ext}"
-                    if not (self.images_dir / ref_rel).is_file():
-                        write_atomic(self.images_dir / ref_rel, ref.raw)
-            with Session(self.engine) as s, s.begin():
-                row = s.get(InspectionRow, inspection.id)
-                if row is None:  # removed by retention meanwhile
-                    return False
-                row.capture = row.capture or capture
-                if missing and row.image_path is None:
-                    row.image_path, row.image_bytes = image_path, image_bytes or 0
-                    if ref_rel is not None:
-                        row.reference_path = ref_rel
+                    self._hold_reference(ref_rel, ref.raw)
+                with Session(self.engine) as s, s.begin():
+                    row = s.get(InspectionRow, inspection.id)
+                    if row is None:  # removed by retention meanwhile
+                        return False
+                    row.capture = row.capture or capture
+                    if missing and row.image_path is None:
+                        row.image_path, row.image_bytes = image_path, image_bytes or 0
+                        if ref_rel is not None:
+                            row.reference_path = ref_rel
             return True
         except OSError as exc:  # the quota or the disk is full: the record stands without it
             log.error("inspection %s: its image was not kept: %s", inspection.id, exc)
@@ -1096,6 +1101,11 @@ class Store:
                 if self._apply_rooms.pop(claim, None):  # (given back unused, if it failed)
                     self._generation += 1
                     self._disk = (-math.inf, 0, 0)  # files written beside the journal
+
+    def _hold_reference(self, rel: str, raw: bytes) -> None:
+        """(Under the apply lock.) The reference file ``rel``, written if it is not there."""
+        if not (self.images_dir / rel).is_file():
+            write_atomic(self.images_dir / rel, raw)
 
     # -- start-up and retention -----------------------------------------------------
     def cleanup(self) -> dict[str, int]:
