@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal
@@ -21,7 +23,14 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lineside_inspect.errors import PackageError, describe_validation
-from lineside_inspect.names import MAX_CLASS_NAME, MAX_CLASSES, Name, is_package_member
+from lineside_inspect.names import (
+    BIDI_RE,
+    CONTROL_RE,
+    MAX_CLASS_NAME,
+    MAX_CLASSES,
+    Name,
+    is_package_member,
+)
 from lineside_inspect.schemas import Precision
 
 CARD = "model.json"
@@ -34,6 +43,10 @@ META_CLASSES = "lineside.class_names"
 
 
 PAD_VALUE = 114  # the letterbox border's grey level, unless a card says otherwise
+# the largest square input a card may ask for: every frame is letterboxed into 3 x S x S
+# bytes before the graph sees it, and the warm-up makes one at load. A card of 100000
+# asked for 28 GiB there (a MemoryError, a 500 from POST /v1/models); 4096 is 48 MiB
+MAX_INPUT_SIZE = 4096
 
 
 class LetterboxSpec(BaseModel):
@@ -48,7 +61,8 @@ class LetterboxSpec(BaseModel):
 class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = INPUT_NAME
-    size: int = Field(..., gt=0, description="square side the runtime letterboxes to")
+    size: int = Field(..., gt=0, le=MAX_INPUT_SIZE,
+                      description="square side the runtime letterboxes to")
     layout: Literal["NCHW"] = "NCHW"
     dtype: Literal["uint8"] = "uint8"
     color: Literal["RGB", "grey+reference+difference"] = Field("RGB", description=(
@@ -159,6 +173,11 @@ class ModelCard(BaseModel):
     lineage: Lineage | None = Field(None, description="dataset revision and parent model")
     anomaly: AnomalySpec | None = Field(None, description="kind anomaly: its calibrated thresholds")
     sha256: str
+    external_data: dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=dict, description=(
+            "sha256 of each file the graph keeps tensors in (its external data), by the "
+            "name the graph gives; sha256 covers model.onnx only, and the weights in those "
+            "files loaded unchecked"))
     lineside_version: str = ""
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -201,6 +220,21 @@ class ModelCard(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _plain_class_names(self) -> ModelCard:
+        # class names are shown on pages, written to CSVs, logs and the store: a NUL was
+        # refused by PostgreSQL at every inspection's write, a newline or U+202E garbled
+        # the lines they are shown on, and two classes of one name shared its threshold
+        for i, c in enumerate(self.class_names):
+            if CONTROL_RE.search(c) or BIDI_RE.search(c):
+                raise ValueError(f"class_names.{i} {c[:64]!r} holds a control or "
+                                 "bidirectional character (NUL, LF, U+202E, ...)")
+        twice = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
+        if twice:
+            raise ValueError(f"class_names lists {', '.join(repr(c[:64]) for c in twice[:5])} "
+                             "more than once")
+        return self
+
+    @model_validator(mode="after")
     def _thresholds_name_classes(self) -> ModelCard:
         # a typo ("pinhole" for "pin-hole") loaded, and the class was judged at the
         # default 0.5 (lifecycle review, session 32)
@@ -239,10 +273,14 @@ def sha256_stream(fh: IO[bytes]) -> str:
 
 @dataclass(frozen=True)
 class ModelPackage:
-    """A verified package on disk."""
+    """A verified package on disk. ``graph`` and ``external`` (external data files, by
+    name): the bytes that were verified, for the runtime to load (the folder read again
+    could hold others by then); None and empty when the package was not read here."""
 
     path: Path
     card: ModelCard
+    graph: bytes | None = field(default=None, repr=False, compare=False)
+    external: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def graph_path(self) -> Path:
@@ -255,20 +293,48 @@ class ModelPackage:
 
 # a card is a few KB (thresholds, metrics, notes); read whole, so bounded
 MAX_CARD_BYTES = 1 << 20
+MAX_GRAPH_BYTES = 2 << 30  # protobuf's own bound on one message (an ONNX graph)
+MAX_EXTERNAL_BYTES = 4 << 30  # a package's external data in all (the fleet unpacks as much)
+
+
+def read_member(path: Path, name: str, limit: int) -> bytes:
+    """The bytes of file ``name`` of the package folder ``path``, read once: a regular
+    file inside the folder (a link may point within it), at most ``limit`` bytes. A
+    link out of the folder made the checks read a file of the placer's choosing (its
+    sha256 named in the refusal), a FIFO waited for ever, a link to /dev/zero was hashed
+    for ever. FileNotFoundError when there is none."""
+    member = path / name
+    try:
+        real = member.resolve()
+        if not real.is_relative_to(path.resolve()):
+            raise PackageError(f"{member}: links out of the package folder: a package's "
+                               "files are inside it")
+        # the resolved path, not followed again (a link put in its place meanwhile); a FIFO
+        # opens at once and is refused below
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # no permission, a link loop, a name too long
+        raise PackageError(f"{member}: cannot be read ({exc.strerror or type(exc).__name__})"
+                           ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise PackageError(f"{member}: cannot be read (not a regular file: a folder, FIFO "
+                           "or device)")
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(limit + 1) if info.st_size <= limit else b""
+    if len(data) > limit or info.st_size > limit:
+        raise PackageError(f"{member}: over {limit} bytes, the most a package's file may hold")
+    return data
 
 
 def read_card(path: Path) -> ModelCard:
     card_path = path / CARD
     try:
-        with card_path.open("rb") as f:
-            raw = f.read(MAX_CARD_BYTES + 1)
+        raw = read_member(path, CARD, MAX_CARD_BYTES)
     except FileNotFoundError:
         raise PackageError(f"{path}: not a model package (no {CARD})") from None
-    except OSError as exc:  # a folder of that name, no permission
-        raise PackageError(f"{card_path}: cannot be read ({exc.strerror or type(exc).__name__})"
-                           ) from None
-    if len(raw) > MAX_CARD_BYTES:
-        raise PackageError(f"{card_path}: over {MAX_CARD_BYTES} bytes; a card is a page of JSON")
     try:
         doc = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -284,13 +350,16 @@ def read_card(path: Path) -> ModelCard:
         raise PackageError(f"{card_path}: {fields}") from None
 
 
-def _check_graph(path: Path, card: ModelCard) -> None:
+def _check_graph(path: Path, card: ModelCard, data: bytes) -> dict[str, bytes]:
+    """Check the graph ``data`` (model.onnx as hashed) against ``card``; the external data
+    files it names, read and checked against the card's ``external_data``."""
     graph_path = path / GRAPH
     try:
-        model = onnx.load(str(graph_path), load_external_data=False)
+        model = onnx.load_model_from_string(data)
     except Exception as exc:  # onnx raises DecodeError and others for junk
         raise PackageError(f"{graph_path}: unreadable ONNX graph ({type(exc).__name__})") from None
     root = path.resolve()
+    locations: list[str] = []
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -305,6 +374,9 @@ def _check_graph(path: Path, card: ModelCard) -> None:
                     f"{location[:80]!r} outside the package folder or not by a plain "
                     "relative name ('/'-separated letters, digits, '_', '-', '.'; no '..')"
                 )
+            if location not in locations:
+                locations.append(location)
+    external = _read_external(path, card, locations)
     inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if len(inputs) != 1 or inputs[0].name != card.input.name:
         names = [i.name for i in inputs]
@@ -330,7 +402,7 @@ def _check_graph(path: Path, card: ModelCard) -> None:
     if card.kind == "anomaly":
         _check_anomaly_outputs(graph_path, model, card.input.size)
         if META_CLASSES not in meta:  # its one class is fixed: the metadata adds nothing
-            return
+            return external
     graph_classes = json.loads(meta.get(META_CLASSES, "null"))
     if graph_classes is None:
         raise PackageError(f"{graph_path}: graph carries no {META_CLASSES} metadata")
@@ -339,6 +411,38 @@ def _check_graph(path: Path, card: ModelCard) -> None:
             f"{graph_path}: graph was exported for {len(graph_classes)} classes {graph_classes}, "
             f"card lists {len(card.class_names)} {card.class_names}"
         )
+    return external
+
+
+def _read_external(path: Path, card: ModelCard, locations: list[str]) -> dict[str, bytes]:
+    """The external data files ``locations``, each read once and checked against the
+    card's ``external_data`` sha256 (which must name exactly these files)."""
+    graph_path = path / GRAPH
+    unused = sorted(set(card.external_data) - set(locations))
+    if unused:
+        raise PackageError(f"{path / CARD}: external_data names {unused[0][:80]!r}, which the "
+                           "graph keeps no tensor in")
+    external: dict[str, bytes] = {}
+    left = MAX_EXTERNAL_BYTES
+    for location in locations:
+        want = card.external_data.get(location)
+        if want is None:
+            raise PackageError(
+                f"{graph_path}: external data file {location[:80]!r} has no sha256 in the "
+                "card's external_data: the card's sha256 covers model.onnx only")
+        try:
+            data = read_member(path, location, left)
+        except FileNotFoundError:
+            raise PackageError(f"{graph_path}: external data file {location[:80]!r} is not in "
+                               "the package") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != want:
+            raise PackageError(
+                f"{path / location}: sha256 {digest[:12]}… does not match the card's "
+                f"external_data {want[:12]}…; the file was altered or belongs to another model")
+        external[location] = data
+        left -= len(data)
+    return external
 
 
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
@@ -374,16 +478,20 @@ def load_package(path: str | Path) -> ModelPackage:
         raise PackageError(f"{path}: model package folder not found")
     card = read_card(path)
     graph = path / GRAPH
-    if not graph.is_file():
-        raise PackageError(f"{path}: model package has no {GRAPH}")
-    digest = sha256_file(graph)
+    try:
+        # read once: hashed, checked and handed to the runtime as these bytes. Hashed on
+        # one read and loaded from another, a graph swapped in between served unchecked
+        data = read_member(path, GRAPH, MAX_GRAPH_BYTES)
+    except FileNotFoundError:
+        raise PackageError(f"{path}: model package has no {GRAPH}") from None
+    digest = hashlib.sha256(data).hexdigest()
     if digest != card.sha256:
         raise PackageError(
             f"{graph}: sha256 {digest[:12]}… does not match the card's {card.sha256[:12]}…; "
             "the graph was altered or the card belongs to another model"
         )
-    _check_graph(path, card)
-    return ModelPackage(path, card)
+    external = _check_graph(path, card, data)
+    return ModelPackage(path, card, data, external)
 
 
 def write_card(path: Path, card: ModelCard) -> None:

@@ -87,7 +87,8 @@ def describe(package: ModelPackage, *, version: int | None = None,
         raise ConfigError(f"Triton version folders are positive integers, got {version}")
     if not 1 <= max_batch_size <= 1024:
         raise ConfigError(f"max batch size must lie in 1..1024, got {max_batch_size}")
-    model = onnx.load(str(package.graph_path), load_external_data=False)
+    model = (onnx.load(str(package.graph_path), load_external_data=False)
+             if package.graph is None else onnx.load_model_from_string(package.graph))
     initialisers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initialisers]
     return TritonModel(card.name, version, max_batch_size,
@@ -155,9 +156,14 @@ def export_triton(package: str | Path, repo: str | Path, *, version: int | None 
     staging = folder / f".{model.version}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    for name in [GRAPH, CARD, *_external_files(pkg)]:
+    # the bytes load_package verified, not the folder read again (a graph swapped since
+    # went to Triton unchecked); the card as it was read
+    assert pkg.graph is not None
+    files = {GRAPH: pkg.graph, CARD: (pkg.card.model_dump_json(indent=1) + "\n").encode(),
+             **pkg.external}
+    for name, data in files.items():
         (staging / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(pkg.path / name, staging / name)
+        (staging / name).write_bytes(data)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
@@ -169,11 +175,3 @@ def _shape(config: str) -> list[str]:
     """The lines that describe tensors (two exports of one model agree on them)."""
     return [line for line in config.splitlines() if "data_type:" in line]
 
-
-def _external_files(pkg: ModelPackage) -> list[str]:
-    """Files holding the graph's external tensor data (load_package confined them to
-    the package folder)."""
-    model = onnx.load(str(pkg.graph_path), load_external_data=False)
-    files = {e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-             for e in t.external_data if e.key == "location"}
-    return sorted(files)

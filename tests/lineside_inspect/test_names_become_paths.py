@@ -37,6 +37,7 @@ def _with_external_data(dst: Path, location: str) -> Path:
     (dst / "model.onnx").write_bytes(graph.SerializeToString())
     card = json.loads((dst / "model.json").read_text())
     card["sha256"] = sha256_file(dst / "model.onnx")
+    card["external_data"] = {"weights.bin": sha256_file(dst / "weights.bin")}
     (dst / "model.json").write_text(json.dumps(card))
     return dst
 

@@ -49,9 +49,19 @@ class Detector:
         self.card = self.package.card
         self.size = self.card.input.size
         self.session = OnnxSession(self.package.graph_path, device=device, threads=threads,
-                                   spinning=spinning, overlap=overlap)
+                                   spinning=spinning, overlap=overlap,
+                                   graph=self.package.graph, external=self.package.external)
+        # the verified bytes were for the session: not kept twice for the model's life
+        self.package = replace(self.package, graph=None, external={})
         if warmup:
-            outputs = self.session.warm_up(np.zeros((1, 3, self.size, self.size), dtype=np.uint8))
+            try:
+                outputs = self.session.warm_up(np.zeros((1, 3, self.size, self.size),
+                                                        dtype=np.uint8))
+            except Exception as exc:  # onnxruntime's own types
+                # a graph that cannot run (a tensor of 2^64 bytes asked for, a shape that
+                # does not fit) was a 500 from POST /v1/models, a traceback at start-up
+                raise PackageError(f"model {self.card.name} {self.card.version}: the graph "
+                                   f"failed its first run: {str(exc)[:300]}") from None
             if self.card.kind == "detector":
                 self._check_outputs(outputs)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +56,16 @@ class OnnxSession:
     part on the line waits); runs that overlap no longer each ask for every core, which
     on 2 cores put four threads on two and cost ~9% of throughput (measured: issue #12).
     ``threads`` set: every run uses exactly that many.
+
+    ``graph`` (and ``external``, its external data files by name): the graph's bytes as
+    verified (``package.load_package``), loaded in place of reading ``path`` again.
     """
 
     def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None,
-                 optimize: bool = True, spinning: bool = True, overlap: int = 1) -> None:
+                 optimize: bool = True, spinning: bool = True, overlap: int = 1,
+                 graph: bytes | None = None, external: Mapping[str, bytes] | None = None
+                 ) -> None:
+        self._graph, self._external = graph, dict(external or {})
         providers = choose_providers(device)
         cores = available_cores()
         cpu = providers == [CPU]
@@ -77,9 +84,9 @@ class OnnxSession:
             for _ in range(overlap):
                 self._lean.put(shared or self._open(path, providers, lean, optimize, spinning))
         self.lean_threads = lean if self._lean is not None else None
+        self._graph, self._external = None, {}  # onnxruntime holds its own copy now
 
-    @staticmethod
-    def _open(path: Path, providers: list[str], threads: int | None, optimize: bool,
+    def _open(self, path: Path, providers: list[str], threads: int | None, optimize: bool,
               spinning: bool) -> ort.InferenceSession:
         options = ort.SessionOptions()
         if threads:
@@ -96,8 +103,14 @@ class OnnxSession:
             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
         options.log_severity_level = 3
+        if self._external:  # by the names the graph gives, as verified
+            names = list(self._external)
+            buffers = [self._external[n] for n in names]
+            options.add_external_initializers_from_files_in_memory(
+                names, buffers, [len(b) for b in buffers])
         try:
-            return ort.InferenceSession(str(path), options, providers=providers)
+            model = str(path) if self._graph is None else self._graph
+            return ort.InferenceSession(model, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise PackageError(f"{path}: onnxruntime cannot load the graph: {exc}") from None
 
