@@ -129,6 +129,11 @@ def default_data_dir() -> str:
     return str(root / "lineside" / "store")
 
 
+# what OpenCV's FFmpeg reader opens from a camera: a source with another scheme is refused
+CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtp", "udp", "tcp", "srt",
+                  "file")
+
+
 class CameraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: Name
@@ -143,17 +148,19 @@ class CameraConfig(BaseModel):
         "golden with it; a recipe not named here uses `reference`"))
     mode: Literal["triggered", "continuous"] = "triggered"
     # bounded: fps 1e9 took a core on a folder, 1e-300 killed the capture thread, 1e-9
-    # slept for 30 years; timeouts under 1 ms meant OpenCV's default (camera review)
-    rate_hz: float = Field(2.0, ge=0.01, le=100, description=(
+    # slept for 30 years; timeouts under 1 ms meant OpenCV's default (camera review).
+    # Finite: NaN was refused as over the upper bound ("fps: ... less than or equal to
+    # 240"), which sent the reader looking at the wrong end (session 38)
+    rate_hz: float = Field(2.0, ge=0.01, le=100, allow_inf_nan=False, description=(
         "continuous mode: inspections per second"))
-    fps: float | None = Field(None, ge=0.01, le=240, description=(
+    fps: float | None = Field(None, ge=0.01, le=240, allow_inf_nan=False, description=(
         "folder/file sources: playback rate (default: a video file's own, 10 for a folder)"))
     loop: bool = Field(True, description=(
         "folder/file sources: start again at the end; false: play once, then the camera "
         "is stopped"))
-    open_timeout_s: float = Field(5.0, ge=0.01, le=300)
-    read_timeout_s: float = Field(5.0, ge=0.01, le=300)
-    stale_after_s: float = Field(2.0, gt=0, le=3600, description=(
+    open_timeout_s: float = Field(5.0, ge=0.01, le=300, allow_inf_nan=False)
+    read_timeout_s: float = Field(5.0, ge=0.01, le=300, allow_inf_nan=False)
+    stale_after_s: float = Field(2.0, gt=0, le=3600, allow_inf_nan=False, description=(
         "no new frame for this long: offline (default 2 s, or 2.5 frame intervals of a "
         "slower fps)"))
     # kept so that configs written for it still load: a trigger never takes a frame from
@@ -195,6 +202,19 @@ class CameraConfig(BaseModel):
         # judged whatever images lay under it, searching it whole
         if not value.strip():
             raise ValueError("must not be empty: a device index, URL, pipeline, file or folder")
+        scheme, sep, rest = value.partition("://")
+        if sep and "!" not in value:  # a URL (a pipeline's properties may hold URLs too)
+            # a typo ("htpp://") or a scheme no camera speaks was offline for good, retried
+            # every few seconds, with only "cannot open" to go on (camera review, session 38).
+            # Only the scheme is named: the rest may hold a password
+            if scheme.lower() not in CAMERA_SCHEMES:
+                named = f" {scheme!r}" if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,15}", scheme) else ""
+                raise ValueError(f"unknown URL scheme{named}: a camera URL starts with "
+                                 f"{', '.join(s + '://' for s in CAMERA_SCHEMES)}")
+            if scheme.lower() == "file" and rest.partition("/")[0] not in ("", "localhost"):
+                # file://cam/a.avi was the file /a.avi, its "cam/" dropped unsaid
+                raise ValueError("a file URL is file:///absolute/path (file://HOST/ names no "
+                                 "file here); a relative path is written without file://")
         return value
 
 

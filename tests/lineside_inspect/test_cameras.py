@@ -142,6 +142,73 @@ def test_frozen_stream_is_detected(stream: MJPEGSimulator) -> None:
         w.stop()
 
 
+def test_an_mjpeg_stream_changing_resolution_gives_its_true_frames() -> None:
+    # OpenCV's FFmpeg reader scaled every frame to the size it opened at: 640x480 went on
+    # as a stretched 160x120 until a reconnect, and a frame over max_pixels was decoded
+    # whole, then shrunk under the limit and judged (camera review, session 38)
+    size = [(120, 160)]
+    stream = MJPEGSimulator(lambda i: np.full((*size[0], 3), i % 200, np.uint8), fps=30)
+    opts = {"open_timeout_s": 1.0, "read_timeout_s": 0.6, "loop": True, "fps": None,
+            "max_pixels": 1_000_000}
+    w = CameraWorker("cam", lambda: make_source(stream.url, **opts), stale_after_s=1.0,  # type: ignore[arg-type]
+                     backoff_base_s=0.05, backoff_max_s=0.4)
+    w.start()
+    try:
+        assert _wait(w.online)
+        assert w.wait_frame_after(time.monotonic(), 2.0).image.shape == (120, 160, 3)  # type: ignore[union-attr]
+        size[0] = (480, 640)
+        assert _wait(lambda: w.latest().image.shape == (480, 640, 3), timeout=3)  # type: ignore[union-attr]
+        assert w.online() and w.reconnects == 0  # the same connection, no reconnect needed
+        size[0] = (1200, 1600)  # 1.92 Mpx, over the limit: refused before it is decoded
+        assert _wait(lambda: "over the limit of 1000000" in (w.health()["last_error"] or ""),
+                     timeout=3)
+        assert w.health()["last_error"].startswith("a frame refused: image is 1600x1200")
+        assert w.latest().image.shape == (480, 640, 3)  # type: ignore[union-attr]
+    finally:
+        w.stop()
+        stream.kill()
+
+
+def test_a_cut_short_jpeg_in_an_mjpeg_stream_is_refused_not_judged(stream: MJPEGSimulator) -> None:
+    # FFmpeg decoded a JPEG cut short (a lossy link) with its missing rows filled in, and
+    # the worker handed it out as a frame to judge (camera review, session 38)
+    w = _worker(stream.url)
+    try:
+        assert _wait(w.online)
+        seen: list[Frame] = []
+        stream.mode = "cut"
+        time.sleep(0.1)  # frames already on their way when the stream changed
+        unsubscribe = w.subscribe(seen.append)
+        assert _wait(lambda: (w.health()["last_error"] or "").startswith("a frame refused: "),
+                     timeout=3)
+        assert "truncated" in w.health()["last_error"] or "corrupt" in w.health()["last_error"]
+        time.sleep(0.3)
+        unsubscribe()
+        assert seen == []
+        stream.mode = "live"
+        assert _wait(w.online)
+    finally:
+        w.stop()
+
+
+def test_a_lone_broken_jpeg_is_skipped_without_a_reconnect(stream: MJPEGSimulator) -> None:
+    # each refused frame ended the connection: on a link losing a frame now and then the
+    # camera went offline and opened its stream again each time (review, session 38)
+    w = _worker(stream.url)
+    try:
+        assert _wait(w.online)
+        stream.mode = "lossy"
+        before = w.health()
+        assert _wait(lambda: (w.health()["last_error"] or "").startswith("a frame refused: "),
+                     timeout=3)
+        assert _wait(lambda: w.health()["frames"] > before["frames"] + 10, timeout=3)
+        after = w.health()
+        assert after["reconnects"] == before["reconnects"] and after["state"] == "online"
+    finally:
+        stream.mode = "live"
+        w.stop()
+
+
 def test_shutdown_returns_within_two_seconds_during_a_blocked_read(stream: MJPEGSimulator) -> None:
     stream.mode = "hang"
     opts = {"open_timeout_s": 60.0, "read_timeout_s": 60.0, "loop": True, "fps": 30.0}
@@ -585,6 +652,37 @@ def test_absurd_camera_settings_are_refused(field: dict[str, float]) -> None:
 
     with pytest.raises(ValidationError):
         CameraConfig(id="c", source="0", **field)
+
+
+@pytest.mark.parametrize("name", ["fps", "rate_hz", "open_timeout_s", "read_timeout_s",
+                                  "stale_after_s"])
+def test_a_nan_camera_setting_is_refused_as_not_a_number(name: str) -> None:
+    # NaN was refused as "less than or equal to 240": the bound, not the value, looked wrong
+    from lineside_inspect.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=rf"cameras\.0\.{name}: Input should be a finite number"):
+        load_settings(None, cameras=[{"id": "c", "source": "0", name: float("nan")}])
+
+
+@pytest.mark.parametrize(("source", "said"), [
+    ("htpp://admin:s3cret@cam/stream", "unknown URL scheme 'htpp'"),
+    ("ftp://admin:s3cret@cam/a.avi", "unknown URL scheme 'ftp'"),
+    ("admin:s3cret@cam://x", "unknown URL scheme: a camera URL starts with rtsp://"),
+    ("file://cam/s3cret.avi", "a file URL is file:///absolute/path")])
+def test_a_camera_url_of_no_camera_scheme_is_refused_at_start(source: str, said: str) -> None:
+    # a typo'd scheme was offline for good, retried every few seconds; file://cam/a.avi was
+    # the file /a.avi (camera review, session 38). One line, and never the password
+    from lineside_inspect.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, cameras=[{"id": "c", "source": source}])
+    message = str(info.value)
+    assert said in message and "cameras.0.source" in message
+    assert "s3cret" not in message and "\n" not in message
+    # what cameras do speak still loads, a pipeline holding a URL too
+    for ok in ("rtsp://admin:pw@cam/s", "HTTP://cam/x.mjpg", "file:///v/a.avi",
+               "file://localhost/v/a.avi", "rtspsrc location=rtsp://cam/s ! decodebin ! appsink"):
+        assert load_settings(None, cameras=[{"id": "c", "source": ok}]).cameras[0].source == ok
 
 
 def test_an_outage_is_logged_once_and_its_end_on_a_frame(caplog: pytest.LogCaptureFixture) -> None:

@@ -50,7 +50,8 @@ class CameraManager:
         for cfg in self.configs.values():
             def make(cfg: CameraConfig = cfg) -> Any:
                 return make_source(cfg.source, open_timeout_s=cfg.open_timeout_s,
-                                   read_timeout_s=cfg.read_timeout_s, loop=cfg.loop, fps=cfg.fps)
+                                   read_timeout_s=cfg.read_timeout_s, loop=cfg.loop, fps=cfg.fps,
+                                   max_pixels=self.max_pixels)
 
             # a continuous camera re-judging one frozen picture would report parts that are
             # not there: it reconnects. A triggered one sees a still scene between parts,

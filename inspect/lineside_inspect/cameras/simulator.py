@@ -33,7 +33,9 @@ def folder_frames(folder: str | Path) -> Callable[[int], np.ndarray]:
 
 class MJPEGSimulator:
     """``mode``: ``live`` (new frames at ``fps``), ``frozen`` (the same picture again and
-    again) or ``hang`` (connection open, no bytes)."""
+    again), ``hang`` (connection open, no bytes) or ``cut`` (each JPEG cut to a third and
+    closed with its end marker, as a lossy link delivers them) or ``lossy`` (every fourth
+    cut so)."""
 
     def __init__(self, frames: Callable[[int], np.ndarray] = counter_frame, *,
                  fps: float = 30.0, port: int = 0) -> None:
@@ -62,6 +64,8 @@ class MJPEGSimulator:
                         if n not in cache:
                             cache = {n: cv2.imencode(".jpg", outer.frames(n))[1].tobytes()}
                         data = cache[n]
+                        if outer.mode == "cut" or (outer.mode == "lossy" and i % 4 == 3):
+                            data = data[:len(data) // 3] + b"\xff\xd9"
                         self.wfile.write(b"--f\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                          + str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n")
                         i += 1

@@ -11,8 +11,8 @@ from typing import Protocol
 import numpy as np
 
 from lineside_inspect.errors import ImageError
-from lineside_inspect.imageio import IMAGE_SUFFIXES, read_image
-from lineside_inspect.opencv import cv2
+from lineside_inspect.imageio import IMAGE_SUFFIXES, decode_image, read_image
+from lineside_inspect.opencv import MAX_IMAGE_PIXELS, cv2
 from lineside_inspect.redact import file_path, shown_source
 
 
@@ -36,8 +36,12 @@ class OpenCVSource:
     own frame rate and looped when asked."""
 
     def __init__(self, source: str, *, open_timeout_s: float, read_timeout_s: float,
-                 loop: bool = True, fps: float | None = None) -> None:
+                 loop: bool = True, fps: float | None = None,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.source = source
+        self.max_pixels = max_pixels
+        # an MJPEG stream's JPEGs as sent, decoded here (see ``open``)
+        self.raw_jpeg = False
         self.open_timeout_ms = int(open_timeout_s * 1000)
         self.read_timeout_ms = int(read_timeout_s * 1000)
         self.loop = loop
@@ -57,6 +61,14 @@ class OpenCVSource:
             cap.release()
             raise ImageError(f"cannot open video source {shown_source(self.source)!r}")
         self.cap = cap
+        if not self.is_file and cap.getBackendName() == "FFMPEG" \
+                and int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little") == b"MJPG":
+            # an MJPEG stream's frames are decoded here, each at its own size: FFmpeg's
+            # reader scaled every frame to the size it opened at (a camera switched to
+            # 640x480 went on as a stretched 160x120, and a frame over max_pixels was
+            # decoded whole, then shrunk under the limit), and it decoded a JPEG cut
+            # short half grey, judged as a frame
+            self.raw_jpeg = bool(cap.set(cv2.CAP_PROP_FORMAT, -1))
         if self.is_file and self.fps is None:
             # a container's own rate, if it is one (a variable-rate or broken file says NaN,
             # 0 or 90000: unpaced, a busy loop); a time-lapse's 0.2 is kept
@@ -78,7 +90,13 @@ class OpenCVSource:
             ok, frame = self.cap.read()
         elif not ok and self.is_file:
             self.ended = True  # played once, as asked: not opened again
-        return frame if ok and frame is not None else None
+        if not ok or frame is None:
+            return None
+        if self.raw_jpeg:
+            # the size from its header before any pixel (ImageTooLargeError), a cut or
+            # broken JPEG refused (ImageError): the worker names it and reconnects
+            return decode_image(frame.tobytes(), self.max_pixels)
+        return frame
 
     def close(self) -> None:
         if self.cap is not None:
@@ -142,7 +160,7 @@ MAX_FOLDER_IMAGE_BYTES = 64 << 20  # a folder camera's image file (a camera's fr
 
 
 def make_source(source: str, *, open_timeout_s: float, read_timeout_s: float, loop: bool,
-                fps: float | None) -> FrameSource:
+                fps: float | None, max_pixels: int = MAX_IMAGE_PIXELS) -> FrameSource:
     """``fps`` None: a video file plays at its own rate, a folder at :data:`FOLDER_FPS`."""
     if not source.strip():  # Path("") is the working folder: never a camera
         raise ImageError("a camera's source must not be empty")
@@ -150,4 +168,5 @@ def make_source(source: str, *, open_timeout_s: float, read_timeout_s: float, lo
     if Path(source).is_dir():
         return FolderSource(source, fps=fps or FOLDER_FPS, loop=loop)
     return OpenCVSource(source, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s,
-                        loop=loop, fps=fps if Path(source).is_file() else None)
+                        loop=loop, fps=fps if Path(source).is_file() else None,
+                        max_pixels=max_pixels)

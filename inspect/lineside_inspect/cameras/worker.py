@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.cameras.sources import FrameSource
+from lineside_inspect.errors import ImageError
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.redact import hide_secrets
 
@@ -33,6 +34,7 @@ class Frame:
 
 
 HEALTHY_FRAMES = 10  # frames read after an open that make it a healthy spell (back-off)
+REFUSED_IN_A_ROW = 5  # broken frames in a row that end a connection (one alone is skipped)
 
 
 class CameraWorker:
@@ -192,8 +194,19 @@ class CameraWorker:
     def _read_loop(self, source: FrameSource) -> str:
         previous = self._frozen_on
         changed = time.monotonic()  # when the picture last changed (detect_frozen only)
+        refused = 0  # frames refused in a row
         while not self._stop.is_set():
-            image = source.read()
+            try:
+                image = source.read()
+            except ImageError as exc:  # over max_pixels, cut short, broken: never judged
+                # a lossy link's lone broken JPEG is skipped (each cost a reconnect, the
+                # stream's start again); only a stream of them is a failure
+                refused += 1
+                self.last_error = hide_secrets(f"a frame refused: {exc}")
+                if refused >= REFUSED_IN_A_ROW:
+                    return f"a frame refused: {exc} ({refused} in a row)"
+                continue
+            refused = 0
             now = time.monotonic()
             if image is None:
                 return "source failed or ended"
