@@ -30,7 +30,7 @@ from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.line.config import LineSettings
 from lineside_inspect.names import Name, OneLine
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
-from lineside_inspect.user_files import read_text
+from lineside_inspect.user_files import load_yaml, read_text
 
 # box: an edge box speaking to its hub (fleet/protocol.py); its key's name is its box id
 Role = Literal["line", "viewer", "reviewer", "admin", "box"]
@@ -405,7 +405,7 @@ def read_config_file(path: Path, what: str = "a config") -> dict[str, Any]:
     """A YAML config file as a mapping; unreadable, invalid or not a mapping: ConfigError."""
     text = read_text(path, "config")  # a FIFO, a device or not UTF-8: one line, not a hang
     try:
-        doc = yaml.safe_load(text) or {}
+        doc = load_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(doc, dict):

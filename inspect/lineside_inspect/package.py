@@ -343,6 +343,8 @@ def read_card(path: Path) -> ModelCard:
         raise PackageError(f"{card_path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
     except RecursionError:  # [[[[... deeper than the parser's stack
         raise PackageError(f"{card_path}: invalid JSON: nested too deeply") from None
+    except ValueError:  # int()'s limit: a number of more than 4300 digits, a traceback
+        raise PackageError(f"{card_path}: invalid JSON: a number too long to read") from None
     try:
         return ModelCard.model_validate(doc)
     except ValidationError as exc:

@@ -13,6 +13,9 @@ import os
 import select
 import stat
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from lineside_inspect.errors import ConfigError
 
@@ -81,3 +84,16 @@ def read_text(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: a {what} is UTF-8 text; this file is not (byte "
                           f"{data[exc.start]:#04x} at offset {exc.start})") from None
+
+
+def load_yaml(text: str, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
+    """``yaml.load`` with a safe loader, raising only ``yaml.YAMLError``: a document
+    nested thousands deep (``[[[[...``) raised RecursionError, and an integer of more than
+    4300 digits or a date such as 2024-02-30 ValueError, each a traceback where callers
+    catch YAMLError (a config, a recipe, a data.yaml from a downloaded set)."""
+    try:
+        return yaml.load(text, Loader=loader)  # a SafeLoader (or a subclass): no tags run code
+    except RecursionError:  # the composer recurses once per level of nesting
+        raise yaml.YAMLError("nested too deeply to read (thousands of levels)") from None
+    except ValueError as exc:  # int()'s digit limit, a date that is no date
+        raise yaml.YAMLError(f"a value that cannot be read: {str(exc).split(';')[0]}") from None

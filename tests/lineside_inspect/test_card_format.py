@@ -80,13 +80,14 @@ def test_a_card_past_what_the_fleet_hub_takes_does_not_load(tmp_path: Path, fiel
 
 
 def test_a_card_that_is_not_a_readable_json_file_is_named(tmp_path: Path) -> None:
-    """A folder named model.json, bytes that are not UTF-8, and JSON nested past the
-    parser's stack each raised out of load_package (a 500 from the hub's publish; fleet
-    review, session 32)."""
+    """A folder named model.json, bytes that are not UTF-8, JSON nested past the parser's
+    stack and a number past int()'s 4300 digits each raised out of load_package (a 500
+    from the hub's publish; fleet review, session 32)."""
     pkg = _package(tmp_path)
     card = pkg / "model.json"
     for content, words in ((b"\xff\xfe{}", "not UTF-8 text"), (b"[" * 100_000, "nested too deeply"),
-                           (b" " * (1 << 20) + b"{}", "over 1048576 bytes")):
+                           (b" " * (1 << 20) + b"{}", "over 1048576 bytes"),
+                           (b'{"v": ' + b"9" * 5000 + b"}", "a number too long to read")):
         card.write_bytes(content)
         with pytest.raises(PackageError, match=words):
             load_package(pkg)

@@ -68,6 +68,31 @@ def test_a_config_not_in_utf8_is_one_line(tmp_path: Path, command: str) -> None:
               "latin.yaml", "is UTF-8 text; this file is not (byte 0xf6")
 
 
+# YAML that yaml.safe_load ends in something other than a YAMLError, which every reader
+# caught: nesting past Python's stack, an integer past int()'s 4300 digits, a date that is
+# none. Each was a RecursionError or ValueError traceback
+BAD_YAML = (("[" * 100_000, "nested too deeply"), ("port: " + "9" * 5000, "4300 digits"),
+            ("names: [a]\nsite: 2024-02-30", "day is out of range for month"))
+
+
+@pytest.mark.parametrize("command", [c for c in FILE_READERS if c != "fleet publish --key"]
+                         + ["data import -f yolo"])
+def test_yaml_past_the_parsers_limits_is_one_line(tmp_path: Path, command: str) -> None:
+    for n, (text, words) in enumerate(BAD_YAML):
+        if command == "data import -f yolo":  # a downloaded set's data.yaml
+            src = tmp_path / f"set{n}"
+            (src / "labels").mkdir(parents=True)
+            (src / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+            (src / "data.yaml").write_text(text + "\n")
+            args = ["data", "import", "-f", "yolo", str(src), str(tmp_path / f"out{n}")]
+            shown = "data.yaml"
+        else:
+            cfg = tmp_path / f"bad{n}.yaml"
+            cfg.write_text(text + "\n")
+            args, shown = FILE_READERS[command](cfg, tmp_path), cfg.name
+        _one_line(runner.invoke(app, args), shown, words)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("command", list(FILE_READERS))
 def test_a_fifo_nobody_writes_to_is_one_line_not_a_wait(tmp_path: Path, command: str,

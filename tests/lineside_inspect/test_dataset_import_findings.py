@@ -456,3 +456,18 @@ def test_a_16bit_png_whose_chunk_claims_gigabytes_is_not_decoded(
     with pytest.raises(DatasetError):
         import_dataset("yolo", tmp_path / "src", tmp_path / "out")
     assert decoded == [], "a PNG with a chunk longer than the file was decoded"
+
+
+def test_a_deeppcb_label_of_infinite_numbers_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    """A DeepPCB label line ``1 1 inf 9 1`` (or ``1e999``) was an OverflowError traceback:
+    only a ValueError (``nan``, a word) was taken as not numbers."""
+    board = tmp_path / "pcb" / "group1"
+    _jpg(board / "g1" / "000_test.jpg")
+    (board / "g1_not").mkdir(parents=True)
+    (board / "g1_not" / "000.txt").write_text("1 1 inf 9 1\n1 1 9 9 1e999\nnan 1 9 9 1\n")
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("deeppcb", tmp_path / "pcb", tmp_path / "out")
+    text = _messages(exc)
+    for n, line in enumerate(("1 1 inf 9 1", "1 1 9 9 1e999", "nan 1 9 9 1"), start=1):
+        assert f"000.txt:line {n}: not finite numbers: {line!r}" in text, text
+    assert not (tmp_path / "out").exists()

@@ -214,7 +214,8 @@ def test_hostile_numbers_and_the_wrong_format_are_named(tmp_path: Path) -> None:
 
 
 def test_deep_json_and_a_long_word_in_a_problem(tmp_path: Path) -> None:
-    """A JSON nested 100,000 deep was a RecursionError traceback; a 50,000-character word
+    """A JSON nested 100,000 deep was a RecursionError traceback (one with a 5,000-digit
+    number a ValueError traceback); a 50,000-character word
     in a problem message took 24 s to sort by kind (a backtracking pattern)."""
     from lineside_inspect.dataset.problems import kind_of
     from lineside_inspect.errors import Problem
@@ -224,5 +225,9 @@ def test_deep_json_and_a_long_word_in_a_problem(tmp_path: Path) -> None:
     (src / "annotations.json").write_text("[" * 100_000)
     r = runner.invoke(app, ["data", "import", "-f", "coco", str(src), str(tmp_path / "out")])
     assert r.exit_code == 2 and "nested too deeply" in r.stderr, (r.stderr, r.exception)
+    # a number of 5,000 digits: past int()'s limit, a ValueError traceback
+    (src / "annotations.json").write_text('{"images": [{"id": ' + "9" * 5000 + "}]}")
+    r = runner.invoke(app, ["data", "import", "-f", "coco", str(src), str(tmp_path / "out")])
+    assert r.exit_code == 2 and "a number too long to read" in r.stderr, (r.stderr, r.exception)
     word = "a" * 50_000 + ".jpg"
     assert kind_of(Problem("f", "", f"image {word} not found in x/y")) == "image … not found in …"

@@ -239,6 +239,20 @@ def test_a_budget_of_weeks_reads_back_as_the_run_reads_it(tmp_path: Path, kind: 
         assert kept is not None and parse_duration(kept) == seconds, kept
 
 
+def test_a_config_past_the_yaml_parsers_limits_is_one_line(tmp_path: Path) -> None:
+    """A config nested 100,000 deep, or with a number of 5,000 digits, was a RecursionError
+    or ValueError traceback from train (--config and --set alike)."""
+    for n, (text, words) in enumerate((("[" * 100_000, "nested too deeply"),
+                                       ("epochs: " + "9" * 5000, "4300 digits"))):
+        cfg = tmp_path / f"bad{n}.yaml"
+        cfg.write_text(text + "\n")
+        r = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(SAMPLE)])
+        assert r.exit_code == 2 and f"{cfg}: cannot read config" in r.output, r.output
+        assert words in r.output, r.output
+        r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--set", "epochs=" + text[-5000:]])
+        assert r.exit_code == 2 and "override 'epochs=" in r.output, r.output
+
+
 def test_an_empty_or_damaged_checkpoint_is_one_line(tmp_path: Path) -> None:
     """An empty best.pt (a run killed while saving, a full disk) ended evaluate, export and
     calibrate with "Aborted!" and exit code 1 (the EOFError taken for the end of input);
@@ -302,8 +316,74 @@ def test_a_checkpoint_that_cannot_be_read_is_not_called_damaged(tmp_path: Path, 
     r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--name", "run", "--resume",
                             "--set", f"out_dir={tmp_path / 'out'}", "--epochs", "1"])
     assert r.exit_code == 2, r.output
-    assert f"cannot read the checkpoint {run / 'last.pt'} ({reason})" in r.output
+    assert f"--resume: {run / 'last.pt'}: cannot read the checkpoint ({reason})" in r.output
     assert "damaged" not in r.output and not (tmp_path / "pkg").exists()
+
+
+class _Payload:
+    """What a crafted checkpoint carries: code that runs as it is unpickled (here, making a
+    folder the test then looks for)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import os
+
+        return os.mkdir, (str(self.marker),)
+
+
+def test_a_crafted_checkpoint_is_refused_not_run(tmp_path: Path) -> None:
+    """evaluate, export, calibrate and train --resume unpickled a checkpoint in full
+    (weights_only=False): a run folder from elsewhere ran its code as it loaded. Now each
+    is refused in one line naming the file and the object, and nothing runs."""
+    import torch
+
+    marker = tmp_path / "ran"
+    run = tmp_path / "out" / "run"
+    run.mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        torch.save({"config": _Payload(marker), "class_names": ["open"], "model": {}},
+                   run / name)
+    for args in (["evaluate", str(run), "--data", str(SAMPLE)],
+                 ["export", str(run), "--out", str(tmp_path / "pkg")],
+                 ["calibrate", str(run / "best.pt"), "--data", str(SAMPLE)],
+                 ["train", "--data", str(SAMPLE), "--name", "run", "--resume",
+                  "--set", f"out_dir={tmp_path / 'out'}", "--epochs", "2"],
+                 ["train", "--data", str(SAMPLE), "--name", "new", "--epochs", "1",
+                  "--set", f"out_dir={tmp_path / 'out'}", "--weights", str(run / "best.pt")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, r.output
+        assert not marker.exists(), args  # the payload did not run
+        line = r.output.strip().splitlines()[-1]  # train says the data's sizes first
+        assert "refused, not loaded" in line and "posix.mkdir" in line, r.output
+        assert str(run) in line and "weights_only" not in r.output, r.output
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_plain_values_that_are_no_lineside_checkpoint_are_one_line(tmp_path: Path) -> None:
+    """What a restricted load gives back may be any plain values: a list, or a checkpoint
+    whose weights fit no model. evaluate and export were a TypeError or RuntimeError
+    traceback, train --resume an AttributeError."""
+    import torch
+
+    run = tmp_path / "out" / "run"
+    run.mkdir(parents=True)
+    config = load_config(None, data=str(SAMPLE)).model_dump()
+    for content in ([1, 2], {"config": config, "class_names": ["open"],
+                             "model": {"stem.0.weight": torch.zeros(1)}}):
+        for name in ("best.pt", "last.pt"):
+            torch.save(content, run / name)
+        for args in (["evaluate", str(run), "--data", str(SAMPLE)],
+                     ["export", str(run), "--out", str(tmp_path / "pkg")]):
+            r = runner.invoke(app, args)
+            assert r.exit_code == 2, r.output
+            assert f"{run / 'best.pt'}: not a Lineside checkpoint" in r.output, r.output
+    torch.save([1, 2], run / "last.pt")
+    r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--name", "run", "--resume",
+                            "--set", f"out_dir={tmp_path / 'out'}", "--epochs", "2"])
+    assert r.exit_code == 2, r.output
+    assert f"--resume: {run / 'last.pt'}: not a Lineside checkpoint" in r.output, r.output
 
 
 def test_calibrate_of_a_file_that_is_not_there_says_so(tmp_path: Path) -> None:

@@ -419,3 +419,28 @@ def test_a_class_name_with_dollar_signs_does_not_crash_the_report(tiny_run: Path
     run = _copy_run_on(tiny_run, tmp_path, dollar)
     evaluate(run, split="val", out=tmp_path / "report", data=str(tmp_path / "set"))
     assert (tmp_path / "report" / "pr_curves.png").is_file()
+
+
+def test_a_run_folders_json_that_lineside_did_not_write_is_one_line(
+        tiny_run: Path, tmp_path: Path) -> None:
+    """A run folder from elsewhere whose thresholds.json (or report's metrics.json) is
+    damaged, not UTF-8, not an object or without its thresholds: export was a
+    JSONDecodeError, UnicodeDecodeError, AttributeError or KeyError traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run / "best.pt", run / "best.pt")
+    for name, content, words in (
+            ("thresholds.json", b"{", "not JSON Lineside can read (JSONDecodeError)"),
+            ("thresholds.json", b'{"x": "\xe9"}', "(UnicodeDecodeError)"),
+            ("thresholds.json", b"[1]", "a list, not the object Lineside writes"),
+            ("thresholds.json", b'{"x": 1}', "no 'thresholds' mapping"),
+            ("report-val/metrics.json", b'{"x": ' + b"9" * 5000 + b"}", "(ValueError)")):
+        (run / "thresholds.json").write_text(json.dumps({"thresholds": {}}))
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).write_bytes(content)
+        with pytest.raises(ConfigError) as exc:
+            export(run, tmp_path / "pkg", data=SAMPLE)
+        assert exc.value.message.startswith(f"{run / name}: "), exc.value.message
+        assert words in exc.value.message and "'lineside evaluate RUN'" in exc.value.message
+        (run / name).unlink()
+    assert not (tmp_path / "pkg").exists()

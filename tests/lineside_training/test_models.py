@@ -93,7 +93,7 @@ def test_backbone_only_weights_report_missing_head(tmp_path: Path) -> None:
 def test_bad_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="not a torch state dict"):
+    with pytest.raises(ConfigError, match="not a weights file torch can read"):
         load_weights(build_model("lsdet", num_classes=2), bad)
     with pytest.raises(ConfigError, match="not found"):
         load_weights(build_model("lsdet", num_classes=2), tmp_path / "missing.pt")

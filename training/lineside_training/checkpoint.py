@@ -15,6 +15,7 @@ from lineside_inspect.errors import ConfigError
 from lineside_inspect.package import sha256_file
 from lineside_training.config import TrainConfig
 from lineside_training.models import build_model
+from lineside_training.weights import read_torch_file
 
 THRESHOLDS = "thresholds.json"
 # the key that ties thresholds.json and a report's metrics.json to the checkpoint file
@@ -95,8 +96,34 @@ class Trained:
         return doc is not None and not self.belongs(doc)
 
     def _saved_thresholds(self) -> dict[str, Any] | None:
-        path = self.run_dir / THRESHOLDS
-        return json.loads(path.read_text()) if path.is_file() else None
+        doc = read_run_json(self.run_dir / THRESHOLDS)
+        if doc is not None and not isinstance(doc.get("thresholds"), dict):
+            raise ConfigError(f"{self.run_dir / THRESHOLDS}: no 'thresholds' mapping: not "
+                              f"a file Lineside wrote; {REWRITE}")
+        return doc
+
+
+REWRITE = "'lineside evaluate RUN' writes it again (or delete it)"
+
+
+def read_run_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object a run folder keeps (thresholds.json, a report's metrics.json), None
+    when there is none. A run folder from elsewhere may hold anything there: damaged,
+    not UTF-8 or not an object, one line naming the file (export was a traceback)."""
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})"
+                          ) from None
+    except (ValueError, RecursionError) as exc:  # JSON, UTF-8, int()'s digits, nesting
+        raise ConfigError(f"{path}: not JSON Lineside can read ({type(exc).__name__}); "
+                          f"{REWRITE}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a {type(doc).__name__}, not the object Lineside "
+                          f"writes; {REWRITE}")
+    return doc
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -119,22 +146,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Trained:
     """The evaluation weights (EMA when trained with it) of a run or checkpoint, in eval mode."""
     ck_path = resolve_checkpoint(path)
-    try:
-        ck = torch.load(ck_path, map_location=device, weights_only=False)
-    except OSError as exc:  # the file is there but may not be read (a permission): not damage
-        raise ConfigError(f"{ck_path}: cannot read the checkpoint "
-                          f"({exc.strerror or type(exc).__name__})") from None
-    except Exception as exc:  # torch raises pickle, EOF and runtime errors of several kinds
-        # an empty file (a run killed while saving, a full disk) raised EOFError, which the
-        # CLI's framework printed as "Aborted!"; other damage, an UnpicklingError traceback
-        raise ConfigError(f"{ck_path}: not a checkpoint torch can read, empty or damaged "
-                          f"({type(exc).__name__})") from None
-    try:
+    # tensors and plain values only: a run folder from elsewhere cannot run code on load
+    ck = read_torch_file(ck_path, device)
+    try:  # plain values that are not our checkpoint's (a list, a bare state dict): said
         cfg = TrainConfig.model_validate(ck["config"])
         names = list(ck["class_names"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise ConfigError(f"{ck_path}: not a Lineside checkpoint ({exc})") from None
-    model = build_model(cfg.model, num_classes=len(names), **cfg.model_kwargs)
-    model.load_state_dict(ck["model"])
+        model = build_model(cfg.model, num_classes=len(names), **cfg.model_kwargs)
+        model.load_state_dict(ck["model"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"{ck_path}: not a Lineside checkpoint "
+                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                          ) from None
     model.to(device).eval()
     return Trained(model, cfg, names, ck_path.parent, ck, ck_path)

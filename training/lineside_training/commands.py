@@ -9,6 +9,7 @@ import yaml
 
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.package import read_card
+from lineside_inspect.user_files import load_yaml
 from lineside_training import engine
 from lineside_training import evaluate as detector_evaluate
 from lineside_training import export as detector_export
@@ -36,7 +37,7 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     doc = read_config(path, overrides, name=name)
     saved = Path(str(doc.get("out_dir", "runs"))) / str(doc.get("name", "run")) / "config.yaml"
     try:
-        was = yaml.safe_load(saved.read_text())
+        was = load_yaml(saved.read_text())
     except (OSError, yaml.YAMLError):
         return {}
     if not isinstance(was, dict):

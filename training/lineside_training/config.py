@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError, LinesideError, describe_validation
-from lineside_inspect.user_files import read_text
+from lineside_inspect.user_files import load_yaml, read_text
 from lineside_training.budget import budget_text
 
 Config = TypeVar("Config", bound=BaseModel)
@@ -195,7 +195,7 @@ def read_config(path: str | Path | None, overrides: list[str] | None = None,
         # not UTF-8 was a UnicodeDecodeError traceback, a FIFO nobody writes to a hang
         text = read_text(path, "config")
         try:
-            doc = yaml.safe_load(text) or {}
+            doc = load_yaml(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: cannot read config: {exc}") from exc
         if not isinstance(doc, dict):
@@ -206,7 +206,7 @@ def read_config(path: str | Path | None, overrides: list[str] | None = None,
         if not sep:
             raise ConfigError(f"override {item!r} must look like key=value")
         try:
-            parsed = yaml.safe_load(value)
+            parsed = load_yaml(value)
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or "not valid YAML"
             raise ConfigError(f"override {item!r}: the value is {problem} (quote a text "

@@ -38,7 +38,7 @@ from lineside_training.metrics import coco_metrics
 from lineside_training.models import build_model
 from lineside_training.predict import predict_records
 from lineside_training.threads import choose_threads
-from lineside_training.weights import load_weights
+from lineside_training.weights import load_weights, read_torch_file
 
 PATIENCE_FROM = 0.75  # under a time budget, patience may end a run only in the plan's last quarter
 
@@ -543,7 +543,7 @@ def load_checkpoint(path: Path, state: TrainState, device: torch.device) -> Prog
     """Restore ``state`` from a checkpoint written by :func:`save_checkpoint`; returns its
     progress. A scaler saved disabled (a CPU run), or by a release that did not save it,
     leaves ``state.scaler`` fresh; a disabled scaler ignores any saved state."""
-    ck = torch.load(path, map_location=device, weights_only=False)
+    ck = read_torch_file(path, device)  # tensors and plain values only: no code runs
     state.model.load_state_dict(ck["raw_model"])
     if state.ema is not None and ck.get("ema") is not None:
         state.ema.load_state_dict(ck["ema"])
@@ -564,14 +564,12 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
     A set is the same by its resolved path or by its annotations' content (the run folder
     moved to another machine), the merged sets in any order. Refuse a run whose schedule
     is done, too: it took no step and logged an empty epoch (new-user review)."""
-    try:
-        ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False, mmap=True)
-    except OSError as exc:  # there but may not be read (a permission): not damage
-        raise ConfigError(f"--resume: cannot read the checkpoint {run / 'last.pt'} "
-                          f"({exc.strerror or type(exc).__name__})") from None
-    except Exception as exc:  # empty (killed while saving) or damaged: said, not a traceback
-        raise ConfigError(f"--resume: {run / 'last.pt'} is not a checkpoint torch can read, "
-                          f"empty or damaged ({type(exc).__name__})") from None
+    try:  # tensors and plain values only: a run folder from elsewhere cannot run code
+        ck = read_torch_file(run / "last.pt", mmap=True)
+    except ConfigError as exc:
+        raise ConfigError(f"--resume: {exc}") from None
+    if not isinstance(ck, dict):
+        raise ConfigError(f"--resume: {run / 'last.pt'}: not a Lineside checkpoint")
     _check_same_data(run, ck.get("data", {}), fingerprint)
     planned, step = int(ck.get("planned_steps") or 0), int(ck.get("step") or 0)
     best = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"

@@ -38,7 +38,7 @@ from lineside_inspect.package import (
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.version import __version__
 from lineside_training.calibration import calibrate_f
-from lineside_training.checkpoint import Trained, load_trained
+from lineside_training.checkpoint import Trained, load_trained, read_run_json
 from lineside_training.metrics import coco_metrics
 from lineside_training.models.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, select_detections
 from lineside_training.package_writer import (
@@ -286,7 +286,7 @@ def export(
         fp32 = tmp / GRAPH
         export_onnx(trained.model, cfg.input_size, fp32, trained.class_names)
         metrics_path = trained.run_dir / "report-val" / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        metrics = read_run_json(metrics_path) or {}
         if not trained.belongs(metrics):  # a report of the checkpoint before a resume
             metrics = {}
         card = ModelCard(

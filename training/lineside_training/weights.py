@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,6 +14,33 @@ from torch import nn
 from lineside_inspect.errors import ConfigError
 
 PREFIXES = ("", "model.", "backbone.", "model.backbone.", "module.", "model.backbone.body.")
+# how torch's restricted unpickler names an object it refused to build: a crafted file's
+# code (posix.system), or a class no Lineside checkpoint holds
+_REFUSED = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def read_torch_file(path: Path, device: str | torch.device = "cpu", *, what: str = "checkpoint",
+                    mmap: bool = False) -> Any:
+    """``torch.load`` of a file that may come from elsewhere (a run folder copied in, a
+    downloaded checkpoint): tensors and plain values only, so a crafted file cannot run
+    code. Every failure is one ConfigError line naming the file."""
+    try:
+        with warnings.catch_warnings():  # torch warns of a pickle protocol it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except OSError as exc:  # there but may not be read (a permission): not damage
+        raise ConfigError(f"{path}: cannot read the {what} "
+                          f"({exc.strerror or type(exc).__name__})") from None
+    except Exception as exc:  # torch raises EOF, pickle, key and runtime errors
+        # torch's own text runs to many lines and advises loading the file unsafely
+        if isinstance(exc, pickle.UnpicklingError) and (found := _REFUSED.search(str(exc))):
+            raise ConfigError(f"{path}: refused, not loaded: the {what} holds "
+                              f"{found.group(1)}, not only tensors and plain values (loading "
+                              "it could run code)") from None
+        # an empty file (a run killed while saving, a full disk) raised EOFError, which the
+        # CLI's framework printed as "Aborted!"
+        raise ConfigError(f"{path}: not a {what} torch can read, empty or damaged "
+                          f"({type(exc).__name__})") from None
 
 
 def _torchvision_weights(name: str) -> dict[str, torch.Tensor]:
@@ -42,10 +73,7 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: weights file not found")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for bad files
-            raise ConfigError(f"{path}: not a torch state dict: {exc}") from None
+        state = read_torch_file(path, what="weights file")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     own = model.state_dict()

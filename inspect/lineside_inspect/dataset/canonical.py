@@ -305,6 +305,9 @@ def load_json(path: Path) -> Any:
     except json.JSONDecodeError as exc:
         problem = Problem(str(path), f"line {exc.lineno}", f"invalid JSON: {exc.msg}")
         raise DatasetError(f"{path}: invalid JSON", [problem]) from exc
+    except ValueError:  # int()'s limit: a number of more than 4300 digits, a traceback
+        message = "invalid JSON: a number too long to read (thousands of digits)"
+        raise DatasetError(f"{path}: {message}", [Problem(str(path), "", message)]) from None
 
 
 def read_dataset(root: str | Path) -> Dataset:

@@ -35,6 +35,7 @@ from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
 from lineside_inspect.dataset.verdicts import import_mvtec, not_good_only
 from lineside_inspect.errors import DatasetError, Problem
 from lineside_inspect.imageio import IMAGE_SUFFIXES, UNSUPPORTED_IMAGE_SUFFIXES
+from lineside_inspect.user_files import load_yaml
 
 DEEPPCB_CLASSES = ("open", "short", "mousebite", "spur", "copper", "pin-hole")
 DEEPPCB_LICENCE = ("MIT; the authors ask that DeepPCB be used for research: data and models "
@@ -289,10 +290,9 @@ def import_deeppcb(src: Path) -> Draft:
                     continue
                 try:
                     x1, y1, x2, y2, kind = (int(float(p)) for p in parts)
-                except ValueError:
-                    problems.append(
-                        Problem(str(label_file), f"line {n}", f"not numbers: {line.strip()!r}", rel)
-                    )
+                except (ValueError, OverflowError):  # OverflowError: 'inf', '1e999'
+                    problems.append(Problem(str(label_file), f"line {n}",
+                                            f"not finite numbers: {line.strip()!r}", rel))
                     continue
                 label = DEEPPCB_CLASSES[kind - 1] if 1 <= kind <= 6 else f"type-{kind}"
                 boxes.append(Box(x1, y1, x2, y2, label, origin=f"{label_file}:line {n}"))
@@ -741,7 +741,7 @@ def _names_from_yaml(cfg: Path) -> dict[int, str] | None:
     A mapping is read by integer key, never by its order: quoted keys ('10' sorts before
     '2' as text) and sparse ids ({0, 2, 3}) keep each id on its own name."""
     try:
-        doc = yaml.safe_load(_read_text(cfg)) or {}
+        doc = load_yaml(_read_text(cfg)) or {}
     except yaml.YAMLError as exc:
         raise DatasetError(f"{cfg}: invalid YAML: {exc}") from exc
     names = doc.get("names") if isinstance(doc, dict) else None
@@ -893,7 +893,7 @@ class _YamlSplits:
         # image -> [(split, entry as written)], more than one when named in several splits
         self.named: dict[Path, list[tuple[str, str]]] = defaultdict(list)
         self.applied: list[str] = []
-        doc = yaml.safe_load(_read_text(cfg)) or {}  # parsed before by _names_from_yaml
+        doc = load_yaml(_read_text(cfg)) or {}  # parsed before by _names_from_yaml
         if not isinstance(doc, dict) or not any(doc.get(k) for k in YAML_SPLITS):
             return
         self.base = self._base(doc.get("path"))

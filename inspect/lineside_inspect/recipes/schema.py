@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lineside_inspect.errors import ConfigError, describe_validation
 from lineside_inspect.names import Name, OneLine
 from lineside_inspect.runtime.unchanged import UnchangedGate
-from lineside_inspect.user_files import read_text
+from lineside_inspect.user_files import load_yaml, read_text
 
 # pixels; bounded so that no sum over a polygon overflows to inf (a region of +-1e308
 # made every centre fall outside it, passing any board)
@@ -218,11 +218,12 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     text = read_text(path, "recipe")  # (a FIFO nobody writes to waited forever)
     try:
-        doc = yaml.load(text, Loader=_Loader)  # a SafeLoader: no tags run code
+        doc = load_yaml(text, _Loader)  # a SafeLoader: no tags run code
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML") from None
+        # no place to point at (nesting past the stack, a number too long): say what
+        raise ConfigError(f"{path}:{where} invalid YAML" + ("" if mark else f": {exc}")) from None
     if not isinstance(doc, dict):  # pydantic said "a valid dictionary or instance of Recipe"
         found = "an empty file" if doc is None else f"a {type(doc).__name__}"
         raise ConfigError(f"{path}: a recipe is a mapping of settings (name, version, model "
