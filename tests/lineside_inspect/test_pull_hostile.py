@@ -167,6 +167,26 @@ def test_a_pull_takes_each_inspection_once_when_pages_shift(tmp_path: Path) -> N
     assert not list(tmp_path.glob(".pulled.pull.w*"))  # its staging folder is gone
 
 
+def test_a_server_of_a_release_before_until_is_paged_by_offset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages start at the oldest time listed (``until``); a server of a release before
+    ``/v1/inspections`` took it ignores it, and its pages would never move on: such a
+    server is paged by offset, as it was."""
+    from lineside_inspect.store import pull
+
+    ids = _ids(5)  # newest first, a second apart
+    items = [{**_item(i), "created_at": f"2026-12-01T00:00:{59 - n:02d}+00:00"}
+             for n, i in enumerate(ids)]
+    monkeypatch.setattr(pull, "PAGE", 2)
+    srv = _Scripted(lambda o: items[o:o + 2], lambda _: _png(8, 8), total=5)
+    try:
+        ds = pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    assert sorted(r.file_name.split("/")[-1][:32] for r in ds.images) == ids
+    assert any("until=" in p for p in srv.asked)  # it was asked first
+
+
 @pytest.mark.parametrize(("page", "image", "words"), [
     (lambda o: [{**_item(i), "has_image": False} for i in _ids(500, o)], lambda _: b"",
      "the server lists over"),

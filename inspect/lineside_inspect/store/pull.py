@@ -336,8 +336,9 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
                                      prefix=f".{out.name}.pull.w{os.getpid()}.") as tmp, \
             httpx.Client(base_url=url, headers={**headers, **IDENTITY}, timeout=60) as c:
         cursor, listed, first = _Cursor(), 0, None
+        by_offset: int | None = None  # a server of a release before `until`: by offset
         while True:
-            until, offset = cursor.params()
+            until, offset = (None, by_offset) if by_offset is not None else cursor.params()
             params: dict[str, Any] = {"limit": PAGE, "offset": offset}
             if reviewed:
                 params["review_state"] = "reviewed"
@@ -354,6 +355,11 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             items = [i.model_dump(mode="json") for i in page.items]
             if not items:
                 break
+            if until and any(as_utc(i.created_at) >= until for i in page.items):
+                # it ignored `until` (a page before this one may have been another than
+                # asked for, unseen): from the start again by offset, each item taken once
+                by_offset = 0
+                continue
             # a list that never ends (a hostile server) is cut off: at most twice its
             # first total and ten pages more
             first = page.total if first is None else first
@@ -361,6 +367,8 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             bound = 2 * first + 10 * PAGE
             listed += len(items)
             cursor.advance([as_utc(i.created_at) for i in page.items])
+            if by_offset is not None:
+                by_offset += len(items)
             if listed > bound:
                 raise ConfigError(f"{url}: the server lists over {bound} inspections though "
                                   f"it said {first} at first: not a Lineside server's list")
