@@ -861,6 +861,35 @@ def test_modbus_connections_are_bounded_the_oldest_closed(line: Line) -> None:
             s.close()
 
 
+
+def _read_coils_raw(s: socket.socket, transaction: int) -> bytes:
+    """FC 01 of 8 coils from 0, unit 1, as a PLC sends it on its one connection: the
+    answer's bytes (b"" once the server has closed the connection)."""
+    s.sendall(transaction.to_bytes(2, "big") + b"\x00\x00\x00\x06\x01\x01\x00\x00\x00\x08")
+    try:
+        return s.recv(64)
+    except ConnectionResetError:
+        return b""
+
+
+def test_a_flood_of_idle_modbus_connections_does_not_cut_the_working_plc(line: Line) -> None:
+    """The bound closed the oldest connection, and the oldest is the PLC's (connected at
+    its start, polling since): a flood of idle ones from anyone on the network cut it
+    off again and again, the very flood the bound is for. The one idle longest goes."""
+    plc = socket.create_connection(("127.0.0.1", line.modbus_port), timeout=WAIT_S)
+    idle: list[socket.socket] = []
+    try:
+        assert _read_coils_raw(plc, 1)[7:8] == b"\x01"
+        for i in range(MAX_CONNECTIONS + 3):
+            idle.append(socket.create_connection(("127.0.0.1", line.modbus_port),
+                                                 timeout=WAIT_S))
+            if i % 8 == 7:  # the PLC polls meanwhile
+                assert _read_coils_raw(plc, 2 + i)[7:8] == b"\x01"
+        assert _read_coils_raw(plc, 99)[7:8] == b"\x01"  # still its connection
+    finally:
+        for s in (plc, *idle):
+            s.close()
+
 async def _reg(mb: AsyncModbusTcpClient, base: int, name: str) -> int:
     return (await _registers(mb, base))[name]
 

@@ -22,6 +22,22 @@ def test_input_size_off_the_stride_suggests_the_nearest() -> None:
     assert r.exit_code == 2 and "crop_size" in r.stderr and "use 32 or 64" in r.stderr
 
 
+
+def test_an_input_size_no_package_takes_is_refused_before_training() -> None:
+    """A card's input.size is at most 4096 (session 38): a run at 4128 trained for its
+    hours, then its export was refused. Said by train at once, for both kinds."""
+    from lineside_inspect.errors import ConfigError
+    from lineside_training.commands import load_config
+
+    for kind in ([], ["kind=anomaly"]):
+        try:
+            load_config(None, [f"data={SAMPLE}", "input_size=4128", *kind])
+        except ConfigError as exc:
+            assert "input_size" in exc.message and "4096" in exc.message, exc.message
+        else:
+            raise AssertionError(f"input_size 4128 taken {kind}")
+    assert load_config(None, [f"data={SAMPLE}", "input_size=4096"]).input_size == 4096
+
 def test_a_merged_sets_held_out_images_are_said_not_dropped_silently(tmp_path: Path) -> None:
     """``--merge`` trains on the extra set's train (and unsplit) images only; its val/test
     images stay held out, and the run says how many (a user saw 30 train where 36 were

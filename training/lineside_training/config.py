@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError, LinesideError, describe_validation
+from lineside_inspect.package import MAX_INPUT_SIZE
 from lineside_inspect.user_files import load_yaml, read_text
 from lineside_training.budget import budget_text
 
@@ -51,7 +52,9 @@ class TrainConfig(BaseModel):
     model: str = "lsdet"
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = Field(None, description="local state dict (whole model or backbone)")
-    input_size: int = Field(640, ge=32, description=(
+    # at most what a package's card takes: a larger run trained for hours, then its
+    # export was refused (session 38)
+    input_size: int = Field(640, ge=32, le=MAX_INPUT_SIZE, description=(
         "letterboxed square input, a multiple of 32; a config read by load_config that "
         "leaves it out (or says auto) gets it from the data (input_size_for)"))
     reference: bool = Field(False, description=(

@@ -23,7 +23,7 @@ from torch import nn
 
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.lifecycle.lineage import parent_of
-from lineside_inspect.names import NAME_RULE, is_name
+from lineside_inspect.names import NAME_RULE, is_name, is_package_member
 from lineside_inspect.package import (
     CARD,
     GRAPH,
@@ -148,12 +148,32 @@ def rewrite_card(package: Path, doc: dict[str, Any]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{package.name}.", dir=package.parent))
     try:
         (tmp / CARD).write_text(json.dumps(doc, indent=1) + "\n")
-        # a copy: the package loader refuses a file that links out of its folder
-        shutil.copyfile(package / GRAPH, tmp / GRAPH)
+        # not a symlink: the package loader refuses a file that links out of its folder
+        _copy_graph(package, tmp, doc, link=True)
         load_package(tmp)  # the new card must verify against the untouched graph
         (tmp / CARD).replace(package / CARD)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_graph(package: Path, tmp: Path, doc: dict[str, Any], *, link: bool = False) -> None:
+    """``package``'s graph and the external data files ``doc`` lists into ``tmp``, where
+    the loader checks them: with model.onnx alone, a package keeping its weights beside it
+    was refused ("not in the package"). ``link``: hard links where the disk allows (a
+    folder removed after the check; the weights may run to gigabytes)."""
+    extra = doc.get("external_data")
+    names = [n for n in (extra if isinstance(extra, dict) else {}) if is_package_member(n)]
+    for name in (GRAPH, *names):
+        src, dst = package / name, tmp / name
+        if name != GRAPH and not src.is_file():
+            continue  # the loader names what is missing
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if not link:
+                raise OSError
+            os.link(src.resolve(), dst)
+        except OSError:  # another disk, or links not allowed
+            shutil.copyfile(src, dst)
 
 
 def new_version_folder(package: Path, out: str | Path) -> Path:
@@ -210,6 +230,6 @@ def write_new_version(package: Path, out: str | Path, doc: dict[str, Any]) -> st
            "metrics": {"calibration": calibration,
                        "recalibrated_from": source, "at_source_thresholds": measured}}
     with staged_package(out, replace=False) as tmp:
-        shutil.copyfile(package / GRAPH, tmp / GRAPH)
+        _copy_graph(package, tmp, doc)
         (tmp / CARD).write_text(json.dumps(doc, indent=1) + "\n")
     return f"{doc['name']}:{out.name}"

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lineside_inspect.package import MAX_INPUT_SIZE
 from lineside_training.budget import budget_text, parse_duration
 
 STRIDE = 32  # the network halves its input five times
@@ -49,7 +50,7 @@ class AnomalyConfig(BaseModel):
     calib_groups: list[str] = Field(default_factory=list, description=(
         "groups held out for calibration; empty: about calib_fraction of the groups"))
     calib_fraction: float = Field(0.15, gt=0, lt=1)
-    input_size: int = Field(640, ge=STRIDE, description=(
+    input_size: int = Field(640, ge=STRIDE, le=MAX_INPUT_SIZE, description=(  # a card's bound
         "letterboxed input side; a config that leaves it out (or says auto) gets it from "
         "the data (lineside_training.config.input_size_for): 200 px images run at 224"))
     crop_size: int = Field(192, ge=STRIDE, description=(
