@@ -129,6 +129,16 @@ def default_data_dir() -> str:
     return str(root / "lineside" / "store")
 
 
+DEVICE_INDEX_MAX = 2**31 - 1  # OpenCV takes a C int
+
+
+def device_index(source: str) -> int | None:
+    """The camera device a source names (plain ASCII digits: "0" is the first), or None
+    for a URL, pipeline, file or folder. ``str.isdigit`` alone also took superscript
+    digits, which int() then refused."""
+    return int(source) if source.isascii() and source.isdigit() else None
+
+
 # what OpenCV's FFmpeg reader opens from a camera: a source with another scheme is refused
 CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "rtp", "udp", "tcp", "srt",
                   "file")
@@ -202,6 +212,14 @@ class CameraConfig(BaseModel):
         # judged whatever images lay under it, searching it whole
         if not value.strip():
             raise ValueError("must not be empty: a device index, URL, pipeline, file or folder")
+        # "-1" was opened as a file of that name, offline for good with "cannot open"; an
+        # index past a C int had OpenCV raise its overload list at every retry (mopup, 38)
+        if re.fullmatch(r"[+-][0-9]+", value) and not Path(value).exists():
+            raise ValueError(f"a device index is plain digits (0 is the first camera): "
+                             f"{value!r} is none")
+        index = device_index(value)
+        if index is not None and index > DEVICE_INDEX_MAX:
+            raise ValueError(f"device index {index} is over {DEVICE_INDEX_MAX}")
         scheme, sep, rest = value.partition("://")
         if sep and "!" not in value:  # a URL (a pipeline's properties may hold URLs too)
             # a typo ("htpp://") or a scheme no camera speaks was offline for good, retried
@@ -498,7 +516,7 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
                             for p in doc[key]]
         for cam in doc.get("cameras") or []:
             src = str(cam.get("source", "")) if isinstance(cam, dict) else ""
-            if src and not src.isdigit() and "://" not in src and "!" not in src \
+            if src and device_index(src) is None and "://" not in src and "!" not in src \
                     and not Path(src).is_absolute() and (base / src).exists():
                 cam["source"] = str((base / src).resolve())
             if isinstance(cam, dict) and "reference" in cam:

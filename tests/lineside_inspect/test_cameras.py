@@ -685,6 +685,33 @@ def test_a_camera_url_of_no_camera_scheme_is_refused_at_start(source: str, said:
         assert load_settings(None, cameras=[{"id": "c", "source": ok}]).cameras[0].source == ok
 
 
+@pytest.mark.parametrize(("source", "said"), [
+    ("-1", "a device index is plain digits"), ("+0", "a device index is plain digits"),
+    ("2147483648", "device index 2147483648 is over 2147483647")])
+def test_a_device_index_that_is_none_is_refused_at_start(source: str, said: str) -> None:
+    # "-1" was opened as a file of that name and stayed offline ("cannot open"); an index
+    # past a C int made OpenCV raise its overload list at every retry (mopup, session 38)
+    from lineside_inspect.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, cameras=[{"id": "c", "source": source}])
+    assert said in str(info.value) and "cameras.0.source" in str(info.value)
+    assert "\n" not in str(info.value)
+    for ok in ("0", "2147483647"):
+        assert load_settings(None, cameras=[{"id": "c", "source": ok}]).cameras[0].source == ok
+
+
+def test_only_ascii_digits_are_a_device_index() -> None:
+    # "\u00b2".isdigit() is true, and int() of it raised: the camera's open failed with a
+    # ValueError, not "cannot open" (mopup, session 38)
+    from lineside_inspect.cameras.sources import OpenCVSource
+    from lineside_inspect.errors import ImageError
+
+    source = OpenCVSource("\u00b2", open_timeout_s=0.1, read_timeout_s=0.1)
+    with pytest.raises(ImageError, match="cannot open video source"):
+        source.open()
+
+
 def test_an_outage_is_logged_once_and_its_end_on_a_frame(caplog: pytest.LogCaptureFixture) -> None:
     """A frozen continuous camera logged 'offline' and 'online again' at every reconnect
     (8 pairs in 5 s), though it never delivered a frame (review, session 32)."""

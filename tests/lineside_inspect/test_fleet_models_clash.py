@@ -93,6 +93,32 @@ def test_a_served_version_is_never_replaced_by_another_card(weed: Any, tmp_path:
                                 served)
 
 
+def test_a_card_changed_on_disk_after_its_checks_is_not_loaded(
+        weed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry reads a pulled package again from its folder: a card changed there
+    after the puller checked it (signature, name, clash) was loaded and served unchecked
+    (mopup, session 38). The change is made in that gap, as the clash check runs."""
+    with _box_and_hub(weed, tmp_path) as box:
+        box.puller.app.state.lifecycle = None  # refused before the lifecycle is asked
+        assert publish(box.hub, box.key, versioned(tmp_path, "v6")).status_code == 201
+        with box.hub.client() as admin:
+            r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": "v6"})
+            assert r.status_code == 200, r.text
+        check = box.puller._check_clash
+
+        def then_changed(m: AssignedModel, card: Any, dest: Path) -> bool:
+            [folder] = (box.puller.root / ".incoming").glob("*/package")
+            write_card(folder, card.model_copy(update={"thresholds": {"short": 0.99}}))
+            return check(m, card, dest)
+
+        monkeypatch.setattr(box.puller, "_check_clash", then_changed)
+        box.puller.pull()
+        errors = box.puller.errors()
+        assert any("v6: model deeppcb v6: its card or graph changed on disk after it was "
+                   "checked" in e for e in errors), errors
+        assert box.registry.models() == {} and "deeppcb" not in box.puller.state.models
+
+
 def test_a_package_over_the_boxs_limit_is_not_downloaded_whole(weed: Any, tmp_path: Path) -> None:
     """``fleet.max_package_bytes`` bounds what a pull writes (a fixed 2 GiB before: a
     hostile hub could make the box write that at every pull)."""

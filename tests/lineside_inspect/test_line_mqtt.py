@@ -39,7 +39,7 @@ from lineside_inspect.server.app import create_app
 from lineside_inspect.store import Store
 from lineside_inspect.store.outbox import Outbox, event
 
-from .conftest import MODEL, SAMPLE, settings, start_server
+from .conftest import MODEL, SAMPLE, keyed, settings, start_server
 from .server_process import LINESIDE, ServerProcess, free_port
 from .test_ui_screens import ARGS, CHROMIUM
 
@@ -642,6 +642,35 @@ def test_an_event_too_large_for_the_broker_is_set_aside_not_sent_for_ever(
             publisher.stop()
     finally:
         store.close()
+
+
+def test_an_admin_lists_the_mqtt_events_set_aside(broker: Broker, tmp_path: Path) -> None:
+    """An event over max_message_bytes was set aside with only a log line and the last
+    error to show for it (overwritten by the next); the fleet's own set-aside rows had a
+    route, the line's none (mopup, session 38). Admin only."""
+    broker.start()
+    data = tmp_path / "data"
+    store = Store(data, None, pass_rate=0.0, sync_interval_s=3600, box_id="b1")
+    Outbox(store.engine, "b1").enqueue("lineside/b1/cam1/inspection", {"pad": "x" * 2000})
+    store.close()
+    mqtt = {"url": broker.url, "username": "lineside", "password": PASSWORDS["lineside"],
+            "max_message_bytes": 1024}
+    running, stop = start_server(keyed(data_dir=str(data), box_id="b1", line={"mqtt": mqtt}))
+    try:
+        with running.client("admin") as c:
+            page = wait_for(lambda: (r := c.get("/v1/line/mqtt/set-aside").json())["count"] == 1
+                            and r, "the event set aside")
+            [item] = page["items"]
+            assert item["topic"] == "lineside/b1/cam1/inspection"
+            assert item["refused"].startswith("too_large") and "(1024)" in item["refused"]
+            assert c.get("/v1/line/mqtt/set-aside?limit=0").status_code == 422
+            op = c.get("/openapi.json").json()["paths"]["/v1/line/mqtt/set-aside"]["get"]
+            assert op["operationId"] == "list_mqtt_set_aside"
+        with running.client("reviewer") as c:
+            assert c.get("/v1/line/mqtt/set-aside").status_code == 403
+        assert httpx.get(running.url + "/v1/line/mqtt/set-aside").status_code == 401
+    finally:
+        stop()
 
 
 def test_a_port_that_is_no_broker_and_a_client_id_in_use_are_said(

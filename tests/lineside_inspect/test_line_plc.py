@@ -463,6 +463,23 @@ def test_line_settings_refuse_unsecured_network_endpoints(tmp_path: Path) -> Non
         load_settings(cfg)
 
 
+@pytest.mark.parametrize("endpoint", [
+    "opc.tcp://127.0.0.1:4840/x y", "opc.tcp://127.0.0.1:4840/x?q=1",
+    "opc.tcp://127.0.0.1:4840/x#f", "opc.tcp://127.0.0.1:4840/x;p",
+    "opc.tcp://user:s3cret@127.0.0.1:4840/x"])
+def test_an_opcua_endpoint_path_of_more_than_a_path_is_refused(tmp_path: Path, endpoint: str) -> None:
+    # it started and announced the URL as written to every client: a space, query or
+    # fragment in the EndpointUrl a PLC must match, a password in GetEndpoints (mopup, 38)
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(f"line:\n  opcua:\n    endpoint: '{endpoint}'\n")
+    with pytest.raises(ConfigError, match=r"line\.opcua: endpoint .*plain") as info:
+        load_settings(cfg)
+    assert "s3cret" not in str(info.value) and "\n" not in str(info.value)
+    for ok in ("opc.tcp://127.0.0.1:4840", "opc.tcp://127.0.0.1:4840/a-b_c.d~/e/"):
+        cfg.write_text(f"line:\n  opcua:\n    endpoint: '{ok}'\n")
+        assert load_settings(cfg).line.opcua.endpoint == ok
+
+
 def test_a_port_in_use_is_a_config_error() -> None:
     import socket
 

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lineside_inspect.config import device_index
 from lineside_inspect.errors import ImageError
 from lineside_inspect.imageio import IMAGE_SUFFIXES, decode_image, read_image
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS, cv2
@@ -52,7 +53,8 @@ class OpenCVSource:
         self.ended = False
 
     def open(self) -> None:
-        src: int | str = int(self.source) if self.source.isdigit() else self.source
+        index = device_index(self.source)
+        src: int | str = self.source if index is None else index
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_ms,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.read_timeout_ms]
         backend = cv2.CAP_GSTREAMER if "!" in self.source else cv2.CAP_ANY

@@ -26,6 +26,10 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+# what an OPC UA endpoint path may hold: RFC 3986's unreserved characters and '/'
+_ENDPOINT_PATH_RE = re.compile(r"[A-Za-z0-9._~/-]*")
+
+
 class OpcUaConfig(_Section):
     """The OPC UA server of the PLC handshake (see docs/line-integration.md).
 
@@ -53,6 +57,18 @@ class OpcUaConfig(_Section):
             url.port  # noqa: B018 - parses the port (raises on a bad one)
         except ValueError:
             raise ValueError(f"endpoint {self.endpoint!r} has an invalid port") from None
+        # the server announces the URL as written (GetEndpoints), and a PLC must match its
+        # EndpointUrl: a space, query or fragment made one no client could name, and a
+        # user:password was sent to anyone asking (mopup, session 38)
+        if url.username is not None or url.password is not None:
+            raise ValueError("endpoint must be plain opc.tcp://HOST:PORT/PATH: no user or "
+                             "password (OPC UA clients authenticate by certificate)")
+        path = self.endpoint.partition(url.netloc)[2]  # all after HOST:PORT, as written
+        # (urlparse drops tabs and newlines, so they are looked for in the text itself)
+        if not _ENDPOINT_PATH_RE.fullmatch(path) or not self.endpoint.isprintable() \
+                or " " in self.endpoint:
+            raise ValueError(f"endpoint path must be plain (letters, digits, . _ ~ - /), with "
+                             f"no space, ';', query (?) or fragment (#): not {path!r}")
         if (self.certificate is None) != (self.private_key is None):
             raise ValueError("certificate and private_key go together: give both or neither")
         if not is_loopback(url.hostname) and (self.certificate is None

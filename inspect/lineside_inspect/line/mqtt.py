@@ -551,3 +551,6 @@ def setup_mqtt(app: FastAPI, settings: Settings) -> None:
 
     app.state.on_startup.append(start)
     app.state.on_shutdown.append(stop)
+    from lineside_inspect.line.routes import router
+
+    app.include_router(router)  # events set aside as too large for the broker

@@ -22,7 +22,7 @@ from lineside_inspect.errors import (
     RecipesCannotFollow,
     echo,
 )
-from lineside_inspect.package import load_package, version_clash
+from lineside_inspect.package import card_digest, load_package, version_clash
 from lineside_inspect.recipes import Recipe, check_card_recipe
 from lineside_inspect.runtime.detector import Detector
 
@@ -61,18 +61,27 @@ class Registry:
         self.default_recipe: str | None = None
 
     # -- models ---------------------------------------------------------------------
-    def load_model(self, path: str | Path, *, activate: bool = True) -> Detector:
+    def load_model(self, path: str | Path, *, activate: bool = True,
+                   expect_card: str | None = None) -> Detector:
         """Load and warm up a package beside whatever serves now; then (optionally)
-        make it active. Raises (leaving everything as it was) if the package is bad."""
-        return self.load(path, activate=activate).detector
+        make it active. Raises (leaving everything as it was) if the package is bad.
+        ``expect_card``: the ``card_digest`` the caller checked; another card is refused."""
+        return self.load(path, activate=activate, expect_card=expect_card).detector
 
-    def load(self, path: str | Path, *, activate: bool = True) -> Loaded:
+    def load(self, path: str | Path, *, activate: bool = True,
+             expect_card: str | None = None) -> Loaded:
         """:meth:`load_model`, saying whether the version became active as the first of
         its model: decided here under the lock, where a caller comparing snapshots before
         and after could be misled by a concurrent load or activation."""
         detector = Detector(load_package(path), device=self.device, threads=self.threads,
                             spinning=self.spinning, overlap=self.concurrency)
         card = detector.card
+        if expect_card is not None and card_digest(card) != expect_card:
+            # the package is read again here: a card changed on disk after the caller
+            # checked it (a pulled package, between its checks and this load) would serve
+            # unchecked (mopup, session 38)
+            raise PackageError(f"model {card.name} {card.version}: its card or graph changed "
+                               "on disk after it was checked: not loaded")
         check_card_recipe(card, detector.class_names)
         with self._lock:
             slot = self._models.setdefault(card.name, ModelSlot())

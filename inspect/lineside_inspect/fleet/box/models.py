@@ -320,7 +320,7 @@ class ModelPuller:
                     shutil.rmtree(dest)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 unpacked.rename(dest)
-            self._activate(dest, m)
+            self._activate(dest, m, card_digest(card))
             self.state.models[m.name] = Pulled(version=m.version, sha256=m.sha256,
                                                graph_sha256=card.sha256,
                                                card_digest=card_digest(card))
@@ -359,8 +359,9 @@ class ModelPuller:
         slot = self.app.state.registry.models().get(name)
         return None if slot is None else slot.active
 
-    def _activate(self, path: Path, m: AssignedModel) -> None:
-        """Through the lifecycle, as an admin's activation would go (see the module doc)."""
+    def _activate(self, path: Path, m: AssignedModel, checked: str) -> None:
+        """Through the lifecycle, as an admin's activation would go (see the module doc).
+        ``checked``: the card digest of the package as it was verified."""
         from lineside_inspect.recipes import card_recipe
         from lineside_inspect.server.routes.admin import publish_state
 
@@ -369,7 +370,7 @@ class ModelPuller:
         previous = self._active(m.name)
         # beside what serves; a model new to the box becomes active at once (nothing to
         # gate it against), as a package loaded by POST /v1/models does
-        loaded = registry.load(path, activate=False)
+        loaded = registry.load(path, activate=False, expect_card=checked)
         det = loaded.detector
         golden = lifecycle.library
         if loaded.first:
@@ -422,7 +423,7 @@ class ModelPuller:
                               "version loaded: it serves nothing until assigned again or "
                               "loaded by hand", name, p.version, name)
                     continue
-                registry.load_model(path, activate=False)
+                registry.load_model(path, activate=False, expect_card=card_digest(card))
                 if not any(r.model == name for r in registry.recipes()):
                     registry.add_recipe(card_recipe(registry.detector(name, p.version).card))
                 if not p.held:
