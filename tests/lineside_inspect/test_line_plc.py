@@ -480,6 +480,15 @@ def test_an_opcua_endpoint_path_of_more_than_a_path_is_refused(tmp_path: Path, e
         assert load_settings(cfg).line.opcua.endpoint == ok
 
 
+def test_an_endpoint_of_another_scheme_is_refused_without_its_password(tmp_path: Path) -> None:
+    # the refusal quoted the endpoint whole, its user and password with it (session 38)
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("line:\n  opcua:\n    endpoint: 'http://plc:s3cret@127.0.0.1:4840/x'\n")
+    with pytest.raises(ConfigError, match=r"must be opc\.tcp://") as info:
+        load_settings(cfg)
+    assert "s3cret" not in str(info.value)
+
+
 def test_a_port_in_use_is_a_config_error() -> None:
     import socket
 

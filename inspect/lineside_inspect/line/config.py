@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from lineside_inspect.names import Name
+from lineside_inspect.redact import hide_secrets
 
 
 class _Section(BaseModel):
@@ -52,7 +53,9 @@ class OpcUaConfig(_Section):
     def _secure_off_loopback(self) -> OpcUaConfig:
         url = urlparse(self.endpoint)
         if url.scheme != "opc.tcp" or not url.hostname:
-            raise ValueError(f"endpoint must be opc.tcp://HOST:PORT/PATH, not {self.endpoint!r}")
+            # (its user and password, if one was written, not repeated)
+            raise ValueError("endpoint must be opc.tcp://HOST:PORT/PATH, not "
+                             f"{hide_secrets(self.endpoint)!r}")
         try:
             url.port  # noqa: B018 - parses the port (raises on a bad one)
         except ValueError:
