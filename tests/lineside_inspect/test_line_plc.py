@@ -489,6 +489,20 @@ def test_an_endpoint_of_another_scheme_is_refused_without_its_password(tmp_path:
     assert "s3cret" not in str(info.value)
 
 
+def test_an_endpoint_with_a_password_and_a_bad_port_is_refused_without_it(tmp_path: Path) -> None:
+    # the port was parsed first, and its refusal quoted the endpoint whole: the password
+    # the credentials check was there to keep out of the message (docs pass, session 38)
+    cfg = tmp_path / "serve.yaml"
+    for endpoint in ("opc.tcp://plc:s3cret@127.0.0.1:99999/x", "opc.tcp://plc:s3cret@127.0.0.1:x/"):
+        cfg.write_text(f"line:\n  opcua:\n    endpoint: '{endpoint}'\n")
+        with pytest.raises(ConfigError, match=r"line\.opcua: endpoint must be plain") as info:
+            load_settings(cfg)
+        assert "s3cret" not in str(info.value)
+    cfg.write_text("line:\n  opcua:\n    endpoint: 'opc.tcp://127.0.0.1:99999/x'\n")
+    with pytest.raises(ConfigError, match=r"has an invalid port"):
+        load_settings(cfg)
+
+
 def test_a_port_in_use_is_a_config_error() -> None:
     import socket
 
@@ -915,6 +929,25 @@ def test_a_flood_of_idle_modbus_connections_does_not_cut_the_working_plc(line: L
     finally:
         for s in (plc, *idle):
             s.close()
+
+def test_a_burst_of_connections_faster_than_the_plc_polls_does_not_cut_it(line: Line) -> None:
+    """33 connections opened between two polls were each newer than the PLC's last
+    request, so the PLC's was the one idle longest and went (docs pass, session 38): a
+    connection that has never sent anything goes first."""
+    plc = socket.create_connection(("127.0.0.1", line.modbus_port), timeout=WAIT_S)
+    idle: list[socket.socket] = []
+    try:
+        assert _read_coils_raw(plc, 1)[7:8] == b"\x01"
+        idle = [socket.create_connection(("127.0.0.1", line.modbus_port), timeout=WAIT_S)
+                for _ in range(MAX_CONNECTIONS + 3)]
+        # accepted in order: once the last one is answered, every one before it was taken
+        assert _read_coils_raw(idle[-1], 2)[7:8] == b"\x01"
+        assert _read_coils_raw(plc, 3)[7:8] == b"\x01"  # still its connection
+        assert idle[0].recv(1) == b""  # a silent one went instead
+    finally:
+        for s in (plc, *idle):
+            s.close()
+
 
 async def _reg(mb: AsyncModbusTcpClient, base: int, name: str) -> int:
     return (await _registers(mb, base))[name]

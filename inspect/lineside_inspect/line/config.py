@@ -56,16 +56,18 @@ class OpcUaConfig(_Section):
             # (its user and password, if one was written, not repeated)
             raise ValueError("endpoint must be opc.tcp://HOST:PORT/PATH, not "
                              f"{hide_secrets(self.endpoint)!r}")
-        try:
-            url.port  # noqa: B018 - parses the port (raises on a bad one)
-        except ValueError:
-            raise ValueError(f"endpoint {self.endpoint!r} has an invalid port") from None
         # the server announces the URL as written (GetEndpoints), and a PLC must match its
         # EndpointUrl: a space, query or fragment made one no client could name, and a
-        # user:password was sent to anyone asking (mopup, session 38)
+        # user:password was sent to anyone asking (mopup, session 38). Looked at before
+        # the port, whose refusal quotes the endpoint (a bad port repeated the password)
         if url.username is not None or url.password is not None:
             raise ValueError("endpoint must be plain opc.tcp://HOST:PORT/PATH: no user or "
                              "password (OPC UA clients authenticate by certificate)")
+        try:
+            url.port  # noqa: B018 - parses the port (raises on a bad one)
+        except ValueError:
+            raise ValueError(f"endpoint {hide_secrets(self.endpoint)!r} has an invalid "
+                             "port") from None
         path = self.endpoint.partition(url.netloc)[2]  # all after HOST:PORT, as written
         # (urlparse drops tabs and newlines, so they are looked for in the text itself)
         if not _ENDPOINT_PATH_RE.fullmatch(path) or not self.endpoint.isprintable() \

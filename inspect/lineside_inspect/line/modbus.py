@@ -67,9 +67,10 @@ async def _no_such_unit(function_code: int, start_address: int, address: int, co
 READ_DISCRETE_INPUTS = 2  # FC 02
 COIL_ON, COIL_OFF = 0xFF00, 0x0000  # the only values FC 05 may carry
 # Modbus masters of one box at a time (a PLC, an HMI, a SCADA poller or two); one more
-# closes the one idle longest. pymodbus took any number: each a file descriptor, never
-# closed while idle, so a flood of idle connections (or PLC power cuts leaving half-open
-# ones) took every descriptor the server had, and the store and cameras with them
+# closes one that never sent anything, else the one idle longest. pymodbus took any
+# number: each a file descriptor, never closed while idle, so a flood of idle connections
+# (or PLC power cuts leaving half-open ones) took every descriptor the server had, and
+# the store and cameras with them
 MAX_CONNECTIONS = 32
 TELL_EVERY_S = 60.0  # the connection-limit warning again
 
@@ -90,22 +91,25 @@ class _StrictWriteCoil(WriteSingleCoilRequest):
 
 
 class _Handler(ServerRequestHandler):
-    """A connection's handler that notes when it last received anything."""
+    """A connection's handler that notes whether, and when, it last received anything."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
+        self.heard = False
         self.heard_at = time.monotonic()  # (its connect, until it sends)
 
     def callback_data(self, data: bytes, addr: tuple[Any, ...] | None = None) -> int:
-        self.heard_at = time.monotonic()
+        self.heard, self.heard_at = True, time.monotonic()
         return int(super().callback_data(data, addr))
 
 
 class _BoundedServer(ModbusTcpServer):
-    """A Modbus TCP server of at most :data:`MAX_CONNECTIONS` connections: the one idle
-    longest goes when one more comes (a half-open one, of a PLC switched off, or one of a
-    flood). Not the oldest: that is the PLC's, connected at its start and polling since,
-    and a flood of idle connections cut it off again and again."""
+    """A Modbus TCP server of at most :data:`MAX_CONNECTIONS` connections: when one more
+    comes, one that has never sent anything goes (the first accepted: one of a flood),
+    else the one idle longest (a half-open one, of a PLC switched off). Not the oldest:
+    that is the PLC's, connected at its start and polling since, and a flood of idle
+    connections cut it off again and again; nor by idle time alone: a burst of them between
+    two polls was each newer than the PLC's last request."""
 
     _told_at: float | None = None
     _untold = 0
@@ -117,15 +121,15 @@ class _BoundedServer(ModbusTcpServer):
         excess = len(self.active_connections) + 1 - MAX_CONNECTIONS
         # (sorted is stable: of those never heard, the first accepted goes first)
         idle = sorted(self.active_connections.values(),
-                      key=lambda c: getattr(c, "heard_at", 0.0))
+                      key=lambda c: (getattr(c, "heard", False), getattr(c, "heard_at", 0.0)))
         for oldest in idle[:max(0, excess)]:
             oldest.close()
             self._untold += 1
             now = time.monotonic()
             if self._told_at is None or now - self._told_at >= TELL_EVERY_S:
-                log.warning("Modbus TCP: more than %d connections at once: the one idle "
-                            "longest closed (%d so since last said)", MAX_CONNECTIONS,
-                            self._untold)
+                log.warning("Modbus TCP: more than %d connections at once: one that sent "
+                            "nothing, else the one idle longest, closed (%d so since last "
+                            "said)", MAX_CONNECTIONS, self._untold)
                 self._told_at, self._untold = now, 0
         return super().handle_new_connection()
 
