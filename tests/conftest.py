@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import types
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from lineside_inspect.serve_process import share_ports
 
@@ -50,3 +57,52 @@ def deeppcb() -> Path:
     if not (DEEPPCB / "PCBData").is_dir():
         pytest.skip(f"DeepPCB not found at {DEEPPCB}")
     return DEEPPCB
+
+
+# ---- tiny ONNX detectors (tests of package loading, on both sides) -------------------
+def _tiny_graph(size: int = 32, score: float = 0.0, classes: tuple[str, ...] = ("a",),
+           *, external: bool = False) -> onnx.ModelProto:
+    """A detector answering one box of ``score`` (an initializer) whatever the image."""
+    scores = numpy_helper.from_array(np.full((1, 1), score, np.float32), "s")
+    nodes = [
+        helper.make_node("Constant", [], ["boxes"],
+                         value=numpy_helper.from_array(np.array([[[1, 1, 8, 8]]], np.float32))),
+        helper.make_node("Identity", ["s"], ["scores"]),
+        helper.make_node("Constant", [], ["labels"],
+                         value=numpy_helper.from_array(np.zeros((1, 1), np.int64))),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.UINT8,
+                                                      ["N", 3, size, size])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 1, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 1]),
+         helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", 1])],
+        initializer=[scores])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"lineside.class_names": json.dumps(list(classes))})
+    if external:
+        onnx.external_data_helper.convert_model_to_external_data(
+            model, location="weights.bin", size_threshold=0)
+    return model
+
+
+def _tiny_package(dst: Path, model: onnx.ModelProto, **card: Any) -> Path:
+    """``model`` as a package in ``dst`` (external data written beside), its card hashed."""
+    dst.mkdir(parents=True)
+    onnx.save(model, str(dst / "model.onnx"))
+    meta = json.loads(model.metadata_props[0].value)
+    size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    doc = {"name": "tiny", "version": "1", "class_names": meta, "input": {"size": size},
+           "sha256": hashlib.sha256((dst / "model.onnx").read_bytes()).hexdigest(), **card}
+    (dst / "model.json").write_text(json.dumps(doc))
+    return dst
+
+
+@pytest.fixture
+def tiny_onnx() -> Any:
+    """Builders of tiny detector graphs and their packages (``graph(size, score, classes,
+    external=)``, ``package(dst, model, **card)``), made with ``onnx``: what the package
+    tests of the edge (test_hostile_packages.py) and the training side (a card rewritten
+    beside external data) load."""
+    return types.SimpleNamespace(graph=_tiny_graph, package=_tiny_package)

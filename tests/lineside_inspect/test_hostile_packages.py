@@ -6,7 +6,6 @@ nothing is read outside the package, and a card cannot ask for what breaks the s
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -26,66 +25,28 @@ ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "models" / "deeppcb" / "1"
 
 
-def _graph(size: int = 32, score: float = 0.0, classes: tuple[str, ...] = ("a",),
-           *, external: bool = False) -> onnx.ModelProto:
-    """A detector answering one box of ``score`` (an initializer) whatever the image."""
-    scores = numpy_helper.from_array(np.full((1, 1), score, np.float32), "s")
-    nodes = [
-        helper.make_node("Constant", [], ["boxes"],
-                         value=numpy_helper.from_array(np.array([[[1, 1, 8, 8]]], np.float32))),
-        helper.make_node("Identity", ["s"], ["scores"]),
-        helper.make_node("Constant", [], ["labels"],
-                         value=numpy_helper.from_array(np.zeros((1, 1), np.int64))),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.UINT8,
-                                                      ["N", 3, size, size])],
-        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 1, 4]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 1]),
-         helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", 1])],
-        initializer=[scores])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, {"lineside.class_names": json.dumps(list(classes))})
-    if external:
-        onnx.external_data_helper.convert_model_to_external_data(
-            model, location="weights.bin", size_threshold=0)
-    return model
-
-
-def _package(dst: Path, model: onnx.ModelProto, **card: Any) -> Path:
-    """``model`` as a package in ``dst`` (external data written beside), its card hashed."""
-    dst.mkdir(parents=True)
-    onnx.save(model, str(dst / "model.onnx"))
-    meta = json.loads(model.metadata_props[0].value)
-    size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
-    doc = {"name": "tiny", "version": "1", "class_names": meta, "input": {"size": size},
-           "sha256": hashlib.sha256((dst / "model.onnx").read_bytes()).hexdigest(), **card}
-    (dst / "model.json").write_text(json.dumps(doc))
-    return dst
-
-
 def _scores(det: Detector) -> list[float]:
     return [float(s) for d in det.predict([np.zeros((32, 32, 3), np.uint8)]) for s in d.scores]
 
 
-def test_a_graph_swapped_after_its_check_is_not_the_one_served(tmp_path: Path) -> None:
+def test_a_graph_swapped_after_its_check_is_not_the_one_served(
+        tmp_path: Path, tiny_onnx: Any) -> None:
     # the sha256 was taken on one read and onnxruntime loaded the folder again: a graph
     # put in its place between the two (same names, shapes and classes) served unchecked
-    pkg = load_package(_package(tmp_path / "pkg", _graph(score=0.0)))
-    onnx.save(_graph(score=0.9), str(tmp_path / "pkg" / "model.onnx"))
+    pkg = load_package(tiny_onnx.package(tmp_path / "pkg", tiny_onnx.graph(score=0.0)))
+    onnx.save(tiny_onnx.graph(score=0.9), str(tmp_path / "pkg" / "model.onnx"))
     assert _scores(Detector(pkg, device="cpu", threads=1)) == []
 
 
-def test_every_external_data_file_is_covered_by_the_card(tmp_path: Path) -> None:
+def test_every_external_data_file_is_covered_by_the_card(tmp_path: Path, tiny_onnx: Any) -> None:
     # the card's sha256 covers model.onnx only: weights kept in an external data file
     # were loaded unchecked, any values whoever placed the package liked
-    bare = _package(tmp_path / "bare", _graph(score=0.0, external=True))
+    bare = tiny_onnx.package(tmp_path / "bare", tiny_onnx.graph(score=0.0, external=True))
     with pytest.raises(PackageError, match=r"'weights\.bin' has no sha256 in the card's "
                                            "external_data"):
         load_package(bare)
     weights = hashlib.sha256((bare / "weights.bin").read_bytes()).hexdigest()
-    pkg = _package(tmp_path / "pkg", _graph(score=0.0, external=True),
+    pkg = tiny_onnx.package(tmp_path / "pkg", tiny_onnx.graph(score=0.0, external=True),
                    external_data={"weights.bin": weights})
     loaded = load_package(pkg)
     (pkg / "weights.bin").write_bytes(np.full(1, 0.9, np.float32).tobytes())
@@ -94,17 +55,18 @@ def test_every_external_data_file_is_covered_by_the_card(tmp_path: Path) -> None
     with pytest.raises(PackageError, match=r"weights\.bin: sha256 .* does not match the card's "
                                            "external_data"):
         load_package(pkg)
-    listed = _package(tmp_path / "listed", _graph(score=0.0),
+    listed = tiny_onnx.package(tmp_path / "listed", tiny_onnx.graph(score=0.0),
                       external_data={"weights.bin": weights})
     with pytest.raises(PackageError, match=r"external_data names 'weights\.bin', which the "
                                            "graph keeps no tensor in"):
         load_package(listed)
 
 
-def test_a_package_file_linking_out_of_its_folder_is_refused(tmp_path: Path) -> None:
+def test_a_package_file_linking_out_of_its_folder_is_refused(
+        tmp_path: Path, tiny_onnx: Any) -> None:
     # the graph is a real one, its hash the card's: only where it lies is wrong (a link
     # out let the checks read any file, its sha256 named in the refusal)
-    pkg = _package(tmp_path / "pkg", _graph())
+    pkg = tiny_onnx.package(tmp_path / "pkg", tiny_onnx.graph())
     (pkg / "model.onnx").rename(tmp_path / "elsewhere.onnx")
     (pkg / "model.onnx").symlink_to(tmp_path / "elsewhere.onnx")
     with pytest.raises(PackageError, match=r"model\.onnx: links out of the package folder"):
@@ -121,10 +83,11 @@ def test_a_package_file_linking_out_of_its_folder_is_refused(tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(60)
-def test_a_package_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+def test_a_package_file_that_is_a_fifo_is_refused_not_waited_on(
+        tmp_path: Path, tiny_onnx: Any) -> None:
     # opening a FIFO nobody writes to waited for ever: POST /v1/models held a worker, a
     # server's start-up never ended
-    pkg = _package(tmp_path / "pkg", _graph())
+    pkg = tiny_onnx.package(tmp_path / "pkg", tiny_onnx.graph())
     (pkg / "model.json").unlink()
     os.mkfifo(pkg / "model.json")
     with pytest.raises(PackageError, match=r"model\.json: cannot be read \(not a regular file"):
@@ -138,12 +101,12 @@ def test_a_package_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) 
     (("a", "b", "a"), "class_names lists 'a' more than once"),
 ])
 def test_class_names_that_cannot_be_stored_or_shown_are_refused(
-        tmp_path: Path, names: tuple[str, ...], words: str) -> None:
+        tmp_path: Path, names: tuple[str, ...], words: str, tiny_onnx: Any) -> None:
     # a NUL was refused by PostgreSQL at every inspection's write; a newline or U+202E
     # garbled the page, CSV and log lines they are shown on; two classes of one name
     # shared one threshold and one count
     with pytest.raises(PackageError, match=words):
-        load_package(_package(tmp_path / "pkg", _graph(classes=names)))
+        load_package(tiny_onnx.package(tmp_path / "pkg", tiny_onnx.graph(classes=names)))
 
 
 @pytest.fixture(scope="module")
@@ -166,10 +129,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path
 
 
 def test_a_card_asking_for_a_huge_input_is_a_422_and_the_model_keeps_serving(
-        server: tuple[Any, Path]) -> None:
+        server: tuple[Any, Path], tiny_onnx: Any) -> None:
     # 100000 x 100000: the warm-up's frame alone was 28 GiB, a MemoryError and a 500
     client, roots = server
-    pkg = _package(roots / "huge", _graph(size=100_000))
+    pkg = tiny_onnx.package(roots / "huge", tiny_onnx.graph(size=100_000))
     r = client.post("/v1/models", json={"path": str(pkg)})
     assert r.status_code == 422, r.text
     err = r.json()["error"]
@@ -179,11 +142,11 @@ def test_a_card_asking_for_a_huge_input_is_a_422_and_the_model_keeps_serving(
 
 
 def test_a_graph_that_cannot_run_is_a_422_and_the_model_keeps_serving(
-        server: tuple[Any, Path]) -> None:
+        server: tuple[Any, Path], tiny_onnx: Any) -> None:
     # a graph asking at its first run for a 2^32 x 2^32 tensor (onnxruntime refuses the
     # size before allocating): its error came out of the warm-up, a 500
     client, roots = server
-    model = _graph()
+    model = tiny_onnx.graph()
     model.graph.initializer.append(
         numpy_helper.from_array(np.array([1 << 32, 1 << 32], np.int64), "shape"))
     model.graph.node.extend([
@@ -191,7 +154,7 @@ def test_a_graph_that_cannot_run_is_a_422_and_the_model_keeps_serving(
                          value=numpy_helper.from_array(np.ones(1, np.float32))),
         helper.make_node("ReduceMax", ["big"], ["m"], keepdims=0)])
     model.graph.output.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, []))
-    pkg = _package(roots / "overflow", model,
+    pkg = tiny_onnx.package(roots / "overflow", model,
                    outputs=["boxes", "scores", "labels", "m"])
     r = client.post("/v1/models", json={"path": str(pkg)})
     assert r.status_code == 422, r.text

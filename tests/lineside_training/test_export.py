@@ -446,37 +446,19 @@ def test_a_run_folders_json_that_lineside_did_not_write_is_one_line(
     assert not (tmp_path / "pkg").exists()
 
 
-def test_a_card_rewritten_beside_external_data_keeps_it(tmp_path: Path) -> None:
+def test_a_card_rewritten_beside_external_data_keeps_it(tmp_path: Path, tiny_onnx: Any) -> None:
     """calibrate --write (and --new-version) on a package whose graph keeps its weights in
     an external data file (listed in the card's external_data): the card was checked in
     a folder holding model.onnx alone, and refused ("external data file 'weights.bin' is
     not in the package"); a new version came without the file (review, session 38)."""
-    from onnx import TensorProto, helper, numpy_helper
-
     from lineside_training.package_writer import rewrite_card, write_new_version
 
-    weights = numpy_helper.from_array(np.zeros((1, 1), np.float32), "s")
-    graph = helper.make_graph(
-        [helper.make_node("Constant", [], ["boxes"], value=numpy_helper.from_array(
-            np.array([[[1, 1, 8, 8]]], np.float32))),
-         helper.make_node("Identity", ["s"], ["scores"]),
-         helper.make_node("Constant", [], ["labels"],
-                          value=numpy_helper.from_array(np.zeros((1, 1), np.int64)))],
-        "tiny", [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 3, 32, 32])],
-        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 1, 4]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 1]),
-         helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", 1])],
-        initializer=[weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, {"lineside.class_names": json.dumps(["a"])})
-    onnx.external_data_helper.convert_model_to_external_data(
-        model, location="weights.bin", size_threshold=0)
+    model = tiny_onnx.graph(external=True)
     pkg = tmp_path / "models" / "tiny" / "1"
-    pkg.mkdir(parents=True)
-    onnx.save(model, str(pkg / "model.onnx"))
-    doc = {"name": "tiny", "version": "1", "class_names": ["a"], "input": {"size": 32},
-           "sha256": sha256_file(pkg / "model.onnx"),
+    pkg.parent.mkdir(parents=True)
+    # (onnx writes weights.bin as it saves: the card's hash of it comes after)
+    tiny_onnx.package(pkg, model)
+    doc = {**json.loads((pkg / "model.json").read_text()),
            "external_data": {"weights.bin": sha256_file(pkg / "weights.bin")}}
     (pkg / "model.json").write_text(json.dumps(doc))
     load_package(pkg)
