@@ -9,7 +9,7 @@ HOST ?=
 PORT ?=
 LISTEN = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-.PHONY: serve line-demo test test-long lint test-only fuzz clean system-deps
+.PHONY: serve line-demo test test-long lint test-only fuzz soak clean system-deps
 
 # Python 3.11 or later, checked before .venv is made: a venv of an older Python (or one whose
 # creation failed half-way, e.g. without Debian's python3-venv) was kept, and every later
@@ -90,6 +90,13 @@ fuzz: $(VENV)/.dev
 	LINESIDE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest --timeout=0 --hypothesis-show-statistics \
 	  tests/lineside_inspect/test_fuzz_api.py tests/lineside_inspect/test_fuzz_hub.py \
 	  tests/lineside_inspect/test_fuzz_decode.py
+
+# A box left running: one lineside serve under steady load, hot swaps and camera drops,
+# sampling RSS, fds, threads and the store's files every 10 s (tools/soak.py; not in make
+# test). SOAK_SECONDS=900 takes 15 minutes and most of one core.
+SOAK_SECONDS ?= 900
+soak: $(VENV)/.dev system-deps
+	PYTHONPATH=inspect:training $(PY) tools/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -155,7 +155,8 @@ def test_an_activation_that_cannot_be_recorded_does_not_stand(tmp_path: Path,
         registry.activate("deeppcb", "1")  # an admin's choice, before the watch was stopped
         assert lc._auto_rollback(watch, "fail rate") is False
         slot = registry.models()["deeppcb"]
-        assert (slot.active, slot.history) == ("1", ["1", "1-int8"])
+        # untouched by the refused rollback (each earlier version once: session 38)
+        assert (slot.active, slot.history) == ("1", ["1-int8"])
         assert lc.records.audit_log(action="auto_rollback")[0] == 1
     finally:
         store.close()

@@ -142,6 +142,10 @@ class Registry:
             raise NotFoundError(f"model {name} has no loaded version {echo(version)} "
                                 f"(loaded: {', '.join(slot.versions)})")
         if slot.active is not None and slot.active != version:
+            # each earlier version once, the most recent last: a box swapping between two
+            # versions for weeks grew the list (and GET /v1/models) by one per swap, and a
+            # rollback walked back and forth through the same two (soak, session 38)
+            slot.history = [v for v in slot.history if v not in (slot.active, version)]
             slot.history.append(slot.active)
         slot.active = version
 
