@@ -109,7 +109,11 @@ def card_digest(card: ModelCard) -> str:
     """sha256 of the whole card but its ``created_at`` (a card without one gets the load
     time): graph sha256, thresholds, default recipe, ... A gate report admits this card,
     not the same graph re-calibrated (``lineside calibrate --write``)."""
-    return hashlib.sha256(card.model_dump_json(exclude={"created_at"}).encode()).hexdigest()
+    # ``external_data`` only when there is some: a field added later must not change the
+    # digest of every card without it (gate reports, admissions and a box's pulled models
+    # are keyed by it, and an upgraded box found its pulled models "changed since pulled")
+    exclude = {"created_at"} | (set() if card.external_data else {"external_data"})
+    return hashlib.sha256(card.model_dump_json(exclude=exclude).encode()).hexdigest()
 
 
 def version_clash(versions: Mapping[str, ModelCard], card: ModelCard, *,
@@ -496,5 +500,14 @@ def load_package(path: str | Path) -> ModelPackage:
     return ModelPackage(path, card, data, external)
 
 
+def card_json(card: ModelCard) -> str:
+    """``card`` as model.json holds it. ``external_data`` only when the graph has external
+    data: a card that names it is refused by releases before it (extra fields are
+    forbidden), and a package a box of such a release pulls from the fleet was refused
+    for an empty field it never needed."""
+    exclude = None if card.external_data else {"external_data"}
+    return card.model_dump_json(indent=1, exclude=exclude) + "\n"
+
+
 def write_card(path: Path, card: ModelCard) -> None:
-    (path / CARD).write_text(card.model_dump_json(indent=1) + "\n")
+    (path / CARD).write_text(card_json(card))

@@ -23,7 +23,7 @@ import onnx
 
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.errors import ConfigError, PackageError
-from lineside_inspect.package import CARD, GRAPH, ModelPackage, load_package
+from lineside_inspect.package import CARD, GRAPH, ModelPackage, card_json, load_package
 
 CONFIG = "config.pbtxt"
 
@@ -159,7 +159,7 @@ def export_triton(package: str | Path, repo: str | Path, *, version: int | None 
     # the bytes load_package verified, not the folder read again (a graph swapped since
     # went to Triton unchecked); the card as it was read
     assert pkg.graph is not None
-    files = {GRAPH: pkg.graph, CARD: (pkg.card.model_dump_json(indent=1) + "\n").encode(),
+    files = {GRAPH: pkg.graph, CARD: card_json(pkg.card).encode(),
              **pkg.external}
     for name, data in files.items():
         (staging / name).parent.mkdir(parents=True, exist_ok=True)

@@ -177,3 +177,35 @@ def test_the_cards_precision_is_the_graphs(tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="the card says precision fp32, and the graph is "
                                            "quantized"):
         load_package(pkg)
+
+
+# card_digest of the bundled cards as the release before external_data computed it (a5ec894)
+EARLIER_DIGESTS = {
+    "deeppcb/1": "1e1a6c232456d3e2d654c2a3f0fed9d6803a22cdbe6aa5c427abc5cc06da0279",
+    "deeppcb-ref/1": "f09f41273e078fd82919359234ff982cf3ad70582e1d9faeed0a5abb3470c911",
+    "deeppcb-good/1": "ea279841c914e2e131067af3030112785fd26a6741ddcf3c65df17a5b174a813",
+}
+
+
+def test_a_card_without_external_data_keeps_its_earlier_digest() -> None:
+    """The card's new ``external_data`` field went into every card's digest: gate reports,
+    admissions and a box's pulled models are keyed by it, and an upgraded box refused its
+    pulled models at start ("the card changed since it was pulled")."""
+    from lineside_inspect.package import card_digest
+
+    models = BUNDLED.parents[1]
+    for name, digest in EARLIER_DIGESTS.items():
+        assert card_digest(load_package(models / name).card) == digest, name
+
+
+def test_a_card_is_written_without_an_external_data_it_does_not_have(tmp_path: Path) -> None:
+    """A card naming an empty ``external_data`` is refused by every release before the
+    field (extra fields are forbidden): a box of one pulling a newly exported package from
+    the fleet refused it. Written only when the graph has external data."""
+    from lineside_inspect.package import write_card
+
+    card = load_package(BUNDLED).card
+    write_card(tmp_path, card)
+    assert "external_data" not in json.loads((tmp_path / "model.json").read_text())
+    write_card(tmp_path, card.model_copy(update={"external_data": {"w.bin": "0" * 64}}))
+    assert json.loads((tmp_path / "model.json").read_text())["external_data"] == {"w.bin": "0" * 64}
