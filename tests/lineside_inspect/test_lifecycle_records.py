@@ -162,6 +162,38 @@ def test_an_activation_that_cannot_be_recorded_does_not_stand(tmp_path: Path,
         store.close()
 
 
+def test_an_activation_undone_keeps_the_history_it_found(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier version activated, then undone as its record failed: the activation took
+    it out of the history (each earlier version once), and the undo only popped the end,
+    so a second rollback went nowhere (late review, session 38)."""
+    import json
+    import shutil
+
+    from sqlalchemy.exc import OperationalError
+
+    lc, registry, store = _lifecycle(tmp_path)
+    try:
+        folder = tmp_path / "deeppcb" / "2"
+        shutil.copytree(MODEL, folder)
+        doc = json.loads((folder / "model.json").read_text())
+        (folder / "model.json").write_text(json.dumps({**doc, "version": "2"}))
+        registry.load_model(folder, activate=False)
+        registry.activate("deeppcb", "1-int8")
+        registry.activate("deeppcb", "2")
+
+        def outage(**_: object) -> None:
+            raise OperationalError("INSERT", {}, Exception("database is down"))
+        monkeypatch.setattr(lc.records, "admit", outage)
+        with pytest.raises(OperationalError):
+            lc.activate("deeppcb", "1", actor="admin")
+        slot = registry.models()["deeppcb"]
+        assert (slot.active, slot.history) == ("2", ["1", "1-int8"])
+        assert registry.rollback("deeppcb") == "1-int8" and registry.rollback("deeppcb") == "1"
+    finally:
+        store.close()
+
+
 def test_the_registry_says_which_load_made_a_first_version_active() -> None:
     """Whether a load made its model's first version active is decided under the
     registry's lock (the admin route and a fleet box record it as an activation): a

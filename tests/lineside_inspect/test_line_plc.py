@@ -480,6 +480,17 @@ def test_an_opcua_endpoint_path_of_more_than_a_path_is_refused(tmp_path: Path, e
         assert load_settings(cfg).line.opcua.endpoint == ok
 
 
+def test_an_opcua_endpoint_on_a_host_named_like_its_scheme_is_taken(tmp_path: Path) -> None:
+    # the path was read from the first place the host appeared: a box named "opc" (the
+    # port left to its default) had ".tcp://opc/lineside/" refused as its path (late, 38)
+    for name in ("cert.der", "key.pem"):
+        (tmp_path / name).write_bytes(b"")
+    for endpoint in ("opc.tcp://opc/lineside/", "opc.tcp://tcp"):
+        cfg = OpcUaConfig(endpoint=endpoint, certificate=str(tmp_path / "cert.der"),
+                          private_key=str(tmp_path / "key.pem"), trusted_certificates=str(tmp_path))
+        assert cfg.port == 4840
+
+
 def test_an_endpoint_of_another_scheme_is_refused_without_its_password(tmp_path: Path) -> None:
     # the refusal quoted the endpoint whole, its user and password with it (session 38)
     cfg = tmp_path / "serve.yaml"

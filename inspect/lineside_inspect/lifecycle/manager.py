@@ -285,7 +285,8 @@ class Lifecycle:
                                            pending=pending_recipes)
             return {"forced": False, "gate_report_id": None}
         with self._admit_lock:
-            previous = self.registry.models()[model].active
+            slot = self.registry.models()[model]
+            previous, history = slot.active, list(slot.history)
             if replacing is not None and previous != replacing:
                 raise ActiveChanged(f"{model} {previous} was made active while {version} was "
                                     f"gated against {replacing}: nothing changed; promote again")
@@ -304,7 +305,9 @@ class Lifecycle:
                                      **self._pins_of(model, previous)})
             except Exception:
                 if previous is not None:
-                    self.registry.revert(model, version, previous,
+                    # the history as it was: the activation took ``version`` out of it
+                    # (each earlier version once), and a pop alone lost it for good
+                    self.registry.revert(model, version, previous, history=history,
                                          recipe=self._card_recipe(model, version, previous))
                 raise
         self._shadow_now_active(model, version, actor=actor, how=f"{action}d by {actor}")

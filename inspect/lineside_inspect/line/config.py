@@ -68,7 +68,9 @@ class OpcUaConfig(_Section):
         except ValueError:
             raise ValueError(f"endpoint {hide_secrets(self.endpoint)!r} has an invalid "
                              "port") from None
-        path = self.endpoint.partition(url.netloc)[2]  # all after HOST:PORT, as written
+        # all after HOST:PORT, as written (looked for after the scheme: a host "opc" with
+        # no port was found in "opc.tcp" itself, and its path refused; late review, 38)
+        path = self.endpoint.partition("://")[2].partition(url.netloc)[2]
         # (urlparse drops tabs and newlines, so they are looked for in the text itself)
         if not _ENDPOINT_PATH_RE.fullmatch(path) or not self.endpoint.isprintable() \
                 or " " in self.endpoint:

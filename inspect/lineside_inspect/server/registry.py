@@ -205,17 +205,21 @@ class Registry:
             return previous
 
     def revert(self, name: str, from_version: str, to_version: str, *,
-               forget: bool = False, recipe: Recipe | None = None) -> bool:
+               forget: bool = False, recipe: Recipe | None = None,
+               history: Sequence[str] | None = None) -> bool:
         """Make ``to_version`` active again in place of ``from_version``, as a rollback
         (``from_version`` is not put in the history, ``to_version`` is taken out of its
         end; with ``forget``, ``from_version`` leaves the history wherever it was, so no
         later rollback can bring it back); False, changing nothing, when ``from_version``
-        is no longer the active one."""
+        is no longer the active one. ``history``: the history to put back, an activation
+        undone (it took ``from_version`` out of wherever it was)."""
         with self._lock:
             slot = self._slot(name)
             if slot.active != from_version or to_version not in slot.versions:
                 return False
-            if slot.history and slot.history[-1] == to_version:
+            if history is not None:
+                slot.history = list(history)
+            elif slot.history and slot.history[-1] == to_version:
                 slot.history.pop()
             if forget:
                 slot.history = [v for v in slot.history if v != from_version]
