@@ -1,8 +1,10 @@
-"""Image files written atomically: temp file, fsync, rename, fsync of the folder."""
+"""Files written whole: atomically (temp file, fsync, rename, fsync of the folder), or as
+a hard link to another (else a copy)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 
@@ -38,3 +40,15 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (no bytes copied; the file lives on while either
+    name does), else a copy (another disk, or a file system without links).
+    FileNotFoundError when ``src`` is gone."""
+    try:
+        os.link(src, dst)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        shutil.copyfile(src, dst)

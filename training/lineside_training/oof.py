@@ -18,7 +18,6 @@ resumes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import replace
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lineside_inspect.atomic import link_or_copy
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset, save_annotations
 from lineside_inspect.dataset.model import inside_images
 from lineside_inspect.errors import ConfigError
@@ -83,10 +83,7 @@ def fold_dataset(dataset: Dataset, held_out: list[str], dst: Path) -> Dataset:
         if target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, target)
-        except OSError:
-            shutil.copyfile(src, target)
+        link_or_copy(src, target)
     held = set(held_out)
     records = [replace(r, split="test" if group_of(r) in held else "train") for r in dataset.images]
     for r in [r for r in records if r.split == "test"][:ENGINE_VAL]:

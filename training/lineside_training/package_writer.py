@@ -21,6 +21,7 @@ import onnx
 import torch
 from torch import nn
 
+from lineside_inspect.atomic import link_or_copy
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.lifecycle.lineage import parent_of
 from lineside_inspect.names import NAME_RULE, is_name, is_package_member
@@ -168,11 +169,9 @@ def _copy_graph(package: Path, tmp: Path, doc: dict[str, Any], *, link: bool = F
         if name != GRAPH and not src.is_file():
             continue  # the loader names what is missing
         dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if not link:
-                raise OSError
-            os.link(src.resolve(), dst)
-        except OSError:  # another disk, or links not allowed
+        if link:
+            link_or_copy(src.resolve(), dst)
+        else:
             shutil.copyfile(src, dst)
 
 

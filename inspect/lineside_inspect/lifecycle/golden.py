@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from lineside_inspect.atomic import link_or_copy
 from lineside_inspect.errors import (
     GoldenSetError,
     ImageError,
@@ -403,10 +403,7 @@ class GoldenLibrary:
                         continue
                     old = None if parent is None else folder / str(parent.version) / IMAGES / dst.name
                     if old is not None and data is None and old.is_file():
-                        try:
-                            os.link(old, dst)  # unchanged since the last version: share it
-                        except OSError:
-                            shutil.copyfile(old, dst)
+                        link_or_copy(old, dst)  # unchanged since the last version: share it
                     elif data is not None:
                         dst.write_bytes(data)
                     else:
