@@ -6,6 +6,7 @@ reviewer's boxes: the truth after an inspection's latest review.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -13,6 +14,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from lineside_inspect.atomic import link_or_copy
 from lineside_inspect.bounded_read import IDENTITY, AnswerEncoded, AnswerTooSlow, read_at_most
 from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
 from lineside_inspect.dataset.canonical import check_destination, writer_gone
@@ -166,12 +169,7 @@ def _stage(source: Path, folder: Path) -> Path | None:
     if staged.exists():  # (a reference many inspections share)
         return staged
     try:
-        try:
-            os.link(source, staged)
-        except OSError as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
-            shutil.copyfile(source, staged)  # another disk, or links not allowed
+        link_or_copy(source, staged)
     except FileNotFoundError:
         return None
     return staged
@@ -185,12 +183,7 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
     classes: list[str] = []
     seen: set[str] = set()
     cursor = _Cursor()
-    # staged beside DST as a pull from a server is (see _pull), and for the same reasons
-    out = Path(dst).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_left_staging(out)
-    with tempfile.TemporaryDirectory(dir=out.parent,
-                                     prefix=f".{out.name}.pull.w{os.getpid()}.") as tmp:
+    with _staging(dst) as tmp:
         while True:
             until, offset = cursor.params()
             _, rows = store.query(review_state="reviewed" if reviewed else None, since=since,
@@ -292,6 +285,19 @@ def _get(c: httpx.Client, url: str, path: str, max_bytes: int, **kw: Any) -> _An
         return _Answer(r.status_code, r.headers, body, r.reason_phrase)
 
 
+@contextlib.contextmanager
+def _staging(dst: str | Path) -> Iterator[str]:
+    """A staging folder beside ``dst`` for a pull's images, removed at the end. Beside it,
+    not in the system's temp folder (twice the disk there, a tmpfs filled, and a killed
+    pull's images left for good): a later pull removes what a killed one left."""
+    out = Path(dst).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_left_staging(out)
+    with tempfile.TemporaryDirectory(dir=out.parent,
+                                     prefix=f".{out.name}.pull.w{os.getpid()}.") as tmp:
+        yield tmp
+
+
 def _remove_left_staging(out: Path) -> None:
     """What killed pulls into ``out`` left beside it (``.OUT.pull.w<pid>.XXXXXXXX``, its
     writer ended): a running pull's, or another folder's that merely looks alike, stays."""
@@ -327,13 +333,7 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
     classes: list[str] = []
     seen: set[str] = set()
     skipped: list[str] = []  # left out: "id: why"
-    # staged beside DST, not in the system's temp folder (twice the disk there, a tmpfs
-    # filled, and a killed pull's images left for good): a later pull removes them
-    out = Path(dst).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_left_staging(out)
-    with tempfile.TemporaryDirectory(dir=out.parent,
-                                     prefix=f".{out.name}.pull.w{os.getpid()}.") as tmp, \
+    with _staging(dst) as tmp, \
             httpx.Client(base_url=url, headers={**headers, **IDENTITY}, timeout=60) as c:
         cursor, listed, first = _Cursor(), 0, None
         by_offset: int | None = None  # a server of a release before `until`: by offset
