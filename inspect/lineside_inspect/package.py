@@ -109,11 +109,17 @@ def card_digest(card: ModelCard) -> str:
     """sha256 of the whole card but its ``created_at`` (a card without one gets the load
     time): graph sha256, thresholds, default recipe, ... A gate report admits this card,
     not the same graph re-calibrated (``lineside calibrate --write``)."""
-    # ``external_data`` only when there is some: a field added later must not change the
-    # digest of every card without it (gate reports, admissions and a box's pulled models
-    # are keyed by it, and an upgraded box found its pulled models "changed since pulled")
-    exclude = {"created_at"} | (set() if card.external_data else {"external_data"})
+    # a field added later must not change the digest of every card without it (gate
+    # reports, admissions and a box's pulled models are keyed by it, and an upgraded box
+    # found its pulled models "changed since pulled")
+    exclude = {"created_at"} | _left_out(card)
     return hashlib.sha256(card.model_dump_json(exclude=exclude).encode()).hexdigest()
+
+
+def _left_out(card: ModelCard) -> set[str]:
+    """Fields added after cards were first written, left out of the card's file and digest
+    when empty: ``external_data`` (a card naming it is refused by earlier releases)."""
+    return set() if card.external_data else {"external_data"}
 
 
 def version_clash(versions: Mapping[str, ModelCard], card: ModelCard, *,
@@ -505,8 +511,7 @@ def card_json(card: ModelCard) -> str:
     data: a card that names it is refused by releases before it (extra fields are
     forbidden), and a package a box of such a release pulls from the fleet was refused
     for an empty field it never needed."""
-    exclude = None if card.external_data else {"external_data"}
-    return card.model_dump_json(indent=1, exclude=exclude) + "\n"
+    return card.model_dump_json(indent=1, exclude=_left_out(card) or None) + "\n"
 
 
 def write_card(path: Path, card: ModelCard) -> None:
