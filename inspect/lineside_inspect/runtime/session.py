@@ -65,12 +65,15 @@ class OnnxSession:
                  optimize: bool = True, spinning: bool = True, overlap: int = 1,
                  graph: bytes | None = None, external: Mapping[str, bytes] | None = None
                  ) -> None:
-        self._graph, self._external = graph, dict(external or {})
         providers = choose_providers(device)
+
+        def open_(width: int | None) -> ort.InferenceSession:  # a session of that many threads
+            return self._open(path, providers, width, optimize, spinning, graph, external)
+
         cores = available_cores()
         cpu = providers == [CPU]
         wide = threads or (cores if cpu and cores < machine_cores() else None)
-        self.session = self._open(path, providers, wide, optimize, spinning)
+        self.session = open_(wide)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
@@ -80,14 +83,15 @@ class OnnxSession:
             self._lean = queue.SimpleQueue()
             # one-thread runs run on their callers' threads, so one session serves them all;
             # wider ones each need a thread pool of their own, or they share one again
-            shared = self._open(path, providers, lean, optimize, spinning) if lean == 1 else None
+            shared = open_(lean) if lean == 1 else None
             for _ in range(overlap):
-                self._lean.put(shared or self._open(path, providers, lean, optimize, spinning))
+                self._lean.put(shared or open_(lean))
         self.lean_threads = lean if self._lean is not None else None
-        self._graph, self._external = None, {}  # onnxruntime holds its own copy now
 
-    def _open(self, path: Path, providers: list[str], threads: int | None, optimize: bool,
-              spinning: bool) -> ort.InferenceSession:
+    @staticmethod
+    def _open(path: Path, providers: list[str], threads: int | None, optimize: bool,
+              spinning: bool, graph: bytes | None,
+              external: Mapping[str, bytes] | None) -> ort.InferenceSession:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -103,13 +107,13 @@ class OnnxSession:
             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
         options.log_severity_level = 3
-        if self._external:  # by the names the graph gives, as verified
-            names = list(self._external)
-            buffers = [self._external[n] for n in names]
+        if external:  # by the names the graph gives, as verified
+            names = list(external)
+            buffers = [external[n] for n in names]
             options.add_external_initializers_from_files_in_memory(
                 names, buffers, [len(b) for b in buffers])
         try:
-            model = str(path) if self._graph is None else self._graph
+            model = str(path) if graph is None else graph
             return ort.InferenceSession(model, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise PackageError(f"{path}: onnxruntime cannot load the graph: {exc}") from None
