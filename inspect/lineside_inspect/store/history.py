@@ -26,12 +26,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from lineside_inspect.store.models import InspectionRow, YieldHistoryRow
+from lineside_inspect.store.models import InspectionRow, YieldHistoryRow, delete_any
 from lineside_inspect.store.utc import as_utc
 
 # what a removed row is counted by, in this order (as a hub's DELETE ... RETURNING reads it)
@@ -90,9 +90,4 @@ def prune(s: Session, now: datetime, box_id: str | None = None) -> int:
     conds = [YieldHistoryRow.hour < as_utc(now) - KEPT]
     if box_id is not None:
         conds.append(YieldHistoryRow.box_id == (box_id or NONE))
-    # looked for first: a DELETE takes SQLite's write lock even when it matches nothing,
-    # and a save looking for room waited out the busy timeout behind any other writer
-    if s.execute(select(YieldHistoryRow.hour).where(*conds).limit(1)).first() is None:
-        return 0
-    done = s.execute(delete(YieldHistoryRow).where(*conds))
-    return int(getattr(done, "rowcount", 0) or 0)
+    return delete_any(s, YieldHistoryRow, *conds)

@@ -16,8 +16,19 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    delete,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from lineside_inspect.store.utc import UTCDateTime
 
@@ -323,3 +334,15 @@ def labels_column(labels: Iterable[str]) -> str:
 def label_pattern(label: str) -> str:
     """What ``labels`` contains for a row with a defect of class ``label``."""
     return "," + label.replace(",", ";") + ","
+
+
+def delete_any(s: Session, model: type[Base], *conds: Any) -> int:
+    """Delete ``model``'s rows matching ``conds`` in ``s``'s transaction, looking first: a
+    DELETE takes SQLite's write lock even when it matches nothing (a save looking for room
+    waited out the busy timeout behind another writer), and one of the outbox, even of
+    nothing, tells a full quota to look again. How many went."""
+    key = next(iter(model.__table__.primary_key.columns))  # type: ignore[attr-defined]
+    if s.scalar(select(key).where(*conds).limit(1)) is None:
+        return 0
+    done = s.execute(delete(model).where(*conds), execution_options={"synchronize_session": False})
+    return int(getattr(done, "rowcount", 0) or 0)

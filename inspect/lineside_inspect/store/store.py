@@ -97,6 +97,7 @@ from lineside_inspect.store.models import (
     OutboxRow,
     ReviewRow,
     ShadowResultRow,
+    delete_any,
     label_pattern,
     labels_column,
 )
@@ -1253,11 +1254,8 @@ class Store:
                         # (looked for first: a DELETE of the outbox, even of nothing, tells
                         # a full quota to look again, and a save refused at once then ran
                         # retention every time)
-                        delivered = (OutboxRow.box_id == self.box_id,
-                                     OutboxRow.delivered_at.is_not(None))
-                        if s.scalar(select(OutboxRow.id).where(*delivered).limit(1)) is not None:
-                            s.execute(delete(OutboxRow).where(*delivered),
-                                      execution_options={"synchronize_session": False})
+                        delete_any(s, OutboxRow, OutboxRow.box_id == self.box_id,
+                                   OutboxRow.delivered_at.is_not(None))
                     for tier in self._deletion_order():
                         if used <= limit:
                             break
