@@ -49,7 +49,8 @@ from .fleet_peers import free_port
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "deeppcb" / "1"
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
-KEYS = {"box1": "k-box1", "box2": "k-box2", "box3": "k-box3", "box4": "k-box4", "qa": "k-qa"}
+KEYS = {"box1": "k-box1", "box2": "k-box2", "box3": "k-box3", "box4": "k-box4",
+        "box5": "k-box5", "qa": "k-qa"}
 
 
 def _png(seed: int) -> bytes:
@@ -598,3 +599,36 @@ def test_a_wrong_box_key_counts_once_against_its_address(hub: ServedHub) -> None
             assert r.status_code == 200, (path, r.text)
     finally:
         hub.app.state.sign_ins = kept
+
+
+def test_a_golden_image_altered_in_the_object_store_is_left_out_of_a_pull(
+        hub: ServedHub, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A reference object replaced in the hub's object store (one serves every inspection
+    compared with it) went into `data pull`'s set as their golden image; its record names
+    it by its sha256, so the pull checks the bytes it got against that."""
+    from lineside_inspect.store.pull import pull_from_server
+
+    box = client(hub, "box5")  # (a box of its own: its outbox starts at seq 1)
+    ref = _png(31)
+    with_ref = [_item(1, image=_png(33), reference=ref), _item(2, image=_png(34), reference=ref)]
+    plain = _item(3, image=_png(35))
+    assert box.post(box.path(FORWARD), ForwardBatch(items=[*with_ref, plain]),
+                    ForwardAck).stored == 3
+    box.close()
+    qa = {"Authorization": f"Bearer {KEYS['qa']}"}
+    for i in (*with_ref, plain):
+        r = httpx.post(f"{hub.url}/v1/inspections/{i.id}/reviews", headers=qa,
+                       json={"action": "confirm"})
+        assert r.status_code in (200, 201), r.text
+    objects, key = hub.app.state.objects, f"refs/{hashlib.sha256(ref).hexdigest()}.png"
+    objects.put(key, _png(32))  # another image of the same size, under the golden's key
+    try:
+        with caplog.at_level("WARNING", logger="lineside"):
+            ds = pull_from_server(hub.url, tmp_path / "pulled", key=KEYS["qa"])
+    finally:
+        objects.put(key, ref)  # (the hub is the module's)
+    pulled = {Path(r.file_name).stem for r in ds.images}
+    assert plain.id in pulled and not {i.id for i in with_ref} & pulled
+    said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert f"{with_ref[0].id}: its golden image has sha256 " in said
+    assert not list(tmp_path.glob("pulled/images/references/*"))

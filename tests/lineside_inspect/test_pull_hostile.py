@@ -204,6 +204,46 @@ def test_what_a_hostile_server_sends_is_bounded_and_checked(
     assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".pulled.pull.w*"))
 
 
+@pytest.mark.parametrize("apart", [0, 1], ids=["one time", "a second apart"])
+def test_a_server_sending_one_page_again_and_again_is_stopped(tmp_path: Path,
+                                                              apart: int) -> None:
+    """A server that sends the same page whatever it is asked (it ignores offset and
+    until, or a cache keyed by path answers) was asked for the next page for ever: the
+    only bound was twice the total it claims (a billion here), nothing new pulled."""
+    lists: list[int] = []
+    items = [{**_item(i), "created_at": f"2026-12-01T00:00:{59 - n * apart:02d}+00:00"}
+             for n, i in enumerate(_ids(3))]
+
+    def page(offset: int) -> list[dict[str, object]]:
+        lists.append(offset)
+        return items if len(lists) < 30 else []  # (without the check: ends, "pulled")
+
+    srv = _Scripted(page, lambda _: _png(8, 8), total=10**9)
+    try:
+        with pytest.raises(ConfigError, match="sent again a page it had sent"):
+            pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    assert len(lists) == 2 + 2 * apart  # (apart: twice more, by offset from the start)
+    assert len([p for p in srv.asked if p.endswith("/image")]) == 3  # each image once
+    assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".pulled.pull.w*"))
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59.999999+00:00",
+                                  "0001-01-01T00:00:00+05:00"])
+def test_an_inspection_dated_out_of_range_in_utc_is_one_line(tmp_path: Path,
+                                                             when: str) -> None:
+    """The next page is asked for up to just past the oldest time listed, in UTC: a date
+    with no such time was an OverflowError traceback ("date value out of range")."""
+    items = [{**_item(i), "created_at": when} for i in _ids(2)]
+    srv = _Scripted(lambda o: items if o == 0 else [], lambda _: _png(8, 8), total=2)
+    try:
+        with pytest.raises(ConfigError, match=f"is dated {when[:4]}.*out of range in UTC"):
+            pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+
+
 def test_an_inspection_whose_image_is_broken_is_left_out(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A hub stores what its boxes send: one box's JPEG with no image data (its header

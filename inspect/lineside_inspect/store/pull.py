@@ -138,20 +138,27 @@ class _Cursor:
 
     def __init__(self) -> None:
         self.oldest: datetime | None = None  # the oldest time listed so far
-        self.ties = 0  # rows at that time listed so far (the first in id order)
+        self.at_oldest: set[str] = set()  # the ids listed at that time (the first by id)
 
     def params(self) -> tuple[datetime | None, int]:
         """(until, offset) for the next page: ``until`` exclusive, so just past the time."""
         if self.oldest is None:
             return None, 0
-        return self.oldest + timedelta(microseconds=1), self.ties
+        return self.oldest + timedelta(microseconds=1), len(self.at_oldest)
 
-    def advance(self, times: list[datetime]) -> None:
-        """After a page whose rows have ``times`` (in list order)."""
-        last = times[-1]
-        at_last = sum(1 for t in times if t == last)
-        self.ties = self.ties + at_last if last == self.oldest else at_last
+    def advance(self, rows: list[tuple[datetime, str]]) -> bool:
+        """After a page of ``rows`` (time, id) in list order; False when it listed nothing
+        older than the pages before, nor anything new at their oldest time: a server that
+        sends a page again (it ignored ``offset``, a cache keyed by path) would be asked for
+        the same page for ever, the offset growing and nothing pulled."""
+        oldest, seen = self.oldest, self.at_oldest
+        moved = oldest is None or any(t < oldest or (t == oldest and i not in seen)
+                                      for t, i in rows)
+        last = rows[-1][0]
+        at_last = {i for t, i in rows if t == last}
+        self.at_oldest = seen | at_last if last == oldest else at_last
         self.oldest = last
+        return moved
 
 
 def _check_dst(dst: str | Path, overwrite: bool) -> None:
@@ -190,7 +197,7 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                                   until=until, limit=PAGE, offset=offset)
             if not rows:
                 break
-            cursor.advance([as_utc(r.created_at) for r in rows])
+            cursor.advance([(as_utc(r.created_at), r.id) for r in rows])
             for row in rows:
                 # a time several rows share may be listed again: each once
                 if row.image_path is None or row.id in seen:
@@ -224,10 +231,18 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
 
 def _page(url: str, content: bytes) -> InspectionPage:
     try:
-        return InspectionPage.model_validate_json(content)
+        page = InspectionPage.model_validate_json(content)
     except ValidationError as exc:
         raise ConfigError(f"{url}: the server's inspection list is not a Lineside one: "
                           f"{describe_validation(exc.errors())}") from None
+    for item in page.items:
+        try:  # the next page is asked for up to just past it, in UTC
+            as_utc(item.created_at) + timedelta(microseconds=1)
+        except OverflowError:  # (year 1 at +05:00, or the last microsecond of 9999)
+            raise ConfigError(f"{url}: the server's inspection list is not a Lineside one: "
+                              f"inspection {item.id} is dated {item.created_at.isoformat()}, "
+                              "out of range in UTC") from None
+    return page
 
 
 def _failed(url: str, r: httpx.Response | _Answer, what: str) -> ConfigError:
@@ -324,6 +339,18 @@ def _image_problem(item: dict[str, Any], data: bytes, what: str = "image") -> st
     return None
 
 
+def _altered(item: dict[str, Any], data: bytes) -> str | None:
+    """Why the golden image is not the one the inspection was compared with: the record
+    names it by its sha256 (a box's and a hub's stores keep it under that name). A hub's
+    reference object altered in its object store (one serves every inspection compared
+    with it) went into the set as their golden image unseen."""
+    said = (item.get("reference") or {}).get("sha256")
+    got = hashlib.sha256(data).hexdigest()
+    if said is None or got == said:  # (a record of a release before it named none)
+        return None
+    return f"its golden image has sha256 {got[:12]}…, its record says {str(said)[:12]}…"
+
+
 def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
           reviewed: bool, overwrite: bool) -> Dataset:
     _check_dst(dst, overwrite)
@@ -358,7 +385,7 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             if until and any(as_utc(i.created_at) >= until for i in page.items):
                 # it ignored `until` (a page before this one may have been another than
                 # asked for, unseen): from the start again by offset, each item taken once
-                by_offset = 0
+                by_offset, cursor = 0, _Cursor()
                 continue
             # a list that never ends (a hostile server) is cut off: at most twice its
             # first total and ten pages more
@@ -366,7 +393,9 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             # (a page's total counts the rows up to its time: the first's is the list's)
             bound = 2 * first + 10 * PAGE
             listed += len(items)
-            cursor.advance([as_utc(i.created_at) for i in page.items])
+            if not cursor.advance([(as_utc(i.created_at), i.id) for i in page.items]):
+                raise ConfigError(f"{url}: the server sent again a page it had sent (it "
+                                  f"ignores offset={offset}?): stopped, it would never end")
             if by_offset is not None:
                 by_offset += len(items)
             if listed > bound:
@@ -397,7 +426,8 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
                         raise _failed(url, got, f"fetching inspection {item['id']}'s reference")
                     golden = got
                 if problem := _image_problem(item, img.content) or (
-                        golden and _image_problem(item, golden.content, "golden image")):
+                        golden and (_image_problem(item, golden.content, "golden image")
+                                    or _altered(item, golden.content))):
                     skipped.append(f"{item['id']}: {problem}")
                     continue
                 ext = _ext(img.headers.get("content-type", ""))
