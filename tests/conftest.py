@@ -99,7 +99,7 @@ def _tiny_package(dst: Path, model: onnx.ModelProto, **card: Any) -> Path:
     return dst
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_onnx() -> Any:
     """Builders of tiny detector graphs and their packages (``graph(size, score, classes,
     external=)``, ``package(dst, model, **card)``), made with ``onnx``: what the package

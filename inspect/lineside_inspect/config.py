@@ -255,6 +255,12 @@ class Settings(BaseSettings):
     model_roots: list[str] = Field(default_factory=list, description=(
         "folders POST /v1/models may load packages from; default: the folder holding each "
         "configured package's NAME/VERSION folders (models/ for models/deeppcb/1)"))
+    keep_loaded: int = Field(3, ge=1, le=100, description=(
+        "versions of each model kept in memory (each holds its onnxruntime sessions): "
+        "loading one more unloads the oldest that nothing uses. The active version, the one "
+        "a rollback goes back to, and versions a recipe pins, a shadow run compares or a "
+        "rollout watch may roll back to always stay, so more may be loaded. An unloaded "
+        "version's package stays on disk: a rollback to it loads it again"))
     recipes: list[str] = Field(default_factory=list)
     default_recipe: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"

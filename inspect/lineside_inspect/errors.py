@@ -399,6 +399,14 @@ class ActiveChanged(LinesideError):
     status = 409
 
 
+class VersionInUse(LinesideError):
+    """A model version asked to be unloaded still judges parts (active, pinned, fused, a
+    shadow run, a rollout's way back) or is the one a rollback goes back to."""
+
+    code = "version_in_use"
+    status = 409
+
+
 class DiskUnavailable(LinesideError):
     """A server could not write to its own data folder (a full disk, a quota, an I/O
     error): passing, not the request's fault; nothing was half-stored. Retry when there

@@ -84,6 +84,7 @@ EDGE_OPERATIONS = {
     "GET /v1/models/{name}/lineage": "lineage",
     "POST /v1/models/{name}/promote": "promote",
     "POST /v1/models/{name}/rollback": "rollback",
+    "DELETE /v1/models/{name}/versions/{version}": "unload_version",
     "GET /v1/models/{name}/rollout": "rollout",
     "DELETE /v1/models/{name}/shadow": "stop_shadow",
     "GET /v1/models/{name}/shadow": "shadow_status",
@@ -472,9 +473,11 @@ def test_package_folders_are_for_admins_only(served: tuple[Running, dict[str, An
     srv, doc = served
     with_path = {n for n, s in doc["components"]["schemas"].items()
                  if "path" in s.get("properties", {})}
-    assert with_path == {"LoadedVersion", "LoadModel"}  # an answer, and the load request
+    # answers (versions loaded, and unloaded ones' packages), and the load request
+    assert with_path == {"LoadedVersion", "UnloadedVersion", "LoadModel"}
     reaching = [f"{m} {p}" for m, p, op in _operations(doc)
-                if "LoadedVersion" in _reach(doc, _refs(op["responses"].get("200", {})))]
+                if {"LoadedVersion", "UnloadedVersion"}
+                & _reach(doc, _refs(op["responses"].get("200", {})))]
     assert reaching == ["GET /v1/models"]
     for role in ("line", "reviewer"):
         with srv.client(role) as c:

@@ -71,6 +71,7 @@ class Lifecycle:
         self._alarm_writes: set[Future[None]] = set()
         self._gate_lock = threading.Lock()
         self._admit_lock = threading.Lock()  # one activation decision at a time
+        registry.add_holder(self._holding)
 
     # -- wiring ---------------------------------------------------------------------------
     def attach(self, store: Store, service: InspectionService) -> None:
@@ -104,6 +105,37 @@ class Lifecycle:
             before = "" if last is None else f"; the last activation recorded was {last['version']}"
             self.records.audit(actor=SYSTEM, action="startup", model=model, version=slot.active,
                                reason=f"the server started with {model} {slot.active}{before}")
+
+    def _holding(self, model: str) -> dict[str, str]:
+        """The versions of ``model`` the shadow run and the rollout watch need loaded."""
+        held: dict[str, str] = {}
+        session = None if self.shadow is None else self.shadow.session(model)
+        if session is not None:
+            held[session.version] = (f"its shadow run compares it with the active version "
+                                     f"(DELETE /v1/models/{model}/shadow stops it)")
+        # read without the watch's lock: it calls the registry and the admission lock
+        # under it (an automatic rollback), and an unload holds the admission lock
+        watch = None if self.rollout is None else self.rollout.watching(model)
+        if watch is not None:
+            held.setdefault(watch.previous, f"the rollout watch of {model} {watch.version} "
+                                            "rolls back to it if the line's fail rate jumps")
+        return held
+
+    def unload(self, model: str, version: str, *, actor: str, force: bool = False,
+               reason: str = "") -> None:
+        """Take ``version`` out of memory (:meth:`Registry.unload`), recorded as ``unload``
+        (``force_unload``: the version a rollback goes back to); an unload that cannot be
+        recorded is undone."""
+        with self._admit_lock:
+            self.registry.unload(model, version, force=force)
+            if self._records is None:
+                return
+            try:
+                self.records.audit(actor=actor, action="force_unload" if force else "unload",
+                                   model=model, version=version, reason=reason)
+            except Exception:
+                self.registry.reload(model, version)
+                raise
 
     def close(self) -> None:
         # the alarm's last audit entries get a few seconds; a database that hangs must not
@@ -445,6 +477,8 @@ class Lifecycle:
                 raise ActiveChanged(f"{model} {expect} is not the active version now "
                                     f"({old}): nothing rolled back; look again")
             target = self.registry.previous(model)
+            if target is not None:  # unloaded from memory: loaded again from its package
+                self.registry.reload(model, target)
             if target is not None and self._records is not None:
                 refused = self._standing(self.registry.detector(model, target),
                                          any_pass_clears=True)[2]

@@ -125,6 +125,12 @@ class RolloutWatcher:
         with self._lock:
             return self._watches.get(model)
 
+    def watching(self, model: str) -> Watch | None:
+        """The running watch of ``model``, read without the lock (one dict read), for
+        callers that may hold locks the watch takes after its own."""
+        w = self._watches.get(model)
+        return w if w is not None and w.state == "watching" else None
+
     def stop(self, model: str, why: str) -> None:
         """End a watch because someone acted on the model by hand."""
         with self._lock:

@@ -162,7 +162,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     settings = settings or Settings()
     registry = registry or Registry(device=settings.device, threads=settings.threads,
                                     spinning=settings.onnx_spinning,
-                                    concurrency=settings.max_concurrency)
+                                    concurrency=settings.max_concurrency,
+                                    keep_loaded=settings.keep_loaded)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -240,7 +241,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     # taking triggers at once rather than after the load balancer's drain
     app.state.on_signal = [app.state.live_views.close]  # live views end at once
     app.state.on_shutdown = []
-    app.state.metrics_hooks = []
+    app.state.metrics_hooks = [lambda: app.state.metrics.set_loaded(
+        (name, v) for name, slot in registry.models().items() for v in slot.versions)]
     app.state.sessions = SessionStore(settings.session_ttl_s)  # review sign-ins, in memory
     app.state.sign_ins = SignInThrottle()  # unknown keys per address
     # the inspection route first of the routers: routes are matched in order on every

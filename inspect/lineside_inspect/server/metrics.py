@@ -26,6 +26,11 @@ class Metrics:
         self.errors = Counter("lineside_request_errors", "Refused requests by code", ["code"],
                               registry=r)
         self.model_info = Info("lineside_model", "Active model versions", registry=r)
+        # the versions in memory (each holds onnxruntime sessions): set at each scrape
+        self.model_loaded = Gauge(
+            "lineside_model_version_loaded",
+            "1 for each model version loaded in memory (the active one, those kept for a "
+            "rollback or pinned, up to keep_loaded per model)", ["model", "version"], registry=r)
         self.camera_state = Gauge("lineside_camera_online", "1 when the camera delivers frames",
                                   ["camera"], registry=r)
         self.camera_fps = Gauge("lineside_camera_fps", "Frames per second read", ["camera"],
@@ -90,6 +95,16 @@ class Metrics:
         """A recipe's recent fail rate (None: nothing counted yet) and alarm state."""
         self._child(self.recent_fail_rate, recipe).set(float("nan") if recent is None else recent)
         self._child(self.fail_rate_alarm, recipe).set(1 if alarm else 0)
+
+    def set_loaded(self, loaded: Iterable[tuple[str, str]]) -> None:
+        """The ``(model, version)`` pairs loaded now; series of versions gone are removed."""
+        now = set(loaded)
+        for labels in {tuple(s.labels.values()) for m in self.model_loaded.collect()
+                       for s in m.samples} - now:
+            with contextlib.suppress(KeyError):
+                self.model_loaded.remove(*labels)
+        for model, version in now:
+            self.model_loaded.labels(model, version).set(1)
 
     def drop_fail_rate(self, recipe: str) -> None:
         """A recipe gone: its fail-rate series go too (an alarm must not outlive it)."""

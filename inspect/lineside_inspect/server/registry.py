@@ -4,13 +4,19 @@ A request takes a reference to the detector it will use once, at its start; swap
 the active version replaces a dict entry under a lock, so in-flight requests finish on
 the version they started with and new ones get the new version. A failed load leaves
 the old version serving.
+
+A version no longer judging can be unloaded (:meth:`Registry.unload`, and beyond
+``keep_loaded`` versions of a model at each load): it leaves the dict, and its
+onnxruntime sessions are freed once the last inspection that took it finishes (nothing
+closes them under a running inference). Its package stays where it is, remembered in
+``ModelSlot.unloaded``: a rollback to it loads it again from there.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +26,10 @@ from lineside_inspect.errors import (
     NotFoundError,
     PackageError,
     RecipesCannotFollow,
+    VersionInUse,
     echo,
 )
-from lineside_inspect.package import card_digest, load_package, version_clash
+from lineside_inspect.package import ModelPackage, card_digest, load_package, version_clash
 from lineside_inspect.recipes import Recipe, check_card_recipe
 from lineside_inspect.runtime.detector import Detector
 
@@ -44,16 +51,30 @@ class ModelSlot:
     versions: dict[str, Detector] = field(default_factory=dict)
     active: str | None = None
     history: list[str] = field(default_factory=list)  # previously active versions
+    # versions unloaded from memory, oldest first: their packages (card and folder), to load
+    # them again (a rollback) and to keep a version name to one card while unloaded
+    unloaded: dict[str, ModelPackage] = field(default_factory=dict)
+
+
+# what else holds versions of a model (a shadow run, a rollout watch's way back): version ->
+# why, asked before an unload (never under the registry's lock: the rollout watch calls
+# the registry under its own lock)
+Holder = Callable[[str], Mapping[str, str]]
 
 
 class Registry:
     def __init__(self, *, device: str = "auto", threads: int | None = None,
-                 spinning: bool = True, concurrency: int = 1) -> None:
-        """``concurrency``: inferences that may run at once (``max_concurrency``)."""
+                 spinning: bool = True, concurrency: int = 1,
+                 keep_loaded: int | None = None) -> None:
+        """``concurrency``: inferences that may run at once (``max_concurrency``);
+        ``keep_loaded``: versions of a model kept in memory beyond which a load unloads the
+        oldest unused ones (None: no bound)."""
         self.device = device
         self.threads = threads
         self.spinning = spinning
         self.concurrency = concurrency
+        self.keep_loaded = keep_loaded
+        self._holders: list[Holder] = []
         self._lock = threading.Lock()
         self._models: dict[str, ModelSlot] = {}
         self._recipes: dict[str, Recipe] = {}
@@ -83,19 +104,124 @@ class Registry:
             raise PackageError(f"model {card.name} {card.version}: its card or graph changed "
                                "on disk after it was checked: not loaded")
         check_card_recipe(card, detector.class_names)
+        held = self._held(card.name)
         with self._lock:
             slot = self._models.setdefault(card.name, ModelSlot())
-            clash = version_clash({v: d.card for v, d in slot.versions.items()}, card,
-                                  placed="loaded")
+            # an unloaded version keeps its card: the same name with another graph or card
+            # must not come back under it (its gate reports and history name that card)
+            known = {**{v: p.card for v, p in slot.unloaded.items()},
+                     **{v: d.card for v, d in slot.versions.items()}}
+            clash = version_clash(known, card, placed="loaded")
             if clash:
                 raise PackageError(clash)
             first = slot.active is None
             if activate and not first:
                 self._check_followers_locked(card.name, detector, None)
             slot.versions[card.version] = detector
+            slot.unloaded.pop(card.version, None)
             if activate or first:
                 self._activate_locked(card.name, card.version)
+            self._trim_locked(card.name, card.version, held)
         return Loaded(detector, first)
+
+    # -- unloading ----------------------------------------------------------------------
+    def add_holder(self, holder: Holder) -> None:
+        """``holder(model)``: the versions of ``model`` something else needs loaded, and why."""
+        self._holders.append(holder)
+
+    def _held(self, name: str) -> dict[str, str]:
+        held: dict[str, str] = {}
+        for holder in self._holders:
+            for version, why in holder(name).items():
+                held.setdefault(version, why)
+        return held
+
+    def _uses_locked(self, name: str, version: str, held: Mapping[str, str]) -> list[str]:
+        """Why ``version`` of ``name`` must stay loaded (judging, pinned, held), if it must."""
+        slot = self._models[name]
+        uses = ["it is the active version"] if slot.active == version else []
+        for r in self._recipes.values():
+            if r.remote is None and (r.model, r.model_version) == (name, version):
+                uses.append(f"recipe {r.name} pins it")
+            fused = r.anomaly  # (one following the active version: that one is active)
+            if fused is not None and (fused.model, fused.model_version) == (name, version):
+                uses.append(f"recipe {r.name} fuses with it")
+        if version in held:
+            uses.append(held[version])
+        return uses
+
+    def _previous_locked(self, slot: ModelSlot) -> str | None:
+        return next((v for v in reversed(slot.history) if v != slot.active), None)
+
+    def unload(self, name: str, version: str, *, force: bool = False) -> None:
+        """Take ``version`` of ``name`` out of memory; its package stays on disk (a rollback
+        loads it again). Refused (:class:`VersionInUse`) for a version that judges (active,
+        pinned or fused by a recipe) or that something else holds (a shadow run, a rollout
+        watch's way back), and, unless ``force``, for the one a rollback goes back to.
+        Inspections that took it before finish on it: it is freed after them."""
+        held = self._held(name)
+        with self._lock:
+            slot = self._slot(name)
+            if version not in slot.versions:
+                raise NotFoundError(self._not_loaded_locked(name, version))
+            uses = self._uses_locked(name, version, held)
+            if uses:
+                raise VersionInUse(f"model {name} {version} cannot be unloaded: "
+                                   f"{'; '.join(uses)}")
+            if not force and self._previous_locked(slot) == version:
+                raise VersionInUse(
+                    f"model {name} {version} is the version a rollback goes back to: unload "
+                    "it with force (a rollback then loads it again from its package, which "
+                    "takes as long as a load)")
+            self._unload_locked(slot, version)
+        log.info("model %s: version %s unloaded%s", name, version, " (forced)" if force else "")
+
+    def _unload_locked(self, slot: ModelSlot, version: str) -> None:
+        # references in flight keep the detector (and its sessions) alive until they finish
+        slot.unloaded[version] = slot.versions.pop(version).package
+
+    def _trim_locked(self, name: str, loaded: str, held: Mapping[str, str]) -> None:
+        """Beyond ``keep_loaded`` versions of ``name``, unload the oldest loaded that nothing
+        uses: never the one just ``loaded`` (or activated), the active one, the one a
+        rollback goes back to, nor one pinned or held (so more may stay loaded than the
+        bound). At each load and activation: a load beside the active version (one the
+        lifecycle activates after its gate) leaves the old previous one until then."""
+        slot = self._models[name]
+        if self.keep_loaded is None:
+            return
+        keep = {loaded, slot.active, self._previous_locked(slot)}
+        for version in list(slot.versions):
+            if len(slot.versions) <= self.keep_loaded:
+                return
+            if version in keep or self._uses_locked(name, version, held):
+                continue
+            self._unload_locked(slot, version)
+            log.info("model %s: version %s unloaded (keep_loaded %d: %s %s was loaded; a "
+                     "rollback to it loads it again from its package)", name, version,
+                     self.keep_loaded, name, loaded)
+
+    def reload(self, name: str, version: str) -> None:
+        """Load ``version`` of ``name`` again from its package if it was unloaded (nothing
+        when it is loaded): its card must be the one it was unloaded with."""
+        with self._lock:
+            slot = self._slot(name)
+            package = slot.unloaded.get(version)
+            if version in slot.versions or package is None:
+                return
+        try:
+            self.load(package.path, activate=False, expect_card=card_digest(package.card))
+        except PackageError as exc:
+            raise PackageError(f"model {name} {version} was unloaded from memory and cannot "
+                               f"be loaded again from its package: {exc.message}") from None
+        log.info("model %s: version %s loaded again from its package", name, version)
+
+    def _not_loaded_locked(self, name: str, version: str | None) -> str:
+        slot = self._models[name]
+        if version is not None and version in slot.unloaded:
+            return (f"model {name} version {echo(version)} was unloaded from memory: load "
+                    "its package again (POST /v1/models; GET /v1/models lists its folder)")
+        return (f"model {name} has no loaded version {echo(version)} "
+                f"(loaded: {', '.join(slot.versions)})")
 
     def _check_followers_locked(self, name: str, detector: Detector,
                                 replacing: Recipe | None,
@@ -139,8 +265,7 @@ class Registry:
     def _activate_locked(self, name: str, version: str) -> None:
         slot = self._models[name]
         if version not in slot.versions:
-            raise NotFoundError(f"model {name} has no loaded version {echo(version)} "
-                                f"(loaded: {', '.join(slot.versions)})")
+            raise NotFoundError(self._not_loaded_locked(name, version))
         if slot.active is not None and slot.active != version:
             # each earlier version once, the most recent last: a box swapping between two
             # versions for weeks grew the list (and GET /v1/models) by one per swap, and a
@@ -154,6 +279,7 @@ class Registry:
         """Make ``version`` active; with ``recipe`` (its card's, checked), put that in the
         same step, so no inspection pins the new version with the old card's recipe.
         ``pending``: as in :meth:`_check_followers_locked`."""
+        held = self._held(name)
         with self._lock:
             slot = self._slot(name)
             if slot.active != version:
@@ -161,6 +287,8 @@ class Registry:
                                              pending)
             self._activate_locked(name, version)
             self._put_recipe_locked(recipe)
+            # the version before the one replaced is no longer a rollback's way back
+            self._trim_locked(name, version, held)
 
     def _put_recipe_locked(self, recipe: Recipe | None, remote: Detector | None = None) -> None:
         """``recipe`` (checked) in place, with its OIP v2 endpoint's detector if it has one."""
@@ -177,14 +305,16 @@ class Registry:
     def previous(self, name: str) -> str | None:
         """The version a rollback would make active now (None: there is none)."""
         with self._lock:
-            slot = self._slot(name)
-            return next((v for v in reversed(slot.history) if v != slot.active), None)
+            return self._previous_locked(self._slot(name))
 
     def rollback(self, name: str, *, expect: str | None = None,
                  recipe: Recipe | None = None) -> str:
         """Make the previous version active again. ``expect``: the version that must be
         made active (it may be only what :meth:`previous` said); ``recipe`` as in
-        :meth:`activate`."""
+        :meth:`activate`. A previous version unloaded from memory is loaded again first."""
+        target = self.previous(name)
+        if target is not None:
+            self.reload(name, target)
         with self._lock:
             slot = self._slot(name)
             while slot.history and slot.history[-1] == slot.active:
@@ -248,7 +378,7 @@ class Registry:
         slot = self._slot(name)
         key = version or slot.active
         if key not in slot.versions:
-            raise NotFoundError(f"model {name} has no loaded version {echo(key)}")
+            raise NotFoundError(self._not_loaded_locked(name, key))
         return slot.versions[key]
 
     def pin(self, recipe: str | None) -> tuple[Recipe, Detector, Detector | None]:
@@ -265,7 +395,7 @@ class Registry:
 
     def models(self) -> dict[str, ModelSlot]:
         with self._lock:
-            return {k: ModelSlot(dict(v.versions), v.active, list(v.history))
+            return {k: ModelSlot(dict(v.versions), v.active, list(v.history), dict(v.unloaded))
                     for k, v in self._models.items()}
 
     # -- recipes --------------------------------------------------------------------

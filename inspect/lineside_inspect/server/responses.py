@@ -165,11 +165,28 @@ class LoadedVersion(_Shape):
     path: str = Field(description="the package folder on the server (to load it again)")
 
 
+class UnloadedVersion(_Shape):
+    version: str
+    sha256: str = Field(description="of the ONNX graph, as its card states")
+    path: str = Field(description="the package folder it loads again from (a rollback does)")
+
+
 class LoadedModel(_Shape):
     name: str
     active: str | None = Field(description="the version new requests get")
     history: list[str] = Field(description="earlier active versions, oldest first (rollback pops)")
-    versions: list[LoadedVersion]
+    versions: list[LoadedVersion] = Field(description="the versions loaded in memory")
+    unloaded: list[UnloadedVersion] = Field(default_factory=list, description=(
+        "versions once loaded and unloaded since (DELETE /v1/models/NAME/versions/VERSION, "
+        "or beyond keep_loaded): their packages stay on disk"))
+
+
+class VersionUnloaded(_Shape):
+    """A version taken out of memory by ``DELETE /v1/models/{name}/versions/{version}``."""
+
+    name: str
+    version: str
+    loaded: list[str] = Field(description="the model's versions still loaded")
 
 
 class ModelLoaded(_Shape):

@@ -1,4 +1,4 @@
-"""Model and recipe management (admin role): list, load, activate, roll back."""
+"""Model and recipe management (admin role): list, load, activate, roll back, unload."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ from lineside_inspect.server.responses import (
     LoadedVersion,
     ModelLoaded,
     RecipeDropped,
+    UnloadedVersion,
+    VersionUnloaded,
     errors,
 )
 
@@ -65,7 +67,9 @@ def list_models(who: Admin, registry: RegistryDep) -> list[LoadedModel]:
         versions=[LoadedVersion(version=v, sha256=d.card.sha256, precision=d.card.precision,
                                 needs_reference=d.card.needs_reference, kind=d.card.kind,
                                 providers=d.session.providers, path=str(d.package.path))
-                  for v, d in slot.versions.items()])
+                  for v, d in slot.versions.items()],
+        unloaded=[UnloadedVersion(version=v, sha256=p.card.sha256, path=str(p.path))
+                  for v, p in slot.unloaded.items()])
         for name, slot in registry.models().items()]
 
 
@@ -138,6 +142,32 @@ def rollback(name: str, who: Admin, registry: RegistryDep, request: Request,
         version = registry.rollback(name)
     _publish(request, registry)
     return ActiveVersion(name=name, active=version)
+
+
+@router.delete("/models/{name}/versions/{version}",
+               responses=errors(401, 403, 404, 408, 409, 413, 422))
+def unload_version(name: str, version: str, who: Admin, registry: RegistryDep, request: Request,
+           force: Annotated[bool, Query(description=(
+               "unload the version a rollback goes back to (the rollback then loads it "
+               "again from its package); needs a reason"))] = False,
+           reason: Annotated[Text, Query(max_length=2000, description=(
+               "why (recorded in the audit log)"))] = "") -> VersionUnloaded:
+    """Take a version that no longer judges out of memory (its onnxruntime sessions are
+    freed once the inspections that took it finish). Nothing stored goes: its package,
+    gate reports and history stay, and loading the package again brings it back. 409
+    version_in_use for the active version, one a recipe pins or fuses with, one a shadow
+    run compares or a rollout watch may roll back to, and (without ``force``) the one a
+    rollback goes back to; 404 for a version not loaded."""
+    if force and not reason.strip():
+        raise ConfigError("force needs a reason: it is recorded in the audit log")
+    lifecycle = getattr(request.app.state, "lifecycle", None)
+    if lifecycle is not None:
+        lifecycle.unload(name, version, actor=who.name, force=force, reason=reason)
+    else:
+        registry.unload(name, version, force=force)
+    _publish(request, registry)
+    return VersionUnloaded(name=name, version=version,
+                           loaded=list(registry.models()[name].versions))
 
 
 @router.get("/recipes", responses=errors(401, 403))

@@ -1,0 +1,158 @@
+"""Model versions out of memory: an admin's unload, the keep_loaded bound, a rollback to a
+version no longer loaded, and inspections in flight on a version being unloaded."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from lineside_inspect.config import ApiKey, Settings
+from lineside_inspect.imageio import encode_jpeg
+from lineside_inspect.server.app import create_app
+
+KEYS = {"admin": "admin-secret", "line": "line-secret"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Any
+           ) -> Iterator[tuple[TestClient, Path]]:
+    """A tiny model's version 1 serving in process (no port), two versions kept in memory,
+    one inference at a time; its model_roots."""
+    tmp = tmp_path_factory.mktemp("unload")
+    roots = tmp / "roots"
+    v1 = tiny_onnx.package(roots / "tiny" / "1", tiny_onnx.graph())
+    settings = Settings(models=[str(v1)], device="cpu", threads=1, data_dir=str(tmp / "data"),
+                        model_roots=[str(roots)], keep_loaded=2, max_concurrency=1,
+                        api_keys=[ApiKey.from_plain(r, r, k) for r, k in KEYS.items()])  # type: ignore[arg-type]
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {KEYS['admin']}"
+        yield client, roots
+
+
+def _package(tiny_onnx: Any, roots: Path, name: str, version: str, score: float = 0.0) -> str:
+    folder = roots / f"{name}-{version}-{score}"
+    return str(tiny_onnx.package(folder, tiny_onnx.graph(score=score), name=name,
+                                 version=version))
+
+
+def _listed(client: TestClient, name: str) -> dict[str, Any]:
+    return next(m for m in client.get("/v1/models").json() if m["name"] == name)
+
+
+def test_unload_refuses_what_judges_and_the_bound_keeps_two(
+        server: tuple[TestClient, Path], tiny_onnx: Any) -> None:
+    client, roots = server
+    paths = {v: _package(tiny_onnx, roots, "tiny", v) for v in ("2", "3")}
+    for version in ("2", "3"):
+        r = client.post("/v1/models", json={"path": paths[version]})
+        assert r.status_code == 200 and r.json()["active"] == version, r.text
+    # keep_loaded 2: activating 3 unloaded 1 (neither active nor a rollback's way back)
+    model = _listed(client, "tiny")
+    assert [v["version"] for v in model["versions"]] == ["2", "3"]
+    assert [v["version"] for v in model["unloaded"]] == ["1"]
+    scraped = client.get("/metrics").text
+    assert 'lineside_model_version_loaded{model="tiny",version="3"} 1.0' in scraped
+    assert 'version="1"' not in scraped
+
+    def unload(version: str, **query: str) -> Any:
+        return client.delete(f"/v1/models/tiny/versions/{version}", params=query)
+
+    r = unload("3")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "version_in_use"
+    assert "active version" in r.json()["error"]["message"]
+    r = unload("2")
+    assert r.status_code == 409 and "rollback goes back to" in r.json()["error"]["message"]
+    r = unload("2", force="true")
+    assert r.status_code == 422 and "force needs a reason" in r.text
+    assert unload("9").status_code == 404
+    r = client.delete("/v1/models/tiny/versions/2",
+                      headers={"Authorization": f"Bearer {KEYS['line']}"})
+    assert r.status_code == 403
+
+    # back to 2, then 3 unloaded by hand: recorded, and its package loads again later
+    assert client.post("/v1/models/tiny/rollback").json()["active"] == "2"
+    r = unload("3", reason="soak")
+    assert r.status_code == 200 and r.json()["loaded"] == ["2"], r.text
+    audit = client.get("/v1/audit", params={"action": "unload"}).json()
+    assert audit["items"][0]["version"] == "3" and audit["items"][0]["reason"] == "soak"
+    # a rollback to 1, no longer in memory, loads it again from its package
+    assert client.post("/v1/models/tiny/rollback").json()["active"] == "1"
+    model = _listed(client, "tiny")
+    assert [v["version"] for v in model["versions"]] == ["2", "1"]
+    assert [v["version"] for v in model["unloaded"]] == ["3"]
+
+    # a recipe pinning 2 keeps it loaded
+    pin = {"name": "pin2", "version": "1", "model": "tiny", "model_version": "2"}
+    assert client.put("/v1/recipes/pin2", json=pin).status_code == 200
+    r = unload("2")
+    assert r.status_code == 409 and "recipe pin2 pins it" in r.json()["error"]["message"]
+    assert client.delete("/v1/recipes/pin2").status_code == 200
+    assert unload("2").status_code == 200
+
+    # while unloaded, version 3 still names its one package: another card is refused
+    r = client.post("/v1/models", json={"path": _package(tiny_onnx, roots, "tiny", "3", 0.5),
+                                        "activate": False})
+    assert r.status_code == 422 and "another graph or card" in r.text, r.text
+    r = client.post("/v1/models", json={"path": paths["3"], "activate": False})
+    assert r.status_code == 200, r.text
+    assert [v["version"] for v in _listed(client, "tiny")["versions"]] == ["1", "3"]
+
+    # a rollout watch's way back stays loaded, forced or not (its rollback needs it)
+    watcher = client.app.state.lifecycle.rollout  # type: ignore[attr-defined]
+    watcher.start(model="tiny", version="1", previous="3", recipe=None, actor="test",
+                  gate_report_id=None)
+    try:
+        r = unload("3", force="true", reason="test")
+        assert r.status_code == 409 and "rollout watch of tiny 1" in r.text, r.text
+    finally:
+        watcher.stop("tiny", "test over")
+    assert unload("3").status_code == 200
+
+
+def test_an_inspection_in_flight_finishes_on_the_version_unloaded(
+        server: tuple[TestClient, Path], tiny_onnx: Any) -> None:
+    client, roots = server
+    for version in ("1", "2"):
+        r = client.post("/v1/models", json={"path": _package(tiny_onnx, roots, "flight", version),
+                                            "activate": version == "1"})
+        assert r.status_code == 200, r.text
+    assert client.put("/v1/recipes/flight", json={"name": "flight", "version": "1",
+                                                  "model": "flight"}).status_code == 200
+    app: Any = client.app
+    service, limiter = app.state.service, app.state.limiter
+    gone = weakref.ref(app.state.registry.detector("flight", "1"))
+    free = threading.Event()
+    portal: Any = client.portal
+    # the one inference slot taken, then an inspection that takes version 1 and waits
+    holding = portal.start_task_soon(limiter.run, lambda: free.wait(30))
+    inspection = portal.start_task_soon(
+        lambda: service.inspect_image(encode_jpeg(np.full((32, 32, 3), 128, np.uint8)),
+                                      recipe="flight"))
+    deadline = time.monotonic() + 10
+    while limiter.in_system < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert limiter.in_system == 2
+        r = client.post("/v1/models/flight/activate", json={"version": "2"})
+        assert r.status_code == 200, r.text
+        r = client.delete("/v1/models/flight/versions/1", params={"force": "true",
+                                                                  "reason": "test"})
+        assert r.status_code == 200, r.text
+        assert gone() is not None  # the waiting inspection holds it
+    finally:
+        free.set()
+    holding.result(timeout=30)
+    result = inspection.result(timeout=30)
+    assert result.detector.card.version == "1" and result.verdict in ("pass", "fail")
+    del result, inspection
+    gc.collect()
+    assert gone() is None  # freed once nothing holds it: no session kept per swap
