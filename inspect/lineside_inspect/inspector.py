@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.recipes import Recipe, judge
-from lineside_inspect.recipes.rules import with_reference_mismatch
+from lineside_inspect.recipes.rules import blank_view, with_blank_view, with_reference_mismatch
 from lineside_inspect.references import Reference
 from lineside_inspect.runtime.anomaly_map import AnomalyFinding, find_anomalies
 from lineside_inspect.runtime.detector import Detector
@@ -136,7 +136,10 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
     model that served, so both verdicts weigh the same anomaly)."""
     clock = time.perf_counter
     gate: GateResult | None = None
-    if reference is not None and recipe.unchanged_gate is not None:
+    # a blank frame or golden is judged by the model but never passed by the gate: two
+    # blank images match everywhere
+    blank = blank_view(recipe, image, None if reference is None else reference.image)
+    if reference is not None and recipe.unchanged_gate is not None and blank is None:
         t0 = clock()
         gate = check_unchanged(image, reference.image, recipe.unchanged_gate)
         if gate.unchanged:  # matches its reference everywhere: nothing for a model to find
@@ -160,14 +163,17 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         infer += clock() - t0
     t0 = clock()
     finding: AnomalyFinding | None = None
+    # the recipe's image threshold, when it sets one: regions start no higher (a lower one
+    # failed parts with no region to show)
+    level = recipe.anomaly.threshold if recipe.anomaly is not None else None
     if detector.card.kind == "anomaly":  # alone: its regions are findings, not detections
-        finding = find_anomalies(outputs, letterboxes, detector.card)[0]
+        finding = find_anomalies(outputs, letterboxes, detector.card, level)[0]
         detections = Detections.empty(detector.class_names)
         verdict = judge(detections, recipe, {}, finding)
     else:
         detections = detector.post_process(outputs, letterboxes)[0]
         if fused is not None and anomaly_model is not None:
-            finding = find_anomalies(fused[0], fused[1], anomaly_model.card)[0]
+            finding = find_anomalies(fused[0], fused[1], anomaly_model.card, level)[0]
         elif anomaly_finding is not None and recipe.anomaly is not None:
             finding = anomaly_finding
         verdict = judge(detections, recipe, detector.card.thresholds, finding,
@@ -175,6 +181,7 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
     if reference is not None:  # a part the gate passed matched its golden: never here
         verdict = with_reference_mismatch(verdict, view_mismatch(
             image, reference.image, max_shift_px=_view_shift(recipe)))
+    verdict = with_blank_view(verdict, blank)
     post = clock() - t0
     timings = {"decode": decode_ms, "preprocess": pre * 1000, "infer": infer * 1000,
                "postprocess": post * 1000}

@@ -54,9 +54,11 @@ class Reason(_Shape):
     """Why a part failed: one recipe rule broken by one class (``anomaly``: a good-only
     model's image score reached its threshold; ``count`` is then its regions reported;
     ``reference_mismatch``: the frame differs from its golden image in more than half of
-    the unchanged gate's tiles, ``count`` of ``allowed``: not the golden's view at all)."""
+    the unchanged gate's tiles, ``count`` of ``allowed``: not the golden's view at all;
+    ``blank_frame``: the frame, or its golden (``label``), spans ``count`` grey levels, under
+    the recipe's ``allowed`` minimum: nothing on it can be judged)."""
 
-    rule: Literal["critical", "max_count", "anomaly", "reference_mismatch"]
+    rule: Literal["critical", "max_count", "anomaly", "reference_mismatch", "blank_frame"]
     label: str
     count: int = Field(ge=0, description="defects of this class counted")
     allowed: int = Field(ge=0, description="defects of this class the recipe allows")

@@ -294,3 +294,35 @@ def test_coverage_of_a_small_region_is_its_covered_share() -> None:
     assert abs(_covered_share(region, np.array([[0.6, 0, 2.4, 3]])) - 0.6) < 0.01
     assert abs(_covered_share(np.array([0, 0, 2, 2], float), np.array([[0, 0, 1, 1]])) - 0.25) < 0.01
     assert _covered_share(region, np.array([[0, 0, 3, 3]])) == 1.0
+
+
+def test_a_recipe_threshold_under_the_map_threshold_still_shows_where(model: AnomalyModel) -> None:
+    """A recipe's threshold below the card's map_threshold failed a faint patch with no
+    box: its pixels all stayed under map_threshold (review, session 39). Regions now start
+    at the threshold the part is judged at."""
+    image = part(200, 120)
+    image[40:80, 60:100] = FOREIGN_GREY + 22  # map about 0.3: under the card's 0.5
+    result = inspect(image, model, Recipe(name="strict", model="good", anomaly={"threshold": 0.2}))
+    assert result.verdict == "fail" and result.anomaly is not None
+    assert 0.2 <= result.anomaly.score < 0.5, result.anomaly.score
+    found = result.defects.to_json()
+    assert [d["label"] for d in found] == ["anomaly"], found
+    assert _iou(found[0]["box"], [60, 40, 100, 80]) > 0.5, found
+    # at the card's threshold the same part passes, and a part with no patch shows nothing
+    assert inspect(image, model, Recipe(name="card", model="good")).verdict == "pass"
+
+
+def test_a_fail_with_no_region_in_the_map_reports_the_whole_image() -> None:
+    """A score at the threshold with no region (specks under min_region_px, a peak in the
+    letterbox border) failed the part with no box; a reviewer saw a fail and nothing."""
+    empty = Detections.empty(["anomaly"])
+    finding = AnomalyFinding(0.7, 0.5, empty, "good 1", (320, 160))
+    verdict = judge(empty, Recipe(name="alone", model="good"), {}, finding)
+    assert verdict.outcome == "fail"
+    assert verdict.defects.to_json() == [{"label": "anomaly", "score": 0.7,
+                                          "box": [0.0, 0.0, 320.0, 160.0]}]
+    assert verdict.reasons[0].count == 1 and "whole image" in verdict.reasons[0].message
+    # beside a detector's counted defect the fail already says where: no whole-image box
+    fused = judge(Detections([[10, 10, 30, 30]], [0.9], [1], CLASSES),
+                  Recipe(name="fused", model="det", anomaly={"model": "good"}), {}, finding)
+    assert fused.defects.labels == ["short"]

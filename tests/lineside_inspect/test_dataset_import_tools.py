@@ -211,3 +211,36 @@ def test_cvat_yolo_subsets_become_splits(tmp_path: Path) -> None:
     assert not skipped
     assert {r.file_name: r.split for r in ds.images} == {
         "obj_train_data/train0.jpg": "train", "obj_valid_data/valid0.jpg": "val"}
+
+
+# --- -f yolo on a LabelMe or COCO set with a names file imported every defect as good -------
+
+def _coco_beside(src: Path) -> None:
+    _jpg(src / "a.jpg")
+    (src / "_annotations.coco.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 128, "height": 96}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 20]}],
+        "categories": [{"id": 1, "name": "dent"}]}))
+
+
+@pytest.mark.parametrize(("make", "said"), [
+    (_labelme, "a.json is LabelMe JSON"),
+    (_coco_beside, "COCO? (-f coco)"),
+])
+def test_yolo_on_another_formats_labels_is_refused_naming_it(
+        tmp_path: Path, make: Callable[[Path], None], said: str) -> None:
+    """A LabelMe set (a JSON per image) with a classes.txt, imported with -f yolo, came in
+    as all good parts with only a note (review, session 39); an XML beside was refused."""
+    src = tmp_path / "src"
+    make(src)
+    (src / "classes.txt").write_text("dent\n")
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("yolo", src, tmp_path / "out")
+    message = str(exc.value)
+    assert "no image has a YOLO label file, so all would import as good parts" in message
+    assert said in message and "empty .txt label file" in message
+    assert not (tmp_path / "out").exists()
+    # an empty label file per image is YOLO's own way to say "a good part": taken as asked
+    (src / "a.txt").write_text("")
+    ds, _ = import_dataset("yolo", src, tmp_path / "out")
+    assert [(r.file_name, r.boxes) for r in ds.images] == [("a.jpg", [])]

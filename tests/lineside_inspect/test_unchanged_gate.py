@@ -373,3 +373,40 @@ def test_a_blank_golden_is_no_view_of_a_board() -> None:
     faint = cv2.convertScaleAbs(golden, alpha=0.5, beta=64)
     crisp = cv2.convertScaleAbs(golden, alpha=1.3, beta=-38)
     assert view_mismatch(faint, golden) is None and view_mismatch(crisp, golden) is None
+
+
+def test_a_blank_frame_against_a_blank_golden_fails_as_blank() -> None:
+    """A faint frame (lens cap, lamp off) against a blank or faint golden matched it
+    everywhere: the view check saw the golden's view, the reference model boxed nothing, and
+    the part passed as good (the leftover of sessions 36 and 37). Either image spanning
+    under the recipe's min_contrast (16 grey levels by default on a reference station)
+    fails the part as blank_frame; a faint but real view still passes."""
+    det = Detector(REF_MODEL, device="cpu", threads=1)
+    golden = _reference().image
+    rng = np.random.default_rng(3)
+    capped = np.clip(3 + rng.normal(0, 1.5, golden.shape), 0, 255).astype(np.uint8)
+    dim = cv2.convertScaleAbs(golden, alpha=0.04, beta=2)  # the board, barely lit
+    recipe = Recipe(name="ref", model=det.card.name, unchanged_gate={"floor": 16.5})
+    for name, frame, gold in (("capped", capped, np.full_like(golden, 2)),
+                              ("dim", dim, cv2.convertScaleAbs(golden, alpha=0.04, beta=2)),
+                              ("dark golden", golden, np.full_like(golden, 0))):
+        ref = Reference.from_bytes("g", cv2.imencode(".png", gold)[1].tobytes(), image=gold)
+        result = inspect(frame, det, recipe, reference=ref)
+        rules = {r.rule: r for r in result.reasons}
+        assert result.verdict == "fail" and "blank_frame" in rules, (name, result.reasons)
+        assert "nearly blank" in rules["blank_frame"].message
+        assert rules["blank_frame"].label == ("reference" if name == "dark golden" else "frame")
+    # configurable: 0 turns it off (the faint pair then passes as before)
+    off = Recipe(name="off", model=det.card.name, min_contrast=0)
+    ref = Reference.from_bytes("g", cv2.imencode(".png", dim)[1].tobytes(), image=dim)
+    assert inspect(dim, det, off, reference=ref).verdict == "pass"
+    # the golden's own view at half its contrast is no blank frame, and the golden passes
+    faint = cv2.convertScaleAbs(golden, alpha=0.5, beta=64)
+    said = inspect(faint, det, recipe, reference=_reference()).reasons
+    assert "blank_frame" not in {r.rule for r in said}, said
+    assert inspect(golden, det, recipe, reference=_reference()).verdict == "pass"
+    # a single-image model: off unless the recipe sets it
+    single = Detector(SINGLE_MODEL, device="cpu", threads=1)
+    assert inspect(capped, single, Recipe(name="s", model=single.card.name)).verdict == "pass"
+    set_ = inspect(capped, single, Recipe(name="s", model=single.card.name, min_contrast=16))
+    assert set_.verdict == "fail" and set_.reasons[-1].rule == "blank_frame"

@@ -1106,10 +1106,14 @@ def import_yolo(src: Path) -> Draft:
         notes.append("splits from folder names")
     notes += _assign_rest_to_train(images) + _clip_to_images(images) + _case_variants(categories)
     notes += _thin_classes(images, categories) + _exif_turned(images, set())
-    if images and unlabeled == len(images) and any(f.suffix.lower() == ".xml" for f in files):
-        # a VOC folder with a labelImg classes.txt: every defect would import as a good part
-        raise DatasetError(_looked_for(src, files, "no image has a YOLO label file, so all "
-                                       "would import as good parts", "", "yolo"))
+    if images and unlabeled == len(images) and _other_annotations(files):
+        # a VOC folder with a labelImg classes.txt, a LabelMe or COCO set with a names
+        # file: every defect would import as a good part (LabelMe's did, silently: review,
+        # session 39)
+        raise DatasetError(_looked_for(
+            src, files, "no image has a YOLO label file, so all would import as good parts",
+            "If they really are all good parts, give each image an empty .txt label file "
+            "(YOLO's way to say so).", "yolo"))
     if unlabeled:
         notes.append(f"{unlabeled} image(s) without a label file imported as good parts")
     by_split: dict[str | None, list[str]] = defaultdict(list)
@@ -1119,6 +1123,23 @@ def import_yolo(src: Path) -> Draft:
              for s, v in sorted(by_split.items(), key=_split_order)]
     info: dict[str, object] = {"source": "YOLO", "layout": "YOLO; " + "; ".join(parts + notes)}
     return Dataset(categories, images, info=info), problems
+
+
+def _other_annotations(files: list[Path]) -> bool:
+    """Whether a source holds another format's labels: Pascal VOC or CVAT .xml, or a
+    LabelMe, Label Studio or COCO .json (any other .json, a notes file, is not one)."""
+    if any(f.suffix.lower() == ".xml" for f in files) or _foreign_export(files) is not None:
+        return True
+    for f in [f for f in files if f.suffix.lower() == ".json"][:MAX_SNIFFED]:
+        try:
+            if f.stat().st_size > MAX_SNIFFED_BYTES:
+                continue
+            doc = load_json(f)
+        except (OSError, DatasetError):
+            continue
+        if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
+            return True
+    return False
 
 
 def _yolo_unread_images(src: Path, files: list[Path], matched: set[str],

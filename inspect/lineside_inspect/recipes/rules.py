@@ -11,6 +11,7 @@ from lineside_inspect.boxes import one_per_place
 from lineside_inspect.package import ANOMALY_LABEL
 from lineside_inspect.recipes.schema import Polygon, Recipe
 from lineside_inspect.runtime.anomaly_map import AnomalyFinding
+from lineside_inspect.runtime.reference import BLANK_CONTRAST, contrast
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.runtime.unchanged import MISMATCH_SHARE, ViewMismatch
 from lineside_inspect.schemas import Outcome, Reason
@@ -165,13 +166,25 @@ def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
     threshold = anomaly_threshold(recipe, anomaly)
     if anomaly.score < threshold:
         return verdict
-    regions = _placed(anomaly.regions, recipe)
-    regions = regions[~_covered(regions, verdict.defects)]
+    placed = _placed(anomaly.regions, recipe)
+    regions = placed[~_covered(placed, verdict.defects)]
+    where = f"{len(regions)} region(s)"
+    if len(anomaly.regions) > len(placed):
+        where += (f", {len(anomaly.regions) - len(placed)} left out by the recipe's "
+                  "regions or minimum size")
+    if len(anomaly.regions) == 0 and len(verdict.defects) == 0 and anomaly.image_size:
+        # the map shows no region (all under min_region_px, or at the letterbox border):
+        # the whole image is where, rather than a fail that shows nothing (review, session 39)
+        w, h = anomaly.image_size
+        regions = Detections(np.array([[0, 0, w, h]], np.float32),
+                             np.array([anomaly.score], np.float32), np.zeros(1, np.int64),
+                             [ANOMALY_LABEL])
+        where = "no region in the map: the whole image is reported"
     verdict.reasons.append(Reason(
         rule="anomaly", label=ANOMALY_LABEL, count=len(regions), allowed=0,
         score=round(anomaly.score, 4), threshold=round(threshold, 4),
         message=f"anomaly score {anomaly.score:.3f} >= threshold {threshold:.3f} "
-                f"(model {anomaly.model}), {len(regions)} region(s)"))
+                f"(model {anomaly.model}), {where}"))
     return Verdict("fail", _joined(verdict.defects, regions), verdict.reasons)
 
 
@@ -188,6 +201,47 @@ def with_reference_mismatch(verdict: Verdict, mismatch: ViewMismatch | None) -> 
                         f"{allowed}): not the reference's view (another product, a wrong "
                         "golden image, or the part or camera off by more than "
                         "max_shift_px, or align_reference's 16 px)"))
+    return Verdict("fail", verdict.defects, [*verdict.reasons, reason])
+
+
+@dataclass(frozen=True)
+class BlankView:
+    """A frame (or its golden image) too flat to judge: ``what`` spans ``contrast`` grey
+    levels, under ``minimum``."""
+
+    what: str  # "frame" or "reference"
+    contrast: int
+    minimum: int
+
+
+def blank_view(recipe: Recipe, frame: np.ndarray, reference: np.ndarray | None) -> BlankView | None:
+    """Whether ``frame`` or its ``reference`` spans fewer grey levels than the recipe's
+    ``min_contrast`` (default :data:`BLANK_CONTRAST` on a reference station, else off).
+    A reference model compares two blank images as alike, so a lens cap or a lamp off
+    passed as a good part (the leftover of sessions 36 and 37)."""
+    minimum = recipe.min_contrast
+    if minimum is None:
+        minimum = BLANK_CONTRAST if reference is not None else 0
+    if minimum <= 0:
+        return None
+    for what, image in (("frame", frame), ("reference", reference)):
+        if image is not None and (spread := contrast(image)) < minimum:
+            return BlankView(what, spread, minimum)
+    return None
+
+
+def with_blank_view(verdict: Verdict, blank: BlankView | None) -> Verdict:
+    """``verdict`` failed for a frame or golden too flat to judge (:func:`blank_view`)."""
+    if blank is None:
+        return verdict
+    cause = ("a lens cap, a lamp off, or a camera fault" if blank.what == "frame"
+             else "set a golden image that shows the part")
+    reason = Reason(rule="blank_frame", label=blank.what, count=blank.contrast,
+                    allowed=blank.minimum, message=(
+                        f"the {'frame' if blank.what == 'frame' else 'reference image'} is "
+                        f"nearly blank: it spans {blank.contrast} grey levels (5th to 95th "
+                        f"percentile), under the recipe's min_contrast {blank.minimum}: "
+                        f"nothing on it can be judged ({cause})"))
     return Verdict("fail", verdict.defects, [*verdict.reasons, reason])
 
 

@@ -30,6 +30,9 @@ class AnomalyFinding:
     threshold: float  # the card's calibrated image threshold
     regions: Detections  # label "anomaly", boxes in original pixels, score = region max
     model: str  # "name version", for messages
+    # (width, height) of the image as sent: the box a fail reports when the map shows no
+    # region (rules.judge), so a failed part always says where
+    image_size: tuple[int, int] | None = None
 
 
 def anomaly_spec(card: ModelCard) -> AnomalySpec:
@@ -54,16 +57,27 @@ def _content(shape: tuple[int, ...], lb: Letterbox) -> np.ndarray:
     return content
 
 
+def region_level(spec: AnomalySpec, threshold: float | None) -> float:
+    """The map value above which pixels form regions: the card's ``map_threshold``, or the
+    image threshold a part is judged at when a recipe sets one below it. Calibration keeps
+    ``map_threshold`` at or under its own threshold so a failed part shows where (its top
+    pixels average at least the threshold); a recipe's lower threshold failed parts whose
+    pixels all stayed under ``map_threshold``, with no box (review, session 39)."""
+    return spec.map_threshold if threshold is None else min(spec.map_threshold, threshold)
+
+
 def regions(anomaly_map: np.ndarray, lb: Letterbox, spec: AnomalySpec, *,
-            max_regions: int = 100, content: np.ndarray | None = None) -> Detections:
+            max_regions: int = 100, content: np.ndarray | None = None,
+            threshold: float | None = None) -> Detections:
     """Connected regions (8-connected) of ``anomaly_map`` (``S x S``, in the letterboxed
-    input) above ``spec.map_threshold`` and at least ``spec.min_region_px`` pixels, as
+    input) above :func:`region_level` and at least ``spec.min_region_px`` pixels, as
     boxes in the original image; the ``max_regions`` strongest are kept. ``content``: the
-    map's :func:`_content`, when the caller has it already."""
+    map's :func:`_content`, when the caller has it already; ``threshold``: the image
+    threshold the part is judged at, if a recipe sets one."""
     amap = _safe(anomaly_map)
     if content is None:
         content = _content(amap.shape, lb)
-    mask = (amap > spec.map_threshold) & content
+    mask = (amap > region_level(spec, threshold)) & content
     if not mask.any():
         return Detections.empty([ANOMALY_LABEL])
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -81,8 +95,10 @@ def regions(anomaly_map: np.ndarray, lb: Letterbox, spec: AnomalySpec, *,
 
 
 def find_anomalies(outputs: list[np.ndarray], letterboxes: list[Letterbox],
-                   card: ModelCard) -> list[AnomalyFinding]:
-    """One finding per image from an anomaly graph's ``[anomaly_map, score]`` outputs."""
+                   card: ModelCard, threshold: float | None = None) -> list[AnomalyFinding]:
+    """One finding per image from an anomaly graph's ``[anomaly_map, score]`` outputs;
+    ``threshold``: the image threshold a recipe judges at, if it sets one (regions then
+    start at it when it is under the card's ``map_threshold``)."""
     spec = anomaly_spec(card)
     maps, scores = outputs
     scores = _safe(scores).reshape(-1)
@@ -99,5 +115,7 @@ def find_anomalies(outputs: list[np.ndarray], letterboxes: list[Letterbox],
             score = 1.0  # a map broken where the part is: the score cannot be trusted either
         findings.append(AnomalyFinding(score, spec.threshold,
                                        regions(maps[i, 0], lb, spec, content=content,
-                                               max_regions=card.max_detections), model))
+                                               max_regions=card.max_detections,
+                                               threshold=threshold), model,
+                                       (lb.width, lb.height)))
     return findings

@@ -184,7 +184,7 @@ async function load() {
 }
 
 // the reasons of a fail its boxes do not show, as its card says them
-const WHY = { reference_mismatch: "not the golden's view", anomaly: "anomaly score" };
+const WHY = { reference_mismatch: "not the golden's view", anomaly: "anomaly score", blank_frame: "blank frame" };
 
 // the classes an open inspection may be given are its own model's (keys 1-9 pick them):
 // a line with a detector and a good-only model has both kinds on one page
