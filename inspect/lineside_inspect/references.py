@@ -17,6 +17,7 @@ import os
 import stat
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,11 +190,14 @@ class ReferenceLibrary:
         """Decoded pixels and encoded files held in memory."""
         return sum(r.image.nbytes + len(r.raw) for _, r in self._cache.values())
 
-    def put(self, name: str, data: bytes) -> Reference:
-        """Store ``data`` (an encoded image, checked by decoding it) as ``name``,
-        replacing any earlier image of that name."""
+    def put(self, name: str, data: bytes,
+            check: Callable[[Reference], None] | None = None) -> Reference:
+        """Store ``data`` (an encoded image, checked by decoding it, then by ``check``) as
+        ``name``, replacing any earlier image of that name."""
         check_name(name)
         ref = Reference.from_bytes(name, data, self.max_pixels)
+        if check is not None:
+            check(ref)
         with self._writing:
             # own_tmp: another process (a second server on the folder) writes its own temp
             write_atomic(self.folder / f"{name}.{ref.ext}", data, own_tmp=True)

@@ -93,6 +93,37 @@ def test_a_served_version_is_never_replaced_by_another_card(weed: Any, tmp_path:
                                 served)
 
 
+def test_an_unloaded_versions_folder_is_not_replaced_by_another_card(
+        weed: Any, tmp_path: Path) -> None:
+    """A version unloaded from memory (keep_loaded, DELETE /v1/models/...) keeps its name
+    and its folder: the hub's same version with another card removed that folder before
+    the registry refused the card, and a rollback then had nothing to load (review,
+    session 39). Versions named apart from the other tests' (one SeaweedFS)."""
+    with _box_and_hub(weed, tmp_path) as box:
+        hub, key, registry, puller = box.hub, box.key, box.registry, box.puller
+        served = puller.root / "deeppcb" / "u1"
+        shutil.copytree(versioned(tmp_path, "u1"), served)
+        registry.load(served)
+        registry.load(versioned(tmp_path, "u2"))  # active; u1 the rollback's way back
+        registry.unload("deeppcb", "u1", force=True)
+        before = (served / "model.json").read_bytes()
+        (tmp_path / "published").mkdir()
+        other = versioned(tmp_path / "published", "u1")
+        write_card(other, load_package(other).card.model_copy(
+            update={"thresholds": {"short": 0.99}}))
+        assert publish(hub, key, other).status_code == 201
+        with hub.client() as admin:
+            r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": "u1"})
+            assert r.status_code == 200, r.text
+        puller.pull()
+        assert any("version u1 is already unloaded on this box with another graph or card"
+                   in e for e in puller.errors()), puller.errors()
+        assert (served / "model.json").read_bytes() == before
+        assert registry.rollback("deeppcb") == "u1"  # loaded again from its folder
+        assert card_digest(registry.detector("deeppcb", "u1").card) == card_digest(
+            load_package(served).card)
+
+
 def test_a_card_changed_on_disk_after_its_checks_is_not_loaded(
         weed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry reads a pulled package again from its folder: a card changed there

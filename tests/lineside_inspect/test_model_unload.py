@@ -156,3 +156,42 @@ def test_an_inspection_in_flight_finishes_on_the_version_unloaded(
     del result, inspection
     gc.collect()
     assert gone() is None  # freed once nothing holds it: no session kept per swap
+
+
+def test_a_version_under_its_gate_is_not_unloaded_by_a_load_meanwhile(
+        server: tuple[TestClient, Path], tiny_onnx: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A promotion gates a loaded version, then activates it: a load meanwhile (a fleet
+    pull, another admin) beyond keep_loaded unloaded the version under its gate, and the
+    promotion then ended in 404 "unloaded" after the whole gate (review, session 39)."""
+    from lineside_inspect.lifecycle import manager
+    from lineside_inspect.lifecycle.golden import candidate
+
+    client, roots = server
+    lifecycle = client.app.state.lifecycle  # type: ignore[attr-defined]
+    paths = {v: _package(tiny_onnx, roots, "held", v) for v in ("1", "2", "3")}
+    assert client.post("/v1/models", json={"path": paths["1"]}).status_code == 200
+    r = client.post("/v1/models", json={"path": paths["2"], "activate": False})
+    assert r.status_code == 200, r.text
+    board = encode_jpeg(np.full((32, 32, 3), 128, np.uint8))
+    classes = client.app.state.registry.detector("held").class_names  # type: ignore[attr-defined]
+    lifecycle.library.create("held", [candidate(board, expected="pass", boxes=[],
+                                                source="test")], classes)
+    real = manager.run_gate
+
+    def gate_with_a_load_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        # keep_loaded 2: 1 active, 2 under its gate, 3 loaded beside them
+        r = client.post("/v1/models", json={"path": paths["3"], "activate": False})
+        assert r.status_code == 200, r.text
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(manager, "run_gate", gate_with_a_load_meanwhile)
+    # (a golden set of one good part: the gate runs, and its refusal is forced)
+    lifecycle.promote("held", "2", golden="held", actor="test", force=True, reason="test")
+    try:
+        model = _listed(client, "held")
+        assert model["active"] == "2"
+        # once 2 is active, the bound applies at its activation: 3, unused, goes
+        assert [v["version"] for v in model["versions"]] == ["1", "2"]
+        assert [v["version"] for v in model["unloaded"]] == ["3"]
+    finally:
+        lifecycle.rollout.stop("held", "test over")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -104,7 +104,7 @@ class _Scripted:
     """A server answering the list and images as a test says (``page(offset)`` -> items,
     ``image(id)`` -> bytes), on loopback."""
 
-    def __init__(self, page: object, image: object, total: int) -> None:
+    def __init__(self, page: object, image: object, total: int | Callable[[], int]) -> None:
         outer = self
 
         self.asked: list[str] = []
@@ -114,8 +114,10 @@ class _Scripted:
                 outer.asked.append(self.path)
                 if self.path.startswith("/v1/inspections?"):
                     offset = int(self.path.split("offset=")[1].split("&")[0])
-                    data = json.dumps({"total": total, "limit": 500, "offset": offset,
-                                       "items": page(offset)}).encode()  # type: ignore[operator]
+                    listed = page(offset)  # type: ignore[operator]
+                    data = json.dumps({"total": total() if callable(total) else total,
+                                       "limit": 500, "offset": offset,
+                                       "items": listed}).encode()
                     ctype = "application/json"
                 else:
                     # "ID/image" or "ID/reference"
@@ -227,6 +229,38 @@ def test_a_server_sending_one_page_again_and_again_is_stopped(tmp_path: Path,
     assert len(lists) == 2 + 2 * apart  # (apart: twice more, by offset from the start)
     assert len([p for p in srv.asked if p.endswith("/image")]) == 3  # each image once
     assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".pulled.pull.w*"))
+
+
+def test_a_server_before_until_gaining_rows_mid_pull_is_pulled_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paged by offset (a release before ``until``), rows added at the top meanwhile send
+    rows listed before again: a whole page of them stopped the pull as "sent again" (the
+    check against a server that ignores offset, session 39). Carried on while the total
+    grew by as many; the rows there at the start are each pulled once."""
+    from lineside_inspect.store import pull
+
+    ids = _ids(5)  # newest first, a second apart
+    items = [{**_item(i), "created_at": f"2026-12-01T00:00:{59 - n:02d}+00:00"}
+             for n, i in enumerate(ids)]
+    added = [{**_item(i), "created_at": f"2026-12-01T00:01:{9 - n:02d}+00:00"}
+             for n, i in enumerate(_ids(4, start=5))]
+    monkeypatch.setattr(pull, "PAGE", 2)
+    lists: list[int] = []
+
+    def page(offset: int) -> list[dict[str, object]]:
+        lists.append(offset)
+        if len(lists) == 6:  # by offset (after the until pages), past its first two pages
+            items[:0] = added
+        return items[offset:offset + 2]
+
+    srv = _Scripted(page, lambda _: _png(8, 8), total=lambda: len(items))
+    try:
+        ds = pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    assert sorted(r.file_name.split("/")[-1][:32] for r in ds.images) == ids
+    assert lists[3:] == [0, 2, 4, 6, 8, 9]  # 4 and 6: rows listed before (4 added)
+    assert len([p for p in srv.asked if p.endswith("/image")]) == 5  # each image once
 
 
 @pytest.mark.parametrize("when", ["9999-12-31T23:59:59.999999+00:00",

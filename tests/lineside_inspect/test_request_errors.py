@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from lineside_inspect.config import CameraConfig
@@ -414,3 +415,26 @@ def test_a_long_part_id_and_a_nan_bound_are_named_as_what_they_are(srv: Running,
     with srv.client("reviewer") as c:
         r = c.get("/v1/inspections", params={"min_score": "nan"})
         assert "min_score: Input should be a finite number" in _error(r, 422)
+
+
+def test_a_blank_golden_is_refused_at_upload_unless_a_recipe_allows_it(srv: Running) -> None:
+    """A golden image with nothing on it (a lens cap, a lamp off at setup) was taken, and
+    every part inspected against it then failed as blank_frame (review, session 39): it is
+    refused at upload, naming why, unless a reference recipe sets min_contrast that low."""
+    from lineside_inspect.opencv import cv2
+
+    blank = bytes(cv2.imencode(".png", np.full((64, 64, 3), 3, np.uint8))[1])
+    png = {"content-type": "image/png"}
+    with srv.client("admin") as c:
+        msg = _error(c.put("/v1/references/capped", content=blank, headers=png), 422)
+        assert "reference image capped: nearly blank, it spans 0 grey levels" in msg, msg
+        assert "set the recipe's min_contrast lower" in msg, msg
+        assert "capped" not in c.get("/v1/references").json()["items"]
+        flat = {"name": "flat-parts", "model": "deeppcb-ref", "min_contrast": 0}
+        assert c.put("/v1/recipes/flat-parts", json=flat).status_code == 200
+        try:  # a station of flat parts judges nothing by contrast: its golden is taken
+            r = c.put("/v1/references/capped", content=blank, headers=png)
+            assert r.status_code == 200, r.text
+            assert c.delete("/v1/references/capped").status_code == 204
+        finally:
+            assert c.delete("/v1/recipes/flat-parts").status_code == 200

@@ -129,3 +129,37 @@ def test_a_confirmed_pass_with_tolerated_defects_stays_a_pass(tmp_path: Path,
     assert quality["escapes"] == 0 and truth == "pass"
     assert candidates[0].item.expected == "pass" and candidates[0].item.boxes
     assert not unboxed_fail(item)  # data pull keeps it, its boxes as labels
+
+
+def test_an_anomaly_fail_reported_as_the_whole_image_is_no_label_to_pull(
+        tmp_path: Path, detector: Detector) -> None:
+    """An anomaly fail whose map shows no region reports the whole image as one anomaly
+    box (session 39). Pulled, that box became a label over the whole frame (a detector
+    taught that the frame is the defect), where such a fail had been left out as one with
+    no box (session 34): still left out, unreviewed or confirmed; a drawn box is kept
+    without it."""
+    from lineside_inspect.imageio import decode_image
+    from lineside_inspect.recipes import Recipe
+    from lineside_inspect.recipes.rules import judge
+    from lineside_inspect.runtime.anomaly_map import AnomalyFinding
+    from lineside_inspect.store.pull import _record
+
+    m = _inspection(detector, "fail")
+    h, w = decode_image(m.raw).shape[:2]
+    finding = AnomalyFinding(0.9, 0.5, Detections.empty(["anomaly"]), "good 1", (w, h))
+    verdict = judge(Detections.empty(detector.class_names),
+                    Recipe(name="r", model="deeppcb"), {}, finding)
+    assert verdict.outcome == "fail" and verdict.defects.xyxy.tolist() == [[0, 0, w, h]]
+    m.defects = verdict.defects
+    with Store(tmp_path, pass_rate=1.0) as store:
+        store.save(m)
+        item = store.record(store.get(m.id)).model_dump(mode="json")
+        assert unboxed_fail(item)
+        store.review(m.id, reviewer="qa", action="confirm")
+        item = store.record(store.get(m.id)).model_dump(mode="json")
+        assert unboxed_fail(item)
+        store.review(m.id, reviewer="qa", action="missed_defect",
+                     boxes=[{"label": "open", "box": [10, 10, 40, 40]}])
+        item = store.record(store.get(m.id)).model_dump(mode="json")
+    assert not unboxed_fail(item)
+    assert [b.label for b in _record(item, tmp_path / "x.jpg", "jpg").boxes] == ["open"]

@@ -12,9 +12,11 @@ and so is a version rolled back automatically that has passed no gate since.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,6 +73,10 @@ class Lifecycle:
         self._alarm_writes: set[Future[None]] = set()
         self._gate_lock = threading.Lock()
         self._admit_lock = threading.Lock()  # one activation decision at a time
+        # versions a gate compares or an activation is admitting, while it runs: a load
+        # meanwhile (a fleet pull, another admin) must not unload them beyond keep_loaded
+        self._busy: Counter[tuple[str, str]] = Counter()
+        self._busy_lock = threading.Lock()
         registry.add_holder(self._holding)
 
     # -- wiring ---------------------------------------------------------------------------
@@ -108,10 +114,12 @@ class Lifecycle:
 
     def _holding(self, model: str) -> dict[str, str]:
         """The versions of ``model`` the shadow run and the rollout watch need loaded."""
-        held: dict[str, str] = {}
+        with self._busy_lock:
+            held = {v: "a gate or an activation of it is running" for (m, v), n in
+                    self._busy.items() if m == model and n > 0}
         session = None if self.shadow is None else self.shadow.session(model)
         if session is not None:
-            held[session.version] = (f"its shadow run compares it with the active version "
+            held.setdefault(session.version, f"its shadow run compares it with the active version "
                                      f"(DELETE /v1/models/{model}/shadow stops it)")
         # read without the watch's lock: it calls the registry and the admission lock
         # under it (an automatic rollback), and an unload holds the admission lock
@@ -120,6 +128,21 @@ class Lifecycle:
             held.setdefault(watch.previous, f"the rollout watch of {model} {watch.version} "
                                             "rolls back to it if the line's fail rate jumps")
         return held
+
+    @contextlib.contextmanager
+    def _using(self, model: str, *versions: str | None) -> Iterator[None]:
+        """Hold ``versions`` of ``model`` loaded while the block runs (:meth:`_holding`)."""
+        keys = [(model, v) for v in versions if v is not None]
+        with self._busy_lock:
+            self._busy.update(keys)
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._busy.subtract(keys)
+                for key in keys:
+                    if self._busy[key] <= 0:
+                        del self._busy[key]
 
     def unload(self, model: str, version: str, *, actor: str, force: bool = False,
                reason: str = "") -> None:
@@ -178,6 +201,14 @@ class Lifecycle:
         """Replay a golden set through ``version`` and ``against`` (default: the active
         version), both loaded; store the report and say so in the audit log."""
         records = self.records
+        with self._using(model, version, against):
+            return self._gate(records, model, version, golden=golden,
+                              golden_version=golden_version, against=against, recipe=recipe,
+                              actor=actor)
+
+    def _gate(self, records: Records, model: str, version: str, *, golden: str,
+              golden_version: int | None, against: str | None, recipe: str | None,
+              actor: str) -> GateReport:
         candidate = self.registry.detector(model, version)
         active = self.registry.detector(model, against)
         if active is candidate:
@@ -307,6 +338,14 @@ class Lifecycle:
         ``replacing``: the version that must be active now (a promotion's gate compared
         the candidate with it), else :class:`ActiveChanged` and nothing changes.
         ``pending_recipes``: see :meth:`Registry.activate` (``pending``)."""
+        with self._using(model, version):
+            return self._activate(model, version, actor=actor, force=force, reason=reason,
+                                  action=action, replacing=replacing,
+                                  pending_recipes=pending_recipes)
+
+    def _activate(self, model: str, version: str, *, actor: str, force: bool, reason: str,
+                  action: str, replacing: str | None,
+                  pending_recipes: Sequence[Recipe]) -> dict[str, Any]:
         det = self.registry.detector(model, version)
         if self._records is None:  # no store: nothing to check against or record in
             with self._admit_lock:
@@ -581,12 +620,13 @@ class Lifecycle:
                               f"not judge with {version}, and the promotion's watch would count "
                               "none of its inspections; promote with a recipe that follows the "
                               "active version (recipe: NAME)")
-        report = self.gate(model, version, golden=golden, golden_version=golden_version,
-                           recipe=rule.name if recipe is not None else None, actor=actor)
-        # the watch's previous version is the one the gate compared with: refused if
-        # another admin made another active meanwhile (lifecycle review, session 32)
-        self.activate(model, version, actor=actor, force=force, reason=reason, action="promote",
-                      replacing=previous)
+        with self._using(model, version):  # from its gate to its activation
+            report = self.gate(model, version, golden=golden, golden_version=golden_version,
+                               recipe=rule.name if recipe is not None else None, actor=actor)
+            # the watch's previous version is the one the gate compared with: refused if
+            # another admin made another active meanwhile (lifecycle review, session 32)
+            self.activate(model, version, actor=actor, force=force, reason=reason,
+                          action="promote", replacing=previous)
         assert self.rollout is not None
         watch = self.rollout.start(model=model, version=version, previous=previous,
                                    recipe=rule.name, actor=actor, gate_report_id=report.id)

@@ -36,6 +36,7 @@ from lineside_inspect.errors import (
 )
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.names import is_name
+from lineside_inspect.package import ANOMALY_LABEL
 from lineside_inspect.schemas import InspectionPage
 from lineside_inspect.store.models import reviewed_verdict
 from lineside_inspect.store.store import REFS_DIR, Store
@@ -76,8 +77,18 @@ def unboxed_fail(item: dict[str, Any]) -> bool:
         # an unreviewed one (``--no-reviewed``) is the model's word: a fail with no box
         # (reference_mismatch, an anomaly without a region) became a good image (loop review)
         return (item.get("review_state") == "unreviewed" and item["verdict"] == "fail"
-                and not item["defects"])
-    return not reviews[-1][1] and reviewed_verdict(item["verdict"], reviews) == "fail"
+                and not _located(item, item["defects"]))
+    return (not _located(item, reviews[-1][1])
+            and reviewed_verdict(item["verdict"], reviews) == "fail")
+
+
+def _located(item: dict[str, Any], boxes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``boxes`` that say where: not the whole image as ``anomaly``, which an anomaly fail
+    whose map showed no region reports (session 39): as a label, it taught a detector that
+    the whole frame is the defect, where such a part had been left out."""
+    whole = [0.0, 0.0, float(item["width"]), float(item["height"])]
+    return [b for b in boxes
+            if b["label"] != ANOMALY_LABEL or [float(v) for v in b["box"]] != whole]
 
 
 UNBOXED = ("a fail with no defect box, confirmed or unreviewed: not a good part, nothing to "
@@ -89,7 +100,7 @@ def _record(item: dict[str, Any], source: Path, ext: str) -> ImageRecord:
     group = _folder(item.get("camera_id"), item["id"])
     width, height = item["width"], item["height"]
     boxes = []
-    for b in truth:
+    for b in _located(item, truth):  # (the whole image as anomaly says nowhere)
         # clipped to the image, as `data validate` wants it: a detector's box clipped at
         # the edge can have no width left (x1 == x2), and a server may round a pixel out
         x1, y1, x2, y2 = (min(max(float(v), 0.0), limit)
@@ -154,11 +165,13 @@ class _Cursor:
         oldest, seen = self.oldest, self.at_oldest
         moved = oldest is None or any(t < oldest or (t == oldest and i not in seen)
                                       for t, i in rows)
+        if not moved:  # (rows listed before: where the next page starts stays as it was)
+            return False
         last = rows[-1][0]
         at_last = {i for t, i in rows if t == last}
         self.at_oldest = seen | at_last if last == oldest else at_last
         self.oldest = last
-        return moved
+        return True
 
 
 def _check_dst(dst: str | Path, overwrite: bool) -> None:
@@ -364,6 +377,7 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             httpx.Client(base_url=url, headers={**headers, **IDENTITY}, timeout=60) as c:
         cursor, listed, first = _Cursor(), 0, None
         by_offset: int | None = None  # a server of a release before `until`: by offset
+        again = 0  # rows of pages by offset that listed only rows listed before
         while True:
             until, offset = (None, by_offset) if by_offset is not None else cursor.params()
             params: dict[str, Any] = {"limit": PAGE, "offset": offset}
@@ -394,8 +408,15 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             bound = 2 * first + 10 * PAGE
             listed += len(items)
             if not cursor.advance([(as_utc(i.created_at), i.id) for i in page.items]):
-                raise ConfigError(f"{url}: the server sent again a page it had sent (it "
-                                  f"ignores offset={offset}?): stopped, it would never end")
+                # by offset, rows added at the top meanwhile send rows listed before again,
+                # as many as were added: carried on while the list's total grew by as many
+                # (else it would never end; a server claiming growth is then held by the
+                # bound below, as one sending new ids is)
+                again += len(items)
+                if by_offset is None or again > page.total - first:
+                    raise ConfigError(f"{url}: the server sent again a page it had sent (it "
+                                      f"ignores offset={offset}?): stopped, it would never "
+                                      "end")
             if by_offset is not None:
                 by_offset += len(items)
             if listed > bound:

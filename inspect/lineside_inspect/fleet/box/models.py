@@ -341,16 +341,21 @@ class ModelPuller:
         loaded version's folder is never removed: a restart loads from it)."""
         here = dest.resolve()
         for name, slot in self.app.state.registry.models().items():
-            for version, det in slot.versions.items():
+            # an unloaded version keeps its name and its folder: a rollback loads it again
+            # from there (removed for another card, the rollback had nothing to load)
+            packages = [(v, "loaded", d.package) for v, d in slot.versions.items()] + [
+                (v, "unloaded", p) for v, p in slot.unloaded.items()]
+            for version, state, package in packages:
                 if (name, version) == (m.name, m.version) \
-                        and card_digest(det.card) != card_digest(card):
-                    raise PackageError(f"version {m.version} is already loaded on this box with "
-                                       "another graph or card: a version names one package")
-                folder = Path(det.package.path).resolve()
+                        and card_digest(package.card) != card_digest(card):
+                    raise PackageError(f"version {m.version} is already {state} on this box "
+                                       "with another graph or card: a version names one "
+                                       "package")
+                folder = Path(package.path).resolve()
                 if folder == here and (name, version) == (m.name, m.version):
                     return True
                 if folder == here or here in folder.parents:
-                    raise PackageError(f"{dest} holds loaded model {name} {version}: not "
+                    raise PackageError(f"{dest} holds {state} model {name} {version}: not "
                                        "replaced")
         return False
 

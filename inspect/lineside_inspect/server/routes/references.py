@@ -6,19 +6,26 @@ delete one, since every verdict of a reference model depends on its reference.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 
-from lineside_inspect.references import check_name
+from lineside_inspect.errors import LinesideError, ReferenceImageError
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.references import Reference, check_name
+from lineside_inspect.runtime.reference import BLANK_CONTRAST, contrast
 from lineside_inspect.server.body import read_image_body
 from lineside_inspect.server.deps import (
     Admin,
     LineUser,
     ReferencesDep,
+    RegistryDep,
     RoleFirstRoute,
     ServiceDep,
     SettingsDep,
 )
+from lineside_inspect.server.registry import Registry
 from lineside_inspect.server.responses import (
     ReferenceList,
     StoredReference,
@@ -46,13 +53,41 @@ def get_reference(name: str, who: LineUser, references: ReferencesDep) -> Respon
                     headers={"X-Lineside-Reference-Sha256": ref.sha256})
 
 
+def _not_blank(registry: Registry) -> Callable[[Reference], None]:
+    """Refuses a golden image every inspection against would fail as ``blank_frame``: it
+    spans fewer grey levels than the lowest ``min_contrast`` of the recipes loaded that
+    judge with a reference (16 where one sets none). Taken once a recipe sets it lower
+    (a station of smooth, flat parts: 0 turns the check off)."""
+    def check(ref: Reference) -> None:
+        minima = [BLANK_CONTRAST if r.min_contrast is None else r.min_contrast
+                  for r in registry.recipes() if _judges_with_reference(registry, r)]
+        minimum = min(minima, default=BLANK_CONTRAST)
+        if minimum > 0 and (spread := contrast(ref.image)) < minimum:
+            raise ReferenceImageError(
+                f"reference image {ref.name}: nearly blank, it spans {spread} grey levels "
+                f"(5th to 95th percentile), under {minimum}, the lowest min_contrast of the "
+                "recipes that judge with a reference: every part inspected against it would "
+                "fail as blank_frame. Send an image that shows the part, or set the recipe's "
+                "min_contrast lower for a part that flat")
+    return check
+
+
+def _judges_with_reference(registry: Registry, recipe: Recipe) -> bool:
+    try:
+        return registry.detector_for(recipe).needs_reference
+    except LinesideError:  # its version not loaded (unloaded since): it judges nothing now
+        return False
+
+
 @router.put("/{name}", responses=errors(400, 401, 403, 408, 413, 415, 422),
             openapi_extra=image_body())
 async def put_reference(name: str, request: Request, who: Admin, references: ReferencesDep,
-                        settings: SettingsDep) -> StoredReference:
-    """Body: the encoded defect-free image (PNG, JPEG or BMP) of the view ``name`` names."""
+                        settings: SettingsDep, registry: RegistryDep) -> StoredReference:
+    """Body: the encoded defect-free image (PNG, JPEG or BMP) of the view ``name`` names.
+    422 invalid_reference for a nearly blank one (a lens cap, a lamp off): every part
+    inspected against it would fail as ``blank_frame``."""
     data = await read_image_body(request, settings.max_body_bytes)
-    ref = await anyio.to_thread.run_sync(references.put, name, data)
+    ref = await anyio.to_thread.run_sync(references.put, name, data, _not_blank(registry))
     height, width = ref.image.shape[:2]
     return StoredReference(name=name, sha256=ref.sha256, width=width, height=height)
 
