@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import cv2
+import numpy as np
 import pytest
 
 from .conftest import ROOT, Running, keyed, start_server
@@ -253,3 +255,75 @@ def test_confirm_all_right_after_esc_skips_the_parts_just_reviewed() -> None:
         assert states == ["confirmed", "corrected"]
     finally:
         stop()
+
+
+def test_a_whole_image_anomaly_box_and_a_blank_frame_read_at_320_px(box: Running) -> None:
+    """An anomaly fail with no region in its map is one `anomaly` box as large as the image
+    (session 39): its label went below the box, where the card's picture cut it off and
+    the part's showed a sliver at the image's bottom edge. A blank frame (a lens cap, here
+    a flat grey frame against the golden) fails as blank_frame, said on its card and in
+    the part, both reached by the keys alone on a 320 px screen."""
+    from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.store.models import InspectionRow
+
+    _ok, flat = cv2.imencode(".jpg", np.full((640, 640, 3), 128, np.uint8))
+    blank = _send(box, flat.tobytes(), recipe="deeppcb-ref", reference="golden")
+    [said] = [r["message"] for r in blank["reasons"] if r["rule"] == "blank_frame"]
+    # a stored fail of an anomaly model as the runtime reports one with no region (the
+    # rules' own message), on a real stored image
+    anomaly = _send(box, (SAMPLE / "group13000" / "13000003_test.jpg").read_bytes(), part_id="whole")
+    store = box.app.state.store
+    store.flush()
+    message = ("anomaly score 0.912 >= threshold 0.500 (model pcb-good), no region in the map: "
+               "the whole image is reported")
+    with Session(store.engine) as s, s.begin():
+        row = s.get(InspectionRow, anomaly["id"])
+        assert row is not None
+        row.verdict, row.class_names, row.labels = "fail", ["anomaly"], ",anomaly,"
+        row.defects = [{"label": "anomaly", "score": 0.912, "box": [0.0, 0.0, float(row.width),
+                                                                    float(row.height)]}]
+        row.reasons = [{"rule": "anomaly", "label": "anomaly", "count": 1, "allowed": 0,
+                        "score": 0.912, "threshold": 0.5, "message": message}]
+        row.created_at = datetime.now(UTC)  # the newest: the first card
+
+    def inside(inner: Any, outer: Any) -> bool:
+        a, b = inner.bounding_box(), outer.bounding_box()
+        return (a["x"] >= b["x"] - 1 and a["y"] >= b["y"] - 1
+                and a["x"] + a["width"] <= b["x"] + b["width"] + 1
+                and a["y"] + a["height"] <= b["y"] + b["height"] + 1)
+
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = _context(browser, 320, 640).new_page()
+        _sign_in(page, box.url + "/review", "reviewer-secret")
+        card = page.locator(f".card[data-id='{anomaly['id']}']")
+        expect(card).to_have_count(1)
+        label = card.locator(".bx span")
+        expect(label).to_have_text("anomaly 0.91")
+        # the picture is as tall as its image once loaded (lazy: 0 px high until then)
+        page.wait_for_function("(i) => i.complete && i.naturalWidth > 0",
+                               arg=card.locator("img").element_handle())
+        pic = card.locator(".pic")
+        assert inside(label, pic), (label.bounding_box(), pic.bounding_box())
+        expect(card).to_have_accessible_name(
+            re.compile(r"^✖ FAIL · anomaly score · 1 defect\(s\) · .* anomaly 0\.91$"))
+        blank_card = page.locator(f".card[data-id='{blank['id']}']")
+        expect(blank_card.locator("p").first).to_contain_text("blank frame")
+        # by the keys: the first card is the anomaly's, the next the blank frame's
+        page.keyboard.press("j")
+        page.keyboard.press("k")
+        expect(card).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator("#d-reasons")).to_have_text(message)
+        shown = page.locator("#boxes .bx span")
+        expect(shown).to_have_text("▶ anomaly 0.91")
+        stage = page.locator("#stage")
+        assert inside(shown, stage), (shown.bounding_box(), stage.bounding_box())
+        page.keyboard.press("j")  # the blank frame, its reason said as text
+        expect(page.locator("#d-title")).to_contain_text(blank["id"][:8])
+        expect(page.locator("#d-reasons")).to_contain_text(said)
+        wide = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert wide[0] <= wide[1], wide
+        browser.close()

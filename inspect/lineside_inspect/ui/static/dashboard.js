@@ -44,7 +44,20 @@ function hatch() {
 // yield and fails per hour or shift: stacked bars (passes, fails hatched) on the left
 // axis, yield % on the right, model-version changes as dashed markers on the time axis
 function trendChart(box, rows, changes, per) {
-  const W = Math.max(320, box.clientWidth || 900), H = 320, m = { l: 56, r: 56, t: 44, b: 44 };
+  const W = Math.max(320, box.clientWidth || 900);
+  // the legend's items wrap onto a second row where the chart is narrow: at 320 px the
+  // line ran past the chart's edge after "fails" (session 37's leftover); the plot starts
+  // lower by the rows added
+  const items = [["pass", "passes"], ["fail", "fails (count on top)"], ["dot", "yield % (right axis)"]];
+  const placed = [];
+  let lx = 0, ly = 0;
+  for (const [what, text] of items) {
+    const w = 16 + measure(text) + 14;
+    if (lx && 56 + lx + w - 14 > W - 4) { lx = 0; ly += 15; }
+    placed.push([what, text, lx, ly]);
+    lx += w;
+  }
+  const H = 320 + ly, m = { l: 56, r: 56, t: 44 + ly, b: 44 };
   const iw = W - m.l - m.r, ih = H - m.t - m.b;
   const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
     "aria-label": `passes and fails per ${per === "shifts" ? "shift" : "hour"} with yield; numbers in the table below` });
@@ -119,13 +132,15 @@ function trendChart(box, rows, changes, per) {
     seen.push({ what, x: mx, title });
     marks.append(svg("g", { class: "marker" },
       svg("line", { x1: mx, x2: mx, y1: m.t - 4 - row * 13, y2: m.t + ih }),
-      svg("text", { x: mx + 3, y: m.t - 8 - row * 13 }, `▼ ${what}`), title));
+      // ends at its marker where it would run past the chart's right edge (at 320 px)
+      svg("text", mx + 3 + measure(`▼ ${what}`) > W ? { x: mx - 3, y: m.t - 8 - row * 13, "text-anchor": "end" }
+                                                     : { x: mx + 3, y: m.t - 8 - row * 13 }, `▼ ${what}`), title));
   }
   chart.append(marks);
-  const legend = svg("g", { class: "legend", transform: `translate(${m.l}, 12)` },
-    svg("rect", { class: "pass", x: 0, y: -9, width: 12, height: 12 }), svg("text", { x: 16, y: 1 }, "passes"),
-    svg("rect", { class: "fail", x: 76, y: -9, width: 12, height: 12 }), svg("text", { x: 92, y: 1 }, "fails (count on top)"),
-    svg("circle", { class: "yield-dot", cx: 230, cy: -3, r: 4 }), svg("text", { x: 238, y: 1 }, "yield % (right axis)"));
+  const legend = svg("g", { class: "legend", transform: `translate(${m.l}, 12)` }, ...placed.flatMap(([what, text, x0, y0]) => [
+    what === "dot" ? svg("circle", { class: "yield-dot", cx: x0 + 6, cy: y0 - 3, r: 4 })
+                   : svg("rect", { class: what, x: x0, y: y0 - 9, width: 12, height: 12 }),
+    svg("text", { x: x0 + 16, y: y0 + 1 }, text)]));
   chart.append(legend);
   box.replaceChildren(chart);
 }

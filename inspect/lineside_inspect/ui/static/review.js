@@ -114,7 +114,11 @@ function boxLayer(layer, boxes, w, h, selected = -1) {
   layer.replaceChildren(...boxes.map((d, i) => {
     const [x1, y1, x2, y2] = d.box.map(Number);
     const score = d.score !== undefined ? ` ${Number(d.score).toFixed(2)}` : "";
-    const b = el("div", { class: "bx" + (i === selected ? " sel" : "") + (y1 / h < 0.06 ? " low" : "") },
+    // a label goes above its box, below one at the image's top, and inside one as tall as
+    // the image (an anomaly fail reported as the whole image): below it, the card's picture
+    // cut it off and the part's showed a sliver at the stage's edge (review, session 39)
+    const place = y1 / h >= 0.06 ? "" : y2 / h > 0.94 ? " inside" : " low";
+    const b = el("div", { class: "bx" + (i === selected ? " sel" : "") + place },
                  el("span", {}, i === selected ? "▶ " : "", el("bdi", {}, d.label), score));
     Object.assign(b.style, { left: `${(100 * x1) / w}%`, top: `${(100 * y1) / h}%`,
                              width: `${(100 * (x2 - x1)) / w}%`, height: `${(100 * (y2 - y1)) / h}%` });
@@ -161,22 +165,25 @@ async function load() {
     // a fail no box explains says why on its card: "FAIL · 0 defect(s)" read as a false
     // reject waiting to be marked, and Shift+C confirmed such fails unseen (QA review, 34)
     const why = [...new Set(it.reasons.map((r) => WHY[r.rule]).filter(Boolean))].join(", ");
-    // its name is its two lines of text, as shown: a name of its own ("fail from cam1, 2
-    // defects") held none of the words a voice-control user reads off it to press it
-    const c = el("div", { class: "card" + (i === state.sel ? " sel" : ""), tabindex: 0, role: "button",
-                          "aria-labelledby": `card-${i}-what card-${i}-where` });
+    // its name is its text, as shown: a name of its own ("fail from cam1, 2 defects") held
+    // none of the words a voice-control user reads off it, and a name of its two lines left
+    // out the class labels over its picture and "(no image kept)" (axe-core's
+    // label-content-name-mismatch, session 39). The lines come first in the DOM, so the
+    // name starts with the verdict; the picture is drawn above them (CSS order)
+    const c = el("div", { class: "card" + (i === state.sel ? " sel" : ""), tabindex: 0, role: "button" });
     c.dataset.id = it.id;
     const pic = it.has_image
       ? el("div", { class: "pic" }, el("img", { loading: "lazy", alt: "", src: `/v1/inspections/${encodeURIComponent(it.id)}/image` }),
-           boxLayer(el("div", { class: "boxes", "aria-hidden": "true" }), truthOf(it), it.width, it.height))
-      : el("p", {}, ...(elsewhere(it) ? ["(its image is kept on box ", el("bdi", {}, it.box_id), ")"] : ["(no image kept)"]));
+           boxLayer(el("div", { class: "boxes" }), truthOf(it), it.width, it.height))
+      : el("p", { class: "nopic" }, ...(elsewhere(it) ? ["(its image is kept on box ", el("bdi", {}, it.box_id), ")"] : ["(no image kept)"]));
     const img = $("img", pic);
     if (img) img.onerror = () => pic.replaceChildren(el("p", {}, "(the image could not be loaded: removed from the store?)"));
-    c.append(pic,
+    c.append(
       el("p", { id: `card-${i}-what` }, verdict(it.verdict), why ? ` · ${why}` : "", ` · ${it.defects.length} defect(s) · ${it.review_state.replace("unreviewed", "○ unreviewed")}`),
       // on a hub (or a box sharing its database) the box it came from too
       el("p", { class: "where", id: `card-${i}-where` }, ...(BOXED && it.box_id ? [el("bdi", {}, it.box_id), " · "] : []),
-         el("bdi", {}, it.camera_id || "upload"), ` · ${time(it.created_at)}`));
+         el("bdi", {}, it.camera_id || "upload"), ` · ${time(it.created_at)}`),
+      pic);
     c.onclick = () => { state.sel = i; open(i); };
     c.onfocus = () => select(i, false);
     return c;
