@@ -8,12 +8,18 @@ PLC handshake on OPC UA and Modbus TCP. A client sends inspections and reviews a
 rate and triggers the camera; every ``--swap-every`` seconds the int8 version of the model
 is loaded and activated over ``POST /v1/models`` and the fp32 one activated again; every
 ``--drop-every`` seconds the MJPEG camera's stream is killed for a few seconds and comes
-back; every sample a Modbus and an OPC UA client connect, read and leave. Every
+back; every sample a Modbus and an OPC UA client connect, read and leave. With
+``--versions N`` each swap instead loads and activates the next of N copies of
+``models/deeppcb/1`` (each its own version, its card naming it; the N-th swap is followed
+by the first again) and prints the server's RSS, fds, threads and loaded versions after
+it: what a box that takes a new version every day does over months (``--keep-loaded``
+sets the server's bound). Every
 ``--interval`` seconds it prints (and appends to ``--csv``) the server's RSS, open file
 descriptors, threads, SQLite database / -wal / -journal sizes, image folder size and a few
 of ``/metrics``'s figures. Usage (``make soak``; the venv's Python, PYTHONPATH=inspect)::
 
     python tools/soak.py [--seconds 900] [--interval 10] [--csv soak.csv]
+    python tools/soak.py --versions 40 --swap-every 10 [--keep-loaded 3]
 
 Needs mosquitto (``make system-deps``) and the line extra (asyncua, pymodbus). Loopback
 only; it stops by itself after ``--seconds``.
@@ -27,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -78,6 +85,36 @@ def metric(text: str, name: str) -> float:
     return total
 
 
+def version_copies(model: Path, root: Path, count: int) -> list[Path]:
+    """``count`` copies of the package ``model`` under ``root``/NAME/soak-K, each with its
+    own version in its card (the graph is the same, so its sha256 still matches; hard links
+    where the file system allows, so 40 copies take no room)."""
+    card = json.loads((model / "model.json").read_text())
+    copies = []
+    for k in range(1, count + 1):
+        folder = root / card["name"] / f"soak-{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for member in model.iterdir():
+            if member.name != "model.json" and not (folder / member.name).exists():
+                try:
+                    os.link(member, folder / member.name)
+                except OSError:
+                    shutil.copyfile(member, folder / member.name)
+        (folder / "model.json").write_text(json.dumps({**card, "version": f"soak-{k}"}))
+        copies.append(folder)
+    return copies
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    """The least-squares slope of ``points`` (x, y); 0 for fewer than two."""
+    if len(points) < 2:
+        return 0.0
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    var = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
+
+
 def start_mosquitto(port: int, folder: Path) -> subprocess.Popen[bytes]:
     conf = folder / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
@@ -114,6 +151,11 @@ def main() -> None:
     ap.add_argument("--swap-every", type=float, default=60)
     ap.add_argument("--drop-every", type=float, default=45)
     ap.add_argument("--quota-mb", type=float, default=4)
+    ap.add_argument("--versions", type=int, default=0, help=(
+        "swap through this many versions of the model, one new one loaded and activated "
+        "at each swap (default: 0, the int8 and fp32 versions back and forth)"))
+    ap.add_argument("--keep-loaded", type=int, default=None,
+                    help="the server's keep_loaded (default: its own)")
     ap.add_argument("--port-base", type=int, default=0,
                     help="first of 5 loopback ports to use (default: free ones)")
     ap.add_argument("--csv", type=Path, default=None)
@@ -127,17 +169,19 @@ def main() -> None:
     work = args.keep or Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "store"
+    copies = version_copies(ROOT / "models/deeppcb/1", work / "models", args.versions)
     frames_dir = ROOT / "datasets/deeppcb-sample/images"
     images = sorted(p.read_bytes() for p in frames_dir.rglob("*.jpg"))
     sim = MJPEGSimulator(camera_frames(frames_dir), fps=10, port=cam_port)
     broker = start_mosquitto(mqtt_port, work)
     opc_endpoint = f"opc.tcp://127.0.0.1:{opc_port}/lineside/"
-    config = {
+    config: dict[str, Any] = {
         "host": "127.0.0.1", "port": http_port, "data_dir": str(data), "device": "cpu",
         "threads": 1, "max_concurrency": 1,
         "models": [str(ROOT / "models/deeppcb/1")],
         "recipes": [str(ROOT / "configs/recipes/deeppcb.yaml")],
         "store_max_bytes": int(args.quota_mb * 1e6), "store_pass_rate": 1.0,
+        "model_roots": [str(ROOT / "models")] + ([str(work / "models")] if copies else []),
         "cameras": [
             {"id": "cont", "source": sim.url, "mode": "continuous", "rate_hz": 1},
             {"id": "trig", "source": str(frames_dir), "mode": "triggered", "fps": 5}],
@@ -145,6 +189,8 @@ def main() -> None:
                  "modbus": {"port": modbus_port}, "ack_timeout_s": 1,
                  "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}"}},
     }
+    if args.keep_loaded is not None:
+        config["keep_loaded"] = args.keep_loaded
     cfg = work / "soak.json"
     cfg.write_text(json.dumps(config))
     log = open(work / "serve.log", "wb")  # noqa: SIM115 (open for the server's life)
@@ -154,6 +200,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{http_port}"
     stop = threading.Event()
     counts = {"inspect": 0, "review": 0, "trigger": 0, "swap": 0, "drop": 0, "errors": 0}
+    swaps: list[dict[str, Any]] = []  # with --versions: the server after each swap
 
     def client() -> None:
         i = 0
@@ -188,12 +235,21 @@ def main() -> None:
                 now = time.monotonic()
                 if now >= next_swap:
                     next_swap = now + args.swap_every
-                    for path in ("models/deeppcb/1-int8", "models/deeppcb/1"):
-                        r = c.post("/v1/models", json={"path": str(ROOT / path)})
+                    paths = ([copies[counts["swap"] % len(copies)]] if copies else
+                             [ROOT / "models/deeppcb/1-int8", ROOT / "models/deeppcb/1"])
+                    for path in paths:
+                        r = c.post("/v1/models", json={"path": str(path)})
                         if r.status_code != 200:
                             counts["errors"] += 1
                             print(f"swap {path}: {r.status_code} {r.text[:200]}", flush=True)
                     counts["swap"] += 1
+                    if copies:
+                        listed = c.get("/v1/models").json()
+                        swaps.append({"swap": counts["swap"], "version": paths[0].name,
+                                      **proc_figures(server.pid),
+                                      "loaded": sum(len(m["versions"]) for m in listed)})
+                        print("swap", " ".join(f"{k}={v}" for k, v in swaps[-1].items()),
+                              flush=True)
                 if now >= next_drop:
                     next_drop = now + args.drop_every
                     sim.kill()
@@ -238,6 +294,17 @@ def main() -> None:
             time.sleep(max(0.0, args.interval - (time.monotonic() - t0 - row["t_s"])))
         print("fds by kind:", fd_targets(server.pid), flush=True)
         print("client:", counts, flush=True)
+        if swaps:
+            # per swap from the second half on: the first ones fill the bound and warm up
+            late = swaps[len(swaps) // 2:]
+            print(f"after swap {late[0]['swap']}..{late[-1]['swap']}, per swap: RSS "
+                  f"{slope([(s['swap'], s['rss_kb']) for s in late]):+.0f} kB, fds "
+                  f"{slope([(s['swap'], s['fds']) for s in late]):+.2f}, threads "
+                  f"{slope([(s['swap'], s['threads']) for s in late]):+.2f}", flush=True)
+            if args.csv:
+                with open(args.csv.with_suffix(".swaps.csv"), "w") as fh:
+                    fh.write(",".join(swaps[0]) + "\n")
+                    fh.writelines(",".join(str(v) for v in s.values()) + "\n" for s in swaps)
     finally:
         stop.set()
         server.terminate()
