@@ -45,7 +45,8 @@ def _fails(srv: Running, n: int) -> list[str]:
 def boxes() -> Iterator[dict[str, Any]]:
     """Box a (one fail) and box b (two) on one SQLite file, and a box with its own
     database (one fail); box a's reviewer confirmed its own fail and one of box b's (a
-    review of another box's inspection is allowed: docs/fleet/views.md)."""
+    review of another box's inspection is allowed: docs/fleet/views.md), box b's reviewer
+    (the same name) box b's other fail."""
     folder = Path(tempfile.mkdtemp(prefix="lineside-shared-"))
     db = f"sqlite:///{folder / 'shared.db'}"
     started = [start_server(keyed(database_url=db, box_id=f"box-{x}", store_pass_rate=1.0))
@@ -57,6 +58,9 @@ def boxes() -> Iterator[dict[str, Any]]:
             for iid in (on_a[0], on_b[0]):
                 r = c.post(f"/v1/inspections/{iid}/reviews", json={"action": "confirm"})
                 assert r.status_code == 200, r.text
+        with b.client("reviewer") as c:
+            r = c.post(f"/v1/inspections/{on_b[1]}/reviews", json={"action": "confirm"})
+            assert r.status_code == 200, r.text
         yield {"a": a, "b": b, "own": own, "on_a": on_a, "on_b": on_b, "on_own": on_own}
     finally:
         for _, stop in started:
@@ -73,15 +77,15 @@ def _csv(srv: Running, table: str) -> list[list[str]]:
 
 def test_a_shared_databases_csv_names_each_box(boxes: dict[str, Any]) -> None:
     """Box a's stations CSV had one row per camera and recipe with no box: box a's cam1 and
-    box b's cam1 read as one camera twice, and the file as box a's alone (its dashboard
-    names the boxes). Its hourly file now says it covers every box."""
+    box b's cam1 read as one camera twice, and the file as box a's alone. Its figures are
+    its own now (session 39), and its files say so: the box in each row and scope."""
     head, *rows = _csv(boxes["a"], "stations")
     assert head[:3] == ["box_id", "camera_id", "recipe"]
     assert sorted((r[0], r[1], r[head.index("inspections")]) for r in rows) == [
-        ("box-a", "cam1", "1"), ("box-b", "cam1", "2")]
+        ("box-a", "cam1", "1")]
     head, *rows = _csv(boxes["a"], "hourly")
     assert head[2:5] == ["site", "line", "box_id"]
-    assert {r[4] for r in rows} == {"(all)"}
+    assert {r[4] for r in rows} == {"box-a"}
     # a box with its own database: its files as they were
     assert _csv(boxes["own"], "stations")[0][:2] == ["camera_id", "recipe"]
     assert _csv(boxes["own"], "hourly")[0][:3] == ["start_utc", "end_utc", "camera_id"]
@@ -93,7 +97,72 @@ def test_the_reviews_audit_trail_names_each_inspections_box(boxes: dict[str, Any
     with boxes["a"].client("reviewer") as c:
         items = c.get("/v1/reviews").json()["items"]
     assert sorted((i["inspection_id"], i["box_id"]) for i in items) == sorted(
-        [(boxes["on_a"][0], "box-a"), (boxes["on_b"][0], "box-b")])
+        [(boxes["on_a"][0], "box-a"), (boxes["on_b"][0], "box-b"), (boxes["on_b"][1], "box-b")])
+
+
+def test_a_shared_boxs_reviewer_tally_counts_the_reviews_made_on_it(
+        boxes: dict[str, Any]) -> None:
+    """"Reviews this shift" (GET /v1/reviewers) on box a and on box b each said reviewer 3:
+    their reviewers of one name were one, since a review did not record its box. A review
+    records it now: box a's made 2 (one of them of box b's part), box b's 1."""
+    for x, made in (("a", 2), ("b", 1)):
+        with boxes[x].client("reviewer") as c:
+            got = c.get("/v1/reviewers").json()["reviewers"]
+        assert [(r["reviewer"], r["box_id"], r["reviews"]) for r in got] == [
+            ("reviewer", f"box-{x}", made)]
+    with boxes["own"].client("reviewer") as c:  # a box of its own: every review is its own
+        assert c.get("/v1/reviewers").json()["reviewers"] == []
+
+
+def test_a_shared_boxs_dashboard_and_status_totals_are_its_own(boxes: dict[str, Any]) -> None:
+    """Box a's dashboard yield and status page totals counted box b's inspections too (3),
+    beside its own station cards (1). Every figure of its dashboard is its own now; asked
+    for by box_id, box b's."""
+    for x, made in (("a", 1), ("b", 2)):
+        with boxes[x].client("viewer") as c:
+            doc = c.get("/v1/stats").json()
+            seen = c.get("/v1/overview").json()
+            theirs = c.get("/v1/stats", params={"box_id": "box-b"}).json()
+        assert sum(h["inspections"] for h in doc["hourly"]) == made
+        assert doc["shifts"][-1]["inspections"] == made
+        assert {s["box_id"] for s in doc["stations"]} == {f"box-{x}"}
+        assert [(r["reviewer"], r["box_id"]) for r in doc["reviewers"]] == [
+            ("reviewer", f"box-{x}")]
+        assert seen["shift"]["inspections"] == seen["day"]["inspections"] == made
+        assert sum(h["inspections"] for h in theirs["hourly"]) == 2
+
+
+def test_one_malformed_stored_row_does_not_break_the_list(
+        boxes: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """A row whose stored timings lack fields (a hand-edited row, a damaged database) made
+    GET /v1/inspections a 500 for every page holding it. It is left out, logged."""
+    from sqlalchemy import delete, update
+
+    from lineside_inspect.store.models import InspectionRow
+
+    own = boxes["own"]
+    store = own.app.state.store
+    bad = boxes["on_own"][0]
+    was = store.get(bad).timings_ms
+    with own.client("line") as c:  # a sound row beside it
+        r = c.post("/v1/inspect", content=IMAGE, headers={"content-type": "image/jpeg"},
+                   params={"recipe": "strict", "camera_id": "cam1"})
+        good = r.json()["id"]
+    store.flush()
+    with store.engine.begin() as db:
+        db.execute(update(InspectionRow).where(InspectionRow.id == bad)
+                   .values(timings_ms={"total": 1.0}))
+    try:
+        with own.client("reviewer") as c, caplog.at_level("WARNING", "lineside.store"):
+            r = c.get("/v1/inspections")
+        assert r.status_code == 200, r.text
+        assert [i["id"] for i in r.json()["items"]] == [good]
+        assert any(bad in m and "timings_ms.decode" in m for m in caplog.messages)
+    finally:
+        with store.engine.begin() as db:
+            db.execute(update(InspectionRow).where(InspectionRow.id == bad)
+                       .values(timings_ms=was))
+            db.execute(delete(InspectionRow).where(InspectionRow.id == good))
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "

@@ -213,9 +213,11 @@ OLD_REVIEWS = """CREATE TABLE reviews (
 
 def reviews_as_before(db: sqlite3.Connection, table: str = OLD_REVIEWS) -> list[tuple[object, ...]]:
     """The store's reviews table made again as an earlier release made it (``table``),
-    its rows kept; the rows."""
-    rows = db.execute("SELECT * FROM reviews").fetchall()
-    db.executescript("DROP TABLE reviews; " + table + ";")
+    its rows kept in the columns it has (not ``box_id``, added since); the rows."""
+    db.executescript("ALTER TABLE reviews RENAME TO reviews_now; " + table + ";")
+    cols = ", ".join(r[1] for r in db.execute("PRAGMA table_info(reviews)"))
+    rows = db.execute(f"SELECT {cols} FROM reviews_now").fetchall()
+    db.execute("DROP TABLE reviews_now")
     db.executemany(f"INSERT INTO reviews VALUES ({', '.join('?' * len(rows[0]))})", rows)
     return rows
 

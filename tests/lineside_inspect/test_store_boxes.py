@@ -527,3 +527,65 @@ def test_processes_making_the_tables_at_once_both_start(
         assert second.box_id == "b"
     finally:
         second.close()
+
+
+def test_a_shared_databases_figures_and_reviewer_tally_are_each_boxs(
+        tmp_path: Path, shared_url: str, fail: Inspection) -> None:
+    """Boxes a and b share a database, each with a reviewer named qa. The tally merged
+    them (a review did not record its box) and the dashboard's totals counted every box's
+    inspections. Now a review records the box it was made on (one from before the column
+    counts as its inspection's box's), and a box's figures (``here``) are its own and the
+    rows no box owns; the database-wide figures name the box of each reviewer."""
+    from sqlalchemy import text
+
+    from lineside_inspect.store.stats import made_on, reviewers
+
+    stores = {x: Store(tmp_path / x, shared_url, box_id=f"box-{x}") for x in "ab"}
+    try:
+        a, b = stores["a"], stores["b"]
+        on = {x: [again(fail) for _ in range(n)] for x, n in (("a", 1), ("b", 2))}
+        for x, made in on.items():
+            assert all(stores[x].save(i) for i in made)
+            stores[x].flush()
+        unowned = again(fail, verdict="pass")  # an old row no box adopted
+        assert a.save(unowned)
+        a.flush()
+        with a.engine.begin() as c:
+            c.execute(update(InspectionRow).where(InspectionRow.id == unowned.id)
+                      .values(box_id=None))
+        # qa of box a reviews its own part and one of box b's; qa of box b the other
+        a.review(on["a"][0].id, reviewer="qa", action="confirm")
+        a.review(on["b"][0].id, reviewer="qa", action="confirm")
+        b.review(on["b"][1].id, reviewer="qa", action="false_reject")
+        b.review(unowned.id, reviewer="old", action="confirm")
+        with a.engine.begin() as c:  # as a release before the column wrote it
+            c.execute(text("UPDATE reviews SET box_id = NULL WHERE reviewer = 'old'"))
+        assert [r.box_id for r in a.get(on["b"][0].id).reviews] == ["box-a"]
+
+        since, until = datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC) + timedelta(hours=1)
+        tally = {x: [(r["reviewer"], r["box_id"], r["reviews"])
+                     for r in s.read(lambda q, x=x: reviewers(q, since, until, [made_on(f"box-{x}")]))]
+                 for x, s in stores.items()}
+        # the old review of an unowned inspection counts on every box, as the row is listed
+        assert tally == {"a": [("qa", "box-a", 2), ("old", None, 1)],
+                         "b": [("old", None, 1), ("qa", "box-b", 1)]}
+        every = a.read(lambda q: reviewers(q, since, until, []))
+        assert sorted((r["reviewer"], r["box_id"], r["reviews"]) for r in every) == [
+            ("old", None, 1), ("qa", "box-a", 2), ("qa", "box-b", 1)]
+
+        def totals(store: Store, **kw: Any) -> tuple[int, int, list[Any], list[Any]]:
+            doc = store.stats(1, **kw)
+            return (sum(h["inspections"] for h in doc["hourly"]), doc["reviewed_fails"],
+                    sorted((s["box_id"] or "-", s["inspections"]) for s in doc["stations"]),
+                    sorted((r["reviewer"], r["box_id"] or "-") for r in doc["reviewers"]))
+
+        assert totals(a, here=True) == (2, 1, [("-", 1), ("box-a", 1)],
+                                        [("old", "-"), ("qa", "box-a")])
+        assert totals(b, here=True) == (3, 2, [("-", 1), ("box-b", 2)],
+                                        [("old", "-"), ("qa", "box-b")])
+        # box_id asks for that box's; without here: the database's (a hub's view)
+        assert totals(a, here=True, box_id="box-b")[:3] == (2, 2, [("box-b", 2)])
+        assert totals(a)[:2] == (4, 3)
+    finally:
+        for s in stores.values():
+            s.close()

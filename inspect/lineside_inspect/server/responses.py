@@ -313,6 +313,9 @@ class ReviewQuality(_Shape):
 
 class ReviewerCount(_Shape):
     reviewer: str
+    box_id: str | None = Field(None, description=(
+        "the box the reviews were made on (a hub's own: 'hub'); None for reviews from "
+        "before it was recorded, of an inspection no box owns"))
     reviews: int
     actions: dict[str, int] = Field(description="reviews per action")
 

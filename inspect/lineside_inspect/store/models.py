@@ -103,6 +103,7 @@ ADDED_COLUMNS = (
     ("reviews", "origin", "VARCHAR(8)"),
     ("inspections", "received_at", "TIMESTAMP WITH TIME ZONE"),
     ("inspections", "reference_check", "JSON"),
+    ("reviews", "box_id", "VARCHAR(64)"),
 )
 # indexes of added columns: (name, table, column), made if missing
 ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),
@@ -126,6 +127,11 @@ class ReviewRow(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     # where the review was made: "box" or "hub" (fleet/review_merge.py); NULL before the fleet
     origin: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    # the box whose store saved it (a hub's: "hub"): with boxes sharing one database, qa of
+    # box a and qa of box b were one reviewer in each box's tally. NULL on reviews from
+    # before, and on ones merged from elsewhere (fleet/review_merge.py): those count as
+    # made on their inspection's box (stats.review_box)
+    box_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     inspection: Mapped[InspectionRow] = relationship(back_populates="reviews")
 
     # ids never go back: a hub's review id is its boxes' cursor (fleet/hub/reviews.py), and

@@ -16,7 +16,7 @@ need the rows, and count only those still kept.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from itertools import pairwise
 from typing import Any
@@ -86,20 +86,54 @@ def _filters(camera_id: str | None, recipe: str | None, site: str | None = None,
     return conds
 
 
+def review_box() -> ColumnElement[str | None]:
+    """The box a review was made on: its own ``box_id``, else (a review from before the
+    column, or merged from elsewhere) its inspection's box."""
+    return func.coalesce(ReviewRow.box_id, InspectionRow.box_id)
+
+
+def made_on(box_id: str) -> ColumnElement[bool]:
+    """Reviews made on box ``box_id``, and the old ones of an inspection no box owns."""
+    return or_(review_box() == box_id, review_box().is_(None))
+
+
+def of_box(box_id: str) -> ColumnElement[bool]:
+    """Box ``box_id``'s inspections, and those no box owns (rows from before box ids that
+    no box adopted: store/models.py): every box counts them, as every box lists them."""
+    return or_(InspectionRow.box_id == box_id, InspectionRow.box_id.is_(None))
+
+
 @dataclass(frozen=True)
 class Scope:
-    """What the figures are narrowed to: conditions on the rows (``rows``) and on the
-    history of the rows retention removed (``removed``, ``store/history.py``)."""
+    """What the figures are narrowed to: conditions on the rows (``rows``), on the
+    history of the rows retention removed (``removed``, ``store/history.py``) and on the
+    reviews the tally counts (``reviews``, with ``rows``' conditions but the box). ``here``:
+    the conditions of ``here=`` alone (the all-time figures narrow to it, not the rest)."""
 
     rows: list[ColumnElement[bool]]
     removed: list[ColumnElement[bool]]
+    reviews: list[ColumnElement[bool]] = field(default_factory=list)
+    here: list[ColumnElement[bool]] = field(default_factory=list)
 
     @classmethod
     def of(cls, camera_id: str | None = None, recipe: str | None = None,
            site: str | None = None, line: str | None = None,
-           box_id: str | None = None) -> Scope:
-        return cls(_filters(camera_id, recipe, site, line, box_id),
-                   _filters(camera_id, recipe, site, line, box_id, YieldHistoryRow))
+           box_id: str | None = None, here: str | None = None) -> Scope:
+        """``here``: on a box sharing its database with others, the box: every figure is
+        its own (its inspections, the reviews made on it), as its status page, /metrics and
+        lifecycle are; the dashboard's totals were every box's beside its own stations.
+        An explicit ``box_id`` asks for that box's instead."""
+        rows = _filters(camera_id, recipe, site, line, box_id)
+        removed = _filters(camera_id, recipe, site, line, box_id, YieldHistoryRow)
+        reviews = list(rows)
+        mine: list[ColumnElement[bool]] = []
+        if here and not box_id:
+            mine = [of_box(here)]
+            rows, reviews = [*rows, *mine], [*reviews, made_on(here)]
+            removed = [*removed, YieldHistoryRow.box_id.in_((here, ""))]
+        elif here:  # (another box asked for: its all-time figures too, not the database's)
+            mine = [InspectionRow.box_id == box_id]
+        return cls(rows, removed, reviews, mine)
 
 
 def _none(key: str) -> str | None:
@@ -290,16 +324,20 @@ def review_quality(s: Session, since: datetime | None, until: datetime | None,
 
 def reviewers(s: Session, since: datetime, until: datetime,
               conds: list[ColumnElement[bool]]) -> list[dict[str, Any]]:
-    """Reviews made in the window per reviewer and action, busiest first."""
-    per: dict[str, dict[str, int]] = {}
-    for who, action, n in s.execute(
-            select(ReviewRow.reviewer, ReviewRow.action, func.count())
+    """Reviews made in the window per reviewer, the box they were made on
+    (:func:`review_box`) and action, busiest first: qa of box a and qa of box b are two
+    reviewers (boxes sharing a database, a hub)."""
+    per: dict[tuple[str, str | None], dict[str, int]] = {}
+    box = review_box().label("box")
+    for who, where, action, n in s.execute(
+            select(ReviewRow.reviewer, box, ReviewRow.action, func.count())
             .join(InspectionRow, InspectionRow.id == ReviewRow.inspection_id)
             .where(ReviewRow.created_at >= since, ReviewRow.created_at < until, *conds)
-            .group_by(ReviewRow.reviewer, ReviewRow.action)).all():
-        per.setdefault(who, {})[action] = n
-    return sorted(({"reviewer": who, "reviews": sum(c.values()), "actions": c}
-                   for who, c in per.items()), key=lambda r: (-r["reviews"], r["reviewer"]))
+            .group_by(ReviewRow.reviewer, box, ReviewRow.action)).all():
+        per.setdefault((who, where), {})[action] = n
+    return sorted(({"reviewer": who, "box_id": where, "reviews": sum(c.values()), "actions": c}
+                   for (who, where), c in per.items()),
+                  key=lambda r: (-r["reviews"], r["reviewer"], r["box_id"] or ""))
 
 
 def yields(s: Session, since: datetime, until: datetime,
@@ -314,13 +352,14 @@ def yields(s: Session, since: datetime, until: datetime,
             s, since, until, Scope([], []), YieldHistoryRow.box_id, YieldHistoryRow.camera_id)])
 
 
-def legacy(s: Session) -> dict[str, Any]:
-    """The all-time review figures the dashboard has always had."""
+def legacy(s: Session, conds: Sequence[ColumnElement[bool]] = ()) -> dict[str, Any]:
+    """The all-time review figures the dashboard has always had (of ``conds``' rows: a box
+    sharing its database, its own)."""
     # inspections, not reviews: three reviewers agreeing on one false reject counted 3,
     # and the rate passed 100% (QA review, session 32). By the reviewed truth, as the
     # window's false rejects: a false reject undone (the defect drawn back) still counted
     # here (QA review, session 37)
-    q = review_quality(s, None, None, [])
+    q = review_quality(s, None, None, list(conds))
     fr, reviewed_fails = q["false_rejects"], q["reviewed_fails"]
     return {"reviewed_fails": reviewed_fails, "false_rejects_confirmed": fr,
             "false_reject_rate_reviewed": fr / reviewed_fails if reviewed_fails else None}
@@ -328,12 +367,14 @@ def legacy(s: Session) -> dict[str, Any]:
 
 def dashboard(s: Session, *, hours: int, now: datetime, shifts: Shifts,
               camera_id: str | None = None, recipe: str | None = None, site: str | None = None,
-              line: str | None = None, box_id: str | None = None) -> dict[str, Any]:
+              line: str | None = None, box_id: str | None = None,
+              here: str | None = None) -> dict[str, Any]:
     """Every figure of the dashboard over the last ``hours`` (and the shifts they touch),
-    for one camera and/or recipe (and on a hub site, line, box) when given."""
+    for one camera and/or recipe (and on a hub site, line, box) when given; ``here``: see
+    :meth:`Scope.of`."""
     until = as_utc(now)
     since = until - timedelta(hours=hours)
-    scope = Scope.of(camera_id, recipe, site, line, box_id)
+    scope = Scope.of(camera_id, recipe, site, line, box_id, here)
     conds = scope.rows  # (the figures below need the rows: retention's history has none)
     hours_ = hourly(s, since, until, scope)
     shift_rows = per_shift(s, shifts.boundaries(since, until), scope)
@@ -350,14 +391,14 @@ def dashboard(s: Session, *, hours: int, now: datetime, shifts: Shifts,
         "hourly": hours_, "shifts": shift_rows, "pareto": classes, "stations": places,
         "model_changes": changes, "model_changes_cut": cut,
         "quality": review_quality(s, since, until, conds),
-        "reviewers": reviewers(s, since, until, conds),
+        "reviewers": reviewers(s, since, until, scope.reviews),
         # the figures earlier releases answered, kept for their callers
         "verdicts_per_hour": {h["start"].strftime("%Y-%m-%d %H:00"): {"pass": h["passes"],
                                                                       "fail": h["fails"]}
                               for h in hours_ if h["inspections"]},
         "defects_per_class": {c["label"]: c["parts"] for c in classes},
         "inspections_per_camera": per_camera,
-        **legacy(s),
+        **legacy(s, scope.here),
     }
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import parse_qsl
 
+from pydantic import ValidationError
 from sqlalchemy import (
     ColumnElement,
     Delete,
@@ -76,6 +77,7 @@ from lineside_inspect.errors import (
     ReviewConflict,
     ReviewError,
     StoreQuotaFull,
+    describe_validation,
     echo,
 )
 from lineside_inspect.inspector import Inspection
@@ -611,7 +613,13 @@ class Store:
                     return
                 if made(old) is not None:
                     # a rebuild an earlier release began and did not end: its rows back, a
-                    # row whose id the new table gave again under a new id (none dropped)
+                    # row whose id the new table gave again under a new id (none dropped).
+                    # Its columns only: that release's table lacks the ones added since
+                    # (reviews.box_id), and naming them stopped the start
+                    have = {r[1] for r in db.execute(f"PRAGMA table_info({old})")}
+                    cols = ", ".join(c.name for c in table.columns if c.name in have)
+                    but_id = ", ".join(c.name for c in table.columns
+                                       if c.name in have and c.name != "id")
                     db.execute(f"CREATE TEMP TABLE lineside_reused AS SELECT id FROM {old} "
                                "WHERE id IN (SELECT id FROM reviews)")
                     moved = db.execute("SELECT count(*) FROM lineside_reused").fetchone()[0]
@@ -1731,6 +1739,22 @@ class Store:
                          "action": r.action, "boxes": r.boxes, "note": r.note}
                         for r in row.reviews]})
 
+    def records(self, rows: list[InspectionRow]) -> list[StoredInspection]:
+        """``rows`` as :meth:`record` has them, but a row whose stored fields do not read as
+        an inspection (timings missing from its JSON: a hand-edited row, a damaged
+        database) is left out, logged with what is wrong: one such row made the whole
+        list a 500, and the review page and ``data pull`` stopped at it."""
+        out = []
+        for row in rows:
+            try:
+                out.append(self.record(row))
+            except (ValidationError, TypeError, AttributeError, KeyError) as exc:
+                why = describe_validation(exc.errors()) if isinstance(exc, ValidationError) \
+                    else f"{type(exc).__name__}: {exc}"
+                log.warning("store: inspection %s left out of the list, its stored fields do "
+                            "not read as an inspection: %s", row.id, why)
+        return out
+
     def reference_file(self, row: InspectionRow) -> Path:
         if not row.reference_path:
             raise NotFoundError(f"inspection {row.id} has no stored reference image")
@@ -1830,7 +1854,8 @@ class Store:
                                       f"{newest.isoformat()}: no review can follow it")
                 now = max(now, newest + timedelta(microseconds=1))
             added = ReviewRow(inspection_id=row.id, created_at=now, reviewer=reviewer,
-                              action=action, boxes=truth, note=note, origin=self.review_origin)
+                              action=action, boxes=truth, note=note, origin=self.review_origin,
+                              box_id=self.box_id)
             s.add(added)
             row.review_state = "confirmed" if action == "confirm" else "corrected"
             if self.review_event_makers:
@@ -1872,17 +1897,20 @@ class Store:
     def stats(self, hours: int = 24, *, shifts: figures.Shifts | None = None,
               camera_id: str | None = None, recipe: str | None = None,
               site: str | None = None, line: str | None = None, box_id: str | None = None,
-              now: datetime | None = None) -> dict[str, Any]:
+              now: datetime | None = None, here: bool = False) -> dict[str, Any]:
         """Dashboard figures over the last ``hours`` (``store/stats.py``): yield per hour and
         per shift (default: one shift a day from 00:00 UTC), the defect Pareto, model-version
         changes, review outcomes and reviewers; ``camera_id`` ("" for uploads),
-        ``recipe`` and (on a hub) ``site``, ``line`` and ``box_id`` narrow every figure."""
+        ``recipe`` and (on a hub) ``site``, ``line`` and ``box_id`` narrow every figure.
+        ``here``: this box's figures, unless ``box_id`` names another (boxes sharing a
+        database: :meth:`stats.Scope.of`)."""
         self._applied()
         with Session(self.engine) as s:
             return figures.dashboard(s, hours=hours, now=now or datetime.now(UTC),
                                      shifts=shifts or figures.Shifts(("00:00",), UTC),
                                      camera_id=camera_id, recipe=recipe, site=site,
-                                     line=line, box_id=box_id)
+                                     line=line, box_id=box_id,
+                                     here=self.box_id if here else None)
 
     def read(self, query: Callable[[Session], T]) -> T:
         """``query`` on a session of this store, after the journal is applied: for the

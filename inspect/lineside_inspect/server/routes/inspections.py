@@ -23,7 +23,7 @@ from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionPage, Outcome, ReviewAction, StoredInspection
 from lineside_inspect.server.deps import Reviewer, RoleFirstRoute, Viewer, get_store
 from lineside_inspect.server.responses import DashboardStats, errors, media
-from lineside_inspect.server.routes.page_data import FleetName
+from lineside_inspect.server.routes.page_data import FleetName, shared_box
 from lineside_inspect.store.stats import Shifts
 from lineside_inspect.store.utc import UTCTime
 
@@ -57,8 +57,8 @@ def list_inspections(
         box_id=box_id, min_score=min_score,
         max_score=max_score, since=since, until=until, review_state=review_state, limit=limit,
         offset=offset, queue=queue)
-    return InspectionPage(total=total, limit=limit, offset=offset,
-                          items=[store.record(r) for r in rows])
+    # a row that does not read as an inspection is left out (logged), not the list a 500
+    return InspectionPage(total=total, limit=limit, offset=offset, items=store.records(rows))
 
 
 @router.get("/inspections/{inspection_id}", responses=errors(401, 403, 404))
@@ -210,8 +210,9 @@ def stats(request: Request, who: Viewer,
     stations) include the inspections retention removed; the Pareto, model changes and
     review figures count the inspections still kept."""
     settings = request.app.state.settings
+    # a box sharing its database: its own figures (box_id names another box's)
     doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe, site=site, line=line,
-                                   box_id=box_id,
+                                   box_id=box_id, here=shared_box(request) is not None,
                                    shifts=Shifts.configured(settings.shifts, settings.shift_timezone))
     cams = request.app.state.cameras
     doc["cameras"] = cams.health() if cams is not None else []

@@ -157,6 +157,17 @@ def mqtt_status(request: Request) -> dict[str, Any] | None:
     return None if publisher is None else dict(publisher.status())
 
 
+def shared_box(request: Request) -> str | None:
+    """This box's id where its database is shared with other boxes (its figures are its
+    own: ``stats.Scope.of``); None on a box of its own (every row is its own) and on a hub
+    (whose figures are the fleet's)."""
+    store: Store | None = getattr(request.app.state, "store", None)
+    if getattr(request.app.state, "hub", None) is not None or store is None \
+            or store.own_database:
+        return None
+    return str(store.box_id)
+
+
 def shifts_of(request: Request) -> figures.Shifts:
     settings = request.app.state.settings
     return figures.Shifts.configured(settings.shifts, settings.shift_timezone)
@@ -208,8 +219,13 @@ def overview(request: Request, now: datetime | None = None) -> dict[str, Any]:
             "day": _yield(day_start, in_day.get((store.box_id, cid), zero))
             if store is not None else None})
 
+    here = shared_box(request)
+
     def total(per: dict[Any, dict[str, int]]) -> dict[str, int]:
-        return {k: sum(c[k] for c in per.values()) for k in ("pass", "fail")}
+        # this box's (and unowned rows'), as its station cards: with boxes sharing a
+        # database, the page's yield was every box's beside its own cameras
+        return {k: sum(c[k] for (box, _), c in per.items() if here is None or box in (here, None))
+                for k in ("pass", "fail")}
 
     settings = request.app.state.settings
     return {
@@ -249,10 +265,14 @@ def reviewer_counts(request: Request, who: Reviewer,
                     since: Annotated[UTCTime | None, Query(description=(
                         "ISO time; without an offset: UTC; default: the current shift's start"))] = None,
                     ) -> ReviewerCounts:
-    """Reviews per reviewer and action since the current shift started (or ``since``)."""
+    """Reviews per reviewer and action since the current shift started (or ``since``): on
+    a box sharing its database with others, those made on this box; on a hub (every box's),
+    each entry names the box it was made on."""
     now = datetime.now(UTC)
     start = as_utc(since) if since is not None else shifts_of(request).current(now)[0]
-    counts = get_store(request).read(lambda s: figures.reviewers(s, start, now, []))
+    here = shared_box(request)
+    conds = [] if here is None else [figures.made_on(here)]
+    counts = get_store(request).read(lambda s: figures.reviewers(s, start, now, conds))
     return ReviewerCounts.model_validate({"since": start, "reviewers": counts})
 
 
@@ -345,13 +365,14 @@ def stats_csv(request: Request, who: Viewer,
     hourly, shifts and stations include the inspections retention removed; pareto,
     quality, reviewers and model_changes count the inspections still kept."""
     store = get_store(request)
+    here = shared_box(request)
     doc = store.stats(hours, camera_id=camera_id, recipe=recipe, site=site,
-                      line=line, box_id=box_id, shifts=shifts_of(request))
+                      line=line, box_id=box_id, shifts=shifts_of(request), here=here is not None)
     # on a hub its fleet filters are the file's scope, in its rows and its name (names
     # full-matched by FleetName: nothing to quote); so on a box sharing its database with
     # others, whose figures hold theirs: its file named no box, and read as this box's,
     # with cam1 of two boxes as one camera (as the dashboard names them)
-    fleet = ({"site": site, "line": line, "box_id": box_id}
+    fleet = ({"site": site, "line": line, "box_id": box_id or here}
              if getattr(request.app.state, "hub", None) is not None or not store.own_database
              else None)
     out = io.StringIO()

@@ -72,10 +72,7 @@ def _shared_box(request: Request) -> str:
     """This box's id where its database is shared with other boxes (whose inspections its
     review page lists: each card then names its box); '' on a box of its own and on a hub
     (whose page names boxes anyway)."""
-    store = getattr(request.app.state, "store", None)
-    if _is_hub(request) or store is None or store.own_database:
-        return ""
-    return str(store.box_id)
+    return page_data.shared_box(request) or ""
 
 
 def _login(next_page: str, error: str | None = None, status: int = 200,

@@ -215,9 +215,10 @@ function render(s) {
     ["false rejects (fails with no defect)", num(q.false_rejects), `${num(q.reviewed_fails)} fails`, rate(q.false_reject_rate)],
     ["escapes (passes with a missed defect)", num(q.escapes), `${num(q.reviewed_passes)} passes`, rate(q.escape_rate)]], [1, 3]);
   const actions = [...new Set(s.reviewers.flatMap((r) => Object.keys(r.actions)))].sort();
-  table($("#reviewers"), ["reviewer", "reviews", ...actions.map((a) => a.replace("_", " "))],
-        s.reviewers.map((r) => [r.reviewer, num(r.reviews), ...actions.map((a) => num(r.actions[a] || 0))]),
-        [1, ...actions.map((_, i) => i + 2)]);
+  // a reviewer is one per box: qa of box a and qa of box b are two rows, each naming its box
+  table($("#reviewers"), ["reviewer", ...(boxed ? ["box"] : []), "reviews", ...actions.map((a) => a.replace("_", " "))],
+        s.reviewers.map((r) => [r.reviewer, ...boxCol(r), num(r.reviews), ...actions.map((a) => num(r.actions[a] || 0))]),
+        [1 + k, ...actions.map((_, i) => i + 2 + k)]);
   table($("#models"), ["since", ...(boxed ? ["box"] : []), "model", "recipe", "version"],
         s.model_changes.map((c) => [dateTime(c.at), ...boxCol(c), c.model, c.recipe, c.previous === null ? `${c.version} (in use as the window opens)` : `${c.previous} → ${c.version}`]));
 }

@@ -99,8 +99,14 @@ async function queuesNow() {
   }));
   const who = await api("/v1/reviewers");
   $("#reviewers").replaceChildren(...(who.reviewers.length
-    ? ["Reviews this shift: ", ...who.reviewers.flatMap((r, i) => [i ? " · " : "", el("bdi", {}, r.reviewer), ` ${num(r.reviews)}`])]
+    ? ["Reviews this shift: ", ...who.reviewers.flatMap((r, i) => [i ? " · " : "", el("bdi", {}, byBox(r)), ` ${num(r.reviews)}`])]
     : ["No reviews yet this shift"]));
+}
+
+// a hub's tally is every box's: a reviewer is named with the box the reviews were made on
+// (a box's reviewers already carry it, "qa (box-a)", from the hub's record of them)
+function byBox(r) {
+  return ON_HUB && r.box_id && !r.reviewer.endsWith(`(${r.box_id})`) ? `${r.reviewer} (${r.box_id})` : r.reviewer;
 }
 
 function useQueue(q) {
