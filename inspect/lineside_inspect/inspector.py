@@ -138,7 +138,7 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
     gate: GateResult | None = None
     # a blank frame or golden is judged by the model but never passed by the gate: two
     # blank images match everywhere
-    blank = blank_view(recipe, image, None if reference is None else reference.image)
+    blank = blank_view(recipe, image, reference)
     if reference is not None and recipe.unchanged_gate is not None and blank is None:
         t0 = clock()
         gate = check_unchanged(image, reference.image, recipe.unchanged_gate)

@@ -19,6 +19,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.imageio import decode_image, sniff_format
 from lineside_inspect.names import NAME_RULE, is_name
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
+from lineside_inspect.runtime.reference import contrast
 
 EXTS = ("png", "jpg", "bmp")  # as stored
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # a value ending so is a file, never a name
@@ -55,6 +57,13 @@ class Reference:
         image = decode_image(data, max_pixels) if image is None else image
         return cls(name, image, data, sniff_format(data).replace("jpeg", "jpg"),
                    hashlib.sha256(data).hexdigest())
+
+    @cached_property
+    def contrast(self) -> int:
+        """The golden's contrast (:func:`~lineside_inspect.runtime.reference.contrast`),
+        worked out once: a named reference is the library's cached object, so each
+        inspection against it reads this rather than sampling the golden again."""
+        return contrast(self.image)
 
     def to_json(self) -> dict[str, str | None]:
         return {"name": self.name, "sha256": self.sha256}

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from lineside_inspect.cameras.simulator import MJPEGSimulator, folder_frames
@@ -738,10 +739,11 @@ def test_a_port_that_is_no_broker_and_a_client_id_in_use_are_said(
 
 
 def test_each_plc_part_says_how_it_ended_for_the_line(
-        broker: Broker, subscribers: Callable[[int], Subscriber]) -> None:
+        broker: Broker, subscribers: Callable[[int], Subscriber], tmp_path: Path) -> None:
     """An MES reconciling parts heard "pass" for a part the PLC never acknowledged (the
     line rejected it unjudged, ErrorCode 5), and nothing of parts that ended with a code
-    (line review, session 34): ``<camera>/part`` says how each part ended."""
+    (line review, session 34): ``<camera>/part`` says how each part ended. A part failed
+    as blank_frame (the lens capped) says ``blank_frame`` (review, session 39)."""
     import asyncio
 
     from pymodbus.client import AsyncModbusTcpClient
@@ -751,27 +753,38 @@ def test_each_plc_part_says_how_it_ended_for_the_line(
     broker.start()
     sub = subscribers(broker.port)
     wait_for(lambda: sub.subscriptions >= 1, "the subscriber")
-    camera = MJPEGSimulator(folder_frames(SAMPLE / "images"), fps=10)
+    boards = folder_frames(SAMPLE / "images")
+    capped = threading.Event()
+    flat = np.full((640, 640, 3), 3, np.uint8)
+    camera = MJPEGSimulator(lambda i: flat if capped.is_set() else boards(i), fps=10)
+    # a single-image recipe that judges flat frames blank too (min_contrast set)
+    (tmp_path / "checked.yaml").write_text("name: checked\nmodel: deeppcb\nmin_contrast: 16\n")
     running, stop_server = start_server(settings(
-        cameras=[CameraConfig(id="sim", source=camera.url)],
+        recipes=[str(tmp_path / "checked.yaml")],
+        cameras=[CameraConfig(id="sim", source=camera.url, recipe="checked")],
         line={"mqtt": {"url": broker.url, "username": "lineside",
                        "password": PASSWORDS["lineside"]},
               "modbus": {"port": 0}, "ack_timeout_s": 1.0}))
     try:
         port = running.app.state.line_plc.adapters[0].port
 
-        async def parts() -> tuple[dict[str, Any], dict[str, Any]]:
+        async def parts() -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
             mb = AsyncModbusTcpClient("127.0.0.1", port=port)
             assert await mb.connect()
             try:
                 read = await _modbus_cycle(mb, 0)  # read and acknowledged
                 missed = await _modbus_cycle(mb, 0, ack=False)  # never acknowledged
                 await _until(lambda: _reg(mb, 0, "ErrorCode"), 5)
-                return read, missed
+                capped.set()  # a frame of the boards may still be on its way: parts until
+                blank = [await _modbus_cycle(mb, 0)]  # one is judged on a flat one
+                while not blank[-1]["BlankFrame"] and len(blank) < 10:
+                    blank.append(await _modbus_cycle(mb, 0))
+                return read, missed, blank
             finally:
                 mb.close()
 
-        read, missed = asyncio.run(parts())
+        read, missed, blank = asyncio.run(parts())
+        assert blank[-1]["BlankFrame"] and blank[-1]["Fail"] and not blank[-1]["Error"]
         box = running.app.state.store.box_id
         ended = wait_for(lambda: len(sub.on(f"lineside/{box}/sim/part")) >= 2 and
                          [json.loads(p) for _, p, _ in sub.on(f"lineside/{box}/sim/part")],
@@ -785,6 +798,17 @@ def test_each_plc_part_says_how_it_ended_for_the_line(
         assert second["inspection_id"] in {i["id"] for i in sub.inspections()}
         assert second["inspection_id"] != first["inspection_id"]
         assert not missed["Error"]  # its result was read as a verdict before it was dropped
+        # each part's blank_frame is its inspection's reason (the flat one's last)
+        topic = f"lineside/{box}/sim/part"
+        ended = wait_for(lambda: len(sub.on(topic)) >= 2 + len(blank) and
+                         [json.loads(p) for _, p, _ in sub.on(topic)], "the capped parts")
+        reasons = {i["id"]: {r["rule"] for r in i["reasons"]} for i in wait_for(
+            lambda: len(sub.inspections()) >= 2 + len(blank) and sub.inspections(),
+            "their inspections")}
+        assert [e["blank_frame"] for e in ended] == [
+            "blank_frame" in reasons[e["inspection_id"]] for e in ended]
+        assert ended[-1]["blank_frame"] is True and ended[-1]["passed"] is False
+        assert ended[-1]["error_code"] == 0 and not ended[0]["blank_frame"]
     finally:
         stop_server()
         camera.kill()

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from asyncua import Client, ua
 from pydantic import ValidationError
@@ -136,6 +137,38 @@ def test_a_parts_end_names_the_recipe_it_was_judged_with() -> None:
     assert [(e.part, e.recipe, e.inspection_id, e.passed, e.acknowledged, e.error_code)
             for e in ended] == [(1, "deeppcb", "i1", True, True, ErrorCode.NONE),
                                 (2, "lenient", "i2", False, False, ErrorCode.ACK_TIMEOUT)]
+
+
+def test_blank_frame_is_told_beside_fail_and_cleared_with_the_part() -> None:
+    """A part failed as blank_frame (a lens cap, a lamp off) read as a plain Fail with
+    ErrorCode 0: a PLC could not tell a camera to check from a part to scrap (review,
+    session 39). ``BlankFrame`` says it beside ``Fail``; never beside ``Pass`` or an error
+    code, cleared by the next trigger and by a dropped result; the part's end says it."""
+    from lineside_inspect.line.station import TAGS, PartEnd
+
+    assert list(TAGS)[-1] == "BlankFrame"  # added last: no adapter address moves
+    st = _station(ack_timeout_s=2.0)
+    ended: list[PartEnd] = []
+    st.on_part_end = ended.append
+    part = st.plc_write("Trigger", True, 100.0)
+    changes = st.finished(False, 0, "capped", 100.1, part=part.part, blank_frame=True)
+    assert changes.index(("BlankFrame", True)) < changes.index(("ResultReady", True))
+    assert (st.tags["Fail"], st.tags["ErrorCode"], st.tags["BlankFrame"]) == (True, 0, True)
+    st.plc_write("ResultAck", True, 100.2)
+    assert st.tags["BlankFrame"] is True  # read with the result until the next trigger
+    st.plc_write("Trigger", False, 100.3)
+    part = st.plc_write("Trigger", True, 100.4)
+    assert ("BlankFrame", False) in part.changes and st.tags["BlankFrame"] is False
+    st.finished(True, 0, "good", 100.5, part=part.part, blank_frame=True)  # never with Pass
+    assert (st.tags["Pass"], st.tags["BlankFrame"]) == (True, False)
+    st.plc_write("ResultAck", True, 100.6)
+    st.plc_write("Trigger", False, 100.7)
+    part = st.plc_write("Trigger", True, 100.8)
+    st.finished(False, 0, "missed", 100.9, part=part.part, blank_frame=True)
+    st.tick(103.0)  # no ack: dropped, ErrorCode 5, and no BlankFrame left beside it
+    assert (st.tags["ErrorCode"], st.tags["BlankFrame"]) == (ErrorCode.ACK_TIMEOUT, False)
+    assert [(e.inspection_id, e.blank_frame) for e in ended] == [
+        ("capped", True), ("good", False), ("missed", False)]
 
 
 def test_a_fault_after_a_good_part_leaves_nothing_of_it() -> None:
@@ -572,13 +605,18 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
                                       " copper: 99, pin-hole: 99}\n")
     sim = MJPEGSimulator(folder_frames(SAMPLE), fps=30)
     flaky = MJPEGSimulator(counter_frame, fps=30)
+    capped = MJPEGSimulator(lambda i: np.full((640, 640, 3), 3, np.uint8), fps=10)
     cams = [CameraConfig(id="sim", source=sim.url, recipe="deeppcb", stale_after_s=2),
             # stalls for longer than the trigger timeout without going offline, then dies
             CameraConfig(id="flaky", source=flaky.url, recipe="deeppcb", stale_after_s=4,
                          read_timeout_s=5, open_timeout_s=1, max_frame_age_s=0.1),
             # a station judged against its golden image by the reference model
             CameraConfig(id="ref", source=str(STATION / "station1"), recipe="deeppcb-ref",
-                         reference=str(STATION / "station1-reference.jpg"), fps=5)]
+                         reference=str(STATION / "station1-reference.jpg"), fps=5),
+            # the same golden, its camera's lens capped: flat dark frames (last: the other
+            # stations keep their Modbus blocks)
+            CameraConfig(id="capped", source=capped.url, recipe="deeppcb-ref",
+                         reference=str(STATION / "station1-reference.jpg"))]
     settings = keyed(cameras=cams, models=[str(MODEL), str(REF_MODEL)],
                      recipes=[str(tmp / "deeppcb.yaml"), str(tmp / "lenient.yaml"),
                               str(ROOT / "configs" / "recipes" / "deeppcb-ref.yaml")],
@@ -596,6 +634,7 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
     stop()
     sim.kill()
     flaky.kill()
+    capped.kill()
 
 
 async def _until(read: Callable[[], Awaitable[Any]], want: Any = True) -> Any:
@@ -627,7 +666,7 @@ class OpcStation:
         await self.write("Trigger", True, ua.VariantType.Boolean)
         await _until(lambda: self.read("ResultReady"))
         result = {t: await self.read(t) for t in ("Pass", "Fail", "DefectCount", "InspectionId",
-                                                  "ErrorCode", "Busy", "Recipe")}
+                                                  "ErrorCode", "Busy", "Recipe", "BlankFrame")}
         if ack:
             await self.write("ResultAck", True, ua.VariantType.Boolean)
             await _until(lambda: self.read("TriggerReady"))
@@ -650,15 +689,16 @@ def test_opcua_contract_and_handshake(line: Line) -> None:
         names = {(await n.read_browse_name()).Name: n for n in await station.get_children()}
         assert set(names) == {"Trigger", "TriggerReady", "Busy", "ResultReady", "ResultAck",
                               "Pass", "Fail", "DefectCount", "InspectionId", "ErrorCode",
-                              "Heartbeat", "Recipe", "FailRateAlarm"}
+                              "Heartbeat", "Recipe", "FailRateAlarm", "BlankFrame"}
         types = {n: await names[n].read_data_type_as_variant_type() for n in names}
         assert types["Trigger"] == ua.VariantType.Boolean and types["Pass"] == ua.VariantType.Boolean
         assert types["DefectCount"] == types["ErrorCode"] == ua.VariantType.Int32
         assert types["Heartbeat"] == ua.VariantType.UInt32
         assert types["InspectionId"] == types["Recipe"] == ua.VariantType.String
-        assert types["FailRateAlarm"] == ua.VariantType.Boolean
+        assert types["FailRateAlarm"] == types["BlankFrame"] == ua.VariantType.Boolean
         # Lineside's tags are read-only to clients; the PLC's are writable
-        for tag in ("Pass", "ResultReady", "TriggerReady", "ErrorCode", "FailRateAlarm"):
+        for tag in ("Pass", "ResultReady", "TriggerReady", "ErrorCode", "FailRateAlarm",
+                    "BlankFrame"):
             with pytest.raises(ua.UaStatusCodeError):
                 await plc.write(tag, 0 if tag == "ErrorCode" else True,
                                 ua.VariantType.Int32 if tag == "ErrorCode" else ua.VariantType.Boolean)
@@ -880,6 +920,47 @@ def test_modbus_handshake_recipe_and_refused_writes(line: Line) -> None:
             mb.close()
 
     asyncio.run(run())
+
+
+def test_a_capped_camera_is_told_to_the_plc_and_metrics_as_not_judged(line: Line) -> None:
+    """A lens cap on a reference station: each part failed as blank_frame, and a PLC read a
+    plain Fail with ErrorCode 0, as for a defect; /metrics counted it only as a fail
+    (review, session 39). Over OPC UA and Modbus ``BlankFrame`` reads 1 beside that Fail
+    (0 for a part judged on a real frame), and /metrics counts fails by reason rule."""
+    async def opc_capped(plc: OpcStation) -> None:
+        r = await plc.cycle()
+        assert (r["Pass"], r["Fail"], r["ErrorCode"], r["BlankFrame"]) == (False, True, 0, True)
+        rules = {x["rule"] for x in line.inspection(r["InspectionId"])["reasons"]}
+        assert "blank_frame" in rules, rules
+
+    async def opc_board(plc: OpcStation) -> None:
+        r = await plc.cycle()
+        assert r["ErrorCode"] == 0 and r["BlankFrame"] is False
+        assert "blank_frame" not in {x["rule"] for x in line.inspection(r["InspectionId"])["reasons"]}
+
+    async def modbus() -> None:
+        mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
+        assert await mb.connect()
+        try:
+            base = 3 * BLOCK  # "capped", the fourth camera
+            r = await _modbus_cycle(mb, base)
+            assert (r["Pass"], r["Fail"], r["Error"], r["BlankFrame"]) == (False, True, False, True)
+            assert r["ErrorCode"] == 0
+            # the other stations' BlankFrame coils stay 0: a block of its own
+            assert [(await _coils(mb, i * BLOCK))["BlankFrame"] for i in range(4)] == [
+                False, False, False, True]
+        finally:
+            mb.close()
+
+    asyncio.run(_opc(line, "capped", opc_capped))
+    asyncio.run(_opc(line, "ref", opc_board))
+    asyncio.run(modbus())
+    with line.srv.client("reviewer") as c:
+        text = c.get("/metrics").text
+    counted = [ln for ln in text.splitlines() if ln.startswith("lineside_fail_reasons_total{")]
+    blank = [ln for ln in counted if 'rule="blank_frame"' in ln]
+    assert len(blank) == 1 and 'camera="capped"' in blank[0] and 'recipe="deeppcb-ref"' in blank[0]
+    assert float(blank[0].split()[-1]) == 2  # its two parts, one over each protocol
 
 
 def test_modbus_connections_are_bounded_the_oldest_closed(line: Line) -> None:
@@ -1139,7 +1220,7 @@ def test_modbus_trigger_while_a_result_waits_drops_it(line: Line) -> None:
             coils = await _until(lambda: _coils(mb, 0), {
                 "Trigger": False, "TriggerReady": True, "Busy": False, "ResultReady": False,
                 "ResultAck": False, "Pass": False, "Fail": True, "Error": True,
-                "FailRateAlarm": False})
+                "FailRateAlarm": False, "BlankFrame": False})
             assert coils["ResultReady"] is False
             assert await _reg(mb, 0, "ErrorCode") == ErrorCode.ACK_TIMEOUT
             r = await _modbus_cycle(mb, 0)  # the next part is judged as usual

@@ -223,6 +223,30 @@ def test_an_inspection_is_matched_before_any_other_route(tmp_path: Path) -> None
     assert matched.index(Match.FULL) == 1  # after only FastAPI's /openapi.json
 
 
+def test_fails_are_counted_by_the_rules_of_their_reasons() -> None:
+    """A camera with its lens cap on failed every part as blank_frame, and /metrics showed a
+    run of fails with no defects, as a bad batch would (review, session 39): fails are
+    counted by reason rule, each rule once per inspection, passes not at all."""
+    from lineside_inspect.server.metrics import Metrics
+
+    m = Metrics()
+    m.count_inspection("fail", "ref", "cam1", [], {}, ["blank_frame"])
+    m.count_inspection("fail", "ref", "cam1", ["open", "short"], {}, ["critical", "critical"])
+    m.count_inspection("fail", "ref", "cam2", ["open"], {}, ["critical", "reference_mismatch"])
+    m.count_inspection("pass", "ref", "cam1", [], {}, [])
+    get = m.registry.get_sample_value
+    assert get("lineside_fail_reasons_total",
+               {"rule": "blank_frame", "recipe": "ref", "camera": "cam1"}) == 1
+    assert get("lineside_fail_reasons_total",
+               {"rule": "critical", "recipe": "ref", "camera": "cam1"}) == 1
+    assert get("lineside_fail_reasons_total",
+               {"rule": "reference_mismatch", "recipe": "ref", "camera": "cam2"}) == 1
+    series = {tuple(sorted(smp.labels.items())) for metric in m.registry.collect()
+              if metric.name == "lineside_fail_reasons" for smp in metric.samples
+              if smp.name.endswith("_total")}
+    assert len(series) == 4  # blank_frame and critical on cam1; critical, mismatch on cam2
+
+
 def test_count_inspection_adds_to_the_labelled_series() -> None:
     """The hot path's metrics go through cached labelled children: the same series as
     labels() would give, each inspection counted once."""

@@ -410,3 +410,62 @@ def test_a_blank_frame_against_a_blank_golden_fails_as_blank() -> None:
     assert inspect(capped, single, Recipe(name="s", model=single.card.name)).verdict == "pass"
     set_ = inspect(capped, single, Recipe(name="s", model=single.card.name, min_contrast=16))
     assert set_.verdict == "fail" and set_.reasons[-1].rule == "blank_frame"
+
+
+def _every_4th(image: np.ndarray) -> int:
+    """contrast() as it was: every 4th pixel of every 4th row, however large the frame."""
+    sample = np.ascontiguousarray(image[::4, ::4])
+    if sample.ndim == 3:
+        sample = cv2.cvtColor(sample, cv2.COLOR_BGR2GRAY)
+    hist = np.bincount(sample.ravel(), minlength=256).cumsum()
+    return int(np.searchsorted(hist, 0.95 * hist[-1]) - np.searchsorted(hist, 0.05 * hist[-1]))
+
+
+def test_contrast_reads_a_bounded_grid_whatever_the_frame_size() -> None:
+    """contrast() read every 4th pixel of every 4th row: 3 million of a 48 MP frame (~20 ms
+    each time, for the frame and again for its golden; review, session 39). It reads at
+    most CONTRAST_SAMPLES whatever the size or shape, and the same levels as before on
+    frames up to 4 MP; on a larger one within a level of them."""
+    from lineside_inspect.runtime.reference import CONTRAST_SAMPLES, contrast, contrast_sample
+
+    golden = _reference().image
+    board = read_image(STATION / "station1" / "part-0001.jpg")
+    hd = cv2.resize(board, (1920, 1080))
+    for image in (golden, board, hd, cv2.cvtColor(hd, cv2.COLOR_BGR2GRAY), golden[:7, :5]):
+        assert contrast(image) == _every_4th(image), image.shape
+    # a 48 MP frame and frames of one row or column, as views of a few bytes (no pixels
+    # held): the grid stays under the bound
+    ramp = np.broadcast_to(np.linspace(0, 255, 8000).astype(np.uint8)[None, :, None],
+                           (6000, 8000, 3))
+    for image in (ramp, np.broadcast_to(np.uint8(9), (1, 1 << 30)),
+                  np.broadcast_to(np.uint8(9), (1 << 30, 1))):
+        assert contrast_sample(image).size <= CONTRAST_SAMPLES, image.shape
+    assert abs(contrast(ramp) - _every_4th(ramp)) <= 1
+
+
+def test_a_goldens_contrast_is_worked_out_once_not_per_inspection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """blank_view measured the golden's contrast again for every frame judged against it;
+    a named golden is the library's cached Reference, which keeps it (review, session 39)."""
+    from lineside_inspect import references
+    from lineside_inspect.recipes import rules
+    from lineside_inspect.references import ReferenceLibrary
+
+    (tmp_path / "station1.jpg").write_bytes((STATION / "station1-reference.jpg").read_bytes())
+    library = ReferenceLibrary(tmp_path)
+    golden_pixels: list[int] = []
+    real = rules.contrast
+
+    def counted(image: np.ndarray) -> int:
+        if image is library.get("station1").image:
+            golden_pixels.append(image.size)
+        return real(image)
+
+    # whichever module measures the golden, each time it does is counted
+    monkeypatch.setattr(rules, "contrast", counted)
+    monkeypatch.setattr(references, "contrast", counted, raising=False)
+    frame = read_image(STATION / "station1" / "part-0001.jpg")
+    recipe = Recipe(name="ref", model="deeppcb-ref")
+    for _ in range(3):
+        assert rules.blank_view(recipe, frame, library.get("station1")) is None
+    assert len(golden_pixels) == 1

@@ -15,7 +15,8 @@ offset       coil              holding register
 +6           Fail
 +7           Error (ErrorCode != 0)
 +8           FailRateAlarm
-+9..+15      (reserved, read False / 0)
++9           BlankFrame (with Fail: nothing to judge, reason blank_frame)
++10..+15     (reserved, read False / 0)
 ===========  ================  ==========================================================
 
 A write to anything but Trigger, ResultAck and the recipe index is refused with Modbus
@@ -50,7 +51,7 @@ if logging.getLogger("pymodbus").level == logging.NOTSET:
 
 BLOCK = 16  # coils and registers per station
 COILS = ("Trigger", "TriggerReady", "Busy", "ResultReady", "ResultAck", "Pass", "Fail", "Error",
-         "FailRateAlarm")
+         "FailRateAlarm", "BlankFrame")
 REGISTERS = ("DefectCount", "ErrorCode", "Heartbeat", "RecipeIndex")
 PLC_COILS = {COILS.index("Trigger"): "Trigger", COILS.index("ResultAck"): "ResultAck"}
 RECIPE_REGISTER = REGISTERS.index("RecipeIndex")

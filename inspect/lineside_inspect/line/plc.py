@@ -314,8 +314,9 @@ class PlcLine:
                             code.name.lower(), getattr(exc, "message", exc))
             changes = station.failed(code, time.monotonic(), part=part)
         else:
-            changes = station.finished(result.verdict == "pass", len(result.defects), result.id,
-                                       time.monotonic(), part=part)
+            changes = station.finished(
+                result.verdict == "pass", len(result.defects), result.id, time.monotonic(),
+                part=part, blank_frame=any(r.rule == "blank_frame" for r in result.reasons))
         self._publish(station_id, changes)
 
     async def _tick(self) -> None:

@@ -12,8 +12,9 @@ The handshake (docs/line-integration.md has the timing diagram):
    repeated 1 over 1 is ignored: see :meth:`Station._trigger`).
 2. Lineside clears ``TriggerReady``, sets ``Busy``, clears the last result, and judges
    the first frame captured after the trigger.
-3. It writes ``Pass``/``Fail``/``DefectCount``/``InspectionId``/``ErrorCode``, then sets
-   ``ResultReady`` and clears ``Busy``.
+3. It writes ``Pass``/``Fail``/``DefectCount``/``InspectionId``/``ErrorCode`` (and
+   ``BlankFrame``: a Fail for a frame too flat to judge), then sets ``ResultReady`` and
+   clears ``Busy``.
 4. The PLC reads the result and sets ``ResultAck``.
 5. Lineside clears ``ResultReady``, ``Trigger`` and ``ResultAck``, then sets ``TriggerReady``.
 
@@ -52,6 +53,9 @@ TAGS: dict[str, str] = {
     "Heartbeat": "UInt32",
     "Recipe": "String",
     "FailRateAlarm": "Boolean",
+    # with Fail: the frame (or its golden) was too flat to judge, reason blank_frame (a
+    # lens cap, a lamp off), not a defect found; added last, so no address moves
+    "BlankFrame": "Boolean",
 }
 PLC_WRITES = frozenset({"Trigger", "ResultAck", "Recipe"})  # the rest is read-only to clients
 UINT32 = 1 << 32
@@ -106,6 +110,7 @@ class PartEnd:
     passed: bool  # the line let the part pass: Pass read and acknowledged
     error_code: ErrorCode
     acknowledged: bool
+    blank_frame: bool = False  # failed as blank_frame: not judged, not a defect
 
 
 class TagAdapter(Protocol):
@@ -145,7 +150,7 @@ class Station:
             "Trigger": False, "TriggerReady": True, "Busy": False, "ResultReady": False,
             "ResultAck": False, "Pass": False, "Fail": False, "DefectCount": 0,
             "InspectionId": "", "ErrorCode": int(ErrorCode.NONE), "Heartbeat": 0,
-            "Recipe": recipe, "FailRateAlarm": False,
+            "Recipe": recipe, "FailRateAlarm": False, "BlankFrame": False,
         }
         self._started = now
         self._result_at = 0.0
@@ -229,7 +234,8 @@ class Station:
         self._set(step.changes, "TriggerReady", False)
         self._set(step.changes, "Busy", True)
         for name, cleared in (("Pass", False), ("Fail", False), ("DefectCount", 0),
-                              ("InspectionId", ""), ("ErrorCode", int(ErrorCode.NONE))):
+                              ("InspectionId", ""), ("ErrorCode", int(ErrorCode.NONE)),
+                              ("BlankFrame", False)):
             self._set(step.changes, name, cleared)
         if self.recipe_fault is not ErrorCode.NONE:
             # the PLC asked for a product this station cannot judge: judging the part with
@@ -248,15 +254,16 @@ class Station:
             self._set(changes, "ResultAck", False)  # nothing to acknowledge: ignored
         else:
             self._ended_part(str(self.tags["InspectionId"]), bool(self.tags["Pass"]),
-                             ErrorCode(int(self.tags["ErrorCode"])), acknowledged=True)
+                             ErrorCode(int(self.tags["ErrorCode"])), acknowledged=True,
+                             blank_frame=bool(self.tags["BlankFrame"]))
             self._to_ready(changes)
         return changes
 
     def _ended_part(self, inspection_id: str, passed: bool, code: ErrorCode, *,
-                    acknowledged: bool) -> None:
+                    acknowledged: bool, blank_frame: bool = False) -> None:
         if self.on_part_end is not None:
             self.on_part_end(PartEnd(self.id, self._part, self._part_recipe, inspection_id,
-                                     passed, code, acknowledged))
+                                     passed, code, acknowledged, blank_frame))
 
     def _recipe(self, name: str) -> Changes:
         changes: Changes = []
@@ -288,13 +295,16 @@ class Station:
         self._set(changes, "DefectCount", 0)
         self._set(changes, "InspectionId", "")
         self._set(changes, "ErrorCode", int(self.recipe_fault))
+        self._set(changes, "BlankFrame", False)
 
     # -- what the inspection gave -------------------------------------------------------
     def finished(self, passed: bool, defect_count: int, inspection_id: str, now: float,
-                 part: int | None = None) -> Changes:
+                 part: int | None = None, *, blank_frame: bool = False) -> Changes:
         """The verdict of part ``part`` (default: the one triggered last); ignored unless
-        that part is the one in progress."""
-        return self._result(passed, defect_count, inspection_id, ErrorCode.NONE, now, part)
+        that part is the one in progress. ``blank_frame``: it failed as nothing to judge
+        (``BlankFrame`` beside ``Fail``)."""
+        return self._result(passed, defect_count, inspection_id, ErrorCode.NONE, now, part,
+                            blank_frame=blank_frame)
 
     def failed(self, code: ErrorCode, now: float, inspection_id: str = "",
                part: int | None = None) -> Changes:
@@ -324,7 +334,7 @@ class Station:
         return changes
 
     def _result(self, passed: bool, defects: int, inspection_id: str, code: ErrorCode,
-                now: float, part: int | None = None) -> Changes:
+                now: float, part: int | None = None, *, blank_frame: bool = False) -> Changes:
         changes: Changes = []
         if self.phase is not Phase.BUSY or (part is not None and part != self._part):
             return changes
@@ -341,6 +351,8 @@ class Station:
         self._set(changes, "DefectCount", max(0, min(int(defects), 2**31 - 1)))
         self._set(changes, "InspectionId", inspection_id)
         self._set(changes, "ErrorCode", int(code))
+        # a verdict's own: never beside Pass nor an error code (those say it already)
+        self._set(changes, "BlankFrame", blank_frame and not passed and code is ErrorCode.NONE)
         # ResultReady before Busy drops: a PLC never sees neither while a part is open
         self._set(changes, "ResultReady", True)
         self._set(changes, "Busy", False)
@@ -362,6 +374,7 @@ class Station:
         self._set(changes, "DefectCount", 0)
         self._set(changes, "InspectionId", "")
         self._set(changes, "ErrorCode", int(ErrorCode.ACK_TIMEOUT))
+        self._set(changes, "BlankFrame", False)
         self._to_ready(changes)
 
     def show_alarm(self, raised: bool) -> Changes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from lineside_inspect.runtime.reference import BLANK_CONTRAST, contrast
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.runtime.unchanged import MISMATCH_SHARE, ViewMismatch
 from lineside_inspect.schemas import Outcome, Reason
+
+if TYPE_CHECKING:
+    from lineside_inspect.references import Reference
 
 
 @dataclass
@@ -214,19 +218,21 @@ class BlankView:
     minimum: int
 
 
-def blank_view(recipe: Recipe, frame: np.ndarray, reference: np.ndarray | None) -> BlankView | None:
+def blank_view(recipe: Recipe, frame: np.ndarray, reference: Reference | None) -> BlankView | None:
     """Whether ``frame`` or its ``reference`` spans fewer grey levels than the recipe's
     ``min_contrast`` (default :data:`BLANK_CONTRAST` on a reference station, else off).
     A reference model compares two blank images as alike, so a lens cap or a lamp off
-    passed as a good part (the leftover of sessions 36 and 37)."""
+    passed as a good part (the leftover of sessions 36 and 37). The golden's contrast is
+    the one it keeps (:attr:`Reference.contrast`), not worked out again per frame."""
     minimum = recipe.min_contrast
     if minimum is None:
         minimum = BLANK_CONTRAST if reference is not None else 0
     if minimum <= 0:
         return None
-    for what, image in (("frame", frame), ("reference", reference)):
-        if image is not None and (spread := contrast(image)) < minimum:
-            return BlankView(what, spread, minimum)
+    if (spread := contrast(frame)) < minimum:
+        return BlankView("frame", spread, minimum)
+    if reference is not None and (spread := reference.contrast) < minimum:
+        return BlankView("reference", spread, minimum)
     return None
 
 

@@ -19,6 +19,14 @@ class Metrics:
                                    ["verdict", "recipe", "camera"], registry=r)
         self.defects = Counter("lineside_defects", "Counted defects by class", ["label"],
                                registry=r)
+        # why parts failed: a camera with its lens cap on showed as a run of fails with no
+        # defects, like a bad batch, on a dashboard. ``rule`` is a reason's rule (five
+        # values, schemas.Reason), so the series stay those of lineside_inspections x 5
+        self.fail_reasons = Counter(
+            "lineside_fail_reasons",
+            "Failed inspections by reason rule (critical, max_count, anomaly, "
+            "reference_mismatch; blank_frame: nothing to judge, a lens cap or a lamp off), "
+            "each rule once per inspection", ["rule", "recipe", "camera"], registry=r)
         self.latency = Histogram(
             "lineside_stage_seconds", "Latency per stage", ["stage"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 5.0))
@@ -83,9 +91,12 @@ class Metrics:
         return child
 
     def count_inspection(self, verdict: str, recipe: str, camera: str, labels: Iterable[str],
-                         timings_ms: Mapping[str, float]) -> None:
-        """One inspection: its verdict, its counted defects and its stage latencies."""
+                         timings_ms: Mapping[str, float], rules: Iterable[str] = ()) -> None:
+        """One inspection: its verdict, the rules of its reasons to fail, its counted
+        defects and its stage latencies."""
         self._child(self.inspections, verdict, recipe, camera).inc()
+        for rule in set(rules) if verdict == "fail" else ():  # two critical classes: one fail
+            self._child(self.fail_reasons, rule, recipe, camera).inc()
         for label in labels:
             self._child(self.defects, label).inc()
         for stage, ms in timings_ms.items():

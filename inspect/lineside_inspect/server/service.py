@@ -394,7 +394,7 @@ class InspectionService:
         configured = self.cameras is not None and result.camera_id in self.cameras.configs
         camera = result.camera_id if configured and result.camera_id else API_CAMERA
         m.count_inspection(result.verdict, result.recipe.name, camera, result.defects.labels,
-                           result.timings_ms)
+                           result.timings_ms, (r.rule for r in result.reasons))
 
     def _record(self, result: Inspection) -> None:
         if self.store is not None:

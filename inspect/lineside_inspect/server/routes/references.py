@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from lineside_inspect.errors import LinesideError, ReferenceImageError
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.references import Reference, check_name
-from lineside_inspect.runtime.reference import BLANK_CONTRAST, contrast
+from lineside_inspect.runtime.reference import BLANK_CONTRAST
 from lineside_inspect.server.body import read_image_body
 from lineside_inspect.server.deps import (
     Admin,
@@ -62,7 +62,7 @@ def _not_blank(registry: Registry) -> Callable[[Reference], None]:
         minima = [BLANK_CONTRAST if r.min_contrast is None else r.min_contrast
                   for r in registry.recipes() if _judges_with_reference(registry, r)]
         minimum = min(minima, default=BLANK_CONTRAST)
-        if minimum > 0 and (spread := contrast(ref.image)) < minimum:
+        if minimum > 0 and (spread := ref.contrast) < minimum:
             raise ReferenceImageError(
                 f"reference image {ref.name}: nearly blank, it spans {spread} grey levels "
                 f"(5th to 95th percentile), under {minimum}, the lowest min_contrast of the "
