@@ -96,7 +96,9 @@ class ReferenceUsed(_Shape):
 
 class Timings(_Shape):
     decode: float
-    preprocess: float
+    preprocess: float = Field(description=(
+        "the frame's contrast check (blank_frame), a recipe's unchanged gate, and the "
+        "model input made from the frame (and its golden)"))
     infer: float
     postprocess: float
     total: float

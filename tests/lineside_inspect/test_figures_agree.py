@@ -11,9 +11,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from lineside_inspect.cameras.simulator import MJPEGSimulator
 from lineside_inspect.config import CameraConfig
 from lineside_inspect.store.models import InspectionRow
 
@@ -135,6 +138,52 @@ def test_status_page_cards_count_their_own_box(launch, tmp_path: Path) -> None:
         # the page's total is this box's too, as its dashboard's (session 39)
         assert overview["day"]["inspections"] == sum(h["inspections"] for h in stats["hourly"]) \
             == mine
+
+
+def test_status_cards_count_the_fails_with_nothing_judged(
+        launch, database_url, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A camera with its lens cap on failed every part as blank_frame (a knocked one as
+    reference_mismatch), and its status card showed only its yield falling, as for bad
+    parts (review, session 39). Each card counts this shift's fails with nothing judged
+    and the latest's time, a blank frame as blank only; its last verdict says why."""
+    # a camera whose lens is capped: flat dark frames, on a recipe that checks contrast
+    camera = MJPEGSimulator(lambda i: np.full((64, 64, 3), 3, np.uint8), fps=10)
+    request.addfinalizer(camera.kill)
+    checked = tmp_path / "checked.yaml"
+    checked.write_text("name: checked\nmodel: deeppcb\nmin_contrast: 16\n")
+    cams = [CameraConfig(id="cam1", source=camera.url, recipe="checked"),
+            CameraConfig(id="cam2", source=str(SAMPLE), recipe="checked")]
+    srv = launch(database_url=database_url, cameras=cams, store_pass_rate=1.0,
+                 recipes=[str(checked)])
+    with srv.client("line") as c:
+        blank = [c.post("/v1/cameras/cam1/trigger", params={"timeout_s": 10}).json()
+                 for _ in range(2)]
+    assert [[x["rule"] for x in r["reasons"]] for r in blank] == [["blank_frame"]] * 2, blank
+    with srv.client("viewer") as c:
+        start = datetime.fromisoformat(c.get("/v1/overview").json()["shift_start"])
+    moved, both, before, odd = _inspect(srv, "cam2", 4)
+    mismatch = {"rule": "reference_mismatch", "label": "reference", "count": 9, "allowed": 4,
+                "message": "not the reference's view"}
+    at = datetime.now(UTC) - timedelta(seconds=30)
+    _set(srv, {moved: {"verdict": "fail", "reasons": [mismatch], "created_at": at},
+               both: {"verdict": "fail", "reasons": [mismatch, {**blank[0]["reasons"][-1]}]},
+               before: {"verdict": "fail", "reasons": [mismatch],  # the shift before
+                        "created_at": start - timedelta(minutes=1)},
+               # not a list of reasons (a hand-edited row): none of them, not a 500
+               odd: {"verdict": "fail", "reasons": {"rule": "blank_frame"}}})
+    with srv.client("viewer") as c:
+        r = c.get("/v1/overview")
+    assert r.status_code == 200, r.text
+    cards = {st["camera"]["id"]: st for st in r.json()["stations"]}
+    one, two = cards["cam1"]["not_judged"], cards["cam2"]["not_judged"]
+    assert datetime.fromisoformat(one["since"]) == start
+    assert one["blank_frame"]["parts"] == 2 and one["reference_mismatch"] == {"parts": 0, "last": None}
+    assert datetime.fromisoformat(one["blank_frame"]["last"]) == max(
+        datetime.fromisoformat(b["created_at"]) for b in blank)
+    assert (two["blank_frame"]["parts"], two["reference_mismatch"]["parts"]) == (1, 1)
+    assert datetime.fromisoformat(two["reference_mismatch"]["last"]) == at
+    assert cards["cam1"]["last"]["not_judged"] == "blank_frame"
+    assert cards["cam2"]["last"]["not_judged"] is None  # its last upload: defects found
 
 
 def test_listing_uploads_is_the_dashboards_uploads(launch) -> None:

@@ -807,6 +807,11 @@ def test_each_plc_part_says_how_it_ended_for_the_line(
             "their inspections")}
         assert [e["blank_frame"] for e in ended] == [
             "blank_frame" in reasons[e["inspection_id"]] for e in ended]
+        # and wrong_view its reference_mismatch, when not blank (none on this single-image
+        # station: test_line_plc.py has a station of the wrong view)
+        assert [e["wrong_view"] for e in ended] == [
+            "reference_mismatch" in reasons[e["inspection_id"]] and not e["blank_frame"]
+            for e in ended]
         assert ended[-1]["blank_frame"] is True and ended[-1]["passed"] is False
         assert ended[-1]["error_code"] == 0 and not ended[0]["blank_frame"]
     finally:

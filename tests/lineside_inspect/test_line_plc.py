@@ -146,7 +146,7 @@ def test_blank_frame_is_told_beside_fail_and_cleared_with_the_part() -> None:
     code, cleared by the next trigger and by a dropped result; the part's end says it."""
     from lineside_inspect.line.station import TAGS, PartEnd
 
-    assert list(TAGS)[-1] == "BlankFrame"  # added last: no adapter address moves
+    assert list(TAGS).index("BlankFrame") == 13  # after the older tags: no address moves
     st = _station(ack_timeout_s=2.0)
     ended: list[PartEnd] = []
     st.on_part_end = ended.append
@@ -169,6 +169,50 @@ def test_blank_frame_is_told_beside_fail_and_cleared_with_the_part() -> None:
     assert (st.tags["ErrorCode"], st.tags["BlankFrame"]) == (ErrorCode.ACK_TIMEOUT, False)
     assert [(e.inspection_id, e.blank_frame) for e in ended] == [
         ("capped", True), ("good", False), ("missed", False)]
+
+
+def test_wrong_view_is_told_beside_fail_never_with_blank_frame() -> None:
+    """A frame not of its golden's view (reason reference_mismatch: another product, the
+    wrong golden, the camera knocked) read as a plain Fail with ErrorCode 0, as a defect
+    did, though nothing was judged either (review, session 39). ``WrongView`` says it beside
+    ``Fail``: never with Pass, an error code or ``BlankFrame`` (a blank frame matches no
+    golden: the blank is the cause told), cleared by the next trigger and a dropped
+    result; added after BlankFrame, so no address moves; the part's end says it."""
+    from lineside_inspect.line.station import TAGS, PartEnd
+
+    assert list(TAGS)[-2:] == ["BlankFrame", "WrongView"]
+    st = _station(ack_timeout_s=2.0)
+    ended: list[PartEnd] = []
+    st.on_part_end = ended.append
+
+    def part(t: float, passed: bool, iid: str, **why: bool) -> None:
+        step = st.plc_write("Trigger", True, t)
+        assert ("WrongView", False) in step.changes  # the last part's cleared
+        changes = st.finished(passed, 0, iid, t + 0.1, part=step.part, **why)
+        assert changes.index(("WrongView", st.tags["WrongView"])) < changes.index(
+            ("ResultReady", True))
+
+    part(100.0, False, "moved", wrong_view=True)
+    assert (st.tags["Fail"], st.tags["ErrorCode"], st.tags["BlankFrame"],
+            st.tags["WrongView"]) == (True, 0, False, True)
+    st.plc_write("ResultAck", True, 100.2)
+    assert st.tags["WrongView"] is True  # read with the result until the next trigger
+    st.plc_write("Trigger", False, 100.3)
+    part(100.4, False, "capped", wrong_view=True, blank_frame=True)
+    assert (st.tags["BlankFrame"], st.tags["WrongView"]) == (True, False)
+    st.plc_write("ResultAck", True, 100.6)
+    st.plc_write("Trigger", False, 100.7)
+    part(100.8, True, "good", wrong_view=True)  # never with Pass
+    assert (st.tags["Pass"], st.tags["WrongView"]) == (True, False)
+    st.plc_write("ResultAck", True, 101.0)
+    st.plc_write("Trigger", False, 101.1)
+    part(101.2, False, "missed", wrong_view=True)
+    assert st.tags["WrongView"] is True
+    st.tick(104.0)  # no ack: dropped, ErrorCode 5, and no WrongView left beside it
+    assert (st.tags["ErrorCode"], st.tags["WrongView"]) == (ErrorCode.ACK_TIMEOUT, False)
+    assert [(e.inspection_id, e.blank_frame, e.wrong_view) for e in ended] == [
+        ("moved", False, True), ("capped", True, False), ("good", False, False),
+        ("missed", False, False)]
 
 
 def test_a_fault_after_a_good_part_leaves_nothing_of_it() -> None:
@@ -605,7 +649,11 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
                                       " copper: 99, pin-hole: 99}\n")
     sim = MJPEGSimulator(folder_frames(SAMPLE), fps=30)
     flaky = MJPEGSimulator(counter_frame, fps=30)
+    import cv2
+
     capped = MJPEGSimulator(lambda i: np.full((640, 640, 3), 3, np.uint8), fps=10)
+    flipped = tmp / "flipped.png"
+    cv2.imwrite(str(flipped), cv2.flip(cv2.imread(str(STATION / "station1-reference.jpg")), -1))
     cams = [CameraConfig(id="sim", source=sim.url, recipe="deeppcb", stale_after_s=2),
             # stalls for longer than the trigger timeout without going offline, then dies
             CameraConfig(id="flaky", source=flaky.url, recipe="deeppcb", stale_after_s=4,
@@ -616,7 +664,11 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
             # the same golden, its camera's lens capped: flat dark frames (last: the other
             # stations keep their Modbus blocks)
             CameraConfig(id="capped", source=capped.url, recipe="deeppcb-ref",
-                         reference=str(STATION / "station1-reference.jpg"))]
+                         reference=str(STATION / "station1-reference.jpg")),
+            # the station's parts against another product's golden (the golden turned
+            # over): not its view (last again, for the same reason)
+            CameraConfig(id="moved", source=str(STATION / "station1"), recipe="deeppcb-ref",
+                         reference=str(flipped), fps=2)]
     settings = keyed(cameras=cams, models=[str(MODEL), str(REF_MODEL)],
                      recipes=[str(tmp / "deeppcb.yaml"), str(tmp / "lenient.yaml"),
                               str(ROOT / "configs" / "recipes" / "deeppcb-ref.yaml")],
@@ -666,7 +718,8 @@ class OpcStation:
         await self.write("Trigger", True, ua.VariantType.Boolean)
         await _until(lambda: self.read("ResultReady"))
         result = {t: await self.read(t) for t in ("Pass", "Fail", "DefectCount", "InspectionId",
-                                                  "ErrorCode", "Busy", "Recipe", "BlankFrame")}
+                                                  "ErrorCode", "Busy", "Recipe", "BlankFrame",
+                                                  "WrongView")}
         if ack:
             await self.write("ResultAck", True, ua.VariantType.Boolean)
             await _until(lambda: self.read("TriggerReady"))
@@ -689,16 +742,18 @@ def test_opcua_contract_and_handshake(line: Line) -> None:
         names = {(await n.read_browse_name()).Name: n for n in await station.get_children()}
         assert set(names) == {"Trigger", "TriggerReady", "Busy", "ResultReady", "ResultAck",
                               "Pass", "Fail", "DefectCount", "InspectionId", "ErrorCode",
-                              "Heartbeat", "Recipe", "FailRateAlarm", "BlankFrame"}
+                              "Heartbeat", "Recipe", "FailRateAlarm", "BlankFrame",
+                              "WrongView"}
         types = {n: await names[n].read_data_type_as_variant_type() for n in names}
         assert types["Trigger"] == ua.VariantType.Boolean and types["Pass"] == ua.VariantType.Boolean
         assert types["DefectCount"] == types["ErrorCode"] == ua.VariantType.Int32
         assert types["Heartbeat"] == ua.VariantType.UInt32
         assert types["InspectionId"] == types["Recipe"] == ua.VariantType.String
-        assert types["FailRateAlarm"] == types["BlankFrame"] == ua.VariantType.Boolean
+        assert types["FailRateAlarm"] == types["BlankFrame"] == types["WrongView"] \
+            == ua.VariantType.Boolean
         # Lineside's tags are read-only to clients; the PLC's are writable
         for tag in ("Pass", "ResultReady", "TriggerReady", "ErrorCode", "FailRateAlarm",
-                    "BlankFrame"):
+                    "BlankFrame", "WrongView"):
             with pytest.raises(ua.UaStatusCodeError):
                 await plc.write(tag, 0 if tag == "ErrorCode" else True,
                                 ua.VariantType.Int32 if tag == "ErrorCode" else ua.VariantType.Boolean)
@@ -963,6 +1018,43 @@ def test_a_capped_camera_is_told_to_the_plc_and_metrics_as_not_judged(line: Line
     assert float(blank[0].split()[-1]) == 2  # its two parts, one over each protocol
 
 
+def test_a_frame_not_of_its_goldens_view_is_told_to_the_plc_as_wrong_view(line: Line) -> None:
+    """A station judging its parts against another product's golden (or knocked off its
+    view) failed each as reference_mismatch, and a PLC read a plain Fail with ErrorCode 0,
+    as for a defect (review, session 39). Over OPC UA and Modbus ``WrongView`` reads 1
+    beside that Fail; 0 for a part judged on its view, and for a capped camera's (its
+    BlankFrame says why); the other stations' coil +10 stays 0."""
+    async def opc_moved(plc: OpcStation) -> None:
+        r = await plc.cycle()
+        assert (r["Pass"], r["Fail"], r["ErrorCode"], r["BlankFrame"], r["WrongView"]) == (
+            False, True, 0, False, True)
+        rules = {x["rule"] for x in line.inspection(r["InspectionId"])["reasons"]}
+        assert "reference_mismatch" in rules and "blank_frame" not in rules, rules
+
+    async def opc_others(plc: OpcStation) -> None:
+        for station, blank in (("ref", False), ("capped", True)):
+            other = OpcStation(plc.client, plc.idx, station)
+            r = await other.cycle()
+            assert (r["ErrorCode"], r["BlankFrame"], r["WrongView"]) == (0, blank, False)
+
+    async def modbus() -> None:
+        mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
+        assert await mb.connect()
+        try:
+            assert COILS.index("WrongView") == 10  # the next reserved coil: none moved
+            r = await _modbus_cycle(mb, 4 * BLOCK)  # "moved", the fifth camera
+            assert (r["Pass"], r["Fail"], r["Error"], r["BlankFrame"], r["WrongView"]) == (
+                False, True, False, False, True)
+            assert [(await _coils(mb, i * BLOCK))["WrongView"] for i in range(5)] == [
+                False, False, False, False, True]
+        finally:
+            mb.close()
+
+    asyncio.run(_opc(line, "moved", opc_moved))
+    asyncio.run(_opc(line, "moved", opc_others))
+    asyncio.run(modbus())
+
+
 def test_modbus_connections_are_bounded_the_oldest_closed(line: Line) -> None:
     """pymodbus kept any number of connections, idle for ever: a flood of them (or the
     half-open ones PLC power cuts leave) took every file descriptor of the server, and
@@ -1220,7 +1312,7 @@ def test_modbus_trigger_while_a_result_waits_drops_it(line: Line) -> None:
             coils = await _until(lambda: _coils(mb, 0), {
                 "Trigger": False, "TriggerReady": True, "Busy": False, "ResultReady": False,
                 "ResultAck": False, "Pass": False, "Fail": True, "Error": True,
-                "FailRateAlarm": False, "BlankFrame": False})
+                "FailRateAlarm": False, "BlankFrame": False, "WrongView": False})
             assert coils["ResultReady"] is False
             assert await _reg(mb, 0, "ErrorCode") == ErrorCode.ACK_TIMEOUT
             r = await _modbus_cycle(mb, 0)  # the next part is judged as usual

@@ -359,6 +359,61 @@ def test_status_home(shift: Running, tmp_path: Path) -> None:
         browser.close()
 
 
+def test_a_station_card_says_its_fails_with_nothing_judged(shift: Running) -> None:
+    """A capped or knocked camera's fails showed on its card only as a falling yield, read
+    as bad parts (review, session 39): the card says this shift's blank frames and frames
+    not of the golden's view, each with the latest's time, as text; none where none."""
+    from zoneinfo import ZoneInfo
+
+    from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy import select
+
+    store = shift.app.state.store
+    with shift.client("reviewer") as c:
+        start = c.get("/v1/overview").json()["shift_start"]
+    why = {"blank_frame": {"rule": "blank_frame", "label": "frame", "count": 3, "allowed": 16,
+                           "message": "the frame is nearly blank"},
+           "reference_mismatch": {"rule": "reference_mismatch", "label": "reference",
+                                  "count": 300, "allowed": 200, "message": "not its view"}}
+    with Session(store.engine) as s, s.begin():
+        rows = s.scalars(select(InspectionRow).where(
+            InspectionRow.camera_id == "line1-top", InspectionRow.verdict == "fail",
+            InspectionRow.created_at >= datetime.fromisoformat(start))
+            .order_by(InspectionRow.created_at.desc()).limit(3)).all()
+        assert len(rows) == 3
+        kept = {r.id: r.reasons for r in rows}
+        for row, rule in zip(rows, ["reference_mismatch", "blank_frame", "blank_frame"], strict=True):
+            row.reasons = [*row.reasons, why[rule]]
+    try:
+        with shift.client("reviewer") as c:
+            cards = {st["camera"]["id"]: st for st in c.get("/v1/overview").json()["stations"]}
+        top = cards["line1-top"]["not_judged"]
+        assert (top["blank_frame"]["parts"], top["reference_mismatch"]["parts"]) == (2, 1)
+
+        def clock(iso: str) -> str:
+            return datetime.fromisoformat(iso).astimezone(ZoneInfo(ZONE)).strftime("%H:%M:%S")
+
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = _context(browser).new_page()
+            _sign_in(page, shift.url + "/")
+            said = page.locator(".station[data-camera='line1-top'] [data-field=judged]")
+            expect(said).to_have_text(
+                f"✖ 2 × blank frame, last {clock(top['blank_frame']['last'])} · "
+                f"✖ 1 × not the golden's view, last {clock(top['reference_mismatch']['last'])}")
+            expect(said).to_have_class("fail")
+            expect(said.locator("time").first).to_have_attribute(
+                "datetime", top["blank_frame"]["last"])
+            other = page.locator(".station[data-camera='line1-bottom'] [data-field=judged]")
+            expect(other).to_have_text("none")
+            expect(other).not_to_have_class("fail")
+            browser.close()
+    finally:
+        with Session(store.engine) as s, s.begin():
+            for row in s.scalars(select(InspectionRow).where(InspectionRow.id.in_(kept))):
+                row.reasons = kept[row.id]
+
+
 def test_dashboard(shift: Running, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 

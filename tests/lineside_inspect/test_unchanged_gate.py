@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,6 +96,48 @@ def test_inspect_skips_the_detector_only_for_unchanged_parts() -> None:
     assert gated.verdict == plain.verdict == "fail"
     assert gated.timings_ms["infer"] > 0
     assert gated.defects.to_json() == plain.defects.to_json()
+
+
+def test_the_contrast_check_and_the_gate_are_timed_as_preprocessing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contrast check (blank_frame) ran before any stage's clock started, and so did
+    an unchanged gate that did not pass: neither was in ``timings_ms``, so its stages and
+    ``total`` came short of what the part took (review, session 39). Both are counted in
+    ``preprocess``, the contract's keys unchanged, on each of the three paths."""
+    import time
+
+    from lineside_inspect import inspector
+
+    spent: list[float] = []
+
+    def timed(real: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            out = real(*args, **kwargs)
+            time.sleep(0.02)  # longer than the rest of preprocessing: a share left out shows
+            spent.append((time.perf_counter() - t0) * 1000)
+            return out
+        return run
+
+    # the real checks, each timed as it runs
+    monkeypatch.setattr(inspector, "blank_view", timed(inspector.blank_view))
+    monkeypatch.setattr(inspector, "check_unchanged", timed(inspector.check_unchanged))
+    det = Detector(REF_MODEL, device="cpu", threads=1)
+    reference = _reference()
+    gated = Recipe(name="gated", model=det.card.name, unchanged_gate=_gate())
+    plain = Recipe(name="plain", model=det.card.name)
+    good = rephotographed(reference.image, np.random.default_rng(3))
+    part = read_image(STATION / "station1" / "part-0002.jpg")
+    for recipe, frame, unchanged in ((gated, good, True), (gated, part, False), (plain, part, None)):
+        spent.clear()
+        result = inspect(frame, det, recipe, reference=reference)
+        assert (None if result.gate is None else result.gate.unchanged) is unchanged
+        assert len(spent) == (1 if unchanged is None else 2)  # the check, and the gate
+        t = result.timings_ms
+        assert set(result.to_json()["timings_ms"]) == {"decode", "preprocess", "infer",
+                                                       "postprocess", "total"}
+        assert t["preprocess"] >= sum(spent), (recipe.name, t, spent)
+        assert t["total"] == sum(v for k, v in t.items() if k != "total")
 
 
 def test_a_gate_on_a_model_without_reference_is_refused() -> None:

@@ -16,7 +16,8 @@ offset       coil              holding register
 +7           Error (ErrorCode != 0)
 +8           FailRateAlarm
 +9           BlankFrame (with Fail: nothing to judge, reason blank_frame)
-+10..+15     (reserved, read False / 0)
++10          WrongView (with Fail: not the golden's view, reason reference_mismatch)
++11..+15     (reserved, read False / 0)
 ===========  ================  ==========================================================
 
 A write to anything but Trigger, ResultAck and the recipe index is refused with Modbus
@@ -51,7 +52,7 @@ if logging.getLogger("pymodbus").level == logging.NOTSET:
 
 BLOCK = 16  # coils and registers per station
 COILS = ("Trigger", "TriggerReady", "Busy", "ResultReady", "ResultAck", "Pass", "Fail", "Error",
-         "FailRateAlarm", "BlankFrame")
+         "FailRateAlarm", "BlankFrame", "WrongView")
 REGISTERS = ("DefectCount", "ErrorCode", "Heartbeat", "RecipeIndex")
 PLC_COILS = {COILS.index("Trigger"): "Trigger", COILS.index("ResultAck"): "ResultAck"}
 RECIPE_REGISTER = REGISTERS.index("RecipeIndex")

@@ -12,8 +12,9 @@ Topics, under ``<topic_prefix>/<box_id>/``:
   alarm change): the part number, its ``inspection_id`` (null when it ended with a code
   before one), ``passed`` (the line let it pass), ``error_code`` / ``error`` and
   ``acknowledged`` (false: the result was dropped, ErrorCode 5, and the line rejected
-  the part whatever its inspection said) and ``blank_frame`` (true: the Fail read was
-  for a frame or golden too flat to judge, not a defect);
+  the part whatever its inspection said), ``blank_frame`` (true: the Fail read was
+  for a frame or golden too flat to judge, not a defect) and ``wrong_view`` (true: for a
+  frame not of its golden's view, reason ``reference_mismatch``, and not blank);
 - ``alarm/<recipe>``: a recipe's fail-rate alarm raised or cleared (``state`` ``alarm`` or
   ``cleared``, ``why``, ``changed_at``, the rates: docs/lifecycle.md section 6), one QoS 1
   message each, not retained, through the outbox like inspections (it may arrive ahead
@@ -98,7 +99,7 @@ def part_payload(end: PartEnd, box_id: str, ended_at: datetime) -> dict[str, Any
             "inspection_id": end.inspection_id or None, "passed": end.passed,
             "error_code": int(end.error_code), "error": end.error_code.name.lower(),
             "acknowledged": end.acknowledged, "blank_frame": end.blank_frame,
-            "box_id": box_id,
+            "wrong_view": end.wrong_view, "box_id": box_id,
             "ended_at": ended_at.isoformat()}
 
 

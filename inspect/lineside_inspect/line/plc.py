@@ -316,7 +316,8 @@ class PlcLine:
         else:
             changes = station.finished(
                 result.verdict == "pass", len(result.defects), result.id, time.monotonic(),
-                part=part, blank_frame=any(r.rule == "blank_frame" for r in result.reasons))
+                part=part, blank_frame=any(r.rule == "blank_frame" for r in result.reasons),
+                wrong_view=any(r.rule == "reference_mismatch" for r in result.reasons))
         self._publish(station_id, changes)
 
     async def _tick(self) -> None:

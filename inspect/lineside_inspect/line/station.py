@@ -13,8 +13,8 @@ The handshake (docs/line-integration.md has the timing diagram):
 2. Lineside clears ``TriggerReady``, sets ``Busy``, clears the last result, and judges
    the first frame captured after the trigger.
 3. It writes ``Pass``/``Fail``/``DefectCount``/``InspectionId``/``ErrorCode`` (and
-   ``BlankFrame``: a Fail for a frame too flat to judge), then sets ``ResultReady`` and
-   clears ``Busy``.
+   ``BlankFrame``: a Fail for a frame too flat to judge; ``WrongView``: a Fail for a
+   frame not of its golden's view), then sets ``ResultReady`` and clears ``Busy``.
 4. The PLC reads the result and sets ``ResultAck``.
 5. Lineside clears ``ResultReady``, ``Trigger`` and ``ResultAck``, then sets ``TriggerReady``.
 
@@ -56,6 +56,10 @@ TAGS: dict[str, str] = {
     # with Fail: the frame (or its golden) was too flat to judge, reason blank_frame (a
     # lens cap, a lamp off), not a defect found; added last, so no address moves
     "BlankFrame": "Boolean",
+    # with Fail: the frame is not its golden's view, reason reference_mismatch (another
+    # product, the wrong golden, the camera knocked): nothing judged either; after
+    # BlankFrame, so no address moves. Never both: a blank frame matches no golden
+    "WrongView": "Boolean",
 }
 PLC_WRITES = frozenset({"Trigger", "ResultAck", "Recipe"})  # the rest is read-only to clients
 UINT32 = 1 << 32
@@ -111,6 +115,7 @@ class PartEnd:
     error_code: ErrorCode
     acknowledged: bool
     blank_frame: bool = False  # failed as blank_frame: not judged, not a defect
+    wrong_view: bool = False  # failed as reference_mismatch (not blank): not judged either
 
 
 class TagAdapter(Protocol):
@@ -151,6 +156,7 @@ class Station:
             "ResultAck": False, "Pass": False, "Fail": False, "DefectCount": 0,
             "InspectionId": "", "ErrorCode": int(ErrorCode.NONE), "Heartbeat": 0,
             "Recipe": recipe, "FailRateAlarm": False, "BlankFrame": False,
+            "WrongView": False,
         }
         self._started = now
         self._result_at = 0.0
@@ -235,7 +241,7 @@ class Station:
         self._set(step.changes, "Busy", True)
         for name, cleared in (("Pass", False), ("Fail", False), ("DefectCount", 0),
                               ("InspectionId", ""), ("ErrorCode", int(ErrorCode.NONE)),
-                              ("BlankFrame", False)):
+                              ("BlankFrame", False), ("WrongView", False)):
             self._set(step.changes, name, cleared)
         if self.recipe_fault is not ErrorCode.NONE:
             # the PLC asked for a product this station cannot judge: judging the part with
@@ -255,15 +261,17 @@ class Station:
         else:
             self._ended_part(str(self.tags["InspectionId"]), bool(self.tags["Pass"]),
                              ErrorCode(int(self.tags["ErrorCode"])), acknowledged=True,
-                             blank_frame=bool(self.tags["BlankFrame"]))
+                             blank_frame=bool(self.tags["BlankFrame"]),
+                             wrong_view=bool(self.tags["WrongView"]))
             self._to_ready(changes)
         return changes
 
     def _ended_part(self, inspection_id: str, passed: bool, code: ErrorCode, *,
-                    acknowledged: bool, blank_frame: bool = False) -> None:
+                    acknowledged: bool, blank_frame: bool = False,
+                    wrong_view: bool = False) -> None:
         if self.on_part_end is not None:
             self.on_part_end(PartEnd(self.id, self._part, self._part_recipe, inspection_id,
-                                     passed, code, acknowledged, blank_frame))
+                                     passed, code, acknowledged, blank_frame, wrong_view))
 
     def _recipe(self, name: str) -> Changes:
         changes: Changes = []
@@ -296,15 +304,18 @@ class Station:
         self._set(changes, "InspectionId", "")
         self._set(changes, "ErrorCode", int(self.recipe_fault))
         self._set(changes, "BlankFrame", False)
+        self._set(changes, "WrongView", False)
 
     # -- what the inspection gave -------------------------------------------------------
     def finished(self, passed: bool, defect_count: int, inspection_id: str, now: float,
-                 part: int | None = None, *, blank_frame: bool = False) -> Changes:
+                 part: int | None = None, *, blank_frame: bool = False,
+                 wrong_view: bool = False) -> Changes:
         """The verdict of part ``part`` (default: the one triggered last); ignored unless
         that part is the one in progress. ``blank_frame``: it failed as nothing to judge
-        (``BlankFrame`` beside ``Fail``)."""
+        (``BlankFrame`` beside ``Fail``); ``wrong_view``: as not its golden's view
+        (``WrongView`` beside ``Fail``, unless blank: that says it already)."""
         return self._result(passed, defect_count, inspection_id, ErrorCode.NONE, now, part,
-                            blank_frame=blank_frame)
+                            blank_frame=blank_frame, wrong_view=wrong_view)
 
     def failed(self, code: ErrorCode, now: float, inspection_id: str = "",
                part: int | None = None) -> Changes:
@@ -334,7 +345,8 @@ class Station:
         return changes
 
     def _result(self, passed: bool, defects: int, inspection_id: str, code: ErrorCode,
-                now: float, part: int | None = None, *, blank_frame: bool = False) -> Changes:
+                now: float, part: int | None = None, *, blank_frame: bool = False,
+                wrong_view: bool = False) -> Changes:
         changes: Changes = []
         if self.phase is not Phase.BUSY or (part is not None and part != self._part):
             return changes
@@ -352,7 +364,10 @@ class Station:
         self._set(changes, "InspectionId", inspection_id)
         self._set(changes, "ErrorCode", int(code))
         # a verdict's own: never beside Pass nor an error code (those say it already)
-        self._set(changes, "BlankFrame", blank_frame and not passed and code is ErrorCode.NONE)
+        judged = not passed and code is ErrorCode.NONE
+        self._set(changes, "BlankFrame", blank_frame and judged)
+        # a blank frame matches no golden: one cause told, the one to fix first
+        self._set(changes, "WrongView", wrong_view and judged and not blank_frame)
         # ResultReady before Busy drops: a PLC never sees neither while a part is open
         self._set(changes, "ResultReady", True)
         self._set(changes, "Busy", False)
@@ -375,6 +390,7 @@ class Station:
         self._set(changes, "InspectionId", "")
         self._set(changes, "ErrorCode", int(ErrorCode.ACK_TIMEOUT))
         self._set(changes, "BlankFrame", False)
+        self._set(changes, "WrongView", False)
         self._to_ready(changes)
 
     def show_alarm(self, raised: bool) -> Changes:

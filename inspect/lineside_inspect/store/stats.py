@@ -23,7 +23,17 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import tzlocal
-from sqlalchemy import ColumnElement, case, exists, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from lineside_inspect.store.models import InspectionRow, ReviewRow, YieldHistoryRow
@@ -350,6 +360,51 @@ def yields(s: Session, since: datetime, until: datetime,
         .group_by(InspectionRow.box_id, InspectionRow.camera_id, InspectionRow.verdict))] + [
         ((_none(box), _none(cam)), v, n) for box, cam, v, n in _removed(
             s, since, until, Scope([], []), YieldHistoryRow.box_id, YieldHistoryRow.camera_id)])
+
+
+NOT_JUDGED = ("blank_frame", "reference_mismatch")  # fails with nothing judged: a camera to check
+
+
+def _has_rule(dialect: str, rule: str) -> ColumnElement[bool]:
+    """An inspection row one of whose reasons is ``rule``, by the database's JSON functions.
+    A stored ``reasons`` that is not a list of objects (a hand-edited row, a damaged
+    database) has none, rather than an error that breaks the status page."""
+    reasons = InspectionRow.reasons
+    if dialect == "postgresql":
+        listed = case((func.json_typeof(reasons) == "array", reasons),
+                      else_=literal_column("'[]'::json"))
+        each = func.json_array_elements(listed).table_valued("value").alias("reason")
+        return exists().select_from(each).where(each.c.value.op("->>")("rule") == rule)
+    listed = case((func.json_valid(reasons) == 1, reasons), else_=literal("[]"))
+    each = func.json_each(listed).table_valued("value", "type").alias("reason")
+    # json_extract parses its argument: only an object element is one to read
+    return exists().select_from(each).where(
+        case((each.c.type == "object", func.json_extract(each.c.value, "$.rule"))) == rule)
+
+
+def not_judged(s: Session, since: datetime, until: datetime,
+               ) -> dict[tuple[str | None, str | None], dict[str, dict[str, Any]]]:
+    """Fails with nothing judged per box and camera in the window, of the rows still kept:
+    ``blank_frame`` (a lens cap, a lamp off) and ``reference_mismatch`` (not the golden's
+    view; a blank frame is counted as blank only, the cause to fix first), each
+    ``{"parts": n, "last": time or None}``. A capped camera's run of fails read as bad
+    parts on the status page (review, session 39)."""
+    dialect = s.get_bind().dialect.name
+    blank = _has_rule(dialect, "blank_frame")
+    moved = and_(_has_rule(dialect, "reference_mismatch"), ~blank)
+    got: dict[tuple[str | None, str | None], dict[str, dict[str, Any]]] = {}
+    for box, cam, n_blank, last_blank, n_moved, last_moved in s.execute(
+            select(InspectionRow.box_id, InspectionRow.camera_id,
+                   func.count().filter(blank), func.max(InspectionRow.created_at).filter(blank),
+                   func.count().filter(moved), func.max(InspectionRow.created_at).filter(moved))
+            .where(InspectionRow.verdict == "fail", InspectionRow.created_at >= since,
+                   InspectionRow.created_at < until, or_(blank, moved))
+            .group_by(InspectionRow.box_id, InspectionRow.camera_id)):
+        got[(box, cam)] = {
+            "blank_frame": {"parts": n_blank, "last": as_utc(last_blank) if last_blank else None},
+            "reference_mismatch": {"parts": n_moved,
+                                   "last": as_utc(last_moved) if last_moved else None}}
+    return got
 
 
 def legacy(s: Session, conds: Sequence[ColumnElement[bool]] = ()) -> dict[str, Any]:

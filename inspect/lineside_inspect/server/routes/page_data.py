@@ -44,12 +44,32 @@ class YieldFigure(_Shape):
     yield_pct: float | None = Field(description="passes / inspections in %; None when none")
 
 
+NotJudgedRule = Literal["blank_frame", "reference_mismatch"]
+
+
 class LastVerdict(_Shape):
     id: str
     created_at: datetime
     verdict: Outcome
     defects: int
     labels: list[str] = Field(description="classes of the counted defects")
+    not_judged: NotJudgedRule | None = Field(None, description=(
+        "a fail with nothing judged: blank_frame (the frame or golden too flat: a lens cap, "
+        "a lamp off) or reference_mismatch (not the golden's view); None otherwise"))
+
+
+class NotJudgedFigure(_Shape):
+    parts: int = Field(description="failed parts")
+    last: datetime | None = Field(description="the latest of them")
+
+
+class NotJudged(_Shape):
+    """A station's fails this shift with nothing judged, of the inspections still kept: a
+    camera to check, not bad parts. A blank frame counts as blank_frame only."""
+
+    since: datetime
+    blank_frame: NotJudgedFigure = Field(description="frame or golden too flat to judge")
+    reference_mismatch: NotJudgedFigure = Field(description="not the golden's view")
 
 
 class Station(_Shape):
@@ -63,6 +83,8 @@ class Station(_Shape):
     last: LastVerdict | None = Field(description="its latest inspection since the server started")
     shift: YieldFigure | None = Field(description="this shift (None without a store)")
     day: YieldFigure | None = Field(description="the last 24 h (None without a store)")
+    not_judged: NotJudged | None = Field(None, description=(
+        "this shift's fails with nothing judged (None without a store)"))
 
 
 class ModelSummary(_Shape):
@@ -197,10 +219,14 @@ def overview(request: Request, now: datetime | None = None) -> dict[str, Any]:
     day_start = now - timedelta(hours=24)
     store: Store | None = request.app.state.store
     zero = {"pass": 0, "fail": 0}
+    manager = request.app.state.cameras
     if store is not None:
         in_shift = store.read(lambda s: figures.yields(s, start, now))
         in_day = store.read(lambda s: figures.yields(s, day_start, now))
-    manager = request.app.state.cameras
+        # (for the station cards alone: a hub has none)
+        unjudged = store.read(lambda s: figures.not_judged(s, start, now)) \
+            if manager is not None else {}
+    none = {"parts": 0, "last": None}
     stations = []
     for health in manager.health() if manager is not None else []:
         cid = health["id"]
@@ -211,12 +237,17 @@ def overview(request: Request, now: datetime | None = None) -> dict[str, Any]:
             "model_version": version, "stream": f"/v1/cameras/{cid}/stream",
             "last": None if last is None else {
                 "id": last.id, "created_at": last.created_at, "verdict": last.verdict,
-                "defects": len(last.defects.labels), "labels": sorted(set(last.defects.labels))},
+                "defects": len(last.defects.labels), "labels": sorted(set(last.defects.labels)),
+                "not_judged": _not_judged(last.reasons)},
             # this box's camera: with boxes sharing a database, box-a's cam1 card counted
             # box-b's cam1 too, unlike the dashboard's row and /metrics (QA review, session 37)
             "shift": _yield(start, in_shift.get((store.box_id, cid), zero))
             if store is not None else None,
             "day": _yield(day_start, in_day.get((store.box_id, cid), zero))
+            if store is not None else None,
+            # a capped camera's run of fails read as bad parts (review, session 39)
+            "not_judged": {"since": start, **unjudged.get(
+                (store.box_id, cid), dict.fromkeys(figures.NOT_JUDGED, none))}
             if store is not None else None})
 
     here = shared_box(request)
@@ -241,6 +272,13 @@ def overview(request: Request, now: datetime | None = None) -> dict[str, Any]:
         "plc": plc_status(request),
         "mqtt": mqtt_status(request),
     }
+
+
+def _not_judged(reasons: list[Any]) -> str | None:
+    """The rule of a fail with nothing judged, blank before mismatch (a blank frame matches
+    no golden: the blank is its cause), as the line's BlankFrame and WrongView say it."""
+    rules = {r.rule for r in reasons}
+    return next((r for r in figures.NOT_JUDGED if r in rules), None)
 
 
 def _alarms(request: Request) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ LANDING_PAGES = ("/", "/review", "/dashboard", "/fleet")  # where signing in may
 LEGACY_COOKIE = "lineside_key"  # older versions kept the raw key in this cookie
 # a station card's fields, in order: (data-field, title); home.js fills them
 STATION_FIELDS = (("recipe", "Recipe · model"), ("last", "Last verdict"), ("shift", "Yield this shift"),
-                  ("day", "Yield last 24 h"), ("fps", "Frames"))
+                  ("judged", "Not judged this shift"), ("day", "Yield last 24 h"), ("fps", "Frames"))
 SIGN_OUT = ('<form class="signout" method="post" action="/review/logout">'
             '<button type="submit">Sign out</button></form>')
 

@@ -24,6 +24,23 @@ function fillKpi(id, fig, since) {
   setField(box, "detail", detail + (since ? ` · since ${since}` : ""));
 }
 
+// fails with nothing judged, as the review page names them: a camera to check (a lens
+// cap, a knocked camera, the wrong golden), not bad parts (review, session 39)
+const NOT_JUDGED = { blank_frame: "blank frame", reference_mismatch: "not the golden's view" };
+
+function notJudged(fig) {
+  if (!fig) return ["no store"];
+  const parts = [];
+  for (const [rule, name] of Object.entries(NOT_JUDGED)) {
+    const f = fig[rule];
+    if (!f || !f.parts) continue;
+    if (parts.length) parts.push(" · ");
+    parts.push(el("b", {}, `✖ ${num(f.parts)} × ${name}`), ", last ",
+               el("time", { datetime: f.last }, time(f.last)));
+  }
+  return parts.length ? parts : ["none"];
+}
+
 function fillStation(card, st, handshake) {
   const s = st.camera.state;
   setField(card, "state", STATE_MARK[s] || s).className = "state " + stateClass(s);
@@ -34,7 +51,9 @@ function fillStation(card, st, handshake) {
     ? ` (PLC: ${st.camera.plc_recipe})` : "";
   setField(card, "recipe", `${st.recipe || "default recipe"} · ${model}${plc}`);
   if (st.last) {
-    const defects = st.last.defects ? ` · ${st.last.defects} defect(s): ${st.last.labels.join(", ")}` : " · no defect";
+    const why = st.last.not_judged && NOT_JUDGED[st.last.not_judged];
+    const defects = why ? ` · not judged: ${why}`
+      : st.last.defects ? ` · ${st.last.defects} defect(s): ${st.last.labels.join(", ")}` : " · no defect";
     setField(card, "last", verdict(st.last.verdict), defects, " · ",
              el("time", { datetime: st.last.created_at }, time(st.last.created_at)));
   } else setField(card, "last", "none since the server started");
@@ -42,6 +61,8 @@ function fillStation(card, st, handshake) {
     const [big, detail] = yieldText(st[key]);
     setField(card, key, el("b", {}, big), detail ? ` · ${detail}` : "");
   }
+  const unjudged = setField(card, "judged", ...notJudged(st.not_judged));
+  if (unjudged) unjudged.className = unjudged.textContent.startsWith("✖") ? "fail" : "";
   setField(card, "fps", `${st.camera.fps} fps · ${st.camera.mode}`);
   // the PLC's word on its parts: a fault in force fails every part with its code, and
   // those parts have no verdict (nor a place in the yield above)
