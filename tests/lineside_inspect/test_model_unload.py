@@ -71,6 +71,8 @@ def test_unload_refuses_what_judges_and_the_bound_keeps_two(
     assert "active version" in r.json()["error"]["message"]
     r = unload("2")
     assert r.status_code == 409 and "rollback goes back to" in r.json()["error"]["message"]
+    # the way to do it, whole: "with force" alone led to a second refusal, the reason's
+    assert "?force=true&reason=" in r.json()["error"]["message"]
     r = unload("2", force="true")
     assert r.status_code == 422 and "force needs a reason" in r.text
     assert unload("9").status_code == 404

@@ -7,6 +7,7 @@ probes, /metrics and the landing page."""
 from __future__ import annotations
 
 import gzip
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -200,7 +201,6 @@ def test_a_client_gone_mid_body_is_no_internal_error(srv: Running, path: str,
     """A client that closes its connection part-way through the body is logged as such at
     info: before, each was an "internal error" with a 50-line traceback (attacker review),
     a false alarm for an operator alerting on internal errors."""
-    import logging
     import socket
     from urllib.parse import urlsplit
 
@@ -438,3 +438,27 @@ def test_a_blank_golden_is_refused_at_upload_unless_a_recipe_allows_it(srv: Runn
             assert c.delete("/v1/references/capped").status_code == 204
         finally:
             assert c.delete("/v1/recipes/flat-parts").status_code == 200
+
+
+def test_a_configured_blank_golden_is_warned_about_at_start(launch, tmp_path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A blank golden over PUT /v1/references is refused, but one a camera's config names
+    (a file, a lens cap at setup) started in silence: every trigger then failed as
+    blank_frame and told the PLC to check a camera that was fine (review, session 39). The
+    start-up log names the camera, its golden's grey levels and the fix."""
+    from lineside_inspect.opencv import cv2
+
+    capped = tmp_path / "capped.png"
+    capped.write_bytes(bytes(cv2.imencode(".png", np.full((64, 64, 3), 3, np.uint8))[1]))
+    cams = [CameraConfig(id=cam, source=str(STATION / "station1"), recipe="deeppcb-ref",
+                         reference=str(golden), fps=5)
+            for cam, golden in (("capped", capped),
+                                ("station1", STATION / "station1-reference.jpg"))]
+    caplog.set_level(logging.WARNING, logger="lineside_inspect.server.service")
+    launch(cameras=cams, models=[str(REF_MODEL)], recipes=[str(RECIPES / "deeppcb-ref.yaml")])
+    warned = [r.getMessage() for r in caplog.records if "nearly blank" in r.getMessage()]
+    assert warned == [
+        "camera capped: its golden image capped is nearly blank, it spans 0 grey levels (5th "
+        "to 95th percentile), under recipe deeppcb-ref's min_contrast 16: its triggers fail "
+        "as blank_frame until it shows the part (or the recipe sets min_contrast lower for a "
+        "part that flat)"], warned

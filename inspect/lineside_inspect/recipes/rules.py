@@ -218,22 +218,35 @@ class BlankView:
     minimum: int
 
 
+def min_contrast(recipe: Recipe, *, reference: bool) -> int:
+    """The grey levels a frame (and its golden) must span under ``recipe``: its
+    ``min_contrast``, else :data:`BLANK_CONTRAST` on a reference station, else 0 (off)."""
+    if recipe.min_contrast is not None:
+        return recipe.min_contrast
+    return BLANK_CONTRAST if reference else 0
+
+
+def blank_reference(recipe: Recipe, reference: Reference) -> BlankView | None:
+    """Whether the golden image ``reference`` is too flat for ``recipe``: every part
+    judged against it would fail as ``blank_frame`` (:func:`blank_view`)."""
+    minimum = min_contrast(recipe, reference=True)
+    if minimum > 0 and (spread := reference.contrast) < minimum:
+        return BlankView("reference", spread, minimum)
+    return None
+
+
 def blank_view(recipe: Recipe, frame: np.ndarray, reference: Reference | None) -> BlankView | None:
     """Whether ``frame`` or its ``reference`` spans fewer grey levels than the recipe's
     ``min_contrast`` (default :data:`BLANK_CONTRAST` on a reference station, else off).
     A reference model compares two blank images as alike, so a lens cap or a lamp off
     passed as a good part (the leftover of sessions 36 and 37). The golden's contrast is
     the one it keeps (:attr:`Reference.contrast`), not worked out again per frame."""
-    minimum = recipe.min_contrast
-    if minimum is None:
-        minimum = BLANK_CONTRAST if reference is not None else 0
+    minimum = min_contrast(recipe, reference=reference is not None)
     if minimum <= 0:
         return None
     if (spread := contrast(frame)) < minimum:
         return BlankView("frame", spread, minimum)
-    if reference is not None and (spread := reference.contrast) < minimum:
-        return BlankView("reference", spread, minimum)
-    return None
+    return None if reference is None else blank_reference(recipe, reference)
 
 
 def with_blank_view(verdict: Verdict, blank: BlankView | None) -> Verdict:

@@ -171,8 +171,8 @@ class Registry:
             if not force and self._previous_locked(slot) == version:
                 raise VersionInUse(
                     f"model {name} {version} is the version a rollback goes back to: unload "
-                    "it with force (a rollback then loads it again from its package, which "
-                    "takes as long as a load)")
+                    "it with force and a reason (?force=true&reason=..., recorded; a rollback "
+                    "then loads it again from its package, which takes as long as a load)")
             self._unload_locked(slot, version)
         log.info("model %s: version %s unloaded%s", name, version, " (forced)" if force else "")
 

@@ -35,6 +35,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.imageio import decode_image, encode_jpeg, header_size, sniff_format
 from lineside_inspect.inspector import FrameTiming, Inspection, inspect
 from lineside_inspect.recipes import Recipe
+from lineside_inspect.recipes.rules import blank_reference
 from lineside_inspect.references import (
     Reference,
     ReferenceLibrary,
@@ -256,9 +257,20 @@ class InspectionService:
                 continue
             if cfg.reference_for(rule.name) is not None:
                 try:
-                    self._camera_reference(cfg, detector, rule)
+                    ref = self._camera_reference(cfg, detector, rule)
                 except LinesideError as exc:
                     missing.append(f"{exc.message}. Its triggers fail until then")
+                    continue
+                # a blank golden over PUT /v1/references is refused; one in the config (a
+                # file, or one dropped in references_dir) was silent, and every trigger
+                # failed as blank_frame, telling the PLC to check a camera that was fine
+                if ref is not None and (blank := blank_reference(rule, ref)) is not None:
+                    missing.append(
+                        f"camera {cfg.id}: its golden image {ref.name} is nearly blank, it "
+                        f"spans {blank.contrast} grey levels (5th to 95th percentile), under "
+                        f"recipe {rule.name}'s min_contrast {blank.minimum}: its triggers "
+                        "fail as blank_frame until it shows the part (or the recipe sets "
+                        "min_contrast lower for a part that flat)")
         return contradictions, missing
 
     def _camera_recipes(self) -> list[tuple[CameraConfig, str | None]]:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 
 from lineside_inspect.errors import LinesideError, ReferenceImageError
 from lineside_inspect.recipes import Recipe
+from lineside_inspect.recipes.rules import min_contrast
 from lineside_inspect.references import Reference, check_name
 from lineside_inspect.runtime.reference import BLANK_CONTRAST
 from lineside_inspect.server.body import read_image_body
@@ -59,7 +60,7 @@ def _not_blank(registry: Registry) -> Callable[[Reference], None]:
     judge with a reference (16 where one sets none). Taken once a recipe sets it lower
     (a station of smooth, flat parts: 0 turns the check off)."""
     def check(ref: Reference) -> None:
-        minima = [BLANK_CONTRAST if r.min_contrast is None else r.min_contrast
+        minima = [min_contrast(r, reference=True)
                   for r in registry.recipes() if _judges_with_reference(registry, r)]
         minimum = min(minima, default=BLANK_CONTRAST)
         if minimum > 0 and (spread := ref.contrast) < minimum:
