@@ -109,8 +109,11 @@ def made_on(box_id: str) -> ColumnElement[bool]:
 
 def of_box(box_id: str) -> ColumnElement[bool]:
     """Box ``box_id``'s inspections, and those no box owns (rows from before box ids that
-    no box adopted: store/models.py): every box counts them, as every box lists them."""
-    return or_(InspectionRow.box_id == box_id, InspectionRow.box_id.is_(None))
+    no box adopted: store/models.py): every box counts them, as every box lists them.
+    One coalesce, not ``box_id = x OR box_id IS NULL``: SQLite took the OR through the
+    box_id index, reading every row the box ever made for a day's figures (5x the time on
+    200k rows over 60 days, review session 39), where the created_at range reads the window's."""
+    return func.coalesce(InspectionRow.box_id, box_id) == box_id
 
 
 @dataclass(frozen=True)
@@ -397,7 +400,11 @@ def not_judged(s: Session, since: datetime, until: datetime,
             select(InspectionRow.box_id, InspectionRow.camera_id,
                    func.count().filter(blank), func.max(InspectionRow.created_at).filter(blank),
                    func.count().filter(moved), func.max(InspectionRow.created_at).filter(moved))
-            .where(InspectionRow.verdict == "fail", InspectionRow.created_at >= since,
+            # the verdict through coalesce (never NULL): on its own, SQLite read every
+            # fail ever stored through the verdict index, not the window's rows through
+            # created_at's (review session 39)
+            .where(func.coalesce(InspectionRow.verdict, "") == "fail",
+                   InspectionRow.created_at >= since,
                    InspectionRow.created_at < until, or_(blank, moved))
             .group_by(InspectionRow.box_id, InspectionRow.camera_id)):
         got[(box, cam)] = {
