@@ -236,11 +236,16 @@ def data_stats(
     plot: Annotated[Path | None, typer.Option(help="save a PNG plot here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Counts per class and split, good vs defective images, box sizes."""
+    """Counts per class and split, good vs defective images, box sizes, and the images'
+    contrast with the min_contrast it suggests for a single-image recipe."""
     from lineside_inspect.dataset import dataset_stats, read_dataset
-    from lineside_inspect.dataset.stats import plot_stats
+    from lineside_inspect.dataset.stats import contrast_stats, plot_stats
 
-    s = dataset_stats(read_dataset(root))
+    dataset = read_dataset(root)
+    s = dataset_stats(dataset)
+    # a single-image recipe judges no frame blank unless it sets min_contrast: the
+    # product's own images say how low real parts go (review, session 39)
+    s["contrast"] = spread = contrast_stats(dataset)
     if as_json:
         out.print_json(json.dumps(s))
     else:
@@ -261,6 +266,15 @@ def data_stats(
             hist.add_column(b, justify="right")
         hist.add_row(*(str(v) for v in s["box_size_histogram"].values()))
         out.print(hist)
+        if spread["images"]:
+            flat = (f"; {spread['under_default']} span under 16, as a lens cap does: real parts "
+                    "that flat fail as blank_frame at 16" if spread["under_default"] else "")
+            out.print(f"contrast (grey levels, 5th to 95th percentile, of {spread['images']} "
+                      f"images): lowest {spread['lowest']}, 1st percentile "
+                      f"{spread['first_percentile']}{flat}\nsuggested min_contrast for a "
+                      f"single-image recipe: {spread['suggested_min_contrast']} (half the 1st "
+                      "percentile, at most 16; 0: leave it off, real parts look blank)",
+                      highlight=False, markup=False)
     if plot is not None:
         out.print(f"plot saved to {plot_stats(s, plot)}")
 

@@ -6,6 +6,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import cv2
+import numpy as np
 from typer.testing import CliRunner
 
 from lineside_inspect.cli import app
@@ -30,3 +32,41 @@ def test_stats_match_the_annotations(sample: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "stats", str(sample), "--plot", str(plot)])
     assert result.exit_code == 0 and "35 with a reference" in result.output
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_stats_suggest_a_min_contrast_no_image_of_the_set_falls_under(sample: Path) -> None:
+    """A single-image recipe judges no frame blank unless it sets min_contrast, so a
+    lens-capped camera passed every frame as a good part; 16 would fail real parts that
+    are nearly one colour (a DeepPCB tile all copper spans 0 grey levels). ``data stats``
+    measures the set as the runtime does and suggests a figure none of its images falls
+    under (review, session 39)."""
+    from lineside_inspect.recipes.rules import blank_view
+    from lineside_inspect.recipes.schema import Recipe
+
+    def stats() -> dict[str, object]:
+        result = runner.invoke(app, ["data", "stats", str(sample), "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["contrast"]
+
+    assert stats() == {"images": 70, "unread": 0, "lowest": 255, "first_percentile": 255,
+                       "under_default": 0, "suggested_min_contrast": 16}
+    # one board seen all copper but for a trace, as DeepPCB's 20085159 is, and one image
+    # that does not read (counted, not measured)
+    tile = np.full((64, 64), 255, np.uint8)
+    tile[30:33, 10:50] = 0
+    names = [i["file_name"] for i in json.loads((sample / "annotations.json").read_text())["images"]]
+    assert cv2.imwrite(str(sample / "images" / names[0]), tile)
+    (sample / "images" / names[1]).write_bytes(b"not a jpeg")
+    got = stats()
+    # (the JPEG's ringing around the trace: 1 level)
+    assert got == {"images": 69, "unread": 1, "lowest": 1, "first_percentile": 1,
+                   "under_default": 1, "suggested_min_contrast": 0}, got
+    # the figure suggested fails none of the set's images as blank_frame; 16 does the tile
+    for minimum, blank in ((got["suggested_min_contrast"], None), (16, "frame")):
+        said = blank_view(Recipe(name="r", model="m", min_contrast=minimum),
+                          cv2.imread(str(sample / "images" / names[0])), None)
+        assert (said and said.what) == blank, (minimum, said)
+    result = runner.invoke(app, ["data", "stats", str(sample)])
+    assert result.exit_code == 0, result.output
+    assert "lowest 1, 1st percentile 1; 1 span under 16" in result.output, result.output
+    assert "suggested min_contrast for a single-image recipe: 0" in result.output

@@ -7,8 +7,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lineside_inspect.dataset.model import Dataset
-from lineside_inspect.errors import MissingExtraError, install_hint
+from lineside_inspect.errors import ImageError, MissingExtraError, install_hint
 
 SIZE_BINS = (0, 16, 32, 64, 128, 256, 10**9)
 
@@ -45,6 +47,35 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
             for lo, hi in itertools.pairwise(SIZE_BINS)
         },
     }
+
+
+def contrast_stats(dataset: Dataset) -> dict[str, Any]:
+    """The grey levels the set's images span (:func:`runtime.reference.contrast`, the
+    measure ``min_contrast`` is judged by): the lowest, the 1st percentile, how many span
+    under ``BLANK_CONTRAST`` (16), and a ``min_contrast`` to suggest for a single-image
+    recipe: half the 1st percentile, at most 16. A single-image recipe has the check off
+    unless it sets it, so a lens-capped camera passed every frame as a good part; a fixed
+    value would fail real parts that are nearly one colour (a DeepPCB tile all copper
+    spans 0 levels), so the figure comes from the product's own images. Images that do
+    not read are counted, not measured (``data check`` names them)."""
+    from lineside_inspect.imageio import read_image  # (OpenCV: only when pixels are read)
+    from lineside_inspect.runtime.reference import BLANK_CONTRAST, contrast
+
+    spans: list[int] = []
+    unread = 0
+    for rec in dataset.images:
+        try:
+            spans.append(contrast(read_image(dataset.image_path(rec))))
+        except (ImageError, ValueError):
+            unread += 1
+    if not spans:
+        return {"images": 0, "unread": unread, "lowest": None, "first_percentile": None,
+                "under_default": 0, "suggested_min_contrast": None}
+    # "lower": an image's own figure, never one between two images
+    p1 = int(np.percentile(spans, 1, method="lower"))
+    return {"images": len(spans), "unread": unread, "lowest": min(spans),
+            "first_percentile": p1, "under_default": sum(s < BLANK_CONTRAST for s in spans),
+            "suggested_min_contrast": min(BLANK_CONTRAST, p1 // 2)}
 
 
 # what --plot writes in the format of its suffix (matplotlib's "raw" is a bare pixel dump,
