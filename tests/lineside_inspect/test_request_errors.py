@@ -417,27 +417,30 @@ def test_a_long_part_id_and_a_nan_bound_are_named_as_what_they_are(srv: Running,
         assert "min_score: Input should be a finite number" in _error(r, 422)
 
 
-def test_a_blank_golden_is_refused_at_upload_unless_a_recipe_allows_it(srv: Running) -> None:
+def test_a_blank_golden_is_refused_at_upload_when_a_recipe_sets_min_contrast(
+        srv: Running) -> None:
     """A golden image with nothing on it (a lens cap, a lamp off at setup) was taken, and
     every part inspected against it then failed as blank_frame (review, session 39): it is
-    refused at upload, naming why, unless a reference recipe sets min_contrast that low."""
+    refused at upload, naming why, once a reference recipe sets min_contrast above it.
+    Where none sets one, a flat golden is taken: it may be the part's own look (a tile
+    all of one colour), and frames against it are then not checked for contrast."""
     from lineside_inspect.opencv import cv2
 
     blank = bytes(cv2.imencode(".png", np.full((64, 64, 3), 3, np.uint8))[1])
     png = {"content-type": "image/png"}
     with srv.client("admin") as c:
-        msg = _error(c.put("/v1/references/capped", content=blank, headers=png), 422)
-        assert "reference image capped: nearly blank, it spans 0 grey levels" in msg, msg
-        assert "set the recipe's min_contrast lower" in msg, msg
-        assert "capped" not in c.get("/v1/references").json()["items"]
-        flat = {"name": "flat-parts", "model": "deeppcb-ref", "min_contrast": 0}
-        assert c.put("/v1/recipes/flat-parts", json=flat).status_code == 200
-        try:  # a station of flat parts judges nothing by contrast: its golden is taken
-            r = c.put("/v1/references/capped", content=blank, headers=png)
-            assert r.status_code == 200, r.text
-            assert c.delete("/v1/references/capped").status_code == 204
+        r = c.put("/v1/references/capped", content=blank, headers=png)
+        assert r.status_code == 200, r.text
+        assert c.delete("/v1/references/capped").status_code == 204
+        strict = {"name": "strict-view", "model": "deeppcb-ref", "min_contrast": 16}
+        assert c.put("/v1/recipes/strict-view", json=strict).status_code == 200
+        try:
+            msg = _error(c.put("/v1/references/capped", content=blank, headers=png), 422)
+            assert "reference image capped: nearly blank, it spans 0 grey levels" in msg, msg
+            assert "set the recipe's min_contrast lower" in msg, msg
+            assert "capped" not in c.get("/v1/references").json()["items"]
         finally:
-            assert c.delete("/v1/recipes/flat-parts").status_code == 200
+            assert c.delete("/v1/recipes/strict-view").status_code == 200
 
 
 def test_a_configured_blank_golden_is_warned_about_at_start(launch, tmp_path,
@@ -455,7 +458,10 @@ def test_a_configured_blank_golden_is_warned_about_at_start(launch, tmp_path,
             for cam, golden in (("capped", capped),
                                 ("station1", STATION / "station1-reference.jpg"))]
     caplog.set_level(logging.WARNING, logger="lineside_inspect.server.service")
-    launch(cameras=cams, models=[str(REF_MODEL)], recipes=[str(RECIPES / "deeppcb-ref.yaml")])
+    # (a recipe that sets min_contrast: unset, a flat golden is the part's own look)
+    recipe = tmp_path / "deeppcb-ref.yaml"
+    recipe.write_text((RECIPES / "deeppcb-ref.yaml").read_text() + "min_contrast: 16\n")
+    launch(cameras=cams, models=[str(REF_MODEL)], recipes=[str(recipe)])
     warned = [r.getMessage() for r in caplog.records if "nearly blank" in r.getMessage()]
     assert warned == [
         "camera capped: its golden image capped is nearly blank, it spans 0 grey levels (5th "

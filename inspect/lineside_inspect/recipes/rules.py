@@ -227,9 +227,11 @@ def min_contrast(recipe: Recipe, *, reference: bool) -> int:
 
 
 def blank_reference(recipe: Recipe, reference: Reference) -> BlankView | None:
-    """Whether the golden image ``reference`` is too flat for ``recipe``: every part
-    judged against it would fail as ``blank_frame`` (:func:`blank_view`)."""
-    minimum = min_contrast(recipe, reference=True)
+    """Whether the golden image ``reference`` is too flat for a ``min_contrast`` the recipe
+    sets: every part judged against it would fail as ``blank_frame`` (:func:`blank_view`).
+    Without one set, a flat golden is the product's own look (DeepPCB: 57 of its 2,000
+    tiles, all copper or all substrate, span under 16 levels), never refused."""
+    minimum = recipe.min_contrast or 0
     if minimum > 0 and (spread := reference.contrast) < minimum:
         return BlankView("reference", spread, minimum)
     return None
@@ -237,12 +239,20 @@ def blank_reference(recipe: Recipe, reference: Reference) -> BlankView | None:
 
 def blank_view(recipe: Recipe, frame: np.ndarray, reference: Reference | None) -> BlankView | None:
     """Whether ``frame`` or its ``reference`` spans fewer grey levels than the recipe's
-    ``min_contrast`` (default :data:`BLANK_CONTRAST` on a reference station, else off).
-    A reference model compares two blank images as alike, so a lens cap or a lamp off
-    passed as a good part (the leftover of sessions 36 and 37). The golden's contrast is
-    the one it keeps (:attr:`Reference.contrast`), not worked out again per frame."""
+    ``min_contrast``. A reference model compares two blank images as alike, so a lens cap
+    or a lamp off passed as a good part (the leftover of sessions 36 and 37).
+
+    Unset, a reference station checks the frame against :data:`BLANK_CONTRAST` only where
+    its golden spans at least that much: a flat frame of a part whose golden shows
+    contrast has lost its view; a flat golden is the part's own look (a tile all of one
+    colour), whose frames cannot be told from a lens cap by contrast, and failing them
+    failed good parts (review, session 39). A single-image station checks nothing unless
+    the recipe sets it (``lineside data stats`` suggests a figure). The golden's contrast
+    is the one it keeps (:attr:`Reference.contrast`), not worked out again per frame."""
     minimum = min_contrast(recipe, reference=reference is not None)
     if minimum <= 0:
+        return None
+    if recipe.min_contrast is None and reference is not None and reference.contrast < minimum:
         return None
     if (spread := contrast(frame)) < minimum:
         return BlankView("frame", spread, minimum)

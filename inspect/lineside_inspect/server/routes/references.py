@@ -13,9 +13,7 @@ from fastapi import APIRouter, Request, Response
 
 from lineside_inspect.errors import LinesideError, ReferenceImageError
 from lineside_inspect.recipes import Recipe
-from lineside_inspect.recipes.rules import min_contrast
 from lineside_inspect.references import Reference, check_name
-from lineside_inspect.runtime.reference import BLANK_CONTRAST
 from lineside_inspect.server.body import read_image_body
 from lineside_inspect.server.deps import (
     Admin,
@@ -56,13 +54,14 @@ def get_reference(name: str, who: LineUser, references: ReferencesDep) -> Respon
 
 def _not_blank(registry: Registry) -> Callable[[Reference], None]:
     """Refuses a golden image every inspection against would fail as ``blank_frame``: it
-    spans fewer grey levels than the lowest ``min_contrast`` of the recipes loaded that
-    judge with a reference (16 where one sets none). Taken once a recipe sets it lower
-    (a station of smooth, flat parts: 0 turns the check off)."""
+    spans fewer grey levels than the lowest ``min_contrast`` set by the recipes loaded
+    that judge with a reference. Where none sets one, a flat golden is taken: it may be
+    the part's own look (a tile all of one colour), and frames against it are then not
+    checked for contrast (:func:`~lineside_inspect.recipes.rules.blank_view`)."""
     def check(ref: Reference) -> None:
-        minima = [min_contrast(r, reference=True)
-                  for r in registry.recipes() if _judges_with_reference(registry, r)]
-        minimum = min(minima, default=BLANK_CONTRAST)
+        minima = [r.min_contrast for r in registry.recipes()
+                  if r.min_contrast is not None and _judges_with_reference(registry, r)]
+        minimum = min(minima, default=0)
         if minimum > 0 and (spread := ref.contrast) < minimum:
             raise ReferenceImageError(
                 f"reference image {ref.name}: nearly blank, it spans {spread} grey levels "
