@@ -421,26 +421,37 @@ def test_a_blank_golden_is_refused_at_upload_when_a_recipe_sets_min_contrast(
         srv: Running) -> None:
     """A golden image with nothing on it (a lens cap, a lamp off at setup) was taken, and
     every part inspected against it then failed as blank_frame (review, session 39): it is
-    refused at upload, naming why, once a reference recipe sets min_contrast above it.
-    Where none sets one, a flat golden is taken: it may be the part's own look (a tile
-    all of one colour), and frames against it are then not checked for contrast."""
+    refused at upload, naming why, once every reference recipe sets min_contrast above it.
+    One that sets none takes a flat golden: it may be the part's own look (a tile all of
+    one colour), and frames against it are then not checked for contrast; one strict
+    recipe beside it refused the golden that station could use (review, session 39)."""
     from lineside_inspect.opencv import cv2
 
     blank = bytes(cv2.imencode(".png", np.full((64, 64, 3), 3, np.uint8))[1])
     png = {"content-type": "image/png"}
     with srv.client("admin") as c:
-        r = c.put("/v1/references/capped", content=blank, headers=png)
-        assert r.status_code == 200, r.text
-        assert c.delete("/v1/references/capped").status_code == 204
+        # the reference recipes loaded (deeppcb-ref, and any an earlier test left), as put
+        loaded = [{k: v for k, v in r.items() if k not in ("default", "put_over_api")}
+                  for r in c.get("/v1/recipes").json() if r["model"] == "deeppcb-ref"]
+        assert loaded and all(r["min_contrast"] is None for r in loaded), loaded
         strict = {"name": "strict-view", "model": "deeppcb-ref", "min_contrast": 16}
         assert c.put("/v1/recipes/strict-view", json=strict).status_code == 200
-        try:
+        try:  # deeppcb-ref sets none: its station may image a flat part
+            r = c.put("/v1/references/capped", content=blank, headers=png)
+            assert r.status_code == 200, r.text
+            assert c.delete("/v1/references/capped").status_code == 204
+            for recipe in loaded:
+                r = c.put(f"/v1/recipes/{recipe['name']}", json={**recipe, "min_contrast": 16})
+                assert r.status_code == 200, r.text
             msg = _error(c.put("/v1/references/capped", content=blank, headers=png), 422)
             assert "reference image capped: nearly blank, it spans 0 grey levels" in msg, msg
             assert "set the recipe's min_contrast lower" in msg, msg
             assert "capped" not in c.get("/v1/references").json()["items"]
         finally:
             assert c.delete("/v1/recipes/strict-view").status_code == 200
+            for recipe in loaded:
+                r = c.put(f"/v1/recipes/{recipe['name']}", json=recipe)
+                assert r.status_code == 200, r.text
 
 
 def test_a_configured_blank_golden_is_warned_about_at_start(launch, tmp_path,

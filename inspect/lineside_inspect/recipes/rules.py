@@ -219,8 +219,9 @@ class BlankView:
 
 
 def min_contrast(recipe: Recipe, *, reference: bool) -> int:
-    """The grey levels a frame (and its golden) must span under ``recipe``: its
-    ``min_contrast``, else :data:`BLANK_CONTRAST` on a reference station, else 0 (off)."""
+    """The grey levels a frame must span under ``recipe``: its ``min_contrast``, else
+    :data:`BLANK_CONTRAST` on a reference station (only where its golden spans that
+    much, :func:`blank_view`), else 0 (off). A golden is held to a set one only."""
     if recipe.min_contrast is not None:
         return recipe.min_contrast
     return BLANK_CONTRAST if reference else 0

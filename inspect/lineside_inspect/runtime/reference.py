@@ -116,8 +116,9 @@ def align_to_reference(frame: np.ndarray, reference: np.ndarray, *, max_shift: i
     return aligned, dx, dy
 
 
-# grey levels a reference station's frame and golden must span (5th to 95th percentile)
-# unless its recipe says (min_contrast): a lens cap or a lamp off leaves a few levels of
+# grey levels a reference station's frame must span (5th to 95th percentile) where its
+# golden spans as much, unless its recipe says (min_contrast, which holds the golden to
+# it too; a flat golden is otherwise the part's own look): a lens cap or a lamp off leaves a few levels of
 # sensor noise; the golden's view at half its contrast spans about a hundred
 BLANK_CONTRAST = 16
 

@@ -54,13 +54,14 @@ def get_reference(name: str, who: LineUser, references: ReferencesDep) -> Respon
 
 def _not_blank(registry: Registry) -> Callable[[Reference], None]:
     """Refuses a golden image every inspection against would fail as ``blank_frame``: it
-    spans fewer grey levels than the lowest ``min_contrast`` set by the recipes loaded
-    that judge with a reference. Where none sets one, a flat golden is taken: it may be
-    the part's own look (a tile all of one colour), and frames against it are then not
-    checked for contrast (:func:`~lineside_inspect.recipes.rules.blank_view`)."""
+    spans fewer grey levels than the lowest ``min_contrast`` of the recipes loaded that
+    judge with a reference. One that sets none takes a flat golden (it may be the part's
+    own look, a tile all of one colour; frames against it are then not checked for
+    contrast, :func:`~lineside_inspect.recipes.rules.blank_view`), so it counts as 0:
+    one strict recipe refused the golden a station on an unset recipe could use."""
     def check(ref: Reference) -> None:
-        minima = [r.min_contrast for r in registry.recipes()
-                  if r.min_contrast is not None and _judges_with_reference(registry, r)]
+        minima = [r.min_contrast or 0 for r in registry.recipes()
+                  if _judges_with_reference(registry, r)]
         minimum = min(minima, default=0)
         if minimum > 0 and (spread := ref.contrast) < minimum:
             raise ReferenceImageError(
