@@ -470,6 +470,32 @@ def test_a_blank_frame_against_a_blank_golden_fails_as_blank() -> None:
     assert set_.verdict == "fail" and set_.reasons[-1].rule == "blank_frame"
 
 
+def test_the_default_has_no_cliff_at_its_line() -> None:
+    """Unset, a golden spanning just over 16 levels failed its good frames as blank_frame
+    whenever sensor noise took them a level or two under 16 (review, session 39): a frame
+    fails only if it also lost half its golden's contrast; a capped lens still fails."""
+    from lineside_inspect.recipes.rules import Verdict, blank_view, with_blank_view
+    from lineside_inspect.runtime.reference import contrast
+    from lineside_inspect.runtime.types import Detections
+
+    def ramp(levels: int) -> np.ndarray:  # a smooth part: a gentle gradient of ``levels``
+        row = np.linspace(100, 100 + levels / 0.9, 64).round().astype(np.uint8)
+        return np.repeat(np.tile(row, (64, 1))[:, :, None], 3, axis=2)
+
+    golden, noisy, capped = ramp(18), ramp(14), np.full((64, 64, 3), 3, np.uint8)
+    assert contrast(golden) >= 16 > contrast(noisy) and 2 * contrast(noisy) >= contrast(golden)
+    ref = Reference.from_bytes("g", cv2.imencode(".png", golden)[1].tobytes(), image=golden)
+    unset = Recipe(name="u", model="m")
+    assert blank_view(unset, noisy, ref) is None  # a good frame a few levels under
+    blank = blank_view(unset, capped, ref)
+    assert blank is not None and blank.what == "frame" and blank.golden == contrast(golden)
+    said = with_blank_view(Verdict("pass", Detections.empty([]), []), blank).reasons[-1]
+    assert "under half of its golden's" in said.message and "sets no min_contrast" in said.message
+    # a recipe's own figure is its own rule: the noisy frame fails under it
+    strict = blank_view(Recipe(name="s", model="m", min_contrast=16), noisy, ref)
+    assert strict is not None and strict.golden is None
+
+
 def _every_4th(image: np.ndarray) -> int:
     """contrast() as it was: every 4th pixel of every 4th row, however large the frame."""
     sample = np.ascontiguousarray(image[::4, ::4])

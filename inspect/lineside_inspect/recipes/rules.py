@@ -216,6 +216,9 @@ class BlankView:
     what: str  # "frame" or "reference"
     contrast: int
     minimum: int
+    # the golden's contrast, when the recipe sets no min_contrast and the frame is judged
+    # against it (the default's rule); None: the recipe's own min_contrast
+    golden: int | None = None
 
 
 def min_contrast(recipe: Recipe, *, reference: bool) -> int:
@@ -244,7 +247,9 @@ def blank_view(recipe: Recipe, frame: np.ndarray, reference: Reference | None) -
     or a lamp off passed as a good part (the leftover of sessions 36 and 37).
 
     Unset, a reference station checks the frame against :data:`BLANK_CONTRAST` only where
-    its golden spans at least that much: a flat frame of a part whose golden shows
+    its golden spans at least that much, and fails it only if it also spans under half
+    its golden's levels (a golden just over the line, its good frames a few levels of
+    noise either side, failed them at random): a flat frame of a part whose golden shows
     contrast has lost its view; a flat golden is the part's own look (a tile all of one
     colour), whose frames cannot be told from a lens cap by contrast, and failing them
     failed good parts (review, session 39). A single-image station checks nothing unless
@@ -253,7 +258,14 @@ def blank_view(recipe: Recipe, frame: np.ndarray, reference: Reference | None) -
     minimum = min_contrast(recipe, reference=reference is not None)
     if minimum <= 0:
         return None
-    if recipe.min_contrast is None and reference is not None and reference.contrast < minimum:
+    if recipe.min_contrast is None and reference is not None:
+        # unset: a frame that lost at least half its golden's contrast as well, so a
+        # golden just over the line whose good frames vary by a few levels of noise does
+        # not fail them at random (a cliff at 16: review, session 39)
+        golden = reference.contrast
+        spread = contrast(frame) if golden >= minimum else minimum
+        if spread < minimum and 2 * spread < golden:
+            return BlankView("frame", spread, minimum, golden)
         return None
     if (spread := contrast(frame)) < minimum:
         return BlankView("frame", spread, minimum)
@@ -270,9 +282,16 @@ def with_blank_view(verdict: Verdict, blank: BlankView | None) -> Verdict:
                     allowed=blank.minimum, message=(
                         f"the {'frame' if blank.what == 'frame' else 'reference image'} is "
                         f"nearly blank: it spans {blank.contrast} grey levels (5th to 95th "
-                        f"percentile), under the recipe's min_contrast {blank.minimum}: "
-                        f"nothing on it can be judged ({cause})"))
+                        f"percentile), {_under(blank)}: nothing on it can be judged "
+                        f"({cause})"))
     return Verdict("fail", verdict.defects, [*verdict.reasons, reason])
+
+
+def _under(blank: BlankView) -> str:
+    if blank.golden is None:
+        return f"under the recipe's min_contrast {blank.minimum}"
+    return (f"under {blank.minimum} and under half of its golden's {blank.golden} (the "
+            "recipe sets no min_contrast)")
 
 
 def _judge_defects(detections: Detections, recipe: Recipe, thresholds: dict[str, float],

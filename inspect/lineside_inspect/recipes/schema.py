@@ -118,8 +118,9 @@ class Recipe(BaseModel):
     min_contrast: int | None = Field(None, ge=0, le=255, strict=True, description=(
         "grey levels (5th to 95th percentile) a frame, and on a reference station its golden "
         "image, must span; below it the part fails as blank_frame (a lens cap, a lamp off). "
-        "Unset, a reference station fails a frame under 16 where its golden spans 16 or "
-        "more (a flat golden is the part's own look: its frames are not checked); "
+        "Unset, a reference station fails a frame under 16 and under half its golden's "
+        "where its golden spans 16 or more (a flat golden is the part's own look: its "
+        "frames are not checked); "
         "single-image models check nothing; 0 turns it off"))
     anomaly: AnomalyRule | None = Field(None, description=(
         "a good-only model's image score as a rule (alone, or fused with the detector)"))
