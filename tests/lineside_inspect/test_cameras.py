@@ -107,16 +107,18 @@ def test_stream_killed_and_restarted(stream: MJPEGSimulator) -> None:
 
 
 @pytest.mark.slow
-def test_twenty_drop_reconnect_cycles_leak_nothing(stream: MJPEGSimulator) -> None:
+def test_ten_drop_reconnect_cycles_leak_nothing(stream: MJPEGSimulator) -> None:
     w = _worker(stream.url)
     assert _wait(w.online)
     threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
-    for _ in range(20):
+    # ten cycles (were twenty, 13 s): a thread or descriptor kept per cycle still goes
+    # past the margins below more than twice over
+    for _ in range(10):
         stream.kill()
         assert _wait(lambda: not w.online())
         stream.start()
         assert _wait(w.online)
-    assert w.reconnects >= 20
+    assert w.reconnects >= 10
     time.sleep(0.5)
     assert threading.active_count() <= threads + 2  # the stream server's own handler threads
     assert len(os.listdir("/proc/self/fd")) <= fds + 4

@@ -1160,6 +1160,7 @@ def test_camera_loss_fails_with_error_code(line: Line) -> None:
             pw = await async_playwright().start()
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = await browser.new_page()
+            await page.clock.install()  # runs on, but can jump to the page's next refresh
             await page.goto(line.srv.url + "/")
             await page.fill("#key", KEYS["reviewer"])
             await page.keyboard.press("Enter")
@@ -1196,6 +1197,7 @@ def test_camera_loss_fails_with_error_code(line: Line) -> None:
             row = page.split('<tr data-station="flaky">')[1].split("</tr>")[0]
             assert "1 (camera_offline)" in row
             assert f'<td data-field="failed">{int(sum(counted.values()))}</td>' in row
+            await shown.page.clock.fast_forward(5000)  # home.js REFRESH_MS: the next refresh
             await expect(shown.locator("[data-field=code]")).to_have_text(
                 "1 (camera_offline)", timeout=WAIT_S * 1000)
             await expect(shown.locator("[data-field=code]")).to_have_class("fail")

@@ -302,6 +302,9 @@ def test_status_home(shift: Running, tmp_path: Path) -> None:
     with sync_playwright() as p:
         browser = _browser(p)
         page = _context(browser).new_page()
+        # the page's clock runs on, but can jump to its next 5 s refresh below (waited
+        # out, it was half this test's time)
+        page.clock.install()
         _sign_in(page, shift.url + "/")
         expect(page.locator(".station")).to_have_count(2)
         expect(page.locator("[data-zone]")).to_contain_text("Europe/Berlin (UTC+0")
@@ -352,6 +355,7 @@ def test_status_home(shift: Running, tmp_path: Path) -> None:
         with shift.client("admin") as c:
             assert c.post("/v1/models/deeppcb/activate", json={"version": "1"}).status_code == 200
         try:
+            page.clock.fast_forward(5000)  # home.js REFRESH_MS: the next refresh, on its timer
             expect(active).to_have_text("1", timeout=15_000)
         finally:
             with shift.client("admin") as c:
@@ -375,15 +379,20 @@ def test_a_station_card_says_its_fails_with_nothing_judged(shift: Running) -> No
                            "message": "the frame is nearly blank"},
            "reference_mismatch": {"rule": "reference_mismatch", "label": "reference",
                                   "count": 300, "allowed": 200, "message": "not its view"}}
+    now = datetime.now(UTC)
     with Session(store.engine) as s, s.begin():
+        # the latest three fails, moved into this shift for the test: the seeded ones may
+        # all be before its start when the suite runs just after a shift change
         rows = s.scalars(select(InspectionRow).where(
-            InspectionRow.camera_id == "line1-top", InspectionRow.verdict == "fail",
-            InspectionRow.created_at >= datetime.fromisoformat(start))
+            InspectionRow.camera_id == "line1-top", InspectionRow.verdict == "fail")
             .order_by(InspectionRow.created_at.desc()).limit(3)).all()
         assert len(rows) == 3
-        kept = {r.id: r.reasons for r in rows}
-        for row, rule in zip(rows, ["reference_mismatch", "blank_frame", "blank_frame"], strict=True):
+        kept = {r.id: (r.reasons, r.created_at) for r in rows}
+        for i, (row, rule) in enumerate(zip(
+                rows, ["reference_mismatch", "blank_frame", "blank_frame"], strict=True)):
             row.reasons = [*row.reasons, why[rule]]
+            row.created_at = max(now - timedelta(seconds=1 + i),
+                                 datetime.fromisoformat(start) + timedelta(microseconds=1 + i))
     try:
         with shift.client("reviewer") as c:
             cards = {st["camera"]["id"]: st for st in c.get("/v1/overview").json()["stations"]}
@@ -411,7 +420,7 @@ def test_a_station_card_says_its_fails_with_nothing_judged(shift: Running) -> No
     finally:
         with Session(store.engine) as s, s.begin():
             for row in s.scalars(select(InspectionRow).where(InspectionRow.id.in_(kept))):
-                row.reasons = kept[row.id]
+                row.reasons, row.created_at = kept[row.id]
 
 
 def test_dashboard(shift: Running, tmp_path: Path) -> None:
@@ -705,6 +714,7 @@ def test_status_home_shows_a_fail_rate_alarm(tmp_path: Path) -> None:
 
             browser = _browser(p)
             page = _context(browser).new_page()
+            page.clock.install()  # runs on, but can jump to the page's next refresh
             _sign_in(page, running.url + "/")
             expect(page.locator("#ready")).to_have_text("ready")
             expect(page.locator("#alarms")).to_be_hidden()
@@ -718,7 +728,8 @@ def test_status_home_shows_a_fail_rate_alarm(tmp_path: Path) -> None:
             assert alarm.locator("time").get_attribute("datetime")
             _shot(page, "home-alarm.png", tmp_path)
             send(good[4:8])
-            expect(alarm).to_be_hidden(timeout=10_000)  # the page refreshes every 5 s
+            page.clock.fast_forward(5000)  # the page refreshes every 5 s (home.js REFRESH_MS)
+            expect(alarm).to_be_hidden(timeout=10_000)
             browser.close()
     finally:
         stop()

@@ -398,6 +398,9 @@ def test_status_page(launch) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page()
+        # the page's clock runs on, but can jump to its next 5 s refresh (waited out, it
+        # was most of this test's time)
+        page.clock.install()
         first = page.goto(srv.url + "/")
         assert first is not None and first.status == 200
         assert all(d in first.headers["content-security-policy"] for d in CSP_DIRECTIVES)
@@ -429,6 +432,7 @@ def test_status_page(launch) -> None:
             r = c.post("/v1/models", json={"path": str(ROOT / "models" / "deeppcb-ref" / "1")})
             assert r.status_code in (200, 201), r.text
         row = page.locator("#models tr[data-model='deeppcb-ref']")
+        page.clock.fast_forward(5000)  # home.js REFRESH_MS: the next refresh, on its timer
         expect(row).to_contain_text("needs a reference", timeout=15000)
         expect(row.locator("[data-field=active]")).to_have_text("1")
         expect(page.locator("#models tr[data-model]")).to_have_count(2)
