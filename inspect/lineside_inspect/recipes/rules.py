@@ -221,15 +221,6 @@ class BlankView:
     golden: int | None = None
 
 
-def min_contrast(recipe: Recipe, *, reference: bool) -> int:
-    """The grey levels a frame must span under ``recipe``: its ``min_contrast``, else
-    :data:`BLANK_CONTRAST` on a reference station (only where its golden spans that
-    much, :func:`blank_view`), else 0 (off). A golden is held to a set one only."""
-    if recipe.min_contrast is not None:
-        return recipe.min_contrast
-    return BLANK_CONTRAST if reference else 0
-
-
 def blank_reference(recipe: Recipe, reference: Reference) -> BlankView | None:
     """Whether the golden image ``reference`` is too flat for a ``min_contrast`` the recipe
     sets: every part judged against it would fail as ``blank_frame`` (:func:`blank_view`).
@@ -255,21 +246,21 @@ def blank_view(recipe: Recipe, frame: np.ndarray, reference: Reference | None) -
     failed good parts (review, session 39). A single-image station checks nothing unless
     the recipe sets it (``lineside data stats`` suggests a figure). The golden's contrast
     is the one it keeps (:attr:`Reference.contrast`), not worked out again per frame."""
-    minimum = min_contrast(recipe, reference=reference is not None)
-    if minimum <= 0:
-        return None
-    if recipe.min_contrast is None and reference is not None:
-        # unset: a frame that lost at least half its golden's contrast as well, so a
-        # golden just over the line whose good frames vary by a few levels of noise does
-        # not fail them at random (a cliff at 16: review, session 39)
-        golden = reference.contrast
-        spread = contrast(frame) if golden >= minimum else minimum
-        if spread < minimum and 2 * spread < golden:
-            return BlankView("frame", spread, minimum, golden)
-        return None
-    if (spread := contrast(frame)) < minimum:
-        return BlankView("frame", spread, minimum)
-    return None if reference is None else blank_reference(recipe, reference)
+    minimum = recipe.min_contrast
+    if minimum is not None:  # the recipe's own figure: the frame, then its golden
+        if minimum <= 0:
+            return None
+        if (spread := contrast(frame)) < minimum:
+            return BlankView("frame", spread, minimum)
+        return None if reference is None else blank_reference(recipe, reference)
+    if reference is None or reference.contrast < BLANK_CONTRAST:
+        return None  # unset: a single-image station, or a flat golden (the part's look)
+    # a frame that also lost half its golden's contrast, so a golden just over the line
+    # whose good frames vary by a few levels of noise does not fail them at random
+    spread = contrast(frame)
+    if spread < BLANK_CONTRAST and 2 * spread < reference.contrast:
+        return BlankView("frame", spread, BLANK_CONTRAST, reference.contrast)
+    return None
 
 
 def with_blank_view(verdict: Verdict, blank: BlankView | None) -> Verdict:
