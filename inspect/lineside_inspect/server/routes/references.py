@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 
 from lineside_inspect.errors import LinesideError, ReferenceImageError
 from lineside_inspect.recipes import Recipe
+from lineside_inspect.recipes.rules import blank_reference
 from lineside_inspect.references import Reference, check_name
 from lineside_inspect.server.body import read_image_body
 from lineside_inspect.server.deps import (
@@ -60,13 +61,14 @@ def _not_blank(registry: Registry) -> Callable[[Reference], None]:
     contrast, :func:`~lineside_inspect.recipes.rules.blank_view`), so it counts as 0:
     one strict recipe refused the golden a station on an unset recipe could use."""
     def check(ref: Reference) -> None:
-        minima = [r.min_contrast or 0 for r in registry.recipes()
+        # the verdict's own rule, per recipe: refused only where every one would fail it
+        blanks = [blank_reference(r, ref) for r in registry.recipes()
                   if _judges_with_reference(registry, r)]
-        minimum = min(minima, default=0)
-        if minimum > 0 and (spread := ref.contrast) < minimum:
+        if blanks and all(b is not None for b in blanks):
+            minimum = min(b.minimum for b in blanks if b is not None)
             raise ReferenceImageError(
-                f"reference image {ref.name}: nearly blank, it spans {spread} grey levels "
-                f"(5th to 95th percentile), under {minimum}, the lowest min_contrast of the "
+                f"reference image {ref.name}: nearly blank, it spans {ref.contrast} grey "
+                f"levels (5th to 95th percentile), under {minimum}, the lowest min_contrast of the "
                 "recipes that judge with a reference: every part inspected against it would "
                 "fail as blank_frame. Send an image that shows the part, or set the recipe's "
                 "min_contrast lower for a part that flat")
