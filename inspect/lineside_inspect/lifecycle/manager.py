@@ -15,8 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,10 +72,6 @@ class Lifecycle:
         self._alarm_writes: set[Future[None]] = set()
         self._gate_lock = threading.Lock()
         self._admit_lock = threading.Lock()  # one activation decision at a time
-        # versions a gate compares or an activation is admitting, while it runs: a load
-        # meanwhile (a fleet pull, another admin) must not unload them beyond keep_loaded
-        self._busy: Counter[tuple[str, str]] = Counter()
-        self._busy_lock = threading.Lock()
         registry.add_holder(self._holding)
 
     # -- wiring ---------------------------------------------------------------------------
@@ -114,9 +109,7 @@ class Lifecycle:
 
     def _holding(self, model: str) -> dict[str, str]:
         """The versions of ``model`` the shadow run and the rollout watch need loaded."""
-        with self._busy_lock:
-            held = {v: "a gate or an activation of it is running" for (m, v), n in
-                    self._busy.items() if m == model and n > 0}
+        held: dict[str, str] = {}
         session = None if self.shadow is None else self.shadow.session(model)
         if session is not None:
             held.setdefault(session.version, f"its shadow run compares it with the active version "
@@ -129,20 +122,12 @@ class Lifecycle:
                                             "rolls back to it if the line's fail rate jumps")
         return held
 
-    @contextlib.contextmanager
-    def _using(self, model: str, *versions: str | None) -> Iterator[None]:
-        """Hold ``versions`` of ``model`` loaded while the block runs (:meth:`_holding`)."""
-        keys = [(model, v) for v in versions if v is not None]
-        with self._busy_lock:
-            self._busy.update(keys)
-        try:
-            yield
-        finally:
-            with self._busy_lock:
-                self._busy.subtract(keys)
-                for key in keys:
-                    if self._busy[key] <= 0:
-                        del self._busy[key]
+    def _using(self, model: str, *versions: str | None) -> contextlib.AbstractContextManager[None]:
+        """Hold ``versions`` of ``model`` loaded while the block runs, each one unloaded
+        loaded again from its package first (:meth:`Registry.loaded`): a version a gate,
+        activation, shadow run or recipe chooses is on disk, so it is loaded, not 404; a
+        load meanwhile (a fleet pull, another admin) must not unload it beyond keep_loaded."""
+        return self.registry.loaded(model, *versions)
 
     def unload(self, model: str, version: str, *, actor: str, force: bool = False,
                reason: str = "") -> None:
@@ -432,8 +417,16 @@ class Lifecycle:
         pins = [(recipe.model, recipe.model_version)]
         if recipe.anomaly is not None and recipe.anomaly.model is not None:
             pins.append((recipe.anomaly.model, recipe.anomaly.model_version))
-        for model, version in pins:
-            self.registry.detector(model, version)  # 404 for a model or version not loaded
+        with contextlib.ExitStack() as held:
+            for model, version in pins:
+                # a pinned version that was unloaded is loaded again (on disk, it is the
+                # version chosen); held until the recipe pins it
+                held.enter_context(self._using(model, version))
+                self.registry.detector(model, version)  # 404 for a model or version never loaded
+            self._put_recipe(recipe, pins, actor=actor)
+
+    def _put_recipe(self, recipe: Recipe, pins: list[tuple[str, str | None]], *,
+                    actor: str) -> None:
         with self._admit_lock:
             pinned: list[str] = []
             admitted: list[tuple[Detector, GateReportRow | None]] = []
@@ -516,17 +509,18 @@ class Lifecycle:
                 raise ActiveChanged(f"{model} {expect} is not the active version now "
                                     f"({old}): nothing rolled back; look again")
             target = self.registry.previous(model)
-            if target is not None:  # unloaded from memory: loaded again from its package
-                self.registry.reload(model, target)
-            if target is not None and self._records is not None:
-                refused = self._standing(self.registry.detector(model, target),
-                                         any_pass_clears=True)[2]
-                if refused is not None:
-                    raise GateRefused(f"a rollback would make {refused}: activate the version "
-                                      f"you want (POST /v1/models/{model}/activate; force "
-                                      "with a reason if need be)")
-            version = self.registry.rollback(model, expect=target, recipe=None if target is None
-                                             else self._card_recipe(model, old, target))
+            # unloaded from memory: loaded again from its package, and held until active
+            with self._using(model, target):
+                if target is not None and self._records is not None:
+                    refused = self._standing(self.registry.detector(model, target),
+                                             any_pass_clears=True)[2]
+                    if refused is not None:
+                        raise GateRefused(f"a rollback would make {refused}: activate the "
+                                          f"version you want (POST /v1/models/{model}/activate;"
+                                          " force with a reason if need be)")
+                version = self.registry.rollback(
+                    model, expect=target,
+                    recipe=None if target is None else self._card_recipe(model, old, target))
         if self._records is not None:
             self.records.audit(actor=actor, action="rollback", model=model, version=version,
                                reason=reason, details={"from": old, **self._pins_of(model, old)})
@@ -567,6 +561,12 @@ class Lifecycle:
     # -- shadow ---------------------------------------------------------------------------
     def start_shadow(self, model: str, version: str, *, sample_rate: float | None, actor: str,
                      force: bool = False, reason: str = "") -> dict[str, Any]:
+        with self._using(model, version):  # until its session holds it
+            return self._start_shadow(model, version, sample_rate=sample_rate, actor=actor,
+                                      force=force, reason=reason)
+
+    def _start_shadow(self, model: str, version: str, *, sample_rate: float | None, actor: str,
+                      force: bool, reason: str) -> dict[str, Any]:
         loaded = self.registry.detector(model, version)
         active = self.registry.models()[model].active
         if version == active:
@@ -607,6 +607,12 @@ class Lifecycle:
                 recipe: str | None = None, actor: str, force: bool = False,
                 reason: str = "") -> dict[str, Any]:
         """Gate ``version`` against the active one, activate it, and watch it."""
+        with self._using(model, version):  # an unloaded version is loaded again
+            return self._promote(model, version, golden=golden, golden_version=golden_version,
+                                 recipe=recipe, actor=actor, force=force, reason=reason)
+
+    def _promote(self, model: str, version: str, *, golden: str, golden_version: int | None,
+                 recipe: str | None, actor: str, force: bool, reason: str) -> dict[str, Any]:
         previous = self.registry.models()[model].active if model in self.registry.models() else None
         self.registry.detector(model, version)
         if previous is None or previous == version:

@@ -92,7 +92,8 @@ async def add_golden(name: str, body: GoldenAdd, request: Request, who: Admin) -
 # -- gate ---------------------------------------------------------------------------------
 @router.post("/models/{name}/gate", responses=errors(401, 403, 404, 409, 413, 422))
 async def gate(name: str, body: GateRun, request: Request, who: Admin) -> GateReport:
-    """Replay a golden set through a loaded candidate version and the active one (or
+    """Replay a golden set through a candidate version (one unloaded from memory is loaded
+    again from its package) and the active one (or
     ``against``), each at its own card's thresholds under the recipe's rules. The report
     is stored: a candidate that failed it is refused activation and shadowing unless an
     admin forces it (``force`` and a ``reason``, recorded). 200 with ``passed`` false for
@@ -120,7 +121,8 @@ async def gate_report(report_id: str, request: Request, who: Admin) -> StoredGat
 # -- shadow -------------------------------------------------------------------------------
 @router.post("/models/{name}/shadow", responses=errors(401, 403, 404, 409, 413, 422))
 async def start_shadow(name: str, body: ShadowStart, request: Request, who: Admin) -> ShadowStatus:
-    """Run a loaded version as the shadow of the model's active one on a sample of live
+    """Run a version (loaded, or loaded again from its package) as the shadow of the
+    model's active one on a sample of live
     frames, off the verdict path. Refused (409 gate_failed) for a version whose gate
     failed unless forced with a reason (recorded)."""
     lc = lifecycle(request)

@@ -42,7 +42,9 @@ class GoldenAdd(_Shape):
 
 
 class GateRun(_Shape):
-    version: Name = Field(description="the candidate: a loaded version (POST /v1/models, activate false)")
+    version: Name = Field(description=(
+        "the candidate: a version loaded (POST /v1/models, activate false), or one unloaded "
+        "from memory since (loaded again from its package)"))
     golden: Name = Field(description="the golden set")
     golden_version: int | None = Field(None, ge=1, strict=True,
                                        description="default: its latest version")
@@ -59,7 +61,8 @@ class Admit(_Shape):
 
 
 class ShadowStart(Admit):
-    version: Name = Field(description="a loaded version other than the active one")
+    version: Name = Field(description=(
+        "a version other than the active one (one unloaded from memory is loaded again)"))
     sample_rate: float | None = Field(None, gt=0, le=1, strict=True, description=(
         "share of live frames it sees; default lifecycle.shadow.sample_rate"))
 

@@ -9,14 +9,17 @@ A version no longer judging can be unloaded (:meth:`Registry.unload`, and beyond
 ``keep_loaded`` versions of a model at each load): it leaves the dict, and its
 onnxruntime sessions are freed once the last inspection that took it finishes (nothing
 closes them under a running inference). Its package stays where it is, remembered in
-``ModelSlot.unloaded``: a rollback to it loads it again from there.
+``ModelSlot.unloaded``: whatever chooses it again (an activation, a rollback, a recipe
+pinning it, a gate or shadow run of it) loads it again from there (:meth:`Registry.loaded`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +79,13 @@ class Registry:
         self.keep_loaded = keep_loaded
         self._holders: list[Holder] = []
         self._lock = threading.Lock()
+        # versions held loaded by a running step (an activation, a gate, a recipe put), read
+        # under ``_lock`` with the unload's and the bound's checks: a hold taken is seen by
+        # both at once (a holder asked outside the lock could miss one taken meanwhile)
+        self._busy: Counter[tuple[str, str]] = Counter()
+        # one load from an unloaded package at a time: two activations of the same version
+        # at once loaded it twice (the second replaced the first's sessions)
+        self._reload_lock = threading.Lock()
         self._models: dict[str, ModelSlot] = {}
         self._recipes: dict[str, Recipe] = {}
         self._remote: dict[str, Detector] = {}  # recipe name -> its OIP v2 endpoint's
@@ -146,6 +156,8 @@ class Registry:
             fused = r.anomaly  # (one following the active version: that one is active)
             if fused is not None and (fused.model, fused.model_version) == (name, version):
                 uses.append(f"recipe {r.name} fuses with it")
+        if self._busy[(name, version)] > 0:
+            uses.append("an activation, gate or recipe of it is being put in place")
         if version in held:
             uses.append(held[version])
         return uses
@@ -200,26 +212,56 @@ class Registry:
                      "rollback to it loads it again from its package)", name, version,
                      self.keep_loaded, name, loaded)
 
+    @contextlib.contextmanager
+    def holding(self, name: str, *versions: str | None) -> Iterator[None]:
+        """Keep ``versions`` of ``name`` loaded while the block runs: an unload of one is
+        refused (409 naming why) and the bound passes it over."""
+        keys = [(name, v) for v in versions if v is not None]
+        with self._lock:
+            self._busy.update(keys)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy.subtract(keys)
+                for key in keys:
+                    if self._busy[key] <= 0:
+                        del self._busy[key]
+
+    @contextlib.contextmanager
+    def loaded(self, name: str, *versions: str | None) -> Iterator[None]:
+        """:meth:`holding`, each of ``versions`` that was unloaded loaded again first (from
+        its package, held to its card): whatever chooses a version (an activation, a
+        recipe pinning it, a gate, a rollback) finds it in memory, as long as it runs."""
+        with self.holding(name, *versions):
+            for version in versions:
+                if version is not None:
+                    self.reload(name, version)
+            yield
+
     def reload(self, name: str, version: str) -> None:
         """Load ``version`` of ``name`` again from its package if it was unloaded (nothing
         when it is loaded): its card must be the one it was unloaded with."""
-        with self._lock:
-            slot = self._slot(name)
-            package = slot.unloaded.get(version)
-            if version in slot.versions or package is None:
-                return
-        try:
-            self.load(package.path, activate=False, expect_card=card_digest(package.card))
-        except PackageError as exc:
-            raise PackageError(f"model {name} {version} was unloaded from memory and cannot "
-                               f"be loaded again from its package: {exc.message}") from None
+        with self._reload_lock:
+            with self._lock:
+                slot = self._slot(name)
+                package = slot.unloaded.get(version)
+                if version in slot.versions or package is None:
+                    return
+            try:
+                self.load(package.path, activate=False, expect_card=card_digest(package.card))
+            except PackageError as exc:
+                raise PackageError(f"model {name} {version} was unloaded from memory and "
+                                   "cannot be loaded again from its package: "
+                                   f"{exc.message}") from None
         log.info("model %s: version %s loaded again from its package", name, version)
 
     def _not_loaded_locked(self, name: str, version: str | None) -> str:
         slot = self._models[name]
         if version is not None and version in slot.unloaded:
-            return (f"model {name} version {echo(version)} was unloaded from memory: load "
-                    "its package again (POST /v1/models; GET /v1/models lists its folder)")
+            return (f"model {name} version {echo(version)} was unloaded from memory: "
+                    "activating it, a recipe pinning it or a rollback to it loads it again "
+                    "(or POST /v1/models its package; GET /v1/models lists its folder)")
         return (f"model {name} has no loaded version {echo(version)} "
                 f"(loaded: {', '.join(slot.versions)})")
 
@@ -278,17 +320,19 @@ class Registry:
                  pending: Sequence[Recipe] = ()) -> None:
         """Make ``version`` active; with ``recipe`` (its card's, checked), put that in the
         same step, so no inspection pins the new version with the old card's recipe.
-        ``pending``: as in :meth:`_check_followers_locked`."""
-        held = self._held(name)
-        with self._lock:
-            slot = self._slot(name)
-            if slot.active != version:
-                self._check_followers_locked(name, self._detector_locked(name, version), recipe,
-                                             pending)
-            self._activate_locked(name, version)
-            self._put_recipe_locked(recipe)
-            # the version before the one replaced is no longer a rollback's way back
-            self._trim_locked(name, version, held)
+        ``pending``: as in :meth:`_check_followers_locked`. An unloaded version is loaded
+        again first."""
+        with self.loaded(name, version):
+            held = self._held(name)
+            with self._lock:
+                slot = self._slot(name)
+                if slot.active != version:
+                    self._check_followers_locked(name, self._detector_locked(name, version),
+                                                 recipe, pending)
+                self._activate_locked(name, version)
+                self._put_recipe_locked(recipe)
+                # the version before the one replaced is no longer a rollback's way back
+                self._trim_locked(name, version, held)
 
     def _put_recipe_locked(self, recipe: Recipe | None, remote: Detector | None = None) -> None:
         """``recipe`` (checked) in place, with its OIP v2 endpoint's detector if it has one."""
@@ -312,9 +356,10 @@ class Registry:
         """Make the previous version active again. ``expect``: the version that must be
         made active (it may be only what :meth:`previous` said); ``recipe`` as in
         :meth:`activate`. A previous version unloaded from memory is loaded again first."""
-        target = self.previous(name)
-        if target is not None:
-            self.reload(name, target)
+        with self.loaded(name, self.previous(name)):
+            return self._rollback(name, expect, recipe)
+
+    def _rollback(self, name: str, expect: str | None, recipe: Recipe | None) -> str:
         with self._lock:
             slot = self._slot(name)
             while slot.history and slot.history[-1] == slot.active:
@@ -400,11 +445,21 @@ class Registry:
 
     # -- recipes --------------------------------------------------------------------
     def add_recipe(self, recipe: Recipe) -> None:
+        """Put ``recipe`` (checked against its models). A version it pins or fuses with that
+        was unloaded is loaded again; held from its check until the recipe is in place (a
+        load meanwhile unloaded it beyond keep_loaded, and the recipe pinned a version no
+        longer in memory: 404 on each of its inspections)."""
         remote = self._remote_detector(recipe) if recipe.remote is not None else None
-        detector = remote or self.detector(recipe.model, recipe.model_version)
-        self.check_recipe(recipe, detector)
-        with self._lock:
-            self._put_recipe_locked(recipe, remote)
+        fused = recipe.anomaly
+        with contextlib.ExitStack() as held:
+            if remote is None:
+                held.enter_context(self.loaded(recipe.model, recipe.model_version))
+            if fused is not None and fused.model is not None:
+                held.enter_context(self.loaded(fused.model, fused.model_version))
+            detector = remote or self.detector(recipe.model, recipe.model_version)
+            self.check_recipe(recipe, detector)
+            with self._lock:
+                self._put_recipe_locked(recipe, remote)
 
     def check_recipe(self, recipe: Recipe, detector: Detector) -> None:
         """Refuse ``recipe`` if ``detector`` (its model's) or what it fuses with cannot

@@ -109,9 +109,11 @@ async def load_model(body: LoadModel, who: Admin, registry: RegistryDep, setting
 @router.post("/models/{name}/activate", responses=errors(401, 403, 404, 408, 409, 413, 422))
 def activate(name: str, body: Activate, who: Admin, registry: RegistryDep,
              request: Request) -> ActiveVersion:
-    """Make a loaded version active. Refused (409 gate_failed) for a version the admission
-    rule refuses (docs/lifecycle.md: a failed gate report not cleared since; with
-    require_gate, no pass against the active version), unless ``force`` with a ``reason``;
+    """Make a loaded version active (one unloaded from memory is loaded again from its
+    package first: 422 naming why when it was removed or changed on disk). Refused (409
+    gate_failed) for a version the admission rule refuses (docs/lifecycle.md: a failed gate
+    report not cleared since; with require_gate, no pass against the active version),
+    unless ``force`` with a ``reason``;
     every activation is in the audit log (``GET /v1/audit``), a forced one as force_activate."""
     lifecycle = getattr(request.app.state, "lifecycle", None)
     if lifecycle is not None:
@@ -154,7 +156,8 @@ def unload_version(name: str, version: str, who: Admin, registry: RegistryDep, r
                "why (recorded in the audit log)"))] = "") -> VersionUnloaded:
     """Take a version that no longer judges out of memory (its onnxruntime sessions are
     freed once the inspections that took it finish). Nothing stored goes: its package,
-    gate reports and history stay, and loading the package again brings it back. 409
+    gate reports and history stay, and whatever chooses it again (an activation, a
+    recipe pinning it, a gate, shadow run, promotion or rollback) loads it again. 409
     version_in_use for the active version, one a recipe pins or fuses with, one a shadow
     run compares or a rollout watch may roll back to, and (without ``force``) the one a
     rollback goes back to; 404 for a version not loaded."""
@@ -183,8 +186,9 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
                request: Request) -> Recipe:
     """Add or replace a recipe; switching a line's product needs no model reload. It is
     kept in the data folder and replaces the configuration's recipe of its name over
-    restarts, until ``DELETE /v1/recipes/NAME``. 404 when
-    its model (or pinned version) is not loaded, 422 when it names classes the model lacks,
+    restarts, until ``DELETE /v1/recipes/NAME``. 404 when its model (or pinned version)
+    was never loaded (a version unloaded from memory is loaded again from its package:
+    422 naming why when that fails), 422 when it names classes the model lacks,
     409 gate_failed when it pins a version the lifecycle would not activate, 409
     recipe_breaks_camera when a configured camera triggers with it and the model's need for
     a golden image contradicts that camera's config."""
@@ -197,7 +201,10 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
                           "recipe file of the server's config, not over the API")
     state = request.app.state
     saved: SavedRecipes = state.saved_recipes
-    with saved.lock:  # the registry and the file change together (a DELETE waits)
+    # a pinned version unloaded from memory is loaded again first (and held): the cameras'
+    # check below passed over it as not loaded, and a reference model then went to a
+    # camera that names no golden image
+    with saved.lock, registry.loaded(recipe.model, recipe.model_version):
         state.service.check_recipe_for_cameras(recipe)
         try:
             before: Recipe | None = registry.recipe(name)
