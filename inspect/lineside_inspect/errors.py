@@ -181,6 +181,15 @@ class NotFoundError(LinesideError):
     status = 404
 
 
+class UnreadableRecord(LinesideError):
+    """A stored inspection whose fields do not read as one (a hand-edited row, one an
+    older or foreign writer left, a damaged database): its record and a review of it are
+    refused naming what is wrong, not a 500; its images are still served."""
+
+    code = "unreadable_inspection"
+    status = 422
+
+
 class ConfigError(LinesideError):
     code = "invalid_config"
     status = 422

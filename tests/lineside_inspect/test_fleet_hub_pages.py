@@ -42,8 +42,8 @@ def _client(hub: ServedHub, key: str = "qa") -> httpx.Client:
 def _seed(hub: ServedHub, box: str, n: int, version: str, start: datetime, **kw: Any) -> list[str]:
     """``n`` of ``box``'s inspections on cam1 at ``start``, ``start`` - 10 s, ... (as if
     forwarded), judged by deeppcb ``version``; their ids, newest first."""
-    rows = synthetic_rows(n, box_id=box, site="plant-a", line=f"line-{box}", now=start,
-                          seed=int(box.removeprefix("box")), **kw)
+    kw.setdefault("seed", int(box.removeprefix("box")))
+    rows = synthetic_rows(n, box_id=box, site="plant-a", line=f"line-{box}", now=start, **kw)
     for r in rows:
         r.camera_id, r.model_version = "cam1", version
     ids = [r.id for r in rows]
@@ -254,3 +254,40 @@ def test_the_fleet_page_at_320_px_scrolls_its_table_not_the_page(hub: ServedHub)
         expect(region).to_have_attribute("tabindex", "0")
         assert region.evaluate("(e) => e.scrollWidth > e.clientWidth")  # the table scrolls there
         browser.close()
+
+
+def test_the_hubs_review_figures_keep_the_box_chosen(hub: ServedHub) -> None:
+    """The hub's all-time review figures (/v1/stats' reviewed_fails,
+    false_rejects_confirmed) and "Reviews this shift" (/v1/reviewers) were the whole
+    fleet's beside one box's yield, whatever box, line or site was asked for; and a review
+    a box sent up was recorded with no box (reviews.box_id)."""
+    from sqlalchemy import select
+
+    from lineside_inspect.fleet.protocol import REVIEWS_UP
+    from lineside_inspect.store.models import ReviewRow
+
+    five = _seed(hub, "box5", 3, "1", NOW - timedelta(days=3), fail_every=1, seed=405)
+    nine = _seed(hub, "box9", 2, "1", NOW - timedelta(days=3), fail_every=1, seed=409)
+    with _client(hub) as c:  # on the hub: a false reject of box5's, box9's two confirmed
+        for iid, action in ((five[0], "false_reject"), (nine[0], "confirm"), (nine[1], "confirm")):
+            r = c.post(f"/v1/inspections/{iid}/reviews", json={"action": action})
+            assert r.status_code == 200, r.text
+    with _client(hub, "box5") as c:  # made on box5, sent up
+        r = c.post(REVIEWS_UP.format(box_id="box5"), json={"items": [{
+            "seq": 1, "inspection_id": five[1], "created_at": NOW.isoformat(),
+            "reviewer": "op", "action": "confirm", "boxes": [], "origin": "box"}]})
+        assert r.status_code == 200 and r.json()["through_seq"] == 1, r.text
+    with _client(hub) as c:
+        for params, fails, rejects in (({"box_id": "box5"}, 2, 1), ({"box_id": "box9"}, 2, 0),
+                                       ({"line": "line-box9"}, 2, 0)):
+            doc = c.get("/v1/stats", params=params).json()
+            assert (doc["reviewed_fails"], doc["false_rejects_confirmed"]) == (fails, rejects), params
+            got = c.get("/v1/reviewers", params=params).json()["reviewers"]
+            assert sorted((t["reviewer"], t["box_id"], t["reviews"]) for t in got) == (
+                [("op (box5)", "box5", 1), ("qa", "hub", 1)] if params.get("box_id") == "box5"
+                else [("qa", "hub", 2)]), params
+    with Session(hub.app.state.store.engine) as s:
+        made = s.execute(select(ReviewRow.inspection_id, ReviewRow.box_id)
+                         .where(ReviewRow.inspection_id.in_(five + nine))).all()
+    assert sorted(made) == sorted([(five[0], "hub"), (five[1], "box5"), (nine[0], "hub"),
+                                   (nine[1], "hub")])

@@ -165,6 +165,50 @@ def test_one_malformed_stored_row_does_not_break_the_list(
             db.execute(delete(InspectionRow).where(InspectionRow.id == good))
 
 
+def test_a_stored_row_that_does_not_read_is_a_422_naming_it_not_a_500(
+        boxes: dict[str, Any]) -> None:
+    """A row with text that is not JSON in a JSON column, or not a time in created_at (a
+    hand-edited row, one another writer left: SQLite keeps any text) was a 500 for its own
+    page, its annotated image and a review of it, and for every list page holding it
+    (the JSON was decoded for the whole page at once). Its record is now a 422 naming the
+    column, its image is still served, a review saves nothing, and the list leaves it out."""
+    from sqlalchemy import delete, text
+
+    from lineside_inspect.store.models import InspectionRow
+
+    own = boxes["own"]
+    store = own.app.state.store
+    bad_json, bad_time = _fails(own, 2)
+    with store.engine.begin() as db:
+        db.execute(text("UPDATE inspections SET defects = '[{not json' WHERE id = :i"),
+                   {"i": bad_json})
+        db.execute(text("UPDATE inspections SET created_at = 'yesterday' WHERE id = :i"),
+                   {"i": bad_time})
+    try:
+        with own.client("reviewer") as c:
+            for iid, column, what in ((bad_json, "defects", "JSON"),
+                                      (bad_time, "created_at", "an ISO time")):
+                r = c.get(f"/v1/inspections/{iid}")
+                assert r.status_code == 422, r.text
+                err = r.json()["error"]
+                assert err["code"] == "unreadable_inspection"
+                assert iid in err["message"] and f"{column}: " in err["message"]
+                assert f"is not {what}" in err["message"]
+                assert c.get(f"/v1/inspections/{iid}/annotated").status_code == 422
+                r = c.post(f"/v1/inspections/{iid}/reviews", json={"action": "confirm"})
+                assert (r.status_code, r.json()["error"]["code"]) == (422, "unreadable_inspection")
+            r = c.get(f"/v1/inspections/{bad_json}/image")  # the parts it can read
+            assert r.status_code == 200 and r.content == IMAGE
+            r = c.get("/v1/inspections", params={"limit": 500})
+            assert r.status_code == 200, r.text
+            listed = {i["id"] for i in r.json()["items"]}
+            assert not listed & {bad_json, bad_time} and set(boxes["on_own"]) <= listed
+        assert not store.get(bad_json).reviews and not store.get(bad_time).reviews
+    finally:
+        with store.engine.begin() as db:
+            db.execute(delete(InspectionRow).where(InspectionRow.id.in_([bad_json, bad_time])))
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
                     "(make test installs it)")
 def test_the_review_page_names_each_cards_box(boxes: dict[str, Any]) -> None:

@@ -621,3 +621,39 @@ def test_a_boxs_figures_and_not_judged_read_the_window_not_all_time(tmp_path: Pa
     wrong = {sql.split("FROM", 1)[0][:80]: plan for sql, plan in plans.items()
              if "ix_inspections_box_id" in plan or "ix_inspections_verdict" in plan}
     assert wrong == {}
+
+
+def test_the_reviewer_tally_reads_the_windows_reviews_not_every_review(tmp_path: Path) -> None:
+    """"Reviews this shift" (every review page load: GET /v1/reviewers) and the dashboard's
+    tally read the reviews of a window, but reviews.created_at had no index: SQLite (and
+    PostgreSQL alike: a Seq Scan on 50k rows) read every review ever kept. A store of an
+    earlier release gets the index at start, and the tally goes by it."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from lineside_inspect.store import stats as figures
+
+    Store(tmp_path, box_id="box-a").close()
+    db = sqlite3.connect(tmp_path / "lineside.db")  # as an earlier release made it
+    db.execute("DROP INDEX IF EXISTS ix_reviews_created_at")
+    db.commit()
+    db.close()
+    sent: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        if "reviews.created_at >=" in sql:
+            sent.append((sql, params))
+
+    with Store(tmp_path, box_id="box-a") as store:
+        event.listen(store.engine, "before_cursor_execute", seen)
+        now = datetime.now(UTC)
+        store.read(lambda s: figures.reviewers(s, now - timedelta(hours=8), now,
+                                               [figures.made_on("box-a")]))
+        store.stats(24, here=True, now=now)
+        event.remove(store.engine, "before_cursor_execute", seen)
+        assert len(sent) == 2
+        with store.engine.connect() as c:
+            plans = [" ".join(str(r[3]) for r in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
+                     for sql, params in sent]
+    assert all("SEARCH reviews USING INDEX ix_reviews_created_at" in p for p in plans), plans

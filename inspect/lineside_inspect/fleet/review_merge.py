@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 from sqlalchemy import select
 
-from lineside_inspect.errors import ConfigError, NotFoundError
+from lineside_inspect.errors import ConfigError, NotFoundError, UnreadableRecord
 from lineside_inspect.fleet.protocol import ReviewEvent
 from lineside_inspect.store import Store
 from lineside_inspect.store.models import REVIEW_ORDER, InspectionRow, ReviewRow
@@ -86,7 +86,8 @@ def _truth(event: ReviewEvent, row: InspectionRow) -> list[dict[str, Any]]:
 
 
 def apply_review(store: Store, event: ReviewEvent,
-                 also: Callable[[ReviewRow], bool] | None = None) -> Outcome:
+                 also: Callable[[ReviewRow], bool] | None = None,
+                 box_id: str | None = None) -> Outcome:
     """Apply a review made on the other side to ``store``:
 
     - ``"duplicate"``: the store holds it already (nothing changed);
@@ -96,7 +97,9 @@ def apply_review(store: Store, event: ReviewEvent,
       hub; removed by retention on a box): nothing changed.
 
     ``also``: other stored reviews that are this one (a form an earlier hub recorded it
-    in: ``fleet/hub/reviews.py``), a duplicate too.
+    in: ``fleet/hub/reviews.py``), a duplicate too. ``box_id``: the box it was made on,
+    where the receiving side knows it (a hub: the box whose key sent it); None counts as
+    its inspection's box (``stats.review_box``).
 
     Refuses (ConfigError, 422) a review whose action or boxes make no sense for the
     inspection, before anything is written.
@@ -113,13 +116,17 @@ def apply_review(store: Store, event: ReviewEvent,
                     return "duplicate"
                 if also is not None and also(r):
                     return "duplicate"
+            try:  # (a row that does not read as an inspection: each side logs it, goes on)
+                store.record(row)
+            except UnreadableRecord as exc:
+                raise ConfigError(f"review of {row.id}: {exc.message}") from None
             if len(row.reviews) >= MAX_REVIEWS:  # the receiving side logs it and goes on
                 raise ConfigError(f"review of {row.id}: the inspection holds {MAX_REVIEWS} "
                                   "reviews, the most one inspection keeps")
             truth = _truth(event, row)
             added = ReviewRow(inspection_id=row.id, created_at=at, reviewer=event.reviewer,
                               action=event.action, boxes=truth, note=event.note,
-                              origin=event.origin)
+                              origin=event.origin, box_id=box_id)
             s.add(added)
             s.flush()
             s.expire(row, ["reviews"])  # re-read in the merge order, the new one included

@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from lineside_inspect.store.utc import UTCDateTime
+from lineside_inspect.store.utc import StoredJSON, UTCDateTime
 
 
 class Base(DeclarativeBase):
@@ -49,13 +49,13 @@ class InspectionRow(Base):
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
     model_sha256: Mapped[str] = mapped_column(String(64))
-    class_names: Mapped[list[str]] = mapped_column(JSON)
+    class_names: Mapped[list[str]] = mapped_column(StoredJSON())
     verdict: Mapped[str] = mapped_column(String(8), index=True)
-    reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    defects: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    reasons: Mapped[list[dict[str, Any]]] = mapped_column(StoredJSON())
+    defects: Mapped[list[dict[str, Any]]] = mapped_column(StoredJSON())
     labels: Mapped[str] = mapped_column(Text, default="")  # ",open,short," for class filters
     max_score: Mapped[float] = mapped_column(Float, default=0.0)
-    timings_ms: Mapped[dict[str, float]] = mapped_column(JSON)
+    timings_ms: Mapped[dict[str, float]] = mapped_column(StoredJSON())
     image_path: Mapped[str | None] = mapped_column(String(512))
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
@@ -81,7 +81,7 @@ class InspectionRow(Base):
     # align_reference shift, the unchanged gate's word and difference ({} keys as
     # schemas.ReferenceUsed). A part the gate passed read as judged by the detector on the
     # review page (QA review, session 34); NULL on rows from before
-    reference_check: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    reference_check: Mapped[dict[str, Any] | None] = mapped_column(StoredJSON(), nullable=True)
     # in the order the fleet's merge rule reads them (fleet/review_merge.py): the last one
     # is the current truth, last by its own time, ties to the hub ("box" < "hub"), then id
     reviews: Mapped[list[ReviewRow]] = relationship(
@@ -111,7 +111,8 @@ ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),
                  ("ix_inspections_site", "inspections", "site"),
                  ("ix_inspections_line", "inspections", "line"),
                  ("ix_inspections_received_at", "inspections", "received_at"),
-                 ("ix_inspections_reference_path", "inspections", "reference_path"))
+                 ("ix_inspections_reference_path", "inspections", "reference_path"),
+                 ("ix_reviews_created_at", "reviews", "created_at"))
 
 
 class ReviewRow(Base):
@@ -120,10 +121,12 @@ class ReviewRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     inspection_id: Mapped[str] = mapped_column(ForeignKey("inspections.id", ondelete="CASCADE"),
                                                index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # indexed: "Reviews this shift" (every review page load) and the dashboard's tally read a
+    # window of reviews; without it, every review ever kept (review, session 40)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     reviewer: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(32))
-    boxes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # the reviewed truth after this
+    boxes: Mapped[list[dict[str, Any]]] = mapped_column(StoredJSON())  # the reviewed truth after this
     note: Mapped[str] = mapped_column(Text, default="")
     # where the review was made: "box" or "hub" (fleet/review_merge.py); NULL before the fleet
     origin: Mapped[str | None] = mapped_column(String(8), nullable=True)

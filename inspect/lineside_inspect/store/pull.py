@@ -32,6 +32,7 @@ from lineside_inspect.errors import (
     ImageError,
     NotFoundError,
     ServerUnreachable,
+    UnreadableRecord,
     describe_validation,
 )
 from lineside_inspect.imageio import decode_image
@@ -210,7 +211,14 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                                   until=until, limit=PAGE, offset=offset)
             if not rows:
                 break
-            cursor.advance([(as_utc(r.created_at), r.id) for r in rows])
+            # a row whose stored time does not read as one (store/utc.py) has no place in
+            # the cursor; record() below leaves it out, named
+            timed = [(as_utc(r.created_at), r.id) for r in rows if isinstance(r.created_at, datetime)]
+            if not timed:
+                log.warning("pull: stopped at a page of %d inspections none of whose stored "
+                            "times reads as a time", len(rows))
+                break
+            cursor.advance(timed)
             for row in rows:
                 # a time several rows share may be listed again: each once
                 if row.image_path is None or row.id in seen:
@@ -222,7 +230,11 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                 except NotFoundError as exc:
                     log.info("pull: skipped: %s", exc.message)
                     continue
-                item = store.record(row).model_dump(mode="json")
+                try:
+                    item = store.record(row).model_dump(mode="json")
+                except UnreadableRecord as exc:  # (it stopped the pull with a traceback)
+                    log.warning("pull: left out: %s", exc.message)
+                    continue
                 if unboxed_fail(item):
                     log.info("pull: left out inspection %s: %s", row.id, UNBOXED)
                     continue

@@ -120,13 +120,11 @@ def of_box(box_id: str) -> ColumnElement[bool]:
 class Scope:
     """What the figures are narrowed to: conditions on the rows (``rows``), on the
     history of the rows retention removed (``removed``, ``store/history.py``) and on the
-    reviews the tally counts (``reviews``, with ``rows``' conditions but the box). ``here``:
-    the conditions of ``here=`` alone (the all-time figures narrow to it, not the rest)."""
+    reviews the tally counts (``reviews``, with ``rows``' conditions but the box)."""
 
     rows: list[ColumnElement[bool]]
     removed: list[ColumnElement[bool]]
     reviews: list[ColumnElement[bool]] = field(default_factory=list)
-    here: list[ColumnElement[bool]] = field(default_factory=list)
 
     @classmethod
     def of(cls, camera_id: str | None = None, recipe: str | None = None,
@@ -139,14 +137,10 @@ class Scope:
         rows = _filters(camera_id, recipe, site, line, box_id)
         removed = _filters(camera_id, recipe, site, line, box_id, YieldHistoryRow)
         reviews = list(rows)
-        mine: list[ColumnElement[bool]] = []
         if here and not box_id:
-            mine = [of_box(here)]
-            rows, reviews = [*rows, *mine], [*reviews, made_on(here)]
+            rows, reviews = [*rows, of_box(here)], [*reviews, made_on(here)]
             removed = [*removed, YieldHistoryRow.box_id.in_((here, ""))]
-        elif here:  # (another box asked for: its all-time figures too, not the database's)
-            mine = [InspectionRow.box_id == box_id]
-        return cls(rows, removed, reviews, mine)
+        return cls(rows, removed, reviews)
 
 
 def _none(key: str) -> str | None:
@@ -415,8 +409,8 @@ def not_judged(s: Session, since: datetime, until: datetime,
 
 
 def legacy(s: Session, conds: Sequence[ColumnElement[bool]] = ()) -> dict[str, Any]:
-    """The all-time review figures the dashboard has always had (of ``conds``' rows: a box
-    sharing its database, its own)."""
+    """The all-time review figures the dashboard has always had, of ``conds``' rows (the
+    dashboard's filters; a box sharing its database: its own)."""
     # inspections, not reviews: three reviewers agreeing on one false reject counted 3,
     # and the rate passed 100% (QA review, session 32). By the reviewed truth, as the
     # window's false rejects: a false reject undone (the defect drawn back) still counted
@@ -460,7 +454,9 @@ def dashboard(s: Session, *, hours: int, now: datetime, shifts: Shifts,
                               for h in hours_ if h["inspections"]},
         "defects_per_class": {c["label"]: c["parts"] for c in classes},
         "inspections_per_camera": per_camera,
-        **legacy(s, scope.here),
+        # of the rows every other figure reads (a hub's site, line, box; a camera, a
+        # recipe): they were the whole fleet's beside one box's figures (session 40)
+        **legacy(s, conds),
     }
 
 

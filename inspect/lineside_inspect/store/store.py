@@ -77,6 +77,7 @@ from lineside_inspect.errors import (
     ReviewConflict,
     ReviewError,
     StoreQuotaFull,
+    UnreadableRecord,
     describe_validation,
     echo,
 )
@@ -111,7 +112,7 @@ from lineside_inspect.store.outbox import (
     events_for,
     set_aside_channel,
 )
-from lineside_inspect.store.utc import as_utc
+from lineside_inspect.store.utc import Unreadable, as_utc
 
 log = logging.getLogger("lineside.store")
 T = TypeVar("T")
@@ -1716,7 +1717,27 @@ class Store:
 
     def record(self, row: InspectionRow) -> StoredInspection:
         """``row`` in the HTTP contract: what a verdict was, plus what the store and the
-        reviewers added. ``has_image`` says whether this box can serve its image."""
+        reviewers added. ``has_image`` says whether this box can serve its image.
+        :class:`UnreadableRecord` (422) naming what is wrong when its stored fields do not
+        read as an inspection (text that is not JSON or not a time, a field missing or of
+        another type: a hand-edited row, one an older or foreign writer left): each read
+        of such a row was a 500."""
+        bad = [f"{name}: {value!r} is not {value.expected}" for name, value in _unreadable(row)]
+        if bad:
+            raise UnreadableRecord(self._unreadable_message(row, "; ".join(bad)))
+        try:
+            return self._as_stored(row)
+        except (ValidationError, TypeError, AttributeError, KeyError, ValueError) as exc:
+            why = describe_validation(exc.errors()) if isinstance(exc, ValidationError) \
+                else f"{type(exc).__name__}: {exc}"
+            raise UnreadableRecord(self._unreadable_message(row, why)) from None
+
+    @staticmethod
+    def _unreadable_message(row: InspectionRow, why: str) -> str:
+        return (f"inspection {row.id}: its stored fields do not read as an inspection ({why}); "
+                "a row edited by hand or left by another writer. Its images are still served")
+
+    def _as_stored(self, row: InspectionRow) -> StoredInspection:
         here = row.box_id is None or row.box_id == self.box_id or self.central_images is not None
         check = row.reference_check or {}
         reference = None if row.reference_path is None and row.reference_name is None \
@@ -1748,11 +1769,8 @@ class Store:
         for row in rows:
             try:
                 out.append(self.record(row))
-            except (ValidationError, TypeError, AttributeError, KeyError) as exc:
-                why = describe_validation(exc.errors()) if isinstance(exc, ValidationError) \
-                    else f"{type(exc).__name__}: {exc}"
-                log.warning("store: inspection %s left out of the list, its stored fields do "
-                            "not read as an inspection: %s", row.id, why)
+            except UnreadableRecord as exc:
+                log.warning("store: left out of the list: %s", exc.message)
         return out
 
     def reference_file(self, row: InspectionRow) -> Path:
@@ -1811,6 +1829,7 @@ class Store:
         if action not in ACTIONS:
             raise ReviewError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
         with self.locked_inspection(inspection_id) as (s, row):
+            self.record(row)  # a row that does not read as an inspection: 422, nothing saved
             if seen_reviews is not None and seen_reviews != len(row.reviews):
                 last = row.reviews[-1] if row.reviews else None
                 latest = (f"; the latest: {last.action} by {last.reviewer} at "
@@ -1918,3 +1937,17 @@ class Store:
         self._applied()
         with Session(self.engine) as s:
             return query(s)
+
+
+def _unreadable(row: InspectionRow) -> Iterator[tuple[str, Unreadable]]:
+    """The stored values of ``row`` and its reviews that their column's type could not
+    read (``store/utc.py``): (column, value)."""
+    for column in InspectionRow.__table__.columns:
+        value = row.__dict__.get(column.key)
+        if isinstance(value, Unreadable):
+            yield column.key, value
+    for i, review in enumerate(row.reviews):
+        for column in ReviewRow.__table__.columns:
+            value = review.__dict__.get(column.key)
+            if isinstance(value, Unreadable):
+                yield f"reviews.{i}.{column.key}", value

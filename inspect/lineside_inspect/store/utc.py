@@ -10,11 +10,12 @@ means UTC).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
-from sqlalchemy import DateTime
+from sqlalchemy import JSON, DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -55,3 +56,43 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         return None if value is None else as_utc(value)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        return _tolerant(super().result_processor(dialect, coltype), "an ISO time")
+
+
+class StoredJSON(TypeDecorator[Any]):
+    """JSON whose stored text may not be JSON (SQLite keeps any text in a JSON column: a
+    hand-edited row, a foreign writer): it reads as :class:`Unreadable`, not an error
+    that stops every query holding the row (a listing's page, a single row's page)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        return _tolerant(super().result_processor(dialect, coltype), "JSON")
+
+
+class Unreadable(str):
+    """A stored value its column's type cannot read: the stored text, and what it should
+    have been. ``Store.record`` refuses a row holding one, naming the column."""
+
+    expected: str
+
+    def __new__(cls, raw: Any, expected: str) -> Unreadable:
+        out = super().__new__(cls, str(raw)[:80])
+        out.expected = expected
+        return out
+
+
+def _tolerant(read: Callable[[Any], Any] | None, expected: str) -> Callable[[Any], Any] | None:
+    if read is None:  # the driver reads it (PostgreSQL's json, timestamptz): never bad text
+        return None
+
+    def tolerant(value: Any) -> Any:
+        try:
+            return read(value)
+        except (ValueError, TypeError):  # (json's JSONDecodeError is a ValueError)
+            return Unreadable(value, expected)
+
+    return tolerant

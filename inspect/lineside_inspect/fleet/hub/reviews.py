@@ -153,7 +153,9 @@ def take_reviews(store: Store, box_id: str, batch: ReviewBatch) -> ReviewAck:
             _warn_clock(box_id, sent.seq, made)
         outcome: str
         try:
-            outcome = apply_review(store, event, also=_stored_before(sent, event, made, box_id))
+            # recorded as made on the box whose key sent it (session 40: it had no box)
+            outcome = apply_review(store, event, also=_stored_before(sent, event, made, box_id),
+                                   box_id=box_id)
         except ConfigError as exc:
             # a review this hub cannot take (a class its inspection's model does not have):
             # refusing the batch would hold every later review of the box forever

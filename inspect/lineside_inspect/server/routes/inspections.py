@@ -61,7 +61,7 @@ def list_inspections(
     return InspectionPage(total=total, limit=limit, offset=offset, items=store.records(rows))
 
 
-@router.get("/inspections/{inspection_id}", responses=errors(401, 403, 404))
+@router.get("/inspections/{inspection_id}", responses=errors(401, 403, 404, 422))
 def get_inspection(inspection_id: str, request: Request, who: Reviewer) -> StoredInspection:
     store = get_store(request)
     return store.record(store.get(inspection_id))
@@ -108,10 +108,12 @@ def reference_image(inspection_id: str, request: Request, who: Reviewer) -> Stre
 
 @router.get("/inspections/{inspection_id}/annotated", response_class=Response, responses={
     **media("the image with the (reviewed) boxes drawn", "image/jpeg"),
-    **errors(401, 403, 404, 503)})
+    **errors(401, 403, 404, 422, 503)})
 async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -> Response:
     store = get_store(request)
     row = await anyio.to_thread.run_sync(store.get, inspection_id)
+    # boxes drawn from a row that does not read as an inspection: 422 naming it, not a 500
+    await anyio.to_thread.run_sync(store.record, row)
 
     def read() -> bytes:  # outside the drawing slots: a slow object store holds none
         with store.open_image(row) as f:

@@ -302,14 +302,17 @@ def get_overview(request: Request, who: Viewer) -> Overview:
 def reviewer_counts(request: Request, who: Reviewer,
                     since: Annotated[UTCTime | None, Query(description=(
                         "ISO time; without an offset: UTC; default: the current shift's start"))] = None,
+                    site: FleetName = None, line: FleetName = None, box_id: FleetName = None,
                     ) -> ReviewerCounts:
     """Reviews per reviewer and action since the current shift started (or ``since``): on
     a box sharing its database with others, those made on this box; on a hub (every box's),
-    each entry names the box it was made on."""
+    each entry names the box it was made on. ``site``, ``line``, ``box_id``: of those
+    inspections only, as the dashboard's tally (the hub's review page counted every box's
+    beside a list of the box chosen)."""
     now = datetime.now(UTC)
     start = as_utc(since) if since is not None else shifts_of(request).current(now)[0]
-    here = shared_box(request)
-    conds = [] if here is None else [figures.made_on(here)]
+    conds = figures.Scope.of(site=site, line=line, box_id=box_id,
+                             here=shared_box(request)).reviews
     counts = get_store(request).read(lambda s: figures.reviewers(s, start, now, conds))
     return ReviewerCounts.model_validate({"since": start, "reviewers": counts})
 

@@ -97,7 +97,8 @@ async function queuesNow() {
     b.onclick = () => useQueue(q);
     return b;
   }));
-  const who = await api("/v1/reviewers");
+  // this shift's reviews of the parts of the site, line and box chosen (it was every box's)
+  const who = await api(`/v1/reviewers${scope ? "?" + scope : ""}`);
   $("#reviewers").replaceChildren(...(who.reviewers.length
     ? ["Reviews this shift: ", ...who.reviewers.flatMap((r, i) => [i ? " · " : "", el("bdi", {}, byBox(r)), ` ${num(r.reviews)}`])]
     : ["No reviews yet this shift"]));
