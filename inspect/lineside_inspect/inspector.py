@@ -15,7 +15,12 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.recipes import Recipe, judge
-from lineside_inspect.recipes.rules import blank_view, with_blank_view, with_reference_mismatch
+from lineside_inspect.recipes.rules import (
+    blank_view,
+    looks,
+    with_blank_view,
+    with_reference_mismatch,
+)
 from lineside_inspect.references import Reference
 from lineside_inspect.runtime.anomaly_map import AnomalyFinding, find_anomalies
 from lineside_inspect.runtime.detector import Detector
@@ -170,14 +175,16 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
     # the recipe's image threshold, when it sets one: regions start no higher (a lower one
     # failed parts with no region to show)
     level = recipe.anomaly.threshold if recipe.anomaly is not None else None
+    where = looks(recipe)  # the map is judged where the recipe looks (roi, not ignore)
     if detector.card.kind == "anomaly":  # alone: its regions are findings, not detections
-        finding = find_anomalies(outputs, letterboxes, detector.card, level)[0]
+        finding = find_anomalies(outputs, letterboxes, detector.card, level, looks=where)[0]
         detections = Detections.empty(detector.class_names)
         verdict = judge(detections, recipe, {}, finding)
     else:
         detections = detector.post_process(outputs, letterboxes)[0]
         if fused is not None and anomaly_model is not None:
-            finding = find_anomalies(fused[0], fused[1], anomaly_model.card, level)[0]
+            finding = find_anomalies(fused[0], fused[1], anomaly_model.card, level,
+                                     looks=where)[0]
         elif anomaly_finding is not None and recipe.anomaly is not None:
             finding = anomaly_finding
         verdict = judge(detections, recipe, detector.card.thresholds, finding,

@@ -11,7 +11,7 @@ import numpy as np
 from lineside_inspect.boxes import one_per_place
 from lineside_inspect.package import ANOMALY_LABEL
 from lineside_inspect.recipes.schema import Polygon, Recipe
-from lineside_inspect.runtime.anomaly_map import AnomalyFinding
+from lineside_inspect.runtime.anomaly_map import AnomalyFinding, Looks
 from lineside_inspect.runtime.reference import BLANK_CONTRAST, contrast
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.runtime.unchanged import MISMATCH_SHARE, ViewMismatch
@@ -91,6 +91,14 @@ def _placed(detections: Detections, recipe: Recipe) -> Detections:
     return detections[keep]
 
 
+def looks(recipe: Recipe) -> Looks | None:
+    """Where the recipe judges a good-only model's map (its ``roi`` and ``ignore``
+    polygons), or None when it judges all of it."""
+    if not recipe.roi and not recipe.ignore:
+        return None
+    return (tuple(tuple(p) for p in recipe.roi), tuple(tuple(p) for p in recipe.ignore))
+
+
 COVER_GRID = 256  # cells a side, at most: a region's coverage measured on a grid
 
 
@@ -163,7 +171,8 @@ def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
     one-per-place overlap, if it sets one) and, if given, to a good-only
     model's ``anomaly`` finding: at or above its threshold the part fails, and its regions
     in the recipe's regions of interest that no counted defect covers are reported as
-    ``anomaly``."""
+    ``anomaly``. A recipe with regions has the finding's score and regions made where it
+    looks (``find_anomalies(looks=...)``), so an anomaly it ignores fails no part."""
     verdict = _judge_defects(detections, recipe, thresholds, agnostic_iou)
     if anomaly is None:
         return verdict
@@ -187,9 +196,14 @@ def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
     verdict.reasons.append(Reason(
         rule="anomaly", label=ANOMALY_LABEL, count=len(regions), allowed=0,
         score=round(anomaly.score, 4), threshold=round(threshold, 4),
-        message=f"anomaly score {anomaly.score:.3f} >= threshold {threshold:.3f} "
-                f"(model {anomaly.model}), {where}"))
+        message=f"anomaly score {anomaly.score:.3f}{_judged_where(anomaly)} >= threshold "
+                f"{threshold:.3f} (model {anomaly.model}), {where}"))
     return Verdict("fail", _joined(verdict.defects, regions), verdict.reasons)
+
+
+def _judged_where(anomaly: AnomalyFinding) -> str:
+    """Says the score is the one where the recipe's regions look, when it is."""
+    return "" if anomaly.whole_score is None else " in the recipe's regions"
 
 
 def with_reference_mismatch(verdict: Verdict, mismatch: ViewMismatch | None) -> Verdict:

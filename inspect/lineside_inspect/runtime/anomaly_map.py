@@ -12,6 +12,7 @@ to the image as sent and labelled ``anomaly``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -33,6 +34,15 @@ class AnomalyFinding:
     # (width, height) of the image as sent: the box a fail reports when the map shows no
     # region (rules.judge), so a failed part always says where
     image_size: tuple[int, int] | None = None
+    # the graph's own score over the whole map, when ``score`` is the one where a recipe's
+    # regions look (:data:`Looks`); None: ``score`` is the graph's
+    whole_score: float | None = None
+
+
+# A recipe's regions as a good-only model's map is judged by: its ``roi`` and ``ignore``
+# polygons (image pixels), as tuples so that the map mask each makes is cached
+Points = tuple[tuple[float, float], ...]
+Looks = tuple[tuple[Points, ...], tuple[Points, ...]]
 
 
 def anomaly_spec(card: ModelCard) -> AnomalySpec:
@@ -55,6 +65,71 @@ def _content(shape: tuple[int, ...], lb: Letterbox) -> np.ndarray:
     content = np.zeros(shape, dtype=bool)
     content[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = True
     return content
+
+
+RASTER_EDGES = 256  # a polygon's edges drawn on the map at once
+
+
+def _raster(polygon: Points, lb: Letterbox, shape: tuple[int, int]) -> np.ndarray:
+    """The map pixels whose centre, in image pixels, lies inside ``polygon``, by the
+    even-odd rule ``rules._inside`` applies to a box's centre: row by row, a pixel is
+    inside when an odd number of the polygon's edges cross its row to its right.
+    O(rows x edges + pixels), where testing every pixel took [pixels, edges] arrays."""
+    h, w = shape
+    poly = np.asarray(polygon, dtype=np.float64)
+    y = ((np.arange(h) + 0.5 - lb.pad_y) / lb.scale + lb.shift_y)[:, None]  # row centres
+    right = np.zeros((h, w + 1), np.int64)  # crossings to a pixel's right, as differences
+    # edges a few hundred at a time: a recipe's polygon may have thousands of points, and
+    # rows x edges arrays of them all took hundreds of MB
+    for start in range(0, len(poly), RASTER_EDGES):
+        x1, y1 = poly[start:start + RASTER_EDGES, 0], poly[start:start + RASTER_EDGES, 1]
+        ahead = np.roll(poly, -1, axis=0)[start:start + RASTER_EDGES]
+        x2, y2 = ahead[:, 0], ahead[:, 1]
+        crosses = (y1 <= y) != (y2 <= y)
+        xc = (x2 - x1) * (y - y1) / np.where(y2 == y1, 1e-12, y2 - y1) + x1
+        # pixel j (centre (j + 0.5 - pad_x) / scale + shift_x) lies left of xc for j < ends
+        ends = np.ceil((xc - lb.shift_x) * lb.scale + lb.pad_x - 0.5).clip(0, w).astype(np.int64)
+        rows = np.broadcast_to(np.arange(h)[:, None], ends.shape)
+        np.add.at(right, (rows[crosses], ends[crosses]), 1)
+    return np.asarray(right[:, ::-1].cumsum(axis=1)[:, ::-1][:, 1:] % 2 == 1)
+
+
+@lru_cache(maxsize=16)
+def _looked_at(looks: Looks, lb: Letterbox, shape: tuple[int, int]) -> np.ndarray:
+    """The map pixels a recipe judges: in the image, in a ``roi`` polygon if it has any,
+    in no ``ignore`` one. Cached: a camera sends one size, a recipe keeps its regions."""
+    roi, ignore = looks
+    mask = _content(shape, lb)
+    if roi:
+        mask &= np.logical_or.reduce([_raster(p, lb, shape) for p in roi])
+    for p in ignore:
+        mask &= ~_raster(p, lb, shape)
+    mask.setflags(write=False)  # shared by every call: nobody may change it
+    return mask
+
+
+def pooled_pixels(card: ModelCard) -> int:
+    """How many of the map's highest pixels the graph's image score averages: lineside's
+    export records it (the training config's ``score_topk``); 1 (the peak) for a graph
+    that does not say, so a score judged in part of the map is never under its mean."""
+    config = card.training.get("config")
+    k = config.get("score_topk") if isinstance(config, dict) else None
+    return k if isinstance(k, int) and not isinstance(k, bool) and k >= 1 else 1
+
+
+def _looked_score(amap: np.ndarray, judged: np.ndarray, k: int, whole: float) -> float:
+    """The mean of the ``k`` highest pixels of ``amap`` where ``judged``; 0 for none (a
+    recipe looking at none of the image finds nothing there). The pixels at half the
+    whole map's score or more are tried first: they hold the ``k`` highest whenever
+    there are ``k`` of them (most parts), and sorting them alone keeps this at a tenth
+    of a millisecond on a 640 px map, where partitioning every pixel cost 0.4 ms."""
+    values = amap[judged & (amap >= whole / 2)]
+    if len(values) < k:
+        values = amap[judged]
+    if len(values) == 0:
+        return 0.0
+    cut = max(0, len(values) - k)
+    return float(_safe(np.partition(values, cut)[cut:]).mean())
 
 
 def region_level(spec: AnomalySpec, threshold: float | None) -> float:
@@ -95,10 +170,15 @@ def regions(anomaly_map: np.ndarray, lb: Letterbox, spec: AnomalySpec, *,
 
 
 def find_anomalies(outputs: list[np.ndarray], letterboxes: list[Letterbox],
-                   card: ModelCard, threshold: float | None = None) -> list[AnomalyFinding]:
+                   card: ModelCard, threshold: float | None = None, *,
+                   looks: Looks | None = None) -> list[AnomalyFinding]:
     """One finding per image from an anomaly graph's ``[anomaly_map, score]`` outputs;
     ``threshold``: the image threshold a recipe judges at, if it sets one (regions then
-    start at it when it is under the card's ``map_threshold``)."""
+    start at it when it is under the card's ``map_threshold``); ``looks``: the recipe's
+    regions, if it has any. With them, the score is the mean of the graph's pooled pixels
+    (:func:`pooled_pixels`) where the recipe looks, never above the graph's own, and the
+    regions are found there only: an anomaly in an ``ignore`` area (a label that varies,
+    a fixture edge) failed the part, though the recipe said not to judge there."""
     spec = anomaly_spec(card)
     maps, scores = outputs
     scores = _safe(scores).reshape(-1)
@@ -109,13 +189,18 @@ def find_anomalies(outputs: list[np.ndarray], letterboxes: list[Letterbox],
     model = f"{card.name} {card.version}"
     findings = []
     for i, lb in enumerate(letterboxes):
-        score = float(scores[i])
-        content = _content(maps[i, 0].shape, lb)  # once an image: the check and the regions
+        score = whole = float(scores[i])
+        shape = maps[i, 0].shape
+        content = _content(shape, lb)  # once an image: the check and the regions
+        judged = content if looks is None else _looked_at(looks, lb, (shape[0], shape[1]))
+        if looks is not None:
+            score = min(whole, _looked_score(maps[i, 0], judged, pooled_pixels(card), whole))
         if not np.isfinite(maps[i, 0][content]).all():
             score = 1.0  # a map broken where the part is: the score cannot be trusted either
         findings.append(AnomalyFinding(score, spec.threshold,
-                                       regions(maps[i, 0], lb, spec, content=content,
+                                       regions(maps[i, 0], lb, spec, content=judged,
                                                max_regions=card.max_detections,
                                                threshold=threshold), model,
-                                       (lb.width, lb.height)))
+                                       (lb.width, lb.height),
+                                       None if looks is None else whole))
     return findings
