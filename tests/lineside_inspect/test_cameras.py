@@ -251,8 +251,9 @@ def _rtsp_available() -> bool:
 class RtspServer:
     """GStreamer's RTSP server in a child process (Debian's system Python has the bindings)."""
 
-    def __init__(self) -> None:
+    def __init__(self, codec: str = "mjpeg") -> None:
         self.proc: subprocess.Popen[str] | None = None
+        self.codec = codec
         # a port free when picked can be taken before the server binds it: a fresh one
         for _attempt in range(3):
             self.port = free_port()
@@ -262,7 +263,7 @@ class RtspServer:
 
     def start(self) -> bool:
         """Start on ``self.port``; False when the port was taken (the server said nothing)."""
-        self.proc = subprocess.Popen(["/usr/bin/python3", str(RTSP_SERVER), str(self.port)],
+        self.proc = subprocess.Popen(["/usr/bin/python3", str(RTSP_SERVER), str(self.port), self.codec],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
@@ -302,6 +303,45 @@ def test_rtsp_stream_killed_and_restarted() -> None:
         assert asyncio.run(manager.fresh_frame("rtsp", after=after, timeout_s=3)).monotonic > after
     finally:
         manager.stop(2.0)
+        rtsp.kill()
+
+
+def _encoder_available(codec: str) -> bool:
+    element = {"h264": "openh264enc", "h265": "x265enc"}[codec]
+    probe = ("import gi, sys; gi.require_version('Gst', '1.0'); from gi.repository import Gst; "
+             f"Gst.init(None); sys.exit(Gst.ElementFactory.find({element!r}) is None)")
+    return subprocess.run(["/usr/bin/python3", "-c", probe], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("codec", ["h264", "h265"])
+def test_an_h26x_stream_changing_resolution_gives_its_true_frames(codec: str) -> None:
+    # OpenCV's FFmpeg reader scaled every frame to the size the stream opened at: a camera
+    # switched from 160x120 to 320x240 went on as a stretched 160x120 (session 40)
+    if not Path("/usr/bin/python3").exists() or not _rtsp_available() or not _encoder_available(codec):
+        pytest.skip(f"GStreamer's RTSP server or {codec} encoder is not installed")
+    rtsp = RtspServer(codec)
+    seen: list[tuple[tuple[int, ...], float]] = []
+    w = CameraWorker("cam", lambda: make_source(rtsp.url, open_timeout_s=3, read_timeout_s=1,
+                                                loop=True, fps=None, max_pixels=1_000_000),
+                     stale_after_s=1.0, backoff_base_s=0.05, backoff_max_s=0.4)
+    w.subscribe(lambda f: seen.append((f.image.shape, float(f.image.mean()))))
+    w.start()
+    try:
+        # the server sends 160x120 grey 50 for two seconds, then 320x240 grey 200
+        assert _wait(lambda: any(shape == (240, 320, 3) for shape, _ in seen), timeout=8)
+        assert w.reconnects == 0  # the same connection: a new decoder, no reconnect
+        shapes = [shape for shape, _ in seen]
+        first_big = shapes.index((240, 320, 3))
+        assert first_big > 0 and set(shapes[:first_big]) == {(120, 160, 3)}
+        assert set(shapes[first_big:]) == {(240, 320, 3)}
+        # never the new picture squeezed into the old size, nor the old one blown up
+        assert all(mean < 125 for shape, mean in seen if shape == (120, 160, 3))
+        assert all(mean > 125 for shape, mean in seen if shape == (240, 320, 3))
+        assert w.health()["last_error"] == ("a frame refused: the stream switched from 160x120 "
+                                            "to 320x240: the frames of the switch skipped, "
+                                            "never stretched")
+    finally:
+        w.stop()
         rtsp.kill()
 
 

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lineside_inspect.cameras.h26x import CODECS, H26xStream
 from lineside_inspect.config import device_index
 from lineside_inspect.errors import ImageError
 from lineside_inspect.imageio import IMAGE_SUFFIXES, decode_image, read_image
@@ -43,6 +44,7 @@ class OpenCVSource:
         self.max_pixels = max_pixels
         # an MJPEG stream's JPEGs as sent, decoded here (see ``open``)
         self.raw_jpeg = False
+        self.h26x: H26xStream | None = None  # an H.264/H.265 stream's packets, decoded here
         self.open_timeout_ms = int(open_timeout_s * 1000)
         self.read_timeout_ms = int(read_timeout_s * 1000)
         self.loop = loop
@@ -63,8 +65,13 @@ class OpenCVSource:
             cap.release()
             raise ImageError(f"cannot open video source {shown_source(self.source)!r}")
         self.cap = cap
-        if not self.is_file and cap.getBackendName() == "FFMPEG" \
-                and int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little") == b"MJPG":
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
+        if not self.is_file and cap.getBackendName() == "FFMPEG" and fourcc in CODECS \
+                and cap.set(cv2.CAP_PROP_FORMAT, -1):
+            # each frame at the size its SPS says (see h26x): FFmpeg's reader scaled a
+            # camera switched to another resolution to the size it opened at, stretched
+            self.h26x = H26xStream(cap, CODECS[fourcc], self.max_pixels)
+        elif not self.is_file and cap.getBackendName() == "FFMPEG" and fourcc == b"MJPG":
             # an MJPEG stream's frames are decoded here, each at its own size: FFmpeg's
             # reader scaled every frame to the size it opened at (a camera switched to
             # 640x480 went on as a stretched 160x120, and a frame over max_pixels was
@@ -81,6 +88,8 @@ class OpenCVSource:
     def read(self) -> np.ndarray | None:
         if self.cap is None:
             return None
+        if self.h26x is not None:
+            return self.h26x.read()
         if self.is_file:  # pace a file like a live camera
             self._next += 1.0 / (self.fps or 25.0)
             delay = self._next - time.monotonic()
@@ -101,6 +110,9 @@ class OpenCVSource:
         return frame
 
     def close(self) -> None:
+        if self.h26x is not None:
+            self.h26x.close()
+            self.h26x = None
         if self.cap is not None:
             self.cap.release()
             self.cap = None
