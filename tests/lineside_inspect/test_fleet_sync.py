@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "deeppcb" / "1"
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
 KEYS = {"box1": "k-box1", "box2": "k-box2", "box3": "k-box3", "box4": "k-box4",
-        "box5": "k-box5", "qa": "k-qa"}
+        "box5": "k-box5", "box6": "k-box6", "qa": "k-qa"}
 
 
 def _png(seed: int) -> bytes:
@@ -632,3 +632,29 @@ def test_a_golden_image_altered_in_the_object_store_is_left_out_of_a_pull(
     said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert f"{with_ref[0].id}: its golden image has sha256 " in said
     assert not list(tmp_path.glob("pulled/images/references/*"))
+
+
+def test_the_hub_keeps_the_shift_a_box_aligned_a_frame_by_for_data_pull(
+        hub: ServedHub, tmp_path: Path) -> None:
+    """A box's aligned station (align_reference) forwards the shift it moved each frame
+    by onto its golden; a pull from the hub gives training that frame moved by it, its
+    boxes with it, as the box's model saw it (session 40), not the frame as sent."""
+    from lineside_inspect.runtime.reference import shift_onto
+    from lineside_inspect.store.pull import pull_from_server
+
+    box = client(hub, "box6")  # (a box of its own: its outbox starts at seq 1)
+    ref, image = _png(41), _png(42)
+    item = _item(1, image=image, reference=ref)
+    item.record["reference"] = {"name": "golden", "sha256": hashlib.sha256(ref).hexdigest(),
+                                "shift": [3.0, -2.0]}
+    assert box.post(box.path(FORWARD), ForwardBatch(items=[item]), ForwardAck).stored == 1
+    box.close()
+    r = httpx.post(f"{hub.url}/v1/inspections/{item.id}/reviews", json={"action": "confirm"},
+                   headers={"Authorization": f"Bearer {KEYS['qa']}"})
+    assert r.status_code in (200, 201), r.text
+    ds = pull_from_server(hub.url, tmp_path / "pulled", key=KEYS["qa"])
+    [rec] = [r for r in ds.images if Path(r.file_name).stem == item.id]
+    assert rec.aligned == (3.0, -2.0)
+    assert [(b.x1, b.y1, b.x2, b.y2) for b in rec.boxes] == [(0.0, 4.0, 27.0, 42.0)]
+    pulled = decode_image((tmp_path / "pulled" / "images" / rec.file_name).read_bytes())
+    assert np.array_equal(pulled, shift_onto(decode_image(image), decode_image(ref), 3.0, -2.0))

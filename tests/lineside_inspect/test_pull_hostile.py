@@ -307,6 +307,43 @@ def test_an_inspection_whose_image_is_broken_is_left_out(
     assert f"{ids[4]}: its golden image: " in said
 
 
+def test_a_stored_shift_alignment_could_not_have_found_leaves_its_pair_out(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A hub keeps the shift a box sent: one of a million px (or past align_reference's 16)
+    is no alignment's, and moving the frame by it pulled its golden as the frame. Left out,
+    named; a pair with a shift alignment finds is pulled moved by it."""
+    import hashlib
+
+    from lineside_inspect.dataset import read_dataset, validate_dir
+
+    ids = _ids(3)
+    golden = _png(64, 64)
+
+    def paired(iid: str, shift: list[float]) -> dict[str, object]:
+        return {**_item(iid), "width": 64, "height": 64,
+                "defects": [{"label": "open", "score": 0.9, "box": [20.0, 20.0, 30.0, 30.0]}],
+                "reference": {"name": None, "sha256": hashlib.sha256(golden).hexdigest(),
+                              "shift": shift, "has_image": True}}
+
+    items = [paired(ids[0], [1e6, 0.0]), paired(ids[1], [0.0, -16.5]), paired(ids[2], [3.0, -2.0])]
+    srv = _Scripted(lambda o: items if o == 0 else [],
+                    lambda path: golden if path.endswith("/reference") else _png(64, 64), total=3)
+    try:
+        with caplog.at_level("WARNING", logger="lineside"):
+            ds = pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    assert validate_dir(tmp_path / "pulled") == []
+    [pulled] = [r for r in read_dataset(tmp_path / "pulled").images if r.reference]
+    assert pulled.file_name.endswith(f"{ids[2]}.png") and pulled.aligned == (3.0, -2.0)
+    assert [(b.x1, b.y1, b.x2, b.y2) for b in pulled.boxes] == [(17.0, 22.0, 27.0, 32.0)]
+    assert len(ds.images) == 2  # and its golden
+    said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "2 inspection(s) left out" in said
+    assert (f"{ids[0]}: its stored alignment shift [1000000.0, 0.0] is beyond "
+            "align_reference's 16 px") in said and f"{ids[1]}: its stored alignment shift" in said
+
+
 def test_an_image_over_the_bound_is_not_read_whole(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from lineside_inspect.store import pull

@@ -47,6 +47,7 @@ def to_coco(dataset: Dataset) -> dict[str, Any]:
                 "group": rec.group,
                 "split": rec.split,
                 **({"reference": rec.reference} if rec.reference is not None else {}),
+                **({"aligned": list(rec.aligned)} if rec.aligned is not None else {}),
             }
         )
         for box in rec.boxes:
@@ -116,6 +117,13 @@ def _image_record(img: object, file: str, where: str, problems: list[Problem],
             Problem(file, f"{where}.split", f"split must be one of {SPLITS}, got {split!r}")
         )
         split = None
+    try:
+        aligned = _shift(img.get("aligned"))
+    except ValueError:
+        aligned = None
+        problems.append(Problem(file, f"{where}.aligned", "aligned must be [dx, dy], two "
+                                f"finite numbers (px), got {str(img.get('aligned'))[:80]}",
+                                subject))
     return ImageRecord(
         file_name=str(img["file_name"]),
         width=size[0],
@@ -125,7 +133,20 @@ def _image_record(img: object, file: str, where: str, problems: list[Problem],
         reference=None if img.get("reference") is None else str(img["reference"]),
         id=img["id"],
         origin=f"{file}:{where}",
+        aligned=aligned,
     )
+
+
+def _shift(value: object) -> tuple[float, float] | None:
+    """An image's ``aligned`` (``[dx, dy]``) as a pair, None when absent; ValueError when
+    it is not two finite numbers."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2 or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value):
+        raise ValueError(value)
+    return float(value[0]), float(value[1])
 
 
 def _by_id(records: list[ImageRecord], refused: set[Any], file: str,

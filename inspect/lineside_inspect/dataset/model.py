@@ -54,6 +54,10 @@ class ImageRecord:
     source: Path | None = None  # where the pixels are read from before the dataset is written
     reference_source: Path | None = None  # likewise for the reference's pixels
     origin: str = ""
+    # (dx, dy) px a reference station moved this frame by onto its reference before its
+    # model compared them (align_reference), as ``data pull`` writes it aligned: a point
+    # at (x, y) here was at (x + dx, y + dy) in the frame the camera sent
+    aligned: tuple[float, float] | None = None
 
     @property
     def is_good(self) -> bool:

@@ -81,10 +81,7 @@ def align_to_reference(frame: np.ndarray, reference: np.ndarray, *, max_shift: i
     frame is at ``(x + dx, y + dy)`` in the frame as sent.
     """
     fh, fw = same_size(frame, reference)
-    if frame.shape != reference.shape or frame.shape[2:] == (1,):
-        # grey, BGR or BGRA, not both alike (or (H, W, 1), which OpenCV's warp returns as
-        # (H, W)): align in grey, as a reference model compares them
-        frame, reference = gray(frame), gray(reference)
+    frame, reference = _alike(frame, reference)
     m = int(max_shift)
     if min(fh, fw) <= 4 * m:
         raise ReferenceImageError(f"a {fw}x{fh} frame is too small to align within {m} px")
@@ -100,20 +97,39 @@ def align_to_reference(frame: np.ndarray, reference: np.ndarray, *, max_shift: i
         dx += _subpixel(res[py, px - 1], res[py, px], res[py, px + 1])
     if 0 < py < res.shape[0] - 1:
         dy += _subpixel(res[py - 1, px], res[py, px], res[py + 1, px])
+    return shift_onto(frame, reference, dx, dy), dx, dy
+
+
+def _alike(frame: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both as they are when alike, else both grey."""
+    if frame.shape != reference.shape or frame.shape[2:] == (1,):
+        # grey, BGR or BGRA, not both alike (or (H, W, 1), which OpenCV's warp returns as
+        # (H, W)): align in grey, as a reference model compares them
+        return gray(frame), gray(reference)
+    return frame, reference
+
+
+def shift_onto(frame: np.ndarray, reference: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """``frame`` moved onto ``reference`` by a shift :func:`align_to_reference` found: a
+    point at ``(x, y)`` in the result is at ``(x + dx, y + dy)`` in ``frame``. Also how
+    ``data pull`` aligns a stored frame by its stored shift, so training gets the pixels
+    the model was served, not those of a second search."""
+    fh, fw = same_size(frame, reference)
+    frame, reference = _alike(frame, reference)
     if dx == 0 and dy == 0:
-        return frame, 0.0, 0.0
+        return frame
     warp = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
     aligned = np.asarray(cv2.warpAffine(frame, warp, (fw, fh),
                                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                         borderMode=cv2.BORDER_REPLICATE))
     # the band that moved out of view has no frame pixels: show the reference there, so
     # that what the camera could not see is not reported as a difference
-    bx, by = int(np.ceil(abs(dx))), int(np.ceil(abs(dy)))
+    bx, by = min(int(np.ceil(abs(dx))), fw), min(int(np.ceil(abs(dy))), fh)
     cols = slice(fw - bx, fw) if dx > 0 else slice(0, bx)
     rows = slice(fh - by, fh) if dy > 0 else slice(0, by)
     aligned[:, cols] = reference[:, cols]
     aligned[rows, :] = reference[rows, :]
-    return aligned, dx, dy
+    return aligned
 
 
 # grey levels a reference station's frame must span (5th to 95th percentile) where its

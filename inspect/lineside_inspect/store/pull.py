@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -37,7 +38,10 @@ from lineside_inspect.errors import (
 )
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.names import is_name
+from lineside_inspect.opencv import cv2
 from lineside_inspect.package import ANOMALY_LABEL
+from lineside_inspect.runtime.reference import shift_onto
+from lineside_inspect.runtime.unchanged import ALIGN_MAX_SHIFT
 from lineside_inspect.schemas import InspectionPage
 from lineside_inspect.store.models import reviewed_verdict
 from lineside_inspect.store.store import REFS_DIR, Store
@@ -96,25 +100,105 @@ UNBOXED = ("a fail with no defect box, confirmed or unreviewed: not a good part,
            "train on (draw its defect on the review page to use it)")
 
 
-def _record(item: dict[str, Any], source: Path, ext: str) -> ImageRecord:
-    truth = item["reviews"][-1]["boxes"] if item["reviews"] else item["defects"]
+def _record(item: dict[str, Any], source: Path, ext: str,
+            shift: tuple[float, float] | None = None) -> ImageRecord | None:
+    """The dataset's image of ``item``; with ``shift`` its frame was moved onto its golden
+    by it (:func:`_align`), and its boxes, drawn on the frame as sent, move with it. None
+    when every box it had lies outside the image: the defect is not in it, and as a good
+    image it taught that the part was good."""
+    truth = _located(item, item["reviews"][-1]["boxes"] if item["reviews"] else item["defects"])
     group = _folder(item.get("camera_id"), item["id"])
     width, height = item["width"], item["height"]
+    dx, dy = shift or (0.0, 0.0)
     boxes = []
-    for b in _located(item, truth):  # (the whole image as anomaly says nowhere)
+    for b in truth:  # (the whole image as anomaly says nowhere)
         # clipped to the image, as `data validate` wants it: a detector's box clipped at
-        # the edge can have no width left (x1 == x2), and a server may round a pixel out
-        x1, y1, x2, y2 = (min(max(float(v), 0.0), limit)
-                          for v, limit in zip(b["box"], (width, height, width, height),
-                                              strict=True))
+        # the edge can have no width left (x1 == x2), a server may round a pixel out, and
+        # an aligned frame's edge band shows the golden, not the part
+        # (to 0.01 px, as the store keeps boxes and shifts)
+        x1, y1, x2, y2 = (min(max(round(float(v) - d, 2), 0.0), limit)
+                          for v, d, limit in zip(b["box"], (dx, dy, dx, dy),
+                                                 (width, height, width, height), strict=True))
         if x2 <= x1 or y2 <= y1:
-            log.info("pull: inspection %s: box %s has no area inside its %dx%d image: left "
-                     "out", item["id"], b["box"], width, height)
+            log.info("pull: inspection %s: box %s has no area inside its %dx%d image%s: left "
+                     "out", item["id"], b["box"], width, height,
+                     f" aligned by ({dx}, {dy})" if shift else "")
             continue
         boxes.append(Box(x1, y1, x2, y2, b["label"], origin=f"inspection {item['id']}"))
+    if truth and not boxes:
+        log.info("pull: left out inspection %s: none of its %d defect box(es) is inside its "
+                 "image%s", item["id"], len(truth), " once aligned" if shift else "")
+        return None
     return ImageRecord(f"{group}/{item['id']}.{ext}", item["width"], item["height"], boxes,
                        group=item.get("part_id") or group, source=source,
-                       origin=f"inspection {item['id']}")
+                       origin=f"inspection {item['id']}", aligned=shift)
+
+
+def _stored_shift(item: dict[str, Any]) -> tuple[float, float] | None:
+    """The shift ``align_reference`` moved the frame by onto its golden, as the store keeps
+    it (``reference.shift``); None when the frame was not aligned (its recipe does not
+    align, the unchanged gate passed it) or stored before the store kept the shift."""
+    shift = (item.get("reference") or {}).get("shift")
+    return None if shift is None else (float(shift[0]), float(shift[1]))
+
+
+def _shift_problem(shift: tuple[float, float]) -> str | None:
+    """Why a stored shift is none alignment found: it searches ALIGN_MAX_SHIFT px at most
+    (a hub keeps what a box sent)."""
+    if all(math.isfinite(v) and abs(v) <= ALIGN_MAX_SHIFT for v in shift):
+        return None
+    return (f"its stored alignment shift {list(shift)} is beyond align_reference's "
+            f"{ALIGN_MAX_SHIFT} px")
+
+
+def _align(item: dict[str, Any], frame: bytes, golden: bytes, shift: tuple[float, float],
+           folder: Path) -> Path | str:
+    """The frame moved onto its golden by its stored shift, as the server moved it before
+    its reference model compared them (the stored shift, not a second search, which
+    may land elsewhere), written to ``folder`` as PNG (lossless: a second JPEG pass would
+    be a loss the model never saw); or why it cannot be."""
+    if problem := _shift_problem(shift):
+        return problem
+    try:
+        aligned = shift_onto(decode_image(frame), decode_image(golden), *shift)
+    except ImageError as exc:  # (ReferenceImageError: not its golden's size)
+        return f"its image or golden: {exc.message}"
+    ok, buf = cv2.imencode(".png", aligned)
+    if not ok:
+        return "its aligned frame could not be encoded as PNG"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{item['id']}.png"
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+class _Unaligned:
+    """Pairs pulled with no stored shift, said once at the end. A pair of a recipe whose
+    other pairs carry one was aligned when served, but stored before the store kept the
+    shift (2026-12-05): it is pulled unaligned, as stored, and the pull says how many."""
+
+    def __init__(self) -> None:
+        self.aligning: set[tuple[str, str]] = set()  # recipes (name, version) seen aligned
+        self.without: list[tuple[tuple[str, str], str]] = []  # (recipe, id) with no shift
+
+    def note(self, item: dict[str, Any], shift: tuple[float, float] | None) -> None:
+        recipe = (str(item["recipe"]["name"]), str(item["recipe"]["version"]))
+        if shift is not None:
+            self.aligning.add(recipe)
+        elif not (item.get("reference") or {}).get("unchanged"):
+            # (a part the unchanged gate passed was not aligned when served either)
+            self.without.append((recipe, item["id"]))
+
+    def say(self) -> None:
+        known = [i for recipe, i in self.without if recipe in self.aligning]
+        if known:
+            log.warning("pull: %d pair(s) of recipes that align (align_reference) were stored "
+                        "without their shift, by a release before the store kept it: pulled "
+                        "as stored, unaligned (e.g. inspection %s)", len(known), known[0])
+        elif self.without:
+            log.info("pull: %d pair(s) have no stored alignment shift (their recipe does not "
+                     "align, or they were stored before the store kept it): pulled as stored",
+                     len(self.without))
 
 
 def _with_reference(records: list[ImageRecord], refs: dict[str, ImageRecord], rec: ImageRecord,
@@ -204,6 +288,7 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
     classes: list[str] = []
     seen: set[str] = set()
     cursor = _Cursor()
+    unaligned = _Unaligned()
     with _staging(dst) as tmp:
         while True:
             until, offset = cursor.params()
@@ -244,12 +329,25 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                     log.info("pull: skipped inspection %s: its image was removed meanwhile "
                              "(retention)", row.id)
                     continue
+                shift = _stored_shift(item) if staged_ref is not None else None
+                if staged_ref is not None and shift is not None and shift != (0.0, 0.0):
+                    aligned = _align(item, staged.read_bytes(), staged_ref.read_bytes(), shift,
+                                     Path(tmp) / "aligned")
+                    staged.unlink()  # (a link to the store's file: never written to)
+                    if isinstance(aligned, str):
+                        log.warning("pull: left out inspection %s: %s", row.id, aligned)
+                        continue
+                    staged = aligned
+                rec = _record(item, staged, staged.suffix.lstrip("."), shift)
+                if rec is None:
+                    continue
                 classes += [c for c in row.class_names if c not in classes]
-                rec = _record(item, staged, staged.suffix.lstrip("."))
                 if staged_ref is not None:
+                    unaligned.note(item, shift)
                     _with_reference(records, refs, rec, staged_ref)
                 else:
                     records.append(rec)
+        unaligned.say()
         return write_dataset(_dataset(records, classes, str(store.data_dir)), dst,
                              overwrite=overwrite)
 
@@ -385,6 +483,7 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
     classes: list[str] = []
     seen: set[str] = set()
     skipped: list[str] = []  # left out: "id: why"
+    unaligned = _Unaligned()
     with _staging(dst) as tmp, \
             httpx.Client(base_url=url, headers={**headers, **IDENTITY}, timeout=60) as c:
         cursor, listed, first = _Cursor(), 0, None
@@ -463,12 +562,24 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
                                     or _altered(item, golden.content))):
                     skipped.append(f"{item['id']}: {problem}")
                     continue
-                ext = _ext(img.headers.get("content-type", ""))
-                path = Path(tmp) / f"{item['id']}.{ext}"
-                path.write_bytes(img.content)
+                shift = _stored_shift(item) if golden is not None else None
+                if golden is not None and shift is not None and shift != (0.0, 0.0):
+                    aligned = _align(item, img.content, golden.content, shift,
+                                     Path(tmp) / "aligned")
+                    if isinstance(aligned, str):
+                        skipped.append(f"{item['id']}: {aligned}")
+                        continue
+                    path, ext = aligned, "png"
+                else:
+                    ext = _ext(img.headers.get("content-type", ""))
+                    path = Path(tmp) / f"{item['id']}.{ext}"
+                    path.write_bytes(img.content)
+                rec = _record(item, path, ext, shift)
+                if rec is None:
+                    continue
                 classes += [n for n in item["class_names"] if n not in classes]
-                rec = _record(item, path, ext)
                 if golden is not None:
+                    unaligned.note(item, shift)
                     sha = hashlib.sha256(golden.content).hexdigest()
                     ref_path = Path(tmp) / REFS_DIR / \
                         f"{sha}.{_ext(golden.headers.get('content-type', ''))}"
@@ -477,7 +588,9 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
                     _with_reference(records, refs, rec, ref_path)
                 else:
                     records.append(rec)
+        unaligned.say()
         if skipped:
-            log.warning("pull: %d inspection(s) left out, their images broken: %s%s",
+            log.warning("pull: %d inspection(s) left out, their images broken (or a "
+                        "stored shift out of range): %s%s",
                         len(skipped), "; ".join(skipped[:5]), " ..." if len(skipped) > 5 else "")
         return write_dataset(_dataset(records, classes, url), dst, overwrite=overwrite)
