@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,14 @@ def settings(**kw: Any) -> Settings:
                             "data_dir": str(data_dir)}
     base.update(kw)
     return Settings(**base)
+
+
+def shift_begun_an_hour_ago(now: datetime | None = None) -> dict[str, Any]:
+    """Settings of one shift a day, begun an hour before ``now``: a test's rows and its
+    reads are in one shift whatever the hour it runs at (with the default shifts a run
+    just after 06:00 counted the rows it had set a minute back as the shift before)."""
+    start = (now or datetime.now(UTC)) - timedelta(hours=1)
+    return {"shifts": [start.strftime("%H:%M")], "shift_timezone": "UTC"}
 
 
 def keyed(**kw: Any) -> Settings:

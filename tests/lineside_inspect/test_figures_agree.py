@@ -20,7 +20,7 @@ from lineside_inspect.cameras.simulator import MJPEGSimulator
 from lineside_inspect.config import CameraConfig
 from lineside_inspect.store.models import InspectionRow
 
-from .conftest import Running
+from .conftest import Running, shift_begun_an_hour_ago
 
 SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "deeppcb-sample" / "images"
 JPEG = {"content-type": "image/jpeg"}
@@ -117,8 +117,11 @@ def test_status_page_cards_count_their_own_box(launch, tmp_path: Path) -> None:
     cam1 parts too, where box-a's /metrics and its dashboard row (box-a, cam1) did not."""
     db = f"sqlite:///{tmp_path / 'shared.db'}"
     cams = [CameraConfig(id="cam1", source=str(SAMPLE))]
-    a = launch(database_url=db, box_id="box-a", cameras=cams, store_pass_rate=1.0)
-    b = launch(database_url=db, box_id="box-b", cameras=cams, store_pass_rate=1.0)
+    # (a shift change between the parts and the page would leave the shift's card none)
+    a = launch(database_url=db, box_id="box-a", cameras=cams, store_pass_rate=1.0,
+               **shift_begun_an_hour_ago())
+    b = launch(database_url=db, box_id="box-b", cameras=cams, store_pass_rate=1.0,
+               **shift_begun_an_hour_ago())
     _inspect(a, "cam1", 2)
     _inspect(b, "cam1", 3)
     b.app.state.store.flush()
@@ -153,8 +156,10 @@ def test_status_cards_count_the_fails_with_nothing_judged(
     checked.write_text("name: checked\nmodel: deeppcb\nmin_contrast: 16\n")
     cams = [CameraConfig(id="cam1", source=camera.url, recipe="checked"),
             CameraConfig(id="cam2", source=str(SAMPLE), recipe="checked")]
+    # the shift begun an hour ago: a row set 30 s back is in it whatever the hour (run
+    # within 30 s of a shift change, it was in the shift before and not counted)
     srv = launch(database_url=database_url, cameras=cams, store_pass_rate=1.0,
-                 recipes=[str(checked)])
+                 recipes=[str(checked)], **shift_begun_an_hour_ago())
     with srv.client("line") as c:
         blank = [c.post("/v1/cameras/cam1/trigger", params={"timeout_s": 10}).json()
                  for _ in range(2)]

@@ -166,10 +166,13 @@ def test_checkpoint_restores_the_amp_scaler(tmp_path: Path, make_config: Make) -
 
 # Runs under torchrun: records, on the test side, which records this rank trained on (the
 # training loader's collate function sees every batch), the final weights' and EMA's
-# checksums, and the schedule plan the rank followed.
+# checksums, and the schedule plan the rank followed. It trains each case in turn in the
+# same two processes (a run of its own each, in its own folder): starting torchrun and
+# torch in three processes took more time than the three runs themselves.
 DDP_SCRIPT = """
 import dataclasses, json, os, sys
 from pathlib import Path
+import torch.distributed as dist
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
 from lineside_training import engine
@@ -197,38 +200,56 @@ def kept_ema(*args, **kwargs):
 
 engine.collate, engine.build_model = recording_collate, kept_model
 engine.plan_schedule, engine.AveragedModel = kept_plan, kept_ema
-out = Path({out!r})
-settings = {{"epochs": 1, "max_steps_per_epoch": 3, "batch_size": 4, "eval_every": 1, **{extra}}}
-engine.train(tiny_config(out, **settings), quiet=True)
 def checksum(module):
     return float(sum(p.detach().double().sum() for p in module.parameters()))
-(out / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps({{
-    "indices": seen, "checksum": checksum(models[0]), "ema": checksum(emas[0].module),
-    "plan": dataclasses.asdict(plans[0])}}))
+for n, (case, extra) in enumerate({cases!r}.items()):
+    for kept in (seen, models, plans, emas):
+        kept.clear()
+    if n:  # the engine's own set-up (env://) begins the first run; a run ends its group, and
+        # a new one on the same keys of torchrun's store would read the last one's addresses
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              is_master=False)
+        dist.init_process_group("gloo", store=dist.PrefixStore(case, store),
+                                rank=int(os.environ["RANK"]), world_size=2)
+    out = Path({out!r}) / case
+    settings = {{"epochs": 1, "max_steps_per_epoch": 3, "batch_size": 4, "eval_every": 1,
+                "input_size": 320, "crop_size": 192, "threads": 1, **extra}}
+    engine.train(tiny_config(out, **settings), quiet=True)
+    (out / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps({{
+        "indices": seen, "checksum": checksum(models[0]), "ema": checksum(emas[0].module),
+        "plan": dataclasses.asdict(plans[0])}}))
 """
+# (no case of plain epochs: each of these checks the shards and weights it did, and more)
+DDP_CASES = {"budget": {"time_budget": "4s"}, "patience": {"epochs": 4, "patience": 1},
+             "time-limit": {"epochs": 4, "time_limit_minutes": 0.001}}
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One torchrun of 2 CPU processes that trains every case of ``DDP_CASES``."""
+    out = tmp_path_factory.mktemp("ddp")
+    script = out / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out),
+                                        cases=DDP_CASES))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(script)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
 
 
 @pytest.mark.slow
-# (no case of plain epochs: each of these checks the shards and weights it did, and more)
-@pytest.mark.parametrize("extra", ["{'time_budget': '12s'}", "{'epochs': 4, 'patience': 1}",
-                                   "{'epochs': 4, 'time_limit_minutes': 0.001}"],
-                         ids=["budget", "patience", "time-limit"])
-def test_ddp_two_processes_gloo(tmp_path: Path, extra: str) -> None:
+@pytest.mark.parametrize("case", list(DDP_CASES))
+def test_ddp_two_processes_gloo(ddp_runs: Path, case: str) -> None:
     """torchrun, 2 CPU processes: disjoint shards, identical weights at the end; also
     under a time budget, where only rank 0 evaluates and times its evaluations and its
     plan is every rank's (the same steps, and the same warm-up, so the same weights).
     Rank 0 alone counts evaluations without gain and reads the time limit on its own
     clock: every rank stops where it does (before, rank 0 stopped alone on patience and
     the other rank waited for ever)."""
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path),
-                                        extra=extra))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    run = ddp_runs / case
+    ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in (0, 1)]
     # an epoch's shards are disjoint (each epoch deals them anew): the first epoch's 3
     # batches of 4
     a, b = (set(r["indices"][:12]) for r in ranks)
@@ -237,9 +258,9 @@ def test_ddp_two_processes_gloo(tmp_path: Path, extra: str) -> None:
     # the EMA, which only the plan's decay and ramp shape, agrees too, and so does the plan
     assert ranks[0]["ema"] == ranks[1]["ema"] and ranks[0]["ema"] != ranks[0]["checksum"]
     assert ranks[0]["plan"] == ranks[1]["plan"]
-    assert not (tmp_path / "tiny" / "ranks").exists()
-    epochs = len((tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines())
-    if "patience" in extra or "time_limit" in extra:
+    assert not (run / "tiny" / "ranks").exists()
+    epochs = len((run / "tiny" / "metrics.jsonl").read_text().splitlines())
+    if case in ("patience", "time-limit"):
         assert epochs < 4  # stopped early, both ranks
 
 
