@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "deeppcb" / "1"
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
 KEYS = {"box1": "k-box1", "box2": "k-box2", "box3": "k-box3", "box4": "k-box4",
-        "box5": "k-box5", "box6": "k-box6", "qa": "k-qa"}
+        "box5": "k-box5", "box6": "k-box6", "box7": "k-box7", "qa": "k-qa"}
 
 
 def _png(seed: int) -> bytes:
@@ -344,6 +344,67 @@ def test_box_forwards_in_order_and_retention_keeps_what_is_not_forwarded(
             store.get(old.id)
     finally:
         offline.client.close()
+        store.close()
+
+
+def _drain(forwarder: Forwarder) -> None:
+    """Forward until nothing is pending; a hub that is briefly unavailable (a SeaweedFS
+    just started, slow on its first write) is tried again a few times, as the loop does."""
+    for _ in range(5):
+        try:
+            while forwarder.forward_once():
+                pass
+            return
+        except HubUnavailable:
+            continue
+    raise AssertionError("the hub stayed unavailable")
+
+
+def test_a_row_of_its_own_that_does_not_read_is_set_aside_and_the_rest_go_on(
+        tmp_path: Path, hub: ServedHub, detector: Detector,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A box's own row that does not read as an inspection (a hand edit, another writer)
+    raised unreadable_inspection in the forwarder every round: every later inspection
+    waited behind it for good. It is set aside now, said once and counted, and the rest
+    go; mended and retried, it goes too."""
+    from sqlalchemy import text
+
+    store = Store(tmp_path / "box", pass_rate=1.0, box_id="box7")
+    store.event_makers.append(forward_events)
+    store.guard_channel = "fleet"
+    metrics = Metrics()
+    fleet = FleetSettings(hub_url=hub.url, token=KEYS["box7"], timeout_s=5)  # type: ignore[arg-type]
+    forwarder = Forwarder(store, HubClient(fleet, "box7"), fleet, metrics)
+    try:
+        bad, *rest = [_inspection(detector) for _ in range(3)]
+        for i in (bad, *rest):
+            assert store.save(i)
+        store.flush()
+        with store.engine.begin() as db:
+            db.execute(text("UPDATE inspections SET defects = '[{not json' WHERE id = :i"),
+                       {"i": bad.id})
+        with caplog.at_level("WARNING", logger="lineside.fleet"):
+            _drain(forwarder)
+            forwarder.forward_once()  # (nothing pending: said no more)
+        said = [r.getMessage() for r in caplog.records if bad.id in r.getMessage()]
+        assert len(said) == 1 and "defects: '[{not json' is not JSON" in said[0]
+        assert [hub.store.get(i.id).id for i in rest] == [i.id for i in rest]
+        with pytest.raises(Exception, match="no inspection"):
+            hub.store.get(bad.id)
+        forwarder.refresh_gauges()
+        assert (forwarder.backlog, forwarder.set_aside, forwarder.forwarded) == (0, 1, 2)
+        [aside] = forwarder.outbox.set_aside_events()
+        assert aside.topic == bad.id and aside.payload["refused"].startswith("unreadable: ")
+        text_ = generate_latest(metrics.registry).decode()
+        assert 'lineside_fleet_errors_total{kind="record_unreadable"} 1.0' in text_
+        with store.engine.begin() as db:  # mended: an admin's retry sends it
+            db.execute(text("UPDATE inspections SET defects = '[]' WHERE id = :i"),
+                       {"i": bad.id})
+        assert forwarder.retry_set_aside() == 1
+        _drain(forwarder)
+        assert hub.store.get(bad.id).id == bad.id
+    finally:
+        forwarder.client.close()
         store.close()
 
 

@@ -209,6 +209,51 @@ def test_a_stored_row_that_does_not_read_is_a_422_naming_it_not_a_500(
             db.execute(delete(InspectionRow).where(InspectionRow.id.in_([bad_json, bad_time])))
 
 
+def test_reviews_that_do_not_read_leave_the_dashboard_log_and_list_standing(
+        boxes: dict[str, Any]) -> None:
+    """A review whose boxes are not JSON made the dashboard (GET /v1/stats) a 500 (SQLite's
+    json_array_length), one whose time is not one the reviews' audit trail (GET
+    /v1/reviews). Each counts as nothing now; the log and the list leave them out, and say
+    how many (left_out), so total still matches the pages a client steps through."""
+    from sqlalchemy import delete, text
+
+    from lineside_inspect.store.models import InspectionRow
+
+    own = boxes["own"]
+    store = own.app.state.store
+    not_json, timeless = _fails(own, 2)
+    try:
+        with own.client("reviewer") as c:
+            for iid in (not_json, timeless):
+                r = c.post(f"/v1/inspections/{iid}/reviews", json={"action": "false_reject"})
+                assert r.status_code == 200, r.text
+            before = c.get("/v1/stats").json()
+            with store.engine.begin() as db:
+                db.execute(text("UPDATE reviews SET boxes = '[{not json' "
+                                "WHERE inspection_id = :i"), {"i": not_json})
+                db.execute(text("UPDATE reviews SET created_at = '2026-02-30 10:00:00' "
+                                "WHERE inspection_id = :i"), {"i": timeless})
+            r = c.get("/v1/stats")
+            assert r.status_code == 200, r.text
+            # the review that does not read is no false reject; the other still is
+            assert r.json()["false_rejects_confirmed"] == before["false_rejects_confirmed"] - 1
+            r = c.get("/v1/reviews", params={"limit": 500})
+            assert r.status_code == 200, r.text
+            log = r.json()
+            # (defects_after of boxes that are not JSON was the length of their text)
+            assert not {not_json, timeless} & {i["inspection_id"] for i in log["items"]}
+            assert log["left_out"] == 2 and len(log["items"]) + 2 == log["total"]
+            r = c.get("/v1/inspections", params={"limit": 500})
+            page = r.json()
+            assert r.status_code == 200 and page["left_out"] == 2
+            assert len(page["items"]) + page["left_out"] == page["total"]
+            r = c.get("/v1/inspections", params={"limit": 500, "verdict": "pass"})
+            assert "left_out" not in r.json()  # (none: the page as a release before sent it)
+    finally:
+        with store.engine.begin() as db:
+            db.execute(delete(InspectionRow).where(InspectionRow.id.in_([not_json, timeless])))
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
                     "(make test installs it)")
 def test_the_review_page_names_each_cards_box(boxes: dict[str, Any]) -> None:

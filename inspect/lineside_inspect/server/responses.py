@@ -381,10 +381,13 @@ class ReviewLogEntry(_Shape):
 class ReviewLog(_Shape):
     """The reviews' audit trail, newest first."""
 
-    total: int
+    total: int = Field(description="stored reviews matching, those left out included")
     limit: int
     offset: int
     items: list[ReviewLogEntry]
+    left_out: int = Field(0, exclude_if=lambda n: n == 0, description=(
+        "reviews of this page left out: stored fields that do not read as a review (a "
+        "hand-edited row, another writer's); the next page is at offset + limit"))
 
 
 # -- health -----------------------------------------------------------------------------

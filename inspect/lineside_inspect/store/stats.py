@@ -284,9 +284,11 @@ def model_changes(s: Session, since: datetime, until: datetime,
                                            sub.c.previous != sub.c.model_version))
                      .order_by(sub.c.previous.is_(None), sub.c.created_at)
                      .limit(MAX_MARKERS + 1)).all()
+    # a row whose stored time does not read as one (SQLite keeps any text; store/utc.py)
+    # marks no change: its as_utc was the dashboard's 500 (review, session 40)
     out = [{"at": as_utc(at), "model": model, "recipe": recipe, "version": version,
             "previous": previous, "box_id": box}
-           for at, model, recipe, version, previous, box in rows]
+           for at, model, recipe, version, previous, box in rows if isinstance(at, datetime)]
     return sorted(out[:MAX_MARKERS], key=lambda c: c["at"]), len(out) > MAX_MARKERS
 
 
@@ -310,6 +312,11 @@ def review_quality(s: Session, since: datetime | None, until: datetime | None,
                              ReviewRow.action == "false_reject")
     fail, passed = InspectionRow.verdict == "fail", InspectionRow.verdict == "pass"
     boxless = func.json_array_length(final.c.boxes) == 0
+    # an inspection whose current review's boxes are not a list (a hand-edited row, a
+    # foreign writer: SQLite keeps any text) counts as nothing: json_array_length of text
+    # that is not JSON failed in SQLite, of an object in PostgreSQL, and the dashboard
+    # was a 500 (review, session 40)
+    listed = is_list(s.get_bind().dialect.name, final.c.boxes)
     # models.reviewed_verdict's rule: a fail confirmed with no box (a frame not of the
     # golden's view, an anomaly with no region), never called a false reject, is a fail
     # the reviewer agreed with (QA review, session 34). Counted by the database: the
@@ -322,7 +329,7 @@ def review_quality(s: Session, since: datetime | None, until: datetime | None,
         .select_from(InspectionRow)
         .join(last, last.c.inspection_id == InspectionRow.id)
         .join(final, final.c.id == last.c.rid)
-        .where(*conds)).one()
+        .where(*conds, listed)).one()
     return {"reviewed_fails": n_fails, "false_rejects": false_rejects,
             "false_reject_rate": false_rejects / n_fails if n_fails else None,
             "reviewed_passes": n_passes, "escapes": escapes,
@@ -362,6 +369,15 @@ def yields(s: Session, since: datetime, until: datetime,
 NOT_JUDGED = ("blank_frame", "reference_mismatch")  # fails with nothing judged: a camera to check
 
 
+def is_list(dialect: str, column: Any) -> ColumnElement[bool]:
+    """Whether the stored JSON of ``column`` is a list, by the database's JSON functions:
+    false (never an error) for text that is not JSON (SQLite) or JSON of another type."""
+    if dialect == "postgresql":
+        return func.json_typeof(column) == "array"
+    # json_type fails on text that is not JSON: asked only of valid JSON (a CASE is lazy)
+    return case((func.json_valid(column) == 1, func.json_type(column))) == "array"
+
+
 def _has_rule(dialect: str, rule: str) -> ColumnElement[bool]:
     """An inspection row one of whose reasons is ``rule``, by the database's JSON functions.
     A stored ``reasons`` that is not a list of objects (a hand-edited row, a damaged
@@ -372,7 +388,8 @@ def _has_rule(dialect: str, rule: str) -> ColumnElement[bool]:
                       else_=literal_column("'[]'::json"))
         each = func.json_array_elements(listed).table_valued("value").alias("reason")
         return exists().select_from(each).where(each.c.value.op("->>")("rule") == rule)
-    listed = case((func.json_valid(reasons) == 1, reasons), else_=literal("[]"))
+    # (a list: json_each of an object walks its members, and counted one as a reason)
+    listed = case((is_list(dialect, reasons), reasons), else_=literal("[]"))
     each = func.json_each(listed).table_valued("value", "type").alias("reason")
     # json_extract parses its argument: only an object element is one to read
     return exists().select_from(each).where(
@@ -401,11 +418,15 @@ def not_judged(s: Session, since: datetime, until: datetime,
                    InspectionRow.created_at >= since,
                    InspectionRow.created_at < until, or_(blank, moved))
             .group_by(InspectionRow.box_id, InspectionRow.camera_id)):
-        got[(box, cam)] = {
-            "blank_frame": {"parts": n_blank, "last": as_utc(last_blank) if last_blank else None},
-            "reference_mismatch": {"parts": n_moved,
-                                   "last": as_utc(last_moved) if last_moved else None}}
+        got[(box, cam)] = {"blank_frame": {"parts": n_blank, "last": _time(last_blank)},
+                           "reference_mismatch": {"parts": n_moved, "last": _time(last_moved)}}
     return got
+
+
+def _time(value: Any) -> datetime | None:
+    """A time read from the rows, or None: none, or stored text that does not read as one
+    (store/utc.py; the latest by text can be such a row). It was the status page's 500."""
+    return as_utc(value) if isinstance(value, datetime) else None
 
 
 def legacy(s: Session, conds: Sequence[ColumnElement[bool]] = ()) -> dict[str, Any]:
@@ -475,6 +496,8 @@ def review_log(s: Session, *, limit: int, offset: int, reviewer: str | None = No
                      .where(*conds).order_by(ReviewRow.id.desc()).limit(limit).offset(offset)).all()
     return total, [{"id": r.id, "created_at": r.created_at, "reviewer": r.reviewer,
                     "action": r.action, "inspection_id": r.inspection_id, "verdict": verdict,
-                    "camera_id": camera, "box_id": box, "defects_after": len(r.boxes),
+                    "camera_id": camera, "box_id": box,
+                    # (None: boxes that are not a list; len() of their text was a count)
+                    "defects_after": len(r.boxes) if isinstance(r.boxes, list) else None,
                     "note": r.note}
                    for r, verdict, camera, box in rows]

@@ -152,6 +152,8 @@ QUOTA_RECHECK_S = 2.0
 # line stopped, a box whose rows leave only once forwarded), and by start-up cleanup: it ran
 # only after a batch was applied, so an idle box kept every image past it for good
 AGE_CHECK_S = 60.0
+# the last time a row can hold: stored text after it is not a time (enforce_retention)
+LAST_TIME = datetime.max.replace(tzinfo=UTC)
 # the free-disk floor of a save is measured (a statvfs) at most this often; what the store
 # appended to its journal since is taken off the measure
 DISK_CHECK_S = 0.5
@@ -1247,10 +1249,16 @@ class Store:
                 pages = self._db_pages(s)
                 cutoff = self._age_cutoff(now or datetime.now(UTC))
                 if cutoff is not None:
-                    for row in s.scalars(select(InspectionRow).where(
-                            self._mine(), self._forwarded(), InspectionRow.created_at < cutoff)):
-                        self._delete(s, row, gone)
-                        deleted += 1
+                    # and rows whose stored time is text sorting after every time (SQLite
+                    # keeps any text: a hand edit, another writer): no age ever reached
+                    # them, and they were kept for good (review, session 40). Asked apart:
+                    # one range each on the created_at index, where an OR could scan
+                    for old in (InspectionRow.created_at < cutoff,
+                                InspectionRow.created_at > LAST_TIME):
+                        for row in s.scalars(select(InspectionRow).where(
+                                self._mine(), self._forwarded(), old)):
+                            self._delete(s, row, gone)
+                            deleted += 1
                 if quota is not None:
                     limit = quota - room
                     used, claimed = self._used(s)
@@ -1564,6 +1572,8 @@ class Store:
             return math.inf
         if oldest is None:
             return math.inf
+        if not isinstance(oldest, datetime):  # stored text that is not a time: it goes now
+            return time.monotonic()
         cutoff = self._age_cutoff(datetime.now(UTC))
         if cutoff is None:  # a limit past the calendar: never
             return math.inf
