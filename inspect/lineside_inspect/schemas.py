@@ -167,7 +167,7 @@ class InspectionPage(_Shape):
     items: list[StoredInspection]
     # sent only when some were: a data pull of a release before it (which refuses a field
     # it does not know) reads a page with none as it did
-    left_out: int = Field(0, exclude_if=lambda n: n == 0, description=(
+    left_out: int = Field(0, ge=0, exclude_if=lambda n: n == 0, description=(
         "inspections of this page left out: stored fields that do not read as an "
         "inspection (a hand-edited row, another writer's; GET /v1/inspections/{id} names "
         "what is wrong). items + left_out is the page's share of total: the next page is "

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Running, keyed, start_server
+from .conftest import ROLE_KEYS, Running, keyed, start_server
 
 SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "deeppcb-sample" / "images"
 IMAGE = next(SAMPLE.rglob("*_test.jpg")).read_bytes()
@@ -297,3 +297,34 @@ def test_the_review_page_names_each_cards_box(boxes: dict[str, Any]) -> None:
             expect(page.locator(".card .where")).not_to_contain_text(own_box)
         finally:
             browser.close()
+
+
+def test_a_pull_goes_on_past_a_page_of_rows_that_do_not_read(
+        boxes: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page of the list whose rows all fail to read (left_out, no items) was taken by
+    `data pull` as the list's end: every older row was never pulled, and the pull said
+    nothing. It passes over them by offset and goes on, naming how many it left out."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import delete, text
+
+    from lineside_inspect.store import pull
+    from lineside_inspect.store.models import InspectionRow
+
+    own = boxes["own"]
+    store = own.app.state.store
+    since = datetime.now(UTC)  # (the fixture's own rows are older)
+    ids = _fails(own, 5)  # newest first in the list: ids[4], ids[3] | ids[2], ids[1] | ids[0]
+    with store.engine.begin() as db:
+        for iid in ids[1:3]:  # the whole second page of two
+            db.execute(text("UPDATE inspections SET defects = '[{not json' WHERE id = :i"),
+                       {"i": iid})
+    monkeypatch.setattr(pull, "PAGE", 2)
+    try:
+        ds = pull.pull_from_server(own.url, tmp_path / "pulled", key=ROLE_KEYS["reviewer"],
+                                   since=since, reviewed=False)
+        pulled = {r.file_name.split("/")[-1][:32] for r in ds.images}
+        assert pulled == {ids[0], ids[3], ids[4]}
+    finally:
+        with store.engine.begin() as db:
+            db.execute(delete(InspectionRow).where(InspectionRow.id.in_(ids)))

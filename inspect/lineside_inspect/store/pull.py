@@ -489,8 +489,13 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
         cursor, listed, first = _Cursor(), 0, None
         by_offset: int | None = None  # a server of a release before `until`: by offset
         again = 0  # rows of pages by offset that listed only rows listed before
+        # rows of pages that listed none that read (left_out): passed over by offset from
+        # where the cursor stands, since they give no time to page from (an empty page was
+        # taken as the list's end, and every row after them was never pulled)
+        unread = 0
         while True:
             until, offset = (None, by_offset) if by_offset is not None else cursor.params()
+            offset += unread
             params: dict[str, Any] = {"limit": PAGE, "offset": offset}
             if reviewed:
                 params["review_state"] = "reviewed"
@@ -505,6 +510,15 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             # names here, so they must be inspection ids (32 hex digits) and nothing else
             page = _page(url, r.content)
             items = [i.model_dump(mode="json") for i in page.items]
+            if not items and page.left_out > 0:
+                log.warning("pull: %d inspection(s) the server could not read left out "
+                            "(GET /v1/inspections' left_out)", page.left_out)
+                listed += page.left_out  # (held by the bound below, as any row listed)
+                if listed > 2 * (first if first is not None else page.total) + 10 * PAGE:
+                    raise ConfigError(f"{url}: the server lists over {listed} inspections "
+                                      "that do not read: not a Lineside server's list")
+                unread += page.left_out
+                continue
             if not items:
                 break
             if until and any(as_utc(i.created_at) >= until for i in page.items):
@@ -518,6 +532,9 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             # (a page's total counts the rows up to its time: the first's is the list's)
             bound = 2 * first + 10 * PAGE
             listed += len(items)
+            if page.left_out:
+                log.warning("pull: %d inspection(s) the server could not read left out "
+                            "(GET /v1/inspections' left_out)", page.left_out)
             if not cursor.advance([(as_utc(i.created_at), i.id) for i in page.items]):
                 # by offset, rows added at the top meanwhile send rows listed before again,
                 # as many as were added: carried on while the list's total grew by as many
@@ -529,7 +546,9 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
                                       f"ignores offset={offset}?): stopped, it would never "
                                       "end")
             if by_offset is not None:
-                by_offset += len(items)
+                by_offset += len(items) + page.left_out
+            else:
+                unread = 0  # the cursor moved past them: its offset starts afresh
             if listed > bound:
                 raise ConfigError(f"{url}: the server lists over {bound} inspections though "
                                   f"it said {first} at first: not a Lineside server's list")
