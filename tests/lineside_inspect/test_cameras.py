@@ -4,6 +4,7 @@ loopback that the tests kill, restart, freeze and hang."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import tempfile
@@ -18,9 +19,10 @@ import pytest
 
 from lineside_inspect.cameras import CameraManager, CameraUnavailable
 from lineside_inspect.cameras.simulator import MJPEGSimulator, counter_frame
-from lineside_inspect.cameras.sources import make_source
+from lineside_inspect.cameras.sources import OpenCVSource, make_source
 from lineside_inspect.cameras.worker import CameraWorker, Frame
 from lineside_inspect.config import CameraConfig
+from lineside_inspect.errors import ImageTooLargeError
 from lineside_inspect.opencv import cv2
 from lineside_inspect.serve_process import free_port
 
@@ -251,9 +253,10 @@ def _rtsp_available() -> bool:
 class RtspServer:
     """GStreamer's RTSP server in a child process (Debian's system Python has the bindings)."""
 
-    def __init__(self, codec: str = "mjpeg") -> None:
+    def __init__(self, codec: str = "mjpeg", mode: str = "") -> None:
         self.proc: subprocess.Popen[str] | None = None
         self.codec = codec
+        self.mode = mode  # see tests/tools/rtsp_server.py
         # a port free when picked can be taken before the server binds it: a fresh one
         for _attempt in range(3):
             self.port = free_port()
@@ -263,7 +266,8 @@ class RtspServer:
 
     def start(self) -> bool:
         """Start on ``self.port``; False when the port was taken (the server said nothing)."""
-        self.proc = subprocess.Popen(["/usr/bin/python3", str(RTSP_SERVER), str(self.port), self.codec],
+        self.proc = subprocess.Popen(["/usr/bin/python3", str(RTSP_SERVER), str(self.port), self.codec,
+                                      *([self.mode] if self.mode else [])],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
@@ -342,6 +346,64 @@ def test_an_h26x_stream_changing_resolution_gives_its_true_frames(codec: str) ->
                                             "never stretched")
     finally:
         w.stop()
+        rtsp.kill()
+
+
+def test_an_h264_stream_whose_sps_the_parser_misreads_is_decoded_as_before(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a profile the SPS parser does not know (144, High 4:4:4 of 2005, which FFmpeg still
+    # decodes) was read as 48x32 and its 320x240 frames judged on that size: a stream the
+    # packet path cannot read is decoded by OpenCV's reader, as before it (session 40)
+    if not Path("/usr/bin/python3").exists() or not _rtsp_available() or not _encoder_available("h264"):
+        pytest.skip("GStreamer's RTSP server or h264 encoder is not installed")
+    from lineside_inspect.cameras import sources
+
+    monkeypatch.setattr(sources, "_OPENCV_DECODES", {})
+    rtsp = RtspServer("h264", "profile144")
+    made: list[sources.OpenCVSource] = []
+
+    def make() -> sources.OpenCVSource:
+        made.append(sources.OpenCVSource(rtsp.url, open_timeout_s=3, read_timeout_s=1))
+        return made[-1]
+
+    seen: list[tuple[tuple[int, ...], float]] = []
+    w = CameraWorker("cam", make, stale_after_s=1.0, backoff_base_s=0.05, backoff_max_s=0.4)
+    w.subscribe(lambda f: seen.append((f.image.shape, float(f.image.mean()))))
+    caplog.set_level(logging.WARNING, logger="lineside.cameras")
+    w.start()
+    try:
+        assert _wait(lambda: len(seen) >= 10, timeout=8)
+        assert {shape for shape, _ in seen} == {(240, 320, 3)}
+        assert all(60 < mean < 140 for _, mean in seen)  # the grey 100 sent
+        assert w.reconnects == 0 and made[0].h26x is None  # reopened in place
+        said = [r.getMessage() for r in caplog.records if "decoded by OpenCV" in r.getMessage()]
+        assert len(said) == 1 and said[0].endswith("its SPS was read as 48x32, its frames are 320x240")
+        again = make()  # a reconnect: straight to OpenCV's reader, not said again
+        again.open()
+        try:
+            assert again.h26x is None and again.read() is not None
+        finally:
+            again.close()
+        assert len([r for r in caplog.records if "decoded by OpenCV" in r.getMessage()]) == 1
+    finally:
+        w.stop()
+        rtsp.kill()
+
+
+def test_an_h264_stream_over_max_pixels_is_refused_from_its_sps() -> None:
+    # refused from the parameter set, no decoder started: not a pixel of it decoded
+    if not Path("/usr/bin/python3").exists() or not _rtsp_available() or not _encoder_available("h264"):
+        pytest.skip("GStreamer's RTSP server or h264 encoder is not installed")
+    rtsp = RtspServer("h264")  # 160x120 = 19,200 pixels first
+    source = OpenCVSource(rtsp.url, open_timeout_s=3, read_timeout_s=1, max_pixels=10_000)
+    try:
+        source.open()
+        assert source.h26x is not None
+        with pytest.raises(ImageTooLargeError, match="160x120 = 19200 pixels, over the limit of 10000"):
+            source.read()
+        assert source.h26x is not None and source.h26x.decoder is None
+    finally:
+        source.close()
         rtsp.kill()
 
 

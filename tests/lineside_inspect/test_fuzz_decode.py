@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
+from lineside_inspect.cameras.h26x import MAX_SPS_BYTES, _units, sps_size
 from lineside_inspect.errors import ImageError, ImageTooLargeError
 from lineside_inspect.imageio import decode_image, header_size
 from lineside_inspect.opencv import cv2
@@ -410,3 +411,108 @@ def test_found_cases_over_http(body_server: Running, case: str) -> None:
         good = c.post("/v1/inspect", content=BOARD, headers={"Content-Type": "image/jpeg"})
         assert good.status_code == 200
         assert good.extensions["client_port"] == r.extensions["client_port"]
+
+
+# -- H.264 / H.265 parameter sets (cameras/h26x.py), read from every camera packet ------
+# real ones, as a camera's RTSP SDP gives them (openh264 and x265, 640x480, session 40)
+H26X_SEEDS = {
+    "h264": bytes.fromhex("000000016742c01e8c8d40501ed00f08846a0000000168ce3c80"),
+    "hevc": bytes.fromhex(
+        "0000000140010c01ffff01600000030090000003000003005a9280900000000142010101600000030090"
+        "000003000003005aa0050201e16592a4932bffc00040005a830303020000030002000003003c10000000"
+        "014401c172b46240"),
+}
+
+
+def _escaped(bits: str) -> bytes:
+    """An RBSP of ``bits`` (stop bit added), with emulation prevention as a stream has it."""
+    bits += "1" + "0" * (-(len(bits) + 1) % 8)
+    out, zeros = bytearray(), 0
+    for byte in int(bits, 2).to_bytes(len(bits) // 8, "big"):
+        if zeros >= 2 and byte <= 3:
+            out.append(3)
+            zeros = 0
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return bytes(out)
+
+
+def _ue(value: int) -> str:
+    code = bin(value + 1)[2:]
+    return "0" * (len(code) - 1) + code
+
+
+@st.composite
+def h26x_packets(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A real parameter set mutated (bit flips, bytes set, cut, junk, start codes put in),
+    or arbitrary bytes cut by start codes."""
+    codec = draw(st.sampled_from(sorted(H26X_SEEDS)))
+    if draw(st.booleans()):
+        parts = draw(st.lists(st.binary(max_size=64), max_size=8))
+        return codec, b"\x00\x00\x01".join(parts)
+    data = bytearray(H26X_SEEDS[codec])
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["flip", "set", "cut", "junk", "start"]))
+        i = draw(st.integers(0, max(0, len(data) - 1)))
+        if kind == "flip" and data:
+            data[i] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set" and data:
+            data[i] = draw(st.sampled_from([0, 1, 3, 0x7F, 0x80, 0xFF]))
+        elif kind == "cut":
+            del data[i:]
+        elif kind == "junk":
+            data[i:i] = draw(st.binary(max_size=32))
+        else:
+            data[i:i] = b"\x00\x00\x01"
+    return codec, bytes(data)
+
+
+def test_every_h26x_seed_reads() -> None:
+    """The seeds read (else the mutations below test nothing)."""
+    for codec, data in H26X_SEEDS.items():
+        assert sps_size(codec, data) == (640, 480), codec
+
+
+@settings(max_examples=DECODE_EXAMPLES, **COMMON)  # type: ignore[arg-type]
+@given(h26x_packets())
+def test_h26x_packets_give_a_size_nothing_or_an_image_error(packet: tuple[str, bytes]) -> None:
+    # any packet a stream (or an attacker on its link) sends: never another exception,
+    # which crossed OpenCV's C++ read; the units split at every start code, none lost
+    codec, data = packet
+    note(f"{codec} {data.hex()}")
+    assert len(_units(data)) == data.count(b"\x00\x00\x01")
+    try:
+        size = sps_size(codec, data)
+    except ImageError:
+        return
+    assert size is None or (isinstance(size, tuple) and all(isinstance(v, int) for v in size))
+
+
+def test_a_huge_parameter_set_is_read_no_further_than_a_real_one() -> None:
+    # a 5 KB SPS (a POC cycle of 40,000 entries) that reads whole as 640x480: an SPS of
+    # 1 MB so made cost 4.6 s of CPU in every packet that carried it; the parser reads
+    # MAX_SPS_BYTES of it, where a real one ends well before
+    head = "01000010" + "00000000" + "00011110" + _ue(0) + _ue(0) + _ue(1) + "0" + "1" + "1"
+    tail = _ue(1) + "0" + _ue(39) + _ue(29) + "1" + "1" + "0"
+    sps = b"\x00\x00\x01\x67" + _escaped(head + _ue(40_000) + "1" * 40_000 + tail)
+    assert len(sps) > MAX_SPS_BYTES
+    small = b"\x00\x00\x01\x67" + _escaped(head + _ue(40) + "1" * 40 + tail)
+    assert sps_size("h264", small) == (640, 480)  # the same syntax, short: it reads
+    with pytest.raises(ImageError, match="cut short"):
+        sps_size("h264", sps)
+
+
+def test_a_packet_of_many_parameter_sets_reads_its_last_only() -> None:
+    # each SPS in a packet was read: a packet of many hostile ones cost as many reads; the
+    # last one is the one the frames after it follow
+    broken = H26X_SEEDS["h264"][:9]
+    assert sps_size("h264", broken * 1000 + H26X_SEEDS["h264"]) == (640, 480)
+
+
+def test_a_packet_without_a_start_code_holds_no_parameter_set() -> None:
+    # an empty packet or a length-prefixed one (avcC, as MP4 and FLV carry them) raised
+    # ValueError from the unit split: not an ImageError, from inside OpenCV's read
+    sps = H26X_SEEDS["h264"][4:18]  # its SPS alone
+    for data in (b"", len(sps).to_bytes(4, "big") + sps):
+        assert _units(data) == []
+        assert sps_size("h264", data) is None and sps_size("hevc", data) is None

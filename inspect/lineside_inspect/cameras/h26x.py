@@ -30,6 +30,15 @@ CODECS = {b"h264": "h264", b"avc1": "h264", b"H264": "h264",
 _MATROSKA_CODEC = {"h264": b"V_MPEG4/ISO/AVC", "hevc": b"V_MPEGH/ISO/HEVC"}
 _START = re.compile(b"\x00\x00\x01")
 NO_SPS_LIMIT = 300  # packets without a parameter set before the stream is given up
+# an SPS's fields up to its size take well under 1 KiB (even with every scaling list): a
+# hostile 1 MB one was read bit by bit for 4.6 s of CPU, each packet that carried one
+MAX_SPS_BYTES = 4096
+
+
+class PacketsUnusable(ImageError):
+    """This stream cannot be read as packets here (an SPS this parser cannot read or reads
+    wrong, no SPS, a decoder that does not open or gives no frame): the camera is read by
+    OpenCV's own decoder instead, as it was before (see ``OpenCVSource``)."""
 
 
 class _Bits:
@@ -135,22 +144,28 @@ def _hevc_size(rbsp: bytes) -> tuple[int, int]:
 def _units(data: bytes) -> list[bytes]:
     """The NAL units of an Annex B byte stream (start code prefixed), headers included."""
     starts = [m.end() for m in _START.finditer(data)]
-    return [data[s:e] for s, e in zip(starts, [*starts[1:], len(data) + 3], strict=True)]
+    # none in an empty packet or a length-prefixed one (avcC): its ValueError crossed
+    # OpenCV's C++ read (each packet is looked at from the decoder's read of its feed)
+    ends = [*starts[1:], len(data) + 3] if starts else []
+    return [data[s:e] for s, e in zip(starts, ends, strict=True)]
 
 
 def sps_size(codec: str, data: bytes) -> tuple[int, int] | None:
     """The frame size the last SPS in ``data`` gives, None when it holds no SPS."""
-    size = None
+    last = None
     for unit in _units(data):
-        unit = unit.rstrip(b"\x00")  # the next start code's leading zero
-        try:
-            if codec == "h264" and unit and unit[0] & 0x1F == 7:
-                size = _h264_size(unit[1:])
-            elif codec == "hevc" and len(unit) > 2 and unit[0] >> 1 & 0x3F == 33:
-                size = _hevc_size(unit[2:])
-        except ValueError as exc:
-            raise ImageError(f"a broken {codec.upper()} parameter set: {exc}") from exc
-    return size
+        if (codec == "h264" and unit and unit[0] & 0x1F == 7) \
+                or (codec == "hevc" and len(unit) > 2 and unit[0] >> 1 & 0x3F == 33):
+            last = unit
+    if last is None:
+        return None
+    # the last one only, and its start only: a packet of many or huge ones costs no more
+    # than one real SPS (the next start code's leading zero stripped)
+    unit = last[:MAX_SPS_BYTES].rstrip(b"\x00")
+    try:
+        return _h264_size(unit[1:]) if codec == "h264" else _hevc_size(unit[2:])
+    except ValueError as exc:
+        raise ImageError(f"a broken {codec.upper()} parameter set: {exc}") from exc
 
 
 def _parameter_sets(codec: str, data: bytes) -> bytes:
@@ -241,7 +256,11 @@ class H26xStream:
         raw = extradata.tobytes() if ok and extradata is not None else b""
         # RTSP's parameter sets from the SDP (Annex B); MP4/FLV's avcC form is not used
         self.extradata = raw if raw.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")) else b""
-        self.size = sps_size(codec, self.extradata) if self.extradata else None
+        try:
+            self.size = sps_size(codec, self.extradata) if self.extradata else None
+        except ImageError as exc:  # the SDP's: every open failed, a camera that worked dead
+            raise PacketsUnusable(f"its parameter set (SPS) does not read: {exc}") from exc
+        self.frames = 0  # frames handed out: before the first, a failure is the path's
         self.decoder: cv2.VideoCapture | None = None
         self.next: bytes | None = None  # the packet that starts the next decoder
         self.ended = False  # the raw stream failed or ended
@@ -291,15 +310,21 @@ class H26xStream:
                 data = self._packet()
                 if data is None:
                     return None
-            size = sps_size(self.codec, data)
+            try:
+                size = sps_size(self.codec, data)
+            except ImageError as exc:
+                if self.frames:  # it read before: a packet broken on the link
+                    raise
+                raise PacketsUnusable(f"its parameter set (SPS) does not read: {exc}") from exc
             if size is None and self.size is not None and _keyframe(self.codec, data):
                 size = self.size  # the SDP's parameter sets, put in the decoder's header
             if size is not None:
                 break
             data = None
         else:
-            raise ImageError(f"no {self.codec.upper()} parameter set (SPS) in "
-                             f"{NO_SPS_LIMIT} packets: the stream cannot be decoded")
+            kind = ImageError if self.frames else PacketsUnusable
+            raise kind(f"no {self.codec.upper()} parameter set (SPS) in "
+                       f"{NO_SPS_LIMIT} packets: the stream cannot be decoded")
         self.size = size
         width, height = size
         if width <= 0 or height <= 0:
@@ -313,6 +338,9 @@ class H26xStream:
         first = _matroska_header(self.codec, sets, size, self.fps) + _block(data, 0)
         # the binding takes any io.BufferedIOBase; its stubs name only its C++ interface
         self.decoder = cv2.VideoCapture(_Feed(first, self._pull), cv2.CAP_FFMPEG, [])  # type: ignore[call-overload]
+        if not self.decoder.isOpened():
+            self.decoder = None  # never release(): see close
+            raise PacketsUnusable(f"a {self.codec.upper()} decoder did not open on its packets")
         return None if old is None or old == size else f"{old[0]}x{old[1]}"
 
     def read(self) -> np.ndarray | None:
@@ -330,13 +358,25 @@ class H26xStream:
             self.pulled = 0
             ok, frame = self.decoder.read()
             if ok and frame is not None:
+                if frame.shape[1::-1] != self.size:
+                    # the SPS read wrong (a profile or syntax this parser does not know):
+                    # its switches and max_pixels would be judged on a size not the frames'
+                    self.decoder = None
+                    width, height = self.size or (0, 0)
+                    raise PacketsUnusable(f"its SPS was read as {width}x{height}, its frames "
+                                          f"are {frame.shape[1]}x{frame.shape[0]}")
                 if self.pulled:
+                    self.frames += 1
                     return frame
                 continue  # from the decoder's opening buffer: sent before this read
             self.decoder = None  # never release(): see close
             if self.broken is not None:
                 broken, self.broken = self.broken, None
+                if not self.frames:
+                    raise PacketsUnusable(f"its parameter set (SPS) does not read: {broken}")
                 raise broken
+            if self.next is None and not self.frames and not self.ended:
+                raise PacketsUnusable(f"its {self.codec.upper()} decoder gave no frame")
             if self.next is None:  # not a switch: the stream failed, ended or is broken
                 return None
 

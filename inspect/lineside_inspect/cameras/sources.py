@@ -3,6 +3,7 @@ URL, GStreamer pipeline, video file) and a folder of images as a simulated camer
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -10,12 +11,20 @@ from typing import Protocol
 
 import numpy as np
 
-from lineside_inspect.cameras.h26x import CODECS, H26xStream
+from lineside_inspect.cameras.h26x import CODECS, H26xStream, PacketsUnusable
 from lineside_inspect.config import device_index
 from lineside_inspect.errors import ImageError
 from lineside_inspect.imageio import IMAGE_SUFFIXES, decode_image, read_image
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS, cv2
 from lineside_inspect.redact import file_path, shown_source
+
+log = logging.getLogger("lineside.cameras")
+
+# sources whose H.264/H.265 the packet path could not read (see h26x.PacketsUnusable),
+# read by OpenCV's own decoder until a restart: a reconnect does not try them again, and
+# the warning is said once; bounded, as a source reconfigured many times would grow it
+_OPENCV_DECODES: dict[str, str] = {}
+_OPENCV_DECODES_MAX = 256
 
 
 class FrameSource(Protocol):
@@ -67,10 +76,14 @@ class OpenCVSource:
         self.cap = cap
         fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
         if not self.is_file and cap.getBackendName() == "FFMPEG" and fourcc in CODECS \
-                and cap.set(cv2.CAP_PROP_FORMAT, -1):
+                and self.source not in _OPENCV_DECODES and cap.set(cv2.CAP_PROP_FORMAT, -1):
             # each frame at the size its SPS says (see h26x): FFmpeg's reader scaled a
             # camera switched to another resolution to the size it opened at, stretched
-            self.h26x = H26xStream(cap, CODECS[fourcc], self.max_pixels)
+            try:
+                self.h26x = H26xStream(cap, CODECS[fourcc], self.max_pixels)
+            except PacketsUnusable as exc:
+                self._opencv_decodes(exc)
+                return
         elif not self.is_file and cap.getBackendName() == "FFMPEG" and fourcc == b"MJPG":
             # an MJPEG stream's frames are decoded here, each at its own size: FFmpeg's
             # reader scaled every frame to the size it opened at (a camera switched to
@@ -89,7 +102,11 @@ class OpenCVSource:
         if self.cap is None:
             return None
         if self.h26x is not None:
-            return self.h26x.read()
+            try:
+                return self.h26x.read()
+            except PacketsUnusable as exc:
+                self._opencv_decodes(exc)
+                return self.read()
         if self.is_file:  # pace a file like a live camera
             self._next += 1.0 / (self.fps or 25.0)
             delay = self._next - time.monotonic()
@@ -108,6 +125,20 @@ class OpenCVSource:
             # broken JPEG refused (ImageError): the worker names it and reconnects
             return decode_image(frame.tobytes(), self.max_pixels)
         return frame
+
+    def _opencv_decodes(self, why: PacketsUnusable) -> None:
+        """Reopen the source to be decoded by OpenCV's reader, as before session 40: a
+        camera that worked must not stop because the packet path cannot read its stream."""
+        if self.source not in _OPENCV_DECODES:
+            if len(_OPENCV_DECODES) >= _OPENCV_DECODES_MAX:
+                _OPENCV_DECODES.pop(next(iter(_OPENCV_DECODES)))
+            log.warning("camera source %r: decoded by OpenCV's reader (a change of resolution "
+                        "is then scaled to the size it opened at until a reconnect), as its "
+                        "H.264/H.265 packets cannot be read here: %s",
+                        shown_source(self.source), why)
+        _OPENCV_DECODES[self.source] = str(why)
+        self.close()
+        self.open()
 
     def close(self) -> None:
         if self.h26x is not None:
