@@ -143,6 +143,11 @@ UNWORKABLE: dict[str, tuple[dict[str, Any], str]] = {
     "yes as a switch": ({"align_reference": "yes"}, "align_reference"),
     # finite, but the polygon's sums overflowed to inf and every board passed (review)
     "huge roi": ({"roi": [[(-1e308, -1e308), (1e308, -1e308), (0, 1e308)]]}, "roi"),
+    # each drawn on a good-only model's map for every image size (attacker's pass, session 40)
+    "too many roi polygons": ({"roi": [[(i, 0), (i + 1, 0), (i, 1)] for i in range(65)]},
+                              "at most 64 polygons"),
+    "too many ignore polygons": ({"ignore": [[(i, 0), (i + 1, 0), (i, 1)] for i in range(65)]},
+                                 "at most 64 polygons"),
     "size overflow": ({"min_size_mm": 1e308, "pixels_per_mm": 1e308}, "min_size_mm"),
     "control characters in version": ({"version": "1\x00\r\n<b>"}, "version"),
     # pinned nothing: a good-only recipe's active version judged, unseen (review, session 36)

@@ -104,3 +104,20 @@ def test_retention_removes_a_row_whose_time_does_not_read(tmp_path: Path,
         assert not any(p.exists() for p in images)
         assert store.read(lambda s: figures.yields(s, old - timedelta(hours=1), old + timedelta(
             hours=1))) == {("box-a", None): {"pass": 0, "fail": len(rest)}}  # the history's
+
+
+def test_a_pull_from_the_store_goes_on_past_a_page_of_rows_whose_times_do_not_read(
+        tmp_path: Path, fail: Inspection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite: text after every time in created_at (`yesterday`) lists first, newest
+    first; a whole page of such rows stopped `data pull` from a store there, and every
+    row that reads was never pulled (the pull over HTTP passes them over). It passes over
+    them by offset and pulls the rest; the rows that do not read are left out."""
+    from lineside_inspect.store import pull
+
+    with Store(tmp_path / "store", pass_rate=1.0) as store:
+        ids = _fails(store, fail, 4, datetime.now(UTC) - timedelta(hours=1))
+        for iid in ids[:2]:  # a whole first page of two
+            _edit(store, "UPDATE inspections SET created_at = 'yesterday' WHERE id = :i", iid)
+        monkeypatch.setattr(pull, "PAGE", 2)
+        ds = pull.pull_from_store(store, tmp_path / "pulled", reviewed=False)
+    assert {r.file_name.split("/")[-1][:32] for r in ds.images} == set(ids[2:])

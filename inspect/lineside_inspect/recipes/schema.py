@@ -21,6 +21,10 @@ COORD_LIMIT = 1e6
 # ``floor: 15`` or ``sample_rate: 1``; a float is never an int)
 Coord = Annotated[float, Field(ge=-COORD_LIMIT, le=COORD_LIMIT, strict=True)]
 Polygon = list[tuple[Coord, Coord]]
+# polygons in a recipe's roi, and in its ignore: each is drawn on a good-only model's map
+# for every image size a camera sends (a few ms for one the size of the map); a 64 KB
+# body held thousands, seconds of an inspection for each new size
+MAX_POLYGONS = 64
 Size = Annotated[float, Field(ge=0, le=COORD_LIMIT, strict=True)]
 Score = Annotated[float, Field(ge=0, le=1, strict=True)]
 # defects of a class a part may have: more than any model finds in one image is no limit
@@ -136,6 +140,8 @@ class Recipe(BaseModel):
     @field_validator("roi", "ignore")
     @classmethod
     def _polygons(cls, polygons: list[Polygon]) -> list[Polygon]:
+        if len(polygons) > MAX_POLYGONS:
+            raise ValueError(f"at most {MAX_POLYGONS} polygons, got {len(polygons)}")
         for i, p in enumerate(polygons):
             if len(p) < 3:
                 raise ValueError(f"polygon {i} needs at least 3 points, got {len(p)}")

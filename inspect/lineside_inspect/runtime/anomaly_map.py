@@ -72,13 +72,31 @@ RASTER_EDGES = 256  # a polygon's edges drawn on the map at once
 
 def _raster(polygon: Points, lb: Letterbox, shape: tuple[int, int]) -> np.ndarray:
     """The map pixels whose centre, in image pixels, lies inside ``polygon``, by the
-    even-odd rule ``rules._inside`` applies to a box's centre: row by row, a pixel is
-    inside when an odd number of the polygon's edges cross its row to its right.
-    O(rows x edges + pixels), where testing every pixel took [pixels, edges] arrays."""
+    even-odd rule ``rules._inside`` applies to a box's centre (:func:`_drawn`)."""
+    mask = np.zeros(shape, dtype=bool)
+    rows, cols, inside = _drawn(polygon, lb, shape)
+    mask[rows, cols] = inside
+    return mask
+
+
+def _drawn(polygon: Points, lb: Letterbox, shape: tuple[int, int],
+           ) -> tuple[slice, slice, np.ndarray]:
+    """:func:`_raster` within the polygon's bounding box on the map (the pixels outside
+    it are outside the polygon): the rows, the columns and the mask there. Row by row, a
+    pixel is inside when an odd number of the polygon's edges cross its row to its right.
+    O(rows x edges + pixels of its box): drawn on the whole map, a recipe of a thousand
+    small polygons took seconds and GB for each image size."""
     h, w = shape
     poly = np.asarray(polygon, dtype=np.float64)
-    y = ((np.arange(h) + 0.5 - lb.pad_y) / lb.scale + lb.shift_y)[:, None]  # row centres
-    right = np.zeros((h, w + 1), np.int64)  # crossings to a pixel's right, as differences
+    # map rows and columns whose centre may lie in the polygon (map = (image - shift) *
+    # scale + pad; a centre is at index + 0.5), a pixel more either side
+    ys = (poly[:, 1] - lb.shift_y) * lb.scale + lb.pad_y
+    xs = (poly[:, 0] - lb.shift_x) * lb.scale + lb.pad_x
+    r0, r1 = (int(np.clip(np.floor(v), 0, h)) for v in (ys.min() - 1, ys.max() + 1))
+    c0, c1 = (int(np.clip(np.floor(v), 0, w)) for v in (xs.min() - 1, xs.max() + 1))
+    ch = c1 - c0
+    y = ((np.arange(r0, r1) + 0.5 - lb.pad_y) / lb.scale + lb.shift_y)[:, None]  # row centres
+    right = np.zeros((r1 - r0, ch + 1), np.int64)  # crossings to a pixel's right, as differences
     # edges a few hundred at a time: a recipe's polygon may have thousands of points, and
     # rows x edges arrays of them all took hundreds of MB
     for start in range(0, len(poly), RASTER_EDGES):
@@ -88,22 +106,30 @@ def _raster(polygon: Points, lb: Letterbox, shape: tuple[int, int]) -> np.ndarra
         crosses = (y1 <= y) != (y2 <= y)
         xc = (x2 - x1) * (y - y1) / np.where(y2 == y1, 1e-12, y2 - y1) + x1
         # pixel j (centre (j + 0.5 - pad_x) / scale + shift_x) lies left of xc for j < ends
-        ends = np.ceil((xc - lb.shift_x) * lb.scale + lb.pad_x - 0.5).clip(0, w).astype(np.int64)
-        rows = np.broadcast_to(np.arange(h)[:, None], ends.shape)
-        np.add.at(right, (rows[crosses], ends[crosses]), 1)
-    return np.asarray(right[:, ::-1].cumsum(axis=1)[:, ::-1][:, 1:] % 2 == 1)
+        ends = (np.ceil((xc - lb.shift_x) * lb.scale + lb.pad_x - 0.5) - c0).clip(0, ch)
+        rows = np.broadcast_to(np.arange(r1 - r0)[:, None], ends.shape)
+        np.add.at(right, (rows[crosses], ends[crosses].astype(np.int64)), 1)
+    inside = np.asarray(right[:, ::-1].cumsum(axis=1)[:, ::-1][:, 1:] % 2 == 1)
+    return slice(r0, r1), slice(c0, c1), inside
 
 
 @lru_cache(maxsize=16)
 def _looked_at(looks: Looks, lb: Letterbox, shape: tuple[int, int]) -> np.ndarray:
     """The map pixels a recipe judges: in the image, in a ``roi`` polygon if it has any,
-    in no ``ignore`` one. Cached: a camera sends one size, a recipe keeps its regions."""
+    in no ``ignore`` one. Cached: a camera sends one size, a recipe keeps its regions.
+    Each polygon is drawn in its own box and added in place: a list of whole-map masks,
+    one a polygon, took GB for a recipe of many."""
     roi, ignore = looks
     mask = _content(shape, lb)
     if roi:
-        mask &= np.logical_or.reduce([_raster(p, lb, shape) for p in roi])
+        seen = np.zeros(shape, dtype=bool)
+        for p in roi:
+            rows, cols, inside = _drawn(p, lb, shape)
+            seen[rows, cols] |= inside
+        mask &= seen
     for p in ignore:
-        mask &= ~_raster(p, lb, shape)
+        rows, cols, inside = _drawn(p, lb, shape)
+        mask[rows, cols] &= ~inside
     mask.setflags(write=False)  # shared by every call: nobody may change it
     return mask
 

@@ -289,21 +289,27 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
     seen: set[str] = set()
     cursor = _Cursor()
     unaligned = _Unaligned()
+    # rows of pages none of whose times read, passed over by offset from where the cursor
+    # stands, as the pull over HTTP does: such a page was taken as the list's end (SQLite
+    # lists text after every time first), and no row that reads was pulled
+    unread = 0
     with _staging(dst) as tmp:
         while True:
             until, offset = cursor.params()
             _, rows = store.query(review_state="reviewed" if reviewed else None, since=since,
-                                  until=until, limit=PAGE, offset=offset)
+                                  until=until, limit=PAGE, offset=offset + unread)
             if not rows:
                 break
             # a row whose stored time does not read as one (store/utc.py) has no place in
             # the cursor; record() below leaves it out, named
             timed = [(as_utc(r.created_at), r.id) for r in rows if isinstance(r.created_at, datetime)]
             if not timed:
-                log.warning("pull: stopped at a page of %d inspections none of whose stored "
-                            "times reads as a time", len(rows))
-                break
+                log.warning("pull: left out %d inspections whose stored times do not read as "
+                            "times", len(rows))
+                unread += len(rows)  # (each page moves on: the store's rows are finite)
+                continue
             cursor.advance(timed)
+            unread = 0  # the cursor moved past them: its offset starts afresh
             for row in rows:
                 # a time several rows share may be listed again: each once
                 if row.image_path is None or row.id in seen:
