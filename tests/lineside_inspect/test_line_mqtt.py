@@ -243,6 +243,9 @@ def test_events_survive_a_broker_restart_exactly_once_in_order(
         try:
             # the status page, open throughout: its MQTT section follows without a reload
             page = browser.new_page()
+            # the page's clock runs on, but can jump to its next refresh (home.js, every
+            # 5 s) once the server has changed: the section still follows on its own timer
+            page.clock.install()
             page.goto(running.url + "/")
             connection = page.locator("#mqtt-connection")
             expect(connection).to_have_text("connected")
@@ -262,11 +265,13 @@ def test_events_survive_a_broker_restart_exactly_once_in_order(
             assert gauge(running.url, "lineside_outbox_lag_seconds") > 0
             html = httpx.get(running.url + "/").text
             assert 'id="mqtt"' in html and "disconnected" in html
+            page.clock.fast_forward(5000)  # home.js REFRESH_MS: the next refresh
             expect(connection).to_have_text("disconnected", timeout=15_000)
             expect(connection).to_have_class("fail")
             expect(page.locator("#mqtt-last")).not_to_have_text("none", timeout=15_000)
             broker.allow("sub", "lineside")  # the server may reconnect now
             wait_for(lambda: gauge(running.url, "lineside_mqtt_connected") == 1, "reconnection")
+            page.clock.fast_forward(5000)
             expect(connection).to_have_text("connected", timeout=15_000)
             expect(page.locator("#mqtt-last")).to_have_text("none", timeout=15_000)
             posted = len(ids)

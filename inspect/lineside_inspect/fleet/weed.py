@@ -53,6 +53,9 @@ class LocalWeed:
     access_key: str = "lineside-dev"
     secret_key: str = "lineside-dev-secret-key"
     volume_size_mb: int = 64
+    # None: weed's own, 10 s. A master restarted on its raft state waits one election
+    # timeout before it leads (and the S3 API answers); a lone master has no one to wait for
+    election_timeout_s: float | None = None
     # 0: picked, together with the others, when the object is made
     s3_port: int = 0
     master_port: int = 0
@@ -134,7 +137,8 @@ class LocalWeed:
                  f"-s3.port={self.s3_port}", f"-s3.config={config}", f"-master.port.grpc={mg}",
                  f"-volume.port.grpc={vg}", f"-filer.port.grpc={fg}", f"-s3.port.grpc={sg}",
                  f"-s3.port.iceberg={ice}", "-s3.port.lance=0",  # Lance: off (fixed 9101)
-                 f"-master.volumeSizeLimitMB={self.volume_size_mb}", "-volume.max=0"],
+                 f"-master.volumeSizeLimitMB={self.volume_size_mb}", "-volume.max=0",
+                 *self._election()],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -156,6 +160,11 @@ class LocalWeed:
         self.stop()
         raise RuntimeError("weed S3 API did not answer in time; weed said: "
                            + log.read_text(errors="replace")[-1500:])
+
+    def _election(self) -> list[str]:
+        if self.election_timeout_s is None:
+            return []
+        return [f"-master.electionTimeout={self.election_timeout_s}s"]
 
     def stop(self, timeout: float = 3.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds (weed can take 15 s to wind
