@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_inspect.store.pull import pull_from_server
 
 
@@ -115,9 +115,10 @@ class _Scripted:
                 if self.path.startswith("/v1/inspections?"):
                     offset = int(self.path.split("offset=")[1].split("&")[0])
                     listed = page(offset)  # type: ignore[operator]
+                    # (a dict: the page's fields, e.g. items and left_out)
+                    fields = listed if isinstance(listed, dict) else {"items": listed}
                     data = json.dumps({"total": total() if callable(total) else total,
-                                       "limit": 500, "offset": offset,
-                                       "items": listed}).encode()
+                                       "limit": 500, "offset": offset, **fields}).encode()
                     ctype = "application/json"
                 else:
                     # "ID/image" or "ID/reference"
@@ -478,3 +479,22 @@ def test_a_row_removed_from_a_page_already_read_costs_no_later_row(
     pulled = {Path(r.file_name).stem for r in ds.images}
     # every row still there; the one removed is in only if its image was read first
     assert set(newest_first[1:]) <= pulled <= set(newest_first), pulled
+
+
+def test_a_short_page_of_rows_left_out_ends_the_list(tmp_path: Path) -> None:
+    """A page of no items and fewer rows left out than its limit is the list's last: a
+    server saying `left_out: 1` page after page (its total a trillion) was asked again and
+    again, bounded only by the total it claimed (attacker's pass, session 40)."""
+    calls: list[int] = []
+
+    def page(offset: int) -> dict[str, object]:
+        calls.append(offset)  # 20 pages at most here, then an empty list: its end
+        return {"items": [], "left_out": 1 if len(calls) <= 20 else 0}
+
+    srv = _Scripted(page, lambda _: b"", total=10**12)
+    try:
+        with pytest.raises((ConfigError, DatasetError)):  # nothing pulled
+            pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    assert len(calls) == 1

@@ -519,6 +519,8 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             if not items and page.left_out > 0:
                 log.warning("pull: %d inspection(s) the server could not read left out "
                             "(GET /v1/inspections' left_out)", page.left_out)
+                if page.left_out < PAGE:  # a page short of its limit is the list's last
+                    break
                 listed += page.left_out  # (held by the bound below, as any row listed)
                 if listed > 2 * (first if first is not None else page.total) + 10 * PAGE:
                     raise ConfigError(f"{url}: the server lists over {listed} inspections "
