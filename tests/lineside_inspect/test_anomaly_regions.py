@@ -16,7 +16,7 @@ from lineside_inspect.inspector import Inspection, inspect
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.recipes.rules import _inside
 from lineside_inspect.runtime.anomaly import AnomalyModel
-from lineside_inspect.runtime.anomaly_map import _looked_at, _raster, pooled_pixels
+from lineside_inspect.runtime.anomaly_map import Points, _drawn, _looked_at, pooled_pixels
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import Letterbox
 
@@ -42,6 +42,14 @@ def board() -> np.ndarray:
     """A good DeepPCB board (640 x 640): the bundled model scores it far under its threshold."""
     return decode_image((ROOT / "datasets" / "deeppcb-sample" / "images" / "group00041" /
                          "00041000_temp.jpg").read_bytes())
+
+
+def _raster(polygon: Points, lb: Letterbox, shape: tuple[int, int]) -> np.ndarray:
+    """The whole map's mask of ``polygon``, as ``_drawn`` draws it within its box."""
+    mask = np.zeros(shape, dtype=bool)
+    rows, cols, inside = _drawn(polygon, lb, shape)
+    mask[rows, cols] = inside
+    return mask
 
 
 def _with(board: np.ndarray, *squares: tuple[int, int, int]) -> np.ndarray:

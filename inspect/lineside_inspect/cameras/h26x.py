@@ -18,6 +18,7 @@ import io
 import math
 import re
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -29,6 +30,7 @@ CODECS = {b"h264": "h264", b"avc1": "h264", b"H264": "h264",
           b"hevc": "hevc", b"hev1": "hevc", b"hvc1": "hevc", b"H265": "hevc"}
 _MATROSKA_CODEC = {"h264": b"V_MPEG4/ISO/AVC", "hevc": b"V_MPEGH/ISO/HEVC"}
 _START = re.compile(b"\x00\x00\x01")
+_SPS_TYPE = {"h264": 7, "hevc": 33}  # the NAL unit type of a sequence parameter set
 NO_SPS_LIMIT = 300  # packets without a parameter set before the stream is given up
 # an SPS's fields up to its size take well under 1 KiB (even with every scaling list): a
 # hostile 1 MB one was read bit by bit for 4.6 s of CPU, each packet that carried one
@@ -150,12 +152,20 @@ def _units(data: bytes) -> list[bytes]:
     return [data[s:e] for s, e in zip(starts, ends, strict=True)]
 
 
+def _nal_type(codec: str, unit: bytes) -> int | None:
+    """A NAL unit's type from its header (H.264: its low 5 bits; H.265: 6 bits after the
+    first), None for an empty unit."""
+    if not unit:
+        return None
+    return unit[0] & 0x1F if codec == "h264" else unit[0] >> 1 & 0x3F
+
+
 def sps_size(codec: str, data: bytes) -> tuple[int, int] | None:
     """The frame size the last SPS in ``data`` gives, None when it holds no SPS."""
     last = None
     for unit in _units(data):
-        if (codec == "h264" and unit and unit[0] & 0x1F == 7) \
-                or (codec == "hevc" and len(unit) > 2 and unit[0] >> 1 & 0x3F == 33):
+        # (an H.265 one needs a byte past its two-byte header)
+        if _nal_type(codec, unit) == _SPS_TYPE[codec] and (codec == "h264" or len(unit) > 2):
             last = unit
     if last is None:
         return None
@@ -172,7 +182,7 @@ def _parameter_sets(codec: str, data: bytes) -> bytes:
     """The parameter sets (VPS, SPS, PPS) in ``data``, as an Annex B byte stream."""
     types = (7, 8) if codec == "h264" else (32, 33, 34)
     return b"".join(b"\x00\x00\x00\x01" + unit.rstrip(b"\x00") for unit in _units(data)
-                    if unit and (unit[0] & 0x1F if codec == "h264" else unit[0] >> 1 & 0x3F) in types)
+                    if _nal_type(codec, unit) in types)
 
 
 def _element(ident: bytes, payload: bytes) -> bytes:
@@ -208,18 +218,15 @@ def _block(data: bytes, ms: int) -> bytes:
 
 
 def _keyframe(codec: str, data: bytes) -> bool:
-    for unit in _units(data):
-        if codec == "h264" and unit and unit[0] & 0x1F == 5:
-            return True
-        if codec == "hevc" and unit and 16 <= unit[0] >> 1 & 0x3F <= 21:
-            return True
-    return False
+    # a frame a decoder can start at (H.264: an IDR slice, 5; H.265: BLA, IDR or CRA, 16-21)
+    keys = {5} if codec == "h264" else set(range(16, 22))
+    return any(_nal_type(codec, unit) in keys for unit in _units(data))
 
 
 class _Feed(io.BufferedIOBase):
     """What a decoder reads: the packets handed to it, one at a time, then end of stream."""
 
-    def __init__(self, first: bytes, pull: object) -> None:
+    def __init__(self, first: bytes, pull: Callable[[], bytes | None]) -> None:
         super().__init__()
         self._buf = first
         self._pull = pull
@@ -227,7 +234,7 @@ class _Feed(io.BufferedIOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         if not self._buf:
-            self._buf = self._pull() or b""  # type: ignore[operator]
+            self._buf = self._pull() or b""
         n = len(self._buf) if size is None or size < 0 else size
         out, self._buf = self._buf[:n], self._buf[n:]
         self._pos += len(out)

@@ -607,7 +607,8 @@ class Lifecycle:
                 recipe: str | None = None, actor: str, force: bool = False,
                 reason: str = "") -> dict[str, Any]:
         """Gate ``version`` against the active one, activate it, and watch it."""
-        with self._using(model, version):  # an unloaded version is loaded again
+        # an unloaded version is loaded again, and held from its gate to its activation
+        with self._using(model, version):
             return self._promote(model, version, golden=golden, golden_version=golden_version,
                                  recipe=recipe, actor=actor, force=force, reason=reason)
 
@@ -626,13 +627,13 @@ class Lifecycle:
                               f"not judge with {version}, and the promotion's watch would count "
                               "none of its inspections; promote with a recipe that follows the "
                               "active version (recipe: NAME)")
-        with self._using(model, version):  # from its gate to its activation
-            report = self.gate(model, version, golden=golden, golden_version=golden_version,
-                               recipe=rule.name if recipe is not None else None, actor=actor)
-            # the watch's previous version is the one the gate compared with: refused if
-            # another admin made another active meanwhile (lifecycle review, session 32)
-            self.activate(model, version, actor=actor, force=force, reason=reason,
-                          action="promote", replacing=previous)
+        # (held loaded from its gate to its activation by promote)
+        report = self.gate(model, version, golden=golden, golden_version=golden_version,
+                           recipe=rule.name if recipe is not None else None, actor=actor)
+        # the watch's previous version is the one the gate compared with: refused if
+        # another admin made another active meanwhile (lifecycle review, session 32)
+        self.activate(model, version, actor=actor, force=force, reason=reason,
+                      action="promote", replacing=previous)
         assert self.rollout is not None
         watch = self.rollout.start(model=model, version=version, previous=previous,
                                    recipe=rule.name, actor=actor, gate_report_id=report.id)

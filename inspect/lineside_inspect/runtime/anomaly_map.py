@@ -70,20 +70,13 @@ def _content(shape: tuple[int, ...], lb: Letterbox) -> np.ndarray:
 RASTER_EDGES = 256  # a polygon's edges drawn on the map at once
 
 
-def _raster(polygon: Points, lb: Letterbox, shape: tuple[int, int]) -> np.ndarray:
-    """The map pixels whose centre, in image pixels, lies inside ``polygon``, by the
-    even-odd rule ``rules._inside`` applies to a box's centre (:func:`_drawn`)."""
-    mask = np.zeros(shape, dtype=bool)
-    rows, cols, inside = _drawn(polygon, lb, shape)
-    mask[rows, cols] = inside
-    return mask
-
-
 def _drawn(polygon: Points, lb: Letterbox, shape: tuple[int, int],
            ) -> tuple[slice, slice, np.ndarray]:
-    """:func:`_raster` within the polygon's bounding box on the map (the pixels outside
-    it are outside the polygon): the rows, the columns and the mask there. Row by row, a
-    pixel is inside when an odd number of the polygon's edges cross its row to its right.
+    """The map pixels whose centre, in image pixels, lies inside ``polygon``, by the
+    even-odd rule ``rules._inside`` applies to a box's centre, within the polygon's
+    bounding box on the map (the pixels outside it are outside the polygon): the rows,
+    the columns and the mask there. Row by row, a pixel is inside when an odd number of
+    the polygon's edges cross its row to its right.
     O(rows x edges + pixels of its box): drawn on the whole map, a recipe of a thousand
     small polygons took seconds and GB for each image size."""
     h, w = shape

@@ -166,11 +166,12 @@ class Registry:
         return next((v for v in reversed(slot.history) if v != slot.active), None)
 
     def unload(self, name: str, version: str, *, force: bool = False) -> None:
-        """Take ``version`` of ``name`` out of memory; its package stays on disk (a rollback
-        loads it again). Refused (:class:`VersionInUse`) for a version that judges (active,
-        pinned or fused by a recipe) or that something else holds (a shadow run, a rollout
-        watch's way back), and, unless ``force``, for the one a rollback goes back to.
-        Inspections that took it before finish on it: it is freed after them."""
+        """Take ``version`` of ``name`` out of memory; its package stays on disk (whatever
+        chooses it again loads it again: :meth:`loaded`). Refused (:class:`VersionInUse`)
+        for a version that judges (active, pinned or fused by a recipe) or that something
+        else holds (a shadow run, a rollout watch's way back), and, unless ``force``, for
+        the one a rollback goes back to. Inspections that took it before finish on it: it
+        is freed after them."""
         held = self._held(name)
         with self._lock:
             slot = self._slot(name)

@@ -235,12 +235,19 @@ class _Cursor:
     def __init__(self) -> None:
         self.oldest: datetime | None = None  # the oldest time listed so far
         self.at_oldest: set[str] = set()  # the ids listed at that time (the first by id)
+        self.passed = 0  # rows of pages passed over since it last moved (:meth:`pass_over`)
 
     def params(self) -> tuple[datetime | None, int]:
         """(until, offset) for the next page: ``until`` exclusive, so just past the time."""
         if self.oldest is None:
-            return None, 0
-        return self.oldest + timedelta(microseconds=1), len(self.at_oldest)
+            return None, self.passed
+        return self.oldest + timedelta(microseconds=1), len(self.at_oldest) + self.passed
+
+    def pass_over(self, n: int) -> None:
+        """A page of ``n`` rows none of which read (no time to page from): the next page
+        starts past them by offset, until a page moves the cursor. Such a page was taken
+        as the list's end, and every row after it was never pulled."""
+        self.passed += n
 
     def advance(self, rows: list[tuple[datetime, str]]) -> bool:
         """After a page of ``rows`` (time, id) in list order; False when it listed nothing
@@ -256,6 +263,7 @@ class _Cursor:
         at_last = {i for t, i in rows if t == last}
         self.at_oldest = seen | at_last if last == oldest else at_last
         self.oldest = last
+        self.passed = 0  # (the rows passed over are before its new place)
         return True
 
 
@@ -289,27 +297,22 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
     seen: set[str] = set()
     cursor = _Cursor()
     unaligned = _Unaligned()
-    # rows of pages none of whose times read, passed over by offset from where the cursor
-    # stands, as the pull over HTTP does: such a page was taken as the list's end (SQLite
-    # lists text after every time first), and no row that reads was pulled
-    unread = 0
     with _staging(dst) as tmp:
         while True:
             until, offset = cursor.params()
             _, rows = store.query(review_state="reviewed" if reviewed else None, since=since,
-                                  until=until, limit=PAGE, offset=offset + unread)
+                                  until=until, limit=PAGE, offset=offset)
             if not rows:
                 break
             # a row whose stored time does not read as one (store/utc.py) has no place in
             # the cursor; record() below leaves it out, named
             timed = [(as_utc(r.created_at), r.id) for r in rows if isinstance(r.created_at, datetime)]
-            if not timed:
+            if not timed:  # (SQLite lists text after every time first)
                 log.warning("pull: left out %d inspections whose stored times do not read as "
                             "times", len(rows))
-                unread += len(rows)  # (each page moves on: the store's rows are finite)
+                cursor.pass_over(len(rows))  # (each page moves on: the store's rows are finite)
                 continue
             cursor.advance(timed)
-            unread = 0  # the cursor moved past them: its offset starts afresh
             for row in rows:
                 # a time several rows share may be listed again: each once
                 if row.image_path is None or row.id in seen:
@@ -480,6 +483,12 @@ def _altered(item: dict[str, Any], data: bytes) -> str | None:
     return f"its golden image has sha256 {got[:12]}…, its record says {str(said)[:12]}…"
 
 
+def _bound(first: int) -> int:
+    """The most rows a list whose first page said ``first`` in total may list: a list
+    that never ends (a hostile server) is cut off at twice it and ten pages more."""
+    return 2 * first + 10 * PAGE
+
+
 def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
           reviewed: bool, overwrite: bool) -> Dataset:
     _check_dst(dst, overwrite)
@@ -495,13 +504,8 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
         cursor, listed, first = _Cursor(), 0, None
         by_offset: int | None = None  # a server of a release before `until`: by offset
         again = 0  # rows of pages by offset that listed only rows listed before
-        # rows of pages that listed none that read (left_out): passed over by offset from
-        # where the cursor stands, since they give no time to page from (an empty page was
-        # taken as the list's end, and every row after them was never pulled)
-        unread = 0
         while True:
             until, offset = (None, by_offset) if by_offset is not None else cursor.params()
-            offset += unread
             params: dict[str, Any] = {"limit": PAGE, "offset": offset}
             if reviewed:
                 params["review_state"] = "reviewed"
@@ -516,16 +520,20 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             # names here, so they must be inspection ids (32 hex digits) and nothing else
             page = _page(url, r.content)
             items = [i.model_dump(mode="json") for i in page.items]
-            if not items and page.left_out > 0:
+            if page.left_out:
                 log.warning("pull: %d inspection(s) the server could not read left out "
                             "(GET /v1/inspections' left_out)", page.left_out)
+            if not items and page.left_out > 0:  # a page of rows that read as none
                 if page.left_out < PAGE:  # a page short of its limit is the list's last
                     break
                 listed += page.left_out  # (held by the bound below, as any row listed)
-                if listed > 2 * (first if first is not None else page.total) + 10 * PAGE:
+                if listed > _bound(first if first is not None else page.total):
                     raise ConfigError(f"{url}: the server lists over {listed} inspections "
                                       "that do not read: not a Lineside server's list")
-                unread += page.left_out
+                if by_offset is not None:
+                    by_offset += page.left_out
+                else:
+                    cursor.pass_over(page.left_out)
                 continue
             if not items:
                 break
@@ -534,15 +542,11 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
                 # asked for, unseen): from the start again by offset, each item taken once
                 by_offset, cursor = 0, _Cursor()
                 continue
-            # a list that never ends (a hostile server) is cut off: at most twice its
-            # first total and ten pages more
+            # a list that never ends (a hostile server) is cut off (_bound)
             first = page.total if first is None else first
             # (a page's total counts the rows up to its time: the first's is the list's)
-            bound = 2 * first + 10 * PAGE
+            bound = _bound(first)
             listed += len(items)
-            if page.left_out:
-                log.warning("pull: %d inspection(s) the server could not read left out "
-                            "(GET /v1/inspections' left_out)", page.left_out)
             if not cursor.advance([(as_utc(i.created_at), i.id) for i in page.items]):
                 # by offset, rows added at the top meanwhile send rows listed before again,
                 # as many as were added: carried on while the list's total grew by as many
@@ -555,8 +559,6 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
                                       "end")
             if by_offset is not None:
                 by_offset += len(items) + page.left_out
-            else:
-                unread = 0  # the cursor moved past them: its offset starts afresh
             if listed > bound:
                 raise ConfigError(f"{url}: the server lists over {bound} inspections though "
                                   f"it said {first} at first: not a Lineside server's list")

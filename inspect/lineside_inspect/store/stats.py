@@ -383,13 +383,13 @@ def _has_rule(dialect: str, rule: str) -> ColumnElement[bool]:
     A stored ``reasons`` that is not a list of objects (a hand-edited row, a damaged
     database) has none, rather than an error that breaks the status page."""
     reasons = InspectionRow.reasons
+    # (a list: json_each of an object walks its members, and counted one as a reason)
+    a_list = is_list(dialect, reasons)
     if dialect == "postgresql":
-        listed = case((func.json_typeof(reasons) == "array", reasons),
-                      else_=literal_column("'[]'::json"))
+        listed = case((a_list, reasons), else_=literal_column("'[]'::json"))
         each = func.json_array_elements(listed).table_valued("value").alias("reason")
         return exists().select_from(each).where(each.c.value.op("->>")("rule") == rule)
-    # (a list: json_each of an object walks its members, and counted one as a reason)
-    listed = case((is_list(dialect, reasons), reasons), else_=literal("[]"))
+    listed = case((a_list, reasons), else_=literal("[]"))
     each = func.json_each(listed).table_valued("value", "type").alias("reason")
     # json_extract parses its argument: only an object element is one to read
     return exists().select_from(each).where(
