@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -76,8 +77,14 @@ def shift_begun_an_hour_ago(now: datetime | None = None) -> dict[str, Any]:
     """Settings of one shift a day, begun an hour before ``now``: a test's rows and its
     reads are in one shift whatever the hour it runs at (with the default shifts a run
     just after 06:00 counted the rows it had set a minute back as the shift before)."""
-    start = (now or datetime.now(UTC)) - timedelta(hours=1)
-    return {"shifts": [start.strftime("%H:%M")], "shift_timezone": "UTC"}
+    return shift_begun(1, now=now)
+
+
+def shift_begun(hours: float, zone: str = "UTC", now: datetime | None = None) -> dict[str, Any]:
+    """Settings of one shift a day, begun ``hours`` before ``now`` by the clocks of
+    ``zone`` (on a day the clocks change, an hour more or less)."""
+    start = ((now or datetime.now(UTC)) - timedelta(hours=hours)).astimezone(ZoneInfo(zone))
+    return {"shifts": [start.strftime("%H:%M")], "shift_timezone": zone}
 
 
 def keyed(**kw: Any) -> Settings:

@@ -163,3 +163,35 @@ def test_an_anomaly_fail_reported_as_the_whole_image_is_no_label_to_pull(
         item = store.record(store.get(m.id)).model_dump(mode="json")
     assert not unboxed_fail(item)
     assert [b.label for b in _record(item, tmp_path / "x.jpg", "jpg").boxes] == ["open"]
+
+
+def test_a_review_whose_boxes_are_not_a_list_counts_as_nothing(tmp_path: Path,
+                                                               detector: Detector) -> None:
+    """A review's boxes that are not a list (text that is not JSON, an object, null: a
+    hand-edited row, a foreign writer) count as nothing in the dashboard's figures; the
+    rollout watch and the shadow report read them in Python, where an object or text
+    was a defect and an empty object or null a false reject toward a rollback (review,
+    session 40). A golden set from the store leaves such a row out."""
+    from sqlalchemy import text
+
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    with Store(tmp_path, pass_rate=1.0) as store:
+        records = Records(store)
+        fails = [_inspection(detector, "fail") for _ in range(5)]
+        for m in fails:
+            store.save(m)
+            store.review(m.id, reviewer="qa", action="false_reject")
+        fine, *odd = fails
+        with store.engine.begin() as db:
+            for m, boxes in zip(odd, ('{"label": "short"}', "[{not json", "{}", "null"),
+                                strict=True):
+                db.execute(text("UPDATE reviews SET boxes = :b WHERE inspection_id = :i"),
+                           {"b": boxes, "i": m.id})
+        card = fine.detector.card
+        truth = records.reviewed_truth([m.id for m in fails])
+        false_rejects = records.false_rejects(model=card.name, version=card.version,
+                                              since=started)
+        candidates, _ = from_store(store)
+    assert truth == {fine.id: "pass"}
+    assert false_rejects == 1
+    assert [c.item.source for c in candidates] == [f"inspection {fine.id} (corrected)"]

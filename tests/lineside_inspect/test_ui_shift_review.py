@@ -129,6 +129,36 @@ def test_a_page_that_does_not_come_is_said_and_skips_nothing(box: Running) -> No
         browser.close()
 
 
+def test_a_page_of_rows_that_do_not_read_is_said_and_paged_past(box: Running) -> None:
+    """A page past the first whose stored rows all do not read (text that is not JSON: a
+    hand edit, a foreign writer) comes as no items and left_out 24: the page read it as
+    one emptied by confirms and jumped to the last page, past every part between. It
+    says so and pages on by 24; a page missing one says that one (review, session 40)."""
+    from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy import text
+
+    ids = _seed(box.app.state.store, 3 * PAGE)
+    unreadable = [*ids[PAGE:2 * PAGE], ids[2 * PAGE + 2]]  # the second page, one of the third
+    with box.app.state.store.engine.begin() as db:
+        for iid in unreadable:
+            db.execute(text("UPDATE inspections SET defects = '[{not json' WHERE id = :i"),
+                       {"i": iid})
+    with sync_playwright() as p:
+        browser, page = _first_page(p, box, 3 * PAGE)
+        page.keyboard.press("n")
+        expect(page.locator("#count")).to_have_text(
+            f"{PAGE + 1}–{2 * PAGE} of {3 * PAGE} · {PAGE} inspections on this page could not be read")
+        expect(page.locator(".card")).to_have_count(0)
+        page.keyboard.press("n")
+        expect(page.locator("#count")).to_have_text(
+            f"{2 * PAGE + 1}–{3 * PAGE} of {3 * PAGE} · 1 inspection on this page could not be read")
+        expect(page.locator(".card")).to_have_count(PAGE - 1)
+        expect(page.locator(".card").first).to_have_attribute("data-id", ids[2 * PAGE])
+        page.keyboard.press("p")
+        expect(page.locator("#count")).to_contain_text(f"{PAGE + 1}–{2 * PAGE} of")
+        browser.close()
+
+
 def test_the_filters_and_page_outlive_a_session_that_expired(box: Running) -> None:
     """A session that expired (or a server restarted) reloads the page to sign in again:
     the reviewer came back to the first page of the default filter, mid-shift."""

@@ -254,7 +254,8 @@ class Records:
 
     def reviewed_truth(self, inspection_ids: list[str]) -> dict[str, str]:
         """The reviewed verdict (fail: the truth after the latest review has a defect) of
-        each of ``inspection_ids`` a reviewer has seen."""
+        each of ``inspection_ids`` a reviewer has seen; one whose latest review's boxes do
+        not read as a list is left out (``reviewed_verdict``)."""
         out: dict[str, str] = {}
         self._fresh()
         with Session(self.engine) as s:
@@ -264,8 +265,11 @@ class Records:
                     InspectionRow.review_state != "unreviewed")
                     .options(selectinload(InspectionRow.reviews))).all()
                 for r in rows:
-                    out[r.id] = reviewed_verdict(
-                        r.verdict, [(v.action, v.boxes) for v in r.reviews]) or "pass"
+                    said = [(v.action, v.boxes) for v in r.reviews]
+                    verdict = reviewed_verdict(r.verdict, said)
+                    if verdict is None and said:  # its last review's boxes do not read
+                        continue
+                    out[r.id] = verdict or "pass"
         return out
 
     def verdict_counts(self, *, model: str, version: str, recipe: str | None,

@@ -151,10 +151,15 @@ def reviewed_verdict(verdict: str, reviews: Sequence[tuple[str, list[Any]]],
     agreed the part is bad, with nothing to box) and nobody called it a false reject;
     "pass" otherwise; None unreviewed. A confirmed box-less fail counted as a false reject
     (dashboard, rollout watch), a good image (data pull) and a part that must pass
-    (golden sets); review, session 34."""
+    (golden sets); review, session 34. None too when the last review's boxes are not a
+    list (text that is not JSON, an object: a hand-edited row, a foreign writer): such a
+    review counts as nothing, as in the dashboard's figures (``stats.is_list``); it counted
+    as a defect, or (an empty object, ``null``) as a false reject toward a rollback."""
     if not reviews:
         return None
     action, boxes = reviews[-1]
+    if not isinstance(boxes, list):
+        return None
     if verdict == "pass":
         # a pass is a fail only where a reviewer drew a defect it missed (the dashboard's
         # escape): a confirmed pass keeps the defects its recipe tolerates (max_count) as

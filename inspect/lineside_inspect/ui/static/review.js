@@ -137,6 +137,13 @@ function boxLayer(layer, boxes, w, h, selected = -1) {
 const truthOf = (o) => (o.reviews.length ? o.reviews[o.reviews.length - 1].boxes : o.defects);
 
 // -- the grid ---------------------------------------------------------------------------
+// the stored rows a page's window held: its items and the rows left out of it (rows that
+// do not read: a hand edit, a foreign writer; GET /v1/inspections' left_out). A page of
+// rows all left out is a page, not one emptied by confirms: read as one, it jumped to the
+// last page, past every part after it (review, session 40)
+const held = (doc) => doc.items.length + (Number(doc.left_out) || 0);
+const unread = (n) => (n ? ` · ${num(n)} ${n === 1 ? "inspection" : "inspections"} on this page could not be read` : "");
+
 // each load is numbered: an answer that arrives after a newer load began is dropped, or a
 // slow cam1 page showed under the filter cam2 and Shift+C confirmed it (QA review, session 32)
 let loads = 0;
@@ -146,7 +153,7 @@ async function load() {
   try {
     doc = await api("/v1/inspections?" + query());
     if (mine !== loads) return;
-    if (!doc.items.length && doc.total && state.offset) {
+    if (!held(doc) && doc.total && state.offset) {
       // the page emptied under it (its last items confirmed away): its new last page
       state.offset = Math.floor((doc.total - 1) / state.limit) * state.limit;
       doc = await api("/v1/inspections?" + query());
@@ -166,7 +173,7 @@ async function load() {
   state.items = doc.items; state.total = doc.total;
   state.sel = Math.min(state.sel, Math.max(0, doc.items.length - 1));
   addFilterClasses(doc.items);
-  $("#count").textContent = doc.total ? `${num(state.offset + 1)}–${num(state.offset + doc.items.length)} of ${num(doc.total)}`
+  $("#count").textContent = doc.total ? `${num(state.offset + 1)}–${num(state.offset + held(doc))} of ${num(doc.total)}${unread(Number(doc.left_out) || 0)}`
                                       : "nothing to review here";
   $("#grid").replaceChildren(...doc.items.map((it, i) => {
     // a fail no box explains says why on its card: "FAIL · 0 defect(s)" read as a false
