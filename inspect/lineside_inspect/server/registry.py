@@ -157,7 +157,8 @@ class Registry:
             if fused is not None and (fused.model, fused.model_version) == (name, version):
                 uses.append(f"recipe {r.name} fuses with it")
         if self._busy[(name, version)] > 0:
-            uses.append("an activation, gate or recipe of it is being put in place")
+            uses.append("an activation, recipe, gate, shadow run, promotion or rollback "
+                        "of it is being put in place")
         if version in held:
             uses.append(held[version])
         return uses
@@ -209,8 +210,8 @@ class Registry:
             if version in keep or self._uses_locked(name, version, held):
                 continue
             self._unload_locked(slot, version)
-            log.info("model %s: version %s unloaded (keep_loaded %d: %s %s was loaded; a "
-                     "rollback to it loads it again from its package)", name, version,
+            log.info("model %s: version %s unloaded (keep_loaded %d: %s %s was loaded; "
+                     "whatever chooses it again loads it from its package)", name, version,
                      self.keep_loaded, name, loaded)
 
     @contextlib.contextmanager
