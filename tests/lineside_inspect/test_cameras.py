@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -983,3 +984,45 @@ def test_a_trigger_still_gets_a_frame_that_comes_while_the_server_stops() -> Non
     finally:
         frames.release()
         assert worker.stop()
+
+
+_STOP_IN_A_READ = """
+import atexit, sys, threading, time
+import numpy as np
+from lineside_inspect.cameras import manager
+from lineside_inspect.config import CameraConfig
+
+reading = threading.Event()
+
+class Blocked:  # a source inside a read OpenCV blocks until its read timeout
+    ended = False
+    def open(self): pass
+    def read(self):
+        reading.set()
+        time.sleep(0.5)
+        return np.zeros((8, 8, 3), np.uint8)
+    def close(self): pass
+
+manager.make_source = lambda *a, **k: Blocked()
+cams = manager.CameraManager([CameraConfig(id="c", source="rtsp://127.0.0.1:9/x",
+                                           open_timeout_s=0.1, read_timeout_s=0.5)])
+# registered first, so run last: what the interpreter finalizes under
+atexit.register(lambda: print("alive" if thread.is_alive() else "ended", flush=True))
+cams.start()
+thread = cams.workers["c"]._thread
+reading.wait(5)
+print(cams.stop(0.05), flush=True)
+"""
+
+
+def test_a_worker_left_in_a_read_at_stop_ends_before_the_interpreter_finalizes() -> None:
+    """A camera read in flight when the server stopped returned while the interpreter was
+    finalizing: Python ended its thread through OpenCV's catch (...) and the process aborted
+    ("FATAL: exception not rethrown", exit 134 on Ctrl-C; session 40's soak). The worker is
+    waited for at exit, within its own timeouts, before finalizing."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        str(Path(__file__).resolve().parents[2] / d) for d in ("inspect", "training"))}
+    proc = subprocess.run([sys.executable, "-c", _STOP_IN_A_READ], capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["{'c':", "False}", "ended"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import time
 from collections.abc import Callable
@@ -69,6 +70,17 @@ class CameraManager:
             w._stop.set()
         stopped = {cid: w.stop(max(0.0, deadline - time.monotonic()))
                    for cid, w in self.workers.items()}
+        if left := [cid for cid, ok in stopped.items() if not ok]:
+            # a worker still inside an OpenCV read (an open or a read blocked up to its
+            # timeout): were the interpreter to finalize under it, its read returning takes
+            # the GIL, Python ends the thread (pthread_exit) through OpenCV's catch (...) and
+            # the process aborts ("FATAL: exception not rethrown", exit 134 on Ctrl-C; soak,
+            # session 40). At exit, before finalizing, each is waited for until its own
+            # timeouts have passed, then let be
+            bound = {cid: time.monotonic() + 1.0 + max(self.configs[cid].open_timeout_s,
+                                                       self.configs[cid].read_timeout_s)
+                     for cid in left}
+            atexit.register(_join_at_exit, [(self.workers[cid], bound[cid]) for cid in left])
         return stopped
 
     def worker(self, camera_id: str) -> CameraWorker:
@@ -152,3 +164,10 @@ async def _frame_after(worker: CameraWorker, t: float, timeout_s: float,
     finally:
         manager._wakers.discard(arrived.set)
         unsubscribe()
+
+
+def _join_at_exit(left: list[tuple[CameraWorker, float]]) -> None:
+    """Wait for workers :meth:`CameraManager.stop` left in a read, each until its bound
+    (``time.monotonic()``), before the interpreter finalizes."""
+    for worker, bound in left:
+        worker.stop(max(0.0, bound - time.monotonic()))
