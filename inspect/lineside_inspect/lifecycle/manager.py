@@ -122,13 +122,6 @@ class Lifecycle:
                                             "rolls back to it if the line's fail rate jumps")
         return held
 
-    def _using(self, model: str, *versions: str | None) -> contextlib.AbstractContextManager[None]:
-        """Hold ``versions`` of ``model`` loaded while the block runs, each one unloaded
-        loaded again from its package first (:meth:`Registry.loaded`): a version a gate,
-        activation, shadow run or recipe chooses is on disk, so it is loaded, not 404; a
-        load meanwhile (a fleet pull, another admin) must not unload it beyond keep_loaded."""
-        return self.registry.loaded(model, *versions)
-
     def unload(self, model: str, version: str, *, actor: str, force: bool = False,
                reason: str = "") -> None:
         """Take ``version`` out of memory (:meth:`Registry.unload`), recorded as ``unload``
@@ -186,7 +179,7 @@ class Lifecycle:
         """Replay a golden set through ``version`` and ``against`` (default: the active
         version), both loaded; store the report and say so in the audit log."""
         records = self.records
-        with self._using(model, version, against):
+        with self.registry.loaded(model, version, against):
             return self._gate(records, model, version, golden=golden,
                               golden_version=golden_version, against=against, recipe=recipe,
                               actor=actor)
@@ -323,7 +316,7 @@ class Lifecycle:
         ``replacing``: the version that must be active now (a promotion's gate compared
         the candidate with it), else :class:`ActiveChanged` and nothing changes.
         ``pending_recipes``: see :meth:`Registry.activate` (``pending``)."""
-        with self._using(model, version):
+        with self.registry.loaded(model, version):
             return self._activate(model, version, actor=actor, force=force, reason=reason,
                                   action=action, replacing=replacing,
                                   pending_recipes=pending_recipes)
@@ -421,7 +414,7 @@ class Lifecycle:
             for model, version in pins:
                 # a pinned version that was unloaded is loaded again (on disk, it is the
                 # version chosen); held until the recipe pins it
-                held.enter_context(self._using(model, version))
+                held.enter_context(self.registry.loaded(model, version))
                 self.registry.detector(model, version)  # 404 for a model or version never loaded
             self._put_recipe(recipe, pins, actor=actor)
 
@@ -510,7 +503,7 @@ class Lifecycle:
                                     f"({old}): nothing rolled back; look again")
             target = self.registry.previous(model)
             # unloaded from memory: loaded again from its package, and held until active
-            with self._using(model, target):
+            with self.registry.loaded(model, target):
                 if target is not None and self._records is not None:
                     refused = self._standing(self.registry.detector(model, target),
                                              any_pass_clears=True)[2]
@@ -561,7 +554,7 @@ class Lifecycle:
     # -- shadow ---------------------------------------------------------------------------
     def start_shadow(self, model: str, version: str, *, sample_rate: float | None, actor: str,
                      force: bool = False, reason: str = "") -> dict[str, Any]:
-        with self._using(model, version):  # until its session holds it
+        with self.registry.loaded(model, version):  # until its session holds it
             return self._start_shadow(model, version, sample_rate=sample_rate, actor=actor,
                                       force=force, reason=reason)
 
@@ -608,7 +601,7 @@ class Lifecycle:
                 reason: str = "") -> dict[str, Any]:
         """Gate ``version`` against the active one, activate it, and watch it."""
         # an unloaded version is loaded again, and held from its gate to its activation
-        with self._using(model, version):
+        with self.registry.loaded(model, version):
             return self._promote(model, version, golden=golden, golden_version=golden_version,
                                  recipe=recipe, actor=actor, force=force, reason=reason)
 

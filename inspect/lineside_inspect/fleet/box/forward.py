@@ -207,18 +207,21 @@ class Forwarder(HubTask):
     def set_aside_one(self, seq: int, inspection_id: str, refusal: str) -> None:
         """The hub refused inspection ``inspection_id``'s record on its own: set its event
         aside (kept, with the reason), so every later inspection goes on."""
-        self.outbox.set_aside([seq], refusal)
-        self._bare.discard(seq)
-        self._count("record_refused")
+        self._set_aside(seq, refusal, "record_refused")
         log.warning("fleet: the hub refused inspection %s: %s. It is set aside (kept on this "
                     "box; GET /v1/fleet/set-aside lists it, POST /v1/fleet/set-aside/retry "
                     "sends it again) and later inspections go on", inspection_id, refusal)
         self._safe_gauges()
 
-    def _set_aside_unreadable(self, seq: int, why: str) -> None:
-        self.outbox.set_aside([seq], f"unreadable: {why}")
+    def _set_aside(self, seq: int, reason: str, kind: str) -> None:
+        """Event ``seq`` kept aside with ``reason`` (listed, sent again by a retry), counted
+        as an error of ``kind``: what every way of setting one aside does."""
+        self.outbox.set_aside([seq], reason)
         self._bare.discard(seq)
-        self._count("record_unreadable")
+        self._count(kind)
+
+    def _set_aside_unreadable(self, seq: int, why: str) -> None:
+        self._set_aside(seq, f"unreadable: {why}", "record_unreadable")
         log.warning("fleet: not forwarded: %s. It is set aside (GET /v1/fleet/set-aside; "
                     "POST /v1/fleet/set-aside/retry sends it again once the row is mended) and "
                     "later inspections go on", why)
