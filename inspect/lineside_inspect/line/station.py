@@ -239,10 +239,7 @@ class Station:
         self.phase = Phase.BUSY
         self._set(step.changes, "TriggerReady", False)
         self._set(step.changes, "Busy", True)
-        for name, cleared in (("Pass", False), ("Fail", False), ("DefectCount", 0),
-                              ("InspectionId", ""), ("ErrorCode", int(ErrorCode.NONE)),
-                              ("BlankFrame", False), ("WrongView", False)):
-            self._set(step.changes, name, cleared)
+        self._no_verdict(step.changes, ErrorCode.NONE, fail=False)
         if self.recipe_fault is not ErrorCode.NONE:
             # the PLC asked for a product this station cannot judge: judging the part with
             # the recipe of the previous product would be a verdict for the wrong product
@@ -298,13 +295,16 @@ class Station:
     def _show_fault(self, changes: Changes) -> None:
         # no Pass beside an error code, as after a part; and nothing left of the last part
         # (its InspectionId beside Fail would read as that part being defective)
-        self._set(changes, "Pass", False)
-        self._set(changes, "Fail", True)
-        self._set(changes, "DefectCount", 0)
-        self._set(changes, "InspectionId", "")
-        self._set(changes, "ErrorCode", int(self.recipe_fault))
-        self._set(changes, "BlankFrame", False)
-        self._set(changes, "WrongView", False)
+        self._no_verdict(changes, self.recipe_fault, fail=True)
+
+    def _no_verdict(self, changes: Changes, code: ErrorCode, *, fail: bool) -> None:
+        """The result tags holding no verdict: cleared at a trigger (``fail`` False), or a
+        Fail with ``code`` and nothing of a part (a recipe fault, an unacknowledged
+        result). One list, so a result tag added later is cleared everywhere."""
+        for name, value in (("Pass", False), ("Fail", fail), ("DefectCount", 0),
+                            ("InspectionId", ""), ("ErrorCode", int(code)),
+                            ("BlankFrame", False), ("WrongView", False)):
+            self._set(changes, name, value)
 
     # -- what the inspection gave -------------------------------------------------------
     def finished(self, passed: bool, defect_count: int, inspection_id: str, now: float,
@@ -384,13 +384,7 @@ class Station:
             self.on_failure(ErrorCode.ACK_TIMEOUT)
         self._ended_part(str(self.tags["InspectionId"]) if inspection_id is None
                          else inspection_id, False, ErrorCode.ACK_TIMEOUT, acknowledged=False)
-        self._set(changes, "Pass", False)
-        self._set(changes, "Fail", True)
-        self._set(changes, "DefectCount", 0)
-        self._set(changes, "InspectionId", "")
-        self._set(changes, "ErrorCode", int(ErrorCode.ACK_TIMEOUT))
-        self._set(changes, "BlankFrame", False)
-        self._set(changes, "WrongView", False)
+        self._no_verdict(changes, ErrorCode.ACK_TIMEOUT, fail=True)
         self._to_ready(changes)
 
     def show_alarm(self, raised: bool) -> Changes:
