@@ -1148,6 +1148,9 @@ def gate_cmd(
     golden_version: Annotated[int | None, typer.Option(help="default: its latest")] = None,
     recipe: Annotated[Path | None, typer.Option(
         help="recipe YAML whose rules judge both (default: the active package's card recipe)")] = None,
+    fused_with: Annotated[Path | None, typer.Option(
+        help="the good-only package the recipe fuses with its detector (anomaly.model): both "
+             "are judged with it, as the line is (needed when the recipe fuses one)")] = None,
     data_dir: DataDir = None,
     allowance: Annotated[int, typer.Option(
         min=0, help="false rejects the candidate may have beyond the active model's")] = 0,
@@ -1157,9 +1160,10 @@ def gate_cmd(
     """Replay a golden set through both packages via the edge runtime, each at its card's
     thresholds under the recipe; exit 1 when the candidate has more escapes than the
     active model, passes a defective part it fails, or has more false rejects than it plus
-    the allowance (or when the set has no defective part). The report is printed, not
+    the allowance (or when the set has no defective part). A recipe that fuses a good-only
+    model judges both with it (--fused-with its package). The report is printed, not
     kept: a server's require_gate needs its own gate (POST /v1/models/NAME/gate)."""
-    from lineside_inspect.lifecycle.gate import format_report, run_gate
+    from lineside_inspect.lifecycle.gate import check_partner, format_report, run_gate
     from lineside_inspect.lifecycle.golden import GoldenLibrary
     from lineside_inspect.package import card_digest
     from lineside_inspect.recipes import card_recipe, check_card_recipe, load_recipe
@@ -1181,13 +1185,24 @@ def gate_cmd(
     rule = load_recipe(recipe) if recipe is not None else card_recipe(active.card)
     if rule.model != cand.card.name:  # as the server's gate refuses it
         raise ConfigError(f"recipe {rule.name} judges model {rule.model}, not {cand.card.name}")
+    # the good-only model a fused recipe judges with, as a server's gate takes the loaded one
+    # (gates judged the detectors alone: escapes the partner catches on the line were charged)
+    partner = None if fused_with is None else Detector(fused_with, device="cpu", threads=threads)
+    if partner is None and rule.anomaly is not None and rule.anomaly.model is not None:
+        raise ConfigError(f"recipe {rule.name} fuses good-only model {rule.anomaly.model} with "
+                          "its detector: give its package with --fused-with, so both are "
+                          "judged as the line judges them")
+    check_partner(rule, partner)
+    if partner is not None:
+        check_card_recipe(partner.card, partner.class_names)
     # classes a line's rules name that a version lacks judged nothing. Not the active card's
     # own recipe: a gate judges each card at its own floors (rules_of), as the server's does,
     # and a candidate that renamed a class was refused over the active card's floors
     for det in (cand, active) if recipe is not None else ():
         rule.check_classes(det.class_names)
         rule.check_reference_use(det.card.needs_reference)
-    report = run_gate(cand, active, library, manifest, rule, allowance=allowance)
+    report = run_gate(cand, active, library, manifest, rule, allowance=allowance,
+                      partner=partner)
     if as_json:
         out.print_json(report.model_dump_json())
     else:

@@ -172,19 +172,14 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         infer += clock() - t0
     t0 = clock()
     finding: AnomalyFinding | None = None
-    # the recipe's image threshold, when it sets one: regions start no higher (a lower one
-    # failed parts with no region to show)
-    level = recipe.anomaly.threshold if recipe.anomaly is not None else None
-    where = looks(recipe)  # the map is judged where the recipe looks (roi, not ignore)
     if detector.card.kind == "anomaly":  # alone: its regions are findings, not detections
-        finding = find_anomalies(outputs, letterboxes, detector.card, level, looks=where)[0]
+        finding = _finding(outputs, letterboxes, detector, recipe)
         detections = Detections.empty(detector.class_names)
         verdict = judge(detections, recipe, {}, finding)
     else:
         detections = detector.post_process(outputs, letterboxes)[0]
         if fused is not None and anomaly_model is not None:
-            finding = find_anomalies(fused[0], fused[1], anomaly_model.card, level,
-                                     looks=where)[0]
+            finding = _finding(fused[0], fused[1], anomaly_model, recipe)
         elif anomaly_finding is not None and recipe.anomaly is not None:
             finding = anomaly_finding
         verdict = judge(detections, recipe, detector.card.thresholds, finding,
@@ -206,6 +201,25 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         detections=detections, anomaly=finding, gate=gate,
         fused_with=fused_name(detector, anomaly_model),
     )
+
+
+def _finding(outputs: list[np.ndarray], letterboxes: list[Letterbox], model: Detector,
+             recipe: Recipe) -> AnomalyFinding:
+    """A good-only ``model``'s finding on one image from its outputs, under ``recipe``: at
+    the recipe's image threshold when it sets one (regions start no higher: a lower one
+    failed parts with no region to show), the map judged where the recipe looks (roi, not
+    ignore)."""
+    level = recipe.anomaly.threshold if recipe.anomaly is not None else None
+    return find_anomalies(outputs, letterboxes, model.card, level, looks=looks(recipe))[0]
+
+
+def anomaly_finding(image: np.ndarray, anomaly_model: Detector, recipe: Recipe) -> AnomalyFinding:
+    """The finding of ``anomaly_model``, the good-only model ``recipe`` fuses with a
+    detector, on ``image``, as :func:`inspect` makes it: made once and given to several
+    inspections of the same frame (``inspect(anomaly_finding=)``), so each weighs the same
+    anomaly and the model runs once. A gate's replay judges both detectors with it."""
+    batch, letterboxes = anomaly_model.pre_process([image])
+    return _finding(anomaly_model.forward(batch), letterboxes, anomaly_model, recipe)
 
 
 def _view_shift(recipe: Recipe) -> int:

@@ -8,6 +8,12 @@ more false rejects (a good part failed) than that model plus a configured allowa
 golden set without a defective part cannot pass anyone (nothing would be compared).
 The arithmetic (:func:`score`, :func:`decide`) is pure, so it is tested on its own;
 :func:`run_gate` feeds it the replay.
+
+A recipe that fuses a good-only model with its detector (``anomaly.model``) judges each
+detector with that partner, as the line would: the partner runs once per image and its
+finding weighs in both verdicts (a part fails on a counted defect OR the anomaly score).
+Without it, a candidate was charged escapes the partner catches on the line, and false
+rejects the partner adds were counted for neither.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from lineside_inspect.boxes import box_iou
-from lineside_inspect.errors import GoldenSetError, ImageError
+from lineside_inspect.errors import ConfigError, GoldenSetError, ImageError
 from lineside_inspect.imageio import decode_image
-from lineside_inspect.inspector import inspect
+from lineside_inspect.inspector import anomaly_finding, inspect
 from lineside_inspect.lifecycle.golden import GoldenItem, GoldenLibrary, GoldenManifest
 from lineside_inspect.package import card_digest, default_recipe_name
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.references import Reference
+from lineside_inspect.runtime.anomaly_map import AnomalyFinding
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.schemas import Outcome, Precision, TimeText
 
@@ -50,8 +57,43 @@ def rules_of(recipe: Recipe) -> Recipe:
 
 
 def rules_digest(recipe: Recipe) -> str:
-    """sha256 of the rules a gate judges by under ``recipe`` (:func:`rules_of`)."""
+    """sha256 of the rules a gate judges by under ``recipe`` (:func:`rules_of`). The
+    good-only partner a fused recipe names is in them by name (and version, if pinned);
+    which package judged is the report's ``fused_card_sha256``."""
     return hashlib.sha256(rules_of(recipe).model_dump_json().encode()).hexdigest()
+
+
+def fused_model(recipe: Recipe) -> tuple[str, str | None] | None:
+    """(name, pinned version or None: the active one) of the good-only model ``recipe``
+    fuses with its detector, or None when it fuses none (a detector alone, or a good-only
+    model serving alone)."""
+    fused = recipe.anomaly
+    if fused is None or fused.model is None:
+        return None
+    return fused.model, fused.model_version
+
+
+def check_partner(recipe: Recipe, partner: Detector | None) -> None:
+    """Refuse (:class:`ConfigError`) judging under ``recipe`` with ``partner`` as its
+    good-only partner when that is not the one the recipe fuses (or none where it fuses
+    one): the gate would count escapes and false rejects of a verdict the line never gets."""
+    wants = fused_model(recipe)
+    if wants is None:
+        if partner is not None:
+            raise ConfigError(f"recipe {recipe.name} fuses no good-only model, and "
+                              f"{partner.card.name} {partner.card.version} was given to fuse "
+                              "with it")
+        return
+    name, version = wants
+    if partner is None:
+        raise ConfigError(f"recipe {recipe.name} fuses good-only model {name} with its "
+                          "detector: the gate judges each detector with it, as the line does "
+                          "(give its package)")
+    card = partner.card
+    if card.name != name or version not in (None, card.version) or card.kind != "anomaly":
+        raise ConfigError(f"recipe {recipe.name} fuses good-only model {name}"
+                          f"{'' if version is None else ' ' + version}; {card.kind} model "
+                          f"{card.name} {card.version} was given in its place")
 
 
 @dataclass(frozen=True)
@@ -139,6 +181,13 @@ class GateReport(_Shape):
     recipe_sha256: str | None = Field(None, description=(
         "of those rules as applied (a recipe replaced under the same name has another); None "
         "in reports made before it was kept"))
+    fused_with: str | None = Field(None, description=(
+        "the good-only model (name version) the recipe fuses with its detector: run once per "
+        "image, its finding weighed in both verdicts, as the line judges; None when the "
+        "recipe fuses none, and in reports made before a gate fused it (those judged the "
+        "detectors alone)"))
+    fused_card_sha256: str | None = Field(None, description=(
+        "of that good-only model's whole card (graph and thresholds)"))
     false_reject_allowance: int
     candidate: ModelScore
     against: ModelScore
@@ -205,8 +254,9 @@ def disagreements(items: list[GoldenItem], cand: list[Found], against: list[Foun
             for i, c, a in zip(items, cand, against, strict=True) if c.verdict != a.verdict]
 
 
-def _found(detector: Detector, image: np.ndarray, recipe: Recipe, ref: Reference | None) -> Found:
-    result = inspect(image, detector, recipe, reference=ref)
+def _found(detector: Detector, image: np.ndarray, recipe: Recipe, ref: Reference | None,
+           finding: AnomalyFinding | None = None) -> Found:
+    result = inspect(image, detector, recipe, reference=ref, anomaly_finding=finding)
     t = result.timings_ms
     return Found(result.verdict, [(label, float(s), (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
                                   for label, s, b in zip(result.defects.labels, result.defects.scores,
@@ -216,9 +266,13 @@ def _found(detector: Detector, image: np.ndarray, recipe: Recipe, ref: Reference
 
 def replay(detectors: list[Detector], library: GoldenLibrary, manifest: GoldenManifest,
            recipe: Recipe, *, max_pixels: int | None = None,
-           progress: Callable[[int, int], None] | None = None) -> list[list[Found]]:
+           progress: Callable[[int, int], None] | None = None,
+           partner: Detector | None = None) -> list[list[Found]]:
     """Each detector's results on each item, image by image (each image decoded once and
-    run through every detector in turn, so they see the same machine load)."""
+    run through every detector in turn, so they see the same machine load). ``partner``:
+    the good-only model ``recipe`` fuses (:func:`check_partner`), run once per image, its
+    finding weighed in every detector's verdict; its time is in no detector's."""
+    check_partner(recipe, partner)
     rules = rules_of(recipe)
     results: list[list[Found]] = [[] for _ in detectors]
     for n, item in enumerate(manifest.items):
@@ -239,8 +293,9 @@ def replay(detectors: list[Detector], library: GoldenLibrary, manifest: GoldenMa
         except ImageError as exc:
             raise GoldenSetError(f"golden set {manifest.ref}: {item.source or item.sha256}: "
                                  f"{what}{exc.message}") from None
+        finding = None if partner is None else anomaly_finding(image, partner, rules)
         for det, out in zip(detectors, results, strict=True):
-            out.append(_found(det, image, rules, ref if det.needs_reference else None))
+            out.append(_found(det, image, rules, ref if det.needs_reference else None, finding))
         if progress is not None:
             progress(n + 1, len(manifest.items))
     return results
@@ -248,13 +303,17 @@ def replay(detectors: list[Detector], library: GoldenLibrary, manifest: GoldenMa
 
 def run_gate(candidate: Detector, against: Detector, library: GoldenLibrary,
              manifest: GoldenManifest, recipe: Recipe, *, allowance: int = 0,
-             max_pixels: int | None = None) -> GateReport:
-    """Replay ``manifest`` through ``candidate`` and ``against`` and decide."""
+             max_pixels: int | None = None, partner: Detector | None = None) -> GateReport:
+    """Replay ``manifest`` through ``candidate`` and ``against`` and decide. ``partner``:
+    the good-only model ``recipe`` fuses with its detector (required when it fuses one,
+    refused when it fuses none): both are judged with its finding, as the line would be."""
+    check_partner(recipe, partner)
     if not manifest.items:
         raise GoldenSetError(f"golden set {manifest.ref} is empty")
     for det in (candidate, against):
         det.forward(np.zeros((1, 3, det.size, det.size), dtype=np.uint8))  # warm: fair latency
-    cand, ag = replay([candidate, against], library, manifest, recipe, max_pixels=max_pixels)
+    cand, ag = replay([candidate, against], library, manifest, recipe, max_pixels=max_pixels,
+                      partner=partner)
 
     def scored(det: Detector, found: list[Found], other: list[Found]) -> ModelScore:
         c = det.card
@@ -269,6 +328,8 @@ def run_gate(candidate: Detector, against: Detector, library: GoldenLibrary,
         golden=GoldenRef(name=manifest.name, version=manifest.version, digest=manifest.digest,
                          items=len(manifest.items)),
         recipe=recipe.name, recipe_sha256=rules_digest(recipe),
+        fused_with=None if partner is None else f"{partner.card.name} {partner.card.version}",
+        fused_card_sha256=None if partner is None else card_digest(partner.card),
         false_reject_allowance=allowance, candidate=cs, against=as_,
         disagreements=disagreements(manifest.items, cand, ag))
 
@@ -286,7 +347,10 @@ def format_report(report: GateReport, *, max_rows: int = 50, kept: bool = True) 
         f"gate: {c.model} {c.version} ({c.precision}) against {a.model} {a.version} "
         f"({a.precision}) on golden set {g.name}:{g.version} ({g.items} images: "
         f"{a.expected_fail} defective, {a.expected_pass} good; digest {g.digest[:12]}), "
-        f"recipe {report.recipe} at each card's thresholds",
+        f"recipe {report.recipe} at each card's thresholds"
+        + ("" if report.fused_with is None else
+           f", fused with good-only {report.fused_with} (its finding in both verdicts; "
+           "its time in neither latency)"),
         "",
         f"| | against {a.version} | candidate {c.version} |",
         "|---|---|---|",

@@ -31,7 +31,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.lifecycle.alarm import Change, FailRateAlarm
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
-from lineside_inspect.lifecycle.gate import GateReport, run_gate
+from lineside_inspect.lifecycle.gate import GateReport, fused_model, run_gate
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
@@ -177,29 +177,50 @@ class Lifecycle:
     def gate(self, model: str, version: str, *, golden: str, golden_version: int | None = None,
              against: str | None = None, recipe: str | None = None, actor: str) -> GateReport:
         """Replay a golden set through ``version`` and ``against`` (default: the active
-        version), both loaded; store the report and say so in the audit log."""
+        version), both loaded, each with the good-only model the recipe fuses with its
+        detector (as the line judges); store the report and say so in the audit log."""
         records = self.records
-        with self.registry.loaded(model, version, against):
+        with contextlib.ExitStack() as held:
+            held.enter_context(self.registry.loaded(model, version, against))
+            rule = self.recipe_for(model, recipe)
+            partner = self._partner(rule, held)
             return self._gate(records, model, version, golden=golden,
-                              golden_version=golden_version, against=against, recipe=recipe,
-                              actor=actor)
+                              golden_version=golden_version, against=against, rule=rule,
+                              partner=partner, actor=actor)
+
+    def _partner(self, rule: Recipe, held: contextlib.ExitStack) -> Detector | None:
+        """The good-only model ``rule`` fuses with its detector, as an inspection under it
+        takes it (the pinned version, else the active one), loaded again if it was unloaded
+        and held loaded for the gate; None when the rule fuses none."""
+        fused = fused_model(rule)
+        if fused is None:
+            return None
+        name, pinned = fused
+        try:
+            held.enter_context(self.registry.loaded(name, pinned))
+            partner = self.registry.detector(name, pinned)
+        except NotFoundError as exc:
+            raise NotFoundError(f"recipe {rule.name} fuses good-only model {name} with its "
+                                f"detector, and the gate judges with it as the line does: "
+                                f"{exc.message}") from None
+        held.enter_context(self.registry.holding(name, partner.card.version))
+        return partner
 
     def _gate(self, records: Records, model: str, version: str, *, golden: str,
-              golden_version: int | None, against: str | None, recipe: str | None,
-              actor: str) -> GateReport:
+              golden_version: int | None, against: str | None, rule: Recipe,
+              partner: Detector | None, actor: str) -> GateReport:
         candidate = self.registry.detector(model, version)
         active = self.registry.detector(model, against)
         if active is candidate:
             raise ConfigError(f"{model} {version} cannot be gated against itself: name another "
                               "loaded version in against (default: the active one)")
-        rule = self.recipe_for(model, recipe)
         manifest = self.library.get(golden, golden_version)
         if not self._gate_lock.acquire(blocking=False):
             raise Busy("a gate is running on this server: retry when it is done")
         try:
             report = run_gate(candidate, active, self.library, manifest, rule,
                               allowance=self.settings.gate.false_reject_allowance,
-                              max_pixels=self.max_pixels)
+                              max_pixels=self.max_pixels, partner=partner)
         finally:
             self._gate_lock.release()
         records.save_gate(report, actor)
@@ -208,6 +229,7 @@ class Lifecycle:
                       details={"report_id": report.id, "passed": report.passed,
                                "against": active.card.version,
                                "golden": f"{manifest.name}:{manifest.version}",
+                               "fused_with": report.fused_with,
                                "escapes": report.candidate.escapes,
                                "false_rejects": report.candidate.false_rejects})
         return report
