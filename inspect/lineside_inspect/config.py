@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict, SettingsError
 
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, unknown_key_hint
 from lineside_inspect.fleet.config import FleetSettings, check_site
 from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.line.config import LineSettings
@@ -470,10 +470,11 @@ def _given(doc: dict[str, Any], loc: tuple[Any, ...]) -> bool:
 
 def describe_settings_error(exc: ValidationError | SettingsError, config: str | Path | None,
                             prefix: str, flags: dict[str, Any], nested: str | None = None,
-                            file_wins: dict[str, Any] | None = None) -> str:
+                            file_wins: dict[str, Any] | None = None, schema: Any = None) -> str:
     """One line naming every invalid setting and where its value came from: a command-line
     flag, the environment variable, or the config file. The environment wins over the
-    file unless ``file_wins`` (the file's settings) is given: then the file's own do."""
+    file unless ``file_wins`` (the file's settings) is given: then the file's own do. Given
+    the ``schema`` validated, a key it does not have is followed by the nearest it has."""
     if isinstance(exc, SettingsError):  # a list or mapping in the environment that is not JSON
         m = re.search(r'field "([^"]+)"', str(exc))
         field = m.group(1) if m else ""
@@ -482,6 +483,8 @@ def describe_settings_error(exc: ValidationError | SettingsError, config: str | 
     for e in exc.errors():
         loc = tuple(e["loc"])
         msg = str(e["msg"]).removeprefix("Value error, ")
+        if schema is not None and e["type"] == "extra_forbidden" and loc:
+            msg += unknown_key_hint(schema, loc)
         env = _env_name(prefix, loc, nested) if loc else None
         if file_wins is not None and _given(file_wins, loc):
             env = None
@@ -545,7 +548,7 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         return Settings(**merged)
     except (ValidationError, SettingsError) as exc:
         raise ConfigError(describe_settings_error(exc, config, "LINESIDE_", overrides,
-                                                  nested="__")) from None
+                                                  nested="__", schema=Settings)) from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ report the same problem the same way and never show a traceback for bad input.
 
 from __future__ import annotations
 
+import difflib
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -276,12 +278,48 @@ def _finite(value: object) -> bool:
         return True  # not a number at all: the bound's own words stand
 
 
-def describe_validation(errors: list[Any]) -> str:
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model a field's annotation holds (itself, or inside ``X | None``,
+    ``list[X]``, ``dict[str, X]``), else None."""
+    if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (found := _model_of(arg)) is not None:
+            return found
+    return None
+
+
+def unknown_key_hint(schema: Any, loc: tuple[Any, ...]) -> str:
+    """`` (no such key; did you mean min_size_px?)`` for a pydantic ``extra_forbidden``
+    error at ``loc`` in ``schema``: the keys of the model there nearest the one given.
+    A misspelt recipe or server setting said only "Extra inputs are not permitted", where
+    the training config named the key meant (session 41, a new user)."""
+    model = schema
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an item of a list: the list's own model
+        field = getattr(model, "model_fields", {}).get(str(part))
+        if field is None:
+            return ""  # a mapping's key or a union member's tag: no model to name keys from
+        model = _model_of(field.annotation)
+    fields = getattr(model, "model_fields", None)
+    if not fields or not loc:
+        return ""
+    names = [n for n, f in fields.items() if not f.exclude] + \
+        [f.alias for f in fields.values() if f.alias]
+    near = difflib.get_close_matches(str(loc[-1]), names, 3)
+    return f" (no such key; did you mean {' or '.join(near)}?)" if near else " (no such key)"
+
+
+def describe_validation(errors: list[Any], schema: Any = None) -> str:
     """One line naming every invalid field of a pydantic ``ValidationError.errors()`` (a
     check of the whole document has no field: its message alone, without pydantic's
-    "Value error, " prefix)."""
+    "Value error, " prefix). Given the ``schema`` validated, a key it does not have is
+    followed by the nearest keys it has."""
     def one(e: Any) -> str:
         msg = str(e["msg"]).removeprefix("Value error, ")
+        if schema is not None and e.get("type") == "extra_forbidden" and e["loc"]:
+            msg += unknown_key_hint(schema, tuple(e["loc"]))
         value, ctx = e.get("input"), e.get("ctx") or {}
         if e.get("type") == "too_long" and isinstance(value, str) and "max_length" in ctx:
             # a length checked after a validator (PlainLine and its kind): pydantic counts

@@ -339,3 +339,32 @@ def test_bench_hub_stopped_by_sigterm_removes_its_folder(tmp_path: Path) -> None
     _interrupted(["bench", "hub", "--config", str(fifo), "--review-list", "0"], signal.SIGTERM,
                  tmp_path, temp, "lineside-bench-hub-*", TMPDIR=str(temp))
     assert list(temp.iterdir()) == []
+
+
+def test_a_misspelt_key_names_the_keys_meant(tmp_path: Path) -> None:
+    """A recipe's ``min_size_pix:`` or a server config's ``line: {mqtt: {urll: ...}}`` said
+    only "Extra inputs are not permitted", where the training config names the key meant
+    (session 41, a new user's recipe)."""
+    recipe = tmp_path / "steel.yaml"
+    recipe.write_text("name: steel\nversion: '1'\nmodel: deeppcb\nmin_size_pix: 4\n")
+    _one_line(runner.invoke(app, ["serve", "--model", str(PACKAGE), "--recipe", str(recipe)]),
+              "min_size_pix: Extra inputs are not permitted (no such key; did you mean "
+              "min_size_px or min_size_mm?)")
+    config = tmp_path / "serve.yaml"
+    for text, said in (
+            ("modle: [x]\n", "modle: Extra inputs are not permitted (no such key; did you mean models?)"),
+            ("line: {mqtt: {url: 'mqtt://127.0.0.1:1', urll: x}}\n",
+             "line.mqtt.urll: Extra inputs are not permitted (no such key; did you mean url?)"),
+            ("cameras: [{id: c1, source: '0', refrence: a}]\n",
+             "cameras.0.refrence: Extra inputs are not permitted (no such key; did you mean "
+             "reference or references?)"),
+            ("zzzz: 1\n", "zzzz: Extra inputs are not permitted (no such key)")):
+        config.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_settings(config)
+        assert said in info.value.message, info.value.message
+    config.write_text("dta_dir: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_hub_settings(config)
+    assert "dta_dir: Extra inputs are not permitted (no such key; did you mean data_dir?)" \
+        in info.value.message, info.value.message

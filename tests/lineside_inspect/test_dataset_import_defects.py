@@ -126,9 +126,14 @@ def test_voc_whose_images_are_all_missing_is_refused_with_skip_invalid(tmp_path:
     src = tmp_path / "voc"
     (src / "Annotations").mkdir(parents=True)
     (src / "Annotations" / "a.xml").write_text(_voc_xml("a.jpg", [("dent", (1, 1, 5, 5))]))
+    with pytest.raises(DatasetError) as exc:  # no image at all: one line, before any XML
+        import_dataset("voc", src, tmp_path / "out", skip_invalid=True)
+    assert "no images found beside the 1 XML file(s)" in str(exc.value)
+    _jpg(src / "JPEGImages" / "b.jpg")  # an image, but not the one the XML names
     with pytest.raises(DatasetError) as exc:
         import_dataset("voc", src, tmp_path / "out", skip_invalid=True)
     assert "--skip-invalid left none to import" in str(exc.value) and exc.value.problems
+    assert not (tmp_path / "out").exists()
 
 
 # --- 4: COCO images on disk the JSON does not list --------------------------------------

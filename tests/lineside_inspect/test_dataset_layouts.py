@@ -95,6 +95,58 @@ def test_cli_import_says_the_layout(tmp_path: Path) -> None:
     assert "imported 6 images" in r.stdout
 
 
+def test_a_sub_set_that_only_its_image_folder_makes_is_named_in_the_layout(tmp_path: Path) -> None:
+    """Kaggle's steel sets with every XML in ANNOTATIONS/ and a Validation_Images/ beside
+    IMAGES/: the val split came from the image folder, and the layout named the XMLs'
+    folders only ("main set: ... images in IMAGES/"), never where val came from."""
+    src = tmp_path / "steel"
+    for i in range(1, 6):
+        folder = "IMAGES" if i < 4 else "Validation_Images"
+        image(src / folder / f"scratches_{i}.jpg", i, grey=True)
+        voc_xml(src / "ANNOTATIONS" / f"scratches_{i}.xml", f"scratches_{i}",
+                [("scratches", 5, 5, 30, 20)])
+    ds, skipped = import_dataset("voc", src, tmp_path / "out")
+    assert not skipped
+    assert {r.file_name for r in ds.images if r.split == "val"} == {
+        "Validation_Images/scratches_4.jpg", "Validation_Images/scratches_5.jpg"}
+    layout = ds.info["layout"]
+    assert "sub-set 'val': 2 image(s) in Validation_Images/, their XMLs in ANNOTATIONS/" in layout, layout
+
+
+def test_an_annotations_folder_given_alone_is_one_line_naming_the_folder_meant(
+        tmp_path: Path) -> None:
+    """``data import -f voc NEU-DET/ANNOTATIONS``: one "image not found ... in no image
+    folder" problem per XML (92 lines for 92 XMLs); and a COCO JSON copied away from its
+    images, one per image listed. Each is one line now, naming what to give instead."""
+    src = kaggle_neu(tmp_path / "NEU-DET")
+    r = runner.invoke(app, ["data", "import", "-f", "voc", str(src / "ANNOTATIONS"),
+                            str(tmp_path / "out")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "no images found beside the 4 XML file(s)" in lines[0]
+    assert f"perhaps {src}, which holds IMAGES/" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+    coco = tmp_path / "roboflow-coco"
+    image(coco / "train" / "a_jpg.rf.1.jpg", 1)
+    (coco / "train" / "_annotations.coco.json").write_text(
+        json.dumps(_coco([(1, "a_jpg.rf.1.jpg"), (2, "b_jpg.rf.2.jpg")], [(1, 1), (2, 2)])))
+    away = tmp_path / "json-alone"
+    away.mkdir()
+    shutil.copy(coco / "train" / "_annotations.coco.json", away)
+    for given in (away, away / "_annotations.coco.json"):
+        r = runner.invoke(app, ["data", "import", "-f", "coco", str(given), str(tmp_path / "out")])
+        assert r.exit_code == 2 and "Traceback" not in r.output
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert "_annotations.coco.json list(s) 2 image(s), and no image file is where COCO " \
+            "puts them" in lines[0] and "give the folder the export came in" in lines[0]
+    # images there but one missing: still each problem by name (the list is what helps)
+    r = runner.invoke(app, ["data", "import", "-f", "coco", str(coco), str(tmp_path / "out")])
+    assert r.exit_code == 2 and "'b_jpg.rf.2.jpg' not found" in r.stderr, r.stderr
+
+
 def test_symlinked_folders_are_followed(tmp_path: Path) -> None:
     real = kaggle_neu(tmp_path / "elsewhere")
     src = tmp_path / "src"

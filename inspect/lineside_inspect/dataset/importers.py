@@ -511,6 +511,17 @@ def _looked_for(src: Path, files: list[Path], what: str, hint: str, asked: str =
             f"found {seen})." + (f" {hint}" if hint else "") + guess)
 
 
+def _images_beside(src: Path) -> str:
+    """`` (perhaps PARENT, beside IMAGES/)`` when the folder given has a sibling named as an
+    images folder: the user gave ANNOTATIONS/ where its parent was meant."""
+    try:
+        near = sorted(d.name for d in src.parent.iterdir()
+                      if d != src and d.is_dir() and role_of(d.name) == "images")
+    except OSError:
+        return ""
+    return f" (perhaps {src.parent}, which holds {near[0]}/)" if near else ""
+
+
 def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     """Pascal VOC: one XML per image, in ``Annotations/`` beside ``JPEGImages/``, or any
     of the common variants (``ANNOTATIONS/`` + ``IMAGES/``, ``annotations/`` + ``images/``,
@@ -528,12 +539,23 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
             src, files, "no Pascal VOC .xml annotation files found",
             "A VOC set has one XML per image, in Annotations/ (or ANNOTATIONS/, annotations/) "
             "beside JPEGImages/ (or IMAGES/, images/), or beside the images."))
+    if not pictures and not unsupported:
+        # an annotations folder given alone: one problem per XML ("image not found ... in
+        # no image folder") said 92 times what one line says (session 41, a new user)
+        raise DatasetError(_looked_for(
+            src, files, f"no images found beside the {len(xmls)} XML file(s)",
+            "Give the folder that holds both the images and the XMLs" + _images_beside(src)
+            + ", not the annotations folder alone.", "voc"))
     index = _ImageIndex(src, pictures)
     listed, listed_twice = _voc_imagesets(files)
     problems: list[Problem] = []
     images: list[ImageRecord] = []
     found_by: Counter[str] = Counter()
     xml_rels: dict[str | None, list[str]] = defaultdict(list)
+    # images a sub-set folder (Validation_Images/) put in a split while their XMLs sit in
+    # the main set's ANNOTATIONS/: the layout named the XMLs' folders only, and never said
+    # that a split came from there
+    from_image_folder: dict[str, set[str]] = defaultdict(set)
     used: set[Path] = set()
     owner: dict[Path, int] = {}  # image -> index in images of the record annotating it
     stated: set[int] = set()  # id() of records whose XML gives a <size>
@@ -613,6 +635,8 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
                 difficult += 1
         if path.stem.lower() in listed:  # VOC's own split lists win over folder names
             split = listed[path.stem.lower()][0]
+        elif split is not None and split_of(xml_rel) is None:
+            from_image_folder[split].add(rel)
         record = ImageRecord(rel, width, height, boxes, split=split, source=path, origin=str(xml))
         if said is not None:
             stated.add(id(record))
@@ -665,6 +689,9 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     notes += _case_variants(cats) + _thin_classes(images, cats)
     parts = [f"{_split_name(s)}: {len(v)} XML in {folders_phrase(v)}, images in "
              f"{index.folders(s)}" for s, v in sorted(xml_rels.items(), key=_split_order)]
+    parts += [f"{_split_name(s)}: {len(v)} image(s) in {folders_phrase(v)}, their XMLs in "
+              f"{folders_phrase(xml_rels[None])}"
+              for s, v in sorted(from_image_folder.items(), key=_split_order)]
     layout = "Pascal VOC; " + "; ".join(parts + notes)
     return Dataset(list(cats), images, info={"source": "Pascal VOC", "layout": layout}), problems
 
@@ -1294,6 +1321,21 @@ def _no_coco_images(docs: list[tuple[Path, Any]], root: Path, on_disk: list[Path
             "imports with -f good")
 
 
+def _coco_any_image(docs: list[tuple[Path, Any]], root: Path, limit: Path) -> bool:
+    """Whether any image file is where :func:`_coco_sources` looks: in the folders COCO
+    puts images in, or below a JSON's own folder."""
+    for json_path, _ in docs:
+        for folder in _coco_image_folders(json_path, root, limit):
+            try:
+                if any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir()):
+                    return True
+            except OSError:
+                continue
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in walk_files(json_path.parent)):
+            return True
+    return False
+
+
 def import_coco(src: Path) -> Draft:
     """COCO JSON: ``SRC`` is the JSON file, or a folder holding ``annotations.json`` or
     several COCO JSONs (one per sub-set, which become splits); images are looked up in the
@@ -1351,6 +1393,17 @@ def import_coco(src: Path) -> Draft:
     unlisted = _coco_unlisted(src, root, docs, images)
     if not problems and not any(_listed(d, "images") for _, d in docs):
         raise DatasetError(_no_coco_images(docs, root, unlisted))
+    if not images and any(_listed(d, "images") for _, d in docs) and \
+            not _coco_any_image(docs, root, root if src.is_dir() else root.parent):
+        # a JSON copied away from its images: one "not found" per image said N times what
+        # one line says (session 41, a new user)
+        listed = sum(len(_listed(d, "images")) for _, d in docs)
+        names = ", ".join(_rel(j, root) for j, _ in docs[:3])
+        raise DatasetError(
+            f"{src}: {names} list(s) {listed} image(s), and no image file is where COCO "
+            "puts them or below the JSON: give the folder the export came in (the JSON "
+            "with its images: Roboflow's train/, valid/ and test/ folders, or COCO's "
+            "annotations/ beside the image folders)")
     _drop_blank_labels(images, problems)
     categories = [c for c in categories if c.strip()]
     notes = (_assign_rest_to_train(images) if len(docs) > 1 else []) + _clip_to_images(images)

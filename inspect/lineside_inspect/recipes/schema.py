@@ -244,7 +244,7 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         recipe = Recipe.model_validate(doc)
     except ValidationError as exc:
-        fields = describe_validation(exc.errors())
+        fields = describe_validation(exc.errors(), Recipe)
         if any(e["type"] == "string_type" and isinstance(e.get("input"), int | float)
                for e in exc.errors()):  # version: 1e3, 2: YAML read a number
             fields += " (a name or version YAML reads as a number, e.g. 1e3 or 2, is quoted: '1e3')"

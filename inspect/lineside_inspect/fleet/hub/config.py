@@ -106,5 +106,6 @@ def load_hub_settings(config: str | Path | None = None, **overrides: Any) -> Hub
         return HubSettings(**doc)
     except (ValidationError, SettingsError) as exc:
         raise ConfigError(describe_settings_error(exc, config or "hub settings", "LINESIDE_HUB_",
-                                                  overrides, nested="__", file_wins=doc)) \
+                                                  overrides, nested="__", file_wins=doc,
+                                                  schema=HubSettings)) \
             from None
