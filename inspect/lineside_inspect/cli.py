@@ -1147,10 +1147,13 @@ def gate_cmd(
     golden: Annotated[str, typer.Option(help="golden set name (in DATA_DIR/golden)")],
     golden_version: Annotated[int | None, typer.Option(help="default: its latest")] = None,
     recipe: Annotated[Path | None, typer.Option(
-        help="recipe YAML whose rules judge both (default: the active package's card recipe)")] = None,
+        help="recipe YAML whose rules judge both (default: the card recipe of the active "
+             "package, or of the --fused-with detector when it is one)")] = None,
     fused_with: Annotated[Path | None, typer.Option(
-        help="the good-only package the recipe fuses with its detector (anomaly.model): both "
-             "are judged with it, as the line is (needed when the recipe fuses one)")] = None,
+        help="the other package of the recipe's fusion of a detector with a good-only model "
+             "(anomaly.model): the good-only one when gating detectors, the detector when "
+             "gating versions of the good-only one; both are judged with it, as the line is "
+             "(needed when the recipe fuses one)")] = None,
     data_dir: DataDir = None,
     allowance: Annotated[int, typer.Option(
         min=0, help="false rejects the candidate may have beyond the active model's")] = 0,
@@ -1160,10 +1163,12 @@ def gate_cmd(
     """Replay a golden set through both packages via the edge runtime, each at its card's
     thresholds under the recipe; exit 1 when the candidate has more escapes than the
     active model, passes a defective part it fails, or has more false rejects than it plus
-    the allowance (or when the set has no defective part). A recipe that fuses a good-only
-    model judges both with it (--fused-with its package). The report is printed, not
-    kept: a server's require_gate needs its own gate (POST /v1/models/NAME/gate)."""
-    from lineside_inspect.lifecycle.gate import check_partner, format_report, run_gate
+    the allowance (or when the set has no defective part). A recipe that fuses a detector
+    with a good-only model judges both with the other model of the fusion (--fused-with
+    its package): versions of the detector with the good-only model, versions of the
+    good-only model with the detector. The report is printed, not kept: a server's
+    require_gate needs its own gate (POST /v1/models/NAME/gate)."""
+    from lineside_inspect.lifecycle.gate import check_partner, format_report, gated_as, run_gate
     from lineside_inspect.lifecycle.golden import GoldenLibrary
     from lineside_inspect.package import card_digest
     from lineside_inspect.recipes import card_recipe, check_card_recipe, load_recipe
@@ -1182,23 +1187,35 @@ def gate_cmd(
         raise ConfigError(f"the candidate is {cand.card.kind} model {cand.card.name}, --against "
                           f"is {active.card.kind} model {active.card.name}: a gate compares two "
                           "versions of one model (the one that would replace the other)")
-    rule = load_recipe(recipe) if recipe is not None else card_recipe(active.card)
-    if rule.model != cand.card.name:  # as the server's gate refuses it
-        raise ConfigError(f"recipe {rule.name} judges model {rule.model}, not {cand.card.name}")
-    # the good-only model a fused recipe judges with, as a server's gate takes the loaded one
-    # (gates judged the detectors alone: escapes the partner catches on the line were charged)
+    # the other model of a fused recipe, as a server's gate takes the loaded one (gates
+    # judged the detectors alone: escapes the partner catches on the line were charged; a
+    # good-only model's versions were judged alone, or refused under the fused recipe)
     partner = None if fused_with is None else Detector(fused_with, device="cpu", threads=threads)
-    if partner is None and rule.anomaly is not None and rule.anomaly.model is not None:
-        raise ConfigError(f"recipe {rule.name} fuses good-only model {rule.anomaly.model} with "
-                          "its detector: give its package with --fused-with, so both are "
-                          "judged as the line judges them")
-    check_partner(rule, partner)
     if partner is not None:
         check_card_recipe(partner.card, partner.class_names)
+    if recipe is not None:
+        rule = load_recipe(recipe)
+    elif partner is not None and partner.card.kind != "anomaly" and cand.card.kind == "anomaly":
+        rule = card_recipe(partner.card)  # the detector's: the recipe its station judges by
+    else:
+        rule = card_recipe(active.card)
+    as_partner = gated_as(rule, cand.card.name) == "partner"  # as the server's gate refuses it
+    if partner is None and rule.anomaly is not None and rule.anomaly.model is not None:
+        raise ConfigError(
+            f"recipe {rule.name} fuses good-only model {rule.anomaly.model} with "
+            + (f"detector {rule.model}: give the detector's package with --fused-with, so "
+               f"each version of {cand.card.name} is judged as the line judges it"
+               if as_partner else
+               "its detector: give its package with --fused-with, so both are judged as the "
+               "line judges them"))
+    check_partner(rule, partner, (cand, active))
     # classes a line's rules name that a version lacks judged nothing. Not the active card's
     # own recipe: a gate judges each card at its own floors (rules_of), as the server's does,
-    # and a candidate that renamed a class was refused over the active card's floors
-    for det in (cand, active) if recipe is not None else ():
+    # and a candidate that renamed a class was refused over the active card's floors. Under
+    # a recipe fusing the gated good-only model, its rules are the detector's
+    judged = ((partner,) if as_partner and partner is not None else
+              (cand, active) if recipe is not None else ())
+    for det in judged:
         rule.check_classes(det.class_names)
         rule.check_reference_use(det.card.needs_reference)
     report = run_gate(cand, active, library, manifest, rule, allowance=allowance,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +16,8 @@ import numpy as np
 
 from lineside_inspect.recipes import Recipe, judge
 from lineside_inspect.recipes.rules import (
+    BlankView,
+    Verdict,
     blank_view,
     looks,
     with_blank_view,
@@ -175,19 +177,13 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
     if detector.card.kind == "anomaly":  # alone: its regions are findings, not detections
         finding = _finding(outputs, letterboxes, detector, recipe)
         detections = Detections.empty(detector.class_names)
-        verdict = judge(detections, recipe, {}, finding)
     else:
         detections = detector.post_process(outputs, letterboxes)[0]
         if fused is not None and anomaly_model is not None:
             finding = _finding(fused[0], fused[1], anomaly_model, recipe)
         elif anomaly_finding is not None and recipe.anomaly is not None:
             finding = anomaly_finding
-        verdict = judge(detections, recipe, detector.card.thresholds, finding,
-                        agnostic_iou=detector.card.agnostic_iou)
-    if reference is not None:  # a part the gate passed matched its golden: never here
-        verdict = with_reference_mismatch(verdict, view_mismatch(
-            image, reference.image, max_shift_px=_view_shift(recipe)))
-    verdict = with_blank_view(verdict, blank)
+    verdict = _verdict(image, detector, recipe, detections, finding, reference, blank)
     post = clock() - t0
     timings = {"decode": decode_ms, "preprocess": pre * 1000, "infer": infer * 1000,
                "postprocess": post * 1000}
@@ -201,6 +197,47 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         detections=detections, anomaly=finding, gate=gate,
         fused_with=fused_name(detector, anomaly_model),
     )
+
+
+def _verdict(image: np.ndarray, detector: Detector, recipe: Recipe, detections: Detections,
+             finding: AnomalyFinding | None, reference: Reference | None,
+             blank: BlankView | None) -> Verdict:
+    """``recipe`` applied to what ``detector`` found on ``image`` (and, fused or alone, a
+    good-only model's ``finding``), then to the frame's view: unlike its ``reference``
+    nearly everywhere, or ``blank``."""
+    if detector.card.kind == "anomaly":
+        verdict = judge(detections, recipe, {}, finding)
+    else:
+        verdict = judge(detections, recipe, detector.card.thresholds, finding,
+                        agnostic_iou=detector.card.agnostic_iou)
+    if reference is not None:  # a part the gate passed matched its golden: never here
+        verdict = with_reference_mismatch(verdict, view_mismatch(
+            image, reference.image, max_shift_px=_view_shift(recipe)))
+    return with_blank_view(verdict, blank)
+
+
+def with_finding(done: Inspection, anomaly_model: Detector,
+                 finding: AnomalyFinding | None) -> Inspection:
+    """``done``, a detector's inspection of a frame under a recipe that fuses a good-only
+    model, made with no good-only finding, judged again with ``anomaly_model``'s
+    ``finding`` on the same frame (:func:`anomaly_finding`): the verdict
+    ``inspect(anomaly_model=anomaly_model)`` gives, the detector not run again. A gate
+    judging versions of the good-only partner runs the recipe's detector once per image
+    and fuses each version's finding with its detections. A part the recipe's unchanged
+    gate passed stays passed (inspect runs no model on it; ``finding`` may be None there).
+    The timings are the detector's."""
+    if done.detector.card.kind == "anomaly" or done.anomaly is not None or done.detections is None:
+        raise ValueError("with_finding takes a detector's inspection made with no good-only "
+                         "finding")
+    fused = fused_name(done.detector, anomaly_model)
+    if done.gate is not None and done.gate.unchanged:
+        return replace(done, id=uuid.uuid4().hex, fused_with=fused)
+    if finding is None:
+        raise ValueError("with_finding needs the good-only model's finding on the frame")
+    verdict = _verdict(done.image, done.detector, done.recipe, done.detections, finding,
+                       done.reference, blank_view(done.recipe, done.image, done.reference))
+    return replace(done, id=uuid.uuid4().hex, verdict=verdict.outcome, reasons=verdict.reasons,
+                   defects=verdict.defects, anomaly=finding, fused_with=fused)
 
 
 def _finding(outputs: list[np.ndarray], letterboxes: list[Letterbox], model: Detector,

@@ -9,20 +9,24 @@ golden set without a defective part cannot pass anyone (nothing would be compare
 The arithmetic (:func:`score`, :func:`decide`) is pure, so it is tested on its own;
 :func:`run_gate` feeds it the replay.
 
-A recipe that fuses a good-only model with its detector (``anomaly.model``) judges each
-detector with that partner, as the line would: the partner runs once per image and its
-finding weighs in both verdicts (a part fails on a counted defect OR the anomaly score).
-Without it, a candidate was charged escapes the partner catches on the line, and false
-rejects the partner adds were counted for neither.
+A recipe that fuses a good-only model with its detector (``anomaly.model``) judges as the
+line would, whichever of the two is gated: a part fails on a counted defect OR the anomaly
+score. The other model of the fusion (the gate's ``partner``) runs once per image and is
+shared by both verdicts: gating detectors, the good-only model's finding weighs in each
+detector's; gating versions of the good-only model, the recipe's detector's detections are
+fused with each version's finding. Without it, a candidate was charged escapes its partner
+catches on the line, and false rejects the partner adds were counted for neither.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lineside_inspect.boxes import box_iou
 from lineside_inspect.errors import ConfigError, GoldenSetError, ImageError
 from lineside_inspect.imageio import decode_image
-from lineside_inspect.inspector import anomaly_finding, inspect
+from lineside_inspect.inspector import Inspection, anomaly_finding, inspect, with_finding
 from lineside_inspect.lifecycle.golden import GoldenItem, GoldenLibrary, GoldenManifest
 from lineside_inspect.package import card_digest, default_recipe_name
 from lineside_inspect.recipes import Recipe
@@ -73,10 +77,25 @@ def fused_model(recipe: Recipe) -> tuple[str, str | None] | None:
     return fused.model, fused.model_version
 
 
-def check_partner(recipe: Recipe, partner: Detector | None) -> None:
-    """Refuse (:class:`ConfigError`) judging under ``recipe`` with ``partner`` as its
-    good-only partner when that is not the one the recipe fuses (or none where it fuses
-    one): the gate would count escapes and false rejects of a verdict the line never gets."""
+def gated_as(recipe: Recipe, model: str) -> Literal["model", "partner"]:
+    """How versions of ``model`` are judged under ``recipe``: as the model it judges with
+    (``model``), or as the good-only model it fuses with its detector (``partner``); a
+    recipe that does neither is refused (:class:`ConfigError`)."""
+    if recipe.model == model:
+        return "model"
+    fused = fused_model(recipe)
+    if fused is not None and fused[0] == model:
+        return "partner"
+    raise ConfigError(f"recipe {recipe.name} judges model {recipe.model}, not {model}"
+                      + ("" if fused is None else f", fused with good-only model {fused[0]}"))
+
+
+def check_partner(recipe: Recipe, partner: Detector | None, gated: Sequence[Detector]) -> None:
+    """Refuse (:class:`ConfigError`) judging the ``gated`` versions under ``recipe`` with
+    ``partner`` as the other model of its fusion when that is not the one the line judges
+    them with (or none where the recipe fuses one): the gate would count escapes and false
+    rejects of a verdict the line never gets. Versions of a detector take the good-only
+    model the recipe fuses; versions of that good-only model take the recipe's detector."""
     wants = fused_model(recipe)
     if wants is None:
         if partner is not None:
@@ -85,6 +104,9 @@ def check_partner(recipe: Recipe, partner: Detector | None) -> None:
                               "with it")
         return
     name, version = wants
+    if any(d.card.kind == "anomaly" for d in gated):
+        _check_detector_partner(recipe, name, partner, gated)
+        return
     if partner is None:
         raise ConfigError(f"recipe {recipe.name} fuses good-only model {name} with its "
                           "detector: the gate judges each detector with it, as the line does "
@@ -94,6 +116,28 @@ def check_partner(recipe: Recipe, partner: Detector | None) -> None:
         raise ConfigError(f"recipe {recipe.name} fuses good-only model {name}"
                           f"{'' if version is None else ' ' + version}; {card.kind} model "
                           f"{card.name} {card.version} was given in its place")
+
+
+def _check_detector_partner(recipe: Recipe, name: str, partner: Detector | None,
+                            gated: Sequence[Detector]) -> None:
+    """:func:`check_partner` for versions of the good-only model ``name`` ``recipe`` fuses:
+    each judged with the recipe's detector (the version it pins, if it pins one)."""
+    for d in gated:
+        if d.card.kind != "anomaly" or d.card.name != name:
+            raise ConfigError(f"recipe {recipe.name} fuses good-only model {name} with "
+                              f"detector {recipe.model}: {d.card.kind} model {d.card.name} "
+                              f"{d.card.version} is not a version of {name}")
+    pin = "" if recipe.model_version is None else f" {recipe.model_version}"
+    if partner is None:
+        raise ConfigError(f"recipe {recipe.name} fuses good-only model {name} with detector "
+                          f"{recipe.model}{pin}: the gate judges each version of {name} with "
+                          "that detector, as the line does (give its package)")
+    card = partner.card
+    if (card.name != recipe.model or recipe.model_version not in (None, card.version)
+            or card.kind == "anomaly"):
+        raise ConfigError(f"recipe {recipe.name} fuses good-only model {name} with detector "
+                          f"{recipe.model}{pin}; {card.kind} model {card.name} {card.version} "
+                          "was given in its place")
 
 
 @dataclass(frozen=True)
@@ -182,12 +226,18 @@ class GateReport(_Shape):
         "of those rules as applied (a recipe replaced under the same name has another); None "
         "in reports made before it was kept"))
     fused_with: str | None = Field(None, description=(
-        "the good-only model (name version) the recipe fuses with its detector: run once per "
-        "image, its finding weighed in both verdicts, as the line judges; None when the "
-        "recipe fuses none, and in reports made before a gate fused it (those judged the "
-        "detectors alone)"))
+        "the other model (name version) of the recipe's fusion of a detector with a "
+        "good-only model, run once per image and weighed in both verdicts, as the line "
+        "judges (fused_kind says which it is); None when the recipe fuses none, and in "
+        "reports made before a gate fused it (those judged the detectors alone)"))
+    fused_kind: Literal["anomaly", "detector"] | None = Field(None, description=(
+        "anomaly: fused_with is the good-only model fused with each gated detector version "
+        "(its finding in both verdicts); detector: fused_with is the recipe's detector, the "
+        "gated versions are of its good-only model (its detections fused with each one's "
+        "finding). None in reports made before versions of a good-only model were gated as "
+        "a partner: a fused_with there is a good-only model"))
     fused_card_sha256: str | None = Field(None, description=(
-        "of that good-only model's whole card (graph and thresholds)"))
+        "of that model's whole card (graph and thresholds)"))
     false_reject_allowance: int
     candidate: ModelScore
     against: ModelScore
@@ -258,22 +308,40 @@ def _found(detector: Detector, image: np.ndarray, recipe: Recipe, ref: Reference
            finding: AnomalyFinding | None = None) -> Found:
     result = inspect(image, detector, recipe, reference=ref, anomaly_finding=finding)
     t = result.timings_ms
+    return _found_of(result, t["preprocess"] + t["infer"] + t["postprocess"])
+
+
+def _found_of(result: Inspection, ms: float) -> Found:
     return Found(result.verdict, [(label, float(s), (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
                                   for label, s, b in zip(result.defects.labels, result.defects.scores,
-                                                         result.defects.xyxy, strict=True)],
-                 t["preprocess"] + t["infer"] + t["postprocess"])
+                                                         result.defects.xyxy, strict=True)], ms)
+
+
+def _fused_found(done: Inspection, model: Detector, image: np.ndarray,
+                 recipe: Recipe) -> Found:
+    """Good-only ``model``'s result on ``image`` fused with the detector's inspection
+    ``done`` of it, as the line judges; its time is the good-only model's own."""
+    t0 = time.perf_counter()
+    unchanged = done.gate is not None and done.gate.unchanged  # inspect runs no model there
+    finding = None if unchanged else anomaly_finding(image, model, recipe)
+    result = with_finding(done, model, finding)
+    return _found_of(result, (time.perf_counter() - t0) * 1000)
 
 
 def replay(detectors: list[Detector], library: GoldenLibrary, manifest: GoldenManifest,
            recipe: Recipe, *, max_pixels: int | None = None,
            progress: Callable[[int, int], None] | None = None,
            partner: Detector | None = None) -> list[list[Found]]:
-    """Each detector's results on each item, image by image (each image decoded once and
-    run through every detector in turn, so they see the same machine load). ``partner``:
-    the good-only model ``recipe`` fuses (:func:`check_partner`), run once per image, its
-    finding weighed in every detector's verdict; its time is in no detector's."""
-    check_partner(recipe, partner)
+    """Each model's results on each item, image by image (each image decoded once and
+    run through every model in turn, so they see the same machine load). ``partner``: the
+    other model of the fusion ``recipe`` makes (:func:`check_partner`), run once per image:
+    the good-only model, whose finding weighs in every detector's verdict, or, for
+    versions of that good-only model, the recipe's detector, whose detections are fused
+    with each version's finding. Its time is in no model's."""
+    check_partner(recipe, partner, detectors)
     rules = rules_of(recipe)
+    fixed = partner if partner is not None and partner.card.kind != "anomaly" else None
+    takes_reference = [*detectors, *([] if fixed is None else [fixed])]
     results: list[list[Found]] = [[] for _ in detectors]
     for n, item in enumerate(manifest.items):
         data = library.read(manifest, item)
@@ -281,7 +349,7 @@ def replay(detectors: list[Detector], library: GoldenLibrary, manifest: GoldenMa
         ref = None
         try:  # a set made before items were decoded in full may hold a truncated file
             image = decode_image(data) if max_pixels is None else decode_image(data, max_pixels)
-            if any(d.needs_reference for d in detectors):
+            if any(d.needs_reference for d in takes_reference):
                 if item.reference is None:
                     raise GoldenSetError(
                         f"golden set {manifest.ref}: {item.source} has no reference image, "
@@ -293,9 +361,15 @@ def replay(detectors: list[Detector], library: GoldenLibrary, manifest: GoldenMa
         except ImageError as exc:
             raise GoldenSetError(f"golden set {manifest.ref}: {item.source or item.sha256}: "
                                  f"{what}{exc.message}") from None
-        finding = None if partner is None else anomaly_finding(image, partner, rules)
-        for det, out in zip(detectors, results, strict=True):
-            out.append(_found(det, image, rules, ref if det.needs_reference else None, finding))
+        if fixed is not None:  # versions of its good-only model: the detector runs once
+            done = inspect(image, fixed, rules, reference=ref if fixed.needs_reference else None)
+            for model, out in zip(detectors, results, strict=True):
+                out.append(_fused_found(done, model, image, rules))
+        else:
+            finding = None if partner is None else anomaly_finding(image, partner, rules)
+            for det, out in zip(detectors, results, strict=True):
+                out.append(_found(det, image, rules, ref if det.needs_reference else None,
+                                  finding))
         if progress is not None:
             progress(n + 1, len(manifest.items))
     return results
@@ -305,9 +379,11 @@ def run_gate(candidate: Detector, against: Detector, library: GoldenLibrary,
              manifest: GoldenManifest, recipe: Recipe, *, allowance: int = 0,
              max_pixels: int | None = None, partner: Detector | None = None) -> GateReport:
     """Replay ``manifest`` through ``candidate`` and ``against`` and decide. ``partner``:
-    the good-only model ``recipe`` fuses with its detector (required when it fuses one,
-    refused when it fuses none): both are judged with its finding, as the line would be."""
-    check_partner(recipe, partner)
+    the other model of the fusion ``recipe`` makes of a detector with a good-only model
+    (required when it fuses one, refused when it fuses none): the good-only model for
+    versions of the detector, the detector for versions of the good-only model. Both are
+    judged with it, as the line would be."""
+    check_partner(recipe, partner, (candidate, against))
     if not manifest.items:
         raise GoldenSetError(f"golden set {manifest.ref} is empty")
     for det in (candidate, against):
@@ -329,9 +405,20 @@ def run_gate(candidate: Detector, against: Detector, library: GoldenLibrary,
                          items=len(manifest.items)),
         recipe=recipe.name, recipe_sha256=rules_digest(recipe),
         fused_with=None if partner is None else f"{partner.card.name} {partner.card.version}",
+        fused_kind=None if partner is None else partner.card.kind,
         fused_card_sha256=None if partner is None else card_digest(partner.card),
         false_reject_allowance=allowance, candidate=cs, against=as_,
         disagreements=disagreements(manifest.items, cand, ag))
+
+
+def _fused_note(report: GateReport) -> str:
+    if report.fused_with is None:
+        return ""
+    if report.fused_kind == "detector":
+        return (f", fused with detector {report.fused_with} (run once per image, its "
+                "detections fused with each version's finding; its time in neither latency)")
+    return (f", fused with good-only {report.fused_with} (its finding in both verdicts; "
+            "its time in neither latency)")
 
 
 def _fmt(v: float | None) -> str:
@@ -348,9 +435,7 @@ def format_report(report: GateReport, *, max_rows: int = 50, kept: bool = True) 
         f"({a.precision}) on golden set {g.name}:{g.version} ({g.items} images: "
         f"{a.expected_fail} defective, {a.expected_pass} good; digest {g.digest[:12]}), "
         f"recipe {report.recipe} at each card's thresholds"
-        + ("" if report.fused_with is None else
-           f", fused with good-only {report.fused_with} (its finding in both verdicts; "
-           "its time in neither latency)"),
+        + _fused_note(report),
         "",
         f"| | against {a.version} | candidate {c.version} |",
         "|---|---|---|",

@@ -31,7 +31,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.lifecycle.alarm import Change, FailRateAlarm
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
-from lineside_inspect.lifecycle.gate import GateReport, fused_model, run_gate
+from lineside_inspect.lifecycle.gate import GateReport, fused_model, gated_as, run_gate
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
@@ -158,14 +158,27 @@ class Lifecycle:
         return self._records
 
     # -- the gate -------------------------------------------------------------------------
-    def recipe_for(self, model: str, name: str | None) -> Recipe:
+    def recipe_for(self, model: str, name: str | None, *, as_partner: bool = False) -> Recipe:
         """The named recipe, else the server's default recipe if it judges ``model``, else
-        the first recipe of ``model``, else the active card's own."""
+        the first recipe of ``model``, else the active card's own. ``as_partner``: the
+        named recipe may instead fuse ``model``, a good-only model, with its detector (a
+        gate judges its versions as that detector's partner)."""
         if name is not None:
             recipe = self.registry.recipe(name)
-            if recipe.model != model:  # judged under another model's rules, the watch
-                # counted none of this model's inspections (lifecycle review, session 32)
-                raise ConfigError(f"recipe {name} judges model {recipe.model}, not {model}")
+            if as_partner:
+                gated_as(recipe, model)  # its model, or the good-only model it fuses
+            elif recipe.model != model:
+                # judged under another model's rules, the watch counted none of this
+                # model's inspections (lifecycle review, session 32); nor would it count a
+                # partner's: inspections are stored under the detector that judged them
+                fused = fused_model(recipe)
+                raise ConfigError(
+                    f"recipe {name} judges model {recipe.model}, not {model}"
+                    + ("" if fused is None or fused[0] != model else
+                       f" (it fuses {model} with it: a promotion's watch counts inspections "
+                       f"by the model that judged them, {recipe.model} there; gate {model} "
+                       f"under it, POST /v1/models/{model}/gate with recipe {name}, then "
+                       "activate)"))
             return recipe
         recipes = [r for r in self.registry.recipes() if r.model == model]
         default = self.registry.default_recipe
@@ -177,32 +190,42 @@ class Lifecycle:
     def gate(self, model: str, version: str, *, golden: str, golden_version: int | None = None,
              against: str | None = None, recipe: str | None = None, actor: str) -> GateReport:
         """Replay a golden set through ``version`` and ``against`` (default: the active
-        version), both loaded, each with the good-only model the recipe fuses with its
-        detector (as the line judges); store the report and say so in the audit log."""
+        version), both loaded, each with the other model of the recipe's fusion of a
+        detector with a good-only model (as the line judges): the good-only model for
+        versions of the detector, the recipe's detector for versions of its good-only
+        model (named recipe only); store the report and say so in the audit log."""
         records = self.records
         with contextlib.ExitStack() as held:
             held.enter_context(self.registry.loaded(model, version, against))
-            rule = self.recipe_for(model, recipe)
-            partner = self._partner(rule, held)
+            rule = self.recipe_for(model, recipe, as_partner=True)
+            partner = self._partner(rule, model, held)
             return self._gate(records, model, version, golden=golden,
                               golden_version=golden_version, against=against, rule=rule,
                               partner=partner, actor=actor)
 
-    def _partner(self, rule: Recipe, held: contextlib.ExitStack) -> Detector | None:
-        """The good-only model ``rule`` fuses with its detector, as an inspection under it
-        takes it (the pinned version, else the active one), loaded again if it was unloaded
-        and held loaded for the gate; None when the rule fuses none."""
+    def _partner(self, rule: Recipe, model: str,
+                 held: contextlib.ExitStack) -> Detector | None:
+        """The other model of ``rule``'s fusion for gating versions of ``model``: the
+        good-only model it fuses with its detector, or, when ``model`` is that good-only
+        model, its detector. As an inspection under it takes it (the pinned version, else
+        the active one), loaded again if it was unloaded and held loaded for the gate;
+        None when the rule fuses none."""
         fused = fused_model(rule)
         if fused is None:
             return None
-        name, pinned = fused
+        if gated_as(rule, model) == "partner":
+            name, pinned = rule.model, rule.model_version
+            what = (f"recipe {rule.name} fuses good-only model {model} with detector {name}, "
+                    f"and the gate judges each version of {model} with it as the line does")
+        else:
+            name, pinned = fused
+            what = (f"recipe {rule.name} fuses good-only model {name} with its detector, and "
+                    "the gate judges with it as the line does")
         try:
             held.enter_context(self.registry.loaded(name, pinned))
             partner = self.registry.detector(name, pinned)
         except NotFoundError as exc:
-            raise NotFoundError(f"recipe {rule.name} fuses good-only model {name} with its "
-                                f"detector, and the gate judges with it as the line does: "
-                                f"{exc.message}") from None
+            raise NotFoundError(f"{what}: {exc.message}") from None
         held.enter_context(self.registry.holding(name, partner.card.version))
         return partner
 

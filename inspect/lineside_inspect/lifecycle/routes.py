@@ -94,10 +94,12 @@ async def add_golden(name: str, body: GoldenAdd, request: Request, who: Admin) -
 async def gate(name: str, body: GateRun, request: Request, who: Admin) -> GateReport:
     """Replay a golden set through a candidate version (one unloaded from memory is loaded
     again from its package) and the active one (or
-    ``against``), each at its own card's thresholds under the recipe's rules. The report
-    is stored: a candidate that failed it is refused activation and shadowing unless an
-    admin forces it (``force`` and a ``reason``, recorded). 200 with ``passed`` false for
-    a failed gate; 409 ``busy`` while another gate runs."""
+    ``against``), each at its own card's thresholds under the recipe's rules; under a
+    recipe fusing a detector with a good-only model, each with the other model of the
+    fusion, as the line judges (``fused_with``). The report is stored: a candidate that
+    failed it is refused activation and shadowing unless an admin forces it (``force``
+    and a ``reason``, recorded). 200 with ``passed`` false for a failed gate; 409
+    ``busy`` while another gate runs."""
     lc = lifecycle(request)
     return await _off_loop(lc.gate, name, body.version, golden=body.golden,  # type: ignore[no-any-return]
                            golden_version=body.golden_version, against=body.against,

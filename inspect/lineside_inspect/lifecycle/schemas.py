@@ -50,7 +50,9 @@ class GateRun(_Shape):
                                        description="default: its latest version")
     against: Name | None = Field(None, description="default: the active version")
     recipe: Name | None = Field(None, description=(
-        "whose rules judge both; default: the server's default recipe for this model"))
+        "whose rules judge both; default: the server's default recipe for this model. For a "
+        "good-only model, also a recipe fusing it with a detector: both versions are then "
+        "judged with that detector, as the line judges them"))
 
 
 class Admit(_Shape):
