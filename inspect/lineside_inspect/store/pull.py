@@ -267,6 +267,87 @@ class _Cursor:
         return True
 
 
+class _Placing:
+    """One pull's dataset, placed item by item: the steps a stored inspection goes
+    through whether it was read from a store or fetched from a server. Each path carried
+    its own copy, and the store's lacked the checks the server's had: an image that does
+    not decode or is not its record's size, a golden that is not the one its record
+    names by sha256, went into the set (session 41)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp  # the staging folder (:func:`_staging`)
+        self.records: list[ImageRecord] = []
+        self.refs: dict[str, ImageRecord] = {}  # reference images already in, by name
+        self.classes: list[str] = []
+        self.seen: set[str] = set()
+        self.skipped: list[str] = []  # left out: "id: why"
+        self.unaligned = _Unaligned()
+        # a golden's problem with an item of its size and named sha256 (one serves many)
+        self.goldens: dict[tuple[Path, int, int, str | None], str | None] = {}
+
+    def first(self, inspection_id: str) -> bool:
+        """Whether the inspection is new to this pull (a list's pages may repeat one)."""
+        if inspection_id in self.seen:
+            return False
+        self.seen.add(inspection_id)
+        return True
+
+    def wanted(self, item: dict[str, Any]) -> bool:
+        """Whether ``item`` is worth its images (asked before they are read)."""
+        if unboxed_fail(item):
+            log.info("pull: left out inspection %s: %s", item["id"], UNBOXED)
+            return False
+        return True
+
+    def place(self, item: dict[str, Any], image: Path, golden: Path | None) -> None:
+        """``item``'s record in the dataset, its image staged at ``image`` and its golden
+        (the store's ``refs/<sha256>.<ext>``) at ``golden``; or left out, named."""
+        data = image.read_bytes()
+        problem = _image_problem(item, data) or (
+            self._golden_problem(item, golden) if golden is not None else None)
+        shift = _stored_shift(item) if golden is not None else None
+        if problem is None and golden is not None and shift is not None \
+                and shift != (0.0, 0.0):
+            aligned = _align(item, data, golden.read_bytes(), shift, self.tmp / "aligned")
+            if isinstance(aligned, str):
+                problem = aligned
+            else:  # (the frame as stored: a link to the store's file is never written to)
+                image.unlink()
+                image = aligned
+        if problem is not None:
+            self.skipped.append(f"{item['id']}: {problem}")
+            image.unlink(missing_ok=True)  # (the staging folder holds what goes in)
+            return
+        rec = _record(item, image, image.suffix.lstrip("."), shift)
+        if rec is None:
+            return
+        self.classes += [n for n in item["class_names"] if n not in self.classes]
+        if golden is not None:
+            self.unaligned.note(item, shift)
+            _with_reference(self.records, self.refs, rec, golden)
+        else:
+            self.records.append(rec)
+
+    def _golden_problem(self, item: dict[str, Any], golden: Path) -> str | None:
+        said = (item.get("reference") or {}).get("sha256")
+        key = (golden, item["width"], item["height"], None if said is None else str(said))
+        if key not in self.goldens:
+            data = golden.read_bytes()
+            self.goldens[key] = (_image_problem(item, data, "golden image")
+                                 or _altered(item, data))
+        return self.goldens[key]
+
+    def write(self, origin: str, dst: str | Path, overwrite: bool) -> Dataset:
+        """The dataset written to ``dst``, once what was left out is said."""
+        self.unaligned.say()
+        if self.skipped:
+            log.warning("pull: %d inspection(s) left out, their images broken (or a stored "
+                        "shift out of range): %s%s", len(self.skipped),
+                        "; ".join(self.skipped[:5]), " ..." if len(self.skipped) > 5 else "")
+        return write_dataset(_dataset(self.records, self.classes, origin), dst,
+                             overwrite=overwrite)
+
+
 def _check_dst(dst: str | Path, overwrite: bool) -> None:
     """The destination, refused before the first download as it would be after the last
     (a pull of 2,630 images into a folder it may not replace failed after all of them)."""
@@ -291,13 +372,9 @@ def _stage(source: Path, folder: Path) -> Path | None:
 def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = None,
                     reviewed: bool = True, overwrite: bool = False) -> Dataset:
     _check_dst(dst, overwrite)
-    records: list[ImageRecord] = []
-    refs: dict[str, ImageRecord] = {}
-    classes: list[str] = []
-    seen: set[str] = set()
     cursor = _Cursor()
-    unaligned = _Unaligned()
     with _staging(dst) as tmp:
+        placing = _Placing(Path(tmp))
         while True:
             until, offset = cursor.params()
             _, rows = store.query(review_state="reviewed" if reviewed else None, since=since,
@@ -315,9 +392,8 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
             cursor.advance(timed)
             for row in rows:
                 # a time several rows share may be listed again: each once
-                if row.image_path is None or row.id in seen:
+                if row.image_path is None or not placing.first(row.id):
                     continue
-                seen.add(row.id)
                 try:  # a shared database lists other boxes' inspections: their images are there
                     path = store.image_file(row)
                     ref_path = store.reference_file(row) if row.reference_path else None
@@ -329,8 +405,7 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                 except UnreadableRecord as exc:  # (it stopped the pull with a traceback)
                     log.warning("pull: left out: %s", exc.message)
                     continue
-                if unboxed_fail(item):
-                    log.info("pull: left out inspection %s: %s", row.id, UNBOXED)
+                if not placing.wanted(item):
                     continue
                 staged = _stage(path, Path(tmp))
                 staged_ref = _stage(ref_path, Path(tmp) / REFS_DIR) if ref_path else None
@@ -338,27 +413,8 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                     log.info("pull: skipped inspection %s: its image was removed meanwhile "
                              "(retention)", row.id)
                     continue
-                shift = _stored_shift(item) if staged_ref is not None else None
-                if staged_ref is not None and shift is not None and shift != (0.0, 0.0):
-                    aligned = _align(item, staged.read_bytes(), staged_ref.read_bytes(), shift,
-                                     Path(tmp) / "aligned")
-                    staged.unlink()  # (a link to the store's file: never written to)
-                    if isinstance(aligned, str):
-                        log.warning("pull: left out inspection %s: %s", row.id, aligned)
-                        continue
-                    staged = aligned
-                rec = _record(item, staged, staged.suffix.lstrip("."), shift)
-                if rec is None:
-                    continue
-                classes += [c for c in row.class_names if c not in classes]
-                if staged_ref is not None:
-                    unaligned.note(item, shift)
-                    _with_reference(records, refs, rec, staged_ref)
-                else:
-                    records.append(rec)
-        unaligned.say()
-        return write_dataset(_dataset(records, classes, str(store.data_dir)), dst,
-                             overwrite=overwrite)
+                placing.place(item, staged, staged_ref)
+        return placing.write(str(store.data_dir), dst, overwrite)
 
 
 def _page(url: str, content: bytes) -> InspectionPage:
@@ -493,133 +549,113 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
           reviewed: bool, overwrite: bool) -> Dataset:
     _check_dst(dst, overwrite)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    records: list[ImageRecord] = []
-    refs: dict[str, ImageRecord] = {}
-    classes: list[str] = []
-    seen: set[str] = set()
-    skipped: list[str] = []  # left out: "id: why"
-    unaligned = _Unaligned()
     with _staging(dst) as tmp, \
             httpx.Client(base_url=url, headers={**headers, **IDENTITY}, timeout=60) as c:
-        cursor, listed, first = _Cursor(), 0, None
-        by_offset: int | None = None  # a server of a release before `until`: by offset
-        again = 0  # rows of pages by offset that listed only rows listed before
-        while True:
-            until, offset = (None, by_offset) if by_offset is not None else cursor.params()
-            params: dict[str, Any] = {"limit": PAGE, "offset": offset}
-            if reviewed:
-                params["review_state"] = "reviewed"
-            if since:
-                params["since"] = since.isoformat()
-            if until:
-                params["until"] = until.isoformat()
-            r = _get(c, url, "/v1/inspections", MAX_PAGE_BYTES, params=params)
-            if r.status_code != 200:
-                raise _failed(url, r, "listing inspections")
-            # what another server sends is validated like any input: its ids become file
-            # names here, so they must be inspection ids (32 hex digits) and nothing else
-            page = _page(url, r.content)
-            items = [i.model_dump(mode="json") for i in page.items]
-            if page.left_out:
-                log.warning("pull: %d inspection(s) the server could not read left out "
-                            "(GET /v1/inspections' left_out)", page.left_out)
-            if not items and page.left_out > 0:  # a page of rows that read as none
-                if page.left_out < PAGE:  # a page short of its limit is the list's last
-                    break
-                listed += page.left_out  # (held by the bound below, as any row listed)
-                if listed > _bound(first if first is not None else page.total):
-                    raise ConfigError(f"{url}: the server lists over {listed} inspections "
-                                      "that do not read: not a Lineside server's list")
-                if by_offset is not None:
-                    by_offset += page.left_out
-                else:
-                    cursor.pass_over(page.left_out)
+        placing = _Placing(Path(tmp))
+        for item in _listed(c, url, since=since, reviewed=reviewed):
+            # a review made during the pull moves later items onto the next page
+            if not item["has_image"] or not placing.first(item["id"]) \
+                    or not placing.wanted(item):
                 continue
-            if not items:
-                break
-            if until and any(as_utc(i.created_at) >= until for i in page.items):
-                # it ignored `until` (a page before this one may have been another than
-                # asked for, unseen): from the start again by offset, each item taken once
-                by_offset, cursor = 0, _Cursor()
-                continue
-            # a list that never ends (a hostile server) is cut off (_bound)
-            first = page.total if first is None else first
-            # (a page's total counts the rows up to its time: the first's is the list's)
-            bound = _bound(first)
-            listed += len(items)
-            if not cursor.advance([(as_utc(i.created_at), i.id) for i in page.items]):
-                # by offset, rows added at the top meanwhile send rows listed before again,
-                # as many as were added: carried on while the list's total grew by as many
-                # (else it would never end; a server claiming growth is then held by the
-                # bound below, as one sending new ids is)
-                again += len(items)
-                if by_offset is None or again > page.total - first:
-                    raise ConfigError(f"{url}: the server sent again a page it had sent (it "
-                                      f"ignores offset={offset}?): stopped, it would never "
-                                      "end")
+            if fetched := _fetch(c, url, item, Path(tmp)):
+                placing.place(item, *fetched)
+        return placing.write(url, dst, overwrite)
+
+
+def _listed(c: httpx.Client, url: str, *, since: datetime | None,
+            reviewed: bool) -> Iterator[dict[str, Any]]:
+    """The server's inspections, page by page (:class:`_Cursor`; by offset from a server
+    of a release before ``until``), each as its JSON; the next page is asked for once the
+    items before it were taken. A list that never ends, or sends a page again, is stopped
+    (:func:`_bound`)."""
+    cursor, listed, first = _Cursor(), 0, None
+    by_offset: int | None = None  # a server of a release before `until`: by offset
+    again = 0  # rows of pages by offset that listed only rows listed before
+    while True:
+        until, offset = (None, by_offset) if by_offset is not None else cursor.params()
+        params: dict[str, Any] = {"limit": PAGE, "offset": offset}
+        if reviewed:
+            params["review_state"] = "reviewed"
+        if since:
+            params["since"] = since.isoformat()
+        if until:
+            params["until"] = until.isoformat()
+        r = _get(c, url, "/v1/inspections", MAX_PAGE_BYTES, params=params)
+        if r.status_code != 200:
+            raise _failed(url, r, "listing inspections")
+        # what another server sends is validated like any input: its ids become file
+        # names here, so they must be inspection ids (32 hex digits) and nothing else
+        page = _page(url, r.content)
+        items = [i.model_dump(mode="json") for i in page.items]
+        if page.left_out:
+            log.warning("pull: %d inspection(s) the server could not read left out "
+                        "(GET /v1/inspections' left_out)", page.left_out)
+        if not items and page.left_out > 0:  # a page of rows that read as none
+            if page.left_out < PAGE:  # a page short of its limit is the list's last
+                return
+            listed += page.left_out  # (held by the bound below, as any row listed)
+            if listed > _bound(first if first is not None else page.total):
+                raise ConfigError(f"{url}: the server lists over {listed} inspections "
+                                  "that do not read: not a Lineside server's list")
             if by_offset is not None:
-                by_offset += len(items) + page.left_out
-            if listed > bound:
-                raise ConfigError(f"{url}: the server lists over {bound} inspections though "
-                                  f"it said {first} at first: not a Lineside server's list")
-            for item in items:
-                # a review made during the pull moves later items onto the next page
-                if not item["has_image"] or item["id"] in seen:
-                    continue
-                seen.add(item["id"])
-                if unboxed_fail(item):
-                    log.info("pull: left out inspection %s: %s", item["id"], UNBOXED)
-                    continue
-                img = _get(c, url, f"/v1/inspections/{item['id']}/image", MAX_PULL_IMAGE_BYTES)
-                if img.status_code == 404:  # stored on another box of a shared database
-                    log.info("pull: skipped inspection %s: %s", item["id"], img.text[:200])
-                    continue
-                if img.status_code != 200:
-                    raise _failed(url, img, f"fetching inspection {item['id']}'s image")
-                golden = None
-                if (item.get("reference") or {}).get("has_image"):
-                    got = _get(c, url, f"/v1/inspections/{item['id']}/reference",
-                               MAX_PULL_IMAGE_BYTES)
-                    if got.status_code == 404:
-                        log.info("pull: skipped inspection %s: %s", item["id"], got.text[:200])
-                        continue
-                    if got.status_code != 200:
-                        raise _failed(url, got, f"fetching inspection {item['id']}'s reference")
-                    golden = got
-                if problem := _image_problem(item, img.content) or (
-                        golden and (_image_problem(item, golden.content, "golden image")
-                                    or _altered(item, golden.content))):
-                    skipped.append(f"{item['id']}: {problem}")
-                    continue
-                shift = _stored_shift(item) if golden is not None else None
-                if golden is not None and shift is not None and shift != (0.0, 0.0):
-                    aligned = _align(item, img.content, golden.content, shift,
-                                     Path(tmp) / "aligned")
-                    if isinstance(aligned, str):
-                        skipped.append(f"{item['id']}: {aligned}")
-                        continue
-                    path, ext = aligned, "png"
-                else:
-                    ext = _ext(img.headers.get("content-type", ""))
-                    path = Path(tmp) / f"{item['id']}.{ext}"
-                    path.write_bytes(img.content)
-                rec = _record(item, path, ext, shift)
-                if rec is None:
-                    continue
-                classes += [n for n in item["class_names"] if n not in classes]
-                if golden is not None:
-                    unaligned.note(item, shift)
-                    sha = hashlib.sha256(golden.content).hexdigest()
-                    ref_path = Path(tmp) / REFS_DIR / \
-                        f"{sha}.{_ext(golden.headers.get('content-type', ''))}"
-                    ref_path.parent.mkdir(exist_ok=True)
-                    ref_path.write_bytes(golden.content)
-                    _with_reference(records, refs, rec, ref_path)
-                else:
-                    records.append(rec)
-        unaligned.say()
-        if skipped:
-            log.warning("pull: %d inspection(s) left out, their images broken (or a "
-                        "stored shift out of range): %s%s",
-                        len(skipped), "; ".join(skipped[:5]), " ..." if len(skipped) > 5 else "")
-        return write_dataset(_dataset(records, classes, url), dst, overwrite=overwrite)
+                by_offset += page.left_out
+            else:
+                cursor.pass_over(page.left_out)
+            continue
+        if not items:
+            return
+        if until and any(as_utc(i.created_at) >= until for i in page.items):
+            # it ignored `until` (a page before this one may have been another than
+            # asked for, unseen): from the start again by offset, each item taken once
+            by_offset, cursor = 0, _Cursor()
+            continue
+        # a list that never ends (a hostile server) is cut off (_bound)
+        first = page.total if first is None else first
+        # (a page's total counts the rows up to its time: the first's is the list's)
+        bound = _bound(first)
+        listed += len(items)
+        if not cursor.advance([(as_utc(i.created_at), i.id) for i in page.items]):
+            # by offset, rows added at the top meanwhile send rows listed before again,
+            # as many as were added: carried on while the list's total grew by as many
+            # (else it would never end; a server claiming growth is then held by the
+            # bound below, as one sending new ids is)
+            again += len(items)
+            if by_offset is None or again > page.total - first:
+                raise ConfigError(f"{url}: the server sent again a page it had sent (it "
+                                  f"ignores offset={offset}?): stopped, it would never "
+                                  "end")
+        if by_offset is not None:
+            by_offset += len(items) + page.left_out
+        if listed > bound:
+            raise ConfigError(f"{url}: the server lists over {bound} inspections though "
+                              f"it said {first} at first: not a Lineside server's list")
+        yield from items
+
+
+def _fetch(c: httpx.Client, url: str, item: dict[str, Any],
+           tmp: Path) -> tuple[Path, Path | None] | None:
+    """``item``'s image, and its golden when the server kept one, written to the staging
+    folder ``tmp`` as :meth:`_Placing.place` takes them (the golden under its sha256, as a
+    store keeps it); None when the server has it no more (a shared database's other box)."""
+    img = _get(c, url, f"/v1/inspections/{item['id']}/image", MAX_PULL_IMAGE_BYTES)
+    if img.status_code == 404:  # stored on another box of a shared database
+        log.info("pull: skipped inspection %s: %s", item["id"], img.text[:200])
+        return None
+    if img.status_code != 200:
+        raise _failed(url, img, f"fetching inspection {item['id']}'s image")
+    golden = None
+    if (item.get("reference") or {}).get("has_image"):
+        got = _get(c, url, f"/v1/inspections/{item['id']}/reference", MAX_PULL_IMAGE_BYTES)
+        if got.status_code == 404:
+            log.info("pull: skipped inspection %s: %s", item["id"], got.text[:200])
+            return None
+        if got.status_code != 200:
+            raise _failed(url, got, f"fetching inspection {item['id']}'s reference")
+        sha = hashlib.sha256(got.content).hexdigest()
+        golden = tmp / REFS_DIR / f"{sha}.{_ext(got.headers.get('content-type', ''))}"
+        if not golden.exists():  # (named by its content: one many inspections share)
+            golden.parent.mkdir(exist_ok=True)
+            golden.write_bytes(got.content)
+    path = tmp / f"{item['id']}.{_ext(img.headers.get('content-type', ''))}"
+    path.write_bytes(img.content)
+    return path, golden
