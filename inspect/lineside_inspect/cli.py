@@ -1168,7 +1168,13 @@ def gate_cmd(
     its package): versions of the detector with the good-only model, versions of the
     good-only model with the detector. The report is printed, not kept: a server's
     require_gate needs its own gate (POST /v1/models/NAME/gate)."""
-    from lineside_inspect.lifecycle.gate import check_partner, format_report, gated_as, run_gate
+    from lineside_inspect.lifecycle.gate import (
+        check_partner,
+        format_report,
+        fused_model,
+        gated_as,
+        run_gate,
+    )
     from lineside_inspect.lifecycle.golden import GoldenLibrary
     from lineside_inspect.package import card_digest
     from lineside_inspect.recipes import card_recipe, check_card_recipe, load_recipe
@@ -1199,7 +1205,20 @@ def gate_cmd(
         rule = card_recipe(partner.card)  # the detector's: the recipe its station judges by
     else:
         rule = card_recipe(active.card)
+    if recipe is None and partner is not None and fused_model(rule) is None:
+        # the card recipe taken without --recipe fuses nothing: say so, not only that
+        # --fused-with was given (or that the recipe judges another model)
+        raise ConfigError(f"recipe {rule.name}, the card recipe of {rule.model} (no --recipe "
+                          f"given), fuses no good-only model with a detector: --fused-with "
+                          f"{partner.card.name} {partner.card.version} has nothing to be "
+                          "fused with; give the recipe that fuses the two with --recipe")
     as_partner = gated_as(rule, cand.card.name) == "partner"  # as the server's gate refuses it
+    if recipe is not None and not as_partner:
+        # a recipe the server refuses to put (a good-only model fusing another, a
+        # detector's anomaly section naming no model...) is refused here in its words: it
+        # was asked for the partner's package, then called the good-only model a detector.
+        # The kind of the model it fuses is check_partner's (below)
+        rule.check_models(cand.card.kind, cand.class_names, "anomaly")
     if partner is None and rule.anomaly is not None and rule.anomaly.model is not None:
         raise ConfigError(
             f"recipe {rule.name} fuses good-only model {rule.anomaly.model} with "

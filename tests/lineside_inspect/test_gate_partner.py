@@ -238,3 +238,35 @@ def test_the_gate_command_takes_the_detector_for_a_good_only_version(
     got = json.loads(r.output)
     assert (got["recipe"], got["fused_with"], got["fused_kind"]) == (
         "deeppcb-default", "deeppcb fusing", "detector")
+
+
+def test_the_gate_command_refuses_a_recipe_the_server_refuses_in_its_words(
+        parts: dict[str, Any], tmp_path: Path) -> None:
+    """A recipe file whose good-only model fuses another (the server refuses putting it)
+    was taken as a fusion: the command asked for the partner's package, then called the
+    good-only model a detector. A card recipe taken without --recipe that fuses nothing
+    said only that it judged another model (session 41 gate review)."""
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+
+    _golden(tmp_path / "golden")
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump({"name": "own", "model": "board-good",
+                                   "anomaly": {"model": "board-good"}}))
+    base = ["gate", str(parts["lenient"]), "--against", str(parts["strict"]), "--golden", "g",
+            "--data-dir", str(tmp_path), "--threads", "1"]
+    cli = CliRunner()
+    for extra in ([], ["--fused-with", str(parts["strict"])], ["--fused-with", str(MODEL)]):
+        r = cli.invoke(app, [*base, "--recipe", str(own), *extra])
+        said = " ".join(r.output.split())
+        assert r.exit_code == 2, said
+        assert "model board-good is itself an anomaly model: leave out anomaly.model" in said
+        assert "Traceback" not in said and "detector board-good" not in said
+    # no --recipe: the --fused-with detector's card recipe fuses nothing, and says so
+    r = cli.invoke(app, [*base, "--fused-with", str(MODEL)])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2, said
+    assert ("recipe deeppcb-default, the card recipe of deeppcb (no --recipe given), fuses "
+            "no good-only model with a detector: --fused-with deeppcb 1 has nothing to be "
+            "fused with; give the recipe that fuses the two with --recipe") in said
