@@ -371,6 +371,68 @@ def test_a_rollback_goes_back_to_a_version_whose_failure_was_cleared(tmp_path: P
         store.close()
 
 
+def test_a_failure_judged_with_one_partner_is_not_cleared_by_a_pass_with_another(
+        tmp_path: Path) -> None:
+    """Under a recipe that fuses a good-only partner, 2 failed its gate with partner card
+    P1 (its escapes), then passed with a partner card P2 that flags every part (the same
+    recipe name, so the same rules digest): the pass cleared the failure and 2 could go active,
+    its escapes hidden by the partner (review, session 41). A pass with
+    the partner that judged the failure clears it."""
+    import json
+    import shutil
+    import uuid
+
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.errors import GateRefused
+    from lineside_inspect.package import card_digest
+    from lineside_inspect.store.models import GateReportRow
+
+    lc, registry, store = _lifecycle(tmp_path)
+    folder = tmp_path / "deeppcb" / "2"
+    shutil.copytree(MODEL, folder)
+    doc = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**doc, "version": "2"}))
+    registry.load_model(folder, activate=False)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    c = registry.detector("deeppcb", "2").card
+    a = registry.detector("deeppcb", "1").card
+
+    def gate(passed: bool, minutes: int, partner: str | None) -> None:
+        with Session(store.engine) as s, s.begin():
+            s.add(GateReportRow(
+                id=uuid.uuid4().hex[:32], created_at=start + timedelta(minutes=minutes),
+                box_id=store.box_id, actor="admin", model_name="deeppcb",
+                candidate_version="2", candidate_sha256=c.sha256,
+                against_version="1", against_sha256=a.sha256, golden_name="g",
+                golden_version=1, golden_digest="d", passed=passed,
+                report={"candidate": {"card_sha256": card_digest(c)},
+                        "against": {"card_sha256": card_digest(a)}, "recipe_sha256": "r1",
+                        "fused_with": "board-good 1", "fused_card_sha256": partner,
+                        "reasons": [] if passed else ["1 new escape(s)"]}))
+
+    try:
+        gate(False, 0, "P1")
+        gate(True, 5, "P2")  # another partner card: the failure stands
+        with pytest.raises(GateRefused, match="deeppcb 2 failed its gate"):
+            lc.activate("deeppcb", "2", actor="admin")
+        assert registry.models()["deeppcb"].active == "1"
+        gate(True, 10, "P1")  # the partner that judged the failure: cleared
+        lc.activate("deeppcb", "2", actor="admin")
+        assert registry.models()["deeppcb"].active == "2"
+        lc.activate("deeppcb", "1", actor="admin")
+        # a failure naming no partner (a release whose gates took none) is cleared by a
+        # pass with one, as before: nothing else could clear it
+        gate(False, 15, None)
+        with pytest.raises(GateRefused, match="deeppcb 2 failed its gate"):
+            lc.activate("deeppcb", "2", actor="admin")
+        gate(True, 20, "P2")
+        lc.activate("deeppcb", "2", actor="admin")
+        assert registry.models()["deeppcb"].active == "2"
+    finally:
+        store.close()
+
+
 def test_a_card_recipe_that_cannot_serve_now_leaves_the_old_one(tmp_path: Path) -> None:
     """Version 2's card recipe fuses a good-only model that is not loaded: put with the
     activation unchecked, every inspection on the default recipe was a 404 (review,

@@ -311,7 +311,8 @@ class Lifecycle:
         a pass against another version says nothing about replacing this one. Every
         failure (against whichever version) stands until a later pass against the active
         version on the same golden set (that version or a newer one) under the same
-        recipe: a pass on a set or under a recipe chosen to be easy does not clear it, nor
+        recipe, fused with the same partner card when the recipe fuses one: a pass on a
+        set, under a recipe or with a partner chosen to be easy does not clear it, nor
         does making another version active."""
         card = det.card
         mine = card_digest(card)
@@ -331,6 +332,12 @@ class Lifecycle:
                           # the same rules, not only the same name: a recipe can be replaced
                           and p.report.get("recipe_sha256") is not None
                           and p.report.get("recipe_sha256") == failed.report.get("recipe_sha256")
+                          # judged with the partner card that judged the failure: one that
+                          # flags every part passes any detector, hiding the escapes that
+                          # failed it (a failure naming none: fused with nothing, or judged
+                          # before gates took the partner, session 41)
+                          and failed.report.get("fused_card_sha256") in (
+                              None, p.report.get("fused_card_sha256"))
                           for p in clearing)
             if not cleared:
                 return None, failed, ""
