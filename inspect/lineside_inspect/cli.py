@@ -192,7 +192,12 @@ def data_validate(
     """Check a dataset: every problem with its file and line or field, and exact or near
     duplicate images (a problem when copies sit on both sides of a split)."""
     from lineside_inspect.dataset.duplicates import DuplicateGroup
-    from lineside_inspect.dataset.validate import check_dir, dedupe_dir, unlisted_images
+    from lineside_inspect.dataset.validate import (
+        check_dir,
+        dedupe_dir,
+        duplicate_warnings,
+        unlisted_warning,
+    )
 
     said: set[str] = set()  # images of groups --dedupe left whole, reported once
     if dedupe:
@@ -210,20 +215,13 @@ def data_validate(
             err.print(f"left whole: {left.describe()} (no copy's labels stand for the "
                       f"others'{but})", highlight=False, markup=False)
     report = check_dir(root)
-    for group in report.duplicates:
-        # copies across the split, and byte-identical copies labelled differently, are
-        # problems listed below with their remedy
-        if group.across_splits or group.mislabelled:
-            continue
-        if all(r.file_name in said for r in group.members):
-            continue  # said above: left whole
-        keeps = "--dedupe leaves it whole" if group.labels_differ else "--dedupe keeps one"
-        err.print(f"warning: {group.describe()} ({keeps})", highlight=False, markup=False)
-    unlisted = unlisted_images(root, report.dataset)
-    if unlisted:
-        err.print(f"warning: {len(unlisted)} image file(s) under images/ are not in "
-                  f"annotations.json, so training never sees them, e.g. {unlisted[0]!r} (import "
-                  "them with their labels: lineside data import)", highlight=False, markup=False)
+    # copies across the split, and byte-identical copies labelled differently, are
+    # problems listed below with their remedy; lineside train says these warnings too
+    warnings = duplicate_warnings(report.duplicates, said)
+    if (unlisted := unlisted_warning(root, report.dataset)) is not None:
+        warnings.append(unlisted)
+    for line in warnings:
+        err.print(f"warning: {line}", highlight=False, markup=False)
     if report.problems:
         raise DatasetError(f"{root}: {len(report.problems)} problem(s)", report.problems)
     out.print(f"{root}: valid")
@@ -429,7 +427,8 @@ def train_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run's last.pt")] = False,
     time: Annotated[str | None, typer.Option(
-        "--time", help="train to this budget (30m, 90s, 1h): the schedule is fitted to it")] = None,
+        "--time", help=("train to this budget (30m, 90s, 1h, 1h30m; a bare number is "
+                        "minutes): the schedule is fitted to it"))] = None,
     threads: Annotated[int | None, typer.Option(min=1, help=(
         "torch threads (default: the cores the load average leaves free)"))] = None,
 ) -> None:
@@ -521,7 +520,8 @@ def calibrate_cmd(
     split: Annotated[str, typer.Option(help="run or package: the split to calibrate on")] = "val",
     folds: Annotated[int | None, typer.Option(help="config: K fold models, by group")] = None,
     time: Annotated[str | None, typer.Option(
-        "--time", help="config: the folds' training budget in all (30m, 1h)")] = None,
+        "--time", help=("config: the folds' training budget in all (30m, 1h; a bare "
+                        "number is minutes)"))] = None,
     target_escape: Annotated[float, typer.Option(callback=_escape_rate, help=(
         "escape-rate allowance (0 to under 1)"))] = 0.005,
     objective: Annotated[str, typer.Option(help="f (defect F) | rejects (fewest false rejects)")] = "f",
@@ -577,9 +577,13 @@ def calibrate_cmd(
     g = c.get("global_threshold")
     f = "n/a" if p["f"] is None else f"{p['f']:.4f}"
     allowed = c.get("allowed_escapes")
-    escapes = f"escapes {c['escapes']}" + ("" if allowed is None else f" (allowed {allowed})")
-    rejects = (f"false rejects {c['false_rejects']}" if c.get("good_images", 1) else
-               "false rejects n/a (no good images)")
+    # null where not measurable (no good images; a package calibrated before session 41
+    # has 0 there and its good_images says why)
+    none = not c.get("good_images", 1)
+    escapes = ("escapes n/a" if c.get("escapes") is None or none else f"escapes {c['escapes']}"
+               + ("" if allowed is None else f" (allowed {allowed})"))
+    rejects = ("false rejects n/a (no good images)" if none or c.get("false_rejects") is None
+               else f"false rejects {c['false_rejects']}")
     out.print(f"global threshold {'n/a' if g is None else f'{g:.4f}'}  DeepPCB-protocol F {f}  "
               f"precision {p['precision'] or 0:.4f}  recall {p['recall'] or 0:.4f}  {escapes}  "
               f"{rejects}")

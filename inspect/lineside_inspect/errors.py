@@ -278,13 +278,13 @@ def _finite(value: object) -> bool:
         return True  # not a number at all: the bound's own words stand
 
 
-def _model_of(annotation: Any) -> Any:
+def model_of(annotation: Any) -> Any:
     """The pydantic model a field's annotation holds (itself, or inside ``X | None``,
     ``list[X]``, ``dict[str, X]``), else None."""
     if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
         return annotation
     for arg in typing.get_args(annotation):
-        if (found := _model_of(arg)) is not None:
+        if (found := model_of(arg)) is not None:
             return found
     return None
 
@@ -301,7 +301,7 @@ def unknown_key_hint(schema: Any, loc: tuple[Any, ...]) -> str:
         field = getattr(model, "model_fields", {}).get(str(part))
         if field is None:
             return ""  # a mapping's key or a union member's tag: no model to name keys from
-        model = _model_of(field.annotation)
+        model = model_of(field.annotation)
     fields = getattr(model, "model_fields", None)
     if not fields or not loc:
         return ""

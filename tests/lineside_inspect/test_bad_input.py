@@ -275,3 +275,26 @@ def test_a_value_the_database_refuses_is_422_not_500(launch, monkeypatch: pytest
         monkeypatch.undo()
         assert r.status_code == 500 and r.json()["code"] == "internal_error"
         assert "character(64)" not in r.text
+
+
+def test_a_misspelt_key_of_a_json_body_names_the_keys_meant(srv) -> None:
+    """A ``PUT /v1/recipes`` body with ``min_size_pix`` said only "Extra inputs are not
+    permitted", where the same recipe as a file named the key meant (session 41); nested
+    keys and other routes' bodies too. The hint names the schema's keys only, as text in
+    JSON: a key of markup is not echoed back in it."""
+    with httpx.Client(base_url=srv.url, headers=ADMIN, timeout=60) as c:
+        recipe = {"name": "x", "model": "deeppcb", "min_size_pix": 4,
+                  "anomaly": {"treshold": 0.5}, "<b>critcal</b>": []}
+        r = c.put("/v1/recipes/x", json=recipe)
+        err = _assert_clean_4xx(r, "invalid_request")
+        assert r.status_code == 422 and r.headers["content-type"] == "application/json"
+        assert "body.min_size_pix: Extra inputs are not permitted (no such key; did you mean " \
+            "min_size_px or min_size_mm?)" in err["message"]
+        assert "body.anomaly.treshold: Extra inputs are not permitted (no such key; did you " \
+            "mean threshold?)" in err["message"]
+        assert "body.<b>critcal</b>: Extra inputs are not permitted (no such key; did you " \
+            "mean critical?)" in err["message"]
+        r = c.post("/v1/inspections/1/reviews", json={"actoin": "confirm"})
+        err = _assert_clean_4xx(r, "invalid_request")
+        assert "body.actoin: Extra inputs are not permitted (no such key; did you mean " \
+            "action?)" in err["message"]

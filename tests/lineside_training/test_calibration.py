@@ -77,7 +77,8 @@ def test_a_sweep_scores_like_each_threshold_alone() -> None:
 
 def _open_short_set() -> tuple[list[ImageRecord], list[Prediction]]:
     """60 open defects found at 0.9, each with a false open at 0.6 beside it; 40 short
-    defects found only at 0.35; 5 spur defects found at 0.8 (in this order).
+    defects found only at 0.35; 5 spur defects found at 0.8 (in this order); last, a good
+    part that raises no alarm (without one, escapes and false rejects are not counted).
 
     One threshold for all: <= 0.35 keeps everything (F 2*105/(105+165) = 0.778); above
     0.35 loses the shorts. Open's own threshold above 0.6 drops its 60 false alarms."""
@@ -91,6 +92,8 @@ def _open_short_set() -> tuple[list[ImageRecord], list[Prediction]]:
     for i in range(5):
         records.append(_rec(f"p{i}", [(10, 10, 20, 20, "spur")]))
         preds.append(_pred([(10, 10, 20, 20, 0.8, 2)]))
+    records.append(_rec("good", []))
+    preds.append(_pred([]))
     return records, preds
 
 
@@ -117,11 +120,29 @@ def test_global_threshold_then_shrunk_offsets_by_support() -> None:
     assert c["pairs"]["f"] >= glob["f"]
 
 
+def test_without_good_images_no_escape_or_false_reject_is_counted() -> None:
+    """thresholds.json said ``escapes: 0, false_rejects: 0`` for a set with no good images,
+    where the card calls both rates not measurable: counts that read as results (new-user
+    review, session 41). They are null there, and the reason is recorded."""
+    records, preds = _open_short_set()
+    counted = calibrate_f(records, preds, CLASSES, target_escape=0.0)
+    assert (counted["escapes"], counted["false_rejects"], counted["good_images"]) == (0, 0, 1)
+    assert counted["not_measurable"] == {}
+    c = calibrate_f(records[:-1], preds[:-1], CLASSES, target_escape=0.0)
+    assert c["good_images"] == 0 and c["escapes"] is None and c["false_rejects"] is None
+    assert "no good" in c["not_measurable"]["false_reject_rate"]
+    assert c["thresholds"] == counted["thresholds"]  # chosen alike: only the counts differ
+    # a model that finds nothing takes the fewest-alarms rule: the same there
+    blind = [_pred([(60, 60, 70, 70, 0.3, 0)]) for _ in records[:-1]]
+    c = calibrate_f(records[:-1], blind, CLASSES)
+    assert "F cannot choose" in c["method"] and (c["escapes"], c["false_rejects"]) == (None, None)
+
+
 def test_escape_allowance_comes_before_f() -> None:
     # 60 open defects at 0.9 with a false open at 0.6 each; 4 shorts found only at 0.35:
     # F is best above 0.6 (2*60/(60+64) = 0.968), where the 4 shorts escape
     records, preds = _open_short_set()
-    records, preds = records[:64], preds[:64]
+    records, preds = records[:64] + records[-1:], preds[:64] + preds[-1:]
     best = best_global(records, preds, CLASSES)
     assert 0.6 < best["threshold"] <= 0.9 and best["pairs"]["f"] == pytest.approx(120 / 124)
     strict = calibrate_f(records, preds, CLASSES, target_escape=0.0)

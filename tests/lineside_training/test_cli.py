@@ -105,6 +105,15 @@ def test_train_help_names_the_extra_and_the_budget() -> None:
     assert r.exit_code == 0
     assert "needs lineside[train]" in r.stdout  # not eaten as console markup
     assert "--time" in r.stdout
+    # a bare number is minutes, and the help says so, as the parser reads it (session 41)
+    said = " ".join(r.stdout.replace("│", " ").split())
+    assert "(30m, 90s, 1h, 1h30m; a bare number is minutes)" in said
+    from lineside_training.commands import load_config
+
+    for given, budget in (("3", "180s"), ("1h30m", "5400s"), ("90s", "90s")):
+        assert load_config(None, None, data=str(SAMPLE), time_budget=given).time_budget == budget
+    r = runner.invoke(app, ["calibrate", "--help"], env={"COLUMNS": "120"})
+    assert "a bare number is minutes" in " ".join(r.stdout.replace("│", " ").split())
 
 
 def test_bench_train_without_crop_says_so() -> None:
@@ -152,9 +161,74 @@ def test_calibrate_says_what_a_split_cannot_measure(tiny_run: Path, tmp_path: Pa
     r = runner.invoke(app, ["calibrate", str(tiny_run), "--data",
                             str(_sample_without(tmp_path, good=True)), "--split", "val"])
     assert r.exit_code == 2 and "has no defective images (boxes)" in r.stderr, r.stderr
-    r = runner.invoke(app, ["calibrate", str(tiny_run), "--data",
-                            str(_sample_without(tmp_path, good=False)), "--split", "val"])
-    assert r.exit_code == 0, r.stderr
-    assert "false rejects n/a (no good images)" in r.stdout
-    assert "no good images in this split" in r.stdout and "None" not in r.stdout
+    no_good = _sample_without(tmp_path, good=False)
+    for objective in ("f", "rejects"):
+        out = tmp_path / f"cal-{objective}"
+        r = runner.invoke(app, ["calibrate", str(tiny_run), "--data", str(no_good), "--split",
+                                "val", "--objective", objective, "--out", str(out)])
+        assert r.exit_code == 0, r.stderr
+        assert "escapes n/a" in r.stdout and "false rejects n/a (no good images)" in r.stdout
+        assert "no good images in this split" in r.stdout and "None" not in r.stdout
+        # what thresholds.json would hold: no count where none can be made (a 0 there
+        # read as a result; session 41)
+        calib = json.loads((out / "calibration.json").read_text())
+        assert calib["escapes"] is None and calib["false_rejects"] is None, calib
     assert (kept.read_bytes() if kept.exists() else None) == saved  # nothing --write
+
+
+def _copy_of_a_train_image(data: Path, *, boxes: list[dict[str, object]]) -> str:
+    """Add a byte-identical copy of the sample's first defective train image to ``data``
+    (a copy of the sample), in train, with ``boxes``; returns the image's file name."""
+    doc = json.loads((data / "annotations.json").read_text())
+    image = next(i for i in doc["images"] if i.get("split") == "train" and "reference" in i)
+    copy = {**image, "id": max(i["id"] for i in doc["images"]) + 1,
+            "file_name": image["file_name"].replace(".jpg", "_copy.jpg")}
+    doc["images"].append(copy)
+    next_id = max(a["id"] for a in doc["annotations"]) + 1
+    doc["annotations"] += [{**b, "id": next_id + k, "image_id": copy["id"]}
+                           for k, b in enumerate(boxes)]
+    (data / "annotations.json").write_text(json.dumps(doc))
+    images = data / "images"
+    (images / copy["file_name"]).write_bytes((images / image["file_name"]).read_bytes())
+    return str(image["file_name"])
+
+
+def test_train_refuses_a_set_validate_refuses_and_warns_as_it_warns(tmp_path: Path) -> None:
+    """Two byte-identical copies of one picture labelled two ways: 'data validate' refused
+    the set, 'train' trained on it without a word (new-user review, session 41). Train
+    now runs validate's checks that decode no pixels, refuses what it refuses and warns
+    of what it warns of (the log says data_warnings' lines)."""
+    import shutil
+
+    data = tmp_path / "set"
+    shutil.copytree(SAMPLE, data)
+    first = _copy_of_a_train_image(data, boxes=[])  # the copy says good: one is mislabelled
+    r = runner.invoke(app, ["data", "validate", str(data)])
+    assert r.exit_code == 2 and "one of them is mislabelled" in r.stderr
+    args = ["train", "--data", str(data), "--epochs", "1", "--name", "dup", "--device", "cpu",
+            "--set", "max_steps_per_epoch=1", "--set", "crop_size=128", "--set", "batch_size=4",
+            "--set", f"out_dir={tmp_path / 'runs'}"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert f"'lineside data validate {data}' refuses too: nothing was trained" in r.stderr
+    assert "copies of one picture in one split, labelled differently" in r.stderr
+    assert f"'{first}' (train)" in r.stderr and "one of them is mislabelled" in r.stderr
+    assert "Traceback" not in r.output and not (tmp_path / "runs").exists()
+    # labelled alike, the copy is a warning in both, and in the run's log
+    shutil.rmtree(data)
+    shutil.copytree(SAMPLE, data)
+    doc = json.loads((SAMPLE / "annotations.json").read_text())
+    image = next(i for i in doc["images"] if i.get("split") == "train" and "reference" in i)
+    boxes = [a for a in doc["annotations"] if a["image_id"] == image["id"]]
+    _copy_of_a_train_image(data, boxes=boxes)
+    (data / "images" / "stray.jpg").write_bytes((data / "images" / first).read_bytes())
+    r = runner.invoke(app, ["data", "validate", str(data)])
+    assert r.exit_code == 0, r.output
+    said = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(said) == 2 and "(lineside data validate --dedupe keeps one)" in said[0]
+    assert "not in annotations.json" in said[1]
+    from lineside_training.config import load_config
+    from lineside_training.engine import data_warnings, load_data
+
+    warned = data_warnings(load_data(load_config(None, None, data=str(data))))
+    assert warned[:2] == [f"{data}: {line.removeprefix('warning: ')}" for line in said]

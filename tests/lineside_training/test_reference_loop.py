@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lineside_inspect.dataset import read_dataset, save_annotations, split_dataset, validate_dir
-from lineside_inspect.errors import ReferenceImageError
+from lineside_inspect.dataset.duplicates import exact_groups
+from lineside_inspect.errors import DatasetError, ReferenceImageError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.opencv import cv2
 from lineside_inspect.runtime.detector import Detector
@@ -149,5 +150,15 @@ def test_serve_review_pull_train(ref_package: Path, tmp_path: Path) -> None:
     save_annotations(ds)
     cfg = tiny_config(tmp_path / "runs", data=str(pulled), epochs=1, max_steps_per_epoch=2,
                       eval_every=1, reference=True, extra_data=[str(SAMPLE)])
+    # and train refuses it as validate does (session 41): the copy merely confirmed goes
+    with pytest.raises(DatasetError, match=r"'lineside data validate .*' refuses too") as refused:
+        train(cfg, quiet=True)
+    [problem] = refused.value.problems
+    assert "mislabelled" in problem.message and problem.subject == conflict.subject
+    [group] = exact_groups(ds)
+    right = max(group.members, key=lambda r: len(r.boxes))  # the missed defect added
+    wrong = {r.file_name for r in group.members if r is not right}
+    ds.images = [r for r in ds.images if r.file_name not in wrong]
+    save_annotations(ds)
     run = train(cfg, quiet=True)
     assert (run / "last.pt").is_file()

@@ -52,7 +52,8 @@ def parse_duration(text: str | float | int) -> float:
                 all(u for _, u in _DURATION.findall(s)):
             seconds = sum(float(n) * _UNIT_S[u.lower()] for n, u in _DURATION.findall(s))
         else:
-            raise ValueError(f"{text!r} is not a duration: write e.g. 30m, 90s, 1h or 1h30m")
+            raise ValueError(f"{text!r} is not a duration: write e.g. 30m, 90s, 1h or 1h30m "
+                             "(a bare number is minutes)")
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"{text!r}: a time budget must be positive")
     return seconds

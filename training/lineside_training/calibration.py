@@ -145,14 +145,25 @@ def calibrate_f(
                         "applied": float(chosen[i] - base[i])}
                     for i, n in enumerate(class_names)},
         "pairs": table.counts(thr).as_dict(),
-        "escapes": q["escapes"],
-        "false_rejects": q["false_rejects"],
+        # null where the rate is not measurable (no good images: no false reject can be
+        # counted, nor an escape, see quality.NO_GOOD): a 0 there read as a result
+        # (new-user review, session 41)
+        **measured_counts(q),
+        "not_measurable": q["not_measurable"],
         "allowed_escapes": allowed,
         "images": len(records),
         # none: false rejects cannot be counted, nor escapes traded against them (the
         # commands say "n/a", as they do for a run or a package)
         "good_images": good_count(records),
     }
+
+
+def measured_counts(q: dict[str, Any]) -> dict[str, int | None]:
+    """``escapes`` and ``false_rejects`` of :func:`quality_metrics`' figures, each None
+    where its rate is not measurable (``q["not_measurable"]``)."""
+    gone = q.get("not_measurable", {})
+    return {"escapes": None if "escape_rate" in gone else q["escapes"],
+            "false_rejects": None if "false_reject_rate" in gone else q["false_rejects"]}
 
 
 def good_count(records: list[ImageRecord]) -> int:

@@ -28,6 +28,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
+from lineside_inspect.dataset.validate import duplicate_warnings, quick_check, unlisted_warning
 from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_inspect.package import sha256_file
 from lineside_training.budget import Budget, SchedulePlan, fitted_ema, format_duration, parse_duration
@@ -67,6 +68,9 @@ class TrainData:
     train: list[ImageRecord]
     val: list[ImageRecord]
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    # what 'lineside data validate' warns of in the sets (copies within a split, images
+    # annotations.json does not list): said in the log with data_warnings
+    set_warnings: list[str] = field(default_factory=list)
 
 
 def load_data(cfg: TrainConfig) -> TrainData:
@@ -80,8 +84,9 @@ def load_data(cfg: TrainConfig) -> TrainData:
     if not any(r.split for r in dataset.images):
         raise ConfigError(f"{cfg.data}: no split assigned; run 'lineside data split {cfg.data}'")
     train = dataset.in_split("train")
+    warnings = _check_set(cfg.data, dataset)
     held: dict[str, int] = {}  # per merged set: its val/test images, which stay held out
-    merged = _merge(cfg, dataset, class_names, train, held) if cfg.extra_data else {}
+    merged = _merge(cfg, dataset, class_names, train, held, warnings) if cfg.extra_data else {}
     val = dataset.in_split("val")
     if not train or not val:
         raise ConfigError(f"{cfg.data}: needs both train and val images "
@@ -95,13 +100,33 @@ def load_data(cfg: TrainConfig) -> TrainData:
           "train_images": len(train), "val_images": len(val), "extra_held_out": held,
           "extra_duplicates": merged,
           "source": dataset.info.get("source"), "licence": dataset.info.get("licence")}
-    return TrainData(dataset, class_names, train, val, fp)
+    return TrainData(dataset, class_names, train, val, fp, warnings)
+
+
+def _check_set(name: str | Path, dataset: Dataset) -> list[str]:
+    """Refuse a set that ``lineside data validate`` refuses, by its checks that decode no
+    pixels (:func:`lineside_inspect.dataset.validate.quick_check`): train trained without a
+    word on copies of one picture labelled two ways (new-user review, session 41). Returns
+    what validate warns of, for the log."""
+    report = quick_check(dataset)
+    if report.problems:
+        raise DatasetError(
+            f"{name}: {len(report.problems)} problem(s) that 'lineside data validate {name}' "
+            "refuses too: nothing was trained; each says its remedy (copies of one picture "
+            "labelled two ways: fix the wrong labels; copies on both sides of the split: "
+            "'lineside data validate --dedupe' or 'lineside data split')", report.problems)
+    warnings = duplicate_warnings(report.duplicates)
+    if dataset.root is not None and (unlisted := unlisted_warning(dataset.root, dataset)):
+        warnings.append(unlisted)
+    return [f"{name}: {w}" for w in warnings]
 
 
 def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
-           train: list[ImageRecord], held: dict[str, int]) -> dict[str, dict[str, int]]:
+           train: list[ImageRecord], held: dict[str, int],
+           warnings: list[str]) -> dict[str, dict[str, int]]:
     """Add the ``extra_data`` sets' train (and unsplit) images to ``train``; count their
-    val/test ones in ``held``. The set itself, or a set given twice, is refused. Images
+    val/test ones in ``held``; each set is checked as the main one (:func:`_check_set`),
+    its warnings added to ``warnings``. The set itself, or a set given twice, is refused. Images
     are also compared by content (third review): per set, how many are in train already
     (a copy: trained on twice) and how many are parts the main set's val/test judges (a
     re-split copy leaked all of its val images into train), which the log warns of."""
@@ -130,6 +155,7 @@ def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
                                  ", merged already") + "; merge other sets only, each once")
         given[where] = str(extra)
         other = read_dataset(extra)
+        warnings.extend(_check_set(extra, other))
         for name in other.categories:
             if name not in class_names:
                 raise ConfigError(f"{extra}: class {name!r} is not in {cfg.data}'s classes")
@@ -160,7 +186,7 @@ def data_warnings(data: TrainData, input_size: int | None = None) -> list[str]:
     for rec in data.train:
         for box in rec.boxes:
             counts[box.label] = counts.get(box.label, 0) + 1
-    lines = []
+    lines = list(data.set_warnings)
     if absent := [c for c in data.class_names if not counts[c]]:
         lines.append(f"class(es) {', '.join(map(repr, absent))} have no box in train: the "
                      "model cannot learn them ('lineside data stats' shows the split's boxes "

@@ -207,8 +207,10 @@ def calibrate(
                       "cannot be traded)",
             "global_threshold": None,
             "thresholds": {n: float(thr[i]) for i, n in enumerate(class_names)},
-            "escapes": _escapes(records, preds, thr),
-            "false_rejects": 0,
+            # not measurable without good images (NO_GOOD): null, not a 0 that reads as
+            # a result (new-user review, session 41)
+            "escapes": None,
+            "false_rejects": None,
             "allowed_escapes": None,
         }
     defective = [i for i, r in enumerate(records) if r.boxes]

