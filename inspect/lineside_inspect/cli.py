@@ -389,8 +389,18 @@ def data_pull(
                                "folder or --database-url")
         if database_url is not None:  # a bad URL or a database down: one line
             check_database(database_url, "--database-url", named="--database-url")
-        ds = pull_from_store(Store(source, database_url), dst, since=when, reviewed=reviewed,
-                             overwrite=overwrite)
+        from sqlalchemy.exc import DBAPIError
+
+        try:
+            ds = pull_from_store(Store(source, database_url), dst, since=when,
+                                 reviewed=reviewed, overwrite=overwrite)
+        except DBAPIError as exc:
+            if database_url is not None:  # (--database-url: checked above; its URL unshown)
+                raise
+            # the folder's own SQLite file is no database, or a damaged one: a traceback
+            lines = str(exc.orig or exc).strip().splitlines()
+            raise DatasetError(f"{source}: its database {DB_FILE} cannot be read: "
+                               f"{lines[0][:300] if lines else type(exc).__name__}") from None
     good = sum(1 for r in ds.images if r.is_good)
     out.print(f"pulled {len(ds.images)} images ({good} good, {len(ds.images) - good} defective) "
               f"into {dst}")

@@ -247,8 +247,6 @@ def test_a_hub_url_without_its_scheme_or_with_a_bad_port_is_one_line() -> None:
               "--hub 'hub.plant:8100': give the hub's URL with its scheme")
 
 
-@pytest.mark.skipif(not DEEPPCB.is_dir(), reason="needs ../shared/datasets/deeppcb")
-
 def _interrupted(args: list[str], signum: int, cwd: Path, watched: Path, pattern: str,
                  **env: str) -> None:
     """``lineside ARGS`` sent ``signum`` once ``watched`` holds ``pattern`` (it is at work):
@@ -271,6 +269,8 @@ def _interrupted(args: list[str], signum: int, cwd: Path, watched: Path, pattern
     assert proc.returncode == 130, out + err
     assert err.strip() == "interrupted"
 
+
+@pytest.mark.skipif(not DEEPPCB.is_dir(), reason="needs ../shared/datasets/deeppcb")
 def test_ctrl_c_during_an_import_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     """Ctrl-C ended with exit code 130 and not a word (typer's own handling): a stopped
     import looked like one that had crashed. It says so; nothing of DST is left."""

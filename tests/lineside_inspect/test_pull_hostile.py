@@ -498,3 +498,49 @@ def test_a_short_page_of_rows_left_out_ends_the_list(tmp_path: Path) -> None:
     finally:
         srv.close()
     assert len(calls) == 1
+
+
+def test_what_an_inspection_left_out_staged_is_not_kept_to_the_end(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Since the pull placed both ways' items alike (session 41) a server's golden was
+    written to the staging folder as it came, before its item was checked, and an item
+    left out (its image broken) left its golden there until the pull ended: a hostile
+    server's goldens of items that never go in, 64 MB each, took the disk beside DST (the
+    pull before kept none of them). What a left-out item staged goes with it; a golden
+    another item uses stays. Measured as the server is asked for each next image."""
+    import hashlib
+
+    from lineside_inspect.dataset import read_dataset
+
+    ids = _ids(6)
+    goldens = {iid: _png(8 + i, 8) for i, iid in enumerate(ids)}  # each its own golden
+    shared = _png(8, 8)  # the one golden of the last two: the first left out, the last kept
+    goldens[ids[4]] = goldens[ids[5]] = shared
+
+    def item(iid: str) -> dict[str, object]:
+        return {**_item(iid), "width": 8 if iid in ids[4:] else 8 + ids.index(iid),
+                "reference": {"name": None, "sha256": hashlib.sha256(goldens[iid]).hexdigest(),
+                              "has_image": True}}
+
+    staged: list[list[str]] = []  # the staging folder's files, as each image is asked for
+
+    def answer(path: str) -> bytes:
+        iid, what = path.split("/")
+        if what == "reference":
+            return goldens[iid]
+        staged.append(sorted(p.name for p in tmp_path.glob(".pulled.pull.w*/**/*")
+                             if p.is_file()))
+        return _png(8, 8) if iid == ids[5] else b"\x89PNG not an image"  # (left out)
+
+    srv = _Scripted(lambda o: [item(i) for i in ids] if o == 0 else [], answer, total=6)
+    try:
+        with caplog.at_level("WARNING", logger="lineside"):
+            pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    assert staged == [[]] * 6  # nothing of the items before it, left out, was kept
+    names = sorted(r.file_name for r in read_dataset(tmp_path / "pulled").images)
+    assert names == [f"references/{hashlib.sha256(shared).hexdigest()}.png",
+                     f"upload/{ids[5]}.png"]
+    said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "5 inspection(s) left out" in said

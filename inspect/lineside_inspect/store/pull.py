@@ -7,12 +7,14 @@ reviewer's boxes: the truth after an inspection's latest review.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -43,7 +45,7 @@ from lineside_inspect.package import ANOMALY_LABEL
 from lineside_inspect.runtime.reference import shift_onto
 from lineside_inspect.runtime.unchanged import ALIGN_MAX_SHIFT
 from lineside_inspect.schemas import InspectionPage
-from lineside_inspect.store.models import reviewed_verdict
+from lineside_inspect.store.models import InspectionRow, reviewed_verdict
 from lineside_inspect.store.store import REFS_DIR, Store
 from lineside_inspect.store.utc import as_utc
 
@@ -302,24 +304,27 @@ class _Placing:
     def place(self, item: dict[str, Any], image: Path, golden: Path | None) -> None:
         """``item``'s record in the dataset, its image staged at ``image`` and its golden
         (the store's ``refs/<sha256>.<ext>``) at ``golden``; or left out, named."""
-        data = image.read_bytes()
-        problem = _image_problem(item, data) or (
+        data = _read(image, "image")  # (or why it does not read: the store's file's mode)
+        problem = data if isinstance(data, str) else _image_problem(item, data) or (
             self._golden_problem(item, golden) if golden is not None else None)
         shift = _stored_shift(item) if golden is not None else None
-        if problem is None and golden is not None and shift is not None \
-                and shift != (0.0, 0.0):
-            aligned = _align(item, data, golden.read_bytes(), shift, self.tmp / "aligned")
+        if problem is None and isinstance(data, bytes) and golden is not None \
+                and shift is not None and shift != (0.0, 0.0):
+            ref = _read(golden, "golden image")
+            aligned = ref if isinstance(ref, str) else _align(item, data, ref, shift,
+                                                              self.tmp / "aligned")
             if isinstance(aligned, str):
                 problem = aligned
             else:  # (the frame as stored: a link to the store's file is never written to)
                 image.unlink()
                 image = aligned
         if problem is not None:
-            self.skipped.append(f"{item['id']}: {problem}")
-            image.unlink(missing_ok=True)  # (the staging folder holds what goes in)
+            self.skip(item["id"], problem)
+            self._drop(image, golden)
             return
         rec = _record(item, image, image.suffix.lstrip("."), shift)
         if rec is None:
+            self._drop(image, golden)
             return
         self.classes += [n for n in item["class_names"] if n not in self.classes]
         if golden is not None:
@@ -332,10 +337,23 @@ class _Placing:
         said = (item.get("reference") or {}).get("sha256")
         key = (golden, item["width"], item["height"], None if said is None else str(said))
         if key not in self.goldens:
-            data = golden.read_bytes()
-            self.goldens[key] = (_image_problem(item, data, "golden image")
-                                 or _altered(item, data))
+            data = _read(golden, "golden image")
+            self.goldens[key] = data if isinstance(data, str) else (
+                _image_problem(item, data, "golden image") or _altered(item, data))
         return self.goldens[key]
+
+    def _drop(self, image: Path, golden: Path | None) -> None:
+        """What an item left out staged: the staging folder holds what goes in. A server's
+        golden is written as it comes, before its item is checked (:func:`_fetch`), and a
+        hostile server's goldens of items left out, 64 MB each, were kept to the pull's
+        end (review, session 41); one another item put in stays."""
+        image.unlink(missing_ok=True)
+        if golden is not None and f"references/{golden.name}" not in self.refs:
+            golden.unlink(missing_ok=True)
+
+    def skip(self, inspection_id: str, why: str) -> None:
+        """``inspection_id`` left out, said with the rest at the end (:meth:`write`)."""
+        self.skipped.append(f"{inspection_id}: {why}")
 
     def write(self, origin: str, dst: str | Path, overwrite: bool) -> Dataset:
         """The dataset written to ``dst``, once what was left out is said."""
@@ -354,10 +372,12 @@ def _check_dst(dst: str | Path, overwrite: bool) -> None:
     check_destination(Path(dst), sources=set(), overwrite=overwrite)
 
 
-def _stage(source: Path, folder: Path) -> Path | None:
+def _stage(source: Path, folder: Path, what: str) -> Path | str | None:
     """``source`` held in ``folder`` under its name (a hard link, else a copy), or None
     when it is gone: retention may remove an inspection's image after it was listed, and
-    the dataset, written at the end, failed on the missing file (FileNotFoundError)."""
+    the dataset, written at the end, failed on the missing file (FileNotFoundError); or
+    why it cannot be read (its link refused, then its copy: no permission, a folder put
+    in its place since it was listed), which stopped the pull (session 41)."""
     folder.mkdir(exist_ok=True)
     staged = folder / source.name
     if staged.exists():  # (a reference many inspections share)
@@ -365,8 +385,65 @@ def _stage(source: Path, folder: Path) -> Path | None:
     try:
         link_or_copy(source, staged)
     except FileNotFoundError:
+        staged.unlink(missing_ok=True)
         return None
+    except OSError as exc:
+        # (a copy cut short is not left to be taken as the file by the next item naming it)
+        staged.unlink(missing_ok=True)
+        if exc.errno in _NOT_THE_SOURCE:  # the pull's own disk: every item would fail
+            raise
+        return _unread(what, exc)
     return staged
+
+
+# errors of a copy that are the destination's or the process's, not the stored file's
+_NOT_THE_SOURCE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
+
+
+def _unread(what: str, exc: OSError) -> str:
+    """Why a stored file did not read, as the system said it, without its path."""
+    return f"its {what} cannot be read: {exc.strerror or type(exc).__name__}"
+
+
+def _read(path: Path, what: str) -> bytes | str:
+    """The bytes of a staged file, or why they cannot be read: the system refused (no
+    permission: the hard link to a store's file keeps its mode), or it is no regular file
+    (a folder or a pipe put in the store's place between its check and its link: a pipe
+    nobody writes to would be waited on for ever). Its ``what`` is left out, named."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        return _unread(what, exc)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"its stored {what} is not a file"
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        return _unread(what, exc)
+    finally:
+        os.close(fd)
+
+
+def _not_a_file(store: Store, row: InspectionRow) -> str | None:
+    """Why this box's stored image or golden of ``row`` is there but not a file the pull
+    can read (a folder, a link to nothing): the store says "missing" for it as for a file
+    retention removed, and it was left out with an INFO line the command does not show
+    (review, session 41). None when it is gone, or on another box."""
+    if row.box_id is not None and row.box_id != store.box_id:
+        return None
+    for rel, what in ((row.image_path, "image"), (row.reference_path, "golden image")):
+        path = store.images_dir / rel if rel else None
+        if path is None or path.is_file() or not os.path.lexists(path):
+            continue
+        if path.is_dir():
+            return f"its stored {what} is a folder, not a file"
+        if path.is_symlink() and not path.exists():
+            return f"its stored {what} is a link to a file that is not there"
+        return f"its stored {what} is not a file"
+    return None
 
 
 def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = None,
@@ -398,7 +475,10 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                     path = store.image_file(row)
                     ref_path = store.reference_file(row) if row.reference_path else None
                 except NotFoundError as exc:
-                    log.info("pull: skipped: %s", exc.message)
+                    if broken := _not_a_file(store, row):
+                        placing.skip(row.id, broken)
+                    else:  # (gone: retention, or stored on another box)
+                        log.info("pull: skipped: %s", exc.message)
                     continue
                 try:
                     item = store.record(row).model_dump(mode="json")
@@ -407,13 +487,19 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                     continue
                 if not placing.wanted(item):
                     continue
-                staged = _stage(path, Path(tmp))
-                staged_ref = _stage(ref_path, Path(tmp) / REFS_DIR) if ref_path else None
-                if staged is None or (ref_path is not None and staged_ref is None):
+                staged = _stage(path, Path(tmp), "image")
+                staged_ref = (_stage(ref_path, Path(tmp) / REFS_DIR, "golden image")
+                              if ref_path and isinstance(staged, Path) else None)
+                if isinstance(staged, str) or isinstance(staged_ref, str):
+                    placing.skip(row.id, staged if isinstance(staged, str) else str(staged_ref))
+                elif staged is None or (ref_path is not None and staged_ref is None):
                     log.info("pull: skipped inspection %s: its image was removed meanwhile "
                              "(retention)", row.id)
+                else:
+                    placing.place(item, staged, staged_ref)
                     continue
-                placing.place(item, staged, staged_ref)
+                if isinstance(staged, Path):  # (the staging folder holds what goes in)
+                    staged.unlink(missing_ok=True)
         return placing.write(str(store.data_dir), dst, overwrite)
 
 
