@@ -72,6 +72,20 @@ def _golden(folder: Path) -> tuple[GoldenLibrary, Any]:
     return lib, lib.create("g", items, ["open", "short"])
 
 
+def assert_served(lib: GoldenLibrary, manifest: Any, gated: list[Detector],
+                  partner: Detector) -> None:
+    """Each verdict (and its defects) the gate's replay of ``manifest`` gives the
+    ``gated`` versions with ``partner`` is the one the line gives: ``inspect`` of the image
+    by the detector fused with the good-only model, whichever of the two is gated."""
+    found = replay(gated, lib, manifest, FUSED, partner=partner)
+    for item, *results in zip(manifest.items, *found, strict=True):
+        image = decode_image(lib.read(manifest, item))
+        for model, r in zip(gated, results, strict=True):
+            det, good_only = (model, partner) if partner.card.kind == "anomaly" else (partner, model)
+            served = inspect(image, det, rules_of(FUSED), anomaly_model=good_only)
+            assert r.verdict == served.verdict, (item.source, model.card.version)
+            assert sorted(b[0] for b in r.boxes) == sorted(served.defects.labels)
+
 def test_a_fused_recipes_gate_judges_both_detectors_with_its_partner_as_the_line_does(
         parts: dict[str, Any], tmp_path: Path) -> None:
     """The blind candidate passes the defective board, which the partner fails on the
@@ -89,13 +103,7 @@ def test_a_fused_recipes_gate_judges_both_detectors_with_its_partner_as_the_line
     assert "fused with good-only board-good 1" in format_report(report)
 
     # each verdict is the one the line gives (the partner run inside inspect, as served)
-    found = replay([blind, det], lib, manifest, FUSED, partner=partner)
-    for item, *results in zip(manifest.items, *found, strict=True):
-        image = decode_image(lib.read(manifest, item))
-        for d, r in zip((blind, det), results, strict=True):
-            served = inspect(image, d, rules_of(FUSED), anomaly_model=partner)
-            assert r.verdict == served.verdict, item.source
-            assert sorted(b[0] for b in r.boxes) == sorted(served.defects.labels)
+    assert_served(lib, manifest, [blind, det], partner)
 
     # the same detectors alone (a recipe fusing nothing): the blind one's escape stands
     plain = run_gate(blind, det, lib, manifest, Recipe(name="plain", model="deeppcb"))

@@ -18,7 +18,7 @@ import yaml
 from lineside_inspect.errors import ConfigError, GateRefused
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import anomaly_finding, inspect, with_finding
-from lineside_inspect.lifecycle.gate import format_report, replay, rules_of, run_gate
+from lineside_inspect.lifecycle.gate import format_report, run_gate
 from lineside_inspect.lifecycle.schemas import StoredGateReport
 from lineside_inspect.package import card_digest
 from lineside_inspect.recipes import Recipe
@@ -26,7 +26,7 @@ from lineside_inspect.references import Reference
 from lineside_inspect.runtime.detector import Detector
 
 from .conftest import MODEL, ROOT
-from .test_gate_fused import FUSED, GOOD_BOARD, _golden, _partner, _png
+from .test_gate_fused import FUSED, GOOD_BOARD, _golden, _partner, _png, assert_served
 from .test_lifecycle_api import variant
 
 
@@ -62,13 +62,7 @@ def test_a_good_only_version_is_gated_with_the_recipes_detector_as_the_line_judg
     assert "fused with detector deeppcb 1" in format_report(report)
 
     # each verdict is the one the line gives (the good-only model fused inside inspect)
-    found = replay([lenient, strict], lib, manifest, FUSED, partner=det)
-    for item, *results in zip(manifest.items, *found, strict=True):
-        image = decode_image(lib.read(manifest, item))
-        for model, r in zip((lenient, strict), results, strict=True):
-            served = inspect(image, det, rules_of(FUSED), anomaly_model=model)
-            assert r.verdict == served.verdict, (item.source, model.card.version)
-            assert sorted(b[0] for b in r.boxes) == sorted(served.defects.labels)
+    assert_served(lib, manifest, [lenient, strict], det)
 
 
 

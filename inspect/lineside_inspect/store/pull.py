@@ -207,13 +207,18 @@ def _with_reference(records: list[ImageRecord], refs: dict[str, ImageRecord], re
                     ref_source: Path) -> None:
     """Add ``rec`` with its reference: the reference file (content-addressed, shared by
     many inspections) becomes one good image of the dataset, in ``rec``'s group."""
-    name = f"references/{ref_source.name}"
+    name = _reference_name(ref_source)
     if name not in refs:
         refs[name] = ImageRecord(name, rec.width, rec.height, [], group=rec.group,
                                  source=ref_source, origin=f"reference of {rec.origin}")
         records.append(refs[name])
     rec.reference = name
     records.append(rec)
+
+
+def _reference_name(ref_source: Path) -> str:
+    """The dataset's name of the reference image staged at ``ref_source``."""
+    return f"references/{ref_source.name}"
 
 
 def _ext(content_type: str) -> str:
@@ -348,7 +353,7 @@ class _Placing:
         hostile server's goldens of items left out, 64 MB each, were kept to the pull's
         end (review, session 41); one another item put in stays."""
         image.unlink(missing_ok=True)
-        if golden is not None and f"references/{golden.name}" not in self.refs:
+        if golden is not None and _reference_name(golden) not in self.refs:
             golden.unlink(missing_ok=True)
 
     def skip(self, inspection_id: str, why: str) -> None:
