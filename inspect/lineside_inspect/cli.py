@@ -1185,7 +1185,6 @@ def gate_cmd(
     from lineside_inspect.lifecycle.gate import (
         check_partner,
         format_report,
-        fused_model,
         gated_as,
         run_gate,
     )
@@ -1219,7 +1218,7 @@ def gate_cmd(
         rule = card_recipe(partner.card)  # the detector's: the recipe its station judges by
     else:
         rule = card_recipe(active.card)
-    if recipe is None and partner is not None and fused_model(rule) is None:
+    if recipe is None and partner is not None and rule.fused() is None:
         # the card recipe taken without --recipe fuses nothing: say so, not only that
         # --fused-with was given (or that the recipe judges another model)
         raise ConfigError(f"recipe {rule.name}, the card recipe of {rule.model} (no --recipe "
@@ -1233,9 +1232,9 @@ def gate_cmd(
         # was asked for the partner's package, then called the good-only model a detector.
         # The kind of the model it fuses is check_partner's (below)
         rule.check_models(cand.card.kind, cand.class_names, "anomaly")
-    if partner is None and rule.anomaly is not None and rule.anomaly.model is not None:
+    if partner is None and (fused := rule.fused()) is not None:
         raise ConfigError(
-            f"recipe {rule.name} fuses good-only model {rule.anomaly.model} with "
+            f"recipe {rule.name} fuses good-only model {fused[0]} with "
             + (f"detector {rule.model}: give the detector's package with --fused-with, so "
                f"each version of {cand.card.name} is judged as the line judges it"
                if as_partner else

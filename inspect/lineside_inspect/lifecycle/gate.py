@@ -67,23 +67,13 @@ def rules_digest(recipe: Recipe) -> str:
     return hashlib.sha256(rules_of(recipe).model_dump_json().encode()).hexdigest()
 
 
-def fused_model(recipe: Recipe) -> tuple[str, str | None] | None:
-    """(name, pinned version or None: the active one) of the good-only model ``recipe``
-    fuses with its detector, or None when it fuses none (a detector alone, or a good-only
-    model serving alone)."""
-    fused = recipe.anomaly
-    if fused is None or fused.model is None:
-        return None
-    return fused.model, fused.model_version
-
-
 def gated_as(recipe: Recipe, model: str) -> Literal["model", "partner"]:
     """How versions of ``model`` are judged under ``recipe``: as the model it judges with
     (``model``), or as the good-only model it fuses with its detector (``partner``); a
     recipe that does neither is refused (:class:`ConfigError`)."""
     if recipe.model == model:
         return "model"
-    fused = fused_model(recipe)
+    fused = recipe.fused()
     if fused is not None and fused[0] == model:
         return "partner"
     raise ConfigError(f"recipe {recipe.name} judges model {recipe.model}, not {model}"
@@ -96,7 +86,7 @@ def check_partner(recipe: Recipe, partner: Detector | None, gated: Sequence[Dete
     them with (or none where the recipe fuses one): the gate would count escapes and false
     rejects of a verdict the line never gets. Versions of a detector take the good-only
     model the recipe fuses; versions of that good-only model take the recipe's detector."""
-    wants = fused_model(recipe)
+    wants = recipe.fused()
     if wants is None:
         if partner is not None:
             raise ConfigError(f"recipe {recipe.name} fuses no good-only model, and "

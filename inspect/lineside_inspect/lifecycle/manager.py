@@ -31,7 +31,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.lifecycle.alarm import Change, FailRateAlarm
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
-from lineside_inspect.lifecycle.gate import GateReport, fused_model, gated_as, run_gate
+from lineside_inspect.lifecycle.gate import GateReport, gated_as, run_gate
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
@@ -171,7 +171,7 @@ class Lifecycle:
                 # judged under another model's rules, the watch counted none of this
                 # model's inspections (lifecycle review, session 32); nor would it count a
                 # partner's: inspections are stored under the detector that judged them
-                fused = fused_model(recipe)
+                fused = recipe.fused()
                 raise ConfigError(
                     f"recipe {name} judges model {recipe.model}, not {model}"
                     + ("" if fused is None or fused[0] != model else
@@ -210,7 +210,7 @@ class Lifecycle:
         model, its detector. As an inspection under it takes it (the pinned version, else
         the active one), loaded again if it was unloaded and held loaded for the gate;
         None when the rule fuses none."""
-        fused = fused_model(rule)
+        fused = rule.fused()
         if fused is None:
             return None
         if gated_as(rule, model) == "partner":
@@ -460,8 +460,8 @@ class Lifecycle:
         must be admitted as an activation would be (no force here: activate or force that
         version first)."""
         pins = [(recipe.model, recipe.model_version)]
-        if recipe.anomaly is not None and recipe.anomaly.model is not None:
-            pins.append((recipe.anomaly.model, recipe.anomaly.model_version))
+        if (fused := recipe.fused()) is not None:
+            pins.append(fused)
         with contextlib.ExitStack() as held:
             for model, version in pins:
                 # a pinned version that was unloaded is loaded again (on disk, it is the

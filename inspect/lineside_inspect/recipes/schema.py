@@ -169,6 +169,14 @@ class Recipe(BaseModel):
             return max(self.min_size_px, self.min_size_mm * self.pixels_per_mm)
         return self.min_size_px
 
+    def fused(self) -> tuple[str, str | None] | None:
+        """(name, pinned version or None: the active one) of the good-only model this
+        recipe fuses with its detector (``anomaly.model``), or None when it fuses none (a
+        detector alone, or a good-only model serving alone)."""
+        if self.anomaly is None or self.anomaly.model is None:
+            return None
+        return self.anomaly.model, self.anomaly.model_version
+
     def check_models(self, kind: str, class_names: list[str], anomaly_kind: str | None = None) -> None:
         """Refuse a recipe its models cannot serve: ``kind`` and ``class_names`` are its
         model's card's, ``anomaly_kind`` the kind of the model ``anomaly.model`` names."""

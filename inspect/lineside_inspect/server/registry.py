@@ -153,8 +153,8 @@ class Registry:
         for r in self._recipes.values():
             if r.remote is None and (r.model, r.model_version) == (name, version):
                 uses.append(f"recipe {r.name} pins it")
-            fused = r.anomaly  # (one following the active version: that one is active)
-            if fused is not None and (fused.model, fused.model_version) == (name, version):
+            # (one following the active version: that one is active)
+            if r.fused() == (name, version):
                 uses.append(f"recipe {r.name} fuses with it")
         if self._busy[(name, version)] > 0:
             uses.append("an activation, recipe, gate, shadow run, promotion or rollback "
@@ -286,10 +286,9 @@ class Registry:
                 continue
             if replacing is not None and r.name == replacing.name:
                 continue
-            fused = r.anomaly
+            fused = r.fused()
             try:
-                anomaly = (self._detector_locked(fused.model, fused.model_version)
-                           if fused is not None and fused.model is not None else None)
+                anomaly = None if fused is None else self._detector_locked(*fused)
             except NotFoundError:
                 anomaly = None
             try:
@@ -435,9 +434,8 @@ class Registry:
         with self._lock:
             rule = self._recipe_locked(recipe)
             detector = self._detector_for_locked(rule)
-            fused = rule.anomaly
-            anomaly = (self._detector_locked(fused.model, fused.model_version)
-                       if fused is not None and fused.model is not None else None)
+            fused = rule.fused()
+            anomaly = None if fused is None else self._detector_locked(*fused)
             return rule, detector, anomaly
 
     def models(self) -> dict[str, ModelSlot]:
@@ -452,12 +450,12 @@ class Registry:
         load meanwhile unloaded it beyond keep_loaded, and the recipe pinned a version no
         longer in memory: 404 on each of its inspections)."""
         remote = self._remote_detector(recipe) if recipe.remote is not None else None
-        fused = recipe.anomaly
+        fused = recipe.fused()
         with contextlib.ExitStack() as held:
             if remote is None:
                 held.enter_context(self.loaded(recipe.model, recipe.model_version))
-            if fused is not None and fused.model is not None:
-                held.enter_context(self.loaded(fused.model, fused.model_version))
+            if fused is not None:
+                held.enter_context(self.loaded(*fused))
             detector = remote or self.detector(recipe.model, recipe.model_version)
             self.check_recipe(recipe, detector)
             with self._lock:
@@ -466,9 +464,8 @@ class Registry:
     def check_recipe(self, recipe: Recipe, detector: Detector) -> None:
         """Refuse ``recipe`` if ``detector`` (its model's) or what it fuses with cannot
         serve it: classes, kinds, a reference it needs."""
-        fused = recipe.anomaly
-        anomaly = (self.detector(fused.model, fused.model_version)
-                   if fused is not None and fused.model is not None else None)
+        fused = recipe.fused()
+        anomaly = None if fused is None else self.detector(*fused)
         recipe.check_models(detector.card.kind, detector.class_names,
                             None if anomaly is None else anomaly.card.kind)
         recipe.check_reference_use(detector.needs_reference)
