@@ -289,25 +289,33 @@ def model_of(annotation: Any) -> Any:
     return None
 
 
-def unknown_key_hint(schema: Any, loc: tuple[Any, ...]) -> str:
-    """`` (no such key; did you mean min_size_px?)`` for a pydantic ``extra_forbidden``
-    error at ``loc`` in ``schema``: the keys of the model there nearest the one given.
-    A misspelt recipe or server setting said only "Extra inputs are not permitted", where
-    the training config named the key meant (session 41, a new user)."""
+def nearest_keys(schema: Any, loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys of the model at ``loc`` in ``schema`` nearest ``loc``'s last part (a key
+    given that it does not have), or None where no model is there to name keys from."""
     model = schema
     for part in loc[:-1]:
         if isinstance(part, int):
             continue  # an item of a list: the list's own model
         field = getattr(model, "model_fields", {}).get(str(part))
         if field is None:
-            return ""  # a mapping's key or a union member's tag: no model to name keys from
+            return None  # a mapping's key or a union member's tag: no model to name keys from
         model = model_of(field.annotation)
     fields = getattr(model, "model_fields", None)
     if not fields or not loc:
-        return ""
+        return None
     names = [n for n, f in fields.items() if not f.exclude] + \
         [f.alias for f in fields.values() if f.alias]
-    near = difflib.get_close_matches(str(loc[-1]), names, 3)
+    return difflib.get_close_matches(str(loc[-1]), names, 3)
+
+
+def unknown_key_hint(schema: Any, loc: tuple[Any, ...]) -> str:
+    """`` (no such key; did you mean min_size_px?)`` for a pydantic ``extra_forbidden``
+    error at ``loc`` in ``schema``: the keys of the model there nearest the one given.
+    A misspelt recipe or server setting said only "Extra inputs are not permitted", where
+    the training config named the key meant (session 41, a new user)."""
+    near = nearest_keys(schema, loc)
+    if near is None:
+        return ""
     return f" (no such key; did you mean {' or '.join(near)}?)" if near else " (no such key)"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import statistics
 from pathlib import Path
@@ -12,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lineside_inspect.dataset import read_dataset
-from lineside_inspect.errors import ConfigError, LinesideError, describe_validation
+from lineside_inspect.errors import ConfigError, LinesideError, describe_validation, nearest_keys
 from lineside_inspect.package import MAX_INPUT_SIZE
 from lineside_inspect.user_files import load_yaml, read_text
 from lineside_training.budget import budget_text
@@ -234,7 +233,7 @@ def validate_config(schema: type[Config], path: str | Path | None, doc: dict[str
                     + ("" if path else ", and --config CONFIG (training/configs/*.yaml)"))
         for e in errors:
             if e["type"] == "extra_forbidden" and e["loc"]:
-                near = difflib.get_close_matches(str(e["loc"][0]), list(schema.model_fields), 3)
+                near = nearest_keys(schema, (e["loc"][0],)) or []
                 hint += f"; {e['loc'][0]!r} is no config key" + (
                     f" (did you mean {' or '.join(near)}?)" if near else "")
         # "--set nonsense=3" was blamed on the config file (new-user review)
