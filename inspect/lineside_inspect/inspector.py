@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lineside_inspect.package import ModelCard
 from lineside_inspect.recipes import Recipe, judge
 from lineside_inspect.recipes.rules import (
     BlankView,
@@ -183,7 +184,7 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
             finding = _finding(fused[0], fused[1], anomaly_model, recipe)
         elif anomaly_finding is not None and recipe.anomaly is not None:
             finding = anomaly_finding
-    verdict = _verdict(image, detector, recipe, detections, finding, reference, blank)
+    verdict = _verdict(image, detector.card, recipe, detections, finding, reference, blank)
     post = clock() - t0
     timings = {"decode": decode_ms, "preprocess": pre * 1000, "infer": infer * 1000,
                "postprocess": post * 1000}
@@ -199,17 +200,17 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
     )
 
 
-def _verdict(image: np.ndarray, detector: Detector, recipe: Recipe, detections: Detections,
+def _verdict(image: np.ndarray, card: ModelCard, recipe: Recipe, detections: Detections,
              finding: AnomalyFinding | None, reference: Reference | None,
              blank: BlankView | None) -> Verdict:
-    """``recipe`` applied to what ``detector`` found on ``image`` (and, fused or alone, a
-    good-only model's ``finding``), then to the frame's view: unlike its ``reference``
-    nearly everywhere, or ``blank``."""
-    if detector.card.kind == "anomaly":
+    """``recipe`` applied to what the model of ``card`` found on ``image`` (and, fused or
+    alone, a good-only model's ``finding``), then to the frame's view: unlike its
+    ``reference`` nearly everywhere, or ``blank``."""
+    if card.kind == "anomaly":
         verdict = judge(detections, recipe, {}, finding)
     else:
-        verdict = judge(detections, recipe, detector.card.thresholds, finding,
-                        agnostic_iou=detector.card.agnostic_iou)
+        verdict = judge(detections, recipe, card.thresholds, finding,
+                        agnostic_iou=card.agnostic_iou)
     if reference is not None:  # a part the gate passed matched its golden: never here
         verdict = with_reference_mismatch(verdict, view_mismatch(
             image, reference.image, max_shift_px=_view_shift(recipe)))
@@ -234,10 +235,25 @@ def with_finding(done: Inspection, anomaly_model: Detector,
         return replace(done, id=uuid.uuid4().hex, fused_with=fused)
     if finding is None:
         raise ValueError("with_finding needs the good-only model's finding on the frame")
-    verdict = _verdict(done.image, done.detector, done.recipe, done.detections, finding,
-                       done.reference, blank_view(done.recipe, done.image, done.reference))
+    verdict = fused_verdict(done.image, done.detector.card, done.recipe, done.detections,
+                            finding, done.reference)
     return replace(done, id=uuid.uuid4().hex, verdict=verdict.outcome, reasons=verdict.reasons,
                    defects=verdict.defects, anomaly=finding, fused_with=fused)
+
+
+def fused_verdict(image: np.ndarray, card: ModelCard, recipe: Recipe, detections: Detections,
+                  finding: AnomalyFinding, reference: Reference | None) -> Verdict:
+    """The verdict of ``recipe``, which fuses a good-only model with the detector of
+    ``card``, on ``image``: the ``detections`` that detector made of it (all of them, as
+    ``Inspection.detections`` holds them) fused with the good-only model's ``finding``,
+    then the frame's view against ``reference`` (the golden a reference detector
+    compared it with). The verdict :func:`inspect` gives with ``anomaly_model``, the
+    detector not run again: :func:`with_finding` (a gate judging versions of the good-only
+    partner) and a shadow of that partner (its own process holds only the candidate and is
+    sent the served detector's result) judge with it. A part the recipe's unchanged gate
+    passed ran no model: its verdict is the served one (see :func:`with_finding`)."""
+    return _verdict(image, card, recipe, detections, finding, reference,
+                    blank_view(recipe, image, reference))
 
 
 def _finding(outputs: list[np.ndarray], letterboxes: list[Letterbox], model: Detector,

@@ -623,7 +623,8 @@ class Lifecycle:
         self._admit(loaded, role="shadow", actor=actor, gate=gate, forced=forced, reason=reason,
                     action="force_shadow" if forced else "shadow_start",
                     details={"run_id": session.run_id, "sample_rate": rate, "active": active,
-                             "gate_report_id": None if gate is None else gate.id})
+                             "gate_report_id": None if gate is None else gate.id,
+                             "judged_as": self.judged_as(model)})
         return self.shadow_status(model)
 
     def stop_shadow(self, model: str, *, actor: str, reason: str = "") -> dict[str, Any]:
@@ -640,7 +641,24 @@ class Lifecycle:
         active = self.registry.models()[model].active if model in self.registry.models() else None
         if active is None:
             self.registry.detector(model)  # 404 naming the loaded models
-        return self._runner().status(model, active)
+        return {**self._runner().status(model, active), "judged_as": self.judged_as(model)}
+
+    def judged_as(self, model: str) -> list[dict[str, Any]]:
+        """How a shadow of ``model`` judges under each recipe whose inspections it is
+        offered (:meth:`ShadowRunner.offer`): alone or beside the good-only model the
+        recipe fuses with it, or, for that good-only model, fused with the recipe's
+        detector (its name, and version where the recipe pins one)."""
+        out = []
+        for r in sorted(self.registry.recipes(), key=lambda r: r.name):
+            fused = r.fused()
+            if r.model == model:
+                other = None if fused is None else " ".join(v for v in fused if v)
+                out.append({"recipe": r.name, "fused_with": other,
+                            "fused_kind": None if fused is None else "anomaly"})
+            elif fused is not None and fused[0] == model:
+                other = r.model if r.model_version is None else f"{r.model} {r.model_version}"
+                out.append({"recipe": r.name, "fused_with": other, "fused_kind": "detector"})
+        return out
 
     def _runner(self) -> ShadowRunner:
         self.records  # noqa: B018 - raises the no-store error

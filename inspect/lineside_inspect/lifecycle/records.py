@@ -215,14 +215,15 @@ class Records:
                          active_version: str, active_verdict: str,
                          active_defects: list[dict[str, Any]], shadow_version: str,
                          shadow_verdict: str, shadow_defects: list[dict[str, Any]],
-                         shadow_reasons: list[dict[str, Any]]) -> None:
+                         shadow_reasons: list[dict[str, Any]], fused_with: str | None = None,
+                         fused_kind: str | None = None) -> None:
         with Session(self.engine) as s, s.begin():
             s.add(ShadowResultRow(
                 created_at=_now(), run_id=run_id, inspection_id=inspection_id, model_name=model,
                 active_version=active_version, active_verdict=active_verdict,
                 active_defects=active_defects, shadow_version=shadow_version,
                 shadow_verdict=shadow_verdict, shadow_defects=shadow_defects,
-                shadow_reasons=shadow_reasons))
+                shadow_reasons=shadow_reasons, fused_with=fused_with, fused_kind=fused_kind))
 
     def shadow_run(self, model: str, run_id: str | None = None) -> ShadowRunRow | None:
         """``run_id``'s row, or the model's latest run on this box (another box sharing the
@@ -245,7 +246,8 @@ class Records:
             rows = s.scalars(select(ShadowResultRow).where(*conds)
                              .order_by(ShadowResultRow.id.desc()).limit(limit)).all()
             return [{"run_id": r.run_id, "inspection_id": r.inspection_id, "created_at": r.created_at,
-                     "model": r.model_name,
+                     "model": r.model_name, "fused_with": r.fused_with,
+                     "fused_kind": r.fused_kind,
                      "active": {"version": r.active_version, "verdict": r.active_verdict,
                                 "defects": r.active_defects},
                      "shadow": {"version": r.shadow_version, "verdict": r.shadow_verdict,

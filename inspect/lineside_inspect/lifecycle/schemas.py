@@ -124,6 +124,21 @@ class ShadowModel(_Shape):
     sha256: str
 
 
+class ShadowJudging(_Shape):
+    """How a shadow of the model judges the inspections made under one recipe."""
+
+    recipe: str
+    fused_with: str | None = Field(None, description=(
+        "the other model of the recipe's fusion of a detector with a good-only model (its "
+        "name, and version where the recipe pins one), as fused_kind says: None, the shadow "
+        "judges alone (its model serves the recipe alone)"))
+    fused_kind: Literal["anomaly", "detector"] | None = Field(None, description=(
+        "anomaly: the shadow is of the recipe's detector, judged with the served good-only "
+        "model's finding; detector: the shadow is of the good-only partner, its finding "
+        "fused with the served detector's detections (the detector not run again), the "
+        "recipe's verdict as the line gives it"))
+
+
 class ShadowStatus(_Shape):
     """A model's shadow (running, or the last one)."""
 
@@ -155,6 +170,10 @@ class ShadowStatus(_Shape):
     priority: str | None = Field(None, description=(
         "how the shadow's process is scheduled: SCHED_IDLE (only CPU time nothing else wants) "
         "or a nice level"))
+    judged_as: list[ShadowJudging] = Field(default_factory=list, description=(
+        "the recipes whose inspections a shadow of this model is offered now (those that "
+        "judge with it or fuse it with their detector), and how it judges under each; each "
+        "disagreement says how it was judged"))
 
 
 class ShadowResult(_Shape):
@@ -169,6 +188,11 @@ class ShadowDisagreement(_Shape):
     inspection_id: str
     created_at: datetime
     model: str
+    fused_with: str | None = Field(None, description=(
+        "how the shadow judged the frame: the other model (name version) of the recipe's "
+        "fusion, as fused_kind says (ShadowJudging); None: alone, and in rows stored before "
+        "a shadow said so"))
+    fused_kind: Literal["anomaly", "detector"] | None = None
     active: ShadowResult
     shadow: ShadowResult
 

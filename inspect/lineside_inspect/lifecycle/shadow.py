@@ -12,6 +12,13 @@ delay nor change a verdict. ``lineside bench shadow`` measures it.
 A collector thread per shadow takes the results back, compares each with the verdict
 served, and stores every disagreement with both results (keeping the frame for the
 reviewer, and putting it in the "to label" queue within the capture cap).
+
+How a shadow judges a frame is the recipe's (:class:`Judging`, kept with each
+disagreement): a version of the model that judged it is run on it under the same recipe,
+beside the served good-only model's finding where the recipe fuses one; a version of the
+good-only model a recipe fuses with a detector is judged as the line judges it, the
+recipe's verdict with the candidate's finding fused with the served detector's result
+(sent to its process, not run again); where a recipe serves that model alone, alone.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -50,6 +57,19 @@ SHADOW_CAPTURE = "shadow_disagreement"
 _spawn = multiprocessing.get_context("spawn")  # the server has threads: never fork it
 
 
+@dataclass(frozen=True)
+class Judging:
+    """How a shadow judged one served frame (kept with a disagreement)."""
+
+    active_version: str  # the version of the shadow's model that served the frame
+    # "name version" of the other model of the recipe's fusion: the good-only model whose
+    # served finding weighed in (kind "anomaly": the shadow is of the detector), or the
+    # detector whose served detections the shadow's finding was fused with (kind
+    # "detector": the shadow is of the good-only partner); None: judged alone
+    fused_with: str | None = None
+    fused_kind: Literal["anomaly", "detector"] | None = None
+
+
 @dataclass
 class ShadowSession:
     run_id: str
@@ -66,7 +86,8 @@ class ShadowSession:
     stopped_at: datetime | None = None
     priority: str = ""
     ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=500))
-    pending: dict[int, Inspection] = field(default_factory=dict)  # sent, not answered yet
+    # sent, not answered yet: the served inspection and how the shadow judges it
+    pending: dict[int, tuple[Inspection, Judging]] = field(default_factory=dict)
     process: Any = None
     jobs: Any = None
     results: Any = None
@@ -189,16 +210,51 @@ class ShadowRunner:
 
     # -- the output hook: on the inspection's worker thread, after the verdict ------------
     def offer(self, inspection: Inspection) -> None:
-        """Sample ``inspection`` for its model's shadow: never waits for the shadow."""
-        session = self._sessions.get(inspection.detector.card.name)
-        if session is None or inspection.detector.card.version == session.version:
-            return  # no shadow, or the shadow's version itself is serving (a pinned recipe)
+        """Sample ``inspection`` for the shadow of the model that judged it and, where its
+        recipe fuses a good-only model with that detector, for the good-only model's
+        shadow: never waits for a shadow."""
+        card = inspection.detector.card
+        session = self._sessions.get(card.name)
+        if session is not None:  # beside the served good-only finding, if the recipe fuses one
+            self._offer(session, inspection, Judging(
+                card.version, inspection.fused_with,
+                None if inspection.fused_with is None else "anomaly"))
+        fused = inspection.recipe.fused()
+        if fused is None or inspection.fused_with is None:
+            return
+        session = self._sessions.get(fused[0])
+        name, _, served = inspection.fused_with.partition(" ")
+        if session is not None and name == fused[0]:
+            self._offer(session, inspection,
+                        Judging(served, f"{card.name} {card.version}", "detector"))
+
+    def _offer(self, session: ShadowSession, inspection: Inspection, how: Judging) -> None:
+        if how.active_version == session.version:
+            return  # the shadow's version itself is serving (a pinned recipe)
         if session.stopping.is_set() or self._rng.random() >= session.sample_rate:
             return
         reference = None
-        if session.package.card.needs_reference:
+        partner = None
+        if how.fused_kind == "detector":  # the good-only partner of the served detector
+            if inspection.gate is not None and inspection.gate.unchanged:
+                # the recipe's unchanged gate passed it: no model ran, and none would with
+                # the shadow's version either; the served pass, as a gate's replay counts it
+                with self._count_lock:
+                    session.offered += 1
+                    session.compared += 1
+                    session.agreed += 1
+                return
+            if inspection.detections is None:  # nothing to fuse the shadow's finding with
+                with self._count_lock:
+                    session.errors += 1
+                return
+            partner = (inspection.detector.card, inspection.detections)
+            # the golden the detector compared the frame with: the verdict's view checks
+            reference = None if inspection.reference is None else inspection.reference.raw
+        elif session.package.card.needs_reference:
             if inspection.reference is None:  # the active model takes none: nothing to compare
-                session.errors += 1
+                with self._count_lock:
+                    session.errors += 1
                 return
             reference = inspection.reference.raw
         with self._count_lock:  # several inspection threads call this at once
@@ -207,11 +263,13 @@ class ShadowRunner:
                 session.dropped += 1
                 return
             token = next(self._tokens)
-            session.pending[token] = inspection
+            session.pending[token] = (inspection, how)
         image = inspection.raw if inspection.raw is not None else inspection.image
+        # a shadow of the detector in a fused recipe is judged with the same anomaly
+        anomaly = inspection.anomaly if partner is None else None
         # put() hands the job to the queue's feeder thread: it does not wait for the process
         session.jobs.put((token, image, reference, rules_of(inspection.recipe).model_dump(mode="json"),
-                          inspection.anomaly))  # a fused recipe: judged with the same anomaly
+                          anomaly, partner))
 
     # -- results ----------------------------------------------------------------------------
     def _collect(self, session: ShadowSession) -> None:
@@ -227,17 +285,22 @@ class ShadowRunner:
             except (EOFError, OSError):  # the queue closed under us: the session ended
                 return
             with self._count_lock:
-                inspection = session.pending.pop(token, None)
-            if inspection is None:
+                sent = session.pending.get(token)
+            if sent is None:
                 continue
+            inspection, how = sent
             try:
                 if "error" in doc:
                     raise RuntimeError(doc["error"])
-                self.judged(session, inspection, doc)
+                self.judged(session, inspection, doc, how)
             except Exception:
-                session.errors += 1
+                with self._count_lock:
+                    session.errors += 1
                 log.exception("shadow %s %s failed on inspection %s", session.model,
                               session.version, inspection.id)
+            finally:  # pending until counted: drain() waited only until it was taken
+                with self._count_lock:
+                    session.pending.pop(token, None)
             self._persist()
 
     def _died(self, session: ShadowSession) -> None:
@@ -268,27 +331,30 @@ class ShadowRunner:
             except Exception as exc:  # a database outage: the counts are kept in memory
                 log.warning("shadow %s: counts not saved: %s", s.model, exc)
 
-    def judged(self, session: ShadowSession, inspection: Inspection, doc: dict[str, Any]) -> bool:
-        """The shadow's result ``doc`` on ``inspection``'s frame: a disagreement is stored.
-        True if the two verdicts agree."""
+    def judged(self, session: ShadowSession, inspection: Inspection, doc: dict[str, Any],
+               how: Judging) -> bool:
+        """The shadow's result ``doc`` on ``inspection``'s frame, judged ``how``: a
+        disagreement is stored. True if the two verdicts agree."""
         session.ms.append(float(doc["ms"]))
         if doc["verdict"] == inspection.verdict:
-            session.compared += 1
-            session.agreed += 1
+            with self._count_lock:  # an unchanged part's pass is counted on offer
+                session.compared += 1
+                session.agreed += 1
             return True
-        card = inspection.detector.card
         self.records.add_disagreement(
             session.run_id, inspection_id=inspection.id, model=session.model,
-            active_version=card.version, active_verdict=inspection.verdict,
+            active_version=how.active_version, active_verdict=inspection.verdict,
             active_defects=inspection.defects.to_json(), shadow_version=session.version,
             shadow_verdict=doc["verdict"], shadow_defects=doc["defects"],
-            shadow_reasons=doc["reasons"])
+            shadow_reasons=doc["reasons"], fused_with=how.fused_with,
+            fused_kind=how.fused_kind)
         # a reviewer must see the frame to say who was right: keep it even if the pass
         # sampling did not; it joins the "to label" queue within the capture cap
         if inspection.stored:
             capture = self.capture is not None and self.capture.allow(SHADOW_CAPTURE)
             self.store.keep(inspection, SHADOW_CAPTURE if capture else None)
-        session.compared += 1  # counted once all is written: "compared" means on record
+        with self._count_lock:
+            session.compared += 1  # counted once all is written: "compared" means on record
         return False
 
     def drain(self, timeout_s: float = 30.0) -> None:

@@ -8,10 +8,14 @@ runs under ``SCHED_IDLE`` (Linux; elsewhere ``nice``), so it only gets CPU time 
 else wants, and its onnxruntime session is single-threaded so no pool of normal-priority
 threads works for it.
 
-Messages: jobs ``(token, image, reference, recipe, anomaly)`` in (``image``: the encoded
-bytes as received, or the decoded frame; ``anomaly``: the served good-only model's finding
-in a fused recipe, else None; ``None`` ends the process), results ``(token, doc)`` out,
-``("ready", info)`` once the model is loaded or ``("failed", message)`` if it cannot be.
+Messages: jobs ``(token, image, reference, recipe, anomaly, partner)`` in (``image``: the
+encoded bytes as received, or the decoded frame; ``anomaly``: the served good-only model's
+finding in a fused recipe, else None; ``partner``: when the shadow is the good-only model
+the recipe fuses with a detector, that detector's ``(card, detections)`` on the frame as
+served, fused with the shadow's own finding (the detector is not loaded here, nor run
+again; ``reference`` is then the golden it compared the frame with), else None; ``None``
+ends the process), results ``(token, doc)`` out, ``("ready", info)`` once the model is
+loaded or ``("failed", message)`` if it cannot be.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def serve(package: str, device: str, threads: int, nice: int, jobs: Any, results
     priority = lower_priority(nice)
     try:
         from lineside_inspect.imageio import decode_image
-        from lineside_inspect.inspector import inspect
+        from lineside_inspect.inspector import anomaly_finding, fused_verdict, inspect
         from lineside_inspect.package import card_digest
         from lineside_inspect.recipes import Recipe
         from lineside_inspect.references import Reference
@@ -76,16 +80,24 @@ def serve(package: str, device: str, threads: int, nice: int, jobs: Any, results
             continue
         if job is None:
             return
-        token, image, reference, recipe, anomaly = job
+        token, image, reference, recipe, anomaly, partner = job
         try:
             t = time.perf_counter()
             frame = decode_image(image) if isinstance(image, bytes) else np.asarray(image)
-            ref = (Reference.from_bytes(None, reference)
-                   if reference is not None and det.needs_reference else None)
-            result = inspect(frame, det, Recipe.model_validate(recipe), reference=ref,
-                             anomaly_finding=anomaly)
-            results.put((token, {"verdict": result.verdict, "defects": result.defects.to_json(),
-                                 "reasons": [r.model_dump() for r in result.reasons],
+            rules = Recipe.model_validate(recipe)
+            if partner is not None:  # the good-only partner: fused with the served detections
+                detector_card, detections = partner
+                ref = None if reference is None else Reference.from_bytes(None, reference)
+                verdict = fused_verdict(frame, detector_card, rules, detections,
+                                        anomaly_finding(frame, det, rules), ref)
+                outcome, defects, reasons = verdict.outcome, verdict.defects, verdict.reasons
+            else:
+                ref = (Reference.from_bytes(None, reference)
+                       if reference is not None and det.needs_reference else None)
+                result = inspect(frame, det, rules, reference=ref, anomaly_finding=anomaly)
+                outcome, defects, reasons = result.verdict, result.defects, result.reasons
+            results.put((token, {"verdict": outcome, "defects": defects.to_json(),
+                                 "reasons": [r.model_dump() for r in reasons],
                                  "ms": (time.perf_counter() - t) * 1000}))
         except Exception as exc:
             results.put((token, {"error": f"{type(exc).__name__}: {exc}"}))

@@ -104,6 +104,8 @@ ADDED_COLUMNS = (
     ("inspections", "received_at", "TIMESTAMP WITH TIME ZONE"),
     ("inspections", "reference_check", "JSON"),
     ("reviews", "box_id", "VARCHAR(64)"),
+    ("shadow_disagreements", "fused_with", "VARCHAR(300)"),
+    ("shadow_disagreements", "fused_kind", "VARCHAR(16)"),
 )
 # indexes of added columns: (name, table, column), made if missing
 ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),
@@ -332,6 +334,12 @@ class ShadowResultRow(Base):
     shadow_verdict: Mapped[str] = mapped_column(String(8))
     shadow_defects: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     shadow_reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # how the shadow judged the frame (lifecycle.shadow.Judging): "name version" of the
+    # other model of the recipe's fusion and its kind ("anomaly": its served finding
+    # weighed in; "detector": its served detections were fused with the shadow's finding);
+    # NULL: alone, and on rows from before a shadow said so
+    fused_with: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    fused_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     __table_args__ = ({"sqlite_autoincrement": True},)
 

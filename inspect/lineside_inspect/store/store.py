@@ -547,8 +547,10 @@ class Store:
 
     def _add_missing_columns(self) -> None:
         inspector = sa_inspect(self.engine)
-        present = {(t, c["name"]) for t in {t for t, _, _ in ADDED_COLUMNS}
-                   if inspector.has_table(t) for c in inspector.get_columns(t)}
+        # a lifecycle table is made by the lifecycle (Records), after this: one not there
+        # yet is made with every column
+        tables = {t for t, _, _ in ADDED_COLUMNS if inspector.has_table(t)}
+        present = {(t, c["name"]) for t in tables for c in inspector.get_columns(t)}
         # only the missing indexes: PostgreSQL's CREATE INDEX IF NOT EXISTS takes its SHARE
         # lock on the table before it finds the index there, so at every start it waited for
         # every open write on the table (another box's batch or retention, a DBA's session),
@@ -561,7 +563,7 @@ class Store:
         maybe = " IF NOT EXISTS" if self.engine.dialect.name == "postgresql" else ""
         with self.engine.begin() as conn:
             for table, column, sql_type in ADDED_COLUMNS:
-                if (table, column) not in present:
+                if table in tables and (table, column) not in present:
                     conn.execute(text(f"ALTER TABLE {table} ADD COLUMN{maybe} {column} {sql_type}"))
                     log.info("store: added column %s.%s", table, column)
             for name, table, column in ADDED_INDEXES:
