@@ -598,8 +598,10 @@ def calibrate_cmd(
               f"precision {p['precision'] or 0:.4f}  recall {p['recall'] or 0:.4f}  {escapes}  "
               f"{rejects}")
     if not c.get("good_images", 1):
+        # nor held to an allowance on escapes it cannot measure (it was, unsaid; session 42)
         out.print("no good images in this split: the thresholds were not traded against false "
-                  "rejects; check them on good parts before use")
+                  "rejects, nor held to the escape allowance (--target-escape: escapes are "
+                  "not measurable without good images); check them on good parts before use")
     if c.get("agnostic_iou") is not None:
         out.print(f"one defect per place: boxes overlapping above IoU {c['agnostic_iou']} "
                   "count once")

@@ -7,8 +7,10 @@ report the same problem the same way and never show a traceback for bad input.
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import math
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Self
@@ -289,17 +291,33 @@ def model_of(annotation: Any) -> Any:
     return None
 
 
+def _keyed(annotation: Any) -> bool:
+    """Whether a field's annotation is a mapping (``dict[str, X]``, maybe ``| None``): its
+    items' place in a ``loc`` follows a key of the user's, not a field's name."""
+    if typing.get_origin(annotation) in (dict, collections.abc.Mapping):
+        return True
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and any(
+        _keyed(arg) for arg in typing.get_args(annotation))
+
+
 def nearest_keys(schema: Any, loc: tuple[Any, ...]) -> list[str] | None:
     """The keys of the model at ``loc`` in ``schema`` nearest ``loc``'s last part (a key
-    given that it does not have), or None where no model is there to name keys from."""
-    model = schema
+    given that it does not have), or None where no model is there to name keys from.
+    Inside a ``dict[str, Model]`` field the user's own key is passed over to the model of
+    its value: a misspelt key there had no hint (session 42)."""
+    model, keyed = schema, False
     for part in loc[:-1]:
+        if keyed:  # the user's key of a mapping: its value is the mapping's model
+            keyed = False
+            continue
         if isinstance(part, int):
             continue  # an item of a list: the list's own model
         field = getattr(model, "model_fields", {}).get(str(part))
         if field is None:
-            return None  # a mapping's key or a union member's tag: no model to name keys from
-        model = model_of(field.annotation)
+            return None  # a union member's tag: no model to name keys from
+        model, keyed = model_of(field.annotation), _keyed(field.annotation)
+    if keyed:
+        return None  # loc ends on a mapping's key: the user's to name, no field
     fields = getattr(model, "model_fields", None)
     if not fields or not loc:
         return None

@@ -368,3 +368,22 @@ def test_a_misspelt_key_names_the_keys_meant(tmp_path: Path) -> None:
         load_hub_settings(config)
     assert "dta_dir: Extra inputs are not permitted (no such key; did you mean data_dir?)" \
         in info.value.message, info.value.message
+
+
+def test_a_misspelt_key_inside_a_mapping_of_models_names_the_keys_meant() -> None:
+    """A ``dict[str, Model]`` field: the key after the field's name is the user's own (a
+    model's name), and the hint stopped there, saying nothing (session 42)."""
+    from pydantic import ValidationError
+
+    from lineside_inspect.errors import describe_validation, nearest_keys
+    from lineside_inspect.fleet.box.models import PulledState
+
+    doc = {"models": {"deeppcb": {"vresion": "1", "sha256": "a", "graph_sha256": "b"}}}
+    with pytest.raises(ValidationError) as info:
+        PulledState.model_validate(doc)
+    said = describe_validation(info.value.errors(), PulledState)
+    assert "models.deeppcb.vresion: Extra inputs are not permitted (no such key; did you " \
+        "mean version?)" in said, said
+    # the mapping's own key is the user's to name: no field to suggest for it
+    assert nearest_keys(PulledState, ("models", "deeppcb")) is None
+    assert nearest_keys(PulledState, ("modles",)) == ["models"]

@@ -209,6 +209,8 @@ def test_bad_goodonly_config_is_one_clear_line(tmp_path: Path, extra: dict[str, 
 def test_defective_only_set_is_refused(tmp_path: Path) -> None:
     doc = json.loads((SAMPLE / "annotations.json").read_text())
     doc["images"] = [i for i in doc["images"] if "reference" in i]  # the defective ones
+    for image in doc["images"]:  # their goldens are gone: a reference to none is refused
+        del image["reference"]
     kept = {i["id"] for i in doc["images"]}
     doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in kept]
     (tmp_path / "bad").mkdir()
@@ -426,6 +428,9 @@ def test_a_copy_of_a_calibration_image_is_not_trained_on(tmp_path: Path) -> None
                                                  calib_groups=["a"]).read_text()))
     split = carve(cfg)
     assert split.copies_left_out == ["c/copy.png"]
+    # said as 'lineside data validate' and a detector's run say it (session 42)
+    assert any("c/copy.png" in w and "a/0.png" in w for w in split.set_warnings), \
+        split.set_warnings
     assert not set(split.train_sha256) & set(split.calib_sha256)
     assert len(split.train) == 6 and len(split.calib) == 3
 
@@ -545,3 +550,57 @@ def test_copies_among_the_calibration_images_count_once(tmp_path: Path) -> None:
     log = (tmp_path / "runs" / "toy" / "train.log").read_text()
     assert "warning: 6 calibration captures at 10.0% false rejects" in log
     assert "6 to train on, 3 held out for calibration" in log
+
+
+def _edited(data: Path, edit: object) -> None:
+    doc = json.loads((data / "annotations.json").read_text())
+    edit(doc)  # type: ignore[operator]
+    (data / "annotations.json").write_text(json.dumps(doc))
+
+
+def test_a_set_validate_refuses_is_refused_before_good_only_training(tmp_path: Path) -> None:
+    """A detector's run checks its set first (validate's checks that decode no pixels,
+    and its files); a good-only run did not: it trained on a picture labelled good whose
+    copy is labelled defective, met a missing file as a bare OSError and an undecodable
+    one after its run folder was made (session 42). Each is refused before the folder is
+    made, by the same checks (engine._check_set, engine._check_files)."""
+    data = _good_set(tmp_path, ("a", "b"), 3, np.random.default_rng(5))
+    cfg = _config(tmp_path, data)
+    run = tmp_path / "runs" / "toy"
+    pristine = (data / "annotations.json").read_text()
+
+    def refused(*said: str) -> None:
+        r = runner.invoke(app, ["train", "--config", str(cfg)])
+        out = " ".join((r.output + r.stderr).split())
+        assert r.exit_code == 2 and all(s in out for s in said), out
+        assert "Traceback" not in out and not run.exists()
+        (data / "annotations.json").write_text(pristine)
+
+    # a copy of a good image, labelled with a defect: the same picture labelled two ways
+    (data / "images" / "a" / "copy.png").write_bytes((data / "images" / "a" / "0.png").read_bytes())
+
+    def mislabel(doc: dict) -> None:
+        first = doc["images"][0]
+        assert first["file_name"] == "a/0.png"
+        doc["categories"] = [{"id": 1, "name": "stain"}]
+        doc["images"].append({**first, "id": 99, "file_name": "a/copy.png"})
+        doc["annotations"] = [{"id": 1, "image_id": 99, "category_id": 1,
+                               "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0}]
+    _edited(data, mislabel)
+    refused("problem(s) that 'lineside data validate", "nothing was trained")
+    (data / "images" / "a" / "copy.png").unlink()
+
+    # a label made for other images (a box outside its 96 px image): validate refuses it
+    def foreign(doc: dict) -> None:
+        doc["categories"] = [{"id": 1, "name": "stain"}]
+        doc["annotations"] = [{"id": 1, "image_id": doc["images"][0]["id"], "category_id": 1,
+                               "bbox": [300, 300, 40, 40], "area": 1600, "iscrowd": 0}]
+    _edited(data, foreign)
+    refused("lies outside the 96x96 image", "nothing was trained")
+
+    (data / "images" / "b" / "1.png").rename(tmp_path / "away.png")  # a file gone
+    refused("1 image file(s) of the good images are not there", "b/1.png", "nothing was trained")
+    (tmp_path / "away.png").rename(data / "images" / "b" / "1.png")
+
+    (data / "images" / "b" / "2.png").write_bytes(b"not a png")  # one that does not decode
+    refused("1 good image(s) that do not decode", "b/2.png", "nothing was trained")

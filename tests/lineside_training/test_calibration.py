@@ -131,7 +131,10 @@ def test_without_good_images_no_escape_or_false_reject_is_counted() -> None:
     c = calibrate_f(records[:-1], preds[:-1], CLASSES, target_escape=0.0)
     assert c["good_images"] == 0 and c["escapes"] is None and c["false_rejects"] is None
     assert "no good" in c["not_measurable"]["false_reject_rate"]
-    assert c["thresholds"] == counted["thresholds"]  # chosen alike: only the counts differ
+    assert c["thresholds"] == counted["thresholds"]  # the allowance did not bind here
+    assert c["allowed_escapes"] is None  # nor is it written as if checked (session 42)
+    assert c["not_measurable"]["allowed_escapes"].startswith("not checked")
+    assert c["allowed_escapes"] is None
     # a model that finds nothing takes the fewest-alarms rule: the same there
     blind = [_pred([(60, 60, 70, 70, 0.3, 0)]) for _ in records[:-1]]
     c = calibrate_f(records[:-1], blind, CLASSES)
@@ -185,6 +188,8 @@ def test_calibration_and_scores_follow_the_one_per_place_rule() -> None:
         records.append(_rec(f"d{i}", [(10, 10, 40, 40, "open")]))
         wrong = 0.55 if i % 2 else 0.45
         preds.append(_pred([(10, 10, 40, 40, 0.6 + i / 100, 0), (11, 10, 41, 40, wrong, 1)]))
+    records.append(_rec("good", []))  # escapes are counted only beside a good image
+    preds.append(_pred([]))
     thr = dict.fromkeys(CLASSES, 0.5)
     plain = pair_metrics(records, preds, CLASSES, thr)
     rule = pair_metrics(records, preds, CLASSES, thr, 0.3)
@@ -202,3 +207,26 @@ def test_calibration_and_scores_follow_the_one_per_place_rule() -> None:
     trials = [np.full(3, t, dtype=np.float32) for t in (0.4, 0.5, 0.58, 0.7)]
     assert table.sweep(trials) == [table.counts(t) for t in trials]
     assert best_global(records, preds, CLASSES, agnostic_iou=0.3)["pairs"]["f"] == 1.0
+
+
+def test_an_allowance_that_cannot_be_checked_is_not_enforced() -> None:
+    """Without good images the escape rate is not measurable, yet the allowance was
+    enforced on the raw count (capping every threshold at the weakest defect's score)
+    and then written as null: thresholds shaped by a figure the file says does not exist
+    (session 42). Now F alone chooses there, and the file says the allowance was not
+    checked; with a good image the same set is held to it."""
+    records, preds = [], []
+    for i in range(10):  # opens found at 0.9, each with a false open at 0.3 beside it
+        records.append(_rec(f"o{i}", [(10, 10, 20, 20, "open")]))
+        preds.append(_pred([(10, 10, 20, 20, 0.9, 0), (60, 60, 70, 70, 0.3, 0)]))
+    records.append(_rec("s", [(10, 10, 20, 20, "short")]))  # found only at 0.2
+    preds.append(_pred([(10, 10, 20, 20, 0.2, 1)]))
+    c = calibrate_f(records, preds, CLASSES, target_escape=0.0)
+    assert c["allowed_escapes"] is None and c["escapes"] is None
+    assert "no good images" in c["not_measurable"]["allowed_escapes"]
+    assert min(c["thresholds"].values()) > 0.3  # F's choice: the 0.3 false opens dropped
+    checked = calibrate_f([*records, _rec("g", [])], [*preds, _pred([])], CLASSES,
+                          target_escape=0.0)
+    assert checked["allowed_escapes"] == 0 and checked["escapes"] == 0
+    assert checked["not_measurable"] == {} and checked["global_threshold"] <= 0.2
+

@@ -74,6 +74,14 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     said = " ".join(r.stderr.split())
     assert r.exit_code == 2 and said.startswith("error: --set: epoch: Extra inputs"), said
     assert "'epoch' is no config key (did you mean epochs?)" in said
+    # a key inside a section: that section's nearest keys; it said "'augment' is no
+    # config key (did you mean augment?)" (session 42)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("augment:\n  hflp: 0.5\n")
+    r = runner.invoke(app, ["train", "--config", str(typo), "--data", str(SAMPLE)])
+    said = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "augment.hflp: Extra inputs are not permitted (no such key; " \
+        "did you mean hflip or vflip?)" in said and "is no config key" not in said, said
     # each error by its whole dotted field: the file's augment.hflip stays the file's
     bad = tmp_path / "bad.yaml"
     bad.write_text("augment:\n  hflip: 7\n")
@@ -173,6 +181,11 @@ def test_calibrate_says_what_a_split_cannot_measure(tiny_run: Path, tmp_path: Pa
         # read as a result; session 41)
         calib = json.loads((out / "calibration.json").read_text())
         assert calib["escapes"] is None and calib["false_rejects"] is None, calib
+        # nor an allowance enforced on escapes it cannot count, then written as checked
+        # (session 42): null, its reason recorded, and the command says so
+        assert calib["allowed_escapes"] is None, calib
+        assert calib["not_measurable"]["allowed_escapes"].startswith("not checked"), calib
+        assert "nor held to the escape allowance" in r.stdout
     assert (kept.read_bytes() if kept.exists() else None) == saved  # nothing --write
 
 

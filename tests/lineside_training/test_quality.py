@@ -137,7 +137,9 @@ def test_without_good_images_rates_are_not_measurable_and_classes_are_reported()
     q = quality_metrics(records, preds, CLASSES, {"open": 0.5, "short": 0.5})
     assert q["escape_rate"] is None and q["false_reject_rate"] is None
     assert "no good" in q["not_measurable"]["escape_rate"]
-    assert q["escapes"] == 0  # the count that would have been reported as a 0% escape rate
+    # no count beside a rate that is not measurable: a 0 there read as "measured zero"
+    # beside the null rate (session 42); the reason is the rate's
+    assert q["escapes"] is None and q["false_rejects"] is None
     # class-aware: d2's short is not found, d3's short is; d1's open found, d3's open missed
     assert (q["detected_images"], q["detection_rate"]) == (2, pytest.approx(2 / 3))
     assert q["per_class"]["open"] == {"boxes": 2, "found": 1, "predicted": 2, "recall": 0.5,
@@ -150,7 +152,23 @@ def test_without_good_images_rates_are_not_measurable_and_classes_are_reported()
     c = calibrate(records, preds, CLASSES)
     # not counted where they cannot be: a 0 read as a result (session 41)
     assert "no good images" in c["method"] and c["false_rejects"] is None
-    assert c["escapes"] is None
+    assert c["escapes"] is None and c["allowed_escapes"] is None
+    assert c["not_measurable"]["allowed_escapes"].startswith("not checked")
+
+
+def test_good_images_alone_leave_the_escape_allowance_unchecked(fixture: tuple) -> None:
+    """No defective image: nothing can escape, so neither the escape count nor the
+    allowance is a figure (both were 0, an allowance "met" on no defect; session 42); the
+    false rejects are measured."""
+    records, preds = fixture
+    good, good_preds = records[3:], preds[3:]
+    q = quality_metrics(good, good_preds, CLASSES, {"open": 0.4, "short": 0.4})
+    assert (q["escapes"], q["escape_rate"]) == (None, None)
+    assert (q["false_rejects"], q["false_reject_rate"]) == (1, pytest.approx(1 / 3))
+    c = calibrate(good, good_preds, CLASSES, target_escape=0.0)
+    assert c["escapes"] is None and c["allowed_escapes"] is None
+    assert "no defective images" in c["not_measurable"]["allowed_escapes"]
+    assert isinstance(c["false_rejects"], int)
 
 
 def test_thresholds_never_sit_on_a_score(fixture: tuple) -> None:

@@ -8,7 +8,9 @@ for them (docs/training/calibration.md):
 
 1. **Escape allowance first**: at most ``floor(target_escape * defective images)``
    defective images may raise no alarm; this caps every threshold (escapes only grow as
-   a threshold rises).
+   a threshold rises). Where the escape rate is not measurable (no good images, or no
+   defective ones) the allowance is neither enforced nor written: ``allowed_escapes`` is
+   null, the reason in ``not_measurable``.
 2. **One global threshold**: the score with the best F over all classes within the
    allowance. F is flat near its top on a few hundred images, so among thresholds within
    ``PLATEAU`` of the best F the middle one is taken, not the arg-max at one edge.
@@ -38,7 +40,7 @@ from lineside_inspect.dataset import ImageRecord
 from lineside_inspect.errors import ConfigError
 from lineside_training.pairscore import PairTable
 from lineside_training.predict import Prediction
-from lineside_training.quality import FLOOR, MARGIN, quality_metrics, support_of
+from lineside_training.quality import FLOOR, MARGIN, allowance_unchecked, quality_metrics, support_of
 from lineside_training.quality import calibrate as calibrate_rejects
 
 OFFSET_SUPPORT = 30  # ground-truth boxes a class needs before it may leave the global threshold
@@ -104,7 +106,11 @@ def calibrate_f(
     table = PairTable(records, preds, class_names, agnostic_iou)
     k = len(class_names)
     escapes = Escapes(records, preds, k)
-    allowed = math.floor(target_escape * escapes.defective + 1e-9)
+    unchecked = allowance_unchecked(records)
+    # where the escape rate is not measurable the allowance is not enforced on a raw
+    # count either (it was, and the count was then written as null): F alone chooses
+    allowed = (math.floor(target_escape * escapes.defective + 1e-9) if unchecked is None
+               else escapes.defective)
     cap = max(escapes.highest_global(allowed), FLOOR)
     values = grid(FLOOR, cap)
     f = np.array([c.f for c in table.sweep([np.full(k, t) for t in values])])
@@ -147,10 +153,11 @@ def calibrate_f(
         "pairs": table.counts(thr).as_dict(),
         # null where the rate is not measurable (no good images: no false reject can be
         # counted, nor an escape, see quality.NO_GOOD): a 0 there read as a result
-        # (new-user review, session 41)
+        # (new-user review, session 41); so is the allowance then (session 42)
         **measured_counts(q),
-        "not_measurable": q["not_measurable"],
-        "allowed_escapes": allowed,
+        "not_measurable": {**q["not_measurable"],
+                           **({"allowed_escapes": unchecked} if unchecked else {})},
+        "allowed_escapes": None if unchecked else allowed,
         "images": len(records),
         # none: false rejects cannot be counted, nor escapes traded against them (the
         # commands say "n/a", as they do for a run or a package)

@@ -11,7 +11,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lineside_inspect.dataset import read_dataset
-from lineside_inspect.errors import ConfigError, LinesideError, describe_validation, nearest_keys
+from lineside_inspect.errors import (
+    ConfigError,
+    LinesideError,
+    describe_validation,
+    nearest_keys,
+    unknown_key_hint,
+)
 from lineside_inspect.package import MAX_INPUT_SIZE
 from lineside_inspect.user_files import load_yaml, read_text
 from lineside_training.budget import budget_text
@@ -232,10 +238,15 @@ def validate_config(schema: type[Config], path: str | Path | None, doc: dict[str
             hint = ("; give --data DATASET (a folder made by lineside data import)"
                     + ("" if path else ", and --config CONFIG (training/configs/*.yaml)"))
         for e in errors:
-            if e["type"] == "extra_forbidden" and e["loc"]:
+            if e["type"] == "extra_forbidden" and len(e["loc"]) == 1:
                 near = nearest_keys(schema, (e["loc"][0],)) or []
                 hint += f"; {e['loc'][0]!r} is no config key" + (
                     f" (did you mean {' or '.join(near)}?)" if near else "")
+            elif e["type"] == "extra_forbidden" and e["loc"]:
+                # a key inside a section (augment:, synth:): its section's nearest keys, as
+                # the server's settings and recipes say them; it was "'augment' is no
+                # config key (did you mean augment?)" (session 42)
+                e["msg"] = f"{e['msg']}{unknown_key_hint(schema, tuple(e['loc']))}"
         # "--set nonsense=3" was blamed on the config file (new-user review)
         given = [tuple(item.partition("=")[0].strip().split(".")) for item in overrides or []]
 

@@ -91,7 +91,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
     if not train or not val:
         raise ConfigError(f"{cfg.data}: needs both train and val images "
                           f"(has {len(train)} train, {len(val)} val)")
-    _check_files(cfg, dataset, train + val)
+    _check_files(cfg.data, dataset, train + val)
     fp = {"path": str(Path(cfg.data).resolve()),
           "annotations_sha256": sha256_file(Path(cfg.data) / "annotations.json"),
           "extra_data": list(cfg.extra_data),
@@ -107,7 +107,8 @@ def _check_set(name: str | Path, dataset: Dataset) -> list[str]:
     """Refuse a set that ``lineside data validate`` refuses, by its checks that decode no
     pixels (:func:`lineside_inspect.dataset.validate.quick_check`): train trained without a
     word on copies of one picture labelled two ways (new-user review, session 41). Returns
-    what validate warns of, for the log."""
+    what validate warns of, for the log. A detector's and a good-only run's data (and
+    their ``--merge`` sets) are checked by it alike (session 42)."""
     report = quick_check(dataset)
     if report.problems:
         raise DatasetError(
@@ -245,11 +246,12 @@ def tiny_boxes(records: list[ImageRecord], input_size: int) -> str | None:
                    "region the defects are in, or label them larger")
 
 
-def _check_files(cfg: TrainConfig, dataset: Dataset, records: list[ImageRecord]) -> None:
-    """Refuse before training when an image (or golden image) of train or val is not on
-    disk: the run stopped at the first epoch that drew it, leaving a last.pt that made a
-    second try under its name refused (new-user review). A stat per file: seconds for
-    thousands."""
+def _check_files(name: str | Path, dataset: Dataset, records: list[ImageRecord],
+                 what: str = "train/val") -> None:
+    """Refuse before training when an image (or golden image) of ``records`` (train and
+    val; a good-only run's good images) is not on disk: the run stopped at the first epoch
+    that drew it, leaving a last.pt that made a second try under its name refused (new-user
+    review). A stat per file: seconds for thousands."""
     missing: list[str] = []
     for rec in records:
         for path in (dataset.image_path(rec), dataset.reference_path(rec)):
@@ -257,8 +259,8 @@ def _check_files(cfg: TrainConfig, dataset: Dataset, records: list[ImageRecord])
                 missing.append(str(path))
     if missing:
         raise DatasetError(
-            f"{cfg.data}: {len(missing)} image file(s) of train/val are not there, e.g. "
-            f"{missing[0]!r}: nothing was trained; 'lineside data validate {cfg.data}' "
+            f"{name}: {len(missing)} image file(s) of {what} are not there, e.g. "
+            f"{missing[0]!r}: nothing was trained; 'lineside data validate {name}' "
             "lists them: put them back, or import the set again with --skip-invalid")
 
 

@@ -36,6 +36,21 @@ MARGIN = 1e-3
 NO_GOOD = ("no good (defect-free) images: escapes would count any alarm of any class on a "
            "defective part as caught, and false rejects cannot be counted; see "
            "detection_rate and per_class")
+NO_DEFECTIVE = "no defective images"
+UNCHECKED = ("not checked: the escape rate is not measurable here ({why}); the thresholds "
+             "were chosen without the --target-escape allowance")
+
+
+def allowance_unchecked(records: list[ImageRecord]) -> str | None:
+    """Why the escape allowance cannot be checked on ``records`` (no good images: escapes
+    are not measurable, see ``NO_GOOD``; no defective ones: nothing can escape), else None.
+    A calibration then neither enforces an allowance on a raw count nor writes one: its
+    ``allowed_escapes`` is null with this reason in ``not_measurable`` (session 42)."""
+    if not any(not r.boxes for r in records):
+        return UNCHECKED.format(why="no good images")
+    if not any(r.boxes for r in records):
+        return UNCHECKED.format(why=NO_DEFECTIVE)
+    return None
 
 
 def keep_mask(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
@@ -131,7 +146,7 @@ def quality_metrics(
     if not good:
         not_measurable.update(escape_rate=NO_GOOD, false_reject_rate=NO_GOOD)
     if not defective:
-        not_measurable.update(escape_rate="no defective images", detection_rate="no defective images")
+        not_measurable.update(escape_rate=NO_DEFECTIVE, detection_rate=NO_DEFECTIVE)
     per_class = {
         name: {"boxes": int(gt_n[c]), "found": int(tp_n[c]), "predicted": int(pred_n[c]),
                "recall": _ratio(int(tp_n[c]), int(gt_n[c])),
@@ -146,8 +161,10 @@ def quality_metrics(
         "defect_precision": _ratio(int(tp_n.sum()), int(pred_n.sum())),
         "defective_images": defective,
         "good_images": good,
-        "escapes": escapes,
-        "false_rejects": rejects,
+        # a count beside a rate that is not measurable read as a measured 0 (session 42):
+        # null with its rate, the reason in not_measurable
+        "escapes": None if "escape_rate" in not_measurable else escapes,
+        "false_rejects": None if "false_reject_rate" in not_measurable else rejects,
         "escape_rate": None if "escape_rate" in not_measurable else _ratio(escapes, defective),
         "false_reject_rate": None if "false_reject_rate" in not_measurable else _ratio(rejects, good),
         # defective images where at least one defect is found with its right class
@@ -212,9 +229,12 @@ def calibrate(
             "escapes": None,
             "false_rejects": None,
             "allowed_escapes": None,
+            "not_measurable": {"escape_rate": NO_GOOD, "false_reject_rate": NO_GOOD,
+                               "allowed_escapes": allowance_unchecked(records)},
         }
     defective = [i for i, r in enumerate(records) if r.boxes]
     allowed = math.floor(target_escape * len(defective) + 1e-9)
+    # (no defective images: nothing escapes, the allowance is not checked, see the end)
     image_max = np.array([float(preds[i].scores.max()) if len(preds[i].scores) else 0.0
                           for i in defective])
     ordered = np.sort(image_max)
@@ -250,9 +270,11 @@ def calibrate(
         "method": "fewest false rejects within the escape target, then best defect F1",
         "global_threshold": global_t,
         "thresholds": per_class,
-        "escapes": _escapes(records, preds, thr),
+        **({"escapes": _escapes(records, preds, thr), "allowed_escapes": allowed}
+           if defective else {"escapes": None, "allowed_escapes": None}),
         "false_rejects": _rejects(records, preds, thr),
-        "allowed_escapes": allowed,
+        "not_measurable": {} if defective else {
+            "escape_rate": NO_DEFECTIVE, "allowed_escapes": allowance_unchecked(records)},
     }
 
 

@@ -4,19 +4,21 @@ group for calibration."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
-from lineside_inspect.errors import ConfigError, DatasetError
+from lineside_inspect.errors import ConfigError, DatasetError, ImageError, Problem
 from lineside_inspect.imageio import read_image
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import PAD_VALUE, sha256_file
 from lineside_inspect.runtime.preprocess import letterbox
 from lineside_training.anomaly.config import AnomalyConfig
 from lineside_training.anomaly.synth import SynthSpec, add_anomalies, rephotograph
+from lineside_training.engine import _check_files, _check_set
 
 MIN_CALIB = 1  # calibration needs at least one held-out good image
 
@@ -25,6 +27,24 @@ def load_rgb(dataset: Dataset, rec: ImageRecord, size: int) -> np.ndarray:
     """The record's pixels as the edge runtime feeds them: RGB, letterboxed to ``size``."""
     image = cv2.cvtColor(read_image(dataset.image_path(rec)), cv2.COLOR_BGR2RGB)
     return letterbox(image, size, pad_value=PAD_VALUE)[0]
+
+
+def load_all(name: str | Path, dataset: Dataset, records: list[ImageRecord],
+             size: int) -> list[np.ndarray]:
+    """Every record's pixels (:func:`load_rgb`), or, where some do not decode, one refusal
+    naming each (a run stopped at the first, its folder made; session 42)."""
+    images, problems = [], []
+    for rec in records:
+        try:
+            images.append(load_rgb(dataset, rec, size))
+        except ImageError as exc:
+            problems.append(Problem(rec.origin or rec.file_name, "", exc.message, rec.file_name))
+    if problems:
+        raise DatasetError(f"{name}: {len(problems)} good image(s) that do not decode: nothing "
+                           f"was trained; 'lineside data validate {name}' lists every problem "
+                           "(import the set again with --skip-invalid to leave them out)",
+                           problems)
+    return images
 
 
 def split_images(dataset: Dataset, split: str) -> list[ImageRecord]:
@@ -71,6 +91,9 @@ class GoodSplit:
     calib_sha256: list[str]
     added: int = 0  # of train: from extra_data
     copies_left_out: list[str] = field(default_factory=list)  # of calibration images
+    # what 'lineside data validate' warns of in the sets (copies within a split, images
+    # annotations.json does not list): said in train.log, as a detector's run says them
+    set_warnings: list[str] = field(default_factory=list)
 
 
 def good_to_train(dataset: Dataset, split: str | None) -> list[ImageRecord]:
@@ -87,12 +110,17 @@ def carve(cfg: AnomalyConfig) -> GoodSplit:
     training and calibration sets: calibration must see boards the model never saw, as
     the line will. ``extra_data``'s good images are added to training."""
     dataset = read_dataset(cfg.data)
+    # the detector's checks before any time is spent (lineside data validate's that decode
+    # no pixels): a good-only run trained on a set validate refuses, e.g. a picture
+    # labelled good and, as a copy, defective (session 42)
+    warnings = _check_set(cfg.data, dataset)
     good = good_to_train(dataset, cfg.split)
     if not good:
         where = f"split {cfg.split!r} of {cfg.data}" if cfg.split else cfg.data
         held_out = "" if cfg.split else " of no split or train (val and test are held out)"
         raise ConfigError(f"{where}: no good images (images without boxes){held_out} to "
                           "train on")
+    _check_files(cfg.data, dataset, good, "the good images")
     groups = sorted({group_of(r) for r in good})
     if cfg.calib_groups:
         unknown = sorted(set(cfg.calib_groups) - set(groups))
@@ -131,18 +159,19 @@ def carve(cfg: AnomalyConfig) -> GoodSplit:
         raise ConfigError(f"{cfg.data}: every training image is a copy of a calibration "
                           "image (the same pixels in two groups): nothing left to train on")
     train, train_sha256 = [r for r, _ in kept], [d for _, d in kept]
-    extra, extra_sha256 = extra_good(cfg, held_content)
+    extra, extra_sha256 = extra_good(cfg, held_content, warnings)
     return GoodSplit(dataset, train + extra, calib, held, train_sha256 + extra_sha256,
-                     calib_sha256, len(extra), copied)
+                     calib_sha256, len(extra), copied, warnings)
 
 
-def extra_good(cfg: AnomalyConfig, held: set[str],
+def extra_good(cfg: AnomalyConfig, held: set[str], warnings: list[str] | None = None,
                ) -> tuple[list[ImageRecord], list[str]]:
     """The good images of ``cfg.extra_data`` (of no split, or train: another split is
     someone's held-out set), each reading its pixels from its own dataset, each image once
     (by content: a set listed twice or a copy adds nothing twice), with their digests. A
     calibration image (``held``, by content too: a copied or re-imported set) is refused:
-    calibration must not see trained parts."""
+    calibration must not see trained parts. Each set is checked as the main one
+    (:func:`lineside_training.engine._check_set`), its warnings added to ``warnings``."""
     pool: list[ImageRecord] = []
     came_from: dict[int, str] = {}
     for extra in cfg.extra_data:
@@ -150,10 +179,14 @@ def extra_good(cfg: AnomalyConfig, held: set[str],
             other = read_dataset(extra)
         except DatasetError as exc:
             raise ConfigError(f"extra_data (--merge) {extra}: {exc.message}") from None
+        found = _check_set(extra, other)
+        if warnings is not None:
+            warnings.extend(found)
         good = good_to_train(other, None)
         if not good:
             raise ConfigError(f"extra_data {extra}: no good images (without boxes) of no "
                               "split or train to add")
+        _check_files(extra, other, good, "the good images")
         for rec in good:
             rec.source = other.image_path(rec)  # read from its own set, whichever set reads
             came_from[id(rec)] = extra

@@ -22,7 +22,7 @@ from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError, LinesideError
 from lineside_training.anomaly.calibrate import NEAR_CEILING, captures_needed, operating_point
 from lineside_training.anomaly.config import AnomalyConfig
-from lineside_training.anomaly.data import CropSampler, GoodSplit, carve, group_of, load_rgb
+from lineside_training.anomaly.data import CropSampler, GoodSplit, carve, group_of, load_all
 from lineside_training.anomaly.infer import score_images, torch_forward
 from lineside_training.anomaly.net import AnomalyGraph, AnomalyNet
 from lineside_training.anomaly.synth import rephotograph
@@ -78,6 +78,12 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     if (run_dir / CHECKPOINT).is_file():
         raise ConfigError(f"{run_dir}: a good-only run of this name is already there "
                           f"({CHECKPOINT}): give the new run another name (--name)")
+    # decoded before the run folder is made: an image that does not decode is refused
+    # with the others, not met after the folder was (session 42)
+    t0 = time.perf_counter()
+    train_images = load_all(cfg.data, split.dataset, split.train, cfg.input_size)
+    calib_images = load_all(cfg.data, split.dataset, split.calib, cfg.input_size)
+    loaded = time.perf_counter() - t0
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     log = (run_dir / "train.log").open("w")
@@ -102,15 +108,14 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
         say(f"warning: {captures} calibration captures at {cfg.target_false_reject:.1%} false "
             f"rejects: the threshold is only the highest score seen ({needed} or more set "
             "it); hold out more groups, or calibrate on the line (lineside calibrate)")
-    t0 = time.perf_counter()
-    train_images = [load_rgb(split.dataset, r, cfg.input_size) for r in split.train]
-    calib_images = [load_rgb(split.dataset, r, cfg.input_size) for r in split.calib]
+    for warning in split.set_warnings:  # as a detector's run says them (data_warnings)
+        say(f"warning: {warning}")
     say(f"input {cfg.input_size} px, crops of {cfg.crop_size} px")
     added = (f" ({split.added} of them from extra_data {', '.join(cfg.extra_data)})"
              if cfg.extra_data else "")
     say(f"good images: {len(train_images)} to train on{added}, {len(calib_images)} held out for "
         f"calibration (groups {split.calib_groups or 'by image'}); loaded in "
-        f"{time.perf_counter() - t0:.0f}s")
+        f"{loaded:.0f}s")
     sampler = CropSampler(train_images, cfg, cfg.seed)
     net = AnomalyNet(cfg.width)
     if origin is not None:
