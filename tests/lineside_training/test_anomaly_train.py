@@ -563,7 +563,7 @@ def test_a_set_validate_refuses_is_refused_before_good_only_training(tmp_path: P
     and its files); a good-only run did not: it trained on a picture labelled good whose
     copy is labelled defective, met a missing file as a bare OSError and an undecodable
     one after its run folder was made (session 42). Each is refused before the folder is
-    made, by the same checks (engine._check_set, engine._check_files)."""
+    made, by the same checks (engine.check_set, engine.check_files)."""
     data = _good_set(tmp_path, ("a", "b"), 3, np.random.default_rng(5))
     cfg = _config(tmp_path, data)
     run = tmp_path / "runs" / "toy"

@@ -84,14 +84,14 @@ def load_data(cfg: TrainConfig) -> TrainData:
     if not any(r.split for r in dataset.images):
         raise ConfigError(f"{cfg.data}: no split assigned; run 'lineside data split {cfg.data}'")
     train = dataset.in_split("train")
-    warnings = _check_set(cfg.data, dataset)
+    warnings = check_set(cfg.data, dataset)
     held: dict[str, int] = {}  # per merged set: its val/test images, which stay held out
     merged = _merge(cfg, dataset, class_names, train, held, warnings) if cfg.extra_data else {}
     val = dataset.in_split("val")
     if not train or not val:
         raise ConfigError(f"{cfg.data}: needs both train and val images "
                           f"(has {len(train)} train, {len(val)} val)")
-    _check_files(cfg.data, dataset, train + val)
+    check_files(cfg.data, dataset, train + val)
     fp = {"path": str(Path(cfg.data).resolve()),
           "annotations_sha256": sha256_file(Path(cfg.data) / "annotations.json"),
           "extra_data": list(cfg.extra_data),
@@ -103,7 +103,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
     return TrainData(dataset, class_names, train, val, fp, warnings)
 
 
-def _check_set(name: str | Path, dataset: Dataset) -> list[str]:
+def check_set(name: str | Path, dataset: Dataset) -> list[str]:
     """Refuse a set that ``lineside data validate`` refuses, by its checks that decode no
     pixels (:func:`lineside_inspect.dataset.validate.quick_check`): train trained without a
     word on copies of one picture labelled two ways (new-user review, session 41). Returns
@@ -126,7 +126,7 @@ def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
            train: list[ImageRecord], held: dict[str, int],
            warnings: list[str]) -> dict[str, dict[str, int]]:
     """Add the ``extra_data`` sets' train (and unsplit) images to ``train``; count their
-    val/test ones in ``held``; each set is checked as the main one (:func:`_check_set`),
+    val/test ones in ``held``; each set is checked as the main one (:func:`check_set`),
     its warnings added to ``warnings``. The set itself, or a set given twice, is refused. Images
     are also compared by content (third review): per set, how many are in train already
     (a copy: trained on twice) and how many are parts the main set's val/test judges (a
@@ -156,7 +156,7 @@ def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
                                  ", merged already") + "; merge other sets only, each once")
         given[where] = str(extra)
         other = read_dataset(extra)
-        warnings.extend(_check_set(extra, other))
+        warnings.extend(check_set(extra, other))
         for name in other.categories:
             if name not in class_names:
                 raise ConfigError(f"{extra}: class {name!r} is not in {cfg.data}'s classes")
@@ -246,7 +246,7 @@ def tiny_boxes(records: list[ImageRecord], input_size: int) -> str | None:
                    "region the defects are in, or label them larger")
 
 
-def _check_files(name: str | Path, dataset: Dataset, records: list[ImageRecord],
+def check_files(name: str | Path, dataset: Dataset, records: list[ImageRecord],
                  what: str = "train/val") -> None:
     """Refuse before training when an image (or golden image) of ``records`` (train and
     val; a good-only run's good images) is not on disk: the run stopped at the first epoch

@@ -18,7 +18,7 @@ from lineside_inspect.package import PAD_VALUE, sha256_file
 from lineside_inspect.runtime.preprocess import letterbox
 from lineside_training.anomaly.config import AnomalyConfig
 from lineside_training.anomaly.synth import SynthSpec, add_anomalies, rephotograph
-from lineside_training.engine import _check_files, _check_set
+from lineside_training.engine import check_files, check_set
 
 MIN_CALIB = 1  # calibration needs at least one held-out good image
 
@@ -113,14 +113,14 @@ def carve(cfg: AnomalyConfig) -> GoodSplit:
     # the detector's checks before any time is spent (lineside data validate's that decode
     # no pixels): a good-only run trained on a set validate refuses, e.g. a picture
     # labelled good and, as a copy, defective (session 42)
-    warnings = _check_set(cfg.data, dataset)
+    warnings = check_set(cfg.data, dataset)
     good = good_to_train(dataset, cfg.split)
     if not good:
         where = f"split {cfg.split!r} of {cfg.data}" if cfg.split else cfg.data
         held_out = "" if cfg.split else " of no split or train (val and test are held out)"
         raise ConfigError(f"{where}: no good images (images without boxes){held_out} to "
                           "train on")
-    _check_files(cfg.data, dataset, good, "the good images")
+    check_files(cfg.data, dataset, good, "the good images")
     groups = sorted({group_of(r) for r in good})
     if cfg.calib_groups:
         unknown = sorted(set(cfg.calib_groups) - set(groups))
@@ -171,7 +171,7 @@ def extra_good(cfg: AnomalyConfig, held: set[str], warnings: list[str] | None = 
     (by content: a set listed twice or a copy adds nothing twice), with their digests. A
     calibration image (``held``, by content too: a copied or re-imported set) is refused:
     calibration must not see trained parts. Each set is checked as the main one
-    (:func:`lineside_training.engine._check_set`), its warnings added to ``warnings``."""
+    (:func:`lineside_training.engine.check_set`), its warnings added to ``warnings``."""
     pool: list[ImageRecord] = []
     came_from: dict[int, str] = {}
     for extra in cfg.extra_data:
@@ -179,14 +179,14 @@ def extra_good(cfg: AnomalyConfig, held: set[str], warnings: list[str] | None = 
             other = read_dataset(extra)
         except DatasetError as exc:
             raise ConfigError(f"extra_data (--merge) {extra}: {exc.message}") from None
-        found = _check_set(extra, other)
+        found = check_set(extra, other)
         if warnings is not None:
             warnings.extend(found)
         good = good_to_train(other, None)
         if not good:
             raise ConfigError(f"extra_data {extra}: no good images (without boxes) of no "
                               "split or train to add")
-        _check_files(extra, other, good, "the good images")
+        check_files(extra, other, good, "the good images")
         for rec in good:
             rec.source = other.image_path(rec)  # read from its own set, whichever set reads
             came_from[id(rec)] = extra
