@@ -374,7 +374,7 @@ def data_pull(
 
     from lineside_inspect.store import Store
     from lineside_inspect.store.pull import pull_from_server, pull_from_store
-    from lineside_inspect.store.store import DB_FILE, check_database
+    from lineside_inspect.store.store import DB_FILE, check_database, default_url
 
     try:
         when = datetime.fromisoformat(since) if since else None
@@ -384,11 +384,14 @@ def data_pull(
         ds = pull_from_server(source, dst, key=key, since=when, reviewed=reviewed,
                               overwrite=overwrite)
     else:
-        if not (Path(source) / DB_FILE).is_file() and database_url is None:
+        if not (Path(source) / DB_FILE).exists() and database_url is None:
             raise DatasetError(f"{source}: no {DB_FILE} here; give a server URL, a store "
                                "folder or --database-url")
-        if database_url is not None:  # a bad URL or a database down: one line
-            check_database(database_url, "--database-url", named="--database-url")
+        # a bad URL or a database down; a SQLite file that is damaged, empty or another
+        # program's (its tables were made in it): one line, the file left as it is
+        check_database(database_url or default_url(source), "--database-url" if database_url
+                       else "the store's database", named="--database-url",
+                       data_dir=source, must_exist=True)
         from sqlalchemy.exc import DBAPIError
 
         try:
@@ -1045,13 +1048,15 @@ def _golden_items(data: Path | None, split: str | None, good: Path | None, bad: 
             items += golden.from_folder(folder, expected=expected, limit=limit)  # type: ignore[arg-type]
     if store is not None:
         from lineside_inspect.store import Store
-        from lineside_inspect.store.store import DB_FILE, check_database
+        from lineside_inspect.store.store import DB_FILE, check_database, default_url
 
-        if not (store / DB_FILE).is_file() and database_url is None:  # read, never made here
+        if not (store / DB_FILE).exists() and database_url is None:  # read, never made here
             raise GoldenSetError(f"--store {store}: no {DB_FILE} here; give the server's "
                                  "store folder (its data_dir) or --database-url")
-        if database_url is not None:  # a bad URL or a database down: one line
-            check_database(database_url, "--database-url", named="--database-url")
+        # as data pull checks it (one line; a foreign or damaged SQLite file left as it is)
+        check_database(database_url or default_url(store), "--database-url" if database_url
+                       else "--store's database", named="--database-url", data_dir=store,
+                       must_exist=True)
         with Store(store, database_url) as st:
             found, more = golden.from_store(st, limit=500 if limit is None else limit)
         items += found

@@ -290,12 +290,14 @@ def preflight(settings: Settings) -> None:
         # a ModuleNotFoundError traceback from the start-up's store otherwise
         raise MissingExtraError("database_url names PostgreSQL, whose driver (psycopg) is not "
                                 "installed: " + install_hint("postgres"))
-    if settings.store and settings.database_url:
-        # a URL that does not parse, or a database down: one line, not the start-up's
-        # traceback (the hub checked its own; a box's store did not)
-        from lineside_inspect.store.store import check_database
+    if settings.store:
+        # a URL that does not parse, a database down, a SQLite file that is damaged or
+        # another program's: one line, not the start-up's traceback (the hub checked its
+        # own; a box's store did not), and the file left as it is
+        from lineside_inspect.store.store import check_database, default_url
 
-        check_database(settings.database_url, "the server's database")
+        check_database(settings.database_url or default_url(settings.data_dir),
+                       "the server's database", data_dir=settings.data_dir)
 
     cards: dict[str, dict[str, ModelCard]] = {}
     for path in settings.models:

@@ -153,3 +153,50 @@ def test_a_bad_aligned_field_is_named(tmp_path: Path) -> None:
                     "aligned": [1.0, "x"]}], "annotations": [], "categories": []}))
     problems = [str(p) for p in validate_dir(tmp_path)]
     assert any("images[0].aligned" in p and "two finite numbers" in p for p in problems), problems
+
+
+def test_a_golden_is_read_once_for_the_item_that_checks_and_aligns_with_it(
+        station: tuple[Running, dict[str, Any]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first aligned item naming a golden read it twice: once for its check (cached
+    for the items after it), once more to align the frame (review, session 42). Reads are
+    counted, per item; the row stored without its shift (pulled first: the newest) is
+    left out of this pull, so an aligned item is the first to check the golden."""
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.store import pull
+    from lineside_inspect.store.models import InspectionRow
+
+    srv, got = station
+    reads: list[str] = []
+    aligns: list[str] = []
+    read, align = pull._read, pull._align
+
+    def counted_read(path: Path, what: str) -> bytes | str:
+        reads.append(what)
+        return read(path, what)
+
+    def counted_align(item: dict[str, Any], *args: Any) -> Path | str:
+        aligns.append(item["id"])
+        return align(item, *args)
+
+    monkeypatch.setattr(pull, "_read", counted_read)
+    monkeypatch.setattr(pull, "_align", counted_align)
+    store = srv.app.state.store
+
+    def review_state(state: str) -> None:
+        with Session(store.engine) as s, s.begin():
+            row = s.get(InspectionRow, got["old"]["id"])
+            assert row is not None
+            row.review_state = state
+
+    review_state("unreviewed")
+    try:
+        pull_from_store(store, tmp_path / "pulled")
+    finally:
+        review_state("reviewed")
+    assert len(aligns) >= 2 and got["golden_left"]["id"] in aligns  # (each aligned)
+    # per item: its image, then its golden at most once
+    per_item = "".join("i" if w == "image" else "g" for w in reads).split("i")[1:]
+    assert per_item and all(g in ("", "g") for g in per_item), reads
+    assert reads.count("golden image") == len(aligns)

@@ -174,10 +174,15 @@ def test_a_folder_or_a_link_to_nothing_in_place_of_a_stored_file_is_named(
         files["golden-folder"][0]: "its stored golden image is a folder, not a file"}
 
 
-@pytest.mark.parametrize("content", [b"not a database at all\n" * 10, b"SQLite format 3\0"])
-def test_a_store_database_that_does_not_read_is_one_line(tmp_path: Path, content: bytes) -> None:
+@pytest.mark.parametrize(("content", "said"), [
+    (b"not a database at all\n" * 10, "is not a SQLite database"),
+    (b"SQLite format 3\0", "is damaged: cut short (16 bytes)")])
+def test_a_store_database_that_does_not_read_is_one_line(tmp_path: Path, content: bytes,
+                                                         said: str) -> None:
     """A store folder whose lineside.db is not a database (or a damaged one) was a
-    160-line sqlalchemy DatabaseError traceback from `data pull DIR`."""
+    160-line sqlalchemy DatabaseError traceback from `data pull DIR`. Read before the
+    store opens it since session 42 (``check_sqlite_store``: more cases in
+    ``test_store_file_checks.py``)."""
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / DB_FILE).write_bytes(content)
     result = runner.invoke(app, ["data", "pull", str(tmp_path / "store"),
@@ -185,5 +190,5 @@ def test_a_store_database_that_does_not_read_is_one_line(tmp_path: Path, content
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
-    assert f"{tmp_path / 'store'}: its database {DB_FILE} cannot be read" in result.output
+    assert f"the store's database {tmp_path / 'store' / DB_FILE} {said}" in result.output
     assert not (tmp_path / "out").exists()

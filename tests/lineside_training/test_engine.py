@@ -381,3 +381,38 @@ def test_boxes_the_input_size_shrinks_out_of_sight_are_warned(
     assert "no practical input size keeps them visible" in data_warnings(data, 640)[0]
     rec.boxes = [Box(100, 100, 102, 140, "a")]  # 2 px in its own image: not the scaling's
     assert data_warnings(data, 640) == []
+
+
+def test_merging_hashes_each_image_once(tmp_path: Path, make_config: Make,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --merge`: the set's check hashes its images of one size (byte-identical
+    copies are), then the merge compares every image by content: those were hashed twice
+    (review, session 42). Hashes counted per file, not timed."""
+    from lineside_inspect.dataset import duplicates
+
+    data = tmp_path / "set"
+    shutil.copytree(SAMPLE, data)
+    doc = json.loads((data / "annotations.json").read_text())
+    first = next(i for i in doc["images"] if i.get("split") == "train")
+    new_id = max(i["id"] for i in doc["images"]) + 1  # a copy in train, labelled alike
+    copy = {**first, "id": new_id, "file_name": "copy-" + Path(first["file_name"]).name}
+    shutil.copy(data / "images" / first["file_name"], data / "images" / copy["file_name"])
+    doc["images"].append(copy)
+    top = max(a["id"] for a in doc["annotations"])
+    doc["annotations"] += [{**a, "id": top + n, "image_id": new_id} for n, a in enumerate(
+        (a for a in doc["annotations"] if a["image_id"] == first["id"]), 1)]
+    (data / "annotations.json").write_text(json.dumps(doc))
+    hashed: list[str] = []
+    real = duplicates.file_sha256
+
+    def counted(path: str | Path) -> str:
+        hashed.append(str(path))  # (two sets' links to one file are two files here)
+        return real(path)
+
+    monkeypatch.setattr(duplicates, "file_sha256", counted)
+    extra = [str(another_set(tmp_path / n)) for n in ("other", "more")]
+    loaded = load_data(make_config(tmp_path, data=str(data), extra_data=extra))
+    assert {p for p in hashed if hashed.count(p) > 1} == set()
+    copied = (data / "images" / copy["file_name"]).resolve()
+    assert copied in {Path(p).resolve() for p in hashed}  # by the check (one size), once
+    assert set(loaded.fingerprint["extra_duplicates"]) == set(extra)  # compared by content

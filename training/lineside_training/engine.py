@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
+from lineside_inspect.dataset import Dataset, ImageRecord, duplicates, read_dataset
 from lineside_inspect.dataset.validate import duplicate_warnings, quick_check, unlisted_warning
 from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_inspect.package import sha256_file
@@ -84,9 +84,11 @@ def load_data(cfg: TrainConfig) -> TrainData:
     if not any(r.split for r in dataset.images):
         raise ConfigError(f"{cfg.data}: no split assigned; run 'lineside data split {cfg.data}'")
     train = dataset.in_split("train")
-    warnings = check_set(cfg.data, dataset)
+    digests: dict[str, str] = {}  # image path -> sha256: each file hashed once (_merge)
+    warnings = check_set(cfg.data, dataset, digests)
     held: dict[str, int] = {}  # per merged set: its val/test images, which stay held out
-    merged = _merge(cfg, dataset, class_names, train, held, warnings) if cfg.extra_data else {}
+    merged = (_merge(cfg, dataset, class_names, train, held, warnings, digests)
+              if cfg.extra_data else {})
     val = dataset.in_split("val")
     if not train or not val:
         raise ConfigError(f"{cfg.data}: needs both train and val images "
@@ -103,13 +105,15 @@ def load_data(cfg: TrainConfig) -> TrainData:
     return TrainData(dataset, class_names, train, val, fp, warnings)
 
 
-def check_set(name: str | Path, dataset: Dataset) -> list[str]:
+def check_set(name: str | Path, dataset: Dataset,
+              digests: dict[str, str] | None = None) -> list[str]:
     """Refuse a set that ``lineside data validate`` refuses, by its checks that decode no
     pixels (:func:`lineside_inspect.dataset.validate.quick_check`): train trained without a
     word on copies of one picture labelled two ways (new-user review, session 41). Returns
-    what validate warns of, for the log. A detector's and a good-only run's data (and
-    their ``--merge`` sets) are checked by it alike (session 42)."""
-    report = quick_check(dataset)
+    what validate warns of, for the log. ``digests``: the images' sha256 by path, shared
+    with :func:`_merge` (those of one size are hashed here). A detector's and a good-only
+    run's data (and their ``--merge`` sets) are checked by it alike (session 42)."""
+    report = quick_check(dataset, digests)
     if report.problems:
         raise DatasetError(
             f"{name}: {len(report.problems)} problem(s) that 'lineside data validate {name}' "
@@ -123,19 +127,24 @@ def check_set(name: str | Path, dataset: Dataset) -> list[str]:
 
 
 def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
-           train: list[ImageRecord], held: dict[str, int],
-           warnings: list[str]) -> dict[str, dict[str, int]]:
+           train: list[ImageRecord], held: dict[str, int], warnings: list[str],
+           digests: dict[str, str]) -> dict[str, dict[str, int]]:
     """Add the ``extra_data`` sets' train (and unsplit) images to ``train``; count their
     val/test ones in ``held``; each set is checked as the main one (:func:`check_set`),
     its warnings added to ``warnings``. The set itself, or a set given twice, is refused. Images
     are also compared by content (third review): per set, how many are in train already
     (a copy: trained on twice) and how many are parts the main set's val/test judges (a
-    re-split copy leaked all of its val images into train), which the log warns of."""
+    re-split copy leaked all of its val images into train), which the log warns of.
+    ``digests``: by path, those :func:`check_set` hashed (each file is hashed once: the
+    images of one size were hashed twice, review of session 42)."""
     def digest(ds: Dataset, rec: ImageRecord) -> str:
-        try:
-            return sha256_file(ds.image_path(rec))
-        except OSError:
-            return f"unreadable:{rec.file_name}"  # said by the file check after this
+        path = str(ds.image_path(rec))
+        if path not in digests:
+            try:
+                digests[path] = duplicates.file_sha256(path)
+            except OSError:
+                return f"unreadable:{rec.file_name}"  # said by the file check after this
+        return digests[path]
 
     # golden images are shared by design (a pulled set carries the templates of the set it
     # came from): only the parts judged count
@@ -156,7 +165,7 @@ def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
                                  ", merged already") + "; merge other sets only, each once")
         given[where] = str(extra)
         other = read_dataset(extra)
-        warnings.extend(check_set(extra, other))
+        warnings.extend(check_set(extra, other, digests))
         for name in other.categories:
             if name not in class_names:
                 raise ConfigError(f"{extra}: class {name!r} is not in {cfg.data}'s classes")
@@ -164,13 +173,13 @@ def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
         if len(other.images) > len(taken):
             held[str(extra)] = len(other.images) - len(taken)
         its_goldens = {r.reference for r in other.images if r.reference}
-        digests = [digest(other, r) for r in taken]
-        parts = [d for r, d in zip(taken, digests, strict=True) if r.file_name not in its_goldens]
+        sums = [digest(other, r) for r in taken]
+        parts = [d for r, d in zip(taken, sums, strict=True) if r.file_name not in its_goldens]
         leaked = sum(d in judged for d in parts)
         again = sum(d in trained for d in parts)
         if leaked or again:
             found[str(extra)] = {"in_val_or_test": leaked, "in_train": again}
-        trained.update(digests)
+        trained.update(sums)
         for rec in taken:
             rec.source = other.image_path(rec)
             rec.reference_source = other.reference_path(rec)

@@ -141,16 +141,17 @@ def check_dir(root: str | Path, *, check_pixels: bool = True) -> Validation:
     return Validation(dataset, problems + duplicate_problems(groups), groups, prints)
 
 
-def quick_check(dataset: Dataset) -> Validation:
+def quick_check(dataset: Dataset, digests: dict[str, str] | None = None) -> Validation:
     """The checks of :func:`check_dir` that decode no pixels, which ``lineside train`` runs
     at every start (it trained on a set ``data validate`` refuses: copies of one picture
     labelled two ways; new-user review, session 41): class and file names, boxes,
     references, and byte-identical copies (:func:`exact_groups`: a stat per image, a hash
     only where sizes agree) across a split or labelled two ways. Left to ``data validate``:
     images that do not decode or whose size is not the one recorded, and near duplicates
-    (decoding every image: 18 s for DeepPCB's 2,000 where this takes about 1 s)."""
+    (decoding every image: 18 s for DeepPCB's 2,000 where this takes about 1 s).
+    ``digests``: as :func:`exact_groups` takes it."""
     problems = validate_dataset(dataset, check_pixels=False)
-    groups = exact_groups(dataset)
+    groups = exact_groups(dataset, digests)
     return Validation(dataset, problems + duplicate_problems(groups), groups)
 
 

@@ -310,12 +310,15 @@ class _Placing:
         """``item``'s record in the dataset, its image staged at ``image`` and its golden
         (the store's ``refs/<sha256>.<ext>``) at ``golden``; or left out, named."""
         data = _read(image, "image")  # (or why it does not read: the store's file's mode)
-        problem = data if isinstance(data, str) else _image_problem(item, data) or (
-            self._golden_problem(item, golden) if golden is not None else None)
+        ref: bytes | str | None = None  # the golden's bytes, when its check read them
+        problem = data if isinstance(data, str) else _image_problem(item, data)
+        if problem is None and golden is not None:
+            problem, ref = self._golden_problem(item, golden)
         shift = _stored_shift(item) if golden is not None else None
         if problem is None and isinstance(data, bytes) and golden is not None \
                 and shift is not None and shift != (0.0, 0.0):
-            ref = _read(golden, "golden image")
+            # (read once: its check read it for the first item naming it)
+            ref = _read(golden, "golden image") if ref is None else ref
             aligned = ref if isinstance(ref, str) else _align(item, data, ref, shift,
                                                               self.tmp / "aligned")
             if isinstance(aligned, str):
@@ -338,14 +341,17 @@ class _Placing:
         else:
             self.records.append(rec)
 
-    def _golden_problem(self, item: dict[str, Any], golden: Path) -> str | None:
+    def _golden_problem(self, item: dict[str, Any], golden: Path) -> tuple[str | None, bytes | None]:
+        """Why ``golden`` does not serve ``item`` (None: it does), and its bytes when they
+        were read for it now (a check cached for an item before reads nothing)."""
         said = (item.get("reference") or {}).get("sha256")
         key = (golden, item["width"], item["height"], None if said is None else str(said))
-        if key not in self.goldens:
-            data = _read(golden, "golden image")
-            self.goldens[key] = data if isinstance(data, str) else (
-                _image_problem(item, data, "golden image") or _altered(item, data))
-        return self.goldens[key]
+        if key in self.goldens:
+            return self.goldens[key], None
+        data = _read(golden, "golden image")
+        self.goldens[key] = data if isinstance(data, str) else (
+            _image_problem(item, data, "golden image") or _altered(item, data))
+        return self.goldens[key], data if isinstance(data, bytes) else None
 
     def _drop(self, image: Path, golden: Path | None) -> None:
         """What an item left out staged: the staging folder holds what goes in. A server's

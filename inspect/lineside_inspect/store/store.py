@@ -30,6 +30,7 @@ import os
 import random
 import shutil
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -119,6 +120,16 @@ T = TypeVar("T")
 # the layout of a data folder: <data_dir>/DB_FILE, <data_dir>/IMAGES_DIR/<day>/<id>.<ext>,
 # shared reference copies in <data_dir>/IMAGES_DIR/REFS_DIR/<sha256>.<ext>
 DB_FILE = "lineside.db"
+SQLITE_MAGIC = b"SQLite format 3\0"  # the first bytes of every SQLite database file
+# the store's schema generation, kept in a SQLite store's header (PRAGMA user_version,
+# Store._mark_schema): raised by a release whose tables an older one would misread, which
+# then refuses the store (check_sqlite_store). Columns added (nullable, ADDED_COLUMNS) do not
+# raise it: an older release reads and writes such a store as before
+SCHEMA_VERSION = 1
+# columns of the inspections table every Lineside release made: a SQLite file whose tables
+# lack them is another program's database (check_sqlite_store)
+LINESIDE_COLUMNS = frozenset({"id", "created_at", "recipe_name", "model_sha256", "verdict",
+                              "image_path"})
 IMAGES_DIR = "images"
 REFS_DIR = "refs"
 # room one inspection's row may take in the database (its pages and their write-ahead log
@@ -230,13 +241,144 @@ def _operator_set(url: str) -> set[str]:
     return given
 
 
-def check_database(url: str, whose: str = "the database", named: str = "database_url") -> None:
+def default_url(data_dir: str | Path) -> str:
+    """The URL of a data folder's own SQLite database (``data_dir/lineside.db``). The path
+    quoted: a data_dir with "?" put the database beside the folder (the rest taken for the
+    URL's query), one with "%20" failed to open it (unquoted)."""
+    return URL.create("sqlite", database=str((Path(data_dir) / DB_FILE).resolve())
+                      ).render_as_string()
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names; None for an in-memory database or a ``file:`` URI."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _in_use(data_dir: Path | None) -> bool:
+    """A store ran in ``data_dir`` before: its journal folder (made once the database was)
+    or a stored image is there."""
+    return data_dir is not None and ((data_dir / "journal").is_dir() or any(
+        (data_dir / IMAGES_DIR).glob("*")))
+
+
+def check_sqlite_store(url: str, data_dir: str | Path | None = None, *,
+                       whose: str = "the store's database", must_exist: bool = False) -> None:
+    """A SQLite store's file, read only (never made, changed or "repaired"), before a
+    server starts or a command reads it: one :class:`ConfigError` line naming the file and
+    what to do when it is a folder, cannot be read, is empty or cut short, is no SQLite
+    database, is another program's database, or was written by a newer release
+    (:data:`SCHEMA_VERSION`). Opened as it was, such a file was a start-up traceback, or
+    Lineside's tables were made in another program's database. ``must_exist`` (a command
+    that reads a store): a file that is not there, or holds no tables, is refused too. An
+    empty file, or one without tables, is taken for a new store only where no store ran
+    before (``data_dir``): otherwise its rows were lost, and start-up cleanup would take
+    the folder's images for orphans."""
+    path = _sqlite_file(url)
+    if path is None:
+        return
+    folder = Path(data_dir) if data_dir is not None else None
+    keep = "restore it from a backup" + (
+        "" if must_exist else ", or move it (with any -wal and -shm file beside it) out of "
+        "the way to start a new store") + "; Lineside left it as it is"
+    access = ("give the user Lineside runs as read and write access to it, its -wal and -shm "
+              "files and its folder")
+
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError(f"{whose} {path} {problem}")
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if must_exist:
+            raise refuse("does not exist") from None
+        return
+    except OSError as exc:  # a parent that is a file, a folder it may not enter
+        raise refuse(f"cannot be read ({exc.strerror or exc}): {access}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise refuse("is a folder, not a database file: move it out of the way (or point "
+                     "the store at its own folder)")
+    if not stat.S_ISREG(st.st_mode):  # a pipe would hold the reader for good
+        raise refuse("is not a regular file (a pipe or a device?): move it out of the way")
+    try:  # O_NONBLOCK: a pipe put in its place since the stat does not wait
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            head = os.read(fd, 100)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise refuse(f"cannot be read ({exc.strerror or exc}): {access}") from None
+    if not head:
+        if must_exist:
+            raise refuse(f"is empty (0 bytes): it holds no inspections; {keep}")
+        if _in_use(folder):
+            raise refuse(f"is empty (0 bytes) though a store ran in {folder}: it was cut "
+                         f"short (its inspections are gone from it); {keep}")
+        return
+    if not head.startswith(SQLITE_MAGIC):
+        raise refuse(f"is not a SQLite database (damaged, or another program's file); {keep}")
+    if len(head) < 100:
+        raise refuse(f"is damaged: cut short ({len(head)} bytes); {keep}")
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big")
+    if head[24:28] == head[92:96] and pages and st.st_size < pages * page:
+        raise refuse(f"is damaged: cut short ({st.st_size} of the {pages * page} bytes its "
+                     f"header counts); {keep}")
+    # read only: "immutable" when no -wal is beside it (nothing waits to be folded in), as
+    # a read-only open of a WAL database made -wal and -shm files beside it
+    wal = path.with_name(path.name + "-wal").exists()
+    uri = path.resolve().as_uri() + ("?mode=ro" if wal else "?immutable=1")
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=5)
+        try:
+            tables = {str(r[0]) for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")
+                if not str(r[0]).startswith("sqlite_")}
+            columns = {str(r[1]) for r in db.execute("PRAGMA table_info(inspections)")}
+            schema = int(db.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        if "locked" in reason:
+            raise refuse(f"is locked by another process ({reason}): stop it, then start "
+                         "again") from None
+        if "unable to open" in reason:
+            raise refuse(f"cannot be read ({reason}): {access}") from None
+        raise refuse(f"is damaged ({reason}); {keep}") from None
+    if not tables:
+        if must_exist:
+            raise refuse("holds no tables: it is no Lineside store (no inspections to "
+                         "read); Lineside left it as it is")
+        if _in_use(folder):
+            raise refuse(f"holds no tables though a store ran in {folder}: it was replaced "
+                         f"or emptied (its inspections are gone from it); {keep}")
+        return
+    if not columns >= LINESIDE_COLUMNS:
+        shown = ", ".join(sorted(tables)[:8]) + (", ..." if len(tables) > 8 else "")
+        raise refuse(f"is another program's SQLite database (its tables: {shown}), not a "
+                     "Lineside store: point the store at its own folder (data_dir, or "
+                     "database_url), or move this file out of the way; Lineside left it as "
+                     "it is")
+    if schema > SCHEMA_VERSION:
+        raise refuse(f"was written by a newer Lineside release (store schema {schema}; this "
+                     f"release reads up to {SCHEMA_VERSION}): run that release or a newer "
+                     "one on it; this one left it as it is")
+
+
+def check_database(url: str, whose: str = "the database", named: str = "database_url", *,
+                   data_dir: str | Path | None = None, must_exist: bool = False) -> None:
     """One connection to a PostgreSQL database before a server starts or a command reads
     it: a database that cannot be reached is one line naming it
     (:class:`DatabaseUnavailable`), and a URL SQLAlchemy cannot parse one line
-    (:class:`ConfigError`), not the application start-up's 160-line traceback. SQLite is
-    left to the store (its file and folder are made there)."""
+    (:class:`ConfigError`), not the application start-up's 160-line traceback. A SQLite
+    file is read by :func:`check_sqlite_store` (``data_dir``: the folder of the store
+    whose database it is; ``must_exist``: a command that reads a store)."""
     if url.startswith("sqlite"):
+        check_sqlite_store(url, data_dir, whose=whose, must_exist=must_exist)
         return
     try:
         engine = make_engine(url)
@@ -396,16 +538,15 @@ class Store:
         try:
             if url is None:  # (before anything is made in it: a store ran here before?)
                 self._check_database_moved()
+            self.url = url or default_url(self.data_dir)
+            if self.url.startswith("sqlite"):  # read only, before anything is written
+                check_sqlite_store(self.url, self.data_dir)
             self.box_id = resolve_box_id(self.data_dir, box_id)
             self._shadows_made = False  # (_shadow_table)
             self.images_dir = self.data_dir / IMAGES_DIR
             self.images_dir.mkdir(parents=True, exist_ok=True)
             # the default database is this box's own: nobody else's rows can be in it
             self.own_database = url is None
-            # the path quoted: a data_dir with "?" put the database beside the folder (the
-            # rest taken for the URL's query), one with "%20" failed to open it (unquoted)
-            self.url = url or URL.create(
-                "sqlite", database=str((self.data_dir / DB_FILE).resolve())).render_as_string()
             self.engine = make_engine(self.url)
             # table by table, folding SQLite's log into the database after each: every
             # statement rewrites the schema page into the log, and all at once the log of
@@ -416,6 +557,7 @@ class Store:
                     self.checkpoint()
             self._add_columns()
             self._review_ids_never_reused()
+            self._mark_schema()
             self.db_page = self._page_size()
             self._watch_database_file()
         except BaseException:
@@ -569,6 +711,18 @@ class Store:
             for name, table, column in ADDED_INDEXES:
                 if (table, name) not in indexed:
                     conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})"))
+
+    def _mark_schema(self) -> None:
+        """SQLite: the store's schema generation in the file's header (``user_version``),
+        which :func:`check_sqlite_store` of an older release refuses when it is past its
+        own :data:`SCHEMA_VERSION`. Written once: a store already marked is only read."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.connect() as conn:
+            marked = int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+            if marked < SCHEMA_VERSION:
+                conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.commit()
 
     def _review_ids_never_reused(self) -> None:
         """Rebuild a SQLite ``reviews`` table made before its ids were AUTOINCREMENT

@@ -208,7 +208,7 @@ def run_hub(hub: HubSettings) -> None:
 
     settings = hub.server_settings()
     settings.check_bind()
-    check_database(hub.database_url, "the hub's database")
+    check_database(hub.database_url, "the hub's database", data_dir=hub.data_dir)
     warn_auth_off(settings, "publish and assign models, and read every plant's inspections")
     app = create_hub_app(hub)
     _Server(uvicorn_config(app, settings), app, drain_s=settings.drain_s).run()

@@ -1,0 +1,215 @@
+"""A store's SQLite file that is not what it should be, as an operator and an ML engineer
+meet it (review, session 42): cut short, garbage, a folder in its place, unreadable,
+another program's database, one written by a newer release. `lineside serve` ended in a
+start-up traceback on most (and made its tables in another program's database, or started
+on a file cut to nothing, taking the folder's images for orphans); `data pull DIR` made
+Lineside's tables in another program's database. Each is now one line naming the file and
+what to do (exit 2), checked read only: the file is left byte for byte as it was.
+
+The stores are made by the server's :class:`Store` and damaged with Python; the commands
+run as an operator runs them (the CLI's own entry point, the bundled model)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lineside_inspect.cli import app
+from lineside_inspect.errors import ConfigError
+from lineside_inspect.store.store import DB_FILE, SCHEMA_VERSION, Store, check_sqlite_store
+
+from .conftest import ROOT
+
+MODEL = ROOT / "models" / "deeppcb" / "1"
+NOBODY = 65534
+runner = CliRunner()
+
+
+def _made(folder: Path) -> bytes:
+    """A store folder as a stopped server leaves it; its database's bytes."""
+    Store(folder).close()
+    return (folder / DB_FILE).read_bytes()
+
+
+def _foreign(db: Path) -> None:
+    with sqlite3.connect(db) as conn:  # another program's database, in WAL mode as many are
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE recipes (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO recipes (name) VALUES ('soup')")
+    conn.close()
+
+
+def _newer(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+
+
+# how each file is damaged (given the store's folder and its database's bytes), and what
+# the one line says of it
+DAMAGED: dict[str, tuple[Callable[[Path, bytes], None], str]] = {
+    "cut short": (lambda d, b: (d / DB_FILE).write_bytes(b[:len(b) // 2]),
+                  "is damaged: cut short"),
+    "garbage": (lambda d, b: (d / DB_FILE).write_bytes(b"\x8f not a database " * 300),
+                "is not a SQLite database (damaged, or another program's file)"),
+    "pages garbage": (lambda d, b: (d / DB_FILE).write_bytes(b[:100] + b"\xff" * (len(b) - 100)),
+                      "is damaged (database disk image is malformed)"),
+    "cut to nothing": (lambda d, b: (d / DB_FILE).write_bytes(b""),
+                       "is empty (0 bytes) though a store ran in"),
+    "a folder": (lambda d, b: ((d / DB_FILE).unlink(), (d / DB_FILE).mkdir()),
+                 "is a folder, not a database file"),
+    "another program's": (lambda d, b: ((d / DB_FILE).unlink(), _foreign(d / DB_FILE)),
+                          "is another program's SQLite database (its tables: recipes)"),
+    "newer release": (lambda d, b: _newer(d / DB_FILE),
+                      f"was written by a newer Lineside release (store schema "
+                      f"{SCHEMA_VERSION + 1}; this release reads up to {SCHEMA_VERSION})"),
+}
+
+
+def _state(folder: Path) -> dict[str, str]:
+    """Every file of the folder but the lock: name -> sha256 (a folder: "folder")."""
+    return {str(p.relative_to(folder)): "folder" if p.is_dir() else
+            hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.name != ".lock"}
+
+
+@pytest.fixture(params=list(DAMAGED))
+def damaged(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]:
+    """A server's store folder whose database is damaged one way; what the line says."""
+    folder = tmp_path / "store"
+    damage, said = DAMAGED[request.param]
+    damage(folder, _made(folder))
+    return folder, said
+
+
+def _one_line(output: str, said: str, db: Path, whose: str) -> None:
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert errors == [line for line in output.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {whose} {db} {said}"), output
+
+
+def test_serve_on_a_damaged_store_is_one_line_and_leaves_it_as_it_was(
+        damaged: tuple[Path, str], tmp_path: Path) -> None:
+    """`lineside serve` (and `make serve`'s path, `--config`): a start-up traceback (exit
+    3) on a damaged file; on another program's database its tables made in it, on a file
+    cut to nothing a new empty store and the folder's images taken for orphans."""
+    folder, said = damaged
+    before = _state(folder)
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"models: [{MODEL}]\ndata_dir: {folder}\n")
+    with socket.socket() as taken:  # a server that got past the check stops at its bind
+        taken.bind(("127.0.0.1", 0))  # (bound, nothing listening: its bind is refused)
+        res = runner.invoke(app, ["serve", "--config", str(config), "--port",
+                                  str(taken.getsockname()[1])])
+    assert res.exit_code == 2, res.output
+    _one_line(res.output, said, folder / DB_FILE, "the server's database")
+    assert _state(folder) == before  # nothing written, made ("-wal", "-shm") or repaired
+
+
+@pytest.mark.parametrize("kind", ["another program's", "cut to nothing", "garbage", "a folder"])
+def test_data_pull_and_golden_from_a_damaged_store_are_one_line_and_leave_it(
+        kind: str, tmp_path: Path) -> None:
+    """`data pull DIR` made Lineside's tables in another program's database (then said
+    no inspection matched); `golden create --store` the same."""
+    folder = tmp_path / "store"
+    damage, said = DAMAGED[kind]
+    damage(folder, _made(folder))
+    if kind == "cut to nothing":
+        said = "is empty (0 bytes): it holds no inspections"
+    before = _state(folder)
+    res = runner.invoke(app, ["data", "pull", str(folder), str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    _one_line(res.output, said, folder / DB_FILE, "the store's database")
+    res = runner.invoke(app, ["golden", "create", "g", "--data-dir", str(tmp_path / "d"),
+                              "--store", str(folder)])
+    assert res.exit_code == 2, res.output
+    _one_line(res.output, said, folder / DB_FILE, "--store's database")
+    # the same file named by URL
+    res = runner.invoke(app, ["data", "pull", str(tmp_path), str(tmp_path / "out"),
+                              "--database-url", f"sqlite:///{folder / DB_FILE}"])
+    assert res.exit_code == 2, res.output
+    _one_line(res.output, said, folder / DB_FILE, "--database-url")
+    assert _state(folder) == before and not (tmp_path / "out").exists()
+
+
+def test_the_hub_on_another_programs_sqlite_database_is_one_line(tmp_path: Path) -> None:
+    _foreign(tmp_path / "hub.db")
+    hub = tmp_path / "hub.yaml"
+    hub.write_text(f"database_url: sqlite:///{tmp_path / 'hub.db'}\ndata_dir: {tmp_path / 'd'}\n"
+                   "objects: {endpoint: '127.0.0.1:9', access_key: a, secret_key: s}\n")
+    before = _state(tmp_path)
+    with socket.socket() as taken:  # a hub that got past the check stops at its bind
+        taken.bind(("127.0.0.1", 0))  # (bound, nothing listening: its bind is refused)
+        res = runner.invoke(app, ["hub", "--config", str(hub), "--port",
+                                  str(taken.getsockname()[1])])
+    assert res.exit_code == 2, res.output
+    _one_line(res.output, DAMAGED["another program's"][1], tmp_path / "hub.db",
+              "the hub's database")
+    assert _state(tmp_path) == before
+
+
+def test_the_store_itself_refuses_another_programs_database(tmp_path: Path) -> None:
+    """Every other way in (the fleet bench, a hub's start-up, the API) opens it by
+    :class:`Store`, which checks it the same way before anything is written."""
+    (tmp_path / "store").mkdir()
+    _foreign(tmp_path / "store" / DB_FILE)
+    before = _state(tmp_path)
+    with pytest.raises(ConfigError, match="another program's SQLite database"):
+        Store(tmp_path / "store")
+    assert _state(tmp_path) == before
+
+
+def test_a_new_or_earlier_store_opens_and_is_marked_with_its_schema(tmp_path: Path) -> None:
+    """What the check takes: no file, an empty file where no store ran, a store of a
+    release before the mark (``user_version`` 0), marked once opened."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / DB_FILE).write_bytes(b"")
+    for folder in (tmp_path / "new", tmp_path / "empty"):
+        Store(folder).close()
+    db = tmp_path / "new" / DB_FILE
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        conn.execute("PRAGMA user_version = 0")  # as a release before the mark left it
+    conn.close()
+    Store(tmp_path / "new").close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder under /tmp anyone may enter (pytest's own are private to their user)."""
+    path = Path(tempfile.mkdtemp(prefix="lineside-store-file-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_database_the_user_may_not_read_is_one_line(open_folder: Path) -> None:
+    """Mode 000: as root, checked as ``nobody`` (root reads any file)."""
+    folder = open_folder / "store"
+    _made(folder)
+    (folder / DB_FILE).chmod(0)
+    root = os.geteuid() == 0
+    if root:
+        os.seteuid(NOBODY)
+    try:
+        with pytest.raises(ConfigError) as exc:
+            check_sqlite_store(f"sqlite:///{folder / DB_FILE}", folder)
+    finally:
+        if root:
+            os.seteuid(0)
+    assert exc.value.message.startswith(
+        f"the store's database {folder / DB_FILE} cannot be read (Permission denied): give "
+        "the user Lineside runs as read and write access to it"), exc.value.message
