@@ -169,6 +169,15 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, *,
     return image
 
 
+def decode_frame(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """A frame sent to be inspected (encoded bytes), decoded as every inspection of it is:
+    the service's upload path and a shadow's process both call this with the server's
+    ``max_pixels``, so a shadow judges the very pixels the served model judged. A grey JPEG
+    stays grey (:func:`decode_image` with ``keep_grey``), EXIF orientation is ignored; a
+    camera's frames arrive decoded and are judged as they are."""
+    return decode_image(data, max_pixels, keep_grey=True)
+
+
 def check_decodable(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int, str]:
     """What :func:`decode_image` checks before OpenCV sees the data (a size from the header,
     within ``max_pixels``; :func:`check_structure`): :class:`ImageError` naming the problem,

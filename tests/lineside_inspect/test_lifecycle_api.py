@@ -733,3 +733,41 @@ def test_a_promotion_is_not_watched_on_a_recipe_pinned_to_another_version(
         assert r.status_code == 422, r.text
         assert "recipe pinned pins deeppcb 1" in r.json()["error"]["message"]
         assert admin.get("/v1/models").json()[0]["active"] == "1"
+
+
+def test_a_shadow_decodes_the_frame_as_the_service_did(
+        launch: Callable[..., Running], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shadow's process decoded the bytes under the built-in pixel limit and a grey
+    JPEG as BGR, not as the service decodes them (the server's ``max_pixels``, grey kept
+    grey): on a server allowed frames over the built-in limit each one a shadow was
+    offered was an error, never compared (docs/security.md session 42). The shadow here
+    is the served package under another version: every frame must agree. The built-in
+    limit, read by the shadow's process as it starts, is lowered under the frames' size
+    instead of sending frames over 64 Mpx."""
+    from lineside_inspect.imageio import decode_image, encode_jpeg
+    from lineside_inspect.opencv import cv2
+
+    twin = tmp_path / "deeppcb" / "twin"
+    shutil.copytree(MODEL, twin)
+    card = json.loads((twin / "model.json").read_text())
+    card["version"] = "twin"
+    (twin / "model.json").write_text(json.dumps(card))
+    # mono camera frames of 640x640 = 409600 pixels: within the server's limit, over the
+    # built-in one the shadow's process was decoding under
+    frames = [encode_jpeg(cv2.cvtColor(decode_image(f.read_bytes()), cv2.COLOR_BGR2GRAY))
+              for f in (DEFECTIVE[0], GOOD[0])]
+    assert decode_image(frames[0], keep_grey=True).shape == (640, 640)
+    srv = launch(model_roots=[str(ROOT / "models"), str(tmp_path)], max_pixels=500_000)
+    monkeypatch.setenv("LINESIDE_MAX_IMAGE_PIXELS", "300000")
+    with srv.client("line") as line, srv.client("admin") as admin:
+        load(admin, twin)
+        r = admin.post("/v1/models/deeppcb/shadow", json={"version": "twin", "sample_rate": 1.0})
+        assert r.status_code == 200, r.text
+        served = [line.post("/v1/inspect", content=f, headers={"content-type": "image/jpeg"})
+                  for f in frames]
+        assert [s.status_code for s in served] == [200, 200], [s.text for s in served]
+        assert [s.json()["verdict"] for s in served] == ["fail", "pass"]
+        s = _until(lambda: (s := admin.get("/v1/models/deeppcb/shadow").json())["compared"]
+                   + s["errors"] == 2 and s, "the shadow to judge both frames")
+        assert (s["offered"], s["compared"], s["agreed"], s["errors"], s["disagreements"]) \
+            == (2, 2, 2, 0, 0), s

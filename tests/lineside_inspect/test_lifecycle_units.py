@@ -32,7 +32,7 @@ from lineside_inspect.lifecycle.rollout import Watch, judge_watch
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.runtime.types import Detections
 
-from .conftest import SAMPLE
+from .conftest import MODEL, SAMPLE
 
 SHA = "0" * 64
 
@@ -964,3 +964,29 @@ def test_the_gate_command_without_recipe_gates_a_version_that_renamed_a_class(
     r = cli.invoke(app, ["gate", str(v2), "--against", str(bundled), "--golden", "s",
                          *data_dir])
     assert r.exit_code in (0, 1) and "| escapes (of" in r.output, r.output
+
+
+def test_a_shadow_whose_process_ends_before_it_is_ready_is_refused_at_once(monkeypatch):
+    """A shadow's process that ended without a word (killed, a crash loading its graph)
+    was waited for the whole start timeout (120 s), the POST held; it is said at once,
+    with its exit code (session 42). ``os._exit`` as the process's main ends it at its
+    start (it takes one argument, given seven)."""
+    import os
+
+    from lineside_inspect.errors import PackageError
+    from lineside_inspect.lifecycle import shadow as shadow_module
+    from lineside_inspect.lifecycle.config import ShadowSettings
+    from lineside_inspect.package import load_package
+
+    monkeypatch.setattr(shadow_module, "shadow_worker", SimpleNamespace(
+        serve=os._exit, READY=shadow_module.shadow_worker.READY,
+        FAILED=shadow_module.shadow_worker.FAILED))
+    # the old wait would run out here, not in 120 s: its message is the one refused below
+    monkeypatch.setattr(shadow_module, "START_TIMEOUT_S", 30.0)
+    runner = shadow_module.ShadowRunner(ShadowSettings(), records=None, store=None)  # type: ignore[arg-type]
+    session = shadow_module.ShadowSession("run", "deeppcb", load_package(MODEL), 1.0,
+                                          datetime.now(UTC), "test")
+    with pytest.raises(PackageError) as err:
+        runner._launch(session)
+    assert "its process ended (exit code 1) before its model was loaded" in err.value.message
+    assert not session.process.is_alive()

@@ -231,3 +231,48 @@ def test_a_shadow_disagreement_shows_both_answers(launch, tmp_path: Path) -> Non
         page.keyboard.press("c")  # the reviewer says the board is good: the active was right
         expect(page.locator("#d-status")).to_have_text("saved: confirm")
         browser.close()
+
+
+def test_the_review_page_says_how_a_shadow_judged(launch) -> None:
+    """A disagreement says how the shadow judged the frame where the recipe fuses a
+    detector with a good-only model (fused_with, fused_kind): the page said nothing of it,
+    so a good-only shadow's fail read as its own when it was the served detector's boxes
+    fused with its finding (docs/security.md session 42). The values come from the store:
+    shown as text, markup and all; a row without them (alone, or stored before) reads as
+    before."""
+    from playwright.sync_api import expect, sync_playwright
+
+    srv = launch(store_pass_rate=1.0)
+    with srv.client("line") as c:
+        ids = [c.post("/v1/inspect", content=f.read_bytes(), headers={"content-type": "image/jpeg"}
+                      ).json()["id"] for f in sorted(SAMPLE.rglob("*_temp.jpg"))[:3]]
+    records = srv.app.state.lifecycle.records
+    records.start_shadow("r1", model="board-good", version="2", sha256="0" * 64, sample_rate=1.0)
+    said = {"model": "board-good", "active_version": "1", "active_verdict": "pass",
+            "active_defects": [], "shadow_version": "2", "shadow_verdict": "fail",
+            "shadow_defects": [{"label": "anomaly", "score": 0.9, "box": [10, 10, 60, 60]}],
+            "shadow_reasons": []}
+    records.add_disagreement("r1", inspection_id=ids[0], **said)  # as rows before read
+    records.add_disagreement("r1", inspection_id=ids[1], **said, fused_kind="detector",
+                             fused_with='<b id="x">deeppcb</b> 1')
+    records.add_disagreement("r1", inspection_id=ids[2], **{**said, "model": "deeppcb"},
+                             fused_kind="anomaly", fused_with="board-good 1")
+    before = "said fail: anomaly (dashed boxes) · active 1 said pass"
+    expected = {
+        ids[0]: f"Shadow board-good:2 {before}",
+        ids[1]: f'Shadow board-good:2 {before} · its finding fused with the served detector '
+                '<b id="x">deeppcb</b> 1',
+        ids[2]: f"Shadow deeppcb:2 {before} · judged with the served good-only board-good 1"}
+    with sync_playwright() as p:
+        browser, page = signed_in(p, srv.url)
+        with page.expect_response(lambda r: "queue=shadow" in r.url):
+            page.click("[data-queue=shadow]")
+        expect(page.locator(".card")).to_have_count(3)
+        page.locator(".card").first.click()
+        for i, inspection in enumerate(ids[::-1]):  # newest first; j: the next one
+            if i:
+                page.keyboard.press("j")
+            expect(page.locator("#d-title")).to_contain_text(inspection[:8])
+            expect(page.locator("#d-shadow")).to_have_text(expected[inspection])
+        assert page.locator("#d-shadow b, #x").count() == 0
+        browser.close()

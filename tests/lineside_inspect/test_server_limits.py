@@ -129,9 +129,9 @@ def test_decoding_runs_in_the_limiters_slot_off_the_event_loop(launch, monkeypat
     seen: list[tuple[bool, int]] = []
     running = 0
     lock = threading.Lock()
-    real = service_module.decode_image
+    real = service_module.decode_frame
 
-    def watched(data: bytes, max_pixels: int, **kw: bool) -> np.ndarray:
+    def watched(data: bytes, max_pixels: int) -> np.ndarray:
         nonlocal running
         try:
             asyncio.get_running_loop()
@@ -142,12 +142,12 @@ def test_decoding_runs_in_the_limiters_slot_off_the_event_loop(launch, monkeypat
             running += 1
             seen.append((on_loop, running))
         try:
-            return real(data, max_pixels, **kw)
+            return real(data, max_pixels)
         finally:
             with lock:
                 running -= 1
 
-    monkeypatch.setattr(service_module, "decode_image", watched)
+    monkeypatch.setattr(service_module, "decode_frame", watched)
     srv = launch(max_concurrency=1, max_queue=2)
     ok, png = cv2.imencode(".png", np.zeros((3000, 3000, 3), np.uint8))
     assert ok

@@ -82,7 +82,7 @@ class Lifecycle:
         self.capture = CapturePolicy(self.settings.capture)
         store.capture_policy = self.capture
         self.shadow = ShadowRunner(self.settings.shadow, self._records, store, self.capture,
-                                   device=self.device)
+                                   device=self.device, max_pixels=service.max_pixels)
         self.rollout = RolloutWatcher(self.settings.rollout, self._records, self._auto_rollback,
                                       self._watch_ended)
         service.add_output(self.shadow.offer)

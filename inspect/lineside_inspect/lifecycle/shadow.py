@@ -3,11 +3,12 @@ the verdict path, and every disagreement is kept with both results for a reviewe
 
 Off the verdict path means: the service's output hook (:meth:`ShadowRunner.offer`) runs
 after the verdict was made and stored, and only draws a random number and hands the frame
-(the bytes as received, or the camera's decoded frame) to the shadow's own process
-without waiting; when ``queue`` frames are already waiting there, the frame is dropped
-and counted. That process (:mod:`.shadow_worker`) runs at idle priority with a
-single-threaded session: the shadow gets the CPU the line leaves over and can neither
-delay nor change a verdict. ``lineside bench shadow`` measures it.
+(the bytes as received, decoded there as the service decoded them, or the camera's
+decoded frame) to the shadow's own process without waiting; when ``queue`` frames are
+already waiting there, the frame is dropped and counted. That process
+(:mod:`.shadow_worker`) runs at idle priority with a single-threaded session: the shadow
+gets the CPU the line leaves over and can neither delay nor change a verdict. ``lineside
+bench shadow`` measures it.
 
 A collector thread per shadow takes the results back, compares each with the verdict
 served, and stores every disagreement with both results (keeping the frame for the
@@ -111,8 +112,12 @@ class ShadowRunner:
     """The shadows of a server's models (at most one per model)."""
 
     def __init__(self, settings: ShadowSettings, records: Records, store: Store,
-                 capture: CapturePolicy | None = None, *, device: str = "cpu") -> None:
+                 capture: CapturePolicy | None = None, *, device: str = "cpu",
+                 max_pixels: int | None = None) -> None:
         self.settings = settings
+        # the service's: a frame sent as bytes is decoded in the shadow's process as the
+        # service decoded it (None: the built-in limit)
+        self.max_pixels = max_pixels
         self.records = records
         self.store = store
         self.capture = capture
@@ -146,12 +151,10 @@ class ShadowRunner:
             target=shadow_worker.serve, name=f"lineside-shadow-{session.model}", daemon=True,
             args=(str(session.package.path), self.device, self.settings.threads,
                   self.settings.nice, session.jobs, session.results,
-                  card_digest(session.package.card)))  # what was loaded, not what is there now
+                  card_digest(session.package.card),  # what was loaded, not what is there now
+                  self.max_pixels))
         session.process.start()
-        try:
-            kind, info = session.results.get(timeout=START_TIMEOUT_S)
-        except queue.Empty:
-            kind, info = shadow_worker.FAILED, f"not ready within {START_TIMEOUT_S:.0f} s"
+        kind, info = self._ready(session)
         if kind != shadow_worker.READY:
             self._end_process(session)
             # the worker's error may name the package's folder: the caller named a version
@@ -161,6 +164,25 @@ class ShadowRunner:
         session.collector = threading.Thread(target=self._collect, args=(session,),
                                              name=f"shadow-results-{session.model}", daemon=True)
         session.collector.start()
+
+    @staticmethod
+    def _ready(session: ShadowSession) -> tuple[str, Any]:
+        """The process's first word: ready, or why not. A process that ended without one
+        (killed, a crash loading the graph) is said at once: the start waited out the whole
+        START_TIMEOUT_S for it, the request held (session 42)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            ended = not session.process.is_alive()
+            try:  # once it ended, what it put before is still read (its FAILED)
+                return session.results.get(timeout=0.5 if ended else 0.2)  # type: ignore[no-any-return]
+            except queue.Empty:
+                pass
+            if ended:
+                return shadow_worker.FAILED, (f"its process ended (exit code "
+                                              f"{session.process.exitcode}) before its "
+                                              "model was loaded")
+            if time.monotonic() >= deadline:
+                return shadow_worker.FAILED, f"not ready within {START_TIMEOUT_S:.0f} s"
 
     def stop(self, model: str) -> ShadowSession | None:
         with self._lock:

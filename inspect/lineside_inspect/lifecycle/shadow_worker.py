@@ -9,7 +9,10 @@ else wants, and its onnxruntime session is single-threaded so no pool of normal-
 threads works for it.
 
 Messages: jobs ``(token, image, reference, recipe, anomaly, partner)`` in (``image``: the
-encoded bytes as received, or the decoded frame; ``anomaly``: the served good-only model's
+encoded bytes as received, decoded here as the service decoded them
+(:func:`~lineside_inspect.imageio.decode_frame` under the server's ``max_pixels``: a grey
+JPEG grey, a frame over the built-in pixel limit but within the server's judged, not an
+error), or a camera's decoded frame; ``anomaly``: the served good-only model's
 finding in a fused recipe, else None; ``partner``: when the shadow is the good-only model
 the recipe fuses with a detector, that detector's ``(card, detections)`` on the frame as
 served, fused with the shadow's own finding (the detector is not loaded here, nor run
@@ -45,16 +48,18 @@ def lower_priority(nice: int) -> str:
 
 
 def serve(package: str, device: str, threads: int, nice: int, jobs: Any, results: Any,
-          card: str | None = None) -> None:
+          card: str | None = None, max_pixels: int | None = None) -> None:
     """The process's main: load the package, then judge jobs until told to stop or the
     server is gone. ``card``: the :func:`~lineside_inspect.package.card_digest` of the
     package the server loaded under this version: the folder is read again here, and a
     package changed on disk since (``lineside calibrate --write`` in place) is refused,
-    not judged under the loaded version's name."""
+    not judged under the loaded version's name. ``max_pixels``: the service's, which the
+    frames and goldens sent as bytes were decoded under (None: the built-in limit)."""
     priority = lower_priority(nice)
     try:
-        from lineside_inspect.imageio import decode_image
+        from lineside_inspect.imageio import decode_frame
         from lineside_inspect.inspector import anomaly_finding, fused_verdict, inspect
+        from lineside_inspect.opencv import MAX_IMAGE_PIXELS
         from lineside_inspect.package import card_digest
         from lineside_inspect.recipes import Recipe
         from lineside_inspect.references import Reference
@@ -69,6 +74,7 @@ def serve(package: str, device: str, threads: int, nice: int, jobs: Any, results
                              "graph or card under the same version): load the changed package "
                              "as a new version"))
         return
+    pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     results.put((READY, {"pid": os.getpid(), "priority": priority}))
     parent = parent_process()
     while True:
@@ -83,16 +89,18 @@ def serve(package: str, device: str, threads: int, nice: int, jobs: Any, results
         token, image, reference, recipe, anomaly, partner = job
         try:
             t = time.perf_counter()
-            frame = decode_image(image) if isinstance(image, bytes) else np.asarray(image)
+            # one decode path: the pixels the served model saw (before: the built-in pixel
+            # limit, and a grey JPEG made BGR)
+            frame = decode_frame(image, pixels) if isinstance(image, bytes) else np.asarray(image)
             rules = Recipe.model_validate(recipe)
             if partner is not None:  # the good-only partner: fused with the served detections
                 detector_card, detections = partner
-                ref = None if reference is None else Reference.from_bytes(None, reference)
+                ref = None if reference is None else Reference.from_bytes(None, reference, pixels)
                 verdict = fused_verdict(frame, detector_card, rules, detections,
                                         anomaly_finding(frame, det, rules), ref)
                 outcome, defects, reasons = verdict.outcome, verdict.defects, verdict.reasons
             else:
-                ref = (Reference.from_bytes(None, reference)
+                ref = (Reference.from_bytes(None, reference, pixels)
                        if reference is not None and det.needs_reference else None)
                 result = inspect(frame, det, rules, reference=ref, anomaly_finding=anomaly)
                 outcome, defects, reasons = result.verdict, result.defects, result.reasons

@@ -32,7 +32,7 @@ from lineside_inspect.errors import (
     ReferenceImageError,
     echo,
 )
-from lineside_inspect.imageio import decode_image, encode_jpeg, header_size, sniff_format
+from lineside_inspect.imageio import decode_frame, encode_jpeg, header_size, sniff_format
 from lineside_inspect.inspector import FrameTiming, Inspection, inspect
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.recipes.rules import blank_reference
@@ -100,7 +100,7 @@ class InspectionService:
 
         def work() -> Inspection:
             t = time.perf_counter()
-            image = decode_image(data, self.max_pixels, keep_grey=True)
+            image = decode_frame(data, self.max_pixels)
             decode_ms = (time.perf_counter() - t) * 1000
             ref = resolve_reference(detector.needs_reference, detector.card.name, self.references,
                                     data=reference_data, name=reference_name)

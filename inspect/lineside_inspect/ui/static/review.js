@@ -305,6 +305,16 @@ async function loadShadow(id) {
   render();
 }
 
+// how the shadow judged the frame where the recipe fuses a detector with a good-only
+// model (values from the store: text, never markup); a row judged alone, or stored before
+// shadows said how (nulls), reads as before
+function judgedAs(s) {
+  if (!s.fused_with) return "";
+  if (s.fused_kind === "anomaly") return ` · judged with the served good-only ${s.fused_with}`;
+  if (s.fused_kind === "detector") return ` · its finding fused with the served detector ${s.fused_with}`;
+  return ` · judged with ${s.fused_with}`;
+}
+
 // the image fills the panel at its own aspect; + and - zoom from there
 function fit() {
   const o = state.open; if (!o) return;
@@ -348,7 +358,7 @@ function render() {
   $("#d-shadow").hidden = !s;
   $("#d-shadow").textContent = s ? `Shadow ${s.model}:${s.shadow.version} said ${s.shadow.verdict}` +
     (s.shadow.defects.length ? `: ${s.shadow.defects.map((d) => d.label).join(", ")} (dashed boxes)` : ": no defect") +
-    ` · active ${s.active.version} said ${s.active.verdict}` : "";
+    ` · active ${s.active.version} said ${s.active.verdict}${judgedAs(s)}` : "";
   boxLayer($("#shadow-boxes"), s ? s.shadow.defects : [], o.width, o.height);
   drawPreview();
 }
