@@ -213,3 +213,67 @@ def test_a_database_the_user_may_not_read_is_one_line(open_folder: Path) -> None
     assert exc.value.message.startswith(
         f"the store's database {folder / DB_FILE} cannot be read (Permission denied): give "
         "the user Lineside runs as read and write access to it"), exc.value.message
+
+
+def _wal_pages(db: Path) -> dict[int, bytes]:
+    """The latest copy of each page in ``db``'s -wal (its frames: 24-byte header, page)."""
+    log = db.with_name(db.name + "-wal").read_bytes()
+    size = int.from_bytes(log[8:12], "big")
+    pages = {}
+    for at in range(32, len(log) - size - 23, 24 + size):
+        pages[int.from_bytes(log[at:at + 4], "big")] = log[at + 24:at + 24 + size]
+    return pages
+
+
+def test_a_live_store_caught_mid_checkpoint_is_not_called_cut_short(tmp_path: Path) -> None:
+    """Review of session 42: a checkpoint of a running store writes page 1 (the header's
+    new page count) before the pages that grow the file, so a second `serve`, or `data
+    pull` of a running box, read it as "damaged: cut short ... restore it from a backup"
+    (about 1 check in 200 against a busy writer). Frozen here at that moment: page 1 is
+    folded in, the rest still only in the -wal, and every reader reads it whole."""
+    folder = tmp_path / "store"
+    db = folder / DB_FILE
+    _made(folder)
+    live = sqlite3.connect(db, isolation_level=None)  # the running server's connection
+    try:
+        live.execute("PRAGMA journal_mode=WAL")
+        live.execute("PRAGMA wal_autocheckpoint=0")
+        live.execute("CREATE TABLE grown (b BLOB)")
+        live.execute("INSERT INTO grown VALUES (?)", (b"x" * 64 * 1024,))
+        with db.open("r+b") as f:  # the checkpoint's first write
+            f.write(_wal_pages(db)[1])
+        head = db.read_bytes()[:100]
+        counted = int.from_bytes(head[28:32], "big") * int.from_bytes(head[16:18], "big")
+        assert db.stat().st_size < counted  # what the check took for a file cut short
+        reader = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+        assert reader.execute("PRAGMA quick_check").fetchone() == ("ok",)  # whole, as read
+        reader.close()
+        check_sqlite_store(f"sqlite:///{db}", folder)
+        check_sqlite_store(f"sqlite:///{db}", folder, must_exist=True)
+    finally:
+        live.close()
+
+
+def test_a_symlinked_database_is_read_with_the_log_beside_its_target(tmp_path: Path) -> None:
+    """Review of session 42: SQLite keeps the -wal beside the file a symlink names; the
+    check looked beside the link (database_url naming it), found none and read the file
+    "immutable", the live log unseen: here a newer release's store (its mark still in the
+    log) passed, and one whose tables were only in the log was "no Lineside store"."""
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "box").mkdir()
+    real, link = tmp_path / "disk" / "real.db", tmp_path / "box" / DB_FILE
+    link.symlink_to(real)
+    live = sqlite3.connect(real, isolation_level=None)  # a newer release serving on it
+    try:
+        live.execute("PRAGMA journal_mode=WAL")
+        live.execute("PRAGMA wal_autocheckpoint=0")
+        live.execute("CREATE TABLE inspections (id TEXT, created_at TEXT, recipe_name TEXT, "
+                      "model_sha256 TEXT, verdict TEXT, image_path TEXT)")
+        live.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        assert not (tmp_path / "box" / f"{DB_FILE}-wal").exists()
+        with pytest.raises(ConfigError, match="written by a newer Lineside release"):
+            check_sqlite_store(f"sqlite:///{link}", tmp_path / "box")
+        live.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        check_sqlite_store(f"sqlite:///{link}", tmp_path / "box", must_exist=True)
+    finally:
+        live.close()

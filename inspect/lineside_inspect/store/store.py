@@ -321,16 +321,22 @@ def check_sqlite_store(url: str, data_dir: str | Path | None = None, *,
         raise refuse(f"is not a SQLite database (damaged, or another program's file); {keep}")
     if len(head) < 100:
         raise refuse(f"is damaged: cut short ({len(head)} bytes); {keep}")
+    # SQLite keeps the -wal beside the file a symlink names (session 42 review: looked for
+    # beside the link, a live store's log was missed and its file read "immutable")
+    real = path.resolve()
+    wal = real.with_name(real.name + "-wal").exists()
     page = int.from_bytes(head[16:18], "big")
     page = 65536 if page == 1 else page
     pages = int.from_bytes(head[28:32], "big")
-    if head[24:28] == head[92:96] and pages and st.st_size < pages * page:
+    # the header's size is the file's only at rest (no -wal): a checkpoint of a live store
+    # writes page 1 (the new count) before the pages that grow the file (session 42
+    # review: a second `serve`, or `data pull` of a running box, called it "cut short")
+    if not wal and head[24:28] == head[92:96] and pages and st.st_size < pages * page:
         raise refuse(f"is damaged: cut short ({st.st_size} of the {pages * page} bytes its "
                      f"header counts); {keep}")
     # read only: "immutable" when no -wal is beside it (nothing waits to be folded in), as
     # a read-only open of a WAL database made -wal and -shm files beside it
-    wal = path.with_name(path.name + "-wal").exists()
-    uri = path.resolve().as_uri() + ("?mode=ro" if wal else "?immutable=1")
+    uri = real.as_uri() + ("?mode=ro" if wal else "?immutable=1")
     try:
         db = sqlite3.connect(uri, uri=True, timeout=5)
         try:
