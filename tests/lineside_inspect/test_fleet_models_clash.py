@@ -218,3 +218,84 @@ def test_a_full_disk_is_passing_and_named(weed: Any, tmp_path: Path,
         fetched = len(downloads)
         box.puller.pull()
         assert len(downloads) == fetched == 2  # the package and its signature, once
+
+
+def test_a_version_pulled_before_is_activated_again_without_downloading(
+        weed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's line set back to a version the box pulled, verified and unpacked before
+    (still held by its registry, unloaded or loaded, with that card): the box downloaded
+    the package and its signature again (leftover noted in docs/security.md, session
+    42). Downloads counted, on a real box server (its lifecycle activating) and hub."""
+    from .conftest import keyed, start_server
+
+    pub = tmp_path / "k.pub.pem"
+    signing.generate(tmp_path / "k.pem", pub)
+    key = signing.load_private_key(tmp_path / "k.pem")
+    hub, stop_hub = start_hub(weed, tmp_path, f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        for version in ("w1", "w2"):
+            assert publish(hub, key, versioned(tmp_path, version)).status_code == 201
+        box, stop_box = start_server(keyed(data_dir=str(tmp_path / "box"), box_id="box-a", fleet={
+            "hub_url": hub.url, "token": KEYS["box-a"][1], "line": "L1",
+            "trusted_keys": [str(pub)], "timeout_s": 10, "pull_interval_s": 3600}))
+        try:
+            puller: ModelPuller = box.app.state.fleet_models
+            registry = box.app.state.registry
+            downloads: list[str] = []
+            real = puller.client.download
+
+            def counted(path: str, *args: Any) -> int:
+                downloads.append(path.rsplit("/", 1)[-1])
+                return real(path, *args)
+
+            monkeypatch.setattr(puller.client, "download", counted)
+
+            def assign(version: str) -> list[str]:
+                with hub.client() as admin:
+                    r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": version})
+                    assert r.status_code == 200, r.text
+                before = len(downloads)
+                puller.pull()
+                assert puller.errors() == [] and registry.models()["deeppcb"].active == version
+                return downloads[before:]
+
+            assert len(assign("w1")) == 2  # the package and its signature
+            assert len(assign("w2")) == 2
+            registry.unload("deeppcb", "w1", force=True)  # as keep_loaded lets it go
+            assert assign("w1") == []  # from its folder, verified then: nothing fetched
+            assert puller.state.models["deeppcb"].version == "w1"
+            assert assign("w2") == []  # loaded still
+            # the record is the box's, across a restart of the puller's state
+            assert [(v.version, v.signer) for v in puller._read_verified().pulls] == [
+                ("w1", puller.keys[0].id), ("w2", puller.keys[0].id)]
+
+            # another archive under a version pulled before is downloaded and checked whole
+            w1 = archive.sha256_bytes(archive.pack(puller.root / "deeppcb" / "w1"))
+            other = AssignedModel(name="deeppcb", version="w1", sha256="0" * 64)
+            assert puller._kept(other) is None
+            assert puller._kept(other.model_copy(update={"sha256": w1})) is not None
+            # as is one whose folder changed since, or whose signer is no longer trusted
+            card = puller.root / "deeppcb" / "w1" / "model.json"
+            kept = card.read_bytes()
+            write_card(card.parent, load_package(card.parent).card.model_copy(
+                update={"thresholds": {"short": 0.99}}))
+            assert puller._kept(other.model_copy(update={"sha256": w1})) is None
+            card.write_bytes(kept)
+            trusted = puller.keys
+            puller.keys = [signing.TrustedKey.of(signing.load_private_key(
+                _other_key(tmp_path)).public_key())]
+            assert puller._kept(other.model_copy(update={"sha256": w1})) is None
+            puller.keys = trusted
+            before = len(downloads)
+            with pytest.raises(signing.SignatureError, match="the assignment says 000000"):
+                puller._take(other)
+            assert downloads[before:] == ["package.tar.gz"]  # fetched, then refused for its sha256
+        finally:
+            stop_box()
+    finally:
+        stop_hub()
+
+
+def _other_key(tmp_path: Path) -> Path:
+    signing.generate(tmp_path / "other.pem", tmp_path / "other.pub.pem")
+    return tmp_path / "other.pem"

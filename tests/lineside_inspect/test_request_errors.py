@@ -315,7 +315,7 @@ def test_annotated_images_are_drawn_a_few_at_a_time(srv: Running, board: bytes,
     now = [0]
     most = [0]
     lock = threading.Lock()
-    real = inspections.decode_image
+    real = inspections.decode_frame
 
     def slow_decode(data: bytes, *args: Any, **kw: Any) -> Any:
         with lock:
@@ -328,7 +328,7 @@ def test_annotated_images_are_drawn_a_few_at_a_time(srv: Running, board: bytes,
             with lock:
                 now[0] -= 1
 
-    monkeypatch.setattr(inspections, "decode_image", slow_decode)
+    monkeypatch.setattr(inspections, "decode_frame", slow_decode)
     with srv.client("line") as c:
         r = c.post("/v1/inspect", content=board, headers=JPEG, params={"recipe": "deeppcb"})
         assert r.status_code == 200 and r.json()["stored"], r.text

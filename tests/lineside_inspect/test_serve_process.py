@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from .server_process import LINESIDE, ROOT, ServerProcess, free_port
@@ -276,3 +277,34 @@ def test_a_server_the_caller_never_recorded_is_stopped_at_the_blocks_end(
         serve_process._popen = real  # type: ignore[assignment]
     assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError), outcome
     assert len(tiny_servers) == 2 and tiny_servers[1].poll() is not None
+
+
+def test_a_frame_over_the_built_in_limit_the_server_took_is_drawn(tmp_path: Path) -> None:
+    """``GET /v1/inspections/{id}/annotated`` decoded the stored frame under the built-in
+    pixel limit, not the server's ``max_pixels``: on a server allowed larger frames one it
+    had taken and judged was a 404 "cannot be drawn" (docs/security.md session 42). The
+    built-in limit (``LINESIDE_MAX_IMAGE_PIXELS``, read as the process starts) is lowered
+    under the frame's size instead of sending a frame over 64 Mpx."""
+    from lineside_inspect.imageio import decode_image, encode_jpeg
+    from lineside_inspect.opencv import cv2
+
+    board = next((ROOT / "datasets" / "deeppcb-sample" / "images").rglob("*_test.jpg"))
+    # a mono camera's 640x640 = 409600 pixels: within the server's 500000, over the 300000
+    grey = encode_jpeg(cv2.cvtColor(decode_image(board.read_bytes()), cv2.COLOR_BGR2GRAY))
+    env = {**os.environ, "LINESIDE_DATA_DIR": str(tmp_path / "store"),
+           "LINESIDE_MAX_IMAGE_PIXELS": "300000", "LINESIDE_MAX_PIXELS": "500000"}
+    port = free_port()
+    with ServerProcess([*LINESIDE, "serve", "--port", str(port), "--device", "cpu"],
+                       tmp_path / "serve.log", port, env=env) as server:
+        r = httpx.post(server.url + "/v1/inspect", content=grey, timeout=60,
+                       headers={"content-type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+        drawn = httpx.get(f"{server.url}/v1/inspections/{r.json()['id']}/annotated", timeout=60)
+        assert drawn.status_code == 200, drawn.text
+        assert drawn.headers["content-type"] == "image/jpeg"
+        # the frame's own size, drawn in colour (the boxes red on the grey frame)
+        assert decode_image(drawn.content, 500_000).shape == (640, 640, 3)
+        # over the server's own limit it is still refused as it was taken: not drawn
+        big = encode_jpeg(np.zeros((800, 800), np.uint8))
+        assert httpx.post(server.url + "/v1/inspect", content=big, timeout=60,
+                          headers={"content-type": "image/jpeg"}).status_code == 413

@@ -277,3 +277,58 @@ def test_a_symlinked_database_is_read_with_the_log_beside_its_target(tmp_path: P
         check_sqlite_store(f"sqlite:///{link}", tmp_path / "box", must_exist=True)
     finally:
         live.close()
+
+
+def test_a_store_with_a_write_that_did_not_finish_is_rolled_back_by_sqlite(tmp_path: Path) -> None:
+    """Review of session 42: a file with no -wal beside it was read "immutable", which
+    ignores a rollback journal. A store someone's sqlite3 shell switched to rollback mode
+    (DELETE) and whose write was stopped mid-way leaves a "hot" journal SQLite rolls back
+    before any read; read past it, the half-written file was "damaged: cut short ...
+    restore it from a backup" or "written by a newer release". The check leaves it to
+    SQLite's own recovery (the store's writable open rolls it back). Made here by copying the
+    file and its journal while a write is open, then writing into the copy the first page
+    the write's commit wrote (its page count and mark) as a stop mid-commit leaves it."""
+    folder = tmp_path / "store"
+    db = folder / DB_FILE
+    _made(folder)
+    with sqlite3.connect(db) as conn:  # the shell's user, as Lineside's files are WAL
+        conn.execute("PRAGMA journal_mode=DELETE")
+    conn.close()
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    for name in ("journal", "images"):
+        (hot / name).mkdir()
+    writer = sqlite3.connect(db, isolation_level=None)
+    try:
+        writer.execute("PRAGMA cache_size=2")  # its pages spill into the file before commit
+        writer.execute("BEGIN")
+        writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        journal = folder / f"{DB_FILE}-journal"
+        assert journal.exists()
+        # a write open, nothing in the file yet: the check reads what was committed
+        check_sqlite_store(f"sqlite:///{db}", folder, must_exist=True)
+        writer.execute("CREATE TABLE scratch (b BLOB)")
+        for _ in range(32):
+            writer.execute("INSERT INTO scratch VALUES (zeroblob(4000))")
+        assert journal.stat().st_size > 0
+        shutil.copyfile(db, hot / DB_FILE)
+        shutil.copyfile(journal, hot / journal.name)
+        writer.execute("COMMIT")
+    finally:
+        writer.close()
+    with (hot / DB_FILE).open("r+b") as f:  # the commit's first write, then stopped
+        f.write(db.read_bytes()[:int.from_bytes(db.read_bytes()[16:18], "big")])
+    before = _state(hot)
+    for must_exist in (False, True):  # SQLite's own recovery, left to the writable open
+        check_sqlite_store(f"sqlite:///{hot / DB_FILE}", hot, must_exist=must_exist)
+        assert _state(hot) == before  # nothing rolled back, written or made by the check
+    # the store's open rolls it back as SQLite does: the store as it was, nothing lost
+    Store(hot).close()
+    assert not (hot / f"{DB_FILE}-journal").exists()
+    with sqlite3.connect(hot / DB_FILE) as conn:
+        assert conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'scratch'"
+                            ).fetchone() == (0,)
+    conn.close()
+    check_sqlite_store(f"sqlite:///{hot / DB_FILE}", hot, must_exist=True)

@@ -363,3 +363,29 @@ def test_a_box_sharing_its_database_names_the_box_of_each_station(box: Running) 
         assert sorted(cells) == sorted(["box-b", store.box_id]), cells
         expect(page.locator("#models thead th").nth(1)).to_have_text("box")
         browser.close()
+
+
+def test_the_audit_trails_range_counts_the_reviews_left_out(box: Running) -> None:
+    """The audit trail's range counted the reviews shown: a page holding a review that
+    does not read (a time no calendar has: a hand edit) said "1–2 of 3 reviews" (review,
+    session 39's leftover). The range is the page's stored rows, the one left out said."""
+    from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy import text
+
+    ids = _seed(box.app.state.store, 3)
+    with box.client("reviewer") as c:
+        for iid in ids:
+            r = c.post(f"/v1/inspections/{iid}/reviews", json={"action": "confirm"})
+            assert r.status_code == 200, r.text
+    with box.app.state.store.engine.begin() as db:
+        db.execute(text("UPDATE reviews SET created_at = '2026-02-30 10:00:00' "
+                        "WHERE inspection_id = :i"), {"i": ids[1]})
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = _context(browser).new_page()
+        _sign_in(page, box.url + "/review")
+        page.locator("#tab-audit").click()
+        expect(page.locator("#a-count")).to_have_text(
+            "1–3 of 3 reviews · 1 review on this page could not be read")
+        expect(page.locator("#audit-table tbody tr")).to_have_count(2)
+        browser.close()

@@ -325,18 +325,25 @@ def check_sqlite_store(url: str, data_dir: str | Path | None = None, *,
     # beside the link, a live store's log was missed and its file read "immutable")
     real = path.resolve()
     wal = real.with_name(real.name + "-wal").exists()
+    # a rollback journal beside a file in rollback mode (header bytes 18-19: 1; a sqlite3
+    # shell's user switched it from WAL): a write in progress, or one that did not finish
+    # (a "hot" journal SQLite rolls back before any read). Read "immutable" the file's
+    # half-written pages were taken for the store (review of session 42)
+    journal = head[18:20] == b"\x01\x01" and real.with_name(real.name + "-journal").exists()
     page = int.from_bytes(head[16:18], "big")
     page = 65536 if page == 1 else page
     pages = int.from_bytes(head[28:32], "big")
     # the header's size is the file's only at rest (no -wal): a checkpoint of a live store
     # writes page 1 (the new count) before the pages that grow the file (session 42
     # review: a second `serve`, or `data pull` of a running box, called it "cut short")
-    if not wal and head[24:28] == head[92:96] and pages and st.st_size < pages * page:
+    if not (wal or journal) and head[24:28] == head[92:96] and pages and st.st_size < pages * page:
         raise refuse(f"is damaged: cut short ({st.st_size} of the {pages * page} bytes its "
                      f"header counts); {keep}")
-    # read only: "immutable" when no -wal is beside it (nothing waits to be folded in), as
-    # a read-only open of a WAL database made -wal and -shm files beside it
-    uri = real.as_uri() + ("?mode=ro" if wal else "?immutable=1")
+    # read only: "immutable" when no -wal or journal is beside it (nothing waits to be
+    # folded in or rolled back), as a read-only open of a WAL database made -wal and -shm
+    # files beside it; with a journal SQLite judges it (a rollback-mode file read "mode=ro"
+    # makes no file)
+    uri = real.as_uri() + ("?mode=ro" if wal or journal else "?immutable=1")
     try:
         db = sqlite3.connect(uri, uri=True, timeout=5)
         try:
@@ -349,6 +356,12 @@ def check_sqlite_store(url: str, data_dir: str | Path | None = None, *,
             db.close()
     except sqlite3.Error as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_READONLY_ROLLBACK":
+            # a hot journal: a write that did not finish, which only a writer may roll
+            # back. That is SQLite's own recovery, not damage: the store's writable open
+            # puts the file back as it was (as before session 42), and a box restarted
+            # after a power cut comes up by itself. Its tables are read after that
+            return
         if "locked" in reason:
             raise refuse(f"is locked by another process ({reason}): stop it, then start "
                          "again") from None

@@ -27,6 +27,16 @@ where the gate refuses it now: it was admitted before). A version the box activa
 and then left (an admin's hand activation, an automatic rollback) is not forced back, nor
 loaded at start-up when it is the model's only version (loading would make it active):
 local decisions stand until the assignment changes.
+
+A package verified and unpacked once is not downloaded again when the assignment goes
+back to it (the hub's line set back to a version the box pulled before): each verified
+pull is kept in ``<models_dir>/verified.json`` (the newest :data:`MAX_VERIFIED`: name,
+version, the archive's sha256, the graph's sha256, the card digest, the key that signed
+it), and an assignment naming that very archive (its sha256), signed by a key still
+trusted, whose version the registry holds (loaded or unloaded) with the card recorded
+and whose folder still holds that graph and card, is activated from its folder as a
+download of it would be. Anything else (another sha256, a key no longer trusted, a
+folder changed or gone, a version the registry let go) is downloaded and checked whole.
 """
 
 from __future__ import annotations
@@ -73,6 +83,10 @@ log = logging.getLogger("lineside.fleet.models")
 
 ACTOR = "fleet"  # the audit log's actor of what the puller activates
 STATE_FILE = "pulled.json"
+# the packages verified and unpacked (a file of its own: pulled.json's schema forbids other
+# keys, so a release before this one still reads it after a downgrade)
+VERIFIED_FILE = "verified.json"
+MAX_VERIFIED = 64  # the newest kept: a hub going back further is downloaded again
 INCOMING = ".incoming"
 MAX_ERRORS = 32  # protocol.BoxStatus.model_errors holds at most this many
 TASK = "models"  # its name in the fleet tasks' metrics
@@ -88,6 +102,23 @@ class Pulled(BaseModel):
     held: bool = Field(False, description=(
         "activated once, then left on the box (by hand or an automatic rollback): not forced "
         "back, not activated at start-up"))
+
+
+class Verified(BaseModel):
+    """A package this box downloaded, verified (sha256, signature, unpacked, its card
+    naming it) and moved to ``<models_dir>/<name>/<version>``."""
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    version: str
+    sha256: str = Field(description="of package.tar.gz, as the assignment named it")
+    graph_sha256: str
+    card_digest: str
+    signer: str = Field(description="the id of the trusted key its signature verified with")
+
+
+class VerifiedPulls(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pulls: list[Verified] = Field(default_factory=list, max_length=MAX_VERIFIED)
 
 
 class PulledState(BaseModel):
@@ -131,6 +162,7 @@ class ModelPuller:
         self._hub_down = False
         self._failing = 0  # rounds in a row without an assignment from the hub
         self.state = PulledState()
+        self.verified = VerifiedPulls()
         self.metrics: PullMetrics | None = None
 
     # -- life -----------------------------------------------------------------------------
@@ -150,6 +182,7 @@ class ModelPuller:
         self.root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.root / INCOMING, ignore_errors=True)  # a pull cut short
         self.state = self._read_state()
+        self.verified = self._read_verified()
         self._restore()
         self._publish_pulled()
         if self._client is None:
@@ -290,7 +323,13 @@ class ModelPuller:
         self._count_failure(kind, in_a_row=False)
 
     def _take(self, m: AssignedModel) -> None:
-        """Fetch, verify, unpack, check and activate one assigned package."""
+        """Fetch, verify, unpack, check and activate one assigned package (one verified
+        and unpacked before, still as it was: activated from its folder)."""
+        if (kept := self._kept(m)) is not None:
+            dest, record = kept
+            self._taken(dest, m, record, f"kept since its verified pull (signed by key "
+                                         f"{record.signer})")
+            return
         incoming = self.root / INCOMING
         incoming.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=incoming))
@@ -320,18 +359,58 @@ class ModelPuller:
                     shutil.rmtree(dest)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 unpacked.rename(dest)
-            self._activate(dest, m, card_digest(card))
-            self.state.models[m.name] = Pulled(version=m.version, sha256=m.sha256,
-                                               graph_sha256=card.sha256,
-                                               card_digest=card_digest(card))
-            self._save()
-            self._publish_pulled()
-            if self.metrics is not None:
-                self.metrics.pulled_total.inc()
-            log.info("fleet models: %s %s pulled (signed by key %s) and active", m.name,
-                     m.version, signer.id)
+            record = Verified(name=m.name, version=m.version, sha256=m.sha256,
+                              graph_sha256=card.sha256, card_digest=card_digest(card),
+                              signer=signer.id)
+            self._remember(record)
+            self._taken(dest, m, record, f"pulled (signed by key {signer.id})")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _taken(self, dest: Path, m: AssignedModel, record: Verified, how: str) -> None:
+        """A verified package in its folder: activated, recorded as the model's pull."""
+        self._activate(dest, m, record.card_digest)
+        self.state.models[m.name] = Pulled(version=m.version, sha256=m.sha256,
+                                           graph_sha256=record.graph_sha256,
+                                           card_digest=record.card_digest)
+        self._save()
+        self._publish_pulled()
+        if self.metrics is not None:
+            self.metrics.pulled_total.inc()
+        log.info("fleet models: %s %s %s and active", m.name, m.version, how)
+
+    def _kept(self, m: AssignedModel) -> tuple[Path, Verified] | None:
+        """The folder and record of ``m``'s very package, verified and unpacked by an
+        earlier pull and as it was then; None when it must be downloaded: no verified pull
+        of that archive (another sha256 is another package), its key no longer trusted,
+        the registry not holding that version with that card, its folder changed."""
+        record = next((v for v in reversed(self.verified.pulls)
+                       if (v.name, v.version, v.sha256) == (m.name, m.version, m.sha256)), None)
+        if record is None or record.signer not in {k.id for k in self.keys}:
+            return None
+        dest = self.root / m.name / m.version
+        slot = self.app.state.registry.models().get(m.name)
+        if slot is None:
+            return None
+        package = (slot.versions[m.version].package if m.version in slot.versions
+                   else slot.unloaded.get(m.version))
+        if package is None or card_digest(package.card) != record.card_digest \
+                or Path(package.path).resolve() != dest.resolve():
+            return None
+        try:  # its folder still holds that graph (hashed) and card
+            card = load_package(dest).card
+        except (LinesideError, OSError):
+            return None
+        if (card.sha256, card_digest(card)) != (record.graph_sha256, record.card_digest):
+            return None
+        return dest, record
+
+    def _remember(self, record: Verified) -> None:
+        pulls = [v for v in self.verified.pulls
+                 if (v.name, v.version) != (record.name, record.version)] + [record]
+        self.verified = VerifiedPulls(pulls=pulls[-MAX_VERIFIED:])
+        write_atomic(self.root / VERIFIED_FILE,
+                     json.dumps(self.verified.model_dump(mode="json"), indent=1).encode())
 
     def _check_clash(self, m: AssignedModel, card: ModelCard, dest: Path) -> bool:
         """Refuses a package whose version is loaded on this box with another card (graph,
@@ -469,6 +548,19 @@ class ModelPuller:
             log.error("fleet models: %s unreadable (%s): starting from the configured models",
                       path, type(exc).__name__)
             return PulledState()
+
+    def _read_verified(self) -> VerifiedPulls:
+        """The verified pulls; none when the file is missing or unreadable (each package
+        is then downloaded again, as before it was kept)."""
+        path = self.root / VERIFIED_FILE
+        try:
+            return VerifiedPulls.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return VerifiedPulls()
+        except (OSError, ValidationError, ValueError) as exc:
+            log.error("fleet models: %s unreadable (%s): packages pulled before are "
+                      "downloaded again", path, type(exc).__name__)
+            return VerifiedPulls()
 
     def _save(self) -> None:
         write_atomic(self.root / STATE_FILE,

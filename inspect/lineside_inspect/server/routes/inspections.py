@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 
 from lineside_inspect.draw import annotate
 from lineside_inspect.errors import ImageError, NotFoundError, Overloaded
-from lineside_inspect.imageio import decode_image, encode_jpeg
+from lineside_inspect.imageio import decode_frame, encode_jpeg
 from lineside_inspect.names import OneLine, Text
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionPage, Outcome, ReviewAction, StoredInspection
@@ -126,6 +126,9 @@ async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -
             return f.read()
 
     raw = await anyio.to_thread.run_sync(read)
+    # the server's limit (a hub's: the built-in one its ingest holds images to), not the
+    # built-in one: a frame the server took and judged over it was a 404 "cannot be drawn"
+    max_pixels: int = request.app.state.settings.max_pixels
 
     def draw() -> bytes:
         boxes = row.reviews[-1].boxes if row.reviews else row.defects
@@ -133,8 +136,8 @@ async def annotated_image(inspection_id: str, request: Request, who: Reviewer) -
                           np.array([b.get("score", 1.0) for b in boxes]),
                           np.array([row.class_names.index(b["label"]) for b in boxes]),
                           row.class_names)
-        try:
-            image = decode_image(raw)
+        try:  # as the service decoded it: the one frame decode, the server's max_pixels
+            image = decode_frame(raw, max_pixels)
         except ImageError as exc:  # stored, not sent: a 400 "invalid_image" blamed the caller
             raise NotFoundError(f"the stored image of inspection {row.id} cannot be drawn: "
                                 f"{exc.message}") from None

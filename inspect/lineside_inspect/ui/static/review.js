@@ -142,7 +142,7 @@ const truthOf = (o) => (o.reviews.length ? o.reviews[o.reviews.length - 1].boxes
 // rows all left out is a page, not one emptied by confirms: read as one, it jumped to the
 // last page, past every part after it (review, session 40)
 const held = (doc) => doc.items.length + (Number(doc.left_out) || 0);
-const unread = (n) => (n ? ` · ${num(n)} ${n === 1 ? "inspection" : "inspections"} on this page could not be read` : "");
+const unread = (n, what = "inspection") => (n ? ` · ${num(n)} ${what}${n === 1 ? "" : "s"} on this page could not be read` : "");
 
 // each load is numbered: an answer that arrives after a newer load began is dropped, or a
 // slow cam1 page showed under the filter cam2 and Shift+C confirmed it (QA review, session 32)
@@ -552,7 +552,9 @@ async function loadAudit() {
     return;
   }
   state.auditShown = state.audit;
-  $("#a-count").textContent = doc.total ? `${num(state.audit + 1)}–${num(state.audit + doc.items.length)} of ${num(doc.total)} reviews` : "no reviews yet";
+  // the range is the stored rows the page held, those left out (GET /v1/reviews' left_out:
+  // a review that does not read) said beside it: it counted the rows shown
+  $("#a-count").textContent = doc.total ? `${num(state.audit + 1)}–${num(state.audit + held(doc))} of ${num(doc.total)} reviews${unread(Number(doc.left_out) || 0, "review")}` : "no reviews yet";
   const rows = doc.items.map((r, i) => {
     const b = el("button", { type: "button" }, r.inspection_id.slice(0, 8));
     b.onclick = () => { state.from = "audit"; state.auditRow = i; openId(r.inspection_id); };
