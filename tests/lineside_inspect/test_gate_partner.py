@@ -9,6 +9,7 @@ nothing, and the tiny real good-only graph of test_gate_fused.py at two threshol
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,124 @@ def test_the_gate_command_refuses_a_recipe_the_server_refuses_in_its_words(
     assert ("recipe deeppcb-default, the card recipe of deeppcb (no --recipe given), fuses "
             "no good-only model with a detector: --fused-with deeppcb 1 has nothing to be "
             "fused with; give the recipe that fuses the two with --recipe") in said
+
+
+# -- a pass made with another partner than the recipe fuses now (session 42) -------------
+
+def _twin(root: Path) -> Path:
+    """models/deeppcb/1 as version ``twin``, its card otherwise the same: the same
+    verdicts, so it passes against version 1 with whichever partner."""
+    dst = root / "deeppcb" / "twin"
+    shutil.copytree(MODEL, dst)
+    card = json.loads((dst / "model.json").read_text())
+    (dst / "model.json").write_text(json.dumps({**card, "version": "twin"}))
+    return dst
+
+
+def test_a_detectors_pass_with_partner_1_no_longer_admits_once_partner_2_judges(
+        parts: dict[str, Any], tmp_path: Path) -> None:
+    """Until session 42 the pass made with board-good 1 admitted deeppcb twin (activation,
+    shadow, a recipe's pin) after board-good 2 was activated, though the line then judges
+    twin with 2; gated again with 2, the new pass admits it."""
+    lc, registry, store = _lifecycle(tmp_path, parts)
+    try:
+        registry.load_model(_twin(tmp_path), activate=False)
+        first = lc.gate("deeppcb", "twin", golden="g", recipe="fused", actor="admin")
+        assert first.passed and first.fused_with == "board-good 1", first.reasons
+        assert lc.gate("board-good", "2", golden="g", recipe="fused", actor="admin").passed
+        lc.activate("board-good", "2", actor="admin")
+
+        said = (f"deeppcb twin has no passing gate report that judged it as the line would "
+                f"now (lifecycle.gate.require_gate): its passing gate report {first.id} was "
+                "judged with board-good 1 under recipe fused, whose partner is board-good 2 "
+                'now. Gate it again, with what the recipe fuses now: POST '
+                '/v1/models/deeppcb/gate {"version": "twin", "golden": "g", "recipe": "fused"}')
+        with pytest.raises(GateRefused) as refused:
+            lc.activate("deeppcb", "twin", actor="admin")
+        assert said in refused.value.message
+        with pytest.raises(GateRefused, match="whose partner is board-good 2 now"):
+            lc.start_shadow("deeppcb", "twin", sample_rate=None, actor="admin")
+        pin = FUSED.model_copy(update={"name": "pin", "model_version": "twin"})
+        with pytest.raises(GateRefused, match="recipe pin pins deeppcb twin, which may not "
+                                              "judge parts: deeppcb twin has no passing"):
+            lc.put_recipe(pin, actor="admin")
+        assert registry.models()["deeppcb"].active == "1"
+
+        again = lc.gate("deeppcb", "twin", golden="g", recipe="fused", actor="admin")
+        assert again.passed and again.fused_with == "board-good 2", again.reasons
+        assert lc.activate("deeppcb", "twin", actor="admin") == {
+            "forced": False, "gate_report_id": again.id}
+    finally:
+        store.close()
+
+
+def test_a_good_only_versions_pass_with_detector_1_no_longer_admits_once_another_judges(
+        parts: dict[str, Any], tmp_path: Path) -> None:
+    """The other way round: board-good 2's pass made with deeppcb 1 after deeppcb twin is
+    activated. Forced with a reason, the admission is recorded (no report admitted it)."""
+    lc, registry, store = _lifecycle(tmp_path, parts)
+    try:
+        registry.load_model(_twin(tmp_path), activate=False)
+        passed = lc.gate("board-good", "2", golden="g", recipe="fused", actor="admin")
+        assert passed.passed and passed.fused_with == "deeppcb 1"
+        assert lc.gate("deeppcb", "twin", golden="g", recipe="fused", actor="admin").passed
+        lc.activate("deeppcb", "twin", actor="admin")
+        with pytest.raises(GateRefused, match=f"its passing gate report {passed.id} was "
+                                              "judged with deeppcb 1 under recipe fused, whose "
+                                              "partner is deeppcb twin now"):
+            lc.activate("board-good", "2", actor="admin")
+        done = lc.activate("board-good", "2", actor="admin", force=True, reason="line down")
+        assert done == {"forced": True, "gate_report_id": None}
+        (entry,) = lc.records.audit_log(model="board-good", action="force_activate")[1]
+        assert (entry["reason"], entry["actor"]) == ("line down", "admin")
+        assert registry.models()["board-good"].active == "2"
+    finally:
+        store.close()
+
+
+def test_a_pass_made_alone_or_fused_admits_only_while_its_recipe_still_does_so(
+        parts: dict[str, Any], tmp_path: Path) -> None:
+    """A pass under a recipe fusing nothing stops admitting once the recipe fuses a
+    partner, a fused pass once it fuses none (also in a recipe being put); a report from
+    before gates named the partner (none) keeps admitting under a recipe fusing nothing,
+    and is stale under one that fuses a partner."""
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.store.models import GateReportRow
+
+    lc, registry, store = _lifecycle(tmp_path, parts)
+    try:
+        registry.load_model(_twin(tmp_path), activate=False)
+        fused = lc.gate("deeppcb", "twin", golden="g", recipe="fused", actor="admin")
+        # a put in the place of fused that pins twin and fuses nothing: judged by it
+        alone = Recipe(name="fused", model="deeppcb", model_version="twin")
+        with pytest.raises(GateRefused, match=f"report {fused.id} was judged with board-good 1 "
+                                              "under recipe fused, which fuses no partner now"):
+            lc.put_recipe(alone, actor="admin")
+        assert registry.recipe("fused") == FUSED
+
+        registry.add_recipe(Recipe(name="line", model="deeppcb"))
+        plain = lc.gate("deeppcb", "twin", golden="g", recipe="line", actor="admin")
+        assert plain.passed and plain.fused_with is None
+        # line fuses board-good now, and fused nothing: neither pass holds
+        registry.add_recipe(FUSED.model_copy(update={"name": "line"}))
+        registry.add_recipe(Recipe(name="fused", model="deeppcb"))
+        with pytest.raises(GateRefused, match=f"report {plain.id} was judged alone under "
+                                              "recipe line, whose partner is board-good 1 now"):
+            lc.activate("deeppcb", "twin", actor="admin")
+
+        # a row from before gates named the partner (no fused_*)
+        with Session(store.engine) as s, s.begin():
+            s.delete(s.get(GateReportRow, plain.id))
+            row = s.get(GateReportRow, fused.id)
+            assert row is not None
+            row.report = {k: v for k, v in row.report.items()
+                          if k not in ("fused_with", "fused_kind", "fused_card_sha256")}
+        registry.add_recipe(FUSED)
+        with pytest.raises(GateRefused, match=f"report {fused.id} was judged alone under "
+                                              "recipe fused, whose partner is board-good 1"):
+            lc.activate("deeppcb", "twin", actor="admin")
+        registry.add_recipe(Recipe(name="fused", model="deeppcb"))
+        assert lc.activate("deeppcb", "twin", actor="admin")["gate_report_id"] == fused.id
+    finally:
+        store.close()

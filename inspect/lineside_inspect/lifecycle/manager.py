@@ -5,7 +5,8 @@ Admission rule (:meth:`Lifecycle._reports`): a version with a failed gate report
 graph and card) not cleared by a later pass against the active version on the same golden
 set and recipe is refused (409 ``gate_failed``) unless an admin forces it with a reason;
 the forced admission is recorded in the audit log and the admissions table. A passing
-report admits only while the version it was compared with is the active one. With
+report admits only while the version it was compared with is the active one, and while
+its recipe fuses the partner card it was judged with (or none, if judged alone). With
 ``lifecycle.gate.require_gate`` a version without such a report is refused the same way,
 and so is a version rolled back automatically that has passed no gate since.
 """
@@ -257,16 +258,18 @@ class Lifecycle:
                                "false_rejects": report.candidate.false_rejects})
         return report
 
-    def _admission(self, det: Detector, *, force: bool, reason: str,
-                   role: str) -> tuple[GateReportRow | None, bool]:
+    def _admission(self, det: Detector, *, force: bool, reason: str, role: str,
+                   recipes: Sequence[Recipe] = ()) -> tuple[GateReportRow | None, bool]:
         """The gate report that admits ``det`` and whether the admission is forced; raises
-        :class:`GateRefused` when it may not judge parts."""
+        :class:`GateRefused` when it may not judge parts. ``recipes``: recipes about to
+        be put in place of those of their names (a recipe put, an activation's pending
+        ones): a pass is judged by the partner they fuse (:meth:`_partner_now`)."""
         card = det.card
-        gate, failed, refused, stale = self._standing(det)
+        gate, failed, refused, stale = self._standing(det, recipes=recipes)
         if refused is None and gate is None and self.settings.gate.require_gate:
-            refused = (f"{card.name} {card.version} has not been gated against the active "
-                       f"version (lifecycle.gate.require_gate){stale}: run "
-                       f"POST /v1/models/{card.name}/gate first")
+            refused = f"{card.name} {card.version} " + (stale or (
+                "has not been gated against the active version "
+                f"(lifecycle.gate.require_gate): run POST /v1/models/{card.name}/gate first"))
         if refused is None:
             return gate, False
         if not force:
@@ -276,15 +279,17 @@ class Lifecycle:
             raise ConfigError("force needs a reason: it is recorded in the audit log")
         return failed or gate, True  # the report that was overridden, recorded with it
 
-    def _standing(self, det: Detector, *, any_pass_clears: bool = False
+    def _standing(self, det: Detector, *, any_pass_clears: bool = False,
+                  recipes: Sequence[Recipe] = ()
                   ) -> tuple[GateReportRow | None, GateReportRow | None, str | None, str]:
         """(the passing report that admits ``det``, a failed one, why it may not judge
         whatever require_gate says: a failed gate not cleared, or an automatic rollback
-        not followed by a passing gate; a note on a stale pass). ``any_pass_clears``: a
+        not followed by a passing gate; why a pass is stale, :meth:`_reports`). ``any_pass_clears``: a
         failure counts as cleared by a later pass against any version (a rollback goes
         back to a version once admitted, whatever is active now)."""
         card = det.card
-        gate, failed, stale = self._reports(det, any_pass_clears=any_pass_clears)
+        gate, failed, stale = self._reports(det, any_pass_clears=any_pass_clears,
+                                            recipes=recipes)
         refused = None
         if failed is not None:
             why = "; ".join(failed.report.get("reasons", [])) or "it failed"
@@ -300,12 +305,13 @@ class Lifecycle:
                        "has passed no gate since")
         return gate, failed, refused, stale
 
-    def _reports(self, det: Detector, *, any_pass_clears: bool = False
+    def _reports(self, det: Detector, *, any_pass_clears: bool = False,
+                 recipes: Sequence[Recipe] = ()
                  ) -> tuple[GateReportRow | None, GateReportRow | None, str]:
-        """(the passing report that admits ``det``, a failed one that refuses it, a note on
-        a pass that no longer counts). Only reports made for this card count (the same graph
-        re-calibrated is another candidate); reports from before cards were kept count only
-        when they failed.
+        """(the passing report that admits ``det``, a failed one that refuses it, why a pass
+        no longer counts: the refusal after the model's name and version, "" if none).
+        Only reports made for this card count (the same graph re-calibrated is another
+        candidate); reports from before cards were kept count only when they failed.
 
         A pass admits only if it compared ``det`` with the active version (graph and card):
         a pass against another version says nothing about replacing this one. Every
@@ -313,7 +319,13 @@ class Lifecycle:
         version on the same golden set (that version or a newer one) under the same
         recipe, fused with the same partner card when the recipe fuses one: a pass on a
         set, under a recipe or with a partner chosen to be easy does not clear it, nor
-        does making another version active."""
+        does making another version active.
+
+        A pass also admits only while its recipe (by name, as it stands now or about to
+        be put: ``recipes``) fuses the partner card it was judged with, or none if it was
+        judged alone (:meth:`_partner_now`; session 42): a pass with good-only version 1
+        says nothing of the verdicts the line gives with version 2. A report from before
+        gates kept the partner (none named) fits a recipe that fuses nothing only."""
         card = det.card
         mine = card_digest(card)
         active = self._active_card(card.name)
@@ -341,14 +353,90 @@ class Lifecycle:
                           for p in clearing)
             if not cleared:
                 return None, failed, ""
-        passed = next((r for r in now if r.passed), None)
-        if passed is not None:
-            return passed, None, ""
+        pending = {r.name: r for r in recipes}
+        partner_stale = ""
+        for r in (r for r in now if r.passed):
+            why = self._partner_changed(r, card.name, pending)
+            if why is None:
+                return r, None, ""
+            partner_stale = partner_stale or why
+        if partner_stale:
+            return None, None, partner_stale
         old = next((r for r in rows if r.passed), None)
         stale = "" if old is None else (
-            f"; its passing gate report {old.id} compared it with version "
-            f"{old.against_version}, which is not the active one now")
+            "has not been gated against the active version (lifecycle.gate.require_gate); "
+            f"its passing gate report {old.id} compared it with version "
+            f"{old.against_version}, which is not the active one now: run "
+            f"POST /v1/models/{card.name}/gate first")
         return None, None, stale
+
+    def _recipe_names(self) -> set[str]:
+        return {r.name for r in self.registry.recipes()}
+
+    def _partner_now(self, rule: Recipe, model: str) -> tuple[str, str | None] | None:
+        """The other model of ``rule``'s fusion that versions of ``model`` are judged with
+        now, as :meth:`_partner` takes it for a gate (the version it pins, else the active
+        one): ("name version", its :func:`card_digest`, None when no such version is
+        loaded or unloaded); None when ``rule`` fuses none."""
+        fused = rule.fused()
+        if fused is None:
+            return None
+        name, pinned = ((rule.model, rule.model_version) if gated_as(rule, model) == "partner"
+                        else fused)
+        slot = self.registry.models().get(name)
+        version = pinned or (None if slot is None else slot.active)
+        if slot is None or version is None:
+            return f"{name} (not loaded)", None
+        if version in slot.versions:
+            return f"{name} {version}", card_digest(slot.versions[version].card)
+        if version in slot.unloaded:
+            return f"{name} {version}", card_digest(slot.unloaded[version].card)
+        return f"{name} {version} (not loaded)", None
+
+    def _partner_changed(self, row: GateReportRow, model: str,
+                         pending: dict[str, Recipe]) -> str | None:
+        """Why the passing report ``row`` no longer says what the line would do for the
+        partner its recipe fuses now (a note for the refusal), None when it still does,
+        or when its recipe is gone or judges ``model`` no more (which recipe a pass used
+        is not judged: docs/lifecycle.md, "Not closed")."""
+        report = row.report
+        name = report.get("recipe")
+        if not isinstance(name, str):
+            return None
+        try:
+            rule = pending.get(name)
+            if rule is None:
+                # as the gate took it: a recipe by that name, else (none judging the
+                # model) the active card's own
+                rule = self.recipe_for(model, name if name in self._recipe_names() else None,
+                                       as_partner=True)
+            if rule.name != name:
+                return None
+            gated_as(rule, model)  # a recipe put in its place may judge another model
+        except (NotFoundError, ConfigError):
+            return None
+        now = self._partner_now(rule, model)
+        then, then_card = report.get("fused_with"), report.get("fused_card_sha256")
+        if now is None and then_card is None:
+            return None
+        if now is not None and then_card is not None and now[1] == then_card:
+            return None
+        # none named: the recipe fused none then, or the report is older than session 41
+        # (gates judged detectors alone): either way not what the line does now
+        before = f"judged with {then}" if then_card is not None else "judged alone"
+        after = ("which fuses no partner now" if now is None else
+                 f"whose partner is {now[0]} now" if now[0] != then else
+                 f"whose partner {now[0]} has another card now")
+        # the card's own recipe the gate took for want of any (none by that name) is
+        # taken again with no recipe named
+        named = (f", \"recipe\": \"{name}\"" if name in pending or name in self._recipe_names()
+                 else "")
+        return ("has no passing gate report that judged it as the line would now "
+                f"(lifecycle.gate.require_gate): its passing gate report {row.id} was {before} "
+                f"under recipe {name}, {after}. Gate it again, with what the recipe "
+                f"fuses now: POST /v1/models/{model}/gate {{\"version\": "
+                f"\"{row.candidate_version}\", \"golden\": \"{row.golden_name}\"{named}}} "
+                "(a report of lineside gate is not kept: it admits nothing here)")
 
     def _active_card(self, model: str) -> str | None:
         """The active version's :func:`card_digest` (graph and thresholds: the same graph
@@ -393,7 +481,8 @@ class Lifecycle:
                                     f"gated against {replacing}: nothing changed; promote again")
             if previous == version:
                 return {"forced": False, "gate_report_id": None}
-            gate, forced = self._admission(det, force=force, reason=reason, role="active")
+            gate, forced = self._admission(det, force=force, reason=reason, role="active",
+                                           recipes=pending_recipes)
             self.registry.activate(model, version,
                                    recipe=self._card_recipe(model, previous, version),
                                    pending=pending_recipes)
@@ -481,7 +570,8 @@ class Lifecycle:
                 if self._records is not None:
                     det = self.registry.detector(model, version)
                     try:
-                        gate, _ = self._admission(det, force=False, reason="", role="pinned")
+                        gate, _ = self._admission(det, force=False, reason="", role="pinned",
+                                                  recipes=[recipe])
                     except GateRefused as exc:
                         raise GateRefused(
                             f"recipe {recipe.name} pins {model} {version}, which may not judge "
