@@ -131,6 +131,14 @@ def test_a_shadow_of_the_good_only_partner_is_judged_fused_with_the_served_detec
     assert row.inspection_id == served[3].id and (row.active.version, row.shadow.version) == ("1", "blind")
     assert (row.fused_with, row.fused_kind) == ("board-good 1", "anomaly")
 
+    # a recipe pinning the shadow's own version is not offered to it (its version serves
+    # there): judged_as leaves it out, as offer() does
+    assert FUSED.anomaly is not None
+    lc.registry.add_recipe(FUSED.model_copy(update={
+        "name": "pins-2", "anomaly": FUSED.anomaly.model_copy(update={"model_version": "2"})}))
+    status = ShadowStatus.model_validate(lc.shadow_status("board-good"))
+    assert [j.recipe for j in status.judged_as] == ["alone", "fused", "ref-fused"]
+
 
 def test_a_good_only_shadow_serving_alone_and_under_a_reference_detectors_unchanged_gate(
         line: tuple[InspectionService, Lifecycle]) -> None:

@@ -604,3 +604,18 @@ def test_a_set_validate_refuses_is_refused_before_good_only_training(tmp_path: P
 
     (data / "images" / "b" / "2.png").write_bytes(b"not a png")  # one that does not decode
     refused("1 good image(s) that do not decode", "b/2.png", "nothing was trained")
+
+    # one of a --merge set's images that does not decode: named by its path in that set,
+    # not sent to validate the main set, which does not hold it (session 42)
+    good = (data / "images" / "b" / "0.png").read_bytes()
+    (data / "images" / "b" / "2.png").write_bytes(good)
+    other = tmp_path / "other"
+    (other / "batch" / "c").mkdir(parents=True)
+    (other / "batch" / "c" / "0.png").write_bytes(good)
+    r = runner.invoke(app, ["data", "import", "-f", "good", str(other / "batch"),
+                            str(other / "ds")])
+    assert r.exit_code == 0, r.stderr
+    (other / "ds" / "images" / "c" / "0.png").write_bytes(b"not a png")
+    _config(tmp_path, data, extra_data=[str(other / "ds")])
+    refused("1 good image(s) that do not decode", "the --merge set each named by its path",
+            str(other / "ds" / "images" / "c" / "0.png"))

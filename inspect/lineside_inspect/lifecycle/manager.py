@@ -714,7 +714,7 @@ class Lifecycle:
                     action="force_shadow" if forced else "shadow_start",
                     details={"run_id": session.run_id, "sample_rate": rate, "active": active,
                              "gate_report_id": None if gate is None else gate.id,
-                             "judged_as": self.judged_as(model)})
+                             "judged_as": self.judged_as(model, version)})
         return self.shadow_status(model)
 
     def stop_shadow(self, model: str, *, actor: str, reason: str = "") -> dict[str, Any]:
@@ -731,16 +731,23 @@ class Lifecycle:
         active = self.registry.models()[model].active if model in self.registry.models() else None
         if active is None:
             self.registry.detector(model)  # 404 naming the loaded models
-        return {**self._runner().status(model, active), "judged_as": self.judged_as(model)}
+        status = self._runner().status(model, active)
+        shadow = status.get("shadow") or {}
+        return {**status, "judged_as": self.judged_as(model, shadow.get("version"))}
 
-    def judged_as(self, model: str) -> list[dict[str, Any]]:
-        """How a shadow of ``model`` judges under each recipe whose inspections it is
-        offered (:meth:`ShadowRunner.offer`): alone or beside the good-only model the
-        recipe fuses with it, or, for that good-only model, fused with the recipe's
-        detector (its name, and version where the recipe pins one)."""
+    def judged_as(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
+        """How a shadow of ``model`` (``version``) judges under each recipe whose
+        inspections it is offered (:meth:`ShadowRunner.offer`): alone or beside the
+        good-only model the recipe fuses with it, or, for that good-only model, fused with
+        the recipe's detector (its name, and version where the recipe pins one). A recipe
+        pinning ``version`` itself is left out: its frames are not offered (the shadow's
+        version serves them)."""
         out = []
         for r in sorted(self.registry.recipes(), key=lambda r: r.name):
             fused = r.fused()
+            if version is not None and ((r.model, r.model_version) == (model, version) or (
+                    fused is not None and fused == (model, version))):
+                continue
             if r.model == model:
                 other = None if fused is None else " ".join(v for v in fused if v)
                 out.append({"recipe": r.name, "fused_with": other,

@@ -33,17 +33,22 @@ def load_all(name: str | Path, dataset: Dataset, records: list[ImageRecord],
              size: int) -> list[np.ndarray]:
     """Every record's pixels (:func:`load_rgb`), or, where some do not decode, one refusal
     naming each (a run stopped at the first, its folder made; session 42)."""
-    images, problems = [], []
+    images, problems, merged = [], [], False
     for rec in records:
         try:
             images.append(load_rgb(dataset, rec, size))
         except ImageError as exc:
-            problems.append(Problem(rec.origin or rec.file_name, "", exc.message, rec.file_name))
+            # an image of a --merge set reads from its own set (``source``): named by its
+            # path, or the refusal sent the user to validate the main set, which holds it not
+            merged |= rec.source is not None
+            where = str(rec.source) if rec.source is not None else (rec.origin or rec.file_name)
+            problems.append(Problem(where, "", exc.message, rec.file_name))
     if problems:
+        sets = f"{name} (and the --merge set each named by its path is in)" if merged else name
         raise DatasetError(f"{name}: {len(problems)} good image(s) that do not decode: nothing "
-                           f"was trained; 'lineside data validate {name}' lists every problem "
-                           "(import the set again with --skip-invalid to leave them out)",
-                           problems)
+                           f"was trained; 'lineside data validate' on {sets} lists every "
+                           "problem (import the set again with --skip-invalid to leave them "
+                           "out)", problems)
     return images
 
 
