@@ -1188,7 +1188,9 @@ def gate_cmd(
     with a good-only model judges both with the other model of the fusion (--fused-with
     its package): versions of the detector with the good-only model, versions of the
     good-only model with the detector. The report is printed, not kept: a server's
-    require_gate needs its own gate (POST /v1/models/NAME/gate)."""
+    require_gate needs its own gate (POST /v1/models/NAME/gate). Images are decoded as a
+    server decodes frames and goldens, under the built-in pixel limit
+    (LINESIDE_MAX_IMAGE_PIXELS; this command reads no server settings)."""
     from lineside_inspect.lifecycle.gate import (
         check_partner,
         format_report,

@@ -171,8 +171,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, *,
 
 def decode_frame(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """A frame sent to be inspected (encoded bytes), decoded as every inspection of it is:
-    the service's upload path and a shadow's process both call this with the server's
-    ``max_pixels``, so a shadow judges the very pixels the served model judged. A grey JPEG
+    the service's upload path, a shadow's process, the annotated-image route and the
+    gate's replay of a golden set (and its check when an item is added) call this with the
+    server's ``max_pixels``, so every re-judging sees the very pixels the served model saw. A grey JPEG
     stays grey (:func:`decode_image` with ``keep_grey``), EXIF orientation is ignored; a
     camera's frames arrive decoded and are judged as they are."""
     return decode_image(data, max_pixels, keep_grey=True)

@@ -3,6 +3,7 @@ SIGTERM drops readiness first, finishes in-flight requests, then exits cleanly."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -308,3 +309,45 @@ def test_a_frame_over_the_built_in_limit_the_server_took_is_drawn(tmp_path: Path
         big = encode_jpeg(np.zeros((800, 800), np.uint8))
         assert httpx.post(server.url + "/v1/inspect", content=big, timeout=60,
                           headers={"content-type": "image/jpeg"}).status_code == 413
+
+
+def test_a_golden_set_of_frames_the_server_took_is_made_and_gated_as_the_line_judged(
+        tmp_path: Path) -> None:
+    """A golden set from the store (``POST /v1/golden/NAME``) decoded each reviewed frame
+    and its reference under the built-in pixel limit, and a gate's replay an item's own
+    reference image the same way: on a server allowed larger frames, a mono camera's
+    frame it had judged against its golden was refused (422 "over the limit") when added,
+    and again at gate time (docs/security.md session 42). Both now decode as the service
+    does (``decode_frame``, goldens ``Reference.from_bytes``, under the server's
+    ``max_pixels``): the gate sees the very boxes the line's version found. The built-in
+    limit (read as the process starts) is lowered under the frames' size instead."""
+    from lineside_inspect.imageio import decode_image, encode_jpeg
+    from lineside_inspect.opencv import cv2
+
+    pair = ROOT / "datasets" / "deeppcb-sample" / "images" / "group00041"
+    # a mono camera's 640x640 = 409600 pixels and its golden: within 500000, over 300000
+    part, golden = (encode_jpeg(cv2.cvtColor(decode_image((pair / f"00041000_{k}.jpg")
+                                                          .read_bytes()), cv2.COLOR_BGR2GRAY))
+                    for k in ("test", "temp"))
+    ref = ROOT / "models" / "deeppcb-ref"
+    env = {**os.environ, "LINESIDE_DATA_DIR": str(tmp_path / "store"),
+           "LINESIDE_MAX_IMAGE_PIXELS": "300000", "LINESIDE_MAX_PIXELS": "500000",
+           "LINESIDE_MODELS": json.dumps([str(ref / "1"), str(ref / "1-int8")])}  # 1-int8 active
+    port = free_port()
+    with ServerProcess([*LINESIDE, "serve", "--port", str(port), "--device", "cpu"],
+                       tmp_path / "serve.log", port, env=env) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as c:
+        served = c.post("/v1/inspect", files={"image": ("f.jpg", part, "image/jpeg"),
+                                              "reference": ("r.jpg", golden, "image/jpeg")})
+        assert served.status_code == 200 and served.json()["verdict"] == "fail", served.text
+        done = served.json()
+        assert c.post(f"/v1/inspections/{done['id']}/reviews",
+                      json={"action": "confirm"}).status_code == 200
+        made = c.post("/v1/golden/g", json={"inspections": [done["id"]]})
+        assert made.status_code == 200, made.text
+        assert made.json()["items"][0]["reference"] is not None  # its own golden, kept
+        gate = c.post("/v1/models/deeppcb-ref/gate", json={"version": "1", "golden": "g"})
+        assert gate.status_code == 200, gate.text
+        against = gate.json()["against"]
+        assert (against["version"], against["escapes"], against["boxes_found"]) \
+            == ("1-int8", 0, len(done["defects"])), against

@@ -33,9 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lineside_inspect.boxes import box_iou
 from lineside_inspect.errors import ConfigError, GoldenSetError, ImageError
-from lineside_inspect.imageio import decode_image
+from lineside_inspect.imageio import decode_frame
 from lineside_inspect.inspector import Inspection, anomaly_finding, inspect, with_finding
 from lineside_inspect.lifecycle.golden import GoldenItem, GoldenLibrary, GoldenManifest
+from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.package import card_digest, default_recipe_name
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.references import Reference
@@ -327,8 +328,14 @@ def replay(detectors: list[Detector], library: GoldenLibrary, manifest: GoldenMa
     other model of the fusion ``recipe`` makes (:func:`check_partner`), run once per image:
     the good-only model, whose finding weighs in every detector's verdict, or, for
     versions of that good-only model, the recipe's detector, whose detections are fused
-    with each version's finding. Its time is in no model's."""
+    with each version's finding. Its time is in no model's.
+
+    Each image is decoded as the service decodes a frame it judges
+    (:func:`~lineside_inspect.imageio.decode_frame`: a grey JPEG stays grey) and its
+    reference as the service decodes a golden (:meth:`Reference.from_bytes`), both under
+    ``max_pixels``, the server's (None: the built-in limit, ``LINESIDE_MAX_IMAGE_PIXELS``)."""
     check_partner(recipe, partner, detectors)
+    pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     rules = rules_of(recipe)
     fixed = partner if partner is not None and partner.card.kind != "anomaly" else None
     takes_reference = [*detectors, *([] if fixed is None else [fixed])]
@@ -338,16 +345,19 @@ def replay(detectors: list[Detector], library: GoldenLibrary, manifest: GoldenMa
         what = ""
         ref = None
         try:  # a set made before items were decoded in full may hold a truncated file
-            image = decode_image(data) if max_pixels is None else decode_image(data, max_pixels)
+            image = decode_frame(data, pixels)
             if any(d.needs_reference for d in takes_reference):
                 if item.reference is None:
                     raise GoldenSetError(
                         f"golden set {manifest.ref}: {item.source} has no reference image, "
                         "which a reference model needs")
                 what = "its reference image: "
-                ref = (Reference.from_bytes(None, data, image=image)  # its own: read, decoded
+                # its own: read, and decoded unless grey (a golden is decoded in colour)
+                ref = (Reference.from_bytes(None, data, pixels,
+                                            image=image if image.ndim == 3 else None)
                        if item.reference == item.sha256 else
-                       Reference.from_bytes(None, library.read(manifest, item, reference=True)))
+                       Reference.from_bytes(None, library.read(manifest, item, reference=True),
+                                            pixels))
         except ImageError as exc:
             raise GoldenSetError(f"golden set {manifest.ref}: {item.source or item.sha256}: "
                                  f"{what}{exc.message}") from None

@@ -45,8 +45,15 @@ from lineside_inspect.errors import (
     describe_validation,
     echo,
 )
-from lineside_inspect.imageio import IMAGE_SUFFIXES, decode_image, header_size, sniff_format
+from lineside_inspect.imageio import (
+    IMAGE_SUFFIXES,
+    decode_frame,
+    decode_image,
+    header_size,
+    sniff_format,
+)
 from lineside_inspect.names import NAME_RULE, Name, is_name
+from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.schemas import Outcome, TimeText
 from lineside_inspect.store.models import reviewed_verdict
 
@@ -150,15 +157,19 @@ def _ext(data: bytes) -> Literal["jpg", "png", "bmp"]:
 
 
 def candidate(data: bytes, *, expected: Literal["pass", "fail"], boxes: list[GoldenBox] | None,
-              source: str, reference: bytes | None = None) -> Candidate:
+              source: str, reference: bytes | None = None,
+              max_pixels: int = MAX_IMAGE_PIXELS) -> Candidate:
     """An item from an encoded image (decoded in full, as is its reference: a truncated
-    file is refused here, naming it, not when a gate replays the set)."""
+    file is refused here, naming it, not when a gate replays the set). Decoded as a gate
+    replays it (:func:`~lineside_inspect.lifecycle.gate.replay`): the image as the service
+    decodes a frame, the reference as a golden, under ``max_pixels`` (a server's own; the
+    CLI, which takes no settings, the built-in limit)."""
     try:
         width, height = header_size(data)
-        decode_image(data)
+        decode_frame(data, max_pixels)
         if reference is not None and reference != data:  # a template is its own: decoded
             try:
-                decode_image(reference)
+                decode_image(reference, max_pixels)
             except ImageError as exc:
                 raise GoldenSetError(f"{source}: its reference image: {exc.message}") from None
         ref = None if reference is None else (hashlib.sha256(reference).hexdigest(), _ext(reference))
@@ -173,7 +184,8 @@ def candidate(data: bytes, *, expected: Literal["pass", "fail"], boxes: list[Gol
 
 # -- where items come from --------------------------------------------------------------
 def from_dataset(root: str | Path, split: str | None = None, *, limit: int | None = None,
-                 seed: int = 0) -> tuple[list[Candidate], list[str]]:
+                 seed: int = 0, max_pixels: int = MAX_IMAGE_PIXELS,
+                 ) -> tuple[list[Candidate], list[str]]:
     """Items of a canonical dataset (``split`` None or "all": every image): an image with
     boxes must fail, one without must pass. ``limit`` keeps a seeded sample, defective and
     good images in their proportion. Returns the items and the dataset's classes."""
@@ -202,12 +214,13 @@ def from_dataset(root: str | Path, split: str | None = None, *, limit: int | Non
             data if pairs and not boxes else None)
         out.append(candidate(data, expected="fail" if boxes else "pass", boxes=boxes,
                              source=f"dataset {Path(root).name}:{rec.split or '-'} {rec.file_name}",
-                             reference=reference))
+                             reference=reference, max_pixels=max_pixels))
     return out, list(dataset.categories)
 
 
 def from_folder(folder: str | Path, *, expected: Literal["pass", "fail"] = "pass",
-                reference: str | Path | None = None, limit: int | None = None) -> list[Candidate]:
+                reference: str | Path | None = None, limit: int | None = None,
+                max_pixels: int = MAX_IMAGE_PIXELS) -> list[Candidate]:
     """Every image under ``folder``: good parts (``expected`` pass, no defects) or parts
     known to be bad (fail, boxes unknown). ``reference``: one template image for all."""
     root = Path(folder)
@@ -218,14 +231,17 @@ def from_folder(folder: str | Path, *, expected: Literal["pass", "fail"] = "pass
         raise GoldenSetError(f"{folder}: no JPEG, PNG or BMP images in it")
     ref = None if reference is None else Path(reference).read_bytes()
     return [candidate(p.read_bytes(), expected=expected, boxes=[] if expected == "pass" else None,
-                      source=f"folder {p.relative_to(root).as_posix()}", reference=ref)
+                      source=f"folder {p.relative_to(root).as_posix()}", reference=ref,
+                      max_pixels=max_pixels)
             for p in files[:limit]]
 
 
 def from_store(store: Store, *, ids: list[str] | None = None, since: datetime | None = None,
-               limit: int = 500) -> tuple[list[Candidate], list[str]]:
+               limit: int = 500, max_pixels: int = MAX_IMAGE_PIXELS,
+               ) -> tuple[list[Candidate], list[str]]:
     """Reviewed inspections with a stored image (``ids``: those, each reviewed): each must
-    get the verdict its latest review's truth implies, with those boxes."""
+    get the verdict its latest review's truth implies, with those boxes. ``max_pixels``:
+    the limit the server took them under (its own, from the API)."""
     rows = []
     if ids is not None:
         if len(ids) > limit:
@@ -280,7 +296,8 @@ def from_store(store: Store, *, ids: list[str] | None = None, since: datetime | 
             or ("fail" if boxes else "pass")
         out.append(candidate(data, expected=expected,
                              boxes=None if expected == "fail" and not boxes else boxes,
-                             source=f"inspection {row.id} ({row.review_state})", reference=ref))
+                             source=f"inspection {row.id} ({row.review_state})", reference=ref,
+                             max_pixels=max_pixels))
         classes += [c for c in row.class_names if c not in classes]
     if not out:
         raise GoldenSetError("no reviewed inspection with a stored image to take")

@@ -76,9 +76,11 @@ async def add_golden(name: str, body: GoldenAdd, request: Request, who: Admin) -
     lc = lifecycle(request)
     GoldenLibrary.check_name(name)
     store = get_store(request)
+    max_pixels: int = request.app.state.settings.max_pixels  # as the frames were taken
 
     def work() -> GoldenManifest:
-        items, classes = from_store(store, ids=body.ids(), since=body.since, limit=body.limit)
+        items, classes = from_store(store, ids=body.ids(), since=body.since, limit=body.limit,
+                                    max_pixels=max_pixels)
         manifest = lc.library.add(name, items, classes, note=body.note)
         lc.records.audit(actor=who.name, action="golden_add", reason=body.note,
                          details={"golden": f"{manifest.name}:{manifest.version}",
