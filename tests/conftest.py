@@ -17,6 +17,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lineside_inspect.serve_process import share_ports
 
+# torch's OpenMP threads wait for work by spinning (libgomp's default): under make test's
+# two workers on 2 cores each torch process's 2 threads spun on the cores the other needed,
+# and a training test took 2-3x its time (a tiny run 56 s wall beside another, 21 s
+# with passive waits; alone, the same; session 42). Only how idle threads wait changes,
+# not what is computed: the runs' weights and losses are bit for bit the same. Read
+# when torch loads libgomp, so set before any test module imports torch; the
+# subprocesses the tests start (torchrun, the CLI) inherit it
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
 DEEPPCB = ROOT.parent / "shared" / "datasets" / "deeppcb"
