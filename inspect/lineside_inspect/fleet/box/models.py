@@ -47,7 +47,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -539,28 +539,14 @@ class ModelPuller:
 
     # -- state ------------------------------------------------------------------------------
     def _read_state(self) -> PulledState:
-        path = self.root / STATE_FILE
-        try:
-            return PulledState.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            return PulledState()
-        except (OSError, ValidationError, ValueError) as exc:
-            log.error("fleet models: %s unreadable (%s): starting from the configured models",
-                      path, type(exc).__name__)
-            return PulledState()
+        return _read_json(self.root / STATE_FILE, PulledState,
+                          "starting from the configured models")
 
     def _read_verified(self) -> VerifiedPulls:
         """The verified pulls; none when the file is missing or unreadable (each package
         is then downloaded again, as before it was kept)."""
-        path = self.root / VERIFIED_FILE
-        try:
-            return VerifiedPulls.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            return VerifiedPulls()
-        except (OSError, ValidationError, ValueError) as exc:
-            log.error("fleet models: %s unreadable (%s): packages pulled before are "
-                      "downloaded again", path, type(exc).__name__)
-            return VerifiedPulls()
+        return _read_json(self.root / VERIFIED_FILE, VerifiedPulls,
+                          "packages pulled before are downloaded again")
 
     def _save(self) -> None:
         write_atomic(self.root / STATE_FILE,
@@ -576,3 +562,18 @@ def setup(app: Any, settings: Settings) -> ModelPuller:
     app.state.on_startup.append(puller.start)
     app.state.on_shutdown.append(puller.stop)
     return puller
+
+
+_State = TypeVar("_State", PulledState, VerifiedPulls)
+
+
+def _read_json(path: Path, model: type[_State], otherwise: str) -> _State:
+    """One of the puller's state files; an empty one when it is missing, or, logged with
+    what follows (``otherwise``), when it does not read."""
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return model()
+    except (OSError, ValidationError, ValueError) as exc:
+        log.error("fleet models: %s unreadable (%s): %s", path, type(exc).__name__, otherwise)
+        return model()
