@@ -161,15 +161,19 @@ def bench_camera(package: str | Path, frames_folder: str | Path, *, triggers: in
 
 
 def _serve_process(package: Path, data_dir: Path, *, store: bool, threads: int | None,
-                   concurrency: int) -> tuple[Any, str]:
+                   concurrency: int, model_roots: list[Path] | None = None) -> tuple[Any, str]:
     """``lineside serve`` in a child process (its own interpreter and GIL, as in
-    production), on a free loopback port; returns (process, URL) once it is ready."""
+    production), on a free loopback port; returns (process, URL) once it is ready.
+    ``model_roots``: the folders POST /v1/models may load from (default: ``package``'s)."""
     from lineside_inspect.serve_process import free_port, start
 
     port = free_port()
-    env = {**os.environ, "LINESIDE_MODELS": f'["{package}"]', "LINESIDE_DATA_DIR": str(data_dir),
+    env = {**os.environ, "LINESIDE_MODELS": json.dumps([str(package)]),
+           "LINESIDE_DATA_DIR": str(data_dir),
            "LINESIDE_STORE": "true" if store else "false", "LINESIDE_DEVICE": "cpu",
            "LINESIDE_MAX_CONCURRENCY": str(concurrency), "LINESIDE_MAX_QUEUE": "64"}
+    if model_roots is not None:
+        env["LINESIDE_MODEL_ROOTS"] = json.dumps([str(r) for r in model_roots])
     if threads is not None:
         env["LINESIDE_THREADS"] = str(threads)
     return start(["serve", "--port", str(port)], port, env=env)

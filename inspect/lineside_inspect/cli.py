@@ -992,8 +992,12 @@ def _bench_hub(config: Path | None, boxes: int, rate: float, seconds: float, bur
 @friendly
 def bench_shadow_cmd(
     package: Annotated[Path, typer.Argument(help="the active model package")] = Path("models/deeppcb/1"),
-    shadow: Annotated[Path, typer.Option(help="the shadow's package (same model name)")] = Path(
-        "models/deeppcb/1-int8"),
+    shadow: Annotated[Path, typer.Option(help=(
+        "the shadow's package: another version of the active model, or with --fused-with "
+        "of the good-only partner"))] = Path("models/deeppcb/1-int8"),
+    fused_with: Annotated[Path | None, typer.Option(help=(
+        "a good-only (anomaly) package: frames are judged by the detector's default recipe "
+        "fused with it, as a recipe's anomaly.model"))] = None,
     frames: Annotated[Path, typer.Option(help="images the clients send")] = Path(
         "datasets/deeppcb-sample/images"),
     seconds: Annotated[float, typer.Option(callback=_positive,
@@ -1008,13 +1012,14 @@ def bench_shadow_cmd(
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: all)")] = None,
 ) -> None:
     """Verdict latency of the active model with and without a shadow model, at line rate
-    and saturated, against a lineside serve process (docs/lifecycle.md)."""
+    and saturated, against a lineside serve process (docs/lifecycle.md); with --fused-with,
+    of a recipe fusing the detector with a good-only model, shadowing either."""
     from lineside_inspect.lifecycle.bench import bench_shadow, format_shadow_rows
 
     with sigterm_as_ctrl_c():  # its server and the temp folder are stopped, as on Ctrl-C
         rows = bench_shadow(package, shadow, frames, seconds=seconds, rounds=rounds,
                             rate_hz=rate, clients=clients, sample_rate=sample_rate,
-                            threads=threads)
+                            threads=threads, fused_with=fused_with)
     out.print(format_shadow_rows(rows), markup=False)
 
 

@@ -139,3 +139,55 @@ def test_pairs_without_references_say_so(tmp_path: Path) -> None:
     """It said "no good frames to calibrate the unchanged gate from"."""
     _refused(["bench", "model", str(MODELS / "deeppcb-ref" / "1"), "--pairs",
               str(_one_group(tmp_path, references=False))], "no defective image with a reference")
+
+
+def _copy(src: Path, root: Path, *, name: str | None = None, version: str) -> Path:
+    """A bundled package under another card name and/or version (the graph unchanged)."""
+    card = json.loads((src / "model.json").read_text())
+    card["name"], card["version"] = name or card["name"], version
+    dst = root / card["name"] / version
+    shutil.copytree(src, dst)
+    (dst / "model.json").write_text(json.dumps(card))
+    return dst
+
+
+def test_a_fused_bench_with_a_partner_or_shadow_it_cannot_run_is_one_line(tmp_path: Path) -> None:
+    """--fused-with names the good-only partner; --shadow is then a version of either model."""
+    good, det = MODELS / "deeppcb-good" / "1", MODELS / "deeppcb" / "1"
+    _refused(["bench", "shadow", "--fused-with", str(det)], "not a good-only (anomaly) package")
+    _refused(["bench", "shadow", str(good), "--shadow", str(_copy(good, tmp_path, version="2")),
+              "--fused-with", str(good)], "is the good-only model deeppcb-good", "detector package")
+    other = _copy(good, tmp_path, name="board-good", version="1")
+    _refused(["bench", "shadow", "--shadow", str(other), "--fused-with", str(good)],
+             "is model board-good, neither", "deeppcb", "deeppcb-good")
+    _refused(["bench", "shadow", "--shadow", str(good), "--fused-with", str(good)],
+             "version 1 of deeppcb-good", "--fused-with", "give another version")
+    _refused(["bench", "shadow", "--fused-with", str(tmp_path / "nope")],
+             "model package folder not found")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_shadow_of_the_fused_partner_is_measured(tmp_path: Path) -> None:
+    """The detector fused with deeppcb-good 1, deeppcb-good 2 its shadow, one short round:
+    the rows are there and the shadow judged frames (no time is asserted)."""
+    good = MODELS / "deeppcb-good" / "1"
+    res = CliRunner().invoke(app, [
+        "bench", "shadow", str(MODELS / "deeppcb" / "1"), "--fused-with", str(good),
+        "--shadow", str(_copy(good, tmp_path, version="2")), "--frames", str(SAMPLE / "images"),
+        "--seconds", "2", "--rounds", "1", "--sample-rate", "1", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "judged by deeppcb 1 fused with deeppcb-good 1, shadow deeppcb-good 2" in res.output
+    rows = [line.split(" | ") for line in res.output.splitlines() if line.startswith("| ")
+            and " | o" in line]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("| line rate (4 Hz, 1 client)", "off"), ("| line rate (4 Hz, 1 client)", "on"),
+        ("| saturated (2 clients)", "off"), ("| saturated (2 clients)", "on")], res.output
+    assert all(int(r[2]) > 0 for r in rows), res.output  # requests answered in every phase
+    on = [r[7].rstrip(" |") for r in rows if r[1] == "on"]
+    counts = [[int(n) for n in c.replace("/", " ").replace("(", " ").replace(")", " ").split()]
+              for c in on]
+    assert all(offered > 0 for _, offered, _ in counts), res.output  # it was offered frames
+    assert sum(compared for compared, _, _ in counts) > 0, res.output  # and judged some
+    assert "errors" not in res.output, res.output
+    assert "line rate (4 Hz, 1 client): shadow on / off p50" in res.output
