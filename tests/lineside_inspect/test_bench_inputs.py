@@ -191,3 +191,17 @@ def test_a_shadow_of_the_fused_partner_is_measured(tmp_path: Path) -> None:
     assert sum(compared for compared, _, _ in counts) > 0, res.output  # and judged some
     assert "errors" not in res.output, res.output
     assert "line rate (4 Hz, 1 client): shadow on / off p50" in res.output
+
+
+@pytest.mark.timeout(120)
+def test_a_frame_the_benchs_server_refuses_is_one_line(tmp_path: Path) -> None:
+    """A refusal of the bench's own server (here a frame that is no image) was an httpx
+    traceback in each client thread, then the bench went on with no times (session 42):
+    one line saying what the server refused and why, exit 2."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "x.jpg").write_bytes(b"not a jpeg at all")
+    _refused(["bench", "shadow", str(MODELS / "deeppcb" / "1"), "--shadow",
+              str(_copy(MODELS / "deeppcb" / "1", tmp_path, version="2")), "--frames",
+              str(frames), "--seconds", "1", "--rounds", "1", "--threads", "1"],
+             "the bench's server refused a frame (400): not a JPEG, PNG or BMP image")

@@ -32,10 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lineside_inspect.errors import ConfigError
 from lineside_inspect.imageio import IMAGE_SUFFIXES
 from lineside_inspect.serve_process import stopped_at_exit
 
 if TYPE_CHECKING:
+    import httpx
+
     from lineside_inspect.package import ModelCard
 
 _COUNTS = ("offered", "compared", "dropped", "errors")
@@ -51,6 +54,18 @@ class _Phase:
     shadow: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTS, 0))
 
 
+def _ok(r: httpx.Response, what: str) -> httpx.Response:
+    """``r`` when the bench's server took ``what``; else one line saying what it answered
+    (:class:`ConfigError`: the bench's inputs are what it refused), not an httpx traceback."""
+    if r.is_success:
+        return r
+    try:
+        said = str(r.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        said = r.text[:200]
+    raise ConfigError(f"the bench's server refused {what} ({r.status_code}): {said}")
+
+
 def _send(url: str, images: list[bytes], *, seconds: float, clients: int,
           interval_s: float | None, recipe: str | None = None) -> list[float]:
     """Round trips (ms) of ``clients`` clients over ``seconds``; each waits ``interval_s``
@@ -59,6 +74,7 @@ def _send(url: str, images: list[bytes], *, seconds: float, clients: int,
 
     stop = time.perf_counter() + seconds
     times: list[list[float]] = [[] for _ in range(clients)]
+    failed: list[httpx.Response] = []
 
     def client(i: int) -> None:
         with httpx.Client(base_url=url, timeout=60) as c:
@@ -77,7 +93,9 @@ def _send(url: str, images: list[bytes], *, seconds: float, clients: int,
                 r = c.post("/v1/inspect", content=images[n % len(images)],
                            params={"recipe": recipe} if recipe else None,
                            headers={"content-type": "image/jpeg"})
-                r.raise_for_status()
+                if not r.is_success:  # said once all clients stopped, not in a thread
+                    failed.append(r)
+                    return
                 times[i].append((time.perf_counter() - t) * 1000)
                 n += clients
 
@@ -86,6 +104,8 @@ def _send(url: str, images: list[bytes], *, seconds: float, clients: int,
         t.start()
     for t in threads:
         t.join()
+    if failed:
+        _ok(failed[0], "a frame")
     return [x for ts in times for x in ts]
 
 
@@ -163,17 +183,17 @@ def bench_shadow(package: str | Path, shadow: str | Path, frames: str | Path, *,
             if partner is not None:
                 # the partner first: its first version loaded is its active one (a shadow of
                 # it loaded before would be), then the detector's default recipe fusing it
-                c.post("/v1/models", json={"path": str(Path(str(fused_with)).resolve()),
-                                           "activate": True}).raise_for_status()
+                _ok(c.post("/v1/models", json={"path": str(Path(str(fused_with)).resolve()),
+                                               "activate": True}), "the --fused-with package")
                 rules = next(({k: v for k, v in r.items() if k not in ("default", "put_over_api")}
                               for r in c.get("/v1/recipes").json()
                               if r["default"] and r["model"] == active_card.name),
                              {"model": active_card.name})
-                c.put(f"/v1/recipes/{FUSED_RECIPE}", json={
-                    **rules, "name": FUSED_RECIPE, "anomaly": {"model": partner.name}}
-                ).raise_for_status()
-            c.post("/v1/models", json={"path": str(Path(shadow).resolve()), "activate": False}
-                   ).raise_for_status()
+                _ok(c.put(f"/v1/recipes/{FUSED_RECIPE}", json={
+                    **rules, "name": FUSED_RECIPE, "anomaly": {"model": partner.name}}),
+                    "the recipe fusing the detector with the --fused-with package")
+            _ok(c.post("/v1/models", json={"path": str(Path(shadow).resolve()),
+                                           "activate": False}), "the --shadow package")
             _send(url, images, seconds=2, clients=1, interval_s=None, recipe=recipe)  # warm-up
             name = shadow_card.name
 
@@ -185,10 +205,10 @@ def bench_shadow(package: str | Path, shadow: str | Path, frames: str | Path, *,
                 for load, (n, interval) in loads.items():
                     for on in (False, True):
                         if on:
-                            c.post(f"/v1/models/{name}/shadow", json={
+                            _ok(c.post(f"/v1/models/{name}/shadow", json={
                                 "version": shadow_card.version, "sample_rate": sample_rate,
-                                "force": True, "reason": "lineside bench shadow"}
-                            ).raise_for_status()
+                                "force": True, "reason": "lineside bench shadow"}),
+                                "the shadow's start")
                         before = counts() if on else None
                         row = rows[(load, on)]
                         row.ms += _send(url, images, seconds=seconds, clients=n,
@@ -200,7 +220,7 @@ def bench_shadow(package: str | Path, shadow: str | Path, frames: str | Path, *,
                             assert before is not None
                             for k in _COUNTS:
                                 row.shadow[k] += after[k] - before[k]
-                            c.delete(f"/v1/models/{name}/shadow").raise_for_status()
+                            _ok(c.delete(f"/v1/models/{name}/shadow"), "the shadow's stop")
     return [{"load": r.load, "shadow": r.on, **r.shadow, "requests": len(r.ms),
              "img_s": len(r.ms) / r.seconds, "p50_ms": float(np.percentile(r.ms, 50)),
              "p95_ms": float(np.percentile(r.ms, 95)), "p99_ms": float(np.percentile(r.ms, 99)),
