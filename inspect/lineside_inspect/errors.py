@@ -194,6 +194,13 @@ class UnreadableRecord(LinesideError):
     status = 422
 
 
+class UnreadableGateReport(UnreadableRecord):
+    """A stored gate report whose text does not read as one (a hand edit, another
+    writer's): it admits nothing, and reading it is refused naming it, not a 500."""
+
+    code = "unreadable_gate_report"
+
+
 class ConfigError(LinesideError):
     code = "invalid_config"
     status = 422

@@ -386,3 +386,35 @@ def test_a_pass_made_alone_or_fused_admits_only_while_its_recipe_still_does_so(
         assert lc.activate("deeppcb", "twin", actor="admin")["gate_report_id"] == fused.id
     finally:
         store.close()
+
+
+def test_a_gate_report_whose_stored_text_does_not_read_admits_nothing_and_is_no_500(
+        parts: dict[str, Any], tmp_path: Path) -> None:
+    """Review of session 42: a report row holding text that is not JSON, or JSON that is
+    not an object, or a side that is not one (a hand-edited row, a foreign writer: SQLite
+    keeps any text) made every activation of that version an AttributeError or a
+    JSONDecodeError (a 500). It now admits nothing (409); a failed row still refuses."""
+    from sqlalchemy import text
+
+    lc, registry, store = _lifecycle(tmp_path, parts)
+    try:
+        registry.load_model(_twin(tmp_path), activate=False)
+        passed = lc.gate("deeppcb", "twin", golden="g", recipe="fused", actor="admin")
+        assert passed.passed, passed.reasons
+        for odd in ("not json {", "[1, 2]", '{"candidate": "x", "recipe": 7}'):
+            with store.engine.begin() as c:
+                c.execute(text("UPDATE gate_reports SET report = :r WHERE id = :i"),
+                          {"r": odd, "i": passed.id})
+            with pytest.raises(GateRefused, match="deeppcb twin has not been gated against "
+                                                  "the active version"):
+                lc.activate("deeppcb", "twin", actor="admin")
+        # a failed row whose reasons are not a list of text: refused, saying it failed
+        with store.engine.begin() as c:
+            c.execute(text("UPDATE gate_reports SET passed = 0, report = :r WHERE id = :i"),
+                      {"r": '{"reasons": [1, {"a": 2}]}', "i": passed.id})
+        with pytest.raises(GateRefused, match=f"failed its gate \\(report {passed.id} .*: "
+                                              "1; {'a': 2}\\)"):
+            lc.activate("deeppcb", "twin", actor="admin")
+        assert registry.models()["deeppcb"].active == "1"
+    finally:
+        store.close()

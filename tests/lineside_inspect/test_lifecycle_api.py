@@ -771,3 +771,37 @@ def test_a_shadow_decodes_the_frame_as_the_service_did(
                    + s["errors"] == 2 and s, "the shadow to judge both frames")
         assert (s["offered"], s["compared"], s["agreed"], s["errors"], s["disagreements"]) \
             == (2, 2, 2, 0, 0), s
+
+
+def test_gate_reports_whose_stored_text_does_not_read_are_left_out_or_refused(
+        launch: Callable[..., Running], variants: Path) -> None:
+    """A stored gate report that is not JSON, not an object, or not a report (a hand
+    edit, another writer's: SQLite keeps any text) made GET /v1/models/{name}/gates and
+    GET /v1/gates/{id} a 500 (session 42 review): the list leaves it out and counts it,
+    the report itself is a 422 naming it."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    srv = server(launch, variants, store_pass_rate=1.0)
+    store = srv.app.state.store
+    with store.engine.begin() as c:
+        for i, odd in enumerate(("not json {", "[1, 2]", '{"candidate": "x"}')):
+            c.execute(text(
+                "INSERT INTO gate_reports (id, created_at, box_id, actor, model_name, "
+                "candidate_version, candidate_sha256, against_version, against_sha256, "
+                "golden_name, golden_version, golden_digest, passed, report) VALUES (:id, :at, "
+                ":box, 'admin', 'deeppcb', 'x', 'a', '1', 'b', 'g', 1, 'd', 1, :r)"),
+                {"id": f"odd{i}", "at": datetime.now(UTC).isoformat(" "), "box": store.box_id,
+                 "r": odd})
+    with srv.client("admin") as admin:
+        r = admin.get("/v1/models/deeppcb/gates")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"items": [], "left_out": 3}
+        for i in range(3):
+            r = admin.get(f"/v1/gates/odd{i}")
+            assert r.status_code == 422, r.text
+            assert r.json()["error"] == {
+                "code": "unreadable_gate_report",
+                "message": f"gate report 'odd{i}': its stored text does not read as a gate "
+                           "report (a hand edit, or another writer's); it admits nothing"}

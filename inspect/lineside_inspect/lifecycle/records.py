@@ -134,7 +134,7 @@ class Records:
             rows = s.scalars(select(GateReportRow).where(
                 GateReportRow.model_name == model, GateReportRow.box_id == self.store.box_id)
                 .order_by(GateReportRow.created_at.desc()).limit(limit)).all()
-            return [dict(r.report, actor=r.actor) for r in rows]
+            return [_report_doc(r) for r in rows]
 
     def gate_report(self, report_id: str) -> dict[str, Any]:
         """This box's report ``report_id``: another box's on a shared database is not found,
@@ -143,7 +143,7 @@ class Records:
             row = s.get(GateReportRow, report_id)
             if row is None or row.box_id != self.store.box_id:
                 raise NotFoundError(f"no gate report {echo(report_id)} on this box")
-            return dict(row.report, actor=row.actor)
+            return _report_doc(row)
 
     # -- admissions (lineage on the box) -------------------------------------------------
     def admit(self, *, model: str, version: str, sha256: str, role: str, actor: str,
@@ -313,3 +313,11 @@ class Records:
                 .options(selectinload(InspectionRow.reviews))).all()
             return sum(1 for r in rows if reviewed_verdict(
                 r.verdict, [(v.action, v.boxes) for v in r.reviews]) == "pass")
+
+
+def _report_doc(row: GateReportRow) -> dict[str, Any]:
+    """A stored gate report with who ran it; a report whose stored text is not an object
+    (a hand edit, another writer's) is its id alone, which does not read as a report
+    (the routes leave it out of a list, or say so: it was a 500, session 42)."""
+    report = row.report if isinstance(row.report, dict) else {"id": row.id}
+    return {**report, "actor": row.actor}

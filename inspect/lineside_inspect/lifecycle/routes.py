@@ -4,14 +4,16 @@ the review queues. Changing anything is for admins; reading figures is for revie
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from lineside_inspect.errors import NotFoundError
+from lineside_inspect.errors import NotFoundError, UnreadableGateReport, echo
 from lineside_inspect.lifecycle.alarm import FailRateAlarm
 from lineside_inspect.lifecycle.gate import GateReport
 from lineside_inspect.lifecycle.golden import GoldenLibrary, GoldenManifest, from_store
@@ -40,6 +42,8 @@ from lineside_inspect.names import Name
 from lineside_inspect.server.deps import Admin, Reviewer, RoleFirstRoute, get_store
 from lineside_inspect.server.responses import errors
 from lineside_inspect.store.models import InspectionRow, ShadowResultRow
+
+log = logging.getLogger("lineside.lifecycle")
 
 router = APIRouter(route_class=RoleFirstRoute, prefix="/v1", tags=["lifecycle"])
 
@@ -111,15 +115,29 @@ async def gate(name: str, body: GateRun, request: Request, who: Admin) -> GateRe
 @router.get("/models/{name}/gates", responses=errors(401, 403, 404))
 async def gate_reports(name: str, request: Request, who: Admin,
                        limit: Annotated[int, Query(ge=1, le=200)] = 20) -> GateReports:
-    """The model's gate reports, newest first."""
+    """The model's gate reports, newest first; a stored report that does not read as one
+    is left out and counted in ``left_out``."""
     lc = lifecycle(request)
-    return GateReports.model_validate({"items": await _off_loop(lc.records.gate_reports, name, limit)})
+    items: list[StoredGateReport] = []
+    docs = await _off_loop(lc.records.gate_reports, name, limit)
+    for doc in docs:
+        try:
+            items.append(StoredGateReport.model_validate(doc))
+        except ValidationError:
+            log.warning("gate report %s of %s does not read as a report: left out",
+                        echo(str(doc.get("id"))), name)
+    return GateReports(items=items, left_out=len(docs) - len(items))
 
 
-@router.get("/gates/{report_id}", responses=errors(401, 403, 404))
+@router.get("/gates/{report_id}", responses=errors(401, 403, 404, 422))
 async def gate_report(report_id: str, request: Request, who: Admin) -> StoredGateReport:
     lc = lifecycle(request)
-    return StoredGateReport.model_validate(await _off_loop(lc.records.gate_report, report_id))
+    try:
+        return StoredGateReport.model_validate(await _off_loop(lc.records.gate_report, report_id))
+    except ValidationError:
+        raise UnreadableGateReport(f"gate report {echo(report_id)}: its stored text does not read "
+                               "as a gate report (a hand edit, or another writer's); it "
+                               "admits nothing") from None
 
 
 # -- shadow -------------------------------------------------------------------------------

@@ -117,6 +117,9 @@ class StoredGateReport(GateReport):
 
 class GateReports(_Shape):
     items: list[StoredGateReport]
+    left_out: int = Field(0, ge=0, exclude_if=lambda n: n == 0, description=(
+        "reports left out of items: stored text that does not read as a gate report (a "
+        "hand edit, another writer's; it admits nothing); absent when 0"))
 
 
 class ShadowModel(_Shape):

@@ -267,7 +267,8 @@ class GateReportRow(Base):
     golden_version: Mapped[int] = mapped_column(Integer)
     golden_digest: Mapped[str] = mapped_column(String(64))
     passed: Mapped[bool] = mapped_column(Boolean)
-    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # stored text that is not JSON reads as Unreadable (Lifecycle._reports: admits nothing)
+    report: Mapped[dict[str, Any]] = mapped_column(StoredJSON())
 
 
 class AdmissionRow(Base):
