@@ -53,14 +53,6 @@ AUDIT_DRAIN_S = 5.0  # what the alarm's audit writer may take at shutdown
 SYSTEM = "lineside"  # the actor of what the server does by itself (an automatic rollback)
 
 
-def _report(row: GateReportRow) -> dict[str, Any]:
-    """A gate report row's report; {} for one whose stored JSON does not read as an object
-    (a hand-edited row, a foreign writer: SQLite keeps any text): it admits nothing, and a
-    failed one still refuses (its reasons unread). Was an AttributeError, a 500 at every
-    activation of that version (review of session 42)."""
-    return row.report if isinstance(row.report, dict) else {}
-
-
 class Lifecycle:
     def __init__(self, settings: LifecycleSettings, *, registry: Registry, data_dir: str | Path,
                  device: str = "auto", max_pixels: int | None = None) -> None:
@@ -300,7 +292,7 @@ class Lifecycle:
                                             recipes=recipes)
         refused = None
         if failed is not None:
-            reasons = _report(failed).get("reasons")
+            reasons = failed.readable_report().get("reasons")
             why = ("; ".join(str(r) for r in reasons) if isinstance(reasons, list) else ""
                    ) or "it failed"
             refused = (f"{card.name} {card.version} failed its gate (report {failed.id} on golden "
@@ -341,7 +333,7 @@ class Lifecycle:
         active = self._active_card(card.name)
 
         def card_of(row: GateReportRow, side: str) -> str | None:
-            half = _report(row).get(side)
+            half = row.readable_report().get(side)
             return half.get("card_sha256") if isinstance(half, dict) else None
         rows = [r for r in self.records.gates_of(card.name, card.version, card.sha256)
                 if card_of(r, "candidate") == mine
@@ -353,15 +345,15 @@ class Lifecycle:
                           and p.golden_name == failed.golden_name
                           and p.golden_version >= failed.golden_version
                           # the same rules, not only the same name: a recipe can be replaced
-                          and _report(p).get("recipe_sha256") is not None
-                          and _report(p).get("recipe_sha256")
-                          == _report(failed).get("recipe_sha256")
+                          and p.readable_report().get("recipe_sha256") is not None
+                          and p.readable_report().get("recipe_sha256")
+                          == failed.readable_report().get("recipe_sha256")
                           # judged with the partner card that judged the failure: one that
                           # flags every part passes any detector, hiding the escapes that
                           # failed it (a failure naming none: fused with nothing, or judged
                           # before gates took the partner, session 41)
-                          and _report(failed).get("fused_card_sha256") in (
-                              None, _report(p).get("fused_card_sha256"))
+                          and failed.readable_report().get("fused_card_sha256") in (
+                              None, p.readable_report().get("fused_card_sha256"))
                           for p in clearing)
             if not cleared:
                 return None, failed, ""
@@ -411,7 +403,7 @@ class Lifecycle:
         partner its recipe fuses now (a note for the refusal), None when it still does,
         or when its recipe is gone or judges ``model`` no more (which recipe a pass used
         is not judged: docs/lifecycle.md, "Not closed")."""
-        report = _report(row)
+        report = row.readable_report()
         name = report.get("recipe")
         if not isinstance(name, str):
             return None

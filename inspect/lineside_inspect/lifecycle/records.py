@@ -319,5 +319,4 @@ def _report_doc(row: GateReportRow) -> dict[str, Any]:
     """A stored gate report with who ran it; a report whose stored text is not an object
     (a hand edit, another writer's) is its id alone, which does not read as a report
     (the routes leave it out of a list, or say so: it was a 500, session 42)."""
-    report = row.report if isinstance(row.report, dict) else {"id": row.id}
-    return {**report, "actor": row.actor}
+    return {**(row.readable_report() or {"id": row.id}), "actor": row.actor}

@@ -267,8 +267,15 @@ class GateReportRow(Base):
     golden_version: Mapped[int] = mapped_column(Integer)
     golden_digest: Mapped[str] = mapped_column(String(64))
     passed: Mapped[bool] = mapped_column(Boolean)
-    # stored text that is not JSON reads as Unreadable (Lifecycle._reports: admits nothing)
+    # stored text that is not JSON reads as Unreadable: read through readable_report()
     report: Mapped[dict[str, Any]] = mapped_column(StoredJSON())
+
+    def readable_report(self) -> dict[str, Any]:
+        """The report; {} for one whose stored JSON does not read as an object (a
+        hand-edited row, a foreign writer: SQLite keeps any text). Admission reads it as
+        admitting nothing (a failed one still refuses, its reasons unread), the API as no
+        report: each was a 500 (review of session 42)."""
+        return self.report if isinstance(self.report, dict) else {}
 
 
 class AdmissionRow(Base):
