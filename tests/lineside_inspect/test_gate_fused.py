@@ -182,9 +182,10 @@ def test_a_servers_gate_takes_the_recipes_partner_and_its_report_names_it(
 
 def test_a_gates_partner_unloaded_is_loaded_again_and_one_that_cannot_be_is_refused(
         parts: dict[str, Any], tmp_path: Path) -> None:
-    """The active card's own recipe (no recipe of the model put) pins partner version 1,
-    unloaded from memory: the gate loads it again, as an inspection's recipe would; with
-    its package gone the gate is refused naming it, and a partner not loaded at all too."""
+    """The candidate's card's own recipe (no recipe of the model put: it judges once the
+    candidate is active, session 43) pins partner version 1, unloaded from memory: the
+    gate loads it again, as an inspection's recipe would; with its package gone the gate
+    is refused naming it, and a partner not loaded at all too."""
     lc, registry, store = _lifecycle(tmp_path, parts)
     try:
         v1 = shutil.copytree(parts["partner"], tmp_path / "board-good" / "1")
@@ -195,8 +196,8 @@ def test_a_gates_partner_unloaded_is_loaded_again_and_one_that_cannot_be_is_refu
         card = json.loads((two / "model.json").read_text())
         card["default_recipe"]["anomaly"] = {"model": "board-good", "model_version": "1"}
         (two / "model.json").write_text(json.dumps(card))
-        registry.load_model(two)
-        report = lc.gate("deeppcb", "blind", golden="g", actor="admin")
+        registry.load_model(two, activate=False)
+        report = lc.gate("deeppcb", "2", golden="g", actor="admin")
         assert report.fused_with == "board-good 1" and report.recipe == "deeppcb-default"
         assert "1" in registry.models()["board-good"].versions
 
@@ -204,14 +205,17 @@ def test_a_gates_partner_unloaded_is_loaded_again_and_one_that_cannot_be_is_refu
         shutil.rmtree(v1)
         with pytest.raises(PackageError, match="board-good 1 was unloaded from memory and "
                                                "cannot be loaded again"):
-            lc.gate("deeppcb", "blind", golden="g", actor="admin")
+            lc.gate("deeppcb", "2", golden="g", actor="admin")
         card["version"], card["default_recipe"]["anomaly"] = "3", {"model": "nope-good"}
         three = shutil.copytree(two, tmp_path / "deeppcb" / "3")
         (three / "model.json").write_text(json.dumps(card))
-        registry.load_model(three)
+        registry.load_model(three, activate=False)
         with pytest.raises(NotFoundError, match=r"recipe deeppcb-default fuses good-only model "
                                                 r"nope-good .*unknown model 'nope-good'"):
-            lc.gate("deeppcb", "blind", golden="g", actor="admin")
+            lc.gate("deeppcb", "3", golden="g", actor="admin")
+        # blind's card brings a recipe that fuses nothing: gated alone
+        alone = lc.gate("deeppcb", "blind", golden="g", actor="admin")
+        assert (alone.fused_with, alone.recipe) == (None, "deeppcb-default")
     finally:
         store.close()
 

@@ -19,7 +19,7 @@ import yaml
 from lineside_inspect.errors import ConfigError, GateRefused
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import anomaly_finding, inspect, with_finding
-from lineside_inspect.lifecycle.gate import format_report, run_gate
+from lineside_inspect.lifecycle.gate import format_report, rules_digest, run_gate
 from lineside_inspect.lifecycle.schemas import StoredGateReport
 from lineside_inspect.package import card_digest
 from lineside_inspect.recipes import Recipe
@@ -33,9 +33,12 @@ from .test_lifecycle_api import variant
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return make_parts(tmp_path_factory.mktemp("partner-gate"))
+
+
+def make_parts(root: Path) -> dict[str, Any]:
     """board-good 1 (threshold 0.5: fails the foreign square) and 2 (threshold 1.0:
     passes it), the bundled detector and its blind copy (every threshold 0.999)."""
-    root = tmp_path_factory.mktemp("partner-gate")
     blind = variant(root, "blind", 0.999)
     strict, lenient = _partner(root, "1"), _partner(root, "2", threshold=1.0)
     return {"root": root, "blind": blind, "strict": strict, "lenient": lenient,
@@ -319,7 +322,8 @@ def test_a_detectors_pass_with_partner_1_no_longer_admits_once_partner_2_judges(
 def test_a_good_only_versions_pass_with_detector_1_no_longer_admits_once_another_judges(
         parts: dict[str, Any], tmp_path: Path) -> None:
     """The other way round: board-good 2's pass made with deeppcb 1 after deeppcb twin is
-    activated. Forced with a reason, the admission is recorded (no report admitted it)."""
+    activated. Forced with a reason, the admission is recorded with the pass it overrode
+    and why that pass no longer admitted (session 43: it recorded no report)."""
     lc, registry, store = _lifecycle(tmp_path, parts)
     try:
         registry.load_model(_twin(tmp_path), activate=False)
@@ -332,9 +336,14 @@ def test_a_good_only_versions_pass_with_detector_1_no_longer_admits_once_another
                                               "partner is deeppcb twin now"):
             lc.activate("board-good", "2", actor="admin")
         done = lc.activate("board-good", "2", actor="admin", force=True, reason="line down")
-        assert done == {"forced": True, "gate_report_id": None}
+        assert done == {"forced": True, "gate_report_id": passed.id}
         (entry,) = lc.records.audit_log(model="board-good", action="force_activate")[1]
         assert (entry["reason"], entry["actor"]) == ("line down", "admin")
+        assert (entry["details"]["gate_report_id"], entry["details"]["gate_passed"]) == (
+            passed.id, True)
+        assert "whose partner is deeppcb twin now" in entry["details"]["gate_stale"]
+        admitted = lc.records.admissions("board-good")[0]
+        assert (admitted["gate_report_id"], admitted["forced"]) == (passed.id, True)
         assert registry.models()["board-good"].active == "2"
     finally:
         store.close()
@@ -371,13 +380,16 @@ def test_a_pass_made_alone_or_fused_admits_only_while_its_recipe_still_does_so(
                                               "recipe line, whose partner is board-good 1 now"):
             lc.activate("deeppcb", "twin", actor="admin")
 
-        # a row from before gates named the partner (no fused_*)
+        # a row from before gates named the partner (no fused_*), made under fused when it
+        # fused nothing (its rules: session 43 compares them too)
+        alone_rules = rules_digest(Recipe(name="fused", model="deeppcb"))
         with Session(store.engine) as s, s.begin():
             s.delete(s.get(GateReportRow, plain.id))
             row = s.get(GateReportRow, fused.id)
             assert row is not None
-            row.report = {k: v for k, v in row.report.items()
-                          if k not in ("fused_with", "fused_kind", "fused_card_sha256")}
+            row.report = {**{k: v for k, v in row.report.items()
+                             if k not in ("fused_with", "fused_kind", "fused_card_sha256")},
+                          "recipe_sha256": alone_rules}
         registry.add_recipe(FUSED)
         with pytest.raises(GateRefused, match=f"report {fused.id} was judged alone under "
                                               "recipe fused, whose partner is board-good 1"):

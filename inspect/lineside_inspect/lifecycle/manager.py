@@ -5,8 +5,10 @@ Admission rule (:meth:`Lifecycle._reports`): a version with a failed gate report
 graph and card) not cleared by a later pass against the active version on the same golden
 set and recipe is refused (409 ``gate_failed``) unless an admin forces it with a reason;
 the forced admission is recorded in the audit log and the admissions table. A passing
-report admits only while the version it was compared with is the active one, and while
-its recipe fuses the partner card it was judged with (or none, if judged alone). With
+report admits only while the version it was compared with is the active one, while its
+recipe fuses the partner card it was judged with (or none, if judged alone), and while that
+recipe still judges the model by the rules it was judged by (``recipe_sha256``; a card's
+own recipe as the candidate's card brings it). With
 ``lifecycle.gate.require_gate`` a version without such a report is refused the same way,
 and so is a version rolled back automatically that has passed no gate since.
 """
@@ -32,12 +34,12 @@ from lineside_inspect.errors import (
 from lineside_inspect.lifecycle.alarm import Change, FailRateAlarm
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
-from lineside_inspect.lifecycle.gate import GateReport, gated_as, run_gate
+from lineside_inspect.lifecycle.gate import GateReport, gated_as, rules_digest, run_gate
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
 from lineside_inspect.lifecycle.shadow import ShadowRunner
-from lineside_inspect.package import card_digest, default_recipe_name
+from lineside_inspect.package import ModelCard, card_digest, default_recipe_name
 from lineside_inspect.recipes import Recipe, card_recipe
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.server.registry import Registry
@@ -199,6 +201,9 @@ class Lifecycle:
         with contextlib.ExitStack() as held:
             held.enter_context(self.registry.loaded(model, version, against))
             rule = self.recipe_for(model, recipe, as_partner=True)
+            # a card's own recipe that follows the active card: judged by the one the
+            # candidate's card brings, which judges the line once it is active (session 43)
+            rule = self._as_it_follows(rule, self.registry.detector(model, version))
             partner = self._partner(rule, model, held)
             return self._gate(records, model, version, golden=golden,
                               golden_version=golden_version, against=against, rule=rule,
@@ -259,37 +264,45 @@ class Lifecycle:
         return report
 
     def _admission(self, det: Detector, *, force: bool, reason: str, role: str,
-                   recipes: Sequence[Recipe] = ()) -> tuple[GateReportRow | None, bool]:
-        """The gate report that admits ``det`` and whether the admission is forced; raises
-        :class:`GateRefused` when it may not judge parts. ``recipes``: recipes about to
-        be put in place of those of their names (a recipe put, an activation's pending
-        ones): a pass is judged by the partner they fuse (:meth:`_partner_now`)."""
+                   recipes: Sequence[Recipe] = ()
+                   ) -> tuple[GateReportRow | None, bool, dict[str, Any]]:
+        """The gate report that admits ``det``, whether the admission is forced, and what
+        the audit entry adds (a forced admission over a stale pass: ``gate_stale``, why it
+        no longer admitted); raises :class:`GateRefused` when it may not judge parts.
+        ``recipes``: recipes about to be put in place of those of their names (a recipe
+        put, an activation's pending ones): a pass is judged by them (:meth:`_pass_stale`)."""
         card = det.card
-        gate, failed, refused, stale = self._standing(det, recipes=recipes)
+        gate, failed, refused, stale, stale_row = self._standing(det, recipes=recipes)
         if refused is None and gate is None and self.settings.gate.require_gate:
             refused = f"{card.name} {card.version} " + (stale or (
                 "has not been gated against the active version "
                 f"(lifecycle.gate.require_gate): run POST /v1/models/{card.name}/gate first"))
         if refused is None:
-            return gate, False
+            return gate, False, {}
         if not force:
             raise GateRefused(f"{refused}; it may not become {role} unless an admin forces it "
                               "with a reason (force: true, reason: ...), which is recorded")
         if not reason.strip():
             raise ConfigError("force needs a reason: it is recorded in the audit log")
-        return failed or gate, True  # the report that was overridden, recorded with it
+        # the report that was overridden, recorded with it: a failed one, or the pass that
+        # no longer admitted and why (session 43: it recorded none)
+        if failed is None and gate is None and stale_row is not None:
+            return stale_row, True, {"gate_stale": stale}
+        return failed or gate, True, {}
 
     def _standing(self, det: Detector, *, any_pass_clears: bool = False,
                   recipes: Sequence[Recipe] = ()
-                  ) -> tuple[GateReportRow | None, GateReportRow | None, str | None, str]:
+                  ) -> tuple[GateReportRow | None, GateReportRow | None, str | None, str,
+                             GateReportRow | None]:
         """(the passing report that admits ``det``, a failed one, why it may not judge
         whatever require_gate says: a failed gate not cleared, or an automatic rollback
-        not followed by a passing gate; why a pass is stale, :meth:`_reports`). ``any_pass_clears``: a
+        not followed by a passing gate; why a pass is stale and that pass,
+        :meth:`_reports`). ``any_pass_clears``: a
         failure counts as cleared by a later pass against any version (a rollback goes
         back to a version once admitted, whatever is active now)."""
         card = det.card
-        gate, failed, stale = self._reports(det, any_pass_clears=any_pass_clears,
-                                            recipes=recipes)
+        gate, failed, stale, stale_row = self._reports(det, any_pass_clears=any_pass_clears,
+                                                       recipes=recipes)
         refused = None
         if failed is not None:
             reasons = failed.readable_report().get("reasons")
@@ -305,13 +318,15 @@ class Lifecycle:
             refused = (f"{card.name} {card.version} was rolled back automatically at "
                        f"{rolled['created_at']:%Y-%m-%d %H:%M} UTC ({rolled['reason']}), and "
                        "has passed no gate since")
-        return gate, failed, refused, stale
+        return gate, failed, refused, stale, stale_row
 
     def _reports(self, det: Detector, *, any_pass_clears: bool = False,
                  recipes: Sequence[Recipe] = ()
-                 ) -> tuple[GateReportRow | None, GateReportRow | None, str]:
+                 ) -> tuple[GateReportRow | None, GateReportRow | None, str,
+                            GateReportRow | None]:
         """(the passing report that admits ``det``, a failed one that refuses it, why a pass
-        no longer counts: the refusal after the model's name and version, "" if none).
+        no longer counts: the refusal after the model's name and version, "" if none, and
+        that pass).
         Only reports made for this card count (the same graph re-calibrated is another
         candidate); reports from before cards were kept count only when they failed.
 
@@ -327,7 +342,10 @@ class Lifecycle:
         be put: ``recipes``) fuses the partner card it was judged with, or none if it was
         judged alone (:meth:`_partner_now`; session 42): a pass with good-only version 1
         says nothing of the verdicts the line gives with version 2. A report from before
-        gates kept the partner (none named) fits a recipe that fuses nothing only."""
+        gates kept the partner (none named) fits a recipe that fuses nothing only. And only
+        while that recipe judges by the rules it was judged by (``recipe_sha256``; session
+        43): a recipe replaced by one with other rules, or gone, stales it
+        (:meth:`_pass_stale`)."""
         card = det.card
         mine = card_digest(card)
         active = self._active_card(card.name)
@@ -356,26 +374,24 @@ class Lifecycle:
                               None, p.readable_report().get("fused_card_sha256"))
                           for p in clearing)
             if not cleared:
-                return None, failed, ""
+                return None, failed, "", None
         pending = {r.name: r for r in recipes}
-        partner_stale = ""
+        stale: tuple[str, GateReportRow] | None = None
         for r in (r for r in now if r.passed):
-            why = self._partner_changed(r, card.name, pending)
+            why = self._pass_stale(r, det, pending)
             if why is None:
-                return r, None, ""
-            partner_stale = partner_stale or why
-        if partner_stale:
-            return None, None, partner_stale
+                return r, None, "", None
+            stale = stale or (why, r)
+        if stale is not None:
+            return None, None, *stale
         old = next((r for r in rows if r.passed), None)
-        stale = "" if old is None else (
+        if old is None:
+            return None, None, "", None
+        return None, None, (
             "has not been gated against the active version (lifecycle.gate.require_gate); "
             f"its passing gate report {old.id} compared it with version "
             f"{old.against_version}, which is not the active one now: run "
-            f"POST /v1/models/{card.name}/gate first")
-        return None, None, stale
-
-    def _recipe_names(self) -> set[str]:
-        return {r.name for r in self.registry.recipes()}
+            f"POST /v1/models/{card.name}/gate first"), old
 
     def _partner_now(self, rule: Recipe, model: str) -> tuple[str, str | None] | None:
         """The other model of ``rule``'s fusion that versions of ``model`` are judged with
@@ -397,50 +413,124 @@ class Lifecycle:
             return f"{name} {version}", card_digest(slot.unloaded[version].card)
         return f"{name} {version} (not loaded)", None
 
-    def _partner_changed(self, row: GateReportRow, model: str,
-                         pending: dict[str, Recipe]) -> str | None:
-        """Why the passing report ``row`` no longer says what the line would do for the
-        partner its recipe fuses now (a note for the refusal), None when it still does,
-        or when its recipe is gone or judges ``model`` no more (which recipe a pass used
-        is not judged: docs/lifecycle.md, "Not closed")."""
+    def _pass_stale(self, row: GateReportRow, det: Detector,
+                    pending: dict[str, Recipe]) -> str | None:
+        """Why the passing report ``row`` of ``det`` no longer says what the line would do
+        (a note for the refusal), None when it still does. Its recipe (by name, as it
+        stands or about to be put: ``pending``; a card's own recipe as it follows ``det``'s
+        card, :meth:`_as_it_follows`) must still judge the model, fuse the partner card
+        the pass was judged with (none if judged alone; session 42), and judge by the
+        rules the pass was judged by (``recipe_sha256``; session 43). A recipe gone, or put
+        again judging another model, stales it: what judges the model now is another
+        recipe, or its card's own."""
+        model = det.card.name
         report = row.readable_report()
         name = report.get("recipe")
         if not isinstance(name, str):
-            return None
+            return self._stale_note(row, model, "names no recipe it was judged under",
+                                    self._judging_now(model, pending))
+        known = {r.name: r for r in self.registry.recipes()} | pending
+        rule = pending.get(name)
         try:
-            rule = pending.get(name)
             if rule is None:
                 # as the gate took it: a recipe by that name, else (none judging the
                 # model) the active card's own
-                rule = self.recipe_for(model, name if name in self._recipe_names() else None,
-                                       as_partner=True)
-            if rule.name != name:
-                return None
-            gated_as(rule, model)  # a recipe put in its place may judge another model
-        except (NotFoundError, ConfigError):
-            return None
+                rule = self.recipe_for(model, name if name in known else None, as_partner=True)
+            elif rule.name == name:
+                gated_as(rule, model)  # a recipe put in its place may judge another model
+        except ConfigError:
+            rule = None  # put again judging another model
+        except NotFoundError:
+            return None  # no version of the model judges: nothing to compare with
+        if rule is None or rule.name != name:
+            what = ("is gone (deleted or put again under another name since)"
+                    if name not in known else
+                    f"judges model {known[name].model} now, not {model}")
+            return self._stale_note(row, model, f"was judged under recipe {name}, which {what}",
+                                    self._judging_now(model, pending))
+        rule = self._as_it_follows(rule, det)
+        named = name in known  # the card's own recipe the gate took for want of any is
+        # taken again with no recipe named
+        again = [name] if named else []
         now = self._partner_now(rule, model)
         then, then_card = report.get("fused_with"), report.get("fused_card_sha256")
-        if now is None and then_card is None:
+        if not (now is None and then_card is None) and not (
+                now is not None and then_card is not None and now[1] == then_card):
+            # none named: the recipe fused none then, or the report is older than session
+            # 41 (gates judged detectors alone): either way not what the line does now
+            before = f"judged with {then}" if then_card is not None else "judged alone"
+            after = ("which fuses no partner now" if now is None else
+                     f"whose partner is {now[0]} now" if now[0] != then else
+                     f"whose partner {now[0]} has another card now")
+            return self._stale_note(row, model, f"was {before} under recipe {name}, {after}",
+                                    again, "with what the recipe fuses now")
+        digest = report.get("recipe_sha256")
+        if self._same_rules(digest, rule, det):
             return None
-        if now is not None and then_card is not None and now[1] == then_card:
+        follows = ("" if rule.name != default_recipe_name(model) or rule.model != model
+                   or rule == self._recipe_now(name, pending) else
+                   f" (the card's own, as {model} {det.card.version}'s card brings it: it "
+                   "follows the active card)")
+        if not isinstance(digest, str):
+            why = (f"was judged under recipe {name} before gates kept the rules they judged "
+                   "by (no recipe_sha256): whether the recipe as it stands judges alike "
+                   "cannot be told")
+        else:
+            why = (f"was judged under recipe {name} by rules (recipe_sha256 {digest[:12]}) "
+                   f"other than the recipe's now{follows} ({rules_digest(rule)[:12]}): it was "
+                   "put again since with other regions, sizes, counts, classes or score "
+                   "floors")
+        return self._stale_note(row, model, why, again, "under the recipe as it stands")
+
+    def _recipe_now(self, name: str, pending: dict[str, Recipe]) -> Recipe | None:
+        if name in pending:
+            return pending[name]
+        try:
+            return self.registry.recipe(name)
+        except NotFoundError:
             return None
-        # none named: the recipe fused none then, or the report is older than session 41
-        # (gates judged detectors alone): either way not what the line does now
-        before = f"judged with {then}" if then_card is not None else "judged alone"
-        after = ("which fuses no partner now" if now is None else
-                 f"whose partner is {now[0]} now" if now[0] != then else
-                 f"whose partner {now[0]} has another card now")
-        # the card's own recipe the gate took for want of any (none by that name) is
-        # taken again with no recipe named
-        named = (f", \"recipe\": \"{name}\"" if name in pending or name in self._recipe_names()
-                 else "")
+
+    @staticmethod
+    def _same_rules(digest: Any, rule: Recipe, det: Detector) -> bool:
+        """Whether ``digest`` (a report's ``recipe_sha256``) is of ``rule``'s rules, a pin
+        of ``det``'s own version aside (a recipe put again pinning the version its pass
+        judged, or unpinned from it, judges it by the same rules)."""
+        if not isinstance(digest, str):
+            return False
+        version, variants = det.card.version, [rule]
+        fused = rule.fused()
+        if rule.model == det.card.name and rule.model_version in (None, version):
+            variants += [rule.model_copy(update={"model_version": v}) for v in (None, version)]
+        elif (fused is not None and rule.anomaly is not None and fused[0] == det.card.name
+              and fused[1] in (None, version)):
+            variants += [rule.model_copy(update={"anomaly": rule.anomaly.model_copy(
+                update={"model_version": v})}) for v in (None, version)]
+        return any(rules_digest(r) == digest for r in variants)
+
+    def _judging_now(self, model: str, pending: dict[str, Recipe]) -> list[str]:
+        """The recipes that judge ``model`` now (with it, or fusing it with a detector),
+        ``pending`` ones in place of those of their names; none: its card's own judges."""
+        recipes = {r.name: r for r in self.registry.recipes()} | pending
+        return sorted(n for n, r in recipes.items()
+                      if r.model == model or (r.fused() or ("",))[0] == model)
+
+    @staticmethod
+    def _stale_note(row: GateReportRow, model: str, why: str, recipes: list[str],
+                    how: str = "under what judges it now") -> str:
+        """The refusal of a stale pass, after the model's name and version: the report,
+        why, and the call that gates again (under the first of ``recipes``, else with no
+        recipe named: the card's own)."""
+        judging = ("" if how != "under what judges it now" else
+                   f"; recipe(s) {', '.join(recipes)} judge {model} now" if recipes else
+                   f"; no recipe judges {model} now but its card's own "
+                   f"({default_recipe_name(model)})")
+        named = f", \"recipe\": \"{recipes[0]}\"" if recipes else ""
         return ("has no passing gate report that judged it as the line would now "
-                f"(lifecycle.gate.require_gate): its passing gate report {row.id} was {before} "
-                f"under recipe {name}, {after}. Gate it again, with what the recipe "
-                f"fuses now: POST /v1/models/{model}/gate {{\"version\": "
-                f"\"{row.candidate_version}\", \"golden\": \"{row.golden_name}\"{named}}} "
-                "(a report of lineside gate is not kept: it admits nothing here)")
+                f"(lifecycle.gate.require_gate): its passing gate report {row.id} {why}"
+                f"{judging}. Gate it again, {how}: POST /v1/models/{model}/gate "
+                f"{{\"version\": \"{row.candidate_version}\", \"golden\": "
+                f"\"{row.golden_name}\"{named}}} (a report of lineside gate is not kept: it "
+                "admits nothing here)")
 
     def _active_card(self, model: str) -> str | None:
         """The active version's :func:`card_digest` (graph and thresholds: the same graph
@@ -485,8 +575,8 @@ class Lifecycle:
                                     f"gated against {replacing}: nothing changed; promote again")
             if previous == version:
                 return {"forced": False, "gate_report_id": None}
-            gate, forced = self._admission(det, force=force, reason=reason, role="active",
-                                           recipes=pending_recipes)
+            gate, forced, stale = self._admission(det, force=force, reason=reason,
+                                                  role="active", recipes=pending_recipes)
             self.registry.activate(model, version,
                                    recipe=self._card_recipe(model, previous, version),
                                    pending=pending_recipes)
@@ -496,7 +586,7 @@ class Lifecycle:
                             details={"from": previous,
                                      "gate_report_id": None if gate is None else gate.id,
                                      "gate_passed": None if gate is None else gate.passed,
-                                     **self._pins_of(model, previous)})
+                                     **stale, **self._pins_of(model, previous)})
             except Exception:
                 if previous is not None:
                     # the history as it was: the activation took ``version`` out of it
@@ -574,8 +664,8 @@ class Lifecycle:
                 if self._records is not None:
                     det = self.registry.detector(model, version)
                     try:
-                        gate, _ = self._admission(det, force=False, reason="", role="pinned",
-                                                  recipes=[recipe])
+                        gate, _, _ = self._admission(det, force=False, reason="",
+                                                     role="pinned", recipes=[recipe])
                     except GateRefused as exc:
                         raise GateRefused(
                             f"recipe {recipe.name} pins {model} {version}, which may not judge "
@@ -676,22 +766,51 @@ class Lifecycle:
         card's own), or there is none."""
         if old is None or old == new:
             return None
-        name = default_recipe_name(model)
         try:
-            current = self.registry.recipe(name)
+            current = self.registry.recipe(default_recipe_name(model))
             old_card = self.registry.detector(model, old).card
-            new_card = self.registry.detector(model, new).card
+            det = self.registry.detector(model, new)
         except NotFoundError:
             return None
+        return self._follows(current, old_card, det)
+
+    def _follows(self, current: Recipe, old_card: ModelCard, det: Detector, *,
+                 quiet: bool = False) -> Recipe | None:
+        """The recipe ``det``'s card brings, when ``current`` is the card's own recipe of
+        ``old_card`` (the active version's) and so follows the active card; None when it
+        is a recipe the line configured, or the new card's recipe cannot be put (the old
+        one stays: the line keeps judging)."""
         if current != card_recipe(old_card):
             return None
-        recipe = card_recipe(new_card)  # its fields and classes checked when loaded
+        recipe = card_recipe(det.card)  # its fields and classes checked when loaded
         try:  # what it fuses with and needs, against what is loaded now, as add_recipe
-            self.registry.check_recipe(recipe, self.registry.detector(model, new))
+            self.registry.check_recipe(recipe, det)
         except LinesideError as exc:  # keep the old card's recipe: the line keeps judging
-            log.warning("recipe %s not updated for %s %s: %s", name, model, new, exc.message)
+            if not quiet:
+                log.warning("recipe %s not updated for %s %s: %s", recipe.name, det.card.name,
+                            det.card.version, exc.message)
             return None
         return recipe
+
+    def _as_it_follows(self, rule: Recipe, det: Detector) -> Recipe:
+        """``rule`` as it judges once ``det`` is the active version: a card's own recipe
+        (``<model>-default``) that follows the active card is the one ``det``'s card
+        brings (:meth:`_card_recipe`): what a gate judges it by, and what its pass is
+        compared with (session 43; a pass under the old card's recipe described rules the
+        line would leave at activation). Any other recipe as it is."""
+        card = det.card
+        if rule.name != default_recipe_name(card.name) or rule.model != card.name:
+            return rule
+        slot = self.registry.models().get(card.name)
+        active = None if slot is None else slot.active
+        if slot is None or active is None or active == card.version:
+            return rule
+        old_card = slot.versions[active].card
+        if rule.name not in {r.name for r in self.registry.recipes()}:
+            # no recipe judges the model: the gate took the active card's own for want of
+            # any, and takes ``det``'s once it is active
+            return card_recipe(card) if rule == card_recipe(old_card) else rule
+        return self._follows(rule, old_card, det, quiet=True) or rule
 
     @staticmethod
     def _lineage(det: Detector) -> dict[str, Any]:
@@ -710,7 +829,7 @@ class Lifecycle:
         active = self.registry.models()[model].active
         if version == active:
             raise ConfigError(f"{model} {version} is the active version: shadow another one")
-        gate, forced = self._admission(loaded, force=force, reason=reason, role="shadow")
+        gate, forced, stale = self._admission(loaded, force=force, reason=reason, role="shadow")
         assert self.shadow is not None
         rate = self.settings.shadow.sample_rate if sample_rate is None else sample_rate
         session = self.shadow.start(model, loaded.package, rate, actor)
@@ -718,7 +837,7 @@ class Lifecycle:
                     action="force_shadow" if forced else "shadow_start",
                     details={"run_id": session.run_id, "sample_rate": rate, "active": active,
                              "gate_report_id": None if gate is None else gate.id,
-                             "judged_as": self.judged_as(model, version)})
+                             **stale, "judged_as": self.judged_as(model, version)})
         return self.shadow_status(model)
 
     def stop_shadow(self, model: str, *, actor: str, reason: str = "") -> dict[str, Any]:
