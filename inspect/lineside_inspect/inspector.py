@@ -47,6 +47,18 @@ from lineside_inspect.schemas import (
 )
 
 
+@dataclass(frozen=True)
+class ModelVersion:
+    """A model by name and version, as served (both :data:`~lineside_inspect.names.Name`
+    values): a structured partner, so no one parses the "name version" text users see."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+
 @dataclass
 class Inspection:
     id: str
@@ -70,10 +82,18 @@ class Inspection:
     # capture looks at the ones just under a threshold)
     detections: Detections | None = None
     anomaly: AnomalyFinding | None = None  # a good-only model's finding (alone or fused)
-    fused_with: str | None = None  # "name version" of the good-only model fused with the detector
+    # the good-only model fused with the detector (its name and version as served), if any
+    fused: ModelVersion | None = None
     gate: GateResult | None = None  # the recipe's unchanged gate, when it has one
     drawn: bytes | None = None  # the frame as a JPEG with boxes and verdict, when asked for
     _result_json: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def fused_with(self) -> str | None:
+        """"name version" of the good-only model fused with the detector: the text users see
+        (the alarm's "judged by", a shadow disagreement's ``fused_with``). Code wanting the
+        name or the version reads :attr:`fused`, never splits this."""
+        return None if self.fused is None else str(self.fused)
 
     @property
     def class_names(self) -> list[str]:
@@ -155,7 +175,7 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         gate = check_unchanged(image, reference.image, recipe.unchanged_gate)
         if gate.unchanged:  # matches its reference everywhere: nothing for a model to find
             return _unchanged(image, detector, recipe, gate, (clock() - t0) * 1000, decode_ms,
-                              camera_id, part_id, reference, fused_name(detector, anomaly_model))
+                              camera_id, part_id, reference, fused_model(detector, anomaly_model))
     checks = clock() - t0
     aligned = reference is not None and recipe.align_reference
     t0 = clock()
@@ -196,7 +216,7 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         camera_id=camera_id, part_id=part_id, reference=reference,
         reference_shift=(letterboxes[0].shift_x, letterboxes[0].shift_y) if aligned else None,
         detections=detections, anomaly=finding, gate=gate,
-        fused_with=fused_name(detector, anomaly_model),
+        fused=fused_model(detector, anomaly_model),
     )
 
 
@@ -230,15 +250,15 @@ def with_finding(done: Inspection, anomaly_model: Detector,
     if done.detector.card.kind == "anomaly" or done.anomaly is not None or done.detections is None:
         raise ValueError("with_finding takes a detector's inspection made with no good-only "
                          "finding")
-    fused = fused_name(done.detector, anomaly_model)
+    fused = fused_model(done.detector, anomaly_model)
     if done.gate is not None and done.gate.unchanged:
-        return replace(done, id=uuid.uuid4().hex, fused_with=fused)
+        return replace(done, id=uuid.uuid4().hex, fused=fused)
     if finding is None:
         raise ValueError("with_finding needs the good-only model's finding on the frame")
     verdict = fused_verdict(done.image, done.detector.card, done.recipe, done.detections,
                             finding, done.reference)
     return replace(done, id=uuid.uuid4().hex, verdict=verdict.outcome, reasons=verdict.reasons,
-                   defects=verdict.defects, anomaly=finding, fused_with=fused)
+                   defects=verdict.defects, anomaly=finding, fused=fused)
 
 
 def fused_verdict(image: np.ndarray, card: ModelCard, recipe: Recipe, detections: Detections,
@@ -284,16 +304,23 @@ def _view_shift(recipe: Recipe) -> int:
     return gate.max_shift_px if gate is not None else FIXTURE_PLAY_PX
 
 
-def fused_name(detector: Detector, anomaly_model: Detector | None) -> str | None:
-    """``Inspection.fused_with``: the good-only model fused with ``detector``, if any."""
+def fused_model(detector: Detector, anomaly_model: Detector | None) -> ModelVersion | None:
+    """``Inspection.fused``: the good-only model fused with ``detector``, if any."""
     if anomaly_model is None or detector.card.kind == "anomaly":
         return None
-    return f"{anomaly_model.card.name} {anomaly_model.card.version}"
+    return ModelVersion(anomaly_model.card.name, anomaly_model.card.version)
+
+
+def fused_name(detector: Detector, anomaly_model: Detector | None) -> str | None:
+    """``Inspection.fused_with``: the text of :func:`fused_model` (the fail-rate alarm
+    names what judges a recipe now with it, and must match the inspections' text)."""
+    fused = fused_model(detector, anomaly_model)
+    return None if fused is None else str(fused)
 
 
 def _unchanged(image: np.ndarray, detector: Detector, recipe: Recipe, gate: GateResult,
                checks_ms: float, decode_ms: float, camera_id: str | None, part_id: str | None,
-               reference: Reference, fused_with: str | None) -> Inspection:
+               reference: Reference, fused: ModelVersion | None) -> Inspection:
     """A part the unchanged gate passed: judged on no detections (so the recipe's own
     rules still decide, as for any part the detector found nothing on)."""
     detections = Detections.empty(detector.class_names)
@@ -305,7 +332,7 @@ def _unchanged(image: np.ndarray, detector: Detector, recipe: Recipe, gate: Gate
         id=uuid.uuid4().hex, created_at=datetime.now(UTC), verdict=verdict.outcome,
         reasons=verdict.reasons, defects=verdict.defects, recipe=recipe, detector=detector,
         timings_ms=timings, image=image, camera_id=camera_id, part_id=part_id,
-        reference=reference, detections=detections, gate=gate, fused_with=fused_with)
+        reference=reference, detections=detections, gate=gate, fused=fused)
 
 
 def _anomaly_input(image: np.ndarray, anomaly_model: Detector, detector: Detector,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from lineside_inspect.imageio import decode_image
-from lineside_inspect.inspector import anomaly_finding, inspect, with_finding
+from lineside_inspect.inspector import ModelVersion, anomaly_finding, inspect, with_finding
 from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.lifecycle.manager import Lifecycle
 from lineside_inspect.lifecycle.schemas import ShadowDisagreements, ShadowStatus
@@ -179,6 +179,27 @@ def test_a_good_only_shadow_serving_alone_and_under_a_reference_detectors_unchan
     expected = with_finding(done, strict, anomaly_finding(done.image, strict, REF_FUSED))
     assert rows[judged.id].shadow.defects == expected.defects.to_json()
     assert rows[judged.id].shadow.reasons == [r.model_dump() for r in expected.reasons]
+
+
+def test_a_fused_inspection_names_its_good_only_partner_by_name_and_version(
+        line: tuple[InspectionService, Lifecycle]) -> None:
+    """A shadow of the good-only partner learns the served version from ``Inspection.fused``
+    (name and version apart), no longer by splitting the "name version" text users see
+    (``fused_with``, unchanged): every way a fused inspection is made sets it, the text is
+    made from it, and an inspection fusing nothing has neither (docs/security.md session 43)."""
+    service, lc = line
+    square = _png(GOOD_BOARD, True)
+    served = _inspect(service, square, "fused")
+    assert (served.fused, served.fused_with) == (ModelVersion("board-good", "1"), "board-good 1")
+    lenient = lc.registry.detector("board-good", "2")
+    again = with_finding(inspect(served.image, lc.registry.detector("deeppcb"), FUSED), lenient,
+                         anomaly_finding(served.image, lenient, FUSED))
+    assert (again.fused, again.fused_with) == (ModelVersion("board-good", "2"), "board-good 2")
+    gated = _inspect(service, square, "ref-fused", reference_data=square)  # no model ran
+    assert gated.gate is not None and gated.gate.unchanged
+    assert gated.fused == ModelVersion("board-good", "1")
+    alone = _inspect(service, square, "alone")
+    assert (alone.fused, alone.fused_with) == (None, None)
 
 
 def test_a_store_of_an_older_release_takes_how_a_shadow_judged(tmp_path: Path) -> None:

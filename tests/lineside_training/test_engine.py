@@ -11,11 +11,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from lineside_inspect.dataset import Box, read_dataset
 from lineside_inspect.errors import ConfigError, DatasetError
+from lineside_inspect.imageio import encode_jpeg
 from lineside_training.checkpoint import load_trained
 from lineside_training.config import TrainConfig, load_config
 from lineside_training.engine import (
@@ -320,6 +322,53 @@ def test_a_missing_image_or_a_merge_of_its_own_set_is_refused_before_training(
     data = load_data(make_config(tmp_path, extra_data=[str(resplit)]))
     leaked = data.fingerprint["extra_duplicates"][str(resplit)]["in_val_or_test"]
     assert leaked > 0 and "are parts the validation judges" in data_warnings(data)[0]
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_images_that_cannot_be_decoded_are_refused_together_before_training(
+        tmp_path: Path, make_config: Make, reference: bool) -> None:
+    """A truncated JPEG, an empty file, a text file named .png, a golden cut short, an
+    image not the size recorded and an image gone, in a detector's set (single-image and
+    reference recipes): the run stopped at the first batch drawing one of them, one file
+    named (a DataLoader worker's traceback with workers), its folder made; on a large set
+    after minutes (new-user review, session 43). Now one refusal, before the run's folder,
+    naming each file and its kind of problem as 'lineside data validate' does, without
+    decoding a pixel."""
+    data = tmp_path / "set"
+    shutil.copytree(SAMPLE, data)
+    doc = json.loads((data / "annotations.json").read_text())
+    goldens = {i["reference"] for i in doc["images"] if i.get("reference")}
+    train_parts = [i["file_name"] for i in doc["images"]
+                   if i.get("split") == "train" and i["file_name"] not in goldens]
+    val_golden = next(i["reference"] for i in doc["images"] if i.get("split") == "val")
+    cut, empty, gone, other = (data / "images" / f for f in train_parts[:4])
+    cut.write_bytes(cut.read_bytes()[:4000])
+    empty.write_bytes(b"")
+    gone.unlink()
+    other.write_bytes(encode_jpeg(np.zeros((320, 640, 3), np.uint8)))  # labelled 640x640
+    golden = data / "images" / val_golden
+    golden.write_bytes(golden.read_bytes()[:-2000])
+    (data / "images" / "notes.png").write_text("notes on the boards\n")
+    doc["images"].append({"id": 10_000, "file_name": "notes.png", "width": 640, "height": 640,
+                          "group": "notes", "split": "train"})
+    (data / "annotations.json").write_text(json.dumps(doc))
+    with pytest.raises(DatasetError) as refused:
+        train(make_config(tmp_path / "runs", data=str(data), reference=reference), quiet=True)
+    message = refused.value.message
+    assert "1 image file(s) of train/val are not there" in message
+    assert "5 image file(s) of train/val cannot be decoded (empty, truncated or not an " \
+        "image) or are not the size recorded" in message
+    assert "nothing was trained" in message and "lineside data validate" in message
+    assert "--skip-invalid" in message
+    assert {(p.file, p.message) for p in refused.value.problems} == {
+        (str(gone), "image file is missing"),
+        (str(other), f"says 640x640 but {other.name} is 640x320"),
+        (str(cut), "truncated JPEG: the end-of-image marker is missing"),
+        (str(empty), "the image is empty (0 bytes)"),
+        (str(golden), "truncated JPEG: the end-of-image marker is missing"),
+        (str(data / "images" / "notes.png"),
+         "not a JPEG, PNG or BMP image (unrecognised header bytes)")}
+    assert not (tmp_path / "runs").exists()  # nothing begun: the name is free
 
 
 def test_a_class_without_train_boxes_and_a_val_without_defects_are_warned(

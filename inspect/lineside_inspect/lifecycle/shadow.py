@@ -241,14 +241,13 @@ class ShadowRunner:
             self._offer(session, inspection, Judging(
                 card.version, inspection.fused_with,
                 None if inspection.fused_with is None else "anomaly"))
-        fused = inspection.recipe.fused()
-        if fused is None or inspection.fused_with is None:
+        fused, partner = inspection.recipe.fused(), inspection.fused
+        if fused is None or partner is None:
             return
         session = self._sessions.get(fused[0])
-        name, _, served = inspection.fused_with.partition(" ")
-        if session is not None and name == fused[0]:
+        if session is not None and partner.name == fused[0]:  # the served version's shadow
             self._offer(session, inspection,
-                        Judging(served, f"{card.name} {card.version}", "detector"))
+                        Judging(partner.version, f"{card.name} {card.version}", "detector"))
 
     def _offer(self, session: ShadowSession, inspection: Inspection, how: Judging) -> None:
         if how.active_version == session.version:
