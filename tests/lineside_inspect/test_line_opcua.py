@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from lineside_inspect.errors import ConfigError
+from lineside_inspect.line import peer_logs
 from lineside_inspect.line.config import LineSettings, OpcUaConfig
 from lineside_inspect.line.opcua import OpcUaAdapter
 from lineside_inspect.server.app import create_app
@@ -141,6 +142,38 @@ def test_a_plc_tag_takes_a_whole_scalar_and_a_bad_status_is_null() -> None:
             await adapter.stop()
 
     asyncio.run(run())
+
+
+def test_a_refused_write_is_logged_cut_short_and_not_again_and_again(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncua logs a write of the wrong type at WARNING quoting the whole value: a PLC
+    (or anyone on the box's loopback) writing 100 kB strings to ``Trigger`` put 100 kB in
+    the server log per write, at the rate it wrote (line review, session 43). Each such
+    line is cut short, and the same refusal is told once a minute with a count."""
+    async def run() -> None:
+        adapter = OpcUaAdapter(OpcUaConfig(endpoint=LOOPBACK))
+        await adapter.start([_station()], lambda *w: None)
+        try:
+            async with Client(adapter.endpoint, timeout=5) as c:
+                idx = await c.get_namespace_index(NS)
+                trigger = c.get_node(f"ns={idx};s=Stations/s1/Trigger")
+                for i in range(5):
+                    with pytest.raises(ua.uaerrors.BadTypeMismatch):
+                        await trigger.write_value(ua.DataValue(ua.Variant(
+                            str(i) * 100_000, ua.VariantType.String)))
+                assert await trigger.read_value() is False
+        finally:
+            await adapter.stop()
+
+    # the bound is one for the process: forget what other tests' peers had told
+    monkeypatch.setattr(peer_logs.BOUND, "_told", {})
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run())
+    refused = [r.getMessage() for r in caplog.records
+               if r.name.startswith("asyncua") and "Write refused" in r.getMessage()]
+    assert len(refused) == 1 and len(refused[0]) < 400, [len(m) for m in refused]
+    assert "characters)" in refused[0]
+    assert peer_logs.BOUND.untold("asyncua") == 4  # the other four held back, counted
 
 
 def test_a_client_that_reads_nothing_does_not_hold_the_stop(

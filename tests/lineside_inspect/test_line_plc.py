@@ -26,6 +26,7 @@ from lineside_inspect.errors import ConfigError
 from lineside_inspect.line.config import LineSettings, ModbusConfig, OpcUaConfig
 from lineside_inspect.line.modbus import BLOCK, COILS, MAX_CONNECTIONS, REGISTERS
 from lineside_inspect.line.opcua import OpcUaAdapter
+from lineside_inspect.line.peer_logs import BOUND
 from lineside_inspect.line.station import Changes, ErrorCode, Phase, Station, TagValue
 
 from .conftest import KEYS, MODEL, Running, keyed, start_server
@@ -1113,6 +1114,43 @@ def test_a_flood_of_idle_modbus_connections_does_not_cut_the_working_plc(line: L
     finally:
         for s in (plc, *idle):
             s.close()
+
+
+def test_bad_modbus_frames_put_no_traffic_dump_in_the_log(
+        line: Line, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymodbus logs a frame of a bad protocol id at ERROR with a hex dump of the last 20
+    reads of any connection (each up to 64 kB, kept even when it was dropped as too
+    long): megabytes per frame, told again for each other id. Anyone on the line network
+    (Modbus has no authentication) filled the server's log, and its disk, at megabytes a
+    second (line review, session 43). One short line is told, then at most one a minute with a count;
+    the PLC is still served."""
+    import struct
+
+    monkeypatch.setattr(BOUND, "_told", {})  # one for the process: other tests' told
+    with caplog.at_level(logging.WARNING):
+        bad = [socket.create_connection(("127.0.0.1", line.modbus_port), timeout=WAIT_S)
+               for _ in range(10)]
+        try:
+            for protocol_id, s in enumerate(bad, start=1):  # another id each time
+                s.sendall(struct.pack(">HHHBBHH", 1, protocol_id, 6, 1, 1, 0, 8))
+
+            def seen() -> int:  # told, or held back by the bound
+                return BOUND.untold("pymodbus") + len(
+                    [r for r in caplog.records if r.name.startswith("pymodbus")])
+
+            deadline = time.monotonic() + WAIT_S
+            while seen() < len(bad):
+                assert time.monotonic() < deadline, f"{seen()} of the bad frames seen"
+                time.sleep(0.01)
+        finally:
+            for s in bad:
+                s.close()
+        with socket.create_connection(("127.0.0.1", line.modbus_port), timeout=WAIT_S) as plc:
+            assert _read_coils_raw(plc, 7)[7:8] == b"\x01"  # TriggerReady: still served
+    told = [r.getMessage() for r in caplog.records if r.name.startswith("pymodbus")]
+    assert len(told) == 1 and "Invalid Modbus protocol id" in told[0], [m[:80] for m in told]
+    assert len(told[0]) < 400 and ">>>>>" not in told[0]
+
 
 def test_a_burst_of_connections_faster_than_the_plc_polls_does_not_cut_it(line: Line) -> None:
     """33 connections opened between two polls were each newer than the PLC's last

@@ -42,6 +42,7 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from lineside_inspect.line.config import ModbusConfig
+from lineside_inspect.line.peer_logs import bound_peer_logs
 from lineside_inspect.line.station import Changes, PlcWrite, Station, TagValue
 
 log = logging.getLogger("lineside.line.modbus")
@@ -174,6 +175,8 @@ class ModbusAdapter:
         server = _BoundedServer([device, others], address=(cfg.host, cfg.port),
                                  custom_pdu=[_StrictWriteCoil])
         await server.serve_forever(background=True)
+        # pymodbus's errors quoted a peer's traffic in full (megabytes a frame): bounded
+        bound_peer_logs("pymodbus")
         self.server = server
         sockets = getattr(server.transport, "sockets", None)
         if sockets:

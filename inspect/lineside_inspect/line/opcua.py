@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.line.config import OpcUaConfig
+from lineside_inspect.line.peer_logs import bound_peer_logs
 from lineside_inspect.line.station import PLC_WRITES, TAGS, Changes, PlcWrite, Station, TagValue
 
 log = logging.getLogger("lineside.line.opcua")
@@ -131,6 +132,8 @@ class OpcUaAdapter:
                 self._nodes[(station.id, tag)] = nid
         server.subscribe_server_callback(CallbackType.PostWrite, self._post_write)
         await server.start()
+        # asyncua quoted a refused write's whole value (a 1 MB string to Trigger): bounded
+        bound_peer_logs("asyncua")
         self.server = server
         log.info("OPC UA at %s (namespace %s = ns=%d, %s)", self.endpoint, cfg.namespace, idx,
                  "Basic256Sha256" if cfg.certificate else "anonymous, loopback only")
