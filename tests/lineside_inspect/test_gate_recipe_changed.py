@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from lineside_inspect.errors import GateRefused
-from lineside_inspect.lifecycle.gate import rules_digest
+from lineside_inspect.lifecycle.gate import rules_digest, rules_of
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR
 from lineside_inspect.recipes import Recipe, card_recipe
 from lineside_inspect.server.app import create_app
@@ -110,6 +110,66 @@ def test_a_pass_whose_recipe_is_gone_or_judges_another_model_no_longer_admits(
         admitted = lc.records.admissions("deeppcb")[0]
         assert (admitted["version"], admitted["gate_report_id"], admitted["forced"]) == (
             "twin", passed.id, True)
+    finally:
+        store.close()
+
+
+# classes in an order of their own (not by name) and a critical class twice
+ORDERED = Recipe.model_validate({"name": "line", "model": "deeppcb",
+                                 "min_score": {"spur": 0.5, "copper": 0.6},
+                                 "max_count": {"spur": 1, "copper": 2},
+                                 "critical": ["short", "open"]})
+
+
+def _as_put(recipe: Recipe) -> str:
+    """sha256 of ``recipe``'s rules as its fields were put: what gates kept before the
+    digest was canonical (review, session 43)."""
+    import hashlib
+    return hashlib.sha256(rules_of(recipe).model_dump_json().encode()).hexdigest()
+
+
+def test_the_same_rules_put_again_in_another_order_still_admit(
+        parts: dict[str, Any], tmp_path: Path) -> None:
+    """``recipe_sha256`` was of the recipe's fields as put: the same recipe put again with
+    its classes in another order (keys of a JSON body or YAML file, critical listed
+    otherwise) had another digest, and its pass was refused as judged by other rules
+    (review, session 43). The digest is canonical now; a report kept before (its digest of
+    the fields as put) still admits under its recipe unchanged, and a failure kept before
+    is cleared by a pass under the same recipe since."""
+    lc, registry, store = _lifecycle(tmp_path, parts)
+    try:
+        registry.load_model(_twin(tmp_path), activate=False)
+        registry.add_recipe(ORDERED)
+        passed = lc.gate("deeppcb", "twin", golden="g", recipe="line", actor="admin")
+        assert passed.passed, passed.reasons
+        body = json.dumps({"critical": ["open", "short", "open"], "name": "line",
+                           "max_count": {"copper": 2, "spur": 1}, "model": "deeppcb",
+                           "min_score": {"copper": 0.6, "spur": 0.5}})
+        lc.put_recipe(Recipe.model_validate_json(body), actor="admin")
+        assert lc.activate("deeppcb", "twin", actor="admin") == {
+            "forced": False, "gate_report_id": passed.id}
+        lc.rollback("deeppcb", actor="admin")
+
+        # kept before: a failure, then a pass, each of the digest as put
+        legacy = _as_put(ORDERED)
+        assert legacy != rules_digest(ORDERED)
+        lc.put_recipe(ORDERED, actor="admin")
+        with Session(store.engine) as s, s.begin():
+            row = s.get(GateReportRow, passed.id)
+            assert row is not None
+            row.report = {**row.report, "recipe_sha256": legacy}
+        assert lc.activate("deeppcb", "twin", actor="admin")["gate_report_id"] == passed.id
+        lc.rollback("deeppcb", actor="admin")
+        with Session(store.engine) as s, s.begin():
+            row = s.get(GateReportRow, passed.id)
+            assert row is not None
+            row.passed, row.report = False, {**row.report, "passed": False,
+                                             "reasons": ["1 new escape(s)"]}
+        with pytest.raises(GateRefused, match="failed"):
+            lc.activate("deeppcb", "twin", actor="admin")
+        again = lc.gate("deeppcb", "twin", golden="g", recipe="line", actor="admin")
+        assert again.passed and again.recipe_sha256 == rules_digest(ORDERED)
+        assert lc.activate("deeppcb", "twin", actor="admin")["gate_report_id"] == again.id
     finally:
         store.close()
 

@@ -36,6 +36,9 @@ from .test_ui_screens import ARGS, CHROMIUM
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
 REF_MODEL = ROOT / "models" / "deeppcb-ref" / "1"
+GOOD_MODEL = ROOT / "models" / "deeppcb-good" / "1"
+GOOD_BOARD = SAMPLE / "group00041" / "00041000_temp.jpg"  # the detector finds nothing
+DEFECTIVE_BOARD = SAMPLE / "group00041" / "00041000_test.jpg"  # the detector fails it
 STATION = ROOT / "configs" / "line"
 NS = "urn:lineside"
 WAIT_S = 15.0  # upper bound of every poll below (never a timing assertion)
@@ -623,12 +626,26 @@ def test_a_port_in_use_is_a_config_error() -> None:
                      host="127.0.0.2", port=port))
 
 
+def _board(path: Path, patch: bool = False) -> np.ndarray:
+    """A DeepPCB board as the camera shows it; ``patch``: with a magenta square on bare
+    board, which no defect class covers and the good-only model fails."""
+    from lineside_inspect.imageio import read_image
+
+    image = read_image(path)
+    if patch:
+        image[40:100, 520:580] = (200, 30, 200)
+    return image
+
+
 # -- a real server with both protocols ---------------------------------------------
 class Line:
     """The running server, its cameras and the line endpoints."""
 
-    def __init__(self, srv: Running, sim: MJPEGSimulator, flaky: MJPEGSimulator) -> None:
+    def __init__(self, srv: Running, sim: MJPEGSimulator, flaky: MJPEGSimulator,
+                 fused: list[np.ndarray] | None = None) -> None:
         self.srv, self.sim, self.flaky = srv, sim, flaky
+        # what the fused station's camera shows from its next frame on (fused[0])
+        self.fused = fused if fused is not None else []
         plc = srv.app.state.line_plc
         self.opcua_url = next(a for a in plc.adapters if a.name == "OPC UA").endpoint
         self.modbus_port = next(a for a in plc.adapters if a.name == "Modbus TCP").port
@@ -653,6 +670,8 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
     import cv2
 
     capped = MJPEGSimulator(lambda i: np.full((640, 640, 3), 3, np.uint8), fps=10)
+    fused_frame = [_board(DEFECTIVE_BOARD)]
+    fused = MJPEGSimulator(lambda i: fused_frame[0], fps=10)
     flipped = tmp / "flipped.png"
     cv2.imwrite(str(flipped), cv2.flip(cv2.imread(str(STATION / "station1-reference.jpg")), -1))
     cams = [CameraConfig(id="sim", source=sim.url, recipe="deeppcb", stale_after_s=2),
@@ -669,15 +688,18 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
             # the station's parts against another product's golden (the golden turned
             # over): not its view (last again, for the same reason)
             CameraConfig(id="moved", source=str(STATION / "station1"), recipe="deeppcb-ref",
-                         reference=str(flipped), fps=2)]
-    settings = keyed(cameras=cams, models=[str(MODEL), str(REF_MODEL)],
+                         reference=str(flipped), fps=2),
+            # the bundled detector fused with the bundled good-only model (last again)
+            CameraConfig(id="fused", source=fused.url, recipe="deeppcb-fused")]
+    settings = keyed(cameras=cams, models=[str(MODEL), str(REF_MODEL), str(GOOD_MODEL)],
                      recipes=[str(tmp / "deeppcb.yaml"), str(tmp / "lenient.yaml"),
-                              str(ROOT / "configs" / "recipes" / "deeppcb-ref.yaml")],
+                              str(ROOT / "configs" / "recipes" / "deeppcb-ref.yaml"),
+                              str(ROOT / "configs" / "recipes" / "deeppcb-fused.yaml")],
                      store_pass_rate=0.0, line=LineSettings(
                          opcua=OpcUaConfig(endpoint="opc.tcp://127.0.0.1:0/lineside/"),
                          modbus=ModbusConfig(port=0), trigger_timeout_s=2.0, ack_timeout_s=1.5))
     srv, stop = start_server(settings)
-    running = Line(srv, sim, flaky)
+    running = Line(srv, sim, flaky, fused_frame)
     with srv.client("reviewer") as c:
         deadline = time.time() + WAIT_S
         while {h["state"] for h in c.get("/v1/cameras").json()} != {"online"}:
@@ -688,6 +710,7 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
     sim.kill()
     flaky.kill()
     capped.kill()
+    fused.kill()
 
 
 async def _until(read: Callable[[], Awaitable[Any]], want: Any = True) -> Any:
@@ -951,7 +974,8 @@ def test_modbus_handshake_recipe_and_refused_writes(line: Line) -> None:
             await _until(lambda: _reg(mb, base, "ErrorCode"), 0)
             # Lineside's coils and registers are not the PLC's to write
             before = await _coils(mb, base)
-            for addr in (COILS.index("Pass"), COILS.index("TriggerReady"), 8, BLOCK * 5):
+            for addr in (COILS.index("Pass"), COILS.index("TriggerReady"), 8,
+                         BLOCK * len(plc.stations)):  # past the last station
                 assert (await mb.write_coil(base + addr, True, device_id=1)).isError()
             assert (await mb.write_register(REGISTERS.index("ErrorCode"), 0, device_id=1)).isError()
             assert (await mb.write_coils(0, [True, True], device_id=1)).isError()  # Trigger+TriggerReady
@@ -976,6 +1000,48 @@ def test_modbus_handshake_recipe_and_refused_writes(line: Line) -> None:
             mb.close()
 
     asyncio.run(run())
+
+
+def test_a_fused_recipes_plc_result_is_its_http_answer(line: Line) -> None:
+    """A station judged by the bundled detector fused with the bundled good-only model:
+    for a board the detector fails, and for a board only the good-only model fails (a
+    square on bare board), the PLC reads over OPC UA and Modbus the verdict and the
+    DefectCount of the inspection's HTTP answer (GET /v1/inspections/{id}): a Fail with
+    ErrorCode 0, DefectCount the detector's boxes and the anomaly regions no box covers,
+    at least 1 for the anomaly alone (line review, session 42: pinned here, session 43)."""
+    boards = [(_board(DEFECTIVE_BOARD), "detector"), (_board(GOOD_BOARD, patch=True), "anomaly")]
+
+    def agrees(result: dict[str, Any], which: str) -> None:
+        doc = line.inspection(result["InspectionId"])
+        assert doc["camera_id"] == "fused" and doc["recipe"]["name"] == "deeppcb-fused"
+        labels, rules = [d["label"] for d in doc["defects"]], [r["rule"] for r in doc["reasons"]]
+        assert doc["verdict"] == "fail" and (result["Pass"], result["Fail"]) == (False, True)
+        assert result["ErrorCode"] == 0 and result["DefectCount"] == len(labels) >= 1
+        if which == "anomaly":  # the good-only model alone: its region, its rule
+            assert labels == ["anomaly"] and rules == ["anomaly"], doc
+        else:  # the detector's defects, and the anomaly where no box covers it
+            assert {"critical", "max_count"} & set(rules) and \
+                [x for x in labels if x != "anomaly"], doc
+
+    async def opc(plc: OpcStation) -> None:
+        for frame, which in boards:
+            line.fused[0] = frame  # shown from the next frame: the part's is after the trigger
+            agrees(await plc.cycle(), which)
+
+    async def modbus() -> None:
+        mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
+        assert await mb.connect()
+        try:
+            for frame, which in boards:
+                line.fused[0] = frame
+                r = await _modbus_cycle(mb, 5 * BLOCK)  # "fused", the sixth camera
+                agrees({**r, "InspectionId": line.srv.app.state.cameras.last_results[
+                    "fused"].id}, which)
+        finally:
+            mb.close()
+
+    asyncio.run(_opc(line, "fused", opc))
+    asyncio.run(modbus())
 
 
 def test_a_capped_camera_is_told_to_the_plc_and_metrics_as_not_judged(line: Line) -> None:

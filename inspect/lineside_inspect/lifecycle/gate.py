@@ -64,8 +64,29 @@ def rules_of(recipe: Recipe) -> Recipe:
 def rules_digest(recipe: Recipe) -> str:
     """sha256 of the rules a gate judges by under ``recipe`` (:func:`rules_of`). The
     good-only partner a fused recipe names is in them by name (and version, if pinned);
-    which package judged is the report's ``fused_card_sha256``."""
-    return hashlib.sha256(rules_of(recipe).model_dump_json().encode()).hexdigest()
+    which package judged is the report's ``fused_card_sha256``.
+
+    Canonical: ``min_score`` and ``max_count`` by class name, ``critical`` sorted once
+    each, as they judge alike in any order. It was of the recipe's fields as put, so the
+    same recipe put again with its classes in another order (a YAML file rewritten, a
+    form) had another digest, and its pass was refused as judged by other rules (review,
+    session 43). A recipe already in that order has the digest it had (see
+    :func:`rules_digests`)."""
+    rules = rules_of(recipe)
+    return _digest(rules.model_copy(update={
+        "min_score": dict(sorted(rules.min_score.items())),
+        "max_count": dict(sorted(rules.max_count.items())),
+        "critical": sorted(set(rules.critical))}))
+
+
+def rules_digests(recipe: Recipe) -> set[str]:
+    """The digests a report judged under ``recipe``'s rules may keep: :func:`rules_digest`,
+    and the one of its fields as put that reports made before session 43 kept."""
+    return {rules_digest(recipe), _digest(rules_of(recipe))}
+
+
+def _digest(rules: Recipe) -> str:
+    return hashlib.sha256(rules.model_dump_json().encode()).hexdigest()
 
 
 def gated_as(recipe: Recipe, model: str) -> Literal["model", "partner"]:

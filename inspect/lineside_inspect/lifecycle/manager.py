@@ -34,7 +34,13 @@ from lineside_inspect.errors import (
 from lineside_inspect.lifecycle.alarm import Change, FailRateAlarm
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
-from lineside_inspect.lifecycle.gate import GateReport, gated_as, rules_digest, run_gate
+from lineside_inspect.lifecycle.gate import (
+    GateReport,
+    gated_as,
+    rules_digest,
+    rules_digests,
+    run_gate,
+)
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
@@ -363,9 +369,7 @@ class Lifecycle:
                           and p.golden_name == failed.golden_name
                           and p.golden_version >= failed.golden_version
                           # the same rules, not only the same name: a recipe can be replaced
-                          and p.readable_report().get("recipe_sha256") is not None
-                          and p.readable_report().get("recipe_sha256")
-                          == failed.readable_report().get("recipe_sha256")
+                          and self._alike_rules(p.readable_report(), failed.readable_report())
                           # judged with the partner card that judged the failure: one that
                           # flags every part passes any detector, hiding the escapes that
                           # failed it (a failure naming none: fused with nothing, or judged
@@ -482,6 +486,21 @@ class Lifecycle:
                    "floors")
         return self._stale_note(row, model, why, again, "under the recipe as it stands")
 
+    def _alike_rules(self, one: dict[str, Any], other: dict[str, Any]) -> bool:
+        """Whether two reports were judged by the same rules: the same ``recipe_sha256``,
+        or the two digests a report under its recipe as it stands may keep (the canonical
+        one, and that of its fields as put, kept before session 43:
+        :func:`~lineside_inspect.lifecycle.gate.rules_digests`), so that a failure from
+        before is cleared by a pass under the same recipe since."""
+        mine, theirs = one.get("recipe_sha256"), other.get("recipe_sha256")
+        if not isinstance(mine, str) or not isinstance(theirs, str):
+            return False
+        if mine == theirs:
+            return True
+        name = other.get("recipe")
+        now = self._recipe_now(name, {}) if isinstance(name, str) else None
+        return now is not None and one.get("recipe") == name and {mine, theirs} <= rules_digests(now)
+
     def _recipe_now(self, name: str, pending: dict[str, Recipe]) -> Recipe | None:
         if name in pending:
             return pending[name]
@@ -505,7 +524,7 @@ class Lifecycle:
               and fused[1] in (None, version)):
             variants += [rule.model_copy(update={"anomaly": rule.anomaly.model_copy(
                 update={"model_version": v})}) for v in (None, version)]
-        return any(rules_digest(r) == digest for r in variants)
+        return any(digest in rules_digests(r) for r in variants)
 
     def _judging_now(self, model: str, pending: dict[str, Recipe]) -> list[str]:
         """The recipes that judge ``model`` now (with it, or fusing it with a detector),
