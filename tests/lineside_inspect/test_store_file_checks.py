@@ -215,6 +215,37 @@ def test_a_database_the_user_may_not_read_is_one_line(open_folder: Path) -> None
         "the user Lineside runs as read and write access to it"), exc.value.message
 
 
+@pytest.mark.parametrize("beside", ["-wal", "-shm"])
+def test_a_log_beside_the_database_the_user_may_not_read_is_named(
+        open_folder: Path, beside: str) -> None:
+    """A second `serve` as another user, on a store whose server (run as its owner) was
+    killed: its -wal or -shm may not be read by this user. The line said the database
+    "cannot be read (unable to open database file)", though the file itself read; it now
+    names the file SQLite could not open. (Mode 000, as ``nobody`` when run as root.)"""
+    live, folder = open_folder / "live", open_folder / "store"
+    folder.mkdir()
+    with Store(live):  # as a server killed (-9) leaves it: the file, its -wal and -shm
+        for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm"):
+            shutil.copy(live / name, folder / name)
+    before = _state(folder)
+    (folder / (DB_FILE + beside)).chmod(0)
+    root = os.geteuid() == 0
+    if root:
+        os.seteuid(NOBODY)
+    try:
+        with pytest.raises(ConfigError) as exc:
+            check_sqlite_store(f"sqlite:///{folder / DB_FILE}", folder)
+    finally:
+        if root:
+            os.seteuid(0)
+    assert exc.value.message == (
+        f"the store's database {folder / DB_FILE} cannot be opened: {DB_FILE}{beside} beside "
+        "it cannot be read (Permission denied): give the user Lineside runs as read and "
+        "write access to it, its -wal and -shm files and its folder"), exc.value.message
+    (folder / (DB_FILE + beside)).chmod(0o644)
+    assert _state(folder) == before
+
+
 def _wal_pages(db: Path) -> dict[int, bytes]:
     """The latest copy of each page in ``db``'s -wal (its frames: 24-byte header, page)."""
     log = db.with_name(db.name + "-wal").read_bytes()

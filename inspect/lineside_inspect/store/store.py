@@ -122,10 +122,17 @@ T = TypeVar("T")
 DB_FILE = "lineside.db"
 SQLITE_MAGIC = b"SQLite format 3\0"  # the first bytes of every SQLite database file
 # the store's schema generation, kept in a SQLite store's header (PRAGMA user_version,
-# Store._mark_schema): raised by a release whose tables an older one would misread, which
-# then refuses the store (check_sqlite_store). Columns added (nullable, ADDED_COLUMNS) do not
-# raise it: an older release reads and writes such a store as before
+# Store._mark_schema) and in a PostgreSQL store's SCHEMA_TABLE: raised by a release whose
+# tables an older one would misread, which then refuses the store (check_sqlite_store,
+# check_postgres_store). Columns added (nullable, ADDED_COLUMNS) do not raise it: an older
+# release reads and writes such a store as before
 SCHEMA_VERSION = 1
+# PostgreSQL: the one-row table holding the generation, in the schema the store's tables
+# are in (a table, not COMMENT ON DATABASE: that needs the database's owner, and a table
+# the store's user makes as it makes the others), and the key of the advisory lock under
+# which processes sharing the database look at it and make it one at a time
+SCHEMA_TABLE = "lineside_schema"
+SCHEMA_LOCK_KEY = 0x4C696E6573696465  # "Lineside"
 # columns of the inspections table every Lineside release made: a SQLite file whose tables
 # lack them is another program's database (check_sqlite_store)
 LINESIDE_COLUMNS = frozenset({"id", "created_at", "recipe_name", "model_sha256", "verdict",
@@ -366,6 +373,18 @@ def check_sqlite_store(url: str, data_dir: str | Path | None = None, *,
             raise refuse(f"is locked by another process ({reason}): stop it, then start "
                          "again") from None
         if "unable to open" in reason:
+            # the file itself was read above: a -wal or -shm beside it this user may not
+            # read (another user's server made it) is what SQLite could not open; named
+            # (it said the database "cannot be read", though it could: session 43)
+            for log_file in (real.with_name(real.name + "-wal"),
+                             real.with_name(real.name + "-shm")):
+                try:
+                    os.close(os.open(log_file, os.O_RDONLY | os.O_NONBLOCK))
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise refuse(f"cannot be opened: {log_file.name} beside it cannot be read "
+                                 f"({exc.strerror or exc}): {access}") from None
             raise refuse(f"cannot be read ({reason}): {access}") from None
         raise refuse(f"is damaged ({reason}); {keep}") from None
     if not tables:
@@ -388,14 +407,103 @@ def check_sqlite_store(url: str, data_dir: str | Path | None = None, *,
                      "one on it; this one left it as it is")
 
 
+# PostgreSQL: the schema the store's tables go in (the first of search_path that exists,
+# where an unqualified CREATE TABLE puts them), the relations it holds, and the columns of
+# its inspections table; one round trip, catalogs only (no table is locked)
+_PG_LOOK = text("""
+SELECT current_schema(),
+  ARRAY(SELECT c.relname::text FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'f', 'v', 'm')
+        ORDER BY 1),
+  ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = to_regclass(quote_ident(current_schema()) || '.inspections')
+          AND a.attnum > 0 AND NOT a.attisdropped)""")
+
+
+@dataclass(frozen=True)
+class PostgresStore:
+    """What a PostgreSQL database holds of a store (:func:`look_at_postgres`):
+    ``generation`` is None when it has no :data:`SCHEMA_TABLE` (a new database, a store
+    of a release before the mark, or another program's)."""
+    schema: str | None
+    tables: tuple[str, ...]
+    columns: frozenset[str]
+    generation: int | None
+
+    @property
+    def lineside(self) -> bool:
+        """An ``inspections`` table with the columns every release made."""
+        return self.columns >= LINESIDE_COLUMNS
+
+
+def look_at_postgres(conn: Any, whose: str, where: str) -> PostgresStore:
+    """One query of the catalogs, and a second reading the generation when the schema has
+    a :data:`SCHEMA_TABLE`; nothing written or locked. A marker that does not read (a
+    table of that name another program made) is one :class:`ConfigError` line."""
+    schema, tables, columns = conn.execute(_PG_LOOK).one()
+    generation = None
+    if schema is not None and SCHEMA_TABLE in tables:
+        quote = conn.dialect.identifier_preparer.quote
+        try:
+            found = conn.execute(text(
+                f"SELECT max(generation) FROM {quote(schema)}.{SCHEMA_TABLE}")).scalar()
+            generation = int(found or 0)
+        except (DBAPIError, TypeError, ValueError) as exc:
+            if isinstance(exc, OperationalError):
+                raise
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise ConfigError(
+                f"{whose} {where}: its table {schema}.{SCHEMA_TABLE} does not read as "
+                f"Lineside's schema mark ({(reason or ['?'])[0][:200]}): another program's "
+                "table of that name? Point the store at a database (or schema) of its own; "
+                "Lineside left it as it is") from None
+    return PostgresStore(schema, tuple(tables), frozenset(columns or ()), generation)
+
+
+def check_postgres_store(found: PostgresStore, whose: str, where: str, *,
+                         must_exist: bool = False) -> None:
+    """PostgreSQL's :func:`check_sqlite_store`, on what :func:`look_at_postgres` found:
+    one :class:`ConfigError` line when the database was written by a newer release
+    (:data:`SCHEMA_VERSION`), holds another program's tables in the store's schema and no
+    Lineside mark or store, or has no schema to make tables in; ``must_exist`` (a command
+    that reads a store): also when it holds no Lineside store. A schema holding no tables
+    is a new store; one with Lineside's tables and no mark a store of a release before
+    the mark (:meth:`Store._claim_postgres` marks both)."""
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError(f"{whose} {where} {problem}")
+
+    if found.schema is None:
+        raise refuse("has no schema to make the store's tables in (no schema of its "
+                     "search_path exists): create one the user may write, or set search_path "
+                     "(options=-csearch_path=SCHEMA in the URL)")
+    if found.generation is not None and found.generation > SCHEMA_VERSION:
+        raise refuse(f"was written by a newer Lineside release (store schema "
+                     f"{found.generation} in {found.schema}.{SCHEMA_TABLE}; this release "
+                     f"reads up to {SCHEMA_VERSION}): run that release or a newer one on it; "
+                     "this one left it as it is")
+    if found.generation is None and found.tables and not found.lineside:
+        shown = ", ".join(found.tables[:8]) + (", ..." if len(found.tables) > 8 else "")
+        raise refuse(f"is another program's database (schema {found.schema} holds its "
+                     f"tables: {shown}), not a Lineside store: point database_url at a "
+                     "database of its own, or give Lineside a schema of its own in it "
+                     "(options=-csearch_path=SCHEMA in the URL); Lineside left it as it is")
+    if must_exist and not found.lineside:
+        raise refuse(f"holds no Lineside store (no inspections table in schema "
+                     f"{found.schema}): no inspections to read; Lineside left it as it is")
+
+
 def check_database(url: str, whose: str = "the database", named: str = "database_url", *,
                    data_dir: str | Path | None = None, must_exist: bool = False) -> None:
     """One connection to a PostgreSQL database before a server starts or a command reads
     it: a database that cannot be reached is one line naming it
     (:class:`DatabaseUnavailable`), and a URL SQLAlchemy cannot parse one line
-    (:class:`ConfigError`), not the application start-up's 160-line traceback. A SQLite
-    file is read by :func:`check_sqlite_store` (``data_dir``: the folder of the store
-    whose database it is; ``must_exist``: a command that reads a store)."""
+    (:class:`ConfigError`), not the application start-up's 160-line traceback; on that
+    connection what it holds is read (:func:`look_at_postgres`, nothing written) and
+    judged by :func:`check_postgres_store` (a newer release's store, another program's
+    tables; ``must_exist``: no store to read). A SQLite file is read by
+    :func:`check_sqlite_store` (``data_dir``: the folder of the store whose database it
+    is; ``must_exist``: a command that reads a store)."""
     if url.startswith("sqlite"):
         check_sqlite_store(url, data_dir, whose=whose, must_exist=must_exist)
         return
@@ -409,23 +517,37 @@ def check_database(url: str, whose: str = "the database", named: str = "database
     except ModuleNotFoundError as exc:  # a driver not installed (mysql://, oracle://)
         raise ConfigError(f"{named}: its driver {exc.name} is not installed (PostgreSQL "
                           "and SQLite are supported)") from None
-    try:
-        with engine.connect():
-            pass
-    except DBAPIError as exc:
-        where, secrets = _address(url)
+    where, secrets = _address(url)
+
+    def said(exc: DBAPIError) -> str:
         lines = str(exc.orig or exc).strip().splitlines()
         reason = lines[0] if lines else type(exc).__name__
         for secret in secrets:
             reason = reason.replace(secret, "***")
-        reason = hide_secrets(reason)[:300]
-        if not isinstance(exc, OperationalError):
-            # the driver refused the URL's own settings before connecting (psycopg's
-            # ProgrammingError: an unknown option, connect_timeout=abc): a traceback
-            raise ConfigError(f"{named}: the driver refuses it: {reason}") from None
-        raise DatabaseUnavailable(f"{whose} {where} cannot be reached: {reason}") from None
+        return hide_secrets(reason)[:300]
+
+    try:
+        try:
+            conn = engine.connect()
+        except DBAPIError as exc:
+            if not isinstance(exc, OperationalError):
+                # the driver refused the URL's own settings before connecting (psycopg's
+                # ProgrammingError: an unknown option, connect_timeout=abc): a traceback
+                raise ConfigError(f"{named}: the driver refuses it: {said(exc)}") from None
+            raise DatabaseUnavailable(f"{whose} {where} cannot be reached: {said(exc)}") from None
+        # what it holds, read only: a newer release's store, another program's tables
+        # (Lineside's were made among them), no store to read (session 43)
+        try:
+            with conn:
+                found = look_at_postgres(conn, whose, where)
+        except DBAPIError as exc:
+            if isinstance(exc, OperationalError):
+                raise DatabaseUnavailable(f"{whose} {where} cannot be reached: "
+                                          f"{said(exc)}") from None
+            raise ConfigError(f"{whose} {where} cannot be read: {said(exc)}") from None
     finally:
         engine.dispose()
+    check_postgres_store(found, whose, where, must_exist=must_exist)
 
 
 def _address(url: str) -> tuple[str, list[str]]:
@@ -567,6 +689,10 @@ class Store:
             # the default database is this box's own: nobody else's rows can be in it
             self.own_database = url is None
             self.engine = make_engine(self.url)
+            # PostgreSQL: what the database holds judged, and a new store marked, before
+            # any table is made (SQLite's file was judged above)
+            self._schema_found = (self._claim_postgres()
+                                  if self.engine.dialect.name == "postgresql" else None)
             # table by table, folding SQLite's log into the database after each: every
             # statement rewrites the schema page into the log, and all at once the log of
             # creating the tables is twice their size (a small disk fills up at start)
@@ -731,10 +857,59 @@ class Store:
                 if (table, name) not in indexed:
                     conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})"))
 
+    def _claim_postgres(self) -> int:
+        """PostgreSQL, before any table is made: :func:`check_postgres_store` of what the
+        database holds (a newer release's store, another program's tables: one
+        :class:`ConfigError` line, nothing made or changed). A database without the mark
+        (a new one, or a store of a release before it) is marked at once, under an
+        advisory lock: processes starting on it together (boxes of a site, a hub) look
+        and mark one at a time, and a first start stopped half way still leaves a mark.
+        The generation found (a store of a release before the mark: 0, raised by
+        :meth:`_mark_schema` once its columns are added). A marked store costs two
+        queries, no write."""
+        where, whose = _address(self.url)[0], "the store's database"
+        with self.engine.connect() as conn:
+            found = look_at_postgres(conn, whose, where)
+        check_postgres_store(found, whose, where)
+        if found.generation is not None:
+            return found.generation
+        marked: list[int] = []
+
+        def mark() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                again = look_at_postgres(conn, whose, where)  # another may have marked it
+                check_postgres_store(again, whose, where)
+                if again.generation is not None or again.schema is None:  # (None: refused)
+                    marked[:] = [again.generation or 0]
+                    return
+                table = f"{conn.dialect.identifier_preparer.quote(again.schema)}.{SCHEMA_TABLE}"
+                conn.execute(text(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY "
+                                  "KEY CHECK (id = 1), generation INTEGER NOT NULL)"))
+                generation = 0 if again.lineside else SCHEMA_VERSION
+                conn.execute(text(f"INSERT INTO {table} (id, generation) VALUES (1, :g) "
+                                  "ON CONFLICT (id) DO NOTHING"), {"g": generation})
+                log.info("store: marked %s as a Lineside store (schema %s, generation %d)",
+                         where, again.schema, generation)
+                marked[:] = [generation]
+
+        looked_again("marking the store's schema", mark)
+        return marked[0]
+
     def _mark_schema(self) -> None:
-        """SQLite: the store's schema generation in the file's header (``user_version``),
-        which :func:`check_sqlite_store` of an older release refuses when it is past its
-        own :data:`SCHEMA_VERSION`. Written once: a store already marked is only read."""
+        """The store's schema generation, raised to :data:`SCHEMA_VERSION` once the store
+        is brought up to date: SQLite's in the file's header (``user_version``), which
+        :func:`check_sqlite_store` of an older release refuses when it is past its own;
+        PostgreSQL's in :data:`SCHEMA_TABLE` (:meth:`_claim_postgres` made it), which
+        :func:`check_postgres_store` refuses so. Written once: a store already marked is
+        only read (PostgreSQL: read by the claim, not again)."""
+        if self._schema_found is not None:
+            if self._schema_found < SCHEMA_VERSION:
+                with self.engine.begin() as conn:  # never lowered (GREATEST)
+                    conn.execute(text(f"UPDATE {SCHEMA_TABLE} SET generation = GREATEST("
+                                      "generation, :g)"), {"g": SCHEMA_VERSION})
+                self._schema_found = SCHEMA_VERSION
+            return
         if self.engine.dialect.name != "sqlite":
             return
         with self.engine.connect() as conn:
