@@ -44,6 +44,9 @@ def test_a_pass_whose_recipe_was_put_again_with_other_rules_no_longer_admits(
     pinning the version its pass judged, admits again."""
     lc, registry, store = _lifecycle(tmp_path, parts)
     try:
+        # line alone judges deeppcb here: with fused too, its pass would not admit either
+        # (a pass under every recipe that judges it, session 43: test_gate_every_recipe.py)
+        registry.restore_recipe("fused", None)
         registry.load_model(_twin(tmp_path), activate=False)
         registry.add_recipe(LINE)
         passed = lc.gate("deeppcb", "twin", golden="g", recipe="line", actor="admin")
@@ -138,6 +141,7 @@ def test_the_same_rules_put_again_in_another_order_still_admit(
     is cleared by a pass under the same recipe since."""
     lc, registry, store = _lifecycle(tmp_path, parts)
     try:
+        registry.restore_recipe("fused", None)  # line alone judges deeppcb here
         registry.load_model(_twin(tmp_path), activate=False)
         registry.add_recipe(ORDERED)
         passed = lc.gate("deeppcb", "twin", golden="g", recipe="line", actor="admin")
@@ -192,6 +196,7 @@ def test_a_pass_under_the_cards_own_recipe_is_judged_by_the_candidates_card_reci
     is compared with that: a pass made by version 1's card rules no longer admits."""
     lc, registry, store = _lifecycle(tmp_path, parts)
     try:
+        registry.restore_recipe("fused", None)  # the card's own alone judges deeppcb here
         wide = registry.load_model(_wide(tmp_path), activate=False)
         own = card_recipe(registry.detector("deeppcb").card)
         registry.add_recipe(own)
@@ -267,7 +272,19 @@ def test_over_http_a_replaced_or_deleted_recipe_refuses_and_a_force_names_the_pa
 
         assert client.post("/v1/models/deeppcb/rollback").status_code == 200
         assert client.put("/v1/recipes/line", json=line).status_code == 200
+        # deeppcb-default judges deeppcb too, and twin has no pass under it (session 43)
+        r = client.post("/v1/models/deeppcb/activate", json={"version": "twin"})
+        assert r.status_code == 409, r.text
+        assert ("recipe deeppcb-default: no passing gate report under it"
+                in r.json()["error"]["message"])
+        r = client.post("/v1/models/deeppcb/gate",
+                        json={"version": "twin", "golden": "g", "recipe": "deeppcb-default"})
+        assert r.status_code == 200 and r.json()["passed"], r.text
+        own = r.json()["id"]
         r = client.post("/v1/models/deeppcb/activate", json={"version": "twin"})
         assert r.status_code == 200, r.text
         latest = client.get("/v1/models/deeppcb/lineage").json()["admissions"][0]
-        assert (latest["gate_report_id"], latest["forced"]) == (report, False)
+        assert (latest["gate_report_id"], latest["forced"]) == (own, False)
+        entry = client.get("/v1/audit", params={"model": "deeppcb"}).json()["items"][0]
+        # line's pass admits again as put back, beside the new one under deeppcb-default
+        assert entry["details"]["gate_reports"] == {"deeppcb-default": own, "line": report}

@@ -393,16 +393,29 @@ def test_a_gate_admits_only_against_the_active_version_and_only_its_card(
         r = admin.post("/v1/models", json={"path": str(recal), "activate": False})
         assert r.status_code == 422 and "another graph or card" in r.json()["error"]["message"]
         shutil.rmtree(recal)
-        # a recipe pinning a version makes it judge: admitted like an activation
+        # a recipe pinning a version makes it judge: admitted like an activation, by a pass
+        # under that recipe (session 43: deeppcb-default's pass said nothing of its rules)
         pin = {"name": "pinned", "version": "1", "model": "deeppcb", "model_version": "blind"}
         r = admin.put("/v1/recipes/pinned", json=pin)
         assert r.status_code == 409 and "pins deeppcb blind" in r.json()["error"]["message"]
+        r = admin.put("/v1/recipes/pinned", json={**pin, "model_version": "1-int8"})
+        assert r.status_code == 409, r.text
+        assert ("recipe pinned: no passing gate report under it"
+                in r.json()["error"]["message"])
+        # put following the active version, gated under it, then pinned
+        follow = {k: v for k, v in pin.items() if k != "model_version"}
+        assert admin.put("/v1/recipes/pinned", json=follow).status_code == 200
+        r = admin.post("/v1/models/deeppcb/gate",
+                       json={"version": "1-int8", "golden": "g", "recipe": "pinned"})
+        assert r.status_code == 200 and r.json()["passed"], r.json()
+        under_pin = r.json()["id"]
         r = admin.put("/v1/recipes/pinned", json={**pin, "model_version": "1-int8"})
         assert r.status_code == 200, r.text
         put = rev.get("/v1/audit").json()["items"][0]
         assert put["action"] == "recipe_put" and put["details"]["pinned"] == ["deeppcb 1-int8"]
         pinned = admin.get("/v1/models/deeppcb/lineage").json()["admissions"][0]
-        assert (pinned["role"], pinned["version"], pinned["gate_report_id"]) == ("pinned", "1-int8", report)
+        assert (pinned["role"], pinned["version"], pinned["gate_report_id"]) == (
+            "pinned", "1-int8", under_pin)
         r = admin.put("/v1/recipes/fused", json={"name": "fused", "model": "deeppcb",
                                                  "anomaly": {"model": "nope", "model_version": "1"}})
         assert r.status_code == 404 and "nope" in r.json()["error"]["message"]

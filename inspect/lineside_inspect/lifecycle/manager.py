@@ -9,8 +9,9 @@ report admits only while the version it was compared with is the active one, whi
 recipe fuses the partner card it was judged with (or none, if judged alone), and while that
 recipe still judges the model by the rules it was judged by (``recipe_sha256``; a card's
 own recipe as the candidate's card brings it). With
-``lifecycle.gate.require_gate`` a version without such a report is refused the same way,
-and so is a version rolled back automatically that has passed no gate since.
+``lifecycle.gate.require_gate`` a version without such a report under every recipe that
+would judge it once admitted (:meth:`Lifecycle.judging`; session 43) is refused the same
+way, and so is a version rolled back automatically that has passed no gate since.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +60,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lineside.lifecycle")
 AUDIT_DRAIN_S = 5.0  # what the alarm's audit writer may take at shutdown
+_NOW = "under what judges it now"  # how a stale pass's model is gated again (_stale_note)
 SYSTEM = "lineside"  # the actor of what the server does by itself (an automatic rollback)
+
+
+@dataclass
+class _Standing:
+    """What a version's gate reports say (:meth:`Lifecycle._reports`)."""
+
+    gate: GateReportRow | None = None  # admits: a current pass under each judging recipe
+    passes: dict[str, GateReportRow] = field(default_factory=dict)  # by judging recipe
+    any_pass: GateReportRow | None = None  # the newest current pass, under any recipe
+    failed: GateReportRow | None = None  # a failure not cleared: refuses
+    missing: dict[str, str] = field(default_factory=dict)  # judging recipe -> why no pass
+    why: str = ""  # the refusal (after the model's name and version) when gate is None
+    stale_row: GateReportRow | None = None  # a pass that no longer admits
+    own: bool = False  # what judges is the card's own recipe taken for want of any
 
 
 class Lifecycle:
@@ -241,23 +258,56 @@ class Lifecycle:
         held.enter_context(self.registry.holding(name, partner.card.version))
         return partner
 
+    def gate_all(self, model: str, version: str, *, golden: str,
+                 golden_version: int | None = None, against: str | None = None,
+                 actor: str) -> list[GateReport]:
+        """:meth:`gate` under each recipe that would judge ``version`` once it is active
+        (:meth:`judging`; the card's own recipe as it follows, when nothing else judges
+        it): one report each, stored, in the order of the recipes' names. Every recipe,
+        its partner and the golden set's version are taken (loaded and held) before the
+        first replay, so what cannot be gated refuses the call before any report is
+        stored; one gate lock is held across the replays."""
+        records = self.records
+        with contextlib.ExitStack() as held:
+            held.enter_context(self.registry.loaded(model, version, against))
+            det = self.registry.detector(model, version)
+            names, own = self.judging(model, version)
+            runs: list[tuple[Recipe, Detector | None]] = []
+            for name in names:
+                rule = (card_recipe(self.registry.detector(model).card) if own else
+                        self.recipe_for(model, name, as_partner=True))
+                rule = self._as_it_follows(rule, det)
+                runs.append((rule, self._partner(rule, model, held)))
+            manifest = self.library.get(golden, golden_version)
+            if not self._gate_lock.acquire(blocking=False):
+                raise Busy("a gate is running on this server: retry when it is done")
+            try:
+                return [self._gate(records, model, version, golden=golden,
+                                   golden_version=manifest.version, against=against, rule=rule,
+                                   partner=partner, actor=actor, locked=True)
+                        for rule, partner in runs]
+            finally:
+                self._gate_lock.release()
+
     def _gate(self, records: Records, model: str, version: str, *, golden: str,
               golden_version: int | None, against: str | None, rule: Recipe,
-              partner: Detector | None, actor: str) -> GateReport:
+              partner: Detector | None, actor: str, locked: bool = False) -> GateReport:
+        """One gate, stored. ``locked``: the caller holds the gate lock (:meth:`gate_all`)."""
         candidate = self.registry.detector(model, version)
         active = self.registry.detector(model, against)
         if active is candidate:
             raise ConfigError(f"{model} {version} cannot be gated against itself: name another "
                               "loaded version in against (default: the active one)")
         manifest = self.library.get(golden, golden_version)
-        if not self._gate_lock.acquire(blocking=False):
+        if not locked and not self._gate_lock.acquire(blocking=False):
             raise Busy("a gate is running on this server: retry when it is done")
         try:
             report = run_gate(candidate, active, self.library, manifest, rule,
                               allowance=self.settings.gate.false_reject_allowance,
                               max_pixels=self.max_pixels, partner=partner)
         finally:
-            self._gate_lock.release()
+            if not locked:
+                self._gate_lock.release()
         records.save_gate(report, actor)
         records.audit(actor=actor, action="gate", model=model, version=version,
                       reason="; ".join(report.reasons),
@@ -273,42 +323,51 @@ class Lifecycle:
                    recipes: Sequence[Recipe] = ()
                    ) -> tuple[GateReportRow | None, bool, dict[str, Any]]:
         """The gate report that admits ``det``, whether the admission is forced, and what
-        the audit entry adds (a forced admission over a stale pass: ``gate_stale``, why it
-        no longer admitted); raises :class:`GateRefused` when it may not judge parts.
-        ``recipes``: recipes about to be put in place of those of their names (a recipe
-        put, an activation's pending ones): a pass is judged by them (:meth:`_pass_stale`)."""
+        the audit entry adds (the current pass under each recipe that judges it, when more
+        than one does: ``gate_reports``; a forced admission over passes that do not admit:
+        ``gate_stale``, why, and ``gate_missing``, the recipes without one); raises
+        :class:`GateRefused` when it may not judge parts. ``recipes``: recipes about to be
+        put in place of those of their names (a recipe put, an activation's pending ones):
+        a pass is judged by them (:meth:`_pass_stale`), and they may judge ``det``
+        (:meth:`judging`). ``role``: ``pinned`` is judged by the recipes that pin it,
+        ``active`` and ``shadow`` by every recipe that would judge it once active."""
         card = det.card
-        gate, failed, refused, stale, stale_row = self._standing(det, recipes=recipes)
-        if refused is None and gate is None and self.settings.gate.require_gate:
-            refused = f"{card.name} {card.version} " + (stale or (
-                "has not been gated against the active version "
-                f"(lifecycle.gate.require_gate): run POST /v1/models/{card.name}/gate first"))
+        st, refused = self._standing(det, recipes=recipes, role=role)
+        gate, failed = st.gate, st.failed
+        required = refused is None and gate is None and self.settings.gate.require_gate
+        if required:
+            refused = f"{card.name} {card.version} " + (st.why or self._never_gated(det, st))
         if refused is None:
-            return gate, False, {}
+            extra: dict[str, Any] = ({"gate_reports": {n: r.id for n, r in st.passes.items()}}
+                     if gate is not None and len(st.passes) > 1 else {})
+            return gate or st.any_pass, False, extra
         if not force:
             raise GateRefused(f"{refused}; it may not become {role} unless an admin forces it "
                               "with a reason (force: true, reason: ...), which is recorded")
         if not reason.strip():
             raise ConfigError("force needs a reason: it is recorded in the audit log")
         # the report that was overridden, recorded with it: a failed one, or the pass that
-        # no longer admitted and why (session 43: it recorded none)
-        if failed is None and gate is None and stale_row is not None:
-            return stale_row, True, {"gate_stale": stale}
+        # no longer admitted and why (session 43: it recorded none), and the recipes that
+        # had no current pass (session 43, every judging recipe)
+        if failed is None and gate is None:
+            extra = {"gate_missing": list(st.missing)} if required else {}  # (a list)
+            row = st.stale_row or st.any_pass
+            if row is not None:
+                return row, True, {"gate_stale": st.why or refused, **extra}
+            return None, True, extra
         return failed or gate, True, {}
 
     def _standing(self, det: Detector, *, any_pass_clears: bool = False,
-                  recipes: Sequence[Recipe] = ()
-                  ) -> tuple[GateReportRow | None, GateReportRow | None, str | None, str,
-                             GateReportRow | None]:
-        """(the passing report that admits ``det``, a failed one, why it may not judge
-        whatever require_gate says: a failed gate not cleared, or an automatic rollback
-        not followed by a passing gate; why a pass is stale and that pass,
-        :meth:`_reports`). ``any_pass_clears``: a
+                  recipes: Sequence[Recipe] = (), role: str = "active"
+                  ) -> tuple[_Standing, str | None]:
+        """(what the reports say, :meth:`_reports`; why it may not judge whatever
+        require_gate says: a failed gate not cleared, or an automatic rollback not followed
+        by a passing gate). ``any_pass_clears``: a
         failure counts as cleared by a later pass against any version (a rollback goes
         back to a version once admitted, whatever is active now)."""
         card = det.card
-        gate, failed, stale, stale_row = self._reports(det, any_pass_clears=any_pass_clears,
-                                                       recipes=recipes)
+        st = self._reports(det, any_pass_clears=any_pass_clears, recipes=recipes, role=role)
+        failed = st.failed
         refused = None
         if failed is not None:
             reasons = failed.readable_report().get("reasons")
@@ -317,22 +376,20 @@ class Lifecycle:
             refused = (f"{card.name} {card.version} failed its gate (report {failed.id} on golden "
                        f"set {failed.golden_name}:{failed.golden_version}: {why})")
         rolled = self.records.last_rollback(card.name, card.version)
+        passed = st.any_pass
         if refused is None and rolled is not None and (
-                gate is None or gate.created_at <= rolled["created_at"]):
+                passed is None or passed.created_at <= rolled["created_at"]):
             # the line judged it and took it off: only a new passing gate (or a forced,
             # recorded decision) puts it back, as after a failed gate
             refused = (f"{card.name} {card.version} was rolled back automatically at "
                        f"{rolled['created_at']:%Y-%m-%d %H:%M} UTC ({rolled['reason']}), and "
                        "has passed no gate since")
-        return gate, failed, refused, stale, stale_row
+        return st, refused
 
     def _reports(self, det: Detector, *, any_pass_clears: bool = False,
-                 recipes: Sequence[Recipe] = ()
-                 ) -> tuple[GateReportRow | None, GateReportRow | None, str,
-                            GateReportRow | None]:
-        """(the passing report that admits ``det``, a failed one that refuses it, why a pass
-        no longer counts: the refusal after the model's name and version, "" if none, and
-        that pass).
+                 recipes: Sequence[Recipe] = (), role: str = "active") -> _Standing:
+        """What ``det``'s gate reports say (:class:`_Standing`): the pass that admits it, a
+        failed report that refuses it, or why its passes do not admit it.
         Only reports made for this card count (the same graph re-calibrated is another
         candidate); reports from before cards were kept count only when they failed.
 
@@ -351,7 +408,11 @@ class Lifecycle:
         gates kept the partner (none named) fits a recipe that fuses nothing only. And only
         while that recipe judges by the rules it was judged by (``recipe_sha256``; session
         43): a recipe replaced by one with other rules, or gone, stales it
-        (:meth:`_pass_stale`)."""
+        (:meth:`_pass_stale`).
+
+        And it admits only with one such pass under each recipe that would judge ``det``
+        once admitted as ``role`` (:meth:`judging`; session 43): a pass under one station's
+        recipe says nothing of another's regions, floors or partner."""
         card = det.card
         mine = card_digest(card)
         active = self._active_card(card.name)
@@ -378,24 +439,125 @@ class Lifecycle:
                               None, p.readable_report().get("fused_card_sha256"))
                           for p in clearing)
             if not cleared:
-                return None, failed, "", None
+                return _Standing(failed=failed)
         pending = {r.name: r for r in recipes}
-        stale: tuple[str, GateReportRow] | None = None
+        judging, own = self.judging(card.name, card.version, role=role, pending=pending)
+        passes: dict[str, GateReportRow] = {}  # the newest current pass under each
+        stale_by: dict[str, tuple[GateReportRow, tuple[str, list[str], str]]] = {}
+        any_pass: GateReportRow | None = None  # the newest current pass, under any recipe
+        first_stale: tuple[str, GateReportRow] | None = None
         for r in (r for r in now if r.passed):
-            why = self._pass_stale(r, det, pending)
+            name = r.readable_report().get("recipe")
+            why = self._pass_stale(r, det, pending, own=own and name == judging[0])
             if why is None:
-                return r, None, "", None
-            stale = stale or (why, r)
-        if stale is not None:
-            return None, None, *stale
+                any_pass = any_pass or r
+                if isinstance(name, str) and name in judging:
+                    passes.setdefault(name, r)
+                continue
+            first_stale = first_stale or (self._stale_note(r, card.name, *why), r)
+            if isinstance(name, str) and name in judging:
+                stale_by.setdefault(name, (r, why))
+        missing = [n for n in judging if n not in passes]
+        if not missing:
+            return _Standing(gate=passes[judging[0]], passes=passes, any_pass=any_pass, own=own)
         old = next((r for r in rows if r.passed), None)
-        if old is None:
-            return None, None, "", None
-        return None, None, (
-            "has not been gated against the active version (lifecycle.gate.require_gate); "
-            f"its passing gate report {old.id} compared it with version "
-            f"{old.against_version}, which is not the active one now: run "
-            f"POST /v1/models/{card.name}/gate first"), old
+        call = self._gate_call(card.name, card.version, rows[0].golden_name if rows else
+                               "<golden set>", None if own else judging[0])
+        if len(judging) == 1 and any_pass is None:
+            # one recipe judges it and no pass under any recipe admits: said as before the
+            # every-recipe rule (session 43)
+            if first_stale is not None:
+                return _Standing(missing=dict.fromkeys(missing, ""), why=first_stale[0],
+                                 stale_row=first_stale[1], own=own)
+            if old is not None:
+                return _Standing(missing=dict.fromkeys(missing, ""), own=own, why=(
+                    "has not been gated against the active version (lifecycle.gate."
+                    f"require_gate); its passing gate report {old.id} compared it with "
+                    f"version {old.against_version}, which is not the active one now: run "
+                    f"{call} first"), stale_row=old)
+            return _Standing(missing=dict.fromkeys(missing, ""), own=own)
+        if len(missing) == 1 and missing[0] in stale_by:
+            # the one recipe without a current pass had one that went stale: said so, as
+            # before the every-recipe rule
+            row, stale = stale_by[missing[0]]
+            return _Standing(passes=passes, any_pass=any_pass, own=own, stale_row=row,
+                             missing=dict.fromkeys(missing, ""),
+                             why=self._stale_note(row, card.name, *stale))
+        lacking: dict[str, str] = {}
+        for n in missing:
+            if n in stale_by:
+                row, stale = stale_by[n]
+                lacking[n] = f"its passing gate report {row.id} {stale[0]}"
+                continue
+            other = next((r for r in rows if r.passed
+                          and r.readable_report().get("recipe") == n), None)
+            lacking[n] = ("no passing gate report under it" if other is None else
+                          f"its passing gate report {other.id} compared it with version "
+                          f"{other.against_version}, not the active one")
+        golden = rows[0].golden_name if rows else "<golden set>"
+        stale_row = next((stale_by[n][0] for n in missing if n in stale_by), None)
+        return _Standing(passes=passes, any_pass=any_pass, missing=lacking, stale_row=stale_row,
+                         own=own, why=self._missing_note(det, judging, lacking, golden, role=role,
+                                                own=own))
+
+    def judging(self, model: str, version: str, *, role: str = "active",
+                pending: dict[str, Recipe] | None = None) -> tuple[list[str], bool]:
+        """The recipes (by name, sorted) whose inspections ``version`` of ``model`` would
+        judge once admitted as ``role`` (session 43), ``pending`` ones in place of those of
+        their names, and whether that is its card's own recipe taken for want of any
+        (``<model>-default``, not put). ``active`` (and ``shadow``): recipes judging with
+        the model that pin no other version of it (the card's own included: it follows the
+        active card), and recipes fusing it, a good-only model, with their detector that
+        pin no other version of it; none: its card's own. ``pinned``: the recipes that pin
+        it. A recipe judged by an OIP v2 endpoint is not judged by a loaded version."""
+        recipes = {r.name: r for r in self.registry.recipes()} | (pending or {})
+        pin = role == "pinned"
+
+        def judges(r: Recipe) -> bool:
+            if r.model == model and r.remote is None:
+                return r.model_version == version if pin else r.model_version in (None, version)
+            fused = r.fused()
+            if fused is not None and fused[0] == model:
+                return fused[1] == version if pin else fused[1] in (None, version)
+            return False
+        names = sorted(n for n, r in recipes.items() if judges(r))
+        return (names, False) if names else ([default_recipe_name(model)], True)
+
+    @staticmethod
+    def _gate_call(model: str, version: str, golden: str, recipe: str | None) -> str:
+        named = "" if recipe is None else f", \"recipe\": \"{recipe}\""
+        return (f"POST /v1/models/{model}/gate {{\"version\": \"{version}\", \"golden\": "
+                f"\"{golden}\"{named}}}")
+
+    def _missing_note(self, det: Detector, judging: list[str], lacking: dict[str, str],
+                      golden: str, *, role: str, own: bool) -> str:
+        """The refusal of a version without a current pass under each recipe that would
+        judge it (after its name and version): which lack one and why, and the calls that
+        gate it under each (and under all at once)."""
+        model, version = det.card.name, det.card.version
+        calls = "; ".join(self._gate_call(model, version, golden, None if own else n)
+                          for n in lacking)
+        note = (f"has no current passing gate report under every recipe that would judge it "
+                f"once admitted, recipe(s) {', '.join(judging)} (lifecycle.gate.require_gate; "
+                "a pass under one recipe says nothing of how another, with other regions, "
+                f"floors or partner, judges it): {len(lacking)} of {len(judging)} without one: "
+                + "; ".join(f"recipe {n}: {why}" for n, why in lacking.items())
+                + f". Gate it under each: {calls}")
+        if role == "pinned":
+            return note + (" (a recipe being put that pins it: put it first as it will "
+                           "stand but following the active version, no model_version, gate "
+                           "under it, then pin; a report of lineside gate is not kept)")
+        if len(lacking) > 1:
+            note += f"; or under all at once: {self._gate_call(model, version, golden, '*')}"
+        return note + " (a report of lineside gate is not kept: it admits nothing here)"
+
+    def _never_gated(self, det: Detector, st: _Standing) -> str:
+        """The refusal of a version with no passing report under the one recipe that
+        would judge it (after its name and version), with the gate call."""
+        model, version = det.card.name, det.card.version
+        recipe = None if st.own else next(iter(st.missing), None)
+        return ("has not been gated against the active version (lifecycle.gate.require_gate): "
+                f"run {self._gate_call(model, version, '<golden set>', recipe)} first")
 
     def _partner_now(self, rule: Recipe, model: str) -> tuple[str, str | None] | None:
         """The other model of ``rule``'s fusion that versions of ``model`` are judged with
@@ -417,10 +579,13 @@ class Lifecycle:
             return f"{name} {version}", card_digest(slot.unloaded[version].card)
         return f"{name} {version} (not loaded)", None
 
-    def _pass_stale(self, row: GateReportRow, det: Detector,
-                    pending: dict[str, Recipe]) -> str | None:
+    def _pass_stale(self, row: GateReportRow, det: Detector, pending: dict[str, Recipe], *,
+                    own: bool = False) -> tuple[str, list[str], str] | None:
         """Why the passing report ``row`` of ``det`` no longer says what the line would do
-        (a note for the refusal), None when it still does. Its recipe (by name, as it
+        (:meth:`_stale_note`'s ``why``, ``recipes`` and ``how``), None when it still does.
+        ``own``: what judges the model is its card's own recipe taken for want of any
+        (:meth:`judging`), which ``row`` names: taken so, as a gate under every judging
+        recipe took it. Its recipe (by name, as it
         stands or about to be put: ``pending``; a card's own recipe as it follows ``det``'s
         card, :meth:`_as_it_follows`) must still judge the model, fuse the partner card
         the pass was judged with (none if judged alone; session 42), and judge by the
@@ -431,12 +596,14 @@ class Lifecycle:
         report = row.readable_report()
         name = report.get("recipe")
         if not isinstance(name, str):
-            return self._stale_note(row, model, "names no recipe it was judged under",
-                                    self._judging_now(model, pending))
+            return ("names no recipe it was judged under", self._judging_now(model, pending),
+                    _NOW)
         known = {r.name: r for r in self.registry.recipes()} | pending
         rule = pending.get(name)
         try:
-            if rule is None:
+            if own and name not in known:
+                rule = card_recipe(self.registry.detector(model).card)
+            elif rule is None:
                 # as the gate took it: a recipe by that name, else (none judging the
                 # model) the active card's own
                 rule = self.recipe_for(model, name if name in known else None, as_partner=True)
@@ -450,8 +617,8 @@ class Lifecycle:
             what = ("is gone (deleted or put again under another name since)"
                     if name not in known else
                     f"judges model {known[name].model} now, not {model}")
-            return self._stale_note(row, model, f"was judged under recipe {name}, which {what}",
-                                    self._judging_now(model, pending))
+            return (f"was judged under recipe {name}, which {what}",
+                    self._judging_now(model, pending), _NOW)
         rule = self._as_it_follows(rule, det)
         named = name in known  # the card's own recipe the gate took for want of any is
         # taken again with no recipe named
@@ -466,8 +633,8 @@ class Lifecycle:
             after = ("which fuses no partner now" if now is None else
                      f"whose partner is {now[0]} now" if now[0] != then else
                      f"whose partner {now[0]} has another card now")
-            return self._stale_note(row, model, f"was {before} under recipe {name}, {after}",
-                                    again, "with what the recipe fuses now")
+            return (f"was {before} under recipe {name}, {after}", again,
+                    "with what the recipe fuses now")
         digest = report.get("recipe_sha256")
         if self._same_rules(digest, rule, det):
             return None
@@ -484,7 +651,7 @@ class Lifecycle:
                    f"other than the recipe's now{follows} ({rules_digest(rule)[:12]}): it was "
                    "put again since with other regions, sizes, counts, classes or score "
                    "floors")
-        return self._stale_note(row, model, why, again, "under the recipe as it stands")
+        return why, again, "under the recipe as it stands"
 
     def _alike_rules(self, one: dict[str, Any], other: dict[str, Any]) -> bool:
         """Whether two reports were judged by the same rules: the same ``recipe_sha256``,
@@ -535,11 +702,11 @@ class Lifecycle:
 
     @staticmethod
     def _stale_note(row: GateReportRow, model: str, why: str, recipes: list[str],
-                    how: str = "under what judges it now") -> str:
+                    how: str = _NOW) -> str:
         """The refusal of a stale pass, after the model's name and version: the report,
         why, and the call that gates again (under the first of ``recipes``, else with no
         recipe named: the card's own)."""
-        judging = ("" if how != "under what judges it now" else
+        judging = ("" if how != _NOW else
                    f"; recipe(s) {', '.join(recipes)} judge {model} now" if recipes else
                    f"; no recipe judges {model} now but its card's own "
                    f"({default_recipe_name(model)})")
@@ -761,7 +928,7 @@ class Lifecycle:
             with self.registry.loaded(model, target):
                 if target is not None and self._records is not None:
                     refused = self._standing(self.registry.detector(model, target),
-                                             any_pass_clears=True)[2]
+                                             any_pass_clears=True)[1]
                     if refused is not None:
                         raise GateRefused(f"a rollback would make {refused}: activate the "
                                           f"version you want (POST /v1/models/{model}/activate;"
@@ -930,8 +1097,16 @@ class Lifecycle:
                               "none of its inspections; promote with a recipe that follows the "
                               "active version (recipe: NAME)")
         # (held loaded from its gate to its activation by promote)
-        report = self.gate(model, version, golden=golden, golden_version=golden_version,
-                           recipe=rule.name if recipe is not None else None, actor=actor)
+        if self.settings.gate.require_gate:
+            # admission wants a pass under every recipe that would judge it (rule 5): one
+            # gate under one recipe, then a 409 at activation, was a promotion that could
+            # not succeed (session 43). The watch's recipe's report is the one answered.
+            reports = self.gate_all(model, version, golden=golden,
+                                    golden_version=golden_version, actor=actor)
+            report = next((r for r in reports if r.recipe == rule.name), reports[0])
+        else:
+            report = self.gate(model, version, golden=golden, golden_version=golden_version,
+                               recipe=rule.name if recipe is not None else None, actor=actor)
         # the watch's previous version is the one the gate compared with: refused if
         # another admin made another active meanwhile (lifecycle review, session 32)
         self.activate(model, version, actor=actor, force=force, reason=reason,

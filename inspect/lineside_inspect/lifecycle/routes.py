@@ -20,6 +20,7 @@ from lineside_inspect.lifecycle.golden import GoldenLibrary, GoldenManifest, fro
 from lineside_inspect.lifecycle.manager import Lifecycle
 from lineside_inspect.lifecycle.schemas import (
     AuditPage,
+    EveryRecipeGate,
     FailRateAlarms,
     FailRateTrack,
     GateReports,
@@ -97,7 +98,8 @@ async def add_golden(name: str, body: GoldenAdd, request: Request, who: Admin) -
 
 # -- gate ---------------------------------------------------------------------------------
 @router.post("/models/{name}/gate", responses=errors(401, 403, 404, 409, 413, 422))
-async def gate(name: str, body: GateRun, request: Request, who: Admin) -> GateReport:
+async def gate(name: str, body: GateRun, request: Request,
+               who: Admin) -> GateReport | EveryRecipeGate:
     """Replay a golden set through a candidate version (one unloaded from memory is loaded
     again from its package) and the active one (or
     ``against``), each at its own card's thresholds under the recipe's rules; under a
@@ -105,8 +107,15 @@ async def gate(name: str, body: GateRun, request: Request, who: Admin) -> GateRe
     fusion, as the line judges (``fused_with``). The report is stored: a candidate that
     failed it is refused activation and shadowing unless an admin forces it (``force``
     and a ``reason``, recorded). 200 with ``passed`` false for a failed gate; 409
-    ``busy`` while another gate runs."""
+    ``busy`` while another gate runs. ``"recipe": "*"``: one gate under each recipe that
+    would judge the version once active (with ``require_gate`` an admission needs a current
+    pass under every one), answered as ``EveryRecipeGate``."""
     lc = lifecycle(request)
+    if body.recipe == "*":
+        reports = await _off_loop(lc.gate_all, name, body.version, golden=body.golden,
+                                  golden_version=body.golden_version, against=body.against,
+                                  actor=who.name)
+        return EveryRecipeGate(passed=all(r.passed for r in reports), reports=reports)
     return await _off_loop(lc.gate, name, body.version, golden=body.golden,  # type: ignore[no-any-return]
                            golden_version=body.golden_version, against=body.against,
                            recipe=body.recipe, actor=who.name)

@@ -49,10 +49,24 @@ class GateRun(_Shape):
     golden_version: int | None = Field(None, ge=1, strict=True,
                                        description="default: its latest version")
     against: Name | None = Field(None, description="default: the active version")
-    recipe: Name | None = Field(None, description=(
+    recipe: Literal["*"] | Name | None = Field(None, description=(
         "whose rules judge both; default: the server's default recipe for this model. For a "
         "good-only model, also a recipe fusing it with a detector: both versions are then "
-        "judged with that detector, as the line judges them"))
+        "judged with that detector, as the line judges them. \"*\": one gate under each "
+        "recipe that would judge the version once active (each admission needs a current "
+        "pass under every one of them with lifecycle.gate.require_gate), answered as "
+        "EveryRecipeGate"))
+
+
+class EveryRecipeGate(_Shape):
+    """The answer to a gate under every recipe that would judge the version (``"recipe":
+    "*"``): one stored report per recipe."""
+
+    recipe: Literal["*"] = "*"
+    passed: bool = Field(description="every report passed")
+    reports: list[GateReport] = Field(description=(
+        "one per recipe that would judge the version once active, by recipe name (its "
+        "card's own recipe when nothing else judges it)"))
 
 
 class Admit(_Shape):

@@ -1,0 +1,187 @@
+"""With require_gate a version is admitted only with a current pass under every recipe
+that would judge it once admitted (session 43). Until then a pass under one recipe
+admitted a version that other recipes judge too, with other regions, floors or partner
+(docs/lifecycle.md's "Not closed"). ``"recipe": "*"`` gates under each of them in one
+call. Real parts: the bundled detector and a twin of it, the tiny good-only graphs of
+test_gate_fused.py, a real SQLite store, the app in process through its test client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from lineside_inspect.errors import GateRefused
+from lineside_inspect.lifecycle.golden import GOLDEN_DIR
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.server.app import create_app
+
+from .conftest import ROLE_KEYS, ROOT, keyed
+from .test_gate_fused import _golden
+from .test_gate_partner import _lifecycle, _twin, make_parts
+
+LINE = Recipe(name="line", model="deeppcb", min_size_px=2)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return make_parts(tmp_path_factory.mktemp("every-recipe"))
+
+
+def test_a_version_needs_a_current_pass_under_each_recipe_that_would_judge_it(
+        parts: dict[str, Any], tmp_path: Path) -> None:
+    """fused and line judge deeppcb (old pins version 1: it would not judge twin). A pass
+    under fused alone no longer admits twin: the refusal names line and its gate call;
+    a pin under a new name needs a pass under it. gate_all gates under both, and the two
+    passes admit; the audit entry names each."""
+    lc, registry, store = _lifecycle(tmp_path, parts)
+    try:
+        registry.load_model(_twin(tmp_path), activate=False)
+        registry.add_recipe(LINE)
+        registry.add_recipe(Recipe(name="old", model="deeppcb", model_version="1"))
+        assert lc.judging("deeppcb", "twin") == (["fused", "line"], False)
+        assert lc.judging("board-good", "2") == (["fused"], False)
+
+        with pytest.raises(GateRefused) as refused:  # never gated: both, and all at once
+            lc.activate("deeppcb", "twin", actor="admin")
+        said = refused.value.message
+        assert ("every recipe that would judge it once admitted, recipe(s) fused, line" in said
+                and "2 of 2 without one: recipe fused: no passing gate report under it; recipe line: "
+                    "no passing gate report under it" in said)
+        assert ('or under all at once: POST /v1/models/deeppcb/gate {"version": "twin", '
+                '"golden": "<golden set>", "recipe": "*"}') in said
+
+        first = lc.gate("deeppcb", "twin", golden="g", recipe="fused", actor="admin")
+        assert first.passed, first.reasons
+        with pytest.raises(GateRefused) as refused:
+            lc.activate("deeppcb", "twin", actor="admin")
+        said = refused.value.message
+        assert "1 of 2 without one: recipe line: no passing gate report under it" in said
+        assert ('Gate it under each: POST /v1/models/deeppcb/gate {"version": "twin", '
+                '"golden": "g", "recipe": "line"}') in said
+        with pytest.raises(GateRefused, match=r"recipe\(s\) fused, line"):
+            lc.start_shadow("deeppcb", "twin", sample_rate=None, actor="admin")
+        # a recipe put pinning twin under a new name: judged by that recipe's rules
+        with pytest.raises(GateRefused, match=r"recipe pin: no passing gate report under it"
+                                              r".*put it first as it will stand but following"):
+            lc.put_recipe(LINE.model_copy(update={"name": "pin", "model_version": "twin"}),
+                          actor="admin")
+        assert registry.models()["deeppcb"].active == "1"
+
+        reports = lc.gate_all("deeppcb", "twin", golden="g", actor="admin")
+        assert [(r.recipe, r.passed) for r in reports] == [("fused", True), ("line", True)]
+        assert reports[0].fused_with == "board-good 1" and reports[1].fused_with is None
+        stored = {d["id"] for d in lc.records.gate_reports("deeppcb")}
+        assert {first.id, reports[0].id, reports[1].id} <= stored
+        done = lc.activate("deeppcb", "twin", actor="admin")
+        assert done == {"forced": False, "gate_report_id": reports[0].id}
+        (entry,) = lc.records.audit_log(model="deeppcb", action="activate")[1][:1]
+        assert entry["details"]["gate_reports"] == {"fused": reports[0].id,
+                                                    "line": reports[1].id}
+    finally:
+        store.close()
+
+
+def test_a_good_only_version_judged_alone_and_fused_and_a_forced_admission_names_the_gap(
+        parts: dict[str, Any], tmp_path: Path) -> None:
+    """board-good serves alone under alone and beside deeppcb under fused: a pass fused
+    does not admit version 2; forced, the admission records that pass and the recipe that
+    had none. With no recipe judging deeppcb, gate_all gates under its card's own."""
+    lc, registry, store = _lifecycle(tmp_path, parts)
+    try:
+        registry.add_recipe(Recipe(name="alone", model="board-good"))
+        assert lc.judging("board-good", "2") == (["alone", "fused"], False)
+        fused = lc.gate("board-good", "2", golden="g", recipe="fused", actor="admin")
+        assert fused.passed, fused.reasons
+        with pytest.raises(GateRefused, match="1 of 2 without one: recipe alone: no passing gate "
+                                              "report under it"):
+            lc.activate("board-good", "2", actor="admin")
+        done = lc.activate("board-good", "2", actor="admin", force=True, reason="night shift")
+        assert done == {"forced": True, "gate_report_id": fused.id}
+        (entry,) = lc.records.audit_log(model="board-good", action="force_activate")[1]
+        assert entry["details"]["gate_missing"] == ["alone"]
+        assert "recipe alone: no passing gate report under it" in entry["details"]["gate_stale"]
+        assert (entry["details"]["gate_report_id"], entry["details"]["gate_passed"]) == (
+            fused.id, True)
+
+        registry.restore_recipe("fused", None)  # nothing judges deeppcb but its card's own
+        registry.load_model(_twin(tmp_path), activate=False)
+        assert lc.judging("deeppcb", "twin") == (["deeppcb-default"], True)
+        (own,) = lc.gate_all("deeppcb", "twin", golden="g", actor="admin")
+        assert own.recipe == "deeppcb-default" and own.passed, own.reasons
+        assert lc.activate("deeppcb", "twin", actor="admin")["gate_report_id"] == own.id
+    finally:
+        store.close()
+
+
+def test_over_http_recipe_star_gates_under_every_judging_recipe(tmp_path: Path) -> None:
+    """``"recipe": "*"`` answers one stored report per judging recipe (the single-recipe
+    answer is unchanged); anything else that is not a name is a 422 naming the field."""
+    roots = tmp_path / "models"
+    twin = _twin(roots)
+    _golden(tmp_path / GOLDEN_DIR)
+    settings = keyed(data_dir=str(tmp_path), model_roots=[str(ROOT / "models"), str(roots)],
+                     store_pass_rate=1.0, lifecycle={"gate": {"require_gate": True}})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {ROLE_KEYS['admin']}"
+        r = client.post("/v1/models", json={"path": str(twin), "activate": False})
+        assert r.status_code == 200, r.text
+        line = LINE.model_dump(mode="json", exclude_none=True)
+        assert client.put("/v1/recipes/line", json=line).status_code == 200
+        for bad in ("**", " *", ["*"], "*/.."):
+            r = client.post("/v1/models/deeppcb/gate",
+                            json={"version": "twin", "golden": "g", "recipe": bad})
+            assert r.status_code == 422 and "recipe" in r.text, (bad, r.text)
+        r = client.post("/v1/models/deeppcb/gate",
+                        json={"version": "twin", "golden": "g", "recipe": "line"})
+        assert r.status_code == 200 and r.json()["recipe"] == "line" and r.json()["id"], r.text
+        r = client.post("/v1/models/deeppcb/activate", json={"version": "twin"})
+        assert r.status_code == 409, r.text
+        assert ("recipe deeppcb-default: no passing gate report under it"
+                in r.json()["error"]["message"])
+
+        r = client.post("/v1/models/deeppcb/gate",
+                        json={"version": "twin", "golden": "g", "recipe": "*"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["recipe"] == "*" and body["passed"] is True
+        assert [g["recipe"] for g in body["reports"]] == ["deeppcb-default", "line"]
+        listed = {g["id"] for g in client.get("/v1/models/deeppcb/gates").json()["items"]}
+        assert {g["id"] for g in body["reports"]} <= listed
+        r = client.post("/v1/models/deeppcb/activate", json={"version": "twin"})
+        assert r.status_code == 200, r.text
+        admitted = client.get("/v1/models/deeppcb/lineage").json()["admissions"][0]
+        assert (admitted["version"], admitted["gate_report_id"]) == (
+            "twin", body["reports"][0]["id"])
+
+
+
+def test_a_promotion_gates_under_every_judging_recipe_before_it_activates(
+        tmp_path: Path) -> None:
+    """A promotion gated under its one recipe, then its activation wanted a pass under
+    every recipe that judges the version: with two recipes judging, every promotion (and
+    every fleet pull promoting through it) was a 409 after its gate had run. It gates
+    under each now; the answer's report is the watched recipe's."""
+    roots = tmp_path / "models"
+    twin = _twin(roots)
+    _golden(tmp_path / GOLDEN_DIR)
+    settings = keyed(data_dir=str(tmp_path), model_roots=[str(ROOT / "models"), str(roots)],
+                     store_pass_rate=1.0, lifecycle={"gate": {"require_gate": True}})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {ROLE_KEYS['admin']}"
+        r = client.post("/v1/models", json={"path": str(twin), "activate": False})
+        assert r.status_code == 200, r.text
+        line = LINE.model_dump(mode="json", exclude_none=True)
+        assert client.put("/v1/recipes/line", json=line).status_code == 200
+        r = client.post("/v1/models/deeppcb/promote",
+                        json={"version": "twin", "golden": "g", "recipe": "line"})
+        assert r.status_code == 200, r.text
+        promoted = r.json()
+        assert promoted["report"]["recipe"] == "line" and promoted["report"]["passed"]
+        gated = client.get("/v1/models/deeppcb/gates").json()["items"]
+        assert sorted(g["recipe"] for g in gated if g["candidate"]["version"] == "twin") == [
+            "deeppcb-default", "line"]
+        admitted = client.get("/v1/models/deeppcb/lineage").json()["admissions"][0]
+        assert admitted["version"] == "twin" and not admitted["forced"]
