@@ -51,7 +51,7 @@ def test_a_version_needs_a_current_pass_under_each_recipe_that_would_judge_it(
                 and "2 of 2 without one: recipe fused: no passing gate report under it; recipe line: "
                     "no passing gate report under it" in said)
         assert ('or under all at once: POST /v1/models/deeppcb/gate {"version": "twin", '
-                '"golden": "<golden set>", "recipe": "*"}') in said
+                '"golden": "g", "recipe": "*"}') in said  # (the server's only golden set)
 
         first = lc.gate("deeppcb", "twin", golden="g", recipe="fused", actor="admin")
         assert first.passed, first.reasons
@@ -185,3 +185,41 @@ def test_a_promotion_gates_under_every_judging_recipe_before_it_activates(
             "deeppcb-default", "line"]
         admitted = client.get("/v1/models/deeppcb/lineage").json()["admissions"][0]
         assert admitted["version"] == "twin" and not admitted["forced"]
+
+
+def test_a_refusals_gate_call_names_the_golden_set_the_server_has(
+        parts: dict[str, Any], tmp_path: Path) -> None:
+    """A version with no report said ``"golden": "<golden set>"`` in the call it suggests,
+    whatever the server held (session 43, adversarial pass): it names the set named after
+    the model (a fleet pull's promote takes that one), else the server's only one; else
+    it lists the sets held, or says there are none."""
+    import shutil
+
+    lc, registry, store = _lifecycle(tmp_path, parts)
+    try:
+        registry.load_model(_twin(tmp_path), activate=False)
+        golden = tmp_path / GOLDEN_DIR
+
+        def said() -> str:
+            with pytest.raises(GateRefused) as refused:
+                lc.activate("deeppcb", "twin", actor="admin")
+            return refused.value.message
+
+        one = 'POST /v1/models/deeppcb/gate {"version": "twin", "golden": "%s", "recipe": "fused"}'
+        assert (one % "g") + " first" in said()  # one recipe judges it, one golden set held
+        registry.add_recipe(LINE)  # two recipes judge it
+        star = 'POST /v1/models/deeppcb/gate {"version": "twin", "golden": "%s", "recipe": "*"}'
+        assert star % "g" in said()
+        shutil.copytree(golden / "g", golden / "h")
+        assert (star % "<golden set>") + " (a report" in said()
+        assert '"recipe": "line"} (golden sets here: g, h); or under all at once' in said()
+        shutil.copytree(golden / "g", golden / "deeppcb")
+        assert star % "deeppcb" in said() and "golden sets here" not in said()
+        registry.restore_recipe("line", None)
+        assert (one % "deeppcb") + " first" in said()
+        for name in ("g", "h", "deeppcb"):
+            shutil.rmtree(golden / name)
+        assert ((one % "<golden set>") + " first (this server holds no golden set: make one "
+                "first, POST /v1/golden/{name}); it may not become active") in said()
+    finally:
+        store.close()

@@ -53,6 +53,14 @@ def sql(url: str, *statements: str) -> list[list[tuple[object, ...]]]:
         engine.dispose()
 
 
+# a row a release before the mark stored
+OLD_ROW = ("INSERT INTO inspections (id, created_at, recipe_name, recipe_version, model_name, "
+           "model_version, model_sha256, class_names, verdict, reasons, defects, labels, "
+           "max_score, timings_ms, width, height, image_bytes, review_state) VALUES ('old1', "
+           "now(), 'r', '1', 'm', '1', 'x', '[]', 'pass', '[]', '[]', '', 0, '{}', 8, 8, 0, "
+           "'unreviewed')")
+
+
 def dump(url: str) -> str:
     """The whole database as pg_dump writes it (schema and rows): 'left as it is'."""
     pg_dump = _initdb().parent / "pg_dump"  # type: ignore[union-attr]  # (postgres ran it)
@@ -98,11 +106,7 @@ def test_a_new_store_is_marked_and_one_from_before_the_mark_is_marked_and_kept(
     Store(tmp_path / "a", pg).close()
     assert marks(pg) == [(1, SCHEMA_VERSION)]
     # a store of a release before the mark: Lineside's tables and a row, no mark
-    sql(pg, f"DROP TABLE {SCHEMA_TABLE}", "INSERT INTO inspections (id, created_at, "
-        "recipe_name, recipe_version, model_name, model_version, model_sha256, class_names, "
-        "verdict, reasons, defects, labels, max_score, timings_ms, width, height, "
-        "image_bytes, review_state) VALUES ('old1', now(), 'r', '1', 'm', '1', 'x', '[]', "
-        "'pass', '[]', '[]', '', 0, '{}', 8, 8, 0, 'unreviewed')")
+    sql(pg, f"DROP TABLE {SCHEMA_TABLE}", OLD_ROW)
     with Store(tmp_path / "b", pg) as st:
         assert st.get("old1") is not None
     assert marks(pg) == [(1, SCHEMA_VERSION)]
@@ -198,3 +202,115 @@ def test_stores_starting_together_on_a_new_database_all_start_and_mark_it_once(
     said = [r.getMessage() for r in caplog.records]
     assert sum("marked" in m for m in said) == 1, said
     assert not [m for m in said if "marking the store's schema failed" in m]
+
+
+def test_a_lock_held_by_another_session_for_good_is_one_line_not_a_wait_for_ever(
+        pg: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark is made under an advisory lock: a session holding the same key (another
+    program's, or a Lineside start stuck) held a first start for ever. It waits
+    SCHEMA_LOCK_WAIT_S, then says so in one line, nothing made; once released it starts."""
+    from lineside_inspect.store import store as store_module
+
+    monkeypatch.setattr(store_module, "SCHEMA_LOCK_WAIT_S", 0.2)
+    holder = create_engine(pg)
+    try:
+        with holder.connect() as c:
+            c.execute(text("SELECT pg_advisory_lock(:k)"), {"k": store_module.SCHEMA_LOCK_KEY})
+            with pytest.raises(ConfigError, match=r"another session held the lock Lineside "
+                                                  r"marks stores under .* for 0\.2 s"):
+                Store(tmp_path / "box", pg, box_id="box")
+            c.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": store_module.SCHEMA_LOCK_KEY})
+            c.commit()
+            assert sql(pg, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")[0] == [
+                (0,)]
+        Store(tmp_path / "box", pg, box_id="box").close()
+        assert marks(pg) == [(1, SCHEMA_VERSION)]
+    finally:
+        holder.dispose()
+
+
+def test_a_mark_of_another_shape_is_refused_in_one_line_and_left_as_it_is(
+        pg: str, tmp_path: Path) -> None:
+    """A lineside_schema table Lineside did not make: several rows (the largest was
+    taken), none (taken as a store from before the mark, never marked), text or a
+    fraction in generation (cut to a whole number) were each read as a mark (session 43,
+    adversarial pass)."""
+    shapes = {
+        "more than one row": "(id INTEGER, generation INTEGER); INSERT INTO lineside_schema "
+                             "VALUES (1, 1), (2, 7)",
+        "no row": "(id INTEGER, generation INTEGER)",
+        "generation '1'": "(id INTEGER, generation TEXT); INSERT INTO lineside_schema "
+                          "VALUES (1, '1')",
+        "generation '1.5'": "(id INTEGER, generation REAL); INSERT INTO lineside_schema "
+                            "VALUES (1, 1.5)",
+        "id '2'": "(id INTEGER, generation INTEGER); INSERT INTO lineside_schema VALUES (2, 1)",
+    }
+    where = pg.replace("postgres@", "")
+    for said, shape in shapes.items():
+        table, *rows = shape.split("; ")
+        sql(pg, f"DROP TABLE IF EXISTS {SCHEMA_TABLE}", f"CREATE TABLE {SCHEMA_TABLE} {table}",
+            *rows)
+        before = dump(pg)
+        with pytest.raises(ConfigError) as exc:
+            Store(tmp_path / "s", pg)
+        assert exc.value.message.startswith(
+            f"the store's database {where}: its table public.{SCHEMA_TABLE} does not read as "
+            "Lineside's schema mark ("), (said, exc.value.message)
+        assert said in exc.value.message, exc.value.message
+        args, whose = next(commands(pg, tmp_path))  # serve, as `make serve`
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        one_line(res.output, f"error: {whose} {where}: its table public.{SCHEMA_TABLE} does "
+                 "not read")
+        assert dump(pg) == before, said
+
+
+def _role(pg: str) -> tuple[str, str]:
+    """A login role that may use schema public and read and write the rows of its tables,
+    not make tables in it (no CREATE: PostgreSQL 15's default for a user not the owner);
+    its URL and password."""
+    role, secret = f"app_{uuid.uuid4().hex[:8]}", f"pw{uuid.uuid4().hex[:12]}"
+    sql(pg, f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'",
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC", f"GRANT USAGE ON SCHEMA public TO {role}",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON "
+        f"TABLES TO {role}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {role}")
+    return pg.replace("postgres@", f"{role}:{secret}@"), secret
+
+
+def test_a_user_who_may_not_make_tables_opens_a_made_store_and_is_told_of_a_new_one(
+        pg: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A store's user with USAGE on the schema and its tables' rows, no CREATE (tables
+    made by their owner): a store from before the mark opened so, then stopped at the
+    mark's CREATE TABLE with a traceback; on an empty database CREATE TABLE's traceback
+    (session 43, adversarial pass)."""
+    app_url, secret = _role(pg)
+    where = pg.replace("postgres@", "")
+    # an empty database: one line naming the user, the schema and the grant; nothing made
+    before = dump(pg)
+    for args, whose in list(commands(app_url, tmp_path))[:2]:  # serve, hub
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        one_line(res.output, f"error: {whose} {where} holds no Lineside store yet, and its "
+                 f"user {app_url.split('//')[1].split(':')[0]} may not make tables in schema "
+                 "public (no CREATE privilege on it): GRANT CREATE ON SCHEMA public TO")
+        assert secret not in res.output
+    with pytest.raises(ConfigError, match="may not make tables in schema public"):
+        Store(tmp_path / "new", app_url)
+    assert dump(pg) == before
+    # a store from before the mark its owner made: opened unmarked, as before, and said
+    Store(tmp_path / "owner", pg).close()
+    sql(pg, f"DROP TABLE {SCHEMA_TABLE}", OLD_ROW)
+    before = dump(pg)
+    caplog.set_level(logging.WARNING, "lineside.store")
+    with Store(tmp_path / "app", app_url) as st:
+        assert st.get("old1") is not None
+    assert dump(pg) == before
+    assert any("from before its schema mark" in r.getMessage() and "unmarked" in r.getMessage()
+               for r in caplog.records), caplog.text
+    # marked by its owner: this user opens it reading the mark only
+    Store(tmp_path / "owner", pg).close()
+    assert marks(pg) == [(1, SCHEMA_VERSION)]
+    before = dump(pg)
+    Store(tmp_path / "app", app_url).close()
+    assert dump(pg) == before

@@ -494,11 +494,11 @@ class Lifecycle:
             lacking[n] = ("no passing gate report under it" if other is None else
                           f"its passing gate report {other.id} compared it with version "
                           f"{other.against_version}, not the active one")
-        golden = rows[0].golden_name if rows else "<golden set>"
+        golden, held = (rows[0].golden_name, "") if rows else self._golden_for(card.name)
         stale_row = next((stale_by[n][0] for n in missing if n in stale_by), None)
         return _Standing(passes=passes, any_pass=any_pass, missing=lacking, stale_row=stale_row,
                          own=own, why=self._missing_note(det, judging, lacking, golden, role=role,
-                                                own=own))
+                                                own=own, held=held))
 
     def judging(self, model: str, version: str, *, role: str = "active",
                 pending: dict[str, Recipe] | None = None) -> tuple[list[str], bool]:
@@ -530,10 +530,11 @@ class Lifecycle:
                 f"\"{golden}\"{named}}}")
 
     def _missing_note(self, det: Detector, judging: list[str], lacking: dict[str, str],
-                      golden: str, *, role: str, own: bool) -> str:
+                      golden: str, *, role: str, own: bool, held: str = "") -> str:
         """The refusal of a version without a current pass under each recipe that would
         judge it (after its name and version): which lack one and why, and the calls that
-        gate it under each (and under all at once)."""
+        gate it under each (and under all at once; ``held``: the golden sets the server
+        holds, :meth:`_golden_for`)."""
         model, version = det.card.name, det.card.version
         calls = "; ".join(self._gate_call(model, version, golden, None if own else n)
                           for n in lacking)
@@ -542,7 +543,7 @@ class Lifecycle:
                 "a pass under one recipe says nothing of how another, with other regions, "
                 f"floors or partner, judges it): {len(lacking)} of {len(judging)} without one: "
                 + "; ".join(f"recipe {n}: {why}" for n, why in lacking.items())
-                + f". Gate it under each: {calls}")
+                + f". Gate it under each: {calls}{held}")
         if role == "pinned":
             return note + (" (a recipe being put that pins it: put it first as it will "
                            "stand but following the active version, no model_version, gate "
@@ -556,8 +557,26 @@ class Lifecycle:
         would judge it (after its name and version), with the gate call."""
         model, version = det.card.name, det.card.version
         recipe = None if st.own else next(iter(st.missing), None)
+        golden, held = self._golden_for(model)
         return ("has not been gated against the active version (lifecycle.gate.require_gate): "
-                f"run {self._gate_call(model, version, '<golden set>', recipe)} first")
+                f"run {self._gate_call(model, version, golden, recipe)} first{held}")
+
+    def _golden_for(self, model: str) -> tuple[str, str]:
+        """The golden set a suggested gate call names for ``model`` when no report of it
+        names one, and what the refusal adds: the set named after the model (the one a
+        fleet pull's promote takes), else this server's only one; else ``<golden set>``
+        and the sets it holds (a few), or that it holds none (session 43, adversarial
+        pass: it said ``<golden set>`` whatever the server held)."""
+        names = [n for n in self.library.names() if self.library.versions(n)]
+        if model in names:
+            return model, ""
+        if len(names) == 1:
+            return names[0], ""
+        if not names:
+            return "<golden set>", (" (this server holds no golden set: make one first, "
+                                    "POST /v1/golden/{name})")
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return "<golden set>", f" (golden sets here: {shown})"
 
     def _partner_now(self, rule: Recipe, model: str) -> tuple[str, str | None] | None:
         """The other model of ``rule``'s fusion that versions of ``model`` are judged with

@@ -133,6 +133,11 @@ SCHEMA_VERSION = 1
 # which processes sharing the database look at it and make it one at a time
 SCHEMA_TABLE = "lineside_schema"
 SCHEMA_LOCK_KEY = 0x4C696E6573696465  # "Lineside"
+# how long a start waits for that lock (for the rest of the marking's transaction too):
+# past it, one line. Another session holding the key (a collision with another program's
+# key, a start stuck) ran into lock_timeout, was tried again three times and ended in a
+# traceback, or waited for ever where the URL's options set lock_timeout=0
+SCHEMA_LOCK_WAIT_S = 30.0
 # columns of the inspections table every Lineside release made: a SQLite file whose tables
 # lack them is another program's database (check_sqlite_store)
 LINESIDE_COLUMNS = frozenset({"id", "created_at", "recipe_name", "model_sha256", "verdict",
@@ -408,10 +413,12 @@ def check_sqlite_store(url: str, data_dir: str | Path | None = None, *,
 
 
 # PostgreSQL: the schema the store's tables go in (the first of search_path that exists,
-# where an unqualified CREATE TABLE puts them), the relations it holds, and the columns of
-# its inspections table; one round trip, catalogs only (no table is locked)
+# where an unqualified CREATE TABLE puts them), the relations it holds, the columns of
+# its inspections table, and whether the user may make tables there (and who it is); one
+# round trip, catalogs only (no table is locked)
 _PG_LOOK = text("""
-SELECT current_schema(),
+SELECT current_schema(), current_user::text,
+  coalesce(has_schema_privilege(current_schema(), 'CREATE'), false),
   ARRAY(SELECT c.relname::text FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'f', 'v', 'm')
@@ -430,6 +437,8 @@ class PostgresStore:
     tables: tuple[str, ...]
     columns: frozenset[str]
     generation: int | None
+    user: str = ""
+    may_create: bool = True  # CREATE on the schema: a new store's tables can be made
 
     @property
     def lineside(self) -> bool:
@@ -439,26 +448,41 @@ class PostgresStore:
 
 def look_at_postgres(conn: Any, whose: str, where: str) -> PostgresStore:
     """One query of the catalogs, and a second reading the generation when the schema has
-    a :data:`SCHEMA_TABLE`; nothing written or locked. A marker that does not read (a
-    table of that name another program made) is one :class:`ConfigError` line."""
-    schema, tables, columns = conn.execute(_PG_LOOK).one()
+    a :data:`SCHEMA_TABLE`; nothing written or locked. A marker that does not read as
+    the one Lineside makes (one row, ``id`` 1, a whole number ``generation``: a table of
+    that name another program made) is one :class:`ConfigError` line."""
+    schema, user, may_create, tables, columns = conn.execute(_PG_LOOK).one()
     generation = None
     if schema is not None and SCHEMA_TABLE in tables:
         quote = conn.dialect.identifier_preparer.quote
+
+        def wrong(reason: str) -> ConfigError:
+            return ConfigError(
+                f"{whose} {where}: its table {schema}.{SCHEMA_TABLE} does not read as "
+                f"Lineside's schema mark ({reason[:200]}): another program's table of that "
+                "name? Point the store at a database (or schema) of its own; Lineside left "
+                "it as it is")
+
         try:
-            found = conn.execute(text(
-                f"SELECT max(generation) FROM {quote(schema)}.{SCHEMA_TABLE}")).scalar()
-            generation = int(found or 0)
-        except (DBAPIError, TypeError, ValueError) as exc:
+            rows = conn.execute(text(f"SELECT id, generation FROM {quote(schema)}."
+                                     f"{SCHEMA_TABLE} LIMIT 2")).all()
+        except DBAPIError as exc:
             if isinstance(exc, OperationalError):
                 raise
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise ConfigError(
-                f"{whose} {where}: its table {schema}.{SCHEMA_TABLE} does not read as "
-                f"Lineside's schema mark ({(reason or ['?'])[0][:200]}): another program's "
-                "table of that name? Point the store at a database (or schema) of its own; "
-                "Lineside left it as it is") from None
-    return PostgresStore(schema, tuple(tables), frozenset(columns or ()), generation)
+            reason = str(exc.orig or exc).strip().splitlines()
+            raise wrong((reason or ["?"])[0]) from None
+        # Lineside's mark is one row (id 1, CHECK) holding an integer: several rows, none,
+        # text or a fraction (taken as the largest, or 0, or cut to a whole number) are
+        # another program's table (session 43, adversarial pass)
+        if len(rows) != 1:
+            raise wrong("no row" if not rows else "more than one row: Lineside's has one")
+        ident, found = rows[0]
+        if ident != 1 or not isinstance(found, int) or isinstance(found, bool):
+            raise wrong(f"id {str(ident)[:20]!r}, generation {str(found)[:20]!r}: Lineside's "
+                        "is id 1 and a whole number")
+        generation = found
+    return PostgresStore(schema, tuple(tables), frozenset(columns or ()), generation,
+                         str(user), bool(may_create))
 
 
 def check_postgres_store(found: PostgresStore, whose: str, where: str, *,
@@ -491,6 +515,14 @@ def check_postgres_store(found: PostgresStore, whose: str, where: str, *,
     if must_exist and not found.lineside:
         raise refuse(f"holds no Lineside store (no inspections table in schema "
                      f"{found.schema}): no inspections to read; Lineside left it as it is")
+    if not must_exist and not found.lineside and not found.may_create:
+        # a new store's tables cannot be made: PostgreSQL 15 gives no CREATE on public to
+        # every user; it was CREATE TABLE's traceback, three times (session 43, adversarial)
+        raise refuse(f"holds no Lineside store yet, and its user {found.user} may not make "
+                     f"tables in schema {found.schema} (no CREATE privilege on it): GRANT "
+                     f"CREATE ON SCHEMA {found.schema} TO {found.user} (or start Lineside "
+                     "once as a user who may, then this one needs only USAGE and its "
+                     "tables' rows); Lineside left it as it is")
 
 
 def check_database(url: str, whose: str = "the database", named: str = "database_url", *,
@@ -691,6 +723,7 @@ class Store:
             self.engine = make_engine(self.url)
             # PostgreSQL: what the database holds judged, and a new store marked, before
             # any table is made (SQLite's file was judged above)
+            self._pg_schema = ""  # PostgreSQL: the store's schema (_claim_postgres)
             self._schema_found = (self._claim_postgres()
                                   if self.engine.dialect.name == "postgresql" else None)
             # table by table, folding SQLite's log into the database after each: every
@@ -857,7 +890,7 @@ class Store:
                 if (table, name) not in indexed:
                     conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})"))
 
-    def _claim_postgres(self) -> int:
+    def _claim_postgres(self) -> int | None:
         """PostgreSQL, before any table is made: :func:`check_postgres_store` of what the
         database holds (a newer release's store, another program's tables: one
         :class:`ConfigError` line, nothing made or changed). A database without the mark
@@ -866,18 +899,44 @@ class Store:
         and mark one at a time, and a first start stopped half way still leaves a mark.
         The generation found (a store of a release before the mark: 0, raised by
         :meth:`_mark_schema` once its columns are added). A marked store costs two
-        queries, no write."""
+        queries, no write. None: a store from before the mark its user may not mark
+        (no CREATE on the schema), opened unmarked as before."""
         where, whose = _address(self.url)[0], "the store's database"
         with self.engine.connect() as conn:
             found = look_at_postgres(conn, whose, where)
         check_postgres_store(found, whose, where)
+        self._pg_schema = found.schema or ""
         if found.generation is not None:
             return found.generation
+        if not found.may_create:
+            # a store of a release before the mark, opened by a user who may not make
+            # tables (USAGE and its tables' rows): it opened so before the mark, and
+            # still does, unmarked (it stopped at the mark's CREATE TABLE with a
+            # traceback; session 43, adversarial pass)
+            log.warning("store: %s is a Lineside store from before its schema mark, and its "
+                        "user %s may not make the mark's table %s.%s (no CREATE on the "
+                        "schema): opened as it is, unmarked; start it once as a user who "
+                        "may (its owner) to mark it", where, found.user, found.schema,
+                        SCHEMA_TABLE)
+            return None
         marked: list[int] = []
 
         def mark() -> None:
             with self.engine.begin() as conn:
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                conn.execute(text(f"SET LOCAL lock_timeout = {int(SCHEMA_LOCK_WAIT_S * 1000)}"))
+                try:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": SCHEMA_LOCK_KEY})
+                except OperationalError as exc:
+                    if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                        raise
+                    raise ConfigError(
+                        f"{where} is not marked as a Lineside store yet, and another "
+                        f"session held the lock Lineside marks stores under "
+                        f"(pg_advisory_xact_lock({SCHEMA_LOCK_KEY})) for "
+                        f"{SCHEMA_LOCK_WAIT_S:g} s: start again once it is released (a "
+                        "Lineside process stuck starting, or another program using the "
+                        "same advisory lock key: see pg_locks)") from None
                 again = look_at_postgres(conn, whose, where)  # another may have marked it
                 check_postgres_store(again, whose, where)
                 if again.generation is not None or again.schema is None:  # (None: refused)
@@ -903,10 +962,12 @@ class Store:
         PostgreSQL's in :data:`SCHEMA_TABLE` (:meth:`_claim_postgres` made it), which
         :func:`check_postgres_store` refuses so. Written once: a store already marked is
         only read (PostgreSQL: read by the claim, not again)."""
-        if self._schema_found is not None:
-            if self._schema_found < SCHEMA_VERSION:
+        if self.engine.dialect.name == "postgresql":
+            if self._schema_found is not None and self._schema_found < SCHEMA_VERSION:
+                table = (f"{self.engine.dialect.identifier_preparer.quote(self._pg_schema)}."
+                         f"{SCHEMA_TABLE}")  # the schema the claim found it in
                 with self.engine.begin() as conn:  # never lowered (GREATEST)
-                    conn.execute(text(f"UPDATE {SCHEMA_TABLE} SET generation = GREATEST("
+                    conn.execute(text(f"UPDATE {table} SET generation = GREATEST("
                                       "generation, :g)"), {"g": SCHEMA_VERSION})
                 self._schema_found = SCHEMA_VERSION
             return
