@@ -1173,8 +1173,9 @@ def gate_cmd(
     golden: Annotated[str, typer.Option(help="golden set name (in DATA_DIR/golden)")],
     golden_version: Annotated[int | None, typer.Option(help="default: its latest")] = None,
     recipe: Annotated[Path | None, typer.Option(
-        help="recipe YAML whose rules judge both (default: the card recipe of the active "
-             "package, or of the --fused-with detector when it is one)")] = None,
+        help="recipe YAML whose rules judge both (default: the card recipe of the "
+             "candidate, which judges once it is active, as a server's gate under the card "
+             "recipe takes it; or of the --fused-with detector when it is one)")] = None,
     fused_with: Annotated[Path | None, typer.Option(
         help="the other package of the recipe's fusion of a detector with a good-only model "
              "(anomaly.model): the good-only one when gating detectors, the detector when "
@@ -1231,7 +1232,11 @@ def gate_cmd(
     elif partner is not None and partner.card.kind != "anomaly" and cand.card.kind == "anomaly":
         rule = card_recipe(partner.card)  # the detector's: the recipe its station judges by
     else:
-        rule = card_recipe(active.card)
+        # the card's own recipe follows the active card on a server: once the candidate is
+        # active the line judges by the one its card brings, and a server's gate under it
+        # judges by that (session 43); the active card's judged both by rules the line
+        # would drop at the activation
+        rule = card_recipe(cand.card)
     if recipe is None and partner is not None and rule.fused() is None:
         # the card recipe taken without --recipe fuses nothing: say so, not only that
         # --fused-with was given (or that the recipe judges another model)

@@ -84,6 +84,34 @@ def test_a_version_needs_a_current_pass_under_each_recipe_that_would_judge_it(
         store.close()
 
 
+def test_a_refused_pin_says_how_to_gate_under_the_recipe_as_it_is_being_put(
+        parts: dict[str, Any], tmp_path: Path) -> None:
+    """A gate judges under a recipe as it stands, so a pin refused under a recipe being
+    put (a new name, or other rules) is told to put it following the active version
+    first, gate under it, then pin; followed, that admits it (session 43 docs pass: the
+    refusal said to gate under the recipe, a 404 for a new name, and for other rules a
+    gate under the old ones, after which the put was refused again)."""
+    lc, registry, store = _lifecycle(tmp_path, parts)
+    try:
+        registry.load_model(_twin(tmp_path), activate=False)
+        pin = LINE.model_copy(update={"name": "pin", "model_version": "twin"})
+        for recipe in (pin, pin.model_copy(update={"min_size_px": 3})):
+            with pytest.raises(GateRefused) as refused:
+                lc.put_recipe(recipe, actor="admin")
+            said = refused.value.message
+            assert ("recipe pin as it is being put is not that one: put it first as it will "
+                    "stand but following the active version (no model_version), gate deeppcb "
+                    'twin under it, POST /v1/models/deeppcb/gate {"version": "twin"') in said
+            assert "run POST" not in said and "under the recipe as it stands:" not in said
+            # followed as said
+            lc.put_recipe(recipe.model_copy(update={"model_version": None}), actor="admin")
+            assert lc.gate("deeppcb", "twin", golden="g", recipe="pin", actor="admin").passed
+            lc.put_recipe(recipe, actor="admin")
+            assert registry.recipe("pin") == recipe
+    finally:
+        store.close()
+
+
 def test_a_good_only_version_judged_alone_and_fused_and_a_forced_admission_names_the_gap(
         parts: dict[str, Any], tmp_path: Path) -> None:
     """board-good serves alone under alone and beside deeppcb under fused: a pass fused

@@ -64,8 +64,12 @@ def test_a_pass_whose_recipe_was_put_again_with_other_rules_no_longer_admits(
         assert said in refused.value.message and again in refused.value.message
         with pytest.raises(GateRefused, match="other than the recipe's now"):
             lc.start_shadow("deeppcb", "twin", sample_rate=None, actor="admin")
+        # (its pass under line says nothing of pin: put pin following the active version
+        # first, then gate; the session 43 docs pass, test_gate_every_recipe.py)
         with pytest.raises(GateRefused, match=r"recipe pin pins deeppcb twin, which may not "
-                                              r"judge parts: .*other than the recipe's now"):
+                                              r"judge parts: deeppcb twin has no passing gate "
+                                              r"report under recipe pin .*put it first as it "
+                                              r"will stand but following the active version"):
             lc.put_recipe(LINE.model_copy(update={"name": "pin", "model_version": "twin"}),
                           actor="admin")
         # the same recipe put again pinning the version its pass judged: the same rules
@@ -224,6 +228,28 @@ def test_a_pass_under_the_cards_own_recipe_is_judged_by_the_candidates_card_reci
         assert registry.recipe("deeppcb-default") == card_recipe(wide.card)  # it followed
     finally:
         store.close()
+
+
+def test_lineside_gate_takes_the_candidates_card_recipe_as_a_servers_gate_does(
+        tmp_path: Path) -> None:
+    """With no ``--recipe``, ``lineside gate`` judges by the card recipe, which on a server
+    follows the active card: the candidate's once it is active, as the server's gate takes
+    it (session 43). It took the active card's, whose other rules the line drops at the
+    activation, so its report differed from the server's for such a candidate."""
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+    from lineside_inspect.package import load_package
+
+    _golden(tmp_path / GOLDEN_DIR)
+    wide = _wide(tmp_path)
+    r = CliRunner().invoke(app, ["gate", str(wide), "--against", str(MODEL), "--golden", "g",
+                                 "--data-dir", str(tmp_path), "--threads", "1", "--json"])
+    report = json.loads(r.output)
+    assert report["recipe"] == "deeppcb-default"
+    theirs = rules_digest(card_recipe(load_package(wide).card))
+    assert theirs != rules_digest(card_recipe(load_package(MODEL).card))
+    assert report["recipe_sha256"] == theirs  # what the server's gate stores (test above)
 
 
 def test_over_http_a_replaced_or_deleted_recipe_refuses_and_a_force_names_the_pass(

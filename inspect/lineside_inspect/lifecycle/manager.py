@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("lineside.lifecycle")
 AUDIT_DRAIN_S = 5.0  # what the alarm's audit writer may take at shutdown
 _NOW = "under what judges it now"  # how a stale pass's model is gated again (_stale_note)
+# ... when the recipe is being put (a pin) as no recipe of its name stands (_put_first)
+_PUT_FIRST = "under the recipe as it is being put"
 SYSTEM = "lineside"  # the actor of what the server does by itself (an automatic rollback)
 
 
@@ -336,7 +338,8 @@ class Lifecycle:
         gate, failed = st.gate, st.failed
         required = refused is None and gate is None and self.settings.gate.require_gate
         if required:
-            refused = f"{card.name} {card.version} " + (st.why or self._never_gated(det, st))
+            refused = f"{card.name} {card.version} " + (
+                st.why or self._never_gated(det, st, {r.name: r for r in recipes}, role))
         if refused is None:
             extra: dict[str, Any] = ({"gate_reports": {n: r.id for n, r in st.passes.items()}}
                      if gate is not None and len(st.passes) > 1 else {})
@@ -449,6 +452,9 @@ class Lifecycle:
         for r in (r for r in now if r.passed):
             name = r.readable_report().get("recipe")
             why = self._pass_stale(r, det, pending, own=own and name == judging[0])
+            if why is not None and isinstance(name, str) and self._put_first(
+                    name, pending, det, role):
+                why = (why[0], [name], _PUT_FIRST)  # gated under it as it stands: no use
             if why is None:
                 any_pass = any_pass or r
                 if isinstance(name, str) and name in judging:
@@ -461,8 +467,17 @@ class Lifecycle:
         if not missing:
             return _Standing(gate=passes[judging[0]], passes=passes, any_pass=any_pass, own=own)
         old = next((r for r in rows if r.passed), None)
-        call = self._gate_call(card.name, card.version, rows[0].golden_name if rows else
-                               "<golden set>", None if own else judging[0])
+        golden, held = (rows[0].golden_name, "") if rows else self._golden_for(card.name)
+        call = "run " + self._gate_call(card.name, card.version, golden,
+                                        None if own else judging[0]) + " first" + held
+        if self._put_first(judging[0], pending, det, role):
+            call = self._put_first_note(card.name, card.version, golden, judging[0])
+        if role == "pinned" and first_stale is not None:
+            # a pass under another recipe than the one pinning it says nothing of it
+            first_stale = next(((self._stale_note(r, card.name, *w), r)
+                                for n, (r, w) in stale_by.items() if n == judging[0]), None)
+            if first_stale is None:  # (a pass against the active version is not "another")
+                old = next((r for r in rows if r.passed and r not in now), None)
         if len(judging) == 1 and any_pass is None:
             # one recipe judges it and no pass under any recipe admits: said as before the
             # every-recipe rule (session 43)
@@ -473,8 +488,8 @@ class Lifecycle:
                 return _Standing(missing=dict.fromkeys(missing, ""), own=own, why=(
                     "has not been gated against the active version (lifecycle.gate."
                     f"require_gate); its passing gate report {old.id} compared it with "
-                    f"version {old.against_version}, which is not the active one now: run "
-                    f"{call} first"), stale_row=old)
+                    f"version {old.against_version}, which is not the active one now: "
+                    f"{call}"), stale_row=old)
             return _Standing(missing=dict.fromkeys(missing, ""), own=own)
         if len(missing) == 1 and missing[0] in stale_by:
             # the one recipe without a current pass had one that went stale: said so, as
@@ -494,7 +509,6 @@ class Lifecycle:
             lacking[n] = ("no passing gate report under it" if other is None else
                           f"its passing gate report {other.id} compared it with version "
                           f"{other.against_version}, not the active one")
-        golden, held = (rows[0].golden_name, "") if rows else self._golden_for(card.name)
         stale_row = next((stale_by[n][0] for n in missing if n in stale_by), None)
         return _Standing(passes=passes, any_pass=any_pass, missing=lacking, stale_row=stale_row,
                          own=own, why=self._missing_note(det, judging, lacking, golden, role=role,
@@ -552,12 +566,18 @@ class Lifecycle:
             note += f"; or under all at once: {self._gate_call(model, version, golden, '*')}"
         return note + " (a report of lineside gate is not kept: it admits nothing here)"
 
-    def _never_gated(self, det: Detector, st: _Standing) -> str:
+    def _never_gated(self, det: Detector, st: _Standing, pending: dict[str, Recipe],
+                     role: str) -> str:
         """The refusal of a version with no passing report under the one recipe that
-        would judge it (after its name and version), with the gate call."""
+        would judge it (after its name and version), with the gate call (a recipe being
+        put to pin it: :meth:`_put_first_note`)."""
         model, version = det.card.name, det.card.version
         recipe = None if st.own else next(iter(st.missing), None)
         golden, held = self._golden_for(model)
+        if recipe is not None and self._put_first(recipe, pending, det, role):
+            return (f"has no passing gate report under recipe {recipe} (lifecycle.gate."
+                    "require_gate): " + self._put_first_note(model, version, golden, recipe)
+                    + held)
         return ("has not been gated against the active version (lifecycle.gate.require_gate): "
                 f"run {self._gate_call(model, version, golden, recipe)} first{held}")
 
@@ -577,6 +597,28 @@ class Lifecycle:
                                     "POST /v1/golden/{name})")
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         return "<golden set>", f" (golden sets here: {shown})"
+
+    def _put_first(self, name: str, pending: dict[str, Recipe], det: Detector,
+                   role: str) -> bool:
+        """Whether recipe ``name`` is being put to pin ``det`` (``role`` pinned) with other
+        content than the recipe of that name as it stands (a pin of ``det``'s version
+        aside), or where none of that name stands: a gate judges under a recipe as it
+        stands, so a gate call under ``name`` cannot admit the pin (session 43 docs pass:
+        the refusal sent the admin round that loop, or to a 404)."""
+        if role != "pinned" or name not in pending:
+            return False
+        standing = self._recipe_now(name, {})
+        return standing is None or not self._same_rules(rules_digest(standing), pending[name],
+                                                        det)
+
+    @staticmethod
+    def _put_first_note(model: str, version: str, golden: str, name: str) -> str:
+        """How to pin ``version`` under recipe ``name`` as it is being put (:meth:`_put_first`)."""
+        return (f"a gate judges under a recipe as it stands, and recipe {name} as it is being "
+                "put is not that one: put it first as it will stand but following the active "
+                f"version (no model_version), gate {model} {version} under it, "
+                f"{Lifecycle._gate_call(model, version, golden, name)}, then put it again with the "
+                "pin")
 
     def _partner_now(self, rule: Recipe, model: str) -> tuple[str, str | None] | None:
         """The other model of ``rule``'s fusion that versions of ``model`` are judged with
@@ -730,6 +772,11 @@ class Lifecycle:
                    f"; no recipe judges {model} now but its card's own "
                    f"({default_recipe_name(model)})")
         named = f", \"recipe\": \"{recipes[0]}\"" if recipes else ""
+        if how == _PUT_FIRST:
+            return ("has no passing gate report that judged it as the line would now "
+                    f"(lifecycle.gate.require_gate): its passing gate report {row.id} {why}; "
+                    + Lifecycle._put_first_note(model, row.candidate_version,
+                                                row.golden_name, recipes[0]))
         return ("has no passing gate report that judged it as the line would now "
                 f"(lifecycle.gate.require_gate): its passing gate report {row.id} {why}"
                 f"{judging}. Gate it again, {how}: POST /v1/models/{model}/gate "
