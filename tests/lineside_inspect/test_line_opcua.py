@@ -167,13 +167,70 @@ def test_a_refused_write_is_logged_cut_short_and_not_again_and_again(
 
     # the bound is one for the process: forget what other tests' peers had told
     monkeypatch.setattr(peer_logs.BOUND, "_told", {})
+    monkeypatch.setattr(peer_logs.BOUND, "_held", 0)
     with caplog.at_level(logging.WARNING):
         asyncio.run(run())
     refused = [r.getMessage() for r in caplog.records
                if r.name.startswith("asyncua") and "Write refused" in r.getMessage()]
-    assert len(refused) == 1 and len(refused[0]) < 400, [len(m) for m in refused]
-    assert "characters)" in refused[0]
-    assert peer_logs.BOUND.untold("asyncua") == 4  # the other four held back, counted
+    # once cut short, then the other four counted as the adapter stopped
+    assert len(refused) == 2 and all(len(m) < 400 for m in refused), [len(m) for m in refused]
+    assert "characters)" in refused[0] and "more such" not in refused[0]
+    assert refused[1].endswith("characters) (4 more such message(s) since last told)")
+    assert peer_logs.BOUND.untold("asyncua") == 0
+
+
+def test_a_subscriptions_warnings_are_bounded_and_a_stopped_burst_counted(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncua makes a logger for each subscription as a client creates it, after the
+    bound was put on its loggers at start: its warnings (here a percent deadband it does
+    not implement, at each change of the value; a where clause it quotes) were neither
+    cut nor rate-limited, one per change per item of any client that may connect (line
+    review, session 43). They are now, and the count held back is told once the minute
+    is over, though the burst stopped (the bound's clock driven here, no waiting)."""
+    clock = [1000.0]
+    bound = peer_logs.BOUND
+    monkeypatch.setattr(bound, "_told", {})
+    monkeypatch.setattr(bound, "_held", 0)
+    monkeypatch.setattr(bound, "clock", lambda: clock[0])
+
+    def percent() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "Percent is not implemented" in r.getMessage()]
+
+    class Quiet:
+        def datachange_notification(self, *_args: Any) -> None:
+            pass
+
+    async def run() -> None:
+        adapter = OpcUaAdapter(OpcUaConfig(endpoint=LOOPBACK))
+        await adapter.start([_station()], lambda *w: None)
+        try:
+            async with Client(adapter.endpoint, timeout=5) as c:
+                idx = await c.get_namespace_index(NS)
+                trigger = c.get_node(f"ns={idx};s=Stations/s1/Trigger")
+                sub = await c.create_subscription(50, Quiet())
+                await sub.deadband_monitor(trigger, 1.0, deadbandtype=ua.UInt32(2))  # percent
+                for i in range(7):  # a warning at each change
+                    await trigger.write_value(i % 2 == 0)
+                made = {r.name for r in percent()}
+                assert len(percent()) == 1, [r.name for r in percent()]
+                assert made and all(n.startswith("asyncua.server.monitored_item_service.")
+                                    for n in made)
+                assert bound.untold("asyncua") == 6
+                clock[0] += peer_logs.EVERY_S  # a minute on, the burst over
+                bound.flush()  # as the line's ticker does
+                told = [r.getMessage() for r in percent()]
+                assert len(told) == 2 and told[1].endswith(" (6 more such message(s) since "
+                                                           "last told)"), told
+                assert bound.untold("asyncua") == 0
+                await trigger.write_value(False)  # told a moment ago (the count): held
+                assert len(percent()) == 2 and bound.untold("asyncua") == 1
+        finally:
+            await adapter.stop()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run())
+    told = [r.getMessage() for r in percent()]
+    assert len(told) == 3 and told[2].endswith(" (1 more such message(s) since last told)")
 
 
 def test_a_client_that_reads_nothing_does_not_hold_the_stop(

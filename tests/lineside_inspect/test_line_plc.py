@@ -23,6 +23,7 @@ from pymodbus.pdu.bit_message import WriteSingleCoilRequest
 from lineside_inspect.cameras.simulator import MJPEGSimulator, counter_frame, folder_frames
 from lineside_inspect.config import CameraConfig, load_settings
 from lineside_inspect.errors import ConfigError
+from lineside_inspect.line import peer_logs
 from lineside_inspect.line.config import LineSettings, ModbusConfig, OpcUaConfig
 from lineside_inspect.line.modbus import BLOCK, COILS, MAX_CONNECTIONS, REGISTERS
 from lineside_inspect.line.opcua import OpcUaAdapter
@@ -1190,32 +1191,118 @@ def test_bad_modbus_frames_put_no_traffic_dump_in_the_log(
     (Modbus has no authentication) filled the server's log, and its disk, at megabytes a
     second (line review, session 43). One short line is told, then at most one a minute with a count;
     the PLC is still served."""
-    import struct
-
     monkeypatch.setattr(BOUND, "_told", {})  # one for the process: other tests' told
+    monkeypatch.setattr(BOUND, "_held", 0)
     with caplog.at_level(logging.WARNING):
-        bad = [socket.create_connection(("127.0.0.1", line.modbus_port), timeout=WAIT_S)
-               for _ in range(10)]
-        try:
-            for protocol_id, s in enumerate(bad, start=1):  # another id each time
-                s.sendall(struct.pack(">HHHBBHH", 1, protocol_id, 6, 1, 1, 0, 8))
-
-            def seen() -> int:  # told, or held back by the bound
-                return BOUND.untold("pymodbus") + len(
-                    [r for r in caplog.records if r.name.startswith("pymodbus")])
-
-            deadline = time.monotonic() + WAIT_S
-            while seen() < len(bad):
-                assert time.monotonic() < deadline, f"{seen()} of the bad frames seen"
-                time.sleep(0.01)
-        finally:
-            for s in bad:
-                s.close()
+        _send_bad_frames(line, caplog, 10)
         with socket.create_connection(("127.0.0.1", line.modbus_port), timeout=WAIT_S) as plc:
             assert _read_coils_raw(plc, 7)[7:8] == b"\x01"  # TriggerReady: still served
     told = [r.getMessage() for r in caplog.records if r.name.startswith("pymodbus")]
     assert len(told) == 1 and "Invalid Modbus protocol id" in told[0], [m[:80] for m in told]
     assert len(told[0]) < 400 and ">>>>>" not in told[0]
+
+
+def _send_bad_frames(line: Line, caplog: pytest.LogCaptureFixture, n: int) -> None:
+    """``n`` frames of a bad protocol id (another each time), each on a connection of its
+    own, and wait until pymodbus has logged each (told, or held back by the bound)."""
+    import struct
+
+    bad = [socket.create_connection(("127.0.0.1", line.modbus_port), timeout=WAIT_S)
+           for _ in range(n)]
+    try:
+        for protocol_id, s in enumerate(bad, start=1):
+            s.sendall(struct.pack(">HHHBBHH", 1, protocol_id, 6, 1, 1, 0, 8))
+
+        def seen() -> int:
+            return BOUND.untold("pymodbus") + len(
+                [r for r in caplog.records if r.name.startswith("pymodbus")])
+
+        deadline = time.monotonic() + WAIT_S
+        while seen() < n:
+            assert time.monotonic() < deadline, f"{seen()} of the bad frames seen"
+            time.sleep(0.01)
+    finally:
+        for s in bad:
+            s.close()
+
+
+def test_a_held_back_count_is_told_when_its_message_is_forgotten(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The bound remembers :data:`peer_logs.MAX_KEYS` messages: one forgotten to make room
+    for a peer's new texts took its held-back count with it (line review, session 43)."""
+    bound = peer_logs.PeerLogBound(clock=lambda: 0.0)
+    logger = logging.getLogger("lineside.test_peer_logs")
+    logger.addFilter(bound)
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            logger.warning("first %d", 1)
+            logger.warning("first %d", 2)  # held
+            for i in range(peer_logs.MAX_KEYS):  # as many other messages: "first" forgotten
+                logger.warning(f"other {i} %d", i)
+    finally:
+        logger.removeFilter(bound)
+    told = [r.getMessage() for r in caplog.records if r.name == logger.name]
+    assert "first 1 (1 more such message(s) since last told)" in told
+    assert len(told) == 2 + peer_logs.MAX_KEYS
+
+
+def test_a_modbus_adapter_stopping_tells_what_the_bound_held_back(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A count held back when the Modbus server stops (a restart, a shutdown) was never
+    told: it is, as the adapter stops (line review, session 43)."""
+    import struct
+
+    from lineside_inspect.line.modbus import ModbusAdapter
+
+    monkeypatch.setattr(BOUND, "_told", {})
+    monkeypatch.setattr(BOUND, "_held", 0)
+
+    async def run() -> None:
+        adapter = ModbusAdapter(ModbusConfig(port=0), lambda: ["deeppcb"])
+        await adapter.start([_station()], lambda *w: None)
+        try:
+            for protocol_id in (1, 2, 3):
+                _, writer = await asyncio.open_connection("127.0.0.1", adapter.port)
+                writer.write(struct.pack(">HHHBBHH", 1, protocol_id, 6, 1, 1, 0, 8))
+                await writer.drain()
+                deadline = time.monotonic() + WAIT_S
+                while BOUND.untold("pymodbus") + sum(
+                        r.name.startswith("pymodbus") for r in caplog.records) < protocol_id:
+                    assert time.monotonic() < deadline, "pymodbus never told the bad frame"
+                    await asyncio.sleep(0.01)
+                writer.close()
+        finally:
+            await adapter.stop()
+
+    with caplog.at_level(logging.WARNING, logger="pymodbus"):
+        asyncio.run(run())
+    told = [r.getMessage() for r in caplog.records if r.name.startswith("pymodbus")]
+    assert len(told) == 2 and told[1].endswith(" (2 more such message(s) since last told)"), \
+        [m[:80] for m in told]
+    assert BOUND.untold("pymodbus") == 0
+
+
+def test_a_burst_of_bad_frames_that_stops_is_counted_in_the_log(
+        line: Line, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count of the messages the bound held back was told only when the same message
+    came again after the minute: a burst that stopped was never counted in the log (line
+    review, session 43). The line's ticker tells it once the minute is over (the bound's
+    clock driven here, no minute waited)."""
+    clock = [1000.0]
+    monkeypatch.setattr(BOUND, "_told", {})
+    monkeypatch.setattr(BOUND, "_held", 0)
+    monkeypatch.setattr(BOUND, "clock", lambda: clock[0])
+    with caplog.at_level(logging.WARNING):
+        _send_bad_frames(line, caplog, 4)
+        assert BOUND.untold("pymodbus") == 3  # one told, three held: the burst is over
+        clock[0] += peer_logs.EVERY_S
+        deadline = time.monotonic() + WAIT_S
+        while BOUND.untold("pymodbus"):
+            assert time.monotonic() < deadline, "the held-back count was never told"
+            time.sleep(0.01)
+    told = [r.getMessage() for r in caplog.records if r.name.startswith("pymodbus")]
+    assert len(told) == 2 and "Invalid Modbus protocol id" in told[1], [m[:80] for m in told]
+    assert told[1].endswith(" (3 more such message(s) since last told)") and len(told[1]) < 400
 
 
 def test_a_burst_of_connections_faster_than_the_plc_polls_does_not_cut_it(line: Line) -> None:

@@ -42,7 +42,7 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from lineside_inspect.line.config import ModbusConfig
-from lineside_inspect.line.peer_logs import bound_peer_logs
+from lineside_inspect.line.peer_logs import BOUND, bound_peer_logs
 from lineside_inspect.line.station import Changes, PlcWrite, Station, TagValue
 
 log = logging.getLogger("lineside.line.modbus")
@@ -262,3 +262,4 @@ class ModbusAdapter:
             await asyncio.sleep(0.05)
         finally:
             quiet.setLevel(level)
+        BOUND.flush("pymodbus", due_only=False)  # what the bound held back: counted

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.line.config import OpcUaConfig
-from lineside_inspect.line.peer_logs import bound_peer_logs
+from lineside_inspect.line.peer_logs import BOUND, bound_peer_logs
 from lineside_inspect.line.station import PLC_WRITES, TAGS, Changes, PlcWrite, Station, TagValue
 
 log = logging.getLogger("lineside.line.opcua")
@@ -213,6 +213,7 @@ class OpcUaAdapter:
             for transport in transports:
                 transport.abort()
         await stopping
+        BOUND.flush("asyncua", due_only=False)  # what the bound held back: counted
 
 
 class _SecureChannelsOnly(UserManager):

@@ -29,6 +29,7 @@ from lineside_inspect.errors import (
     echo,
 )
 from lineside_inspect.line.config import LineSettings, is_loopback
+from lineside_inspect.line.peer_logs import BOUND
 from lineside_inspect.line.station import (
     Changes,
     ErrorCode,
@@ -327,6 +328,9 @@ class PlcLine:
             now = time.monotonic()
             try:
                 self.tick(now)
+                # the protocol libraries' messages held back a minute: their counts told
+                # (a burst that stopped was never counted: line review, session 43)
+                BOUND.flush()
             except Exception as exc:
                 # heartbeats and ack timeouts go on whatever one tick met: a raise here ended
                 # the ticker without a word, and the PLC saw the box's heartbeat stop while
