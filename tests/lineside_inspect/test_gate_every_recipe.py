@@ -11,16 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from lineside_inspect.errors import GateRefused
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR
 from lineside_inspect.recipes import Recipe
-from lineside_inspect.server.app import create_app
 
-from .conftest import ROLE_KEYS, ROOT, keyed
-from .test_gate_fused import _golden
-from .test_gate_partner import _lifecycle, _twin, make_parts
+from .test_gate_partner import _lifecycle, _twin, gating_server, make_parts
 
 LINE = Recipe(name="line", model="deeppcb", min_size_px=2)
 
@@ -147,17 +143,7 @@ def test_a_good_only_version_judged_alone_and_fused_and_a_forced_admission_names
 def test_over_http_recipe_star_gates_under_every_judging_recipe(tmp_path: Path) -> None:
     """``"recipe": "*"`` answers one stored report per judging recipe (the single-recipe
     answer is unchanged); anything else that is not a name is a 422 naming the field."""
-    roots = tmp_path / "models"
-    twin = _twin(roots)
-    _golden(tmp_path / GOLDEN_DIR)
-    settings = keyed(data_dir=str(tmp_path), model_roots=[str(ROOT / "models"), str(roots)],
-                     store_pass_rate=1.0, lifecycle={"gate": {"require_gate": True}})
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        client.headers["Authorization"] = f"Bearer {ROLE_KEYS['admin']}"
-        r = client.post("/v1/models", json={"path": str(twin), "activate": False})
-        assert r.status_code == 200, r.text
-        line = LINE.model_dump(mode="json", exclude_none=True)
-        assert client.put("/v1/recipes/line", json=line).status_code == 200
+    with gating_server(tmp_path, LINE) as client:
         for bad in ("**", " *", ["*"], "*/.."):
             r = client.post("/v1/models/deeppcb/gate",
                             json={"version": "twin", "golden": "g", "recipe": bad})
@@ -192,17 +178,7 @@ def test_a_promotion_gates_under_every_judging_recipe_before_it_activates(
     every recipe that judges the version: with two recipes judging, every promotion (and
     every fleet pull promoting through it) was a 409 after its gate had run. It gates
     under each now; the answer's report is the watched recipe's."""
-    roots = tmp_path / "models"
-    twin = _twin(roots)
-    _golden(tmp_path / GOLDEN_DIR)
-    settings = keyed(data_dir=str(tmp_path), model_roots=[str(ROOT / "models"), str(roots)],
-                     store_pass_rate=1.0, lifecycle={"gate": {"require_gate": True}})
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        client.headers["Authorization"] = f"Bearer {ROLE_KEYS['admin']}"
-        r = client.post("/v1/models", json={"path": str(twin), "activate": False})
-        assert r.status_code == 200, r.text
-        line = LINE.model_dump(mode="json", exclude_none=True)
-        assert client.put("/v1/recipes/line", json=line).status_code == 200
+    with gating_server(tmp_path, LINE) as client:
         r = client.post("/v1/models/deeppcb/promote",
                         json={"version": "twin", "golden": "g", "recipe": "line"})
         assert r.status_code == 200, r.text

@@ -10,23 +10,28 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 
 from lineside_inspect.errors import ConfigError, GateRefused
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import anomaly_finding, inspect, with_finding
 from lineside_inspect.lifecycle.gate import format_report, rules_digest, run_gate
+from lineside_inspect.lifecycle.golden import GOLDEN_DIR
 from lineside_inspect.lifecycle.schemas import StoredGateReport
 from lineside_inspect.package import card_digest
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.references import Reference
 from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.server.app import create_app
 
-from .conftest import MODEL, ROOT
+from .conftest import MODEL, ROLE_KEYS, ROOT, keyed
 from .test_gate_fused import FUSED, GOOD_BOARD, _golden, _partner, _png, assert_served
 from .test_lifecycle_api import variant
 
@@ -271,6 +276,25 @@ def test_the_gate_command_refuses_a_recipe_the_server_refuses_in_its_words(
 
 
 # -- a pass made with another partner than the recipe fuses now (session 42) -------------
+
+@contextmanager
+def gating_server(tmp_path: Path, line: Recipe) -> Iterator[TestClient]:
+    """The app with require_gate and a store: the bundled deeppcb 1 active, :func:`_twin`
+    loaded beside it, recipe ``line`` put and golden set g made; an admin's client."""
+    roots = tmp_path / "models"
+    twin = _twin(roots)
+    _golden(tmp_path / GOLDEN_DIR)
+    settings = keyed(data_dir=str(tmp_path), model_roots=[str(ROOT / "models"), str(roots)],
+                     store_pass_rate=1.0, lifecycle={"gate": {"require_gate": True}})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {ROLE_KEYS['admin']}"
+        r = client.post("/v1/models", json={"path": str(twin), "activate": False})
+        assert r.status_code == 200, r.text
+        r = client.put(f"/v1/recipes/{line.name}",
+                       json=line.model_dump(mode="json", exclude_none=True))
+        assert r.status_code == 200, r.text
+        yield client
+
 
 def _twin(root: Path) -> Path:
     """models/deeppcb/1 as version ``twin``, its card otherwise the same: the same

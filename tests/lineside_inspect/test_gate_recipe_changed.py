@@ -14,19 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from lineside_inspect.errors import GateRefused
 from lineside_inspect.lifecycle.gate import rules_digest, rules_of
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR
 from lineside_inspect.recipes import Recipe, card_recipe
-from lineside_inspect.server.app import create_app
 from lineside_inspect.store.models import GateReportRow
 
-from .conftest import MODEL, ROLE_KEYS, ROOT, keyed
+from .conftest import MODEL
 from .test_gate_fused import _golden
-from .test_gate_partner import _lifecycle, _twin, make_parts
+from .test_gate_partner import _lifecycle, _twin, gating_server, make_parts
 
 LINE = Recipe(name="line", model="deeppcb")
 WIDER = LINE.model_copy(update={"min_size_px": 2})  # other rules, the same verdicts here
@@ -257,17 +255,8 @@ def test_over_http_a_replaced_or_deleted_recipe_refuses_and_a_force_names_the_pa
     """PUT and DELETE /v1/recipes/line after the pass: 409 gate_failed naming the report,
     the recipe and the call to gate again; a forced activation is recorded with the pass;
     the recipe put back as it was gated admits."""
-    roots = tmp_path / "models"
-    twin = _twin(roots)
-    _golden(tmp_path / GOLDEN_DIR)
-    settings = keyed(data_dir=str(tmp_path), model_roots=[str(ROOT / "models"), str(roots)],
-                     store_pass_rate=1.0, lifecycle={"gate": {"require_gate": True}})
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        client.headers["Authorization"] = f"Bearer {ROLE_KEYS['admin']}"
-        r = client.post("/v1/models", json={"path": str(twin), "activate": False})
-        assert r.status_code == 200, r.text
-        line = LINE.model_dump(mode="json", exclude_none=True)
-        assert client.put("/v1/recipes/line", json=line).status_code == 200
+    line = LINE.model_dump(mode="json", exclude_none=True)
+    with gating_server(tmp_path, LINE) as client:
         r = client.post("/v1/models/deeppcb/gate",
                         json={"version": "twin", "golden": "g", "recipe": "line"})
         assert r.status_code == 200 and r.json()["passed"], r.text
