@@ -176,11 +176,15 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
     """None (the SQLite default) or a fresh database on the PostgreSQL server."""
     if request.param == "sqlite":
         return None
+    return fresh_database(request.getfixturevalue("postgres"))
+
+
+def fresh_database(server: str) -> str:
+    """A new database on the PostgreSQL ``server`` (the ``postgres`` fixture's URL): its URL."""
     import uuid
 
     from sqlalchemy import create_engine, text
 
-    server = request.getfixturevalue("postgres")
     name = f"t_{uuid.uuid4().hex[:10]}"
     admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as c:

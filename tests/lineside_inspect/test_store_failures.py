@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from lineside_inspect.store import Store
 from lineside_inspect.store import store as store_module
 from lineside_inspect.store.models import OutboxRow
 
-from .conftest import SAMPLE, keyed, start_server
+from .conftest import SAMPLE, fresh_database, keyed, start_server
 from .test_line_mqtt import MOSQUITTO, PASSWORDS, Broker, Subscriber, wait_for
 from .test_store import MODEL, _inspection
 
@@ -51,11 +50,10 @@ def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
 @pytest.fixture
 def pg_database(postgres: str) -> Iterator[str]:
     """A fresh database on the session's PostgreSQL server; its URL."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
+    url = fresh_database(postgres)
+    yield url
+    name = url.rsplit("/", 1)[1]
     admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    yield f"{postgres}/{name}"
     with admin.connect() as c:  # whatever a test changed, the next one starts clean
         c.execute(text(f'ALTER DATABASE "{name}" RESET ALL'))
     admin.dispose()

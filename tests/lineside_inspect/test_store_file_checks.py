@@ -18,6 +18,7 @@ import socket
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -196,20 +197,26 @@ def open_folder() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@contextmanager
+def as_nobody() -> Iterator[None]:
+    """Run as ``nobody`` when run as root (root reads any file), else as the user."""
+    root = os.geteuid() == 0
+    if root:
+        os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        if root:
+            os.seteuid(0)
+
+
 def test_a_database_the_user_may_not_read_is_one_line(open_folder: Path) -> None:
     """Mode 000: as root, checked as ``nobody`` (root reads any file)."""
     folder = open_folder / "store"
     _made(folder)
     (folder / DB_FILE).chmod(0)
-    root = os.geteuid() == 0
-    if root:
-        os.seteuid(NOBODY)
-    try:
-        with pytest.raises(ConfigError) as exc:
-            check_sqlite_store(f"sqlite:///{folder / DB_FILE}", folder)
-    finally:
-        if root:
-            os.seteuid(0)
+    with as_nobody(), pytest.raises(ConfigError) as exc:
+        check_sqlite_store(f"sqlite:///{folder / DB_FILE}", folder)
     assert exc.value.message.startswith(
         f"the store's database {folder / DB_FILE} cannot be read (Permission denied): give "
         "the user Lineside runs as read and write access to it"), exc.value.message
@@ -229,15 +236,8 @@ def test_a_log_beside_the_database_the_user_may_not_read_is_named(
             shutil.copy(live / name, folder / name)
     before = _state(folder)
     (folder / (DB_FILE + beside)).chmod(0)
-    root = os.geteuid() == 0
-    if root:
-        os.seteuid(NOBODY)
-    try:
-        with pytest.raises(ConfigError) as exc:
-            check_sqlite_store(f"sqlite:///{folder / DB_FILE}", folder)
-    finally:
-        if root:
-            os.seteuid(0)
+    with as_nobody(), pytest.raises(ConfigError) as exc:
+        check_sqlite_store(f"sqlite:///{folder / DB_FILE}", folder)
     assert exc.value.message == (
         f"the store's database {folder / DB_FILE} cannot be opened: {DB_FILE}{beside} beside "
         "it cannot be read (Permission denied): give the user Lineside runs as read and "

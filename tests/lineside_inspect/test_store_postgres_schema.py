@@ -26,21 +26,16 @@ from lineside_inspect.cli import app
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.store.store import SCHEMA_TABLE, SCHEMA_VERSION, Store
 
-from .conftest import ROOT, _initdb
+from .conftest import ROOT, _initdb, fresh_database
 
 MODEL = ROOT / "models" / "deeppcb" / "1"
 runner = CliRunner()
 
 
 @pytest.fixture
-def pg(postgres: str) -> Iterator[str]:
+def pg(postgres: str) -> str:
     """A fresh database on the session's PostgreSQL server; its URL."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    yield f"{postgres}/{name}"
+    return fresh_database(postgres)
 
 
 def sql(url: str, *statements: str) -> list[list[tuple[object, ...]]]:
