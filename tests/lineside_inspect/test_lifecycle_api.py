@@ -102,7 +102,10 @@ def test_golden_gate_and_forced_activation(launch: Callable[..., Running], varia
         # ... so it is not activated, not even by loading it with activate
         r = admin.post("/v1/models/deeppcb/activate", json={"version": "blind"})
         assert r.status_code == 409 and r.json()["error"]["code"] == "gate_failed"
-        assert report["id"] in r.json()["error"]["message"]
+        # the report and the recipe it failed under (session 43, fleet pass: several may
+        # judge a version, and the refusal named the report only)
+        assert (f"failed its gate (report {report['id']} under recipe {report['recipe']} on "
+                "golden set line1:1: ") in r.json()["error"]["message"]
         r = admin.post("/v1/models", json={"path": str(variants / "deeppcb" / "blind")})
         assert r.status_code == 409 and "did not activate" in r.json()["error"]["message"]
         assert admin.get("/v1/models").json()[0]["active"] == "1"

@@ -376,8 +376,12 @@ class Lifecycle:
             reasons = failed.readable_report().get("reasons")
             why = ("; ".join(str(r) for r in reasons) if isinstance(reasons, list) else ""
                    ) or "it failed"
-            refused = (f"{card.name} {card.version} failed its gate (report {failed.id} on golden "
-                       f"set {failed.golden_name}:{failed.golden_version}: {why})")
+            # the recipe it failed under: with several judging it (require_gate), which one
+            # is what an admin, or a hub's fleet page, must see (session 43, fleet pass)
+            under = failed.readable_report().get("recipe")
+            named = f" under recipe {under}" if isinstance(under, str) else ""
+            refused = (f"{card.name} {card.version} failed its gate (report {failed.id}{named} "
+                       f"on golden set {failed.golden_name}:{failed.golden_version}: {why})")
         rolled = self.records.last_rollback(card.name, card.version)
         passed = st.any_pass
         if refused is None and rolled is not None and (
@@ -1170,6 +1174,20 @@ class Lifecycle:
             reports = self.gate_all(model, version, golden=golden,
                                     golden_version=golden_version, actor=actor)
             report = next((r for r in reports if r.recipe == rule.name), reports[0])
+            failed = [r for r in reports if not r.passed]
+            if failed and not force:
+                # every recipe it failed under, and why: the activation would name one (a
+                # fleet box reports this to its hub; session 43, fleet pass)
+                passed = [r.recipe for r in reports if r.passed]
+                raise GateRefused(
+                    f"{model} {version} failed its gate under {len(failed)} of {len(reports)} "
+                    f"recipe(s) that would judge it, on golden set {failed[0].golden.name}:"
+                    f"{failed[0].golden.version}: "
+                    + "; ".join(f"recipe {r.recipe} (report {r.id}): {'; '.join(r.reasons)}"
+                                for r in failed)
+                    + (f" (passed under {', '.join(passed)})" if passed else "")
+                    + "; it may not become active unless an admin forces it with a reason "
+                    "(force: true, reason: ...), which is recorded")
         else:
             report = self.gate(model, version, golden=golden, golden_version=golden_version,
                                recipe=rule.name if recipe is not None else None, actor=actor)

@@ -12,9 +12,12 @@ over a folder a loaded version serves from: the same package there is kept as it
 and activated through the lifecycle:
 
 - a golden set named after the model exists on the box: ``Lifecycle.promote`` (the gate
-  against the active version; refused when it fails; then the watched rollout);
+  against the active version, with ``require_gate`` under every recipe that would judge
+  it; refused when one fails, naming each; then the watched rollout);
 - otherwise ``Lifecycle.activate``, the path ``POST /v1/models/{name}/activate`` takes
-  (a failed gate report refuses it; the audit log records actor ``fleet``).
+  (a failed gate report refuses it, and with ``require_gate`` a missing or stale pass
+  under any judging recipe: the refusal the hub sees then says first that the box keeps
+  no golden set named after the model; the audit log records actor ``fleet``).
 
 Anything refused is logged, kept in :meth:`ModelPuller.errors` (the box's status reports
 them as ``model_errors``) and never loaded; the same package is not fetched again until
@@ -464,8 +467,18 @@ class ModelPuller:
             lifecycle.promote(m.name, m.version, golden=m.name, actor=ACTOR,
                               reason=f"fleet assignment ({self.fleet.line or 'no line'})")
         else:
-            lifecycle.activate(m.name, m.version, actor=ACTOR,
-                               reason=f"fleet assignment ({self.fleet.line or 'no line'})")
+            try:
+                lifecycle.activate(m.name, m.version, actor=ACTOR,
+                                   reason=f"fleet assignment ({self.fleet.line or 'no line'})")
+            except GateRefused as exc:
+                if previous in (None, m.version) or m.name in golden.names():
+                    raise
+                # said first: the hub's fleet page shows 500 characters of it, and the
+                # lifecycle's refusal ends with what the box holds (session 43, fleet pass)
+                raise GateRefused(
+                    f"this box keeps no golden set named {m.name}, the only one a pull gates "
+                    f"with (lineside golden create {m.name} ... on the box): activated as by "
+                    f"hand, refused: {exc.message}") from None
         if not any(r.model == m.name for r in registry.recipes()):
             registry.add_recipe(card_recipe(registry.detector(m.name, m.version).card))
         publish_state(self.app.state.metrics, registry)
