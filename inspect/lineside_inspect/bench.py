@@ -20,7 +20,7 @@ from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.errors import BenchError
 from lineside_inspect.imageio import IMAGE_SUFFIXES
 from lineside_inspect.runtime.detector import Detector
-from lineside_inspect.serve_process import stopped_at_exit
+from lineside_inspect.serve_process import stopped_at_exit, temp_directory
 
 
 def bench_model(package: str | Path, *, runs: int = 50, batches: list[int] | None = None,
@@ -314,7 +314,6 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
     block: both servers run from the start, and each of ``rounds`` rounds takes its share
     of every measurement in turn (in-process, store on, store off), each load beside its
     own in-process baseline. The figures are medians over the rounds."""
-    import tempfile
 
     from lineside_inspect.imageio import decode_image
     from lineside_inspect.inspector import inspect
@@ -341,7 +340,7 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
     span = seconds / rounds
     stores = (True, False)
     # servers: stopped at the end, however it comes (a Ctrl-C or SIGTERM while they start too)
-    with tempfile.TemporaryDirectory(prefix="lineside-bench-") as tmp, stopped_at_exit():
+    with temp_directory("lineside-bench-") as tmp, stopped_at_exit():
         servers: dict[bool, tuple[Any, str]] = {}
         starting: dict[bool, Future[tuple[Any, str]]] = {}
         with ThreadPoolExecutor(len(stores)) as pool:  # both start at once
@@ -451,7 +450,6 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
     fast PLC cycle; Modbus has no push), each poll one round trip."""
     import asyncio
     import json
-    import tempfile
 
     use_one_arena()  # as lineside serve runs (see lineside_inspect.allocator)
     try:
@@ -568,7 +566,7 @@ def bench_line(package: str | Path, frames_folder: str | Path, *, triggers: int 
     try:
         os.environ.update(line_env)
         # the server: stopped at the end, also on a Ctrl-C (SIGTERM) while it starts
-        with tempfile.TemporaryDirectory(prefix="lineside-bench-line-") as tmp, stopped_at_exit():
+        with temp_directory("lineside-bench-line-") as tmp, stopped_at_exit():
             _, url = _serve_process(Path(package).resolve(), Path(tmp), store=True,
                                     threads=None, concurrency=2)
             asyncio.run(run(url))

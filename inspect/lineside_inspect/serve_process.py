@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import weakref
@@ -190,6 +191,22 @@ def interrupts_held() -> Iterator[None]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         for signum in dict.fromkeys(came):
             signal.raise_signal(signum)  # (its own handler: a KeyboardInterrupt, or the end)
+
+
+def temp_directory(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """``tempfile.TemporaryDirectory(prefix=prefix)``, SIGINT and SIGTERM held while it is
+    made. One after mkdtemp's mkdir, before the object had its finalizer (a kill can come
+    at any moment), left the folder behind; held, it comes once the object owns the folder,
+    which is removed here when the held signal comes."""
+    made: tempfile.TemporaryDirectory[str] | None = None
+    try:
+        with interrupts_held():
+            made = tempfile.TemporaryDirectory(prefix=prefix)
+    except BaseException:
+        if made is not None:
+            made.cleanup()
+        raise
+    return made
 
 
 def _popen(args: list[str], env: dict[str, str] | None,

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
@@ -339,6 +340,59 @@ def test_bench_hub_stopped_by_sigterm_removes_its_folder(tmp_path: Path) -> None
     _interrupted(["bench", "hub", "--config", str(fifo), "--review-list", "0"], signal.SIGTERM,
                  tmp_path, temp, "lineside-bench-hub-*", TMPDIR=str(temp))
     assert list(temp.iterdir()) == []
+
+
+def _kill_as_mkdtemp_returns(monkeypatch: pytest.MonkeyPatch, temp: Path) -> None:
+    """``tempfile.mkdtemp`` in ``temp``, SIGTERM sent to this process once its folder is
+    made, before the caller has its name: the moment a loaded machine deschedules a bench
+    just after the mkdir, and the test above's ``kill`` lands (session 43)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args: Any, **kwargs: Any) -> Any:
+        made = real(*args, **kwargs)
+        # only under the command's own handler: SIGTERM's default would end pytest
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        signal.raise_signal(signal.SIGTERM)
+        return made
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+
+
+def test_bench_hub_stopped_as_its_folder_is_made_removes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test above failed once under load: exit code 130 and "interrupted", and the
+    lineside-bench-hub-* folder left. Its SIGTERM came after mkdtemp's mkdir and before
+    bench hub held the name, outside the ``try`` that removes it. Sent at that moment
+    here, every time: the signal waits until the name is kept."""
+    monkeypatch.setattr(user_files, "FIFO_WAIT_S", 0.2)  # (a signal lost: exit code 2 soon)
+    fifo = tmp_path / "hub.yaml"
+    os.mkfifo(fifo)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    _kill_as_mkdtemp_returns(monkeypatch, temp)
+    result = runner.invoke(app, ["bench", "hub", "--config", str(fifo), "--review-list", "0"])
+    _one_line(result, "interrupted", code=130)
+    assert list(temp.iterdir()) == []
+
+
+def test_the_other_benches_stopped_as_their_folder_is_made_remove_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same moment in bench hub's review list (its folder and hub.yaml were made
+    outside its ``try``) and in the TemporaryDirectory of bench server, line and shadow
+    (inside its ``__init__``, before its finalizer existed)."""
+    from lineside_inspect.cli import sigterm_as_ctrl_c
+    from lineside_inspect.fleet.hub.bench_reviews import bench_review_list
+    from lineside_inspect.serve_process import temp_directory
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    _kill_as_mkdtemp_returns(monkeypatch, temp)
+    for make in (lambda: temp_directory("lineside-bench-"),
+                 lambda: bench_review_list(f"postgresql://x@127.0.0.1:{free_port()}/x", n=1)):
+        with pytest.raises(KeyboardInterrupt), sigterm_as_ctrl_c():
+            make()
+        assert list(temp.iterdir()) == []
 
 
 def test_a_misspelt_key_names_the_keys_meant(tmp_path: Path) -> None:

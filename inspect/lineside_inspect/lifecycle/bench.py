@@ -23,7 +23,6 @@ the same run. A figure, not an assertion: the machine's other work moves it.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import numpy as np
 
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.imageio import IMAGE_SUFFIXES
-from lineside_inspect.serve_process import stopped_at_exit
+from lineside_inspect.serve_process import stopped_at_exit, temp_directory
 
 if TYPE_CHECKING:
     import httpx
@@ -172,7 +171,7 @@ def bench_shadow(package: str | Path, shadow: str | Path, frames: str | Path, *,
     loads = {"line rate": (1, 1.0 / rate_hz), "saturated": (clients, None)}
     rows = {(load, on): _Phase(load, on) for load in loads for on in (False, True)}
     # the server: stopped at the end, also on a Ctrl-C (SIGTERM) while it starts
-    with tempfile.TemporaryDirectory(prefix="lineside-bench-shadow-") as tmp, stopped_at_exit():
+    with temp_directory("lineside-bench-shadow-") as tmp, stopped_at_exit():
         # the shadow and the partner are loaded over the API: from their folders, wherever
         # they are (a shadow outside the active package's models/ folder was a 403 traceback)
         roots = [Path(p).resolve().parent.parent for p in (package, shadow, fused_with)

@@ -131,17 +131,24 @@ def bench_review_list(database_url: str, *, n: int = 100_000, rounds: int = 30,
     import yaml
     from sqlalchemy import create_engine, text
 
-    from lineside_inspect.serve_process import free_port, start, stopped_at_exit
+    from lineside_inspect.serve_process import free_port, interrupts_held, start, stopped_at_exit
 
     port = free_port()
-    folder = Path(workdir or tempfile.mkdtemp(prefix="lineside-bench-hub-"))
     key = uuid.uuid4().hex
-    (folder / "hub.yaml").write_text(yaml.safe_dump({
-        "database_url": database_url, "data_dir": str(folder / "hub-data"), "port": port,
-        "objects": objects or {"endpoint": "127.0.0.1:9", "access_key": "x", "secret_key": "x",
-                               "timeout_s": 1},
-        "api_keys": [{"name": "bench", "role": "reviewer", "key": key}]}))
+    made: Path | None = None
     try:
+        # a SIGTERM (Ctrl-C) as mkdtemp returned, or while hub.yaml was written, left the
+        # folder behind: held until its name is kept, then raised inside this try
+        if workdir:
+            folder = Path(workdir)
+        else:
+            with interrupts_held():
+                folder = made = Path(tempfile.mkdtemp(prefix="lineside-bench-hub-"))
+        (folder / "hub.yaml").write_text(yaml.safe_dump({
+            "database_url": database_url, "data_dir": str(folder / "hub-data"), "port": port,
+            "objects": objects or {"endpoint": "127.0.0.1:9", "access_key": "x",
+                                   "secret_key": "x", "timeout_s": 1},
+            "api_keys": [{"name": "bench", "role": "reviewer", "key": key}]}))
         with stopped_at_exit():  # the hub, also on a Ctrl-C (SIGTERM) while it starts
             # ready once the hub has made its tables
             _, url = start(["hub", "--config", str(folder / "hub.yaml")], port,
@@ -158,8 +165,8 @@ def bench_review_list(database_url: str, *, n: int = 100_000, rounds: int = 30,
                 engine.dispose()
                 rows = review_list_latency(client, rounds=rounds)
     finally:
-        if workdir is None:  # the hub's folder was ours: it held a log and nothing kept
-            shutil.rmtree(folder, ignore_errors=True)
+        if made is not None:  # the hub's folder was ours: it held a log and nothing kept
+            shutil.rmtree(made, ignore_errors=True)
     return {"inspections": held, "seed_s": round(seeded, 1), "rounds": rounds, "queries": rows}
 
 
