@@ -430,6 +430,10 @@ class GateRefused(LinesideError):
     code = "gate_failed"
     status = 409
 
+    def __init__(self, message: str, *, failed: str | None = None) -> None:
+        super().__init__(message)
+        self.failed = failed  # the failed gate report that refuses it, when that is why
+
 
 class RecipeBreaksCamera(LinesideError):
     """A recipe put over the API that a configured camera triggers with, whose model needs

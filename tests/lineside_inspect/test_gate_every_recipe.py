@@ -191,6 +191,77 @@ def test_a_promotion_gates_under_every_judging_recipe_before_it_activates(
         assert admitted["version"] == "twin" and not admitted["forced"]
 
 
+def test_a_promotion_failing_under_many_recipes_is_told_in_a_few_and_forced_records_each(
+        tmp_path: Path) -> None:
+    """A promotion failing under several recipes told each in full in its 409, without
+    end as recipes are put; forced, its audit entry named one of the failed reports it
+    overrode (session 43, late review). Three are told and the rest counted; forced, every
+    failure is recorded by its recipe."""
+    from .test_lifecycle_api import variant
+
+    with gating_server(tmp_path, LINE) as client:
+        blind = variant(tmp_path / "models", "blind", 0.999)  # escapes under any of them
+        assert client.post("/v1/models", json={"path": str(blind), "activate": False}
+                           ).status_code == 200
+        for name in ("a", "b"):  # with line and the card's own: four judge it
+            r = client.put(f"/v1/recipes/{name}", json={"name": name, "model": "deeppcb"})
+            assert r.status_code == 200, r.text
+        r = client.post("/v1/models/deeppcb/promote", json={"version": "blind", "golden": "g"})
+        assert r.status_code == 409, r.text
+        said = r.json()["error"]["message"]
+        assert said.startswith("deeppcb blind failed its gate under 4 of 4 recipe(s)"), said
+        assert said.count("escape(s) on the golden set") == 3, said
+        assert ("; and under 1 more (GET /v1/models/deeppcb/gates lists each); it may not "
+                "become active") in said, said
+        failed = {g["recipe"]: g["id"] for g in client.get("/v1/models/deeppcb/gates").json()[
+            "items"] if g["candidate"]["version"] == "blind" and not g["passed"]}
+        assert sorted(failed) == ["a", "b", "deeppcb-default", "line"]
+
+        r = client.post("/v1/models/deeppcb/promote", json={
+            "version": "blind", "golden": "g", "force": True, "reason": "night shift"})
+        assert r.status_code == 200, r.text
+        (entry,) = client.get("/v1/audit", params={"model": "deeppcb", "action":
+                                                   "force_promote"}).json()["items"]
+        gated = {g["recipe"]: g["id"] for g in client.get("/v1/models/deeppcb/gates").json()[
+            "items"] if g["candidate"]["version"] == "blind" and not g["passed"]
+            and g["id"] not in failed.values()}  # the forced promotion's own gates
+        assert entry["details"]["gate_failed"] == gated and len(gated) == 4, entry
+
+
+def test_a_box_says_it_keeps_no_golden_set_only_when_that_is_why_a_pull_is_refused(
+        tmp_path: Path) -> None:
+    """A pull activated as by hand (no golden set named after the model) and refused was
+    said to be for want of that golden set whatever refused it: a failed gate report
+    stands whatever a pull would gate with, so it is said as the lifecycle says it
+    (session 43, late review); a version without a pass still gets the note first."""
+    from lineside_inspect.fleet.box.models import ModelPuller
+    from lineside_inspect.fleet.protocol import AssignedModel
+    from lineside_inspect.package import card_digest, load_package
+
+    from .test_lifecycle_api import variant
+
+    with gating_server(tmp_path, LINE) as client:
+        app = client.app
+        puller = ModelPuller(app, app.state.settings)  # type: ignore[attr-defined]
+        blind = variant(tmp_path / "models", "blind", 0.999)
+        assert client.post("/v1/models", json={"path": str(blind), "activate": False}
+                           ).status_code == 200
+        r = client.post("/v1/models/deeppcb/gate",
+                        json={"version": "blind", "golden": "g", "recipe": "line"})
+        assert r.status_code == 200 and not r.json()["passed"], r.text
+        said = {}
+        for version, path in (("blind", blind), ("twin", tmp_path / "models" / "deeppcb" /
+                                                  "twin")):
+            with pytest.raises(GateRefused) as refused:
+                puller._activate(path, AssignedModel(name="deeppcb", version=version,
+                                                     sha256="0" * 64),
+                                 card_digest(load_package(path).card))
+            said[version] = refused.value.message
+        assert said["blind"].startswith(f"deeppcb blind failed its gate (report {r.json()['id']}"
+                                        " under recipe line"), said["blind"]
+        assert said["twin"].startswith("this box keeps no golden set named deeppcb"), said
+
+
 def test_a_refusals_gate_call_names_the_golden_set_the_server_has(
         parts: dict[str, Any], tmp_path: Path) -> None:
     """A version with no report said ``"golden": "<golden set>"`` in the call it suggests,

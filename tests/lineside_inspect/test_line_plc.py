@@ -1246,6 +1246,30 @@ def test_a_held_back_count_is_told_when_its_message_is_forgotten(
     assert len(told) == 2 + peer_logs.MAX_KEYS
 
 
+def test_a_library_message_that_does_not_format_is_not_raised_into_the_library(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Formatting a record in the bound (a filter) raised into the library's call when its
+    arguments did not format, or an argument's str() raised: the library's handling of a
+    peer's request failed where a handler would have reported it and gone on (session
+    43, late review). It passes now, said as it was sent and why it did not format."""
+    class Peer:
+        def __str__(self) -> str:
+            raise ValueError("no text")
+
+    bound = peer_logs.PeerLogBound(clock=lambda: 0.0)
+    logger = logging.getLogger("lineside.test_peer_logs_format")
+    logger.addFilter(bound)
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            logger.warning("value %d", "peer text")
+            logger.error("write refused: %s", Peer())
+    finally:
+        logger.removeFilter(bound)
+    told = [r.getMessage() for r in caplog.records if r.name == logger.name]
+    assert told == ["value %d (its arguments did not format: TypeError)",
+                    "write refused: %s (its arguments did not format: ValueError)"]
+
+
 def test_a_modbus_adapter_stopping_tells_what_the_bound_held_back(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """A count held back when the Modbus server stops (a restart, a shutdown) was never

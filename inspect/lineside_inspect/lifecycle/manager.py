@@ -66,6 +66,15 @@ _PUT_FIRST = "under the recipe as it is being put"
 SYSTEM = "lineside"  # the actor of what the server does by itself (an automatic rollback)
 
 
+MAX_TOLD = 3  # failing recipes a refused promotion tells in full
+
+
+def _few(names: list[str], most: int = 10) -> str:
+    """``names``, the first ``most`` of them and how many more."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more"
+                                      if len(names) > most else "")
+
+
 @dataclass
 class _Standing:
     """What a version's gate reports say (:meth:`Lifecycle._reports`)."""
@@ -74,6 +83,7 @@ class _Standing:
     passes: dict[str, GateReportRow] = field(default_factory=dict)  # by judging recipe
     any_pass: GateReportRow | None = None  # the newest current pass, under any recipe
     failed: GateReportRow | None = None  # a failure not cleared: refuses
+    failures: list[GateReportRow] = field(default_factory=list)  # every one not cleared
     missing: dict[str, str] = field(default_factory=dict)  # judging recipe -> why no pass
     why: str = ""  # the refusal (after the model's name and version) when gate is None
     stale_row: GateReportRow | None = None  # a pass that no longer admits
@@ -346,7 +356,8 @@ class Lifecycle:
             return gate or st.any_pass, False, extra
         if not force:
             raise GateRefused(f"{refused}; it may not become {role} unless an admin forces it "
-                              "with a reason (force: true, reason: ...), which is recorded")
+                              "with a reason (force: true, reason: ...), which is recorded",
+                              failed=None if failed is None else failed.id)
         if not reason.strip():
             raise ConfigError("force needs a reason: it is recorded in the audit log")
         # the report that was overridden, recorded with it: a failed one, or the pass that
@@ -358,6 +369,12 @@ class Lifecycle:
             if row is not None:
                 return row, True, {"gate_stale": st.why or refused, **extra}
             return None, True, extra
+        if failed is not None and len(st.failures) > 1:
+            # every failure overridden, by the recipe it failed under: a forced promotion
+            # that failed under several recipes recorded one (session 43, late review)
+            return failed, True, {"gate_failed": {
+                str(r.readable_report().get("recipe") or "?"): r.id
+                for r in reversed(st.failures)}}
         return failed or gate, True, {}
 
     def _standing(self, det: Detector, *, any_pass_clears: bool = False,
@@ -432,6 +449,7 @@ class Lifecycle:
                 or (card_of(r, "candidate") is None and not r.passed)]
         now = [r for r in rows if card_of(r, "against") == active]
         clearing = rows if any_pass_clears else now
+        failures: list[GateReportRow] = []
         for failed in (r for r in rows if not r.passed):
             cleared = any(p.passed and p.created_at > failed.created_at
                           and p.golden_name == failed.golden_name
@@ -446,7 +464,9 @@ class Lifecycle:
                               None, p.readable_report().get("fused_card_sha256"))
                           for p in clearing)
             if not cleared:
-                return _Standing(failed=failed)
+                failures.append(failed)
+        if failures:  # (each is recorded by a forced admission: session 43, late review)
+            return _Standing(failed=failures[0], failures=failures)
         pending = {r.name: r for r in recipes}
         judging, own = self.judging(card.name, card.version, role=role, pending=pending)
         passes: dict[str, GateReportRow] = {}  # the newest current pass under each
@@ -1179,13 +1199,18 @@ class Lifecycle:
                 # every recipe it failed under, and why: the activation would name one (a
                 # fleet box reports this to its hub; session 43, fleet pass)
                 passed = [r.recipe for r in reports if r.passed]
+                # a few in full: one per recipe grew the 409 without end (session 43,
+                # late review); the reports are stored, and listed by /gates
+                more = len(failed) - MAX_TOLD
                 raise GateRefused(
                     f"{model} {version} failed its gate under {len(failed)} of {len(reports)} "
                     f"recipe(s) that would judge it, on golden set {failed[0].golden.name}:"
                     f"{failed[0].golden.version}: "
                     + "; ".join(f"recipe {r.recipe} (report {r.id}): {'; '.join(r.reasons)}"
-                                for r in failed)
-                    + (f" (passed under {', '.join(passed)})" if passed else "")
+                                for r in failed[:MAX_TOLD])
+                    + (f"; and under {more} more (GET /v1/models/{model}/gates lists each)"
+                       if more > 0 else "")
+                    + (f" (passed under {_few(passed)})" if passed else "")
                     + "; it may not become active unless an admin forces it with a reason "
                     "(force: true, reason: ...), which is recorded")
         else:

@@ -60,7 +60,15 @@ class PeerLogBound(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or getattr(record, BOUNDED, False):
             return True
-        text = record.getMessage().split(_DUMP, 1)[0]
+        try:
+            text = record.getMessage()
+        except Exception as exc:
+            # a library's message whose arguments do not format (or whose str() raises): a
+            # handler would have reported it and gone on (handleError), and raised from a
+            # filter it reached the library's code instead, asyncua's or pymodbus's
+            # handling of a peer's request (session 43, late review)
+            text = f"{_said(record.msg)} (its arguments did not format: {type(exc).__name__})"
+        text = text.split(_DUMP, 1)[0]
         # its template when it has one (asyncua: "Write refused: Variant: %s ..."), else
         # its start with the numbers taken out (pymodbus formats its own: "... id: 7")
         shape = record.msg if record.args and isinstance(record.msg, str) else \
@@ -114,6 +122,13 @@ class PeerLogBound(logging.Filter):
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _said(msg: object) -> str:
+    try:
+        return str(msg)
+    except Exception:
+        return f"a {type(msg).__name__} message"
 
 
 def _more(n: int) -> str:

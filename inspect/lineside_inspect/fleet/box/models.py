@@ -471,7 +471,10 @@ class ModelPuller:
                 lifecycle.activate(m.name, m.version, actor=ACTOR,
                                    reason=f"fleet assignment ({self.fleet.line or 'no line'})")
             except GateRefused as exc:
-                if previous in (None, m.version) or m.name in golden.names():
+                if previous in (None, m.version) or m.name in golden.names() \
+                        or exc.failed is not None:
+                    # (a failed report stands whatever a pull would gate with: a pass on
+                    # another golden set does not clear it; session 43, late review)
                     raise
                 # said first: the hub's fleet page shows 500 characters of it, and the
                 # lifecycle's refusal ends with what the box holds (session 43, fleet pass)
