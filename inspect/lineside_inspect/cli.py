@@ -373,8 +373,9 @@ def data_pull(
     from datetime import datetime
 
     from lineside_inspect.store import Store
+    from lineside_inspect.store.checks import check_database
     from lineside_inspect.store.pull import pull_from_server, pull_from_store
-    from lineside_inspect.store.store import DB_FILE, check_database, default_url
+    from lineside_inspect.store.store import DB_FILE, default_url
 
     try:
         when = datetime.fromisoformat(since) if since else None
@@ -1053,7 +1054,8 @@ def _golden_items(data: Path | None, split: str | None, good: Path | None, bad: 
             items += golden.from_folder(folder, expected=expected, limit=limit)  # type: ignore[arg-type]
     if store is not None:
         from lineside_inspect.store import Store
-        from lineside_inspect.store.store import DB_FILE, check_database, default_url
+        from lineside_inspect.store.checks import check_database
+        from lineside_inspect.store.store import DB_FILE, default_url
 
         if not (store / DB_FILE).exists() and database_url is None:  # read, never made here
             raise GoldenSetError(f"--store {store}: no {DB_FILE} here; give the server's "

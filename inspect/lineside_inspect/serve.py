@@ -294,7 +294,8 @@ def preflight(settings: Settings) -> None:
         # a URL that does not parse, a database down, a SQLite file that is damaged or
         # another program's: one line, not the start-up's traceback (the hub checked its
         # own; a box's store did not), and the file left as it is
-        from lineside_inspect.store.store import check_database, default_url
+        from lineside_inspect.store.checks import check_database
+        from lineside_inspect.store.store import default_url
 
         check_database(settings.database_url or default_url(settings.data_dir),
                        "the server's database", data_dir=settings.data_dir)

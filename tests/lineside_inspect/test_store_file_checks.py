@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 
 from lineside_inspect.cli import app
 from lineside_inspect.errors import ConfigError
-from lineside_inspect.store.store import DB_FILE, SCHEMA_VERSION, Store, check_sqlite_store
+from lineside_inspect.store.checks import SCHEMA_VERSION, check_sqlite_store
+from lineside_inspect.store.store import DB_FILE, Store
 
 from .conftest import ROOT
 

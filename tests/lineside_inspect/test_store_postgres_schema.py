@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 from lineside_inspect.cli import app
 from lineside_inspect.errors import ConfigError
-from lineside_inspect.store.store import SCHEMA_TABLE, SCHEMA_VERSION, Store
+from lineside_inspect.store.checks import SCHEMA_TABLE, SCHEMA_VERSION
+from lineside_inspect.store.store import Store
 
 from .conftest import ROOT, _initdb, fresh_database
 

@@ -43,7 +43,7 @@ from lineside_inspect.server.routes import health
 from lineside_inspect.server.sessions import SessionStore
 from lineside_inspect.server.throttle import SignInThrottle
 from lineside_inspect.server.unexpected import CatchUnexpected
-from lineside_inspect.store.store import check_database
+from lineside_inspect.store.checks import check_database
 from lineside_inspect.version import __version__
 
 log = logging.getLogger("lineside.hub")
