@@ -1,10 +1,12 @@
 """The lifecycle of a server's models: what may judge parts (active or shadow), decided
 by gate reports and recorded with who, when and why.
 
-Admission rule (:meth:`Lifecycle._reports`): a version with a failed gate report (for its
-graph and card) not cleared by a later pass against the active version on the same golden
-set and recipe is refused (409 ``gate_failed``) unless an admin forces it with a reason;
-the forced admission is recorded in the audit log and the admissions table. A passing
+Admission rule (:mod:`lineside_inspect.lifecycle.admission`, which ``Lifecycle`` inherits;
+:meth:`~lineside_inspect.lifecycle.admission.AdmissionRules._reports`): a version with a
+failed gate report (for its graph and card) not cleared by a later pass against the
+active version on the same golden set and recipe is refused (409 ``gate_failed``)
+unless an admin forces it with a reason; the forced admission is recorded in the audit
+log and the admissions table. A passing
 report admits only while the version it was compared with is the active one, while its
 recipe fuses the partner card it was judged with (or none, if judged alone), and while that
 recipe still judges the model by the rules it was judged by (``recipe_sha256``; a card's
@@ -21,7 +23,6 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,24 +31,22 @@ from lineside_inspect.errors import (
     Busy,
     ConfigError,
     GateRefused,
-    LinesideError,
     NotFoundError,
 )
+from lineside_inspect.lifecycle.admission import AdmissionRules
 from lineside_inspect.lifecycle.alarm import Change, FailRateAlarm
 from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.lifecycle.gate import (
     GateReport,
     gated_as,
-    rules_digest,
-    rules_digests,
     run_gate,
 )
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
 from lineside_inspect.lifecycle.shadow import ShadowRunner
-from lineside_inspect.package import ModelCard, card_digest, default_recipe_name
+from lineside_inspect.package import default_recipe_name
 from lineside_inspect.recipes import Recipe, card_recipe
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.server.registry import Registry
@@ -60,9 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lineside.lifecycle")
 AUDIT_DRAIN_S = 5.0  # what the alarm's audit writer may take at shutdown
-_NOW = "under what judges it now"  # how a stale pass's model is gated again (_stale_note)
-# ... when the recipe is being put (a pin) as no recipe of its name stands (_put_first)
-_PUT_FIRST = "under the recipe as it is being put"
 SYSTEM = "lineside"  # the actor of what the server does by itself (an automatic rollback)
 
 
@@ -75,22 +71,7 @@ def _few(names: list[str], most: int = 10) -> str:
                                       if len(names) > most else "")
 
 
-@dataclass
-class _Standing:
-    """What a version's gate reports say (:meth:`Lifecycle._reports`)."""
-
-    gate: GateReportRow | None = None  # admits: a current pass under each judging recipe
-    passes: dict[str, GateReportRow] = field(default_factory=dict)  # by judging recipe
-    any_pass: GateReportRow | None = None  # the newest current pass, under any recipe
-    failed: GateReportRow | None = None  # a failure not cleared: refuses
-    failures: list[GateReportRow] = field(default_factory=list)  # every one not cleared
-    missing: dict[str, str] = field(default_factory=dict)  # judging recipe -> why no pass
-    why: str = ""  # the refusal (after the model's name and version) when gate is None
-    stale_row: GateReportRow | None = None  # a pass that no longer admits
-    own: bool = False  # what judges is the card's own recipe taken for want of any
-
-
-class Lifecycle:
+class Lifecycle(AdmissionRules):
     def __init__(self, settings: LifecycleSettings, *, registry: Registry, data_dir: str | Path,
                  device: str = "auto", max_pixels: int | None = None) -> None:
         self.settings = settings
@@ -331,491 +312,6 @@ class Lifecycle:
                                "false_rejects": report.candidate.false_rejects})
         return report
 
-    def _admission(self, det: Detector, *, force: bool, reason: str, role: str,
-                   recipes: Sequence[Recipe] = ()
-                   ) -> tuple[GateReportRow | None, bool, dict[str, Any]]:
-        """The gate report that admits ``det``, whether the admission is forced, and what
-        the audit entry adds (the current pass under each recipe that judges it, when more
-        than one does: ``gate_reports``; a forced admission over passes that do not admit:
-        ``gate_stale``, why, and ``gate_missing``, the recipes without one); raises
-        :class:`GateRefused` when it may not judge parts. ``recipes``: recipes about to be
-        put in place of those of their names (a recipe put, an activation's pending ones):
-        a pass is judged by them (:meth:`_pass_stale`), and they may judge ``det``
-        (:meth:`judging`). ``role``: ``pinned`` is judged by the recipes that pin it,
-        ``active`` and ``shadow`` by every recipe that would judge it once active."""
-        card = det.card
-        st, refused = self._standing(det, recipes=recipes, role=role)
-        gate, failed = st.gate, st.failed
-        required = refused is None and gate is None and self.settings.gate.require_gate
-        if required:
-            refused = f"{card.name} {card.version} " + (
-                st.why or self._never_gated(det, st, {r.name: r for r in recipes}, role))
-        if refused is None:
-            extra: dict[str, Any] = ({"gate_reports": {n: r.id for n, r in st.passes.items()}}
-                     if gate is not None and len(st.passes) > 1 else {})
-            return gate or st.any_pass, False, extra
-        if not force:
-            raise GateRefused(f"{refused}; it may not become {role} unless an admin forces it "
-                              "with a reason (force: true, reason: ...), which is recorded",
-                              failed=None if failed is None else failed.id)
-        if not reason.strip():
-            raise ConfigError("force needs a reason: it is recorded in the audit log")
-        # the report that was overridden, recorded with it: a failed one, or the pass that
-        # no longer admitted and why (session 43: it recorded none), and the recipes that
-        # had no current pass (session 43, every judging recipe)
-        if failed is None and gate is None:
-            extra = {"gate_missing": list(st.missing)} if required else {}  # (a list)
-            row = st.stale_row or st.any_pass
-            if row is not None:
-                return row, True, {"gate_stale": st.why or refused, **extra}
-            return None, True, extra
-        if failed is not None and len(st.failures) > 1:
-            # every failure overridden, by the recipe it failed under: a forced promotion
-            # that failed under several recipes recorded one (session 43, late review)
-            return failed, True, {"gate_failed": {
-                str(r.readable_report().get("recipe") or "?"): r.id
-                for r in reversed(st.failures)}}
-        return failed or gate, True, {}
-
-    def _standing(self, det: Detector, *, any_pass_clears: bool = False,
-                  recipes: Sequence[Recipe] = (), role: str = "active"
-                  ) -> tuple[_Standing, str | None]:
-        """(what the reports say, :meth:`_reports`; why it may not judge whatever
-        require_gate says: a failed gate not cleared, or an automatic rollback not followed
-        by a passing gate). ``any_pass_clears``: a
-        failure counts as cleared by a later pass against any version (a rollback goes
-        back to a version once admitted, whatever is active now)."""
-        card = det.card
-        st = self._reports(det, any_pass_clears=any_pass_clears, recipes=recipes, role=role)
-        failed = st.failed
-        refused = None
-        if failed is not None:
-            reasons = failed.readable_report().get("reasons")
-            why = ("; ".join(str(r) for r in reasons) if isinstance(reasons, list) else ""
-                   ) or "it failed"
-            # the recipe it failed under: with several judging it (require_gate), which one
-            # is what an admin, or a hub's fleet page, must see (session 43, fleet pass)
-            under = failed.readable_report().get("recipe")
-            named = f" under recipe {under}" if isinstance(under, str) else ""
-            refused = (f"{card.name} {card.version} failed its gate (report {failed.id}{named} "
-                       f"on golden set {failed.golden_name}:{failed.golden_version}: {why})")
-        rolled = self.records.last_rollback(card.name, card.version)
-        passed = st.any_pass
-        if refused is None and rolled is not None and (
-                passed is None or passed.created_at <= rolled["created_at"]):
-            # the line judged it and took it off: only a new passing gate (or a forced,
-            # recorded decision) puts it back, as after a failed gate
-            refused = (f"{card.name} {card.version} was rolled back automatically at "
-                       f"{rolled['created_at']:%Y-%m-%d %H:%M} UTC ({rolled['reason']}), and "
-                       "has passed no gate since")
-        return st, refused
-
-    def _reports(self, det: Detector, *, any_pass_clears: bool = False,
-                 recipes: Sequence[Recipe] = (), role: str = "active") -> _Standing:
-        """What ``det``'s gate reports say (:class:`_Standing`): the pass that admits it, a
-        failed report that refuses it, or why its passes do not admit it.
-        Only reports made for this card count (the same graph re-calibrated is another
-        candidate); reports from before cards were kept count only when they failed.
-
-        A pass admits only if it compared ``det`` with the active version (graph and card):
-        a pass against another version says nothing about replacing this one. Every
-        failure (against whichever version) stands until a later pass against the active
-        version on the same golden set (that version or a newer one) under the same
-        recipe, fused with the same partner card when the recipe fuses one: a pass on a
-        set, under a recipe or with a partner chosen to be easy does not clear it, nor
-        does making another version active.
-
-        A pass also admits only while its recipe (by name, as it stands now or about to
-        be put: ``recipes``) fuses the partner card it was judged with, or none if it was
-        judged alone (:meth:`_partner_now`; session 42): a pass with good-only version 1
-        says nothing of the verdicts the line gives with version 2. A report from before
-        gates kept the partner (none named) fits a recipe that fuses nothing only. And only
-        while that recipe judges by the rules it was judged by (``recipe_sha256``; session
-        43): a recipe replaced by one with other rules, or gone, stales it
-        (:meth:`_pass_stale`).
-
-        And it admits only with one such pass under each recipe that would judge ``det``
-        once admitted as ``role`` (:meth:`judging`; session 43): a pass under one station's
-        recipe says nothing of another's regions, floors or partner."""
-        card = det.card
-        mine = card_digest(card)
-        active = self._active_card(card.name)
-
-        def card_of(row: GateReportRow, side: str) -> str | None:
-            half = row.readable_report().get(side)
-            return half.get("card_sha256") if isinstance(half, dict) else None
-        rows = [r for r in self.records.gates_of(card.name, card.version, card.sha256)
-                if card_of(r, "candidate") == mine
-                or (card_of(r, "candidate") is None and not r.passed)]
-        now = [r for r in rows if card_of(r, "against") == active]
-        clearing = rows if any_pass_clears else now
-        failures: list[GateReportRow] = []
-        for failed in (r for r in rows if not r.passed):
-            cleared = any(p.passed and p.created_at > failed.created_at
-                          and p.golden_name == failed.golden_name
-                          and p.golden_version >= failed.golden_version
-                          # the same rules, not only the same name: a recipe can be replaced
-                          and self._alike_rules(p.readable_report(), failed.readable_report())
-                          # judged with the partner card that judged the failure: one that
-                          # flags every part passes any detector, hiding the escapes that
-                          # failed it (a failure naming none: fused with nothing, or judged
-                          # before gates took the partner, session 41)
-                          and failed.readable_report().get("fused_card_sha256") in (
-                              None, p.readable_report().get("fused_card_sha256"))
-                          for p in clearing)
-            if not cleared:
-                failures.append(failed)
-        if failures:  # (each is recorded by a forced admission: session 43, late review)
-            return _Standing(failed=failures[0], failures=failures)
-        pending = {r.name: r for r in recipes}
-        judging, own = self.judging(card.name, card.version, role=role, pending=pending)
-        passes: dict[str, GateReportRow] = {}  # the newest current pass under each
-        stale_by: dict[str, tuple[GateReportRow, tuple[str, list[str], str]]] = {}
-        any_pass: GateReportRow | None = None  # the newest current pass, under any recipe
-        first_stale: tuple[str, GateReportRow] | None = None
-        for r in (r for r in now if r.passed):
-            name = r.readable_report().get("recipe")
-            why = self._pass_stale(r, det, pending, own=own and name == judging[0])
-            if why is not None and isinstance(name, str) and self._put_first(
-                    name, pending, det, role):
-                why = (why[0], [name], _PUT_FIRST)  # gated under it as it stands: no use
-            if why is None:
-                any_pass = any_pass or r
-                if isinstance(name, str) and name in judging:
-                    passes.setdefault(name, r)
-                continue
-            first_stale = first_stale or (self._stale_note(r, card.name, *why), r)
-            if isinstance(name, str) and name in judging:
-                stale_by.setdefault(name, (r, why))
-        missing = [n for n in judging if n not in passes]
-        if not missing:
-            return _Standing(gate=passes[judging[0]], passes=passes, any_pass=any_pass, own=own)
-        old = next((r for r in rows if r.passed), None)
-        golden, held = (rows[0].golden_name, "") if rows else self._golden_for(card.name)
-        call = "run " + self._gate_call(card.name, card.version, golden,
-                                        None if own else judging[0]) + " first" + held
-        if self._put_first(judging[0], pending, det, role):
-            call = self._put_first_note(card.name, card.version, golden, judging[0])
-        if role == "pinned" and first_stale is not None:
-            # a pass under another recipe than the one pinning it says nothing of it
-            first_stale = next(((self._stale_note(r, card.name, *w), r)
-                                for n, (r, w) in stale_by.items() if n == judging[0]), None)
-            if first_stale is None:  # (a pass against the active version is not "another")
-                old = next((r for r in rows if r.passed and r not in now), None)
-        if len(judging) == 1 and any_pass is None:
-            # one recipe judges it and no pass under any recipe admits: said as before the
-            # every-recipe rule (session 43)
-            if first_stale is not None:
-                return _Standing(missing=dict.fromkeys(missing, ""), why=first_stale[0],
-                                 stale_row=first_stale[1], own=own)
-            if old is not None:
-                return _Standing(missing=dict.fromkeys(missing, ""), own=own, why=(
-                    "has not been gated against the active version (lifecycle.gate."
-                    f"require_gate); its passing gate report {old.id} compared it with "
-                    f"version {old.against_version}, which is not the active one now: "
-                    f"{call}"), stale_row=old)
-            return _Standing(missing=dict.fromkeys(missing, ""), own=own)
-        if len(missing) == 1 and missing[0] in stale_by:
-            # the one recipe without a current pass had one that went stale: said so, as
-            # before the every-recipe rule
-            row, stale = stale_by[missing[0]]
-            return _Standing(passes=passes, any_pass=any_pass, own=own, stale_row=row,
-                             missing=dict.fromkeys(missing, ""),
-                             why=self._stale_note(row, card.name, *stale))
-        lacking: dict[str, str] = {}
-        for n in missing:
-            if n in stale_by:
-                row, stale = stale_by[n]
-                lacking[n] = f"its passing gate report {row.id} {stale[0]}"
-                continue
-            other = next((r for r in rows if r.passed
-                          and r.readable_report().get("recipe") == n), None)
-            lacking[n] = ("no passing gate report under it" if other is None else
-                          f"its passing gate report {other.id} compared it with version "
-                          f"{other.against_version}, not the active one")
-        stale_row = next((stale_by[n][0] for n in missing if n in stale_by), None)
-        return _Standing(passes=passes, any_pass=any_pass, missing=lacking, stale_row=stale_row,
-                         own=own, why=self._missing_note(det, judging, lacking, golden, role=role,
-                                                own=own, held=held))
-
-    def judging(self, model: str, version: str, *, role: str = "active",
-                pending: dict[str, Recipe] | None = None) -> tuple[list[str], bool]:
-        """The recipes (by name, sorted) whose inspections ``version`` of ``model`` would
-        judge once admitted as ``role`` (session 43), ``pending`` ones in place of those of
-        their names, and whether that is its card's own recipe taken for want of any
-        (``<model>-default``, not put). ``active`` (and ``shadow``): recipes judging with
-        the model that pin no other version of it (the card's own included: it follows the
-        active card), and recipes fusing it, a good-only model, with their detector that
-        pin no other version of it; none: its card's own. ``pinned``: the recipes that pin
-        it. A recipe judged by an OIP v2 endpoint is not judged by a loaded version."""
-        recipes = {r.name: r for r in self.registry.recipes()} | (pending or {})
-        pin = role == "pinned"
-
-        def judges(r: Recipe) -> bool:
-            if r.model == model and r.remote is None:
-                return r.model_version == version if pin else r.model_version in (None, version)
-            fused = r.fused()
-            if fused is not None and fused[0] == model:
-                return fused[1] == version if pin else fused[1] in (None, version)
-            return False
-        names = sorted(n for n, r in recipes.items() if judges(r))
-        return (names, False) if names else ([default_recipe_name(model)], True)
-
-    @staticmethod
-    def _gate_call(model: str, version: str, golden: str, recipe: str | None) -> str:
-        named = "" if recipe is None else f", \"recipe\": \"{recipe}\""
-        return (f"POST /v1/models/{model}/gate {{\"version\": \"{version}\", \"golden\": "
-                f"\"{golden}\"{named}}}")
-
-    def _missing_note(self, det: Detector, judging: list[str], lacking: dict[str, str],
-                      golden: str, *, role: str, own: bool, held: str = "") -> str:
-        """The refusal of a version without a current pass under each recipe that would
-        judge it (after its name and version): which lack one and why, and the calls that
-        gate it under each (and under all at once; ``held``: the golden sets the server
-        holds, :meth:`_golden_for`)."""
-        model, version = det.card.name, det.card.version
-        calls = "; ".join(self._gate_call(model, version, golden, None if own else n)
-                          for n in lacking)
-        note = (f"has no current passing gate report under every recipe that would judge it "
-                f"once admitted, recipe(s) {', '.join(judging)} (lifecycle.gate.require_gate; "
-                "a pass under one recipe says nothing of how another, with other regions, "
-                f"floors or partner, judges it): {len(lacking)} of {len(judging)} without one: "
-                + "; ".join(f"recipe {n}: {why}" for n, why in lacking.items())
-                + f". Gate it under each: {calls}{held}")
-        if role == "pinned":
-            return note + (" (a recipe being put that pins it: put it first as it will "
-                           "stand but following the active version, no model_version, gate "
-                           "under it, then pin; a report of lineside gate is not kept)")
-        if len(lacking) > 1:
-            note += f"; or under all at once: {self._gate_call(model, version, golden, '*')}"
-        return note + " (a report of lineside gate is not kept: it admits nothing here)"
-
-    def _never_gated(self, det: Detector, st: _Standing, pending: dict[str, Recipe],
-                     role: str) -> str:
-        """The refusal of a version with no passing report under the one recipe that
-        would judge it (after its name and version), with the gate call (a recipe being
-        put to pin it: :meth:`_put_first_note`)."""
-        model, version = det.card.name, det.card.version
-        recipe = None if st.own else next(iter(st.missing), None)
-        golden, held = self._golden_for(model)
-        if recipe is not None and self._put_first(recipe, pending, det, role):
-            return (f"has no passing gate report under recipe {recipe} (lifecycle.gate."
-                    "require_gate): " + self._put_first_note(model, version, golden, recipe)
-                    + held)
-        return ("has not been gated against the active version (lifecycle.gate.require_gate): "
-                f"run {self._gate_call(model, version, golden, recipe)} first{held}")
-
-    def _golden_for(self, model: str) -> tuple[str, str]:
-        """The golden set a suggested gate call names for ``model`` when no report of it
-        names one, and what the refusal adds: the set named after the model (the one a
-        fleet pull's promote takes), else this server's only one; else ``<golden set>``
-        and the sets it holds (a few), or that it holds none (session 43, adversarial
-        pass: it said ``<golden set>`` whatever the server held)."""
-        names = [n for n in self.library.names() if self.library.versions(n)]
-        if model in names:
-            return model, ""
-        if len(names) == 1:
-            return names[0], ""
-        if not names:
-            return "<golden set>", (" (this server holds no golden set: make one first, "
-                                    "POST /v1/golden/{name})")
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        return "<golden set>", f" (golden sets here: {shown})"
-
-    def _put_first(self, name: str, pending: dict[str, Recipe], det: Detector,
-                   role: str) -> bool:
-        """Whether recipe ``name`` is being put to pin ``det`` (``role`` pinned) with other
-        content than the recipe of that name as it stands (a pin of ``det``'s version
-        aside), or where none of that name stands: a gate judges under a recipe as it
-        stands, so a gate call under ``name`` cannot admit the pin (session 43 docs pass:
-        the refusal sent the admin round that loop, or to a 404)."""
-        if role != "pinned" or name not in pending:
-            return False
-        standing = self._recipe_now(name, {})
-        return standing is None or not self._same_rules(rules_digest(standing), pending[name],
-                                                        det)
-
-    @staticmethod
-    def _put_first_note(model: str, version: str, golden: str, name: str) -> str:
-        """How to pin ``version`` under recipe ``name`` as it is being put (:meth:`_put_first`)."""
-        return (f"a gate judges under a recipe as it stands, and recipe {name} as it is being "
-                "put is not that one: put it first as it will stand but following the active "
-                f"version (no model_version), gate {model} {version} under it, "
-                f"{Lifecycle._gate_call(model, version, golden, name)}, then put it again with the "
-                "pin")
-
-    def _partner_now(self, rule: Recipe, model: str) -> tuple[str, str | None] | None:
-        """The other model of ``rule``'s fusion that versions of ``model`` are judged with
-        now, as :meth:`_partner` takes it for a gate (the version it pins, else the active
-        one): ("name version", its :func:`card_digest`, None when no such version is
-        loaded or unloaded); None when ``rule`` fuses none."""
-        fused = rule.fused()
-        if fused is None:
-            return None
-        name, pinned = ((rule.model, rule.model_version) if gated_as(rule, model) == "partner"
-                        else fused)
-        slot = self.registry.models().get(name)
-        version = pinned or (None if slot is None else slot.active)
-        if slot is None or version is None:
-            return f"{name} (not loaded)", None
-        if version in slot.versions:
-            return f"{name} {version}", card_digest(slot.versions[version].card)
-        if version in slot.unloaded:
-            return f"{name} {version}", card_digest(slot.unloaded[version].card)
-        return f"{name} {version} (not loaded)", None
-
-    def _pass_stale(self, row: GateReportRow, det: Detector, pending: dict[str, Recipe], *,
-                    own: bool = False) -> tuple[str, list[str], str] | None:
-        """Why the passing report ``row`` of ``det`` no longer says what the line would do
-        (:meth:`_stale_note`'s ``why``, ``recipes`` and ``how``), None when it still does.
-        ``own``: what judges the model is its card's own recipe taken for want of any
-        (:meth:`judging`), which ``row`` names: taken so, as a gate under every judging
-        recipe took it. Its recipe (by name, as it
-        stands or about to be put: ``pending``; a card's own recipe as it follows ``det``'s
-        card, :meth:`_as_it_follows`) must still judge the model, fuse the partner card
-        the pass was judged with (none if judged alone; session 42), and judge by the
-        rules the pass was judged by (``recipe_sha256``; session 43). A recipe gone, or put
-        again judging another model, stales it: what judges the model now is another
-        recipe, or its card's own."""
-        model = det.card.name
-        report = row.readable_report()
-        name = report.get("recipe")
-        if not isinstance(name, str):
-            return ("names no recipe it was judged under", self._judging_now(model, pending),
-                    _NOW)
-        known = {r.name: r for r in self.registry.recipes()} | pending
-        rule = pending.get(name)
-        try:
-            if own and name not in known:
-                rule = card_recipe(self.registry.detector(model).card)
-            elif rule is None:
-                # as the gate took it: a recipe by that name, else (none judging the
-                # model) the active card's own
-                rule = self.recipe_for(model, name if name in known else None, as_partner=True)
-            elif rule.name == name:
-                gated_as(rule, model)  # a recipe put in its place may judge another model
-        except ConfigError:
-            rule = None  # put again judging another model
-        except NotFoundError:
-            return None  # no version of the model judges: nothing to compare with
-        if rule is None or rule.name != name:
-            what = ("is gone (deleted or put again under another name since)"
-                    if name not in known else
-                    f"judges model {known[name].model} now, not {model}")
-            return (f"was judged under recipe {name}, which {what}",
-                    self._judging_now(model, pending), _NOW)
-        rule = self._as_it_follows(rule, det)
-        named = name in known  # the card's own recipe the gate took for want of any is
-        # taken again with no recipe named
-        again = [name] if named else []
-        now = self._partner_now(rule, model)
-        then, then_card = report.get("fused_with"), report.get("fused_card_sha256")
-        if not (now is None and then_card is None) and not (
-                now is not None and then_card is not None and now[1] == then_card):
-            # none named: the recipe fused none then, or the report is older than session
-            # 41 (gates judged detectors alone): either way not what the line does now
-            before = f"judged with {then}" if then_card is not None else "judged alone"
-            after = ("which fuses no partner now" if now is None else
-                     f"whose partner is {now[0]} now" if now[0] != then else
-                     f"whose partner {now[0]} has another card now")
-            return (f"was {before} under recipe {name}, {after}", again,
-                    "with what the recipe fuses now")
-        digest = report.get("recipe_sha256")
-        if self._same_rules(digest, rule, det):
-            return None
-        follows = ("" if rule.name != default_recipe_name(model) or rule.model != model
-                   or rule == self._recipe_now(name, pending) else
-                   f" (the card's own, as {model} {det.card.version}'s card brings it: it "
-                   "follows the active card)")
-        if not isinstance(digest, str):
-            why = (f"was judged under recipe {name} before gates kept the rules they judged "
-                   "by (no recipe_sha256): whether the recipe as it stands judges alike "
-                   "cannot be told")
-        else:
-            why = (f"was judged under recipe {name} by rules (recipe_sha256 {digest[:12]}) "
-                   f"other than the recipe's now{follows} ({rules_digest(rule)[:12]}): it was "
-                   "put again since with other regions, sizes, counts, classes or score "
-                   "floors")
-        return why, again, "under the recipe as it stands"
-
-    def _alike_rules(self, one: dict[str, Any], other: dict[str, Any]) -> bool:
-        """Whether two reports were judged by the same rules: the same ``recipe_sha256``,
-        or the two digests a report under its recipe as it stands may keep (the canonical
-        one, and that of its fields as put, kept before session 43:
-        :func:`~lineside_inspect.lifecycle.gate.rules_digests`), so that a failure from
-        before is cleared by a pass under the same recipe since."""
-        mine, theirs = one.get("recipe_sha256"), other.get("recipe_sha256")
-        if not isinstance(mine, str) or not isinstance(theirs, str):
-            return False
-        if mine == theirs:
-            return True
-        name = other.get("recipe")
-        now = self._recipe_now(name, {}) if isinstance(name, str) else None
-        return now is not None and one.get("recipe") == name and {mine, theirs} <= rules_digests(now)
-
-    def _recipe_now(self, name: str, pending: dict[str, Recipe]) -> Recipe | None:
-        if name in pending:
-            return pending[name]
-        try:
-            return self.registry.recipe(name)
-        except NotFoundError:
-            return None
-
-    @staticmethod
-    def _same_rules(digest: Any, rule: Recipe, det: Detector) -> bool:
-        """Whether ``digest`` (a report's ``recipe_sha256``) is of ``rule``'s rules, a pin
-        of ``det``'s own version aside (a recipe put again pinning the version its pass
-        judged, or unpinned from it, judges it by the same rules)."""
-        if not isinstance(digest, str):
-            return False
-        version, variants = det.card.version, [rule]
-        fused = rule.fused()
-        if rule.model == det.card.name and rule.model_version in (None, version):
-            variants += [rule.model_copy(update={"model_version": v}) for v in (None, version)]
-        elif (fused is not None and rule.anomaly is not None and fused[0] == det.card.name
-              and fused[1] in (None, version)):
-            variants += [rule.model_copy(update={"anomaly": rule.anomaly.model_copy(
-                update={"model_version": v})}) for v in (None, version)]
-        return any(digest in rules_digests(r) for r in variants)
-
-    def _judging_now(self, model: str, pending: dict[str, Recipe]) -> list[str]:
-        """The recipes that judge ``model`` now (with it, or fusing it with a detector),
-        ``pending`` ones in place of those of their names; none: its card's own judges."""
-        recipes = {r.name: r for r in self.registry.recipes()} | pending
-        return sorted(n for n, r in recipes.items()
-                      if r.model == model or (r.fused() or ("",))[0] == model)
-
-    @staticmethod
-    def _stale_note(row: GateReportRow, model: str, why: str, recipes: list[str],
-                    how: str = _NOW) -> str:
-        """The refusal of a stale pass, after the model's name and version: the report,
-        why, and the call that gates again (under the first of ``recipes``, else with no
-        recipe named: the card's own)."""
-        judging = ("" if how != _NOW else
-                   f"; recipe(s) {', '.join(recipes)} judge {model} now" if recipes else
-                   f"; no recipe judges {model} now but its card's own "
-                   f"({default_recipe_name(model)})")
-        named = f", \"recipe\": \"{recipes[0]}\"" if recipes else ""
-        if how == _PUT_FIRST:
-            return ("has no passing gate report that judged it as the line would now "
-                    f"(lifecycle.gate.require_gate): its passing gate report {row.id} {why}; "
-                    + Lifecycle._put_first_note(model, row.candidate_version,
-                                                row.golden_name, recipes[0]))
-        return ("has no passing gate report that judged it as the line would now "
-                f"(lifecycle.gate.require_gate): its passing gate report {row.id} {why}"
-                f"{judging}. Gate it again, {how}: POST /v1/models/{model}/gate "
-                f"{{\"version\": \"{row.candidate_version}\", \"golden\": "
-                f"\"{row.golden_name}\"{named}}} (a report of lineside gate is not kept: it "
-                "admits nothing here)")
-
-    def _active_card(self, model: str) -> str | None:
-        """The active version's :func:`card_digest` (graph and thresholds: the same graph
-        under another card judges otherwise)."""
-        slot = self.registry.models().get(model)
-        if slot is None or slot.active is None:
-            return None
-        return card_digest(slot.versions[slot.active].card)
-
     # -- activation -----------------------------------------------------------------------
     def activate(self, model: str, version: str, *, actor: str, force: bool = False,
                  reason: str = "", action: str = "activate",
@@ -1049,44 +545,6 @@ class Lifecycle:
         except NotFoundError:
             return None
         return self._follows(current, old_card, det)
-
-    def _follows(self, current: Recipe, old_card: ModelCard, det: Detector, *,
-                 quiet: bool = False) -> Recipe | None:
-        """The recipe ``det``'s card brings, when ``current`` is the card's own recipe of
-        ``old_card`` (the active version's) and so follows the active card; None when it
-        is a recipe the line configured, or the new card's recipe cannot be put (the old
-        one stays: the line keeps judging)."""
-        if current != card_recipe(old_card):
-            return None
-        recipe = card_recipe(det.card)  # its fields and classes checked when loaded
-        try:  # what it fuses with and needs, against what is loaded now, as add_recipe
-            self.registry.check_recipe(recipe, det)
-        except LinesideError as exc:  # keep the old card's recipe: the line keeps judging
-            if not quiet:
-                log.warning("recipe %s not updated for %s %s: %s", recipe.name, det.card.name,
-                            det.card.version, exc.message)
-            return None
-        return recipe
-
-    def _as_it_follows(self, rule: Recipe, det: Detector) -> Recipe:
-        """``rule`` as it judges once ``det`` is the active version: a card's own recipe
-        (``<model>-default``) that follows the active card is the one ``det``'s card
-        brings (:meth:`_card_recipe`): what a gate judges it by, and what its pass is
-        compared with (session 43; a pass under the old card's recipe described rules the
-        line would leave at activation). Any other recipe as it is."""
-        card = det.card
-        if rule.name != default_recipe_name(card.name) or rule.model != card.name:
-            return rule
-        slot = self.registry.models().get(card.name)
-        active = None if slot is None else slot.active
-        if slot is None or active is None or active == card.version:
-            return rule
-        old_card = slot.versions[active].card
-        if rule.name not in {r.name for r in self.registry.recipes()}:
-            # no recipe judges the model: the gate took the active card's own for want of
-            # any, and takes ``det``'s once it is active
-            return card_recipe(card) if rule == card_recipe(old_card) else rule
-        return self._follows(rule, old_card, det, quiet=True) or rule
 
     @staticmethod
     def _lineage(det: Detector) -> dict[str, Any]:
