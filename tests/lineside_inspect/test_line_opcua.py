@@ -168,7 +168,8 @@ def test_a_refused_write_is_logged_cut_short_and_not_again_and_again(
     # the bound is one for the process: forget what other tests' peers had told
     monkeypatch.setattr(peer_logs.BOUND, "_told", {})
     monkeypatch.setattr(peer_logs.BOUND, "_held", 0)
-    with caplog.at_level(logging.WARNING):
+    # (its level, too: `lineside bench line` run in this process set asyncua to ERROR)
+    with caplog.at_level(logging.WARNING, logger="asyncua"):
         asyncio.run(run())
     refused = [r.getMessage() for r in caplog.records
                if r.name.startswith("asyncua") and "Write refused" in r.getMessage()]
@@ -227,7 +228,7 @@ def test_a_subscriptions_warnings_are_bounded_and_a_stopped_burst_counted(
         finally:
             await adapter.stop()
 
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="asyncua"):  # (as above)
         asyncio.run(run())
     told = [r.getMessage() for r in percent()]
     assert len(told) == 3 and told[2].endswith(" (1 more such message(s) since last told)")
