@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.store import Store
-from lineside_inspect.store import store as store_module
+from lineside_inspect.store import engine as engine_module
 from lineside_inspect.store.models import OutboxRow
 
 from .conftest import SAMPLE, fresh_database, keyed, start_server
@@ -116,7 +116,7 @@ def test_a_lock_another_session_holds_stops_neither_verdicts_nor_reads(
     statement waits for a lock at most ``LOCK_TIMEOUT_S``: verdicts keep being answered,
     reads answer (or 503 while even reading is locked), and once the lock goes every
     acknowledged inspection is applied, once."""
-    monkeypatch.setattr(store_module, "LOCK_TIMEOUT_S", 1.0, raising=False)
+    monkeypatch.setattr(engine_module, "LOCK_TIMEOUT_S", 1.0)
     image = next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()
     # the client's timeout only ends a hang; nothing here should come near it
     timeout = httpx.Timeout(120)
@@ -252,7 +252,7 @@ def test_a_box_starts_while_another_session_writes_to_its_tables(
     write (a batch, a retention round, a DBA's session) at most LOCK_TIMEOUT_S, five times,
     and then the box did not start at all. An index that is there is not made again."""
     Store(tmp_path / "first", pg_database).close()  # the tables and indexes are there
-    monkeypatch.setattr(store_module, "LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(engine_module, "LOCK_TIMEOUT_S", 0.2)
     other = create_engine(pg_database)
     try:
         with other.connect() as conn, conn.begin():

@@ -30,8 +30,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from lineside_inspect.errors import ConfigError, DatabaseUnavailable
 from lineside_inspect.redact import hide_secrets
+from lineside_inspect.store.engine import make_engine
 
 SQLITE_MAGIC = b"SQLite format 3\0"  # the first bytes of every SQLite database file
+# a data folder's images (<data_dir>/IMAGES_DIR/<day>/<id>.<ext>): a folder holding them is
+# a store in use (_in_use); the store lays them out there (store.py takes the name from here)
+IMAGES_DIR = "images"
 # the store's schema generation, kept in a SQLite store's header (PRAGMA user_version,
 # Store._mark_schema) and in a PostgreSQL store's SCHEMA_TABLE: raised by a release whose
 # tables an older one would misread, which then refuses the store (check_sqlite_store,
@@ -59,8 +63,6 @@ def _sqlite_file(url: str) -> Path | None:
 def _in_use(data_dir: Path | None) -> bool:
     """A store ran in ``data_dir`` before: its journal folder (made once the database was)
     or a stored image is there."""
-    from lineside_inspect.store.store import IMAGES_DIR  # (store.py imports this module)
-
     return data_dir is not None and ((data_dir / "journal").is_dir() or any(
         (data_dir / IMAGES_DIR).glob("*")))
 
@@ -325,7 +327,6 @@ def check_database(url: str, whose: str = "the database", named: str = "database
     tables; ``must_exist``: no store to read). A SQLite file is read by
     :func:`check_sqlite_store` (``data_dir``: the folder of the store whose database it
     is; ``must_exist``: a command that reads a store)."""
-    from lineside_inspect.store.store import make_engine  # (store.py imports this module)
 
     if url.startswith("sqlite"):
         check_sqlite_store(url, data_dir, whose=whose, must_exist=must_exist)

@@ -26,7 +26,6 @@ import contextlib
 import errno
 import logging
 import math
-import os
 import random
 import shutil
 import sqlite3
@@ -45,7 +44,6 @@ from sqlalchemy import (
     Engine,
     Table,
     Update,
-    create_engine,
     delete,
     event,
     func,
@@ -86,12 +84,20 @@ from lineside_inspect.store import history
 from lineside_inspect.store import stats as figures
 from lineside_inspect.store.box import BOX_ID_FILE, resolve_box_id
 from lineside_inspect.store.checks import (
+    IMAGES_DIR,
     SCHEMA_TABLE,
     SCHEMA_VERSION,
     _address,
     check_postgres_store,
     check_sqlite_store,
     look_at_postgres,
+)
+from lineside_inspect.store.engine import (
+    WAL_CHECKPOINT_PAGES,
+    WAL_FRAME_HEADER,
+    WAL_ROOM_PAGES,
+    _wal_bytes,
+    make_engine,
 )
 from lineside_inspect.store.images import ImageBackend
 from lineside_inspect.store.journal import Journal, Record, encode, fsync_path, read_records
@@ -132,7 +138,6 @@ SCHEMA_LOCK_KEY = 0x4C696E6573696465  # "Lineside"
 # key, a start stuck) ran into lock_timeout, was tried again three times and ended in a
 # traceback, or waited for ever where the URL's options set lock_timeout=0
 SCHEMA_LOCK_WAIT_S = 30.0
-IMAGES_DIR = "images"
 REFS_DIR = "refs"
 # room one inspection's row may take in the database (its pages and their write-ahead log
 # copies, the outbox row, indexes): measured ~50 KiB for a first row in a fresh SQLite file
@@ -142,14 +147,8 @@ APPLY_RECORDS = 256
 APPLY_BYTES = 16 * 1024 * 1024
 
 
-# the disk quota (``max_bytes``, :meth:`Store.enforce_retention`). SQLite checkpoints its
-# write-ahead log once it holds WAL_CHECKPOINT_PAGES and cuts the file back to that size when
-# it starts over, so the log holds little more than the last transaction; the quota counts it
-# at no less than WAL_ROOM_PAGES: the frames of a transaction adding an inspection (a page of
-# each of its table's 12 B-trees, the outbox's, the database header: 18 measured for one row)
-WAL_CHECKPOINT_PAGES = 8
-WAL_ROOM_PAGES = 32
-WAL_FRAME_HEADER, WAL_HEADER = 24, 32
+# the disk quota (``max_bytes``, :meth:`Store.enforce_retention`) counts SQLite's write-ahead
+# log at no less than WAL_ROOM_PAGES (store/engine.py)
 # pages a row may take besides its own text: a leaf of the id index its random id lands in,
 # and one for its outbox rows
 ROW_EXTRA_PAGES = 2
@@ -183,11 +182,6 @@ def _refused(exc: StatementError) -> bool:
     return isinstance(exc, DataError | IntegrityError) or not isinstance(exc, DBAPIError)
 
 
-def _wal_bytes(pages: int, page_size: int) -> int:
-    """The size of a SQLite write-ahead log holding ``pages`` frames."""
-    return WAL_HEADER + pages * (page_size + WAL_FRAME_HEADER)
-
-
 @dataclass(frozen=True)
 class _QuotaFull:
     """The quota was found full with nothing to remove, as of ``generation`` and
@@ -207,12 +201,6 @@ MAX_REVIEWS = 100
 MAX_TRUTH_BOXES = 1000
 
 
-CONNECT_TIMEOUT_S = 10  # PostgreSQL (libpq's connect_timeout, seconds)
-# PostgreSQL: libpq's parameters that notice a host gone from an open connection
-DEAD_HOST_ARGS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-                  "keepalives_count": 4, "tcp_user_timeout": 30_000}
-# PostgreSQL: the most a statement waits for a lock another session holds (lock_timeout)
-LOCK_TIMEOUT_S = 10.0
 # while the writer's applies fail, the most a read waits for its attempt before it reads
 # what the database has (Store._applied)
 READ_WAITS_S = 2.0
@@ -228,77 +216,12 @@ def reference_check(inspection: Inspection) -> dict[str, Any] | None:
     return None if used is None else used.model_dump(mode="json", include=set(CHECKED), exclude_none=True)
 
 
-def _operator_set(url: str) -> set[str]:
-    """The libpq settings a PostgreSQL URL's operator set: its query's parameters, libpq's
-    environment's connect timeout, and ``lock_timeout`` when the URL's ``options`` or
-    ``PGOPTIONS`` set it (``-c lock_timeout=5s``)."""
-    query = make_url(url).query
-    given = set(query)
-    if os.environ.get("PGCONNECT_TIMEOUT"):
-        given.add("connect_timeout")
-    options = query.get("options", "")
-    options = " ".join(options) if isinstance(options, tuple) else options
-    if "lock_timeout" in f"{options} {os.environ.get('PGOPTIONS', '')}":
-        given.add("lock_timeout")
-    return given
-
-
 def default_url(data_dir: str | Path) -> str:
     """The URL of a data folder's own SQLite database (``data_dir/lineside.db``). The path
     quoted: a data_dir with "?" put the database beside the folder (the rest taken for the
     URL's query), one with "%20" failed to open it (unquoted)."""
     return URL.create("sqlite", database=str((Path(data_dir) / DB_FILE).resolve())
                       ).render_as_string()
-
-
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(conn: Any, _: Any) -> None:
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")  # an acknowledged row survives power loss
-            cur.execute("PRAGMA foreign_keys=ON")
-            # the log stays small (the quota counts it: see WAL_ROOM_PAGES)
-            page = int(cur.execute("PRAGMA page_size").fetchone()[0])
-            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-            cur.execute(f"PRAGMA journal_size_limit={_wal_bytes(WAL_CHECKPOINT_PAGES, page)}")
-            cur.close()
-
-        return engine
-    # a database host that drops packets would hold each connection attempt (a request's
-    # thread, a hub's readiness probe) for the kernel's ~2 minutes. A database host gone
-    # from an open connection (a pulled cable, a failed-over VM) held the statement in
-    # flight, and the writer's apply lock with it, for the kernel's ~15 minutes of
-    # retransmissions: libpq's keepalives and TCP_USER_TIMEOUT end it in ~30 s. A live
-    # server acknowledges both during a long statement. The operator's own settings win
-    # (the URL's parameters, or libpq's PGCONNECT_TIMEOUT): a value passed here would
-    # override the environment's, and a substring test took a password holding the word
-    given = _operator_set(url)
-    args: dict[str, Any] = {k: v for k, v in
-                            {"connect_timeout": CONNECT_TIMEOUT_S, **DEAD_HOST_ARGS}.items()
-                            if k not in given}
-    engine = create_engine(url, pool_pre_ping=True, connect_args=args)
-    if "lock_timeout" not in given:
-        wait_ms = max(1, int(LOCK_TIMEOUT_S * 1000))
-
-        @event.listens_for(engine, "connect")
-        def _lock_timeout(conn: Any, _: Any) -> None:
-            # a lock another session holds (a DBA's LOCK TABLE, a long transaction) held
-            # the writer's batch for as long as it lasted, with the apply lock: every read,
-            # and with a quota every save (the line's verdicts), waited behind it for good.
-            # Now the statement fails after LOCK_TIMEOUT_S: the writer retries, the journal
-            # keeps the inspections, a request answers 503
-            cur = conn.cursor()
-            try:
-                cur.execute(f"SET lock_timeout = {wait_ms}")
-            finally:
-                cur.close()
-            conn.commit()
-
-    return engine
 
 
 CREATE_ATTEMPTS = 5  # looks at a table another process is making (create_tables)
