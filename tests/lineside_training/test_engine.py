@@ -438,6 +438,7 @@ def test_merging_hashes_each_image_once(tmp_path: Path, make_config: Make,
     copies are), then the merge compares every image by content: those were hashed twice
     (review, session 42). Hashes counted per file, not timed."""
     from lineside_inspect.dataset import duplicates
+    from lineside_training import engine
 
     data = tmp_path / "set"
     shutil.copytree(SAMPLE, data)
@@ -452,13 +453,15 @@ def test_merging_hashes_each_image_once(tmp_path: Path, make_config: Make,
         (a for a in doc["annotations"] if a["image_id"] == first["id"]), 1)]
     (data / "annotations.json").write_text(json.dumps(doc))
     hashed: list[str] = []
-    real = duplicates.file_sha256
+    real = duplicates.sha256_file
 
-    def counted(path: str | Path) -> str:
+    def counted(path: Path) -> str:
         hashed.append(str(path))  # (two sets' links to one file are two files here)
         return real(path)
 
-    monkeypatch.setattr(duplicates, "file_sha256", counted)
+    # the two that hash images: the set's check and the merge's comparison
+    monkeypatch.setattr(duplicates, "sha256_file", counted)
+    monkeypatch.setattr(engine, "sha256_file", counted)
     extra = [str(another_set(tmp_path / n)) for n in ("other", "more")]
     loaded = load_data(make_config(tmp_path, data=str(data), extra_data=extra))
     assert {p for p in hashed if hashed.count(p) > 1} == set()

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from lineside_inspect.dataset import Dataset, ImageRecord, duplicates, read_dataset
+from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
 from lineside_inspect.dataset.exif import turned_hint
 from lineside_inspect.dataset.validate import duplicate_warnings, quick_check, unlisted_warning
 from lineside_inspect.errors import ConfigError, DatasetError, ImageError, Problem
@@ -143,7 +143,7 @@ def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
         path = str(ds.image_path(rec))
         if path not in digests:
             try:
-                digests[path] = duplicates.file_sha256(path)
+                digests[path] = sha256_file(Path(path))
             except OSError:
                 return f"unreadable:{rec.file_name}"  # said by the file check after this
         return digests[path]

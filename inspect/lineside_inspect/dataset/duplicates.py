@@ -40,6 +40,7 @@ from lineside_inspect.dataset.model import Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, ImageError, Problem
 from lineside_inspect.imageio import header_size
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS, cv2
+from lineside_inspect.package import sha256_file
 
 HASH_ROWS = 16  # a 17x16 thumbnail gives 16x16 = 256 horizontal-gradient bits
 NEAR_BITS = 8  # at most this many of 256 bits differ: re-encoded copies differ in 0-2, unrelated
@@ -314,11 +315,6 @@ def _alike_pairs(thumbs: list[np.ndarray]) -> list[tuple[int, int]]:
     return out
 
 
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 (hex) of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def exact_groups(dataset: Dataset, digests: dict[str, str] | None = None) -> list[DuplicateGroup]:
     """Groups of byte-identical images only, by their bytes' SHA-256: what a label conflict
     needs, without :func:`find_duplicates`' decoding and pairing (import's check of a set
@@ -339,7 +335,8 @@ def exact_groups(dataset: Dataset, digests: dict[str, str] | None = None) -> lis
         for rec in same_size:
             path = str(dataset.image_path(rec))
             try:
-                digest = digests[path] if digests and path in digests else file_sha256(path)
+                digest = (digests[path] if digests is not None and path in digests
+                          else sha256_file(Path(path)))
             except OSError:
                 continue  # validation's problem to report
             if digests is not None:
