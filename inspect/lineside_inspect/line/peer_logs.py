@@ -172,11 +172,9 @@ def bound_peer_logs(*prefixes: str) -> None:
         get.prefixes.update(prefixes)
     else:
         manager.getLogger = _BoundAtBirth(get, set(prefixes))  # type: ignore[method-assign]
-    names = [n for n in list(manager.loggerDict) if _under(n, prefixes)]
-    for name in {*prefixes, *names}:
-        logger = logging.getLogger(name)
-        if BOUND not in logger.filters:
-            logger.addFilter(BOUND)
+    # and those made already: asked for through the wrapper, each is bounded as it is given
+    for name in {*prefixes, *(n for n in list(manager.loggerDict) if _under(n, prefixes))}:
+        logging.getLogger(name)
     if "pymodbus" in prefixes:
         try:
             from pymodbus.logging import Log

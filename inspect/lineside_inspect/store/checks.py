@@ -34,7 +34,7 @@ from lineside_inspect.store.engine import make_engine
 
 SQLITE_MAGIC = b"SQLite format 3\0"  # the first bytes of every SQLite database file
 # a data folder's images (<data_dir>/IMAGES_DIR/<day>/<id>.<ext>): a folder holding them is
-# a store in use (_in_use); the store lays them out there (store.py takes the name from here)
+# a store in use (in_use); the store lays them out there (store.py takes the name from here)
 IMAGES_DIR = "images"
 # the store's schema generation, kept in a SQLite store's header (PRAGMA user_version,
 # Store._mark_schema) and in a PostgreSQL store's SCHEMA_TABLE: raised by a release whose
@@ -60,7 +60,7 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(database)
 
 
-def _in_use(data_dir: Path | None) -> bool:
+def in_use(data_dir: Path | None) -> bool:
     """A store ran in ``data_dir`` before: its journal folder (made once the database was)
     or a stored image is there."""
     return data_dir is not None and ((data_dir / "journal").is_dir() or any(
@@ -116,7 +116,7 @@ def check_sqlite_store(url: str, data_dir: str | Path | None = None, *,
     if not head:
         if must_exist:
             raise refuse(f"is empty (0 bytes): it holds no inspections; {keep}")
-        if _in_use(folder):
+        if in_use(folder):
             raise refuse(f"is empty (0 bytes) though a store ran in {folder}: it was cut "
                          f"short (its inspections are gone from it); {keep}")
         return
@@ -187,7 +187,7 @@ def check_sqlite_store(url: str, data_dir: str | Path | None = None, *,
         if must_exist:
             raise refuse("holds no tables: it is no Lineside store (no inspections to "
                          "read); Lineside left it as it is")
-        if _in_use(folder):
+        if in_use(folder):
             raise refuse(f"holds no tables though a store ran in {folder}: it was replaced "
                          f"or emptied (its inspections are gone from it); {keep}")
         return

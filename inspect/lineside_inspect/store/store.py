@@ -87,9 +87,11 @@ from lineside_inspect.store.checks import (
     IMAGES_DIR,
     SCHEMA_TABLE,
     SCHEMA_VERSION,
+    SQLITE_MAGIC,
     _address,
     check_postgres_store,
     check_sqlite_store,
+    in_use,
     look_at_postgres,
 )
 from lineside_inspect.store.engine import (
@@ -398,11 +400,10 @@ class Store:
         legacy = make_url(f"sqlite:///{path}").database
         if not legacy or Path(legacy) == path or path.exists():
             return
-        used = (self.data_dir / "journal").is_dir() or any(
-            (self.data_dir / IMAGES_DIR).glob("*"))
+        used = in_use(self.data_dir)
         try:
             with open(legacy, "rb") as f:
-                is_sqlite = f.read(16) == b"SQLite format 3\0"
+                is_sqlite = f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
         except OSError:  # none there (or a folder)
             return
         if used and is_sqlite:
