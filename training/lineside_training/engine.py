@@ -28,8 +28,12 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
-from lineside_inspect.dataset.exif import turned_hint
-from lineside_inspect.dataset.validate import duplicate_warnings, quick_check, unlisted_warning
+from lineside_inspect.dataset.validate import (
+    duplicate_warnings,
+    quick_check,
+    size_problem,
+    unlisted_warning,
+)
 from lineside_inspect.errors import ConfigError, DatasetError, ImageError, Problem
 from lineside_inspect.imageio import check_decodable
 from lineside_inspect.package import sha256_file
@@ -296,13 +300,11 @@ def check_files(name: str | Path, dataset: Dataset, records: list[ImageRecord],
                 except OSError as exc:
                     broken.append(Problem(str(path), "", f"cannot be read ({exc.strerror or exc})",
                                           subject))
-                else:  # boxes are in the size recorded: validate's words for another
-                    recorded = (rec.width, rec.height)
-                    if subject == rec.file_name and (width, height) != recorded:
-                        broken.append(Problem(
-                            str(path), "width/height",
-                            f"says {rec.width}x{rec.height} but {path.name} is {width}x{height}"
-                            + turned_hint(path, recorded, (width, height)), subject))
+                else:  # boxes are in the size recorded: validate's check of it
+                    wrong = (size_problem(str(path), path, rec, (width, height))
+                             if subject == rec.file_name else None)
+                    if wrong is not None:
+                        broken.append(wrong)
             if len(missing) + len(broken) > found:
                 merged |= rec.source is not None or rec.reference_source is not None
     if not missing and not broken:

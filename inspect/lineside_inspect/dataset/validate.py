@@ -40,17 +40,21 @@ def _check_pixels(dataset: Dataset, rec: ImageRecord,
     except ImageError as exc:
         return [Problem(str(path), "", exc.message, rec.file_name)]
     height, width = image.shape[:2]
-    if (width, height) != (rec.width, rec.height):
-        return [
-            Problem(
-                where,
-                "width/height",
-                f"says {rec.width}x{rec.height} but {path.name} is {width}x{height}"
-                + turned_hint(Path(path), (rec.width, rec.height), (width, height)),
-                rec.file_name,
-            )
-        ]
-    return []
+    wrong = size_problem(where, Path(path), rec, (width, height))
+    return [] if wrong is None else [wrong]
+
+
+def size_problem(where: str, path: Path, rec: ImageRecord,
+                 size: tuple[int, int]) -> Problem | None:
+    """The problem of ``rec``'s image at ``path`` being ``size`` (width, height) where its
+    record says another (its boxes are in the size recorded), None when they agree:
+    validate's and train's check alike."""
+    recorded = (rec.width, rec.height)
+    if size == recorded:
+        return None
+    return Problem(where, "width/height",
+                   f"says {rec.width}x{rec.height} but {path.name} is {size[0]}x{size[1]}"
+                   + turned_hint(path, recorded, size), rec.file_name)
 
 
 def _check_boxes(categories: set[str], rec: ImageRecord) -> list[Problem]:
