@@ -58,9 +58,18 @@ def test_a_review_key_never_acts_on_a_part_not_on_screen(box: Running) -> None:
         page = _context(browser).new_page()
         _sign_in(page, box.url + "/review?camera_id=&part_id=", "reviewer-secret")
         expect(page.locator(".card")).to_have_count(3)
-        # a box under load: each inspection takes 300 ms to come
-        page.route(re.compile(r".*/v1/inspections/[0-9a-f]{32}$"),
-                   lambda route: (time.sleep(0.3), route.continue_()))
+        # a box under load: each inspection takes 300 ms to come, or is held while asked
+        slow: dict[str, list[Any] | None] = {"held": None}
+
+        def one_part(route: Any) -> None:
+            if slow["held"] is not None:
+                slow["held"].append(route)
+            else:
+                time.sleep(0.3)
+                route.continue_()
+
+        one = re.compile(r".*/v1/inspections/[0-9a-f]{32}$")
+        page.route(one, one_part)
         page.keyboard.press("Enter")
         expect(page.locator("#d-title")).to_contain_text(newest[0][:8])
         assert page.evaluate("document.activeElement.id") == "d-title"
@@ -76,8 +85,17 @@ def test_a_review_key_never_acts_on_a_part_not_on_screen(box: Running) -> None:
         page.unroute(reviews)
         held[0].continue_()
         expect(page.locator("#d-status")).to_have_text("saved: confirm")
-        page.keyboard.press("j")
+        # the next part held until f is pressed: the 300 ms above ran in the test's own
+        # thread, which could let the part come before f was sent (a fresh-clone failure:
+        # f then reviewed it, and the f below reviewed it again)
+        coming: list[Any] = []
+        slow["held"] = coming
+        with page.expect_request(one):
+            page.keyboard.press("j")
         page.keyboard.press("f")  # before the next part shows: held back
+        expect(page.locator("#d-status")).to_have_text("wait: the part is still loading or saving")
+        slow["held"] = None
+        coming[0].continue_()
         expect(page.locator("#d-title")).to_contain_text(newest[1][:8])
         page.wait_for_timeout(500)
         expect(page.locator("#d-title")).to_contain_text(newest[1][:8])  # it stays
@@ -201,11 +219,17 @@ def test_d_while_the_next_part_loads_keeps_the_draw_form_focused() -> None:
             page.keyboard.press("Enter")
             expect(page.locator("#detail")).to_be_visible()
             first = page.locator("#d-title").inner_text()
-            page.route(re.compile(r".*/v1/inspections/[0-9a-f]{32}$"),
-                       lambda route: (time.sleep(0.4), route.continue_()))
-            page.keyboard.press("j")
+            # the next part held until d is pressed (a delay in the test's thread could
+            # let it come first, and the race went untested)
+            one = re.compile(r".*/v1/inspections/[0-9a-f]{32}$")
+            coming: list[Any] = []
+            page.route(one, lambda route: coming.append(route))
+            with page.expect_request(one):
+                page.keyboard.press("j")
             page.keyboard.press("d")  # sets up the next part's box
             expect(page.locator("#draw-form")).to_be_visible()
+            expect(page.locator("#d-title")).to_have_text(first)  # not come yet
+            coming[0].continue_()
             expect(page.locator("#d-title")).not_to_have_text(first)
             expect(page.locator("#draw-form [name=x1]")).to_be_focused()
             browser.close()
