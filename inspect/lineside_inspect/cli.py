@@ -1041,9 +1041,15 @@ def _golden_dir(data_dir: Path | None) -> Path:
 
 def _golden_items(data: Path | None, split: str | None, good: Path | None, bad: Path | None,
                   store: Path | None, database_url: str | None, limit: int | None,
-                  ) -> tuple[list[Any], list[str]]:
+                  reference: Path | None = None) -> tuple[list[Any], list[str]]:
     from lineside_inspect.lifecycle import golden
 
+    if reference is not None:  # the folders' golden image: a reference station's good parts
+        if good is None and bad is None:
+            raise GoldenSetError("--reference is the golden image of the --good and --bad "
+                                 "folders' parts: give one of them with it")
+        if not reference.is_file():
+            raise GoldenSetError(f"--reference {reference}: not a file")
     items: list[Any] = []
     classes: list[str] = []
     if data is not None:
@@ -1051,7 +1057,8 @@ def _golden_items(data: Path | None, split: str | None, good: Path | None, bad: 
         items += found
     for folder, expected in ((good, "pass"), (bad, "fail")):
         if folder is not None:
-            items += golden.from_folder(folder, expected=expected, limit=limit)  # type: ignore[arg-type]
+            items += golden.from_folder(folder, expected=expected, limit=limit,  # type: ignore[arg-type]
+                                        reference=reference)
     if store is not None:
         from lineside_inspect.store import Store
         from lineside_inspect.store.checks import check_database
@@ -1087,6 +1094,8 @@ GoldenSources = {
     "good": typer.Option(help="a folder of good parts (must pass)"),
     "bad": typer.Option(help="a folder of bad parts (must fail; boxes unknown)"),
     "store": typer.Option(help="a store folder (server stopped): its reviewed inspections"),
+    "reference": typer.Option(help="the golden (template) image the --good and --bad folders' "
+                              "parts are compared with, to gate a reference model"),
     "limit": typer.Option(min=1, help="at most this many images from each source (from a dataset a "
                           "seeded sample, defective and good in proportion; from a folder the "
                           "first in name order; from a store the newest reviewed)"),
@@ -1105,12 +1114,14 @@ def golden_create(
     store: Annotated[Path | None, GoldenSources["store"]] = None,
     database_url: Annotated[str | None, typer.Option(help="the store's database URL")] = None,
     limit: Annotated[int | None, GoldenSources["limit"]] = None,
+    reference: Annotated[Path | None, GoldenSources["reference"]] = None,
     note: Annotated[str, typer.Option(help="a note kept in the manifest")] = "",
 ) -> None:
     """Make version 1 of a golden set (content-addressed, under DATA_DIR/golden/NAME/1)."""
     from lineside_inspect.lifecycle.golden import GoldenLibrary
 
-    items, classes = _golden_items(data, split, good, bad, store, database_url, limit)
+    items, classes = _golden_items(data, split, good, bad, store, database_url, limit,
+                                   reference)
     m = GoldenLibrary(_golden_dir(data_dir)).create(name, items, classes, note=note)
     out.print(_golden_line(m))
 
@@ -1127,6 +1138,7 @@ def golden_add(
     store: Annotated[Path | None, GoldenSources["store"]] = None,
     database_url: Annotated[str | None, typer.Option(help="the store's database URL")] = None,
     limit: Annotated[int | None, GoldenSources["limit"]] = None,
+    reference: Annotated[Path | None, GoldenSources["reference"]] = None,
     note: Annotated[str, typer.Option(help="a note kept in the manifest")] = "",
 ) -> None:
     """Add images to a golden set: a new version, the latest plus these (a repeated image
@@ -1137,7 +1149,8 @@ def golden_add(
     if not library.versions(name):  # a typo or another data folder: not a new set's version 1
         raise GoldenSetError(f"no golden set {name!r} in {library.root}: create it with "
                              "golden create, or give the server's --data-dir")
-    items, classes = _golden_items(data, split, good, bad, store, database_url, limit)
+    items, classes = _golden_items(data, split, good, bad, store, database_url, limit,
+                                   reference)
     m = library.add(name, items, classes, note=note)
     out.print(_golden_line(m))
 

@@ -219,6 +219,33 @@ def test_golden_add_needs_an_existing_set(tmp_path: Path) -> None:
     assert "golden create" in result.output and not (tmp_path / "golden" / "line1").exists()
 
 
+def test_golden_folders_take_a_reference_image(tmp_path: Path) -> None:
+    """docs/lifecycle.md: a folder's items keep a reference given with --reference, so a
+    reference station's good parts can gate a reference model; alone it names what it needs."""
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+
+    goods = tmp_path / "goods"
+    goods.mkdir()
+    group = SAMPLE / "images" / "group13000"
+    shutil.copy(group / "13000001_temp.jpg", goods / "a.jpg")
+    golden = group / "13000001_temp.jpg"
+    cli, data_dir = CliRunner(), ["--data-dir", str(tmp_path)]
+    r = cli.invoke(app, ["golden", "create", "s", "--good", str(goods), "--reference", str(golden),
+                         *data_dir])
+    assert r.exit_code == 0, r.output
+    (item,) = GoldenLibrary(tmp_path / "golden").get("s").items
+    assert item.reference == hashlib.sha256(golden.read_bytes()).hexdigest()
+    r = cli.invoke(app, ["golden", "add", "s", "--data", str(SAMPLE), "--reference", str(golden),
+                         *data_dir])
+    assert r.exit_code == 2 and "give one of them with it" in r.output
+    r = cli.invoke(app, ["golden", "add", "s", "--good", str(goods), "--reference",
+                         str(tmp_path / "nope.jpg"), *data_dir])
+    assert r.exit_code == 2 and "nope.jpg: not a file" in r.output
+    assert [v["version"] for v in GoldenLibrary(tmp_path / "golden").summaries()[0]["versions"]] == [1]  # type: ignore[index]
+
+
 @pytest.mark.parametrize("sha", ["../../../etc/passwd", "a" * 64 + "\n", "A" * 64])
 def test_a_manifest_cannot_name_files_outside_its_folder(tmp_path: Path, sha: str) -> None:
     lib = GoldenLibrary(tmp_path)
