@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -104,7 +105,9 @@ def test_free_slots_are_taken_at_once_and_never_past_concurrency_or_a_waiter() -
 
     async def main() -> None:
         limiter = Limiter(2, 8, 5.0)
-        gate = threading.Event()
+        # each run held until let go, one at a time: with one gate for all, the two runs
+        # let in together appended to ``order`` from two threads in either order
+        gates = [threading.Event() for _ in range(6)]
         lock = threading.Lock()
         now = peak = 0
         order: list[int] = []
@@ -115,21 +118,31 @@ def test_free_slots_are_taken_at_once_and_never_past_concurrency_or_a_waiter() -
                 now += 1
                 peak = max(peak, now)
                 order.append(i)
-            gate.wait(10)
+            if i < len(gates):
+                gates[i].wait(30)
             with lock:
                 now -= 1
             return i
+
+        async def until(n: int) -> None:  # the runs' threads have started (not a fixed wait)
+            deadline = time.monotonic() + 30
+            while len(order) < n:
+                assert time.monotonic() < deadline, order
+                await asyncio.sleep(0.01)
 
         tasks = []
         for i in range(6):
             tasks.append(asyncio.create_task(limiter.run(lambda i=i: work(i))))
             await asyncio.sleep(0.02)  # arrive one after another
+        await until(2)
         assert limiter.capacity.borrowed_tokens == 2 and sorted(order) == [0, 1]
         with pytest.raises(DeadlineExceeded, match=r"waited over 0\.1s"):
             await limiter.run(lambda: work(99), timeout_s=0.1)
-        gate.set()
+        for i in range(6):  # each slot given back goes to the waiter that came first
+            gates[i].set()
+            await until(min(i + 3, 6))
         assert await asyncio.gather(*tasks) == list(range(6))
-        assert peak == 2 and order == list(range(6))  # first come, first served
+        assert peak == 2 and order[2:] == [2, 3, 4, 5]  # first come, first served
         assert limiter.capacity.borrowed_tokens == 0 and limiter.in_system == 0
         limiter.close()
 

@@ -647,6 +647,7 @@ class Line:
         self.srv, self.sim, self.flaky = srv, sim, flaky
         # what the fused station's camera shows from its next frame on (fused[0])
         self.fused = fused if fused is not None else []
+        self._unplugged = threading.Event()  # ends the flaky camera's stall (stall_flaky)
         plc = srv.app.state.line_plc
         self.opcua_url = next(a for a in plc.adapters if a.name == "OPC UA").endpoint
         self.modbus_port = next(a for a in plc.adapters if a.name == "Modbus TCP").port
@@ -665,6 +666,36 @@ class Line:
                 return
             await asyncio.sleep(0.05)
         raise AssertionError("the fused camera never showed the new board")
+
+    async def stall_flaky(self) -> None:
+        """The flaky camera's stream stalls (its connection open, no bytes): waits until the
+        server has received every frame sent before the stall. A fixed 0.5 s let a frame
+        already on its way arrive after the trigger on a loaded host, and be the part's.
+        The stream sends one last frame it marks (a flat 200 grey), then its next frame
+        blocks the simulator's sender until :meth:`unplug_flaky` (the stream then ends)."""
+        sim, ended, blocked = self.flaky, self._unplugged, threading.Event()
+        sent = [0]
+
+        def frames(i: int) -> np.ndarray:  # called by the simulator before each frame it sends
+            sent[0] += 1
+            if sent[0] == 1:
+                return np.full((120, 160, 3), 200, np.uint8)
+            blocked.set()  # the marked frame is written whole: nothing follows it
+            ended.wait()
+            raise OSError("the stream ended")  # the simulator closes the connection
+
+        sim.frames = frames
+        worker = self.srv.app.state.cameras.worker("flaky")
+        deadline = time.monotonic() + WAIT_S
+        while not (blocked.is_set() and (latest := worker.latest()) is not None
+                   and latest.image.mean() > 150):
+            assert time.monotonic() < deadline, "the flaky camera never received its last frame"
+            await asyncio.sleep(0.02)
+
+    def unplug_flaky(self) -> None:
+        """The flaky camera is gone: a stalled stream ends, its server stops."""
+        self._unplugged.set()
+        self.flaky.kill()
 
     def inspection(self, inspection_id: str) -> dict[str, Any]:
         with self.srv.client("reviewer") as c:
@@ -724,7 +755,7 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
     yield running
     stop()
     sim.kill()
-    flaky.kill()
+    running.unplug_flaky()
     capped.kill()
     fused.kill()
 
@@ -1379,9 +1410,9 @@ def test_camera_loss_fails_with_error_code(line: Line) -> None:
         try:
             r = await plc.cycle()
             assert r["ErrorCode"] == 0
-            # the stream stalls: no fresh frame within the trigger timeout
-            line.flaky.mode = "hang"
-            await asyncio.sleep(0.5)  # a frame already on its way is not the stall's
+            # the stream stalls: no fresh frame within the trigger timeout (every frame sent
+            # before the stall received first: one on its way would be the part's)
+            await line.stall_flaky()
             r = await plc.cycle()
             assert (r["Pass"], r["Fail"], r["ErrorCode"]) == (False, True, ErrorCode.NO_FRESH_FRAME)
             assert r["InspectionId"] == ""
@@ -1398,7 +1429,7 @@ def test_camera_loss_fails_with_error_code(line: Line) -> None:
             await expect(shown.locator("[data-field=state]")).to_have_text("ready")
             await expect(shown.locator("[data-field=code]")).not_to_have_text("1 (camera_offline)")
             # the camera is gone: offline, answered at once
-            line.flaky.kill()
+            line.unplug_flaky()
             with line.srv.client("reviewer") as c:
                 deadline = time.time() + WAIT_S
                 while next(h for h in c.get("/v1/cameras").json() if h["id"] == "flaky")["state"] \

@@ -172,13 +172,38 @@ WAIT_S = 12.0
 
 def test_pending_triggers_hold_no_threads(launch) -> None:
     sim = MJPEGSimulator(fps=20)
+    ended = threading.Event()
     try:
-        _pending_triggers_hold_no_threads(launch, sim)
+        _pending_triggers_hold_no_threads(launch, sim, ended)
     finally:
+        ended.set()
         sim.kill()
 
 
-def _pending_triggers_hold_no_threads(launch, sim: MJPEGSimulator) -> None:
+def _stall(sim: MJPEGSimulator, worker: Any, ended: threading.Event) -> None:
+    """``sim``'s stream stalls (connection open, no bytes) once ``worker`` has received
+    every frame sent before: a last frame marked flat 200 grey, then the simulator's
+    sender blocks until ``ended`` (the stream then closes). A fixed wait let a frame
+    already on its way come after the triggers on a loaded host, and answer one."""
+    sent, blocked = [0], threading.Event()
+
+    def frames(i: int) -> np.ndarray:  # called by the simulator before each frame it sends
+        sent[0] += 1
+        if sent[0] == 1:
+            return np.full((120, 160, 3), 200, np.uint8)
+        blocked.set()  # the marked frame was written whole: nothing follows it
+        ended.wait()
+        raise OSError("the stream ended")  # the simulator closes the connection
+
+    sim.frames = frames
+    deadline = time.monotonic() + 30
+    while not (blocked.is_set() and (latest := worker.latest()) is not None
+               and latest.image.mean() > 150):
+        assert time.monotonic() < deadline, "the camera never received the last frame"
+        time.sleep(0.02)
+
+
+def _pending_triggers_hold_no_threads(launch, sim: MJPEGSimulator, ended: threading.Event) -> None:
     cam = CameraConfig(id="slow", source=sim.url, read_timeout_s=30, stale_after_s=30,
                        max_frame_age_s=0.01)
     srv = launch(cameras=[cam], max_queue=64)
@@ -187,8 +212,8 @@ def _pending_triggers_hold_no_threads(launch, sim: MJPEGSimulator) -> None:
         while c.get("/v1/cameras").json()[0]["state"] != "online":
             assert time.time() < deadline, "camera never came online"
             time.sleep(0.1)
-    sim.mode = "hang"  # the camera stays connected and sends nothing: triggers wait
-    time.sleep(1.0)
+    worker = srv.app.state.cameras.worker("slow")
+    _stall(sim, worker, ended)  # the camera stays connected and sends nothing: triggers wait
     done: list[int] = []
 
     def trigger(_: int) -> int:
@@ -200,7 +225,10 @@ def _pending_triggers_hold_no_threads(launch, sim: MJPEGSimulator) -> None:
 
     with ThreadPoolExecutor(45) as pool:
         futures = [pool.submit(trigger, i) for i in range(45)]
-        time.sleep(1.0)  # let them all arrive
+        deadline = time.monotonic() + WAIT_S  # they all arrive (was a fixed 1 s)
+        while len(worker._listeners) < 45 and not done:
+            assert time.monotonic() < deadline, len(worker._listeners)
+            time.sleep(0.02)
         # waiting for a frame takes no place in the limiter: a trigger's share of its key
         # is taken from the frame's arrival (review, session 32: waiting triggers made
         # uploads 503)

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -507,10 +508,11 @@ def test_dashboard(shift: Running, tmp_path: Path) -> None:
             h8 = c.get("/v1/stats", params={"hours": 8, "camera_id": "line1-bottom"}).json()
         held: list[Any] = []
         page.route(re.compile(r".*/v1/stats\?.*hours=168.*"), lambda r: held.append(r))
-        page.select_option("select[name=hours]", "168")
-        for _ in range(200):
-            if held:
-                break
+        with page.expect_request(re.compile(r".*/v1/stats\?.*hours=168.*")):
+            page.select_option("select[name=hours]", "168")
+        deadline = time.monotonic() + 30  # its route handler runs as Playwright dispatches
+        while not held:  # events (was 200 x 25 ms: 5 s, short on a loaded host)
+            assert time.monotonic() < deadline, "the 7 days' stats were never asked for"
             page.wait_for_timeout(25)
         page.select_option("select[name=hours]", "8")
         expect(page.locator("#trend rect.bar-fail")).to_have_count(len(h8["hourly"]))

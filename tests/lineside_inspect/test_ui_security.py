@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 import time
+import types
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -288,12 +289,21 @@ def test_a_live_view_ends_with_its_session(launch) -> None:
     # the loop above ended: the server closed the stream
 
 
-def test_session_expires(launch) -> None:
-    srv = launch(session_ttl_s=0.6)
+def test_session_expires(launch, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the sessions' own clock moved on past session_ttl_s (a TTL of 0.6 s, and a sleep,
+    # went by before the first request on a loaded host: 401 where 200 was due)
+    from lineside_inspect.server import sessions
+
+    later = [0.0]
+    monkeypatch.setattr(sessions, "time", types.SimpleNamespace(
+        monotonic=lambda: time.monotonic() + later[0]))
+    srv = launch(session_ttl_s=600)
     token = _token(_login(srv, "reviewer-secret"))
     with _session_client(srv, token) as c:
         assert c.get("/v1/inspections").status_code == 200
-        time.sleep(0.8)
+        later[0] = 300.0  # half way: still signed in
+        assert c.get("/v1/inspections").status_code == 200
+        later[0] = 601.0
         assert c.get("/v1/inspections").status_code == 401
         assert "sign in" in c.get("/review").text  # the page asks to sign in again
 

@@ -77,13 +77,16 @@ def test_busy_cores_sees_a_spinning_process() -> None:
 
     idle = threads_mod.busy_cores(0.3)
     assert idle is not None and idle >= 0.0
-    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # measured once the spinner runs (a fixed 0.3 s could pass before a loaded host had
+    # even started the interpreter): it says so, then spins
+    spin = subprocess.Popen([sys.executable, "-c", "print('spinning', flush=True)\nwhile True: pass"],
+                            stdout=subprocess.PIPE, text=True)
     try:
-        import time
-
-        time.sleep(0.3)
+        assert spin.stdout is not None and spin.stdout.readline() == "spinning\n"
         seen = threads_mod.busy_cores(0.5)
     finally:
         spin.kill()
         spin.wait()
+        if spin.stdout is not None:
+            spin.stdout.close()
     assert seen is not None and seen >= 0.5
