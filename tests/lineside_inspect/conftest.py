@@ -65,6 +65,33 @@ def start_server(settings: Settings) -> tuple[Running, Callable[[], None]]:
     return Running(f"http://127.0.0.1:{port}", app, server), stop
 
 
+def stall_stream(sim: Any, worker: Any, ended: threading.Event, timeout_s: float = 30) -> None:
+    """``sim``'s (an MJPEGSimulator) stream stalls, its connection open and no bytes sent,
+    once ``worker`` (the server's camera worker reading it) has received every frame sent
+    before: a last frame marked flat 200 grey, then the simulator's sender blocks until
+    ``ended`` is set (the stream then closes; set it before killing ``sim``). A fixed wait
+    after ``mode = "hang"`` let a frame already on its way arrive after a trigger on a
+    loaded host, and answer it."""
+    sent, blocked = [0], threading.Event()
+
+    def frames(i: int) -> Any:  # called by the simulator before each frame it sends
+        import numpy as np
+
+        sent[0] += 1
+        if sent[0] == 1:
+            return np.full((120, 160, 3), 200, np.uint8)
+        blocked.set()  # the marked frame was written whole: nothing follows it
+        ended.wait()
+        raise OSError("the stream ended")  # the simulator closes the connection
+
+    sim.frames = frames
+    deadline = time.monotonic() + timeout_s
+    while not (blocked.is_set() and (latest := worker.latest()) is not None
+               and latest.image.mean() > 150):
+        assert time.monotonic() < deadline, "the camera never received the stream's last frame"
+        time.sleep(0.02)
+
+
 def settings(**kw: Any) -> Settings:
     data_dir = kw.pop("data_dir", None) or tempfile.mkdtemp(prefix="store-", dir=_STORES.name)
     base: dict[str, Any] = {"models": [str(MODEL)], "device": "cpu", "threads": 1,

@@ -30,7 +30,7 @@ from lineside_inspect.line.opcua import OpcUaAdapter
 from lineside_inspect.line.peer_logs import BOUND
 from lineside_inspect.line.station import Changes, ErrorCode, Phase, Station, TagValue
 
-from .conftest import KEYS, MODEL, Running, keyed, start_server
+from .conftest import KEYS, MODEL, Running, keyed, stall_stream, start_server
 from .fleet_peers import free_port
 from .test_ui_screens import ARGS, CHROMIUM
 
@@ -668,29 +668,10 @@ class Line:
         raise AssertionError("the fused camera never showed the new board")
 
     async def stall_flaky(self) -> None:
-        """The flaky camera's stream stalls (its connection open, no bytes): waits until the
-        server has received every frame sent before the stall. A fixed 0.5 s let a frame
-        already on its way arrive after the trigger on a loaded host, and be the part's.
-        The stream sends one last frame it marks (a flat 200 grey), then its next frame
-        blocks the simulator's sender until :meth:`unplug_flaky` (the stream then ends)."""
-        sim, ended, blocked = self.flaky, self._unplugged, threading.Event()
-        sent = [0]
-
-        def frames(i: int) -> np.ndarray:  # called by the simulator before each frame it sends
-            sent[0] += 1
-            if sent[0] == 1:
-                return np.full((120, 160, 3), 200, np.uint8)
-            blocked.set()  # the marked frame is written whole: nothing follows it
-            ended.wait()
-            raise OSError("the stream ended")  # the simulator closes the connection
-
-        sim.frames = frames
+        """The flaky camera's stream stalls (its connection open, no bytes) once the server
+        has every frame sent before (:func:`stall_stream`), until :meth:`unplug_flaky`."""
         worker = self.srv.app.state.cameras.worker("flaky")
-        deadline = time.monotonic() + WAIT_S
-        while not (blocked.is_set() and (latest := worker.latest()) is not None
-                   and latest.image.mean() > 150):
-            assert time.monotonic() < deadline, "the flaky camera never received its last frame"
-            await asyncio.sleep(0.02)
+        await asyncio.to_thread(stall_stream, self.flaky, worker, self._unplugged, WAIT_S)
 
     def unplug_flaky(self) -> None:
         """The flaky camera is gone: a stalled stream ends, its server stops."""
@@ -1643,7 +1624,7 @@ def test_a_refused_recipe_rewritten_every_scan_is_logged_once(
 def test_shutdown_answers_the_part_in_progress_and_takes_no_trigger() -> None:
     """On shutdown a station stops offering TriggerReady and a part waiting for its frame
     ends with Fail and ErrorCode 8 (a PLC never waits for a result that cannot come)."""
-    sim = MJPEGSimulator(counter_frame, fps=30)
+    sim, ended = MJPEGSimulator(counter_frame, fps=30), threading.Event()
     cam = CameraConfig(id="sim", source=sim.url, stale_after_s=30, read_timeout_s=30)
     srv, stop = start_server(keyed(cameras=[cam], store=False, line=LineSettings(
         modbus=ModbusConfig(port=0), trigger_timeout_s=30.0)))
@@ -1662,15 +1643,10 @@ def test_shutdown_answers_the_part_in_progress_and_takes_no_trigger() -> None:
         while srv.app.state.cameras.workers["sim"].latest() is None:
             assert time.monotonic() < deadline, "camera did not come online"
             time.sleep(0.05)
-        sim.mode = "hang"  # connected, no frames: the trigger waits (trigger_timeout_s 30)
-        # a frame already on its way when the mode changed must not answer the trigger (on
-        # a loaded CI host one did: the part ended normally before the shutdown)
-        worker, seen, still_since = srv.app.state.cameras.workers["sim"], None, time.monotonic()
-        while time.monotonic() - still_since < 0.5:
-            assert time.monotonic() < deadline, "the camera kept sending frames"
-            if (now := worker.latest()) is not seen:
-                seen, still_since = now, time.monotonic()
-            time.sleep(0.05)
+        # connected, no frames: the trigger waits (trigger_timeout_s 30); every frame sent
+        # before received first (on a loaded CI host one on its way answered the trigger:
+        # the part ended normally before the shutdown)
+        stall_stream(sim, srv.app.state.cameras.workers["sim"], ended, WAIT_S)
 
         async def trigger() -> None:
             mb = AsyncModbusTcpClient("127.0.0.1", port=adapter.port)
@@ -1702,6 +1678,7 @@ def test_shutdown_answers_the_part_in_progress_and_takes_no_trigger() -> None:
         srv.app.state.limiter.drain = drain
     finally:
         stop()
+        ended.set()
         sim.kill()
     assert in_drain == [(False, True, ErrorCode.SHUTDOWN)]
     station = srv.app.state.line_plc.stations["sim"]

@@ -27,6 +27,8 @@ from lineside_inspect.opencv import cv2
 from lineside_inspect.serve import SlowClientProtocol
 from lineside_inspect.server import service as service_module
 
+from .conftest import stall_stream
+
 KEYS = {"line": "line-secret"}  # conftest's role keys
 SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "deeppcb-sample" / "images"
 
@@ -180,29 +182,6 @@ def test_pending_triggers_hold_no_threads(launch) -> None:
         sim.kill()
 
 
-def _stall(sim: MJPEGSimulator, worker: Any, ended: threading.Event) -> None:
-    """``sim``'s stream stalls (connection open, no bytes) once ``worker`` has received
-    every frame sent before: a last frame marked flat 200 grey, then the simulator's
-    sender blocks until ``ended`` (the stream then closes). A fixed wait let a frame
-    already on its way come after the triggers on a loaded host, and answer one."""
-    sent, blocked = [0], threading.Event()
-
-    def frames(i: int) -> np.ndarray:  # called by the simulator before each frame it sends
-        sent[0] += 1
-        if sent[0] == 1:
-            return np.full((120, 160, 3), 200, np.uint8)
-        blocked.set()  # the marked frame was written whole: nothing follows it
-        ended.wait()
-        raise OSError("the stream ended")  # the simulator closes the connection
-
-    sim.frames = frames
-    deadline = time.monotonic() + 30
-    while not (blocked.is_set() and (latest := worker.latest()) is not None
-               and latest.image.mean() > 150):
-        assert time.monotonic() < deadline, "the camera never received the last frame"
-        time.sleep(0.02)
-
-
 def _pending_triggers_hold_no_threads(launch, sim: MJPEGSimulator, ended: threading.Event) -> None:
     cam = CameraConfig(id="slow", source=sim.url, read_timeout_s=30, stale_after_s=30,
                        max_frame_age_s=0.01)
@@ -213,7 +192,7 @@ def _pending_triggers_hold_no_threads(launch, sim: MJPEGSimulator, ended: thread
             assert time.time() < deadline, "camera never came online"
             time.sleep(0.1)
     worker = srv.app.state.cameras.worker("slow")
-    _stall(sim, worker, ended)  # the camera stays connected and sends nothing: triggers wait
+    stall_stream(sim, worker, ended)  # the camera stays connected and sends nothing: triggers wait
     done: list[int] = []
 
     def trigger(_: int) -> int:
