@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -46,9 +47,11 @@ from lineside_inspect.version import __version__
 log = logging.getLogger("lineside")
 
 
-def load_everything(settings: Settings, registry: Registry) -> None:
+def load_everything(settings: Settings, registry: Registry) -> list[Recipe]:
     """Load and warm up every configured model, then the recipes (each model's card
-    default recipe when none is configured)."""
+    default recipe when none is configured). On a fleet box, a configured recipe whose
+    model (or the version it pins, or its good-only partner) no configured package gives
+    is not put now but returned: its model comes from the hub (:func:`add_waiting_recipes`)."""
     for path in settings.models:
         registry.load_model(path)
     recipes = [load_recipe(p) for p in settings.recipes]
@@ -60,11 +63,65 @@ def load_everything(settings: Settings, registry: Registry) -> None:
                    **card.default_recipe}
             doc["model"] = doc.get("model") or name
             recipes.append(Recipe.model_validate(doc))
+    waiting: list[Recipe] = []
     for r in recipes:
+        if settings.fleet.hub_url and _model_missing(registry, r):
+            waiting.append(r)  # a recipe for a pulled model was a start-up traceback
+            continue
         registry.add_recipe(r)
     if settings.default_recipe:
-        registry.recipe(settings.default_recipe)
+        if all(r.name != settings.default_recipe for r in waiting):
+            registry.recipe(settings.default_recipe)
         registry.default_recipe = settings.default_recipe
+    return waiting
+
+
+def _model_missing(registry: Registry, recipe: Recipe) -> bool:
+    """Whether a model version ``recipe`` judges with (or fuses with) is not loaded."""
+    if recipe.remote is not None:
+        return False
+    models = registry.models()
+    for name, version in ((recipe.model, recipe.model_version), recipe.fused() or (None, None)):
+        if name is None:
+            continue
+        slot = models.get(name)
+        if slot is None or (version is not None and version not in slot.versions
+                            and version not in slot.unloaded):
+            return True
+    return False
+
+
+def add_waiting_recipes(app: FastAPI, model: str | None = None) -> None:
+    """Put the configured recipes that waited for their model (a fleet box's pull, or the
+    pulled models it restored at start-up) once it is loaded: all of them, or those of
+    ``model``. One put over the API under the same name since stays in their place; one
+    the pulled model cannot serve (classes, reference) is logged and left out."""
+    registry: Registry = app.state.registry
+    waiting: list[Recipe] = getattr(app.state, "waiting_recipes", [])
+    with _WAITING_LOCK:  # the start-up and a pull's thread
+        _add_waiting(app, registry, waiting, model)
+
+
+_WAITING_LOCK = threading.Lock()
+
+
+def _add_waiting(app: FastAPI, registry: Registry, waiting: list[Recipe],
+                 model: str | None) -> None:
+    for recipe in list(waiting):
+        if (model is not None and model not in (recipe.model, (recipe.fused() or ("",))[0])) \
+                or _model_missing(registry, recipe):
+            continue
+        waiting.remove(recipe)
+        if recipe.name in app.state.api_recipes:  # kept for a DELETE of the API's to restore
+            app.state.configured_recipes[recipe.name] = recipe
+            continue
+        try:
+            registry.add_recipe(recipe)
+        except LinesideError as exc:
+            log.error("recipe %s (configured) is not loaded: %s", recipe.name, exc.message)
+            continue
+        app.state.configured_recipes[recipe.name] = recipe
+        log.info("recipe %s (configured): its model %s is loaded now", recipe.name, recipe.model)
 
 
 def load_saved_recipes(app: FastAPI) -> None:
@@ -168,7 +225,8 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
-        await anyio.to_thread.run_sync(load_everything, settings, registry)
+        app.state.waiting_recipes = await anyio.to_thread.run_sync(load_everything, settings,
+                                                                   registry)
         admin.publish_state(app.state.metrics, registry)
         # a camera whose config contradicts itself (a reference model's recipe and no
         # golden image, or the reverse) stops the server here, before anything started
@@ -178,6 +236,13 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         # after the start-up hooks (a fleet box's restored models), before the ready hooks
         # (the fail-rate alarm settles its resumed counts against the recipes loaded then)
         await anyio.to_thread.run_sync(load_saved_recipes, app)
+        # the configured recipes of a fleet box's pulled models restored just now; the rest
+        # wait for their first pull
+        await anyio.to_thread.run_sync(add_waiting_recipes, app)
+        for recipe in app.state.waiting_recipes:
+            log.warning("recipe %s waits for model %s, which no configured package gives: "
+                        "it is put when the box pulls it from the hub", recipe.name,
+                        recipe.model)
         for hook in app.state.on_ready:
             await anyio.to_thread.run_sync(hook)
         # what a camera still lacks once every hook ran (a recipe a fleet box gets with its
@@ -227,6 +292,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.saved_recipes = SavedRecipes(settings.saved_recipes_path)
     app.state.live_views = cameras.LiveViews(settings.max_live_views)
     app.state.configured_recipes = {}  # the server's own recipes, once it started
+    app.state.waiting_recipes = []  # a fleet box's configured recipes of models to pull
     app.state.api_recipes = set()  # names whose recipe now is one put over the API
     app.state.service = InspectionService(
         registry=registry, limiter=app.state.limiter, metrics=app.state.metrics,

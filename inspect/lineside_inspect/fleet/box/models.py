@@ -450,6 +450,7 @@ class ModelPuller:
         """Through the lifecycle, as an admin's activation would go (see the module doc).
         ``checked``: the card digest of the package as it was verified."""
         from lineside_inspect.recipes import card_recipe
+        from lineside_inspect.server.app import add_waiting_recipes
         from lineside_inspect.server.routes.admin import publish_state
 
         registry = self.app.state.registry
@@ -482,6 +483,7 @@ class ModelPuller:
                     f"this box keeps no golden set named {m.name}, the only one a pull gates "
                     f"with (lineside golden create {m.name} ... on the box): activated as by "
                     f"hand, refused: {exc.message}") from None
+        add_waiting_recipes(self.app, m.name)  # the box's configured recipes of the model
         if not any(r.model == m.name for r in registry.recipes()):
             registry.add_recipe(card_recipe(registry.detector(m.name, m.version).card))
         publish_state(self.app.state.metrics, registry)
@@ -492,6 +494,7 @@ class ModelPuller:
         activate, through the
         lifecycle, what was not left on the box."""
         from lineside_inspect.recipes import card_recipe
+        from lineside_inspect.server.app import add_waiting_recipes
 
         registry = self.app.state.registry
         lifecycle = self.app.state.lifecycle
@@ -524,6 +527,7 @@ class ModelPuller:
                               "loaded by hand", name, p.version, name)
                     continue
                 registry.load_model(path, activate=False, expect_card=card_digest(card))
+                add_waiting_recipes(self.app, name)
                 if not any(r.model == name for r in registry.recipes()):
                     registry.add_recipe(card_recipe(registry.detector(name, p.version).card))
                 if not p.held:

@@ -1,0 +1,76 @@
+"""A fleet box whose config names a recipe for a model it gets from the hub (docs/fleet.md:
+the box pulls its line's model, the recipe is the station's). The start-up check let such
+a recipe through ("the start-up checks that one"), and the start-up then stopped the box
+with a lifespan traceback: ``unknown model``, before and after the pull alike. Now the
+recipe waits for its model: put when a pull loads it, or at start-up once restored."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lineside_inspect.fleet.protocol import AssignedModel
+from lineside_inspect.package import card_digest, load_package
+
+from .conftest import ROOT, Running
+
+GOOD = ROOT / "models" / "deeppcb-good" / "1"  # the bundled good-only model: not configured
+
+
+def _config(tmp_path: Path) -> dict[str, Any]:
+    recipe = tmp_path / "station-good.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "station-good", "version": "7",
+                                      "model": "deeppcb-good", "min_size_px": 12}))
+    return {"data_dir": str(tmp_path / "box"), "recipes": [str(recipe)],
+            "default_recipe": "station-good",
+            # a hub nobody answers on: the pull below is made by hand
+            "fleet": {"hub_url": "http://127.0.0.1:9", "token": "t", "line": "L1",
+                      "pull_interval_s": 3600, "timeout_s": 1}}
+
+
+def _recipes(box: Running) -> dict[str, Any]:
+    with box.client("admin") as admin:
+        return {r["name"]: r for r in admin.get("/v1/recipes").json()}
+
+
+def test_a_recipe_for_a_model_to_pull_waits_for_the_pull(
+        launch: Callable[..., Running], tmp_path: Path, image_bytes: bytes) -> None:
+    box = launch(keys=True, **_config(tmp_path))
+    assert "station-good" not in _recipes(box)
+    with box.client("line") as line:  # the default recipe is the waiting one: 404, named
+        r = line.post("/v1/inspect", files={"image": ("a.jpg", image_bytes, "image/jpeg")})
+        assert r.status_code == 404 and "station-good" in r.text, r.text
+    # the pull's activation (what ModelPuller does once the package is verified)
+    dest = tmp_path / "box" / "fleet-models" / "deeppcb-good" / "1"
+    shutil.copytree(GOOD, dest)
+    box.app.state.fleet_models._activate(
+        dest, AssignedModel(name="deeppcb-good", version="1", sha256="0" * 64),
+        card_digest(load_package(dest).card))
+    recipes = _recipes(box)
+    # the configured recipe, not the card's default one
+    assert recipes["station-good"]["version"] == "7", recipes
+    assert recipes["station-good"]["min_size_px"] == 12
+    assert not any(r["model"] == "deeppcb-good" and n != "station-good" for n, r in recipes.items())
+    with box.client("line") as line:
+        r = line.post("/v1/inspect", files={"image": ("a.jpg", image_bytes, "image/jpeg")})
+        assert r.status_code == 200, r.text
+        assert r.json()["recipe"] == {"name": "station-good", "version": "7"}
+
+
+def test_a_restarted_box_puts_the_recipe_of_a_pulled_model(
+        launch: Callable[..., Running], tmp_path: Path) -> None:
+    root = tmp_path / "box" / "fleet-models"
+    shutil.copytree(GOOD, root / "deeppcb-good" / "1")
+    card = load_package(root / "deeppcb-good" / "1").card
+    (root / "pulled.json").write_text(json.dumps({"models": {"deeppcb-good": {
+        "version": "1", "sha256": "0" * 64, "graph_sha256": card.sha256,
+        "card_digest": card_digest(card)}}}))
+    box = launch(keys=True, **_config(tmp_path))
+    recipes = _recipes(box)
+    assert recipes["station-good"]["version"] == "7", recipes
+    assert [n for n, r in recipes.items() if r["model"] == "deeppcb-good"] == ["station-good"]
