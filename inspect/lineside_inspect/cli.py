@@ -830,18 +830,35 @@ def bench_model_cmd(
     int8: Annotated[Path | None, typer.Option(help="int8 package to compare")] = None,
     runs: Annotated[int, typer.Option(min=1, help=(
         "timed batch-1 runs for the latency; each batch size's throughput is timed over "
-        "runs / (2 x batch) runs, at least 3"))] = 50,
+        "runs / (2 x batch) runs, at least 3; --mosaic: runs per mosaic (default 3)"))] = 50,
     batches: Annotated[str, typer.Option(help="batch sizes for throughput")] = "1,2,4,8",
     pairs: Annotated[Path | None, typer.Option(help=(
         "reference models: a dataset with references; judge good and defective parts side "
         "by side, with and without the unchanged gate"))] = None,
     parts: Annotated[int, typer.Option(min=1, help="--pairs: parts of each kind")] = 40,
     align: Annotated[bool, typer.Option(help="--pairs: recipe align_reference")] = True,
+    mosaic: Annotated[Path | None, typer.Option(help=(
+        "single-image detectors: a dataset whose defective images, side by side at native "
+        "scale, make frames larger than the model's input; judge them whole and tiled "
+        "(a recipe's tiling) side by side: latency, boxes counted, recall"))] = None,
+    tile: Annotated[int | None, typer.Option(help="--mosaic: tiling.tile (default: the "
+                                             "model's input size)")] = None,
+    overlap: Annotated[float, typer.Option(help="--mosaic: tiling.overlap")] = 0.2,
+    grid: Annotated[str, typer.Option(help="--mosaic: images across x down, e.g. 3x2")] = "3x2",
+    frames: Annotated[int, typer.Option(min=1, help="--mosaic: mosaics judged")] = 4,
 ) -> None:
     """p50/p95 latency at batch 1 and best-batch throughput, 1 and 2 threads; with
-    --pairs, good and defective parts judged end to end (decode included)."""
+    --pairs, good and defective parts judged end to end (decode included); with --mosaic,
+    large frames judged whole and tiled."""
     from lineside_inspect.bench import bench_model, bench_pairs, format_pairs, format_rows
 
+    if mosaic is not None:
+        if pairs is not None or int8 is not None or batches != "1,2,4,8":
+            raise typer.BadParameter("--mosaic judges frames whole and tiled: give --tile, "
+                                     "--overlap, --grid, --frames and --runs with it")
+        return _bench_mosaic(package, mosaic, tile, overlap, grid, frames, runs)
+    if tile is not None or overlap != 0.2 or grid != "3x2" or frames != 4:
+        raise typer.BadParameter("--tile, --overlap, --grid and --frames go with --mosaic DATASET")
     # options of the other mode were silently ignored (new-user review)
     if pairs is not None and (int8 is not None or runs != 50 or batches != "1,2,4,8"):
         raise typer.BadParameter("--int8, --runs and --batches time the model alone; "
@@ -856,6 +873,27 @@ def bench_model_cmd(
     if int8 is not None:
         rows += bench_model(int8, runs=runs, batches=sizes)
     out.print(format_rows(rows))
+
+
+def _bench_mosaic(package: Path, data: Path, tile: int | None, overlap: float, grid: str,
+                  frames: int, runs: int) -> None:
+    from pydantic import ValidationError
+
+    from lineside_inspect.bench_tiles import bench_tiles, format_tiles
+    from lineside_inspect.package import load_package
+    from lineside_inspect.runtime.tiles import Tiling
+
+    cols, x, rows = grid.partition("x")
+    if not (x and cols.isdigit() and rows.isdigit() and int(cols) >= 1 and int(rows) >= 1):
+        raise typer.BadParameter(f"--grid: images across x down, e.g. 3x2; got {grid!r}")
+    try:
+        tiling = Tiling(tile=tile or load_package(package).card.input.size, overlap=overlap)
+    except ValidationError as exc:
+        raise typer.BadParameter(f"--tile {tile}, --overlap {overlap:g}: "
+                                 f"{exc.errors()[0]['msg']}") from None
+    out.print(format_tiles(bench_tiles(package, data, tiling=tiling, cols=int(cols),
+                                       rows=int(rows), frames=frames,
+                                       runs=3 if runs == 50 else runs)))  # 50: not given
 
 
 def _counts(option: str, text: str) -> tuple[int, ...]:

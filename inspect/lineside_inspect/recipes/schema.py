@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lineside_inspect.errors import ConfigError, describe_validation
 from lineside_inspect.names import Name, OneLine
+from lineside_inspect.runtime.tiles import Tiling
 from lineside_inspect.runtime.unchanged import UnchangedGate
 from lineside_inspect.user_files import load_yaml, read_text
 
@@ -133,6 +134,10 @@ class Recipe(BaseModel):
         "the share of parts this product usually fails on this line, if known: the "
         "fail-rate alarm compares with it from the start instead of learning it from the "
         "first inspections (docs/lifecycle.md section 6)"))
+    tiling: Tiling | None = Field(None, description=(
+        "single-image detectors: cut a frame larger than tiling.tile px into overlapping "
+        "tiles judged at native scale, their boxes joined back in frame pixels "
+        "(runtime/tiles.py); a frame no larger than a tile is judged whole, as without it"))
     remote: RemoteModel | None = Field(None, description=(
         "run inference on an OIP v2 endpoint instead of a package loaded on the box; "
         "in recipe files of the server's config only (PUT /v1/recipes refuses it)"))
@@ -181,6 +186,11 @@ class Recipe(BaseModel):
         """Refuse a recipe its models cannot serve: ``kind`` and ``class_names`` are its
         model's card's, ``anomaly_kind`` the kind of the model ``anomaly.model`` names."""
         fused = self.anomaly.model if self.anomaly is not None else None
+        if self.tiling is not None and (kind == "anomaly" or fused is not None):
+            what = (f"model {self.model} is a good-only (anomaly) model" if kind == "anomaly"
+                    else f"it fuses good-only model {fused} with its detector")
+            raise ConfigError(f"recipe {self.name}: tiling takes single-image detectors, and "
+                              f"{what}, whose image score and map are of the whole frame")
         if kind == "anomaly":
             if fused is not None:
                 raise ConfigError(f"recipe {self.name}: model {self.model} is itself an anomaly "
@@ -210,6 +220,10 @@ class Recipe(BaseModel):
             if used and not needs_reference:
                 raise ConfigError(f"recipe {self.name}: {what} its reference, and model "
                                   f"{self.model} takes no reference")
+        if self.tiling is not None and needs_reference:
+            raise ConfigError(f"recipe {self.name}: tiling takes single-image detectors, and "
+                              f"model {self.model} compares each frame with its reference "
+                              "image (golden), a pair tiles would cut apart")
 
     def check_classes(self, class_names: list[str]) -> None:
         """Refuse rules naming classes the model does not know (a typo would silently pass)."""

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lineside_inspect.errors import PackageError, ReferenceImageError
+from lineside_inspect.errors import ConfigError, PackageError, ReferenceImageError
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import ModelPackage, load_package
 from lineside_inspect.runtime.anomaly_map import find_anomalies
 from lineside_inspect.runtime.preprocess import Letterbox, as_bgr, letterbox
 from lineside_inspect.runtime.reference import align_to_reference, gray, pair_image
 from lineside_inspect.runtime.session import OnnxSession
+from lineside_inspect.runtime.tiles import Tiling, join_tiles, tile_origins
 from lineside_inspect.runtime.types import Detections
 
 
@@ -31,6 +32,16 @@ def to_planes(image: np.ndarray, out: np.ndarray, *, rgb: bool) -> None:
             dst[...] = src
 
 
+def _stacked(parts: list[np.ndarray]) -> np.ndarray:
+    """Runs' outputs joined along the batch, each padded with zeros (a detector's padding
+    rows carry score 0) to the longest's row count."""
+    longest = max(p.shape[1] for p in parts) if parts[0].ndim > 1 else 0
+    if all(p.ndim < 2 or p.shape[1] == longest for p in parts):
+        return np.concatenate(parts)
+    return np.concatenate([np.pad(p, [(0, 0), (0, longest - p.shape[1])]
+                                  + [(0, 0)] * (p.ndim - 2)) for p in parts])
+
+
 class Detector:
     """Runs a model package with onnxruntime. Images are BGR ``uint8`` ``(H, W, 3)``
     arrays as OpenCV decodes them (or grey ``(H, W)``, or BGRA), of any size.
@@ -40,6 +51,10 @@ class Detector:
     (card kind ``anomaly``) runs the same way; its detections are its anomaly regions
     (``runtime.anomaly`` has its image score).
     """
+
+    # the most images the graph takes in one run (its input's batch dimension when a
+    # number), None: any (a remote endpoint is sent what it is given)
+    max_batch: int | None = None
 
     def __init__(self, package: ModelPackage | str | Path, *, device: str = "auto",
                  threads: int | None = None, warmup: bool = True, spinning: bool = True,
@@ -51,6 +66,8 @@ class Detector:
         self.session = OnnxSession(self.package.graph_path, device=device, threads=threads,
                                    spinning=spinning, overlap=overlap,
                                    graph=self.package.graph, external=self.package.external)
+        batch_dim = self.session.session.get_inputs()[0].shape[0]
+        self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         # the verified bytes were for the session: not kept twice for the model's life
         self.package = replace(self.package, graph=None, external={})
         if warmup:
@@ -104,11 +121,13 @@ class Detector:
         return self.card.needs_reference
 
     def pre_process(self, images: list[np.ndarray], references: list[np.ndarray] | None = None,
-                    *, align: bool = False) -> tuple[np.ndarray, list[Letterbox]]:
+                    *, align: bool = False, tiling: Tiling | None = None,
+                    ) -> tuple[np.ndarray, list[Letterbox]]:
         """Letterbox each image and stack to ``[B, 3, S, S]`` uint8: RGB, or for a reference
         model grey, reference grey and difference; ``align`` first translates each frame
         onto its reference (the letterbox remembers the shift, so boxes map back to the
-        frame as it was sent)."""
+        frame as it was sent). ``tiling`` (single-image detectors) cuts an image larger than
+        its tile into tiles, a row each (:mod:`~lineside_inspect.runtime.tiles`)."""
         if self.needs_reference:
             if references is None or len(references) != len(images):
                 raise ReferenceImageError(
@@ -117,6 +136,13 @@ class Detector:
         elif references is not None:
             raise ReferenceImageError(
                 f"model {self.card.name} {self.card.version} takes no reference image")
+        if tiling is not None:
+            if references is not None or self.card.kind != "detector":
+                raise ConfigError(f"model {self.card.name} {self.card.version}: tiling takes "
+                                  "single-image detectors")
+            plans = [tile_origins(im.shape[1], im.shape[0], tiling) for im in images]
+            if any(p is not None for p in plans):
+                return self._tiles(images, plans, tiling.tile)
         batch = np.empty((len(images), 3, self.size, self.size), dtype=np.uint8)
         boxes = []
         pad = self.card.input.letterbox.pad_value  # as the model was trained
@@ -129,17 +155,46 @@ class Detector:
                 fitted, lb = letterbox(pair_image(image, reference), self.size, pad_value=pad)
                 lb = replace(lb, shift_x=dx, shift_y=dy)
                 to_planes(fitted, batch[i], rgb=False)
-            elif image.ndim == 2:  # a grey frame: its one plane is R, G and B alike
-                fitted, lb = letterbox(image, self.size, pad_value=pad)
-                batch[i] = fitted  # repeated into the three planes (no BGR copy is made)
             else:
-                fitted, lb = letterbox(as_bgr(image), self.size, pad_value=pad)
-                to_planes(fitted, batch[i], rgb=True)  # BGR as decoded, RGB as trained
+                lb = self._fill(batch[i], image)
             boxes.append(lb)
         return batch, boxes
 
+    def _fill(self, out: np.ndarray, image: np.ndarray) -> Letterbox:
+        """Letterbox one single-image model's ``image`` into the batch row ``out``."""
+        pad = self.card.input.letterbox.pad_value  # as the model was trained
+        if image.ndim == 2:  # a grey frame: its one plane is R, G and B alike
+            fitted, lb = letterbox(image, self.size, pad_value=pad)
+            out[...] = fitted  # repeated into the three planes (no BGR copy is made)
+        else:
+            fitted, lb = letterbox(as_bgr(image), self.size, pad_value=pad)
+            to_planes(fitted, out, rgb=True)  # BGR as decoded, RGB as trained
+        return lb
+
+    def _tiles(self, images: list[np.ndarray], plans: list[list[tuple[int, int]] | None],
+               tile: int) -> tuple[np.ndarray, list[Letterbox]]:
+        """One batch row per tile (per image, for one that fits a tile), each letterboxed
+        from a view of its frame (no crop is copied: a tile of the input size is split
+        straight into its row)."""
+        rows = sum(1 if p is None else len(p) for p in plans)
+        batch = np.empty((rows, 3, self.size, self.size), dtype=np.uint8)
+        boxes: list[Letterbox] = []
+        for i, (image, plan) in enumerate(zip(images, plans, strict=True)):
+            if plan is None:
+                boxes.append(replace(self._fill(batch[len(boxes)], image), of=i))
+                continue
+            for x, y in plan:
+                lb = self._fill(batch[len(boxes)], image[y:y + tile, x:x + tile])
+                boxes.append(replace(lb, origin=(x, y), of=i))
+        return batch, boxes
+
     def forward(self, batch: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(batch)
+        step = self.max_batch
+        if step is None or len(batch) <= step:
+            return self.session.run(batch)
+        # a graph of a fixed batch size given more rows (tiles): run after run, joined
+        parts = [self.session.run(batch[i:i + step]) for i in range(0, len(batch), step)]
+        return [_stacked(list(o)) for o in zip(*parts, strict=True)]
 
     def post_process(self, outputs: list[np.ndarray], letterboxes: list[Letterbox]) -> list[Detections]:
         if self.card.kind == "anomaly":  # a good-only model: its map's regions, labelled anomaly
@@ -152,6 +207,8 @@ class Detector:
             if (inside := lb.with_area(found)) is not None:
                 found, kept_scores, kept_labels = found[inside], kept_scores[inside], kept_labels[inside]
             result.append(Detections(found, kept_scores, kept_labels, self.class_names))
+        if any(lb.origin is not None for lb in letterboxes):  # tiles of larger frames
+            return join_tiles(result, letterboxes)
         return result
 
     def predict(self, images: list[np.ndarray], references: list[np.ndarray] | None = None,

@@ -25,16 +25,23 @@ class Letterbox:
     height: int
     shift_x: float = 0.0  # a frame aligned to its reference: where aligned pixels came from
     shift_y: float = 0.0
+    # a tile of a larger frame (runtime/tiles.py): where it sits in the frame, and which
+    # image of the batch that frame is; None: the image is the whole frame
+    origin: tuple[int, int] | None = None
+    of: int = 0
 
     def to_original(self, boxes: np.ndarray) -> np.ndarray:
-        """Map ``[N, 4]`` input-space boxes back to original pixels, clipped to the image."""
+        """Map ``[N, 4]`` input-space boxes back to original pixels, clipped to the image
+        (a tile: clipped to the tile, then placed in its frame)."""
         # whole-array operations: this runs on every inspection, right after inference
         # when caches are cold, where each numpy call costs ~10-20 us
         pad = np.array([self.pad_x, self.pad_y] * 2, dtype=np.float32)
         shift = np.array([self.shift_x, self.shift_y] * 2, dtype=np.float32)
         out = (boxes.astype(np.float32) - pad) / np.float32(self.scale) + shift
-        return np.clip(out, 0, np.array([self.width, self.height] * 2, dtype=np.float32),
-                       out=out)
+        np.clip(out, 0, np.array([self.width, self.height] * 2, dtype=np.float32), out=out)
+        if self.origin is not None:
+            out += np.array(self.origin * 2, dtype=np.float32)
+        return out
 
     def with_area(self, boxes: np.ndarray) -> np.ndarray | None:
         """The mask of ``boxes`` (as :meth:`to_original` gives them) with an area, or None
