@@ -16,14 +16,20 @@ registry's type is imported for type checking only).
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lineside_inspect.errors import ConfigError, GateRefused, LinesideError, NotFoundError
 from lineside_inspect.lifecycle.config import LifecycleSettings
-from lineside_inspect.lifecycle.gate import gated_as, rules_digest, rules_digests
+from lineside_inspect.lifecycle.gate import (
+    fusion_partner,
+    gated_as,
+    rules_digest,
+    rules_digests,
+)
 from lineside_inspect.lifecycle.golden import GoldenLibrary
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.package import ModelCard, card_digest, default_recipe_name
@@ -53,6 +59,47 @@ class _Standing:
     why: str = ""  # the refusal (after the model's name and version) when gate is None
     stale_row: GateReportRow | None = None  # a pass that no longer admits
     own: bool = False  # what judges is the card's own recipe taken for want of any
+
+
+_Why = tuple[str, list[str], str]  # why a pass is stale: _stale_note's why, recipes, how
+
+
+@dataclass
+class _Seen:
+    """The passes against the active version, current or stale (:meth:`AdmissionRules._seen`)."""
+
+    passes: dict[str, GateReportRow] = field(default_factory=dict)  # newest current, by recipe
+    any_pass: GateReportRow | None = None  # the newest current pass, under any recipe
+    first_stale: tuple[GateReportRow, _Why] | None = None  # the newest stale pass, and why
+    stale_by: dict[str, tuple[GateReportRow, _Why]] = field(default_factory=dict)  # by recipe
+
+
+class _Kept:
+    """The ``recipe_sha256`` a report judged by a recipe's rules may keep: the digests
+    (:func:`~lineside_inspect.lifecycle.gate.rules_digests`) of each of its ``variants``
+    (:meth:`AdmissionRules._rules_kept`), each digested at most once and only as far as a
+    digest asked about needs (a pass under the recipe as it stands matches the first)."""
+
+    def __init__(self, variants: Sequence[Recipe] = ()) -> None:
+        self._todo = list(variants)
+        self._known: set[str] = set()
+
+    def __contains__(self, digest: object) -> bool:
+        while digest not in self._known and self._todo:
+            self._known |= rules_digests(self._todo.pop(0))
+        return digest in self._known
+
+
+@dataclass(frozen=True)
+class _Judge:
+    """How one recipe judges a model now (:meth:`AdmissionRules._judge`), held against each
+    pass under its name."""
+
+    rule: Recipe | None = None  # as it judges once admitted; None: see stale
+    stale: _Why | None = None  # why every pass under it is stale; None: no version judges
+    again: list[str] = field(default_factory=list)  # the recipe a new gate names, if any
+    partner: tuple[str, str | None] | None = None  # :meth:`AdmissionRules._partner_now`
+    kept: _Kept = field(default_factory=_Kept)  # :meth:`AdmissionRules._rules_kept`
 
 
 class AdmissionRules:
@@ -188,84 +235,124 @@ class AdmissionRules:
                 if card_of(r, "candidate") == mine
                 or (card_of(r, "candidate") is None and not r.passed)]
         now = [r for r in rows if card_of(r, "against") == active]
-        clearing = rows if any_pass_clears else now
-        failures: list[GateReportRow] = []
-        for failed in (r for r in rows if not r.passed):
-            cleared = any(p.passed and p.created_at > failed.created_at
-                          and p.golden_name == failed.golden_name
-                          and p.golden_version >= failed.golden_version
-                          # the same rules, not only the same name: a recipe can be replaced
-                          and self._alike_rules(p.readable_report(), failed.readable_report())
-                          # judged with the partner card that judged the failure: one that
-                          # flags every part passes any detector, hiding the escapes that
-                          # failed it (a failure naming none: fused with nothing, or judged
-                          # before gates took the partner, session 41)
-                          and failed.readable_report().get("fused_card_sha256") in (
-                              None, p.readable_report().get("fused_card_sha256"))
-                          for p in clearing)
-            if not cleared:
-                failures.append(failed)
+        failures = self._uncleared(rows, rows if any_pass_clears else now)
         if failures:  # (each is recorded by a forced admission: session 43, late review)
             return _Standing(failed=failures[0], failures=failures)
         pending = {r.name: r for r in recipes}
         judging, own = self.judging(card.name, card.version, role=role, pending=pending)
-        passes: dict[str, GateReportRow] = {}  # the newest current pass under each
-        stale_by: dict[str, tuple[GateReportRow, tuple[str, list[str], str]]] = {}
-        any_pass: GateReportRow | None = None  # the newest current pass, under any recipe
-        first_stale: tuple[str, GateReportRow] | None = None
+        seen = self._seen(det, now, judging, pending, own=own, role=role)
+        if all(n in seen.passes for n in judging):
+            return _Standing(gate=seen.passes[judging[0]], passes=seen.passes,
+                             any_pass=seen.any_pass, own=own)
+        return self._refused(det, rows, now, judging, seen, pending, own=own, role=role)
+
+    def _uncleared(self, rows: list[GateReportRow],
+                   clearing: list[GateReportRow]) -> list[GateReportRow]:
+        """The failed reports among ``rows`` that no later pass in ``clearing`` clears
+        (:meth:`_reports`), newest first."""
+        @functools.cache
+        def kept(name: str) -> frozenset[str]:
+            # once per recipe and call: it was digested again for each failure and pass
+            rule = self._recipe_now(name, {})
+            return frozenset() if rule is None else frozenset(rules_digests(rule))
+        failures: list[GateReportRow] = []
+        for failed in (r for r in rows if not r.passed):
+            bad = failed.readable_report()
+            cleared = any(p.passed and p.created_at > failed.created_at
+                          and p.golden_name == failed.golden_name
+                          and p.golden_version >= failed.golden_version
+                          # the same rules, not only the same name: a recipe can be replaced
+                          and self._alike_rules(p.readable_report(), bad, kept)
+                          # judged with the partner card that judged the failure: one that
+                          # flags every part passes any detector, hiding the escapes that
+                          # failed it (a failure naming none: fused with nothing, or judged
+                          # before gates took the partner, session 41)
+                          and bad.get("fused_card_sha256") in (
+                              None, p.readable_report().get("fused_card_sha256"))
+                          for p in clearing)
+            if not cleared:
+                failures.append(failed)
+        return failures
+
+    def _seen(self, det: Detector, now: list[GateReportRow], judging: list[str],
+              pending: dict[str, Recipe], *, own: bool, role: str) -> _Seen:
+        """Each pass in ``now`` (against the active version), current or stale, by the
+        recipe it was judged under (:meth:`_reports`)."""
+        @functools.cache
+        def judge(name: str) -> _Judge:  # once per recipe and call, not once per report
+            return self._judge(name, det, pending, own=own and name == judging[0])
+
+        @functools.cache
+        def put_first(name: str) -> bool:
+            return self._put_first(name, pending, det, role)
+        seen = _Seen()
         for r in (r for r in now if r.passed):
             name = r.readable_report().get("recipe")
-            why = self._pass_stale(r, det, pending, own=own and name == judging[0])
-            if why is not None and isinstance(name, str) and self._put_first(
-                    name, pending, det, role):
+            why = self._pass_stale(r, det, pending, judge)
+            if why is not None and isinstance(name, str) and put_first(name):
                 why = (why[0], [name], _PUT_FIRST)  # gated under it as it stands: no use
             if why is None:
-                any_pass = any_pass or r
+                seen.any_pass = seen.any_pass or r
                 if isinstance(name, str) and name in judging:
-                    passes.setdefault(name, r)
+                    seen.passes.setdefault(name, r)
                 continue
-            first_stale = first_stale or (self._stale_note(r, card.name, *why), r)
+            seen.first_stale = seen.first_stale or (r, why)
             if isinstance(name, str) and name in judging:
-                stale_by.setdefault(name, (r, why))
-        missing = [n for n in judging if n not in passes]
-        if not missing:
-            return _Standing(gate=passes[judging[0]], passes=passes, any_pass=any_pass, own=own)
-        old = next((r for r in rows if r.passed), None)
-        golden, held = (rows[0].golden_name, "") if rows else self._golden_for(card.name)
-        call = "run " + self._gate_call(card.name, card.version, golden,
-                                        None if own else judging[0]) + " first" + held
-        if self._put_first(judging[0], pending, det, role):
-            call = self._put_first_note(card.name, card.version, golden, judging[0])
-        if role == "pinned" and first_stale is not None:
+                seen.stale_by.setdefault(name, (r, why))
+        return seen
+
+    def _refused(self, det: Detector, rows: list[GateReportRow], now: list[GateReportRow],
+                 judging: list[str], seen: _Seen, pending: dict[str, Recipe], *, own: bool,
+                 role: str) -> _Standing:
+        """What :meth:`_reports` says of ``det`` without a current pass under each of
+        ``judging``: which lack one, and why (the refusal's text, built only here)."""
+        model = det.card.name
+        missing = [n for n in judging if n not in seen.passes]
+        blank = dict.fromkeys(missing, "")
+        stale, old = seen.first_stale, next((r for r in rows if r.passed), None)
+        if role == "pinned" and stale is not None:
             # a pass under another recipe than the one pinning it says nothing of it
-            first_stale = next(((self._stale_note(r, card.name, *w), r)
-                                for n, (r, w) in stale_by.items() if n == judging[0]), None)
-            if first_stale is None:  # (a pass against the active version is not "another")
+            stale = seen.stale_by.get(judging[0])
+            if stale is None:  # (a pass against the active version is not "another")
                 old = next((r for r in rows if r.passed and r not in now), None)
-        if len(judging) == 1 and any_pass is None:
+        if len(judging) == 1 and seen.any_pass is None:
             # one recipe judges it and no pass under any recipe admits: said as before the
             # every-recipe rule (session 43)
-            if first_stale is not None:
-                return _Standing(missing=dict.fromkeys(missing, ""), why=first_stale[0],
-                                 stale_row=first_stale[1], own=own)
+            if stale is not None:
+                return _Standing(missing=blank, why=self._stale_note(stale[0], model, *stale[1]),
+                                 stale_row=stale[0], own=own)
             if old is not None:
-                return _Standing(missing=dict.fromkeys(missing, ""), own=own, why=(
+                return _Standing(missing=blank, own=own, stale_row=old, why=(
                     "has not been gated against the active version (lifecycle.gate."
                     f"require_gate); its passing gate report {old.id} compared it with "
                     f"version {old.against_version}, which is not the active one now: "
-                    f"{call}"), stale_row=old)
-            return _Standing(missing=dict.fromkeys(missing, ""), own=own)
-        if len(missing) == 1 and missing[0] in stale_by:
+                    + self._gate_again(det, rows[0].golden_name, judging[0], pending,
+                                       own=own, role=role)))
+            return _Standing(missing=blank, own=own)
+        if len(missing) == 1 and missing[0] in seen.stale_by:
             # the one recipe without a current pass had one that went stale: said so, as
             # before the every-recipe rule
-            row, stale = stale_by[missing[0]]
-            return _Standing(passes=passes, any_pass=any_pass, own=own, stale_row=row,
-                             missing=dict.fromkeys(missing, ""),
-                             why=self._stale_note(row, card.name, *stale))
+            row, why = seen.stale_by[missing[0]]
+            return _Standing(passes=seen.passes, any_pass=seen.any_pass, own=own, stale_row=row,
+                             missing=blank, why=self._stale_note(row, model, *why))
+        return self._lacking(det, rows, judging, missing, seen, own=own, role=role)
+
+    def _gate_again(self, det: Detector, golden: str, recipe: str, pending: dict[str, Recipe],
+                    *, own: bool, role: str) -> str:
+        """The gate call a refusal under the one recipe judging ``det`` ends with."""
+        model, version = det.card.name, det.card.version
+        if self._put_first(recipe, pending, det, role):
+            return self._put_first_note(model, version, golden, recipe)
+        return f"run {self._gate_call(model, version, golden, None if own else recipe)} first"
+
+    def _lacking(self, det: Detector, rows: list[GateReportRow], judging: list[str],
+                 missing: list[str], seen: _Seen, *, own: bool, role: str) -> _Standing:
+        """The refusal of :meth:`_refused` under several recipes: each that lacks a current
+        pass, and why (:meth:`_missing_note`)."""
         lacking: dict[str, str] = {}
         for n in missing:
-            if n in stale_by:
-                row, stale = stale_by[n]
+            if n in seen.stale_by:
+                row, stale = seen.stale_by[n]
                 lacking[n] = f"its passing gate report {row.id} {stale[0]}"
                 continue
             other = next((r for r in rows if r.passed
@@ -273,9 +360,11 @@ class AdmissionRules:
             lacking[n] = ("no passing gate report under it" if other is None else
                           f"its passing gate report {other.id} compared it with version "
                           f"{other.against_version}, not the active one")
-        stale_row = next((stale_by[n][0] for n in missing if n in stale_by), None)
-        return _Standing(passes=passes, any_pass=any_pass, missing=lacking, stale_row=stale_row,
-                         own=own, why=self._missing_note(det, judging, lacking, golden, role=role,
+        stale_row = next((seen.stale_by[n][0] for n in missing if n in seen.stale_by), None)
+        golden, held = (rows[0].golden_name, "") if rows else self._golden_for(det.card.name)
+        return _Standing(passes=seen.passes, any_pass=seen.any_pass, missing=lacking,
+                         stale_row=stale_row, own=own,
+                         why=self._missing_note(det, judging, lacking, golden, role=role,
                                                 own=own, held=held))
 
     def judging(self, model: str, version: str, *, role: str = "active",
@@ -372,8 +461,8 @@ class AdmissionRules:
         if role != "pinned" or name not in pending:
             return False
         standing = self._recipe_now(name, {})
-        return standing is None or not self._same_rules(rules_digest(standing), pending[name],
-                                                        det)
+        return standing is None or rules_digest(standing) not in self._rules_kept(pending[name],
+                                                                                   det)
 
     @staticmethod
     def _put_first_note(model: str, version: str, golden: str, name: str) -> str:
@@ -386,16 +475,15 @@ class AdmissionRules:
 
     def _partner_now(self, rule: Recipe, model: str) -> tuple[str, str | None] | None:
         """The other model of ``rule``'s fusion that versions of ``model`` are judged with
-        now, as :meth:`_partner` takes it for a gate (the version it pins, else the active
-        one): ("name version", its :func:`card_digest`, None when no such version is
-        loaded or unloaded); None when ``rule`` fuses none."""
-        fused = rule.fused()
-        if fused is None:
+        now (:func:`fusion_partner`), as :meth:`_partner` takes it for a gate (the version
+        it pins, else the active one): ("name version", its :func:`card_digest`, None when
+        no such version is loaded or unloaded); None when ``rule`` fuses none."""
+        other = fusion_partner(rule, model)
+        if other is None:
             return None
-        name, pinned = ((rule.model, rule.model_version) if gated_as(rule, model) == "partner"
-                        else fused)
+        name = other.name
         slot = self.registry.models().get(name)
-        version = pinned or (None if slot is None else slot.active)
+        version = other.pinned or (None if slot is None else slot.active)
         if slot is None or version is None:
             return f"{name} (not loaded)", None
         if version in slot.versions:
@@ -404,25 +492,15 @@ class AdmissionRules:
             return f"{name} {version}", card_digest(slot.unloaded[version].card)
         return f"{name} {version} (not loaded)", None
 
-    def _pass_stale(self, row: GateReportRow, det: Detector, pending: dict[str, Recipe], *,
-                    own: bool = False) -> tuple[str, list[str], str] | None:
-        """Why the passing report ``row`` of ``det`` no longer says what the line would do
-        (:meth:`_stale_note`'s ``why``, ``recipes`` and ``how``), None when it still does.
+    def _judge(self, name: str, det: Detector, pending: dict[str, Recipe], *,
+               own: bool = False) -> _Judge:
+        """How recipe ``name`` (as it stands, or about to be put: ``pending``) judges
+        ``det``'s model now, for :meth:`_pass_stale`: once per recipe and admission call
+        (it was worked out, and its rules digested, again for each report).
         ``own``: what judges the model is its card's own recipe taken for want of any
-        (:meth:`judging`), which ``row`` names: taken so, as a gate under every judging
-        recipe took it. Its recipe (by name, as it
-        stands or about to be put: ``pending``; a card's own recipe as it follows ``det``'s
-        card, :meth:`_as_it_follows`) must still judge the model, fuse the partner card
-        the pass was judged with (none if judged alone; session 42), and judge by the
-        rules the pass was judged by (``recipe_sha256``; session 43). A recipe gone, or put
-        again judging another model, stales it: what judges the model now is another
-        recipe, or its card's own."""
+        (:meth:`judging`), which the passes name: taken so, as a gate under every judging
+        recipe took it."""
         model = det.card.name
-        report = row.readable_report()
-        name = report.get("recipe")
-        if not isinstance(name, str):
-            return ("names no recipe it was judged under", self._judging_now(model, pending),
-                    _NOW)
         known = {r.name: r for r in self.registry.recipes()} | pending
         rule = pending.get(name)
         try:
@@ -437,61 +515,90 @@ class AdmissionRules:
         except ConfigError:
             rule = None  # put again judging another model
         except NotFoundError:
-            return None  # no version of the model judges: nothing to compare with
+            return _Judge()  # no version of the model judges: nothing to compare with
         if rule is None or rule.name != name:
             what = ("is gone (deleted or put again under another name since)"
                     if name not in known else
                     f"judges model {known[name].model} now, not {model}")
-            return (f"was judged under recipe {name}, which {what}",
-                    self._judging_now(model, pending), _NOW)
+            return _Judge(stale=(f"was judged under recipe {name}, which {what}",
+                                 self._judging_now(model, pending), _NOW))
         rule = self._as_it_follows(rule, det)
-        named = name in known  # the card's own recipe the gate took for want of any is
-        # taken again with no recipe named
-        again = [name] if named else []
-        now = self._partner_now(rule, model)
+        # the card's own recipe the gate took for want of any is taken again with no
+        # recipe named
+        return _Judge(rule=rule, again=[name] if name in known else [],
+                      partner=self._partner_now(rule, model), kept=self._rules_kept(rule, det))
+
+    def _pass_stale(self, row: GateReportRow, det: Detector, pending: dict[str, Recipe],
+                    judge: Callable[[str], _Judge]) -> _Why | None:
+        """Why the passing report ``row`` of ``det`` no longer says what the line would do
+        (:meth:`_stale_note`'s ``why``, ``recipes`` and ``how``), None when it still does.
+        ``judge``: :meth:`_judge` of a recipe name. Its recipe (by name, as it
+        stands or about to be put: ``pending``; a card's own recipe as it follows ``det``'s
+        card, :meth:`_as_it_follows`) must still judge the model, fuse the partner card
+        the pass was judged with (none if judged alone; session 42), and judge by the
+        rules the pass was judged by (``recipe_sha256``; session 43). A recipe gone, or put
+        again judging another model, stales it: what judges the model now is another
+        recipe, or its card's own."""
+        report = row.readable_report()
+        name = report.get("recipe")
+        if not isinstance(name, str):
+            return ("names no recipe it was judged under",
+                    self._judging_now(det.card.name, pending), _NOW)
+        now = judge(name)
+        if now.rule is None:
+            return now.stale
         then, then_card = report.get("fused_with"), report.get("fused_card_sha256")
-        if not (now is None and then_card is None) and not (
-                now is not None and then_card is not None and now[1] == then_card):
+        partner = now.partner
+        if not (partner is None and then_card is None) and not (
+                partner is not None and then_card is not None and partner[1] == then_card):
             # none named: the recipe fused none then, or the report is older than session
             # 41 (gates judged detectors alone): either way not what the line does now
             before = f"judged with {then}" if then_card is not None else "judged alone"
-            after = ("which fuses no partner now" if now is None else
-                     f"whose partner is {now[0]} now" if now[0] != then else
-                     f"whose partner {now[0]} has another card now")
-            return (f"was {before} under recipe {name}, {after}", again,
+            after = ("which fuses no partner now" if partner is None else
+                     f"whose partner is {partner[0]} now" if partner[0] != then else
+                     f"whose partner {partner[0]} has another card now")
+            return (f"was {before} under recipe {name}, {after}", now.again,
                     "with what the recipe fuses now")
         digest = report.get("recipe_sha256")
-        if self._same_rules(digest, rule, det):
+        if isinstance(digest, str) and digest in now.kept:
             return None
+        return (self._other_rules(name, digest, now.rule, det, pending), now.again,
+                "under the recipe as it stands")
+
+    def _other_rules(self, name: str, digest: Any, rule: Recipe, det: Detector,
+                     pending: dict[str, Recipe]) -> str:
+        """Why a pass under recipe ``name`` whose ``recipe_sha256`` is ``digest`` was
+        judged by other rules than ``rule``'s, as it judges now (:meth:`_pass_stale`)."""
+        if not isinstance(digest, str):
+            return (f"was judged under recipe {name} before gates kept the rules they judged "
+                    "by (no recipe_sha256): whether the recipe as it stands judges alike "
+                    "cannot be told")
+        model = det.card.name
         follows = ("" if rule.name != default_recipe_name(model) or rule.model != model
                    or rule == self._recipe_now(name, pending) else
                    f" (the card's own, as {model} {det.card.version}'s card brings it: it "
                    "follows the active card)")
-        if not isinstance(digest, str):
-            why = (f"was judged under recipe {name} before gates kept the rules they judged "
-                   "by (no recipe_sha256): whether the recipe as it stands judges alike "
-                   "cannot be told")
-        else:
-            why = (f"was judged under recipe {name} by rules (recipe_sha256 {digest[:12]}) "
-                   f"other than the recipe's now{follows} ({rules_digest(rule)[:12]}): it was "
-                   "put again since with other regions, sizes, counts, classes or score "
-                   "floors")
-        return why, again, "under the recipe as it stands"
+        return (f"was judged under recipe {name} by rules (recipe_sha256 {digest[:12]}) "
+                f"other than the recipe's now{follows} ({rules_digest(rule)[:12]}): it was "
+                "put again since with other regions, sizes, counts, classes or score "
+                "floors")
 
-    def _alike_rules(self, one: dict[str, Any], other: dict[str, Any]) -> bool:
+    @staticmethod
+    def _alike_rules(one: dict[str, Any], other: dict[str, Any],
+                     kept: Callable[[str], frozenset[str]]) -> bool:
         """Whether two reports were judged by the same rules: the same ``recipe_sha256``,
         or the two digests a report under its recipe as it stands may keep (the canonical
         one, and that of its fields as put, kept before session 43:
-        :func:`~lineside_inspect.lifecycle.gate.rules_digests`), so that a failure from
-        before is cleared by a pass under the same recipe since."""
+        :func:`~lineside_inspect.lifecycle.gate.rules_digests`; ``kept``: those of a recipe
+        by name, none when it is gone), so that a failure from before is cleared by a pass
+        under the same recipe since."""
         mine, theirs = one.get("recipe_sha256"), other.get("recipe_sha256")
         if not isinstance(mine, str) or not isinstance(theirs, str):
             return False
         if mine == theirs:
             return True
         name = other.get("recipe")
-        now = self._recipe_now(name, {}) if isinstance(name, str) else None
-        return now is not None and one.get("recipe") == name and {mine, theirs} <= rules_digests(now)
+        return isinstance(name, str) and one.get("recipe") == name and {mine, theirs} <= kept(name)
 
     def _recipe_now(self, name: str, pending: dict[str, Recipe]) -> Recipe | None:
         if name in pending:
@@ -502,12 +609,10 @@ class AdmissionRules:
             return None
 
     @staticmethod
-    def _same_rules(digest: Any, rule: Recipe, det: Detector) -> bool:
-        """Whether ``digest`` (a report's ``recipe_sha256``) is of ``rule``'s rules, a pin
-        of ``det``'s own version aside (a recipe put again pinning the version its pass
+    def _rules_kept(rule: Recipe, det: Detector) -> _Kept:
+        """The ``recipe_sha256`` a report judged by ``rule``'s rules may keep, a pin of
+        ``det``'s own version aside (a recipe put again pinning the version its pass
         judged, or unpinned from it, judges it by the same rules)."""
-        if not isinstance(digest, str):
-            return False
         version, variants = det.card.version, [rule]
         fused = rule.fused()
         if rule.model == det.card.name and rule.model_version in (None, version):
@@ -516,7 +621,7 @@ class AdmissionRules:
               and fused[1] in (None, version)):
             variants += [rule.model_copy(update={"anomaly": rule.anomaly.model_copy(
                 update={"model_version": v})}) for v in (None, version)]
-        return any(digest in rules_digests(r) for r in variants)
+        return _Kept(variants)
 
     def _judging_now(self, model: str, pending: dict[str, Recipe]) -> list[str]:
         """The recipes that judge ``model`` now (with it, or fusing it with a detector),

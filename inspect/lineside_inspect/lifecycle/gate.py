@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -102,6 +102,29 @@ def gated_as(recipe: Recipe, model: str) -> Literal["model", "partner"]:
         return "partner"
     raise ConfigError(f"recipe {recipe.name} judges model {recipe.model}, not {model}"
                       + ("" if fused is None else f", fused with good-only model {fused[0]}"))
+
+
+class FusionPartner(NamedTuple):
+    """The other model of a recipe's fusion, as versions of a gated model are judged
+    with it (:func:`fusion_partner`)."""
+
+    name: str
+    pinned: str | None  # the version the recipe names; None: the active one judges
+    detector: bool  # the recipe's detector: the gated model is the good-only one it fuses
+
+
+def fusion_partner(recipe: Recipe, model: str) -> FusionPartner | None:
+    """The other model of ``recipe``'s fusion that versions of ``model`` are judged with:
+    the good-only model it fuses with its detector, or, when ``model`` is that good-only
+    model (:func:`gated_as` ``partner``), its detector; None when it fuses none. One
+    answer for the gate, which loads it, and for admission, which compares a pass's
+    partner card with it: two copies of this rule could drift apart."""
+    fused = recipe.fused()
+    if fused is None:
+        return None
+    if gated_as(recipe, model) == "partner":
+        return FusionPartner(recipe.model, recipe.model_version, detector=True)
+    return FusionPartner(fused[0], fused[1], detector=False)
 
 
 def check_partner(recipe: Recipe, partner: Detector | None, gated: Sequence[Detector]) -> None:

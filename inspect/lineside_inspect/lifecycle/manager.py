@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,10 +39,11 @@ from lineside_inspect.lifecycle.capture import CapturePolicy
 from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.lifecycle.gate import (
     GateReport,
+    fusion_partner,
     gated_as,
     run_gate,
 )
-from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary
+from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary, GoldenManifest
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
 from lineside_inspect.lifecycle.shadow import ShadowRunner
@@ -221,34 +222,35 @@ class Lifecycle(AdmissionRules):
             # candidate's card brings, which judges the line once it is active (session 43)
             rule = self._as_it_follows(rule, self.registry.detector(model, version))
             partner = self._partner(rule, model, held)
-            return self._gate(records, model, version, golden=golden,
-                              golden_version=golden_version, against=against, rule=rule,
-                              partner=partner, actor=actor)
+            candidate, active = self._gate_pair(model, version, against)
+            manifest = self.library.get(golden, golden_version)
+            with self._gate_slot():
+                report = self._replay(candidate, active, manifest, rule, partner)
+            # stored outside the lock: a slow database must not turn other gates away
+            return self._stored(records, report, model, version, actor=actor)
 
     def _partner(self, rule: Recipe, model: str,
                  held: contextlib.ExitStack) -> Detector | None:
-        """The other model of ``rule``'s fusion for gating versions of ``model``: the
-        good-only model it fuses with its detector, or, when ``model`` is that good-only
-        model, its detector. As an inspection under it takes it (the pinned version, else
-        the active one), loaded again if it was unloaded and held loaded for the gate;
-        None when the rule fuses none."""
-        fused = rule.fused()
-        if fused is None:
+        """The other model of ``rule``'s fusion for gating versions of ``model``
+        (:func:`fusion_partner`). As an inspection under it takes it (the pinned version,
+        else the active one), loaded again if it was unloaded and held loaded for the
+        gate; None when the rule fuses none."""
+        other = fusion_partner(rule, model)
+        if other is None:
             return None
-        if gated_as(rule, model) == "partner":
-            name, pinned = rule.model, rule.model_version
-            what = (f"recipe {rule.name} fuses good-only model {model} with detector {name}, "
-                    f"and the gate judges each version of {model} with it as the line does")
+        if other.detector:
+            what = (f"recipe {rule.name} fuses good-only model {model} with detector "
+                    f"{other.name}, and the gate judges each version of {model} with it as "
+                    "the line does")
         else:
-            name, pinned = fused
-            what = (f"recipe {rule.name} fuses good-only model {name} with its detector, and "
-                    "the gate judges with it as the line does")
+            what = (f"recipe {rule.name} fuses good-only model {other.name} with its "
+                    "detector, and the gate judges with it as the line does")
         try:
-            held.enter_context(self.registry.loaded(name, pinned))
-            partner = self.registry.detector(name, pinned)
+            held.enter_context(self.registry.loaded(other.name, other.pinned))
+            partner = self.registry.detector(other.name, other.pinned)
         except NotFoundError as exc:
             raise NotFoundError(f"{what}: {exc.message}") from None
-        held.enter_context(self.registry.holding(name, partner.card.version))
+        held.enter_context(self.registry.holding(other.name, partner.card.version))
         return partner
 
     def gate_all(self, model: str, version: str, *, golden: str,
@@ -259,54 +261,72 @@ class Lifecycle(AdmissionRules):
         it): one report each, stored, in the order of the recipes' names. Every recipe,
         its partner and the golden set's version are taken (loaded and held) before the
         first replay, so what cannot be gated refuses the call before any report is
-        stored; one gate lock is held across the replays."""
+        stored; one gate lock is held across the replays (and their stores)."""
         records = self.records
         with contextlib.ExitStack() as held:
             held.enter_context(self.registry.loaded(model, version, against))
-            det = self.registry.detector(model, version)
-            names, own = self.judging(model, version)
-            runs: list[tuple[Recipe, Detector | None]] = []
-            for name in names:
-                rule = (card_recipe(self.registry.detector(model).card) if own else
-                        self.recipe_for(model, name, as_partner=True))
-                rule = self._as_it_follows(rule, det)
-                runs.append((rule, self._partner(rule, model, held)))
-            manifest = self.library.get(golden, golden_version)
-            if not self._gate_lock.acquire(blocking=False):
-                raise Busy("a gate is running on this server: retry when it is done")
-            try:
-                return [self._gate(records, model, version, golden=golden,
-                                   golden_version=manifest.version, against=against, rule=rule,
-                                   partner=partner, actor=actor, locked=True)
+            runs = self._gate_runs(model, version, held)
+            manifest = self.library.get(golden, golden_version)  # one version for every run
+            with self._gate_slot():
+                candidate, active = self._gate_pair(model, version, against)
+                return [self._stored(records,
+                                     self._replay(candidate, active, manifest, rule, partner),
+                                     model, version, actor=actor)
                         for rule, partner in runs]
-            finally:
-                self._gate_lock.release()
 
-    def _gate(self, records: Records, model: str, version: str, *, golden: str,
-              golden_version: int | None, against: str | None, rule: Recipe,
-              partner: Detector | None, actor: str, locked: bool = False) -> GateReport:
-        """One gate, stored. ``locked``: the caller holds the gate lock (:meth:`gate_all`)."""
+    def _gate_runs(self, model: str, version: str,
+                   held: contextlib.ExitStack) -> list[tuple[Recipe, Detector | None]]:
+        """Each recipe that would judge ``version`` once active, as it follows, and its
+        partner, taken and held in ``held`` (:meth:`gate_all`)."""
+        det = self.registry.detector(model, version)
+        names, own = self.judging(model, version)
+        runs: list[tuple[Recipe, Detector | None]] = []
+        for name in names:
+            rule = (card_recipe(self.registry.detector(model).card) if own else
+                    self.recipe_for(model, name, as_partner=True))
+            rule = self._as_it_follows(rule, det)
+            runs.append((rule, self._partner(rule, model, held)))
+        return runs
+
+    def _gate_pair(self, model: str, version: str,
+                   against: str | None) -> tuple[Detector, Detector]:
+        """The candidate and the version it is gated against (default: the active one),
+        both loaded; a version is never gated against itself."""
         candidate = self.registry.detector(model, version)
         active = self.registry.detector(model, against)
         if active is candidate:
             raise ConfigError(f"{model} {version} cannot be gated against itself: name another "
                               "loaded version in against (default: the active one)")
-        manifest = self.library.get(golden, golden_version)
-        if not locked and not self._gate_lock.acquire(blocking=False):
+        return candidate, active
+
+    @contextlib.contextmanager
+    def _gate_slot(self) -> Iterator[None]:
+        """The gate lock, or :class:`Busy` at once: replays are heavy, one at a time, and a
+        second caller is told to retry rather than held waiting."""
+        if not self._gate_lock.acquire(blocking=False):
             raise Busy("a gate is running on this server: retry when it is done")
         try:
-            report = run_gate(candidate, active, self.library, manifest, rule,
-                              allowance=self.settings.gate.false_reject_allowance,
-                              max_pixels=self.max_pixels, partner=partner)
+            yield
         finally:
-            if not locked:
-                self._gate_lock.release()
+            self._gate_lock.release()
+
+    def _replay(self, candidate: Detector, active: Detector, manifest: GoldenManifest,
+                rule: Recipe, partner: Detector | None) -> GateReport:
+        """One gate's replay and decision (:func:`run_gate`); the caller holds the slot."""
+        return run_gate(candidate, active, self.library, manifest, rule,
+                        allowance=self.settings.gate.false_reject_allowance,
+                        max_pixels=self.max_pixels, partner=partner)
+
+    @staticmethod
+    def _stored(records: Records, report: GateReport, model: str, version: str, *,
+                actor: str) -> GateReport:
+        """``report`` stored, and said in the audit log."""
         records.save_gate(report, actor)
         records.audit(actor=actor, action="gate", model=model, version=version,
                       reason="; ".join(report.reasons),
                       details={"report_id": report.id, "passed": report.passed,
-                               "against": active.card.version,
-                               "golden": f"{manifest.name}:{manifest.version}",
+                               "against": report.against.version,
+                               "golden": f"{report.golden.name}:{report.golden.version}",
                                "fused_with": report.fused_with,
                                "escapes": report.candidate.escapes,
                                "false_rejects": report.candidate.false_rejects})

@@ -244,8 +244,10 @@ class ShadowRunner:
         fused, partner = inspection.recipe.fused(), inspection.fused
         if fused is None or partner is None:
             return
+        # ``partner`` is a version of fused[0]: every inspection offered comes from the
+        # service, which takes the recipe's good-only model by that name (Registry.pin)
         session = self._sessions.get(fused[0])
-        if session is not None and partner.name == fused[0]:  # the served version's shadow
+        if session is not None:  # the served version's shadow
             self._offer(session, inspection,
                         Judging(partner.version, f"{card.name} {card.version}", "detector"))
 
