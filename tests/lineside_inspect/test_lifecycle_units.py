@@ -246,6 +246,24 @@ def test_golden_folders_take_a_reference_image(tmp_path: Path) -> None:
     assert [v["version"] for v in GoldenLibrary(tmp_path / "golden").summaries()[0]["versions"]] == [1]  # type: ignore[index]
 
 
+def test_golden_reference_that_is_no_image_is_named(tmp_path: Path) -> None:
+    """Session 44 review: a --reference that is no image was blamed on the folder's first
+    part ("folder a.jpg: its reference image: ..."), not named; nothing is made."""
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+
+    goods = tmp_path / "goods"
+    goods.mkdir()
+    shutil.copy(SAMPLE / "images" / "group13000" / "13000001_temp.jpg", goods / "a.jpg")
+    (tmp_path / "golden.jpg").write_text("not an image")
+    r = CliRunner().invoke(app, ["golden", "create", "s", "--good", str(goods), "--reference",
+                                 str(tmp_path / "golden.jpg"), "--data-dir", str(tmp_path)])
+    assert r.exit_code == 2, r.output
+    assert "reference golden.jpg: not a JPEG, PNG or BMP image" in r.output, r.output
+    assert "a.jpg" not in r.output and not (tmp_path / "golden" / "s").exists()
+
+
 @pytest.mark.parametrize("sha", ["../../../etc/passwd", "a" * 64 + "\n", "A" * 64])
 def test_a_manifest_cannot_name_files_outside_its_folder(tmp_path: Path, sha: str) -> None:
     lib = GoldenLibrary(tmp_path)

@@ -229,7 +229,13 @@ def from_folder(folder: str | Path, *, expected: Literal["pass", "fail"] = "pass
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise GoldenSetError(f"{folder}: no JPEG, PNG or BMP images in it")
-    ref = None if reference is None else Path(reference).read_bytes()
+    ref = None
+    if reference is not None:  # once, named: a bad one was blamed on the folder's first image
+        ref = Path(reference).read_bytes()
+        try:
+            decode_image(ref, max_pixels)
+        except ImageError as exc:
+            raise GoldenSetError(f"reference {Path(reference).name}: {exc.message}") from None
     return [candidate(p.read_bytes(), expected=expected, boxes=[] if expected == "pass" else None,
                       source=f"folder {p.relative_to(root).as_posix()}", reference=ref,
                       max_pixels=max_pixels)

@@ -67,13 +67,30 @@ def load_everything(settings: Settings, registry: Registry) -> list[Recipe]:
     for r in recipes:
         if settings.fleet.hub_url and _model_missing(registry, r):
             waiting.append(r)  # a recipe for a pulled model was a start-up traceback
+            registry.waiting = {**registry.waiting, r.name: _waits_for(r)}
             continue
         registry.add_recipe(r)
     if settings.default_recipe:
         if all(r.name != settings.default_recipe for r in waiting):
             registry.recipe(settings.default_recipe)
         registry.default_recipe = settings.default_recipe
+    elif recipes and recipes[0] in waiting:
+        # the first configured recipe is the default, as where its model is configured:
+        # the next one put was (a camera without recipe judged with another product's
+        # recipe, before the pull and after it); until the pull, a 404 saying it waits
+        registry.default_recipe = recipes[0].name
+    # the configuration's order, which a recipe put late takes again (a PLC's index)
+    registry.configured_order = [r.name for r in recipes]
     return waiting
+
+
+def _waits_for(recipe: Recipe) -> str:
+    """What a recipe waiting for its model says (its inspections' 404)."""
+    pins = [f"{recipe.model}" + (f" {recipe.model_version}" if recipe.model_version else "")]
+    if (fused := recipe.fused()) is not None:
+        pins.append(fused[0] + (f" {fused[1]}" if fused[1] else ""))
+    return (f"it waits for model {' and '.join(pins)}, which this box gets from its hub "
+            "(not pulled yet)")
 
 
 def _model_missing(registry: Registry, recipe: Recipe) -> bool:
@@ -111,17 +128,32 @@ def _add_waiting(app: FastAPI, registry: Registry, waiting: list[Recipe],
         if (model is not None and model not in (recipe.model, (recipe.fused() or ("",))[0])) \
                 or _model_missing(registry, recipe):
             continue
-        waiting.remove(recipe)
         if recipe.name in app.state.api_recipes:  # kept for a DELETE of the API's to restore
+            waiting.remove(recipe)
+            _not_waiting(registry, recipe.name)
             app.state.configured_recipes[recipe.name] = recipe
             continue
         try:
             registry.add_recipe(recipe)
         except LinesideError as exc:
+            # it keeps waiting, tried again when a pull loads its model again (another
+            # version may fit it); said by its 404s and the box's model_errors on the hub
+            # (it was dropped, said only in the log, until a restart)
+            why = (f"its model {recipe.model} as pulled cannot serve it ({exc.message}); "
+                   "tried again when a pull loads another version")
+            registry.waiting = {**registry.waiting, recipe.name: why}
             log.error("recipe %s (configured) is not loaded: %s", recipe.name, exc.message)
             continue
+        waiting.remove(recipe)
+        _not_waiting(registry, recipe.name)
         app.state.configured_recipes[recipe.name] = recipe
         log.info("recipe %s (configured): its model %s is loaded now", recipe.name, recipe.model)
+    registry.order_recipes(registry.configured_order)
+
+
+def _not_waiting(registry: Registry, name: str) -> None:
+    # replaced whole, never changed in place: the box's status report reads it meanwhile
+    registry.waiting = {n: why for n, why in registry.waiting.items() if n != name}
 
 
 def load_saved_recipes(app: FastAPI) -> None:

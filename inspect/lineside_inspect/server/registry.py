@@ -90,6 +90,11 @@ class Registry:
         self._recipes: dict[str, Recipe] = {}
         self._remote: dict[str, Detector] = {}  # recipe name -> its OIP v2 endpoint's
         self.default_recipe: str | None = None
+        # a fleet box's configured recipes not put (yet): name -> why, said by the 404 of
+        # each inspection that asks for one (it was "unknown recipe", as if never configured)
+        # and in the box's model_errors; replaced whole, never changed in place
+        self.waiting: dict[str, str] = {}
+        self.configured_order: list[str] = []  # the configuration's recipes, in its order
 
     # -- models ---------------------------------------------------------------------
     def load_model(self, path: str | Path, *, activate: bool = True,
@@ -518,6 +523,8 @@ class Registry:
 
     def _recipe_locked(self, name: str | None) -> Recipe:
         key = name or self.default_recipe
+        if key is not None and key not in self._recipes and key in self.waiting:
+            raise NotFoundError(f"recipe {echo(key)} is not loaded: {self.waiting[key]}")
         if key is None or key not in self._recipes:
             known = ", ".join(self._recipes) or "none"
             raise NotFoundError(f"unknown recipe {echo(key)} (loaded: {known})")
@@ -526,3 +533,12 @@ class Registry:
     def recipes(self) -> list[Recipe]:
         with self._lock:
             return list(self._recipes.values())
+
+    def order_recipes(self, first: list[str]) -> None:
+        """The recipes named in ``first`` (those put) first, in that order, then the rest as
+        they were: a recipe put late (a fleet box's configured one, once its model is pulled)
+        takes the place the configuration gives it (a Modbus PLC's recipe index)."""
+        with self._lock:
+            head = [n for n in first if n in self._recipes]
+            order = head + [n for n in self._recipes if n not in head]
+            self._recipes = {n: self._recipes[n] for n in order}

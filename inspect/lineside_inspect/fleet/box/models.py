@@ -215,10 +215,15 @@ class ModelPuller:
 
     # -- what the status report says --------------------------------------------------------
     def errors(self) -> list[str]:
-        """Assignments this box could not apply, and why (newest state; at most 32)."""
+        """Assignments this box could not apply, and why (newest state; at most 32); then
+        the configured recipes that wait for a model the hub gives (or that the version
+        pulled cannot serve)."""
         failed, notes = self._failed, self._notes
+        registry = getattr(self.app.state, "registry", None)
+        waiting = {} if registry is None else registry.waiting  # the configured recipes
         found = ([self._key_error] if self._key_error else []) + notes + [
-            f"{n} {v}: {why}" for (n, v, _), why in failed.items()]
+            f"{n} {v}: {why}" for (n, v, _), why in failed.items()] + [
+            f"recipe {n} (configured) not loaded: {why}" for n, why in waiting.items()]
         return [e[:500] for e in found][:MAX_ERRORS]
 
     # -- one pull ---------------------------------------------------------------------------
