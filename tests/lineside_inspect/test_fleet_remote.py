@@ -423,3 +423,34 @@ def test_a_compressed_answer_is_refused_unread() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_tiled_frame_goes_to_the_endpoint_a_few_tiles_a_request(endpoint: str) -> None:
+    from lineside_inspect.inspector import inspect
+    from lineside_inspect.runtime.remote import REMOTE_BATCH
+    from lineside_inspect.runtime.tiles import MAX_TILES
+
+    # 64 tiles of 640 px in one request were 78 MB: the endpoint (a Lineside, 32 MB
+    # bodies) answered 413 and every such frame was a 502; sent a few tiles a request,
+    # the frame is judged as the package on the box judges it
+    recipe = Recipe.model_validate({"name": "r", "model": "deeppcb",
+                                    "tiling": {"tile": 640, "overlap": 0.5}, "remote": {
+                                        "url": endpoint, "model": "deeppcb",
+                                        "card": str(MODEL), "token_env": TOKEN_ENV}})
+    assert recipe.remote is not None
+    frame = np.tile(np.asarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3)),
+                               np.uint8), (45, 45, 1))  # 2880 px: 8 x 8 tiles
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(TOKEN_ENV, KEYS["line"])
+        det = RemoteDetector(recipe.remote)
+    sent = []
+    infer = det.client.infer
+    det.client.infer = lambda batch: sent.append(len(batch)) or infer(batch)  # type: ignore[method-assign]
+    remote = inspect(frame, det, recipe)
+    assert sum(sent) == MAX_TILES and max(sent) == REMOTE_BATCH
+    from lineside_inspect.runtime.detector import Detector
+    local = inspect(frame, Detector(MODEL, device="cpu", threads=1),
+                    recipe.model_copy(update={"remote": None}))
+    assert remote.detections is not None and local.detections is not None
+    assert len(remote.detections) == len(local.detections) > 0
+    np.testing.assert_allclose(remote.detections.xyxy, local.detections.xyxy, atol=0.5)

@@ -24,7 +24,16 @@ from lineside_inspect.opencv import cv2
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.recipes.schema import load_recipe
 from lineside_inspect.runtime.detector import Detector
-from lineside_inspect.runtime.tiles import MAX_TILES, Tiling, merge_tiles, starts, tile_origins
+from lineside_inspect.runtime.preprocess import Letterbox
+from lineside_inspect.runtime.tiles import (
+    MAX_JOINED,
+    MAX_TILES,
+    Tiling,
+    join_tiles,
+    merge_tiles,
+    starts,
+    tile_origins,
+)
 from lineside_inspect.runtime.types import Detections
 
 from .conftest import MODEL, SAMPLE, Running
@@ -267,3 +276,41 @@ def test_bench_model_mosaic_prints_whole_and_tiled_side_by_side() -> None:
         assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["bench", "model", str(MODEL), "--tile", "640"])
     assert res.exit_code == 2 and "go with --mosaic" in res.output
+
+
+def _seam_boxes(tiles: int, per: int) -> tuple[np.ndarray, ...]:
+    """``per`` boxes of one class in each of ``tiles`` tiles of 640 px at overlap 0.5 (8
+    across), every one reaching into a neighbour (all are compared pairwise)."""
+    starts_ = [round(i * 2240 / 7) for i in range(8)]
+    rects = np.array([[x, y, x + 640, y + 640] for y in starts_ for x in starts_],
+                     dtype=np.float32)[:tiles]
+    rng = np.random.default_rng(0)
+    corner = rects[:, None, :2] + rng.uniform(300, 580, (tiles, per, 2))
+    xyxy = np.concatenate([corner, corner + 60], axis=2).reshape(-1, 4).astype(np.float32)
+    scores = rng.uniform(0, 1, len(xyxy)).astype(np.float32)
+    return xyxy, scores, np.zeros(len(xyxy), np.int64), np.repeat(np.arange(tiles), per), rects
+
+
+def test_joining_many_boxes_is_bounded_in_memory_and_count() -> None:
+    import tracemalloc
+
+    # 3,000 boxes of one class near seams: the whole pairwise matrix at once was ~9 arrays
+    # of 3,000 x 3,000 (~200 MB at the peak; 64 tiles of a card allowing 5,000 boxes a
+    # tile: terabytes); compared a block of rows at a time it is a few MB
+    xyxy, scores, labels, tile_of, rects = _seam_boxes(30, 100)
+    tracemalloc.start()
+    try:
+        keep = merge_tiles(xyxy, scores, labels, tile_of, rects)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0 < len(keep) < len(xyxy) and peak < 48 * 2**20, (len(keep), peak)
+    # a frame's tiles give at most MAX_JOINED boxes, the highest scored
+    xyxy, scores, labels, tile_of, rects = _seam_boxes(64, 100)
+    found = [Detections(xyxy[tile_of == t], scores[tile_of == t], labels[tile_of == t], ["a"])
+             for t in range(64)]
+    boxes = [Letterbox(scale=1.0, pad_x=0, pad_y=0, width=640, height=640,
+                       origin=(int(r[0]), int(r[1])), of=0) for r in rects]
+    joined, = join_tiles(found, boxes)
+    assert len(joined) <= MAX_JOINED < len(xyxy)
+    assert joined.scores.min() >= np.sort(scores)[-MAX_JOINED]

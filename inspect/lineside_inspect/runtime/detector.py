@@ -53,7 +53,7 @@ class Detector:
     """
 
     # the most images the graph takes in one run (its input's batch dimension when a
-    # number), None: any (a remote endpoint is sent what it is given)
+    # number), None: any (a remote endpoint: runtime/remote.py REMOTE_BATCH)
     max_batch: int | None = None
 
     def __init__(self, package: ModelPackage | str | Path, *, device: str = "auto",
@@ -191,10 +191,14 @@ class Detector:
     def forward(self, batch: np.ndarray) -> list[np.ndarray]:
         step = self.max_batch
         if step is None or len(batch) <= step:
-            return self.session.run(batch)
-        # a graph of a fixed batch size given more rows (tiles): run after run, joined
-        parts = [self.session.run(batch[i:i + step]) for i in range(0, len(batch), step)]
+            return self._run(batch)
+        # a graph of a fixed batch size (or an endpoint) given more rows (tiles): run after
+        # run, joined
+        parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
         return [_stacked(list(o)) for o in zip(*parts, strict=True)]
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(batch)
 
     def post_process(self, outputs: list[np.ndarray], letterboxes: list[Letterbox]) -> list[Detections]:
         if self.card.kind == "anomaly":  # a good-only model: its map's regions, labelled anomaly

@@ -47,7 +47,13 @@ from lineside_inspect.runtime.detector import Detector
 
 # a frame's answer is ~11 KB of JSON (100 detections of 6 numbers); the box sends one
 # frame per request, so anything far larger is not a detector's answer and is not read
+# (a request of several tiles: this much per tile)
 MAX_ANSWER_BYTES = 1 << 20
+# the most tiles of a tiled recipe's frame sent in one request (~9.8 MB at 640 px, under
+# a Lineside endpoint's default max_body_bytes of 32 MB): 64 tiles in one request were
+# 78 MB, refused 413 by the endpoint and answered 502 for every such frame; more go
+# request after request, each within the recipe's timeout_s
+REMOTE_BATCH = 8
 DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,
           "INT32": np.int32, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8}
 # the integer types' ranges, to check values against before they are cast
@@ -190,7 +196,7 @@ class OipClient:
         self.pool.close()
 
     def _call(self, method: str, url: str, content: bytes | None = None,
-              headers: dict[str, str] | None = None) -> bytes:
+              headers: dict[str, str] | None = None, images: int = 1) -> bytes:
         late = RemoteInferenceUnavailable(
             f"remote inference at {self.where}: no answer within {self.timeout_s} s")
         t = self.timeout_s
@@ -208,10 +214,10 @@ class OipClient:
                 body = bytearray()
                 for chunk in answer.iter_stream():
                     body += chunk
-                    if len(body) > MAX_ANSWER_BYTES:
+                    if len(body) > MAX_ANSWER_BYTES * images:
                         raise RemoteInferenceRefused(
                             f"remote inference at {self.where}: answer over "
-                            f"{MAX_ANSWER_BYTES} bytes")
+                            f"{MAX_ANSWER_BYTES * images} bytes")
                 status = answer.status
         except httpcore.TimeoutException:
             raise late from None
@@ -263,7 +269,7 @@ class OipClient:
         try:
             body = self._call("POST", self.model_url + "/infer", content=head + data, headers={
                 "Content-Type": "application/octet-stream",
-                "Inference-Header-Content-Length": str(len(head))})
+                "Inference-Header-Content-Length": str(len(head))}, images=len(batch))
         except RemoteInferenceRefused:
             self.checked = False  # the model may have been replaced: look again next time
             raise
@@ -372,6 +378,7 @@ class RemoteDetector(Detector):
         self.size = self.card.input.size
         self.remote = remote
         self.client = OipClient(remote, self.card)
+        self.max_batch = REMOTE_BATCH  # the tiles of a frame, a few per request
 
-    def forward(self, batch: np.ndarray) -> list[np.ndarray]:
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.client.infer(batch)
