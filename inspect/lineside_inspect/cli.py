@@ -489,6 +489,9 @@ def evaluate_cmd(
             out.print(line, highlight=False, markup=False)
         return
     q = r["quality"]
+    if (tiling := r.get("tiling")) is not None:
+        out.print(f"judged as the card's recipe judges frames: tiled, {tiling['tile']} px tiles "
+                  f"overlapping by {tiling['overlap']:g}")
 
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.4f}"
@@ -679,6 +682,13 @@ def export_cmd(
     parent: Annotated[Path | None, typer.Option(
         help="the package this run started from (its lineage: fine-tuned or retrained on its "
              "reviews)")] = None,
+    tile: Annotated[int | None, typer.Option(help=(
+        "the card's default recipe judges frames larger than this many px as overlapping "
+        "tiles (tiling): the size of the model's training images, whose letterbox scale "
+        "it learned (another is refused, naming it); card format_version 2"))] = None,
+    overlap: Annotated[float | None, typer.Option(help=(
+        "with --tile: the least share of a tile its neighbour also covers, 0..0.5 "
+        "(default 0.2)"))] = None,
     triton: Annotated[Path | None, typer.Option(
         help="write the package RUN into this Triton model repository instead "
              "(docs/fleet/scale-out.md); no torch needed")] = None,
@@ -694,6 +704,10 @@ def export_cmd(
     if triton is not None:
         from lineside_inspect.triton import export_triton
 
+        if tile is not None or overlap is not None:
+            raise ConfigError("--tile and --overlap set the tiling of an exported run's card; "
+                              "--triton writes an existing package as it is")
+
         folder = export_triton(run, triton, version=triton_version, max_batch_size=max_batch,
                                queue_delay_us=batch_delay_us, overwrite=overwrite)
         out.print(f"wrote Triton model {folder.name} to {folder}")
@@ -701,7 +715,8 @@ def export_cmd(
     if out_dir is None:
         raise ConfigError("give --out PACKAGE_FOLDER (or --triton REPO to write a package for Triton)")
     s = training().export(run, out_dir, data=data, int8=int8, fp16=fp16, overwrite=overwrite,
-                          parent=parent, max_defects_lost=max_defects_lost)
+                          parent=parent, max_defects_lost=max_defects_lost, tile=tile,
+                          overlap=overlap)
     for note in s.get("notes", []):
         err.print(f"note: {note}", highlight=False, markup=False)
     out.print_json(json.dumps(s))

@@ -142,8 +142,13 @@ def version_clash(versions: Mapping[str, ModelCard], card: ModelCard, *,
 
 # the newest model.json format this version reads. A field that changes verdicts (as
 # agnostic_iou did) bumps it, so an older server refuses a newer card by its format, with
-# "upgrade", rather than by an unknown field's name
-CARD_FORMAT = 1
+# "upgrade", rather than by an unknown field's name. A card is written in the oldest
+# format that holds what it carries: a card without those fields stays format 1, read by
+# every release, byte for byte as before
+CARD_FORMAT = 2
+# the format a card whose default_recipe sets ``tiling`` has (session 44): a release before
+# it judged such a package's frames whole, or refused its recipe by the field's name
+TILING_FORMAT = 2
 MAX_VERSION_CHARS = 64  # a card's version (see ModelCard.version)
 MAX_DETECTIONS = 5_000  # a card's max_detections (a fused recipe reports up to twice)
 
@@ -152,7 +157,9 @@ class ModelCard(BaseModel):
     """``model.json``: what the model is, how to feed it, how far to trust it."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    format_version: int = Field(CARD_FORMAT, ge=1, le=CARD_FORMAT, strict=True)
+    format_version: int = Field(1, ge=1, le=CARD_FORMAT, strict=True, description=(
+        "the oldest Lineside card format holding every field this card carries: 2 for a "
+        "default_recipe with tiling, else 1"))
     kind: Literal["detector", "anomaly"] = Field("detector", description=(
         "detector: boxes, scores, labels; anomaly: a good-only model's anomaly map and image "
         "score (outputs anomaly_map, score; an anomaly section)"))
@@ -201,6 +208,15 @@ class ModelCard(BaseModel):
             raise ValueError(f"format_version {version} is newer than this Lineside reads "
                              f"({CARD_FORMAT}): upgrade lineside to use this package")
         return doc
+
+    @model_validator(mode="after")
+    def _format_holds_fields(self) -> ModelCard:
+        """A card whose own recipe tiles says so by its format: a release before tiling
+        then refuses it as newer, saying to upgrade, instead of by the field's name."""
+        if "tiling" in self.default_recipe and self.format_version < TILING_FORMAT:
+            raise ValueError(f"default_recipe sets tiling, which takes format_version "
+                             f"{TILING_FORMAT} (the card says {self.format_version})")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -40,6 +40,8 @@ def test_package_contents_and_card(package: Path) -> None:
     assert card["class_names"][:2] == ["open", "short"]
     assert card["input"]["size"] == 640 and card["precision"] == "fp32"
     assert set(card["thresholds"]) == set(card["class_names"])
+    # without --tile: the format every release reads, its recipe judging frames whole
+    assert card["format_version"] == 1 and "tiling" not in card["default_recipe"]
     assert card["training"]["data"]["train_images"] > 0
     graph = onnx.load(str(package / "model.onnx"))
     onnx.checker.check_model(graph)

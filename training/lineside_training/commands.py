@@ -122,6 +122,8 @@ def export(run: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
     if options.pop("int8", False) or options.pop("fp16", False):
         raise ConfigError(f"{run}: a good-only model exports in fp32 only (no --int8/--fp16)")
     options.pop("max_defects_lost", None)  # a lower precision's bound: fp32 has none
+    if options.pop("tile", None) is not None or options.pop("overlap", None) is not None:
+        raise ConfigError(f"{run}: a good-only model judges the whole frame (no --tile)")
     return export_anomaly(run, out, **options)
 
 

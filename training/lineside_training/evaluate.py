@@ -14,6 +14,7 @@ from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.package import CARD
+from lineside_inspect.recipes import card_recipe, check_card_recipe
 from lineside_inspect.runtime.detector import Detector
 from lineside_training.calibration import calibrate_f
 from lineside_training.checkpoint import (
@@ -176,14 +177,17 @@ def evaluate_package(
 ) -> dict[str, Any]:
     """Evaluate an exported model package through the edge runtime (onnxruntime, the
     server's pre- and post-processing) at the thresholds its card carries: what the
-    line would see. Nothing is calibrated or written into the package."""
+    line would see. A card whose own recipe sets ``tiling`` is judged tiled, as a server
+    judges its frames under that recipe. Nothing is calibrated or written into the package."""
     if data is None:
         raise ConfigError(f"{package}: evaluating a model package needs --data DATASET")
     detector = Detector(package, device=device)
     card = detector.card
+    check_card_recipe(card, card.class_names)  # as a server loading it (its tiling is used)
+    tiling = card_recipe(card).tiling
     dataset = read_dataset(data)
     records = split_records(dataset, split, card.class_names)
-    preds = runtime_predictions(detector, records, dataset)
+    preds = runtime_predictions(detector, records, dataset, tiling)
     coco = coco_metrics(records, preds, card.class_names)
     thresholds = {n: card.threshold(n) for n in card.class_names}
     quality = quality_metrics(records, preds, card.class_names, thresholds,
@@ -194,7 +198,9 @@ def evaluate_package(
                                               "agnostic_iou": card.agnostic_iou},
               "checkpoint": str(package), "package": {"name": card.name, "version": card.version,
                                                       "sha256": card.sha256,
-                                                      "precision": card.precision}}
+                                                      "precision": card.precision},
+              # the card's recipe's tiling the frames were judged with (None: whole)
+              "tiling": None if tiling is None else tiling.model_dump()}
     report = Path(out) if out else Path("runs") / f"{card.name}-{card.version}-report-{split}"
     write_report(report, result, records, preds, card.class_names, dataset, examples)
     return {**result, "report": str(report)}
@@ -244,6 +250,9 @@ def write_report(out: Path, result: dict[str, Any], records: list[ImageRecord],
     coco, q = result["coco"], result["quality"]
     lines = [
         f"# Evaluation on `{result['split']}` ({result['images']} images)", "",
+        *([f"- judged as the card's recipe judges frames: tiled, {t['tile']} px tiles "
+           f"overlapping by {t['overlap']:g} (a frame no larger than a tile whole)"]
+          if (t := result.get("tiling")) else []),
         ("- mAP: n/a (no defects in the data)" if coco.get("boxes") == 0 else
          f"- mAP@[.5:.95]: **{_fmt(coco['map'])}**, mAP@.5: **{_fmt(coco['map50'])}**"),
         *pair_lines(result.get("pairs")),

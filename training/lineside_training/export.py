@@ -4,6 +4,7 @@ edge runtime (the code the server runs)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -12,11 +13,18 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from lineside_inspect.boxes import iou_matrix
 from lineside_inspect.dataset import ImageRecord, read_dataset
-from lineside_inspect.errors import ConfigError, DatasetError, PackageError
+from lineside_inspect.errors import (
+    ConfigError,
+    DatasetError,
+    LinesideError,
+    PackageError,
+    describe_validation,
+)
 from lineside_inspect.lifecycle.gate import matched_boxes
 from lineside_inspect.lifecycle.lineage import dataset_revision
 from lineside_inspect.package import (
@@ -25,6 +33,7 @@ from lineside_inspect.package import (
     INPUT_NAME,
     OUTPUT_NAMES,
     PAD_VALUE,
+    TILING_FORMAT,
     InputSpec,
     LetterboxSpec,
     Lineage,
@@ -36,6 +45,7 @@ from lineside_inspect.package import (
     write_card,
 )
 from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.runtime.tiles import Tiling
 from lineside_inspect.version import __version__
 from lineside_training.calibration import calibrate_f
 from lineside_training.checkpoint import Trained, load_trained, read_run_json
@@ -52,6 +62,11 @@ from lineside_training.predict import Prediction, predict_records, runtime_input
 from lineside_training.quality import keep_mask
 
 PARITY_IOU = 0.99
+# --tile: how far a tile may be from the frame size whose letterbox scale the model was
+# trained at (training scales each image as inference does: longer side to the input
+# size) before defects in its tiles are a scale the model did not learn (the augmentation's
+# scale jitter is 1.2)
+TILE_SCALE_SLACK = 1.25
 MIN_PARITY_AREA = 1.0  # px²
 PARITY_SCORE = 1e-3
 
@@ -165,11 +180,14 @@ def _latency_ms(detector: Detector, size: int, runs: int = 20) -> float:
 
 
 class _Calibration:
-    """onnxruntime CalibrationDataReader over letterboxed dataset images."""
+    """onnxruntime CalibrationDataReader over letterboxed dataset images (their tiles, as
+    the card's recipe cuts them, with ``tiling``)."""
 
-    def __init__(self, detector: Detector, records: list[ImageRecord], dataset: Any) -> None:
+    def __init__(self, detector: Detector, records: list[ImageRecord], dataset: Any,
+                 tiling: Tiling | None = None) -> None:
         self.items = iter(
-            {INPUT_NAME: detector.pre_process(*runtime_inputs(detector, dataset, r))[0]}
+            {INPUT_NAME: detector.pre_process(*runtime_inputs(detector, dataset, r),
+                                              tiling=tiling)[0]}
             for r in records
         )
 
@@ -178,7 +196,7 @@ class _Calibration:
 
 
 def quantize_int8(fp32: Path, out: Path, detector: Detector, records: list[ImageRecord],
-                  dataset: Any) -> None:
+                  dataset: Any, tiling: Tiling | None = None) -> None:
     """Static QDQ int8 of the convolutions (U8S8, reduce_range: the fast path on CPUs
     without VNNI); decoding and NMS stay in float."""
     from onnxruntime.quantization import (
@@ -191,7 +209,7 @@ def quantize_int8(fp32: Path, out: Path, detector: Detector, records: list[Image
 
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    reader = _Calibration(detector, records, dataset)
+    reader = _Calibration(detector, records, dataset, tiling)
     CalibrationDataReader.register(_Calibration)
     quantize_static(
         str(pre), str(out), reader,  # type: ignore[arg-type]
@@ -232,6 +250,52 @@ def lineage_of(trained: Trained, parent: str | Path | None) -> Lineage:
                    parent=parent_model(parent), note=note)
 
 
+def trained_frame(trained: Trained, fallback: Any) -> int:
+    """The frame size (longer side, px) whose letterbox scale the model was trained at: the
+    median longer side of its training images (``fallback``'s, a dataset, when the run's
+    own cannot be read). Training scales each image as inference does (longer side to the
+    input size) before cropping, so a tile of this size, letterboxed into the input, shows
+    defects at the scale the model learned."""
+    try:
+        data = read_dataset(trained.data)
+    except (OSError, LinesideError):
+        data = fallback
+    records = data.in_split("train") or data.images
+    return int(np.median([max(r.width, r.height) for r in records]))
+
+
+def tiling_for(trained: Trained, tile: int | None, overlap: float | None,
+               fallback: Any) -> Tiling | None:
+    """The card's recipe's tiling ``--tile``/``--overlap`` ask for, or None. Refused for
+    a reference model, or a tile off the scale the model was trained at (by more than
+    :data:`TILE_SCALE_SLACK`), naming the tile that matches it."""
+    if tile is None:
+        if overlap is not None:
+            raise ConfigError("--overlap is the tiling's: give --tile too")
+        return None
+    if trained.config.reference:
+        raise ConfigError("--tile: tiling takes single-image detectors, and this model "
+                          "compares each frame with its reference image (golden)")
+    try:
+        tiling = Tiling(tile=tile, overlap=0.2 if overlap is None else overlap)
+    except ValidationError as exc:
+        raise ConfigError(re.sub(r"(^|; )(tile|overlap):", r"\1--\2:",
+                                 describe_validation(exc.errors()))) from None
+    frame = trained_frame(trained, fallback)
+    size = trained.config.input_size
+    ratio = frame / tile
+    if not 1 / TILE_SCALE_SLACK <= ratio <= TILE_SCALE_SLACK:
+        trained_scale = size / frame
+        raise ConfigError(
+            f"--tile {tile}: the model learned defects at the scale of its training images "
+            f"(median longer side {frame} px letterboxed into its {size} px input, "
+            f"{trained_scale:.2f}x), and {tile} px tiles would show them "
+            f"{ratio:.2f}x {'larger' if ratio > 1 else 'smaller'} than that; --tile {frame} "
+            f"judges frames larger than {frame} px at the trained scale (smaller ones whole, "
+            "as without tiling)")
+    return tiling
+
+
 def export(
     run: str | Path,
     out: str | Path,
@@ -247,16 +311,22 @@ def export(
     max_defects_lost: float = 0.01,
     overwrite: bool = False,
     parent: str | Path | None = None,
+    tile: int | None = None,
+    overlap: float | None = None,
 ) -> dict[str, Any]:
     """Export a trained run to the package folder ``out``; returns a summary. The package
     is written to a temp folder and moved into place only if every gate passes. The card's
     lineage records the training data's revision and ``parent``, the package the run
-    started from (fine-tuned, or retrained on its reviewed inspections)."""
+    started from (fine-tuned, or retrained on its reviewed inspections). ``tile`` (and
+    ``overlap``): the card's recipe judges frames larger than ``tile`` px as tiles
+    (:func:`tiling_for`; the card is then of format :data:`TILING_FORMAT`), and the
+    lower-precision figures are of frames judged so."""
     out = check_out(out, overwrite, run=run)
     trained = load_trained(run, "cpu")
     cfg = trained.config
     name, version = package_name(out, name, version, cfg.name)  # before any work
     dataset = read_dataset(data or trained.data)
+    tiling = tiling_for(trained, tile, overlap, dataset)  # before any work
     val = dataset.in_split("val") or dataset.images
     thresholds = trained.thresholds
     notes: list[str] = []
@@ -285,6 +355,14 @@ def export(
     with staged_package(out) as tmp:
         fp32 = tmp / GRAPH
         export_onnx(trained.model, cfg.input_size, fp32, trained.class_names)
+        recipe: dict[str, Any] = {"name": default_recipe_name(name), "version": "1",
+                                  "min_score": thr}
+        if tiling is not None:
+            recipe["tiling"] = tiling.model_dump()
+            notes.append(f"the card's default recipe judges frames larger than {tiling.tile} px "
+                         f"as {tiling.tile} px tiles overlapping by {tiling.overlap:g} (card "
+                         f"format_version {TILING_FORMAT}: a server before session 44 refuses "
+                         "it, saying to upgrade); the parity gate compared whole images")
         metrics_path = trained.run_dir / "report-val" / "metrics.json"
         metrics = read_run_json(metrics_path) or {}
         if not trained.belongs(metrics):  # a report of the checkpoint before a resume
@@ -297,7 +375,8 @@ def export(
             max_detections=MAX_DETECTIONS,
             thresholds=thr,
             agnostic_iou=thresholds.get("agnostic_iou"),
-            default_recipe={"name": default_recipe_name(name), "version": "1", "min_score": thr},
+            default_recipe=recipe,
+            format_version=1 if tiling is None else TILING_FORMAT,
             metrics={k: metrics[k] for k in ("coco", "pairs", "quality", "calibration")
                      if k in metrics},
             training={"data": {**trained.checkpoint.get("data", {}),
@@ -317,13 +396,13 @@ def export(
                                + "\n  ".join(problems[:20]))
         summary["parity_images"] = min(parity_images, len(val))
         if int8 or fp16:
-            base_preds = runtime_predictions(detector, val, dataset)
+            base_preds = runtime_predictions(detector, val, dataset, tiling)
             base_map = coco_metrics(val, base_preds, trained.class_names)["map50"]
             base_ms = _latency_ms(detector, cfg.input_size)
             shutil.copyfile(fp32, tmp / "model.fp32.onnx")
             lowp = tmp / "model.lowp.onnx"
             if int8:
-                quantize_int8(fp32, lowp, detector, val[:calibration_images], dataset)
+                quantize_int8(fp32, lowp, detector, val[:calibration_images], dataset, tiling)
             else:
                 convert_fp16(fp32, lowp)
             lowp.replace(fp32)
@@ -331,7 +410,7 @@ def export(
             card.sha256 = sha256_file(fp32)
             write_card(tmp, card)
             low = Detector(load_package(tmp), device="auto" if fp16 else "cpu")
-            low_preds = runtime_predictions(low, val, dataset)
+            low_preds = runtime_predictions(low, val, dataset, tiling)
             low_map = coco_metrics(val, low_preds, trained.class_names)["map50"]
             changes = counted_changes(base_preds, low_preds, trained.class_names, thr,
                                       agnostic_iou=card.agnostic_iou)
@@ -353,6 +432,8 @@ def export(
                     f"(more than {max_map_drop * 100:.1f} points)")
             _check_counted(card.precision, changes, max_defects_lost, notes)
     summary["sha256"] = card.sha256
+    if tiling is not None:
+        summary["tiling"] = tiling.model_dump()
     if notes:
         summary["notes"] = notes
     return summary

@@ -19,6 +19,7 @@ from lineside_inspect.imageio import read_image
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import fit
 from lineside_inspect.runtime.session import OnnxSession
+from lineside_inspect.runtime.tiles import Tiling
 from lineside_training.data.dataset import DetectionDataset, collate, read_reference
 from lineside_training.models.postprocess import detections_per_image
 from lineside_training.package_writer import export_graph
@@ -142,10 +143,12 @@ def runtime_inputs(detector: Detector, dataset: Dataset, rec: ImageRecord,
     return [image], [read_reference(dataset, rec, image)]
 
 
-def runtime_predictions(detector: Detector, records: list[ImageRecord],
-                        dataset: Dataset) -> list[Prediction]:
+def runtime_predictions(detector: Detector, records: list[ImageRecord], dataset: Dataset,
+                        tiling: Tiling | None = None) -> list[Prediction]:
+    """The runtime's detections of each record, as the server finds them under a recipe
+    with ``tiling`` (a frame larger than its tile judged as tiles, boxes joined)."""
     out = []
     for rec in records:
-        d = detector.predict(*runtime_inputs(detector, dataset, rec))[0]
+        d = detector.predict(*runtime_inputs(detector, dataset, rec), tiling=tiling)[0]
         out.append(Prediction(d.xyxy, d.scores, d.class_ids))
     return out

@@ -216,7 +216,8 @@ class Detector:
         return result
 
     def predict(self, images: list[np.ndarray], references: list[np.ndarray] | None = None,
-                *, align: bool = False) -> list[Detections]:
-        """Detections for each image, boxes in its original pixels."""
-        batch, letterboxes = self.pre_process(images, references, align=align)
+                *, align: bool = False, tiling: Tiling | None = None) -> list[Detections]:
+        """Detections for each image, boxes in its original pixels; ``tiling`` (a recipe's)
+        cuts an image larger than its tile into tiles, joined back as ``inspect`` does."""
+        batch, letterboxes = self.pre_process(images, references, align=align, tiling=tiling)
         return self.post_process(self.forward(batch), letterboxes)

@@ -2,8 +2,10 @@
 overlapping tiles judged at native scale, and their boxes merged back into one frame.
 
 A 2448x2048 camera frame letterboxed whole into a 640 input shrinks a defect ~3.5x below
-the scale the model was trained at (training crops at native resolution), so small ones
-are missed. A recipe's ``tiling`` cuts such a frame instead; a frame no larger than the
+the scale a model trained on 640 px images learned it at, so small ones are missed (a
+model trained on such frames learned them letterboxed whole: training scales each image
+as inference does, and its card tiles, if at all, at their size: ``lineside export
+--tile``). A recipe's ``tiling`` cuts such a frame instead; a frame no larger than the
 tile is judged whole, exactly as without it.
 """
 
