@@ -64,16 +64,21 @@ def test_a_recipe_for_a_model_to_pull_waits_for_the_pull(
 
 def test_a_restarted_box_puts_the_recipe_of_a_pulled_model(
         launch: Callable[..., Running], tmp_path: Path) -> None:
+    _pulled_before(tmp_path)
+    box = launch(keys=True, **_config(tmp_path))
+    recipes = _recipes(box)
+    assert recipes["station-good"]["version"] == "7", recipes
+    assert [n for n, r in recipes.items() if r["model"] == "deeppcb-good"] == ["station-good"]
+
+
+def _pulled_before(tmp_path: Path) -> None:
+    """The box pulled deeppcb-good before it stopped: its package and pulled.json."""
     root = tmp_path / "box" / "fleet-models"
     shutil.copytree(GOOD, root / "deeppcb-good" / "1")
     card = load_package(root / "deeppcb-good" / "1").card
     (root / "pulled.json").write_text(json.dumps({"models": {"deeppcb-good": {
         "version": "1", "sha256": "0" * 64, "graph_sha256": card.sha256,
         "card_digest": card_digest(card)}}}))
-    box = launch(keys=True, **_config(tmp_path))
-    recipes = _recipes(box)
-    assert recipes["station-good"]["version"] == "7", recipes
-    assert [n for n, r in recipes.items() if r["model"] == "deeppcb-good"] == ["station-good"]
 
 
 def _station(tmp_path: Path) -> dict[str, Any]:
@@ -126,12 +131,7 @@ def test_a_waiting_recipe_keeps_its_configured_place_and_says_why_it_is_missing(
 
 def test_a_restarted_box_puts_a_waiting_recipe_in_its_configured_place(
         launch: Callable[..., Running], tmp_path: Path) -> None:
-    root = tmp_path / "box" / "fleet-models"
-    shutil.copytree(GOOD, root / "deeppcb-good" / "1")
-    card = load_package(root / "deeppcb-good" / "1").card
-    (root / "pulled.json").write_text(json.dumps({"models": {"deeppcb-good": {
-        "version": "1", "sha256": "0" * 64, "graph_sha256": card.sha256,
-        "card_digest": card_digest(card)}}}))
+    _pulled_before(tmp_path)
     box = launch(keys=True, **_station(tmp_path))
     assert list(_recipes(box)) == ["a-wait", "b-here"]
     assert box.app.state.registry.default_recipe == "a-wait"
