@@ -320,7 +320,7 @@ def _check_recipe(recipe: Recipe, cards: dict[str, dict[str, ModelCard]], *,
     """A configured recipe against the configured models' cards, as the registry checks
     it at start-up (a typo in ``critical`` was a 79-line traceback from uvicorn's
     lifespan). A model no package is configured for may come from the hub on a fleet box
-    (``pulled``): such a recipe waits for it (``server.app.add_waiting_recipes``), checked
+    (``pulled``): such a recipe waits for it (``server.waiting.add_waiting_recipes``), checked
     when the model is loaded."""
     if recipe.remote is not None:
         return  # its card is its own (checked at start-up)

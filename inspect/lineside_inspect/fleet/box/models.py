@@ -455,8 +455,8 @@ class ModelPuller:
         """Through the lifecycle, as an admin's activation would go (see the module doc).
         ``checked``: the card digest of the package as it was verified."""
         from lineside_inspect.recipes import card_recipe
-        from lineside_inspect.server.app import add_waiting_recipes
         from lineside_inspect.server.routes.admin import publish_state
+        from lineside_inspect.server.waiting import add_waiting_recipes
 
         registry = self.app.state.registry
         lifecycle = self.app.state.lifecycle
@@ -499,7 +499,7 @@ class ModelPuller:
         activate, through the
         lifecycle, what was not left on the box."""
         from lineside_inspect.recipes import card_recipe
-        from lineside_inspect.server.app import add_waiting_recipes
+        from lineside_inspect.server.waiting import add_waiting_recipes
 
         registry = self.app.state.registry
         lifecycle = self.app.state.lifecycle
