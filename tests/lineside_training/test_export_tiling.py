@@ -20,6 +20,7 @@ from lineside_inspect.package import CARD_FORMAT, TILING_FORMAT, load_package, r
 from lineside_inspect.recipes import Recipe, card_recipe
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.tiles import Tiling
+from lineside_training.commands import evaluate
 from lineside_training.evaluate import evaluate_package
 from lineside_training.export import export
 from lineside_training.metrics import coco_metrics
@@ -85,6 +86,21 @@ def test_a_card_that_tiles_is_of_the_tiling_format(tmp_path: Path) -> None:
         load_package(pkg)
 
 
+def test_evaluate_refuses_a_good_only_card_that_tiles(tmp_path: Path) -> None:
+    """A good-only package whose card's recipe tiles is refused as a server refuses to
+    load it, naming the card's default_recipe (it was evaluated as if it did not tile)."""
+    pkg = tmp_path / "deeppcb-good" / "2"
+    shutil.copytree(ROOT / "models" / "deeppcb-good" / "1", pkg)
+    card = json.loads((pkg / "model.json").read_text())
+    card.update(version="2", format_version=TILING_FORMAT)
+    card["default_recipe"]["tiling"] = {"tile": 640, "overlap": 0.2}
+    (pkg / "model.json").write_text(json.dumps(card))
+    with pytest.raises(PackageError, match=r"model deeppcb-good 2: its card's default_recipe: "
+                                           r".*tiling takes single-image detectors"):
+        evaluate(pkg, data=str(SAMPLE), split="all", out=tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
 def test_evaluate_judges_a_tiling_card_as_the_line_does(tmp_path: Path) -> None:
     """Its figures are those of ``inspect`` under the card's own recipe (frames cut into
     tiles), not of the frames letterboxed whole."""
@@ -120,15 +136,18 @@ def test_evaluate_judges_a_tiling_card_as_the_line_does(tmp_path: Path) -> None:
 
 def test_export_tile_puts_tiling_in_the_cards_recipe(tiny_run: Path, tmp_path: Path) -> None:
     """``--tile`` at the scale the run trained at: the card's recipe tiles (format 2, said
-    in the summary's notes), and the package serves frames tiled through ``inspect``
-    under the card's recipe, with no recipe written."""
+    in the summary's notes; its fp16 figures say they are of tiled frames), and the
+    package serves frames tiled through ``inspect`` under the card's recipe, with no
+    recipe written."""
     out = tmp_path / "tiny" / "1"
-    summary = export(tiny_run, out, parity_images=2, tile=640)
+    summary = export(tiny_run, out, parity_images=2, tile=640, fp16=True)
     assert summary["tiling"] == {"tile": 640, "overlap": 0.2}
     assert any("judges frames larger than 640 px as 640 px tiles" in n for n in summary["notes"])
     card = json.loads((out / "model.json").read_text())
     assert card["format_version"] == TILING_FORMAT
     assert card["default_recipe"]["tiling"] == {"tile": 640, "overlap": 0.2}
+    # the lower precision's figures say they are of frames judged tiled (refusals too)
+    assert card["quantization"]["tiling"] == {"tile": 640, "overlap": 0.2}
 
     det = Detector(out, device="cpu", threads=1)
     recipe = card_recipe(det.card)

@@ -423,14 +423,21 @@ def export(
                                  # on the val images, at the card's thresholds: the card's
                                  # metrics are the fp32 graph's
                                  "counted_vs_fp32": changes}
+            # how val was judged: the figures (and a refusal) are of frames cut as the
+            # card's recipe cuts them, not whole; a card without tiling as before
+            judged = "" if tiling is None else (
+                f" (val frames judged as the card's recipe judges them: larger than "
+                f"{tiling.tile} px as {tiling.tile} px tiles)")
+            if tiling is not None:
+                card.quantization["tiling"] = tiling.model_dump()
             write_card(tmp, card)
             (tmp / "model.fp32.onnx").unlink()
             summary["quantization"] = card.quantization
             if int8 and base_map - low_map > max_map_drop:
                 raise PackageError(
                     f"int8 graph refused: mAP@.5 fell from {base_map:.4f} to {low_map:.4f} "
-                    f"(more than {max_map_drop * 100:.1f} points)")
-            _check_counted(card.precision, changes, max_defects_lost, notes)
+                    f"(more than {max_map_drop * 100:.1f} points){judged}")
+            _check_counted(card.precision, changes, max_defects_lost, notes, judged)
     summary["sha256"] = card.sha256
     if tiling is not None:
         summary["tiling"] = tiling.model_dump()
@@ -440,25 +447,26 @@ def export(
 
 
 def _check_counted(precision: str, changes: dict[str, Any], max_lost: float,
-                   notes: list[str]) -> None:
+                   notes: list[str], judged: str = "") -> None:
     """Refuse a lower-precision graph that passes a val part fp32 fails, or that misses
-    more than ``max_lost`` of the defects fp32 counts; note any defect it misses."""
+    more than ``max_lost`` of the defects fp32 counts; note any defect it misses.
+    ``judged`` says how val was judged when not whole (a card's tiling)."""
     lost = sum(changes["defects_lost"].values())
     counted = changes["defects_counted_fp32"]
     which = ", ".join(f"{n} {k}" for k, n in sorted(changes["defects_lost"].items()))
     if changes["escapes"]:
         raise PackageError(
             f"{precision} graph refused: it passes {changes['escapes']} val part(s) the fp32 "
-            f"graph fails at the card's thresholds (defects it misses: {which})")
+            f"graph fails at the card's thresholds (defects it misses: {which}){judged}")
     if lost > max_lost * max(counted, 1):
         raise PackageError(
             f"{precision} graph refused: it misses {lost} of the {counted} defects the fp32 "
             f"graph counts on val at the card's thresholds ({which}; at most "
-            f"{max_lost * 100:.1f}%: --max-defects-lost)")
+            f"{max_lost * 100:.1f}%: --max-defects-lost){judged}")
     if lost:
         notes.append(f"the {precision} graph misses {lost} of the {counted} defects the fp32 "
-                     f"graph counts on val ({which}): a recipe that allows some defects of "
-                     "a class may judge a part otherwise (card quantization.counted_vs_fp32)")
+                     f"graph counts on val ({which}){judged}: a recipe that allows some defects "
+                     "of a class may judge a part otherwise (card quantization.counted_vs_fp32)")
 
 
 def threshold_card(package: str | Path, calibration: dict[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,8 @@ from lineside_inspect.inspector import Inspection
 from lineside_inspect.lifecycle import shadow_worker
 from lineside_inspect.lifecycle.config import ShadowSettings
 from lineside_inspect.lifecycle.gate import rules_of
-from lineside_inspect.package import ModelPackage, card_digest
+from lineside_inspect.package import ModelCard, ModelPackage, card_digest, default_recipe_name
+from lineside_inspect.recipes import Recipe, card_recipe
 
 if TYPE_CHECKING:
     from lineside_inspect.lifecycle.capture import CapturePolicy
@@ -69,6 +70,21 @@ class Judging:
     # "detector": the shadow is of the good-only partner); None: judged alone
     fused_with: str | None = None
     fused_kind: Literal["anomaly", "detector"] | None = None
+
+
+def shadow_rules(recipe: Recipe, active: ModelCard, shadow: ModelCard) -> Recipe:
+    """The rules a shadow version (card ``shadow``) of the model whose ``active`` card
+    served a frame under ``recipe`` judges it by. The card's own recipe follows the active
+    card, so once the shadow's version is active the line judges by the recipe its card
+    brings (its ``tiling``: a whole-frame version shadowing a tiled one, or the reverse,
+    was judged as the served version judges; session 44), as a gate judges a candidate
+    (``Admission._as_it_follows``); a recipe the line configured as it is. Each version
+    at its own card's floors either way (:func:`rules_of`)."""
+    if recipe.name == default_recipe_name(active.name) and recipe == card_recipe(active):
+        own = card_recipe(shadow)
+        if own.fused() == recipe.fused():  # the served finding it is judged beside
+            recipe = own
+    return rules_of(recipe)
 
 
 @dataclass
@@ -291,8 +307,9 @@ class ShadowRunner:
         # a shadow of the detector in a fused recipe is judged with the same anomaly
         anomaly = inspection.anomaly if partner is None else None
         # put() hands the job to the queue's feeder thread: it does not wait for the process
-        session.jobs.put((token, image, reference, rules_of(inspection.recipe).model_dump(mode="json"),
-                          anomaly, partner))
+        rules = (rules_of(inspection.recipe) if how.fused_kind == "detector" else
+                 shadow_rules(inspection.recipe, inspection.detector.card, session.package.card))
+        session.jobs.put((token, image, reference, rules.model_dump(mode="json"), anomaly, partner))
 
     # -- results ----------------------------------------------------------------------------
     def _collect(self, session: ShadowSession) -> None:

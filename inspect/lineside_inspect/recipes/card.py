@@ -31,6 +31,10 @@ def check_card_recipe(card: ModelCard, class_names: list[str]) -> None:
         raise PackageError(f"{where}: {describe_validation(exc.errors())}") from None
     try:
         recipe.check_models(card.kind, class_names, "anomaly")
+        # tiling (or align_reference, unchanged_gate) against the card's own input: the
+        # registry refused it only when adding the recipe, a traceback from a server's
+        # start-up (session 44)
+        recipe.check_reference_use(card.needs_reference)
     except ConfigError as exc:
         raise PackageError(f"{where}: {exc.message}") from None
     if recipe.model != card.name:

@@ -18,6 +18,7 @@ from lineside_inspect.errors import DatasetError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import PAD_VALUE, load_package
+from lineside_inspect.recipes import check_card_recipe
 from lineside_inspect.runtime.anomaly import AnomalyModel
 from lineside_inspect.runtime.preprocess import letterbox
 from lineside_training.anomaly.calibrate import REPORTED_FALSE_REJECTS, escapes_at, quality
@@ -35,6 +36,8 @@ Scorer = Callable[[list[np.ndarray]], tuple[list[float], list[np.ndarray] | None
 def package_scorer(path: Path, threads: int | None) -> tuple[Scorer, dict[str, Any]]:
     """Through the edge runtime, as the server judges: scores and region boxes."""
     model = AnomalyModel(load_package(path), device="cpu", threads=threads)
+    # its card's own recipe, as a server loading it checks it (tiling, say, is refused)
+    check_card_recipe(model.card, model.card.class_names)
 
     def run(images: list[np.ndarray]) -> tuple[list[float], list[np.ndarray] | None]:
         found = model.analyse(images)
