@@ -140,6 +140,36 @@ def test_a_good_only_version_judged_alone_and_fused_and_a_forced_admission_names
         store.close()
 
 
+def test_an_every_recipe_gate_compares_each_report_with_the_version_active_when_it_began(
+        parts: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version activated while ``gate_all`` runs (activation takes no gate lock) changes
+    no report of the call: each compares the candidate with the version active when it
+    began, so one call answers for one pair (session 44 lifecycle tidy). Before, the
+    replays after the switch compared it with the new active version (one call, reports
+    against two versions), and the candidate itself activated meanwhile failed the call
+    half way, as gated against itself, after its first report was stored."""
+    from lineside_inspect.lifecycle import manager
+
+    lc, registry, store = _lifecycle(tmp_path, parts)
+    try:
+        registry.load_model(_twin(tmp_path), activate=False)
+        registry.add_recipe(LINE)
+        replay = manager.run_gate
+
+        def then_twin_active(*a: Any, **kw: Any) -> Any:
+            report = replay(*a, **kw)
+            registry.activate("deeppcb", "twin")  # an admin, between the two replays
+            return report
+        monkeypatch.setattr(manager, "run_gate", then_twin_active)
+        reports = lc.gate_all("deeppcb", "twin", golden="g", actor="admin")
+        assert [(r.recipe, r.against.version) for r in reports] == [("fused", "1"),
+                                                                    ("line", "1")]
+        entries = lc.records.audit_log(model="deeppcb", action="gate")[1]
+        assert sorted(e["details"]["against"] for e in entries) == ["1", "1"]
+    finally:
+        store.close()
+
+
 def test_over_http_recipe_star_gates_under_every_judging_recipe(tmp_path: Path) -> None:
     """``"recipe": "*"`` answers one stored report per judging recipe (the single-recipe
     answer is unchanged); anything else that is not a name is a 422 naming the field."""
