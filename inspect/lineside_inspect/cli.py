@@ -857,8 +857,10 @@ def bench_model_cmd(
         "scale, make frames larger than the model's input; judge them whole and tiled "
         "(a recipe's tiling) side by side: latency, boxes counted, recall"))] = None,
     tile: Annotated[int | None, typer.Option(help="--mosaic: tiling.tile (default: the "
-                                             "model's input size)")] = None,
-    overlap: Annotated[float, typer.Option(help="--mosaic: tiling.overlap")] = 0.2,
+                                             "card's own recipe's, else the model's input "
+                                             "size)")] = None,
+    overlap: Annotated[float, typer.Option(help="--mosaic: tiling.overlap (default: the "
+                                           "card's own recipe's, else 0.2)")] = 0.2,
     grid: Annotated[str, typer.Option(help="--mosaic: images across x down, e.g. 3x2")] = "3x2",
     frames: Annotated[int, typer.Option(min=1, help="--mosaic: mosaics judged")] = 4,
 ) -> None:
@@ -901,8 +903,12 @@ def _bench_mosaic(package: Path, data: Path, tile: int | None, overlap: float, g
     cols, x, rows = grid.partition("x")
     if not (x and cols.isdigit() and rows.isdigit() and int(cols) >= 1 and int(rows) >= 1):
         raise typer.BadParameter(f"--grid: images across x down, e.g. 3x2; got {grid!r}")
+    card = load_package(package).card
+    # a card that tiles (export --tile) is measured as it judges on the line, unless asked
+    own = Tiling.model_validate(card.default_recipe["tiling"]) \
+        if "tiling" in card.default_recipe and tile is None and overlap == 0.2 else None
     try:
-        tiling = Tiling(tile=tile or load_package(package).card.input.size, overlap=overlap)
+        tiling = own or Tiling(tile=tile or card.input.size, overlap=overlap)
     except ValidationError as exc:
         raise typer.BadParameter(f"--tile {tile}, --overlap {overlap:g}: "
                                  f"{exc.errors()[0]['msg']}") from None

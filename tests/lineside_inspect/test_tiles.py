@@ -278,6 +278,21 @@ def test_bench_model_mosaic_prints_whole_and_tiled_side_by_side() -> None:
     assert res.exit_code == 2 and "go with --mosaic" in res.output
 
 
+def test_bench_model_mosaic_measures_a_card_that_tiles_as_it_tiles(tmp_path: Path) -> None:
+    """A card whose own recipe tiles (export --tile) is measured with its tiling, not the
+    model's input size (session 44 review)."""
+    from .test_card_tiling import tiled
+
+    package = tiled(MODEL, tmp_path / "deeppcb" / "2", "2")
+    card = json.loads((package / "model.json").read_text())
+    card["default_recipe"]["tiling"] = {"tile": 800, "overlap": 0.25}
+    (package / "model.json").write_text(json.dumps(card))
+    res = CliRunner().invoke(app, ["bench", "model", str(package), "--mosaic", str(SAMPLE),
+                                   "--grid", "2x1", "--frames", "1", "--runs", "1"])
+    assert res.exit_code == 0, res.output
+    assert "tiled 800 px, overlap 0.25" in res.output, res.output
+
+
 def _seam_boxes(tiles: int, per: int) -> tuple[np.ndarray, ...]:
     """``per`` boxes of one class in each of ``tiles`` tiles of 640 px at overlap 0.5 (8
     across), every one reaching into a neighbour (all are compared pairwise)."""

@@ -165,9 +165,13 @@ def test_export_tile_puts_tiling_in_the_cards_recipe(tiny_run: Path, tmp_path: P
 @pytest.mark.parametrize(("options", "words"), [
     ({"tile": 256}, "--tile 256: the model learned defects at the scale of its training "
                     "images (median longer side 640 px letterboxed into its 640 px input, "
-                    "1.00x), and 256 px tiles would show them 2.50x larger than that; "
-                    "--tile 640 judges"),
-    ({"tile": 1024}, "1024 px tiles would show them 0.62x smaller"),
+                    "1.00x), and 256 px tiles would show them 2.5x larger than that, more "
+                    "than the 1.25x allowed; --tile 640 judges"),
+    # a factor over 1, to three decimals: "0.62x smaller", and "1.25x" past a 1.25x slack,
+    # read wrong
+    ({"tile": 1024}, "1024 px tiles would show them 1.6x smaller than that"),
+    ({"tile": 511}, "511 px tiles would show them 1.252x larger"),
+    ({"tile": 801}, "801 px tiles would show them 1.252x smaller"),
     ({"tile": 640, "overlap": 0.7}, "--overlap: Input should be less than or equal to 0.5"),
     ({"tile": 8}, "--tile: Input should be greater than or equal to 32"),
     ({"overlap": 0.2}, "--overlap is the tiling's: give --tile too"),

@@ -45,7 +45,7 @@ from lineside_inspect.package import (
     write_card,
 )
 from lineside_inspect.runtime.detector import Detector
-from lineside_inspect.runtime.tiles import Tiling
+from lineside_inspect.runtime.tiles import MAX_TILE, Tiling
 from lineside_inspect.version import __version__
 from lineside_training.calibration import calibrate_f
 from lineside_training.checkpoint import Trained, load_trained, read_run_json
@@ -285,14 +285,19 @@ def tiling_for(trained: Trained, tile: int | None, overlap: float | None,
     size = trained.config.input_size
     ratio = frame / tile
     if not 1 / TILE_SCALE_SLACK <= ratio <= TILE_SCALE_SLACK:
-        trained_scale = size / frame
+        # said as a factor over 1 to three decimals: "0.78x smaller", or 1.2524 rounded to
+        # "1.25x" (the slack it is past), read wrong
+        factor = f"{max(ratio, 1 / ratio):.3f}".rstrip("0").rstrip(".")
+        fix = (f"--tile {frame} judges frames larger than {frame} px at the trained scale "
+               "(smaller ones whole, as without tiling)" if frame <= MAX_TILE else
+               f"no tile matches it (tiles are at most {MAX_TILE} px): judge such frames "
+               "whole, without --tile")
         raise ConfigError(
             f"--tile {tile}: the model learned defects at the scale of its training images "
             f"(median longer side {frame} px letterboxed into its {size} px input, "
-            f"{trained_scale:.2f}x), and {tile} px tiles would show them "
-            f"{ratio:.2f}x {'larger' if ratio > 1 else 'smaller'} than that; --tile {frame} "
-            f"judges frames larger than {frame} px at the trained scale (smaller ones whole, "
-            "as without tiling)")
+            f"{size / frame:.2f}x), and {tile} px tiles would show them {factor}x "
+            f"{'larger' if ratio > 1 else 'smaller'} than that, more than the "
+            f"{TILE_SCALE_SLACK:g}x allowed; {fix}")
     return tiling
 
 
