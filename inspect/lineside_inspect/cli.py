@@ -843,9 +843,10 @@ def hash_key_cmd(
 def bench_model_cmd(
     package: Annotated[Path, typer.Argument(help="model package folder")],
     int8: Annotated[Path | None, typer.Option(help="int8 package to compare")] = None,
-    runs: Annotated[int, typer.Option(min=1, help=(
-        "timed batch-1 runs for the latency; each batch size's throughput is timed over "
-        "runs / (2 x batch) runs, at least 3; --mosaic: runs per mosaic (default 3)"))] = 50,
+    runs: Annotated[int | None, typer.Option(min=1, help=(
+        "timed batch-1 runs for the latency (default 50); each batch size's throughput is "
+        "timed over runs / (2 x batch) runs, at least 3; --mosaic: runs per mosaic "
+        "(default 3)"))] = None,
     batches: Annotated[str, typer.Option(help="batch sizes for throughput")] = "1,2,4,8",
     pairs: Annotated[Path | None, typer.Option(help=(
         "reference models: a dataset with references; judge good and defective parts side "
@@ -859,8 +860,8 @@ def bench_model_cmd(
     tile: Annotated[int | None, typer.Option(help="--mosaic: tiling.tile (default: the "
                                              "card's own recipe's, else the model's input "
                                              "size)")] = None,
-    overlap: Annotated[float, typer.Option(help="--mosaic: tiling.overlap (default: the "
-                                           "card's own recipe's, else 0.2)")] = 0.2,
+    overlap: Annotated[float | None, typer.Option(help="--mosaic: tiling.overlap (default: "
+                                                  "the card's own recipe's, else 0.2)")] = None,
     grid: Annotated[str, typer.Option(help="--mosaic: images across x down, e.g. 3x2")] = "3x2",
     frames: Annotated[int, typer.Option(min=1, help="--mosaic: mosaics judged")] = 4,
 ) -> None:
@@ -873,11 +874,12 @@ def bench_model_cmd(
         if pairs is not None or int8 is not None or batches != "1,2,4,8":
             raise typer.BadParameter("--mosaic judges frames whole and tiled: give --tile, "
                                      "--overlap, --grid, --frames and --runs with it")
-        return _bench_mosaic(package, mosaic, tile, overlap, grid, frames, runs)
-    if tile is not None or overlap != 0.2 or grid != "3x2" or frames != 4:
+        return _bench_mosaic(package, mosaic, tile, overlap, grid, frames,
+                             3 if runs is None else runs)
+    if tile is not None or overlap is not None or grid != "3x2" or frames != 4:
         raise typer.BadParameter("--tile, --overlap, --grid and --frames go with --mosaic DATASET")
     # options of the other mode were silently ignored (new-user review)
-    if pairs is not None and (int8 is not None or runs != 50 or batches != "1,2,4,8"):
+    if pairs is not None and (int8 is not None or runs is not None or batches != "1,2,4,8"):
         raise typer.BadParameter("--int8, --runs and --batches time the model alone; "
                                  "with --pairs give --parts and --align")
     if pairs is None and (parts != 40 or not align):
@@ -886,35 +888,39 @@ def bench_model_cmd(
         out.print(format_pairs(bench_pairs(package, pairs, parts=parts, align=align)))
         return
     sizes = list(_counts("--batches", batches))
-    rows = bench_model(package, runs=runs, batches=sizes)
+    timed = 50 if runs is None else runs
+    rows = bench_model(package, runs=timed, batches=sizes)
     if int8 is not None:
-        rows += bench_model(int8, runs=runs, batches=sizes)
+        rows += bench_model(int8, runs=timed, batches=sizes)
     out.print(format_rows(rows))
 
 
-def _bench_mosaic(package: Path, data: Path, tile: int | None, overlap: float, grid: str,
-                  frames: int, runs: int) -> None:
+def _bench_mosaic(package: Path, data: Path, tile: int | None, overlap: float | None,
+                  grid: str, frames: int, runs: int) -> None:
     from pydantic import ValidationError
 
     from lineside_inspect.bench_tiles import bench_tiles, format_tiles
     from lineside_inspect.package import load_package
+    from lineside_inspect.recipes import card_recipe
     from lineside_inspect.runtime.tiles import Tiling
 
     cols, x, rows = grid.partition("x")
     if not (x and cols.isdigit() and rows.isdigit() and int(cols) >= 1 and int(rows) >= 1):
         raise typer.BadParameter(f"--grid: images across x down, e.g. 3x2; got {grid!r}")
     card = load_package(package).card
-    # a card that tiles (export --tile) is measured as it judges on the line, unless asked
-    own = Tiling.model_validate(card.default_recipe["tiling"]) \
-        if "tiling" in card.default_recipe and tile is None and overlap == 0.2 else None
+    # a card that tiles (export --tile) is measured as it judges on the line: each of
+    # --tile and --overlap not given is the card's (a card loaded has a valid tiling)
+    own = card_recipe(card).tiling
+    side = tile if tile is not None else own.tile if own else card.input.size
+    share = overlap if overlap is not None else own.overlap if own else 0.2
     try:
-        tiling = own or Tiling(tile=tile or card.input.size, overlap=overlap)
+        tiling = Tiling(tile=side, overlap=share)
     except ValidationError as exc:
-        raise typer.BadParameter(f"--tile {tile}, --overlap {overlap:g}: "
+        raise typer.BadParameter(f"--tile {side}, --overlap {share:g}: "
                                  f"{exc.errors()[0]['msg']}") from None
     out.print(format_tiles(bench_tiles(package, data, tiling=tiling, cols=int(cols),
                                        rows=int(rows), frames=frames,
-                                       runs=3 if runs == 50 else runs)))  # 50: not given
+                                       runs=runs)))
 
 
 def _counts(option: str, text: str) -> tuple[int, ...]:

@@ -214,7 +214,7 @@ class ModelCard(BaseModel):
         """A card whose own recipe tiles says so by its format: a release before tiling
         then refuses it as newer, saying to upgrade, instead of by the field's name."""
         if "tiling" in self.default_recipe and self.format_version < TILING_FORMAT:
-            raise ValueError(f"default_recipe sets tiling, which takes format_version "
+            raise ValueError(f"default_recipe names tiling, which takes format_version "
                              f"{TILING_FORMAT} (the card says {self.format_version})")
         return self
 

@@ -135,3 +135,19 @@ def test_a_restarted_box_puts_a_waiting_recipe_in_its_configured_place(
     box = launch(keys=True, **_station(tmp_path))
     assert list(_recipes(box)) == ["a-wait", "b-here"]
     assert box.app.state.registry.default_recipe == "a-wait"
+
+
+def test_a_waiting_name_an_api_recipe_serves_is_no_model_error(
+        launch: Callable[..., Running], tmp_path: Path) -> None:
+    """A recipe put over the API under a waiting configured recipe's name answers
+    inspections: the box's model_errors said it was "not loaded" all the same (final
+    review, session 44)."""
+    box = launch(keys=True, **_station(tmp_path))
+    assert any(e.startswith("recipe a-wait") for e in box.app.state.fleet_models.errors())
+    with box.client("admin") as admin:
+        r = admin.put("/v1/recipes/a-wait", json={"name": "a-wait", "version": "2",
+                                                  "model": "deeppcb"})
+        assert r.status_code == 200, r.text
+    errors = box.app.state.fleet_models.errors()
+    assert not any(e.startswith("recipe a-wait") for e in errors), errors
+    assert any(e.startswith("recipe c-bad") for e in errors), errors  # still waiting

@@ -291,6 +291,32 @@ def test_bench_model_mosaic_measures_a_card_that_tiles_as_it_tiles(tmp_path: Pat
                                    "--grid", "2x1", "--frames", "1", "--runs", "1"])
     assert res.exit_code == 0, res.output
     assert "tiled 800 px, overlap 0.25" in res.output, res.output
+    # each option not given is the card's: --overlap alone keeps its tile (final review)
+    res = CliRunner().invoke(app, ["bench", "model", str(package), "--mosaic", str(SAMPLE),
+                                   "--grid", "2x1", "--frames", "1", "--runs", "1",
+                                   "--overlap", "0.3"])
+    assert res.exit_code == 0 and "tiled 800 px, overlap 0.3" in res.output, res.output
+
+
+def test_a_frames_tiles_run_a_few_rows_at_a_time(det: Detector) -> None:
+    """A graph of any batch size runs at most RUN_ROWS tiles at once: a frame's 64 tiles
+    in one run held several GB of activations per request (final review, session 44)."""
+    from lineside_inspect.runtime.detector import RUN_ROWS
+
+    sizes: list[int] = []
+    run = det.session.run
+
+    def counted(batch: np.ndarray) -> list[np.ndarray]:
+        sizes.append(len(batch))
+        return run(batch)
+
+    det.session.run = counted  # type: ignore[method-assign]
+    try:
+        frame = np.zeros((2400, 2400, 3), np.uint8)  # 5 x 5 tiles of 640 px at overlap 0.2
+        det.predict([frame], tiling=Tiling(tile=640, overlap=0.2))
+    finally:
+        del det.session.run
+    assert sum(sizes) == 25 and max(sizes) <= RUN_ROWS == 8, sizes
 
 
 def _seam_boxes(tiles: int, per: int) -> tuple[np.ndarray, ...]:

@@ -81,7 +81,7 @@ def test_a_card_that_tiles_is_of_the_tiling_format(tmp_path: Path) -> None:
     assert load_package(pkg).card.format_version == TILING_FORMAT
     card = json.loads((pkg / "model.json").read_text())
     (pkg / "model.json").write_text(json.dumps({**card, "format_version": 1}))
-    with pytest.raises(PackageError, match="default_recipe sets tiling, which takes "
+    with pytest.raises(PackageError, match="default_recipe names tiling, which takes "
                                            f"format_version {TILING_FORMAT}"):
         load_package(pkg)
 

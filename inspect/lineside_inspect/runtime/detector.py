@@ -32,6 +32,11 @@ def to_planes(image: np.ndarray, out: np.ndarray, *, rgb: bool) -> None:
             dst[...] = src
 
 
+# the most rows (images, or a tiled frame's tiles) one local run takes; more go run after
+# run (bench model's largest batch is 8)
+RUN_ROWS = 8
+
+
 def _stacked(parts: list[np.ndarray]) -> np.ndarray:
     """Runs' outputs joined along the batch, each padded with zeros (a detector's padding
     rows carry score 0) to the longest's row count."""
@@ -52,8 +57,8 @@ class Detector:
     (``runtime.anomaly`` has its image score).
     """
 
-    # the most images the graph takes in one run (its input's batch dimension when a
-    # number), None: any (a remote endpoint: runtime/remote.py REMOTE_BATCH)
+    # the most images run at once: the graph's batch dimension when a number, else
+    # RUN_ROWS (a remote endpoint: runtime/remote.py REMOTE_BATCH); None: any
     max_batch: int | None = None
 
     def __init__(self, package: ModelPackage | str | Path, *, device: str = "auto",
@@ -67,7 +72,10 @@ class Detector:
                                    spinning=spinning, overlap=overlap,
                                    graph=self.package.graph, external=self.package.external)
         batch_dim = self.session.session.get_inputs()[0].shape[0]
-        self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        # a graph of any batch size still runs at most RUN_ROWS rows at once: a tiled
+        # frame's 64 tiles in one run would hold several GB of activations, kept by
+        # onnxruntime's memory pool, per request (final review, session 44)
+        self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else RUN_ROWS
         # the verified bytes were for the session: not kept twice for the model's life
         self.package = replace(self.package, graph=None, external={})
         if warmup:

@@ -221,6 +221,9 @@ class ModelPuller:
         failed, notes = self._failed, self._notes
         registry = getattr(self.app.state, "registry", None)
         waiting = {} if registry is None else registry.waiting  # the configured recipes
+        if registry is not None and waiting:  # one put over the API under its name serves
+            serving = {r.name for r in registry.recipes()}  # meanwhile: not an error
+            waiting = {n: why for n, why in waiting.items() if n not in serving}
         found = ([self._key_error] if self._key_error else []) + notes + [
             f"{n} {v}: {why}" for (n, v, _), why in failed.items()] + [
             f"recipe {n} (configured) not loaded: {why}" for n, why in waiting.items()]
