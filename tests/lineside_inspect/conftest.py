@@ -6,6 +6,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,6 +91,32 @@ def stall_stream(sim: Any, worker: Any, ended: threading.Event, timeout_s: float
                and latest.image.mean() > 150):
         assert time.monotonic() < deadline, "the camera never received the stream's last frame"
         time.sleep(0.02)
+
+
+@contextmanager
+def shadow_line(registry: Any, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """An inspection service on ``registry`` with a store and a lifecycle that shadows
+    (queue 16) attached, in process: ``(service, lifecycle)``, closed after."""
+    from lineside_inspect.lifecycle.config import LifecycleSettings
+    from lineside_inspect.lifecycle.manager import Lifecycle
+    from lineside_inspect.references import ReferenceLibrary
+    from lineside_inspect.server.limiter import Limiter
+    from lineside_inspect.server.metrics import Metrics
+    from lineside_inspect.server.service import InspectionService
+    from lineside_inspect.store import Store
+
+    store = Store(tmp_path / "store", pass_rate=1.0)
+    service = InspectionService(registry=registry, limiter=Limiter(1, 4, 10.0), metrics=Metrics(),
+                                references=ReferenceLibrary(tmp_path / "refs", 64_000_000),
+                                max_pixels=64_000_000, store=store)
+    lc = Lifecycle(LifecycleSettings.model_validate({"shadow": {"queue": 16}}),
+                   registry=registry, data_dir=tmp_path, device="cpu")
+    lc.attach(store, service)
+    try:
+        yield service, lc
+    finally:
+        lc.close()
+        store.close()
 
 
 def settings(**kw: Any) -> Settings:

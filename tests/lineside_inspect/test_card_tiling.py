@@ -20,21 +20,16 @@ from lineside_inspect.config import Settings
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import PackageError
 from lineside_inspect.imageio import read_image
-from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.lifecycle.manager import Lifecycle
 from lineside_inspect.lifecycle.schemas import ShadowDisagreements, ShadowStatus
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import TILING_FORMAT
 from lineside_inspect.recipes import card_recipe
-from lineside_inspect.references import ReferenceLibrary
 from lineside_inspect.serve import preflight
-from lineside_inspect.server.limiter import Limiter
-from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.server.registry import Registry
 from lineside_inspect.server.service import InspectionService
-from lineside_inspect.store import Store
 
-from .conftest import MODEL, ROOT, SAMPLE
+from .conftest import MODEL, ROOT, SAMPLE, shadow_line
 
 TILING = {"tile": 640, "overlap": 0.2}
 
@@ -72,18 +67,8 @@ def line(tmp_path: Path) -> Iterator[tuple[InspectionService, Lifecycle]]:
     registry.load_model(MODEL)
     registry.load_model(tiled(MODEL, tmp_path / "deeppcb" / "2", "2"), activate=False)
     registry.add_recipe(card_recipe(registry.detector("deeppcb").card))  # as load_everything
-    store = Store(tmp_path / "store", pass_rate=1.0)
-    service = InspectionService(registry=registry, limiter=Limiter(1, 4, 10.0), metrics=Metrics(),
-                                references=ReferenceLibrary(tmp_path / "refs", 64_000_000),
-                                max_pixels=64_000_000, store=store)
-    lc = Lifecycle(LifecycleSettings.model_validate({"shadow": {"queue": 16}}),
-                   registry=registry, data_dir=tmp_path, device="cpu")
-    lc.attach(store, service)
-    try:
-        yield service, lc
-    finally:
-        lc.close()
-        store.close()
+    with shadow_line(registry, tmp_path) as line:
+        yield line
 
 
 def test_a_shadow_judges_by_the_recipe_its_card_brings(

@@ -18,18 +18,15 @@ import pytest
 
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import ModelVersion, anomaly_finding, inspect, with_finding
-from lineside_inspect.lifecycle.config import LifecycleSettings
 from lineside_inspect.lifecycle.manager import Lifecycle
 from lineside_inspect.lifecycle.schemas import ShadowDisagreements, ShadowStatus
 from lineside_inspect.recipes import Recipe
-from lineside_inspect.references import Reference, ReferenceLibrary
-from lineside_inspect.server.limiter import Limiter
-from lineside_inspect.server.metrics import Metrics
+from lineside_inspect.references import Reference
 from lineside_inspect.server.registry import Registry
 from lineside_inspect.server.service import InspectionService
 from lineside_inspect.store import Store
 
-from .conftest import MODEL, ROOT
+from .conftest import MODEL, ROOT, shadow_line
 from .test_gate_fused import DEFECTIVE_BOARD, FUSED, GOOD_BOARD, _partner, _png
 from .test_lifecycle_api import variant
 
@@ -66,18 +63,8 @@ def line(packages: dict[str, Path], tmp_path: Path) -> Iterator[tuple[Inspection
     registry.add_recipe(FUSED)
     registry.add_recipe(REF_FUSED)
     registry.add_recipe(ALONE)
-    store = Store(tmp_path / "store", pass_rate=1.0)
-    service = InspectionService(registry=registry, limiter=Limiter(1, 4, 10.0), metrics=Metrics(),
-                                references=ReferenceLibrary(tmp_path / "refs", 64_000_000),
-                                max_pixels=64_000_000, store=store)
-    lc = Lifecycle(LifecycleSettings.model_validate({"shadow": {"queue": 16}}),
-                   registry=registry, data_dir=tmp_path, device="cpu")
-    lc.attach(store, service)
-    try:
-        yield service, lc
-    finally:
-        lc.close()
-        store.close()
+    with shadow_line(registry, tmp_path) as line:
+        yield line
 
 
 def _inspect(service: InspectionService, data: bytes, recipe: str, **kw: Any) -> Any:
