@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from lineside_inspect.boxes import iou_matrix
 from lineside_inspect.errors import BenchError
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.tiles import Tiling
@@ -50,13 +51,8 @@ def _hits(xyxy: np.ndarray, labels: list[str], truth: list[tuple[str, np.ndarray
     hits = 0
     for label, t in truth:
         b = xyxy[[lab == label for lab in labels]]
-        if not len(b):
-            continue
-        w = np.clip(np.minimum(t[2], b[:, 2]) - np.maximum(t[0], b[:, 0]), 0, None)
-        h = np.clip(np.minimum(t[3], b[:, 3]) - np.maximum(t[1], b[:, 1]), 0, None)
-        inter = w * h
-        union = (t[2] - t[0]) * (t[3] - t[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-        hits += bool((inter / union).max() >= IOU)
+        if len(b):
+            hits += bool(iou_matrix(t[None].astype(np.float32), b).max() >= IOU)
     return hits
 
 
