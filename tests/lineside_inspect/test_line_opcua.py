@@ -8,6 +8,8 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,20 @@ def test_a_plc_tag_takes_a_whole_scalar_and_a_bad_status_is_null() -> None:
     asyncio.run(run())
 
 
+@asynccontextmanager
+async def _station_trigger() -> AsyncIterator[tuple[Client, Any]]:
+    """An OPC UA adapter on loopback serving one station, a client connected to it and
+    station s1's Trigger node; the adapter stopped after."""
+    adapter = OpcUaAdapter(OpcUaConfig(endpoint=LOOPBACK))
+    await adapter.start([_station()], lambda *w: None)
+    try:
+        async with Client(adapter.endpoint, timeout=5) as c:
+            idx = await c.get_namespace_index(NS)
+            yield c, c.get_node(f"ns={idx};s=Stations/s1/Trigger")
+    finally:
+        await adapter.stop()
+
+
 def test_a_refused_write_is_logged_cut_short_and_not_again_and_again(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """asyncua logs a write of the wrong type at WARNING quoting the whole value: a PLC
@@ -151,19 +167,12 @@ def test_a_refused_write_is_logged_cut_short_and_not_again_and_again(
     the server log per write, at the rate it wrote (line review, session 43). Each such
     line is cut short, and the same refusal is told once a minute with a count."""
     async def run() -> None:
-        adapter = OpcUaAdapter(OpcUaConfig(endpoint=LOOPBACK))
-        await adapter.start([_station()], lambda *w: None)
-        try:
-            async with Client(adapter.endpoint, timeout=5) as c:
-                idx = await c.get_namespace_index(NS)
-                trigger = c.get_node(f"ns={idx};s=Stations/s1/Trigger")
-                for i in range(5):
-                    with pytest.raises(ua.uaerrors.BadTypeMismatch):
-                        await trigger.write_value(ua.DataValue(ua.Variant(
-                            str(i) * 100_000, ua.VariantType.String)))
-                assert await trigger.read_value() is False
-        finally:
-            await adapter.stop()
+        async with _station_trigger() as (_c, trigger):
+            for i in range(5):
+                with pytest.raises(ua.uaerrors.BadTypeMismatch):
+                    await trigger.write_value(ua.DataValue(ua.Variant(
+                        str(i) * 100_000, ua.VariantType.String)))
+            assert await trigger.read_value() is False
 
     # the bound is one for the process: forget what other tests' peers had told
     monkeypatch.setattr(peer_logs.BOUND, "_told", {})
@@ -202,31 +211,24 @@ def test_a_subscriptions_warnings_are_bounded_and_a_stopped_burst_counted(
             pass
 
     async def run() -> None:
-        adapter = OpcUaAdapter(OpcUaConfig(endpoint=LOOPBACK))
-        await adapter.start([_station()], lambda *w: None)
-        try:
-            async with Client(adapter.endpoint, timeout=5) as c:
-                idx = await c.get_namespace_index(NS)
-                trigger = c.get_node(f"ns={idx};s=Stations/s1/Trigger")
-                sub = await c.create_subscription(50, Quiet())
-                await sub.deadband_monitor(trigger, 1.0, deadbandtype=ua.UInt32(2))  # percent
-                for i in range(7):  # a warning at each change
-                    await trigger.write_value(i % 2 == 0)
-                made = {r.name for r in percent()}
-                assert len(percent()) == 1, [r.name for r in percent()]
-                assert made and all(n.startswith("asyncua.server.monitored_item_service.")
-                                    for n in made)
-                assert bound.untold("asyncua") == 6
-                clock[0] += peer_logs.EVERY_S  # a minute on, the burst over
-                bound.flush()  # as the line's ticker does
-                told = [r.getMessage() for r in percent()]
-                assert len(told) == 2 and told[1].endswith(" (6 more such message(s) since "
-                                                           "last told)"), told
-                assert bound.untold("asyncua") == 0
-                await trigger.write_value(False)  # told a moment ago (the count): held
-                assert len(percent()) == 2 and bound.untold("asyncua") == 1
-        finally:
-            await adapter.stop()
+        async with _station_trigger() as (c, trigger):
+            sub = await c.create_subscription(50, Quiet())
+            await sub.deadband_monitor(trigger, 1.0, deadbandtype=ua.UInt32(2))  # percent
+            for i in range(7):  # a warning at each change
+                await trigger.write_value(i % 2 == 0)
+            made = {r.name for r in percent()}
+            assert len(percent()) == 1, [r.name for r in percent()]
+            assert made and all(n.startswith("asyncua.server.monitored_item_service.")
+                                for n in made)
+            assert bound.untold("asyncua") == 6
+            clock[0] += peer_logs.EVERY_S  # a minute on, the burst over
+            bound.flush()  # as the line's ticker does
+            told = [r.getMessage() for r in percent()]
+            assert len(told) == 2 and told[1].endswith(" (6 more such message(s) since "
+                                                       "last told)"), told
+            assert bound.untold("asyncua") == 0
+            await trigger.write_value(False)  # told a moment ago (the count): held
+            assert len(percent()) == 2 and bound.untold("asyncua") == 1
 
     with caplog.at_level(logging.WARNING, logger="asyncua"):  # (as above)
         asyncio.run(run())
