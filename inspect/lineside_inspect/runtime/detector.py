@@ -58,8 +58,8 @@ class Detector:
     """
 
     # the most images run at once: the graph's batch dimension when a number, else
-    # RUN_ROWS (a remote endpoint: runtime/remote.py REMOTE_BATCH); None: any
-    max_batch: int | None = None
+    # RUN_ROWS (a remote endpoint: runtime/remote.py REMOTE_BATCH)
+    max_batch: int = RUN_ROWS
 
     def __init__(self, package: ModelPackage | str | Path, *, device: str = "auto",
                  threads: int | None = None, warmup: bool = True, spinning: bool = True,
@@ -198,10 +198,9 @@ class Detector:
 
     def forward(self, batch: np.ndarray) -> list[np.ndarray]:
         step = self.max_batch
-        if step is None or len(batch) <= step:
+        if len(batch) <= step:
             return self._run(batch)
-        # a graph of a fixed batch size (or an endpoint) given more rows (tiles): run after
-        # run, joined
+        # more rows (a frame's tiles) than one run takes: run after run, joined
         parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
         return [_stacked(list(o)) for o in zip(*parts, strict=True)]
 
