@@ -454,3 +454,84 @@ def test_a_tiled_frame_goes_to_the_endpoint_a_few_tiles_a_request(endpoint: str)
     assert remote.detections is not None and local.detections is not None
     assert len(remote.detections) == len(local.detections) > 0
     np.testing.assert_allclose(remote.detections.xyxy, local.detections.xyxy, atol=0.5)
+
+
+@contextmanager
+def _fixed_batch(endpoint: str, batch: int) -> Iterator[tuple[str, list[int]]]:
+    """A proxy in front of ``endpoint`` that says (metadata) and takes (infer) exactly
+    ``batch`` rows, as Triton does for a graph exported with a static batch: any other
+    batch is refused 400. Yields its url and the row counts it was sent."""
+    import httpx
+
+    seen: list[int] = []
+
+    class Fixed(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, content: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        def _forward(self, body: bytes | None = None) -> httpx.Response:
+            keep = ("authorization", "content-type", "inference-header-content-length")
+            return httpx.request(self.command, endpoint + self.path, content=body,
+                                 headers={k: v for k, v in self.headers.items() if k.lower() in keep})
+
+        def do_GET(self) -> None:
+            r = self._forward()
+            doc = r.json()
+            if r.status_code == 200:
+                doc["inputs"][0]["shape"][0] = batch
+            self._send(r.status_code, json.dumps(doc).encode())
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            head = json.loads(body[:int(self.headers["Inference-Header-Content-Length"])])
+            rows = head["inputs"][0]["shape"][0]
+            seen.append(rows)
+            if rows != batch:
+                self._send(400, json.dumps({"error": f"batch {rows}: this model takes {batch}"}).encode())
+                return
+            r = self._forward(body)
+            self._send(r.status_code, r.content)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Fixed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_an_endpoint_of_a_fixed_batch_gets_requests_of_that_batch(endpoint: str, batch: int) -> None:
+    from lineside_inspect.inspector import inspect
+    from lineside_inspect.runtime.detector import Detector
+
+    # a tiled frame went a few tiles a request (up to 8) whatever the endpoint took: one
+    # serving a graph of a static batch answered 400, and every such frame was a 502
+    frame = np.tile(np.asarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3)),
+                               np.uint8), (20, 20, 1))  # 1280 px, 3 x 3 tiles: 8 + 1 a run
+    with _fixed_batch(endpoint, batch) as (url, seen):
+        recipe = Recipe.model_validate({"name": "r", "model": "deeppcb",
+                                        "tiling": {"tile": 640, "overlap": 0.5}, "remote": {
+                                            "url": url, "model": "deeppcb",
+                                            "card": str(MODEL), "token_env": TOKEN_ENV}})
+        assert recipe.remote is not None
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv(TOKEN_ENV, KEYS["line"])
+            det = RemoteDetector(recipe.remote)
+        remote = inspect(frame, det, recipe)
+        assert seen and set(seen) == {batch}  # the last request of a run filled with blanks
+        assert sum(seen) == batch * (-(-8 // batch) + 1)
+    local = inspect(frame, Detector(MODEL, device="cpu", threads=1),
+                    recipe.model_copy(update={"remote": None}))
+    assert remote.detections is not None and local.detections is not None
+    assert len(remote.detections) == len(local.detections) > 0
+    np.testing.assert_allclose(remote.detections.xyxy, local.detections.xyxy, atol=0.5)
+    assert remote.verdict == local.verdict

@@ -37,7 +37,7 @@ def to_planes(image: np.ndarray, out: np.ndarray, *, rgb: bool) -> None:
 RUN_ROWS = 8
 
 
-def _stacked(parts: list[np.ndarray]) -> np.ndarray:
+def stack_runs(parts: list[np.ndarray]) -> np.ndarray:
     """Runs' outputs joined along the batch, each padded with zeros (a detector's padding
     rows carry score 0) to the longest's row count."""
     longest = max(p.shape[1] for p in parts) if parts[0].ndim > 1 else 0
@@ -202,7 +202,7 @@ class Detector:
             return self._run(batch)
         # more rows (a frame's tiles) than one run takes: run after run, joined
         parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
-        return [_stacked(list(o)) for o in zip(*parts, strict=True)]
+        return [stack_runs(list(o)) for o in zip(*parts, strict=True)]
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.session.run(batch)

@@ -43,7 +43,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.oip import flat_data
 from lineside_inspect.package import CARD, OUTPUT_NAMES, ModelCard, ModelPackage, read_card
 from lineside_inspect.recipes.schema import RemoteModel
-from lineside_inspect.runtime.detector import Detector
+from lineside_inspect.runtime.detector import Detector, stack_runs
 
 # a frame's answer is ~11 KB of JSON (100 detections of 6 numbers); the box sends one
 # frame per request, so anything far larger is not a detector's answer and is not read
@@ -191,6 +191,10 @@ class OipClient:
         self.pool = httpcore.ConnectionPool(network_backend=_DeadlineBackend(),
                                             max_connections=16)
         self.checked = False  # the endpoint's metadata agreed with the card
+        # the endpoint's fixed batch size (its metadata's first input dimension), or None:
+        # any. A graph exported with batch 1 behind Triton takes [1, 3, S, S] only, and a
+        # tiled frame's 8 tiles a request were refused 400, a 502 for every frame
+        self.batch: int | None = None
 
     def close(self) -> None:
         self.pool.close()
@@ -254,12 +258,29 @@ class OipClient:
             raise RemoteInferenceRefused(
                 f"remote inference at {self.where}: the model has no output "
                 f"{', '.join(sorted(missing))}")
+        first = meta.inputs[0].shape[0]
+        self.batch = first if first > 0 else None
         self.checked = True
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """The card's outputs, in its order, for a ``[B, 3, S, S]`` uint8 batch."""
+        """The card's outputs, in its order, for a ``[B, 3, S, S]`` uint8 batch. An
+        endpoint of a fixed batch size gets requests of exactly that many rows: the last
+        one filled with blank images, whose answers are dropped."""
         if not self.checked:
             self.check()
+        fixed = self.batch
+        if fixed is None or len(batch) == fixed:
+            return self._infer(batch)
+        parts = []
+        for i in range(0, len(batch), fixed):
+            rows = batch[i:i + fixed]
+            real = len(rows)
+            if real < fixed:
+                rows = np.concatenate([rows, np.zeros((fixed - real, *rows.shape[1:]), rows.dtype)])
+            parts.append([o[:real] for o in self._infer(rows)])
+        return [stack_runs(list(o)) for o in zip(*parts, strict=True)]
+
+    def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
         data = np.ascontiguousarray(batch, dtype=np.uint8).tobytes()
         head = json.dumps({
             "inputs": [{"name": self.card.input.name, "datatype": "UINT8",
