@@ -42,6 +42,8 @@ def test_package_contents_and_card(package: Path) -> None:
     assert set(card["thresholds"]) == set(card["class_names"])
     # without --tile: the format every release reads, its recipe judging frames whole
     assert card["format_version"] == 1 and "tiling" not in card["default_recipe"]
+    # the sample's images all span 255 grey levels: 'data stats' suggests 16
+    assert card["default_recipe"]["min_contrast"] == 16
     assert card["training"]["data"]["train_images"] > 0
     graph = onnx.load(str(package / "model.onnx"))
     onnx.checker.check_model(graph)
@@ -49,6 +51,23 @@ def test_package_contents_and_card(package: Path) -> None:
     assert "NonMaxSuppression" in {n.op_type for n in graph.graph.node}
     dims = graph.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, 640, 640]
+
+
+def test_a_single_image_card_fails_a_lens_capped_frame(package: Path) -> None:
+    """The card's recipe fails a frame too flat to judge: without a min_contrast a
+    single-image recipe passed a lens cap's every frame as a good part (a detector finds
+    no defect on grey). A real board of the set still passes the check."""
+    from lineside_inspect.inspector import inspect
+    from lineside_inspect.package import read_card
+    from lineside_inspect.recipes.card import card_recipe
+
+    recipe = card_recipe(read_card(package))
+    det = Detector(package, device="cpu", threads=1)
+    capped = inspect(np.full((480, 640, 3), 40, np.uint8), det, recipe)
+    assert capped.verdict == "fail"
+    assert [r.rule for r in capped.reasons if r.rule == "blank_frame"] == ["blank_frame"]
+    board = inspect(read_image(sorted((SAMPLE / "images").rglob("*_temp.jpg"))[0]), det, recipe)
+    assert all(r.rule != "blank_frame" for r in board.reasons)
 
 
 def test_runtime_reloads_package_and_batches(package: Path) -> None:

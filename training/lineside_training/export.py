@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from lineside_inspect.boxes import iou_matrix
 from lineside_inspect.dataset import ImageRecord, read_dataset
+from lineside_inspect.dataset.stats import contrast_stats
 from lineside_inspect.errors import (
     ConfigError,
     DatasetError,
@@ -368,6 +369,9 @@ def export(
                          f"as {tiling.tile} px tiles overlapping by {tiling.overlap:g} (card "
                          f"format_version {TILING_FORMAT}: a server before session 44 refuses "
                          "it, saying to upgrade); the parity gate compared whole images")
+        if not cfg.reference and (floor := blank_floor(dataset)) is not None:
+            # a frame spanning fewer grey levels fails as blank_frame (a lens cap)
+            recipe["min_contrast"] = summary["min_contrast"] = floor
         metrics_path = trained.run_dir / "report-val" / "metrics.json"
         metrics = read_run_json(metrics_path) or {}
         if not trained.belongs(metrics):  # a report of the checkpoint before a resume
@@ -449,6 +453,17 @@ def export(
     if notes:
         summary["notes"] = notes
     return summary
+
+
+def blank_floor(dataset: Any) -> int | None:
+    """The ``min_contrast`` a single-image card's recipe sets: what ``lineside data stats``
+    suggests from the dataset's images (half their 1st percentile of contrast, at most
+    16: :func:`contrast_stats`), or None where that is 0 (parts of this product look
+    blank: DeepPCB's all-copper tiles). Without it a single-image recipe passed a
+    lens-capped camera's every frame as a good part; a reference recipe has its own
+    default check against its golden. A recipe configured for the model sets its own."""
+    floor = contrast_stats(dataset)["suggested_min_contrast"]
+    return int(floor) if floor else None
 
 
 def _check_counted(precision: str, changes: dict[str, Any], max_lost: float,
