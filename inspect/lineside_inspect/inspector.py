@@ -179,12 +179,12 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
     checks = clock() - t0
     aligned = reference is not None and recipe.align_reference
     t0 = clock()
-    # a recipe's tiling (single-image detectors alone: the recipe is refused with others)
-    tiling = recipe.tiling if reference is None and anomaly_model is None \
-        and detector.card.kind == "detector" else None
+    # a recipe's tiling: single-image detectors alone, judged alone (a recipe tiling for a
+    # reference or good-only model, or fusing one, is refused when put; pre_process refuses
+    # a reference pair or a good-only model given a tiling)
     batch, letterboxes = detector.pre_process(
         [image], None if reference is None else [reference.image], align=aligned,
-        tiling=tiling)
+        tiling=recipe.tiling)
     pre = checks + clock() - t0
     t0 = clock()
     outputs = detector.forward(batch)

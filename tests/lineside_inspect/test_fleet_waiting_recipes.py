@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from lineside_inspect.fleet.protocol import AssignedModel
 from lineside_inspect.package import card_digest, load_package
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.server.app import load_saved_recipes
 
 from .conftest import ROOT, Running
 
@@ -126,7 +130,8 @@ def test_a_waiting_recipe_keeps_its_configured_place_and_says_why_it_is_missing(
         assert r.status_code == 404 and "cannot serve it" in r.text, r.text
     assert any(e.startswith("recipe c-bad (configured) not loaded")
                for e in box.app.state.fleet_models.errors())
-    assert [r.name for r in box.app.state.waiting_recipes] == ["c-bad"]  # tried at the next
+    # tried again at the next pull
+    assert [r.name for r in box.app.state.registry.waiting_recipes()] == ["c-bad"]
 
 
 def test_a_restarted_box_puts_a_waiting_recipe_in_its_configured_place(
@@ -151,3 +156,74 @@ def test_a_waiting_name_an_api_recipe_serves_is_no_model_error(
     errors = box.app.state.fleet_models.errors()
     assert not any(e.startswith("recipe a-wait") for e in errors), errors
     assert any(e.startswith("recipe c-bad") for e in errors), errors  # still waiting
+
+
+class _Watched:
+    """The saved recipes' own lock, saying who holds it and when another thread comes to
+    take it."""
+
+    def __init__(self, lock: Any, pull: int) -> None:
+        self.lock, self.pull = lock, pull
+        self.owner: int | None = None
+        self.tried = threading.Event()  # a thread other than the pull's came to take it
+
+    def __enter__(self) -> None:
+        if threading.get_ident() != self.pull:
+            self.tried.set()
+        self.lock.acquire()
+        self.owner = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        self.owner = None
+        self.lock.release()
+
+
+@pytest.mark.parametrize("writer", ["put", "start-up"])
+def test_a_pull_and_a_recipe_put_meanwhile_leave_the_put_recipe_judging(
+        launch: Callable[..., Running], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        writer: str) -> None:
+    """Session 45: a pull putting a waiting configured recipe took no lock of the saved
+    recipes: a recipe PUT under its name (or, at start-up, the saved one loaded while the
+    first pull ran) between the pull's look at the API's recipes and its put was replaced
+    by the configured one, while the API listed its own as judging. The other writer runs
+    in that window here; with the lock it waits for the pull."""
+    box = launch(keys=True, **_station(tmp_path))
+    state, registry = box.app.state, box.app.state.registry
+    put = {"name": "a-wait", "version": "2", "model": "deeppcb"}
+    watched = _Watched(state.saved_recipes.lock, threading.get_ident())
+    monkeypatch.setattr(state.saved_recipes, "lock", watched)
+
+    def other_writer() -> None:
+        if writer == "put":
+            with box.client("admin") as admin:
+                assert admin.put("/v1/recipes/a-wait", json=put).status_code == 200
+        else:  # the start-up's load of the saved recipes, as the first pull runs
+            load_saved_recipes(box.app)
+
+    if writer == "start-up":
+        state.saved_recipes.save(Recipe.model_validate(put), actor="admin", keep_place=False)
+    other = threading.Thread(target=other_writer)
+    add_recipe = registry.add_recipe
+
+    def pulls_add(recipe: Recipe) -> None:
+        if recipe.name == "a-wait" and recipe.model == "deeppcb-good" \
+                and other.ident is None:
+            other.start()
+            while not watched.tried.is_set() and other.is_alive():
+                watched.tried.wait(0.01)
+            if watched.owner != watched.pull:  # nothing holds it off: it goes through now
+                other.join(30)
+        add_recipe(recipe)
+
+    monkeypatch.setattr(registry, "add_recipe", pulls_add)
+    _pull(box, tmp_path)
+    other.join(30)
+    assert not other.is_alive()
+    assert registry.recipe("a-wait").version == "2"  # the API's, as it lists it
+    with box.client("admin") as admin:
+        listed = {r["name"]: r for r in admin.get("/v1/recipes").json()}
+        assert (listed["a-wait"]["version"], listed["a-wait"]["put_over_api"]) == ("2", True)
+        # dropped: the configured one, now put, judges again
+        assert admin.delete("/v1/recipes/a-wait").status_code == 200
+    assert registry.recipe("a-wait").model == "deeppcb-good"
+    assert "a-wait" not in registry.waiting

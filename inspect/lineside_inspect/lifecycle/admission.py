@@ -3,8 +3,8 @@ to 5 of docs/lifecycle.md (section 3, "the admission rule"). Which recipes judge
 version once admitted (:meth:`AdmissionRules.judging`), whether its gate reports give it a
 current pass under each (:meth:`AdmissionRules._reports`: a failure not cleared, a pass
 against another active version, with another partner card, under other rules), why a
-pass is stale, and the text of each refusal (409 ``gate_failed``) with the gate call that
-answers it.
+pass is stale, and what each refusal (409 ``gate_failed``) says; its words, with the gate
+call that answers it, are :mod:`~lineside_inspect.lifecycle.refusals`'.
 
 They are kept apart from the manager, which runs gates, shadows, promotions and
 rollbacks and records them, so that the rules can be read, reviewed and changed in one
@@ -32,6 +32,14 @@ from lineside_inspect.lifecycle.gate import (
 )
 from lineside_inspect.lifecycle.golden import GoldenLibrary
 from lineside_inspect.lifecycle.records import Records
+from lineside_inspect.lifecycle.refusals import (
+    NOW,
+    PUT_FIRST,
+    gate_call,
+    missing_note,
+    put_first_note,
+    stale_note,
+)
 from lineside_inspect.package import ModelCard, card_digest, default_recipe_name
 from lineside_inspect.recipes import Recipe, card_recipe
 from lineside_inspect.runtime.detector import Detector
@@ -41,9 +49,6 @@ if TYPE_CHECKING:
     from lineside_inspect.server.registry import Registry
 
 log = logging.getLogger("lineside.lifecycle")
-_NOW = "under what judges it now"  # how a stale pass's model is gated again (_stale_note)
-# ... when the recipe is being put (a pin) as no recipe of its name stands (_put_first)
-_PUT_FIRST = "under the recipe as it is being put"
 
 
 @dataclass
@@ -61,7 +66,7 @@ class _Standing:
     own: bool = False  # what judges is the card's own recipe taken for want of any
 
 
-_Why = tuple[str, list[str], str]  # why a pass is stale: _stale_note's why, recipes, how
+_Why = tuple[str, list[str], str]  # why a pass is stale: stale_note's why, recipes, how
 
 
 @dataclass
@@ -186,10 +191,11 @@ class AdmissionRules:
             named = f" under recipe {under}" if isinstance(under, str) else ""
             refused = (f"{card.name} {card.version} failed its gate (report {failed.id}{named} "
                        f"on golden set {failed.golden_name}:{failed.golden_version}: {why})")
-        rolled = self.records.last_rollback(card.name, card.version)
+        # asked only when the gate's reports do not refuse it already
+        rolled = None if refused is not None else self.records.last_rollback(card.name,
+                                                                              card.version)
         passed = st.any_pass
-        if refused is None and rolled is not None and (
-                passed is None or passed.created_at <= rolled["created_at"]):
+        if rolled is not None and (passed is None or passed.created_at <= rolled["created_at"]):
             # the line judged it and took it off: only a new passing gate (or a forced,
             # recorded decision) puts it back, as after a failed gate
             refused = (f"{card.name} {card.version} was rolled back automatically at "
@@ -290,7 +296,7 @@ class AdmissionRules:
             name = r.readable_report().get("recipe")
             why = self._pass_stale(r, det, pending, judge)
             if why is not None and isinstance(name, str) and put_first(name):
-                why = (why[0], [name], _PUT_FIRST)  # gated under it as it stands: no use
+                why = (why[0], [name], PUT_FIRST)  # gated under it as it stands: no use
             if why is None:
                 seen.any_pass = seen.any_pass or r
                 if isinstance(name, str) and name in judging:
@@ -319,7 +325,7 @@ class AdmissionRules:
             # one recipe judges it and no pass under any recipe admits: said as before the
             # every-recipe rule (session 43)
             if stale is not None:
-                return _Standing(missing=blank, why=self._stale_note(stale[0], model, *stale[1]),
+                return _Standing(missing=blank, why=stale_note(stale[0], model, *stale[1]),
                                  stale_row=stale[0], own=own)
             if old is not None:
                 return _Standing(missing=blank, own=own, stale_row=old, why=(
@@ -334,7 +340,7 @@ class AdmissionRules:
             # before the every-recipe rule
             row, why = seen.stale_by[missing[0]]
             return _Standing(passes=seen.passes, any_pass=seen.any_pass, own=own, stale_row=row,
-                             missing=blank, why=self._stale_note(row, model, *why))
+                             missing=blank, why=stale_note(row, model, *why))
         return self._lacking(det, rows, judging, missing, seen, own=own, role=role)
 
     def _gate_again(self, det: Detector, golden: str, recipe: str, pending: dict[str, Recipe],
@@ -342,13 +348,13 @@ class AdmissionRules:
         """The gate call a refusal under the one recipe judging ``det`` ends with."""
         model, version = det.card.name, det.card.version
         if self._put_first(recipe, pending, det, role):
-            return self._put_first_note(model, version, golden, recipe)
-        return f"run {self._gate_call(model, version, golden, None if own else recipe)} first"
+            return put_first_note(model, version, golden, recipe)
+        return f"run {gate_call(model, version, golden, None if own else recipe)} first"
 
     def _lacking(self, det: Detector, rows: list[GateReportRow], judging: list[str],
                  missing: list[str], seen: _Seen, *, own: bool, role: str) -> _Standing:
         """The refusal of :meth:`_refused` under several recipes: each that lacks a current
-        pass, and why (:meth:`_missing_note`)."""
+        pass, and why (:func:`~lineside_inspect.lifecycle.refusals.missing_note`)."""
         lacking: dict[str, str] = {}
         for n in missing:
             if n in seen.stale_by:
@@ -364,8 +370,8 @@ class AdmissionRules:
         golden, held = (rows[0].golden_name, "") if rows else self._golden_for(det.card.name)
         return _Standing(passes=seen.passes, any_pass=seen.any_pass, missing=lacking,
                          stale_row=stale_row, own=own,
-                         why=self._missing_note(det, judging, lacking, golden, role=role,
-                                                own=own, held=held))
+                         why=missing_note(det.card.name, det.card.version, judging, lacking,
+                                          golden, role=role, own=own, held=held))
 
     def judging(self, model: str, version: str, *, role: str = "active",
                 pending: dict[str, Recipe] | None = None) -> tuple[list[str], bool]:
@@ -390,49 +396,20 @@ class AdmissionRules:
         names = sorted(n for n, r in recipes.items() if judges(r))
         return (names, False) if names else ([default_recipe_name(model)], True)
 
-    @staticmethod
-    def _gate_call(model: str, version: str, golden: str, recipe: str | None) -> str:
-        named = "" if recipe is None else f", \"recipe\": \"{recipe}\""
-        return (f"POST /v1/models/{model}/gate {{\"version\": \"{version}\", \"golden\": "
-                f"\"{golden}\"{named}}}")
-
-    def _missing_note(self, det: Detector, judging: list[str], lacking: dict[str, str],
-                      golden: str, *, role: str, own: bool, held: str = "") -> str:
-        """The refusal of a version without a current pass under each recipe that would
-        judge it (after its name and version): which lack one and why, and the calls that
-        gate it under each (and under all at once; ``held``: the golden sets the server
-        holds, :meth:`_golden_for`)."""
-        model, version = det.card.name, det.card.version
-        calls = "; ".join(self._gate_call(model, version, golden, None if own else n)
-                          for n in lacking)
-        note = (f"has no current passing gate report under every recipe that would judge it "
-                f"once admitted, recipe(s) {', '.join(judging)} (lifecycle.gate.require_gate; "
-                "a pass under one recipe says nothing of how another, with other regions, "
-                f"floors or partner, judges it): {len(lacking)} of {len(judging)} without one: "
-                + "; ".join(f"recipe {n}: {why}" for n, why in lacking.items())
-                + f". Gate it under each: {calls}{held}")
-        if role == "pinned":
-            return note + (" (a recipe being put that pins it: put it first as it will "
-                           "stand but following the active version, no model_version, gate "
-                           "under it, then pin; a report of lineside gate is not kept)")
-        if len(lacking) > 1:
-            note += f"; or under all at once: {self._gate_call(model, version, golden, '*')}"
-        return note + " (a report of lineside gate is not kept: it admits nothing here)"
-
     def _never_gated(self, det: Detector, st: _Standing, pending: dict[str, Recipe],
                      role: str) -> str:
         """The refusal of a version with no passing report under the one recipe that
         would judge it (after its name and version), with the gate call (a recipe being
-        put to pin it: :meth:`_put_first_note`)."""
+        put to pin it: :func:`~lineside_inspect.lifecycle.refusals.put_first_note`)."""
         model, version = det.card.name, det.card.version
         recipe = None if st.own else next(iter(st.missing), None)
         golden, held = self._golden_for(model)
         if recipe is not None and self._put_first(recipe, pending, det, role):
             return (f"has no passing gate report under recipe {recipe} (lifecycle.gate."
-                    "require_gate): " + self._put_first_note(model, version, golden, recipe)
+                    "require_gate): " + put_first_note(model, version, golden, recipe)
                     + held)
         return ("has not been gated against the active version (lifecycle.gate.require_gate): "
-                f"run {self._gate_call(model, version, golden, recipe)} first{held}")
+                f"run {gate_call(model, version, golden, recipe)} first{held}")
 
     def _golden_for(self, model: str) -> tuple[str, str]:
         """The golden set a suggested gate call names for ``model`` when no report of it
@@ -463,15 +440,6 @@ class AdmissionRules:
         standing = self._recipe_now(name, {})
         return standing is None or rules_digest(standing) not in self._rules_kept(pending[name],
                                                                                    det)
-
-    @staticmethod
-    def _put_first_note(model: str, version: str, golden: str, name: str) -> str:
-        """How to pin ``version`` under recipe ``name`` as it is being put (:meth:`_put_first`)."""
-        return (f"a gate judges under a recipe as it stands, and recipe {name} as it is being "
-                "put is not that one: put it first as it will stand but following the active "
-                f"version (no model_version), gate {model} {version} under it, "
-                f"{AdmissionRules._gate_call(model, version, golden, name)}, then put it again with the "
-                "pin")
 
     def _partner_now(self, rule: Recipe, model: str) -> tuple[str, str | None] | None:
         """The other model of ``rule``'s fusion that versions of ``model`` are judged with
@@ -521,7 +489,7 @@ class AdmissionRules:
                     if name not in known else
                     f"judges model {known[name].model} now, not {model}")
             return _Judge(stale=(f"was judged under recipe {name}, which {what}",
-                                 self._judging_now(model, pending), _NOW))
+                                 self._judging_now(model, pending), NOW))
         rule = self._as_it_follows(rule, det)
         # the card's own recipe the gate took for want of any is taken again with no
         # recipe named
@@ -531,7 +499,8 @@ class AdmissionRules:
     def _pass_stale(self, row: GateReportRow, det: Detector, pending: dict[str, Recipe],
                     judge: Callable[[str], _Judge]) -> _Why | None:
         """Why the passing report ``row`` of ``det`` no longer says what the line would do
-        (:meth:`_stale_note`'s ``why``, ``recipes`` and ``how``), None when it still does.
+        (:func:`~lineside_inspect.lifecycle.refusals.stale_note`'s ``why``, ``recipes``
+        and ``how``), None when it still does.
         ``judge``: :meth:`_judge` of a recipe name. Its recipe (by name, as it
         stands or about to be put: ``pending``; a card's own recipe as it follows ``det``'s
         card, :meth:`_as_it_follows`) must still judge the model, fuse the partner card
@@ -543,7 +512,7 @@ class AdmissionRules:
         name = report.get("recipe")
         if not isinstance(name, str):
             return ("names no recipe it was judged under",
-                    self._judging_now(det.card.name, pending), _NOW)
+                    self._judging_now(det.card.name, pending), NOW)
         now = judge(name)
         if now.rule is None:
             return now.stale
@@ -629,29 +598,6 @@ class AdmissionRules:
         recipes = {r.name: r for r in self.registry.recipes()} | pending
         return sorted(n for n, r in recipes.items()
                       if r.model == model or (r.fused() or ("",))[0] == model)
-
-    @staticmethod
-    def _stale_note(row: GateReportRow, model: str, why: str, recipes: list[str],
-                    how: str = _NOW) -> str:
-        """The refusal of a stale pass, after the model's name and version: the report,
-        why, and the call that gates again (under the first of ``recipes``, else with no
-        recipe named: the card's own)."""
-        judging = ("" if how != _NOW else
-                   f"; recipe(s) {', '.join(recipes)} judge {model} now" if recipes else
-                   f"; no recipe judges {model} now but its card's own "
-                   f"({default_recipe_name(model)})")
-        named = f", \"recipe\": \"{recipes[0]}\"" if recipes else ""
-        if how == _PUT_FIRST:
-            return ("has no passing gate report that judged it as the line would now "
-                    f"(lifecycle.gate.require_gate): its passing gate report {row.id} {why}; "
-                    + AdmissionRules._put_first_note(model, row.candidate_version,
-                                                row.golden_name, recipes[0]))
-        return ("has no passing gate report that judged it as the line would now "
-                f"(lifecycle.gate.require_gate): its passing gate report {row.id} {why}"
-                f"{judging}. Gate it again, {how}: POST /v1/models/{model}/gate "
-                f"{{\"version\": \"{row.candidate_version}\", \"golden\": "
-                f"\"{row.golden_name}\"{named}}} (a report of lineside gate is not kept: it "
-                "admits nothing here)")
 
     def _active_card(self, model: str) -> str | None:
         """The active version's :func:`card_digest` (graph and thresholds: the same graph

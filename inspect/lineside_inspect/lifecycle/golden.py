@@ -158,16 +158,18 @@ def _ext(data: bytes) -> Literal["jpg", "png", "bmp"]:
 
 def candidate(data: bytes, *, expected: Literal["pass", "fail"], boxes: list[GoldenBox] | None,
               source: str, reference: bytes | None = None,
-              max_pixels: int = MAX_IMAGE_PIXELS) -> Candidate:
+              max_pixels: int = MAX_IMAGE_PIXELS, reference_decoded: bool = False) -> Candidate:
     """An item from an encoded image (decoded in full, as is its reference: a truncated
     file is refused here, naming it, not when a gate replays the set). Decoded as a gate
     replays it (:func:`~lineside_inspect.lifecycle.gate.replay`): the image as the service
     decodes a frame, the reference as a golden, under ``max_pixels`` (a server's own; the
-    CLI, which takes no settings, the built-in limit)."""
+    CLI, which takes no settings, the built-in limit). ``reference_decoded``: the caller
+    decoded the reference so already (one template for many images)."""
     try:
         width, height = header_size(data)
         decode_frame(data, max_pixels)
-        if reference is not None and reference != data:  # a template is its own: decoded
+        # a template is its own: decoded
+        if reference is not None and reference != data and not reference_decoded:
             try:
                 decode_image(reference, max_pixels)
             except ImageError as exc:
@@ -238,7 +240,7 @@ def from_folder(folder: str | Path, *, expected: Literal["pass", "fail"] = "pass
             raise GoldenSetError(f"reference {Path(reference).name}: {exc.message}") from None
     return [candidate(p.read_bytes(), expected=expected, boxes=[] if expected == "pass" else None,
                       source=f"folder {p.relative_to(root).as_posix()}", reference=ref,
-                      max_pixels=max_pixels)
+                      max_pixels=max_pixels, reference_decoded=True)
             for p in files[:limit]]
 
 

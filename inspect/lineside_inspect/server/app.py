@@ -47,11 +47,11 @@ from lineside_inspect.version import __version__
 log = logging.getLogger("lineside")
 
 
-def load_everything(settings: Settings, registry: Registry) -> list[Recipe]:
+def load_everything(settings: Settings, registry: Registry) -> None:
     """Load and warm up every configured model, then the recipes (each model's card
     default recipe when none is configured). On a fleet box, a configured recipe whose
     model (or the version it pins, or its good-only partner) no configured package gives
-    is not put now but returned: its model comes from the hub
+    is not put now but waits (``Registry.waiting``): its model comes from the hub
     (:func:`~lineside_inspect.server.waiting.add_waiting_recipes`)."""
     for path in settings.models:
         registry.load_model(path)
@@ -64,25 +64,22 @@ def load_everything(settings: Settings, registry: Registry) -> list[Recipe]:
                    **card.default_recipe}
             doc["model"] = doc.get("model") or name
             recipes.append(Recipe.model_validate(doc))
-    waiting: list[Recipe] = []
     for r in recipes:
         if settings.fleet.hub_url and model_missing(registry, r):
-            waiting.append(r)  # a recipe for a pulled model was a start-up traceback
-            registry.waiting = {**registry.waiting, r.name: waits_for(r)}
+            registry.wait(r, waits_for(r))  # a recipe for a pulled model was a start-up traceback
             continue
         registry.add_recipe(r)
     if settings.default_recipe:
-        if all(r.name != settings.default_recipe for r in waiting):
+        if settings.default_recipe not in registry.waiting:
             registry.recipe(settings.default_recipe)
         registry.default_recipe = settings.default_recipe
-    elif recipes and recipes[0] in waiting:
+    elif recipes and recipes[0] in registry.waiting_recipes():
         # the first configured recipe is the default, as where its model is configured:
         # the next one put was (a camera without recipe judged with another product's
         # recipe, before the pull and after it); until the pull, a 404 saying it waits
         registry.default_recipe = recipes[0].name
     # the configuration's order, which a recipe put late takes again (a PLC's index)
     registry.configured_order = [r.name for r in recipes]
-    return waiting
 
 
 def load_saved_recipes(app: FastAPI) -> None:
@@ -90,7 +87,14 @@ def load_saved_recipes(app: FastAPI) -> None:
     the same name: the configuration's, a model card's, and a fleet box's pulled models'
     (so this runs after the start-up hooks, once a box restored its models). One that no
     longer fits (its model gone, a camera's config changed) is logged and left out, not a
-    reason to refuse to start; the recipe it replaced stays."""
+    reason to refuse to start; the recipe it replaced stays. Under the saved recipes'
+    lock: a fleet box's first pull (its thread starts with the start-up hooks) may put a
+    waiting configured recipe meanwhile (:func:`add_waiting_recipes`)."""
+    with app.state.saved_recipes.lock:
+        _load_saved_recipes(app)
+
+
+def _load_saved_recipes(app: FastAPI) -> None:
     registry: Registry = app.state.registry
     app.state.configured_recipes = {r.name: r for r in registry.recipes()}
     for saved in app.state.saved_recipes.load():
@@ -186,8 +190,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
-        app.state.waiting_recipes = await anyio.to_thread.run_sync(load_everything, settings,
-                                                                   registry)
+        await anyio.to_thread.run_sync(load_everything, settings, registry)
         admin.publish_state(app.state.metrics, registry)
         # a camera whose config contradicts itself (a reference model's recipe and no
         # golden image, or the reverse) stops the server here, before anything started
@@ -200,7 +203,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         # the configured recipes of a fleet box's pulled models restored just now; the rest
         # wait for their first pull
         await anyio.to_thread.run_sync(add_waiting_recipes, app)
-        for recipe in app.state.waiting_recipes:
+        for recipe in registry.waiting_recipes():
             log.warning("recipe %s waits for model %s, which no configured package gives: "
                         "it is put when the box pulls it from the hub", recipe.name,
                         recipe.model)
@@ -253,7 +256,6 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.saved_recipes = SavedRecipes(settings.saved_recipes_path)
     app.state.live_views = cameras.LiveViews(settings.max_live_views)
     app.state.configured_recipes = {}  # the server's own recipes, once it started
-    app.state.waiting_recipes = []  # a fleet box's configured recipes of models to pull
     app.state.api_recipes = set()  # names whose recipe now is one put over the API
     app.state.service = InspectionService(
         registry=registry, limiter=app.state.limiter, metrics=app.state.metrics,

@@ -90,10 +90,11 @@ class Registry:
         self._recipes: dict[str, Recipe] = {}
         self._remote: dict[str, Detector] = {}  # recipe name -> its OIP v2 endpoint's
         self.default_recipe: str | None = None
-        # a fleet box's configured recipes not put (yet): name -> why, said by the 404 of
-        # each inspection that asks for one (it was "unknown recipe", as if never configured)
-        # and in the box's model_errors; replaced whole, never changed in place
-        self.waiting: dict[str, str] = {}
+        # a fleet box's configured recipes not put (yet), in the configuration's order:
+        # name -> (the recipe, why), the why said by the 404 of each inspection that asks
+        # for one (it was "unknown recipe", as if never configured) and in the box's
+        # model_errors; replaced whole under ``_lock``, never changed in place
+        self._waiting: dict[str, tuple[Recipe, str]] = {}
         self.configured_order: list[str] = []  # the configuration's recipes, in its order
 
     # -- models ---------------------------------------------------------------------
@@ -523,8 +524,8 @@ class Registry:
 
     def _recipe_locked(self, name: str | None) -> Recipe:
         key = name or self.default_recipe
-        if key is not None and key not in self._recipes and key in self.waiting:
-            raise NotFoundError(f"recipe {echo(key)} is not loaded: {self.waiting[key]}")
+        if key is not None and key not in self._recipes and key in self._waiting:
+            raise NotFoundError(f"recipe {echo(key)} is not loaded: {self._waiting[key][1]}")
         if key is None or key not in self._recipes:
             known = ", ".join(self._recipes) or "none"
             raise NotFoundError(f"unknown recipe {echo(key)} (loaded: {known})")
@@ -533,6 +534,24 @@ class Registry:
     def recipes(self) -> list[Recipe]:
         with self._lock:
             return list(self._recipes.values())
+
+    # -- a fleet box's configured recipes waiting for a model its hub gives ------------------
+    @property
+    def waiting(self) -> dict[str, str]:
+        """The configured recipes waiting (server/waiting.py): name -> why, in order."""
+        return {n: why for n, (_, why) in self._waiting.items()}
+
+    def waiting_recipes(self) -> list[Recipe]:
+        return [r for r, _ in self._waiting.values()]
+
+    def wait(self, recipe: Recipe, why: str) -> None:
+        """``recipe`` waits (a name waiting already keeps its place, with this why)."""
+        with self._lock:
+            self._waiting = {**self._waiting, recipe.name: (recipe, why)}
+
+    def stop_waiting(self, name: str) -> None:
+        with self._lock:
+            self._waiting = {n: w for n, w in self._waiting.items() if n != name}
 
     def order_recipes(self, first: list[str]) -> None:
         """The recipes named in ``first`` (those put) first, in that order, then the rest as

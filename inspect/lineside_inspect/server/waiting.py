@@ -6,7 +6,6 @@ without importing the app that installs the box."""
 from __future__ import annotations
 
 import logging
-import threading
 
 from fastapi import FastAPI
 
@@ -45,25 +44,24 @@ def add_waiting_recipes(app: FastAPI, model: str | None = None) -> None:
     """Put the configured recipes that waited for their model (a fleet box's pull, or the
     pulled models it restored at start-up) once it is loaded: all of them, or those of
     ``model``. One put over the API under the same name since stays in their place; one
-    the pulled model cannot serve (classes, reference) is logged and left out."""
+    the pulled model cannot serve (classes, reference) is logged and left out.
+
+    Under the saved recipes' lock, as a recipe's PUT and DELETE: a PUT between this
+    seeing its name not put over the API and putting the configured recipe was replaced
+    by it (the API listed its recipe, the configured one judged); a DELETE meanwhile
+    dropped the configured recipe it was to restore."""
     registry: Registry = app.state.registry
-    waiting: list[Recipe] = getattr(app.state, "waiting_recipes", [])
-    with _WAITING_LOCK:  # the start-up and a pull's thread
-        _add_waiting(app, registry, waiting, model)
+    with app.state.saved_recipes.lock:  # also the start-up's and a pull's thread, one at a time
+        _add_waiting(app, registry, model)
 
 
-_WAITING_LOCK = threading.Lock()
-
-
-def _add_waiting(app: FastAPI, registry: Registry, waiting: list[Recipe],
-                 model: str | None) -> None:
-    for recipe in list(waiting):
+def _add_waiting(app: FastAPI, registry: Registry, model: str | None) -> None:
+    for recipe in registry.waiting_recipes():
         if (model is not None and model not in (recipe.model, (recipe.fused() or ("",))[0])) \
                 or model_missing(registry, recipe):
             continue
         if recipe.name in app.state.api_recipes:  # kept for a DELETE of the API's to restore
-            waiting.remove(recipe)
-            _not_waiting(registry, recipe.name)
+            registry.stop_waiting(recipe.name)
             app.state.configured_recipes[recipe.name] = recipe
             continue
         try:
@@ -74,16 +72,10 @@ def _add_waiting(app: FastAPI, registry: Registry, waiting: list[Recipe],
             # (it was dropped, said only in the log, until a restart)
             why = (f"its model {recipe.model} as pulled cannot serve it ({exc.message}); "
                    "tried again when a pull loads another version")
-            registry.waiting = {**registry.waiting, recipe.name: why}
+            registry.wait(recipe, why)
             log.error("recipe %s (configured) is not loaded: %s", recipe.name, exc.message)
             continue
-        waiting.remove(recipe)
-        _not_waiting(registry, recipe.name)
+        registry.stop_waiting(recipe.name)
         app.state.configured_recipes[recipe.name] = recipe
         log.info("recipe %s (configured): its model %s is loaded now", recipe.name, recipe.model)
     registry.order_recipes(registry.configured_order)
-
-
-def _not_waiting(registry: Registry, name: str) -> None:
-    # replaced whole, never changed in place: the box's status report reads it meanwhile
-    registry.waiting = {n: why for n, why in registry.waiting.items() if n != name}
