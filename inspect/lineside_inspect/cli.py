@@ -490,7 +490,9 @@ def evaluate_cmd(
         return
     q = r["quality"]
     if (tiling := r.get("tiling")) is not None:
-        out.print(f"judged as the card's recipe judges frames: tiled, {tiling['tile']} px tiles "
+        whose = "its card's recipe will judge" if r.get("package") is None else \
+            "the card's recipe judges"
+        out.print(f"judged as {whose} frames: tiled, {tiling['tile']} px tiles "
                   f"overlapping by {tiling['overlap']:g}")
 
     def fmt(v: float | None) -> str:
@@ -685,7 +687,8 @@ def export_cmd(
     tile: Annotated[int | None, typer.Option(help=(
         "the card's default recipe judges frames larger than this many px as overlapping "
         "tiles (tiling): the size of the model's training images, whose letterbox scale "
-        "it learned (another is refused, naming it); card format_version 2"))] = None,
+        "it learned (another is refused, naming it); card format_version 2. A run trained "
+        "with tiling (native scale) writes its own without it"))] = None,
     overlap: Annotated[float | None, typer.Option(help=(
         "with --tile: the least share of a tile its neighbour also covers, 0..0.5 "
         "(default 0.2)"))] = None,

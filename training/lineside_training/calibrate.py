@@ -23,6 +23,7 @@ from typing import Any
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
 from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_inspect.package import CARD, read_card
+from lineside_inspect.recipes import card_recipe, check_card_recipe
 from lineside_inspect.runtime.detector import Detector
 from lineside_training.anomaly.recalibrate import calibrated_card, recalibrate_package
 from lineside_training.calibration import best_global, calibrate_f
@@ -132,7 +133,11 @@ def calibrate(
         subject = f"{detector.card.name}:{detector.card.version}"
         dataset = read_dataset(data)
         records = _with_defects(split_records(dataset, split, names), split, dataset)
-        preds = runtime_predictions(detector, records, dataset)
+        # judged as the card's own recipe judges frames (tiled, if it tiles): thresholds
+        # chosen on whole frames were written into a card whose line cuts them
+        check_card_recipe(detector.card, names)
+        preds = runtime_predictions(detector, records, dataset,
+                                    card_recipe(detector.card).tiling)
     else:
         trained = load_trained(target, pick_device(device))
         names = trained.class_names
@@ -141,7 +146,8 @@ def calibrate(
         records = _with_defects(split_records(dataset, split, names), split, dataset)
         preds = predict_records(trained.model, dataset, records, names,
                                 size=trained.config.input_size, device=pick_device(device),
-                                reference=trained.config.reference)
+                                reference=trained.config.reference,
+                                tiling=trained.config.tiling)
     if objective == "f":
         calib = calibrate_f(records, preds, names, target_escape=target_escape,
                             agnostic_iou=rule)

@@ -19,6 +19,7 @@ from lineside_inspect.errors import (
     unknown_key_hint,
 )
 from lineside_inspect.package import MAX_INPUT_SIZE
+from lineside_inspect.runtime.tiles import Tiling
 from lineside_inspect.user_files import load_yaml, read_text
 from lineside_training.budget import budget_text
 
@@ -28,6 +29,7 @@ STRIDE = 32  # the coarsest feature map's stride: input and crop sizes are multi
 # pixel or two; above 640 a CPU step costs more than the detail is worth (crops keep it)
 AUTO_SIZE_MIN, AUTO_SIZE_MAX = 64, 640
 DEFAULT_CROP = 320
+DEFAULT_SIZE = 640
 
 
 class AugmentConfig(BaseModel):
@@ -59,7 +61,7 @@ class TrainConfig(BaseModel):
     weights: str | None = Field(None, description="local state dict (whole model or backbone)")
     # at most what a package's card takes: a larger run trained for hours, then its
     # export was refused (session 38)
-    input_size: int = Field(640, ge=32, le=MAX_INPUT_SIZE, description=(
+    input_size: int = Field(DEFAULT_SIZE, ge=32, le=MAX_INPUT_SIZE, description=(
         "letterboxed square input, a multiple of 32; a config read by load_config that "
         "leaves it out (or says auto) gets it from the data (input_size_for)"))
     reference: bool = Field(False, description=(
@@ -70,7 +72,14 @@ class TrainConfig(BaseModel):
         "spends more steps on defects (single-process runs; DDP samples uniformly)"))
     crop_size: int | None = Field(DEFAULT_CROP, ge=32, description=(
         "train on random crops (a multiple of 32) of images scaled as inference scales them; "
-        "none, or a crop at least as large as input_size: whole images"))
+        "none, or a crop at least as large as input_size: whole images (with tiling: "
+        "tile-sized windows)"))
+    tiling: Tiling | None = Field(None, description=(
+        "native-scale training for frames larger than the model's input ({tile: 640, "
+        "overlap: 0.2}): the input size is the tile, training crops are cut from frames "
+        "larger than it at their own scale (no downscale), validation and calibration "
+        "judge val frames as tiles, and the exported card's recipe tiles alike; images no "
+        "larger than the tile are letterboxed whole as without it. Single-image detectors"))
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -128,6 +137,43 @@ class TrainConfig(BaseModel):
                              f"use {' or '.join(map(str, options))}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tile_is_input(cls, doc: Any) -> Any:
+        """With ``tiling`` the input size is the tile: a config that leaves input_size out
+        (or says auto) gets it."""
+        if isinstance(doc, dict) and isinstance(tiling := doc.get("tiling"), dict) \
+                and doc.get("input_size", "auto") == "auto":
+            tile = tiling.get("tile")
+            # a tile no input can be is refused by its own name (_native_tiles, Tiling)
+            fits = isinstance(tile, int) and not tile % STRIDE and STRIDE <= tile <= MAX_INPUT_SIZE
+            return {**doc, "input_size": tile if fits else DEFAULT_SIZE}
+        return doc
+
+    @model_validator(mode="after")
+    def _native_tiles(self) -> TrainConfig:
+        """Refuse a ``tiling`` that makes no sense: a tile the detector cannot take as its
+        input, another input size, or a reference model (tiling judges single frames)."""
+        if self.tiling is None:
+            return self
+        tile = self.tiling.tile
+        if tile % STRIDE or tile > MAX_INPUT_SIZE:
+            lower = tile - tile % STRIDE
+            raise ValueError(f"tiling.tile {tile}: the tile is the model's input size, a "
+                             f"multiple of {STRIDE} (the detector's stride) up to "
+                             f"{MAX_INPUT_SIZE}: use "
+                             + " or ".join(str(s) for s in (lower, lower + STRIDE)
+                                           if STRIDE <= s <= MAX_INPUT_SIZE))
+        if self.input_size != tile:
+            raise ValueError(f"tiling.tile {tile} and input_size {self.input_size}: a "
+                             "native-scale run's input is its tile; leave input_size out (or "
+                             "auto) or set it to the tile")
+        if self.reference:
+            raise ValueError("tiling: native-scale training takes single-image detectors, and "
+                             "reference: true compares each frame with its golden image "
+                             "whole; leave one of them out")
+        return self
+
     @model_validator(mode="after")
     def _whole_images(self) -> TrainConfig:
         """A crop at least as large as the input is a whole (padded) image: cut at the
@@ -172,8 +218,8 @@ def sizes_from_data(doc: dict[str, Any]) -> dict[str, Any]:
     the config sets wins (a crop as large as the size then means whole images:
     :class:`TrainConfig`, :class:`AnomalyConfig`). A dataset that cannot be read leaves the
     default (training then fails on it with its own message)."""
-    if doc.get("input_size", "auto") != "auto":
-        return doc
+    if doc.get("input_size", "auto") != "auto" or doc.get("tiling") is not None:
+        return doc  # a native-scale run's input is its tile (TrainConfig._tile_is_input)
     doc = {k: v for k, v in doc.items() if k != "input_size"}
     try:
         images = read_dataset(doc["data"]).images

@@ -34,9 +34,16 @@ from lineside_inspect.dataset.validate import (
     size_problem,
     unlisted_warning,
 )
-from lineside_inspect.errors import ConfigError, DatasetError, ImageError, Problem
+from lineside_inspect.errors import (
+    ConfigError,
+    DatasetError,
+    ImageError,
+    ImageTooLargeError,
+    Problem,
+)
 from lineside_inspect.imageio import check_decodable
 from lineside_inspect.package import sha256_file
+from lineside_inspect.runtime.tiles import MAX_TILES, Tiling, tile_origins
 from lineside_training.budget import Budget, SchedulePlan, fitted_ema, format_duration, parse_duration
 from lineside_training.config import STRIDE, TrainConfig
 from lineside_training.data.augment import train_transform
@@ -193,11 +200,13 @@ def _merge(cfg: TrainConfig, dataset: Dataset, class_names: list[str],
     return found
 
 
-def data_warnings(data: TrainData, input_size: int | None = None) -> list[str]:
+def data_warnings(data: TrainData, input_size: int | None = None, *,
+                  native: bool = False) -> list[str]:
     """What in the split keeps a run from learning or judging what it should: a class with
     no box in train (a split word in a folder's name put all of one class in test), a
     val without a defective image (mAP 0 at every evaluation) (new-user review), and with
-    ``input_size`` boxes the scaling to it leaves too small to see (:func:`tiny_boxes`)."""
+    ``input_size`` boxes the scaling to it leaves too small to see (:func:`tiny_boxes`;
+    ``native``: a run with ``tiling``, which scales no image down)."""
     counts: dict[str, int] = dict.fromkeys(data.class_names, 0)
     for rec in data.train:
         for box in rec.boxes:
@@ -219,7 +228,8 @@ def data_warnings(data: TrainData, input_size: int | None = None) -> list[str]:
         lines.append("val holds no defective image: mAP is 0 at every evaluation, so best.pt "
                      "is the first one and thresholds cannot be calibrated; make a new split "
                      "('lineside data split')")
-    if input_size is not None and (tiny := tiny_boxes(data.train + data.val, input_size)):
+    if input_size is not None and not native and (
+            tiny := tiny_boxes(data.train + data.val, input_size)):
         lines.append(tiny)
     return lines
 
@@ -254,11 +264,37 @@ def tiny_boxes(records: list[ImageRecord], input_size: int) -> str | None:
             f"their images are scaled to the {input_size} px input (longer side to "
             f"{input_size}): the model can hardly see them")
     size = math.ceil(needed / STRIDE) * STRIDE
+    # native scale keeps every box at its own size: frames larger than the input are
+    # judged as input-sized tiles (one forward pass each), none shrunk
+    native = (f"--set tiling.tile={input_size} trains and judges frames larger than "
+              f"{input_size} px as {input_size} px tiles at their own scale (native-scale "
+              "training: no downscale, a forward pass per tile)")
     if size <= PRACTICAL_SIZE:
         return line + (f"; --set input_size={size} keeps them visible if the latency allows "
-                       "(crop_size keeps training steps cheap)")
-    return line + ("; no practical input size keeps them visible: crop the frames to the "
-                   "region the defects are in, or label them larger")
+                       f"(crop_size keeps training steps cheap), or {native}")
+    return line + (f"; no practical input size keeps them visible: {native}, or crop the "
+                   "frames to the region the defects are in, or label them larger")
+
+
+def check_tiles(records: list[ImageRecord], tiling: Tiling) -> None:
+    """Refuse a ``tiling`` that cuts some train/val frame into more tiles than the edge
+    judges (:data:`~lineside_inspect.runtime.tiles.MAX_TILES`): its validation, and the
+    line, would refuse that frame."""
+    for rec in records:
+        try:
+            tile_origins(rec.width, rec.height, tiling)
+        except ImageTooLargeError:
+            raise ConfigError(
+                f"tiling.tile {tiling.tile}: {rec.file_name} ({rec.width}x{rec.height}) would "
+                f"be cut into more than {MAX_TILES} tiles, more than the edge judges a frame "
+                "in: raise tiling.tile or lower tiling.overlap") from None
+
+
+def tiles_per_image(records: list[ImageRecord], tiling: Tiling | None) -> float:
+    """The forward passes ``tiling`` judges ``records`` in, per image (1 without it)."""
+    if tiling is None or not records:
+        return 1.0
+    return sum(len(tile_origins(r.width, r.height, tiling) or [0]) for r in records) / len(records)
 
 
 def check_files(name: str | Path, dataset: Dataset, records: list[ImageRecord],
@@ -562,9 +598,11 @@ def evaluate(
     device: torch.device,
     cache: DetectionDataset | None = None,
     reference: bool = False,
+    tiling: Tiling | None = None,
 ) -> dict[str, Any]:
     """COCO metrics of ``model`` on ``records`` (the in-loop validation; the report with
     quality metrics and calibration is :func:`lineside_training.evaluate.evaluate`).
+    ``tiling`` (a native-scale run's): frames judged as tiles, as its package will.
 
     ``model`` in eval mode takes float32 ``[B, 3, size, size]`` (0..255, letterboxed) and
     returns per image ``boxes`` ``[K, 4]`` (input pixels), ``scores`` ``[K]`` and
@@ -573,7 +611,7 @@ def evaluate(
     """
     # on a CPU the dense part runs in onnxruntime: ~1.5x quicker than torch (predict.py)
     preds = predict_records(model, dataset, records, class_names, size=size, device=device,
-                            cache=cache, reference=reference, onnx=True)
+                            cache=cache, reference=reference, onnx=True, tiling=tiling)
     return coco_metrics(records, preds, class_names)
 
 
@@ -720,6 +758,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     seed_everything(cfg.seed)
     run = Path(cfg.out_dir) / cfg.name
     data = load_data(cfg)
+    if cfg.tiling is not None:  # before any work: a frame the edge refuses stops no run midway
+        check_tiles(data.train + data.val, cfg.tiling)
     budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None
     if budget_s is not None and cfg.schedule != "cosine":
         raise ConfigError("time_budget fits a cosine schedule; set schedule: cosine (onecycle "
@@ -749,10 +789,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
 
     threads, why = choose_threads(cfg.threads)
     log(f"torch threads: {threads} ({why})")
-    log(f"input size {cfg.input_size} px, training on "
-        f"{f'{cfg.crop_size} px crops' if cfg.crop_size else 'whole images'}; "
-        f"{len(data.train)} train and {len(data.val)} val images")
-    for warning in data_warnings(data, cfg.input_size):
+    if cfg.tiling is None:
+        log(f"input size {cfg.input_size} px, training on "
+            f"{f'{cfg.crop_size} px crops' if cfg.crop_size else 'whole images'}; "
+            f"{len(data.train)} train and {len(data.val)} val images")
+    else:
+        log(f"native scale: input size {cfg.input_size} px = tiling.tile, training on "
+            f"{cfg.crop_size or cfg.tiling.tile} px crops of images larger than the tile at "
+            f"their own scale (smaller ones letterboxed whole); validation judges val frames "
+            f"as {cfg.tiling.tile} px tiles overlapping by {cfg.tiling.overlap:g}, as the "
+            f"exported card's recipe will; {len(data.train)} train and {len(data.val)} val "
+            "images")
+    for warning in data_warnings(data, cfg.input_size, native=cfg.tiling is not None):
         log(f"warning: {warning}")
     for extra, n in data.fingerprint.get("extra_held_out", {}).items():
         log(f"merged {extra}: its train (and unsplit) images only; its {n} val/test image(s) "
@@ -767,7 +815,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     train_ds = DetectionDataset(
         data.dataset, data.train, data.class_names, size=cfg.input_size,
         transform=train_transform(cfg.augment, cfg.crop_size, cfg.input_size, seed=cfg.seed + rank,
-                                  reference=cfg.reference),
+                                  reference=cfg.reference, native=cfg.tiling is not None),
         reference=cfg.reference,
     )
     val_ds = DetectionDataset(data.dataset, data.val, data.class_names, size=cfg.input_size,
@@ -796,7 +844,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         plan.ema_decay, plan.ema_ramp = fitted_ema(cfg.ema_decay, plan.total_steps)
         budget = Budget(budget_s, steps, cfg.eval_every, plan, warmup_wanted=int(cfg.warmup_epochs * steps),
                         base_decay=cfg.ema_decay, eval_images=len(data.val),
-                        eval_pixel_ratio=(cfg.input_size / (cfg.crop_size or cfg.input_size)) ** 2,
+                        eval_pixel_ratio=(cfg.input_size / (cfg.crop_size or cfg.input_size)) ** 2
+                        * tiles_per_image(data.val, cfg.tiling),
                         batch_size=cfg.batch_size, eval_share=cfg.eval_share,
                         spent_before=elapsed0, step=progress.step, evaluated_epoch=start_epoch)
         log(f"time budget {format_duration(budget_s)}: the schedule (warm-up, cosine, EMA) is fitted "
@@ -864,7 +913,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
             if rank == 0 and (due or last):
                 t_eval = time.perf_counter()
                 m = evaluate(state.eval_model, data.dataset, data.val, data.class_names,
-                             size=cfg.input_size, device=device, cache=val_ds)
+                             size=cfg.input_size, device=device, cache=val_ds,
+                             tiling=cfg.tiling)
                 row.update(map=m["map"], map50=m["map50"])
                 evaluated_at = progress.step
                 if gained(progress, m):

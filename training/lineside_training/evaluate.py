@@ -54,9 +54,10 @@ def evaluate(
     trained = load_trained(run, pick_device(device))
     dataset = read_dataset(data or trained.data)
     records = split_records(dataset, split, trained.class_names)
+    tiling = trained.config.tiling  # a native-scale run: judged as its package will be
     preds = predict_records(trained.model, dataset, records, trained.class_names,
                             size=trained.config.input_size, device=pick_device(device),
-                            reference=trained.config.reference)
+                            reference=trained.config.reference, tiling=tiling)
     coco = coco_metrics(records, preds, trained.class_names)
     # the run's thresholds are calibrated on its own val split only: evaluating other data
     # (a folder of good parts, another line's set) must not overwrite what export ships
@@ -107,7 +108,9 @@ def evaluate(
     pairs = pair_metrics(records, preds, trained.class_names, calib["thresholds"], rule)
     result = {"split": split, "images": len(records), "coco": coco, "quality": quality,
               "pairs": pairs, "calibration": calib, "checkpoint": str(trained.run_dir),
-              CHECKPOINT_STAMP: trained.sha256}
+              CHECKPOINT_STAMP: trained.sha256,
+              # the run's tiling its frames were judged with, as its card's recipe will
+              **({} if tiling is None else {"tiling": tiling.model_dump()})}
     checkpoint = "" if shipped or trained.checkpoint_file is None else \
         f"-{trained.checkpoint_file.stem}"
     report = Path(out) if out else \
@@ -250,7 +253,8 @@ def write_report(out: Path, result: dict[str, Any], records: list[ImageRecord],
     coco, q = result["coco"], result["quality"]
     lines = [
         f"# Evaluation on `{result['split']}` ({result['images']} images)", "",
-        *([f"- judged as the card's recipe judges frames: tiled, {t['tile']} px tiles "
+        *([f"- judged as {'the' if result.get('package') else 'its'} card's recipe "
+           f"{'judges' if result.get('package') else 'will judge'} frames: tiled, {t['tile']} px tiles "
            f"overlapping by {t['overlap']:g} (a frame no larger than a tile whole)"]
           if (t := result.get("tiling")) else []),
         ("- mAP: n/a (no defects in the data)" if coco.get("boxes") == 0 else

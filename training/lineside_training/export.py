@@ -269,7 +269,21 @@ def tiling_for(trained: Trained, tile: int | None, overlap: float | None,
                fallback: Any) -> Tiling | None:
     """The card's recipe's tiling ``--tile``/``--overlap`` ask for, or None. Refused for
     a reference model, or a tile off the scale the model was trained at (by more than
-    :data:`TILE_SCALE_SLACK`), naming the tile that matches it."""
+    :data:`TILE_SCALE_SLACK`), naming the tile that matches it. A native-scale run (config
+    ``tiling``) has its own: written without ``--tile``; a ``--tile`` or ``--overlap``
+    other than the run's is refused, naming the run's (its validation, thresholds and
+    figures are of frames judged so)."""
+    own = trained.config.tiling
+    if own is not None:
+        for flag, given, run_value in (("--tile", tile, own.tile),
+                                       ("--overlap", overlap, own.overlap)):
+            if given is not None and given != run_value:
+                raise ConfigError(
+                    f"{flag} {given}: the run trained at native scale with tiling "
+                    f"{{tile: {own.tile}, overlap: {own.overlap:g}}}, and its card's recipe "
+                    f"tiles as it was validated and calibrated: leave {flag} out (or give "
+                    f"{run_value:g}); a server recipe's tiling may judge otherwise")
+        return own
     if tile is None:
         if overlap is not None:
             raise ConfigError("--overlap is the tiling's: give --tile too")
@@ -345,7 +359,7 @@ def export(
     if thresholds is None:  # calibrate now so the card always carries operating points
         preds = predict_records(trained.model, dataset, val, trained.class_names,
                                 size=cfg.input_size, device=torch.device("cpu"),
-                                reference=cfg.reference)
+                                reference=cfg.reference, tiling=tiling)
         thresholds = calibrate_f(val, preds, trained.class_names, agnostic_iou=cfg.agnostic_iou)
         notes.append(
             ("the run's thresholds.json belongs to another checkpoint (trained on since?)"

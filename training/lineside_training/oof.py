@@ -161,7 +161,8 @@ def oof_calibrate(
             held_records = [r for r in data.images if r.split in ("val", "test")]
             fold_preds = predict_records(trained.model, data, held_records,
                                          trained.class_names, size=cfg.input_size,
-                                         device=torch.device("cpu"), reference=cfg.reference)
+                                         device=torch.device("cpu"), reference=cfg.reference,
+                                         tiling=cfg.tiling)
             files = [r.file_name for r in held_records]
             save_predictions(cached, files, fold_preds)
             shutil.rmtree(fold_dir / "data")  # the links; the fold's run folder stays

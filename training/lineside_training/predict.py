@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from lineside_inspect.dataset import Dataset, ImageRecord
 from lineside_inspect.imageio import read_image
+from lineside_inspect.package import PAD_VALUE, InputSpec, LetterboxSpec, ModelCard
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import fit
 from lineside_inspect.runtime.session import OnnxSession
@@ -48,10 +49,16 @@ def predict_records(
     cache: DetectionDataset | None = None,
     reference: bool = False,
     onnx: bool = False,
+    tiling: Tiling | None = None,
 ) -> list[Prediction]:
     """Predictions for each record, in order; ``reference`` for reference models.
     ``onnx``: on the CPU, run the model's dense part in onnxruntime (:func:`onnx_runner`),
-    where it can be; the predictions are the same to float rounding."""
+    where it can be; the predictions are the same to float rounding. ``tiling`` (a
+    native-scale run's, config ``tiling``): each frame is judged as the exported card's
+    recipe will judge it, through the edge runtime's own tiling (:func:`tiled_predictions`)."""
+    if tiling is not None:
+        return tiled_predictions(model, dataset, records, class_names, size=size,
+                                 device=device, tiling=tiling, onnx=onnx)
     ds = cache or DetectionDataset(dataset, records, class_names, size=size, cache=False,
                                    reference=reference)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
@@ -131,6 +138,61 @@ def onnx_runner(model: nn.Module, size: int, folder: Path) -> Runner | None:
         return detections_per_image(boxes, scores)
 
     return run
+
+
+class ModelDetector(Detector):
+    """The edge :class:`Detector`'s own pre- and post-processing (letterbox, tiles, boxes
+    mapped back to the frame, tiles joined) around a trained torch model instead of a
+    package's graph: a native-scale run's validation and calibration judge frames exactly
+    as its exported package will (``runner``: uint8 ``[B, 3, S, S]`` in, per image the
+    model's eval-mode ``boxes``, ``scores`` and ``labels`` out)."""
+
+    def __init__(self, runner: Runner, class_names: list[str], size: int) -> None:
+        # no package, so no graph to load: only what pre- and post-processing read
+        self.card = ModelCard(name="run", version="eval", class_names=class_names,
+                              input=InputSpec(size=size, letterbox=LetterboxSpec(
+                                  pad_value=PAD_VALUE)), sha256="")
+        self.size = size
+        self.runner = runner
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        found = self.runner(torch.from_numpy(batch))
+        rows = max((len(d["scores"]) for d in found), default=0)
+        boxes = np.zeros((len(found), rows, 4), np.float32)
+        scores = np.zeros((len(found), rows), np.float32)  # score 0: a padding row
+        labels = np.zeros((len(found), rows), np.int64)
+        for i, d in enumerate(found):
+            n = len(d["scores"])
+            boxes[i, :n] = d["boxes"].float().cpu().numpy()
+            scores[i, :n] = d["scores"].float().cpu().numpy()
+            labels[i, :n] = d["labels"].cpu().numpy()
+        return [boxes, scores, labels]
+
+
+@torch.no_grad()
+def tiled_predictions(model: nn.Module, dataset: Dataset, records: list[ImageRecord],
+                      class_names: list[str], *, size: int, device: torch.device,
+                      tiling: Tiling, onnx: bool = False) -> list[Prediction]:
+    """``model``'s predictions of each record judged under ``tiling`` through the edge
+    runtime's code (:class:`ModelDetector`, :func:`runtime_predictions`): a frame larger
+    than the tile as tiles at native scale, boxes joined; a smaller one letterboxed whole.
+    ``onnx``: as :func:`predict_records`'."""
+    was_training = model.training
+    model.eval()
+
+    def torch_run(images: Tensor) -> list[dict[str, Tensor]]:
+        return model(images.to(device).float())  # type: ignore[no-any-return]
+
+    try:
+        if onnx and device.type == "cpu":
+            with tempfile.TemporaryDirectory(prefix="lineside-eval-") as tmp:
+                runner = onnx_runner(model, size, Path(tmp)) or torch_run
+                return runtime_predictions(ModelDetector(runner, class_names, size), records,
+                                           dataset, tiling)
+        return runtime_predictions(ModelDetector(torch_run, class_names, size), records,
+                                   dataset, tiling)
+    finally:
+        model.train(was_training)
 
 
 def runtime_inputs(detector: Detector, dataset: Dataset, rec: ImageRecord,

@@ -5,8 +5,9 @@ A 2448x2048 camera frame letterboxed whole into a 640 input shrinks a defect ~3.
 the scale a model trained on 640 px images learned it at, so small ones are missed (a
 model trained on such frames learned them letterboxed whole: training scales each image
 as inference does, and its card tiles, if at all, at their size: ``lineside export
---tile``). A recipe's ``tiling`` cuts such a frame instead; a frame no larger than the
-tile is judged whole, exactly as without it.
+--tile``; a run trained with the config's ``tiling`` learned them at native scale, and its
+card tiles by itself). A recipe's ``tiling`` cuts such a frame instead; a frame no larger
+than the tile is judged whole, exactly as without it.
 """
 
 from __future__ import annotations

@@ -102,6 +102,17 @@ class AnomalyConfig(BaseModel):
                              f"or {lower + STRIDE}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_tiling(cls, doc: Any) -> Any:
+        """A detector's ``tiling`` (native-scale training) said for what it is, not as an
+        unknown key: a good-only model's map is of the whole frame."""
+        if isinstance(doc, dict) and "tiling" in doc:
+            raise ValueError("tiling: native-scale training takes single-image detectors; a "
+                             "good-only model judges each frame whole (its anomaly map is of "
+                             "the whole frame): leave tiling out, or raise input_size")
+        return doc
+
     @model_validator(mode="after")
     def _crop_within_input(self) -> AnomalyConfig:
         # the sampler could only crop the whole image anyway; say so in the saved config

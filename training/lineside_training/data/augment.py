@@ -39,17 +39,41 @@ def shift_reference(image: np.ndarray, **_: Any) -> np.ndarray:
 SENSOR_NOISE_STD = (0.01, 0.04)
 
 
+class ScaleAsInference(A.LongestMaxSize):
+    """Scale an image as inference scales it: longer side to ``max_size`` (the edge's
+    letterbox), or with ``native`` an image larger than ``max_size`` (the tile) not at
+    all: the edge judges such a frame as tiles at its own scale
+    (:mod:`lineside_inspect.runtime.tiles`)."""
+
+    def __init__(self, size: int, *, native: bool = False) -> None:
+        # INTER_AREA when shrinking, as the edge letterbox does (linear when enlarging)
+        super().__init__(size, area_for_downscale="image")
+        self.native = native
+
+    def get_params_dependent_on_data(self, params: dict[str, Any],
+                                     data: dict[str, Any]) -> dict[str, Any]:
+        h, w = params["shape"][:2]
+        if self.native and max(h, w) > self.max_size:  # type: ignore[operator]
+            return {"scale": 1.0}
+        return super().get_params_dependent_on_data(params, data)
+
+
 def train_transform(cfg: AugmentConfig, crop: int | None, size: int,
-                    seed: int | None = None, reference: bool = False) -> A.Compose:
+                    seed: int | None = None, reference: bool = False,
+                    native: bool = False) -> A.Compose:
     """Random crop (tiles of the image at ``size``, so a small defect keeps the pixels it
     has at inference), flips, 90° rotations, photometric changes and scale jitter.
     Without ``crop`` the image is letterboxed to ``size``. Either way the image is first
     scaled as inference scales it (longer side to ``size``): crops of a 2000 px image at
     its own scale would teach defects several times larger than the model then sees.
+    ``native`` (a config's ``tiling``, ``size`` its tile): inference judges an image
+    larger than the tile as tiles at its own scale, so such an image is not scaled and
+    the crops (``crop``, else tile-sized windows) are cut from it as it is; a smaller
+    one is letterboxed to the tile as without it.
     ``reference``: the images are pair images (frame, reference, difference), which may
     get registration jitter."""
-    # INTER_AREA when shrinking, as the edge letterbox does (linear when enlarging)
-    ops: list[A.BasicTransform] = [A.LongestMaxSize(size, area_for_downscale="image")]
+    ops: list[A.BasicTransform] = [ScaleAsInference(size, native=native)]
+    crop = crop or (size if native else None)  # native: whole means a tile's window
     if cfg.scale_jitter > 0:
         j = cfg.scale_jitter
         ops.append(A.Affine(scale=(1 - j, 1 + j), fill=PAD_VALUE, p=0.3))
