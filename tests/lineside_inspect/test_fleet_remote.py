@@ -535,3 +535,18 @@ def test_an_endpoint_of_a_fixed_batch_gets_requests_of_that_batch(endpoint: str,
     assert len(remote.detections) == len(local.detections) > 0
     np.testing.assert_allclose(remote.detections.xyxy, local.detections.xyxy, atol=0.5)
     assert remote.verdict == local.verdict
+
+
+def test_an_endpoint_of_a_fixed_batch_larger_than_a_request_is_refused(endpoint: str) -> None:
+    # every request would be padded to the endpoint's batch: metadata saying 10^6 asked
+    # for a terabyte of blank rows
+    with _fixed_batch(endpoint, 1_000_000) as (url, seen):
+        remote = Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": {
+            "url": url, "model": "deeppcb", "card": str(MODEL), "token_env": TOKEN_ENV}}).remote
+        assert remote is not None
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv(TOKEN_ENV, KEYS["line"])
+            det = RemoteDetector(remote)
+        with pytest.raises(RemoteInferenceRefused, match=r"batches of exactly 1000000 images.*at most 8"):
+            det.forward(np.zeros((1, 3, 640, 640), np.uint8))
+        assert seen == []  # nothing sent

@@ -259,6 +259,13 @@ class OipClient:
                 f"remote inference at {self.where}: the model has no output "
                 f"{', '.join(sorted(missing))}")
         first = meta.inputs[0].shape[0]
+        if first > REMOTE_BATCH:
+            # every request would be padded to it: a metadata batch of 10^6 asked for a
+            # terabyte of blank rows
+            raise RemoteInferenceRefused(
+                f"remote inference at {self.where}: the model takes batches of exactly "
+                f"{first} images, and a box sends at most {REMOTE_BATCH} a request: serve "
+                f"it with a dynamic batch (-1) or a fixed one up to {REMOTE_BATCH}")
         self.batch = first if first > 0 else None
         self.checked = True
 
