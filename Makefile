@@ -9,7 +9,7 @@ HOST ?=
 PORT ?=
 LISTEN = $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-.PHONY: serve line-demo test test-long lint test-only fuzz soak clean system-deps
+.PHONY: serve line-demo test test-long lint test-only fuzz soak bench-native clean system-deps
 
 # Python 3.11 or later, checked before .venv is made: a venv of an older Python (or one whose
 # creation failed half-way, e.g. without Debian's python3-venv) was kept, and every later
@@ -97,6 +97,14 @@ fuzz: $(VENV)/.dev
 SOAK_SECONDS ?= 900
 soak: $(VENV)/.dev system-deps
 	PYTHONPATH=inspect:training $(PY) tools/soak.py --seconds $(SOAK_SECONDS)
+
+# Native-scale training beside the whole-frame recipe (docs/benchmarks.md, session 45):
+# 1280 px mosaics of the DeepPCB sample's boards, both trained NATIVE_TIME side by side
+# (one thread each), exported and judged on the val mosaics; prints both side by side.
+# Not in make test: about NATIVE_TIME plus 3 minutes on 2 cores (tools/bench_native.py).
+NATIVE_TIME ?= 4m
+bench-native: $(VENV)/.dev
+	PYTHONPATH=inspect:training $(PY) tools/bench_native.py --time $(NATIVE_TIME)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

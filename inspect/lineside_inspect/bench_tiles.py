@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.boxes import iou_matrix
+from lineside_inspect.dataset.model import Box
 from lineside_inspect.errors import BenchError
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.tiles import Tiling
@@ -33,18 +34,26 @@ def mosaics(data: str | Path, *, cols: int, rows: int, frames: int,
         raise BenchError(f"--mosaic {data}: {len(recs)} images with boxes, a {cols}x{rows} "
                          f"mosaic needs {per}")
     cw, ch = max(r.width for r in recs), max(r.height for r in recs)
-    out = []
-    for f in range(min(frames, len(recs) // per)):
-        frame = np.full((ch * rows, cw * cols, 3), pad_value, dtype=np.uint8)
-        truth: list[tuple[str, np.ndarray]] = []
-        for k, rec in enumerate(recs[f * per:(f + 1) * per]):
-            x, y = (k % cols) * cw, (k // cols) * ch
-            image = read_image(ds.image_path(rec))
-            frame[y:y + image.shape[0], x:x + image.shape[1]] = image
-            truth += [(b.label, np.array([b.x1 + x, b.y1 + y, b.x2 + x, b.y2 + y]))
-                      for b in rec.boxes]
-        out.append((frame, truth))
-    return out
+    return [compose([(read_image(ds.image_path(rec)), rec.boxes)
+                     for rec in recs[f * per:(f + 1) * per]],
+                    cols=cols, rows=rows, cell=(cw, ch), pad_value=pad_value)
+            for f in range(min(frames, len(recs) // per))]
+
+
+def compose(parts: list[tuple[np.ndarray, list[Box]]], *, cols: int, rows: int,
+            cell: tuple[int, int], pad_value: int) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
+    """One frame of ``parts`` (images with their boxes) side by side at native scale,
+    row by row in ``cell``-sized cells (width, height), with their boxes moved into frame
+    pixels (``bench model --mosaic``; ``tools/bench_native.py``'s procedural set)."""
+    cw, ch = cell
+    frame = np.full((ch * rows, cw * cols, 3), pad_value, dtype=np.uint8)
+    truth: list[tuple[str, np.ndarray]] = []
+    for k, (image, boxes) in enumerate(parts):
+        x, y = (k % cols) * cw, (k // cols) * ch
+        frame[y:y + image.shape[0], x:x + image.shape[1]] = image
+        truth += [(b.label, np.array([b.x1 + x, b.y1 + y, b.x2 + x, b.y2 + y]))
+                  for b in boxes]
+    return frame, truth
 
 
 def _hits(xyxy: np.ndarray, labels: list[str], truth: list[tuple[str, np.ndarray]]) -> int:

@@ -237,7 +237,7 @@ def data_stats(
     """Counts per class and split, good vs defective images, box sizes, and the images'
     contrast with the min_contrast it suggests for a single-image recipe."""
     from lineside_inspect.dataset import dataset_stats, read_dataset
-    from lineside_inspect.dataset.stats import contrast_stats, plot_stats
+    from lineside_inspect.dataset.stats import TINY_BOX_PX, contrast_stats, plot_stats
 
     dataset = read_dataset(root)
     s = dataset_stats(dataset)
@@ -264,6 +264,15 @@ def data_stats(
             hist.add_column(b, justify="right")
         hist.add_row(*(str(v) for v in s["box_size_histogram"].values()))
         out.print(hist)
+        if (native := s["native_scale"]) is not None:
+            size = native["auto_input_size"]
+            out.print(f"native scale: the images' median longer side ({native['median_longer_side']:g}"
+                      f" px) is well above the {size} px input training chooses, and "
+                      f"{native['tiny_boxes']} of {native['boxes']} boxes fall under "
+                      f"{TINY_BOX_PX} px a side scaled to it: train with tiling.tile={size} "
+                      f"(lineside train ... --set tiling.tile={size}: {size} px tiles at the "
+                      "frames' own scale, a forward pass per tile; docs/training/recipes.md, "
+                      "\"Native scale\")", highlight=False, markup=False)
         if spread["images"]:
             flat = (f"; {spread['under_default']} span under 16, as a lens cap does: real parts "
                     "that flat fail as blank_frame at 16" if spread["under_default"] else "")

@@ -70,3 +70,51 @@ def test_stats_suggest_a_min_contrast_no_image_of_the_set_falls_under(sample: Pa
     assert result.exit_code == 0, result.output
     assert "lowest 1, 1st percentile 1; 1 span under 16" in result.output, result.output
     assert "suggested min_contrast for a single-image recipe: 0" in result.output
+
+
+def _frames(folder: Path, side: tuple[int, int], box: int, n: int = 3) -> Path:
+    """``n`` flat frames of ``side`` (width, height), each with one ``box`` px square
+    labelled ``scratch``, half of them val."""
+    (folder / "images").mkdir(parents=True)
+    images, annotations = [], []
+    for k in range(n):
+        frame = np.full((side[1], side[0], 3), 180, np.uint8)
+        frame[100:100 + box, 100:100 + box] = 30
+        assert cv2.imwrite(str(folder / "images" / f"f{k}.png"), frame)
+        images.append({"id": k + 1, "file_name": f"f{k}.png", "width": side[0],
+                       "height": side[1], "split": "val" if k % 2 else "train"})
+        annotations.append({"id": k + 1, "image_id": k + 1, "category_id": 1,
+                            "bbox": [100, 100, box, box]})
+    (folder / "annotations.json").write_text(json.dumps({
+        "images": images, "annotations": annotations,
+        "categories": [{"id": 1, "name": "scratch"}]}))
+    return folder
+
+
+def test_stats_name_native_scale_when_the_auto_size_shrinks_boxes_out_of_sight(
+        tmp_path: Path) -> None:
+    """Frames far above the 640 px input training chooses, whose 4 px scratches are
+    1.6 px at it: ``data stats`` names ``tiling.tile`` (by the arithmetic train.log's
+    warning uses); the same frames with 20 px boxes, or 700 px frames (not well above the
+    input) with boxes as small, get no such line."""
+    from lineside_inspect.dataset import read_dataset
+    from lineside_inspect.dataset.stats import shrunk_boxes
+
+    def stats(data: Path) -> tuple[dict[str, object] | None, str]:
+        as_json = runner.invoke(app, ["data", "stats", str(data), "--json"])
+        text = runner.invoke(app, ["data", "stats", str(data)])
+        assert as_json.exit_code == 0 and text.exit_code == 0, as_json.output + text.output
+        return json.loads(as_json.output)["native_scale"], " ".join(text.output.split())
+
+    large = _frames(tmp_path / "large", (1600, 1200), 4)
+    native, text = stats(large)
+    assert native == {"median_longer_side": 1600, "auto_input_size": 640, "tiny_boxes": 3,
+                      "boxes": 3, "tile": 640}
+    assert "native scale: the images' median longer side (1600 px) is well above the 640 " \
+           "px input training chooses, and 3 of 3 boxes fall under 3 px a side scaled to " \
+           "it: train with tiling.tile=640 (lineside train ... --set tiling.tile=640" in text
+    assert shrunk_boxes(read_dataset(large).images, 640)[:2] == (3, 3)
+    for quiet in (_frames(tmp_path / "boxes", (1600, 1200), 20),
+                  _frames(tmp_path / "near", (700, 500), 3)):
+        native, text = stats(quiet)
+        assert native is None and "native scale" not in text and "tiling" not in text

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import statistics
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -11,6 +9,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lineside_inspect.dataset import read_dataset
+
+# the coarsest feature map's stride (input and crop sizes are multiples of it) and the
+# auto input size's rule: the edge's, so that ``data stats`` says what training chooses
+from lineside_inspect.dataset.stats import STRIDE, input_size_for
 from lineside_inspect.errors import (
     ConfigError,
     LinesideError,
@@ -24,10 +26,6 @@ from lineside_inspect.user_files import load_yaml, read_text
 from lineside_training.budget import budget_text
 
 Config = TypeVar("Config", bound=BaseModel)
-STRIDE = 32  # the coarsest feature map's stride: input and crop sizes are multiples of it
-# an input size chosen from the data stays within these: below 64 the coarsest map is a
-# pixel or two; above 640 a CPU step costs more than the detail is worth (crops keep it)
-AUTO_SIZE_MIN, AUTO_SIZE_MAX = 64, 640
 DEFAULT_CROP = 320
 DEFAULT_SIZE = 640
 
@@ -201,15 +199,6 @@ def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"override {key!r}: {'.'.join(parts[:n + 1])} is a "
                               f"{type(doc).__name__}, not a section with keys")
     doc[parts[-1]] = value
-
-
-def input_size_for(sides: list[int]) -> int:
-    """The input size for images whose longer sides are ``sides``: the nearest multiple of
-    the stride at or above their median, within ``AUTO_SIZE_MIN..AUTO_SIZE_MAX``. 200 px
-    images get 224, not 640: upscaling them 3x costs ~8x the compute per whole image and
-    adds no detail."""
-    median = statistics.median(sides)
-    return min(AUTO_SIZE_MAX, max(AUTO_SIZE_MIN, math.ceil(median / STRIDE) * STRIDE))
 
 
 def sizes_from_data(doc: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
+from lineside_inspect.dataset.stats import TINY_BOX_PX, shrunk_boxes
 from lineside_inspect.dataset.validate import (
     duplicate_warnings,
     quick_check,
@@ -234,7 +235,6 @@ def data_warnings(data: TrainData, input_size: int | None = None, *,
     return lines
 
 
-TINY_BOX_PX = 3  # a defect under 3 px a side at the model's input is a pixel or two of blur
 PRACTICAL_SIZE = 2048  # above this an input size costs ~10x DeepPCB's 640 px per frame
 
 
@@ -245,19 +245,8 @@ def tiny_boxes(records: list[ImageRecord], input_size: int) -> str | None:
     the auto size follows the images' median side, capped at 640, so a 4000 px frame's
     6 px scratch is 1 px to the model, which then cannot learn it, and nothing said so
     (issue #18 review). None when no box is that small."""
-    boxes = tiny = 0
-    needed = 0.0  # the input size that keeps every tiny box at TINY_BOX_PX
-    for rec in records:
-        longer = max(rec.width, rec.height)
-        if longer <= 0:
-            continue
-        for box in rec.boxes:
-            boxes += 1
-            side = min(box.x2 - box.x1, box.y2 - box.y1)
-            # a box that small in its own image is a labelling matter, not the scaling's
-            if side >= TINY_BOX_PX and side * input_size / longer < TINY_BOX_PX:
-                tiny += 1
-                needed = max(needed, TINY_BOX_PX * longer / side)
+    # (the edge's arithmetic: ``data stats`` suggests native scale by the same count)
+    tiny, boxes, needed = shrunk_boxes(records, input_size)
     if not tiny:
         return None
     line = (f"{tiny} of {boxes} train/val boxes are under {TINY_BOX_PX} px a side once "

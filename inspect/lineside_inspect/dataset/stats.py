@@ -3,16 +3,77 @@
 from __future__ import annotations
 
 import itertools
+import math
+import statistics
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lineside_inspect.dataset.model import Dataset
+from lineside_inspect.dataset.model import Dataset, ImageRecord
 from lineside_inspect.errors import ImageError, MissingExtraError, install_hint
 
 SIZE_BINS = (0, 16, 32, 64, 128, 256, 10**9)
+STRIDE = 32  # a detector's coarsest feature map's stride: input sizes are multiples of it
+# an input size chosen from the data stays within these: below 64 the coarsest map is a
+# pixel or two; above 640 a CPU step costs more than the detail is worth (crops keep it)
+AUTO_SIZE_MIN, AUTO_SIZE_MAX = 64, 640
+TINY_BOX_PX = 3  # a defect under 3 px a side at the model's input is a pixel or two of blur
+# images whose median longer side is at least this many times the auto input size are
+# "well above" it: data stats then names native-scale training when boxes shrink too far
+NATIVE_RATIO = 1.5
+
+
+def input_size_for(sides: list[int]) -> int:
+    """The input size for images whose longer sides are ``sides``: the nearest multiple of
+    the stride at or above their median, within ``AUTO_SIZE_MIN..AUTO_SIZE_MAX``. 200 px
+    images get 224, not 640: upscaling them 3x costs ~8x the compute per whole image and
+    adds no detail. (Training's ``input_size: auto``; here so that ``data stats`` on an
+    edge install says what it would be.)"""
+    median = statistics.median(sides)
+    return min(AUTO_SIZE_MAX, max(AUTO_SIZE_MIN, math.ceil(median / STRIDE) * STRIDE))
+
+
+def shrunk_boxes(records: Iterable[ImageRecord], input_size: int) -> tuple[int, int, float]:
+    """``(tiny, boxes, needed)``: of ``boxes`` labelled boxes, the ``tiny`` whose shorter
+    side falls under ``TINY_BOX_PX`` once their image is scaled as training and inference
+    scale it (longer side to ``input_size``), counting only boxes at least that large in
+    their own image (smaller is a labelling matter, not the scaling's); ``needed``: the
+    input size that keeps every one of them at ``TINY_BOX_PX`` (0 when none). The one
+    arithmetic ``train.log``'s warning and ``data stats``' suggestion share."""
+    boxes = tiny = 0
+    needed = 0.0
+    for rec in records:
+        longer = max(rec.width, rec.height)
+        if longer <= 0:
+            continue
+        for box in rec.boxes:
+            boxes += 1
+            side = min(box.x2 - box.x1, box.y2 - box.y1)
+            if side >= TINY_BOX_PX and side * input_size / longer < TINY_BOX_PX:
+                tiny += 1
+                needed = max(needed, TINY_BOX_PX * longer / side)
+    return tiny, boxes, needed
+
+
+def native_scale(dataset: Dataset) -> dict[str, Any] | None:
+    """Native-scale training (a config's ``tiling.tile``) to suggest, or None: when the
+    images' median longer side is well above (``NATIVE_RATIO``) the input size training
+    would choose (:func:`input_size_for`) and boxes would fall under ``TINY_BOX_PX`` at
+    it, the frames are better judged as tiles of that size at their own scale."""
+    if not dataset.images:
+        return None
+    median = statistics.median(max(r.width, r.height) for r in dataset.images)
+    size = input_size_for([max(r.width, r.height) for r in dataset.images])
+    if median < NATIVE_RATIO * size:
+        return None
+    tiny, boxes, _ = shrunk_boxes(dataset.images, size)
+    if not tiny:
+        return None
+    return {"median_longer_side": median, "auto_input_size": size, "tiny_boxes": tiny,
+            "boxes": boxes, "tile": size}
 
 
 def _bin_name(lo: int, hi: int) -> str:
@@ -46,6 +107,8 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
             _bin_name(lo, hi): sizes[_bin_name(lo, hi)]
             for lo, hi in itertools.pairwise(SIZE_BINS)
         },
+        # frames far larger than the auto input whose boxes it shrinks out of sight
+        "native_scale": native_scale(dataset),
     }
 
 
