@@ -470,6 +470,8 @@ def train_cmd(
         if epochs is None and time is None and not given & {"epochs", "time_budget"}:
             overrides += [f"{k}={json.dumps(saved[k])}" for k in ("epochs", "time_budget")
                           if k in saved]
+        if "tiling" in saved:  # a native-scale run, at its scale (the config names none)
+            overrides.append(f"tiling={json.dumps(saved['tiling'])}")
     cfg = t.load_config(config, overrides, data=data, model=model, weights=weights,
                         epochs=epochs, name=name, device=device, extra_data=merge or None,
                         time_budget=time, threads=threads)

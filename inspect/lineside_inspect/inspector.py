@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lineside_inspect.errors import ConfigError
 from lineside_inspect.package import ModelCard
 from lineside_inspect.recipes import Recipe, judge
 from lineside_inspect.recipes.rules import (
@@ -181,7 +182,13 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
     t0 = clock()
     # a recipe's tiling: single-image detectors alone, judged alone (a recipe tiling for a
     # reference or good-only model, or fusing one, is refused when put; pre_process refuses
-    # a reference pair or a good-only model given a tiling)
+    # a reference pair or a good-only model given a tiling, and here a fused one: its
+    # finding was of the detector's first tile, said as the frame's; review, session 45)
+    if recipe.tiling is not None and anomaly_model is not None \
+            and detector.card.kind != "anomaly":
+        raise ConfigError(f"recipe {recipe.name}: tiling takes single-image detectors, and it "
+                          f"fuses good-only model {anomaly_model.card.name} with its detector, "
+                          "whose image score and map are of the whole frame")
     batch, letterboxes = detector.pre_process(
         [image], None if reference is None else [reference.image], align=aligned,
         tiling=recipe.tiling)

@@ -49,7 +49,8 @@ def test_stats_suggest_a_min_contrast_no_image_of_the_set_falls_under(sample: Pa
         return json.loads(result.output)["contrast"]
 
     assert stats() == {"images": 70, "unread": 0, "lowest": 255, "first_percentile": 255,
-                       "under_default": 0, "suggested_min_contrast": 16}
+                       "under_default": 0, "suggested_min_contrast": 16,
+                       "under_suggested": 0}
     # one board seen all copper but for a trace, as DeepPCB's 20085159 is, and one image
     # that does not read (counted, not measured)
     tile = np.full((64, 64), 255, np.uint8)
@@ -60,7 +61,8 @@ def test_stats_suggest_a_min_contrast_no_image_of_the_set_falls_under(sample: Pa
     got = stats()
     # (the JPEG's ringing around the trace: 1 level)
     assert got == {"images": 69, "unread": 1, "lowest": 1, "first_percentile": 1,
-                   "under_default": 1, "suggested_min_contrast": 0}, got
+                   "under_default": 1, "suggested_min_contrast": 0,
+                   "under_suggested": 0}, got
     # the figure suggested fails none of the set's images as blank_frame; 16 does the tile
     for minimum, blank in ((got["suggested_min_contrast"], None), (16, "frame")):
         said = blank_view(Recipe(name="r", model="m", min_contrast=minimum),

@@ -36,7 +36,7 @@ from lineside_inspect.runtime.tiles import (
 )
 from lineside_inspect.runtime.types import Detections
 
-from .conftest import MODEL, SAMPLE, Running
+from .conftest import MODEL, ROOT, SAMPLE, Running
 
 TILED = Tiling(tile=640, overlap=0.2)
 
@@ -217,6 +217,23 @@ def test_tiling_is_refused_for_models_that_judge_the_whole_frame() -> None:
     fused = Recipe(name="r", model="m", tiling=TILED, anomaly={"model": "ad"})
     with pytest.raises(ConfigError, match=r"tiling.*fuses good-only model ad"):
         fused.check_models("detector", ["a"], "anomaly")
+
+
+def test_inspect_refuses_a_tiling_fused_with_a_good_only_model(det: Detector) -> None:
+    """Review, session 45: ``inspect()`` (the public API) given a recipe that tiles and a
+    fused good-only model fed it the detector's tiles and judged by the first tile's score
+    and map, said as the frame's (640x640 of a 1280 px frame); it ignored the tiling before
+    the one guard. Refused now, as a recipe is when put; the detector alone still tiles."""
+    good = Detector(ROOT / "models" / "deeppcb-good" / "1", device="cpu", threads=1)
+    frame = np.tile(np.asarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3)),
+                               np.uint8), (20, 20, 1))
+    fused = Recipe(name="r", model="deeppcb", tiling=TILED,
+                   anomaly={"model": "deeppcb-good", "threshold": 0.5})
+    with pytest.raises(ConfigError, match="recipe r: tiling takes single-image detectors, and "
+                                          "it fuses good-only model deeppcb-good"):
+        inspect(frame, det, fused, anomaly_model=good)
+    alone = inspect(frame, det, Recipe(name="r", model="deeppcb", tiling=TILED))
+    assert alone.detections is not None and (alone.detections.xyxy[:, 2] > 700).any()
 
 
 def test_a_recipe_without_tiling_keeps_its_gate_digest() -> None:

@@ -70,6 +70,34 @@ def test_a_single_image_card_fails_a_lens_capped_frame(package: Path) -> None:
     assert all(r.rule != "blank_frame" for r in board.reasons)
 
 
+def test_a_card_floor_over_some_of_its_own_images_is_said(tmp_path: Path) -> None:
+    """Review, session 45: over 100 images the suggested min_contrast (half the 1st
+    percentile) can sit above the set's lowest images, which the card's recipe then fails
+    as blank_frame; export wrote it unsaid. The note names how many, and the lowest."""
+    import cv2
+
+    from lineside_training.export import blank_floor
+
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    images = []
+    for n in range(101):
+        image = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+        if n == 0:  # a part nearly one colour: spans a few levels
+            image = (120 + image // 64).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / "images" / f"i{n}.png"), image)
+        images.append({"id": n + 1, "file_name": f"i{n}.png", "width": 32, "height": 32})
+    (tmp_path / "annotations.json").write_text(json.dumps(
+        {"images": images, "annotations": [], "categories": [{"id": 1, "name": "d"}]}))
+    floor, note = blank_floor(read_dataset(tmp_path))
+    assert floor == 16
+    assert note is not None and note.startswith(
+        "1 of the dataset's 101 images span fewer grey levels than the card's min_contrast 16 "
+        "(the lowest 3;"), note
+    assert "fails frames that flat as blank_frame" in note
+    assert blank_floor(read_dataset(SAMPLE)) == (16, None)  # the sample: none under it
+
+
 def test_runtime_reloads_package_and_batches(package: Path) -> None:
     det = Detector(package, device="cpu", threads=1)
     images = [read_image(p) for p in sorted((SAMPLE / "images").rglob("*_test.jpg"))[:2]]

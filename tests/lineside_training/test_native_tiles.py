@@ -108,6 +108,11 @@ def test_a_tiling_that_makes_no_sense_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="^config: " + said.replace("(", r"\(")
                            .replace(")", r"\)").replace(".", r"\.")):
             tiny_config(tmp_path, data=data, **fields)
+    # the tile a --set tiling.overlap lacks is the --set's, not the config file's (review,
+    # session 45: "deeppcb-single.yaml: tiling.tile: Field required")
+    single = ROOT / "training" / "configs" / "deeppcb-single.yaml"
+    with pytest.raises(ConfigError, match=r"^--set: tiling\.tile: Field required$"):
+        load_any_config(single, ["tiling.overlap=0.3"], data=data)
     big = large_set(tmp_path / "big")  # 256x224 frames in 32 px tiles at 0.5: 15x13 tiles
     with pytest.raises(ConfigError, match=r"tiling.tile 32: f0.png \(256x224\) would be cut "
                                           "into more than 64 tiles"):
@@ -237,3 +242,35 @@ def _same_boxes(a: list[predict.Prediction], b: list[predict.Prediction],
         i, j = np.argsort(-p.scores)[:top], np.argsort(-q.scores)[:top]
         assert len(i) == len(j) and close(p.scores[i], q.scores[j], 1e-3)
         assert close(p.boxes[i], q.boxes[j], 0.05)
+
+
+def test_a_native_run_resumes_at_its_scale(native: dict[str, Any], tmp_path: Path) -> None:
+    """Review, session 45: ``lineside train --resume --name NAME`` of a native-scale run
+    (the config naming no tiling, as for its data) went on with whole frames letterboxed to
+    another input size, and its config.yaml (and card) lost the tiling; it takes the run's
+    tiling now, and one the run did not train with is refused, naming the run's."""
+    import shutil
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+
+    shutil.copytree(native["run"], tmp_path / "native")  # the module's run stays as it is
+    tiny = ["--device", "cpu", "--name", "native", "--set", f"out_dir={tmp_path}",
+            "--set", "max_steps_per_epoch=1", "--set", "batch_size=4", "--set", "workers=0",
+            "--threads", "2"]
+    runner = CliRunner()
+    for given, said in ((["--set", "tiling=null"], "trained at native scale with tiling "
+                         "{tile: 64, overlap: 0.2}, and this run has none"),
+                        (["--set", "tiling.tile=96"], "and this run has tiling {tile: 96, "
+                         "overlap: 0.2}: the scale its model learned")):
+        r = runner.invoke(app, ["train", "--resume", "--epochs", "3", *tiny, *given])
+        assert r.exit_code != 0 and said in " ".join(r.output.split()), r.output
+    r = runner.invoke(app, ["train", "--resume", "--epochs", "3", *tiny])
+    assert r.exit_code == 0, r.output
+    saved = yaml.safe_load((tmp_path / "native" / "config.yaml").read_text())
+    assert saved["tiling"] == {"tile": TILE, "overlap": 0.2} and saved["input_size"] == TILE
+    assert load_trained(tmp_path / "native", "cpu").config.tiling == Tiling(tile=TILE)
+    rows = [json.loads(x) for x in (tmp_path / "native" / "metrics.jsonl").read_text().splitlines()]
+    assert max(x.get("epoch", 0) for x in rows) == 3

@@ -33,7 +33,8 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     as fields to fill in: its ``data`` (and ``extra_data``, from ``--merge``) when neither
     the config nor an override names one,
     and its schedule (``epochs``, ``time_budget``), which the command keeps unless given
-    again. Empty when there is no such run (``train`` says so)."""
+    again, and its ``tiling`` (native scale) when neither names one. Empty when there is
+    no such run (``train`` says so)."""
     doc = read_config(path, overrides, name=name)
     saved = Path(str(doc.get("out_dir", "runs"))) / str(doc.get("name", "run")) / "config.yaml"
     try:
@@ -43,6 +44,10 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     if not isinstance(was, dict):
         return {}
     fill = {k: was[k] for k in ("epochs", "time_budget") if k in was}
+    if "tiling" not in doc and isinstance(was.get("tiling"), dict):
+        # a native-scale run goes on at its scale (it went on with whole frames, and its
+        # card lost the tiling; review, session 45)
+        fill["tiling"] = was["tiling"]
     if doc.get("data") is None and was.get("data"):
         fill["data"] = str(was["data"])
     # its --merge sets, when it is resumed on its own data (the shipped configs name one)

@@ -287,7 +287,11 @@ def validate_config(schema: type[Config], path: str | Path | None, doc: dict[str
 
         def overridden(e: Any) -> bool:  # its field, or one above it, was given by --set
             loc = tuple(str(x) for x in e["loc"])
-            return any(loc[:len(key)] == key for key in given)
+            # or a key missing beside one --set gave (its section's required tile): "--set
+            # tiling.overlap=0.3" was "CONFIG: tiling.tile: Field required" (review, 45)
+            return any(loc[:len(key)] == key or (
+                e["type"] == "missing" and len(key) > 1 and loc[:-1] == key[:-1])
+                for key in given)
 
         ours = [e for e in errors if overridden(e)]
         theirs = [e for e in errors if not overridden(e)]

@@ -673,7 +673,7 @@ def load_checkpoint(path: Path, state: TrainState, device: torch.device) -> Prog
 
 
 def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
-                     epochs: int) -> None:
+                     epochs: int, tiling: Tiling | None = None) -> None:
     """Refuse to continue ``run`` on other data than it trained on: ``--resume`` given to
     a run of a taken name (say, with ``--merge`` of reviews) would carry on the old run.
     A set is the same by its resolved path or by its annotations' content (the run folder
@@ -686,6 +686,7 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
     if not isinstance(ck, dict):
         raise ConfigError(f"--resume: {run / 'last.pt'}: not a Lineside checkpoint")
     _check_same_data(run, ck.get("data", {}), fingerprint)
+    _check_same_tiling(run, ck.get("config"), tiling)
     planned, step = int(ck.get("planned_steps") or 0), int(ck.get("step") or 0)
     best = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
     if budget and planned and step >= planned:
@@ -698,6 +699,31 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
             f"--resume: {run} already trained its {int(ck.get('epoch', -1)) + 1} epoch(s) "
             f"and this schedule has {epochs}: give --epochs MORE to continue it, or start a "
             f"new run from its weights: --weights {best} --name NEW")
+
+
+def _tiling_text(tiling: dict[str, Any]) -> str:
+    return f"{{tile: {tiling['tile']}, overlap: {tiling['overlap']:g}}}"
+
+
+def _check_same_tiling(run: Path, saved: Any, tiling: Tiling | None) -> None:
+    """Refuse to continue a run at another scale than it trained at: resumed without its
+    ``tiling`` (or with one it lacked), a native-scale run went on with whole images
+    letterboxed to another input size, and its config.yaml, validation, thresholds and
+    card followed without a word (review, session 45)."""
+    was = saved.get("tiling") if isinstance(saved, dict) else None  # (none before tiling)
+    now = None if tiling is None else tiling.model_dump()
+    if was == now:
+        return
+    best = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+    had = "with no tiling (whole frames)" if was is None else \
+        f"at native scale with tiling {_tiling_text(was)}"
+    has = "none" if now is None else f"tiling {_tiling_text(now)}"
+    again = "--set tiling=null" if was is None else \
+        f"--set tiling.tile={was['tile']} --set tiling.overlap={was['overlap']:g}"
+    raise ConfigError(f"--resume: {run} trained {had}, and this run has {has}: the scale its "
+                      f"model learned and its validation judges by would change midway; "
+                      f"continue it as it trained ({again}), or start a new run from its "
+                      f"weights: --weights {best} --name NEW")
 
 
 def _check_same_data(run: Path, saved: dict[str, Any], fingerprint: dict[str, Any]) -> None:
@@ -762,7 +788,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         raise ConfigError(f"--resume: there is no run to continue at {run} (no last.pt): "
                           "check --name (and out_dir), or leave --resume out for a new run")
     if resume:
-        _check_resumable(run, data.fingerprint, budget=budget_s is not None, epochs=cfg.epochs)
+        _check_resumable(run, data.fingerprint, budget=budget_s is not None, epochs=cfg.epochs,
+                         tiling=cfg.tiling)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))

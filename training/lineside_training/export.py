@@ -383,9 +383,13 @@ def export(
                          f"as {tiling.tile} px tiles overlapping by {tiling.overlap:g} (card "
                          f"format_version {TILING_FORMAT}: a server before session 44 refuses "
                          "it, saying to upgrade); the parity gate compared whole images")
-        if not cfg.reference and (floor := blank_floor(dataset)) is not None:
-            # a frame spanning fewer grey levels fails as blank_frame (a lens cap)
-            recipe["min_contrast"] = summary["min_contrast"] = floor
+        if not cfg.reference:
+            floor, under = blank_floor(dataset)
+            if floor is not None:
+                # a frame spanning fewer grey levels fails as blank_frame (a lens cap)
+                recipe["min_contrast"] = summary["min_contrast"] = floor
+            if under:  # some of the set's own images (the suggestion is the 1st percentile's)
+                notes.append(under)
         metrics_path = trained.run_dir / "report-val" / "metrics.json"
         metrics = read_run_json(metrics_path) or {}
         if not trained.belongs(metrics):  # a report of the checkpoint before a resume
@@ -469,15 +473,27 @@ def export(
     return summary
 
 
-def blank_floor(dataset: Any) -> int | None:
+def blank_floor(dataset: Any) -> tuple[int | None, str | None]:
     """The ``min_contrast`` a single-image card's recipe sets: what ``lineside data stats``
     suggests from the dataset's images (half their 1st percentile of contrast, at most
     16: :func:`contrast_stats`), or None where that is 0 (parts of this product look
     blank: DeepPCB's all-copper tiles). Without it a single-image recipe passed a
     lens-capped camera's every frame as a good part; a reference recipe has its own
-    default check against its golden. A recipe configured for the model sets its own."""
-    floor = contrast_stats(dataset)["suggested_min_contrast"]
-    return int(floor) if floor else None
+    default check against its golden. A recipe configured for the model sets its own.
+    Second: a note when some of the set's own images span fewer levels (over 100 images
+    the 1st percentile is above the lowest), which the card's recipe fails as blank_frame:
+    exported unsaid, a box whose recipe follows the card failed such parts after a swap."""
+    got = contrast_stats(dataset)
+    floor = got["suggested_min_contrast"]
+    if not floor:
+        return None, None
+    under = got["under_suggested"]
+    note = None if not under else (
+        f"{under} of the dataset's {got['images']} images span fewer grey levels than the "
+        f"card's min_contrast {floor} (the lowest {got['lowest']}; 'lineside data stats' "
+        "lists the spread): its recipe fails frames that flat as blank_frame; if real parts "
+        "look so, set min_contrast lower (0: off) in the line's recipe")
+    return int(floor), note
 
 
 def _check_counted(precision: str, changes: dict[str, Any], max_lost: float,
