@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -457,10 +458,11 @@ def test_a_tiled_frame_goes_to_the_endpoint_a_few_tiles_a_request(endpoint: str)
 
 
 @contextmanager
-def _fixed_batch(endpoint: str, batch: int) -> Iterator[tuple[str, list[int]]]:
+def _fixed_batch(endpoint: str, batch: int, delay_s: float = 0.0) -> Iterator[tuple[str, list[int]]]:
     """A proxy in front of ``endpoint`` that says (metadata) and takes (infer) exactly
     ``batch`` rows, as Triton does for a graph exported with a static batch: any other
-    batch is refused 400. Yields its url and the row counts it was sent."""
+    batch is refused 400; each inference answered ``delay_s`` late. Yields its url and the
+    row counts it was sent."""
     import httpx
 
     seen: list[int] = []
@@ -497,6 +499,7 @@ def _fixed_batch(endpoint: str, batch: int) -> Iterator[tuple[str, list[int]]]:
                 self._send(400, json.dumps({"error": f"batch {rows}: this model takes {batch}"}).encode())
                 return
             r = self._forward(body)
+            time.sleep(delay_s)
             self._send(r.status_code, r.content)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Fixed)
@@ -550,3 +553,21 @@ def test_an_endpoint_of_a_fixed_batch_larger_than_a_request_is_refused(endpoint:
         with pytest.raises(RemoteInferenceRefused, match=r"batches of exactly 1000000 images.*at most 8"):
             det.forward(np.zeros((1, 3, 640, 640), np.uint8))
         assert seen == []  # nothing sent
+
+
+def test_the_requests_of_a_batch_to_a_smaller_fixed_batch_share_one_timeout(endpoint: str) -> None:
+    # a fixed batch of 1 made 8 tiles 8 exchanges of timeout_s each (a frame's 64 tiles:
+    # 64), so an endpoint answering each a little under timeout_s held a frame for minutes
+    with _fixed_batch(endpoint, 1, delay_s=0.4) as (url, seen):
+        remote = Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": {
+            "url": url, "model": "deeppcb", "card": str(MODEL), "token_env": TOKEN_ENV,
+            "timeout_s": 1.0}}).remote
+        assert remote is not None
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv(TOKEN_ENV, KEYS["line"])
+            det = RemoteDetector(remote)
+        det.forward(np.zeros((1, 3, 640, 640), np.uint8))  # one exchange: within its time
+        seen.clear()
+        with pytest.raises(RemoteInferenceUnavailable, match=r"no answer within 1\.0 s"):
+            det.forward(np.zeros((8, 3, 640, 640), np.uint8))
+        assert 0 < len(seen) < 8

@@ -200,12 +200,16 @@ class OipClient:
         self.pool.close()
 
     def _call(self, method: str, url: str, content: bytes | None = None,
-              headers: dict[str, str] | None = None, images: int = 1) -> bytes:
+              headers: dict[str, str] | None = None, images: int = 1,
+              until: float | None = None) -> bytes:
+        """One exchange, ended within ``timeout_s`` or by ``until`` (``time.monotonic()``:
+        the requests of one batch to an endpoint of a smaller fixed batch share one
+        ``timeout_s``, as the single request they replace had)."""
         late = RemoteInferenceUnavailable(
             f"remote inference at {self.where}: no answer within {self.timeout_s} s")
         t = self.timeout_s
         sent = [(k.encode(), v.encode()) for k, v in {**self.headers, **(headers or {})}.items()]
-        _DEADLINE.at = time.monotonic() + t
+        _DEADLINE.at = time.monotonic() + t if until is None else min(time.monotonic() + t, until)
         try:
             with self.pool.stream(method, url, headers=sent, content=content, extensions={
                     "timeout": {"connect": t, "read": t, "write": t, "pool": t}}) as answer:
@@ -278,16 +282,19 @@ class OipClient:
         fixed = self.batch
         if fixed is None or len(batch) == fixed:
             return self._infer(batch)
+        # the requests share the one timeout_s: a fixed batch of 1 made a frame's 64 tiles
+        # 64 exchanges of 5 s each, over 5 minutes for an endpoint answering slowly
+        until = time.monotonic() + self.timeout_s
         parts = []
         for i in range(0, len(batch), fixed):
             rows = batch[i:i + fixed]
             real = len(rows)
             if real < fixed:
                 rows = np.concatenate([rows, np.zeros((fixed - real, *rows.shape[1:]), rows.dtype)])
-            parts.append([o[:real] for o in self._infer(rows)])
+            parts.append([o[:real] for o in self._infer(rows, until)])
         return [stack_runs(list(o)) for o in zip(*parts, strict=True)]
 
-    def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
+    def _infer(self, batch: np.ndarray, until: float | None = None) -> list[np.ndarray]:
         data = np.ascontiguousarray(batch, dtype=np.uint8).tobytes()
         head = json.dumps({
             "inputs": [{"name": self.card.input.name, "datatype": "UINT8",
@@ -297,7 +304,7 @@ class OipClient:
         try:
             body = self._call("POST", self.model_url + "/infer", content=head + data, headers={
                 "Content-Type": "application/octet-stream",
-                "Inference-Header-Content-Length": str(len(head))}, images=len(batch))
+                "Inference-Header-Content-Length": str(len(head))}, images=len(batch), until=until)
         except RemoteInferenceRefused:
             self.checked = False  # the model may have been replaced: look again next time
             raise
