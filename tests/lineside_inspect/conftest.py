@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 import time
@@ -32,6 +33,12 @@ ROLE_KEYS = {**KEYS, "viewer": "viewer-secret"}
 # the stores of servers started by settings(): one folder for the session, removed when
 # the interpreter exits (each server's was left in /tmp: ~470 folders after a few runs)
 _STORES = tempfile.TemporaryDirectory(prefix="lineside-stores-", ignore_cleanup_errors=True)
+
+# Debian's chromium, for the browser tests (test_ui_*.py), started as they start it
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
 
 
 @dataclass
@@ -66,13 +73,15 @@ def start_server(settings: Settings) -> tuple[Running, Callable[[], None]]:
     return Running(f"http://127.0.0.1:{port}", app, server), stop
 
 
-def stall_stream(sim: Any, worker: Any, ended: threading.Event, timeout_s: float = 30) -> None:
+def stall_stream(sim: Any, worker: Any, ended: threading.Event, timeout_s: float = 30,
+                 *, then: Callable[[int], Any] | None = None) -> None:
     """``sim``'s (an MJPEGSimulator) stream stalls, its connection open and no bytes sent,
     once ``worker`` (the server's camera worker reading it) has received every frame sent
     before: a last frame marked flat 200 grey, then the simulator's sender blocks until
-    ``ended`` is set (the stream then closes; set it before killing ``sim``). A fixed wait
-    after ``mode = "hang"`` let a frame already on its way arrive after a trigger on a
-    loaded host, and answer it."""
+    ``ended`` is set (the stream then closes; set it before killing ``sim``), or, given
+    ``then`` (a frame source as the simulator's), resumes on the same connection with its
+    frames. A fixed wait after ``mode = "hang"`` let a frame already on its way arrive after
+    a trigger on a loaded host, and answer it."""
     sent, blocked = [0], threading.Event()
 
     def frames(i: int) -> Any:  # called by the simulator before each frame it sends
@@ -81,9 +90,12 @@ def stall_stream(sim: Any, worker: Any, ended: threading.Event, timeout_s: float
         sent[0] += 1
         if sent[0] == 1:
             return np.full((120, 160, 3), 200, np.uint8)
-        blocked.set()  # the marked frame was written whole: nothing follows it
-        ended.wait()
-        raise OSError("the stream ended")  # the simulator closes the connection
+        if not ended.is_set():
+            blocked.set()  # the marked frame was written whole: nothing follows it
+            ended.wait()
+        if then is None:
+            raise OSError("the stream ended")  # the simulator closes the connection
+        return then(i)
 
     sim.frames = frames
     deadline = time.monotonic() + timeout_s
@@ -260,3 +272,31 @@ def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """One Chromium (Playwright's sync API) for a module's browser tests: starting
+    Playwright and a Chromium for each test took a second or more of each."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def close_contexts(browser: Any) -> None:
+    """Close every context (and its pages) open in ``browser``: where a test closed the
+    browser it had started, it closes what it opened in the module's one."""
+    for context in list(browser.contexts):
+        context.close()
+
+
+@pytest.fixture
+def browser(chromium: Any) -> Iterator[Any]:
+    """The module's Chromium, for a test that opens its own contexts in it (their cookies,
+    storage and cache its own, as in a Chromium of its own): whatever it leaves open,
+    a failed test too, is closed after it."""
+    yield chromium
+    close_contexts(chromium)

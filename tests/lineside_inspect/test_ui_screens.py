@@ -28,13 +28,10 @@ from sqlalchemy.orm import Session
 from lineside_inspect.config import CameraConfig
 from lineside_inspect.store.models import InspectionRow, ReviewRow
 
-from .conftest import ROOT, Running, keyed, shift_begun, start_server
+from .conftest import CHROMIUM, ROOT, Running, close_contexts, keyed, shift_begun, start_server
 
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
 TWO_VERSIONS = [str(ROOT / "models" / "deeppcb" / "1"), str(ROOT / "models" / "deeppcb" / "1-int8")]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ZONE = "Europe/Berlin"
 CLASSES = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
 CLASS_WEIGHTS = [30, 22, 18, 14, 9, 7]
@@ -145,9 +142,6 @@ def shift() -> Iterator[Running]:
     yield running
     stop()
 
-
-def _browser(p: Any) -> Any:
-    return p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
 
 
 # Never a request's URL: a route on it keeps the context's request interception on.
@@ -315,80 +309,78 @@ def test_a_stale_review_is_refused_with_409(shift: Running) -> None:
 # ---------------------------------------------------------------- the screens
 
 
-def test_status_home(shift: Running, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+def test_status_home(browser: Any, shift: Running, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = _browser(p)
-        page = _context(browser).new_page()
-        # the page's clock runs on, but can jump to its next 5 s refresh below (waited
-        # out, it was half this test's time)
-        page.clock.install()
-        _sign_in(page, shift.url + "/")
-        expect(page.locator(".station")).to_have_count(2)
-        expect(page.locator("[data-zone]")).to_contain_text("Europe/Berlin (UTC+0")
-        top = page.locator(".station[data-camera='line1-top']")
-        expect(top.locator("[data-field=recipe]")).to_contain_text("deeppcb v1-int8")
-        with shift.client("reviewer") as c:
-            o = c.get("/v1/overview").json()
-        expect(page.locator("#yield-shift [data-field=pct]")).to_have_text(_yield(o["shift"]))
-        expect(page.locator("#yield-day [data-field=pct]")).to_have_text(_yield(o["day"]))
-        expect(page.locator("#yield-day [data-field=detail]")).to_contain_text(
-            f"{_num(o['day']['passes'])} of {_num(o['day']['inspections'])} passed")
-        assert o["day"]["inspections"] > 3000
-        for st in o["stations"]:
-            card = page.locator(f".station[data-camera='{st['camera']['id']}']")
-            expect(card.locator("[data-field=state]")).to_have_text("● online")
-            day = st["day"]
-            expect(card.locator("[data-field=day]")).to_contain_text(
-                f"{_yield(day)} · {_num(day['passes'])} of {_num(day['inspections'])} passed")
-            expect(card.locator("[data-field=shift]")).to_contain_text(_yield(st["shift"]))
-            word = "✔ PASS" if st["last"]["verdict"] == "pass" else "✖ FAIL"
-            expect(card.locator("[data-field=last]")).to_contain_text(word)
-            # a snapshot fetched again each second, not an endless MJPEG stream: one per
-            # card held one of the browser's six connections to the server each
-            live = card.locator(".live img")
-            assert live.get_attribute("data-snapshot") == f"/v1/cameras/{st['camera']['id']}/snapshot"
-            # properties and attributes, not string predicates: the page's CSP refuses eval
-            expect(live).to_have_attribute("src", re.compile(r"^blob:"))
-            expect(live).to_have_js_property("complete", True)
-            first = live.get_attribute("src")
-            expect(live).not_to_have_attribute("src", first)  # a second later, the next one
-            expect(live).to_have_js_property("complete", True)
-        _shot(page, "home.png", tmp_path)
-        # a PLC's switch of its station's recipe shows beside the configured one (the line
-        # sets this hook: tests/lineside_inspect/test_line_plc.py drives it over OPC UA)
-        shift.app.state.cameras.plc_recipe = {"line1-top": "lenient"}.get
-        try:
-            page.reload()
-            expect(top.locator("[data-field=recipe]")).to_contain_text(
-                "deeppcb-default · deeppcb v1-int8 (PLC: lenient)")
-            bottom = page.locator(".station[data-camera='line1-bottom'] [data-field=recipe]")
-            expect(bottom).not_to_contain_text("PLC")
-        finally:
-            shift.app.state.cameras.plc_recipe = None
-        # the tables the server drew keep up: a change of the active version showed only
-        # after a reload
-        active = page.locator("#models tr[data-model='deeppcb'] [data-field=active]")
-        expect(active).to_have_text("1-int8")
+    page = _context(browser).new_page()
+    # the page's clock runs on, but can jump to its next 5 s refresh below (waited
+    # out, it was half this test's time)
+    page.clock.install()
+    _sign_in(page, shift.url + "/")
+    expect(page.locator(".station")).to_have_count(2)
+    expect(page.locator("[data-zone]")).to_contain_text("Europe/Berlin (UTC+0")
+    top = page.locator(".station[data-camera='line1-top']")
+    expect(top.locator("[data-field=recipe]")).to_contain_text("deeppcb v1-int8")
+    with shift.client("reviewer") as c:
+        o = c.get("/v1/overview").json()
+    expect(page.locator("#yield-shift [data-field=pct]")).to_have_text(_yield(o["shift"]))
+    expect(page.locator("#yield-day [data-field=pct]")).to_have_text(_yield(o["day"]))
+    expect(page.locator("#yield-day [data-field=detail]")).to_contain_text(
+        f"{_num(o['day']['passes'])} of {_num(o['day']['inspections'])} passed")
+    assert o["day"]["inspections"] > 3000
+    for st in o["stations"]:
+        card = page.locator(f".station[data-camera='{st['camera']['id']}']")
+        expect(card.locator("[data-field=state]")).to_have_text("● online")
+        day = st["day"]
+        expect(card.locator("[data-field=day]")).to_contain_text(
+            f"{_yield(day)} · {_num(day['passes'])} of {_num(day['inspections'])} passed")
+        expect(card.locator("[data-field=shift]")).to_contain_text(_yield(st["shift"]))
+        word = "✔ PASS" if st["last"]["verdict"] == "pass" else "✖ FAIL"
+        expect(card.locator("[data-field=last]")).to_contain_text(word)
+        # a snapshot fetched again each second, not an endless MJPEG stream: one per
+        # card held one of the browser's six connections to the server each
+        live = card.locator(".live img")
+        assert live.get_attribute("data-snapshot") == f"/v1/cameras/{st['camera']['id']}/snapshot"
+        # properties and attributes, not string predicates: the page's CSP refuses eval
+        expect(live).to_have_attribute("src", re.compile(r"^blob:"))
+        expect(live).to_have_js_property("complete", True)
+        first = live.get_attribute("src")
+        expect(live).not_to_have_attribute("src", first)  # a second later, the next one
+        expect(live).to_have_js_property("complete", True)
+    _shot(page, "home.png", tmp_path)
+    # a PLC's switch of its station's recipe shows beside the configured one (the line
+    # sets this hook: tests/lineside_inspect/test_line_plc.py drives it over OPC UA)
+    shift.app.state.cameras.plc_recipe = {"line1-top": "lenient"}.get
+    try:
+        page.reload()
+        expect(top.locator("[data-field=recipe]")).to_contain_text(
+            "deeppcb-default · deeppcb v1-int8 (PLC: lenient)")
+        bottom = page.locator(".station[data-camera='line1-bottom'] [data-field=recipe]")
+        expect(bottom).not_to_contain_text("PLC")
+    finally:
+        shift.app.state.cameras.plc_recipe = None
+    # the tables the server drew keep up: a change of the active version showed only
+    # after a reload
+    active = page.locator("#models tr[data-model='deeppcb'] [data-field=active]")
+    expect(active).to_have_text("1-int8")
+    with shift.client("admin") as c:
+        assert c.post("/v1/models/deeppcb/activate", json={"version": "1"}).status_code == 200
+    try:
+        page.clock.fast_forward(5000)  # home.js REFRESH_MS: the next refresh, on its timer
+        expect(active).to_have_text("1", timeout=15_000)
+    finally:
         with shift.client("admin") as c:
-            assert c.post("/v1/models/deeppcb/activate", json={"version": "1"}).status_code == 200
-        try:
-            page.clock.fast_forward(5000)  # home.js REFRESH_MS: the next refresh, on its timer
-            expect(active).to_have_text("1", timeout=15_000)
-        finally:
-            with shift.client("admin") as c:
-                assert c.post("/v1/models/deeppcb/activate", json={"version": "1-int8"}).status_code == 200
-        browser.close()
+            assert c.post("/v1/models/deeppcb/activate", json={"version": "1-int8"}).status_code == 200
+    close_contexts(browser)
 
 
-def test_a_station_card_says_its_fails_with_nothing_judged(shift: Running) -> None:
+def test_a_station_card_says_its_fails_with_nothing_judged(browser: Any, shift: Running) -> None:
     """A capped or knocked camera's fails showed on its card only as a falling yield, read
     as bad parts (review, session 39): the card says this shift's blank frames and frames
     not of the golden's view, each with the latest's time, as text; none where none."""
     from zoneinfo import ZoneInfo
 
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
     from sqlalchemy import select
 
     store = shift.app.state.store
@@ -421,115 +413,111 @@ def test_a_station_card_says_its_fails_with_nothing_judged(shift: Running) -> No
         def clock(iso: str) -> str:
             return datetime.fromisoformat(iso).astimezone(ZoneInfo(ZONE)).strftime("%H:%M:%S")
 
-        with sync_playwright() as p:
-            browser = _browser(p)
-            page = _context(browser).new_page()
-            _sign_in(page, shift.url + "/")
-            said = page.locator(".station[data-camera='line1-top'] [data-field=judged]")
-            expect(said).to_have_text(
-                f"✖ 2 × blank frame, last {clock(top['blank_frame']['last'])} · "
-                f"✖ 1 × not the golden's view, last {clock(top['reference_mismatch']['last'])}")
-            expect(said).to_have_class("fail")
-            expect(said.locator("time").first).to_have_attribute(
-                "datetime", top["blank_frame"]["last"])
-            other = page.locator(".station[data-camera='line1-bottom'] [data-field=judged]")
-            expect(other).to_have_text("none")
-            expect(other).not_to_have_class("fail")
-            browser.close()
+        page = _context(browser).new_page()
+        _sign_in(page, shift.url + "/")
+        said = page.locator(".station[data-camera='line1-top'] [data-field=judged]")
+        expect(said).to_have_text(
+            f"✖ 2 × blank frame, last {clock(top['blank_frame']['last'])} · "
+            f"✖ 1 × not the golden's view, last {clock(top['reference_mismatch']['last'])}")
+        expect(said).to_have_class("fail")
+        expect(said.locator("time").first).to_have_attribute(
+            "datetime", top["blank_frame"]["last"])
+        other = page.locator(".station[data-camera='line1-bottom'] [data-field=judged]")
+        expect(other).to_have_text("none")
+        expect(other).not_to_have_class("fail")
+        close_contexts(browser)
     finally:
         with Session(store.engine) as s, s.begin():
             for row in s.scalars(select(InspectionRow).where(InspectionRow.id.in_(kept))):
                 row.reasons, row.created_at = kept[row.id]
 
 
-def test_dashboard(shift: Running, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+def test_dashboard(browser: Any, shift: Running, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = _browser(p)
-        page = _context(browser).new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if "Content Security" in m.text else None)
-        _sign_in(page, shift.url + "/dashboard")
-        starts = ", ".join(shift.app.state.settings.shifts)
-        expect(page.locator("#status")).to_contain_text(f"shifts start {starts} ({ZONE})")
-        with shift.client("reviewer") as c:
-            s = c.get("/v1/stats", params={"hours": 24}).json()
-        n = sum(h["inspections"] for h in s["hourly"])
-        passes = sum(h["passes"] for h in s["hourly"])
-        expect(page.locator("#k-yield")).to_have_text(_pct(100 * passes / n, 2))
-        expect(page.locator("#k-yield-detail")).to_contain_text(f"{_num(passes)} of {_num(n)} passed")
-        q = s["quality"]
-        expect(page.locator("#fr-rate")).to_have_text(_pct(100 * q["false_reject_rate"]))
-        expect(page.locator("#fr-detail")).to_contain_text(
-            f"{q['false_rejects']} of {q['reviewed_fails']} reviewed fails")
-        expect(page.locator("#escape-rate")).to_have_text(_pct(100 * q["escape_rate"]))
-        expect(page.locator("#escape-detail")).to_contain_text(
-            f"{q['escapes']} of {q['reviewed_passes']} reviewed passes")
-        # the Pareto: every class by its full name, most first, with its count
-        expect(page.locator(".pareto-label")).to_have_text([c["label"] for c in s["pareto"]])
-        expect(page.locator(".pareto-count")).to_have_text([_num(c["parts"]) for c in s["pareto"]])
-        expect(page.locator(".pareto-cum").last).to_have_text("100.0%")
-        # the trend: a bar pair per hour, the fails over each, axes with values, the model swap
-        expect(page.locator("#trend rect.bar-fail")).to_have_count(len(s["hourly"]))
-        expect(page.locator("#trend .fails-value")).to_have_text([_num(h["fails"]) for h in s["hourly"]])
-        assert page.locator("#trend .axis text").count() >= 12
-        expect(page.locator("#trend .marker text").first).to_have_text("▼ deeppcb 1 → 1-int8")
-        rows = page.locator("#trend-table tbody tr")
-        expect(rows).to_have_count(len(s["hourly"]))
-        expect(page.locator("#stations tbody tr")).to_have_count(len(s["stations"]))
-        top = next(st for st in s["stations"] if st["camera_id"] == "line1-top" and st["recipe"] == "deeppcb")
-        expect(page.locator("#stations tbody tr", has_text="line1-top").first).to_contain_text(
-            f"{_num(top['inspections'])}{_num(top['passes'])}{_num(top['fails'])}{_yield(top)}")
-        alice = next(r for r in s["reviewers"] if r["reviewer"] == "alice")
-        expect(page.locator("#reviewers tbody tr", has_text="alice")).to_contain_text(_num(alice["reviews"]))
-        _shot(page, "dashboard.png", tmp_path, full=True)
+    page = _context(browser).new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security" in m.text else None)
+    _sign_in(page, shift.url + "/dashboard")
+    starts = ", ".join(shift.app.state.settings.shifts)
+    expect(page.locator("#status")).to_contain_text(f"shifts start {starts} ({ZONE})")
+    with shift.client("reviewer") as c:
+        s = c.get("/v1/stats", params={"hours": 24}).json()
+    n = sum(h["inspections"] for h in s["hourly"])
+    passes = sum(h["passes"] for h in s["hourly"])
+    expect(page.locator("#k-yield")).to_have_text(_pct(100 * passes / n, 2))
+    expect(page.locator("#k-yield-detail")).to_contain_text(f"{_num(passes)} of {_num(n)} passed")
+    q = s["quality"]
+    expect(page.locator("#fr-rate")).to_have_text(_pct(100 * q["false_reject_rate"]))
+    expect(page.locator("#fr-detail")).to_contain_text(
+        f"{q['false_rejects']} of {q['reviewed_fails']} reviewed fails")
+    expect(page.locator("#escape-rate")).to_have_text(_pct(100 * q["escape_rate"]))
+    expect(page.locator("#escape-detail")).to_contain_text(
+        f"{q['escapes']} of {q['reviewed_passes']} reviewed passes")
+    # the Pareto: every class by its full name, most first, with its count
+    expect(page.locator(".pareto-label")).to_have_text([c["label"] for c in s["pareto"]])
+    expect(page.locator(".pareto-count")).to_have_text([_num(c["parts"]) for c in s["pareto"]])
+    expect(page.locator(".pareto-cum").last).to_have_text("100.0%")
+    # the trend: a bar pair per hour, the fails over each, axes with values, the model swap
+    expect(page.locator("#trend rect.bar-fail")).to_have_count(len(s["hourly"]))
+    expect(page.locator("#trend .fails-value")).to_have_text([_num(h["fails"]) for h in s["hourly"]])
+    assert page.locator("#trend .axis text").count() >= 12
+    expect(page.locator("#trend .marker text").first).to_have_text("▼ deeppcb 1 → 1-int8")
+    rows = page.locator("#trend-table tbody tr")
+    expect(rows).to_have_count(len(s["hourly"]))
+    expect(page.locator("#stations tbody tr")).to_have_count(len(s["stations"]))
+    top = next(st for st in s["stations"] if st["camera_id"] == "line1-top" and st["recipe"] == "deeppcb")
+    expect(page.locator("#stations tbody tr", has_text="line1-top").first).to_contain_text(
+        f"{_num(top['inspections'])}{_num(top['passes'])}{_num(top['fails'])}{_yield(top)}")
+    alice = next(r for r in s["reviewers"] if r["reviewer"] == "alice")
+    expect(page.locator("#reviewers tbody tr", has_text="alice")).to_contain_text(_num(alice["reviews"]))
+    _shot(page, "dashboard.png", tmp_path, full=True)
 
-        # narrowed to a camera, per shift: the figures follow, and so does the CSV link
-        page.select_option("select[name=camera_id]", "line1-bottom")
-        page.select_option("select[name=per]", "shifts")
-        with shift.client("reviewer") as c:
-            b = c.get("/v1/stats", params={"hours": 24, "camera_id": "line1-bottom"}).json()
-        expect(page.locator("#trend-title")).to_have_text("Yield and fails per shift")
-        expect(page.locator("#trend .fails-value")).to_have_text([_num(h["fails"]) for h in b["shifts"]])
-        expect(page.locator("#f-trend a.csv")).to_have_attribute(
-            "href", re.compile(r"table=shifts.*camera_id=line1-bottom|camera_id=line1-bottom.*table=shifts"))
-        href = page.locator("#f-trend a.csv").get_attribute("href")
-        with shift.client("reviewer") as c:
-            csv_lines = c.get(href).text.strip().split("\r\n")
-        assert [ln.split(",")[5] for ln in csv_lines[1:]] == [str(h["fails"]) for h in b["shifts"]]
+    # narrowed to a camera, per shift: the figures follow, and so does the CSV link
+    page.select_option("select[name=camera_id]", "line1-bottom")
+    page.select_option("select[name=per]", "shifts")
+    with shift.client("reviewer") as c:
+        b = c.get("/v1/stats", params={"hours": 24, "camera_id": "line1-bottom"}).json()
+    expect(page.locator("#trend-title")).to_have_text("Yield and fails per shift")
+    expect(page.locator("#trend .fails-value")).to_have_text([_num(h["fails"]) for h in b["shifts"]])
+    expect(page.locator("#f-trend a.csv")).to_have_attribute(
+        "href", re.compile(r"table=shifts.*camera_id=line1-bottom|camera_id=line1-bottom.*table=shifts"))
+    href = page.locator("#f-trend a.csv").get_attribute("href")
+    with shift.client("reviewer") as c:
+        csv_lines = c.get(href).text.strip().split("\r\n")
+    assert [ln.split(",")[5] for ln in csv_lines[1:]] == [str(h["fails"]) for h in b["shifts"]]
 
-        # a slow answer for an earlier choice is dropped, not drawn over the later one (a
-        # late "7 days" drew 169 bars under "8 h"; QA review, session 32)
-        page.select_option("select[name=per]", "hourly")
-        expect(page.locator("#trend-title")).not_to_have_text("Yield and fails per shift")
-        with shift.client("reviewer") as c:
-            h8 = c.get("/v1/stats", params={"hours": 8, "camera_id": "line1-bottom"}).json()
-        held: list[Any] = []
-        page.route(re.compile(r".*/v1/stats\?.*hours=168.*"), lambda r: held.append(r))
-        with page.expect_request(re.compile(r".*/v1/stats\?.*hours=168.*")):
-            page.select_option("select[name=hours]", "168")
-        deadline = time.monotonic() + 30  # its route handler runs as Playwright dispatches
-        while not held:  # events (was 200 x 25 ms: 5 s, short on a loaded host)
-            assert time.monotonic() < deadline, "the 7 days' stats were never asked for"
-            page.wait_for_timeout(25)
-        page.select_option("select[name=hours]", "8")
-        expect(page.locator("#trend rect.bar-fail")).to_have_count(len(h8["hourly"]))
-        with page.expect_response(re.compile(r"hours=168")) as late:
-            held[0].continue_()
-        late.value.finished()  # its body is in (the response's headers alone came sooner)
-        page.evaluate("() => new Promise((r) => setTimeout(r, 200))")  # its handler has run
-        expect(page.locator("#trend rect.bar-fail")).to_have_count(len(h8["hourly"]))
-        assert "hours=8" in (page.locator("#f-trend a.csv").get_attribute("href") or "")
-        page.unroute(re.compile(r".*/v1/stats\?.*hours=168.*"))
+    # a slow answer for an earlier choice is dropped, not drawn over the later one (a
+    # late "7 days" drew 169 bars under "8 h"; QA review, session 32)
+    page.select_option("select[name=per]", "hourly")
+    expect(page.locator("#trend-title")).not_to_have_text("Yield and fails per shift")
+    with shift.client("reviewer") as c:
+        h8 = c.get("/v1/stats", params={"hours": 8, "camera_id": "line1-bottom"}).json()
+    held: list[Any] = []
+    page.route(re.compile(r".*/v1/stats\?.*hours=168.*"), lambda r: held.append(r))
+    with page.expect_request(re.compile(r".*/v1/stats\?.*hours=168.*")):
+        page.select_option("select[name=hours]", "168")
+    deadline = time.monotonic() + 30  # its route handler runs as Playwright dispatches
+    while not held:  # events (was 200 x 25 ms: 5 s, short on a loaded host)
+        assert time.monotonic() < deadline, "the 7 days' stats were never asked for"
+        page.wait_for_timeout(25)
+    page.select_option("select[name=hours]", "8")
+    expect(page.locator("#trend rect.bar-fail")).to_have_count(len(h8["hourly"]))
+    with page.expect_response(re.compile(r"hours=168")) as late:
+        held[0].continue_()
+    late.value.finished()  # its body is in (the response's headers alone came sooner)
+    page.evaluate("() => new Promise((r) => setTimeout(r, 200))")  # its handler has run
+    expect(page.locator("#trend rect.bar-fail")).to_have_count(len(h8["hourly"]))
+    assert "hours=8" in (page.locator("#f-trend a.csv").get_attribute("href") or "")
+    page.unroute(re.compile(r".*/v1/stats\?.*hours=168.*"))
 
-        tablet = _context(browser, 820, 1180).new_page()  # a tablet, upright
-        _sign_in(tablet, shift.url + "/dashboard")
-        expect(tablet.locator(".pareto-label")).to_have_count(len(s["pareto"]))
-        assert tablet.evaluate("document.documentElement.scrollWidth") <= 820  # nothing off the side
-        _shot(tablet, "dashboard-tablet.png", tmp_path)
-        browser.close()
+    tablet = _context(browser, 820, 1180).new_page()  # a tablet, upright
+    _sign_in(tablet, shift.url + "/dashboard")
+    expect(tablet.locator(".pareto-label")).to_have_count(len(s["pareto"]))
+    assert tablet.evaluate("document.documentElement.scrollWidth") <= 820  # nothing off the side
+    _shot(tablet, "dashboard-tablet.png", tmp_path)
+    close_contexts(browser)
     assert errors == []
 
 
@@ -547,104 +535,102 @@ def _focused_visibly(page: Any) -> bool:
         return e.matches(':focus-visible') && getComputedStyle(e).outlineStyle === 'solid'; }""")
 
 
-def test_keyboard_only_review_pass(shift: Running, tmp_path: Path) -> None:
+def test_keyboard_only_review_pass(browser: Any, shift: Running, tmp_path: Path) -> None:
     """Sign in, review, draw a missed defect and confirm a page, with the keyboard alone."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     store = shift.app.state.store
-    with sync_playwright() as p:
-        browser = _browser(p)
-        page = _context(browser).new_page()
-        page.goto(shift.url + "/review")
-        expect(page.locator("#key")).to_be_focused()  # the key field has the focus
-        page.keyboard.type("reviewer-secret")
-        page.keyboard.press("Enter")
-        expect(page.locator(".card")).to_have_count(24)
-        queue = page.locator("#queues button[data-queue=unreviewed_fails]")
-        expect(queue).to_have_attribute("aria-pressed", "true")
-        with shift.client("reviewer") as c:
-            todo = c.get("/v1/inspections", params={"verdict": "fail",
-                                                    "review_state": "unreviewed"}).json()["total"]
-        expect(queue).to_have_text(f"Unreviewed fails ({_num(todo)})")
-        expect(page.locator("#reviewers")).to_have_text(reviews_this_shift(shift))
-        # a card's boxes carry their class and score as text over the image
-        label = page.locator(".card").first.locator(".bx span").first
-        expect(label).to_have_text(re.compile(r"^[a-z-]+ 0\.\d\d$"))
+    page = _context(browser).new_page()
+    page.goto(shift.url + "/review")
+    expect(page.locator("#key")).to_be_focused()  # the key field has the focus
+    page.keyboard.type("reviewer-secret")
+    page.keyboard.press("Enter")
+    expect(page.locator(".card")).to_have_count(24)
+    queue = page.locator("#queues button[data-queue=unreviewed_fails]")
+    expect(queue).to_have_attribute("aria-pressed", "true")
+    with shift.client("reviewer") as c:
+        todo = c.get("/v1/inspections", params={"verdict": "fail",
+                                                "review_state": "unreviewed"}).json()["total"]
+    expect(queue).to_have_text(f"Unreviewed fails ({_num(todo)})")
+    expect(page.locator("#reviewers")).to_have_text(reviews_this_shift(shift))
+    # a card's boxes carry their class and score as text over the image
+    label = page.locator(".card").first.locator(".bx span").first
+    expect(label).to_have_text(re.compile(r"^[a-z-]+ 0\.\d\d$"))
 
-        page.keyboard.press("j")
-        assert _focused_visibly(page)
-        expect(page.locator(".card").nth(1)).to_be_focused()
-        page.keyboard.press("Enter")
-        expect(page.locator("#detail")).to_be_visible()
-        first = page.locator("#d-title").inner_text().split()[-1]
-        page.keyboard.press("c")
-        expect(page.locator("#d-status")).to_have_text("saved: confirm")
-        boxes = page.locator("#boxes .bx").count()
-        page.keyboard.press("3")  # class 3: mousebite
-        page.keyboard.press("d")  # the box by keys: the form has the focus
-        expect(page.locator("#draw-form")).to_be_visible()
-        for name, value in (("x1", "100"), ("y1", "120"), ("x2", "150"), ("y2", "170")):
-            expect(page.locator(f"#draw-form input[name={name}]")).to_be_focused()
-            page.keyboard.press("Control+a")
-            page.keyboard.type(value)
-            page.keyboard.press("Tab")
-        page.keyboard.press("Enter")  # on "Save box"
-        expect(page.locator("#d-status")).to_have_text("saved: missed_defect")
-        expect(page.locator("#boxes .bx")).to_have_count(boxes + 1)
-        expect(page.locator("#boxes .bx span").last).to_have_text("mousebite")
-        _shot(page, "review-detail.png", tmp_path)
-        page.keyboard.press("j")
-        expect(page.locator("#d-title")).not_to_contain_text(first)
-        second = page.locator("#d-title").inner_text().split()[-1]
-        page.keyboard.press("f")
-        expect(page.locator("#d-status")).to_have_text("saved: false_reject")
-        page.keyboard.press("Escape")
-        expect(page.locator("#grid")).to_be_visible()
-        # the list as it is now: the grid shows its old page at once (the two just reviewed
-        # still on it, unreviewed in the page's items) until the reload answers, and a
-        # Shift+C before that confirmed those two again (2 conflicts, "confirmed 22")
-        expect(page.locator("#count")).to_have_text(f"1–24 of {_num(todo - 2)}")
-        expect(queue).to_have_text(f"Unreviewed fails ({_num(todo - 2)})")
-        _shot(page, "review.png", tmp_path)
+    page.keyboard.press("j")
+    assert _focused_visibly(page)
+    expect(page.locator(".card").nth(1)).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#detail")).to_be_visible()
+    first = page.locator("#d-title").inner_text().split()[-1]
+    page.keyboard.press("c")
+    expect(page.locator("#d-status")).to_have_text("saved: confirm")
+    boxes = page.locator("#boxes .bx").count()
+    page.keyboard.press("3")  # class 3: mousebite
+    page.keyboard.press("d")  # the box by keys: the form has the focus
+    expect(page.locator("#draw-form")).to_be_visible()
+    for name, value in (("x1", "100"), ("y1", "120"), ("x2", "150"), ("y2", "170")):
+        expect(page.locator(f"#draw-form input[name={name}]")).to_be_focused()
+        page.keyboard.press("Control+a")
+        page.keyboard.type(value)
+        page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # on "Save box"
+    expect(page.locator("#d-status")).to_have_text("saved: missed_defect")
+    expect(page.locator("#boxes .bx")).to_have_count(boxes + 1)
+    expect(page.locator("#boxes .bx span").last).to_have_text("mousebite")
+    _shot(page, "review-detail.png", tmp_path)
+    page.keyboard.press("j")
+    expect(page.locator("#d-title")).not_to_contain_text(first)
+    second = page.locator("#d-title").inner_text().split()[-1]
+    page.keyboard.press("f")
+    expect(page.locator("#d-status")).to_have_text("saved: false_reject")
+    page.keyboard.press("Escape")
+    expect(page.locator("#grid")).to_be_visible()
+    # the list as it is now: the grid shows its old page at once (the two just reviewed
+    # still on it, unreviewed in the page's items) until the reload answers, and a
+    # Shift+C before that confirmed those two again (2 conflicts, "confirmed 22")
+    expect(page.locator("#count")).to_have_text(f"1–24 of {_num(todo - 2)}")
+    expect(queue).to_have_text(f"Unreviewed fails ({_num(todo - 2)})")
+    _shot(page, "review.png", tmp_path)
 
-        page.keyboard.press("Shift+C")  # confirm every unreviewed inspection on the page
-        expect(page.locator("#confirm-all")).to_be_visible()
-        expect(page.locator("#ca-yes")).to_be_focused()
-        # the queue holds unreviewed fails: the two reviewed ones left it, the page refilled
-        expect(page.locator("#ca-text")).to_contain_text(
-            "24 unreviewed inspection(s) on this page (24 fail, 0 pass)")
-        page.keyboard.press("Enter")
-        expect(page.locator("#count")).to_contain_text("confirmed 24")
-        expect(queue).to_have_text(f"Unreviewed fails ({_num(todo - 2 - 24)})")
+    page.keyboard.press("Shift+C")  # confirm every unreviewed inspection on the page
+    expect(page.locator("#confirm-all")).to_be_visible()
+    expect(page.locator("#ca-yes")).to_be_focused()
+    # the queue holds unreviewed fails: the two reviewed ones left it, the page refilled
+    expect(page.locator("#ca-text")).to_contain_text(
+        "24 unreviewed inspection(s) on this page (24 fail, 0 pass)")
+    page.keyboard.press("Enter")
+    expect(page.locator("#count")).to_contain_text("confirmed 24")
+    expect(queue).to_have_text(f"Unreviewed fails ({_num(todo - 2 - 24)})")
 
-        # the lifecycle's queues, as the server reports them (GET /v1/queues), are filters too
-        expect(page.locator("#queues button")).to_have_text(
-            [re.compile(r"^Unreviewed fails"), re.compile(r"^Shadow disagreements \(\d+\)$"),
-             re.compile(r"^To label \(\d+\)$")])
-        for _ in range(30):
-            page.keyboard.press("Shift+Tab")
-            if page.evaluate("document.activeElement.dataset.queue") == "to_label":
-                break
-        page.keyboard.press("Enter")
-        with shift.client("reviewer") as c:
-            to_label = c.get("/v1/inspections", params={"queue": "to_label",
-                                                        "review_state": "unreviewed"}).json()["total"]
-        expect(page.locator("#queues button[data-queue=to_label]")).to_have_attribute("aria-pressed", "true")
-        # the queue's own list: a count of 24 was met by the page of fails shown before it
-        expect(page.locator("#count")).to_have_text(
-            f"1–{min(24, to_label)} of {_num(to_label)}" if to_label else "nothing to review here")
-        expect(page.locator(".card")).to_have_count(min(24, to_label))
+    # the lifecycle's queues, as the server reports them (GET /v1/queues), are filters too
+    expect(page.locator("#queues button")).to_have_text(
+        [re.compile(r"^Unreviewed fails"), re.compile(r"^Shadow disagreements \(\d+\)$"),
+         re.compile(r"^To label \(\d+\)$")])
+    for _ in range(30):
         page.keyboard.press("Shift+Tab")
-        for _ in range(30):  # the views are buttons in the tab order, before the grid
-            page.keyboard.press("Shift+Tab")
-            if page.evaluate("document.activeElement.id") == "tab-audit":
-                break
-        assert _focused_visibly(page)
-        page.keyboard.press("Enter")
-        expect(page.locator("#audit-table tbody tr")).to_have_count(25)
-        expect(page.locator("#audit-table tbody tr").first).to_contain_text("reviewer")
-        expect(page.locator("#a-count")).to_contain_text("1–25 of")
-        browser.close()
+        if page.evaluate("document.activeElement.dataset.queue") == "to_label":
+            break
+    page.keyboard.press("Enter")
+    with shift.client("reviewer") as c:
+        to_label = c.get("/v1/inspections", params={"queue": "to_label",
+                                                    "review_state": "unreviewed"}).json()["total"]
+    expect(page.locator("#queues button[data-queue=to_label]")).to_have_attribute("aria-pressed", "true")
+    # the queue's own list: a count of 24 was met by the page of fails shown before it
+    expect(page.locator("#count")).to_have_text(
+        f"1–{min(24, to_label)} of {_num(to_label)}" if to_label else "nothing to review here")
+    expect(page.locator(".card")).to_have_count(min(24, to_label))
+    page.keyboard.press("Shift+Tab")
+    for _ in range(30):  # the views are buttons in the tab order, before the grid
+        page.keyboard.press("Shift+Tab")
+        if page.evaluate("document.activeElement.id") == "tab-audit":
+            break
+    assert _focused_visibly(page)
+    page.keyboard.press("Enter")
+    expect(page.locator("#audit-table tbody tr")).to_have_count(25)
+    expect(page.locator("#audit-table tbody tr").first).to_contain_text("reviewer")
+    expect(page.locator("#a-count")).to_contain_text("1–25 of")
+    close_contexts(browser)
 
     rows = {r.id[:8]: r for r in store.query(review_state="reviewed", limit=100)[1]}
     assert [r.action for r in rows[first].reviews] == ["confirm", "missed_defect"]
@@ -654,40 +640,38 @@ def test_keyboard_only_review_pass(shift: Running, tmp_path: Path) -> None:
     assert rows[second].reviews[-1].boxes == []
 
 
-def test_two_reviewers_on_one_inspection(shift: Running, tmp_path: Path) -> None:
+def test_two_reviewers_on_one_inspection(browser: Any, shift: Running, tmp_path: Path) -> None:
     """The later save sees the earlier one: a 409, the newer review shown, nothing lost."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     store = shift.app.state.store
-    with sync_playwright() as p:
-        browser = _browser(p)
-        pages = []
-        for key in ("reviewer-secret", "admin-secret"):
-            page = _context(browser).new_page()
-            _sign_in(page, shift.url + "/review", key)
-            expect(page.locator(".card")).to_have_count(24)
-            page.keyboard.press("Enter")  # both open the newest unreviewed fail
-            expect(page.locator("#detail")).to_be_visible()
-            pages.append(page)
-        first, second = pages
-        iid = first.locator("#d-title").inner_text().split()[-1]
-        expect(second.locator("#d-title")).to_contain_text(iid)
-        first.keyboard.press("c")
-        expect(first.locator("#d-status")).to_have_text("saved: confirm")
-        second.keyboard.press("f")  # saw no review: refused, and shown what happened
-        expect(second.locator("#d-status")).to_contain_text("not saved")
-        expect(second.locator("#d-status")).to_contain_text("confirm by reviewer")
-        expect(second.locator("#d-status")).to_have_class(re.compile("conflict"))
-        expect(second.locator("#d-reviews li")).to_have_count(1)
-        expect(second.locator("#d-reviews li")).to_contain_text("reviewer: confirm")
-        _shot(second, "review-conflict.png", tmp_path)
-        with Session(store.engine) as s:
-            full_id = s.query(InspectionRow.id).filter(InspectionRow.id.startswith(iid)).one()[0]
-        row = store.get(full_id)
-        assert [(r.action, r.reviewer) for r in row.reviews] == [("confirm", "reviewer")]
-        second.keyboard.press("f")  # now it has seen it: a deliberate second opinion
-        expect(second.locator("#d-status")).to_have_text("saved: false_reject")
-        browser.close()
+    pages = []
+    for key in ("reviewer-secret", "admin-secret"):
+        page = _context(browser).new_page()
+        _sign_in(page, shift.url + "/review", key)
+        expect(page.locator(".card")).to_have_count(24)
+        page.keyboard.press("Enter")  # both open the newest unreviewed fail
+        expect(page.locator("#detail")).to_be_visible()
+        pages.append(page)
+    first, second = pages
+    iid = first.locator("#d-title").inner_text().split()[-1]
+    expect(second.locator("#d-title")).to_contain_text(iid)
+    first.keyboard.press("c")
+    expect(first.locator("#d-status")).to_have_text("saved: confirm")
+    second.keyboard.press("f")  # saw no review: refused, and shown what happened
+    expect(second.locator("#d-status")).to_contain_text("not saved")
+    expect(second.locator("#d-status")).to_contain_text("confirm by reviewer")
+    expect(second.locator("#d-status")).to_have_class(re.compile("conflict"))
+    expect(second.locator("#d-reviews li")).to_have_count(1)
+    expect(second.locator("#d-reviews li")).to_contain_text("reviewer: confirm")
+    _shot(second, "review-conflict.png", tmp_path)
+    with Session(store.engine) as s:
+        full_id = s.query(InspectionRow.id).filter(InspectionRow.id.startswith(iid)).one()[0]
+    row = store.get(full_id)
+    assert [(r.action, r.reviewer) for r in row.reviews] == [("confirm", "reviewer")]
+    second.keyboard.press("f")  # now it has seen it: a deliberate second opinion
+    expect(second.locator("#d-status")).to_have_text("saved: false_reject")
+    close_contexts(browser)
     row = store.get(row.id)
     assert [(r.action, r.reviewer) for r in row.reviews] == [("confirm", "reviewer"),
                                                              ("false_reject", "admin")]
@@ -725,24 +709,23 @@ def test_figures_and_review_conflicts_on_both_databases(database_url: str | None
         assert [r.reviewer for r in store.get(fail.id).reviews] == ["alice"]
 
 
-def test_status_home_shows_a_fail_rate_alarm(tmp_path: Path) -> None:
+def test_status_home_shows_a_fail_rate_alarm(browser: Any, tmp_path: Path) -> None:
     """Good boards teach the usual rate, defective ones raise the alarm: the status page
     says so, as text, and stops saying so once good boards bring the rate back."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     running, stop = start_server(keyed(models=TWO_VERSIONS[:1], lifecycle={"fail_rate_alarm": {
         "baseline_inspections": 4, "window": 4, "max_fail_rate_increase": 0.3}}))
     good = sorted((SAMPLE / "images").rglob("*_temp.jpg"))[:8]
     bad = sorted((SAMPLE / "images").rglob("*_test.jpg"))[:2]
     try:
-        with running.client("line") as c, sync_playwright() as p:
+        with running.client("line") as c:
             def send(files: list[Path]) -> None:
                 for f in files:
                     r = c.post("/v1/inspect", content=f.read_bytes(),
                                headers={"content-type": "image/jpeg"})
                     assert r.status_code == 200, r.text
 
-            browser = _browser(p)
             page = _context(browser).new_page()
             page.clock.install()  # runs on, but can jump to the page's next refresh
             _sign_in(page, running.url + "/")
@@ -760,6 +743,6 @@ def test_status_home_shows_a_fail_rate_alarm(tmp_path: Path) -> None:
             send(good[4:8])
             page.clock.fast_forward(5000)  # the page refreshes every 5 s (home.js REFRESH_MS)
             expect(alarm).to_be_hidden(timeout=10_000)
-            browser.close()
+            close_contexts(browser)
     finally:
         stop()

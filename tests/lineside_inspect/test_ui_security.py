@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import time
 import types
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -17,13 +17,12 @@ import pytest
 
 from lineside_inspect.config import CameraConfig
 
+from .conftest import CHROMIUM, close_contexts
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
 UI = ROOT / "inspect" / "lineside_inspect" / "ui"
 TWO_VERSIONS = [str(ROOT / "models" / "deeppcb" / "1"), str(ROOT / "models" / "deeppcb" / "1-int8")]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
                                     "(make test installs it)")
 
@@ -72,8 +71,8 @@ def _token(resp: httpx.Response) -> str:
 
 
 @needs_chromium
-def test_stored_xss_payload_shows_as_text_and_runs_nothing(launch, image_bytes: bytes) -> None:
-    from playwright.sync_api import expect, sync_playwright
+def test_stored_xss_payload_shows_as_text_and_runs_nothing(browser: Any, launch, image_bytes: bytes) -> None:
+    from playwright.sync_api import expect
 
     srv = launch(store_pass_rate=1.0, models=TWO_VERSIONS)
     active = _active(srv)
@@ -91,39 +90,37 @@ def test_stored_xss_payload_shows_as_text_and_runs_nothing(launch, image_bytes: 
         assert row is not None
         row.camera_id = CAMERA_XSS
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        sent: list[tuple[str, str]] = []
-        page.on("request", lambda r: sent.append((r.method, r.url)))
-        violations: list[str] = []
-        page.on("console", lambda m: violations.append(m.text) if "Content Security" in m.text else None)
-        first = page.goto(srv.url + "/review")
-        assert first is not None
-        assert all(d in first.headers["content-security-policy"] for d in CSP_DIRECTIVES)
-        page.fill("#key", "admin-secret")
-        page.click("button[type=submit]")
-        expect(page.locator(".card")).to_have_count(1)
-        expect(page.locator(".card .where")).to_contain_text(CAMERA_XSS)  # as text, verbatim
-        page.keyboard.press("Enter")
-        expect(page.locator("#d-meta")).to_contain_text(f"part {PART_XSS}")
-        page.keyboard.press("Escape")
-        page.click("#tab-dash")
-        expect(page.locator("#fr-rate")).to_be_visible()
-        # its figures drawn (the check below ran on the bare page before /v1/stats answered)
-        expect(page.locator("#stations")).to_contain_text(CAMERA_XSS)  # as text there too
-        # no element was made from the payloads
-        assert page.locator("#grid img[src='x'], svg[onload], main script").count() == 0
-        # and the CSP would stop an inline handler even if markup got in some other way
-        page.evaluate("""() => { const i = document.createElement('img');
-            i.setAttribute('onerror', 'window.ran = 1'); i.src = '/y'; document.body.append(i); }""")
-        for _ in range(200):  # the violation is said when the handler would run (a fixed
-            if any("inline event handler" in v for v in violations):  # 300 ms on a busy host)
-                break
-            page.wait_for_timeout(50)
-        assert page.evaluate("window.ran") is None
-        assert any("inline event handler" in v for v in violations), violations
-        browser.close()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    sent: list[tuple[str, str]] = []
+    page.on("request", lambda r: sent.append((r.method, r.url)))
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security" in m.text else None)
+    first = page.goto(srv.url + "/review")
+    assert first is not None
+    assert all(d in first.headers["content-security-policy"] for d in CSP_DIRECTIVES)
+    page.fill("#key", "admin-secret")
+    page.click("button[type=submit]")
+    expect(page.locator(".card")).to_have_count(1)
+    expect(page.locator(".card .where")).to_contain_text(CAMERA_XSS)  # as text, verbatim
+    page.keyboard.press("Enter")
+    expect(page.locator("#d-meta")).to_contain_text(f"part {PART_XSS}")
+    page.keyboard.press("Escape")
+    page.click("#tab-dash")
+    expect(page.locator("#fr-rate")).to_be_visible()
+    # its figures drawn (the check below ran on the bare page before /v1/stats answered)
+    expect(page.locator("#stations")).to_contain_text(CAMERA_XSS)  # as text there too
+    # no element was made from the payloads
+    assert page.locator("#grid img[src='x'], svg[onload], main script").count() == 0
+    # and the CSP would stop an inline handler even if markup got in some other way
+    page.evaluate("""() => { const i = document.createElement('img');
+        i.setAttribute('onerror', 'window.ran = 1'); i.src = '/y'; document.body.append(i); }""")
+    for _ in range(200):  # the violation is said when the handler would run (a fixed
+        if any("inline event handler" in v for v in violations):  # 300 ms on a busy host)
+            break
+        page.wait_for_timeout(50)
+    assert page.evaluate("window.ran") is None
+    assert any("inline event handler" in v for v in violations), violations
+    close_contexts(browser)
 
     assert not [u for m, u in sent if "rollback" in u], sent
     assert not [u for m, u in sent if urlsplit(u).path == "/x"], sent  # the <img src=x> never loaded
@@ -370,30 +367,28 @@ def test_docs_are_served_from_the_server_itself(srv) -> None:
 
 
 @needs_chromium
-def test_docs_render_offline_under_the_csp(srv) -> None:
-    from playwright.sync_api import expect, sync_playwright
+def test_docs_render_offline_under_the_csp(browser: Any, srv) -> None:
+    from playwright.sync_api import expect
 
     outside: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page()
+    page = browser.new_page()
 
-        def only_loopback(route) -> None:  # the line PC is offline
-            if urlsplit(route.request.url).hostname == "127.0.0.1":
-                route.continue_()
-            else:
-                outside.append(route.request.url)
-                route.abort()
+    def only_loopback(route) -> None:  # the line PC is offline
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
 
-        page.route("**/*", only_loopback)
-        violations: list[str] = []
-        page.on("console", lambda m: violations.append(m.text) if "Content Security" in m.text else None)
-        page.goto(srv.url + "/docs")
-        expect(page.locator(".swagger-ui .info .title")).to_contain_text("Lineside")
-        expect(page.locator(".opblock").first).to_be_visible()
-        page.locator(".opblock-summary-path", has_text="/v1/inspect").first.click()  # expands
-        expect(page.locator(".opblock-body").first).to_be_visible()
-        browser.close()
+    page.route("**/*", only_loopback)
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security" in m.text else None)
+    page.goto(srv.url + "/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Lineside")
+    expect(page.locator(".opblock").first).to_be_visible()
+    page.locator(".opblock-summary-path", has_text="/v1/inspect").first.click()  # expands
+    expect(page.locator(".opblock-body").first).to_be_visible()
+    close_contexts(browser)
     assert outside == []
     assert violations == []
 
@@ -402,58 +397,56 @@ def test_docs_render_offline_under_the_csp(srv) -> None:
 
 
 @needs_chromium
-def test_status_page(launch) -> None:
-    from playwright.sync_api import expect, sync_playwright
+def test_status_page(browser: Any, launch) -> None:
+    from playwright.sync_api import expect
 
     cams = [CameraConfig(id="sim", source=str(SAMPLE), fps=10),
             CameraConfig(id="dead", source="/nonexistent/video.avi", open_timeout_s=0.5)]
     srv = launch(cameras=cams, models=TWO_VERSIONS)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page()
-        # the page's clock runs on, but can jump to its next 5 s refresh (waited out, it
-        # was most of this test's time)
-        page.clock.install()
-        first = page.goto(srv.url + "/")
-        assert first is not None and first.status == 200
-        assert all(d in first.headers["content-security-policy"] for d in CSP_DIRECTIVES)
-        page.fill("#key", "line-secret")
-        page.click("button[type=submit]")
-        expect(page.locator(".err")).to_contain_text("may not review")
-        page.goto(srv.url + "/")
-        page.fill("#key", "reviewer-secret")
-        page.click("button[type=submit]")
-        expect(page.locator("#models")).to_contain_text("deeppcb")
-        # (after it: the sign-in form was at / too, and met this before the form was sent)
-        expect(page).to_have_url(srv.url + "/")  # back to the status page, signed in
-        expect(page.locator("#models")).to_contain_text("1-int8")
-        expect(page.locator("#cameras tr", has_text="sim")).to_contain_text("online")
-        expect(page.locator("#cameras tr", has_text="dead")).to_contain_text("offline")
-        live = page.locator("#cameras tr", has_text="sim").locator("a")
-        assert live.get_attribute("href") == "/v1/cameras/sim/stream"
-        for href in ("/docs", "/review"):
-            expect(page.locator(f"a[href='{href}']")).to_have_count(1)
-        # the live view answers to the session cookie
-        cookie = next(c for c in page.context.cookies() if c["name"] == _cookie(srv))
-        with _session_client(srv, cookie["value"]) as c, \
-                c.stream("GET", "/v1/cameras/sim/stream", params={"fps": 10}) as s:
-            assert s.status_code == 200
-            assert s.headers["content-type"].startswith("multipart/x-mixed-replace")
-            assert b"\xff\xd8" in next(s.iter_bytes())
-        # a model loaded after the page was drawn gets its row at the next refresh
-        with srv.client("admin") as c:
-            r = c.post("/v1/models", json={"path": str(ROOT / "models" / "deeppcb-ref" / "1")})
-            assert r.status_code in (200, 201), r.text
-        row = page.locator("#models tr[data-model='deeppcb-ref']")
-        page.clock.fast_forward(5000)  # home.js REFRESH_MS: the next refresh, on its timer
-        expect(row).to_contain_text("needs a reference", timeout=15000)
-        expect(row.locator("[data-field=active]")).to_have_text("1")
-        expect(page.locator("#models tr[data-model]")).to_have_count(2)
-        page.click("text=Sign out")
-        expect(page.locator("#key")).to_be_visible()
-        page.goto(srv.url + "/")
-        expect(page.locator("#key")).to_be_visible()  # signed out for good
-        browser.close()
+    page = browser.new_page()
+    # the page's clock runs on, but can jump to its next 5 s refresh (waited out, it
+    # was most of this test's time)
+    page.clock.install()
+    first = page.goto(srv.url + "/")
+    assert first is not None and first.status == 200
+    assert all(d in first.headers["content-security-policy"] for d in CSP_DIRECTIVES)
+    page.fill("#key", "line-secret")
+    page.click("button[type=submit]")
+    expect(page.locator(".err")).to_contain_text("may not review")
+    page.goto(srv.url + "/")
+    page.fill("#key", "reviewer-secret")
+    page.click("button[type=submit]")
+    expect(page.locator("#models")).to_contain_text("deeppcb")
+    # (after it: the sign-in form was at / too, and met this before the form was sent)
+    expect(page).to_have_url(srv.url + "/")  # back to the status page, signed in
+    expect(page.locator("#models")).to_contain_text("1-int8")
+    expect(page.locator("#cameras tr", has_text="sim")).to_contain_text("online")
+    expect(page.locator("#cameras tr", has_text="dead")).to_contain_text("offline")
+    live = page.locator("#cameras tr", has_text="sim").locator("a")
+    assert live.get_attribute("href") == "/v1/cameras/sim/stream"
+    for href in ("/docs", "/review"):
+        expect(page.locator(f"a[href='{href}']")).to_have_count(1)
+    # the live view answers to the session cookie
+    cookie = next(c for c in page.context.cookies() if c["name"] == _cookie(srv))
+    with _session_client(srv, cookie["value"]) as c, \
+            c.stream("GET", "/v1/cameras/sim/stream", params={"fps": 10}) as s:
+        assert s.status_code == 200
+        assert s.headers["content-type"].startswith("multipart/x-mixed-replace")
+        assert b"\xff\xd8" in next(s.iter_bytes())
+    # a model loaded after the page was drawn gets its row at the next refresh
+    with srv.client("admin") as c:
+        r = c.post("/v1/models", json={"path": str(ROOT / "models" / "deeppcb-ref" / "1")})
+        assert r.status_code in (200, 201), r.text
+    row = page.locator("#models tr[data-model='deeppcb-ref']")
+    page.clock.fast_forward(5000)  # home.js REFRESH_MS: the next refresh, on its timer
+    expect(row).to_contain_text("needs a reference", timeout=15000)
+    expect(row.locator("[data-field=active]")).to_have_text("1")
+    expect(page.locator("#models tr[data-model]")).to_have_count(2)
+    page.click("text=Sign out")
+    expect(page.locator("#key")).to_be_visible()
+    page.goto(srv.url + "/")
+    expect(page.locator("#key")).to_be_visible()  # signed out for good
+    close_contexts(browser)
 
 
 def test_status_page_without_keys(launch) -> None:

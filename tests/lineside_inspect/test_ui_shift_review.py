@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from lineside_inspect.store.models import InspectionRow, labels_column
 
-from .conftest import Running, keyed, start_server
-from .test_ui_screens import CHROMIUM, _browser, _context, _sign_in
+from .conftest import Running, close_contexts, keyed, start_server
+from .test_ui_screens import CHROMIUM, _context, _sign_in
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 
@@ -60,12 +60,11 @@ def _states(box: Running, ids: list[str]) -> list[str]:
 NEXT_PAGE = re.compile(rf".*/v1/inspections\?.*offset={PAGE}\b.*")  # the second page's list
 
 
-def _first_page(p: Any, box: Running, total: int) -> tuple[Any, Any]:
+def _first_page(browser: Any, box: Running, total: int) -> tuple[Any, Any]:
     """A browser and its review page signed in on the first page of ``total`` parts, the
     first card focused."""
     from playwright.sync_api import expect
 
-    browser = _browser(p)
     page = _context(browser).new_page()
     _sign_in(page, box.url + "/review")
     expect(page.locator("#count")).to_have_text(f"1–{PAGE} of {total}")
@@ -73,68 +72,66 @@ def _first_page(p: Any, box: Running, total: int) -> tuple[Any, Any]:
     return browser, page
 
 
-def test_confirm_all_confirms_the_parts_its_dialog_counted(box: Running) -> None:
+def test_confirm_all_confirms_the_parts_its_dialog_counted(browser: Any, box: Running) -> None:
     """n, then Shift+C before the next page came: the dialog counted the page on screen,
     the next page answered while it was open, and Enter confirmed that page's 24 parts,
     which no one had seen."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     ids = _seed(box.app.state.store, 2 * PAGE + 6)
     held: list[Any] = []
-    with sync_playwright() as p:
-        browser, page = _first_page(p, box, 2 * PAGE + 6)
-        page.route(NEXT_PAGE, lambda route: held.append(route))
-        with page.expect_request(NEXT_PAGE):
-            page.keyboard.press("n")  # the next page, slow to come
-        page.keyboard.press("Shift+C")
-        expect(page.locator("#ca-text")).to_contain_text(f"the {PAGE} unreviewed inspection(s)")
-        held[0].continue_()  # it comes while the dialog is open
-        expect(page.locator("#count")).to_have_text(f"{PAGE + 1}–{2 * PAGE} of {2 * PAGE + 6}")
-        page.unroute(NEXT_PAGE)
-        page.keyboard.press("Enter")  # "Confirm them"
-        expect(page.locator("#count")).to_contain_text(f"confirmed {PAGE}")
-        browser.close()
+    browser, page = _first_page(browser, box, 2 * PAGE + 6)
+    page.route(NEXT_PAGE, lambda route: held.append(route))
+    with page.expect_request(NEXT_PAGE):
+        page.keyboard.press("n")  # the next page, slow to come
+    page.keyboard.press("Shift+C")
+    expect(page.locator("#ca-text")).to_contain_text(f"the {PAGE} unreviewed inspection(s)")
+    held[0].continue_()  # it comes while the dialog is open
+    expect(page.locator("#count")).to_have_text(f"{PAGE + 1}–{2 * PAGE} of {2 * PAGE + 6}")
+    page.unroute(NEXT_PAGE)
+    page.keyboard.press("Enter")  # "Confirm them"
+    expect(page.locator("#count")).to_contain_text(f"confirmed {PAGE}")
+    close_contexts(browser)
     assert _states(box, ids[:PAGE]) == ["confirmed"] * PAGE  # the page the dialog counted
     assert _states(box, ids[PAGE:2 * PAGE]) == ["unreviewed"] * PAGE  # not the one unseen
 
 
-def test_a_page_that_does_not_come_is_said_and_skips_nothing(box: Running) -> None:
+def test_a_page_that_does_not_come_is_said_and_skips_nothing(browser: Any, box: Running) -> None:
     """A list that failed to load (server restarting, network down) said nothing, and the
     pager had moved on: the next n went two pages on, 24 parts never shown. A part that
     failed to open the same: the next j skipped one."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     ids = _seed(box.app.state.store, 3 * PAGE)
-    with sync_playwright() as p:
-        browser, page = _first_page(p, box, 3 * PAGE)
-        page.route(NEXT_PAGE, lambda route: route.abort())
-        page.keyboard.press("n")
-        expect(page.locator("#count")).to_contain_text("could not load the list")
-        expect(page.locator(".card").first).to_have_attribute("data-id", ids[0])
-        page.unroute(NEXT_PAGE)
-        page.keyboard.press("n")  # again, now that it answers: the next page, not the one after
-        expect(page.locator("#count")).to_have_text(f"{PAGE + 1}–{2 * PAGE} of {3 * PAGE}")
-        expect(page.locator(".card").first).to_have_attribute("data-id", ids[PAGE])
+    browser, page = _first_page(browser, box, 3 * PAGE)
+    page.route(NEXT_PAGE, lambda route: route.abort())
+    page.keyboard.press("n")
+    expect(page.locator("#count")).to_contain_text("could not load the list")
+    expect(page.locator(".card").first).to_have_attribute("data-id", ids[0])
+    page.unroute(NEXT_PAGE)
+    page.keyboard.press("n")  # again, now that it answers: the next page, not the one after
+    expect(page.locator("#count")).to_have_text(f"{PAGE + 1}–{2 * PAGE} of {3 * PAGE}")
+    expect(page.locator(".card").first).to_have_attribute("data-id", ids[PAGE])
 
-        page.keyboard.press("Enter")
-        expect(page.locator("#d-title")).to_contain_text(ids[PAGE][:8])
-        second = re.compile(rf".*/v1/inspections/{ids[PAGE + 1]}$")
-        page.route(second, lambda route: route.abort())
-        page.keyboard.press("j")
-        expect(page.locator("#d-status")).to_contain_text(f"could not open {ids[PAGE + 1][:8]}")
-        expect(page.locator("#d-title")).to_contain_text(ids[PAGE][:8])
-        page.unroute(second)
-        page.keyboard.press("j")
-        expect(page.locator("#d-title")).to_contain_text(ids[PAGE + 1][:8])
-        browser.close()
+    page.keyboard.press("Enter")
+    expect(page.locator("#d-title")).to_contain_text(ids[PAGE][:8])
+    second = re.compile(rf".*/v1/inspections/{ids[PAGE + 1]}$")
+    page.route(second, lambda route: route.abort())
+    page.keyboard.press("j")
+    expect(page.locator("#d-status")).to_contain_text(f"could not open {ids[PAGE + 1][:8]}")
+    expect(page.locator("#d-title")).to_contain_text(ids[PAGE][:8])
+    page.unroute(second)
+    page.keyboard.press("j")
+    expect(page.locator("#d-title")).to_contain_text(ids[PAGE + 1][:8])
+    close_contexts(browser)
 
 
-def test_a_page_of_rows_that_do_not_read_is_said_and_paged_past(box: Running) -> None:
+def test_a_page_of_rows_that_do_not_read_is_said_and_paged_past(browser: Any, box: Running) -> None:
     """A page past the first whose stored rows all do not read (text that is not JSON: a
     hand edit, a foreign writer) comes as no items and left_out 24: the page read it as
     one emptied by confirms and jumped to the last page, past every part between. It
     says so and pages on by 24; a page missing one says that one (review, session 40)."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
     from sqlalchemy import text
 
     ids = _seed(box.app.state.store, 3 * PAGE)
@@ -143,80 +140,75 @@ def test_a_page_of_rows_that_do_not_read_is_said_and_paged_past(box: Running) ->
         for iid in unreadable:
             db.execute(text("UPDATE inspections SET defects = '[{not json' WHERE id = :i"),
                        {"i": iid})
-    with sync_playwright() as p:
-        browser, page = _first_page(p, box, 3 * PAGE)
-        page.keyboard.press("n")
-        expect(page.locator("#count")).to_have_text(
-            f"{PAGE + 1}–{2 * PAGE} of {3 * PAGE} · {PAGE} inspections on this page could not be read")
-        expect(page.locator(".card")).to_have_count(0)
-        page.keyboard.press("n")
-        expect(page.locator("#count")).to_have_text(
-            f"{2 * PAGE + 1}–{3 * PAGE} of {3 * PAGE} · 1 inspection on this page could not be read")
-        expect(page.locator(".card")).to_have_count(PAGE - 1)
-        expect(page.locator(".card").first).to_have_attribute("data-id", ids[2 * PAGE])
-        page.keyboard.press("p")
-        expect(page.locator("#count")).to_contain_text(f"{PAGE + 1}–{2 * PAGE} of")
-        browser.close()
+    browser, page = _first_page(browser, box, 3 * PAGE)
+    page.keyboard.press("n")
+    expect(page.locator("#count")).to_have_text(
+        f"{PAGE + 1}–{2 * PAGE} of {3 * PAGE} · {PAGE} inspections on this page could not be read")
+    expect(page.locator(".card")).to_have_count(0)
+    page.keyboard.press("n")
+    expect(page.locator("#count")).to_have_text(
+        f"{2 * PAGE + 1}–{3 * PAGE} of {3 * PAGE} · 1 inspection on this page could not be read")
+    expect(page.locator(".card")).to_have_count(PAGE - 1)
+    expect(page.locator(".card").first).to_have_attribute("data-id", ids[2 * PAGE])
+    page.keyboard.press("p")
+    expect(page.locator("#count")).to_contain_text(f"{PAGE + 1}–{2 * PAGE} of")
+    close_contexts(browser)
 
 
-def test_the_filters_and_page_outlive_a_session_that_expired(box: Running) -> None:
+def test_the_filters_and_page_outlive_a_session_that_expired(browser: Any, box: Running) -> None:
     """A session that expired (or a server restarted) reloads the page to sign in again:
     the reviewer came back to the first page of the default filter, mid-shift."""
     from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     ids = _seed(box.app.state.store, 3 * PAGE, label="scratch")
-    with sync_playwright() as p:
-        browser = _browser(p)
-        context = _context(browser)
-        page = context.new_page()
-        _sign_in(page, box.url + "/review")
-        expect(page.locator("#count")).to_have_text(f"1–{PAGE} of {3 * PAGE}")
-        page.select_option("#filters select[name=verdict]", "")
-        page.fill("#filters input[name=camera_id]", "cam1")
-        page.locator("#filters button[type=submit]").click()
-        expect(page.locator("#count")).to_have_text(f"1–{PAGE} of {3 * PAGE}")
-        page.locator(".card").first.focus()
-        page.keyboard.press("n")
-        expect(page.locator(".card").first).to_have_attribute("data-id", ids[PAGE])
-        context.clear_cookies()  # the session is gone: the next call reloads to sign in
-        try:
-            page.reload()
-        except PlaywrightError as exc:
-            # a call still in flight answered 401 and the page reloaded itself, which
-            # aborts this reload (a fresh-clone failure, session 44): the sign-in shows
-            assert "ERR_ABORTED" in exc.message or "detached" in exc.message, exc.message
-        _sign_in(page, box.url + "/review")
-        expect(page.locator("#count")).to_have_text(f"{PAGE + 1}–{2 * PAGE} of {3 * PAGE}")
-        expect(page.locator(".card").first).to_have_attribute("data-id", ids[PAGE])
-        assert page.locator("#filters select[name=verdict]").input_value() == ""
-        assert page.locator("#filters input[name=camera_id]").input_value() == "cam1"
-        browser.close()
+    context = _context(browser)
+    page = context.new_page()
+    _sign_in(page, box.url + "/review")
+    expect(page.locator("#count")).to_have_text(f"1–{PAGE} of {3 * PAGE}")
+    page.select_option("#filters select[name=verdict]", "")
+    page.fill("#filters input[name=camera_id]", "cam1")
+    page.locator("#filters button[type=submit]").click()
+    expect(page.locator("#count")).to_have_text(f"1–{PAGE} of {3 * PAGE}")
+    page.locator(".card").first.focus()
+    page.keyboard.press("n")
+    expect(page.locator(".card").first).to_have_attribute("data-id", ids[PAGE])
+    context.clear_cookies()  # the session is gone: the next call reloads to sign in
+    try:
+        page.reload()
+    except PlaywrightError as exc:
+        # a call still in flight answered 401 and the page reloaded itself, which
+        # aborts this reload (a fresh-clone failure, session 44): the sign-in shows
+        assert "ERR_ABORTED" in exc.message or "detached" in exc.message, exc.message
+    _sign_in(page, box.url + "/review")
+    expect(page.locator("#count")).to_have_text(f"{PAGE + 1}–{2 * PAGE} of {3 * PAGE}")
+    expect(page.locator(".card").first).to_have_attribute("data-id", ids[PAGE])
+    assert page.locator("#filters select[name=verdict]").input_value() == ""
+    assert page.locator("#filters input[name=camera_id]").input_value() == "cam1"
+    close_contexts(browser)
 
 
-def test_queues_and_audit_trail_that_do_not_come_are_said(box: Running) -> None:
+def test_queues_and_audit_trail_that_do_not_come_are_said(browser: Any, box: Running) -> None:
     """The queue counts, this shift's reviewers and the audit trail failed silently: the
     counts stayed stale and the audit trail empty, with nothing said."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     _seed(box.app.state.store, 3)
-    with sync_playwright() as p:
-        browser = _browser(p)
-        page = _context(browser).new_page()
-        reviewers = re.compile(r".*/v1/reviewers$")
-        page.route(reviewers, lambda route: route.abort())
-        _sign_in(page, box.url + "/review")
-        expect(page.locator("#reviewers")).to_contain_text("could not load the queues")
-        page.unroute(reviewers)
-        reviews = re.compile(r".*/v1/reviews\?.*")
-        page.route(reviews, lambda route: route.abort())
-        page.locator("#tab-audit").click()
-        expect(page.locator("#a-count")).to_contain_text("could not load the reviews")
-        page.unroute(reviews)
-        page.locator("#tab-grid").click()
-        page.locator("#tab-audit").click()
-        expect(page.locator("#a-count")).to_have_text("no reviews yet")
-        browser.close()
+    page = _context(browser).new_page()
+    reviewers = re.compile(r".*/v1/reviewers$")
+    page.route(reviewers, lambda route: route.abort())
+    _sign_in(page, box.url + "/review")
+    expect(page.locator("#reviewers")).to_contain_text("could not load the queues")
+    page.unroute(reviewers)
+    reviews = re.compile(r".*/v1/reviews\?.*")
+    page.route(reviews, lambda route: route.abort())
+    page.locator("#tab-audit").click()
+    expect(page.locator("#a-count")).to_contain_text("could not load the reviews")
+    page.unroute(reviews)
+    page.locator("#tab-grid").click()
+    page.locator("#tab-audit").click()
+    expect(page.locator("#a-count")).to_have_text("no reviews yet")
+    close_contexts(browser)
 
 
 def _touch_drag(page: Any, context: Any, start: tuple[float, float], end: tuple[float, float]) -> None:
@@ -231,80 +223,74 @@ def _touch_drag(page: Any, context: Any, start: tuple[float, float], end: tuple[
     cdp.detach()
 
 
-def test_a_finger_draws_a_missed_box_on_a_tablet(box: Running) -> None:
+def test_a_finger_draws_a_missed_box_on_a_tablet(browser: Any, box: Running) -> None:
     """The box was drawn with mouse events only: on a tablet a drag on the image did
     nothing, and a tap ended the drawing with "a box needs x2 > x1 and y2 > y1"."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     ids = _seed(box.app.state.store, 1)
-    with sync_playwright() as p:
-        browser = _browser(p)
-        context = browser.new_context(viewport={"width": 1280, "height": 800}, has_touch=True)
-        page = context.new_page()
-        _sign_in(page, box.url + "/review")
-        page.locator(".card").first.tap()
-        expect(page.locator("#d-title")).to_contain_text(ids[0][:8])
-        page.locator("#b-draw").tap()
-        expect(page.locator("#draw-form")).to_be_visible()
-        page.locator("#overlay").tap()  # a tap is no box: the form stays
-        expect(page.locator("#draw-form")).to_be_visible()
-        area = page.locator("#overlay").bounding_box()
-        assert area is not None
-        sx, sy = area["width"] / 640, area["height"] / 480
-        _touch_drag(page, context, (area["x"] + 100 * sx, area["y"] + 120 * sy),
-                    (area["x"] + 200 * sx, area["y"] + 220 * sy))
-        expect(page.locator("#d-status")).to_have_text("saved: missed_defect")
-        browser.close()
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, has_touch=True)
+    page = context.new_page()
+    _sign_in(page, box.url + "/review")
+    page.locator(".card").first.tap()
+    expect(page.locator("#d-title")).to_contain_text(ids[0][:8])
+    page.locator("#b-draw").tap()
+    expect(page.locator("#draw-form")).to_be_visible()
+    page.locator("#overlay").tap()  # a tap is no box: the form stays
+    expect(page.locator("#draw-form")).to_be_visible()
+    area = page.locator("#overlay").bounding_box()
+    assert area is not None
+    sx, sy = area["width"] / 640, area["height"] / 480
+    _touch_drag(page, context, (area["x"] + 100 * sx, area["y"] + 120 * sy),
+                (area["x"] + 200 * sx, area["y"] + 220 * sy))
+    expect(page.locator("#d-status")).to_have_text("saved: missed_defect")
+    close_contexts(browser)
     row = box.app.state.store.get(ids[0])
     x1, y1, x2, y2 = row.reviews[-1].boxes[-1]["box"]
     assert abs(x1 - 100) <= 3 and abs(y1 - 120) <= 3 and abs(x2 - 200) <= 3 and abs(y2 - 220) <= 3
 
 
-def test_a_right_to_left_class_keeps_its_box_in_order(box: Running) -> None:
+def test_a_right_to_left_class_keeps_its_box_in_order(browser: Any, box: Running) -> None:
     """A class named in Arabic took the score and the box after it into its run: the
     defect list read [40, 30, 20, 10], the box backwards."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     ids = _seed(box.app.state.store, 1, label=RTL)
-    with sync_playwright() as p:
-        browser = _browser(p)
-        page = _context(browser).new_page()
-        _sign_in(page, box.url + "/review")
-        expect(page.locator(".card")).to_have_count(1)
-        page.keyboard.press("Enter")
-        expect(page.locator("#d-title")).to_contain_text(ids[0][:8])
-        item = page.locator("#d-defects li").first
-        expect(item).to_have_text(f"▶ {RTL} 0.91 [10, 20, 30, 40]")
-        # where each coordinate is drawn, left to right
-        lefts = item.evaluate("""li => ['10', '20', '30', '40'].map((n) => {
-            const t = li.lastChild, i = t.data.indexOf(n), r = document.createRange();
-            r.setStart(t, i); r.setEnd(t, i + 2); return r.getBoundingClientRect().left; })""")
-        assert lefts == sorted(lefts), lefts
-        browser.close()
+    page = _context(browser).new_page()
+    _sign_in(page, box.url + "/review")
+    expect(page.locator(".card")).to_have_count(1)
+    page.keyboard.press("Enter")
+    expect(page.locator("#d-title")).to_contain_text(ids[0][:8])
+    item = page.locator("#d-defects li").first
+    expect(item).to_have_text(f"▶ {RTL} 0.91 [10, 20, 30, 40]")
+    # where each coordinate is drawn, left to right
+    lefts = item.evaluate("""li => ['10', '20', '30', '40'].map((n) => {
+        const t = li.lastChild, i = t.data.indexOf(n), r = document.createRange();
+        r.setStart(t, i); r.setEnd(t, i + 2); return r.getBoundingClientRect().left; })""")
+    assert lefts == sorted(lefts), lefts
+    close_contexts(browser)
 
 
-def test_a_weeks_chart_names_every_day() -> None:
+def test_a_weeks_chart_names_every_day(browser: Any) -> None:
     """On 3 and 7 days the hour labels, 64 px apart, fell on midnight only now and then,
     and only midnight carried the day: most of a week's "14:00" had no day."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     running, stop = start_server(keyed(store_pass_rate=1.0))
     try:
         _seed(running.app.state.store, 7 * 24, every_s=3600.0)
-        with sync_playwright() as p:
-            browser = _browser(p)
-            page = _context(browser).new_page()
-            _sign_in(page, running.url + "/dashboard", "viewer-secret")
-            expect(page.locator("#status")).to_contain_text("updated")
-            page.select_option("select[name=hours]", "168")
-            expect(page.locator("#trend-table tbody tr")).to_have_count(169)
-            starts = page.locator("#trend .bars rect.bar-pass title").all_text_contents()
-            days = list(dict.fromkeys(re.sub(r"^(\w{3} \d+).*", r"\1", s) for s in starts))
-            shown = set(page.evaluate("""() => Array.from(
-                document.querySelectorAll('#trend .axis text.dim'), (t) => t.textContent)"""))
-            # every day of the week (its last may hold too few hours for a label)
-            assert set(days[:-1]) <= shown, (days, sorted(shown))
-            browser.close()
+        page = _context(browser).new_page()
+        _sign_in(page, running.url + "/dashboard", "viewer-secret")
+        expect(page.locator("#status")).to_contain_text("updated")
+        page.select_option("select[name=hours]", "168")
+        expect(page.locator("#trend-table tbody tr")).to_have_count(169)
+        starts = page.locator("#trend .bars rect.bar-pass title").all_text_contents()
+        days = list(dict.fromkeys(re.sub(r"^(\w{3} \d+).*", r"\1", s) for s in starts))
+        shown = set(page.evaluate("""() => Array.from(
+            document.querySelectorAll('#trend .axis text.dim'), (t) => t.textContent)"""))
+        # every day of the week (its last may hold too few hours for a label)
+        assert set(days[:-1]) <= shown, (days, sorted(shown))
+        close_contexts(browser)
     finally:
         stop()
 
@@ -320,10 +306,10 @@ def test_the_pages_scripts_are_revalidated(box: Running) -> None:
         assert again.status_code == 304
 
 
-def test_a_long_camera_name_keeps_the_dashboard_on_a_tablets_screen(box: Running) -> None:
+def test_a_long_camera_name_keeps_the_dashboard_on_a_tablets_screen(browser: Any, box: Running) -> None:
     """A camera id may be 128 characters: its table cell and its option in the camera
     select did not wrap, and the dashboard was twice a tablet's width, scrolled sideways."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
     from sqlalchemy import update
 
     store = box.app.state.store
@@ -331,51 +317,47 @@ def test_a_long_camera_name_keeps_the_dashboard_on_a_tablets_screen(box: Running
     long_id = "cam-" + "x" * 124
     with Session(store.engine) as s, s.begin():
         s.execute(update(InspectionRow).values(camera_id=long_id))
-    with sync_playwright() as p:
-        browser = _browser(p)
-        page = _context(browser, 800, 1280).new_page()
-        _sign_in(page, box.url + "/dashboard", "viewer-secret")
-        expect(page.locator("#stations tbody tr")).to_have_count(1)
-        expect(page.locator("#stations tbody td").first).to_have_text(long_id)
-        wide = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-        assert wide[0] <= wide[1], wide
-        browser.close()
+    page = _context(browser, 800, 1280).new_page()
+    _sign_in(page, box.url + "/dashboard", "viewer-secret")
+    expect(page.locator("#stations tbody tr")).to_have_count(1)
+    expect(page.locator("#stations tbody td").first).to_have_text(long_id)
+    wide = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert wide[0] <= wide[1], wide
+    close_contexts(browser)
 
 
-def test_a_box_sharing_its_database_names_the_box_of_each_station(box: Running) -> None:
+def test_a_box_sharing_its_database_names_the_box_of_each_station(browser: Any, box: Running) -> None:
     """Boxes may share one database, and a box's dashboard covers every row in it. Its
     stations and model changes became one row per box (session 36), but only a hub's page
     named the box: box-a's and box-b's cam1 were two rows read "cam1 r" alike, and their
     versions two "1 (in use as the window opens)". With rows of one box it stays as it was."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
     from sqlalchemy import update
 
     store = box.app.state.store
     _seed(store, 3)
-    with sync_playwright() as p:
-        browser = _browser(p)
-        page = _context(browser).new_page()
-        _sign_in(page, box.url + "/dashboard", "viewer-secret")
-        expect(page.locator("#stations tbody tr")).to_have_count(1)
-        expect(page.locator("#stations thead th").first).to_have_text("camera")
-        theirs = _seed(store, 2)  # another box's rows, as a shared database holds them
-        with Session(store.engine) as s, s.begin():
-            s.execute(update(InspectionRow).where(InspectionRow.id.in_(theirs))
-                      .values(box_id="box-b"))
-        page.reload()
-        expect(page.locator("#stations tbody tr")).to_have_count(2)
-        expect(page.locator("#stations thead th").first).to_have_text("box")
-        cells = [r.locator("td").nth(0).inner_text() for r in page.locator("#stations tbody tr").all()]
-        assert sorted(cells) == sorted(["box-b", store.box_id]), cells
-        expect(page.locator("#models thead th").nth(1)).to_have_text("box")
-        browser.close()
+    page = _context(browser).new_page()
+    _sign_in(page, box.url + "/dashboard", "viewer-secret")
+    expect(page.locator("#stations tbody tr")).to_have_count(1)
+    expect(page.locator("#stations thead th").first).to_have_text("camera")
+    theirs = _seed(store, 2)  # another box's rows, as a shared database holds them
+    with Session(store.engine) as s, s.begin():
+        s.execute(update(InspectionRow).where(InspectionRow.id.in_(theirs))
+                  .values(box_id="box-b"))
+    page.reload()
+    expect(page.locator("#stations tbody tr")).to_have_count(2)
+    expect(page.locator("#stations thead th").first).to_have_text("box")
+    cells = [r.locator("td").nth(0).inner_text() for r in page.locator("#stations tbody tr").all()]
+    assert sorted(cells) == sorted(["box-b", store.box_id]), cells
+    expect(page.locator("#models thead th").nth(1)).to_have_text("box")
+    close_contexts(browser)
 
 
-def test_the_audit_trails_range_counts_the_reviews_left_out(box: Running) -> None:
+def test_the_audit_trails_range_counts_the_reviews_left_out(browser: Any, box: Running) -> None:
     """The audit trail's range counted the reviews shown: a page holding a review that
     does not read (a time no calendar has: a hand edit) said "1–2 of 3 reviews" (review,
     session 39's leftover). The range is the page's stored rows, the one left out said."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
     from sqlalchemy import text
 
     ids = _seed(box.app.state.store, 3)
@@ -386,12 +368,10 @@ def test_the_audit_trails_range_counts_the_reviews_left_out(box: Running) -> Non
     with box.app.state.store.engine.begin() as db:
         db.execute(text("UPDATE reviews SET created_at = '2026-02-30 10:00:00' "
                         "WHERE inspection_id = :i"), {"i": ids[1]})
-    with sync_playwright() as p:
-        browser = _browser(p)
-        page = _context(browser).new_page()
-        _sign_in(page, box.url + "/review")
-        page.locator("#tab-audit").click()
-        expect(page.locator("#a-count")).to_have_text(
-            "1–3 of 3 reviews · 1 review on this page could not be read")
-        expect(page.locator("#audit-table tbody tr")).to_have_count(2)
-        browser.close()
+    page = _context(browser).new_page()
+    _sign_in(page, box.url + "/review")
+    page.locator("#tab-audit").click()
+    expect(page.locator("#a-count")).to_have_text(
+        "1–3 of 3 reviews · 1 review on this page could not be read")
+    expect(page.locator("#audit-table tbody tr")).to_have_count(2)
+    close_contexts(browser)

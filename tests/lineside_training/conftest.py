@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,8 +36,27 @@ def make_config() -> object:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run, a copy of its own per process (tests evaluate it, which writes into it).
+    Under make test's xdist workers it is trained once, by the first worker to need it,
+    and copied: each worker trained it, ~20 s of a loaded host's cores for a second run
+    of the same config and seed."""
     torch.set_num_threads(2)
-    return train(tiny_config(tmp_path_factory.mktemp("runs")), quiet=True)
+    out = tmp_path_factory.mktemp("runs")
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return train(tiny_config(out), quiet=True)
+    # the folder every worker's temporary folder is in (pytest's own way to share across
+    # workers); a new one each session
+    shared = tmp_path_factory.getbasetemp().parent / "tiny-run"
+    with open(f"{shared}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker training it: wait (closing frees it)
+        done = shared / "trained"
+        if not done.exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a worker that failed part-way
+            run = train(tiny_config(shared / "runs"), quiet=True)
+            done.write_text(run.name)
+    run = out / done.read_text()
+    shutil.copytree(shared / "runs" / run.name, run)
+    return run
 
 
 def another_set(folder: Path) -> Path:

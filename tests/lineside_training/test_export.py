@@ -34,6 +34,19 @@ def package(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def evaluated(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory
+              ) -> tuple[Path, dict[str, Any]]:
+    """A copy of the tiny run evaluated on val (its report and thresholds written into
+    it), and what evaluate answered: where two tests begin (each evaluated it anew; a
+    test that changes it copies it)."""
+    from lineside_training.evaluate import evaluate
+
+    run = tmp_path_factory.mktemp("evaluated") / "run"
+    shutil.copytree(tiny_run, run)
+    return run, evaluate(run, split="val")
+
+
 def test_package_contents_and_card(package: Path) -> None:
     card = json.loads((package / "model.json").read_text())
     assert card["name"] == "tiny" and card["version"] == "1"
@@ -262,12 +275,12 @@ def test_fp16_export_gives_a_graph_the_runtime_loads(tiny_run: Path, tmp_path: P
     assert len(det.predict([read_image(next((SAMPLE / "images").rglob("*_test.jpg")))])) == 1
 
 
-def test_package_evaluation_through_the_runtime(tiny_run: Path, package: Path,
-                                                tmp_path: Path) -> None:
+def test_package_evaluation_through_the_runtime(evaluated: tuple[Path, dict[str, Any]],
+                                                package: Path, tmp_path: Path) -> None:
     from lineside_inspect.errors import ConfigError
     from lineside_training.evaluate import evaluate
 
-    by_run = evaluate(tiny_run, split="val", out=tmp_path / "run")
+    by_run = evaluated[1]  # the tiny run on val, through torch
     by_package = evaluate(package, data=str(SAMPLE), split="val", out=tmp_path / "pkg")
     # the same weights through onnxruntime: the same mAP up to float rounding
     assert abs(by_run["coco"]["map50"] - by_package["coco"]["map50"]) < 0.02
@@ -345,7 +358,7 @@ def test_overwrite_replaces_only_a_package_or_an_empty_folder(tmp_path: Path) ->
 
 
 def test_thresholds_and_metrics_of_an_earlier_checkpoint_are_not_shipped(
-        tiny_run: Path, tmp_path: Path) -> None:
+        evaluated: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     """A resumed run's new best.pt kept the thresholds.json and report of the checkpoint
     before it, and export put them in the card as this one's (new-user review): they are
     stamped with the checkpoint they came from, and export calibrates anew, says so, and
@@ -356,8 +369,7 @@ def test_thresholds_and_metrics_of_an_earlier_checkpoint_are_not_shipped(
     from lineside_training.evaluate import evaluate
 
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    evaluate(run, split="val")  # the report and thresholds of this best.pt
+    shutil.copytree(evaluated[0], run)  # with the report and thresholds of this best.pt
     saved = json.loads((run / "thresholds.json").read_text())
     assert saved[CHECKPOINT_STAMP] == sha256_file(run / "best.pt")
     summary = export(run, tmp_path / "same" / "1", parity_images=2)
@@ -455,8 +467,13 @@ def test_evaluating_a_run_whose_dataset_was_resplit_says_so(tiny_run: Path,
     from lineside_training.evaluate import evaluate
 
     def swapped(doc: dict[str, Any]) -> None:
-        for img in doc["images"]:
-            img["split"] = "train" if img.get("split") == "val" else "val"
+        # each val image swapped with a training one: val, of its size, is all images the
+        # run trained on (swapping the splits whole made it 50 images to judge, not 20)
+        val, train = ([img for img in doc["images"] if img.get("split") == name]
+                      for name in ("val", "train"))
+        assert len(train) >= len(val)
+        for was_val, was_train in zip(val, train, strict=False):
+            was_val["split"], was_train["split"] = "train", "val"
 
     run = _copy_run_on(tiny_run, tmp_path, swapped)
     result = evaluate(run, split="val", out=tmp_path / "report")
