@@ -66,6 +66,25 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def tiling_note(package: str | Path) -> str | None:
+    """A line for ``bench model``'s table when the package's card tiles frames (its default
+    recipe's ``tiling``): the table's figures are then one forward pass, one tile, not a
+    frame, which costs a pass per tile (new-user review, session 45: a 1600x1300 frame
+    took 9 passes, ~16x the table's p50, and nothing said so)."""
+    from lineside_inspect.package import load_package
+    from lineside_inspect.recipes import card_recipe
+    from lineside_inspect.runtime.tiles import starts
+
+    own = card_recipe(load_package(package).card).tiling
+    if own is None:
+        return None
+    passes = len(starts(2448, own.tile, own.overlap)) * len(starts(2048, own.tile, own.overlap))
+    return (f"note: {package}'s card judges frames larger than {own.tile} px as {own.tile} px "
+            f"tiles overlapping by {own.overlap:g}: the figures above are per tile (one forward "
+            f"pass), a frame costs one per tile (a 2448x2048 frame: {passes}); lineside bench "
+            f"model {package} --mosaic DATASET times frames whole and tiled")
+
+
 def single_image_package(package: str | Path, command: str) -> None:
     """Refuse, before any server starts, a package a benchmark that sends frames alone
     cannot run: a folder that is no package (the server's start-up failed in a thread or

@@ -273,6 +273,18 @@ def data_stats(
                       f"(lineside train ... --set tiling.tile={size}: {size} px tiles at the "
                       "frames' own scale, a forward pass per tile; docs/training/recipes.md, "
                       "\"Native scale\")", highlight=False, markup=False)
+        elif (shrunk := s["letterbox_scale"]) is not None:
+            size = shrunk["auto_input_size"]
+            small = ("" if shrunk["smallest_box"] is None else
+                     f"; the smallest box, {shrunk['smallest_box']:g} px a side, is "
+                     f"{shrunk['smallest_box_scaled']:g} px there")
+            out.print(f"scale: the images' median longer side ({shrunk['median_longer_side']:g}"
+                      f" px) is well above the {size} px input training chooses: it letterboxes"
+                      f" each frame whole, shrinking it (x{shrunk['scale']:g} at the median)"
+                      f"{small}. If small defects are missed, train at native scale with --set "
+                      f"tiling.tile={size} ({size} px tiles at the frames' own scale, a forward "
+                      "pass per tile; docs/training/recipes.md, \"Native scale\")",
+                      highlight=False, markup=False)
         if spread["images"]:
             flat = (f"; {spread['under_default']} span under 16, as a lens cap does: real parts "
                     "that flat fail as blank_frame at 16" if spread["under_default"] else "")
@@ -882,7 +894,13 @@ def bench_model_cmd(
     """p50/p95 latency at batch 1 and best-batch throughput, 1 and 2 threads; with
     --pairs, good and defective parts judged end to end (decode included); with --mosaic,
     large frames judged whole and tiled."""
-    from lineside_inspect.bench import bench_model, bench_pairs, format_pairs, format_rows
+    from lineside_inspect.bench import (
+        bench_model,
+        bench_pairs,
+        format_pairs,
+        format_rows,
+        tiling_note,
+    )
 
     if mosaic is not None:
         if pairs is not None or int8 is not None or batches != "1,2,4,8":
@@ -907,6 +925,10 @@ def bench_model_cmd(
     if int8 is not None:
         rows += bench_model(int8, runs=timed, batches=sizes)
     out.print(format_rows(rows))
+    # a card that tiles is judged a pass per tile: the table alone read as a frame's cost
+    for pkg in (package, int8):
+        if pkg is not None and (note := tiling_note(pkg)) is not None:
+            out.print(note, highlight=False, markup=False, soft_wrap=True)
 
 
 def _bench_mosaic(package: Path, data: Path, tile: int | None, overlap: float | None,

@@ -116,7 +116,32 @@ def test_stats_name_native_scale_when_the_auto_size_shrinks_boxes_out_of_sight(
            "px input training chooses, and 3 of 3 boxes fall under 3 px a side scaled to " \
            "it: train with tiling.tile=640 (lineside train ... --set tiling.tile=640" in text
     assert shrunk_boxes(read_dataset(large).images, 640)[:2] == (3, 3)
-    for quiet in (_frames(tmp_path / "boxes", (1600, 1200), 20),
-                  _frames(tmp_path / "near", (700, 500), 3)):
-        native, text = stats(quiet)
-        assert native is None and "native scale" not in text and "tiling" not in text
+    assert "scale: " not in text.replace("native scale:", "")  # one line, the stronger
+    near = _frames(tmp_path / "near", (700, 500), 3)
+    native, text = stats(near)
+    assert native is None and "native scale" not in text and "tiling" not in text
+    assert json.loads(runner.invoke(app, ["data", "stats", str(near), "--json"]).output)[
+        "letterbox_scale"] is None
+
+
+def test_stats_say_how_far_large_frames_are_shrunk_when_no_box_falls_out_of_sight(
+        tmp_path: Path) -> None:
+    """1600 px frames with 20 px boxes: none falls under 3 px at the 640 px auto input, so
+    no ``native scale`` suggestion, but the frames are shrunk 2.5x, their boxes to 8 px,
+    and ``data stats`` said nothing of it (new-user review, session 45): a ``scale:`` line
+    names the factor, the smallest box at it and ``tiling.tile`` as the way out."""
+    data = _frames(tmp_path / "boxes", (1600, 1200), 20)
+    as_json = runner.invoke(app, ["data", "stats", str(data), "--json"])
+    text = runner.invoke(app, ["data", "stats", str(data)])
+    assert as_json.exit_code == 0 and text.exit_code == 0, as_json.output + text.output
+    got = json.loads(as_json.output)
+    assert got["native_scale"] is None
+    assert got["letterbox_scale"] == {"median_longer_side": 1600, "auto_input_size": 640,
+                                      "scale": 0.4, "smallest_box": 20,
+                                      "smallest_box_scaled": 8.0}, got
+    said = " ".join(text.output.split())
+    assert "native scale:" not in said
+    assert "scale: the images' median longer side (1600 px) is well above the 640 px input " \
+           "training chooses: it letterboxes each frame whole, shrinking it (x0.4 at the " \
+           "median); the smallest box, 20 px a side, is 8 px there. If small defects are " \
+           "missed, train at native scale with --set tiling.tile=640" in said, said

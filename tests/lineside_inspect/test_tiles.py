@@ -372,3 +372,19 @@ def test_joining_many_boxes_is_bounded_in_memory_and_count() -> None:
     joined, = join_tiles(found, boxes)
     assert len(joined) <= MAX_JOINED < len(xyxy)
     assert joined.scores.min() >= np.sort(scores)[-MAX_JOINED]
+
+
+def test_bench_model_says_its_figures_are_per_tile_for_a_card_that_tiles(tmp_path: Path) -> None:
+    """``bench model`` times one forward pass; for a card that tiles, a frame costs one per
+    tile, and the table alone read as a frame's latency (new-user review, session 45)."""
+    from .test_card_tiling import tiled
+
+    package = tiled(MODEL, tmp_path / "deeppcb" / "2", "2")
+    res = CliRunner().invoke(app, ["bench", "model", str(package), "--runs", "1",
+                                   "--batches", "1"])
+    assert res.exit_code == 0, res.output
+    note = " ".join(res.output.split())
+    assert "tiles overlapping by 0.2: the figures above are per tile" in note, res.output
+    assert "a 2448x2048 frame: 20)" in note and "--mosaic DATASET" in note, res.output
+    res = CliRunner().invoke(app, ["bench", "model", str(MODEL), "--runs", "1", "--batches", "1"])
+    assert res.exit_code == 0 and "per tile" not in res.output, res.output

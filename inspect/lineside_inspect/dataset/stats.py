@@ -76,6 +76,30 @@ def native_scale(dataset: Dataset) -> dict[str, Any] | None:
             "boxes": boxes, "tile": size}
 
 
+def letterbox_scale(dataset: Dataset) -> dict[str, Any] | None:
+    """How far training's auto input size shrinks frames well above it (``NATIVE_RATIO``),
+    or None: ``scale`` at the median longer side, and ``smallest_box`` (the least shorter
+    side of a box, in its image) and ``smallest_box_scaled`` (the least at its image's
+    scale). Said whether or not :func:`native_scale` suggests tiling: boxes that stay over
+    ``TINY_BOX_PX`` still shrink (DeepPCB's ~30 px defects on 1280 px frames are ~15 px at
+    640), and native scale doubled mAP@.5 on such frames (docs/benchmarks.md, session 45),
+    yet ``data stats`` said nothing of the scale (new-user review, session 45)."""
+    if not dataset.images:
+        return None
+    sides = [max(r.width, r.height) for r in dataset.images]
+    median = statistics.median(sides)
+    size = input_size_for(sides)
+    if median < NATIVE_RATIO * size:
+        return None
+    found = [(min(b.x2 - b.x1, b.y2 - b.y1), max(r.width, r.height))
+             for r in dataset.images for b in r.boxes if max(r.width, r.height) > 0]
+    smallest = min((side for side, _ in found), default=None)
+    scaled = min((side * min(1.0, size / longer) for side, longer in found), default=None)
+    return {"median_longer_side": median, "auto_input_size": size,
+            "scale": round(size / median, 3), "smallest_box": smallest,
+            "smallest_box_scaled": None if scaled is None else round(scaled, 1)}
+
+
 def _bin_name(lo: int, hi: int) -> str:
     return f">={lo}px" if hi >= 10**9 else f"{lo}-{hi}px"
 
@@ -109,6 +133,8 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
         },
         # frames far larger than the auto input whose boxes it shrinks out of sight
         "native_scale": native_scale(dataset),
+        # and how far that size shrinks them, said whether or not boxes fall out of sight
+        "letterbox_scale": letterbox_scale(dataset),
     }
 
 
