@@ -30,9 +30,9 @@ from lineside_inspect.line.opcua import OpcUaAdapter
 from lineside_inspect.line.peer_logs import BOUND
 from lineside_inspect.line.station import Changes, ErrorCode, Phase, Station, TagValue
 
-from .conftest import KEYS, MODEL, Running, keyed, stall_stream, start_server
+from .conftest import CHROMIUM, KEYS, MODEL, Running, keyed, stall_stream, start_server
+from .conftest import CHROMIUM_ARGS as ARGS
 from .fleet_peers import free_port
-from .test_ui_screens import ARGS, CHROMIUM
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
