@@ -87,6 +87,8 @@ class Inspection:
     fused: ModelVersion | None = None
     gate: GateResult | None = None  # the recipe's unchanged gate, when it has one
     drawn: bytes | None = None  # the frame as a JPEG with boxes and verdict, when asked for
+    # a recipe's tiling: the tiles (forward passes) the frame was cut into; None judged whole
+    tiles: int | None = None
     _result_json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -113,7 +115,7 @@ class Inspection:
             model=ModelRef(name=card.name, version=card.version, sha256=card.sha256),
             camera_id=self.camera_id, part_id=self.part_id,
             timings_ms=Timings(**{k: round(v, 3) for k, v in self.timings_ms.items()}),
-            reference=self.reference_used(), stored=self.stored,
+            reference=self.reference_used(), stored=self.stored, tiles=self.tiles,
             **({} if self.frame is None else self.frame.fields()))
 
     def reference_used(self) -> ReferenceUsed | None:
@@ -228,6 +230,7 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
         reference_shift=(letterboxes[0].shift_x, letterboxes[0].shift_y) if aligned else None,
         detections=detections, anomaly=finding, gate=gate,
         fused=fused_model(detector, anomaly_model),
+        tiles=len(letterboxes) if any(lb.origin is not None for lb in letterboxes) else None,
     )
 
 

@@ -5,6 +5,8 @@ on onnxruntime and mosaics of the DeepPCB sample at native scale."""
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -106,8 +108,15 @@ def test_tiles_cover_the_frame_the_last_flush_with_its_edge() -> None:
     assert len(tile_origins(2448, 2048, TILED) or []) == 5 * 4
     assert tile_origins(640, 480, TILED) is None  # fits one tile: judged whole
     with pytest.raises(ImageTooLargeError, match=f"640x640 frame needs 39x39 tiles.*at most "
-                                                 f"{MAX_TILES}.*raise tiling.tile"):
-        tile_origins(640, 640, Tiling(tile=32, overlap=0.5))
+                                                 f"{MAX_TILES}: crop the frame.*raise "
+                                                 "tiling.tile toward 640, the model's input"):
+        tile_origins(640, 640, Tiling(tile=32, overlap=0.5), 640)
+    # tiles at the model's input size already: a larger one would shrink each below the
+    # scale the model learned, so cropping is the advice, not a larger tile
+    with pytest.raises(ImageTooLargeError) as refused:
+        tile_origins(6000, 4000, TILED, 640)
+    assert "crop the frame to the region inspected (or use a lower-resolution camera " \
+        "mode)" in refused.value.message and "raise tiling.tile" not in refused.value.message
 
 
 def test_halves_cut_at_a_seam_are_joined_and_neighbours_kept() -> None:
@@ -266,7 +275,14 @@ def test_a_tiled_recipe_over_http(srv: Running, mosaic: tuple[np.ndarray, np.nda
         refused = c.post("/v1/inspect?recipe=tiny", files={"image": ("m.png", png, "image/png")})
     assert refused.status_code == 413, refused.text
     assert "needs 79x39 tiles" in refused.json()["error"]["message"]
+    assert "raise tiling.tile toward 640" in refused.json()["error"]["message"]
     tiled, whole = answers["tiled"], answers["deeppcb-default"]
+    # the answer says the frame took 3 forward passes (its infer time is theirs); one
+    # judged whole is as before, and the stored record (answer-only field) has none
+    assert tiled["tiles"] == 3 and "tiles" not in whole
+    with srv.client("admin") as c:
+        kept = c.get(f"/v1/inspections/{tiled['id']}")
+    assert kept.status_code == 200 and "tiles" not in kept.json(), kept.text
     assert tiled["verdict"] == "fail" and tiled["recipe"]["name"] == "tiled"
     boxes = np.array([d["box"] for d in tiled["defects"]])
     assert len(tiled["defects"]) >= 3 * len(whole["defects"]) + 3
@@ -274,6 +290,20 @@ def test_a_tiled_recipe_over_http(srv: Running, mosaic: tuple[np.ndarray, np.nda
                             [json.loads((MODEL / "model.json").read_text())["class_names"]
                              .index(d["label"]) for d in tiled["defects"]]), truth) \
         >= 0.5 * len(truth)
+
+
+def test_the_ready_line_names_each_recipes_tiling(launch: Callable[..., Running], tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """``serve``'s start-up line names the recipes that tile, with tile and overlap (an
+    infer time many times ``bench model``'s is then no puzzle); whole-frame ones are not
+    listed, keeping the line short."""
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(
+        {"name": "big", "model": "deeppcb", "tiling": {"tile": 640, "overlap": 0.25}}))
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump({"name": "plain", "model": "deeppcb"}))
+    with caplog.at_level(logging.INFO, logger="lineside"):
+        launch(recipes=[str(tmp_path / "big.yaml"), str(tmp_path / "plain.yaml")])
+    (line,) = [r.getMessage() for r in caplog.records if "lineside ready" in r.getMessage()]
+    assert line == "lineside ready: deeppcb:1; recipe big tiles 640/0.25", line
 
 
 def test_bench_model_mosaic_prints_whole_and_tiled_side_by_side() -> None:

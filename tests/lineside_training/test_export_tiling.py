@@ -142,12 +142,16 @@ def test_export_tile_puts_tiling_in_the_cards_recipe(tiny_run: Path, tmp_path: P
     out = tmp_path / "tiny" / "1"
     summary = export(tiny_run, out, parity_images=2, tile=640, fp16=True)
     assert summary["tiling"] == {"tile": 640, "overlap": 0.2}
-    assert any("judges frames larger than 640 px as 640 px tiles" in n for n in summary["notes"])
+    assert any("judges frames larger than 640 px as 640 px tiles" in n
+               and n.endswith("the parity gate compared whole images")  # as the model learned
+               for n in summary["notes"])
     card = json.loads((out / "model.json").read_text())
     assert card["format_version"] == TILING_FORMAT
     assert card["default_recipe"]["tiling"] == {"tile": 640, "overlap": 0.2}
     # the lower precision's figures say they are of frames judged tiled (refusals too)
     assert card["quantization"]["tiling"] == {"tile": 640, "overlap": 0.2}
+    # and its latencies say they are one pass (one tile), not a frame's
+    assert card["quantization"]["latency_of"].startswith("one forward pass of one input")
 
     det = Detector(out, device="cpu", threads=1)
     recipe = card_recipe(det.card)

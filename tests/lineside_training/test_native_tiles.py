@@ -200,6 +200,9 @@ def test_export_writes_the_runs_tiling_and_the_package_scores_as_the_run(
     summary = export(run, out, parity_images=2, tile=TILE)  # the run's own: taken
     card = json.loads((out / "model.json").read_text())
     assert summary["tiling"] == card["default_recipe"]["tiling"] == {"tile": TILE, "overlap": 0.2}
+    # the parity gate's scope said as what parity needs, not as a gap
+    assert any(n.endswith(f"the torch-vs-ONNX parity gate compared the graph on {TILE} px "
+                          "inputs, the tiles' scale, as parity needs") for n in summary["notes"])
     assert card["format_version"] == TILING_FORMAT and card["input"]["size"] == TILE
     assert card["thresholds"] == by_run["quality"]["thresholds"]
     by_package = evaluate(out, data=str(data), split="val", out=tmp_path / "report-pkg",

@@ -170,6 +170,10 @@ def counted_changes(base: list[Prediction], low: list[Prediction], class_names: 
             "defects_gained": gained, "escapes": int(escapes), "false_rejects": int(false_rejects)}
 
 
+# what the card's quantization p50_ms / p50_ms_fp32 time (:func:`_latency_ms`)
+LATENCY_OF = "one forward pass of one input (batch 1; one tile of a frame a recipe tiles)"
+
+
 def _latency_ms(detector: Detector, size: int, runs: int = 20) -> float:
     batch = np.random.default_rng(0).integers(0, 255, (1, 3, size, size), dtype=np.uint8)
     times = []
@@ -379,10 +383,16 @@ def export(
                                   "min_score": thr}
         if tiling is not None:
             recipe["tiling"] = tiling.model_dump()
+            # a native-scale run's tile is its input size: parity is of the graph, on
+            # inputs of that size, which tiles are too (review, session 45: "compared whole
+            # images" read as a gap); a --tile card's model learned whole images
+            parity = (f"the torch-vs-ONNX parity gate compared the graph on {cfg.input_size} "
+                      "px inputs, the tiles' scale, as parity needs" if cfg.tiling is not None
+                      else "the parity gate compared whole images")
             notes.append(f"the card's default recipe judges frames larger than {tiling.tile} px "
                          f"as {tiling.tile} px tiles overlapping by {tiling.overlap:g} (card "
                          f"format_version {TILING_FORMAT}: a server before session 44 refuses "
-                         "it, saying to upgrade); the parity gate compared whole images")
+                         f"it, saying to upgrade); {parity}")
         if not cfg.reference:
             floor, under = blank_floor(dataset)
             if floor is not None:
@@ -445,6 +455,8 @@ def export(
             card.quantization = {"precision": card.precision, "map50_fp32": base_map,
                                  "map50": low_map, "map50_change": low_map - base_map,
                                  "p50_ms_fp32": base_ms, "p50_ms": low_ms,
+                                 # per forward pass: a tiled frame takes one per tile
+                                 "latency_of": LATENCY_OF,
                                  "speedup": base_ms / low_ms, "calibration_images":
                                  min(calibration_images, len(val)) if int8 else 0,
                                  # on the val images, at the card's thresholds: the card's

@@ -148,7 +148,7 @@ class Detector:
             if references is not None or self.card.kind != "detector":
                 raise ConfigError(f"model {self.card.name} {self.card.version}: tiling takes "
                                   "single-image detectors")
-            plans = [tile_origins(im.shape[1], im.shape[0], tiling) for im in images]
+            plans = [tile_origins(im.shape[1], im.shape[0], tiling, self.size) for im in images]
             if any(p is not None for p in plans):
                 return self._tiles(images, plans, tiling.tile)
         batch = np.empty((len(images), 3, self.size, self.size), dtype=np.uint8)

@@ -63,19 +63,25 @@ def starts(length: int, tile: int, overlap: float) -> list[int]:
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
-def tile_origins(width: int, height: int, tiling: Tiling) -> list[tuple[int, int]] | None:
+def tile_origins(width: int, height: int, tiling: Tiling,
+                 size: int | None = None) -> list[tuple[int, int]] | None:
     """The ``(x, y)`` top-left corner of each tile of a ``width x height`` frame, or None
     when the frame fits one tile (judged whole). Refuses a frame needing more than
-    :data:`MAX_TILES` tiles (413, naming the sizes)."""
+    :data:`MAX_TILES` tiles (413, naming the sizes); ``size``, the model's input size,
+    decides the advice: a larger tile only when the tile is below it (a tile larger than
+    the input is shrunk below the scale the model learned, so the frame is to be cropped)."""
     if width <= tiling.tile and height <= tiling.tile:
         return None
     xs = starts(width, tiling.tile, tiling.overlap)
     ys = starts(height, tiling.tile, tiling.overlap)
     if len(xs) * len(ys) > MAX_TILES:
+        bigger = "" if size is None or tiling.tile >= size else (
+            f", or raise tiling.tile toward {size}, the model's input size")
         raise ImageTooLargeError(
             f"a {width}x{height} frame needs {len(xs)}x{len(ys)} tiles of the recipe's "
             f"tiling (tile {tiling.tile}, overlap {tiling.overlap:g}), at most {MAX_TILES}: "
-            "send a smaller frame or raise tiling.tile")
+            "crop the frame to the region inspected (or use a lower-resolution camera "
+            f"mode){bigger}")
     return [(x, y) for y in ys for x in xs]
 
 

@@ -180,6 +180,16 @@ def setup_cameras(app: FastAPI, settings: Settings) -> None:
 DRAIN_THREADS_S = 10.0  # shutdown waits this long for inspections in their threads
 
 
+def ready_line(registry: Registry) -> str:
+    """What the "lineside ready" line names: each model's active version, then each recipe
+    that tiles, with its tile and overlap (a tiled frame costs a pass a tile: its infer time
+    is many times ``bench model``'s); recipes judging frames whole are not listed."""
+    models = ", ".join(f"{n}:{s.active}" for n, s in registry.models().items())
+    tiled = [f"recipe {r.name} tiles {r.tiling.tile}/{r.tiling.overlap:g}"
+             for r in registry.recipes() if r.tiling is not None]
+    return "; ".join([models, *tiled])
+
+
 def create_app(settings: Settings | None = None, *, registry: Registry | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = registry or Registry(device=settings.device, threads=settings.threads,
@@ -215,8 +225,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
         await anyio.to_thread.run_sync(app.state.service.warn_cameras)
         app.state.service.start_continuous()
         app.state.ready = True
-        log.info("lineside ready: %s", ", ".join(f"{n}:{s.active}" for n, s in
-                                                   registry.models().items()))
+        log.info("lineside ready: %s", ready_line(registry))
         try:
             yield
         finally:
