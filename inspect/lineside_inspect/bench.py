@@ -71,17 +71,21 @@ def tiling_note(package: str | Path) -> str | None:
     recipe's ``tiling``): the table's figures are then one forward pass, one tile, not a
     frame, which costs a pass per tile (new-user review, session 45: a 1600x1300 frame
     took 9 passes, ~16x the table's p50, and nothing said so)."""
+    from lineside_inspect.errors import ImageTooLargeError
     from lineside_inspect.package import load_package
     from lineside_inspect.recipes import card_recipe
-    from lineside_inspect.runtime.tiles import starts
+    from lineside_inspect.runtime.tiles import MAX_TILES, tile_origins
 
     own = card_recipe(load_package(package).card).tiling
     if own is None:
         return None
-    passes = len(starts(2448, own.tile, own.overlap)) * len(starts(2048, own.tile, own.overlap))
+    try:  # as the server cuts it: a frame over MAX_TILES tiles is refused 413, not judged
+        example = f"{len(tile_origins(2448, 2048, own) or [0])}"
+    except ImageTooLargeError:
+        example = f"refused, over {MAX_TILES} tiles"
     return (f"note: {package}'s card judges frames larger than {own.tile} px as {own.tile} px "
             f"tiles overlapping by {own.overlap:g}: the figures above are per tile (one forward "
-            f"pass), a frame costs one per tile (a 2448x2048 frame: {passes}); lineside bench "
+            f"pass), a frame costs one per tile (a 2448x2048 frame: {example}); lineside bench "
             f"model {package} --mosaic DATASET times frames whole and tiled")
 
 

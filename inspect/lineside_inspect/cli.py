@@ -475,6 +475,7 @@ def train_cmd(
         # asked for N epochs: the config's budget (single-default.yaml: 30m) would refit
         # the schedule and ignore them
         overrides.append("time_budget=null")
+    kept_tiling = None  # a resumed native-scale run's own (a field: no --set was given)
     if resume:  # the run says what it trained on, and on what schedule
         saved = t.resumed(config, overrides, name)
         data = data or saved.get("data")
@@ -482,11 +483,10 @@ def train_cmd(
         if epochs is None and time is None and not given & {"epochs", "time_budget"}:
             overrides += [f"{k}={json.dumps(saved[k])}" for k in ("epochs", "time_budget")
                           if k in saved]
-        if "tiling" in saved:  # a native-scale run, at its scale (the config names none)
-            overrides.append(f"tiling={json.dumps(saved['tiling'])}")
+        kept_tiling = saved.get("tiling")  # a native-scale run, at its scale (none named)
     cfg = t.load_config(config, overrides, data=data, model=model, weights=weights,
                         epochs=epochs, name=name, device=device, extra_data=merge or None,
-                        time_budget=time, threads=threads)
+                        time_budget=time, threads=threads, tiling=kept_tiling)
     run = t.train(cfg, resume=resume)
     out.print(f"run saved to {run}")
 

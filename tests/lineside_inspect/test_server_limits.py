@@ -180,7 +180,9 @@ def _pending_triggers_hold_no_threads(launch, sim: MJPEGSimulator,
                                       resumed: threading.Event) -> None:
     cam = CameraConfig(id="slow", source=sim.url, read_timeout_s=30, stale_after_s=30,
                        max_frame_age_s=0.01)
-    srv = launch(cameras=[cam], max_queue=64)
+    # 45 frames judged two at a time once the stream resumes: the last wait for a slot
+    # longer than the default 10 s on a loaded host (final read, session 45)
+    srv = launch(cameras=[cam], max_queue=64, request_timeout_s=60)
     deadline = time.time() + 30
     with srv.client("reviewer") as c:
         while c.get("/v1/cameras").json()[0]["state"] != "online":

@@ -418,3 +418,20 @@ def test_bench_model_says_its_figures_are_per_tile_for_a_card_that_tiles(tmp_pat
     assert "a 2448x2048 frame: 20)" in note and "--mosaic DATASET" in note, res.output
     res = CliRunner().invoke(app, ["bench", "model", str(MODEL), "--runs", "1", "--batches", "1"])
     assert res.exit_code == 0 and "per tile" not in res.output, res.output
+
+
+def test_the_bench_note_says_a_frame_over_the_tile_limit_is_refused(tmp_path: Path) -> None:
+    # a tile of 320 cuts a 2448x2048 frame into 80 tiles: the server answers it 413, and
+    # the note counted 80 passes as if it were judged (final read, session 45)
+    import json
+
+    from lineside_inspect.bench import tiling_note
+
+    from .test_card_tiling import tiled
+
+    package = tiled(MODEL, tmp_path / "deeppcb" / "2", "2")
+    card = json.loads((package / "model.json").read_text())
+    card["default_recipe"]["tiling"] = {"tile": 320, "overlap": 0.2}
+    (package / "model.json").write_text(json.dumps(card))
+    note = tiling_note(package)
+    assert note is not None and "(a 2448x2048 frame: refused, over 64 tiles)" in note, note

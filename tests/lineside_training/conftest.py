@@ -53,7 +53,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if not done.exists():
             shutil.rmtree(shared, ignore_errors=True)  # a worker that failed part-way
             run = train(tiny_config(shared / "runs"), quiet=True)
-            done.write_text(run.name)
+            part = done.with_suffix(".part")  # whole or absent: a worker killed mid-write
+            part.write_text(run.name)         # left an empty name, copied as the folder
+            os.replace(part, done)
     run = out / done.read_text()
     shutil.copytree(shared / "runs" / run.name, run)
     return run

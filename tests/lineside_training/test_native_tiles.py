@@ -270,6 +270,13 @@ def test_a_native_run_resumes_at_its_scale(native: dict[str, Any], tmp_path: Pat
                          "overlap: 0.2}: the scale its model learned")):
         r = runner.invoke(app, ["train", "--resume", "--epochs", "3", *tiny, *given])
         assert r.exit_code != 0 and said in " ".join(r.output.split()), r.output
+    # the run's tiling is filled in, not a --set the user gave: a clash with the config's
+    # own input_size is not blamed on a --set (final read, session 45)
+    config = tmp_path / "sized.yaml"
+    config.write_text("input_size: 640\n")
+    r = runner.invoke(app, ["train", "--config", str(config), "--resume", "--epochs", "3", *tiny])
+    said = " ".join(r.output.split())
+    assert r.exit_code != 0 and "input_size" in said and "--set: " not in said, r.output
     r = runner.invoke(app, ["train", "--resume", "--epochs", "3", *tiny])
     assert r.exit_code == 0, r.output
     saved = yaml.safe_load((tmp_path / "native" / "config.yaml").read_text())
