@@ -2,11 +2,17 @@
 
 Text and banner are sized from the image, not fixed in pixels: on a 200 px frame a
 fixed banner would hide a good part of it, on a 4000 px one it would be unreadable.
-Labels are placed inside the image, above their box when there is room, else just
-inside its top edge, shifted left at the right edge.
+Labels are placed inside the image, shifted left at the right edge, and not on one
+another nor under the verdict banner (:func:`label_placements`): box by box, highest
+score first, above the box when there is room, else below it, else just inside its top
+edge (inside first for a box at the image's top edge); where none of these is free the
+label is shortened to the score, and where that fits nowhere either it is left out. The
+box itself is always drawn.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,33 +46,110 @@ def _put(out: np.ndarray, text: str, x: int, y_top: int, height_px: float, color
     return tw, th + base
 
 
-def annotate(image: np.ndarray, defects: Detections, verdict: str | None = None) -> np.ndarray:
-    """A BGR copy of ``image`` (BGR, grey or BGRA) with defect boxes, labels and a
-    verdict banner."""
-    out = as_bgr(image)
-    if out is image:
-        out = image.copy()
-    rows, cols = out.shape[:2]
+@dataclass(frozen=True)
+class Placement:
+    """Where one box's label is written: ``text`` with its top-left at (``x``, ``y``),
+    ``w`` x ``h`` pixels (baseline included); ``index`` is the box's row in the
+    detections."""
+
+    index: int
+    text: str
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    thick: int  # box outline
+    label_px: float
+    text_thick: int
+    # with a verdict: (right, bottom, pad, text top, text height, text thickness)
+    banner: tuple[int, int, int, int, float, int] | None
+
+
+def _sizes(rows: int, cols: int, verdict: str | None) -> _Sizes:
     side = min(rows, cols)
-    thick = max(1, round(max(rows, cols) / 500))
     label_px = max(MIN_LABEL_PX, LABEL_SHARE * side)
-    text_thick = max(1, round(label_px / 14))
-    for (x1, y1, x2, y2), label, score in zip(defects.xyxy, defects.labels, defects.scores,
-                                              strict=True):
-        p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
-        cv2.rectangle(out, p1, p2, RED, thick)
-        text = f"{label} {score:.2f}"
-        (_, th), base = cv2.getTextSize(text, FONT, _scale_for(label_px, text_thick), text_thick)
-        gap = thick + 2
-        above = p1[1] - gap - th - base
-        _put(out, text, p1[0], above if above >= 0 else p1[1] + gap, label_px, RED, text_thick)
+    banner = None
     if verdict is not None:
-        color = GREEN if verdict == "pass" else RED
         banner_px = min(max(MIN_BANNER_PX, BANNER_SHARE * side), rows)
         text_px = banner_px * 0.6
         bold = max(1, round(text_px / 10))
         (tw, _), _ = cv2.getTextSize(verdict.upper(), FONT, _scale_for(text_px, bold), bold)
         pad = round(banner_px * 0.2)
-        cv2.rectangle(out, (0, 0), (min(tw + 2 * pad, cols - 1), round(banner_px) - 1), color, -1)
-        _put(out, verdict.upper(), pad, round((banner_px - text_px) / 2), text_px, WHITE, bold)
+        banner = (min(tw + 2 * pad, cols - 1), round(banner_px) - 1, pad,
+                  round((banner_px - text_px) / 2), text_px, bold)
+    return _Sizes(max(1, round(max(rows, cols) / 500)), label_px,
+                  max(1, round(label_px / 14)), banner)
+
+
+def label_placements(shape: tuple[int, ...], defects: Detections,
+                     verdict: str | None = None) -> list[Placement]:
+    """The labels :func:`annotate` writes on an image of ``shape`` for ``defects`` (and
+    a ``verdict`` banner), highest score first: each wholly inside the image and on no
+    other label nor the banner. A box tried above, below, then just inside its top edge
+    (inside before below when above would leave the image), with ``"label 0.93"``, then
+    with ``"0.93"``; a box whose label fits nowhere has none, except that the first
+    label, on an image too small to hold it whole, still goes where it always went,
+    clamped (a thumbnail keeps its label). Greedy, O(n^2) in boxes."""
+    rows, cols = shape[:2]
+    sz = _sizes(rows, cols, verdict)
+    scale = _scale_for(sz.label_px, sz.text_thick)
+    gap = sz.thick + 2
+    # placed rectangles as inclusive x1, y1, x2, y2; row 0 the banner (or nothing)
+    taken = np.full((len(defects) + 1, 4), -1, np.int64)
+    taken[0, 2:] = (sz.banner[0], sz.banner[1]) if sz.banner else (-2, -2)
+    count = 1
+    labels = defects.labels
+    placed: list[Placement] = []
+    for i in np.argsort(-defects.scores, kind="stable").tolist():
+        x1, y1, _, y2 = (int(v) for v in defects.xyxy[i])
+        score = f"{defects.scores[i]:.2f}"
+        for text in (f"{labels[i]} {score}", score):
+            (tw, th), base = cv2.getTextSize(text, FONT, scale, sz.text_thick)
+            h = th + base
+            x = min(max(x1, 0), max(cols - tw - 1, 0))
+            above, below = y1 - gap - h, y2 + gap
+            inside = min(max(y1 + gap, 0), max(rows - h - 1, 0))
+            tries = (above, below, inside) if above >= 0 else (inside, below)
+            spot, fits = None, False
+            for y in tries:
+                if y < 0 or y + h >= rows or x + tw >= cols:
+                    continue  # would leave the image
+                fits = True
+                t = taken[:count]
+                if not np.any((t[:, 0] <= x + tw) & (x <= t[:, 2])
+                              & (t[:, 1] <= y + h) & (y <= t[:, 3])):
+                    spot = y
+                    break
+            if not fits and not placed and text != score:
+                # the first label on an image too small for it: where it always went
+                spot = min(max(above if above >= 0 else y1 + gap, 0), max(rows - h - 1, 0))
+            if spot is not None:
+                placed.append(Placement(i, text, x, spot, tw, h))
+                taken[count] = (x, spot, x + tw, spot + h)
+                count += 1
+                break
+    return placed
+
+
+def annotate(image: np.ndarray, defects: Detections, verdict: str | None = None) -> np.ndarray:
+    """A BGR copy of ``image`` (BGR, grey or BGRA) with defect boxes, labels (placed by
+    :func:`label_placements`) and a verdict banner."""
+    out = as_bgr(image)
+    if out is image:
+        out = image.copy()
+    rows, cols = out.shape[:2]
+    sz = _sizes(rows, cols, verdict)
+    for x1, y1, x2, y2 in defects.xyxy:
+        cv2.rectangle(out, (int(x1), int(y1)), (int(x2), int(y2)), RED, sz.thick)
+    for p in label_placements(out.shape, defects, verdict):
+        _put(out, p.text, p.x, p.y, sz.label_px, RED, sz.text_thick)
+    if verdict is not None and sz.banner is not None:
+        right, bottom, pad, text_y, text_px, bold = sz.banner
+        color = GREEN if verdict == "pass" else RED
+        cv2.rectangle(out, (0, 0), (right, bottom), color, -1)
+        _put(out, verdict.upper(), pad, text_y, text_px, WHITE, bold)
     return out
