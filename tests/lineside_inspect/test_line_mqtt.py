@@ -720,7 +720,11 @@ def test_a_port_that_is_no_broker_and_a_client_id_in_use_are_said(
         "url": broker.url, "username": "lineside", "password": "wrong"}}))
     try:
         wait_for(lambda: wrong.app.state.mqtt.last_error, "the refusal")
-        time.sleep(1.5)  # a retry or two
+        # a retry refused too: the box's client had handled the first refusal's disconnect
+        # (its callback runs before the reconnect) when the broker saw the second connect
+        log = broker.folder / "mosquitto.log"
+        wait_for(lambda: log.read_text().count("disconnected, not authorised") >= 2,
+                 "a retry refused by the broker")
         assert "refused the connection" in wrong.app.state.mqtt.last_error
         assert not any("not an MQTT broker" in r.getMessage() for r in caplog.records
                        if str(broker.port) in r.getMessage())
