@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,8 +16,8 @@ from lineside_inspect.imageio import decode_image
 from lineside_inspect.opencv import cv2
 
 from .anomaly_package import FOREIGN_GREY, anomaly_graph, card_doc, part, write_package, write_raw_card
-from .conftest import MODEL, SAMPLE, Running, keyed, start_server
-from .test_review_page import CHROMIUM, signed_in
+from .conftest import CHROMIUM, MODEL, SAMPLE, Running, keyed, start_server
+from .test_review_page import signed_in
 
 JPEG = {"content-type": "image/jpeg"}
 GOOD_BOARD = SAMPLE / "images" / "group00041" / "00041000_temp.jpg"  # the detector finds nothing
@@ -238,22 +239,20 @@ def test_models_and_the_v2_protocol_describe_an_anomaly_model(served) -> None:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
-def test_the_review_page_shows_the_anomaly_score_and_boxes(served) -> None:
-    from playwright.sync_api import expect, sync_playwright
+def test_the_review_page_shows_the_anomaly_score_and_boxes(served, browser: Any) -> None:
+    from playwright.sync_api import expect
 
     srv, _ = served
     with srv.client("line") as c:
         r = c.post("/v1/inspect?recipe=alone&part_id=SN-ANOMALY",
                    content=_jpeg(part(400, 250, ((300, 60, 50),))), headers=JPEG)
         assert r.json()["verdict"] == "fail"
-    with sync_playwright() as p:
-        browser, page = signed_in(p, srv.url)
-        page.locator(".card").first.wait_for()
-        page.keyboard.press("Enter")  # the newest unreviewed fail: this one
-        expect(page.locator("#d-meta")).to_contain_text("part SN-ANOMALY")
-        expect(page.locator("#d-reasons")).to_contain_text("anomaly score 1.000 >= threshold 0.500")
-        expect(page.locator("#d-defects li")).to_have_count(1)
-        expect(page.locator("#d-defects li")).to_contain_text("anomaly 1.00")
-        expect(page.locator("#boxes > *")).to_have_count(1)
-        expect(page.locator("#d-label option")).to_have_text(["1 anomaly"])  # key 1 picks it
-        browser.close()
+    page = signed_in(browser, srv.url)  # the module's Chromium, a context of its own
+    page.locator(".card").first.wait_for()
+    page.keyboard.press("Enter")  # the newest unreviewed fail: this one
+    expect(page.locator("#d-meta")).to_contain_text("part SN-ANOMALY")
+    expect(page.locator("#d-reasons")).to_contain_text("anomaly score 1.000 >= threshold 0.500")
+    expect(page.locator("#d-defects li")).to_have_count(1)
+    expect(page.locator("#d-defects li")).to_contain_text("anomaly 1.00")
+    expect(page.locator("#boxes > *")).to_have_count(1)
+    expect(page.locator("#d-label option")).to_have_text(["1 anomaly"])  # key 1 picks it
