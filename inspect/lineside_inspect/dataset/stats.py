@@ -58,17 +58,24 @@ def shrunk_boxes(records: Iterable[ImageRecord], input_size: int) -> tuple[int, 
     return tiny, boxes, needed
 
 
+def _well_above(dataset: Dataset) -> tuple[float, int] | None:
+    """``(median longer side, auto input size)`` when the images' median longer side is
+    at least ``NATIVE_RATIO`` times the input size training would choose, else None."""
+    if not dataset.images:
+        return None
+    sides = [max(r.width, r.height) for r in dataset.images]
+    median, size = statistics.median(sides), input_size_for(sides)
+    return None if median < NATIVE_RATIO * size else (median, size)
+
+
 def native_scale(dataset: Dataset) -> dict[str, Any] | None:
     """Native-scale training (a config's ``tiling.tile``) to suggest, or None: when the
     images' median longer side is well above (``NATIVE_RATIO``) the input size training
     would choose (:func:`input_size_for`) and boxes would fall under ``TINY_BOX_PX`` at
     it, the frames are better judged as tiles of that size at their own scale."""
-    if not dataset.images:
+    if (above := _well_above(dataset)) is None:
         return None
-    median = statistics.median(max(r.width, r.height) for r in dataset.images)
-    size = input_size_for([max(r.width, r.height) for r in dataset.images])
-    if median < NATIVE_RATIO * size:
-        return None
+    median, size = above
     tiny, boxes, _ = shrunk_boxes(dataset.images, size)
     if not tiny:
         return None
@@ -84,13 +91,9 @@ def letterbox_scale(dataset: Dataset) -> dict[str, Any] | None:
     ``TINY_BOX_PX`` still shrink (DeepPCB's ~30 px defects on 1280 px frames are ~15 px at
     640), and native scale doubled mAP@.5 on such frames (docs/benchmarks.md, session 45),
     yet ``data stats`` said nothing of the scale (new-user review, session 45)."""
-    if not dataset.images:
+    if (above := _well_above(dataset)) is None:
         return None
-    sides = [max(r.width, r.height) for r in dataset.images]
-    median = statistics.median(sides)
-    size = input_size_for(sides)
-    if median < NATIVE_RATIO * size:
-        return None
+    median, size = above
     found = [(min(b.x2 - b.x1, b.y2 - b.y1), max(r.width, r.height))
              for r in dataset.images for b in r.boxes if max(r.width, r.height) > 0]
     smallest = min((side for side, _ in found), default=None)
