@@ -5,7 +5,6 @@ SQLite store) forwarding to it, both served by uvicorn on loopback."""
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -42,14 +41,11 @@ from lineside_inspect.store import Store
 from lineside_inspect.store.models import InspectionRow
 from lineside_inspect.store.outbox import Outbox
 
-from .conftest import Running, start_server
+from .conftest import CHROMIUM, Running, start_server
 from .conftest import keyed as box_settings
 from .fleet_peers import free_port
 
 BOX = "box-a"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HUB_KEYS = {BOX: "k-box-a", "qa": "k-qa", "box-p": "k-box-p"}
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -315,52 +311,49 @@ def test_hub_pages_and_box_keys(hub: Hub, box: Running) -> None:
     assert r.status_code == 401
 
 
-
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
-def test_hub_pages_in_the_browser(hub: Hub, box: Running) -> None:
+def test_hub_pages_in_the_browser(hub: Hub, box: Running, browser: Any) -> None:
     """The fleet page lists the box from its report; the review page and dashboard offer
     the fleet's sites, lines and boxes and narrow by them (headless Chromium)."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     with hub.client() as q:
         doc = q.get("/v1/inspections", params={"box_id": BOX, "verdict": "fail"}).json()
     total = doc["total"]
     assert total >= 1
     newest = doc["items"][0]["id"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        missing: list[str] = []  # a hub has no queues or shadows: the page asks for none
-        page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
-        page.goto(hub.url + "/")  # the hub's home is the fleet page, behind the sign-in
-        page.fill("#key", HUB_KEYS["qa"])
-        page.click("button[type=submit]")
-        row = page.locator(f'tr[data-box="{BOX}"]')
-        expect(row).to_contain_text("plant-a")
-        expect(row).to_contain_text("deeppcb 1")
-        expect(row).to_contain_text("ready")
-        page.goto(hub.url + "/review")
-        expect(page.locator(f'select[name=box_id] option[value="{BOX}"]')).to_have_count(1)
-        page.select_option("select[name=box_id]", BOX)
-        page.select_option("select[name=review_state]", "")
-        page.click("#filters button[type=submit]")
-        # the filtered list, not the one shown until its answer (every box's unreviewed
-        # fails: its count may read "of {total}" too, or contain it, as "of 12" holds
-        # "of 1"; and its first card may be another box's)
-        expect(page.locator("#count")).to_have_text(re.compile(rf" of {total}$"))
-        card = page.locator(".card").first
-        expect(card).to_have_attribute("data-id", newest)
-        # a reviewer sees which box each item came from (a box's own page does not say)
-        expect(card.locator(".where")).to_contain_text(f"{BOX} · ")
-        card.click()
-        expect(page.locator("#d-meta")).to_contain_text(f"box {BOX} · ")
-        assert not [u for u in missing if "/v1/" in u], missing
-        page.goto(hub.url + "/dashboard")
-        expect(page.locator('select[name=site] option[value="plant-a"]')).to_have_count(1)
-        with page.expect_request(lambda r: "/v1/stats?" in r.url and "site=plant-a" in r.url):
-            page.select_option("select[name=site]", "plant-a")
-        expect(page.locator("#status")).to_contain_text("updated")
-        browser.close()
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    missing: list[str] = []  # a hub has no queues or shadows: the page asks for none
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    page.goto(hub.url + "/")  # the hub's home is the fleet page, behind the sign-in
+    page.fill("#key", HUB_KEYS["qa"])
+    page.click("button[type=submit]")
+    row = page.locator(f'tr[data-box="{BOX}"]')
+    expect(row).to_contain_text("plant-a")
+    expect(row).to_contain_text("deeppcb 1")
+    expect(row).to_contain_text("ready")
+    page.goto(hub.url + "/review")
+    expect(page.locator(f'select[name=box_id] option[value="{BOX}"]')).to_have_count(1)
+    page.select_option("select[name=box_id]", BOX)
+    page.select_option("select[name=review_state]", "")
+    page.click("#filters button[type=submit]")
+    # the filtered list, not the one shown until its answer (every box's unreviewed
+    # fails: its count may read "of {total}" too, or contain it, as "of 12" holds
+    # "of 1"; and its first card may be another box's)
+    expect(page.locator("#count")).to_have_text(re.compile(rf" of {total}$"))
+    card = page.locator(".card").first
+    expect(card).to_have_attribute("data-id", newest)
+    # a reviewer sees which box each item came from (a box's own page does not say)
+    expect(card.locator(".where")).to_contain_text(f"{BOX} · ")
+    card.click()
+    expect(page.locator("#d-meta")).to_contain_text(f"box {BOX} · ")
+    assert not [u for u in missing if "/v1/" in u], missing
+    page.goto(hub.url + "/dashboard")
+    expect(page.locator('select[name=site] option[value="plant-a"]')).to_have_count(1)
+    with page.expect_request(lambda r: "/v1/stats?" in r.url and "site=plant-a" in r.url):
+        page.select_option("select[name=site]", "plant-a")
+    expect(page.locator("#status")).to_contain_text("updated")
+
 
 KILLED_REVIEWER = """
 import os, signal, sys

@@ -7,6 +7,7 @@ recipe waits for its model: put when a pull loads it, or at start-up once restor
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 from collections.abc import Callable
@@ -227,3 +228,36 @@ def test_a_pull_and_a_recipe_put_meanwhile_leave_the_put_recipe_judging(
         assert admin.delete("/v1/recipes/a-wait").status_code == 200
     assert registry.recipe("a-wait").model == "deeppcb-good"
     assert "a-wait" not in registry.waiting
+
+
+def test_an_api_recipe_dropped_over_a_waiting_name_leaves_it_waiting_and_the_default(
+        launch: Callable[..., Running], tmp_path: Path, image_bytes: bytes,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Review, session 46: a recipe PUT under the name of the waiting configured default,
+    then DELETEd before the pull, made the next recipe (another product's) the box's
+    default, before the pull and after it: triggers naming no recipe judged with it. With a
+    camera triggering with the default, the DELETE was refused 409 "no recipe of its own
+    of that name", though the configured one waits for its model."""
+    config = _station(tmp_path)
+    config["cameras"] = [{"id": "sim1", "source": str(ROOT / "datasets" / "deeppcb-sample"
+                                                      / "images"), "fps": 5}]
+    box = launch(keys=True, **config)
+    jpeg = {"image": ("a.jpg", image_bytes, "image/jpeg")}
+    with box.client("admin") as admin:
+        put = {"name": "a-wait", "version": "2", "model": "deeppcb"}
+        assert admin.put("/v1/recipes/a-wait", json=put).status_code == 200
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lineside_inspect"):
+            r = admin.delete("/v1/recipes/a-wait")
+        assert r.status_code == 200, r.text
+        assert r.json()["recipe"] is None
+        assert r.json()["waits"].startswith("it waits for model deeppcb-good"), r.text
+        # the camera triggering with it is said to lack its recipe again, as at start-up
+        assert any("sim1" in m and "a-wait" in m for m in caplog.messages), caplog.messages
+    with box.client("line") as line:  # the default waits again, as before the PUT
+        r = line.post("/v1/inspect", files=jpeg)
+        assert r.status_code == 404 and "'a-wait' is not loaded: it waits" in r.text, r.text
+    _pull(box, tmp_path)
+    with box.client("line") as line:
+        r = line.post("/v1/inspect", files=jpeg)
+        assert r.status_code == 200 and r.json()["recipe"]["name"] == "a-wait", r.text

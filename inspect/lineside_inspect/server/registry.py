@@ -478,14 +478,18 @@ class Registry:
 
     def restore_recipe(self, name: str, before: Recipe | None) -> None:
         """Put back what ``name`` was before a change that could not be recorded: the
-        recipe as it was (already checked when it was added), or none."""
+        recipe as it was (already checked when it was added), or none. A fleet box's
+        configured recipe of that name waiting for its model stays the default when it was:
+        its 404 says it waits, as before the change (the next recipe became the default, and
+        triggers naming no recipe judged with another product's, before the pull and after;
+        review, session 46)."""
         with self._lock:
             if before is not None:
                 self._recipes[name] = before
                 return
             self._recipes.pop(name, None)
             self._remote.pop(name, None)
-            if self.default_recipe == name:
+            if self.default_recipe == name and name not in self._waiting:
                 self.default_recipe = next(iter(self._recipes), None)
 
     def _remote_detector(self, recipe: Recipe) -> Detector:

@@ -214,7 +214,12 @@ class RecipeDropped(_Shape):
     name: str
     recipe: Recipe | None = Field(description=(
         "the configuration's recipe of this name, which judges again; null: none, the "
-        "recipe is gone"))
+        "recipe is gone (or, with waits, not loaded yet)"))
+    # only when it has something to say: a drop answered as before otherwise
+    waits: str | None = Field(None, exclude_if=lambda w: w is None, description=(
+        "a fleet box: the configuration's recipe of this name waits for its model from the "
+        "hub, and is put once the box pulls it (why it waits); inspections with it answer "
+        "404 saying so until then"))
 
 
 # -- references -------------------------------------------------------------------------

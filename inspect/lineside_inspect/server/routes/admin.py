@@ -230,7 +230,9 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
 def delete_recipe(name: str, who: Admin, registry: RegistryDep,
                   request: Request) -> RecipeDropped:
     """Drop a recipe put over the API: the configuration's recipe of its name judges
-    again, or, when the configuration has none, the recipe is gone. 404 for a recipe not
+    again, or, when the configuration has none, the recipe is gone (on a fleet box whose
+    configured recipe of that name waits for its model: it waits again, ``waits`` says
+    why, and is put once the model is pulled). 404 for a recipe not
     put over the API (the configuration's are changed in its files); 409
     recipe_breaks_camera when a configured camera triggers with it and the configuration
     has none to take its place."""
@@ -241,9 +243,13 @@ def delete_recipe(name: str, who: Admin, registry: RegistryDep,
             raise NotFoundError(f"no recipe {echo(name)} was put over the API (the "
                                 "configuration's recipes are changed in its files)")
         configured: Recipe | None = state.configured_recipes.get(name)
+        # a fleet box's configured recipe of this name waiting for its model: the name goes
+        # back to waiting (a 404 saying so, the default still), as before the PUT; the
+        # cameras triggering with it are warned of, as at start-up (review, session 46)
+        waits = registry.waiting.get(name) if configured is None else None
         if configured is not None:  # it must still fit the cameras that trigger with it
             state.service.check_recipe_for_cameras(configured)
-        elif cameras := state.service.cameras_with_recipe(name):
+        elif waits is None and (cameras := state.service.cameras_with_recipe(name)):
             raise RecipeBreaksCamera(
                 f"recipe {name} is what camera(s) {', '.join(c.id for c in cameras)} trigger "
                 "with, and the server has no recipe of its own of that name to take its "
@@ -254,10 +260,12 @@ def delete_recipe(name: str, who: Admin, registry: RegistryDep,
         saved.delete(name)
         registry.restore_recipe(name, configured)
         state.api_recipes.discard(name)
+        if waits is not None:  # its cameras' triggers fail until the pull: said as at start-up
+            state.service.warn_cameras()
         alarm = getattr(lifecycle, "alarm", None)
         if alarm is not None:  # dropped: its fail-rate counts go; what judges now learns afresh
             alarm.forget(name)
-    return RecipeDropped(name=name, recipe=configured)
+    return RecipeDropped(name=name, recipe=configured, waits=waits)
 
 
 def confine(value: str, roots: list[Path]) -> Path:
