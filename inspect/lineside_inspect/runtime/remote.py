@@ -274,24 +274,33 @@ class OipClient:
         self.checked = True
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """The card's outputs, in its order, for a ``[B, 3, S, S]`` uint8 batch. An
-        endpoint of a fixed batch size gets requests of exactly that many rows: the last
-        one filled with blank images, whose answers are dropped."""
+        """The card's outputs, in its order, for a ``[B, 3, S, S]`` uint8 batch (a frame's
+        tiles: up to 64 rows). Requests carry up to :data:`REMOTE_BATCH` rows, each within
+        ``timeout_s``. An endpoint of a fixed batch size gets requests of exactly that many
+        rows (the last one filled with blank images, whose answers are dropped); the
+        requests making up :data:`REMOTE_BATCH` rows share one ``timeout_s``."""
         if not self.checked:
             self.check()
         fixed = self.batch
-        if fixed is None or len(batch) == fixed:
-            return self._infer(batch)
-        # the requests share the one timeout_s: a fixed batch of 1 made a frame's 64 tiles
-        # 64 exchanges of 5 s each, over 5 minutes for an endpoint answering slowly
-        until = time.monotonic() + self.timeout_s
+        per = fixed or REMOTE_BATCH  # rows a request carries
+        # rows one timeout_s covers: a fixed batch of 1 made a frame's 64 tiles 64
+        # exchanges of 5 s each, over 5 minutes for an endpoint answering slowly. Split
+        # once, here: runs of 8 first, each padded to a batch of 7, sent a 64-tile frame
+        # 16 requests, 48 rows of them blank (review, session 46)
+        group = REMOTE_BATCH // per * per
         parts = []
-        for i in range(0, len(batch), fixed):
-            rows = batch[i:i + fixed]
-            real = len(rows)
-            if real < fixed:
-                rows = np.concatenate([rows, np.zeros((fixed - real, *rows.shape[1:]), rows.dtype)])
-            parts.append([o[:real] for o in self._infer(rows, until)])
+        for start in range(0, len(batch), group):
+            until = time.monotonic() + self.timeout_s
+            for i in range(start, min(start + group, len(batch)), per):
+                rows = batch[i:i + per]
+                real = len(rows)
+                if fixed is not None and real < fixed:
+                    rows = np.concatenate([rows, np.zeros((fixed - real, *rows.shape[1:]),
+                                                          rows.dtype)])
+                out = self._infer(rows, until)
+                parts.append(out if real == len(rows) else [o[:real] for o in out])
+        if len(parts) == 1:
+            return parts[0]
         return [stack_runs(list(o)) for o in zip(*parts, strict=True)]
 
     def _infer(self, batch: np.ndarray, until: float | None = None) -> list[np.ndarray]:
@@ -415,5 +424,6 @@ class RemoteDetector(Detector):
         self.client = OipClient(remote, self.card)
         self.max_batch = REMOTE_BATCH  # the tiles of a frame, a few per request
 
-    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+    def forward(self, batch: np.ndarray) -> list[np.ndarray]:
+        # the client splits a frame's tiles into requests, knowing the endpoint's batch
         return self.client.infer(batch)
