@@ -460,7 +460,9 @@ def train_cmd(
     merge: Annotated[list[str] | None, typer.Option(help=(
         "extra dataset merged into train (good-only: its good images)"))] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the run's last.pt")] = False,
+    resume: Annotated[bool, typer.Option(help=(
+        "continue the run (--name) from its last.pt as it trained: its config.yaml's values "
+        "over the config file's, a --set or flag given again applied where it may change"))] = False,
     time: Annotated[str | None, typer.Option(
         "--time", help=("train to this budget (30m, 90s, 1h, 1h30m; a bare number is "
                         "minutes): the schedule is fitted to it"))] = None,
@@ -475,18 +477,22 @@ def train_cmd(
         # asked for N epochs: the config's budget (single-default.yaml: 30m) would refit
         # the schedule and ignore them
         overrides.append("time_budget=null")
-    kept_tiling = None  # a resumed native-scale run's own (a field: no --set was given)
-    if resume:  # the run says what it trained on, and on what schedule
-        saved = t.resumed(config, overrides, name)
-        data = data or saved.get("data")
-        merge = merge or saved.get("extra_data")
-        if epochs is None and time is None and not given & {"epochs", "time_budget"}:
-            overrides += [f"{k}={json.dumps(saved[k])}" for k in ("epochs", "time_budget")
-                          if k in saved]
-        kept_tiling = saved.get("tiling")  # a native-scale run, at its scale (none named)
-    cfg = t.load_config(config, overrides, data=data, model=model, weights=weights,
+    kept = None  # a resumed run's own config: all it trained with that is not given again
+    if resume:  # the run says what it trained on, and how (issue #18: its --set values too)
+        kept = t.resumed(config, overrides, name)
+        data = data or kept.pop("data", None)
+        merge = merge or kept.pop("extra_data", None)
+        flags = {"model": model, "weights": weights, "epochs": epochs, "device": device,
+                 "time_budget": time, "threads": threads}
+        for key in [k for k, v in flags.items() if v is not None]:  # given again
+            kept.pop(key, None)
+        if unused := t.kept_over_config(config, kept):
+            err.print(f"--resume: continuing {name or 'the run'} as it trained, not with these "
+                    f"values of the config file: {'; '.join(unused)} (--set KEY=VALUE gives "
+                    "one again)", highlight=False, markup=False)
+    cfg = t.load_config(config, overrides, base=kept, data=data, model=model, weights=weights,
                         epochs=epochs, name=name, device=device, extra_data=merge or None,
-                        time_budget=time, threads=threads, tiling=kept_tiling)
+                        time_budget=time, threads=threads)
     run = t.train(cfg, resume=resume)
     out.print(f"run saved to {run}")
 

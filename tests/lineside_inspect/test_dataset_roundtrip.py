@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lineside_inspect.dataset import Dataset, export_dataset, import_dataset, read_dataset
@@ -42,6 +44,39 @@ def test_export_then_import_round_trip(sample: Path, tmp_path: Path, fmt: str) -
             r.split or "" for r in original.images)
     else:
         assert [r.group for r in again.images] == [r.group for r in original.images]
+
+
+def test_a_yolo_round_trip_gives_integer_boxes_back(sample: Path, tmp_path: Path) -> None:
+    """Issue #18: the sample's whole-pixel boxes came back as 449.99968 or 7.99968 from a
+    YOLO export and import (6 decimals of a fraction of the side), and a 4000 px frame's as
+    far as 3/1000 px off; they come back exact now, and a box between pixels rounded to
+    1/1000 px (float noise gone, within what the written decimals hold)."""
+    from lineside_inspect.opencv import cv2
+
+    original = read_dataset(sample)
+    export_dataset("yolo", sample, tmp_path / "yolo")
+    again, _ = import_dataset("yolo", tmp_path / "yolo", tmp_path / "again")
+    exact = {Path(r.file_name).name: sorted((*b.xyxy(), b.label) for b in r.boxes)
+             for r in again.images}
+    assert exact == {Path(r.file_name).name: sorted((*b.xyxy(), b.label) for b in r.boxes)
+                     for r in original.images}
+    wide = tmp_path / "wide"  # a 4001 x 3001 frame: the written decimals' error x 4000
+    (wide / "images").mkdir(parents=True)
+    cv2.imwrite(str(wide / "images" / "w.png"), np.zeros((3001, 4001), np.uint8))
+    boxes = [(1233, 2911, 3999, 2999), (7, 3, 2345, 1777), (100.25, 10.5, 3000.125, 2000.75)]
+    (wide / "annotations.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "w.png", "width": 4001, "height": 3001}],
+        "annotations": [{"id": n + 1, "image_id": 1, "category_id": 1,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1]}
+                        for n, (x1, y1, x2, y2) in enumerate(boxes)],
+        "categories": [{"id": 1, "name": "scratch"}]}))
+    export_dataset("yolo", wide, tmp_path / "wide-yolo")
+    again, _ = import_dataset("yolo", tmp_path / "wide-yolo", tmp_path / "wide-again")
+    got = [b.xyxy() for b in again.images[0].boxes]
+    assert got[:2] == boxes[:2]
+    # between pixels: as near as 6 decimals of 4001 px tell (3/1000 px), to 1/1000 px
+    assert got[2] == pytest.approx(boxes[2], abs=0.003)
+    assert all(round(v, 3) == v for v in got[2])
 
 
 def _write_voc(ds: Dataset, dst: Path) -> None:

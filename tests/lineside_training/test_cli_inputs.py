@@ -108,6 +108,61 @@ def test_resume_takes_the_data_the_run_trained_on(tmp_path: Path) -> None:
     assert "time budget" not in (tmp_path / "s" / "train.log").read_text()
 
 
+def test_resume_continues_the_run_as_it_trained(tmp_path: Path) -> None:
+    """Issue #18: a run started with ``--set lr=0.005 --set batch_size=2 ...`` and resumed
+    with its config and ``--resume`` went on with the config file's values (another
+    optimiser step, batch, model width, augmentation) without a word. It keeps every value
+    of its own now; one given again that cannot change midway is refused naming both
+    values, one that may is applied (the lr too, which the optimiser's state restored)
+    and train.log says which."""
+    from lineside_training.weights import read_torch_file
+
+    where = ["--device", "cpu", "--name", "r", "--set", f"out_dir={tmp_path}"]
+    sets = ["--set", "max_steps_per_epoch=1", "--set", "crop_size=128", "--set", "batch_size=2",
+            "--set", "lr=0.005", "--set", "model_kwargs.fpn_channels=16",
+            "--set", "augment.hflip=0", "--set", "eval_every=1"]
+    r = runner.invoke(app, ["train", "--config", str(SINGLE), "--data", str(SAMPLE),
+                            "--epochs", "1", *where, *sets])
+    assert r.exit_code == 0, r.output
+    for given, said in (
+            (["--set", "model_kwargs.fpn_channels=32"], 'model_kwargs {"head_norm": "gn", '
+             '"fpn_channels": 16}, and this run has {"head_norm": "gn", "fpn_channels": 32}'),
+            (["--set", "input_size=96"], "input_size 640, and this run has 96"),
+            (["--model", "lsdet_m"], "model lsdet, and this run has lsdet_m"),
+            (["--set", "optimizer=sgd"], "optimizer adamw, and this run has sgd")):
+        r = runner.invoke(app, ["train", "--config", str(SINGLE), "--resume", "--epochs", "2",
+                                *where, *given])
+        text = " ".join(r.output.split())
+        assert r.exit_code == 2 and said in text and "cannot change midway" in text, r.output
+    # resumed as a user would, with the config and no --set: the config file's values are
+    # said not to apply, the run's are kept
+    r = runner.invoke(app, ["train", "--config", str(SINGLE), "--resume", "--epochs", "2", *where])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stderr.split())
+    assert f"lr 0.005 ({SINGLE}: 0.004)" in text and "augment.hflip 0.0 (" in text, r.output
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert (saved["lr"], saved["batch_size"], saved["crop_size"]) == (0.005, 2, 128)
+    assert saved["model_kwargs"] == {"head_norm": "gn", "fpn_channels": 16}
+    assert saved["augment"]["hflip"] == 0 and saved["max_steps_per_epoch"] == 1
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert "resumed with 1 field(s) other than the run trained with: epochs 2 (the run's 1)" \
+        in log
+    # a field that may change is applied, the lr over the optimiser's restored state
+    r = runner.invoke(app, ["train", "--resume", "--epochs", "3", *where,
+                            "--set", "lr=0.001", "--set", "weight_decay=0.0002",
+                            "--set", "augment.vflip=0"])
+    assert r.exit_code == 0, r.output
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert ("resumed with 4 field(s) other than the run trained with: epochs 3 (the run's 2); "
+            "lr 0.001 (the run's 0.005); weight_decay 0.0002 (the run's 0.0001); "
+            "augment.vflip 0.0 (the run's 0.5)") in log
+    last = read_torch_file(tmp_path / "r" / "last.pt")
+    assert last["config"]["lr"] == 0.001 and last["scheduler"]["base_lrs"] == [0.001]
+    group = last["optimizer"]["param_groups"][0]
+    assert group["initial_lr"] == 0.001 and group["weight_decay"] == 0.0002
+    assert last["config"]["augment"]["hflip"] == 0 and last["epoch"] == 2
+
+
 @pytest.mark.parametrize("args", [
     ["evaluate", "runs/x", "--target-escape", "-1"],
     ["evaluate", "runs/x", "--target-escape", "1.5"],
@@ -180,6 +235,12 @@ def test_resume_keeps_merged_sets_under_a_config_naming_the_data(tmp_path: Path)
     cfg.write_text(yaml.safe_dump({"data": str(SAMPLE), "out_dir": str(tmp_path / "runs")}))
     fill = resumed(cfg, [], "m")
     assert fill == {"epochs": 3, "time_budget": None, "extra_data": [str(tmp_path / "extra")]}
+    # a run of an older release: the fields it wrote are kept, and one no longer in the
+    # config (here made up) is left out, not refused
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "lr": 0.01, "gone_field": 1}))
+    assert resumed(cfg, [], "m")["lr"] == 0.01 and "gone_field" not in resumed(cfg, [], "m")
+    assert "lr" not in resumed(cfg, ["lr=0.02"], "m")  # given again: the --set's
     cfg.write_text(yaml.safe_dump({"data": str(tmp_path), "out_dir": str(tmp_path / "runs")}))
     assert "extra_data" not in resumed(cfg, [], "m")  # other data: not its merged sets
 

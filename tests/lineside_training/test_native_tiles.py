@@ -163,6 +163,18 @@ def test_the_log_names_native_tiling_for_boxes_scaling_hides(tmp_path: Path) -> 
                "tiles at their own scale" in s for s in said)
     native = tiny_config(tmp_path, data=str(data), tiling={"tile": TILE})
     assert data_warnings(load_data(native), TILE, native=True) == []
+    # a tile at least as large as every frame (256 x 224) cuts none: each frame is
+    # letterboxed whole, upscaled, not native scale; said, with what to do (issue #18)
+    for tile, warned in ((WIDTH - 32, False), (WIDTH, True), (WIDTH + 64, True)):
+        whole = tiny_config(tmp_path, data=str(data), tiling={"tile": tile})
+        said = data_warnings(load_data(whole), tile, native=True)
+        assert bool(said) == warned, said
+        assert not warned or said == [
+            f"tiling.tile {tile} is at least every train/val frame's longer side (the largest "
+            f"is {WIDTH} px): no frame is cut into tiles, each is letterboxed whole to {tile} px "
+            "(smaller ones upscaled), which is not native scale; leave tiling out (whole frames, "
+            f"input_size chosen from the data), or choose a tile under {WIDTH} px (a multiple "
+            "of 32) to judge the frames at their own scale in tiles"]
 
 
 def test_a_native_run_validates_its_val_frames_tiled(native: dict[str, Any]) -> None:
@@ -270,15 +282,14 @@ def test_a_native_run_resumes_at_its_scale(native: dict[str, Any], tmp_path: Pat
                          "overlap: 0.2}: the scale its model learned")):
         r = runner.invoke(app, ["train", "--resume", "--epochs", "3", *tiny, *given])
         assert r.exit_code != 0 and said in " ".join(r.output.split()), r.output
-    # the run's tiling is filled in, not a --set the user gave: a clash with the config's
-    # own input_size is not blamed on a --set (final read, session 45)
+    # the run's tiling and input size are kept over a config's own input_size (it was
+    # refused as a clash, session 45; session 46: a resume continues the run as it trained,
+    # saying which of the config's values it does not apply)
     config = tmp_path / "sized.yaml"
     config.write_text("input_size: 640\n")
     r = runner.invoke(app, ["train", "--config", str(config), "--resume", "--epochs", "3", *tiny])
-    said = " ".join(r.output.split())
-    assert r.exit_code != 0 and "input_size" in said and "--set: " not in said, r.output
-    r = runner.invoke(app, ["train", "--resume", "--epochs", "3", *tiny])
-    assert r.exit_code == 0, r.output
+    said = " ".join(r.stderr.split())
+    assert r.exit_code == 0 and f"input_size 64 ({config}: 640)" in said, r.output
     saved = yaml.safe_load((tmp_path / "native" / "config.yaml").read_text())
     assert saved["tiling"] == {"tile": TILE, "overlap": 0.2} and saved["input_size"] == TILE
     assert load_trained(tmp_path / "native", "cpu").config.tiling == Tiling(tile=TILE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +19,37 @@ from lineside_training.anomaly.evaluate import evaluate_anomaly
 from lineside_training.anomaly.evaluate import summary_lines as anomaly_summary
 from lineside_training.anomaly.export import export_anomaly
 from lineside_training.bench import bench_train
-from lineside_training.budget import parse_duration
+from lineside_training.budget import budget_text, parse_duration
 from lineside_training.calibrate import calibrate
-from lineside_training.config import TrainConfig, read_config, sizes_from_data, validate_config
+from lineside_training.config import TrainConfig, read_config, shown, sizes_from_data, validate_config
 from lineside_training.models import list_models
 
-__all__ = ["anomaly_summary", "bench_train", "calibrate", "evaluate", "export", "list_models",
-           "load_config", "resumed", "train"]
+__all__ = ["anomaly_summary", "bench_train", "calibrate", "evaluate", "export",
+           "kept_over_config", "list_models", "load_config", "resumed", "train"]
+
+
+# what a resume does not take from the run's config.yaml: where the run is (the command
+# says, and found it there), and its data, which the command's data replaces when it names
+# some (the run's checkpoint then refuses other data than it trained on, by content)
+_NOT_KEPT = ("name", "out_dir", "data", "extra_data", "kind")
 
 
 def resumed(path: str | Path | None, overrides: list[str] | None,
             name: str | None) -> dict[str, Any]:
     """For ``--resume``: what the run to continue was trained with (its ``config.yaml``),
-    as fields to fill in: its ``data`` (and ``extra_data``, from ``--merge``) when neither
-    the config nor an override names one,
-    and its schedule (``epochs``, ``time_budget``), which the command keeps unless given
-    again, and its ``tiling`` (native scale) when neither names one. Empty when there is
-    no such run (``train`` says so)."""
+    as a base for the command's config (:func:`load_config`'s ``base``: its values replace
+    the config file's, and a ``--set`` or flag given again replaces them, a ``--set`` of
+    one key in a section that key of the run's section). Every field of the run's is kept
+    that no ``--set`` names again (a run started with ``--set lr=0.005``
+    went on at the config file's 0.004; issue #18): its schedule, optimiser, model, input
+    size, tiling, augmentation. ``engine.train`` refuses a field given again that cannot
+    change midway and logs those that do. A ``--set tiling...`` leaves the input size to
+    the tile it names (the tile is the input; the run refuses another scale by name). Its
+    ``data`` (and ``extra_data``, from ``--merge``) are filled in when neither the config
+    nor an override names a set. Fields of a release that no longer has them are left
+    out, and fields a run's older release did not write are the command's. Empty when
+    there is no such run (``train`` says so); a good-only run's data only (good-only runs
+    do not resume, and say so)."""
     doc = read_config(path, overrides, name=name)
     saved = Path(str(doc.get("out_dir", "runs"))) / str(doc.get("name", "run")) / "config.yaml"
     try:
@@ -43,11 +58,16 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
         return {}
     if not isinstance(was, dict):
         return {}
-    fill = {k: was[k] for k in ("epochs", "time_budget") if k in was}
-    if "tiling" not in doc and isinstance(was.get("tiling"), dict):
-        # a native-scale run goes on at its scale (it went on with whole frames, and its
-        # card lost the tiling; review, session 45)
-        fill["tiling"] = was["tiling"]
+    fill: dict[str, Any] = {}
+    if doc.get("kind") != "anomaly" and was.get("kind") != "anomaly":
+        keys = [item.partition("=")[0].strip().split(".") for item in overrides or []]
+        # a whole field given again is the --set's; one key of a section (augment.hflip)
+        # edits the run's section
+        given = {key[0] for key in keys if len(key) == 1}
+        fill = {k: v for k, v in was.items()
+                if k in TrainConfig.model_fields and k not in _NOT_KEPT and k not in given}
+        if any(key[0] == "tiling" for key in keys):  # its tile is the input (TrainConfig)
+            fill.pop("input_size", None)
     if doc.get("data") is None and was.get("data"):
         fill["data"] = str(was["data"])
     # its --merge sets, when it is resumed on its own data (the shipped configs name one)
@@ -55,6 +75,36 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     if same and not doc.get("extra_data") and was.get("extra_data"):
         fill["extra_data"] = [str(d) for d in was["extra_data"]]
     return fill
+
+
+def kept_over_config(path: str | Path | None, fill: dict[str, Any]) -> list[str]:
+    """The config file's values a resume does not apply, ``fill`` (:func:`resumed`) keeping
+    the run's: ``lr 0.005 (CONFIG: 0.004)``. Only keys the file sets, within a section the
+    keys it sets; its ``input_size: auto`` and a time budget written another way
+    (``30m`` for ``1800s``) are no difference."""
+    if path is None or not fill:
+        return []
+    file = read_config(path)
+    said = []
+
+    def differs(key: str, mine: Any, run: Any) -> None:
+        if isinstance(mine, dict) and isinstance(run, dict):
+            for k, v in mine.items():
+                differs(f"{key}.{k}", v, run.get(k))
+        elif mine != run:
+            said.append(f"{key} {shown(run)} ({path}: {shown(mine)})")
+
+    for key, run in fill.items():
+        if key not in file or key in ("data", "extra_data"):
+            continue
+        mine = file[key]
+        if key == "input_size" and mine == "auto":
+            continue
+        if key == "time_budget" and mine is not None:
+            with contextlib.suppress(ValueError):
+                mine = budget_text(mine)
+        differs(key, mine, run)
+    return said
 
 
 def _same_path(a: object, b: object) -> bool:
@@ -65,7 +115,7 @@ def _same_path(a: object, b: object) -> bool:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
-                **fields: Any) -> TrainConfig | AnomalyConfig:
+                base: dict[str, Any] | None = None, **fields: Any) -> TrainConfig | AnomalyConfig:
     """A detector's config, or a good-only model's when the YAML says ``kind: anomaly``.
     A ``time_budget`` given as a field (``--time``) is checked here, so its error names the
     flag rather than the config file."""
@@ -74,7 +124,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
             parse_duration(fields["time_budget"])
         except ValueError as exc:
             raise ConfigError(f"--time: {exc}") from None
-    doc = read_config(path, overrides, **fields)
+    doc = read_config(path, overrides, base, **fields)
     if doc.get("kind") == "anomaly":
         # a detector's flag given to a good-only config was blamed on the YAML file
         # ("good-default.yaml: epochs: Extra inputs are not permitted"; review, 34)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -221,18 +223,26 @@ def sizes_from_data(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def shown(value: Any) -> str:
+    """A config value as a message names it: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
-                **fields: Any) -> TrainConfig:
-    """Read ``path`` (YAML), apply ``key=value`` overrides (values parsed as YAML) and
-    keyword fields, and choose the input size from the data when not set
-    (:func:`sizes_from_data`); errors name the file and field."""
-    return validate_config(TrainConfig, path, sizes_from_data(read_config(path, overrides, **fields)),
+                base: dict[str, Any] | None = None, **fields: Any) -> TrainConfig:
+    """Read ``path`` (YAML), replace its keys by ``base``'s (:func:`read_config`), apply
+    ``key=value`` overrides (values parsed as YAML) and keyword fields, and choose the
+    input size from the data when not set (:func:`sizes_from_data`); errors name the file
+    and field."""
+    return validate_config(TrainConfig, path,
+                           sizes_from_data(read_config(path, overrides, base, **fields)),
                            overrides)
 
 
 def read_config(path: str | Path | None, overrides: list[str] | None = None,
-                **fields: Any) -> dict[str, Any]:
-    """The config document: ``path``'s YAML with the overrides and fields applied."""
+                base: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """The config document: ``path``'s YAML, its keys replaced by ``base``'s (a resumed
+    run's own values), with the overrides and fields applied."""
     doc: dict[str, Any] = {}
     if path is not None:
         # not UTF-8 was a UnicodeDecodeError traceback, a FIFO nobody writes to a hang
@@ -244,6 +254,7 @@ def read_config(path: str | Path | None, overrides: list[str] | None = None,
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: a config is a mapping of keys (epochs: 40), not a "
                               f"{type(doc).__name__}")
+    doc.update(copy.deepcopy(base or {}))  # (a --set inside a section edits a copy)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:

@@ -46,7 +46,7 @@ from lineside_inspect.imageio import check_decodable
 from lineside_inspect.package import sha256_file
 from lineside_inspect.runtime.tiles import MAX_TILES, Tiling, tile_origins
 from lineside_training.budget import Budget, SchedulePlan, fitted_ema, format_duration, parse_duration
-from lineside_training.config import STRIDE, TrainConfig
+from lineside_training.config import STRIDE, TrainConfig, shown
 from lineside_training.data.augment import train_transform
 from lineside_training.data.dataset import DetectionDataset, collate
 from lineside_training.metrics import coco_metrics
@@ -207,7 +207,8 @@ def data_warnings(data: TrainData, input_size: int | None = None, *,
     no box in train (a split word in a folder's name put all of one class in test), a
     val without a defective image (mAP 0 at every evaluation) (new-user review), and with
     ``input_size`` boxes the scaling to it leaves too small to see (:func:`tiny_boxes`;
-    ``native``: a run with ``tiling``, which scales no image down)."""
+    ``native``: a run with ``tiling``, which scales no image down, and whose tile, the
+    input size, no train/val frame is larger than is said: :func:`tile_past_frames`)."""
     counts: dict[str, int] = dict.fromkeys(data.class_names, 0)
     for rec in data.train:
         for box in rec.boxes:
@@ -232,7 +233,26 @@ def data_warnings(data: TrainData, input_size: int | None = None, *,
     if input_size is not None and not native and (
             tiny := tiny_boxes(data.train + data.val, input_size)):
         lines.append(tiny)
+    if input_size is not None and native and (
+            past := tile_past_frames(data.train + data.val, input_size)):
+        lines.append(past)
     return lines
+
+
+def tile_past_frames(records: list[ImageRecord], tile: int) -> str | None:
+    """The warning for a ``tiling.tile`` at least as large as every frame's longer side: no
+    frame is cut into tiles, each is letterboxed whole to the tile (the smaller ones
+    upscaled), which is training without tiling at input size ``tile``, while the run,
+    and its card, say native scale (issue #18: it went without a word)."""
+    largest = max((max(r.width, r.height) for r in records), default=0)
+    if not largest or tile < largest:
+        return None
+    smaller = (f", or choose a tile under {largest} px (a multiple of {STRIDE}) to judge the "
+               "frames at their own scale in tiles" if largest > STRIDE else "")
+    return (f"tiling.tile {tile} is at least every train/val frame's longer side (the largest "
+            f"is {largest} px): no frame is cut into tiles, each is letterboxed whole to "
+            f"{tile} px (smaller ones upscaled), which is not native scale; leave tiling out "
+            f"(whole frames, input_size chosen from the data){smaller}")
 
 
 PRACTICAL_SIZE = 2048  # above this an input size costs ~10x DeepPCB's 640 px per frame
@@ -673,12 +693,15 @@ def load_checkpoint(path: Path, state: TrainState, device: torch.device) -> Prog
 
 
 def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
-                     epochs: int, tiling: Tiling | None = None) -> None:
+                     epochs: int, tiling: Tiling | None = None,
+                     cfg: TrainConfig | None = None) -> dict[str, Any]:
     """Refuse to continue ``run`` on other data than it trained on: ``--resume`` given to
     a run of a taken name (say, with ``--merge`` of reviews) would carry on the old run.
     A set is the same by its resolved path or by its annotations' content (the run folder
     moved to another machine), the merged sets in any order. Refuse a run whose schedule
-    is done, too: it took no step and logged an empty epoch (new-user review)."""
+    is done, too: it took no step and logged an empty epoch (new-user review), and with
+    ``cfg`` a field that cannot change midway (:data:`FIXED_ON_RESUME`) changed. Returns
+    the config the run's checkpoint trained with (empty before checkpoints kept it)."""
     try:  # tensors and plain values only: a run folder from elsewhere cannot run code
         ck = read_torch_file(run / "last.pt", mmap=True)
     except ConfigError as exc:
@@ -687,6 +710,10 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
         raise ConfigError(f"--resume: {run / 'last.pt'}: not a Lineside checkpoint")
     _check_same_data(run, ck.get("data", {}), fingerprint)
     _check_same_tiling(run, ck.get("config"), tiling)
+    config = ck.get("config")
+    saved: dict[str, Any] = config if isinstance(config, dict) else {}
+    if cfg is not None:
+        _check_same_setup(run, saved, cfg)
     planned, step = int(ck.get("planned_steps") or 0), int(ck.get("step") or 0)
     best = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
     if budget and planned and step >= planned:
@@ -699,6 +726,78 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
             f"--resume: {run} already trained its {int(ck.get('epoch', -1)) + 1} epoch(s) "
             f"and this schedule has {epochs}: give --epochs MORE to continue it, or start a "
             f"new run from its weights: --weights {best} --name NEW")
+    return saved
+
+
+# what a resumed run cannot change midway, and why: its checkpoint's layers and optimiser
+# state, and the scale its validation (and so its thresholds) judges at; tiling has its
+# own check (_check_same_tiling), data its own (_check_same_data). The rest (epochs, time
+# budget, lr, batch size, augmentation, patience, workers...) may change, and train.log
+# says which did (issue #18)
+FIXED_ON_RESUME = {
+    "model": "the checkpoint's layers are that model's",
+    "model_kwargs": "the checkpoint's layer shapes follow them",
+    "input_size": "the scale its model learned and its validation judges by",
+    "reference": "its input channels (frame, golden image and their difference, or one frame)",
+    "optimizer": "its optimiser state is that optimiser's",
+    "schedule": "its learning-rate schedule's state is that schedule's",
+    "weights": "a resume goes on from its last.pt, not from weights",
+}
+# a onecycle schedule fixes its length and peak when it starts: a longer one stopped on
+# torch's "Tried to step N times" past the old length
+ONECYCLE_FIXED = ("epochs", "lr", "warmup_epochs", "batch_size", "max_steps_per_epoch")
+
+
+def _check_same_setup(run: Path, saved: dict[str, Any], cfg: TrainConfig) -> None:
+    """Refuse a resume that gives again, with another value, a field the run cannot change
+    midway, naming it and both values; fields the run's checkpoint does not hold (an older
+    release's) are not compared."""
+    now = cfg.model_dump()
+    fixed = dict(FIXED_ON_RESUME)
+    if saved.get("schedule") == "onecycle":
+        fixed.update(dict.fromkeys(ONECYCLE_FIXED, "a onecycle schedule's length and peak, "
+                                   "fixed when it started"))
+    for key, why in fixed.items():
+        if key in saved and saved[key] != now[key]:
+            best = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+            raise ConfigError(
+                f"--resume: {run} trained with {key} {shown(saved[key])}, and this run has "
+                f"{shown(now[key])}: {why}, which cannot change midway; leave {key} out to "
+                f"continue it as it trained, or start a new run from its weights: "
+                f"--weights {best} --name NEW")
+
+
+def resume_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The fields of ``cfg`` that differ from the run's checkpoint's (``saved``), a
+    section's by key: ``lr 0.001 (the run's 0.005)``. Not where the run and its data are
+    (a path may be written another way; the data is checked by content)."""
+    now, said = cfg.model_dump(), []
+    for key, value in now.items():
+        if key in ("name", "out_dir", "data", "extra_data") or key not in saved:
+            continue
+        was = saved[key]
+        if isinstance(value, dict) and isinstance(was, dict) and key != "model_kwargs":
+            said += [f"{key}.{k} {shown(v)} (the run's {shown(was.get(k))})"
+                     for k, v in value.items() if k in was and was[k] != v]
+        elif value != was:
+            said.append(f"{key} {shown(value)} (the run's {shown(was)})")
+    return said
+
+
+def take_changes(state: TrainState, cfg: TrainConfig) -> None:
+    """A resume's learning rate and weight decay, over the run's: a checkpoint's optimiser
+    and scheduler state restore the run's own, so ``--set lr=`` on resume was ignored. The
+    cosine schedule's factor at the step reached is kept (onecycle refuses an lr change)."""
+    groups = state.optimizer.param_groups
+    for group in groups:
+        group["weight_decay"] = cfg.weight_decay
+    scheduler = state.scheduler
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return
+    scheduler.base_lrs = [cfg.lr] * len(groups)
+    for group, factor in zip(groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = cfg.lr
+        group["lr"] = cfg.lr * factor(scheduler.last_epoch)
 
 
 def _tiling_text(tiling: dict[str, Any]) -> str:
@@ -788,8 +887,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         raise ConfigError(f"--resume: there is no run to continue at {run} (no last.pt): "
                           "check --name (and out_dir), or leave --resume out for a new run")
     if resume:
-        _check_resumable(run, data.fingerprint, budget=budget_s is not None, epochs=cfg.epochs,
-                         tiling=cfg.tiling)
+        was = _check_resumable(run, data.fingerprint, budget=budget_s is not None,
+                               epochs=cfg.epochs, tiling=cfg.tiling, cfg=cfg)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
@@ -803,6 +902,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         if not quiet:
             print(line, file=sys.stderr, flush=True)
 
+    if resume and (changed := resume_changes(was, cfg)):
+        log(f"resumed with {len(changed)} field(s) other than the run trained with: "
+            f"{'; '.join(changed)}")
     threads, why = choose_threads(cfg.threads)
     log(f"torch threads: {threads} ({why})")
     if cfg.tiling is None:
@@ -822,7 +924,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         log(f"merged {extra}: its train (and unsplit) images only; its {n} val/test image(s) "
             "are not trained on")
     model = build_model(cfg.model, num_classes=len(data.class_names), **cfg.model_kwargs)
-    if cfg.weights:
+    if cfg.weights and not resume:  # a resume's last.pt replaces every weight
         report = load_weights(model, cfg.weights)
         if rank == 0 and not quiet:
             print(report, file=sys.stderr)
@@ -867,6 +969,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         log(f"time budget {format_duration(budget_s)}: the schedule (warm-up, cosine, EMA) is fitted "
             f"to it from measured throughput; first plan {plan.total_steps} steps "
             f"({steps} a full epoch), re-fitted as the run goes")
+
+    if resume:  # its lr and weight decay, not the checkpoint's (after the plan is fitted)
+        take_changes(state, cfg)
 
     def save(epoch: int, path: Path) -> None:  # rank 0 writes, as torchvision's save_on_master
         if rank == 0:

@@ -878,9 +878,27 @@ def _yolo_boxes(label_file: Path, names: dict[int, str], names_file: str, width:
             problems.append(Problem(str(label_file), where, f"class id {cls} has an empty name "
                                     f"in {names_file}: name the class there", rel))
             continue
-        boxes.append(Box(x1 * width, y1 * height, x2 * width, y2 * height, label,
+        # cx - w/2 carries both values' rounding, a polygon's corner its own
+        spread = 1.5 if len(values) == 4 else 1.0
+        boxes.append(Box(_yolo_px(x1, width, spread), _yolo_px(y1, height, spread),
+                         _yolo_px(x2, width, spread), _yolo_px(y2, height, spread), label,
                          f"{label_file}:{where}"))
     return boxes
+
+
+YOLO_HALF_PLACE = 5e-7  # half the last place of the 6 decimals YOLO tools write (%g: finer)
+
+
+def _yolo_px(value: float, side: int, spread: float) -> float:
+    """A normalised YOLO coordinate in pixels: the whole pixel when it is within what the
+    6 written decimals cannot tell apart from it (``spread`` of their half place, of the
+    ``side``), else to 1/1000 px. Integer boxes came back as 122.9992 after an export and
+    import (issue #18); a finer position than its text holds was never there."""
+    px = value * side
+    near = round(px)
+    if abs(px - near) <= spread * YOLO_HALF_PLACE * side + 1e-9:
+        return float(near)
+    return round(px, 3)
 
 
 YAML_SPLITS = ("train", "val", "test")
