@@ -241,6 +241,9 @@ def test_resume_keeps_merged_sets_under_a_config_naming_the_data(tmp_path: Path)
     (run / "config.yaml").write_text(yaml.safe_dump({**saved, "lr": 0.01, "gone_field": 1}))
     assert resumed(cfg, [], "m")["lr"] == 0.01 and "gone_field" not in resumed(cfg, [], "m")
     assert "lr" not in resumed(cfg, ["lr=0.02"], "m")  # given again: the --set's
+    # the machine's are not the run's: one started on a GPU box goes on on a CPU one
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "device": "cuda", "threads": 8}))
+    assert not {"device", "threads"} & set(resumed(cfg, [], "m"))
     cfg.write_text(yaml.safe_dump({"data": str(tmp_path), "out_dir": str(tmp_path / "runs")}))
     assert "extra_data" not in resumed(cfg, [], "m")  # other data: not its merged sets
 

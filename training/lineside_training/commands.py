@@ -29,9 +29,10 @@ __all__ = ["anomaly_summary", "bench_train", "calibrate", "evaluate", "export",
 
 
 # what a resume does not take from the run's config.yaml: where the run is (the command
-# says, and found it there), and its data, which the command's data replaces when it names
-# some (the run's checkpoint then refuses other data than it trained on, by content)
-_NOT_KEPT = ("name", "out_dir", "data", "extra_data", "kind")
+# says, and found it there), its data, which the command's data replaces when it names
+# some (the run's checkpoint then refuses other data than it trained on, by content), and
+# the machine's (a run started with --device cuda went on asking for CUDA on a CPU box)
+_NOT_KEPT = ("name", "out_dir", "data", "extra_data", "kind", "device", "threads")
 
 
 def resumed(path: str | Path | None, overrides: list[str] | None,
