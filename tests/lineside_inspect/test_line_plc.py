@@ -725,7 +725,10 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
                               str(ROOT / "configs" / "recipes" / "deeppcb-fused.yaml")],
                      store_pass_rate=0.0, line=LineSettings(
                          opcua=OpcUaConfig(endpoint="opc.tcp://127.0.0.1:0/lineside/"),
-                         modbus=ModbusConfig(port=0), trigger_timeout_s=2.0, ack_timeout_s=1.5))
+                         modbus=ModbusConfig(port=0), trigger_timeout_s=2.0, ack_timeout_s=1.5,
+                         # the servers' hold at stop (close_hold_s: its own test's, and the
+                         # shutdown tests' keep the default) is 1 s per stop for nothing here
+                         close_hold_s=0))
     srv, stop = start_server(settings)
     running = Line(srv, sim, flaky, fused_frame)
     with srv.client("reviewer") as c:
@@ -1749,7 +1752,7 @@ def test_a_reference_registered_after_start_up(caplog: pytest.LogCaptureFixture)
         srv, stop = start_server(keyed(
             cameras=[cam], models=[str(REF_MODEL)], store=False,
             recipes=[str(ROOT / "configs" / "recipes" / "deeppcb-ref.yaml")],
-            line=LineSettings(modbus=ModbusConfig(port=0))))
+            line=LineSettings(modbus=ModbusConfig(port=0), close_hold_s=0)))
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("camera station1" in m and "'station1'" in m and "PUT /v1/references/station1"
                in m for m in warned), warned
@@ -1789,7 +1792,7 @@ def test_a_box_without_models_starts_and_takes_its_recipes_when_they_come() -> N
     cams = [CameraConfig(id="named", source=str(SAMPLE), fps=5, recipe="deeppcb-default"),
             CameraConfig(id="plain", source=str(SAMPLE), fps=5)]
     srv, stop = start_server(keyed(cameras=cams, models=[], store=False,
-                                   line=LineSettings(modbus=ModbusConfig(port=0))))
+                                   line=LineSettings(modbus=ModbusConfig(port=0), close_hold_s=0)))
     port = srv.app.state.line_plc.adapters[0].port
 
     async def cycles() -> list[dict[str, Any]]:
@@ -1866,7 +1869,7 @@ def test_a_modbus_recipe_table_in_the_config_holds_whatever_the_api_puts(
     with pytest.raises(ValidationError, match=r"recipe 'a' is in the table twice \(index 0 and 2\)"):
         ModbusConfig(recipes=["a", "b", "a"])  # the PLC writing 2 read back 0: "refused"
     sim, settings = _one_camera_two_recipes(tmp_path, LineSettings(modbus=ModbusConfig(
-        port=0, recipes=["lenient", "spare", "deeppcb"])))
+        port=0, recipes=["lenient", "spare", "deeppcb"]), close_hold_s=0))
     with caplog.at_level("WARNING", logger="lineside.line"):
         srv, stop = start_server(settings)
     # a table entry not loaded (yet): said at start, not only as ErrorCode 6 on the line
@@ -1908,7 +1911,7 @@ def test_the_fail_rate_alarm_reaches_the_plc_over_opcua_and_modbus(tmp_path: Pat
     clears with the alarm."""
     sim, settings = _one_camera_two_recipes(
         tmp_path, LineSettings(opcua=OpcUaConfig(endpoint="opc.tcp://127.0.0.1:0/lineside/"),
-                               modbus=ModbusConfig(port=0)),
+                               modbus=ModbusConfig(port=0), close_hold_s=0),
         lifecycle={"fail_rate_alarm": {"baseline_inspections": 4, "window": 4,
                                        "max_fail_rate_increase": 0.3}})
     srv, stop = start_server(settings)
@@ -1992,7 +1995,8 @@ def test_a_camera_switches_its_golden_image_with_the_recipe(tmp_path: Path) -> N
                          recipe="deeppcb-ref", reference="gold-a")
     srv, stop = start_server(keyed(
         cameras=[cam, plain], models=[str(MODEL), str(REF_MODEL)], store=False,
-        recipes=[*recipes, str(other)], line=LineSettings(modbus=ModbusConfig(port=0))))
+        recipes=[*recipes, str(other)],
+        line=LineSettings(modbus=ModbusConfig(port=0), close_hold_s=0)))
     try:
         plc = srv.app.state.line_plc
         assert plc.check_recipe("station1", "other-ref") == ErrorCode.NONE
@@ -2065,7 +2069,8 @@ def test_modbus_recipe_index_follows_the_load_order_it_reads_back(tmp_path: Path
     """Without ``modbus.recipes`` the index register reads back the recipe in force: a
     recipe put before it dropped moved the load order, and the register kept the old
     index, which then named another recipe (line review, session 34)."""
-    sim, settings = _one_camera_two_recipes(tmp_path, LineSettings(modbus=ModbusConfig(port=0)))
+    sim, settings = _one_camera_two_recipes(tmp_path, LineSettings(modbus=ModbusConfig(port=0),
+                                                                   close_hold_s=0))
     srv, stop = start_server(settings)
 
     async def run(mb: AsyncModbusTcpClient, station: Station) -> None:
@@ -2102,7 +2107,7 @@ def test_a_refused_recipe_write_does_not_copy_the_whole_value_into_the_log(
     url = f"opc.tcp://127.0.0.1:{free_port()}/lineside/"
     settings = keyed(cameras=[CameraConfig(id="sim", source=sim.url, recipe="deeppcb")],
                      recipes=[str(tmp_path / "deeppcb.yaml")], store=False,
-                     line=LineSettings(opcua=OpcUaConfig(endpoint=url)))
+                     line=LineSettings(opcua=OpcUaConfig(endpoint=url), close_hold_s=0))
     _srv, stop = start_server(settings)
     try:
         async def run() -> None:
@@ -2201,7 +2206,7 @@ def test_a_camera_whose_recipe_is_not_in_the_modbus_table_is_said_at_start(
     """Its recipe index read back 65535 ("no recipe") while its triggers were judged with
     a recipe, and nothing at start said why."""
     sim, settings = _one_camera_two_recipes(tmp_path, LineSettings(modbus=ModbusConfig(
-        port=0, recipes=["lenient"])))
+        port=0, recipes=["lenient"]), close_hold_s=0))
     with caplog.at_level("WARNING", logger="lineside.line"):
         srv, stop = start_server(settings)
 

@@ -181,18 +181,21 @@ def _counted(pkg: Path, dataset: Any) -> list[list[str]]:
             for d in [det.predict(*runtime_inputs(det, dataset, rec))[0]]]
 
 
-def test_int8_export_end_to_end(tiny_run: Path, package: Path, tmp_path: Path) -> None:
+def test_int8_export_end_to_end(evaluated: tuple[Path, dict[str, Any]], package: Path,
+                               tmp_path: Path) -> None:
     """The tiny run's int8 graph is made, recounted and shipped; or, where it passes a part
     the fp32 graph fails, refused, and the refusal is true. Which one depends on the CPU:
     the tiny run (24 steps) is trained otherwise on an AVX-512 host than an AVX2 one, and
     its scores sit near its thresholds (session 41: refused on a new CI host, calibrated
-    on 8 to 64 images, head kept in float or not)."""
+    on 8 to 64 images, head kept in float or not). Exported from the evaluated copy of the
+    tiny run: its thresholds.json is the package's card's (test_package_evaluation_through_
+    the_runtime says so), so export does not predict val through torch to calibrate anew."""
     from lineside_training.export import quantize_int8
 
     out = tmp_path / "tiny-int8" / "1"
     dataset = read_dataset(SAMPLE)
     try:
-        summary = export(tiny_run, out, int8=True, parity_images=4, calibration_images=8,
+        summary = export(evaluated[0], out, int8=True, parity_images=4, calibration_images=8,
                          max_defects_lost=1.0)
     except PackageError as exc:
         said = re.fullmatch(r"int8 graph refused: it passes (\d+) val part\(s\) the fp32 graph "
@@ -265,11 +268,13 @@ def test_a_lower_precision_graph_that_misses_defects_is_refused() -> None:
 
 
 @pytest.mark.slow
-def test_fp16_export_gives_a_graph_the_runtime_loads(tiny_run: Path, tmp_path: Path) -> None:
+def test_fp16_export_gives_a_graph_the_runtime_loads(evaluated: tuple[Path, dict[str, Any]],
+                                                     tmp_path: Path) -> None:
     """Range took float16 and onnxruntime refused every LSDet fp16 graph (training review,
-    session 33)."""
+    session 33). (The tiny run's evaluated copy: its thresholds are saved, not calibrated
+    anew through torch.)"""
     out = tmp_path / "tiny-fp16" / "1"
-    summary = export(tiny_run, out, fp16=True, parity_images=4, max_defects_lost=1.0)
+    summary = export(evaluated[0], out, fp16=True, parity_images=4, max_defects_lost=1.0)
     assert summary["quantization"]["precision"] == "fp16"
     det = Detector(out, device="cpu")
     assert len(det.predict([read_image(next((SAMPLE / "images").rglob("*_test.jpg")))])) == 1
