@@ -15,7 +15,7 @@ import torch
 from lineside_inspect.errors import ConfigError
 from lineside_training.budget import Budget, SchedulePlan, parse_duration
 from lineside_training.config import TrainConfig, load_config
-from lineside_training.engine import _lr_lambda, train
+from lineside_training.engine import _lr_lambda, build_scheduler, train
 
 Make = Callable[..., TrainConfig]
 
@@ -37,6 +37,21 @@ def test_cosine_follows_a_refitted_plan() -> None:
     assert lr(100) == pytest.approx(0.02) and lr(30) > 0.85
     plan.total_steps = 50  # less time than planned: the rest of the curve is compressed
     assert lr(50) == pytest.approx(0.02) and lr(30) == pytest.approx(0.51)
+
+
+@pytest.mark.parametrize(("steps", "warmup"), [(1, 1.0), (2, 1.0), (3, 1.0), (100, 0.0)])
+def test_a_onecycle_schedule_of_few_steps_runs_its_length(steps: int, warmup: float) -> None:
+    # torch divides by the rise's length (pct_start * total - 1): 0 at 2 steps of pct 0.5
+    # or 100 steps of pct 0.01, a ZeroDivisionError (review, session 46)
+    cfg = TrainConfig(data="x", schedule="onecycle", epochs=1, warmup_epochs=warmup, lr=0.01)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = build_scheduler(cfg, optimizer, steps)
+    lrs = [optimizer.param_groups[0]["lr"]]  # the first step's
+    for _ in range(steps - 1):  # to the last step's
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert all(math.isfinite(x) and 0 < x <= cfg.lr for x in lrs), lrs
 
 
 def test_time_budget_refits_and_stops_itself(tmp_path: Path, make_config: Make,

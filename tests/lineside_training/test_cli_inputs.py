@@ -161,6 +161,58 @@ def test_resume_continues_the_run_as_it_trained(tmp_path: Path) -> None:
     group = last["optimizer"]["param_groups"][0]
     assert group["initial_lr"] == 0.001 and group["weight_decay"] == 0.0002
     assert last["config"]["augment"]["hflip"] == 0 and last["epoch"] == 2
+    # its config.yaml damaged by hand: refused naming it, never passed over for the config
+    # file's values (or blamed on the config file: "SINGLE: lr: Input should be a valid
+    # number" where SINGLE says 0.004), nor an alias bomb dumped whole (hung; session 46)
+    kept = tmp_path / "r" / "config.yaml"
+    good = kept.read_text()
+    bomb = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+    for text, said in ((good.replace("lr: 0.001", "lr: fast"),
+                        f"{kept} (the run's, which --resume continues): lr: Input should be"),
+                       ("- 1\n", f"{kept}: the run's config is a mapping of keys"),
+                       ("lr: [\n", f"{kept}: cannot read the run's config"),
+                       (bomb + good.replace("model_kwargs:", "model_kwargs:\n  x: *i"),
+                        f"{kept}: the run's config expands to more than 10000 values")):
+        kept.write_text(text)
+        r = runner.invoke(app, ["train", "--config", str(SINGLE), "--resume", "--epochs", "4",
+                                *where])
+        text = " ".join(r.stderr.split())
+        assert r.exit_code == 2 and said in text and f"{SINGLE}: lr" not in text, r.output
+    # gone: the config last.pt saved is the run's (it went on with the config file's lr,
+    # batch size and augmentation, and was refused for its model_kwargs)
+    kept.unlink()
+    r = runner.invoke(app, ["train", "--config", str(SINGLE), "--resume", "--epochs", "4", *where])
+    assert r.exit_code == 0, r.output
+    last = read_torch_file(tmp_path / "r" / "last.pt")
+    assert (last["config"]["lr"], last["config"]["batch_size"], last["epoch"]) == (0.001, 2, 3)
+    assert last["config"]["model_kwargs"] == {"head_norm": "gn", "fpn_channels": 16}
+    # resumed without --device: the machine's choice, not a change of the run's to log
+    # ("device auto (the run's cpu)" on every such resume)
+    r = runner.invoke(app, ["train", "--config", str(SINGLE), "--resume", "--epochs", "5",
+                            "--name", "r", "--set", f"out_dir={tmp_path}"])
+    assert r.exit_code == 0, r.output
+    said = [line for line in (tmp_path / "r" / "train.log").read_text().splitlines()
+            if "resumed with" in line]
+    assert said[-1].endswith("resumed with 1 field(s) other than the run trained with: "
+                             "epochs 5 (the run's 4)"), said[-1]
+
+
+def test_a_short_onecycle_run_trains_and_its_finished_run_is_not_told_more_epochs(
+        tmp_path: Path) -> None:
+    """Review, session 46: a onecycle schedule of 2 steps (or 100 without warm-up) was a
+    ZeroDivisionError traceback from torch; and a finished onecycle run was told "give
+    --epochs MORE to continue it", which its resume then refused (its length is fixed)."""
+    where = ["--device", "cpu", "--name", "oc", "--set", f"out_dir={tmp_path}"]
+    args = ["train", "--config", str(SINGLE), "--data", str(SAMPLE), "--epochs", "1", *where,
+            "--set", "schedule=onecycle", "--set", "time_budget=null",
+            "--set", "max_steps_per_epoch=2", "--set", "batch_size=2", "--set", "crop_size=128"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", "--resume", "--epochs", "1", *where])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "already trained its 1 epoch(s)" in text, r.output
+    assert "--epochs MORE" not in text and "start a new run from its weights" in text, r.output
 
 
 @pytest.mark.parametrize("args", [
@@ -246,6 +298,25 @@ def test_resume_keeps_merged_sets_under_a_config_naming_the_data(tmp_path: Path)
     assert not {"device", "threads"} & set(resumed(cfg, [], "m"))
     cfg.write_text(yaml.safe_dump({"data": str(tmp_path), "out_dir": str(tmp_path / "runs")}))
     assert "extra_data" not in resumed(cfg, [], "m")  # other data: not its merged sets
+
+
+def test_resume_names_only_config_values_a_run_reads_otherwise(tmp_path: Path) -> None:
+    """``--resume`` listed a config file's ``lr: 4e-3`` (a string to YAML, the lr 0.004 to
+    the run) and ``crop_size: 640`` (none, whole images, for a 640 px input) as values
+    not applied, though the run reads them as its own (session 46)."""
+    from lineside_training.commands import kept_over_config
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("lr: 4e-3\ncrop_size: 640\ninput_size: auto\ntime_budget: 30m\n"
+                   "warmup_epochs: 1\naugment:\n  hflip: 0\nmodel_kwargs:\n  head_norm: gn\n")
+    run = {"lr": 0.004, "crop_size": None, "input_size": 640, "time_budget": "1800s",
+           "warmup_epochs": 1.0, "augment": {"hflip": 0.0, "vflip": 0.25},
+           "model_kwargs": {"head_norm": "gn", "fpn_channels": 16}}
+    assert kept_over_config(cfg, run) == []
+    assert kept_over_config(cfg, {**run, "lr": 0.005, "crop_size": 128,
+                                  "augment": {"hflip": 0.5}}) == [
+        f"lr 0.005 ({cfg}: 4e-3)", f"crop_size 128 ({cfg}: 640)",
+        f"augment.hflip 0.5 ({cfg}: 0)"]
 
 
 def _pred(boxes: list[list[float]], scores: list[float]) -> Prediction:

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.package import read_card
-from lineside_inspect.user_files import load_yaml
+from lineside_inspect.user_files import load_yaml, read_text
 from lineside_training import engine
 from lineside_training import evaluate as detector_evaluate
 from lineside_training import export as detector_export
@@ -23,6 +24,7 @@ from lineside_training.budget import budget_text, parse_duration
 from lineside_training.calibrate import calibrate
 from lineside_training.config import TrainConfig, read_config, shown, sizes_from_data, validate_config
 from lineside_training.models import list_models
+from lineside_training.weights import read_torch_file
 
 __all__ = ["anomaly_summary", "bench_train", "calibrate", "evaluate", "export",
            "kept_over_config", "list_models", "load_config", "resumed", "train"]
@@ -52,12 +54,8 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     there is no such run (``train`` says so); a good-only run's data only (good-only runs
     do not resume, and say so)."""
     doc = read_config(path, overrides, name=name)
-    saved = Path(str(doc.get("out_dir", "runs"))) / str(doc.get("name", "run")) / "config.yaml"
-    try:
-        was = load_yaml(saved.read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    if not isinstance(was, dict):
+    was = run_config(Path(str(doc.get("out_dir", "runs"))) / str(doc.get("name", "run")))
+    if was is None:
         return {}
     fill: dict[str, Any] = {}
     if doc.get("kind") != "anomaly" and was.get("kind") != "anomaly":
@@ -74,38 +72,111 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     # its --merge sets, when it is resumed on its own data (the shipped configs name one)
     same = doc.get("data") is None or _same_path(doc["data"], was.get("data"))
     if same and not doc.get("extra_data") and was.get("extra_data"):
-        fill["extra_data"] = [str(d) for d in was["extra_data"]]
+        extra = was["extra_data"]  # (not a list: refused by name when validated)
+        fill["extra_data"] = [str(d) for d in extra] if isinstance(extra, list) else extra
     return fill
+
+
+# values in a run's config (about 60, a few model_kwargs): past this it is no config
+# Lineside wrote but an alias bomb (``b: [*a, *a, ...]``), which expanded to millions when
+# dumped and hung --resume (review, session 46)
+MAX_RUN_CONFIG_VALUES = 10_000
+
+
+def _too_many_values(doc: Any, limit: int = MAX_RUN_CONFIG_VALUES) -> bool:
+    stack, seen = [doc], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+    return False
+
+
+def run_config(run: Path) -> dict[str, Any] | None:
+    """What the run at ``run`` trained with, for ``--resume``: its ``config.yaml``, or the
+    config its ``last.pt`` saved when that file is gone; None when there is no run. Of a run
+    with a ``last.pt``, a ``config.yaml`` that cannot be read, is no mapping or is an alias
+    bomb is refused naming it, with what to do (it was passed over: the resume went on with
+    the config file's values, or asked for --data; review, session 46)."""
+    saved, last = run / "config.yaml", run / "last.pt"
+    if not last.is_file():  # nothing to continue (train says so); a good-only run's data
+        try:
+            was = load_yaml(saved.read_text())
+        except (OSError, ValueError, yaml.YAMLError):
+            return None
+        return was if isinstance(was, dict) else None
+    if not saved.exists():  # the checkpoint holds the same config
+        try:
+            ck = read_torch_file(last, mmap=True)
+        except ConfigError:
+            return None  # train refuses the checkpoint by name
+        config = ck.get("config") if isinstance(ck, dict) else None
+        return config if isinstance(config, dict) and not _too_many_values(config) else None
+    fix = (f"; put back the run's own, or remove {saved}: --resume then takes the config "
+           f"{last} saved")
+    try:
+        was = load_yaml(read_text(saved, "run's config"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--resume: {saved}: cannot read the run's config: {exc}{fix}") from None
+    if not isinstance(was, dict):
+        raise ConfigError(f"--resume: {saved}: the run's config is a mapping of keys (epochs: "
+                          f"40), not a {type(was).__name__}{fix}")
+    if _too_many_values(was):
+        raise ConfigError(f"--resume: {saved}: the run's config expands to more than "
+                          f"{MAX_RUN_CONFIG_VALUES} values (aliases repeating others), which "
+                          f"no run writes{fix}")
+    return was
 
 
 def kept_over_config(path: str | Path | None, fill: dict[str, Any]) -> list[str]:
     """The config file's values a resume does not apply, ``fill`` (:func:`resumed`) keeping
     the run's: ``lr 0.005 (CONFIG: 0.004)``. Only keys the file sets, within a section the
-    keys it sets; its ``input_size: auto`` and a time budget written another way
-    (``30m`` for ``1800s``) are no difference."""
+    keys it sets, compared as a run reads them: its ``input_size: auto``, a time budget
+    written another way (``30m`` for ``1800s``), ``4e-3`` for 0.004, a crop a run reads as
+    none (as large as the input) are no difference."""
     if path is None or not fill:
         return []
     file = read_config(path)
-    said = []
+    said: list[str] = []
+    run = _validated({**file, **fill})
 
-    def differs(key: str, mine: Any, run: Any) -> None:
-        if isinstance(mine, dict) and isinstance(run, dict):
-            for k, v in mine.items():
-                differs(f"{key}.{k}", v, run.get(k))
-        elif mine != run:
-            said.append(f"{key} {shown(run)} ({path}: {shown(mine)})")
+    def differs(key: str, raw: Any, mine: Any, its: Any) -> None:
+        # within a section, the keys the file sets; values compared as the run reads them
+        # (4e-3 is the lr 0.004, a crop as large as the input none)
+        if isinstance(raw, dict) and isinstance(mine, dict) and isinstance(its, dict):
+            for k, v in raw.items():
+                differs(f"{key}.{k}", v, mine.get(k, v), its.get(k))
+        elif mine != its:  # as the file writes it (its crop_size 640, not none)
+            said.append(f"{key} {shown(its)} ({path}: {shown(raw)})")
 
-    for key, run in fill.items():
+    for key, kept in fill.items():
         if key not in file or key in ("data", "extra_data"):
             continue
-        mine = file[key]
-        if key == "input_size" and mine == "auto":
+        raw = file[key]
+        if key == "input_size" and raw == "auto":
             continue
-        if key == "time_budget" and mine is not None:
+        mine = _validated({**file, **fill, key: raw})
+        if run is not None and mine is not None:
+            differs(key, raw, mine[key], run[key])
+            continue
+        if key == "time_budget" and raw is not None:  # (one of them is not valid)
             with contextlib.suppress(ValueError):
-                mine = budget_text(mine)
-        differs(key, mine, run)
+                raw = budget_text(raw)
+        differs(key, raw, raw, kept)
     return said
+
+
+def _validated(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """``doc`` as a run reads it (:class:`TrainConfig`), or None when it is not valid."""
+    try:
+        return TrainConfig.model_validate({**doc, "data": "-"}).model_dump()
+    except ValidationError:
+        return None
 
 
 def _same_path(a: object, b: object) -> bool:
@@ -137,7 +208,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
                               "anomaly), which trains for its steps or a time budget "
                               "(--time 20m)")
         return validate_config(AnomalyConfig, path, sizes_from_data(doc), overrides)
-    return validate_config(TrainConfig, path, sizes_from_data(doc), overrides)
+    run = Path(str(doc.get("out_dir", "runs"))) / str(doc.get("name", "run"))
+    kept = run / "config.yaml" if (run / "config.yaml").exists() else run / "last.pt"
+    # a value the run's config.yaml holds (lr: fast) was blamed on the config file
+    return validate_config(TrainConfig, path, sizes_from_data(doc), overrides,
+                           base={k: kept for k in base or {}})
 
 
 def train(cfg: TrainConfig | AnomalyConfig, *, resume: bool = False) -> Path:

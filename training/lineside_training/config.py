@@ -271,9 +271,11 @@ def read_config(path: str | Path | None, overrides: list[str] | None = None,
 
 
 def validate_config(schema: type[Config], path: str | Path | None, doc: dict[str, Any],
-                    overrides: list[str] | None = None) -> Config:
+                    overrides: list[str] | None = None,
+                    base: dict[str, Path] | None = None) -> Config:
     """``doc`` as ``schema``; an error names the ``--set`` it came from (``overrides``),
-    else the config file, and a key that is none of the schema's its nearest ones."""
+    else the file ``base`` names for its field (a resumed run's ``config.yaml``), else the
+    config file, and a key that is none of the schema's its nearest ones."""
     try:
         return schema.model_validate(doc)
     except ValidationError as exc:
@@ -307,6 +309,12 @@ def validate_config(schema: type[Config], path: str | Path | None, doc: dict[str
         ours = [e for e in errors if overridden(e)]
         theirs = [e for e in errors if not overridden(e)]
         said = [f"--set: {describe_validation(ours)}"] if ours else []
+        kept: dict[Path, list[Any]] = {}  # a resumed run's own value (lr: fast)
+        for e in [e for e in theirs if e["loc"] and str(e["loc"][0]) in (base or {})]:
+            kept.setdefault((base or {})[str(e["loc"][0])], []).append(e)
+            theirs.remove(e)
+        said += [f"{where} (the run's, which --resume continues): {describe_validation(errs)}"
+                 for where, errs in kept.items()]
         if theirs:
             said.append(f"{path or 'config'}: {describe_validation(theirs)}")
         raise ConfigError("; ".join(said) + hint) from None

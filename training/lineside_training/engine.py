@@ -486,9 +486,14 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: i
     """Stepped once per training step (``steps`` per epoch); the cosine follows ``plan``
     (default: the config's epochs)."""
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
-            pct_start=min(max(cfg.warmup_epochs / cfg.epochs, 0.01), 0.5))
+        total = cfg.epochs * steps
+        # each phase a step and a half at least: torch divides by the rise's length
+        # (pct_start * total - 1), 0 at 2 steps of pct 0.5, or 100 steps with no warm-up,
+        # a ZeroDivisionError traceback (review, session 46)
+        pct = min(max(cfg.warmup_epochs / cfg.epochs, 0.01, 1.5 / total),
+                  0.5 if total >= 4 else 0.75)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
+                                                   total_steps=total, pct_start=pct)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(plan or plan_schedule(cfg, steps)))
 
 
@@ -722,10 +727,13 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
             "budget, ending at a learning rate near 0): nothing is left to continue. To "
             f"train on, start a new run from its weights: --weights {best} --name NEW")
     if not budget and int(ck.get("epoch", -1)) + 1 >= epochs:  # -1: no epoch finished
+        # a onecycle schedule cannot be made longer (_check_same_setup): not "give
+        # --epochs MORE", which it then refused (review, session 46)
+        more = "" if saved.get("schedule") == "onecycle" else "give --epochs MORE to continue it, or "
         raise ConfigError(
             f"--resume: {run} already trained its {int(ck.get('epoch', -1)) + 1} epoch(s) "
-            f"and this schedule has {epochs}: give --epochs MORE to continue it, or start a "
-            f"new run from its weights: --weights {best} --name NEW")
+            f"and this schedule has {epochs}: {more}start a new run from its weights: "
+            f"--weights {best} --name NEW")
     return saved
 
 
@@ -773,7 +781,10 @@ def resume_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     (a path may be written another way; the data is checked by content)."""
     now, said = cfg.model_dump(), []
     for key, value in now.items():
-        if key in ("name", "out_dir", "data", "extra_data") or key not in saved:
+        # (nor the machine's: every resume without --device logged "device auto (the
+        # run's cpu)")
+        if key in ("name", "out_dir", "data", "extra_data", "device", "threads") \
+                or key not in saved:
             continue
         was = saved[key]
         if isinstance(value, dict) and isinstance(was, dict) and key != "model_kwargs":
