@@ -77,6 +77,13 @@ def test_a_yolo_round_trip_gives_integer_boxes_back(sample: Path, tmp_path: Path
     # between pixels: as near as 6 decimals of 4001 px tell (3/1000 px), to 1/1000 px
     assert got[2] == pytest.approx(boxes[2], abs=0.003)
     assert all(round(v, 3) == v for v in got[2])
+    # a label written finer than 6 decimals keeps what its decimals hold: 1000.0011 px of
+    # 4001 was snapped to 1000 by 6 decimals' blur, 3/1000 px (review, session 46)
+    label = tmp_path / "wide-yolo" / "labels" / "train" / "w.txt"
+    label.write_text("0 0.3499378 0.5000000 0.2000000 0.2000000\n")
+    again, _ = import_dataset("yolo", tmp_path / "wide-yolo", tmp_path / "wide-finer")
+    x1 = again.images[0].boxes[0].xyxy()[0]
+    assert x1 == round((0.3499378 - 0.1) * 4001, 3) and x1 != round(x1), x1
 
 
 def _write_voc(ds: Dataset, dst: Path) -> None:

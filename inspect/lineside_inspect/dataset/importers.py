@@ -12,6 +12,7 @@ import unicodedata
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from itertools import combinations
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -878,25 +879,42 @@ def _yolo_boxes(label_file: Path, names: dict[int, str], names_file: str, width:
             problems.append(Problem(str(label_file), where, f"class id {cls} has an empty name "
                                     f"in {names_file}: name the class there", rel))
             continue
-        # cx - w/2 carries both values' rounding, a polygon's corner its own
-        spread = 1.5 if len(values) == 4 else 1.0
-        boxes.append(Box(_yolo_px(x1, width, spread), _yolo_px(y1, height, spread),
-                         _yolo_px(x2, width, spread), _yolo_px(y2, height, spread), label,
+        # what the written decimals cannot tell apart, per axis: cx - w/2 carries both
+        # values' rounding; a polygon's corners, the coarsest of its numbers'
+        half = [_half_place(p) for p in parts[1:]]
+        if len(values) == 4:
+            blur_x, blur_y = half[0] + half[2] / 2, half[1] + half[3] / 2
+        else:
+            blur_x, blur_y = max(half[0::2]), max(half[1::2])
+        boxes.append(Box(_yolo_px(x1, width, blur_x), _yolo_px(y1, height, blur_y),
+                         _yolo_px(x2, width, blur_x), _yolo_px(y2, height, blur_y), label,
                          f"{label_file}:{where}"))
     return boxes
 
 
-YOLO_HALF_PLACE = 5e-7  # half the last place of the 6 decimals YOLO tools write (%g: finer)
+YOLO_HALF_PLACE = 5e-7  # half the last place of the 6 decimals YOLO tools write
 
 
-def _yolo_px(value: float, side: int, spread: float) -> float:
-    """A normalised YOLO coordinate in pixels: the whole pixel when it is within what the
-    6 written decimals cannot tell apart from it (``spread`` of their half place, of the
-    ``side``), else to 1/1000 px. Integer boxes came back as 122.9992 after an export and
-    import (issue #18); a finer position than its text holds was never there."""
+def _half_place(number: str) -> float:
+    """Half the last written place of a number's text, at most :data:`YOLO_HALF_PLACE`:
+    ``0.123456`` 5e-7, ``0.5000005`` 5e-8; ``0.5`` 5e-7 too, as a writer of ``%g`` drops
+    the zeros of 0.500000."""
+    try:
+        exponent = Decimal(number).as_tuple().exponent
+    except InvalidOperation:  # (float() took it: nan, inf, refused as coordinates later)
+        return 0.0
+    return min(0.5 * 10.0 ** exponent, YOLO_HALF_PLACE) if isinstance(exponent, int) else 0.0
+
+
+def _yolo_px(value: float, side: int, blur: float) -> float:
+    """A normalised YOLO coordinate in pixels: the whole pixel when it is within ``blur``
+    (of the side: what the written decimals cannot tell apart from it), else to 1/1000 px.
+    Integer boxes came back as 122.9992 after an export and import (issue #18); a finer
+    position than its text holds was never there, and one its text does hold is kept
+    (review, session 46: 0.5000005 of 1000 px was snapped to 500 by 6 decimals' blur)."""
     px = value * side
     near = round(px)
-    if abs(px - near) <= spread * YOLO_HALF_PLACE * side + 1e-9:
+    if abs(px - near) <= blur * side + 1e-9:
         return float(near)
     return round(px, 3)
 
