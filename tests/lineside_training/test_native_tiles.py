@@ -295,3 +295,14 @@ def test_a_native_run_resumes_at_its_scale(native: dict[str, Any], tmp_path: Pat
     assert load_trained(tmp_path / "native", "cpu").config.tiling == Tiling(tile=TILE)
     rows = [json.loads(x) for x in (tmp_path / "native" / "metrics.jsonl").read_text().splitlines()]
     assert max(x.get("epoch", 0) for x in rows) == 3
+    # a checkpoint whose saved tiling is no tiling (written by hand): one line, not the
+    # ValueError of formatting its overlap (session 46)
+    import torch
+
+    last = tmp_path / "native" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    ck["config"]["tiling"] = {"tile": "big", "overlap": "some"}
+    torch.save(ck, last)
+    r = runner.invoke(app, ["train", "--resume", "--epochs", "4", *tiny])
+    assert r.exit_code == 2 and "its saved tiling is not one" in " ".join(r.output.split()), \
+        r.output

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from pydantic import ValidationError
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
@@ -811,10 +812,6 @@ def take_changes(state: TrainState, cfg: TrainConfig) -> None:
         group["lr"] = cfg.lr * factor(scheduler.last_epoch)
 
 
-def _tiling_text(tiling: dict[str, Any]) -> str:
-    return f"{{tile: {tiling['tile']}, overlap: {tiling['overlap']:g}}}"
-
-
 def _check_same_tiling(run: Path, saved: Any, tiling: Tiling | None) -> None:
     """Refuse to continue a run at another scale than it trained at: resumed without its
     ``tiling`` (or with one it lacked), a native-scale run went on with whole images
@@ -825,11 +822,16 @@ def _check_same_tiling(run: Path, saved: Any, tiling: Tiling | None) -> None:
     if was == now:
         return
     best = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
-    had = "with no tiling (whole frames)" if was is None else \
-        f"at native scale with tiling {_tiling_text(was)}"
-    has = "none" if now is None else f"tiling {_tiling_text(now)}"
-    again = "--set tiling=null" if was is None else \
-        f"--set tiling.tile={was['tile']} --set tiling.overlap={was['overlap']:g}"
+    try:
+        had_tiling = None if was is None else Tiling.model_validate(was)
+    except ValidationError:  # a checkpoint written by hand: not formatted as one (a traceback)
+        raise ConfigError(f"--resume: {run / 'last.pt'}: its saved tiling is not one "
+                          f"({str(was)[:100]})") from None
+    had = "with no tiling (whole frames)" if had_tiling is None else \
+        f"at native scale with tiling {had_tiling}"
+    has = "none" if tiling is None else f"tiling {tiling}"
+    again = "--set tiling=null" if had_tiling is None else \
+        f"--set tiling.tile={had_tiling.tile} --set tiling.overlap={had_tiling.overlap:g}"
     raise ConfigError(f"--resume: {run} trained {had}, and this run has {has}: the scale its "
                       f"model learned and its validation judges by would change midway; "
                       f"continue it as it trained ({again}), or start a new run from its "

@@ -284,7 +284,7 @@ def tiling_for(trained: Trained, tile: int | None, overlap: float | None,
             if given is not None and given != run_value:
                 raise ConfigError(
                     f"{flag} {given}: the run trained at native scale with tiling "
-                    f"{{tile: {own.tile}, overlap: {own.overlap:g}}}, and its card's recipe "
+                    f"{own}, and its card's recipe "
                     f"tiles as it was validated and calibrated: leave {flag} out (or give "
                     f"{run_value:g}); a server recipe's tiling may judge otherwise")
         return own

@@ -52,6 +52,9 @@ class Tiling(BaseModel):
         "least share of a tile its neighbour also covers, 0..0.5: a defect narrower "
         "than the overlap band is whole in at least one tile"))
 
+    def __str__(self) -> str:  # as a config writes it, for messages
+        return f"{{tile: {self.tile}, overlap: {self.overlap:g}}}"
+
 
 def starts(length: int, tile: int, overlap: float) -> list[int]:
     """Where tiles start along a side of ``length`` px: evenly spread, the first at 0 and
