@@ -122,7 +122,12 @@ def test_ten_drop_reconnect_cycles_leak_nothing(stream: MJPEGSimulator) -> None:
         stream.start()
         assert _wait(w.online)
     assert w.reconnects >= 10
-    time.sleep(0.5)
+
+    def settled() -> bool:  # the last cycle's threads and descriptors gone (was a fixed 0.5 s)
+        return (threading.active_count() <= threads + 2
+                and len(os.listdir("/proc/self/fd")) <= fds + 4)
+
+    _wait(settled, timeout=5)
     assert threading.active_count() <= threads + 2  # the stream server's own handler threads
     assert len(os.listdir("/proc/self/fd")) <= fds + 4
     assert w.stop()

@@ -33,6 +33,7 @@ import pytest
 from lineside_inspect.cameras.simulator import MJPEGSimulator, folder_frames
 from lineside_inspect.config import CameraConfig
 from lineside_inspect.errors import ConfigError
+from lineside_inspect.line import mqtt as mqtt_module
 from lineside_inspect.line.config import MqttConfig
 from lineside_inspect.line.mqtt import SHORT_SESSIONS, MqttPublisher
 from lineside_inspect.runtime.detector import Detector
@@ -683,13 +684,16 @@ def test_an_admin_lists_the_mqtt_events_set_aside(broker: Broker, tmp_path: Path
 
 
 def test_a_port_that_is_no_broker_and_a_client_id_in_use_are_said(
-        broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+        broker: Broker, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """A port that accepts TCP and answers no MQTT (or garbage) left the box disconnected
     with nothing in the log nor the status page; two boxes with one client id dropped
     each other twice a second, "lost the broker" each time, and never said why."""
     import socket
     import threading
 
+    # the test waits through the publisher's retries (a refusal retried, the clones'
+    # drops): its first retry comes sooner here than the 0.5 s it waits on a line
+    monkeypatch.setattr(mqtt_module, "RECONNECT_MIN_S", 0.1)
     caplog.set_level(logging.WARNING, logger="lineside")
     with socket.socket() as junk:
         junk.bind(("127.0.0.1", 0))

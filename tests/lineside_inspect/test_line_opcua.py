@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from lineside_inspect.errors import ConfigError
+from lineside_inspect.line import opcua as opcua_module
 from lineside_inspect.line import peer_logs
 from lineside_inspect.line.config import LineSettings, OpcUaConfig
 from lineside_inspect.line.opcua import OpcUaAdapter
@@ -237,10 +238,13 @@ def test_a_subscriptions_warnings_are_bounded_and_a_stopped_burst_counted(
 
 
 def test_a_client_that_reads_nothing_does_not_hold_the_stop(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """asyncua's stop closes each connection gracefully and waits for all of them: one
     whose client reads nothing more (a PLC switched off mid-subscription leaves its data on
     TCP's retransmissions for ~15 min; a hung one for ever) held the server's shutdown."""
+    # the stop's wait for clients to take their last answers runs out here: a shorter one
+    monkeypatch.setattr(opcua_module, "STOP_S", 0.5)
+
     async def run() -> None:
         adapter = OpcUaAdapter(OpcUaConfig(endpoint=LOOPBACK))
         await adapter.start([_station()], lambda *w: None)

@@ -80,7 +80,9 @@ class MJPEGSimulator:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # kill() waits for serve_forever's next poll: every 50 ms, not the default 0.5 s
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
 
     def kill(self) -> None:
         server, self.server = self.server, None

@@ -204,6 +204,14 @@ class OpcUaAdapter:
         # answers its client does not read (a PLC switched off or unplugged mid-subscription:
         # the data waits on TCP's retransmissions, ~15 min; one that stopped reading: for
         # ever) held the stop, and the server's shutdown behind it, until systemd killed it
+        # asyncua's stop awaits the task that writes ServerStatus.CurrentTime, which sleeps
+        # a second between writes: each stop took up to a second more; it is cancelled
+        # first (the address space is in memory: nothing of a write is left half done)
+        clock = getattr(server.iserver, "time_task", None)
+        if clock is not None:
+            clock.cancel()
+            await asyncio.wait({clock})
+            server.iserver.time_task = None
         stopping = asyncio.ensure_future(server.stop())
         done, _ = await asyncio.wait({stopping}, timeout=STOP_S)
         if not done:
