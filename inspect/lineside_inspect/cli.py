@@ -288,12 +288,15 @@ def data_stats(
         if spread["images"]:
             flat = (f"; {spread['under_default']} span under 16, as a lens cap does: real parts "
                     "that flat fail as blank_frame at 16" if spread["under_default"] else "")
+            # why this figure only: "16 (...; 0: leave it off, real parts look blank)" read
+            # as if a set of 255-level boards looked blank (new-user review, session 46)
+            figure = spread["suggested_min_contrast"]
+            why = "0: leave it off, real parts look blank" if figure == 0 else \
+                "half the 1st percentile, at most 16"
             out.print(f"contrast (grey levels, 5th to 95th percentile, of {spread['images']} "
                       f"images): lowest {spread['lowest']}, 1st percentile "
                       f"{spread['first_percentile']}{flat}\nsuggested min_contrast for a "
-                      f"single-image recipe: {spread['suggested_min_contrast']} (half the 1st "
-                      "percentile, at most 16; 0: leave it off, real parts look blank)",
-                      highlight=False, markup=False)
+                      f"single-image recipe: {figure} ({why})", highlight=False, markup=False)
     if plot is not None:
         out.print(f"plot saved to {plot_stats(s, plot)}")
 
@@ -480,13 +483,17 @@ def train_cmd(
     kept = None  # a resumed run's own config: all it trained with that is not given again
     if resume:  # the run says what it trained on, and how (issue #18: its --set values too)
         kept = t.resumed(config, overrides, name)
-        data = data or kept.pop("data", None)
-        merge = merge or kept.pop("extra_data", None)
+        its_data = {} if data is not None or "data" not in kept else {"data": kept["data"]}
+        # popped whether or not given: a run's data left in kept was blamed on its
+        # config.yaml when --data named a set that failed validation (final read, 46)
+        its_merge = kept.pop("extra_data", None)
+        data, merge = data or kept.pop("data", None), merge or its_merge
+        kept.pop("data", None)
         flags = {"model": model, "weights": weights, "epochs": epochs, "device": device,
                  "time_budget": time, "threads": threads}
         for key in [k for k, v in flags.items() if v is not None]:  # given again
             kept.pop(key, None)
-        if unused := t.kept_over_config(config, kept):
+        if unused := t.kept_over_config(config, {**its_data, **kept}):
             err.print(f"--resume: continuing {name or 'the run'} as it trained, not with these "
                     f"values of the config file: {'; '.join(unused)} (--set KEY=VALUE gives "
                     "one again)", highlight=False, markup=False)
@@ -505,7 +512,9 @@ def evaluate_cmd(
     split: Annotated[str, typer.Option(help="val|test|all")] = "val",
     target_escape: Annotated[float, typer.Option(callback=_escape_rate, help=(
         "escape-rate target for calibration (0 to under 1)"))] = 0.005,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="report folder")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help=(
+        "report folder (default: the run's report-SPLIT; a package's "
+        "runs/NAME-VERSION-report-SPLIT under the current folder)"))] = None,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """COCO mAP plus escapes / false rejects; calibrates a run's thresholds on val. A model

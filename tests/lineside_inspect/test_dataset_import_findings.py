@@ -473,3 +473,20 @@ def test_a_deeppcb_label_of_infinite_numbers_is_a_problem_not_a_crash(tmp_path: 
     for n, line in enumerate(("1 1 inf 9 1", "1 1 9 9 1e999", "nan 1 9 9 1"), start=1):
         assert f"000.txt:line {n}: not finite numbers: {line!r}" in text, text
     assert not (tmp_path / "out").exists()
+
+
+def test_a_yolo_label_of_non_finite_numbers_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    """Final read, session 46: whole-pixel snapping rounded each coordinate, and a label of
+    ``nan``, ``inf`` or ``1e999`` (or one whose pixels overflow) was a ValueError or
+    OverflowError traceback (``round``, ``10.0 ** 999``), where it was refused by name before."""
+    lines = ("0 nan 0.5 0.2 0.2", "0 0.5 inf 0.2 0.2", "0 0.5 0.5 1e999 0.2",
+             "0 0.5 0.5 0.2 1e308")
+    _yolo(tmp_path / "src", "names:\n  0: scratch\n",
+          {f"i{n}": line + "\n" for n, line in enumerate(lines)})
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("yolo", tmp_path / "src", tmp_path / "out")
+    text = _messages(exc)
+    for n in range(len(lines)):
+        assert f"i{n}.txt:line 1: box (" in text and "is not four finite numbers" in text, text
+    assert text.count("is not four finite numbers") == len(lines), text
+    assert not (tmp_path / "out").exists()

@@ -51,6 +51,11 @@ def test_stats_suggest_a_min_contrast_no_image_of_the_set_falls_under(sample: Pa
     assert stats() == {"images": 70, "unread": 0, "lowest": 255, "first_percentile": 255,
                        "under_default": 0, "suggested_min_contrast": 16,
                        "under_suggested": 0}
+    # said with its own reason: "16 (...; 0: leave it off, real parts look blank)" read as
+    # if these boards looked blank (new-user review, session 46)
+    said = " ".join(runner.invoke(app, ["data", "stats", str(sample)]).output.split())
+    assert "single-image recipe: 16 (half the 1st percentile, at most 16)" in said, said
+    assert "look blank" not in said
     # one board seen all copper but for a trace, as DeepPCB's 20085159 is, and one image
     # that does not read (counted, not measured)
     tile = np.full((64, 64), 255, np.uint8)
@@ -71,7 +76,8 @@ def test_stats_suggest_a_min_contrast_no_image_of_the_set_falls_under(sample: Pa
     result = runner.invoke(app, ["data", "stats", str(sample)])
     assert result.exit_code == 0, result.output
     assert "lowest 1, 1st percentile 1; 1 span under 16" in result.output, result.output
-    assert "suggested min_contrast for a single-image recipe: 0" in result.output
+    assert "suggested min_contrast for a single-image recipe: 0 (0: leave it off, real " \
+        "parts look blank)" in " ".join(result.output.split())
 
 
 def _frames(folder: Path, side: tuple[int, int], box: int, n: int = 3) -> Path:

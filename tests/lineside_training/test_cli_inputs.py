@@ -286,7 +286,8 @@ def test_resume_keeps_merged_sets_under_a_config_naming_the_data(tmp_path: Path)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"data": str(SAMPLE), "out_dir": str(tmp_path / "runs")}))
     fill = resumed(cfg, [], "m")
-    assert fill == {"epochs": 3, "time_budget": None, "extra_data": [str(tmp_path / "extra")]}
+    assert fill == {"epochs": 3, "time_budget": None, "data": str(SAMPLE),
+                    "extra_data": [str(tmp_path / "extra")]}
     # a run of an older release: the fields it wrote are kept, and one no longer in the
     # config (here made up) is left out, not refused
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -294,10 +295,44 @@ def test_resume_keeps_merged_sets_under_a_config_naming_the_data(tmp_path: Path)
     assert resumed(cfg, [], "m")["lr"] == 0.01 and "gone_field" not in resumed(cfg, [], "m")
     assert "lr" not in resumed(cfg, ["lr=0.02"], "m")  # given again: the --set's
     # the machine's are not the run's: one started on a GPU box goes on on a CPU one
-    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "device": "cuda", "threads": 8}))
-    assert not {"device", "threads"} & set(resumed(cfg, [], "m"))
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "device": "cuda", "threads": 8,
+                                                     "workers": 8}))
+    assert not {"device", "threads", "workers"} & set(resumed(cfg, [], "m"))
+    # a config file naming other data: the run's own set and merged sets still (session 46)
     cfg.write_text(yaml.safe_dump({"data": str(tmp_path), "out_dir": str(tmp_path / "runs")}))
-    assert "extra_data" not in resumed(cfg, [], "m")  # other data: not its merged sets
+    assert resumed(cfg, [], "m")["data"] == str(SAMPLE)
+    assert resumed(cfg, [], "m")["extra_data"] == [str(tmp_path / "extra")]
+    # other data named by --set: neither (the run's checkpoint refuses it by content)
+    assert not {"data", "extra_data"} & set(resumed(cfg, [f"data={tmp_path}"], "m"))
+
+
+def test_resume_trains_on_the_runs_data_not_the_config_files(tmp_path: Path) -> None:
+    """The README's flow: a shipped config (``data: data/deeppcb``) trained on a set of
+    one's own with ``--data``, then continued with ``--config ... --resume --name``. The
+    config file's ``data`` replaced the run's: where it was another set the resume was
+    refused as "this run names" a set nobody gave, where it was a copy the run went on
+    with it and rewrote its config.yaml (new-user review, session 46). The run's own
+    values win over the config file's, data too, and the resume says so."""
+    other = another_set(tmp_path / "other")  # what the config file names
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"data": str(other), "out_dir": str(tmp_path / "runs"),
+                                   "max_steps_per_epoch": 1, "crop_size": 128,
+                                   "batch_size": 2, "time_budget": None}))
+    where = ["--config", str(cfg), "--device", "cpu", "--name", "mine"]
+    r = runner.invoke(app, ["train", *where, "--data", str(SAMPLE), "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", *where, "--resume", "--epochs", "2"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0, r.output
+    assert f"not with these values of the config file: data {SAMPLE} ({cfg}: {other})" in text
+    run = tmp_path / "runs" / "mine"
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(SAMPLE)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(x.get("epoch", 0) for x in lines) == 2
+    # another set named on purpose is still refused, naming both
+    r = runner.invoke(app, ["train", *where, "--resume", "--epochs", "3", "--data", str(other)])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"trained on {SAMPLE}, this run names {other}" in text, r.output
 
 
 def test_resume_names_only_config_values_a_run_reads_otherwise(tmp_path: Path) -> None:
@@ -317,6 +352,26 @@ def test_resume_names_only_config_values_a_run_reads_otherwise(tmp_path: Path) -
                                   "augment": {"hflip": 0.5}}) == [
         f"lr 0.005 ({cfg}: 4e-3)", f"crop_size 128 ({cfg}: 640)",
         f"augment.hflip 0.5 ({cfg}: 0)"]
+
+
+@pytest.mark.parametrize("line", ["time_budget: [30m]", "time_budget: {m: 30}",
+                                  "lr: 2024-01-01", "epochs: 2024-01-01 10:00:00"])
+def test_resume_names_a_config_value_of_another_type_not_a_traceback(
+        tmp_path: Path, line: str) -> None:
+    """Final read, session 46: a config file's value the run keeps its own over, of a type
+    no run reads (a list for a time budget, a YAML date for the lr), was an AttributeError
+    or TypeError traceback in saying it is not applied (parse_duration, json.dumps)."""
+    from lineside_training.commands import kept_over_config
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(line + "\n")
+    key = line.partition(":")[0]
+    run = {"lr": 0.004, "time_budget": "1800s", "epochs": 4}
+    said = kept_over_config(cfg, run)
+    assert len(said) == 1 and said[0].startswith(f"{key} ") and f"({cfg}: " in said[0], said
+    if key == "time_budget":  # a new run's config: refused by name too (was the same traceback)
+        with pytest.raises(ConfigError, match=r"time_budget: .* is not a duration: write e\.g\. 30m"):
+            load_config(cfg, data="x")
 
 
 def _pred(boxes: list[list[float]], scores: list[float]) -> Prediction:

@@ -12,6 +12,7 @@ whole cosine, not only where it is cut.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -42,6 +43,11 @@ NEAR_FINAL = 0.5
 def parse_duration(text: str | float | int) -> float:
     """Seconds from ``30m``, ``90s``, ``1h``, ``1h30m`` or ``1.5h``; a bare number is
     minutes (as ``time_limit_minutes``). Raises ``ValueError`` naming the forms."""
+    if not isinstance(text, str | int | float) or isinstance(text, bool):
+        # a config's list, mapping or yes: an AttributeError traceback from the config's
+        # validation, and from --resume saying the value is not applied (final read, 46)
+        raise ValueError(f"{json.dumps(text, default=str)} is not a duration: write e.g. 30m, 90s, 1h or "
+                         "1h30m (a bare number is minutes)")
     if isinstance(text, int | float):
         seconds = float(text) * 60
     else:

@@ -30,11 +30,11 @@ __all__ = ["anomaly_summary", "bench_train", "calibrate", "evaluate", "export",
            "kept_over_config", "list_models", "load_config", "resumed", "train"]
 
 
-# what a resume does not take from the run's config.yaml: where the run is (the command
-# says, and found it there), its data, which the command's data replaces when it names
-# some (the run's checkpoint then refuses other data than it trained on, by content), and
+# what a resume does not take from the run's config.yaml with the rest: where the run is
+# (the command says, and found it there), its data (taken on its own in resumed: --data or
+# --set data=... replace it, and the run's checkpoint refuses other data by content), and
 # the machine's (a run started with --device cuda went on asking for CUDA on a CPU box)
-_NOT_KEPT = ("name", "out_dir", "data", "extra_data", "kind", "device", "threads")
+_NOT_KEPT = ("name", "out_dir", "data", "extra_data", "kind", "device", "threads", "workers")
 
 
 def resumed(path: str | Path | None, overrides: list[str] | None,
@@ -48,30 +48,34 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     size, tiling, augmentation. ``engine.train`` refuses a field given again that cannot
     change midway and logs those that do. A ``--set tiling...`` leaves the input size to
     the tile it names (the tile is the input; the run refuses another scale by name). Its
-    ``data`` (and ``extra_data``, from ``--merge``) are filled in when neither the config
-    nor an override names a set. Fields of a release that no longer has them are left
-    out, and fields a run's older release did not write are the command's. Empty when
-    there is no such run (``train`` says so); a good-only run's data only (good-only runs
-    do not resume, and say so)."""
+    ``data`` (and ``extra_data``, from ``--merge``) replace the config file's unless an
+    override names a set (``--data``/``--merge``, applied by the command, replace them).
+    Fields of a release that no longer has them are left out, and fields a run's older
+    release did not write are the command's. Empty when there is no such run (``train``
+    says so); a good-only run's data only (good-only runs do not resume, and say so)."""
     doc = read_config(path, overrides, name=name)
     was = run_config(Path(str(doc.get("out_dir", "runs"))) / str(doc.get("name", "run")))
     if was is None:
         return {}
     fill: dict[str, Any] = {}
+    keys = [item.partition("=")[0].strip().split(".") for item in overrides or []]
+    # a whole field given again is the --set's; one key of a section (augment.hflip)
+    # edits the run's section
+    given = {key[0] for key in keys if len(key) == 1}
     if doc.get("kind") != "anomaly" and was.get("kind") != "anomaly":
-        keys = [item.partition("=")[0].strip().split(".") for item in overrides or []]
-        # a whole field given again is the --set's; one key of a section (augment.hflip)
-        # edits the run's section
-        given = {key[0] for key in keys if len(key) == 1}
         fill = {k: v for k, v in was.items()
                 if k in TrainConfig.model_fields and k not in _NOT_KEPT and k not in given}
         if any(key[0] == "tiling" for key in keys):  # its tile is the input (TrainConfig)
             fill.pop("input_size", None)
-    if doc.get("data") is None and was.get("data"):
+    # its own data over the config file's (the shipped configs name data/deeppcb): a run
+    # trained with --data went on with the config file's set, a copy of its own silently,
+    # another refused as "this run names" a set nobody gave (new-user review, session 46).
+    # Only a --set data=... (or --data, which the command applies over this) names another
+    if "data" not in given and was.get("data"):
         fill["data"] = str(was["data"])
-    # its --merge sets, when it is resumed on its own data (the shipped configs name one)
-    same = doc.get("data") is None or _same_path(doc["data"], was.get("data"))
-    if same and not doc.get("extra_data") and was.get("extra_data"):
+    # its --merge sets, when it is resumed on its own data
+    same = "data" not in given or _same_path(doc.get("data"), was.get("data"))
+    if same and "extra_data" not in given and was.get("extra_data"):
         extra = was["extra_data"]  # (not a list: refused by name when validated)
         fill["extra_data"] = [str(d) for d in extra] if isinstance(extra, list) else extra
     return fill
@@ -155,6 +159,8 @@ def kept_over_config(path: str | Path | None, fill: dict[str, Any]) -> list[str]
             said.append(f"{key} {shown(its)} ({path}: {shown(raw)})")
 
     for key, kept in fill.items():
+        if key == "data" and key in file and not _same_path(file[key], kept):
+            said.append(f"data {kept} ({path}: {file[key]})")  # (a path: as written)
         if key not in file or key in ("data", "extra_data"):
             continue
         raw = file[key]

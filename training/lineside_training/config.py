@@ -224,8 +224,9 @@ def sizes_from_data(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def shown(value: Any) -> str:
-    """A config value as a message names it: a string as it is, anything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
+    """A config value as a message names it: a string as it is, anything else as JSON (a
+    YAML date, which JSON has no form for, as its text: it was a TypeError traceback)."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None,

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from lineside_inspect.atomic import write_atomic
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
 from lineside_inspect.dataset.stats import TINY_BOX_PX, shrunk_boxes
 from lineside_inspect.dataset.validate import (
@@ -784,7 +785,7 @@ def resume_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     for key, value in now.items():
         # (nor the machine's: every resume without --device logged "device auto (the
         # run's cpu)")
-        if key in ("name", "out_dir", "data", "extra_data", "device", "threads") \
+        if key in ("name", "out_dir", "data", "extra_data", "device", "threads", "workers") \
                 or key not in saved:
             continue
         was = saved[key]
@@ -904,7 +905,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                                epochs=cfg.epochs, tiling=cfg.tiling, cfg=cfg)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-        (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        # whole or not at all: under torchrun every rank's --resume reads it while rank 0
+        # writes it, and a truncated file is refused as no config (final read, 46)
+        write_atomic(run / "config.yaml",
+                     yaml.safe_dump(cfg.model_dump(), sort_keys=False).encode())
 
     def log(line: str) -> None:  # rank 0: train.log always, stderr unless quiet
         if rank != 0:

@@ -7,6 +7,7 @@ source files, plus the problems found while parsing. Nothing is written here:
 
 from __future__ import annotations
 
+import math
 import os
 import unicodedata
 import xml.etree.ElementTree as ET
@@ -903,7 +904,10 @@ def _half_place(number: str) -> float:
         exponent = Decimal(number).as_tuple().exponent
     except InvalidOperation:  # (float() took it: nan, inf, refused as coordinates later)
         return 0.0
-    return min(0.5 * 10.0 ** exponent, YOLO_HALF_PLACE) if isinstance(exponent, int) else 0.0
+    if not isinstance(exponent, int):
+        return 0.0
+    # (1e999: 10.0 ** 999 overflowed, a traceback; any place from a unit up is the cap)
+    return min(0.5 * 10.0 ** min(exponent, 0), YOLO_HALF_PLACE)
 
 
 def _yolo_px(value: float, side: int, blur: float) -> float:
@@ -913,6 +917,8 @@ def _yolo_px(value: float, side: int, blur: float) -> float:
     position than its text holds was never there, and one its text does hold is kept
     (review, session 46: 0.5000005 of 1000 px was snapped to 500 by 6 decimals' blur)."""
     px = value * side
+    if not math.isfinite(px):  # nan, inf, 1e999: refused by name as a box (round() raised)
+        return px
     near = round(px)
     if abs(px - near) <= blur * side + 1e-9:
         return float(near)
