@@ -4,9 +4,11 @@ in-flight requests finish, then the process exits."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
+import socket
 from types import FrameType
 from typing import Any
 
@@ -276,6 +278,31 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def listen(settings: Settings) -> socket.socket:
+    """The server's socket, bound before anything is loaded or made: uvicorn binds after
+    the application's start-up, so a port in use was found once every model was loaded
+    and the store made, as uvicorn's "[Errno 98] ... address already in use" and exit 3
+    (new-user review, session 46). A ``ConfigError`` naming the address and the
+    system's reason instead."""
+    host, port = settings.host, settings.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # (as uvicorn's bind_socket)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (uvicorn sets it too)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = exc.strerror or type(exc).__name__
+        taken = " (is another server on it? choose another with --port)" \
+            if exc.errno == errno.EADDRINUSE else ""
+        raise ConfigError(f"cannot listen on {host}:{port}: {why}{taken}") from None
+    except (OverflowError, UnicodeError, ValueError) as exc:  # a port past 65535, a bad host
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def preflight(settings: Settings) -> None:
     """Read every configured model package and recipe before the server starts, so a
     wrong path or a broken card is one clear error (``LinesideError``: the CLI prints its
@@ -377,8 +404,9 @@ def run(settings: Settings) -> None:
     # serve wrote 0644 images under 0755 folders; deploy review, session 33)
     os.umask(os.umask(0o027) | 0o027)
     settings.check_bind()
-    preflight(settings)
+    preflight(settings)  # (reads only: its one line comes first)
+    sock = listen(settings)  # before anything loads or is made: a port in use said at once
     use_one_arena()  # before any thread starts (see lineside_inspect.allocator)
     warn_auth_off(settings, "inspect, review and change models")
     app = create_app(settings)
-    _Server(uvicorn_config(app, settings), app, drain_s=settings.drain_s).run()
+    _Server(uvicorn_config(app, settings), app, drain_s=settings.drain_s).run(sockets=[sock])

@@ -441,3 +441,24 @@ def test_a_misspelt_key_inside_a_mapping_of_models_names_the_keys_meant() -> Non
     # the mapping's own key is the user's to name: no field to suggest for it
     assert nearest_keys(PulledState, ("models", "deeppcb")) is None
     assert nearest_keys(PulledState, ("modles",)) == ["models"]
+
+
+def test_a_hub_port_in_use_is_one_line_before_its_database_is_made(tmp_path: Path) -> None:
+    """As the edge server's (session 46): uvicorn binds after the start-up, so a port in
+    use was found after the hub's database was checked and made, as its "[Errno 98]"."""
+    import socket
+
+    import yaml
+
+    config = tmp_path / "hub.yaml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config.write_text(yaml.safe_dump({
+            "port": port, "database_url": f"sqlite:///{tmp_path / 'hub.db'}",
+            "data_dir": str(tmp_path / "hub"),
+            "objects": {"endpoint": "127.0.0.1:1", "access_key": "a", "secret_key": "b"}}))
+        result = runner.invoke(app, ["hub", "--config", str(config)])
+    _one_line(result, f"cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert not (tmp_path / "hub.db").exists()

@@ -28,6 +28,23 @@ def test_open_bind_without_keys_is_refused() -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_a_port_in_use_is_one_line_before_anything_loads(tmp_path: Path) -> None:
+    # new-user review, session 46: uvicorn binds after the application's start-up, so a
+    # port in use was found once every model was loaded and the store made, as uvicorn's
+    # "ERROR: [Errno 98] ... address already in use" and exit 3
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([*LINESIDE, "serve", "--port", str(port), "--device", "cpu"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "LINESIDE_DATA_DIR": str(tmp_path / "store")})
+    assert out.returncode == 2, out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "Traceback" not in out.stderr and "Errno" not in out.stderr
+    assert not (tmp_path / "store").exists()  # nothing made
+
+
 def test_sigterm_drains(tmp_path: Path) -> None:
     port = free_port()
     server = ServerProcess([*LINESIDE, "serve", "--port", str(port), "--device", "cpu"],

@@ -204,11 +204,12 @@ def create_hub_app(hub: HubSettings) -> FastAPI:
 
 def run_hub(hub: HubSettings) -> None:
     """Serve the hub under uvicorn with the edge server's connection limits."""
-    from lineside_inspect.serve import _Server, uvicorn_config, warn_auth_off
+    from lineside_inspect.serve import _Server, listen, uvicorn_config, warn_auth_off
 
     settings = hub.server_settings()
     settings.check_bind()
-    check_database(hub.database_url, "the hub's database", data_dir=hub.data_dir)
+    check_database(hub.database_url, "the hub's database", data_dir=hub.data_dir)  # reads
+    sock = listen(settings)  # a port in use said before the database is made
     warn_auth_off(settings, "publish and assign models, and read every plant's inspections")
     app = create_hub_app(hub)
-    _Server(uvicorn_config(app, settings), app, drain_s=settings.drain_s).run()
+    _Server(uvicorn_config(app, settings), app, drain_s=settings.drain_s).run(sockets=[sock])
