@@ -254,6 +254,9 @@ def test_an_api_recipe_dropped_over_a_waiting_name_leaves_it_waiting_and_the_def
         assert r.json()["waits"].startswith("it waits for model deeppcb-good"), r.text
         # the camera triggering with it is said to lack its recipe again, as at start-up
         assert any("sim1" in m and "a-wait" in m for m in caplog.messages), caplog.messages
+        # and the audit log says it waits, not that the name is gone
+        audit = admin.get("/v1/audit", params={"action": "recipe_delete"}).json()["items"]
+        assert audit[0]["details"] == {"recipe": "a-wait", "configured": False, "waits": True}
     with box.client("line") as line:  # the default waits again, as before the PUT
         r = line.post("/v1/inspect", files=jpeg)
         assert r.status_code == 404 and "'a-wait' is not loaded: it waits" in r.text, r.text

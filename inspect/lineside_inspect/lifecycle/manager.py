@@ -479,12 +479,17 @@ class Lifecycle(AdmissionRules):
                 self.registry.restore_recipe(recipe.name, before)
                 raise
 
-    def recipe_dropped(self, name: str, *, configured: bool, actor: str) -> None:
+    def recipe_dropped(self, name: str, *, configured: bool, actor: str,
+                       waits: bool = False) -> None:
         """``recipe_delete`` in the audit log: a recipe put over the API was dropped, and
-        the configuration's judges again (``configured``) or the name is gone."""
+        the configuration's judges again (``configured``), waits again for its model on a
+        fleet box (``waits``: recorded only then; the record said the name was gone), or
+        the name is gone."""
         if self._records is not None:
-            self._records.audit(actor=actor, action="recipe_delete",
-                                details={"recipe": name, "configured": configured})
+            details: dict[str, Any] = {"recipe": name, "configured": configured}
+            if waits:
+                details["waits"] = True
+            self._records.audit(actor=actor, action="recipe_delete", details=details)
 
     def _record_recipe(self, recipe: Recipe, before: Recipe | None, pinned: list[str],
                        admitted: list[tuple[Detector, GateReportRow | None]], actor: str) -> None:

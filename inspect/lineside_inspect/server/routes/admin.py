@@ -256,7 +256,8 @@ def delete_recipe(name: str, who: Admin, registry: RegistryDep,
                 "place; put another recipe under this name instead")
         lifecycle = getattr(state, "lifecycle", None)
         if lifecycle is not None:  # recorded first: a drop that cannot be recorded is not made
-            lifecycle.recipe_dropped(name, configured=configured is not None, actor=who.name)
+            lifecycle.recipe_dropped(name, configured=configured is not None, actor=who.name,
+                                     waits=waits is not None)
         saved.delete(name)
         registry.restore_recipe(name, configured)
         state.api_recipes.discard(name)
