@@ -480,7 +480,8 @@ def test_a_yolo_label_of_non_finite_numbers_is_a_problem_not_a_crash(tmp_path: P
     ``nan``, ``inf`` or ``1e999`` (or one whose pixels overflow) was a ValueError or
     OverflowError traceback (``round``, ``10.0 ** 999``), where it was refused by name before."""
     lines = ("0 nan 0.5 0.2 0.2", "0 0.5 inf 0.2 0.2", "0 0.5 0.5 1e999 0.2",
-             "0 0.5 0.5 0.2 1e308")
+             "0 0.5 0.5 0.2 1e308",
+             "0 0.1 0.1 nan 0.1 0.2 0.2")  # a polygon: min and max passed over its nan
     _yolo(tmp_path / "src", "names:\n  0: scratch\n",
           {f"i{n}": line + "\n" for n, line in enumerate(lines)})
     with pytest.raises(DatasetError) as exc:

@@ -862,6 +862,8 @@ def _yolo_boxes(label_file: Path, names: dict[int, str], names_file: str, width:
             elif len(values) >= 6 and len(values) % 2 == 0:  # a polygon (segmentation export)
                 xs, ys = values[0::2], values[1::2]
                 x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+                if not all(map(math.isfinite, values)):  # min and max pass over a nan
+                    x1 = y1 = x2 = y2 = math.nan  # refused by name as a box below
             else:
                 raise ValueError
         except ValueError:
