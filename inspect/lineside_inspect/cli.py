@@ -483,17 +483,16 @@ def train_cmd(
     kept = None  # a resumed run's own config: all it trained with that is not given again
     if resume:  # the run says what it trained on, and how (issue #18: its --set values too)
         kept = t.resumed(config, overrides, name)
-        its_data = {} if data is not None or "data" not in kept else {"data": kept["data"]}
-        # popped whether or not given: a run's data left in kept was blamed on its
+        # out of kept whether or not given: a run's data left there was blamed on its
         # config.yaml when --data named a set that failed validation (final read, 46)
-        its_merge = kept.pop("extra_data", None)
-        data, merge = data or kept.pop("data", None), merge or its_merge
-        kept.pop("data", None)
+        its_data, its_merge = kept.pop("data", None), kept.pop("extra_data", None)
+        said = {"data": its_data} if data is None and its_data is not None else {}
+        data, merge = data or its_data, merge or its_merge
         flags = {"model": model, "weights": weights, "epochs": epochs, "device": device,
                  "time_budget": time, "threads": threads}
         for key in [k for k, v in flags.items() if v is not None]:  # given again
             kept.pop(key, None)
-        if unused := t.kept_over_config(config, {**its_data, **kept}):
+        if unused := t.kept_over_config(config, {**said, **kept}):
             err.print(f"--resume: continuing {name or 'the run'} as it trained, not with these "
                     f"values of the config file: {'; '.join(unused)} (--set KEY=VALUE gives "
                     "one again)", highlight=False, markup=False)

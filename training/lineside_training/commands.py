@@ -30,11 +30,9 @@ __all__ = ["anomaly_summary", "bench_train", "calibrate", "evaluate", "export",
            "kept_over_config", "list_models", "load_config", "resumed", "train"]
 
 
-# what a resume does not take from the run's config.yaml with the rest: where the run is
-# (the command says, and found it there), its data (taken on its own in resumed: --data or
-# --set data=... replace it, and the run's checkpoint refuses other data by content), and
-# the machine's (a run started with --device cuda went on asking for CUDA on a CPU box)
-_NOT_KEPT = ("name", "out_dir", "data", "extra_data", "kind", "device", "threads", "workers")
+def _run_folder(doc: dict[str, Any]) -> Path:
+    """Where a config document's run is: ``out_dir/name``, as ``engine.train`` puts it."""
+    return Path(str(doc.get("out_dir", "runs"))) / str(doc.get("name", "run"))
 
 
 def resumed(path: str | Path | None, overrides: list[str] | None,
@@ -54,7 +52,7 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     release did not write are the command's. Empty when there is no such run (``train``
     says so); a good-only run's data only (good-only runs do not resume, and say so)."""
     doc = read_config(path, overrides, name=name)
-    was = run_config(Path(str(doc.get("out_dir", "runs"))) / str(doc.get("name", "run")))
+    was = run_config(_run_folder(doc))
     if was is None:
         return {}
     fill: dict[str, Any] = {}
@@ -63,8 +61,9 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     # edits the run's section
     given = {key[0] for key in keys if len(key) == 1}
     if doc.get("kind") != "anomaly" and was.get("kind") != "anomaly":
-        fill = {k: v for k, v in was.items()
-                if k in TrainConfig.model_fields and k not in _NOT_KEPT and k not in given}
+        # (its data is taken on its own below: --data or --set data=... replace it)
+        fill = {k: v for k, v in was.items() if k in TrainConfig.model_fields
+                and k not in engine.NOT_RESUMED and k not in given}
         if any(key[0] == "tiling" for key in keys):  # its tile is the input (TrainConfig)
             fill.pop("input_size", None)
     # its own data over the config file's (the shipped configs name data/deeppcb): a run
@@ -214,11 +213,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
                               "anomaly), which trains for its steps or a time budget "
                               "(--time 20m)")
         return validate_config(AnomalyConfig, path, sizes_from_data(doc), overrides)
-    run = Path(str(doc.get("out_dir", "runs"))) / str(doc.get("name", "run"))
-    kept = run / "config.yaml" if (run / "config.yaml").exists() else run / "last.pt"
-    # a value the run's config.yaml holds (lr: fast) was blamed on the config file
-    return validate_config(TrainConfig, path, sizes_from_data(doc), overrides,
-                           base={k: kept for k in base or {}})
+    blame: dict[str, Path] = {}
+    if base:  # a value the run's config.yaml holds (lr: fast) was blamed on the config file
+        run = _run_folder(doc)
+        kept = run / "config.yaml" if (run / "config.yaml").exists() else run / "last.pt"
+        blame = dict.fromkeys(base, kept)
+    return validate_config(TrainConfig, path, sizes_from_data(doc), overrides, base=blame)
 
 
 def train(cfg: TrainConfig | AnomalyConfig, *, resume: bool = False) -> Path:

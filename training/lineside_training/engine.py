@@ -716,13 +716,13 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
     if not isinstance(ck, dict):
         raise ConfigError(f"--resume: {run / 'last.pt'}: not a Lineside checkpoint")
     _check_same_data(run, ck.get("data", {}), fingerprint)
-    _check_same_tiling(run, ck.get("config"), tiling)
     config = ck.get("config")
     saved: dict[str, Any] = config if isinstance(config, dict) else {}
+    _check_same_tiling(run, saved, tiling)
     if cfg is not None:
         _check_same_setup(run, saved, cfg)
     planned, step = int(ck.get("planned_steps") or 0), int(ck.get("step") or 0)
-    best = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+    best = _weights_of(run)
     if budget and planned and step >= planned:
         raise ConfigError(
             f"--resume: {run} took all {planned} steps of its schedule (fitted to its time "
@@ -738,6 +738,16 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
             f"--weights {best} --name NEW")
     return saved
 
+
+def _weights_of(run: Path) -> Path:
+    """The weights a new run from ``run`` starts from (``--weights``): its best, else last."""
+    return run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+
+
+# what a resume does not take from the run, nor compares with it: where the run is, its
+# data (checked by content, _check_same_data; a path may be written another way), and the
+# machine's (a run started with --device cuda went on asking for CUDA on a CPU box)
+NOT_RESUMED = ("name", "out_dir", "data", "extra_data", "device", "threads", "workers")
 
 # what a resumed run cannot change midway, and why: its checkpoint's layers and optimiser
 # state, and the scale its validation (and so its thresholds) judges at; tiling has its
@@ -769,7 +779,7 @@ def _check_same_setup(run: Path, saved: dict[str, Any], cfg: TrainConfig) -> Non
                                    "fixed when it started"))
     for key, why in fixed.items():
         if key in saved and saved[key] != now[key]:
-            best = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+            best = _weights_of(run)
             raise ConfigError(
                 f"--resume: {run} trained with {key} {shown(saved[key])}, and this run has "
                 f"{shown(now[key])}: {why}, which cannot change midway; leave {key} out to "
@@ -783,10 +793,8 @@ def resume_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     (a path may be written another way; the data is checked by content)."""
     now, said = cfg.model_dump(), []
     for key, value in now.items():
-        # (nor the machine's: every resume without --device logged "device auto (the
-        # run's cpu)")
-        if key in ("name", "out_dir", "data", "extra_data", "device", "threads", "workers") \
-                or key not in saved:
+        # (NOT_RESUMED: every resume without --device logged "device auto (the run's cpu)")
+        if key in NOT_RESUMED or key not in saved:
             continue
         was = saved[key]
         if isinstance(value, dict) and isinstance(was, dict) and key != "model_kwargs":
@@ -822,7 +830,7 @@ def _check_same_tiling(run: Path, saved: Any, tiling: Tiling | None) -> None:
     now = None if tiling is None else tiling.model_dump()
     if was == now:
         return
-    best = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+    best = _weights_of(run)
     try:
         had_tiling = None if was is None else Tiling.model_validate(was)
     except ValidationError:  # a checkpoint written by hand: not formatted as one (a traceback)
