@@ -129,12 +129,15 @@ class InspectionResult(_Shape):
     frame_age_ms: float | None = Field(None, description="camera triggers: frame age when judged")
     trigger_to_frame_ms: float | None = Field(
         None, description="camera triggers: from the trigger to the frame's capture")
-    # sent only for a tiled frame: an answer of a frame judged whole is as before (a strict
-    # reader of an older release takes it); the answer's alone, not stored
+    # sent only for a tiled frame: an answer or stored record of a frame judged whole is as
+    # before (a strict reader of an older release takes it). Stored since session 47 (rows
+    # from before have none); forwarded only to a hub that announced RECORD_TILES
+    # (fleet/protocol.py)
     tiles: int | None = Field(None, ge=1, exclude_if=lambda n: n is None, description=(
         "a recipe's tiling cut the frame into this many tiles, a forward pass each "
         "(timings_ms.infer is all of them); absent when the frame was judged whole, and "
-        "in stored records"))
+        "in records stored before session 47 or forwarded by a box or to a hub of an "
+        "earlier release"))
 
 
 class TruthBox(_Shape):

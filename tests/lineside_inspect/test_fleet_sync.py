@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "deeppcb" / "1"
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
 KEYS = {"box1": "k-box1", "box2": "k-box2", "box3": "k-box3", "box4": "k-box4",
-        "box5": "k-box5", "box6": "k-box6", "box7": "k-box7", "qa": "k-qa"}
+        "box5": "k-box5", "box6": "k-box6", "box7": "k-box7", "box8": "k-box8", "qa": "k-qa"}
 
 
 def _png(seed: int) -> bytes:
@@ -719,3 +719,86 @@ def test_the_hub_keeps_the_shift_a_box_aligned_a_frame_by_for_data_pull(
     assert [(b.x1, b.y1, b.x2, b.y2) for b in rec.boxes] == [(0.0, 4.0, 27.0, 42.0)]
     pulled = decode_image((tmp_path / "pulled" / "images" / rec.file_name).read_bytes())
     assert np.array_equal(pulled, shift_onto(decode_image(image), decode_image(ref), 3.0, -2.0))
+
+
+def test_a_records_tiles_go_only_to_a_hub_that_announced_it_takes_them(
+        tmp_path: Path, hub: ServedHub, detector: Detector,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 47: a record's ``tiles`` (stored since then) goes only to a hub whose
+    answers name ``record-tiles`` (``protocol.HUB_FEATURES_HEADER``). A hub of an earlier
+    release does not, and its strict record schema refuses a field it does not know: the
+    box sends it records without ``tiles`` and sets nothing aside. Put back after an
+    upgrade (the hub refusing again), the box drops the field at once, nothing set aside."""
+    from pydantic import Field
+
+    from lineside_inspect.fleet.hub import front, ingest
+    from lineside_inspect.fleet.protocol import HUB_FEATURES_HEADER, RECORD_TILES
+    from lineside_inspect.runtime.tiles import Tiling
+    from lineside_inspect.schemas import StoredInspection
+
+    class OlderRecord(StoredInspection):  # an earlier release's schema: no such field
+        tiles: None = Field(None, exclude=True)
+
+    def older_hub() -> None:
+        monkeypatch.setattr(front, "HUB_FEATURES", ())
+        monkeypatch.setattr(ingest, "StoredInspection", OlderRecord)
+
+    raw = next(SAMPLE.rglob("*_test.jpg")).read_bytes()
+
+    def tiled() -> Any:
+        result = inspect(decode_image(raw), detector, Recipe(
+            name="big", model="deeppcb", tiling=Tiling(tile=480, overlap=0.2)))
+        result.raw, result.raw_ext = raw, "jpg"
+        return result
+
+    store = Store(tmp_path / "box", pass_rate=1.0, box_id="box8")
+    store.event_makers.append(forward_events)
+    store.guard_channel = "fleet"
+    settings = FleetSettings(hub_url=hub.url, token=KEYS["box8"], timeout_s=5)  # type: ignore[arg-type]
+    sent: list[int | None] = []
+    forwarder = Forwarder(store, HubClient(settings, "box8"), settings)
+    try:
+        # a new hub says what it takes on every answer
+        assert httpx.head(f"{hub.url}/healthz").headers[HUB_FEATURES_HEADER] == RECORD_TILES
+        older_hub()
+        old_era = [tiled(), _inspection(detector)]
+        for i in old_era:
+            assert store.save(i)
+        store.flush()
+        _drain(forwarder)
+        assert forwarder.client.hub_features == frozenset()
+        assert forwarder.forwarded == 2 and store.get(old_era[0].id).tiles == 4
+        forwarder.refresh_gauges()
+        assert forwarder.set_aside == 0
+        assert [hub.store.get(i.id).tiles for i in old_era] == [None, None]
+        monkeypatch.undo()  # the hub upgraded: the box's next start asks it
+        forwarder.client.close()
+        forwarder.client = HubClient(settings, "box8")
+        new_era = [tiled(), _inspection(detector)]
+        for i in new_era:
+            assert store.save(i)
+        store.flush()
+        _drain(forwarder)
+        assert forwarder.client.hub_features == frozenset({RECORD_TILES})
+        sent += [hub.store.get(i.id).tiles for i in new_era]
+        got = httpx.get(f"{hub.url}/v1/inspections/{new_era[0].id}",
+                        headers={"Authorization": f"Bearer {KEYS['qa']}"})
+        assert got.status_code == 200 and got.json()["tiles"] == 4, got.text
+        whole = httpx.get(f"{hub.url}/v1/inspections/{new_era[1].id}",
+                          headers={"Authorization": f"Bearer {KEYS['qa']}"})
+        assert whole.status_code == 200 and "tiles" not in whole.json(), whole.text
+        # an older hub put back at its address: its refusal of the field is not a record's
+        older_hub()
+        back = tiled()
+        assert store.save(back)
+        store.flush()
+        with pytest.raises(HubRefused, match="tiles"):
+            forwarder.forward_once()
+        _drain(forwarder)
+        sent.append(hub.store.get(back.id).tiles)
+        forwarder.refresh_gauges()
+        assert forwarder.set_aside == 0 and forwarder.backlog == 0
+    finally:
+        forwarder.client.close()
+        store.close()
+    assert sent == [4, None, None]

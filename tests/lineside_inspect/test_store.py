@@ -204,6 +204,37 @@ def test_database_of_an_earlier_release_is_upgraded(tmp_path: Path, detector: De
     assert "ix_inspections_reference_path" in plan
 
 
+def test_a_tiled_inspections_tiles_are_stored_and_a_store_without_the_column_opens(
+        tmp_path: Path, detector: Detector, database_url: str | None) -> None:
+    """Session 47: ``tiles`` (the passes a recipe's tiling cut the frame into) was the
+    answer's alone. Now a column: added to a store of an earlier release (SQLite and
+    PostgreSQL), whose rows are kept and read with no ``tiles``, as a frame judged whole
+    is (its record byte for byte as before); a tiled frame's record says its tiles."""
+    from sqlalchemy import create_engine, text
+
+    from lineside_inspect.runtime.tiles import Tiling
+
+    whole = _inspection(detector, "fail")
+    with Store(tmp_path, database_url, pass_rate=0.0) as store:
+        store.save(whole)
+        before = store.record(store.get(whole.id)).model_dump_json()
+    engine = create_engine(database_url or f"sqlite:///{tmp_path / 'lineside.db'}")
+    with engine.begin() as conn:  # as the release before made it
+        conn.execute(text("ALTER TABLE inspections DROP COLUMN tiles"))
+    engine.dispose()
+    raw = next(SAMPLE.rglob("*_test.jpg")).read_bytes()
+    tiled = inspect(decode_image(raw), detector,
+                    Recipe(name="big", model="deeppcb", tiling=Tiling(tile=480, overlap=0.2)))
+    assert tiled.tiles == 4  # a 640 px frame in 2 x 2 tiles of 480
+    with Store(tmp_path, database_url, pass_rate=0.0) as again:
+        kept = again.record(again.get(whole.id))
+        assert kept.tiles is None and kept.model_dump_json() == before
+        assert again.save(tiled)
+        assert again.record(again.get(tiled.id)).tiles == 4
+        listed = {r.id: r.model_dump(mode="json") for r in again.records(again.query()[1])}
+        assert listed[tiled.id]["tiles"] == 4 and "tiles" not in listed[whole.id]
+
+
 OLD_REVIEWS = """CREATE TABLE reviews (
     id INTEGER NOT NULL, inspection_id VARCHAR(64) NOT NULL, created_at VARCHAR NOT NULL,
     reviewer VARCHAR(128) NOT NULL, action VARCHAR(32) NOT NULL, boxes JSON NOT NULL,

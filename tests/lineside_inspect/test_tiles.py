@@ -278,11 +278,16 @@ def test_a_tiled_recipe_over_http(srv: Running, mosaic: tuple[np.ndarray, np.nda
     assert "raise tiling.tile toward 640" in refused.json()["error"]["message"]
     tiled, whole = answers["tiled"], answers["deeppcb-default"]
     # the answer says the frame took 3 forward passes (its infer time is theirs); one
-    # judged whole is as before, and the stored record (answer-only field) has none
+    # judged whole is as before. The stored records say so too (session 47: it was the
+    # answer's alone), the whole one's without the field, as before
     assert tiled["tiles"] == 3 and "tiles" not in whole
     with srv.client("admin") as c:
         kept = c.get(f"/v1/inspections/{tiled['id']}")
-    assert kept.status_code == 200 and "tiles" not in kept.json(), kept.text
+        kept_whole = c.get(f"/v1/inspections/{whole['id']}")
+        listed = c.get("/v1/inspections", params={"recipe": "tiled"})
+    assert kept.status_code == 200 and kept.json()["tiles"] == 3, kept.text
+    assert kept_whole.status_code == 200 and "tiles" not in kept_whole.json(), kept_whole.text
+    assert [i.get("tiles") for i in listed.json()["items"]] == [3], listed.text
     assert tiled["verdict"] == "fail" and tiled["recipe"]["name"] == "tiled"
     boxes = np.array([d["box"] for d in tiled["defects"]])
     assert len(tiled["defects"]) >= 3 * len(whole["defects"]) + 3

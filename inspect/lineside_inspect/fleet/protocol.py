@@ -15,6 +15,9 @@ so a box retries whatever it is unsure of:
   the box's outbox went back, e.g. a reset data folder), never skipped silently. An id the
   hub holds from another box is refused too (409 ``inspection_id_taken``), not a duplicate.
   Past ``max_forward_bodies`` batches being read at once the hub answers 503 (retry).
+  A record's ``tiles`` (how many tiles a recipe's tiling cut the frame into) goes only to
+  a hub whose answers name ``{RECORD_TILES}`` in ``{HUB_FEATURES_HEADER}``; to any other hub
+  (one of an earlier release, whose record schema forbids it) the record goes without it.
 - ``POST {REVIEWS_UP}`` — reviews made on the box, with their own ``seq``; same cursor rule.
   The hub stops at a review whose inspection it does not hold (not forwarded yet, or
   never will be); the box sends it again later (or, for an inspection it never
@@ -60,6 +63,13 @@ SIGNATURE = PREFIX + "/packages/{model}/{version}/package.sig"
 # fields) always reads the answer it knows
 FEATURES_HEADER = "Lineside-Fleet-Features"
 REVIEW_WAITING = "review-waiting"  # ReviewAck.waiting
+# the reverse, an answer header on every answer of a hub: what it takes in a box's
+# requests beyond version 1 (comma-separated). A box sends a field only to a hub that
+# named it here, so a hub of an older release (whose record schema forbids fields it does
+# not know) never sees one: the box leaves the field out, and that hub lacks it
+HUB_FEATURES_HEADER = "Lineside-Hub-Features"
+RECORD_TILES = "record-tiles"  # ForwardedInspection.record's "tiles" (session 47)
+HUB_FEATURES = (RECORD_TILES,)  # what this release's hub announces
 # a time a box sends (a review's, an inspection's) over this far ahead of the hub's clock
 # is taken at the hub's time: a box whose clock ran ahead before NTP, or a hostile one
 MAX_CLOCK_AHEAD = timedelta(minutes=5)

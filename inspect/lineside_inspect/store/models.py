@@ -82,6 +82,9 @@ class InspectionRow(Base):
     # schemas.ReferenceUsed). A part the gate passed read as judged by the detector on the
     # review page (QA review, session 34); NULL on rows from before
     reference_check: Mapped[dict[str, Any] | None] = mapped_column(StoredJSON(), nullable=True)
+    # a recipe's tiling: the tiles (forward passes) the frame was cut into; NULL when it was
+    # judged whole, and on rows from before (session 47)
+    tiles: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # in the order the fleet's merge rule reads them (fleet/review_merge.py): the last one
     # is the current truth, last by its own time, ties to the hub ("box" < "hub"), then id
     reviews: Mapped[list[ReviewRow]] = relationship(
@@ -106,6 +109,7 @@ ADDED_COLUMNS = (
     ("reviews", "box_id", "VARCHAR(64)"),
     ("shadow_disagreements", "fused_with", "VARCHAR(300)"),
     ("shadow_disagreements", "fused_kind", "VARCHAR(16)"),
+    ("inspections", "tiles", "INTEGER"),
 )
 # indexes of added columns: (name, table, column), made if missing
 ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),

@@ -795,6 +795,7 @@ class Store:
             "site": self.site, "line": self.line,
             "reference_name": None if ref is None else ref.name, "reference_path": ref_rel,
             "reference_check": reference_check(inspection),
+            "tiles": inspection.tiles,
         }
         if self.event_makers:
             fields["events"] = events_for(self.event_makers, inspection)
@@ -963,9 +964,9 @@ class Store:
         """The rows of ``records`` and their outbox events in one transaction; the number
         of events."""
         events = 0
-        # (a record journaled by an earlier release has no reference_check: None, as every
-        # row of one multi-row statement names the same columns)
-        rows = [{"reference_check": None,
+        # (a record journaled by an earlier release has no reference_check nor tiles: None,
+        # as every row of one multi-row statement names the same columns)
+        rows = [{"reference_check": None, "tiles": None,
                  **{k: v for k, v in r.fields.items() if k != "events"},
                  "created_at": datetime.fromisoformat(r.fields["created_at"])} for r in records]
         with Session(self.engine) as s, s.begin():
@@ -1752,6 +1753,7 @@ class Store:
             "reference": reference, "stored": True, "box_id": row.box_id,
             "class_names": row.class_names, "width": row.width, "height": row.height,
             "has_image": here and row.image_path is not None, "review_state": row.review_state,
+            "tiles": row.tiles,
             "reviews": [{"id": r.id, "created_at": r.created_at, "reviewer": r.reviewer,
                          "action": r.action, "boxes": r.boxes, "note": r.note}
                         for r in row.reviews]})

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 from lineside_inspect.bounded_read import IDENTITY, AnswerEncoded, AnswerTooSlow, read_at_most
 from lineside_inspect.errors import HubRefused, HubUnavailable
 from lineside_inspect.fleet.config import FleetSettings
-from lineside_inspect.fleet.protocol import FEATURES_HEADER, REVIEW_WAITING
+from lineside_inspect.fleet.protocol import FEATURES_HEADER, HUB_FEATURES_HEADER, REVIEW_WAITING
 from lineside_inspect.names import scrub_text
 from lineside_inspect.version import __version__
 
@@ -88,6 +88,25 @@ class HubClient:
                                   timeout=httpx.Timeout(t, connect=min(t, 5.0)),
                                   transport=transport, follow_redirects=False)
         self._closed = threading.Event()
+        # what the hub said it takes (protocol.HUB_FEATURES_HEADER) in its last answer of its
+        # own (2xx, or a refusal in its error shape: a proxy's 502 or 413 says nothing of
+        # the hub behind it); None until it answered
+        self.hub_features: frozenset[str] | None = None
+
+    def takes(self, feature: str) -> bool:
+        """Whether the hub said it takes ``feature`` (``protocol.HUB_FEATURES``). Before its
+        first answer, ``HEAD /healthz`` asks; a hub that cannot be asked takes nothing (the
+        field is left out, never refused)."""
+        if self.hub_features is None:
+            try:
+                self.request("HEAD", "/healthz")
+            except (HubUnavailable, HubRefused):
+                return False
+        return feature in (self.hub_features or ())
+
+    def _heard(self, resp: httpx.Response) -> None:
+        said = resp.headers.get(HUB_FEATURES_HEADER, "")
+        self.hub_features = frozenset(f.strip() for f in said.split(",") if f.strip())
 
     def close(self) -> None:
         self._closed.set()
@@ -112,6 +131,8 @@ class HubClient:
                 if resp.status_code >= 400:
                     code, detail = _error_parts(resp.status_code, resp.reason_phrase,
                                                 _read_at_most(resp, ERROR_BYTES))
+                    if code is not None and resp.status_code < 500:  # the hub's own refusal
+                        self._heard(resp)
                     if resp.status_code == 408:
                         raise HubCutBody(f"hub {self.base_url} answered 408: {detail}")
                     if resp.status_code == 413:  # a refusal of this size: smaller may go
@@ -121,6 +142,7 @@ class HubClient:
                                              f"{resp.status_code}: {detail}")
                     refused = HubRefusedRecord if code in RECORD_CODES else HubRefused
                     raise refused(f"hub refused {method} {path}: {resp.status_code} {detail}")
+                self._heard(resp)
                 data = _read_at_most(resp, self.max_answer_bytes,
                                      time.monotonic() + ANSWER_TIMEOUTS * self.timeout_s)
         except httpx.WriteError:  # the hub closed while the body went: cut, or gone

@@ -51,7 +51,13 @@ from lineside_inspect.fleet.box.client import (
 )
 from lineside_inspect.fleet.box.periodic import BatchSize, HubTask, PeriodicHubTask
 from lineside_inspect.fleet.config import FleetSettings
-from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch, ForwardedInspection
+from lineside_inspect.fleet.protocol import (
+    FORWARD,
+    RECORD_TILES,
+    ForwardAck,
+    ForwardBatch,
+    ForwardedInspection,
+)
 from lineside_inspect.store.models import InspectionRow
 from lineside_inspect.store.outbox import Event, Outbox, PendingEvent, event
 
@@ -179,6 +185,14 @@ class Forwarder(HubTask):
                 self._shrink(len(items), "cut off by the hub (a slow uplink?)")
                 raise
             except HubRefusedRecord as exc:
+                if any("tiles" in i.record for i in items) \
+                        and not self.client.takes(RECORD_TILES):
+                    # the hub that said it takes tiles is gone (an older release put back
+                    # at its address): its refusal is of the field, not of a record. The
+                    # next round sends them without it; nothing is set aside
+                    log.warning("fleet: the hub no longer takes a record's tiles: its "
+                                "records go without them from now on")
+                    raise
                 if len(items) > 1:
                     self._shrink(len(items), "refused by the hub (a record in it?)")
                     raise
@@ -262,6 +276,10 @@ class Forwarder(HubTask):
         missing: set[int] = set()
         aside: set[int] = set()
         size = 0
+        # a record's tiles go only to a hub that said it takes them: a hub of an earlier
+        # release refuses a record with a field it does not know (protocol.RECORD_TILES)
+        tiles = any(r.tiles is not None for r in rows.values()) \
+            and self.client.takes(RECORD_TILES)
         for e in pending:
             row = rows.get(e.topic)
             if row is None:
@@ -271,7 +289,7 @@ class Forwarder(HubTask):
                             e.topic)
                 continue
             try:
-                item, n = self._item(e.id, row)
+                item, n = self._item(e.id, row, tiles)
             except UnreadableRecord as exc:
                 # a row of its own that does not read as an inspection (a hand edit,
                 # another writer: Store.record) raised here every round, and every later
@@ -286,8 +304,13 @@ class Forwarder(HubTask):
             size += n
         return items, missing, aside
 
-    def _item(self, seq: int, row: InspectionRow) -> tuple[ForwardedInspection, int]:
+    def _item(self, seq: int, row: InspectionRow,
+              tiles: bool = False) -> tuple[ForwardedInspection, int]:
+        """The item of ``row``, its ``tiles`` left out unless ``tiles`` (the hub takes
+        them); the bytes of its images."""
         record = self.store.record(row).model_dump(mode="json", exclude={"reviews"})
+        if not tiles:
+            record.pop("tiles", None)
         image = ref = None
         if row.image_path and seq not in self._bare:
             image = self._read(row, "image")

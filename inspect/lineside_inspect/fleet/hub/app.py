@@ -29,7 +29,7 @@ from lineside_inspect.errors import (
     ObjectStoreUnavailable,
 )
 from lineside_inspect.fleet.hub.config import HubSettings
-from lineside_inspect.fleet.hub.front import BoxFront
+from lineside_inspect.fleet.hub.front import BoxFront, HubFeatures
 from lineside_inspect.fleet.hub.images import ObjectImages
 from lineside_inspect.fleet.hub.tables import create_hub_tables
 from lineside_inspect.fleet.objects import ObjectStore
@@ -197,6 +197,7 @@ def create_hub_app(hub: HubSettings) -> FastAPI:
                            allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(Guard, settings=settings)  # Host and Origin first
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(HubFeatures)  # what it takes from boxes, on every answer
     add_error_handlers(app)
     app.add_middleware(CatchUnexpected)
     return app

@@ -37,6 +37,7 @@ import json
 import re
 
 from prometheus_client import Gauge
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -49,7 +50,12 @@ from lineside_inspect.errors import (
     error_body,
     retry_after,
 )
-from lineside_inspect.fleet.protocol import NAME_PATTERN, PREFIX
+from lineside_inspect.fleet.protocol import (
+    HUB_FEATURES,
+    HUB_FEATURES_HEADER,
+    NAME_PATTERN,
+    PREFIX,
+)
 from lineside_inspect.server.deps import authenticate
 from lineside_inspect.server.limiter import Limiter
 from lineside_inspect.server.metrics import Metrics
@@ -200,3 +206,26 @@ async def answer(exc: LinesideError, scope: Scope, send: Send) -> None:
         headers.append((b"retry-after", str(wait).encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+class HubFeatures:
+    """Every answer of the hub names what it takes beyond version 1
+    (``protocol.HUB_FEATURES_HEADER``: ``protocol.HUB_FEATURES``), its refusals and
+    ``/healthz`` too: a box sends a record's ``tiles`` only to a hub that said so, and a
+    hub of an earlier release (no such header) gets records without it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        value = ", ".join(HUB_FEATURES)
+        if scope["type"] != "http" or not value:
+            await self.app(scope, receive, send)
+            return
+
+        async def announce(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault(HUB_FEATURES_HEADER, value)
+            await send(message)
+
+        await self.app(scope, receive, announce)

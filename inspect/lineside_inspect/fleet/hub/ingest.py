@@ -379,7 +379,7 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
         # "confirmed" with no review made its detections reviewed truth for data pull
         # (review, session 34); the box's reviews come up after it (fleet/review_merge.py)
         "review_state": "unreviewed", "box_id": box_id, "site": item.site,
-        "line": item.line, "received_at": now}
+        "line": item.line, "received_at": now, "tiles": rec.tiles}
     for column, width in _WIDTHS.items():
         v = values[column]
         if v is not None and len(v) > width:

@@ -330,7 +330,9 @@ function render() {
   // each value isolated (bdi): one holding a right-to-left override reversed the whole line
   const b = (v) => el("bdi", {}, String(v));
   $("#d-meta").replaceChildren(...(BOXED && o.box_id ? ["box ", b(o.box_id), " · "] : []), b(o.camera_id || "upload"), " · part ", b(o.part_id || "-"), " · ", b(o.recipe.name),
-    " v", b(o.recipe.version), " · model ", b(o.model.name), ":", b(o.model.version), ...ref, ` · ${dateTime(o.created_at)} · ${o.review_state}`);
+    " v", b(o.recipe.version), " · model ", b(o.model.name), ":", b(o.model.version), ...ref,
+    // a recipe's tiling: the frame judged in this many tiles (absent when judged whole)
+    ...(o.tiles ? [" · judged in ", b(o.tiles), " tiles"] : []), ` · ${dateTime(o.created_at)} · ${o.review_state}`);
   // why it failed, as judged (an anomaly model's reason carries its image score)
   // a part the unchanged gate passed was never seen by the detector: said, for a reviewer
   // hunting escapes (it read as the detector's pass; QA review, session 34)
