@@ -212,6 +212,15 @@ class RecipesCannotFollow(ConfigError):
     once an admin activated it, as after a gate refusal)."""
 
 
+class GateTooLarge(ConfigError):
+    """A gate under every recipe (``"recipe": "*"``, a promotion with ``require_gate``)
+    that would replay more images than ``lifecycle.gate.max_every_recipe_images`` while
+    it holds the one gate lock: refused before anything runs (session 47)."""
+
+    code = "gate_too_large"
+    status = 422
+
+
 class ReviewError(ConfigError):
     """A review the inspection cannot take (a box outside the image, an unknown class,
     a relabel without a box to relabel). A ConfigError still, for whoever catches those."""

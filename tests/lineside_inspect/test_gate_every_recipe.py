@@ -170,6 +170,47 @@ def test_an_every_recipe_gate_compares_each_report_with_the_version_active_when_
         store.close()
 
 
+def test_an_every_recipe_gate_over_the_image_bound_is_refused_before_it_replays(
+        parts: dict[str, Any], tmp_path: Path) -> None:
+    """``"*"`` replayed each recipe under the one gate lock with no bound (session 46's
+    "Left"): with ``max_every_recipe_images`` below recipes x images the call, and a
+    promotion with require_gate (which gates so), is refused up front naming both
+    numbers and the way round, nothing stored; one recipe is never refused; at the bound
+    it runs."""
+    from lineside_inspect.errors import GateTooLarge
+    from lineside_inspect.lifecycle.config import LifecycleSettings
+
+    lc, registry, store = _lifecycle(tmp_path, parts)
+    try:
+        registry.load_model(_twin(tmp_path), activate=False)
+        lc.settings = LifecycleSettings.model_validate(
+            {"gate": {"require_gate": True, "max_every_recipe_images": 5}})
+        # one recipe (fused) judges twin: its 3 images are never refused
+        assert [r.recipe for r in lc.gate_all("deeppcb", "twin", golden="g",
+                                              actor="admin")] == ["fused"]
+        registry.add_recipe(LINE)  # two: 6 images
+        stored = len(lc.records.gate_reports("deeppcb"))
+        for call in (lambda: lc.gate_all("deeppcb", "twin", golden="g", actor="admin"),
+                     lambda: lc.promote("deeppcb", "twin", golden="g", actor="admin")):
+            with pytest.raises(GateTooLarge) as refused:
+                call()
+            said = refused.value.message
+            assert refused.value.status == 422 and refused.value.code == "gate_too_large"
+            assert ("would replay golden set g:1 (3 images) under 2 recipes (fused, line): 6 "
+                    "images, over lifecycle.gate.max_every_recipe_images (5)") in said, said
+            assert ('Gate under each recipe by name (POST /v1/models/deeppcb/gate {"version": '
+                    '"twin", "golden": "g", "recipe": NAME}') in said, said
+        assert len(lc.records.gate_reports("deeppcb")) == stored
+        assert registry.models()["deeppcb"].active == "1"
+        assert lc._gate_lock.acquire(blocking=False)  # free after the refusals
+        lc._gate_lock.release()
+        lc.settings = LifecycleSettings.model_validate(
+            {"gate": {"require_gate": True, "max_every_recipe_images": 6}})
+        assert len(lc.gate_all("deeppcb", "twin", golden="g", actor="admin")) == 2
+    finally:
+        store.close()
+
+
 def test_over_http_recipe_star_gates_under_every_judging_recipe(tmp_path: Path) -> None:
     """``"recipe": "*"`` answers one stored report per judging recipe (the single-recipe
     answer is unchanged); anything else that is not a name is a 422 naming the field."""

@@ -291,10 +291,14 @@ class AdmissionRules:
         @functools.cache
         def put_first(name: str) -> bool:
             return self._put_first(name, pending, det, role)
+
+        @functools.cache
+        def golden(name: str) -> tuple[int, str] | str:  # once per set and call
+            return self._golden_now(name)
         seen = _Seen()
         for r in (r for r in now if r.passed):
             name = r.readable_report().get("recipe")
-            why = self._pass_stale(r, det, pending, judge)
+            why = self._pass_stale(r, det, pending, judge, golden)
             if why is not None and isinstance(name, str) and put_first(name):
                 why = (why[0], [name], PUT_FIRST)  # gated under it as it stands: no use
             if why is None:
@@ -497,7 +501,9 @@ class AdmissionRules:
                       partner=self._partner_now(rule, model), kept=self._rules_kept(rule, det))
 
     def _pass_stale(self, row: GateReportRow, det: Detector, pending: dict[str, Recipe],
-                    judge: Callable[[str], _Judge]) -> _Why | None:
+                    judge: Callable[[str], _Judge],
+                    golden: Callable[[str], tuple[int, str] | str] | None = None
+                    ) -> _Why | None:
         """Why the passing report ``row`` of ``det`` no longer says what the line would do
         (:func:`~lineside_inspect.lifecycle.refusals.stale_note`'s ``why``, ``recipes``
         and ``how``), None when it still does.
@@ -507,7 +513,9 @@ class AdmissionRules:
         the pass was judged with (none if judged alone; session 42), and judge by the
         rules the pass was judged by (``recipe_sha256``; session 43). A recipe gone, or put
         again judging another model, stales it: what judges the model now is another
-        recipe, or its card's own."""
+        recipe, or its card's own. And its golden set's latest version must hold what it
+        replayed (the same digest; ``golden``: :meth:`_golden_now` of a set's name; session
+        47): a pass on version 1 says nothing of the parts added as version 2."""
         report = row.readable_report()
         name = report.get("recipe")
         if not isinstance(name, str):
@@ -529,10 +537,39 @@ class AdmissionRules:
             return (f"was {before} under recipe {name}, {after}", now.again,
                     "with what the recipe fuses now")
         digest = report.get("recipe_sha256")
-        if isinstance(digest, str) and digest in now.kept:
-            return None
-        return (self._other_rules(name, digest, now.rule, det, pending), now.again,
-                "under the recipe as it stands")
+        if not (isinstance(digest, str) and digest in now.kept):
+            return (self._other_rules(name, digest, now.rule, det, pending), now.again,
+                    "under the recipe as it stands")
+        held = (golden or self._golden_now)(row.golden_name)
+        if not isinstance(held, str) and held[1] == row.golden_digest:
+            return None  # (a version added with the same content replays alike)
+        used = (f"was judged on golden set {row.golden_name}:{row.golden_version} (digest "
+                f"{row.golden_digest[:12]})")
+        if isinstance(held, str):
+            return (f"{used}, {held}", now.again, "on a golden set this server holds")
+        version, now_digest = held
+        again = ("" if version > row.golden_version else
+                 ": the set was made again since, with other images")
+        return (f"{used}, and golden set {row.golden_name} is at version {version} now "
+                f"(digest {now_digest[:12]}){again}; a pass counts only on the golden set "
+                "as it stands", now.again, f"on {row.golden_name}:{version}")
+
+    def _golden_now(self, name: str) -> tuple[int, str] | str:
+        """Golden set ``name`` as it stands, which a pass must have replayed to admit
+        (:meth:`_pass_stale`): (its latest version, that version's digest), or why it
+        cannot be (after "was judged on golden set ...: ")."""
+        try:
+            versions = self.library.versions(name)
+            if not versions:
+                names = [n for n in self.library.names() if self.library.versions(n)]
+                return ("which this server no longer holds (golden sets here: "
+                        + (", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+                           if names else "none") + ")")
+            return versions[-1], self.library.get(name, versions[-1]).digest
+        except LinesideError as exc:  # its latest manifest broken: no gate can use it
+            return f"whose latest version cannot be used now ({exc.message})"
+        except (OSError, ValueError):  # (its text names a path: not for an answer)
+            return "whose latest version cannot be read now"
 
     def _other_rules(self, name: str, digest: Any, rule: Recipe, det: Detector,
                      pending: dict[str, Recipe]) -> str:

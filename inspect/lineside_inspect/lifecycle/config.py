@@ -17,6 +17,12 @@ class GateSettings(_Section):
     require_gate: bool = Field(False, description=(
         "refuse to activate (or shadow) a version with no gate report at all, not only one "
         "whose gate failed (an admin may still force it, recorded)"))
+    max_every_recipe_images: int = Field(20_000, ge=1, le=10_000_000, description=(
+        "images a gate under every recipe (\"recipe\": \"*\", a promotion with "
+        "require_gate) may replay in one call, the judging recipes times the golden set's "
+        "images: it holds the one gate lock throughout; above it the call is refused "
+        "before anything runs (gate under each recipe by name instead). A gate under one "
+        "recipe is bounded by the golden set's own cap (5000 images) alone"))
 
 
 class ShadowSettings(_Section):

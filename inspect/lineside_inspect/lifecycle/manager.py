@@ -31,6 +31,7 @@ from lineside_inspect.errors import (
     Busy,
     ConfigError,
     GateRefused,
+    GateTooLarge,
     NotFoundError,
 )
 from lineside_inspect.lifecycle.admission import AdmissionRules
@@ -267,12 +268,31 @@ class Lifecycle(AdmissionRules):
             held.enter_context(self.registry.loaded(model, version, against))
             runs = self._gate_runs(model, version, held)
             manifest = self.library.get(golden, golden_version)  # one version for every run
+            self._bounded(model, version, [rule.name for rule, _ in runs], manifest)
             with self._gate_slot():
                 candidate, active = self._gate_pair(model, version, against)
                 return [self._stored(records,
                                      self._replay(candidate, active, manifest, rule, partner),
                                      model, version, actor=actor)
                         for rule, partner in runs]
+
+    def _bounded(self, model: str, version: str, recipes: list[str],
+                 manifest: GoldenManifest) -> None:
+        """:class:`GateTooLarge` when a gate under every one of ``recipes`` would replay
+        more images than ``lifecycle.gate.max_every_recipe_images`` under the one gate
+        lock (session 47: it had no bound, and every other gate waited it out)."""
+        cap, images = self.settings.gate.max_every_recipe_images, len(manifest.items)
+        if len(recipes) <= 1 or len(recipes) * images <= cap:
+            return  # (one recipe: a named gate's replay, bounded by the set's own cap)
+        raise GateTooLarge(
+            f"a gate of {model} {version} under every recipe that would judge it would replay "
+            f"golden set {manifest.ref} ({images} images) under {len(recipes)} recipes "
+            f"({_few(recipes, 5)}): {len(recipes) * images} images, over "
+            f"lifecycle.gate.max_every_recipe_images ({cap}), while it holds the gate lock. "
+            f"Gate under each recipe by name (POST /v1/models/{model}/gate {{\"version\": "
+            f"\"{version}\", \"golden\": \"{manifest.name}\", \"recipe\": NAME}}, one "
+            "call each; with require_gate then activate, as a promotion gates under every "
+            "one), use a smaller golden set, or raise the setting")
 
     def _gate_runs(self, model: str, version: str,
                    held: contextlib.ExitStack) -> list[tuple[Recipe, Detector | None]]:

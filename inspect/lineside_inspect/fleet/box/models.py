@@ -22,14 +22,15 @@ and activated through the lifecycle:
 Anything refused is logged, kept in :meth:`ModelPuller.errors` (the box's status reports
 them as ``model_errors``) and never loaded; the same package is not fetched again until
 the assignment names another one, except one the gate refused that an admin has since
-activated on the box (taken once more, then no longer an error). A hub that cannot be
-reached changes nothing: the box keeps serving what it has. Pulled packages are listed in
-``<models_dir>/pulled.json`` and loaded again when the server starts, so a restarted box
-serves them without its hub (one that was active is activated again, recorded, forced only
-where the gate refuses it now: it was admitted before). A version the box activated once
-and then left (an admin's hand activation, an automatic rollback) is not forced back, nor
-loaded at start-up when it is the model's only version (loading would make it active):
-local decisions stand until the assignment changes.
+activated on the box (taken once more, then no longer an error), or whose golden set named
+after the model was made or given a new version since (taken once more: gated on it). A
+hub that cannot be reached changes nothing: the box keeps serving what it has. Pulled
+packages are listed in ``<models_dir>/pulled.json`` and loaded again when the server
+starts, so a restarted box serves them without its hub (one that was active is activated
+again, recorded, forced only where the gate refuses it now: it was admitted before). A
+version the box activated once and then left (an admin's hand activation, an automatic
+rollback) is not forced back, nor loaded at start-up when it is the model's only version
+(loading would make it active): local decisions stand until the assignment changes.
 
 A package verified and unpacked once is not downloaded again when the assignment goes
 back to it (the hub's line set back to a version the box pulled before): each verified
@@ -157,7 +158,8 @@ class ModelPuller:
         # what errors() reports: replaced whole, never changed in place, so the status
         # reporter reads them without waiting for a pull (a download, a gate) to end
         self._failed: dict[tuple[str, str, str], str] = {}  # (name, version, sha256) -> why
-        self._gate_refused: set[tuple[str, str, str]] = set()  # of those, refused by the gate
+        # of those, refused by the gate: the golden set a pull gates with, as it stood then
+        self._gate_refused: dict[tuple[str, str, str], object] = {}
         self._notes: list[str] = []
         self._lock = threading.Lock()  # one pull at a time
         self._stop = threading.Event()
@@ -262,7 +264,7 @@ class ModelPuller:
         wanted = {(m.name, m.version, m.sha256) for m in assignment.models}
         # a failure is remembered only while the assignment still names that package
         self._failed = {k: v for k, v in self._failed.items() if k in wanted}
-        self._gate_refused &= set(self._failed)
+        self._gate_refused = {k: g for k, g in self._gate_refused.items() if k in self._failed}
         for m in assignment.models:
             done = self.state.models.get(m.name)
             if done is not None and (done.version, done.sha256) == (m.version, m.sha256):
@@ -275,9 +277,12 @@ class ModelPuller:
                                  "box (by hand or a rollback), not forced back")
                 continue
             key = (m.name, m.version, m.sha256)
-            if key in self._failed and not (key in self._gate_refused
-                                            and self._active(m.name) == m.version):
-                continue  # (a gate refusal an admin has overridden since: taken once more)
+            if key in self._failed and not (key in self._gate_refused and (
+                    self._active(m.name) == m.version
+                    or self._golden_mark(m.name) != self._gate_refused[key])):
+                # (a gate refusal an admin has overridden since, or made under a golden set
+                # of the model that changed since: taken once more; session 47)
+                continue
             if not self.keys:  # the box was not set up to take models
                 notes.append(f"{m.name} {m.version} assigned, not pulled: no fleet.trusted_keys")
                 continue
@@ -285,7 +290,7 @@ class ModelPuller:
                 self._take(m)
                 if key in self._failed:
                     self._failed = {k: v for k, v in self._failed.items() if k != key}
-                    self._gate_refused.discard(key)
+                    self._gate_refused.pop(key, None)
             except (HubUnavailable, Busy, ActiveChanged, DiskUnavailable, OSError) as exc:
                 # passing (a full disk too: the fleet page says so): tried again next pull
                 local = isinstance(exc, OSError | DiskUnavailable)
@@ -312,9 +317,9 @@ class ModelPuller:
                     # refused its activation only (loaded, verified): taken once more when
                     # an admin activated it since (the refusal says to, once the recipe is
                     # pinned), so the box records it as pulled and reports no error
-                    self._gate_refused.add(key)
+                    self._gate_refused[key] = self._golden_mark(m.name)
                 else:  # refused for what it is: never fetched again for this assignment
-                    self._gate_refused.discard(key)
+                    self._gate_refused.pop(key, None)
                 log.error("fleet models: refused %s %s (%s…): %s", m.name, m.version,
                           m.sha256[:12], exc.message)
                 self._count_failure("package_refused", in_a_row=False)
@@ -326,11 +331,28 @@ class ModelPuller:
             self.state.revision = assignment.revision
             self._save()
 
+    def _golden_mark(self, model: str) -> object:
+        """The golden set named after ``model`` as it stands (its latest version and that
+        version's digest; None: the box keeps none), the only one a pull gates with: a
+        pull the gate refused is taken once more when it changes (a set made, a version
+        added; session 47: only the assignment naming it anew, a restart or an admin's
+        activation did)."""
+        lifecycle = getattr(self.app.state, "lifecycle", None)
+        if lifecycle is None:
+            return None
+        try:
+            versions = lifecycle.library.versions(model)
+            if not versions:
+                return None
+            return versions[-1], lifecycle.library.get(model, versions[-1]).digest
+        except (LinesideError, OSError, ValueError):  # broken: a gate on it is refused too
+            return "unreadable"
+
     def _refused(self, key: tuple[str, str, str], why: str, kind: str = "internal") -> None:
         """A failure that will not pass by itself: remembered like a refusal (not fetched
         again for this assignment) and counted as ``kind``."""
         self._failed = {**self._failed, key: why}
-        self._gate_refused.discard(key)
+        self._gate_refused.pop(key, None)
         self._count_failure(kind, in_a_row=False)
 
     def _take(self, m: AssignedModel) -> None:
