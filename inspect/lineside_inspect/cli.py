@@ -482,7 +482,7 @@ def train_cmd(
         overrides.append("time_budget=null")
     kept = None  # a resumed run's own config: all it trained with that is not given again
     if resume:  # the run says what it trained on, and how (issue #18: its --set values too)
-        kept = t.resumed(config, overrides, name)
+        kept = t.resumed(config, overrides, name, data=data, merge=merge)
         # out of kept whether or not given: a run's data left there was blamed on its
         # config.yaml when --data named a set that failed validation (final read, 46)
         its_data, its_merge = kept.pop("data", None), kept.pop("extra_data", None)

@@ -47,6 +47,17 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
         label = fails[0]["defects"][0]["label"]
         assert c.get("/v1/inspections", params={"label": label}).json()["total"] >= 1
         assert c.get("/v1/inspections", params={"verdict": "maybe"}).status_code == 422
+        # a parameter the list does not take (a reviewer's guess) listed every inspection
+        # as if it filtered them: named, with what the list takes (QA review, session 47)
+        r = c.get("/v1/inspections", params={"verdict": "fail", "status": "fail",
+                                             "reviewed": "false"})
+        msg = r.json()["error"]["message"] if r.status_code == 422 else r.text
+        assert r.status_code == 422 and msg.startswith("query: reviewed, status: not a "
+                                                       "parameter of this list, which takes "
+                                                       "verdict, camera_id,"), msg
+        assert "unreviewed fails: verdict=fail&review_state=unreviewed" in msg, msg
+        assert c.get("/v1/inspections", params={"verdict": "fail", "review_state": "unreviewed",
+                                                "limit": 1}).json()["total"] == len(fails)
         # a time that cannot be taken to UTC (before year 1 there) was an OverflowError: 500
         for key, when in (("since", "0001-01-01T00:00:00+14:00"), ("until", "9999-12-31T23:59:59-14:00")):
             r = c.get("/v1/inspections", params={key: when})

@@ -97,11 +97,21 @@ def test_good_folder_to_package_that_finds_a_defect(tmp_path: Path) -> None:
 def test_sample_split_evaluated_through_the_package(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The sample's train split's templates (good) train; its val split (10 defective, 10
-    good boards never seen) is evaluated through the exported package."""
-    cfg = _config(tmp_path, SAMPLE, split="train", input_size=128)
+    good boards never seen) is evaluated through the exported package. Trained on a set
+    named relative to the folder train ran in, the run is evaluated from another folder
+    on its own set (it looked for it there; review, session 47)."""
+    (tmp_path / "sample").symlink_to(SAMPLE)
+    monkeypatch.chdir(tmp_path)
+    cfg = _config(tmp_path, Path("sample"), split="train", input_size=128)
     r = runner.invoke(app, ["train", "--config", str(cfg)])
     assert r.exit_code == 0, r.output + r.stderr
     run = tmp_path / "runs" / "toy"
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(tmp_path / "sample")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    r = runner.invoke(app, ["evaluate", str(run), "--split", "val", "--out", str(tmp_path / "own")])
+    assert r.exit_code == 0 and "image AUROC" in r.stdout, r.output
+    monkeypatch.chdir(tmp_path)
     ckpt_groups = (run / "train.log").read_text()
     assert "25 good images" not in ckpt_groups and "20 to train on, 5 held out" in ckpt_groups
     r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "models" / "s" / "1")])

@@ -81,18 +81,48 @@ def test_resume_of_a_run_that_is_not_there_is_refused(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "give --data DATASET" in r.stderr, r.output
 
 
-def test_resume_takes_the_data_the_run_trained_on(tmp_path: Path) -> None:
-    """``--resume`` asked for ``--data`` though the run records what it trained on."""
+def test_resume_takes_the_data_the_run_trained_on(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--resume`` asked for ``--data`` though the run records what it trained on. Its
+    sets typed relative to the folder train ran in were kept so in its config.yaml, and
+    a resume from another folder found none (review, session 47): kept absolute now."""
+    from lineside_training.commands import resumed
+
     tiny = ["--device", "cpu", "--name", "r", "--set", f"out_dir={tmp_path}",
             "--set", "max_steps_per_epoch=1", "--set", "crop_size=128", "--set", "batch_size=2"]
-    extra = another_set(tmp_path / "extra")  # a second dataset merged into train (--merge)
-    r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--merge", str(extra),
-                            "--epochs", "1", *tiny])
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    another_set(work / "extra")  # a second dataset merged into train (--merge)
+    (work / "data").symlink_to(SAMPLE)
+    monkeypatch.chdir(work)
+    r = runner.invoke(app, ["train", "--data", "data", "--merge", "extra", "--epochs", "1", *tiny])
     assert r.exit_code == 0, r.output
+    run = tmp_path / "r"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["data"], saved["extra_data"]) == (str(work / "data"), [str(work / "extra")])
+    monkeypatch.chdir(elsewhere)
     r = runner.invoke(app, ["train", "--resume", "--epochs", "2", *tiny])
     assert r.exit_code == 0, r.output
-    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(x.get("epoch", 0) for x in lines) == 2
+    # a run of an older release kept them as typed: from its own folder as before; from
+    # another the data where its last.pt recorded it, a merged set (never recorded)
+    # refused naming where it was looked for, before any work
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "data": "data",
+                                                     "extra_data": ["extra"]}))
+    out = [f"out_dir={tmp_path}"]
+    assert resumed(None, out, "r", merge=[str(work / "extra")])["data"] == str(SAMPLE)
+    r = runner.invoke(app, ["train", "--resume", "--epochs", "3", *tiny])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and (f"{run / 'config.yaml'} names extra_data extra, relative to "
+                                 f"the folder train ran in: from {elsewhere} there is no "
+                                 f"{elsewhere / 'extra'}") in text, r.output
+    assert "give --merge DATASET for each merged set" in text
+    monkeypatch.chdir(work)
+    assert {k: resumed(None, out, "r")[k] for k in ("data", "extra_data")} == {
+        "data": "data", "extra_data": ["extra"]}
+    monkeypatch.chdir(tmp_path)
     # a run of --epochs from a config with a time budget, resumed without --epochs: it
     # keeps its schedule (it switched to the config's 30 minutes)
     r = runner.invoke(app, ["train", "--config", str(SINGLE), "--data", str(SAMPLE),
@@ -134,6 +164,17 @@ def test_resume_continues_the_run_as_it_trained(tmp_path: Path) -> None:
                                 *where, *given])
         text = " ".join(r.output.split())
         assert r.exit_code == 2 and said in text and "cannot change midway" in text, r.output
+    # the same field edited by hand in the run's config.yaml, never given: "leave
+    # input_size out" named nothing the user could leave out (review, session 47)
+    kept = tmp_path / "r" / "config.yaml"
+    good = kept.read_text()
+    kept.write_text(good.replace("input_size: 640", "input_size: 96"))
+    r = runner.invoke(app, ["train", "--config", str(SINGLE), "--resume", "--epochs", "2", *where])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"{kept} changed input_size from 640 (what " in text, r.output
+    assert "to 96: the scale its model learned" in text and "leave" not in text, r.output
+    assert "a resumed run keeps what it was trained with: restore input_size: 640" in text
+    kept.write_text(good)
     # resumed as a user would, with the config and no --set: the config file's values are
     # said not to apply, the run's are kept
     r = runner.invoke(app, ["train", "--config", str(SINGLE), "--resume", "--epochs", "2", *where])

@@ -73,6 +73,32 @@ def test_quality_metrics_at_threshold_half(fixture: tuple) -> None:
     assert conf[2, 1] == 1  # short false positive on background
 
 
+def test_escapes_of_a_model_that_alarms_everywhere_are_said_for_what_they_count(
+        fixture: tuple) -> None:
+    """A 2-step reference run showed escape rate 0 beside detection rate 0 and no word: an
+    escape is a defective part judged pass, and a model alarming on every part (none on
+    a defect) passes none. The count is right; the summary says what it counts (review,
+    session 47), and only where most defective parts failed without their defect found."""
+    from lineside_training.evaluate import quality_lines
+    from lineside_training.quality import escape_note
+
+    records, _ = fixture
+    preds = [_pred([(80, 0, 99, 9, 0.7, 0)]) for _ in records]  # a corner, on every part
+    q = quality_metrics(records, preds, CLASSES, {"open": 0.5, "short": 0.5})
+    assert (q["escapes"], q["detected_images"], q["failed_undetected"]) == (0, 0, 3)
+    assert q["false_reject_rate"] == 1.0
+    note = escape_note(q)
+    assert note is not None and note.startswith(
+        "3 of the 3 defective images were judged fail though none of their defects was "
+        "found (right class, IoU 0.5; 0 were)"), note
+    assert ("read the escape rate 0.0000 with the false-reject rate 1.0000 and the detection "
+            "rate 0.0000") in note
+    assert f"  - {note}" in quality_lines(q)  # (summary.md, under the escape rate)
+    # a model finding its defects: no such note (d1 and d2 found, d3 escapes)
+    q = quality_metrics(records, fixture[1], CLASSES, {"open": 0.5, "short": 0.5})
+    assert q["failed_undetected"] == 0 and escape_note(q) is None
+
+
 def test_a_box_of_another_class_scored_higher_does_not_take_a_defect_from_its_own() -> None:
     """One pass matched a defect to the highest-scored box over it, of any class: an
     overlapping "short" at 0.9 took the "open" defect, and the "open" box at 0.8 then

@@ -36,7 +36,8 @@ def _run_folder(doc: dict[str, Any]) -> Path:
 
 
 def resumed(path: str | Path | None, overrides: list[str] | None,
-            name: str | None) -> dict[str, Any]:
+            name: str | None, *, data: str | None = None,
+            merge: list[str] | None = None) -> dict[str, Any]:
     """For ``--resume``: what the run to continue was trained with (its ``config.yaml``),
     as a base for the command's config (:func:`load_config`'s ``base``: its values replace
     the config file's, and a ``--set`` or flag given again replaces them, a ``--set`` of
@@ -50,9 +51,13 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     override names a set (``--data``/``--merge``, applied by the command, replace them).
     Fields of a release that no longer has them are left out, and fields a run's older
     release did not write are the command's. Empty when there is no such run (``train``
-    says so); a good-only run's data only (good-only runs do not resume, and say so)."""
+    says so); a good-only run's data only (good-only runs do not resume, and say so).
+    Its sets are where this command finds them (:func:`_run_set`: runs before session 47
+    kept them relative to the folder ``train`` ran in), unless ``data`` (``--data``) or
+    ``merge`` (``--merge``) name them again."""
     doc = read_config(path, overrides, name=name)
-    was = run_config(_run_folder(doc))
+    run = _run_folder(doc)
+    was = run_config(run)
     if was is None:
         return {}
     fill: dict[str, Any] = {}
@@ -71,13 +76,39 @@ def resumed(path: str | Path | None, overrides: list[str] | None,
     # another refused as "this run names" a set nobody gave (new-user review, session 46).
     # Only a --set data=... (or --data, which the command applies over this) names another
     if "data" not in given and was.get("data"):
-        fill["data"] = str(was["data"])
+        fill["data"] = str(was["data"]) if data else _run_set(run, str(was["data"]), "data")
     # its --merge sets, when it is resumed on its own data
     same = "data" not in given or _same_path(doc.get("data"), was.get("data"))
     if same and "extra_data" not in given and was.get("extra_data"):
         extra = was["extra_data"]  # (not a list: refused by name when validated)
-        fill["extra_data"] = [str(d) for d in extra] if isinstance(extra, list) else extra
+        fill["extra_data"] = ([str(d) if merge else _run_set(run, str(d), "extra_data")
+                               for d in extra] if isinstance(extra, list) else extra)
     return fill
+
+
+def _run_set(run: Path, given: str, key: str) -> str:
+    """A set the run's config names (``key``: data, or one of its ``extra_data``), where
+    this command finds it. A run's config keeps them absolute (:func:`config.as_written`);
+    an older run's as typed, relative to the folder ``train`` ran in, which from another
+    folder is no set (review, session 47): the main set is then found where its
+    ``last.pt`` recorded it, and else (a merged set, whose place no checkpoint kept)
+    refused naming the path looked for and from where, before any work."""
+    path = Path(given)
+    if path.is_absolute() or path.exists():  # (refused by the set's own checks if not one)
+        return given
+    if key == "data" and (run / "last.pt").is_file():
+        with contextlib.suppress(ConfigError):
+            ck = read_torch_file(run / "last.pt", mmap=True)
+            fp = ck.get("data") if isinstance(ck, dict) else None
+            recorded = fp.get("path") if isinstance(fp, dict) else None
+            if isinstance(recorded, str) and (Path(recorded) / "annotations.json").is_file():
+                return recorded
+    saved = run / "config.yaml" if (run / "config.yaml").is_file() else run / "last.pt"
+    flag = "--data DATASET" if key == "data" else "--merge DATASET for each merged set"
+    raise ConfigError(f"--resume: {saved} names {key} {given}, relative to the folder train "
+                      f"ran in: from {Path.cwd()} there is no {path.absolute()}; run --resume "
+                      f"from the folder the run was trained in, or give {flag} where it is "
+                      "now (the run checks it is the set it trained on)")
 
 
 # values in a run's config (about 60, a few model_kwargs): past this it is no config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -221,6 +222,20 @@ def sizes_from_data(doc: dict[str, Any]) -> dict[str, Any]:
     size = input_size_for([max(r.width, r.height) for r in images])
     doc["input_size"] = size
     return doc
+
+
+def as_written(doc: dict[str, Any]) -> dict[str, Any]:
+    """A run's config (``model_dump``) as its ``config.yaml`` keeps it: ``data`` and
+    ``extra_data`` (``--merge``) absolute. They were kept as typed, relative to the folder
+    ``train`` ran in, so ``--resume`` (or ``evaluate``) from another folder looked for
+    them there (review, session 47). Absolute, not resolved: a symlink named stays one."""
+    out = dict(doc)
+    if isinstance(out.get("data"), str):
+        out["data"] = os.path.abspath(out["data"])
+    if isinstance(out.get("extra_data"), list):
+        out["extra_data"] = [os.path.abspath(p) if isinstance(p, str) else p
+                             for p in out["extra_data"]]
+    return out
 
 
 def shown(value: Any) -> str:

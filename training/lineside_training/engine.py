@@ -42,13 +42,15 @@ from lineside_inspect.errors import (
     DatasetError,
     ImageError,
     ImageTooLargeError,
+    LinesideError,
     Problem,
 )
 from lineside_inspect.imageio import check_decodable
 from lineside_inspect.package import sha256_file
 from lineside_inspect.runtime.tiles import MAX_TILES, Tiling, tile_origins
+from lineside_inspect.user_files import load_yaml, read_text
 from lineside_training.budget import Budget, SchedulePlan, fitted_ema, format_duration, parse_duration
-from lineside_training.config import STRIDE, TrainConfig, shown
+from lineside_training.config import STRIDE, TrainConfig, as_written, shown
 from lineside_training.data.augment import train_transform
 from lineside_training.data.dataset import DetectionDataset, collate
 from lineside_training.metrics import coco_metrics
@@ -777,14 +779,34 @@ def _check_same_setup(run: Path, saved: dict[str, Any], cfg: TrainConfig) -> Non
     if saved.get("schedule") == "onecycle":
         fixed.update(dict.fromkeys(ONECYCLE_FIXED, "a onecycle schedule's length and peak, "
                                    "fixed when it started"))
+    edited = _run_yaml(run)
     for key, why in fixed.items():
         if key in saved and saved[key] != now[key]:
             best = _weights_of(run)
+            if key in edited and edited[key] == now[key]:
+                # changed by hand there, never given: "leave KEY out" named nothing the
+                # user could leave out (review, session 47)
+                raise ConfigError(
+                    f"--resume: {run / 'config.yaml'} changed {key} from {shown(saved[key])} "
+                    f"(what {run / 'last.pt'} trained with) to {shown(now[key])}: {why}, "
+                    f"which cannot change midway; a resumed run keeps what it was trained "
+                    f"with: restore {key}: {shown(saved[key])} there to continue it, or start "
+                    f"a new run from its weights: --weights {best} --name NEW")
             raise ConfigError(
                 f"--resume: {run} trained with {key} {shown(saved[key])}, and this run has "
                 f"{shown(now[key])}: {why}, which cannot change midway; leave {key} out to "
                 f"continue it as it trained, or start a new run from its weights: "
                 f"--weights {best} --name NEW")
+
+
+def _run_yaml(run: Path) -> dict[str, Any]:
+    """The run's ``config.yaml`` as written there (empty when it cannot be read: the
+    resume read it already, and refused it by name)."""
+    try:
+        doc = load_yaml(read_text(run / "config.yaml", "run's config"))
+    except (LinesideError, OSError, yaml.YAMLError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def resume_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
@@ -916,7 +938,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
         # whole or not at all: under torchrun every rank's --resume reads it while rank 0
         # writes it, and a truncated file is refused as no config (final read, 46)
         write_atomic(run / "config.yaml",
-                     yaml.safe_dump(cfg.model_dump(), sort_keys=False).encode())
+                     yaml.safe_dump(as_written(cfg.model_dump()), sort_keys=False).encode())
 
     def log(line: str) -> None:  # rank 0: train.log always, stderr unless quiet
         if rank != 0:

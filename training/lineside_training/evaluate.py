@@ -27,7 +27,7 @@ from lineside_training.engine import pick_device
 from lineside_training.metrics import coco_metrics
 from lineside_training.pairscore import pair_metrics
 from lineside_training.predict import Prediction, predict_records, runtime_predictions
-from lineside_training.quality import quality_metrics
+from lineside_training.quality import escape_note, quality_metrics
 
 
 def evaluate(
@@ -106,6 +106,8 @@ def evaluate(
     quality = quality_metrics(records, preds, trained.class_names, calib["thresholds"],
                               agnostic_iou=rule)
     pairs = pair_metrics(records, preds, trained.class_names, calib["thresholds"], rule)
+    if note := escape_note(quality):
+        notes.append(note)
     result = {"split": split, "images": len(records), "coco": coco, "quality": quality,
               "pairs": pairs, "calibration": calib, "checkpoint": str(trained.run_dir),
               CHECKPOINT_STAMP: trained.sha256,
@@ -206,7 +208,8 @@ def evaluate_package(
               "tiling": None if tiling is None else tiling.model_dump()}
     report = Path(out) if out else Path("runs") / f"{card.name}-{card.version}-report-{split}"
     write_report(report, result, records, preds, card.class_names, dataset, examples)
-    return {**result, "report": str(report)}
+    note = escape_note(quality)  # (what a low escape rate means here: the command says it)
+    return {**result, "report": str(report), "notes": [note] if note else []}
 
 
 def _fmt(v: float | None) -> str:
@@ -235,6 +238,8 @@ def quality_lines(q: dict[str, Any]) -> list[str]:
             lines.append(f"- {what}: not measurable: {reason}")
         else:
             lines.append(f"- {what}: **{_fmt(q[key])}** ({q[num]}/{q[den]})")
+            if key == "escape_rate" and (note := escape_note(q)):
+                lines.append(f"  - {note}")
     if q.get("detection_rate") is not None:
         lines.append(f"- detection rate (defective images with a defect found, right class, IoU 0.5): "
                      f"**{_fmt(q['detection_rate'])}** ({q['detected_images']}/{q['defective_images']})")

@@ -167,6 +167,10 @@ def quality_metrics(
         "false_rejects": None if "false_reject_rate" in not_measurable else rejects,
         "escape_rate": None if "escape_rate" in not_measurable else _ratio(escapes, defective),
         "false_reject_rate": None if "false_reject_rate" in not_measurable else _ratio(rejects, good),
+        # defective images judged fail though none of their defects was found (an alarm
+        # elsewhere, or of another class): escapes do not count them (escape_note)
+        "failed_undetected": None if "escape_rate" in not_measurable
+        else defective - escapes - detected,
         # defective images where at least one defect is found with its right class
         "detected_images": detected,
         "detection_rate": _ratio(detected, defective),
@@ -175,6 +179,28 @@ def quality_metrics(
         "confusion": confusion.tolist(),
         "confusion_labels": [*class_names, "background/missed"],
     }
+
+
+def escape_note(q: dict[str, Any]) -> str | None:
+    """What a low escape rate means when most defective images judged fail were failed
+    without their defect found (``failed_undetected`` above ``detected_images``): a
+    barely trained model alarming all over every part escapes nothing, and showed escape
+    rate 0 beside detection rate 0 with no word (new-user review, session 47). The count
+    is right (an escape is a defective part judged pass); it is said what it counts."""
+    unfound, found = q.get("failed_undetected"), q.get("detected_images") or 0
+    if not unfound or unfound <= found:
+        return None
+
+    def rate(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    return (f"{unfound} of the {q['defective_images']} defective images were judged fail "
+            f"though none of their defects was found (right class, IoU 0.5; {found} were): "
+            "an alarm elsewhere on the part, or of another class, fails it all the same. "
+            "Escapes count only defective images judged pass, so a model that alarms on "
+            f"every part escapes nothing: read the escape rate {rate(q.get('escape_rate'))} "
+            f"with the false-reject rate {rate(q.get('false_reject_rate'))} and the "
+            f"detection rate {rate(q.get('detection_rate'))}")
 
 
 def _escapes(records: list[ImageRecord], preds: list[Prediction], thr: np.ndarray) -> int:

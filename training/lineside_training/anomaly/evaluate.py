@@ -55,8 +55,13 @@ def run_scorer(path: Path) -> tuple[Scorer, dict[str, Any]]:
         fitted = [letterbox(cv2.cvtColor(i, cv2.COLOR_BGR2RGB), cfg.input_size,
                             pad_value=PAD_VALUE)[0] for i in images]
         return score_images(forward, fitted).scores, None
+    # where the checkpoint recorded the set, else its config's data as typed to train
+    # (relative to where train ran): evaluate from another folder found none (session 47)
+    recorded = ckpt.get("data", {}).get("path")
+    data = recorded if recorded and (Path(recorded) / "annotations.json").is_file() \
+        else cfg.data
     return run, {"threshold": ckpt["calibration"]["threshold"], "model": cfg.name,
-                 "data": cfg.data, "training": {"config": cfg.model_dump(),
+                 "data": data, "training": {"config": cfg.model_dump(),
                                                 "data": ckpt.get("data", {})}}
 
 

@@ -26,6 +26,7 @@ from lineside_training.anomaly.data import CropSampler, GoodSplit, carve, group_
 from lineside_training.anomaly.infer import score_images, torch_forward
 from lineside_training.anomaly.net import AnomalyGraph, AnomalyNet
 from lineside_training.anomaly.synth import rephotograph
+from lineside_training.config import as_written
 from lineside_training.engine import pick_device, seed_everything
 from lineside_training.threads import choose_threads
 
@@ -85,7 +86,8 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     calib_images = load_all(cfg.data, split.dataset, split.calib, cfg.input_size)
     loaded = time.perf_counter() - t0
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(as_written(cfg.model_dump()),
+                                                        sort_keys=False))
     log = (run_dir / "train.log").open("w")
 
     def say(line: str) -> None:
@@ -177,7 +179,10 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
                 "calibration": calibration, "steps": step, "train_seconds": train_seconds,
                 "cpu_seconds": cpu_seconds,
                 "threads": torch.get_num_threads(),
-                "data": {"train_images": len(split.train), "calib_images": len(split.calib),
+                # where the set was (its config's data is as typed, maybe relative to
+                # this folder): evaluate from another folder finds it (session 47)
+                "data": {"path": str(Path(cfg.data).resolve()),
+                         "train_images": len(split.train), "calib_images": len(split.calib),
                          "calib_groups": split.calib_groups,
                          "calib_files": [r.file_name for r in split.calib],
                          "calib_sha256": split.calib_sha256,

@@ -6,11 +6,13 @@ from __future__ import annotations
 import mimetypes
 import os
 from collections.abc import Iterator
+from inspect import signature
 from typing import IO, Annotated, Literal
 
 import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, FiniteFloat, StrictInt
 from starlette.background import BackgroundTask
@@ -52,7 +54,9 @@ def list_inspections(
 ) -> InspectionPage:
     """Stored inspections, newest first (404 when the server keeps no store). ``total``
     counts every stored row matching; a row that does not read as an inspection is left
-    out of ``items`` and counted in ``left_out``: step pages by ``limit``."""
+    out of ``items`` and counted in ``left_out``: step pages by ``limit``. A parameter
+    this list does not take is a 422 naming it and those it takes (:func:`_unknown`)."""
+    _unknown(request)
     store = get_store(request)
     total, rows = store.query(
         verdict=verdict, camera_id=camera_id, recipe=recipe, label=label, site=site, line=line,
@@ -65,6 +69,26 @@ def list_inspections(
     items = store.records(rows)
     return InspectionPage(total=total, limit=limit, offset=offset, items=items,
                           left_out=len(rows) - len(items))
+
+
+# the names list_inspections takes from the query string
+LIST_PARAMETERS = tuple(p for p in signature(list_inspections).parameters
+                        if p not in ("request", "who"))
+
+
+def _unknown(request: Request) -> None:
+    """Refuse a parameter the list does not take: ignored, a reviewer's guess
+    (``?status=fail``, ``?reviewed=false``) listed every inspection as if it filtered
+    them (QA review, session 47). Named, cut to 40 characters, in the JSON error only."""
+    unknown = sorted({k for k in request.query_params if k not in LIST_PARAMETERS})
+    if not unknown:
+        return
+    names = ", ".join(k if len(k) <= 40 else k[:40] + "..." for k in unknown[:5])
+    raise RequestValidationError([{
+        "type": "extra_forbidden", "loc": ("query",), "input": None,
+        "msg": (f"{names}: not a parameter of this list, which takes "
+                f"{', '.join(LIST_PARAMETERS)} (unreviewed fails: "
+                "verdict=fail&review_state=unreviewed)")}])
 
 
 @router.get("/inspections/{inspection_id}", responses=errors(401, 403, 404, 422))
