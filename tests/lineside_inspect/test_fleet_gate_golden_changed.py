@@ -59,3 +59,51 @@ def test_a_gate_refused_pull_is_taken_again_when_its_golden_set_changes(
         assert gates() == ["deeppcb:1 False"] * 2 + ["deeppcb:2 True"] * 2
         assert puller.errors() == []
         assert app.state.registry.models()["deeppcb"].active == "twin"  # type: ignore[attr-defined]
+
+
+def test_a_golden_set_changed_while_the_gate_ran_takes_the_pull_again(
+        tmp_path: Path) -> None:
+    """Session 47 (attack pass): the refusal remembered the set as it stood once the gate
+    had ended. A QA lead adding the missing board while the pull's gate ran (it replays
+    the whole set: minutes on a large one) saw the pull refused on the version before and
+    never taken again: the change came before the mark. The set is now marked before the
+    gate reads it: the next pull gates on what was added, once."""
+    with gating_server(tmp_path, LINE) as client:
+        app = client.app
+        puller = ModelPuller(app, app.state.settings)  # type: ignore[attr-defined]
+        puller.root = tmp_path / "models"
+        key = signing.generate(tmp_path / "k", tmp_path / "k.pub")
+        card = load_package(puller.root / "deeppcb" / "twin").card
+        puller.keys = [key]
+        puller.verified = VerifiedPulls(pulls=[Verified(
+            name="deeppcb", version="twin", sha256="a" * 64, graph_sha256=card.sha256,
+            card_digest=card_digest(card), signer=key.id)])
+        lib = GoldenLibrary(tmp_path / GOLDEN_DIR)
+        lib.create("deeppcb", [candidate(_png(GOOD_BOARD, False), expected="pass",
+                                         boxes=None, source="good")], ["open", "short"])
+        assignment = Assignment(revision=1, models=[AssignedModel(
+            name="deeppcb", version="twin", sha256="a" * 64)])
+        take = puller._take
+
+        def gated_while_added(m: AssignedModel) -> None:
+            try:
+                take(m)
+            finally:  # added after the gate read version 1, before it answered
+                if len(lib.versions("deeppcb")) == 1:
+                    lib.add("deeppcb", [candidate(_png(DEFECTIVE_BOARD, False),
+                                                  expected="fail", boxes=None, source="bad")])
+
+        puller._take = gated_while_added  # type: ignore[method-assign]
+
+        def gates() -> list[str]:
+            items = client.get("/v1/models/deeppcb/gates").json()["items"]
+            return sorted(f"{g['golden']['name']}:{g['golden']['version']} {g['passed']}"
+                          for g in items if g["candidate"]["version"] == "twin")
+
+        puller._apply(assignment)
+        (error,) = puller.errors()
+        assert "golden set deeppcb:1" in error and lib.versions("deeppcb") == [1, 2], error
+        puller._apply(assignment)  # the set changed since the gate read it: taken again
+        assert gates() == ["deeppcb:1 False"] * 2 + ["deeppcb:2 True"] * 2
+        assert puller.errors() == []
+        assert app.state.registry.models()["deeppcb"].active == "twin"  # type: ignore[attr-defined]

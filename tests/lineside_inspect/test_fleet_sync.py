@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import numpy as np
@@ -802,3 +802,55 @@ def test_a_records_tiles_go_only_to_a_hub_that_announced_it_takes_them(
         forwarder.client.close()
         store.close()
     assert sent == [4, None, None]
+
+
+class _NoAnswer(BaseHTTPRequestHandler):
+    """A hub's address where something takes the connection and answers nothing (a hub
+    crashing, a port left to another program): each request is counted, then cut."""
+
+    seen: ClassVar[list[str]] = []
+
+    def do_HEAD(self) -> None:
+        self.seen.append("HEAD")
+        self.close_connection = True
+
+    def do_POST(self) -> None:
+        self.seen.append("POST")
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_hub_that_does_not_answer_costs_a_tiled_round_one_request(
+        tmp_path: Path, detector: Detector) -> None:
+    """Session 47 (attack pass): before a tiled record's first batch the box asks
+    ``HEAD /healthz`` what the hub takes. A hub that did not answer it was taken as one
+    that takes nothing, and the batch was sent straight after, to the same silent address:
+    two waits a round (past the forwarder's ``stop_timeout_s`` of one request in flight),
+    and a hub back in between got the records without their tiles for good. Now the round
+    ends at the unanswered question, as its batch would have; the record stays pending."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoAnswer)
+    _NoAnswer.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store = Store(tmp_path / "box", pass_rate=1.0, box_id="box9")
+    store.event_makers.append(forward_events)
+    store.guard_channel = "fleet"
+    settings = FleetSettings(hub_url=f"http://127.0.0.1:{server.server_address[1]}",
+                             token="t", timeout_s=2)  # type: ignore[arg-type]
+    forwarder = Forwarder(store, HubClient(settings, "box9"), settings)
+    try:
+        result = _inspection(detector)
+        result.tiles = 4
+        assert store.save(result)
+        store.flush()
+        with pytest.raises(HubUnavailable, match="unreachable"):
+            forwarder.forward_once()
+        assert _NoAnswer.seen == ["HEAD"]  # not the batch after it, to the same silence
+        assert forwarder.client.hub_features is None  # asked again next round
+        forwarder.refresh_gauges()
+        assert forwarder.backlog == 1 and forwarder.set_aside == 0
+    finally:
+        forwarder.client.close()
+        store.close()
+        server.shutdown()

@@ -246,6 +246,47 @@ def test_golden_folders_take_a_reference_image(tmp_path: Path) -> None:
     assert [v["version"] for v in GoldenLibrary(tmp_path / "golden").summaries()[0]["versions"]] == [1]  # type: ignore[index]
 
 
+def test_golden_add_says_what_changed_and_what_it_does_to_gate_passes(tmp_path: Path) -> None:
+    """Session 47 walk: `golden add` of parts already in the set printed only the new
+    version's counts. Re-adding a station's good parts without --reference silently dropped
+    the reference a reference model's gate needs, and nothing said that the new version
+    stales the server's gate passes (or, with the same content, keeps them)."""
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+
+    goods, more = tmp_path / "goods", tmp_path / "more"
+    goods.mkdir()
+    more.mkdir()
+    group = SAMPLE / "images" / "group13000"
+    shutil.copy(group / "13000001_temp.jpg", goods / "a.jpg")
+    shutil.copy(group / "13000002_temp.jpg", more / "b.jpg")
+    cli, data_dir = CliRunner(), ["--data-dir", str(tmp_path)]
+    r = cli.invoke(app, ["golden", "create", "s", "--good", str(goods), "--reference",
+                         str(goods / "a.jpg"), *data_dir])
+    assert r.exit_code == 0, r.output
+    r = cli.invoke(app, ["golden", "create", "s", "--good", str(goods), *data_dir])
+    assert r.exit_code == 2 and "lineside golden add s" in r.output, r.output
+    r = cli.invoke(app, ["golden", "add", "s", "--good", str(goods), *data_dir])  # no --reference
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "from s:1: 0 new image(s), 1 already in it taken as given now" in said, said
+    assert ("1 of them had a reference image and now have none (folder a.jpg): a reference "
+            "model cannot be gated on s:2; add them again with --reference GOLDEN") in said, said
+    assert ("a server's gate pass judged on s:1 no longer admits a version "
+            "(lifecycle.gate.require_gate): gate it again on s:2") in said, said
+    assert '"golden": "s", "recipe": "*"' in said, said
+    r = cli.invoke(app, ["golden", "add", "s", "--good", str(goods), *data_dir])  # the same again
+    said = " ".join(r.output.split())
+    assert "from s:2: 0 new image(s), 0 already in it taken as given now" in said, said
+    assert "1 given again unchanged" in said and "no longer admits" not in said, said
+    assert "s:3 holds what s:2 held (the same digest): a server's gate passes on s:2 still count" in said
+    r = cli.invoke(app, ["golden", "add", "s", "--good", str(more), *data_dir])
+    said = " ".join(r.output.split())
+    assert "from s:3: 1 new image(s), 0 already in it" in said and "reference image" not in said
+    assert "gate pass judged on s:3 no longer admits" in said, said
+
+
 def test_golden_reference_that_is_no_image_is_named(tmp_path: Path) -> None:
     """Session 44 review: a --reference that is no image was blamed on the folder's first
     part ("folder a.jpg: its reference image: ..."), not named; nothing is made."""

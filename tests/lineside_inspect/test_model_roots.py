@@ -47,6 +47,10 @@ def test_only_packages_inside_the_roots_load(launch, layout: dict[str, Path]) ->
             assert r.status_code == 403, (path, r.text)
             err = r.json()["error"]
             assert err["code"] == "path_not_allowed" and "model_roots" in err["message"]
+            # session 47: a relative path (README's own example) says what it is taken from
+            assert (("a relative path is taken from the folder the server was started in: "
+                     "give the package's absolute path" in err["message"])
+                    == (path in ("../../..", "../../../../../../../../etc", "models/deeppcb/1"))), err
             # the caller's own path, never the server's folders or where a link leads
             if not path.startswith(str(roots)):
                 assert str(roots) not in err["message"], err

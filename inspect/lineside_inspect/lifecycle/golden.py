@@ -396,7 +396,8 @@ class GoldenLibrary:
         """Version 1 of a new set."""
         with self._lock:
             if self.versions(name):
-                raise GoldenSetError(f"golden set {name!r} exists: add to it (a new version)")
+                raise GoldenSetError(f"golden set {name!r} exists: add to it (a new version: "
+                                     f"lineside golden add {name} ...)")
             return self._write(name, 1, None, [], candidates, classes, note)
 
     def add(self, name: str, candidates: list[Candidate], classes: Iterable[str] = (), *,

@@ -45,6 +45,11 @@ ANSWER_TIMEOUTS = 6
 MIN_DOWNLOAD_RATE = 8 * 1024
 
 
+class HubUnreachable(HubUnavailable):
+    """No answer at all from the hub's address: refused, reset, timed out, DNS, TLS (a
+    request to it now fails alike, whatever it asks)."""
+
+
 class HubCutBody(HubUnavailable):
     """The hub answered 408 to the request's body (it came slower than the hub's
     ``min_body_rate``), or the connection broke while the body was being sent."""
@@ -95,11 +100,17 @@ class HubClient:
 
     def takes(self, feature: str) -> bool:
         """Whether the hub said it takes ``feature`` (``protocol.HUB_FEATURES``). Before its
-        first answer, ``HEAD /healthz`` asks; a hub that cannot be asked takes nothing (the
-        field is left out, never refused)."""
+        first answer, ``HEAD /healthz`` asks; a hub that answers it with a refusal or an
+        error of its own (or a proxy's) takes nothing (the field is left out, never
+        refused). One that does not answer at all raises :class:`HubUnreachable`: what
+        would have been sent next fails alike, and waiting for it too doubled a round's
+        wait (past the forwarder's ``stop_timeout_s``), or sent a batch without its
+        ``tiles`` to a hub back the moment after (review, session 47)."""
         if self.hub_features is None:
             try:
                 self.request("HEAD", "/healthz")
+            except HubUnreachable:
+                raise
             except (HubUnavailable, HubRefused):
                 return False
         return feature in (self.hub_features or ())
@@ -149,7 +160,7 @@ class HubClient:
             raise HubCutBody(f"hub {self.base_url} closed the connection while the request "
                              "body was being sent") from None
         except httpx.HTTPError as exc:  # refused, reset, timed out, DNS, TLS, bad encoding
-            raise HubUnavailable(f"hub {self.base_url} unreachable: {type(exc).__name__}") from None
+            raise HubUnreachable(f"hub {self.base_url} unreachable: {type(exc).__name__}") from None
         if data is None:
             raise HubRefused(f"hub answer to {method} {path} is over {self.max_answer_bytes} "
                              "bytes: not read")

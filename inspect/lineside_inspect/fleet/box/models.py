@@ -286,6 +286,10 @@ class ModelPuller:
             if not self.keys:  # the box was not set up to take models
                 notes.append(f"{m.name} {m.version} assigned, not pulled: no fleet.trusted_keys")
                 continue
+            # the set a refusal is remembered by, as it stood before the gate read it: one
+            # changed while the gate ran (a QA lead adding the defective board meanwhile) is
+            # then a change the next pull takes it again for, not the state it was refused on
+            mark = self._golden_mark(m.name)
             try:
                 self._take(m)
                 if key in self._failed:
@@ -317,7 +321,7 @@ class ModelPuller:
                     # refused its activation only (loaded, verified): taken once more when
                     # an admin activated it since (the refusal says to, once the recipe is
                     # pinned), so the box records it as pulled and reports no error
-                    self._gate_refused[key] = self._golden_mark(m.name)
+                    self._gate_refused[key] = mark
                 else:  # refused for what it is: never fetched again for this assignment
                     self._gate_refused.pop(key, None)
                 log.error("fleet models: refused %s %s (%s…): %s", m.name, m.version,

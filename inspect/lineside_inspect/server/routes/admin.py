@@ -281,9 +281,13 @@ def confine(value: str, roots: list[Path]) -> Path:
         root = inside[0]
         if all((path / f).resolve().is_relative_to(root) for f in (CARD, GRAPH)):
             return path
+    relative = "" if Path(value).is_absolute() else (
+        "; a relative path is taken from the folder the server was started in: give the "
+        "package's absolute path")
     raise PathNotAllowedError(
         f"model path {value!r} is outside the server's model_roots: packages load only from "
-        "the folders that setting names (by default the one holding the configured models)")
+        f"the folders that setting names (by default the one holding the configured models)"
+        f"{relative}")
 
 
 def _publish(request: Request, registry: Any) -> None:
