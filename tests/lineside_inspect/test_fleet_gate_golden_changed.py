@@ -8,7 +8,11 @@ is needed to take it again)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lineside_inspect.fleet import signing
 from lineside_inspect.fleet.box.models import ModelPuller, Verified, VerifiedPulls
@@ -21,8 +25,24 @@ from .test_gate_fused import DEFECTIVE_BOARD, GOOD_BOARD, _png
 from .test_gate_partner import gating_server
 
 
-def test_a_gate_refused_pull_is_taken_again_when_its_golden_set_changes(
-        tmp_path: Path) -> None:
+@dataclass
+class _Box:
+    client: Any
+    puller: ModelPuller
+    lib: GoldenLibrary
+    assignment: Assignment
+
+    def gates(self) -> list[str]:
+        """The twin's gate reports: ``golden:version passed``, sorted."""
+        items = self.client.get("/v1/models/deeppcb/gates").json()["items"]
+        return sorted(f"{g['golden']['name']}:{g['golden']['version']} {g['passed']}"
+                      for g in items if g["candidate"]["version"] == "twin")
+
+
+@contextlib.contextmanager
+def _box(tmp_path: Path) -> Iterator[_Box]:
+    """A gating server whose puller is assigned the twin, a package it verified before,
+    and whose golden set named after the model holds good parts only: no pull passes."""
     with gating_server(tmp_path, LINE) as client:
         app = client.app
         puller = ModelPuller(app, app.state.settings)  # type: ignore[attr-defined]
@@ -33,18 +53,18 @@ def test_a_gate_refused_pull_is_taken_again_when_its_golden_set_changes(
         puller.verified = VerifiedPulls(pulls=[Verified(
             name="deeppcb", version="twin", sha256="a" * 64, graph_sha256=card.sha256,
             card_digest=card_digest(card), signer=key.id)])
-        # the box's golden set named after the model holds good parts only: no pull passes
         lib = GoldenLibrary(tmp_path / GOLDEN_DIR)
         lib.create("deeppcb", [candidate(_png(GOOD_BOARD, False), expected="pass",
                                          boxes=None, source="good")], ["open", "short"])
-        assignment = Assignment(revision=1, models=[AssignedModel(
-            name="deeppcb", version="twin", sha256="a" * 64)])
+        yield _Box(client, puller, lib, Assignment(revision=1, models=[AssignedModel(
+            name="deeppcb", version="twin", sha256="a" * 64)]))
 
-        def gates() -> list[str]:
-            items = client.get("/v1/models/deeppcb/gates").json()["items"]
-            return sorted(f"{g['golden']['name']}:{g['golden']['version']} {g['passed']}"
-                          for g in items if g["candidate"]["version"] == "twin")
 
+def test_a_gate_refused_pull_is_taken_again_when_its_golden_set_changes(
+        tmp_path: Path) -> None:
+    with _box(tmp_path) as box:
+        app, puller, lib, assignment, gates = (box.client.app, box.puller, box.lib,
+                                               box.assignment, box.gates)
         puller._apply(assignment)
         (error,) = puller.errors()
         assert "no defective part" in error and "golden set deeppcb:1" in error, error
@@ -68,21 +88,9 @@ def test_a_golden_set_changed_while_the_gate_ran_takes_the_pull_again(
     the whole set: minutes on a large one) saw the pull refused on the version before and
     never taken again: the change came before the mark. The set is now marked before the
     gate reads it: the next pull gates on what was added, once."""
-    with gating_server(tmp_path, LINE) as client:
-        app = client.app
-        puller = ModelPuller(app, app.state.settings)  # type: ignore[attr-defined]
-        puller.root = tmp_path / "models"
-        key = signing.generate(tmp_path / "k", tmp_path / "k.pub")
-        card = load_package(puller.root / "deeppcb" / "twin").card
-        puller.keys = [key]
-        puller.verified = VerifiedPulls(pulls=[Verified(
-            name="deeppcb", version="twin", sha256="a" * 64, graph_sha256=card.sha256,
-            card_digest=card_digest(card), signer=key.id)])
-        lib = GoldenLibrary(tmp_path / GOLDEN_DIR)
-        lib.create("deeppcb", [candidate(_png(GOOD_BOARD, False), expected="pass",
-                                         boxes=None, source="good")], ["open", "short"])
-        assignment = Assignment(revision=1, models=[AssignedModel(
-            name="deeppcb", version="twin", sha256="a" * 64)])
+    with _box(tmp_path) as box:
+        app, puller, lib, assignment, gates = (box.client.app, box.puller, box.lib,
+                                               box.assignment, box.gates)
         take = puller._take
 
         def gated_while_added(m: AssignedModel) -> None:
@@ -94,11 +102,6 @@ def test_a_golden_set_changed_while_the_gate_ran_takes_the_pull_again(
                                                   expected="fail", boxes=None, source="bad")])
 
         puller._take = gated_while_added  # type: ignore[method-assign]
-
-        def gates() -> list[str]:
-            items = client.get("/v1/models/deeppcb/gates").json()["items"]
-            return sorted(f"{g['golden']['name']}:{g['golden']['version']} {g['passed']}"
-                          for g in items if g["candidate"]["version"] == "twin")
 
         puller._apply(assignment)
         (error,) = puller.errors()
