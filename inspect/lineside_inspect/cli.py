@@ -1257,9 +1257,10 @@ def golden_add(
     note: Annotated[str, typer.Option(help="a note kept in the manifest")] = "",
 ) -> None:
     """Add images to a golden set: a new version, the latest plus these (an image already in
-    it takes what is given now: its expected verdict, boxes and reference). Prints what
-    changed; a server's gate passes on the version before stop admitting when the content
-    changed (the same content keeps them)."""
+    it takes what is given now: its expected verdict and boxes; its reference image too
+    with --reference, else it keeps the one it had). Prints what changed; a server's gate
+    passes on the version before stop admitting when the content changed (the same
+    content keeps them)."""
     from lineside_inspect.lifecycle.golden import GoldenLibrary
 
     library = GoldenLibrary(_golden_dir(data_dir))
@@ -1271,28 +1272,31 @@ def golden_add(
     m = library.add(name, items, classes, note=note)
     out.print(_golden_line(m))
     if m.parent is not None:
-        for line in _golden_change(library.get(name, m.parent), m,
-                                   {c.item.sha256 for c in items}):
+        for line in _golden_change(library.get(name, m.parent), m, items):
             out.print(line)
 
 
-def _golden_change(prev: Any, m: Any, given: set[str]) -> list[str]:
+def _golden_change(prev: Any, m: Any, items: list[Any]) -> list[str]:
     """What ``golden add`` changed from the version before, and what that does to a server's
     gate passes (a pass admits only while the set's latest version holds what it replayed):
-    an image already in the set takes what was given now, its reference too, unsaid until
-    session 47."""
+    an image already in the set takes the verdict and boxes given now, and the reference
+    given with them; given none, it keeps its own (session 47: it lost it, and a reference
+    model's gate on the new version failed)."""
     before = {i.sha256: i for i in prev.items}
+    given = {c.item.sha256 for c in items}
     new = [i for i in m.items if i.sha256 not in before]
     changed = [i for i in m.items if i.sha256 in before and i.content() != before[i.sha256].content()]
     again = len(given) - len(new) - len(changed)
     lines = [f"from {prev.ref}: {len(new)} new image(s), {len(changed)} already in it taken as "
-             f"given now (expected verdict, boxes, reference), {again} given again unchanged"]
-    lost = [i for i in changed if i.reference is None and before[i.sha256].reference is not None]
-    if lost:
-        lines.append(f"{len(lost)} of them had a reference image and now have none ("
-                     f"{', '.join(i.source for i in lost[:3])}{', ...' if len(lost) > 3 else ''}): "
-                     f"a reference model cannot be gated on {m.ref}; add them again with "
-                     "--reference GOLDEN")
+             f"given now (expected verdict, boxes, reference if given), {again} given again "
+             "unchanged"]
+    bare = given - {c.item.sha256 for c in items if c.item.reference is not None}
+    kept = [i for i in m.items if i.sha256 in bare and i.sha256 in before
+            and i.reference is not None]
+    if kept:
+        lines.append(f"{len(kept)} already in it, given without a reference, kept the reference "
+                     f"image each had ({', '.join(i.source for i in kept[:3])}"
+                     f"{', ...' if len(kept) > 3 else ''}): give --reference GOLDEN to replace it")
     if m.digest == prev.digest:
         lines.append(f"{m.ref} holds what {prev.ref} held (the same digest): a server's gate "
                      f"passes on {prev.ref} still count")

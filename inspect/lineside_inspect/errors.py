@@ -321,6 +321,17 @@ def nearest_keys(schema: Any, loc: tuple[Any, ...]) -> list[str] | None:
     given that it does not have), or None where no model is there to name keys from.
     Inside a ``dict[str, Model]`` field the user's own key is passed over to the model of
     its value: a misspelt key there had no hint (session 42)."""
+    fields = _fields_at(schema, loc)
+    if not fields or not loc:
+        return None
+    names = [n for n, f in fields.items() if not f.exclude] + \
+        [f.alias for f in fields.values() if f.alias]
+    return difflib.get_close_matches(str(loc[-1]), names, 3)
+
+
+def _fields_at(schema: Any, loc: tuple[Any, ...]) -> dict[str, Any] | None:
+    """The fields of the model holding ``loc``'s last part in ``schema``, or None where no
+    model is there (:func:`nearest_keys`)."""
     model, keyed = schema, False
     for part in loc[:-1]:
         if keyed:  # the user's key of a mapping: its value is the mapping's model
@@ -334,12 +345,17 @@ def nearest_keys(schema: Any, loc: tuple[Any, ...]) -> list[str] | None:
         model, keyed = model_of(field.annotation), _keyed(field.annotation)
     if keyed:
         return None  # loc ends on a mapping's key: the user's to name, no field
-    fields = getattr(model, "model_fields", None)
-    if not fields or not loc:
-        return None
-    names = [n for n, f in fields.items() if not f.exclude] + \
-        [f.alias for f in fields.values() if f.alias]
-    return difflib.get_close_matches(str(loc[-1]), names, 3)
+    return getattr(model, "model_fields", None)
+
+
+def missing_key_hint(schema: Any, loc: tuple[Any, ...]) -> str:
+    """`` (golden: a golden set's name ...)`` for a pydantic ``missing`` error at ``loc``
+    in ``schema``: what the field is, as its description (the API's schema) says it.
+    ``POST /v1/models/{name}/promote`` without golden said only "body.golden: Field
+    required" (session 47, QA walk)."""
+    field = (_fields_at(schema, loc) or {}).get(str(loc[-1])) if loc else None
+    description = getattr(field, "description", None)
+    return f" ({loc[-1]}: {description})" if description else ""
 
 
 def unknown_key_hint(schema: Any, loc: tuple[Any, ...]) -> str:

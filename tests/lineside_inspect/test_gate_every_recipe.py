@@ -48,6 +48,11 @@ def test_a_version_needs_a_current_pass_under_each_recipe_that_would_judge_it(
                     "no passing gate report under it" in said)
         assert ('or under all at once: POST /v1/models/deeppcb/gate {"version": "twin", '
                 '"golden": "g", "recipe": "*"}') in said  # (the server's only golden set)
+        # which recipes lack one, and the set's version the calls gate on (session 47 QA
+        # walk: "Gate it under each:" whatever the count, no version)
+        assert ('. Gate it under each of the 2 without one (fused, line), on g:1: POST '
+                '/v1/models/deeppcb/gate {"version": "twin", "golden": "g", "recipe": "fused"}; '
+                'POST') in said, said
 
         first = lc.gate("deeppcb", "twin", golden="g", recipe="fused", actor="admin")
         assert first.passed, first.reasons
@@ -55,8 +60,9 @@ def test_a_version_needs_a_current_pass_under_each_recipe_that_would_judge_it(
             lc.activate("deeppcb", "twin", actor="admin")
         said = refused.value.message
         assert "1 of 2 without one: recipe line: no passing gate report under it" in said
-        assert ('Gate it under each: POST /v1/models/deeppcb/gate {"version": "twin", '
-                '"golden": "g", "recipe": "line"}') in said
+        assert ('. Gate it under recipe line, on g:1: POST /v1/models/deeppcb/gate {"version": '
+                '"twin", "golden": "g", "recipe": "line"}') in said, said
+        assert "under each" not in said and "under all at once" not in said
         with pytest.raises(GateRefused, match=r"recipe\(s\) fused, line"):
             lc.start_shadow("deeppcb", "twin", sample_rate=None, actor="admin")
         # a recipe put pinning twin under a new name: judged by that recipe's rules
@@ -198,8 +204,21 @@ def test_an_every_recipe_gate_over_the_image_bound_is_refused_before_it_replays(
             assert refused.value.status == 422 and refused.value.code == "gate_too_large"
             assert ("would replay golden set g:1 (3 images) under 2 recipes (fused, line): 6 "
                     "images, over lifecycle.gate.max_every_recipe_images (5)") in said, said
-            assert ('Gate under each recipe by name (POST /v1/models/deeppcb/gate {"version": '
-                    '"twin", "golden": "g", "recipe": NAME}') in said, said
+            # one call per recipe, not a "recipe": NAME placeholder (session 47, QA walk)
+            assert ('Gate under each recipe by name, one call each (POST /v1/models/deeppcb/gate '
+                    '{"version": "twin", "golden": "g", "recipe": "fused"}; POST /v1/models/'
+                    'deeppcb/gate {"version": "twin", "golden": "g", "recipe": "line"}; with '
+                    'require_gate then activate') in said, said
+            assert "NAME" not in said
+        for n in range(5):  # seven: five calls, then how many more
+            registry.add_recipe(LINE.model_copy(update={"name": f"line{n}"}))
+        with pytest.raises(GateTooLarge) as refused:
+            lc.gate_all("deeppcb", "twin", golden="g", actor="admin")
+        said = refused.value.message
+        assert ('"recipe": "line2"}; ... (2 more); with require_gate' in said
+                and '"recipe": "line3"' not in said), said
+        for n in range(5):
+            registry.restore_recipe(f"line{n}", None)
         assert len(lc.records.gate_reports("deeppcb")) == stored
         assert registry.models()["deeppcb"].active == "1"
         assert lc._gate_lock.acquire(blocking=False)  # free after the refusals

@@ -278,6 +278,14 @@ def test_a_promotion_past_its_bounds_rolls_back(launch: Callable[..., Running],
                      if r["verdict"] == "fail" else "confirm"})
         assert admin.post("/v1/golden/good", json={}).status_code == 200
         load(admin, variants / "deeppcb" / "jumpy")
+        # without golden: what it is, not a bare "Field required" (session 47, QA walk),
+        # in the API's validation shape
+        r = admin.post("/v1/models/deeppcb/promote", json={"version": "jumpy"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+        assert r.json()["error"]["message"] == (
+            "body.golden: Field required (golden: the golden set the version is gated on: a "
+            "golden set's name (GET /v1/golden lists this server's; POST /v1/golden/{name} "
+            "makes one))"), r.text
         r = admin.post("/v1/models/deeppcb/promote", json={"version": "jumpy", "golden": "good"})
         assert r.status_code == 409 and r.json()["error"]["code"] == "gate_failed"
         assert admin.get("/v1/models").json()[0]["active"] == "1"

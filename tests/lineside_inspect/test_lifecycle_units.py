@@ -246,11 +246,37 @@ def test_golden_folders_take_a_reference_image(tmp_path: Path) -> None:
     assert [v["version"] for v in GoldenLibrary(tmp_path / "golden").summaries()[0]["versions"]] == [1]  # type: ignore[index]
 
 
+def test_a_repeated_image_without_a_reference_keeps_the_one_it_had(tmp_path: Path) -> None:
+    """Session 47 QA walk: an image given again without a reference replaced its entry
+    whole and lost its reference (a reference model's gate on the set then failed, "has no
+    reference image"). Given again alike it keeps it, and the digest (gate passes count);
+    its verdict and boxes still take what is given; a reference given replaces it; a
+    duplicate in one call without one keeps the earlier's."""
+    lib = GoldenLibrary(tmp_path)
+    group = SAMPLE / "images" / "group13000"
+    data, ref, other = ((group / f).read_bytes() for f in
+                        ("13000001_test.jpg", "13000001_temp.jpg", "13000002_temp.jpg"))
+    sha_ref, sha_other = (hashlib.sha256(b).hexdigest() for b in (ref, other))
+    v1 = lib.create("s", [candidate(data, expected="pass", boxes=[], source="a", reference=ref)],
+                    ["open"])
+    v2 = lib.add("s", [candidate(data, expected="pass", boxes=[], source="again")])
+    assert v2.digest == v1.digest and v2.items[0].reference == sha_ref
+    assert lib.read(v2, v2.items[0], reference=True) == ref  # its file came along
+    bad = [GoldenBox(label="open", box=(1, 1, 5, 5))]
+    v3 = lib.add("s", [candidate(data, expected="fail", boxes=bad, source="b")])
+    assert (v3.items[0].expected, v3.items[0].boxes, v3.items[0].reference) == ("fail", bad, sha_ref)
+    v4 = lib.add("s", [candidate(data, expected="fail", boxes=bad, source="c", reference=other),
+                       candidate(data, expected="fail", boxes=bad, source="d")])
+    assert v4.items[0].reference == sha_other and v4.items[0].source == "d"
+    assert lib.read(v4, v4.items[0], reference=True) == other
+
+
 def test_golden_add_says_what_changed_and_what_it_does_to_gate_passes(tmp_path: Path) -> None:
     """Session 47 walk: `golden add` of parts already in the set printed only the new
-    version's counts. Re-adding a station's good parts without --reference silently dropped
-    the reference a reference model's gate needs, and nothing said that the new version
-    stales the server's gate passes (or, with the same content, keeps them)."""
+    version's counts, and nothing said that the new version stales the server's gate
+    passes (or, with the same content, keeps them). Re-adding a station's good parts
+    without --reference dropped the reference a reference model's gate needs: it is kept
+    now (QA walk), and said so."""
     from typer.testing import CliRunner
 
     from lineside_inspect.cli import app
@@ -270,21 +296,27 @@ def test_golden_add_says_what_changed_and_what_it_does_to_gate_passes(tmp_path: 
     r = cli.invoke(app, ["golden", "add", "s", "--good", str(goods), *data_dir])  # no --reference
     assert r.exit_code == 0, r.output
     said = " ".join(r.output.split())
-    assert "from s:1: 0 new image(s), 1 already in it taken as given now" in said, said
-    assert ("1 of them had a reference image and now have none (folder a.jpg): a reference "
-            "model cannot be gated on s:2; add them again with --reference GOLDEN") in said, said
-    assert ("a server's gate pass judged on s:1 no longer admits a version "
-            "(lifecycle.gate.require_gate): gate it again on s:2") in said, said
-    assert '"golden": "s", "recipe": "*"' in said, said
-    r = cli.invoke(app, ["golden", "add", "s", "--good", str(goods), *data_dir])  # the same again
-    said = " ".join(r.output.split())
-    assert "from s:2: 0 new image(s), 0 already in it taken as given now" in said, said
+    assert "from s:1: 0 new image(s), 0 already in it taken as given now" in said, said
     assert "1 given again unchanged" in said and "no longer admits" not in said, said
-    assert "s:3 holds what s:2 held (the same digest): a server's gate passes on s:2 still count" in said
+    assert ("1 already in it, given without a reference, kept the reference image each had "
+            "(folder a.jpg): give --reference GOLDEN to replace it") in said, said
+    assert "s:2 holds what s:1 held (the same digest): a server's gate passes on s:1 still count" in said
+    (item,) = GoldenLibrary(tmp_path / "golden").get("s").items
+    assert item.reference == item.sha256
+    r = cli.invoke(app, ["golden", "add", "s", "--good", str(goods), "--reference",
+                         str(more / "b.jpg"), *data_dir])  # another reference replaces it
+    said = " ".join(r.output.split())
+    assert "from s:2: 0 new image(s), 1 already in it taken as given now" in said, said
+    assert "kept the reference" not in said, said
+    assert ("a server's gate pass judged on s:2 no longer admits a version "
+            "(lifecycle.gate.require_gate): gate it again on s:3") in said, said
+    assert '"golden": "s", "recipe": "*"' in said, said
     r = cli.invoke(app, ["golden", "add", "s", "--good", str(more), *data_dir])
     said = " ".join(r.output.split())
-    assert "from s:3: 1 new image(s), 0 already in it" in said and "reference image" not in said
+    assert "from s:3: 1 new image(s), 0 already in it" in said and "kept the" not in said
     assert "gate pass judged on s:3 no longer admits" in said, said
+    r = cli.invoke(app, ["golden", "add", "--help"])
+    assert "else it keeps the one it had" in " ".join(r.output.split()), r.output
 
 
 def test_golden_reference_that_is_no_image_is_named(tmp_path: Path) -> None:

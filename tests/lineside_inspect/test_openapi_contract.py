@@ -304,6 +304,9 @@ def test_answers_validate_against_their_declared_models(
          ErrorBody),
         ("admin", "POST", "/v1/models/deeppcb/activate", "/v1/models/{name}/activate",
          {"json": {"version": 9}}, 422, ErrorBody),  # FastAPI's validation, in our shape
+        # ... a missing key's hint (its description) too (session 47)
+        ("admin", "POST", "/v1/models/deeppcb/promote", "/v1/models/{name}/promote",
+         {"json": {"version": "2"}}, 422, ErrorBody),
         ("reviewer", "GET", "/v1/stats?hours=0", "/v1/stats", {}, 422, ErrorBody),
         (None, "GET", "/v2/models/deeppcb", "/v2/models/{name}", {}, 401, OipErrorBody),
         ("line", "GET", "/v2/models/nope", "/v2/models/{name}", {}, 404, OipErrorBody),

@@ -40,6 +40,7 @@ from lineside_inspect.lifecycle.refusals import (
     put_first_note,
     stale_note,
 )
+from lineside_inspect.names import is_name
 from lineside_inspect.package import ModelCard, card_digest, default_recipe_name
 from lineside_inspect.recipes import Recipe, card_recipe
 from lineside_inspect.runtime.detector import Detector
@@ -372,10 +373,14 @@ class AdmissionRules:
                           f"{other.against_version}, not the active one")
         stale_row = next((seen.stale_by[n][0] for n in missing if n in seen.stale_by), None)
         golden, held = (rows[0].golden_name, "") if rows else self._golden_for(det.card.name)
+        # the version the calls gate on (its latest), where the server holds the set
+        now = self._golden_now(golden) if is_name(golden) else ""
         return _Standing(passes=seen.passes, any_pass=seen.any_pass, missing=lacking,
                          stale_row=stale_row, own=own,
                          why=missing_note(det.card.name, det.card.version, judging, lacking,
-                                          golden, role=role, own=own, held=held))
+                                          golden, role=role, own=own, held=held,
+                                          on=None if isinstance(now, str) else
+                                          f"{golden}:{now[0]}"))
 
     def judging(self, model: str, version: str, *, role: str = "active",
                 pending: dict[str, Recipe] | None = None) -> tuple[list[str], bool]:

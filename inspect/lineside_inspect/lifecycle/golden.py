@@ -10,7 +10,8 @@ self-contained, so it travels with the box::
     <data_dir>/golden/<name>/<version>/images/<sha256>.<ext>
 
 ``add`` makes the next version from the latest plus new items (an image already in the
-set takes the new expectation: a later review wins); unchanged images are hard links to
+set takes the new expectation: a later review wins; given without a reference it keeps
+the reference it had, a reference given replaces it); unchanged images are hard links to
 the previous version's files where the file system allows, so versions cost little.
 
 Items come from a canonical dataset split, a folder of good (or bad) parts, or reviewed
@@ -403,7 +404,8 @@ class GoldenLibrary:
     def add(self, name: str, candidates: list[Candidate], classes: Iterable[str] = (), *,
             note: str = "") -> GoldenManifest:
         """The next version: the latest one's items plus ``candidates`` (version 1 if the set
-        is new)."""
+        is new); an image already in it takes what is given now, its reference kept unless
+        one is given (:meth:`_merged`)."""
         with self._lock:
             versions = self.versions(name)
             if not versions:
@@ -419,7 +421,7 @@ class GoldenLibrary:
         self.check_name(name)
         if not candidates:
             raise GoldenSetError(f"golden set {name!r}: nothing to add")
-        new = {c.item.sha256: c for c in candidates}  # the last of duplicates wins
+        new = self._merged(kept, candidates)
         items = [i for i in kept if i.sha256 not in new] + [c.item for c in new.values()]
         if len(items) > MAX_ITEMS:
             raise GoldenSetError(f"golden set {name!r} would hold {len(items)} images, over "
@@ -457,6 +459,33 @@ class GoldenLibrary:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return manifest
+
+    @staticmethod
+    def _merged(kept: list[GoldenItem], candidates: list[Candidate]) -> dict[str, Candidate]:
+        """``candidates`` by image, the last of duplicates winning, each given without a
+        reference keeping the one it had (an earlier duplicate's, else its item's in
+        ``kept``): its verdict and boxes are the ones given now, a reference given replaces
+        the old one. An image given again whole replaced its entry, and a station's parts
+        given again without ``--reference`` lost the reference a reference model's gate
+        needs (session 47); given again alike, its content, and so the digest, is unchanged.
+        """
+        had = {i.sha256: i for i in kept}
+        new: dict[str, Candidate] = {}
+        for c in candidates:
+            sha = c.item.sha256
+            if c.item.reference is None:
+                earlier, old = new.get(sha), had.get(sha)
+                if earlier is not None and earlier.item.reference is not None:
+                    c = Candidate(c.item.model_copy(update={
+                        "reference": earlier.item.reference,
+                        "reference_ext": earlier.item.reference_ext}), c.data, earlier.reference)
+                elif old is not None and old.reference is not None:
+                    # its file comes from the version before (_write links it)
+                    c = Candidate(c.item.model_copy(update={
+                        "reference": old.reference, "reference_ext": old.reference_ext}),
+                        c.data, None)
+            new[sha] = c
+        return new
 
     @staticmethod
     def _files(item: GoldenItem, new: Candidate | None) -> list[tuple[str, str, bytes | None]]:

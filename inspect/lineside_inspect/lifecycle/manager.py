@@ -46,6 +46,7 @@ from lineside_inspect.lifecycle.gate import (
 )
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary, GoldenManifest
 from lineside_inspect.lifecycle.records import Records
+from lineside_inspect.lifecycle.refusals import gate_call
 from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
 from lineside_inspect.lifecycle.shadow import ShadowRunner
 from lineside_inspect.package import default_recipe_name
@@ -284,15 +285,18 @@ class Lifecycle(AdmissionRules):
         cap, images = self.settings.gate.max_every_recipe_images, len(manifest.items)
         if len(recipes) <= 1 or len(recipes) * images <= cap:
             return  # (one recipe: a named gate's replay, bounded by the set's own cap)
+        calls = "; ".join(gate_call(model, version, manifest.name, n) for n in recipes[:5]) + (
+            f"; ... ({len(recipes) - 5} more)" if len(recipes) > 5 else "")
         raise GateTooLarge(
             f"a gate of {model} {version} under every recipe that would judge it would replay "
             f"golden set {manifest.ref} ({images} images) under {len(recipes)} recipes "
             f"({_few(recipes, 5)}): {len(recipes) * images} images, over "
             f"lifecycle.gate.max_every_recipe_images ({cap}), while it holds the gate lock. "
-            f"Gate under each recipe by name (POST /v1/models/{model}/gate {{\"version\": "
-            f"\"{version}\", \"golden\": \"{manifest.name}\", \"recipe\": NAME}}, one "
-            "call each; with require_gate then activate, as a promotion gates under every "
-            "one), use a smaller golden set, or raise the setting")
+            # a call per recipe, as the admission refusals give them: "recipe": NAME was a
+            # placeholder to fill in (session 47, QA walk)
+            f"Gate under each recipe by name, one call each ({calls}; with require_gate "
+            "then activate, as a promotion gates under every one), use a smaller golden "
+            "set, or raise the setting")
 
     def _gate_runs(self, model: str, version: str,
                    held: contextlib.ExitStack) -> list[tuple[Recipe, Detector | None]]:

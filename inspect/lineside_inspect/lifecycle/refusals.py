@@ -20,18 +20,24 @@ def gate_call(model: str, version: str, golden: str, recipe: str | None) -> str:
 
 
 def missing_note(model: str, version: str, judging: list[str], lacking: dict[str, str],
-                 golden: str, *, role: str, own: bool, held: str = "") -> str:
+                 golden: str, *, role: str, own: bool, held: str = "",
+                 on: str | None = None) -> str:
     """The refusal of a version without a current pass under each recipe that would
     judge it (after its name and version): which lack one and why, and the calls that
-    gate it under each (and under all at once; ``held``: the golden sets the server
-    holds, ``AdmissionRules._golden_for``)."""
+    gate it under each of those (and under all at once; ``held``: the golden sets the
+    server holds, ``AdmissionRules._golden_for``; ``on``: the set's version the calls
+    gate on, ``name:version``, where the server holds it)."""
     calls = "; ".join(gate_call(model, version, golden, None if own else n) for n in lacking)
+    # which recipes, and on which version: "Gate it under each" said it of one recipe too,
+    # and named no version where the one-recipe refusal says "on g:3" (session 47, QA walk)
+    under = (f"under recipe {next(iter(lacking))}" if len(lacking) == 1 else
+             f"under each of the {len(lacking)} without one ({', '.join(lacking)})")
     note = (f"has no current passing gate report under every recipe that would judge it "
             f"once admitted, recipe(s) {', '.join(judging)} (lifecycle.gate.require_gate; "
             "a pass under one recipe says nothing of how another, with other regions, "
             f"floors or partner, judges it): {len(lacking)} of {len(judging)} without one: "
             + "; ".join(f"recipe {n}: {why}" for n, why in lacking.items())
-            + f". Gate it under each: {calls}{held}")
+            + f". Gate it {under}{'' if on is None else f', on {on}'}: {calls}{held}")
     if role == "pinned":
         return note + (" (a recipe being put that pins it: put it first as it will "
                        "stand but following the active version, no model_version, gate "

@@ -45,7 +45,9 @@ class GateRun(_Shape):
     version: Name = Field(description=(
         "the candidate: a version loaded (POST /v1/models, activate false), or one unloaded "
         "from memory since (loaded again from its package)"))
-    golden: Name = Field(description="the golden set")
+    golden: Name = Field(description=(
+        "the golden set replayed: a golden set's name (GET /v1/golden lists this server's; "
+        "POST /v1/golden/{name} makes one)"))
     golden_version: int | None = Field(None, ge=1, strict=True,
                                        description="default: its latest version")
     against: Name | None = Field(None, description="default: the active version")
@@ -84,8 +86,11 @@ class ShadowStart(Admit):
 
 
 class Promote(Admit):
-    version: Name
-    golden: Name
+    version: Name = Field(description="the candidate: a version loaded (POST /v1/models, "
+                          "activate false), or one unloaded from memory since")
+    golden: Name = Field(description=(
+        "the golden set the version is gated on: a golden set's name (GET /v1/golden lists "
+        "this server's; POST /v1/golden/{name} makes one)"))
     golden_version: int | None = Field(None, ge=1, strict=True)
     recipe: Name | None = Field(None, description="the recipe gated under and watched")
 

@@ -19,6 +19,7 @@ from lineside_inspect.errors import (
     UnstorableValueError,
     describe_validation,
     error_body,
+    missing_key_hint,
     model_of,
     retry_after,
     unknown_key_hint,
@@ -67,8 +68,10 @@ def _takes_json(request: Request) -> bool:
 def _with_key_hints(request: Request, errors: list[Any]) -> list[Any]:
     """``errors`` with each unknown key of the JSON body followed by the keys meant, as
     the configuration files say them (``errors.unknown_key_hint``): a misspelt key of a
-    ``PUT /v1/recipes`` body said only "Extra inputs are not permitted" (session 41).
-    The hint is plain text, names of the schema only: the key given is in ``loc``."""
+    ``PUT /v1/recipes`` body said only "Extra inputs are not permitted" (session 41); and
+    each missing key by what it is, its description in the API's schema
+    (``errors.missing_key_hint``; session 47). The hint is plain text, the schema's own
+    words only: the key given is in ``loc``."""
     route = request.scope.get("route")
     body = getattr(getattr(route, "dependant", None), "body_params", None) or []
     if not body:
@@ -78,15 +81,17 @@ def _with_key_hints(request: Request, errors: list[Any]) -> list[Any]:
     out = []
     for e in errors:
         loc = tuple(e.get("loc", ()))
-        if e.get("type") == "extra_forbidden" and loc[:1] == ("body",) and len(loc) > 1:
+        kind = e.get("type")
+        if kind in ("extra_forbidden", "missing") and loc[:1] == ("body",) and len(loc) > 1:
             if not embedded:
                 schema, inner = body[0].field_info.annotation, loc[1:]
             else:
                 param = next((p for p in body if p.alias == loc[1]), None)
                 schema = param.field_info.annotation if param is not None else None
                 inner = loc[2:]
+            hint = unknown_key_hint if kind == "extra_forbidden" else missing_key_hint
             if (model := model_of(schema)) is not None and inner:
-                e = {**e, "msg": f"{e['msg']}{unknown_key_hint(model, inner)}"}
+                e = {**e, "msg": f"{e['msg']}{hint(model, inner)}"}
         out.append(e)
     return out
 
