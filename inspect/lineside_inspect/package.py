@@ -22,7 +22,7 @@ from typing import IO, Annotated, Any, Literal
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lineside_inspect.errors import PackageError, describe_validation
+from lineside_inspect.errors import PackageError, PathNotAllowedError, describe_validation
 from lineside_inspect.names import (
     BIDI_RE,
     CONTROL_RE,
@@ -492,6 +492,29 @@ def _check_anomaly_outputs(graph_path: Path, model: onnx.ModelProto, size: int) 
                 f"{graph_path}: output {out.name!r} is "
                 f"{onnx.TensorProto.DataType.Name(tt.elem_type)} {dims}, an anomaly model's is "
                 f"float32 {shape}")
+
+
+def confine(value: str, roots: list[Path]) -> Path:
+    """Package folder ``value`` resolved (symlinks followed), if it and the package files
+    in it lie inside one of ``roots`` (a server's ``model_roots``: ``POST /v1/models``, and
+    the packages it kept across a restart, ``lifecycle/kept.py``); else
+    :class:`PathNotAllowedError` naming the rule and the caller's own path, never the
+    server's folders."""
+    if "\x00" in value:
+        raise PathNotAllowedError("model path contains a NUL byte: not a folder inside model_roots")
+    path = Path(value).resolve()
+    inside = [r for r in roots if path.is_relative_to(r)]
+    if inside:
+        root = inside[0]
+        if all((path / f).resolve().is_relative_to(root) for f in (CARD, GRAPH)):
+            return path
+    relative = "" if Path(value).is_absolute() else (
+        "; a relative path is taken from the folder the server was started in: give the "
+        "package's absolute path")
+    raise PathNotAllowedError(
+        f"model path {value!r} is outside the server's model_roots: packages load only from "
+        f"the folders that setting names (by default the one holding the configured models)"
+        f"{relative}")
 
 
 def load_package(path: str | Path) -> ModelPackage:

@@ -503,7 +503,18 @@ def test_a_recalibrated_card_is_another_candidate_across_a_restart(tmp_path: Pat
             assert r.status_code == 200, r.text
     finally:
         stop()
-    # a restart serves the config's version again: the audit log says so
+    # a restart serves the version activated over the API again (session 47: it served
+    # the config's), gated as it was: the audit log says so
+    srv, stop = start_server(keyed(**kw))
+    try:
+        with srv.client("reviewer") as rev:
+            last = rev.get("/v1/audit", params={"model": "deeppcb"}).json()["items"][0]
+            assert (last["action"], last["actor"], last["version"]) == (
+                "restore", "lineside", "1-int8")
+    finally:
+        stop()
+    # unless its card changed since: the config's version, and a startup entry says so
+    (pkg / "model.json").write_text(json.dumps(card))
     srv, stop = start_server(keyed(**kw))
     try:
         with srv.client("reviewer") as rev:

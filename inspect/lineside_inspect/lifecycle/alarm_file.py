@@ -118,14 +118,17 @@ class AlarmFile:
                 log.exception("fail-rate alarm: saving its counts failed")
 
 
-def set_aside(path: Path, why: str, suffix: str = ".bad") -> None:
-    """Rename ``path`` to ``<name><suffix>`` (replacing an older one), saying ``why``."""
+def set_aside(path: Path, why: str, suffix: str = ".bad", *,
+              what: str = "fail-rate alarm", logger: logging.Logger | None = None) -> None:
+    """Rename ``path`` to ``<name><suffix>`` (replacing an older one), saying ``why``
+    (a WARNING of ``what``, on ``logger``: the alarm's by default)."""
     bad = path.with_name(path.name + suffix)
-    log.warning("fail-rate alarm: %s; the file is kept as %s", why, bad.name)
+    say = logger or log
+    say.warning("%s: %s; the file is kept as %s", what, why, bad.name)
     try:
         os.replace(path, bad)
     except OSError as exc:
-        log.warning("fail-rate alarm: cannot set %s aside: %s", path, exc)
+        say.warning("%s: cannot set %s aside: %s", what, path, exc)
 
 
 def _no_constant(name: str) -> Any:

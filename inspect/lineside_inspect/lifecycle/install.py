@@ -10,6 +10,7 @@ from lineside_inspect.errors import LinesideError
 from lineside_inspect.inspector import fused_name
 from lineside_inspect.lifecycle.alarm import FailRateAlarm, judged_by_of
 from lineside_inspect.lifecycle.alarm_file import AlarmFile, set_aside
+from lineside_inspect.lifecycle.kept import STATE_FILE, KeptModels
 from lineside_inspect.lifecycle.manager import Lifecycle
 from lineside_inspect.lifecycle.routes import router
 from lineside_inspect.recipes import Recipe
@@ -22,10 +23,16 @@ def install(app: Any, settings: Settings) -> Lifecycle:
     through it) and its routes; with the store (at start-up) its records, the shadow
     worker, the rollout watch and active-learning capture; with or without it, the
     fail-rate alarm (an output of the inspection service). Call after the store is set up,
-    so its start-up hook runs after the store's and its shutdown hook before."""
+    so its start-up hook runs after the store's and its shutdown hook before. The start-up
+    hook restores what was loaded and activated over the API before a restart
+    (:mod:`lineside_inspect.lifecycle.kept`)."""
     lc = Lifecycle(settings.lifecycle, registry=app.state.registry, data_dir=settings.data_dir,
                    device=settings.device, max_pixels=settings.max_pixels)
     app.state.lifecycle = lc
+    # what an admin loaded and activated over the API, restored at start-up (session 47)
+    lc.kept = KeptModels(Path(settings.data_dir) / STATE_FILE, models=settings.models,
+                         roots=settings.model_root_paths(), registry=app.state.registry,
+                         fleet_box=bool(settings.fleet.hub_url))
     alarm_settings = settings.lifecycle.fail_rate_alarm
     alarm_path = Path(settings.data_dir) / ALARM_FILE
     if alarm_settings.enabled:
@@ -56,6 +63,12 @@ def install(app: Any, settings: Settings) -> Lifecycle:
     def start() -> None:
         if app.state.store is not None:
             lc.attach(app.state.store, app.state.service)
+        # before a fleet box's pulled models (its hook runs after this one) and the recipes
+        # put over the API (loaded after the start-up hooks: an activation checks them in
+        # their place, and one may pin a version restored here)
+        saved = getattr(app.state, "saved_recipes", None)
+        assert lc.kept is not None
+        lc.kept.restore(lc, [] if saved is None else [s.recipe for s in saved.load()])
 
     def ready() -> None:  # what judges once every start-up hook ran (a fleet box restores)
         if lc.alarm is not None:

@@ -45,6 +45,7 @@ from lineside_inspect.lifecycle.gate import (
     run_gate,
 )
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary, GoldenManifest
+from lineside_inspect.lifecycle.kept import KeptModels
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.lifecycle.refusals import gate_call
 from lineside_inspect.lifecycle.rollout import RolloutWatcher, Watch
@@ -88,6 +89,8 @@ class Lifecycle(AdmissionRules):
         self.capture: CapturePolicy | None = None
         self.rollout: RolloutWatcher | None = None
         self.alarm: FailRateAlarm | None = None  # set by install() unless disabled
+        # what was loaded and activated over the API, kept across a restart (install())
+        self.kept: KeptModels | None = None
         # the alarm's audit entries, written in order off the verdict path (a database
         # that is slow or down must not hold an inspection)
         self._alarm_audit = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alarm-audit")
@@ -111,8 +114,8 @@ class Lifecycle(AdmissionRules):
         self.library.delete_partial()
 
     def record_startup(self) -> None:
-        """The server starts with the versions its config names, not the ones activated
-        over the API before a restart: where that differs from the last activation the
+        """The server starts with the versions its config names and those restored as kept
+        (:mod:`.kept`, recorded as ``restore``): where that differs from the last activation the
         audit log holds (or there is none), it says so, so the log stays true. Under the
         admission lock: a fleet pull may be activating a version meanwhile."""
         with self._admit_lock:
@@ -433,14 +436,16 @@ class Lifecycle(AdmissionRules):
             log.warning("shadow of %s %s stopped (it is active now), not recorded: %s",
                         model, version, exc)
 
-    def first_version(self, det: Detector, *, actor: str) -> None:
+    def first_version(self, det: Detector, *, actor: str, action: str = "activate",
+                      reason: str = "the first version of a model: there is nothing to gate "
+                                    "it against") -> None:
         """Record that the first loaded version of a new model name became active (the
-        registry makes it so when it loads it: nothing else could judge for that name)."""
+        registry makes it so when it loads it: nothing else could judge for that name);
+        ``action`` ``restore``: loaded again at start-up as kept (:mod:`.kept`)."""
         if self._records is None:
             return
-        self._admit(det, role="active", actor=actor, gate=None, forced=False,
-                    reason="the first version of a model: there is nothing to gate it against",
-                    action="activate",
+        self._admit(det, role="active", actor=actor, gate=None, forced=False, reason=reason,
+                    action=action,
                     details={"from": None, "gate_report_id": None, "gate_passed": None})
 
     def _admit(self, det: Detector, *, role: str, actor: str, gate: GateReportRow | None,
@@ -753,6 +758,8 @@ class Lifecycle(AdmissionRules):
                             w.model, w.version, why, w.version)
                 return False
         log.warning("rollout of %s %s rolled back to %s: %s", w.model, w.version, w.previous, why)
+        if self.kept is not None:  # a restart must not bring the rejected version back
+            self.kept.activated(w.model, w.previous)
         self.records.audit(actor=SYSTEM, action="auto_rollback", model=w.model, version=w.previous,
                            reason=why, details={"from": w.version, "promoted_by": w.actor,
                                                 "gate_report_id": w.gate_report_id,

@@ -38,7 +38,7 @@ def _now() -> datetime:
 
 # audit actions after which another version judges (the startup check reads the last one)
 ACTIVATIONS = ("activate", "force_activate", "rollback", "promote", "force_promote",
-               "auto_rollback", "startup")
+               "auto_rollback", "startup", "restore", "force_restore")
 
 class Records:
     def __init__(self, store: Store) -> None:

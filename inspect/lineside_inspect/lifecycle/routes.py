@@ -195,6 +195,8 @@ async def promote(name: str, body: Promote, request: Request, who: Admin) -> Pro
     doc = await _off_loop(lc.promote, name, body.version, golden=body.golden,
                           golden_version=body.golden_version, recipe=body.recipe, actor=who.name,
                           force=body.force, reason=body.reason)
+    if lc.kept is not None:  # kept across a restart (session 47)
+        await _off_loop(lc.kept.activated, name, body.version)
     _publish(request)
     return Promotion.model_validate({"report": doc["report"], "rollout": doc["rollout"]})
 

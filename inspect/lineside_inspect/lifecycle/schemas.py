@@ -286,8 +286,8 @@ class AuditEntry(_Shape):
     action: str = Field(description=(
         "activate, force_activate, promote, force_promote, rollback, auto_rollback, "
         "rollout_complete, rollout_stopped, gate, shadow_start, force_shadow, shadow_stop, "
-        "golden_add, recipe_put, recipe_delete, startup, fail_rate_alarm, fail_rate_cleared, "
-        "fail_rate_relearn, unload, force_unload"))
+        "golden_add, recipe_put, recipe_delete, startup, restore, force_restore, "
+        "fail_rate_alarm, fail_rate_cleared, fail_rate_relearn, unload, force_unload"))
     model: str | None
     version: str | None
     reason: str

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -15,13 +14,12 @@ from lineside_inspect.errors import (
     GateRefused,
     NotFoundError,
     PackageError,
-    PathNotAllowedError,
     RecipeBreaksCamera,
     RecipesCannotFollow,
     echo,
 )
 from lineside_inspect.names import Name, Text
-from lineside_inspect.package import CARD, GRAPH
+from lineside_inspect.package import confine
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.recipes.saved import SavedRecipes
 from lineside_inspect.server.deps import Admin, RegistryDep, RoleFirstRoute, SettingsDep
@@ -88,19 +86,23 @@ async def load_model(body: LoadModel, who: Admin, registry: RegistryDep, setting
     except PackageError as exc:  # name the package as the caller did, not the resolved path
         raise PackageError(exc.message.replace(str(path), body.path)) from None
     det = loaded.detector
+    name, version = det.card.name, det.card.version
+    # kept across a restart (session 47): loaded again at start-up, from model_roots
+    await anyio.to_thread.run_sync(lambda: _keep(request, "loaded", name, version))
     if lifecycle is not None and loaded.first:
         # the first version of a new model judges at once (there is nothing to gate it
         # against, and its recipes need it): recorded like any activation
         await anyio.to_thread.run_sync(lambda: lifecycle.first_version(det, actor=who.name))
+        await anyio.to_thread.run_sync(lambda: _keep(request, "activated", name, version))
     elif lifecycle is not None and body.activate:
         try:
             await anyio.to_thread.run_sync(lambda: lifecycle.activate(
-                det.card.name, det.card.version, actor=who.name, force=body.force,
-                reason=body.reason))
+                name, version, actor=who.name, force=body.force, reason=body.reason))
         except (GateRefused, RecipesCannotFollow) as exc:
             # the same kind of error, said to be loaded (it is, beside the active version)
-            raise type(exc)(f"loaded {det.card.name} {det.card.version} but did not activate "
+            raise type(exc)(f"loaded {name} {version} but did not activate "
                             f"it: {exc.message}") from None
+        await anyio.to_thread.run_sync(lambda: _keep(request, "activated", name, version))
     _publish(request, registry)
     return ModelLoaded(name=det.card.name, version=det.card.version, sha256=det.card.sha256,
                        active=registry.models()[det.card.name].active)
@@ -120,6 +122,7 @@ def activate(name: str, body: Activate, who: Admin, registry: RegistryDep,
         lifecycle.activate(name, body.version, actor=who.name, force=body.force, reason=body.reason)
     else:
         registry.activate(name, body.version)
+    _keep(request, "activated", name, body.version)
     _publish(request, registry)
     return ActiveVersion(name=name, active=body.version)
 
@@ -142,6 +145,7 @@ def rollback(name: str, who: Admin, registry: RegistryDep, request: Request,
             raise ActiveChanged(f"{name} {expect} is not the active version now "
                                 f"({active.active}): nothing rolled back; look again")
         version = registry.rollback(name)
+    _keep(request, "activated", name, version)
     _publish(request, registry)
     return ActiveVersion(name=name, active=version)
 
@@ -168,6 +172,7 @@ def unload_version(name: str, version: str, who: Admin, registry: RegistryDep, r
         lifecycle.unload(name, version, actor=who.name, force=force, reason=reason)
     else:
         registry.unload(name, version, force=force)
+    _keep(request, "unloaded", name, version)
     _publish(request, registry)
     return VersionUnloaded(name=name, version=version,
                            loaded=list(registry.models()[name].versions))
@@ -269,25 +274,12 @@ def delete_recipe(name: str, who: Admin, registry: RegistryDep,
     return RecipeDropped(name=name, recipe=configured, waits=waits)
 
 
-def confine(value: str, roots: list[Path]) -> Path:
-    """``value`` resolved (symlinks followed), if it and the package files in it lie inside
-    one of ``roots``; else :class:`PathNotAllowedError` naming the rule and the caller's
-    own path, never the server's folders."""
-    if "\x00" in value:
-        raise PathNotAllowedError("model path contains a NUL byte: not a folder inside model_roots")
-    path = Path(value).resolve()
-    inside = [r for r in roots if path.is_relative_to(r)]
-    if inside:
-        root = inside[0]
-        if all((path / f).resolve().is_relative_to(root) for f in (CARD, GRAPH)):
-            return path
-    relative = "" if Path(value).is_absolute() else (
-        "; a relative path is taken from the folder the server was started in: give the "
-        "package's absolute path")
-    raise PathNotAllowedError(
-        f"model path {value!r} is outside the server's model_roots: packages load only from "
-        f"the folders that setting names (by default the one holding the configured models)"
-        f"{relative}")
+def _keep(request: Request, change: str, model: str, version: str) -> None:
+    """What the API changed, kept across a restart (``lifecycle/kept.py``): ``loaded``,
+    ``activated`` or ``unloaded``."""
+    kept = getattr(getattr(request.app.state, "lifecycle", None), "kept", None)
+    if kept is not None:
+        getattr(kept, change)(model, version)
 
 
 def _publish(request: Request, registry: Any) -> None:

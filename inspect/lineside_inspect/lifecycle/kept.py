@@ -1,0 +1,299 @@
+"""What an admin loaded and activated over the API, kept across a restart
+(``<data_dir>/lifecycle/models.json``; session 47).
+
+Written whole (:func:`~lineside_inspect.atomic.write_atomic`) after each change made over
+the API: a package loaded by ``POST /v1/models`` (its resolved path, its card's digest and
+graph sha256), a version made active by an activation, promotion or rollback (and by an
+automatic rollback: the version it went back to), a version unloaded by
+``DELETE /v1/models/{name}/versions/{version}`` (dropped). Packages the config names are
+not listed: the config loads them.
+
+At start-up, after the store and the lifecycle (:meth:`KeptModels.restore`), before the
+recipes put over the API are loaded again:
+
+- **The config changed.** The file keeps a digest of the config's ``models`` (their
+  resolved paths). When it differs, the config wins: nothing is restored, a WARNING says
+  what was not and why, and the file is set aside as ``models.json.config-changed``.
+- **Each package** must still lie inside ``model_roots`` (checked again, as the API
+  checked it; resolving to the same folder) and still hold the card (its digest) and graph
+  it was loaded with; else a WARNING names it and it is not loaded.
+- **Each model's recorded version** is activated through the lifecycle, recorded as
+  ``restore`` by actor ``lineside`` (``force_restore`` where the gate refuses it now: it
+  was admitted before), unless the audit log's last activation of the model is another
+  version (activated since by something that does not write this file, e.g. a fleet
+  box's pull: that one stands) or its package was not loaded (WARNING; the config's
+  version judges).
+- **A damaged file**: WARNING, set aside as ``models.json.bad``, the config's versions.
+
+On a fleet box the fleet's ``pulled.json`` is restored after this, and wins: a version the
+fleet activated after the admin's is the audit log's last, so this file's is not
+restored; a version left by the admin after the fleet's is what the fleet treats as "left
+on the box" anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lineside_inspect.atomic import write_atomic
+from lineside_inspect.errors import LinesideError, PackageError, PathNotAllowedError
+from lineside_inspect.lifecycle.alarm_file import set_aside
+from lineside_inspect.names import Name
+from lineside_inspect.package import card_digest, confine, load_package
+from lineside_inspect.recipes import Recipe
+from lineside_inspect.server.registry import Registry
+
+if TYPE_CHECKING:
+    from lineside_inspect.lifecycle.records import Records
+    from lineside_inspect.runtime.detector import Detector
+
+
+class Lifecycle(Protocol):
+    """What a restore needs of ``manager.Lifecycle`` (which holds the :class:`KeptModels`:
+    named here by what it does, so this module does not import the manager back)."""
+
+    store: Any
+
+    @property
+    def records(self) -> Records: ...
+
+    def first_version(self, det: Detector, *, actor: str, action: str = ...,
+                      reason: str = ...) -> None: ...
+
+    def activate(self, model: str, version: str, *, actor: str, force: bool = ...,
+                 reason: str = ..., action: str = ..., replacing: str | None = ...,
+                 pending_recipes: Sequence[Recipe] = ...) -> dict[str, Any]: ...
+
+log = logging.getLogger("lineside.lifecycle")
+
+STATE_FILE = Path("lifecycle") / "models.json"  # under the server's data_dir
+ACTOR = "lineside"  # the audit log's actor of a restore (the server itself)
+MAX_PACKAGES = 1000
+
+
+class KeptPackage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    version: Name
+    path: str = Field(max_length=4096, description="absolute, resolved, as the API confined it")
+    card_digest: str = Field(pattern=r"[0-9a-f]{64}")
+    graph_sha256: str = Field(pattern=r"[0-9a-f]{64}")
+
+
+class KeptState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal[1] = 1
+    config_models: str = Field(description="digest of the config's models when written")
+    written_at: str = ""
+    packages: list[KeptPackage] = Field(default_factory=list, max_length=MAX_PACKAGES)
+    active: dict[Name, Name] = Field(default_factory=dict, description=(
+        "model -> the version last made active over the API (or by an automatic rollback)"))
+
+
+def config_digest(models: Sequence[str]) -> str:
+    """The config's ``models`` as they resolve (sorted: their order changes no version)."""
+    paths = sorted({str(Path(m).resolve()) for m in models})
+    return hashlib.sha256(json.dumps(paths).encode()).hexdigest()
+
+
+class KeptModels:
+    """One per server (``Lifecycle.kept``)."""
+
+    def __init__(self, path: Path, *, models: Sequence[str], roots: list[Path],
+                 registry: Registry, fleet_box: bool = False) -> None:
+        self.path = path
+        self.roots = roots
+        self.registry = registry
+        self.fleet_box = fleet_box
+        self.digest = config_digest(models)
+        self._configured = {str(Path(m).resolve()) for m in models}
+        self._lock = threading.Lock()
+        self.state = KeptState(config_models=self.digest)
+
+    # -- what the API changed ---------------------------------------------------------------
+    def loaded(self, model: str, version: str) -> None:
+        """``model`` ``version`` was loaded over the API (a package inside model_roots)."""
+        with self._lock:
+            if self._add_package(model, version):
+                self._save()
+
+    def activated(self, model: str, version: str) -> None:
+        """``version`` judges for ``model`` now (an admin's activation, promotion or
+        rollback; an automatic rollback); its package is kept too when it is not the
+        config's and lies inside model_roots (a version unloaded, then activated again)."""
+        with self._lock:
+            slot = self.registry.models().get(model)
+            # what judges now, read under this lock: two activations at once are kept in
+            # the order they took effect, not the order their callers got here
+            active = version if slot is None or slot.active is None else slot.active
+            self._add_package(model, active)
+            self.state.active[model] = active
+            self._save()
+
+    def unloaded(self, model: str, version: str) -> None:
+        """Unloaded over the API: not loaded again at start-up."""
+        with self._lock:
+            before = len(self.state.packages)
+            self.state.packages = [p for p in self.state.packages
+                                   if (p.name, p.version) != (model, version)]
+            if len(self.state.packages) != before:
+                self._save()
+
+    def _add_package(self, model: str, version: str) -> bool:
+        try:
+            det = self.registry.detector(model, version)
+        except LinesideError:
+            return False
+        path = Path(det.package.path).resolve()
+        if str(path) in self._configured or not any(path.is_relative_to(r) for r in self.roots):
+            return False  # the config's own, or not one the API could load (a fleet pull)
+        card = det.card
+        entry = KeptPackage(name=model, version=version, path=str(path),
+                            card_digest=card_digest(card), graph_sha256=card.sha256)
+        if entry in self.state.packages:
+            return False
+        self.state.packages = [p for p in self.state.packages
+                               if (p.name, p.version) != (model, version)] + [entry]
+        return True
+
+    def _save(self) -> None:
+        """Written whole; one that cannot be written is logged (what the API did stands,
+        and a restart then starts from the file as it was)."""
+        self.state.config_models = self.digest
+        self.state.written_at = datetime.now(UTC).isoformat()
+        try:
+            write_atomic(self.path, json.dumps(self.state.model_dump(mode="json"),
+                                               indent=1).encode())
+        except OSError as exc:
+            log.error("models kept across a restart: %s not written (%s): a restart starts "
+                      "from the file as it was", self.path, exc.strerror or exc)
+
+    # -- at start-up ------------------------------------------------------------------------
+    def restore(self, lifecycle: Lifecycle, pending: Sequence[Recipe] = ()) -> list[str]:
+        """Load the kept packages and activate each model's kept version (module doc).
+        ``pending``: the recipes put over the API, loaded after this (an activation checks
+        them in their place). What was restored, as ``model version`` strings."""
+        with self._lock:
+            state = self._read()
+            if state is None:
+                return []
+            if state.config_models != self.digest:
+                told = ", ".join(f"{m} {v}" for m, v in state.active.items()) or "none"
+                set_aside(self.path, "the config's models changed since the models loaded "
+                          "and activated over the API were kept: the config's versions judge, "
+                          f"the versions activated over the API ({told}) are not restored",
+                          ".config-changed", what="models kept across a restart", logger=log)
+                self.state = KeptState(config_models=self.digest)
+                return []
+            restored = self._restore(state, lifecycle, pending)
+            self._save()
+            return restored
+
+    def _read(self) -> KeptState | None:
+        try:
+            return KeptState.model_validate_json(self.path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError, ValueError) as exc:
+            set_aside(self.path, f"{self.path.name} does not read ({type(exc).__name__}): "
+                      "the config's versions judge, nothing loaded over the API is restored",
+                      ".bad", what="models kept across a restart", logger=log)
+            return None
+
+    def _restore(self, state: KeptState, lifecycle: Lifecycle,
+                 pending: Sequence[Recipe]) -> list[str]:
+        # a model's kept active version first: the first version of a model new to the
+        # server becomes active as it loads
+        order = sorted(state.packages,
+                       key=lambda p: state.active.get(p.name) != p.version)
+        first: set[tuple[str, str]] = set()
+        kept: list[KeptPackage] = []
+        for p in order:
+            try:
+                if self._load(p):
+                    first.add((p.name, p.version))
+                kept.append(p)
+            except Exception as exc:  # whatever it is, the server starts (config's versions)
+                why = exc.message if isinstance(exc, LinesideError) else type(exc).__name__
+                log.warning("models kept across a restart: %s %s (%s), loaded over the API "
+                            "before, is not loaded again: %s", p.name, p.version, p.path, why)
+        self.state = KeptState(config_models=self.digest,
+                               packages=[p for p in state.packages if p in kept])
+        restored: list[str] = []
+        for model, version in state.active.items():
+            if (model, version) not in first and self._active(model) == f"{model} {version}":
+                self.state.active[model] = version  # the config's own: nothing to do
+                continue
+            refused = self._activate(lifecycle, model, version, (model, version) in first,
+                                     pending)
+            if refused is None:
+                self.state.active[model] = version
+                restored.append(f"{model} {version}")
+            elif refused:
+                log.warning("models kept across a restart: %s %s, made active over the API "
+                            "before the restart, is not active again: %s; %s judges", model,
+                            version, refused, self._active(model))
+        if restored:
+            log.info("models kept across a restart (%s): active again: %s; loaded again: %s",
+                     self.path, ", ".join(restored),
+                     ", ".join(f"{p.name} {p.version}" for p in kept) or "none")
+        return restored
+
+    def _load(self, p: KeptPackage) -> bool:
+        """Load one kept package, as the API did (inside model_roots) and as it was then
+        (card and graph); True when it became its model's active version as the first."""
+        path = confine(p.path, self.roots)
+        if str(path) != p.path:
+            raise PathNotAllowedError(f"{p.path} leads elsewhere now (a link changed)")
+        slot = self.registry.models().get(p.name)
+        if slot is not None and (p.version in slot.versions or p.version in slot.unloaded):
+            raise PackageError("the config loads that version now")
+        card = load_package(path).card  # its graph's sha256 checked against the card
+        if (card.name, card.version) != (p.name, p.version) or card.sha256 != p.graph_sha256 \
+                or card_digest(card) != p.card_digest:
+            raise PackageError("its card or graph changed since it was loaded")
+        return self.registry.load(path, activate=False, expect_card=p.card_digest).first
+
+    def _active(self, model: str) -> str:
+        slot = self.registry.models().get(model)
+        return "nothing" if slot is None or slot.active is None else f"{model} {slot.active}"
+
+    def _activate(self, lifecycle: Lifecycle, model: str, version: str, first: bool,
+                  pending: Sequence[Recipe]) -> str | None:
+        """None when ``version`` judges again; else why not ("" when nothing need be said)."""
+        slot = self.registry.models().get(model)
+        if slot is None or (version not in slot.versions and version not in slot.unloaded):
+            if self.fleet_box:
+                log.info("models kept across a restart: %s %s is not loaded now: left to the "
+                         "fleet's pulled models", model, version)
+                return ""
+            return "its package was not loaded"
+        reason = "activated over the API before the server restarted; restored"
+        try:
+            last = None if lifecycle.store is None else lifecycle.records.last_activation(model)
+            if last is not None and last["version"] != version:
+                # another version was made active since by what does not write this file
+                return (f"{model} {last['version']} was activated after it ({last['action']} "
+                        f"by {last['actor']}), and stands")
+            if first:  # became active as it loaded: recorded as the restore it is
+                lifecycle.first_version(self.registry.detector(model, version), actor=ACTOR,
+                                        action="restore", reason=reason)
+            else:
+                # admitted before: forced only where the gate refuses it now (recorded so)
+                lifecycle.activate(model, version, actor=ACTOR, force=True, action="restore",
+                                   reason=reason, pending_recipes=pending)
+        except LinesideError as exc:
+            return exc.message
+        except Exception as exc:  # a database outage at start: the config's version judges
+            log.exception("models kept across a restart: %s %s not restored", model, version)
+            return f"{type(exc).__name__} (logged above)"
+        return None

@@ -1,0 +1,294 @@
+"""A standalone server keeps what an admin loaded and activated over the API across a
+restart (``<data_dir>/lifecycle/models.json``; session 47): the line does not go back to
+the config's version after a power cycle, and what cannot be restored is said, not
+loaded blindly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lineside_inspect.lifecycle.config import LifecycleSettings
+from lineside_inspect.lifecycle.kept import STATE_FILE, KeptModels, KeptPackage, KeptState
+from lineside_inspect.lifecycle.manager import Lifecycle
+from lineside_inspect.package import card_digest, load_package
+from lineside_inspect.server.registry import Registry
+
+from .conftest import MODEL, keyed, start_server
+from .test_lifecycle_api import _golden_from_reviews
+
+KEPT = "models kept across a restart"
+
+
+def _package(root: Path, version: str, threshold: float | None = None) -> Path:
+    """models/deeppcb/1 as ``version`` under ``root`` (another threshold: another card)."""
+    dst = root / "deeppcb" / version
+    shutil.copytree(MODEL, dst)
+    card = json.loads((dst / "model.json").read_text())
+    card["version"] = version
+    if threshold is not None:
+        card["thresholds"] = dict.fromkeys(card["thresholds"], threshold)
+    (dst / "model.json").write_text(json.dumps(card))
+    return dst
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> Path:
+    root = tmp_path / "roots"
+    _package(root, "2")
+    _package(root, "3")
+    return root
+
+
+def _kw(tmp_path: Path, roots: Path, **more: Any) -> dict[str, Any]:
+    return {"model_roots": [str(roots)], "data_dir": str(tmp_path / "data"), **more}
+
+
+def _run(kw: dict[str, Any], body: Callable[[Any], None]) -> None:
+    srv, stop = start_server(keyed(**kw))
+    try:
+        body(srv)
+    finally:
+        stop()
+
+
+def _models(srv: Any) -> dict[str, Any]:
+    with srv.client("admin") as admin:
+        return {m["name"]: m for m in admin.get("/v1/models").json()}
+
+
+def _last_audit(srv: Any) -> dict[str, Any]:
+    with srv.client("reviewer") as rev:
+        item: dict[str, Any] = rev.get("/v1/audit", params={"model": "deeppcb"}).json()["items"][0]
+        return item
+
+
+def _state(tmp_path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((tmp_path / "data" / STATE_FILE).read_text())
+    return doc
+
+
+def test_a_promotion_over_the_api_survives_a_restart(tmp_path: Path, roots: Path) -> None:
+    kw = _kw(tmp_path, roots, store_pass_rate=1.0)
+
+    def before(srv: Any) -> None:
+        with srv.client("line") as line, srv.client("reviewer") as rev, \
+                srv.client("admin") as admin:
+            _golden_from_reviews(line, rev, admin, "deeppcb")
+            r = admin.post("/v1/models", json={"path": str(roots / "deeppcb" / "2")})
+            assert r.status_code == 200 and r.json()["active"] == "2", r.text
+            r = admin.post("/v1/models", json={"path": str(roots / "deeppcb" / "3"),
+                                               "activate": False})
+            assert r.status_code == 200 and r.json()["active"] == "2", r.text
+            r = admin.post("/v1/models/deeppcb/promote",
+                           json={"version": "3", "golden": "deeppcb"})
+            assert r.status_code == 200, r.text
+
+    _run(kw, before)
+    state = _state(tmp_path)
+    assert state["active"] == {"deeppcb": "3"}
+    assert {(p["version"], p["path"]) for p in state["packages"]} == {
+        ("2", str((roots / "deeppcb" / "2").resolve())),
+        ("3", str((roots / "deeppcb" / "3").resolve()))}
+
+    def after(srv: Any) -> None:
+        model = _models(srv)["deeppcb"]
+        assert model["active"] == "3"  # not the config's 1
+        assert {v["version"] for v in model["versions"]} == {"1", "2", "3"}
+        last = _last_audit(srv)  # recorded as the server's restore; no startup entry after it
+        assert (last["action"], last["actor"], last["version"]) == ("restore", "lineside", "3")
+        assert "restored" in last["reason"]
+        with srv.client("admin") as admin:  # what the API changes after it is kept too
+            r = admin.post("/v1/models/deeppcb/rollback")
+            assert r.status_code == 200 and r.json()["active"] == "1", r.text
+            r = admin.delete("/v1/models/deeppcb/versions/3")
+            assert r.status_code == 200, r.text
+
+    _run(kw, after)
+    state = _state(tmp_path)
+    assert state["active"] == {"deeppcb": "1"}
+    assert [p["version"] for p in state["packages"]] == ["2"]  # 3 unloaded: dropped
+
+
+def test_a_package_removed_or_changed_is_refused_and_said(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    kw = _kw(tmp_path, roots)
+
+    def before(srv: Any) -> None:
+        with srv.client("admin") as admin:
+            for version in ("2", "3"):
+                r = admin.post("/v1/models", json={"path": str(roots / "deeppcb" / version)})
+                assert r.status_code == 200, r.text
+
+    _run(kw, before)
+    assert _state(tmp_path)["active"] == {"deeppcb": "3"}
+    shutil.rmtree(roots / "deeppcb" / "3")
+    card = json.loads((roots / "deeppcb" / "2" / "model.json").read_text())
+    card["thresholds"] = dict.fromkeys(card["thresholds"], 0.9)  # recalibrated by hand
+    (roots / "deeppcb" / "2" / "model.json").write_text(json.dumps(card))
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+
+    def after(srv: Any) -> None:
+        model = _models(srv)["deeppcb"]
+        assert (model["active"], [v["version"] for v in model["versions"]]) == ("1", ["1"])
+        last = _last_audit(srv)  # the startup entry says the log's last activation is not it
+        assert (last["action"], last["actor"], last["version"]) == ("startup", "lineside", "1")
+        assert "the last activation recorded was 3" in last["reason"]
+
+    _run(kw, after)
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"deeppcb 3 ({(roots / 'deeppcb' / '3').resolve()}), loaded over the API before, " \
+           "is not loaded again" in said
+    assert "deeppcb 2" in said and "its card or graph changed since it was loaded" in said
+    assert "deeppcb 3, made active over the API before the restart, is not active again: " \
+           "its package was not loaded; deeppcb 1 judges" in said
+    assert _state(tmp_path)["packages"] == [] and _state(tmp_path)["active"] == {}
+
+
+def test_the_config_wins_when_its_models_changed(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def before(srv: Any) -> None:
+        with srv.client("admin") as admin:
+            r = admin.post("/v1/models", json={"path": str(roots / "deeppcb" / "2")})
+            assert r.status_code == 200 and r.json()["active"] == "2", r.text
+
+    _run(_kw(tmp_path, roots), before)
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+    # the operator names another version in the config since: it judges
+    changed = _kw(tmp_path, roots, models=[str(roots / "deeppcb" / "3")])
+    _run(changed, lambda srv: _check_only(srv, "3"))
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "the config's models changed since" in said and "(deeppcb 2) are not restored" in said
+    folder = tmp_path / "data" / "lifecycle"
+    assert json.loads((folder / "models.json.config-changed").read_text())["active"] == {
+        "deeppcb": "2"}  # kept aside, not lost
+    assert not (folder / "models.json").exists()
+
+
+def _check_only(srv: Any, version: str) -> None:
+    model = _models(srv)["deeppcb"]
+    assert (model["active"], [v["version"] for v in model["versions"]]) == (version, [version])
+
+
+def test_a_damaged_state_file_is_set_aside_and_the_server_starts(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = tmp_path / "data" / STATE_FILE
+    state.parent.mkdir(parents=True)
+    state.write_text('{"format": 1, "config_models": ')  # cut off by a power cut
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+    _run(_kw(tmp_path, roots), lambda srv: _check_only(srv, "1"))
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "models.json does not read (ValidationError)" in said
+    assert "the file is kept as models.json.bad" in said
+    assert state.with_name("models.json.bad").read_text() == '{"format": 1, "config_models": '
+
+
+def test_a_kept_path_must_still_lie_inside_model_roots(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The state file is a trust boundary: a path written into it by hand (or a root
+    taken out of model_roots since, or a link inside one pointed elsewhere) loads
+    nothing, whatever card digests it claims."""
+    inside, outside = tmp_path / "roots", tmp_path / "outside"
+    away = _package(outside, "9")
+    _package(inside, "4")
+    (inside / "deeppcb" / "5").symlink_to(away, target_is_directory=True)
+    card = load_package(away).card
+
+    def entry(version: str, path: Path) -> KeptPackage:
+        return KeptPackage(name="deeppcb", version=version, path=str(path),
+                           card_digest=card_digest(card), graph_sha256=card.sha256)
+
+    registry = Registry(device="cpu", threads=1)
+    registry.load_model(MODEL)
+    path = tmp_path / "data" / STATE_FILE
+    kept = KeptModels(path, models=[str(MODEL)], roots=[inside.resolve()], registry=registry)
+    path.parent.mkdir(parents=True)
+    path.write_text(KeptState(
+        config_models=kept.digest, active={"deeppcb": "9"},
+        packages=[entry("9", away), entry("9", inside / "deeppcb" / "5"),
+                  entry("9", inside / ".." / "outside" / "deeppcb" / "9")]).model_dump_json())
+    lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path / "data")
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+    try:
+        assert kept.restore(lc) == []
+    finally:
+        lc.close()
+    assert set(registry.models()["deeppcb"].versions) == {"1"}
+    refused = [r.getMessage() for r in caplog.records if "is not loaded again" in r.getMessage()]
+    assert len(refused) == 3 and all("outside the server's model_roots" in m for m in refused)
+    assert KeptState.model_validate_json(path.read_bytes()).packages == []
+
+
+def test_an_automatic_rollback_is_kept(tmp_path: Path) -> None:
+    """A restart after the watch rolled a promotion back must not bring the rejected
+    version back: the version it went back to is kept."""
+    from datetime import UTC, datetime
+
+    from lineside_inspect.lifecycle.rollout import Watch
+
+    from .test_lifecycle_records import _lifecycle
+
+    lc, registry, store = _lifecycle(tmp_path)
+    path = tmp_path / STATE_FILE
+    lc.kept = KeptModels(path, models=[str(MODEL)], roots=[MODEL.parents[1]], registry=registry)
+    try:
+        lc.activate("deeppcb", "1-int8", actor="admin", action="promote")
+        lc.kept.activated("deeppcb", "1-int8")  # as the promote route does
+        assert KeptState.model_validate_json(path.read_bytes()).active == {"deeppcb": "1-int8"}
+        watch = Watch("deeppcb", "1-int8", "1", None, datetime.now(UTC), "admin", None, 0, 0)
+        assert lc._auto_rollback(watch, "fail rate") is True
+        state = KeptState.model_validate_json(path.read_bytes())
+        assert state.active == {"deeppcb": "1"}
+        assert [p.version for p in state.packages] == ["1-int8"]  # loaded beside, still
+    finally:
+        lc.close()
+        store.close()
+
+
+def test_a_version_activated_after_the_kept_one_stands(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A version made active by what does not write the file (a fleet box's pull) after
+    the admin's is the audit log's last activation: the kept one is not restored over it."""
+    from lineside_inspect.lifecycle.records import Records
+    from lineside_inspect.store import Store
+
+    int8 = MODEL.parent / "1-int8"
+    path = tmp_path / STATE_FILE
+
+    def lifecycle() -> tuple[Lifecycle, Registry, KeptModels, Store]:
+        registry = Registry(device="cpu", threads=1)
+        registry.load_model(MODEL)
+        store = Store(tmp_path / "store", pass_rate=1.0)
+        lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path)
+        lc.store, lc._records = store, Records(store)
+        lc.kept = KeptModels(path, models=[str(MODEL)], roots=[MODEL.parents[1]],
+                             registry=registry)
+        return lc, registry, lc.kept, store
+
+    lc, registry, kept, store = lifecycle()
+    try:
+        registry.load(int8, activate=False)
+        lc.activate("deeppcb", "1-int8", actor="admin")
+        kept.activated("deeppcb", "1-int8")  # as the activate route does
+        lc.activate("deeppcb", "1", actor="fleet")  # a pull: not through the API's routes
+    finally:
+        lc.close()
+        store.close()
+    lc, registry, kept, store = lifecycle()  # the restart
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+    try:
+        assert kept.restore(lc) == []
+        slot = registry.models()["deeppcb"]
+        assert (slot.active, set(slot.versions)) == ("1", {"1", "1-int8"})
+    finally:
+        lc.close()
+        store.close()
+    assert "deeppcb 1-int8, made active over the API before the restart, is not active " \
+           "again: deeppcb 1 was activated after it (activate by fleet), and stands" in \
+           "\n".join(r.getMessage() for r in caplog.records)
