@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from lineside_inspect.errors import GateRefused
 from lineside_inspect.fleet import signing
 from lineside_inspect.fleet.box.models import ModelPuller, Verified, VerifiedPulls
 from lineside_inspect.fleet.protocol import AssignedModel, Assignment
@@ -110,3 +113,59 @@ def test_a_golden_set_changed_while_the_gate_ran_takes_the_pull_again(
         assert gates() == ["deeppcb:1 False"] * 2 + ["deeppcb:2 True"] * 2
         assert puller.errors() == []
         assert app.state.registry.models()["deeppcb"].active == "twin"  # type: ignore[attr-defined]
+
+
+def test_a_golden_set_named_for_a_model_judges_its_gates_over_http_and_its_pulls(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Session 47 ("judged"): ``lifecycle.gate.golden`` names ``line1`` for deeppcb (and a
+    set for a model the box does not hold: a warning at start, not a refusal). A gate
+    under every recipe on ``g`` runs, is stored, and says it admits nothing; the
+    activation is refused with the calls on ``line1``; a promotion on ``g`` is refused
+    before it replays. A pull gated on the set named after the model (which the box
+    keeps) until then: it gates on ``line1``, says it lacks it, and once made gates on it."""
+    bad = candidate(_png(DEFECTIVE_BOARD, False), expected="fail", boxes=None, source="bad")
+    good = candidate(_png(GOOD_BOARD, False), expected="pass", boxes=None, source="good")
+    with caplog.at_level("WARNING", logger="lineside.lifecycle"), gating_server(
+            tmp_path, LINE, gate={"golden": {"deeppcb": "line1", "ghost": "line1"}}) as client:
+        assert ("lifecycle.gate.golden names a golden set for model(s) this server does not "
+                "hold: ghost (applied once loaded)") in caplog.text
+        r = client.post("/v1/models/deeppcb/gate",
+                        json={"version": "twin", "golden": "g", "recipe": "*"})
+        assert r.status_code == 200 and r.json()["passed"], r.text
+        for report in r.json()["reports"]:
+            assert report["will_not_admit"].startswith(
+                "run on golden set g, while lifecycle.gate.golden requires golden set line1 "
+                "for deeppcb: a pass on g admits nothing on this server"), report
+        r = client.post("/v1/models/deeppcb/activate", json={"version": "twin"})
+        assert r.status_code == 409, r.text
+        said = r.json()["error"]["message"]
+        assert ("was judged on golden set g:1, and the line requires golden set line1 for "
+                "deeppcb (lifecycle.gate.golden)") in said, said
+        assert ('"golden": "line1", "recipe": "line"' in said and '"golden": "g"' not in said
+                and "line1, which lifecycle.gate.golden names for deeppcb, is not made" in said)
+        r = client.post("/v1/models/deeppcb/promote", json={"version": "twin", "golden": "g"})
+        assert r.status_code == 422 and "a promotion gated on g would not admit" in r.text
+
+        # a pull: the box keeps a set named after the model, which the line does not count
+        app = client.app
+        lib = GoldenLibrary(tmp_path / GOLDEN_DIR)
+        lib.create("deeppcb", [bad, good], ["open", "short"])
+        puller = ModelPuller(app, app.state.settings)  # type: ignore[attr-defined]
+        twin = tmp_path / "models" / "deeppcb" / "twin"
+        pulled = AssignedModel(name="deeppcb", version="twin", sha256="0" * 64)
+        checked = card_digest(load_package(twin).card)
+        assert puller._golden_mark("deeppcb") is None
+        with pytest.raises(GateRefused) as refused:
+            puller._activate(twin, pulled, checked)
+        assert refused.value.message.startswith(
+            "this box keeps no golden set line1, the one lifecycle.gate.golden names for "
+            "deeppcb and a pull gates with (lineside golden create line1 ... on the box)"), (
+            refused.value.message)
+        made = lib.create("line1", [bad, good], ["open", "short"])
+        assert puller._golden_mark("deeppcb") == (1, made.digest)  # changed: taken again
+        puller._activate(twin, pulled, checked)
+        assert app.state.registry.models()["deeppcb"].active == "twin"  # type: ignore[attr-defined]
+        items = client.get("/v1/models/deeppcb/gates").json()["items"]
+        assert {(g["golden"]["name"], g["recipe"], g["passed"]) for g in items
+                if g["will_not_admit"] is None} == {("line1", "line", True),
+                                                    ("line1", "deeppcb-default", True)}

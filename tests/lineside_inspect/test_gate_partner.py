@@ -278,14 +278,16 @@ def test_the_gate_command_refuses_a_recipe_the_server_refuses_in_its_words(
 # -- a pass made with another partner than the recipe fuses now (session 42) -------------
 
 @contextmanager
-def gating_server(tmp_path: Path, line: Recipe) -> Iterator[TestClient]:
-    """The app with require_gate and a store: the bundled deeppcb 1 active, :func:`_twin`
-    loaded beside it, recipe ``line`` put and golden set g made; an admin's client."""
+def gating_server(tmp_path: Path, line: Recipe,
+                  gate: dict[str, Any] | None = None) -> Iterator[TestClient]:
+    """The app with require_gate (and ``gate``'s other lifecycle.gate settings) and a
+    store: the bundled deeppcb 1 active, :func:`_twin` loaded beside it, recipe ``line``
+    put and golden set g made; an admin's client."""
     roots = tmp_path / "models"
     twin = _twin(roots)
     _golden(tmp_path / GOLDEN_DIR)
     settings = keyed(data_dir=str(tmp_path), model_roots=[str(ROOT / "models"), str(roots)],
-                     store_pass_rate=1.0, lifecycle={"gate": {"require_gate": True}})
+                     store_pass_rate=1.0, lifecycle={"gate": {"require_gate": True, **(gate or {})}})
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         client.headers["Authorization"] = f"Bearer {ROLE_KEYS['admin']}"
         r = client.post("/v1/models", json={"path": str(twin), "activate": False})

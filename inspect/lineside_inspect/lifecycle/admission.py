@@ -330,22 +330,24 @@ class AdmissionRules:
             # one recipe judges it and no pass under any recipe admits: said as before the
             # every-recipe rule (session 43)
             if stale is not None:
-                return _Standing(missing=blank, why=stale_note(stale[0], model, *stale[1]),
-                                 stale_row=stale[0], own=own)
+                return _Standing(missing=blank, stale_row=stale[0], own=own, why=stale_note(
+                    stale[0], model, *stale[1], golden=self.golden_required(model)))
             if old is not None:
                 return _Standing(missing=blank, own=own, stale_row=old, why=(
                     "has not been gated against the active version (lifecycle.gate."
                     f"require_gate); its passing gate report {old.id} compared it with "
                     f"version {old.against_version}, which is not the active one now: "
-                    + self._gate_again(det, rows[0].golden_name, judging[0], pending,
-                                       own=own, role=role)))
+                    + self._gate_again(det, self.golden_required(model) or rows[0].golden_name,
+                                       judging[0], pending, own=own, role=role)
+                    + self._unmade(model)))
             return _Standing(missing=blank, own=own)
         if len(missing) == 1 and missing[0] in seen.stale_by:
             # the one recipe without a current pass had one that went stale: said so, as
             # before the every-recipe rule
             row, why = seen.stale_by[missing[0]]
             return _Standing(passes=seen.passes, any_pass=seen.any_pass, own=own, stale_row=row,
-                             missing=blank, why=stale_note(row, model, *why))
+                             missing=blank, why=stale_note(
+                                 row, model, *why, golden=self.golden_required(model)))
         return self._lacking(det, rows, judging, missing, seen, own=own, role=role)
 
     def _gate_again(self, det: Detector, golden: str, recipe: str, pending: dict[str, Recipe],
@@ -372,7 +374,8 @@ class AdmissionRules:
                           f"its passing gate report {other.id} compared it with version "
                           f"{other.against_version}, not the active one")
         stale_row = next((seen.stale_by[n][0] for n in missing if n in seen.stale_by), None)
-        golden, held = (rows[0].golden_name, "") if rows else self._golden_for(det.card.name)
+        golden, held = ((rows[0].golden_name, "") if rows and self.golden_required(
+            det.card.name) is None else self._golden_for(det.card.name))
         # the version the calls gate on (its latest), where the server holds the set
         now = self._golden_now(golden) if is_name(golden) else ""
         return _Standing(passes=seen.passes, any_pass=seen.any_pass, missing=lacking,
@@ -425,7 +428,12 @@ class AdmissionRules:
         names one, and what the refusal adds: the set named after the model (the one a
         fleet pull's promote takes), else this server's only one; else ``<golden set>``
         and the sets it holds (a few), or that it holds none (session 43, adversarial
-        pass: it said ``<golden set>`` whatever the server held)."""
+        pass: it said ``<golden set>`` whatever the server held). The set
+        ``lifecycle.gate.golden`` names for the model comes first, with a note when it is
+        not made yet (session 47)."""
+        required = self.golden_required(model)
+        if required is not None:
+            return required, self._unmade(model)
         names = [n for n in self.library.names() if self.library.versions(n)]
         if model in names:
             return model, ""
@@ -436,6 +444,46 @@ class AdmissionRules:
                                     "POST /v1/golden/{name})")
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         return "<golden set>", f" (golden sets here: {shown})"
+
+    def golden_required(self, model: str) -> str | None:
+        """The golden set ``lifecycle.gate.golden`` names for ``model``: only a pass on it
+        admits a version of the model (:meth:`_pass_stale`; session 47); None: any set's."""
+        return self.settings.gate.golden.get(model)
+
+    def golden_set_for(self, model: str) -> str:
+        """The golden set a fleet pull of ``model`` gates on: the one
+        ``lifecycle.gate.golden`` names for it, else the set named after the model."""
+        return self.golden_required(model) or model
+
+    def _unmade(self, model: str) -> str:
+        """What a refusal adds when the golden set ``lifecycle.gate.golden`` names for
+        ``model`` is not made on this server yet (a gate on it is refused until it is);
+        "" otherwise."""
+        required = self.golden_required(model)
+        if required is None or self._golden_held(required):
+            return ""
+        return (f" (golden set {required}, which lifecycle.gate.golden names for {model}, is "
+                f"not made on this server yet: a gate on it is refused until it is; make it "
+                f"first, POST /v1/golden/{required})")
+
+    def _golden_held(self, name: str) -> bool:
+        try:
+            return bool(self.library.versions(name))
+        except (LinesideError, OSError):
+            return False
+
+    def not_admitting(self, model: str, version: str, golden: str) -> str | None:
+        """Why a gate of ``model`` ``version`` on golden set ``golden`` admits nothing
+        here whatever it says (``lifecycle.gate.golden`` names another set for the model;
+        session 47), with the gate call on that set; None when it may admit."""
+        required = self.golden_required(model)
+        if required is None or golden == required:
+            return None
+        return (f"run on golden set {golden}, while lifecycle.gate.golden requires golden set "
+                f"{required} for {model}: a pass on {golden} admits nothing on this server "
+                f"(a failure on it still refuses until a pass on it clears it). Gate on "
+                f"{required}: {gate_call(model, version, required, None)}"
+                + self._unmade(model))
 
     def _put_first(self, name: str, pending: dict[str, Recipe], det: Detector,
                    role: str) -> bool:
@@ -520,7 +568,9 @@ class AdmissionRules:
         again judging another model, stales it: what judges the model now is another
         recipe, or its card's own. And its golden set's latest version must hold what it
         replayed (the same digest; ``golden``: :meth:`_golden_now` of a set's name; session
-        47): a pass on version 1 says nothing of the parts added as version 2."""
+        47): a pass on version 1 says nothing of the parts added as version 2. And where
+        ``lifecycle.gate.golden`` names a set for the model, that set must be the one it
+        replayed (session 47): a pass on a small lenient set says nothing of the line's."""
         report = row.readable_report()
         name = report.get("recipe")
         if not isinstance(name, str):
@@ -529,6 +579,14 @@ class AdmissionRules:
         now = judge(name)
         if now.rule is None:
             return now.stale
+        required = self.golden_required(det.card.name)
+        if required is not None and row.golden_name != required:
+            held = (golden or self._golden_now)(required)
+            on = required if isinstance(held, str) else f"{required}:{held[0]}"
+            return (f"was judged on golden set {row.golden_name}:{row.golden_version}, and "
+                    f"the line requires golden set {required} for {det.card.name} "
+                    "(lifecycle.gate.golden): a pass on another set admits nothing here"
+                    + self._unmade(det.card.name), now.again, f"on {on}")
         then, then_card = report.get("fused_with"), report.get("fused_card_sha256")
         partner = now.partner
         if not (partner is None and then_card is None) and not (

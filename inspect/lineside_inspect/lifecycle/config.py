@@ -6,6 +6,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lineside_inspect.names import Name
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -23,6 +25,14 @@ class GateSettings(_Section):
         "images: it holds the one gate lock throughout; above it the call is refused "
         "before anything runs (gate under each recipe by name instead). A gate under one "
         "recipe is bounded by the golden set's own cap (5000 images) alone"))
+    golden: dict[Name, Name] = Field(default_factory=dict, description=(
+        "the golden set each model must be gated on, model name: golden set name (session "
+        "47): a model with an entry is admitted only by a pass replayed on that set (as it "
+        "stands); a gate on another set still runs and is stored, and says it admits "
+        "nothing here. A fleet box's pull gates on it in place of the set named after the "
+        "model. A model the server does not hold is warned of at start, not refused (it "
+        "may be loaded later); a set not made yet refuses admissions until it is. Without "
+        "an entry any set's pass counts"))
 
 
 class ShadowSettings(_Section):

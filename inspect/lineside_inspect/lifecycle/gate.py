@@ -279,6 +279,11 @@ class GateReport(_Shape):
     candidate: ModelScore
     against: ModelScore
     disagreements: list[Disagreement] = Field(description="images the two verdicts differ on")
+    will_not_admit: str | None = Field(None, description=(
+        "why this report admits nothing on the server that ran it, whatever it says: it was "
+        "run on a golden set other than the one lifecycle.gate.golden names for the model "
+        "(with the gate call on that one); None otherwise, and in reports made before "
+        "session 47"))
 
 
 def score(items: list[GoldenItem], results: list[Found], *, model: str, version: str, sha256: str,

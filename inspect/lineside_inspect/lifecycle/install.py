@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from lineside_inspect.lifecycle.manager import Lifecycle
 from lineside_inspect.lifecycle.routes import router
 from lineside_inspect.recipes import Recipe
 
+log = logging.getLogger("lineside.lifecycle")
 ALARM_FILE = Path("lifecycle") / "fail_rate_alarm.json"  # under the server's data_dir
 
 
@@ -71,6 +73,11 @@ def install(app: Any, settings: Settings) -> Lifecycle:
         lc.kept.restore(lc, [] if saved is None else [s.recipe for s in saved.load()])
 
     def ready() -> None:  # what judges once every start-up hook ran (a fleet box restores)
+        unknown = sorted(set(settings.lifecycle.gate.golden) - set(app.state.registry.models()))
+        if unknown:
+            # a warning, not a refusal: a model may be loaded (or pulled) later
+            log.warning("lifecycle.gate.golden names a golden set for model(s) this server "
+                        "does not hold: %s (applied once loaded)", ", ".join(unknown))
         if lc.alarm is not None:
             lc.alarm.resume()  # resumed counts against what judges now
         if app.state.store is not None:

@@ -10,7 +10,8 @@ log and the admissions table. A passing
 report admits only while the version it was compared with is the active one, while its
 recipe fuses the partner card it was judged with (or none, if judged alone), and while that
 recipe still judges the model by the rules it was judged by (``recipe_sha256``; a card's
-own recipe as the candidate's card brings it). With
+own recipe as the candidate's card brings it), and, where ``lifecycle.gate.golden`` names
+a golden set for the model, while it was replayed on that set (session 47). With
 ``lifecycle.gate.require_gate`` a version without such a report under every recipe that
 would judge it once admitted (:meth:`Lifecycle.judging`; session 43) is refused the same
 way, and so is a version rolled back automatically that has passed no gate since.
@@ -228,11 +229,32 @@ class Lifecycle(AdmissionRules):
             rule = self._as_it_follows(rule, self.registry.detector(model, version))
             partner = self._partner(rule, model, held)
             candidate, active = self._gate_pair(model, version, against)
-            manifest = self.library.get(golden, golden_version)
+            manifest = self._manifest(model, golden, golden_version)
             with self._gate_slot():
                 report = self._replay(candidate, active, manifest, rule, partner)
             # stored outside the lock: a slow database must not turn other gates away
-            return self._stored(records, report, model, version, actor=actor)
+            return self._stored(records, self._judged(report), model, version, actor=actor)
+
+    def _manifest(self, model: str, golden: str, version: int | None) -> GoldenManifest:
+        """The golden set version a gate of ``model`` replays; one missing that
+        ``lifecycle.gate.golden`` names for the model is said to be so."""
+        try:
+            return self.library.get(golden, version)
+        except NotFoundError as exc:
+            if golden != self.golden_required(model) or self._golden_held(golden):
+                raise
+            raise NotFoundError(f"{exc.message}: golden set {golden}, which lifecycle.gate."
+                                f"golden names for {model}, is not made on this server yet "
+                                f"(only a pass on it admits {model}); make it first, POST "
+                                f"/v1/golden/{golden}") from None
+
+    def _judged(self, report: GateReport) -> GateReport:
+        """``report`` saying it admits nothing here when it was run on another golden set
+        than the one ``lifecycle.gate.golden`` names for its model (session 47: it ran, a
+        report is useful, but only a pass on that set admits)."""
+        c = report.candidate
+        why = self.not_admitting(c.model, c.version, report.golden.name)
+        return report if why is None else report.model_copy(update={"will_not_admit": why})
 
     def _partner(self, rule: Recipe, model: str,
                  held: contextlib.ExitStack) -> Detector | None:
@@ -271,12 +293,13 @@ class Lifecycle(AdmissionRules):
         with contextlib.ExitStack() as held:
             held.enter_context(self.registry.loaded(model, version, against))
             runs = self._gate_runs(model, version, held)
-            manifest = self.library.get(golden, golden_version)  # one version for every run
+            manifest = self._manifest(model, golden, golden_version)  # one for every run
             self._bounded(model, version, [rule.name for rule, _ in runs], manifest)
             with self._gate_slot():
                 candidate, active = self._gate_pair(model, version, against)
-                return [self._stored(records,
-                                     self._replay(candidate, active, manifest, rule, partner),
+                return [self._stored(records, self._judged(
+                                         self._replay(candidate, active, manifest, rule,
+                                                      partner)),
                                      model, version, actor=actor)
                         for rule, partner in runs]
 
@@ -355,6 +378,8 @@ class Lifecycle(AdmissionRules):
                                "against": report.against.version,
                                "golden": f"{report.golden.name}:{report.golden.version}",
                                "fused_with": report.fused_with,
+                               **({} if report.will_not_admit is None else
+                                  {"will_not_admit": True}),
                                "escapes": report.candidate.escapes,
                                "false_rejects": report.candidate.false_rejects})
         return report
@@ -699,6 +724,16 @@ class Lifecycle(AdmissionRules):
                               "none of its inspections; promote with a recipe that follows the "
                               "active version (recipe: NAME)")
         # (held loaded from its gate to its activation by promote)
+        required = self.golden_required(model)
+        if (self.settings.gate.require_gate and required not in (None, golden)
+                and not force):
+            # its passes would admit nothing: refused before any replay (session 47)
+            raise ConfigError(
+                f"lifecycle.gate.golden requires golden set {required} for {model}: a "
+                f"promotion gated on {golden} would not admit {model} {version} "
+                f"(lifecycle.gate.require_gate); promote on it, POST /v1/models/{model}/"
+                f"promote {{\"version\": \"{version}\", \"golden\": \"{required}\"}}, or "
+                "force it with a reason (recorded)" + self._unmade(model))
         if self.settings.gate.require_gate:
             # admission wants a pass under every recipe that would judge it (rule 5): one
             # gate under one recipe, then a 409 at activation, was a promotion that could

@@ -57,10 +57,12 @@ def put_first_note(model: str, version: str, golden: str, name: str) -> str:
 
 
 def stale_note(row: GateReportRow, model: str, why: str, recipes: list[str],
-               how: str = NOW) -> str:
+               how: str = NOW, *, golden: str | None = None) -> str:
     """The refusal of a stale pass, after the model's name and version: the report,
     why, and the call that gates again (under the first of ``recipes``, else with no
-    recipe named: the card's own)."""
+    recipe named: the card's own; on ``golden``, the set lifecycle.gate.golden names for
+    the model, else the pass's own)."""
+    golden = golden or row.golden_name
     judging = ("" if how != NOW else
                f"; recipe(s) {', '.join(recipes)} judge {model} now" if recipes else
                f"; no recipe judges {model} now but its card's own "
@@ -69,10 +71,10 @@ def stale_note(row: GateReportRow, model: str, why: str, recipes: list[str],
     if how == PUT_FIRST:
         return ("has no passing gate report that judged it as the line would now "
                 f"(lifecycle.gate.require_gate): its passing gate report {row.id} {why}; "
-                + put_first_note(model, row.candidate_version, row.golden_name, recipes[0]))
+                + put_first_note(model, row.candidate_version, golden, recipes[0]))
     return ("has no passing gate report that judged it as the line would now "
             f"(lifecycle.gate.require_gate): its passing gate report {row.id} {why}"
             f"{judging}. Gate it again, {how}: POST /v1/models/{model}/gate "
             f"{{\"version\": \"{row.candidate_version}\", \"golden\": "
-            f"\"{row.golden_name}\"{named}}} (a report of lineside gate is not kept: it "
+            f"\"{golden}\"{named}}} (a report of lineside gate is not kept: it "
             "admits nothing here)")

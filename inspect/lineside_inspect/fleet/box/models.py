@@ -11,26 +11,28 @@ registry's rule). Only then is it moved to ``<models_dir>/<model>/<version>`` (n
 over a folder a loaded version serves from: the same package there is kept as it is)
 and activated through the lifecycle:
 
-- a golden set named after the model exists on the box: ``Lifecycle.promote`` (the gate
+- the golden set a pull gates with exists on the box (the one ``lifecycle.gate.golden``
+  names for the model, else the one named after it): ``Lifecycle.promote`` (the gate
   against the active version, with ``require_gate`` under every recipe that would judge
   it; refused when one fails, naming each; then the watched rollout);
 - otherwise ``Lifecycle.activate``, the path ``POST /v1/models/{name}/activate`` takes
   (a failed gate report refuses it, and with ``require_gate`` a missing or stale pass
   under any judging recipe: the refusal the hub sees then says first that the box keeps
-  no golden set named after the model; the audit log records actor ``fleet``).
+  no such golden set; the audit log records actor ``fleet``).
 
 Anything refused is logged, kept in :meth:`ModelPuller.errors` (the box's status reports
 them as ``model_errors``) and never loaded; the same package is not fetched again until
 the assignment names another one, except one the gate refused that an admin has since
-activated on the box (taken once more, then no longer an error), or whose golden set named
-after the model was made or given a new version since (taken once more: gated on it). A
-hub that cannot be reached changes nothing: the box keeps serving what it has. Pulled
-packages are listed in ``<models_dir>/pulled.json`` and loaded again when the server
-starts, so a restarted box serves them without its hub (one that was active is activated
-again, recorded, forced only where the gate refuses it now: it was admitted before). A
-version the box activated once and then left (an admin's hand activation, an automatic
-rollback) is not forced back, nor loaded at start-up when it is the model's only version
-(loading would make it active): local decisions stand until the assignment changes.
+activated on the box (taken once more, then no longer an error), or whose golden set (the
+one a pull gates with) was made or given a new version since (taken once more: gated on
+it). A hub that cannot be reached changes nothing: the box keeps serving what it has.
+Pulled packages are listed in ``<models_dir>/pulled.json`` and loaded again when the
+server starts, so a restarted box serves them without its hub (one that was active is
+activated again, recorded, forced only where the gate refuses it now: it was admitted
+before). A version the box activated once and then left (an admin's hand activation, an
+automatic rollback) is not forced back, nor loaded at start-up when it is the model's only
+version (loading would make it active): local decisions stand until the assignment
+changes.
 
 A package verified and unpacked once is not downloaded again when the assignment goes
 back to it (the hub's line set back to a version the box pulled before): each verified
@@ -336,19 +338,21 @@ class ModelPuller:
             self._save()
 
     def _golden_mark(self, model: str) -> object:
-        """The golden set named after ``model`` as it stands (its latest version and that
-        version's digest; None: the box keeps none), the only one a pull gates with: a
-        pull the gate refused is taken once more when it changes (a set made, a version
-        added; session 47: only the assignment naming it anew, a restart or an admin's
-        activation did)."""
+        """The golden set a pull of ``model`` gates with (``Lifecycle.golden_set_for``:
+        the one ``lifecycle.gate.golden`` names for it, else the set named after the model)
+        as it stands (its latest version and that version's digest; None: the box keeps
+        none): a pull the gate refused is taken once more when it changes (a set made, a
+        version added; session 47: only the assignment naming it anew, a restart or an
+        admin's activation did)."""
         lifecycle = getattr(self.app.state, "lifecycle", None)
         if lifecycle is None:
             return None
+        name = lifecycle.golden_set_for(model)
         try:
-            versions = lifecycle.library.versions(model)
+            versions = lifecycle.library.versions(name)
             if not versions:
                 return None
-            return versions[-1], lifecycle.library.get(model, versions[-1]).digest
+            return versions[-1], lifecycle.library.get(name, versions[-1]).digest
         except (LinesideError, OSError, ValueError):  # broken: a gate on it is refused too
             return "unreadable"
 
@@ -495,28 +499,33 @@ class ModelPuller:
         loaded = registry.load(path, activate=False, expect_card=checked)
         det = loaded.detector
         golden = lifecycle.library
+        # the set lifecycle.gate.golden names for the model, else the one named after it
+        # (session 47: always the latter, whose passes such a line no longer counts)
+        gate_on = lifecycle.golden_set_for(m.name)
         if loaded.first:
             lifecycle.first_version(det, actor=ACTOR)  # recorded like any activation
         elif (previous not in (None, m.version) and lifecycle.store is not None
-                and m.name in golden.names()):
-            lifecycle.promote(m.name, m.version, golden=m.name, actor=ACTOR,
+                and gate_on in golden.names()):
+            lifecycle.promote(m.name, m.version, golden=gate_on, actor=ACTOR,
                               reason=f"fleet assignment ({self.fleet.line or 'no line'})")
         else:
             try:
                 lifecycle.activate(m.name, m.version, actor=ACTOR,
                                    reason=f"fleet assignment ({self.fleet.line or 'no line'})")
             except GateRefused as exc:
-                if previous in (None, m.version) or m.name in golden.names() \
+                if previous in (None, m.version) or gate_on in golden.names() \
                         or exc.failed is not None:
                     # (a failed report stands whatever a pull would gate with: a pass on
                     # another golden set does not clear it; session 43, late review)
                     raise
                 # said first: the hub's fleet page shows 500 characters of it, and the
                 # lifecycle's refusal ends with what the box holds (session 43, fleet pass)
+                which = (f"named {m.name}, the only one a pull gates with" if gate_on == m.name
+                         else f"{gate_on}, the one lifecycle.gate.golden names for {m.name} "
+                         "and a pull gates with")
                 raise GateRefused(
-                    f"this box keeps no golden set named {m.name}, the only one a pull gates "
-                    f"with (lineside golden create {m.name} ... on the box): activated as by "
-                    f"hand, refused: {exc.message}") from None
+                    f"this box keeps no golden set {which} (lineside golden create {gate_on} "
+                    f"... on the box): activated as by hand, refused: {exc.message}") from None
         add_waiting_recipes(self.app, m.name)  # the box's configured recipes of the model
         if not any(r.model == m.name for r in registry.recipes()):
             registry.add_recipe(card_recipe(registry.detector(m.name, m.version).card))
