@@ -292,3 +292,147 @@ def test_a_version_activated_after_the_kept_one_stands(
     assert "deeppcb 1-int8, made active over the API before the restart, is not active " \
            "again: deeppcb 1 was activated after it (activate by fleet), and stands" in \
            "\n".join(r.getMessage() for r in caplog.records)
+
+
+def _restoring(tmp_path: Path, roots: Path, state: Callable[[str], KeptState]
+               ) -> tuple[Registry, Path, list[str]]:
+    """``state`` (given the config's digest) as a hand-written file, restored once on a
+    server whose config loads models/deeppcb/1 (no store): the registry and what was
+    restored."""
+    registry = Registry(device="cpu", threads=1)
+    registry.load_model(MODEL)
+    path = tmp_path / "data" / STATE_FILE
+    kept = KeptModels(path, models=[str(MODEL)], roots=[roots.resolve()], registry=registry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(state(kept.digest).model_dump_json())
+    lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path / "data")
+    try:
+        return registry, path, kept.restore(lc)
+    finally:
+        lc.close()
+
+
+def _entry(path: Path) -> KeptPackage:
+    card = load_package(path).card
+    return KeptPackage(name=card.name, version=card.version, path=str(path.resolve()),
+                       card_digest=card_digest(card), graph_sha256=card.sha256)
+
+
+def test_a_restore_that_changes_nothing_writes_nothing(tmp_path: Path, roots: Path) -> None:
+    """An SD card box: the file is written when the API changes something, not at every
+    start (session 47, attack pass: it was rewritten whole at each one)."""
+    two = roots / "deeppcb" / "2"
+    registry, path, restored = _restoring(tmp_path, roots, lambda digest: KeptState(
+        config_models=digest, active={"deeppcb": "2"}, packages=[_entry(two)]))
+    assert restored == ["deeppcb 2"] and registry.models()["deeppcb"].active == "2"
+    before = path.read_bytes()
+    assert json.loads(before)["written_at"] == ""  # as written by hand: not written again
+    assert path.read_bytes() == before
+
+
+def test_a_package_listed_twice_loads_once_and_the_file_keeps_one(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    two = roots / "deeppcb" / "2"
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+    _, path, restored = _restoring(tmp_path, roots, lambda digest: KeptState(
+        config_models=digest, active={"deeppcb": "2"}, packages=[_entry(two)] * 2))
+    assert restored == ["deeppcb 2"]
+    said = [r.getMessage() for r in caplog.records]
+    # said once, for what it is (it said "the config loads that version now", every start)
+    assert said == [f"{KEPT}: deeppcb 2 is listed more than once: loaded from one entry "
+                    f"only ({two.resolve()})"]
+    assert KeptState.model_validate_json(path.read_bytes()).packages == [_entry(two)]
+
+
+def test_a_file_of_a_million_models_is_set_aside_not_told_one_by_one(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A hand-written ``active`` of many models each said "not active again" (a WARNING
+    per entry at start: 10^6 lines); beyond MAX_PACKAGES the file is not the server's."""
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+    registry, path, restored = _restoring(tmp_path, roots, lambda digest: KeptState.model_construct(
+        config_models=digest, active={f"m{i}": "1" for i in range(1001)}))
+    assert restored == [] and registry.models()["deeppcb"].active == "1"
+    assert len(caplog.records) == 1 and "models.json does not read (ValidationError)" in \
+        caplog.records[0].getMessage()
+    assert path.with_name("models.json.bad").exists() and not path.exists()
+
+
+def test_a_kept_path_with_a_control_character_is_not_read(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A path with a newline was repeated raw in the start's WARNINGs (a forged log line);
+    a NUL reached confine. The API's paths have none: the file is not the server's."""
+    forged = str(roots / "deeppcb" / "2") + "\nERROR lineside: forged\x00"
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+    registry, path, restored = _restoring(tmp_path, roots, lambda digest: KeptState(
+        config_models=digest, packages=[_entry(roots / "deeppcb" / "2").model_copy(
+            update={"path": forged})]))
+    assert restored == [] and set(registry.models()["deeppcb"].versions) == {"1"}
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "models.json does not read (ValidationError)" in said[0]
+    assert "\n" not in said[0] and path.with_name("models.json.bad").exists()
+
+
+def test_a_new_models_other_version_does_not_judge_in_place_of_the_one_kept(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A model new to the server: 1 loaded first (active), 2 loaded beside (or refused by
+    its gate). 1's package gone at the restart: 2, loaded first, became active as it
+    loaded, never admitted, without a word but a ``startup`` entry."""
+    for version in ("1", "2"):
+        dst = roots / "other" / version
+        shutil.copytree(MODEL, dst)
+        card = json.loads((dst / "model.json").read_text())
+        (dst / "model.json").write_text(json.dumps({**card, "name": "other",
+                                                    "version": version}))
+    entries = [_entry(roots / "other" / v) for v in ("1", "2")]
+    shutil.rmtree(roots / "other" / "1")
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+    registry, path, restored = _restoring(tmp_path, roots, lambda digest: KeptState(
+        config_models=digest, active={"other": "1"}, packages=entries))
+    assert restored == [] and "other" not in registry.models()
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "other 2 (" in said and "other is new to this server and its version kept " \
+        "active (1) was not loaded again: this one would judge in its place without " \
+        "having been admitted" in said
+    assert KeptState.model_validate_json(path.read_bytes()).packages == []
+
+
+def test_a_restore_past_the_gate_is_said_at_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A version forced over the API (or whose pass no longer admits, e.g. a
+    lifecycle.gate.golden set named since) comes back as ``force_restore``: the start's
+    log said only "active again" (session 47, attack pass)."""
+    from lineside_inspect.lifecycle.records import Records
+    from lineside_inspect.store import Store
+
+    path = tmp_path / STATE_FILE
+
+    def lifecycle() -> tuple[Lifecycle, Registry, KeptModels, Store]:
+        registry = Registry(device="cpu", threads=1)
+        registry.load_model(MODEL)
+        registry.load_model(MODEL.parent / "1-int8", activate=False)
+        store = Store(tmp_path / "store", pass_rate=1.0)
+        lc = Lifecycle(LifecycleSettings(gate={"require_gate": True}), registry=registry,
+                       data_dir=tmp_path)
+        lc.store, lc._records = store, Records(store)
+        lc.kept = KeptModels(path, models=[str(MODEL), str(MODEL.parent / "1-int8")],
+                             roots=[MODEL.parents[1]], registry=registry)
+        return lc, registry, lc.kept, store
+
+    lc, registry, kept, store = lifecycle()
+    try:
+        lc.activate("deeppcb", "1-int8", actor="admin", force=True, reason="trial")
+        kept.activated("deeppcb", "1-int8")  # as the activate route does
+    finally:
+        lc.close()
+        store.close()
+    lc, registry, kept, store = lifecycle()  # the restart
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+    try:
+        assert kept.restore(lc) == ["deeppcb 1-int8"]
+        assert registry.models()["deeppcb"].active == "1-int8"
+        assert lc.records.last_activation("deeppcb")["action"] == "force_restore"  # type: ignore[index]
+    finally:
+        lc.close()
+        store.close()
+    assert "deeppcb 1-int8 judges again past its gate, which would refuse it now " \
+           "(recorded as force_restore" in "\n".join(r.getMessage() for r in caplog.records)

@@ -77,14 +77,19 @@ log = logging.getLogger("lineside.lifecycle")
 
 STATE_FILE = Path("lifecycle") / "models.json"  # under the server's data_dir
 ACTOR = "lineside"  # the audit log's actor of a restore (the server itself)
-MAX_PACKAGES = 1000
+MAX_PACKAGES = 1000  # packages, and models with a kept version: a file beyond is not ours
+# far above what MAX_PACKAGES entries take (~4.5 KB each at the longest path): a file
+# beyond it is set aside unread (session 47, attack pass)
+MAX_BYTES = 8 << 20
 
 
 class KeptPackage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
     version: Name
-    path: str = Field(max_length=4096, description="absolute, resolved, as the API confined it")
+    # no control character: the API's paths have none, and one would forge log lines
+    path: str = Field(max_length=4096, pattern=r"^[^\x00-\x1f\x7f]*$",
+                      description="absolute, resolved, as the API confined it")
     card_digest: str = Field(pattern=r"[0-9a-f]{64}")
     graph_sha256: str = Field(pattern=r"[0-9a-f]{64}")
 
@@ -95,7 +100,7 @@ class KeptState(BaseModel):
     config_models: str = Field(description="digest of the config's models when written")
     written_at: str = ""
     packages: list[KeptPackage] = Field(default_factory=list, max_length=MAX_PACKAGES)
-    active: dict[Name, Name] = Field(default_factory=dict, description=(
+    active: dict[Name, Name] = Field(default_factory=dict, max_length=MAX_PACKAGES, description=(
         "model -> the version last made active over the API (or by an automatic rollback)"))
 
 
@@ -195,11 +200,15 @@ class KeptModels:
                 self.state = KeptState(config_models=self.digest)
                 return []
             restored = self._restore(state, lifecycle, pending)
-            self._save()
+            if (self.state.packages, self.state.active) != (state.packages, state.active):
+                # written only when something was dropped: not at every start (an SD card)
+                self._save()
             return restored
 
     def _read(self) -> KeptState | None:
         try:
+            if self.path.stat().st_size > MAX_BYTES:
+                raise ValueError(f"larger than {MAX_BYTES >> 20} MB")
             return KeptState.model_validate_json(self.path.read_bytes())
         except FileNotFoundError:
             return None
@@ -218,7 +227,20 @@ class KeptModels:
         first: set[tuple[str, str]] = set()
         kept: list[KeptPackage] = []
         for p in order:
+            again = next((k for k in kept if (k.name, k.version) == (p.name, p.version)), None)
+            if again is not None:  # (written by hand: the API keeps one entry a version)
+                log.warning("models kept across a restart: %s %s is listed more than once: "
+                            "loaded from one entry only (%s)", p.name, p.version, again.path)
+                continue
             try:
+                if p.name not in self.registry.models() and state.active.get(p.name) != p.version:
+                    # loaded first, it would judge without ever having been admitted (one
+                    # loaded beside, or refused by its gate; session 47, attack pass)
+                    raise PackageError(
+                        f"{p.name} is new to this server and its version kept active "
+                        f"({state.active.get(p.name, 'none')}) was not loaded again: this one "
+                        "would judge in its place without having been admitted; load it again "
+                        "over the API (POST /v1/models)")
                 if self._load(p):
                     first.add((p.name, p.version))
                 kept.append(p)
@@ -227,7 +249,8 @@ class KeptModels:
                 log.warning("models kept across a restart: %s %s (%s), loaded over the API "
                             "before, is not loaded again: %s", p.name, p.version, p.path, why)
         self.state = KeptState(config_models=self.digest,
-                               packages=[p for p in state.packages if p in kept])
+                               packages=[p for p in state.packages
+                                         if any(p is k for k in kept)])  # (in its order)
         restored: list[str] = []
         for model, version in state.active.items():
             if (model, version) not in first and self._active(model) == f"{model} {version}":
@@ -289,8 +312,14 @@ class KeptModels:
                                         action="restore", reason=reason)
             else:
                 # admitted before: forced only where the gate refuses it now (recorded so)
-                lifecycle.activate(model, version, actor=ACTOR, force=True, action="restore",
-                                   reason=reason, pending_recipes=pending)
+                done = lifecycle.activate(model, version, actor=ACTOR, force=True,
+                                          action="restore", reason=reason,
+                                          pending_recipes=pending)
+                if done.get("forced"):  # said at start, not only in the audit log
+                    log.warning("models kept across a restart: %s %s judges again past its "
+                                "gate, which would refuse it now (recorded as force_restore: "
+                                "it was admitted, or forced, before the restart); gate it "
+                                "again or activate another version", model, version)
         except LinesideError as exc:
             return exc.message
         except Exception as exc:  # a database outage at start: the config's version judges
