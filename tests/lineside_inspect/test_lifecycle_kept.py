@@ -74,8 +74,12 @@ def _state(tmp_path: Path) -> dict[str, Any]:
     return doc
 
 
-def test_a_promotion_over_the_api_survives_a_restart(tmp_path: Path, roots: Path) -> None:
+def test_a_promotion_over_the_api_survives_a_restart(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """... and so does its rollout watch, cut short by the restart: watched again, as the
+    promotion recorded it, counted afresh (it judged unwatched until the next promotion)."""
     kw = _kw(tmp_path, roots, store_pass_rate=1.0)
+    promoted: dict[str, Any] = {}
 
     def before(srv: Any) -> None:
         with srv.client("line") as line, srv.client("reviewer") as rev, \
@@ -89,6 +93,14 @@ def test_a_promotion_over_the_api_survives_a_restart(tmp_path: Path, roots: Path
             r = admin.post("/v1/models/deeppcb/promote",
                            json={"version": "3", "golden": "deeppcb"})
             assert r.status_code == 200, r.text
+            promoted.update(r.json()["rollout"])
+            assert (promoted["previous"], promoted["state"]) == ("2", "watching")
+            # what the watch needs is recorded with the promotion
+            entry = _last_audit(srv)
+            assert entry["action"] == "promote" and entry["details"]["rollout"] == {
+                "previous": "2", "recipe": promoted["recipe"],
+                "gate_report_id": promoted["gate_report_id"]}
+            promoted["audit_id"] = entry["id"]
 
     _run(kw, before)
     state = _state(tmp_path)
@@ -101,19 +113,34 @@ def test_a_promotion_over_the_api_survives_a_restart(tmp_path: Path, roots: Path
         model = _models(srv)["deeppcb"]
         assert model["active"] == "3"  # not the config's 1
         assert {v["version"] for v in model["versions"]} == {"1", "2", "3"}
-        last = _last_audit(srv)  # recorded as the server's restore; no startup entry after it
+        with srv.client("reviewer") as rev:
+            resumed, last = rev.get("/v1/audit", params={"model": "deeppcb"}).json()["items"][:2]
+            # the watch the restart cut short, watched again from it
+            watch = rev.get("/v1/models/deeppcb/rollout").json()
+        # recorded as the server's restore; no startup entry after it
         assert (last["action"], last["actor"], last["version"]) == ("restore", "lineside", "3")
         assert "restored" in last["reason"]
+        assert (resumed["action"], resumed["actor"], resumed["version"]) == (
+            "rollout_resumed", "lineside", "3")
+        assert f"audit entry {promoted['audit_id']}" in resumed["reason"]
+        assert resumed["details"]["promote_audit_id"] == promoted["audit_id"]
+        assert {k: watch[k] for k in ("state", "version", "previous", "recipe",
+                                      "gate_report_id", "actor", "inspections")} == {
+            "state": "watching", "version": "3", "previous": "2",
+            "recipe": promoted["recipe"], "gate_report_id": promoted["gate_report_id"],
+            "actor": "lineside", "inspections": 0}
         with srv.client("admin") as admin:  # what the API changes after it is kept too
             r = admin.post("/v1/models/deeppcb/rollback")
             assert r.status_code == 200 and r.json()["active"] == "1", r.text
             r = admin.delete("/v1/models/deeppcb/versions/3")
             assert r.status_code == 200, r.text
 
+    caplog.set_level(logging.INFO, logger="lineside.lifecycle")
     _run(kw, after)
     state = _state(tmp_path)
     assert state["active"] == {"deeppcb": "1"}
     assert [p["version"] for p in state["packages"]] == ["2"]  # 3 unloaded: dropped
+    assert "rollout watch resumed: deeppcb 3, promoted by admin" in caplog.text
 
 
 def test_a_package_removed_or_changed_is_refused_and_said(
@@ -436,3 +463,88 @@ def test_a_restore_past_the_gate_is_said_at_start(
         store.close()
     assert "deeppcb 1-int8 judges again past its gate, which would refuse it now " \
            "(recorded as force_restore" in "\n".join(r.getMessage() for r in caplog.records)
+
+
+WATCHED = {"rollout": {"previous": "2", "recipe": "deeppcb", "gate_report_id": None}}
+
+
+def _box(tmp_path: Path, roots: Path) -> tuple[Lifecycle, Registry, KeptModels, Any]:
+    """A box whose config loads models/deeppcb/1, on a real store, with the rollout watch
+    (as ``attach`` makes it); what the API loads from ``roots`` is kept."""
+    from lineside_inspect.lifecycle.records import Records
+    from lineside_inspect.lifecycle.rollout import RolloutWatcher
+    from lineside_inspect.store import Store
+
+    registry = Registry(device="cpu", threads=1)
+    registry.load_model(MODEL)
+    store = Store(tmp_path / "store", pass_rate=1.0)
+    lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path)
+    lc.store, lc._records = store, Records(store)
+    lc.rollout = RolloutWatcher(lc.settings.rollout, lc._records, lc._auto_rollback,
+                                lc._watch_ended)
+    lc.kept = KeptModels(tmp_path / STATE_FILE, models=[str(MODEL)], roots=[roots.resolve()],
+                         registry=registry)
+    return lc, registry, lc.kept, store
+
+
+@pytest.mark.parametrize("case", ["cut short", "complete", "stopped", "previous gone",
+                                  "older release"])
+def test_a_watch_the_restart_cut_short_is_watched_again(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture, case: str) -> None:
+    """A promotion's watch lived in memory: a power cycle during it left the promoted
+    version judging unwatched. Resumed at start-up from the promotion's audit entry, only
+    where its watch had not ended and the version to roll back to is loaded again."""
+    lc, registry, kept, store = _box(tmp_path, roots)
+    try:  # deeppcb 2 loaded and activated over the API, then 3 promoted from it
+        for version in ("2", "3"):
+            registry.load(roots / "deeppcb" / version, activate=False)
+            kept.loaded("deeppcb", version)
+        lc.activate("deeppcb", "2", actor="admin")
+        kept.activated("deeppcb", "2")
+        lc.activate("deeppcb", "3", actor="admin", action="promote",
+                    details={} if case == "older release" else WATCHED)
+        kept.activated("deeppcb", "3")  # as the promote route does
+        assert lc.rollout is not None
+        watch = lc.rollout.start(model="deeppcb", version="3", previous="2", recipe="deeppcb",
+                                 actor="admin", gate_report_id=None)
+        if case == "complete":  # as the watch's check ends it
+            lc.rollout._end(watch, "complete", "500 inspections within the bounds")
+        elif case == "stopped":
+            lc.rollout.stop("deeppcb", "admin stopped it")
+    finally:
+        lc.close()
+        store.close()
+    if case == "previous gone":
+        shutil.rmtree(roots / "deeppcb" / "2")
+    lc, registry, kept, store = _box(tmp_path, roots)  # the restart
+    caplog.set_level(logging.INFO, logger="lineside.lifecycle")
+    try:
+        assert kept.restore(lc) == ["deeppcb 3"]
+        assert lc.rollout is not None
+        resumed = lc.rollout.get("deeppcb")
+        last = lc.records.audit_log(model="deeppcb", limit=1)[1][0]
+        if case == "cut short":
+            assert resumed is not None
+            assert (resumed.state, resumed.version, resumed.previous, resumed.recipe,
+                    resumed.actor, resumed.inspections) == (
+                "watching", "3", "2", "deeppcb", "lineside", 0)
+            assert (last["action"], last["version"]) == ("rollout_resumed", "3")
+            # a second restart during the resumed watch resumes it again
+            assert lc.records.open_promotion("deeppcb") is not None
+        else:
+            assert resumed is None and last["action"] == "restore"
+    finally:
+        lc.close()
+        store.close()
+    said = [r.getMessage() for r in caplog.records if "resum" in r.getMessage()]
+    if case == "cut short":
+        assert len(said) == 1 and said[0].startswith(
+            "rollout watch resumed: deeppcb 3, promoted by admin (audit entry ")
+    elif case == "previous gone":
+        assert len(said) == 1 and "its watch cannot resume: deeppcb 2, the version to roll " \
+            "back to, is not loaded" in said[0]
+    elif case == "older release":
+        assert len(said) == 1 and "its watch cannot resume: the promotion was recorded by " \
+            "an older release" in said[0]
+    else:
+        assert said == []

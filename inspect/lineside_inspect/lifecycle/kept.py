@@ -23,6 +23,9 @@ recipes put over the API are loaded again:
   version (activated since by something that does not write this file, e.g. a fleet
   box's pull: that one stands) or its package was not loaded (WARNING; the config's
   version judges).
+- **A promotion's watch** the restart cut short (the audit log's last promotion of the
+  model is of the version active again, and nothing ended its watch after it) is watched
+  again, counted afresh (``Lifecycle.resume_watch``, recorded as ``rollout_resumed``).
 - **A damaged file**: WARNING, set aside as ``models.json.bad``, the config's versions.
 
 On a fleet box the fleet's ``pulled.json`` is restored after this, and wins: a version the
@@ -72,6 +75,8 @@ class Lifecycle(Protocol):
     def activate(self, model: str, version: str, *, actor: str, force: bool = ...,
                  reason: str = ..., action: str = ..., replacing: str | None = ...,
                  pending_recipes: Sequence[Recipe] = ...) -> dict[str, Any]: ...
+
+    def resume_watch(self, model: str, version: str) -> Any: ...
 
 log = logging.getLogger("lineside.lifecycle")
 
@@ -269,6 +274,13 @@ class KeptModels:
             log.info("models kept across a restart (%s): active again: %s; loaded again: %s",
                      self.path, ", ".join(restored),
                      ", ".join(f"{p.name} {p.version}" for p in kept) or "none")
+        for model, version in self.state.active.items():
+            # a promotion's watch the restart cut short is watched again (session 47)
+            try:
+                lifecycle.resume_watch(model, version)
+            except Exception:  # a database outage at start: the server starts, unwatched
+                log.exception("models kept across a restart: the rollout watch of %s %s "
+                              "not resumed", model, version)
         return restored
 
     def _load(self, p: KeptPackage) -> bool:

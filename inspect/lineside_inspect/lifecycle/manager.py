@@ -24,6 +24,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -388,20 +389,23 @@ class Lifecycle(AdmissionRules):
     def activate(self, model: str, version: str, *, actor: str, force: bool = False,
                  reason: str = "", action: str = "activate",
                  replacing: str | None = None,
-                 pending_recipes: Sequence[Recipe] = ()) -> dict[str, Any]:
+                 pending_recipes: Sequence[Recipe] = (),
+                 details: dict[str, Any] | None = None) -> dict[str, Any]:
         """Make ``version`` active if its gate allows (or an admin forces it): recorded.
         The version already active is left as it is, with nothing to record.
         ``replacing``: the version that must be active now (a promotion's gate compared
         the candidate with it), else :class:`ActiveChanged` and nothing changes.
-        ``pending_recipes``: see :meth:`Registry.activate` (``pending``)."""
+        ``pending_recipes``: see :meth:`Registry.activate` (``pending``). ``details``:
+        more for the audit entry's details (a promotion's watch)."""
         with self.registry.loaded(model, version):
             return self._activate(model, version, actor=actor, force=force, reason=reason,
                                   action=action, replacing=replacing,
-                                  pending_recipes=pending_recipes)
+                                  pending_recipes=pending_recipes, details=details or {})
 
     def _activate(self, model: str, version: str, *, actor: str, force: bool, reason: str,
                   action: str, replacing: str | None,
-                  pending_recipes: Sequence[Recipe]) -> dict[str, Any]:
+                  pending_recipes: Sequence[Recipe],
+                  details: dict[str, Any]) -> dict[str, Any]:
         det = self.registry.detector(model, version)
         if self._records is None:  # no store: nothing to check against or record in
             with self._admit_lock:
@@ -430,7 +434,8 @@ class Lifecycle(AdmissionRules):
                             details={"from": previous,
                                      "gate_report_id": None if gate is None else gate.id,
                                      "gate_passed": None if gate is None else gate.passed,
-                                     **stale, **self._pins_of(model, previous)})
+                                     **stale, **self._pins_of(model, previous),
+                                     **details})
             except Exception:
                 if previous is not None:
                     # the history as it was: the activation took ``version`` out of it
@@ -765,12 +770,68 @@ class Lifecycle(AdmissionRules):
                                recipe=rule.name if recipe is not None else None, actor=actor)
         # the watch's previous version is the one the gate compared with: refused if
         # another admin made another active meanwhile (lifecycle review, session 32)
+        # what its watch needs is recorded with it: a restart during the watch starts it
+        # again from the audit log (:meth:`resume_watch`; session 47)
         self.activate(model, version, actor=actor, force=force, reason=reason,
-                      action="promote", replacing=previous)
+                      action="promote", replacing=previous,
+                      details={"rollout": {"previous": previous, "recipe": rule.name,
+                                           "gate_report_id": report.id}})
         assert self.rollout is not None
         watch = self.rollout.start(model=model, version=version, previous=previous,
                                    recipe=rule.name, actor=actor, gate_report_id=report.id)
         return {"report": report, "rollout": watch.to_json()}
+
+    def resume_watch(self, model: str, version: str) -> Watch | None:
+        """At start-up (:mod:`.kept`), ``version`` judging again: when the audit log's last
+        promotion of ``model`` is of it and nothing ended its watch after it (the server
+        stopped during the watch), it is watched again, as the promotion recorded it
+        (previous version, recipe, gate report), counted afresh from now. Not when the
+        version to roll back to is not loaded, or the promotion was recorded by a release
+        before session 47 (a WARNING each). The watch resumed, or None."""
+        if self._records is None or self.rollout is None:
+            return None
+        promoted = self.records.open_promotion(model)
+        if promoted is None or promoted["version"] != version:
+            return None
+        at = promoted["created_at"]
+        said = (f"{model} {version}, promoted by {promoted['actor']} (audit entry "
+                f"{promoted['id']}, {at.isoformat() if isinstance(at, datetime) else at}), was "
+                "being watched when the server stopped")
+        spec = (promoted["details"] or {}).get("rollout")
+        previous = spec.get("previous") if isinstance(spec, dict) else None
+        recipe = spec.get("recipe") if isinstance(spec, dict) else None
+        gate_id = spec.get("gate_report_id") if isinstance(spec, dict) else None
+        if not (isinstance(previous, str) and isinstance(recipe, str | None)
+                and isinstance(gate_id, str | None)):
+            log.warning("%s; its watch cannot resume: the promotion was recorded by an older "
+                        "release, without what its watch needs (the recipe it watched). It "
+                        "judges unwatched: to watch it, roll back and promote it again", said)
+            return None
+        slot = self.registry.models().get(model)
+        if slot is None or slot.active != version:
+            return None
+        if previous not in slot.versions:
+            log.warning("%s; its watch cannot resume: %s %s, the version to roll back to, is "
+                        "not loaded. It judges unwatched: load %s again (POST /v1/models), "
+                        "then roll back and promote %s again to watch it", said, model,
+                        previous, previous, version)
+            return None
+        watch = self.rollout.start(model=model, version=version, previous=previous,
+                                   recipe=recipe, actor=SYSTEM, gate_report_id=gate_id)
+        reason = (f"{said}: watched again from the restart, its counts afresh (inspections "
+                  "before the restart are not counted)")
+        log.info("rollout watch resumed: %s (rolls back to %s past the bounds)", reason,
+                 previous)
+        try:  # the watch stands: the safety net matters more than its entry
+            self.records.audit(actor=SYSTEM, action="rollout_resumed", model=model,
+                               version=version, reason=reason,
+                               details={"promote_audit_id": promoted["id"],
+                                        "promoted_by": promoted["actor"],
+                                        **iso_times(watch.to_json())})
+        except Exception as exc:
+            log.error("rollout watch of %s %s resumed, not in the audit log: %s", model,
+                      version, exc)
+        return watch
 
     def rollout_status(self, model: str) -> dict[str, Any]:
         self.registry.detector(model)

@@ -39,6 +39,11 @@ def _now() -> datetime:
 # audit actions after which another version judges (the startup check reads the last one)
 ACTIVATIONS = ("activate", "force_activate", "rollback", "promote", "force_promote",
                "auto_rollback", "startup", "restore", "force_restore")
+# after a promotion, the entries that end its watch: any other activation of the model (a
+# restore at start-up brings the promoted version back: not one), or the watch's own end
+WATCH_ENDS = (*(a for a in ACTIVATIONS if a not in ("restore", "force_restore")),
+              "rollout_complete", "rollout_rolled_back", "rollout_stopped")
+
 
 class Records:
     def __init__(self, store: Store) -> None:
@@ -73,6 +78,22 @@ class Records:
                 AuditRow.box_id == self.store.box_id)
                 .order_by(AuditRow.id.desc()).limit(1)).first()
             return None if row is None else self._audit_json(row)
+
+    def open_promotion(self, model: str) -> dict[str, Any] | None:
+        """This box's newest promotion of ``model`` if nothing ended its watch after it
+        (:data:`WATCH_ENDS`; session 47: a watch resumed at start-up), else None."""
+        with Session(self.engine) as s:
+            row = s.scalars(select(AuditRow).where(
+                AuditRow.model_name == model,
+                AuditRow.action.in_(("promote", "force_promote")),
+                AuditRow.box_id == self.store.box_id)
+                .order_by(AuditRow.id.desc()).limit(1)).first()
+            if row is None:
+                return None
+            ended = s.scalars(select(AuditRow.id).where(
+                AuditRow.model_name == model, AuditRow.action.in_(WATCH_ENDS),
+                AuditRow.box_id == self.store.box_id, AuditRow.id > row.id).limit(1)).first()
+            return None if ended is not None else self._audit_json(row)
 
     def last_rollback(self, model: str, version: str) -> dict[str, Any] | None:
         """This box's newest automatic rollback away from ``model`` ``version``."""

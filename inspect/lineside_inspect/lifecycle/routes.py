@@ -203,7 +203,8 @@ async def promote(name: str, body: Promote, request: Request, who: Admin) -> Pro
 
 @router.get("/models/{name}/rollout", responses=errors(401, 403, 404))
 async def rollout(name: str, request: Request, who: Reviewer) -> RolloutStatus:
-    """The model's latest watched rollout since the server started."""
+    """The model's latest watched rollout since the server started (a watch a restart cut
+    short is watched again from the start, counted afresh: docs/lifecycle.md)."""
     return RolloutStatus.model_validate(await _off_loop(lifecycle(request).rollout_status, name))
 
 

@@ -285,7 +285,7 @@ class AuditEntry(_Shape):
     actor: str
     action: str = Field(description=(
         "activate, force_activate, promote, force_promote, rollback, auto_rollback, "
-        "rollout_complete, rollout_stopped, gate, shadow_start, force_shadow, shadow_stop, "
+        "rollout_complete, rollout_stopped, rollout_resumed, gate, shadow_start, force_shadow, shadow_stop, "
         "golden_add, recipe_put, recipe_delete, startup, restore, force_restore, "
         "fail_rate_alarm, fail_rate_cleared, fail_rate_relearn, unload, force_unload"))
     model: str | None
