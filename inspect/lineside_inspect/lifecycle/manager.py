@@ -782,14 +782,19 @@ class Lifecycle(AdmissionRules):
         return {"report": report, "rollout": watch.to_json()}
 
     def resume_watch(self, model: str, version: str) -> Watch | None:
-        """At start-up (:mod:`.kept`), ``version`` judging again: when the audit log's last
+        """At start-up (:mod:`.kept`, then a fleet box's pulled models:
+        ``fleet/box/models.py``), ``version`` judging again: when the audit log's last
         promotion of ``model`` is of it and nothing ended its watch after it (the server
         stopped during the watch), it is watched again, as the promotion recorded it
         (previous version, recipe, gate report), counted afresh from now. Not when the
         version to roll back to is not loaded, or the promotion was recorded by a release
-        before session 47 (a WARNING each). The watch resumed, or None."""
+        before session 47 (a WARNING each), nor again when it is watched already (both
+        restores asking). The watch resumed, or None."""
         if self._records is None or self.rollout is None:
             return None
+        running = self.rollout.watching(model)
+        if running is not None and running.version == version:
+            return None  # resumed already (a fleet box's restore after the kept one's)
         promoted = self.records.open_promotion(model)
         if promoted is None or promoted["version"] != version:
             return None

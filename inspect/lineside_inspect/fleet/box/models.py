@@ -28,11 +28,12 @@ one a pull gates with) was made or given a new version since (taken once more: g
 it). A hub that cannot be reached changes nothing: the box keeps serving what it has.
 Pulled packages are listed in ``<models_dir>/pulled.json`` and loaded again when the
 server starts, so a restarted box serves them without its hub (one that was active is
-activated again, recorded, forced only where the gate refuses it now: it was admitted
-before). A version the box activated once and then left (an admin's hand activation, an
-automatic rollback) is not forced back, nor loaded at start-up when it is the model's only
-version (loading would make it active): local decisions stand until the assignment
-changes.
+activated again, recorded as ``restore`` by actor ``fleet``, ``force_restore`` only where
+the gate refuses it now: it was admitted before; a pull's promotion whose watch the
+restart cut short is watched again, ``Lifecycle.resume_watch``; session 47). A version
+the box activated once and then left (an admin's hand activation, an automatic rollback)
+is not forced back, nor loaded at start-up when it is the model's only version (loading
+would make it active): local decisions stand until the assignment changes.
 
 A package verified and unpacked once is not downloaded again when the assignment goes
 back to it (the hub's line set back to a version the box pulled before): each verified
@@ -576,13 +577,25 @@ class ModelPuller:
                 if not p.held:
                     # the last activation this box recorded was this version (admitted then,
                     # forced perhaps): a force only where the gate refuses it now, recorded
-                    lifecycle.activate(name, p.version, actor=ACTOR,
+                    # as the restore it is (``restore``/``force_restore``: not an activation
+                    # that ends a promotion's watch; session 47)
+                    lifecycle.activate(name, p.version, actor=ACTOR, action="restore",
                                        force=last is not None and last["version"] == p.version,
                                        reason="pulled, and the last version activated before "
                                               "the box stopped", pending_recipes=pending)
+                    self._resume_watch(name, p.version)
             except LinesideError as exc:
                 log.error("fleet models: pulled %s %s not restored: %s", name, p.version,
                           exc.message)
+
+    def _resume_watch(self, name: str, version: str) -> None:
+        """The pull's promotion of ``version`` was being watched when the box stopped: it
+        is watched again (``Lifecycle.resume_watch``; once, whichever restore asks first)."""
+        try:
+            self.app.state.lifecycle.resume_watch(name, version)
+        except Exception:  # a database outage at start: the box serves, unwatched
+            log.exception("fleet models: the rollout watch of pulled %s %s not resumed",
+                          name, version)
 
     # -- figures ----------------------------------------------------------------------------
     def _count_failure(self, kind: str, *, in_a_row: bool = True) -> None:

@@ -1,0 +1,73 @@
+"""A fleet box that keeps the golden set a pull gates with promotes a pulled version, so
+it is watched; a power cycle during the watch brings the pulled version back from
+``pulled.json`` recorded as a ``restore`` (not an ``activate``, which would end the watch),
+and the watch resumes, once (session 47, fleet pass)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lineside_inspect.fleet.box.models import Verified
+from lineside_inspect.fleet.protocol import AssignedModel
+from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary, from_dataset
+from lineside_inspect.package import card_digest, load_package
+
+from .conftest import SAMPLE, Running, keyed, start_server
+from .test_lifecycle_kept import _package
+
+
+def _run(config: dict[str, Any]) -> tuple[Running, Any]:
+    return start_server(keyed(**config))
+
+
+def test_a_pulled_promotions_watch_resumes_after_a_restart(tmp_path: Path) -> None:
+    data = tmp_path / "box"
+    dest = _package(data / "fleet-models", "2")  # where a pull unpacks deeppcb 2
+    card = load_package(dest).card
+    items, classes = from_dataset(SAMPLE, limit=2)
+    GoldenLibrary(data / GOLDEN_DIR).create("deeppcb", items, classes)  # a pull gates on it
+    config = {"data_dir": str(data), "store_pass_rate": 1.0,
+              # no hub answers there: the box serves what it has
+              "fleet": {"hub_url": "http://127.0.0.1:9", "token": "t", "line": "L1",
+                        "pull_interval_s": 3600, "timeout_s": 1}}
+    first, stop = _run(config)
+    try:  # the puller takes the verified package: promoted from the config's 1, watched
+        sha = "0" * 64
+        first.app.state.fleet_models._taken(
+            dest, AssignedModel(name="deeppcb", version="2", sha256=sha),
+            Verified(name="deeppcb", version="2", sha256=sha, graph_sha256=card.sha256,
+                     card_digest=card_digest(card), signer="k"), "pulled")
+        with first.client("reviewer") as rev:
+            watch = rev.get("/v1/models/deeppcb/rollout").json()
+            promoted = rev.get("/v1/audit", params={"model": "deeppcb"}).json()["items"][0]
+        assert (watch["state"], watch["version"], watch["previous"]) == ("watching", "2", "1")
+        assert (promoted["action"], promoted["actor"]) == ("promote", "fleet")
+    finally:
+        stop()  # the power cycle, during the watch
+
+    second, stop = _run(config)
+    try:
+        lifecycle = second.app.state.lifecycle
+        assert second.app.state.registry.models()["deeppcb"].active == "2"
+        with second.client("reviewer") as rev:
+            watch = rev.get("/v1/models/deeppcb/rollout").json()
+            audit = rev.get("/v1/audit", params={"model": "deeppcb"}).json()["items"]
+        assert {k: watch[k] for k in ("state", "version", "previous", "recipe",
+                                      "gate_report_id", "inspections")} == {
+            "state": "watching", "version": "2", "previous": "1", "recipe": promoted[
+                "details"]["rollout"]["recipe"],
+            "gate_report_id": promoted["details"]["rollout"]["gate_report_id"],
+            "inspections": 0}
+        since = audit[:next(i for i, a in enumerate(audit) if a["id"] == promoted["id"])]
+        # the fleet's restore, then the watch resumed: no startup entry, one resume
+        assert [(a["action"], a["actor"], a["version"]) for a in since] == [
+            ("rollout_resumed", "lineside", "2"), ("restore", "fleet", "2")]
+        # asked again (the kept models' restore and the fleet's both ask): not resumed twice
+        running = lifecycle.rollout.get("deeppcb")
+        assert lifecycle.resume_watch("deeppcb", "2") is None
+        assert lifecycle.rollout.get("deeppcb") is running and running.state == "watching"
+        assert lifecycle.records.audit_log(model="deeppcb", limit=1)[1][0]["action"] == \
+            "rollout_resumed"
+    finally:
+        stop()
