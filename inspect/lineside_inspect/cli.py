@@ -460,9 +460,10 @@ def train_cmd(
         "first plan: the schedule is then fitted to the budget)"))] = None,
     name: Annotated[str | None, typer.Option(help="run name (folder under out_dir)")] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda")] = None,
-    merge: Annotated[list[str] | None, typer.Option(help=(
-        "extra dataset merged into train (good-only: its good images)"))] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override")] = None,
+    merge: Annotated[list[str] | None, typer.Option(metavar="DATASET", help=(
+        "extra dataset merged into train (repeatable; good-only: its good images)"))] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=(
+        "override a config key (repeatable)"))] = None,
     resume: Annotated[bool, typer.Option(help=(
         "continue the run (--name) from its last.pt as it trained: its config.yaml's values "
         "over the config file's, a --set or flag given again applied where it may change"))] = False,
@@ -590,7 +591,8 @@ def calibrate_cmd(
     new_version: Annotated[Path | None, typer.Option(
         help="package: write it again with the thresholds as this new version "
              "(models/NAME/VERSION; what a serving package needs)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="config: key=value override")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=(
+        "override a key of the config (repeatable)"))] = None,
     device: Annotated[str, typer.Option()] = "auto",
     agnostic_iou: Annotated[float | None, typer.Option(
         help="package: count one defect per place, boxes overlapping above this IoU "
@@ -768,7 +770,8 @@ def bench_train_cmd(
     config: Annotated[Path, typer.Option(help="training YAML")] = Path("training/configs/deeppcb.yaml"),
     data: Annotated[str | None, typer.Option(help=(
         "canonical dataset folder (lineside data import); default: the config's"))] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help=(
+        "override a config key (repeatable)"))] = None,
     steps: Annotated[int, typer.Option(min=1, help="timed steps of each kind")] = 20,
 ) -> None:
     """Training throughput: full pipeline vs the bare forward+backward step.
@@ -795,17 +798,26 @@ def bench_train_cmd(
 @friendly
 def serve_cmd(
     config: Annotated[Path | None, typer.Option(help="server YAML config")] = None,
-    model: Annotated[list[str] | None, typer.Option(help=(
+    model: Annotated[list[str] | None, typer.Option(metavar="PACKAGE", help=(
         "model package folder (repeatable; default: the config's, else a checkout's "
         "models/deeppcb/1)"))] = None,
-    recipe: Annotated[list[str] | None, typer.Option(help="recipe YAML (repeatable)")] = None,
+    recipe: Annotated[list[str] | None, typer.Option(metavar="RECIPE_YAML",
+                                                     help="recipe YAML (repeatable)")] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on (default: the config's, "
                                              "else 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: the config's, else 8000)")] = None,
     device: Annotated[str | None, typer.Option(help="auto|cpu|cuda")] = None,
     insecure: Annotated[bool, typer.Option(help="allow a non-loopback bind without keys")] = False,
 ) -> None:
-    """Run the edge inspection server."""
+    """Run the edge inspection server.
+
+    Every setting of the config can also come from the environment as LINESIDE_<NAME>
+    (flags win, then the environment, then the file), e.g. LINESIDE_DATA_DIR for the
+    folder of the store, or LINESIDE_API_KEYS; the README's "Configuration" lists them.
+    It logs the address it listens on once it serves. Model versions an admin loads and
+    activates over the API stay active across restarts (DATA_DIR/lifecycle/models.json;
+    the start-up log says which) until the config's models change.
+    """
     import logging
 
     from lineside_inspect.config import load_settings

@@ -260,6 +260,16 @@ class _Server(uvicorn.Server):
         self.app = app
         self.drain_s = drain_s
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if sockets:
+            # uvicorn says "Uvicorn running on ..." only for an address it bound itself: on
+            # the socket bound before start-up (listen) it said nothing, and nothing told a
+            # new user where the pages are (new-user review, session 47)
+            host, port = sockets[0].getsockname()[:2]
+            log.info("listening on http://%s:%d (Ctrl+C to stop)",
+                     f"[{host}]" if ":" in host else host, port)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app = self.app
         if app.state.ready:

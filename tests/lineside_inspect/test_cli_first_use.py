@@ -11,6 +11,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -237,6 +238,35 @@ def test_data_import_help_lists_every_format_at_80_columns() -> None:
     assert max(len(line) for line in res.output.splitlines()) <= 80  # really 80 wide
     for fmt in IMPORTERS:
         assert f" {fmt}," in res.output or f" {fmt} " in res.output, (fmt, res.output)
+
+
+def test_no_option_help_shows_a_python_type_and_serve_says_where_settings_come_from() -> None:
+    """``serve --help`` showed ``--model <list[str]>`` (a repeatable option, not a list to
+    give), and nothing of the environment's settings (where the store goes) or of model
+    versions kept across a restart (new-user review, session 47)."""
+    import typer
+
+    def commands(cmd: Any, path: list[str]) -> Iterator[list[str]]:
+        if hasattr(cmd, "commands"):  # a group (typer's own click: no isinstance)
+            for name, sub in cmd.commands.items():
+                yield from commands(sub, [*path, name])
+        else:
+            yield path
+
+    root = typer.main.get_command(app)
+    seen = 0
+    for path in commands(root, []):
+        res = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, (path, res.output)
+        options = [line for line in res.output.splitlines() if line.lstrip().startswith("-")]
+        assert not [o for o in options if "list[" in o], (path, options)
+        seen += 1
+    assert seen >= 20
+    res = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    said = " ".join(res.output.split())
+    assert "--model PACKAGE " in said and "--recipe RECIPE_YAML " in said, said
+    assert "LINESIDE_DATA_DIR" in said and "DATA_DIR/lifecycle/models.json" in said, said
+    assert "logs the address it listens on" in said, said
 
 
 def test_calibrate_unchanged_names_the_missing_path_and_the_bad_frame(tmp_path: Path) -> None:

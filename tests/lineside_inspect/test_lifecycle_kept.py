@@ -76,8 +76,9 @@ def _state(tmp_path: Path) -> dict[str, Any]:
 
 def test_a_promotion_over_the_api_survives_a_restart(
         tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """... and so does its rollout watch, cut short by the restart: watched again, as the
-    promotion recorded it, counted afresh (it judged unwatched until the next promotion)."""
+    """A promotion over the API survives a restart, and so does its rollout watch, cut
+    short by the restart: watched again, as the promotion recorded it, counted afresh (it
+    judged unwatched until the next promotion)."""
     kw = _kw(tmp_path, roots, store_pass_rate=1.0)
     promoted: dict[str, Any] = {}
 
@@ -108,8 +109,16 @@ def test_a_promotion_over_the_api_survives_a_restart(
     assert {(p["version"], p["path"]) for p in state["packages"]} == {
         ("2", str((roots / "deeppcb" / "2").resolve())),
         ("3", str((roots / "deeppcb" / "3").resolve()))}
+    caplog.set_level(logging.INFO, logger="lineside.lifecycle")
 
     def after(srv: Any) -> None:
+        # the start says what judges instead of the config's version, and the way back
+        # (new-user review, session 47)
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(KEPT)]
+        assert len(said) == 1 and "active again: deeppcb 3 (in place of the config's 1); " \
+            "loaded again: deeppcb 3, deeppcb 2. They were made active over the API before " \
+            "the restart; to judge with the config's versions again, activate them (POST " \
+            "/v1/models/NAME/activate)" in said[0], said
         model = _models(srv)["deeppcb"]
         assert model["active"] == "3"  # not the config's 1
         assert {v["version"] for v in model["versions"]} == {"1", "2", "3"}

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -16,21 +18,33 @@ from .server_process import LINESIDE, ROOT, free_port
 
 
 def _first_warning(tmp_path: Path, *args: str, command: tuple[str, ...] = (
-        "serve", "--device", "cpu")) -> str:
-    """Start the real CLI, return its first WARNING line, then stop it."""
+        "serve", "--device", "cpu"), until: str = " WARNING ", port: int = 0) -> str:
+    """Start the real CLI, return its first WARNING line (or its output up to the first
+    line holding ``until``), then stop it."""
     env = {**os.environ, "LINESIDE_DATA_DIR": str(tmp_path), "LINESIDE_API_KEYS": "[]",
            "LINESIDE_HUB_API_KEYS": "[]"}
-    proc = subprocess.Popen([*LINESIDE, *command, "--port", str(free_port()),
+    proc = subprocess.Popen([*LINESIDE, *command, "--port", str(port or free_port()),
                              *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:  # in a thread: a line never logged fails the test, not hangs it
         assert proc.stdout is not None
-        deadline = time.monotonic() + 60
         for line in proc.stdout:
-            if " WARNING " in line:
-                return line
-            assert time.monotonic() < deadline, "no warning logged"
-        raise AssertionError(f"the server exited ({proc.wait()}) without a warning")
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    seen = ""
+    try:
+        deadline = time.monotonic() + 60
+        while (line := lines.get(timeout=max(deadline - time.monotonic(), 0.1))) is not None:
+            seen += line
+            if until in line:
+                return line if until == " WARNING " else seen
+        raise AssertionError(f"the server exited ({proc.wait()}) without {until!r}:\n{seen}")
+    except queue.Empty:
+        raise AssertionError(f"no {until.strip()!r} logged within 60 s:\n{seen}") from None
     finally:
         stop(proc)
 
@@ -42,9 +56,16 @@ def test_insecure_open_bind_says_auth_is_off_there(tmp_path: Path, host: str) ->
     assert "auth is OFF" in line and f"listening on {host}:" in line
 
 
-def test_loopback_bind_says_loopback(tmp_path: Path) -> None:
-    line = _first_warning(tmp_path, "--host", "127.0.0.1")
-    assert "auth is off, listening on loopback only (127.0.0.1)" in line
+def test_loopback_bind_says_loopback_and_where_the_pages_are(tmp_path: Path) -> None:
+    """And, once it serves, the address to open: on the socket bound before start-up
+    (session 46) uvicorn's "Uvicorn running on ..." was never logged, so nothing said
+    where the pages were (new-user review, session 47)."""
+    port = free_port()
+    out = _first_warning(tmp_path, "--host", "127.0.0.1", until="listening on http", port=port)
+    assert "auth is off, listening on loopback only (127.0.0.1)" in out
+    assert f"INFO listening on http://127.0.0.1:{port} (Ctrl+C to stop)" in out, out
+    # said once serving: after the start-up that loads the models
+    assert out.index("lineside ready") < out.index(f"http://127.0.0.1:{port}"), out
 
 
 def test_the_hub_says_so_too(tmp_path: Path) -> None:
@@ -53,7 +74,11 @@ def test_the_hub_says_so_too(tmp_path: Path) -> None:
     config.write_text(f"database_url: sqlite:///{tmp_path / 'hub.db'}\n"
                       f"data_dir: {tmp_path / 'hub'}\n"
                       "objects: {endpoint: '127.0.0.1:9', access_key: a, secret_key: s}\n")
-    line = _first_warning(tmp_path, "--host", "0.0.0.0", "--insecure",
-                          command=("hub", "--config", str(config)))
+    port = free_port()
+    out = _first_warning(tmp_path, "--host", "0.0.0.0", "--insecure",
+                         command=("hub", "--config", str(config)), until="listening on http",
+                         port=port)
+    line = next(x for x in out.splitlines() if " WARNING " in x)
     assert "auth is OFF" in line and "listening on 0.0.0.0:" in line
     assert "publish and assign models" in line
+    assert f"listening on http://0.0.0.0:{port} (Ctrl+C to stop)" in out, out

@@ -56,6 +56,13 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
                                                        "parameter of this list, which takes "
                                                        "verdict, camera_id,"), msg
         assert "unreviewed fails: verdict=fail&review_state=unreviewed" in msg, msg
+        # with the one each guess most likely meant (new-user review, session 47)
+        assert "(reviewed: review_state?; status: verdict?; unreviewed fails: " in msg, msg
+        for guess, meant in (("camera", "camera_id"), ("from", "since"), ("Label", "label")):
+            msg = c.get("/v1/inspections", params={guess: "x"}).json()["error"]["message"]
+            assert f"({guess}: {meant}?; unreviewed fails: " in msg, msg
+        msg = c.get("/v1/inspections", params={"part_id": "SN1"}).json()["error"]["message"]
+        assert "part_id: not a parameter" in msg and "part_id:" not in msg.split("(")[-1], msg
         assert c.get("/v1/inspections", params={"verdict": "fail", "review_state": "unreviewed",
                                                 "limit": 1}).json()["total"] == len(fails)
         # a time that cannot be taken to UTC (before year 1 there) was an OverflowError: 500

@@ -257,8 +257,10 @@ class KeptModels:
                                packages=[p for p in state.packages
                                          if any(p is k for k in kept)])  # (in its order)
         restored: list[str] = []
+        told: list[str] = []  # as the log says them: which config version each replaced
         for model, version in state.active.items():
-            if (model, version) not in first and self._active(model) == f"{model} {version}":
+            before = self._active(model)  # the config's (nothing: a model new to it)
+            if (model, version) not in first and before == f"{model} {version}":
                 self.state.active[model] = version  # the config's own: nothing to do
                 continue
             refused = self._activate(lifecycle, model, version, (model, version) in first,
@@ -266,13 +268,22 @@ class KeptModels:
             if refused is None:
                 self.state.active[model] = version
                 restored.append(f"{model} {version}")
+                told.append(f"{model} {version}" + (
+                    f" (in place of the config's {before.split(' ', 1)[1]})"
+                    if before != "nothing" and (model, version) not in first else ""))
             elif refused:
                 log.warning("models kept across a restart: %s %s, made active over the API "
                             "before the restart, is not active again: %s; %s judges", model,
                             version, refused, self._active(model))
         if restored:
-            log.info("models kept across a restart (%s): active again: %s; loaded again: %s",
-                     self.path, ", ".join(restored),
+            # what judges, and that it is not what the config says, with the way back: a
+            # new user restarting `make serve` wondered why the config's version did not
+            # judge (new-user review, session 47)
+            log.info("models kept across a restart (%s): active again: %s; loaded again: %s. "
+                     "They were made active over the API before the restart; to judge with "
+                     "the config's versions again, activate them (POST /v1/models/NAME/"
+                     "activate), or remove the file while the server is stopped",
+                     self.path, ", ".join(told),
                      ", ".join(f"{p.name} {p.version}" for p in kept) or "none")
         for model, version in self.state.active.items():
             # a promotion's watch the restart cut short is watched again (session 47)

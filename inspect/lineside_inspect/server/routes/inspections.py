@@ -3,6 +3,7 @@ figures, and the reviewed set as a dataset export for training."""
 
 from __future__ import annotations
 
+import difflib
 import mimetypes
 import os
 from collections.abc import Iterator
@@ -83,12 +84,36 @@ def _unknown(request: Request) -> None:
     unknown = sorted({k for k in request.query_params if k not in LIST_PARAMETERS})
     if not unknown:
         return
-    names = ", ".join(k if len(k) <= 40 else k[:40] + "..." for k in unknown[:5])
+    shown = [k if len(k) <= 40 else k[:40] + "..." for k in unknown[:5]]
+    # the one a guess most likely meant (``camera`` for camera_id, ``from`` for since):
+    # the list of every name alone left a reviewer to find it (new-user review, session 47)
+    hints = [f"{k}: {meant}?" for k, meant in ((k, _meant(k)) for k in shown) if meant]
     raise RequestValidationError([{
         "type": "extra_forbidden", "loc": ("query",), "input": None,
-        "msg": (f"{names}: not a parameter of this list, which takes "
-                f"{', '.join(LIST_PARAMETERS)} (unreviewed fails: "
+        "msg": (f"{', '.join(shown)}: not a parameter of this list, which takes "
+                f"{', '.join(LIST_PARAMETERS)} ({'; '.join([*hints, ''])}unreviewed fails: "
                 "verdict=fail&review_state=unreviewed)")}])
+
+
+# guesses no spelling is near: what a reviewer means by them
+_MEANT = {"from": "since", "start": "since", "after": "since", "to": "until", "end": "until",
+          "before": "until", "status": "verdict", "result": "verdict", "page": "offset",
+          "skip": "offset", "size": "limit", "page_size": "limit", "per_page": "limit",
+          "class": "label", "defect": "label", "reviewed": "review_state",
+          "state": "review_state", "camera": "camera_id", "cam": "camera_id",
+          "score": "min_score"}
+
+
+def _meant(name: str) -> str | None:
+    """The parameter ``name`` most likely meant, if any; ``part_id`` (and the like) have
+    none: the list does not filter by part."""
+    key = name.lower().replace("-", "_")
+    if key in LIST_PARAMETERS:  # a case or dash away
+        return key
+    if key in _MEANT:
+        return _MEANT[key]
+    near = difflib.get_close_matches(key, LIST_PARAMETERS, n=1, cutoff=0.75)
+    return near[0] if near else None
 
 
 @router.get("/inspections/{inspection_id}", responses=errors(401, 403, 404, 422))
