@@ -13,12 +13,64 @@ from lineside_inspect.fleet.protocol import AssignedModel
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary, from_dataset
 from lineside_inspect.package import card_digest, load_package
 
-from .conftest import SAMPLE, Running, keyed, start_server
+from .conftest import ROOT, SAMPLE, Running, keyed, start_server
 from .test_lifecycle_kept import _package
 
 
 def _run(config: dict[str, Any]) -> tuple[Running, Any]:
     return start_server(keyed(**config))
+
+
+def _take(running: Running, dest: Path, version: str) -> None:
+    """The puller takes deeppcb ``version`` verified and unpacked at ``dest``."""
+    card = load_package(dest).card
+    sha = version.rjust(64, "0")
+    running.app.state.fleet_models._taken(
+        dest, AssignedModel(name="deeppcb", version=version, sha256=sha),
+        Verified(name="deeppcb", version=version, sha256=sha, graph_sha256=card.sha256,
+                 card_digest=card_digest(card), signer="k"), "pulled")
+
+
+def test_the_previous_pull_is_kept_while_the_watch_is_open(tmp_path: Path) -> None:
+    """pulled.json keeps one version a model: the pull before a promoted one (the version
+    its watch rolls back to) is kept besides while the watch is open, loaded again at
+    start-up (not active) so the watch resumes; once the watch ended, no more (session
+    47, fleet previous pass)."""
+    data = tmp_path / "box"
+    one, two = (_package(data / "fleet-models", v) for v in ("1", "2"))
+    items, classes = from_dataset(SAMPLE, limit=2)
+    GoldenLibrary(data / GOLDEN_DIR).create("deeppcb", items, classes)
+    config = {"data_dir": str(data), "store_pass_rate": 1.0,  # deeppcb only from the hub
+              "models": [str(ROOT / "models" / "deeppcb-good" / "1")],
+              "fleet": {"hub_url": "http://127.0.0.1:9", "token": "t", "line": "L1",
+                        "pull_interval_s": 3600, "timeout_s": 1}}
+    first, stop = _run(config)
+    try:
+        _take(first, one, "1")  # new to the box: active at once
+        _take(first, two, "2")  # promoted over the pulled 1, watched
+        assert first.app.state.lifecycle.rollout.watching("deeppcb").previous == "1"
+    finally:
+        stop()
+
+    second, stop = _run(config)
+    try:
+        slot = second.app.state.registry.models()["deeppcb"]
+        assert (slot.active, sorted(slot.versions)) == ("2", ["1", "2"])
+        with second.client("reviewer") as rev:
+            watch = rev.get("/v1/models/deeppcb/rollout").json()
+        assert (watch["state"], watch["version"], watch["previous"]) == ("watching", "2", "1")
+        second.app.state.lifecycle.rollout.stop("deeppcb", "ended by hand")  # recorded
+    finally:
+        stop()
+
+    third, stop = _run(config)
+    try:  # the watch ended: 1 is kept no more, 2 judges
+        slot = third.app.state.registry.models()["deeppcb"]
+        assert (slot.active, sorted(slot.versions)) == ("2", ["2"])
+        assert third.app.state.lifecycle.rollout.watching("deeppcb") is None
+        assert (data / "fleet-models" / "deeppcb" / "1").is_dir()  # no folder removed
+    finally:
+        stop()
 
 
 def test_a_pulled_promotions_watch_resumes_after_a_restart(tmp_path: Path) -> None:

@@ -44,7 +44,8 @@ def test_review_in_the_browser(launch, browser: Any, tmp_path: Path) -> None:
     with srv.client("line") as c:
         for i, f in enumerate(sorted(SAMPLE.rglob("*_test.jpg"))[:4]):
             r = c.post("/v1/inspect", content=f.read_bytes(), headers={"content-type": "image/jpeg"},
-                       params={"recipe": "strict", "camera_id": f"cam{i % 2}"})
+                       params={"recipe": "strict", "camera_id": f"cam{i % 2}",
+                               "part_id": f"<i>SN-{i}</i>"})
             assert r.json()["verdict"] == "fail"
     store = srv.app.state.store
 
@@ -64,6 +65,13 @@ def test_review_in_the_browser(launch, browser: Any, tmp_path: Path) -> None:
     page.fill("input[name=camera_id]", "")
     page.click("#filters button[type=submit]")
     expect(page.locator(".card")).to_have_count(4)
+    # one part (session 47): its id exactly, sent as text
+    page.fill("input[name=part_id]", "<i>SN-1</i>")
+    page.click("#filters button[type=submit]")
+    expect(page.locator(".card")).to_have_count(1)
+    page.click("#queues button[data-queue=unreviewed_fails]")  # a queue is every part's
+    expect(page.locator(".card")).to_have_count(4)
+    expect(page.locator("input[name=part_id]")).to_have_value("")
 
     page.keyboard.press("j")  # second card
     page.keyboard.press("Enter")

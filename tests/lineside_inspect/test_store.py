@@ -235,6 +235,30 @@ def test_a_tiled_inspections_tiles_are_stored_and_a_store_without_the_column_ope
         assert listed[tiled.id]["tiles"] == 4 and "tiles" not in listed[whole.id]
 
 
+def test_one_parts_inspections_are_listed_and_an_old_store_gets_their_index(
+        tmp_path: Path, detector: Detector, database_url: str | None) -> None:
+    """Session 47: a reviewer's look-up of one part (``query(part_id=...)``, exact: '%'
+    is no wildcard), indexed on a store of an earlier release too (SQLite, PostgreSQL)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy import inspect as sa_inspect
+
+    mine, other, like = (_inspection(detector, "fail") for _ in range(3))
+    mine.part_id, other.part_id, like.part_id = "SN-123", "SN-124", "SN-12%"
+    with Store(tmp_path, database_url, pass_rate=0.0) as store:
+        for result in (mine, other, like):
+            store.save(result)
+    engine = create_engine(database_url or f"sqlite:///{tmp_path / 'lineside.db'}")
+    with engine.begin() as conn:  # as the release before made it
+        conn.execute(text("DROP INDEX ix_inspections_part_id"))
+    with Store(tmp_path, database_url, pass_rate=0.0) as again:
+        assert [r.id for r in again.query(part_id="SN-123")[1]] == [mine.id]
+        assert [r.id for r in again.query(part_id="SN-12%")[1]] == [like.id]
+        assert again.query(part_id="SN-12")[0] == 0 and again.query()[0] == 3
+    indexes = {i["name"]: i["column_names"] for i in sa_inspect(engine).get_indexes("inspections")}
+    engine.dispose()
+    assert indexes["ix_inspections_part_id"] == ["part_id"]
+
+
 OLD_REVIEWS = """CREATE TABLE reviews (
     id INTEGER NOT NULL, inspection_id VARCHAR(64) NOT NULL, created_at VARCHAR NOT NULL,
     reviewer VARCHAR(128) NOT NULL, action VARCHAR(32) NOT NULL, boxes JSON NOT NULL,
@@ -384,7 +408,9 @@ def test_kill_9_loses_no_acknowledged_inspection(tmp_path: Path) -> None:
 def test_full_disk_still_answers_not_stored(tmp_path: Path, detector: Detector) -> None:
     mnt = tmp_path / "small"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+    # room for an empty store (its tables and indexes: 256k no longer held one with the
+    # part_id index of session 47) and a few inspections, not twelve
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=384k", "tmpfs", str(mnt)],
                          capture_output=True)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.decode().strip()}")

@@ -43,7 +43,8 @@ class InspectionRow(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     camera_id: Mapped[str | None] = mapped_column(String(128), index=True)
-    part_id: Mapped[str | None] = mapped_column(String(256))
+    # indexed: a reviewer's lookup of one part's inspections (GET /v1/inspections?part_id=)
+    part_id: Mapped[str | None] = mapped_column(String(256), index=True)
     recipe_name: Mapped[str] = mapped_column(String(128), index=True)
     recipe_version: Mapped[str] = mapped_column(String(64))
     model_name: Mapped[str] = mapped_column(String(128))
@@ -118,7 +119,8 @@ ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),
                  ("ix_inspections_line", "inspections", "line"),
                  ("ix_inspections_received_at", "inspections", "received_at"),
                  ("ix_inspections_reference_path", "inspections", "reference_path"),
-                 ("ix_reviews_created_at", "reviews", "created_at"))
+                 ("ix_reviews_created_at", "reviews", "created_at"),
+                 ("ix_inspections_part_id", "inspections", "part_id"))
 
 
 class ReviewRow(Base):

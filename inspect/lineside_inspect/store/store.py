@@ -1640,14 +1640,15 @@ class Store:
 
     # -- reading --------------------------------------------------------------------
     def query(self, *, verdict: str | None = None, camera_id: str | None = None,
-              recipe: str | None = None, label: str | None = None,
+              part_id: str | None = None, recipe: str | None = None, label: str | None = None,
               site: str | None = None, line: str | None = None, box_id: str | None = None,
               min_score: float | None = None, max_score: float | None = None,
               since: datetime | None = None, until: datetime | None = None,
               review_state: str | None = None, limit: int = 50,
               offset: int = 0, queue: str | None = None) -> tuple[int, list[InspectionRow]]:
         """``queue``: "shadow" (a shadow model disagreed with the verdict) or "to_label"
-        (kept by active-learning capture)."""
+        (kept by active-learning capture). ``part_id``: exactly this part's (any text: it is
+        compared, never a pattern)."""
         self._applied()
         q = select(InspectionRow)
         conds: list[Any] = []
@@ -1657,6 +1658,8 @@ class Store:
             # listed every inspection, where /v1/stats?camera_id= counted the uploads only
             conds.append(InspectionRow.camera_id == camera_id if camera_id
                          else InspectionRow.camera_id.is_(None))
+        if part_id:  # a QA reviewer's lookup of one part (session 47)
+            conds.append(InspectionRow.part_id == part_id)
         if recipe:
             conds.append(InspectionRow.recipe_name == recipe)
         if site:  # a hub's fleet filters

@@ -30,7 +30,9 @@ Pulled packages are listed in ``<models_dir>/pulled.json`` and loaded again when
 server starts, so a restarted box serves them without its hub (one that was active is
 activated again, recorded as ``restore`` by actor ``fleet``, ``force_restore`` only where
 the gate refuses it now: it was admitted before; a pull's promotion whose watch the
-restart cut short is watched again, ``Lifecycle.resume_watch``; session 47). A version
+restart cut short is watched again, ``Lifecycle.resume_watch``, the pulled version it rolls
+back to kept in ``<models_dir>/previous.json`` meanwhile and loaded again, not active;
+session 47). A version
 the box activated once and then left (an admin's hand activation, an automatic rollback)
 is not forced back, nor loaded at start-up when it is the model's only version (loading
 would make it active): local decisions stand until the assignment changes.
@@ -94,6 +96,9 @@ STATE_FILE = "pulled.json"
 # keys, so a release before this one still reads it after a downgrade)
 VERIFIED_FILE = "verified.json"
 MAX_VERIFIED = 64  # the newest kept: a hub going back further is downloaded again
+# the pulled version a pulled promotion's open watch rolls back to (a file of its own, for
+# the same reason: session 47)
+PREVIOUS_FILE = "previous.json"
 INCOMING = ".incoming"
 MAX_ERRORS = 32  # protocol.BoxStatus.model_errors holds at most this many
 TASK = "models"  # its name in the fleet tasks' metrics
@@ -126,6 +131,18 @@ class Verified(BaseModel):
 class VerifiedPulls(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pulls: list[Verified] = Field(default_factory=list, max_length=MAX_VERIFIED)
+
+
+class Previous(Pulled):
+    """The version pulled before ``promoted``, kept (its record and folder) while the
+    watch of ``promoted``'s promotion is open: loaded again at start-up, not active, so the
+    watch resumes with the version it rolls back to (session 47)."""
+    promoted: str = Field(description="the pulled version whose watch rolls back to it")
+
+
+class PreviousPulls(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: dict[str, Previous] = Field(default_factory=dict)
 
 
 class PulledState(BaseModel):
@@ -171,6 +188,7 @@ class ModelPuller:
         self._failing = 0  # rounds in a row without an assignment from the hub
         self.state = PulledState()
         self.verified = VerifiedPulls()
+        self.previous = PreviousPulls()
         self.metrics: PullMetrics | None = None
 
     # -- life -----------------------------------------------------------------------------
@@ -191,6 +209,9 @@ class ModelPuller:
         shutil.rmtree(self.root / INCOMING, ignore_errors=True)  # a pull cut short
         self.state = self._read_state()
         self.verified = self._read_verified()
+        self.previous = _read_json(self.root / PREVIOUS_FILE, PreviousPulls,
+                                   "a pulled promotion's watch resumes only when the version "
+                                   "it rolls back to is loaded otherwise")
         self._restore()
         self._publish_pulled()
         if self._client is None:
@@ -410,9 +431,12 @@ class ModelPuller:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _taken(self, dest: Path, m: AssignedModel, record: Verified, how: str) -> None:
-        """A verified package in its folder: activated, recorded as the model's pull."""
+        """A verified package in its folder: activated, recorded as the model's pull (the
+        one it replaces kept while the promotion's watch rolls back to it)."""
+        old = self.state.models.get(m.name)
         self._activate(dest, m, record.card_digest)
-        self.state.models[m.name] = Pulled(version=m.version, sha256=m.sha256,
+        self._keep_previous(m.name, m.version, old)  # before pulled.json: a crash between
+        self.state.models[m.name] = Pulled(version=m.version, sha256=m.sha256,  # drops it
                                            graph_sha256=record.graph_sha256,
                                            card_digest=record.card_digest)
         self._save()
@@ -420,6 +444,24 @@ class ModelPuller:
         if self.metrics is not None:
             self.metrics.pulled_total.inc()
         log.info("fleet models: %s %s %s and active", m.name, m.version, how)
+
+    def _keep_previous(self, name: str, version: str, old: Pulled | None) -> None:
+        """``version`` of ``name`` just taken: the pulled version it replaces in
+        ``pulled.json`` (``old``) is kept in ``previous.json`` when the promotion's watch
+        rolls back to it (loaded again at start-up while that watch is open); any other
+        kept one of the model goes."""
+        kept = self.previous.models.get(name)
+        candidate: Pulled | None = old if old is not None and old.version != version else (
+            kept if kept is not None and kept.promoted == version else None)
+        rollout = getattr(self.app.state.lifecycle, "rollout", None)
+        watch = None if rollout is None else rollout.watching(name)
+        models = {n: k for n, k in self.previous.models.items() if n != name}
+        if candidate is not None and watch is not None \
+                and (watch.version, watch.previous) == (version, candidate.version):
+            models[name] = Previous(**candidate.model_dump(exclude={"held", "promoted"}),
+                                    promoted=version)
+        if models != self.previous.models:
+            self._save_previous(PreviousPulls(models=models))
 
     def _kept(self, m: AssignedModel) -> tuple[Path, Verified] | None:
         """The folder and record of ``m``'s very package, verified and unpacked by an
@@ -547,6 +589,13 @@ class ModelPuller:
         # (a recipe pinned over the API to make room for the pulled version)
         saved = getattr(self.app.state, "saved_recipes", None)
         pending = [] if saved is None else [s.recipe for s in saved.load()]
+        # a kept previous version whose promoted one is no longer the model's pull, or is
+        # held (another version judged after it: its watch ended), is kept no more
+        kept = {n: k for n, k in self.previous.models.items()
+                if (p := self.state.models.get(n)) is not None
+                and (p.version, p.held) == (k.promoted, False)}
+        if kept != self.previous.models:
+            self._save_previous(PreviousPulls(models=kept))
         for name, p in list(self.state.models.items()):
             path = self.root / name / p.version
             try:
@@ -583,10 +632,49 @@ class ModelPuller:
                                        force=last is not None and last["version"] == p.version,
                                        reason="pulled, and the last version activated before "
                                               "the box stopped", pending_recipes=pending)
+                    self._load_previous(name, p.version)
                     self._resume_watch(name, p.version)
             except LinesideError as exc:
                 log.error("fleet models: pulled %s %s not restored: %s", name, p.version,
                           exc.message)
+
+    def _load_previous(self, name: str, version: str) -> None:
+        """At start-up, pulled ``version`` of ``name`` active again: the pulled version its
+        promotion's watch rolls back to (``previous.json``), loaded (not active) while that
+        watch is open (``Records.open_promotion``), verified again as a pulled package is;
+        kept no more once the watch has ended (complete, rolled back, stopped, or another
+        version activated)."""
+        prev = self.previous.models.get(name)
+        if prev is None:
+            return
+        lifecycle = self.app.state.lifecycle
+        registry = self.app.state.registry
+        try:
+            promoted = (lifecycle.records.open_promotion(name)
+                        if lifecycle.store is not None else None)
+        except Exception:  # a database outage at start: kept, asked again at the next one
+            log.exception("fleet models: the watch of pulled %s %s not looked up", name,
+                          version)
+            return
+        spec = ((promoted or {}).get("details") or {}).get("rollout")
+        if promoted is None or promoted["version"] != version \
+                or not isinstance(spec, dict) or spec.get("previous") != prev.version:
+            self._save_previous(PreviousPulls(models={
+                n: k for n, k in self.previous.models.items() if n != name}))
+            return
+        if prev.version in registry.models()[name].versions:
+            return  # loaded already (the config names it too)
+        path = self.root / name / prev.version
+        try:
+            card = load_package(path).card
+            if card.sha256 != prev.graph_sha256:
+                raise PackageError(f"{path}: the graph changed since it was pulled")
+            if prev.card_digest is not None and card_digest(card) != prev.card_digest:
+                raise PackageError(f"{path}: the card changed since it was pulled")
+            registry.load_model(path, activate=False, expect_card=card_digest(card))
+        except LinesideError as exc:  # the watch then says it cannot resume (a WARNING)
+            log.error("fleet models: pulled %s %s, the version the watch of %s rolls back "
+                      "to, not loaded: %s", name, prev.version, version, exc.message)
 
     def _resume_watch(self, name: str, version: str) -> None:
         """The pull's promotion of ``version`` was being watched when the box stopped: it
@@ -624,6 +712,11 @@ class ModelPuller:
         return _read_json(self.root / VERIFIED_FILE, VerifiedPulls,
                           "packages pulled before are downloaded again")
 
+    def _save_previous(self, previous: PreviousPulls) -> None:
+        self.previous = previous
+        write_atomic(self.root / PREVIOUS_FILE,
+                     json.dumps(previous.model_dump(mode="json"), indent=1).encode())
+
     def _save(self) -> None:
         write_atomic(self.root / STATE_FILE,
                      json.dumps(self.state.model_dump(mode="json"), indent=1).encode())
@@ -640,7 +733,7 @@ def setup(app: Any, settings: Settings) -> ModelPuller:
     return puller
 
 
-_State = TypeVar("_State", PulledState, VerifiedPulls)
+_State = TypeVar("_State", PulledState, VerifiedPulls, PreviousPulls)
 
 
 def _read_json(path: Path, model: type[_State], otherwise: str) -> _State:

@@ -21,7 +21,7 @@ from starlette.background import BackgroundTask
 from lineside_inspect.draw import annotate
 from lineside_inspect.errors import ImageError, NotFoundError, Overloaded
 from lineside_inspect.imageio import decode_frame, encode_jpeg
-from lineside_inspect.names import OneLine, Text
+from lineside_inspect.names import OneLine, PlainLine, Text
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionPage, Outcome, ReviewAction, StoredInspection
 from lineside_inspect.server.deps import Reviewer, RoleFirstRoute, Viewer, get_store
@@ -39,6 +39,9 @@ def list_inspections(
     verdict: Outcome | None = None,
     camera_id: Annotated[str | None, Query(max_length=128, description=(
         "only this camera's ('': inspections sent without one, as /v1/stats has it)"))] = None,
+    # held to what POST /v1/inspect takes as a part id (one line, no bidi control)
+    part_id: Annotated[PlainLine | None, Query(max_length=256, description=(
+        "only this part's inspections (exactly this part id, as sent with the image)"))] = None,
     recipe: Annotated[str | None, Query(max_length=128)] = None,
     label: Annotated[str | None, Query(max_length=128)] = None,
     site: FleetName = None, line: FleetName = None, box_id: FleetName = None,
@@ -60,8 +63,8 @@ def list_inspections(
     _unknown(request)
     store = get_store(request)
     total, rows = store.query(
-        verdict=verdict, camera_id=camera_id, recipe=recipe, label=label, site=site, line=line,
-        box_id=box_id, min_score=min_score,
+        verdict=verdict, camera_id=camera_id, part_id=part_id, recipe=recipe, label=label,
+        site=site, line=line, box_id=box_id, min_score=min_score,
         max_score=max_score, since=since, until=until, review_state=review_state, limit=limit,
         offset=offset, queue=queue)
     # a row that does not read as an inspection is left out (logged), not the list a 500;
@@ -101,12 +104,13 @@ _MEANT = {"from": "since", "start": "since", "after": "since", "to": "until", "e
           "skip": "offset", "size": "limit", "page_size": "limit", "per_page": "limit",
           "class": "label", "defect": "label", "reviewed": "review_state",
           "state": "review_state", "camera": "camera_id", "cam": "camera_id",
-          "score": "min_score"}
+          "score": "min_score", "part": "part_id", "serial": "part_id", "sn": "part_id",
+          "serial_number": "part_id", "part_number": "part_id", "part_no": "part_id"}
 
 
 def _meant(name: str) -> str | None:
-    """The parameter ``name`` most likely meant, if any; ``part_id`` (and the like) have
-    none: the list does not filter by part."""
+    """The parameter ``name`` most likely meant, if any (``part``, ``serial``, ``sn``:
+    ``part_id``, a filter since session 47)."""
     key = name.lower().replace("-", "_")
     if key in LIST_PARAMETERS:  # a case or dash away
         return key

@@ -18,7 +18,7 @@ const ON_HUB = Boolean(form.elements.box_id);
 const HERE = document.querySelector('meta[name="shared-box"]')?.content || "";
 const BOXED = ON_HUB || Boolean(HERE);
 const elsewhere = (it) => Boolean(HERE && it.box_id && it.box_id !== HERE);
-const FIELDS = ["verdict", "review_state", "camera_id", "label", "min_score", "queue", "site", "line", "box_id"]
+const FIELDS = ["verdict", "review_state", "camera_id", "part_id", "label", "min_score", "queue", "site", "line", "box_id"]
   .filter((k) => form.elements[k]);
 // a queue is a filter within the fleet's site, line and box chosen: it counts their parts
 // and keeps them (it counted every box's, and pressed, showed every plant's parts to a
