@@ -138,6 +138,10 @@ class Previous(Pulled):
     watch of ``promoted``'s promotion is open: loaded again at start-up, not active, so the
     watch resumes with the version it rolls back to (session 47)."""
     promoted: str = Field(description="the pulled version whose watch rolls back to it")
+    # required here: a record without one (hand-made, damaged) would load whatever card
+    # its folder holds as the version a rollback switches to (final review, session 47)
+    card_digest: str = Field(pattern=r"[0-9a-f]{64}", description=(  # type: ignore[assignment]
+        "package.card_digest of its card, checked again before it is loaded"))
 
 
 class PreviousPulls(BaseModel):
@@ -456,7 +460,7 @@ class ModelPuller:
         rollout = getattr(self.app.state.lifecycle, "rollout", None)
         watch = None if rollout is None else rollout.watching(name)
         models = {n: k for n, k in self.previous.models.items() if n != name}
-        if candidate is not None and watch is not None \
+        if candidate is not None and candidate.card_digest is not None and watch is not None \
                 and (watch.version, watch.previous) == (version, candidate.version):
             models[name] = Previous(**candidate.model_dump(exclude={"held", "promoted"}),
                                     promoted=version)
@@ -669,7 +673,7 @@ class ModelPuller:
             card = load_package(path).card
             if card.sha256 != prev.graph_sha256:
                 raise PackageError(f"{path}: the graph changed since it was pulled")
-            if prev.card_digest is not None and card_digest(card) != prev.card_digest:
+            if card_digest(card) != prev.card_digest:
                 raise PackageError(f"{path}: the card changed since it was pulled")
             registry.load_model(path, activate=False, expect_card=card_digest(card))
         except LinesideError as exc:  # the watch then says it cannot resume (a WARNING)
@@ -714,8 +718,12 @@ class ModelPuller:
 
     def _save_previous(self, previous: PreviousPulls) -> None:
         self.previous = previous
-        write_atomic(self.root / PREVIOUS_FILE,
-                     json.dumps(previous.model_dump(mode="json"), indent=1).encode())
+        try:
+            write_atomic(self.root / PREVIOUS_FILE,
+                         json.dumps(previous.model_dump(mode="json"), indent=1).encode())
+        except OSError as exc:  # a full or read-only disk: the box starts and pulls anyway
+            log.error("fleet models: %s not written (%s): a pulled promotion's watch may not "
+                      "resume after a restart", self.root / PREVIOUS_FILE, exc)
 
     def _save(self) -> None:
         write_atomic(self.root / STATE_FILE,
