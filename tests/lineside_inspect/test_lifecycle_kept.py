@@ -5,10 +5,11 @@ loaded blindly."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -291,40 +292,18 @@ def test_a_version_activated_after_the_kept_one_stands(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A version made active by what does not write the file (a fleet box's pull) after
     the admin's is the audit log's last activation: the kept one is not restored over it."""
-    from lineside_inspect.lifecycle.records import Records
-    from lineside_inspect.store import Store
-
     int8 = MODEL.parent / "1-int8"
-    path = tmp_path / STATE_FILE
 
-    def lifecycle() -> tuple[Lifecycle, Registry, KeptModels, Store]:
-        registry = Registry(device="cpu", threads=1)
-        registry.load_model(MODEL)
-        store = Store(tmp_path / "store", pass_rate=1.0)
-        lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path)
-        lc.store, lc._records = store, Records(store)
-        lc.kept = KeptModels(path, models=[str(MODEL)], roots=[MODEL.parents[1]],
-                             registry=registry)
-        return lc, registry, lc.kept, store
-
-    lc, registry, kept, store = lifecycle()
-    try:
+    with _started(tmp_path, [MODEL], roots=MODEL.parents[1]) as (lc, registry, kept):
         registry.load(int8, activate=False)
         lc.activate("deeppcb", "1-int8", actor="admin")
         kept.activated("deeppcb", "1-int8")  # as the activate route does
         lc.activate("deeppcb", "1", actor="fleet")  # a pull: not through the API's routes
-    finally:
-        lc.close()
-        store.close()
-    lc, registry, kept, store = lifecycle()  # the restart
     caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
-    try:
-        assert kept.restore(lc) == []
+    with _started(tmp_path, [MODEL], roots=MODEL.parents[1]) as (lc, registry, kept):
+        assert kept.restore(lc) == []  # (the restart)
         slot = registry.models()["deeppcb"]
         assert (slot.active, set(slot.versions)) == ("1", {"1", "1-int8"})
-    finally:
-        lc.close()
-        store.close()
     assert "deeppcb 1-int8, made active over the API before the restart, is not active " \
            "again: deeppcb 1 was activated after it (activate by fleet), and stands" in \
            "\n".join(r.getMessage() for r in caplog.records)
@@ -437,39 +416,18 @@ def test_a_restore_past_the_gate_is_said_at_start(
     """A version forced over the API (or whose pass no longer admits, e.g. a
     lifecycle.gate.golden set named since) comes back as ``force_restore``: the start's
     log said only "active again" (session 47, attack pass)."""
-    from lineside_inspect.lifecycle.records import Records
-    from lineside_inspect.store import Store
+    def started() -> contextlib.AbstractContextManager[tuple[Lifecycle, Registry, KeptModels]]:
+        return _started(tmp_path, [MODEL, MODEL.parent / "1-int8"], roots=MODEL.parents[1],
+                        settings=LifecycleSettings(gate={"require_gate": True}))
 
-    path = tmp_path / STATE_FILE
-
-    def lifecycle() -> tuple[Lifecycle, Registry, KeptModels, Store]:
-        registry = Registry(device="cpu", threads=1)
-        registry.load_model(MODEL)
-        registry.load_model(MODEL.parent / "1-int8", activate=False)
-        store = Store(tmp_path / "store", pass_rate=1.0)
-        lc = Lifecycle(LifecycleSettings(gate={"require_gate": True}), registry=registry,
-                       data_dir=tmp_path)
-        lc.store, lc._records = store, Records(store)
-        lc.kept = KeptModels(path, models=[str(MODEL), str(MODEL.parent / "1-int8")],
-                             roots=[MODEL.parents[1]], registry=registry)
-        return lc, registry, lc.kept, store
-
-    lc, registry, kept, store = lifecycle()
-    try:
+    with started() as (lc, registry, kept):
         lc.activate("deeppcb", "1-int8", actor="admin", force=True, reason="trial")
         kept.activated("deeppcb", "1-int8")  # as the activate route does
-    finally:
-        lc.close()
-        store.close()
-    lc, registry, kept, store = lifecycle()  # the restart
     caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
-    try:
+    with started() as (lc, registry, kept):  # the restart
         assert kept.restore(lc) == ["deeppcb 1-int8"]
         assert registry.models()["deeppcb"].active == "1-int8"
         assert lc.records.last_activation("deeppcb")["action"] == "force_restore"  # type: ignore[index]
-    finally:
-        lc.close()
-        store.close()
     assert "deeppcb 1-int8 judges again past its gate, which would refuse it now " \
            "(recorded as force_restore" in "\n".join(r.getMessage() for r in caplog.records)
 
@@ -480,19 +438,45 @@ WATCHED = {"rollout": {"previous": "2", "recipe": "deeppcb", "gate_report_id": N
 def _box(tmp_path: Path, roots: Path) -> tuple[Lifecycle, Registry, KeptModels, Any]:
     """A box whose config loads models/deeppcb/1, on a real store, with the rollout watch
     (as ``attach`` makes it); what the API loads from ``roots`` is kept."""
-    from lineside_inspect.lifecycle.records import Records
     from lineside_inspect.lifecycle.rollout import RolloutWatcher
+
+    lc, registry, kept, store = _in_process(tmp_path, [MODEL], roots=roots.resolve())
+    lc.rollout = RolloutWatcher(lc.settings.rollout, lc.records, lc._auto_rollback,
+                                lc._watch_ended)
+    return lc, registry, kept, store
+
+
+@contextlib.contextmanager
+def _started(tmp_path: Path, configured: list[Path], *, roots: Path,
+             settings: LifecycleSettings | None = None,
+             ) -> Iterator[tuple[Lifecycle, Registry, KeptModels]]:
+    """:func:`_in_process`, closed (its store too) when done: one run of the server."""
+    lc, registry, kept, store = _in_process(tmp_path, configured, roots=roots,
+                                            settings=settings)
+    try:
+        yield lc, registry, kept
+    finally:
+        lc.close()
+        store.close()
+
+
+def _in_process(tmp_path: Path, configured: list[Path], *, roots: Path,
+                settings: LifecycleSettings | None = None,
+                ) -> tuple[Lifecycle, Registry, KeptModels, Any]:
+    """A lifecycle on a real store in ``tmp_path`` whose config loads ``configured`` (the
+    first active), keeping what the API loads from ``roots``: a server's start, in process
+    (call again on the same folder for a restart)."""
+    from lineside_inspect.lifecycle.records import Records
     from lineside_inspect.store import Store
 
     registry = Registry(device="cpu", threads=1)
-    registry.load_model(MODEL)
+    for i, model in enumerate(configured):
+        registry.load_model(model, activate=i == 0)
     store = Store(tmp_path / "store", pass_rate=1.0)
-    lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path)
+    lc = Lifecycle(settings or LifecycleSettings(), registry=registry, data_dir=tmp_path)
     lc.store, lc._records = store, Records(store)
-    lc.rollout = RolloutWatcher(lc.settings.rollout, lc._records, lc._auto_rollback,
-                                lc._watch_ended)
-    lc.kept = KeptModels(tmp_path / STATE_FILE, models=[str(MODEL)], roots=[roots.resolve()],
-                         registry=registry)
+    lc.kept = KeptModels(tmp_path / STATE_FILE, models=[str(m) for m in configured],
+                         roots=[roots], registry=registry)
     return lc, registry, lc.kept, store
 
 
