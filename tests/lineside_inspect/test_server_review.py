@@ -79,6 +79,13 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
         for key, when in (("since", "0001-01-01T00:00:00+14:00"), ("until", "9999-12-31T23:59:59-14:00")):
             r = c.get("/v1/inspections", params={key: when})
             assert r.status_code == 422 and f"query.{key}" in r.text, r.text
+            # one that is not a time at all answered pydantic's "input is too short": named,
+            # with what the parameter takes (new-user review, session 47)
+            r = c.get("/v1/inspections", params={key: "yesterday"})
+            err = r.json()["error"]
+            assert r.status_code == 422 and err["code"] == "invalid_request", r.text
+            assert err["message"].startswith(f"query.{key}: not a time: this parameter takes "
+                                             "an ISO 8601 time, such as 2026-12-07T08:00:00Z"), err
 
         a, b = fails[0]["id"], fails[1]["id"]
         r = c.post(f"/v1/inspections/{a}/reviews", json={"action": "false_reject", "note": "dust"})

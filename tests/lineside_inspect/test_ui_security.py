@@ -136,14 +136,19 @@ def test_static_scripts_have_no_html_sinks_and_templates_no_inline_code() -> Non
         assert not re.search(r"<script(?![^>]*\bsrc=)", text), page.name  # inline script
         assert not re.search(r"\son[a-z]+\s*=", text, re.I), page.name  # inline handler
         assert not re.search(r"\sstyle\s*=|<style", text, re.I), page.name  # inline style
+        # an icon of its own: Chromium's console showed a 404 for /favicon.ico (session 47)
+        assert '<link rel="icon" href="/static/favicon.svg"' in text, page.name
 
 
 @pytest.mark.parametrize("path", ["/review", "/", "/static/review.js", "/static/review.css", "/docs",
-                                  "/docs/swagger-ui-bundle.js", "/healthz", "/v1/nope"])
+                                  "/docs/swagger-ui-bundle.js", "/healthz", "/v1/nope",
+                                  "/favicon.ico", "/static/favicon.svg"])
 def test_security_headers(srv, path: str) -> None:
     with srv.client() as c:
         r = c.get(path)
     assert r.status_code in (200, 404)
+    if "favicon" in path:  # what a browser asks of any page without an icon: not a 404
+        assert r.status_code == 200 and r.headers["content-type"] == "image/svg+xml", r.headers
     assert all(d in r.headers["content-security-policy"] for d in CSP_DIRECTIVES)
     assert "unsafe-inline" not in r.headers["content-security-policy"]
     assert r.headers["x-frame-options"] == "DENY"
@@ -354,8 +359,8 @@ def test_docs_are_served_from_the_server_itself(srv) -> None:
         assert not re.search(r"https?://|//cdn", r.text)
         parser = _Refs()
         parser.feed(r.text)
-        types = {".js": "text/javascript", ".css": "text/css"}
-        assert {Path(u).suffix for u in parser.refs} == {".js", ".css"}
+        types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+        assert {Path(u).suffix for u in parser.refs} == {".js", ".css", ".svg"}  # (its icon)
         for url in parser.refs:
             assert url.startswith("/") and not url.startswith("//")
             asset = c.get(url)

@@ -29,7 +29,7 @@ from lineside_inspect.errors import LinesideError, NotFoundError, TooManyFailedS
 from lineside_inspect.server.deps import ALLOWED, Principal, RoleFirstRoute, authenticate, check_key
 from lineside_inspect.server.routes import page_data
 from lineside_inspect.server.sessions import Session, SessionStore, cookie_name
-from lineside_inspect.ui import render
+from lineside_inspect.ui import STATIC, render
 from lineside_inspect.version import __version__
 
 __all__ = ["router"]
@@ -307,6 +307,13 @@ def api_docs() -> HTMLResponse:
 @pages.get("/docs/swagger-ui-bundle.js")
 def swagger_js() -> FileResponse:
     return FileResponse(SWAGGER / "swagger-ui-bundle.js", media_type="text/javascript")
+
+
+@pages.get("/favicon.ico")
+def favicon() -> FileResponse:
+    """The pages' icon (their ``<link rel="icon">``), here too for what a browser opens
+    without one (the JSON of an API route, /metrics): each was a 404 in its console."""
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
 
 @pages.get("/docs/swagger-ui.css")
