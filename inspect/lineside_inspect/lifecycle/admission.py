@@ -434,7 +434,7 @@ class AdmissionRules:
         required = self.golden_required(model)
         if required is not None:
             return required, self._unmade(model)
-        names = [n for n in self.library.names() if self.library.versions(n)]
+        names = self.library.held()
         if model in names:
             return model, ""
         if len(names) == 1:
@@ -622,13 +622,13 @@ class AdmissionRules:
         (:meth:`_pass_stale`): (its latest version, that version's digest), or why it
         cannot be (after "was judged on golden set ...: ")."""
         try:
-            versions = self.library.versions(name)
-            if not versions:
-                names = [n for n in self.library.names() if self.library.versions(n)]
+            latest = self.library.latest(name)
+            if latest is None:
+                names = self.library.held()
                 return ("which this server no longer holds (golden sets here: "
                         + (", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
                            if names else "none") + ")")
-            return versions[-1], self.library.get(name, versions[-1]).digest
+            return latest
         except LinesideError as exc:  # its latest manifest broken: no gate can use it
             return f"whose latest version cannot be used now ({exc.message})"
         except (OSError, ValueError):  # (its text names a path: not for an answer)

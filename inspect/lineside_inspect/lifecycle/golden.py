@@ -339,6 +339,17 @@ class GoldenLibrary:
         return sorted(int(p.name) for p in folder.iterdir()
                       if p.name.isdigit() and (p / MANIFEST).is_file())
 
+    def held(self) -> list[str]:
+        """The sets with at least one version (a folder alone holds none)."""
+        return [n for n in self.names() if self.versions(n)]
+
+    def latest(self, name: str) -> tuple[int, str] | None:
+        """Set ``name`` as it stands: its latest version and that version's digest (what a
+        gate pass must have replayed to admit); None when it has no version. Raises as
+        :meth:`get` when that version's manifest is broken."""
+        versions = self.versions(name)
+        return None if not versions else (versions[-1], self.get(name, versions[-1]).digest)
+
     def get(self, name: str, version: int | None = None) -> GoldenManifest:
         versions = self.versions(name)
         if not versions:

@@ -230,9 +230,9 @@ class KeptModels:
         order = sorted(state.packages,
                        key=lambda p: state.active.get(p.name) != p.version)
         first: set[tuple[str, str]] = set()
-        kept: list[KeptPackage] = []
+        loaded: dict[tuple[str, str], KeptPackage] = {}  # in the order loaded
         for p in order:
-            again = next((k for k in kept if (k.name, k.version) == (p.name, p.version)), None)
+            again = loaded.get((p.name, p.version))
             if again is not None:  # (written by hand: the API keeps one entry a version)
                 log.warning("models kept across a restart: %s %s is listed more than once: "
                             "loaded from one entry only (%s)", p.name, p.version, again.path)
@@ -248,19 +248,19 @@ class KeptModels:
                         "over the API (POST /v1/models)")
                 if self._load(p):
                     first.add((p.name, p.version))
-                kept.append(p)
+                loaded[p.name, p.version] = p
             except Exception as exc:  # whatever it is, the server starts (config's versions)
                 why = exc.message if isinstance(exc, LinesideError) else type(exc).__name__
                 log.warning("models kept across a restart: %s %s (%s), loaded over the API "
                             "before, is not loaded again: %s", p.name, p.version, p.path, why)
         self.state = KeptState(config_models=self.digest,
                                packages=[p for p in state.packages
-                                         if any(p is k for k in kept)])  # (in its order)
+                                         if loaded.get((p.name, p.version)) is p])  # (in its order)
         restored: list[str] = []
         told: list[str] = []  # as the log says them: which config version each replaced
         for model, version in state.active.items():
-            before = self._active(model)  # the config's (nothing: a model new to it)
-            if (model, version) not in first and before == f"{model} {version}":
+            before = self._active_version(model)  # the config's (None: a model new to it)
+            if (model, version) not in first and before == version:
                 self.state.active[model] = version  # the config's own: nothing to do
                 continue
             refused = self._activate(lifecycle, model, version, (model, version) in first,
@@ -269,8 +269,8 @@ class KeptModels:
                 self.state.active[model] = version
                 restored.append(f"{model} {version}")
                 told.append(f"{model} {version}" + (
-                    f" (in place of the config's {before.split(' ', 1)[1]})"
-                    if before != "nothing" and (model, version) not in first else ""))
+                    f" (in place of the config's {before})"
+                    if before is not None and (model, version) not in first else ""))
             elif refused:
                 log.warning("models kept across a restart: %s %s, made active over the API "
                             "before the restart, is not active again: %s; %s judges", model,
@@ -284,7 +284,7 @@ class KeptModels:
                      "the config's versions again, activate them (POST /v1/models/NAME/"
                      "activate), or remove the file while the server is stopped",
                      self.path, ", ".join(told),
-                     ", ".join(f"{p.name} {p.version}" for p in kept) or "none")
+                     ", ".join(f"{p.name} {p.version}" for p in loaded.values()) or "none")
         for model, version in self.state.active.items():
             # a promotion's watch the restart cut short is watched again (session 47)
             try:
@@ -309,9 +309,14 @@ class KeptModels:
             raise PackageError("its card or graph changed since it was loaded")
         return self.registry.load(path, activate=False, expect_card=p.card_digest).first
 
-    def _active(self, model: str) -> str:
+    def _active_version(self, model: str) -> str | None:
         slot = self.registry.models().get(model)
-        return "nothing" if slot is None or slot.active is None else f"{model} {slot.active}"
+        return None if slot is None else slot.active
+
+    def _active(self, model: str) -> str:
+        """What judges ``model``, as a log line says it."""
+        version = self._active_version(model)
+        return "nothing" if version is None else f"{model} {version}"
 
     def _activate(self, lifecycle: Lifecycle, model: str, version: str, first: bool,
                   pending: Sequence[Recipe]) -> str | None:

@@ -375,10 +375,7 @@ class ModelPuller:
             return None
         name = lifecycle.golden_set_for(model)
         try:
-            versions = lifecycle.library.versions(name)
-            if not versions:
-                return None
-            return versions[-1], lifecycle.library.get(name, versions[-1]).digest
+            return lifecycle.library.latest(name)
         except (LinesideError, OSError, ValueError):  # broken: a gate on it is refused too
             return "unreadable"
 
@@ -603,11 +600,7 @@ class ModelPuller:
         for name, p in list(self.state.models.items()):
             path = self.root / name / p.version
             try:
-                card = load_package(path).card
-                if card.sha256 != p.graph_sha256:
-                    raise PackageError(f"{path}: the graph changed since it was pulled")
-                if p.card_digest is not None and card_digest(card) != p.card_digest:
-                    raise PackageError(f"{path}: the card changed since it was pulled")
+                card = self._as_pulled(path, p)
                 last = (lifecycle.records.last_activation(name)
                         if lifecycle.store is not None else None)
                 if not p.held and last is not None and last["version"] != p.version:
@@ -642,6 +635,18 @@ class ModelPuller:
                 log.error("fleet models: pulled %s %s not restored: %s", name, p.version,
                           exc.message)
 
+    @staticmethod
+    def _as_pulled(path: Path, p: Pulled) -> ModelCard:
+        """The card of the package at ``path``, verified again as pulled ``p`` was: the
+        card's sha256 of the graph and its whole card (when ``p`` recorded it) must still
+        be the ones pulled, else :class:`PackageError`."""
+        card = load_package(path).card
+        if card.sha256 != p.graph_sha256:
+            raise PackageError(f"{path}: the graph changed since it was pulled")
+        if p.card_digest is not None and card_digest(card) != p.card_digest:
+            raise PackageError(f"{path}: the card changed since it was pulled")
+        return card
+
     def _load_previous(self, name: str, version: str) -> None:
         """At start-up, pulled ``version`` of ``name`` active again: the pulled version its
         promotion's watch rolls back to (``previous.json``), loaded (not active) while that
@@ -670,11 +675,7 @@ class ModelPuller:
             return  # loaded already (the config names it too)
         path = self.root / name / prev.version
         try:
-            card = load_package(path).card
-            if card.sha256 != prev.graph_sha256:
-                raise PackageError(f"{path}: the graph changed since it was pulled")
-            if card_digest(card) != prev.card_digest:
-                raise PackageError(f"{path}: the card changed since it was pulled")
+            card = self._as_pulled(path, prev)
             registry.load_model(path, activate=False, expect_card=card_digest(card))
         except LinesideError as exc:  # the watch then says it cannot resume (a WARNING)
             log.error("fleet models: pulled %s %s, the version the watch of %s rolls back "
