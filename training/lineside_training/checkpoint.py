@@ -22,6 +22,16 @@ THRESHOLDS = "thresholds.json"
 CHECKPOINT_STAMP = "checkpoint_sha256"
 
 
+def recorded_set(checkpoint: Any) -> str | None:
+    """Where ``checkpoint`` (a run's ``last.pt``/``best.pt``, a detector's or a good-only
+    one's) recorded the dataset it trained on (``data.path``, absolute), if a dataset is
+    there now; None otherwise (a checkpoint of a release that recorded none, a set moved)."""
+    fp = checkpoint.get("data") if isinstance(checkpoint, dict) else None
+    recorded = fp.get("path") if isinstance(fp, dict) else None
+    return recorded if isinstance(recorded, str) and (Path(recorded) / ANNOTATIONS).is_file() \
+        else None
+
+
 @dataclass
 class Trained:
     model: nn.Module
@@ -59,10 +69,11 @@ class Trained:
         (often relative, ``data/my-set``); the checkpoint also records where that was, so
         ``evaluate`` or ``export`` run from another folder still find it."""
         given = Path(self.config.data)
+        if (found := recorded_set(self.checkpoint)) is not None:
+            return Path(found)
+        if (given / ANNOTATIONS).is_file():
+            return given
         recorded = self.checkpoint.get("data", {}).get("path")
-        for path in ([Path(recorded)] if recorded else []) + [given]:
-            if (path / "annotations.json").is_file():
-                return path
         raise ConfigError(f"the run's dataset {self.config.data} was not found (it trained on "
                           f"{recorded or given}); pass --data DATASET")
 

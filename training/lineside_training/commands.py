@@ -22,6 +22,7 @@ from lineside_training.anomaly.export import export_anomaly
 from lineside_training.bench import bench_train
 from lineside_training.budget import budget_text, parse_duration
 from lineside_training.calibrate import calibrate
+from lineside_training.checkpoint import recorded_set
 from lineside_training.config import TrainConfig, read_config, shown, sizes_from_data, validate_config
 from lineside_training.models import list_models
 from lineside_training.weights import read_torch_file
@@ -98,10 +99,7 @@ def _run_set(run: Path, given: str, key: str) -> str:
         return given
     if key == "data" and (run / "last.pt").is_file():
         with contextlib.suppress(ConfigError):
-            ck = read_torch_file(run / "last.pt", mmap=True)
-            fp = ck.get("data") if isinstance(ck, dict) else None
-            recorded = fp.get("path") if isinstance(fp, dict) else None
-            if isinstance(recorded, str) and (Path(recorded) / "annotations.json").is_file():
+            if (recorded := recorded_set(read_torch_file(run / "last.pt", mmap=True))):
                 return recorded
     saved = run / "config.yaml" if (run / "config.yaml").is_file() else run / "last.pt"
     flag = "--data DATASET" if key == "data" else "--merge DATASET for each merged set"

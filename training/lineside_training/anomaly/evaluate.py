@@ -27,6 +27,7 @@ from lineside_training.anomaly.infer import score_images, torch_forward
 from lineside_training.anomaly.recalibrate import trained_on
 from lineside_training.anomaly.synth import rephotograph
 from lineside_training.anomaly.train import load_run
+from lineside_training.checkpoint import recorded_set
 from lineside_training.evaluate import other_data
 
 EVAL_SEED = 777  # the evaluation's capture variation: not the calibration's
@@ -57,9 +58,7 @@ def run_scorer(path: Path) -> tuple[Scorer, dict[str, Any]]:
         return score_images(forward, fitted).scores, None
     # where the checkpoint recorded the set, else its config's data as typed to train
     # (relative to where train ran): evaluate from another folder found none (session 47)
-    recorded = ckpt.get("data", {}).get("path")
-    data = recorded if recorded and (Path(recorded) / "annotations.json").is_file() \
-        else cfg.data
+    data = recorded_set(ckpt) or cfg.data
     return run, {"threshold": ckpt["calibration"]["threshold"], "model": cfg.name,
                  "data": data, "training": {"config": cfg.model_dump(),
                                                 "data": ckpt.get("data", {})}}
