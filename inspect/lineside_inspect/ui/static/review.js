@@ -45,12 +45,24 @@ const KEPT = "lineside.review";
 function keep() {
   try { sessionStorage.setItem(KEPT, query().toString()); } catch { /* storage off: not kept */ }
 }
+// A filter in the address wins: the form sent before this script had run (a slow link or
+// a loaded box: it went as a plain GET, and the list shown was the default one, the
+// filter silently dropped) or a link to a list (/review?part_id=P7). A field it does not
+// name keeps its default; the address is then cleared, so a reload shows the list as kept
 function restore() {
+  const asked = new URLSearchParams(location.search);
+  const linked = FIELDS.some((k) => asked.has(k));
   let kept = null;
-  try { kept = sessionStorage.getItem(KEPT); } catch { return; }
+  if (linked) {
+    kept = asked.toString();
+    history.replaceState(null, "", location.pathname);
+  } else {
+    try { kept = sessionStorage.getItem(KEPT); } catch { return; }
+  }
   if (kept === null) return;
   const p = new URLSearchParams(kept);
   for (const k of FIELDS) {
+    if (linked && !p.has(k)) continue;
     const f = form.elements[k], v = p.get(k) || "";
     // a class or a box the page has not listed yet (they come with the pages it loads)
     if (f.tagName === "SELECT" && v && !Array.from(f.options, (o) => o.value).includes(v)) f.add(new Option(v, v));
