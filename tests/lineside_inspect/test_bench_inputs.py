@@ -174,7 +174,7 @@ def test_a_shadow_of_the_fused_partner_is_measured(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, [
         "bench", "shadow", str(MODELS / "deeppcb" / "1"), "--fused-with", str(good),
         "--shadow", str(_copy(good, tmp_path, version="2")), "--frames", str(SAMPLE / "images"),
-        "--seconds", "2", "--rounds", "1", "--sample-rate", "1", "--threads", "1"])
+        "--seconds", "1", "--rounds", "1", "--sample-rate", "1", "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert "judged by deeppcb 1 fused with deeppcb-good 1, shadow deeppcb-good 2" in res.output
     rows = [line.split(" | ") for line in res.output.splitlines() if line.startswith("| ")

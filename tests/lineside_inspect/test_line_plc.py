@@ -911,16 +911,18 @@ def test_opcua_ack_timeout_recovers(line: Line) -> None:
     asyncio.run(_opc(line, "sim", run))
 
 
-def test_200_handshakes_back_to_back(line: Line) -> None:
-    """200 parts on two stations at once (100 each), each station alternating OPC UA and
-    Modbus: both protocols show one handshake per station, nothing gets stuck."""
+def test_60_handshakes_back_to_back(line: Line) -> None:
+    """60 parts on two stations at once (30 each), each station alternating OPC UA and
+    Modbus: both protocols show one handshake per station, nothing gets stuck. (200 parts
+    took 9 s of the suite's time for no more than these show: each of the 4 station and
+    protocol pairs hands over to the other protocol 15 times, on both stations at once.)"""
     async def station(client: Client, idx: int, name: str, base: int, first: int) -> set[str]:
         plc = OpcStation(client, idx, name)
         mb = AsyncModbusTcpClient("127.0.0.1", port=line.modbus_port)
         assert await mb.connect()
         ids = set()
         try:
-            for i in range(100):
+            for i in range(30):
                 if i % 2 == first:
                     r = await plc.cycle()
                     assert r["ErrorCode"] == 0 and r["Pass"] != r["Fail"], r
@@ -944,7 +946,7 @@ def test_200_handshakes_back_to_back(line: Line) -> None:
             idx = await client.get_namespace_index(NS)
             sim, flaky = await asyncio.gather(station(client, idx, "sim", 0, 0),
                                               station(client, idx, "flaky", BLOCK, 1))
-        assert len(sim) == len(flaky) == 50 and not sim & flaky
+        assert len(sim) == len(flaky) == 15 and not sim & flaky
 
     asyncio.run(run())
 
