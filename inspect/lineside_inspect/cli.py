@@ -389,6 +389,9 @@ def data_pull(
     since: Annotated[str | None, typer.Option(
         help="inspections made since this ISO time, e.g. 2026-11-01 (UTC unless it gives "
              "an offset)")] = None,
+    part_id: Annotated[str | None, typer.Option(
+        "--part-id", metavar="ID", help="only this part's inspections: exactly this part id, as "
+        "sent with the image (GET /v1/inspections?part_id=)")] = None,
     key: Annotated[str | None, typer.Option(envvar="LINESIDE_KEY", help="reviewer API key")] = None,
     database_url: Annotated[str | None, typer.Option(help="store database URL")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace DST if it is a dataset (or empty)")] = False,
@@ -396,6 +399,10 @@ def data_pull(
     """Reviewed inspections as a training dataset (confirmed, false rejects, missed defects)."""
     from datetime import datetime
 
+    from pydantic import TypeAdapter, ValidationError
+
+    from lineside_inspect.errors import describe_validation
+    from lineside_inspect.names import PartId
     from lineside_inspect.store import Store
     from lineside_inspect.store.checks import check_database
     from lineside_inspect.store.pull import pull_from_server, pull_from_store
@@ -405,9 +412,16 @@ def data_pull(
         when = datetime.fromisoformat(since) if since else None
     except ValueError:
         raise DatasetError(f"--since {since!r} is not an ISO date or time") from None
+    if part_id is not None:  # held to what an inspection keeps as its part id, as the list is
+        try:
+            TypeAdapter(PartId).validate_python(part_id)
+        except ValidationError as exc:
+            raise DatasetError(f"--part-id: {describe_validation(exc.errors())}") from None
+        if not part_id:  # (the list takes "" as no filter: every part's would be pulled)
+            raise DatasetError("--part-id is empty: give a part id, or leave it out")
     if source.startswith(("http://", "https://")):
         ds = pull_from_server(source, dst, key=key, since=when, reviewed=reviewed,
-                              overwrite=overwrite)
+                              overwrite=overwrite, part_id=part_id)
     else:
         if not (Path(source) / DB_FILE).exists() and database_url is None:
             raise DatasetError(f"{source}: no {DB_FILE} here; give a server URL, a store "
@@ -420,8 +434,9 @@ def data_pull(
         from sqlalchemy.exc import DBAPIError
 
         try:
-            ds = pull_from_store(Store(source, database_url), dst, since=when,
-                                 reviewed=reviewed, overwrite=overwrite)
+            with Store(source, database_url) as store:  # (its lock let go: a second pull)
+                ds = pull_from_store(store, dst, since=when, reviewed=reviewed,
+                                     overwrite=overwrite, part_id=part_id)
         except DBAPIError as exc:
             if database_url is not None:  # (--database-url: checked above; its URL unshown)
                 raise

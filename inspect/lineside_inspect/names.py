@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, WithJsonSchema
+from pydantic import AfterValidator, StringConstraints, WithJsonSchema
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 NAME_RULE = "1-128 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit"
@@ -81,6 +81,14 @@ def _plain_line(value: str) -> str:
 
 # an identifier a request brings to be shown and kept (a part id): one line, read in order
 PlainLine = Annotated[str, AfterValidator(_plain_line)]
+
+# a part id: what POST /v1/inspect and a camera trigger keep, and what every part filter
+# (GET /v1/inspections, /v1/stats, /v1/stats.csv, `lineside data pull --part-id`) is held
+# to: one definition, so a filter can never take an id no inspection could have been
+# stored with, nor refuse one that could. Kept as sent, surrounding spaces too (a
+# fixed-width reader pads its serials): a filter matches it exactly (session 48)
+PART_ID_MAX = 256
+PartId = Annotated[PlainLine, StringConstraints(max_length=PART_ID_MAX)]
 
 
 # free text a request brings to be kept (notes, reasons): lines and any letter are fine,

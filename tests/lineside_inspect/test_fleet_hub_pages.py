@@ -111,6 +111,14 @@ def test_a_rollout_is_one_change_per_box_and_a_camera_is_a_boxs(hub: ServedHub) 
                                "recipe"]
         assert {tuple(r[2:7]) for r in rows[1:]} == {("plant-a", "(all)", "box1", "(all)", "(all)")}
         assert sum(int(r[8]) for r in rows[1:]) == 20  # fails: box1's only
+        # one part across the fleet (each box made SN0000000...): the hub's figures had no
+        # part filter (session 48); the same route, over every box's inspections
+        doc = c.get("/v1/stats", params={"hours": 8, "part_id": "SN0000003"}).json()
+        assert doc["part_id"] == "SN0000003"
+        assert [(st["box_id"], st["camera_id"], st["passes"], st["fails"])
+                for st in doc["stations"]] == [("box1", "cam1", 0, 1), ("box2", "cam1", 1, 0)]
+        name, rows = _csv(c, table="stations", hours=8, part_id="SN0000003", box_id="box2")
+        assert [r[:6] for r in rows[1:]] == [["box2", "cam1", "deeppcb", "1", "0", "1"]], rows
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")

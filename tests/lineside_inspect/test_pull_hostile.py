@@ -184,10 +184,15 @@ def test_a_server_of_a_release_before_until_is_paged_by_offset(
     srv = _Scripted(lambda o: items[o:o + 2], lambda _: _png(8, 8), total=5)
     try:
         ds = pull_from_server(srv.url, tmp_path / "pulled")
+        # nor part_id (session 48): every part's inspections were pulled as one part's
+        with pytest.raises(ConfigError, match=r"asked for part 'SN 1', the server listed "
+                           rf"inspection {ids[0]} of another part: it does not filter by "):
+            pull_from_server(srv.url, tmp_path / "one-part", part_id="SN 1")
     finally:
         srv.close()
     assert sorted(r.file_name.split("/")[-1][:32] for r in ds.images) == ids
     assert any("until=" in p for p in srv.asked)  # it was asked first
+    assert "part_id=SN+1" in srv.asked[-1] and not (tmp_path / "one-part").exists()
 
 
 @pytest.mark.parametrize(("page", "image", "words"), [

@@ -59,7 +59,8 @@ def _store(data_dir: Path, names: list[str]) -> dict[str, tuple[str, Path, Path]
                 ref[0, 0] = (i * 7) % 256  # a golden of its own, as a line's goldens are
                 assert c.put(f"/v1/references/g{i}", content=_png(ref),
                              headers={"content-type": "image/png"}).status_code == 200
-                r = c.post("/v1/inspect", params={"recipe": "deeppcb-ref", "reference": f"g{i}"},
+                r = c.post("/v1/inspect", params={"recipe": "deeppcb-ref", "reference": f"g{i}",
+                                                  "part_id": name},
                            files={"image": ("f.png", _png(part), "image/png")})
                 assert r.status_code == 200 and r.json()["stored"], r.text
                 assert r.json()["verdict"] == "fail" and r.json()["defects"], r.text
@@ -162,6 +163,21 @@ def test_a_folder_or_a_link_to_nothing_in_place_of_a_stored_file_is_named(
         path.mkdir()
     files["link"][1].unlink()
     files["link"][1].symlink_to(folder / "gone.png")
+    # one part's (session 48): only its inspections are read, the others' not even listed
+    with caplog.at_level(logging.WARNING, logger="lineside"):
+        result = runner.invoke(app, ["data", "pull", str(folder / "store"),
+                                     str(folder / "one"), "--no-reviewed", "--part-id", "kept"])
+    assert result.exit_code == 0 and "pulled 2 images" in result.output, result.output
+    assert _pulled(folder / "one") == {files["kept"][0]}
+    assert not [r for r in caplog.records if "left out" in r.getMessage()]
+    for bad, why in (("k\u202e", "must not contain a bidirectional control character"),
+                     ("k" * 257, "at most 256 characters, not 257"), ("", "is empty")):
+        result = runner.invoke(app, ["data", "pull", str(folder / "store"), str(folder / "no"),
+                                     "--part-id", bad])
+        assert result.exit_code == 2 and f"--part-id{':' if bad else ''} " in result.output \
+            and why in result.output, result.output
+    shutil.rmtree(folder / "one")
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="lineside"):
         result = runner.invoke(app, ["data", "pull", str(folder / "store"),
                                      str(folder / "out"), "--no-reviewed"])

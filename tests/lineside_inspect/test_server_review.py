@@ -149,6 +149,14 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
         frame = next(SAMPLE.rglob("*.jpg")).read_bytes()
         nul = c.post("/v1/inspect", content=frame, headers=JPEG, params={"part_id": "a\x00b"})
         assert nul.status_code == 400 and _code(nul) == "invalid_url"
+        # b's part again at another station (a re-inspection); a part id kept with its
+        # surrounding spaces (a fixed-width reader pads its serials): kept as sent
+        part = fails[1]["part_id"]
+        for camera, pid in (("cam7", part), ("cam7", " P-9 ")):
+            again = c.post("/v1/inspect", headers=JPEG, params={
+                "recipe": "strict", "camera_id": camera, "part_id": pid},
+                content=next(p for p in SAMPLE.rglob("*.jpg") if p.stem == part).read_bytes())
+            assert again.status_code == 200 and again.json()["part_id"] == pid, again.text
         assert c.get("/v1/inspections").status_code == 403
         assert c.post(f"/v1/inspections/{a}/reviews", json={"action": "confirm"}).status_code == 403
 
@@ -158,3 +166,25 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
     assert set(by_id) == {a, b} and len(ds.images) == 2
     assert by_id[a].is_good  # the false reject became a good image
     assert [(x.label, x.xyxy()) for x in by_id[b].boxes][-1] == ("short", (10.0, 10.0, 40.0, 40.0))
+
+    # how one part fared across stations and re-inspections: /v1/stats and the pull took
+    # no part filter (session 48); held to the list's rules, one definition
+    with srv.client("reviewer") as c:
+        doc = c.get("/v1/stats", params={"part_id": part}).json()
+        assert doc["part_id"] == part and sum(h["inspections"] for h in doc["hourly"]) == 2, doc
+        assert sorted(st["camera_id"] for st in doc["stations"]) == \
+            sorted([fails[1]["camera_id"], "cam7"]), doc["stations"]
+        assert (doc["reviewed_fails"], doc["false_rejects_confirmed"]) == (1, 0)  # b's, not a's
+        rows = c.get("/v1/stats.csv", params={"part_id": part}).text.splitlines()
+        assert rows[0].startswith("start_utc,end_utc,camera_id,recipe,part_id,"), rows[0]
+        for bad, why in (("x" * 257, "at most 256 characters"), ("SN\u202e1", "bidirectional")):
+            for path in ("/v1/stats", "/v1/stats.csv"):
+                r = c.get(path, params={"part_id": bad})
+                assert r.status_code == 422 and why in r.text and "part_id" in r.text, r.text
+        # exactly as kept: the padded id with its spaces, not without (documented)
+        for pid, n in ((" P-9 ", 1), ("P-9", 0)):
+            assert c.get("/v1/inspections", params={"part_id": pid}).json()["total"] == n
+            doc = c.get("/v1/stats", params={"part_id": pid}).json()
+            assert sum(h["inspections"] for h in doc["hourly"]) == n, (pid, doc["hourly"])
+    ds = pull_from_server(srv.url, tmp_path / "one-part", key="reviewer-secret", part_id=part)
+    assert [Path(r.file_name).stem for r in ds.images] == [b]  # reviewed, of that part only

@@ -330,6 +330,9 @@ class DashboardStats(_Shape):
     until: datetime
     camera_id: str | None = Field(description="the camera every figure is narrowed to ('': uploads)")
     recipe: str | None = Field(description="the recipe every figure is narrowed to")
+    part_id: str | None = Field(None, description=(
+        "the part every figure is narrowed to: its inspections still kept (retention's "
+        "history of removed ones keeps no part ids)"))
     shift_starts: list[str] = Field(description="'HH:MM' in shift_timezone (setting shifts)")
     shift_timezone: str
     hourly: list[Figure] = Field(description=(

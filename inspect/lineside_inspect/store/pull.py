@@ -458,7 +458,9 @@ def _not_a_file(store: Store, row: InspectionRow) -> str | None:
 
 
 def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = None,
-                    reviewed: bool = True, overwrite: bool = False) -> Dataset:
+                    reviewed: bool = True, overwrite: bool = False,
+                    part_id: str | None = None) -> Dataset:
+    """The store's reviewed inspections (``part_id``: exactly this part's) as a dataset."""
     _check_dst(dst, overwrite)
     cursor = _Cursor()
     with _staging(dst) as tmp:
@@ -466,7 +468,7 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
         while True:
             until, offset = cursor.params()
             _, rows = store.query(review_state="reviewed" if reviewed else None, since=since,
-                                  until=until, limit=PAGE, offset=offset)
+                                  until=until, part_id=part_id, limit=PAGE, offset=offset)
             if not rows:
                 break
             # a row whose stored time does not read as one (store/utc.py) has no place in
@@ -541,11 +543,13 @@ def _failed(url: str, r: httpx.Response | _Answer, what: str) -> ConfigError:
 
 def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
                      since: datetime | None = None, reviewed: bool = True,
-                     overwrite: bool = False) -> Dataset:
-    """The server's reviewed inspections as a dataset at ``dst``; a server that cannot be
-    reached (bad URL, refused, TLS, timeout) is one :class:`ServerUnreachable` line."""
+                     overwrite: bool = False, part_id: str | None = None) -> Dataset:
+    """The server's reviewed inspections as a dataset at ``dst`` (``part_id``: exactly
+    this part's, the list's ``part_id`` filter); a server that cannot be reached (bad URL,
+    refused, TLS, timeout) is one :class:`ServerUnreachable` line."""
     try:
-        return _pull(url, dst, key=key, since=since, reviewed=reviewed, overwrite=overwrite)
+        return _pull(url, dst, key=key, since=since, reviewed=reviewed, overwrite=overwrite,
+                     part_id=part_id)
     except httpx.InvalidURL as exc:
         raise ConfigError(f"{url}: not a valid URL ({exc})") from None
     except httpx.TransportError as exc:  # refused, DNS, TLS, timeouts, a scheme httpx lacks
@@ -643,13 +647,13 @@ def _bound(first: int) -> int:
 
 
 def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
-          reviewed: bool, overwrite: bool) -> Dataset:
+          reviewed: bool, overwrite: bool, part_id: str | None = None) -> Dataset:
     _check_dst(dst, overwrite)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with _staging(dst) as tmp, \
             httpx.Client(base_url=url, headers={**headers, **IDENTITY}, timeout=60) as c:
         placing = _Placing(Path(tmp))
-        for item in _listed(c, url, since=since, reviewed=reviewed):
+        for item in _listed(c, url, since=since, reviewed=reviewed, part_id=part_id):
             # a review made during the pull moves later items onto the next page
             if not item["has_image"] or not placing.first(item["id"]) \
                     or not placing.wanted(item):
@@ -660,11 +664,12 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
 
 
 def _listed(c: httpx.Client, url: str, *, since: datetime | None,
-            reviewed: bool) -> Iterator[dict[str, Any]]:
+            reviewed: bool, part_id: str | None = None) -> Iterator[dict[str, Any]]:
     """The server's inspections, page by page (:class:`_Cursor`; by offset from a server
     of a release before ``until``), each as its JSON; the next page is asked for once the
     items before it were taken. A list that never ends, or sends a page again, is stopped
-    (:func:`_bound`)."""
+    (:func:`_bound`). ``part_id``: a server listing another part's inspection ignores the
+    filter (a release before 2026-12-07): stopped, not every part's pulled as one's."""
     cursor, listed, first = _Cursor(), 0, None
     by_offset: int | None = None  # a server of a release before `until`: by offset
     again = 0  # rows of pages by offset that listed only rows listed before
@@ -677,6 +682,8 @@ def _listed(c: httpx.Client, url: str, *, since: datetime | None,
             params["since"] = since.isoformat()
         if until:
             params["until"] = until.isoformat()
+        if part_id:
+            params["part_id"] = part_id
         r = _get(c, url, "/v1/inspections", MAX_PAGE_BYTES, params=params)
         if r.status_code != 200:
             raise _failed(url, r, "listing inspections")
@@ -701,6 +708,10 @@ def _listed(c: httpx.Client, url: str, *, since: datetime | None,
             continue
         if not items:
             return
+        if part_id and (other := next((i for i in page.items if i.part_id != part_id), None)):
+            raise ConfigError(f"{url}: asked for part {part_id!r}, the server listed "
+                              f"inspection {other.id} of another part: it does not filter by "
+                              "part_id (a release before 2026-12-07); pull without --part-id")
         if until and any(as_utc(i.created_at) >= until for i in page.items):
             # it ignored `until` (a page before this one may have been another than
             # asked for, unseen): from the start again by offset, each item taken once

@@ -28,6 +28,7 @@ from sqlalchemy import (
     and_,
     case,
     exists,
+    false,
     func,
     literal,
     literal_column,
@@ -129,13 +130,19 @@ class Scope:
     @classmethod
     def of(cls, camera_id: str | None = None, recipe: str | None = None,
            site: str | None = None, line: str | None = None,
-           box_id: str | None = None, here: str | None = None) -> Scope:
+           box_id: str | None = None, here: str | None = None,
+           part_id: str | None = None) -> Scope:
         """``here``: on a box sharing its database with others, the box: every figure is
         its own (its inspections, the reviews made on it), as its status page, /metrics and
         lifecycle are; the dashboard's totals were every box's beside its own stations.
-        An explicit ``box_id`` asks for that box's instead."""
+        An explicit ``box_id`` asks for that box's instead. ``part_id``: exactly this
+        part's inspections, the kept ones: the history of removed ones has no part ids
+        (its quarter-hour counts are every part's), so it adds nothing to a part's figures."""
         rows = _filters(camera_id, recipe, site, line, box_id)
         removed = _filters(camera_id, recipe, site, line, box_id, YieldHistoryRow)
+        if part_id:  # ("" is no filter, as GET /v1/inspections has it: an empty form field)
+            rows = [*rows, InspectionRow.part_id == part_id]
+            removed = [*removed, false()]
         reviews = list(rows)
         if here and not box_id:
             rows, reviews = [*rows, of_box(here)], [*reviews, made_on(here)]
@@ -445,13 +452,13 @@ def legacy(s: Session, conds: Sequence[ColumnElement[bool]] = ()) -> dict[str, A
 def dashboard(s: Session, *, hours: int, now: datetime, shifts: Shifts,
               camera_id: str | None = None, recipe: str | None = None, site: str | None = None,
               line: str | None = None, box_id: str | None = None,
-              here: str | None = None) -> dict[str, Any]:
+              here: str | None = None, part_id: str | None = None) -> dict[str, Any]:
     """Every figure of the dashboard over the last ``hours`` (and the shifts they touch),
     for one camera and/or recipe (and on a hub site, line, box) when given; ``here``: see
-    :meth:`Scope.of`."""
+    :meth:`Scope.of`; ``part_id``: one part's (kept) inspections."""
     until = as_utc(now)
     since = until - timedelta(hours=hours)
-    scope = Scope.of(camera_id, recipe, site, line, box_id, here)
+    scope = Scope.of(camera_id, recipe, site, line, box_id, here, part_id)
     conds = scope.rows  # (the figures below need the rows: retention's history has none)
     hours_ = hourly(s, since, until, scope)
     shift_rows = per_shift(s, shifts.boundaries(since, until), scope)
@@ -464,6 +471,7 @@ def dashboard(s: Session, *, hours: int, now: datetime, shifts: Shifts,
         per_camera[cam] = per_camera.get(cam, 0) + p["inspections"]
     return {
         "since": since, "until": until, "camera_id": camera_id, "recipe": recipe,
+        "part_id": part_id or None,
         "shift_starts": list(shifts.starts), "shift_timezone": str(shifts.zone),
         "hourly": hours_, "shifts": shift_rows, "pareto": classes, "stations": places,
         "model_changes": changes, "model_changes_cut": cut,

@@ -1916,20 +1916,22 @@ class Store:
 
     def stats(self, hours: int = 24, *, shifts: figures.Shifts | None = None,
               camera_id: str | None = None, recipe: str | None = None,
+              part_id: str | None = None,
               site: str | None = None, line: str | None = None, box_id: str | None = None,
               now: datetime | None = None, here: bool = False) -> dict[str, Any]:
         """Dashboard figures over the last ``hours`` (``store/stats.py``): yield per hour and
         per shift (default: one shift a day from 00:00 UTC), the defect Pareto, model-version
         changes, review outcomes and reviewers; ``camera_id`` ("" for uploads),
-        ``recipe`` and (on a hub) ``site``, ``line`` and ``box_id`` narrow every figure.
-        ``here``: this box's figures, unless ``box_id`` names another (boxes sharing a
+        ``recipe``, ``part_id`` (exactly; of the kept inspections only: retention's history
+        keeps no part ids) and (on a hub) ``site``, ``line`` and ``box_id`` narrow every
+        figure. ``here``: this box's figures, unless ``box_id`` names another (boxes sharing a
         database: :meth:`stats.Scope.of`)."""
         self._applied()
         with Session(self.engine) as s:
             return figures.dashboard(s, hours=hours, now=now or datetime.now(UTC),
                                      shifts=shifts or figures.Shifts(("00:00",), UTC),
-                                     camera_id=camera_id, recipe=recipe, site=site,
-                                     line=line, box_id=box_id,
+                                     camera_id=camera_id, recipe=recipe, part_id=part_id,
+                                     site=site, line=line, box_id=box_id,
                                      here=self.box_id if here else None)
 
     def read(self, query: Callable[[Session], T]) -> T:

@@ -16,7 +16,7 @@ from lineside_inspect.cameras import CameraManager, CameraUnavailable
 from lineside_inspect.draw import annotate
 from lineside_inspect.errors import Forbidden, LinesideError, Overloaded
 from lineside_inspect.imageio import encode_jpeg
-from lineside_inspect.names import Name, PlainLine
+from lineside_inspect.names import Name, PartId
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.deps import (
@@ -116,7 +116,7 @@ def list_cameras(request: Request, who: Viewer) -> list[CameraHealth]:
              responses={**VERDICT_OR_JPEG, **errors(401, 403, 404, 408, 413, 422, 502, 503)})
 async def trigger(
     camera_id: str, request: Request, who: LineUser, service: ServiceDep,
-    part_id: Annotated[PlainLine | None, Query(max_length=256)] = None,
+    part_id: Annotated[PartId | None, Query()] = None,
     recipe: Annotated[Name | None, Query()] = None,
     timeout_s: Annotated[float, Query(gt=0, le=30)] = 2.0,
     annotated: Annotated[bool, Query(description="answer with the annotated JPEG")] = False,

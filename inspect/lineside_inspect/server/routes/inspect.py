@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from lineside_inspect.names import Name, PlainLine
+from lineside_inspect.names import Name, PartId
 from lineside_inspect.schemas import InspectionResult
 from lineside_inspect.server.body import read_upload
 from lineside_inspect.server.deps import RoleFirstRoute, authorize, key_holder, query_model, query_parameters
@@ -31,7 +31,7 @@ class InspectQuery(BaseModel):
     # a name (names.py): the camera's folder when reviewed inspections are pulled as a
     # dataset, and an MQTT topic level; '../x', 'a/b' or '/abs' are refused (422)
     camera_id: Name | None = Field(None, description="the camera that took the image")
-    part_id: PlainLine | None = Field(None, max_length=256)
+    part_id: PartId | None = None  # kept as sent (names.PartId), what part filters match
     annotated: bool = Field(False, description="answer with the annotated JPEG")
     reference: str | None = Field(None, max_length=128, description=(
         "reference models: name of a registered reference image"))

@@ -21,12 +21,12 @@ from starlette.background import BackgroundTask
 from lineside_inspect.draw import annotate
 from lineside_inspect.errors import ImageError, NotFoundError, Overloaded
 from lineside_inspect.imageio import decode_frame, encode_jpeg
-from lineside_inspect.names import OneLine, PlainLine, Text
+from lineside_inspect.names import OneLine, Text
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionPage, Outcome, ReviewAction, StoredInspection
 from lineside_inspect.server.deps import Reviewer, RoleFirstRoute, Viewer, get_store
 from lineside_inspect.server.responses import DashboardStats, errors, media
-from lineside_inspect.server.routes.page_data import FleetName, shared_box
+from lineside_inspect.server.routes.page_data import FleetName, PartFilter, shared_box
 from lineside_inspect.store.stats import Shifts
 from lineside_inspect.store.utc import UTCTime
 
@@ -39,9 +39,7 @@ def list_inspections(
     verdict: Outcome | None = None,
     camera_id: Annotated[str | None, Query(max_length=128, description=(
         "only this camera's ('': inspections sent without one, as /v1/stats has it)"))] = None,
-    # held to what POST /v1/inspect takes as a part id (one line, no bidi control)
-    part_id: Annotated[PlainLine | None, Query(max_length=256, description=(
-        "only this part's inspections (exactly this part id, as sent with the image)"))] = None,
+    part_id: PartFilter = None,  # held to what POST /v1/inspect keeps (names.PartId)
     recipe: Annotated[str | None, Query(max_length=128)] = None,
     label: Annotated[str | None, Query(max_length=128)] = None,
     site: FleetName = None, line: FleetName = None, box_id: FleetName = None,
@@ -268,14 +266,18 @@ def stats(request: Request, who: Viewer,
           camera_id: Annotated[str | None, Query(max_length=128, description=(
               "narrow every figure to this camera ('': inspections sent without one)"))] = None,
           recipe: Annotated[str | None, Query(max_length=128)] = None,
+          part_id: PartFilter = None,
           site: FleetName = None, line: FleetName = None, box_id: FleetName = None) -> DashboardStats:
     """Dashboard figures over the last ``hours`` (404 when the server keeps no store);
     shifts as the ``shifts`` setting has them. The yield figures (hourly, shifts,
     stations) include the inspections retention removed; the Pareto, model changes and
-    review figures count the inspections still kept."""
+    review figures count the inspections still kept. ``part_id``: one part's inspections
+    at every station and each re-inspection, the kept ones only (retention's history of
+    the removed ones keeps no part ids)."""
     settings = request.app.state.settings
     # a box sharing its database: its own figures (box_id names another box's)
-    doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe, site=site, line=line,
+    doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe, part_id=part_id,
+                                   site=site, line=line,
                                    box_id=box_id, here=shared_box(request) is not None,
                                    shifts=Shifts.configured(settings.shifts, settings.shift_timezone))
     cams = request.app.state.cameras

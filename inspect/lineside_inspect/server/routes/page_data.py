@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lineside_inspect.errors import describe_validation
+from lineside_inspect.names import PartId
 from lineside_inspect.schemas import Outcome
 from lineside_inspect.server.deps import Reviewer, RoleFirstRoute, Viewer, get_store
 from lineside_inspect.server.responses import (
@@ -33,6 +34,11 @@ router = APIRouter(route_class=RoleFirstRoute, prefix="/v1", tags=["review"])
 # a site, line or box name (fleet filters on a hub): full-matched, like the names themselves
 FleetName = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description=(
     "on a hub: only this site's, line's or box's inspections"))]
+# one part's inspections (GET /v1/inspections, /v1/stats, /v1/stats.csv): held to what POST
+# /v1/inspect keeps as a part id (names.PartId), matched exactly, as stored
+PartFilter = Annotated[PartId | None, Query(description=(
+    "only this part's inspections: exactly this part id, as sent with the image "
+    "(surrounding spaces too: POST /v1/inspect keeps them)"))]
 
 class _Shape(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -370,6 +376,8 @@ def csv_rows(doc: dict[str, Any], table: str,
     read as the whole fleet's, and cam1 of two boxes as one camera."""
     scope = [doc["camera_id"] if doc["camera_id"] is not None else "(all)", doc["recipe"] or "(all)"]
     head = ["camera_id", "recipe"]
+    if doc.get("part_id"):  # one part's figures: its rows say so (they read as the line's)
+        scope, head = [*scope, doc["part_id"]], [*head, "part_id"]
     if fleet is not None:
         scope = [fleet.get(k) or "(all)" for k in FLEET_SCOPE] + scope
         head = [*FLEET_SCOPE, *head]
@@ -415,13 +423,14 @@ def stats_csv(request: Request, who: Viewer,
               hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24,
               camera_id: Annotated[str | None, Query(max_length=128)] = None,
               recipe: Annotated[str | None, Query(max_length=128)] = None,
+              part_id: PartFilter = None,
               site: FleetName = None, line: FleetName = None, box_id: FleetName = None) -> Response:
     """The numbers of one dashboard table, with the parameters of ``GET /v1/stats``:
     hourly, shifts and stations include the inspections retention removed; pareto,
     quality, reviewers and model_changes count the inspections still kept."""
     store = get_store(request)
     here = shared_box(request)
-    doc = store.stats(hours, camera_id=camera_id, recipe=recipe, site=site,
+    doc = store.stats(hours, camera_id=camera_id, recipe=recipe, part_id=part_id, site=site,
                       line=line, box_id=box_id, shifts=shifts_of(request), here=here is not None)
     # on a hub its fleet filters are the file's scope, in its rows and its name (names
     # full-matched by FleetName: nothing to quote); so on a box sharing its database with
