@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from .conftest import ROOT, Running, close_contexts, keyed, start_server
-from .test_ui_screens import CHROMIUM, _context, _sign_in
+from .test_ui_screens import CHROMIUM, REVIEW_JS, _context, _held, _sign_in
 
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
 GOLDEN = ROOT / "configs" / "line" / "station1-reference.jpg"
@@ -56,14 +56,14 @@ def test_a_review_key_never_acts_on_a_part_not_on_screen(browser: Any, box: Runn
     page = _context(browser).new_page()
     _sign_in(page, box.url + "/review?camera_id=&part_id=", "reviewer-secret")
     expect(page.locator(".card")).to_have_count(3)
-    # a box under load: each inspection takes 300 ms to come, or is held while asked
+    # a box under load: an inspection is held while asked (it slept 300 ms in the route's
+    # handler, which is the test's own thread: Playwright's dispatch stood still with it)
     slow: dict[str, list[Any] | None] = {"held": None}
 
     def one_part(route: Any) -> None:
         if slow["held"] is not None:
             slow["held"].append(route)
         else:
-            time.sleep(0.3)
             route.continue_()
 
     one = re.compile(r".*/v1/inspections/[0-9a-f]{32}$")
@@ -81,11 +81,10 @@ def test_a_review_key_never_acts_on_a_part_not_on_screen(browser: Any, box: Runn
     page.keyboard.press("c")  # while it saves: held back, no conflict with its own save
     expect(page.locator("#d-status")).to_have_text("wait: the part is still loading or saving")
     page.unroute(reviews)
-    held[0].continue_()
+    _held(page, held).continue_()
     expect(page.locator("#d-status")).to_have_text("saved: confirm")
-    # the next part held until f is pressed: the 300 ms above ran in the test's own
-    # thread, which could let the part come before f was sent (a fresh-clone failure:
-    # f then reviewed it, and the f below reviewed it again)
+    # the next part held until f is pressed: let through, it could come before f was sent
+    # (a fresh-clone failure: f then reviewed it, and the f below reviewed it again)
     coming: list[Any] = []
     slow["held"] = coming
     with page.expect_request(one):
@@ -93,7 +92,7 @@ def test_a_review_key_never_acts_on_a_part_not_on_screen(browser: Any, box: Runn
     page.keyboard.press("f")  # before the next part shows: held back
     expect(page.locator("#d-status")).to_have_text("wait: the part is still loading or saving")
     slow["held"] = None
-    coming[0].continue_()
+    _held(page, coming).continue_()  # (its request seen is not yet its handler run)
     expect(page.locator("#d-title")).to_contain_text(newest[1][:8])
     page.wait_for_timeout(500)
     expect(page.locator("#d-title")).to_contain_text(newest[1][:8])  # it stays
@@ -182,20 +181,17 @@ def test_a_part_the_unchanged_gate_passed_says_so_when_stored(browser: Any, box:
     # the filter sent before the page's script had run (held here, as a slow link or a
     # loaded box holds it: a fresh-clone failure): the form went as a plain GET, and the
     # page showed its default list, the unreviewed fails, the filter dropped unsaid
-    script = re.compile(r".*/static/review\.js$")
     held: list[Any] = []
-    page.route(script, lambda route: held.append(route))
+    page.route(REVIEW_JS, lambda route: held.append(route))
     _sign_in(page, box.url + "/review", "reviewer-secret")
     page.locator("#filters [name=verdict]").select_option("pass")
     page.locator("#filters [name=review_state]").select_option("")
     page.locator("#filters button[type=submit]").click()
     page.wait_for_url(re.compile(r".*/review\?.*verdict=pass"), wait_until="commit")
-    for _ in range(200):  # the script of the page the plain GET opened
-        if len(held) == 2:
-            break
-        page.wait_for_timeout(25)
-    held[-1].continue_()
-    page.unroute(script)
+    # the script of the page the plain GET opened (was 200 x 25 ms, then the first page's
+    # script let go if the second had not come: 5 s, short on a loaded host)
+    _held(page, held, 2).continue_()
+    page.unroute(REVIEW_JS)
     # the card of this very part: a count of 1 was also met by the list shown before
     # the filter's answer came back (a fail of another test), and that card was opened
     card = page.locator(f".card[data-id='{doc['id']}']")

@@ -171,6 +171,20 @@ def _sign_in(page: Any, url: str, key: str = "reviewer-secret") -> None:
     page.keyboard.press("Enter")
 
 
+REVIEW_JS = re.compile(r".*/static/review\.js$")
+
+
+def _held(page: Any, held: list[Any], n: int = 1) -> Any:
+    """The ``n``-th request a test's route put in ``held``, once Playwright has handed it
+    over: a route's handler runs as Playwright dispatches events, while the test waits in
+    one of its calls (never ``time.sleep``, which blocks that dispatch)."""
+    deadline = time.monotonic() + 30
+    while len(held) < n:
+        assert time.monotonic() < deadline, f"{len(held)} of {n} requests held"
+        page.wait_for_timeout(20)
+    return held[n - 1]
+
+
 def _shot(page: Any, name: str, tmp_path: Path, full: bool = False) -> None:
     """A screenshot (kept in docs/ui when LINESIDE_SCREENSHOTS names it) that is an image
     of the page, not a blank."""
@@ -498,10 +512,7 @@ def test_dashboard(browser: Any, shift: Running, tmp_path: Path) -> None:
     page.route(re.compile(r".*/v1/stats\?.*hours=168.*"), lambda r: held.append(r))
     with page.expect_request(re.compile(r".*/v1/stats\?.*hours=168.*")):
         page.select_option("select[name=hours]", "168")
-    deadline = time.monotonic() + 30  # its route handler runs as Playwright dispatches
-    while not held:  # events (was 200 x 25 ms: 5 s, short on a loaded host)
-        assert time.monotonic() < deadline, "the 7 days' stats were never asked for"
-        page.wait_for_timeout(25)
+    _held(page, held)  # (was 200 x 25 ms: 5 s, short on a loaded host)
     page.select_option("select[name=hours]", "8")
     expect(page.locator("#trend rect.bar-fail")).to_have_count(len(h8["hourly"]))
     with page.expect_response(re.compile(r"hours=168")) as late:

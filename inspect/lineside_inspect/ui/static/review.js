@@ -45,6 +45,11 @@ const KEPT = "lineside.review";
 function keep() {
   try { sessionStorage.setItem(KEPT, query().toString()); } catch { /* storage off: not kept */ }
 }
+// a field no longer as the page came with it: set by the reviewer (or the browser)
+function changed(f) {
+  if (f.tagName !== "SELECT") return f.value !== f.defaultValue;  // (a hidden one: never)
+  return f.selectedIndex !== Math.max(0, Array.from(f.options).findIndex((o) => o.defaultSelected));
+}
 // A filter in the address wins: the form sent before this script had run (a slow link or
 // a loaded box: it went as a plain GET, and the list shown was the default one, the
 // filter silently dropped) or a link to a list (/review?part_id=P7). A field it does not
@@ -61,14 +66,19 @@ function restore() {
   }
   if (kept === null) return;
   const p = new URLSearchParams(kept);
+  // a field the reviewer changed before this script had run keeps that choice (the kept
+  // filter or the address's set it back, unsaid, and Filter then sent the old one), and
+  // the list is then a new one: from its first page. (A value the browser put back on a
+  // reload, the same as the kept one, is no choice: the page kept stays)
+  const theirs = FIELDS.filter((k) => changed(form.elements[k]) && form.elements[k].value !== (p.get(k) || ""));
   for (const k of FIELDS) {
-    if (linked && !p.has(k)) continue;
+    if ((linked && !p.has(k)) || theirs.includes(k)) continue;
     const f = form.elements[k], v = p.get(k) || "";
     // a class or a box the page has not listed yet (they come with the pages it loads)
     if (f.tagName === "SELECT" && v && !Array.from(f.options, (o) => o.value).includes(v)) f.add(new Option(v, v));
     f.value = v;
   }
-  state.offset = Math.max(0, Math.floor(Number(p.get("offset")) || 0));
+  state.offset = theirs.length ? 0 : Math.max(0, Math.floor(Number(p.get("offset")) || 0));
 }
 
 // -- queues -----------------------------------------------------------------------------
@@ -620,6 +630,10 @@ function page(d) {
 }
 $("#prev").onclick = () => page(-1);
 $("#next").onclick = () => page(1);
+// the views, the pager and confirm-all come disabled in the page: pressed before this
+// script had run (a slow link, a loaded box), a click went to a button without its
+// handler and was lost, nothing said (CI, session 45, met it as a flaky test)
+for (const b of ["#tab-grid", "#tab-audit", "#prev", "#next", "#b-all"]) $(b).disabled = false;
 $("#stage").addEventListener("wheel", (e) => { e.preventDefault(); zoom(e.deltaY < 0 ? 1.2 : 1 / 1.2); });
 
 document.addEventListener("keydown", (e) => {
