@@ -50,9 +50,10 @@ def test_run_folder_has_config_checkpoints_and_metrics(tiny_run: Path) -> None:
 
 
 def test_resume_continues_where_it_stopped(tmp_path: Path, make_config: Make) -> None:
-    cfg = make_config(tmp_path, epochs=1, max_steps_per_epoch=2, eval_every=1)
+    small = {"input_size": 320, "crop_size": 192}  # an epoch's evaluation at 640 px took most of it
+    cfg = make_config(tmp_path, epochs=1, max_steps_per_epoch=2, eval_every=1, **small)
     run = train(cfg, quiet=True)
-    more = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, eval_every=1)
+    more = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, eval_every=1, **small)
     train(more, resume=True, quiet=True)
     epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
@@ -62,12 +63,14 @@ def test_resume_continues_where_it_stopped(tmp_path: Path, make_config: Make) ->
     with pytest.raises(ConfigError, match=r"already there \(last\.pt, best\.pt\).*--name"):
         train(more, quiet=True)  # without --resume: refused, the run left as it was
     other = another_set(tmp_path / "other")  # another set to merge (the set itself is refused)
-    merged = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, extra_data=[str(other)])
+    merged = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, extra_data=[str(other)],
+                         **small)
     with pytest.raises(ConfigError, match=r"--resume: .* trained on .*, this run names .* \+ "):
         train(merged, resume=True, quiet=True)  # other data: not a continuation of this run
     moved = tmp_path / "moved" / "sample"  # the same set elsewhere (another checkout)
     shutil.copytree(SAMPLE, moved)
-    again = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, data=str(moved) + "/")
+    again = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, data=str(moved) + "/",
+                        **small)
     fingerprint = load_data(again).fingerprint
     _check_resumable(run, fingerprint, budget=False, epochs=3)  # the same content: continues
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
@@ -398,7 +401,9 @@ def test_a_run_stopped_in_its_first_epoch_can_be_resumed(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine, "train_one_epoch", interrupted)
-    cfg = make_config(tmp_path, epochs=1, max_steps_per_epoch=2, eval_every=1)
+    # (320 px: the export's parity and the resumed epoch's evaluation at 640 took most of it)
+    cfg = make_config(tmp_path, epochs=1, max_steps_per_epoch=2, eval_every=1, input_size=320,
+                      crop_size=192)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, quiet=True)
     run = tmp_path / "tiny"

@@ -196,7 +196,7 @@ def test_int8_export_end_to_end(evaluated: tuple[Path, dict[str, Any]], package:
     dataset = read_dataset(SAMPLE)
     try:
         summary = export(evaluated[0], out, int8=True, parity_images=4, calibration_images=8,
-                         max_defects_lost=1.0)
+                         max_defects_lost=1.0, latency_runs=3)  # (speedup: a figure, not pinned)
     except PackageError as exc:
         said = re.fullmatch(r"int8 graph refused: it passes (\d+) val part\(s\) the fp32 graph "
                             r"fails at the card's thresholds \(defects it misses: .+\)",
@@ -274,7 +274,8 @@ def test_fp16_export_gives_a_graph_the_runtime_loads(evaluated: tuple[Path, dict
     session 33). (The tiny run's evaluated copy: its thresholds are saved, not calibrated
     anew through torch.)"""
     out = tmp_path / "tiny-fp16" / "1"
-    summary = export(evaluated[0], out, fp16=True, parity_images=4, max_defects_lost=1.0)
+    summary = export(evaluated[0], out, fp16=True, parity_images=4, max_defects_lost=1.0,
+                     latency_runs=3)
     assert summary["quantization"]["precision"] == "fp16"
     det = Detector(out, device="cpu")
     assert len(det.predict([read_image(next((SAMPLE / "images").rglob("*_test.jpg")))])) == 1

@@ -140,7 +140,7 @@ def test_export_tile_puts_tiling_in_the_cards_recipe(tiny_run: Path, tmp_path: P
     package serves frames tiled through ``inspect`` under the card's recipe, with no
     recipe written."""
     out = tmp_path / "tiny" / "1"
-    summary = export(tiny_run, out, parity_images=2, tile=640, fp16=True)
+    summary = export(tiny_run, out, parity_images=2, tile=640, fp16=True, latency_runs=3)
     assert summary["tiling"] == {"tile": 640, "overlap": 0.2}
     assert any("judges frames larger than 640 px as 640 px tiles" in n
                and n.endswith("the parity gate compared whole images")  # as the model learned

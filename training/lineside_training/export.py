@@ -177,7 +177,7 @@ LATENCY_OF = "one forward pass of one input (batch 1; one tile of a frame a reci
 def _latency_ms(detector: Detector, size: int, runs: int = 20) -> float:
     batch = np.random.default_rng(0).integers(0, 255, (1, 3, size, size), dtype=np.uint8)
     times = []
-    for _ in range(runs):
+    for _ in range(max(1, runs)):  # (at least one: a median of none is nan)
         t = time.perf_counter()
         detector.forward(batch)
         times.append(time.perf_counter() - t)
@@ -331,6 +331,7 @@ def export(
     int8: bool = False,
     fp16: bool = False,
     calibration_images: int = 64,
+    latency_runs: int = 20,
     max_map_drop: float = 0.01,
     max_defects_lost: float = 0.01,
     overwrite: bool = False,
@@ -344,7 +345,8 @@ def export(
     started from (fine-tuned, or retrained on its reviewed inspections). ``tile`` (and
     ``overlap``): the card's recipe judges frames larger than ``tile`` px as tiles
     (:func:`tiling_for`; the card is then of format :data:`TILING_FORMAT`), and the
-    lower-precision figures are of frames judged so."""
+    lower-precision figures are of frames judged so. ``latency_runs``: the forward passes
+    timed per graph for the card's fp32 and lower-precision p50 (their median)."""
     out = check_out(out, overwrite, run=run)
     trained = load_trained(run, "cpu")
     cfg = trained.config
@@ -435,7 +437,7 @@ def export(
         if int8 or fp16:
             base_preds = runtime_predictions(detector, val, dataset, tiling)
             base_map = coco_metrics(val, base_preds, trained.class_names)["map50"]
-            base_ms = _latency_ms(detector, cfg.input_size)
+            base_ms = _latency_ms(detector, cfg.input_size, latency_runs)
             shutil.copyfile(fp32, tmp / "model.fp32.onnx")
             lowp = tmp / "model.lowp.onnx"
             if int8:
@@ -451,7 +453,7 @@ def export(
             low_map = coco_metrics(val, low_preds, trained.class_names)["map50"]
             changes = counted_changes(base_preds, low_preds, trained.class_names, thr,
                                       agnostic_iou=card.agnostic_iou)
-            low_ms = _latency_ms(low, cfg.input_size)
+            low_ms = _latency_ms(low, cfg.input_size, latency_runs)
             card.quantization = {"precision": card.precision, "map50_fp32": base_map,
                                  "map50": low_map, "map50_change": low_map - base_map,
                                  "p50_ms_fp32": base_ms, "p50_ms": low_ms,

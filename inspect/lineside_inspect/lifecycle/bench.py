@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 _COUNTS = ("offered", "compared", "dropped", "errors")
 FUSED_RECIPE = "bench-fused"
+WARM_UP_FRAMES = 8
+SETTLE_S = 10.0  # the longest wait for the shadow's queued frames after a phase
 
 
 @dataclass
@@ -193,12 +195,28 @@ def bench_shadow(package: str | Path, shadow: str | Path, frames: str | Path, *,
                     "the recipe fusing the detector with the --fused-with package")
             _ok(c.post("/v1/models", json={"path": str(Path(shadow).resolve()),
                                            "activate": False}), "the --shadow package")
-            _send(url, images, seconds=2, clients=1, interval_s=None, recipe=recipe)  # warm-up
+            # warm-up: the first frames allocate the runtime's buffers (and, fused, run the
+            # partner for the first time); a few back to back, not timed
+            for image in images[:WARM_UP_FRAMES]:
+                _ok(c.post("/v1/inspect", content=image, params={"recipe": recipe} if recipe
+                           else None, headers={"content-type": "image/jpeg"}), "a frame")
             name = shadow_card.name
 
             def counts() -> dict[str, int]:
                 doc = c.get(f"/v1/models/{name}/shadow").json()
                 return {k: int(doc.get(k) or 0) for k in _COUNTS}
+
+            def settled() -> dict[str, int]:
+                """The counts once every frame offered has ended (compared, dropped or an
+                error): what was queued at the phase's end finishes. Bounded: a shadow that
+                stops answering leaves its frames offered and not compared."""
+                deadline = time.monotonic() + SETTLE_S
+                while True:
+                    now = counts()
+                    if now["offered"] <= now["compared"] + now["dropped"] + now["errors"] \
+                            or time.monotonic() > deadline:
+                        return now
+                    time.sleep(0.05)
 
             for _ in range(rounds):
                 for load, (n, interval) in loads.items():
@@ -214,8 +232,7 @@ def bench_shadow(package: str | Path, shadow: str | Path, frames: str | Path, *,
                                         interval_s=interval, recipe=recipe)
                         row.seconds += seconds
                         if on:
-                            time.sleep(1.0)  # what was queued at the end finishes
-                            after = counts()
+                            after = settled()
                             assert before is not None
                             for k in _COUNTS:
                                 row.shadow[k] += after[k] - before[k]
