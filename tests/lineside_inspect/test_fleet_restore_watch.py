@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lineside_inspect.fleet.box.models import Verified
-from lineside_inspect.fleet.protocol import AssignedModel
+from lineside_inspect.fleet.protocol import AssignedModel, Assignment
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary, from_dataset
 from lineside_inspect.package import card_digest, load_package
 
@@ -121,5 +121,76 @@ def test_a_pulled_promotions_watch_resumes_after_a_restart(tmp_path: Path) -> No
         assert lifecycle.rollout.get("deeppcb") is running and running.state == "watching"
         assert lifecycle.records.audit_log(model="deeppcb", limit=1)[1][0]["action"] == \
             "rollout_resumed"
+    finally:
+        stop()
+
+
+def test_a_pulled_promotion_rolled_back_restarts_on_the_version_it_went_back_to(
+        tmp_path: Path) -> None:
+    """A box with deeppcb only from the hub pulls 1, then 2 (promoted, watched); the watch
+    rolls 2 back to 1 by itself; a power cycle. The box judges with 1 again (a ``restore``
+    by ``fleet``, said in the log), 2 stays loaded beside, left; the hub still assigning 2
+    does not make the box take it again (it would loop: session 48, rollback pass); 3,
+    assigned next, is promoted over 1, which is kept as its way back across a restart."""
+    data = tmp_path / "box"
+    one, two, three = (_package(data / "fleet-models", v) for v in ("1", "2", "3"))
+    items, classes = from_dataset(SAMPLE, limit=2)
+    GoldenLibrary(data / GOLDEN_DIR).create("deeppcb", items, classes)
+    config = {"data_dir": str(data), "store_pass_rate": 1.0,  # deeppcb only from the hub
+              "models": [str(ROOT / "models" / "deeppcb-good" / "1")],
+              "fleet": {"hub_url": "http://127.0.0.1:9", "token": "t", "line": "L1",
+                        "pull_interval_s": 3600, "timeout_s": 1}}
+    first, stop = _run(config)
+    try:
+        _take(first, one, "1")
+        _take(first, two, "2")
+        rollout = first.app.state.lifecycle.rollout
+        # past a bound at once (any false reject is one too many): the watch's own check
+        rollout.bounds = rollout.bounds.model_copy(update={"max_false_rejects": -1})
+        rollout.check()
+        assert rollout.get("deeppcb").state == "rolled_back"
+        assert first.app.state.registry.models()["deeppcb"].active == "1"
+    finally:
+        stop()  # the power cycle, before any pull marked 2 as left
+
+    for restart in range(2):  # the second start: the record stands, 1 again
+        box, stop = _run(config)
+        try:
+            slot = box.app.state.registry.models()["deeppcb"]
+            assert (slot.active, sorted(slot.versions)) == ("1", ["1", "2"])
+            puller = box.app.state.fleet_models
+            assert puller.state.models["deeppcb"].held
+            assert puller.previous.models["deeppcb"].version == "1"
+            audit = box.app.state.lifecycle.records.audit_log(model="deeppcb", limit=3)[1]
+            assert [(a["action"], a["actor"], a["version"]) for a in audit[:1]] == [
+                ("restore", "fleet", "1")]
+            assert "went back from; 2 stays left on the box" in audit[0]["reason"]
+            assert box.app.state.lifecycle.rollout.watching("deeppcb") is None
+            with box.client("line") as line:
+                got = line.post("/v1/inspect", params={"recipe": "deeppcb-default"}, content=next(
+                    (SAMPLE / "images").rglob("*_test.jpg")).read_bytes(),
+                    headers={"content-type": "image/jpeg"})
+            assert got.status_code == 200, got.text
+            assert got.json()["model"]["version"] == "1"
+            if restart == 0:  # the hub still assigns 2: left on the box, not taken again
+                sha = "2".rjust(64, "0")
+                puller._apply(Assignment(revision=1, models=[
+                    AssignedModel(name="deeppcb", version="2", sha256=sha)]))
+                assert slot.active == "1" and puller.errors() == [
+                    "deeppcb 2 assigned, 1 active: left on the box (by hand or a rollback), "
+                    "not forced back"]
+            else:  # the hub assigns 3: promoted over 1, which is its way back now
+                _take(box, three, "3")
+                assert box.app.state.lifecycle.rollout.watching("deeppcb").previous == "1"
+                assert puller.previous.models["deeppcb"].promoted == "3"
+        finally:
+            stop()
+
+    box, stop = _run(config)
+    try:  # 3's watch resumes, 1 loaded again to roll back to (2 no longer the pull)
+        slot = box.app.state.registry.models()["deeppcb"]
+        assert (slot.active, sorted(slot.versions)) == ("3", ["1", "3"])
+        watch = box.app.state.lifecycle.rollout.watching("deeppcb")
+        assert watch is not None and (watch.version, watch.previous) == ("3", "1")
     finally:
         stop()

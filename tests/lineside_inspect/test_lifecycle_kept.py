@@ -288,6 +288,33 @@ def test_an_automatic_rollback_is_kept(tmp_path: Path) -> None:
         store.close()
 
 
+def test_an_automatic_rollback_to_a_version_loaded_over_the_api_is_restored(
+        tmp_path: Path, roots: Path) -> None:
+    """A model only from the API (the config names none): 2 loaded and active, 3 promoted
+    over it and rolled back by its watch; a restart judges with 2 again, 3 loaded beside
+    (session 48, rollback pass: checked, it held)."""
+    from datetime import UTC, datetime
+
+    from lineside_inspect.lifecycle.rollout import Watch
+
+    with _started(tmp_path, [], roots=roots.resolve()) as (lc, registry, kept):
+        for version in ("2", "3"):
+            loaded = registry.load(roots / "deeppcb" / version, activate=False)
+            if loaded.first:
+                lc.first_version(loaded.detector, actor="admin")
+            kept.loaded("deeppcb", version)  # as POST /v1/models does
+        lc.activate("deeppcb", "3", actor="admin", action="promote", force=True,
+                    reason="watched")
+        kept.activated("deeppcb", "3")
+        watch = Watch("deeppcb", "3", "2", None, datetime.now(UTC), "admin", None, 0, 0)
+        assert lc._auto_rollback(watch, "fail rate") is True
+    with _started(tmp_path, [], roots=roots.resolve()) as (lc, registry, kept):
+        assert kept.restore(lc) == ["deeppcb 2"]
+        slot = registry.models()["deeppcb"]
+        assert (slot.active, sorted(slot.versions)) == ("2", ["2", "3"])
+        assert lc.records.last_activation("deeppcb")["action"] == "restore"
+
+
 def test_a_version_activated_after_the_kept_one_stands(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A version made active by what does not write the file (a fleet box's pull) after

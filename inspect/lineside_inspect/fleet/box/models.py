@@ -32,7 +32,9 @@ activated again, recorded as ``restore`` by actor ``fleet``, ``force_restore`` o
 the gate refuses it now: it was admitted before; a pull's promotion whose watch the
 restart cut short is watched again, ``Lifecycle.resume_watch``, the pulled version it rolls
 back to kept in ``<models_dir>/previous.json`` meanwhile and loaded again, not active;
-session 47). A version
+session 47; and once the box went back to it, by the watch's automatic rollback or by
+hand, kept while it was the last activated: loaded and made active again as a ``restore``,
+the pull it went back from left, session 48). A version
 the box activated once and then left (an admin's hand activation, an automatic rollback)
 is not forced back, nor loaded at start-up when it is the model's only version (loading
 would make it active): local decisions stand until the assignment changes.
@@ -452,10 +454,14 @@ class ModelPuller:
         rolls back to it (loaded again at start-up while that watch is open); any other
         kept one of the model goes."""
         kept = self.previous.models.get(name)
-        candidate: Pulled | None = old if old is not None and old.version != version else (
-            kept if kept is not None and kept.promoted == version else None)
         rollout = getattr(self.app.state.lifecycle, "rollout", None)
         watch = None if rollout is None else rollout.watching(name)
+        # the one the watch rolls back to: the pull replaced, or the kept one (a re-pull of
+        # the promoted version; the version the box went back to from a held pull, judging
+        # when a new one is promoted over it: session 48)
+        candidate: Pulled | None = next(
+            (c for c in (old, kept) if c is not None and c.version != version
+             and watch is not None and c.version == watch.previous), None)
         models = {n: k for n, k in self.previous.models.items() if n != name}
         if candidate is not None and candidate.card_digest is not None and watch is not None \
                 and (watch.version, watch.previous) == (version, candidate.version):
@@ -590,11 +596,11 @@ class ModelPuller:
         # (a recipe pinned over the API to make room for the pulled version)
         saved = getattr(self.app.state, "saved_recipes", None)
         pending = [] if saved is None else [s.recipe for s in saved.load()]
-        # a kept previous version whose promoted one is no longer the model's pull, or is
-        # held (another version judged after it: its watch ended), is kept no more
+        # a kept previous version whose promoted one is no longer the model's pull is kept
+        # no more; one whose promoted pull is held stays while the box judges with it (the
+        # watch rolled back to it: session 48), decided below
         kept = {n: k for n, k in self.previous.models.items()
-                if (p := self.state.models.get(n)) is not None
-                and (p.version, p.held) == (k.promoted, False)}
+                if (p := self.state.models.get(n)) is not None and p.version == k.promoted}
         if kept != self.previous.models:
             self._save_previous(PreviousPulls(models=kept))
         for name, p in list(self.state.models.items()):
@@ -608,6 +614,8 @@ class ModelPuller:
                     # before the box stopped, in the time before a pull could mark it held
                     p.held = True
                     self._save()
+                if p.held:
+                    self._back_to_previous(name, p, last, pending)
                 if p.held and name not in registry.models():
                     # the first version of a model name would be made active by loading it:
                     # a version left on the box stays unloaded (and the model with it, if
@@ -646,6 +654,53 @@ class ModelPuller:
         if p.card_digest is not None and card_digest(card) != p.card_digest:
             raise PackageError(f"{path}: the card changed since it was pulled")
         return card
+
+    def _back_to_previous(self, name: str, p: Pulled, last: dict[str, Any] | None,
+                          pending: list[Any]) -> None:
+        """At start-up, pulled ``p`` of ``name`` held: when the box had gone back from it
+        to the pulled version before it (``previous.json``; the watch's automatic rollback,
+        or an admin's rollback or activation of it) and that was the last version activated,
+        that version is loaded again, verified as a pulled package is, and made active as
+        the ``restore`` it is (without it the model served nothing when the box held no
+        other version of it: session 48). Otherwise the record is kept no more."""
+        prev = self.previous.models.get(name)
+        if prev is None:
+            return
+        if last is None or last["version"] != prev.version:
+            self._save_previous(PreviousPulls(models={
+                n: k for n, k in self.previous.models.items() if n != name}))
+            return
+        from lineside_inspect.recipes import card_recipe
+        from lineside_inspect.server.waiting import add_waiting_recipes
+
+        registry = self.app.state.registry
+        lifecycle = self.app.state.lifecycle
+        slot = registry.models().get(name)
+        if slot is not None and slot.active == prev.version:
+            return  # judging already (the config names it too)
+        path = self.root / name / prev.version
+        reason = (f"the version judging when the box stopped ({last['action']} by "
+                  f"{last['actor']}): pulled before {name} {p.version}, which the box went "
+                  f"back from; {p.version} stays left on the box, not taken again until the "
+                  "hub assigns another package")
+        try:
+            if slot is None or prev.version not in slot.versions:
+                card = self._as_pulled(path, prev)
+                loaded = registry.load(path, activate=False, expect_card=card_digest(card))
+                if loaded.first:  # new to the box: active as it loaded
+                    lifecycle.first_version(loaded.detector, actor=ACTOR, action="restore",
+                                            reason=reason)
+            if registry.models()[name].active != prev.version:
+                # admitted before: forced only where the gate refuses it now (so recorded)
+                lifecycle.activate(name, prev.version, actor=ACTOR, action="restore",
+                                   force=True, reason=reason, pending_recipes=pending)
+            add_waiting_recipes(self.app, name)
+            if not any(r.model == name for r in registry.recipes()):
+                registry.add_recipe(card_recipe(registry.detector(name, prev.version).card))
+            log.warning("fleet models: %s %s active again: %s", name, prev.version, reason)
+        except LinesideError as exc:
+            log.error("fleet models: pulled %s %s, the version the box went back to from %s, "
+                      "not restored: %s", name, prev.version, p.version, exc.message)
 
     def _load_previous(self, name: str, version: str) -> None:
         """At start-up, pulled ``version`` of ``name`` active again: the pulled version its
