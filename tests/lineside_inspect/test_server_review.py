@@ -181,6 +181,16 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
             for path in ("/v1/stats", "/v1/stats.csv"):
                 r = c.get(path, params={"part_id": bad})
                 assert r.status_code == 422 and why in r.text and "part_id" in r.text, r.text
+        # a guess at the name was ignored: the whole line's figures, read as the part's
+        # (session 48); refused as the list refuses it, naming what the route takes
+        for path, takes in (("/v1/stats", "hours, camera_id, recipe, part_id, site, line, box_id"),
+                            ("/v1/stats.csv", "table, hours, camera_id, recipe, part_id")):
+            for guess, hint in (("part", "(part: part_id?)"), ("status", "")):
+                r = c.get(path, params={guess: part, "hours": 24})
+                msg = r.json()["error"]["message"]
+                assert r.status_code == 422 and msg.startswith(f"query: {guess}: not a parameter of {path}, "
+                                                                       f"which takes {takes}"), msg
+                assert msg.endswith(hint or "box_id"), msg  # verdict is no figures' parameter
         # exactly as kept: the padded id with its spaces, not without (documented)
         for pid, n in ((" P-9 ", 1), ("P-9", 0)):
             assert c.get("/v1/inspections", params={"part_id": pid}).json()["total"] == n

@@ -523,6 +523,54 @@ def test_dashboard(browser: Any, shift: Running, tmp_path: Path) -> None:
     assert "hours=8" in (page.locator("#f-trend a.csv").get_attribute("href") or "")
     page.unroute(re.compile(r".*/v1/stats\?.*hours=168.*"))
 
+    # one part's figures (session 48: /v1/stats took part_id, the page had no field):
+    # Enter applies it here, no page load; the page says whose figures; the CSV link too
+    with shift.client("reviewer") as c:
+        items = c.get("/v1/inspections", params={"camera_id": "line1-bottom", "limit": 100}).json()["items"]
+        part = next(i["part_id"] for i in items if i["part_id"])
+        one = c.get("/v1/stats", params={"hours": 8, "camera_id": "line1-bottom", "part_id": part}).json()
+    n1 = sum(h["inspections"] for h in one["hourly"])
+    assert n1 >= 1
+    field = page.locator("#scope [name=part_id]")
+    assert field.get_attribute("maxlength") == "256"
+    with page.expect_response(lambda r: "/v1/stats?" in r.url and f"part_id={part}" in r.url):
+        field.fill(part)
+        field.press("Enter")
+    expect(page.locator("#k-yield-detail")).to_contain_text(f"of {_num(n1)} passed")
+    expect(page.locator("#whose")).to_have_text(re.compile(f"^Part {part} only: "))
+    expect(page.locator("#f-trend a.csv")).to_have_attribute("href", re.compile(f"part_id={part}"))
+    assert page.url == shift.url + "/dashboard"  # applied by the script, not sent as a form
+    mark = "<b id=x>P</b>"  # a value from the field reaches the page as text
+    with page.expect_response(lambda r: "/v1/stats?" in r.url and "part_id=%3Cb" in r.url):
+        field.fill(mark)
+        field.press("Enter")
+    expect(page.locator("#whose")).to_have_text(f"Part {mark} only: its inspections at every "
+                                                "station and re-inspection, those still kept")
+    expect(page.locator("#k-yield-detail")).to_contain_text("0 of 0 passed")
+    assert page.locator("#x").count() == 0
+    with page.expect_response(lambda r: "/v1/stats?" in r.url and "part_id" not in r.url):
+        field.fill("")
+        field.press("Enter")
+    expect(page.locator("#whose")).to_be_hidden()
+
+    # Enter in the part field before dashboard.js had run (held, as a slow link holds
+    # it): the form went as a plain GET; the page reads the address, then clears it
+    held2: list[Any] = []
+    page.route(re.compile(r".*/static/dashboard\.js$"), lambda r: held2.append(r))
+    page.goto(shift.url + "/dashboard", wait_until="commit")
+    field.fill(part)
+    field.press("Enter")
+    page.wait_for_url(re.compile(r".*/dashboard\?.*part_id="), wait_until="commit")
+    _held(page, held2, 2).continue_()
+    page.unroute(re.compile(r".*/static/dashboard\.js$"))
+    with shift.client("reviewer") as c:
+        one = c.get("/v1/stats", params={"hours": 24, "part_id": part}).json()
+    expect(page.locator("#whose")).to_have_text(re.compile(f"^Part {part} only: "))
+    expect(page.locator("#k-yield-detail")).to_contain_text(
+        f"of {_num(sum(h['inspections'] for h in one['hourly']))} passed")
+    expect(field).to_have_value(part)
+    assert page.url == shift.url + "/dashboard"
+
     tablet = _context(browser, 820, 1180).new_page()  # a tablet, upright
     _sign_in(tablet, shift.url + "/dashboard")
     expect(tablet.locator(".pareto-label")).to_have_count(len(s["pareto"]))

@@ -3,17 +3,14 @@ figures, and the reviewed set as a dataset export for training."""
 
 from __future__ import annotations
 
-import difflib
 import mimetypes
 import os
 from collections.abc import Iterator
-from inspect import signature
 from typing import IO, Annotated, Literal
 
 import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, FiniteFloat, StrictInt
 from starlette.background import BackgroundTask
@@ -25,6 +22,7 @@ from lineside_inspect.names import OneLine, Text
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.schemas import InspectionPage, Outcome, ReviewAction, StoredInspection
 from lineside_inspect.server.deps import Reviewer, RoleFirstRoute, Viewer, get_store
+from lineside_inspect.server.query import refuse_unknown
 from lineside_inspect.server.responses import DashboardStats, errors, media
 from lineside_inspect.server.routes.page_data import FleetName, PartFilter, shared_box
 from lineside_inspect.store.stats import Shifts
@@ -73,49 +71,12 @@ def list_inspections(
                           left_out=len(rows) - len(items))
 
 
-# the names list_inspections takes from the query string
-LIST_PARAMETERS = tuple(p for p in signature(list_inspections).parameters
-                        if p not in ("request", "who"))
-
-
 def _unknown(request: Request) -> None:
     """Refuse a parameter the list does not take: ignored, a reviewer's guess
     (``?status=fail``, ``?reviewed=false``) listed every inspection as if it filtered
-    them (QA review, session 47). Named, cut to 40 characters, in the JSON error only."""
-    unknown = sorted({k for k in request.query_params if k not in LIST_PARAMETERS})
-    if not unknown:
-        return
-    shown = [k if len(k) <= 40 else k[:40] + "..." for k in unknown[:5]]
-    # the one a guess most likely meant (``camera`` for camera_id, ``from`` for since):
-    # the list of every name alone left a reviewer to find it (new-user review, session 47)
-    hints = [f"{k}: {meant}?" for k, meant in ((k, _meant(k)) for k in shown) if meant]
-    raise RequestValidationError([{
-        "type": "extra_forbidden", "loc": ("query",), "input": None,
-        "msg": (f"{', '.join(shown)}: not a parameter of this list, which takes "
-                f"{', '.join(LIST_PARAMETERS)} ({'; '.join([*hints, ''])}unreviewed fails: "
-                "verdict=fail&review_state=unreviewed)")}])
-
-
-# guesses no spelling is near: what a reviewer means by them
-_MEANT = {"from": "since", "start": "since", "after": "since", "to": "until", "end": "until",
-          "before": "until", "status": "verdict", "result": "verdict", "page": "offset",
-          "skip": "offset", "size": "limit", "page_size": "limit", "per_page": "limit",
-          "class": "label", "defect": "label", "reviewed": "review_state",
-          "state": "review_state", "camera": "camera_id", "cam": "camera_id",
-          "score": "min_score", "part": "part_id", "serial": "part_id", "sn": "part_id",
-          "serial_number": "part_id", "part_number": "part_id", "part_no": "part_id"}
-
-
-def _meant(name: str) -> str | None:
-    """The parameter ``name`` most likely meant, if any (``part``, ``serial``, ``sn``:
-    ``part_id``, a filter since session 47)."""
-    key = name.lower().replace("-", "_")
-    if key in LIST_PARAMETERS:  # a case or dash away
-        return key
-    if key in _MEANT:
-        return _MEANT[key]
-    near = difflib.get_close_matches(key, LIST_PARAMETERS, n=1, cutoff=0.75)
-    return near[0] if near else None
+    them (QA review, session 47); the guess meant is named (new-user review, session 47)."""
+    refuse_unknown(request, list_inspections, "this list",
+                   "unreviewed fails: verdict=fail&review_state=unreviewed")
 
 
 @router.get("/inspections/{inspection_id}", responses=errors(401, 403, 404, 422))
@@ -273,7 +234,9 @@ def stats(request: Request, who: Viewer,
     stations) include the inspections retention removed; the Pareto, model changes and
     review figures count the inspections still kept. ``part_id``: one part's inspections
     at every station and each re-inspection, the kept ones only (retention's history of
-    the removed ones keeps no part ids)."""
+    the removed ones keeps no part ids). A parameter it does not take is a 422 naming it
+    (``?part=SN-1`` gave the whole line's figures, read as the part's: session 48)."""
+    refuse_unknown(request, stats, "/v1/stats")
     settings = request.app.state.settings
     # a box sharing its database: its own figures (box_id names another box's)
     doc = get_store(request).stats(hours, camera_id=camera_id, recipe=recipe, part_id=part_id,

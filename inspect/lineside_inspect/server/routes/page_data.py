@@ -17,6 +17,7 @@ from lineside_inspect.errors import describe_validation
 from lineside_inspect.names import PartId
 from lineside_inspect.schemas import Outcome
 from lineside_inspect.server.deps import Reviewer, RoleFirstRoute, Viewer, get_store
+from lineside_inspect.server.query import refuse_unknown
 from lineside_inspect.server.responses import (
     CameraHealth,
     ReviewerCounts,
@@ -427,7 +428,9 @@ def stats_csv(request: Request, who: Viewer,
               site: FleetName = None, line: FleetName = None, box_id: FleetName = None) -> Response:
     """The numbers of one dashboard table, with the parameters of ``GET /v1/stats``:
     hourly, shifts and stations include the inspections retention removed; pareto,
-    quality, reviewers and model_changes count the inspections still kept."""
+    quality, reviewers and model_changes count the inspections still kept. A parameter
+    it does not take is a 422 naming it, as on ``GET /v1/stats``."""
+    refuse_unknown(request, stats_csv, "/v1/stats.csv")
     store = get_store(request)
     here = shared_box(request)
     doc = store.stats(hours, camera_id=camera_id, recipe=recipe, part_id=part_id, site=site,

@@ -16,8 +16,30 @@ let shown = null; // the figures on screen, redrawn on resize
 function params() {
   const f = new FormData(form), p = new URLSearchParams({ hours: f.get("hours") });
   for (const k of ["camera_id", "recipe"]) if (f.get(k) !== "*") p.set(k, f.get(k));
-  for (const k of ["site", "line", "box_id"]) if (f.get(k)) p.set(k, f.get(k));  // a hub's
+  for (const k of ["part_id", "site", "line", "box_id"]) if (f.get(k)) p.set(k, f.get(k));  // (the fleet's: a hub's)
   return p;
+}
+
+// The scope in the address wins: the form sent before this script had run (Enter in the
+// part field on a slow link: a plain GET /dashboard?...&part_id=..., and the line's
+// figures shown, the part dropped) or a link (/dashboard?part_id=SN-1). A field changed
+// since the page came keeps its value; the address is then cleared (a reload: the default)
+function restore() {
+  const asked = new URLSearchParams(location.search);
+  if (![...asked.keys()].length) return;
+  history.replaceState(null, "", location.pathname);
+  for (const [k, v] of asked) {
+    const f = form.elements[k];
+    if (!(f instanceof HTMLInputElement || f instanceof HTMLSelectElement)) continue;
+    if (f instanceof HTMLInputElement) { if (f.value === f.defaultValue) f.value = v; continue; }
+    if (f.selectedIndex !== Math.max(0, Array.from(f.options).findIndex((o) => o.defaultSelected))) continue;
+    // a camera or recipe the page lists once the figures come (text, never markup); "per" is the page's own
+    if (!Array.from(f.options, (o) => o.value).includes(v)) {
+      if (k === "per") continue;
+      f.add(new Option(k === "camera_id" && v === "" ? "(uploads)" : v, v));
+    }
+    f.value = v;
+  }
 }
 
 // 1, 2 or 5 times a power of ten at or above max/steps: axis steps a person reads at once
@@ -183,6 +205,10 @@ function table(target, head, rows, numeric = []) {
 
 function render(s) {
   boxed = ON_HUB || severalBoxes(s);
+  // whose figures: one part's (as the server answered), said above them, as text
+  const whose = $("#whose");
+  whose.hidden = !s.part_id;
+  whose.textContent = s.part_id ? `Part ${s.part_id} only: its inspections at every station and re-inspection, those still kept` : "";
   const f = new FormData(form), per = f.get("per"), rows = s[per];
   const sum = (k) => s.hourly.reduce((a, r) => a + r[k], 0);
   const n = sum("inspections"), passes = sum("passes"), fails = sum("fails");
@@ -225,12 +251,13 @@ function render(s) {
 
 // each load is numbered: an answer that arrives after a newer load began is dropped, or a
 // slow "7 days" drew its 169 bars under "8 h" (QA review, session 32)
-let loads = 0;
+let loads = 0, asked = "";
 async function load() {
   const mine = ++loads;
   $("#status").textContent = "loading…";
   const p = params();
   try {
+    asked = p.toString();
     const s = await api("/v1/stats?" + p);
     if (mine !== loads) return;
     addOptions(form.elements.camera_id, [...s.cameras.map((c) => [c.id, c.id]),
@@ -245,7 +272,7 @@ async function load() {
       a.href = "/v1/stats.csv?" + q;
     }
     $("#status").textContent = `updated ${time(new Date().toISOString())}; shifts start ${s.shift_starts.join(", ")} (${s.shift_timezone})`;
-  } catch (e) { if (mine === loads) $("#status").textContent = "could not load the figures: " + e.message; }
+  } catch (e) { if (mine === loads) { asked = ""; $("#status").textContent = "could not load the figures: " + e.message; } }
 }
 
 // on a hub: the fleet's sites, lines and boxes as choices (GET /fleet/v1/boxes)
@@ -258,9 +285,12 @@ async function loadFleet() {
 }
 
 form.addEventListener("change", load);
-form.addEventListener("submit", (e) => { e.preventDefault(); load(); });
+// Enter in the part field (the form's one text field) submits it: applied here, no page
+// load; its change event, just before, may have asked for the same figures already
+form.addEventListener("submit", (e) => { e.preventDefault(); if (params().toString() !== asked) load(); });
 loadFleet();
 let pending = 0;
 new ResizeObserver(() => { clearTimeout(pending); pending = setTimeout(() => shown && render(shown), 150); }).observe($("#trend"));
 showZone();
+restore();
 load();
