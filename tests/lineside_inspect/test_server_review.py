@@ -191,6 +191,17 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
                 assert r.status_code == 422 and msg.startswith(f"query: {guess}: not a parameter of {path}, "
                                                                        f"which takes {takes}"), msg
                 assert msg.endswith(hint or "box_id"), msg  # verdict is no figures' parameter
+            # a name given twice: the last value alone was taken, B's figures read as A's
+            # and B's (review, session 48); many unknown names: five named, the rest counted
+            r = c.get(path, params=[("part_id", part), ("part_id", "other"), ("hours", 24)])
+            assert r.status_code == 422 and r.json()["error"]["message"] == (
+                f"query: part_id: given more than once; {path} takes one value of each "
+                "parameter"), r.text
+            r = c.get(path, params=[(f"x{i:04}", "1") for i in range(2000)] + [("", "1")])
+            assert r.status_code == 422 and r.json()["error"]["message"].startswith(
+                "query: '', x0000, x0001, x0002, x0003 (and 1996 more): not a parameter"), r.text
+        r = c.get("/v1/inspections", params=[("verdict", "pass"), ("verdict", "fail")])
+        assert r.status_code == 422 and "verdict: given more than once" in r.text, r.text
         # exactly as kept: the padded id with its spaces, not without (documented)
         for pid, n in ((" P-9 ", 1), ("P-9", 0)):
             assert c.get("/v1/inspections", params={"part_id": pid}).json()["total"] == n
@@ -198,3 +209,19 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
             assert sum(h["inspections"] for h in doc["hourly"]) == n, (pid, doc["hourly"])
     ds = pull_from_server(srv.url, tmp_path / "one-part", key="reviewer-secret", part_id=part)
     assert [Path(r.file_name).stem for r in ds.images] == [b]  # reviewed, of that part only
+
+
+def test_the_names_a_route_refuses_are_the_query_parameters_fastapi_reads() -> None:
+    """``refuse_unknown`` reads a route's names from its signature, leaving out the request
+    and the caller (``who``): they are exactly the query parameters FastAPI fills, so no
+    injected dependency's name is listed as taken, nor let through as a query name
+    (review, session 48: held; pinned for a route given another dependency later)."""
+    from fastapi.dependencies.utils import get_dependant
+
+    from lineside_inspect.server.query import taken
+    from lineside_inspect.server.routes.inspections import list_inspections, stats
+    from lineside_inspect.server.routes.page_data import stats_csv
+
+    for endpoint in (list_inspections, stats, stats_csv):
+        read = get_dependant(path="/x", call=endpoint).query_params
+        assert taken(endpoint) == tuple(p.alias for p in read), endpoint.__name__

@@ -218,6 +218,23 @@ def test_login_gives_a_session_cookie_that_is_not_the_key(launch) -> None:
     with httpx.Client(base_url=srv.url, headers={"cookie": "lineside_key=admin-secret"}) as c:
         assert c.get("/v1/inspections").status_code == 401  # the raw key in a cookie: no more
 
+    # a link to a filtered list, opened signed out: the sign-in leads to it, filter and all
+    # (it led to /review, the link's part dropped, unsaid: review, session 48)
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        form = c.get("/review", params={"part_id": "SN 1<b>", "verdict": "pass"}).text
+        assert 'name="next" value="/review?part_id=SN+1%3Cb%3E&amp;verdict=pass"' in form
+    for sent, lands in [
+            ("/review?part_id=SN+1%3Cb%3E&verdict=pass", "/review?part_id=SN+1%3Cb%3E&verdict=pass"),
+            ("/dashboard?part_id=a\r\nSet-Cookie: x=1", "/dashboard?part_id=a%0D%0ASet-Cookie%3A+x%3D1"),
+            ("/?part_id=P", "/"), ("//evil.example/review?x=1", "/review"),
+            ("/review/../x?a=1", "/review"), ("/review?" + "a=1&" * 600, "/review")]:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            r = c.post("/review/login", data={"key": "reviewer-secret", "next": sent})
+            assert r.status_code == 303 and r.headers["location"] == lands, (sent, r.headers)
+    with httpx.Client(base_url=srv.url, timeout=30) as c:  # a viewer's key: not the review's filter
+        r = c.post("/review/login", data={"key": "viewer-secret", "next": "/review?verdict=pass"})
+        assert r.headers["location"] == "/dashboard"
+
 
 def test_logout_revokes_the_session(launch) -> None:
     srv = launch()

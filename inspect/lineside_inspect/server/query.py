@@ -50,13 +50,27 @@ def refuse_unknown(request: Request, endpoint: Callable[..., Any], what: str,
     ones it takes, and a guess at the one meant; names cut to 40 characters, in the JSON
     error only. ``what`` names the route in the message; ``example`` ends the hints."""
     names = taken(endpoint)
-    unknown = sorted({k for k in request.query_params if k not in names})
-    if not unknown:
-        return
-    shown = [k if len(k) <= 40 else k[:40] + "..." for k in unknown[:5]]
-    hints = [f"{k}: {m}?" for k, m in ((k, meant(k, names)) for k in shown) if m]
-    tail = "; ".join([*hints, *([example] if example else [])])
-    raise RequestValidationError([{
-        "type": "extra_forbidden", "loc": ("query",), "input": None,
-        "msg": (f"{', '.join(shown)}: not a parameter of {what}, which takes "
-                f"{', '.join(names)}" + (f" ({tail})" if tail else ""))}])
+    params = request.query_params
+    unknown = sorted({k for k in params if k not in names})
+    if unknown:
+        shown = [_shown(k) for k in unknown[:5]]
+        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        hints = [f"{_shown(k)}: {m}?" for k, m in ((k, meant(k, names)) for k in unknown[:5]) if m]
+        tail = "; ".join([*hints, *([example] if example else [])])
+        raise RequestValidationError([{
+            "type": "extra_forbidden", "loc": ("query",), "input": None,
+            "msg": (f"{', '.join(shown)}{more}: not a parameter of {what}, which takes "
+                    f"{', '.join(names)}" + (f" ({tail})" if tail else ""))}])
+    # a name given twice: FastAPI takes the last value, so ?part_id=A&part_id=B answered
+    # as B's figures alone, read as both parts' (review, session 48): each takes one value
+    twice = sorted({k for k in params if len(params.getlist(k)) > 1})
+    if twice:
+        raise RequestValidationError([{
+            "type": "extra_forbidden", "loc": ("query",), "input": None,
+            "msg": (f"{', '.join(twice)}: given more than once; {what} takes one value "
+                    "of each parameter")}])
+
+
+def _shown(name: str) -> str:
+    """A name as the message shows it: cut to 40 characters, an empty one as ''."""
+    return repr(name) if not name else name if len(name) <= 40 else name[:40] + "..."

@@ -606,7 +606,6 @@ class ModelPuller:
         for name, p in list(self.state.models.items()):
             path = self.root / name / p.version
             try:
-                card = self._as_pulled(path, p)
                 last = (lifecycle.records.last_activation(name)
                         if lifecycle.store is not None else None)
                 if not p.held and last is not None and last["version"] != p.version:
@@ -615,7 +614,11 @@ class ModelPuller:
                     p.held = True
                     self._save()
                 if p.held:
+                    # before the held pull's own folder is read: the version the box went
+                    # back to is restored even where the one it left is gone or damaged
+                    # (an operator removed the rejected package: review, session 48)
                     self._back_to_previous(name, p, last, pending)
+                card = self._as_pulled(path, p)
                 if p.held and name not in registry.models():
                     # the first version of a model name would be made active by loading it:
                     # a version left on the box stays unloaded (and the model with it, if

@@ -18,7 +18,7 @@ import math
 from html import escape
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 import fastapi_offline
 from fastapi import APIRouter, Form, Request, Response
@@ -37,6 +37,29 @@ __all__ = ["router"]
 # Swagger UI's files as the fastapi-offline package ships them (kept up to date there)
 SWAGGER = Path(fastapi_offline.__file__).parent / "static"
 LANDING_PAGES = ("/", "/review", "/dashboard", "/fleet")  # where signing in may lead: never a caller's URL
+# the pages that read a filter or scope from their address (review.js, dashboard.js): a
+# link to one (/review?part_id=SN-1) signed in to keeps it (it was dropped, unsaid, for the
+# default list: review, session 48); the query re-encoded, bounded, the path one of these
+ADDRESSED_PAGES = ("/review", "/dashboard")
+MAX_NEXT_QUERY = 2048
+
+
+def _landing(next_page: str) -> str:
+    """Where signing in leads: ``next_page`` when its path is a landing page (exactly), with
+    its query (pairs re-encoded: nothing but name=value pairs reaches the address) on a
+    page that reads one and up to MAX_NEXT_QUERY characters; else /review."""
+    path, _, query = next_page.partition("?")
+    if path not in LANDING_PAGES:
+        return "/review"
+    if path not in ADDRESSED_PAGES or not query or len(query) > MAX_NEXT_QUERY:
+        return path
+    try:
+        pairs = urlencode(parse_qsl(query, keep_blank_values=True, max_num_fields=100))
+    except ValueError:  # more fields than any page has: the page alone
+        return path
+    return f"{path}?{pairs}" if pairs else path
+
+
 LEGACY_COOKIE = "lineside_key"  # older versions kept the raw key in this cookie
 # a station card's fields, in order: (data-field, title); home.js fills them
 STATION_FIELDS = (("recipe", "Recipe · model"), ("last", "Last verdict"), ("shift", "Yield this shift"),
@@ -91,6 +114,8 @@ def _viewer(request: Request, next_page: str, role: Role = "viewer"
     """Who looks at a page (and their session), or the sign-in form to answer instead.
     ``role``: the review page's is reviewer; the status page, dashboard and fleet page are
     a viewer's too (a line lead watching yield)."""
+    if request.url.query:  # a link's filter outlives the sign-in (_landing)
+        next_page = _landing(f"{next_page}?{request.url.query}")
     try:
         who = authenticate(request)
     except LinesideError:
@@ -261,7 +286,7 @@ def sign_in_address() -> RedirectResponse:
 def login(request: Request, key: Annotated[str, Form(max_length=4096)],
           next_page: Annotated[str, Form(alias="next")] = "/review") -> Response:
     """Trade a reviewer/admin key for a session cookie (a random token, never the key)."""
-    target = next_page if next_page in LANDING_PAGES else "/review"
+    target = _landing(next_page)
     settings = request.app.state.settings
     if not settings.api_keys:  # nothing to sign in to
         return RedirectResponse(target, status_code=303)
@@ -274,8 +299,8 @@ def login(request: Request, key: Annotated[str, Form(max_length=4096)],
         return _login(target, "Unknown key.", 401)
     if who.role not in ALLOWED["viewer"]:
         return _login(target, "This key may not review.", 403)
-    if who.role not in ALLOWED["reviewer"] and target == "/review":
-        target = "/dashboard"  # a viewer's key: where it may look
+    if who.role not in ALLOWED["reviewer"] and target.partition("?")[0] == "/review":
+        target = "/dashboard"  # a viewer's key: where it may look (the review's filter not)
     sessions: SessionStore = request.app.state.sessions
     if old := request.cookies.get(cookie_name(request)):
         sessions.revoke(old)
