@@ -5,12 +5,18 @@ and the watch resumes, once (session 47, fleet pass)."""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
 
 from lineside_inspect.fleet.box.models import Verified
 from lineside_inspect.fleet.protocol import AssignedModel, Assignment
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary, from_dataset
+from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.package import card_digest, load_package
 
 from .conftest import ROOT, SAMPLE, Running, keyed, start_server
@@ -31,11 +37,15 @@ def _take(running: Running, dest: Path, version: str) -> None:
                  card_digest=card_digest(card), signer="k"), "pulled")
 
 
-def test_the_previous_pull_is_kept_while_the_watch_is_open(tmp_path: Path) -> None:
+def test_the_previous_pull_is_kept_while_the_watch_is_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """pulled.json keeps one version a model: the pull before a promoted one (the version
     its watch rolls back to) is kept besides while the watch is open, loaded again at
     start-up (not active) so the watch resumes; once the watch ended, no more (session
-    47, fleet previous pass)."""
+    47, fleet previous pass). The second start's audit log fails to read (a database
+    failing after the store started): the box starts all the same, said in an ERROR (it
+    did not start: session 48)."""
     data = tmp_path / "box"
     one, two = (_package(data / "fleet-models", v) for v in ("1", "2"))
     items, classes = from_dataset(SAMPLE, limit=2)
@@ -52,10 +62,20 @@ def test_the_previous_pull_is_kept_while_the_watch_is_open(tmp_path: Path) -> No
     finally:
         stop()
 
-    second, stop = _run(config)
+    def failing(self: Records, model: str) -> None:
+        raise OperationalError("SELECT audit", {}, sqlite3.OperationalError("disk I/O error"))
+
+    caplog.set_level(logging.ERROR)
+    with monkeypatch.context() as m:
+        m.setattr(Records, "last_activation", failing)
+        second, stop = _run(config)
     try:
         slot = second.app.state.registry.models()["deeppcb"]
         assert (slot.active, sorted(slot.versions)) == ("2", ["1", "2"])
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert any(m.startswith("fleet models: the audit log's last activation of deeppcb "
+                                "not read (OperationalError): pulled deeppcb 2 is restored")
+                   for m in said), said
         with second.client("reviewer") as rev:
             watch = rev.get("/v1/models/deeppcb/rollout").json()
         assert (watch["state"], watch["version"], watch["previous"]) == ("watching", "2", "1")

@@ -288,14 +288,23 @@ def test_an_automatic_rollback_is_kept(tmp_path: Path) -> None:
         store.close()
 
 
+@pytest.mark.parametrize("disk", ["written", "full"])
 def test_an_automatic_rollback_to_a_version_loaded_over_the_api_is_restored(
-        tmp_path: Path, roots: Path) -> None:
+        tmp_path: Path, roots: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, disk: str) -> None:
     """A model only from the API (the config names none): 2 loaded and active, 3 promoted
     over it and rolled back by its watch; a restart judges with 2 again, 3 loaded beside
-    (session 48, rollback pass: checked, it held)."""
+    (session 48, rollback pass: checked, it held). ``full``: the file could not be written
+    at the rollback (it still names 3): 3, loaded first, judged again although the restore
+    said the rollback stood; the audit log's last activation wins (session 48)."""
+    import errno
     from datetime import UTC, datetime
 
+    from lineside_inspect.lifecycle import kept as kept_module
     from lineside_inspect.lifecycle.rollout import Watch
+
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     with _started(tmp_path, [], roots=roots.resolve()) as (lc, registry, kept):
         for version in ("2", "3"):
@@ -307,12 +316,65 @@ def test_an_automatic_rollback_to_a_version_loaded_over_the_api_is_restored(
                     reason="watched")
         kept.activated("deeppcb", "3")
         watch = Watch("deeppcb", "3", "2", None, datetime.now(UTC), "admin", None, 0, 0)
-        assert lc._auto_rollback(watch, "fail rate") is True
+        with monkeypatch.context() as m:
+            if disk == "full":
+                m.setattr(kept_module, "write_atomic", full)
+            assert lc._auto_rollback(watch, "fail rate") is True
+    path = tmp_path / STATE_FILE
+    assert KeptState.model_validate_json(path.read_bytes()).active == {
+        "deeppcb": "3" if disk == "full" else "2"}
+    caplog.clear()
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
     with _started(tmp_path, [], roots=roots.resolve()) as (lc, registry, kept):
         assert kept.restore(lc) == ["deeppcb 2"]
         slot = registry.models()["deeppcb"]
         assert (slot.active, sorted(slot.versions)) == ("2", ["2", "3"])
         assert lc.records.last_activation("deeppcb")["action"] == "restore"
+    # written again where it disagreed: the store's
+    assert KeptState.model_validate_json(path.read_bytes()).active == {"deeppcb": "2"}
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if disk == "full":
+        assert len(said) == 1 and said[0].startswith(
+            f"{KEPT}: {path} names deeppcb 3 active, but the audit log's "
+            "last activation of deeppcb is 2 (auto_rollback by ")
+        assert "deeppcb 2 judges, deeppcb 3 is loaded inactive" in said[0]
+    else:
+        assert said == []
+
+
+def test_a_version_the_audit_log_activated_after_the_kept_one_and_not_kept_loads_none(
+        tmp_path: Path, roots: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A model only from the API: 2 kept, then 3 loaded and activated on a full disk (the
+    file still names 2 and keeps 3 not). 2, loaded first, judged again at the restart
+    although the audit log made 3 active after it: a model the record replaced loads
+    nothing, said (session 48)."""
+    import errno
+
+    from lineside_inspect.lifecycle import kept as kept_module
+
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with _started(tmp_path, [], roots=roots.resolve()) as (lc, registry, kept):
+        loaded = registry.load(roots / "deeppcb" / "2", activate=False)
+        kept.loaded("deeppcb", "2")  # as POST /v1/models does
+        lc.first_version(loaded.detector, actor="admin")
+        kept.activated("deeppcb", "2")
+        with monkeypatch.context() as m:
+            m.setattr(kept_module, "write_atomic", full)
+            registry.load(roots / "deeppcb" / "3", activate=False)
+            kept.loaded("deeppcb", "3")
+            lc.activate("deeppcb", "3", actor="admin", force=True, reason="trial")
+            kept.activated("deeppcb", "3")
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+    with _started(tmp_path, [], roots=roots.resolve()) as (lc, registry, kept):
+        assert kept.restore(lc) == []
+        assert "deeppcb" not in registry.models()
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "names deeppcb 2 active, but the audit log's last activation of deeppcb is 3 " \
+           "(activate by admin), after it" in said
+    assert "3 is not kept here, and deeppcb's kept versions are not loaded" in said
 
 
 def test_a_version_activated_after_the_kept_one_stands(

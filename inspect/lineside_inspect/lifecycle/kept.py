@@ -22,7 +22,10 @@ recipes put over the API are loaded again:
   was admitted before), unless the audit log's last activation of the model is another
   version (activated since by something that does not write this file, e.g. a fleet
   box's pull: that one stands) or its package was not loaded (WARNING; the config's
-  version judges).
+  version judges). Where the audit log's last activation is another version this file
+  keeps (the file not written at an automatic rollback: a full disk), that one is made
+  active, the file's loaded beside (WARNING); a model new to a standalone server whose
+  audited version is not kept here is not loaded (session 48).
 - **A promotion's watch** the restart cut short (the audit log's last promotion of the
   model is of the version active again, and nothing ended its watch after it) is watched
   again, counted afresh (``Lifecycle.resume_watch``, recorded as ``rollout_resumed``).
@@ -225,10 +228,10 @@ class KeptModels:
 
     def _restore(self, state: KeptState, lifecycle: Lifecycle,
                  pending: Sequence[Recipe]) -> list[str]:
-        # a model's kept active version first: the first version of a model new to the
-        # server becomes active as it loads
-        order = sorted(state.packages,
-                       key=lambda p: state.active.get(p.name) != p.version)
+        active = self._recorded(state, lifecycle)
+        # a model's active version first: the first version of a model new to the server
+        # becomes active as it loads
+        order = sorted(state.packages, key=lambda p: active.get(p.name) != p.version)
         first: set[tuple[str, str]] = set()
         loaded: dict[tuple[str, str], KeptPackage] = {}  # in the order loaded
         for p in order:
@@ -238,12 +241,13 @@ class KeptModels:
                             "loaded from one entry only (%s)", p.name, p.version, again.path)
                 continue
             try:
-                if p.name not in self.registry.models() and state.active.get(p.name) != p.version:
+                if p.name not in self.registry.models() and active.get(p.name) != p.version:
                     # loaded first, it would judge without ever having been admitted (one
-                    # loaded beside, or refused by its gate; session 47, attack pass)
+                    # loaded beside, or refused by its gate; session 47, attack pass), or
+                    # after the audit log's last activation of its model rejected it
                     raise PackageError(
                         f"{p.name} is new to this server and its version kept active "
-                        f"({state.active.get(p.name, 'none')}) was not loaded again: this one "
+                        f"({active.get(p.name, 'none')}) was not loaded again: this one "
                         "would judge in its place without having been admitted; load it again "
                         "over the API (POST /v1/models)")
                 if self._load(p):
@@ -258,7 +262,7 @@ class KeptModels:
                                          if loaded.get((p.name, p.version)) is p])  # (in its order)
         restored: list[str] = []
         told: list[str] = []  # as the log says them: which config version each replaced
-        for model, version in state.active.items():
+        for model, version in active.items():
             before = self._active_version(model)  # the config's (None: a model new to it)
             if (model, version) not in first and before == version:
                 self.state.active[model] = version  # the config's own: nothing to do
@@ -293,6 +297,43 @@ class KeptModels:
                 log.exception("models kept across a restart: the rollout watch of %s %s "
                               "not resumed", model, version)
         return restored
+
+    def _recorded(self, state: KeptState, lifecycle: Lifecycle) -> dict[str, str]:
+        """Each model's version to make active again: the file's, unless the audit log's
+        last activation of the model is another version the file keeps. The store is the
+        record: the file may not have been written at that activation (a full disk at an
+        automatic rollback), and the version the file names then (the rejected one) would
+        be its model's first loaded, judging again (session 48). A model new to a
+        standalone server whose audited version is not kept here is left out (its kept
+        versions are not loaded); else the file's is refused as "stands" (the config's
+        version judges; on a fleet box the fleet's pulled models restore it after this)."""
+        active = dict(state.active)
+        if lifecycle.store is None:
+            return active
+        for model, version in state.active.items():
+            try:
+                last = lifecycle.records.last_activation(model)
+            except Exception:  # a database outage at start: the file's, as before
+                log.exception("models kept across a restart: the audit log's last activation "
+                              "of %s not read; the file's %s is restored", model, version)
+                continue
+            if last is None or last["version"] == version:
+                continue
+            kept = any((p.name, p.version) == (model, last["version"]) for p in state.packages)
+            if kept:
+                active[model] = last["version"]
+            elif model not in self.registry.models() and not self.fleet_box:
+                del active[model]  # loaded first, the file's would judge
+            else:  # the config's version, or the fleet's: refused as "stands" below
+                continue
+            log.warning("models kept across a restart: %s names %s %s active, but the audit "
+                        "log's last activation of %s is %s (%s by %s), after it: the file was "
+                        "not written then (a full disk?); %s", self.path, model, version, model,
+                        last["version"], last["action"], last["actor"],
+                        f"{model} {last['version']} judges, {model} {version} is loaded "
+                        "inactive" if kept else f"{last['version']} is not kept here, and "
+                        f"{model}'s kept versions are not loaded (load them again over the API)")
+        return active
 
     def _load(self, p: KeptPackage) -> bool:
         """Load one kept package, as the API did (inside model_roots) and as it was then

@@ -121,7 +121,11 @@ class Lifecycle(AdmissionRules):
         audit log holds (or there is none), it says so, so the log stays true. Under the
         admission lock: a fleet pull may be activating a version meanwhile."""
         with self._admit_lock:
-            self._record_startup()
+            try:
+                self._record_startup()
+            except Exception:  # a database failing at start: the server starts (session 48)
+                log.exception("the versions the server started with not compared with the "
+                              "audit log (no startup entry written)")
 
     def _record_startup(self) -> None:
         for model, slot in self.registry.models().items():

@@ -606,14 +606,25 @@ class ModelPuller:
         for name, p in list(self.state.models.items()):
             path = self.root / name / p.version
             try:
-                last = (lifecycle.records.last_activation(name)
-                        if lifecycle.store is not None else None)
-                if not p.held and last is not None and last["version"] != p.version:
+                try:
+                    last = (lifecycle.records.last_activation(name)
+                            if lifecycle.store is not None else None)
+                    audited = True
+                except Exception as exc:  # a database failing since the store started
+                    # the box starts with what pulled.json names; nothing it keeps is
+                    # changed on no record (held, previous.json): the next start checks
+                    log.error("fleet models: the audit log's last activation of %s not read "
+                              "(%s): pulled %s %s is restored as pulled.json names it (held: "
+                              "%s); whether another version was made to judge after it "
+                              "before the box stopped is checked at the next start", name,
+                              type(exc).__name__, name, p.version, "yes" if p.held else "no")
+                    last, audited = None, False
+                if audited and not p.held and last is not None and last["version"] != p.version:
                     # another version was made to judge after it (by hand, a rollback) and
                     # before the box stopped, in the time before a pull could mark it held
                     p.held = True
                     self._save()
-                if p.held:
+                if p.held and audited:
                     # before the held pull's own folder is read: the version the box went
                     # back to is restored even where the one it left is gone or damaged
                     # (an operator removed the rejected package: review, session 48)
@@ -645,6 +656,11 @@ class ModelPuller:
             except LinesideError as exc:
                 log.error("fleet models: pulled %s %s not restored: %s", name, p.version,
                           exc.message)
+            except Exception:  # a database failing at start: the box starts (session 48)
+                slot = registry.models().get(name)
+                log.exception("fleet models: pulled %s %s not restored as it was; the box "
+                              "starts, %s judges %s", name, p.version, "nothing"
+                              if slot is None or slot.active is None else slot.active, name)
 
     @staticmethod
     def _as_pulled(path: Path, p: Pulled) -> ModelCard:

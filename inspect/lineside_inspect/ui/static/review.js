@@ -113,12 +113,20 @@ async function queuesNow() {
   }
   state.queues = queues;
   state.queue = (queues.find((q) => sameFilter(q.params)) || {}).name || null;
-  $("#queues").replaceChildren(...queues.map((q) => {
+  // the focus on a queue button (pressed with the keyboard, or there as the counts came)
+  // stays on the same queue's new button: the redraw dropped it to <body> (session 48)
+  const bar = $("#queues"), active = document.activeElement;
+  const focused = bar.contains(active) ? active.dataset.queue : null;
+  bar.replaceChildren(...queues.map((q) => {
     const b = el("button", { type: "button", class: q.name === state.queue ? "on" : "", "aria-pressed": q.name === state.queue,
                              title: q.description, "data-queue": q.name }, `${q.title} (${num(q.count)})`);
     b.onclick = () => useQueue(q);
     return b;
   }));
+  if (focused !== null && document.activeElement === document.body) {  // (not where it went since)
+    const again = [...bar.children].find((b) => b.dataset.queue === focused) || bar.firstElementChild;
+    if (again) again.focus();
+  }
   // this shift's reviews of the parts of the site, line and box chosen (it was every box's)
   const who = await api(`/v1/reviewers${scope ? "?" + scope : ""}`);
   $("#reviewers").replaceChildren(...(who.reviewers.length
