@@ -10,7 +10,6 @@ activated, by hand or pulled: the box reports why and judges on with the version
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,8 +115,10 @@ def test_each_boxs_watch_judges_its_own_inspections(shared_plant: dict[str, Any]
     assert watch_b["false_rejects"] > 2  # (max_false_rejects)
     assert active(b)[0] == "1"
     # box-a's watch saw none of it: box-a judged nothing, and keeps 1-int8
-    time.sleep(1.0)  # ten of box-a's checks
-    watch_a = _rollout(a)
+    # two of box-a's checks: the second began after box-b's false rejects and rollback
+    seen = _rollout(a)["checks"]
+    watch_a = wait_for(lambda: (w := _rollout(a))["checks"] >= seen + 2 and w,
+                       "two more of box-a's checks")
     assert (watch_a["state"], watch_a["inspections"], watch_a["false_rejects"]) == (
         "watching", 0, 0), watch_a
     assert active(a)[0] == "1-int8"

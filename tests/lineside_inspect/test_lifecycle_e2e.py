@@ -33,7 +33,8 @@ def _tiny(out: Path, **overrides: Any) -> Any:
     fields: dict[str, Any] = {
         "name": "tiny", "data": str(SAMPLE), "out_dir": str(out), "epochs": 1, "batch_size": 8,
         "input_size": 320, "crop_size": 256, "lr": 0.004, "max_steps_per_epoch": 2, "eval_every": 1,
-        "workers": 0, "device": "cpu", "ema_decay": 0.9}
+        "workers": 0, "device": "cpu", "ema_decay": 0.9,
+        "threads": 2}  # as set below (a run left to choose watched the CPU half a second)
     fields.update(overrides)
     return load_config(None, None, **fields)
 

@@ -88,8 +88,11 @@ def test_resume_takes_the_data_the_run_trained_on(tmp_path: Path,
     a resume from another folder found none (review, session 47): kept absolute now."""
     from lineside_training.commands import resumed
 
+    # threads as tests/lineside_training/conftest.py's tiny runs (each run left to choose
+    # watched the CPU for half a second first)
     tiny = ["--device", "cpu", "--name", "r", "--set", f"out_dir={tmp_path}",
-            "--set", "max_steps_per_epoch=1", "--set", "crop_size=128", "--set", "batch_size=2"]
+            "--set", "max_steps_per_epoch=1", "--set", "crop_size=128", "--set", "batch_size=2",
+            "--set", "threads=2"]
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     elsewhere.mkdir()
     another_set(work / "extra")  # a second dataset merged into train (--merge)
@@ -147,7 +150,10 @@ def test_resume_continues_the_run_as_it_trained(tmp_path: Path) -> None:
     and train.log says which."""
     from lineside_training.weights import read_torch_file
 
-    where = ["--device", "cpu", "--name", "r", "--set", f"out_dir={tmp_path}"]
+    # threads given each time: a resumed run chooses them afresh (watching the CPU for half
+    # a second when left to)
+    where = ["--device", "cpu", "--name", "r", "--set", f"out_dir={tmp_path}",
+             "--set", "threads=2"]
     sets = ["--set", "max_steps_per_epoch=1", "--set", "crop_size=128", "--set", "batch_size=2",
             "--set", "lr=0.005", "--set", "model_kwargs.fpn_channels=16",
             "--set", "augment.hflip=0", "--set", "eval_every=1"]

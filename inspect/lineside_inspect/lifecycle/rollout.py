@@ -49,6 +49,7 @@ class Watch:
     inspections: int = 0
     fails: int = 0
     false_rejects: int = 0
+    checks: int = 0  # times the watch counted and decided (a status reader can wait for one)
     ended_at: datetime | None = None
     why: str = ""
 
@@ -61,7 +62,7 @@ class Watch:
                 "fail_rate": self.fails / self.inspections if self.inspections else None,
                 "baseline_inspections": self.baseline_inspections,
                 "baseline_fail_rate": base, "false_rejects": self.false_rejects,
-                "ended_at": self.ended_at, "why": self.why}
+                "checks": self.checks, "ended_at": self.ended_at, "why": self.why}
 
 
 def judge_watch(w: Watch, bounds: RolloutSettings, now: datetime | None = None) -> tuple[State, str]:
@@ -162,6 +163,7 @@ class RolloutWatcher:
                 model=w.model, version=w.version, recipe=w.recipe, since=w.started_at)
             w.false_rejects = self.records.false_rejects(model=w.model, version=w.version,
                                                          since=w.started_at)
+            w.checks += 1
             state, why = judge_watch(w, self.bounds)
             if state == "watching":
                 continue

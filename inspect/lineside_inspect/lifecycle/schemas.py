@@ -238,6 +238,8 @@ class RolloutStatus(_Shape):
     baseline_inspections: int
     baseline_fail_rate: float | None
     false_rejects: int
+    checks: int = Field(description="times the watch counted its inspections and decided "
+                                    "(every lifecycle.rollout.check_interval_s)")
     ended_at: datetime | None
     why: str
 
