@@ -5,7 +5,9 @@ before its fix: requests hung, a 500, acknowledged inspections lost, an event ne
 
 from __future__ import annotations
 
+import logging
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.store import Store
 from lineside_inspect.store import engine as engine_module
+from lineside_inspect.store import store as store_module
 from lineside_inspect.store.models import OutboxRow
 
 from .conftest import SAMPLE, fresh_database, keyed, start_server
@@ -162,6 +165,65 @@ def test_a_lock_another_session_holds_stops_neither_verdicts_nor_reads(
     finally:
         stop()
         dba.dispose()
+
+
+def test_the_writer_retries_a_lock_soon_and_backs_off_from_an_outage(
+        detector: Detector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """After each lock timeout the writer backed off as from an outage (0.2, 0.4, 0.8 ...
+    up to 5 s): once another session let go of a lock (a reviewer's long transaction, a
+    backup, ``sqlite3`` opened by hand) the records it could now write waited up to 5 s
+    more, and the review page, the outbox and the hub with them. Now a lock lost is tried
+    again after LOCK_RETRY_S each time (the wait for the lock spaced the attempt), while an
+    outage still backs off; the log says so once per run of failures, not per attempt."""
+    monkeypatch.setattr(engine_module, "SQLITE_BUSY_S", 0.2)
+    caplog.set_level(logging.WARNING, logger="lineside.store")
+    data = tmp_path / "store"
+    store = Store(data, pass_rate=1.0, apply_interval_s=0.05)
+    looker = create_engine(f"sqlite:///{data / 'lineside.db'}")
+
+    def rows() -> int:  # the writer's applies only: a store read would apply itself
+        with looker.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM inspections")).scalar_one())
+
+    def failed_logs() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if "applying the journal failed" in r.getMessage()]
+
+    lock = (("lock", store_module.LOCK_RETRY_S),)
+    try:
+        assert store.save(_inspection(detector, "fail"))
+        wait_for(lambda: rows() == 1, "the first inspection applied")
+        holder = sqlite3.connect(data / "lineside.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another session's write lock, held
+        try:
+            assert store.save(_inspection(detector, "fail"))  # a verdict goes on meanwhile
+            wait_for(lambda: sum(store.writer_retries.values()) >= 3, "three lost attempts")
+        finally:
+            holder.rollback()
+            holder.close()
+        wait_for(lambda: rows() == 2, "the inspection applied once the lock went")
+        # every wait after a lock was the same short one: no backoff grew over the lock
+        assert tuple(store.writer_retries) == lock, store.writer_retries
+        assert len(failed_logs()) == 1, failed_logs()  # once, not per attempt
+        assert "a lock another session holds" in failed_logs()[0]
+        wait_for(lambda: any("applied again" in r.getMessage() for r in caplog.records),
+                 "the recovery logged")
+
+        # an outage (here the database file moved away) backs off, doubling
+        moved = tmp_path / "moved-away.db"
+        (data / "lineside.db").rename(moved)
+        try:
+            assert store.save(_inspection(detector, "fail"))
+            steps = {("outage", 0.2), ("outage", 0.4)}
+            wait_for(lambda: steps <= set(store.writer_retries), "the backoff growing")
+        finally:
+            moved.rename(data / "lineside.db")
+        wait_for(lambda: rows() == 3, "the inspection applied once the file is back")
+        assert len(failed_logs()) == 2, failed_logs()  # a new run of failures: said again
+    finally:
+        store.close()
+        looker.dispose()
 
 
 def test_a_review_while_postgresql_is_read_only_is_503(pg_database: str) -> None:

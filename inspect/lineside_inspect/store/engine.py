@@ -36,6 +36,9 @@ DEAD_HOST_ARGS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval":
                   "keepalives_count": 4, "tcp_user_timeout": 30_000}
 # PostgreSQL: the most a statement waits for a lock another session holds (lock_timeout)
 LOCK_TIMEOUT_S = 10.0
+# SQLite: the most a statement waits for another connection's lock (sqlite3's timeout,
+# its busy handler) before "database is locked"
+SQLITE_BUSY_S = 30.0
 
 def _operator_set(url: str) -> set[str]:
     """The libpq settings a PostgreSQL URL's operator set: its query's parameters, libpq's
@@ -54,7 +57,8 @@ def _operator_set(url: str) -> set[str]:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False,
+                                                     "timeout": SQLITE_BUSY_S})
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn: Any, _: Any) -> None:

@@ -31,6 +31,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -171,6 +172,36 @@ LAST_TIME = datetime.max.replace(tzinfo=UTC)
 # the free-disk floor of a save is measured (a statvfs) at most this often; what the store
 # appended to its journal since is taken off the measure
 DISK_CHECK_S = 0.5
+
+
+# the writer's wait after a failed apply (Store._write_behind). A database outage (refused,
+# reset, gone, read-only): WRITER_BACKOFF_S doubling per failure up to WRITER_BACKOFF_MAX_S.
+# A lock another session holds (PostgreSQL's lock_timeout, a deadlock or serialization
+# failure; SQLite's "database is locked" after its busy timeout): LOCK_RETRY_S, fixed. The
+# wait for the lock already spaced that attempt (LOCK_TIMEOUT_S, SQLITE_BUSY_S), and the
+# backoff grown over a long lock (5 s) kept the records (the review page, the outbox, the
+# hub) waiting that much longer once it was released. Fixed, it still bounds the rate of
+# attempts that fail at once (an operator's lock_timeout of a few ms) to 1 / LOCK_RETRY_S
+WRITER_BACKOFF_S, WRITER_BACKOFF_MAX_S = 0.2, 5.0
+LOCK_RETRY_S = 0.5
+# PostgreSQL's codes of a statement that lost to another session's lock: lock_not_available
+# (lock_timeout), serialization_failure, deadlock_detected
+LOCK_CODES = {"55P03", "40001", "40P01"}
+# while the writer's applies keep failing, the log says so again at most this often (with
+# the count), and whenever the kind of failure changes (a lock, an outage)
+WRITER_LOG_S = 60.0
+
+
+def _lock_lost(exc: BaseException) -> bool:
+    """``exc`` is a statement that waited for a lock another session holds and gave up
+    (worth trying again soon), as against the database being down or refusing."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in LOCK_CODES:
+        return True
+    return isinstance(orig, sqlite3.OperationalError) and (
+        "database is locked" in str(orig) or "database table is locked" in str(orig))
 
 
 # records the database refused (see Store._set_aside), under the journal's folder
@@ -335,6 +366,9 @@ class Store:
         # the last apply failed on PostgreSQL (down, read-only, or a lock another session
         # holds): the request path does not wait for it to make room (_make_room)
         self._apply_failing = False
+        # the writer's waits after failed applies: (kind, seconds) -> times chosen, kind
+        # "lock" or "outage" (a handful of distinct keys: the backoff's steps, the lock's)
+        self.writer_retries: Counter[tuple[str, float]] = Counter()
         self._space_lock = threading.Lock()
         self._unapplied = 0  # acknowledged since start, not applied yet
         self._unapplied_bytes = 0
@@ -807,9 +841,11 @@ class Store:
         then sync the journal (one fsync for all of them); apply what it holds once
         ``apply_interval_s`` has passed since the last apply, or at once when a record
         carries outbox events (line outputs and the fleet wait for them), or when much is
-        waiting. A failure (a database outage) is retried; the journal keeps everything
+        waiting. A failure is retried, soon after a lock another session holds, with a
+        growing backoff after an outage (see LOCK_RETRY_S); the journal keeps everything
         meanwhile."""
-        failures = 0
+        failures = outages = 0  # failed attempts in a row; of them, not on a lock
+        said: tuple[str, float] | None = None  # the failure last logged: kind, when
         last_apply = last_aged = time.monotonic()  # (start-up cleanup applies the age limit)
         while not self._stop.is_set():
             waiting = self._unapplied > 0
@@ -834,11 +870,31 @@ class Store:
                         and time.monotonic() - last_aged >= self.age_check_s):
                     self.enforce_retention(room=self.headroom())
                     last_aged = time.monotonic()
-                failures = 0
+                if failures:
+                    log.warning("store: the journal is applied again, after %d failed "
+                                "attempt%s", failures, "" if failures == 1 else "s")
+                failures = outages = 0
+                said = None
             except Exception as exc:
                 failures += 1
-                log.error("store: applying the journal failed (%s); retrying", exc)
-                retry = time.monotonic() + min(5.0, 0.1 * 2 ** failures)
+                kind = "lock" if _lock_lost(exc) else "outage"
+                if kind == "lock":  # the attempt already waited for the lock: try soon
+                    delay = LOCK_RETRY_S
+                else:
+                    outages += 1
+                    delay = min(WRITER_BACKOFF_MAX_S, WRITER_BACKOFF_S * 2 ** (outages - 1))
+                self.writer_retries[kind, delay] += 1
+                # once per run of failures (and per change of kind; again every
+                # WRITER_LOG_S): a lock held for an hour retried every few seconds
+                # logged a line each time
+                now = time.monotonic()
+                if said is None or said[0] != kind or now - said[1] >= WRITER_LOG_S:
+                    log.error("store: applying the journal failed (%s); retrying (%s, "
+                              "attempt %d)", exc,
+                              "a lock another session holds" if kind == "lock"
+                              else "the database", failures)
+                    said = (kind, now)
+                retry = time.monotonic() + delay
                 while not self._stop.wait(self.sync_interval_s) and time.monotonic() < retry:
                     with contextlib.suppress(OSError):  # new records stay power-loss safe
                         self.journal.sync()
