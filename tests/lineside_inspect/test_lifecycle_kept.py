@@ -288,7 +288,7 @@ def test_an_automatic_rollback_is_kept(tmp_path: Path) -> None:
         store.close()
 
 
-@pytest.mark.parametrize("disk", ["written", "full"])
+@pytest.mark.parametrize("disk", ["written", "full", "audit lost"])
 def test_an_automatic_rollback_to_a_version_loaded_over_the_api_is_restored(
         tmp_path: Path, roots: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture, disk: str) -> None:
@@ -296,9 +296,14 @@ def test_an_automatic_rollback_to_a_version_loaded_over_the_api_is_restored(
     over it and rolled back by its watch; a restart judges with 2 again, 3 loaded beside
     (session 48, rollback pass: checked, it held). ``full``: the file could not be written
     at the rollback (it still names 3): 3, loaded first, judged again although the restore
-    said the rollback stood; the audit log's last activation wins (session 48)."""
+    said the rollback stood; the audit log's last activation wins (session 48). ``audit
+    lost``: the file written, the rollback's audit entry not (the database failing then; the
+    rollback stands): the audit log's last activation, the promotion of 3 from 2, made the
+    rejected 3 judge again and its watch resume; the file's 2 judges (adversarial read)."""
     import errno
     from datetime import UTC, datetime
+
+    from sqlalchemy.exc import OperationalError
 
     from lineside_inspect.lifecycle import kept as kept_module
     from lineside_inspect.lifecycle.rollout import Watch
@@ -319,7 +324,21 @@ def test_an_automatic_rollback_to_a_version_loaded_over_the_api_is_restored(
         with monkeypatch.context() as m:
             if disk == "full":
                 m.setattr(kept_module, "write_atomic", full)
-            assert lc._auto_rollback(watch, "fail rate") is True
+            if disk == "audit lost":
+                def down(**kw: object) -> None:
+                    raise OperationalError("INSERT INTO audit", {}, Exception("disk I/O error"))
+
+                m.setattr(lc.records, "audit", down)
+                # it stands, and its watch ends rolled back (raised, the watch's next check
+                # found 3 no longer active and recorded "stopped ... not rolled back")
+                assert lc._auto_rollback(watch, "fail rate") is True
+                assert registry.models()["deeppcb"].active == "2"
+                assert "rolled back to 2, not in the audit log (OperationalError)" in \
+                    caplog.text
+            else:
+                assert lc._auto_rollback(watch, "fail rate") is True
+        if disk == "audit lost":
+            assert lc.records.last_activation("deeppcb")["action"] == "promote"
     path = tmp_path / STATE_FILE
     assert KeptState.model_validate_json(path.read_bytes()).active == {
         "deeppcb": "3" if disk == "full" else "2"}
@@ -338,6 +357,10 @@ def test_an_automatic_rollback_to_a_version_loaded_over_the_api_is_restored(
             f"{KEPT}: {path} names deeppcb 3 active, but the audit log's "
             "last activation of deeppcb is 2 (auto_rollback by ")
         assert "deeppcb 2 judges, deeppcb 3 is loaded inactive" in said[0]
+    elif disk == "audit lost":
+        assert len(said) == 1 and "last activation of deeppcb is promote 3 from it (promote " \
+            "by admin), and no rollback to 2 is recorded after it" in said[0], said
+        assert "deeppcb 2 judges, deeppcb 3 does not" in said[0]
     else:
         assert said == []
 

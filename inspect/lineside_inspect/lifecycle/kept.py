@@ -85,6 +85,9 @@ log = logging.getLogger("lineside.lifecycle")
 
 STATE_FILE = Path("lifecycle") / "models.json"  # under the server's data_dir
 ACTOR = "lineside"  # the audit log's actor of a restore (the server itself)
+# the fleet box puller's actor (``fleet.box.models.ACTOR``): its promotions never write
+# this file, so one from the file's version is no sign of a rollback kept here alone
+FLEET_ACTOR = "fleet"
 MAX_PACKAGES = 1000  # packages, and models with a kept version: a file beyond is not ours
 # far above what MAX_PACKAGES entries take (~4.5 KB each at the longest path): a file
 # beyond it is set aside unread (session 47, attack pass)
@@ -228,7 +231,7 @@ class KeptModels:
 
     def _restore(self, state: KeptState, lifecycle: Lifecycle,
                  pending: Sequence[Recipe]) -> list[str]:
-        active = self._recorded(state, lifecycle)
+        active, settled = self._recorded(state, lifecycle)
         # a model's active version first: the first version of a model new to the server
         # becomes active as it loads
         order = sorted(state.packages, key=lambda p: active.get(p.name) != p.version)
@@ -268,7 +271,7 @@ class KeptModels:
                 self.state.active[model] = version  # the config's own: nothing to do
                 continue
             refused = self._activate(lifecycle, model, version, (model, version) in first,
-                                     pending)
+                                     pending, audited=model not in settled)
             if refused is None:
                 self.state.active[model] = version
                 restored.append(f"{model} {version}")
@@ -298,7 +301,8 @@ class KeptModels:
                               "not resumed", model, version)
         return restored
 
-    def _recorded(self, state: KeptState, lifecycle: Lifecycle) -> dict[str, str]:
+    def _recorded(self, state: KeptState,
+                  lifecycle: Lifecycle) -> tuple[dict[str, str], set[str]]:
         """Each model's version to make active again: the file's, unless the audit log's
         last activation of the model is another version the file keeps. The store is the
         record: the file may not have been written at that activation (a full disk at an
@@ -306,10 +310,18 @@ class KeptModels:
         be its model's first loaded, judging again (session 48). A model new to a
         standalone server whose audited version is not kept here is left out (its kept
         versions are not loaded); else the file's is refused as "stands" (the config's
-        version judges; on a fleet box the fleet's pulled models restore it after this)."""
+        version judges; on a fleet box the fleet's pulled models restore it after this).
+
+        Not where the audit log's last activation is a promotion from the file's version
+        (not the fleet's pull, which does not write this file):
+        the file written and the audit entry not is an automatic rollback whose entry was
+        lost (the database failing then; the rollback stood): the file's version judges,
+        the promoted one must not (adversarial read, session 48). Those models are the
+        second value: the file's version is restored without asking the audit log again."""
         active = dict(state.active)
+        settled: set[str] = set()
         if lifecycle.store is None:
-            return active
+            return active, settled
         for model, version in state.active.items():
             try:
                 last = lifecycle.records.last_activation(model)
@@ -318,6 +330,19 @@ class KeptModels:
                               "of %s not read; the file's %s is restored", model, version)
                 continue
             if last is None or last["version"] == version:
+                continue
+            details = last["details"] if isinstance(last["details"], dict) else {}
+            if last["action"] in ("promote", "force_promote") and details.get("from") == version \
+                    and last["actor"] != FLEET_ACTOR:
+                settled.add(model)
+                log.warning("models kept across a restart: %s names %s %s active, but the "
+                            "audit log's last activation of %s is %s %s from it (%s by %s), and "
+                            "no rollback to %s is recorded after it: its watch's automatic "
+                            "rollback was kept in the file and not in the audit log (the "
+                            "database failing then?); %s %s judges, %s %s does not (promote it "
+                            "again to have it judge)", self.path, model, version, model,
+                            last["action"], last["version"], last["action"], last["actor"],
+                            version, model, version, model, last["version"])
                 continue
             kept = any((p.name, p.version) == (model, last["version"]) for p in state.packages)
             if kept:
@@ -333,7 +358,7 @@ class KeptModels:
                         f"{model} {last['version']} judges, {model} {version} is loaded "
                         "inactive" if kept else f"{last['version']} is not kept here, and "
                         f"{model}'s kept versions are not loaded (load them again over the API)")
-        return active
+        return active, settled
 
     def _load(self, p: KeptPackage) -> bool:
         """Load one kept package, as the API did (inside model_roots) and as it was then
@@ -360,8 +385,9 @@ class KeptModels:
         return "nothing" if version is None else f"{model} {version}"
 
     def _activate(self, lifecycle: Lifecycle, model: str, version: str, first: bool,
-                  pending: Sequence[Recipe]) -> str | None:
-        """None when ``version`` judges again; else why not ("" when nothing need be said)."""
+                  pending: Sequence[Recipe], *, audited: bool = True) -> str | None:
+        """None when ``version`` judges again; else why not ("" when nothing need be said).
+        ``audited`` False: :meth:`_recorded` chose it over the audit log's last activation."""
         slot = self.registry.models().get(model)
         if slot is None or (version not in slot.versions and version not in slot.unloaded):
             if self.fleet_box:
@@ -371,7 +397,8 @@ class KeptModels:
             return "its package was not loaded"
         reason = "activated over the API before the server restarted; restored"
         try:
-            last = None if lifecycle.store is None else lifecycle.records.last_activation(model)
+            last = (None if lifecycle.store is None or not audited
+                    else lifecycle.records.last_activation(model))
             if last is not None and last["version"] != version:
                 # another version was made active since by what does not write this file
                 return (f"{model} {last['version']} was activated after it ({last['action']} "

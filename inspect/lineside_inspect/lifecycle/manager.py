@@ -865,10 +865,17 @@ class Lifecycle(AdmissionRules):
         log.warning("rollout of %s %s rolled back to %s: %s", w.model, w.version, w.previous, why)
         if self.kept is not None:  # a restart must not bring the rejected version back
             self.kept.activated(w.model, w.previous)
-        self.records.audit(actor=SYSTEM, action="auto_rollback", model=w.model, version=w.previous,
-                           reason=why, details={"from": w.version, "promoted_by": w.actor,
-                                                "gate_report_id": w.gate_report_id,
-                                                **self._pins_of(w.model, w.version)})
+        try:  # the rollback stands: its watch ends as rolled back, not as "not rolled back"
+            self.records.audit(actor=SYSTEM, action="auto_rollback", model=w.model,
+                               version=w.previous, reason=why,
+                               details={"from": w.version, "promoted_by": w.actor,
+                                        "gate_report_id": w.gate_report_id,
+                                        **self._pins_of(w.model, w.version)})
+        except Exception as exc:  # a database failing: the kept file has it (kept.py)
+            log.error("rollout of %s %s rolled back to %s, not in the audit log (%s): the "
+                      "models kept across a restart keep %s active", w.model, w.version,
+                      w.previous, type(exc).__name__, w.previous)
+            return True
         self._shadow_now_active(w.model, w.previous, actor=SYSTEM, how="an automatic rollback")
         return True
 
