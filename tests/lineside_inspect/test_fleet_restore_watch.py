@@ -37,6 +37,21 @@ def _take(running: Running, dest: Path, version: str) -> None:
                  card_digest=card_digest(card), signer="k"), "pulled")
 
 
+def _hub_only_box(tmp_path: Path, *versions: str) -> tuple[dict[str, Any], list[Path]]:
+    """A fleet box's config whose deeppcb comes only from the hub (an unreachable one: the
+    tests hand it the pulls), its golden set, and deeppcb's packages of ``versions`` in its
+    fleet models folder."""
+    data = tmp_path / "box"
+    packages = [_package(data / "fleet-models", v) for v in versions]
+    items, classes = from_dataset(SAMPLE, limit=2)
+    GoldenLibrary(data / GOLDEN_DIR).create("deeppcb", items, classes)
+    config = {"data_dir": str(data), "store_pass_rate": 1.0,
+              "models": [str(ROOT / "models" / "deeppcb-good" / "1")],
+              "fleet": {"hub_url": "http://127.0.0.1:9", "token": "t", "line": "L1",
+                        "pull_interval_s": 3600, "timeout_s": 1}}
+    return config, packages
+
+
 def test_the_previous_pull_is_kept_while_the_watch_is_open(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -46,14 +61,8 @@ def test_the_previous_pull_is_kept_while_the_watch_is_open(
     47, fleet previous pass). The second start's audit log fails to read (a database
     failing after the store started): the box starts all the same, said in an ERROR (it
     did not start: session 48)."""
-    data = tmp_path / "box"
-    one, two = (_package(data / "fleet-models", v) for v in ("1", "2"))
-    items, classes = from_dataset(SAMPLE, limit=2)
-    GoldenLibrary(data / GOLDEN_DIR).create("deeppcb", items, classes)
-    config = {"data_dir": str(data), "store_pass_rate": 1.0,  # deeppcb only from the hub
-              "models": [str(ROOT / "models" / "deeppcb-good" / "1")],
-              "fleet": {"hub_url": "http://127.0.0.1:9", "token": "t", "line": "L1",
-                        "pull_interval_s": 3600, "timeout_s": 1}}
+    config, (one, two) = _hub_only_box(tmp_path, "1", "2")
+    data = Path(config["data_dir"])
     first, stop = _run(config)
     try:
         _take(first, one, "1")  # new to the box: active at once
@@ -152,14 +161,7 @@ def test_a_pulled_promotion_rolled_back_restarts_on_the_version_it_went_back_to(
     by ``fleet``, said in the log), 2 stays loaded beside, left; the hub still assigning 2
     does not make the box take it again (it would loop: session 48, rollback pass); 3,
     assigned next, is promoted over 1, which is kept as its way back across a restart."""
-    data = tmp_path / "box"
-    one, two, three = (_package(data / "fleet-models", v) for v in ("1", "2", "3"))
-    items, classes = from_dataset(SAMPLE, limit=2)
-    GoldenLibrary(data / GOLDEN_DIR).create("deeppcb", items, classes)
-    config = {"data_dir": str(data), "store_pass_rate": 1.0,  # deeppcb only from the hub
-              "models": [str(ROOT / "models" / "deeppcb-good" / "1")],
-              "fleet": {"hub_url": "http://127.0.0.1:9", "token": "t", "line": "L1",
-                        "pull_interval_s": 3600, "timeout_s": 1}}
+    config, (one, two, three) = _hub_only_box(tmp_path, "1", "2", "3")
     first, stop = _run(config)
     try:
         _take(first, one, "1")
