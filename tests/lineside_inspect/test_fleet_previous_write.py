@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,9 +25,10 @@ def test_a_previous_json_that_cannot_be_written_is_logged_not_raised(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "models"
     blocker.write_text("a file where the folder should be")  # every write below fails
-    puller = SimpleNamespace(root=blocker / "inner", previous=PreviousPulls(models={
-        "deeppcb": Previous(version="1", sha256="a", graph_sha256="b", card_digest="c" * 64,
-                            promoted="2")}))
+    puller = SimpleNamespace(root=blocker / "inner", _files=threading.RLock(),
+                             previous=PreviousPulls(models={
+        "deeppcb": Previous(version="1", sha256="a", graph_sha256="b",
+                            card_digest="c" * 64, promoted="2")}))
     with caplog.at_level(logging.ERROR, logger="lineside"):
         ModelPuller._save_previous(puller, PreviousPulls())  # type: ignore[arg-type]
     assert puller.previous == PreviousPulls()  # the watch ended all the same

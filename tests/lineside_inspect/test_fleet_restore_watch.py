@@ -5,6 +5,7 @@ and the watch resumes, once (session 47, fleet pass)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from pathlib import Path
@@ -216,5 +217,64 @@ def test_a_pulled_promotion_rolled_back_restarts_on_the_version_it_went_back_to(
         assert (slot.active, sorted(slot.versions)) == ("3", ["1", "3"])
         watch = box.app.state.lifecycle.rollout.watching("deeppcb")
         assert watch is not None and (watch.version, watch.previous) == ("3", "1")
+    finally:
+        stop()
+
+
+@pytest.mark.parametrize("how", ["watch", "hand"])
+def test_a_rollback_the_audit_log_lost_is_kept_by_the_box(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """Pulled 2 promoted over pulled 1, then rolled back to 1 (by its watch, or by an
+    admin over the API) while the database fails: the rollback's audit entry is lost, so
+    the audit log's last activation stays 2's promotion. The puller, told by the lifecycle
+    at the rollback, marks 2 held at once and keeps 1: the restart, the database working
+    again, judges with 1, 2 not active, its watch not resumed (it did: session 48's
+    review)."""
+    config, (one, two) = _hub_only_box(tmp_path, "1", "2")
+    data = Path(config["data_dir"])
+    first, stop = _run(config)
+    try:
+        _take(first, one, "1")
+        _take(first, two, "2")
+        rollout = first.app.state.lifecycle.rollout
+
+        def failing(self: Records, **_: Any) -> None:
+            raise OperationalError("INSERT audit", {}, sqlite3.OperationalError("disk I/O error"))
+
+        with monkeypatch.context() as m:
+            m.setattr(Records, "audit", failing)
+            if how == "watch":
+                rollout.bounds = rollout.bounds.model_copy(update={"max_false_rejects": -1})
+                rollout.check()
+                assert rollout.get("deeppcb").state == "rolled_back"
+            else:
+                with first.client("admin") as admin:
+                    got = admin.post("/v1/models/deeppcb/rollback", params={"from": "2"})
+                assert got.status_code >= 500, got.text  # its entry not written: said
+        assert first.app.state.registry.models()["deeppcb"].active == "1"
+        last = first.app.state.lifecycle.records.last_activation("deeppcb")
+        assert (last["action"], last["version"]) == ("promote", "2")  # the entry lost
+        pulled = json.loads((data / "fleet-models" / "pulled.json").read_text())
+        assert pulled["models"]["deeppcb"]["held"] is True  # written at the rollback
+        previous = json.loads((data / "fleet-models" / "previous.json").read_text())
+        assert previous["models"]["deeppcb"]["version"] == "1"
+    finally:
+        stop()
+
+    box, stop = _run(config)
+    try:
+        slot = box.app.state.registry.models()["deeppcb"]
+        assert (slot.active, sorted(slot.versions)) == ("1", ["1", "2"])
+        assert box.app.state.lifecycle.rollout.watching("deeppcb") is None
+        audit = box.app.state.lifecycle.records.audit_log(model="deeppcb", limit=1)[1]
+        assert [(a["action"], a["actor"], a["version"]) for a in audit] == [
+            ("restore", "fleet", "1")]
+        assert "a rollback from 2 not in the audit log" in audit[0]["reason"]
+        with box.client("line") as line:
+            got = line.post("/v1/inspect", params={"recipe": "deeppcb-default"}, content=next(
+                (SAMPLE / "images").rglob("*_test.jpg")).read_bytes(),
+                headers={"content-type": "image/jpeg"})
+        assert got.status_code == 200, got.text
+        assert got.json()["model"]["version"] == "1"
     finally:
         stop()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from pathlib import Path
@@ -93,6 +93,11 @@ class Lifecycle(AdmissionRules):
         self.alarm: FailRateAlarm | None = None  # set by install() unless disabled
         # what was loaded and activated over the API, kept across a restart (install())
         self.kept: KeptModels | None = None
+        # told (model, version) when a rollback made ``version`` judge, before its audit
+        # entry is written (a database failing then loses that entry, not the rollback):
+        # a fleet box's puller marks the pull it went back from held (session 48). Called
+        # by what is told, never imported here (a room above: fleet/box/models.py)
+        self.went_back: list[Callable[[str, str], None]] = []
         # the alarm's audit entries, written in order off the verdict path (a database
         # that is slow or down must not hold an inspection)
         self._alarm_audit = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alarm-audit")
@@ -610,6 +615,7 @@ class Lifecycle(AdmissionRules):
                 version = self.registry.rollback(
                     model, expect=target,
                     recipe=None if target is None else self._card_recipe(model, old, target))
+        self._went_back(model, version)  # the rollback stands, recorded or not
         if self._records is not None:
             self.records.audit(actor=actor, action="rollback", model=model, version=version,
                                reason=reason, details={"from": old, **self._pins_of(model, old)})
@@ -865,6 +871,7 @@ class Lifecycle(AdmissionRules):
         log.warning("rollout of %s %s rolled back to %s: %s", w.model, w.version, w.previous, why)
         if self.kept is not None:  # a restart must not bring the rejected version back
             self.kept.activated(w.model, w.previous)
+        self._went_back(w.model, w.previous)  # nor a fleet box's pull (held) bring it back
         try:  # the rollback stands: its watch ends as rolled back, not as "not rolled back"
             self.records.audit(actor=SYSTEM, action="auto_rollback", model=w.model,
                                version=w.previous, reason=why,
@@ -878,6 +885,15 @@ class Lifecycle(AdmissionRules):
             return True
         self._shadow_now_active(w.model, w.previous, actor=SYSTEM, how="an automatic rollback")
         return True
+
+    def _went_back(self, model: str, version: str) -> None:
+        """Tell each of :attr:`went_back` that a rollback made ``version`` of ``model``
+        judge; one that fails is logged (the rollback stands)."""
+        for told in list(self.went_back):
+            try:
+                told(model, version)
+            except Exception:
+                log.exception("rollback of %s to %s not kept by %r", model, version, told)
 
     def alarm_changed(self, c: Change) -> None:
         """A recipe's fail-rate alarm raised or cleared: in the audit log, with a store

@@ -188,6 +188,9 @@ class ModelPuller:
         self._gate_refused: dict[tuple[str, str, str], object] = {}
         self._notes: list[str] = []
         self._lock = threading.Lock()  # one pull at a time
+        # the state files' writes (a pull's, and a rollback's told by the lifecycle from
+        # the watch's thread: went_back() takes no other lock, so it waits on no pull)
+        self._files = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._hub_down = False
@@ -213,6 +216,9 @@ class ModelPuller:
             log.error("fleet models: %s", self._key_error)
         self.root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.root / INCOMING, ignore_errors=True)  # a pull cut short
+        lifecycle = getattr(self.app.state, "lifecycle", None)
+        if lifecycle is not None and self.went_back not in lifecycle.went_back:
+            lifecycle.went_back.append(self.went_back)
         self.state = self._read_state()
         self.verified = self._read_verified()
         self.previous = _read_json(self.root / PREVIOUS_FILE, PreviousPulls,
@@ -244,6 +250,32 @@ class ModelPuller:
             except Exception:  # the loop must outlive any one bad pull
                 log.exception("fleet models: pull failed")
             self._stop.wait(self.fleet.pull_interval_s)
+
+    def went_back(self, model: str, version: str) -> None:
+        """Told by the lifecycle, before the audit entry is written, that a rollback (the
+        watch's automatic one, an admin's) made ``version`` of ``model`` judge: the pull it
+        left is marked held in ``pulled.json`` at once (taken up again: no more held), and
+        ``previous.json`` keeps a pulled version before it only where the box went back to
+        that one. A restart then judges with the version gone back to even where the
+        rollback's audit entry was lost (a database failing then; session 48), as
+        :meth:`_back_to_previous` reads the held mark."""
+        with self._files:
+            p = self.state.models.get(model)
+            if p is None:
+                return
+            held = version != p.version
+            if p.held != held:
+                p.held = held
+                try:
+                    self._save()
+                except OSError as exc:  # a full disk: the next start reads the audit log
+                    log.error("fleet models: %s not written (%s): pulled %s %s, rolled back "
+                              "from, is not marked held", self.root / STATE_FILE, exc, model,
+                              p.version)
+            prev = self.previous.models.get(model)
+            if held and prev is not None and prev.version != version:
+                self._save_previous(PreviousPulls(models={
+                    n: k for n, k in self.previous.models.items() if n != model}))
 
     # -- what the status report says --------------------------------------------------------
     def errors(self) -> list[str]:
@@ -685,7 +717,12 @@ class ModelPuller:
         prev = self.previous.models.get(name)
         if prev is None:
             return
-        if last is None or last["version"] != prev.version:
+        # the last activation recorded is the held pull's own where the rollback from it
+        # was not recorded (a database failing then): the held mark, written at the
+        # rollback (went_back), says the box left it, for the version kept here
+        unrecorded = last is not None and last["version"] == p.version \
+            and prev.promoted == p.version
+        if last is None or (last["version"] != prev.version and not unrecorded):
             self._save_previous(PreviousPulls(models={
                 n: k for n, k in self.previous.models.items() if n != name}))
             return
@@ -698,8 +735,10 @@ class ModelPuller:
         if slot is not None and slot.active == prev.version:
             return  # judging already (the config names it too)
         path = self.root / name / prev.version
-        reason = (f"the version judging when the box stopped ({last['action']} by "
-                  f"{last['actor']}): pulled before {name} {p.version}, which the box went "
+        how = (f"a rollback from {p.version} not in the audit log, its held mark in "
+               f"{STATE_FILE}" if unrecorded else f"{last['action']} by {last['actor']}")
+        reason = (f"the version judging when the box stopped ({how}): pulled before "
+                  f"{name} {p.version}, which the box went "
                   f"back from; {p.version} stays left on the box, not taken again until the "
                   "hub assigns another package")
         try:
@@ -792,17 +831,19 @@ class ModelPuller:
                           "packages pulled before are downloaded again")
 
     def _save_previous(self, previous: PreviousPulls) -> None:
-        self.previous = previous
-        try:
-            write_atomic(self.root / PREVIOUS_FILE,
-                         json.dumps(previous.model_dump(mode="json"), indent=1).encode())
-        except OSError as exc:  # a full or read-only disk: the box starts and pulls anyway
-            log.error("fleet models: %s not written (%s): a pulled promotion's watch may not "
-                      "resume after a restart", self.root / PREVIOUS_FILE, exc)
+        with self._files:
+            self.previous = previous
+            try:
+                write_atomic(self.root / PREVIOUS_FILE,
+                             json.dumps(previous.model_dump(mode="json"), indent=1).encode())
+            except OSError as exc:  # a full or read-only disk: the box starts and pulls
+                log.error("fleet models: %s not written (%s): a pulled promotion's watch may "
+                          "not resume after a restart", self.root / PREVIOUS_FILE, exc)
 
     def _save(self) -> None:
-        write_atomic(self.root / STATE_FILE,
-                     json.dumps(self.state.model_dump(mode="json"), indent=1).encode())
+        with self._files:
+            write_atomic(self.root / STATE_FILE,
+                         json.dumps(self.state.model_dump(mode="json"), indent=1).encode())
 
 
 def setup(app: Any, settings: Settings) -> ModelPuller:
