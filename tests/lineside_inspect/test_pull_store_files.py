@@ -170,6 +170,13 @@ def test_a_folder_or_a_link_to_nothing_in_place_of_a_stored_file_is_named(
     assert result.exit_code == 0 and "pulled 2 images" in result.output, result.output
     assert _pulled(folder / "one") == {files["kept"][0]}
     assert not [r for r in caplog.records if "left out" in r.getMessage()]
+    # none of the part's reviewed: the error names the part and the page that reviews it
+    # (it said only "no reviewed inspections ... match"; a new QA lead's walk, session 48)
+    result = runner.invoke(app, ["data", "pull", str(folder / "store"), str(folder / "no"),
+                                 "--part-id", "kept"])
+    assert result.exit_code == 2 and "no reviewed inspections with a stored image match (of " \
+        "part 'kept'); review them first on the review page, " \
+        "/review?part_id=kept&verdict=&review_state=" in result.output, result.output
     for bad, why in (("k\u202e", "must not contain a bidirectional control character"),
                      ("k" * 257, "at most 256 characters, not 257"), ("", "is empty")):
         result = runner.invoke(app, ["data", "pull", str(folder / "store"), str(folder / "no"),

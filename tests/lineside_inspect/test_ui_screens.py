@@ -484,6 +484,12 @@ def test_dashboard(browser: Any, shift: Running, tmp_path: Path) -> None:
     top = next(st for st in s["stations"] if st["camera_id"] == "line1-top" and st["recipe"] == "deeppcb")
     expect(page.locator("#stations tbody tr", has_text="line1-top").first).to_contain_text(
         f"{_num(top['inspections'])}{_num(top['passes'])}{_num(top['fails'])}{_yield(top)}")
+    # each heading over its column: the status page's grid of station cards (#stations)
+    # laid this table out too, its heading row and its rows each as wide as their own cells
+    # ("passes" over the fails; a new QA lead's walk, session 48)
+    assert page.evaluate("""() => [...document.querySelectorAll('#stations thead th')].every((h, i) =>
+        Math.abs(h.getBoundingClientRect().right - document.querySelector(
+            `#stations tbody tr td:nth-child(${i + 1})`).getBoundingClientRect().right) < 1)""")
     alice = next(r for r in s["reviewers"] if r["reviewer"] == "alice")
     expect(page.locator("#reviewers tbody tr", has_text="alice")).to_contain_text(_num(alice["reviews"]))
     _shot(page, "dashboard.png", tmp_path, full=True)

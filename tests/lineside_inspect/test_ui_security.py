@@ -235,6 +235,21 @@ def test_login_gives_a_session_cookie_that_is_not_the_key(launch) -> None:
         r = c.post("/review/login", data={"key": "viewer-secret", "next": "/review?verdict=pass"})
         assert r.headers["location"] == "/dashboard"
 
+    # a link's name the page does not read, or one given twice, is said above the page: it
+    # showed every part's list or figures, unsaid, where the API answers the same query
+    # with a 422 (a new QA lead's walk, session 48)
+    with _session_client(srv, _token(_login(srv, "reviewer-secret"))) as c:
+        page = c.get("/review?part=SN-1&verdict=&verdict=fail").text
+        assert ('<p id="linknote" class="linknote" role="status">This link: part: not a filter of '
+                "this page, left out (part: part_id?); a link may set verdict, review_state, "
+                "camera_id, part_id, label, min_score, queue; verdict: given more than once, the "
+                "first value is used.</p>") in page
+        assert 'id="linknote"' not in c.get("/review?part_id=SN-1&verdict=&review_state=").text
+        dash = c.get("/dashboard", params={"<b>": "1", "window": "8"}).text
+        assert ("This link: &lt;b&gt;, window: not a filter of this page, left out (window: hours?); "
+                "a link may set hours, camera_id, recipe, part_id, per.</p>") in dash
+        assert 'id="linknote"' not in c.get("/dashboard?part_id=SN-1&hours=8").text
+
 
 def test_logout_revokes_the_session(launch) -> None:
     srv = launch()

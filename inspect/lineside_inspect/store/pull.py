@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from pydantic import ValidationError
@@ -225,9 +226,24 @@ def _ext(content_type: str) -> str:
     return {"image/png": "png", "image/bmp": "bmp"}.get(content_type.split(";")[0], "jpg")
 
 
-def _dataset(records: list[ImageRecord], classes: list[str], origin: str) -> Dataset:
+def _asked(part_id: str | None, since: datetime | None, reviewed: bool) -> str:
+    """What a pull asked for, as its "nothing matched" error says it: a part's pull that
+    found none said only "no reviewed inspections ... match", neither the part nor where its
+    inspections are reviewed (a new QA lead's walk, session 48)."""
+    said = [f"of part {part_id!r}"] if part_id else []
+    if since is not None:
+        said.append(f"made since {since.isoformat()}")
+    out = f" ({', '.join(said)})" if said else ""
+    if part_id and reviewed:
+        link = urlencode({"part_id": part_id, "verdict": "", "review_state": ""})
+        out += f"; review them first on the review page, /review?{link}"
+    return out
+
+
+def _dataset(records: list[ImageRecord], classes: list[str], origin: str,
+             asked: str = "") -> Dataset:
     if not records:
-        raise DatasetError(f"{origin}: no reviewed inspections with a stored image match")
+        raise DatasetError(f"{origin}: no reviewed inspections with a stored image match{asked}")
     return Dataset(classes, records, info={"source": f"lineside reviews from {origin}",
                                            "pulled_at": datetime.now(UTC).isoformat()})
 
@@ -366,14 +382,15 @@ class _Placing:
         """``inspection_id`` left out, said with the rest at the end (:meth:`write`)."""
         self.skipped.append(f"{inspection_id}: {why}")
 
-    def write(self, origin: str, dst: str | Path, overwrite: bool) -> Dataset:
-        """The dataset written to ``dst``, once what was left out is said."""
+    def write(self, origin: str, dst: str | Path, overwrite: bool, asked: str = "") -> Dataset:
+        """The dataset written to ``dst``, once what was left out is said (``asked``: the
+        pull's filters, said if nothing matched them, :func:`_asked`)."""
         self.unaligned.say()
         if self.skipped:
             log.warning("pull: %d inspection(s) left out, their images broken (or a stored "
                         "shift out of range): %s%s", len(self.skipped),
                         "; ".join(self.skipped[:5]), " ..." if len(self.skipped) > 5 else "")
-        return write_dataset(_dataset(self.records, self.classes, origin), dst,
+        return write_dataset(_dataset(self.records, self.classes, origin, asked), dst,
                              overwrite=overwrite)
 
 
@@ -513,7 +530,7 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                     continue
                 if isinstance(staged, Path):  # (the staging folder holds what goes in)
                     staged.unlink(missing_ok=True)
-        return placing.write(str(store.data_dir), dst, overwrite)
+        return placing.write(str(store.data_dir), dst, overwrite, _asked(part_id, since, reviewed))
 
 
 def _page(url: str, content: bytes) -> InspectionPage:
@@ -660,7 +677,7 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
                 continue
             if fetched := _fetch(c, url, item, Path(tmp)):
                 placing.place(item, *fetched)
-        return placing.write(url, dst, overwrite)
+        return placing.write(url, dst, overwrite, _asked(part_id, since, reviewed))
 
 
 def _listed(c: httpx.Client, url: str, *, since: datetime | None,

@@ -27,6 +27,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from lineside_inspect.config import Role
 from lineside_inspect.errors import LinesideError, NotFoundError, TooManyFailedSignIns
 from lineside_inspect.server.deps import ALLOWED, Principal, RoleFirstRoute, authenticate, check_key
+from lineside_inspect.server.query import meant
 from lineside_inspect.server.routes import page_data
 from lineside_inspect.server.sessions import Session, SessionStore, cookie_name
 from lineside_inspect.ui import STATIC, render
@@ -89,6 +90,37 @@ def _fleet_filters(request: Request, label: bool) -> str:
                   f'<option value="">any {title}</option></select>')
         out.append(f"<label>{title.capitalize()} {select}</label>" if label else select)
     return "".join(out)
+
+
+# the names a link to a page may set (review.js's and dashboard.js's restore()); a hub's
+# pages take the fleet's besides
+REVIEW_LINK = ("verdict", "review_state", "camera_id", "part_id", "label", "min_score", "queue")
+DASHBOARD_LINK = ("hours", "camera_id", "recipe", "part_id", "per")
+
+
+def _link_note(request: Request, names: tuple[str, ...]) -> str:
+    """A line above the page saying what of its address the page does not apply: a name it
+    does not read (``/review?part=SN-1``, with the likely one meant) or one given twice (the
+    first is used). Such a link showed the whole line's list or figures, unsaid, where the
+    API answers the same query with a 422 (new QA lead's walk, session 48). Text only."""
+    if _is_hub(request):
+        names = (*names, *(n for n, _ in FLEET_FIELDS))
+    params = request.query_params
+    unknown = sorted({k for k in params if k not in names})
+    twice = sorted({k for k in params if k in names and len(params.getlist(k)) > 1})
+    said = []
+    if unknown:
+        shown = [(k if len(k) <= 40 else k[:40] + "...") if k else "''" for k in unknown[:5]]
+        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        hints = [f"{shown[i]}: {m}?" for i, k in enumerate(unknown[:5]) if (m := meant(k, names))]
+        said.append(f"{', '.join(shown)}{more}: not a filter of this page, left out"
+                    f"{' (' + '; '.join(hints) + ')' if hints else ''}; a link may set "
+                    f"{', '.join(names)}")
+    if twice:
+        said.append(f"{', '.join(twice)}: given more than once, the first value is used")
+    if not said:
+        return ""
+    return f'<p id="linknote" class="linknote" role="status">This link: {escape("; ".join(said))}.</p>'
 
 
 def _shared_box(request: Request) -> str:
@@ -244,7 +276,8 @@ def dashboardrender(request: Request) -> Response:
     _, session = seen
     return HTMLResponse(render("dashboard.html", markup={
         "signout": SIGN_OUT if session else "", "fleet": _fleet_filters(request, True),
-        "fleet-nav": FLEET_NAV if _is_hub(request) else ""}))
+        "fleet-nav": FLEET_NAV if _is_hub(request) else "",
+        "linknote": _link_note(request, DASHBOARD_LINK)}))
 
 
 @pages.get("/review", response_class=HTMLResponse)
@@ -258,7 +291,8 @@ def reviewrender(request: Request) -> Response:
                                                "shared_box": _shared_box(request)},
                               {"signout": SIGN_OUT if session else "",
                                "fleet": _fleet_filters(request, False),
-                               "fleet-nav": FLEET_NAV if _is_hub(request) else ""}))
+                               "fleet-nav": FLEET_NAV if _is_hub(request) else "",
+                               "linknote": _link_note(request, REVIEW_LINK)}))
 
 
 @pages.get("/fleet", response_class=HTMLResponse)
