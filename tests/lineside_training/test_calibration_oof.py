@@ -80,7 +80,9 @@ def test_folds_keep_groups_whole_and_balanced() -> None:
 
 def test_out_of_fold_calibration(two_boards: Path, tmp_path: Path) -> None:
     torch.set_num_threads(2)
-    cfg = load_config(None, None, **_tiny(two_boards, tmp_path / "unused"))
+    # the folds train with the threads set above (left to choose, each watched the CPU
+    # for half a second first)
+    cfg = load_config(None, None, **_tiny(two_boards, tmp_path / "unused"), threads=2)
     out = tmp_path / "oof"
     calib = oof_calibrate(cfg, folds=2, out=out, quiet=True)
     saved = json.loads((out / CALIBRATION).read_text())

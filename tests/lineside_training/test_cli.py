@@ -22,7 +22,8 @@ def test_train_evaluate_export_commands(tmp_path: Path) -> None:
     r = runner.invoke(app, ["train", "--data", str(SAMPLE), "--epochs", "1", "--name", "cli",
                             "--device", "cpu", "--set", "max_steps_per_epoch=2",
                             "--set", "crop_size=128", "--set", "batch_size=4",
-                            "--set", f"out_dir={tmp_path}", "--set", "augment.morphology=0.5"])
+                            "--set", f"out_dir={tmp_path}", "--set", "augment.morphology=0.5",
+                            "--threads", "2"])
     assert r.exit_code == 0, r.output + r.stderr
     run = tmp_path / "cli"
     r = runner.invoke(app, ["evaluate", str(run), "--device", "cpu", "--out", str(tmp_path / "rep")])
@@ -127,7 +128,8 @@ def test_train_help_names_the_extra_and_the_budget() -> None:
 def test_bench_train_without_crop_says_so() -> None:
     r = runner.invoke(app, ["bench", "train", "--config", str(ROOT / "training/configs/deeppcb-single.yaml"),
                             "--set", f"data={SAMPLE}", "--set", "crop_size=null", "--set", "input_size=64",
-                            "--set", "batch_size=2", "--set", "device=cpu", "--steps", "1"])
+                            "--set", "batch_size=2", "--set", "device=cpu", "--set", "threads=2",
+                            "--steps", "1"])
     assert r.exit_code == 0, r.stderr
     assert "no crop (whole images at 64)" in r.stdout
     assert "crop 64" not in r.stdout

@@ -237,7 +237,7 @@ def test_resume_continues_the_run_as_it_trained(tmp_path: Path) -> None:
     # resumed without --device: the machine's choice, not a change of the run's to log
     # ("device auto (the run's cpu)" on every such resume)
     r = runner.invoke(app, ["train", "--config", str(SINGLE), "--resume", "--epochs", "5",
-                            "--name", "r", "--set", f"out_dir={tmp_path}"])
+                            "--name", "r", "--set", f"out_dir={tmp_path}", "--threads", "2"])
     assert r.exit_code == 0, r.output
     said = [line for line in (tmp_path / "r" / "train.log").read_text().splitlines()
             if "resumed with" in line]
@@ -250,7 +250,7 @@ def test_a_short_onecycle_run_trains_and_its_finished_run_is_not_told_more_epoch
     """Review, session 46: a onecycle schedule of 2 steps (or 100 without warm-up) was a
     ZeroDivisionError traceback from torch; and a finished onecycle run was told "give
     --epochs MORE to continue it", which its resume then refused (its length is fixed)."""
-    where = ["--device", "cpu", "--name", "oc", "--set", f"out_dir={tmp_path}"]
+    where = ["--device", "cpu", "--name", "oc", "--set", f"out_dir={tmp_path}", "--threads", "2"]
     args = ["train", "--config", str(SINGLE), "--data", str(SAMPLE), "--epochs", "1", *where,
             "--set", "schedule=onecycle", "--set", "time_budget=null",
             "--set", "max_steps_per_epoch=2", "--set", "batch_size=2", "--set", "crop_size=128"]
@@ -365,7 +365,7 @@ def test_resume_trains_on_the_runs_data_not_the_config_files(tmp_path: Path) -> 
     cfg.write_text(yaml.safe_dump({"data": str(other), "out_dir": str(tmp_path / "runs"),
                                    "max_steps_per_epoch": 1, "crop_size": 128,
                                    "batch_size": 2, "time_budget": None}))
-    where = ["--config", str(cfg), "--device", "cpu", "--name", "mine"]
+    where = ["--config", str(cfg), "--device", "cpu", "--name", "mine", "--threads", "2"]
     r = runner.invoke(app, ["train", *where, "--data", str(SAMPLE), "--epochs", "1"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train", *where, "--resume", "--epochs", "2"])
@@ -587,7 +587,7 @@ def test_a_crafted_checkpoint_is_refused_not_run(tmp_path: Path) -> None:
                  ["calibrate", str(run / "best.pt"), "--data", str(SAMPLE)],
                  ["train", "--data", str(SAMPLE), "--name", "run", "--resume",
                   "--set", f"out_dir={tmp_path / 'out'}", "--epochs", "2"],
-                 ["train", "--data", str(SAMPLE), "--name", "new", "--epochs", "1",
+                 ["train", "--data", str(SAMPLE), "--name", "new", "--epochs", "1", "--threads", "2",
                   "--set", f"out_dir={tmp_path / 'out'}", "--weights", str(run / "best.pt")]):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, r.output
