@@ -348,6 +348,29 @@ def _fields_at(schema: Any, loc: tuple[Any, ...]) -> dict[str, Any] | None:
     return getattr(model, "model_fields", None)
 
 
+# pydantic's types for a value that is not a time; its own message ("Input should be a
+# valid datetime or date, input is too short") says neither the format nor an example
+_TIME_ERRORS = {"datetime_from_date_parsing", "datetime_parsing", "datetime_type"}
+_TIME_HINT = ("not a time: this {what} takes an ISO 8601 time, such as "
+              "2026-12-07T08:00:00Z (without an offset: UTC), or a date, 2026-12-07")
+
+
+def with_time_hints(errors: list[Any]) -> list[Any]:
+    """``errors`` with each time that does not parse (``?since=yesterday``, a body's
+    ``"since": "yesterday"``, a year 0 or 99999, an offset of +99:00, a NaN or endless
+    number) saying what the field takes, with an example, and why it did not parse
+    (pydantic's reason: "month value is outside expected range of 1-12"). The value is
+    not echoed. A query's parameter since session 47, a body's field since session 48."""
+    out = []
+    for e in errors:
+        if e.get("type") in _TIME_ERRORS:
+            what = "parameter" if tuple(e.get("loc", ()))[:1] == ("query",) else "field"
+            reason = (e.get("ctx") or {}).get("error")
+            e = {**e, "msg": _TIME_HINT.format(what=what) + (f" ({reason})" if reason else "")}
+        out.append(e)
+    return out
+
+
 def missing_key_hint(schema: Any, loc: tuple[Any, ...]) -> str:
     """`` (golden: a golden set's name ...)`` for a pydantic ``missing`` error at ``loc``
     in ``schema``: what the field is, as its description (the API's schema) says it.

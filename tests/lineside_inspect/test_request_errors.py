@@ -7,6 +7,7 @@ probes, /metrics and the landing page."""
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -415,6 +416,44 @@ def test_a_long_part_id_and_a_nan_bound_are_named_as_what_they_are(srv: Running,
     with srv.client("reviewer") as c:
         r = c.get("/v1/inspections", params={"min_score": "nan"})
         assert "min_score: Input should be a finite number" in _error(r, 422)
+
+
+_TAKES = ("not a time: this {} takes an ISO 8601 time, such as 2026-12-07T08:00:00Z "
+          "(without an offset: UTC), or a date, 2026-12-07")
+
+
+def test_a_time_that_is_not_one_is_named_in_a_body_as_in_a_query(srv: Running) -> None:
+    """A body's time said pydantic's "Input should be a valid datetime or date, input is
+    too short" where a query's said what it takes (session 47): now both do, the reason
+    in brackets and the value not echoed. An offset past a day, a year 0 or 99999, NaN
+    or an endless timestamp: each such a 422; one out of range once taken to UTC says so
+    (session 48)."""
+    hostile = "yesterday" + "x" * 5000
+    not_times: list[Any] = [hostile, "", "2026-12-07T08:00:00+99:00", "0000-01-01",
+                            "99999-01-01", 1e300, float("nan"), float("-inf"), True, [], {}]
+    with srv.client("admin") as c:
+        for value in not_times:
+            r = c.post("/v1/golden/s48", content=json.dumps({"since": value}),
+                       headers={"content-type": "application/json"})
+            msg = _error(r, 422)
+            assert r.json()["error"]["code"] == "invalid_request"
+            assert msg.startswith("body.since: " + _TAKES.format("field")), (value, msg)
+            assert "yesterdayx" not in msg and len(msg) < 400, msg
+        r = c.post("/v1/golden/s48", json={"since": "2026-13-01"})
+        assert _error(r, 422).endswith("(month value is outside expected range of 1-12)")
+        r = c.post("/v1/golden/s48", json={"since": "0001-01-01T00:00:00+05:00"})
+        assert _error(r, 422) == "body.since: out of range once taken to UTC"
+        # naive (UTC), aware and a date all taken: no reviewed inspection is made after them
+        for fine in ("9999-12-30T08:00:00", "9999-12-30T08:00:00+23:59", "9999-12-30"):
+            r = c.post("/v1/golden/s48", json={"since": fine})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_golden_set"
+    with srv.client("reviewer") as c:
+        for value in ("2026-12-07T08:00:00+99:00", "0000-01-01", "99999-01-01", "nan",
+                      "inf", "1e300"):
+            msg = _error(c.get("/v1/inspections", params={"since": value}), 422)
+            assert msg.startswith("query.since: " + _TAKES.format("parameter")), (value, msg)
+        r = c.get("/v1/inspections", params={"until": "0001-01-01T00:00:00+05:00"})
+        assert _error(r, 422) == "query.until: out of range once taken to UTC"
 
 
 def test_a_blank_golden_is_refused_at_upload_when_a_recipe_sets_min_contrast(

@@ -23,6 +23,7 @@ from lineside_inspect.errors import (
     model_of,
     retry_after,
     unknown_key_hint,
+    with_time_hints,
 )
 from lineside_inspect.server import gate
 from lineside_inspect.server.unexpected import internal_error
@@ -96,26 +97,6 @@ def _with_key_hints(request: Request, errors: list[Any]) -> list[Any]:
     return out
 
 
-# pydantic's types for a text that is not a time; its own message ("Input should be a
-# valid datetime or date, input is too short") says neither the format nor an example
-_TIME_ERRORS = {"datetime_from_date_parsing", "datetime_parsing", "datetime_type"}
-_TIME_HINT = ("not a time: this parameter takes an ISO 8601 time, such as "
-              "2026-12-07T08:00:00Z (without an offset: UTC), or a date, 2026-12-07")
-
-
-def _with_time_hints(errors: list[Any]) -> list[Any]:
-    """``errors`` with each query parameter's time that does not parse (``since=yesterday``)
-    saying what the parameter takes, with an example (session 47), and why it did not
-    parse (pydantic's reason: "month value is outside expected range of 1-12")."""
-    out = []
-    for e in errors:
-        if e.get("type") in _TIME_ERRORS and tuple(e.get("loc", ()))[:1] == ("query",):
-            reason = (e.get("ctx") or {}).get("error")
-            e = {**e, "msg": _TIME_HINT + (f" ({reason})" if reason else "")}
-        out.append(e)
-    return out
-
-
 def _has_body(request: Request) -> bool:
     """Whether the request came with a body: one missing altogether stays a 422."""
     length = request.headers.get("content-length")
@@ -156,7 +137,7 @@ def add_error_handlers(app: FastAPI) -> None:
                 "unsupported_media_type", f"the body is sent as {kind or 'no content type'}: "
                 "this route takes JSON (Content-Type: application/json)"), status_code=415)
         app.state.metrics.errors.labels("invalid_request").inc()
-        errors = _with_time_hints(_with_key_hints(request, list(exc.errors())))
+        errors = with_time_hints(_with_key_hints(request, list(exc.errors())))
         return JSONResponse(error_body("invalid_request", describe_validation(errors)),
                             status_code=422)
 

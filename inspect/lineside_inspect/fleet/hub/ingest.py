@@ -54,6 +54,7 @@ from lineside_inspect.errors import (
     ObjectStoreUnavailable,
     RecordError,
     SequenceBehind,
+    with_time_hints,
 )
 from lineside_inspect.fleet.hub.config import HubSettings
 from lineside_inspect.fleet.hub.images import CONTENT_TYPES, image_key, reference_key
@@ -326,7 +327,7 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
     try:
         rec = StoredInspection.model_validate({**record, "reviews": []})
     except ValidationError as exc:
-        first = exc.errors()[0]
+        first = with_time_hints(exc.errors()[:1])[0]  # a created_at that is no time: what it takes
         where = ".".join(str(p) for p in first["loc"])
         raise RecordError(f"item seq {item.seq}: record.{where}: {first['msg']}") from None
     if rec.id != item.id:
