@@ -209,7 +209,8 @@ class ConfigError(LinesideError):
 class RecipesCannotFollow(ConfigError):
     """A version a recipe following the active version cannot serve, refused activation
     (a ConfigError still, 422 ``invalid_config``; a fleet box takes the version once more
-    once an admin activated it, as after a gate refusal)."""
+    once an admin activated it, as after a gate refusal, or once its recipes changed:
+    session 48)."""
 
 
 class GateTooLarge(ConfigError):

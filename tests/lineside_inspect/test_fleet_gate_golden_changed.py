@@ -71,6 +71,7 @@ def test_a_gate_refused_pull_is_taken_again_when_its_golden_set_changes(
         puller._apply(assignment)
         (error,) = puller.errors()
         assert "no defective part" in error and "golden set deeppcb:1" in error, error
+        assert error.endswith("[waits for its golden set to change or an admin's activation]")
         assert gates() == ["deeppcb:1 False", "deeppcb:1 False"]  # line, deeppcb-default
         puller._apply(assignment)  # nothing changed: not gated again
         assert gates() == ["deeppcb:1 False"] * 2 and len(puller.errors()) == 1
@@ -82,6 +83,66 @@ def test_a_gate_refused_pull_is_taken_again_when_its_golden_set_changes(
         assert gates() == ["deeppcb:1 False"] * 2 + ["deeppcb:2 True"] * 2
         assert puller.errors() == []
         assert app.state.registry.models()["deeppcb"].active == "twin"  # type: ignore[attr-defined]
+
+
+def test_a_pull_its_recipes_refused_waits_for_them_not_for_the_golden_set(
+        tmp_path: Path) -> None:
+    """Session 48: a pull refused because a recipe following the active version cannot
+    serve it (``RecipesCannotFollow``: ``line1`` rules on class ``open``, which 2r renamed)
+    was taken again, its whole gate replayed (under line1, line, deeppcb-default) and
+    refused again, at every change of the golden set, which cannot clear it. It now waits
+    for the model's recipes to change, and says so; pinning line1 takes it again."""
+    from .test_fleet_rollout_boxes import renamed
+
+    with gating_server(tmp_path, LINE) as client:
+        app = client.app
+        dest = tmp_path / "models" / "deeppcb" / "2r"
+        renamed(tmp_path, "2r", "open", "opening").rename(dest)
+        r = client.post("/v1/models", json={"path": str(dest), "activate": False})
+        assert r.status_code == 200, r.text
+        r = client.put("/v1/recipes/line1", json={"name": "line1", "model": "deeppcb",
+                                                  "min_score": {"open": 0.05}})
+        assert r.status_code == 200, r.text
+        puller = ModelPuller(app, app.state.settings)  # type: ignore[attr-defined]
+        puller.root = tmp_path / "models"
+        key = signing.generate(tmp_path / "k", tmp_path / "k.pub")
+        card = load_package(dest).card
+        puller.keys = [key]
+        puller.verified = VerifiedPulls(pulls=[Verified(
+            name="deeppcb", version="2r", sha256="b" * 64, graph_sha256=card.sha256,
+            card_digest=card_digest(card), signer=key.id)])
+        lib = GoldenLibrary(tmp_path / GOLDEN_DIR)
+        lib.create("deeppcb", [candidate(_png(GOOD_BOARD, False), expected="pass", boxes=None,
+                                         source="good"),
+                               candidate(_png(DEFECTIVE_BOARD, False), expected="fail",
+                                         boxes=None, source="bad")], ["open", "short"])
+        assignment = Assignment(revision=1, models=[AssignedModel(
+            name="deeppcb", version="2r", sha256="b" * 64)])
+
+        def gates() -> int:
+            items = client.get("/v1/models/deeppcb/gates").json()["items"]
+            return sum(g["candidate"]["version"] == "2r" for g in items)
+
+        puller._apply(assignment)
+        (error,) = puller.errors()
+        assert error.startswith("deeppcb 2r: deeppcb 2r cannot judge under recipe line1"), error
+        assert error.endswith("[waits for a recipe of deeppcb to change (pinned, put, deleted) "
+                              "or an admin's activation; a golden set change does not take "
+                              "it again]") and len(error) <= 500, error
+        assert gates() == 3  # passed under line1, line, deeppcb-default; then refused
+        lib.add("deeppcb", [candidate(_png(GOOD_BOARD, False), expected="pass", boxes=None,
+                                      source="good again")])
+        puller._apply(assignment)  # the golden set changed: not gated again
+        assert gates() == 3 and puller.errors() == [error]
+
+        # the refusal's way: line1 pinned to the version it was written for
+        r = client.put("/v1/recipes/line1", json={"name": "line1", "model": "deeppcb",
+                                                  "model_version": "1",
+                                                  "min_score": {"open": 0.05}})
+        assert r.status_code == 200, r.text
+        puller._apply(assignment)
+        assert puller.errors() == [] and gates() == 5  # line, deeppcb-default on deeppcb:2
+        assert app.state.registry.models()["deeppcb"].active == "2r"  # type: ignore[attr-defined]
 
 
 def test_a_golden_set_changed_while_the_gate_ran_takes_the_pull_again(

@@ -184,8 +184,10 @@ class ModelPuller:
         # what errors() reports: replaced whole, never changed in place, so the status
         # reporter reads them without waiting for a pull (a download, a gate) to end
         self._failed: dict[tuple[str, str, str], str] = {}  # (name, version, sha256) -> why
-        # of those, refused by the gate: the golden set a pull gates with, as it stood then
-        self._gate_refused: dict[tuple[str, str, str], object] = {}
+        # of those, refused at activation only (the gate, the box's recipes): what could
+        # clear the refusal, as it stood then: ("golden", the golden set a pull gates with)
+        # or ("recipes", the model's recipes; session 48: a golden change cannot help it)
+        self._gate_refused: dict[tuple[str, str, str], tuple[str, object]] = {}
         self._notes: list[str] = []
         self._lock = threading.Lock()  # one pull at a time
         # the state files' writes (a pull's, and a rollback's told by the lifecycle from
@@ -288,8 +290,10 @@ class ModelPuller:
         if registry is not None and waiting:  # one put over the API under its name serves
             serving = {r.name for r in registry.recipes()}  # meanwhile: not an error
             waiting = {n: why for n, why in waiting.items() if n not in serving}
+        refused = dict(self._gate_refused)  # (changed in place by a pull: copied whole)
         found = ([self._key_error] if self._key_error else []) + notes + [
-            f"{n} {v}: {why}" for (n, v, _), why in failed.items()] + [
+            _told(f"{n} {v}: {why}", _waits_for(n, refused[k][0]) if k in refused else "")
+            for k, why in failed.items() for n, v, _ in [k]] + [
             f"recipe {n} (configured) not loaded: {why}" for n, why in waiting.items()]
         return [e[:500] for e in found][:MAX_ERRORS]
 
@@ -341,9 +345,11 @@ class ModelPuller:
             key = (m.name, m.version, m.sha256)
             if key in self._failed and not (key in self._gate_refused and (
                     self._active(m.name) == m.version
-                    or self._golden_mark(m.name) != self._gate_refused[key])):
-                # (a gate refusal an admin has overridden since, or made under a golden set
-                # of the model that changed since: taken once more; session 47)
+                    or self._mark(m.name, self._gate_refused[key][0])
+                    != self._gate_refused[key][1])):
+                # (a refusal at activation an admin has overridden since, or one that what
+                # could clear it has changed since: a gate's golden set (session 47), the
+                # recipes that could not follow the version (session 48): taken once more)
                 continue
             if not self.keys:  # the box was not set up to take models
                 notes.append(f"{m.name} {m.version} assigned, not pulled: no fleet.trusted_keys")
@@ -351,7 +357,9 @@ class ModelPuller:
             # the set a refusal is remembered by, as it stood before the gate read it: one
             # changed while the gate ran (a QA lead adding the defective board meanwhile) is
             # then a change the next pull takes it again for, not the state it was refused on
-            mark = self._golden_mark(m.name)
+            # (the recipes too: a refusal by them is taken again when they change, not when
+            # the golden set does, which cannot clear it; session 48)
+            marks = {what: self._mark(m.name, what) for what in ("golden", "recipes")}
             try:
                 self._take(m)
                 if key in self._failed:
@@ -382,8 +390,10 @@ class ModelPuller:
                 if isinstance(exc, GateRefused | RecipesCannotFollow):
                     # refused its activation only (loaded, verified): taken once more when
                     # an admin activated it since (the refusal says to, once the recipe is
-                    # pinned), so the box records it as pulled and reports no error
-                    self._gate_refused[key] = mark
+                    # pinned), so the box records it as pulled and reports no error; or
+                    # when what could clear it changed (recipes for a recipes refusal)
+                    what = "recipes" if isinstance(exc, RecipesCannotFollow) else "golden"
+                    self._gate_refused[key] = (what, marks[what])
                 else:  # refused for what it is: never fetched again for this assignment
                     self._gate_refused.pop(key, None)
                 log.error("fleet models: refused %s %s (%s…): %s", m.name, m.version,
@@ -396,6 +406,28 @@ class ModelPuller:
         if self.state.revision != assignment.revision:
             self.state.revision = assignment.revision
             self._save()
+
+    def _mark(self, model: str, what: str) -> object:
+        return self._recipes_mark(model) if what == "recipes" else self._golden_mark(model)
+
+    def _recipes_mark(self, model: str) -> object:
+        """The recipes of ``model`` on this box as they stand (saved over the API or
+        configured: each one's rules, its pin, the version of the good-only model it fuses
+        with): a pull refused because a recipe following the active version cannot serve
+        it (``RecipesCannotFollow``) is taken once more when they change (a recipe pinned,
+        put anew, deleted); a golden set change does not take it again (session 48: it
+        replayed the whole gate to be refused again)."""
+        registry = self.app.state.registry
+        models = registry.models()
+        mark = []
+        for r in registry.recipes():
+            if r.model != model:
+                continue
+            fused = r.fused()
+            slot = None if fused is None else models.get(fused[0])
+            mark.append((r.name, r.model_dump_json(), None if fused is None else (
+                fused[0], fused[1] or (None if slot is None else slot.active))))
+        return tuple(sorted(mark))
 
     def _golden_mark(self, model: str) -> object:
         """The golden set a pull of ``model`` gates with (``Lifecycle.golden_set_for``:
@@ -844,6 +876,22 @@ class ModelPuller:
         with self._files:
             write_atomic(self.root / STATE_FILE,
                          json.dumps(self.state.model_dump(mode="json"), indent=1).encode())
+
+
+def _waits_for(model: str, what: str) -> str:
+    """What a refusal at activation waits for, said in ``model_errors`` (session 48)."""
+    if what == "recipes":
+        return (f" [waits for a recipe of {model} to change (pinned, put, deleted) or an "
+                "admin's activation; a golden set change does not take it again]")
+    return " [waits for its golden set to change or an admin's activation]"
+
+
+def _told(error: str, tail: str) -> str:
+    """``error`` and ``tail`` within the 500 characters the status report keeps, the
+    tail kept whole."""
+    if len(error) + len(tail) <= 500:
+        return error + tail
+    return error[:499 - len(tail)] + "…" + tail
 
 
 def setup(app: Any, settings: Settings) -> ModelPuller:
