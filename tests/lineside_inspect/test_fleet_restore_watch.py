@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from lineside_inspect.fleet.box.models import Verified
+from lineside_inspect.fleet.box.models import ACTOR, Verified
 from lineside_inspect.fleet.protocol import AssignedModel, Assignment
 from lineside_inspect.lifecycle.golden import GOLDEN_DIR, GoldenLibrary, from_dataset
+from lineside_inspect.lifecycle.kept import FLEET_ACTOR
 from lineside_inspect.lifecycle.records import Records
 from lineside_inspect.package import card_digest, load_package
 
@@ -62,6 +63,7 @@ def test_the_previous_pull_is_kept_while_the_watch_is_open(
     47, fleet previous pass). The second start's audit log fails to read (a database
     failing after the store started): the box starts all the same, said in an ERROR (it
     did not start: session 48)."""
+    assert FLEET_ACTOR == ACTOR  # kept.py's copy (lifecycle imports no fleet code)
     config, (one, two) = _hub_only_box(tmp_path, "1", "2")
     data = Path(config["data_dir"])
     first, stop = _run(config)
@@ -230,6 +232,7 @@ def test_a_rollback_the_audit_log_lost_is_kept_by_the_box(
     at the rollback, marks 2 held at once and keeps 1: the restart, the database working
     again, judges with 1, 2 not active, its watch not resumed (it did: session 48's
     review)."""
+    assert FLEET_ACTOR == ACTOR  # kept.py's copy (lifecycle imports no fleet code)
     config, (one, two) = _hub_only_box(tmp_path, "1", "2")
     data = Path(config["data_dir"])
     first, stop = _run(config)
@@ -276,5 +279,20 @@ def test_a_rollback_the_audit_log_lost_is_kept_by_the_box(
                 headers={"content-type": "image/jpeg"})
         assert got.status_code == 200, got.text
         assert got.json()["model"]["version"] == "1"
+        if how == "hand":  # an admin takes 2 up again (recorded), then a power cycle
+            with box.client("admin") as admin:
+                got = admin.post("/v1/models/deeppcb/activate",
+                                 json={"version": "2", "force": True, "reason": "fixed"})
+            assert got.status_code == 200, got.text
+            assert box.app.state.fleet_models.state.models["deeppcb"].held is False
+    finally:
+        stop()
+    if how == "watch":
+        return
+    box, stop = _run(config)
+    try:  # 2 judges: the held mark, left set, was read as a rollback lost (last read)
+        assert box.app.state.registry.models()["deeppcb"].active == "2"
+        audit = box.app.state.lifecycle.records.audit_log(model="deeppcb", limit=1)[1]
+        assert [(a["action"], a["version"]) for a in audit] == [("activate", "2")]  # no restore of 1
     finally:
         stop()

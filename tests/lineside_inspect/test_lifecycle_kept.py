@@ -325,6 +325,13 @@ def test_an_automatic_rollback_to_a_version_loaded_over_the_api_is_restored(
             if disk == "full":
                 m.setattr(kept_module, "write_atomic", full)
             if disk == "audit lost":
+                # 2 shadowed meanwhile: active again, its shadow compares nothing (stopped
+                # as by a recorded rollback; it ran on, the audit's failure returning early)
+                from lineside_inspect.lifecycle.shadow import ShadowRunner
+
+                lc.shadow = ShadowRunner(lc.settings.shadow, lc.records, lc.store)
+                lc.start_shadow("deeppcb", "2", sample_rate=1.0, actor="admin")
+
                 def down(**kw: object) -> None:
                     raise OperationalError("INSERT INTO audit", {}, Exception("disk I/O error"))
 
@@ -335,6 +342,7 @@ def test_an_automatic_rollback_to_a_version_loaded_over_the_api_is_restored(
                 assert registry.models()["deeppcb"].active == "2"
                 assert "rolled back to 2, not in the audit log (OperationalError)" in \
                     caplog.text
+                assert lc.shadow is not None and lc.shadow.session("deeppcb") is None
             else:
                 assert lc._auto_rollback(watch, "fail rate") is True
         if disk == "audit lost":

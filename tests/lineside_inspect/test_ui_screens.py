@@ -576,6 +576,11 @@ def test_dashboard(browser: Any, shift: Running, tmp_path: Path) -> None:
         f"of {_num(sum(h['inspections'] for h in one['hourly']))} passed")
     expect(field).to_have_value(part)
     assert page.url == shift.url + "/dashboard"
+    # a name given twice: the first value, as the note says, also where it is the default
+    with page.expect_response(lambda r: "/v1/stats?" in r.url and "hours=24" in r.url):
+        page.goto(shift.url + "/dashboard?hours=24&hours=8")
+    expect(page.locator("#linknote")).to_contain_text("hours: given more than once, the first")
+    expect(page.locator("#scope [name=hours]")).to_have_value("24")
 
     tablet = _context(browser, 820, 1180).new_page()  # a tablet, upright
     _sign_in(tablet, shift.url + "/dashboard")

@@ -242,9 +242,11 @@ def test_login_gives_a_session_cookie_that_is_not_the_key(launch) -> None:
         page = c.get("/review?part=SN-1&verdict=&verdict=fail").text
         assert ('<p id="linknote" class="linknote" role="status">This link: part: not a filter of '
                 "this page, left out (part: part_id?); a link may set verdict, review_state, "
-                "camera_id, part_id, label, min_score, queue; verdict: given more than once, the "
-                "first value is used.</p>") in page
-        assert 'id="linknote"' not in c.get("/review?part_id=SN-1&verdict=&review_state=").text
+                "camera_id, part_id, label, min_score, queue, offset; verdict: given more than "
+                "once, the first value is used.</p>") in page
+        # the list's page is read from a link too (review.js): not said as left out
+        assert 'id="linknote"' not in c.get(
+            "/review?part_id=SN-1&verdict=&review_state=&offset=24").text
         dash = c.get("/dashboard", params={"<b>": "1", "window": "8"}).text
         assert ("This link: &lt;b&gt;, window: not a filter of this page, left out (window: hours?); "
                 "a link may set hours, camera_id, recipe, part_id, per.</p>") in dash

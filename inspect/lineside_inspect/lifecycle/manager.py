@@ -98,6 +98,11 @@ class Lifecycle(AdmissionRules):
         # a fleet box's puller marks the pull it went back from held (session 48). Called
         # by what is told, never imported here (a room above: fleet/box/models.py)
         self.went_back: list[Callable[[str, str], None]] = []
+        # told (model, version) when an activation (an admin's, a promotion, a restore)
+        # made ``version`` judge, after its audit entry is written: a fleet box's puller
+        # takes a held pull up again at once (its held mark, left set until the next pull,
+        # read at a restart as a rollback the audit log lost: last read, session 48)
+        self.taken_up: list[Callable[[str, str], None]] = []
         # the alarm's audit entries, written in order off the verdict path (a database
         # that is slow or down must not hold an inspection)
         self._alarm_audit = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alarm-audit")
@@ -423,6 +428,8 @@ class Lifecycle(AdmissionRules):
                     self.registry.activate(model, version,
                                            recipe=self._card_recipe(model, previous, version),
                                            pending=pending_recipes)
+            if previous != version:
+                self._tell(self.taken_up, model, version)
             return {"forced": False, "gate_report_id": None}
         with self._admit_lock:
             slot = self.registry.models()[model]
@@ -452,6 +459,7 @@ class Lifecycle(AdmissionRules):
                     self.registry.revert(model, version, previous, history=history,
                                          recipe=self._card_recipe(model, version, previous))
                 raise
+        self._tell(self.taken_up, model, version)
         self._shadow_now_active(model, version, actor=actor, how=f"{action}d by {actor}")
         if self.rollout is not None and action == "activate":
             self.rollout.stop(model, f"{actor} activated {version}")
@@ -882,18 +890,25 @@ class Lifecycle(AdmissionRules):
             log.error("rollout of %s %s rolled back to %s, not in the audit log (%s): the "
                       "models kept across a restart keep %s active", w.model, w.version,
                       w.previous, type(exc).__name__, w.previous)
-            return True
+        # a shadow of the version now active stops all the same (its own entry's failure
+        # is logged there): it ran on, comparing the version with itself (last read, s. 48)
         self._shadow_now_active(w.model, w.previous, actor=SYSTEM, how="an automatic rollback")
         return True
 
     def _went_back(self, model: str, version: str) -> None:
         """Tell each of :attr:`went_back` that a rollback made ``version`` of ``model``
         judge; one that fails is logged (the rollback stands)."""
-        for told in list(self.went_back):
+        self._tell(self.went_back, model, version)
+
+    @staticmethod
+    def _tell(listeners: list[Callable[[str, str], None]], model: str, version: str) -> None:
+        """Call each of ``listeners`` (:attr:`went_back`, :attr:`taken_up`) with ``model``
+        and the version now judging; one that fails is logged (what it was told stands)."""
+        for told in list(listeners):
             try:
                 told(model, version)
             except Exception:
-                log.exception("rollback of %s to %s not kept by %r", model, version, told)
+                log.exception("%s %s judging, not kept by %r", model, version, told)
 
     def alarm_changed(self, c: Change) -> None:
         """A recipe's fail-rate alarm raised or cleared: in the audit log, with a store

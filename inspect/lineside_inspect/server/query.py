@@ -53,13 +53,11 @@ def refuse_unknown(request: Request, endpoint: Callable[..., Any], what: str,
     params = request.query_params
     unknown = sorted({k for k in params if k not in names})
     if unknown:
-        shown = [_shown(k) for k in unknown[:5]]
-        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
-        hints = [f"{_shown(k)}: {m}?" for k, m in ((k, meant(k, names)) for k in unknown[:5]) if m]
+        shown, hints = said_unknown(unknown, names)
         tail = "; ".join([*hints, *([example] if example else [])])
         raise RequestValidationError([{
             "type": "extra_forbidden", "loc": ("query",), "input": None,
-            "msg": (f"{', '.join(shown)}{more}: not a parameter of {what}, which takes "
+            "msg": (f"{shown}: not a parameter of {what}, which takes "
                     f"{', '.join(names)}" + (f" ({tail})" if tail else ""))}])
     # a name given twice: FastAPI takes the last value, so ?part_id=A&part_id=B answered
     # as B's figures alone, read as both parts' (review, session 48): each takes one value
@@ -69,6 +67,15 @@ def refuse_unknown(request: Request, endpoint: Callable[..., Any], what: str,
             "type": "extra_forbidden", "loc": ("query",), "input": None,
             "msg": (f"{', '.join(twice)}: given more than once; {what} takes one value "
                     "of each parameter")}])
+
+
+def said_unknown(unknown: list[str], names: tuple[str, ...]) -> tuple[str, list[str]]:
+    """The first five of ``unknown`` (sorted) as a message names them (``a, b (and 3
+    more)``), and a guess at the name meant for each that has one (``part: part_id?``):
+    one wording for the API's 422 and the pages' note on a link (``pages._link_note``)."""
+    more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+    hints = [f"{_shown(k)}: {m}?" for k in unknown[:5] if (m := meant(k, names))]
+    return ", ".join(_shown(k) for k in unknown[:5]) + more, hints
 
 
 def _shown(name: str) -> str:

@@ -221,6 +221,8 @@ class ModelPuller:
         lifecycle = getattr(self.app.state, "lifecycle", None)
         if lifecycle is not None and self.went_back not in lifecycle.went_back:
             lifecycle.went_back.append(self.went_back)
+        if lifecycle is not None and self.taken_up not in lifecycle.taken_up:
+            lifecycle.taken_up.append(self.taken_up)
         self.state = self._read_state()
         self.verified = self._read_verified()
         self.previous = _read_json(self.root / PREVIOUS_FILE, PreviousPulls,
@@ -278,6 +280,23 @@ class ModelPuller:
             if held and prev is not None and prev.version != version:
                 self._save_previous(PreviousPulls(models={
                     n: k for n, k in self.previous.models.items() if n != model}))
+
+    def taken_up(self, model: str, version: str) -> None:
+        """Told by the lifecycle, once recorded, that an activation (an admin's, a
+        promotion) made ``version`` of ``model`` judge: a held pull of that version is taken
+        up again at once, as the next pull would (:meth:`_apply`). Left held until then, a
+        restart took the held mark for a rollback the audit log lost and went back to the
+        version before it, undoing the admin's activation (last read, session 48)."""
+        with self._files:
+            p = self.state.models.get(model)
+            if p is None or not p.held or p.version != version:
+                return
+            p.held = False
+            try:
+                self._save()
+            except OSError as exc:  # a full disk: the held mark stays until a pull
+                log.error("fleet models: %s not written (%s): pulled %s %s, activated again, "
+                          "is still marked held", self.root / STATE_FILE, exc, model, version)
 
     # -- what the status report says --------------------------------------------------------
     def errors(self) -> list[str]:

@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from lineside_inspect.config import Role
 from lineside_inspect.errors import LinesideError, NotFoundError, TooManyFailedSignIns
 from lineside_inspect.server.deps import ALLOWED, Principal, RoleFirstRoute, authenticate, check_key
-from lineside_inspect.server.query import meant
+from lineside_inspect.server.query import said_unknown
 from lineside_inspect.server.routes import page_data
 from lineside_inspect.server.sessions import Session, SessionStore, cookie_name
 from lineside_inspect.ui import STATIC, render
@@ -93,8 +93,9 @@ def _fleet_filters(request: Request, label: bool) -> str:
 
 
 # the names a link to a page may set (review.js's and dashboard.js's restore()); a hub's
-# pages take the fleet's besides
-REVIEW_LINK = ("verdict", "review_state", "camera_id", "part_id", "label", "min_score", "queue")
+# pages take the fleet's besides. review.js reads the list's page (offset) with a filter
+REVIEW_LINK = ("verdict", "review_state", "camera_id", "part_id", "label", "min_score", "queue",
+               "offset")
 DASHBOARD_LINK = ("hours", "camera_id", "recipe", "part_id", "per")
 
 
@@ -110,10 +111,8 @@ def _link_note(request: Request, names: tuple[str, ...]) -> str:
     twice = sorted({k for k in params if k in names and len(params.getlist(k)) > 1})
     said = []
     if unknown:
-        shown = [(k if len(k) <= 40 else k[:40] + "...") if k else "''" for k in unknown[:5]]
-        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
-        hints = [f"{shown[i]}: {m}?" for i, k in enumerate(unknown[:5]) if (m := meant(k, names))]
-        said.append(f"{', '.join(shown)}{more}: not a filter of this page, left out"
+        shown, hints = said_unknown(unknown, names)  # (worded as the API's 422)
+        said.append(f"{shown}: not a filter of this page, left out"
                     f"{' (' + '; '.join(hints) + ')' if hints else ''}; a link may set "
                     f"{', '.join(names)}")
     if twice:

@@ -28,7 +28,12 @@ function restore() {
   const asked = new URLSearchParams(location.search);
   if (![...asked.keys()].length) return;
   history.replaceState(null, "", location.pathname);
+  const seen = new Set();
   for (const [k, v] of asked) {
+    // a name given twice: its first value, as the page's note says (the second was taken
+    // where the first was the field's default)
+    if (seen.has(k)) continue;
+    seen.add(k);
     const f = form.elements[k];
     if (!(f instanceof HTMLInputElement || f instanceof HTMLSelectElement)) continue;
     if (f instanceof HTMLInputElement) { if (f.value === f.defaultValue) f.value = v; continue; }
