@@ -39,6 +39,16 @@ def _take(running: Running, dest: Path, version: str) -> None:
                  card_digest=card_digest(card), signer="k"), "pulled")
 
 
+def _judged_by(box: Running) -> str:
+    """The deeppcb version a real inspection of a sample board is judged by."""
+    with box.client("line") as line:
+        got = line.post("/v1/inspect", params={"recipe": "deeppcb-default"}, content=next(
+            (SAMPLE / "images").rglob("*_test.jpg")).read_bytes(),
+            headers={"content-type": "image/jpeg"})
+    assert got.status_code == 200, got.text
+    return str(got.json()["model"]["version"])
+
+
 def _hub_only_box(tmp_path: Path, *versions: str) -> tuple[dict[str, Any], list[Path]]:
     """A fleet box's config whose deeppcb comes only from the hub (an unreachable one: the
     tests hand it the pulls), its golden set, and deeppcb's packages of ``versions`` in its
@@ -193,12 +203,7 @@ def test_a_pulled_promotion_rolled_back_restarts_on_the_version_it_went_back_to(
                 ("restore", "fleet", "1")]
             assert "went back from; 2 stays left on the box" in audit[0]["reason"]
             assert box.app.state.lifecycle.rollout.watching("deeppcb") is None
-            with box.client("line") as line:
-                got = line.post("/v1/inspect", params={"recipe": "deeppcb-default"}, content=next(
-                    (SAMPLE / "images").rglob("*_test.jpg")).read_bytes(),
-                    headers={"content-type": "image/jpeg"})
-            assert got.status_code == 200, got.text
-            assert got.json()["model"]["version"] == "1"
+            assert _judged_by(box) == "1"
             if restart == 0:  # the hub still assigns 2: left on the box, not taken again
                 sha = "2".rjust(64, "0")
                 puller._apply(Assignment(revision=1, models=[
@@ -273,12 +278,7 @@ def test_a_rollback_the_audit_log_lost_is_kept_by_the_box(
         assert [(a["action"], a["actor"], a["version"]) for a in audit] == [
             ("restore", "fleet", "1")]
         assert "a rollback from 2 not in the audit log" in audit[0]["reason"]
-        with box.client("line") as line:
-            got = line.post("/v1/inspect", params={"recipe": "deeppcb-default"}, content=next(
-                (SAMPLE / "images").rglob("*_test.jpg")).read_bytes(),
-                headers={"content-type": "image/jpeg"})
-        assert got.status_code == 200, got.text
-        assert got.json()["model"]["version"] == "1"
+        assert _judged_by(box) == "1"
         if how == "hand":  # an admin takes 2 up again (recorded), then a power cycle
             with box.client("admin") as admin:
                 got = admin.post("/v1/models/deeppcb/activate",
