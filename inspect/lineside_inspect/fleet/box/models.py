@@ -103,6 +103,7 @@ MAX_VERIFIED = 64  # the newest kept: a hub going back further is downloaded aga
 PREVIOUS_FILE = "previous.json"
 INCOMING = ".incoming"
 MAX_ERRORS = 32  # protocol.BoxStatus.model_errors holds at most this many
+ERROR_CHARS = 500  # of each, the characters the status report keeps
 TASK = "models"  # its name in the fleet tasks' metrics
 
 
@@ -278,8 +279,7 @@ class ModelPuller:
                               p.version)
             prev = self.previous.models.get(model)
             if held and prev is not None and prev.version != version:
-                self._save_previous(PreviousPulls(models={
-                    n: k for n, k in self.previous.models.items() if n != model}))
+                self._forget_previous(model)
 
     def taken_up(self, model: str, version: str) -> None:
         """Told by the lifecycle, once recorded, that an activation (an admin's, a
@@ -314,7 +314,7 @@ class ModelPuller:
             _told(f"{n} {v}: {why}", _waits_for(n, refused[k][0]) if k in refused else "")
             for k, why in failed.items() for n, v, _ in [k]] + [
             f"recipe {n} (configured) not loaded: {why}" for n, why in waiting.items()]
-        return [e[:500] for e in found][:MAX_ERRORS]
+        return [e[:ERROR_CHARS] for e in found][:MAX_ERRORS]
 
     # -- one pull ---------------------------------------------------------------------------
     def pull(self) -> None:
@@ -539,15 +539,14 @@ class ModelPuller:
         kept = self.previous.models.get(name)
         rollout = getattr(self.app.state.lifecycle, "rollout", None)
         watch = None if rollout is None else rollout.watching(name)
-        # the one the watch rolls back to: the pull replaced, or the kept one (a re-pull of
-        # the promoted version; the version the box went back to from a held pull, judging
-        # when a new one is promoted over it: session 48)
-        candidate: Pulled | None = next(
+        # the one the watch of ``version`` rolls back to: the pull replaced, or the kept
+        # one (a re-pull of the promoted version; the version the box went back to from a
+        # held pull, judging when a new one is promoted over it: session 48)
+        candidate: Pulled | None = None if watch is None or watch.version != version else next(
             (c for c in (old, kept) if c is not None and c.version != version
-             and watch is not None and c.version == watch.previous), None)
+             and c.version == watch.previous), None)
         models = {n: k for n, k in self.previous.models.items() if n != name}
-        if candidate is not None and candidate.card_digest is not None and watch is not None \
-                and (watch.version, watch.previous) == (version, candidate.version):
+        if candidate is not None and candidate.card_digest is not None:
             models[name] = Previous(**candidate.model_dump(exclude={"held", "promoted"}),
                                     promoted=version)
         if models != self.previous.models:
@@ -620,9 +619,7 @@ class ModelPuller:
     def _activate(self, path: Path, m: AssignedModel, checked: str) -> None:
         """Through the lifecycle, as an admin's activation would go (see the module doc).
         ``checked``: the card digest of the package as it was verified."""
-        from lineside_inspect.recipes import card_recipe
         from lineside_inspect.server.routes.admin import publish_state
-        from lineside_inspect.server.waiting import add_waiting_recipes
 
         registry = self.app.state.registry
         lifecycle = self.app.state.lifecycle
@@ -659,9 +656,7 @@ class ModelPuller:
                 raise GateRefused(
                     f"this box keeps no golden set {which} (lineside golden create {gate_on} "
                     f"... on the box): activated as by hand, refused: {exc.message}") from None
-        add_waiting_recipes(self.app, m.name)  # the box's configured recipes of the model
-        if not any(r.model == m.name for r in registry.recipes()):
-            registry.add_recipe(card_recipe(registry.detector(m.name, m.version).card))
+        self._serve(m.name, m.version)
         publish_state(self.app.state.metrics, registry)
 
     def _restore(self) -> None:
@@ -669,9 +664,6 @@ class ModelPuller:
         sha256 of the graph and its whole card, which must still be the ones pulled) and
         activate, through the
         lifecycle, what was not left on the box."""
-        from lineside_inspect.recipes import card_recipe
-        from lineside_inspect.server.waiting import add_waiting_recipes
-
         registry = self.app.state.registry
         lifecycle = self.app.state.lifecycle
         # the recipes put over the API go over the configured ones of their names after the
@@ -722,9 +714,7 @@ class ModelPuller:
                               "loaded by hand", name, p.version, name)
                     continue
                 registry.load_model(path, activate=False, expect_card=card_digest(card))
-                add_waiting_recipes(self.app, name)
-                if not any(r.model == name for r in registry.recipes()):
-                    registry.add_recipe(card_recipe(registry.detector(name, p.version).card))
+                self._serve(name, p.version)
                 if not p.held:
                     # the last activation this box recorded was this version (admitted then,
                     # forced perhaps): a force only where the gate refuses it now, recorded
@@ -774,12 +764,8 @@ class ModelPuller:
         unrecorded = last is not None and last["version"] == p.version \
             and prev.promoted == p.version
         if last is None or (last["version"] != prev.version and not unrecorded):
-            self._save_previous(PreviousPulls(models={
-                n: k for n, k in self.previous.models.items() if n != name}))
+            self._forget_previous(name)
             return
-        from lineside_inspect.recipes import card_recipe
-        from lineside_inspect.server.waiting import add_waiting_recipes
-
         registry = self.app.state.registry
         lifecycle = self.app.state.lifecycle
         slot = registry.models().get(name)
@@ -803,9 +789,7 @@ class ModelPuller:
                 # admitted before: forced only where the gate refuses it now (so recorded)
                 lifecycle.activate(name, prev.version, actor=ACTOR, action="restore",
                                    force=True, reason=reason, pending_recipes=pending)
-            add_waiting_recipes(self.app, name)
-            if not any(r.model == name for r in registry.recipes()):
-                registry.add_recipe(card_recipe(registry.detector(name, prev.version).card))
+            self._serve(name, prev.version)
             log.warning("fleet models: %s %s active again: %s", name, prev.version, reason)
         except LinesideError as exc:
             log.error("fleet models: pulled %s %s, the version the box went back to from %s, "
@@ -832,8 +816,7 @@ class ModelPuller:
         spec = ((promoted or {}).get("details") or {}).get("rollout")
         if promoted is None or promoted["version"] != version \
                 or not isinstance(spec, dict) or spec.get("previous") != prev.version:
-            self._save_previous(PreviousPulls(models={
-                n: k for n, k in self.previous.models.items() if n != name}))
+            self._forget_previous(name)
             return
         if prev.version in registry.models()[name].versions:
             return  # loaded already (the config names it too)
@@ -881,6 +864,22 @@ class ModelPuller:
         return _read_json(self.root / VERIFIED_FILE, VerifiedPulls,
                           "packages pulled before are downloaded again")
 
+    def _serve(self, name: str, version: str) -> None:
+        """The recipes of ``name`` once ``version`` of it is loaded: the box's configured
+        ones waiting for the model, else the card's own (``version``'s)."""
+        from lineside_inspect.recipes import card_recipe
+        from lineside_inspect.server.waiting import add_waiting_recipes
+
+        registry = self.app.state.registry
+        add_waiting_recipes(self.app, name)  # the box's configured recipes of the model
+        if not any(r.model == name for r in registry.recipes()):
+            registry.add_recipe(card_recipe(registry.detector(name, version).card))
+
+    def _forget_previous(self, name: str) -> None:
+        """``previous.json`` without ``name``'s record."""
+        self._save_previous(PreviousPulls(models={
+            n: k for n, k in self.previous.models.items() if n != name}))
+
     def _save_previous(self, previous: PreviousPulls) -> None:
         with self._files:
             self.previous = previous
@@ -906,11 +905,11 @@ def _waits_for(model: str, what: str) -> str:
 
 
 def _told(error: str, tail: str) -> str:
-    """``error`` and ``tail`` within the 500 characters the status report keeps, the
-    tail kept whole."""
-    if len(error) + len(tail) <= 500:
+    """``error`` and ``tail`` within the ERROR_CHARS characters the status report keeps,
+    the tail kept whole."""
+    if len(error) + len(tail) <= ERROR_CHARS:
         return error + tail
-    return error[:499 - len(tail)] + "…" + tail
+    return error[:ERROR_CHARS - 1 - len(tail)] + "…" + tail
 
 
 def setup(app: Any, settings: Settings) -> ModelPuller:

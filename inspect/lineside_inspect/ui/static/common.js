@@ -37,6 +37,13 @@ export async function api(path, opts = {}) {
   return doc;
 }
 
+// a form field no longer as the page came with it: set by the user (or the browser) before
+// the page's script ran, which a filter from the address or a kept one must not undo
+export function changed(f) {
+  if (f.tagName !== "SELECT") return f.value !== f.defaultValue;  // (a hidden one: never)
+  return f.selectedIndex !== Math.max(0, Array.from(f.options).findIndex((o) => o.defaultSelected));
+}
+
 // times in the browser's zone, which every page names once
 export const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
 export function zoneName() {

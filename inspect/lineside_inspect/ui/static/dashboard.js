@@ -1,6 +1,6 @@
 // The dashboard: GET /v1/stats drawn as SVG (createElementNS, no charting library) and
 // tables, every number also in text; each figure links its numbers as CSV (/v1/stats.csv).
-import { $, $$, api, dateTime, dayLabel, el, hourLabel, num, pct, rate, showZone, svg, time, yieldPct } from "/static/common.js";
+import { $, $$, api, changed, dateTime, dayLabel, el, hourLabel, num, pct, rate, showZone, svg, time, yieldPct } from "/static/common.js";
 
 const form = $("#scope");
 // on a hub (its site, line and box selects): a camera and a model version are a box's,
@@ -36,8 +36,8 @@ function restore() {
     seen.add(k);
     const f = form.elements[k];
     if (!(f instanceof HTMLInputElement || f instanceof HTMLSelectElement)) continue;
-    if (f instanceof HTMLInputElement) { if (f.value === f.defaultValue) f.value = v; continue; }
-    if (f.selectedIndex !== Math.max(0, Array.from(f.options).findIndex((o) => o.defaultSelected))) continue;
+    if (changed(f)) continue;  // set on the page before this script ran: it stays
+    if (f instanceof HTMLInputElement) { f.value = v; continue; }
     // a camera or recipe the page lists once the figures come (text, never markup); "per" is the page's own
     if (!Array.from(f.options, (o) => o.value).includes(v)) {
       if (k === "per") continue;

@@ -2,7 +2,7 @@
 // inspection at a time with its boxes and audit trail, batch confirmation, the reviews'
 // audit trail. Talks to /v1 with the session cookie and the CSRF token the server put in
 // the page. Every value from the API reaches the page as text (see common.js).
-import { $, $$, api, dateTime, el, num, showZone, svg, time, verdict } from "/static/common.js";
+import { $, $$, api, changed, dateTime, el, num, showZone, svg, time, verdict } from "/static/common.js";
 
 const state = { items: [], total: 0, offset: 0, shown: 0, limit: 24, sel: 0, open: null, box: 0, classes: [],
                 // the part being fetched (review keys wait for it), a review being posted
@@ -44,11 +44,6 @@ function query() {
 const KEPT = "lineside.review";
 function keep() {
   try { sessionStorage.setItem(KEPT, query().toString()); } catch { /* storage off: not kept */ }
-}
-// a field no longer as the page came with it: set by the reviewer (or the browser)
-function changed(f) {
-  if (f.tagName !== "SELECT") return f.value !== f.defaultValue;  // (a hidden one: never)
-  return f.selectedIndex !== Math.max(0, Array.from(f.options).findIndex((o) => o.defaultSelected));
 }
 // A filter in the address wins: the form sent before this script had run (a slow link or
 // a loaded box: it went as a plain GET, and the list shown was the default one, the
