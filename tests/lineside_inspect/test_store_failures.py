@@ -198,7 +198,13 @@ def test_the_writer_retries_a_lock_soon_and_backs_off_from_an_outage(
         holder.execute("BEGIN IMMEDIATE")  # another session's write lock, held
         try:
             assert store.save(_inspection(detector, "fail"))  # a verdict goes on meanwhile
+            wait_for(lambda: sum(store.writer_retries.values()) >= 1, "a lost attempt")
+            # the attempt wrote the image before the database refused the rows; the
+            # attempts after it leave that file as it is (each rewrote and synced it)
+            images = {p: p.stat().st_ino for p in (data / "images").rglob("*") if p.is_file()}
+            assert len(images) == 2, images
             wait_for(lambda: sum(store.writer_retries.values()) >= 3, "three lost attempts")
+            assert {p: p.stat().st_ino for p in images} == images
         finally:
             holder.rollback()
             holder.close()

@@ -29,6 +29,7 @@ import math
 import random
 import shutil
 import sqlite3
+import stat
 import threading
 import time
 from collections import Counter
@@ -240,6 +241,15 @@ READ_WAITS_S = 2.0
 
 
 CHECKED = ("sha256", "shift", "unchanged", "difference")  # reference_check's keys
+
+
+def _written(path: Path, size: int) -> bool:
+    """Whether ``path`` is already a file of ``size`` bytes."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
 def reference_check(inspection: Inspection) -> dict[str, Any] | None:
@@ -982,8 +992,13 @@ class Store:
                 files.append((ref_rel, r.reference))  # one file per reference content
             for rel, data in files:
                 path = self.images_dir / rel
-                write_atomic(path, data, sync_folder=False)
-                folders.add(path.parent)
+                # a file named for this inspection with its size: an earlier attempt of this
+                # batch wrote it whole (write_atomic renames only synced files) before the
+                # database failed; an outage retried every few seconds rewrote and synced
+                # every image of the batch each time
+                if not _written(path, len(data)):
+                    write_atomic(path, data, sync_folder=False)
+                folders.add(path.parent)  # (synced again: a crash may have come before)
         # the files' names survive a power cut before their rows commit and the journal
         # segment goes: one fsync per folder a batch wrote into (a day's folder, and the
         # images folder that may have gained it), not one per file (each cost ~0.4 ms of
