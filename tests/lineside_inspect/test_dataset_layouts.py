@@ -452,3 +452,60 @@ def test_a_split_word_inside_a_name_of_its_own_is_no_sub_set() -> None:
                        ("pcb_test_fixture/a.jpg", None), ("contest/a.jpg", None),
                        ("pcb_test_fixture/images/a.jpg", None)):
         assert split_of(rel) == split, rel
+
+
+def test_gc10_and_neu_det_layouts_import_with_their_splits(tmp_path: Path) -> None:
+    """GC10-DET: images in per-class numbered folders, every XML in one misspelt ``lable/``
+    folder; NEU-DET (GitHub copy): ``train/`` and ``validation/`` each with ``images/<class>/``
+    and ``annotations/``. Both import, say their layout, and keep NEU's two splits."""
+    gc10 = tmp_path / "GC10-DET"
+    for c, cls in ((1, "1_chongkong"), (2, "2_hanfeng")):
+        for i in range(2):
+            image(gc10 / "images" / str(c) / f"img_0{c}_{i}.jpg", 10 * c + i)
+            voc_xml(gc10 / "lable" / f"img_0{c}_{i}.xml", f"img_0{c}_{i}.jpg", [(cls, 5, 5, 30, 20)])
+    ds, skipped = import_dataset("voc", gc10, tmp_path / "gc10")
+    assert not skipped and ds.categories == ["1_chongkong", "2_hanfeng"] and len(ds.images) == 4
+    assert "main set: 4 XML in lable/, images in images/" in ds.info["layout"]
+    neu = tmp_path / "NEU-DET"
+    for n, (sub, cls) in enumerate((("train", "crazing"), ("train", "inclusion"),
+                                    ("validation", "crazing"))):
+        image(neu / sub / "images" / cls / f"{cls}_{n}.jpg", 50 + n, grey=True)
+        voc_xml(neu / sub / "annotations" / f"{cls}_{n}.xml", f"{cls}_{n}.jpg", [(cls, 1, 2, 40, 30)])
+    ds, skipped = import_dataset("voc", neu, tmp_path / "neu")
+    assert not skipped
+    assert {r.file_name: r.split for r in ds.images} == {
+        "train/images/crazing/crazing_0.jpg": "train",
+        "train/images/inclusion/inclusion_1.jpg": "train",
+        "validation/images/crazing/crazing_2.jpg": "val"}
+    assert "sub-set 'val': 1 XML in validation/annotations/" in ds.info["layout"]
+
+
+def test_roboflow_yolov8_names_as_a_mapping(tmp_path: Path) -> None:
+    """Roboflow's YOLOv8 data.yaml may give ``names`` as ``{0: a, 1: b}``, as Ultralytics does."""
+    src = tmp_path / "rf"
+    src.mkdir()
+    (src / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnc: 2\n"
+                                   "names:\n  0: crack\n  1: dent\n")
+    for n, sub in enumerate(("train", "valid")):
+        image(src / sub / "images" / f"p{n}.jpg", n)
+        (src / sub / "labels").mkdir(parents=True)
+        (src / sub / "labels" / f"p{n}.txt").write_text(f"{n} 0.5 0.5 0.25 0.5\n")
+    ds, _ = import_dataset("yolo", src, tmp_path / "out")
+    assert ds.categories == ["crack", "dent"]
+    assert {r.file_name: (r.split, r.boxes[0].label) for r in ds.images} == {
+        "train/images/p0.jpg": ("train", "crack"), "valid/images/p1.jpg": ("val", "dent")}
+
+
+def test_images_of_broken_xmls_are_not_called_without_an_xml(tmp_path: Path) -> None:
+    """An XML that does not parse is its problem; its image was also listed as "without an
+    XML left out", which sent the user looking for missing files (session 49)."""
+    src = tmp_path / "voc"
+    for i in range(2):
+        image(src / "IMAGES" / f"a{i}.jpg", i)
+        voc_xml(src / "ANNOTATIONS" / f"a{i}.xml", f"a{i}", [("dent", 5, 5, 30, 20)])
+    (src / "ANNOTATIONS" / "a1.xml").write_text("<annotation><filename>a1</filename></object>")
+    image(src / "IMAGES" / "good.jpg", 9)  # truly without an XML
+    with pytest.raises(DatasetError) as err:
+        import_dataset("voc", src, tmp_path / "out")
+    assert [p.message.split(":")[0] for p in err.value.problems] == ["invalid XML"]
+    assert "1 image(s) without an XML left out, e.g. IMAGES/good.jpg" in str(err.value)

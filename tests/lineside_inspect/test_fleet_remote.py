@@ -573,3 +573,19 @@ def test_the_requests_of_a_batch_to_a_smaller_fixed_batch_share_one_timeout(endp
         with pytest.raises(RemoteInferenceUnavailable, match=r"no answer within 1\.0 s"):
             det.forward(np.zeros((8, 3, 640, 640), np.uint8))
         assert 0 < len(seen) < 8
+
+
+def test_an_empty_batch_is_a_clear_error_local_and_remote() -> None:
+    """A remote detector answered an empty batch with ``[]`` (none of the card's outputs,
+    which callers index), the local one with onnxruntime's Reshape error (session 49):
+    both refuse it by name, the remote one before its endpoint is asked (none listens)."""
+    from lineside_inspect.runtime.detector import Detector
+
+    local = Detector(MODEL)
+    empty = np.zeros((0, 3, local.size, local.size), np.uint8)
+    remote = Recipe.model_validate({"name": "r", "model": "deeppcb", "remote": {
+        "url": f"http://127.0.0.1:{free_port()}", "model": "deeppcb", "card": str(MODEL)}}).remote
+    assert remote is not None
+    for detector in (local, RemoteDetector(remote)):
+        with pytest.raises(ValueError, match="an empty batch: forward takes at least one image"):
+            detector.forward(empty)

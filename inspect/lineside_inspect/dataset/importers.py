@@ -562,11 +562,15 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     owner: dict[Path, int] = {}  # image -> index in images of the record annotating it
     stated: set[int] = set()  # id() of records whose XML gives a <size>
     not_voc = difficult = 0
+    # stems of XMLs that cannot be read: their images have an XML, just a broken one, and
+    # were called "without an XML" beside the problems naming those XMLs (session 49)
+    unread: set[str] = set()
     for xml in xmls:
         xml_rel = _rel(xml, src)
         try:
             root = ET.parse(xml).getroot()
         except ET.ParseError as exc:
+            unread.add(xml.stem.lower())
             problems.append(Problem(str(xml), f"line {exc.position[0]}", _xml_problem(xml, exc),
                                     xml_rel))
             continue
@@ -678,7 +682,7 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
         notes.append(f"{found_by['annotation name']} <filename>(s) naming no image; the image "
                      "named as the XML was taken")
     notes += _voc_lists_applied(images, listed, listed_twice, src, problems)
-    unlabeled = [p for p in pictures if p not in used]
+    unlabeled = [p for p in pictures if p not in used and p.stem.lower() not in unread]
     if unlabeled:
         notes.append(f"{len(unlabeled)} image(s) without an XML left out, e.g. "
                      f"{_rel(unlabeled[0], src)} (defect-free images import with -f good)")

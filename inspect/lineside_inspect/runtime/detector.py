@@ -37,6 +37,14 @@ def to_planes(image: np.ndarray, out: np.ndarray, *, rgb: bool) -> None:
 RUN_ROWS = 8
 
 
+def refuse_empty(batch: np.ndarray) -> None:
+    """An empty batch is a caller's mistake, said as one: onnxruntime stopped on a Reshape
+    node's error, and a remote detector answered ``[]`` (no outputs at all, where the
+    card's outputs are indexed), which failed later and elsewhere (session 49)."""
+    if len(batch) == 0:
+        raise ValueError("an empty batch: forward takes at least one image")
+
+
 def stack_runs(parts: list[np.ndarray]) -> np.ndarray:
     """Runs' outputs joined along the batch, each padded with zeros (a detector's padding
     rows carry score 0) to the longest's row count."""
@@ -197,6 +205,7 @@ class Detector:
         return batch, boxes
 
     def forward(self, batch: np.ndarray) -> list[np.ndarray]:
+        refuse_empty(batch)
         step = self.max_batch
         if len(batch) <= step:
             return self._run(batch)

@@ -43,7 +43,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.oip import flat_data
 from lineside_inspect.package import CARD, OUTPUT_NAMES, ModelCard, ModelPackage, read_card
 from lineside_inspect.recipes.schema import RemoteModel
-from lineside_inspect.runtime.detector import Detector, stack_runs
+from lineside_inspect.runtime.detector import Detector, refuse_empty, stack_runs
 
 # a frame's answer is ~11 KB of JSON (100 detections of 6 numbers); the box sends one
 # frame per request, so anything far larger is not a detector's answer and is not read
@@ -425,5 +425,7 @@ class RemoteDetector(Detector):
         self.max_batch = REMOTE_BATCH  # the tiles of a frame, a few per request
 
     def forward(self, batch: np.ndarray) -> list[np.ndarray]:
-        # the client splits a frame's tiles into requests, knowing the endpoint's batch
+        # the client splits a frame's tiles into requests, knowing the endpoint's batch;
+        # an empty batch is refused before the endpoint is asked anything
+        refuse_empty(batch)
         return self.client.infer(batch)
