@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy.orm import Session
@@ -399,4 +400,47 @@ def test_the_audit_trails_range_counts_the_reviews_left_out(browser: Any, box: R
     expect(page.locator("#a-count")).to_have_text(
         "1–3 of 3 reviews · 1 review on this page could not be read")
     expect(page.locator("#audit-table tbody tr")).to_have_count(2)
+    close_contexts(browser)
+
+
+def test_a_links_queue_and_values_are_said_and_clearable(browser: Any, box: Running) -> None:
+    """A colleague's link: ``queue=NAME`` narrowed the grid with no field naming it (a name
+    the server has no queue for: an empty grid, no reason but the pager's "showing the list
+    as it was"), ``min_score=abc`` was dropped by the number field unsaid, and the link note
+    stayed over lists the reviewer chose since. Each value reaches the page as text."""
+    from playwright.sync_api import expect
+
+    _seed(box.app.state.store, 3)
+    page = _context(browser).new_page()
+    xss = "<img src=x onerror=window.__xss=1>"
+    _sign_in(page, box.url + "/review?part=SN-1&min_score=abc&queue=" + quote(xss))
+    note, line = page.locator("#linknote"), page.locator("#queuenote")
+    expect(note).to_contain_text("part: not a filter of this page")
+    expect(note).to_contain_text('min_score "abc": not a number from 0 to 1, left out.')
+    expect(page.locator("#filters input[name=min_score]")).to_have_value("")
+    expect(page.locator("#queuetext")).to_have_text(f"Queue: {xss}: not one of this page's queues")
+    expect(page.locator("#count")).to_contain_text("this filter is refused (")
+    expect(page.locator("#count")).to_contain_text("queue")
+    expect(page.locator(".card")).to_have_count(0)
+    assert page.locator("#queuenote img, #linknote img").count() == 0
+    assert page.evaluate("window.__xss") is None
+    page.locator("#queue-clear").click()  # the line's list, and the link's note goes with its filter
+    expect(page.locator("#count")).to_have_text("1–3 of 3")
+    expect(line).to_be_hidden()
+    expect(note).to_have_count(0)
+    expect(page.locator("#filters button[type=submit]")).to_be_focused()
+
+    # a queue the server has: named with its title over the grid it narrows, and cleared;
+    # the link's note goes when dismissed (and the filter stays the link's)
+    page.goto(box.url + "/review?queue=to_label&verdict=&state=open")
+    expect(page.locator("#queuetext")).to_have_text(re.compile(r"^Queue: to_label \(.+\)$"))
+    expect(page.locator("#count")).to_have_text("nothing to review here")
+    expect(page.locator("#queues button[data-queue=to_label]")).to_have_attribute("aria-pressed", "true")
+    expect(note).to_contain_text("state: not a filter of this page")
+    page.locator("#linknote button", has_text="Dismiss").click()
+    expect(note).to_have_count(0)
+    expect(page.locator("#queuetext")).to_contain_text("to_label")
+    page.locator("#queues button[data-queue=unreviewed_fails]").click()
+    expect(line).to_be_hidden()
+    expect(page.locator("#count")).to_have_text("1–3 of 3")
     close_contexts(browser)

@@ -49,6 +49,9 @@ function keep() {
 // a loaded box: it went as a plain GET, and the list shown was the default one, the
 // filter silently dropped) or a link to a list (/review?part_id=P7). A field it does not
 // name keeps its default; the address is then cleared, so a reload shows the list as kept
+// the values of a link the page could not take (min_score=abc: the number field held "",
+// and the whole line's list showed, unsaid), each said in the link note as text
+const notTaken = [];
 function restore() {
   const asked = new URLSearchParams(location.search);
   const linked = FIELDS.some((k) => asked.has(k));
@@ -72,9 +75,51 @@ function restore() {
     // a class or a box the page has not listed yet (they come with the pages it loads)
     if (f.tagName === "SELECT" && v && !Array.from(f.options, (o) => o.value).includes(v)) f.add(new Option(v, v));
     f.value = v;
+    // (a number field takes no text: the filter was dropped, unsaid; it keeps its default)
+    if (linked && f.value !== v) { f.value = f.defaultValue; notTaken.push(`${k} "${v}": not a number from ${f.min} to ${f.max}, left out`); }
   }
+  if (notTaken.length) sayLinkNote(notTaken.join("; "));
   state.offset = theirs.length ? 0 : Math.max(0, Math.floor(Number(p.get("offset")) || 0));
 }
+
+// the link note (the server's, over the page: names of the link it did not read; this
+// script's: values it could not take) is about the link's filter: it went once the filter
+// was changed, or dismissed (it stayed until a reload, about a list no longer shown)
+function sayLinkNote(text) {
+  let note = $("#linknote");
+  if (!note) {
+    note = el("p", { id: "linknote", class: "linknote", role: "status" }, "This link: ");
+    $("#queuebar").before(note);
+  } else note.append(" ");
+  note.append(el("span", {}, text + "."));
+}
+function leaveLink() { const note = $("#linknote"); if (note) note.remove(); }
+function dismissable() {
+  const note = $("#linknote");
+  if (!note || $("button", note)) return;
+  const b = el("button", { type: "button", class: "dismiss" }, "Dismiss");
+  b.onclick = () => { leaveLink(); $("#filters button[type=submit]").focus(); };
+  note.append(" ", b);
+}
+
+// the queue the list is narrowed to, said and clearable: a link's queue=NAME showed fewer
+// items than the counts said, no field named it, and only a reload under another link
+// cleared it; a name the server has no queue for showed an empty grid with no reason
+function showQueue() {
+  const name = form.elements.queue.value, line = $("#queuenote");
+  line.hidden = !name;
+  const q = state.queues.find((x) => x.params.queue === name);
+  const known = !state.queues.length || q;  // (the queues not yet loaded: said once they are)
+  const said = name ? ["Queue: ", el("bdi", {}, name), q ? ` (${q.title})` : "", known ? "" : ": not one of this page's queues"] : [];
+  // (redrawn only when it says something else: the focus stays on its button)
+  const text = $("#queuetext");
+  if (text.textContent !== said.map((x) => (typeof x === "string" ? x : x.textContent)).join("")) text.replaceChildren(...said);
+}
+$("#queue-clear").onclick = () => {
+  form.elements.queue.value = ""; state.offset = 0; state.sel = 0; leaveLink();
+  $("button[type=submit]", form).focus();
+  showGrid(); load(); loadQueues(); showQueue();
+};
 
 // -- queues -----------------------------------------------------------------------------
 function sameFilter(params) {
@@ -108,6 +153,7 @@ async function queuesNow() {
   }
   state.queues = queues;
   state.queue = (queues.find((q) => sameFilter(q.params)) || {}).name || null;
+  showQueue();
   // the focus on a queue button (pressed with the keyboard, or there as the counts came)
   // stays on the same queue's new button: the redraw dropped it to <body> (session 48)
   const bar = $("#queues"), active = document.activeElement;
@@ -137,7 +183,7 @@ function byBox(r) {
 
 function useQueue(q) {
   for (const k of QUEUE_FIELDS) form.elements[k].value = q.params[k] || "";
-  state.offset = 0; state.sel = 0;
+  state.offset = 0; state.sel = 0; leaveLink();
   showGrid(); load(); loadQueues();
 }
 
@@ -189,12 +235,22 @@ async function load() {
     // on screen stays the one the pager counts from: the offset had moved on, so n after
     // a failed n skipped a page of parts unseen, and nothing said the list was stale
     if (mine !== loads) return;
+    if (e.status === 422) {
+      // a filter the server refuses (a link's queue=NAME it has no queue for, min_score=5):
+      // no list is shown for it, and the reason is said (it read "showing the list as it
+      // was" over an empty grid, or over a list of another filter, which Shift+C confirmed)
+      state.offset = 0; state.shown = 0; state.items = []; state.total = 0;
+      $("#grid").replaceChildren();
+      $("#count").textContent = `this filter is refused (${e.message}): change it or clear it`;
+      showQueue();
+      return;
+    }
     state.offset = state.shown;
     $("#count").textContent = `could not load the list (${e.message}): showing the list as it was`;
     return;
   }
   state.shown = state.offset;
-  keep();
+  keep(); showQueue();
   state.items = doc.items; state.total = doc.total;
   state.sel = Math.min(state.sel, Math.max(0, doc.items.length - 1));
   addFilterClasses(doc.items);
@@ -624,7 +680,7 @@ $("#a-next").onclick = () => { state.audit += 25; loadAudit(); };
 // button while the list loads, then the first card, where Enter opens it as before (on
 // the button, Enter filtered again: review, session 37); never <body>, where Tab went on
 // from the top of the page
-form.onsubmit = (e) => { e.preventDefault(); $("button[type=submit]", form).focus(); state.offset = 0; state.sel = 0; form.elements.queue.value = "";
+form.onsubmit = (e) => { e.preventDefault(); $("button[type=submit]", form).focus(); state.offset = 0; state.sel = 0; form.elements.queue.value = ""; leaveLink();
                          showGrid(); load().then(() => select(0, $$(".card").length > 0)); loadQueues(); };
 function page(d) {
   const to = state.offset + d * state.limit;
@@ -683,4 +739,5 @@ async function loadFleet() {
 
 showZone();
 restore();
+dismissable(); showQueue();
 load(); loadQueues(); loadFleet();
