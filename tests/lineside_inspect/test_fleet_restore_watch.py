@@ -231,12 +231,13 @@ def test_a_pulled_promotion_rolled_back_restarts_on_the_version_it_went_back_to(
 @pytest.mark.parametrize("how", ["watch", "hand"])
 def test_a_rollback_the_audit_log_lost_is_kept_by_the_box(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
-    """Pulled 2 promoted over pulled 1, then rolled back to 1 (by its watch, or by an
-    admin over the API) while the database fails: the rollback's audit entry is lost, so
-    the audit log's last activation stays 2's promotion. The puller, told by the lifecycle
-    at the rollback, marks 2 held at once and keeps 1: the restart, the database working
-    again, judges with 1, 2 not active, its watch not resumed (it did: session 48's
-    review)."""
+    """Pulled 2 promoted over pulled 1, then rolled back to 1 by its watch while the
+    database fails: the rollback's audit entry is lost, so the audit log's last activation
+    stays 2's promotion. The puller, told by the lifecycle at the rollback, marks 2 held at
+    once and keeps 1: the restart, the database working again, judges with 1, 2 not active,
+    its watch not resumed (it did: session 48's review). ``hand``: an admin's rollback then
+    is undone, as an activation that cannot be recorded is (5xx; session 49: it stood and
+    answered 5xx, and a retry went back twice): nothing held, 2 judges."""
     assert FLEET_ACTOR == ACTOR  # kept.py's copy (lifecycle imports no fleet code)
     config, (one, two) = _hub_only_box(tmp_path, "1", "2")
     data = Path(config["data_dir"])
@@ -258,11 +259,16 @@ def test_a_rollback_the_audit_log_lost_is_kept_by_the_box(
             else:
                 with first.client("admin") as admin:
                     got = admin.post("/v1/models/deeppcb/rollback", params={"from": "2"})
-                assert got.status_code >= 500, got.text  # its entry not written: said
+                assert got.status_code >= 500, got.text  # its entry not written: undone
+        pulled = json.loads((data / "fleet-models" / "pulled.json").read_text())
+        if how == "hand":
+            assert first.app.state.registry.models()["deeppcb"].active == "2"
+            assert pulled["models"]["deeppcb"]["held"] is False
+            assert rollout.watching("deeppcb") is not None  # still watched
+            return
         assert first.app.state.registry.models()["deeppcb"].active == "1"
         last = first.app.state.lifecycle.records.last_activation("deeppcb")
         assert (last["action"], last["version"]) == ("promote", "2")  # the entry lost
-        pulled = json.loads((data / "fleet-models" / "pulled.json").read_text())
         assert pulled["models"]["deeppcb"]["held"] is True  # written at the rollback
         previous = json.loads((data / "fleet-models" / "previous.json").read_text())
         assert previous["models"]["deeppcb"]["version"] == "1"
@@ -279,20 +285,58 @@ def test_a_rollback_the_audit_log_lost_is_kept_by_the_box(
             ("restore", "fleet", "1")]
         assert "a rollback from 2 not in the audit log" in audit[0]["reason"]
         assert _judged_by(box) == "1"
-        if how == "hand":  # an admin takes 2 up again (recorded), then a power cycle
-            with box.client("admin") as admin:
-                got = admin.post("/v1/models/deeppcb/activate",
-                                 json={"version": "2", "force": True, "reason": "fixed"})
-            assert got.status_code == 200, got.text
-            assert box.app.state.fleet_models.state.models["deeppcb"].held is False
+        # an admin takes 2 up again (recorded), then a power cycle
+        with box.client("admin") as admin:
+            got = admin.post("/v1/models/deeppcb/activate",
+                             json={"version": "2", "force": True, "reason": "fixed"})
+        assert got.status_code == 200, got.text
+        assert box.app.state.fleet_models.state.models["deeppcb"].held is False
     finally:
         stop()
-    if how == "watch":
-        return
     box, stop = _run(config)
     try:  # 2 judges: the held mark, left set, was read as a rollback lost (last read)
         assert box.app.state.registry.models()["deeppcb"].active == "2"
         audit = box.app.state.lifecycle.records.audit_log(model="deeppcb", limit=1)[1]
         assert [(a["action"], a["version"]) for a in audit] == [("activate", "2")]  # no restore of 1
+    finally:
+        stop()
+
+
+def test_a_rollback_before_the_pull_is_recorded_marks_it_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pulled 2 promoted over pulled 1 and rolled back by its watch before pulled.json
+    names 2 (the database failing: its entry lost). Told then, the puller found pull 1 and
+    marked nothing: pulled.json named 2 not held until the next pull, and a restart made
+    the rejected 2 judge again (session 49). Written held: the restart judges with 1."""
+    config, (one, two) = _hub_only_box(tmp_path, "1", "2")
+    first, stop = _run(config)
+    try:
+        _take(first, one, "1")
+        puller, lifecycle = first.app.state.fleet_models, first.app.state.lifecycle
+        activate = puller._activate
+
+        def then_rolled_back(*args: Any) -> None:
+            activate(*args)
+            rollout = lifecycle.rollout
+            rollout.bounds = rollout.bounds.model_copy(update={"max_false_rejects": -1})
+            with monkeypatch.context() as m:
+                m.setattr(Records, "audit", lambda self, **_: (_ for _ in ()).throw(
+                    OperationalError("INSERT audit", {}, sqlite3.OperationalError("disk"))))
+                rollout.check()
+            assert rollout.get("deeppcb").state == "rolled_back"
+
+        monkeypatch.setattr(puller, "_activate", then_rolled_back)
+        _take(first, two, "2")
+        assert first.app.state.registry.models()["deeppcb"].active == "1"
+        pulled = json.loads((Path(config["data_dir"]) / "fleet-models" / "pulled.json")
+                            .read_text())
+        assert pulled["models"]["deeppcb"] == {**pulled["models"]["deeppcb"], "version": "2",
+                                               "held": True}
+    finally:
+        stop()
+    box, stop = _run(config)
+    try:
+        assert box.app.state.registry.models()["deeppcb"].active == "1"
+        assert box.app.state.lifecycle.rollout.watching("deeppcb") is None
     finally:
         stop()

@@ -373,6 +373,40 @@ def test_an_automatic_rollback_to_a_version_loaded_over_the_api_is_restored(
         assert said == []
 
 
+def test_a_hand_rollback_that_cannot_be_recorded_does_not_stand(
+        tmp_path: Path, roots: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An admin's rollback whose audit entry cannot be written (the database locked) is
+    undone, as an activation is: 503 and nothing changed. It stood and answered 5xx: the
+    admin, told it failed, rolled back again (two back), and the restart restored the
+    version rolled back from, the file and the audit log both naming it (session 49)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from lineside_inspect.lifecycle.records import Records
+
+    def locked(self: Records, **_: Any) -> None:
+        raise OperationalError("INSERT audit", {}, sqlite3.OperationalError("database is locked"))
+
+    def body(srv: Any) -> None:
+        with srv.client("admin") as admin:
+            r = admin.post("/v1/models", json={"path": str(roots / "deeppcb" / "2")})
+            assert r.status_code == 200 and r.json()["active"] == "2", r.text
+            with monkeypatch.context() as m:
+                m.setattr(Records, "audit", locked)
+                r = admin.post("/v1/models/deeppcb/rollback", params={"from": "2"})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "database_unavailable"
+            slot = srv.app.state.registry.models()["deeppcb"]
+            assert (slot.active, slot.history) == ("2", ["1"])  # as it was: a retry goes once
+            r = admin.post("/v1/models/deeppcb/rollback", params={"from": "2"})
+            assert r.status_code == 200 and r.json()["active"] == "1", r.text
+        assert _last_audit(srv)["action"] == "rollback"
+
+    _run(_kw(tmp_path, roots), body)
+    assert _state(tmp_path)["active"] == {"deeppcb": "1"}
+
+
 def test_a_version_the_audit_log_activated_after_the_kept_one_and_not_kept_loads_none(
         tmp_path: Path, roots: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -93,9 +93,10 @@ class Lifecycle(AdmissionRules):
         self.alarm: FailRateAlarm | None = None  # set by install() unless disabled
         # what was loaded and activated over the API, kept across a restart (install())
         self.kept: KeptModels | None = None
-        # told (model, version) when a rollback made ``version`` judge, before its audit
-        # entry is written (a database failing then loses that entry, not the rollback):
-        # a fleet box's puller marks the pull it went back from held (session 48). Called
+        # told (model, version) when a rollback made ``version`` judge: an automatic one
+        # before its audit entry is written (a database failing then loses that entry, not
+        # the rollback), an admin's once recorded (one that cannot be is undone; session
+        # 49): a fleet box's puller marks the pull it went back from held (session 48). Called
         # by what is told, never imported here (a room above: fleet/box/models.py)
         self.went_back: list[Callable[[str, str], None]] = []
         # told (model, version) when an activation (an admin's, a promotion, a restore)
@@ -603,7 +604,9 @@ class Lifecycle(AdmissionRules):
         """Make the previous version active again, unless it may not judge parts (a failed
         gate, an automatic rollback since its last passing gate: an admin activates the
         version they want instead, forcing it with a reason if need be); ``expect``: the
-        active version the caller saw (two admins rolling back at once went back two)."""
+        active version the caller saw (two admins rolling back at once went back two).
+        Recorded as ``rollback``; one whose audit entry cannot be written is undone and
+        raises (nothing changed: a retry goes back once; session 49)."""
         with self._admit_lock:
             previous = self.registry.models().get(model)
             old = None if previous is None else previous.active
@@ -620,13 +623,26 @@ class Lifecycle(AdmissionRules):
                         raise GateRefused(f"a rollback would make {refused}: activate the "
                                           f"version you want (POST /v1/models/{model}/activate;"
                                           " force with a reason if need be)")
+                history = [] if previous is None else list(previous.history)
                 version = self.registry.rollback(
                     model, expect=target,
                     recipe=None if target is None else self._card_recipe(model, old, target))
-        self._went_back(model, version)  # the rollback stands, recorded or not
+                if self._records is not None:
+                    # a rollback that cannot be recorded does not stand, as an activation:
+                    # it stood and answered 5xx, so the admin rolled back again, two back,
+                    # and a standalone server's restart brought the version back (session 49)
+                    try:
+                        self.records.audit(actor=actor, action="rollback", model=model,
+                                           version=version, reason=reason,
+                                           details={"from": old, **self._pins_of(model, old)})
+                    except Exception:
+                        if old is not None:
+                            self.registry.revert(model, version, old, history=history,
+                                                 recipe=self._card_recipe(model, version, old))
+                        raise
+        # (an automatic rollback stands unrecorded: it tells before its entry is written)
+        self._went_back(model, version)
         if self._records is not None:
-            self.records.audit(actor=actor, action="rollback", model=model, version=version,
-                               reason=reason, details={"from": old, **self._pins_of(model, old)})
             self._shadow_now_active(model, version, actor=actor, how=f"rolled back to by {actor}")
         if self.rollout is not None:
             self.rollout.stop(model, f"{actor} rolled back to {version} by hand")

@@ -257,11 +257,11 @@ class ModelPuller:
             self._stop.wait(self.fleet.pull_interval_s)
 
     def went_back(self, model: str, version: str) -> None:
-        """Told by the lifecycle, before the audit entry is written, that a rollback (the
-        watch's automatic one, an admin's) made ``version`` of ``model`` judge: the pull it
-        left is marked held in ``pulled.json`` at once (taken up again: no more held), and
-        ``previous.json`` keeps a pulled version before it only where the box went back to
-        that one. A restart then judges with the version gone back to even where the
+        """Told by the lifecycle that a rollback (the watch's automatic one, before its
+        audit entry is written; an admin's, once recorded) made ``version`` of ``model``
+        judge: the pull it left is marked held in ``pulled.json`` at once (taken up again:
+        no more held), and ``previous.json`` keeps a pulled version before it only where the
+        box went back to that one. A restart then judges with the version gone back to even where the
         rollback's audit entry was lost (a database failing then; session 48), as
         :meth:`_back_to_previous` reads the held mark."""
         with self._files:
@@ -521,11 +521,17 @@ class ModelPuller:
         one it replaces kept while the promotion's watch rolls back to it)."""
         old = self.state.models.get(m.name)
         self._activate(dest, m, record.card_digest)
-        self._keep_previous(m.name, m.version, old)  # before pulled.json: a crash between
-        self.state.models[m.name] = Pulled(version=m.version, sha256=m.sha256,  # drops it
-                                           graph_sha256=record.graph_sha256,
-                                           card_digest=record.card_digest)
-        self._save()
+        with self._files:  # (a rollback told meanwhile waits: both files as it found them)
+            self._keep_previous(m.name, m.version, old)  # before pulled.json: a crash
+            # between drops it; held already where a rollback (the watch's, an admin's)
+            # made another version judge since the activation: told then (went_back), it
+            # found the pull before (session 49: marked at the next pull only, a restart
+            # meanwhile without the rollback's audit entry made the rejected version judge)
+            self.state.models[m.name] = Pulled(version=m.version, sha256=m.sha256,
+                                               graph_sha256=record.graph_sha256,
+                                               card_digest=record.card_digest,
+                                               held=self._active(m.name) != m.version)
+            self._save()
         self._publish_pulled()
         if self.metrics is not None:
             self.metrics.pulled_total.inc()
@@ -539,12 +545,16 @@ class ModelPuller:
         kept = self.previous.models.get(name)
         rollout = getattr(self.app.state.lifecycle, "rollout", None)
         watch = None if rollout is None else rollout.watching(name)
+        active = self._active(name)
         # the one the watch of ``version`` rolls back to: the pull replaced, or the kept
         # one (a re-pull of the promoted version; the version the box went back to from a
-        # held pull, judging when a new one is promoted over it: session 48)
-        candidate: Pulled | None = None if watch is None or watch.version != version else next(
+        # held pull, judging when a new one is promoted over it: session 48); or the one
+        # it rolled back to already, since the activation (session 49)
+        back_to = (watch.previous if watch is not None and watch.version == version
+                   else active if active != version else None)
+        candidate: Pulled | None = None if back_to is None else next(
             (c for c in (old, kept) if c is not None and c.version != version
-             and c.version == watch.previous), None)
+             and c.version == back_to), None)
         models = {n: k for n, k in self.previous.models.items() if n != name}
         if candidate is not None and candidate.card_digest is not None:
             models[name] = Previous(**candidate.model_dump(exclude={"held", "promoted"}),
