@@ -1484,7 +1484,19 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        sys.exit(130)
+        code: int = 130
+    except SystemExit as exc:  # typer ends every command so
+        if not isinstance(exc.code, int | None):
+            raise  # a message: said by the interpreter, as before
+        code = exc.code or 0
+    else:
+        code = 0
+    # a served camera still in a read of a stalled stream: the process ends now, not
+    # finalized under that read (only if cameras ran: nothing imported for other commands)
+    cameras = sys.modules.get("lineside_inspect.cameras.manager")
+    if cameras is not None:
+        cameras.end_if_left_in_a_read(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

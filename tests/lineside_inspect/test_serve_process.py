@@ -162,6 +162,44 @@ def test_sigterm_ends_a_cameras_live_view(tmp_path: Path) -> None:
         server.stop(signal.SIGKILL)  # a no-op once it has exited
 
 
+def test_ctrl_c_with_a_camera_stalled_mid_read_ends_at_once_and_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C while a camera's stream had stalled mid-read waited, silently, for the read's
+    own read_timeout_s (20 s for 20; up to 300), and a read outlasting that met the
+    finalizing interpreter: "FATAL: exception not rethrown", an abort (session 49). The
+    server shuts down (store closed), waits a bounded time for the read, says which
+    camera it left, and ends with 130, not finalized under the read."""
+    from lineside_inspect.cameras.simulator import MJPEGSimulator
+
+    stream = MJPEGSimulator()
+    port = free_port()
+    camera = {"id": "cam1", "source": stream.url, "mode": "triggered",
+              "open_timeout_s": 300, "read_timeout_s": 300}
+    server = ServerProcess([*LINESIDE, "serve", "--port", str(port), "--device", "cpu"],
+                           tmp_path / "serve.log", port,
+                           env={**os.environ, "LINESIDE_DATA_DIR": str(tmp_path / "store"),
+                                "LINESIDE_CAMERAS": json.dumps([camera]),
+                                "LINESIDE_DRAIN_S": "0.1"})
+    try:
+        with server:
+            proc = server.proc
+            assert proc is not None
+            deadline = time.monotonic() + 60
+            while httpx.get(server.url + "/v1/cameras", timeout=5).json()[0]["frames"] < 3:
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.05)
+            stream.mode = "hang"  # the connection open, no more bytes: the next read stalls
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)  # a hang guard: it waited out the read's 300 s
+        out = server.output()
+        assert proc.returncode == 130, out
+        assert "FATAL" not in out and "Traceback" not in out and "Aborted" not in out
+        assert "Application shutdown complete" in out  # the store closed before the end
+        assert "camera cam1 still in a read of its source" in out
+    finally:
+        server.stop(signal.SIGKILL)  # a no-op once it has exited
+        stream.kill()
+
+
 def test_free_ports_are_never_handed_out_twice_lately() -> None:
     """A port picked but not yet bound is free again in the OS's eyes and can come back
     from the next pick: once in CI it did, a weed master and its S3 grpc port got the

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import logging
+import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +22,16 @@ from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 # delivers one well within it; a stalled one held its trigger's whole timeout_s (up to
 # 30 s), and with it the shutdown past docker stop's 10 s
 STOPPING_WAIT_S = 1.0
+
+# at the process's end (``lineside`` returning), how much longer a worker that
+# :meth:`CameraManager.stop` left in a read is waited for before the process ends without
+# finalizing (see :func:`end_if_left_in_a_read`)
+EXIT_WAIT_S = 1.0
+
+log = logging.getLogger("lineside.cameras")
+
+# workers CameraManager.stop left in a read, each with the time its own timeouts end
+_LEFT: list[tuple[CameraWorker, float]] = []
 
 
 class CameraManager:
@@ -80,7 +93,9 @@ class CameraManager:
             bound = {cid: time.monotonic() + 1.0 + max(self.configs[cid].open_timeout_s,
                                                        self.configs[cid].read_timeout_s)
                      for cid in left}
-            atexit.register(_join_at_exit, [(self.workers[cid], bound[cid]) for cid in left])
+            waiting = [(self.workers[cid], bound[cid]) for cid in left]
+            _LEFT.extend(waiting)
+            atexit.register(_join_at_exit, waiting)
         return stopped
 
     def worker(self, camera_id: str) -> CameraWorker:
@@ -171,3 +186,25 @@ def _join_at_exit(left: list[tuple[CameraWorker, float]]) -> None:
     (``time.monotonic()``), before the interpreter finalizes."""
     for worker, bound in left:
         worker.stop(max(0.0, bound - time.monotonic()))
+
+
+def end_if_left_in_a_read(code: int, wait_s: float = EXIT_WAIT_S) -> None:
+    """Called by ``lineside`` as it returns ``code``: a camera worker still in a read of
+    its source (a stalled stream, its ``read_timeout_s`` up to 300 s) is waited for
+    ``wait_s`` more at most; one still there then ends the process here with ``code``
+    (``os._exit``: logs and output flushed, the store already closed by the server's
+    shutdown), not finalized. Waiting for its own timeouts held a Ctrl-C for as long as
+    ``read_timeout_s`` (20 s, silently), and a read outlasting them met the finalizing
+    interpreter: "FATAL: exception not rethrown", an abort (docs/security.md, session 49)."""
+    deadline = time.monotonic() + wait_s
+    stuck = [w.camera_id for w, bound in _LEFT
+             if not w.stop(max(0.0, min(bound, deadline) - time.monotonic()))]
+    if not stuck:
+        return
+    log.warning("camera %s still in a read of its source (a stalled stream): the process "
+                "ends without waiting for its read_timeout_s", ", ".join(stuck))
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
