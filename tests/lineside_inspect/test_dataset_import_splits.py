@@ -234,14 +234,18 @@ def test_yolo_data_yaml_whose_val_is_its_train_keeps_folder_splits(tmp_path: Pat
     assert "data.yaml's train and val name the same 2 image(s)" in ds.info["layout"]
 
 
-def test_yolo_roboflow_data_yaml_says_where_the_splits_came_from(tmp_path: Path) -> None:
+# Roboflow's YOLOv8 data.yaml may give names as a mapping, as Ultralytics does
+@pytest.mark.parametrize("names", ["[scratch, dent]", "{1: dent, 0: scratch}"])
+def test_yolo_roboflow_data_yaml_says_where_the_splits_came_from(tmp_path: Path,
+                                                                names: str) -> None:
     src = tmp_path / "rf"
     src.mkdir()
     (src / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\n"
-                                   "test: ../test/images\nnames: [scratch]\n")
+                                   f"test: ../test/images\nnames: {names}\n")
     for sub in ("train", "valid"):
         _jpg(src / sub / "images" / f"{sub}.jpg")
     ds, _ = import_dataset("yolo", src, tmp_path / "out")
+    assert ds.categories == ["scratch", "dent"]
     assert _splits(ds) == {"train/images/train.jpg": "train", "valid/images/valid.jpg": "val"}
     layout = ds.info["layout"]
     assert "splits from data.yaml (train: ../train/images; val: ../valid/images)" in layout

@@ -480,22 +480,6 @@ def test_gc10_and_neu_det_layouts_import_with_their_splits(tmp_path: Path) -> No
     assert "sub-set 'val': 1 XML in validation/annotations/" in ds.info["layout"]
 
 
-def test_roboflow_yolov8_names_as_a_mapping(tmp_path: Path) -> None:
-    """Roboflow's YOLOv8 data.yaml may give ``names`` as ``{0: a, 1: b}``, as Ultralytics does."""
-    src = tmp_path / "rf"
-    src.mkdir()
-    (src / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnc: 2\n"
-                                   "names:\n  0: crack\n  1: dent\n")
-    for n, sub in enumerate(("train", "valid")):
-        image(src / sub / "images" / f"p{n}.jpg", n)
-        (src / sub / "labels").mkdir(parents=True)
-        (src / sub / "labels" / f"p{n}.txt").write_text(f"{n} 0.5 0.5 0.25 0.5\n")
-    ds, _ = import_dataset("yolo", src, tmp_path / "out")
-    assert ds.categories == ["crack", "dent"]
-    assert {r.file_name: (r.split, r.boxes[0].label) for r in ds.images} == {
-        "train/images/p0.jpg": ("train", "crack"), "valid/images/p1.jpg": ("val", "dent")}
-
-
 def test_images_of_broken_xmls_are_not_called_without_an_xml(tmp_path: Path) -> None:
     """An XML that does not parse is its problem; its image was also listed as "without an
     XML left out", which sent the user looking for missing files (session 49)."""
