@@ -91,7 +91,9 @@ def test_a_pull_its_recipes_refused_waits_for_them_not_for_the_golden_set(
     serve it (``RecipesCannotFollow``: ``line1`` rules on class ``open``, which 2r renamed)
     was taken again, its whole gate replayed (under line1, line, deeppcb-default) and
     refused again, at every change of the golden set, which cannot clear it. It now waits
-    for the model's recipes to change, and says so; pinning line1 takes it again."""
+    for the model's recipes to change, and says so; pinning line1 takes it again. Session
+    49: the refusal, knowable from the card and the recipes, comes before the gate (each
+    pull replayed the whole golden set under every recipe first, then was refused)."""
     from .test_fleet_rollout_boxes import renamed
 
     with gating_server(tmp_path, LINE) as client:
@@ -129,11 +131,11 @@ def test_a_pull_its_recipes_refused_waits_for_them_not_for_the_golden_set(
         assert error.endswith("[waits for a recipe of deeppcb to change (pinned, put, deleted) "
                               "or an admin's activation; a golden set change does not take "
                               "it again]") and len(error) <= 500, error
-        assert gates() == 3  # passed under line1, line, deeppcb-default; then refused
+        assert gates() == 0  # refused before any replay (3 reports, then refused, before)
         lib.add("deeppcb", [candidate(_png(GOOD_BOARD, False), expected="pass", boxes=None,
                                       source="good again")])
         puller._apply(assignment)  # the golden set changed: not gated again
-        assert gates() == 3 and puller.errors() == [error]
+        assert gates() == 0 and puller.errors() == [error]
 
         # the refusal's way: line1 pinned to the version it was written for
         r = client.put("/v1/recipes/line1", json={"name": "line1", "model": "deeppcb",
@@ -141,7 +143,7 @@ def test_a_pull_its_recipes_refused_waits_for_them_not_for_the_golden_set(
                                                   "min_score": {"open": 0.05}})
         assert r.status_code == 200, r.text
         puller._apply(assignment)
-        assert puller.errors() == [] and gates() == 5  # line, deeppcb-default on deeppcb:2
+        assert puller.errors() == [] and gates() == 2  # line, deeppcb-default on deeppcb:2
         assert app.state.registry.models()["deeppcb"].active == "2r"  # type: ignore[attr-defined]
 
 

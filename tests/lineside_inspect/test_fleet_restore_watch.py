@@ -115,6 +115,57 @@ def test_the_previous_pull_is_kept_while_the_watch_is_open(
         stop()
 
 
+def test_the_open_promotion_is_read_once_at_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The restore read the open promotion twice: for the pulled version its watch rolls
+    back to, then for the watch. The first read failing (a database failing for a moment
+    at start) and the second not, 1 was not loaded and the watch was said unable to resume
+    ("load 1 again ..., then roll back and promote 2 again"), though previous.json kept 1
+    for the next start (session 49). One read feeds both: failing, neither is done, said
+    once; the next start loads 1 and resumes the watch."""
+    config, (one, two) = _hub_only_box(tmp_path, "1", "2")
+    first, stop = _run(config)
+    try:
+        _take(first, one, "1")
+        _take(first, two, "2")  # promoted over 1, watched
+    finally:
+        stop()
+
+    read = Records.open_promotion
+    calls: list[str] = []
+
+    def once_failing(self: Records, model: str) -> Any:
+        calls.append(model)
+        if len(calls) == 1:
+            raise OperationalError("SELECT audit", {}, sqlite3.OperationalError("disk I/O"))
+        return read(self, model)
+
+    caplog.set_level(logging.WARNING)
+    with monkeypatch.context() as m:
+        m.setattr(Records, "open_promotion", once_failing)
+        second, stop = _run(config)
+    try:
+        said = [r.getMessage() for r in caplog.records]
+        assert not [s for s in said if "its watch cannot resume" in s], said
+        assert any(s.startswith("fleet models: the watch of pulled deeppcb 2 not looked up")
+                   for s in said), said
+        assert calls == ["deeppcb"]
+        slot = second.app.state.registry.models()["deeppcb"]
+        assert (slot.active, sorted(slot.versions)) == ("2", ["2"])
+        assert second.app.state.fleet_models.previous.models["deeppcb"].version == "1"
+    finally:
+        stop()
+    third, stop = _run(config)
+    try:
+        slot = third.app.state.registry.models()["deeppcb"]
+        assert (slot.active, sorted(slot.versions)) == ("2", ["1", "2"])
+        watch = third.app.state.lifecycle.rollout.watching("deeppcb")
+        assert watch is not None and (watch.version, watch.previous) == ("2", "1")
+    finally:
+        stop()
+
+
 def test_a_pulled_promotions_watch_resumes_after_a_restart(tmp_path: Path) -> None:
     data = tmp_path / "box"
     dest = _package(data / "fleet-models", "2")  # where a pull unpacks deeppcb 2

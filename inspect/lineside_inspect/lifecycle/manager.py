@@ -773,6 +773,11 @@ class Lifecycle(AdmissionRules):
                 f"(lifecycle.gate.require_gate); promote on it, POST /v1/models/{model}/"
                 f"promote {{\"version\": \"{version}\", \"golden\": \"{required}\"}}, or "
                 "force it with a reason (recorded)" + self._unmade(model))
+        # a recipe following the active version that cannot serve it refuses the
+        # activation, forced or not: said before the gate replays the golden set (a fleet
+        # box's pull spent minutes of CPU on it each time, to be refused; session 49)
+        self.registry.check_followers(model, version,
+                                      recipe=self._card_recipe(model, previous, version))
         if self.settings.gate.require_gate:
             # admission wants a pass under every recipe that would judge it (rule 5): one
             # gate under one recipe, then a 409 at activation, was a promotion that could
@@ -829,7 +834,19 @@ class Lifecycle(AdmissionRules):
         running = self.rollout.watching(model)
         if running is not None and running.version == version:
             return None  # resumed already (a fleet box's restore after the kept one's)
-        promoted = self.records.open_promotion(model)
+        return self.resume_promotion(model, version, self.records.open_promotion(model))
+
+    def resume_promotion(self, model: str, version: str,
+                         promoted: dict[str, Any] | None) -> Watch | None:
+        """:meth:`resume_watch` on ``promoted``, the open promotion of ``model`` read by
+        the caller (``Records.open_promotion``): a fleet box's restore reads it once for
+        the pulled version it loads to roll back to and for the watch (session 49: two
+        reads, one failing, loaded none and resumed, or loaded one and resumed none)."""
+        if self._records is None or self.rollout is None:
+            return None
+        running = self.rollout.watching(model)
+        if running is not None and running.version == version:
+            return None  # resumed already (a fleet box's restore after the kept one's)
         if promoted is None or promoted["version"] != version:
             return None
         at = promoted["created_at"]

@@ -311,6 +311,18 @@ class Registry:
                     "rules for the new classes only are refused until the new version is "
                     "active)") from None
 
+    def check_followers(self, name: str, version: str, *, recipe: Recipe | None = None,
+                        pending: Sequence[Recipe] = ()) -> None:
+        """:class:`RecipesCannotFollow` when :meth:`activate` (``recipe``, ``pending`` as
+        there) would refuse making loaded ``version`` of ``name`` active because a recipe
+        that follows the active version cannot serve it; nothing when it is active. Asked
+        before a promotion's gate: a refusal knowable from the card and the recipes came
+        only after the whole golden set was replayed (session 49)."""
+        with self._lock:
+            if self._slot(name).active != version:
+                self._check_followers_locked(name, self._detector_locked(name, version),
+                                             recipe, pending)
+
     def _activate_locked(self, name: str, version: str) -> None:
         slot = self._models[name]
         if version not in slot.versions:

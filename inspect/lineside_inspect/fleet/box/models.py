@@ -30,7 +30,7 @@ Pulled packages are listed in ``<models_dir>/pulled.json`` and loaded again when
 server starts, so a restarted box serves them without its hub (one that was active is
 activated again, recorded as ``restore`` by actor ``fleet``, ``force_restore`` only where
 the gate refuses it now: it was admitted before; a pull's promotion whose watch the
-restart cut short is watched again, ``Lifecycle.resume_watch``, the pulled version it rolls
+restart cut short is watched again, ``Lifecycle.resume_promotion``, the pulled version it rolls
 back to kept in ``<models_dir>/previous.json`` meanwhile and loaded again, not active;
 session 47; and once the box went back to it, by the watch's automatic rollback or by
 hand, kept while it was the last activated: loaded and made active again as a ``restore``,
@@ -734,8 +734,7 @@ class ModelPuller:
                                        force=last is not None and last["version"] == p.version,
                                        reason="pulled, and the last version activated before "
                                               "the box stopped", pending_recipes=pending)
-                    self._load_previous(name, p.version)
-                    self._resume_watch(name, p.version)
+                    self._watch_again(name, p.version)
             except LinesideError as exc:
                 log.error("fleet models: pulled %s %s not restored: %s", name, p.version,
                           exc.message)
@@ -805,24 +804,38 @@ class ModelPuller:
             log.error("fleet models: pulled %s %s, the version the box went back to from %s, "
                       "not restored: %s", name, prev.version, p.version, exc.message)
 
-    def _load_previous(self, name: str, version: str) -> None:
-        """At start-up, pulled ``version`` of ``name`` active again: the pulled version its
-        promotion's watch rolls back to (``previous.json``), loaded (not active) while that
-        watch is open (``Records.open_promotion``), verified again as a pulled package is;
-        kept no more once the watch has ended (complete, rolled back, stopped, or another
-        version activated)."""
-        prev = self.previous.models.get(name)
-        if prev is None:
-            return
+    def _watch_again(self, name: str, version: str) -> None:
+        """At start-up, pulled ``version`` of ``name`` active again: its promotion's watch,
+        open when the box stopped (``Records.open_promotion``, read once for both: session
+        49), has the version it rolls back to loaded (:meth:`_load_previous`) and is
+        watched again (``Lifecycle.resume_promotion``; once, whichever restore asks
+        first). A read that fails (a database outage at start) changes neither: the box
+        judges unwatched, ``previous.json`` kept, asked again at the next start."""
         lifecycle = self.app.state.lifecycle
-        registry = self.app.state.registry
         try:
             promoted = (lifecycle.records.open_promotion(name)
                         if lifecycle.store is not None else None)
         except Exception:  # a database outage at start: kept, asked again at the next one
-            log.exception("fleet models: the watch of pulled %s %s not looked up", name,
-                          version)
+            log.exception("fleet models: the watch of pulled %s %s not looked up: it judges "
+                          "unwatched; the version it rolls back to stays kept", name, version)
             return
+        self._load_previous(name, version, promoted)
+        try:
+            lifecycle.resume_promotion(name, version, promoted)
+        except Exception:  # its entry, or another fault: the box serves, unwatched
+            log.exception("fleet models: the rollout watch of pulled %s %s not resumed",
+                          name, version)
+
+    def _load_previous(self, name: str, version: str, promoted: dict[str, Any] | None) -> None:
+        """At start-up, pulled ``version`` of ``name`` active again: the pulled version its
+        promotion's watch rolls back to (``previous.json``), loaded (not active) while that
+        watch is open (``promoted``: ``Records.open_promotion``, read by the caller),
+        verified again as a pulled package is; kept no more once the watch has ended
+        (complete, rolled back, stopped, or another version activated)."""
+        prev = self.previous.models.get(name)
+        if prev is None:
+            return
+        registry = self.app.state.registry
         spec = ((promoted or {}).get("details") or {}).get("rollout")
         if promoted is None or promoted["version"] != version \
                 or not isinstance(spec, dict) or spec.get("previous") != prev.version:
@@ -837,15 +850,6 @@ class ModelPuller:
         except LinesideError as exc:  # the watch then says it cannot resume (a WARNING)
             log.error("fleet models: pulled %s %s, the version the watch of %s rolls back "
                       "to, not loaded: %s", name, prev.version, version, exc.message)
-
-    def _resume_watch(self, name: str, version: str) -> None:
-        """The pull's promotion of ``version`` was being watched when the box stopped: it
-        is watched again (``Lifecycle.resume_watch``; once, whichever restore asks first)."""
-        try:
-            self.app.state.lifecycle.resume_watch(name, version)
-        except Exception:  # a database outage at start: the box serves, unwatched
-            log.exception("fleet models: the rollout watch of pulled %s %s not resumed",
-                          name, version)
 
     # -- figures ----------------------------------------------------------------------------
     def _count_failure(self, kind: str, *, in_a_row: bool = True) -> None:
