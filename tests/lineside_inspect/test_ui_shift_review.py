@@ -444,3 +444,54 @@ def test_a_links_queue_and_values_are_said_and_clearable(browser: Any, box: Runn
     expect(line).to_be_hidden()
     expect(page.locator("#count")).to_have_text("1–3 of 3")
     close_contexts(browser)
+
+
+def test_a_links_queue_lists_as_its_button_and_its_bad_page_is_said(browser: Any, box: Running) -> None:
+    """Session 49: ``?queue=to_label`` alone kept the page's default verdict (fail) and
+    listed that queue's fails only, under a button counting every verdict; ``offset=x`` or
+    ``-24`` was read as the first page, unsaid; the dashboard's link note stayed over
+    figures its scope no longer chose (no Dismiss). Each value reaches the page as text."""
+    from playwright.sync_api import expect
+    from sqlalchemy import update
+
+    store = box.app.state.store
+    ids = _seed(store, 3)
+    with Session(store.engine) as s, s.begin():  # kept for labelling: a pass and a fail
+        s.execute(update(InspectionRow).where(InspectionRow.id == ids[0])
+                  .values(verdict="pass", capture="uncertain"))
+        s.execute(update(InspectionRow).where(InspectionRow.id == ids[1]).values(capture="uncertain"))
+    page = _context(browser).new_page()
+    _sign_in(page, box.url + "/review?queue=to_label")
+    button = page.locator("#queues button[data-queue=to_label]")
+    expect(button).to_have_text(re.compile(r"\(2\)$"))
+    expect(page.locator("#count")).to_have_text("1–2 of 2")  # the button's list: both verdicts
+    expect(button).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#filters [name=verdict]")).to_have_value("")
+    page.goto(box.url + "/review?queue=to_label&verdict=fail")  # a field the link gives wins
+    expect(page.locator("#count")).to_have_text("1–1 of 1")
+
+    note = page.locator("#linknote")
+    xss = "<img src=x onerror=window.__xss=1>"
+    page.goto(box.url + "/review?verdict=fail&offset=" + quote(xss))
+    expect(note).to_have_text(f'This link: offset "{xss}": not a whole number from 0 to '
+                              "1000000000, the first page shown. Dismiss")
+    expect(page.locator("#count")).to_have_text("1–2 of 2")
+    assert page.locator("#linknote img").count() == 0
+    assert page.evaluate("window.__xss") is None
+    page.goto(box.url + "/review?offset=-24")  # an offset alone is a link (the default list)
+    expect(note).to_contain_text('offset "-24": not a whole number')
+    expect(page.locator("#count")).to_have_text("1–2 of 2")
+    assert page.url == box.url + "/review"
+
+    # the dashboard's note: Dismiss, or gone once the scope is changed
+    page.goto(box.url + "/dashboard?window=8")
+    expect(note).to_contain_text("window: not a filter of this page")
+    note.locator("button", has_text="Dismiss").click()
+    expect(note).to_have_count(0)
+    expect(page.locator("#scope [name=hours]")).to_be_focused()
+    page.goto(box.url + "/dashboard?window=8")
+    expect(note).to_contain_text("window: not a filter of this page")
+    with page.expect_response(lambda r: "/v1/stats?" in r.url and "hours=8" in r.url):
+        page.locator("#scope [name=hours]").select_option("8")
+    expect(note).to_have_count(0)
+    close_contexts(browser)

@@ -44,6 +44,28 @@ export function changed(f) {
   return f.selectedIndex !== Math.max(0, Array.from(f.options).findIndex((o) => o.defaultSelected));
 }
 
+// the link note (the server's, over a page: names of its link it did not read; a page
+// script's: values it could not take) is about the link's filter: it goes once the filter
+// is changed (leaveLink), or with its Dismiss button; it stayed until a reload, about a list
+// or figures no longer shown (review page, session 48; the dashboard's, session 49)
+export function sayLinkNote(text, before) {
+  let note = $("#linknote");
+  if (!note) {
+    note = el("p", { id: "linknote", class: "linknote", role: "status" }, "This link: ");
+    before.before(note);
+  } else note.append(" ");
+  note.append(el("span", {}, text + "."));
+}
+export function leaveLink() { const note = $("#linknote"); if (note) note.remove(); }
+// its Dismiss button, once: the focus then goes to `next` (never <body>)
+export function dismissable(next) {
+  const note = $("#linknote");
+  if (!note || $("button", note)) return;
+  const b = el("button", { type: "button", class: "dismiss" }, "Dismiss");
+  b.onclick = () => { leaveLink(); next().focus(); };
+  note.append(" ", b);
+}
+
 // times in the browser's zone, which every page names once
 export const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
 export function zoneName() {

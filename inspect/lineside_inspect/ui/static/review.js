@@ -2,7 +2,7 @@
 // inspection at a time with its boxes and audit trail, batch confirmation, the reviews'
 // audit trail. Talks to /v1 with the session cookie and the CSRF token the server put in
 // the page. Every value from the API reaches the page as text (see common.js).
-import { $, $$, api, changed, dateTime, el, num, showZone, svg, time, verdict } from "/static/common.js";
+import { $, $$, api, changed, dateTime, dismissable, el, leaveLink, num, sayLinkNote, showZone, svg, time, verdict } from "/static/common.js";
 
 const state = { items: [], total: 0, offset: 0, shown: 0, limit: 24, sel: 0, open: null, box: 0, classes: [],
                 // the part being fetched (review keys wait for it), a review being posted
@@ -52,9 +52,12 @@ function keep() {
 // the values of a link the page could not take (min_score=abc: the number field held "",
 // and the whole line's list showed, unsaid), each said in the link note as text
 const notTaken = [];
+const MAX_OFFSET = 1e9;  // (GET /v1/inspections' bound)
 function restore() {
   const asked = new URLSearchParams(location.search);
-  const linked = FIELDS.some((k) => asked.has(k));
+  // (a link's offset alone is a link too: the default list's page; it was read as no
+  // link, the kept list shown and the address left as it was)
+  const linked = [...FIELDS, "offset"].some((k) => asked.has(k));
   let kept = null;
   if (linked) {
     kept = asked.toString();
@@ -69,37 +72,27 @@ function restore() {
   // the list is then a new one: from its first page. (A value the browser put back on a
   // reload, the same as the kept one, is no choice: the page kept stays)
   const theirs = FIELDS.filter((k) => changed(form.elements[k]) && form.elements[k].value !== (p.get(k) || ""));
+  // a link naming a queue shows the list its button shows: the queue's own params for the
+  // fields the link does not give (?queue=to_label kept the default verdict, fail, and
+  // listed that queue's fails only, under a button counting every verdict: session 49)
+  const own = linked && p.get("queue") ? queueParams(p.get("queue")) : null;
   for (const k of FIELDS) {
-    if ((linked && !p.has(k)) || theirs.includes(k)) continue;
-    const f = form.elements[k], v = p.get(k) || "";
+    if (theirs.includes(k)) continue;
+    const given = !linked || p.has(k);
+    if (!given && !(own && QUEUE_FIELDS.includes(k))) continue;
+    const f = form.elements[k], v = (given ? p.get(k) : own[k]) || "";
     // a class or a box the page has not listed yet (they come with the pages it loads)
     if (f.tagName === "SELECT" && v && !Array.from(f.options, (o) => o.value).includes(v)) f.add(new Option(v, v));
     f.value = v;
     // (a number field takes no text: the filter was dropped, unsaid; it keeps its default)
     if (linked && f.value !== v) { f.value = f.defaultValue; notTaken.push(`${k} "${v}": not a number from ${f.min} to ${f.max}, left out`); }
   }
-  if (notTaken.length) sayLinkNote(notTaken.join("; "));
-  state.offset = theirs.length ? 0 : Math.max(0, Math.floor(Number(p.get("offset")) || 0));
-}
-
-// the link note (the server's, over the page: names of the link it did not read; this
-// script's: values it could not take) is about the link's filter: it went once the filter
-// was changed, or dismissed (it stayed until a reload, about a list no longer shown)
-function sayLinkNote(text) {
-  let note = $("#linknote");
-  if (!note) {
-    note = el("p", { id: "linknote", class: "linknote", role: "status" }, "This link: ");
-    $("#queuebar").before(note);
-  } else note.append(" ");
-  note.append(el("span", {}, text + "."));
-}
-function leaveLink() { const note = $("#linknote"); if (note) note.remove(); }
-function dismissable() {
-  const note = $("#linknote");
-  if (!note || $("button", note)) return;
-  const b = el("button", { type: "button", class: "dismiss" }, "Dismiss");
-  b.onclick = () => { leaveLink(); $("#filters button[type=submit]").focus(); };
-  note.append(" ", b);
+  // the list's page: a whole number the API takes (offset=x or -24 read as the first page,
+  // unsaid: session 49); one past the list's end shows its last page (load)
+  const off = p.get("offset") || "", at = /^\d+$/.test(off) && Number(off) <= MAX_OFFSET ? Number(off) : null;
+  if (linked && off && at === null && !theirs.length) notTaken.push(`offset "${off}": not a whole number from 0 to ${MAX_OFFSET}, the first page shown`);
+  if (notTaken.length) sayLinkNote(notTaken.join("; "), $("#queuebar"));
+  state.offset = theirs.length || at === null ? 0 : at;
 }
 
 // the queue the list is narrowed to, said and clearable: a link's queue=NAME showed fewer
@@ -132,6 +125,10 @@ function sameFilter(params) {
 const UNREVIEWED_FAILS = { name: "unreviewed_fails", title: "Unreviewed fails", description: "fails no reviewer has looked at yet",
                            params: { verdict: "fail", review_state: "unreviewed" } };
 
+// a lifecycle queue's filter (its button's; a link naming the queue takes it too): its
+// unreviewed parts, of every verdict, as GET /v1/queues counts them
+const queueParams = (name) => ({ queue: name, review_state: "unreviewed" });
+
 // the queue counts, this shift's reviewers, the audit trail: an answer that did not come is
 // said where it would have shown (they failed silently, the counts left stale: QA review, 36)
 async function loadQueues() {
@@ -148,7 +145,7 @@ async function queuesNow() {
     try {
       const doc = await api("/v1/queues");
       for (const q of doc.items) queues.push({ name: q.name, title: q.title, description: q.description,
-                                               params: { queue: q.name, review_state: "unreviewed" }, count: q.unreviewed });
+                                               params: queueParams(q.name), count: q.unreviewed });
     } catch (e) { if (e.status !== 404) throw e; }  // a server without the lifecycle's queues
   }
   state.queues = queues;
@@ -739,5 +736,5 @@ async function loadFleet() {
 
 showZone();
 restore();
-dismissable(); showQueue();
+dismissable(() => $("#filters button[type=submit]")); showQueue();
 load(); loadQueues(); loadFleet();
