@@ -89,7 +89,9 @@ def test_time_budget_refits_and_stops_itself(tmp_path: Path, make_config: Make,
     assert (last["step"], last["planned_steps"]) == (steps, planned)
     err = capsys.readouterr().err
     assert "\r" not in err  # no progress-bar redraws off a terminal
-    assert re.search(r"^epoch 1 step 2/4 loss \d", err, re.MULTILINE)
+    # a plain line, written as the epoch lines are ("img_s 36.4" was tqdm's keyword)
+    assert re.search(r"^epoch 1 step 2/4: loss [\d.]+, [\d.]+ img/s$", err, re.MULTILINE)
+    assert "img_s" not in err
     assert "stopped itself" in err
 
 

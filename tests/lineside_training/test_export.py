@@ -569,3 +569,46 @@ def test_a_card_rewritten_beside_external_data_keeps_it(tmp_path: Path, tiny_onn
     assert load_package(pkg).card.thresholds == {"a": 0.4}
     write_new_version(pkg, tmp_path / "models" / "tiny" / "2", {**doc, "thresholds": {"a": 0.6}})
     assert load_package(tmp_path / "models" / "tiny" / "2").card.thresholds == {"a": 0.6}
+
+
+def test_run_and_package_agree_on_a_set_without_good_images(tiny_run: Path, tmp_path: Path) -> None:
+    """Issue 18 item 5 on the data it was met on (no good images): a run's evaluation and
+    its exported package's, same data and thresholds, give the same figures, the per-class
+    recall, precision and detection rates that stand in for escapes, not only the escape
+    counts (None on both sides there, so equal whatever the package did)."""
+    import torch
+
+    from lineside_training.evaluate import evaluate
+
+    data = tmp_path / "no-good"
+    data.mkdir()
+    (data / "images").symlink_to(SAMPLE / "images")
+    doc = json.loads((SAMPLE / "annotations.json").read_text())
+    boxed = {a["image_id"] for a in doc["annotations"]}
+    doc["images"] = [{k: v for k, v in im.items() if k != "reference"}
+                     for im in doc["images"] if im["id"] in boxed]
+    (data / "annotations.json").write_text(json.dumps(doc))
+    # the tiny run, as if it had trained on that set: its val calibrates the thresholds
+    # saved for export (another set's are for its report only)
+    run = tmp_path / "run"
+    run.mkdir()
+    ck = torch.load(tiny_run / "best.pt", weights_only=False)
+    ck["config"] = {**ck["config"], "data": str(data)}
+    ck["data"] = {**ck.get("data", {}), "path": str(data),
+                  "annotations_sha256": sha256_file(data / "annotations.json")}
+    torch.save(ck, run / "best.pt")
+    shutil.copy(tiny_run / "metrics.jsonl", run / "metrics.jsonl")
+    by_run = evaluate(run, split="val", out=tmp_path / "report-run", examples=0)
+    assert by_run["thresholds_saved"]
+    out = tmp_path / "models" / "tiny-nogood" / "1"
+    export(run, out, parity_images=4)
+    by_package = evaluate(out, data=str(data), split="val", out=tmp_path / "report-pkg", examples=0)
+    q_run, q_pkg = by_run["quality"], by_package["quality"]
+    assert q_run["good_images"] == q_pkg["good_images"] == 0 and q_run["defective_images"] > 0
+    assert q_run["escape_rate"] is None and "no good" in q_pkg["not_measurable"]["escape_rate"]
+    assert q_pkg["thresholds"] == q_run["thresholds"]
+    for key in ("per_class", "detected_images", "detection_rate", "defect_recall",
+                "defect_precision", "confusion", "escapes", "false_rejects"):
+        assert q_run[key] == q_pkg[key], key
+    assert by_run["pairs"] == by_package["pairs"]
+    assert abs(by_run["coco"]["map50"] - by_package["coco"]["map50"]) < 0.02

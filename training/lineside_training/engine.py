@@ -511,12 +511,16 @@ class PlainProgress:
         self.postfix = ""
 
     def set_postfix(self, **values: str) -> None:
-        self.postfix = " ".join(f"{k} {v}" for k, v in values.items())
+        # written as the epoch lines write them ("loss 1.234, 36.4 img/s"), not as the
+        # bar's keyword names ("img_s 36.4", session 49)
+        self.postfix = ", ".join(f"{v} img/s" if k == "img_s" else f"{k} {v}"
+                                 for k, v in values.items())
 
     def update(self) -> None:
         self.n += 1
         if self.n % self.every == 0:
-            self.log(f"{self.desc} step {self.n}/{self.total} {self.postfix}".strip())
+            tail = f": {self.postfix}" if self.postfix else ""
+            self.log(f"{self.desc} step {self.n}/{self.total}{tail}".strip())
 
     def close(self) -> None:
         pass
