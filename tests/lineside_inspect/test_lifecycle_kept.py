@@ -6,10 +6,11 @@ loaded blindly."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,111 @@ def test_the_config_wins_when_its_models_changed(
     assert json.loads((folder / "models.json.config-changed").read_text())["active"] == {
         "deeppcb": "2"}  # kept aside, not lost
     assert not (folder / "models.json").exists()
+
+
+def _other(root: Path, *versions: str) -> None:
+    """models/deeppcb/1 as model ``other``, each of ``versions``, under ``root``."""
+    for version in versions:
+        dst = root / "other" / version
+        shutil.copytree(MODEL, dst)
+        card = json.loads((dst / "model.json").read_text())
+        (dst / "model.json").write_text(json.dumps({**card, "name": "other",
+                                                    "version": version}))
+
+
+def test_the_config_wins_only_for_the_model_whose_entry_changed(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The config's whole ``models`` was one digest: an operator changing model ``other``'s
+    version in the config undid an admin's activation of deeppcb too (the version rolled
+    back to, say, for escaping defects) at the next restart, with a WARNING about the
+    config alone (session 49). Judged per model now: ``other``'s config entry changed, the
+    config wins for it; deeppcb's did not, its activation over the API stands."""
+    _other(roots, "1", "2", "3")
+
+    def before(srv: Any) -> None:
+        with srv.client("admin") as admin:
+            for path in (roots / "deeppcb" / "2", roots / "other" / "3"):
+                r = admin.post("/v1/models", json={"path": str(path)})
+                assert r.status_code == 200 and r.json()["active"] == path.name, r.text
+
+    _run(_kw(tmp_path, roots, models=[str(MODEL), str(roots / "other" / "1")]), before)
+    assert _state(tmp_path)["active"] == {"deeppcb": "2", "other": "3"}
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+
+    def after(srv: Any) -> None:
+        models = _models(srv)
+        assert models["deeppcb"]["active"] == "2"  # not the config's 1
+        assert (models["other"]["active"], [v["version"] for v in models["other"]["versions"]]
+                ) == ("2", ["2"])  # the config's new version judges, 3 is not loaded
+
+    # the operator names another version of ``other`` in the config since
+    _run(_kw(tmp_path, roots, models=[str(MODEL), str(roots / "other" / "2")]), after)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(KEPT)]
+    assert len(said) == 1, said
+    assert "(other's entries changed in the config): the config's versions judge for other, " \
+        "the versions activated over the API (other 3) are not restored and the packages " \
+        "loaded over the API for them (other 3) are not loaded again" in said[0]
+    assert "the other models' are restored; the file as it was is kept as models.json.config-changed" \
+        in said[0] and "deeppcb" not in said[0]
+    folder = tmp_path / "data" / "lifecycle"
+    assert json.loads((folder / "models.json.config-changed").read_text())["active"] == {
+        "deeppcb": "2", "other": "3"}  # kept aside, not lost
+    state = _state(tmp_path)
+    assert (state["active"], [p["version"] for p in state["packages"]]) == ({"deeppcb": "2"}, ["2"])
+
+
+def test_a_model_added_to_or_removed_from_the_config_is_not_restored(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A model loaded over the API and added to the config since: the config's version
+    judges. A model removed from the config: its version activated over the API is not
+    restored (nor loaded). deeppcb, whose entry did not change, keeps its own."""
+    _other(roots, "1", "2")
+    _other(tmp_path / "third", "1")
+    third = tmp_path / "third" / "other" / "1"
+    card = json.loads((third / "model.json").read_text())
+    (third / "model.json").write_text(json.dumps({**card, "name": "third"}))
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+
+    def state(kept: KeptModels) -> KeptState:
+        entries = dict(kept.config_entries())
+        entries["third"] = "0" * 64  # named by the config when written, not now
+        del entries["other"]  # loaded over the API when written, named by the config now
+        return KeptState(config_models=kept.digest, config_entries=entries,
+                         active={"deeppcb": "2", "other": "2", "third": "1"},
+                         packages=[_entry(roots / "deeppcb" / "2"),
+                                   _entry(roots / "other" / "2")])
+
+    registry, path, restored = _restoring(tmp_path, roots, state,
+                                          more=[roots / "other" / "1"])
+    assert restored == ["deeppcb 2"]
+    assert {m: (s.active, sorted(s.versions)) for m, s in registry.models().items()} == {
+        "deeppcb": ("2", ["1", "2"]), "other": ("1", ["1"])}
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "(other was added to the config; third was removed from the " \
+        "config): the config's versions judge for other, third, the versions activated over " \
+        "the API (other 2, third 1) are not restored" in said[0], said
+    written = KeptState.model_validate_json(path.read_bytes())
+    assert written.active == {"deeppcb": "2"} and written.config_entries is not None
+    assert set(written.config_entries) == {"deeppcb", "other"}
+    assert path.with_name("models.json.config-changed").exists()
+
+
+def test_an_older_releases_file_is_restored_only_when_the_whole_config_is_unchanged(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file written before session 49 keeps one digest of the config's whole ``models``
+    and none per model: when it differs, which model changed is unknown, so nothing is
+    restored (as that release did) and the file is set aside."""
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+    doc = {"format": 1, "config_models": "0" * 64, "written_at": "",
+           "packages": [_entry(roots / "deeppcb" / "2").model_dump(mode="json")],
+           "active": {"deeppcb": "2"}}
+    registry, path, restored = _restoring(
+        tmp_path, roots, lambda digest: KeptState.model_validate(doc))
+    assert restored == [] and registry.models()["deeppcb"].active == "1"
+    assert "kept no digest per model" in caplog.text and "(deeppcb 2) are not restored" \
+        in caplog.text
+    assert not path.exists() and json.loads(path.with_name(
+        "models.json.config-changed").read_text())["active"] == {"deeppcb": "2"}
 
 
 def _check_only(srv: Any, version: str) -> None:
@@ -463,17 +569,20 @@ def test_a_version_activated_after_the_kept_one_stands(
            "\n".join(r.getMessage() for r in caplog.records)
 
 
-def _restoring(tmp_path: Path, roots: Path, state: Callable[[str], KeptState]
-               ) -> tuple[Registry, Path, list[str]]:
-    """``state`` (given the config's digest) as a hand-written file, restored once on a
-    server whose config loads models/deeppcb/1 (no store): the registry and what was
-    restored."""
+def _restoring(tmp_path: Path, roots: Path, state: Callable[[Any], KeptState],
+               more: Sequence[Path] = ()) -> tuple[Registry, Path, list[str]]:
+    """``state`` (given the config's digest, or the :class:`KeptModels` when it takes
+    ``kept``) as a hand-written file, restored once on a server whose config loads
+    models/deeppcb/1 and ``more`` (no store): the registry and what was restored."""
     registry = Registry(device="cpu", threads=1)
-    registry.load_model(MODEL)
+    for model in (MODEL, *more):
+        registry.load_model(model)
     path = tmp_path / "data" / STATE_FILE
-    kept = KeptModels(path, models=[str(MODEL)], roots=[roots.resolve()], registry=registry)
+    kept = KeptModels(path, models=[str(m) for m in (MODEL, *more)], roots=[roots.resolve()],
+                      registry=registry)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(state(kept.digest).model_dump_json())
+    given = kept if "kept" in inspect.signature(state).parameters else kept.digest
+    path.write_text(state(given).model_dump_json())
     lc = Lifecycle(LifecycleSettings(), registry=registry, data_dir=tmp_path / "data")
     try:
         return registry, path, kept.restore(lc)

@@ -11,9 +11,17 @@ not listed: the config loads them.
 At start-up, after the store and the lifecycle (:meth:`KeptModels.restore`), before the
 recipes put over the API are loaded again:
 
-- **The config changed.** The file keeps a digest of the config's ``models`` (their
-  resolved paths). When it differs, the config wins: nothing is restored, a WARNING says
-  what was not and why, and the file is set aside as ``models.json.config-changed``.
+- **The config changed**, judged per model (session 49). The file keeps, for each model
+  the config loads, a digest of its config entries (each package's version and resolved
+  path). A model whose entries changed since (a version named in place of another, one
+  added or taken away, the model added to the config or removed from it) is not
+  restored: the config wins for it (its kept active version and its kept packages), a
+  WARNING names it, and the file as it was is copied to ``models.json.config-changed``.
+  The other models keep what the API made of them: an operator adding model B to the
+  config does not undo an admin's rollback of model A. A file of an older release keeps
+  one digest of the whole ``models`` section (no ``config_entries``): when it differs,
+  which model changed is unknown, so nothing is restored, as before (the file is set
+  aside as ``models.json.config-changed``).
 - **Each package** must still lie inside ``model_roots`` (checked again, as the API
   checked it; resolving to the same folder) and still hold the card (its digest) and graph
   it was loaded with; else a WARNING names it and it is not loaded.
@@ -107,8 +115,12 @@ class KeptPackage(BaseModel):
 
 class KeptState(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    format: Literal[1] = 1
+    format: Literal[1, 2] = 2
     config_models: str = Field(description="digest of the config's models when written")
+    # absent in a file of an older release (format 1): then the whole digest judges
+    config_entries: dict[Name, str] | None = Field(
+        default=None, max_length=MAX_PACKAGES, description=(
+            "model -> digest of its config entries (versions and paths) when written"))
     written_at: str = ""
     packages: list[KeptPackage] = Field(default_factory=list, max_length=MAX_PACKAGES)
     active: dict[Name, Name] = Field(default_factory=dict, max_length=MAX_PACKAGES, description=(
@@ -119,6 +131,11 @@ def config_digest(models: Sequence[str]) -> str:
     """The config's ``models`` as they resolve (sorted: their order changes no version)."""
     paths = sorted({str(Path(m).resolve()) for m in models})
     return hashlib.sha256(json.dumps(paths).encode()).hexdigest()
+
+
+def entries_digest(entries: Sequence[tuple[str, str]]) -> str:
+    """One model's config entries, ``(version, resolved path)`` pairs (sorted)."""
+    return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
 
 
 class KeptModels:
@@ -132,6 +149,7 @@ class KeptModels:
         self.fleet_box = fleet_box
         self.digest = config_digest(models)
         self._configured = {str(Path(m).resolve()) for m in models}
+        self._entries: dict[str, str] | None = None  # read from the registry once loaded
         self._lock = threading.Lock()
         self.state = KeptState(config_models=self.digest)
 
@@ -181,10 +199,27 @@ class KeptModels:
                                if (p.name, p.version) != (model, version)] + [entry]
         return True
 
+    def config_entries(self) -> dict[str, str]:
+        """Each model the config loads -> :func:`entries_digest` of its entries. Read from
+        the registry the first time (at start-up, once the config's packages loaded: their
+        cards name their models), then kept: what the API loads since is not the config."""
+        if self._entries is None:
+            found: dict[str, list[tuple[str, str]]] = {}
+            for name, slot in self.registry.models().items():
+                packages = [(v, d.package.path) for v, d in slot.versions.items()]
+                packages += [(v, p.path) for v, p in slot.unloaded.items()]
+                for version, folder in packages:
+                    path = str(Path(folder).resolve())
+                    if path in self._configured:
+                        found.setdefault(name, []).append((version, path))
+            self._entries = {m: entries_digest(e) for m, e in found.items()}
+        return self._entries
+
     def _save(self) -> None:
         """Written whole; one that cannot be written is logged (what the API did stands,
         and a restart then starts from the file as it was)."""
         self.state.config_models = self.digest
+        self.state.config_entries = self.config_entries()
         self.state.written_at = datetime.now(UTC).isoformat()
         try:
             write_atomic(self.path, json.dumps(self.state.model_dump(mode="json"),
@@ -202,19 +237,65 @@ class KeptModels:
             state = self._read()
             if state is None:
                 return []
-            if state.config_models != self.digest:
+            if state.config_entries is None and state.config_models != self.digest:
+                # an older release's file: one digest of the whole section, which model
+                # changed is unknown; nothing is restored, as that release did
                 told = ", ".join(f"{m} {v}" for m, v in state.active.items()) or "none"
                 set_aside(self.path, "the config's models changed since the models loaded "
-                          "and activated over the API were kept: the config's versions judge, "
-                          f"the versions activated over the API ({told}) are not restored",
+                          "and activated over the API were kept (by an older release, which "
+                          "kept no digest per model): the config's versions judge, the "
+                          f"versions activated over the API ({told}) are not restored",
                           ".config-changed", what="models kept across a restart", logger=log)
                 self.state = KeptState(config_models=self.digest)
                 return []
+            dropped = self._config_changed(state)
+            if dropped is not None:
+                state, why = dropped
+                if not state.active and not state.packages:  # nothing left: set aside whole
+                    set_aside(self.path, why, ".config-changed",
+                              what="models kept across a restart", logger=log)
+                    self.state = KeptState(config_models=self.digest)
+                    return []
+                aside = self.path.with_name(self.path.name + ".config-changed")
+                log.warning("models kept across a restart: %s; the other models' are restored; the file "
+                            "as it was is kept as %s", why, aside.name)
+                try:  # (copied: the file is written again below, without them)
+                    write_atomic(aside, self.path.read_bytes())
+                except OSError as exc:
+                    log.warning("models kept across a restart: cannot copy %s aside: %s",
+                                self.path, exc.strerror or exc)
             restored = self._restore(state, lifecycle, pending)
-            if (self.state.packages, self.state.active) != (state.packages, state.active):
+            if dropped or (self.state.packages, self.state.active) != (state.packages,
+                                                                         state.active):
                 # written only when something was dropped: not at every start (an SD card)
                 self._save()
             return restored
+
+    def _config_changed(self, state: KeptState) -> tuple[KeptState, str] | None:
+        """``state`` without the models whose config entries changed since it was written
+        (the config wins for them), and what to say of them; None when none did."""
+        if state.config_entries is None:  # an older release's file, its config unchanged
+            return None
+        now = self.config_entries()
+        kept = set(state.active) | {p.name for p in state.packages}
+        changed = sorted(m for m in kept if state.config_entries.get(m) != now.get(m))
+        if not changed:
+            return None
+        told = ", ".join(f"{m} {state.active[m]}" for m in changed if m in state.active)
+        loaded = ", ".join(f"{p.name} {p.version}" for p in state.packages
+                           if p.name in changed)
+        how = "; ".join(
+            m + (" was removed from the config" if m not in now else
+                 " was added to the config" if m not in state.config_entries
+                 else "'s entries changed in the config") for m in changed)
+        why = (f"the config's models changed since the models loaded and activated over the "
+               f"API were kept ({how}): the config's versions judge for {', '.join(changed)}, "
+               f"the versions activated over the API ({told or 'none'}) are not restored and "
+               f"the packages loaded over the API for them ({loaded or 'none'}) are not loaded "
+               "again (activate or load them again over the API)")
+        return state.model_copy(update={
+            "active": {m: v for m, v in state.active.items() if m not in changed},
+            "packages": [p for p in state.packages if p.name not in changed]}), why
 
     def _read(self) -> KeptState | None:
         try:
