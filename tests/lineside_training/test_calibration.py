@@ -135,10 +135,18 @@ def test_without_good_images_no_escape_or_false_reject_is_counted() -> None:
     assert c["allowed_escapes"] is None  # nor is it written as if checked (session 42)
     assert c["not_measurable"]["allowed_escapes"].startswith("not checked")
     assert c["allowed_escapes"] is None
+    # nor does the method say the thresholds were chosen within it (session 49)
+    assert counted["method"].startswith("best DeepPCB-protocol F within the escape allowance")
+    assert c["method"].startswith("best DeepPCB-protocol F alone (no good images: the escape "
+                                  "allowance was not checked)")
     # a model that finds nothing takes the fewest-alarms rule: the same there
     blind = [_pred([(60, 60, 70, 70, 0.3, 0)]) for _ in records[:-1]]
     c = calibrate_f(records[:-1], blind, CLASSES)
     assert "F cannot choose" in c["method"] and (c["escapes"], c["false_rejects"]) == (None, None)
+    # ... which, with no good images, can count no false reject: the highest score it is
+    assert "escape allowance" not in c["method"].replace("the escape allowance was not checked", "")
+    assert c["method"].startswith("the highest prediction score of each class")
+    assert c["thresholds"]["open"] == pytest.approx(0.3, abs=2e-3)
 
 
 def test_escape_allowance_comes_before_f() -> None:
@@ -179,6 +187,11 @@ def test_a_model_that_finds_nothing_keeps_the_fewest_alarms() -> None:
     # both defective images still alarm (0.3 and 0.4 kept), the good one's 0.2 does not
     assert c["escapes"] == 0 and c["false_rejects"] == 0
     assert c["thresholds"]["open"] > 0.2
+    # good images only: no escape to count, so no allowance is claimed (session 49)
+    c = calibrate_f(records[2:], preds[2:], CLASSES, target_escape=0.0)
+    assert c["method"].startswith("fewest false rejects (no defective images: F cannot choose, "
+                                  "and the escape allowance was not checked)")
+    assert c["allowed_escapes"] is None and c["false_rejects"] == 0
 
 
 def test_calibration_and_scores_follow_the_one_per_place_rule() -> None:

@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from typer.testing import CliRunner
 
+from lineside_inspect.cli import app
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError, PackageError
 from lineside_inspect.imageio import read_image
@@ -598,7 +600,19 @@ def test_run_and_package_agree_on_a_set_without_good_images(tiny_run: Path, tmp_
                   "annotations_sha256": sha256_file(data / "annotations.json")}
     torch.save(ck, run / "best.pt")
     shutil.copy(tiny_run / "metrics.jsonl", run / "metrics.jsonl")
-    by_run = evaluate(run, split="val", out=tmp_path / "report-run", examples=0)
+    # another set's (the sample's), evaluated before any thresholds are saved: chosen on
+    # it for that report only, and the command says so and which (session 49)
+    r = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(SAMPLE), "--device", "cpu",
+                                 "--out", str(tmp_path / "report-other")])
+    assert r.exit_code == 0, r.stderr
+    said = " ".join(r.stderr.split())
+    assert "images evaluated here, for this report only (the run has no saved thresholds): " \
+        "the figures at them are in-sample" in said
+    other = json.loads((tmp_path / "report-other" / "metrics.json").read_text())["calibration"]
+    assert "thresholds: " + ", ".join(f"{n} {t:.3f}" for n, t in other["thresholds"].items()) in said
+    assert not (run / "thresholds.json").exists()
+    # the run's own report folder: export copies its calibration into the card
+    by_run = evaluate(run, split="val", out=run / "report-val", examples=0)
     assert by_run["thresholds_saved"]
     out = tmp_path / "models" / "tiny-nogood" / "1"
     export(run, out, parity_images=4)
@@ -612,3 +626,11 @@ def test_run_and_package_agree_on_a_set_without_good_images(tiny_run: Path, tmp_
         assert q_run[key] == q_pkg[key], key
     assert by_run["pairs"] == by_package["pairs"]
     assert abs(by_run["coco"]["map50"] - by_package["coco"]["map50"]) < 0.02
+    # the card says what chose its thresholds: not "within the escape allowance", which a
+    # note beside it says was not checked (session 49)
+    calib = json.loads((out / "model.json").read_text())["metrics"]["calibration"]
+    assert calib["allowed_escapes"] is None
+    assert "no good images" in calib["not_measurable"]["allowed_escapes"]
+    assert "within the escape allowance" not in calib["method"]
+    assert "no good images" in calib["method"] and "allowance was not checked" in calib["method"]
+    assert load_package(out).card.metrics["calibration"]["method"] == calib["method"]

@@ -141,9 +141,13 @@ def calibrate_f(
                         agnostic_iou=agnostic_iou)
     return {
         "target_escape_rate": target_escape,
-        "method": "best DeepPCB-protocol F within the escape allowance: a global threshold, "
-                  f"per-class offsets for classes with >= {OFFSET_SUPPORT} boxes shrunk by "
-                  f"n/(n+{PRIOR_BOXES})",
+        # the allowance is named only where it was held (it was said "within" it on a set
+        # without good images beside a note that it was not checked: session 49)
+        "method": ("best DeepPCB-protocol F " + ("within the escape allowance" if unchecked is None
+                                                 else f"alone ({_why_unchecked(records)}: the "
+                                                 "escape allowance was not checked)")
+                   + f": a global threshold, per-class offsets for classes with >= "
+                   f"{OFFSET_SUPPORT} boxes shrunk by n/(n+{PRIOR_BOXES})"),
         "global_threshold": global_t,
         "agnostic_iou": agnostic_iou,
         "thresholds": {n: float(thr[i]) for i, n in enumerate(class_names)},
@@ -173,6 +177,11 @@ def measured_counts(q: dict[str, Any]) -> dict[str, int | None]:
             "false_rejects": None if "false_reject_rate" in gone else q["false_rejects"]}
 
 
+def _why_unchecked(records: list[ImageRecord]) -> str:
+    """Why a set's escape allowance cannot be checked, in the words of a card's method."""
+    return "no good images" if not any(not r.boxes for r in records) else "no defective images"
+
+
 def good_count(records: list[ImageRecord]) -> int:
     """How many of ``records`` are good images (no boxes)."""
     return sum(1 for r in records if not r.boxes)
@@ -185,8 +194,17 @@ def _without_matches(records: list[ImageRecord], preds: list[Prediction], class_
     untrained one): a low threshold would keep nothing but noise."""
     calib = calibrate_rejects(records, preds, class_names, target_escape=target_escape)
     thr = np.array([calib["thresholds"][n] for n in class_names], dtype=np.float32)
-    calib.update(method="fewest false rejects within the escape allowance (no defect is found "
-                        "at any threshold: F cannot choose)",
+    if not any(not r.boxes for r in records):  # calibrate_rejects' best F1, 0 everywhere
+        method = ("the highest prediction score of each class (no defect is found at any "
+                  "threshold: F cannot choose; no good images: no false reject can be counted, "
+                  "and the escape allowance was not checked)")
+    elif not any(r.boxes for r in records):
+        method = ("fewest false rejects (no defective images: F cannot choose, and the escape "
+                  "allowance was not checked)")
+    else:
+        method = ("fewest false rejects within the escape allowance (no defect is found at any "
+                  "threshold: F cannot choose)")
+    calib.update(method=method,
                  pairs=table.counts(thr).as_dict(), images=len(records),
                  offsets={n: {"boxes": int(b), "raw": 0.0, "applied": 0.0}
                           for n, b in zip(class_names, support_of(records, class_names),

@@ -98,6 +98,16 @@ def evaluate(
         calib = calibrate_f(records, preds, trained.class_names, target_escape=target_escape,
                             agnostic_iou=rule)
         in_sample = True
+        # said in the command's output, not only in summary.md: a run without saved
+        # thresholds evaluated on other data reported figures its package's report on the
+        # same data did not match, unsaid (issue 18 follow-up, session 49)
+        why = ("the run has no saved thresholds" if not trained.thresholds else
+               "the run's saved thresholds are not used: its data changed since training")
+        notes.append(f"thresholds chosen on the {len(records)} images evaluated here, for this "
+                     f"report only ({why}): the figures at them are in-sample, and a package "
+                     "exported from the run (thresholds calibrated on the run's own val) "
+                     "reports other figures on this data; thresholds: "
+                     + ", ".join(f"{n} {t:.3f}" for n, t in calib["thresholds"].items()))
     # thresholds chosen on these very images flatter the rates at them: the report says so
     calib = {**calib, "in_sample": in_sample}
     # the rule the thresholds were chosen with is the one they are applied with (export

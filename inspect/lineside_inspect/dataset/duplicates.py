@@ -413,11 +413,20 @@ def find_duplicates(dataset: Dataset, prints: dict[str, Fingerprint] | None = No
 def duplicate_problems(groups: list[DuplicateGroup]) -> list[Problem]:
     """One problem per group straddling a split boundary (a leak from training into
     evaluation), and per group of byte-identical copies labelled differently (one of
-    them is mislabelled); other duplicates within one split are only worth a warning."""
+    them is mislabelled; a group that is just such a set is said once, as that conflict,
+    which names the split too); other duplicates within one split are only worth a warning."""
     leaks = [Problem(g.members[0].origin or g.members[0].file_name, "",
                      f"{g.describe()}: {g.leak} ({g.remedy})", g.members[0].file_name)
-             for g in groups if g.across_splits]
+             for g in groups if g.across_splits and not _one_conflict(g)]
     return leaks + label_conflicts(groups)
+
+
+def _one_conflict(group: DuplicateGroup) -> bool:
+    """Whether ``group`` is nothing but one set of copies labelled differently: its label
+    conflict (:func:`label_conflicts`) says the split too, so the pair is reported once
+    (it was twice, as a leak and as a conflict: session 49)."""
+    sets = group.mislabelled
+    return len(sets) == 1 and len(sets[0].members) == len(group.members)
 
 
 def label_conflicts(groups: list[DuplicateGroup]) -> list[Problem]:
@@ -425,8 +434,12 @@ def label_conflicts(groups: list[DuplicateGroup]) -> list[Problem]:
     hold one): one picture cannot be both, and ``--dedupe`` must not pick a label."""
     return [Problem(c.members[0].origin or c.members[0].file_name, "",
                     f"{c.describe().replace('duplicate images', 'copies of one picture', 1)}: "
-                    "one of them is mislabelled; fix the labels (or remove the wrong copy) "
-                    "before --dedupe", c.members[0].file_name)
+                    + ("one of them is mislabelled; fix the labels (or remove the wrong copy) "
+                       "before --dedupe" if not c.across_splits else
+                       f"one of them is mislabelled, and {c.leak}; fix the labels (or remove "
+                       "the wrong copy), then run 'lineside data validate --dedupe' or "
+                       "'lineside data split', which keeps them together"),
+                    c.members[0].file_name)
             for g in groups for c in g.mislabelled]
 
 
