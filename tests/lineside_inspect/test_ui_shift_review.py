@@ -495,3 +495,64 @@ def test_a_links_queue_lists_as_its_button_and_its_bad_page_is_said(browser: Any
         page.locator("#scope [name=hours]").select_option("8")
     expect(note).to_have_count(0)
     close_contexts(browser)
+
+
+def test_a_dashboard_links_values_it_cannot_take_are_said_and_a_refused_scope_draws_nothing(
+        browser: Any, box: Running) -> None:
+    """Session 49: ``/dashboard?hours=abc`` added "abc" to the Window select and sent it:
+    the API's 422 showed in the status line, not the link note; ``per=week`` was dropped
+    unsaid; ``?1=x`` set the camera (``form.elements[1]``) the server's note said was left
+    out; a camera or part id the API refuses left the figures empty, unsaid; a refused
+    scope typed in kept the figures of the scope before. Each value reaches the page as text."""
+    from playwright.sync_api import expect
+
+    _seed(box.app.state.store, 3)
+    page = _context(browser).new_page()
+    note, detail = page.locator("#linknote"), page.locator("#k-yield-detail")
+    camera = page.locator("#scope [name=camera_id]")
+    xss = "<img src=x onerror=window.__xss=1>"
+    _sign_in(page, box.url + f"/dashboard?hours={quote(xss)}&per=week&1={quote(xss)}")
+    expect(note).to_have_text(
+        "This link: 1: not a filter of this page, left out; a link may set hours, camera_id, "
+        f'recipe, part_id, per. hours "{xss}": not a window of whole hours from 1 to 2160, the '
+        'default (24 h) shown; per "week": not hourly or shifts, the default (hour) shown. Dismiss')
+    expect(detail).to_have_text("0 of 3 passed · 3 failed · last 24 h")
+    expect(camera).to_have_value("*")
+    assert xss not in camera.locator("option").all_inner_texts()
+    assert page.locator("#linknote img").count() == 0
+    assert page.evaluate("window.__xss") is None
+    assert page.url == box.url + "/dashboard"
+
+    # values the API refuses (its 422 names them): said, each field back to its default,
+    # and the default scope's figures drawn
+    with page.expect_response(lambda r: "/v1/stats?" in r.url and r.status == 200):
+        page.goto(box.url + "/dashboard?hours=8&camera_id=" + "c" * 200 + "&part_id=a%E2%80%AEb")
+    expect(note).to_have_text(
+        f'This link: camera_id "{"c" * 60}…": refused by the figures (String should have at '
+        'most 128 characters), the default (all) shown; part_id "aU+202Eb": refused by the '
+        "figures (must not contain a bidirectional control character (U+202E, ...)), left out. "
+        "Dismiss")
+    expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
+    expect(camera).to_have_value("*")
+    expect(page.locator("#scope [name=part_id]")).to_have_value("")
+    expect(page.locator("#stations tbody tr")).to_have_count(1)
+
+    # a scope refused once the link is left: no figures under it, and it is said
+    part = page.locator("#scope [name=part_id]")
+    part.fill("a\u202eb")
+    with page.expect_response(lambda r: "/v1/stats?" in r.url and r.status == 422):
+        part.press("Enter")
+    expect(page.locator("#status")).to_have_text(
+        "this filter is refused (query.part_id: must not contain a bidirectional control "
+        "character (U+202E, ...)): change it or clear it")
+    expect(note).to_have_count(0)
+    expect(page.locator("#stations tbody tr")).to_have_count(0)
+    expect(page.locator("#k-yield")).to_have_text("–")
+    expect(detail).to_have_text("")
+    expect(page.locator("#trend svg")).to_have_count(0)
+    assert page.locator("a.csv[href]").count() == 0
+    part.fill("")
+    part.press("Enter")
+    expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
+    expect(page.locator("a.csv[href]")).to_have_count(6)
+    close_contexts(browser)

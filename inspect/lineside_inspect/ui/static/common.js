@@ -53,8 +53,12 @@ export function sayLinkNote(text, before) {
   if (!note) {
     note = el("p", { id: "linknote", class: "linknote", role: "status" }, "This link: ");
     before.before(note);
-  } else note.append(" ");
-  note.append(el("span", {}, text + "."));
+    note.append(el("span", {}, text + "."));
+    return;
+  }
+  // (said once the page's figures came, a 422 naming a link's value: before its Dismiss)
+  const b = $("button", note), said = el("span", {}, text + ".");
+  if (b) b.before(said, " "); else note.append(" ", said);
 }
 export function leaveLink() { const note = $("#linknote"); if (note) note.remove(); }
 // its Dismiss button, once: the focus then goes to `next` (never <body>)

@@ -1,7 +1,7 @@
 // The dashboard: GET /v1/stats drawn as SVG (createElementNS, no charting library) and
 // tables, every number also in text; each figure links its numbers as CSV (/v1/stats.csv).
-import { $, $$, api, changed, dateTime, dayLabel, dismissable, el, hourLabel, leaveLink, num, pct, rate, showZone, svg, time,
-         yieldPct } from "/static/common.js";
+import { $, $$, api, changed, dateTime, dayLabel, dismissable, el, hourLabel, leaveLink, num, pct, rate, sayLinkNote, showZone,
+         svg, time, yieldPct } from "/static/common.js";
 
 const form = $("#scope");
 // on a hub (its site, line and box selects): a camera and a model version are a box's,
@@ -25,27 +25,79 @@ function params() {
 // part field on a slow link: a plain GET /dashboard?...&part_id=..., and the line's
 // figures shown, the part dropped) or a link (/dashboard?part_id=SN-1). A field changed
 // since the page came keeps its value; the address is then cleared (a reload: the default)
+// A value of the link the page cannot take is said in the link note, as text, and the
+// field keeps its default (hours=abc was added to the Window select and sent: the API's
+// 422 showed in the status line, under figures of no scope said: session 49)
+const MAX_HOURS = 24 * 90;  // (GET /v1/stats' bound)
+const linked = new Map();   // a field the link set (name: its value and any option added), till the scope changes
+// a value as said: its first 60 characters, a control or bidi character as its code (a
+// part id holding U+202E read the rest of the note backwards)
+const cut = (v) => (v.length > 60 ? v.slice(0, 60) + "…" : v)
+  .replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
+           (c) => "U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0"));
+const defaultText = (f) => (Array.from(f.options).find((o) => o.defaultSelected) || f.options[0]).text;
 function restore() {
   const asked = new URLSearchParams(location.search);
   if (![...asked.keys()].length) return;
   history.replaceState(null, "", location.pathname);
-  const seen = new Set();
-  for (const [k, v] of asked) {
+  const seen = new Set(), notTaken = [];
+  for (let [k, v] of asked) {
     // a name given twice: its first value, as the page's note says (the second was taken
     // where the first was the field's default)
     if (seen.has(k)) continue;
     seen.add(k);
     const f = form.elements[k];
-    if (!(f instanceof HTMLInputElement || f instanceof HTMLSelectElement)) continue;
+    // (a field's own name only: form.elements["1"] is the form's second field, and ?1=x
+    // set the camera the server's note said was left out)
+    if (!(f instanceof HTMLInputElement || f instanceof HTMLSelectElement) || f.name !== k) continue;
     if (changed(f)) continue;  // set on the page before this script ran: it stays
-    if (f instanceof HTMLInputElement) { f.value = v; continue; }
-    // a camera or recipe the page lists once the figures come (text, never markup); "per" is the page's own
+    if (f instanceof HTMLInputElement) { f.value = v; linked.set(k, { v }); continue; }
+    if (k === "per" && !Array.from(f.options, (o) => o.value).includes(v)) {
+      notTaken.push(`per "${cut(v)}": not hourly or shifts, the default (${defaultText(f)}) shown`);
+      continue;
+    }
+    if (k === "hours") {  // whole hours the API takes; one the Window select does not list is added
+      const n = /^\d{1,5}$/.test(v) ? Number(v) : 0;
+      if (n < 1 || n > MAX_HOURS) {
+        notTaken.push(`hours "${cut(v)}": not a window of whole hours from 1 to ${MAX_HOURS}, the default (${defaultText(f)}) shown`);
+        continue;
+      }
+      v = String(n);
+    }
+    // a camera or recipe the page lists once the figures come (text, never markup)
+    let option = null;
     if (!Array.from(f.options, (o) => o.value).includes(v)) {
-      if (k === "per") continue;
-      f.add(new Option(k === "camera_id" && v === "" ? "(uploads)" : v, v));
+      option = new Option(k === "camera_id" && v === "" ? "(uploads)" : k === "hours" ? `${v} h` : v, v);
+      f.add(option);
     }
     f.value = v;
+    linked.set(k, { v, option });
   }
+  if (notTaken.length) sayLinkNote(notTaken.join("; "), $("#whose"));
+}
+
+// a link's value the figures refuse (a 422 naming it: a camera of 200 characters, a part
+// id holding U+202E): said in the link note, its field back to its default; true if any
+function refusedByLink(message) {
+  const why = new Map();
+  for (const part of message.split("; ")) {
+    const m = /^query\.(\w+): (.*)$/s.exec(part);
+    if (m && linked.has(m[1]) && !why.has(m[1])) why.set(m[1], m[2]);
+  }
+  if (!why.size) return false;
+  const said = [];
+  for (const [k, reason] of why) {
+    const f = form.elements[k], { v, option } = linked.get(k);
+    linked.delete(k);
+    if (option) option.remove();
+    if (f instanceof HTMLSelectElement) f.selectedIndex = Math.max(0, Array.from(f.options).findIndex((o) => o.defaultSelected));
+    else f.value = f.defaultValue;
+    said.push(`${k} "${cut(v)}": refused by the figures (${reason}), ` +
+              (f instanceof HTMLSelectElement ? `the default (${defaultText(f)}) shown` : "left out"));
+  }
+  sayLinkNote(said.join("; "), $("#whose"));
+  dismissable(() => form.elements.hours);
+  return true;
 }
 
 // 1, 2 or 5 times a power of ten at or above max/steps: axis steps a person reads at once
@@ -278,7 +330,30 @@ async function load() {
       a.href = "/v1/stats.csv?" + q;
     }
     $("#status").textContent = `updated ${time(new Date().toISOString())}; shifts start ${s.shift_starts.join(", ")} (${s.shift_timezone})`;
-  } catch (e) { if (mine === loads) { asked = ""; $("#status").textContent = "could not load the figures: " + e.message; } }
+  } catch (e) {
+    if (mine !== loads) return;
+    asked = "";
+    if (e.status === 422) {
+      // a scope the server refuses: no figures drawn under it (those of the scope before
+      // stayed, read as this one's), and it is said; a link's value it names goes (above)
+      clearFigures();
+      if (refusedByLink(e.message)) { load(); return; }
+      $("#status").textContent = `this filter is refused (${e.message}): change it or clear it`;
+      return;
+    }
+    $("#status").textContent = "could not load the figures: " + e.message;
+  }
+}
+
+// no figures: the numbers, charts and tables drawn go, and the CSV links with them
+function clearFigures() {
+  shown = null;
+  const whose = $("#whose");
+  whose.hidden = true; whose.textContent = "";
+  for (const id of ["k-yield", "k-shift", "fr-rate", "escape-rate"]) $("#" + id).textContent = "–";
+  for (const id of ["k-yield-detail", "k-shift-detail", "fr-detail", "escape-detail"]) $("#" + id).textContent = "";
+  for (const id of ["trend", "trend-table", "pareto", "pareto-table", "stations", "quality", "reviewers", "models"]) $("#" + id).replaceChildren();
+  for (const a of $$("a.csv")) a.removeAttribute("href");
 }
 
 // on a hub: the fleet's sites, lines and boxes as choices (GET /fleet/v1/boxes)
@@ -293,10 +368,11 @@ async function loadFleet() {
 // the link's note (names of it the page did not read) is about the link's scope: it goes
 // once the scope is changed, or with its Dismiss button (it stayed until a reload, over
 // figures the link no longer chose: session 49, as the review page's since session 48)
-form.addEventListener("change", () => { leaveLink(); load(); });
+const leave = () => { leaveLink(); linked.clear(); };
+form.addEventListener("change", () => { leave(); load(); });
 // Enter in the part field (the form's one text field) submits it: applied here, no page
 // load; its change event, just before, may have asked for the same figures already
-form.addEventListener("submit", (e) => { e.preventDefault(); if (params().toString() !== asked) { leaveLink(); load(); } });
+form.addEventListener("submit", (e) => { e.preventDefault(); if (params().toString() !== asked) { leave(); load(); } });
 loadFleet();
 let pending = 0;
 new ResizeObserver(() => { clearTimeout(pending); pending = setTimeout(() => shown && render(shown), 150); }).observe($("#trend"));
