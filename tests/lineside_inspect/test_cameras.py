@@ -416,6 +416,84 @@ def test_an_h264_stream_over_max_pixels_is_refused_from_its_sps() -> None:
         rtsp.kill()
 
 
+_ENCODE_H264 = """
+import sys, gi
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+pipe = Gst.parse_launch("videotestsrc num-buffers=30 pattern=ball ! video/x-raw,format=I420,"
+    "width=64,height=48,framerate=30/1 ! openh264enc gop-size=30 ! video/x-h264,"
+    "stream-format=byte-stream,alignment=au ! appsink name=sink sync=false")
+sink = pipe.get_by_name("sink")
+pipe.set_state(Gst.State.PLAYING)
+while (sample := sink.emit("pull-sample")) is not None:
+    b = sample.get_buffer()
+    print(b.extract_dup(0, b.get_size()).hex())
+pipe.set_state(Gst.State.NULL)
+"""
+
+
+def _no_key_frame_stream(tmp_path: Path, packets: int) -> Any:
+    """The raw packets (CAP_PROP_FORMAT -1) of a 30 fps H.264 stream that starts at a
+    parameter set and then sends only slices that need a key frame it never sends."""
+    from lineside_inspect.cameras import h26x
+
+    if not Path("/usr/bin/python3").exists() or not _encoder_available("h264"):
+        pytest.skip("GStreamer's h264 encoder is not installed")
+    out = subprocess.run(["/usr/bin/python3", "-c", _ENCODE_H264], capture_output=True,
+                         text=True, check=True).stdout.split()
+    units = [bytes.fromhex(line) for line in out]
+    assert h26x._keyframe("h264", units[0]) and not any(h26x._keyframe("h264", u) for u in units[1:])
+    sets = h26x._parameter_sets("h264", units[0])
+    sent = [sets + units[1]] + [units[2 + i % (len(units) - 2)] for i in range(packets - 1)]
+    path = tmp_path / "no-key.mkv"
+    path.write_bytes(h26x._matroska_header("h264", sets, (64, 48), 30.0)
+                     + b"".join(h26x._block(p, i * 33) for i, p in enumerate(sent)))
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    assert cap.isOpened() and cap.set(cv2.CAP_PROP_FORMAT, -1)
+    return cap
+
+
+def test_an_h26x_stream_that_never_makes_a_frame_is_given_up_not_read_for_ever(
+        tmp_path: Path) -> None:
+    # the decoder's read pulled packets until one made a frame (FFmpeg's "needs more input"
+    # is not counted): slices that never decode, each within the read timeout, kept one
+    # read going for ever: no reconnect, no "offline", and the worker could not stop
+    from lineside_inspect.cameras.h26x import FIRST_FRAME_S, H26xStream, StreamStalled
+
+    limit = FIRST_FRAME_S * 30  # the first frame's bound at the stream's 30 fps
+    cap = _no_key_frame_stream(tmp_path, limit + 60)
+    stream = H26xStream(cap, "h264", 1_000_000)
+    with pytest.raises(StreamStalled, match=f"^{limit} H264 packets without a frame: "):
+        stream.read()
+    ok, _ = cap.read()
+    assert ok  # ended at the bound, not at the end of the packets
+    cap.release()
+
+
+def test_a_stop_ends_an_h26x_read_at_the_next_packet(tmp_path: Path) -> None:
+    from lineside_inspect.cameras.h26x import H26xStream
+
+    cap = _no_key_frame_stream(tmp_path, 400)
+    stop = threading.Event()
+    stream = H26xStream(cap, "h264", 1_000_000, stop)
+    real = stream._packet
+    taken = 0
+
+    def packet() -> bytes | None:  # the worker's stop() comes while the read is pulling
+        nonlocal taken
+        if taken == 100:
+            stop.set()
+        data = real()
+        taken += data is not None
+        return data
+
+    stream._packet = packet  # type: ignore[method-assign]
+    assert stream.read() is None  # no frame, no error, no fallback to OpenCV's reader
+    assert taken == 100 and stream.ended  # not one packet read from the camera after it
+    cap.release()
+
+
 # -- freshness, first frame, still scenes (the PLC's "never a stale verdict") -------------
 def _online_manager(*cams: CameraConfig) -> CameraManager:
     manager = CameraManager(list(cams))
@@ -756,6 +834,58 @@ def test_a_source_whose_read_raises_is_reopened_not_dead() -> None:
         assert w._thread is not None and w._thread.is_alive()
     finally:
         assert w.stop()
+
+
+def test_a_stalled_stream_reconnects_at_once_and_a_stop_interrupts_its_read() -> None:
+    """Session 49: a packet path's read that took packets and no frame (StreamStalled) was
+    one of the 5 refused frames in a row; it ends the connection at once, said as
+    "stalled". And stop() interrupts a source's read in progress (the packet path pulls
+    packets until one makes a frame): the worker stopped only at the read's own end."""
+    from lineside_inspect.cameras.h26x import StreamStalled
+
+    opened: list[int] = []
+
+    class Stalling:
+        ended = False
+
+        def open(self) -> None:
+            opened.append(1)
+
+        def read(self) -> np.ndarray | None:
+            raise StreamStalled("900 H264 packets without a frame")
+
+        def close(self) -> None: ...
+
+    w = CameraWorker("cam", Stalling, backoff_base_s=0.01, backoff_max_s=0.05)
+    w.start()
+    try:
+        assert _wait(lambda: len(opened) >= 2)  # reconnected after one read, not five
+        assert (w.health()["last_error"] or "").startswith("stalled: 900 H264 packets")
+    finally:
+        assert w.stop()
+
+    reading, interrupted = threading.Event(), threading.Event()
+
+    class Interruptible:
+        ended = False
+
+        def open(self) -> None: ...
+
+        def read(self) -> np.ndarray | None:
+            reading.set()
+            interrupted.wait(60)  # a read that goes on until interrupted
+            return None
+
+        def interrupt(self) -> None:
+            interrupted.set()
+
+        def close(self) -> None: ...
+
+    w = CameraWorker("cam", Interruptible, backoff_base_s=0.01, backoff_max_s=0.05)
+    w.start()
+    assert reading.wait(30)
+    assert w.stop()  # ended within stop's wait: the read was interrupted
+    assert interrupted.is_set()
 
 
 @pytest.mark.parametrize("field", [{"fps": 1e9}, {"fps": 1e-300}, {"open_timeout_s": 1e7},

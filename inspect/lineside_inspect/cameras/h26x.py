@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import threading
 import time
 from collections.abc import Callable
 
@@ -32,6 +33,11 @@ _MATROSKA_CODEC = {"h264": b"V_MPEG4/ISO/AVC", "hevc": b"V_MPEGH/ISO/HEVC"}
 _START = re.compile(b"\x00\x00\x01")
 _SPS_TYPE = {"h264": 7, "hevc": 33}  # the NAL unit type of a sequence parameter set
 NO_SPS_LIMIT = 300  # packets without a parameter set before the stream is given up
+# packets fed to one decoder read without a frame before the stream is given up as stalled
+# (StreamStalled): after the decoder's first frame each packet is about a frame; before it,
+# a decoder started at a parameter set waits for a key frame, FIRST_FRAME_S of the stream
+NO_FRAME_LIMIT = 300
+FIRST_FRAME_S = 30
 # an SPS's fields up to its size take well under 1 KiB (even with every scaling list): a
 # hostile 1 MB one was read bit by bit for 4.6 s of CPU, each packet that carried one
 MAX_SPS_BYTES = 4096
@@ -41,6 +47,11 @@ class PacketsUnusable(ImageError):
     """This stream cannot be read as packets here (an SPS this parser cannot read or reads
     wrong, no SPS, a decoder that does not open or gives no frame): the camera is read by
     OpenCV's own decoder instead, as it was before (see ``OpenCVSource``)."""
+
+
+class StreamStalled(ImageError):
+    """Packets keep coming and none makes a frame (only non-decodable slices, SEI, filler):
+    the decoder's read would pull them for ever, so the connection is ended (reconnect)."""
 
 
 class _Bits:
@@ -255,8 +266,12 @@ class H26xStream:
     buffered while it opened are dropped too: they were sent before the read that hands
     them out, and a trigger must never get a frame from before it."""
 
-    def __init__(self, cap: cv2.VideoCapture, codec: str, max_pixels: int) -> None:
+    def __init__(self, cap: cv2.VideoCapture, codec: str, max_pixels: int,
+                 stop: threading.Event | None = None) -> None:
         self.cap = cap
+        # set from another thread (the worker's stop): the read in progress ends at the
+        # next packet, as the end of the stream
+        self.stop = stop or threading.Event()
         self.codec = codec
         self.max_pixels = max_pixels
         ok, extradata = cap.retrieve(flag=int(cap.get(cv2.CAP_PROP_CODEC_EXTRADATA_INDEX)))
@@ -272,6 +287,8 @@ class H26xStream:
         self.next: bytes | None = None  # the packet that starts the next decoder
         self.ended = False  # the raw stream failed or ended
         self.pulled = 0  # packets fed since the last read
+        self.decoded = False  # the running decoder gave a frame
+        self.stalled = 0  # the packets fed without a frame when the read was ended
         self.broken: ImageError | None = None  # a packet the running decoder could not take
         rate = cap.get(cv2.CAP_PROP_FPS)  # the decoder's header only: not a pace
         self.fps = rate if math.isfinite(rate) and 1 <= rate <= 240 else 25.0
@@ -280,7 +297,13 @@ class H26xStream:
     def _ms(self) -> int:
         return int((time.monotonic() - self._t0) * 1000)
 
+    def _no_frame_limit(self) -> int:
+        """Packets one decoder read may take without a frame (see NO_FRAME_LIMIT)."""
+        return NO_FRAME_LIMIT if self.decoded else max(NO_FRAME_LIMIT, int(FIRST_FRAME_S * self.fps))
+
     def _packet(self) -> bytes | None:
+        if self.stop.is_set():
+            self.ended = True  # asked to stop: the end of the stream here
         if self.ended:
             return None
         ok, packet = self.cap.read()
@@ -292,6 +315,11 @@ class H26xStream:
     def _pull(self) -> bytes | None:
         """The next packet for the running decoder; None (its end) at a new size."""
         if self.next is not None:
+            return None
+        if self.pulled >= self._no_frame_limit():
+            # the decoder's read pulls until it has a frame, however many packets that
+            # takes (FFmpeg's "needs more input" is not counted): ended here, said by read
+            self.stalled = self.pulled
             return None
         data = self._packet()
         if data is None:
@@ -342,6 +370,7 @@ class H26xStream:
                 f"{self.max_pixels} (said by the stream before a pixel was decoded)")
         sets = _parameter_sets(self.codec, data) or _parameter_sets(self.codec, self.extradata)
         self._t0 = time.monotonic()
+        self.pulled, self.decoded, self.stalled = 0, False, 0
         first = _matroska_header(self.codec, sets, size, self.fps) + _block(data, 0)
         # the binding takes any io.BufferedIOBase; its stubs name only its C++ interface
         self.decoder = cv2.VideoCapture(_Feed(first, self._pull), cv2.CAP_FFMPEG, [])  # type: ignore[call-overload]
@@ -372,11 +401,18 @@ class H26xStream:
                     width, height = self.size or (0, 0)
                     raise PacketsUnusable(f"its SPS was read as {width}x{height}, its frames "
                                           f"are {frame.shape[1]}x{frame.shape[0]}")
+                self.decoded = True
                 if self.pulled:
                     self.frames += 1
                     return frame
                 continue  # from the decoder's opening buffer: sent before this read
             self.decoder = None  # never release(): see close
+            if self.stop.is_set():
+                return None  # asked to stop: no frame, no fallback, no error
+            if self.stalled:
+                stalled, self.stalled = self.stalled, 0
+                raise StreamStalled(f"{stalled} {self.codec.upper()} packets without a frame: "
+                                    "the stream sends nothing that decodes")
             if self.broken is not None:
                 broken, self.broken = self.broken, None
                 if not self.frames:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +41,9 @@ class FrameSource(Protocol):
 
     def close(self) -> None: ...
 
+    # optional: ``interrupt()``, called from another thread (the worker's stop), ends a read
+    # in progress soon, without a frame, rather than when the stream next fails
+
 
 class OpenCVSource:
     """``cv2.VideoCapture`` with open/read timeouts, so a dead address or a frozen
@@ -54,6 +58,7 @@ class OpenCVSource:
         # an MJPEG stream's JPEGs as sent, decoded here (see ``open``)
         self.raw_jpeg = False
         self.h26x: H26xStream | None = None  # an H.264/H.265 stream's packets, decoded here
+        self._stop = threading.Event()  # interrupt(): the packet path's read ends
         self.open_timeout_ms = int(open_timeout_s * 1000)
         self.read_timeout_ms = int(read_timeout_s * 1000)
         self.loop = loop
@@ -80,7 +85,7 @@ class OpenCVSource:
             # each frame at the size its SPS says (see h26x): FFmpeg's reader scaled a
             # camera switched to another resolution to the size it opened at, stretched
             try:
-                self.h26x = H26xStream(cap, CODECS[fourcc], self.max_pixels)
+                self.h26x = H26xStream(cap, CODECS[fourcc], self.max_pixels, self._stop)
             except PacketsUnusable as exc:
                 self._opencv_decodes(exc)
                 return
@@ -139,6 +144,11 @@ class OpenCVSource:
         _OPENCV_DECODES[self.source] = str(why)
         self.close()
         self.open()
+
+    def interrupt(self) -> None:
+        # the packet path's decoder pulls packets until one makes a frame: it stops at
+        # the next packet (OpenCV's own reader ends within its read timeout)
+        self._stop.set()
 
     def close(self) -> None:
         if self.h26x is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lineside_inspect.cameras.h26x import StreamStalled
 from lineside_inspect.cameras.sources import FrameSource
 from lineside_inspect.errors import ImageError
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
@@ -86,6 +87,9 @@ class CameraWorker:
         in a blocking read is a daemon thread: it cannot hold up shutdown, and it exits
         when the read's own timeout returns."""
         self._stop.set()
+        interrupt = getattr(self._source, "interrupt", None)
+        if interrupt is not None:  # a packet path's read would go on while packets come
+            interrupt()
         with self._cond:
             self._cond.notify_all()
         if self._thread is None:
@@ -198,6 +202,8 @@ class CameraWorker:
         while not self._stop.is_set():
             try:
                 image = source.read()
+            except StreamStalled as exc:  # not a frame refused: no frame comes at all
+                return f"stalled: {exc}"
             except ImageError as exc:  # over max_pixels, cut short, broken: never judged
                 # a lossy link's lone broken JPEG is skipped (each cost a reconnect, the
                 # stream's start again); only a stream of them is a failure
