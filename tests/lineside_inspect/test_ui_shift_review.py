@@ -556,3 +556,87 @@ def test_a_dashboard_links_values_it_cannot_take_are_said_and_a_refused_scope_dr
     expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
     expect(page.locator("a.csv[href]")).to_have_count(6)
     close_contexts(browser)
+
+
+DASHBOARD_JS = re.compile(r".*/static/dashboard\.js$")
+
+
+def test_the_dashboards_scope_outlives_a_reload_and_back_and_a_link_wins(browser: Any, box: Running) -> None:
+    """Session 49: the dashboard cleared its address and kept nothing, so a line lead who
+    had chosen a camera and 8 h, or opened a link to a part, got the whole line's 24 h
+    after a reload or Back from the review page, read as the camera's or the part's. Its
+    scope is now kept per tab (as the review page's filter, under its own key); a link
+    still wins; a kept value it can no longer take is said and its default used."""
+    from playwright.sync_api import expect
+    from sqlalchemy import update
+
+    store = box.app.state.store
+    ids = _seed(store, 5)
+    with Session(store.engine) as s, s.begin():
+        s.execute(update(InspectionRow).where(InspectionRow.id.in_(ids[3:])).values(camera_id="cam2"))
+    page = _context(browser).new_page()
+    detail, whose, note = page.locator("#k-yield-detail"), page.locator("#whose"), page.locator("#linknote")
+    hours, camera = page.locator("#scope [name=hours]"), page.locator("#scope [name=camera_id]")
+    _sign_in(page, box.url + "/dashboard")
+    expect(detail).to_have_text("0 of 5 passed · 5 failed · last 24 h")
+    hours.select_option("8")
+    camera.select_option("cam1")
+    expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
+    page.reload()
+    expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
+    expect(hours).to_have_value("8")
+    expect(camera).to_have_value("cam1")
+    expect(page.locator("#stations tbody tr")).to_have_count(1)
+
+    # a link wins over the kept scope (a name it does not give: its default), and is kept
+    page.goto(box.url + "/dashboard?part_id=P4")
+    expect(whose).to_have_text("Part P4 only: its inspections at every station and "
+                               "re-inspection, those still kept")
+    expect(detail).to_have_text("0 of 1 passed · 1 failed · last 24 h")
+    expect(camera).to_have_value("*")
+    page.reload()
+    expect(detail).to_have_text("0 of 1 passed · 1 failed · last 24 h")
+    expect(whose).to_contain_text("Part P4 only")
+    assert page.url == box.url + "/dashboard"
+
+    # Back from the review page: the scope kept, not the whole line's (nor the review
+    # page's filter, kept under its own key)
+    page.locator("#scope [name=part_id]").fill("")
+    page.locator("#scope [name=part_id]").press("Enter")
+    camera.select_option("cam2")
+    expect(detail).to_have_text("0 of 2 passed · 2 failed · last 24 h")
+    page.locator("nav a[href='/review']").click()
+    expect(page.locator("#count")).to_have_text("1–5 of 5")
+    page.go_back()
+    expect(detail).to_have_text("0 of 2 passed · 2 failed · last 24 h")
+    expect(camera).to_have_value("cam2")
+    expect(note).to_have_count(0)
+
+    # a field changed before the script ran keeps that choice; the kept scope the rest
+    held: list[Any] = []
+    page.route(DASHBOARD_JS, lambda route: held.append(route))
+    page.goto(box.url + "/dashboard", wait_until="commit")
+    hours.select_option("72")
+    _held(page, held).continue_()
+    page.unroute(DASHBOARD_JS)
+    expect(detail).to_have_text("0 of 2 passed · 2 failed · last 72 h")
+    expect(camera).to_have_value("cam2")
+
+    # a kept value the page cannot take: said, its default; every kept value as text
+    xss = "<img src=x onerror=window.__xss=1>"
+    page.evaluate("([k, v]) => sessionStorage.setItem(k, v)",
+                  ["lineside.dashboard", f"hours={quote(xss)}&per=week&camera_id={quote(xss)}"
+                                         "&part_id=a%E2%80%AEb"])
+    page.reload()
+    expect(note).to_have_text(
+        f'The scope kept in this tab: hours "{xss}": not a window of whole hours from 1 to '
+        '2160, the default (24 h) shown; per "week": not hourly or shifts, the default (hour) '
+        'shown. part_id "aU+202Eb": refused by the figures (must not contain a bidirectional '
+        "control character (U+202E, ...)), left out. Dismiss")
+    expect(detail).to_have_text("0 of 0 passed · 0 failed · last 24 h")
+    expect(page.locator("#scope [name=part_id]")).to_have_value("")
+    expect(camera).to_have_value(xss)
+    assert xss in camera.locator("option").all_inner_texts()
+    assert page.locator("#linknote img, #scope img").count() == 0
+    assert page.evaluate("window.__xss") is None
+    close_contexts(browser)

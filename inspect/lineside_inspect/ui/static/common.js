@@ -47,11 +47,12 @@ export function changed(f) {
 // the link note (the server's, over a page: names of its link it did not read; a page
 // script's: values it could not take) is about the link's filter: it goes once the filter
 // is changed (leaveLink), or with its Dismiss button; it stayed until a reload, about a list
-// or figures no longer shown (review page, session 48; the dashboard's, session 49)
-export function sayLinkNote(text, before) {
+// or figures no longer shown (review page, session 48; the dashboard's, session 49).
+// `lead`: whose values it says (the dashboard's scope kept in the tab: not a link's)
+export function sayLinkNote(text, before, lead = "This link: ") {
   let note = $("#linknote");
   if (!note) {
-    note = el("p", { id: "linknote", class: "linknote", role: "status" }, "This link: ");
+    note = el("p", { id: "linknote", class: "linknote", role: "status" }, lead);
     before.before(note);
     note.append(el("span", {}, text + "."));
     return;

@@ -21,15 +21,27 @@ function params() {
   return p;
 }
 
-// The scope in the address wins: the form sent before this script had run (Enter in the
-// part field on a slow link: a plain GET /dashboard?...&part_id=..., and the line's
-// figures shown, the part dropped) or a link (/dashboard?part_id=SN-1). A field changed
-// since the page came keeps its value; the address is then cleared (a reload: the default)
-// A value of the link the page cannot take is said in the link note, as text, and the
-// field keeps its default (hours=abc was added to the Window select and sent: the API's
-// 422 showed in the status line, under figures of no scope said: session 49)
+// The scope shown outlives a reload in this tab, and Back from another page (as the review
+// page's filter does): a line lead who had chosen a camera and 8 h, or opened a link to a
+// part, got the whole line's 24 h after a reload, read as the part's or the camera's
+// (session 49). Per tab and per page (the review page keeps its own), never sent anywhere
+const KEPT = "lineside.dashboard";
+function keep(p) {
+  const q = new URLSearchParams(p);
+  q.set("per", new FormData(form).get("per"));
+  try { sessionStorage.setItem(KEPT, q.toString()); } catch { /* storage off: not kept */ }
+}
+// The scope in the address wins over the kept one: the form sent before this script had
+// run (Enter in the part field on a slow link: a plain GET /dashboard?...&part_id=..., and
+// the line's figures shown, the part dropped) or a link (/dashboard?part_id=SN-1); a field
+// it does not name keeps its default. A field changed since the page came keeps its value;
+// the address is then cleared (a reload: the scope as kept, the link's once drawn).
+// A value the page cannot take (a link's, or a kept one it no longer can) is said in the
+// link note, as text, and the field keeps its default (hours=abc was added to the Window
+// select and sent: the API's 422 showed in the status line, under figures of no scope said)
 const MAX_HOURS = 24 * 90;  // (GET /v1/stats' bound)
-const linked = new Map();   // a field the link set (name: its value and any option added), till the scope changes
+const linked = new Map();   // a field the link (or the kept scope) set: its value and any option added, till the scope changes
+let lead;                   // whose values the note says: the link's (the default) or the kept scope's
 // a value as said: its first 60 characters, a control or bidi character as its code (a
 // part id holding U+202E read the rest of the note backwards)
 const cut = (v) => (v.length > 60 ? v.slice(0, 60) + "…" : v)
@@ -37,9 +49,15 @@ const cut = (v) => (v.length > 60 ? v.slice(0, 60) + "…" : v)
            (c) => "U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0"));
 const defaultText = (f) => (Array.from(f.options).find((o) => o.defaultSelected) || f.options[0]).text;
 function restore() {
-  const asked = new URLSearchParams(location.search);
-  if (![...asked.keys()].length) return;
-  history.replaceState(null, "", location.pathname);
+  let asked = new URLSearchParams(location.search);
+  if ([...asked.keys()].length) history.replaceState(null, "", location.pathname);
+  else {
+    let kept = null;
+    try { kept = sessionStorage.getItem(KEPT); } catch { /* storage off: nothing kept */ }
+    if (kept === null) return;
+    asked = new URLSearchParams(kept);
+    lead = "The scope kept in this tab: ";
+  }
   const seen = new Set(), notTaken = [];
   for (let [k, v] of asked) {
     // a name given twice: its first value, as the page's note says (the second was taken
@@ -73,7 +91,7 @@ function restore() {
     f.value = v;
     linked.set(k, { v, option });
   }
-  if (notTaken.length) sayLinkNote(notTaken.join("; "), $("#whose"));
+  if (notTaken.length) sayLinkNote(notTaken.join("; "), $("#whose"), lead);
 }
 
 // a link's value the figures refuse (a 422 naming it: a camera of 200 characters, a part
@@ -95,7 +113,7 @@ function refusedByLink(message) {
     said.push(`${k} "${cut(v)}": refused by the figures (${reason}), ` +
               (f instanceof HTMLSelectElement ? `the default (${defaultText(f)}) shown` : "left out"));
   }
-  sayLinkNote(said.join("; "), $("#whose"));
+  sayLinkNote(said.join("; "), $("#whose"), lead);
   dismissable(() => form.elements.hours);
   return true;
 }
@@ -323,6 +341,7 @@ async function load() {
     addOptions(form.elements.recipe, s.stations.map((r) => [r.recipe, r.recipe]));
     shown = s;
     render(s);
+    keep(p);
     const per = new FormData(form).get("per");
     for (const a of $$("a.csv")) {
       const q = new URLSearchParams(p);
