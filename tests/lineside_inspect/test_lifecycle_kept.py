@@ -804,3 +804,31 @@ def test_a_watch_the_restart_cut_short_is_watched_again(
             "an older release" in said[0]
     else:
         assert said == []
+
+
+def test_the_configs_entries_are_read_at_start_not_after_the_apis_loads(
+        tmp_path: Path, roots: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Session 49, attack pass: each model's config entries were read from the registry
+    the first time the file was written, after the API's first change. An admin loading a
+    copy of the config's deeppcb 1 (the same card, another folder: the registry then holds
+    that folder) before activating 2 left deeppcb out of the digests written, and the next
+    restart, its config unchanged, said "deeppcb was added to the config" and undid the
+    activation. The entries are read at start-up, before any call of the API."""
+    shutil.copytree(MODEL, roots / "copy" / "1")
+
+    def before(srv: Any) -> None:
+        with srv.client("admin") as admin:
+            r = admin.post("/v1/models", json={"path": str(roots / "copy" / "1"), "activate": False})
+            assert r.status_code == 200, r.text
+            r = admin.post("/v1/models", json={"path": str(roots / "deeppcb" / "2")})
+            assert r.status_code == 200 and r.json()["active"] == "2", r.text
+
+    kw = _kw(tmp_path, roots, models=[str(MODEL)])
+    _run(kw, before)
+    caplog.set_level(logging.WARNING, logger="lineside.lifecycle")
+    _run(kw, lambda srv: _check_active(srv, "2"))
+    assert not [r for r in caplog.records if "config's models changed" in r.getMessage()]
+
+
+def _check_active(srv: Any, version: str) -> None:
+    assert _models(srv)["deeppcb"]["active"] == version

@@ -201,8 +201,9 @@ class KeptModels:
 
     def config_entries(self) -> dict[str, str]:
         """Each model the config loads -> :func:`entries_digest` of its entries. Read from
-        the registry the first time (at start-up, once the config's packages loaded: their
-        cards name their models), then kept: what the API loads since is not the config."""
+        the registry the first time (by :meth:`restore`, at start-up, once the config's
+        packages loaded: their cards name their models), then kept: what the API loads
+        since is not the config."""
         if self._entries is None:
             found: dict[str, list[tuple[str, str]]] = {}
             for name, slot in self.registry.models().items():
@@ -234,6 +235,10 @@ class KeptModels:
         ``pending``: the recipes put over the API, loaded after this (an activation checks
         them in their place). What was restored, as ``model version`` strings."""
         with self._lock:
+            # the config's entries as loaded, read now (before any call of the API): read
+            # at the first write, an API's load of the same card from another folder left
+            # its model out of them, and the next restart undid its activation (attack pass)
+            self.config_entries()
             state = self._read()
             if state is None:
                 return []

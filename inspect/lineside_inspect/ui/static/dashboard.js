@@ -42,11 +42,13 @@ function keep(p) {
 const MAX_HOURS = 24 * 90;  // (GET /v1/stats' bound)
 const linked = new Map();   // a field the link (or the kept scope) set: its value and any option added, till the scope changes
 let lead;                   // whose values the note says: the link's (the default) or the kept scope's
-// a value as said: its first 60 characters, a control or bidi character as its code (a
-// part id holding U+202E read the rest of the note backwards)
-const cut = (v) => (v.length > 60 ? v.slice(0, 60) + "…" : v)
-  .replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
-           (c) => "U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0"));
+// a value as shown: a control or bidi character as its code (a part id holding U+202E
+// read the rest of the note backwards; a link's camera "U+202E1mac" was listed as "cam1",
+// its empty figures read as cam1's: attack pass, session 49)
+const coded = (v) => v.replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
+                               (c) => "U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0"));
+// and as said in the note: its first 60 characters
+const cut = (v) => coded(v.length > 60 ? v.slice(0, 60) + "…" : v);
 const defaultText = (f) => (Array.from(f.options).find((o) => o.defaultSelected) || f.options[0]).text;
 function restore() {
   let asked = new URLSearchParams(location.search);
@@ -85,7 +87,7 @@ function restore() {
     // a camera or recipe the page lists once the figures come (text, never markup)
     let option = null;
     if (!Array.from(f.options, (o) => o.value).includes(v)) {
-      option = new Option(k === "camera_id" && v === "" ? "(uploads)" : k === "hours" ? `${v} h` : v, v);
+      option = new Option(k === "camera_id" && v === "" ? "(uploads)" : k === "hours" ? `${v} h` : coded(v), v);
       f.add(option);
     }
     f.value = v;
