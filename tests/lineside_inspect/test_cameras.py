@@ -888,6 +888,56 @@ def test_a_stalled_stream_reconnects_at_once_and_a_stop_interrupts_its_read() ->
     assert interrupted.is_set()
 
 
+def test_the_manager_interrupts_every_read_before_waiting_for_any(tmp_path: Path) -> None:
+    """Session 49: CameraManager.stop interrupted each camera's read in that worker's own
+    stop(), one after another: a camera stuck opening took the whole wait, and the stream
+    after it was interrupted with no time left, said as not stopped (waited for at exit)."""
+    release, reading = threading.Event(), threading.Event()
+
+    class OpenStuck:  # an open blocked up to its timeout: nothing interrupts it
+        ended = False
+
+        def open(self) -> None:
+            release.wait(60)
+
+        def read(self) -> np.ndarray | None:
+            return None
+
+        def close(self) -> None: ...
+
+    class Interruptible:
+        ended = False
+
+        def __init__(self) -> None:
+            self.interrupted = threading.Event()
+
+        def open(self) -> None: ...
+
+        def read(self) -> np.ndarray | None:
+            reading.set()
+            self.interrupted.wait(60)
+            return None
+
+        def interrupt(self) -> None:
+            self.interrupted.set()
+
+        def close(self) -> None: ...
+
+    manager = CameraManager([CameraConfig(id=i, source=str(tmp_path), open_timeout_s=1,
+                                          read_timeout_s=1) for i in ("stuck", "stream")])
+    manager.workers = {"stuck": CameraWorker("stuck", OpenStuck),
+                       "stream": CameraWorker("stream", Interruptible)}
+    for w in manager.workers.values():
+        w.start()
+    try:
+        assert reading.wait(30)
+        stopped = manager.stop(timeout_s=0.5)
+        assert stopped == {"stuck": False, "stream": True}, stopped
+    finally:
+        release.set()
+        assert manager.workers["stuck"].stop()
+
+
 @pytest.mark.parametrize("field", [{"fps": 1e9}, {"fps": 1e-300}, {"open_timeout_s": 1e7},
                                    {"read_timeout_s": 1e-5}, {"rate_hz": 1e6}])
 def test_absurd_camera_settings_are_refused(field: dict[str, float]) -> None:

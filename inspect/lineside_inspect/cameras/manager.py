@@ -79,8 +79,10 @@ class CameraManager:
     def stop(self, timeout_s: float = 2.0) -> dict[str, bool]:
         """Stop every worker; all are asked at once so the total stays within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
+        # every read interrupted first: one worker stuck opening its camera took the whole
+        # wait, and the stream after it was interrupted with none left (session 49)
         for w in self.workers.values():
-            w._stop.set()
+            w.ask_stop()
         stopped = {cid: w.stop(max(0.0, deadline - time.monotonic()))
                    for cid, w in self.workers.items()}
         if left := [cid for cid, ok in stopped.items() if not ok]:

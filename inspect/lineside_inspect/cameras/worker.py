@@ -82,16 +82,21 @@ class CameraWorker:
                                         daemon=True)
         self._thread.start()
 
+    def ask_stop(self) -> None:
+        """Tell the worker to stop, not waiting: a read in progress is interrupted where
+        its source can be (the packet path pulls packets until one makes a frame)."""
+        self._stop.set()
+        interrupt = getattr(self._source, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+        with self._cond:
+            self._cond.notify_all()
+
     def stop(self, timeout_s: float = 2.0) -> bool:
         """Ask the worker to stop; True if it ended within ``timeout_s``. A worker stuck
         in a blocking read is a daemon thread: it cannot hold up shutdown, and it exits
         when the read's own timeout returns."""
-        self._stop.set()
-        interrupt = getattr(self._source, "interrupt", None)
-        if interrupt is not None:  # a packet path's read would go on while packets come
-            interrupt()
-        with self._cond:
-            self._cond.notify_all()
+        self.ask_stop()
         if self._thread is None:
             return True
         self._thread.join(timeout_s)
