@@ -640,10 +640,71 @@ def test_the_dashboards_scope_outlives_a_reload_and_back_and_a_link_wins(browser
         '2160, the default (24 h) shown; per "week": not hourly or shifts, the default (hour) '
         'shown. part_id "aU+202Eb": refused by the figures (must not contain a bidirectional '
         "control character (U+202E, ...)), left out. Dismiss")
-    expect(detail).to_have_text("0 of 0 passed · 0 failed · last 24 h")
+    expect(detail).to_have_text("no inspections in the last 24 h")
+    expect(whose).to_have_text(f"No inspections for camera {xss} in the last 24 h: the figures "
+                               "below are empty, not a shift without fails")
     expect(page.locator("#scope [name=part_id]")).to_have_value("")
     expect(camera).to_have_value(xss)
     assert xss in camera.locator("option").all_inner_texts()
-    assert page.locator("#linknote img, #scope img").count() == 0
+    assert page.locator("#linknote img, #scope img, #whose img").count() == 0
     assert page.evaluate("window.__xss") is None
+    close_contexts(browser)
+
+
+def test_a_dashboard_scope_of_no_inspections_says_so_and_shows_no_yield(browser: Any, box: Running) -> None:
+    """Session 49: a scope holding no inspections in the window (a link's camera that
+    exists nowhere, kept in the tab across a reload; a part never seen) drew zeros with no
+    reason: "0 of 0 passed · 0 failed", an empty chart under a 0-100% yield axis, "no
+    defects in this window", read as a good shift for that camera. The page now says the
+    scope holds no inspections, its yields and rates "–"; the CSV links still answer (a
+    header, and hours of no inspections whose yield is empty). Every value as text."""
+    from playwright.sync_api import expect
+
+    _seed(box.app.state.store, 3)
+    page = _context(browser).new_page()
+    whose, detail = page.locator("#whose"), page.locator("#k-yield-detail")
+    _sign_in(page, box.url + "/dashboard?camera_id=cam9&hours=8")
+    said = ("No inspections for camera cam9 in the last 8 h: the figures below are empty, "
+            "not a shift without fails")
+    expect(whose).to_have_text(said)
+    expect(detail).to_have_text("no inspections in the last 8 h")
+    for kpi in ("#k-yield", "#k-shift", "#fr-rate", "#escape-rate"):
+        expect(page.locator(kpi)).to_have_text("–")
+    expect(page.locator("#k-shift-detail")).to_contain_text("no inspections since ")
+    expect(page.locator("#trend")).to_have_text("no inspections in the last 8 h: nothing to draw")
+    expect(page.locator("#pareto")).to_have_text("no inspections in this window: no defects counted")
+    expect(page.locator("#stations tbody tr")).to_have_count(0)
+    yields = page.locator("#trend-table tbody td:last-child").all_text_contents()
+    assert len(yields) >= 8 and set(yields) == {"–"}, yields
+
+    # the CSV links of the scope: its header (and its empty hours), never an error
+    expect(page.locator("a.csv[href]")).to_have_count(6)
+    stations = page.request.get(box.url + (page.locator("#f-stations a.csv").get_attribute("href") or ""))
+    assert stations.status == 200 and stations.text().splitlines() == [
+        "camera_id,recipe,passes,fails,inspections,yield_pct"], stations.text()
+    hourly = page.request.get(box.url + (page.locator("#f-trend a.csv").get_attribute("href") or ""))
+    lines = hourly.text().splitlines()
+    assert hourly.status == 200 and lines[0].startswith("start_utc,end_utc,camera_id,recipe,"), lines
+    assert len(lines) > 8 and all(r.endswith(",cam9,(all),0,0,0,") for r in lines[1:]), lines
+
+    page.reload()  # the scope kept in the tab: said again
+    expect(whose).to_have_text(said)
+    expect(page.locator("#k-yield")).to_have_text("–")
+
+    # a part never seen, named as text; the line's figures once the scope holds some
+    part = page.locator("#scope [name=part_id]")
+    page.locator("#scope [name=camera_id]").select_option("*")
+    expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
+    expect(whose).to_be_hidden()
+    mark = "<img src=x onerror=window.__xss=1>"
+    part.fill(mark)
+    part.press("Enter")
+    expect(whose).to_have_text(f"No inspections for part {mark} in the last 8 h: the figures "
+                               "below are empty, not a shift without fails")
+    assert page.locator("#whose img").count() == 0 and page.evaluate("window.__xss") is None
+    part.fill("")
+    part.press("Enter")
+    expect(page.locator("#k-yield")).to_have_text("0.00%")
+    expect(whose).to_be_hidden()
+    expect(page.locator("#trend svg")).to_have_count(1)
     close_contexts(browser)

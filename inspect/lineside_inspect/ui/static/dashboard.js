@@ -12,7 +12,7 @@ const ON_HUB = Boolean(form.elements.box_id);
 const severalBoxes = (s) => new Set([...s.stations, ...s.model_changes].map((r) => r.box_id || "")).size > 1;
 let boxed = ON_HUB; // the figures shown name their box (render sets it)
 const boxCol = (r) => (boxed ? [r.box_id || "-"] : []);
-let shown = null; // the figures on screen, redrawn on resize
+let shown = null; // the figures on screen and the scope they were asked for, redrawn on resize
 
 function params() {
   const f = new FormData(form), p = new URLSearchParams({ hours: f.get("hours") });
@@ -191,7 +191,7 @@ function trendChart(box, rows, changes, per) {
     // the first hour starts with the window (13:27-14:00), a part of the others' width:
     // whether counts fit is the whole bars' say
     if (i > 0 || rows.length === 1) minGap = Math.min(minGap, bw);
-    const tip = `${dateTime(r.start)} – ${hourLabel(new Date(r.end))}: ${num(r.inspections)} inspections, ${num(r.fails)} fails, yield ${yieldPct(r)}`;
+    const tip = `${dateTime(r.start)} – ${hourLabel(new Date(r.end))}: ${num(r.inspections)} inspections, ${num(r.fails)} fails, yield ${yieldOf(r)}`;
     bars.append(svg("rect", { class: "bar-pass", x: x0 + 1, width: bw, y: yC(r.inspections), height: yC(r.fails) - yC(r.inspections) },
                     svg("title", {}, tip)),
                 svg("rect", { class: "bar-fail", x: x0 + 1, width: bw, y: yC(r.fails), height: yC(0) - yC(r.fails) },
@@ -281,39 +281,59 @@ function table(target, head, rows, numeric = []) {
     el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((v, i) => el("td", { class: numeric.includes(i) ? "n" : null }, v))))));
 }
 
-function render(s) {
+// the scope asked, in words: "camera cam9, recipe r2" ("" for the whole line's); each
+// value as text, its control characters as their codes, cut at 60 characters
+const SCOPE_WORDS = [["site", "site"], ["line", "line"], ["box_id", "box"], ["camera_id", "camera"],
+                     ["recipe", "recipe"], ["part_id", "part"]];
+const scopeWords = (p) => SCOPE_WORDS.filter(([k]) => p.has(k))
+  .map(([k, name]) => (k === "camera_id" && p.get(k) === "" ? "uploads (no camera)" : `${name} ${cut(p.get(k))}`)).join(", ");
+// a yield of no inspections: "–", never a 0% or 100% read as a shift's (session 49)
+const yieldOf = (r) => (r && r.inspections ? yieldPct(r) : "–");
+
+function render(s, p) {
   boxed = ON_HUB || severalBoxes(s);
-  // whose figures: one part's (as the server answered), said above them, as text
-  const whose = $("#whose");
-  whose.hidden = !s.part_id;
-  whose.textContent = s.part_id ? `Part ${s.part_id} only: its inspections at every station and re-inspection, those still kept` : "";
-  const f = new FormData(form), per = f.get("per"), rows = s[per];
+  const f = new FormData(form), per = f.get("per"), rows = s[per], hours = p.get("hours");
   const sum = (k) => s.hourly.reduce((a, r) => a + r[k], 0);
   const n = sum("inspections"), passes = sum("passes"), fails = sum("fails");
-  $("#k-yield").textContent = n ? pct((100 * passes) / n, 2) : "n/a";
-  $("#k-yield-detail").textContent = `${num(passes)} of ${num(n)} passed · ${num(fails)} failed · last ${f.get("hours")} h`;
+  // whose figures: one part's (as the server answered), said above them, as text; and a
+  // scope holding no inspections in the window (a camera or recipe of a link or the kept
+  // scope that exists nowhere, a part never seen, a box the fleet no longer lists) says
+  // so: its figures were zeros with no reason, and "0 failed" read as a good shift
+  // (session 49). About the figures, which the page knows: never "no such camera"
+  const whose = $("#whose"), of = scopeWords(p);
+  whose.hidden = !s.part_id && n > 0;
+  whose.textContent = !n ? `No inspections${of ? " for " + of : ""} in the last ${hours} h: the figures below are empty, not a shift without fails`
+    : s.part_id ? `Part ${s.part_id} only: its inspections at every station and re-inspection, those still kept` : "";
+  $("#k-yield").textContent = n ? pct((100 * passes) / n, 2) : "–";
+  $("#k-yield-detail").textContent = n ? `${num(passes)} of ${num(n)} passed · ${num(fails)} failed · last ${hours} h`
+    : `no inspections in the last ${hours} h`;
   const shift = s.shifts[s.shifts.length - 1];
-  $("#k-shift").textContent = shift ? yieldPct(shift) : "n/a";
-  $("#k-shift-detail").textContent = shift ? `${num(shift.passes)} of ${num(shift.inspections)} passed since ${hourLabel(new Date(shift.start))}` : "";
+  $("#k-shift").textContent = yieldOf(shift);
+  $("#k-shift-detail").textContent = !shift ? "" : shift.inspections
+    ? `${num(shift.passes)} of ${num(shift.inspections)} passed since ${hourLabel(new Date(shift.start))}`
+    : `no inspections since ${hourLabel(new Date(shift.start))}`;
   const q = s.quality;
-  $("#fr-rate").textContent = rate(q.false_reject_rate);
-  $("#fr-detail").textContent = `${num(q.false_rejects)} of ${num(q.reviewed_fails)} reviewed fails had no defect`;
-  $("#escape-rate").textContent = rate(q.escape_rate);
-  $("#escape-detail").textContent = `${num(q.escapes)} of ${num(q.reviewed_passes)} reviewed passes had a missed defect`;
+  $("#fr-rate").textContent = n ? rate(q.false_reject_rate) : "–";
+  $("#fr-detail").textContent = n ? `${num(q.false_rejects)} of ${num(q.reviewed_fails)} reviewed fails had no defect` : "no inspections to review";
+  $("#escape-rate").textContent = n ? rate(q.escape_rate) : "–";
+  $("#escape-detail").textContent = n ? `${num(q.escapes)} of ${num(q.reviewed_passes)} reviewed passes had a missed defect` : "no inspections to review";
 
   $("#trend-title").textContent = `Yield and fails per ${per === "shifts" ? "shift" : "hour"}`;
-  trendChart($("#trend"), rows, s.model_changes, per);
+  // no bars of zero under a yield axis of 0-100%: said instead
+  if (n) trendChart($("#trend"), rows, s.model_changes, per);
+  else $("#trend").replaceChildren(el("p", {}, `no inspections in the last ${hours} h: nothing to draw`));
   table($("#trend-table"), [per === "shifts" ? "shift" : "hour", "inspections", "passes", "fails", "yield"],
-        rows.map((r) => [`${dateTime(r.start)} – ${hourLabel(new Date(r.end))}`, num(r.inspections), num(r.passes), num(r.fails), yieldPct(r)]),
+        rows.map((r) => [`${dateTime(r.start)} – ${hourLabel(new Date(r.end))}`, num(r.inspections), num(r.passes), num(r.fails), yieldOf(r)]),
         [1, 2, 3, 4]);
-  paretoChart($("#pareto"), s.pareto);
+  if (n) paretoChart($("#pareto"), s.pareto);
+  else $("#pareto").replaceChildren(el("p", {}, "no inspections in this window: no defects counted"));
   // the chart is an image to a screen reader (its labels and counts inside it are not
   // read): its numbers are a table too, as the trend's are (a11y pass, session 37)
   table($("#pareto-table"), ["class", "parts", "cumulative"],
         s.pareto.map((r) => [r.label, num(r.parts), pct(r.cumulative_pct)]), [1, 2]);
   const k = boxed ? 1 : 0;
   table($("#stations"), [...(boxed ? ["box"] : []), "camera", "recipe", "inspections", "passes", "fails", "yield"],
-        s.stations.map((r) => [...boxCol(r), r.camera_id === null ? "(uploads)" : r.camera_id, r.recipe, num(r.inspections), num(r.passes), num(r.fails), yieldPct(r)]),
+        s.stations.map((r) => [...boxCol(r), r.camera_id === null ? "(uploads)" : r.camera_id, r.recipe, num(r.inspections), num(r.passes), num(r.fails), yieldOf(r)]),
         [2 + k, 3 + k, 4 + k, 5 + k]);
   table($("#quality"), ["outcome", "count", "of reviewed", "rate"], [
     ["false rejects (fails with no defect)", num(q.false_rejects), `${num(q.reviewed_fails)} fails`, rate(q.false_reject_rate)],
@@ -341,8 +361,8 @@ async function load() {
     addOptions(form.elements.camera_id, [...s.cameras.map((c) => [c.id, c.id]),
       ...s.stations.map((r) => (r.camera_id === null ? ["", "(uploads)"] : [r.camera_id, r.camera_id]))]);
     addOptions(form.elements.recipe, s.stations.map((r) => [r.recipe, r.recipe]));
-    shown = s;
-    render(s);
+    shown = [s, p];
+    render(s, p);
     keep(p);
     const per = new FormData(form).get("per");
     for (const a of $$("a.csv")) {
@@ -396,7 +416,7 @@ form.addEventListener("change", () => { leave(); load(); });
 form.addEventListener("submit", (e) => { e.preventDefault(); if (params().toString() !== asked) { leave(); load(); } });
 loadFleet();
 let pending = 0;
-new ResizeObserver(() => { clearTimeout(pending); pending = setTimeout(() => shown && render(shown), 150); }).observe($("#trend"));
+new ResizeObserver(() => { clearTimeout(pending); pending = setTimeout(() => shown && render(...shown), 150); }).observe($("#trend"));
 showZone();
 restore();
 dismissable(() => form.elements.hours);
