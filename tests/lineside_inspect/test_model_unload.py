@@ -197,3 +197,44 @@ def test_a_version_under_its_gate_is_not_unloaded_by_a_load_meanwhile(
         assert [v["version"] for v in model["unloaded"]] == ["3"]
     finally:
         lifecycle.rollout.stop("held", "test over")
+
+
+def test_a_rollback_refused_or_undone_leaves_the_version_it_loaded_again_unloaded(
+        server: tuple[TestClient, Path], tiny_onnx: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollback to a version unloaded from memory loads it again from its package before
+    its checks: refused (its gate) or undone (its audit entry not written), it left that
+    version loaded (GET /v1/models, a model's memory, counted against keep_loaded) and the
+    load beyond keep_loaded had unloaded another one. Now the registry is as it was
+    (session 49, reload pass)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from lineside_inspect.lifecycle.records import Records
+
+    client, roots = server
+    for version, active in (("1", True), ("2", True), ("3", False)):
+        r = client.post("/v1/models", json={"path": _package(tiny_onnx, roots, "back", version),
+                                            "activate": active})
+        assert r.status_code == 200, r.text
+    r = client.delete("/v1/models/back/versions/1", params={"force": "true", "reason": "ram"})
+    assert r.status_code == 200, r.text
+    before = _listed(client, "back")
+    assert (before["active"], [v["version"] for v in before["versions"]],
+            [v["version"] for v in before["unloaded"]]) == ("2", ["2", "3"], ["1"])
+
+    def locked(self: Records, **_: Any) -> None:
+        raise OperationalError("INSERT audit", {}, sqlite3.OperationalError("database is locked"))
+
+    with monkeypatch.context() as m:
+        m.setattr(Records, "audit", locked)
+        r = client.post("/v1/models/back/rollback", params={"from": "2"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable", r.text
+    assert _listed(client, "back") == before
+
+    lifecycle = client.app.state.lifecycle  # type: ignore[attr-defined]
+    lifecycle.records.audit(actor="lineside", action="auto_rollback", model="back",
+                            version="2", reason="fail rate", details={"from": "1"})
+    r = client.post("/v1/models/back/rollback", params={"from": "2"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "gate_failed", r.text
+    assert _listed(client, "back") == before

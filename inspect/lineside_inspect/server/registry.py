@@ -106,10 +106,12 @@ class Registry:
         return self.load(path, activate=activate, expect_card=expect_card).detector
 
     def load(self, path: str | Path, *, activate: bool = True,
-             expect_card: str | None = None) -> Loaded:
+             expect_card: str | None = None, trim: bool = True) -> Loaded:
         """:meth:`load_model`, saying whether the version became active as the first of
         its model: decided here under the lock, where a caller comparing snapshots before
-        and after could be misled by a concurrent load or activation."""
+        and after could be misled by a concurrent load or activation. ``trim``: False,
+        nothing unloaded beyond ``keep_loaded`` here (:meth:`loaded` does it once its
+        block stood)."""
         detector = Detector(load_package(path), device=self.device, threads=self.threads,
                             spinning=self.spinning, overlap=self.concurrency)
         card = detector.card
@@ -137,7 +139,8 @@ class Registry:
             slot.unloaded.pop(card.version, None)
             if activate or first:
                 self._activate_locked(card.name, card.version)
-            self._trim_locked(card.name, card.version, held)
+            if trim:
+                self._trim_locked(card.name, card.version, held)
         return Loaded(detector, first)
 
     # -- unloading ----------------------------------------------------------------------
@@ -231,38 +234,88 @@ class Registry:
             yield
         finally:
             with self._lock:
-                self._busy.subtract(keys)
-                for key in keys:
-                    if self._busy[key] <= 0:
-                        del self._busy[key]
+                self._release_locked(keys)
 
     @contextlib.contextmanager
     def loaded(self, name: str, *versions: str | None) -> Iterator[None]:
         """:meth:`holding`, each of ``versions`` that was unloaded loaded again first (from
         its package, held to its card): whatever chooses a version (an activation, a
-        recipe pinning it, a gate, a rollback) finds it in memory, as long as it runs."""
-        with self.holding(name, *versions):
-            for version in versions:
-                if version is not None:
-                    self.reload(name, version)
+        recipe pinning it, a gate, a rollback) finds it in memory, as long as it runs.
+
+        A block that raises (a refusal: a gate, ``expect``, a recipe that cannot follow;
+        a change undone: its audit entry not written) leaves the registry as it found it:
+        the versions it loaded again are unloaded again (unless something else uses them
+        by then), and nothing was unloaded beyond ``keep_loaded`` for them: that is done
+        when the block stands. A refused rollback left the version it went back to in
+        memory, in GET /v1/models and counted against keep_loaded, and the version
+        the bound unloaded for it gone from memory (session 49, reload pass)."""
+        keys = [(name, v) for v in versions if v is not None]
+        with self._lock:
+            self._busy.update(keys)
+        again: list[str] = []
+        order: list[str] = []
+        stood = False
+        try:
+            for version in dict.fromkeys(v for v in versions if v is not None):
+                if not again:  # the unloaded as they were, in their order
+                    with self._lock:
+                        order = list(self._slot(name).unloaded)
+                if self._reload(name, version, trim=False):
+                    again.append(version)
             yield
+            stood = True
+        finally:
+            held = self._held(name) if again else {}
+            with self._lock:
+                if again and stood:  # the bound, as a load would have applied it, held
+                    for version in again:
+                        self._trim_locked(name, version, held)
+                self._release_locked(keys)
+                if again and not stood:
+                    self._unload_again_locked(name, again, order, held)
+
+    def _release_locked(self, keys: Sequence[tuple[str, str]]) -> None:
+        self._busy.subtract(keys)
+        for key in keys:
+            if self._busy[key] <= 0:
+                del self._busy[key]
+
+    def _unload_again_locked(self, name: str, versions: Sequence[str], order: Sequence[str],
+                             held: Mapping[str, str]) -> None:
+        """``versions``, loaded again by a block that did not stand, unloaded again where
+        nothing uses them now, in their places among the unloaded (``order``)."""
+        slot = self._models[name]
+        for version in versions:
+            if version in slot.versions and not self._uses_locked(name, version, held):
+                self._unload_locked(slot, version)
+                log.info("model %s: version %s unloaded again (what loaded it again did "
+                         "not stand)", name, version)
+        place = {v: i for i, v in enumerate(order)}
+        slot.unloaded = dict(sorted(slot.unloaded.items(),
+                                    key=lambda kv: place.get(kv[0], len(place))))
 
     def reload(self, name: str, version: str) -> None:
         """Load ``version`` of ``name`` again from its package if it was unloaded (nothing
         when it is loaded): its card must be the one it was unloaded with."""
+        self._reload(name, version)
+
+    def _reload(self, name: str, version: str, *, trim: bool = True) -> bool:
+        """:meth:`reload`; whether it loaded ``version`` again."""
         with self._reload_lock:
             with self._lock:
                 slot = self._slot(name)
                 package = slot.unloaded.get(version)
                 if version in slot.versions or package is None:
-                    return
+                    return False
             try:
-                self.load(package.path, activate=False, expect_card=card_digest(package.card))
+                self.load(package.path, activate=False, expect_card=card_digest(package.card),
+                          trim=trim)
             except PackageError as exc:
                 raise PackageError(f"model {name} {version} was unloaded from memory and "
                                    "cannot be loaded again from its package: "
                                    f"{exc.message}") from None
         log.info("model %s: version %s loaded again from its package", name, version)
+        return True
 
     def _not_loaded_locked(self, name: str, version: str | None) -> str:
         slot = self._models[name]
