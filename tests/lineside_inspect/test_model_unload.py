@@ -238,3 +238,99 @@ def test_a_rollback_refused_or_undone_leaves_the_version_it_loaded_again_unloade
     r = client.post("/v1/models/back/rollback", params={"from": "2"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "gate_failed", r.text
     assert _listed(client, "back") == before
+
+
+def _three(tiny_onnx: Any, tmp: Path) -> tuple[Any, dict[str, str]]:
+    """A registry (keep_loaded 2) of model m: 1 and 2 activated, 3 loaded beside, 1
+    unloaded (forced: the way back); the packages' folders."""
+    from lineside_inspect.server.registry import Registry
+
+    registry = Registry(device="cpu", threads=1, keep_loaded=2)
+    paths = {v: _package(tiny_onnx, tmp, "m", v) for v in ("1", "2", "3")}
+    for version, active in (("1", True), ("2", True), ("3", False)):
+        registry.load(paths[version], activate=active)
+    registry.unload("m", "1", force=True)
+    return registry, paths
+
+
+def _state(registry: Any) -> tuple[str | None, list[str], list[str]]:
+    slot = registry.models()["m"]
+    return slot.active, list(slot.versions), list(slot.unloaded)
+
+
+def test_two_blocks_holding_a_version_loaded_again_the_last_to_leave_settles_it(
+        tiny_onnx: Any, tmp_path: Path) -> None:
+    """Session 49 (attack3): two blocks of Registry.loaded for one unloaded version (a
+    gate and a rollback at once): the first loaded it again (no trim), the second found it
+    loaded. The first refused while the second ran left it loaded (the second used it),
+    and then: the second standing applied no keep_loaded (three versions in memory, bound
+    2), the second refused too left it loaded (not as found). Now the last to leave
+    settles it."""
+    registry, _ = _three(tiny_onnx, tmp_path)
+    assert _state(registry) == ("2", ["2", "3"], ["1"])
+    refused = RuntimeError("gate refused")
+    for second_stands, after in ((True, ("2", ["2", "1"], ["3"])),  # as a load of 1 would
+                                 (False, ("2", ["2", "3"], ["1"]))):  # as found
+        registry, _ = _three(tiny_onnx, tmp_path / str(second_stands))
+        first, second = registry.loaded("m", "1"), registry.loaded("m", "1")
+        first.__enter__()  # loads 1 again
+        second.__enter__()  # finds it loaded
+        assert first.__exit__(RuntimeError, refused, None) is False  # refused: 1 held by second
+        assert _state(registry) == ("2", ["2", "3", "1"], [])
+        if second_stands:
+            second.__exit__(None, None, None)
+        else:
+            assert second.__exit__(RuntimeError, refused, None) is False
+        assert _state(registry) == after, second_stands
+        with registry.holding("m", "2"):  # nothing left unsettled for a later block
+            pass
+        assert _state(registry) == after and not registry._busy
+
+    # loaded anew by an admin (POST /v1/models) while a block that loaded it again runs:
+    # the block refused unloads only what it loaded, never the admin's load
+    registry, paths = _three(tiny_onnx, tmp_path / "anew")
+    with pytest.raises(RuntimeError), registry.loaded("m", "1"):
+        registry.load(paths["1"], activate=False)
+        raise refused
+    assert _state(registry)[1] == ["2", "1"] and not registry._busy
+
+
+def test_a_block_loading_again_partway_closed_or_its_trim_failing_leaves_no_hold(
+        tiny_onnx: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session 49 (attack3): loaded(m, 1, 3) with 3's package gone after 1 was loaded
+    again: 1 unloaded again, both back in their order (holds); a generator closed at its
+    yield (a client gone during a gate): as refused (holds); keep_loaded raising once the
+    block stood left both versions held for good (an unload refused 'being put in place'
+    ever after) and the change that stood reported as failed: now logged, holds released."""
+    import shutil
+
+    from lineside_inspect.errors import PackageError
+    from lineside_inspect.server.registry import Registry
+
+    registry, paths = _three(tiny_onnx, tmp_path)
+    registry.unload("m", "3")
+    assert _state(registry) == ("2", ["2"], ["1", "3"])
+    shutil.rmtree(paths["3"])
+    with pytest.raises(PackageError, match="cannot be loaded again"), registry.loaded("m", "1", "3"):
+        pytest.fail("the block ran without 3")
+    assert _state(registry) == ("2", ["2"], ["1", "3"]) and not registry._busy
+
+    def gate() -> Iterator[str]:
+        with registry.loaded("m", "1"):
+            yield "judging"
+
+    running = gate()
+    assert next(running) == "judging" and _state(registry)[1] == ["2", "1"]
+    running.close()
+    assert _state(registry) == ("2", ["2"], ["1", "3"]) and not registry._busy
+
+    def failing(self: Registry, name: str, loaded: str, held: Any) -> None:
+        raise RuntimeError("trim failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(Registry, "_trim_locked", failing)
+        with registry.loaded("m", "1"):
+            pass
+    assert not registry._busy
+    registry.unload("m", "1", force=True)  # no longer held
+    assert _state(registry) == ("2", ["2"], ["3", "1"])

@@ -86,6 +86,12 @@ class Registry:
         # one load from an unloaded package at a time: two activations of the same version
         # at once loaded it twice (the second replaced the first's sessions)
         self._reload_lock = threading.Lock()
+        # versions loaded again by a block of :meth:`loaded` not settled yet: (model, version)
+        # -> the detector loaded and the unloaded as they were (their order). Settled by the
+        # last block to hold it (``_leave``): a block that did not stand while another held
+        # the version left it loaded, and the other standing applied no keep_loaded (or not
+        # standing either, unloaded nothing): over keep_loaded for good (session 49, attack3)
+        self._again: dict[tuple[str, str], tuple[Detector, list[str]]] = {}
         self._models: dict[str, ModelSlot] = {}
         self._recipes: dict[str, Recipe] = {}
         self._remote: dict[str, Detector] = {}  # recipe name -> its OIP v2 endpoint's
@@ -230,11 +236,12 @@ class Registry:
         keys = [(name, v) for v in versions if v is not None]
         with self._lock:
             self._busy.update(keys)
+        stood = False
         try:
             yield
+            stood = True
         finally:
-            with self._lock:
-                self._release_locked(keys)
+            self._leave(name, keys, stood)
 
     @contextlib.contextmanager
     def loaded(self, name: str, *versions: str | None) -> Iterator[None]:
@@ -248,31 +255,66 @@ class Registry:
         by then), and nothing was unloaded beyond ``keep_loaded`` for them: that is done
         when the block stands. A refused rollback left the version it went back to in
         memory, in GET /v1/models and counted against keep_loaded, and the version
-        the bound unloaded for it gone from memory (session 49, reload pass)."""
+        the bound unloaded for it gone from memory (session 49, reload pass). Two blocks
+        holding the same version: the last to leave settles it (``_again``)."""
         keys = [(name, v) for v in versions if v is not None]
         with self._lock:
             self._busy.update(keys)
-        again: list[str] = []
         order: list[str] = []
+        again = False
         stood = False
         try:
             for version in dict.fromkeys(v for v in versions if v is not None):
                 if not again:  # the unloaded as they were, in their order
                     with self._lock:
                         order = list(self._slot(name).unloaded)
-                if self._reload(name, version, trim=False):
-                    again.append(version)
+                detector = self._reload(name, version, trim=False)
+                if detector is not None:
+                    again = True
+                    with self._lock:
+                        self._again.setdefault((name, version), (detector, order))
             yield
             stood = True
         finally:
-            held = self._held(name) if again else {}
-            with self._lock:
-                if again and stood:  # the bound, as a load would have applied it, held
-                    for version in again:
-                        self._trim_locked(name, version, held)
+            self._leave(name, keys, stood)
+
+    def _leave(self, name: str, keys: Sequence[tuple[str, str]], stood: bool) -> None:
+        """A block of :meth:`holding` or :meth:`loaded` ends. The versions loaded again for
+        a block are settled by the last block to hold them (an outer block, or the one of two
+        at once to end last): it stood, keep_loaded applied as a load would have; it did
+        not, unloaded again where nothing uses them (kept and keep_loaded applied where
+        something does). Its holds released whatever that raises (a trim that raised left
+        them held for good, never unloaded, and the change that stood reported failed)."""
+        held: Mapping[str, str] = {}
+        try:
+            if any(k in self._again for k in keys):
+                held = self._held(name)
+        except Exception:  # a holder failing: nothing unloaded for want of knowing
+            log.exception("model %s: what holds its versions could not be asked", name)
+            held = {v: "what holds versions could not be asked" for _, v in keys}
+        with self._lock:
+            counts = Counter(keys)
+            last = [k for k in counts if k in self._again and self._busy[k] <= counts[k]]
+            again = {k: self._again.pop(k) for k in last}
+            try:
+                if stood:  # before the holds go: the block's other versions kept
+                    self._trim_again_locked(name, list(again), held)
+            finally:
                 self._release_locked(keys)
-                if again and not stood:
-                    self._unload_again_locked(name, again, order, held)
+            if not stood and again:  # (a model not known at all: nothing loaded again)
+                kept = self._unload_again_locked(name, again, held)
+                self._trim_again_locked(name, kept, held)
+
+    def _trim_again_locked(self, name: str, keys: Sequence[tuple[str, str]],
+                           held: Mapping[str, str]) -> None:
+        """keep_loaded applied for each of ``keys``, loaded again and staying loaded: one
+        raising is logged (the bound is kept at the next load)."""
+        for _, version in keys:
+            try:
+                self._trim_locked(name, version, held)
+            except Exception:
+                log.exception("model %s: keep_loaded not applied after %s was loaded again",
+                              name, version)
 
     def _release_locked(self, keys: Sequence[tuple[str, str]]) -> None:
         self._busy.subtract(keys)
@@ -280,42 +322,54 @@ class Registry:
             if self._busy[key] <= 0:
                 del self._busy[key]
 
-    def _unload_again_locked(self, name: str, versions: Sequence[str], order: Sequence[str],
-                             held: Mapping[str, str]) -> None:
-        """``versions``, loaded again by a block that did not stand, unloaded again where
-        nothing uses them now, in their places among the unloaded (``order``)."""
+    def _unload_again_locked(self, name: str,
+                             again: Mapping[tuple[str, str], tuple[Detector, list[str]]],
+                             held: Mapping[str, str]) -> list[tuple[str, str]]:
+        """``again``, loaded again for blocks the last of which did not stand, unloaded
+        again where nothing uses them now, in their places among the unloaded (the order
+        they had); those something uses (made active, pinned, held), returned."""
         slot = self._models[name]
-        for version in versions:
-            if version in slot.versions and not self._uses_locked(name, version, held):
-                self._unload_locked(slot, version)
-                log.info("model %s: version %s unloaded again (what loaded it again did "
-                         "not stand)", name, version)
-        place = {v: i for i, v in enumerate(order)}
-        slot.unloaded = dict(sorted(slot.unloaded.items(),
-                                    key=lambda kv: place.get(kv[0], len(place))))
+        orders: list[list[str]] = []
+        kept: list[tuple[str, str]] = []
+        for key, (detector, order) in again.items():
+            version = key[1]
+            if slot.versions.get(version) is not detector:
+                continue  # (loaded anew meanwhile, POST /v1/models: that load trimmed)
+            if self._uses_locked(name, version, held):
+                kept.append(key)
+                continue
+            self._unload_locked(slot, version)
+            orders.append(order)
+            log.info("model %s: version %s unloaded again (what loaded it again did "
+                     "not stand)", name, version)
+        if orders:
+            place = {v: i for i, v in enumerate(dict.fromkeys(v for o in orders for v in o))}
+            slot.unloaded = dict(sorted(slot.unloaded.items(),
+                                        key=lambda kv: place.get(kv[0], len(place))))
+        return kept
 
     def reload(self, name: str, version: str) -> None:
         """Load ``version`` of ``name`` again from its package if it was unloaded (nothing
         when it is loaded): its card must be the one it was unloaded with."""
         self._reload(name, version)
 
-    def _reload(self, name: str, version: str, *, trim: bool = True) -> bool:
-        """:meth:`reload`; whether it loaded ``version`` again."""
+    def _reload(self, name: str, version: str, *, trim: bool = True) -> Detector | None:
+        """:meth:`reload`; the detector it loaded ``version`` again as (None: it did not)."""
         with self._reload_lock:
             with self._lock:
                 slot = self._slot(name)
                 package = slot.unloaded.get(version)
                 if version in slot.versions or package is None:
-                    return False
+                    return None
             try:
-                self.load(package.path, activate=False, expect_card=card_digest(package.card),
-                          trim=trim)
+                loaded = self.load(package.path, activate=False,
+                                   expect_card=card_digest(package.card), trim=trim)
             except PackageError as exc:
                 raise PackageError(f"model {name} {version} was unloaded from memory and "
                                    "cannot be loaded again from its package: "
                                    f"{exc.message}") from None
         log.info("model %s: version %s loaded again from its package", name, version)
-        return True
+        return loaded.detector
 
     def _not_loaded_locked(self, name: str, version: str | None) -> str:
         slot = self._models[name]
