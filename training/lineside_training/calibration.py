@@ -179,7 +179,7 @@ def measured_counts(q: dict[str, Any]) -> dict[str, int | None]:
 
 def _why_unchecked(records: list[ImageRecord]) -> str:
     """Why a set's escape allowance cannot be checked, in the words of a card's method."""
-    return "no good images" if not any(not r.boxes for r in records) else "no defective images"
+    return "no good images" if not good_count(records) else "no defective images"
 
 
 def good_count(records: list[ImageRecord]) -> int:
@@ -194,11 +194,12 @@ def _without_matches(records: list[ImageRecord], preds: list[Prediction], class_
     untrained one): a low threshold would keep nothing but noise."""
     calib = calibrate_rejects(records, preds, class_names, target_escape=target_escape)
     thr = np.array([calib["thresholds"][n] for n in class_names], dtype=np.float32)
-    if not any(not r.boxes for r in records):  # calibrate_rejects' best F1, 0 everywhere
+    goods = good_count(records)
+    if not goods:  # calibrate_rejects' best F1, 0 everywhere
         method = ("the highest prediction score of each class (no defect is found at any "
                   "threshold: F cannot choose; no good images: no false reject can be counted, "
                   "and the escape allowance was not checked)")
-    elif not any(r.boxes for r in records):
+    elif goods == len(records):
         method = ("fewest false rejects (no defective images: F cannot choose, and the escape "
                   "allowance was not checked)")
     else:

@@ -246,21 +246,16 @@ class KeptModels:
                 # an older release's file: one digest of the whole section, which model
                 # changed is unknown; nothing is restored, as that release did
                 told = ", ".join(f"{m} {v}" for m, v in state.active.items()) or "none"
-                set_aside(self.path, "the config's models changed since the models loaded "
-                          "and activated over the API were kept (by an older release, which "
-                          "kept no digest per model): the config's versions judge, the "
-                          f"versions activated over the API ({told}) are not restored",
-                          ".config-changed", what="models kept across a restart", logger=log)
-                self.state = KeptState(config_models=self.digest)
-                return []
+                return self._config_wins("the config's models changed since the models "
+                                         "loaded and activated over the API were kept (by an "
+                                         "older release, which kept no digest per model): the "
+                                         "config's versions judge, the versions activated "
+                                         f"over the API ({told}) are not restored")
             dropped = self._config_changed(state)
             if dropped is not None:
                 state, why = dropped
                 if not state.active and not state.packages:  # nothing left: set aside whole
-                    set_aside(self.path, why, ".config-changed",
-                              what="models kept across a restart", logger=log)
-                    self.state = KeptState(config_models=self.digest)
-                    return []
+                    return self._config_wins(why)
                 aside = self.path.with_name(self.path.name + ".config-changed")
                 log.warning("models kept across a restart: %s; the other models' are restored; the file "
                             "as it was is kept as %s", why, aside.name)
@@ -275,6 +270,14 @@ class KeptModels:
                 # written only when something was dropped: not at every start (an SD card)
                 self._save()
             return restored
+
+    def _config_wins(self, why: str) -> list[str]:
+        """Nothing restored: the file set aside as ``models.json.config-changed`` (``why``
+        logged), the state started afresh; what was restored (nothing)."""
+        set_aside(self.path, why, ".config-changed", what="models kept across a restart",
+                  logger=log)
+        self.state = KeptState(config_models=self.digest)
+        return []
 
     def _config_changed(self, state: KeptState) -> tuple[KeptState, str] | None:
         """``state`` without the models whose config entries changed since it was written

@@ -829,12 +829,18 @@ class Lifecycle(AdmissionRules):
         version to roll back to is not loaded, or the promotion was recorded by a release
         before session 47 (a WARNING each), nor again when it is watched already (both
         restores asking). The watch resumed, or None."""
-        if self._records is None or self.rollout is None:
+        if not self._resumable(model, version):  # (the audit log not asked for nothing)
             return None
-        running = self.rollout.watching(model)
-        if running is not None and running.version == version:
-            return None  # resumed already (a fleet box's restore after the kept one's)
         return self.resume_promotion(model, version, self.records.open_promotion(model))
+
+    def _resumable(self, model: str, version: str) -> bool:
+        """Whether a watch of ``version`` of ``model`` may be resumed: the server keeps an
+        audit log and rollouts, and it is not watched already (both restores asking: a
+        fleet box's after the kept models')."""
+        if self._records is None or self.rollout is None:
+            return False
+        running = self.rollout.watching(model)
+        return running is None or running.version != version
 
     def resume_promotion(self, model: str, version: str,
                          promoted: dict[str, Any] | None) -> Watch | None:
@@ -842,12 +848,8 @@ class Lifecycle(AdmissionRules):
         the caller (``Records.open_promotion``): a fleet box's restore reads it once for
         the pulled version it loads to roll back to and for the watch (session 49: two
         reads, one failing, loaded none and resumed, or loaded one and resumed none)."""
-        if self._records is None or self.rollout is None:
-            return None
-        running = self.rollout.watching(model)
-        if running is not None and running.version == version:
-            return None  # resumed already (a fleet box's restore after the kept one's)
-        if promoted is None or promoted["version"] != version:
+        if not self._resumable(model, version) or promoted is None \
+                or promoted["version"] != version:
             return None
         at = promoted["created_at"]
         said = (f"{model} {version}, promoted by {promoted['actor']} (audit entry "
@@ -872,6 +874,7 @@ class Lifecycle(AdmissionRules):
                         "then roll back and promote %s again to watch it", said, model,
                         previous, previous, version)
             return None
+        assert self.rollout is not None  # (_resumable)
         watch = self.rollout.start(model=model, version=version, previous=previous,
                                    recipe=recipe, actor=SYSTEM, gate_report_id=gate_id)
         reason = (f"{said}: watched again from the restart, its counts afresh (inspections "

@@ -257,13 +257,10 @@ class Registry:
         memory, in GET /v1/models and counted against keep_loaded, and the version
         the bound unloaded for it gone from memory (session 49, reload pass). Two blocks
         holding the same version: the last to leave settles it (``_again``)."""
-        keys = [(name, v) for v in versions if v is not None]
-        with self._lock:
-            self._busy.update(keys)
-        order: list[str] = []
-        again = False
-        stood = False
-        try:
+        # (holding's end settles what was loaded again here, a reload failing partway too)
+        with self.holding(name, *versions):
+            order: list[str] = []
+            again = False
             for version in dict.fromkeys(v for v in versions if v is not None):
                 if not again:  # the unloaded as they were, in their order
                     with self._lock:
@@ -274,9 +271,6 @@ class Registry:
                     with self._lock:
                         self._again.setdefault((name, version), (detector, order))
             yield
-            stood = True
-        finally:
-            self._leave(name, keys, stood)
 
     def _leave(self, name: str, keys: Sequence[tuple[str, str]], stood: bool) -> None:
         """A block of :meth:`holding` or :meth:`loaded` ends. The versions loaded again for

@@ -269,14 +269,9 @@ class ModelPuller:
             if p is None:
                 return
             held = version != p.version
-            if p.held != held:
-                p.held = held
-                try:
-                    self._save()
-                except OSError as exc:  # a full disk: the next start reads the audit log
-                    log.error("fleet models: %s not written (%s): pulled %s %s, rolled back "
-                              "from, is not marked held", self.root / STATE_FILE, exc, model,
-                              p.version)
+            if p.held != held:  # (a full disk: the next start reads the audit log)
+                self._set_held(p, held, f"pulled {model} {p.version}, rolled back from, is "
+                                        "not marked held")
             prev = self.previous.models.get(model)
             if held and prev is not None and prev.version != version:
                 self._forget_previous(model)
@@ -291,12 +286,19 @@ class ModelPuller:
             p = self.state.models.get(model)
             if p is None or not p.held or p.version != version:
                 return
-            p.held = False
-            try:
-                self._save()
-            except OSError as exc:  # a full disk: the held mark stays until a pull
-                log.error("fleet models: %s not written (%s): pulled %s %s, activated again, "
-                          "is still marked held", self.root / STATE_FILE, exc, model, version)
+            # (a full disk: the held mark stays until a pull)
+            self._set_held(p, False, f"pulled {model} {version}, activated again, is still "
+                                     "marked held")
+
+    def _set_held(self, p: Pulled, held: bool, unsaved: str) -> None:
+        """(Under the state files' lock.) ``p``'s held mark set and ``pulled.json`` written;
+        a write that fails is logged with ``unsaved`` (what then stays as it was on disk)."""
+        p.held = held
+        try:
+            self._save()
+        except OSError as exc:
+            log.error("fleet models: %s not written (%s): %s", self.root / STATE_FILE, exc,
+                      unsaved)
 
     # -- what the status report says --------------------------------------------------------
     def errors(self) -> list[str]:

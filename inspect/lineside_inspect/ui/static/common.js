@@ -41,8 +41,10 @@ export async function api(path, opts = {}) {
 // the page's script ran, which a filter from the address or a kept one must not undo
 export function changed(f) {
   if (f.tagName !== "SELECT") return f.value !== f.defaultValue;  // (a hidden one: never)
-  return f.selectedIndex !== Math.max(0, Array.from(f.options).findIndex((o) => o.defaultSelected));
+  return f.selectedIndex !== defaultIndex(f);
 }
+// a select's option as the page came with it (its first where none is marked)
+export const defaultIndex = (f) => Math.max(0, Array.from(f.options).findIndex((o) => o.defaultSelected));
 
 // the link note (the server's, over a page: names of its link it did not read; a page
 // script's: values it could not take) is about the link's filter: it goes once the filter

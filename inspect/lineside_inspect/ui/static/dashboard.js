@@ -1,6 +1,6 @@
 // The dashboard: GET /v1/stats drawn as SVG (createElementNS, no charting library) and
 // tables, every number also in text; each figure links its numbers as CSV (/v1/stats.csv).
-import { $, $$, api, changed, dateTime, dayLabel, dismissable, el, hourLabel, leaveLink, num, pct, rate, sayLinkNote, showZone,
+import { $, $$, api, changed, dateTime, dayLabel, defaultIndex, dismissable, el, hourLabel, leaveLink, num, pct, rate, sayLinkNote, showZone,
          svg, time, yieldPct } from "/static/common.js";
 
 const form = $("#scope");
@@ -49,7 +49,7 @@ const coded = (v) => v.replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2
                                (c) => "U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0"));
 // and as said in the note: its first 60 characters
 const cut = (v) => coded(v.length > 60 ? v.slice(0, 60) + "…" : v);
-const defaultText = (f) => (Array.from(f.options).find((o) => o.defaultSelected) || f.options[0]).text;
+const defaultText = (f) => f.options[defaultIndex(f)].text;
 function restore() {
   let asked = new URLSearchParams(location.search);
   if ([...asked.keys()].length) history.replaceState(null, "", location.pathname);
@@ -110,7 +110,7 @@ function refusedByLink(message) {
     const f = form.elements[k], { v, option } = linked.get(k);
     linked.delete(k);
     if (option) option.remove();
-    if (f instanceof HTMLSelectElement) f.selectedIndex = Math.max(0, Array.from(f.options).findIndex((o) => o.defaultSelected));
+    if (f instanceof HTMLSelectElement) f.selectedIndex = defaultIndex(f);
     else f.value = f.defaultValue;
     said.push(`${k} "${cut(v)}": refused by the figures (${reason}), ` +
               (f instanceof HTMLSelectElement ? `the default (${defaultText(f)}) shown` : "left out"));
