@@ -300,3 +300,37 @@ def test_the_hubs_review_figures_keep_the_box_chosen(hub: ServedHub) -> None:
                          .where(ReviewRow.inspection_id.in_(five + nine))).all()
     assert sorted(made) == sorted([(five[0], "hub"), (five[1], "box5"), (nine[0], "hub"),
                                    (nine[1], "hub")])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_hubs_dashboard_says_a_scope_of_no_inspections_and_keeps_it(hub: ServedHub) -> None:
+    """Session 50: the hub's dashboard (dashboard.js, with the fleet's site, line and box)
+    as the box's since session 49: a box chosen that holds no inspections in the window
+    says so, its yields "–", never "0 of 0 passed" read as a good shift; the scope is kept
+    in the tab and restored on a reload, the box's option listed before the fleet's came."""
+    from playwright.sync_api import expect, sync_playwright
+
+    _seed(hub, "box7", 2, "1", NOW - timedelta(minutes=3), fail_every=1)  # the fleet's
+    with httpx.Client(base_url=hub.url, timeout=30) as c:
+        _report(c, "box8")  # a box the fleet lists, none of its inspections forwarded
+    said = ("No inspections for box box8 in the last 8 h: the figures below are empty, "
+            "not a shift without fails")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        whose, box = page.locator("#whose"), page.locator("select[name=box_id]")
+        _sign_in(page, hub.url + "/dashboard?hours=8")
+        expect(page.locator("#k-yield-detail")).to_contain_text(" passed · ")  # the fleet's figures
+        expect(box.locator('option[value="box8"]')).to_have_count(1)
+        box.select_option("box8")
+        expect(whose).to_have_text(said)
+        for kpi in ("#k-yield", "#k-shift", "#fr-rate", "#escape-rate"):
+            expect(page.locator(kpi)).to_have_text("–")
+        expect(page.locator("#k-yield-detail")).to_have_text("no inspections in the last 8 h")
+        page.reload()
+        expect(whose).to_have_text(said)
+        expect(box).to_have_value("box8")
+        expect(page.locator("select[name=hours]")).to_have_value("8")
+        expect(page.locator("#k-yield")).to_have_text("–")
+        expect(page.locator("#linknote")).to_have_count(0)
+        browser.close()

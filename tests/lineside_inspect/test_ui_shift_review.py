@@ -482,6 +482,11 @@ def test_a_links_queue_lists_as_its_button_and_its_bad_page_is_said(browser: Any
     expect(note).to_contain_text('offset "-24": not a whole number')
     expect(page.locator("#count")).to_have_text("1–2 of 2")
     assert page.url == box.url + "/review"
+    # an empty one too (session 50: read as the first page, unsaid; the API's 422 names it)
+    page.goto(box.url + "/review?offset=")
+    expect(note).to_have_text('This link: offset "": not a whole number from 0 to 1000000000, '
+                              "the first page shown. Dismiss")
+    expect(page.locator("#count")).to_have_text("1–2 of 2")
 
     # the dashboard's note: Dismiss, or gone once the scope is changed
     page.goto(box.url + "/dashboard?window=8")
@@ -707,4 +712,61 @@ def test_a_dashboard_scope_of_no_inspections_says_so_and_shows_no_yield(browser:
     expect(page.locator("#k-yield")).to_have_text("0.00%")
     expect(whose).to_be_hidden()
     expect(page.locator("#trend svg")).to_have_count(1)
+    close_contexts(browser)
+
+
+def test_one_users_kept_filter_and_scope_do_not_go_to_the_next(browser: Any, box: Running) -> None:
+    """Session 50: the review page's filter and the dashboard's scope, kept per tab, went
+    on to the next user signed in on that tab (a shared line PC): after Sign out, or a
+    session that expired, the newcomer's list was the last user's part and the figures
+    their 8 h, unsaid. Signing out forgets them; another user's are dropped; the same
+    user signing in again keeps theirs (the session that expired, above)."""
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import expect
+
+    _seed(box.app.state.store, 3)
+    context = _context(browser)
+    page = context.new_page()
+    count, part = page.locator("#count"), page.locator("#filters input[name=part_id]")
+    hours, detail = page.locator("#scope [name=hours]"), page.locator("#k-yield-detail")
+
+    def choose(who: str) -> None:
+        """``who``, signed in on the review page, narrows its list to P1 and the dashboard
+        to 8 h; both kept."""
+        expect(count).to_have_text("1–3 of 3")
+        part.fill("P1")
+        part.press("Enter")
+        expect(count).to_have_text("1–1 of 1")
+        page.goto(box.url + "/dashboard")
+        expect(detail).to_have_text("0 of 3 passed · 3 failed · last 24 h")
+        hours.select_option("8")
+        expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
+        assert page.evaluate("sessionStorage.length") >= 2, who
+
+    def fresh(key: str) -> None:
+        """Signed in with ``key``: the default list and scope, nothing kept said."""
+        _sign_in(page, box.url + "/review", key)
+        expect(count).to_have_text("1–3 of 3")
+        expect(part).to_have_value("")
+        page.goto(box.url + "/dashboard")
+        expect(detail).to_have_text("0 of 3 passed · 3 failed · last 24 h")
+        expect(hours).to_have_value("24")
+        expect(page.locator("#linknote")).to_have_count(0)
+
+    _sign_in(page, box.url + "/review")
+    choose("reviewer")
+    page.locator("form.signout button").click()
+    expect(page.locator("#key")).to_be_visible()
+    assert page.evaluate("Object.keys(sessionStorage).filter((k) => k.startsWith('lineside.'))") == []
+    fresh("admin-secret")
+
+    # a session that expired: the next to sign in on the tab is someone else
+    page.goto(box.url + "/review")
+    choose("admin")
+    context.clear_cookies()
+    try:
+        page.reload()
+    except PlaywrightError as exc:  # (a call in flight answered 401 and reloaded the page)
+        assert "ERR_ABORTED" in exc.message or "detached" in exc.message, exc.message
+    fresh("reviewer-secret")
     close_contexts(browser)

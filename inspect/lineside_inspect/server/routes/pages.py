@@ -14,6 +14,7 @@ from API values as text (createElement, textContent, SVG by createElementNS; see
 
 from __future__ import annotations
 
+import hashlib
 import math
 from html import escape
 from pathlib import Path
@@ -161,6 +162,15 @@ def _viewer(request: Request, next_page: str, role: Role = "viewer"
     return who, session
 
 
+def _kept_as(who: Principal) -> str:
+    """Whose page this is, as the scripts key what they keep in the tab (the review page's
+    filter, the dashboard's scope): a short digest of the signed-in name and role, never
+    the name itself. One user's kept filter showed to the next one signed in on the same
+    tab (a shared line PC: after a sign-out, or a session that expired), their line, part
+    and queue with it (session 50); common.js drops what another user kept."""
+    return hashlib.sha256(f"{who.role}:{who.name}".encode()).hexdigest()[:16]
+
+
 def _model_rows(request: Request) -> str:
     rows = []
     for name, slot in request.app.state.registry.models().items():
@@ -272,8 +282,8 @@ def dashboardrender(request: Request) -> Response:
     seen = _viewer(request, "/dashboard")
     if isinstance(seen, Response):
         return seen
-    _, session = seen
-    return HTMLResponse(render("dashboard.html", markup={
+    who, session = seen
+    return HTMLResponse(render("dashboard.html", {"kept_as": _kept_as(who)}, {
         "signout": SIGN_OUT if session else "", "fleet": _fleet_filters(request, True),
         "fleet-nav": FLEET_NAV if _is_hub(request) else "",
         "linknote": _link_note(request, DASHBOARD_LINK)}))
@@ -285,9 +295,10 @@ def reviewrender(request: Request) -> Response:
     seen = _viewer(request, "/review", "reviewer")
     if isinstance(seen, Response):
         return seen
-    _, session = seen
+    who, session = seen
     return HTMLResponse(render("review.html", {"csrf": session.csrf if session else "",
-                                               "shared_box": _shared_box(request)},
+                                               "shared_box": _shared_box(request),
+                                               "kept_as": _kept_as(who)},
                               {"signout": SIGN_OUT if session else "",
                                "fleet": _fleet_filters(request, False),
                                "fleet-nav": FLEET_NAV if _is_hub(request) else "",

@@ -6,6 +6,29 @@ export const $$ = (s, root = document) => Array.from(root.querySelectorAll(s));
 export const SVG = "http://www.w3.org/2000/svg";
 export const CSRF = ($("meta[name=csrf-token]") || { content: "" }).content;
 
+// What the pages keep in their tab (sessionStorage "lineside.*": the review page's filter
+// and page, the dashboard's scope) is the signed-in user's: it went on to the next user
+// signed in on that tab, their line, part and queue shown as the newcomer's own (a shared
+// line PC, session 50). Signing out forgets it; a page signed in as someone else (after a
+// session that expired) drops what another kept. The page names its user by a digest
+// (meta kept-as); the same user signing in again keeps theirs. What was kept before a
+// page named its user is taken as this one's
+const KEPT_AS = ($('meta[name="kept-as"]') || { content: "" }).content;
+const KEPT_BY = "lineside.kept-as";
+export function forgetKept() {
+  try {
+    for (const k of Object.keys(sessionStorage)) if (k.startsWith("lineside.")) sessionStorage.removeItem(k);
+  } catch { /* storage off: nothing kept */ }
+}
+try {
+  if (KEPT_AS) {
+    const by = sessionStorage.getItem(KEPT_BY);
+    if (by !== null && by !== KEPT_AS) forgetKept();
+    sessionStorage.setItem(KEPT_BY, KEPT_AS);
+  }
+} catch { /* storage off: nothing kept */ }
+for (const f of $$("form.signout")) f.addEventListener("submit", forgetKept);
+
 // el("p", {class: "x"}, "text", child): an element; string children become text nodes
 export function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);

@@ -24,7 +24,8 @@ function params() {
 // The scope shown outlives a reload in this tab, and Back from another page (as the review
 // page's filter does): a line lead who had chosen a camera and 8 h, or opened a link to a
 // part, got the whole line's 24 h after a reload, read as the part's or the camera's
-// (session 49). Per tab and per page (the review page keeps its own), never sent anywhere
+// (session 49). Per tab, per page (the review page keeps its own) and per user (common.js
+// forgets it at sign-out and drops another user's: session 50), never sent anywhere
 const KEPT = "lineside.dashboard";
 function keep(p) {
   const q = new URLSearchParams(p);

@@ -40,7 +40,8 @@ function query() {
 
 // the filters and the page shown outlive a reload in this tab (a session that expired, a
 // server restarted: both reload the page): the reviewer was put back on the first page of
-// the default filter, mid-shift (QA review, session 36). Per tab, never sent anywhere
+// the default filter, mid-shift (QA review, session 36). Per tab and per user (common.js
+// forgets it at sign-out and drops another user's: session 50), never sent anywhere
 const KEPT = "lineside.review";
 function keep() {
   try { sessionStorage.setItem(KEPT, query().toString()); } catch { /* storage off: not kept */ }
@@ -88,9 +89,10 @@ function restore() {
     if (linked && f.value !== v) { f.value = f.defaultValue; notTaken.push(`${k} "${v}": not a number from ${f.min} to ${f.max}, left out`); }
   }
   // the list's page: a whole number the API takes (offset=x or -24 read as the first page,
-  // unsaid: session 49); one past the list's end shows its last page (load)
+  // unsaid: session 49; an empty offset= too: session 50); one past the list's end shows
+  // its last page (load)
   const off = p.get("offset") || "", at = /^\d+$/.test(off) && Number(off) <= MAX_OFFSET ? Number(off) : null;
-  if (linked && off && at === null && !theirs.length) notTaken.push(`offset "${off}": not a whole number from 0 to ${MAX_OFFSET}, the first page shown`);
+  if (linked && p.has("offset") && at === null && !theirs.length) notTaken.push(`offset "${off}": not a whole number from 0 to ${MAX_OFFSET}, the first page shown`);
   if (notTaken.length) sayLinkNote(notTaken.join("; "), $("#queuebar"));
   state.offset = theirs.length || at === null ? 0 : at;
 }
