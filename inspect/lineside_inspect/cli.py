@@ -1489,6 +1489,13 @@ def main() -> None:
         if not isinstance(exc.code, int | None):
             raise  # a message: said by the interpreter, as before
         code = exc.code or 0
+    except Exception as exc:
+        # said as the interpreter says it (typer's hook), then ended as below with its 1: a
+        # camera left in a read was not interrupted, its read_timeout_s waited out at exit
+        if "lineside_inspect.cameras.manager" not in sys.modules:
+            raise
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        code = 1
     else:
         code = 0
     # a served camera still in a read of a stalled stream: the process ends now, not

@@ -38,6 +38,10 @@ NO_SPS_LIMIT = 300  # packets without a parameter set before the stream is given
 # a decoder started at a parameter set waits for a key frame, FIRST_FRAME_S of the stream
 NO_FRAME_LIMIT = 300
 FIRST_FRAME_S = 30
+# and in time: a read without a frame for longer than the camera's read_timeout_s (before
+# the decoder's first frame, FIRST_FRAME_S) ends the same way, however few packets came: a
+# stream sending such packets slowly (one a second: 900 s before the packet bound) held
+# the read, its trigger and a stop for as long
 # an SPS's fields up to its size take well under 1 KiB (even with every scaling list): a
 # hostile 1 MB one was read bit by bit for 4.6 s of CPU, each packet that carried one
 MAX_SPS_BYTES = 4096
@@ -267,8 +271,9 @@ class H26xStream:
     them out, and a trigger must never get a frame from before it."""
 
     def __init__(self, cap: cv2.VideoCapture, codec: str, max_pixels: int,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, *, read_timeout_s: float = 5.0) -> None:
         self.cap = cap
+        self.read_timeout_s = read_timeout_s
         # set from another thread (the worker's stop): the read in progress ends at the
         # next packet, as the end of the stream
         self.stop = stop or threading.Event()
@@ -289,6 +294,8 @@ class H26xStream:
         self.pulled = 0  # packets fed since the last read
         self.decoded = False  # the running decoder gave a frame
         self.stalled = 0  # the packets fed without a frame when the read was ended
+        self.stalled_s = 0.0  # > 0: ended by the time bound, after this many seconds
+        self._began = 0.0  # time.monotonic() the running read began (or its decoder started)
         self.broken: ImageError | None = None  # a packet the running decoder could not take
         rate = cap.get(cv2.CAP_PROP_FPS)  # the decoder's header only: not a pace
         self.fps = rate if math.isfinite(rate) and 1 <= rate <= 240 else 25.0
@@ -300,6 +307,10 @@ class H26xStream:
     def _no_frame_limit(self) -> int:
         """Packets one decoder read may take without a frame (see NO_FRAME_LIMIT)."""
         return NO_FRAME_LIMIT if self.decoded else max(NO_FRAME_LIMIT, int(FIRST_FRAME_S * self.fps))
+
+    def _no_frame_s(self) -> float:
+        """Seconds one decoder read may take without a frame (see FIRST_FRAME_S)."""
+        return self.read_timeout_s if self.decoded else max(self.read_timeout_s, FIRST_FRAME_S)
 
     def _packet(self) -> bytes | None:
         if self.stop.is_set():
@@ -320,6 +331,9 @@ class H26xStream:
             # the decoder's read pulls until it has a frame, however many packets that
             # takes (FFmpeg's "needs more input" is not counted): ended here, said by read
             self.stalled = self.pulled
+            return None
+        if self.pulled and time.monotonic() - self._began > self._no_frame_s():
+            self.stalled, self.stalled_s = self.pulled, self._no_frame_s()
             return None
         data = self._packet()
         if data is None:
@@ -369,8 +383,8 @@ class H26xStream:
                 f"image is {width}x{height} = {width * height} pixels, over the limit of "
                 f"{self.max_pixels} (said by the stream before a pixel was decoded)")
         sets = _parameter_sets(self.codec, data) or _parameter_sets(self.codec, self.extradata)
-        self._t0 = time.monotonic()
-        self.pulled, self.decoded, self.stalled = 0, False, 0
+        self._t0 = self._began = time.monotonic()
+        self.pulled, self.decoded, self.stalled, self.stalled_s = 0, False, 0, 0.0
         first = _matroska_header(self.codec, sets, size, self.fps) + _block(data, 0)
         # the binding takes any io.BufferedIOBase; its stubs name only its C++ interface
         self.decoder = cv2.VideoCapture(_Feed(first, self._pull), cv2.CAP_FFMPEG, [])  # type: ignore[call-overload]
@@ -391,7 +405,7 @@ class H26xStream:
                     width, height = self.size or (0, 0)
                     raise ImageError(f"the stream switched from {switched} to {width}x{height}:"
                                      " the frames of the switch skipped, never stretched")
-            self.pulled = 0
+            self.pulled, self._began = 0, time.monotonic()
             ok, frame = self.decoder.read()
             if ok and frame is not None:
                 if frame.shape[1::-1] != self.size:
@@ -411,8 +425,10 @@ class H26xStream:
                 return None  # asked to stop: no frame, no fallback, no error
             if self.stalled:
                 stalled, self.stalled = self.stalled, 0
-                raise StreamStalled(f"{stalled} {self.codec.upper()} packets without a frame: "
-                                    "the stream sends nothing that decodes")
+                took, self.stalled_s = self.stalled_s, 0.0
+                within = f" in {took:g} s" if took else ""
+                raise StreamStalled(f"{stalled} {self.codec.upper()} packets without a frame"
+                                    f"{within}: the stream sends nothing that decodes")
             if self.broken is not None:
                 broken, self.broken = self.broken, None
                 if not self.frames:

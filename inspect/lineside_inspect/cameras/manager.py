@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,9 @@ log = logging.getLogger("lineside.cameras")
 
 # workers CameraManager.stop left in a read, each with the time its own timeouts end
 _LEFT: list[tuple[CameraWorker, float]] = []
+# managers started and not stopped: the process may end without their server's shutdown
+# (an exception out of start-up or serving), stopped by end_if_left_in_a_read
+_RUNNING: weakref.WeakSet[CameraManager] = weakref.WeakSet()
 
 
 class CameraManager:
@@ -61,6 +65,7 @@ class CameraManager:
             wake()
 
     def start(self) -> None:
+        _RUNNING.add(self)
         for cfg in self.configs.values():
             def make(cfg: CameraConfig = cfg) -> Any:
                 return make_source(cfg.source, open_timeout_s=cfg.open_timeout_s,
@@ -78,6 +83,7 @@ class CameraManager:
 
     def stop(self, timeout_s: float = 2.0) -> dict[str, bool]:
         """Stop every worker; all are asked at once so the total stays within ``timeout_s``."""
+        _RUNNING.discard(self)
         deadline = time.monotonic() + timeout_s
         # every read interrupted first: one worker stuck opening its camera took the whole
         # wait, and the stream after it was interrupted with none left (session 49)
@@ -199,6 +205,11 @@ def end_if_left_in_a_read(code: int, wait_s: float = EXIT_WAIT_S) -> None:
     ``read_timeout_s`` (20 s, silently), and a read outlasting them met the finalizing
     interpreter: "FATAL: exception not rethrown", an abort (docs/security.md, session 49)."""
     deadline = time.monotonic() + wait_s
+    # a manager its server never stopped (``lineside`` ending on an exception from the
+    # application's start-up or from serving): its reads interrupted, all before any is
+    # waited for, as the server's shutdown does; rather than finalizing under them
+    for manager in list(_RUNNING):
+        manager.stop(max(0.0, deadline - time.monotonic()))
     stuck = [w.camera_id for w, bound in _LEFT
              if not w.stop(max(0.0, min(bound, deadline) - time.monotonic()))]
     if not stuck:

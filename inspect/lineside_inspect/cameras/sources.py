@@ -67,8 +67,37 @@ class OpenCVSource:
         self.cap: cv2.VideoCapture | None = None
         self._next = 0.0
         self.ended = False
+        # close() from another thread (a stop, a shutdown) while this source's own thread
+        # is inside open() or read() freed the capture under that read: a segfault. Such a
+        # close is left to the reader (``_busy``, ``_close_asked``), under ``_guard``
+        self._guard = threading.Lock()
+        self._busy = False  # an open() or read() in progress
+        self._close_asked = False  # close() came during it: the reader closes on its way out
+
+    def _enter(self, *, opening: bool = False) -> bool:
+        with self._guard:
+            if opening and self._close_asked:  # opened again after a close
+                self._close_asked = False
+                self._stop.clear()
+            elif self._close_asked:
+                return False
+            self._busy = True
+            return True
+
+    def _leave(self) -> None:
+        with self._guard:
+            self._busy = False
+            if self._close_asked:
+                self._release()
 
     def open(self) -> None:
+        self._enter(opening=True)
+        try:
+            self._open()
+        finally:
+            self._leave()
+
+    def _open(self) -> None:
         index = device_index(self.source)
         src: int | str = self.source if index is None else index
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_ms,
@@ -85,7 +114,8 @@ class OpenCVSource:
             # each frame at the size its SPS says (see h26x): FFmpeg's reader scaled a
             # camera switched to another resolution to the size it opened at, stretched
             try:
-                self.h26x = H26xStream(cap, CODECS[fourcc], self.max_pixels, self._stop)
+                self.h26x = H26xStream(cap, CODECS[fourcc], self.max_pixels, self._stop,
+                                       read_timeout_s=self.read_timeout_ms / 1000)
             except PacketsUnusable as exc:
                 self._opencv_decodes(exc)
                 return
@@ -104,6 +134,14 @@ class OpenCVSource:
         self._next = time.monotonic()
 
     def read(self) -> np.ndarray | None:
+        if not self._enter():
+            return None  # closed from another thread
+        try:
+            return self._read()
+        finally:
+            self._leave()
+
+    def _read(self) -> np.ndarray | None:
         if self.cap is None:
             return None
         if self.h26x is not None:
@@ -111,7 +149,7 @@ class OpenCVSource:
                 return self.h26x.read()
             except PacketsUnusable as exc:
                 self._opencv_decodes(exc)
-                return self.read()
+                return self._read()
         if self.is_file:  # pace a file like a live camera
             self._next += 1.0 / (self.fps or 25.0)
             delay = self._next - time.monotonic()
@@ -142,8 +180,9 @@ class OpenCVSource:
                         "H.264/H.265 packets cannot be read here: %s",
                         shown_source(self.source), why)
         _OPENCV_DECODES[self.source] = str(why)
-        self.close()
-        self.open()
+        self._release()
+        if not self._stop.is_set() and not self._close_asked:  # (read: None, cap None)
+            self._open()  # on this thread, inside the read: a close from another is deferred
 
     def interrupt(self) -> None:
         # the packet path's decoder pulls packets until one makes a frame: it stops at
@@ -151,6 +190,18 @@ class OpenCVSource:
         self._stop.set()
 
     def close(self) -> None:
+        """Safe from any thread. During an open() or read() on another (the worker's), that
+        read is interrupted (the packet path stops at its next packet, OpenCV's own reader
+        within its read timeout) and the capture is released by the reader as it returns,
+        never under it; this returns at once. Reads after it give None."""
+        with self._guard:
+            if self._busy:
+                self._close_asked = True
+                self._stop.set()
+                return
+            self._release()
+
+    def _release(self) -> None:
         if self.h26x is not None:
             self.h26x.close()
             self.h26x = None
