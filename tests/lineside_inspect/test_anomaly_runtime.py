@@ -144,6 +144,29 @@ def test_a_score_or_map_that_is_not_finite_fails_the_part(model: AnomalyModel) -
         pytest.approx(0.1)
 
 
+def test_a_fail_from_the_letterbox_border_says_so(model: AnomalyModel) -> None:
+    """A 2.5:1 frame to a model trained on square images failed with "the whole image is
+    reported" and nothing more: the graph's score came from the letterbox border (0.996
+    there, 0.56 in the image; new-user review, session 50). The reason now says where."""
+    _, lbs = model.pre_process([part(320, 128)])
+    s = model.size
+    amap = np.full((1, 1, s, s), 0.1, np.float32)
+    amap[0, 0, 0, :] = 0.99  # the top border row: outside the image
+    finding = find_anomalies([amap, np.array([0.99], np.float32)], lbs, model.card)[0]
+    assert finding.border_peak and not len(finding.regions)
+    verdict = judge(Detections.empty(["anomaly"]), Recipe(name="alone", model="good"), {},
+                    finding)
+    assert verdict.outcome == "fail" and "letterbox border" in verdict.reasons[0].message
+    # a peak in the image (here under min_region_px) is not the border's
+    amap[0, 0, 0, :] = 0.1
+    amap[0, 0, s // 2, s // 2] = 0.99
+    inside = find_anomalies([amap, np.array([0.99], np.float32)], lbs, model.card)[0]
+    assert not inside.border_peak
+    assert "letterbox" not in judge(Detections.empty(["anomaly"]),
+                                    Recipe(name="alone", model="good"), {},
+                                    inside).reasons[0].message
+
+
 # -- rules -----------------------------------------------------------------------------------
 CLASSES = ["open", "short"]
 
@@ -322,6 +345,16 @@ def test_a_fail_with_no_region_in_the_map_reports_the_whole_image() -> None:
     assert verdict.defects.to_json() == [{"label": "anomaly", "score": 0.7,
                                           "box": [0.0, 0.0, 320.0, 160.0]}]
     assert verdict.reasons[0].count == 1 and "whole image" in verdict.reasons[0].message
+    # a region a counted defect covers is left to it, and the message says so: a fused
+    # fail read "0 region(s)" (new-user review, session 50)
+    covered = AnomalyFinding(0.7, 0.5, Detections([[12, 12, 28, 28]], [0.8], [0], ["anomaly"]),
+                             "good 1", (320, 160))
+    fused_covered = judge(Detections([[10, 10, 30, 30]], [0.9], [1], CLASSES),
+                          Recipe(name="fused", model="det", anomaly={"model": "good"}), {},
+                          covered)
+    assert fused_covered.defects.labels == ["short"]
+    assert fused_covered.reasons[-1].message.endswith(
+        "0 region(s), 1 on the detector's defect boxes (left to their class)")
     # beside a detector's counted defect the fail already says where: no whole-image box
     fused = judge(Detections([[10, 10, 30, 30]], [0.9], [1], CLASSES),
                   Recipe(name="fused", model="det", anomaly={"model": "good"}), {}, finding)

@@ -213,6 +213,15 @@ def test_good_refuses_a_folder_of_float_id_labels(tmp_path: Path) -> None:
         import_dataset("good", tmp_path / "src", tmp_path / "out")
 
 
+def test_good_on_one_image_file_says_it_takes_a_folder(tmp_path: Path) -> None:
+    """-f good on one image said "no images found" of an image (new-user review, session
+    50); a folder is what it takes, as -f voc, yolo and mvtec say."""
+    _jpg(tmp_path / "a.jpg")
+    with pytest.raises(DatasetError, match=r"a\.jpg: a set of good images is a folder"):
+        import_dataset("good", tmp_path / "a.jpg", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_image_file_far_over_its_pixels_is_refused_unread(tmp_path: Path) -> None:
     """A 160x160 PNG padded to 3 GB was read whole to find its size (3.2 GB of memory;
     training review, session 33). The file is sparse here: nothing is written to disk."""

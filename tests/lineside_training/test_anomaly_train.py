@@ -130,13 +130,18 @@ def test_sample_split_evaluated_through_the_package(tmp_path: Path,
     assert (run / "report-val-other" / "metrics.json").is_file() and not (run / "report-val").exists()
     m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert m["good_trained_on"] == 0 and "in-sample" not in r.stdout
+    assert m["good_set_threshold"] == 0
     # on its training split: the figures are in-sample, and said so; a package's report
     # per dataset (three --data runs wrote over one report-all)
     monkeypatch.chdir(tmp_path)  # the report goes under ./runs
     r = runner.invoke(app, ["evaluate", str(tmp_path / "models" / "s" / "1"), "--data",
                             str(SAMPLE), "--split", "train"])
     assert r.exit_code == 0, r.stderr
-    assert "note: 20 of the split's good images were trained on" in " ".join(r.stdout.split())
+    said = " ".join(r.stdout.split())
+    assert "note: 20 of the split's good images were trained on" in said
+    # the 5 held out (group77000) set the card's threshold: they pass it by construction
+    assert "note: 5 of the split's good images were held out at training to set the card's " \
+        "threshold" in said
     assert (tmp_path / "runs" / "s-1" / "report-train-deeppcb-sample" / "metrics.json").is_file()
     at = m["good_rephotographed"]["at_card_threshold"]
     assert (at["good"], at["defective"]) == (10, 10)

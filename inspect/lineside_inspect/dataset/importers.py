@@ -1524,6 +1524,9 @@ def import_good(src: Path) -> Draft:
     """A plain folder of defect-free images; the sub-folder (if any) is the group.
     Refused when the folder holds label files: those images are labelled, probably
     defective, and importing them as good parts would teach a model that defects are good."""
+    if src.is_file():  # one image was "no images found" (new-user review, session 50)
+        raise DatasetError(f"{src}: a set of good images is a folder (its sub-folders are "
+                           "groups: boards, batches, coils); give the folder that holds it")
     odd: list[Path] = []
     files = walk_files(src, odd)  # one walk (none for a file): labels, images, unread formats
     labelled = _label_files(files)

@@ -182,6 +182,9 @@ def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
     placed = _placed(anomaly.regions, recipe)
     regions = placed[~_covered(placed, verdict.defects)]
     where = f"{len(regions)} region(s)"
+    if len(placed) > len(regions):  # "0 region(s)" of a fused fail said nowhere (session 50)
+        where += (f", {len(placed) - len(regions)} on the detector's defect boxes (left to "
+                  "their class)")
     if len(anomaly.regions) > len(placed):
         where += (f", {len(anomaly.regions) - len(placed)} left out by the recipe's "
                   "regions or minimum size")
@@ -193,6 +196,9 @@ def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
                              np.array([anomaly.score], np.float32), np.zeros(1, np.int64),
                              [ANOMALY_LABEL])
         where = "no region in the map: the whole image is reported"
+        if anomaly.border_peak:
+            where += ("; the map's peak is in the letterbox border, outside the image: are "
+                      "the frames of another shape than the images the model was trained on?")
     verdict.reasons.append(Reason(
         rule="anomaly", label=ANOMALY_LABEL, count=len(regions), allowed=0,
         score=round(anomaly.score, 4), threshold=round(threshold, 4),

@@ -37,6 +37,10 @@ class AnomalyFinding:
     # the graph's own score over the whole map, when ``score`` is the one where a recipe's
     # regions look (:data:`Looks`); None: ``score`` is the graph's
     whole_score: float | None = None
+    # the map's peak lies in the letterbox border, outside the image, and no region is in
+    # it: a frame of another shape than the images trained on (the border then scores as
+    # anomalous), said in the fail's reason (new-user review, session 50)
+    border_peak: bool = False
 
 
 # A recipe's regions as a good-only model's map is judged by: its ``roi`` and ``ignore``
@@ -57,6 +61,17 @@ def _safe(values: np.ndarray) -> np.ndarray:
     passing them (-inf was clipped to 0: a pass)."""
     return np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32), nan=1.0, posinf=1.0,
                                  neginf=1.0), 0.0, 1.0)
+
+
+def _peak_in_border(amap: np.ndarray, content: np.ndarray) -> bool:
+    """Whether the map's highest value lies in the letterbox border rather than the image
+    (both finite: a broken map is said otherwise). Looked at only when no region is found."""
+    if content.all() or not content.any():
+        return False
+    inside, outside = amap[content], amap[~content]
+    if not (np.isfinite(inside).all() and np.isfinite(outside).all()):
+        return False
+    return bool(outside.max() > inside.max())
 
 
 def _content(shape: tuple[int, ...], lb: Letterbox) -> np.ndarray:
@@ -216,10 +231,10 @@ def find_anomalies(outputs: list[np.ndarray], letterboxes: list[Letterbox],
             score = min(whole, _looked_score(maps[i, 0], judged, pooled_pixels(card), whole))
         if not np.isfinite(maps[i, 0][content]).all():
             score = 1.0  # a map broken where the part is: the score cannot be trusted either
-        findings.append(AnomalyFinding(score, spec.threshold,
-                                       regions(maps[i, 0], lb, spec, content=judged,
-                                               max_regions=card.max_detections,
-                                               threshold=threshold), model,
+        found = regions(maps[i, 0], lb, spec, content=judged, max_regions=card.max_detections,
+                        threshold=threshold)
+        findings.append(AnomalyFinding(score, spec.threshold, found, model,
                                        (lb.width, lb.height),
-                                       None if looks is None else whole))
+                                       None if looks is None else whole,
+                                       not len(found) and _peak_in_border(maps[i, 0], content)))
     return findings
