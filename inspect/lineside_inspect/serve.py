@@ -14,6 +14,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.lifespan.on import LifespanOn
 
 try:  # httptools (C) parses HTTP/1.1 several times faster than h11 (pure Python)
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HTTPProtocol
@@ -254,11 +255,42 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
     return uvicorn.Config(app, **options)
 
 
+def _lifespan_class(app: FastAPI) -> type[LifespanOn]:
+    """uvicorn's lifespan, without the traceback it logs for a start-up the application
+    ended with an operator's mistake (``app.state.startup_error``, said in one line by
+    :func:`run`): a camera whose config contradicts itself was 60 lines and exit 3."""
+
+    class Lifespan(LifespanOn):
+        async def send(self, message: Any) -> None:
+            if message["type"] == "lifespan.startup.failed" and \
+                    getattr(app.state, "startup_error", None) is not None:
+                message = {"type": "lifespan.startup.failed", "message": ""}
+            await super().send(message)
+
+    return Lifespan
+
+
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: FastAPI, *, drain_s: float = 0.5) -> None:
         super().__init__(config)
         self.app = app
         self.drain_s = drain_s
+        if not config.loaded:
+            config.load()  # (what run does first; the lifespan class is set there)
+        config.lifespan_class = _lifespan_class(app)
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve until stopped. A start-up that failed ends in an exception, never a
+        return: the application's own error (a ``LinesideError``: the CLI says it in one
+        line, exit 2), else uvicorn's ``SystemExit`` (exit 3), so a service manager
+        restarts or alarms."""
+        try:
+            super().run(sockets=sockets)
+        except SystemExit:
+            error = getattr(self.app.state, "startup_error", None)
+            if error is not None:
+                raise error from None
+            raise
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)

@@ -1214,3 +1214,25 @@ def test_a_worker_left_in_a_read_at_stop_ends_before_the_interpreter_finalizes()
                           text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["{'c':", "False}", "ended"]
+
+
+def test_a_folder_camera_closed_from_another_thread_mid_read_does_not_raise(
+        tmp_path: Path) -> None:
+    """close() (a camera stopped from the server's thread) empties the folder's list while
+    the worker's read walks it: the read indexed the emptied list, an IndexError (session
+    50). Here the close comes at the first file's check, where another thread's would."""
+    cv2.imwrite(str(tmp_path / "a.png"), counter_frame(0))
+    cv2.imwrite(str(tmp_path / "b.png"), counter_frame(1))
+    source = make_source(str(tmp_path), open_timeout_s=1, read_timeout_s=1, loop=True, fps=1000.0)
+    source.open()
+
+    class ClosedAtItsCheck(type(tmp_path)):  # type: ignore[misc]
+        def is_file(self) -> bool:
+            source.close()  # as the other thread's close, mid-read
+            return False
+
+    first, second = source.files  # type: ignore[attr-defined]
+    source.files = [ClosedAtItsCheck(first), second]  # type: ignore[attr-defined]
+    frame = source.read()  # the list it began with: the next file
+    assert frame is not None and np.abs(frame.astype(int) - counter_frame(1)).mean() < 8
+    assert source.files == []  # type: ignore[attr-defined]

@@ -45,6 +45,25 @@ def test_a_port_in_use_is_one_line_before_anything_loads(tmp_path: Path) -> None
     assert not (tmp_path / "store").exists()  # nothing made
 
 
+def test_a_mistake_found_in_the_start_up_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    # session 50: a camera whose config contradicts itself is found in the application's
+    # start-up (after the port is bound and the models load), where uvicorn logged a
+    # 60-line traceback and exited 3; a service manager, and the operator, get one line
+    # and the exit code of the mistakes found before start-up
+    config = tmp_path / "serve.yaml"
+    config.write_text(json.dumps({
+        "port": free_port(), "device": "cpu", "data_dir": str(tmp_path / "store"),
+        "models": [str(ROOT / "models" / "deeppcb-ref" / "1")],
+        "recipes": [str(ROOT / "configs" / "recipes" / "deeppcb-ref.yaml")],
+        "cameras": [{"id": "cam1", "recipe": "deeppcb-ref", "mode": "triggered",
+                     "source": str(ROOT / "datasets" / "deeppcb-sample" / "images")}]}))
+    out = subprocess.run([*LINESIDE, "serve", "--config", str(config)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "error: camera cam1 has no reference configured" in out.stderr
+    assert "Traceback" not in out.stderr and "File \"" not in out.stderr
+
+
 def test_sigterm_drains(tmp_path: Path) -> None:
     port = free_port()
     server = ServerProcess([*LINESIDE, "serve", "--port", str(port), "--device", "cpu"],

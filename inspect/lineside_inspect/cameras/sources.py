@@ -239,14 +239,18 @@ class FolderSource:
         delay = self._next - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        for _ in range(len(self.files)):
-            if self.index >= len(self.files):
+        # the list as it was: close() from another thread (a camera stopped mid-read)
+        # empties self.files, and indexing it then was an IndexError (session 50)
+        files = self.files
+        for _ in range(len(files)):
+            index = self.index
+            if index >= len(files):
                 if not self.loop:
                     self.ended = True
                     return None
-                self.index = 0
-            path = self.files[self.index]
-            self.index += 1
+                index = 0
+            self.index = index + 1
+            path = files[index]
             try:
                 # a regular file of a bounded size: a '.jpg' link to /dev/zero was read
                 # until the server was killed, a FIFO blocked the camera for good

@@ -199,31 +199,39 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.ready = False
-        await anyio.to_thread.run_sync(load_everything, settings, registry)
-        admin.publish_state(app.state.metrics, registry)
-        # a camera whose config contradicts itself (a reference model's recipe and no
-        # golden image, or the reverse) stops the server here, before anything started
-        await anyio.to_thread.run_sync(app.state.service.check_cameras)
-        for hook in app.state.on_startup:
-            await anyio.to_thread.run_sync(hook)
-        # after the start-up hooks (a fleet box's restored models), before the ready hooks
-        # (the fail-rate alarm settles its resumed counts against the recipes loaded then)
-        await anyio.to_thread.run_sync(load_saved_recipes, app)
-        # the configured recipes of a fleet box's pulled models restored just now; the rest
-        # wait for their first pull
-        await anyio.to_thread.run_sync(add_waiting_recipes, app)
-        for recipe in registry.waiting_recipes():
-            log.warning("recipe %s waits for model %s, which no configured package gives: "
-                        "it is put when the box pulls it from the hub", recipe.name,
-                        recipe.model)
-        for hook in app.state.on_ready:
-            await anyio.to_thread.run_sync(hook)
-        # what a camera still lacks once every hook ran (a recipe a fleet box gets with its
-        # first pull, a reference to be registered over the API) is warned about, not
-        # refused: the server must run for it to come
-        await anyio.to_thread.run_sync(app.state.service.warn_cameras)
-        app.state.service.start_continuous()
+        try:
+            app.state.ready = False
+            await anyio.to_thread.run_sync(load_everything, settings, registry)
+            admin.publish_state(app.state.metrics, registry)
+            # a camera whose config contradicts itself (a reference model's recipe and no
+            # golden image, or the reverse) stops the server here, before anything started
+            await anyio.to_thread.run_sync(app.state.service.check_cameras)
+            for hook in app.state.on_startup:
+                await anyio.to_thread.run_sync(hook)
+            # after the start-up hooks (a fleet box's restored models), before the ready hooks
+            # (the fail-rate alarm settles its resumed counts against the recipes loaded then)
+            await anyio.to_thread.run_sync(load_saved_recipes, app)
+            # the configured recipes of a fleet box's pulled models restored just now; the rest
+            # wait for their first pull
+            await anyio.to_thread.run_sync(add_waiting_recipes, app)
+            for recipe in registry.waiting_recipes():
+                log.warning("recipe %s waits for model %s, which no configured package gives: "
+                            "it is put when the box pulls it from the hub", recipe.name,
+                            recipe.model)
+            for hook in app.state.on_ready:
+                await anyio.to_thread.run_sync(hook)
+            # what a camera still lacks once every hook ran (a recipe a fleet box gets with its
+            # first pull, a reference to be registered over the API) is warned about, not
+            # refused: the server must run for it to come
+            await anyio.to_thread.run_sync(app.state.service.warn_cameras)
+            app.state.service.start_continuous()
+        except (LinesideError, OSError) as exc:
+            # an operator's mistake found at start-up (a camera's config contradicting
+            # itself, a folder the system refused): the runner (serve.run) says it in one
+            # line and exits 2, as for those found before; uvicorn's traceback and exit 3
+            # for anything else (session 50)
+            app.state.startup_error = exc
+            raise
         app.state.ready = True
         log.info("lineside ready: %s", ready_line(registry))
         try:
@@ -272,6 +280,7 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     app.state.ready = False
     app.state.store = None
     app.state.cameras = None
+    app.state.startup_error = None  # what ended a failed start-up (see lifespan)
     app.state.on_startup = []
     app.state.on_ready = []  # after every start-up hook (e.g. once a fleet box restored its models)
     app.state.on_stopping = []  # first on shutdown, before inspections drain (PLC stations)
