@@ -10,18 +10,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from lineside_inspect.cli import app
-from lineside_inspect.dataset import Box, ImageRecord
+from lineside_inspect.dataset import Box, ImageRecord, read_dataset
 from lineside_inspect.errors import ConfigError
+from lineside_inspect.imageio import read_image
 from lineside_inspect.opencv import cv2
-from lineside_inspect.package import load_package
+from lineside_inspect.package import PAD_VALUE, load_package
 from lineside_inspect.runtime.anomaly import AnomalyModel
+from lineside_inspect.runtime.anomaly_map import find_anomalies
+from lineside_inspect.runtime.preprocess import letterbox
 from lineside_training.anomaly.config import AnomalyConfig
 from lineside_training.anomaly.data import CropSampler, carve
 from lineside_training.anomaly.evaluate import escapes_by_class
+from lineside_training.anomaly.export import PARITY_SCORE
+from lineside_training.anomaly.infer import score_images, torch_forward
+from lineside_training.anomaly.train import load_run
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
@@ -634,3 +641,51 @@ def test_a_set_validate_refuses_is_refused_before_good_only_training(tmp_path: P
     _config(tmp_path, data, extra_data=[str(other / "ds")])
     refused("1 good image(s) that do not decode", "the --merge set each named by its path",
             str(other / "ds" / "images" / "c" / "0.png"))
+
+
+def test_a_run_and_its_package_score_wide_images_alike_inside_the_image(
+        tmp_path: Path) -> None:
+    """Calibration and ``evaluate`` on a run scored the whole letterboxed map, border and
+    all, while the server now scores inside the image only (new-user review, session 50):
+    on frames not of the input's shape a run's report and its package's would differ, and
+    the card's threshold would be set on another score than the one judged. Both now score
+    through the edge's ``image_score``."""
+    rng = np.random.default_rng(5)
+    for g in ("line-a", "line-b"):
+        (tmp_path / "good" / g).mkdir(parents=True)
+        for i in range(3):  # 3:1 frames: two thirds of the 96 px input is border
+            wide = np.hstack([_part(rng, 48) for _ in range(3)])
+            cv2.imwrite(str(tmp_path / "good" / g / f"{i}.png"), wide)
+    r = runner.invoke(app, ["data", "import", "-f", "good", str(tmp_path / "good"),
+                            str(tmp_path / "ds")])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, tmp_path / "ds",
+                                                             steps=40, lr=0.01, warmup_steps=5))])
+    assert r.exit_code == 0, r.output + r.stderr
+    run, pkg = tmp_path / "runs" / "toy", tmp_path / "models" / "toy" / "1"
+    r = runner.invoke(app, ["export", str(run), "--out", str(pkg)])
+    assert r.exit_code == 0, r.stderr
+    for target, extra, out in ((run, [], "run"), (pkg, ["--data", str(tmp_path / "ds")], "pkg")):
+        r = runner.invoke(app, ["evaluate", str(target), *extra, "--split", "all",
+                                "--out", str(tmp_path / out)])
+        assert r.exit_code == 0, r.output + r.stderr
+    by_run, by_pkg = (np.load(tmp_path / o / "scores.npz") for o in ("run", "pkg"))
+    for key in ("good_stored", "good_rephotographed"):
+        assert len(by_run[key]) == 6
+        np.testing.assert_allclose(by_run[key], by_pkg[key], atol=PARITY_SCORE)
+    # the scores are the ones inside the image, not the graph's own over the border too:
+    # a stain painted in the border of a letterboxed frame (as a graph may see padding)
+    # raises the graph's own score; the run's and the package's leave it out alike
+    model = AnomalyModel(load_package(pkg), device="cpu", threads=1)
+    dataset = read_dataset(tmp_path / "ds")
+    image = read_image(dataset.image_path(dataset.images[0]))
+    fitted, lb = letterbox(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), 96, pad_value=PAD_VALUE)
+    assert lb.pad_y > 20
+    fitted[:16, :] = (200, 30, 30)  # red, in the top border
+    batch = fitted.transpose(2, 0, 1)[None].copy()
+    own = float(model.forward(batch)[1][0])
+    judged = find_anomalies(model.forward(batch), [lb], model.card)[0].score
+    assert judged < own - 10 * PARITY_SCORE
+    _, graph, _ = load_run(run)
+    by_torch = score_images(torch_forward(graph, torch.device("cpu")), [(fitted, lb)], topk=8)
+    assert by_torch.scores[0] == pytest.approx(judged, abs=PARITY_SCORE)

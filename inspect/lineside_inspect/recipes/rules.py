@@ -189,16 +189,13 @@ def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
         where += (f", {len(anomaly.regions) - len(placed)} left out by the recipe's "
                   "regions or minimum size")
     if len(anomaly.regions) == 0 and len(verdict.defects) == 0 and anomaly.image_size:
-        # the map shows no region (all under min_region_px, or at the letterbox border):
+        # the map shows no region (all under min_region_px):
         # the whole image is where, rather than a fail that shows nothing (review, session 39)
         w, h = anomaly.image_size
         regions = Detections(np.array([[0, 0, w, h]], np.float32),
                              np.array([anomaly.score], np.float32), np.zeros(1, np.int64),
                              [ANOMALY_LABEL])
         where = "no region in the map: the whole image is reported"
-        if anomaly.border_peak:
-            where += ("; the map's peak is in the letterbox border, outside the image: are "
-                      "the frames of another shape than the images the model was trained on?")
     verdict.reasons.append(Reason(
         rule="anomaly", label=ANOMALY_LABEL, count=len(regions), allowed=0,
         score=round(anomaly.score, 4), threshold=round(threshold, 4),
@@ -208,8 +205,11 @@ def judge(detections: Detections, recipe: Recipe, thresholds: dict[str, float],
 
 
 def _judged_where(anomaly: AnomalyFinding) -> str:
-    """Says the score is the one where the recipe's regions look, when it is."""
-    return "" if anomaly.whole_score is None else " in the recipe's regions"
+    """Says the score is the one where the recipe's regions look, or inside the image (the
+    letterbox border left out), when it is."""
+    if anomaly.looked:
+        return " in the recipe's regions"
+    return "" if anomaly.whole_score is None else " inside the image"
 
 
 def with_reference_mismatch(verdict: Verdict, mismatch: ViewMismatch | None) -> Verdict:

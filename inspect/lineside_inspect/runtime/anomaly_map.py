@@ -7,6 +7,10 @@ both in [0, 1]. This module turns those into what the recipe judges: the image s
 (the verdict: at or above the threshold the part fails) and the regions of the map
 above ``map_threshold`` (the boxes a reviewer sees), mapped back through the letterbox
 to the image as sent and labelled ``anomaly``.
+
+The image score is formed inside the image only (:func:`image_score`): the letterbox
+border is not the part, so it never fails it. Training's calibration and ``lineside
+evaluate`` on a run score the same way, through the same function.
 """
 
 from __future__ import annotations
@@ -34,13 +38,11 @@ class AnomalyFinding:
     # (width, height) of the image as sent: the box a fail reports when the map shows no
     # region (rules.judge), so a failed part always says where
     image_size: tuple[int, int] | None = None
-    # the graph's own score over the whole map, when ``score`` is the one where a recipe's
-    # regions look (:data:`Looks`); None: ``score`` is the graph's
+    # the graph's own score over the whole map (letterbox border included), when ``score``
+    # is another one: inside the image only (a frame not of the input's shape), or where
+    # a recipe's regions look (``looked``); None: ``score`` is the graph's
     whole_score: float | None = None
-    # the map's peak lies in the letterbox border, outside the image, and no region is in
-    # it: a frame of another shape than the images trained on (the border then scores as
-    # anomalous), said in the fail's reason (new-user review, session 50)
-    border_peak: bool = False
+    looked: bool = False  # ``score`` is the one where a recipe's regions look (:data:`Looks`)
 
 
 # A recipe's regions as a good-only model's map is judged by: its ``roi`` and ``ignore``
@@ -63,20 +65,20 @@ def _safe(values: np.ndarray) -> np.ndarray:
                                  neginf=1.0), 0.0, 1.0)
 
 
-def _peak_in_border(amap: np.ndarray, content: np.ndarray) -> bool:
-    """Whether the map's highest value lies in the letterbox border rather than the image
-    (both finite: a broken map is said otherwise). Looked at only when no region is found."""
-    if content.all() or not content.any():
-        return False
-    inside, outside = amap[content], amap[~content]
-    if not (np.isfinite(inside).all() and np.isfinite(outside).all()):
-        return False
-    return bool(outside.max() > inside.max())
+def _shown(lb: Letterbox) -> tuple[int, int]:
+    """The image's size in the letterboxed input (as ``preprocess.letterbox`` resizes it)."""
+    return max(1, round(lb.width * lb.scale)), max(1, round(lb.height * lb.scale))
+
+
+def _fills(shape: tuple[int, ...], lb: Letterbox) -> bool:
+    """Whether the image fills the whole input (no border): a frame of the input's shape."""
+    nw, nh = _shown(lb)
+    return lb.pad_x == lb.pad_y == 0 and (nh, nw) == tuple(shape[-2:])
 
 
 def _content(shape: tuple[int, ...], lb: Letterbox) -> np.ndarray:
     """Where the letterboxed input shows the image (the border is not the part)."""
-    nw, nh = max(1, round(lb.width * lb.scale)), max(1, round(lb.height * lb.scale))
+    nw, nh = _shown(lb)
     content = np.zeros(shape, dtype=bool)
     content[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = True
     return content
@@ -166,6 +168,30 @@ def _looked_score(amap: np.ndarray, judged: np.ndarray, k: int, whole: float) ->
     return float(_safe(np.partition(values, cut)[cut:]).mean())
 
 
+def image_score(anomaly_map: np.ndarray, score: float, lb: Letterbox, k: int) -> float:
+    """The image score a part is judged by, from the graph's ``anomaly_map`` (``S x S``)
+    and own ``score`` for an image letterboxed by ``lb``: the graph's score when the image
+    fills the input (a frame of its shape: nothing more is done), else the mean of the
+    ``k`` highest map pixels inside the image (``k``: :func:`pooled_pixels`, or the
+    training config's ``score_topk``), never above the graph's own. The border is not the
+    part: a 300x120 frame to a model trained on square images failed every time, 0.996
+    from the grey padding while the image peaked at 0.56 (new-user review, session 50).
+    The server (:func:`find_anomalies`), training's calibration and ``lineside evaluate``
+    all score through this function, so a threshold is set on the score it judges."""
+    if _fills(anomaly_map.shape, lb) or not np.isfinite(score):
+        return float(score)  # (a broken graph's score is not made good by its map)
+    return min(float(score), _looked_score(anomaly_map, _content(anomaly_map.shape, lb), k,
+                                           float(score)))
+
+
+def in_image(anomaly_map: np.ndarray, lb: Letterbox) -> np.ndarray:
+    """The map's values inside the image (the letterbox border left out), flat: the
+    pixels a region can be found in, which the map threshold is calibrated on."""
+    if _fills(anomaly_map.shape, lb):
+        return anomaly_map.ravel()
+    return anomaly_map[_content(anomaly_map.shape, lb)]
+
+
 def region_level(spec: AnomalySpec, threshold: float | None) -> float:
     """The map value above which pixels form regions: the card's ``map_threshold``, or the
     image threshold a part is judged at when a recipe sets one below it. Calibration keeps
@@ -212,10 +238,13 @@ def find_anomalies(outputs: list[np.ndarray], letterboxes: list[Letterbox],
     regions, if it has any. With them, the score is the mean of the graph's pooled pixels
     (:func:`pooled_pixels`) where the recipe looks, never above the graph's own, and the
     regions are found there only: an anomaly in an ``ignore`` area (a label that varies,
-    a fixture edge) failed the part, though the recipe said not to judge there."""
+    a fixture edge) failed the part, though the recipe said not to judge there. Without
+    them, the score is :func:`image_score`: inside the image, the letterbox border left
+    out (the graph's own for a frame of the input's shape)."""
     spec = anomaly_spec(card)
-    maps, scores = outputs
-    scores = _safe(scores).reshape(-1)
+    maps, raw = outputs
+    scores = _safe(raw).reshape(-1)
+    broken = ~np.isfinite(np.asarray(raw, dtype=np.float32).reshape(-1))
     if maps.ndim != 4 or maps.shape[1] != 1 or len(maps) != len(letterboxes) \
             or len(scores) != len(letterboxes):
         raise PackageError(f"model {card.name} {card.version}: anomaly outputs of shapes "
@@ -229,12 +258,16 @@ def find_anomalies(outputs: list[np.ndarray], letterboxes: list[Letterbox],
         judged = content if looks is None else _looked_at(looks, lb, (shape[0], shape[1]))
         if looks is not None:
             score = min(whole, _looked_score(maps[i, 0], judged, pooled_pixels(card), whole))
-        if not np.isfinite(maps[i, 0][content]).all():
-            score = 1.0  # a map broken where the part is: the score cannot be trusted either
+        else:  # inside the image: the graph's score counted the letterbox border
+            score = image_score(maps[i, 0], whole, lb, pooled_pixels(card))
+        if broken[i] or not np.isfinite(maps[i, 0][content]).all():
+            # a graph's score or map broken where the part is: it cannot be trusted, and
+            # the score in part of the map must not make it good (-inf or NaN passed parts)
+            score = 1.0
         found = regions(maps[i, 0], lb, spec, content=judged, max_regions=card.max_detections,
                         threshold=threshold)
         findings.append(AnomalyFinding(score, spec.threshold, found, model,
                                        (lb.width, lb.height),
-                                       None if looks is None else whole,
-                                       not len(found) and _peak_in_border(maps[i, 0], content)))
+                                       None if score == whole and looks is None else whole,
+                                       looks is not None))
     return findings

@@ -15,7 +15,7 @@ from lineside_inspect.errors import ConfigError, DatasetError, ImageError, Probl
 from lineside_inspect.imageio import read_image
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import PAD_VALUE, sha256_file
-from lineside_inspect.runtime.preprocess import letterbox
+from lineside_inspect.runtime.preprocess import Letterbox, letterbox
 from lineside_training.anomaly.config import AnomalyConfig
 from lineside_training.anomaly.synth import SynthSpec, add_anomalies, rephotograph
 from lineside_training.engine import check_files, check_set
@@ -23,16 +23,18 @@ from lineside_training.engine import check_files, check_set
 MIN_CALIB = 1  # calibration needs at least one held-out good image
 
 
-def load_rgb(dataset: Dataset, rec: ImageRecord, size: int) -> np.ndarray:
-    """The record's pixels as the edge runtime feeds them: RGB, letterboxed to ``size``."""
+def load_rgb(dataset: Dataset, rec: ImageRecord, size: int) -> tuple[np.ndarray, Letterbox]:
+    """The record's pixels as the edge runtime feeds them: RGB, letterboxed to ``size``,
+    with the letterbox (where the image is in them: the border is never scored)."""
     image = cv2.cvtColor(read_image(dataset.image_path(rec)), cv2.COLOR_BGR2RGB)
-    return letterbox(image, size, pad_value=PAD_VALUE)[0]
+    return letterbox(image, size, pad_value=PAD_VALUE)
 
 
 def load_all(name: str | Path, dataset: Dataset, records: list[ImageRecord],
-             size: int) -> list[np.ndarray]:
-    """Every record's pixels (:func:`load_rgb`), or, where some do not decode, one refusal
-    naming each (a run stopped at the first, its folder made; session 42)."""
+             size: int) -> list[tuple[np.ndarray, Letterbox]]:
+    """Every record's pixels and letterbox (:func:`load_rgb`), or, where some do not
+    decode, one refusal naming each (a run stopped at the first, its folder made; session
+    42)."""
     images, problems, merged = [], [], False
     for rec in records:
         try:

@@ -57,9 +57,10 @@ def run_scorer(path: Path) -> tuple[Scorer, dict[str, Any]]:
     forward = torch_forward(graph, torch.device("cpu"))
 
     def run(images: list[np.ndarray]) -> tuple[list[float], list[np.ndarray] | None]:
+        # each with its letterbox: scored inside the image, as the package is (image_score)
         fitted = [letterbox(cv2.cvtColor(i, cv2.COLOR_BGR2RGB), cfg.input_size,
-                            pad_value=PAD_VALUE)[0] for i in images]
-        return score_images(forward, fitted).scores, None
+                            pad_value=PAD_VALUE) for i in images]
+        return score_images(forward, fitted, topk=cfg.score_topk).scores, None
     # where the checkpoint recorded the set, else its config's data as typed to train
     # (relative to where train ran): evaluate from another folder found none (session 47)
     data = recorded_set(ckpt) or cfg.data

@@ -29,6 +29,8 @@ from lineside_inspect.package import (
     write_card,
 )
 from lineside_inspect.runtime.anomaly import AnomalyModel
+from lineside_inspect.runtime.anomaly_map import image_score
+from lineside_inspect.runtime.preprocess import Letterbox
 from lineside_inspect.version import __version__
 from lineside_training.anomaly.data import load_rgb
 from lineside_training.anomaly.net import AnomalyGraph
@@ -45,24 +47,29 @@ PARITY_MAP = 2e-3  # max |torch - onnx| of any map pixel
 PARITY_SCORE = 1e-3
 
 
-def parity_problems(graph: AnomalyGraph, runtime: AnomalyModel, images: list[np.ndarray],
-                    threshold: float) -> list[str]:
-    """torch and the edge runtime on the same letterboxed images: maps within PARITY_MAP,
-    scores within PARITY_SCORE, and the same verdict at the card's threshold."""
+def parity_problems(graph: AnomalyGraph, runtime: AnomalyModel,
+                    images: list[tuple[np.ndarray, Letterbox]], threshold: float,
+                    topk: int) -> list[str]:
+    """torch and the edge runtime on the same letterboxed images (each with its
+    letterbox): maps within PARITY_MAP, the graphs' scores within PARITY_SCORE, and the
+    same verdict at the card's threshold on the score judged (``image_score``: inside the
+    image, as calibrated and as the server judges)."""
     problems = []
-    for i, image in enumerate(images):
+    for i, (image, lb) in enumerate(images):
         batch = image.transpose(2, 0, 1)[None].copy()
         with torch.no_grad():
             tmap, tscore = (t.numpy() for t in graph(torch.from_numpy(batch)))
         omap, oscore = runtime.forward(batch)
         dmap = float(np.abs(tmap - omap).max())
         dscore = float(abs(tscore[0] - oscore[0]))
+        tjudged = image_score(tmap[0, 0], float(tscore[0]), lb, topk)
+        ojudged = image_score(omap[0, 0], float(oscore[0]), lb, topk)
         # a verdict may flip only for a score within rounding of the threshold
-        flipped = (tscore[0] >= threshold) != (oscore[0] >= threshold) and \
-            abs(tscore[0] - threshold) > PARITY_SCORE
+        flipped = (tjudged >= threshold) != (ojudged >= threshold) and \
+            abs(tjudged - threshold) > PARITY_SCORE
         if dmap > PARITY_MAP or dscore > PARITY_SCORE or flipped:
             problems.append(f"image {i}: map differs by {dmap:.2e}, score {tscore[0]:.4f} vs "
-                            f"{oscore[0]:.4f}")
+                            f"{oscore[0]:.4f} (judged {tjudged:.4f} vs {ojudged:.4f})")
     return problems
 
 
@@ -112,7 +119,7 @@ def export_anomaly(run: str | Path, out: str | Path, *, name: str | None = None,
             sha256=sha256_file(tmp / GRAPH), lineside_version=__version__)
         write_card(tmp, card)
         runtime = AnomalyModel(load_package(tmp), device="cpu", threads=1)
-        problems = parity_problems(graph, runtime, images, spec.threshold)
+        problems = parity_problems(graph, runtime, images, spec.threshold, cfg.score_topk)
         if problems:
             raise PackageError("export parity gate failed: ONNX and torch disagree:\n  "
                                + "\n  ".join(problems[:20]))

@@ -1,14 +1,18 @@
 """Scores of letterboxed images through the torch model or an exported package: what
-calibration, evaluation and the export's parity gate compare."""
+calibration, evaluation and the export's parity gate compare. Each image is scored as the
+server judges it (:func:`lineside_inspect.runtime.anomaly_map.image_score`: inside the
+image, the letterbox border left out), so a threshold is set on the score it judges."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from lineside_inspect.runtime.anomaly_map import image_score, in_image
+from lineside_inspect.runtime.preprocess import Letterbox
 from lineside_training.anomaly.net import AnomalyGraph
 
 TOP_PIXELS = 256  # per image, for the map threshold's quantile (only the top matters)
@@ -22,10 +26,13 @@ class Scored:
     top_pixels: list[np.ndarray] = field(default_factory=list)
     maps: list[np.ndarray] = field(default_factory=list)  # kept only when asked
 
-    def add(self, amap: np.ndarray, score: np.ndarray, keep_maps: bool) -> None:
-        for m, s in zip(amap, score, strict=True):
-            self.scores.append(float(s))
-            flat = m.ravel()
+    def add(self, amap: np.ndarray, score: np.ndarray, letterboxes: Sequence[Letterbox],
+            topk: int, keep_maps: bool = False) -> None:
+        """The graph's ``[N, 1, S, S]`` maps and ``[N]`` scores of images letterboxed by
+        ``letterboxes``; ``topk``: the pixels the graph's score averages."""
+        for m, s, lb in zip(amap, score, letterboxes, strict=True):
+            self.scores.append(image_score(m[0], float(s), lb, topk))
+            flat = in_image(m[0], lb)  # a region is never found in the border
             k = min(TOP_PIXELS, flat.size)
             self.top_pixels.append(np.partition(flat, flat.size - k)[flat.size - k:])
             if keep_maps:
@@ -40,20 +47,21 @@ def torch_forward(graph: AnomalyGraph, device: torch.device) -> Forward:
     return run
 
 
-def score_images(forward: Forward, images: Iterable[np.ndarray], *, batch: int = 4,
-                 keep_maps: bool = False) -> Scored:
-    """``images``: letterboxed RGB ``H, W, 3`` uint8 arrays."""
+def score_images(forward: Forward, images: Iterable[tuple[np.ndarray, Letterbox]], *,
+                 topk: int, batch: int = 4, keep_maps: bool = False) -> Scored:
+    """``images``: letterboxed RGB ``H, W, 3`` uint8 arrays, each with its letterbox (as
+    ``preprocess.letterbox`` returns them); ``topk``: the config's ``score_topk``."""
     out = Scored()
-    pending: list[np.ndarray] = []
+    pending: list[tuple[np.ndarray, Letterbox]] = []
 
     def flush() -> None:
         if pending:
-            amap, score = forward(np.stack(pending).transpose(0, 3, 1, 2).copy())
-            out.add(amap, score, keep_maps)
+            amap, score = forward(np.stack([i for i, _ in pending]).transpose(0, 3, 1, 2).copy())
+            out.add(amap, score, [lb for _, lb in pending], topk, keep_maps)
             pending.clear()
 
-    for image in images:
-        pending.append(image)
+    for fitted in images:
+        pending.append(fitted)
         if len(pending) == batch:
             flush()
     flush()

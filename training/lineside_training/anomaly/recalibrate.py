@@ -23,6 +23,7 @@ from lineside_inspect.errors import ConfigError, DatasetError, LinesideError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.package import ANOMALY_LABEL, CARD
 from lineside_inspect.runtime.anomaly import AnomalyModel
+from lineside_inspect.runtime.anomaly_map import pooled_pixels
 from lineside_training.anomaly.calibrate import captures_needed, operating_point
 from lineside_training.anomaly.config import AnomalyConfig
 from lineside_training.anomaly.data import (
@@ -91,8 +92,10 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
     for i in range(0, len(good), BATCH):
         images = [read_image(dataset.image_path(r)) for r in good[i:i + BATCH]]
         images += [rephotograph(im, rng) for im in images]
-        maps, scores = model.forward(model.pre_process(images)[0])
-        scored.add(maps, scores, keep_maps=False)
+        batch, letterboxes = model.pre_process(images)
+        maps, scores = model.forward(batch)
+        # scored inside the image, as the server judges them (image_score)
+        scored.add(maps, scores, letterboxes, pooled_pixels(model.card))
     scores = np.asarray(scored.scores)
     point = operating_point(
         scores, scored.top_pixels, target_false_reject=target,

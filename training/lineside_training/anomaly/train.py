@@ -20,6 +20,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from lineside_inspect.dataset import read_dataset
 from lineside_inspect.errors import ConfigError, LinesideError
+from lineside_inspect.runtime.preprocess import Letterbox
 from lineside_training.anomaly.calibrate import NEAR_CEILING, captures_needed, operating_point
 from lineside_training.anomaly.config import AnomalyConfig
 from lineside_training.anomaly.data import CropSampler, GoodSplit, carve, group_of, load_all
@@ -50,13 +51,14 @@ def lr_factor(step: int, progress: float, warmup: int) -> float:
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def calibrate_run(graph: AnomalyGraph, images: list[np.ndarray], cfg: AnomalyConfig,
-                  device: torch.device) -> dict[str, Any]:
-    """Thresholds from held-out good images, each as stored and re-photographed once (a
-    good part at the line is never the same capture twice)."""
+def calibrate_run(graph: AnomalyGraph, images: list[tuple[np.ndarray, Letterbox]],
+                  cfg: AnomalyConfig, device: torch.device) -> dict[str, Any]:
+    """Thresholds from held-out good images (letterboxed, each with its letterbox), each as
+    stored and re-photographed once (a good part at the line is never the same capture
+    twice), scored inside the image as the server judges them (``image_score``)."""
     rng = np.random.default_rng(CALIB_SEED)
-    variants = images + [rephotograph(i, rng) for i in images]
-    scored = score_images(torch_forward(graph, device), variants)
+    variants = images + [(rephotograph(i, rng), lb) for i, lb in images]
+    scored = score_images(torch_forward(graph, device), variants, topk=cfg.score_topk)
     point = operating_point(np.asarray(scored.scores), scored.top_pixels,
                             target_false_reject=cfg.target_false_reject,
                             pixels_per_image=cfg.input_size ** 2,
@@ -118,7 +120,7 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     say(f"good images: {len(train_images)} to train on{added}, {len(calib_images)} held out for "
         f"calibration (groups {split.calib_groups or 'by image'}); loaded in "
         f"{loaded:.0f}s")
-    sampler = CropSampler(train_images, cfg, cfg.seed)
+    sampler = CropSampler([image for image, _ in train_images], cfg, cfg.seed)
     net = AnomalyNet(cfg.width)
     if origin is not None:
         net.load_state_dict(origin.state)
