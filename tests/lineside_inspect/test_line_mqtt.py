@@ -855,3 +855,38 @@ def test_a_parts_end_is_documented_field_by_field_with_the_codes_names() -> None
     assert payload["error"] == "ack_timeout" and f"`{payload['error']}`" in paragraph
     assert payload["inspection_id"] is None and payload["ended_at"] == "2026-01-02T00:00:00+00:00"
     json.dumps(payload, allow_nan=False)
+
+
+def test_parts_ended_as_the_line_stops_reach_the_broker(
+        broker: Broker, subscribers: Callable[[int], Subscriber], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A part the PLC acknowledged as the server stopped (its code-8 result read in the
+    servers' last second) waits in memory for the delivery thread; stopping woke that
+    thread to leave, and the part's end was lost ("events ... were lost" in the log, the
+    MES never heard of the part): line review, session 50. They go out at the stop."""
+    from lineside_inspect.line.station import ErrorCode, PartEnd
+
+    caplog.set_level(logging.WARNING, logger="lineside")
+    broker.start()
+    sub = subscribers(broker.port)
+    wait_for(lambda: sub.subscriptions >= 1, "the subscriber")
+    store = Store(tmp_path / "store", None, pass_rate=0.0, sync_interval_s=3600, box_id="b1")
+    cfg = MqttConfig(url=broker.url, username="lineside", password=PASSWORDS["lineside"])
+    try:
+        publisher = MqttPublisher(cfg, store, poll_s=0.1)
+        publisher.start()
+        try:
+            wait_for(lambda: publisher.connected and sub.on("b1/status"), "the connection")
+        finally:
+            for part in (1, 2, 3):  # acknowledged in the servers' last moment
+                publisher.on_part(PartEnd("st1", part, "deeppcb", "", False,
+                                          ErrorCode.SHUTDOWN, True))
+            publisher.stop()
+        wait_for(lambda: len(sub.on("st1/part")) >= 3, "the parts' ends")
+        assert [json.loads(p)["part"] for _, p, _ in sub.on("st1/part")] == [1, 2, 3]
+        assert Outbox(store.engine, "b1").backlog() == 0
+        assert "were lost" not in caplog.text
+        publisher.on_part(PartEnd("st1", 4, "deeppcb", "", False, ErrorCode.SHUTDOWN, True))
+        assert "end of part 4 of st1 not sent" in caplog.text  # after the stop: said
+    finally:
+        store.close()
