@@ -77,8 +77,9 @@ def friendly(fn: F) -> F:
             # the file system said no (a broken link, no permission, the disk full, a busy
             # mount point): what and where, in one line, not a traceback
             where = f"{exc.filename}: " if exc.filename else ""
-            err.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}",
-                      highlight=False)
+            # a bare TimeoutError (an OSError) has neither: "error:" and nothing after it
+            said = exc.strerror or str(exc) or type(exc).__name__
+            err.print(f"[bold red]error:[/] {escape(where + said)}", highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             # typer ends on 130 without a word: a stopped import or training looked like

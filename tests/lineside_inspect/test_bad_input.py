@@ -155,9 +155,11 @@ def _png(width: int, height: int) -> bytes:
     return buf.tobytes()
 
 
-@pytest.mark.parametrize("size", [(1281, 1), (1, 1281), (1, 1), (5000, 3)])
+@pytest.mark.parametrize("size", [(1281, 1), (1, 1281), (1, 1), (5000, 3), (640, 639), (639, 640)])
 def test_sliver_images_get_a_verdict(srv, size: tuple[int, int]) -> None:
-    """A 1281x1 image letterboxes to under one row: it used to trip OpenCV's resize."""
+    """A 1281x1 image letterboxes to under one row: it used to trip OpenCV's resize. A
+    frame one pixel short of the input (640x639) has no pad before it, and was passed on
+    unpadded, a row short of the batch (adversarial review, session 50)."""
     with httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as c:
         r = c.post("/v1/inspect", content=_png(*size), headers={"content-type": "image/png"})
         assert r.status_code == 200, r.text

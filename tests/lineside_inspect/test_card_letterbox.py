@@ -58,11 +58,13 @@ def test_a_letterbox_the_runtime_cannot_make_is_refused(tmp_path: Path,
         load_package(_package(tmp_path, **letterbox))
 
 
-@pytest.mark.parametrize("shape", [(640, 640), (100, 200), (481, 333)])
+@pytest.mark.parametrize("shape", [(640, 640), (100, 200), (481, 333), (639, 640), (640, 639)])
 def test_batch_holds_the_letterboxed_planes(shape: tuple[int, int]) -> None:
     """pre_process writes planes straight into the batch (OpenCV's split): RGB for a
     single-image model, (frame grey, reference grey, difference) for a reference model,
-    the same pixels as a transposed copy of the letterboxed image."""
+    the same pixels as a transposed copy of the letterboxed image. A frame a pixel short
+    of the input size one way (its one-pixel border after it, none before) was returned
+    unpadded and raised ValueError (adversarial review, session 50)."""
     from lineside_inspect.runtime.preprocess import letterbox
     from lineside_inspect.runtime.reference import pair_image
 

@@ -462,3 +462,23 @@ def test_a_hub_port_in_use_is_one_line_before_its_database_is_made(tmp_path: Pat
         result = runner.invoke(app, ["hub", "--config", str(config)])
     _one_line(result, f"cannot listen on 127.0.0.1:{port}: Address already in use")
     assert not (tmp_path / "hub.db").exists()
+
+
+@pytest.mark.parametrize("raised", [TimeoutError(), OSError(), ConnectionResetError()])
+def test_an_os_error_without_a_message_is_still_said(raised: OSError, capsys) -> None:
+    """A bare ``TimeoutError`` (an OSError with no strerror, no text) was ``error:`` and
+    nothing after it, as a start-up's OSError now is one line (adversarial review, session
+    50): its kind is said instead."""
+    import typer
+
+    from lineside_inspect.cli import friendly
+
+    @friendly
+    def command() -> None:
+        raise raised
+
+    with pytest.raises(typer.Exit) as ended:
+        command()
+    assert ended.value.exit_code == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"error: {type(raised).__name__}" in said, said

@@ -21,14 +21,15 @@ from lineside_inspect.imageio import read_image
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import PAD_VALUE, load_package
 from lineside_inspect.runtime.anomaly import AnomalyModel
-from lineside_inspect.runtime.anomaly_map import find_anomalies
+from lineside_inspect.runtime.anomaly_map import find_anomalies, in_image
 from lineside_inspect.runtime.preprocess import letterbox
 from lineside_training.anomaly.config import AnomalyConfig
 from lineside_training.anomaly.data import CropSampler, carve
 from lineside_training.anomaly.evaluate import escapes_by_class
 from lineside_training.anomaly.export import PARITY_SCORE
 from lineside_training.anomaly.infer import score_images, torch_forward
-from lineside_training.anomaly.train import load_run
+from lineside_training.anomaly.net import AnomalyGraph, AnomalyNet
+from lineside_training.anomaly.train import calibrate_run, calibration_variants, load_run
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "datasets" / "deeppcb-sample"
@@ -689,3 +690,35 @@ def test_a_run_and_its_package_score_wide_images_alike_inside_the_image(
     _, graph, _ = load_run(run)
     by_torch = score_images(torch_forward(graph, torch.device("cpu")), [(fitted, lb)], topk=8)
     assert by_torch.scores[0] == pytest.approx(judged, abs=PARITY_SCORE)
+
+
+def test_calibration_re_photographs_and_rates_pixels_inside_the_image(tmp_path: Path) -> None:
+    """Adversarial review, session 50: a run's calibration re-photographed the whole
+    letterboxed input, border and all (noise, gain and JPEG blocks in the padding, which
+    the server never sees: evaluate and ``lineside calibrate`` re-photograph before the
+    letterbox), and set the map threshold at ``pixel_false_positive`` of ``S x S`` pixels
+    while taking them inside the image only: on 3:1 frames good pixels crossed it at ~3x
+    the rate asked. A real (untrained) graph on wide frames."""
+    rng = np.random.default_rng(3)
+    images = [letterbox(cv2.cvtColor(np.hstack([_part(rng, 24) for _ in range(3)]),
+                                     cv2.COLOR_BGR2RGB), 64, pad_value=PAD_VALUE)
+              for _ in range(4)]
+    variants = calibration_variants(images)
+    assert len(variants) == 8
+    for (image, lb), (again, _) in zip(images, variants[4:], strict=True):
+        below = lb.pad_y + round(lb.height * lb.scale)
+        assert lb.pad_y > 10 and below < 54
+        assert (again[:lb.pad_y] == PAD_VALUE).all() and (again[below:] == PAD_VALUE).all()
+        assert not np.array_equal(again[lb.pad_y:below], image[lb.pad_y:below])
+    cfg = AnomalyConfig(data=str(tmp_path), input_size=64, score_topk=1,
+                        pixel_false_positive=0.01, target_false_reject=0.2)
+    torch.manual_seed(0)
+    graph = AnomalyGraph(AnomalyNet(4), 1).eval()
+    point = calibrate_run(graph, images, cfg, torch.device("cpu"))
+    scored = score_images(torch_forward(graph, torch.device("cpu")), variants, topk=1,
+                          keep_maps=True)
+    inside = np.concatenate([in_image(m, lb) for m, (_, lb) in zip(scored.maps, variants,
+                                                                     strict=True)])
+    assert inside.size == 8 * 64 * 21 == 8 * scored.pixels_per_image
+    over = float((inside > point["map_threshold"]).mean())
+    assert 0 < over <= 0.01  # the rate asked, of the pixels a region is found in

@@ -79,7 +79,10 @@ def letterbox(image: np.ndarray, size: int, *, pad_value: int = PAD_VALUE,
     lb = fit(w, h, size)
     nw, nh = _scaled(w, h, lb.scale)
     px, py = lb.pad_x, lb.pad_y
-    if (nw, nh) == (w, h) and (px, py) == (0, 0):
+    if (w, h) == (size, size):
+        # only a frame of the input's size: a size x (size - 1) one also has no pad before
+        # it (the one-pixel border is after), and was returned unpadded, a row short of the
+        # batch (ValueError in pre_process, training's stack; adversarial review, session 50)
         return image, lb
     scale = lb.scale
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR

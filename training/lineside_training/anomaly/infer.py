@@ -25,6 +25,15 @@ class Scored:
     scores: list[float] = field(default_factory=list)
     top_pixels: list[np.ndarray] = field(default_factory=list)
     maps: list[np.ndarray] = field(default_factory=list)  # kept only when asked
+    # each image's pixels inside the image (the map threshold's pixel rate is of these)
+    pixels: list[int] = field(default_factory=list)
+
+    @property
+    def pixels_per_image(self) -> int:
+        """The mean number of map pixels inside the image: the input's ``S x S`` for a set
+        of its shape, fewer for frames with a letterbox border (a map threshold set with
+        ``S x S`` let good pixels over it at ``S x S / inside`` times the rate asked)."""
+        return max(1, round(float(np.mean(self.pixels)))) if self.pixels else 1
 
     def add(self, amap: np.ndarray, score: np.ndarray, letterboxes: Sequence[Letterbox],
             topk: int, keep_maps: bool = False) -> None:
@@ -33,6 +42,7 @@ class Scored:
         for m, s, lb in zip(amap, score, letterboxes, strict=True):
             self.scores.append(image_score(m[0], float(s), lb, topk))
             flat = in_image(m[0], lb)  # a region is never found in the border
+            self.pixels.append(flat.size)
             k = min(TOP_PIXELS, flat.size)
             self.top_pixels.append(np.partition(flat, flat.size - k)[flat.size - k:])
             if keep_maps:

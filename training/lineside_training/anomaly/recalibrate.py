@@ -99,7 +99,7 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
     scores = np.asarray(scored.scores)
     point = operating_point(
         scores, scored.top_pixels, target_false_reject=target,
-        pixels_per_image=model.size ** 2,
+        pixels_per_image=scored.pixels_per_image,  # inside the image, as scored
         pixel_false_positive=float(trained.get("pixel_false_positive", PIXEL_FALSE_POSITIVE)))
     return {**point, "min_region_px": spec.min_region_px, "calibrated_on": len(good),
             "source": f"{model.card.name}:{model.card.version}: good images of split "

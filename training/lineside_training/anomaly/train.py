@@ -51,17 +51,35 @@ def lr_factor(step: int, progress: float, warmup: int) -> float:
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def calibration_variants(images: list[tuple[np.ndarray, Letterbox]],
+                         ) -> list[tuple[np.ndarray, Letterbox]]:
+    """The held-out good images (letterboxed, each with its letterbox) as stored and each
+    re-photographed once, inside the image only: the border stays the card's pad value,
+    as the server letterboxes a capture (and as ``evaluate`` and ``lineside calibrate``
+    re-photograph before the letterbox). Re-photographed whole, the border's noise, gain
+    and JPEG blocks fed the map at the image's edge, scored since session 50 (adversarial
+    review, session 50)."""
+    rng = np.random.default_rng(CALIB_SEED)
+    variants = list(images)
+    for image, lb in images:
+        nw, nh = max(1, round(lb.width * lb.scale)), max(1, round(lb.height * lb.scale))
+        inside = (slice(lb.pad_y, lb.pad_y + nh), slice(lb.pad_x, lb.pad_x + nw))
+        again = image.copy()
+        again[inside] = rephotograph(np.ascontiguousarray(image[inside]), rng)
+        variants.append((again, lb))
+    return variants
+
+
 def calibrate_run(graph: AnomalyGraph, images: list[tuple[np.ndarray, Letterbox]],
                   cfg: AnomalyConfig, device: torch.device) -> dict[str, Any]:
     """Thresholds from held-out good images (letterboxed, each with its letterbox), each as
     stored and re-photographed once (a good part at the line is never the same capture
     twice), scored inside the image as the server judges them (``image_score``)."""
-    rng = np.random.default_rng(CALIB_SEED)
-    variants = images + [(rephotograph(i, rng), lb) for i, lb in images]
-    scored = score_images(torch_forward(graph, device), variants, topk=cfg.score_topk)
+    scored = score_images(torch_forward(graph, device), calibration_variants(images),
+                          topk=cfg.score_topk)
     point = operating_point(np.asarray(scored.scores), scored.top_pixels,
                             target_false_reject=cfg.target_false_reject,
-                            pixels_per_image=cfg.input_size ** 2,
+                            pixels_per_image=scored.pixels_per_image,  # inside the image
                             pixel_false_positive=cfg.pixel_false_positive)
     return {**point, "min_region_px": cfg.min_region_px, "calibrated_on": len(images)}
 
