@@ -414,3 +414,60 @@ def test_the_operators_own_postgresql_timeouts_win(
     params, lock = settings(pg_database)
     assert params["connect_timeout"] == "7" and lock == "3s", (params, lock)
     assert params["keepalives_idle"] == "10"  # the rest still the store's
+
+
+def _gauges(client: httpx.Client) -> dict[str, float]:
+    return {line.split()[0]: float(line.split()[1])
+            for line in client.get("/metrics").text.splitlines()
+            if line.startswith("lineside_store_")}
+
+
+def test_a_postgresql_database_dropped_and_made_again_empty_loses_nothing_and_says_so(
+        pg_database: str) -> None:
+    """An operator's mistake: the box's database dropped and made again, empty, under a
+    running server. Verdicts went on into the journal (nothing lost), but a review read was
+    a 500 with a traceback per request ("relation inspections does not exist"), and
+    ``/metrics`` said nothing of a store whose writer had stopped applying: nothing told
+    the operator. Now the read is 503 ``database_unavailable`` naming the missing tables
+    and what to do, ``lineside_store_writer_failing`` is 1 and ``lineside_store_unapplied``
+    counts the inspections the journal holds; the restarted server makes the tables and
+    applies every one of them."""
+    image = next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()
+    server, name = pg_database.rsplit("/", 1)
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    settings = keyed(database_url=pg_database, store_pass_rate=1.0,
+                     store_apply_interval_s=0.05)
+    running, stop = start_server(settings)
+    try:
+        with running.client("line") as line, running.client("reviewer") as reviewer:
+            line.post("/v1/inspect", content=image, headers=JPEG).raise_for_status()
+            assert reviewer.get("/v1/inspections").json()["total"] == 1
+            assert _gauges(line) == {"lineside_store_refused": 0, "lineside_store_unapplied": 0,
+                                     "lineside_store_writer_failing": 0}
+            with admin.connect() as c:
+                c.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+                c.execute(text(f'CREATE DATABASE "{name}"'))
+            acked = []
+            for _ in range(2):
+                r = line.post("/v1/inspect", content=image, headers=JPEG)
+                assert r.status_code == 200 and r.json()["stored"] is True, r.text
+                acked.append(r.json()["id"])
+            wait_for(lambda: _gauges(line)["lineside_store_writer_failing"] == 1,
+                     "the writer's failure in /metrics")
+            assert _gauges(line)["lineside_store_unapplied"] == 2
+            r = reviewer.get("/v1/inspections")
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "database_unavailable"
+            assert "tables" in r.json()["error"]["message"]
+            assert "restart" in r.json()["error"]["message"] and r.headers["retry-after"]
+    finally:
+        stop()
+        admin.dispose()
+    again, stop = start_server(settings)
+    try:
+        with again.client("reviewer") as reviewer:
+            listed = {i["id"] for i in reviewer.get("/v1/inspections").json()["items"]}
+            assert listed == set(acked)  # (the first went with the dropped database)
+            assert _gauges(reviewer)["lineside_store_writer_failing"] == 0
+    finally:
+        stop()

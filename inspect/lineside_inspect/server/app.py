@@ -146,7 +146,10 @@ def setup_store(app: FastAPI, settings: Settings) -> None:
 
     def publish_refused() -> None:
         if app.state.store is not None:
-            app.state.metrics.store_refused.set(app.state.store.refused_count())
+            store = app.state.store
+            app.state.metrics.store_refused.set(store.refused_count())
+            app.state.metrics.store_writer_failing.set(1 if store.writer_failing else 0)
+            app.state.metrics.store_unapplied.set(store.unapplied)
 
     app.state.on_startup.append(start)
     app.state.on_shutdown.append(stop)

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, InternalError, OperationalError
+from sqlalchemy.exc import DataError, InternalError, OperationalError, ProgrammingError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lineside_inspect.errors import (
@@ -37,6 +37,10 @@ _WAITED_CODES = {"55P03", "57014"}
 # ... and of a database that takes no writes: a hot standby (after a failover), or
 # default_transaction_read_only (psycopg raises these as InternalError, not Operational)
 _READ_ONLY_CODES = {"25006"}
+# PostgreSQL's undefined_table: the store's tables gone from under a running server (its
+# database dropped and made again empty, a restore not yet done, another database now at
+# that address)
+_NO_TABLE_CODES = {"42P01"}
 log = logging.getLogger("lineside")
 
 
@@ -197,6 +201,19 @@ def add_error_handlers(app: FastAPI) -> None:
         return await lineside_error(request, DatabaseUnavailable(
             "the database takes no writes now (read-only: a standby, or set so); nothing "
             "was saved, retry later"))
+
+    @app.exception_handler(ProgrammingError)
+    async def tables_gone(request: Request, exc: ProgrammingError) -> JSONResponse:
+        if getattr(exc.orig, "sqlstate", None) not in _NO_TABLE_CODES:
+            return internal_error(exc, request.method, request.url.path)
+        # a read after the database was dropped and made again empty was a 500 with a
+        # traceback per request; the journal keeps what was acknowledged meanwhile
+        log.warning("%s %s: the store's tables are not in the database: %s", request.method,
+                    request.url.path, str(exc.orig).strip().splitlines()[0][:300])
+        return await lineside_error(request, DatabaseUnavailable(
+            "the store's tables are not in the database (dropped, or another database at "
+            "that address); inspections acknowledged meanwhile wait in the journal: restore "
+            "the database, or restart the server to make the tables again and apply them"))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -62,6 +62,17 @@ class Metrics:
             "lineside_store_refused",
             "Inspections the database refused, kept aside in the journal's refused/ folder",
             registry=r)
+        # a database down (or its login refused, its tables dropped) under a running box:
+        # verdicts go on into the journal and /readyz stays ready, so these say it
+        self.store_writer_failing = Gauge(
+            "lineside_store_writer_failing",
+            "1 while the store's writer cannot apply the journal to the database (down, "
+            "refusing the login, its tables gone, a lock); acknowledged inspections wait "
+            "in the journal meanwhile", registry=r)
+        self.store_unapplied = Gauge(
+            "lineside_store_unapplied",
+            "Inspections acknowledged (stored: true) and waiting in the journal to be "
+            "applied to the database", registry=r)
         # a recipe's fail rate watched for a jump (lifecycle/alarm.py)
         self.recent_fail_rate = Gauge(
             "lineside_recent_fail_rate",

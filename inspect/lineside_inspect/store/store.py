@@ -379,6 +379,9 @@ class Store:
         # the writer's waits after failed applies: (kind, seconds) -> times chosen, kind
         # "lock" or "outage" (a handful of distinct keys: the backoff's steps, the lock's)
         self.writer_retries: Counter[tuple[str, float]] = Counter()
+        # the writer's last attempt failed (the database down, refusing its login, its
+        # tables gone, a lock): /metrics says so (lineside_store_writer_failing)
+        self.writer_failing = False
         self._space_lock = threading.Lock()
         self._unapplied = 0  # acknowledged since start, not applied yet
         self._unapplied_bytes = 0
@@ -885,8 +888,10 @@ class Store:
                                 "attempt%s", failures, "" if failures == 1 else "s")
                 failures = outages = 0
                 said = None
+                self.writer_failing = False
             except Exception as exc:
                 failures += 1
+                self.writer_failing = True
                 kind = "lock" if _lock_lost(exc) else "outage"
                 if kind == "lock":  # the attempt already waited for the lock: try soon
                     delay = LOCK_RETRY_S
@@ -909,6 +914,12 @@ class Store:
                     with contextlib.suppress(OSError):  # new records stay power-loss safe
                         self.journal.sync()
                 self._wake.set()
+
+    @property
+    def unapplied(self) -> int:
+        """Inspections acknowledged since the start and not yet in the database (the
+        journal holds them: an outage's backlog)."""
+        return self._unapplied
 
     @contextlib.contextmanager
     def writer_paused(self) -> Iterator[None]:
