@@ -15,9 +15,13 @@ export const CSRF = ($("meta[name=csrf-token]") || { content: "" }).content;
 // page named its user is taken as this one's
 const KEPT_AS = ($('meta[name="kept-as"]') || { content: "" }).content;
 const KEPT_BY = "lineside.kept-as";
+const SIGNED_OUT = "-";  // never a digest (hex)
 export function forgetKept() {
   try {
     for (const k of Object.keys(sessionStorage)) if (k.startsWith("lineside.")) sessionStorage.removeItem(k);
+    // owned by nobody, not unowned: what a load still in flight keeps after this is the
+    // signed-out user's, dropped by the next page (unowned state is taken as its user's)
+    sessionStorage.setItem(KEPT_BY, SIGNED_OUT);
   } catch { /* storage off: nothing kept */ }
 }
 try {
