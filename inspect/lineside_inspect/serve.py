@@ -277,7 +277,8 @@ class _Server(uvicorn.Server):
         self.drain_s = drain_s
         if not config.loaded:
             config.load()  # (what run does first; the lifespan class is set there)
-        config.lifespan_class = _lifespan_class(app)
+        if config.lifespan != "off":  # (off: no lifespan class to replace, none to turn on)
+            config.lifespan_class = _lifespan_class(app)
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
         """Serve until stopped. A start-up that failed ends in an exception, never a
