@@ -363,12 +363,15 @@ def preflight(settings: Settings) -> None:
     if settings.store:
         # a URL that does not parse, a database down, a SQLite file that is damaged or
         # another program's: one line, not the start-up's traceback (the hub checked its
-        # own; a box's store did not), and the file left as it is
-        from lineside_inspect.store.checks import check_database
+        # own; a box's store did not), and the file left as it is. One it may read but
+        # not write (another user's files), or a data folder, images or journal folder it
+        # may not write: one line too, not a traceback at start or a save lost (session 50)
+        from lineside_inspect.store.checks import check_data_dir, check_database
         from lineside_inspect.store.store import default_url
 
         check_database(settings.database_url or default_url(settings.data_dir),
-                       "the server's database", data_dir=settings.data_dir)
+                       "the server's database", data_dir=settings.data_dir, write=True)
+        check_data_dir(settings.data_dir)
 
     cards: dict[str, dict[str, ModelCard]] = {}
     for path in settings.models:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,98 @@ def in_use(data_dir: Path | None) -> bool:
         (data_dir / IMAGES_DIR).glob("*")))
 
 
+ACCESS = ("give the user Lineside runs as read and write access to it, its -wal and -shm "
+          "files and its folder")
+
+
 def check_sqlite_store(url: str, data_dir: str | Path | None = None, *,
-                       whose: str = "the store's database", must_exist: bool = False) -> None:
+                       whose: str = "the store's database", must_exist: bool = False,
+                       write: bool = False) -> None:
+    """A SQLite store's file, read only (:func:`_check_sqlite_reads`); ``write`` (a server
+    that will write it: ``serve``, the hub) also whether this process may write it, its
+    -wal, -shm and -journal files and its folder (:func:`_check_sqlite_writes`). Commands
+    that only read a store (``data pull``, ``golden create --store``) leave ``write``
+    off: a store its reader may not write is theirs to read."""
+    _check_sqlite_reads(url, data_dir, whose=whose, must_exist=must_exist)
+    path = _sqlite_file(url)
+    if write and path is not None:
+        _check_sqlite_writes(path, whose)
+
+
+def _cannot_write_file(path: Path) -> str | None:
+    """Why this process may not write ``path`` (None: it may, or it is not there): a write
+    open that writes nothing (no O_CREAT, no O_TRUNC), so the kernel judges it as it will
+    judge SQLite's: the effective user, ACLs, a read-only mount (EROFS) and ``chattr +i``
+    (EPERM, root too). O_NONBLOCK: a pipe in its place does not hold it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    return None
+
+
+def _cannot_write_folder(folder: Path) -> str | None:
+    """Why this process may not make (and remove) files in ``folder`` (None: it may, or it
+    is not there); asked of the kernel (access(2), W_OK and X_OK), nothing made: it
+    refuses a read-only mount and ``chattr +i`` to root too."""
+    if not folder.is_dir():
+        return None
+    if os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return None
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "Read-only file system"
+    except OSError:
+        pass
+    return "Permission denied"
+
+
+def _check_sqlite_writes(path: Path, whose: str) -> None:
+    """A server's SQLite file it may read (checked first) but not write, or whose folder
+    it may not make its -wal and -shm files in: one :class:`ConfigError` line naming it,
+    before anything is opened for writing (it was the start-up's traceback, "attempt to
+    write a readonly database", exit 3; session 50). Nothing is written or made."""
+    real = path.resolve()
+    why = _cannot_write_file(real)
+    if why:
+        raise ConfigError(f"{whose} {path} can be read but not written ({why}): {ACCESS}")
+    for name in ("-wal", "-shm", "-journal"):
+        beside = real.with_name(real.name + name)
+        why = _cannot_write_file(beside)
+        if why:
+            raise ConfigError(f"{whose} {path} cannot be written: {beside.name} beside it "
+                              f"cannot be written ({why}): {ACCESS}")
+    why = _cannot_write_folder(real.parent)
+    if why:
+        raise ConfigError(f"{whose} {path} cannot be written: its folder {real.parent} "
+                          f"cannot be written ({why}; SQLite makes its -wal and -shm files "
+                          f"there): {ACCESS}")
+
+
+def check_data_dir(data_dir: str | Path, whose: str = "data_dir") -> None:
+    """A server's data folder, its images folder (and each day's in it) and its journal
+    folder, which it will write: one :class:`ConfigError` line naming the first this
+    process may not write, before anything is served (an image, or the journal record of
+    an acknowledged inspection, failed at the first save; session 50). Nothing is made;
+    a folder not there yet is made by the store in its parent, checked first."""
+    folder = Path(data_dir)
+    todo = [folder, folder / IMAGES_DIR, folder / "journal"]
+    with suppress(OSError):  # not there yet (or not readable: its own check says so)
+        todo += sorted(p for p in (folder / IMAGES_DIR).iterdir() if p.is_dir())
+    for path in todo:
+        why = _cannot_write_folder(path)
+        if why:
+            what = "" if path == folder else f": its folder {path.relative_to(folder)}"
+            raise ConfigError(f"{whose} {folder}{what} cannot be written ({why}): give the "
+                              "user Lineside runs as read and write access to the data "
+                              "folder and everything in it")
+
+
+def _check_sqlite_reads(url: str, data_dir: str | Path | None = None, *,
+                        whose: str = "the store's database", must_exist: bool = False) -> None:
     """A SQLite store's file, read only (never made, changed or "repaired"), before a
     server starts or a command reads it: one :class:`ConfigError` line naming the file and
     what to do when it is a folder, cannot be read, is empty or cut short, is no SQLite
@@ -86,8 +177,7 @@ def check_sqlite_store(url: str, data_dir: str | Path | None = None, *,
     keep = "restore it from a backup" + (
         "" if must_exist else ", or move it (with any -wal and -shm file beside it) out of "
         "the way to start a new store") + "; Lineside left it as it is"
-    access = ("give the user Lineside runs as read and write access to it, its -wal and -shm "
-              "files and its folder")
+    access = ACCESS
 
     def refuse(problem: str) -> ConfigError:
         return ConfigError(f"{whose} {path} {problem}")
@@ -317,7 +407,8 @@ def check_postgres_store(found: PostgresStore, whose: str, where: str, *,
 
 
 def check_database(url: str, whose: str = "the database", named: str = "database_url", *,
-                   data_dir: str | Path | None = None, must_exist: bool = False) -> None:
+                   data_dir: str | Path | None = None, must_exist: bool = False,
+                   write: bool = False) -> None:
     """One connection to a PostgreSQL database before a server starts or a command reads
     it: a database that cannot be reached is one line naming it
     (:class:`DatabaseUnavailable`), and a URL SQLAlchemy cannot parse one line
@@ -326,10 +417,11 @@ def check_database(url: str, whose: str = "the database", named: str = "database
     judged by :func:`check_postgres_store` (a newer release's store, another program's
     tables; ``must_exist``: no store to read). A SQLite file is read by
     :func:`check_sqlite_store` (``data_dir``: the folder of the store whose database it
-    is; ``must_exist``: a command that reads a store)."""
+    is; ``must_exist``: a command that reads a store; ``write``: a server that writes it,
+    whose user must be allowed to)."""
 
     if url.startswith("sqlite"):
-        check_sqlite_store(url, data_dir, whose=whose, must_exist=must_exist)
+        check_sqlite_store(url, data_dir, whose=whose, must_exist=must_exist, write=write)
         return
     try:
         engine = make_engine(url)

@@ -43,7 +43,7 @@ from lineside_inspect.server.routes import health
 from lineside_inspect.server.sessions import SessionStore
 from lineside_inspect.server.throttle import SignInThrottle
 from lineside_inspect.server.unexpected import CatchUnexpected
-from lineside_inspect.store.checks import check_database
+from lineside_inspect.store.checks import check_data_dir, check_database
 from lineside_inspect.version import __version__
 
 log = logging.getLogger("lineside.hub")
@@ -209,7 +209,9 @@ def run_hub(hub: HubSettings) -> None:
 
     settings = hub.server_settings()
     settings.check_bind()
-    check_database(hub.database_url, "the hub's database", data_dir=hub.data_dir)  # reads
+    # reads; and the hub's user may write it and its folders (session 50)
+    check_database(hub.database_url, "the hub's database", data_dir=hub.data_dir, write=True)
+    check_data_dir(hub.data_dir, "the hub's data_dir")
     sock = listen(settings)  # a port in use said before the database is made
     warn_auth_off(settings, "publish and assign models, and read every plant's inspections")
     app = create_hub_app(hub)
