@@ -159,7 +159,7 @@ HIGHER = {"server", "fleet", "lifecycle", "line", "cli", "serve", "serve_process
 LOWER = {"store", "ui", "cameras", "dataset", "runtime", "recipes", "package", "references",
          "imageio", "inspector", "schemas", "draw", "redact", "names", "errors", "atomic",
          "config", "allocator", "boxes", "opencv", "version", "triton", "bounded_read", "oip",
-         "user_files"}
+         "user_files", "outage_log"}
 SETTINGS_SCHEMAS = {f"lineside_inspect.{room}.config" for room in ("fleet", "lifecycle", "line")}
 EDGE = ROOT / "inspect" / "lineside_inspect"
 

@@ -890,3 +890,57 @@ def test_parts_ended_as_the_line_stops_reach_the_broker(
         assert "end of part 4 of st1 not sent" in caplog.text  # after the stop: said
     finally:
         store.close()
+
+
+def test_a_stalled_database_does_not_hold_the_stop_past_its_deadline(
+        broker: Broker, postgres: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The stop queues what waits in memory into the outbox; a PostgreSQL that takes the
+    statement but never answers (another session's lock on the outbox, with the
+    operator's ``lock_timeout=0``: wait for ever) held the stop, and the server's
+    shutdown with it, until that session let go (session 50). The stop keeps its
+    deadline and says how many events were lost."""
+    from sqlalchemy import create_engine, text
+
+    from lineside_inspect.line.station import ErrorCode, PartEnd
+
+    from .conftest import fresh_database
+
+    caplog.set_level(logging.WARNING, logger="lineside")
+    url = fresh_database(postgres)
+    broker.start()
+    store = Store(tmp_path / "store", f"{url}?options=-c%20lock_timeout%3D0", pass_rate=0.0,
+                  sync_interval_s=3600, box_id="b1")
+    locker = create_engine(url).connect()
+    cfg = MqttConfig(url=broker.url, username="lineside", password=PASSWORDS["lineside"])
+    try:
+        publisher = MqttPublisher(cfg, store, poll_s=0.1)
+        publisher.start()
+        wait_for(lambda: publisher.connected, "the connection")
+        locker.execute(text("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE"))  # held: no commit
+        part = [PartEnd("st1", n, "deeppcb", "", False, ErrorCode.SHUTDOWN, True)
+                for n in (1, 2, 3)]
+        publisher.on_part(part[0])  # the delivery thread waits for the lock with it
+        name = url.rsplit("/", 1)[1]
+        waiting = wait_for(lambda: locker.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = :d AND wait_event_type = "
+            "'Lock'"), {"d": name}).scalar(), "the delivery thread to wait for the lock")
+        # its connection ends: the delivery thread pauses a second, and wakes only to stop
+        locker.execute(text("SELECT pg_terminate_backend(:p)"), {"p": waiting})
+        wait_for(lambda: "mqtt: delivery paused" in caplog.text, "the delivery to pause")
+
+        def last_moment() -> None:  # parts acknowledged as the line stops, then the stop
+            publisher.on_part(part[1])
+            publisher.on_part(part[2])
+            publisher.stop(timeout_s=0.5)
+
+        stopping = threading.Thread(target=last_moment, daemon=True)
+        stopping.start()
+        stopping.join(30)  # a hang detector only: the stop's own bound is its deadline
+        assert not stopping.is_alive(), "the stop waited for the database past its deadline"
+        assert "3 events not yet in the outbox" in caplog.text
+        assert "did not answer by the stop's deadline" in caplog.text
+    finally:
+        locker.rollback()
+        locker.close()
+        store.close()

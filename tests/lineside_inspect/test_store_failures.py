@@ -471,3 +471,48 @@ def test_a_postgresql_database_dropped_and_made_again_empty_loses_nothing_and_sa
             assert _gauges(reviewer)["lineside_store_writer_failing"] == 0
     finally:
         stop()
+
+
+def test_a_review_page_polling_through_an_outage_logs_it_once_with_a_count(
+        pg_database: str, caplog: pytest.LogCaptureFixture) -> None:
+    """While PostgreSQL refuses connections each review read logged two lines (the read's
+    own apply of the journal, an ERROR, and the 503's WARNING): a page polling every few
+    seconds added about a line a second for the whole outage (session 50). Now each is
+    said once, and the end with the count."""
+    image = next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()
+    running, stop = start_server(keyed(database_url=pg_database))
+    name = pg_database.rsplit("/", 1)[1]
+    admin = create_engine(pg_database.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+
+    def connections(allowed: bool) -> None:
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
+            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           f"WHERE datname = '{name}'"))
+
+    caplog.set_level(logging.WARNING, logger="lineside")
+    try:
+        with running.client("line") as line, running.client("reviewer") as reviewer:
+            connections(False)
+            r = line.post("/v1/inspect", content=image, headers=JPEG)
+            assert r.status_code == 200 and r.json()["stored"] is True, r.text
+            for _ in range(6):  # the page's polls
+                r = reviewer.get("/v1/inspections")
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] == "database_unavailable"
+            said = [rec.getMessage() for rec in caplog.records]
+            assert sum("the database is unreachable" in m for m in said) == 1, said
+            assert sum("journal before a read failed" in m for m in said) == 1, said
+            connections(True)
+            wait_for(lambda: reviewer.get("/v1/inspections").status_code == 200,
+                     "the database back", 60)
+            said = [rec.getMessage() for rec in caplog.records]
+            ended = [m for m in said if m.startswith("the database is unreachable: over (GET "
+                                                     "/v1/inspections answered again)")]
+            assert len(ended) == 1 and int(ended[0].split("after ")[1].split()[0]) >= 6, said
+            assert any(m.startswith("store: applying the journal before reads: over")
+                       for m in said), said
+    finally:
+        stop()
+        connections(True)
+        admin.dispose()

@@ -172,6 +172,7 @@ class MqttPublisher:
 
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._abandoned = threading.Event()  # the stop's deadline passed: write no more
         self._announce = threading.Event()  # (re)connected: say online, republish states
         self._inflight: dict[int, int] = {}  # paho message id -> outbox id, sent, not acked
         self._acked_mids: deque[int] = deque()  # filled by paho's thread (on_publish)
@@ -365,22 +366,22 @@ class MqttPublisher:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)
-        if not self._thread.is_alive():
-            # what waits in memory (a part's end the PLC acknowledged as the line stopped,
-            # an alarm change) goes into the outbox now, and out while the broker is there:
-            # the delivery thread woke to _stop and left it, and an MES never heard of the
-            # parts acknowledged in the last moment (line review, session 50)
-            try:
-                self._take_unstored()
-                self._settle()
-                self._send()
-            except Exception as exc:  # a database outage: said below as lost
-                log.error("mqtt: at stop, the events held in memory could not be queued: %s",
-                          exc)
-        while self._inflight and self.connected and time.monotonic() < deadline:
-            time.sleep(0.02)
-            self._settle()
-        self._settle()
+        # what waits in memory (a part's end the PLC acknowledged as the line stopped, an
+        # alarm change) goes into the outbox now, and out while the broker is there: the
+        # delivery thread woke to _stop and left it, and an MES never heard of the parts
+        # acknowledged in the last moment (line review, session 50). On a thread of its
+        # own: a database that takes the statement and never answers (another session's
+        # lock with lock_timeout=0, a stopped server) held the stop, and the server's
+        # shutdown, for as long as it lasted; now the stop keeps its deadline and what was
+        # not queued by then is said below as lost (session 50)
+        drain = threading.Thread(target=self._drain, args=(deadline, self._thread.is_alive()),
+                                 name="lineside-mqtt-stop", daemon=True)
+        drain.start()
+        drain.join(max(0.05, deadline - time.monotonic()))
+        if drain.is_alive():
+            self._abandoned.set()  # it writes no more events, once its statement ends
+            log.error("mqtt: at stop, the database did not answer by the stop's deadline "
+                      "(%.1f s): the events held in memory were not queued", timeout_s)
         if self.connected:
             info = self._client.publish(self.status_topic, b"offline", qos=1, retain=True)
             # the connection may go meanwhile: then the will says it
@@ -439,6 +440,24 @@ class MqttPublisher:
                 log.error("mqtt: delivery paused: %s", exc)
                 self._stop.wait(1.0)
 
+    def _drain(self, deadline: float, delivering: bool) -> None:
+        """The stop's last round, on its own thread (the stop waits for it until
+        ``deadline``): queue the events held in memory and send them (unless the delivery
+        thread is still running), then wait for what is in flight to be acknowledged."""
+        try:
+            if not delivering:
+                self._take_unstored()
+                self._settle()
+                self._send()
+            while (self._inflight and self.connected and time.monotonic() < deadline
+                   and not self._abandoned.is_set()):
+                time.sleep(0.02)
+                self._settle()
+            self._settle()
+        except Exception as exc:  # a database outage: said by the stop as lost
+            log.error("mqtt: at stop, the events held in memory could not be queued: %s",
+                      exc)
+
     def _take_unstored(self) -> None:
         """Put the held events into the outbox. The store's writer is held meanwhile: on
         PostgreSQL an id is handed out at insert but seen at commit, and an event queued
@@ -447,7 +466,7 @@ class MqttPublisher:
         if not self._unstored:
             return
         with self.store.writer_paused():
-            while self._unstored:
+            while self._unstored and not self._abandoned.is_set():
                 e = self._unstored[0]
                 self.outbox.enqueue(e["topic"], e["payload"])
                 self._unstored.popleft()

@@ -25,6 +25,7 @@ from lineside_inspect.errors import (
     unknown_key_hint,
     with_time_hints,
 )
+from lineside_inspect.outage_log import OutageLog
 from lineside_inspect.server import gate
 from lineside_inspect.server.unexpected import internal_error
 
@@ -108,8 +109,43 @@ def _has_body(request: Request) -> bool:
         or "transfer-encoding" in request.headers
 
 
+class _OutageEnds:
+    """Says the end of the database's 503s (with their count) at the first answer below
+    500 to a path one of them was given to (a review page polling it): a plain ASGI
+    wrapper, nothing done per request while no outage is open."""
+
+    def __init__(self, app: Any, outages: OutageLog) -> None:
+        self.app = app
+        self.outages = outages
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.outages.open \
+                or scope.get("path") not in self.outages.ends:
+            await self.app(scope, receive, send)
+            return
+
+        async def watch(message: Any) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 500 \
+                    and self.outages.open:
+                self.outages.ended(f"{scope.get('method')} {scope.get('path')}")
+            await send(message)
+
+        await self.app(scope, receive, watch)
+
+
 def add_error_handlers(app: FastAPI) -> None:
-    """Install the handlers; errors are counted in ``app.state.metrics.errors``."""
+    """Install the handlers; errors are counted in ``app.state.metrics.errors``. The
+    database's 503s are logged once per outage and cause (and each minute), with their
+    count when it ends: a review page polling every few seconds added about a line a
+    second to the log for the whole outage (session 50)."""
+    outages = OutageLog(log)
+    app.state.database_outages = outages
+    app.add_middleware(_OutageEnds, outages=outages)
+
+    def refused(request: Request, cause: str, words: str) -> None:
+        outages.failed(f"the database is {cause}", logging.WARNING,
+                       "%s %s: the database is %s: %s", request.method, request.url.path,
+                       cause, words, ends=request.url.path)
 
     @app.exception_handler(LinesideError)
     async def lineside_error(request: Request, exc: LinesideError) -> JSONResponse:
@@ -171,8 +207,7 @@ def add_error_handlers(app: FastAPI) -> None:
         if _disk_full(exc.orig):
             # a full disk was the server's own 500 with an error id on SQLite (and "the
             # database is unreachable" on PostgreSQL): the reviewer could not tell it from a bug
-            log.warning("%s %s: the database's disk is full: %s", request.method,
-                        request.url.path, str(exc.orig).strip()[:300])
+            refused(request, "on a full disk", str(exc.orig).strip()[:300])
             return await lineside_error(request, DatabaseUnavailable(
                 "the disk holding the database is full: nothing was saved; retry once room "
                 "is made"))
@@ -182,8 +217,7 @@ def add_error_handlers(app: FastAPI) -> None:
             return internal_error(exc, request.method, request.url.path)
         # refused, reset, timed out (PostgreSQL), or locked (SQLite): every route says so,
         # as the box routes always did, not a 500 with a traceback per request
-        log.warning("%s %s: the database is unreachable: %s", request.method,
-                    request.url.path, str(exc.orig).strip()[:300])
+        refused(request, "unreachable", str(exc.orig).strip()[:300])
         if getattr(exc.orig, "sqlstate", None) in _WAITED_CODES:
             return await lineside_error(request, DatabaseUnavailable(
                 "the database did not answer in time (a lock another session holds, or a "
@@ -196,8 +230,7 @@ def add_error_handlers(app: FastAPI) -> None:
         if getattr(exc.orig, "sqlstate", None) not in _READ_ONLY_CODES:
             return internal_error(exc, request.method, request.url.path)
         # a review while PostgreSQL took no writes was a 500 with a traceback per request
-        log.warning("%s %s: the database is read-only: %s", request.method,
-                    request.url.path, str(exc.orig).strip()[:300])
+        refused(request, "read-only", str(exc.orig).strip()[:300])
         return await lineside_error(request, DatabaseUnavailable(
             "the database takes no writes now (read-only: a standby, or set so); nothing "
             "was saved, retry later"))
@@ -208,8 +241,8 @@ def add_error_handlers(app: FastAPI) -> None:
             return internal_error(exc, request.method, request.url.path)
         # a read after the database was dropped and made again empty was a 500 with a
         # traceback per request; the journal keeps what was acknowledged meanwhile
-        log.warning("%s %s: the store's tables are not in the database: %s", request.method,
-                    request.url.path, str(exc.orig).strip().splitlines()[0][:300])
+        refused(request, "without the store's tables",
+                str(exc.orig).strip().splitlines()[0][:300])
         return await lineside_error(request, DatabaseUnavailable(
             "the store's tables are not in the database (dropped, or another database at "
             "that address); inspections acknowledged meanwhile wait in the journal: restore "

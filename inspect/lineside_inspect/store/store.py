@@ -81,6 +81,7 @@ from lineside_inspect.errors import (
 )
 from lineside_inspect.inspector import Inspection
 from lineside_inspect.opencv import cv2
+from lineside_inspect.outage_log import OutageLog
 from lineside_inspect.schemas import StoredInspection
 from lineside_inspect.store import history
 from lineside_inspect.store import stats as figures
@@ -373,6 +374,7 @@ class Store:
         self.apply_interval_s = max(apply_interval_s, sync_interval_s)
         self._urgent = False  # a record with outbox events waits to be applied
         self._apply_lock = threading.Lock()
+        self._read_applies = OutageLog(log)  # reads' own applies that failed
         # the last apply failed on PostgreSQL (down, read-only, or a lock another session
         # holds): the request path does not wait for it to make room (_make_room)
         self._apply_failing = False
@@ -1130,7 +1132,13 @@ class Store:
         try:
             self.flush()
         except Exception as exc:
-            log.error("store: applying the journal before a read failed: %s", exc)
+            # once per outage (and each minute), not at every read of a polling page
+            self._read_applies.failed("store: applying the journal before reads",
+                                      logging.ERROR, "store: applying the journal before a "
+                                      "read failed: %s", exc)
+        else:
+            if self._read_applies.open:
+                self._read_applies.ended("the database")
 
     def keep(self, inspection: Inspection, capture: str | None = None) -> bool:
         """Keep a stored inspection's image if the pass sampling did not, and mark it as

@@ -1,0 +1,66 @@
+"""A failure that repeats while an outage lasts, said once (and again every
+:data:`SAY_AGAIN_S` with how many times it came meanwhile), and its end said with the
+count. A review page polling every few seconds while PostgreSQL was down logged two lines
+per read, about a line a second for the whole outage (session 50)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+SAY_AGAIN_S = 60.0  # a failure still going on is said again this often, with its count
+# paths whose answer may end an outage: requests name them, so they are bounded
+MAX_ENDS = 256
+
+
+class OutageLog:
+    """Per cause: the first failure is logged; the next ones within ``again_s`` only
+    counted, then said again with the count; :meth:`ended` says the end and the total."""
+
+    def __init__(self, log: logging.Logger, again_s: float = SAY_AGAIN_S) -> None:
+        self.log = log
+        self.again_s = again_s
+        self._lock = threading.Lock()
+        # cause -> [when last said, times since, times in all, what ends it (a path)]
+        self._open: dict[str, list[Any]] = {}
+        self.ends: set[str] = set()  # what, answered again, ends the outage (see ended)
+
+    @property
+    def open(self) -> bool:
+        return bool(self._open)
+
+    def failed(self, cause: str, level: int, msg: str, *args: Any, ends: str = "") -> None:
+        """One more failure of ``cause``: logged as ``msg % args`` if it is the first, or
+        the last one said is ``again_s`` old."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._open.get(cause)
+            if entry is None:
+                self._open[cause] = [now, 0, 1]
+                first, since = True, 0
+            else:
+                entry[2] += 1
+                if now - entry[0] < self.again_s:
+                    entry[1] += 1
+                    if ends and len(self.ends) < MAX_ENDS:
+                        self.ends.add(ends)
+                    return
+                first, since = False, entry[1]
+                entry[0], entry[1] = now, 0
+            if ends and len(self.ends) < MAX_ENDS:
+                self.ends.add(ends)
+        if first:
+            self.log.log(level, msg + " (said once while it lasts, and each minute)", *args)
+        else:
+            self.log.log(level, msg + " (still; %d more time(s) since last said)",
+                         *args, since)
+
+    def ended(self, what: str) -> None:
+        """The failures are over (``what`` worked again): each cause's count is said."""
+        with self._lock:
+            done, self._open, self.ends = self._open, {}, set()
+        for cause, entry in done.items():
+            self.log.warning("%s: over (%s answered again), after %d time(s)", cause, what,
+                             entry[2])
