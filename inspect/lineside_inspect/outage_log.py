@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 SAY_AGAIN_S = 60.0  # a failure still going on is said again this often, with its count
-# paths whose answer may end an outage: requests name them, so they are bounded
+# requests ("METHOD path") whose success may end an outage: requests name them, so bounded
 MAX_ENDS = 256
 
 
@@ -25,7 +25,7 @@ class OutageLog:
         self._lock = threading.Lock()
         # cause -> [when last said, times since, times in all, what ends it (a path)]
         self._open: dict[str, list[Any]] = {}
-        self.ends: set[str] = set()  # what, answered again, ends the outage (see ended)
+        self.ends: set[str] = set()  # "METHOD path": a success there ends it (see ended)
 
     @property
     def open(self) -> bool:

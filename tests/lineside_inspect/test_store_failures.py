@@ -516,3 +516,47 @@ def test_a_review_page_polling_through_an_outage_logs_it_once_with_a_count(
         stop()
         connections(True)
         admin.dispose()
+
+
+def test_an_outage_is_not_said_over_by_an_answer_that_never_reached_the_database(
+        pg_database: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Session 50's adversarial read: the outage's end was said at the first answer below
+    500 to a path a 503 was given to, and the watch sat outside the sign-in gate. While
+    PostgreSQL stayed down, anyone (no key: a 401; a bad query: a 422; HEAD or OPTIONS: a
+    405) said it over, falsely, and the next poll's 503 was logged again
+    as a new outage: a client could put back the line-per-read the count was made to
+    end. Now only a success (2xx) to the same method and path ends it."""
+    running, stop = start_server(keyed(database_url=pg_database))
+    name = pg_database.rsplit("/", 1)[1]
+    admin = create_engine(pg_database.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+
+    def connections(allowed: bool) -> None:
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
+            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           f"WHERE datname = '{name}'"))
+
+    caplog.set_level(logging.WARNING, logger="lineside")
+    try:
+        with running.client("reviewer") as reviewer, running.client() as anyone:
+            connections(False)
+            for _ in range(2):
+                assert reviewer.get("/v1/inspections").status_code == 503
+                for r in (anyone.get("/v1/inspections"),
+                          reviewer.get("/v1/inspections", params={"limit": "many"}),
+                          reviewer.head("/v1/inspections"),
+                          reviewer.options("/v1/inspections")):
+                    assert r.status_code in (401, 405, 422), (r.request, r.status_code, r.text)
+            said = [rec.getMessage() for rec in caplog.records]
+            assert not [m for m in said if "over (" in m], said
+            assert sum("the database is unreachable" in m for m in said) == 1, said
+            connections(True)
+            wait_for(lambda: reviewer.get("/v1/inspections").status_code == 200,
+                     "the database back", 60)
+            said = [rec.getMessage() for rec in caplog.records]
+            assert sum(m.startswith("the database is unreachable: over (GET /v1/inspections")
+                       for m in said) == 1, said
+    finally:
+        stop()
+        connections(True)
+        admin.dispose()

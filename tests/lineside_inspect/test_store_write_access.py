@@ -30,7 +30,7 @@ from lineside_inspect.serve_process import LINESIDE
 from lineside_inspect.store.store import DB_FILE, Store
 
 from .test_store import _inspection
-from .test_store_file_checks import MODEL, NOBODY, _state
+from .test_store_file_checks import MODEL, NOBODY, _state, as_nobody
 
 ROOT = os.geteuid() == 0
 SETPRIV = shutil.which("setpriv")
@@ -169,3 +169,26 @@ def test_a_log_beside_the_database_it_may_not_write_is_named_for_a_writer_only(
     assert exc.value.message == (
         f"the server's database {db} cannot be written: {DB_FILE}{beside} beside it cannot "
         f"be written (Permission denied): {ACCESS}")
+
+
+def test_an_images_folder_on_a_disk_of_its_own_starts(data_dir: Path) -> None:
+    """Session 50's adversarial read: images/ on a disk of its own (a mount point) holds
+    the file system's ``lost+found``, root's (0700). The start's check took every folder
+    in images/ for a day's and refused a healthy store ("its folder images/lost+found
+    cannot be written"). The store writes only its day folders and refs/: only those are
+    checked; a day's folder it may not write is still named (checked as ``nobody`` when
+    run as root)."""
+    from lineside_inspect.errors import ConfigError
+    from lineside_inspect.store.checks import check_data_dir
+
+    lost = data_dir / "images" / "lost+found"
+    lost.mkdir()
+    _unwritable(lost)
+    lost.chmod(0o700 if ROOT else 0o500)
+    with as_nobody():
+        check_data_dir(data_dir)  # nothing to say
+    day = next(p for p in (data_dir / "images").iterdir() if p.name[:2] == "20")
+    _unwritable(day)
+    with as_nobody(), pytest.raises(ConfigError) as exc:
+        check_data_dir(data_dir)
+    assert f"its folder images/{day.name} cannot be written" in exc.value.message

@@ -109,10 +109,18 @@ def _has_body(request: Request) -> bool:
         or "transfer-encoding" in request.headers
 
 
+def _outage_key(scope: Any) -> str:
+    return f"{scope.get('method')} {scope.get('path')}"
+
+
 class _OutageEnds:
-    """Says the end of the database's 503s (with their count) at the first answer below
-    500 to a path one of them was given to (a review page polling it): a plain ASGI
-    wrapper, nothing done per request while no outage is open."""
+    """Says the end of the database's 503s (with their count) at the first success (2xx)
+    to a request (method and path) one of them was given to (a review page polling it): a
+    plain ASGI wrapper, nothing done per request while no outage is open. Only a success
+    ends it: it sits outside the sign-in checks, and a 401 without a key, a 422 for a bad
+    query, a 405 for HEAD or a CORS preflight's 200 (OPTIONS) to the same path never
+    reached the database; any of them said the outage over while it went on, and the next
+    poll's 503 was logged again as a new one (session 50's adversarial read)."""
 
     def __init__(self, app: Any, outages: OutageLog) -> None:
         self.app = app
@@ -120,14 +128,14 @@ class _OutageEnds:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not self.outages.open \
-                or scope.get("path") not in self.outages.ends:
+                or _outage_key(scope) not in self.outages.ends:
             await self.app(scope, receive, send)
             return
 
         async def watch(message: Any) -> None:
-            if message["type"] == "http.response.start" and message["status"] < 500 \
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 300 \
                     and self.outages.open:
-                self.outages.ended(f"{scope.get('method')} {scope.get('path')}")
+                self.outages.ended(_outage_key(scope))
             await send(message)
 
         await self.app(scope, receive, watch)
@@ -145,7 +153,7 @@ def add_error_handlers(app: FastAPI) -> None:
     def refused(request: Request, cause: str, words: str) -> None:
         outages.failed(f"the database is {cause}", logging.WARNING,
                        "%s %s: the database is %s: %s", request.method, request.url.path,
-                       cause, words, ends=request.url.path)
+                       cause, words, ends=_outage_key(request.scope))
 
     @app.exception_handler(LinesideError)
     async def lineside_error(request: Request, exc: LinesideError) -> JSONResponse:

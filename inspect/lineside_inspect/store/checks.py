@@ -17,6 +17,7 @@ it makes or marks anything: the writing (tables, the schema mark) stays in the s
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import stat
 from contextlib import suppress
@@ -37,6 +38,8 @@ SQLITE_MAGIC = b"SQLite format 3\0"  # the first bytes of every SQLite database 
 # a data folder's images (<data_dir>/IMAGES_DIR/<day>/<id>.<ext>): a folder holding them is
 # a store in use (in_use); the store lays them out there (store.py takes the name from here)
 IMAGES_DIR = "images"
+# the folders in IMAGES_DIR the store writes: a day's (2026-12-07) and refs/ (REFS_DIR)
+_WRITTEN_IN_IMAGES = re.compile(r"\d{4}-\d{2}-\d{2}|refs")
 # the store's schema generation, kept in a SQLite store's header (PRAGMA user_version,
 # Store._mark_schema) and in a PostgreSQL store's SCHEMA_TABLE: raised by a release whose
 # tables an older one would misread, which then refuses the store (check_sqlite_store,
@@ -148,7 +151,10 @@ def check_data_dir(data_dir: str | Path, whose: str = "data_dir") -> None:
     folder = Path(data_dir)
     todo = [folder, folder / IMAGES_DIR, folder / "journal"]
     with suppress(OSError):  # not there yet (or not readable: its own check says so)
-        todo += sorted(p for p in (folder / IMAGES_DIR).iterdir() if p.is_dir())
+        # the folders the store writes in: each day's and refs/, not any other (images/ on
+        # a disk of its own holds root's lost+found: a healthy store was refused, session 50)
+        todo += sorted(p for p in (folder / IMAGES_DIR).iterdir()
+                       if _WRITTEN_IN_IMAGES.fullmatch(p.name) and p.is_dir())
     for path in todo:
         why = _cannot_write_folder(path)
         if why:
