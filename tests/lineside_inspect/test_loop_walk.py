@@ -38,3 +38,53 @@ def test_an_unreviewed_fail_without_a_box_is_no_good_image(tmp_path: Path,
     images = {Path(r.file_name).stem: r for r in read_dataset(tmp_path / "pulled").images}
     assert boxless.id not in images
     assert images[boxed.id].boxes and images[good.id].is_good
+
+
+def test_an_anomaly_box_is_no_class_a_pull_teaches(tmp_path: Path, detector: Detector,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A fused recipe's fail (the detector's boxes and a good-only region, ``anomaly``) and
+    a good-only station's false reject, reviewed and pulled (loop walk, session 50). The
+    fail was pulled with its ``anomaly`` box as a class of the set, and `lineside train
+    --merge` refused the whole pull ("class 'anomaly' is not in ...'s classes"); its box
+    dropped, the region would be taught as background. It is left out, said in one line
+    that `data pull` shows; relabelled with a detector class, it is pulled; the false
+    reject is a good image either way, and no class `anomaly` is in the set."""
+    import logging
+
+    from lineside_inspect.errors import DatasetError
+    from lineside_inspect.imageio import decode_image
+    from lineside_inspect.recipes import Recipe
+    from lineside_inspect.recipes.rules import judge
+    from lineside_inspect.runtime.anomaly_map import AnomalyFinding
+
+    fused = _inspection(detector, "fail")
+    fused.part_id = "F1"
+    h, w = decode_image(fused.raw).shape[:2]
+    region = Detections([[5, 5, 30, 30]], [0.99], [0], ["anomaly"])
+    finding = AnomalyFinding(0.99, 0.5, region, "good 1", (w, h))
+    fused.anomaly, fused.defects = finding, judge(fused.defects, Recipe(name="r", model="deeppcb"),
+                                                  {}, finding).defects
+    assert fused.class_names[-1] == "anomaly" and fused.defects.labels[-1] == "anomaly"
+    good_only = _inspection(detector, "fail")
+    good_only.anomaly, good_only.defects = finding, region
+    with Store(tmp_path / "store", pass_rate=1.0) as store:
+        for m in (fused, good_only):
+            assert store.save(m)
+        store.review(fused.id, reviewer="qa", action="confirm")
+        store.review(good_only.id, reviewer="qa", action="false_reject")
+        with caplog.at_level(logging.WARNING, "lineside.store"):
+            ds = pull_from_store(store, tmp_path / "pulled")
+        assert [Path(r.file_name).stem for r in ds.images] == [good_only.id]
+        assert ds.images[0].is_good and "anomaly" not in ds.categories
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("1 inspection(s) left out" in m and "`anomaly`" in m and fused.id in m
+                   for m in said)
+        # nothing but the fused fail asked for: not "review them first", it was reviewed
+        with pytest.raises(DatasetError, match=r"all left out"):
+            pull_from_store(store, tmp_path / "fused-only", part_id="F1")
+        store.review(fused.id, reviewer="qa", action="relabel",
+                     index=len(fused.defects) - 1, label="short")
+        ds = pull_from_store(store, tmp_path / "relabelled")
+    pulled = {Path(r.file_name).stem: r for r in read_dataset(tmp_path / "relabelled").images}
+    assert "anomaly" not in ds.categories
+    assert [b.label for b in pulled[fused.id].boxes][-1] == "short"

@@ -365,3 +365,43 @@ def test_a_whole_image_anomaly_box_and_a_blank_frame_read_at_320_px(browser: Any
     wide = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
     assert wide[0] <= wide[1], wide
     close_contexts(browser)
+
+
+def _exif_turned_jpeg() -> bytes:
+    """A 200x400 JPEG, white above and black below, whose EXIF orientation (6) says to
+    show it turned 90° clockwise: as a phone or some cameras write it."""
+    picture = np.zeros((400, 200, 3), np.uint8)
+    picture[:200] = 255
+    _ok, jpg = cv2.imencode(".jpg", picture)
+    ifd = (b"MM\x00\x2a\x00\x00\x00\x08\x00\x01"
+           b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00")
+    app1 = b"Exif\x00\x00" + ifd
+    data = jpg.tobytes()
+    return data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
+
+
+def test_a_frame_with_an_exif_turn_is_shown_as_judged(browser: Any, box: Running) -> None:
+    """Lineside judges a JPEG's pixels as stored (EXIF orientation ignored: imageio), and
+    its boxes are in those pixels; the browser turned such a frame as its tag says and
+    stretched it into the stored size, so the boxes lay over another picture and a
+    missed defect drawn on it landed elsewhere in `data pull` (loop walk, session 50).
+    The part and its card now show the pixels as stored."""
+    from playwright.sync_api import expect
+
+    turned = _send(box, _exif_turned_jpeg(), part_id="EXIF-1")
+    page = _context(browser).new_page()
+    _sign_in(page, box.url + "/review?part_id=EXIF-1&verdict=&review_state=", "reviewer-secret")
+    card = page.locator(f".card[data-id='{turned['id']}'] img")
+    expect(card).to_have_count(1)
+    card.evaluate("e => e.decode()")  # (loaded and decoded)
+    shots = [card.screenshot()]
+    page.keyboard.press("Enter")
+    big = page.locator("#big")
+    expect(big).to_be_visible()
+    big.evaluate("e => e.decode()")
+    for png in [*shots, big.screenshot()]:
+        shot = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+        h, w = shot.shape
+        # stored: white above, black below; turned, the left half was black, the right white
+        top_left, bottom_right = shot[h // 8, w // 8], shot[7 * h // 8, 7 * w // 8]
+        assert top_left > 200 and bottom_right < 50, (top_left, bottom_right)

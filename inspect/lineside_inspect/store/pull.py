@@ -103,6 +103,21 @@ UNBOXED = ("a fail with no defect box, confirmed or unreviewed: not a good part,
            "train on (draw its defect on the review page to use it)")
 
 
+def anomaly_labelled(item: dict[str, Any]) -> bool:
+    """Whether its truth still holds an ``anomaly`` box that says where (a good-only
+    model's region, alone or in a fused recipe, confirmed or drawn as such): a defect of no
+    class. Pulled, it became a class ``anomaly`` no detector's config has, and `lineside
+    train --merge` refused the whole pull for it; with its box dropped, the defect would
+    be taught as background. Such an inspection is left out, said at the end (loop walk,
+    session 50); relabelled on the review page with a detector class it is pulled."""
+    truth = item["reviews"][-1]["boxes"] if item["reviews"] else item["defects"]
+    return any(b["label"] == ANOMALY_LABEL for b in _located(item, truth))
+
+
+ANOMALOUS = ("its defect boxes include `anomaly` (a good-only model's region, of no class a "
+             "detector can learn)")
+
+
 def _record(item: dict[str, Any], source: Path, ext: str,
             shift: tuple[float, float] | None = None) -> ImageRecord | None:
     """The dataset's image of ``item``; with ``shift`` its frame was moved onto its golden
@@ -241,7 +256,10 @@ def _asked(part_id: str | None, since: datetime | None, reviewed: bool) -> str:
 
 
 def _dataset(records: list[ImageRecord], classes: list[str], origin: str,
-             asked: str = "") -> Dataset:
+             asked: str = "", left_out: int = 0) -> Dataset:
+    if not records and left_out:  # (it said "review them first" of reviewed ones, session 50)
+        raise DatasetError(f"{origin}: nothing to pull: the {left_out} inspection(s) that "
+                           f"match{asked.split(';')[0]} were all left out, as said above")
     if not records:
         raise DatasetError(f"{origin}: no reviewed inspections with a stored image match{asked}")
     return Dataset(classes, records, info={"source": f"lineside reviews from {origin}",
@@ -304,6 +322,9 @@ class _Placing:
         self.classes: list[str] = []
         self.seen: set[str] = set()
         self.skipped: list[str] = []  # left out: "id: why"
+        # left out as nothing a detector learns from, said in one line each at the end
+        # (each was an INFO line `data pull` does not show: a pull said only how many it took)
+        self.unlearnable: dict[str, list[str]] = {"unboxed": [], "anomaly": []}
         self.unaligned = _Unaligned()
         # a golden's problem with an item of its size and named sha256 (one serves many)
         self.goldens: dict[tuple[Path, int, int, str | None], str | None] = {}
@@ -319,6 +340,11 @@ class _Placing:
         """Whether ``item`` is worth its images (asked before they are read)."""
         if unboxed_fail(item):
             log.info("pull: left out inspection %s: %s", item["id"], UNBOXED)
+            self.unlearnable["unboxed"].append(item["id"])
+            return False
+        if anomaly_labelled(item):
+            log.info("pull: left out inspection %s: %s", item["id"], ANOMALOUS)
+            self.unlearnable["anomaly"].append(item["id"])
             return False
         return True
 
@@ -350,7 +376,9 @@ class _Placing:
         if rec is None:
             self._drop(image, golden)
             return
-        self.classes += [n for n in item["class_names"] if n not in self.classes]
+        # (``anomaly``, a good-only model's one class, labels no box pulled: anomaly_labelled)
+        self.classes += [n for n in item["class_names"]
+                         if n not in self.classes and n != ANOMALY_LABEL]
         if golden is not None:
             self.unaligned.note(item, shift)
             _with_reference(self.records, self.refs, rec, golden)
@@ -386,11 +414,22 @@ class _Placing:
         """The dataset written to ``dst``, once what was left out is said (``asked``: the
         pull's filters, said if nothing matched them, :func:`_asked`)."""
         self.unaligned.say()
+        if ids := self.unlearnable["unboxed"]:
+            log.warning("pull: %d fail(s) left out with no defect box (confirmed or unreviewed): "
+                        "not good parts, nothing to train on; draw each defect on the review "
+                        "page to pull it (e.g. inspection %s)", len(ids), ids[0])
+        if ids := self.unlearnable["anomaly"]:
+            log.warning("pull: %d inspection(s) left out whose defects are marked `anomaly` (a "
+                        "good-only model's region: no class a detector can learn): relabel each "
+                        "such box with its defect class on the review page (a fused recipe's "
+                        "classes) or mark a false reject to pull it (e.g. inspection %s)",
+                        len(ids), ids[0])
         if self.skipped:
             log.warning("pull: %d inspection(s) left out, their images broken (or a stored "
                         "shift out of range): %s%s", len(self.skipped),
                         "; ".join(self.skipped[:5]), " ..." if len(self.skipped) > 5 else "")
-        return write_dataset(_dataset(self.records, self.classes, origin, asked), dst,
+        left_out = len(self.skipped) + sum(map(len, self.unlearnable.values()))
+        return write_dataset(_dataset(self.records, self.classes, origin, asked, left_out), dst,
                              overwrite=overwrite)
 
 
