@@ -396,6 +396,10 @@ def data_pull(
     key: Annotated[str | None, typer.Option(envvar="LINESIDE_KEY", help="reviewer API key")] = None,
     database_url: Annotated[str | None, typer.Option(help="store database URL")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace DST if it is a dataset (or empty)")] = False,
+    keep_anomaly: Annotated[bool, typer.Option(
+        "--keep-anomaly", help="pull inspections whose defects are marked `anomaly` (a "
+        "good-only model's regions) with them, as class `anomaly`: a set to evaluate a "
+        "good-only model on (left out by default: no class a detector learns)")] = False,
 ) -> None:
     """Reviewed inspections as a training dataset (confirmed, false rejects, missed defects)."""
     from datetime import datetime
@@ -422,7 +426,7 @@ def data_pull(
             raise DatasetError("--part-id is empty: give a part id, or leave it out")
     if source.startswith(("http://", "https://")):
         ds = pull_from_server(source, dst, key=key, since=when, reviewed=reviewed,
-                              overwrite=overwrite, part_id=part_id)
+                              overwrite=overwrite, part_id=part_id, keep_anomaly=keep_anomaly)
     else:
         if not (Path(source) / DB_FILE).exists() and database_url is None:
             raise DatasetError(f"{source}: no {DB_FILE} here; give a server URL, a store "
@@ -437,7 +441,8 @@ def data_pull(
         try:
             with Store(source, database_url) as store:  # (its lock let go: a second pull)
                 ds = pull_from_store(store, dst, since=when, reviewed=reviewed,
-                                     overwrite=overwrite, part_id=part_id)
+                                     overwrite=overwrite, part_id=part_id,
+                                     keep_anomaly=keep_anomaly)
         except DBAPIError as exc:
             if database_url is not None:  # (--database-url: checked above; its URL unshown)
                 raise

@@ -88,3 +88,47 @@ def test_an_anomaly_box_is_no_class_a_pull_teaches(tmp_path: Path, detector: Det
     pulled = {Path(r.file_name).stem: r for r in read_dataset(tmp_path / "relabelled").images}
     assert "anomaly" not in ds.categories
     assert [b.label for b in pulled[fused.id].boxes][-1] == "short"
+
+
+def test_a_good_only_stations_defects_can_be_pulled_to_evaluate_it(
+        tmp_path: Path, detector: Detector, caplog: pytest.LogCaptureFixture) -> None:
+    """A good-only station's review page offers one class, ``anomaly``: its confirmed
+    fails (and missed defects drawn there) are ``anomaly`` boxes, which a pull leaves out
+    (session 50), and no relabel on that page could pull them. The line's defects were then
+    lost to the good-only model's own evaluation set (``lineside evaluate`` counts a region
+    on a labelled box). ``data pull --keep-anomaly`` pulls them as they are, class
+    ``anomaly``; the default's warning names the option (adversarial read, session 50)."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+    from lineside_inspect.imageio import decode_image
+    from lineside_inspect.runtime.anomaly_map import AnomalyFinding
+
+    fail = _inspection(detector, "fail")
+    h, w = decode_image(fail.raw).shape[:2]
+    region = Detections([[5, 5, 30, 30]], [0.99], [0], ["anomaly"])
+    fail.anomaly, fail.defects = AnomalyFinding(0.99, 0.5, region, "good 1", (w, h)), region
+    good = _inspection(detector, "pass")
+    with Store(tmp_path / "store", pass_rate=1.0) as store:
+        for m in (fail, good):
+            assert store.save(m)
+        store.review(fail.id, reviewer="qa", action="confirm")
+        store.review(good.id, reviewer="qa", action="confirm")
+    runner = CliRunner()
+    with caplog.at_level(logging.WARNING, "lineside.store"):
+        result = runner.invoke(app, ["data", "pull", str(tmp_path / "store"),
+                                     str(tmp_path / "default")])
+    assert result.exit_code == 0 and "pulled 1 images (1 good, 0 defective)" in result.output, \
+        result.output
+    assert any("left out" in r.getMessage() and "--keep-anomaly" in r.getMessage()
+               for r in caplog.records)
+    result = runner.invoke(app, ["data", "pull", str(tmp_path / "store"),
+                                 str(tmp_path / "kept"), "--keep-anomaly"])
+    assert result.exit_code == 0 and "pulled 2 images (1 good, 1 defective)" in result.output, \
+        result.output
+    ds = read_dataset(tmp_path / "kept")
+    pulled = {Path(r.file_name).stem: r for r in ds.images}
+    assert "anomaly" in ds.categories and pulled[good.id].is_good
+    assert [(b.label, b.xyxy()) for b in pulled[fail.id].boxes] == [("anomaly", (5, 5, 30, 30))]

@@ -109,7 +109,8 @@ def anomaly_labelled(item: dict[str, Any]) -> bool:
     class. Pulled, it became a class ``anomaly`` no detector's config has, and `lineside
     train --merge` refused the whole pull for it; with its box dropped, the defect would
     be taught as background. Such an inspection is left out, said at the end (loop walk,
-    session 50); relabelled on the review page with a detector class it is pulled."""
+    session 50); relabelled on the review page with a detector class it is pulled, and
+    ``data pull --keep-anomaly`` keeps it as it is (a good-only model's evaluation set)."""
     truth = item["reviews"][-1]["boxes"] if item["reviews"] else item["defects"]
     return any(b["label"] == ANOMALY_LABEL for b in _located(item, truth))
 
@@ -315,8 +316,12 @@ class _Placing:
     not decode or is not its record's size, a golden that is not the one its record
     names by sha256, went into the set (session 41)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, keep_anomaly: bool = False) -> None:
         self.tmp = tmp  # the staging folder (:func:`_staging`)
+        # ``anomaly`` boxes kept as a class (``data pull --keep-anomaly``): the line's
+        # defects for a good-only model's evaluation, which a good-only station's review
+        # page can label with nothing else (adversarial read, session 50)
+        self.keep_anomaly = keep_anomaly
         self.records: list[ImageRecord] = []
         self.refs: dict[str, ImageRecord] = {}  # reference images already in, by name
         self.classes: list[str] = []
@@ -342,7 +347,7 @@ class _Placing:
             log.info("pull: left out inspection %s: %s", item["id"], UNBOXED)
             self.unlearnable["unboxed"].append(item["id"])
             return False
-        if anomaly_labelled(item):
+        if not self.keep_anomaly and anomaly_labelled(item):
             log.info("pull: left out inspection %s: %s", item["id"], ANOMALOUS)
             self.unlearnable["anomaly"].append(item["id"])
             return False
@@ -378,7 +383,8 @@ class _Placing:
             return
         # (``anomaly``, a good-only model's one class, labels no box pulled: anomaly_labelled)
         self.classes += [n for n in item["class_names"]
-                         if n not in self.classes and n != ANOMALY_LABEL]
+                         if n not in self.classes
+                         and (n != ANOMALY_LABEL or self.keep_anomaly)]
         if golden is not None:
             self.unaligned.note(item, shift)
             _with_reference(self.records, self.refs, rec, golden)
@@ -422,7 +428,9 @@ class _Placing:
             log.warning("pull: %d inspection(s) left out whose defects are marked `anomaly` (a "
                         "good-only model's region: no class a detector can learn): relabel each "
                         "such box with its defect class on the review page (a fused recipe's "
-                        "classes) or mark a false reject to pull it (e.g. inspection %s)",
+                        "classes) or mark a false reject to pull it (e.g. inspection %s); "
+                        "--keep-anomaly pulls them as they are, class `anomaly` (a set to "
+                        "evaluate a good-only model on, not to train a detector)",
                         len(ids), ids[0])
         if self.skipped:
             log.warning("pull: %d inspection(s) left out, their images broken (or a stored "
@@ -515,12 +523,14 @@ def _not_a_file(store: Store, row: InspectionRow) -> str | None:
 
 def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = None,
                     reviewed: bool = True, overwrite: bool = False,
-                    part_id: str | None = None) -> Dataset:
-    """The store's reviewed inspections (``part_id``: exactly this part's) as a dataset."""
+                    part_id: str | None = None, keep_anomaly: bool = False) -> Dataset:
+    """The store's reviewed inspections (``part_id``: exactly this part's) as a dataset;
+    ``keep_anomaly``: those whose truth holds an ``anomaly`` box are pulled with it (a
+    class ``anomaly``), not left out (:func:`anomaly_labelled`)."""
     _check_dst(dst, overwrite)
     cursor = _Cursor()
     with _staging(dst) as tmp:
-        placing = _Placing(Path(tmp))
+        placing = _Placing(Path(tmp), keep_anomaly)
         while True:
             until, offset = cursor.params()
             _, rows = store.query(review_state="reviewed" if reviewed else None, since=since,
@@ -599,13 +609,15 @@ def _failed(url: str, r: httpx.Response | _Answer, what: str) -> ConfigError:
 
 def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
                      since: datetime | None = None, reviewed: bool = True,
-                     overwrite: bool = False, part_id: str | None = None) -> Dataset:
+                     overwrite: bool = False, part_id: str | None = None,
+                     keep_anomaly: bool = False) -> Dataset:
     """The server's reviewed inspections as a dataset at ``dst`` (``part_id``: exactly
-    this part's, the list's ``part_id`` filter); a server that cannot be reached (bad URL,
+    this part's, the list's ``part_id`` filter; ``keep_anomaly`` as
+    :func:`pull_from_store`'s); a server that cannot be reached (bad URL,
     refused, TLS, timeout) is one :class:`ServerUnreachable` line."""
     try:
         return _pull(url, dst, key=key, since=since, reviewed=reviewed, overwrite=overwrite,
-                     part_id=part_id)
+                     part_id=part_id, keep_anomaly=keep_anomaly)
     except httpx.InvalidURL as exc:
         raise ConfigError(f"{url}: not a valid URL ({exc})") from None
     except httpx.TransportError as exc:  # refused, DNS, TLS, timeouts, a scheme httpx lacks
@@ -703,12 +715,13 @@ def _bound(first: int) -> int:
 
 
 def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
-          reviewed: bool, overwrite: bool, part_id: str | None = None) -> Dataset:
+          reviewed: bool, overwrite: bool, part_id: str | None = None,
+          keep_anomaly: bool = False) -> Dataset:
     _check_dst(dst, overwrite)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with _staging(dst) as tmp, \
             httpx.Client(base_url=url, headers={**headers, **IDENTITY}, timeout=60) as c:
-        placing = _Placing(Path(tmp))
+        placing = _Placing(Path(tmp), keep_anomaly)
         for item in _listed(c, url, since=since, reviewed=reviewed, part_id=part_id):
             # a review made during the pull moves later items onto the next page
             if not item["has_image"] or not placing.first(item["id"]) \
