@@ -10,7 +10,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -473,14 +473,10 @@ def test_a_postgresql_database_dropped_and_made_again_empty_loses_nothing_and_sa
         stop()
 
 
-def test_a_review_page_polling_through_an_outage_logs_it_once_with_a_count(
-        pg_database: str, caplog: pytest.LogCaptureFixture) -> None:
-    """While PostgreSQL refuses connections each review read logged two lines (the read's
-    own apply of the journal, an ERROR, and the 503's WARNING): a page polling every few
-    seconds added about a line a second for the whole outage (session 50). Now each is
-    said once, and the end with the count."""
-    image = next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()
-    running, stop = start_server(keyed(database_url=pg_database))
+def _connections_switch(pg_database: str) -> tuple[Any, Callable[[bool], None]]:
+    """An admin engine on the cluster, and a switch that lets ``pg_database`` take
+    connections or refuses them (its sessions ended): an outage of that database only,
+    the suite's cluster serving every other test meanwhile."""
     name = pg_database.rsplit("/", 1)[1]
     admin = create_engine(pg_database.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
 
@@ -489,6 +485,18 @@ def test_a_review_page_polling_through_an_outage_logs_it_once_with_a_count(
             c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
             c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                            f"WHERE datname = '{name}'"))
+    return admin, connections
+
+
+def test_a_review_page_polling_through_an_outage_logs_it_once_with_a_count(
+        pg_database: str, caplog: pytest.LogCaptureFixture) -> None:
+    """While PostgreSQL refuses connections each review read logged two lines (the read's
+    own apply of the journal, an ERROR, and the 503's WARNING): a page polling every few
+    seconds added about a line a second for the whole outage (session 50). Now each is
+    said once, and the end with the count."""
+    image = next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()
+    running, stop = start_server(keyed(database_url=pg_database))
+    admin, connections = _connections_switch(pg_database)
 
     caplog.set_level(logging.WARNING, logger="lineside")
     try:
@@ -527,14 +535,7 @@ def test_an_outage_is_not_said_over_by_an_answer_that_never_reached_the_database
     as a new outage: a client could put back the line-per-read the count was made to
     end. Now only a success (2xx) to the same method and path ends it."""
     running, stop = start_server(keyed(database_url=pg_database))
-    name = pg_database.rsplit("/", 1)[1]
-    admin = create_engine(pg_database.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-
-    def connections(allowed: bool) -> None:
-        with admin.connect() as c:
-            c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
-            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           f"WHERE datname = '{name}'"))
+    admin, connections = _connections_switch(pg_database)
 
     caplog.set_level(logging.WARNING, logger="lineside")
     try:
