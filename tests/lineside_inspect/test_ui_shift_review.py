@@ -776,3 +776,78 @@ def test_one_users_kept_filter_and_scope_do_not_go_to_the_next(browser: Any, box
         assert "ERR_ABORTED" in exc.message or "detached" in exc.message, exc.message
     fresh("reviewer-secret")
     close_contexts(browser)
+
+
+def _fail(store: Any, part: str, class_names: list[str], defects: list[dict[str, Any]],
+          rule: str = "critical") -> str:
+    """An unreviewed fail of part ``part`` without an image, its model's classes and boxes
+    as given: its id."""
+    row_id = uuid.uuid4().hex
+    row = InspectionRow(
+        id=row_id, created_at=datetime.now(UTC) - timedelta(seconds=30),
+        camera_id="cam1", part_id=part, recipe_name="r", recipe_version="1", model_name="m",
+        model_version="1", model_sha256="0" * 64, class_names=class_names, verdict="fail",
+        reasons=[{"rule": rule, "label": class_names[0], "count": 1, "allowed": 0,
+                  "message": f"{rule}: fail"}], defects=defects,
+        labels=labels_column([d["label"] for d in defects]), max_score=0.91,
+        timings_ms=TIMINGS, image_path=None, width=640, height=480, image_bytes=0,
+        review_state="unreviewed", box_id=store.box_id)
+    with Session(store.engine) as s, s.begin():
+        s.add(row)
+    return row_id
+
+
+def test_a_confirm_that_no_pull_takes_for_training_says_so(browser: Any, box: Running) -> None:
+    """``lineside data pull`` leaves out a reviewed truth holding an ``anomaly`` box (a
+    good-only model's region, of no class a detector learns) and a fail with no box, and
+    the review page did not say it: a reviewer confirming a good-only fail believed it
+    became training data (session 50). Said beside the status line, announced, with what
+    to do: a fused part's relabel (which clears it), a good-only station's
+    ``--keep-anomaly``; an ordinary detector-class confirm says nothing."""
+    from playwright.sync_api import expect
+
+    store = box.app.state.store
+    region = {"label": "anomaly", "score": 0.99, "box": [50.0, 60.0, 90.0, 100.0]}
+    short = {"label": "short", "score": 0.91, "box": [10.0, 20.0, 30.0, 40.0]}
+    _fail(store, "GOOD", ["anomaly"], [region], "anomaly")
+    _fail(store, "FUSED", ["short", "open", "anomaly"], [short, region])
+    _fail(store, "NOBOX", ["short", "open"], [], "reference_mismatch")
+    _fail(store, "WHOLE", ["anomaly"], [{"label": "anomaly", "score": 0.99,
+                                         "box": [0.0, 0.0, 640.0, 480.0]}], "anomaly")
+    _fail(store, "DET", ["short", "open"], [short])
+    page = _context(browser).new_page()
+    note = page.locator("#d-pull")
+
+    def confirm(part: str) -> None:
+        page.goto(box.url + f"/review?part_id={part}")
+        expect(page.locator("#count")).to_have_text("1–1 of 1")
+        page.locator(".card").click()
+        expect(page.locator("#d-title")).to_be_focused()
+        expect(note).to_have_text("")  # unreviewed: the model's word, nothing said
+        page.keyboard.press("c")
+        expect(page.locator("#d-status")).to_have_text("saved: confirm")
+
+    _sign_in(page, box.url + "/review")
+    expect(page.locator("#count")).not_to_be_empty()
+    expect(note).to_have_attribute("role", "status")
+    confirm("GOOD")
+    expect(note).to_have_text(
+        "Not pulled for detector training: anomaly, this model's one class, is no class a "
+        "detector learns; lineside data pull --keep-anomaly pulls it as anomaly, to evaluate "
+        "a good-only model on.")
+    confirm("FUSED")
+    expect(note).to_contain_text("Not pulled for detector training as is: its anomaly box")
+    expect(note).to_contain_text("Relabel it with a defect class")
+    page.locator("#d-defects li").nth(1).click()  # the anomaly box, relabelled as short
+    page.locator("#d-label").select_option("short")
+    page.locator("#b-relabel").click()
+    expect(page.locator("#d-status")).to_have_text("saved: relabel")
+    expect(note).to_have_text("")
+    for part in ("NOBOX", "WHOLE"):  # (the whole image as anomaly says nowhere)
+        confirm(part)
+        expect(note).to_contain_text("Not pulled for training as is: a fail with no defect box. "
+                                     "Draw its defect (d) to pull it")
+    expect(note).to_contain_text("(as anomaly: then lineside data pull --keep-anomaly")
+    confirm("DET")
+    expect(note).to_have_text("")
+    close_contexts(browser)
