@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -201,6 +202,8 @@ def test_a_queue_counts_the_box_chosen_in_a_browser_without_urlsearchparams_size
 
     _seed(hub, "box5", 2, "1", NOW - timedelta(minutes=2), fail_every=1)
     _seed(hub, "box6", 7, "1", NOW - timedelta(minutes=2), fail_every=1)
+    with httpx.Client(base_url=hub.url, timeout=30) as c:
+        _report(c, "box5")  # a box the fleet lists (one it does not is left out, said)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1024, "height": 768})
@@ -333,4 +336,81 @@ def test_the_hubs_dashboard_says_a_scope_of_no_inspections_and_keeps_it(hub: Ser
         expect(page.locator("select[name=hours]")).to_have_value("8")
         expect(page.locator("#k-yield")).to_have_text("–")
         expect(page.locator("#linknote")).to_have_count(0)
+        browser.close()
+
+
+GONE = "gone-box"  # a box the fleet does not list (retired; a bidi one is refused by the API: 422)
+GONE_SAID = ('box "gone-box": not a box the fleet lists now (retired or renamed?): what the '
+             "hub still holds for it is shown")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_hubs_dashboard_says_a_box_the_fleet_no_longer_lists(hub: ServedHub) -> None:
+    """Session 50: a link or the kept scope naming a box the fleet no longer lists (a box
+    retired) was added to the box select and sent: "No inspections for box X", read as an
+    idle box. The page says the fleet does not list it now, and still asks for its figures
+    (the hub keeps a retired box's history: no other way reaches it); a listed site is
+    not said."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with httpx.Client(base_url=hub.url, timeout=30) as c:
+        _report(c, "box7")  # (plant-a: a site the fleet lists)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if "/v1/stats?" in r.url else None)
+        box, status = page.locator("select[name=box_id]"), page.locator("#status")
+        _sign_in(page, hub.url + "/dashboard?" + urlencode({"box_id": GONE, "site": "plant-a"}))
+        expect(page.locator("#linknote")).to_contain_text("This link: " + GONE_SAID + ".")
+        expect(status).to_contain_text("updated")
+        expect(box).to_have_value(GONE)
+        expect(page.locator("select[name=site]")).to_have_value("plant-a")
+        expect(page.locator("#linknote")).not_to_contain_text("plant-a")
+        # the scope kept in the tab: the same, said as the kept one's
+        page.evaluate("sessionStorage.setItem('lineside.dashboard', 'hours=8&box_id=gone&per=hourly')")
+        page.reload()
+        expect(page.locator("#linknote")).to_contain_text(
+            'The scope kept in this tab: box "gone": not a box the fleet lists now (retired or '
+            "renamed?): what the hub still holds for it is shown.")
+        expect(status).to_contain_text("updated")
+        expect(box).to_have_value("gone")
+        expect(page.locator("select[name=hours]")).to_have_value("8")
+        assert asked and all("box_id=" in u for u in asked), asked
+        browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_hubs_review_page_says_a_box_and_a_queue_it_cannot_show(hub: ServedHub) -> None:
+    """Session 50: on the hub's review page a link's or the kept filter's box the fleet no
+    longer lists was sent (an empty list, read as an idle box), and ?queue=shadow listed
+    nothing under "not one of this page's queues": a hub has no queues but its unreviewed
+    fails. Both are said (shadow comparisons are each box's, on its own review page); the
+    queue is left out (the hub's unreviewed fails shown), the box kept (its history)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if "/v1/inspections?" in r.url else None)
+        note, count = page.locator("#linknote"), page.locator("#count")
+        _sign_in(page, hub.url + "/review?" + urlencode({"queue": "shadow", "box_id": GONE}))
+        expect(note).to_contain_text(
+            'This link: queue "shadow": shadow comparisons are each box\'s, on that box\'s own review '
+            "page (the hub has none), left out. " + GONE_SAID + ".")
+        expect(count).not_to_be_empty()
+        expect(page.locator("#queuenote")).to_be_hidden()
+        expect(page.locator("select[name=box_id]")).to_have_value(GONE)
+        expect(page.locator("[data-queue=unreviewed_fails]")).to_have_attribute("aria-pressed", "true")
+        page.evaluate("sessionStorage.setItem('lineside.review', "
+                      "'verdict=fail&review_state=unreviewed&box_id=gone&offset=0')")
+        page.reload()
+        expect(note).to_contain_text('The filter kept in this tab: box "gone": not a box the fleet '
+                                     "lists now (retired or renamed?): what the hub still holds "
+                                     "for it is shown.")
+        expect(count).not_to_be_empty()
+        expect(page.locator("select[name=box_id]")).to_have_value("gone")
+        assert asked and not [u for u in asked if "queue=" in u], asked
+        assert all("box_id=" in u for u in asked), asked
         browser.close()

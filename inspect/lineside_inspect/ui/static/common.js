@@ -100,6 +100,39 @@ export function dismissable(next) {
   note.append(" ", b);
 }
 
+// a value as shown: a control or bidi character as its code (a part id holding U+202E
+// read the rest of the note backwards; a link's camera "U+202E1mac" was listed as "cam1",
+// its empty figures read as cam1's: attack pass, session 49)
+export const coded = (v) => v.replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
+                                      (c) => "U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0"));
+// and as said in a note: its first 60 characters
+export const cut = (v) => coded(v.length > 60 ? v.slice(0, 60) + "…" : v);
+
+// On a hub: the sites, lines and boxes the fleet lists now (GET /fleet/v1/boxes), each
+// field's values, or null when the list did not come (nothing is then judged by it)
+export const FLEET_NAMES = { site: "site", line: "line", box_id: "box" };
+export async function fleetLists() {
+  let doc;
+  try { doc = await api("/fleet/v1/boxes"); } catch { return null; }
+  const of = (pick) => [...new Set(doc.boxes.map(pick).filter(Boolean))];
+  return { site: of((b) => b.status && b.status.site), line: of((b) => b.status && b.status.line),
+           box_id: of((b) => b.box_id) };
+}
+// A site, line or box a link or the kept scope names that the fleet no longer lists (a box
+// retired, a site renamed): its list or figures, empty or old, read as an idle box's
+// (session 50). Said as text, and kept: what the hub still holds for it is shown (a retired
+// box's history is reached by no other way: the selects list only what the fleet lists).
+// `values`: field -> the value set (and any option added for it). The phrases said
+export function notOfFleet(form, values, lists) {
+  const said = [];
+  for (const [k, { v }] of values) {
+    if (!v || !lists || lists[k].includes(v)) continue;
+    if (form.elements[k].value !== v) continue;  // changed since (by the user): theirs
+    said.push(`${FLEET_NAMES[k]} "${cut(v)}": not a ${FLEET_NAMES[k]} the fleet lists now (retired or renamed?): what the hub still holds for it is shown`);
+  }
+  return said;
+}
+
 // times in the browser's zone, which every page names once
 export const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
 export function zoneName() {

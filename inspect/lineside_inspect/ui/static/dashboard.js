@@ -1,7 +1,7 @@
 // The dashboard: GET /v1/stats drawn as SVG (createElementNS, no charting library) and
 // tables, every number also in text; each figure links its numbers as CSV (/v1/stats.csv).
-import { $, $$, api, changed, dateTime, dayLabel, defaultIndex, dismissable, el, hourLabel, leaveLink, num, pct, rate, sayLinkNote, showZone,
-         svg, time, yieldPct } from "/static/common.js";
+import { $, $$, api, changed, coded, cut, dateTime, dayLabel, defaultIndex, dismissable, el, fleetLists, hourLabel, leaveLink, notOfFleet, num, pct,
+         rate, sayLinkNote, showZone, svg, time, yieldPct } from "/static/common.js";
 
 const form = $("#scope");
 // on a hub (its site, line and box selects): a camera and a model version are a box's,
@@ -43,13 +43,7 @@ function keep(p) {
 const MAX_HOURS = 24 * 90;  // (GET /v1/stats' bound)
 const linked = new Map();   // a field the link (or the kept scope) set: its value and any option added, till the scope changes
 let lead;                   // whose values the note says: the link's (the default) or the kept scope's
-// a value as shown: a control or bidi character as its code (a part id holding U+202E
-// read the rest of the note backwards; a link's camera "U+202E1mac" was listed as "cam1",
-// its empty figures read as cam1's: attack pass, session 49)
-const coded = (v) => v.replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
-                               (c) => "U+" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0"));
-// and as said in the note: its first 60 characters
-const cut = (v) => coded(v.length > 60 ? v.slice(0, 60) + "…" : v);
+// (a value is shown with its control and bidi characters as codes: common.js' coded, cut)
 const defaultText = (f) => f.options[defaultIndex(f)].text;
 function restore() {
   let asked = new URLSearchParams(location.search);
@@ -398,13 +392,20 @@ function clearFigures() {
   for (const a of $$("a.csv")) a.removeAttribute("href");
 }
 
-// on a hub: the fleet's sites, lines and boxes as choices (GET /fleet/v1/boxes)
+// on a hub: the fleet's sites, lines and boxes as choices (GET /fleet/v1/boxes); a site,
+// line or box of the link or the kept scope the fleet no longer lists (a box retired, a
+// site renamed) is said before the figures are asked for: "No inspections for box X"
+// read as an idle box (session 50). Its figures are still shown: the hub keeps its history
 async function loadFleet() {
-  if (!form.elements.box_id) return;
-  const doc = await api("/fleet/v1/boxes");
-  addOptions(form.elements.site, doc.boxes.filter((b) => b.status && b.status.site).map((b) => [b.status.site, b.status.site]));
-  addOptions(form.elements.line, doc.boxes.filter((b) => b.status && b.status.line).map((b) => [b.status.line, b.status.line]));
-  addOptions(form.elements.box_id, doc.boxes.map((b) => [b.box_id, b.box_id]));
+  if (!ON_HUB) return;
+  const lists = await fleetLists();
+  if (!lists) return;
+  for (const k of ["site", "line", "box_id"]) addOptions(form.elements[k], lists[k].map((v) => [v, v]));
+  const fleetLinked = [...linked].filter(([k]) => k === "site" || k === "line" || k === "box_id");
+  const said = notOfFleet(form, fleetLinked, lists);
+  if (!said.length) return;
+  sayLinkNote(said.join("; "), $("#whose"), lead);
+  dismissable(() => form.elements.hours);
 }
 
 // the link's note (names of it the page did not read) is about the link's scope: it goes
@@ -415,10 +416,10 @@ form.addEventListener("change", () => { leave(); load(); });
 // Enter in the part field (the form's one text field) submits it: applied here, no page
 // load; its change event, just before, may have asked for the same figures already
 form.addEventListener("submit", (e) => { e.preventDefault(); if (params().toString() !== asked) { leave(); load(); } });
-loadFleet();
 let pending = 0;
 new ResizeObserver(() => { clearTimeout(pending); pending = setTimeout(() => shown && render(...shown), 150); }).observe($("#trend"));
 showZone();
 restore();
 dismissable(() => form.elements.hours);
+await loadFleet();
 load();

@@ -2,7 +2,8 @@
 // inspection at a time with its boxes and audit trail, batch confirmation, the reviews'
 // audit trail. Talks to /v1 with the session cookie and the CSRF token the server put in
 // the page. Every value from the API reaches the page as text (see common.js).
-import { $, $$, api, changed, dateTime, dismissable, el, leaveLink, num, sayLinkNote, showZone, svg, time, verdict } from "/static/common.js";
+import { $, $$, api, changed, coded, cut, dateTime, dismissable, el, fleetLists, leaveLink, notOfFleet, num, sayLinkNote, showZone, svg, time,
+         verdict } from "/static/common.js";
 
 const state = { items: [], total: 0, offset: 0, shown: 0, limit: 24, sel: 0, open: null, box: 0, classes: [],
                 // the part being fetched (review keys wait for it), a review being posted
@@ -54,6 +55,14 @@ function keep() {
 // and the whole line's list showed, unsaid), each said in the link note as text
 const notTaken = [];
 const MAX_OFFSET = 1e9;  // (GET /v1/inspections' bound)
+// on a hub: the site, line and box the link or the kept filter set (value, option added),
+// checked against the fleet's once it comes (loadFleet); and whose values the note says
+const fleetSet = new Map();
+let lead = "This link: ";
+// a hub has no lifecycle of its own: a box's queues (GET /v1/queues) are none of its page's
+// (?queue=shadow listed nothing on a hub, said "not one of this page's queues": session 50)
+const BOX_QUEUES = { shadow: "shadow comparisons are each box's, on that box's own review page (the hub has none)",
+                     to_label: "the parts kept to label are each box's, on that box's own review page (the hub has none)" };
 function restore() {
   const asked = new URLSearchParams(location.search);
   // (a link's offset alone is a link too: the default list's page; it was read as no
@@ -65,9 +74,17 @@ function restore() {
     history.replaceState(null, "", location.pathname);
   } else {
     try { kept = sessionStorage.getItem(KEPT); } catch { return; }
+    lead = "The filter kept in this tab: ";
   }
   if (kept === null) return;
   const p = new URLSearchParams(kept);
+  // on a hub, a queue (a box's: the hub has none) is said and left out, with the queue's
+  // own filter: the hub's unreviewed fails are shown instead of an empty list
+  const hubQueue = ON_HUB && p.get("queue") && !changed(form.elements.queue) ? p.get("queue") : "";
+  if (hubQueue) {
+    p.delete("queue");
+    notTaken.push(`queue "${cut(hubQueue)}": ${Object.hasOwn(BOX_QUEUES, hubQueue) ? BOX_QUEUES[hubQueue] : "not a queue of the hub's review page"}, left out`);
+  }
   // a field the reviewer changed before this script had run keeps that choice (the kept
   // filter or the address's set it back, unsaid, and Filter then sent the old one), and
   // the list is then a new one: from its first page. (A value the browser put back on a
@@ -82,19 +99,22 @@ function restore() {
     const given = !linked || p.has(k);
     if (!given && !(own && QUEUE_FIELDS.includes(k))) continue;
     const f = form.elements[k], v = (given ? p.get(k) : own[k]) || "";
-    // a class or a box the page has not listed yet (they come with the pages it loads)
-    if (f.tagName === "SELECT" && v && !Array.from(f.options, (o) => o.value).includes(v)) f.add(new Option(v, v));
+    // a class or a box the page has not listed yet (they come with the pages it loads, and
+    // the fleet's: a site, line or box it no longer lists is then said, loadFleet)
+    let option = null;
+    if (f.tagName === "SELECT" && v && !Array.from(f.options, (o) => o.value).includes(v)) f.add(option = new Option(coded(v), v));
     f.value = v;
+    if (FLEET.includes(k)) fleetSet.set(k, { v, option });
     // (a number field takes no text: the filter was dropped, unsaid; it keeps its default)
-    if (linked && f.value !== v) { f.value = f.defaultValue; notTaken.push(`${k} "${v}": not a number from ${f.min} to ${f.max}, left out`); }
+    if (linked && f.value !== v) { f.value = f.defaultValue; notTaken.push(`${k} "${cut(v)}": not a number from ${f.min} to ${f.max}, left out`); }
   }
   // the list's page: a whole number the API takes (offset=x or -24 read as the first page,
   // unsaid: session 49; an empty offset= too: session 50); one past the list's end shows
   // its last page (load)
   const off = p.get("offset") || "", at = /^\d+$/.test(off) && Number(off) <= MAX_OFFSET ? Number(off) : null;
-  if (linked && p.has("offset") && at === null && !theirs.length) notTaken.push(`offset "${off}": not a whole number from 0 to ${MAX_OFFSET}, the first page shown`);
-  if (notTaken.length) sayLinkNote(notTaken.join("; "), $("#queuebar"));
-  state.offset = theirs.length || at === null ? 0 : at;
+  if (linked && p.has("offset") && at === null && !theirs.length) notTaken.push(`offset "${cut(off)}": not a whole number from 0 to ${MAX_OFFSET}, the first page shown`);
+  if (notTaken.length) sayLinkNote(notTaken.join("; "), $("#queuebar"), lead);
+  state.offset = theirs.length || at === null || hubQueue ? 0 : at;
 }
 
 // the queue the list is narrowed to, said and clearable: a link's queue=NAME showed fewer
@@ -756,19 +776,27 @@ document.addEventListener("keydown", (e) => {
   if (handled) { e.preventDefault(); handled(); }
 });
 
-// on a hub: the fleet's sites, lines and boxes as choices (GET /fleet/v1/boxes)
+// on a hub: the fleet's sites, lines and boxes as choices (GET /fleet/v1/boxes); a site,
+// line or box of the link or the kept filter the fleet no longer lists (a box retired, a
+// site renamed) is said before the list is asked for: its empty list read as an idle box
+// (session 50). Its inspections are still listed: the hub keeps its history
 async function loadFleet() {
-  if (!form.elements.box_id) return;
-  const doc = await api("/fleet/v1/boxes");
-  const values = { site: doc.boxes.map((b) => b.status && b.status.site), line: doc.boxes.map((b) => b.status && b.status.line),
-                   box_id: doc.boxes.map((b) => b.box_id) };
-  for (const [k, vs] of Object.entries(values)) {
+  if (!ON_HUB) return;
+  const lists = await fleetLists();
+  if (!lists) return;
+  for (const k of FLEET) {
     const have = new Set(Array.from(form.elements[k].options, (o) => o.value));
-    for (const v of vs) if (v && !have.has(v)) { form.elements[k].add(new Option(v, v)); have.add(v); }
+    for (const v of lists[k]) if (!have.has(v)) { form.elements[k].add(new Option(v, v)); have.add(v); }
   }
+  const said = notOfFleet(form, fleetSet, lists);
+  fleetSet.clear();
+  if (!said.length) return;
+  sayLinkNote(said.join("; "), $("#queuebar"), lead);
+  dismissable(() => $("#filters button[type=submit]"));
 }
 
 showZone();
 restore();
 dismissable(() => $("#filters button[type=submit]")); showQueue();
-load(); loadQueues(); loadFleet();
+await loadFleet();
+load(); loadQueues();
