@@ -28,6 +28,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.outage_log import OutageLog
 from lineside_inspect.server import gate
 from lineside_inspect.server.unexpected import internal_error
+from lineside_inspect.store.engine import LOGIN_REFUSED, login_refused
 
 # PostgreSQL's codes for values it cannot hold: out of range, a character (NUL) it cannot
 # represent; psycopg refuses a NUL in text itself, before the server sees it (no code)
@@ -223,6 +224,15 @@ def add_error_handlers(app: FastAPI) -> None:
             # SQLite's other operational errors (no such table, disk full) are the
             # server's own: a 500 with the details logged under its id
             return internal_error(exc, request.method, request.url.path)
+        if login_refused(exc.orig):
+            # the password changed or the role dropped under a running server: it said
+            # "unreachable", only the log named the login (session 50). The driver's words
+            # name the user, never the password
+            refused(request, "refusing the login", str(exc.orig).strip()[:300])
+            return await lineside_error(request, DatabaseUnavailable(
+                f"the database {LOGIN_REFUSED}: fix database_url's credentials (and "
+                "restart the server) or give the role its password back; inspections "
+                "acknowledged meanwhile wait in the journal"))
         # refused, reset, timed out (PostgreSQL), or locked (SQLite): every route says so,
         # as the box routes always did, not a 500 with a traceback per request
         refused(request, "unreachable", str(exc.orig).strip()[:300])

@@ -32,7 +32,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from lineside_inspect.errors import ConfigError, DatabaseUnavailable
 from lineside_inspect.redact import hide_secrets
-from lineside_inspect.store.engine import make_engine
+from lineside_inspect.store.engine import LOGIN_REFUSED, login_refused, make_engine
 
 SQLITE_MAGIC = b"SQLite format 3\0"  # the first bytes of every SQLite database file
 # a data folder's images (<data_dir>/IMAGES_DIR/<day>/<id>.<ext>): a folder holding them is
@@ -456,6 +456,12 @@ def check_database(url: str, whose: str = "the database", named: str = "database
                 # the driver refused the URL's own settings before connecting (psycopg's
                 # ProgrammingError: an unknown option, connect_timeout=abc): a traceback
                 raise ConfigError(f"{named}: the driver refuses it: {said(exc)}") from None
+            if login_refused(exc.orig):
+                # a wrong password, a role dropped, pg_hba.conf: it was "cannot be reached"
+                # with libpq's words, read as the network's fault (session 50)
+                raise DatabaseUnavailable(
+                    f"{whose} {where} {LOGIN_REFUSED}: fix {named}'s credentials (PostgreSQL "
+                    f"said: {said(exc).rpartition('FATAL:')[2].strip()})") from None
             raise DatabaseUnavailable(f"{whose} {where} cannot be reached: {said(exc)}") from None
         # what it holds, read only: a newer release's store, another program's tables
         # (Lineside's were made among them), no store to read (session 43)

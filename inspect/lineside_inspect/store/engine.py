@@ -11,6 +11,7 @@ importing the store.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from sqlalchemy import create_engine, event
@@ -39,6 +40,33 @@ LOCK_TIMEOUT_S = 10.0
 # SQLite: the most a statement waits for another connection's lock (sqlite3's timeout,
 # its busy handler) before "database is locked"
 SQLITE_BUSY_S = 30.0
+# PostgreSQL refusing the login: invalid_password, invalid_authorization_specification (no
+# such role, a role that may not log in, no pg_hba.conf entry). psycopg sets no sqlstate on
+# a connection that failed (libpq gives none before a session), so the server's own words
+# (English, as PostgreSQL and libpq write them) are matched too, only these
+LOGIN_CODES = frozenset({"28P01", "28000"})
+# ("authentication failed for user": password, SCRAM's, peer, ident, LDAP, certificate)
+_LOGIN_WORDS = ("authentication failed for user",
+                "no pg_hba.conf entry for", "pg_hba.conf rejects connection",
+                "is not permitted to log in", "no password supplied")
+_NO_ROLE = re.compile(r'FATAL:\s+role "[^"]*" does not exist')
+# what an operator is told (a 503 of the API, the start-up's line): never the driver's
+# words alone, which name only the user
+LOGIN_REFUSED = ("refused the login (wrong password or no such role, or pg_hba.conf does "
+                 "not let this host in)")
+
+
+def login_refused(orig: BaseException | None) -> bool:
+    """Whether a driver's error is PostgreSQL refusing the login (:data:`LOGIN_CODES`):
+    the password changed or the role dropped under a running server, or a wrong
+    ``database_url`` at start. It was told as "unreachable" (session 50)."""
+    if orig is None:
+        return False
+    if getattr(orig, "sqlstate", None) in LOGIN_CODES:
+        return True
+    said = str(orig)
+    return any(w in said for w in _LOGIN_WORDS) or bool(_NO_ROLE.search(said))
+
 
 def _operator_set(url: str) -> set[str]:
     """The libpq settings a PostgreSQL URL's operator set: its query's parameters, libpq's
