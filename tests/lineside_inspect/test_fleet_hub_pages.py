@@ -339,6 +339,15 @@ def test_the_hubs_dashboard_says_a_scope_of_no_inspections_and_keeps_it(hub: Ser
         browser.close()
 
 
+def _page_asking(p: Any, asked_for: str) -> tuple[Any, Any, list[str]]:
+    """A Chromium page, and the URLs of its requests holding ``asked_for`` as they go."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if asked_for in r.url else None)
+    return browser, page, asked
+
+
 GONE = "gone-box"  # a box the fleet does not list (retired; a bidi one is refused by the API: 422)
 GONE_SAID = ('box "gone-box": not a box the fleet lists now (retired or renamed?): what the '
              "hub still holds for it is shown")
@@ -356,10 +365,7 @@ def test_the_hubs_dashboard_says_a_box_the_fleet_no_longer_lists(hub: ServedHub)
     with httpx.Client(base_url=hub.url, timeout=30) as c:
         _report(c, "box7")  # (plant-a: a site the fleet lists)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1024, "height": 768})
-        asked: list[str] = []
-        page.on("request", lambda r: asked.append(r.url) if "/v1/stats?" in r.url else None)
+        browser, page, asked = _page_asking(p, "/v1/stats?")
         box, status = page.locator("select[name=box_id]"), page.locator("#status")
         _sign_in(page, hub.url + "/dashboard?" + urlencode({"box_id": GONE, "site": "plant-a"}))
         expect(page.locator("#linknote")).to_contain_text("This link: " + GONE_SAID + ".")
@@ -390,10 +396,7 @@ def test_the_hubs_review_page_says_a_box_and_a_queue_it_cannot_show(hub: ServedH
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1024, "height": 768})
-        asked: list[str] = []
-        page.on("request", lambda r: asked.append(r.url) if "/v1/inspections?" in r.url else None)
+        browser, page, asked = _page_asking(p, "/v1/inspections?")
         note, count = page.locator("#linknote"), page.locator("#count")
         _sign_in(page, hub.url + "/review?" + urlencode({"queue": "shadow", "box_id": GONE}))
         expect(note).to_contain_text(
