@@ -417,3 +417,38 @@ def test_the_hubs_review_page_says_a_box_and_a_queue_it_cannot_show(hub: ServedH
         assert asked and not [u for u in asked if "queue=" in u], asked
         assert all("box_id=" in u for u in asked), asked
         browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_hubs_pages_show_their_list_while_the_fleet_list_is_slow(hub: ServedHub) -> None:
+    """Attack pass, session 50: the hub's review page and dashboard awaited the fleet's
+    list (GET /fleet/v1/boxes, for a box it no longer lists) before asking for anything
+    else: a hub slow to list its boxes (or never answering) left both pages empty, no list,
+    no figures and no word why; they used to load in parallel. The list and the figures
+    come with the fleet's list held, and the note about the box once it comes."""
+    from playwright.sync_api import expect, sync_playwright
+
+    held: list[Any] = []
+    boxes = re.compile(r".*/fleet/v1/boxes$")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        page.route(boxes, lambda route: held.append(route))  # the hub answers nothing yet
+        _sign_in(page, hub.url + "/review?" + urlencode({"box_id": GONE}))
+        expect(page.locator("#count")).not_to_be_empty()  # (the list, the fleet's still held)
+        assert held  # (it was asked for)
+        expect(page.locator("#linknote")).to_have_count(0)
+        for route in held:
+            route.continue_()
+        held.clear()
+        expect(page.locator("#linknote")).to_contain_text("This link: " + GONE_SAID + ".")
+        expect(page.locator("select[name=box_id]")).to_have_value(GONE)
+        page.goto(hub.url + "/dashboard?" + urlencode({"box_id": GONE}))
+        expect(page.locator("#status")).to_contain_text("updated")
+        assert held
+        for route in held:
+            route.continue_()
+        expect(page.locator("#linknote")).to_contain_text("This link: " + GONE_SAID + ".")
+        expect(page.locator("select[name=box_id]")).to_have_value(GONE)
+        page.unroute(boxes)
+        browser.close()

@@ -166,4 +166,38 @@ def test_what_is_taken_for_a_refused_login() -> None:
     assert login_refused(_Said('failed: FATAL:  role "gone" does not exist'))
     assert not login_refused(_Said('failed: FATAL:  database "ls" does not exist'))
     assert not login_refused(_Said("failed: Connection refused", "08006"))
+    # (a code decides alone; without one, only what the server said FATAL: attack pass)
+    assert not login_refused(_Said('x password authentication failed for user "y"', "57014"))
+    assert not login_refused(_Said('failed: FATAL:  database "no pg_hba.conf entry for" does not exist'))
+    assert login_refused(_Said('failed: FATAL:  Peer authentication failed for user "x"'))
+    assert login_refused(_Said("failed: fe_sendauth: no password supplied"))
     assert not login_refused(None)
+
+
+def test_only_what_the_server_said_fatal_is_a_refused_login(cluster: Cluster) -> None:
+    """Attack pass, session 50: the login's words were matched anywhere in a driver's
+    text. A database that is not there, named "password authentication failed for user
+    x", was said as a refused login ("fix database_url's credentials"), and so was an
+    error of a running session (a code of its own) whose text held the words. The code
+    decides where there is one; without one, only what the server said FATAL."""
+    from sqlalchemy.exc import OperationalError
+
+    from lineside_inspect.errors import DatabaseUnavailable
+    from lineside_inspect.store.checks import check_database
+
+    named = "password authentication failed for user x"
+    with pytest.raises(DatabaseUnavailable) as err:
+        check_database(cluster.url().replace("/ls", "/" + named.replace(" ", "%20")))
+    assert "cannot be reached" in str(err.value) and "does not exist" in str(err.value)
+    assert "refused the login" not in str(err.value) and PW not in str(err.value)
+    engine = create_engine(cluster.url())
+    try:
+        with engine.connect() as c, pytest.raises(OperationalError) as raised:
+            c.execute(text(f"DO $$ BEGIN RAISE SQLSTATE '57014' USING MESSAGE = '{named}'; "
+                           "END $$"))
+    finally:
+        engine.dispose()
+    assert named in str(raised.value.orig) and not login_refused(raised.value.orig)
+    with pytest.raises(DatabaseUnavailable) as err:  # (and a wrong password still is one)
+        check_database(cluster.url(password="Wrong-Pw-42x"))
+    assert "refused the login" in str(err.value) and 'for user "lineside"' in str(err.value)

@@ -43,13 +43,17 @@ SQLITE_BUSY_S = 30.0
 # PostgreSQL refusing the login: invalid_password, invalid_authorization_specification (no
 # such role, a role that may not log in, no pg_hba.conf entry). psycopg sets no sqlstate on
 # a connection that failed (libpq gives none before a session), so the server's own words
-# (English, as PostgreSQL and libpq write them) are matched too, only these
+# (English, as PostgreSQL and libpq write them) are matched too, only these, and only as
+# what the server said FATAL (or libpq's fe_sendauth): anywhere in the text, a database
+# named "password authentication failed for user x" that is not there was taken for a
+# refused login, as was an error of a running session whose words held them (attack
+# pass, session 50)
 LOGIN_CODES = frozenset({"28P01", "28000"})
-# ("authentication failed for user": password, SCRAM's, peer, ident, LDAP, certificate)
-_LOGIN_WORDS = ("authentication failed for user",
-                "no pg_hba.conf entry for", "pg_hba.conf rejects connection",
-                "is not permitted to log in", "no password supplied")
-_NO_ROLE = re.compile(r'FATAL:\s+role "[^"]*" does not exist')
+# ("<method> authentication failed for user": password, SCRAM's, peer, ident, LDAP, cert)
+_LOGIN_WORDS = re.compile(
+    r'(?:^|: )(?:FATAL:\s+(?:\w+ authentication failed for user "|no pg_hba\.conf entry for '
+    r'|pg_hba\.conf rejects connection |role ".*" (?:is not permitted to log in|does not '
+    r'exist)$)|fe_sendauth: no password supplied)', re.MULTILINE)
 # what an operator is told (a 503 of the API, the start-up's line): never the driver's
 # words alone, which name only the user
 LOGIN_REFUSED = ("refused the login (wrong password or no such role, or pg_hba.conf does "
@@ -59,13 +63,15 @@ LOGIN_REFUSED = ("refused the login (wrong password or no such role, or pg_hba.c
 def login_refused(orig: BaseException | None) -> bool:
     """Whether a driver's error is PostgreSQL refusing the login (:data:`LOGIN_CODES`):
     the password changed or the role dropped under a running server, or a wrong
-    ``database_url`` at start. It was told as "unreachable" (session 50)."""
+    ``database_url`` at start. It was told as "unreachable" (session 50). An error with
+    a code is judged by it alone; one without (a connection that failed) by what the
+    server said FATAL, not by words anywhere in it."""
     if orig is None:
         return False
-    if getattr(orig, "sqlstate", None) in LOGIN_CODES:
-        return True
-    said = str(orig)
-    return any(w in said for w in _LOGIN_WORDS) or bool(_NO_ROLE.search(said))
+    code = getattr(orig, "sqlstate", None)
+    if code is not None:
+        return code in LOGIN_CODES
+    return bool(_LOGIN_WORDS.search(str(orig)))
 
 
 def _operator_set(url: str) -> set[str]:

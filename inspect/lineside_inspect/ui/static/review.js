@@ -778,8 +778,8 @@ document.addEventListener("keydown", (e) => {
 
 // on a hub: the fleet's sites, lines and boxes as choices (GET /fleet/v1/boxes); a site,
 // line or box of the link or the kept filter the fleet no longer lists (a box retired, a
-// site renamed) is said before the list is asked for: its empty list read as an idle box
-// (session 50). Its inspections are still listed: the hub keeps its history
+// site renamed) is said once the list comes (not waited for): its empty list read as an
+// idle box (session 50). Its inspections are still listed: the hub keeps its history
 async function loadFleet() {
   if (!ON_HUB) return;
   const lists = await fleetLists();
@@ -798,5 +798,7 @@ async function loadFleet() {
 showZone();
 restore();
 dismissable(() => $("#filters button[type=submit]")); showQueue();
-await loadFleet();
-load(); loadQueues();
+// (the fleet's list is not waited for: a hub slow to list its boxes, or never answering,
+// left the page with no list and no word why; what it says comes when it does. Attack
+// pass, session 50)
+load(); loadQueues(); loadFleet();
