@@ -23,7 +23,7 @@ class OutageLog:
         self.log = log
         self.again_s = again_s
         self._lock = threading.Lock()
-        # cause -> [when last said, times since, times in all, what ends it (a path)]
+        # cause -> [when last said, times since last said, times in all]
         self._open: dict[str, list[Any]] = {}
         self.ends: set[str] = set()  # "METHOD path": a success there ends it (see ended)
 
@@ -36,6 +36,8 @@ class OutageLog:
         the last one said is ``again_s`` old."""
         now = time.monotonic()
         with self._lock:
+            if ends and len(self.ends) < MAX_ENDS:
+                self.ends.add(ends)
             entry = self._open.get(cause)
             if entry is None:
                 self._open[cause] = [now, 0, 1]
@@ -44,13 +46,9 @@ class OutageLog:
                 entry[2] += 1
                 if now - entry[0] < self.again_s:
                     entry[1] += 1
-                    if ends and len(self.ends) < MAX_ENDS:
-                        self.ends.add(ends)
                     return
                 first, since = False, entry[1]
                 entry[0], entry[1] = now, 0
-            if ends and len(self.ends) < MAX_ENDS:
-                self.ends.add(ends)
         if first:
             self.log.log(level, msg + " (said once while it lasts, and each minute)", *args)
         else:

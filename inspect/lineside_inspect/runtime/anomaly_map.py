@@ -65,22 +65,16 @@ def _safe(values: np.ndarray) -> np.ndarray:
                                  neginf=1.0), 0.0, 1.0)
 
 
-def _shown(lb: Letterbox) -> tuple[int, int]:
-    """The image's size in the letterboxed input (as ``preprocess.letterbox`` resizes it)."""
-    return max(1, round(lb.width * lb.scale)), max(1, round(lb.height * lb.scale))
-
-
 def _fills(shape: tuple[int, ...], lb: Letterbox) -> bool:
     """Whether the image fills the whole input (no border): a frame of the input's shape."""
-    nw, nh = _shown(lb)
-    return lb.pad_x == lb.pad_y == 0 and (nh, nw) == tuple(shape[-2:])
+    rows, cols = lb.inside
+    return (rows.start, cols.start, rows.stop, cols.stop) == (0, 0, *shape[-2:])
 
 
 def _content(shape: tuple[int, ...], lb: Letterbox) -> np.ndarray:
     """Where the letterboxed input shows the image (the border is not the part)."""
-    nw, nh = _shown(lb)
     content = np.zeros(shape, dtype=bool)
-    content[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = True
+    content[lb.inside] = True
     return content
 
 

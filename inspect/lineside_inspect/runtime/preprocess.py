@@ -51,6 +51,13 @@ class Letterbox:
         inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         return None if inside.all() else inside
 
+    @property
+    def inside(self) -> tuple[slice, slice]:
+        """The rows and columns of the input that show the image (the border is not the
+        part), as :func:`letterbox` places it."""
+        nw, nh = _scaled(self.width, self.height, self.scale)
+        return slice(self.pad_y, self.pad_y + nh), slice(self.pad_x, self.pad_x + nw)
+
     def to_input(self, boxes: np.ndarray) -> np.ndarray:
         out = boxes.astype(np.float32, copy=True)
         out[:, [0, 2]] = (out[:, [0, 2]] - self.shift_x) * self.scale + self.pad_x
@@ -77,18 +84,17 @@ def letterbox(image: np.ndarray, size: int, *, pad_value: int = PAD_VALUE,
     """
     h, w = image.shape[:2]
     lb = fit(w, h, size)
-    nw, nh = _scaled(w, h, lb.scale)
-    px, py = lb.pad_x, lb.pad_y
     if (w, h) == (size, size):
         # only a frame of the input's size: a size x (size - 1) one also has no pad before
         # it (the one-pixel border is after), and was returned unpadded, a row short of the
         # batch (ValueError in pre_process, training's stack; adversarial review, session 50)
         return image, lb
-    scale = lb.scale
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    rows, cols = lb.inside
+    nw, nh = cols.stop - cols.start, rows.stop - rows.start
+    interp = cv2.INTER_AREA if lb.scale < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else image
     out = np.full((size, size, *image.shape[2:]), pad_value, dtype=np.uint8)
-    out[py : py + nh, px : px + nw] = resized
+    out[rows, cols] = resized
     return out, lb
 
 

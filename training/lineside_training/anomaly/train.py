@@ -62,10 +62,8 @@ def calibration_variants(images: list[tuple[np.ndarray, Letterbox]],
     rng = np.random.default_rng(CALIB_SEED)
     variants = list(images)
     for image, lb in images:
-        nw, nh = max(1, round(lb.width * lb.scale)), max(1, round(lb.height * lb.scale))
-        inside = (slice(lb.pad_y, lb.pad_y + nh), slice(lb.pad_x, lb.pad_x + nw))
         again = image.copy()
-        again[inside] = rephotograph(np.ascontiguousarray(image[inside]), rng)
+        again[lb.inside] = rephotograph(np.ascontiguousarray(image[lb.inside]), rng)
         variants.append((again, lb))
     return variants
 

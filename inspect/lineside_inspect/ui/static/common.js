@@ -118,6 +118,10 @@ export async function fleetLists() {
   return { site: of((b) => b.status && b.status.site), line: of((b) => b.status && b.status.line),
            box_id: of((b) => b.box_id) };
 }
+// a hub's site, line and box selects given the fleet's values (fleetLists) as options
+export function addFleetOptions(form, lists) {
+  for (const k of Object.keys(FLEET_NAMES)) addOptions(form.elements[k], lists[k].map((v) => [v, v]));
+}
 // A site, line or box a link or the kept scope names that the fleet no longer lists (a box
 // retired, a site renamed): its list or figures, empty or old, read as an idle box's
 // (session 50). Said as text, and kept: what the hub still holds for it is shown (a retired
@@ -131,6 +135,13 @@ export function notOfFleet(form, values, lists) {
     said.push(`${FLEET_NAMES[k]} "${cut(v)}": not a ${FLEET_NAMES[k]} the fleet lists now (retired or renamed?): what the hub still holds for it is shown`);
   }
   return said;
+}
+
+// the [value, label] pairs a select lacks, added in order (the dashboard's cameras and
+// recipes, a hub's sites, lines and boxes)
+export function addOptions(select, pairs) {
+  const have = new Set(Array.from(select.options, (o) => o.value));
+  for (const [value, label] of pairs) if (!have.has(value)) { select.add(new Option(label, value)); have.add(value); }
 }
 
 // times in the browser's zone, which every page names once

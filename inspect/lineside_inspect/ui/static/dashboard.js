@@ -1,6 +1,6 @@
 // The dashboard: GET /v1/stats drawn as SVG (createElementNS, no charting library) and
 // tables, every number also in text; each figure links its numbers as CSV (/v1/stats.csv).
-import { $, $$, api, changed, coded, cut, dateTime, dayLabel, defaultIndex, dismissable, el, fleetLists, hourLabel, leaveLink, notOfFleet, num, pct,
+import { $, $$, addFleetOptions, addOptions, api, changed, coded, cut, dateTime, dayLabel, defaultIndex, dismissable, el, FLEET_NAMES, fleetLists, hourLabel, leaveLink, notOfFleet, num, pct,
          rate, sayLinkNote, showZone, svg, time, yieldPct } from "/static/common.js";
 
 const form = $("#scope");
@@ -124,11 +124,6 @@ function niceStep(max, steps = 5) {
 const FONT = "12px system-ui, sans-serif";
 const measure = (() => { const c = document.createElement("canvas").getContext("2d"); c.font = FONT;
   return (s) => c.measureText(s).width; })();
-
-function addOptions(select, values) {
-  const have = new Set(Array.from(select.options, (o) => o.value));
-  for (const [value, label] of values) if (!have.has(value)) { select.add(new Option(label, value)); have.add(value); }
-}
 
 function hatch() {
   return svg("defs", {}, svg("pattern", { id: "hatch", width: 6, height: 6, patternUnits: "userSpaceOnUse",
@@ -400,8 +395,8 @@ async function loadFleet() {
   if (!ON_HUB) return;
   const lists = await fleetLists();
   if (!lists) return;
-  for (const k of ["site", "line", "box_id"]) addOptions(form.elements[k], lists[k].map((v) => [v, v]));
-  const fleetLinked = [...linked].filter(([k]) => k === "site" || k === "line" || k === "box_id");
+  addFleetOptions(form, lists);
+  const fleetLinked = [...linked].filter(([k]) => Object.hasOwn(FLEET_NAMES, k));
   const said = notOfFleet(form, fleetLinked, lists);
   if (!said.length) return;
   sayLinkNote(said.join("; "), $("#whose"), lead);

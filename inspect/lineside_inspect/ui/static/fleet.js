@@ -1,7 +1,7 @@
 // The hub's fleet page: every box from GET /fleet/v1/boxes (what it runs, when it last
 // reported, its forwarding backlog and lag, what it holds on the hub), refreshed every
 // few seconds. Every value reaches the page as text (see common.js).
-import { $, api, dateTime, el, num, showZone, time } from "/static/common.js";
+import { $, addOptions, api, dateTime, el, num, showZone, time } from "/static/common.js";
 
 const REFRESH_MS = 5000;
 const form = $("#fleet-filter");
@@ -11,11 +11,6 @@ function age(s) {
   if (s < 90) return `${Math.round(s)} s ago`;
   if (s < 5400) return `${Math.round(s / 60)} min ago`;
   return `${(s / 3600).toFixed(1)} h ago`;
-}
-
-function addOptions(select, values) {
-  const have = new Set(Array.from(select.options, (o) => o.value));
-  for (const v of values) if (v && !have.has(v)) { select.add(new Option(v, v)); have.add(v); }
 }
 
 // a box's state, never by colour alone: a mark and the word
@@ -36,8 +31,9 @@ function say(node, text) { if (node.textContent !== text) node.textContent = tex
 
 function render(doc) {
   const f = new FormData(form), site = f.get("site"), line = f.get("line");
-  addOptions(form.elements.site, doc.boxes.map((b) => b.status && b.status.site));
-  addOptions(form.elements.line, doc.boxes.map((b) => b.status && b.status.line));
+  const named = (pick) => doc.boxes.map(pick).filter(Boolean).map((v) => [v, v]);
+  addOptions(form.elements.site, named((b) => b.status && b.status.site));
+  addOptions(form.elements.line, named((b) => b.status && b.status.line));
   const shown = doc.boxes.filter((b) => (!site || (b.status && b.status.site === site)) && (!line || (b.status && b.status.line === line)));
   const silent = shown.filter((b) => b.silent).length;
   say($("#summary"), `${num(shown.length)} box(es)` + (silent ? ` · ${num(silent)} silent for ${doc.silent_after_s} s or more` : " · all reporting"));

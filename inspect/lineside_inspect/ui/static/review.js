@@ -2,7 +2,7 @@
 // inspection at a time with its boxes and audit trail, batch confirmation, the reviews'
 // audit trail. Talks to /v1 with the session cookie and the CSRF token the server put in
 // the page. Every value from the API reaches the page as text (see common.js).
-import { $, $$, api, changed, coded, cut, dateTime, dismissable, el, fleetLists, leaveLink, notOfFleet, num, sayLinkNote, showZone, svg, time,
+import { $, $$, addFleetOptions, api, changed, coded, cut, dateTime, dismissable, el, fleetLists, leaveLink, notOfFleet, num, sayLinkNote, showZone, svg, time,
          verdict } from "/static/common.js";
 
 const state = { items: [], total: 0, offset: 0, shown: 0, limit: 24, sel: 0, open: null, box: 0, classes: [],
@@ -784,10 +784,7 @@ async function loadFleet() {
   if (!ON_HUB) return;
   const lists = await fleetLists();
   if (!lists) return;
-  for (const k of FLEET) {
-    const have = new Set(Array.from(form.elements[k].options, (o) => o.value));
-    for (const v of lists[k]) if (!have.has(v)) { form.elements[k].add(new Option(v, v)); have.add(v); }
-  }
+  addFleetOptions(form, lists);
   const said = notOfFleet(form, fleetSet, lists);
   fleetSet.clear();
   if (!said.length) return;
