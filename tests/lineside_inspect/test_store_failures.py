@@ -5,6 +5,7 @@ before its fix: requests hung, a 500, acknowledged inspections lost, an event ne
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sqlite3
@@ -366,6 +367,52 @@ def test_a_review_when_the_sqlite_disk_is_full_is_503_saying_so(tmp_path: Path) 
             assert got["review_state"] == "confirmed" and got["reviews"], got
     finally:
         stop()
+
+
+def test_closing_while_postgresql_answers_nothing_ends_and_loses_nothing(
+        pg_database: str, detector: Detector, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A database that holds its connections open but answers nothing (its server stopped:
+    here its backends are sent SIGSTOP) held the writer in a statement, with the apply
+    lock: close waited 30 s for the writer, then for that lock for ever, and a box's
+    shutdown never ended. Close now leaves what the journal holds for the next start."""
+    import os
+    import signal
+
+    name = pg_database.rsplit("/", 1)[1]
+    admin = create_engine(pg_database.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    store = Store(tmp_path / "store", pg_database, pass_rate=1.0, apply_interval_s=0.05)
+    first, second = _inspection(detector, "fail"), _inspection(detector, "fail")
+    frozen: list[int] = []
+    try:
+        assert store.save(first)
+        assert store.get(first.id).id == first.id  # applied: the pool holds an idle connection
+        with admin.connect() as c:
+            frozen = list(c.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = :n"),
+                                    {"n": name}).scalars())
+        assert frozen
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        assert store.save(second)
+        wait_for(store._apply_lock.locked, "the writer's apply on the frozen database")
+        closing = threading.Thread(target=store.close, kwargs={"wait_s": 0.2}, daemon=True)
+        with caplog.at_level(logging.WARNING, "lineside.store"):
+            closing.start()
+            closing.join(20)
+        assert not closing.is_alive(), "close waited for the frozen database"
+        assert "applied at the next start" in caplog.text
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    store._writer.join(20)  # the database answers again: the writer's apply ends
+    assert not store._writer.is_alive()
+    again = Store(tmp_path / "store", pg_database, pass_rate=1.0)
+    try:
+        assert {again.get(i.id).id for i in (first, second)} == {first.id, second.id}
+    finally:
+        again.close()
+        admin.dispose()
 
 
 def test_a_postgresql_connection_notices_a_host_gone_from_it(

@@ -192,6 +192,10 @@ LOCK_CODES = {"55P03", "40001", "40P01"}
 # while the writer's applies keep failing, the log says so again at most this often (with
 # the count), and whenever the kind of failure changes (a lock, an outage)
 WRITER_LOG_S = 60.0
+# at close, the most it waits for the writer's apply in flight: a database that holds its
+# connections open but answers nothing (its server stopped or frozen) holds a statement
+# for ever, and a box's shutdown must still end
+CLOSE_WAIT_S = 30.0
 
 
 def _lock_lost(exc: BaseException) -> bool:
@@ -464,14 +468,20 @@ class Store:
                 "then). Started without it, this folder's inspections would be missing and "
                 "their images removed as orphans")
 
-    def close(self) -> None:
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
         """Apply what the journal holds, close the database connections and release the
-        data folder."""
+        data folder. A writer still applying after ``wait_s`` (the database does not
+        answer) is left: what the journal holds is applied at the next start."""
         self._stop.set()
         self._wake.set()
-        self._writer.join(30)
-        with contextlib.suppress(Exception):  # whatever is left is applied at the next start
-            self.flush()
+        self._writer.join(wait_s)
+        if self._writer.is_alive():
+            # its apply holds the apply lock: a flush here waited for it for ever
+            log.warning("store: the database did not answer the writer within %.0f s; what "
+                        "the journal holds is applied at the next start", wait_s)
+        else:
+            with contextlib.suppress(Exception):  # what is left is applied at the next start
+                self.flush()
         self.journal.close()
         self.engine.dispose()
         self.dir_lock.release()
