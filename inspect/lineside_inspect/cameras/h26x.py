@@ -55,7 +55,18 @@ class PacketsUnusable(ImageError):
 
 class StreamStalled(ImageError):
     """Packets keep coming and none makes a frame (only non-decodable slices, SEI, filler):
-    the decoder's read would pull them for ever, so the connection is ended (reconnect)."""
+    the decoder's read would pull them for ever, so the connection is ended (reconnect).
+    Also raised when nothing came at all for the read timeout (:func:`silent`)."""
+
+
+def silent(read_timeout_s: float) -> StreamStalled:
+    """A read given up by the source's read timeout, the connection open and silent (a
+    stream that sent a frame and stalled, or a camera slower than the timeout): said as
+    such, not as "source failed or ended", which an operator of a 0.2 fps camera could not
+    tell from a dropped connection (session 51)."""
+    return StreamStalled(f"nothing came from the stream for read_timeout_s ({read_timeout_s:g} s):"
+                         " it stalled, or sends frames less often than that (a slow camera "
+                         "needs read_timeout_s raised)")
 
 
 class _Bits:
@@ -297,6 +308,7 @@ class H26xStream:
         self.stalled_s = 0.0  # > 0: ended by the time bound, after this many seconds
         self._began = 0.0  # time.monotonic() the running read began (or its decoder started)
         self.broken: ImageError | None = None  # a packet the running decoder could not take
+        self.silent = False  # the raw read ended by its read timeout (nothing came)
         rate = cap.get(cv2.CAP_PROP_FPS)  # the decoder's header only: not a pace
         self.fps = rate if math.isfinite(rate) and 1 <= rate <= 240 else 25.0
         self._t0 = 0.0
@@ -317,9 +329,14 @@ class H26xStream:
             self.ended = True  # asked to stop: the end of the stream here
         if self.ended:
             return None
+        began = time.monotonic()
         ok, packet = self.cap.read()
         if not ok or packet is None:
             self.ended = True
+            # OpenCV's interrupt ends a raw read after read_timeout_s of silence; a dropped
+            # connection or the stream's end fails sooner
+            self.silent = not self.stop.is_set() and \
+                time.monotonic() - began >= self.read_timeout_s
             return None
         return packet.tobytes()
 
@@ -400,6 +417,8 @@ class H26xStream:
             if self.decoder is None:
                 switched = self._start()
                 if self.decoder is None:
+                    if self.silent:
+                        raise silent(self.read_timeout_s)
                     return None
                 if switched is not None:
                     width, height = self.size or (0, 0)
@@ -437,6 +456,8 @@ class H26xStream:
             if self.next is None and not self.frames and not self.ended:
                 raise PacketsUnusable(f"its {self.codec.upper()} decoder gave no frame")
             if self.next is None:  # not a switch: the stream failed, ended or is broken
+                if self.silent:
+                    raise silent(self.read_timeout_s)
                 return None
 
     def close(self) -> None:

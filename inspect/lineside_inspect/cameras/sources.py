@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from lineside_inspect.cameras.h26x import CODECS, H26xStream, PacketsUnusable
+from lineside_inspect.cameras.h26x import CODECS, H26xStream, PacketsUnusable, silent
 from lineside_inspect.config import device_index
 from lineside_inspect.errors import ImageError
 from lineside_inspect.imageio import IMAGE_SUFFIXES, decode_image, read_image
@@ -155,7 +155,11 @@ class OpenCVSource:
             delay = self._next - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+        began = time.monotonic()
         ok, frame = self.cap.read()
+        if not ok and not self.is_file and not self._stop.is_set() and \
+                time.monotonic() - began >= self.read_timeout_ms / 1000:
+            raise silent(self.read_timeout_ms / 1000)  # (the worker: "stalled: ...")
         if not ok and self.is_file and self.loop:
             self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self.cap.read()
