@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -201,3 +202,86 @@ def test_only_what_the_server_said_fatal_is_a_refused_login(cluster: Cluster) ->
     with pytest.raises(DatabaseUnavailable) as err:  # (and a wrong password still is one)
         check_database(cluster.url(password="Wrong-Pw-42x"))
     assert "refused the login" in str(err.value) and 'for user "lineside"' in str(err.value)
+
+
+def test_the_hubs_routes_say_a_refused_login_not_unreachable(
+        cluster: Cluster, weed: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Session 51: the hub's box routes (forward, reviews up and down, status, assignment)
+    said "the hub's database is unreachable; retry later" of a wrong password, and its
+    reviewer routes "the database ... restart the server ... the journal": an operator
+    chased the network. Each now says the hub's database refused the login, without the
+    password, in the answer or the log."""
+    import httpx
+
+    from .test_fleet_hostile_box import _forwarded, _post, _review
+    from .test_fleet_sync import KEYS, ServedHub, hub_settings
+
+    cluster.admin("CREATE DATABASE hub OWNER lineside")
+    url = cluster.url().replace("/ls", "/hub")
+    caplog.set_level(logging.DEBUG)
+
+    def password(new: str) -> None:
+        cluster.admin(f"ALTER ROLE lineside PASSWORD '{new}'",
+                      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = 'hub'")
+
+    with ServedHub(hub_settings(tmp_path, weed.settings("hub-login"), database_url=url)) as hub:
+        held = _forwarded(1)
+        assert _post(hub, "box1", "inspections", {"items": [held]}).status_code == 200
+        password("Changed-Elsewhere-2")
+        box = {"authorization": f"Bearer {KEYS['box1']}"}
+        try:
+            answers = {
+                "ingest": _post(hub, "box1", "inspections", {"items": [_forwarded(2)]}),
+                "reviews up": _post(hub, "box1", "reviews", {"items": [_review(1, held["id"])]}),
+                "reviews down": httpx.get(f"{hub.url}/fleet/v1/boxes/box1/hub-reviews",
+                                          headers=box, timeout=30),
+                "status": _post(hub, "box1", "status", {"version": "x", "models": [], "ready": True,
+                                                       "forward_backlog": 0}),
+                "models": httpx.get(f"{hub.url}/fleet/v1/boxes/box1/assignment?line=l1",
+                                    headers=box, timeout=30),
+                "reviewer": httpx.get(f"{hub.url}/v1/inspections", timeout=30,
+                                      headers={"authorization": f"Bearer {KEYS['qa']}"}),
+            }
+        finally:
+            password(PW)
+    for family, r in answers.items():
+        assert r.status_code == 503, (family, r.text)
+        message = r.json()["error"]["message"]
+        assert message.startswith("the hub's database refused the login (wrong password"), \
+            (family, message)
+        assert "fix the hub's database_url credentials" in message, (family, message)
+        assert "unreachable" not in message and "journal" not in message, (family, message)
+        assert PW not in r.text and "Changed-Elsewhere" not in r.text, (family, r.text)
+    said = [rec.getMessage() for rec in caplog.records]
+    assert any("the hub's database is refusing the login" in m
+               and 'password authentication failed for user "lineside"' in m for m in said), said
+    assert PW not in caplog.text and "Changed-Elsewhere" not in caplog.text
+
+
+def test_the_hubs_start_with_a_refused_login_is_one_line_naming_each_attempt(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """``lineside hub`` with a wrong password: one line, exit 2 (as ``lineside serve``).
+    Where psycopg tried several addresses (a host that resolves to ::1 and 127.0.0.1, a
+    list of hosts), the line was its first: the last attempt's "Connection refused",
+    beside "refused the login" (session 51). Now each attempt's reason."""
+    closed = free_port()
+    config = tmp_path / "hub.yaml"
+    for query, said in (
+            (f"?host=127.0.0.1:{cluster.port}&host=127.0.0.1:{closed}",
+             [f'127.0.0.1:{cluster.port}: password authentication failed for user "lineside"',
+              f"127.0.0.1:{closed}: Connection refused"]),
+            (f"?host=127.0.0.1:{cluster.port}&host=localhost:{cluster.port}",
+             [f"2 attempts (127.0.0.1:{cluster.port}, localhost:{cluster.port}",
+              'each: password authentication failed for user "lineside"'])):
+        config.write_text(
+            f"database_url: postgresql+psycopg://lineside:Wrong-Pw-42x@/hub{query}\n"
+            f"data_dir: {tmp_path / 'data'}\nport: {free_port()}\n"
+            "objects: {endpoint: '127.0.0.1:9', bucket: hub-login, access_key: a, "
+            "secret_key: s}\n")
+        result = CliRunner().invoke(app, ["hub", "--config", str(config)])
+        out = result.output.strip()
+        assert result.exit_code == 2 and len(out.splitlines()) == 1, out
+        assert "the hub's database postgresql+psycopg:///hub refused the login" in out, out
+        assert all(part in out for part in said), out
+        assert "Wrong-Pw-42x" not in out and "Traceback" not in out, out

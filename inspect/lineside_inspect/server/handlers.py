@@ -28,7 +28,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.outage_log import OutageLog
 from lineside_inspect.server import gate
 from lineside_inspect.server.unexpected import internal_error
-from lineside_inspect.store.engine import LOGIN_REFUSED, login_refused
+from lineside_inspect.store.engine import database_unavailable, driver_said, login_refused
 
 # PostgreSQL's codes for values it cannot hold: out of range, a character (NUL) it cannot
 # represent; psycopg refuses a NUL in text itself, before the server sees it (no code)
@@ -142,6 +142,34 @@ class _OutageEnds:
         await self.app(scope, receive, watch)
 
 
+# what a refused login's 503 says: whose database, and what to fix (the hub sets its own
+# as app.state.database_words: its boxes keep what they send, there is no journal to wait in)
+DATABASE_WORDS = ("the database", "fix database_url's credentials (and restart the server) "
+                  "or give the role its password back; inspections acknowledged meanwhile "
+                  "wait in the journal")
+
+
+def database_failed(request: Request, exc: OperationalError) -> DatabaseUnavailable:
+    """What a request's database call that failed with ``exc`` (PostgreSQL's login
+    refused, or the database unreachable, too slow or locked) answers, logged once per
+    outage and cause (the app's ``database_outages``) with the driver's words in one line
+    (never a password): the app's handler's, and the hub's box routes', which catch
+    their own. Whose database and what to fix: ``app.state.database_words`` (the hub's
+    said "unreachable" of a wrong password: session 51)."""
+    state = request.app.state
+    whose, fix = getattr(state, "database_words", DATABASE_WORDS)
+    cause = "refusing the login" if login_refused(exc.orig) else "unreachable"
+    outages = getattr(state, "database_outages", None)
+    if outages is not None:
+        outages.failed(f"{whose} is {cause}", logging.WARNING, "%s %s: %s is %s: %s",
+                       request.method, request.url.path, whose, cause,
+                       driver_said(exc.orig)[:300], ends=_outage_key(request.scope))
+    if cause == "unreachable" and getattr(exc.orig, "sqlstate", None) in _WAITED_CODES:
+        return DatabaseUnavailable(f"{whose} did not answer in time (a lock another session "
+                                   "holds, or a statement timeout); retry later")
+    return DatabaseUnavailable(database_unavailable(exc.orig, whose, fix))
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """Install the handlers; errors are counted in ``app.state.metrics.errors``. The
     database's 503s are logged once per outage and cause (and each minute), with their
@@ -224,24 +252,11 @@ def add_error_handlers(app: FastAPI) -> None:
             # SQLite's other operational errors (no such table, disk full) are the
             # server's own: a 500 with the details logged under its id
             return internal_error(exc, request.method, request.url.path)
-        if login_refused(exc.orig):
-            # the password changed or the role dropped under a running server: it said
-            # "unreachable", only the log named the login (session 50). The driver's words
-            # name the user, never the password
-            refused(request, "refusing the login", str(exc.orig).strip()[:300])
-            return await lineside_error(request, DatabaseUnavailable(
-                f"the database {LOGIN_REFUSED}: fix database_url's credentials (and "
-                "restart the server) or give the role its password back; inspections "
-                "acknowledged meanwhile wait in the journal"))
+        # the login refused (the password changed or the role dropped under a running
+        # server: it said "unreachable", only the log named the login, session 50); else
         # refused, reset, timed out (PostgreSQL), or locked (SQLite): every route says so,
         # as the box routes always did, not a 500 with a traceback per request
-        refused(request, "unreachable", str(exc.orig).strip()[:300])
-        if getattr(exc.orig, "sqlstate", None) in _WAITED_CODES:
-            return await lineside_error(request, DatabaseUnavailable(
-                "the database did not answer in time (a lock another session holds, or a "
-                "statement timeout); retry later"))
-        return await lineside_error(request, DatabaseUnavailable(
-            "the database is unreachable; retry later"))
+        return await lineside_error(request, database_failed(request, exc))
 
     @app.exception_handler(InternalError)
     async def database_read_only(request: Request, exc: InternalError) -> JSONResponse:

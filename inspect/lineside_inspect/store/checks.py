@@ -32,7 +32,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from lineside_inspect.errors import ConfigError, DatabaseUnavailable
 from lineside_inspect.redact import hide_secrets
-from lineside_inspect.store.engine import LOGIN_REFUSED, login_refused, make_engine
+from lineside_inspect.store.engine import (
+    LOGIN_REFUSED,
+    driver_said,
+    login_refused,
+    make_engine,
+)
 
 SQLITE_MAGIC = b"SQLite format 3\0"  # the first bytes of every SQLite database file
 # a data folder's images (<data_dir>/IMAGES_DIR/<day>/<id>.<ext>): a folder holding them is
@@ -442,8 +447,8 @@ def check_database(url: str, whose: str = "the database", named: str = "database
     where, secrets = _address(url)
 
     def said(exc: DBAPIError) -> str:
-        lines = str(exc.orig or exc).strip().splitlines()
-        reason = lines[0] if lines else type(exc).__name__
+        # each attempt's reason where psycopg tried several addresses (session 51)
+        reason = driver_said(exc.orig or exc)
         for secret in secrets:
             reason = reason.replace(secret, "***")
         return hide_secrets(reason)[:300]

@@ -74,6 +74,49 @@ def login_refused(orig: BaseException | None) -> bool:
     return bool(_LOGIN_WORDS.search(str(orig)))
 
 
+# one attempt of several in psycopg's message ("Multiple connection attempts failed. All
+# failures were:"), its reason without libpq's "connection to server at ... failed:"
+_ATTEMPT = re.compile(
+    r"^- host: '(?P<host>[^'\n]*)', port: '(?P<port>[^'\n]*)', hostaddr: "
+    r"(?:'(?P<addr>[^'\n]*)'|None): connection failed: (?:connection to server at \"[^\"\n]*\""
+    r"(?:, port \S+)? failed: )?(?:FATAL:\s+)?(?P<reason>.*)$", re.MULTILINE)
+
+
+def driver_said(orig: BaseException | None) -> str:
+    """A driver's error as one line: its first, or where psycopg tried several addresses
+    (a host that resolves to both ::1 and 127.0.0.1, a list of hosts) each attempt's
+    address and reason. The first line alone was the last attempt's: "Connection
+    refused" on ::1 beside a refused login on 127.0.0.1 (session 51). Never a password:
+    the driver's words name host, port and user only."""
+    if orig is None:
+        return ""
+    text = str(orig).strip()
+    first = text.split("\n", 1)[0]
+    def where(host: str, port: str, addr: str | None) -> str:
+        shown = f"[{host}]" if ":" in host else host
+        return f"{shown}:{port}" + (f" ({addr})" if addr and addr != host else "")
+
+    attempts = [(where(m["host"], m["port"], m["addr"]), " ".join(m["reason"].split()))
+                for m in _ATTEMPT.finditer(text)]
+    if "\nMultiple connection attempts failed" not in text or not attempts:
+        return first or type(orig).__name__
+    reasons = dict.fromkeys(reason for _, reason in attempts)
+    if len(reasons) == 1:
+        return (f"{len(attempts)} attempts ({', '.join(w for w, _ in attempts)}), each: "
+                f"{next(iter(reasons))}")
+    return "; ".join(f"{where}: {reason}" for where, reason in attempts)
+
+
+def database_unavailable(orig: BaseException | None, whose: str, fix: str) -> str:
+    """What a 503 says of a database call that failed with the driver's error ``orig``
+    (an OperationalError's): a login PostgreSQL refused (:func:`login_refused`) as such,
+    with ``fix``; anything else as unreachable. The edge server's and the hub's routes
+    say it alike (the hub said "unreachable" of a wrong password: session 51)."""
+    if login_refused(orig):
+        return f"{whose} {LOGIN_REFUSED}: {fix}"
+    return f"{whose} is unreachable; retry later"
+
+
 def _operator_set(url: str) -> set[str]:
     """The libpq settings a PostgreSQL URL's operator set: its query's parameters, libpq's
     environment's connect timeout, and ``lock_timeout`` when the URL's ``options`` or

@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 from lineside_inspect.errors import (
     ObjectStoreUnavailable,
 )
-from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.fleet.hub.config import HUB_DATABASE_WORDS, HubSettings
 from lineside_inspect.fleet.hub.front import BoxFront, HubFeatures
 from lineside_inspect.fleet.hub.images import ObjectImages
 from lineside_inspect.fleet.hub.tables import create_hub_tables
@@ -170,6 +170,8 @@ def create_hub_app(hub: HubSettings) -> FastAPI:
     # the shared HTTP parts (gate, guard, key lookup, sessions) read app.state.settings
     app.state.settings = settings
     app.state.hub = hub
+    # a refused login's 503: the hub's database, and what to fix (session 51)
+    app.state.database_words = HUB_DATABASE_WORDS
     app.state.metrics = Metrics()
     app.state.metrics_hooks = []
     app.state.sessions = SessionStore(settings.session_ttl_s)

@@ -8,19 +8,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import JSON, Boolean, String, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from lineside_inspect.errors import DatabaseUnavailable
 from lineside_inspect.fleet.hub.config import HubSettings
 from lineside_inspect.fleet.hub.pins import check_pinned
 from lineside_inspect.fleet.hub.reviews import BoxId, BoxKey, own_box
 from lineside_inspect.fleet.hub.tables import BoxCountRow, HubBase
 from lineside_inspect.fleet.protocol import PREFIX, STATUS, BoxStatus
 from lineside_inspect.server.deps import RoleFirstRoute, Viewer, get_store
+from lineside_inspect.server.handlers import database_failed
 from lineside_inspect.server.responses import errors
 from lineside_inspect.store import Store
 from lineside_inspect.store.utc import UTCDateTime, as_utc
@@ -102,15 +102,15 @@ def fleet(store: Store, now: datetime) -> Fleet:
 
 
 @router.post(STATUS, responses=errors(), summary="A box's status report")
-def report_status(box_id: BoxId, status: BoxStatus, who: BoxKey,
+def report_status(box_id: BoxId, status: BoxStatus, who: BoxKey, request: Request,
                   store: Annotated[Store, Depends(get_store)]) -> StatusAck:
     own_box(box_id, who)
     check_pinned(who, status.site, status.line, "the status report")
     now = datetime.now(UTC)
     try:
         record_status(store, box_id, status, now)
-    except OperationalError:
-        raise DatabaseUnavailable("the hub's database is unreachable; retry later") from None
+    except OperationalError as exc:  # a refused login said as such (session 51)
+        raise database_failed(request, exc) from None
     return StatusAck(received_at=now)
 
 

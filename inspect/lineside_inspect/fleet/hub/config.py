@@ -21,6 +21,12 @@ from lineside_inspect.config import (
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.fleet.config import ObjectStoreSettings
 
+# whose database a 503 names, and what fixes a login PostgreSQL refused (the app's
+# ``database_words``, read by server.handlers.database_failed; session 51)
+HUB_DATABASE_WORDS = ("the hub's database", "fix the hub's database_url credentials (and "
+                      "restart the hub) or give the role its password back; boxes keep "
+                      "what they forward and send it again")
+
 
 class HubSettings(BaseSettings):
     """Every field can be set as ``LINESIDE_HUB_<FIELD>``."""

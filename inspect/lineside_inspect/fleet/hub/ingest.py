@@ -45,7 +45,6 @@ from sqlalchemy.orm import Session
 from lineside_inspect.errors import (
     Busy,
     ConfigError,
-    DatabaseUnavailable,
     Forbidden,
     ImageError,
     InspectionIdTaken,
@@ -77,6 +76,7 @@ from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.package import MAX_DETECTIONS
 from lineside_inspect.schemas import ReferenceUsed, StoredInspection
 from lineside_inspect.server.deps import Principal, RoleFirstRoute, require
+from lineside_inspect.server.handlers import database_failed
 from lineside_inspect.server.responses import errors
 from lineside_inspect.store.models import InspectionRow, labels_column
 from lineside_inspect.store.utc import as_utc
@@ -473,8 +473,9 @@ def forward(box_id: BoxId, batch: ForwardBatch, who: BoxKey, request: Request,
         return ack
     except LinesideError:
         raise
-    except OperationalError:  # refused, reset, timed out: the box keeps the batch, retries
-        raise DatabaseUnavailable("the hub's database is unreachable; retry later") from None
+    except OperationalError as exc:  # refused, reset, timed out, the login refused (said
+        # as such: session 51): the box keeps the batch, retries
+        raise database_failed(request, exc) from None
     except ValueError as exc:
         raise RecordError(str(exc)) from None
 

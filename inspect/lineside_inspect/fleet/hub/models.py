@@ -56,6 +56,7 @@ from lineside_inspect.errors import (
     VersionExists,
 )
 from lineside_inspect.fleet import archive
+from lineside_inspect.fleet.hub.config import HUB_DATABASE_WORDS
 from lineside_inspect.fleet.hub.pins import check_pinned
 from lineside_inspect.fleet.hub.tables import HubBase
 from lineside_inspect.fleet.objects import ObjectStore
@@ -75,6 +76,7 @@ from lineside_inspect.package import ModelCard, load_package, sha256_stream
 from lineside_inspect.schemas import Precision
 from lineside_inspect.server.deps import Admin, Principal, RoleFirstRoute, authenticate
 from lineside_inspect.server.responses import errors, media
+from lineside_inspect.store.engine import database_unavailable
 from lineside_inspect.store.utc import UTCDateTime
 
 log = logging.getLogger("lineside.hub.models")
@@ -384,9 +386,11 @@ def get_signature(model: str, version: str, request: Request,
 def _database(line: str) -> Iterator[None]:
     try:
         yield
-    except OperationalError as exc:  # unreachable, or gone mid-call: the caller retries
-        raise DatabaseUnavailable(f"hub database unavailable while reading or changing line "
-                                  f"{line}'s assignment: {type(exc.orig).__name__}") from None
+    except OperationalError as exc:  # unreachable, or gone mid-call: the caller retries;
+        # a refused login said as such (session 51)
+        said = database_unavailable(exc.orig, *HUB_DATABASE_WORDS)
+        raise DatabaseUnavailable(f"{said} (reading or changing line {line}'s "
+                                  "assignment)") from None
 
 
 def _read(engine: Engine, line: str) -> Assignment:

@@ -40,7 +40,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from lineside_inspect import ui
-from lineside_inspect.errors import ConfigError, DatabaseUnavailable, Forbidden
+from lineside_inspect.errors import ConfigError, Forbidden
 from lineside_inspect.fleet.hub.config import HubSettings
 from lineside_inspect.fleet.hub.tables import CursorRow
 from lineside_inspect.fleet.protocol import (
@@ -57,6 +57,7 @@ from lineside_inspect.fleet.protocol import (
 from lineside_inspect.fleet.review_merge import apply_review, review_event
 from lineside_inspect.names import BIDI_RE, scrub_text
 from lineside_inspect.server.deps import Principal, RoleFirstRoute, get_store, require
+from lineside_inspect.server.handlers import database_failed
 from lineside_inspect.server.responses import errors
 from lineside_inspect.server.routes import inspections, pages
 from lineside_inspect.store import Store
@@ -232,7 +233,7 @@ def hub_reviews(store: Store, box_id: str, after: int, limit: int) -> ReviewBatc
 # waiting is left out when None: the answer an older box knows (its ReviewAck forbids extras)
 @fleet.post(REVIEWS_UP, responses=errors(), summary="Reviews made on a box",
             response_model_exclude_none=True)
-def reviews_up(box_id: BoxId, batch: ReviewBatch, who: BoxKey,
+def reviews_up(box_id: BoxId, batch: ReviewBatch, who: BoxKey, request: Request,
                store: Annotated[Store, Depends(get_store)],
                features: Annotated[str, Header(alias=FEATURES_HEADER, description=(
                    f"what the box reads beyond version 1: {REVIEW_WAITING!r} for "
@@ -241,22 +242,23 @@ def reviews_up(box_id: BoxId, batch: ReviewBatch, who: BoxKey,
     own_box(box_id, who)
     try:
         ack = take_reviews(store, box_id, batch)
-    except OperationalError:
-        raise DatabaseUnavailable("the hub's database is unreachable; retry later") from None
+    except OperationalError as exc:  # a refused login said as such (session 51)
+        raise database_failed(request, exc) from None
     if REVIEW_WAITING not in {f.strip() for f in features.split(",")}:
         ack.waiting = None  # a box of version 1: its ReviewAck has no such field
     return ack
 
 
 @fleet.get(REVIEWS_DOWN, responses=errors(), summary="Reviews made on the hub, for a box")
-def reviews_down(box_id: BoxId, who: BoxKey, store: Annotated[Store, Depends(get_store)],
+def reviews_down(box_id: BoxId, who: BoxKey, request: Request,
+                 store: Annotated[Store, Depends(get_store)],
                  after: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
                  limit: Annotated[int, Query(ge=1, le=DOWN_LIMIT)] = DOWN_LIMIT) -> ReviewBatch:
     own_box(box_id, who)
     try:
         return hub_reviews(store, box_id, after, limit)
-    except OperationalError:
-        raise DatabaseUnavailable("the hub's database is unreachable; retry later") from None
+    except OperationalError as exc:  # a refused login said as such (session 51)
+        raise database_failed(request, exc) from None
 
 
 @router.get("/", include_in_schema=False)
