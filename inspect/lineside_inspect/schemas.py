@@ -166,6 +166,28 @@ class StoredInspection(InspectionResult):
     reviews: list[ReviewEntry]
 
 
+class PullNote(_Shape):
+    """What ``lineside data pull`` (its defaults) does with an inspection's current truth,
+    by the pull's own rules (``store/pull_rules.py``)."""
+
+    kept: bool = Field(description=(
+        "the pull takes it (a reviewed inspection; an unreviewed one only with "
+        "--no-reviewed), its images permitting"))
+    reason: str | None = Field(description=(
+        "why the pull leaves it out, as nothing a detector learns from, and what to do "
+        "about it: the words `lineside data pull` logs for it (null when kept)"))
+
+
+class InspectionDetail(StoredInspection):
+    """One inspection as the review page reads it: the stored record, and what a training
+    pull does with it (the list's items carry no ``pull``: a data pull of a release before
+    it refuses a field it does not know)."""
+
+    pull: PullNote = Field(description=(
+        "whether `lineside data pull` leaves this inspection out as it is now reviewed, "
+        "and why (session 51)"))
+
+
 class InspectionPage(_Shape):
     """A window of ``limit`` stored inspections from ``offset``, newest first: ``items``
     are those that read as inspections, ``left_out`` the others (session 40)."""

@@ -4,6 +4,7 @@ export, gate, promote), session 36: what it found in the pull and the lifecycle.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,3 +133,82 @@ def test_a_good_only_stations_defects_can_be_pulled_to_evaluate_it(
     pulled = {Path(r.file_name).stem: r for r in ds.images}
     assert "anomaly" in ds.categories and pulled[good.id].is_good
     assert [(b.label, b.xyxy()) for b in pulled[fail.id].boxes] == [("anomaly", (5, 5, 30, 30))]
+
+
+def test_the_review_api_says_what_data_pull_leaves_out(
+        tmp_path: Path, detector: Detector, launch: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The review page said whether `data pull` leaves an inspection out by its own copy of
+    the pull's rules, in JavaScript, which could drift from them (session 51). The review
+    API now says it (``pull``: kept, and why not), from the very function the pull asks;
+    over a real server, for each rule, the API's word and the pull's agree, and the reason
+    is the words the pull logs. The review's own answer carries it as the review left it."""
+    import logging
+
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.imageio import decode_image
+    from lineside_inspect.recipes import Recipe
+    from lineside_inspect.recipes.rules import judge
+    from lineside_inspect.runtime.anomaly_map import AnomalyFinding
+    from lineside_inspect.store.models import InspectionRow
+    from lineside_inspect.store.pull import pull_from_server
+    from lineside_inspect.store.pull_rules import (
+        ANOMALOUS,
+        ANOMALOUS_GOOD_ONLY,
+        UNBOXED,
+        UNBOXED_GOOD_ONLY,
+    )
+
+    from .conftest import ROLE_KEYS
+
+    srv = launch(store_pass_rate=1.0)
+    store = srv.app.state.store
+    made = {k: _inspection(detector, "fail") for k in (
+        "fused", "good_only", "unboxed", "whole", "detector", "false_reject", "relabelled")}
+    h, w = decode_image(made["fused"].raw).shape[:2]
+    region = Detections([[5, 5, 30, 30]], [0.99], [0], ["anomaly"])
+    finding = AnomalyFinding(0.99, 0.5, region, "good 1", (w, h))
+    for k in ("fused", "relabelled"):
+        made[k].anomaly, made[k].defects = finding, judge(
+            made[k].defects, Recipe(name="r", model="deeppcb"), {}, finding).defects
+    for k in ("good_only", "false_reject"):
+        made[k].anomaly, made[k].defects = finding, region
+    made["unboxed"].defects = Detections.empty(made["unboxed"].defects.class_names)
+    made["whole"].defects = Detections([[0, 0, w, h]], [0.99], [0], ["anomaly"])
+    made["pass"] = _inspection(detector, "pass")
+    reviews = {k: {"action": "confirm"} for k in made}
+    reviews["false_reject"] = {"action": "false_reject"}
+    reviews["relabelled"] = {"action": "relabel", "index": len(made["relabelled"].defects) - 1,
+                             "label": "short"}
+    expected = {"fused": ANOMALOUS, "good_only": ANOMALOUS_GOOD_ONLY, "unboxed": UNBOXED,
+                "whole": UNBOXED_GOOD_ONLY}
+    for m in made.values():
+        assert store.save(m)
+    store.flush()
+    with Session(store.engine) as s, s.begin():  # a good-only model's: its one class
+        for k in ("good_only", "whole"):
+            s.get(InspectionRow, made[k].id).class_names = ["anomaly"]  # type: ignore[union-attr]
+    said = {}
+    with srv.client("reviewer") as c:
+        for k, m in made.items():
+            before = c.get(f"/v1/inspections/{m.id}")
+            assert before.status_code == 200, before.text
+            # (the model's word: the same rules, the unreviewed truth its defects)
+            assert before.json()["pull"]["kept"] == (k in {"detector", "pass"}), k
+            saved = c.post(f"/v1/inspections/{m.id}/reviews", json=reviews[k])
+            assert saved.status_code == 200, saved.text
+            got = c.get(f"/v1/inspections/{m.id}").json()["pull"]
+            assert saved.json()["pull"] == got, k
+            said[m.id] = got
+    assert {k: said[m.id]["reason"] for k, m in made.items()} == {
+        k: expected.get(k) for k in made}
+    with caplog.at_level(logging.INFO, "lineside.store"):
+        ds = pull_from_server(srv.url, tmp_path / "pulled", key=ROLE_KEYS["reviewer"])
+    pulled = {Path(r.file_name).stem for r in ds.images}
+    assert {i: n["kept"] for i, n in said.items()} == {i: i in pulled for i in said}
+    logged = [r.getMessage() for r in caplog.records]
+    for i, n in said.items():  # the pull's own words for each one left out, the API's
+        if not n["kept"]:
+            assert f"pull: left out inspection {i}: {n['reason']}" in logged
+            assert any(m.startswith("pull: 1 inspection(s) left out, " + n["reason"])
+                       and i in m for m in logged)

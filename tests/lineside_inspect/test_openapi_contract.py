@@ -24,7 +24,7 @@ from pydantic import TypeAdapter
 from lineside_inspect.config import CameraConfig
 from lineside_inspect.fleet.hub.app import create_hub_app
 from lineside_inspect.fleet.hub.config import HubSettings
-from lineside_inspect.schemas import InspectionResult, StoredInspection, TimeText
+from lineside_inspect.schemas import InspectionDetail, InspectionResult, TimeText
 from lineside_inspect.server.responses import (
     CameraHealth,
     DashboardStats,
@@ -457,7 +457,7 @@ def test_golden_and_gate_times_are_date_times(
     with srv.client("reviewer") as c:
         r = c.post(f"/v1/inspections/{inspection.id}/reviews", json={"action": "confirm"})
         assert r.status_code == 200, r.text
-        StoredInspection.model_validate_json(r.content)
+        InspectionDetail.model_validate_json(r.content)
         _validate(doc, "POST", "/v1/inspections/{inspection_id}/reviews", 200, r.json())
     with srv.client("admin") as c:
         r = c.post("/v1/golden/contract", json={"inspections": [inspection.id]})
@@ -468,6 +468,25 @@ def test_golden_and_gate_times_are_date_times(
         _validate(doc, "GET", "/v1/golden", 200, r.json())
     with pytest.raises(ValueError, match="UTC offset"):
         TypeAdapter(TimeText).validate_python("2026-12-05T10:00:00")
+
+
+def test_one_inspection_says_what_data_pull_does_with_it(
+        served: tuple[Running, dict[str, Any]], hub_doc: dict[str, Any]) -> None:
+    """The review page reads whether `data pull` leaves an inspection out from the API (its
+    ``pull``), on a box and on a hub alike (session 51): declared, required, kept and reason
+    typed, on the one inspection's answer and the review's; not on the list's items (a data
+    pull of a release before it refuses a field it does not know)."""
+    _, doc = served
+    for d in (doc, hub_doc):
+        for method, path in (("get", "/v1/inspections/{inspection_id}"),
+                             ("post", "/v1/inspections/{inspection_id}/reviews")):
+            ok = d["paths"][path][method]["responses"]["200"]["content"]["application/json"]
+            assert ok["schema"] == {"$ref": "#/components/schemas/InspectionDetail"}, path
+        schemas = d["components"]["schemas"]
+        assert "pull" in schemas["InspectionDetail"]["required"]
+        assert schemas["PullNote"]["properties"]["kept"]["type"] == "boolean"
+        assert {"type": "null"} in schemas["PullNote"]["properties"]["reason"]["anyOf"]
+        assert "pull" not in schemas["StoredInspection"]["properties"]
 
 
 def test_package_folders_are_for_admins_only(served: tuple[Running, dict[str, Any]]) -> None:

@@ -18,7 +18,7 @@ from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.types import Detections
 from lineside_inspect.store import Store
 from lineside_inspect.store.models import Base, ReviewRow
-from lineside_inspect.store.pull import unboxed_fail
+from lineside_inspect.store.pull_rules import unboxed_fail
 
 from .conftest import MODEL
 from .test_store import _inspection, reviews_as_before

@@ -803,8 +803,18 @@ def test_a_confirm_that_no_pull_takes_for_training_says_so(browser: Any, box: Ru
     the review page did not say it: a reviewer confirming a good-only fail believed it
     became training data (session 50). Said beside the status line, announced, with what
     to do: a fused part's relabel (which clears it), a good-only station's
-    ``--keep-anomaly``; an ordinary detector-class confirm says nothing."""
-    from playwright.sync_api import expect
+    ``--keep-anomaly``; an ordinary detector-class confirm says nothing. The words are the
+    server's (the inspection's ``pull``, by the pull's own rules), the ones ``data pull``
+    logs: the page had its own copy of the rules (session 51); a server that sends no
+    ``pull`` (an earlier release) gets no note, the page otherwise as it was."""
+    from playwright.sync_api import Route, expect
+
+    from lineside_inspect.store.pull_rules import (
+        ANOMALOUS,
+        ANOMALOUS_GOOD_ONLY,
+        UNBOXED,
+        UNBOXED_GOOD_ONLY,
+    )
 
     store = box.app.state.store
     region = {"label": "anomaly", "score": 0.99, "box": [50.0, 60.0, 90.0, 100.0]}
@@ -815,6 +825,7 @@ def test_a_confirm_that_no_pull_takes_for_training_says_so(browser: Any, box: Ru
     _fail(store, "WHOLE", ["anomaly"], [{"label": "anomaly", "score": 0.99,
                                          "box": [0.0, 0.0, 640.0, 480.0]}], "anomaly")
     _fail(store, "DET", ["short", "open"], [short])
+    older = _fail(store, "OLDER", ["anomaly"], [region], "anomaly")
     page = _context(browser).new_page()
     note = page.locator("#d-pull")
 
@@ -827,27 +838,38 @@ def test_a_confirm_that_no_pull_takes_for_training_says_so(browser: Any, box: Ru
         page.keyboard.press("c")
         expect(page.locator("#d-status")).to_have_text("saved: confirm")
 
+    def said(reason: str) -> str:
+        return f"Not pulled for training as is: {reason}."
+
     _sign_in(page, box.url + "/review")
     expect(page.locator("#count")).not_to_be_empty()
     expect(note).to_have_attribute("role", "status")
     confirm("GOOD")
-    expect(note).to_have_text(
-        "Not pulled for detector training: anomaly, this model's one class, is no class a "
-        "detector learns; lineside data pull --keep-anomaly pulls it as anomaly, to evaluate "
-        "a good-only model on.")
+    expect(note).to_have_text(said(ANOMALOUS_GOOD_ONLY))
+    assert "--keep-anomaly" in ANOMALOUS_GOOD_ONLY and note.locator("*").count() == 0  # text
     confirm("FUSED")
-    expect(note).to_contain_text("Not pulled for detector training as is: its anomaly box")
-    expect(note).to_contain_text("Relabel it with a defect class")
+    expect(note).to_have_text(said(ANOMALOUS))
+    assert "relabel each such box with a defect class" in ANOMALOUS
     page.locator("#d-defects li").nth(1).click()  # the anomaly box, relabelled as short
     page.locator("#d-label").select_option("short")
     page.locator("#b-relabel").click()
     expect(page.locator("#d-status")).to_have_text("saved: relabel")
     expect(note).to_have_text("")
-    for part in ("NOBOX", "WHOLE"):  # (the whole image as anomaly says nowhere)
-        confirm(part)
-        expect(note).to_contain_text("Not pulled for training as is: a fail with no defect box. "
-                                     "Draw its defect (d) to pull it")
-    expect(note).to_contain_text("(as anomaly: then lineside data pull --keep-anomaly")
+    confirm("NOBOX")
+    expect(note).to_have_text(said(UNBOXED))
+    confirm("WHOLE")  # (the whole image as anomaly says nowhere)
+    expect(note).to_have_text(said(UNBOXED_GOOD_ONLY))
     confirm("DET")
+    expect(note).to_have_text("")
+
+    def without_pull(route: Route) -> None:  # a server of a release before `pull`
+        answer = route.fetch()
+        doc = answer.json()
+        doc.pop("pull", None)
+        route.fulfill(response=answer, json=doc)
+
+    page.route(f"**/v1/inspections/{older}**", without_pull)
+    confirm("OLDER")  # the page works as before, and says nothing it does not know
+    expect(page.locator("#d-reviews li")).to_contain_text(["confirm"])
     expect(note).to_have_text("")
     close_contexts(browser)

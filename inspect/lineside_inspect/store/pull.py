@@ -46,7 +46,9 @@ from lineside_inspect.package import ANOMALY_LABEL
 from lineside_inspect.runtime.reference import shift_onto
 from lineside_inspect.runtime.unchanged import ALIGN_MAX_SHIFT
 from lineside_inspect.schemas import InspectionPage
-from lineside_inspect.store.models import InspectionRow, reviewed_verdict
+from lineside_inspect.store.models import InspectionRow
+from lineside_inspect.store.pull_rules import left_out_why  # (the rules: one place)
+from lineside_inspect.store.pull_rules import located as _located
 from lineside_inspect.store.store import REFS_DIR, Store
 from lineside_inspect.store.utc import as_utc
 
@@ -74,49 +76,6 @@ def _folder(camera_id: str | None, inspection_id: str) -> str:
     log.info("pull: inspection %s: camera id %r is not a name; its image goes in %s/",
              inspection_id, camera_id[:200], folder)
     return folder
-
-
-def unboxed_fail(item: dict[str, Any]) -> bool:
-    """A fail its last review confirmed with no defect box (a frame not of the golden's
-    view, an anomaly with no region): not a good part, and nothing a detector can learn
-    from. Pulled, it became a good image of the set (QA review, session 34)."""
-    reviews = [(r["action"], r["boxes"]) for r in item["reviews"]]
-    if not reviews:
-        # an unreviewed one (``--no-reviewed``) is the model's word: a fail with no box
-        # (reference_mismatch, an anomaly without a region) became a good image (loop review)
-        return (item.get("review_state") == "unreviewed" and item["verdict"] == "fail"
-                and not _located(item, item["defects"]))
-    return (not _located(item, reviews[-1][1])
-            and reviewed_verdict(item["verdict"], reviews) == "fail")
-
-
-def _located(item: dict[str, Any], boxes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``boxes`` that say where: not the whole image as ``anomaly``, which an anomaly fail
-    whose map showed no region reports (session 39): as a label, it taught a detector that
-    the whole frame is the defect, where such a part had been left out."""
-    whole = [0.0, 0.0, float(item["width"]), float(item["height"])]
-    return [b for b in boxes
-            if b["label"] != ANOMALY_LABEL or [float(v) for v in b["box"]] != whole]
-
-
-UNBOXED = ("a fail with no defect box, confirmed or unreviewed: not a good part, nothing to "
-           "train on (draw its defect on the review page to use it)")
-
-
-def anomaly_labelled(item: dict[str, Any]) -> bool:
-    """Whether its truth still holds an ``anomaly`` box that says where (a good-only
-    model's region, alone or in a fused recipe, confirmed or drawn as such): a defect of no
-    class. Pulled, it became a class ``anomaly`` no detector's config has, and `lineside
-    train --merge` refused the whole pull for it; with its box dropped, the defect would
-    be taught as background. Such an inspection is left out, said at the end (loop walk,
-    session 50); relabelled on the review page with a detector class it is pulled, and
-    ``data pull --keep-anomaly`` keeps it as it is (a good-only model's evaluation set)."""
-    truth = item["reviews"][-1]["boxes"] if item["reviews"] else item["defects"]
-    return any(b["label"] == ANOMALY_LABEL for b in _located(item, truth))
-
-
-ANOMALOUS = ("its defect boxes include `anomaly` (a good-only model's region, of no class a "
-             "detector can learn)")
 
 
 def _record(item: dict[str, Any], source: Path, ext: str,
@@ -328,8 +287,9 @@ class _Placing:
         self.seen: set[str] = set()
         self.skipped: list[str] = []  # left out: "id: why"
         # left out as nothing a detector learns from, said in one line each at the end
-        # (each was an INFO line `data pull` does not show: a pull said only how many it took)
-        self.unlearnable: dict[str, list[str]] = {"unboxed": [], "anomaly": []}
+        # (each was an INFO line `data pull` does not show: a pull said only how many it took),
+        # by the reason pull_rules.left_out_why gave: the words the review page shows
+        self.unlearnable: dict[str, list[str]] = {}
         self.unaligned = _Unaligned()
         # a golden's problem with an item of its size and named sha256 (one serves many)
         self.goldens: dict[tuple[Path, int, int, str | None], str | None] = {}
@@ -343,13 +303,9 @@ class _Placing:
 
     def wanted(self, item: dict[str, Any]) -> bool:
         """Whether ``item`` is worth its images (asked before they are read)."""
-        if unboxed_fail(item):
-            log.info("pull: left out inspection %s: %s", item["id"], UNBOXED)
-            self.unlearnable["unboxed"].append(item["id"])
-            return False
-        if not self.keep_anomaly and anomaly_labelled(item):
-            log.info("pull: left out inspection %s: %s", item["id"], ANOMALOUS)
-            self.unlearnable["anomaly"].append(item["id"])
+        if why := left_out_why(item, keep_anomaly=self.keep_anomaly):
+            log.info("pull: left out inspection %s: %s", item["id"], why)
+            self.unlearnable.setdefault(why, []).append(item["id"])
             return False
         return True
 
@@ -420,18 +376,9 @@ class _Placing:
         """The dataset written to ``dst``, once what was left out is said (``asked``: the
         pull's filters, said if nothing matched them, :func:`_asked`)."""
         self.unaligned.say()
-        if ids := self.unlearnable["unboxed"]:
-            log.warning("pull: %d fail(s) left out with no defect box (confirmed or unreviewed): "
-                        "not good parts, nothing to train on; draw each defect on the review "
-                        "page to pull it (e.g. inspection %s)", len(ids), ids[0])
-        if ids := self.unlearnable["anomaly"]:
-            log.warning("pull: %d inspection(s) left out whose defects are marked `anomaly` (a "
-                        "good-only model's region: no class a detector can learn): relabel each "
-                        "such box with its defect class on the review page (a fused recipe's "
-                        "classes) or mark a false reject to pull it (e.g. inspection %s); "
-                        "--keep-anomaly pulls them as they are, class `anomaly` (a set to "
-                        "evaluate a good-only model on, not to train a detector)",
-                        len(ids), ids[0])
+        for why, ids in self.unlearnable.items():
+            log.warning("pull: %d inspection(s) left out, %s (e.g. inspection %s)",
+                        len(ids), why, ids[0])
         if self.skipped:
             log.warning("pull: %d inspection(s) left out, their images broken (or a stored "
                         "shift out of range): %s%s", len(self.skipped),
@@ -526,7 +473,7 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                     part_id: str | None = None, keep_anomaly: bool = False) -> Dataset:
     """The store's reviewed inspections (``part_id``: exactly this part's) as a dataset;
     ``keep_anomaly``: those whose truth holds an ``anomaly`` box are pulled with it (a
-    class ``anomaly``), not left out (:func:`anomaly_labelled`)."""
+    class ``anomaly``), not left out (``pull_rules.anomaly_labelled``)."""
     _check_dst(dst, overwrite)
     cursor = _Cursor()
     with _staging(dst) as tmp:

@@ -20,11 +20,12 @@ from lineside_inspect.errors import ImageError, NotFoundError, Overloaded
 from lineside_inspect.imageio import decode_frame, encode_jpeg
 from lineside_inspect.names import OneLine, Text
 from lineside_inspect.runtime.types import Detections
-from lineside_inspect.schemas import InspectionPage, Outcome, ReviewAction, StoredInspection
+from lineside_inspect.schemas import InspectionDetail, InspectionPage, Outcome, ReviewAction
 from lineside_inspect.server.deps import Reviewer, RoleFirstRoute, Viewer, get_store
 from lineside_inspect.server.query import refuse_unknown
 from lineside_inspect.server.responses import DashboardStats, errors, media
 from lineside_inspect.server.routes.page_data import FleetName, PartFilter, shared_box
+from lineside_inspect.store.pull_rules import with_pull
 from lineside_inspect.store.stats import Shifts
 from lineside_inspect.store.utc import UTCTime
 
@@ -80,9 +81,12 @@ def _unknown(request: Request) -> None:
 
 
 @router.get("/inspections/{inspection_id}", responses=errors(401, 403, 404, 422))
-def get_inspection(inspection_id: str, request: Request, who: Reviewer) -> StoredInspection:
+def get_inspection(inspection_id: str, request: Request, who: Reviewer) -> InspectionDetail:
+    """One stored inspection, with ``pull``: whether ``lineside data pull`` leaves it out
+    as it is now reviewed, and why, by the pull's own rules (``store/pull_rules.py``):
+    the review page shows it, and had its own copy of the rules (session 51)."""
     store = get_store(request)
-    return store.record(store.get(inspection_id))
+    return with_pull(store.record(store.get(inspection_id)))
 
 
 def _send(f: IO[bytes], name: str | None) -> StreamingResponse:
@@ -213,12 +217,14 @@ class ReviewIn(BaseModel, extra="forbid"):
 @router.post("/inspections/{inspection_id}/reviews",
              responses=errors(401, 403, 404, 409, 413, 422))
 def add_review(inspection_id: str, body: ReviewIn, request: Request,
-               who: Reviewer) -> StoredInspection:
+               who: Reviewer) -> InspectionDetail:
+    """The review recorded; the inspection as ``GET /v1/inspections/{id}`` answers it
+    after (its ``pull`` as the review left it)."""
     boxes = None if body.boxes is None else [b.model_dump(exclude={"score"}) for b in body.boxes]
     row = get_store(request).review(inspection_id, reviewer=who.name, action=body.action,
                                  boxes=boxes, index=body.index, label=body.label,
                                  note=body.note, seen_reviews=body.seen_reviews)
-    return get_store(request).record(row)
+    return with_pull(get_store(request).record(row))
 
 
 @router.get("/stats", responses=errors(401, 403, 404, 422))

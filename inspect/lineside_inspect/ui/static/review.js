@@ -466,35 +466,23 @@ function render() {
   sayPull(o);
 }
 
-// what `lineside data pull` does with the part as reviewed (store/pull.py's unboxed_fail,
-// anomaly_labelled): a confirmed good-only region or a fail with no box is left out of a
-// pull, and nothing on this page said so: a reviewer confirming them believed they became
-// training data (session 50). Said (as text) beside the status line while it is so
-const ANOMALY = "anomaly";
+// what `lineside data pull` does with the part as reviewed: a confirmed good-only region or
+// a fail with no box is left out of a pull, and nothing on this page said so: a reviewer
+// confirming them believed they became training data (session 50). The server says it
+// (the inspection's `pull`, by the pull's own rules: store/pull_rules.py), in the words
+// the pull logs; this page had its own copy of the rules, which could drift (session 51).
+// Said as text beside the status line while it is so; unreviewed, nothing is decided yet
+// (the model's word), and an answer without `pull` (a server of an earlier release) says
+// nothing rather than guess.
 function pullNote(o) {
-  if (!o.reviews.length) return [];  // the model's word: nothing decided yet
-  const last = o.reviews[o.reviews.length - 1], boxes = last.boxes;
-  // (the whole image as anomaly says nowhere: an anomaly fail whose map showed no region)
-  const located = boxes.filter((b) => b.label !== ANOMALY || b.box.map(Number).join() !== [0, 0, o.width, o.height].join());
-  const fail = o.verdict === "pass" ? boxes.length > 0 && o.reviews.some((r) => r.action === "missed_defect")
-    : boxes.length > 0 || (last.action === "confirm" && !o.reviews.some((r) => r.action === "false_reject"));
-  const classes = o.class_names.filter((n) => n !== ANOMALY), code = (t) => el("code", {}, t);
-  const keep = [code("lineside data pull --keep-anomaly"), " pulls it as ", code(ANOMALY), ", to evaluate a good-only model on"];
-  if (fail && !located.length) {
-    return ["Not pulled for training as is: a fail with no defect box. Draw its defect (d) to pull it",
-            ...(classes.length ? [] : [" (as ", code(ANOMALY), ": then ", ...keep, ")"]), "."];
-  }
-  if (!located.some((b) => b.label === ANOMALY)) return [];
-  if (!classes.length) {
-    return ["Not pulled for detector training: ", code(ANOMALY), ", this model's one class, is no class a detector learns; ", ...keep, "."];
-  }
-  return ["Not pulled for detector training as is: its ", code(ANOMALY), " box is no class a detector learns. Relabel it with a defect class (select the box, pick the class, Relabel selected) to pull it; ",
-          ...keep, "."];
+  const p = o.pull;
+  if (!o.reviews.length || !p || typeof p !== "object" || p.kept !== false || typeof p.reason !== "string") return "";
+  return `Not pulled for training as is: ${p.reason}.`;
 }
 function sayPull(o) {
   const said = pullNote(o), note = $("#d-pull");
   // (redrawn only when it says something else: a render for the shadow's answer announced it again)
-  if (note.textContent !== said.map((x) => (typeof x === "string" ? x : x.textContent)).join("")) note.replaceChildren(...said);
+  if (note.textContent !== said) note.textContent = said;
 }
 
 function drawPreview(box) {
