@@ -431,15 +431,41 @@ def _check_graph(path: Path, card: ModelCard, data: bytes) -> dict[str, bytes]:
         _check_anomaly_outputs(graph_path, model, card.input.size)
         if META_CLASSES not in meta:  # its one class is fixed: the metadata adds nothing
             return external
-    graph_classes = json.loads(meta.get(META_CLASSES, "null"))
-    if graph_classes is None:
+    if META_CLASSES not in meta:
         raise PackageError(f"{graph_path}: graph carries no {META_CLASSES} metadata")
-    if len(graph_classes) != len(card.class_names) or graph_classes != card.class_names:
+    graph_classes = _graph_classes(graph_path, meta[META_CLASSES])
+    if graph_classes != card.class_names:
         raise PackageError(
-            f"{graph_path}: graph was exported for {len(graph_classes)} classes {graph_classes}, "
-            f"card lists {len(card.class_names)} {card.class_names}"
+            f"{graph_path}: graph was exported for {len(graph_classes)} classes "
+            f"{_listed(graph_classes)}, card lists {len(card.class_names)} "
+            f"{_listed(card.class_names)}"
         )
     return external
+
+
+def _graph_classes(graph_path: Path, raw: str) -> list[str]:
+    """The graph's ``lineside.class_names`` metadata: a JSON list of strings. Read with
+    ``json.loads`` unchecked, junk there ('not json', '5', '[[[...', a 5000-digit number)
+    was a JSONDecodeError, TypeError, RecursionError or ValueError: a 500 from POST
+    /v1/models and a traceback from the CLI (attacker review, session 51)."""
+    why = f"{graph_path}: graph's {META_CLASSES} metadata is not a JSON list of class names"
+    try:
+        classes = json.loads(raw)
+    except RecursionError:
+        raise PackageError(f"{why} (nested too deeply)") from None
+    except ValueError:  # JSONDecodeError, or int()'s limit on a number's digits
+        raise PackageError(f"{why} (invalid JSON)") from None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise PackageError(f"{why} (it holds {type(classes).__name__} "
+                           f"{_listed(classes)})")
+    return classes
+
+
+def _listed(value: Any, limit: int = 200) -> str:
+    """``value`` as shown in a refusal, cut to ``limit`` characters: a graph's metadata is
+    up to the graph's 2 GiB, and was echoed whole in the 422."""
+    text = repr(value) if not isinstance(value, list) else json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 
 def _read_external(path: Path, card: ModelCard, locations: list[str]) -> dict[str, bytes]:

@@ -6,6 +6,7 @@ nothing is read outside the package, and a card cannot ask for what breaks the s
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -161,4 +162,59 @@ def test_a_graph_that_cannot_run_is_a_422_and_the_model_keeps_serving(
     err = r.json()["error"]
     assert err["code"] == "invalid_model_package"
     assert "model tiny 1: the graph failed its first run" in err["message"]
+    assert {m["name"]: m["active"] for m in client.get("/v1/models").json()} == {"deeppcb": "1"}
+
+
+def _with_graph_classes(pkg: Path, value: str) -> Path:
+    """``pkg`` with its graph's ``lineside.class_names`` metadata set to ``value`` (the
+    card's sha256 made to match: a crafter controls both)."""
+    model = onnx.load(str(pkg / "model.onnx"))
+    del model.metadata_props[:]
+    helper.set_model_props(model, {"lineside.class_names": value})
+    onnx.save(model, str(pkg / "model.onnx"))
+    doc = json.loads((pkg / "model.json").read_text())
+    doc["sha256"] = hashlib.sha256((pkg / "model.onnx").read_bytes()).hexdigest()
+    (pkg / "model.json").write_text(json.dumps(doc))
+    return pkg
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ("not json", r"invalid JSON"),
+    ("5", r"it holds int 5"),
+    ('{"a": 1}', r"it holds dict"),
+    ('["a", 2]', r"it holds list"),
+    ("[" * 100_000, r"nested too deeply"),
+    ("1" * 5000, r"invalid JSON"),
+])
+def test_graph_class_metadata_that_is_no_list_of_names_is_refused_by_name(
+        tmp_path: Path, value: str, words: str, tiny_onnx: Any) -> None:
+    # read with json.loads unchecked: a JSONDecodeError, TypeError, RecursionError or
+    # ValueError, a 500 from POST /v1/models and the hub's publish (session 51)
+    pkg = _with_graph_classes(tiny_onnx.package(tmp_path / "pkg", tiny_onnx.graph()), value)
+    with pytest.raises(PackageError, match="graph's lineside.class_names metadata is not a "
+                                           rf"JSON list of class names \(.*{words}"):
+        load_package(pkg)
+
+
+def test_a_refusal_shows_a_huge_class_list_cut_short(tmp_path: Path, tiny_onnx: Any) -> None:
+    # the graph's metadata (up to its 2 GiB) was echoed whole in the 422
+    names = json.dumps([f"c{i}" for i in range(100_000)])
+    pkg = _with_graph_classes(tiny_onnx.package(tmp_path / "pkg", tiny_onnx.graph()), names)
+    with pytest.raises(PackageError) as exc:
+        load_package(pkg)
+    message = exc.value.message
+    assert "graph was exported for 100000 classes" in message
+    assert "card lists 1 [\"a\"]" in message
+    assert len(message) < 1000
+
+
+def test_junk_graph_class_metadata_is_a_422_and_the_model_keeps_serving(
+        server: tuple[Any, Path], tiny_onnx: Any) -> None:
+    client, roots = server
+    pkg = _with_graph_classes(tiny_onnx.package(roots / "junkmeta", tiny_onnx.graph()), "{")
+    r = client.post("/v1/models", json={"path": str(pkg)})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_model_package"
+    assert "lineside.class_names metadata is not a JSON list" in err["message"]
     assert {m["name"]: m["active"] for m in client.get("/v1/models").json()} == {"deeppcb": "1"}
