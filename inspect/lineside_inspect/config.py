@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from lineside_inspect.errors import ConfigError, unknown_key_hint
 from lineside_inspect.fleet.config import FleetSettings, check_site
 from lineside_inspect.lifecycle.config import LifecycleSettings
-from lineside_inspect.line.config import LineSettings
+from lineside_inspect.line.config import MODBUS_BLOCK, MODBUS_MAX_STATIONS, LineSettings
 from lineside_inspect.names import Name, OneLine
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.user_files import load_yaml, read_text
@@ -392,6 +392,17 @@ class Settings(BaseSettings):
                                  f"and cameras.{n}): each camera needs an id of its own")
             seen[cam.id] = n
         return cameras
+
+    @model_validator(mode="after")
+    def _stations_fit_modbus(self) -> Settings:
+        # each camera is a station of 16 coils and registers: past the last address the
+        # Modbus server did not start, with a library's traceback (plant review, session 51)
+        if self.line.modbus is not None and len(self.cameras) > MODBUS_MAX_STATIONS:
+            raise ValueError(
+                f"line.modbus: {len(self.cameras)} cameras are {len(self.cameras)} stations of "
+                f"{MODBUS_BLOCK} addresses, past Modbus address 65535: at most "
+                f"{MODBUS_MAX_STATIONS} cameras on one box's Modbus server")
+        return self
 
     @model_validator(mode="after")
     def _gate_needs_store(self) -> Settings:

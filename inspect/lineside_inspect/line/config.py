@@ -99,6 +99,11 @@ class OpcUaConfig(_Section):
         return urlparse(self.endpoint).port or 4840
 
 
+MODBUS_BLOCK = 16  # coils and holding registers per station (line/modbus.py)
+# station n owns addresses 16n..16n+15, and a Modbus address is 0..65535: 4096 stations
+MODBUS_MAX_STATIONS = 0x10000 // MODBUS_BLOCK
+
+
 class ModbusConfig(_Section):
     """The Modbus TCP server of the PLC handshake (see docs/line-integration.md for the
     register map). Modbus TCP has no authentication: whoever reaches the port can trigger

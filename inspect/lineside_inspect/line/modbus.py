@@ -9,7 +9,7 @@ offset       coil              holding register
 +0           Trigger (PLC)     DefectCount
 +1           TriggerReady      ErrorCode
 +2           Busy              Heartbeat (+1 each second, wraps at 65536)
-+3           ResultReady       Recipe index (PLC writes; 0-based, into the loaded recipes)
++3           ResultReady       Recipe index (PLC writes; 0-based, into modbus.recipes or the loaded recipes)
 +4           ResultAck (PLC)   (reserved, reads 0)
 +5           Pass
 +6           Fail
@@ -41,7 +41,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from lineside_inspect.line.config import ModbusConfig
+from lineside_inspect.line.config import MODBUS_BLOCK, ModbusConfig
 from lineside_inspect.line.peer_logs import BOUND, bound_peer_logs
 from lineside_inspect.line.station import Changes, PlcWrite, Station, TagValue
 
@@ -51,7 +51,7 @@ log = logging.getLogger("lineside.line.modbus")
 if logging.getLogger("pymodbus").level == logging.NOTSET:
     logging.getLogger("pymodbus").setLevel(logging.WARNING)
 
-BLOCK = 16  # coils and registers per station
+BLOCK = MODBUS_BLOCK  # coils and registers per station
 COILS = ("Trigger", "TriggerReady", "Busy", "ResultReady", "ResultAck", "Pass", "Fail", "Error",
          "FailRateAlarm", "BlankFrame", "WrongView")
 REGISTERS = ("DefectCount", "ErrorCode", "Heartbeat", "RecipeIndex")
