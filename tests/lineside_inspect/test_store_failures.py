@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session
 
+from lineside_inspect.errors import DataDirLockedError
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.store import Store
 from lineside_inspect.store import engine as engine_module
@@ -401,6 +402,11 @@ def test_closing_while_postgresql_answers_nothing_ends_and_loses_nothing(
             closing.join(20)
         assert not closing.is_alive(), "close waited for the frozen database"
         assert "applied at the next start" in caplog.text
+        # the writer still holds the journal segment it applies: a store opened on the
+        # folder now applied it beside it (its rows then refused as duplicates, set aside,
+        # their line events sent twice). The folder stays locked until the writer ends
+        with pytest.raises(DataDirLockedError, match="in use by process"):
+            Store(tmp_path / "store", pg_database, pass_rate=1.0)
     finally:
         for pid in frozen:
             with contextlib.suppress(ProcessLookupError):

@@ -285,3 +285,25 @@ def test_the_hubs_start_with_a_refused_login_is_one_line_naming_each_attempt(
         assert "the hub's database postgresql+psycopg:///hub refused the login" in out, out
         assert all(part in out for part in said), out
         assert "Wrong-Pw-42x" not in out and "Traceback" not in out, out
+
+
+def test_each_attempt_is_named_whatever_psycopg_said_of_it(tmp_path: Path) -> None:
+    """driver_said named only the attempts whose line read "connection failed: ..." with a
+    host quoted '...': a Unix socket's ("connection is bad: ..."), a timeout's, a host
+    quoted "..." were left out, and the rest said "1 attempts (...), each: Connection
+    refused" of two attempts that failed differently (session 51, adversarial pass).
+    Real psycopg messages: a socket folder that is not there, a closed loopback port."""
+    import psycopg
+
+    from lineside_inspect.store.engine import driver_said
+
+    closed = free_port()
+    for hosts, said in ((f"{tmp_path}/none", f"{tmp_path}/none:{closed}: No such file or "
+                         f"directory; 127.0.0.1:{closed}: Connection refused"),
+                        (f"{tmp_path}/it's\nhere", "; 127.0.0.1:")):
+        with pytest.raises(psycopg.OperationalError) as err:
+            psycopg.connect(host=f"{hosts},127.0.0.1", port=f"{closed},{closed}", user="u",
+                            password="Secret-Pw-1", dbname="d", connect_timeout=5)
+        line = driver_said(err.value)
+        assert said in line and "attempts (" not in line, line
+        assert "\n" not in line and "Secret-Pw-1" not in line, line

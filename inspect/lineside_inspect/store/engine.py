@@ -75,36 +75,60 @@ def login_refused(orig: BaseException | None) -> bool:
 
 
 # one attempt of several in psycopg's message ("Multiple connection attempts failed. All
-# failures were:"), its reason without libpq's "connection to server at ... failed:"
+# failures were:", each line "- host: %r, port: %r, hostaddr: %r: <error>"), its reason
+# without libpq's "connection to server at/on socket ... failed:". A repr is quoted '...'
+# or, holding a ', "..."; the error is "connection failed: ...", "connection is bad: ..."
+# (a Unix socket) or "connection timeout expired" (psycopg's own)
+_REPR = r"(?:'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"|None)"
 _ATTEMPT = re.compile(
-    r"^- host: '(?P<host>[^'\n]*)', port: '(?P<port>[^'\n]*)', hostaddr: "
-    r"(?:'(?P<addr>[^'\n]*)'|None): connection failed: (?:connection to server at \"[^\"\n]*\""
-    r"(?:, port \S+)? failed: )?(?:FATAL:\s+)?(?P<reason>.*)$", re.MULTILINE)
+    rf"^- host: (?P<host>{_REPR}), port: (?P<port>{_REPR}), hostaddr: (?P<addr>{_REPR}): "
+    r"(?:connection (?:failed|is bad): )?(?:connection to server (?:at|on socket) \"[^\"\n]*\""
+    r"(?:, port \S+)? failed: )?(?:FATAL:\s+)?(?P<reason>.*)$")
+_ATTEMPTS_HEAD = "\nMultiple connection attempts failed"
+
+
+def _unquoted(value: str) -> str:
+    return "" if value == "None" else value[1:-1]
 
 
 def driver_said(orig: BaseException | None) -> str:
     """A driver's error as one line: its first, or where psycopg tried several addresses
     (a host that resolves to both ::1 and 127.0.0.1, a list of hosts) each attempt's
     address and reason. The first line alone was the last attempt's: "Connection
-    refused" on ::1 beside a refused login on 127.0.0.1 (session 51). Never a password:
-    the driver's words name host, port and user only."""
+    refused" on ::1 beside a refused login on 127.0.0.1 (session 51). Every attempt is
+    named: one the pattern does not know (a Unix socket's "connection is bad", a
+    timeout, a host quoted "...") is shown as psycopg said it, never left out of the
+    count (session 51, adversarial pass). Never a password: the driver's words name
+    host, port and user only; whitespace (a newline) is one space."""
     if orig is None:
         return ""
     text = str(orig).strip()
-    first = text.split("\n", 1)[0]
+    first = " ".join(text.split("\n", 1)[0].split())
+
     def where(host: str, port: str, addr: str | None) -> str:
         shown = f"[{host}]" if ":" in host else host
         return f"{shown}:{port}" + (f" ({addr})" if addr and addr != host else "")
 
-    attempts = [(where(m["host"], m["port"], m["addr"]), " ".join(m["reason"].split()))
-                for m in _ATTEMPT.finditer(text)]
-    if "\nMultiple connection attempts failed" not in text or not attempts:
+    if _ATTEMPTS_HEAD not in text:
+        return first or type(orig).__name__
+    attempts = []
+    for line in text.split(_ATTEMPTS_HEAD, 1)[1].splitlines():
+        if not line.startswith("- host: "):
+            continue  # (libpq's hint lines, the rest of a path holding a newline)
+        m = _ATTEMPT.match(line)
+        if m is None:
+            attempts.append((" ".join(line[2:].split()), ""))
+            continue
+        attempts.append((where(_unquoted(m["host"]), _unquoted(m["port"]),
+                               _unquoted(m["addr"]) or None),
+                         " ".join(m["reason"].split())))
+    if not attempts:
         return first or type(orig).__name__
     reasons = dict.fromkeys(reason for _, reason in attempts)
-    if len(reasons) == 1:
+    if len(reasons) == 1 and "" not in reasons:
         return (f"{len(attempts)} attempts ({', '.join(w for w, _ in attempts)}), each: "
                 f"{next(iter(reasons))}")
-    return "; ".join(f"{where}: {reason}" for where, reason in attempts)
+    return "; ".join(f"{where}: {reason}" if reason else where for where, reason in attempts)
 
 
 def database_unavailable(orig: BaseException | None, whose: str, fix: str) -> str:

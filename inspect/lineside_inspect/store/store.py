@@ -440,7 +440,9 @@ class Store:
                 self._projected = self._used(s)[0]
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._writer = threading.Thread(target=self._write_behind, name="store-writer",
+        self._close_lock = threading.Lock()  # (close and the writer's end: who closes)
+        self._writer_done = self._left_to_writer = False
+        self._writer = threading.Thread(target=self._run_writer, name="store-writer",
                                         daemon=True)
         self._writer.start()
 
@@ -471,20 +473,44 @@ class Store:
     def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
         """Apply what the journal holds, close the database connections and release the
         data folder. A writer still applying after ``wait_s`` (the database does not
-        answer) is left: what the journal holds is applied at the next start."""
+        answer) is left: what the journal holds is applied at the next start, and the
+        data folder stays held until that writer's apply ends (or the process does)."""
         self._stop.set()
         self._wake.set()
         self._writer.join(wait_s)
-        if self._writer.is_alive():
-            # its apply holds the apply lock: a flush here waited for it for ever
-            log.warning("store: the database did not answer the writer within %.0f s; what "
-                        "the journal holds is applied at the next start", wait_s)
-        else:
-            with contextlib.suppress(Exception):  # what is left is applied at the next start
-                self.flush()
+        with self._close_lock:
+            if not self._writer_done:
+                # its apply holds the apply lock: a flush here waited for it for ever. The
+                # folder stays locked until the apply ends (_run_writer releases it): a
+                # store opened on it meanwhile applied the same journal segment beside
+                # it, its rows then refused as duplicates, set aside and their line
+                # events sent twice (session 51, adversarial pass)
+                self._left_to_writer = True
+                self.journal.close()  # (saves from here on answer not stored)
+                log.warning("store: the database did not answer the writer within %.0f s; "
+                            "what the journal holds is applied at the next start (the data "
+                            "folder stays locked until the writer's apply ends)", wait_s)
+                return
+        with contextlib.suppress(Exception):  # what is left is applied at the next start
+            self.flush()
+        self._closed()
+
+    def _closed(self) -> None:
         self.journal.close()
         self.engine.dispose()
         self.dir_lock.release()
+
+    def _run_writer(self) -> None:
+        """The writer thread: :meth:`_write_behind`, then, when :meth:`close` stopped
+        waiting for it, the rest of the close."""
+        try:
+            self._write_behind()
+        finally:
+            with self._close_lock:
+                self._writer_done = True
+                left = self._left_to_writer
+            if left:
+                self._closed()
 
     def __enter__(self) -> Store:
         return self
