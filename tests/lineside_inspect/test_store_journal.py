@@ -331,6 +331,38 @@ def test_a_record_the_database_refuses_is_set_aside_and_holds_up_nothing(
         assert store.query(limit=10)[0] == (2 if database_url is None else 1)
 
 
+def test_a_record_another_writer_applied_first_is_neither_set_aside_nor_sent_twice(
+        tmp_path: Path, database_url: str | None) -> None:
+    """Two writers applying the same journal record (a replay at start-up while the last
+    process's commit was still in flight): the second's insert is refused as a duplicate
+    of the row the first committed. It was taken for a value the database cannot hold:
+    set aside in ``journal/refused/``, its line events sent a second time."""
+    from lineside_inspect.runtime.detector import Detector
+
+    from .test_store import MODEL, _inspection
+
+    det = Detector(MODEL, device="cpu", threads=1)
+    inspection, after = _inspection(det, "fail"), _inspection(det, "fail")
+    with Store(tmp_path, database_url, pass_rate=1.0) as store:
+        store.event_makers.append(lambda i: [event(f"t/{i.id}", {})])
+        insert, raced = store._insert, []
+
+        def racing(records: list[Record]) -> int:
+            if not raced:  # the other writer's commit of the same records lands first
+                raced.append(insert([r for r in records if r.fields["id"] == inspection.id]))
+            return insert(records)
+
+        store._insert = racing  # type: ignore[method-assign]
+        assert store.save(inspection) and store.save(after)
+        assert store.get(after.id).id == after.id  # a read applies the journal first
+        assert raced == [1]
+        outbox = Outbox(store.engine, store.box_id)
+        assert sorted(e.topic for e in outbox.pending()) == sorted([f"t/{inspection.id}",
+                                                                    f"t/{after.id}"])
+        assert store.query(limit=10)[0] == 2 and store.refused_count() == 0
+        assert not list((tmp_path / "journal" / "refused").glob("*.journal"))
+
+
 def test_a_record_damaged_mid_segment_loses_only_itself_and_the_segment_is_kept(
         tmp_path: Path) -> None:
     """A flipped bit in the second of five records ended the segment there: records three

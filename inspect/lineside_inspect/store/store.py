@@ -1069,6 +1069,11 @@ class Store:
                 except StatementError as one:
                     if not _refused(one):
                         raise
+                    if self._present(r.fields["id"]):
+                        # another writer's apply of this record committed first (a replay
+                        # racing a commit still in flight), its events with it: set aside,
+                        # its events went out twice (session 51)
+                        continue
                     # the line still hears the verdict it was answered (events first: a
                     # crash before the record is set aside sends them again on replay,
                     # rather than never)
@@ -1095,6 +1100,12 @@ class Store:
             for r in records:
                 events += add_events(s, self.box_id, r.fields.get("events") or ())
         return events
+
+    def _present(self, inspection_id: str) -> bool:
+        """Whether the database holds a row of ``inspection_id``."""
+        with Session(self.engine) as s:
+            return s.scalar(select(InspectionRow.id).where(InspectionRow.id == inspection_id)) \
+                is not None
 
     def _insert_events(self, record: Record) -> int:
         """``record``'s line-output events without its row (the database refused the row).
