@@ -844,7 +844,7 @@ def serve_cmd(
     from lineside_inspect.config import load_settings
     from lineside_inspect.serve import run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging()
     settings = load_settings(config, models=model or None, recipes=recipe or None, host=host,
                              port=port, device=device, insecure=insecure or None)
     if "models" not in settings.model_fields_set and not Path(settings.models[0]).is_dir():
@@ -872,13 +872,22 @@ def hub_cmd(
     insecure: Annotated[bool, typer.Option(help="allow a non-loopback bind without keys")] = False,
 ) -> None:
     """Run the fleet hub: every box's inspections in one database and object store."""
-    import logging
-
     from lineside_inspect.fleet.hub.app import run_hub
     from lineside_inspect.fleet.hub.config import load_hub_settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging()
     run_hub(load_hub_settings(config, host=host, port=port, insecure=insecure or None))
+
+
+def configure_logging() -> None:
+    """The log of ``serve`` and ``hub``: INFO for Lineside, WARNING for the HTTP client.
+    httpx logs every request at INFO, so a box with a hub wrote a line a second (its review
+    poll, forwards, status reports) around the warnings docs/fleet/sync.md points to."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 MIN_KEY_CHARS = 16  # an API key shorter than this is guessable; make one with --new

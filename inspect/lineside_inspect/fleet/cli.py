@@ -32,8 +32,12 @@ def _call(method: str, url: str, token: str | None, **kw: Any) -> Any:
         headers["authorization"] = f"Bearer {token}"
     try:
         resp = httpx.request(method, url, headers=headers, timeout=120, **kw)
-    except httpx.HTTPError as exc:
-        raise HubUnavailable(f"hub unreachable at {url}: {type(exc).__name__}") from None
+    except httpx.HTTPError as exc:  # why, too: refused, a name not found, https to http
+        raise HubUnavailable(f"hub unreachable at {url}: {type(exc).__name__} "
+                             f"({echo(str(exc)[:200])})") from None
+    if resp.status_code == 401 and not token:  # a hub with keys; its 401 names a header
+        raise HubRefused("hub answered 401: no admin key given: pass --token KEY or set "
+                         "LINESIDE_HUB_TOKEN (a key of role admin in the hub's api_keys)")
     if resp.status_code >= 400:
         try:
             err = resp.json()["error"]

@@ -7,7 +7,10 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
+import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+
+from lineside_inspect.redact import hide_secrets
 
 # a site or line name: it appears in hub filters and object keys, so it is full-matched
 SITE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
@@ -35,6 +38,25 @@ def check_endpoint(value: str) -> str:
     return value
 
 
+def check_hub_url(value: str | None) -> str | None:
+    """A box's ``fleet.hub_url``, checked when the config loads: one without its scheme
+    (``hub.plant:8100``) was taken, and every call to the hub then failed as "hub
+    unreachable: UnsupportedProtocol", retried for good (session 51)."""
+    if value is None:
+        return value
+    if not value.lower().startswith(("http://", "https://")):
+        shown = hide_secrets(value[:80])
+        if "@" in shown and "://" not in shown:  # user:password@host, no scheme to find it by
+            shown = "***@" + shown.rsplit("@", 1)[1]
+        raise ValueError(f"{shown!r}: give the hub's URL with its scheme, e.g. "
+                         "https://hub.plant:8100")
+    try:
+        httpx.URL(value)
+    except httpx.InvalidURL:
+        raise ValueError(f"{hide_secrets(value[:80])!r} is not a valid URL") from None
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -58,7 +80,8 @@ class FleetSettings(_Section):
     """A box's link to its hub. Without ``hub_url`` the box is on its own (no forwarding,
     no model pulls); it records and serves the same either way."""
 
-    hub_url: str | None = Field(None, description="the hub's base URL, e.g. https://hub.plant:8100")
+    hub_url: Annotated[str | None, AfterValidator(check_hub_url)] = Field(
+        None, description="the hub's base URL, e.g. https://hub.plant:8100")
     token: SecretStr | None = Field(None, description="this box's key on the hub (role box)")
     site: Annotated[str | None, AfterValidator(check_site)] = None
     line: Annotated[str | None, AfterValidator(check_site)] = None

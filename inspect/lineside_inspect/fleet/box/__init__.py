@@ -38,6 +38,10 @@ def install(app: FastAPI, settings: Settings) -> None:
             log.warning("fleet: hub_url is set but this server keeps no store: nothing to forward")
             return
         store.site, store.line = fleet.site, fleet.line
+        if fleet.token is None:  # the hub refuses every call: say what to set, once
+            log.error("fleet: fleet.token is not set: the hub refuses every call of box %s "
+                      "(401); set fleet.token (or LINESIDE_FLEET__TOKEN) to the box's key on "
+                      "the hub (role box, named %s)", store.box_id, store.box_id)
         client = HubClient(fleet, store.box_id)
         app.state.hub_client = client
         forwarder = Forwarder(store, client, fleet, app.state.metrics)

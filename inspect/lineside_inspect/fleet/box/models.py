@@ -335,7 +335,11 @@ class ModelPuller:
                 self._count_failure(error_kind(exc))
                 return
             except LinesideError as exc:  # the hub refused: wrong key, unknown line
-                self._notes = [f"assignment: {exc.message}"]
+                note = f"assignment: {exc.message}"
+                if self._notes != [note]:  # said once a refusal, not every pull (session 51)
+                    log.warning("fleet models: %s; nothing is pulled until that is fixed",
+                                exc.message)
+                self._notes = [note]
                 self._count_failure(error_kind(exc))
                 return
             if self._hub_down:
