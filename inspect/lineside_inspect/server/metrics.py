@@ -6,7 +6,13 @@ import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+
+# no ``<counter>_created`` series: in the text format each counter and histogram series
+# came with an undocumented gauge of its creation time, twice the series Prometheus keeps
+# (rate() and increase() do not need them). For the process: every registry Lineside
+# makes is for its /metrics
+disable_created_metrics()
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "total")
 
@@ -33,7 +39,12 @@ class Metrics:
         self.queue = Gauge("lineside_queue_depth", "Requests in progress or queued", registry=r)
         self.errors = Counter("lineside_request_errors", "Refused requests by code", ["code"],
                               registry=r)
-        self.model_info = Info("lineside_model", "Active model versions", registry=r)
+        # a series per model, its name a label value: the model names were once the label
+        # names of one series, and a name's '-' and '.' both became '_' (deeppcb-good as
+        # deeppcb_good): two models a-b and a.b gave a sample with a label twice, which
+        # Prometheus refuses, failing the whole scrape
+        self.model_info = Info("lineside_model", "The active version of each model",
+                               ["model"], registry=r)
         # the versions in memory (each holds onnxruntime sessions): set at each scrape
         self.model_loaded = Gauge(
             "lineside_model_version_loaded",
@@ -127,6 +138,15 @@ class Metrics:
                 self.model_loaded.remove(*labels)
         for model, version in now:
             self.model_loaded.labels(model, version).set(1)
+
+    def set_active(self, active: Mapping[str, str]) -> None:
+        """Each model's active version (``""``: none); series of models gone are removed."""
+        for model in {s.labels["model"] for m in self.model_info.collect()
+                      for s in m.samples} - set(active):
+            with contextlib.suppress(KeyError):
+                self.model_info.remove(model)
+        for model, version in active.items():
+            self.model_info.labels(model).info({"version": version})
 
     def drop_fail_rate(self, recipe: str) -> None:
         """A recipe gone: its fail-rate series go too (an alarm must not outlive it)."""

@@ -287,5 +287,6 @@ def _publish(request: Request, registry: Any) -> None:
 
 
 def publish_state(metrics: Any, registry: Any) -> None:
-    """The active version of each model, as the ``lineside_model`` info metric."""
-    metrics.model_info.info({name: slot.active or "" for name, slot in registry.models().items()})
+    """The active version of each model, as the ``lineside_model_info{model, version}``
+    series."""
+    metrics.set_active({name: slot.active or "" for name, slot in registry.models().items()})
