@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from lineside_inspect.cli import app, configure_logging
 from lineside_inspect.config import Settings, load_settings
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, HubUnavailable
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.box.models import ModelPuller
 from lineside_inspect.fleet.config import FleetSettings
@@ -130,3 +130,46 @@ def test_fleet_assign_says_which_token_is_missing_and_why_the_hub_is_unreachable
     assert "hub unreachable at http://127.0.0.1:9/fleet/v1/lines/L1/models/m: ConnectError (" \
         in down.output
     assert "refused" in down.output.lower(), down.output
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    # a password whose '@' lies past the 80 characters shown was echoed: cut, then hidden
+    ("https://a-rather-long-box-user-name-on-the-proxy:s3cret-s3cret-s3cret-s3cret@hub:abc",
+     "not a valid URL (Invalid port"),
+    ("https://", "names no host"),                       # no call reaches a host of ''
+    ("https://hub .plant:8100", "space or control"),     # host 'hub%20.plant'
+    ("https://hub.plant:99999", "port 99999 is not 1-65535"),
+    ("https://hub.plant:8100?site=a", "query or fragment"),  # paths went after the query
+])
+def test_a_hub_url_no_call_can_reach_is_refused_without_its_password(
+        tmp_path: Path, url: str, said: str) -> None:
+    """Session 51, attacker review: each of these loaded, and every call to the hub then
+    failed for good (or went to a wrong URL); an invalid one echoed a long password."""
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"fleet:\n  hub_url: '{url}'\n  token: k\n")
+    with pytest.raises(ConfigError, match=r"fleet\.hub_url: ") as refused:
+        load_settings(config)
+    assert said in str(refused.value) and "s3cret" not in str(refused.value)
+    out: Any = CliRunner().invoke(app, ["fleet", "assign", "--line", "L1", "--model", "m",
+                                        "--version", "1", "--token", "k", "--hub", url])
+    assert out.exit_code == 2 and said in out.output, out.output
+    assert "s3cret" not in out.output and "Traceback" not in out.output
+
+
+def test_a_password_in_the_hub_url_is_in_no_message(caplog: pytest.LogCaptureFixture) -> None:
+    """A hub behind a proxy taking user:password@: each "hub unreachable" (the box's
+    status, its log) and ``fleet assign``'s message showed the password."""
+    url = "http://box:s3cret@127.0.0.1:9"
+    client = HubClient(FleetSettings(hub_url=url, token="k"), "box-a")  # type: ignore[arg-type]
+    try:
+        with pytest.raises(HubUnavailable, match=r"hub http://box:\*\*\*@127\.0\.0\.1:9 "
+                                                 r"unreachable") as down:
+            client.request("GET", "/fleet/v1/ping")
+    finally:
+        client.close()
+    assert "s3cret" not in str(down.value)
+    out: Any = CliRunner().invoke(app, ["fleet", "assign", "--line", "L1", "--model", "m",
+                                        "--version", "1", "--token", "k", "--hub", url])
+    assert out.exit_code == 2 and "hub unreachable at http://box:***@127.0.0.1:9/" \
+        in out.output, out.output
+    assert "s3cret" not in out.output

@@ -16,6 +16,8 @@ import httpx
 import typer
 
 from lineside_inspect.errors import ConfigError, HubRefused, HubUnavailable, PackageError, echo
+from lineside_inspect.fleet.config import check_hub_url, shown_url
+from lineside_inspect.redact import hide_secrets
 
 fleet_app = typer.Typer(help="Model distribution to a fleet of boxes (docs/fleet.md).",
                         no_args_is_help=True, rich_markup_mode=None)
@@ -33,8 +35,9 @@ def _call(method: str, url: str, token: str | None, **kw: Any) -> Any:
     try:
         resp = httpx.request(method, url, headers=headers, timeout=120, **kw)
     except httpx.HTTPError as exc:  # why, too: refused, a name not found, https to http
-        raise HubUnavailable(f"hub unreachable at {url}: {type(exc).__name__} "
-                             f"({echo(str(exc)[:200])})") from None
+        raise HubUnavailable(f"hub unreachable at {shown_url(url, limit=200)}: "
+                             f"{type(exc).__name__} ({echo(hide_secrets(str(exc))[:200])})"
+                             ) from None
     if resp.status_code == 401 and not token:  # a hub with keys; its 401 names a header
         raise HubRefused("hub answered 401: no admin key given: pass --token KEY or set "
                          "LINESIDE_HUB_TOKEN (a key of role admin in the hub's api_keys)")
@@ -50,16 +53,14 @@ def _call(method: str, url: str, token: str | None, **kw: Any) -> Any:
 
 
 def hub_url(hub: str) -> str:
-    """``--hub`` checked before anything is sent: a bad port was an ``InvalidURL``
-    traceback, a URL without its scheme "hub unreachable: UnsupportedProtocol"."""
-    if not hub.lower().startswith(("http://", "https://")):
-        raise ConfigError(f"--hub {echo(hub)}: give the hub's URL with its scheme, e.g. "
-                          "https://hub.plant:8100")
+    """``--hub`` checked before anything is sent, as a box's ``fleet.hub_url`` is: a bad
+    port was an ``InvalidURL`` traceback, a URL without its scheme "hub unreachable:
+    UnsupportedProtocol"; a password in it is not echoed (session 51, attacker review)."""
     try:
-        httpx.URL(hub)
-    except httpx.InvalidURL as exc:
-        raise ConfigError(f"--hub {echo(hub)}: not a valid URL ({exc})") from None
-    return hub.rstrip("/")
+        check_hub_url(hub)
+    except ValueError as exc:
+        raise ConfigError(f"--hub {exc}") from None
+    return hub.strip().rstrip("/")
 
 
 def keygen(out: Path) -> tuple[Path, str, str]:

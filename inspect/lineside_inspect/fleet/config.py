@@ -38,22 +38,43 @@ def check_endpoint(value: str) -> str:
     return value
 
 
+def shown_url(value: str, limit: int = 80) -> str:
+    """A hub URL as messages and logs show it: its password (or a user alone, a token
+    given as one) hidden *before* it is cut to ``limit`` characters (cut first, a password
+    whose '@' lay past the cut was shown; attacker review, session 51)."""
+    shown = hide_secrets(value)
+    if "@" in shown and "://" not in shown:  # user:password@host, no scheme to find it by
+        shown = "***@" + shown.rsplit("@", 1)[1]
+    return shown if len(shown) <= limit else shown[:limit] + "\u2026"
+
+
 def check_hub_url(value: str | None) -> str | None:
     """A box's ``fleet.hub_url``, checked when the config loads: one without its scheme
     (``hub.plant:8100``) was taken, and every call to the hub then failed as "hub
-    unreachable: UnsupportedProtocol", retried for good (session 51)."""
+    unreachable: UnsupportedProtocol", retried for good (session 51). Nor one httpx takes
+    that no call can reach: no host (``https://``), a space in the host, a port past
+    65535, a query or fragment (the box's paths were appended after it; session 51,
+    attacker review)."""
     if value is None:
         return value
     if not value.lower().startswith(("http://", "https://")):
-        shown = hide_secrets(value[:80])
-        if "@" in shown and "://" not in shown:  # user:password@host, no scheme to find it by
-            shown = "***@" + shown.rsplit("@", 1)[1]
-        raise ValueError(f"{shown!r}: give the hub's URL with its scheme, e.g. "
+        raise ValueError(f"{shown_url(value)!r}: give the hub's URL with its scheme, e.g. "
                          "https://hub.plant:8100")
     try:
-        httpx.URL(value)
-    except httpx.InvalidURL:
-        raise ValueError(f"{hide_secrets(value[:80])!r} is not a valid URL") from None
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"{shown_url(value)!r}: not a valid URL "
+                         f"({shown_url(str(exc), limit=120)})") from None
+    why = ("it names no host" if not url.host
+           else "it holds a space or control character (a URL's own are %-encoded)"
+           if any(c.isspace() or ord(c) < 32 for c in value.strip())
+           else f"port {url.port} is not 1-65535" if url.port is not None
+           and not 0 < url.port < 0x10000
+           else "it holds a query or fragment (a base URL is scheme, host, port and "
+                "path)" if url.query or url.fragment or "?" in value or "#" in value
+           else None)
+    if why is not None:
+        raise ValueError(f"{shown_url(value)!r}: not a hub's base URL: {why}")
     return value
 
 

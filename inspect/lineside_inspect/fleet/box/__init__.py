@@ -53,7 +53,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         app.state.forwarder = forwarder
         app.state.metrics_hooks.append(forwarder.refresh_gauges)
         log.info("fleet: box %s forwards to %s (site %s, line %s)", store.box_id,
-                 fleet.hub_url, fleet.site, fleet.line)
+                 client.shown_url, fleet.site, fleet.line)
 
     def stop() -> None:
         if app.state.forwarder is not None:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from lineside_inspect.bounded_read import IDENTITY, AnswerEncoded, AnswerTooSlow, read_at_most
 from lineside_inspect.errors import HubRefused, HubUnavailable
-from lineside_inspect.fleet.config import FleetSettings
+from lineside_inspect.fleet.config import FleetSettings, shown_url
 from lineside_inspect.fleet.protocol import FEATURES_HEADER, HUB_FEATURES_HEADER, REVIEW_WAITING
 from lineside_inspect.names import scrub_text
 from lineside_inspect.version import __version__
@@ -83,6 +83,8 @@ class HubClient:
         self.box_id = box_id
         self.max_answer_bytes = max_answer_bytes
         self.base_url = settings.hub_url.rstrip("/")
+        # (in messages: a user:password@ of the URL hidden; they reach logs and statuses)
+        self.shown_url = shown_url(self.base_url, limit=200)
         # the answers this box reads beyond version 1 (a hub leaves them out otherwise)
         headers = {"user-agent": f"lineside-box/{__version__}", FEATURES_HEADER: REVIEW_WAITING,
                    **IDENTITY}
@@ -145,11 +147,11 @@ class HubClient:
                     if code is not None and resp.status_code < 500:  # the hub's own refusal
                         self._heard(resp)
                     if resp.status_code == 408:
-                        raise HubCutBody(f"hub {self.base_url} answered 408: {detail}")
+                        raise HubCutBody(f"hub {self.shown_url} answered 408: {detail}")
                     if resp.status_code == 413:  # a refusal of this size: smaller may go
-                        raise HubBodyTooLarge(f"hub {self.base_url} answered 413: {detail}")
+                        raise HubBodyTooLarge(f"hub {self.shown_url} answered 413: {detail}")
                     if resp.status_code >= 500 or resp.status_code == 429:
-                        raise HubUnavailable(f"hub {self.base_url} answered "
+                        raise HubUnavailable(f"hub {self.shown_url} answered "
                                              f"{resp.status_code}: {detail}")
                     refused = HubRefusedRecord if code in RECORD_CODES else HubRefused
                     raise refused(f"hub refused {method} {path}: {resp.status_code} {detail}")
@@ -157,10 +159,10 @@ class HubClient:
                 data = _read_at_most(resp, self.max_answer_bytes,
                                      time.monotonic() + ANSWER_TIMEOUTS * self.timeout_s)
         except httpx.WriteError:  # the hub closed while the body went: cut, or gone
-            raise HubCutBody(f"hub {self.base_url} closed the connection while the request "
+            raise HubCutBody(f"hub {self.shown_url} closed the connection while the request "
                              "body was being sent") from None
         except httpx.HTTPError as exc:  # refused, reset, timed out, DNS, TLS, bad encoding
-            raise HubUnreachable(f"hub {self.base_url} unreachable: {type(exc).__name__}") from None
+            raise HubUnreachable(f"hub {self.shown_url} unreachable: {type(exc).__name__}") from None
         if data is None:
             raise HubRefused(f"hub answer to {method} {path} is over {self.max_answer_bytes} "
                              "bytes: not read")
@@ -200,11 +202,11 @@ class HubClient:
                         late = time.monotonic() - start - grace
                         if late > 0 and size < MIN_DOWNLOAD_RATE * late:
                             raise HubUnavailable(
-                                f"hub {self.base_url} sends {path} slower than "
+                                f"hub {self.shown_url} sends {path} slower than "
                                 f"{MIN_DOWNLOAD_RATE * 8 // 1024} kbit/s: download given up")
         except httpx.HTTPError as exc:
             dest.unlink(missing_ok=True)
-            raise HubUnavailable(f"hub {self.base_url} unreachable: {type(exc).__name__}") from None
+            raise HubUnavailable(f"hub {self.shown_url} unreachable: {type(exc).__name__}") from None
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
