@@ -119,3 +119,30 @@ def test_the_active_versions_of_models_whose_names_differ_by_punctuation_scrape(
         if ln.startswith("lineside_") and "{" in ln:
             labels = re.findall(r'([a-zA-Z_]\w*)="', ln.split("{", 1)[1].rsplit("}", 1)[0])
             assert len(labels) == len(set(labels)), ln
+
+
+def test_a_version_activated_off_the_admin_routes_is_the_one_scraped(
+        launch: Any, tmp_path: Path) -> None:
+    """``lineside_model_info`` was set by the admin routes and at start only: a version a
+    fleet box's model puller, an automatic rollback or a kept model's restore activated
+    (each calls the registry, not a route) left it naming the version before."""
+    paths = []
+    for version in ("1", "2"):
+        dest = tmp_path / "m" / version
+        shutil.copytree(MODEL, dest)
+        card = json.loads((dest / "model.json").read_text())
+        (dest / "model.json").write_text(json.dumps({**card, "name": "m", "version": version}))
+        paths.append(str(dest))
+    running = launch(models=[str(MODEL), *paths])
+    registry = running.app.state.registry
+
+    def info() -> list[str]:
+        with running.client() as c:
+            text = c.get("/metrics").text
+        return [ln for ln in text.splitlines() if ln.startswith('lineside_model_info{model="m"')]
+
+    before = registry.models()["m"].active
+    after = "2" if before == "1" else "1"
+    assert info() == [f'lineside_model_info{{model="m",version="{before}"}} 1.0']
+    registry.activate("m", after)  # as the fleet's puller and the lifecycle's rollback do
+    assert info() == [f'lineside_model_info{{model="m",version="{after}"}} 1.0']

@@ -291,8 +291,13 @@ def create_app(settings: Settings | None = None, *, registry: Registry | None = 
     # taking triggers at once rather than after the load balancer's drain
     app.state.on_signal = [app.state.live_views.close]  # live views end at once
     app.state.on_shutdown = []
-    app.state.metrics_hooks = [lambda: app.state.metrics.set_loaded(
-        (name, v) for name, slot in registry.models().items() for v in slot.versions)]
+    # set at each scrape: a version activated off the admin routes (a fleet box's pulled
+    # promotion, an automatic rollback, a kept model restored) left lineside_model_info
+    # naming the version before it until the next admin call (session 51)
+    app.state.metrics_hooks = [
+        lambda: app.state.metrics.set_loaded(
+            (name, v) for name, slot in registry.models().items() for v in slot.versions),
+        lambda: admin.publish_state(app.state.metrics, registry)]
     app.state.sessions = SessionStore(settings.session_ttl_s)  # review sign-ins, in memory
     app.state.sign_ins = SignInThrottle()  # unknown keys per address
     # the inspection route first of the routers: routes are matched in order on every
