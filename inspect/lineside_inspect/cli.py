@@ -468,8 +468,9 @@ def _escape_rate(value: float) -> float:
 @friendly
 def train_cmd(
     config: Annotated[Path | None, typer.Option(help=(
-        "training YAML; for your own single-image data start from single-default.yaml "
-        "in training/configs/ (docs/training/recipes.md says which recipe when)"))] = None,
+        "training YAML; for your own single-image data start from single-default.yaml, "
+        "for good images alone (no defect labels) from good-default.yaml, both in "
+        "training/configs/ (docs/training/recipes.md says which recipe when)"))] = None,
     data: Annotated[str | None, typer.Option(help=(
         "canonical dataset folder (from lineside data import): a detector's needs a val "
         "split (lineside data split); a good-only model's good images need none"))] = None,
@@ -494,7 +495,8 @@ def train_cmd(
     threads: Annotated[int | None, typer.Option(min=1, help=(
         "torch threads (default: the cores the load average leaves free)"))] = None,
 ) -> None:
-    """Train a detector (needs lineside[train]; use torchrun for several GPUs/nodes)."""
+    """Train a detector, or a good-only model (kind: anomaly) (needs lineside[train]; use
+    torchrun for several GPUs/nodes)."""
     t = training()
     overrides = list(set_ or [])
     given = {o.partition("=")[0].strip() for o in overrides}

@@ -169,6 +169,9 @@ def test_too_few_captures_for_the_target_are_refused(tmp_path: Path, package: Pa
                             "--write"])
     assert r.exit_code == 2 and "has 49 distinct good images" in r.stderr
     assert "at least 50" in r.stderr
+    # what to do, in the same one line (session 51: it said only what was wrong)
+    assert "add at least 1 more good parts it did not train on to the folder" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
     assert (package / "model.json").read_bytes() == card_bytes
     # copies of one capture are one image
     copies = _line_set(tmp_path / "c", 60, copies=True)

@@ -229,6 +229,20 @@ def test_bad_goodonly_config_is_one_clear_line(tmp_path: Path, extra: dict[str, 
     assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.output + r.stderr
 
 
+def test_misspelt_kind_is_named_not_read_as_a_detector(tmp_path: Path) -> None:
+    """``kind: anomally`` was taken for a detector's config: a dozen good-only keys were
+    refused as "no config key" and the one wrong word was never named (session 51)."""
+    cfg = _config(tmp_path, SAMPLE, kind="anomally")
+    r = runner.invoke(app, ["train", "--config", str(cfg)])
+    assert r.exit_code == 2 and "Traceback" not in r.output + r.stderr
+    assert f"{cfg}: kind: 'anomally' is no kind of model: write kind: anomaly" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "score_topk" not in r.stderr
+    r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, SAMPLE)),
+                            "--set", "kind=detectr"])
+    assert r.exit_code == 2 and "--set kind: 'detectr' is no kind of model" in r.stderr
+    assert not (tmp_path / "runs").exists()  # refused before any run folder
+
+
 def test_defective_only_set_is_refused(tmp_path: Path) -> None:
     doc = json.loads((SAMPLE / "annotations.json").read_text())
     doc["images"] = [i for i in doc["images"] if "reference" in i]  # the defective ones

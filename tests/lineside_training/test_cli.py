@@ -146,8 +146,13 @@ def test_train_messages_name_the_flag_and_the_way_in(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes((SAMPLE / "images" / "group00041" / "00041000_temp.jpg").read_bytes())
     r = runner.invoke(app, ["train", "--data", str(tmp_path), "--time", "1m"])
     assert r.exit_code == 2 and "lineside data import -f voc|yolo|coco|good" in r.stderr
-    r = runner.invoke(app, ["train", "--help"])
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert "single-default.yaml" in r.stdout
+    # a user with good images alone was told "Train a detector" and single-default.yaml
+    # only (session 51)
+    said = " ".join(r.stdout.replace("│", " ").split())
+    assert "Train a detector, or a good-only model (kind: anomaly)" in said
+    assert "for good images alone (no defect labels) from good-default.yaml" in said
 
 
 def _sample_without(tmp_path: Path, *, good: bool) -> Path:

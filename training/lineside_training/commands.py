@@ -231,6 +231,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         except ValueError as exc:
             raise ConfigError(f"--time: {exc}") from None
     doc = read_config(path, overrides, base, **fields)
+    if "kind" in doc and doc["kind"] != "anomaly":
+        # a misspelt kind (anomally) was read as a detector's config: every good-only key
+        # was refused as "no config key", a dozen at once, none naming kind (session 51)
+        where = "--set kind" if any(o.partition("=")[0].strip() == "kind"
+                                    for o in overrides or []) else f"{path}: kind"
+        raise ConfigError(f"{where}: {doc['kind']!r} is no kind of model: write kind: anomaly "
+                          "for a good-only model, or leave kind out for a detector")
     if doc.get("kind") == "anomaly":
         # a detector's flag given to a good-only config was blamed on the YAML file
         # ("good-default.yaml: epochs: Extra inputs are not permitted"; review, 34)

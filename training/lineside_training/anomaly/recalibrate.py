@@ -86,7 +86,10 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
     if len(good) < need:
         raise DatasetError(f"split {split!r} of {name} has {len(good)} distinct good images: "
                            f"at {target:.1%} false rejects the threshold needs at least {need} "
-                           "(two captures each), or it is only the highest score seen")
+                           "(two captures each), or it is only the highest score seen: add at "
+                           f"least {need - len(good)} more good parts it did not train on to the "
+                           "folder, import it again (lineside data import -f good --overwrite) "
+                           "and calibrate on that")
     rng = np.random.default_rng(CALIB_SEED)
     scored = Scored()
     for i in range(0, len(good), BATCH):
