@@ -196,3 +196,57 @@ def test_an_answer_sent_compressed_is_refused_unread(hub: HubClient) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20, f"{peak >> 20} MiB held for {len(BOMB)} bytes of gzip"
+
+
+def test_a_hub_review_taken_down_is_the_hubs_in_the_boxs_tally(tmp_path: Path) -> None:
+    """A review made on the hub by ``qa`` and taken down by the box was filed under no box,
+    so the box's "Reviews this shift" counted it as made on the box: one ``qa`` of 2 beside
+    the box's own ``qa``. It is filed under the hub (as the hub files it), a tally entry
+    of its own that the pages name ``qa (hub)``; a box sharing its database counts the
+    hub's reviews of its own inspections, not another box's."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.fleet.box.reviews import ReviewSync
+    from lineside_inspect.fleet.hub.bench_reviews import synthetic_rows
+    from lineside_inspect.store import Store, stats
+
+    store = Store(tmp_path / "box", box_id="box1")
+    row = synthetic_rows(1, box_id="box1", site="s", line="l", now=datetime.now(UTC),
+                         fail_every=1)[0]
+    iid = row.id
+    with Session(store.engine) as s, s.begin():
+        s.add(row)
+    made = datetime.now(UTC) - timedelta(minutes=1)
+    answer = json.dumps({"items": [{"seq": 1, "inspection_id": iid, "created_at": made.isoformat(),
+                                    "reviewer": "qa", "action": "false_reject", "boxes": [],
+                                    "note": "", "origin": "hub"}]}).encode()
+
+    class Hub(_Quiet):
+        def do_GET(self) -> None:
+            _send_json(self, 200, answer if "after=0" in self.path else b'{"items": []}')
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = HubClient(FleetSettings(hub_url=f"http://127.0.0.1:{server.server_address[1]}",
+                                     token="t", timeout_s=5), "box1")  # type: ignore[arg-type]
+    try:
+        assert ReviewSync(store, client).pull_down() == 1
+        store.review(iid, reviewer="qa", action="confirm")  # the box's own qa
+        since, until = made - timedelta(hours=1), datetime.now(UTC) + timedelta(minutes=1)
+
+        def tally(here: str | None) -> list[tuple[str, str | None, int]]:
+            conds = stats.Scope.of(here=here).reviews
+            return [(r["reviewer"], r["box_id"], r["reviews"])
+                    for r in store.read(lambda s: stats.reviewers(s, since, until, conds))]
+
+        assert sorted(tally(None)) == [("qa", "box1", 1), ("qa", "hub", 1)]
+        assert sorted(tally("box1")) == [("qa", "box1", 1), ("qa", "hub", 1)]
+        assert tally("box2") == []  # box1's part: box2 sharing the database counts none
+        assert [(r.reviewer, r.origin, r.box_id) for r in store.get(iid).reviews] == [
+            ("qa", "hub", "hub"), ("qa", "box", "box1")]
+    finally:
+        client.close()
+        server.shutdown()
+        store.close()

@@ -743,6 +743,13 @@ def test_two_reviewers_on_one_inspection(browser: Any, shift: Running, tmp_path:
     assert [(r.action, r.reviewer) for r in row.reviews] == [("confirm", "reviewer")]
     second.keyboard.press("f")  # now it has seen it: a deliberate second opinion
     expect(second.locator("#d-status")).to_have_text("saved: false_reject")
+    # the part's trail shows both, each row reachable (a QA lead's page.inner_text of
+    # "#d-reviews li" read one: Playwright's first match, not a hidden row; session 51)
+    trail = second.locator("#d-reviews li")
+    expect(trail).to_have_text([re.compile("reviewer: confirm"), re.compile("admin: false reject")])
+    for i in range(2):
+        trail.nth(i).scroll_into_view_if_needed()
+        expect(trail.nth(i)).to_be_in_viewport(ratio=1)
     close_contexts(browser)
     row = store.get(row.id)
     assert [(r.action, r.reviewer) for r in row.reviews] == [("confirm", "reviewer"),

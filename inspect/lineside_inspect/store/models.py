@@ -123,6 +123,11 @@ ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),
                  ("ix_inspections_part_id", "inspections", "part_id"))
 
 
+# the box id a hub's store saves its own reviews under, and a box files the hub reviews it
+# takes down under (fleet/box/reviews.py pull_down)
+HUB_BOX_ID = "hub"
+
+
 class ReviewRow(Base):
     __tablename__ = "reviews"
 
@@ -141,7 +146,8 @@ class ReviewRow(Base):
     # the box whose store saved it (a hub's: "hub"): with boxes sharing one database, qa of
     # box a and qa of box b were one reviewer in each box's tally. NULL on reviews from
     # before, and on ones merged from elsewhere (fleet/review_merge.py): those count as
-    # made on their inspection's box (stats.review_box)
+    # made on their inspection's box (stats.review_box). A hub review a box takes down is
+    # filed under HUB_BOX_ID, as the hub files it: on the box it is "qa (hub)", not "qa"
     box_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     inspection: Mapped[InspectionRow] = relationship(back_populates="reviews")
 

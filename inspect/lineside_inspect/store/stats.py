@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from lineside_inspect.store.models import InspectionRow, ReviewRow, YieldHistoryRow
+from lineside_inspect.store.models import HUB_BOX_ID, InspectionRow, ReviewRow, YieldHistoryRow
 from lineside_inspect.store.utc import as_utc
 
 MAX_MARKERS = 200  # model-version changes listed per window (a flapping pin is not a chart)
@@ -104,8 +104,10 @@ def review_box() -> ColumnElement[str | None]:
 
 
 def made_on(box_id: str) -> ColumnElement[bool]:
-    """Reviews made on box ``box_id``, and the old ones of an inspection no box owns."""
-    return or_(review_box() == box_id, review_box().is_(None))
+    """Reviews made on box ``box_id``, the old ones of an inspection no box owns, and the
+    hub's of box ``box_id``'s inspections (the box took them down: ``HUB_BOX_ID``)."""
+    return or_(review_box() == box_id, review_box().is_(None),
+               and_(ReviewRow.box_id == HUB_BOX_ID, InspectionRow.box_id == box_id))
 
 
 def of_box(box_id: str) -> ColumnElement[bool]:

@@ -75,7 +75,7 @@ from lineside_inspect.fleet.protocol import (
 )
 from lineside_inspect.fleet.review_merge import apply_review
 from lineside_inspect.store import Store
-from lineside_inspect.store.models import InspectionRow, OutboxRow, ReviewRow
+from lineside_inspect.store.models import HUB_BOX_ID, InspectionRow, OutboxRow, ReviewRow
 from lineside_inspect.store.outbox import (
     Event,
     Outbox,
@@ -324,7 +324,9 @@ class ReviewSync(HubTask):
                         # the end of time made every later one a 500): a broken or hostile hub
                         raise ConfigError(f"it is dated {e.created_at.isoformat()}, over "
                                           f"{HUB_FAR_AHEAD.days} day ahead of the box's clock")
-                    outcome = apply_review(self.store, e)
+                    # filed under the hub, as the hub files it: the box's tally named the
+                    # hub's qa as a reviewer of this box (session 51)
+                    outcome = apply_review(self.store, e, box_id=HUB_BOX_ID)
                 except LinesideError as exc:  # one bad review must not stop the rest
                     log.warning("fleet: hub review %d of %s not applied: %s", e.seq,
                                 e.inspection_id, exc.message)

@@ -44,12 +44,12 @@ from lineside_inspect.server.sessions import SessionStore
 from lineside_inspect.server.throttle import SignInThrottle
 from lineside_inspect.server.unexpected import CatchUnexpected
 from lineside_inspect.store.checks import check_data_dir, check_database
+from lineside_inspect.store.models import HUB_BOX_ID  # the hub store's own name
 from lineside_inspect.version import __version__
 
 log = logging.getLogger("lineside.hub")
 # the hub's router modules (lineside_inspect.fleet.hub.<name>), included when present
 ROUTER_MODULES = ("ingest", "reviews", "boxes", "models")
-HUB_BOX_ID = "hub"  # the hub store's own name (it records no inspections of its own)
 
 
 def router_modules() -> list[ModuleType]:

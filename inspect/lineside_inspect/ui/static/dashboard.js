@@ -331,7 +331,8 @@ function render(s, p) {
   const actions = [...new Set(s.reviewers.flatMap((r) => Object.keys(r.actions)))].sort();
   // a reviewer is one per box: qa of box a and qa of box b are two rows, each naming its box
   table($("#reviewers"), ["reviewer", ...(boxed ? ["box"] : []), "reviews", ...actions.map((a) => a.replace("_", " "))],
-        s.reviewers.map((r) => [r.reviewer, ...boxCol(r), num(r.reviews), ...actions.map((a) => num(r.actions[a] || 0))]),
+        // (on a box: the hub's reviewers, whose reviews it took down, "qa (hub)")
+        s.reviewers.map((r) => [!boxed && r.box_id === "hub" ? `${r.reviewer} (hub)` : r.reviewer, ...boxCol(r), num(r.reviews), ...actions.map((a) => num(r.actions[a] || 0))]),
         [1 + k, ...actions.map((_, i) => i + 2 + k)]);
   table($("#models"), ["since", ...(boxed ? ["box"] : []), "model", "recipe", "version"],
         s.model_changes.map((c) => [dateTime(c.at), ...boxCol(c), c.model, c.recipe, c.previous === null ? `${c.version} (in use as the window opens)` : `${c.previous} → ${c.version}`]));

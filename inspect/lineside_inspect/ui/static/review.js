@@ -195,9 +195,10 @@ async function queuesNow() {
 }
 
 // a hub's tally is every box's: a reviewer is named with the box the reviews were made on
-// (a box's reviewers already carry it, "qa (box-a)", from the hub's record of them)
+// (a box's reviewers already carry it, "qa (box-a)", from the hub's record of them); a
+// box's tally names the hub's reviewers, whose reviews it took down, "qa (hub)"
 function byBox(r) {
-  return ON_HUB && r.box_id && !r.reviewer.endsWith(`(${r.box_id})`) ? `${r.reviewer} (${r.box_id})` : r.reviewer;
+  return (ON_HUB || r.box_id === "hub") && r.box_id && !r.reviewer.endsWith(`(${r.box_id})`) ? `${r.reviewer} (${r.box_id})` : r.reviewer;
 }
 
 function useQueue(q) {
