@@ -298,7 +298,9 @@ class Settings(BaseSettings):
         "client reads slower than this over each body_timeout_s (once the server's write "
         "buffer is full) has its connection aborted"))
     max_connections: int = Field(256, ge=1, description=(
-        "open connections and requests at once; beyond it new requests get 503"))
+        "open connections and requests at once; at it, connections holding no request "
+        "(headers unfinished, idle) are closed to make room, the longest waiting first; "
+        "beyond the requests running, new requests get 503"))
     max_live_views: int = Field(32, ge=1, description=(
         "camera live views (MJPEG streams) open at once; one key at most half of them "
         "(at least 1). Each holds a connection for as long as it is watched: 260 of them "

@@ -7,6 +7,7 @@ import asyncio
 import errno
 import json
 import logging
+import math
 import os
 import socket
 from types import FrameType
@@ -61,6 +62,9 @@ class SlowClientProtocol(_HTTPProtocol):
     # is closed, as a request behind a running answer cannot be answered with a 4xx
     max_pipelined = 8
     _pipelined_too_deep = False
+    # when a request waits for its headers or the next one (loop time): at
+    # max_connections, the connections that waited longest make room for new ones (below)
+    _waiting_since = 0.0
 
     def send_400_response(self, msg: str) -> None:
         """A request llhttp cannot parse (a bad request line, an unknown method, a negative
@@ -134,6 +138,10 @@ class SlowClientProtocol(_HTTPProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        if self.limit_concurrency is not None:
+            # uvicorn answers 503 when the open connections reach the limit, this one
+            # counted: idle ones and ones still trickling headers make room first
+            self._make_room(self.limit_concurrency - 1)
         super().on_headers_complete()
         if len(self.pipeline) > self.max_pipelined:
             # stops llhttp mid-read, as _count does: the rest of the read is not parsed
@@ -150,7 +158,54 @@ class SlowClientProtocol(_HTTPProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._waiting_since = asyncio.get_running_loop().time()
+        if self.limit_concurrency is not None and not self._make_room(self.limit_concurrency):
+            self.transport.close()  # every other connection has a request running
+            return
         self._arm()
+
+    def on_response_complete(self) -> None:
+        self._waiting_since = asyncio.get_running_loop().time()
+        super().on_response_complete()
+
+    # -- connections that hold no request ----------------------------------------------
+    # uvicorn counts every open connection against limit_concurrency (max_connections)
+    # and answers each new request 503 once they reach it, but closes none: 300
+    # connections trickling their headers a byte a second (no key: a request's key is
+    # read with its headers) got every inspection a 503, re-opened every header_timeout_s,
+    # and there was no bound on how many it accepted (each an open file: at the systemd
+    # unit's LimitNOFILE the store could not open one; attacker review, session 51). At the
+    # limit, the connections waiting longest for a request's headers (trickling them, or
+    # idle between requests) are closed to make room; a connection that finds every other
+    # one with a request running is closed at once.
+    _room_warned_at = -math.inf
+
+    def _idle(self) -> bool:
+        return (self._waiting_for_headers() and not self.pipeline
+                and not self.transport.is_closing())
+
+    def _make_room(self, most: int) -> bool:
+        """Close idle connections, the longest waiting first, until at most ``most`` are
+        open (this one counted, never closed here); False if that cannot be done."""
+        open_ = [c for c in self.connections if not c.transport.is_closing()]
+        excess = len(open_) - most
+        if excess <= 0:
+            return True
+        idle = sorted((c for c in open_ if c is not self and isinstance(c, SlowClientProtocol)
+                       and c._idle()), key=lambda c: c._waiting_since)[:excess]
+        for c in idle:
+            c._disarm()
+            c.transport.close()
+            # (uvicorn drops it from the set only in connection_lost, a loop turn later:
+            # its 503 check, right after this, would still count it)
+            self.connections.discard(c)
+        now = asyncio.get_running_loop().time()
+        if now - SlowClientProtocol._room_warned_at >= 60:  # once a minute, not per attempt
+            SlowClientProtocol._room_warned_at = now
+            log.warning("open connections at max_connections (%d): closed %d that waited "
+                        "longest for a request (logged once a minute)",
+                        self.limit_concurrency, len(idle))
+        return len(idle) >= excess
 
     def data_received(self, data: bytes) -> None:
         self._begun_in_read = False
