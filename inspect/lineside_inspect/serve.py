@@ -159,9 +159,11 @@ class SlowClientProtocol(_HTTPProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._waiting_since = asyncio.get_running_loop().time()
-        if self.limit_concurrency is not None and not self._make_room(self.limit_concurrency):
-            self.transport.close()  # every other connection has a request running
-            return
+        if self.limit_concurrency is not None:
+            # (every other one with a request running: this one stays, and its request is
+            # answered 503 as before; the next connection to come closes it if it is still
+            # idle, so idle ones stay bounded)
+            self._make_room(self.limit_concurrency)
         self._arm()
 
     def on_response_complete(self) -> None:
@@ -176,8 +178,7 @@ class SlowClientProtocol(_HTTPProtocol):
     # and there was no bound on how many it accepted (each an open file: at the systemd
     # unit's LimitNOFILE the store could not open one; attacker review, session 51). At the
     # limit, the connections waiting longest for a request's headers (trickling them, or
-    # idle between requests) are closed to make room; a connection that finds every other
-    # one with a request running is closed at once.
+    # idle between requests) are closed to make room.
     _room_warned_at = -math.inf
 
     def _idle(self) -> bool:
