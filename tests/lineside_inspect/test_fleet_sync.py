@@ -428,6 +428,13 @@ def test_hub_config_is_checked_and_keys_are_kept_hashed(tmp_path: Path) -> None:
     assert "plain-secret" not in repr(hub) and "plain-secret" not in hub.model_dump_json()
     server = hub.server_settings()  # what the shared gate, guard and key lookup read
     assert (server.store, server.models, server.api_keys) == (False, [], hub.api_keys)
+    # a box key named hub: box hub's inspections and reviews were filed under the hub's
+    # own name, its qa and the hub's qa one reviewer "qa (hub)" (session 51)
+    cfg.write_text(cfg.read_text().replace("name: box1, role: box", "name: hub, role: box"))
+    with pytest.raises(ConfigError, match="api_keys: a box key named 'hub': that is the hub's"):
+        load_hub_settings(cfg)
+    cfg.write_text(cfg.read_text().replace("role: box", "role: reviewer"))
+    assert load_hub_settings(cfg).api_keys[0].name == "hub"  # a reviewer may be named so
 
 
 def test_a_restored_box_never_marks_unsent_inspections_delivered(

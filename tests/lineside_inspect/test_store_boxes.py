@@ -154,6 +154,28 @@ def test_box_id_is_kept_in_the_data_dir(tmp_path: Path) -> None:
         Store(tmp_path)
 
 
+def test_a_box_named_hub_is_refused_at_start(tmp_path: Path) -> None:
+    """``hub`` is the box id a box files the hub's reviews it takes down under: a box
+    named so counted the hub's reviewers as its own and its own as the hub's ("qa (hub)"),
+    and a box pointed at a hub's data_dir took the hub's folder for its own (session 51).
+    Refused at start, before the folder is locked or a model loaded; the hub's own store
+    keeps the name."""
+    from lineside_inspect.server.app import create_app
+    from lineside_inspect.store.box import refuse_hub_id
+
+    from .conftest import settings
+
+    with pytest.raises(ConfigError, match="box_id 'hub' is the hub's own name"):
+        create_app(settings(data_dir=tmp_path / "named", box_id="hub"))
+    assert not (tmp_path / "named" / "box_id").exists()
+    with Store(tmp_path / "hub", box_id="hub"):  # a hub's data_dir (its store's own name)
+        pass
+    with pytest.raises(ConfigError, match=r"box_id names this data_dir's box 'hub'"):
+        create_app(settings(data_dir=tmp_path / "hub"))
+    assert (tmp_path / "hub" / "box_id").read_text().strip() == "hub"  # left as it was
+    refuse_hub_id(tmp_path / "box", "hub-2")  # only hub itself
+
+
 # -- item 3: one process per data folder ------------------------------------------------
 def test_second_store_on_a_data_dir_refuses_before_touching_it(
         tmp_path: Path, fail: Inspection) -> None:

@@ -825,3 +825,59 @@ def test_status_home_shows_a_fail_rate_alarm(browser: Any, tmp_path: Path) -> No
             close_contexts(browser)
     finally:
         stop()
+
+
+def test_a_hub_review_taken_down_is_qa_hub_on_the_boxs_pages(browser: Any) -> None:
+    """A box takes down the hub's review of its part (ReviewSync.pull_down, from a hub on
+    loopback) beside its own qa's review: its review page's "Reviews this shift" and its
+    dashboard's reviewer table name the hub's as ``qa (hub)``, as text, a row of its own
+    beside the box's ``qa`` (they were one ``qa`` of 2; session 51)."""
+    from http.server import ThreadingHTTPServer
+    from threading import Thread
+
+    from playwright.sync_api import expect
+
+    from lineside_inspect.fleet.box.client import HubClient
+    from lineside_inspect.fleet.box.reviews import ReviewSync
+    from lineside_inspect.fleet.config import FleetSettings
+    from lineside_inspect.fleet.hub.bench_reviews import synthetic_rows
+
+    from .test_fleet_box_client import _Quiet, _send_json
+
+    running, stop = start_server(keyed(models=TWO_VERSIONS[:1], box_id="box1",
+                                       **shift_begun(3, ZONE)))
+    store = running.app.state.store
+    now = datetime.now(UTC)
+    row = synthetic_rows(1, box_id="box1", site="s", line="l", now=now, fail_every=1)[0]
+    iid = row.id
+    with Session(store.engine) as s, s.begin():
+        s.add(row)
+    answer = json.dumps({"items": [{
+        "seq": 1, "inspection_id": iid, "created_at": (now - timedelta(minutes=1)).isoformat(),
+        "reviewer": "qa", "action": "false_reject", "boxes": [], "note": "",
+        "origin": "hub"}]}).encode()
+
+    class Hub(_Quiet):
+        def do_GET(self) -> None:
+            _send_json(self, 200, answer if "after=0" in self.path else b'{"items": []}')
+
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    Thread(target=hub.serve_forever, daemon=True).start()
+    client = HubClient(FleetSettings(hub_url=f"http://127.0.0.1:{hub.server_address[1]}",
+                                     token="t", timeout_s=5), "box1")  # type: ignore[arg-type]
+    try:
+        assert ReviewSync(store, client).pull_down() == 1
+        store.review(iid, reviewer="qa", action="confirm")  # the box's own qa
+        page = _context(browser).new_page()
+        _sign_in(page, running.url + "/review")
+        expect(page.locator("#reviewers")).to_have_text("Reviews this shift: qa 1 · qa (hub) 1")
+        expect(page.locator("#reviewers bdi")).to_have_text(["qa", "qa (hub)"])
+        page.goto(running.url + "/dashboard")
+        expect(page.locator("#reviewers thead th")).to_have_text(
+            ["reviewer", "reviews", "confirm", "false reject"])  # one box: no box column
+        expect(page.locator("#reviewers tbody tr")).to_have_text([
+            re.compile(r"^qa\s*1\s*1\s*0$"), re.compile(r"^qa \(hub\)\s*1\s*0\s*1$")])
+    finally:
+        client.close()
+        hub.shutdown()
+        stop()

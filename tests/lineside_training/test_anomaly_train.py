@@ -240,6 +240,13 @@ def test_misspelt_kind_is_named_not_read_as_a_detector(tmp_path: Path) -> None:
     r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, SAMPLE)),
                             "--set", "kind=detectr"])
     assert r.exit_code == 2 and "--set kind: 'detectr' is no kind of model" in r.stderr
+    # an empty kind (a YAML key with no value, --set kind=) was "None is no kind of model"
+    r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, SAMPLE)),
+                            "--set", "kind="])
+    assert r.exit_code == 2 and "--set kind: empty: write kind: anomaly" in r.stderr
+    assert "None" not in r.stderr
+    r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, SAMPLE, kind=None))])
+    assert r.exit_code == 2 and ": kind: empty: write kind: anomaly" in r.stderr
     assert not (tmp_path / "runs").exists()  # refused before any run folder
 
 

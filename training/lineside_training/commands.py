@@ -236,8 +236,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         # was refused as "no config key", a dozen at once, none naming kind (session 51)
         where = "--set kind" if any(o.partition("=")[0].strip() == "kind"
                                     for o in overrides or []) else f"{path}: kind"
-        raise ConfigError(f"{where}: {doc['kind']!r} is no kind of model: write kind: anomaly "
-                          "for a good-only model, or leave kind out for a detector")
+        # an empty one (kind: with no value, --set kind=) was shown as Python's None
+        said = "empty" if doc["kind"] in (None, "") else f"{doc['kind']!r} is no kind of model"
+        raise ConfigError(f"{where}: {said}: write kind: anomaly for a good-only model, or "
+                          "leave kind out for a detector")
     if doc.get("kind") == "anomaly":
         # a detector's flag given to a good-only config was blamed on the YAML file
         # ("good-default.yaml: epochs: Extra inputs are not permitted"; review, 34)

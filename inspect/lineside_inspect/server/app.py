@@ -117,8 +117,14 @@ def _load_saved_recipes(app: FastAPI) -> None:
 
 
 def setup_store(app: FastAPI, settings: Settings) -> None:
-    from lineside_inspect.store import DataDirLock, Store
+    from pathlib import Path
 
+    from lineside_inspect.store import DataDirLock, Store
+    from lineside_inspect.store.box import refuse_hub_id
+
+    # before the lock and the models: a box named hub took the hub's reviewers for its
+    # own (its id is the one it files the hub's reviews under; session 51)
+    refuse_hub_id(Path(settings.data_dir), settings.box_id)
     # the data folder is locked now, before models load: a second server on the same
     # folder stops here, before its start-up cleanup can take live files for orphans
     lock = DataDirLock(settings.data_dir).acquire()

@@ -14,6 +14,7 @@ from pathlib import Path
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.config import BOX_ID_RE
 from lineside_inspect.errors import ConfigError
+from lineside_inspect.store.models import HUB_BOX_ID
 
 BOX_ID_FILE = "box_id"
 
@@ -42,3 +43,23 @@ def resolve_box_id(data_dir: Path, configured: str | None) -> str:
     box_id = configured or uuid.uuid4().hex
     write_atomic(path, f"{box_id}\n".encode("ascii"))
     return box_id
+
+
+def refuse_hub_id(data_dir: Path, configured: str | None) -> None:
+    """A box may not be named ``hub``, configured or kept in ``data_dir``: it is the name a
+    hub files its own reviews under, and a box the hub's reviews it takes down under
+    (fleet/box/reviews.py), so a box named so counted the hub's reviewers as its own and
+    its own as the hub's ("qa (hub)"; session 51). A hub's data folder keeps ``hub``: a
+    box pointed at one is refused too, before it takes the hub's folder for its own."""
+    if configured == HUB_BOX_ID:
+        raise ConfigError(f"box_id {HUB_BOX_ID!r} is the hub's own name (the box files the "
+                          "hub's reviews under it): give this box another box_id")
+    path = data_dir / BOX_ID_FILE
+    try:
+        kept = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):  # none yet, or resolve_box_id's to refuse
+        return
+    if kept == HUB_BOX_ID:
+        raise ConfigError(f"{path} names this data_dir's box {HUB_BOX_ID!r}, the hub's own "
+                          "name (a hub's data_dir, or a box's named so before 2026-12-07): "
+                          "give the box a data_dir of its own (docs/upgrading.md)")

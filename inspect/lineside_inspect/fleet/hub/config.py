@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from lineside_inspect.config import (
@@ -20,6 +20,7 @@ from lineside_inspect.config import (
 )
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.fleet.config import ObjectStoreSettings
+from lineside_inspect.store.models import HUB_BOX_ID
 
 # whose database a 503 names, and what fixes a login PostgreSQL refused (the app's
 # ``database_words``, read by server.handlers.database_failed; session 51)
@@ -78,6 +79,17 @@ class HubSettings(BaseSettings):
         "the hub keeps everything"))
     retention_interval_s: float = Field(3600.0, gt=0, le=86400, description=(
         "how often the retention runs (first at start-up)"))
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_box_named_hub(cls, keys: list[Any]) -> list[Any]:
+        # a box key's name is its box id: box "hub"'s inspections and reviews were filed
+        # under the hub's own name, its qa and the hub's one reviewer (session 51)
+        if any(k.role == "box" and k.name == HUB_BOX_ID for k in keys):
+            raise ValueError(f"a box key named {HUB_BOX_ID!r}: that is the hub's own name "
+                             "(its reviews are filed under it); name the box key, and the "
+                             "box's box_id, otherwise")
+        return keys
 
     def server_settings(self) -> Settings:
         """The edge server's settings the shared HTTP parts read (gate, guard, sessions,
