@@ -29,6 +29,7 @@ from lineside_inspect.errors import (
     ObjectStoreUnavailable,
 )
 from lineside_inspect.fleet.hub.config import HUB_DATABASE_WORDS, HubSettings
+from lineside_inspect.fleet.hub.dblock import HubDatabaseLock
 from lineside_inspect.fleet.hub.front import BoxFront, HubFeatures
 from lineside_inspect.fleet.hub.images import ObjectImages
 from lineside_inspect.fleet.hub.tables import create_hub_tables
@@ -73,6 +74,9 @@ def setup_store(app: FastAPI, hub: HubSettings) -> None:
     from lineside_inspect.store import DataDirLock, Store
 
     lock = DataDirLock(hub.data_dir).acquire()  # one hub per folder, checked before anything
+    # and one hub process per database (dblock.py: its review ids in commit order)
+    held = getattr(app.state, "db_lock", None)
+    db_lock: list[HubDatabaseLock] = [] if held is None else [held]
 
     def start() -> None:
         objects = ObjectStore(hub.objects)
@@ -82,6 +86,12 @@ def setup_store(app: FastAPI, hub: HubSettings) -> None:
             log.warning("hub: %s; forwarding waits for it", exc.message)
         store = Store(hub.data_dir, hub.database_url, box_id=HUB_BOX_ID, lock=lock,
                       pass_rate=0.0, images=ObjectImages(objects))
+        if not db_lock:  # an app run_hub did not make (it takes the lock before serving)
+            try:
+                db_lock.append(HubDatabaseLock(hub.database_url).acquire())
+            except BaseException:
+                store.close()
+                raise
         create_hub_tables(store.engine)
         log.info("hub store at %s, objects in %s/%s", store.url.split("@")[-1],
                  hub.objects.endpoint, hub.objects.bucket)
@@ -97,6 +107,8 @@ def setup_store(app: FastAPI, hub: HubSettings) -> None:
     def stop() -> None:
         if app.state.retention is not None:
             app.state.retention.stop()
+        for held in db_lock:
+            held.release()
         if app.state.store is not None:
             app.state.store.close()  # releases the lock
         else:
@@ -146,7 +158,9 @@ class DatabaseProbe:
             self.running.clear()
 
 
-def create_hub_app(hub: HubSettings) -> FastAPI:
+def create_hub_app(hub: HubSettings, db_lock: HubDatabaseLock | None = None) -> FastAPI:
+    """The hub's app; ``db_lock``: the database's hub lock already held (``run_hub``),
+    else taken as the store opens and released as it closes."""
     settings = hub.server_settings()
 
     @asynccontextmanager
@@ -170,6 +184,7 @@ def create_hub_app(hub: HubSettings) -> FastAPI:
     # the shared HTTP parts (gate, guard, key lookup, sessions) read app.state.settings
     app.state.settings = settings
     app.state.hub = hub
+    app.state.db_lock = db_lock
     # a refused login's 503: the hub's database, and what to fix (session 51)
     app.state.database_words = HUB_DATABASE_WORDS
     app.state.metrics = Metrics()
@@ -215,6 +230,11 @@ def run_hub(hub: HubSettings) -> None:
     check_database(hub.database_url, "the hub's database", data_dir=hub.data_dir, write=True)
     check_data_dir(hub.data_dir, "the hub's data_dir")
     sock = listen(settings)  # a port in use said before the database is made
-    warn_auth_off(settings, "publish and assign models, and read every plant's inspections")
-    app = create_hub_app(hub)
-    _Server(uvicorn_config(app, settings), app, drain_s=settings.drain_s).run(sockets=[sock])
+    # one hub process per database: a second one said in one line, before it serves
+    db_lock = HubDatabaseLock(hub.database_url).acquire()
+    try:
+        warn_auth_off(settings, "publish and assign models, and read every plant's inspections")
+        app = create_hub_app(hub, db_lock=db_lock)
+        _Server(uvicorn_config(app, settings), app, drain_s=settings.drain_s).run(sockets=[sock])
+    finally:
+        db_lock.release()
