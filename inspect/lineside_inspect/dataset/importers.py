@@ -23,13 +23,16 @@ import yaml
 from lineside_inspect.dataset.canonical import ANNOTATIONS, from_coco, load_json, polygon_bbox
 from lineside_inspect.dataset.exif import SWAPS_SIDES, TURNS, file_orientation, turned_hint
 from lineside_inspect.dataset.layout import (
+    MAX_BOXES_PER_IMAGE,
     SPLIT_WORDS,
     folders_phrase,
+    label_file_too_big,
     odd_file,
     role_of,
     split_of,
     split_word,
     subset_of,
+    too_many_boxes,
     walk_files,
 )
 from lineside_inspect.dataset.layout import image_size as _size
@@ -567,6 +570,9 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     unread: set[str] = set()
     for xml in xmls:
         xml_rel = _rel(xml, src)
+        if label_file_too_big(xml, xml_rel, problems):
+            unread.add(xml.stem.lower())
+            continue
         try:
             root = ET.parse(xml).getroot()
         except ET.ParseError as exc:
@@ -620,8 +626,12 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
                 f"{width}x{height}{turned}: the boxes were drawn on another picture; fix the "
                 "image or the XML", rel))
             continue
+        objects = root.findall("object")
+        if len(objects) > MAX_BOXES_PER_IMAGE:
+            problems.append(Problem(str(xml), "object", too_many_boxes(len(objects)), rel))
+            continue
         boxes = []
-        for i, obj in enumerate(root.findall("object")):
+        for i, obj in enumerate(objects):
             label = (obj.findtext("name") or "").strip()
             bb = obj.find("bndbox")
             where = f"object[{i}]"
@@ -850,9 +860,15 @@ def _class_id(text: str) -> int:
 def _yolo_boxes(label_file: Path, names: dict[int, str], names_file: str, width: int,
                 height: int, rel: str, problems: list[Problem]) -> list[Box]:
     boxes: list[Box] = []
+    if label_file_too_big(label_file, rel, problems):
+        return boxes
     # utf-8-sig: a BOM (Notepad, some exporters) glued to the first class id refused the file
     text = label_file.read_bytes().decode("utf-8-sig", errors="replace")
-    for n, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    if (count := sum(1 for line in lines if line.strip())) > MAX_BOXES_PER_IMAGE:
+        problems.append(Problem(str(label_file), "", too_many_boxes(count), rel))
+        return boxes
+    for n, line in enumerate(lines, start=1):
         parts = line.split()
         if not parts:
             continue

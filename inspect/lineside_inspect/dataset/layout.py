@@ -138,6 +138,31 @@ def folders_phrase(rels: Iterable[PurePosixPath | str], limit: int = 3) -> str:
 MAX_IMAGE_FILE_BYTES = MAX_IMAGE_PIXELS * 4 + (1 << 20)
 
 
+# one image's label file (a VOC XML, a YOLO .txt) and its boxes: a 104 MB XML of 10^6
+# <object>s, or a YOLO label of 10^6 lines, took 1.8 GB and 30 s to import one image of a
+# million boxes (session 51). A dense real set (SKU-110K) has some hundreds an image.
+MAX_LABEL_FILE_BYTES = 16 << 20
+MAX_BOXES_PER_IMAGE = 10_000
+
+
+def label_file_too_big(path: Path, subject: str, problems: list[Problem]) -> bool:
+    """True (and a problem naming the file) when a label file is over
+    :data:`MAX_LABEL_FILE_BYTES`: it is then not read at all."""
+    size = path.stat().st_size
+    if size <= MAX_LABEL_FILE_BYTES:
+        return False
+    problems.append(Problem(str(path), "", f"label file of {size >> 20} MiB: over the "
+                            f"{MAX_LABEL_FILE_BYTES >> 20} MiB one image's labels take (at most "
+                            f"{MAX_BOXES_PER_IMAGE} boxes); not read", subject))
+    return True
+
+
+def too_many_boxes(count: int) -> str:
+    """The problem of an image with ``count`` boxes, over :data:`MAX_BOXES_PER_IMAGE`."""
+    return (f"{count} boxes on one image: over the {MAX_BOXES_PER_IMAGE} an image may hold "
+            "(not a part's defects)")
+
+
 def image_size(path: Path, subject: str, problems: list[Problem]) -> tuple[int, int]:
     """Image size from the header; a problem (and 0x0) when the file is missing or bad."""
     try:

@@ -18,6 +18,7 @@ from lineside_inspect.dataset.duplicates import (
     label_conflicts,
 )
 from lineside_inspect.dataset.exif import turned_hint
+from lineside_inspect.dataset.layout import MAX_BOXES_PER_IMAGE, too_many_boxes
 from lineside_inspect.dataset.model import Dataset, ImageRecord
 from lineside_inspect.errors import DatasetError, ImageError, Problem
 from lineside_inspect.imageio import IMAGE_SUFFIXES, decode_image
@@ -58,7 +59,11 @@ def size_problem(where: str, path: Path, rec: ImageRecord,
 
 
 def _check_boxes(categories: set[str], rec: ImageRecord) -> list[Problem]:
-    problems = []
+    problems: list[Problem] = []
+    if len(rec.boxes) > MAX_BOXES_PER_IMAGE:  # one problem, not one a box (a COCO JSON's)
+        file, _, loc = (rec.origin or rec.file_name).rpartition(":")
+        return [Problem(file or loc, loc if file else "", too_many_boxes(len(rec.boxes)),
+                        rec.file_name)]
     for box in rec.boxes:
         file, _, loc = (box.origin or rec.origin or rec.file_name).rpartition(":")
         if not file:
