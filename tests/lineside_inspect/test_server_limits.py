@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -362,6 +363,79 @@ def test_connections_are_capped(launch) -> None:
         assert c.get("/healthz").status_code == 503
     with httpx.Client(base_url=srv.url, timeout=30) as c:  # and it serves again after
         assert c.get("/healthz").status_code == 200
+
+
+def test_a_connection_closed_on_an_answer_its_client_never_reads_does_not_hold_the_limit(
+        ) -> None:
+    """A connection closed (its header timeout) while its answer sits unsent (a client that
+    never reads, below the send timer's mark) stayed open for good, counted by uvicorn's
+    503 check but not by the room maker: a keyless client could fill max_connections with
+    them, and every request was then a 503 (attacker review, session 51). They are ended
+    first when room is needed."""
+    import uvicorn
+
+    from lineside_inspect.serve import uvicorn_config
+    from lineside_inspect.server.app import create_app
+
+    from .conftest import settings
+
+    conf = settings(max_connections=2, header_timeout_s=0.3)
+    app = create_app(conf)
+    server = uvicorn.Server(uvicorn_config(app, conf, host="127.0.0.1", port=0,
+                                           log_level="warning"))
+    # a small send buffer (accepted sockets inherit it): most of a 45 KB answer stays in
+    # the transport, under its high-water mark, when the client reads nothing
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    deadline = time.monotonic() + 60
+    while not (server.started and app.state.ready):
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    silent = socket.socket()
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        silent.connect(("127.0.0.1", listener.getsockname()[1]))
+        silent.sendall(b"GET /static/review.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+
+        def lingering() -> bool:  # closed by its header timeout, its answer unsent
+            return any(c.transport is not None and c.transport.is_closing()
+                       and c.transport.get_write_buffer_size() > 0
+                       for c in server.server_state.connections)
+
+        while not lingering():
+            assert time.monotonic() < deadline, "the silent client's connection never closed"
+            time.sleep(0.02)
+        with httpx.Client(base_url=url, timeout=30) as c:  # it and this one: the limit
+            assert c.get("/healthz").status_code == 200
+    finally:
+        silent.close()
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_each_server_says_it_made_room(launch, caplog) -> None:
+    """The once-a-minute WARNING of connections closed for room is each server's own: it
+    was kept on SlowClientProtocol itself, so one server's warning silenced every other's
+    in the process for a minute (session 51)."""
+    caplog.set_level(logging.WARNING, "lineside")
+    for srv in (launch(max_connections=2, header_timeout_s=30),
+                launch(max_connections=2, header_timeout_s=30)):
+        idle = [_connect(srv.url) for _ in range(2)]
+        try:
+            for s in idle:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            with httpx.Client(base_url=srv.url, timeout=30) as c:
+                assert c.get("/healthz").status_code == 200
+            assert idle[0].recv(1024) == b""  # closed to make room
+        finally:
+            for s in idle:
+                s.close()
+    said = [r for r in caplog.records if "at max_connections (2)" in r.getMessage()]
+    assert len(said) == 2, [r.getMessage() for r in said]
 
 
 def test_a_request_http_cannot_parse_is_a_json_400(launch) -> None:
