@@ -81,11 +81,14 @@ def friendly(fn: F) -> F:
             said = exc.strerror or str(exc) or type(exc).__name__
             err.print(f"[bold red]error:[/] {escape(where + said)}", highlight=False)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # typer ends on 130 without a word: a stopped import or training looked like
             # one that crashed or hung. What was being written is removed or kept whole
-            # by the command (staging folders, atomic files) before this is reached
-            err.print("interrupted", highlight=False, markup=False)
+            # by the command (staging folders, atomic files) before this is reached; a
+            # command may say where that left things (train: what --resume continues)
+            said = str(exc.args[0]) if exc.args and isinstance(exc.args[0], str) else ""
+            err.print(f"interrupted: {said}" if said else "interrupted", highlight=False,
+                      markup=False)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -523,7 +526,10 @@ def train_cmd(
     cfg = t.load_config(config, overrides, base=kept, data=data, model=model, weights=weights,
                         epochs=epochs, name=name, device=device, extra_data=merge or None,
                         time_budget=time, threads=threads)
-    run = t.train(cfg, resume=resume)
+    # a kill (SIGTERM: a job's timeout, a scheduler's preemption) ended the run without a
+    # word; stopped as a Ctrl-C, it says what its last.pt keeps (session 51)
+    with sigterm_as_ctrl_c():
+        run = t.train(cfg, resume=resume)
     out.print(f"run saved to {run}")
 
 

@@ -140,9 +140,11 @@ def read_run_json(path: Path) -> dict[str, Any] | None:
 def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
+        if (path / "best.pt").is_file():
+            return path / "best.pt"
+        if (path / "last.pt").is_file():
+            _check_best_kept(path)
+            return path / "last.pt"
         if (path / "anomaly.pt").is_file():  # (anomaly.train.CHECKPOINT)
             raise ConfigError(f"{path}: a good-only run, calibrated at training on its "
                               "held-out good images; to set its threshold on the line's own "
@@ -152,6 +154,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.is_file():
         raise ConfigError(f"{path}: no such run folder or checkpoint")
     return path
+
+
+def _check_best_kept(run: Path) -> None:
+    """Refuse a run folder whose best.pt is gone though its last.pt says it saved one:
+    export (and evaluate) took last.pt in its place without a word, shipping the last
+    epoch's weights as the run's best (session 51). A run that evaluated none (stopped
+    in its first epoch) goes on with its last.pt."""
+    ck = read_torch_file(run / "last.pt", mmap=True)
+    best = ck.get("best") if isinstance(ck, dict) else None
+    if isinstance(best, int | float) and best >= 0:
+        epoch = ck.get("best_epoch")
+        at = f" at epoch {epoch}" if isinstance(epoch, int) and epoch > 0 else ""
+        raise ConfigError(f"{run / 'best.pt'} is missing: the run saved its best weights "
+                          f"there{at}; put it back, or give {run / 'last.pt'} to use the "
+                          "last epoch's weights")
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Trained:

@@ -6,6 +6,8 @@ metrics log per epoch and a plain-text ``train.log``."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -13,7 +15,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -650,8 +652,7 @@ def save_checkpoint(
     leaves the previous checkpoint whole. ``model`` holds the evaluation weights (what
     :func:`lineside_training.checkpoint.load_trained` and export read), ``raw_model``,
     ``ema``, ``optimizer``, ``scheduler`` and ``scaler`` what a resume restores."""
-    tmp = path.with_suffix(".tmp")
-    torch.save({
+    write_checkpoint(path, {
         "model": state.eval_model.state_dict(), "raw_model": state.model.state_dict(),
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
@@ -662,8 +663,33 @@ def save_checkpoint(
         "elapsed_s": progress.elapsed_s, "data": data_fingerprint,
         "step": progress.step, "planned_steps": progress.planned_steps,
         "best_epoch": progress.best_epoch,
-    }, tmp)
-    tmp.replace(path)
+    })
+
+
+def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` of ``payload`` to ``path`` through a temporary file, synced, then
+    renamed over it: a save that fails or is interrupted leaves the previous file whole and
+    no partial ``.tmp`` beside it. A full disk was a torch traceback ("enforce fail at
+    inline_container.cc ... unexpected pos") that left the half-written file filling the
+    disk (session 51): now one line naming the file and the system's reason."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if not isinstance(exc, Exception):  # a Ctrl-C (SIGTERM): the caller's
+            raise
+        # torch's writer reports the file's OSError (no space, too large) as its context
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        why = (cause.strerror or str(cause)) if isinstance(cause, OSError) else \
+            type(exc).__name__
+        kept = f"the previous {path.name} is kept" if path.is_file() else "none was saved"
+        raise ConfigError(f"{path}: the checkpoint could not be written ({why}); {kept}: "
+                          "free space, then continue with --resume") from None
 
 
 def epoch_line(row: dict[str, Any]) -> str:
@@ -707,7 +733,8 @@ def load_checkpoint(path: Path, state: TrainState, device: torch.device) -> Prog
 
 def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
                      epochs: int, tiling: Tiling | None = None,
-                     cfg: TrainConfig | None = None) -> dict[str, Any]:
+                     cfg: TrainConfig | None = None,
+                     notes: list[str] | None = None) -> dict[str, Any]:
     """Refuse to continue ``run`` on other data than it trained on: ``--resume`` given to
     a run of a taken name (say, with ``--merge`` of reviews) would carry on the old run.
     A set is the same by its resolved path or by its annotations' content (the run folder
@@ -722,6 +749,8 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
     if not isinstance(ck, dict):
         raise ConfigError(f"--resume: {run / 'last.pt'}: not a Lineside checkpoint")
     _check_same_data(run, ck.get("data", {}), fingerprint)
+    if notes is not None and (changed := data_changes(ck.get("data", {}), fingerprint)):
+        notes.append(changed)
     config = ck.get("config")
     saved: dict[str, Any] = config if isinstance(config, dict) else {}
     _check_same_tiling(run, saved, tiling)
@@ -890,6 +919,25 @@ def _check_same_data(run: Path, saved: dict[str, Any], fingerprint: dict[str, An
                           "--name NAME for a new run")
 
 
+def data_changes(saved: Any, fingerprint: dict[str, Any]) -> str | None:
+    """What changed in a resumed run's set since its checkpoint, when it is the same set
+    (its path) with other labels: images removed or added on disk were trained on without
+    a word, and best.pt's mAP, measured on the old val split, went on being the one to
+    beat (session 51). None when its labels are as they were (or a checkpoint kept none)."""
+    if not isinstance(saved, dict) or not saved.get("annotations_sha256") \
+            or saved["annotations_sha256"] == fingerprint["annotations_sha256"]:
+        return None
+
+    def count(fp: Any, key: str) -> str:
+        return str(fp.get(key, "?")) if isinstance(fp, dict) else "?"
+
+    return (f"the dataset {fingerprint['path']} changed since the run's last.pt "
+            f"(its annotations.json is another): {count(saved, 'train_images')} train and "
+            f"{count(saved, 'val_images')} val images then, {fingerprint['train_images']} "
+            f"and {fingerprint['val_images']} now; the run goes on with the set as it is, "
+            f"and the best mAP@.5 to beat was measured on the old val split")
+
+
 def _agree(value: int, world: int) -> int:
     """Rank 0's ``value`` on every rank (a time budget is planned on rank 0's clock, and
     every rank must take the same number of steps)."""
@@ -901,6 +949,39 @@ def _agree(value: int, world: int) -> int:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Path:
+    """See :func:`_train`; the run folder is held (:func:`hold_run`) while it trains."""
+    with contextlib.ExitStack() as held:
+        return _train(cfg, resume=resume, quiet=quiet, held=held)
+
+
+LOCK = "train.lock"
+
+
+@contextlib.contextmanager
+def hold_run(run: Path) -> Iterator[None]:
+    """Hold ``run`` for this process (an advisory lock on ``run/train.lock``, freed when the
+    process ends however it ends): a second ``lineside train`` of the same run (a --resume
+    typed in another terminal, a job started twice) trained beside the first, both saving
+    last.pt and appending to one metrics.jsonl (session 51)."""
+    with open(run / LOCK, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip()
+            by = f" (process {pid})" if pid.isdigit() else ""
+            raise ConfigError(f"{run}: another lineside train is training this run now{by}: "
+                              "wait for it to end (or stop it), or give --name NAME for a "
+                              "new run") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+
+
+def _train(cfg: TrainConfig, *, resume: bool, quiet: bool,
+           held: contextlib.ExitStack) -> Path:
     """Train per ``cfg``; returns the run folder (``config.yaml``, ``last.pt``, ``best.pt``,
     ``metrics.jsonl``, ``train.log``). Safe to interrupt: ``last.pt`` is written first.
 
@@ -934,11 +1015,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
     if resume and not (run / "last.pt").is_file():  # a mistyped --name began a new run
         raise ConfigError(f"--resume: there is no run to continue at {run} (no last.pt): "
                           "check --name (and out_dir), or leave --resume out for a new run")
+    changes: list[str] = []
     if resume:
         was = _check_resumable(run, data.fingerprint, budget=budget_s is not None,
-                               epochs=cfg.epochs, tiling=cfg.tiling, cfg=cfg)
+                               epochs=cfg.epochs, tiling=cfg.tiling, cfg=cfg, notes=changes)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
+        held.enter_context(hold_run(run))
         # whole or not at all: under torchrun every rank's --resume reads it while rank 0
         # writes it, and a truncated file is refused as no config (final read, 46)
         write_atomic(run / "config.yaml",
@@ -969,7 +1052,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
             f"as {cfg.tiling.tile} px tiles overlapping by {cfg.tiling.overlap:g}, as the "
             f"exported card's recipe will; {len(data.train)} train and {len(data.val)} val "
             "images")
-    for warning in data_warnings(data, cfg.input_size, native=cfg.tiling is not None):
+    for warning in changes + data_warnings(data, cfg.input_size,
+                                           native=cfg.tiling is not None):
         log(f"warning: {warning}")
     for extra, n in data.fingerprint.get("extra_held_out", {}).items():
         log(f"merged {extra}: its train (and unsplit) images only; its {n} val/test image(s) "
@@ -1032,6 +1116,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                             data_fingerprint=data.fingerprint)
 
     epoch, ended = start_epoch, ""
+    saved_epoch, saved_step = progress.epoch, progress.step  # what last.pt holds
     evaluated_at = -1  # the step the weights were last evaluated at
     try:
         while budget is not None or epoch < cfg.epochs:
@@ -1108,6 +1193,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                     fh.write(json.dumps(row) + "\n")
                 log(epoch_line(row))  # the row itself is in metrics.jsonl
             save(epoch, run / "last.pt")
+            saved_epoch, saved_step = epoch, progress.step
             epoch += 1
             if last:  # the schedule or the time is done: said so, even with stale evaluations
                 break
@@ -1120,10 +1206,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Pat
                 ended = f"stopped early: {progress.stale} evaluations without gain (patience)"
                 break
     except KeyboardInterrupt:
-        # the last finished epoch (-1: none, so a resume begins the first again; a run
-        # stopped in its first epoch read as done and could not be resumed, second review)
-        save(epoch - 1, run / "last.pt")
-        raise
+        # the last.pt of the last finished epoch is whole, and is what --resume continues:
+        # it was saved over with the weights, optimiser and schedule of the epoch under
+        # way labelled as that epoch, so a resume ran the epoch's first steps again on a
+        # schedule those steps had moved on (a onecycle run then stepped past its end) and
+        # its time budget counted time for steps it never counted (session 51)
+        if rank == 0 and (run / "last.pt").is_file():
+            said = (f"{run / 'last.pt'} keeps epoch {saved_epoch + 1} (step {saved_step}), "
+                    "which --resume continues from" if saved_epoch >= 0 else
+                    f"{run / 'last.pt'} finished no epoch; --resume begins the first again")
+        else:
+            # a new run in its first epoch: kept as one that finished none (-1, so a resume
+            # begins the first again; it read as done and could not be resumed, second
+            # review), on a schedule begun again, as the resume counts its steps from 0
+            state.scheduler = build_scheduler(cfg, state.optimizer, steps, plan)
+            progress.step = 0
+            save(-1, run / "last.pt")
+            said = (f"{run / 'last.pt'} finished no epoch; --resume begins the first again")
+        if rank == 0:
+            with open(run / "train.log", "a") as fh:
+                fh.write(f"{time.strftime('%H:%M:%S')} interrupted in epoch {epoch + 1}: "
+                         f"{said}\n")
+        raise KeyboardInterrupt(said) from None
     finally:
         if world > 1 and dist.is_initialized():
             dist.barrier()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ def read_torch_file(path: Path, device: str | torch.device = "cpu", *, what: str
     """``torch.load`` of a file that may come from elsewhere (a run folder copied in, a
     downloaded checkpoint): tensors and plain values only, so a crafted file cannot run
     code. Every failure is one ConfigError line naming the file."""
+    _check_crc(path, what)
     try:
         with warnings.catch_warnings():  # torch warns of a pickle protocol it then refuses
             warnings.simplefilter("ignore")
@@ -41,6 +43,25 @@ def read_torch_file(path: Path, device: str | torch.device = "cpu", *, what: str
         # CLI's framework printed as "Aborted!"
         raise ConfigError(f"{path}: not a {what} torch can read, empty or damaged "
                           f"({type(exc).__name__})") from None
+
+
+def _check_crc(path: Path, what: str) -> None:
+    """Refuse a checkpoint whose bytes changed since it was written (a disk error, a copy
+    altered): torch reads a zip's parts without checking the CRC32 each was stored with,
+    and a --resume of a last.pt with flipped bytes trained on, and saved over, damaged
+    weights without a word (session 51). A file that is no zip (torch's legacy format) or
+    that cannot be opened is left to torch.load, which says so."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
+        return  # torch.load below names what is wrong
+    if bad is not None:
+        raise ConfigError(f"{path}: a damaged {what}: its part {bad} does not match the "
+                          "checksum it was saved with (a disk error, or a copy altered); "
+                          "nothing was read from it: put back a good copy")
 
 
 def _torchvision_weights(name: str) -> dict[str, torch.Tensor]:
