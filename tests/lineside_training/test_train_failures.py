@@ -4,6 +4,7 @@ changed on disk before --resume, an export of a run whose best.pt is gone."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -12,6 +13,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -19,10 +21,11 @@ from typer.testing import CliRunner
 from lineside_inspect.cli import app
 from lineside_inspect.errors import ConfigError
 from lineside_training import engine
-from lineside_training.engine import LOCK, data_changes, train, write_checkpoint
+from lineside_training.engine import LOCK, data_changes, hold_run, train, write_checkpoint
 from lineside_training.weights import read_torch_file
 
 from .conftest import SAMPLE
+from .test_anomaly_train import _config, _good_set
 
 runner = CliRunner()
 
@@ -138,3 +141,95 @@ def test_export_of_a_run_whose_best_checkpoint_is_gone_is_refused(
         export(run, tmp_path / "pkg" / "1", parity_images=1)
     assert not (tmp_path / "pkg").exists()
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1
+
+
+# ------------------------------------------------ adversarial pass (session 51)
+def test_a_budget_run_stopped_in_its_first_epoch_keeps_none_of_its_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_config: Any) -> None:
+    """Its last.pt (epoch -1, step 0, the schedule begun again) kept the seconds of the
+    steps a resume takes again as spent: the resumed budget planned fewer steps."""
+    real = engine.train_one_epoch
+
+    def one_step_then_ctrl_c(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **{**kwargs, "steps": 1})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train_one_epoch", one_step_then_ctrl_c)
+    cfg = make_config(tmp_path, time_budget="1h", epochs=40, max_steps_per_epoch=2,
+                      crop_size=128, batch_size=4, input_size=320)
+    with pytest.raises(KeyboardInterrupt, match="finished no epoch"):
+        train(cfg, quiet=True)
+    ck = torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)
+    assert (ck["epoch"], ck["step"], ck["elapsed_s"]) == (-1, 0, 0.0)
+
+
+def test_a_file_system_without_locks_trains_unheld_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """flock on a mount without locks (some NFS setups: ENOLCK) was a bare "No locks
+    available" and no training at all. (No such mount here: flock is made to say it.)"""
+    def no_locks(fd: Any, op: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(engine.fcntl, "flock", no_locks)
+    with hold_run(tmp_path) as unheld:
+        assert unheld == (f"{tmp_path}: its file system does not lock files (No locks "
+                          "available): nothing stops a second lineside train of this run "
+                          "beside this one")
+
+
+def test_a_train_lock_linked_elsewhere_is_refused_not_written_through(tmp_path: Path) -> None:
+    """A run folder copied in with train.lock a link to another file: that file was
+    emptied and the process id written in it."""
+    other = tmp_path / "notes.txt"
+    other.write_text("keep me\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK).symlink_to(other)
+    with pytest.raises(ConfigError, match=rf"^{run / LOCK}: cannot be opened"), hold_run(run):
+        pass
+    assert other.read_text() == "keep me\n"
+
+
+def test_a_good_only_run_full_disk_at_its_save_is_one_line_and_leaves_no_part(
+        tmp_path: Path) -> None:
+    """anomaly.pt was a plain torch.save: a full disk was torch's traceback, and the
+    partial anomaly.pt left refused the name ("already there") and read as damaged."""
+    _good_set(tmp_path, ("line-a", "line-b"), 3, np.random.default_rng(0))
+    cfg = _config(tmp_path, tmp_path / "ds", steps=1)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, limits[1]))
+    try:
+        r = runner.invoke(app, ["train", "--config", str(cfg)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    run = tmp_path / "runs" / "toy"
+    assert r.exit_code == 2, r.output + r.stderr
+    assert r.stderr.strip() == (f"error: {run / 'anomaly.pt'}: the checkpoint could not be "
+                                "written (File too large); none was saved: free space, then "
+                                "train it again (a good-only run does not resume)")
+    assert not (run / "anomaly.pt").exists() and not list(run.glob("*.tmp"))
+
+
+def test_a_good_only_run_killed_says_what_was_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (or Ctrl-C) said "interrupted" alone, and train.log nothing."""
+    from lineside_training.anomaly import train as anomaly_train
+
+    _good_set(tmp_path, ("line-a", "line-b"), 3, np.random.default_rng(0))
+    real = anomaly_train.loss_fn
+
+    def killed(*args: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(anomaly_train, "loss_fn", killed)
+    r = runner.invoke(app, ["train", "--config", str(_config(tmp_path, tmp_path / "ds"))])
+    run = tmp_path / "runs" / "toy"
+    said = (f"{run}: nothing was saved (a good-only run does not resume): train it again; "
+            f"to end one early and keep it, create {run / 'STOP'}")
+    assert r.exit_code == 130, r.output + r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"interrupted: {said}"
+    assert (run / "train.log").read_text().splitlines()[-1] == f"interrupted at step 0: {said}"
+    assert not (run / "anomaly.pt").exists()

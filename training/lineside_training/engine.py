@@ -666,7 +666,8 @@ def save_checkpoint(
     })
 
 
-def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+def write_checkpoint(path: Path, payload: dict[str, Any], *,
+                     then: str = "free space, then continue with --resume") -> None:
     """``torch.save`` of ``payload`` to ``path`` through a temporary file, synced, then
     renamed over it: a save that fails or is interrupted leaves the previous file whole and
     no partial ``.tmp`` beside it. A full disk was a torch traceback ("enforce fail at
@@ -689,7 +690,7 @@ def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             type(exc).__name__
         kept = f"the previous {path.name} is kept" if path.is_file() else "none was saved"
         raise ConfigError(f"{path}: the checkpoint could not be written ({why}); {kept}: "
-                          "free space, then continue with --resume") from None
+                          f"{then}") from None
 
 
 def epoch_line(row: dict[str, Any]) -> str:
@@ -958,26 +959,39 @@ LOCK = "train.lock"
 
 
 @contextlib.contextmanager
-def hold_run(run: Path) -> Iterator[None]:
+def hold_run(run: Path) -> Iterator[str | None]:
     """Hold ``run`` for this process (an advisory lock on ``run/train.lock``, freed when the
     process ends however it ends): a second ``lineside train`` of the same run (a --resume
     typed in another terminal, a job started twice) trained beside the first, both saving
-    last.pt and appending to one metrics.jsonl (session 51)."""
-    with open(run / LOCK, "a+") as fh:
+    last.pt and appending to one metrics.jsonl (session 51). Yields a warning to log when
+    the run's file system has no locks (some network mounts): the run trains unheld, as
+    it did before, rather than not at all (a bare "No locks available", session 51)."""
+    try:
+        # not through a link: a train.lock linked to another file (a run folder copied in)
+        # had that file emptied and a process id written over it
+        fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"{run / LOCK}: cannot be opened ({exc.strerror or exc}): it must "
+                          "be a plain file of the run (remove it)") from None
+    with os.fdopen(fd, "r+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            pid = fh.read().strip()
+            pid = fh.read(32).strip()
             by = f" (process {pid})" if pid.isdigit() else ""
             raise ConfigError(f"{run}: another lineside train is training this run now{by}: "
                               "wait for it to end (or stop it), or give --name NAME for a "
                               "new run") from None
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP: a file system without locks
+            yield (f"{run}: its file system does not lock files ({exc.strerror or exc}): "
+                   "nothing stops a second lineside train of this run beside this one")
+            return
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
         fh.flush()
-        yield
+        yield None
 
 
 def _train(cfg: TrainConfig, *, resume: bool, quiet: bool,
@@ -1021,7 +1035,8 @@ def _train(cfg: TrainConfig, *, resume: bool, quiet: bool,
                                epochs=cfg.epochs, tiling=cfg.tiling, cfg=cfg, notes=changes)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-        held.enter_context(hold_run(run))
+        if unheld := held.enter_context(hold_run(run)):
+            changes.append(unheld)
         # whole or not at all: under torchrun every rank's --resume reads it while rank 0
         # writes it, and a truncated file is refused as no config (final read, 46)
         write_atomic(run / "config.yaml",
@@ -1108,9 +1123,10 @@ def _train(cfg: TrainConfig, *, resume: bool, quiet: bool,
     if resume:  # its lr and weight decay, not the checkpoint's (after the plan is fitted)
         take_changes(state, cfg)
 
-    def save(epoch: int, path: Path) -> None:  # rank 0 writes, as torchvision's save_on_master
-        if rank == 0:
-            progress.epoch, progress.elapsed_s = epoch, elapsed0 + time.monotonic() - t0
+    def save(epoch: int, path: Path, *, elapsed: float | None = None) -> None:
+        if rank == 0:  # rank 0 writes, as torchvision's save_on_master
+            progress.epoch = epoch
+            progress.elapsed_s = elapsed0 + time.monotonic() - t0 if elapsed is None else elapsed
             progress.planned_steps = plan.total_steps
             save_checkpoint(path, state, progress, cfg=cfg, class_names=data.class_names,
                             data_fingerprint=data.fingerprint)
@@ -1221,7 +1237,9 @@ def _train(cfg: TrainConfig, *, resume: bool, quiet: bool,
             # review), on a schedule begun again, as the resume counts its steps from 0
             state.scheduler = build_scheduler(cfg, state.optimizer, steps, plan)
             progress.step = 0
-            save(-1, run / "last.pt")
+            # and none of its time: a time budget's resume counted the seconds of steps it
+            # takes again as spent at step 0, and planned fewer (session 51, adversarial)
+            save(-1, run / "last.pt", elapsed=elapsed0)
             said = (f"{run / 'last.pt'} finished no epoch; --resume begins the first again")
         if rank == 0:
             with open(run / "train.log", "a") as fh:

@@ -6,6 +6,7 @@ map thresholds on good images of groups it never trained on."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from lineside_training.anomaly.infer import score_images, torch_forward
 from lineside_training.anomaly.net import AnomalyGraph, AnomalyNet
 from lineside_training.anomaly.synth import rephotograph
 from lineside_training.config import as_written
-from lineside_training.engine import pick_device, seed_everything
+from lineside_training.engine import hold_run, pick_device, seed_everything, write_checkpoint
 from lineside_training.threads import choose_threads
 
 CHECKPOINT = "anomaly.pt"
@@ -83,6 +84,13 @@ def calibrate_run(graph: AnomalyGraph, images: list[tuple[np.ndarray, Letterbox]
 
 
 def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = False) -> Path:
+    """Train a good-only run per ``cfg``; its folder is held (:func:`hold_run`) meanwhile."""
+    with contextlib.ExitStack() as held:
+        return _train_anomaly(cfg, resume=resume, quiet=quiet, held=held)
+
+
+def _train_anomaly(cfg: AnomalyConfig, *, resume: bool, quiet: bool,
+                   held: contextlib.ExitStack) -> Path:
     if resume:
         raise ConfigError("good-only runs do not resume: they are short; train again under "
                           "another --name")
@@ -104,6 +112,12 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     calib_images = load_all(cfg.data, split.dataset, split.calib, cfg.input_size)
     loaded = time.perf_counter() - t0
     run_dir.mkdir(parents=True, exist_ok=True)
+    # held as a detector's run is (session 51): two trainings of one name both passed the
+    # check above and wrote one anomaly.pt; checked again once held (the other may be done)
+    unheld = held.enter_context(hold_run(run_dir))
+    if (run_dir / CHECKPOINT).is_file():
+        raise ConfigError(f"{run_dir}: a good-only run of this name is already there "
+                          f"({CHECKPOINT}): give the new run another name (--name)")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(as_written(cfg.model_dump()),
                                                         sort_keys=False))
     log = (run_dir / "train.log").open("w")
@@ -114,6 +128,8 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
         if not quiet:
             print(line, flush=True)
 
+    if unheld:
+        say(f"warning: {unheld}")
     threads, why = choose_threads(cfg.threads)
     say(f"torch threads: {threads} ({why})")
     device = pick_device(cfg.device)
@@ -150,62 +166,72 @@ def train_anomaly(cfg: AnomalyConfig, *, resume: bool = False, quiet: bool = Fal
     stop_file.unlink(missing_ok=True)
     step, losses = 0, []
     net.train()
-    while step < cfg.steps:
-        elapsed = clock() - clock_start
-        progress = max(step / cfg.steps, elapsed / budget if budget else 0.0)
-        if progress >= 1 or stop_file.exists():  # STOP: end now, calibrate and save
-            break
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, progress, cfg.warmup_steps)
-        images, masks = sampler.batch(cfg.batch_size)
-        logits = net(images.to(device))
-        loss = loss_fn(logits, masks.to(device), cfg.focal_gamma, cfg.dice_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        step += 1
-        if not math.isfinite(losses[-1]):  # the weights are NaN from here: nothing to save
-            say(f"step {step} loss {losses[-1]}: training diverged")
-            log.close()
-            raise ConfigError(f"training diverged at step {step} (loss {losses[-1]}): the "
-                              f"network's weights are no longer numbers; train again with a "
-                              f"lower lr (--set lr=...; this run's is {cfg.lr:g})")
-        if step % cfg.log_every == 0 or step == 1:
-            say(f"step {step} loss {np.mean(losses[-cfg.log_every:]):.4f} "
-                f"lr {opt.param_groups[0]['lr']:.2e} elapsed {time.perf_counter() - start:.0f}s "
-                f"cpu {time.process_time() - cpu_start:.0f}s")
-    train_seconds = time.perf_counter() - start
-    cpu_seconds = time.process_time() - cpu_start
-    net.eval()
-    graph = AnomalyGraph(net, cfg.score_topk).eval()
-    calibration = calibrate_run(graph, calib_images, cfg, device)
-    say(f"trained {step} steps in {train_seconds:.0f}s ({cpu_seconds:.0f}s CPU); "
-        f"threshold {calibration['threshold']:.4f} "
-        f"map_threshold {calibration['map_threshold']:.4f} on {len(calib_images)} held-out "
-        "good images")
-    if calibration["threshold"] > NEAR_CEILING:
-        # a sigmoid at 1.0 in float32 is every score above ~17 logits: such good parts fail
-        # whatever the target, and defects cannot score above them (0.9999 passed them all
-        # and said nothing)
-        say(f"warning: held-out good images score at or near 1.0, the score's ceiling: at "
-            f"the threshold {calibration['threshold']:.6f} a defect must score at least "
-            "that to fail, and good parts at 1.0 fail whatever the target. Train longer or "
-            "on more varied good images; check the held-out groups are of the same part")
-    torch.save({"kind": "anomaly", "config": cfg.model_dump(),
-                "model": {k: v.cpu() for k, v in net.state_dict().items()},
-                "calibration": calibration, "steps": step, "train_seconds": train_seconds,
-                "cpu_seconds": cpu_seconds,
-                "threads": torch.get_num_threads(),
-                # where the set was (its config's data is as typed, maybe relative to
-                # this folder): evaluate from another folder finds it (session 47)
-                "data": {"path": str(Path(cfg.data).resolve()),
-                         "train_images": len(split.train), "calib_images": len(split.calib),
-                         "calib_groups": split.calib_groups,
-                         "calib_files": [r.file_name for r in split.calib],
-                         "calib_sha256": split.calib_sha256,
-                         "train_sha256": split.train_sha256}},
-               run_dir / CHECKPOINT)
+    try:
+        while step < cfg.steps:
+            elapsed = clock() - clock_start
+            progress = max(step / cfg.steps, elapsed / budget if budget else 0.0)
+            if progress >= 1 or stop_file.exists():  # STOP: end now, calibrate and save
+                break
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, progress, cfg.warmup_steps)
+            images, masks = sampler.batch(cfg.batch_size)
+            logits = net(images.to(device))
+            loss = loss_fn(logits, masks.to(device), cfg.focal_gamma, cfg.dice_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            if not math.isfinite(losses[-1]):  # the weights are NaN from here: nothing to save
+                say(f"step {step} loss {losses[-1]}: training diverged")
+                log.close()
+                raise ConfigError(f"training diverged at step {step} (loss {losses[-1]}): the "
+                                  f"network's weights are no longer numbers; train again with a "
+                                  f"lower lr (--set lr=...; this run's is {cfg.lr:g})")
+            if step % cfg.log_every == 0 or step == 1:
+                say(f"step {step} loss {np.mean(losses[-cfg.log_every:]):.4f} "
+                    f"lr {opt.param_groups[0]['lr']:.2e} elapsed {time.perf_counter() - start:.0f}s "
+                    f"cpu {time.process_time() - cpu_start:.0f}s")
+        train_seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
+        net.eval()
+        graph = AnomalyGraph(net, cfg.score_topk).eval()
+        calibration = calibrate_run(graph, calib_images, cfg, device)
+        say(f"trained {step} steps in {train_seconds:.0f}s ({cpu_seconds:.0f}s CPU); "
+            f"threshold {calibration['threshold']:.4f} "
+            f"map_threshold {calibration['map_threshold']:.4f} on {len(calib_images)} held-out "
+            "good images")
+        if calibration["threshold"] > NEAR_CEILING:
+            # a sigmoid at 1.0 in float32 is every score above ~17 logits: such good parts fail
+            # whatever the target, and defects cannot score above them (0.9999 passed them all
+            # and said nothing)
+            say(f"warning: held-out good images score at or near 1.0, the score's ceiling: at "
+                f"the threshold {calibration['threshold']:.6f} a defect must score at least "
+                "that to fail, and good parts at 1.0 fail whatever the target. Train longer or "
+                "on more varied good images; check the held-out groups are of the same part")
+        # through a synced temporary file (session 51): a Ctrl-C or a full disk mid-save left
+        # a partial anomaly.pt, then refused as a damaged checkpoint, and the name as taken
+        write_checkpoint(run_dir / CHECKPOINT, {"kind": "anomaly", "config": cfg.model_dump(),
+                    "model": {k: v.cpu() for k, v in net.state_dict().items()},
+                    "calibration": calibration, "steps": step, "train_seconds": train_seconds,
+                    "cpu_seconds": cpu_seconds,
+                    "threads": torch.get_num_threads(),
+                    # where the set was (its config's data is as typed, maybe relative to
+                    # this folder): evaluate from another folder finds it (session 47)
+                    "data": {"path": str(Path(cfg.data).resolve()),
+                             "train_images": len(split.train), "calib_images": len(split.calib),
+                             "calib_groups": split.calib_groups,
+                             "calib_files": [r.file_name for r in split.calib],
+                             "calib_sha256": split.calib_sha256,
+                             "train_sha256": split.train_sha256}},
+                         then="free space, then train it again (a good-only run does not resume)")
+    except KeyboardInterrupt:
+        # a Ctrl-C (or SIGTERM) said "interrupted" alone: what was kept, and how to go on
+        said = (f"{run_dir}: nothing was saved (a good-only run does not resume): train it "
+                f"again; to end one early and keep it, create {run_dir / STOP_FILE}")
+        log.write(f"interrupted at step {step}: {said}\n")
+        log.close()
+        raise KeyboardInterrupt(said) from None
     log.close()
     return run_dir
 
