@@ -4,6 +4,7 @@ line."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import threading
@@ -18,6 +19,7 @@ from lineside_inspect.errors import HubRefused, HubUnavailable
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.config import FleetSettings
 from lineside_inspect.fleet.protocol import Assignment, ReviewBatch
+from lineside_inspect.store import Store
 
 # 64 KiB of gzip that decodes to 64 MiB: what the box would have written
 BOMB = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
@@ -35,6 +37,42 @@ def _send_json(handler: BaseHTTPRequestHandler, status: int, body: bytes, part: 
         handler.wfile.write(body[i:i + step])
         handler.wfile.flush()
         time.sleep(pause_s)
+
+
+@contextlib.contextmanager
+def _hub_answering(answer: bytes) -> Iterator[HubClient]:
+    """A hub on loopback whose review stream answers ``answer`` from the start (then
+    nothing), and box1's client of it."""
+    class Hub(_Quiet):
+        def do_GET(self) -> None:
+            _send_json(self, 200, answer if "after=0" in self.path else b'{"items": []}')
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = HubClient(FleetSettings(hub_url=f"http://127.0.0.1:{server.server_address[1]}",
+                                     token="t", timeout_s=5), "box1")  # type: ignore[arg-type]
+    try:
+        yield client
+    finally:
+        client.close()
+        server.shutdown()
+
+
+def _box_with_one_part(tmp_path: Path) -> tuple[Store, str]:
+    """Box1's store holding one failed inspection, and its id."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy.orm import Session
+
+    from lineside_inspect.fleet.hub.bench_reviews import synthetic_rows
+
+    store = Store(tmp_path / "box", box_id="box1")
+    row = synthetic_rows(1, box_id="box1", site="s", line="l", now=datetime.now(UTC),
+                         fail_every=1)[0]
+    iid = row.id  # (read before its session ends: expired after the commit)
+    with Session(store.engine) as s, s.begin():
+        s.add(row)
+    return store, iid
 
 
 class _Quiet(BaseHTTPRequestHandler):
@@ -138,18 +176,9 @@ def test_a_hub_review_dated_far_ahead_is_skipped_and_the_stream_goes_on(tmp_path
     at the end of time made them 500s); it is skipped, logged, and the next is applied."""
     from datetime import UTC, datetime, timedelta
 
-    from sqlalchemy.orm import Session
-
     from lineside_inspect.fleet.box.reviews import ReviewSync
-    from lineside_inspect.fleet.hub.bench_reviews import synthetic_rows
-    from lineside_inspect.store import Store
 
-    store = Store(tmp_path / "box", box_id="box1")
-    row = synthetic_rows(1, box_id="box1", site="s", line="l", now=datetime.now(UTC),
-                         fail_every=1)[0]
-    iid = row.id
-    with Session(store.engine) as s, s.begin():
-        s.add(row)
+    store, iid = _box_with_one_part(tmp_path)
 
     def review(seq: int, at: datetime) -> dict[str, object]:
         return {"seq": seq, "inspection_id": iid, "created_at": at.isoformat(),
@@ -160,26 +189,17 @@ def test_a_hub_review_dated_far_ahead_is_skipped_and_the_stream_goes_on(tmp_path
     answer = json.dumps({"items": [review(1, now + timedelta(days=3650)),
                                    review(2, now - timedelta(minutes=1))]}).encode()
 
-    class Hub(_Quiet):
-        def do_GET(self) -> None:
-            _send_json(self, 200, answer if "after=0" in self.path else b'{"items": []}')
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    client = HubClient(FleetSettings(hub_url=f"http://127.0.0.1:{server.server_address[1]}",
-                                     token="t", timeout_s=5), "box1")  # type: ignore[arg-type]
-    try:
-        sync = ReviewSync(store, client)
-        assert sync.pull_down() == 1
-        assert sync.cursor() == 2
-        [kept] = store.get(iid).reviews
-        assert kept.created_at.replace(tzinfo=UTC) < datetime.now(UTC)
-        store.review(iid, reviewer="here", action="confirm")  # a later one follows it
-        assert store.get(iid).reviews[-1].reviewer == "here"
-    finally:
-        client.close()
-        server.shutdown()
-        store.close()
+    with _hub_answering(answer) as client:
+        try:
+            sync = ReviewSync(store, client)
+            assert sync.pull_down() == 1
+            assert sync.cursor() == 2
+            [kept] = store.get(iid).reviews
+            assert kept.created_at.replace(tzinfo=UTC) < datetime.now(UTC)
+            store.review(iid, reviewer="here", action="confirm")  # a later one follows it
+            assert store.get(iid).reviews[-1].reviewer == "here"
+        finally:
+            store.close()
 
 
 def test_an_answer_sent_compressed_is_refused_unread(hub: HubClient) -> None:
@@ -206,47 +226,30 @@ def test_a_hub_review_taken_down_is_the_hubs_in_the_boxs_tally(tmp_path: Path) -
     hub's reviews of its own inspections, not another box's."""
     from datetime import UTC, datetime, timedelta
 
-    from sqlalchemy.orm import Session
-
     from lineside_inspect.fleet.box.reviews import ReviewSync
-    from lineside_inspect.fleet.hub.bench_reviews import synthetic_rows
-    from lineside_inspect.store import Store, stats
+    from lineside_inspect.store import stats
 
-    store = Store(tmp_path / "box", box_id="box1")
-    row = synthetic_rows(1, box_id="box1", site="s", line="l", now=datetime.now(UTC),
-                         fail_every=1)[0]
-    iid = row.id
-    with Session(store.engine) as s, s.begin():
-        s.add(row)
+    store, iid = _box_with_one_part(tmp_path)
     made = datetime.now(UTC) - timedelta(minutes=1)
     answer = json.dumps({"items": [{"seq": 1, "inspection_id": iid, "created_at": made.isoformat(),
                                     "reviewer": "qa", "action": "false_reject", "boxes": [],
                                     "note": "", "origin": "hub"}]}).encode()
 
-    class Hub(_Quiet):
-        def do_GET(self) -> None:
-            _send_json(self, 200, answer if "after=0" in self.path else b'{"items": []}')
+    with _hub_answering(answer) as client:
+        try:
+            assert ReviewSync(store, client).pull_down() == 1
+            store.review(iid, reviewer="qa", action="confirm")  # the box's own qa
+            since, until = made - timedelta(hours=1), datetime.now(UTC) + timedelta(minutes=1)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    client = HubClient(FleetSettings(hub_url=f"http://127.0.0.1:{server.server_address[1]}",
-                                     token="t", timeout_s=5), "box1")  # type: ignore[arg-type]
-    try:
-        assert ReviewSync(store, client).pull_down() == 1
-        store.review(iid, reviewer="qa", action="confirm")  # the box's own qa
-        since, until = made - timedelta(hours=1), datetime.now(UTC) + timedelta(minutes=1)
+            def tally(here: str | None) -> list[tuple[str, str | None, int]]:
+                conds = stats.Scope.of(here=here).reviews
+                return [(r["reviewer"], r["box_id"], r["reviews"])
+                        for r in store.read(lambda s: stats.reviewers(s, since, until, conds))]
 
-        def tally(here: str | None) -> list[tuple[str, str | None, int]]:
-            conds = stats.Scope.of(here=here).reviews
-            return [(r["reviewer"], r["box_id"], r["reviews"])
-                    for r in store.read(lambda s: stats.reviewers(s, since, until, conds))]
-
-        assert sorted(tally(None)) == [("qa", "box1", 1), ("qa", "hub", 1)]
-        assert sorted(tally("box1")) == [("qa", "box1", 1), ("qa", "hub", 1)]
-        assert tally("box2") == []  # box1's part: box2 sharing the database counts none
-        assert [(r.reviewer, r.origin, r.box_id) for r in store.get(iid).reviews] == [
-            ("qa", "hub", "hub"), ("qa", "box", "box1")]
-    finally:
-        client.close()
-        server.shutdown()
-        store.close()
+            assert sorted(tally(None)) == [("qa", "box1", 1), ("qa", "hub", 1)]
+            assert sorted(tally("box1")) == [("qa", "box1", 1), ("qa", "hub", 1)]
+            assert tally("box2") == []  # box1's part: box2 sharing the database counts none
+            assert [(r.reviewer, r.origin, r.box_id) for r in store.get(iid).reviews] == [
+                ("qa", "hub", "hub"), ("qa", "box", "box1")]
+        finally:
+            store.close()
