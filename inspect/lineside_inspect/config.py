@@ -296,7 +296,8 @@ class Settings(BaseSettings):
         "default 8 KiB/s a 400 KB image gets 59 s, a 32 MiB one 68 min. Lower it for "
         "slower links; 0: no rate, only body_timeout_s between parts. An answer the "
         "client reads slower than this over each body_timeout_s (once the server's write "
-        "buffer is full) has its connection aborted"))
+        "buffer is full, or the answer is complete and not all sent) has its connection "
+        "aborted"))
     max_connections: int = Field(256, ge=1, description=(
         "open connections and requests at once; at it, connections holding no request "
         "(headers unfinished, idle) are closed to make room, the longest waiting first; "

@@ -32,6 +32,12 @@ from lineside_inspect.server.app import create_app
 log = logging.getLogger("lineside")
 
 
+def _unsent(connection: Any) -> int:
+    """Bytes of a connection's answers still in its transport (0 once it is gone)."""
+    transport = connection.transport
+    return 0 if transport is None else int(transport.get_write_buffer_size())
+
+
 class SlowClientProtocol(_HTTPProtocol):
     """HTTP/1.1 that drops a connection whose request headers do not arrive complete
     within ``header_timeout_s`` (of connecting, or of the first byte of a keep-alive
@@ -169,6 +175,7 @@ class SlowClientProtocol(_HTTPProtocol):
     def on_response_complete(self) -> None:
         self._waiting_since = asyncio.get_running_loop().time()
         super().on_response_complete()
+        self._watch_send()
 
     # -- connections that hold no request ----------------------------------------------
     # uvicorn counts every open connection against limit_concurrency (max_connections)
@@ -186,32 +193,33 @@ class SlowClientProtocol(_HTTPProtocol):
                 and not self.transport.is_closing())
 
     def _make_room(self, most: int) -> bool:
-        """Close connections holding no request until at most ``most`` are open (this one
-        counted, never closed here); False if that cannot be done. Counted as uvicorn's
-        503 check counts them: closing ones too. A connection closed with an answer its
-        client does not read (below the send timer's mark) stayed open, counted, for
-        good: a keyless client that never reads could fill the limit with them (attacker
-        review, session 51). Those are ended first (aborted: their unsent bytes go), then
-        the idle ones, the longest waiting first; an idle one with unsent bytes is aborted
-        too, else it would linger uncounted."""
+        """Close connections holding no request and no answer until at most ``most`` are
+        open (this one counted, never closed here); False if that cannot be done. Counted
+        as uvicorn's 503 check counts them: closing ones too (a closed one with nothing
+        left to send goes a loop turn later; it is dropped from the count now). Then the
+        idle ones, the longest waiting first. A connection whose answer is still being
+        sent (uvicorn counts a request done once its answer is handed to the transport)
+        is a running request, not an idle one: a slow line client's annotated image or
+        a hub box's answer over a slow uplink was aborted mid-answer whenever others
+        connected at the limit (attacker review, session 51). One whose client stopped
+        reading is ended by the send timer (armed for every unsent answer, below the
+        write buffer's mark too: _watch_send), not here."""
         others = [c for c in self.connections if c is not self]
         excess = len(others) + 1 - most
         if excess <= 0:
             return True
-        closing = [c for c in others if c.transport is None or c.transport.is_closing()]
-        idle = sorted((c for c in others if c not in closing
-                       and isinstance(c, SlowClientProtocol) and c._idle()),
+        closed = [c for c in others if (c.transport is None or c.transport.is_closing())
+                  and not _unsent(c)]
+        idle = sorted((c for c in others if c not in closed
+                       and isinstance(c, SlowClientProtocol) and c._idle()
+                       and not _unsent(c)),
                       key=lambda c: c._waiting_since)
-        ended = (closing + idle)[:excess]
+        ended = (closed + idle)[:excess]
         for c in ended:
             if isinstance(c, SlowClientProtocol):
                 c._disarm()
-            transport = c.transport
-            if transport is not None:
-                if transport.is_closing() or transport.get_write_buffer_size():
-                    transport.abort()
-                else:
-                    transport.close()
+            if c.transport is not None and not c.transport.is_closing():
+                c.transport.close()  # nothing unsent: it goes at once
             # (uvicorn drops it from the set only in connection_lost, a loop turn later:
             # its 503 check, right after this, would still count it)
             self.connections.discard(c)
@@ -261,12 +269,21 @@ class SlowClientProtocol(_HTTPProtocol):
     min_send_rate = 0.0
     _send_timer: asyncio.TimerHandle | None = None
     _send_mark: tuple[float, int] = (0.0, 0)
+    _send_cycle: object = None  # the request whose answer was being sent at the mark
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        if self._send_timer is None:
-            self._send_mark = (asyncio.get_running_loop().time(),
-                               self.transport.get_write_buffer_size())
+        self._watch_send()
+
+    def _watch_send(self) -> None:
+        """Over the write buffer's high mark, and whenever an answer is complete with
+        bytes of it unsent: below the mark no pause_writing comes, and a client that read
+        nothing of such an answer kept its connection (closed by the keep-alive or header
+        timer, or not) open and counted against max_connections for good, and held a
+        graceful shutdown its full 30 s (session 51)."""
+        if self._send_timer is None and _unsent(self):
+            self._send_mark = (asyncio.get_running_loop().time(), _unsent(self))
+            self._send_cycle = self.cycle
             self._send_timer = asyncio.get_running_loop().call_later(
                 self.send_timeout_s, self._check_send)
 
@@ -275,12 +292,23 @@ class SlowClientProtocol(_HTTPProtocol):
             self._send_timer.cancel()
             self._send_timer = None
         super().resume_writing()
+        if self._waiting_for_headers() or self.transport.is_closing():
+            self._watch_send()  # the rest of a complete answer, below the mark
 
     def _check_send(self) -> None:
         self._send_timer = None
         loop = asyncio.get_running_loop()
         at, size = self._send_mark
         now, left = loop.time(), self.transport.get_write_buffer_size()
+        if not left:  # all sent (an answer below the mark: no resume_writing comes)
+            return
+        if left > size or self.cycle is not self._send_cycle:
+            # a later request's answer was added since the mark: what was read is not
+            # known; measured again from here (a client that reads nothing comes to the
+            # high mark, where its next answer waits for the buffer to drain)
+            self._send_mark, self._send_cycle = (now, left), self.cycle
+            self._send_timer = loop.call_later(self.send_timeout_s, self._check_send)
+            return
         if size - left < max(1.0, self.min_send_rate * (now - at)):
             log.warning("closing a connection whose client read %d of %d bytes of its answer "
                         "in %.0f s (min_body_rate %.0f bytes/s)", max(0, size - left), size,

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import httpx
 import numpy as np
+import uvicorn
 
 from lineside_inspect.cameras.simulator import MJPEGSimulator, counter_frame
 from lineside_inspect.config import CameraConfig
@@ -365,56 +366,103 @@ def test_connections_are_capped(launch) -> None:
         assert c.get("/healthz").status_code == 200
 
 
-def test_a_connection_closed_on_an_answer_its_client_never_reads_does_not_hold_the_limit(
-        ) -> None:
-    """A connection closed (its header timeout) while its answer sits unsent (a client that
-    never reads, below the send timer's mark) stayed open for good, counted by uvicorn's
-    503 check but not by the room maker: a keyless client could fill max_connections with
-    them, and every request was then a 503 (attacker review, session 51). They are ended
-    first when room is needed."""
-    import uvicorn
-
+@contextlib.contextmanager
+def _small_buffer_server(**overrides: Any) -> Iterator[tuple[uvicorn.Server, str]]:
+    """A real server whose accepted sockets have a 4 KiB send buffer: most of a 45 KB
+    answer stays in the transport, under its high-water mark, while its client reads
+    slowly or not at all."""
     from lineside_inspect.serve import uvicorn_config
     from lineside_inspect.server.app import create_app
 
     from .conftest import settings
 
-    conf = settings(max_connections=2, header_timeout_s=0.3)
+    conf = settings(**overrides)
     app = create_app(conf)
     server = uvicorn.Server(uvicorn_config(app, conf, host="127.0.0.1", port=0,
                                            log_level="warning"))
-    # a small send buffer (accepted sockets inherit it): most of a 45 KB answer stays in
-    # the transport, under its high-water mark, when the client reads nothing
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     listener.bind(("127.0.0.1", 0))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     deadline = time.monotonic() + 60
     while not (server.started and app.state.ready):
         assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.05)
-    silent = socket.socket()
-    silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
-        silent.connect(("127.0.0.1", listener.getsockname()[1]))
-        silent.sendall(b"GET /static/review.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-
-        def lingering() -> bool:  # closed by its header timeout, its answer unsent
-            return any(c.transport is not None and c.transport.is_closing()
-                       and c.transport.get_write_buffer_size() > 0
-                       for c in server.server_state.connections)
-
-        while not lingering():
-            assert time.monotonic() < deadline, "the silent client's connection never closed"
-            time.sleep(0.02)
-        with httpx.Client(base_url=url, timeout=30) as c:  # it and this one: the limit
-            assert c.get("/healthz").status_code == 200
+        yield server, f"http://127.0.0.1:{listener.getsockname()[1]}"
     finally:
-        silent.close()
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def _slow_reader(url: str) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(20)
+    u = urlparse(url)
+    sock.connect((u.hostname, u.port))
+    sock.sendall(b"GET /static/review.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    return sock
+
+
+def _unsent_answers(server: uvicorn.Server) -> list[Any]:
+    return [c for c in server.server_state.connections
+            if c.transport is not None and c.transport.get_write_buffer_size() > 0]
+
+
+def test_an_answer_still_being_sent_is_not_ended_to_make_room() -> None:
+    """uvicorn counts a request done once its answer is in the transport: the connection
+    then looked idle, and at max_connections the room maker aborted it, the longest
+    waiting, mid-answer (a line client fetching an annotated image over a slow link, a
+    hub box over a slow uplink; attacker review, session 51). It is a running request:
+    the newcomer gets the 503 of a server at its limit and the reader its whole answer."""
+    with _small_buffer_server(max_connections=2, header_timeout_s=30) as (server, url):
+        reader = _slow_reader(url)
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:  # reading, slowly: the rest waits in the transport
+                head += reader.recv(1)
+            deadline = time.monotonic() + 60
+            while not _unsent_answers(server):
+                assert time.monotonic() < deadline, "the answer was sent whole"
+                time.sleep(0.02)
+            other = _connect(url)
+            other.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert _response(other).startswith(b"HTTP/1.1 503")
+            other.close()
+            assert head.startswith(b"HTTP/1.1 200")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            body = b""
+            while len(body) < length and (part := reader.recv(65536)):
+                body += part
+        finally:
+            reader.close()
+    assert len(body) == length > 40_000  # all of it: not cut off
+
+
+def test_an_answer_its_client_never_reads_does_not_hold_a_connection() -> None:
+    """An answer under the write buffer's high mark that its client never reads got no
+    send timer: the connection (closed by its header timeout) stayed open, counted by
+    uvicorn's 503 check, for good, and held a graceful shutdown its full 30 s (attacker
+    review, session 51). Every unsent answer is now watched: it is aborted after
+    body_timeout_s without a byte read, and the limit is free again."""
+    with _small_buffer_server(max_connections=2, header_timeout_s=0.3,
+                              body_timeout_s=0.3) as (server, url):
+        silent = _slow_reader(url)  # and reads nothing
+        try:
+            deadline = time.monotonic() + 60
+            while not _unsent_answers(server):
+                assert time.monotonic() < deadline, "the answer was sent whole"
+                time.sleep(0.02)
+            while server.server_state.connections:
+                assert time.monotonic() < deadline, "the unread answer held its connection"
+                time.sleep(0.02)
+            with httpx.Client(base_url=url, timeout=30) as c:
+                assert c.get("/healthz").status_code == 200
+        finally:
+            silent.close()
 
 
 def test_each_server_says_it_made_room(launch, caplog) -> None:
