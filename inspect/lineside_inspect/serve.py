@@ -38,6 +38,22 @@ def _unsent(connection: Any) -> int:
     return 0 if transport is None else int(transport.get_write_buffer_size())
 
 
+class _CountedWrites:
+    """A request's transport as its answer sees it: what the answer writes is counted on
+    the connection (``_written``), so the send timer knows how much of the write buffer
+    its client drained even when a later answer was added to it."""
+
+    def __init__(self, transport: Any, connection: SlowClientProtocol) -> None:
+        self._transport, self._connection = transport, connection
+
+    def write(self, data: bytes) -> None:
+        self._connection._wrote(len(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class SlowClientProtocol(_HTTPProtocol):
     """HTTP/1.1 that drops a connection whose request headers do not arrive complete
     within ``header_timeout_s`` (of connecting, or of the first byte of a keep-alive
@@ -103,7 +119,9 @@ class SlowClientProtocol(_HTTPProtocol):
             head.append(b"%s: %s\r\n" % (name, value))
         head.append(b"content-type: application/json\r\ncontent-length: %d\r\n"
                     b"connection: close\r\n\r\n" % len(body))
-        self.transport.write(b"".join((*head, body)))
+        answer = b"".join((*head, body))
+        self._wrote(len(answer))
+        self.transport.write(answer)
         self.transport.close()
 
     def _too_large(self) -> None:
@@ -149,6 +167,9 @@ class SlowClientProtocol(_HTTPProtocol):
             # counted: idle ones and ones still trickling headers make room first
             self._make_room(self.limit_concurrency - 1)
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and not isinstance(cycle.transport, _CountedWrites):
+            cycle.transport = _CountedWrites(cycle.transport, self)  # type: ignore[assignment]
         if len(self.pipeline) > self.max_pipelined:
             # stops llhttp mid-read, as _count does: the rest of the read is not parsed
             self._pipelined_too_deep = True
@@ -268,8 +289,18 @@ class SlowClientProtocol(_HTTPProtocol):
     send_timeout_s = 10.0
     min_send_rate = 0.0
     _send_timer: asyncio.TimerHandle | None = None
-    _send_mark: tuple[float, int] = (0.0, 0)
-    _send_cycle: object = None  # the request whose answer was being sent at the mark
+    _send_mark: tuple[float, int, int] = (0.0, 0, 0)  # loop time, unsent, _written then
+    _written = 0  # bytes of answers handed to the transport
+
+    def _wrote(self, size: int) -> None:
+        """An answer's bytes go to the transport. Onto an empty buffer: the client had
+        read all that was measured, so the send timer stops (a healthy keep-alive client
+        idle between requests is not judged by the idle time; armed again for the new
+        answer's unsent bytes)."""
+        if self._send_timer is not None and not _unsent(self):
+            self._send_timer.cancel()
+            self._send_timer = None
+        self._written += size
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -282,8 +313,7 @@ class SlowClientProtocol(_HTTPProtocol):
         timer, or not) open and counted against max_connections for good, and held a
         graceful shutdown its full 30 s (session 51)."""
         if self._send_timer is None and _unsent(self):
-            self._send_mark = (asyncio.get_running_loop().time(), _unsent(self))
-            self._send_cycle = self.cycle
+            self._send_mark = (asyncio.get_running_loop().time(), _unsent(self), self._written)
             self._send_timer = asyncio.get_running_loop().call_later(
                 self.send_timeout_s, self._check_send)
 
@@ -296,26 +326,26 @@ class SlowClientProtocol(_HTTPProtocol):
             self._watch_send()  # the rest of a complete answer, below the mark
 
     def _check_send(self) -> None:
+        """What the client drained since the mark: the bytes unsent then, plus those
+        written since (a later request's answer), less those unsent now. It was measured
+        again from scratch whenever a later answer had been added: a client that read
+        nothing, or 120 bytes/s, while sending GET /healthz every 4 s held its connection
+        for minutes, or for good, so max_connections of them answered every other client
+        503 (attacker review, session 51)."""
         self._send_timer = None
         loop = asyncio.get_running_loop()
-        at, size = self._send_mark
+        at, size, written = self._send_mark
         now, left = loop.time(), self.transport.get_write_buffer_size()
         if not left:  # all sent (an answer below the mark: no resume_writing comes)
             return
-        if left > size or self.cycle is not self._send_cycle:
-            # a later request's answer was added since the mark: what was read is not
-            # known; measured again from here (a client that reads nothing comes to the
-            # high mark, where its next answer waits for the buffer to drain)
-            self._send_mark, self._send_cycle = (now, left), self.cycle
-            self._send_timer = loop.call_later(self.send_timeout_s, self._check_send)
-            return
-        if size - left < max(1.0, self.min_send_rate * (now - at)):
+        drained = size + (self._written - written) - left
+        if drained < max(1.0, self.min_send_rate * (now - at)):
             log.warning("closing a connection whose client read %d of %d bytes of its answer "
-                        "in %.0f s (min_body_rate %.0f bytes/s)", max(0, size - left), size,
-                        now - at, self.min_send_rate)
+                        "in %.0f s (min_body_rate %.0f bytes/s)", max(0, drained),
+                        size + self._written - written, now - at, self.min_send_rate)
             self.transport.abort()
             return
-        self._send_mark = (now, left)
+        self._send_mark = (now, left, self._written)
         self._send_timer = loop.call_later(self.send_timeout_s, self._check_send)
 
     def _waiting_for_headers(self) -> bool:

@@ -465,6 +465,65 @@ def test_an_answer_its_client_never_reads_does_not_hold_a_connection() -> None:
             silent.close()
 
 
+def test_a_client_that_keeps_asking_but_never_reads_is_still_ended() -> None:
+    """The send timer measured again from scratch whenever a later request's answer had
+    been added to the buffer: a client that read nothing (or 120 bytes/s) but sent GET
+    /healthz every few seconds held its connection for minutes, or for good, and
+    max_connections of them answered everyone else 503 (attacker review, session 51).
+    What it drained is now counted across the answers added: it is ended at the first
+    check, however many requests it keeps sending."""
+    with _small_buffer_server(max_connections=2, header_timeout_s=30,
+                              body_timeout_s=0.3) as (server, url):
+        silent = _slow_reader(url)  # and reads nothing
+        try:
+            deadline = time.monotonic() + 60
+            while not _unsent_answers(server):
+                assert time.monotonic() < deadline, "the answer was sent whole"
+                time.sleep(0.02)
+            (conn,) = server.server_state.connections
+            checks = 0
+            while server.server_state.connections and checks < 6:
+                silent.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                mark = conn._send_mark
+                while conn._send_mark == mark and server.server_state.connections:
+                    assert time.monotonic() < deadline, "the send timer stopped"
+                    time.sleep(0.01)
+                checks += 1
+            assert not server.server_state.connections, f"alive after {checks} checks"
+            with httpx.Client(base_url=url, timeout=30) as c:
+                assert c.get("/healthz").status_code == 200
+        finally:
+            silent.close()
+
+
+def test_a_pipelining_client_that_reads_gets_every_answer_whole() -> None:
+    """A client that pipelines requests behind an answer still in the buffer and reads
+    steadily is never judged slow by the count across answers (session 51)."""
+    with _small_buffer_server(max_connections=2, header_timeout_s=30,
+                              body_timeout_s=0.3) as (_server, url):
+        reader = _slow_reader(url)
+        reader.sendall(b"GET /static/review.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 3)
+        bodies = []
+        try:
+            data = b""
+            while len(bodies) < 4:  # steadily, 4 KiB at a time
+                part = reader.recv(4096)
+                assert part, f"closed after {len(bodies)} answers"
+                data += part
+                while b"\r\n\r\n" in data:
+                    head, rest = data.split(b"\r\n\r\n", 1)
+                    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:"))
+                    if len(rest) < length:
+                        break
+                    assert head.startswith(b"HTTP/1.1 200")
+                    bodies.append(rest[:length])
+                    data = rest[length:]
+        finally:
+            reader.close()
+    assert len({len(b) for b in bodies}) == 1 and len(bodies[0]) > 40_000  # all whole
+
+
 def test_each_server_says_it_made_room(launch, caplog) -> None:
     """The once-a-minute WARNING of connections closed for room is each server's own: it
     was kept on SlowClientProtocol itself, so one server's warning silenced every other's
